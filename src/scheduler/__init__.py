@@ -1,0 +1,1 @@
+"""Compatibility with the seed's import paths; the code lives in ``swarmpilot_predictor``."""

@@ -1,0 +1,291 @@
+"""HTTP layer: translates requests to :class:`PredictorService` calls and back.
+
+Identity segments are read from the *raw* request path and unquoted one by one,
+so an encoded slash (``Qwen%2FQwen2.5-7B``) stays inside its segment.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import orjson
+import yaml
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from . import __version__
+from .errors import InvalidInput, NotFound, PredictorError
+from .identity import IdentityPattern
+from .schemas import (
+    BatchPredictionResponse,
+    HealthResponse,
+    ModelsResponse,
+    PredictBatchRequest,
+    PredictSingleRequest,
+    SinglePredictionResponse,
+    TrainConfig,
+    TrainRequest,
+    TrainResult,
+)
+from .service import PredictorService
+from .settings import PredictorSettings
+from .traces import TRACE_FILE_SUFFIXES
+
+log = logging.getLogger(__name__)
+IDENTITY_PATH = "{model_type}/{model_name}/{hardware}/{software_name}/{software_version}"
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class EncodedSlashMiddleware:
+    """Keep ``%2F`` inside its path segment for routing.
+
+    Servers hand Starlette a percent-decoded path, which would turn
+    ``Qwen%2FQwen2.5-7B`` into two segments; re-derive it from the raw path with
+    only the slashes left encoded. Handlers read identities from the raw path.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            raw = scope.get("raw_path")
+            if raw and b"%2f" in raw.lower():
+                path = raw.decode("latin-1").split("?", 1)[0]
+                scope = dict(scope)
+                scope["path"] = "/".join(unquote(seg).replace("/", "%2F") for seg in path.split("/"))
+        await self.app(scope, receive, send)
+
+
+def error_response(status: int, message: str, field: str | None = None, **extra: Any) -> JSONResponse:
+    body: dict[str, Any] = {"status": "error", "message": message, "detail": message}
+    if field:
+        body["field"] = field
+    body.update(extra)
+    return JSONResponse(body, status_code=status)
+
+
+def validation_message(exc: ValidationError | RequestValidationError, prefix: tuple = ()) -> tuple[str, str]:
+    """One readable line naming each offending field, and the first field's name."""
+    parts, first = [], ""
+    for err in exc.errors():
+        loc = [str(p) for p in (*prefix, *err.get("loc", ())) if p != "body"]
+        name = ".".join(loc) or "body"
+        first = first or name
+        msg = err.get("msg", "invalid").removeprefix("Value error, ")
+        parts.append(f"{name}: {msg}")
+    return "; ".join(parts) or "invalid request", first
+
+
+def _raw_segments(request: Request, skip: int) -> list[str]:
+    raw = request.scope.get("raw_path") or request.url.path.encode()
+    path = raw.decode("latin-1").split("?", 1)[0]
+    segments = path.strip("/").split("/")
+    return [unquote(s) for s in segments[skip:]]
+
+
+def _identity_from(request: Request, skip: int) -> tuple[IdentityPattern, list[str]]:
+    segs = _raw_segments(request, skip)
+    if len(segs) < 5:
+        raise NotFound(
+            "the path needs five identity segments: model_type/model_name/hardware/software_name/software_version"
+        )
+    return IdentityPattern.from_segments(*segs[:5]), segs[5:]
+
+
+async def _json_body(request: Request, schema: type[BaseModel]) -> Any:
+    raw = await request.body()
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"body is not valid JSON: {exc}", field="body") from None
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        msg, field = validation_message(exc)
+        raise InvalidInput(msg, field=field) from None
+
+
+def _openapi_body(schema: type[BaseModel]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": schema.model_json_schema(ref_template="#/components/schemas/{model}")}},
+        }
+    }
+
+
+def create_app(settings: PredictorSettings | None = None) -> FastAPI:
+    settings = settings or PredictorSettings()
+    service = PredictorService(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+
+    app = FastAPI(
+        title="SwarmPilot Predictor",
+        version=__version__,
+        description="Runtime distributions (quantiles, mean, std, queue totals) for ML inference tasks.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(EncodedSlashMiddleware)
+    app.state.service = service
+    app.state.settings = settings
+
+    @app.exception_handler(PredictorError)
+    async def _predictor_error(request: Request, exc: PredictorError):
+        return error_response(exc.status_code, exc.message, exc.field, **exc.extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        msg, field = validation_message(exc)
+        return error_response(422, msg, field)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(500, f"internal error: {type(exc).__name__}")
+
+    # ------------------------------------------------------------------ discovery
+
+    @app.get("/health", response_model=HealthResponse, tags=["discovery"])
+    async def health():
+        return JSONResponse(service.health())
+
+    @app.get("/models", response_model=ModelsResponse, tags=["models"])
+    async def models():
+        return JSONResponse({"status": "success", "models": service.list_models()})
+
+    @app.get("/models/" + IDENTITY_PATH, tags=["models"], summary="One model and all its versions")
+    async def model_detail(request: Request):
+        pattern, _ = _identity_from(request, 1)
+        return JSONResponse({"status": "success", "model": service.model_detail(pattern)})
+
+    @app.get("/models/" + IDENTITY_PATH + "/versions/{version}", tags=["models"], summary="One version's full metadata")
+    async def model_version_detail(request: Request, version: int):
+        pattern, _ = _identity_from(request, 1)
+        return JSONResponse({"status": "success", "model": service.model_detail(pattern, version)})
+
+    @app.delete("/models/" + IDENTITY_PATH, tags=["models"], summary="Delete a model, every version")
+    async def model_delete(request: Request):
+        pattern, _ = _identity_from(request, 1)
+        return JSONResponse(service.delete_model(pattern))
+
+    @app.delete("/models/" + IDENTITY_PATH + "/versions/{version}", tags=["models"], summary="Delete one version")
+    async def model_version_delete(request: Request, version: int):
+        pattern, _ = _identity_from(request, 1)
+        return JSONResponse(service.delete_model(pattern, version))
+
+    # ------------------------------------------------------------------ training
+
+    @app.post("/train", response_model=TrainResult, tags=["training"],
+              openapi_extra=_openapi_body(TrainRequest))
+    async def train(request: Request):
+        ctype = request.headers.get("content-type", "")
+        if ctype.startswith("multipart/form-data"):
+            return await _train_multipart(request)
+        req = await _json_body(request, TrainRequest)
+        result = await run_in_threadpool(service.train, req.config)
+        return JSONResponse(result)
+
+    async def _train_multipart(request: Request) -> JSONResponse:
+        form = await request.form(max_files=64, max_part_size=8 * 1024 * 1024)
+        tmpdir = Path(tempfile.mkdtemp(prefix="upload-", dir=settings.data_dir))
+        try:
+            config_field = form.get("config")
+            if config_field is None:
+                raise InvalidInput("multipart training needs a 'config' part (JSON or YAML)", field="config")
+            config_text = (await config_field.read()).decode("utf-8", "replace") if isinstance(config_field, UploadFile) else str(config_field)
+            config = _parse_config(config_text)
+            uploads: dict[str, Path] = {}
+            for key, value in form.multi_items():
+                if key == "config" or not isinstance(value, UploadFile):
+                    continue
+                name = Path(value.filename or key).name
+                lower = name.lower().removesuffix(".gz")
+                if not lower.endswith(TRACE_FILE_SUFFIXES):
+                    raise InvalidInput(f"uploaded file {name!r} must be .json, .jsonl or .csv (optionally .gz)", field=key)
+                # Stored under a generated name: the client's file name never touches the disk.
+                dest = tmpdir / f"{len(uploads)}{_suffix(name)}"
+                with dest.open("wb") as fh:
+                    shutil.copyfileobj(value.file, fh)
+                uploads[name] = dest
+                uploads.setdefault(key, dest)
+            result = await run_in_threadpool(service.train, config, uploads)
+            return JSONResponse(result)
+        finally:
+            await form.close()
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+    # ------------------------------------------------------------------ prediction
+
+    @app.post("/predict/single/" + IDENTITY_PATH, response_model=SinglePredictionResponse,
+              tags=["prediction"], openapi_extra=_openapi_body(PredictSingleRequest))
+    async def predict_single(request: Request):
+        pattern, _ = _identity_from(request, 2)
+        req = await _json_body(request, PredictSingleRequest)
+        pred = service.predict(pattern, [req.trace], req.confidence_level, req.quantiles)
+        if not pred.ok[0]:
+            raise InvalidInput(f"trace: {pred.errors[0]}", field="trace")
+        return JSONResponse(pred.single_response())
+
+    @app.post("/predict/batch/" + IDENTITY_PATH, response_model=BatchPredictionResponse,
+              tags=["prediction"], openapi_extra=_openapi_body(PredictBatchRequest))
+    async def predict_batch(request: Request):
+        pattern, _ = _identity_from(request, 2)
+        req = await _json_body(request, PredictBatchRequest)
+        pred = service.predict(pattern, req.trace, req.confidence_level, req.quantiles, with_total=True)
+        return JSONResponse(pred.batch_response())
+
+    return app
+
+
+def _suffix(name: str) -> str:
+    lower = name.lower()
+    gz = lower.endswith(".gz")
+    base = lower.removesuffix(".gz")
+    for s in TRACE_FILE_SUFFIXES:
+        if base.endswith(s):
+            return s + (".gz" if gz else "")
+    return ""
+
+
+def _parse_config(text: str) -> TrainConfig:
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise InvalidInput(f"config is neither valid JSON nor YAML: {exc}", field="config") from None
+    if isinstance(data, dict) and "config" in data and isinstance(data["config"], dict):
+        data = data["config"]
+    if not isinstance(data, dict):
+        raise InvalidInput("config must be a JSON or YAML object", field="config")
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        msg, field = validation_message(exc, prefix=("config",))
+        raise InvalidInput(msg, field=field) from None
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` and multi-worker serving: settings from the environment."""
+    return create_app(PredictorSettings())

@@ -1,0 +1,245 @@
+"""``swarmpilot-predictor``: serve, train, predict, list models, from a data directory or a URL."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import orjson
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .errors import PredictorError
+from .identity import IDENTITY_KEYS, IdentityPattern
+from .settings import PredictorSettings
+
+app = typer.Typer(help="SwarmPilot Predictor: runtime distributions for ML inference tasks.", no_args_is_help=True)
+console = Console()
+err_console = Console(stderr=True)
+
+DataDirOpt = typer.Option(None, "--data-dir", "-d", help="Data directory (default: $PREDICTOR_DATA_DIR or ./predictor_data).")
+UrlOpt = typer.Option(None, "--url", "-u", help="Talk to a running service at this URL instead of a data directory.")
+
+
+def _settings(data_dir: Optional[Path]) -> PredictorSettings:
+    return PredictorSettings(data_dir=data_dir) if data_dir else PredictorSettings()
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def serve(
+    host: Optional[str] = typer.Option(None, help="Bind address (default $PREDICTOR_HOST or 0.0.0.0)."),
+    port: Optional[int] = typer.Option(None, help="Port (default $PREDICTOR_PORT or 8200)."),
+    data_dir: Optional[Path] = DataDirOpt,
+    workers: Optional[int] = typer.Option(None, help="Worker processes sharing the data directory."),
+    default_lookup_table: Optional[str] = typer.Option(None, help="Lookup table loaded at start."),
+    log_level: str = typer.Option("info"),
+):
+    """Start the HTTP service."""
+    import uvicorn
+
+    # Settings travel through the environment so that every worker process sees them.
+    if data_dir is not None:
+        os.environ["PREDICTOR_DATA_DIR"] = str(data_dir)
+    if default_lookup_table is not None:
+        os.environ["DEFAULT_LOOKUP_TABLE"] = default_lookup_table
+    settings = PredictorSettings()
+    settings.ensure_dirs()
+    uvicorn.run(
+        "swarmpilot_predictor.api:app_from_env",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers or settings.workers,
+        log_level=log_level,
+    )
+
+
+def _load_config_file(path: Path) -> dict[str, Any]:
+    text = path.read_text()
+    data = yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
+    if isinstance(data, dict) and isinstance(data.get("config"), dict):
+        data = data["config"]
+    if not isinstance(data, dict):
+        _fail(f"{path}: a config is a JSON or YAML object")
+    return data
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., exists=True, dir_okay=False, help="Training config (JSON or YAML)."),
+    data_dir: Optional[Path] = DataDirOpt,
+    url: Optional[str] = UrlOpt,
+):
+    """Train a model (or one per group) from a config file."""
+    from pydantic import ValidationError
+
+    from .schemas import TrainConfig
+
+    raw = _load_config_file(config)
+    if url:
+        from .client import PredictorClient
+
+        traces = raw.get("traces")
+        files = None
+        if isinstance(traces, str) and (config.parent / traces).is_file():
+            files = {Path(traces).name: config.parent / traces}
+            raw = {**raw, "traces": Path(traces).name}
+        with PredictorClient(url) as client:
+            result = client.train(raw, files=files)
+        _print_train(result.model_dump())
+        return
+    try:
+        cfg = TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        _fail(str(exc))
+    from .service import PredictorService
+
+    service = PredictorService(_settings(data_dir))
+    uploads = None
+    if isinstance(cfg.traces, str):
+        # A path in a config file on the command line is relative to the config file.
+        local = (config.parent / cfg.traces)
+        if local.is_file():
+            uploads = {cfg.traces: local}
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,} traces"),
+                  TimeElapsedColumn(), console=err_console, transient=True) as progress:
+        task = progress.add_task("reading traces", total=None)
+        try:
+            result = service.train(cfg, uploads, progress=lambda n: progress.advance(task, n))
+        except PredictorError as exc:
+            _fail(exc.message)
+    _print_train(result)
+
+
+def _print_train(result: dict[str, Any]) -> None:
+    entries = result.get("models") or [{"model_key": result["model_key"], "version": result.get("version"), "metrics": result["metrics"]}]
+    table = Table(title=f"trained in {result['duration_seconds']:.2f}s")
+    for col in ("model", "version", "algorithm", "rows", "rel. pinball", "coverage err", "90% interval", "median MAPE"):
+        table.add_column(col)
+    for e in entries:
+        m = e["metrics"]
+        table.add_row(
+            e["model_key"], str(e.get("version")), str(m.get("algorithm")), str(m.get("rows_used")),
+            _fmt(m.get("relative_pinball_loss")), _fmt(m.get("mean_abs_coverage_error")),
+            _fmt((m.get("interval_coverage") or {}).get("0.9")), _fmt(m.get("median_mape")),
+        )
+    console.print(table)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else ("-" if v is None else str(v))
+
+
+def _parse_key(model: str) -> IdentityPattern:
+    parts = model.split("/")
+    if len(parts) != 5:
+        _fail("MODEL is five parts: model_type/model_name/hardware/software_name/software_version ('*' for any)")
+    return IdentityPattern.from_segments(*parts)
+
+
+def _read_trace_arg(trace: str) -> list[dict[str, Any]]:
+    path = Path(trace)
+    if path.is_file():
+        from .traces import iter_trace_file
+
+        return list(iter_trace_file(path))
+    try:
+        data = orjson.loads(trace)
+    except orjson.JSONDecodeError:
+        _fail("TRACE is neither a file nor a JSON object/array")
+    return data if isinstance(data, list) else [data]
+
+
+@app.command()
+def predict(
+    model: str = typer.Argument(..., help="model_type/model_name/hardware/software_name/software_version ('*' for any part)."),
+    trace: str = typer.Argument(..., help="A trace file, or one trace (or an array) as JSON."),
+    quantiles: Optional[str] = typer.Option(None, help="Comma-separated levels, e.g. 0.5,0.9,0.99."),
+    confidence_level: float = typer.Option(0.95, "--confidence-level", "-c"),
+    data_dir: Optional[Path] = DataDirOpt,
+    url: Optional[str] = UrlOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the raw JSON answer."),
+):
+    """Predict runtime distributions for traces."""
+    pattern = _parse_key(model)
+    traces = _read_trace_arg(trace)
+    levels = [float(q) for q in quantiles.split(",")] if quantiles else None
+    if url:
+        from .client import PredictorClient
+
+        with PredictorClient(url) as client:
+            body = client.predict_batch(pattern.as_tuple(), traces, confidence_level=confidence_level, quantiles=levels).model_dump()
+    else:
+        from .service import PredictorService
+
+        service = PredictorService(_settings(data_dir))
+        try:
+            body = service.predict(pattern, traces, confidence_level, levels, with_total=True).batch_response()
+        except PredictorError as exc:
+            _fail(exc.message)
+    if as_json:
+        sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    table = Table(title=f"{body['summary']['success']}/{body['summary']['total']} predicted")
+    table.add_column("#")
+    for q in body.get("quantiles") or []:
+        table.add_column(f"p{q * 100:g}")
+    table.add_column("mean")
+    table.add_column("std")
+    table.add_column(f"{confidence_level:g} interval")
+    for i, r in enumerate(body["results"]):
+        if r["status"] == "success":
+            table.add_row(str(i), *[f"{v:.2f}" for v in r["quantile_predictions"]], f"{r['expect']:.2f}",
+                          f"{r['error']:.2f}", f"{r['interval'][0]:.2f} - {r['interval'][1]:.2f}")
+        else:
+            table.add_row(str(i), f"[red]{r['message']}[/]")
+    console.print(table)
+    if body.get("expect") is not None and len(body["results"]) > 1:
+        lo, hi = body["total_interval"]
+        console.print(f"total: mean {body['expect']:.2f} ms, std {body['error']:.2f} ms, {confidence_level:g} interval {lo:.2f} - {hi:.2f} ms")
+
+
+@app.command()
+def models(data_dir: Optional[Path] = DataDirOpt, url: Optional[str] = UrlOpt, as_json: bool = typer.Option(False, "--json")):
+    """List trained models."""
+    if url:
+        from .client import PredictorClient
+
+        with PredictorClient(url) as client:
+            entries = client.list_models_raw()
+    else:
+        from .service import PredictorService
+
+        entries = PredictorService(_settings(data_dir)).list_models()
+    if as_json:
+        sys.stdout.write(orjson.dumps(entries, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    table = Table(title="models")
+    for col in ("model", "versions", "algorithm", "samples", "rel. pinball", "90% interval", "predictions"):
+        table.add_column(col)
+    for group in entries:
+        for m in group["models"]:
+            met = m.get("metrics", {})
+            table.add_row(m["key"], ",".join(map(str, m["versions"])), str(m.get("algorithm")), str(m.get("samples")),
+                          _fmt(met.get("relative_pinball_loss")), _fmt((met.get("interval_coverage") or {}).get("0.9")),
+                          str(m.get("total_predictions", 0)))
+    console.print(table)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,399 @@
+"""Python clients for the Predictor service: :class:`PredictorClient` and :class:`AsyncPredictorClient`.
+
+Both share one implementation of request building and response parsing
+(:class:`_Calls`); they differ only in how a request is sent, as httpx's
+``Client`` and ``AsyncClient`` do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+import orjson
+from pydantic import BaseModel
+
+from .identity import IDENTITY_KEYS, IdentityPattern, ModelIdentity
+from .schemas import (
+    BatchPredictionResponse,
+    HealthResponse,
+    ModelsResponse,
+    PredictionResult,
+    SinglePredictionResponse,
+    TrainConfig,
+    TrainResult,
+)
+
+T = TypeVar("T", bound=BaseModel)
+IdentityLike = ModelIdentity | IdentityPattern | Mapping[str, Any] | Sequence[str | None] | str
+
+
+class PredictorClientError(Exception):
+    """The service answered with an error, or could not be reached."""
+
+    def __init__(self, message: str, status_code: int | None = None, field: str | None = None, body: Any = None):
+        super().__init__(f"{status_code}: {message}" if status_code else message)
+        self.message = message
+        self.status_code = status_code
+        self.field = field
+        self.body = body
+
+
+class PredictorUnavailableError(PredictorClientError):
+    """No connection to the service after every retry, or the request timed out."""
+
+
+class QueueWaitEstimate(BaseModel):
+    """Distribution of the time until a queue of independent tasks drains, in ms."""
+
+    tasks: int
+    failed: int
+    expect: float
+    error: float
+    quantiles: list[float]
+    quantile_predictions: list[float]
+    interval: list[float]
+    confidence_level: float
+
+    def quantile(self, level: float) -> float:
+        for q, v in zip(self.quantiles, self.quantile_predictions):
+            if abs(q - level) < 1e-12:
+                return v
+        raise KeyError(f"level {level} was not requested; have {self.quantiles}")
+
+
+@dataclass
+class _Request:
+    method: str
+    path: str
+    json: Any = None
+    files: list[tuple[str, tuple[str, bytes, str]]] | None = None
+    data: dict[str, str] | None = None
+    params: dict[str, Any] | None = None
+    response: type[BaseModel] | None = None
+    extract: str | None = None  # take this key of the JSON answer before validating
+    idempotent: bool = field(default=False)
+
+
+def identity_segments(identity: IdentityLike) -> list[str]:
+    """Five URL segments for an identity; unspecified parts become ``*``."""
+    if isinstance(identity, (ModelIdentity, IdentityPattern)):
+        parts = list(identity.as_tuple())
+    elif isinstance(identity, str):
+        parts = identity.split("/")
+    elif isinstance(identity, Mapping):
+        parts = [identity.get(k) for k in IDENTITY_KEYS]
+    else:
+        parts = list(identity)
+    if len(parts) != 5:
+        raise ValueError("an identity has five parts: model_type, model_name, hardware, software_name, software_version")
+    return [quote(str(p), safe="") if p not in (None, "") else "*" for p in parts]
+
+
+class _Calls:
+    """Request building and response parsing shared by both clients."""
+
+    # -------------------------------------------------------------- requests
+
+    @staticmethod
+    def health() -> _Request:
+        return _Request("GET", "/health", response=HealthResponse, idempotent=True)
+
+    @staticmethod
+    def models() -> _Request:
+        return _Request("GET", "/models", response=ModelsResponse, idempotent=True)
+
+    @staticmethod
+    def model(identity: IdentityLike, version: int | None = None) -> _Request:
+        path = "/models/" + "/".join(identity_segments(identity))
+        if version is not None:
+            path += f"/versions/{int(version)}"
+        return _Request("GET", path, extract="model", idempotent=True)
+
+    @staticmethod
+    def delete_model(identity: IdentityLike, version: int | None = None) -> _Request:
+        path = "/models/" + "/".join(identity_segments(identity))
+        if version is not None:
+            path += f"/versions/{int(version)}"
+        return _Request("DELETE", path)
+
+    @staticmethod
+    def train(config: Mapping[str, Any] | TrainConfig, files: Mapping[str, Path | str | bytes] | None = None) -> _Request:
+        cfg = config.model_dump(exclude_none=True) if isinstance(config, TrainConfig) else dict(config)
+        if not files:
+            return _Request("POST", "/train", json={"config": cfg}, response=TrainResult)
+        parts = [("config", ("config.json", orjson.dumps(cfg), "application/json"))]
+        for name, content in files.items():
+            data = content if isinstance(content, bytes) else Path(content).read_bytes()
+            parts.append((name, (name, data, "application/octet-stream")))
+        return _Request("POST", "/train", files=parts, response=TrainResult)
+
+    @staticmethod
+    def _options(confidence_level: float, quantiles: Sequence[float] | None, lookup_table_name: str | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"confidence_level": confidence_level}
+        if quantiles is not None:
+            body["quantiles"] = list(quantiles)
+        if lookup_table_name:
+            body["lookup_table"] = True
+            body["lookup_table_name"] = lookup_table_name
+        return body
+
+    def predict_single(self, identity: IdentityLike, trace: Mapping[str, Any], confidence_level: float = 0.95,
+                       quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None) -> _Request:
+        body = {"trace": dict(trace), **self._options(confidence_level, quantiles, lookup_table_name)}
+        return _Request("POST", "/predict/single/" + "/".join(identity_segments(identity)), json=body,
+                        response=SinglePredictionResponse, idempotent=True)
+
+    def predict_batch(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]], confidence_level: float = 0.95,
+                      quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None) -> _Request:
+        body = {"trace": [dict(t) for t in traces], **self._options(confidence_level, quantiles, lookup_table_name)}
+        return _Request("POST", "/predict/batch/" + "/".join(identity_segments(identity)), json=body,
+                        response=BatchPredictionResponse, idempotent=True)
+
+    @staticmethod
+    def seed_identity(model_type: str, metadata: Mapping[str, Any]) -> tuple[list[str | None], dict[str, Any]]:
+        """Split the seed's ``metadata`` into identity parts and trace features."""
+        parts: list[str | None] = [model_type] + [metadata.get(k) for k in IDENTITY_KEYS[1:]]
+        trace = {k: v for k, v in metadata.items() if k not in IDENTITY_KEYS}
+        return parts, trace
+
+    # -------------------------------------------------------------- responses
+
+    @staticmethod
+    def parse(req: _Request, response: httpx.Response) -> Any:
+        try:
+            body = orjson.loads(response.content) if response.content else None
+        except orjson.JSONDecodeError:
+            body = None
+        if response.status_code >= 400:
+            message = None
+            field_name = None
+            if isinstance(body, dict):
+                message = body.get("message") or body.get("detail")
+                field_name = body.get("field")
+            if not isinstance(message, str):
+                message = response.text[:500] or response.reason_phrase
+            raise PredictorClientError(message, response.status_code, field_name, body)
+        if req.extract is not None and isinstance(body, dict):
+            body = body.get(req.extract)
+        if req.response is not None:
+            return req.response.model_validate(body)
+        return body
+
+    @staticmethod
+    def queue_wait(batch: BatchPredictionResponse, confidence_level: float) -> QueueWaitEstimate:
+        if batch.expect is None or batch.total_quantiles is None or batch.total_interval is None:
+            raise PredictorClientError("no task in the queue could be predicted: " + "; ".join(
+                r.message or "" for r in batch.results if r.status != "success"))
+        return QueueWaitEstimate(
+            tasks=batch.summary.success,
+            failed=batch.summary.failed,
+            expect=batch.expect,
+            error=batch.error or 0.0,
+            quantiles=batch.quantiles or [],
+            quantile_predictions=batch.total_quantiles,
+            interval=batch.total_interval,
+            confidence_level=confidence_level,
+        )
+
+
+_RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.PoolTimeout)
+
+
+class _Base:
+    def __init__(self, base_url: str = "http://localhost:8200", timeout: float = 30.0, retries: int = 3, backoff: float = 0.1):
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self._calls = _Calls()
+
+    def _kwargs(self, req: _Request) -> dict[str, Any]:
+        kw: dict[str, Any] = {"params": req.params}
+        if req.files is not None:
+            kw["files"] = req.files
+            kw["data"] = req.data
+        elif req.json is not None:
+            kw["content"] = orjson.dumps(req.json)
+            kw["headers"] = {"content-type": "application/json"}
+        return kw
+
+    def _should_retry(self, req: _Request, exc: Exception, attempt: int) -> bool:
+        if attempt >= self.retries:
+            return False
+        # A refused or dropped connection never reached a handler; a read timeout may have.
+        return isinstance(exc, _RETRYABLE) or (req.idempotent and isinstance(exc, httpx.ReadError))
+
+    def _unavailable(self, exc: Exception) -> PredictorUnavailableError:
+        if isinstance(exc, httpx.TimeoutException):
+            return PredictorUnavailableError(f"request to {self.base_url} timed out after {self.timeout}s ({type(exc).__name__})")
+        return PredictorUnavailableError(f"cannot reach the predictor at {self.base_url}: {exc or type(exc).__name__}")
+
+
+class PredictorClient(_Base):
+    """Blocking client. Use as a context manager, or call :meth:`close`."""
+
+    def __init__(self, base_url: str = "http://localhost:8200", timeout: float = 30.0, retries: int = 3, backoff: float = 0.1,
+                 transport: httpx.BaseTransport | None = None):
+        super().__init__(base_url, timeout, retries, backoff)
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+
+    def __enter__(self) -> "PredictorClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _send(self, req: _Request) -> Any:
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(req.method, req.path, **self._kwargs(req))
+                return self._calls.parse(req, response)
+            except httpx.HTTPError as exc:
+                if not self._should_retry(req, exc, attempt):
+                    raise self._unavailable(exc) from exc
+                time.sleep(self.backoff * 2**attempt)
+                attempt += 1
+
+    # -------------------------------------------------------------- endpoints
+
+    def health(self) -> HealthResponse:
+        return self._send(self._calls.health())
+
+    def is_available(self) -> bool:
+        """True when the service answers ``/health``; never raises."""
+        try:
+            return self.health().status == "healthy"
+        except Exception:
+            return False
+
+    def list_models(self) -> ModelsResponse:
+        return self._send(self._calls.models())
+
+    def list_models_raw(self) -> list[dict[str, Any]]:
+        return [dict(m) for m in self.list_models().models]
+
+    def get_model(self, identity: IdentityLike, version: int | None = None) -> dict[str, Any]:
+        return self._send(self._calls.model(identity, version))
+
+    def delete_model(self, identity: IdentityLike, version: int | None = None) -> dict[str, Any]:
+        return self._send(self._calls.delete_model(identity, version))
+
+    def train(self, config: Mapping[str, Any] | TrainConfig, files: Mapping[str, Path | str | bytes] | None = None) -> TrainResult:
+        return self._send(self._calls.train(config, files))
+
+    def predict_single(self, identity: IdentityLike, trace: Mapping[str, Any], confidence_level: float = 0.95,
+                       quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None) -> SinglePredictionResponse:
+        return self._send(self._calls.predict_single(identity, trace, confidence_level, quantiles, lookup_table_name))
+
+    def predict_batch(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]], confidence_level: float = 0.95,
+                      quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None) -> BatchPredictionResponse:
+        return self._send(self._calls.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name))
+
+    def queue_wait(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]],
+                   quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9) -> QueueWaitEstimate:
+        """Distribution of the time until the tasks queued on one instance all finish."""
+        batch = self.predict_batch(identity, traces, confidence_level, quantiles)
+        return self._calls.queue_wait(batch, confidence_level)
+
+    # -------------------------------------------------------------- the seed's API
+
+    def predict(self, model_type: str, metadata: Mapping[str, Any], confidence_level: float = 0.95,
+                quantiles: Sequence[float] | None = None) -> PredictionResult:
+        parts, trace = self._calls.seed_identity(model_type, metadata)
+        return self.predict_single(parts, trace, confidence_level, quantiles).results
+
+    def get_median_prediction(self, model_type: str, metadata: Mapping[str, Any]) -> float:
+        result = self.predict(model_type, metadata, quantiles=[0.5])
+        return result.quantile_predictions[0]
+
+    def get_prediction_range(self, model_type: str, metadata: Mapping[str, Any], confidence_level: float = 0.95) -> tuple[float, float]:
+        result = self.predict(model_type, metadata, confidence_level=confidence_level)
+        low, high = result.interval
+        return low, high
+
+
+class AsyncPredictorClient(_Base):
+    """``asyncio`` twin of :class:`PredictorClient`, with the same methods as coroutines."""
+
+    def __init__(self, base_url: str = "http://localhost:8200", timeout: float = 30.0, retries: int = 3, backoff: float = 0.1,
+                 transport: httpx.AsyncBaseTransport | None = None):
+        super().__init__(base_url, timeout, retries, backoff)
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
+
+    async def __aenter__(self) -> "AsyncPredictorClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _send(self, req: _Request) -> Any:
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.request(req.method, req.path, **self._kwargs(req))
+                return self._calls.parse(req, response)
+            except httpx.HTTPError as exc:
+                if not self._should_retry(req, exc, attempt):
+                    raise self._unavailable(exc) from exc
+                await asyncio.sleep(self.backoff * 2**attempt)
+                attempt += 1
+
+    async def health(self) -> HealthResponse:
+        return await self._send(self._calls.health())
+
+    async def is_available(self) -> bool:
+        try:
+            return (await self.health()).status == "healthy"
+        except Exception:
+            return False
+
+    async def list_models(self) -> ModelsResponse:
+        return await self._send(self._calls.models())
+
+    async def get_model(self, identity: IdentityLike, version: int | None = None) -> dict[str, Any]:
+        return await self._send(self._calls.model(identity, version))
+
+    async def delete_model(self, identity: IdentityLike, version: int | None = None) -> dict[str, Any]:
+        return await self._send(self._calls.delete_model(identity, version))
+
+    async def train(self, config: Mapping[str, Any] | TrainConfig, files: Mapping[str, Path | str | bytes] | None = None) -> TrainResult:
+        return await self._send(self._calls.train(config, files))
+
+    async def predict_single(self, identity: IdentityLike, trace: Mapping[str, Any], confidence_level: float = 0.95,
+                             quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None) -> SinglePredictionResponse:
+        return await self._send(self._calls.predict_single(identity, trace, confidence_level, quantiles, lookup_table_name))
+
+    async def predict_batch(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]], confidence_level: float = 0.95,
+                            quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None) -> BatchPredictionResponse:
+        return await self._send(self._calls.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name))
+
+    async def queue_wait(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]],
+                         quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9) -> QueueWaitEstimate:
+        batch = await self.predict_batch(identity, traces, confidence_level, quantiles)
+        return self._calls.queue_wait(batch, confidence_level)
+
+    async def predict(self, model_type: str, metadata: Mapping[str, Any], confidence_level: float = 0.95,
+                      quantiles: Sequence[float] | None = None) -> PredictionResult:
+        parts, trace = self._calls.seed_identity(model_type, metadata)
+        return (await self.predict_single(parts, trace, confidence_level, quantiles)).results
+
+    async def get_median_prediction(self, model_type: str, metadata: Mapping[str, Any]) -> float:
+        return (await self.predict(model_type, metadata, quantiles=[0.5])).quantile_predictions[0]
+
+    async def get_prediction_range(self, model_type: str, metadata: Mapping[str, Any], confidence_level: float = 0.95) -> tuple[float, float]:
+        low, high = (await self.predict(model_type, metadata, confidence_level=confidence_level)).interval
+        return low, high

@@ -1,0 +1,93 @@
+"""The five strings that name a runtime model, and how they appear on disk and in URLs."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, fields
+
+IDENTITY_KEYS = ("model_type", "model_name", "hardware", "software_name", "software_version")
+WILDCARD = "*"
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelIdentity:
+    model_type: str
+    model_name: str
+    hardware: str
+    software_name: str
+    software_version: str
+
+    @classmethod
+    def from_parts(cls, parts: dict[str, object]) -> "ModelIdentity":
+        missing = [k for k in IDENTITY_KEYS if parts.get(k) in (None, "")]
+        if missing:
+            raise ValueError(f"model identity is missing {', '.join(missing)}")
+        return cls(**{k: str(parts[k]) for k in IDENTITY_KEYS})
+
+    def as_dict(self) -> dict[str, str]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def as_tuple(self) -> tuple[str, ...]:
+        return tuple(getattr(self, k) for k in IDENTITY_KEYS)
+
+    @property
+    def key(self) -> str:
+        """Human-readable key, e.g. ``llm/llama-3-8b/A100/vllm/0.4.0``."""
+        return "/".join(self.as_tuple())
+
+    @property
+    def dirname(self) -> str:
+        """A file-system-safe, collision-free directory name for this identity.
+
+        The readable prefix helps people browsing the data directory; the hash
+        keeps two identities that sanitise to the same prefix apart.
+        """
+        readable = "__".join(_SAFE.sub("-", p)[:40] for p in self.as_tuple())
+        digest = hashlib.sha256("\x1f".join(self.as_tuple()).encode()).hexdigest()[:12]
+        return f"{readable}__{digest}"
+
+    def model_info(self) -> dict[str, str]:
+        """The seed's ``model_info`` object."""
+        return {
+            "type": self.model_type,
+            "name": self.model_name,
+            "hardware": self.hardware,
+            "software_name": self.software_name,
+            "software_version": self.software_version,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityPattern:
+    """A possibly partial identity: ``None`` (or ``*`` in a URL) matches anything."""
+
+    model_type: str | None = None
+    model_name: str | None = None
+    hardware: str | None = None
+    software_name: str | None = None
+    software_version: str | None = None
+
+    @classmethod
+    def from_segments(cls, *segments: str) -> "IdentityPattern":
+        return cls(*(None if s in (WILDCARD, "") else s for s in segments))
+
+    @classmethod
+    def from_parts(cls, parts: dict[str, object]) -> "IdentityPattern":
+        return cls(**{k: (None if parts.get(k) in (None, "", WILDCARD) else str(parts[k])) for k in IDENTITY_KEYS})
+
+    def matches(self, identity: ModelIdentity) -> bool:
+        return all(
+            want is None or want == getattr(identity, k)
+            for k, want in zip(IDENTITY_KEYS, self.as_tuple())
+        )
+
+    def as_tuple(self) -> tuple[str | None, ...]:
+        return tuple(getattr(self, k) for k in IDENTITY_KEYS)
+
+    def is_complete(self) -> bool:
+        return all(v is not None for v in self.as_tuple())
+
+    def describe(self) -> str:
+        return "/".join(v if v is not None else WILDCARD for v in self.as_tuple())

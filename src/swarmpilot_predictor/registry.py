@@ -1,0 +1,278 @@
+"""Versioned, crash-safe storage of trained models in the data directory.
+
+Layout: ``models/<identity dir>/v0001.model.json`` holds the fitted model and
+``v0001.meta.json`` its metadata. The meta file is written last, so a version
+exists exactly when its meta file does: a crash mid-write leaves at most a
+stray temporary file, which start-up ignores. Everything is JSON (LightGBM
+boosters in their own text format inside it), so loading runs no code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .errors import AmbiguousModel, ModelNotFound, NotFound
+from .features import FeatureSchema
+from .identity import IdentityPattern, ModelIdentity
+from .modeling import QuantileModel
+
+log = logging.getLogger(__name__)
+_META = re.compile(r"^v(\d{4,})\.meta\.json$")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class ModelVersion:
+    """Metadata of one stored version; the fitted model itself is loaded lazily."""
+
+    identity: ModelIdentity
+    version: int
+    created_at: float
+    target: str
+    features: FeatureSchema
+    quantiles: list[float]
+    algorithm: str
+    family: str
+    params: dict[str, Any]
+    data: dict[str, Any]
+    metrics: dict[str, Any]
+    data_hash: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return self.identity.key
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "identity": self.identity.as_dict(),
+            "version": self.version,
+            "created_at": self.created_at,
+            "target": self.target,
+            "features": self.features.to_json(),
+            "quantiles": self.quantiles,
+            "algorithm": self.algorithm,
+            "family": self.family,
+            "params": self.params,
+            "data": self.data,
+            "metrics": self.metrics,
+            "data_hash": self.data_hash,
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "ModelVersion":
+        return cls(
+            identity=ModelIdentity.from_parts(d["identity"]),
+            version=int(d["version"]),
+            created_at=float(d["created_at"]),
+            target=d["target"],
+            features=FeatureSchema.from_json(d["features"]),
+            quantiles=[float(q) for q in d["quantiles"]],
+            algorithm=d["algorithm"],
+            family=d["family"],
+            params=d.get("params", {}),
+            data=d.get("data", {}),
+            metrics=d.get("metrics", {}),
+            data_hash=d.get("data_hash", ""),
+            extra=d.get("extra", {}),
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """What listings show: everything but the bulky per-family CV details."""
+        out = self.to_json()
+        out["features"] = [{"name": f.name, "kind": f.kind} for f in self.features.features]
+        return out
+
+
+@dataclass
+class LoadedModel:
+    meta: ModelVersion
+    model: QuantileModel
+
+
+class ModelRegistry:
+    """All models of one data directory: index of metadata, LRU of loaded models."""
+
+    def __init__(self, root: Path, max_loaded: int = 256):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_loaded = max_loaded
+        self._lock = threading.RLock()
+        self._index: dict[ModelIdentity, dict[int, ModelVersion]] = {}
+        self._loaded: OrderedDict[tuple[ModelIdentity, int], LoadedModel] = OrderedDict()
+        self._scanned_at = 0.0
+        self.refresh()
+
+    # ------------------------------------------------------------------ index
+
+    def refresh(self) -> None:
+        """Re-read every meta file (other workers may have written new versions)."""
+        index: dict[ModelIdentity, dict[int, ModelVersion]] = {}
+        for model_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            for entry in os.scandir(model_dir):
+                m = _META.match(entry.name)
+                if not m:
+                    continue
+                try:
+                    meta = ModelVersion.from_json(orjson.loads(Path(entry.path).read_bytes()))
+                except (OSError, ValueError, KeyError, TypeError) as exc:
+                    log.warning("skipping unreadable model metadata %s: %s", entry.path, exc)
+                    continue
+                if not (model_dir / _model_file(meta.version)).exists():
+                    log.warning("skipping %s: its model file is missing", entry.path)
+                    continue
+                index.setdefault(meta.identity, {})[meta.version] = meta
+        with self._lock:
+            self._index = index
+            self._scanned_at = time.monotonic()
+            for key in list(self._loaded):
+                if key[1] not in index.get(key[0], {}):
+                    del self._loaded[key]
+
+    def maybe_refresh(self, max_age: float = 1.0) -> None:
+        if time.monotonic() - self._scanned_at > max_age:
+            self.refresh()
+
+    def identities(self) -> list[ModelIdentity]:
+        with self._lock:
+            return sorted(self._index, key=lambda i: i.as_tuple())
+
+    def versions(self, identity: ModelIdentity) -> list[ModelVersion]:
+        with self._lock:
+            return [v for _, v in sorted(self._index.get(identity, {}).items())]
+
+    def latest(self, identity: ModelIdentity) -> ModelVersion:
+        versions = self.versions(identity)
+        if not versions:
+            raise ModelNotFound(f"no model {identity.key}")
+        return versions[-1]
+
+    def get_version(self, identity: ModelIdentity, version: int | None = None) -> ModelVersion:
+        if version is None:
+            return self.latest(identity)
+        with self._lock:
+            meta = self._index.get(identity, {}).get(version)
+        if meta is None:
+            raise NotFound(f"model {identity.key} has no version {version}")
+        return meta
+
+    def resolve(self, pattern: IdentityPattern) -> ModelIdentity:
+        """The one stored identity matching ``pattern`` (``*`` parts match anything)."""
+        for attempt in range(2):
+            with self._lock:
+                matches = [i for i in self._index if pattern.matches(i)]
+            if matches or attempt:
+                break
+            self.refresh()  # another worker may have trained it a moment ago
+        if not matches:
+            raise ModelNotFound(f"no trained model matches {pattern.describe()}")
+        if len(matches) > 1:
+            names = sorted(m.key for m in matches)
+            raise AmbiguousModel(
+                f"{len(matches)} models match {pattern.describe()}: {', '.join(names)}; specify more of the identity",
+                extra={"candidates": names},
+            )
+        return matches[0]
+
+    # ------------------------------------------------------------------ load / save
+
+    def load(self, identity: ModelIdentity, version: int | None = None) -> LoadedModel:
+        meta = self.get_version(identity, version)
+        key = (identity, meta.version)
+        with self._lock:
+            hit = self._loaded.get(key)
+            if hit is not None:
+                self._loaded.move_to_end(key)
+                return hit
+        path = self.root / identity.dirname / _model_file(meta.version)
+        model = QuantileModel.from_json(orjson.loads(path.read_bytes()))
+        loaded = LoadedModel(meta, model)
+        with self._lock:
+            self._loaded[key] = loaded
+            while len(self._loaded) > self.max_loaded:
+                self._loaded.popitem(last=False)
+        return loaded
+
+    def save(self, meta: ModelVersion, model: QuantileModel) -> ModelVersion:
+        """Store ``model`` as the next version of ``meta.identity``; returns the stored meta."""
+        model_dir = self.root / meta.identity.dirname
+        model_dir.mkdir(parents=True, exist_ok=True)
+        version = self._reserve_version(model_dir)
+        meta.version = version
+        try:
+            atomic_write_bytes(model_dir / _model_file(version), orjson.dumps(model.to_json(), option=orjson.OPT_SERIALIZE_NUMPY))
+            atomic_write_bytes(model_dir / f"v{version:04d}.meta.json", orjson.dumps(meta.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+        finally:
+            (model_dir / f"v{version:04d}.lock").unlink(missing_ok=True)
+        with self._lock:
+            self._index.setdefault(meta.identity, {})[version] = meta
+            self._loaded[(meta.identity, version)] = LoadedModel(meta, model)
+            while len(self._loaded) > self.max_loaded:
+                self._loaded.popitem(last=False)
+        return meta
+
+    def _reserve_version(self, model_dir: Path) -> int:
+        # An exclusive lock file per number keeps concurrent workers from colliding.
+        taken = [int(m.group(1)) for e in os.scandir(model_dir) if (m := re.match(r"^v(\d{4,})\.", e.name))]
+        version = max(taken, default=0) + 1
+        while True:
+            try:
+                os.close(os.open(model_dir / f"v{version:04d}.lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                return version
+            except FileExistsError:
+                version += 1
+
+    def delete(self, identity: ModelIdentity, version: int | None = None) -> list[int]:
+        """Delete one version, or every version when ``version`` is None."""
+        model_dir = self.root / identity.dirname
+        targets = [m.version for m in self.versions(identity)] if version is None else [self.get_version(identity, version).version]
+        if not targets:
+            raise ModelNotFound(f"no model {identity.key}")
+        for v in targets:
+            # Meta first: once it is gone the version no longer exists for anyone.
+            (model_dir / f"v{v:04d}.meta.json").unlink(missing_ok=True)
+            (model_dir / _model_file(v)).unlink(missing_ok=True)
+        with self._lock:
+            versions = self._index.get(identity, {})
+            for v in targets:
+                versions.pop(v, None)
+                self._loaded.pop((identity, v), None)
+            if not versions:
+                self._index.pop(identity, None)
+        if version is None or not self.versions(identity):
+            shutil.rmtree(model_dir, ignore_errors=True)
+        return targets
+
+    @property
+    def loaded_count(self) -> int:
+        return len(self._loaded)
+
+
+def _model_file(version: int) -> str:
+    return f"v{version:04d}.model.json"

@@ -1,0 +1,178 @@
+"""Wire schemas: the JSON bodies of requests and responses (pydantic v2)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .identity import IDENTITY_KEYS
+from .modeling import ALGORITHMS
+
+DEFAULT_QUANTILES = [0.25, 0.5, 0.75, 0.99]
+
+
+def _check_levels(levels: list[float] | None, field: str) -> list[float] | None:
+    if levels is None:
+        return None
+    if not levels:
+        raise ValueError(f"{field} must not be empty")
+    for q in levels:
+        if not (0.0 < q < 1.0) or math.isnan(q):
+            raise ValueError(f"{field} must lie strictly between 0 and 1, got {q}")
+    if len(levels) > 200:
+        raise ValueError(f"{field} may hold at most 200 levels")
+    return [float(q) for q in levels]
+
+
+class ModelIdentityBody(BaseModel):
+    model_config = ConfigDict(protected_namespaces=(), extra="forbid")
+
+    model_type: str = Field(min_length=1, max_length=200)
+    model_name: str = Field(min_length=1, max_length=200)
+    hardware: str = Field(min_length=1, max_length=200)
+    software_name: str = Field(min_length=1, max_length=200)
+    software_version: str = Field(min_length=1, max_length=200)
+
+
+class TrainConfig(BaseModel):
+    """What ``POST /train`` (and ``swarmpilot-predictor train``) takes."""
+
+    model_config = ConfigDict(protected_namespaces=(), extra="forbid")
+
+    model: ModelIdentityBody | None = None
+    group_by: list[str] | None = None
+    traces: list[dict[str, Any]] | str
+    target: str = "runtime_ms"
+    features: list[str] | None = None
+    quantiles: list[float] = Field(default_factory=lambda: list(DEFAULT_QUANTILES))
+    algorithm: Literal["auto", "empirical", "linear", "lightgbm"] = "auto"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("quantiles")
+    @classmethod
+    def _levels(cls, v: list[float]) -> list[float]:
+        return sorted(set(_check_levels(v, "quantiles") or []))
+
+    @field_validator("group_by")
+    @classmethod
+    def _group_by(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            bad = [k for k in v if k not in IDENTITY_KEYS]
+            if bad:
+                raise ValueError(f"group_by keys must be identity keys ({', '.join(IDENTITY_KEYS)}), got {', '.join(bad)}")
+            if not v:
+                raise ValueError("group_by must name at least one identity key")
+        return v
+
+    @model_validator(mode="after")
+    def _identity_given(self) -> "TrainConfig":
+        if self.model is None and self.group_by is None:
+            raise ValueError("config needs 'model' (the five identity strings) or 'group_by'")
+        return self
+
+
+class TrainRequest(BaseModel):
+    config: TrainConfig
+
+
+class PredictOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    confidence_level: float = Field(0.95, gt=0.0, lt=1.0)
+    quantiles: list[float] | None = None
+    lookup_table: bool = False
+    lookup_table_name: str | None = None
+
+    @field_validator("quantiles")
+    @classmethod
+    def _levels(cls, v: list[float] | None) -> list[float] | None:
+        return _check_levels(v, "quantiles")
+
+
+class PredictSingleRequest(PredictOptions):
+    trace: dict[str, Any]
+
+
+class PredictBatchRequest(PredictOptions):
+    trace: list[dict[str, Any]] = Field(max_length=100_000)
+
+
+class ObserveRequest(BaseModel):
+    model_config = ConfigDict(protected_namespaces=(), extra="forbid")
+
+    model: ModelIdentityBody
+    traces: list[dict[str, Any]] = Field(min_length=1, max_length=100_000)
+
+
+# --------------------------------------------------------------------------- responses
+
+
+class ModelInfo(BaseModel):
+    type: str
+    name: str
+    hardware: str
+    software_name: str
+    software_version: str
+
+
+class PredictionResult(BaseModel):
+    status: Literal["success", "error"]
+    quantiles: list[float] | None = None
+    quantile_predictions: list[float] | None = None
+    expect: float | None = None
+    error: float | None = None
+    interval: list[float] | None = None
+    model_info: ModelInfo | None = None
+    model_version: int | None = None
+    message: str | None = None
+    source: str | None = None
+
+
+class PredictionSummary(BaseModel):
+    total: int
+    success: int
+    failed: int
+    confidence_level: float
+    duration_seconds: float
+
+
+class SinglePredictionResponse(BaseModel):
+    summary: PredictionSummary
+    results: PredictionResult
+
+
+class BatchPredictionResponse(BaseModel):
+    summary: PredictionSummary
+    results: list[PredictionResult]
+    quantiles: list[float] | None = None
+    expect: float | None = None
+    error: float | None = None
+    total_quantiles: list[float] | None = None
+    total_interval: list[float] | None = None
+
+
+class TrainResult(BaseModel):
+    status: str
+    model_key: str
+    version: int | None = None
+    metrics: dict[str, Any]
+    duration_seconds: float
+    models: list[dict[str, Any]] | None = None
+
+
+class HealthResponse(BaseModel):
+    status: str
+    service: str
+    version: str
+    mode: Literal["default", "lookup_table"]
+    lookup_predictor_loaded: bool
+    models_loaded: int | None = None
+    models_registered: int | None = None
+    drifted_models: list[str] | None = None
+
+
+class ModelsResponse(BaseModel):
+    status: str
+    models: list[dict[str, Any]]

@@ -1,0 +1,375 @@
+"""The predictor as a plain Python object: training, prediction, discovery.
+
+HTTP routes and the CLI are thin layers over :class:`PredictorService`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import InvalidInput, PredictorError
+from .features import FeatureSchema
+from .identity import IDENTITY_KEYS, IdentityPattern, ModelIdentity
+from .modeling import QuantileModel
+from .registry import ModelRegistry, ModelVersion
+from .schemas import TrainConfig
+from .settings import PredictorSettings
+from .traces import TRACE_FILE_SUFFIXES, TraceError, TraceTable, normalize_trace
+
+ProgressFn = Callable[[int], None]
+
+
+def safe_child(root: Path, name: str, what: str = "path") -> Path:
+    """``root / name`` if it stays inside ``root``; otherwise an InvalidInput error.
+
+    Requests name files inside the data directory; absolute paths, ``..`` and
+    symlinks that lead outside are refused before anything is opened.
+    """
+    if not name or "\x00" in name:
+        raise InvalidInput(f"{what} must be a non-empty file name", field=what)
+    candidate = Path(name)
+    if candidate.is_absolute() or ".." in candidate.parts:
+        raise InvalidInput(f"{what} {name!r} must be relative to the data directory, without '..'", field=what)
+    root_resolved = root.resolve()
+    resolved = (root_resolved / candidate).resolve()
+    if not resolved.is_relative_to(root_resolved):
+        raise InvalidInput(f"{what} {name!r} leads outside the data directory", field=what)
+    return resolved
+
+
+@dataclass
+class Prediction:
+    """Predictions for a batch of traces, ready to be rendered as the contract's JSON."""
+
+    identity: ModelIdentity
+    version: int
+    levels: list[float]
+    confidence_level: float
+    ok: np.ndarray  # bool per trace
+    errors: list[str | None]
+    quantiles: np.ndarray  # (n_ok, levels)
+    mean: np.ndarray
+    std: np.ndarray
+    interval: np.ndarray  # (n_ok, 2)
+    total: dict[str, Any] | None
+    duration_seconds: float
+    source: str = "model"
+
+    def results(self) -> list[dict[str, Any]]:
+        info = self.identity.model_info()
+        out: list[dict[str, Any]] = []
+        qs, means, stds, ivs = self.quantiles.tolist(), self.mean.tolist(), self.std.tolist(), self.interval.tolist()
+        k = 0
+        for good, err in zip(self.ok.tolist(), self.errors):
+            if good:
+                out.append({
+                    "status": "success",
+                    "quantiles": self.levels,
+                    "quantile_predictions": qs[k],
+                    "expect": means[k],
+                    "error": stds[k],
+                    "interval": ivs[k],
+                    "model_info": info,
+                    "model_version": self.version,
+                })
+                k += 1
+            else:
+                out.append({"status": "error", "message": err, "model_info": info})
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        n_ok = int(self.ok.sum())
+        return {
+            "total": len(self.errors),
+            "success": n_ok,
+            "failed": len(self.errors) - n_ok,
+            "confidence_level": self.confidence_level,
+            "duration_seconds": self.duration_seconds,
+        }
+
+    def single_response(self) -> dict[str, Any]:
+        return {"summary": self.summary(), "results": self.results()[0]}
+
+    def batch_response(self) -> dict[str, Any]:
+        body = {"summary": self.summary(), "results": self.results(), "quantiles": self.levels}
+        body.update(self.total or {"expect": None, "error": None, "total_quantiles": None, "total_interval": None})
+        return body
+
+
+class PredictorService:
+    def __init__(self, settings: PredictorSettings):
+        self.settings = settings
+        settings.ensure_dirs()
+        self.registry = ModelRegistry(settings.models_dir, settings.max_loaded_models)
+        self.prediction_counts: Counter[ModelIdentity] = Counter()
+        self._count_lock = threading.Lock()
+        self.started_at = time.time()
+
+    # ------------------------------------------------------------------ traces
+
+    def read_traces(
+        self,
+        source: list[dict[str, Any]] | str,
+        uploads: dict[str, Path] | None = None,
+        progress: ProgressFn | None = None,
+    ) -> TraceTable:
+        """Traces given inline, as an uploaded file's name, or as a data-directory path."""
+        try:
+            if isinstance(source, list):
+                return TraceTable.from_traces(source, progress=progress)
+            if uploads and source in uploads:
+                return TraceTable.from_file(uploads[source], progress=progress)
+            path = safe_child(self.settings.data_dir, source, "traces")
+            if not path.is_file():
+                raise InvalidInput(f"traces file {source!r} not found in the data directory or the upload", field="traces")
+            if not path.name.lower().removesuffix(".gz").endswith(TRACE_FILE_SUFFIXES):
+                raise InvalidInput(f"traces file {source!r} must be .json, .jsonl or .csv (optionally .gz)", field="traces")
+            return TraceTable.from_file(path, progress=progress)
+        except TraceError as exc:
+            raise InvalidInput(str(exc), field="traces") from None
+
+    # ------------------------------------------------------------------ training
+
+    def train(
+        self,
+        config: TrainConfig,
+        uploads: dict[str, Path] | None = None,
+        progress: ProgressFn | None = None,
+    ) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        table = self.read_traces(config.traces, uploads, progress)
+        if len(table) == 0:
+            raise InvalidInput("no traces given", field="traces")
+        groups = self._split_groups(table, config)
+        trained = []
+        for identity, part in groups:
+            meta = self._train_one(identity, part, config)
+            trained.append(meta)
+        duration = time.perf_counter() - t0
+        first = trained[0]
+        result: dict[str, Any] = {
+            "status": "success",
+            "model_key": first.key,
+            "version": first.version,
+            "metrics": first.metrics,
+            "duration_seconds": duration,
+        }
+        if len(trained) > 1 or config.group_by:
+            result["models"] = [
+                {"model_key": m.key, "version": m.version, "identity": m.identity.as_dict(), "metrics": m.metrics}
+                for m in trained
+            ]
+        return result
+
+    def _split_groups(self, table: TraceTable, config: TrainConfig) -> list[tuple[ModelIdentity, TraceTable]]:
+        base = config.model.model_dump() if config.model else {}
+        if not config.group_by:
+            return [(ModelIdentity.from_parts(base), table)]
+        missing = [k for k in config.group_by if k not in table.columns]
+        if missing:
+            raise InvalidInput(f"group_by key(s) not found in the traces: {', '.join(missing)}", field="group_by")
+        unset = [k for k in IDENTITY_KEYS if k not in config.group_by and not base.get(k)]
+        if unset:
+            raise InvalidInput(
+                f"identity part(s) {', '.join(unset)} are neither in group_by nor in model", field="group_by"
+            )
+        keys = np.stack([table.strings(k) for k in config.group_by], axis=1)
+        has_all = np.all(keys != None, axis=1)  # noqa: E711
+        labels = np.array(["\x1f".join(row) if ok else "" for row, ok in zip(keys.tolist(), has_all)], dtype=object)
+        groups = []
+        for label in sorted(set(labels[has_all].tolist())):
+            rows = np.flatnonzero(labels == label)
+            parts = dict(base)
+            parts.update(zip(config.group_by, label.split("\x1f")))
+            groups.append((ModelIdentity.from_parts(parts), table.take(rows)))
+        if not groups:
+            raise InvalidInput("no trace carries every group_by key", field="group_by")
+        return groups
+
+    def _train_one(self, identity: ModelIdentity, table: TraceTable, config: TrainConfig) -> ModelVersion:
+        try:
+            schema, X, y, report = FeatureSchema.prepare_training(table, config.target, config.features)
+        except TraceError as exc:
+            raise InvalidInput(f"{identity.key}: {exc}", field="traces") from None
+        if len(y) < 2:
+            raise InvalidInput(
+                f"{identity.key}: only {len(y)} usable trace(s) with a positive '{config.target}'; at least 2 are needed",
+                field="traces",
+            )
+        kinds = [f.kind for f in schema.features]
+        ncats = [len(f.categories) for f in schema.features]
+        t0 = time.perf_counter()
+        try:
+            model = QuantileModel(kinds, ncats, config.algorithm, params=config.params).fit(X, y)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"{identity.key}: training failed: {exc}", field="params") from None
+        chosen = model.cv_[model.family_]
+        metrics = {
+            "algorithm": model.family_,
+            "validation": "cross-validated (out-of-fold, calibrated without the held-out fold)",
+            **{k: v for k, v in chosen.items() if k != "seconds"},
+            "rows_used": report.rows_used,
+            "rows_dropped": sum(report.rows_dropped.values()),
+            "data": report.to_json(),
+            "cv_scores": {f: {"pinball_loss": m["pinball_loss"], "mean_abs_coverage_error": m["mean_abs_coverage_error"]} for f, m in model.cv_.items()},
+            "training_seconds": time.perf_counter() - t0,
+        }
+        digest = hashlib.sha256()
+        digest.update(",".join(schema.names).encode())
+        digest.update(np.ascontiguousarray(X).tobytes())
+        digest.update(np.ascontiguousarray(y).tobytes())
+        meta = ModelVersion(
+            identity=identity,
+            version=0,
+            created_at=time.time(),
+            target=config.target,
+            features=schema,
+            quantiles=list(config.quantiles),
+            algorithm=config.algorithm,
+            family=model.family_,
+            params=dict(config.params),
+            data=report.to_json(),
+            metrics=metrics,
+            data_hash=digest.hexdigest(),
+        )
+        return self.registry.save(meta, model)
+
+    # ------------------------------------------------------------------ prediction
+
+    def predict(
+        self,
+        pattern: IdentityPattern,
+        traces: Sequence[dict[str, Any]],
+        confidence_level: float = 0.95,
+        quantiles: Sequence[float] | None = None,
+        with_total: bool = False,
+        version: int | None = None,
+    ) -> Prediction:
+        t0 = time.perf_counter()
+        self.registry.maybe_refresh()
+        identity = self.registry.resolve(pattern)
+        loaded = self.registry.load(identity, version)
+        levels = list(quantiles) if quantiles else loaded.meta.quantiles
+        flat = []
+        pre_errors: list[str | None] = []
+        for t in traces:
+            try:
+                flat.append(normalize_trace(t))
+                pre_errors.append(None)
+            except TraceError as exc:
+                flat.append({})
+                pre_errors.append(str(exc))
+        X, errors = loaded.meta.features.matrix(flat)
+        errors = [p or e for p, e in zip(pre_errors, errors)]
+        ok = np.array([e is None for e in errors], dtype=bool)
+        rows = np.flatnonzero(ok)
+        dist = loaded.model.predict_distribution(X[rows])
+        q = dist.quantiles(levels)
+        mean, std = dist.mean_std()
+        interval = dist.interval(confidence_level)
+        total = None
+        if with_total and len(rows):
+            tot = dist.total()
+            total = {
+                "expect": float(tot.mean),
+                "error": tot.std,
+                "total_quantiles": tot.quantiles(levels).tolist(),
+                "total_interval": tot.interval(confidence_level).tolist(),
+            }
+        with self._count_lock:
+            self.prediction_counts[identity] += len(rows)
+        return Prediction(
+            identity=identity,
+            version=loaded.meta.version,
+            levels=levels,
+            confidence_level=confidence_level,
+            ok=ok,
+            errors=errors,
+            quantiles=q,
+            mean=mean,
+            std=std,
+            interval=interval,
+            total=total,
+            duration_seconds=time.perf_counter() - t0,
+        )
+
+    # ------------------------------------------------------------------ discovery
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "healthy",
+            "service": "predictor",
+            "version": __version__,
+            "mode": "default",
+            "lookup_predictor_loaded": False,
+            "models_registered": len(self.registry.identities()),
+            "models_loaded": self.registry.loaded_count,
+        }
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """The seed's per-(type, name) entries, each listing its concrete models."""
+        self.registry.refresh()
+        grouped: dict[tuple[str, str], list[ModelIdentity]] = {}
+        for identity in self.registry.identities():
+            grouped.setdefault((identity.model_type, identity.model_name), []).append(identity)
+        out = []
+        for (mtype, mname), identities in grouped.items():
+            entries = [self.describe_model(i) for i in identities]
+            out.append({
+                "model_type": mtype,
+                "model_name": mname,
+                "total_predictions": sum(self.prediction_counts[i] for i in identities),
+                "hardware_types": sorted({i.hardware for i in identities}),
+                "software_versions": sorted({f"{i.software_name}/{i.software_version}" for i in identities}),
+                "models": entries,
+            })
+        return out
+
+    def describe_model(self, identity: ModelIdentity) -> dict[str, Any]:
+        versions = self.registry.versions(identity)
+        if not versions:
+            raise PredictorError(f"no model {identity.key}")
+        latest = versions[-1]
+        return {
+            "key": identity.key,
+            **identity.as_dict(),
+            "latest_version": latest.version,
+            "versions": [v.version for v in versions],
+            "total_predictions": self.prediction_counts[identity],
+            "samples": latest.data.get("rows_used"),
+            "algorithm": latest.family,
+            "features": [{"name": f.name, "kind": f.kind} for f in latest.features.features],
+            "quantiles": latest.quantiles,
+            "created_at": latest.created_at,
+            "metrics": _headline_metrics(latest.metrics),
+        }
+
+    def model_detail(self, pattern: IdentityPattern, version: int | None = None) -> dict[str, Any]:
+        identity = self.registry.resolve(pattern)
+        if version is not None:
+            return self.registry.get_version(identity, version).to_json()
+        detail = self.describe_model(identity)
+        detail["version_details"] = [v.summary() for v in self.registry.versions(identity)]
+        return detail
+
+    def delete_model(self, pattern: IdentityPattern, version: int | None = None) -> dict[str, Any]:
+        if not pattern.is_complete():
+            raise InvalidInput("deleting needs the full identity; '*' is not allowed here", field="identity")
+        identity = self.registry.resolve(pattern)
+        deleted = self.registry.delete(identity, version)
+        return {"status": "success", "model_key": identity.key, "deleted_versions": deleted}
+
+
+def _headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    keys = ("pinball_loss", "relative_pinball_loss", "mean_abs_coverage_error", "interval_coverage", "median_mape", "rows_used", "rows_dropped")
+    return {k: metrics[k] for k in keys if k in metrics}

@@ -1,0 +1,41 @@
+"""Service configuration, read from ``PREDICTOR_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class PredictorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PREDICTOR_", extra="ignore")
+
+    data_dir: Path = Path("./predictor_data")
+    host: str = "0.0.0.0"
+    port: int = 8200
+    workers: int = 1
+    # The seed names this variable without our prefix; accept both spellings.
+    default_lookup_table: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DEFAULT_LOOKUP_TABLE", "PREDICTOR_DEFAULT_LOOKUP_TABLE"),
+    )
+    max_loaded_models: int = 256
+    max_upload_mb: int = 512
+    log_level: str = "info"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def tables_dir(self) -> Path:
+        return self.data_dir / "tables"
+
+    @property
+    def observations_dir(self) -> Path:
+        return self.data_dir / "observations"
+
+    def ensure_dirs(self) -> None:
+        for d in (self.data_dir, self.models_dir, self.tables_dir, self.observations_dir):
+            d.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,260 @@
+"""Reading traces: flat or structured objects, from requests or JSON/JSONL/CSV(.gz) files.
+
+Everything here streams: rows are folded into compact per-column arrays as they
+are read, so a million-row file costs tens of MB, not a list of a million dicts.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import math
+from array import array
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import orjson
+
+from .identity import IDENTITY_KEYS
+
+DEFAULT_TARGET = "runtime_ms"
+ID_KEYS = frozenset({"task_id", "req_id", "model_id", "request_id"})
+TIMESTAMP_KEYS = frozenset({"ts", "timestamp"})
+TRACE_FILE_SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv")
+
+
+class TraceError(ValueError):
+    """A trace or trace file that cannot be read; the message says where and why."""
+
+
+def reserved_keys(target: str = DEFAULT_TARGET) -> frozenset[str]:
+    return frozenset({target, *ID_KEYS, *TIMESTAMP_KEYS, *IDENTITY_KEYS})
+
+
+def normalize_trace(obj: Any) -> dict[str, Any]:
+    """Return a flat trace dict, accepting SwarmPilot's structured form too.
+
+    ``{"input_feature": [{"param_name": "x", "val": 1}], "model_id": "m"}``
+    becomes ``{"x": 1, "model_id": "m"}``; other keys are kept as they are.
+    """
+    if not isinstance(obj, dict):
+        raise TraceError(f"a trace must be a JSON object, got {type(obj).__name__}")
+    if "input_feature" not in obj:
+        return obj
+    items = obj["input_feature"]
+    if not isinstance(items, list):
+        raise TraceError("input_feature must be a list of {param_name, val} objects")
+    flat = {k: v for k, v in obj.items() if k != "input_feature"}
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or "param_name" not in item:
+            raise TraceError(f"input_feature[{i}] must be an object with param_name and val")
+        flat[str(item["param_name"])] = item.get("val")
+    return flat
+
+
+# --------------------------------------------------------------------------- files
+
+
+def open_trace_file(path: Path | str) -> tuple[IO[bytes], str]:
+    """Open a trace file (transparently gunzipping) and return it with its format."""
+    path = Path(path)
+    name = path.name.lower()
+    gz = name.endswith(".gz")
+    if gz:
+        name = name[:-3]
+    fmt = _format_from_name(name)
+    raw: IO[bytes] = gzip.open(path, "rb") if gz else open(path, "rb")
+    return raw, fmt
+
+
+def _format_from_name(name: str) -> str:
+    for suffix in TRACE_FILE_SUFFIXES:
+        if name.endswith(suffix):
+            return "jsonl" if suffix == ".ndjson" else suffix[1:]
+    raise TraceError(
+        f"unsupported trace file {name!r}: expected .json, .jsonl or .csv, optionally .gz"
+    )
+
+
+def iter_trace_file(path: Path | str) -> Iterator[dict[str, Any]]:
+    """Yield flat traces from a file, one at a time."""
+    raw, fmt = open_trace_file(path)
+    with raw:
+        yield from iter_trace_stream(raw, fmt, source=Path(path).name)
+
+
+def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Iterator[dict[str, Any]]:
+    try:
+        if fmt == "jsonl":
+            for lineno, line in enumerate(raw, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    raise TraceError(f"{source}: line {lineno} is not valid JSON ({exc})") from None
+                yield _normalize_at(obj, source, f"line {lineno}")
+        elif fmt == "json":
+            try:
+                doc = orjson.loads(raw.read())
+            except orjson.JSONDecodeError as exc:
+                raise TraceError(f"{source}: not valid JSON ({exc})") from None
+            if isinstance(doc, dict) and isinstance(doc.get("traces"), list):
+                doc = doc["traces"]
+            if not isinstance(doc, list):
+                raise TraceError(f"{source}: a .json trace file holds an array or an object with a 'traces' array")
+            for i, obj in enumerate(doc):
+                yield _normalize_at(obj, source, f"item {i}")
+        elif fmt == "csv":
+            text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+            for row in csv.DictReader(text):
+                yield {k: _csv_value(v) for k, v in row.items() if k is not None}
+        else:  # pragma: no cover - guarded by _format_from_name
+            raise TraceError(f"unknown trace format {fmt!r}")
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        # Truncated gzip streams and binary garbage end up here.
+        raise TraceError(f"{source}: cannot read trace file ({exc})") from None
+
+
+def _normalize_at(obj: Any, source: str, where: str) -> dict[str, Any]:
+    try:
+        return normalize_trace(obj)
+    except TraceError as exc:
+        raise TraceError(f"{source}: {where}: {exc}") from None
+
+
+def _csv_value(text: str | None) -> Any:
+    if text is None or text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+# --------------------------------------------------------------------------- columnar table
+
+
+@dataclass
+class Column:
+    """One field's values across all rows: numbers, strings, or both (then categorical)."""
+
+    numbers: array = field(default_factory=lambda: array("d"))
+    codes: array | None = None  # int32 codes into `vocab`; -1 where the value was not a string
+    vocab: dict[str, int] = field(default_factory=dict)
+
+    def pad(self, n: int) -> None:
+        missing = n - len(self.numbers)
+        if missing > 0:
+            self.numbers.extend([math.nan] * missing)
+            if self.codes is not None:
+                self.codes.extend([-1] * missing)
+
+    def append(self, value: Any) -> None:
+        if isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, (int, float)):
+            self.numbers.append(float(value))
+            if self.codes is not None:
+                self.codes.append(-1)
+        elif isinstance(value, str):
+            if self.codes is None:
+                self.codes = array("i", [-1] * len(self.numbers))
+            self.numbers.append(math.nan)
+            self.codes.append(self.vocab.setdefault(value, len(self.vocab)))
+        else:  # None, lists, objects: treated as missing
+            self.numbers.append(math.nan)
+            if self.codes is not None:
+                self.codes.append(-1)
+
+    @property
+    def is_categorical(self) -> bool:
+        return self.codes is not None
+
+    def as_numeric(self) -> np.ndarray:
+        return np.frombuffer(self.numbers, dtype=np.float64).copy()
+
+    def as_strings(self) -> np.ndarray:
+        """Values as an object array of strings (None where missing)."""
+        nums = np.frombuffer(self.numbers, dtype=np.float64)
+        out = np.full(len(nums), None, dtype=object)
+        if self.codes is not None:
+            codes = np.frombuffer(self.codes, dtype=np.int32)
+            inverse = np.array(list(self.vocab), dtype=object)
+            has = codes >= 0
+            out[has] = inverse[codes[has]]
+        else:
+            has = np.zeros(len(nums), dtype=bool)
+        numeric = ~has & np.isfinite(nums)
+        out[numeric] = [format_number(v) for v in nums[numeric]]
+        return out
+
+
+def format_number(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+@dataclass
+class TraceTable:
+    """Traces read column by column; ``columns`` keeps first-seen order."""
+
+    columns: dict[str, Column]
+    n_rows: int
+
+    @classmethod
+    def from_traces(
+        cls, traces: Iterable[Any], progress: Callable[[int], None] | None = None
+    ) -> "TraceTable":
+        columns: dict[str, Column] = {}
+        n = 0
+        for i, raw in enumerate(traces):
+            trace = raw if isinstance(raw, dict) and "input_feature" not in raw else _normalize_at(raw, "traces", f"item {i}")
+            for key, value in trace.items():
+                col = columns.get(key)
+                if col is None:
+                    col = columns[key] = Column()
+                    col.pad(n)
+                elif len(col.numbers) < n:
+                    col.pad(n)
+                col.append(value)
+            n += 1
+            if progress is not None and n % 8192 == 0:
+                progress(8192)
+        for col in columns.values():
+            col.pad(n)
+        if progress is not None:
+            progress(n % 8192)
+        return cls(columns=columns, n_rows=n)
+
+    @classmethod
+    def from_file(cls, path: Path | str, progress: Callable[[int], None] | None = None) -> "TraceTable":
+        return cls.from_traces(iter_trace_file(path), progress=progress)
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    def numeric(self, name: str) -> np.ndarray:
+        return self.columns[name].as_numeric()
+
+    def strings(self, name: str) -> np.ndarray:
+        return self.columns[name].as_strings()
+
+    def take(self, rows: np.ndarray) -> "TraceTable":
+        """A new table holding only ``rows`` (used to split by ``group_by``)."""
+        cols: dict[str, Column] = {}
+        for name, col in self.columns.items():
+            nums = np.frombuffer(col.numbers, dtype=np.float64)[rows]
+            new = Column(numbers=array("d", nums.tobytes()))
+            if col.codes is not None:
+                new.codes = array("i", np.frombuffer(col.codes, dtype=np.int32)[rows].astype(np.int32).tobytes())
+                new.vocab = col.vocab
+            cols[name] = new
+        return TraceTable(columns=cols, n_rows=len(rows))

@@ -1,0 +1,96 @@
+"""Shared fixtures: synthetic traces and a real uvicorn server on a free port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+IDENTITY = {
+    "model_type": "llm",
+    "model_name": "Qwen/Qwen2.5-7B",
+    "hardware": "NVIDIA H100 80GB HBM3",
+    "software_name": "sglang",
+    "software_version": "0.4.0",
+}
+
+
+def make_llm_traces(n: int = 400, seed: int = 0) -> list[dict]:
+    """LLM-like traces: runtime grows with output tokens, multiplicative noise."""
+    rng = np.random.default_rng(seed)
+    inp = rng.integers(16, 2048, n)
+    out = rng.integers(8, 512, n)
+    noise = rng.lognormal(0.0, 0.15, n)
+    runtime = (20 + 0.02 * inp + 12.0 * out) * noise
+    return [
+        {"input_tokens": int(i), "output_tokens": int(o), "runtime_ms": float(r), "task_id": f"t{k}"}
+        for k, (i, o, r) in enumerate(zip(inp, out, runtime))
+    ]
+
+
+@pytest.fixture
+def llm_traces() -> list[dict]:
+    return make_llm_traces()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LiveServer:
+    url: str
+    data_dir: Path
+    process: subprocess.Popen
+
+
+@contextmanager
+def run_server(data_dir: Path, extra_env: dict[str, str] | None = None, args: list[str] | None = None) -> Iterator[LiveServer]:
+    """Start ``uvicorn`` with the app factory on a free port; stop it on exit."""
+    port = free_port()
+    env = {**os.environ, "PREDICTOR_DATA_DIR": str(data_dir), **(extra_env or {})}
+    cmd = args or [sys.executable, "-m", "uvicorn", "swarmpilot_predictor.api:app_from_env", "--factory",
+                   "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    cmd = [c.replace("{port}", str(port)) for c in cmd]
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                out = proc.stdout.read().decode() if proc.stdout else ""
+                raise RuntimeError(f"server exited with {proc.returncode}:\n{out}")
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start within 30 s")
+            time.sleep(0.1)
+        yield LiveServer(url, data_dir, proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[LiveServer]:
+    with run_server(tmp_path / "data") as srv:
+        yield srv
