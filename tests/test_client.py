@@ -1,0 +1,218 @@
+"""The Python clients against a real server: typed answers, the seed's API, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from swarmpilot_predictor.client import (
+    AsyncPredictorClient,
+    PredictorClient,
+    PredictorClientError,
+    PredictorUnavailableError,
+    QueueWaitEstimate,
+)
+from swarmpilot_predictor.schemas import BatchPredictionResponse, SinglePredictionResponse, TrainResult
+
+from .conftest import IDENTITY, REPO_ROOT, free_port, make_llm_traces, run_server
+
+SEED_IDENTITY = {"model_type": "gpt-3.5-turbo", "model_name": "turbo", "hardware": "A100",
+                 "software_name": "vllm", "software_version": "0.1.0"}
+
+
+@pytest.fixture(scope="module")
+def trained_server(tmp_path_factory):
+    data = tmp_path_factory.mktemp("client") / "data"
+    with run_server(data) as srv:
+        with PredictorClient(srv.url) as client:
+            client.train({"model": IDENTITY, "traces": make_llm_traces(300), "algorithm": "linear"})
+            client.train({"model": SEED_IDENTITY, "traces": make_llm_traces(300, seed=1), "algorithm": "linear"})
+        yield srv
+
+
+def _load_example(name: str):
+    # By path: a dependency installs an unrelated top-level package called `examples`.
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_typed_answers_for_every_prediction_endpoint(trained_server):
+    with PredictorClient(trained_server.url) as client:
+        assert client.health().status == "healthy"
+        models = client.list_models()
+        assert {m["model_type"] for m in models.models} == {"llm", "gpt-3.5-turbo"}
+        single = client.predict_single(IDENTITY, {"input_tokens": 100, "output_tokens": 50}, quantiles=[0.1, 0.5, 0.9])
+        assert isinstance(single, SinglePredictionResponse)
+        q = single.results.quantile_predictions
+        assert single.results.quantiles == [0.1, 0.5, 0.9] and q[0] < q[1] < q[2]
+        # Truth at these features is about 20 + 2 + 600 = 622 ms.
+        assert 500 < q[1] < 750
+        batch = client.predict_batch(IDENTITY, [{"input_tokens": 100, "output_tokens": 50}] * 3)
+        assert isinstance(batch, BatchPredictionResponse)
+        assert batch.summary.success == 3
+        assert batch.expect == pytest.approx(3 * batch.results[0].expect, rel=1e-9)
+        detail = client.get_model(IDENTITY)
+        assert detail["key"] == "/".join(IDENTITY.values())
+
+
+def test_seed_methods(trained_server):
+    metadata = {"hardware": "A100", "input_tokens": 100, "output_tokens": 50}
+    with PredictorClient(trained_server.url) as client:
+        response = client.predict(model_type="gpt-3.5-turbo", metadata=metadata)
+        assert response.status == "success"
+        assert response.quantiles == [0.25, 0.5, 0.75, 0.99]
+        median = client.get_median_prediction("gpt-3.5-turbo", metadata)
+        assert response.quantile_predictions[0] < median < response.quantile_predictions[2]
+        low, high = client.get_prediction_range("gpt-3.5-turbo", metadata, confidence_level=0.8)
+        wide_low, wide_high = client.get_prediction_range("gpt-3.5-turbo", metadata, confidence_level=0.99)
+        assert wide_low < low < median < high < wide_high
+
+
+def test_seed_example_runs_verbatim(trained_server):
+    # PYTHONPATH=. as in the README: the seed imports `src.scheduler.predictor_client`.
+    env = {**os.environ, "PREDICTOR_URL": trained_server.url, "PYTHONPATH": str(REPO_ROOT)}
+    out = subprocess.run([sys.executable, "examples/seed_client_example.py"], cwd=REPO_ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "Predictor service is ready"
+    assert lines[1] == "Predicted quantiles: [0.25, 0.5, 0.75, 0.99]"
+    assert lines[3].startswith("Median execution time: ") and lines[3].endswith("ms")
+    low, high = (float(v) for v in lines[4].removeprefix("Expected range: ").removesuffix("ms").split("-"))
+    assert 0 < low < high
+
+
+def test_queue_wait_and_instance_choice(trained_server):
+    example = _load_example("scheduler_queue_wait")
+    Instance, choose_instance = example.Instance, example.choose_instance
+
+    with PredictorClient(trained_server.url) as client:
+        queue = [{"input_tokens": 200, "output_tokens": 100}] * 5
+        est = client.queue_wait(IDENTITY, queue, quantiles=[0.5, 0.9, 0.99])
+        assert isinstance(est, QueueWaitEstimate)
+        one = client.predict_single(IDENTITY, queue[0]).results
+        assert est.tasks == 5
+        assert est.expect == pytest.approx(5 * one.expect, rel=1e-9)
+        # Independent tasks: the total's spread grows like sqrt(n), not n.
+        assert est.error == pytest.approx(5**0.5 * one.error, rel=1e-6)
+        assert est.quantile(0.5) < est.quantile(0.9) < est.quantile(0.99)
+        busy = Instance("busy", IDENTITY, queue)
+        idle = Instance("idle", IDENTITY, [])
+        best, scores = choose_instance(client, [busy, idle], {"input_tokens": 10, "output_tokens": 10})
+        assert best.name == "idle" and scores["idle"] < scores["busy"]
+
+
+def test_errors_carry_status_and_message(trained_server):
+    with PredictorClient(trained_server.url) as client:
+        with pytest.raises(PredictorClientError) as nf:
+            client.predict_single(("nope", None, None, None, None), {"input_tokens": 1, "output_tokens": 1})
+        assert nf.value.status_code == 404 and "nope" in nf.value.message
+        with pytest.raises(PredictorClientError) as bad:
+            client.predict_single(IDENTITY, {"input_tokens": 1})
+        assert bad.value.status_code == 422 and "output_tokens" in bad.value.message
+        with pytest.raises(PredictorClientError) as conf:
+            client.predict_single(IDENTITY, {"input_tokens": 1, "output_tokens": 1}, confidence_level=1.0)
+        assert conf.value.status_code == 422 and conf.value.field == "confidence_level"
+        with pytest.raises(PredictorClientError) as amb:
+            client.predict_single((None, None, None, None, None), {"input_tokens": 1, "output_tokens": 1})
+        assert amb.value.status_code == 409
+
+
+def test_train_with_files_and_delete(trained_server, tmp_path):
+    path = tmp_path / "traces.jsonl"
+    import orjson
+
+    path.write_bytes(b"\n".join(orjson.dumps(t) for t in make_llm_traces(120, seed=3)))
+    ident = {**IDENTITY, "software_version": "9.9"}
+    with PredictorClient(trained_server.url) as client:
+        result = client.train({"model": ident, "traces": "traces.jsonl", "algorithm": "linear"}, files={"traces.jsonl": path})
+        assert isinstance(result, TrainResult) and result.version == 1
+        assert result.metrics["rows_used"] == 120
+        deleted = client.delete_model(ident)
+        assert deleted["deleted_versions"] == [1]
+        with pytest.raises(PredictorClientError) as gone:
+            client.get_model(ident)
+        assert gone.value.status_code == 404
+
+
+def test_async_client_matches_sync(trained_server):
+    trace = {"input_tokens": 300, "output_tokens": 120}
+
+    async def run():
+        async with AsyncPredictorClient(trained_server.url) as client:
+            assert await client.is_available()
+            single, batch, median = await asyncio.gather(
+                client.predict_single(IDENTITY, trace),
+                client.predict_batch(IDENTITY, [trace, trace]),
+                client.get_median_prediction("gpt-3.5-turbo", {"hardware": "A100", **trace}),
+            )
+            with pytest.raises(PredictorClientError) as err:
+                await client.predict_single(IDENTITY, {"input_tokens": 1})
+            return single, batch, median, err.value.status_code
+
+    single, batch, median, code = asyncio.run(run())
+    with PredictorClient(trained_server.url) as client:
+        assert client.predict_single(IDENTITY, trace).results.quantile_predictions == single.results.quantile_predictions
+        assert client.get_median_prediction("gpt-3.5-turbo", {"hardware": "A100", **trace}) == median
+    assert batch.summary.success == 2 and code == 422
+
+
+def test_server_down_retries_then_raises_one_clear_error():
+    port = free_port()  # nothing listens here
+    with PredictorClient(f"http://127.0.0.1:{port}", retries=2, backoff=0.01) as client:
+        assert client.is_available() is False
+        with pytest.raises(PredictorUnavailableError) as err:
+            client.list_models()
+        assert f"127.0.0.1:{port}" in err.value.message
+
+    async def run():
+        async with AsyncPredictorClient(f"http://127.0.0.1:{port}", retries=1, backoff=0.01) as client:
+            assert await client.is_available() is False
+            with pytest.raises(PredictorUnavailableError):
+                await client.health()
+
+    asyncio.run(run())
+
+
+def test_timeout_raises_unavailable():
+    # A server that accepts connections and never answers.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    accepted = []
+    stop = threading.Event()
+
+    def accept():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                pass
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        with PredictorClient(f"http://127.0.0.1:{port}", timeout=0.5, retries=0) as client:
+            with pytest.raises(PredictorUnavailableError) as err:
+                client.health()
+            assert "timed out" in err.value.message
+            assert client.is_available() is False
+    finally:
+        stop.set()
+        t.join()
+        for c in accepted:
+            c.close()
+        listener.close()
