@@ -30,6 +30,7 @@ from .schemas import (
     BatchPredictionResponse,
     HealthResponse,
     ModelsResponse,
+    ObserveRequest,
     PredictBatchRequest,
     PredictSingleRequest,
     SinglePredictionResponse,
@@ -37,6 +38,7 @@ from .schemas import (
     TrainRequest,
     TrainResult,
 )
+from .metrics import MetricsMiddleware
 from .service import PredictorService
 from .settings import PredictorSettings
 from .traces import TRACE_FILE_SUFFIXES
@@ -138,6 +140,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
+        service.close()
 
     app = FastAPI(
         title="SwarmPilot Predictor",
@@ -145,6 +148,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         description="Runtime distributions (quantiles, mean, std, queue totals) for ML inference tasks.",
         lifespan=lifespan,
     )
+    app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     app.add_middleware(EncodedSlashMiddleware)
     app.state.service = service
     app.state.settings = settings
@@ -182,6 +186,18 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     async def model_version_detail(request: Request, version: int):
         pattern, _ = _identity_from(request, 1)
         return JSONResponse({"status": "success", "model": service.model_detail(pattern, version)})
+
+    @app.get("/models/" + IDENTITY_PATH + "/accuracy", tags=["monitoring"],
+             summary="Rolling accuracy of the serving version against observed runtimes")
+    async def model_accuracy(request: Request, version: int | None = None, recent: int = 200):
+        pattern, _ = _identity_from(request, 1)
+        return JSONResponse(service.accuracy(pattern, version, max(0, min(recent, 5000))))
+
+    @app.post("/models/" + IDENTITY_PATH + "/retrain", tags=["monitoring"],
+              summary="Retrain now on training data plus observations; a new version only if it is better")
+    async def model_retrain(request: Request):
+        pattern, _ = _identity_from(request, 1)
+        return JSONResponse(await run_in_threadpool(service.retrain, pattern))
 
     @app.delete("/models/" + IDENTITY_PATH, tags=["models"], summary="Delete a model, every version")
     async def model_delete(request: Request):
@@ -254,7 +270,28 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         pred = service.predict(pattern, req.trace, req.confidence_level, req.quantiles, with_total=True)
         return JSONResponse(pred.batch_response())
 
+    # ------------------------------------------------------------------ monitoring
+
+    @app.post("/observe", tags=["monitoring"], openapi_extra=_openapi_body(ObserveRequest),
+              summary="Record measured runtimes for accuracy tracking and retraining")
+    async def observe(request: Request):
+        req = await _json_body(request, ObserveRequest)
+        result = await run_in_threadpool(service.observe, req.model.model_dump(), req.traces)
+        return JSONResponse(result)
+
+    @app.get("/metrics", tags=["monitoring"], summary="Prometheus metrics")
+    async def metrics():
+        body, ctype = service.render_metrics()
+        return Response(body, media_type=ctype)
+
+    @app.get("/dashboard", tags=["monitoring"], summary="Models, accuracy and drift for people", include_in_schema=True)
+    async def dashboard():
+        return Response(_DASHBOARD.read_bytes(), media_type="text/html; charset=utf-8")
+
     return app
+
+
+_DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
 
 
 def _suffix(name: str) -> str:

@@ -9,6 +9,7 @@ boosters in their own text format inside it), so loading runs no code.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from .errors import AmbiguousModel, ModelNotFound, NotFound
@@ -219,14 +221,23 @@ class ModelRegistry:
                 self._loaded.popitem(last=False)
         return loaded
 
-    def save(self, meta: ModelVersion, model: QuantileModel) -> ModelVersion:
-        """Store ``model`` as the next version of ``meta.identity``; returns the stored meta."""
+    def save(self, meta: ModelVersion, model: QuantileModel,
+             training_data: tuple[np.ndarray, np.ndarray] | None = None) -> ModelVersion:
+        """Store ``model`` as the next version of ``meta.identity``; returns the stored meta.
+
+        ``training_data`` (the encoded X and y) is kept beside the model so that
+        online retraining can combine it with observations later.
+        """
         model_dir = self.root / meta.identity.dirname
         model_dir.mkdir(parents=True, exist_ok=True)
         version = self._reserve_version(model_dir)
         meta.version = version
         try:
             atomic_write_bytes(model_dir / _model_file(version), orjson.dumps(model.to_json(), option=orjson.OPT_SERIALIZE_NUMPY))
+            if training_data is not None:
+                buf = io.BytesIO()
+                np.savez_compressed(buf, X=np.asarray(training_data[0], dtype=np.float64), y=np.asarray(training_data[1], dtype=np.float64))
+                atomic_write_bytes(model_dir / _data_file(version), buf.getvalue())
             atomic_write_bytes(model_dir / f"v{version:04d}.meta.json", orjson.dumps(meta.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
         finally:
             (model_dir / f"v{version:04d}.lock").unlink(missing_ok=True)
@@ -248,6 +259,14 @@ class ModelRegistry:
             except FileExistsError:
                 version += 1
 
+    def training_data(self, identity: ModelIdentity, version: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The encoded training rows of a version, if they were stored (no pickle allowed)."""
+        path = self.root / identity.dirname / _data_file(version)
+        if not path.exists():
+            return None
+        with np.load(path, allow_pickle=False) as data:
+            return data["X"], data["y"]
+
     def delete(self, identity: ModelIdentity, version: int | None = None) -> list[int]:
         """Delete one version, or every version when ``version`` is None."""
         model_dir = self.root / identity.dirname
@@ -258,6 +277,7 @@ class ModelRegistry:
             # Meta first: once it is gone the version no longer exists for anyone.
             (model_dir / f"v{v:04d}.meta.json").unlink(missing_ok=True)
             (model_dir / _model_file(v)).unlink(missing_ok=True)
+            (model_dir / _data_file(v)).unlink(missing_ok=True)
         with self._lock:
             versions = self._index.get(identity, {})
             for v in targets:
@@ -276,3 +296,7 @@ class ModelRegistry:
 
 def _model_file(version: int) -> str:
     return f"v{version:04d}.model.json"
+
+
+def _data_file(version: int) -> str:
+    return f"v{version:04d}.data.npz"

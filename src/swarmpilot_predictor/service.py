@@ -21,7 +21,10 @@ from .errors import InvalidInput, PredictorError
 from .features import FeatureSchema
 from .identity import IDENTITY_KEYS, IdentityPattern, ModelIdentity
 from .modeling import QuantileModel
+from .metrics import PredictorMetrics
+from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog
 from .registry import ModelRegistry, ModelVersion
+from .retraining import Retrainer
 from .schemas import TrainConfig
 from .settings import PredictorSettings
 from .traces import TRACE_FILE_SUFFIXES, TraceError, TraceTable, normalize_trace
@@ -114,6 +117,21 @@ class PredictorService:
         self.prediction_counts: Counter[ModelIdentity] = Counter()
         self._count_lock = threading.Lock()
         self.started_at = time.time()
+        self.metrics = PredictorMetrics()
+        self.observations = ObservationLog(
+            settings.observations_dir,
+            max_file_bytes=int(settings.observations_max_file_mb * 1024 * 1024),
+            max_files=settings.observations_max_files,
+        )
+        self.monitor = AccuracyMonitor(
+            self.observations, settings.accuracy_window, settings.drift_alpha, settings.drift_min_observations
+        )
+        self.retrainer = Retrainer(
+            self.registry, self.monitor, settings.auto_retrain, settings.retrain_min_observations
+        )
+
+    def close(self) -> None:
+        self.retrainer.shutdown()
 
     # ------------------------------------------------------------------ traces
 
@@ -147,6 +165,16 @@ class PredictorService:
         progress: ProgressFn | None = None,
     ) -> dict[str, Any]:
         t0 = time.perf_counter()
+        try:
+            result = self._train(config, uploads, progress, t0)
+        except Exception:
+            self.metrics.training_runs.labels("error").inc()
+            raise
+        self.metrics.training_runs.labels("success").inc()
+        self.metrics.training_duration.observe(result["duration_seconds"])
+        return result
+
+    def _train(self, config: TrainConfig, uploads: dict[str, Path] | None, progress: ProgressFn | None, t0: float) -> dict[str, Any]:
         table = self.read_traces(config.traces, uploads, progress)
         if len(table) == 0:
             raise InvalidInput("no traces given", field="traces")
@@ -242,7 +270,7 @@ class PredictorService:
             metrics=metrics,
             data_hash=digest.hexdigest(),
         )
-        return self.registry.save(meta, model)
+        return self.registry.save(meta, model, training_data=(X, y))
 
     # ------------------------------------------------------------------ prediction
 
@@ -288,6 +316,9 @@ class PredictorService:
             }
         with self._count_lock:
             self.prediction_counts[identity] += len(rows)
+        self.metrics.predictions.labels(identity.key, "model").inc(len(rows))
+        if len(rows) < len(errors):
+            self.metrics.prediction_errors.labels(identity.key).inc(len(errors) - len(rows))
         return Prediction(
             identity=identity,
             version=loaded.meta.version,
@@ -314,6 +345,8 @@ class PredictorService:
             "lookup_predictor_loaded": False,
             "models_registered": len(self.registry.identities()),
             "models_loaded": self.registry.loaded_count,
+            "drifted_models": [i.key for i in self.registry.identities() if self.is_drifted(i)],
+            "auto_retrain": self.retrainer.enabled,
         }
 
     def list_models(self) -> list[dict[str, Any]]:
@@ -352,6 +385,8 @@ class PredictorService:
             "quantiles": latest.quantiles,
             "created_at": latest.created_at,
             "metrics": _headline_metrics(latest.metrics),
+            "drifted": self.is_drifted(identity),
+            "observations": self.monitor.report(identity, latest.version)["observations"],
         }
 
     def model_detail(self, pattern: IdentityPattern, version: int | None = None) -> dict[str, Any]:
@@ -367,7 +402,86 @@ class PredictorService:
             raise InvalidInput("deleting needs the full identity; '*' is not allowed here", field="identity")
         identity = self.registry.resolve(pattern)
         deleted = self.registry.delete(identity, version)
+        if version is None:
+            self.observations.delete(identity)
+            self.monitor.forget(identity)
         return {"status": "success", "model_key": identity.key, "deleted_versions": deleted}
+
+
+    # ------------------------------------------------------------------ observations
+
+    def observe(self, model: dict[str, str], traces: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Record measured runtimes; compare them with what the serving model predicts."""
+        identity = ModelIdentity.from_parts(model)
+        self.registry.maybe_refresh()
+        loaded = self.registry.load(identity)
+        target = loaded.meta.target
+        flat, errors = [], []
+        for t in traces:
+            try:
+                flat.append(normalize_trace(t))
+                errors.append(None)
+            except TraceError as exc:
+                flat.append({})
+                errors.append(str(exc))
+        X, feat_errors = loaded.meta.features.matrix(flat)
+        y = np.full(len(flat), np.nan)
+        for i, t in enumerate(flat):
+            v = t.get(target)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v > 0:
+                y[i] = v
+            elif errors[i] is None:
+                errors[i] = f"'{target}' must be a positive number" if v is not None else f"missing measured '{target}'"
+        errors = [e or f for e, f in zip(errors, feat_errors)]
+        ok = np.array([e is None for e in errors], dtype=bool)
+        rows = np.flatnonzero(ok)
+        if len(rows) == 0:
+            raise InvalidInput("no usable observation: " + "; ".join(
+                f"traces[{i}]: {e}" for i, e in enumerate(errors[:5])), field="traces")
+        q = loaded.model.predict_quantiles(X[rows], list(MONITOR_LEVELS))
+        version = loaded.meta.version
+        self.monitor.record(identity, version, [flat[i] for i in rows], y[rows], q)
+        self.metrics.observations.labels(identity.key).inc(len(rows))
+        report = self.monitor.report(identity, version)
+        self.metrics.set_accuracy(identity.key, report)
+        scheduled = self.retrainer.maybe_schedule(identity, version)
+        return {
+            "status": "success",
+            "model_key": identity.key,
+            "model_version": version,
+            "accepted": int(len(rows)),
+            "rejected": [{"index": i, "message": e} for i, e in enumerate(errors) if e is not None],
+            "drifted": report["drifted"],
+            "retraining_scheduled": scheduled is not None,
+        }
+
+    def accuracy(self, pattern: IdentityPattern, version: int | None = None, recent: int = 200) -> dict[str, Any]:
+        identity = self.registry.resolve(pattern)
+        meta = self.registry.get_version(identity, version)
+        report = self.monitor.report(identity, meta.version)
+        self.metrics.set_accuracy(identity.key, report)
+        return {
+            "status": "success",
+            "model_key": identity.key,
+            "version": meta.version,
+            **report,
+            "heldout_at_training": _headline_metrics(meta.metrics),
+            "recent": self.monitor.recent(identity, meta.version, recent),
+            "retraining": [d for d in self.retrainer.history if d["model_key"] == identity.key][-5:],
+        }
+
+    def is_drifted(self, identity: ModelIdentity) -> bool:
+        versions = self.registry.versions(identity)
+        return bool(versions) and bool(self.monitor.report(identity, versions[-1].version)["drifted"])
+
+    def retrain(self, pattern: IdentityPattern) -> dict[str, Any]:
+        identity = self.registry.resolve(pattern)
+        return self.retrainer.retrain(identity, reason="requested")
+
+    def render_metrics(self) -> tuple[bytes, str]:
+        self.metrics.models_loaded.set(self.registry.loaded_count)
+        self.metrics.models_registered.set(len(self.registry.identities()))
+        return self.metrics.render()
 
 
 def _headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:

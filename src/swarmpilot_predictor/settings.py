@@ -23,6 +23,14 @@ class PredictorSettings(BaseSettings):
     max_loaded_models: int = 256
     max_upload_mb: int = 512
     log_level: str = "info"
+    # Accuracy monitoring and online retraining.
+    accuracy_window: int = 1000
+    drift_alpha: float = 1e-3
+    drift_min_observations: int = 30
+    auto_retrain: bool = False
+    retrain_min_observations: int = 200
+    observations_max_file_mb: float = 8.0
+    observations_max_files: int = 8
 
     @property
     def models_dir(self) -> Path:

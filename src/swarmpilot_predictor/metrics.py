@@ -1,0 +1,89 @@
+"""Prometheus metrics, one registry per app so that several apps can share a process."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+TRAINING_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
+
+
+class PredictorMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("predictor_http_requests_total", "HTTP requests by route, method and status.",
+                                ["route", "method", "status"], registry=r)
+        self.latency = Histogram("predictor_http_request_duration_seconds", "HTTP request latency by route.",
+                                 ["route", "method"], buckets=LATENCY_BUCKETS, registry=r)
+        self.predictions = Counter("predictor_predictions_total", "Traces predicted, per model.",
+                                   ["model", "source"], registry=r)
+        self.prediction_errors = Counter("predictor_prediction_errors_total", "Traces that could not be predicted, per model.",
+                                         ["model"], registry=r)
+        self.training_runs = Counter("predictor_training_runs_total", "Training runs by outcome.", ["status"], registry=r)
+        self.training_duration = Histogram("predictor_training_duration_seconds", "Training duration.",
+                                           buckets=TRAINING_BUCKETS, registry=r)
+        self.cache_hits = Counter("predictor_cache_hits_total", "Prediction cache hits.", registry=r)
+        self.cache_misses = Counter("predictor_cache_misses_total", "Prediction cache misses.", registry=r)
+        self.models_loaded = Gauge("predictor_models_loaded", "Models held in memory.", registry=r)
+        self.models_registered = Gauge("predictor_models_registered", "Models in the registry.", registry=r)
+        self.observations = Counter("predictor_observations_total", "Observed runtimes recorded, per model.",
+                                    ["model"], registry=r)
+        self.coverage = Gauge("predictor_model_coverage_ratio", "Rolling fraction of observed runtimes at or below the predicted quantile.",
+                              ["model", "level"], registry=r)
+        self.interval_coverage = Gauge("predictor_model_interval_coverage_ratio", "Rolling coverage of central intervals.",
+                                       ["model", "interval"], registry=r)
+        self.pinball = Gauge("predictor_model_relative_pinball_loss", "Rolling pinball loss divided by the mean runtime.",
+                             ["model"], registry=r)
+        self.median_mape = Gauge("predictor_model_median_mape_ratio", "Rolling mean absolute percentage error of the median.",
+                                 ["model"], registry=r)
+        self.drifted = Gauge("predictor_model_drifted", "1 when the model's coverage left its tolerance band.",
+                             ["model"], registry=r)
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route, method).observe(seconds)
+
+    def set_accuracy(self, model: str, report: dict) -> None:
+        for level, value in (report.get("coverage") or {}).items():
+            self.coverage.labels(model, level).set(value)
+        for name, value in (report.get("interval_coverage") or {}).items():
+            self.interval_coverage.labels(model, name).set(value)
+        if "relative_pinball_loss" in report:
+            self.pinball.labels(model).set(report["relative_pinball_loss"])
+        if "median_mape" in report:
+            self.median_mape.labels(model).set(report["median_mape"])
+        self.drifted.labels(model).set(1.0 if report.get("drifted") else 0.0)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class MetricsMiddleware:
+    """Times every HTTP request and labels it by route template, not raw path (bounded cardinality)."""
+
+    def __init__(self, app, metrics: PredictorMetrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            self.metrics.observe_request(path, scope.get("method", ""), status, time.perf_counter() - start)

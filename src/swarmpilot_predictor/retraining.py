@@ -1,0 +1,149 @@
+"""Online retraining from observed runtimes.
+
+A model that drifted, or that has gathered enough new observations, is
+retrained on its training data plus the observations, weighted toward recent
+ones. The newest observations are held out: a candidate becomes a new version
+only if it beats the serving model on them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from .identity import ModelIdentity
+from .modeling import QuantileModel, pinball_loss
+from .monitoring import MONITOR_LEVELS, AccuracyMonitor
+from .registry import ModelRegistry, ModelVersion
+
+log = logging.getLogger(__name__)
+
+
+class Retrainer:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        monitor: AccuracyMonitor,
+        enabled: bool = False,
+        min_new_observations: int = 200,
+        holdout_fraction: float = 0.25,
+        training_weight: float = 0.25,
+    ):
+        self.registry = registry
+        self.monitor = monitor
+        self.enabled = enabled
+        self.min_new_observations = min_new_observations
+        self.holdout_fraction = holdout_fraction
+        self.training_weight = training_weight
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrain")
+        self._running: dict[ModelIdentity, Future] = {}
+        self._lock = threading.Lock()
+        self.history: list[dict[str, Any]] = []
+
+    def due(self, identity: ModelIdentity, version: int) -> str | None:
+        """Why this model should be retrained now, or None."""
+        report = self.monitor.report(identity, version)
+        if report.get("drifted"):
+            return "drift"
+        if report["observations"] >= self.min_new_observations:
+            return "new observations"
+        return None
+
+    def maybe_schedule(self, identity: ModelIdentity, version: int) -> Future | None:
+        if not self.enabled:
+            return None
+        reason = self.due(identity, version)
+        if reason is None:
+            return None
+        with self._lock:
+            running = self._running.get(identity)
+            if running is not None and not running.done():
+                return running
+            future = self._executor.submit(self.retrain, identity, reason)
+            self._running[identity] = future
+            return future
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ the work
+
+    def retrain(self, identity: ModelIdentity, reason: str = "requested") -> dict[str, Any]:
+        t0 = time.perf_counter()
+        current = self.registry.load(identity)
+        meta = current.meta
+        records = self.monitor.log.read(identity)
+        decision: dict[str, Any] = {"model_key": identity.key, "reason": reason, "from_version": meta.version,
+                                    "observations": len(records), "at": time.time()}
+        traces = [r["trace"] for r in records]
+        X_obs, errors = meta.features.matrix(traces)
+        keep = np.array([e is None for e in errors], dtype=bool)
+        X_obs = X_obs[keep]
+        y_obs = np.array([r["runtime_ms"] for r in records], dtype=np.float64)[keep]
+        n_hold = max(10, int(len(y_obs) * self.holdout_fraction))
+        if len(y_obs) < n_hold + 20:
+            decision.update(status="skipped", message=f"too few observations ({len(y_obs)}) to retrain and validate")
+            return self._done(decision)
+        fit_X, fit_y = X_obs[:-n_hold], y_obs[:-n_hold]
+        hold_X, hold_y = X_obs[-n_hold:], y_obs[-n_hold:]
+        stored = self.registry.training_data(identity, meta.version)
+
+        def weights(n: int) -> np.ndarray:
+            # Linear ramp: the newest observation counts three times the oldest.
+            return np.linspace(1.0, 3.0, n) if n else np.zeros(0)
+
+        candidates: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {
+            "observations": (fit_X, fit_y, weights(len(fit_y))),
+        }
+        if stored is not None and len(stored[1]):
+            X0, y0 = stored
+            candidates["training+observations"] = (
+                np.vstack([X0, fit_X]), np.concatenate([y0, fit_y]),
+                np.concatenate([np.full(len(y0), self.training_weight), weights(len(fit_y))]),
+            )
+        levels = list(MONITOR_LEVELS)
+        scores = {"current": float(pinball_loss(hold_y, current.model.predict_quantiles(hold_X, levels), levels).mean())}
+        for name, (X, y, w) in candidates.items():
+            model = self._new_model(meta).fit(X, y, sample_weight=w)
+            scores[name] = float(pinball_loss(hold_y, model.predict_quantiles(hold_X, levels), levels).mean())
+        best = min(scores, key=scores.get)
+        decision["heldout_pinball"] = scores
+        decision["heldout_rows"] = int(n_hold)
+        if best == "current":
+            decision.update(status="kept", message="no candidate beat the serving model on recent observations")
+            return self._done(decision)
+        # The winner is refitted with the held-out rows too before it serves.
+        X, y, w = candidates[best]
+        X = np.vstack([X, hold_X])
+        y = np.concatenate([y, hold_y])
+        w = np.concatenate([w, np.full(len(hold_y), w[-1] if len(w) else 1.0)])
+        model = self._new_model(meta).fit(X, y, sample_weight=w)
+        new_meta = ModelVersion(
+            identity=identity, version=0, created_at=time.time(), target=meta.target, features=meta.features,
+            quantiles=meta.quantiles, algorithm=meta.algorithm, family=model.family_, params=meta.params,
+            data={**meta.data, "rows_used": int(len(y)), "observations_used": int(len(y_obs))},
+            metrics={**meta.metrics, "algorithm": model.family_, "retrain": {k: v for k, v in decision.items() if k != "at"},
+                     "cv_scores": {f: {"pinball_loss": m["pinball_loss"]} for f, m in model.cv_.items()}},
+            data_hash=meta.data_hash, extra={"retrained_from": meta.version, "candidate": best},
+        )
+        saved = self.registry.save(new_meta, model, training_data=(X, y))
+        decision.update(status="retrained", candidate=best, to_version=saved.version)
+        decision["seconds"] = time.perf_counter() - t0
+        return self._done(decision)
+
+    @staticmethod
+    def _new_model(meta: ModelVersion) -> QuantileModel:
+        kinds = [f.kind for f in meta.features.features]
+        ncats = [len(f.categories) for f in meta.features.features]
+        return QuantileModel(kinds, ncats, meta.algorithm, params=meta.params)
+
+    def _done(self, decision: dict[str, Any]) -> dict[str, Any]:
+        log.info("retraining %s: %s", decision["model_key"], decision.get("status"))
+        self.history.append(decision)
+        del self.history[:-100]
+        return decision
