@@ -79,6 +79,7 @@ class _Request:
     response: type[BaseModel] | None = None
     extract: str | None = None  # take this key of the JSON answer before validating
     idempotent: bool = field(default=False)
+    raw: bool = False  # answer is text, not JSON
 
 
 def identity_segments(identity: IdentityLike) -> list[str]:
@@ -135,6 +136,24 @@ class _Calls:
         return _Request("POST", "/train", files=parts, response=TrainResult)
 
     @staticmethod
+    def observe(identity: Mapping[str, Any] | ModelIdentity, traces: Iterable[Mapping[str, Any]]) -> _Request:
+        model = identity.as_dict() if isinstance(identity, ModelIdentity) else dict(identity)
+        return _Request("POST", "/observe", json={"model": model, "traces": [dict(t) for t in traces]})
+
+    @staticmethod
+    def accuracy(identity: IdentityLike, version: int | None = None) -> _Request:
+        params = {"version": version} if version is not None else None
+        return _Request("GET", "/models/" + "/".join(identity_segments(identity)) + "/accuracy", params=params, idempotent=True)
+
+    @staticmethod
+    def retrain(identity: IdentityLike) -> _Request:
+        return _Request("POST", "/models/" + "/".join(identity_segments(identity)) + "/retrain")
+
+    @staticmethod
+    def metrics() -> _Request:
+        return _Request("GET", "/metrics", idempotent=True, raw=True)
+
+    @staticmethod
     def _options(confidence_level: float, quantiles: Sequence[float] | None, lookup_table_name: str | None) -> dict[str, Any]:
         body: dict[str, Any] = {"confidence_level": confidence_level}
         if quantiles is not None:
@@ -167,6 +186,8 @@ class _Calls:
 
     @staticmethod
     def parse(req: _Request, response: httpx.Response) -> Any:
+        if req.raw and response.status_code < 400:
+            return response.text
         try:
             body = orjson.loads(response.content) if response.content else None
         except orjson.JSONDecodeError:
@@ -300,6 +321,19 @@ class PredictorClient(_Base):
                       quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None) -> BatchPredictionResponse:
         return self._send(self._calls.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name))
 
+    def observe(self, identity: Mapping[str, Any] | ModelIdentity, traces: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+        """Report measured runtimes (traces carrying ``runtime_ms``) for accuracy tracking and retraining."""
+        return self._send(self._calls.observe(identity, traces))
+
+    def accuracy(self, identity: IdentityLike, version: int | None = None) -> dict[str, Any]:
+        return self._send(self._calls.accuracy(identity, version))
+
+    def retrain(self, identity: IdentityLike) -> dict[str, Any]:
+        return self._send(self._calls.retrain(identity))
+
+    def metrics(self) -> str:
+        return self._send(self._calls.metrics())
+
     def queue_wait(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]],
                    quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9) -> QueueWaitEstimate:
         """Distribution of the time until the tasks queued on one instance all finish."""
@@ -380,6 +414,18 @@ class AsyncPredictorClient(_Base):
     async def predict_batch(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]], confidence_level: float = 0.95,
                             quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None) -> BatchPredictionResponse:
         return await self._send(self._calls.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name))
+
+    async def observe(self, identity: Mapping[str, Any] | ModelIdentity, traces: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+        return await self._send(self._calls.observe(identity, traces))
+
+    async def accuracy(self, identity: IdentityLike, version: int | None = None) -> dict[str, Any]:
+        return await self._send(self._calls.accuracy(identity, version))
+
+    async def retrain(self, identity: IdentityLike) -> dict[str, Any]:
+        return await self._send(self._calls.retrain(identity))
+
+    async def metrics(self) -> str:
+        return await self._send(self._calls.metrics())
 
     async def queue_wait(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]],
                          quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9) -> QueueWaitEstimate:

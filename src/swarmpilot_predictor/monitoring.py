@@ -8,7 +8,6 @@ predicted for them, so accuracy survives restarts and retraining can use them.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
@@ -67,8 +66,12 @@ class ObservationLog:
             active = files[-1] if files else d / "obs-000001.jsonl"
             if active.exists() and active.stat().st_size >= self.max_file_bytes:
                 active = d / f"obs-{int(active.stem.split('-')[1]) + 1:06d}.jsonl"
-            fd = os.open(active, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            fd = os.open(active, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
             try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    # A crash left half a line: end it so the new records stay readable.
+                    data = b"\n" + data
                 os.write(fd, data)
                 os.fsync(fd)
             finally:

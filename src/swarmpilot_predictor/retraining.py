@@ -100,6 +100,10 @@ class Retrainer:
         candidates: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {
             "observations": (fit_X, fit_y, weights(len(fit_y))),
         }
+        n_recent = len(fit_y) // 2
+        if n_recent >= 20:
+            # After an abrupt shift only the newest observations describe the present.
+            candidates["recent observations"] = (fit_X[-n_recent:], fit_y[-n_recent:], np.ones(n_recent))
         if stored is not None and len(stored[1]):
             X0, y0 = stored
             candidates["training+observations"] = (

@@ -107,9 +107,14 @@ class ObserveRequest(BaseModel):
 
 
 # --------------------------------------------------------------------------- responses
+# Response models keep fields they do not list: newer services may send more.
 
 
-class ModelInfo(BaseModel):
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+
+class ModelInfo(_Response):
     type: str
     name: str
     hardware: str
@@ -117,7 +122,7 @@ class ModelInfo(BaseModel):
     software_version: str
 
 
-class PredictionResult(BaseModel):
+class PredictionResult(_Response):
     status: Literal["success", "error"]
     quantiles: list[float] | None = None
     quantile_predictions: list[float] | None = None
@@ -130,7 +135,7 @@ class PredictionResult(BaseModel):
     source: str | None = None
 
 
-class PredictionSummary(BaseModel):
+class PredictionSummary(_Response):
     total: int
     success: int
     failed: int
@@ -138,12 +143,12 @@ class PredictionSummary(BaseModel):
     duration_seconds: float
 
 
-class SinglePredictionResponse(BaseModel):
+class SinglePredictionResponse(_Response):
     summary: PredictionSummary
     results: PredictionResult
 
 
-class BatchPredictionResponse(BaseModel):
+class BatchPredictionResponse(_Response):
     summary: PredictionSummary
     results: list[PredictionResult]
     quantiles: list[float] | None = None
@@ -153,7 +158,7 @@ class BatchPredictionResponse(BaseModel):
     total_interval: list[float] | None = None
 
 
-class TrainResult(BaseModel):
+class TrainResult(_Response):
     status: str
     model_key: str
     version: int | None = None
@@ -162,7 +167,7 @@ class TrainResult(BaseModel):
     models: list[dict[str, Any]] | None = None
 
 
-class HealthResponse(BaseModel):
+class HealthResponse(_Response):
     status: str
     service: str
     version: str
@@ -171,8 +176,9 @@ class HealthResponse(BaseModel):
     models_loaded: int | None = None
     models_registered: int | None = None
     drifted_models: list[str] | None = None
+    auto_retrain: bool | None = None
 
 
-class ModelsResponse(BaseModel):
+class ModelsResponse(_Response):
     status: str
     models: list[dict[str, Any]]

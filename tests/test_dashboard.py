@@ -1,0 +1,54 @@
+"""The dashboard in a real headless Chromium: models, drift status, and both plots render."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from swarmpilot_predictor.client import PredictorClient
+
+from .conftest import IDENTITY, make_llm_traces, run_server
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+
+
+def test_dashboard_shows_models_accuracy_and_plots(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    other = {**IDENTITY, "model_name": "llama-3-8b"}
+    with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
+        client.train({"model": IDENTITY, "traces": make_llm_traces(200), "algorithm": "linear"})
+        client.train({"model": other, "traces": make_llm_traces(200, seed=1), "algorithm": "linear"})
+        shifted = make_llm_traces(150, seed=2)
+        for t in shifted:
+            t["runtime_ms"] *= 1.8
+        client.observe(IDENTITY, shifted)
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run"])
+            page = browser.new_page(viewport={"width": 1200, "height": 1400})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(srv.url + "/dashboard")
+            page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+            rows = page.locator("tr.model-row")
+            assert rows.count() == 2
+            table = page.inner_text("#models")
+            assert "Qwen/Qwen2.5-7B" in table and "llama-3-8b" in table
+            assert "drifted" in table and "ok" in table
+            assert "drifted: " + "/".join(IDENTITY.values()) in page.inner_text("#health")
+            # The observed model has a calibration plot (8 levels) and its observations drawn.
+            assert page.locator("circle.cal-point").count() == 8
+            assert page.locator("circle.obs-point").count() == 150
+            assert "no observations yet" in page.inner_text("#details")
+            shot = tmp_path / "dashboard.png"
+            page.screenshot(path=str(shot), full_page=True)
+            browser.close()
+        assert errors == []
+        # The screenshot is a real rendering: a PNG of the full page with many colours in it.
+        data = shot.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 30_000

@@ -1,0 +1,91 @@
+"""Observation log, rolling accuracy and the binomial drift test."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from swarmpilot_predictor.identity import ModelIdentity
+from swarmpilot_predictor.monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog, RollingAccuracy
+
+IDENT = ModelIdentity("llm", "m", "H100", "vllm", "0.4")
+
+
+def _lognormal_quantiles(n: int, shift: float = 1.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Runtimes from LogNormal(log 100 + log shift, 0.3) and the *unshifted* true quantiles."""
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(seed)
+    y = np.exp(np.log(100 * shift) + 0.3 * rng.standard_normal(n))
+    q = np.exp(np.log(100) + 0.3 * norm.ppf(np.asarray(MONITOR_LEVELS)))
+    return y, np.tile(q, (n, 1))
+
+
+def test_calibrated_predictions_do_not_drift():
+    tracker = RollingAccuracy(window=1000)
+    y, q = _lognormal_quantiles(1000)
+    tracker.add(y, q)
+    report = tracker.report(alpha=1e-3, min_observations=30)
+    assert report["drift"]["tested"] and report["drifted"] is False
+    for level, cov in report["coverage"].items():
+        assert abs(cov - float(level)) < 0.05
+    assert abs(report["interval_coverage"]["0.9"] - 0.9) < 0.04
+
+
+def test_a_shift_is_flagged_once_the_evidence_is_significant():
+    y, q = _lognormal_quantiles(400, shift=1.3, seed=1)
+    few = RollingAccuracy()
+    few.add(y[:10], q[:10])
+    # Ten observations are not enough to test, however far off they are.
+    assert few.report(1e-3, 30)["drifted"] is False
+    many = RollingAccuracy()
+    many.add(y, q)
+    report = many.report(1e-3, 30)
+    assert report["drifted"] is True
+    assert report["drift"]["corrected_p_value"] < 1e-3
+    assert report["coverage"]["0.5"] < 0.3  # runtimes 30% slower than predicted
+
+
+def test_a_small_deviation_on_few_observations_is_not_drift():
+    # 40 observations with coverage a little off: well within binomial noise.
+    y, q = _lognormal_quantiles(40, shift=1.05, seed=2)
+    tracker = RollingAccuracy()
+    tracker.add(y, q)
+    assert tracker.report(1e-3, 30)["drifted"] is False
+
+
+def test_window_keeps_the_newest_observations():
+    tracker = RollingAccuracy(window=50)
+    y, q = _lognormal_quantiles(120)
+    tracker.add(y, q)
+    assert len(tracker.y) == 50 and tracker.total == 120
+    assert list(tracker.y) == y[-50:].tolist()
+
+
+def test_observation_log_survives_a_torn_line_and_rotates(tmp_path):
+    log = ObservationLog(tmp_path, max_file_bytes=2000, max_files=3)
+    for i in range(100):
+        log.append(IDENT, [{"runtime_ms": float(i), "version": 1, "q": [1.0] * 8, "trace": {"x": i}}])
+    files = sorted((tmp_path / IDENT.dirname).glob("obs-*.jsonl"))
+    assert len(files) == 3  # older files were dropped to bound disk use
+    assert sum(f.stat().st_size for f in files) < 3 * 2000 + 200
+    records = log.read(IDENT)
+    assert [r["runtime_ms"] for r in records] == sorted(r["runtime_ms"] for r in records)
+    assert records[-1]["runtime_ms"] == 99.0 and len(records) < 100
+    # A crash mid-write leaves half a line: it is skipped, the rest is read.
+    with open(files[-1], "ab") as fh:
+        fh.write(b"{\"runtime_ms\": 7, \"vers")
+    assert log.read(IDENT)[-1]["runtime_ms"] == 99.0
+    assert [r["runtime_ms"] for r in log.read(IDENT, limit=2)] == [98.0, 99.0]
+
+
+def test_monitor_rebuilds_accuracy_from_the_log(tmp_path):
+    y, q = _lognormal_quantiles(200, shift=1.5)
+    monitor = AccuracyMonitor(ObservationLog(tmp_path), min_observations=30)
+    monitor.record(IDENT, 1, [{"x": 1}] * 200, y, q)
+    before = monitor.report(IDENT, 1)
+    assert before["drifted"] is True and before["observations"] == 200
+    # A new process (restart) reads the same accuracy back from disk.
+    again = AccuracyMonitor(ObservationLog(tmp_path), min_observations=30).report(IDENT, 1)
+    assert again["coverage"] == before["coverage"] and again["drifted"] is True
+    # Other versions are tracked separately.
+    assert AccuracyMonitor(ObservationLog(tmp_path)).report(IDENT, 2)["observations"] == 0

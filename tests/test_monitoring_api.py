@@ -1,0 +1,92 @@
+"""Observations, accuracy, drift, retraining and Prometheus metrics over real HTTP."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from swarmpilot_predictor.client import PredictorClient, PredictorClientError
+
+from .conftest import IDENTITY, make_llm_traces, run_server
+
+
+def _shifted(n: int, factor: float, seed: int) -> list[dict]:
+    traces = make_llm_traces(n, seed=seed)
+    for t in traces:
+        t["runtime_ms"] *= factor
+    return traces
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+    raise KeyError(f"{name} {labels} not in metrics")
+
+
+def test_observe_accuracy_drift_and_metrics(tmp_path):
+    key = "/".join(IDENTITY.values())
+    with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
+        client.train({"model": IDENTITY, "traces": make_llm_traces(300), "algorithm": "linear"})
+        client.predict_batch(IDENTITY, make_llm_traces(7, seed=1))
+
+        ok = client.observe(IDENTITY, make_llm_traces(150, seed=2))
+        assert ok["accepted"] == 150 and ok["drifted"] is False
+        acc = client.accuracy(IDENTITY)
+        assert acc["observations"] == 150 and acc["version"] == 1
+        assert abs(acc["coverage"]["0.5"] - 0.5) < 0.15
+        assert set(acc["interval_coverage"]) == {"0.5", "0.8", "0.9"}
+        assert len(acc["recent"]["runtime_ms"]) == 150 and len(acc["recent"]["quantile_predictions"][0]) == 8
+
+        shifted = client.observe(IDENTITY, _shifted(300, 1.7, seed=3))
+        assert shifted["drifted"] is True
+        entry = client.list_models().models[0]["models"][0]
+        assert entry["drifted"] is True and entry["observations"] == 450
+        assert client.health().drifted_models == [key]
+
+        text = client.metrics()
+        assert _metric(text, "predictor_model_drifted", model=key) == 1.0
+        assert _metric(text, "predictor_observations_total", model=key) == 450.0
+        assert _metric(text, "predictor_predictions_total", model=key, source="model") == 7.0
+        assert _metric(text, "predictor_training_runs_total", status="success") == 1.0
+        assert _metric(text, "predictor_http_requests_total", route="/observe", method="POST", status="200") == 2.0
+        assert 0.0 < _metric(text, "predictor_model_coverage_ratio", model=key, level="0.5") < 0.4
+        assert "predictor_http_request_duration_seconds_bucket" in text
+
+        decision = client.retrain(IDENTITY)
+        assert decision["status"] == "retrained" and decision["to_version"] == 2
+        assert client.accuracy(IDENTITY)["version"] == 2
+        assert client.list_models().models[0]["models"][0]["drifted"] is False
+
+
+def test_observe_bad_input_is_a_clear_4xx(tmp_path):
+    with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
+        client.train({"model": IDENTITY, "traces": make_llm_traces(100), "algorithm": "linear"})
+        with pytest.raises(PredictorClientError) as none_usable:
+            client.observe(IDENTITY, [{"input_tokens": 1, "output_tokens": 2}])
+        assert none_usable.value.status_code == 422 and "runtime_ms" in none_usable.value.message
+        with pytest.raises(PredictorClientError) as unknown:
+            client.observe({**IDENTITY, "hardware": "nope"}, make_llm_traces(3))
+        assert unknown.value.status_code == 404
+        with pytest.raises(PredictorClientError) as partial:
+            client.observe({k: v for k, v in IDENTITY.items() if k != "hardware"}, make_llm_traces(3))
+        assert partial.value.status_code == 422 and partial.value.field == "model.hardware"
+
+
+def test_auto_retrain_recovers_after_a_shift(tmp_path):
+    env = {"PREDICTOR_AUTO_RETRAIN": "1", "PREDICTOR_RETRAIN_MIN_OBSERVATIONS": "100000"}
+    with run_server(tmp_path / "data", extra_env=env) as srv, PredictorClient(srv.url) as client:
+        assert client.health().model_dump().get("auto_retrain") is True
+        client.train({"model": IDENTITY, "traces": make_llm_traces(300), "algorithm": "linear"})
+        result = client.observe(IDENTITY, _shifted(200, 2.0, seed=5))
+        assert result["drifted"] is True and result["retraining_scheduled"] is True
+        deadline = time.monotonic() + 60
+        while client.get_model(IDENTITY)["latest_version"] < 2:
+            assert time.monotonic() < deadline, "retraining did not produce a new version"
+            time.sleep(0.2)
+        client.observe(IDENTITY, _shifted(300, 2.0, seed=6))
+        acc = client.accuracy(IDENTITY)
+        assert acc["version"] == 2 and acc["drifted"] is False
+        assert 0.84 <= acc["interval_coverage"]["0.9"] <= 0.96

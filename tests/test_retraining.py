@@ -1,0 +1,71 @@
+"""Online retraining: a new version only when it beats the serving model on recent observations."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from swarmpilot_predictor.identity import IdentityPattern
+from swarmpilot_predictor.schemas import TrainConfig
+from swarmpilot_predictor.service import PredictorService
+from swarmpilot_predictor.settings import PredictorSettings
+
+from .conftest import IDENTITY, make_llm_traces
+
+
+def _service(tmp_path, **kw) -> PredictorService:
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", **kw))
+    svc.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(300), algorithm="linear"))
+    return svc
+
+
+def _shifted(n: int, factor: float, seed: int) -> list[dict]:
+    traces = make_llm_traces(n, seed=seed)
+    for t in traces:
+        t["runtime_ms"] *= factor
+    return traces
+
+
+def test_shift_retrains_and_recovers_coverage(tmp_path):
+    svc = _service(tmp_path)
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    result = svc.observe(IDENTITY, _shifted(200, 1.6, seed=10))
+    assert result["drifted"] is True and result["accepted"] == 200
+    decision = svc.retrain(pattern)
+    assert decision["status"] == "retrained" and decision["to_version"] == 2
+    assert decision["heldout_pinball"][decision["candidate"]] < decision["heldout_pinball"]["current"]
+    # The new version is calibrated to the shifted regime.
+    svc.observe(IDENTITY, _shifted(300, 1.6, seed=11))
+    acc = svc.accuracy(pattern)
+    assert acc["version"] == 2 and acc["drifted"] is False
+    assert 0.84 <= acc["interval_coverage"]["0.9"] <= 0.96
+
+
+def test_no_shift_keeps_the_serving_model(tmp_path):
+    svc = _service(tmp_path)
+    svc.observe(IDENTITY, make_llm_traces(120, seed=20))
+    decision = svc.retrain(IdentityPattern.from_parts(IDENTITY))
+    assert decision["status"] in ("kept", "retrained")
+    if decision["status"] == "kept":
+        assert [v.version for v in svc.registry.versions(svc.registry.resolve(IdentityPattern.from_parts(IDENTITY)))] == [1]
+
+
+def test_auto_retrain_runs_in_the_background(tmp_path):
+    svc = _service(tmp_path, auto_retrain=True, retrain_min_observations=10_000)
+    result = svc.observe(IDENTITY, _shifted(200, 2.0, seed=30))
+    assert result["retraining_scheduled"] is True
+    identity = svc.registry.resolve(IdentityPattern.from_parts(IDENTITY))
+    svc.retrainer._running[identity].result(timeout=60)
+    assert [v.version for v in svc.registry.versions(identity)] == [1, 2]
+    assert svc.registry.latest(identity).extra["retrained_from"] == 1
+    svc.close()
+
+
+def test_observe_rejects_traces_without_runtime_or_features(tmp_path):
+    svc = _service(tmp_path)
+    good = make_llm_traces(5, seed=40)
+    bad = [{"input_tokens": 10, "output_tokens": 5}, {"input_tokens": 10, "runtime_ms": 50.0}, {**good[0], "runtime_ms": -1}]
+    result = svc.observe(IDENTITY, good + bad)
+    assert result["accepted"] == 5
+    messages = {r["index"]: r["message"] for r in result["rejected"]}
+    assert "runtime_ms" in messages[5] and "output_tokens" in messages[6] and "positive" in messages[7]
+    assert np.isclose(svc.monitor.report(svc.registry.identities()[0], 1)["observations"], 5)
