@@ -94,10 +94,14 @@ class FeatureSchema:
         if target not in table.columns:
             raise TraceError(f"target field {target!r} is not present in the traces")
         if table.columns[target].is_categorical:
+            # Runtimes written as strings ("12.5") are numbers; anything else is an error.
             y_strings = table.strings(target)
             bad = sum(1 for v in y_strings if v is not None and not _is_number(v))
-            raise TraceError(f"target field {target!r} has {bad} non-numeric value(s)")
-        y = table.numeric(target)
+            if bad:
+                raise TraceError(f"target field {target!r} has {bad} non-numeric value(s)")
+            y = np.array([math.nan if v is None else float(v) for v in y_strings], dtype=np.float64)
+        else:
+            y = table.numeric(target)
         keep = np.isfinite(y) & (y > 0)
         report.drop_rows("target missing or not finite", int((~np.isfinite(y)).sum()))
         report.drop_rows("target not positive", int((np.isfinite(y) & (y <= 0)).sum()))
@@ -138,7 +142,8 @@ class FeatureSchema:
                     report.columns_dropped[name] = "no values"
                     continue
                 fin = values[finite]
-                if fin.min() == fin.max() and finite.all():
+                # Gaps are filled with the median, so one distinct value means a constant column.
+                if fin.min() == fin.max():
                     report.columns_dropped[name] = "constant"
                     continue
                 fill = float(np.median(fin))
@@ -169,15 +174,9 @@ class FeatureSchema:
             name = spec.name
             values = [t.get(name) for t in traces]
             if spec.kind == "numeric":
-                try:
-                    col = np.array(values, dtype=np.float64)
-                    ok = np.isfinite(col)
-                    if ok.all():
-                        X[:, j] = col
-                        continue
-                except (TypeError, ValueError):
-                    col = np.array([_as_float(v) for v in values], dtype=np.float64)
-                    ok = np.isfinite(col)
+                # Value by value: numpy would also take "100" or [5], but only for some batches.
+                col = np.fromiter((_as_float(v) for v in values), dtype=np.float64, count=n)
+                ok = np.isfinite(col)
                 for i in np.flatnonzero(~ok):
                     if errors[i] is None:
                         errors[i] = _numeric_problem(name, values[i])

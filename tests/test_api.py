@@ -1,0 +1,475 @@
+"""The HTTP API over real HTTP: a uvicorn server on a free port, driven with httpx."""
+
+from __future__ import annotations
+
+import gzip
+import math
+import sys
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+import yaml
+
+from swarmpilot_predictor.identity import ModelIdentity
+
+from .conftest import IDENTITY, LiveServer, make_llm_traces, run_server
+
+KEY = ModelIdentity.from_parts(IDENTITY).key
+# The identity as URL segments: a space and a slash inside segments, percent-encoded.
+SEGMENTS = "llm/Qwen%2FQwen2.5-7B/NVIDIA%20H100%2080GB%20HBM3/sglang/0.4.0"
+TRACE = {"input_tokens": 500, "output_tokens": 100}  # truth: about 20 + 10 + 1200 = 1230 ms
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory) -> Iterator[LiveServer]:
+    with run_server(tmp_path_factory.mktemp("api") / "data") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def http(srv) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=srv.url, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def trained(http) -> dict:
+    """The main model, trained once over JSON; the answer is checked in a test below."""
+    r = http.post("/train", json={"config": {"model": IDENTITY, "traces": make_llm_traces(300), "algorithm": "linear"}})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def ok(r: httpx.Response) -> dict:
+    assert r.status_code == 200, f"{r.status_code}: {r.text}"
+    return r.json()
+
+
+def failed(r: httpx.Response, status: int, *needles: str) -> dict:
+    assert r.status_code == status, f"expected {status}, got {r.status_code}: {r.text}"
+    body = r.json()
+    assert body["status"] == "error" and isinstance(body["message"], str)
+    for needle in needles:
+        assert needle in body["message"], f"{needle!r} not in {body['message']!r}"
+    return body
+
+
+def train_json(http, identity: dict, n: int = 120, seed: int = 0, **kw) -> dict:
+    return ok(http.post("/train", json={"config": {"model": identity, "traces": make_llm_traces(n, seed),
+                                                   "algorithm": "linear", **kw}}))
+
+
+def ident(model_type: str, **kw) -> dict:
+    """An identity apart from the main model's, so that wildcards over it stay unambiguous."""
+    return {**IDENTITY, "model_type": model_type, "model_name": f"{model_type}-m", "hardware": f"{model_type}-hw", **kw}
+
+
+def nondecreasing(values) -> bool:
+    return all(a <= b for a, b in zip(values, values[1:]))
+
+
+# --------------------------------------------------------------------------- discovery and training
+
+
+def test_health(http):
+    body = ok(http.get("/health"))
+    assert body["status"] == "healthy" and body["service"] == "predictor"
+    assert body["mode"] in ("default", "lookup_table")
+    assert isinstance(body["version"], str) and body["version"]
+    assert isinstance(body["lookup_predictor_loaded"], bool)
+
+
+def test_train_json_answer(trained):
+    assert trained["status"] == "success"
+    assert trained["model_key"] == KEY
+    assert trained["duration_seconds"] > 0
+    m = trained["metrics"]
+    assert m["rows_used"] == 300 and m["rows_dropped"] == 0
+    assert m["pinball_loss"] > 0 and 0 < m["median_mape"] < 0.5
+    assert set(m["coverage"]) >= {"0.5", "0.9"}
+    assert abs(m["interval_coverage"]["0.9"] - 0.9) < 0.08
+
+
+def multipart_train(http, config_name: str, config_bytes: bytes, files: dict[str, bytes]) -> httpx.Response:
+    parts = [("config", (config_name, config_bytes, "application/octet-stream"))]
+    parts += [(f"file{i}", (name, data, "application/octet-stream")) for i, (name, data) in enumerate(files.items())]
+    return http.post("/train", files=parts)
+
+
+def csv_bytes(traces) -> bytes:
+    lines = ["task_id,input_tokens,output_tokens,runtime_ms"]
+    lines += [f"{t['task_id']},{t['input_tokens']},{t['output_tokens']},{t['runtime_ms']}" for t in traces]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def jsonl_bytes(traces) -> bytes:
+    return b"".join(orjson.dumps(t) + b"\n" for t in traces)
+
+
+@pytest.mark.parametrize("config_format, trace_name", [
+    ("json", "llm.jsonl"),
+    ("yaml", "llm.csv"),
+    ("yaml", "llm.jsonl.gz"),
+    ("json", "llm.json.gz"),
+])
+def test_train_multipart_with_an_uploaded_trace_file(http, config_format, trace_name):
+    traces = make_llm_traces(150, seed=3)
+    data = {".jsonl": jsonl_bytes, ".csv": csv_bytes, ".json": orjson.dumps}[
+        "." + trace_name.split(".")[1]](traces)
+    if trace_name.endswith(".gz"):
+        data = gzip.compress(data)
+    model_type = f"mp-{config_format}-{trace_name.replace('.', '-')}"
+    config = {"model": ident(model_type), "traces": trace_name, "algorithm": "empirical", "quantiles": [0.5, 0.9]}
+    raw = orjson.dumps(config) if config_format == "json" else yaml.safe_dump(config).encode()
+    body = ok(multipart_train(http, f"config.{config_format}", raw, {trace_name: data}))
+    assert body["status"] == "success"
+    assert body["model_key"] == ModelIdentity.from_parts(ident(model_type)).key
+    assert body["metrics"]["rows_used"] == 150
+    detail = ok(http.get(f"/models/{model_type}/*/*/*/*"))["model"]
+    assert detail["quantiles"] == [0.5, 0.9] and detail["algorithm"] == "empirical"
+
+
+def test_train_multipart_config_as_a_form_field_naming_the_upload_by_its_field(http):
+    config = {"model": ident("mp-field"), "traces": "tracefile", "algorithm": "linear"}
+    r = http.post("/train", data={"config": orjson.dumps(config).decode()},
+                  files={"tracefile": ("whatever.jsonl", jsonl_bytes(make_llm_traces(80)), "application/x-ndjson")})
+    assert ok(r)["metrics"]["rows_used"] == 80
+
+
+def test_train_from_a_file_in_the_data_directory(srv, http):
+    folder = srv.data_dir / "traces"
+    folder.mkdir(exist_ok=True)
+    (folder / "dd.jsonl.gz").write_bytes(gzip.compress(jsonl_bytes(make_llm_traces(90))))
+    body = ok(http.post("/train", json={"config": {"model": ident("datadir"), "traces": "traces/dd.jsonl.gz",
+                                                   "algorithm": "linear"}}))
+    assert body["metrics"]["rows_used"] == 90
+
+
+def test_train_group_by_over_http(http):
+    traces = [{**t, "hardware": "A100" if i % 2 else "H100"} for i, t in enumerate(make_llm_traces(160))]
+    body = ok(http.post("/train", json={"config": {"model": ident("grouped"), "group_by": ["hardware"],
+                                                   "traces": traces, "algorithm": "linear"}}))
+    assert sorted(m["model_key"] for m in body["models"]) == [
+        "grouped/grouped-m/A100/sglang/0.4.0", "grouped/grouped-m/H100/sglang/0.4.0"]
+    assert [m["metrics"]["rows_used"] for m in body["models"]] == [80, 80]
+    # now 'grouped/*/*/*/*' is ambiguous and names both
+    err = failed(http.post("/predict/single/grouped/*/*/*/*", json={"trace": TRACE}), 409, "A100", "H100")
+    assert len(err["candidates"]) == 2
+
+
+def test_models_listing(http, trained):
+    body = ok(http.get("/models"))
+    assert body["status"] == "success"
+    entry = next(m for m in body["models"] if m["model_type"] == "llm")
+    assert entry["model_name"] == "Qwen/Qwen2.5-7B"
+    assert entry["hardware_types"] == ["NVIDIA H100 80GB HBM3"]
+    assert entry["software_versions"] == ["sglang/0.4.0"]
+    assert isinstance(entry["total_predictions"], int)
+    (model,) = entry["models"]
+    assert model["key"] == KEY and model["versions"] == [1] and model["samples"] == 300
+    assert model["metrics"]["rows_used"] == 300
+
+
+@pytest.mark.parametrize("path", [SEGMENTS, "llm/*/*/*/*", "*/Qwen%2FQwen2.5-7B/*/*/*", "llm/*/NVIDIA%20H100%2080GB%20HBM3/*/*"])
+def test_model_detail_with_encoded_segments_and_wildcards(http, trained, path):
+    model = ok(http.get(f"/models/{path}"))["model"]
+    assert model["key"] == KEY
+    assert model["model_name"] == "Qwen/Qwen2.5-7B" and model["hardware"] == "NVIDIA H100 80GB HBM3"
+    assert [v["version"] for v in model["version_details"]] == [1]
+
+
+def test_model_version_detail(http, trained):
+    meta = ok(http.get(f"/models/{SEGMENTS}/versions/1"))["model"]
+    assert meta["version"] == 1 and meta["identity"] == IDENTITY
+    assert [f["name"] for f in meta["features"]] == ["input_tokens", "output_tokens"]
+    failed(http.get(f"/models/{SEGMENTS}/versions/9"), 404, "no version 9")
+    assert http.get(f"/models/{SEGMENTS}/versions/latest").status_code == 422
+
+
+def test_versions_and_deletion(http):
+    who = ident("deltest", model_name="org/name v1")
+    path = "deltest/org%2Fname%20v1/deltest-hw/sglang/0.4.0"
+    for seed in range(3):
+        assert train_json(http, who, seed=seed)["version"] == seed + 1
+    assert ok(http.get(f"/models/{path}"))["model"]["versions"] == [1, 2, 3]
+    failed(http.delete("/models/deltest/*/*/*/*"), 422, "full identity")
+    body = ok(http.delete(f"/models/{path}/versions/2"))
+    assert body["deleted_versions"] == [2] and body["model_key"] == "deltest/org/name v1/deltest-hw/sglang/0.4.0"
+    assert ok(http.get(f"/models/{path}"))["model"]["versions"] == [1, 3]
+    failed(http.get(f"/models/{path}/versions/2"), 404)
+    failed(http.delete(f"/models/{path}/versions/2"), 404)
+    pred = ok(http.post(f"/predict/single/{path}", json={"trace": TRACE}))
+    assert pred["results"]["model_version"] == 3
+    assert ok(http.delete(f"/models/{path}"))["deleted_versions"] == [1, 3]
+    failed(http.get(f"/models/{path}"), 404)
+    failed(http.post(f"/predict/single/{path}", json={"trace": TRACE}), 404)
+    assert all(m["model_type"] != "deltest" for m in ok(http.get("/models"))["models"])
+
+
+# --------------------------------------------------------------------------- prediction
+
+
+@pytest.mark.parametrize("path", [SEGMENTS, "llm/*/*/*/*", "*/*/NVIDIA%20H100%2080GB%20HBM3/*/*", "llm/Qwen%2FQwen2.5-7B/*/*/*"])
+def test_predict_single(http, trained, path):
+    body = ok(http.post(f"/predict/single/{path}", json={"trace": TRACE}))
+    s = body["summary"]
+    assert (s["total"], s["success"], s["failed"], s["confidence_level"]) == (1, 1, 0, 0.95)
+    assert s["duration_seconds"] >= 0
+    r = body["results"]
+    assert r["status"] == "success"
+    assert r["quantiles"] == [0.25, 0.5, 0.75, 0.99]  # the defaults of training
+    q = r["quantile_predictions"]
+    assert len(q) == 4 and nondecreasing(q) and q[0] < q[-1]
+    assert 900 < q[1] < 1600
+    assert q[0] < r["expect"] < q[-1] and r["error"] > 0
+    low, high = r["interval"]
+    assert low < q[1] < high
+    assert r["model_info"] == {"type": "llm", "name": "Qwen/Qwen2.5-7B", "hardware": "NVIDIA H100 80GB HBM3",
+                               "software_name": "sglang", "software_version": "0.4.0"}
+
+
+def test_predict_single_structured_trace_equals_flat(http, trained):
+    structured = {"input_feature": [{"param_name": k, "val": v} for k, v in TRACE.items()], "model_id": "turbo"}
+    a = ok(http.post(f"/predict/single/{SEGMENTS}", json={"trace": TRACE}))["results"]
+    b = ok(http.post(f"/predict/single/{SEGMENTS}", json={"trace": structured}))["results"]
+    assert a["quantile_predictions"] == b["quantile_predictions"]
+
+
+def test_custom_quantiles_and_the_interval_of_the_confidence_level(http, trained):
+    levels = [0.01, 0.05, 0.1, 0.5, 0.9, 0.95, 0.99]
+    r = ok(http.post(f"/predict/single/{SEGMENTS}",
+                     json={"trace": TRACE, "quantiles": levels, "confidence_level": 0.9}))["results"]
+    assert r["quantiles"] == levels
+    q = dict(zip(levels, r["quantile_predictions"]))
+    assert nondecreasing(r["quantile_predictions"]) and q[0.01] < q[0.99]
+    # the central 90% interval runs from the 5% to the 95% quantile
+    assert r["interval"] == pytest.approx([q[0.05], q[0.95]], rel=1e-6)
+    r80 = ok(http.post(f"/predict/single/{SEGMENTS}", json={"trace": TRACE, "confidence_level": 0.8,
+                                                            "quantiles": [0.1, 0.9]}))
+    assert r80["summary"]["confidence_level"] == 0.8
+    assert r80["results"]["interval"] == pytest.approx([q[0.1], q[0.9]], rel=1e-6)
+    # a wider level gives a wider interval
+    r99 = ok(http.post(f"/predict/single/{SEGMENTS}", json={"trace": TRACE, "confidence_level": 0.99}))["results"]
+    assert r99["interval"][0] < q[0.05] and r99["interval"][1] > q[0.95]
+
+
+def test_expect_is_the_mean_not_the_average_of_the_quantiles(http, trained):
+    r = ok(http.post(f"/predict/single/{SEGMENTS}", json={"trace": TRACE, "quantiles": [0.5, 0.99]}))["results"]
+    assert r["expect"] != pytest.approx(sum(r["quantile_predictions"]) / 2, rel=1e-3)
+    assert r["expect"] == pytest.approx(r["quantile_predictions"][0], rel=0.2)
+
+
+def test_predict_batch_totals(http, trained):
+    traces = [{"input_tokens": 100 * i, "output_tokens": 20 * i} for i in range(1, 9)]
+    body = ok(http.post(f"/predict/batch/{SEGMENTS}", json={"trace": traces, "quantiles": [0.1, 0.5, 0.9],
+                                                            "confidence_level": 0.8}))
+    s = body["summary"]
+    assert (s["total"], s["success"], s["failed"]) == (8, 8, 0)
+    results = body["results"]
+    assert [r["status"] for r in results] == ["success"] * 8
+    medians = [r["quantile_predictions"][1] for r in results]
+    assert nondecreasing(medians)  # larger tasks, longer runtimes, in order
+    assert body["expect"] == pytest.approx(sum(r["expect"] for r in results), rel=1e-9)
+    assert body["error"] == pytest.approx(math.sqrt(sum(r["error"] ** 2 for r in results)), rel=1e-6)
+    tq = body["total_quantiles"]
+    assert len(tq) == 3 and tq[0] < tq[1] < tq[2]
+    # The total's median lies near its mean; its spread is less than the sum of spreads.
+    assert tq[1] == pytest.approx(body["expect"], rel=0.1)
+    assert tq[2] - tq[0] < sum(r["quantile_predictions"][2] - r["quantile_predictions"][0] for r in results)
+    low, high = body["total_interval"]
+    assert low == pytest.approx(tq[0], rel=1e-3) and high == pytest.approx(tq[2], rel=1e-3)
+
+
+def test_predict_batch_one_bad_trace_does_not_fail_the_others(http, trained):
+    traces = [TRACE, {"input_tokens": 5}, {"input_tokens": "many", "output_tokens": 3}, TRACE]
+    body = ok(http.post("/predict/batch/llm/*/*/*/*", json={"trace": traces}))
+    assert body["summary"]["total"] == 4 and body["summary"]["success"] == 2 and body["summary"]["failed"] == 2
+    r = body["results"]
+    assert [x["status"] for x in r] == ["success", "error", "error", "success"]
+    assert "output_tokens" in r[1]["message"]
+    assert "input_tokens" in r[2]["message"]
+    assert r[0]["quantile_predictions"] == r[3]["quantile_predictions"]
+    assert body["expect"] == pytest.approx(r[0]["expect"] + r[3]["expect"])
+
+
+def test_predict_batch_with_no_predictable_trace(http, trained):
+    body = ok(http.post(f"/predict/batch/{SEGMENTS}", json={"trace": [{"input_tokens": 1}]}))
+    assert body["summary"]["failed"] == 1 and body["expect"] is None
+    body = ok(http.post(f"/predict/batch/{SEGMENTS}", json={"trace": []}))
+    assert body["summary"]["total"] == 0 and body["results"] == []
+
+
+# --------------------------------------------------------------------------- bad input: a clear 4xx, never a 500
+
+
+@pytest.fixture(scope="module")
+def ambiguous(http, trained):
+    train_json(http, ident("twin", hardware="A100"))
+    train_json(http, ident("twin", hardware="H100"))
+
+
+SINGLE = f"/predict/single/{SEGMENTS}"
+BATCH = f"/predict/batch/{SEGMENTS}"
+
+
+@pytest.mark.parametrize("path, content, status, needles", [
+    (SINGLE, b'{"trace": {"input_tokens": 1', 422, ["not valid JSON"]),
+    (SINGLE, b"", 422, ["not valid JSON"]),
+    (SINGLE, b'{"trace": {"input_tokens": NaN, "output_tokens": 1}}', 422, []),
+    (SINGLE, b'{"trace": {"input_tokens": Infinity, "output_tokens": 1}}', 422, []),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "confidence_level": NaN}', 422, []),
+    (SINGLE, b'[1, 2]', 422, []),
+    (SINGLE, b'{"trace": "input_tokens=5"}', 422, ["trace"]),
+    (SINGLE, b'{"traces": {"input_tokens": 5}}', 422, ["trace"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "confidence_level": "high"}', 422, ["confidence_level"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "confidence_level": 0}', 422, ["confidence_level"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "confidence_level": 1}', 422, ["confidence_level"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "confidence_level": 1.5}', 422, ["confidence_level"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "quantiles": [0, 0.5]}', 422, ["quantiles"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "quantiles": [0.5, 1]}', 422, ["quantiles"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "quantiles": [-0.1]}', 422, ["quantiles"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "quantiles": []}', 422, ["quantiles"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "quantiles": ["a"]}', 422, ["quantiles"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "quantiles": 0.5}', 422, ["quantiles"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1}}', 422, ["output_tokens"]),
+    (SINGLE, b'{"trace": {"input_tokens": "lots", "output_tokens": 1}}', 422, ["input_tokens"]),
+    (SINGLE, b'{"trace": {"input_tokens": [1], "output_tokens": 1}}', 422, ["input_tokens"]),
+    (SINGLE, b'{"trace": {"input_feature": "x"}}', 422, ["input_feature"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "surprise": 1}', 422, ["surprise"]),
+    (BATCH, b'{"trace": {"input_tokens": 1}}', 422, ["trace"]),
+    (BATCH, b'{"trace": [1, 2]}', 422, ["trace"]),
+    (BATCH, b'{"trace": [], "confidence_level": 0}', 422, ["confidence_level"]),
+    (BATCH, b'{"trace": [{"input_tokens": 1, "output_tokens": 1}], "quantiles": [1.5]}', 422, ["quantiles"]),
+    ("/predict/single/llm/*/TPU/*/*", b'{"trace": {"input_tokens": 1}}', 404, ["llm/*/TPU/*/*"]),
+    ("/predict/batch/nothing/a/b/c/d", b'{"trace": []}', 404, ["nothing/a/b/c/d"]),
+    ("/predict/single/twin/*/*/*/*", b'{"trace": {"input_tokens": 1}}', 409, ["twin/twin-m/A100/sglang/0.4.0",
+                                                                            "twin/twin-m/H100/sglang/0.4.0"]),
+    ("/predict/batch/twin/*/*/*/*", b'{"trace": []}', 409, ["A100", "H100"]),
+])
+def test_bad_prediction_requests(http, ambiguous, path, content, status, needles):
+    r = http.post(path, content=content, headers={"content-type": "application/json"})
+    body = failed(r, status, *needles)
+    if status == 409:
+        assert len(body["candidates"]) == 2
+
+
+def test_missing_feature_in_single_is_422_naming_it(http, trained):
+    body = failed(http.post(SINGLE, json={"trace": {"input_tokens": 3, "other": 1}}), 422,
+                  "missing required feature 'output_tokens'")
+    assert body["field"] == "trace"
+
+
+def test_too_few_segments(http, trained):
+    r = http.post("/predict/single/llm/Qwen", json={"trace": TRACE})
+    assert r.status_code in (404, 405)
+    r = http.get("/models/llm/a/b")
+    assert r.status_code in (404, 405)
+
+
+@pytest.mark.parametrize("config, needles", [
+    ({"model": IDENTITY, "traces": "../etc/passwd"}, ["without '..'"]),
+    ({"model": IDENTITY, "traces": "traces/../../../x.jsonl"}, ["without '..'"]),
+    ({"model": IDENTITY, "traces": "/etc/passwd"}, ["relative to the data directory"]),
+    ({"model": IDENTITY, "traces": "nope.jsonl"}, ["not found"]),
+    ({"model": IDENTITY, "traces": []}, ["no traces"]),
+    ({"model": IDENTITY, "traces": [{"runtime_ms": 5, "x": 1}]}, ["at least 2"]),
+    ({"model": IDENTITY, "traces": [{"x": 1}, {"x": 2}]}, ["runtime_ms"]),
+    ({"model": IDENTITY, "traces": [{"x": 1, "runtime_ms": "slow"}, {"x": 2, "runtime_ms": 2}]}, ["runtime_ms"]),
+    ({"model": IDENTITY, "traces": "x", "algorithm": "magic"}, ["algorithm"]),
+    ({"model": IDENTITY, "traces": "x", "quantiles": [0.5, 1.0]}, ["quantiles"]),
+    ({"model": {"model_type": "llm"}, "traces": "x"}, ["model_name"]),
+    ({"traces": "x"}, ["model"]),
+    ({"model": IDENTITY, "traces": "x", "group_by": ["gpu"]}, ["group_by"]),
+    ({"model": IDENTITY, "traces": 5}, ["traces"]),
+    ({"model": IDENTITY, "traces": make_llm_traces(40), "algorithm": "lightgbm", "params": {"num_leaves": -3}},
+     ["training failed", "num_leaves"]),
+    ({"model": IDENTITY, "traces": make_llm_traces(40), "algorithm": "lightgbm", "params": {"num_boost_round": "x"}},
+     ["training failed"]),
+])
+def test_bad_training_requests(http, config, needles):
+    failed(http.post("/train", json={"config": config}), 422, *needles)
+
+
+def test_bad_training_bodies(http):
+    failed(http.post("/train", content=b'{"config": {"model": ', headers={"content-type": "application/json"}), 422,
+           "not valid JSON")
+    failed(http.post("/train", json={"model": IDENTITY, "traces": []}), 422, "config")
+    failed(http.post("/train", content=b'{"config": {"model": 1, "traces": [], "quantiles": [Infinity]}}',
+                     headers={"content-type": "application/json"}), 422)
+
+
+def test_bad_multipart_training_requests(http):
+    traces = jsonl_bytes(make_llm_traces(20))
+    good = orjson.dumps({"model": IDENTITY, "traces": "t.jsonl"})
+    # no config part
+    failed(http.post("/train", files={"t": ("t.jsonl", traces, "x")}), 422, "config")
+    # config neither JSON nor YAML (nor an object)
+    failed(multipart_train(http, "c.yaml", b"model: [unclosed", {"t.jsonl": traces}), 422, "config")
+    failed(multipart_train(http, "c.yaml", b"- just\n- a list\n", {"t.jsonl": traces}), 422, "config")
+    # an upload that is no trace file
+    failed(multipart_train(http, "c.json", good, {"t.exe": b"MZ"}), 422, "t.exe")
+    # a broken upload names the line
+    failed(multipart_train(http, "c.json", good, {"t.jsonl": traces + b"{broken\n"}), 422, "line 21")
+    # a truncated gzip upload
+    gz = gzip.compress(traces * 20)
+    failed(multipart_train(http, "c.json", orjson.dumps({"model": IDENTITY, "traces": "t.jsonl.gz"}),
+                           {"t.jsonl.gz": gz[: len(gz) // 2]}), 422, "cannot read")
+    # the config names a path outside the data directory rather than the upload
+    failed(multipart_train(http, "c.json", orjson.dumps({"model": IDENTITY, "traces": "../t.jsonl"}),
+                           {"t.jsonl": traces}), 422, "without '..'")
+
+
+def test_unknown_model_endpoints(http):
+    failed(http.get("/models/none/a/b/c/d"), 404, "none/a/b/c/d")
+    failed(http.get("/models/none/a/b/c/d/versions/1"), 404)
+    failed(http.delete("/models/none/a/b/c/d"), 404)
+    failed(http.delete("/models/none/a/b/c/d/versions/1"), 404)
+
+
+# --------------------------------------------------------------------------- restarts and the seed's commands
+
+
+def _prediction_answers(url: str) -> list[dict]:
+    answers = []
+    with httpx.Client(base_url=url, timeout=60) as c:
+        for path, body in [
+            (f"/predict/single/{SEGMENTS}", {"trace": TRACE, "quantiles": [0.05, 0.5, 0.95]}),
+            ("/predict/batch/llm/*/*/*/*", {"trace": [TRACE, {"input_tokens": 7, "output_tokens": 300}, {}],
+                                             "confidence_level": 0.9}),
+        ]:
+            answer = ok(c.post(path, json=body))
+            answer["summary"].pop("duration_seconds")
+            answers.append(answer)
+        models = ok(c.get("/models"))["models"]
+        for group in models:
+            group.pop("total_predictions")
+            for m in group["models"]:
+                m.pop("total_predictions")
+        answers.append(models)
+        answers.append(ok(c.get(f"/models/{SEGMENTS}/versions/1")))
+    return answers
+
+
+def test_seed_commands_serve_and_a_restart_answers_identically(tmp_path):
+    data = tmp_path / "data"
+    env = {"PREDICTOR_HOST": "127.0.0.1"}
+    # 1. The seed's `python -m src.scheduler.predictor_api`, port from PREDICTOR_PORT.
+    cmd = ["env", "PREDICTOR_PORT={port}", sys.executable, "-m", "src.scheduler.predictor_api"]
+    with run_server(data, extra_env=env, args=cmd) as first:
+        health = ok(httpx.get(first.url + "/health"))
+        assert health["status"] == "healthy" and health["service"] == "predictor"
+        ok(httpx.post(first.url + "/train", timeout=60, json={"config": {
+            "model": IDENTITY, "traces": make_llm_traces(200), "algorithm": "linear"}}))
+        before = _prediction_answers(first.url)
+    # 2. The seed's `uvicorn src.scheduler.predictor_api:app`, on the same data directory.
+    cmd = [sys.executable, "-m", "uvicorn", "src.scheduler.predictor_api:app", "--host", "127.0.0.1",
+           "--port", "{port}", "--log-level", "warning"]
+    with run_server(data, extra_env=env, args=cmd) as second:
+        assert ok(httpx.get(second.url + "/health"))["models_registered"] == 1
+        after = _prediction_answers(second.url)
+    assert after == before
+    assert before[1]["results"][2]["status"] == "error"
+    assert np.all(np.diff(before[0]["results"]["quantile_predictions"]) > 0)

@@ -1,0 +1,213 @@
+"""The ``swarmpilot-predictor`` command line, run in-process against a data directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import orjson
+import pytest
+import yaml
+from rich.console import Console
+from typer.testing import CliRunner
+
+from swarmpilot_predictor import cli
+from swarmpilot_predictor.identity import ModelIdentity
+
+from .conftest import IDENTITY, make_llm_traces
+
+KEY = ModelIdentity.from_parts(IDENTITY).key
+ENCODED = "llm/Qwen%2FQwen2.5-7B/NVIDIA H100 80GB HBM3/sglang/0.4.0"
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch):
+    # Tables wrap at 80 columns by default; a wide console keeps each row on one line.
+    monkeypatch.setattr(cli, "console", Console(width=250))
+
+
+def invoke(*args: str, ok: bool = True):
+    result = runner.invoke(cli.app, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, result.output + repr(result.exception)
+    else:
+        assert result.exit_code != 0, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    return result
+
+
+def json_out(result) -> object:
+    return orjson.loads(result.stdout)
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def trained(tmp_path: Path, data: Path) -> Path:
+    cfg = tmp_path / "train.json"
+    cfg.write_text(json.dumps({"model": IDENTITY, "traces": make_llm_traces(200), "algorithm": "linear"}))
+    invoke("train", cfg, "--data-dir", data)
+    return data
+
+
+def test_train_with_a_json_config(tmp_path, data):
+    cfg = tmp_path / "train.json"
+    cfg.write_text(json.dumps({"model": IDENTITY, "traces": make_llm_traces(150), "algorithm": "linear"}))
+    result = invoke("train", cfg, "--data-dir", data)
+    assert KEY in result.stdout and "linear" in result.stdout and "150" in result.stdout
+    assert len(list((data / "models").glob("*/v0001.meta.json"))) == 1
+    # training again makes version 2
+    invoke("train", cfg, "--data-dir", data)
+    assert len(list((data / "models").glob("*/v0002.meta.json"))) == 1
+
+
+def test_train_with_a_yaml_config_and_a_trace_file_next_to_it(tmp_path, data):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    traces = make_llm_traces(120)
+    lines = ["input_tokens,output_tokens,runtime_ms"] + [
+        f"{t['input_tokens']},{t['output_tokens']},{t['runtime_ms']}" for t in traces]
+    (folder / "traces.csv").write_text("\n".join(lines) + "\n")
+    cfg = folder / "train.yaml"
+    cfg.write_text(yaml.safe_dump({"config": {"model": IDENTITY, "traces": "traces.csv", "algorithm": "empirical",
+                                              "quantiles": [0.5, 0.9]}}))
+    invoke("train", cfg, "--data-dir", data)
+    models = json_out(invoke("models", "--data-dir", data, "--json"))
+    (entry,) = models[0]["models"]
+    assert entry["samples"] == 120 and entry["algorithm"] == "empirical" and entry["quantiles"] == [0.5, 0.9]
+
+
+def test_train_from_a_file_in_the_data_directory(tmp_path, data):
+    (data / "traces").mkdir(parents=True)
+    (data / "traces" / "llm.jsonl").write_bytes(b"".join(orjson.dumps(t) + b"\n" for t in make_llm_traces(90)))
+    cfg = tmp_path / "train.yml"
+    cfg.write_text(f"model: {json.dumps(IDENTITY)}\ntraces: traces/llm.jsonl\nalgorithm: linear\n")
+    invoke("train", cfg, "--data-dir", data)
+    (entry,) = json_out(invoke("models", "--data-dir", data, "--json"))[0]["models"]
+    assert entry["samples"] == 90
+
+
+@pytest.mark.parametrize("content, suffix, message", [
+    ('{"model": ', ".json", "not a valid JSON or YAML config"),
+    ("model: [unclosed", ".yaml", "not a valid JSON or YAML config"),
+    ("[1, 2]", ".json", "a config is a JSON or YAML object"),
+    ('{"traces": []}', ".json", "model"),
+    ('{"model": {"model_type": "llm"}, "traces": []}', ".json", "model_name"),
+])
+def test_train_with_a_bad_config_fails_cleanly(tmp_path, data, content, suffix, message):
+    cfg = tmp_path / f"bad{suffix}"
+    cfg.write_text(content)
+    result = invoke("train", cfg, "--data-dir", data, ok=False)
+    assert message in " ".join(result.output.split())
+
+
+def test_train_refuses_paths_outside_the_data_directory(tmp_path, data):
+    outside = tmp_path / "elsewhere" / "t.jsonl"
+    outside.parent.mkdir()
+    outside.write_bytes(b"".join(orjson.dumps(t) + b"\n" for t in make_llm_traces(50)))
+    cfg = tmp_path / "cfgdir" / "train.json"
+    cfg.parent.mkdir()
+    cfg.write_text(json.dumps({"model": IDENTITY, "traces": "../../elsewhere/t.jsonl", "algorithm": "linear"}))
+    result = invoke("train", cfg, "--data-dir", data, ok=False)
+    assert "without '..'" in result.output
+
+
+def test_train_config_must_exist(tmp_path, data):
+    result = runner.invoke(cli.app, ["train", str(tmp_path / "nope.json"), "--data-dir", str(data)])
+    assert result.exit_code == 2
+
+
+def test_models_lists_trained_models(trained):
+    entries = json_out(invoke("models", "--data-dir", trained, "--json"))
+    assert len(entries) == 1
+    group = entries[0]
+    assert (group["model_type"], group["model_name"]) == ("llm", "Qwen/Qwen2.5-7B")
+    assert group["hardware_types"] == ["NVIDIA H100 80GB HBM3"]
+    (entry,) = group["models"]
+    assert entry["key"] == KEY and entry["versions"] == [1] and entry["samples"] == 200
+    table = invoke("models", "--data-dir", trained).stdout
+    assert KEY in table and "linear" in table
+
+
+def test_models_on_an_empty_data_directory(data):
+    assert json_out(invoke("models", "--data-dir", data, "--json")) == []
+
+
+def test_predict_a_json_trace(trained):
+    body = json_out(invoke("predict", "llm/*/*/*/*", '{"input_tokens": 500, "output_tokens": 100}',
+                           "--data-dir", trained, "--json", "--quantiles", "0.1,0.5,0.9", "-c", "0.8"))
+    assert body["summary"]["success"] == 1 and body["summary"]["confidence_level"] == 0.8
+    (r,) = body["results"]
+    assert r["quantiles"] == [0.1, 0.5, 0.9]
+    q10, q50, q90 = r["quantile_predictions"]
+    assert q10 < q50 < q90
+    assert 900 < q50 < 1500  # truth: 20 + 10 + 1200 = 1230 ms
+    assert r["interval"] == pytest.approx([q10, q90], rel=1e-6)
+    assert r["model_info"]["name"] == "Qwen/Qwen2.5-7B"
+
+
+def test_predict_names_a_model_with_url_encoded_segments(trained):
+    body = json_out(invoke("predict", ENCODED, '{"input_tokens": 5, "output_tokens": 5}', "--data-dir", trained, "--json"))
+    assert body["results"][0]["status"] == "success"
+    assert body["results"][0]["model_info"]["name"] == "Qwen/Qwen2.5-7B"
+
+
+def test_predict_a_long_json_array_of_traces(trained):
+    traces = [{"input_tokens": 10 * i, "output_tokens": 10 + i, "note": "x" * 50} for i in range(1, 8)]
+    arg = json.dumps(traces)
+    assert len(arg) > 300  # longer than any file name may be
+    body = json_out(invoke("predict", "*/*/*/*/*", arg, "--data-dir", trained, "--json"))
+    assert body["summary"]["success"] == 7
+    assert body["expect"] == pytest.approx(sum(r["expect"] for r in body["results"]))
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])
+def test_predict_a_trace_file(tmp_path, trained, suffix):
+    traces = [{"input_tokens": 100, "output_tokens": 10}, {"input_tokens": 100, "output_tokens": 300},
+              {"input_tokens": 100}]
+    path = tmp_path / f"queue{suffix}"
+    if suffix == ".jsonl":
+        path.write_bytes(b"".join(orjson.dumps(t) + b"\n" for t in traces))
+    elif suffix == ".json":
+        path.write_bytes(orjson.dumps({"traces": traces}))
+    else:
+        path.write_text("input_tokens,output_tokens\n100,10\n100,300\n100,\n")
+    body = json_out(invoke("predict", KEY.replace("Qwen/", "Qwen%2F"), path, "--data-dir", trained, "--json"))
+    assert [r["status"] for r in body["results"]] == ["success", "success", "error"]
+    assert "output_tokens" in body["results"][2]["message"]
+    short, long = body["results"][0]["expect"], body["results"][1]["expect"]
+    assert long > 10 * short
+    assert body["expect"] == pytest.approx(short + long)
+    # and as a table
+    out = invoke("predict", "llm/*/*/*/*", path, "--data-dir", trained).stdout
+    assert "2/3 predicted" in out and "missing required feature 'output_tokens'" in out
+
+
+@pytest.mark.parametrize("model, trace, message", [
+    ("llm/*/TPU/*/*", '{"input_tokens": 1, "output_tokens": 1}', "no trained model matches llm/*/TPU/*/*"),
+    ("llm/only-three/parts", '{"input_tokens": 1}', "MODEL is five parts"),
+    ("llm/*/*/*/*", "not json and not a file", "neither a file nor a JSON"),
+])
+def test_predict_errors_are_reported(trained, model, trace, message):
+    result = invoke("predict", model, trace, "--data-dir", trained, ok=False)
+    assert message in " ".join(result.output.split())
+
+
+def test_predict_ambiguous_model_names_the_candidates(tmp_path, trained):
+    cfg = tmp_path / "other.json"
+    cfg.write_text(json.dumps({"model": {**IDENTITY, "hardware": "A100"}, "traces": make_llm_traces(60), "algorithm": "linear"}))
+    invoke("train", cfg, "--data-dir", trained)
+    result = invoke("predict", "llm/*/*/*/*", '{"input_tokens": 1, "output_tokens": 1}', "--data-dir", trained, ok=False)
+    text = " ".join(result.output.split())
+    assert "2 models match" in text and "llm/Qwen/Qwen2.5-7B/A100/sglang/0.4.0" in text and KEY in text
+
+
+def test_predict_a_broken_trace_file_names_the_line(tmp_path, trained):
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"input_tokens": 1, "output_tokens": 2}\n{"input_tokens": \n')
+    result = invoke("predict", "llm/*/*/*/*", path, "--data-dir", trained, ok=False)
+    assert "broken.jsonl: line 2" in result.output

@@ -1,0 +1,215 @@
+"""Feature selection, typing, cleaning for training, and encoding for prediction."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from swarmpilot_predictor.features import DataReport, FeatureSchema, FeatureSpec
+from swarmpilot_predictor.traces import TraceError, TraceTable
+
+
+def prepare(traces, **kw):
+    return FeatureSchema.prepare_training(TraceTable.from_traces(traces), **kw)
+
+
+def base_traces(n=20):
+    return [
+        {"input_tokens": 10 * (i + 1), "gpu": "h100" if i % 2 else "a100", "runtime_ms": 5.0 + i}
+        for i in range(n)
+    ]
+
+
+def test_reserved_fields_are_not_features():
+    traces = [
+        {**t, "task_id": f"t{i}", "req_id": i, "model_id": "turbo", "ts": 1000 + i, "timestamp": 2000 + i,
+         "model_type": "llm", "model_name": f"m{i % 2}", "hardware": f"h{i % 3}", "software_name": "vllm",
+         "software_version": f"{i % 2}"}
+        for i, t in enumerate(base_traces())
+    ]
+    schema, X, y, report = prepare(traces)
+    assert schema.names == ["input_tokens", "gpu"]
+    assert X.shape == (20, 2)
+    np.testing.assert_array_equal(y, [5.0 + i for i in range(20)])
+    assert report.rows_used == 20 and report.rows_dropped == {}
+
+
+def test_numeric_and_categorical_typing_and_encoding():
+    schema, X, y, _ = prepare(base_traces(6))
+    num, cat = schema.features
+    assert (num.name, num.kind) == ("input_tokens", "numeric")
+    assert (cat.name, cat.kind, cat.categories) == ("gpu", "categorical", ("a100", "h100"))
+    np.testing.assert_array_equal(X[:, 0], [10, 20, 30, 40, 50, 60])
+    np.testing.assert_array_equal(X[:, 1], [0, 1, 0, 1, 0, 1])  # codes index the sorted categories
+
+
+def test_constant_columns_are_dropped_and_reported():
+    traces = [{**t, "const_num": 7, "const_cat": "same", "empty": None} for t in base_traces()]
+    schema, X, _, report = prepare(traces)
+    assert schema.names == ["input_tokens", "gpu"]
+    assert X.shape[1] == 2
+    assert report.columns_dropped == {"const_num": "constant", "const_cat": "constant", "empty": "no values"}
+
+
+def test_column_constant_apart_from_missing_values_is_dropped():
+    # Imputing the gaps with the median makes such a column constant: it carries nothing,
+    # and keeping it would make every prediction require it.
+    traces = base_traces()
+    for i, t in enumerate(traces):
+        t["batch"] = 8 if i % 3 else None
+    schema, _, _, report = prepare(traces)
+    assert "batch" not in schema.names
+    assert report.columns_dropped["batch"] == "constant"
+
+
+def test_missing_numeric_values_are_imputed_with_the_median_and_counted():
+    traces = base_traces(10)
+    traces[2]["input_tokens"] = None
+    del traces[5]["input_tokens"]
+    traces[7]["input_tokens"] = None
+    schema, X, _, report = prepare(traces)
+    present = [10 * (i + 1) for i in range(10) if i not in (2, 5, 7)]
+    fill = float(np.median(present))
+    assert schema.features[0].fill == fill
+    assert report.values_imputed == {"input_tokens": 3}
+    assert X[2, 0] == X[5, 0] == X[7, 0] == fill
+    assert X[0, 0] == 10
+
+
+def test_non_positive_and_missing_targets_are_dropped_by_reason():
+    traces = base_traces(12)
+    traces[0]["runtime_ms"] = 0
+    traces[1]["runtime_ms"] = -3.0
+    traces[2]["runtime_ms"] = None
+    del traces[3]["runtime_ms"]
+    traces[4]["runtime_ms"] = math.nan
+    traces[5]["runtime_ms"] = math.inf
+    schema, X, y, report = prepare(traces)
+    assert report.rows_total == 12
+    assert report.rows_used == 6 == len(y) == X.shape[0]
+    assert report.rows_dropped == {"target missing or not finite": 4, "target not positive": 2}
+    np.testing.assert_array_equal(y, [11.0, 12.0, 13.0, 14.0, 15.0, 16.0])
+    np.testing.assert_array_equal(X[:, 0], [70, 80, 90, 100, 110, 120])
+
+
+def test_custom_target_field():
+    traces = [{"latency": t.pop("runtime_ms"), **t} for t in base_traces()]
+    schema, _, y, _ = prepare(traces, target="latency")
+    assert "latency" not in schema.names
+    assert y[0] == 5.0
+
+
+def test_missing_target_field_is_an_error():
+    with pytest.raises(TraceError, match="target field 'duration'"):
+        prepare(base_traces(), target="duration")
+
+
+def test_non_numeric_target_is_an_error_counting_the_bad_values():
+    traces = base_traces(5)
+    traces[1]["runtime_ms"] = "slow"
+    traces[3]["runtime_ms"] = "fast"
+    with pytest.raises(TraceError, match=r"'runtime_ms' has 2 non-numeric value"):
+        prepare(traces)
+
+
+def test_numeric_strings_in_the_target_are_read_as_numbers():
+    traces = base_traces(5)
+    traces[1]["runtime_ms"] = "6.5"
+    traces[3]["runtime_ms"] = "-1"
+    _, _, y, report = prepare(traces)
+    np.testing.assert_array_equal(y, [5.0, 6.5, 7.0, 9.0])
+    assert report.rows_dropped == {"target not positive": 1}
+
+
+def test_explicit_feature_list():
+    traces = [{**t, "extra": i * 1.5} for i, t in enumerate(base_traces())]
+    schema, X, _, _ = prepare(traces, features=["extra"])
+    assert schema.names == ["extra"] and X.shape == (20, 1)
+    with pytest.raises(TraceError, match="not found in the traces: nope"):
+        prepare(traces, features=["extra", "nope"])
+    with pytest.raises(TraceError, match="reserved field.*task_id"):
+        prepare([{**t, "task_id": "x"} for t in traces], features=["task_id"])
+
+
+def test_mixed_column_is_categorical():
+    traces = base_traces(6)
+    for i, t in enumerate(traces):
+        t["mode"] = "fast" if i % 2 else 3
+    schema, X, _, _ = prepare(traces)
+    spec = schema.features[schema.names.index("mode")]
+    assert spec.kind == "categorical" and spec.categories == ("3", "fast")
+    np.testing.assert_array_equal(X[:, schema.names.index("mode")], [0, 1, 0, 1, 0, 1])
+
+
+def test_schema_json_round_trip():
+    schema, _, _, _ = prepare(base_traces())
+    again = FeatureSchema.from_json(schema.to_json())
+    assert again == schema
+    assert schema.to_json()[1] == {"name": "gpu", "kind": "categorical", "categories": ["a100", "h100"]}
+
+
+def test_data_report_to_json():
+    r = DataReport(rows_total=3)
+    r.drop_rows("x", 0)
+    r.drop_rows("y", 2)
+    r.drop_rows("y", 1)
+    assert r.to_json()["rows_dropped"] == {"y": 3}
+
+
+# --------------------------------------------------------------------------- prediction side
+
+SCHEMA = FeatureSchema((
+    FeatureSpec("input_tokens", "numeric", fill=100.0),
+    FeatureSpec("gpu", "categorical", ("a100", "h100")),
+))
+
+
+def test_matrix_encodes_traces():
+    X, errors = SCHEMA.matrix([{"input_tokens": 5, "gpu": "h100"}, {"input_tokens": 7.5, "gpu": "a100", "junk": [1]}])
+    assert errors == [None, None]
+    np.testing.assert_array_equal(X, [[5, 1], [7.5, 0]])
+
+
+def test_matrix_missing_feature_names_it():
+    X, errors = SCHEMA.matrix([{"gpu": "h100"}, {"input_tokens": 3}, {"input_tokens": 4, "gpu": "a100"}])
+    assert errors[0] == "missing required feature 'input_tokens'"
+    assert errors[1] == "missing required feature 'gpu'"
+    assert errors[2] is None
+    np.testing.assert_array_equal(X[2], [4, 0])
+
+
+def test_matrix_wrong_types_name_the_feature():
+    _, errors = SCHEMA.matrix([
+        {"input_tokens": "many", "gpu": "h100"},
+        {"input_tokens": [5], "gpu": "h100"},
+        {"input_tokens": {"v": 1}, "gpu": "h100"},
+        {"input_tokens": math.nan, "gpu": "h100"},
+    ])
+    assert errors[0] == "feature 'input_tokens' must be a number, got str 'many'"
+    assert errors[1].startswith("feature 'input_tokens' must be a number, got list")
+    assert errors[2].startswith("feature 'input_tokens' must be a number, got dict")
+    assert errors[3] == "feature 'input_tokens' must be a finite number, got nan"
+
+
+def test_matrix_result_of_a_trace_does_not_depend_on_the_rest_of_the_batch():
+    alone = SCHEMA.matrix([{"input_tokens": "100", "gpu": "h100"}])[1]
+    batched = SCHEMA.matrix([{"input_tokens": "100", "gpu": "h100"}, {"input_tokens": "x", "gpu": "h100"}])[1]
+    assert alone[0] == batched[0]
+    assert alone[0] is not None and "input_tokens" in alone[0]
+
+
+def test_matrix_booleans_are_numbers_and_unseen_categories_are_not_errors():
+    X, errors = SCHEMA.matrix([{"input_tokens": True, "gpu": "tpu"}, {"input_tokens": 1, "gpu": 7}])
+    assert errors == [None, None]
+    assert X[0, 0] == 1.0 and math.isnan(X[0, 1]) and math.isnan(X[1, 1])
+
+
+def test_matrix_from_table_flags_incomplete_rows():
+    table = TraceTable.from_traces([{"input_tokens": 1, "gpu": "a100"}, {"gpu": "h100"}, {"input_tokens": 3}])
+    X, ok = SCHEMA.matrix_from_table(table)
+    assert ok.tolist() == [True, False, False]
+    np.testing.assert_array_equal(X[0], [1, 0])
+    assert X[1, 0] == 100.0  # filled, but flagged
+    assert SCHEMA.missing_in(TraceTable.from_traces([{"input_tokens": 1}])) == ["gpu"]

@@ -1,0 +1,113 @@
+"""ModelIdentity / IdentityPattern: construction, keys, directory names, matching."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from swarmpilot_predictor.identity import (
+    IDENTITY_KEYS,
+    WILDCARD,
+    IdentityPattern,
+    ModelIdentity,
+)
+
+PARTS = {
+    "model_type": "llm",
+    "model_name": "Qwen/Qwen2.5-7B",
+    "hardware": "NVIDIA H100 80GB HBM3",
+    "software_name": "sglang",
+    "software_version": "0.4.0",
+}
+
+
+def test_from_parts_round_trips_through_as_dict():
+    ident = ModelIdentity.from_parts(PARTS)
+    assert ident.as_dict() == PARTS
+    assert ident.as_tuple() == tuple(PARTS[k] for k in IDENTITY_KEYS)
+    assert ident.key == "llm/Qwen/Qwen2.5-7B/NVIDIA H100 80GB HBM3/sglang/0.4.0"
+
+
+def test_from_parts_stringifies_and_ignores_extra_keys():
+    ident = ModelIdentity.from_parts({**PARTS, "software_version": 4, "input_tokens": 10})
+    assert ident.software_version == "4"
+    assert "input_tokens" not in ident.as_dict()
+
+
+@pytest.mark.parametrize("missing", ["model_type", "hardware", "software_version"])
+def test_from_parts_names_missing_parts(missing):
+    parts = dict(PARTS)
+    parts[missing] = ""
+    with pytest.raises(ValueError, match=missing):
+        ModelIdentity.from_parts(parts)
+    del parts[missing]
+    with pytest.raises(ValueError, match=missing):
+        ModelIdentity.from_parts(parts)
+
+
+def test_identity_is_hashable_and_compares_by_value():
+    a = ModelIdentity.from_parts(PARTS)
+    b = ModelIdentity(*a.as_tuple())
+    assert a == b and hash(a) == hash(b)
+    assert len({a, b}) == 1
+
+
+def test_model_info_uses_seed_field_names():
+    info = ModelIdentity.from_parts(PARTS).model_info()
+    assert info == {
+        "type": "llm",
+        "name": "Qwen/Qwen2.5-7B",
+        "hardware": "NVIDIA H100 80GB HBM3",
+        "software_name": "sglang",
+        "software_version": "0.4.0",
+    }
+
+
+def test_dirname_is_filesystem_safe():
+    name = ModelIdentity.from_parts({**PARTS, "model_name": "../../etc/passwd", "hardware": "a\\b:c*?<>|"}).dirname
+    assert re.fullmatch(r"[A-Za-z0-9._-]+", name), name
+    assert "/" not in name
+    assert not name.startswith(".")
+
+
+def test_dirname_keeps_distinct_identities_apart():
+    # Both sanitise to the same readable prefix; the hash must separate them.
+    a = ModelIdentity.from_parts({**PARTS, "model_name": "Qwen/Qwen2.5-7B"})
+    b = ModelIdentity.from_parts({**PARTS, "model_name": "Qwen Qwen2.5-7B"})
+    assert a.dirname.rsplit("__", 1)[0] == b.dirname.rsplit("__", 1)[0]
+    assert a.dirname != b.dirname
+    # and it is stable (the registry finds models by it after a restart)
+    assert a.dirname == ModelIdentity.from_parts(dict(a.as_dict())).dirname
+
+
+def test_dirname_separator_cannot_be_forged():
+    # Moving text between parts must change the identity's directory.
+    a = ModelIdentity("a", "b_c", "h", "s", "1")
+    b = ModelIdentity("a_b", "c", "h", "s", "1")
+    assert a.dirname != b.dirname
+
+
+def test_pattern_from_segments_treats_wildcard_and_empty_as_unspecified():
+    p = IdentityPattern.from_segments("llm", WILDCARD, "A100", "", "0.4.0")
+    assert p.as_tuple() == ("llm", None, "A100", None, "0.4.0")
+    assert not p.is_complete()
+    assert p.describe() == "llm/*/A100/*/0.4.0"
+
+
+def test_pattern_from_parts():
+    p = IdentityPattern.from_parts({"model_type": "llm", "hardware": "*", "software_name": None})
+    assert p.as_tuple() == ("llm", None, None, None, None)
+    full = IdentityPattern.from_parts(PARTS)
+    assert full.is_complete()
+    assert full.describe() == ModelIdentity.from_parts(PARTS).key
+
+
+def test_pattern_matching():
+    ident = ModelIdentity.from_parts(PARTS)
+    assert IdentityPattern().matches(ident)
+    assert IdentityPattern(model_type="llm", hardware="NVIDIA H100 80GB HBM3").matches(ident)
+    assert IdentityPattern.from_parts(PARTS).matches(ident)
+    assert not IdentityPattern(model_type="llm", hardware="A100").matches(ident)
+    assert not IdentityPattern(model_name="Qwen").matches(ident)  # no prefix matching
+    assert not IdentityPattern(model_type="LLM").matches(ident)  # case-sensitive

@@ -1,0 +1,239 @@
+"""The model registry: versioned, crash-safe, JSON-only storage in the data directory."""
+
+from __future__ import annotations
+
+import pickle
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from swarmpilot_predictor.errors import AmbiguousModel, ModelNotFound, NotFound
+from swarmpilot_predictor.features import FeatureSchema
+from swarmpilot_predictor.identity import IdentityPattern, ModelIdentity
+from swarmpilot_predictor.modeling import QuantileModel
+from swarmpilot_predictor.registry import (
+    ModelRegistry,
+    ModelVersion,
+    atomic_write_bytes,
+)
+from swarmpilot_predictor.traces import TraceTable
+
+from .conftest import make_llm_traces
+
+IDENT = ModelIdentity("llm", "Qwen/Qwen2.5-7B", "NVIDIA H100 80GB HBM3", "sglang", "0.4.0")
+OTHER = ModelIdentity("llm", "llama-3-8b", "A100", "vllm", "0.4.0")
+LEVELS = [0.1, 0.5, 0.9, 0.99]
+
+
+def fit(identity: ModelIdentity = IDENT, algorithm: str = "linear", n: int = 200, seed: int = 0,
+        params: dict | None = None) -> tuple[ModelVersion, QuantileModel, np.ndarray]:
+    traces = make_llm_traces(n, seed)
+    for i, t in enumerate(traces):
+        t["mode"] = "chat" if i % 3 else "batch"  # a categorical feature too
+    schema, X, y, report = FeatureSchema.prepare_training(TraceTable.from_traces(traces))
+    model = QuantileModel([f.kind for f in schema.features], [len(f.categories) for f in schema.features],
+                          algorithm, params=params).fit(X, y)
+    meta = ModelVersion(
+        identity=identity, version=0, created_at=time.time(), target="runtime_ms", features=schema,
+        quantiles=[0.25, 0.5, 0.75, 0.99], algorithm=algorithm, family=model.family_, params=params or {},
+        data=report.to_json(), metrics={"rows_used": report.rows_used}, data_hash=f"seed{seed}",
+    )
+    return meta, model, X[:25]
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "models"
+
+
+@pytest.mark.parametrize("algorithm, params", [
+    ("linear", None),
+    ("empirical", None),
+    ("lightgbm", {"num_boost_round": 25, "num_leaves": 7}),
+])
+def test_save_load_round_trip_gives_identical_predictions(root, algorithm, params):
+    meta, model, X = fit(algorithm=algorithm, params=params)
+    before = model.predict_quantiles(X, LEVELS)
+    saved = ModelRegistry(root).save(meta, model)
+    assert saved.version == 1
+
+    fresh = ModelRegistry(root)  # a restart: nothing in memory
+    assert fresh.loaded_count == 0
+    loaded = fresh.load(IDENT)
+    assert fresh.loaded_count == 1
+    assert loaded.meta.version == 1 and loaded.meta.family == algorithm
+    assert loaded.meta.features == meta.features
+    assert loaded.meta.to_json() == saved.to_json()
+    after = loaded.model.predict_quantiles(X, LEVELS)
+    np.testing.assert_array_equal(after, before)
+    np.testing.assert_array_equal(loaded.model.predict_distribution(X).mean_std()[0],
+                                  model.predict_distribution(X).mean_std()[0])
+
+
+def test_versions_increment_and_latest_is_newest(root):
+    reg = ModelRegistry(root)
+    for seed in range(3):
+        meta, model, _ = fit(seed=seed)
+        assert reg.save(meta, model).version == seed + 1
+    assert [v.version for v in reg.versions(IDENT)] == [1, 2, 3]
+    assert reg.latest(IDENT).version == 3 and reg.latest(IDENT).data_hash == "seed2"
+    assert reg.get_version(IDENT, 2).data_hash == "seed1"
+    assert reg.load(IDENT).meta.version == 3
+    assert reg.load(IDENT, 1).meta.data_hash == "seed0"
+    model_dir = root / IDENT.dirname
+    names = {p.name for p in model_dir.iterdir()}
+    assert {f"v000{v}.{kind}.json" for v in (1, 2, 3) for kind in ("meta", "model")} <= names
+    assert not [n for n in names if n.endswith((".lock", ".tmp")) or n.startswith(".")]
+    assert [v.version for v in ModelRegistry(root).versions(IDENT)] == [1, 2, 3]
+
+
+def test_unknown_model_and_version_errors(root):
+    reg = ModelRegistry(root)
+    with pytest.raises(ModelNotFound):
+        reg.latest(IDENT)
+    meta, model, _ = fit()
+    reg.save(meta, model)
+    with pytest.raises(NotFound, match="no version 7"):
+        reg.get_version(IDENT, 7)
+    with pytest.raises(NotFound):
+        reg.load(IDENT, 7)
+
+
+def test_resolve_partial_identities(root):
+    reg = ModelRegistry(root)
+    for ident in (IDENT, OTHER):
+        meta, model, _ = fit(ident)
+        reg.save(meta, model)
+    assert reg.resolve(IdentityPattern(hardware="A100")) == OTHER
+    assert reg.resolve(IdentityPattern.from_parts(IDENT.as_dict())) == IDENT
+    with pytest.raises(ModelNotFound, match=r"llm/\*/TPU/\*/\*"):
+        reg.resolve(IdentityPattern(model_type="llm", hardware="TPU"))
+    with pytest.raises(AmbiguousModel) as info:
+        reg.resolve(IdentityPattern(model_type="llm"))
+    assert info.value.extra["candidates"] == sorted([IDENT.key, OTHER.key])
+    assert IDENT.key in info.value.message and OTHER.key in info.value.message
+
+
+def test_resolve_sees_models_saved_by_another_worker(root):
+    a, b = ModelRegistry(root), ModelRegistry(root)
+    meta, model, X = fit()
+    a.save(meta, model)
+    assert b.resolve(IdentityPattern(model_type="llm")) == IDENT
+    np.testing.assert_array_equal(b.load(IDENT).model.predict(X), model.predict(X))
+
+
+def test_delete_one_version(root):
+    reg = ModelRegistry(root)
+    for seed in range(3):
+        reg.save(*fit(seed=seed)[:2])
+    assert reg.delete(IDENT, 2) == [2]
+    assert [v.version for v in reg.versions(IDENT)] == [1, 3]
+    model_dir = root / IDENT.dirname
+    assert not (model_dir / "v0002.meta.json").exists() and not (model_dir / "v0002.model.json").exists()
+    assert [v.version for v in ModelRegistry(root).versions(IDENT)] == [1, 3]
+    with pytest.raises(NotFound):
+        reg.delete(IDENT, 2)
+    # a deleted number is not reused while a later version exists
+    assert reg.save(*fit(seed=9)[:2]).version == 4
+
+
+def test_delete_every_version(root):
+    reg = ModelRegistry(root)
+    reg.save(*fit()[:2])
+    reg.save(*fit(seed=1)[:2])
+    reg.save(*fit(OTHER)[:2])
+    assert reg.delete(IDENT) == [1, 2]
+    assert not (root / IDENT.dirname).exists()
+    assert reg.identities() == [OTHER]
+    with pytest.raises(ModelNotFound):
+        reg.resolve(IdentityPattern(model_name=IDENT.model_name))
+    with pytest.raises(ModelNotFound):
+        reg.delete(IDENT)
+    assert ModelRegistry(root).identities() == [OTHER]
+    # deleting the last version leaves nothing behind either
+    assert reg.delete(OTHER, 1) == [1]
+    assert list(root.iterdir()) == []
+
+
+def test_stray_files_and_corrupted_metadata_do_not_break_start_up(root):
+    reg = ModelRegistry(root)
+    meta, model, X = fit()
+    reg.save(meta, model)
+    reg.save(*fit(seed=1)[:2])
+    model_dir = root / IDENT.dirname
+    # What crashes and accidents leave behind:
+    (model_dir / ".v0003.model.json.x1y2.tmp").write_bytes(b'{"format": 1, "loc')  # half-written temp file
+    (model_dir / "v0003.meta.json").write_bytes(b'{"identity": {"model_type": "ll')  # corrupted meta
+    (model_dir / "v0004.meta.json").write_bytes(orjson.dumps([1, 2, 3]))  # valid JSON, wrong shape
+    (model_dir / "v0005.meta.json").write_bytes(orjson.dumps({**meta.to_json(), "version": 5}))  # model file missing
+    (model_dir / "v0006.meta.json").write_bytes(orjson.dumps({"identity": {"model_type": "llm"}, "version": 6}))
+    (model_dir / "notes.txt").write_text("hello")
+    (root / "stray-file.json").write_text("{}")
+    (root / "empty-dir").mkdir()
+
+    fresh = ModelRegistry(root)
+    assert fresh.identities() == [IDENT]
+    assert [v.version for v in fresh.versions(IDENT)] == [1, 2]
+    np.testing.assert_array_equal(fresh.load(IDENT, 1).model.predict(X), model.predict(X))
+    # A new version never overwrites a number that is already on disk.
+    assert fresh.save(*fit(seed=3)[:2]).version == 7
+    assert (model_dir / "v0003.meta.json").read_bytes().startswith(b'{"identity": {"model_type": "ll')
+
+
+def test_model_files_are_json_and_loading_needs_no_pickle(root, monkeypatch):
+    reg = ModelRegistry(root)
+    meta, model, X = fit(algorithm="lightgbm", params={"num_boost_round": 10, "num_leaves": 4})
+    reg.save(meta, model)
+    expected = model.predict_quantiles(X, LEVELS)
+    files = [p for p in root.rglob("*") if p.is_file()]
+    assert files
+    for path in files:
+        data = path.read_bytes()
+        assert not data.startswith(b"\x80"), f"{path.name} looks like a pickle"
+        if path.suffix == ".json":
+            orjson.loads(data)  # every .json file parses as JSON
+        else:
+            assert path.suffix == ".npz", f"unexpected file {path.name}"
+            with np.load(path, allow_pickle=False) as npz:  # numeric arrays only
+                assert all(npz[k].dtype != object for k in npz.files)
+
+    def refuse(*a, **k):
+        raise AssertionError("loading a model must not unpickle anything")
+
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "Unpickler", refuse)
+    loaded = ModelRegistry(root).load(IDENT)
+    np.testing.assert_array_equal(loaded.model.predict_quantiles(X, LEVELS), expected)
+
+
+def test_loaded_models_are_bounded(root):
+    reg = ModelRegistry(root, max_loaded=1)
+    reg.save(*fit()[:2])
+    reg.save(*fit(OTHER)[:2])
+    assert reg.loaded_count == 1
+    fresh = ModelRegistry(root, max_loaded=1)
+    fresh.load(IDENT)
+    fresh.load(OTHER)
+    fresh.load(IDENT)
+    assert fresh.loaded_count == 1
+
+
+def test_atomic_write_replaces_without_leftovers(tmp_path):
+    path = tmp_path / "f.json"
+    atomic_write_bytes(path, b"one")
+    atomic_write_bytes(path, b"two")
+    assert path.read_bytes() == b"two"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+def test_meta_json_round_trip():
+    meta, _, _ = fit()
+    again = ModelVersion.from_json(orjson.loads(orjson.dumps(meta.to_json())))
+    assert again.to_json() == meta.to_json()
+    assert again.identity == IDENT
+    summary = meta.summary()
+    assert summary["features"] == [{"name": f.name, "kind": f.kind} for f in meta.features.features]

@@ -1,0 +1,384 @@
+"""PredictorService: training from every trace source, safe paths, grouping, prediction, resolution."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from swarmpilot_predictor.errors import (
+    AmbiguousModel,
+    InvalidInput,
+    ModelNotFound,
+    NotFound,
+)
+from swarmpilot_predictor.identity import IdentityPattern, ModelIdentity
+from swarmpilot_predictor.schemas import TrainConfig
+from swarmpilot_predictor.service import PredictorService, safe_child
+from swarmpilot_predictor.settings import PredictorSettings
+
+from .conftest import IDENTITY, make_llm_traces
+
+PATTERN = IdentityPattern.from_parts(IDENTITY)
+PROBE = [{"input_tokens": 500, "output_tokens": 20}, {"input_tokens": 500, "output_tokens": 400}]
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[PredictorService]:
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    yield svc
+    svc.close()
+
+
+def config(traces, **kw) -> TrainConfig:
+    return TrainConfig.model_validate({"model": IDENTITY, "traces": traces, "algorithm": "linear", **kw})
+
+
+def predict(service, pattern=PATTERN, traces=PROBE, **kw):
+    return service.predict(pattern, traces, **kw)
+
+
+def write_jsonl_gz(path: Path, traces) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(b"".join(orjson.dumps(t) + b"\n" for t in traces)))
+    return path
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_train_inline_traces_reports_metrics(service):
+    traces = make_llm_traces(300)
+    result = service.train(config(traces))
+    assert result["status"] == "success"
+    assert result["model_key"] == ModelIdentity.from_parts(IDENTITY).key
+    assert result["version"] == 1
+    assert result["duration_seconds"] > 0
+    m = result["metrics"]
+    assert m["algorithm"] == "linear"
+    assert m["rows_used"] == 300 and m["rows_dropped"] == 0
+    for key in ("pinball_loss", "coverage", "interval_coverage", "median_mape"):
+        assert key in m, key
+    # Held-out coverage of a calibrated model is close to the nominal level.
+    assert abs(m["coverage"]["0.5"] - 0.5) < 0.1
+    assert 0 < m["median_mape"] < 0.5
+    # The model learned that output tokens cost time (runtime ≈ 20 + 0.02·in + 12·out).
+    pred = predict(service)
+    low, high = pred.quantiles[:, 1]
+    assert high > 5 * low
+    assert 200 < low < 400 and 3500 < high < 6500  # truth: 270 and 4830
+
+
+def test_train_reports_what_it_dropped(service):
+    traces = make_llm_traces(200)
+    for i, t in enumerate(traces):
+        t["const"] = 1
+        if i < 5:
+            t["runtime_ms"] = -1
+        if 10 <= i < 13:
+            t["input_tokens"] = None
+    data = service.train(config(traces))["metrics"]["data"]
+    assert data["rows_total"] == 200 and data["rows_used"] == 195
+    assert data["rows_dropped"] == {"target not positive": 5}
+    assert data["columns_dropped"] == {"const": "constant"}
+    assert data["values_imputed"] == {"input_tokens": 3}
+
+
+def test_structured_inline_traces_train_the_same_model(service, tmp_path):
+    flat = make_llm_traces(200)
+    structured = [
+        {"input_feature": [{"param_name": "input_tokens", "val": t["input_tokens"]},
+                           {"param_name": "output_tokens", "val": t["output_tokens"]}],
+         "model_id": "turbo", "runtime_ms": t["runtime_ms"]}
+        for t in flat
+    ]
+    a = service.train(config(flat))
+    b = service.train(config(structured))
+    assert (a["version"], b["version"]) == (1, 2)
+    meta1, meta2 = (service.registry.get_version(ModelIdentity.from_parts(IDENTITY), v) for v in (1, 2))
+    assert meta1.data_hash == meta2.data_hash
+    assert [f.name for f in meta2.features.features] == ["input_tokens", "output_tokens"]
+    np.testing.assert_array_equal(predict(service, version=1).quantiles, predict(service, version=2).quantiles)
+
+
+@pytest.mark.parametrize("name", ["traces/llm.jsonl.gz", "llm.csv", "nested/dir/llm.json"])
+def test_train_from_a_data_dir_file(service, name):
+    traces = make_llm_traces(200)
+    path = service.settings.data_dir / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if name.endswith(".jsonl.gz"):
+        write_jsonl_gz(path, traces)
+    elif name.endswith(".csv"):
+        lines = ["input_tokens,output_tokens,runtime_ms,task_id"]
+        lines += [f"{t['input_tokens']},{t['output_tokens']},{t['runtime_ms']!r},{t['task_id']}" for t in traces]
+        path.write_text("\n".join(lines) + "\n")
+    else:
+        path.write_bytes(orjson.dumps({"traces": traces}))
+    from_file = service.train(config(name))
+    inline = service.train(config(traces))
+    assert from_file["metrics"]["rows_used"] == 200
+    versions = service.registry.versions(ModelIdentity.from_parts(IDENTITY))
+    assert versions[0].data_hash == versions[1].data_hash  # the very same rows
+    np.testing.assert_array_equal(predict(service, version=1).quantiles, predict(service, version=2).quantiles)
+    assert inline["version"] == 2
+
+
+def test_training_from_uploads_prefers_the_uploaded_file(service, tmp_path):
+    upload = write_jsonl_gz(tmp_path / "up" / "0.jsonl.gz", make_llm_traces(120))
+    result = service.train(config("mine.jsonl.gz"), uploads={"mine.jsonl.gz": upload})
+    assert result["metrics"]["rows_used"] == 120
+
+
+@pytest.mark.parametrize("name, match", [
+    ("missing.jsonl", "not found"),
+    ("notes.txt", "must be .json, .jsonl or .csv"),
+    ("bad.jsonl", r"bad\.jsonl: line 2"),
+    ("", "non-empty"),
+])
+def test_bad_trace_files_are_invalid_input(service, name, match):
+    (service.settings.data_dir / "notes.txt").write_text("hi")
+    (service.settings.data_dir / "bad.jsonl").write_bytes(orjson.dumps(make_llm_traces(1)[0]) + b"\n{oops\n")
+    with pytest.raises(InvalidInput, match=match) as info:
+        service.train(config(name))
+    assert info.value.field == "traces"
+    assert info.value.status_code == 422
+
+
+def test_train_errors_name_the_problem(service):
+    with pytest.raises(InvalidInput, match="no traces"):
+        service.train(config([]))
+    with pytest.raises(InvalidInput, match="only 1 usable trace"):
+        service.train(config(make_llm_traces(1)))
+    with pytest.raises(InvalidInput, match="target field 'latency'"):
+        service.train(config(make_llm_traces(20), target="latency"))
+    with pytest.raises(InvalidInput, match="not found in the traces: nope"):
+        service.train(config(make_llm_traces(20), features=["nope"]))
+    with pytest.raises(InvalidInput, match=r"item 3"):
+        service.train(config([*make_llm_traces(3), {"input_feature": "x"}]))
+    assert service.registry.identities() == []
+
+
+def test_bad_algorithm_parameters_are_invalid_input(service):
+    cfg = TrainConfig.model_validate({"model": IDENTITY, "traces": make_llm_traces(40), "algorithm": "lightgbm",
+                                      "params": {"num_leaves": -3}})
+    with pytest.raises(InvalidInput, match="training failed.*num_leaves") as info:
+        service.train(cfg)
+    assert info.value.field == "params"
+    assert service.registry.identities() == []
+
+
+# --------------------------------------------------------------------------- safe paths
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A perfectly good trace file that lies outside the data directory."""
+    return write_jsonl_gz(tmp_path / "secret" / "x.jsonl.gz", make_llm_traces(50))
+
+
+@pytest.mark.parametrize("name", ["../secret/x.jsonl.gz", "traces/../../secret/x.jsonl.gz", "..", "./../secret/x.jsonl.gz"])
+def test_dot_dot_paths_are_refused(service, outside, name):
+    with pytest.raises(InvalidInput, match="without '..'") as info:
+        service.train(config(name))
+    assert info.value.field == "traces"
+    assert service.registry.identities() == []
+
+
+def test_absolute_paths_are_refused_even_inside_the_data_dir(service, outside):
+    inside = write_jsonl_gz(service.settings.data_dir / "ok.jsonl.gz", make_llm_traces(50))
+    for path in (outside, inside):
+        with pytest.raises(InvalidInput, match="relative to the data directory"):
+            service.train(config(str(path)))
+    assert service.registry.identities() == []
+
+
+def test_symlinks_leading_outside_are_refused(service, outside):
+    data = service.settings.data_dir
+    (data / "link.jsonl.gz").symlink_to(outside)
+    (data / "linkdir").symlink_to(outside.parent, target_is_directory=True)
+    for name in ("link.jsonl.gz", "linkdir/x.jsonl.gz"):
+        with pytest.raises(InvalidInput, match="leads outside the data directory"):
+            service.train(config(name))
+    assert service.registry.identities() == []
+
+
+def test_symlinks_within_the_data_dir_are_fine(service):
+    data = service.settings.data_dir
+    real = write_jsonl_gz(data / "archive" / "x.jsonl.gz", make_llm_traces(60))
+    (data / "current.jsonl.gz").symlink_to(real)
+    assert service.train(config("current.jsonl.gz"))["metrics"]["rows_used"] == 60
+
+
+def test_safe_child(tmp_path):
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    assert safe_child(root, "a/b.json") == (root / "a" / "b.json").resolve()
+    for bad in ("/etc/passwd", "../x", "a/../../x", "a\x00b", ""):
+        with pytest.raises(InvalidInput):
+            safe_child(root, bad)
+
+
+# --------------------------------------------------------------------------- group_by
+
+
+def grouped_traces():
+    traces = []
+    for k, (name, hw, scale) in enumerate([("llama", "A100", 1.0), ("llama", "H100", 0.5), ("qwen", "H100", 0.8)]):
+        for t in make_llm_traces(60 + 20 * k, seed=k):
+            traces.append({**t, "model_name": name, "hardware": hw, "runtime_ms": t["runtime_ms"] * scale})
+    traces.append({**make_llm_traces(1)[0], "model_name": "orphan"})  # no hardware: belongs to no group
+    return traces
+
+
+def test_group_by_trains_one_model_per_group(service):
+    cfg = TrainConfig.model_validate({
+        "model": {**IDENTITY, "model_name": "unused", "hardware": "unused"},
+        "group_by": ["model_name", "hardware"],
+        "traces": grouped_traces(),
+        "algorithm": "linear",
+    })
+    result = service.train(cfg)
+    keys = {m["model_key"]: m for m in result["models"]}
+    assert sorted(keys) == ["llm/llama/A100/sglang/0.4.0", "llm/llama/H100/sglang/0.4.0", "llm/qwen/H100/sglang/0.4.0"]
+    assert [keys[k]["metrics"]["rows_used"] for k in sorted(keys)] == [60, 80, 100]
+    assert keys["llm/qwen/H100/sglang/0.4.0"]["identity"]["model_name"] == "qwen"
+    assert "model_name" not in [f.name for f in service.registry.latest(
+        ModelIdentity("llm", "llama", "A100", "sglang", "0.4.0")).features.features]
+    # Each group learned its own scale: H100 is about half as slow as A100 for llama.
+    a100 = predict(service, IdentityPattern(model_name="llama", hardware="A100")).quantiles[:, 1]
+    h100 = predict(service, IdentityPattern(model_name="llama", hardware="H100")).quantiles[:, 1]
+    assert np.all(h100 < 0.7 * a100) and np.all(h100 > 0.35 * a100)
+
+
+def test_group_by_needs_the_keys_and_the_rest_of_the_identity(service):
+    base = {"traces": grouped_traces(), "algorithm": "linear"}
+    with pytest.raises(InvalidInput, match="neither in group_by nor in model"):
+        service.train(TrainConfig.model_validate({**base, "group_by": ["model_name", "hardware"]}))
+    with pytest.raises(InvalidInput, match="group_by key.*software_version"):
+        service.train(TrainConfig.model_validate({**base, "model": IDENTITY, "group_by": ["software_version"]}))
+
+
+# --------------------------------------------------------------------------- prediction and resolution
+
+
+@pytest.fixture
+def two_models(service) -> PredictorService:
+    service.train(config(make_llm_traces(150)))
+    service.train(TrainConfig.model_validate({
+        "model": {**IDENTITY, "model_name": "llama-3-8b", "hardware": "A100"},
+        "traces": make_llm_traces(150, seed=1), "algorithm": "empirical",
+    }))
+    return service
+
+
+def test_partial_identity_resolves_to_the_single_match(two_models):
+    pred = predict(two_models, IdentityPattern(hardware="A100"))
+    assert pred.identity.model_name == "llama-3-8b"
+    pred = predict(two_models, IdentityPattern(model_type="llm", hardware=IDENTITY["hardware"]))
+    assert pred.identity.model_name == IDENTITY["model_name"]
+
+
+def test_no_match_is_404_naming_the_pattern(two_models):
+    with pytest.raises(ModelNotFound, match=r"llm/\*/TPU v5/\*/\*") as info:
+        predict(two_models, IdentityPattern(model_type="llm", hardware="TPU v5"))
+    assert info.value.status_code == 404
+
+
+def test_several_matches_are_409_naming_the_candidates(two_models):
+    with pytest.raises(AmbiguousModel) as info:
+        predict(two_models, IdentityPattern(model_type="llm"))
+    err = info.value
+    assert err.status_code == 409
+    expected = sorted(["llm/llama-3-8b/A100/sglang/0.4.0", ModelIdentity.from_parts(IDENTITY).key])
+    assert err.extra["candidates"] == expected
+    for key in expected:
+        assert key in err.message
+
+
+def test_prediction_shapes_and_order(service):
+    service.train(config(make_llm_traces(200)))
+    traces = [PROBE[0], {"input_tokens": 3}, {"input_feature": [{"param_name": "input_tokens", "val": 10},
+                                                                  {"param_name": "output_tokens", "val": 300}]}, "junk"]
+    pred = predict(service, traces=traces, quantiles=[0.9, 0.1, 0.5], confidence_level=0.8, with_total=True)
+    assert pred.ok.tolist() == [True, False, True, False]
+    assert pred.errors[1] == "missing required feature 'output_tokens'"
+    assert "JSON object" in pred.errors[3]
+    body = pred.batch_response()
+    assert body["summary"] == {**body["summary"], "total": 4, "success": 2, "failed": 2, "confidence_level": 0.8}
+    ok = [r for r in body["results"] if r["status"] == "success"]
+    for r in ok:
+        # Each prediction belongs to its level, whatever order the levels were asked in.
+        at = dict(zip(r["quantiles"], r["quantile_predictions"]))
+        assert sorted(at) == [0.1, 0.5, 0.9]
+        assert at[0.1] < at[0.5] < at[0.9]
+        # The central 80% interval runs from the 10% to the 90% quantile.
+        low, high = r["interval"]
+        assert low == pytest.approx(at[0.1], rel=1e-6) and high == pytest.approx(at[0.9], rel=1e-6)
+        assert r["expect"] > 0 and r["error"] > 0
+    assert body["expect"] == pytest.approx(sum(r["expect"] for r in ok))
+    assert body["error"] == pytest.approx(np.sqrt(sum(r["error"] ** 2 for r in ok)), rel=1e-6)
+    assert body["results"][1] == {"status": "error", "message": "missing required feature 'output_tokens'",
+                                  "model_info": ModelIdentity.from_parts(IDENTITY).model_info()}
+
+
+def test_default_quantiles_come_from_the_training_config(service):
+    service.train(config(make_llm_traces(100), quantiles=[0.99, 0.5, 0.5]))
+    pred = predict(service)
+    assert pred.levels == [0.5, 0.99]  # sorted, deduplicated
+    assert pred.quantiles.shape == (2, 2)
+
+
+def test_versions_and_deletion(service):
+    service.train(config(make_llm_traces(100)))
+    service.train(config(make_llm_traces(100, seed=5)))
+    detail = service.model_detail(IdentityPattern(hardware=IDENTITY["hardware"]))
+    assert detail["versions"] == [1, 2] and detail["latest_version"] == 2
+    assert [v["version"] for v in detail["version_details"]] == [1, 2]
+    assert service.model_detail(PATTERN, 1)["version"] == 1
+    with pytest.raises(NotFound):
+        service.model_detail(PATTERN, 3)
+    with pytest.raises(InvalidInput, match=r"'\*' is not allowed"):
+        service.delete_model(IdentityPattern(model_type="llm"))
+    assert service.delete_model(PATTERN, 1)["deleted_versions"] == [1]
+    assert predict(service).version == 2
+    assert service.delete_model(PATTERN)["deleted_versions"] == [2]
+    with pytest.raises(ModelNotFound):
+        predict(service)
+
+
+def test_list_models_and_prediction_counts(two_models):
+    predict(two_models, traces=[*PROBE, {"input_tokens": 1}])  # 2 predicted, 1 failed
+    entries = {(e["model_type"], e["model_name"]): e for e in two_models.list_models()}
+    qwen = entries[("llm", IDENTITY["model_name"])]
+    assert qwen["total_predictions"] == 2
+    assert qwen["hardware_types"] == [IDENTITY["hardware"]]
+    assert qwen["software_versions"] == ["sglang/0.4.0"]
+    (model,) = qwen["models"]
+    assert model["samples"] == 150 and model["versions"] == [1] and model["algorithm"] == "linear"
+    assert [f["name"] for f in model["features"]] == ["input_tokens", "output_tokens"]
+    assert entries[("llm", "llama-3-8b")]["total_predictions"] == 0
+    health = two_models.health()
+    assert health["status"] == "healthy" and health["models_registered"] == 2
+
+
+def test_a_restarted_service_predicts_identically(two_models):
+    before = predict(two_models).quantiles
+    again = PredictorService(PredictorSettings(data_dir=two_models.settings.data_dir))
+    np.testing.assert_array_equal(predict(again).quantiles, before)
+    assert [i.key for i in again.registry.identities()] == [i.key for i in two_models.registry.identities()]
+
+
+def test_upload_temp_dirs_and_stray_files_do_not_disturb_start_up(tmp_path):
+    data = tmp_path / "data"
+    first = PredictorService(PredictorSettings(data_dir=data))
+    first.train(config(make_llm_traces(80)))
+    (data / "upload-abc123").mkdir()
+    (data / "models" / "README").write_text("not a model")
+    os.makedirs(data / "models" / "half-written", exist_ok=True)
+    again = PredictorService(PredictorSettings(data_dir=data))
+    assert [i.key for i in again.registry.identities()] == [ModelIdentity.from_parts(IDENTITY).key]
