@@ -18,7 +18,7 @@ import orjson
 import yaml
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -257,7 +257,11 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     async def predict_single(request: Request):
         pattern, _ = _identity_from(request, 2)
         req = await _json_body(request, PredictSingleRequest)
-        pred = service.predict(pattern, [req.trace], req.confidence_level, req.quantiles)
+        if req.lookup_table:  # a table may need loading first: off the event loop
+            pred = await run_in_threadpool(service.predict, pattern, [req.trace], req.confidence_level, req.quantiles,
+                                           lookup_table=True, lookup_table_name=req.lookup_table_name)
+        else:
+            pred = service.predict(pattern, [req.trace], req.confidence_level, req.quantiles)
         if not pred.ok[0]:
             raise InvalidInput(f"trace: {pred.errors[0]}", field="trace")
         return JSONResponse(pred.single_response())
@@ -267,8 +271,67 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     async def predict_batch(request: Request):
         pattern, _ = _identity_from(request, 2)
         req = await _json_body(request, PredictBatchRequest)
-        pred = service.predict(pattern, req.trace, req.confidence_level, req.quantiles, with_total=True)
+        if req.lookup_table:
+            pred = await run_in_threadpool(service.predict, pattern, req.trace, req.confidence_level, req.quantiles,
+                                           with_total=True, lookup_table=True, lookup_table_name=req.lookup_table_name)
+        else:
+            pred = service.predict(pattern, req.trace, req.confidence_level, req.quantiles, with_total=True)
         return JSONResponse(pred.batch_response())
+
+    # ------------------------------------------------------------------ lookup tables
+
+    @app.post("/predict/table/" + IDENTITY_PATH, tags=["lookup tables"],
+              summary="Predict every trace of an uploaded file and write a lookup table")
+    async def predict_table(request: Request):
+        pattern, _ = _identity_from(request, 2)
+        try:
+            if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+                raise InvalidInput("send multipart/form-data with a 'trace_file' part and a 'confidence_level' field",
+                                   field="trace_file")
+            form = await request.form(max_files=1, max_fields=16, max_part_size=64 * 1024)
+            tmpdir = Path(tempfile.mkdtemp(prefix="upload-", dir=settings.data_dir))
+            try:
+                upload = form.get("trace_file")
+                if not isinstance(upload, UploadFile):
+                    raise InvalidInput("multipart part 'trace_file' (a .json, .jsonl or .csv file, optionally .gz) is required",
+                                       field="trace_file")
+                name = Path(upload.filename or "traces.json").name
+                if not name.lower().removesuffix(".gz").endswith(TRACE_FILE_SUFFIXES):
+                    raise InvalidInput(f"trace_file {name!r} must be .json, .jsonl or .csv (optionally .gz)", field="trace_file")
+                confidence = _form_float(form.get("confidence_level"), 0.95, "confidence_level")
+                table_name = _form_str(form.get("table_name"))
+                fmt = _form_str(form.get("format"))
+                dest = tmpdir / f"traces{_suffix(name)}"  # the client's file name never touches the disk
+                await run_in_threadpool(_save_upload, upload, dest)
+                result = await run_in_threadpool(service.generate_table, pattern, dest, confidence, table_name, fmt,
+                                                 None, name)
+            finally:
+                await form.close()
+                shutil.rmtree(tmpdir, ignore_errors=True)
+        except PredictorError as exc:
+            # The seed's answer shape: {"status": "failed", "path", "message"}, with the HTTP status of the error.
+            body: dict[str, Any] = {"status": "failed", "path": None, "message": exc.message, "detail": exc.message}
+            if exc.field:
+                body["field"] = exc.field
+            return JSONResponse({**body, **exc.extra}, status_code=exc.status_code)
+        return JSONResponse(result)
+
+    @app.get("/tables", tags=["lookup tables"], summary="Lookup tables in the table directory")
+    async def tables_list():
+        tables = await run_in_threadpool(service.tables.list)
+        default = service.tables.default_name if service.tables.default_table is not None else None
+        return JSONResponse({"status": "success", "tables": tables, "default": default})
+
+    @app.get("/tables/{name}", tags=["lookup tables"], summary="Download a lookup table file")
+    async def tables_download(request: Request):
+        name = _table_name_from(request)
+        path = service.tables.path_of(name)
+        return FileResponse(path, media_type=_TABLE_MEDIA.get(_table_media_key(name), "application/octet-stream"),
+                            filename=name)
+
+    @app.delete("/tables/{name}", tags=["lookup tables"], summary="Delete a lookup table")
+    async def tables_delete(request: Request):
+        return JSONResponse(service.tables.delete(_table_name_from(request)))
 
     # ------------------------------------------------------------------ monitoring
 
@@ -292,6 +355,46 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
 
 
 _DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
+
+
+_TABLE_MEDIA = {"json": "application/json", "jsonl": "application/x-ndjson", "csv": "text/csv", "gz": "application/gzip"}
+
+
+def _table_media_key(name: str) -> str:
+    from .lookup import table_format
+
+    return "gz" if name.lower().endswith(".gz") else (table_format(name) or "")
+
+
+def _table_name_from(request: Request) -> str:
+    """The table name from the raw path, so that an encoded '/' is seen (and refused), not routed."""
+    segs = _raw_segments(request, 1)
+    return "/".join(segs)
+
+
+def _save_upload(upload: UploadFile, dest: Path) -> None:
+    with dest.open("wb") as fh:
+        shutil.copyfileobj(upload.file, fh, 1 << 20)
+
+
+def _form_str(value: Any) -> str | None:
+    if value is None or isinstance(value, UploadFile):
+        return None
+    value = str(value).strip()
+    return value or None
+
+
+def _form_float(value: Any, default: float, field: str) -> float:
+    text = _form_str(value)
+    if text is None:
+        return default
+    try:
+        number = float(text)
+    except ValueError:
+        raise InvalidInput(f"{field} must be a number, got {text!r}", field=field) from None
+    if not 0.0 < number < 1.0:
+        raise InvalidInput(f"{field} must lie strictly between 0 and 1, got {number}", field=field)
+    return number
 
 
 def _suffix(name: str) -> str:

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import unquote
 
 import orjson
 import typer
@@ -67,7 +68,10 @@ def serve(
 
 def _load_config_file(path: Path) -> dict[str, Any]:
     text = path.read_text()
-    data = yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
+    try:
+        data = yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        _fail(f"{path}: not a valid JSON or YAML config ({exc})")
     if isinstance(data, dict) and isinstance(data.get("config"), dict):
         data = data["config"]
     if not isinstance(data, dict):
@@ -145,15 +149,23 @@ def _parse_key(model: str) -> IdentityPattern:
     parts = model.split("/")
     if len(parts) != 5:
         _fail("MODEL is five parts: model_type/model_name/hardware/software_name/software_version ('*' for any)")
-    return IdentityPattern.from_segments(*parts)
+    # Segments may be URL-encoded as in the HTTP API, so 'Qwen%2FQwen2.5-7B' can name a model.
+    return IdentityPattern.from_segments(*(unquote(p) for p in parts))
 
 
 def _read_trace_arg(trace: str) -> list[dict[str, Any]]:
     path = Path(trace)
-    if path.is_file():
-        from .traces import iter_trace_file
+    try:
+        is_file = path.is_file()
+    except OSError:  # a long JSON trace is no valid file name (ENAMETOOLONG)
+        is_file = False
+    if is_file:
+        from .traces import TraceError, iter_trace_file
 
-        return list(iter_trace_file(path))
+        try:
+            return list(iter_trace_file(path))
+        except TraceError as exc:
+            _fail(str(exc))
     try:
         data = orjson.loads(trace)
     except orjson.JSONDecodeError:
@@ -235,6 +247,72 @@ def models(data_dir: Optional[Path] = DataDirOpt, url: Optional[str] = UrlOpt, a
                           _fmt(met.get("relative_pinball_loss")), _fmt((met.get("interval_coverage") or {}).get("0.9")),
                           str(m.get("total_predictions", 0)))
     console.print(table)
+
+
+@app.command("table")
+def table_cmd(
+    model: str = typer.Argument(..., help="model_type/model_name/hardware/software_name/software_version ('*' for any part)."),
+    trace_file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Traces (.json, .jsonl or .csv, optionally .gz)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o",
+                                         help="Table name in the data directory's tables folder (a path when offline); default: from the model."),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="json or csv (default: from --output's suffix, else json)."),
+    confidence_level: float = typer.Option(0.95, "--confidence-level", "-c"),
+    data_dir: Optional[Path] = DataDirOpt,
+    url: Optional[str] = UrlOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the raw JSON answer."),
+):
+    """Predict every trace of a file and write a lookup table."""
+    pattern = _parse_key(model)
+    if fmt is not None and fmt not in ("json", "csv"):
+        _fail("--format is json or csv")
+    if url:
+        from .client import PredictorClient, PredictorClientError
+
+        try:
+            with PredictorClient(url) as client:
+                result = client.generate_table(pattern.as_tuple(), trace_file, confidence_level, output, fmt)
+        except PredictorClientError as exc:
+            _fail(exc.message)
+    else:
+        from .service import PredictorService
+
+        out_path = None
+        name = output
+        if output and ("/" in output or os.sep in output):
+            out_path = Path(output)
+            name = None
+        service = PredictorService(_settings(data_dir))
+        total = _count_records(trace_file)
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} traces" if total else "{task.completed:,} traces"),
+                      TimeElapsedColumn(), console=err_console, transient=True) as progress:
+            task = progress.add_task("predicting", total=total)
+            try:
+                result = service.generate_table(pattern, trace_file, confidence_level, name, fmt,
+                                                progress=lambda n: progress.advance(task, n), out_path=out_path)
+            except PredictorError as exc:
+                _fail(exc.message)
+    if as_json:
+        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    console.print(f"wrote {result['rows']:,} records to {result['path']} in {result.get('duration_seconds', 0):.1f}s"
+                  + (f" ({result['failed']:,} traces could not be predicted)" if result.get("failed") else ""))
+    for line in result.get("errors") or []:
+        err_console.print(f"  [yellow]{line}[/]")
+
+
+def _count_records(path: Path) -> int | None:
+    """Lines of an uncompressed .jsonl/.csv file, for the progress bar's total (None otherwise)."""
+    name = path.name.lower()
+    if not name.endswith((".jsonl", ".ndjson", ".csv")):
+        return None
+    n = 0
+    last = b"\n"
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            n += chunk.count(b"\n")
+            last = chunk[-1:]
+    n += last != b"\n"
+    return max(n - (1 if name.endswith(".csv") else 0), 0)
 
 
 def main() -> None:  # pragma: no cover

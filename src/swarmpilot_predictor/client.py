@@ -80,6 +80,8 @@ class _Request:
     extract: str | None = None  # take this key of the JSON answer before validating
     idempotent: bool = field(default=False)
     raw: bool = False  # answer is text, not JSON
+    binary: bool = False  # answer is a file's bytes (table downloads)
+    timeout: float | None = None  # overrides the client's timeout (table generation)
 
 
 def identity_segments(identity: IdentityLike) -> list[str]:
@@ -154,6 +156,34 @@ class _Calls:
         return _Request("GET", "/metrics", idempotent=True, raw=True)
 
     @staticmethod
+    def generate_table(identity: IdentityLike, trace_file: Path | str | bytes, confidence_level: float = 0.95,
+                       table_name: str | None = None, format: str | None = None, filename: str | None = None,
+                       timeout: float | None = 600.0) -> _Request:
+        if isinstance(trace_file, bytes):
+            data, name = trace_file, filename or "traces.jsonl"
+        else:
+            data, name = Path(trace_file).read_bytes(), filename or Path(trace_file).name
+        form = {"confidence_level": str(confidence_level)}
+        if table_name:
+            form["table_name"] = table_name
+        if format:
+            form["format"] = format
+        return _Request("POST", "/predict/table/" + "/".join(identity_segments(identity)),
+                        files=[("trace_file", (name, data, "application/octet-stream"))], data=form, timeout=timeout)
+
+    @staticmethod
+    def list_tables() -> _Request:
+        return _Request("GET", "/tables", extract="tables", idempotent=True)
+
+    @staticmethod
+    def download_table(name: str) -> _Request:
+        return _Request("GET", "/tables/" + quote(name, safe=""), idempotent=True, binary=True)
+
+    @staticmethod
+    def delete_table(name: str) -> _Request:
+        return _Request("DELETE", "/tables/" + quote(name, safe=""))
+
+    @staticmethod
     def _options(confidence_level: float, quantiles: Sequence[float] | None, lookup_table_name: str | None) -> dict[str, Any]:
         body: dict[str, Any] = {"confidence_level": confidence_level}
         if quantiles is not None:
@@ -186,6 +216,8 @@ class _Calls:
 
     @staticmethod
     def parse(req: _Request, response: httpx.Response) -> Any:
+        if req.binary and response.status_code < 400:
+            return response.content
         if req.raw and response.status_code < 400:
             return response.text
         try:
@@ -243,6 +275,8 @@ class _Base:
         elif req.json is not None:
             kw["content"] = orjson.dumps(req.json)
             kw["headers"] = {"content-type": "application/json"}
+        if req.timeout is not None:
+            kw["timeout"] = max(req.timeout, self.timeout)
         return kw
 
     def _should_retry(self, req: _Request, exc: Exception, attempt: int) -> bool:
@@ -333,6 +367,28 @@ class PredictorClient(_Base):
 
     def metrics(self) -> str:
         return self._send(self._calls.metrics())
+
+    def generate_table(self, identity: IdentityLike, trace_file: Path | str | bytes, confidence_level: float = 0.95,
+                       table_name: str | None = None, format: str | None = None, filename: str | None = None,
+                       timeout: float | None = 600.0) -> dict[str, Any]:
+        """Upload a trace file; the service predicts every trace and writes a lookup table.
+
+        Returns ``{"status": "successful", "path", "table_name", "rows", "failed", ...}``.
+        """
+        return self._send(self._calls.generate_table(identity, trace_file, confidence_level, table_name, format, filename, timeout))
+
+    def list_tables(self) -> list[dict[str, Any]]:
+        return self._send(self._calls.list_tables())
+
+    def download_table(self, name: str, dest: Path | str | None = None) -> bytes:
+        """A table file's bytes; also written to ``dest`` when given."""
+        data = self._send(self._calls.download_table(name))
+        if dest is not None:
+            Path(dest).write_bytes(data)
+        return data
+
+    def delete_table(self, name: str) -> dict[str, Any]:
+        return self._send(self._calls.delete_table(name))
 
     def queue_wait(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]],
                    quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9) -> QueueWaitEstimate:
@@ -426,6 +482,23 @@ class AsyncPredictorClient(_Base):
 
     async def metrics(self) -> str:
         return await self._send(self._calls.metrics())
+
+    async def generate_table(self, identity: IdentityLike, trace_file: Path | str | bytes, confidence_level: float = 0.95,
+                             table_name: str | None = None, format: str | None = None, filename: str | None = None,
+                             timeout: float | None = 600.0) -> dict[str, Any]:
+        return await self._send(self._calls.generate_table(identity, trace_file, confidence_level, table_name, format, filename, timeout))
+
+    async def list_tables(self) -> list[dict[str, Any]]:
+        return await self._send(self._calls.list_tables())
+
+    async def download_table(self, name: str, dest: Path | str | None = None) -> bytes:
+        data = await self._send(self._calls.download_table(name))
+        if dest is not None:
+            Path(dest).write_bytes(data)
+        return data
+
+    async def delete_table(self, name: str) -> dict[str, Any]:
+        return await self._send(self._calls.delete_table(name))
 
     async def queue_wait(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]],
                          quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9) -> QueueWaitEstimate:

@@ -6,6 +6,7 @@ HTTP routes and the CLI are thin layers over :class:`PredictorService`.
 from __future__ import annotations
 
 import hashlib
+import sys
 import threading
 import time
 from collections import Counter
@@ -20,6 +21,7 @@ from . import __version__
 from .errors import InvalidInput, PredictorError
 from .features import FeatureSchema
 from .identity import IDENTITY_KEYS, IdentityPattern, ModelIdentity
+from .lookup import WRITABLE_FORMATS, LookupTableStore, TablePrediction, generate_table, iter_traces, table_format
 from .modeling import QuantileModel
 from .metrics import PredictorMetrics
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog
@@ -129,6 +131,8 @@ class PredictorService:
         self.retrainer = Retrainer(
             self.registry, self.monitor, settings.auto_retrain, settings.retrain_min_observations
         )
+        # Lookup tables; DEFAULT_LOOKUP_TABLE is loaded now (a bad file is logged and reported by /health).
+        self.tables = LookupTableStore(settings.tables_dir, default=settings.default_lookup_table)
 
     def close(self) -> None:
         self.retrainer.shutdown()
@@ -239,7 +243,7 @@ class PredictorService:
         t0 = time.perf_counter()
         try:
             model = QuantileModel(kinds, ncats, config.algorithm, params=config.params).fit(X, y)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, *_lightgbm_errors()) as exc:
             raise InvalidInput(f"{identity.key}: training failed: {exc}", field="params") from None
         chosen = model.cv_[model.family_]
         metrics = {
@@ -282,7 +286,17 @@ class PredictorService:
         quantiles: Sequence[float] | None = None,
         with_total: bool = False,
         version: int | None = None,
-    ) -> Prediction:
+        lookup_table: bool = False,
+        lookup_table_name: str | None = None,
+    ) -> Prediction | TablePrediction:
+        if lookup_table:
+            # Answered from a pre-computed table (no model needed); without a name, the default table.
+            pred = self.tables.predict(lookup_table_name, pattern, traces, confidence_level, quantiles, with_total)
+            n_ok = int(pred.ok.sum())
+            self.metrics.predictions.labels(f"table:{pred.table}", "lookup_table").inc(n_ok)  # bounded labels
+            if n_ok < len(pred.errors):
+                self.metrics.prediction_errors.labels(f"table:{pred.table}").inc(len(pred.errors) - n_ok)
+            return pred
         t0 = time.perf_counter()
         self.registry.maybe_refresh()
         identity = self.registry.resolve(pattern)
@@ -334,6 +348,55 @@ class PredictorService:
             duration_seconds=time.perf_counter() - t0,
         )
 
+    # ------------------------------------------------------------------ lookup tables
+
+    def generate_table(
+        self,
+        pattern: IdentityPattern,
+        trace_file: Path,
+        confidence_level: float = 0.95,
+        table_name: str | None = None,
+        fmt: str | None = None,
+        progress: ProgressFn | None = None,
+        source_name: str | None = None,
+        out_path: Path | None = None,
+    ) -> dict[str, Any]:
+        """Predict every trace of ``trace_file`` with the latest model and write a lookup table.
+
+        The table goes into the table directory under ``table_name`` (a file
+        name; default: the model's directory name), or to ``out_path`` (CLI only).
+        """
+        if not 0.0 < confidence_level < 1.0:
+            raise InvalidInput("confidence_level must lie strictly between 0 and 1", field="confidence_level")
+        if fmt is not None and fmt not in WRITABLE_FORMATS:
+            raise InvalidInput(f"format must be one of {', '.join(WRITABLE_FORMATS)}, got {fmt!r}", field="format")
+        self.registry.maybe_refresh()
+        identity = self.registry.resolve(pattern)
+        loaded = self.registry.load(identity)
+        if out_path is None:
+            name = table_name or f"{identity.dirname}.{fmt or 'json'}"
+            out_path = self.tables.output_path(name)
+        name_fmt = table_format(out_path.name)
+        if name_fmt not in WRITABLE_FORMATS:
+            raise InvalidInput(f"table name {out_path.name!r} must end in .json or .csv (optionally .gz)", field="table_name")
+        if fmt is not None and fmt != name_fmt:
+            raise InvalidInput(f"format {fmt!r} does not match the table name {out_path.name!r}", field="format")
+        result = generate_table(
+            traces=iter_traces(trace_file, source_name),
+            schema=loaded.meta.features,
+            model=loaded.model,
+            levels=loaded.meta.quantiles,
+            model_info=identity.model_info(),
+            model_version=loaded.meta.version,
+            out_path=out_path,
+            fmt=name_fmt,
+            confidence_level=confidence_level,
+            progress=progress,
+        )
+        result["model_key"] = identity.key
+        self.metrics.predictions.labels(identity.key, "table_generation").inc(result["rows"])
+        return result
+
     # ------------------------------------------------------------------ discovery
 
     def health(self) -> dict[str, Any]:
@@ -341,8 +404,10 @@ class PredictorService:
             "status": "healthy",
             "service": "predictor",
             "version": __version__,
-            "mode": "default",
-            "lookup_predictor_loaded": False,
+            "mode": "lookup_table" if self.tables.default_table is not None else "default",
+            "lookup_predictor_loaded": self.tables.loaded_count > 0,
+            "lookup_table": self.tables.default_name if self.tables.default_table is not None else None,
+            **({"lookup_table_error": self.tables.default_error} if self.tables.default_error else {}),
             "models_registered": len(self.registry.identities()),
             "models_loaded": self.registry.loaded_count,
             "drifted_models": [i.key for i in self.registry.identities() if self.is_drifted(i)],
@@ -482,6 +547,12 @@ class PredictorService:
         self.metrics.models_loaded.set(self.registry.loaded_count)
         self.metrics.models_registered.set(len(self.registry.identities()))
         return self.metrics.render()
+
+
+def _lightgbm_errors() -> tuple[type[Exception], ...]:
+    """LightGBM's error type (bad ``params`` such as ``num_leaves: -3``), once LightGBM is loaded."""
+    lgb = sys.modules.get("lightgbm")
+    return (lgb.basic.LightGBMError,) if lgb is not None else ()
 
 
 def _headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:

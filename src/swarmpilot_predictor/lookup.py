@@ -1,0 +1,1908 @@
+"""Lookup tables: predictions computed once for a file of traces, answered by matching.
+
+A table is written by :func:`generate_table` (``POST /predict/table/...`` or the
+``table`` CLI command) and holds one record per trace in the seed's format::
+
+    {"status": "success", "model_type": .., "quantiles": [..], "quantile_predictions": [..],
+     "expect": .., "error": .., "interval": [lo, hi], "confidence_level": .., "model_info": {..},
+     "model_version": .., "features": {"input_tokens": 100, ..}, "task_id": ..}
+
+as a JSON array (one record per line) or as CSV (feature columns first, then ids,
+identity and predictions; quantiles as ``quantile_<level>`` columns). Tables in
+the seed's own format, without ``features``, load too; a record without a
+``features`` object may also carry its features as plain top-level keys.
+
+:class:`LookupTable` keeps a table column-wise (about 100 bytes a row) with an
+index built once: a sorted 64-bit hash of every row's feature values (exact
+match, vectorised ``searchsorted``), the same for task ids, and per identity and
+combination of categorical values a k-d tree over the numeric features
+standardised by the table's mean and standard deviation (nearest match).
+A trace is answered by, in order: exact feature match, task id, nearest record
+(categorical features must match exactly), and, for identities whose records
+carry no features (the seed's format), a pseudo-random record chosen by a hash
+of the trace and a seed, so the same trace always gets the same record.
+
+:class:`LookupTableStore` manages the table directory: names are plain file
+names, loaded tables are cached (bounded, reloaded when the file changes), a
+table that cannot be read gives an error naming the file and the place.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import re
+import struct
+import tempfile
+import threading
+import time
+from array import array
+from bisect import bisect_left
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import NormalDist
+from typing import IO, Any
+
+import numpy as np
+import orjson
+from scipy.spatial import cKDTree
+from scipy.special import ndtri
+
+from .errors import InvalidInput, NotFound, PredictorError
+from .identity import IDENTITY_KEYS, IdentityPattern
+from .traces import (
+    ID_KEYS,
+    TraceError,
+    format_number,
+    iter_trace_file,
+    iter_trace_stream,
+    normalize_trace,
+    open_trace_file,
+    reserved_keys,
+)
+
+log = logging.getLogger(__name__)
+
+TABLE_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+WRITABLE_FORMATS = ("json", "csv")
+# Keys of a record that are not features (flat-feature records put features beside them).
+RECORD_KEYS = frozenset({
+    "status", "model_type", "quantiles", "quantile_predictions", "expect", "error", "interval",
+    "confidence_level", "model_info", "model_version", "features", "message", "source", "match",
+    "distance", "table",
+})
+CSV_PREDICTION_COLUMNS = ("status", "model_version", "expect", "error", "confidence_level", "interval_low", "interval_high")
+QUANTILE_PREFIX = "quantile_"
+MATCH_KINDS = ("exact", "task_id", "nearest", "random")
+_EXACT, _TASK, _NEAREST, _RANDOM = range(4)
+GENERATION_CHUNK = 8192
+# Calls with at most this many traces take the per-trace path (plain Python on
+# scalars); larger batches the vectorised one. Both give the same answers.
+SCALAR_MAX = 8
+
+
+# --------------------------------------------------------------------------- names
+
+
+def table_format(name: str) -> str | None:
+    """``json``, ``jsonl`` or ``csv`` from a table file name (``.gz`` allowed), else None."""
+    base = name.lower().removesuffix(".gz")
+    for suffix, fmt in TABLE_FORMATS.items():
+        if base.endswith(suffix) and len(base) > len(suffix):
+            return fmt
+    return None
+
+
+def check_table_name(name: Any, field: str = "lookup_table_name") -> str:
+    """A table name is a plain file name in the table directory, never a path."""
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidInput(f"{field} must be a non-empty file name", field=field)
+    if len(name) > 255:
+        raise InvalidInput(f"{field} is longer than 255 characters", field=field)
+    if "/" in name or "\\" in name or name.startswith(".") or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InvalidInput(
+            f"{field} {name!r} must be a file name in the table directory, not a path "
+            "(no '/', '\\', leading '.' or control characters)",
+            field=field,
+        )
+    if table_format(name) is None:
+        raise InvalidInput(f"{field} {name!r} must end in .json, .jsonl or .csv (optionally .gz)", field=field)
+    return name
+
+
+# --------------------------------------------------------------------------- streamed JSON arrays
+
+
+class _NotAnArray(Exception):
+    pass
+
+
+class _LineModeError(TraceError):
+    """A line of a one-record-per-line file did not parse (truncated, or a layout worth a second look)."""
+
+
+class _Prefixed(io.RawIOBase):
+    """A byte stream that yields ``head`` and then the rest of ``raw``."""
+
+    def __init__(self, head: bytes, raw: IO[bytes]):
+        self._head = memoryview(head)
+        self._raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:  # type: ignore[override]
+        if len(self._head):
+            n = min(len(buf), len(self._head))
+            buf[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._raw.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+
+_HEAD = 1 << 16
+_WS = re.compile(r"[ \t\n\r]*")
+_LINE_MODE = re.compile(rb"\A\s*\[[ \t]*\r?\n")
+
+
+def iter_json_array(raw: IO[bytes], source: str, line_mode: bool = True) -> Iterator[Any]:
+    """Yield the items of a JSON array one at a time, without loading the document.
+
+    Files with one item per line (what the table writer produces) are parsed
+    line by line with orjson; any other layout by an incremental decoder. A
+    truncated or malformed file raises :class:`TraceError` naming the place.
+    Raises ``_NotAnArray`` (before yielding anything) when the document is not an array.
+    """
+    try:
+        head = raw.read(_HEAD)
+        stream = io.BufferedReader(_Prefixed(head, raw), 1 << 20)
+        if line_mode and _LINE_MODE.match(head) and _first_line_record(head):
+            yield from _iter_lines(stream, source)
+        else:
+            yield from _iter_incremental(io.TextIOWrapper(stream, encoding="utf-8"), source)
+    except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as exc:
+        raise TraceError(f"{source}: cannot read the file ({exc}); it may be truncated or not what its name says") from None
+
+
+def _first_line_record(head: bytes) -> bool:
+    lines = head.split(b"\n")
+    for line in lines[1:-1]:  # the last piece may be cut by the head's end
+        s = line.strip()
+        if not s:
+            continue
+        if s == b"]":
+            return True
+        try:
+            return isinstance(orjson.loads(s.removesuffix(b",")), dict)
+        except orjson.JSONDecodeError:
+            return False
+    return False
+
+
+def _iter_lines(stream: IO[bytes], source: str) -> Iterator[Any]:
+    opened = closed = False
+    for lineno, line in enumerate(stream, 1):
+        s = line.strip()
+        if not s:
+            continue
+        if closed:
+            raise TraceError(f"{source}: line {lineno}: unexpected data after the closing ']'")
+        if not opened:
+            opened = True  # the '[' line, checked by the caller
+            continue
+        if s == b"]":
+            closed = True
+            continue
+        try:
+            yield orjson.loads(s.removesuffix(b","))
+        except orjson.JSONDecodeError as exc:
+            raise _LineModeError(f"{source}: line {lineno}: not a valid JSON record ({exc}); the file may be truncated") from None
+    if not closed:
+        raise _LineModeError(f"{source}: ends before the closing ']'; the file is truncated")
+
+
+def _iter_incremental(text: IO[str], source: str) -> Iterator[Any]:
+    dec = json.JSONDecoder()
+    buf, pos, eof = "", 0, False
+
+    def more() -> None:
+        nonlocal buf, pos, eof
+        chunk = text.read(1 << 20)
+        if not chunk:
+            eof = True
+        buf, pos = buf[pos:] + chunk, 0
+
+    def skip_ws() -> None:
+        nonlocal pos
+        while True:
+            pos = _WS.match(buf, pos).end()  # type: ignore[union-attr]
+            if pos < len(buf) or eof:
+                return
+            more()
+
+    skip_ws()
+    if pos >= len(buf):
+        raise TraceError(f"{source}: the file is empty")
+    if buf[pos] != "[":
+        raise _NotAnArray()
+    pos += 1
+    skip_ws()
+    i = 0
+    if buf.startswith("]", pos):
+        pos += 1
+    else:
+        while True:
+            while True:
+                try:
+                    obj, end = dec.raw_decode(buf, pos)
+                    break
+                except json.JSONDecodeError as exc:
+                    near_end = exc.pos >= len(buf) - 16 or exc.msg.startswith("Unterminated string")
+                    if eof or not near_end:
+                        where = "the file is truncated" if eof and near_end else "malformed JSON"
+                        raise TraceError(f"{source}: item {i}: {exc.msg} ({where})") from None
+                    more()
+            pos = end
+            yield obj
+            i += 1
+            skip_ws()
+            if pos >= len(buf):
+                raise TraceError(f"{source}: ends after item {i - 1} before the closing ']'; the file is truncated")
+            c = buf[pos]
+            pos += 1
+            if c == "]":
+                break
+            if c != ",":
+                raise TraceError(f"{source}: expected ',' or ']' after item {i - 1}, found {c!r}")
+            skip_ws()
+    skip_ws()
+    if pos < len(buf):
+        raise TraceError(f"{source}: unexpected data after the closing ']'")
+
+
+def iter_traces(path: Path | str, source: str | None = None) -> Iterator[dict[str, Any]]:
+    """Flat traces from a trace file, streamed: JSONL and CSV line by line, JSON arrays item by item."""
+    path = Path(path)
+    source = source or path.name
+    raw, fmt = open_trace_file(path)
+    with raw:
+        if fmt != "json":
+            yield from iter_trace_stream(raw, fmt, source=source)
+            return
+        try:
+            for i, obj in enumerate(iter_json_array(raw, source)):
+                try:
+                    yield normalize_trace(obj)
+                except TraceError as exc:
+                    raise TraceError(f"{source}: item {i}: {exc}") from None
+            return
+        except _NotAnArray:
+            pass
+    # An object with a "traces" array: the general reader handles it (loading the document).
+    for trace in iter_trace_file(path):
+        yield trace
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+_U = np.uint64
+_SEED = _U(0x243F6A8885A308D3)
+_NAN_BITS = _U(0x7FF8DEADBEEF0001)
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, vectorised over uint64 arrays (wrapping arithmetic)."""
+    h = h + _U(0x9E3779B97F4A7C15)
+    h = (h ^ (h >> _U(30))) * _U(0xBF58476D1CE4E5B9)
+    h = (h ^ (h >> _U(27))) * _U(0x94D049BB133111EB)
+    return h ^ (h >> _U(31))
+
+
+def _float_bits(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64) + 0.0  # -0.0 -> 0.0
+    bits = x.view(np.uint64)
+    bits[np.isnan(x)] = _NAN_BITS
+    return bits
+
+
+def _code_bits(codes: np.ndarray) -> np.ndarray:
+    return np.asarray(codes, dtype=np.int64).view(np.uint64)
+
+
+def _hash_parts(parts: Sequence[np.ndarray], n: int) -> np.ndarray:
+    h = np.full(n, _SEED, dtype=np.uint64)
+    for p in parts:
+        h = _mix(h ^ p)
+    return h
+
+
+_MASK = (1 << 64) - 1
+_SEED_INT = int(_SEED)
+_NAN_INT = int(_NAN_BITS)
+_DOUBLE = struct.Struct("<d")
+_STD_NORMAL = NormalDist()
+
+
+def _mix_int(h: int) -> int:
+    """:func:`_mix` on one Python int (the scalar path must hash exactly as the vectorised one)."""
+    h = (h + 0x9E3779B97F4A7C15) & _MASK
+    h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK
+    return h ^ (h >> 31)
+
+
+def _float_int(f: float) -> int:
+    f = f + 0.0
+    return _NAN_INT if f != f else int.from_bytes(_DOUBLE.pack(f), "little")
+
+
+def _probe_one(keys: np.ndarray, rows: np.ndarray, key: int) -> int:
+    n = len(keys)
+    if n == 0:
+        return -1
+    pos = int(keys.searchsorted(keys.dtype.type(key)))  # a Python int here would make numpy convert the whole array
+    return int(rows[pos]) if pos < n and int(keys[pos]) == key else -1
+
+
+def _str_hash(s: str) -> int:
+    """Stable 63-bit hash of a string (task ids), the same in every process."""
+    return int.from_bytes(hashlib.blake2b(s.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little") >> 1
+
+
+def _category_of(v: Any) -> str:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, bool):
+        return str(int(v))
+    if isinstance(v, (int, float)) and math.isfinite(v):
+        return format_number(float(v))
+    return str(v)
+
+
+def _sorted_index(keys: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique keys and, for each, the first row (in table order) holding it."""
+    uniq, first = np.unique(keys, return_index=True)
+    return uniq, rows[first]
+
+
+def _probe(index_keys: np.ndarray, index_rows: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Row for each key, or -1 (vectorised binary search)."""
+    if len(index_keys) == 0 or len(keys) == 0:
+        return np.full(len(keys), -1, dtype=np.int64)
+    pos = np.searchsorted(index_keys, keys)
+    pos[pos >= len(index_keys)] = 0
+    hit = index_keys[pos] == keys
+    return np.where(hit, index_rows[pos], -1)
+
+
+# --------------------------------------------------------------------------- the table
+
+
+@dataclass
+class _FeatureColumn:
+    name: str
+    kind: str  # "numeric" | "categorical"
+    values: np.ndarray  # float64 (numeric, NaN = missing) or int64 codes (-1 = missing)
+    vocab: dict[str, int] = field(default_factory=dict)
+    mean: float = 0.0
+    scale: float = 1.0
+
+    def present(self, rows: np.ndarray) -> np.ndarray:
+        v = self.values[rows]
+        return np.isfinite(v) if self.kind == "numeric" else v >= 0
+
+
+@dataclass
+class _Partition:
+    rows: np.ndarray  # table rows, one per distinct feature tuple
+    tree: cKDTree | None
+
+
+@dataclass
+class _Group:
+    """The records of one identity and their index."""
+
+    identity: tuple[str | None, ...]
+    rows: np.ndarray
+    cols: list[int]  # feature columns present in this group
+    num_cols: list[int]
+    cat_cols: list[int]
+    exact_keys: np.ndarray
+    exact_rows: np.ndarray
+    task_keys: np.ndarray
+    task_rows: np.ndarray
+    partitions: dict[int, _Partition]
+
+    @property
+    def featureless(self) -> bool:
+        return not self.cols
+
+    def matches(self, pattern: IdentityPattern | None) -> bool:
+        if pattern is None:
+            return True
+        return all(want is None or have is None or want == have for want, have in zip(pattern.as_tuple(), self.identity))
+
+    def model_info(self, pattern: IdentityPattern | None = None) -> dict[str, str]:
+        """The seed's ``model_info``; parts the records leave out come from the request, else ``*``."""
+        asked = pattern.as_tuple() if pattern is not None else (None,) * 5
+        parts = [have if have is not None else (want if want is not None else "*") for have, want in zip(self.identity, asked)]
+        return dict(zip(("type", "name", "hardware", "software_name", "software_version"), parts))
+
+    def describe(self) -> str:
+        return "/".join(p if p is not None else "*" for p in self.identity)
+
+
+@dataclass
+class LookupResult:
+    """Per trace: the matched row (-1 when none), how it matched, the distance, or why not."""
+
+    rows: np.ndarray
+    match: np.ndarray  # int8 index into MATCH_KINDS, -1 when unmatched
+    distance: np.ndarray
+    errors: list[str | None]
+
+    @property
+    def ok(self) -> np.ndarray:
+        return self.rows >= 0
+
+    def kinds(self) -> list[str | None]:
+        return [MATCH_KINDS[m] if m >= 0 else None for m in self.match.tolist()]
+
+
+class LookupTable:
+    """An immutable, indexed lookup table held column-wise."""
+
+    def __init__(
+        self,
+        name: str,
+        identities: list[tuple[str | None, ...]],
+        row_identity: np.ndarray,
+        levelsets: list[np.ndarray],
+        row_levelset: np.ndarray,
+        row_position: np.ndarray,
+        values: list[np.ndarray],
+        expect: np.ndarray,
+        error: np.ndarray,
+        interval: np.ndarray,
+        confidence: np.ndarray,
+        versions: np.ndarray,
+        columns: list["_FeatureColumn"],
+        task_hashes: np.ndarray | None,
+        skipped: int = 0,
+        path: Path | None = None,
+        fmt: str | None = None,
+        seed: int = 0,
+    ):
+        self.name = name
+        self.path = path
+        self.format = fmt
+        self.seed = seed
+        self.skipped = skipped
+        self.n_rows = len(expect)
+        self.identities = identities
+        self.row_identity = row_identity
+        self.levelsets = levelsets
+        self.levelset_lists = [ls.tolist() for ls in levelsets]
+        self.row_levelset = row_levelset
+        self.row_position = row_position
+        self.values = values
+        self.expect = expect
+        self.error = error
+        self.interval = interval
+        self.confidence = confidence
+        self.versions = versions
+        t0 = time.perf_counter()
+        self.columns = columns
+        self.task_hashes = task_hashes
+        self.groups = [self._build_group(g) for g in range(len(identities))]
+        self._group_cache: dict[IdentityPattern | None, list[_Group]] = {}
+        self.index_seconds = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def load(cls, path: Path | str, name: str | None = None, seed: int = 0) -> "LookupTable":
+        """Read a table file (.json, .jsonl, .csv, optionally .gz); TraceError when it cannot be read."""
+        path = Path(path)
+        name = name or path.name
+        fmt = table_format(path.name)
+        if fmt is None:
+            raise TraceError(f"{name}: a lookup table is a .json, .jsonl or .csv file (optionally .gz)")
+        try:
+            return cls._load(path, name, fmt, seed, line_mode=True)
+        except _LineModeError as first:
+            # Valid JSON laid out differently from the writer's one record a line
+            # parses with the general decoder; a truncated file fails again.
+            try:
+                return cls._load(path, name, fmt, seed, line_mode=False)
+            except TraceError:
+                raise TraceError(str(first)) from None
+
+    @classmethod
+    def _load(cls, path: Path, name: str, fmt: str, seed: int, line_mode: bool) -> "LookupTable":
+        gz = path.name.lower().endswith(".gz")
+        try:
+            raw: IO[bytes] = gzip.open(path, "rb") if gz else open(path, "rb")
+        except OSError as exc:
+            raise TraceError(f"{name}: cannot open ({exc.strerror or exc})") from None
+        with raw:
+            if fmt == "csv":
+                records = _iter_csv_records(raw, name)
+            elif fmt == "jsonl":
+                records = _iter_jsonl_records(raw, name)
+            else:
+                records = _iter_json_records(raw, name, line_mode)
+            return _Builder(name).build(records, path=path, fmt=fmt, seed=seed)
+
+    @classmethod
+    def from_records(cls, records: Iterable[dict[str, Any]], name: str = "<records>", seed: int = 0) -> "LookupTable":
+        return _Builder(name).build(((f"record {i}", r) for i, r in enumerate(records)), seed=seed)
+
+    def _build_group(self, g: int) -> _Group:
+        if len(self.identities) == 1:
+            rows = np.arange(self.n_rows, dtype=np.int64)
+        else:
+            rows = np.flatnonzero(self.row_identity == g).astype(np.int64)
+        cols = [j for j, c in enumerate(self.columns) if c.present(rows).any()]
+        num = [j for j in cols if self.columns[j].kind == "numeric"]
+        cat = [j for j in cols if self.columns[j].kind == "categorical"]
+        empty = np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.int64)
+        exact_keys, exact_rows = empty
+        partitions: dict[int, _Partition] = {}
+        if cols:
+            keys = _hash_parts([self._bits(j, rows) for j in cols], len(rows))
+            exact_keys, exact_rows = _sorted_index(keys, rows)
+            unique_rows = np.sort(exact_rows)
+            cat_keys = _hash_parts([self._bits(j, unique_rows) for j in cat], len(unique_rows))
+            order = np.argsort(cat_keys, kind="stable")
+            sorted_keys = cat_keys[order]
+            bounds = np.flatnonzero(np.diff(sorted_keys)) + 1
+            for part in np.split(order, bounds):
+                prow = unique_rows[part]
+                tree = None
+                if num:
+                    Z = self._standardised(num, prow)
+                    tree = cKDTree(Z, leafsize=16, balanced_tree=False, compact_nodes=False)
+                partitions[int(cat_keys[part[0]])] = _Partition(prow, tree)
+        task_keys, task_rows = empty
+        if self.task_hashes is not None:
+            th = self.task_hashes[rows]
+            has = th >= 0
+            task_keys, task_rows = _sorted_index(th[has], rows[has])
+        return _Group(self.identities[g], rows, cols, num, cat, exact_keys, exact_rows, task_keys, task_rows, partitions)
+
+    def _bits(self, j: int, rows: np.ndarray) -> np.ndarray:
+        c = self.columns[j]
+        return _float_bits(c.values[rows]) if c.kind == "numeric" else _code_bits(c.values[rows])
+
+    def _standardised(self, cols: list[int], rows: np.ndarray) -> np.ndarray:
+        Z = np.empty((len(rows), len(cols)))
+        for k, j in enumerate(cols):
+            c = self.columns[j]
+            z = (c.values[rows] - c.mean) / c.scale
+            Z[:, k] = np.where(np.isfinite(z), z, 0.0)  # a record lacking the value sits at the mean
+        return Z
+
+    # ------------------------------------------------------------------ description
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "format": self.format,
+            "rows": self.n_rows,
+            "skipped_records": self.skipped,
+            "features": [{"name": c.name, "kind": c.kind} for c in self.columns],
+            "identities": [dict(zip(IDENTITY_KEYS, g.identity)) for g in self.groups],
+            "quantiles": [ls.tolist() for ls in self.levelsets],
+            "index_seconds": self.index_seconds,
+        }
+
+    def groups_for(self, pattern: IdentityPattern | None) -> list[_Group]:
+        """The identities ``pattern`` selects (``*`` and parts a record leaves out match anything)."""
+        hit = self._group_cache.get(pattern)
+        if hit is not None:
+            return hit
+        groups = [g for g in self.groups if g.matches(pattern)]
+        if groups:
+            if len(self._group_cache) > 1024:
+                self._group_cache.clear()
+            self._group_cache[pattern] = groups
+        if not groups:
+            have = ", ".join(g.describe() for g in self.groups[:10]) or "no records"
+            want = pattern.describe() if pattern is not None else "*"
+            raise NotFound(f"lookup table {self.name!r} has no records for {want}; it holds {have}")
+        return groups
+
+    # ------------------------------------------------------------------ matching
+
+    def lookup(self, traces: Sequence[Any], pattern: IdentityPattern | None = None) -> LookupResult:
+        """Match each trace to a record: exact features, task id, nearest, then random."""
+        groups = self.groups_for(pattern)
+        n = len(traces)
+        if n <= SCALAR_MAX:
+            found = [self._lookup_one(t, groups) for t in traces]
+            return LookupResult(
+                np.array([f[0] for f in found], dtype=np.int64),
+                np.array([f[1] for f in found], dtype=np.int8),
+                np.array([f[2] for f in found], dtype=np.float64),
+                [f[3] for f in found],
+            )
+        rows = np.full(n, -1, dtype=np.int64)
+        match = np.full(n, -1, dtype=np.int8)
+        dist = np.full(n, np.nan)
+        errors: list[str | None] = [None] * n
+        flat: list[dict[str, Any]] = []
+        bad = np.zeros(n, dtype=bool)
+        for i, t in enumerate(traces):
+            try:
+                flat.append(normalize_trace(t))
+            except TraceError as exc:
+                flat.append({})
+                errors[i] = str(exc)
+                bad[i] = True
+        cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        featured = [g for g in groups if not g.featureless]
+
+        def column(j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            if j not in cache:
+                cache[j] = self._query_column(j, flat)
+            return cache[j]
+
+        # 1. exact match on every feature the group's records carry
+        for g in featured:
+            todo = np.flatnonzero((rows < 0) & ~bad)
+            if not len(todo):
+                break
+            parts, usable = [], np.ones(len(todo), dtype=bool)
+            for j in g.cols:
+                vals, missing, invalid = column(j)
+                usable &= ~invalid[todo]
+                c = self.columns[j]
+                parts.append(_float_bits(vals[todo]) if c.kind == "numeric" else _code_bits(vals[todo]))
+            found = _probe(g.exact_keys, g.exact_rows, _hash_parts(parts, len(todo)))
+            found[~usable] = -1
+            hit = found >= 0
+            if hit.any():
+                idx, cand = todo[hit], found[hit]
+                same = np.ones(len(idx), dtype=bool)
+                for j in g.cols:  # confirm: a hash collision must not pass as a match
+                    vals, _, _ = column(j)
+                    tv, qv = self.columns[j].values[cand], vals[idx]
+                    same &= (tv == qv) | (np.isnan(tv) & np.isnan(qv)) if self.columns[j].kind == "numeric" else tv == qv
+                rows[idx[same]] = cand[same]
+                match[idx[same]] = _EXACT
+                dist[idx[same]] = 0.0
+
+        # 2. task id
+        if self.task_hashes is not None:
+            todo = [i for i in np.flatnonzero((rows < 0) & ~bad).tolist() if flat[i].get("task_id") is not None]
+            if todo:
+                keys = np.array([_str_hash(_category_of(flat[i]["task_id"])) for i in todo], dtype=np.int64)
+                idx = np.asarray(todo, dtype=np.int64)
+                for g in groups:
+                    found = _probe(g.task_keys, g.task_rows, keys)
+                    hit = (found >= 0) & (rows[idx] < 0)
+                    rows[idx[hit]] = found[hit]
+                    match[idx[hit]] = _TASK
+
+        # 3. nearest record by standardised numeric features, categorical ones equal
+        if featured:
+            todo = np.flatnonzero((rows < 0) & ~bad)
+            if len(todo):
+                self._nearest(featured, todo, column, rows, match, dist, errors)
+
+        # 4. a seeded pseudo-random record of a featureless (seed-format) identity
+        plain = [g for g in groups if g.featureless]
+        todo = np.flatnonzero((rows < 0) & ~bad)
+        if plain and len(todo):
+            pool = plain[0].rows if len(plain) == 1 else np.concatenate([g.rows for g in plain])
+            for i in todo.tolist():
+                rows[i] = pool[self._pick(flat[i], len(pool))]
+                match[i] = _RANDOM
+                errors[i] = None
+        for i in np.flatnonzero((rows < 0) & ~bad).tolist():
+            if errors[i] is None:
+                errors[i] = f"no record in lookup table {self.name!r} matches this trace"
+        return LookupResult(rows, match, dist, errors)
+
+    def _lookup_one(self, trace: Any, groups: list[_Group]) -> tuple[int, int, float, str | None]:
+        """One trace, in plain Python on scalars: (row, match kind, distance, error)."""
+        try:
+            t = normalize_trace(trace)
+        except TraceError as exc:
+            return -1, -1, math.nan, str(exc)
+        columns = self.columns
+        featured = [g for g in groups if g.cols]
+        for g in featured:  # 1. exact
+            h = _SEED_INT
+            query: list[Any] = []
+            for j in g.cols:
+                c = columns[j]
+                v = t.get(c.name)
+                if c.kind == "numeric":
+                    if v is None:
+                        q = math.nan
+                    elif isinstance(v, (int, float)):
+                        q = float(v)
+                    else:
+                        break
+                    bits = _float_int(q)
+                else:
+                    q = -1 if v is None else c.vocab.get(_category_of(v), -2)
+                    if q == -2:
+                        break
+                    bits = q & _MASK
+                query.append(q)
+                h = _mix_int(h ^ bits)
+            else:
+                row = _probe_one(g.exact_keys, g.exact_rows, h)
+                if row >= 0 and self._same_row(row, g.cols, query):
+                    return row, _EXACT, 0.0, None
+        tid = t.get("task_id")  # 2. task id
+        if tid is not None and self.task_hashes is not None:
+            key = _str_hash(_category_of(tid))
+            for g in groups:
+                row = _probe_one(g.task_keys, g.task_rows, key)
+                if row >= 0:
+                    return row, _TASK, math.nan, None
+        best_d, best_row, error = math.inf, -1, None  # 3. nearest
+        for g in featured:
+            z = []
+            for j in g.num_cols:
+                c = columns[j]
+                v = t.get(c.name)
+                if isinstance(v, (int, float)) and v == v:
+                    z.append((float(v) - c.mean) / c.scale)
+                else:
+                    error = error or (f"missing required feature '{c.name}'" if v is None or v != v
+                                      else f"feature '{c.name}' must be a number")
+                    break
+            else:
+                h = _SEED_INT
+                codes = []
+                for j in g.cat_cols:
+                    c = columns[j]
+                    v = t.get(c.name)
+                    code = -1 if v is None else c.vocab.get(_category_of(v), -2)
+                    codes.append(code)
+                    h = _mix_int(h ^ (code & _MASK))
+                part = g.partitions.get(h)
+                if part is None:
+                    error = error or self._category_message(g, codes)
+                    continue
+                if part.tree is None:
+                    d, row = 0.0, int(part.rows[0])
+                else:
+                    d, k = part.tree.query(z)
+                    row = int(part.rows[k])
+                if d < best_d:
+                    best_d, best_row = float(d), row
+        if best_row >= 0:
+            return best_row, _NEAREST, best_d, None
+        plain = [g for g in groups if not g.cols]  # 4. a seeded pseudo-random record
+        if plain:
+            pool = plain[0].rows if len(plain) == 1 else np.concatenate([g.rows for g in plain])
+            return int(pool[self._pick(t, len(pool))]), _RANDOM, math.nan, None
+        return -1, -1, math.nan, error or f"no record in lookup table {self.name!r} matches this trace"
+
+    def _same_row(self, row: int, cols: list[int], query: list[Any]) -> bool:
+        for j, q in zip(cols, query):
+            c = self.columns[j]
+            if c.kind == "numeric":
+                tv = float(c.values[row])
+                if not (tv == q or (tv != tv and q != q)):
+                    return False
+            elif int(c.values[row]) != q:
+                return False
+        return True
+
+    def _category_message(self, g: _Group, codes: list[int]) -> str:
+        for j, code in zip(g.cat_cols, codes):
+            name = self.columns[j].name
+            if code == -1:
+                return f"missing required feature '{name}'"
+            if code == -2:
+                return f"no record in lookup table {self.name!r} has this value of '{name}' (categorical features must match exactly)"
+        return f"no record in lookup table {self.name!r} has this combination of {', '.join(self.columns[j].name for j in g.cat_cols)}"
+
+    def _query_column(self, j: int, flat: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(values, missing, invalid) of feature column ``j`` for the query traces."""
+        c = self.columns[j]
+        raw = [t.get(c.name) for t in flat]
+        n = len(raw)
+        if c.kind == "numeric":
+            try:
+                if any(v.__class__ is str for v in raw):
+                    raise ValueError  # numpy would parse "100"; a string is never a number here
+                vals = np.array(raw, dtype=np.float64)
+                invalid = np.zeros(n, dtype=bool)
+                if vals.ndim != 1:
+                    raise ValueError
+            except (TypeError, ValueError):
+                vals = np.full(n, np.nan)
+                invalid = np.zeros(n, dtype=bool)
+                for i, v in enumerate(raw):
+                    if isinstance(v, (int, float)):
+                        vals[i] = float(v)
+                        invalid[i] = v != v
+                    elif v is not None:
+                        invalid[i] = True
+            missing = np.isnan(vals) & ~invalid
+            return vals, missing, invalid
+        vocab = c.vocab
+        codes = np.fromiter(
+            (-1 if v is None else vocab.get(_category_of(v), -2) for v in raw), dtype=np.int64, count=n
+        )
+        return codes, codes == -1, np.zeros(n, dtype=bool)
+
+    def _nearest(self, groups, todo, column, rows, match, dist, errors) -> None:
+        best = np.full(len(todo), np.inf)
+        best_row = np.full(len(todo), -1, dtype=np.int64)
+        first_error: list[str | None] = [None] * len(todo)
+        for g in groups:
+            usable = np.ones(len(todo), dtype=bool)
+            for j in g.cols:
+                vals, missing, invalid = column(j)
+                c = self.columns[j]
+                if c.kind == "numeric":
+                    bad = (missing | invalid)[todo] & usable
+                    for k in np.flatnonzero(bad).tolist():
+                        if first_error[k] is None:
+                            first_error[k] = (
+                                f"feature '{c.name}' must be a number" if invalid[todo[k]] else f"missing required feature '{c.name}'"
+                            )
+                    usable &= ~bad
+            if not usable.any():
+                continue
+            sel = todo[usable]
+            cat_keys = _hash_parts([_code_bits(column(j)[0][sel]) for j in g.cat_cols], len(sel))
+            Z = None
+            if g.num_cols:
+                Z = np.empty((len(sel), len(g.num_cols)))
+                for k, j in enumerate(g.num_cols):
+                    c = self.columns[j]
+                    Z[:, k] = (column(j)[0][sel] - c.mean) / c.scale
+            positions = np.flatnonzero(usable)
+            order = np.argsort(cat_keys, kind="stable")
+            sk = cat_keys[order]
+            for part_idx in np.split(order, np.flatnonzero(np.diff(sk)) + 1):
+                part = g.partitions.get(int(cat_keys[part_idx[0]]))
+                pos = positions[part_idx]
+                if part is None:
+                    for p, q in zip(pos.tolist(), sel[part_idx].tolist()):
+                        if first_error[p] is None:
+                            first_error[p] = self._category_problem(g, q, column)
+                    continue
+                if part.tree is None:
+                    d = np.zeros(len(part_idx))
+                    r = np.full(len(part_idx), part.rows[0])
+                else:
+                    d, k = part.tree.query(Z[part_idx], k=1)
+                    r = part.rows[k]
+                better = d < best[pos]
+                best[pos[better]] = d[better]
+                best_row[pos[better]] = r[better]
+        found = best_row >= 0
+        rows[todo[found]] = best_row[found]
+        match[todo[found]] = _NEAREST
+        dist[todo[found]] = best[found]
+        for k in np.flatnonzero(~found).tolist():
+            errors[todo[k]] = first_error[k]
+
+    def _category_problem(self, g: _Group, i: int, column) -> str:
+        return self._category_message(g, [int(column(j)[0][i]) for j in g.cat_cols])
+
+    def _answer_one(self, row: int, levels: list[float] | None, confidence_level: float) -> tuple[list[float], list[float], list[float]]:
+        """(levels, values, interval) of one record, as :func:`quantile_function` computes them."""
+        s = int(self.row_levelset[row])
+        stored_levels = self.levelset_lists[s]
+        stored = self.values[s][int(self.row_position[row])].tolist()
+        mu, sd = float(self.expect[row]), float(self.error[row])
+        cl = float(self.confidence[row])
+        if abs(cl - confidence_level) <= 1e-12 and math.isfinite(float(self.interval[row, 0])):
+            interval = self.interval[row].tolist()
+        else:
+            a = (1.0 - confidence_level) / 2.0
+            interval = _quantiles_one(stored_levels, stored, mu, sd, [a, 1.0 - a])
+        if levels is None:
+            return stored_levels, stored, interval
+        return levels, _quantiles_one(stored_levels, stored, mu, sd, levels), interval
+
+    def _pick(self, trace: dict[str, Any], n: int) -> int:
+        try:
+            data = orjson.dumps(trace, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+        except TypeError:
+            data = repr(sorted(trace.items(), key=lambda kv: str(kv[0]))).encode()
+        digest = hashlib.blake2b(data, digest_size=8, key=self.seed.to_bytes(8, "little", signed=True)).digest()
+        return int.from_bytes(digest, "little") % n
+
+    # ------------------------------------------------------------------ answers
+
+    def predict(
+        self,
+        pattern: IdentityPattern | None,
+        traces: Sequence[Any],
+        confidence_level: float = 0.95,
+        quantiles: Sequence[float] | None = None,
+        with_total: bool = False,
+    ) -> "TablePrediction":
+        """Answers rendered like the model's: quantiles (the record's levels, or ``quantiles``), interval, totals."""
+        t0 = time.perf_counter()
+        res = self.lookup(traces, pattern)
+        levels = [float(q) for q in quantiles] if quantiles else None
+        rows_l = res.rows.tolist()
+        ok_rows = [r for r in rows_l if r >= 0]
+        n_ok = len(ok_rows)
+        if n_ok <= SCALAR_MAX:
+            answers = [self._answer_one(r, levels, confidence_level) for r in ok_rows]
+            expect = [float(self.expect[r]) for r in ok_rows]
+            error = [float(self.error[r]) for r in ok_rows]
+            ident = [int(self.row_identity[r]) for r in ok_rows]
+            versions = [int(self.versions[r]) for r in ok_rows]
+        else:
+            idx = np.asarray(ok_rows, dtype=np.int64)
+            answers = self._answer_many(idx, levels, confidence_level)
+            expect, error = self.expect[idx].tolist(), self.error[idx].tolist()
+            ident, versions = self.row_identity[idx].tolist(), self.versions[idx].tolist()
+        match_l, dist_l = res.match.tolist(), res.distance.tolist()
+        infos = [g.model_info(pattern) for g in self.groups]
+        results: list[dict[str, Any]] = []
+        k = 0
+        for i, row in enumerate(rows_l):
+            if row < 0:
+                results.append({"status": "error", "message": res.errors[i], "model_info": infos[0] if len(infos) == 1 else None,
+                                "source": "lookup_table", "table": self.name})
+                continue
+            out_levels, values, interval = answers[k]
+            kind = MATCH_KINDS[match_l[i]]
+            item = {
+                "status": "success",
+                "quantiles": out_levels,
+                "quantile_predictions": values,
+                "expect": expect[k],
+                "error": error[k],
+                "interval": interval,
+                "model_info": infos[ident[k]],
+                "source": "lookup_table",
+                "table": self.name,
+                "match": kind,
+            }
+            if versions[k] >= 0:
+                item["model_version"] = versions[k]
+            if kind == "nearest":
+                item["distance"] = dist_l[i]
+            results.append(item)
+            k += 1
+        total_levels = levels if levels is not None else (answers[0][0] if n_ok else None)
+        total = None
+        if with_total and n_ok:
+            single = answers[0] if n_ok == 1 else None
+            total = _table_total(np.asarray(expect), np.asarray(error), total_levels, confidence_level, single)
+        return TablePrediction(
+            table=self.name,
+            levels=total_levels,
+            confidence_level=confidence_level,
+            ok=res.rows >= 0,
+            errors=res.errors,
+            items=results,
+            total=total,
+            duration_seconds=time.perf_counter() - t0,
+        )
+
+    def _answer_many(self, rows: np.ndarray, levels: list[float] | None,
+                     confidence_level: float) -> list[tuple[list[float], list[float], list[float]]]:
+        """:meth:`_answer_one` for many rows, vectorised per set of stored levels."""
+        out: list[Any] = [None] * len(rows)
+        a = (1.0 - confidence_level) / 2.0
+        ls_of = self.row_levelset[rows]
+        for s in np.unique(ls_of).tolist():
+            sel = np.flatnonzero(ls_of == s)
+            r = rows[sel]
+            stored_levels = self.levelsets[s]
+            stored = self.values[s][self.row_position[r]]
+            mu, sd = self.expect[r], self.error[r]
+            if levels is None:
+                out_levels, vals = self.levelset_lists[s], stored
+            else:
+                out_levels, vals = levels, quantile_function(stored_levels, stored, mu, sd, levels)
+            iv = quantile_function(stored_levels, stored, mu, sd, [a, 1.0 - a])
+            same_cl = (np.abs(self.confidence[r] - confidence_level) <= 1e-12) & np.isfinite(self.interval[r, 0])
+            iv[same_cl] = self.interval[r[same_cl]]
+            for p, v, i in zip(sel.tolist(), vals.tolist(), iv.tolist()):
+                out[p] = (out_levels, v, i)
+        return out
+
+
+def quantile_function(levels: np.ndarray, values: np.ndarray, mean: np.ndarray, std: np.ndarray,
+                      taus: Sequence[float]) -> np.ndarray:
+    """Values at ``taus`` from records that store quantiles at ``levels``.
+
+    Stored levels are answered as stored; levels between two stored ones by
+    linear interpolation; levels beyond them by a normal approximation from the
+    record's mean and standard deviation, kept no less extreme than the
+    outermost stored quantile (and not negative). The result never decreases
+    along increasing levels.
+    """
+    taus_a = np.asarray(taus, dtype=np.float64)
+    L = np.asarray(levels, dtype=np.float64)
+    out = np.empty((values.shape[0], len(taus_a)))
+    for t_idx, t in enumerate(taus_a.tolist()):
+        near = np.flatnonzero(np.abs(L - t) < 1e-9)
+        if len(near):
+            out[:, t_idx] = values[:, near[0]]
+        elif L[0] < t < L[-1]:
+            i = int(np.searchsorted(L, t))
+            w = (t - L[i - 1]) / (L[i] - L[i - 1])
+            out[:, t_idx] = values[:, i - 1] * (1 - w) + values[:, i] * w
+        elif t < L[0]:
+            out[:, t_idx] = np.minimum(values[:, 0], np.maximum(mean + std * ndtri(t), 0.0))
+        else:
+            out[:, t_idx] = np.maximum(values[:, -1], mean + std * ndtri(t))
+    order = np.argsort(taus_a, kind="stable")
+    out[:, order] = np.maximum.accumulate(out[:, order], axis=1)
+    return out
+
+
+def _quantiles_one(L: list[float], V: list[float], mu: float, sd: float, taus: Sequence[float]) -> list[float]:
+    """:func:`quantile_function` for one record, on Python floats."""
+    out = []
+    for t in taus:
+        i = bisect_left(L, t)
+        if i < len(L) and abs(L[i] - t) < 1e-9:
+            out.append(V[i])
+        elif i > 0 and abs(L[i - 1] - t) < 1e-9:
+            out.append(V[i - 1])
+        elif L[0] < t < L[-1]:
+            w = (t - L[i - 1]) / (L[i] - L[i - 1])
+            out.append(V[i - 1] * (1 - w) + V[i] * w)
+        elif t < L[0]:
+            out.append(min(V[0], max(mu + sd * _STD_NORMAL.inv_cdf(t), 0.0)))
+        else:
+            out.append(max(V[-1], mu + sd * _STD_NORMAL.inv_cdf(t)))
+    order = sorted(range(len(taus)), key=lambda k: taus[k])
+    run = -math.inf
+    for k in order:
+        run = out[k] = max(run, out[k])
+    return out
+
+
+def _table_total(expect: np.ndarray, error: np.ndarray, levels: list[float] | None, confidence_level: float,
+                 single: tuple[list[float], list[float], list[float]] | None = None) -> dict[str, Any]:
+    """The total of independent tasks answered from a table: normal approximation.
+
+    Mean = sum of the records' means, variance = sum of their variances; the
+    quantiles and interval are those of a normal distribution with these two
+    moments, floored at 0. One task's total is that task's own distribution.
+    """
+    mu = float(expect.sum())
+    sd = float(np.sqrt(np.square(error).sum()))
+    a = (1.0 - confidence_level) / 2.0
+    if single is not None:
+        tq, ti = list(single[1]), list(single[2])
+    else:
+        z = ndtri(np.clip(np.asarray(levels or [], dtype=np.float64), 1e-12, 1 - 1e-12))
+        tq = np.maximum(mu + sd * z, 0.0).tolist()
+        ti = np.maximum(mu + sd * ndtri(np.array([a, 1 - a])), 0.0).tolist()
+    return {"expect": mu, "error": sd, "total_quantiles": tq, "total_interval": ti, "total_method": "normal approximation"}
+
+
+@dataclass
+class TablePrediction:
+    """Answers from a lookup table, rendered like the model's :class:`~.service.Prediction`."""
+
+    table: str
+    levels: list[float] | None
+    confidence_level: float
+    ok: np.ndarray
+    errors: list[str | None]
+    items: list[dict[str, Any]]
+    total: dict[str, Any] | None
+    duration_seconds: float
+    source: str = "lookup_table"
+
+    def results(self) -> list[dict[str, Any]]:
+        return self.items
+
+    def summary(self) -> dict[str, Any]:
+        n_ok = int(self.ok.sum())
+        return {
+            "total": len(self.errors),
+            "success": n_ok,
+            "failed": len(self.errors) - n_ok,
+            "confidence_level": self.confidence_level,
+            "duration_seconds": self.duration_seconds,
+        }
+
+    def single_response(self) -> dict[str, Any]:
+        return {"summary": self.summary(), "results": self.items[0]}
+
+    def batch_response(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"summary": self.summary(), "results": self.items, "quantiles": self.levels,
+                                "source": "lookup_table", "table": self.table}
+        body.update(self.total or {"expect": None, "error": None, "total_quantiles": None, "total_interval": None})
+        return body
+
+
+# --------------------------------------------------------------------------- building from records
+
+
+_NUMBERS = (int, float)
+
+
+def _column_from_values(name: str, values: list[Any]) -> _FeatureColumn:
+    """A feature column from one value per row: numeric unless it holds a string."""
+    n = len(values)
+    if not any(v.__class__ is str for v in values):
+        try:
+            nums = np.array(values, dtype=np.float64)  # None -> NaN, bool -> 0/1
+            if nums.ndim != 1:
+                raise ValueError
+        except (TypeError, ValueError, OverflowError):
+            nums = np.array([float(v) if isinstance(v, _NUMBERS) else math.nan for v in values], dtype=np.float64)
+        fin = nums[np.isfinite(nums)]
+        mean = float(fin.mean()) if len(fin) else 0.0
+        std = float(fin.std()) if len(fin) else 0.0
+        return _FeatureColumn(name, "numeric", nums, mean=mean, scale=std if std > 0 and math.isfinite(std) else 1.0)
+    # Strings (and numbers beside them, compared as their text): codes into a vocabulary.
+    vocab: dict[str, int] = {}
+    codes = np.fromiter(
+        (-1 if v is None or isinstance(v, (dict, list)) else vocab.setdefault(_category_of(v), len(vocab)) for v in values),
+        dtype=np.int64, count=n,
+    )
+    return _FeatureColumn(name, "categorical", codes, vocab=vocab)
+
+
+def _task_hashes(values: list[Any]) -> np.ndarray:
+    return np.fromiter((-1 if v is None else _str_hash(_category_of(v)) for v in values), dtype=np.int64, count=len(values))
+
+
+class _Builder:
+    """Accumulates validated records column-wise (plain lists and arrays, a few µs a record)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.levelsets: dict[tuple, int] = {}
+        self.level_arrays: list[np.ndarray] = []
+        self.level_values: list[array] = []
+        self.level_counts: list[int] = []
+        self.row_levelset = array("i")
+        self.row_position = array("q")
+        self.expect = array("d")
+        self.error = array("d")
+        self.interval = array("d")
+        self.confidence = array("d")
+        self.versions = array("q")
+        self.identities: dict[tuple, int] = {}
+        self._identity_cache: dict[Any, int] = {}
+        self.row_identity = array("i")
+        self.features: dict[str, list[Any]] = {}
+        self.task_ids: list[Any] = []
+        self.has_task_ids = False
+        self.skipped = 0
+
+    def build(self, records: Iterable[tuple[str, Any]], path: Path | None = None, fmt: str | None = None,
+              seed: int = 0) -> LookupTable:
+        add = self._add
+        for where, rec in records:
+            add(rec, where)
+        n = len(self.expect)
+        if n == 0:
+            raise TraceError(f"{self.name}: the table holds no successful prediction records")
+        expect = np.frombuffer(self.expect, dtype=np.float64).copy()
+        error = np.frombuffer(self.error, dtype=np.float64).copy()
+        for label, arr in (("expect", expect), ("error", error)):
+            bad = np.flatnonzero(~np.isfinite(arr) | (arr < 0))
+            if len(bad):
+                raise TraceError(f"{self.name}: success record {int(bad[0])}: '{label}' must be a finite, non-negative number")
+        values = []
+        for s, lv in enumerate(self.level_values):
+            v = np.frombuffer(lv, dtype=np.float64).reshape(self.level_counts[s], -1).copy()
+            order = np.argsort(self.level_arrays[s])
+            v = v[:, order]
+            if not np.isfinite(v).all():
+                raise TraceError(f"{self.name}: a record's quantile_predictions hold a value that is not a finite number")
+            values.append(np.maximum.accumulate(v, axis=1))
+            self.level_arrays[s] = self.level_arrays[s][order]
+        interval = np.frombuffer(self.interval, dtype=np.float64).reshape(n, 2).copy()
+        reserved = reserved_keys()
+        columns = []
+        for fname, vals in self.features.items():
+            if fname in reserved:
+                continue
+            if len(vals) < n:
+                vals.extend([None] * (n - len(vals)))
+            columns.append(_column_from_values(fname, vals))
+        self.features = {}
+        task_hashes = _task_hashes(self.task_ids) if self.has_task_ids else None
+        self.task_ids = []
+        return LookupTable(
+            name=self.name,
+            identities=list(self.identities),
+            row_identity=np.frombuffer(self.row_identity, dtype=np.int32).copy(),
+            levelsets=self.level_arrays,
+            row_levelset=np.frombuffer(self.row_levelset, dtype=np.int32).copy(),
+            row_position=np.frombuffer(self.row_position, dtype=np.int64).copy(),
+            values=values,
+            expect=expect,
+            error=error,
+            interval=interval,
+            confidence=np.frombuffer(self.confidence, dtype=np.float64).copy(),
+            versions=np.frombuffer(self.versions, dtype=np.int64).copy(),
+            columns=columns,
+            task_hashes=task_hashes,
+            skipped=self.skipped,
+            path=path,
+            fmt=fmt,
+            seed=seed,
+        )
+
+    def _fail(self, where: str, message: str) -> TraceError:
+        return TraceError(f"{self.name}: {where}: {message}")
+
+    def _add(self, rec: Any, where: str) -> None:
+        if rec.__class__ is not dict:
+            raise self._fail(where, f"a record must be a JSON object, got {type(rec).__name__}")
+        status = rec.get("status")
+        if status is not None and status != "success":
+            self.skipped += 1
+            return
+        levels = rec.get("quantiles")
+        values = rec.get("quantile_predictions")
+        if levels.__class__ is not list or values.__class__ is not list or not levels or len(levels) != len(values):
+            raise self._fail(where, "'quantiles' and 'quantile_predictions' must be non-empty lists of the same length")
+        try:
+            key = tuple(levels)
+            s = self.levelsets.get(key)
+        except TypeError:
+            raise self._fail(where, "'quantiles' must hold numbers") from None
+        if s is None:
+            s = self._new_levelset(key, where)
+        expect = rec.get("expect")
+        error = rec.get("error")
+        if expect.__class__ not in _NUMBERS or error.__class__ not in _NUMBERS:
+            raise self._fail(where, "'expect' and 'error' must be numbers")
+        iv = rec.get("interval")
+        cl = rec.get("confidence_level")
+        if iv.__class__ is list and len(iv) == 2 and cl.__class__ in _NUMBERS:
+            if iv[0].__class__ not in _NUMBERS or iv[1].__class__ not in _NUMBERS:
+                raise self._fail(where, "'interval' must hold two numbers")
+        else:
+            iv, cl = _NO_INTERVAL, math.nan
+        try:
+            self.level_values[s].extend(values)
+        except TypeError:
+            raise self._fail(where, "'quantile_predictions' must hold numbers") from None
+        n = len(self.expect)
+        self.row_levelset.append(s)
+        self.row_position.append(self.level_counts[s])
+        self.level_counts[s] += 1
+        self.expect.append(expect)
+        self.error.append(error)
+        self.interval.extend(iv)
+        self.confidence.append(cl)
+        ver = rec.get("model_version")
+        self.versions.append(ver if ver.__class__ is int else -1)
+        self.row_identity.append(self._identity_of(rec))
+        feats = rec.get("features")
+        if feats is None:
+            feats = {k: v for k, v in rec.items()
+                     if k not in RECORD_KEYS and k not in IDENTITY_KEYS and v.__class__ is not dict and v.__class__ is not list}
+        elif feats.__class__ is not dict:
+            raise self._fail(where, "'features' must be an object")
+        columns = self.features
+        for k, v in feats.items():
+            col = columns.get(k)
+            if col is None:
+                col = columns[k] = [None] * n
+            elif len(col) < n:
+                col.extend([None] * (n - len(col)))
+            col.append(v)
+        tid = rec.get("task_id")
+        if tid is None:
+            tid = feats.get("task_id")
+        if tid is not None:
+            self.has_task_ids = True
+        self.task_ids.append(tid)
+
+    def _identity_of(self, rec: dict[str, Any]) -> int:
+        info = rec.get("model_info")
+        try:
+            key = (tuple(info.items()) if info.__class__ is dict else None, rec.get("model_type"))
+            hit = self._identity_cache.get(key)
+        except TypeError:  # an unhashable value inside model_info
+            key, hit = None, None
+        if hit is not None:
+            return hit
+        info = info if info.__class__ is dict else rec
+        ident = (
+            _part(info.get("type", rec.get("model_type"))),
+            _part(info.get("name", info.get("model_name"))),
+            _part(info.get("hardware")),
+            _part(info.get("software_name")),
+            _part(info.get("software_version")),
+        )
+        g = self.identities.get(ident)
+        if g is None:
+            g = self.identities[ident] = len(self.identities)
+        if key is not None and key[0] is not None:
+            self._identity_cache[key] = g
+        return g
+
+    def _new_levelset(self, key: tuple, where: str) -> int:
+        try:
+            arr = np.array(key, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise self._fail(where, "'quantiles' must hold numbers") from None
+        if arr.ndim != 1 or not np.all((arr > 0) & (arr < 1)) or len(set(arr.tolist())) != len(arr):
+            raise self._fail(where, "'quantiles' must be distinct levels strictly between 0 and 1")
+        s = self.levelsets[key] = len(self.level_arrays)
+        self.level_arrays.append(arr)
+        self.level_values.append(array("d"))
+        self.level_counts.append(0)
+        return s
+
+
+_NO_INTERVAL = (math.nan, math.nan)
+
+
+def _part(v: Any) -> str | None:
+    return None if v in (None, "", "*") else str(v)
+
+
+def _iter_json_records(raw: IO[bytes], name: str, line_mode: bool = True) -> Iterator[tuple[str, Any]]:
+    try:
+        for i, rec in enumerate(iter_json_array(raw, name, line_mode)):
+            yield f"record {i}", rec
+    except _NotAnArray:
+        raise TraceError(f"{name}: a .json lookup table is a JSON array of records") from None
+
+
+def _iter_jsonl_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
+    try:
+        for lineno, line in enumerate(raw, 1):
+            if line.strip():
+                try:
+                    yield f"line {lineno}", orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    raise TraceError(f"{name}: line {lineno}: not a valid JSON record ({exc}); the file may be truncated") from None
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise TraceError(f"{name}: cannot read the file ({exc}); it may be truncated") from None
+
+
+def _csv_cell(text: str) -> Any:
+    if text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _iter_csv_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
+    try:
+        reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
+        header = next(reader, None)
+        if not header:
+            raise TraceError(f"{name}: the CSV table has no header")
+        q_cols: list[tuple[float, int]] = []
+        for i, h in enumerate(header):
+            if h.startswith(QUANTILE_PREFIX):
+                try:
+                    q_cols.append((float(h[len(QUANTILE_PREFIX):]), i))
+                except ValueError:
+                    raise TraceError(f"{name}: column {h!r} is not quantile_<level>") from None
+        if not q_cols:
+            raise TraceError(f"{name}: the CSV table has no quantile_<level> columns")
+        q_cols.sort()
+        levels = [lv for lv, _ in q_cols]
+        q_idx = [i for _, i in q_cols]
+        pos = {h: i for i, h in enumerate(header)}
+        for needed in ("expect", "error"):
+            if needed not in pos:
+                raise TraceError(f"{name}: the CSV table has no {needed!r} column")
+        reserved = reserved_keys()
+        feat = [(h, i) for i, h in enumerate(header)
+                if not h.startswith(QUANTILE_PREFIX) and h not in CSV_PREDICTION_COLUMNS and h not in reserved and h != "message"]
+        ids = [(h, pos[h]) for h in ID_KEYS if h in pos]
+        ident = [(k, pos.get(k)) for k in IDENTITY_KEYS]
+        info_keys = ("type", "name", "hardware", "software_name", "software_version")
+        i_exp, i_err = pos["expect"], pos["error"]
+        i_status, i_lo, i_hi, i_cl, i_ver = (pos.get(k) for k in ("status", "interval_low", "interval_high", "confidence_level", "model_version"))
+        width = len(header)
+        for lineno, row in enumerate(reader, 2):
+            if not row:
+                continue
+            where = f"line {lineno}"
+            if len(row) != width:
+                raise TraceError(f"{name}: {where}: {len(row)} fields where the header has {width}; the file may be truncated")
+            try:
+                rec: dict[str, Any] = {
+                    "status": (row[i_status] or "success") if i_status is not None else "success",
+                    "quantiles": levels,
+                    "quantile_predictions": [float(row[i]) for i in q_idx],
+                    "expect": float(row[i_exp]),
+                    "error": float(row[i_err]),
+                    "model_info": {ik: (row[i] if i is not None else None) for ik, (_, i) in zip(info_keys, ident)},
+                    "features": {h: _csv_cell(row[i]) for h, i in feat},
+                }
+                if i_lo is not None and i_hi is not None and i_cl is not None and row[i_lo] != "":
+                    rec["interval"] = [float(row[i_lo]), float(row[i_hi])]
+                    rec["confidence_level"] = float(row[i_cl])
+                if i_ver is not None and row[i_ver] != "":
+                    rec["model_version"] = int(row[i_ver])
+            except ValueError as exc:
+                if _rec_status_failed(row, i_status):
+                    yield where, {"status": "error"}
+                    continue
+                raise TraceError(f"{name}: {where}: a prediction column is not a number ({exc})") from None
+            for h, i in ids:
+                if row[i] != "":
+                    rec[h] = row[i]
+            yield where, rec
+    except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile, csv.Error) as exc:
+        raise TraceError(f"{name}: cannot read the CSV table ({exc}); it may be truncated") from None
+
+
+def _rec_status_failed(row: list[str], i_status: int | None) -> bool:
+    return i_status is not None and row[i_status] not in ("", "success")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class _TableWriter:
+    """Writes to a temporary file beside the target; ``commit`` renames it into place."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        self.tmp = Path(tmp)
+        raw = os.fdopen(fd, "wb")
+        self._raw = raw
+        self.fh: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=5) if path.name.lower().endswith(".gz") else raw
+        self.rows = 0
+
+    def commit(self) -> None:
+        self.finish()
+        if self.fh is not self._raw:
+            self.fh.close()
+        self._raw.flush()
+        os.fsync(self._raw.fileno())
+        self._raw.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        try:
+            if self.fh is not self._raw:
+                self.fh.close()
+            self._raw.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+    def finish(self) -> None:  # pragma: no cover - overridden
+        pass
+
+
+class JsonTableWriter(_TableWriter):
+    """A JSON array with one record per line (so readers can stream it)."""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self.fh.write(b"[\n")
+
+    def write(self, records: list[bytes]) -> None:
+        if not records:
+            return
+        if self.rows:
+            self.fh.write(b",\n")
+        self.fh.write(b",\n".join(records))
+        self.rows += len(records)
+
+    def finish(self) -> None:
+        self.fh.write(b"\n]\n" if self.rows else b"]\n")
+
+
+class CsvTableWriter(_TableWriter):
+    def __init__(self, path: Path, header: list[str]):
+        super().__init__(path)
+        self.text = io.TextIOWrapper(self.fh, encoding="utf-8", newline="", write_through=True)
+        self.csv = csv.writer(self.text)
+        self.csv.writerow(header)
+
+    def write(self, rows: list[Sequence[Any]]) -> None:
+        self.csv.writerows(rows)
+        self.rows += len(rows)
+
+    def finish(self) -> None:
+        self.text.flush()
+        self.text.detach()
+
+    def abort(self) -> None:
+        try:
+            self.text.detach()
+        except ValueError:
+            pass
+        super().abort()
+
+
+def generate_table(
+    *,
+    traces: Iterable[dict[str, Any]],
+    schema,
+    model,
+    levels: Sequence[float],
+    model_info: dict[str, str],
+    model_version: int,
+    out_path: Path,
+    fmt: str,
+    confidence_level: float,
+    progress: Callable[[int], None] | None = None,
+    chunk_size: int = GENERATION_CHUNK,
+) -> dict[str, Any]:
+    """Predict every trace in vectorised chunks and stream the records to ``out_path``.
+
+    Memory stays bounded by the chunk size whatever the number of traces.
+    Traces that cannot be predicted (a missing feature, say) are left out and
+    counted; the table is renamed into place only when every chunk is written.
+    """
+    if fmt not in WRITABLE_FORMATS:
+        raise InvalidInput(f"format must be one of {', '.join(WRITABLE_FORMATS)}", field="format")
+    t0 = time.perf_counter()
+    names = list(schema.names)
+    levels = [float(q) for q in levels]
+    info = dict(model_info)
+    identity_row = [info["type"], info["name"], info["hardware"], info["software_name"], info["software_version"]]
+    writer: JsonTableWriter | CsvTableWriter | None = None
+    failed = 0
+    seen = 0
+    samples: list[str] = []
+    id_cols: list[str] = []
+    q_header = [QUANTILE_PREFIX + repr(q) for q in levels]
+    try:
+        if fmt == "json":
+            writer = JsonTableWriter(out_path)
+        for chunk in _chunks(traces, chunk_size):
+            seen += len(chunk)
+            X, errors = schema.matrix(chunk)
+            ok_rows = [i for i, e in enumerate(errors) if e is None]
+            if len(ok_rows) < len(chunk):
+                failed += len(chunk) - len(ok_rows)
+                for i, e in enumerate(errors):
+                    if e is not None and len(samples) < 5:
+                        samples.append(f"trace {seen - len(chunk) + i}: {e}")
+            if fmt == "csv" and writer is None:
+                id_cols = [k for k in ("task_id", "req_id", "request_id", "model_id") if any(k in t for t in chunk)]
+                writer = CsvTableWriter(out_path, names + id_cols + list(IDENTITY_KEYS) + list(CSV_PREDICTION_COLUMNS) + q_header)
+            if ok_rows:
+                dist = model.predict_distribution(X[ok_rows])
+                q = dist.quantiles(levels).tolist()
+                mean, std = dist.mean_std()
+                iv = dist.interval(confidence_level).tolist()
+                mean_l, std_l = mean.tolist(), std.tolist()
+                good = [chunk[i] for i in ok_rows]
+                if fmt == "json":
+                    out = []
+                    for k, t in enumerate(good):
+                        rec = {
+                            "status": "success",
+                            "model_type": info["type"],
+                            "quantiles": levels,
+                            "quantile_predictions": q[k],
+                            "expect": mean_l[k],
+                            "error": std_l[k],
+                            "interval": iv[k],
+                            "confidence_level": confidence_level,
+                            "model_info": info,
+                            "model_version": model_version,
+                            "features": {n: t.get(n) for n in names},
+                        }
+                        for idk in ID_KEYS:
+                            if idk in t:
+                                rec[idk] = t[idk]
+                        out.append(orjson.dumps(rec))
+                    writer.write(out)  # type: ignore[union-attr]
+                else:
+                    rows = []
+                    for k, t in enumerate(good):
+                        feats = [_csv_out(t.get(n)) for n in names]
+                        ids = [_csv_out(t.get(c)) for c in id_cols]
+                        lo, hi = iv[k]
+                        rows.append(feats + ids + identity_row + ["success", model_version, mean_l[k], std_l[k], confidence_level, lo, hi] + q[k])
+                    writer.write(rows)  # type: ignore[union-attr]
+            if progress is not None:
+                progress(len(chunk))
+        if seen == 0:
+            raise InvalidInput("the trace file holds no traces", field="trace_file")
+        if writer is None or writer.rows == 0:
+            raise InvalidInput(
+                f"none of the {seen} trace(s) could be predicted: {samples[0] if samples else 'unknown reason'}",
+                field="trace_file",
+            )
+        writer.commit()
+    except TraceError as exc:
+        if writer is not None:
+            writer.abort()
+        raise InvalidInput(str(exc), field="trace_file") from None
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    return {
+        "status": "successful",
+        "path": str(out_path.resolve()),
+        "table_name": out_path.name,
+        "format": fmt,
+        "rows": writer.rows,
+        "failed": failed,
+        "errors": samples,
+        "quantiles": levels,
+        "confidence_level": confidence_level,
+        "model_version": model_version,
+        "duration_seconds": time.perf_counter() - t0,
+    }
+
+
+def _csv_out(v: Any) -> Any:
+    if v.__class__ is bool:
+        return int(v)
+    if isinstance(v, (dict, list)):
+        return orjson.dumps(v).decode()
+    return v
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    append = chunk.append
+    for item in items:
+        append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+            append = chunk.append
+    if chunk:
+        yield chunk
+
+
+# --------------------------------------------------------------------------- the table directory
+
+
+@dataclass
+class _Cached:
+    signature: tuple
+    table: LookupTable
+
+
+class LookupTableStore:
+    """Tables in the table directory, plus the one ``DEFAULT_LOOKUP_TABLE`` names.
+
+    Loaded tables are cached (at most ``max_loaded``, least recently used
+    evicted; the default table is pinned) and reloaded when their file changes.
+    A table that cannot be read answers with an error naming the file and the
+    place, and the failure is remembered until the file changes.
+    """
+
+    def __init__(self, root: Path, default: str | None = None, max_loaded: int = 8):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_loaded = max_loaded
+        self._lock = threading.RLock()
+        self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        self._failed: dict[str, tuple[tuple, str]] = {}
+        self._name_locks: dict[str, threading.Lock] = {}
+        self.default_name: str | None = None
+        self.default_path: Path | None = None
+        self.default_table: LookupTable | None = None
+        self.default_signature: tuple | None = None
+        self.default_error: str | None = None
+        if default:
+            self.load_default(default)
+
+    # ------------------------------------------------------------------ default table
+
+    def load_default(self, spec: str) -> None:
+        """Load the table ``DEFAULT_LOOKUP_TABLE`` names: a path, or a name in the table directory.
+
+        A table that cannot be loaded is logged and reported by ``/health``; the
+        service keeps running without it.
+        """
+        path = Path(spec).expanduser()
+        if not path.is_absolute() and (self.root / spec).is_file():
+            path = self.root / spec
+        self.default_name = path.name
+        self.default_path = path.resolve() if path.exists() else path
+        try:
+            if table_format(path.name) is None:
+                raise TraceError(f"{path.name}: a lookup table is a .json, .jsonl or .csv file (optionally .gz)")
+            signature = _signature(path)
+            self.default_table = LookupTable.load(path, name=path.name)
+            self.default_signature = signature
+            self.default_error = None
+            log.info("default lookup table %s loaded: %d records", path, self.default_table.n_rows)
+        except FileNotFoundError:
+            self.default_error = f"DEFAULT_LOOKUP_TABLE {spec!r}: no such file"
+        except (TraceError, OSError, ValueError) as exc:
+            self.default_error = f"DEFAULT_LOOKUP_TABLE {spec!r}: {exc}"
+        if self.default_error:
+            self.default_table = None
+            log.error("%s; serving without a default lookup table", self.default_error)
+
+    @property
+    def loaded_count(self) -> int:
+        with self._lock:
+            return len(self._cache) + (1 if self.default_table is not None else 0)
+
+    # ------------------------------------------------------------------ access
+
+    def path_of(self, name: str, field: str = "name") -> Path:
+        """The file behind a table name (the default table may live outside the directory)."""
+        check_table_name(name, field)
+        if name == self.default_name and self.default_path is not None and self.default_path.is_file():
+            return self.default_path
+        path = self.root / name
+        if not path.is_file():
+            raise NotFound(f"lookup table {name!r} not found; available: {', '.join(self.names()) or 'none'}")
+        return path
+
+    def get(self, name: str | None, field: str = "lookup_table_name") -> LookupTable:
+        if name is None:
+            if self.default_table is not None:
+                return self._default_current()
+            detail = f" ({self.default_error})" if self.default_error else ""
+            raise InvalidInput(f"lookup_table_name is required: no default lookup table is loaded{detail}", field=field)
+        check_table_name(name, field)
+        if name == self.default_name and self.default_table is not None:
+            return self._default_current()
+        path = self.path_of(name, field)
+        signature = _signature(path)
+        with self._lock:
+            hit = self._cache.get(name)
+            if hit is not None and hit.signature == signature:
+                self._cache.move_to_end(name)
+                return hit.table
+            failed = self._failed.get(name)
+            if failed is not None and failed[0] == signature:
+                raise InvalidInput(failed[1], field=field)
+            name_lock = self._name_locks.setdefault(name, threading.Lock())
+        with name_lock:
+            with self._lock:
+                hit = self._cache.get(name)
+                if hit is not None and hit.signature == signature:
+                    return hit.table
+            try:
+                table = LookupTable.load(path, name=name)
+            except TraceError as exc:
+                message = f"lookup table cannot be read: {exc}"
+                with self._lock:
+                    self._failed[name] = (signature, message)
+                raise InvalidInput(message, field=field) from None
+            with self._lock:
+                self._failed.pop(name, None)
+                self._cache[name] = _Cached(signature, table)
+                self._cache.move_to_end(name)
+                while len(self._cache) > self.max_loaded:
+                    self._cache.popitem(last=False)
+            return table
+
+    def _default_current(self) -> LookupTable:
+        """The default table, reloaded if its file was replaced (kept if it went away)."""
+        assert self.default_table is not None and self.default_path is not None
+        try:
+            signature = _signature(self.default_path)
+        except OSError:
+            return self.default_table
+        if signature != self.default_signature:
+            with self._lock:
+                if signature != self.default_signature:
+                    try:
+                        self.default_table = LookupTable.load(self.default_path, name=self.default_name)
+                        self.default_signature = signature
+                    except TraceError as exc:
+                        log.error("default lookup table changed but cannot be read, keeping the loaded one: %s", exc)
+                        self.default_signature = signature
+        return self.default_table
+
+    def predict(self, name: str | None, pattern: IdentityPattern | None, traces: Sequence[Any],
+                confidence_level: float = 0.95, quantiles: Sequence[float] | None = None,
+                with_total: bool = False) -> TablePrediction:
+        return self.get(name).predict(pattern, traces, confidence_level, quantiles, with_total)
+
+    # ------------------------------------------------------------------ listing, deleting, writing
+
+    def names(self) -> list[str]:
+        out = []
+        for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
+            if entry.is_file() and not entry.name.startswith(".") and table_format(entry.name):
+                out.append(entry.name)
+        return out
+
+    def list(self) -> list[dict[str, Any]]:
+        names = self.names()
+        if self.default_name and self.default_table is not None and self.default_name not in names:
+            names.append(self.default_name)
+        out = []
+        for name in names:
+            try:
+                path = self.path_of(name)
+                st = path.stat()
+            except (PredictorError, OSError):
+                continue
+            with self._lock:
+                cached = self._cache.get(name)
+            table = self.default_table if name == self.default_name and self.default_table is not None else (
+                cached.table if cached is not None else None)
+            entry: dict[str, Any] = {
+                "name": name,
+                "format": table_format(name),
+                "size_bytes": st.st_size,
+                "modified_at": st.st_mtime,
+                "default": name == self.default_name and self.default_table is not None,
+                "loaded": table is not None,
+            }
+            if table is not None:
+                entry["rows"] = table.n_rows
+                entry["features"] = table.feature_names
+                entry["identities"] = [dict(zip(IDENTITY_KEYS, g.identity)) for g in table.groups]
+            with self._lock:
+                failed = self._failed.get(name)
+            if failed is not None and failed[0] == _signature(path):
+                entry["error"] = failed[1]
+            out.append(entry)
+        return out
+
+    def delete(self, name: str) -> dict[str, Any]:
+        check_table_name(name, "name")
+        if name == self.default_name and self.default_path is not None:
+            inside = self.default_path.parent.resolve() == self.root.resolve()
+            if not inside and self.default_path.exists():
+                raise PredictorError(
+                    f"lookup table {name!r} is the default table, loaded from {self.default_path} outside the table "
+                    "directory; it is not deleted (unset DEFAULT_LOOKUP_TABLE instead)",
+                    field="name",
+                )
+        path = self.root / name
+        if not path.is_file():
+            if name == self.default_name and self.default_table is not None:
+                self._forget_default()
+                return {"status": "success", "deleted": name}
+            raise NotFound(f"lookup table {name!r} not found")
+        path.unlink()
+        with self._lock:
+            self._cache.pop(name, None)
+            self._failed.pop(name, None)
+        if name == self.default_name:
+            self._forget_default()
+        return {"status": "success", "deleted": name}
+
+    def _forget_default(self) -> None:
+        with self._lock:
+            self.default_table = None
+            self.default_signature = None
+
+    def output_path(self, name: str) -> Path:
+        check_table_name(name, "table_name")
+        return self.root / name
+
+
+def _signature(path: Path) -> tuple:
+    st = path.stat()
+    return (st.st_mtime_ns, st.st_size, st.st_ino)

@@ -1,0 +1,491 @@
+"""Lookup tables in-process: formats, matching, identity filtering, bad files and names, the CLI."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from swarmpilot_predictor.errors import InvalidInput, NotFound
+from swarmpilot_predictor.identity import IdentityPattern
+from swarmpilot_predictor.lookup import (
+    LookupTable,
+    LookupTableStore,
+    check_table_name,
+    iter_json_array,
+    iter_traces,
+    quantile_function,
+)
+from swarmpilot_predictor.schemas import TrainConfig
+from swarmpilot_predictor.service import PredictorService
+from swarmpilot_predictor.settings import PredictorSettings
+from swarmpilot_predictor.traces import TraceError
+
+from .conftest import IDENTITY, make_llm_traces
+
+# The example table of the seed's PREDICTOR_SERVICE.md, verbatim.
+SEED_TABLE = """[
+  {
+    "status": "success",
+    "model_type": "gpt-3.5-turbo",
+    "quantiles": [0.25, 0.5, 0.75, 0.99],
+    "quantile_predictions": [100.0, 150.0, 200.0, 500.0],
+    "expect": 150.0,
+    "error": 25.0,
+    "model_info": {
+      "type": "gpt-3.5-turbo",
+      "name": "turbo",
+      "hardware": "A100",
+      "software_name": "vllm",
+      "software_version": "0.1.0"
+    }
+  }
+]
+"""
+SEED = IdentityPattern.from_segments("gpt-3.5-turbo", "turbo", "A100", "vllm", "0.1.0")
+PATTERN = IdentityPattern.from_parts(IDENTITY)
+INFO = {"type": "llm", "name": "m", "hardware": "h", "software_name": "s", "software_version": "1"}
+
+
+def record(i: float, info=INFO, features=None, task_id=None, levels=(0.5, 0.9)) -> dict:
+    rec = {"status": "success", "model_type": info["type"], "quantiles": list(levels),
+           "quantile_predictions": [10.0 * (i + 1) + k for k in range(len(levels))],
+           "expect": 10.0 * (i + 1), "error": 1.0 + i, "model_info": info}
+    if features is not None:
+        rec["features"] = features
+    if task_id is not None:
+        rec["task_id"] = task_id
+    return rec
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A service with a small linear model and its traces as a JSONL file."""
+    data = tmp_path_factory.mktemp("lookup") / "data"
+    service = PredictorService(PredictorSettings(data_dir=data))
+    traces = make_llm_traces(300)
+    service.train(TrainConfig(model=IDENTITY, traces=traces, algorithm="linear"))
+    path = data / "traces.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(t) for t in traces) + b"\n")
+    yield service, traces, path
+    service.close()
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def test_seed_readme_table_loads_and_answers(tmp_path):
+    path = tmp_path / "predictions.json"
+    path.write_text(SEED_TABLE)
+    table = LookupTable.load(path)
+    assert table.n_rows == 1 and table.feature_names == []
+    pred = table.predict(SEED, [{"input_tokens": 100, "output_tokens": 50}], 0.95, with_total=True)
+    res = pred.single_response()["results"]
+    assert res["status"] == "success" and res["source"] == "lookup_table" and res["match"] == "random"
+    assert res["quantiles"] == [0.25, 0.5, 0.75, 0.99]
+    assert res["quantile_predictions"] == [100.0, 150.0, 200.0, 500.0]
+    assert res["expect"] == 150.0 and res["error"] == 25.0
+    assert res["model_info"]["name"] == "turbo"
+    lo, hi = res["interval"]
+    assert 0 < lo <= 100.0 and 200.0 < hi <= 500.0
+    # The seed's client names only model_type and hardware.
+    partial = IdentityPattern.from_segments("gpt-3.5-turbo", "*", "A100", "*", "*")
+    assert table.lookup([{}], partial).kinds() == ["random"]
+
+
+@pytest.mark.parametrize("name", ["t.json", "t.csv", "t.json.gz", "t.csv.gz"])
+def test_generated_tables_round_trip_to_the_models_answers(trained, name):
+    service, traces, path = trained
+    result = service.generate_table(PATTERN, path, 0.9, name)
+    assert result["status"] == "successful" and result["rows"] == len(traces) and result["failed"] == 0
+    assert Path(result["path"]) == service.settings.tables_dir / name
+    table = service.tables.get(name)
+    assert table.n_rows == len(traces)
+    assert table.feature_names == ["input_tokens", "output_tokens"]
+    model = service.predict(PATTERN, traces, 0.9)
+    from_table = service.predict(PATTERN, traces, 0.9, lookup_table=True, lookup_table_name=name)
+    assert from_table.ok.all()
+    for m, t in zip(model.results(), from_table.results()):
+        assert t["match"] == "exact" and t["source"] == "lookup_table"
+        assert t["quantiles"] == m["quantiles"]
+        np.testing.assert_allclose(t["quantile_predictions"], m["quantile_predictions"], rtol=1e-9)
+        np.testing.assert_allclose([t["expect"], t["error"]], [m["expect"], m["error"]], rtol=1e-9)
+        # Recorded at the generation's confidence level, so the interval is the model's.
+        np.testing.assert_allclose(t["interval"], m["interval"], rtol=1e-9)
+        assert t["model_version"] == m["model_version"]
+
+
+def test_json_records_are_the_seeds_format_plus_features(trained):
+    service, traces, path = trained
+    service.generate_table(PATTERN, path, 0.95, "fmt.json")
+    text = (service.settings.tables_dir / "fmt.json").read_bytes()
+    records = orjson.loads(text)
+    assert len(records) == len(traces)
+    first = records[0]
+    for key in ("status", "model_type", "quantiles", "quantile_predictions", "expect", "error", "model_info"):
+        assert key in first
+    assert first["model_info"]["name"] == IDENTITY["model_name"] and first["model_type"] == "llm"
+    assert first["features"] == {"input_tokens": traces[0]["input_tokens"], "output_tokens": traces[0]["output_tokens"]}
+    assert first["task_id"] == "t0" and first["confidence_level"] == 0.95
+    assert "runtime_ms" not in first["features"]
+
+
+def test_csv_has_feature_columns_first_then_predictions(trained):
+    service, traces, path = trained
+    service.generate_table(PATTERN, path, 0.95, "fmt.csv")
+    header = (service.settings.tables_dir / "fmt.csv").read_text().splitlines()[0].split(",")
+    assert header[:2] == ["input_tokens", "output_tokens"]
+    assert header[2] == "task_id"
+    assert header.index("expect") > header.index("model_type")
+    assert header[-4:] == ["quantile_0.25", "quantile_0.5", "quantile_0.75", "quantile_0.99"]
+
+
+def test_generation_streams_a_json_array_and_counts_failures(trained, tmp_path):
+    service, traces, _ = trained
+    bad = [{"input_tokens": 5}, {"output_tokens": 5, "input_tokens": "x"}]
+    src = tmp_path / "mixed.json.gz"
+    with gzip.open(src, "wb") as fh:
+        fh.write(orjson.dumps(traces[:50] + bad, option=orjson.OPT_INDENT_2))
+    result = service.generate_table(PATTERN, src, 0.95, "mixed.csv")
+    assert result["rows"] == 50 and result["failed"] == 2
+    assert "output_tokens" in result["errors"][0]
+    with pytest.raises(InvalidInput, match="none of the 2"):
+        p = tmp_path / "allbad.jsonl"
+        p.write_bytes(b"\n".join(orjson.dumps(t) for t in bad))
+        service.generate_table(PATTERN, p, 0.95, "allbad.json")
+    assert not (service.settings.tables_dir / "allbad.json").exists()
+    assert not [p for p in service.settings.tables_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_generation_rejects_bad_arguments(trained, tmp_path):
+    service, _, path = trained
+    with pytest.raises(InvalidInput, match="not a path"):
+        service.generate_table(PATTERN, path, 0.95, "../escape.json")
+    with pytest.raises(InvalidInput, match="format"):
+        service.generate_table(PATTERN, path, 0.95, "t.json", "csv")
+    with pytest.raises(InvalidInput, match="confidence_level"):
+        service.generate_table(PATTERN, path, 1.5)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_bytes(b'{"input_tokens": 1, "output_tokens": 2}\n{"input_tok')
+    with pytest.raises(InvalidInput, match="line 2"):
+        service.generate_table(PATTERN, broken, 0.95, "broken.json")
+    assert not (service.settings.tables_dir / "broken.json").exists()
+
+
+def test_default_table_name_comes_from_the_model(trained):
+    service, _, path = trained
+    result = service.generate_table(PATTERN, path, 0.95, fmt="csv")
+    assert result["table_name"].endswith(".csv") and result["table_name"].startswith("llm__")
+
+
+# --------------------------------------------------------------------------- matching
+
+
+@pytest.fixture(scope="module")
+def mixed_table() -> LookupTable:
+    recs = [record(i, features={"x": i, "y": 2 * i, "kind": "a" if i % 2 else "b"}, task_id=f"t{i}") for i in range(200)]
+    return LookupTable.from_records(recs, name="mixed.json")
+
+
+def test_exact_task_id_nearest_and_their_order(mixed_table):
+    res = mixed_table.lookup([
+        {"x": 5, "y": 10, "kind": "a"},                    # exact
+        {"x": 5.0, "y": 10.0, "kind": "a", "extra": 1},    # exact: 5 == 5.0, unknown fields ignored
+        {"task_id": "t7"},                                 # no features: by task id
+        {"x": 5, "y": 10, "kind": "a", "task_id": "t9"},   # features first
+        {"x": 5.3, "y": 10.2, "kind": "a"},                # nearest, same kind
+        {"x": 5.3, "y": 10.2, "kind": "b"},                # nearest among kind b
+        {"input_feature": [{"param_name": "x", "val": 11}, {"param_name": "y", "val": 22},
+                           {"param_name": "kind", "val": "a"}], "model_id": "m"},  # structured form
+    ])
+    assert res.kinds() == ["exact", "exact", "task_id", "exact", "nearest", "nearest", "exact"]
+    assert res.rows.tolist() == [5, 5, 7, 5, 5, 6, 11]
+    assert res.distance[4] > 0 and res.distance[0] == 0
+
+
+def test_categorical_features_must_match_and_errors_name_the_feature(mixed_table):
+    res = mixed_table.lookup([{"x": 5, "y": 10, "kind": "zzz"}, {"x": 5, "kind": "a"}, {"x": "five", "y": 1, "kind": "a"}])
+    assert res.rows.tolist() == [-1, -1, -1]
+    assert "'kind'" in res.errors[0] and "exactly" in res.errors[0]
+    assert res.errors[1] == "missing required feature 'y'"
+    assert res.errors[2] == "feature 'x' must be a number"
+
+
+def test_numbers_and_strings_do_not_mix_up():
+    table = LookupTable.from_records([record(0, features={"x": 1, "c": "1"}), record(1, features={"x": 2, "c": 2})])
+    # A column holding strings is categorical: numbers there compare as their text.
+    assert table.lookup([{"x": 1, "c": 1}, {"x": 2, "c": "2"}, {"x": "1", "c": "1"}]).kinds() == ["exact", "exact", None]
+
+
+def test_scalar_and_vectorised_paths_agree(mixed_table):
+    rng = np.random.default_rng(3)
+    traces = [{"x": float(rng.uniform(-5, 210)), "y": float(rng.uniform(0, 400)), "kind": str(rng.choice(["a", "b", "c"]))}
+              for _ in range(40)]
+    traces += [{"x": i, "y": 2 * i, "kind": "a" if i % 2 else "b"} for i in range(0, 200, 17)]
+    traces += [{"task_id": "t3"}, {"x": 1}, "not a trace", {"kind": "a", "x": None, "y": 3}]
+    batch = mixed_table.lookup(traces)
+    singles = [mixed_table.lookup([t]) for t in traces]
+    assert batch.rows.tolist() == [s.rows[0] for s in singles]
+    assert batch.kinds() == [s.kinds()[0] for s in singles]
+    assert batch.errors == [s.errors[0] for s in singles]
+    np.testing.assert_allclose(batch.distance, [s.distance[0] for s in singles], equal_nan=True)
+    levels = [0.05, 0.5, 0.7, 0.95]
+    big = mixed_table.predict(None, traces, 0.8, levels).results()
+    small = [mixed_table.predict(None, [t], 0.8, levels).results()[0] for t in traces]
+    for a, b in zip(big, small):
+        assert a.keys() == b.keys()
+        if a["status"] == "success":
+            np.testing.assert_allclose(a["quantile_predictions"], b["quantile_predictions"], rtol=1e-12)
+            np.testing.assert_allclose(a["interval"], b["interval"], rtol=1e-12)
+
+
+def test_random_fallback_is_seeded_and_spread():
+    table = LookupTable.from_records([record(i) for i in range(50)], name="seed-style.json")
+    traces = [{"input_tokens": i} for i in range(200)]
+    first = table.lookup(traces)
+    assert set(first.kinds()) == {"random"}
+    assert first.rows.tolist() == table.lookup(traces).rows.tolist()
+    assert first.rows.tolist() == LookupTable.from_records([record(i) for i in range(50)]).lookup(traces).rows.tolist()
+    assert len(set(first.rows.tolist())) > 30
+    assert table.lookup([traces[3]]).rows[0] == first.rows[3]
+    reseeded = LookupTable.from_records([record(i) for i in range(50)], seed=1).lookup(traces)
+    assert reseeded.rows.tolist() != first.rows.tolist()
+
+
+def test_identity_filtering():
+    other = dict(INFO, hardware="A100")
+    recs = [record(i, features={"x": i}) for i in range(10)] + [record(100 + i, info=other, features={"x": i}) for i in range(10)]
+    table = LookupTable.from_records(recs, name="two.json")
+    h = IdentityPattern.from_segments("llm", "m", "h", "s", "1")
+    a100 = IdentityPattern.from_segments("llm", "*", "A100", "*", "*")
+    assert table.lookup([{"x": 3}], h).rows.tolist() == [3]
+    assert table.lookup([{"x": 3}], a100).rows.tolist() == [13]
+    assert table.predict(a100, [{"x": 3}]).results()[0]["model_info"]["hardware"] == "A100"
+    with pytest.raises(NotFound, match="has no records for llm/m/T4"):
+        table.lookup([{"x": 3}], IdentityPattern.from_segments("llm", "m", "T4", "*", "*"))
+    # A record that leaves an identity part out matches any value of it.
+    loose = LookupTable.from_records([{**record(0), "model_info": {"type": "llm"}}])
+    assert loose.lookup([{}], IdentityPattern.from_segments("llm", "x", "y", "z", "w")).kinds() == ["random"]
+
+
+def test_flat_feature_records_and_jsonl_tables(tmp_path):
+    recs = [{**record(i), "input_tokens": i, "runtime_ms": 3.0, "task_id": f"t{i}"} for i in range(5)]
+    path = tmp_path / "flat.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(r) for r in recs))
+    table = LookupTable.load(path)
+    assert table.feature_names == ["input_tokens"]
+    assert table.lookup([{"input_tokens": 3}]).rows.tolist() == [3]
+
+
+def test_quantiles_at_other_levels_and_totals():
+    table = LookupTable.from_records([record(0, levels=(0.25, 0.5, 0.75)), record(1, levels=(0.25, 0.5, 0.75))])
+    vals = np.array([[10.0, 11.0, 12.0]])
+    q = quantile_function(np.array([0.25, 0.5, 0.75]), vals, np.array([11.0]), np.array([1.0]), [0.5, 0.375, 0.9, 0.01])
+    assert q[0, 0] == 11.0 and q[0, 1] == pytest.approx(10.5)
+    assert q[0, 2] == pytest.approx(max(12.0, 11.0 + 1.2815515655446004))
+    assert q[0, 3] == pytest.approx(min(10.0, 11.0 - 2.3263478740408408))
+    pred = table.predict(None, [{"a": 1}, {"a": 2}, {"a": 3}], 0.9, [0.1, 0.5, 0.9], with_total=True)
+    body = pred.batch_response()
+    expects = [r["expect"] for r in body["results"]]
+    errors = [r["error"] for r in body["results"]]
+    assert body["expect"] == pytest.approx(sum(expects))
+    assert body["error"] == pytest.approx(math.sqrt(sum(e * e for e in errors)))
+    z = 1.2815515655446004
+    assert body["total_quantiles"] == pytest.approx([body["expect"] - z * body["error"], body["expect"], body["expect"] + z * body["error"]])
+    assert body["total_interval"] == pytest.approx([body["expect"] - 1.6448536269514722 * body["error"],
+                                                    body["expect"] + 1.6448536269514722 * body["error"]])
+    assert body["source"] == "lookup_table"
+    one = table.predict(None, [{"a": 1}], 0.9, with_total=True).batch_response()
+    assert one["total_quantiles"] == one["results"][0]["quantile_predictions"]
+
+
+# --------------------------------------------------------------------------- bad files and names
+
+
+@pytest.mark.parametrize("name", ["../x.json", "/etc/x.json", "a/b.json", "a\\b.json", ".hidden.json", "x.txt", "",
+                                  "x\x00.json", ".json", "..", "x.json\n"])
+def test_table_names_are_file_names(name):
+    with pytest.raises(InvalidInput):
+        check_table_name(name)
+
+
+@pytest.mark.parametrize("name", ["t.json", "T-1 (copy).csv", "t.jsonl", "t.json.gz", "préd.json"])
+def test_good_table_names(name):
+    assert check_table_name(name) == name
+
+
+BAD_FILES = {
+    "truncated-lines.json": (b'[\n{"status":"success","quantiles":[0.5],"quantile_predictions":[1],"expect":1,"error":0},\n{"status":"succ',
+                             "line 3"),
+    "unclosed.json": (b'[\n{"status":"success","quantiles":[0.5],"quantile_predictions":[1],"expect":1,"error":0},\n',
+                      "truncated"),
+    "truncated-pretty.json": (SEED_TABLE.encode()[:200], "truncated"),
+    "not-array.json": (b'{"records": []}', "JSON array"),
+    "empty.json": (b"", "empty"),
+    "garbage.json": (b"\x00\x01\x02 not json", "JSON array"),
+    "garbage-in-array.json": (b'[{"quantiles": [0.5], "quantile_predictions": [1], "expect": 1, "error": 0}, nope]', "item 1"),
+    "missing-fields.json": (b'[{"status": "success", "quantiles": [0.5]}]', "quantile_predictions"),
+    "bad-levels.json": (b'[{"quantiles": [1.5], "quantile_predictions": [1], "expect": 1, "error": 0}]', "strictly between"),
+    "string-expect.json": (b'[{"quantiles": [0.5], "quantile_predictions": [1], "expect": "1", "error": 0}]', "'expect'"),
+    "no-success.json": (b'[{"status": "error"}]', "no successful"),
+    "short-row.csv": (b"x,expect,error,quantile_0.5\n1,2,3,4\n5,6\n", "line 3"),
+    "no-quantiles.csv": (b"x,expect,error\n1,2,3\n", "quantile_"),
+    "bad-number.csv": (b"x,expect,error,quantile_0.5\n1,two,3,4\n", "line 2"),
+    "bad.json.gz": (b"\x1f\x8b\x08\x00garbage", "cannot read"),
+    "records.json": (b"[1, 2]", "record 0"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_bad_table_files_give_clear_errors(tmp_path, name):
+    content, expected = BAD_FILES[name]
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(TraceError, match=expected) as info:
+        LookupTable.load(path)
+    assert name in str(info.value)
+
+
+def test_truncated_gzip_table(tmp_path):
+    path = tmp_path / "cut.json.gz"
+    path.write_bytes(gzip.compress(SEED_TABLE.encode())[:-12])
+    with pytest.raises(TraceError, match="cut.json.gz"):
+        LookupTable.load(path)
+
+
+def test_streamed_arrays_in_any_layout():
+    items = [{"i": i, "s": "x" * (i % 7), "nested": {"a": [i, None, True]}} for i in range(30_000)]
+    for option in (0, orjson.OPT_INDENT_2):
+        data = orjson.dumps(items, option=option)
+        assert list(iter_json_array(io.BytesIO(data), "t")) == items  # > 1 MB: crosses read chunks
+    lines = b"[\n" + b",\n".join(orjson.dumps(x) for x in items[:5]) + b"\n]\n"
+    assert list(iter_json_array(io.BytesIO(lines), "t")) == items[:5]
+    assert list(iter_json_array(io.BytesIO(b" [ ] "), "t")) == []
+    with pytest.raises(TraceError, match="after the closing"):
+        list(iter_json_array(io.BytesIO(b"[1] 2"), "t"))
+
+
+def test_trace_file_reader_handles_every_format(tmp_path):
+    traces = [{"a": 1, "b": "x"}, {"input_feature": [{"param_name": "a", "val": 2}], "model_id": "m"}]
+    (tmp_path / "t.json").write_bytes(orjson.dumps(traces))
+    (tmp_path / "w.json").write_bytes(orjson.dumps({"traces": traces}))
+    (tmp_path / "t.csv").write_text("a,b\n1,x\n2,\n")
+    expected = [{"a": 1, "b": "x"}, {"a": 2, "model_id": "m"}]
+    assert list(iter_traces(tmp_path / "t.json")) == expected
+    assert list(iter_traces(tmp_path / "w.json")) == expected
+    assert list(iter_traces(tmp_path / "t.csv")) == [{"a": 1, "b": "x"}, {"a": 2, "b": None}]
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def test_store_caches_reloads_and_remembers_failures(tmp_path):
+    store = LookupTableStore(tmp_path / "tables", max_loaded=2)
+    path = store.root / "p.json"
+    path.write_text(SEED_TABLE)
+    first = store.get("p.json")
+    assert store.get("p.json") is first and store.loaded_count == 1
+    path.write_bytes(orjson.dumps([record(i) for i in range(3)]))
+    second = store.get("p.json")
+    assert second is not first and second.n_rows == 3
+    path.write_bytes(b"[\n{")
+    for _ in range(2):
+        with pytest.raises(InvalidInput, match="cannot be read"):
+            store.get("p.json")
+    assert "cannot be read" in store.list()[0]["error"]
+    with pytest.raises(NotFound, match="available: p.json"):
+        store.get("nope.json")
+    with pytest.raises(InvalidInput):
+        store.get("../p.json")
+    with pytest.raises(InvalidInput, match="no default"):
+        store.get(None)
+    for i in range(3):
+        (store.root / f"t{i}.json").write_text(SEED_TABLE)
+        store.get(f"t{i}.json")
+    assert store.loaded_count == 2
+    assert [e["name"] for e in store.list()] == ["p.json", "t0.json", "t1.json", "t2.json"]
+    assert store.delete("t0.json") == {"status": "success", "deleted": "t0.json"}
+    with pytest.raises(NotFound):
+        store.delete("t0.json")
+
+
+def test_default_table_from_a_path_and_bad_defaults(tmp_path):
+    outside = tmp_path / "predictions.json"
+    outside.write_text(SEED_TABLE)
+    store = LookupTableStore(tmp_path / "tables", default=str(outside))
+    assert store.default_table is not None and store.default_name == "predictions.json"
+    assert store.get(None) is store.default_table and store.get("predictions.json") is store.default_table
+    assert [e["default"] for e in store.list()] == [True]
+    with pytest.raises(Exception, match="outside the table directory"):
+        store.delete("predictions.json")
+    (tmp_path / "cut.json").write_text(SEED_TABLE[:100])
+    bad = LookupTableStore(tmp_path / "tables2", default=str(tmp_path / "cut.json"))
+    assert bad.default_table is None and "truncated" in bad.default_error
+    missing = LookupTableStore(tmp_path / "tables3", default="nothere.json")
+    assert missing.default_table is None and "no such file" in missing.default_error
+    # A bare name is looked up in the table directory.
+    (tmp_path / "tables4").mkdir()
+    (tmp_path / "tables4" / "in.json").write_text(SEED_TABLE)
+    inside = LookupTableStore(tmp_path / "tables4", default="in.json")
+    assert inside.default_table is not None
+    inside.delete("in.json")
+    assert inside.default_table is None and inside.loaded_count == 0
+
+
+def test_service_health_and_lookup_requests(tmp_path):
+    (tmp_path / "p.json").write_text(SEED_TABLE)
+    service = PredictorService(PredictorSettings(data_dir=tmp_path / "d", default_lookup_table=str(tmp_path / "p.json")))
+    try:
+        health = service.health()
+        assert health["mode"] == "lookup_table" and health["lookup_predictor_loaded"] is True
+        assert health["lookup_table"] == "p.json"
+        pred = service.predict(SEED, [{"x": 1}], lookup_table=True)
+        assert pred.single_response()["results"]["source"] == "lookup_table"
+        # Without lookup_table the model answers (and there is none here).
+        with pytest.raises(Exception, match="no trained model"):
+            service.predict(SEED, [{"x": 1}], lookup_table_name="p.json")
+    finally:
+        service.close()
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_table_command(trained, tmp_path):
+    from swarmpilot_predictor.cli import app
+
+    service, traces, path = trained
+    runner = CliRunner()
+    model = "llm/Qwen%2FQwen2.5-7B/NVIDIA H100 80GB HBM3/sglang/0.4.0"
+    out = runner.invoke(app, ["table", model, str(path), "--output", "cli.csv", "--data-dir", str(service.settings.data_dir)])
+    assert out.exit_code == 0, out.output
+    assert f"wrote {len(traces)} records" in out.output
+    assert LookupTable.load(service.settings.tables_dir / "cli.csv").n_rows == len(traces)
+    dest = tmp_path / "elsewhere" / "t.json"
+    out = runner.invoke(app, ["table", model, str(path), "-o", str(dest), "-d", str(service.settings.data_dir), "--json"])
+    assert out.exit_code == 0, out.output
+    assert orjson.loads(out.stdout)["path"] == str(dest) and dest.is_file()
+    out = runner.invoke(app, ["table", "llm/*/*/*/nope", str(path), "-d", str(service.settings.data_dir)])
+    assert out.exit_code == 1 and "no trained model" in out.output
+
+
+def test_valid_json_in_an_unusual_layout_still_loads(tmp_path):
+    recs = [record(i, features={"x": i}) for i in range(3)]
+    # Looks like one record a line at first, then a record spread over lines.
+    text = "[\n" + orjson.dumps(recs[0]).decode() + ",\n" + orjson.dumps(recs[1], option=orjson.OPT_INDENT_2).decode() \
+        + ",\n" + orjson.dumps(recs[2]).decode() + "\n]"
+    path = tmp_path / "odd.json"
+    path.write_text(text)
+    assert LookupTable.load(path).n_rows == 3
+
+
+def test_model_info_parts_a_record_leaves_out_come_from_the_request():
+    table = LookupTable.from_records([{**record(0), "model_info": {"type": "llm", "hardware": "A100"}}])
+    res = table.predict(IdentityPattern.from_segments("llm", "m7", "*", "*", "*"), [{}]).results()[0]
+    assert res["model_info"] == {"type": "llm", "name": "m7", "hardware": "A100", "software_name": "*", "software_version": "*"}

@@ -1,0 +1,220 @@
+"""Lookup tables over real HTTP: generation, prediction, listing, download, deletion, bad input, clients."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+
+import httpx
+import orjson
+import pytest
+
+from swarmpilot_predictor.client import AsyncPredictorClient, PredictorClient, PredictorClientError
+
+from .conftest import IDENTITY, make_llm_traces, run_server
+from .test_lookup import SEED_TABLE
+
+SEGMENTS = "llm/Qwen%2FQwen2.5-7B/NVIDIA%20H100%2080GB%20HBM3/sglang/0.4.0"
+SEED_PATH = "gpt-3.5-turbo/turbo/A100/vllm/0.1.0"
+TRACES = make_llm_traces(200, seed=5)
+
+
+def jsonl(traces) -> bytes:
+    return b"\n".join(orjson.dumps(t) for t in traces) + b"\n"
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """One server with a trained model and a JSON table generated from TRACES over HTTP."""
+    data = tmp_path_factory.mktemp("lookup_api") / "data"
+    with run_server(data) as srv:
+        with PredictorClient(srv.url) as client:
+            client.train({"model": IDENTITY, "traces": make_llm_traces(300), "algorithm": "linear"})
+        r = httpx.post(f"{srv.url}/predict/table/{SEGMENTS}", files={"trace_file": ("traces.jsonl", jsonl(TRACES))},
+                       data={"confidence_level": "0.9", "table_name": "gen.json"}, timeout=60)
+        assert r.status_code == 200, r.text
+        yield srv, r.json()
+
+
+def test_generation_answer_and_file(live):
+    srv, body = live
+    assert body["status"] == "successful" and body["rows"] == len(TRACES) and body["table_name"] == "gen.json"
+    assert body["path"] == str((srv.data_dir / "tables" / "gen.json").resolve()) or body["path"].endswith("tables/gen.json")
+    records = orjson.loads((srv.data_dir / "tables" / "gen.json").read_bytes())
+    assert len(records) == len(TRACES) and records[0]["features"]["output_tokens"] == TRACES[0]["output_tokens"]
+
+
+def test_single_and_batch_predictions_from_the_table(live):
+    srv, _ = live
+    url = srv.url
+    model = httpx.post(f"{url}/predict/single/{SEGMENTS}", json={"trace": TRACES[3], "confidence_level": 0.9}).json()
+    r = httpx.post(f"{url}/predict/single/{SEGMENTS}",
+                   json={"trace": TRACES[3], "confidence_level": 0.9, "lookup_table": True, "lookup_table_name": "gen.json"})
+    assert r.status_code == 200, r.text
+    res = r.json()["results"]
+    assert res["source"] == "lookup_table" and res["match"] == "exact" and res["table"] == "gen.json"
+    assert res["quantile_predictions"] == pytest.approx(model["results"]["quantile_predictions"], rel=1e-9)
+    assert res["interval"] == pytest.approx(model["results"]["interval"], rel=1e-9)
+    assert "source" not in model["results"] or model["results"]["source"] != "lookup_table"
+
+    near = {"input_tokens": TRACES[3]["input_tokens"] + 0.5, "output_tokens": TRACES[3]["output_tokens"]}
+    batch = [TRACES[0], near, {"task_id": "t7"}, {"input_tokens": 5}]
+    r = httpx.post(f"{url}/predict/batch/{SEGMENTS}",
+                   json={"trace": batch, "lookup_table": True, "lookup_table_name": "gen.json", "quantiles": [0.5, 0.9]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [x.get("match") for x in body["results"]] == ["exact", "nearest", "task_id", None]
+    assert body["results"][3]["status"] == "error" and "output_tokens" in body["results"][3]["message"]
+    assert body["summary"] == {**body["summary"], "total": 4, "success": 3, "failed": 1}
+    assert body["quantiles"] == [0.5, 0.9] and len(body["total_quantiles"]) == 2
+    assert body["expect"] == pytest.approx(sum(x["expect"] for x in body["results"][:3]))
+    assert body["source"] == "lookup_table"
+
+    # A trace the table cannot answer on the single endpoint: 422 naming the feature.
+    r = httpx.post(f"{url}/predict/single/{SEGMENTS}",
+                   json={"trace": {"input_tokens": 5}, "lookup_table": True, "lookup_table_name": "gen.json"})
+    assert r.status_code == 422 and "output_tokens" in r.json()["message"]
+
+
+def test_identity_filtering_over_http(live):
+    srv, _ = live
+    wildcard = "llm/*/*/*/*"
+    r = httpx.post(f"{srv.url}/predict/single/{wildcard}",
+                   json={"trace": TRACES[0], "lookup_table": True, "lookup_table_name": "gen.json"})
+    assert r.status_code == 200 and r.json()["results"]["model_info"]["name"] == "Qwen/Qwen2.5-7B"
+    r = httpx.post(f"{srv.url}/predict/single/llm/other/A100/vllm/1",
+                   json={"trace": TRACES[0], "lookup_table": True, "lookup_table_name": "gen.json"})
+    assert r.status_code == 404 and "no records for llm/other/A100/vllm/1" in r.json()["message"]
+
+
+def test_csv_generation_list_download_delete(live):
+    srv, _ = live
+    gz = gzip.compress(orjson.dumps(TRACES[:50]))
+    r = httpx.post(f"{srv.url}/predict/table/{SEGMENTS}", files={"trace_file": ("t.json.gz", gz)},
+                   data={"confidence_level": "0.95", "format": "csv"})
+    assert r.status_code == 200, r.text
+    name = r.json()["table_name"]
+    assert name.endswith(".csv") and r.json()["rows"] == 50
+    listing = httpx.get(f"{srv.url}/tables").json()
+    assert listing["status"] == "success" and listing["default"] is None
+    entry = {t["name"]: t for t in listing["tables"]}[name]
+    assert entry["format"] == "csv" and entry["size_bytes"] > 0
+    down = httpx.get(f"{srv.url}/tables/{name}")
+    assert down.status_code == 200 and down.headers["content-type"].startswith("text/csv")
+    assert down.content == (srv.data_dir / "tables" / name).read_bytes()
+    r = httpx.post(f"{srv.url}/predict/single/{SEGMENTS}",
+                   json={"trace": TRACES[10], "lookup_table": True, "lookup_table_name": name})
+    assert r.json()["results"]["match"] == "exact"
+    assert httpx.delete(f"{srv.url}/tables/{name}").json() == {"status": "success", "deleted": name}
+    assert httpx.get(f"{srv.url}/tables/{name}").status_code == 404
+    r = httpx.post(f"{srv.url}/predict/single/{SEGMENTS}",
+                   json={"trace": TRACES[10], "lookup_table": True, "lookup_table_name": name})
+    assert r.status_code == 404 and "not found" in r.json()["message"]
+
+
+def test_bad_names_files_and_requests(live):
+    srv, _ = live
+    url = srv.url
+    for bad in ("..%2F..%2Fetc%2Fpasswd.json", "%2Fetc%2Fx.json", ".hidden.json", "x.txt"):
+        r = httpx.get(f"{url}/tables/{bad}")
+        assert r.status_code == 422, (bad, r.text)
+        assert httpx.delete(f"{url}/tables/{bad}").status_code == 422
+    r = httpx.post(f"{url}/predict/single/{SEGMENTS}",
+                   json={"trace": TRACES[0], "lookup_table": True, "lookup_table_name": "../models/x.json"})
+    assert r.status_code == 422 and r.json()["field"] == "lookup_table_name"
+    r = httpx.post(f"{url}/predict/single/{SEGMENTS}", json={"trace": TRACES[0], "lookup_table": True})
+    assert r.status_code == 422 and "no default lookup table" in r.json()["message"]
+
+    # A truncated table: a clear error, and the service keeps serving.
+    (srv.data_dir / "tables" / "cut.json").write_bytes((srv.data_dir / "tables" / "gen.json").read_bytes()[:5000])
+    for _ in range(2):
+        r = httpx.post(f"{url}/predict/single/{SEGMENTS}",
+                       json={"trace": TRACES[0], "lookup_table": True, "lookup_table_name": "cut.json"})
+        assert r.status_code == 422 and "cut.json" in r.json()["message"] and "truncated" in r.json()["message"]
+    assert httpx.get(f"{url}/health").json()["status"] == "healthy"
+    assert "error" in {t["name"]: t for t in httpx.get(f"{url}/tables").json()["tables"]}["cut.json"]
+
+    # Generation failures answer status "failed" with the error's HTTP status.
+    r = httpx.post(f"{url}/predict/table/llm/none/x/y/z", files={"trace_file": ("t.jsonl", jsonl(TRACES[:3]))})
+    assert r.status_code == 404 and r.json()["status"] == "failed" and "message" in r.json()
+    r = httpx.post(f"{url}/predict/table/{SEGMENTS}", data={"confidence_level": "0.9"})
+    assert r.status_code == 422 and r.json()["status"] == "failed"
+    r = httpx.post(f"{url}/predict/table/{SEGMENTS}", files={"trace_file": ("t.jsonl", jsonl(TRACES[:3]))},
+                   data={"confidence_level": "1.5"})
+    assert r.status_code == 422 and r.json()["field"] == "confidence_level"
+    r = httpx.post(f"{url}/predict/table/{SEGMENTS}", files={"trace_file": ("t.exe", b"MZ")})
+    assert r.status_code == 422 and r.json()["field"] == "trace_file"
+    r = httpx.post(f"{url}/predict/table/{SEGMENTS}", files={"trace_file": ("t.jsonl", b'{"input_tokens": 1,')})
+    assert r.status_code == 422 and "line 1" in r.json()["message"]
+    r = httpx.post(f"{url}/predict/table/{SEGMENTS}", files={"trace_file": ("t.jsonl", jsonl(TRACES[:3]))},
+                   data={"table_name": "../../escape.json"})
+    assert r.status_code == 422 and r.json()["status"] == "failed"
+    assert not list(srv.data_dir.glob("upload-*"))
+    assert httpx.get(f"{url}/health").json()["status"] == "healthy"
+
+
+def test_clients_cover_the_table_endpoints(live, tmp_path):
+    srv, _ = live
+    src = tmp_path / "traces.csv"
+    src.write_text("input_tokens,output_tokens,task_id\n" + "".join(
+        f"{t['input_tokens']},{t['output_tokens']},{t['task_id']}\n" for t in TRACES[:20]))
+    with PredictorClient(srv.url) as client:
+        result = client.generate_table(IDENTITY, src, 0.8, table_name="client.json")
+        assert result["status"] == "successful" and result["rows"] == 20
+        assert "client.json" in {t["name"] for t in client.list_tables()}
+        data = client.download_table("client.json", tmp_path / "copy.json")
+        assert (tmp_path / "copy.json").read_bytes() == data and len(orjson.loads(data)) == 20
+        answer = client.predict_single(IDENTITY, TRACES[4], lookup_table_name="client.json")
+        assert answer.results.source == "lookup_table"
+        with pytest.raises(PredictorClientError) as info:
+            client.download_table("../x.json")
+        assert info.value.status_code == 422
+        assert client.delete_table("client.json")["deleted"] == "client.json"
+        with pytest.raises(PredictorClientError) as info:
+            client.delete_table("client.json")
+        assert info.value.status_code == 404
+
+    async def run():
+        async with AsyncPredictorClient(srv.url) as aclient:
+            res = await aclient.generate_table(IDENTITY, jsonl(TRACES[:10]), table_name="async.csv", filename="t.jsonl")
+            names = {t["name"] for t in await aclient.list_tables()}
+            data = await aclient.download_table("async.csv")
+            await aclient.delete_table("async.csv")
+            return res, names, data
+
+    res, names, data = asyncio.run(run())
+    assert res["rows"] == 10 and "async.csv" in names and data.startswith(b"input_tokens,output_tokens")
+
+
+def test_default_lookup_table_at_start(tmp_path):
+    seed = tmp_path / "predictions.json"
+    seed.write_text(SEED_TABLE)
+    with run_server(tmp_path / "data", extra_env={"DEFAULT_LOOKUP_TABLE": str(seed)}) as srv:
+        health = httpx.get(f"{srv.url}/health").json()
+        assert health["mode"] == "lookup_table" and health["lookup_predictor_loaded"] is True
+        assert health["lookup_table"] == "predictions.json"
+        # The seed README's request shape, against the table's own identity.
+        for extra in ({}, {"lookup_table_name": "predictions.json"}):
+            r = httpx.post(f"{srv.url}/predict/single/{SEED_PATH}",
+                           json={"trace": {"input_tokens": 100}, "confidence_level": 0.95, "lookup_table": True, **extra})
+            assert r.status_code == 200, r.text
+            res = r.json()["results"]
+            assert res["quantile_predictions"] == [100.0, 150.0, 200.0, 500.0] and res["match"] == "random"
+        # The seed's client names only model_type and hardware.
+        with PredictorClient(srv.url) as client:
+            answer = client.predict_single(("gpt-3.5-turbo", None, "A100", None, None), {"input_tokens": 1},
+                                           lookup_table_name="predictions.json")
+            assert answer.results.expect == 150.0
+            assert [t["name"] for t in client.list_tables() if t["default"]] == ["predictions.json"]
+            assert client.download_table("predictions.json") == seed.read_bytes()
+
+
+def test_bad_default_lookup_table_leaves_the_service_running(tmp_path):
+    bad = tmp_path / "broken.json"
+    bad.write_text(SEED_TABLE[:120])
+    with run_server(tmp_path / "data", extra_env={"DEFAULT_LOOKUP_TABLE": str(bad)}) as srv:
+        health = httpx.get(f"{srv.url}/health").json()
+        assert health["status"] == "healthy" and health["mode"] == "default"
+        assert health["lookup_predictor_loaded"] is False and "broken.json" in health["lookup_table_error"]
+        r = httpx.post(f"{srv.url}/predict/single/{SEED_PATH}", json={"trace": {}, "lookup_table": True})
+        assert r.status_code == 422 and "truncated" in r.json()["message"]
