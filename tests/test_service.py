@@ -19,7 +19,8 @@ from swarmpilot_predictor.errors import (
 )
 from swarmpilot_predictor.identity import IdentityPattern, ModelIdentity
 from swarmpilot_predictor.schemas import TrainConfig
-from swarmpilot_predictor.service import PredictorService, safe_child
+from swarmpilot_predictor.service import PredictorService
+from swarmpilot_predictor.training import safe_child
 from swarmpilot_predictor.settings import PredictorSettings
 
 from .conftest import IDENTITY, make_llm_traces

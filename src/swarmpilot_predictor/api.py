@@ -6,6 +6,7 @@ so an encoded slash (``Qwen%2FQwen2.5-7B``) stays inside its segment.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import tempfile
@@ -24,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from . import __version__
-from .errors import InvalidInput, NotFound, PredictorError
+from .errors import InvalidInput, NotFound, PredictorError, validation_message
 from .identity import IdentityPattern
 from .schemas import (
     BatchPredictionResponse,
@@ -81,18 +82,6 @@ def error_response(status: int, message: str, field: str | None = None, **extra:
         body["field"] = field
     body.update(extra)
     return JSONResponse(body, status_code=status)
-
-
-def validation_message(exc: ValidationError | RequestValidationError, prefix: tuple = ()) -> tuple[str, str]:
-    """One readable line naming each offending field, and the first field's name."""
-    parts, first = [], ""
-    for err in exc.errors():
-        loc = [str(p) for p in (*prefix, *err.get("loc", ())) if p != "body"]
-        name = ".".join(loc) or "body"
-        first = first or name
-        msg = err.get("msg", "invalid").removeprefix("Value error, ")
-        parts.append(f"{name}: {msg}")
-    return "; ".join(parts) or "invalid request", first
 
 
 def _raw_segments(request: Request, skip: int) -> list[str]:
@@ -173,6 +162,18 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     async def health():
         return JSONResponse(service.health())
 
+    @app.get("/ping", tags=["discovery"], summary="Liveness: the cheapest possible answer")
+    async def ping():
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/cache/stats", tags=["cache"], summary="Prediction cache size and hit/miss counts")
+    async def cache_stats():
+        return JSONResponse(service.cache_stats())
+
+    @app.post("/cache/clear", tags=["cache"], summary="Empty the prediction cache")
+    async def cache_clear():
+        return JSONResponse(service.clear_cache())
+
     @app.get("/models", response_model=ModelsResponse, tags=["models"])
     async def models():
         return JSONResponse({"status": "success", "models": service.list_models()})
@@ -212,16 +213,27 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     # ------------------------------------------------------------------ training
 
     @app.post("/train", response_model=TrainResult, tags=["training"],
-              openapi_extra=_openapi_body(TrainRequest))
-    async def train(request: Request):
+              openapi_extra=_openapi_body(TrainRequest),
+              summary="Train (in a separate low-priority process); ?background=true answers 202 with a job id")
+    async def train(request: Request, background: bool = False):
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("multipart/form-data"):
-            return await _train_multipart(request)
-        req = await _json_body(request, TrainRequest)
-        result = await run_in_threadpool(service.train, req.config)
-        return JSONResponse(result)
+            config, uploads, tmpdir = await _read_multipart(request)
+            job_id, future = service.jobs.submit(config, uploads, cleanup=lambda: shutil.rmtree(tmpdir, ignore_errors=True))
+        else:
+            # The body is parsed and validated in the worker too: a 100k-trace
+            # request never holds the event loop (or the GIL) of this process.
+            job_id, future = service.jobs.submit_raw(await request.body())
+        if background:
+            return JSONResponse({"status": "accepted", "job_id": job_id, "status_url": f"/train/jobs/{job_id}"},
+                                status_code=202)
+        return JSONResponse(await asyncio.wrap_future(future))
 
-    async def _train_multipart(request: Request) -> JSONResponse:
+    @app.get("/train/jobs/{job_id}", tags=["training"], summary="Status and result of a training job")
+    async def train_job(job_id: str):
+        return JSONResponse(service.jobs.get(job_id))
+
+    async def _read_multipart(request: Request) -> tuple[TrainConfig, dict[str, Path], Path]:
         form = await request.form(max_files=64, max_part_size=8 * 1024 * 1024)
         tmpdir = Path(tempfile.mkdtemp(prefix="upload-", dir=settings.data_dir))
         try:
@@ -240,15 +252,15 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
                     raise InvalidInput(f"uploaded file {name!r} must be .json, .jsonl or .csv (optionally .gz)", field=key)
                 # Stored under a generated name: the client's file name never touches the disk.
                 dest = tmpdir / f"{len(uploads)}{_suffix(name)}"
-                with dest.open("wb") as fh:
-                    shutil.copyfileobj(value.file, fh)
+                await run_in_threadpool(_copy_upload, value, dest)
                 uploads[name] = dest
                 uploads.setdefault(key, dest)
-            result = await run_in_threadpool(service.train, config, uploads)
-            return JSONResponse(result)
+            return config, uploads, tmpdir
+        except BaseException:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+            raise
         finally:
             await form.close()
-            shutil.rmtree(tmpdir, ignore_errors=True)
 
     # ------------------------------------------------------------------ prediction
 
@@ -395,6 +407,11 @@ def _form_float(value: Any, default: float, field: str) -> float:
     if not 0.0 < number < 1.0:
         raise InvalidInput(f"{field} must lie strictly between 0 and 1, got {number}", field=field)
     return number
+
+
+def _copy_upload(upload: UploadFile, dest: Path) -> None:
+    with dest.open("wb") as fh:
+        shutil.copyfileobj(upload.file, fh)
 
 
 def _suffix(name: str) -> str:

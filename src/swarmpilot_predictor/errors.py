@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PredictorError(Exception):
     status_code = 400
@@ -27,3 +29,15 @@ class AmbiguousModel(PredictorError):
 
 class NotFound(PredictorError):
     status_code = 404
+
+
+def validation_message(exc: Any, prefix: tuple = ()) -> tuple[str, str]:
+    """One readable line naming each offending field, and the first field's name."""
+    parts, first = [], ""
+    for err in exc.errors():
+        loc = [str(p) for p in (*prefix, *err.get("loc", ())) if p != "body"]
+        name = ".".join(loc) or "body"
+        first = first or name
+        msg = err.get("msg", "invalid").removeprefix("Value error, ")
+        parts.append(f"{name}: {msg}")
+    return "; ".join(parts) or "invalid request", first

@@ -20,6 +20,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -121,44 +122,99 @@ class LoadedModel:
 class ModelRegistry:
     """All models of one data directory: index of metadata, LRU of loaded models."""
 
-    def __init__(self, root: Path, max_loaded: int = 256):
+    def __init__(self, root: Path, max_loaded: int = 256, scan: bool = True):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_loaded = max_loaded
         self._lock = threading.RLock()
         self._index: dict[ModelIdentity, dict[int, ModelVersion]] = {}
         self._loaded: OrderedDict[tuple[ModelIdentity, int], LoadedModel] = OrderedDict()
-        self._scanned_at = 0.0
-        self.refresh()
+        self._generation_file = self.root / ".generation"
+        self._seen_generation: int | None = None
+        self._resolved: dict[tuple[str | None, ...], ModelIdentity] = {}
+        # Called with an identity after this process saved or deleted one of its versions.
+        self.on_change: Callable[[ModelIdentity], None] | None = None
+        # A training worker only writes: it never needs the index.
+        self._meta_cache: dict[str, tuple[int, ModelVersion]] = {}
+        if scan:
+            self.refresh()
 
     # ------------------------------------------------------------------ index
 
+    def _generation(self) -> int:
+        try:
+            return self._generation_file.stat().st_mtime_ns
+        except FileNotFoundError:
+            return 0
+
+    def _bump_generation(self) -> None:
+        # Every change touches one file, so other workers notice it with one stat().
+        atomic_write_bytes(self._generation_file, str(time.time_ns()).encode())
+        self._seen_generation = self._generation()
+
     def refresh(self) -> None:
-        """Re-read every meta file (other workers may have written new versions)."""
+        """Re-read the index from disk (other processes may have written new versions).
+
+        Meta files are parsed again only when their modification time changed,
+        so a rescan of a large registry costs directory listings, not JSON parsing.
+        """
+        generation = self._generation()
         index: dict[ModelIdentity, dict[int, ModelVersion]] = {}
-        for model_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            for entry in os.scandir(model_dir):
-                m = _META.match(entry.name)
-                if not m:
-                    continue
-                try:
-                    meta = ModelVersion.from_json(orjson.loads(Path(entry.path).read_bytes()))
-                except (OSError, ValueError, KeyError, TypeError) as exc:
-                    log.warning("skipping unreadable model metadata %s: %s", entry.path, exc)
-                    continue
-                if not (model_dir / _model_file(meta.version)).exists():
-                    log.warning("skipping %s: its model file is missing", entry.path)
-                    continue
+        seen: dict[str, tuple[int, ModelVersion]] = {}
+        for model_dir in os.scandir(self.root):
+            if not model_dir.is_dir():
+                continue
+            for meta in self._scan_dir(Path(model_dir.path), seen):
                 index.setdefault(meta.identity, {})[meta.version] = meta
         with self._lock:
+            self._meta_cache = seen
             self._index = index
-            self._scanned_at = time.monotonic()
+            self._resolved.clear()
+            self._seen_generation = generation
             for key in list(self._loaded):
                 if key[1] not in index.get(key[0], {}):
                     del self._loaded[key]
 
-    def maybe_refresh(self, max_age: float = 1.0) -> None:
-        if time.monotonic() - self._scanned_at > max_age:
+    def refresh_identity(self, identity: ModelIdentity) -> None:
+        """Re-read one model's versions (after a training worker wrote them)."""
+        seen: dict[str, tuple[int, ModelVersion]] = {}
+        model_dir = self.root / identity.dirname
+        metas = self._scan_dir(model_dir, seen) if model_dir.is_dir() else []
+        with self._lock:
+            self._meta_cache.update(seen)
+            versions = {m.version: m for m in metas if m.identity == identity}
+            if versions:
+                self._index[identity] = versions
+            else:
+                self._index.pop(identity, None)
+            self._resolved.clear()
+            self._seen_generation = self._generation()
+
+    def _scan_dir(self, model_dir: Path, seen: dict[str, tuple[int, ModelVersion]]) -> list[ModelVersion]:
+        out = []
+        for entry in os.scandir(model_dir):
+            if not _META.match(entry.name):
+                continue
+            try:
+                mtime = entry.stat().st_mtime_ns
+                cached = self._meta_cache.get(entry.path)
+                if cached is not None and cached[0] == mtime:
+                    meta = cached[1]
+                else:
+                    meta = ModelVersion.from_json(orjson.loads(Path(entry.path).read_bytes()))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("skipping unreadable model metadata %s: %s", entry.path, exc)
+                continue
+            if not (model_dir / _model_file(meta.version)).exists():
+                log.warning("skipping %s: its model file is missing", entry.path)
+                continue
+            seen[entry.path] = (mtime, meta)
+            out.append(meta)
+        return out
+
+    def maybe_refresh(self) -> None:
+        """Rescan only if some process changed the registry since the last scan."""
+        if self._generation() != self._seen_generation:
             self.refresh()
 
     def identities(self) -> list[ModelIdentity]:
@@ -186,12 +242,13 @@ class ModelRegistry:
 
     def resolve(self, pattern: IdentityPattern) -> ModelIdentity:
         """The one stored identity matching ``pattern`` (``*`` parts match anything)."""
-        for attempt in range(2):
-            with self._lock:
-                matches = [i for i in self._index if pattern.matches(i)]
-            if matches or attempt:
-                break
-            self.refresh()  # another worker may have trained it a moment ago
+        key = pattern.as_tuple()
+        hit = self._resolved.get(key)
+        if hit is not None:
+            return hit
+        self.maybe_refresh()  # another worker may have trained it a moment ago
+        with self._lock:
+            matches = [i for i in self._index if pattern.matches(i)]
         if not matches:
             raise ModelNotFound(f"no trained model matches {pattern.describe()}")
         if len(matches) > 1:
@@ -200,6 +257,10 @@ class ModelRegistry:
                 f"{len(matches)} models match {pattern.describe()}: {', '.join(names)}; specify more of the identity",
                 extra={"candidates": names},
             )
+        with self._lock:
+            if len(self._resolved) > 10_000:
+                self._resolved.clear()
+            self._resolved[key] = matches[0]
         return matches[0]
 
     # ------------------------------------------------------------------ load / save
@@ -241,8 +302,13 @@ class ModelRegistry:
             atomic_write_bytes(model_dir / f"v{version:04d}.meta.json", orjson.dumps(meta.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
         finally:
             (model_dir / f"v{version:04d}.lock").unlink(missing_ok=True)
+        self._bump_generation()
         with self._lock:
+            self._resolved.clear()
             self._index.setdefault(meta.identity, {})[version] = meta
+        if self.on_change is not None:
+            self.on_change(meta.identity)
+        with self._lock:
             self._loaded[(meta.identity, version)] = LoadedModel(meta, model)
             while len(self._loaded) > self.max_loaded:
                 self._loaded.popitem(last=False)
@@ -285,8 +351,12 @@ class ModelRegistry:
                 self._loaded.pop((identity, v), None)
             if not versions:
                 self._index.pop(identity, None)
+            self._resolved.clear()
         if version is None or not self.versions(identity):
             shutil.rmtree(model_dir, ignore_errors=True)
+        self._bump_generation()
+        if self.on_change is not None:
+            self.on_change(identity)
         return targets
 
     @property

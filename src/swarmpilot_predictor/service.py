@@ -5,12 +5,11 @@ HTTP routes and the CLI are thin layers over :class:`PredictorService`.
 
 from __future__ import annotations
 
-import hashlib
-import sys
+import dataclasses
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,38 +17,18 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .cache import PredictionCache
 from .errors import InvalidInput, PredictorError
-from .features import FeatureSchema
-from .identity import IDENTITY_KEYS, IdentityPattern, ModelIdentity
+from .identity import IdentityPattern, ModelIdentity
 from .lookup import WRITABLE_FORMATS, LookupTableStore, TablePrediction, generate_table, iter_traces, table_format
-from .modeling import QuantileModel
 from .metrics import PredictorMetrics
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog
 from .registry import ModelRegistry, ModelVersion
 from .retraining import Retrainer
 from .schemas import TrainConfig
+from .training import ProgressFn, Trainer, TrainingJobs
 from .settings import PredictorSettings
-from .traces import TRACE_FILE_SUFFIXES, TraceError, TraceTable, normalize_trace
-
-ProgressFn = Callable[[int], None]
-
-
-def safe_child(root: Path, name: str, what: str = "path") -> Path:
-    """``root / name`` if it stays inside ``root``; otherwise an InvalidInput error.
-
-    Requests name files inside the data directory; absolute paths, ``..`` and
-    symlinks that lead outside are refused before anything is opened.
-    """
-    if not name or "\x00" in name:
-        raise InvalidInput(f"{what} must be a non-empty file name", field=what)
-    candidate = Path(name)
-    if candidate.is_absolute() or ".." in candidate.parts:
-        raise InvalidInput(f"{what} {name!r} must be relative to the data directory, without '..'", field=what)
-    root_resolved = root.resolve()
-    resolved = (root_resolved / candidate).resolve()
-    if not resolved.is_relative_to(root_resolved):
-        raise InvalidInput(f"{what} {name!r} leads outside the data directory", field=what)
-    return resolved
+from .traces import TraceError, TraceTable, normalize_trace
 
 
 @dataclass
@@ -116,10 +95,14 @@ class PredictorService:
         self.settings = settings
         settings.ensure_dirs()
         self.registry = ModelRegistry(settings.models_dir, settings.max_loaded_models)
+        self.trainer = Trainer(settings.data_dir, self.registry)
+        self.jobs = TrainingJobs(settings.data_dir, on_success=self._trained_in_worker)
         self.prediction_counts: Counter[ModelIdentity] = Counter()
         self._count_lock = threading.Lock()
         self.started_at = time.time()
         self.metrics = PredictorMetrics()
+        self.cache = PredictionCache(settings.cache_size)
+        self.registry.on_change = self.cache.invalidate
         self.observations = ObservationLog(
             settings.observations_dir,
             max_file_bytes=int(settings.observations_max_file_mb * 1024 * 1024),
@@ -136,145 +119,36 @@ class PredictorService:
 
     def close(self) -> None:
         self.retrainer.shutdown()
-
-    # ------------------------------------------------------------------ traces
-
-    def read_traces(
-        self,
-        source: list[dict[str, Any]] | str,
-        uploads: dict[str, Path] | None = None,
-        progress: ProgressFn | None = None,
-    ) -> TraceTable:
-        """Traces given inline, as an uploaded file's name, or as a data-directory path."""
-        try:
-            if isinstance(source, list):
-                return TraceTable.from_traces(source, progress=progress)
-            if uploads and source in uploads:
-                return TraceTable.from_file(uploads[source], progress=progress)
-            path = safe_child(self.settings.data_dir, source, "traces")
-            if not path.is_file():
-                raise InvalidInput(f"traces file {source!r} not found in the data directory or the upload", field="traces")
-            if not path.name.lower().removesuffix(".gz").endswith(TRACE_FILE_SUFFIXES):
-                raise InvalidInput(f"traces file {source!r} must be .json, .jsonl or .csv (optionally .gz)", field="traces")
-            return TraceTable.from_file(path, progress=progress)
-        except TraceError as exc:
-            raise InvalidInput(str(exc), field="traces") from None
+        self.jobs.shutdown()
 
     # ------------------------------------------------------------------ training
 
-    def train(
-        self,
-        config: TrainConfig,
-        uploads: dict[str, Path] | None = None,
-        progress: ProgressFn | None = None,
-    ) -> dict[str, Any]:
-        t0 = time.perf_counter()
+    def read_traces(self, source: list[dict[str, Any]] | str, uploads: dict[str, Path] | None = None,
+                    progress: ProgressFn | None = None) -> TraceTable:
+        return self.trainer.read_traces(source, uploads, progress)
+
+    def train(self, config: TrainConfig, uploads: dict[str, Path] | None = None,
+              progress: ProgressFn | None = None) -> dict[str, Any]:
+        """Train in this process (the CLI and tests); the HTTP API uses :attr:`jobs` instead."""
         try:
-            result = self._train(config, uploads, progress, t0)
+            result = self.trainer.train(config, uploads, progress)
         except Exception:
             self.metrics.training_runs.labels("error").inc()
             raise
+        self._trained(result)
+        return result
+
+    def _trained_in_worker(self, result: dict[str, Any]) -> None:
+        # The worker wrote new versions to disk: index them here, drop stale cache entries.
+        for entry in result.get("models") or [{"identity": result["identity"]}]:
+            identity = ModelIdentity.from_parts(entry["identity"])
+            self.registry.refresh_identity(identity)
+            self.cache.invalidate(identity)
+        self._trained(result)
+
+    def _trained(self, result: dict[str, Any]) -> None:
         self.metrics.training_runs.labels("success").inc()
         self.metrics.training_duration.observe(result["duration_seconds"])
-        return result
-
-    def _train(self, config: TrainConfig, uploads: dict[str, Path] | None, progress: ProgressFn | None, t0: float) -> dict[str, Any]:
-        table = self.read_traces(config.traces, uploads, progress)
-        if len(table) == 0:
-            raise InvalidInput("no traces given", field="traces")
-        groups = self._split_groups(table, config)
-        trained = []
-        for identity, part in groups:
-            meta = self._train_one(identity, part, config)
-            trained.append(meta)
-        duration = time.perf_counter() - t0
-        first = trained[0]
-        result: dict[str, Any] = {
-            "status": "success",
-            "model_key": first.key,
-            "version": first.version,
-            "metrics": first.metrics,
-            "duration_seconds": duration,
-        }
-        if len(trained) > 1 or config.group_by:
-            result["models"] = [
-                {"model_key": m.key, "version": m.version, "identity": m.identity.as_dict(), "metrics": m.metrics}
-                for m in trained
-            ]
-        return result
-
-    def _split_groups(self, table: TraceTable, config: TrainConfig) -> list[tuple[ModelIdentity, TraceTable]]:
-        base = config.model.model_dump() if config.model else {}
-        if not config.group_by:
-            return [(ModelIdentity.from_parts(base), table)]
-        missing = [k for k in config.group_by if k not in table.columns]
-        if missing:
-            raise InvalidInput(f"group_by key(s) not found in the traces: {', '.join(missing)}", field="group_by")
-        unset = [k for k in IDENTITY_KEYS if k not in config.group_by and not base.get(k)]
-        if unset:
-            raise InvalidInput(
-                f"identity part(s) {', '.join(unset)} are neither in group_by nor in model", field="group_by"
-            )
-        keys = np.stack([table.strings(k) for k in config.group_by], axis=1)
-        has_all = np.all(keys != None, axis=1)  # noqa: E711
-        labels = np.array(["\x1f".join(row) if ok else "" for row, ok in zip(keys.tolist(), has_all)], dtype=object)
-        groups = []
-        for label in sorted(set(labels[has_all].tolist())):
-            rows = np.flatnonzero(labels == label)
-            parts = dict(base)
-            parts.update(zip(config.group_by, label.split("\x1f")))
-            groups.append((ModelIdentity.from_parts(parts), table.take(rows)))
-        if not groups:
-            raise InvalidInput("no trace carries every group_by key", field="group_by")
-        return groups
-
-    def _train_one(self, identity: ModelIdentity, table: TraceTable, config: TrainConfig) -> ModelVersion:
-        try:
-            schema, X, y, report = FeatureSchema.prepare_training(table, config.target, config.features)
-        except TraceError as exc:
-            raise InvalidInput(f"{identity.key}: {exc}", field="traces") from None
-        if len(y) < 2:
-            raise InvalidInput(
-                f"{identity.key}: only {len(y)} usable trace(s) with a positive '{config.target}'; at least 2 are needed",
-                field="traces",
-            )
-        kinds = [f.kind for f in schema.features]
-        ncats = [len(f.categories) for f in schema.features]
-        t0 = time.perf_counter()
-        try:
-            model = QuantileModel(kinds, ncats, config.algorithm, params=config.params).fit(X, y)
-        except (TypeError, ValueError, *_lightgbm_errors()) as exc:
-            raise InvalidInput(f"{identity.key}: training failed: {exc}", field="params") from None
-        chosen = model.cv_[model.family_]
-        metrics = {
-            "algorithm": model.family_,
-            "validation": "cross-validated (out-of-fold, calibrated without the held-out fold)",
-            **{k: v for k, v in chosen.items() if k != "seconds"},
-            "rows_used": report.rows_used,
-            "rows_dropped": sum(report.rows_dropped.values()),
-            "data": report.to_json(),
-            "cv_scores": {f: {"pinball_loss": m["pinball_loss"], "mean_abs_coverage_error": m["mean_abs_coverage_error"]} for f, m in model.cv_.items()},
-            "training_seconds": time.perf_counter() - t0,
-        }
-        digest = hashlib.sha256()
-        digest.update(",".join(schema.names).encode())
-        digest.update(np.ascontiguousarray(X).tobytes())
-        digest.update(np.ascontiguousarray(y).tobytes())
-        meta = ModelVersion(
-            identity=identity,
-            version=0,
-            created_at=time.time(),
-            target=config.target,
-            features=schema,
-            quantiles=list(config.quantiles),
-            algorithm=config.algorithm,
-            family=model.family_,
-            params=dict(config.params),
-            data=report.to_json(),
-            metrics=metrics,
-            data_hash=digest.hexdigest(),
-        )
-        return self.registry.save(meta, model, training_data=(X, y))
 
     # ------------------------------------------------------------------ prediction
 
@@ -302,6 +176,16 @@ class PredictorService:
         identity = self.registry.resolve(pattern)
         loaded = self.registry.load(identity, version)
         levels = list(quantiles) if quantiles else loaded.meta.quantiles
+        cache_key = None
+        if self.cache.enabled and len(traces) == 1 and not with_total:
+            cache_key = self._cache_key(identity, loaded.meta, traces[0], levels, confidence_level)
+            if cache_key is not None:
+                hit = self.cache.get(cache_key)
+                if hit is not None:
+                    self.metrics.cache_hits.inc()
+                    self._count(identity, 1, 0)
+                    return dataclasses.replace(hit, duration_seconds=time.perf_counter() - t0)
+                self.metrics.cache_misses.inc()
         flat = []
         pre_errors: list[str | None] = []
         for t in traces:
@@ -328,12 +212,8 @@ class PredictorService:
                 "total_quantiles": tot.quantiles(levels).tolist(),
                 "total_interval": tot.interval(confidence_level).tolist(),
             }
-        with self._count_lock:
-            self.prediction_counts[identity] += len(rows)
-        self.metrics.predictions.labels(identity.key, "model").inc(len(rows))
-        if len(rows) < len(errors):
-            self.metrics.prediction_errors.labels(identity.key).inc(len(errors) - len(rows))
-        return Prediction(
+        self._count(identity, len(rows), len(errors) - len(rows))
+        prediction = Prediction(
             identity=identity,
             version=loaded.meta.version,
             levels=levels,
@@ -347,6 +227,26 @@ class PredictorService:
             total=total,
             duration_seconds=time.perf_counter() - t0,
         )
+        if cache_key is not None and ok.all():
+            self.cache.put(cache_key, prediction)
+        return prediction
+
+    @staticmethod
+    def _cache_key(identity: ModelIdentity, meta: ModelVersion, trace: Any, levels: list[float], confidence: float):
+        if not isinstance(trace, dict) or "input_feature" in trace:
+            return None
+        values = tuple(trace.get(name) for name in meta.features.names)
+        # Only plain scalars make a key; anything else takes the normal path.
+        if not all(v is None or isinstance(v, (int, float, str, bool)) for v in values):
+            return None
+        return (identity, meta.version, values, tuple(levels), confidence)
+
+    def _count(self, identity: ModelIdentity, n_ok: int, n_failed: int) -> None:
+        with self._count_lock:
+            self.prediction_counts[identity] += n_ok
+        self.metrics.predictions.labels(identity.key, "model").inc(n_ok)
+        if n_failed:
+            self.metrics.prediction_errors.labels(identity.key).inc(n_failed)
 
     # ------------------------------------------------------------------ lookup tables
 
@@ -543,16 +443,16 @@ class PredictorService:
         identity = self.registry.resolve(pattern)
         return self.retrainer.retrain(identity, reason="requested")
 
+    def cache_stats(self) -> dict[str, Any]:
+        return {"status": "success", **self.cache.stats()}
+
+    def clear_cache(self) -> dict[str, Any]:
+        return {"status": "success", "cleared": self.cache.clear()}
+
     def render_metrics(self) -> tuple[bytes, str]:
         self.metrics.models_loaded.set(self.registry.loaded_count)
         self.metrics.models_registered.set(len(self.registry.identities()))
         return self.metrics.render()
-
-
-def _lightgbm_errors() -> tuple[type[Exception], ...]:
-    """LightGBM's error type (bad ``params`` such as ``num_leaves: -3``), once LightGBM is loaded."""
-    lgb = sys.modules.get("lightgbm")
-    return (lgb.basic.LightGBMError,) if lgb is not None else ()
 
 
 def _headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,8 @@ class PredictorSettings(BaseSettings):
     max_loaded_models: int = 256
     max_upload_mb: int = 512
     log_level: str = "info"
+    # Prediction cache entries (0 turns it off); see the README for when it pays.
+    cache_size: int = 10_000
     # Accuracy monitoring and online retraining.
     accuracy_window: int = 1000
     drift_alpha: float = 1e-3

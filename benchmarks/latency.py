@@ -1,0 +1,351 @@
+"""Hot-path benchmark: latency, throughput, batch cost, training isolation, cache, loading.
+
+The server runs on one core (taskset -c 0), the load generator on the other
+(taskset -c 1). Latency is measured with a raw-socket keep-alive HTTP/1.1 client
+(httpx costs ~1 ms a request here, more than the server), throughput with wrk
+(Debian package `wrk`) with 16 connections.
+
+    uv run python benchmarks/latency.py [--quick] [--skip-training] [--skip-registry]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+IDENT = {"model_type": "llm", "model_name": "bench", "hardware": "H100", "software_name": "vllm", "software_version": "0.6"}
+SEG = "/".join(IDENT.values())
+
+
+def llm_traces(n: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    inp = rng.integers(16, 4096, n)
+    out = rng.integers(8, 1024, n)
+    y = (15 + 0.01 * inp + 11.0 * out) * rng.lognormal(0.0, 0.15, n)
+    return [{"input_tokens": int(i), "output_tokens": int(o), "runtime_ms": float(r)} for i, o, r in zip(inp, out, y)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pin(core: int) -> None:
+    if hasattr(os, "sched_setaffinity") and os.cpu_count() and os.cpu_count() > core:
+        os.sched_setaffinity(0, {core})
+
+
+class RawClient:
+    """Minimal keep-alive HTTP/1.1 client: the cheapest way to time a server from Python."""
+
+    def __init__(self, port: int):
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        head = (f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        self.sock.sendall(head + body)
+        while b"\r\n\r\n" not in self.buf:
+            self.buf += self.sock.recv(65536)
+        header, _, rest = self.buf.partition(b"\r\n\r\n")
+        status = int(header.split(b" ", 2)[1])
+        length = 0
+        for line in header.split(b"\r\n")[1:]:
+            k, _, v = line.partition(b":")
+            if k.strip().lower() == b"content-length":
+                length = int(v)
+        while len(rest) < length:
+            rest += self.sock.recv(65536)
+        self.buf = rest[length:]
+        return status, rest[:length]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def timed(client: RawClient, method: str, path: str, body: bytes, n: int, warmup: int = 200) -> np.ndarray:
+    for _ in range(warmup):
+        status, resp = client.request(method, path, body)
+        assert status == 200, resp[:300]
+    out = np.empty(n)
+    for i in range(n):
+        t0 = time.perf_counter()
+        client.request(method, path, body)
+        out[i] = time.perf_counter() - t0
+    return out
+
+
+def pct(a: np.ndarray) -> str:
+    return f"p50 {np.percentile(a, 50) * 1e3:.3f} ms, p99 {np.percentile(a, 99) * 1e3:.3f} ms"
+
+
+class Server:
+    def __init__(self, data_dir: Path, workers: int = 1, env: dict | None = None):
+        self.port = free_port()
+        cmd = ["taskset", "-c", "0" if workers == 1 else "0-1", sys.executable, "-m", "uvicorn",
+               "swarmpilot_predictor.api:app_from_env", "--factory", "--host", "127.0.0.1", "--port", str(self.port),
+               "--log-level", "warning", "--no-access-log", "--workers", str(workers)]
+        full_env = {**os.environ, "PREDICTOR_DATA_DIR": str(data_dir), **(env or {})}
+        self.proc = subprocess.Popen(cmd, env=full_env)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                c = RawClient(self.port)
+                if c.request("GET", "/health")[0] == 200:
+                    c.close()
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=20)
+
+
+def wrk(port: int, path: str, body: bytes, seconds: int = 10, connections: int = 16) -> float:
+    if not shutil.which("wrk"):
+        return float("nan")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        fh.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                 f"wrk.body = {json.dumps(body.decode())}\n")
+        script = fh.name
+    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", script,
+                          f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True).stdout
+    os.unlink(script)
+    for line in out.splitlines():
+        if line.startswith("Requests/sec"):
+            return float(line.split()[1])
+    raise RuntimeError(out)
+
+
+def train_model(data_dir: Path, n: int, algorithm: str) -> dict:
+    from swarmpilot_predictor.schemas import TrainConfig
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    svc = PredictorService(PredictorSettings(data_dir=data_dir))
+    res = svc.train(TrainConfig(model=IDENT, traces=llm_traces(n), algorithm=algorithm))
+    svc.close()
+    return res
+
+
+def section_http(args, data_dir: Path) -> None:
+    single = orjson.dumps({"trace": {"input_tokens": 512, "output_tokens": 128}})
+    batch_traces = llm_traces(1000, seed=7)
+    for t in batch_traces:
+        del t["runtime_ms"]
+    batch = orjson.dumps({"trace": batch_traces})
+    n = 1000 if args.quick else 5000
+    srv = Server(data_dir, env={"PREDICTOR_CACHE_SIZE": "0"})
+    try:
+        pin(1)
+        c = RawClient(srv.port)
+        floor = timed(c, "GET", "/ping", b"", n)
+        one = timed(c, "POST", f"/predict/single/{SEG}", single, n)
+        ratio = np.percentile(one, 50) / np.percentile(floor, 50)
+        print(f"| trivial endpoint GET /ping | {pct(floor)} |")
+        print(f"| single prediction | {pct(one)} | p50 ratio to trivial: {ratio:.2f} |")
+        b = timed(c, "POST", f"/predict/batch/{SEG}", batch, 50 if args.quick else 200, warmup=10)
+        print(f"| batch of 1000 traces, end to end | {pct(b)} |")
+        c.close()
+        secs = 3 if args.quick else 10
+        print(f"| throughput, single prediction, 16 connections, {secs} s, 1 worker | {wrk(srv.port, f'/predict/single/{SEG}', single, secs):.0f} req/s |")
+        print(f"| throughput, trivial endpoint | {wrk(srv.port, '/ping', b'', secs):.0f} req/s |")
+    finally:
+        srv.stop()
+    srv = Server(data_dir, workers=2, env={"PREDICTOR_CACHE_SIZE": "0"})
+    try:
+        secs = 3 if args.quick else 10
+        # Two workers on two cores; wrk shares core 1 with one of them, so this is a floor.
+        print(f"| throughput, single prediction, --workers 2 (wrk shares a core) | {wrk(srv.port, f'/predict/single/{SEG}', single, secs):.0f} req/s |")
+    finally:
+        srv.stop()
+
+
+def section_batch_breakdown(data_dir: Path) -> None:
+    from swarmpilot_predictor.identity import IdentityPattern
+    from swarmpilot_predictor.schemas import PredictBatchRequest
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    svc = PredictorService(PredictorSettings(data_dir=data_dir, cache_size=0))
+    traces = llm_traces(1000, seed=7)
+    for t in traces:
+        del t["runtime_ms"]
+    raw = orjson.dumps({"trace": traces})
+    pattern = IdentityPattern.from_parts(IDENT)
+    parse, model, ser = [], [], []
+    for _ in range(100):
+        t0 = time.perf_counter()
+        req = PredictBatchRequest.model_validate(orjson.loads(raw))
+        t1 = time.perf_counter()
+        pred = svc.predict(pattern, req.trace, req.confidence_level, req.quantiles, with_total=True)
+        t2 = time.perf_counter()
+        orjson.dumps(pred.batch_response(), option=orjson.OPT_SERIALIZE_NUMPY)
+        t3 = time.perf_counter()
+        parse.append(t1 - t0)
+        model.append(t2 - t1)
+        ser.append(t3 - t2)
+    for name, v in (("parse + validate", parse), ("modelling (features, distribution, totals)", model), ("build + serialise response", ser)):
+        med = statistics.median(v)
+        print(f"| batch of 1000, {name} | {med * 1e3:.2f} ms ({med * 1e6 / 1000:.2f} µs per trace) |")
+    svc.close()
+
+
+def section_training_isolation(args, data_dir: Path) -> None:
+    single = orjson.dumps({"trace": {"input_tokens": 512, "output_tokens": 128}})
+    big = orjson.dumps({"config": {"model": {**IDENT, "software_version": "train-bench"}, "traces": llm_traces(100_000, seed=3)}})
+    srv = Server(data_dir, env={"PREDICTOR_CACHE_SIZE": "0"})
+    try:
+        pin(1)
+        c = RawClient(srv.port)
+        idle = timed(c, "POST", f"/predict/single/{SEG}", single, 3000)
+        done = threading.Event()
+        result = {}
+
+        def train():
+            t = RawClient(srv.port)
+            t0 = time.perf_counter()
+            status, body = t.request("POST", "/train", big)
+            result["status"], result["seconds"] = status, time.perf_counter() - t0
+            done.set()
+
+        th = threading.Thread(target=train)
+        th.start()
+        time.sleep(0.5)
+        busy = []
+        while not done.is_set():
+            t0 = time.perf_counter()
+            c.request("POST", f"/predict/single/{SEG}", single)
+            busy.append(time.perf_counter() - t0)
+        th.join()
+        busy = np.array(busy)
+        print(f"| single prediction, idle | {pct(idle)} |")
+        print(f"| single prediction while a 100k-row model trains ({result['seconds']:.1f} s, status {result['status']}) | {pct(busy)} | p99 ratio {np.percentile(busy, 99) / np.percentile(idle, 99):.2f} over {len(busy)} requests |")
+        c.close()
+    finally:
+        srv.stop()
+
+
+def section_cache(data_dir: Path) -> None:
+    from swarmpilot_predictor.identity import IdentityPattern
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    pattern = IdentityPattern.from_parts(IDENT)
+    trace = [{"input_tokens": 512, "output_tokens": 128}]
+    for size, label in ((0, "cache off (miss path)"), (10_000, "cache hit")):
+        svc = PredictorService(PredictorSettings(data_dir=data_dir, cache_size=size))
+        for _ in range(200):
+            svc.predict(pattern, trace)
+        t = []
+        for _ in range(5000):
+            t0 = time.perf_counter()
+            svc.predict(pattern, trace).single_response()
+            t.append(time.perf_counter() - t0)
+        print(f"| in-process single prediction, {label} | median {statistics.median(t) * 1e6:.1f} µs |")
+        svc.close()
+
+
+def section_training_speed(args) -> None:
+    for n in ((100_000,) if args.quick else (100_000, 1_000_000)):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "traces.jsonl"
+            with path.open("wb") as fh:
+                for t in llm_traces(n, seed=11):
+                    fh.write(orjson.dumps(t) + b"\n")
+            code = (
+                "import resource,time,sys;from pathlib import Path\n"
+                "from swarmpilot_predictor.schemas import TrainConfig\n"
+                "from swarmpilot_predictor.service import PredictorService\n"
+                "from swarmpilot_predictor.settings import PredictorSettings\n"
+                f"svc=PredictorService(PredictorSettings(data_dir=Path({tmp!r})/'d'))\n"
+                "t0=time.perf_counter()\n"
+                f"r=svc.train(TrainConfig(model={IDENT!r},traces={str(path)!r},algorithm='auto'), uploads={{{str(path)!r}: Path({str(path)!r})}})\n"
+                "print(time.perf_counter()-t0, r['metrics']['algorithm'], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024)\n"
+            )
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+            if out.returncode:
+                print(out.stderr[-2000:])
+                continue
+            secs, algo, rss = out.stdout.split()[-3:]
+            print(f"| training {n:,} rows from JSONL, algorithm auto (chose {algo}) | {float(secs):.1f} s, peak RSS {float(rss):.0f} MB |")
+
+
+def section_registry(tmp: Path) -> None:
+    """Start-up time with thousands of registered models (lazy loading)."""
+    data = tmp / "many"
+    train_model(data, 300, "linear")
+    src = next((data / "models").iterdir())
+    for i in range(3000):
+        ident = {**IDENT, "software_version": f"v{i}"}
+        from swarmpilot_predictor.identity import ModelIdentity
+
+        mi = ModelIdentity.from_parts(ident)
+        dst = data / "models" / mi.dirname
+        dst.mkdir()
+        for f in src.iterdir():
+            if f.name.endswith(".meta.json"):
+                meta = orjson.loads(f.read_bytes())
+                meta["identity"] = ident
+                (dst / f.name).write_bytes(orjson.dumps(meta))
+            else:
+                os.link(f, dst / f.name)
+    code = (
+        "import time;t0=time.perf_counter()\n"
+        "from swarmpilot_predictor.api import create_app\n"
+        "from swarmpilot_predictor.settings import PredictorSettings\n"
+        "t1=time.perf_counter()\n"
+        f"app=create_app(PredictorSettings(data_dir={str(data)!r}))\n"
+        "t2=time.perf_counter()\n"
+        "print(t1-t0, t2-t1, len(app.state.service.registry.identities()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    print(f"| create_app with {out[2]} registered models (imports {float(out[0]):.2f} s excluded) | {float(out[1]) * 1e3:.0f} ms |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--algorithm", default="auto")
+    ap.add_argument("--skip-training", action="store_true")
+    ap.add_argument("--skip-registry", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp) / "data"
+        res = train_model(data_dir, 2000, args.algorithm)
+        print(f"model: 2,000 synthetic LLM traces, algorithm {args.algorithm} -> {res['metrics']['algorithm']}\n")
+        print("| measurement | result | |\n|---|---|---|")
+        section_http(args, data_dir)
+        section_batch_breakdown(data_dir)
+        section_cache(data_dir)
+        if not args.skip_training:
+            section_training_isolation(args, data_dir)
+            section_training_speed(args)
+        if not args.skip_registry:
+            section_registry(Path(tmp))
+    print(f"\n(maxrss of this driver: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
+
+
+if __name__ == "__main__":
+    main()

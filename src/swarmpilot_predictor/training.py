@@ -1,0 +1,337 @@
+"""Training: traces in, new model versions in the registry out.
+
+:class:`Trainer` is plain Python, used in-process by the CLI and by
+:class:`TrainingJobs`, which runs it in a separate, low-priority process so that
+training never competes with predictions for the interpreter or the CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import logging
+import multiprocessing
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidInput, NotFound, PredictorError, validation_message
+from .features import FeatureSchema
+from .identity import IDENTITY_KEYS, ModelIdentity
+from .modeling import QuantileModel
+from .registry import ModelRegistry, ModelVersion
+from .schemas import TrainConfig
+from .traces import TRACE_FILE_SUFFIXES, TraceError, TraceTable
+
+log = logging.getLogger(__name__)
+ProgressFn = Callable[[int], None]
+
+
+def safe_child(root: Path, name: str, what: str = "path") -> Path:
+    """``root / name`` if it stays inside ``root``; otherwise an InvalidInput error.
+
+    Requests name files inside the data directory; absolute paths, ``..`` and
+    symlinks that lead outside are refused before anything is opened.
+    """
+    if not name or "\x00" in name:
+        raise InvalidInput(f"{what} must be a non-empty file name", field=what)
+    candidate = Path(name)
+    if candidate.is_absolute() or ".." in candidate.parts:
+        raise InvalidInput(f"{what} {name!r} must be relative to the data directory, without '..'", field=what)
+    root_resolved = root.resolve()
+    resolved = (root_resolved / candidate).resolve()
+    if not resolved.is_relative_to(root_resolved):
+        raise InvalidInput(f"{what} {name!r} leads outside the data directory", field=what)
+    return resolved
+
+
+class Trainer:
+    def __init__(self, data_dir: Path, registry: ModelRegistry):
+        self.data_dir = Path(data_dir)
+        self.registry = registry
+
+    def read_traces(
+        self,
+        source: list[dict[str, Any]] | str,
+        uploads: dict[str, Path] | None = None,
+        progress: ProgressFn | None = None,
+    ) -> TraceTable:
+        """Traces given inline, as an uploaded file's name, or as a data-directory path."""
+        try:
+            if isinstance(source, list):
+                return TraceTable.from_traces(source, progress=progress)
+            if uploads and source in uploads:
+                return TraceTable.from_file(uploads[source], progress=progress)
+            path = safe_child(self.data_dir, source, "traces")
+            if not path.is_file():
+                raise InvalidInput(f"traces file {source!r} not found in the data directory or the upload", field="traces")
+            if not path.name.lower().removesuffix(".gz").endswith(TRACE_FILE_SUFFIXES):
+                raise InvalidInput(f"traces file {source!r} must be .json, .jsonl or .csv (optionally .gz)", field="traces")
+            return TraceTable.from_file(path, progress=progress)
+        except TraceError as exc:
+            raise InvalidInput(str(exc), field="traces") from None
+
+    def train(self, config: TrainConfig, uploads: dict[str, Path] | None = None,
+              progress: ProgressFn | None = None) -> dict[str, Any]:
+        """Read the traces, train one model (or one per group), store each as a new version."""
+        t0 = time.perf_counter()
+        table = self.read_traces(config.traces, uploads, progress)
+        if len(table) == 0:
+            raise InvalidInput("no traces given", field="traces")
+        groups = self._split_groups(table, config)
+        trained = []
+        for identity, part in groups:
+            meta = self._train_one(identity, part, config)
+            trained.append(meta)
+        duration = time.perf_counter() - t0
+        first = trained[0]
+        result: dict[str, Any] = {
+            "status": "success",
+            "model_key": first.key,
+            "version": first.version,
+            "identity": first.identity.as_dict(),
+            "metrics": first.metrics,
+            "duration_seconds": duration,
+        }
+        if len(trained) > 1 or config.group_by:
+            result["models"] = [
+                {"model_key": m.key, "version": m.version, "identity": m.identity.as_dict(), "metrics": m.metrics}
+                for m in trained
+            ]
+        return result
+
+    def _split_groups(self, table: TraceTable, config: TrainConfig) -> list[tuple[ModelIdentity, TraceTable]]:
+        base = config.model.model_dump() if config.model else {}
+        if not config.group_by:
+            return [(ModelIdentity.from_parts(base), table)]
+        missing = [k for k in config.group_by if k not in table.columns]
+        if missing:
+            raise InvalidInput(f"group_by key(s) not found in the traces: {', '.join(missing)}", field="group_by")
+        unset = [k for k in IDENTITY_KEYS if k not in config.group_by and not base.get(k)]
+        if unset:
+            raise InvalidInput(
+                f"identity part(s) {', '.join(unset)} are neither in group_by nor in model", field="group_by"
+            )
+        keys = np.stack([table.strings(k) for k in config.group_by], axis=1)
+        has_all = np.all(keys != None, axis=1)  # noqa: E711
+        labels = np.array(["\x1f".join(row) if ok else "" for row, ok in zip(keys.tolist(), has_all)], dtype=object)
+        groups = []
+        for label in sorted(set(labels[has_all].tolist())):
+            rows = np.flatnonzero(labels == label)
+            parts = dict(base)
+            parts.update(zip(config.group_by, label.split("\x1f")))
+            groups.append((ModelIdentity.from_parts(parts), table.take(rows)))
+        if not groups:
+            raise InvalidInput("no trace carries every group_by key", field="group_by")
+        return groups
+
+    def _train_one(self, identity: ModelIdentity, table: TraceTable, config: TrainConfig) -> ModelVersion:
+        try:
+            schema, X, y, report = FeatureSchema.prepare_training(table, config.target, config.features)
+        except TraceError as exc:
+            raise InvalidInput(f"{identity.key}: {exc}", field="traces") from None
+        if len(y) < 2:
+            raise InvalidInput(
+                f"{identity.key}: only {len(y)} usable trace(s) with a positive '{config.target}'; at least 2 are needed",
+                field="traces",
+            )
+        kinds = [f.kind for f in schema.features]
+        ncats = [len(f.categories) for f in schema.features]
+        t0 = time.perf_counter()
+        try:
+            model = QuantileModel(kinds, ncats, config.algorithm, params=config.params).fit(X, y)
+        except (TypeError, ValueError, *_lightgbm_errors()) as exc:
+            raise InvalidInput(f"{identity.key}: training failed: {exc}", field="params") from None
+        chosen = model.cv_[model.family_]
+        metrics = {
+            "algorithm": model.family_,
+            "validation": "cross-validated (out-of-fold, calibrated without the held-out fold)",
+            **{k: v for k, v in chosen.items() if k != "seconds"},
+            "rows_used": report.rows_used,
+            "rows_dropped": sum(report.rows_dropped.values()),
+            "data": report.to_json(),
+            "cv_scores": {f: {"pinball_loss": m["pinball_loss"], "mean_abs_coverage_error": m["mean_abs_coverage_error"]} for f, m in model.cv_.items()},
+            "training_seconds": time.perf_counter() - t0,
+        }
+        digest = hashlib.sha256()
+        digest.update(",".join(schema.names).encode())
+        digest.update(np.ascontiguousarray(X).tobytes())
+        digest.update(np.ascontiguousarray(y).tobytes())
+        meta = ModelVersion(
+            identity=identity,
+            version=0,
+            created_at=time.time(),
+            target=config.target,
+            features=schema,
+            quantiles=list(config.quantiles),
+            algorithm=config.algorithm,
+            family=model.family_,
+            params=dict(config.params),
+            data=report.to_json(),
+            metrics=metrics,
+            data_hash=digest.hexdigest(),
+        )
+        return self.registry.save(meta, model, training_data=(X, y))
+
+
+
+def _lightgbm_errors() -> tuple[type[Exception], ...]:
+    """LightGBM's error type (bad ``params`` such as ``num_leaves: -3``), once LightGBM is loaded."""
+    lgb = sys.modules.get("lightgbm")
+    return (lgb.basic.LightGBMError,) if lgb is not None else ()
+
+
+# --------------------------------------------------------------------------- worker process
+
+
+def _lower_priority() -> None:
+    # nice 19: when predictions and training share a core, predictions win.
+    try:
+        os.nice(19)
+    except OSError:  # pragma: no cover - not permitted on some systems
+        pass
+
+
+def _train_job(data_dir: str, config: dict[str, Any] | None, raw_body: bytes | None,
+               uploads: dict[str, str] | None) -> dict[str, Any]:
+    """Runs in the worker process; errors travel back as data, not as pickled exceptions."""
+    try:
+        if raw_body is not None:
+            cfg = _parse_train_request(raw_body)
+        else:
+            cfg = TrainConfig.model_validate(config)
+        registry = ModelRegistry(Path(data_dir) / "models", scan=False)
+        trainer = Trainer(Path(data_dir), registry)
+        paths = {k: Path(v) for k, v in (uploads or {}).items()}
+        result = trainer.train(cfg, paths or None)
+        return {"ok": True, "result": result}
+    except PredictorError as exc:
+        return {"ok": False, "error": {"status_code": exc.status_code, "message": exc.message, "field": exc.field}}
+    except MemoryError:
+        return {"ok": False, "error": {"status_code": 507, "message": "training ran out of memory"}}
+
+
+def _parse_train_request(raw: bytes) -> TrainConfig:
+    import orjson
+    from pydantic import ValidationError
+
+    from .schemas import TrainRequest
+
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"body is not valid JSON: {exc}", field="body") from None
+    try:
+        return TrainRequest.model_validate(data).config
+    except ValidationError as exc:
+        msg, field = validation_message(exc)
+        raise InvalidInput(msg, field=field) from None
+
+
+class TrainingJobs:
+    """Training in one separate, low-priority worker process, with job records.
+
+    The pool starts on first use (spawned, so it does not inherit the server's
+    threads or sockets) and is replaced if the worker dies.
+    """
+
+    def __init__(self, data_dir: Path, on_success: Callable[[dict[str, Any]], None] | None = None, keep: int = 1000):
+        self.data_dir = Path(data_dir)
+        self.on_success = on_success
+        self.keep = keep
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self.jobs: dict[str, dict[str, Any]] = {}
+
+    def _executor(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority
+                )
+            return self._pool
+
+    def submit(self, config: TrainConfig, uploads: dict[str, Path] | None = None,
+               cleanup: Callable[[], None] | None = None) -> tuple[str, Future]:
+        """Queue a training; returns the job id and a future of its result dict (or PredictorError)."""
+        return self._submit(config.model_dump(mode="json"), None, uploads, cleanup)
+
+    def submit_raw(self, body: bytes) -> tuple[str, Future]:
+        """Queue a training from a raw ``{"config": ...}`` JSON body, parsed in the worker."""
+        return self._submit(None, body, None, None)
+
+    def _submit(self, payload: dict[str, Any] | None, raw: bytes | None, uploads: dict[str, Path] | None,
+                cleanup: Callable[[], None] | None) -> tuple[str, Future]:
+        job_id = uuid.uuid4().hex[:16]
+        record: dict[str, Any] = {"job_id": job_id, "status": "queued", "submitted_at": time.time()}
+        with self._lock:
+            self.jobs[job_id] = record
+            for old in list(self.jobs)[: max(0, len(self.jobs) - self.keep)]:
+                if self.jobs[old]["status"] in ("succeeded", "failed"):
+                    del self.jobs[old]
+        done: Future = Future()
+        args = (_train_job, str(self.data_dir), payload, raw, {k: str(v) for k, v in (uploads or {}).items()})
+        try:
+            inner = self._executor().submit(*args)
+        except BrokenProcessPool:
+            self._reset()
+            inner = self._executor().submit(*args)
+        record["status"] = "running"
+        record["started_at"] = time.time()
+
+        def finish(f: Future) -> None:
+            try:
+                out = f.result()
+            except BrokenProcessPool:
+                self._reset()
+                out = {"ok": False, "error": {"status_code": 500, "message": "the training worker process died (out of memory?)"}}
+            except Exception as exc:  # noqa: BLE001 - reported to the caller, never raised in the pool thread
+                log.exception("training job %s failed", job_id)
+                out = {"ok": False, "error": {"status_code": 500, "message": f"training failed: {type(exc).__name__}: {exc}"}}
+            finally:
+                if cleanup is not None:
+                    cleanup()
+            record["finished_at"] = time.time()
+            if out["ok"]:
+                result = out["result"]
+                record["model_key"] = result["model_key"]
+                if self.on_success is not None:
+                    self.on_success(result)
+                record.update(status="succeeded", result=result)
+                done.set_result(result)
+            else:
+                err = out["error"]
+                record.update(status="failed", error=err)
+                exc = PredictorError(err["message"], err.get("field"))
+                exc.status_code = err["status_code"]
+                done.set_exception(exc)
+
+        inner.add_done_callback(finish)
+        return job_id, done
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        with self._lock:
+            record = self.jobs.get(job_id)
+        if record is None:
+            raise NotFound(f"no training job {job_id!r}")
+        return dict(record)
+
+    def _reset(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def shutdown(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
