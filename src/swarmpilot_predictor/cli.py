@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .errors import PredictorError
-from .identity import IDENTITY_KEYS, IdentityPattern
+from .identity import IdentityPattern
 from .settings import PredictorSettings
 
 app = typer.Typer(help="SwarmPilot Predictor: runtime distributions for ML inference tasks.", no_args_is_help=True)

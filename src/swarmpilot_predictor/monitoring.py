@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-from scipy.stats import binomtest
 
 from .identity import ModelIdentity
 from .modeling import EVAL_LEVELS
@@ -146,6 +145,8 @@ class RollingAccuracy:
         out["median_mape"] = float(np.mean(np.abs(q[:, idx[0.5]] - y) / y))
         # One exact binomial test per level, Bonferroni-corrected: with few
         # observations a large deviation is expected noise, with many it is not.
+        from scipy.stats import binomtest  # costs seconds to import: only when testing
+
         pvalues = {}
         hits = below.sum(axis=0)
         for t, k in zip(MONITOR_LEVELS, hits.tolist()):

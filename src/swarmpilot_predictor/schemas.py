@@ -8,7 +8,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .identity import IDENTITY_KEYS
-from .modeling import ALGORITHMS
 
 DEFAULT_QUANTILES = [0.25, 0.5, 0.75, 0.99]
 
