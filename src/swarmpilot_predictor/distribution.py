@@ -1,35 +1,57 @@
 """Predicted runtime distributions, vectorised over a batch of tasks.
 
 Every model in this package predicts, per task, a location ``m`` and a scale
-``s`` on the log-runtime axis; the runtime is ``exp(m + s * Z)`` where ``Z``
-follows one calibrated score distribution shared by all tasks of a model,
-stored as a quantile function on a grid. Quantiles at any level follow by
-interpolation, so they never cross and are always positive; moments come
-from a fixed probability grid, so ``expect`` and ``error`` are the mean and
-standard deviation of that distribution rather than summaries of a few quantiles.
+``s`` on the log-runtime axis; the runtime is ``exp(m + s * Z)``. ``Z`` follows
+a calibrated *score distribution* shared by all tasks of a model, stored as a
+quantile function ``Q`` on a grid, optionally reshaped per task:
+
+* without a shape model every task's ``Z`` has the quantile function ``Q``;
+* with one, each task carries its own CDF values ``F_i(c_k)`` at a few knots
+  ``c_k = Q(l_k)``; task ``i``'s quantile function is ``Q(phi_i(tau))`` where
+  ``phi_i`` is the piecewise-linear map through ``(F_i(c_k), l_k)`` (and (0, 0),
+  (1, 1)). Between two knots a task's ``Z`` is distributed like the shared
+  ``Z`` between them, only the mass of each segment changes. That is how a
+  task's chance of landing in a slow mode (a cold start, an aborted request)
+  can depend on its features.
+
+Quantiles at any level follow by interpolation, so they never cross and are
+always positive. Moments are exact sums over the segments (precomputed
+per segment, so a batch costs O(tasks x knots)), so ``expect`` and ``error``
+are the mean and standard deviation of that distribution rather than summaries
+of a few quantiles. Batch totals are the distribution of the sum of independent
+tasks: an exact convolution on a grid (FFT) of the tasks that matter most, plus
+a shifted-gamma approximation for the sum of the many small ones.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.special import ndtri
 
-_MOMENT_GRID = (np.arange(256) + 0.5) / 256
-# Below this many tasks the batch total is sampled; above it the central limit
-# theorem makes a Cornish-Fisher expansion of the summed cumulants accurate.
-_SAMPLED_SUM_MAX_TASKS = 64
-_SUM_SAMPLES = 4096
+# Batch totals: up to this many tasks (those with the largest variance, if each
+# has at least _EXACT_SUM_MIN_SHARE of the total variance) are convolved exactly
+# on a grid of _SUM_GRID cells, each discretised with _SUM_ATOMS nodes.
+_EXACT_SUM_MAX_TASKS = 64
+_EXACT_SUM_MIN_SHARE = 0.005
+_SUM_GRID = 2048
+_SUM_ATOMS = 256
+_SUM_NODES: tuple[np.ndarray, np.ndarray] | None = None
+# Moment quadrature: about this many probability nodes in all, split over segments.
+_MOMENT_NODES = 2048
+# Heteroscedastic moments: segment tables on a log-scale grid with this step.
+_LOG_SCALE_STEP = 0.02
+_EPS = 1e-9
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ScoreDistribution:
     """Quantile function of the standardised log-residual ``Z`` (levels -> values)."""
 
     levels: np.ndarray
     values: np.ndarray
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_scores(cls, scores: np.ndarray, max_points: int = 512) -> "ScoreDistribution":
@@ -40,38 +62,117 @@ class ScoreDistribution:
         every level's coverage right on new data, not just on the training rows.
         """
         z = np.sort(np.asarray(scores, dtype=np.float64))
+        z = z[np.isfinite(z)]
         n = len(z)
         if n == 0:
             raise ValueError("no scores to build a distribution from")
         levels = np.arange(1, n + 1) / (n + 1)
         if n > max_points:
-            grid = np.linspace(levels[0], levels[-1], max_points)
+            # Keep the extreme order statistics, thin the middle.
+            grid = np.unique(np.concatenate([levels[:8], np.linspace(levels[0], levels[-1], max_points - 16), levels[-8:]]))
             z = np.interp(grid, levels, z)
             levels = grid
         return cls(levels, z)
 
     def quantile(self, tau: np.ndarray) -> np.ndarray:
-        tau = np.clip(np.asarray(tau, dtype=np.float64), 1e-9, 1 - 1e-9)
+        tau = np.clip(np.asarray(tau, dtype=np.float64), 1e-12, 1 - 1e-12)
         p, z = self.levels, self.values
         out = np.interp(tau, p, z)
         if len(p) >= 2:
             # Beyond the observed scores, continue with an exponential tail fitted
             # to the outer part of each side instead of clamping to the extreme.
+            slope_lo, slope_hi = self._tail_slopes()
             hi = tau > p[-1]
             if hi.any():
-                k = int(np.searchsorted(p, 1 - 4 * (1 - p[-1])))
-                k = min(max(k, 0), len(p) - 2)
-                run = np.log(1 - p[k]) - np.log(1 - p[-1])
-                slope = max((z[-1] - z[k]) / run, 0.0) if run > 0 else 0.0
-                out[hi] = z[-1] + slope * (np.log(1 - p[-1]) - np.log(1 - tau[hi]))
+                out[hi] = z[-1] + slope_hi * (np.log(1 - p[-1]) - np.log(1 - tau[hi]))
             lo = tau < p[0]
             if lo.any():
-                k = int(np.searchsorted(p, 4 * p[0]))
-                k = min(max(k, 1), len(p) - 1)
-                run = np.log(p[k]) - np.log(p[0])
-                slope = max((z[k] - z[0]) / run, 0.0) if run > 0 else 0.0
-                out[lo] = z[0] - slope * (np.log(p[0]) - np.log(tau[lo]))
+                out[lo] = z[0] - slope_lo * (np.log(p[0]) - np.log(tau[lo]))
         return out
+
+    def _tail_slopes(self) -> tuple[float, float]:
+        got = self._cache.get("tails")
+        if got is None:
+            p, z = self.levels, self.values
+            k = int(np.searchsorted(p, 1 - 4 * (1 - p[-1])))
+            k = min(max(k, 0), len(p) - 2)
+            run = np.log(1 - p[k]) - np.log(1 - p[-1])
+            hi = max((z[-1] - z[k]) / run, 0.0) if run > 0 else 0.0
+            k = int(np.searchsorted(p, 4 * p[0]))
+            k = min(max(k, 1), len(p) - 1)
+            run = np.log(p[k]) - np.log(p[0])
+            lo = max((z[k] - z[0]) / run, 0.0) if run > 0 else 0.0
+            got = self._cache["tails"] = (float(lo), float(hi))
+        return got
+
+    # ------------------------------------------------------------------ moments
+
+    def center(self) -> float:
+        return float(np.interp(0.5, self.levels, self.values))
+
+    def segment_nodes(self, knots: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Quadrature nodes on the probability axis for the segments between knots.
+
+        Returns ``(z, weight, segment)``: node values of ``Z``, their probability
+        mass, and the index of the segment (0 .. len(knots)) they belong to. Each
+        segment is cut into equal-probability bins; the outermost bins are cut
+        again geometrically so that the tails' contribution is not lost.
+        """
+        key = ("nodes", knots)
+        got = self._cache.get(key)
+        if got is not None:
+            return got
+        edges = np.concatenate([[0.0], np.asarray(knots, dtype=np.float64), [1.0]])
+        per = max(8, _MOMENT_NODES // (len(edges) - 1))
+        us, ws, segs = [], [], []
+        for k in range(len(edges) - 1):
+            a, b = edges[k], edges[k + 1]
+            e = np.linspace(a, b, per + 1)
+            parts = [e]
+            if a == 0.0:
+                first = e[1]
+                parts.append(first * 4.0 ** -np.arange(1, 12))
+            if b == 1.0:
+                last = 1 - e[-2]
+                parts.append(1 - last * 4.0 ** -np.arange(1, 12))
+            e = np.unique(np.concatenate(parts))
+            e[0], e[-1] = a, b
+            us.append((e[:-1] + e[1:]) / 2)
+            ws.append(np.diff(e))
+            segs.append(np.full(len(e) - 1, k))
+        u = np.concatenate(us)
+        got = (self.quantile(u), np.concatenate(ws), np.concatenate(segs))
+        self._cache[key] = got
+        return got
+
+    def segment_moments(self, knots: tuple[float, ...], scale: float) -> np.ndarray:
+        """Per segment, the mass-weighted sums of ``D**j`` (j = 1..4), ``D = exp(s (Z - z0)) - 1``.
+
+        Shape (segments, 4); dividing by a segment's mass gives its conditional moments.
+        """
+        z, w, seg = self.segment_nodes(knots)
+        d = np.expm1(scale * (z - self.center()))
+        powers = np.stack([d, d * d, d * d * d, (d * d) * (d * d)], axis=1) * w[:, None]
+        out = np.zeros((len(knots) + 1, 4))
+        np.add.at(out, seg, powers)
+        return out
+
+    def segment_moment_table(self, knots: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """``segment_moments / s**j`` on a grid of ``log s``: (grid, table[grid, segment, j])."""
+        key = ("table", knots)
+        got = self._cache.get(key)
+        if got is None:
+            grid = np.arange(-3.0, 3.0 + _LOG_SCALE_STEP / 2, _LOG_SCALE_STEP)
+            z, w, seg = self.segment_nodes(knots)
+            s = np.exp(grid)[:, None]
+            d = np.expm1(s * (z - self.center())[None, :]) / s  # (grid, nodes), ~ Z - z0 for small s
+            table = np.zeros((len(grid), len(knots) + 1, 4))
+            for j in range(4):
+                contrib = d ** (j + 1) * w[None, :]
+                for k in range(len(knots) + 1):
+                    table[:, k, j] = contrib[:, seg == k].sum(axis=1)
+            got = self._cache[key] = (grid, table)
+        return got
 
     def to_json(self) -> dict[str, Any]:
         return {"levels": self.levels.tolist(), "values": self.values.tolist()}
@@ -88,20 +189,46 @@ class RuntimeDistribution:
     location: np.ndarray  # m, per task, log-ms
     scale: np.ndarray  # s, per task
     score: ScoreDistribution
+    knots: tuple[float, ...] | None = None  # levels l_k of the shared Z where tasks' CDFs are given
+    cdf: np.ndarray | None = None  # (tasks, knots): F_i(Q(l_k)), strictly increasing along knots
+    _moments: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.location)
 
     def subset(self, rows: np.ndarray) -> "RuntimeDistribution":
-        return RuntimeDistribution(self.location[rows], self.scale[rows], self.score)
+        return RuntimeDistribution(
+            self.location[rows], self.scale[rows], self.score, self.knots, None if self.cdf is None else self.cdf[rows]
+        )
+
+    # ------------------------------------------------------------------ quantiles
+
+    def score_quantiles(self, levels: np.ndarray) -> np.ndarray:
+        """Quantiles of each task's ``Z`` at sorted ``levels``: (tasks, levels)."""
+        levels = np.asarray(levels, dtype=np.float64)
+        if self.cdf is None:
+            return np.broadcast_to(self.score.quantile(levels), (len(self), len(levels)))
+        F = self.cdf
+        n = len(F)
+        lk = np.asarray(self.knots)
+        Fp = np.concatenate([np.zeros((n, 1)), F, np.ones((n, 1))], axis=1)
+        lp = np.concatenate([[0.0], lk, [1.0]])
+        rows = np.arange(n)[:, None]
+        idx = (F[:, None, :] < levels[None, :, None]).sum(axis=2)  # (n, levels): segment index
+        f0 = Fp[rows, idx]
+        f1 = Fp[rows, idx + 1]
+        frac = (levels[None, :] - f0) / np.maximum(f1 - f0, 1e-300)
+        u = lp[idx] + np.clip(frac, 0.0, 1.0) * (lp[idx + 1] - lp[idx])
+        return self.score.quantile(u.ravel()).reshape(n, len(levels))
 
     def quantiles(self, levels: np.ndarray | list[float]) -> np.ndarray:
         """Runtime at each level, shape (tasks, levels); non-decreasing along levels."""
         levels = np.asarray(levels, dtype=np.float64)
         order = np.argsort(levels)
-        z = self.score.quantile(levels[order])
-        z = np.maximum.accumulate(z)
-        q = np.exp(self.location[:, None] + self.scale[:, None] * z[None, :])
+        z = self.score_quantiles(levels[order])
+        z = np.maximum.accumulate(z, axis=1)
+        # Clipped so that even absurd levels give a finite, positive runtime.
+        q = np.exp(np.clip(self.location[:, None] + self.scale[:, None] * z, -700.0, 700.0))
         out = np.empty_like(q)
         out[:, order] = q
         return out
@@ -111,22 +238,47 @@ class RuntimeDistribution:
         a = (1.0 - confidence_level) / 2.0
         return self.quantiles([a, 1.0 - a])
 
+    # ------------------------------------------------------------------ moments
+
+    def _segment_masses(self) -> np.ndarray:
+        if self.cdf is None:
+            return np.ones((len(self), 1))
+        n = len(self)
+        Fp = np.concatenate([np.zeros((n, 1)), self.cdf, np.ones((n, 1))], axis=1)
+        return np.diff(Fp, axis=1)
+
     def moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Mean, variance, and third and fourth central moments per task."""
-        zg = self.score.quantile(_MOMENT_GRID)
-        scale = self.scale
-        if len(scale) and np.all(scale == scale[0]):
-            # One shared shape: compute it once and rescale per task.
-            e = np.exp(scale[0] * zg)
-            mu, c = e.mean(), e - e.mean()
-            base = np.array([mu, (c**2).mean(), (c**3).mean(), (c**4).mean()])
-            f = np.exp(self.location)
-            return base[0] * f, base[1] * f**2, base[2] * f**3, base[3] * f**4
-        y = np.exp(self.location[:, None] + scale[:, None] * zg[None, :])
-        mean = y.mean(axis=1)
-        c = y - mean[:, None]
-        c2 = c * c
-        return mean, c2.mean(axis=1), (c2 * c).mean(axis=1), (c2 * c2).mean(axis=1)
+        if self._moments is None:
+            self._moments = self._compute_moments()
+        return self._moments
+
+    def _compute_moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        n = len(self)
+        knots = self.knots if self.cdf is not None else ()
+        lk = np.concatenate([[0.0], np.asarray(knots, dtype=np.float64), [1.0]])
+        global_mass = np.diff(lk)
+        weights = self._segment_masses() / global_mass[None, :]  # (n, segments)
+        s = self.scale
+        if n == 0:
+            e = np.zeros(0)
+            return e, e, e, e
+        if np.all(s == s[0]):
+            per_seg = self.score.segment_moments(knots, float(s[0]))  # (segments, 4)
+            raw = weights @ per_seg  # raw moments of D, (n, 4)
+        else:
+            grid, table = self.score.segment_moment_table(knots)
+            t = (np.log(np.maximum(s, 1e-12)) - grid[0]) / _LOG_SCALE_STEP
+            i0 = np.clip(np.floor(t).astype(np.int64), 0, len(grid) - 2)
+            f = np.clip(t - i0, 0.0, 1.0)[:, None, None]
+            tab = table[i0] * (1 - f) + table[i0 + 1] * f  # (n, segments, 4)
+            raw = np.einsum("ns,nsj->nj", weights, tab) * (s[:, None] ** np.arange(1, 5)[None, :])
+        mu = raw[:, 0]
+        c2 = np.maximum(raw[:, 1] - mu**2, 0.0)
+        c3 = raw[:, 2] - 3 * mu * raw[:, 1] + 2 * mu**3
+        c4 = np.maximum(raw[:, 3] - 4 * mu * raw[:, 2] + 6 * mu**2 * raw[:, 1] - 3 * mu**4, 0.0)
+        base = np.exp(self.location + s * self.score.center())
+        return base * (1 + mu), base**2 * c2, base**3 * c3, base**4 * c4
 
     def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
         mean, var, _, _ = self.moments()
@@ -135,34 +287,103 @@ class RuntimeDistribution:
     # ------------------------------------------------------------------ sums
 
     def total(self) -> "TotalDistribution":
-        """Distribution of the sum of these tasks' runtimes, tasks independent."""
+        """Distribution of the sum of these tasks' runtimes, tasks independent.
+
+        Tasks that carry a noticeable share of the variance (at most
+        ``_EXACT_SUM_MAX_TASKS`` of them, those with the largest variance) are
+        each discretised and convolved exactly (FFT on a grid spanning the
+        total's likely range); the many small ones, whose sum the central limit
+        theorem makes smooth, enter as one shifted gamma distribution with their
+        summed mean, variance and third cumulant. Mean and variance are the exact
+        sums of the tasks' moments.
+        """
         n = len(self)
-        mean, var, m3, m4 = self.moments()
-        k1, k2, k3 = mean.sum(), var.sum(), m3.sum()
-        k4 = (m4 - 3 * var**2).sum()
+        mean, var, m3, _ = self.moments()
+        k1, k2 = float(mean.sum()), float(var.sum())
         if n == 1:
-            return TotalDistribution(k1, k2, self, None)
-        if n <= _SAMPLED_SUM_MAX_TASKS:
-            # Each task gets the same stratified levels in its own random order:
-            # every task's marginal is exact and the tasks are independent.
-            rng = np.random.default_rng(20240611)
-            u = (np.arange(_SUM_SAMPLES) + 0.5) / _SUM_SAMPLES
-            zs = self.score.quantile(u)
-            perm = np.argsort(rng.random((n, _SUM_SAMPLES)), axis=1)
-            samples = np.exp(self.location[:, None] + self.scale[:, None] * zs[perm]).sum(axis=0)
-            samples.sort()
-            return TotalDistribution(k1, k2, None, samples)
-        return TotalDistribution(k1, k2, None, None, k3=k3, k4=k4)
+            return TotalDistribution(k1, k2, self)
+        if n == 0 or k2 <= 0 or not np.isfinite(k2):
+            return TotalDistribution(k1, max(k2, 0.0), None, np.array([k1]), np.ones(1))
+        order = np.argsort(var)[::-1][:_EXACT_SUM_MAX_TASKS]
+        exact = order[var[order] >= _EXACT_SUM_MIN_SHARE * k2]
+        small = np.ones(n, dtype=bool)
+        small[exact] = False
+        rest = (float(mean[small].sum()), float(var[small].sum()), float(m3[small].sum())) if small.any() else None
+        grid, cdf = self.subset(exact)._convolve(rest, k1, float(np.sqrt(k2)))
+        return TotalDistribution(k1, k2, None, grid, cdf)
+
+    def _convolve(self, rest: tuple[float, float, float] | None, mean: float, sd: float) -> tuple[np.ndarray, np.ndarray]:
+        """Grid of values and the CDF of the sum of these tasks (and of ``rest``) at them.
+
+        Circular convolution on ``_SUM_GRID`` cells spanning [mean - 8 sd, mean + 24 sd]
+        of the total: every value is put in the cell of its residue, so tasks need not
+        fit the window one by one, only their sum (up to far-tail mass) does.
+        """
+        G = _SUM_GRID
+        h = 32.0 * sd / G
+        k0 = int(np.floor((mean - 8.0 * sd) / h))
+        rows = len(self) + (rest is not None)
+        pmf = np.zeros((rows, G))
+        if len(self):
+            u, wu = _sum_nodes()
+            z = self.score_quantiles(u)  # (tasks, nodes)
+            x = np.exp(np.clip(self.location[:, None] + self.scale[:, None] * z, -700.0, 700.0))
+            idx = np.mod(np.rint(x / h).astype(np.int64), G)
+            flat = (np.arange(len(x))[:, None] * G + idx).ravel()
+            pmf[: len(x)] = np.bincount(flat, weights=np.broadcast_to(wu, x.shape).ravel(), minlength=len(x) * G).reshape(len(x), G)
+        if rest is not None:
+            r_mean, r_var, r_m3 = rest
+            r_sd = float(np.sqrt(max(r_var, 0.0)))
+            first = int(np.floor((r_mean - 8.0 * r_sd) / h)) - 1
+            cells = first + np.arange(min(G, int(32.0 * r_sd / h) + 3))
+            mass = np.diff(_shifted_gamma_cdf((np.concatenate([cells, [cells[-1] + 1]]) - 0.5) * h, r_mean, r_var, r_m3))
+            np.add.at(pmf[-1], np.mod(cells, G), mass)
+        if rows == 1:
+            total = pmf[0]
+        else:
+            total = np.fft.irfft(np.prod(np.fft.rfft(pmf, axis=1), axis=0), n=G)
+        # Cell j holds the values j * h + (any multiple of G * h); unwrap into the window.
+        total = np.maximum(np.roll(total, -(k0 % G)), 0.0)
+        cdf = np.cumsum(total)
+        cdf /= cdf[-1]
+        return (k0 + np.arange(G)) * h, cdf
+
+
+def _sum_nodes() -> tuple[np.ndarray, np.ndarray]:
+    """Probability nodes and weights for discretising one task: equal bins, finer tails."""
+    global _SUM_NODES
+    if _SUM_NODES is None:
+        e = np.linspace(0.0, 1.0, _SUM_ATOMS + 1)
+        tail = e[1] * 4.0 ** -np.arange(1, 8)
+        e = np.unique(np.concatenate([e, tail, 1 - tail]))
+        _SUM_NODES = ((e[:-1] + e[1:]) / 2, np.diff(e))
+    return _SUM_NODES
+
+
+def _shifted_gamma_cdf(x: np.ndarray, mean: float, var: float, m3: float) -> np.ndarray:
+    """CDF of the shifted gamma with this mean, variance and third central moment (normal if unskewed)."""
+    from scipy.special import gammainc, ndtr
+
+    sd = np.sqrt(max(var, 0.0))
+    if sd == 0:
+        return (x >= mean).astype(np.float64)
+    skew = m3 / sd**3
+    if skew < 1e-3:
+        return ndtr((x - mean) / sd)
+    k = 4.0 / skew**2
+    theta = sd * skew / 2.0
+    return gammainc(k, np.maximum(x - (mean - k * theta), 0.0) / theta)
 
 
 @dataclass
 class TotalDistribution:
+    """The distribution of a batch's total runtime: exact mean and variance, and a CDF on a grid."""
+
     mean: float
     variance: float
-    single: RuntimeDistribution | None
-    samples: np.ndarray | None
-    k3: float = 0.0
-    k4: float = 0.0
+    single: RuntimeDistribution | None = None
+    grid: np.ndarray | None = None  # values, evenly spaced
+    cdf: np.ndarray | None = None  # P(total <= grid[k] + step / 2)
 
     @property
     def std(self) -> float:
@@ -172,26 +393,17 @@ class TotalDistribution:
         levels = np.asarray(levels, dtype=np.float64)
         if self.single is not None:
             return self.single.quantiles(levels)[0]
-        if self.samples is not None:
-            return np.quantile(self.samples, levels)
-        # Cornish-Fisher expansion with skewness and excess kurtosis.
-        sd = np.sqrt(self.variance)
-        if sd == 0:
-            return np.full(len(levels), self.mean)
-        g1 = self.k3 / sd**3
-        g2 = self.k4 / sd**4
-        z = ndtri(np.clip(levels, 1e-9, 1 - 1e-9))
-        w = (
-            z
-            + (z**2 - 1) * g1 / 6
-            + (z**3 - 3 * z) * g2 / 24
-            - (2 * z**3 - 5 * z) * g1**2 / 36
-        )
-        order = np.argsort(levels)
-        w_sorted = np.maximum.accumulate(w[order])
-        out = np.empty_like(w)
-        out[order] = np.maximum(self.mean + sd * w_sorted, 0.0)
-        return out
+        assert self.grid is not None and self.cdf is not None
+        g, c = self.grid, self.cdf
+        if len(g) == 1:
+            return np.full(len(levels), float(g[0]))
+        h = g[1] - g[0]
+        # Mass is spread evenly within each grid cell: the CDF is linear between cell edges.
+        xs = np.concatenate([[g[0] - h / 2], g + h / 2])
+        cs = np.concatenate([[0.0], c])
+        cs = cs + np.arange(len(cs)) * 1e-15  # strictly increasing for interpolation
+        out = np.interp(np.clip(levels, 0.0, 1.0) * cs[-1], cs, xs)
+        return np.maximum(out, 0.0)
 
     def interval(self, confidence_level: float) -> np.ndarray:
         a = (1.0 - confidence_level) / 2.0

@@ -1,21 +1,37 @@
-"""Runtime-distribution models: location families, a scale model and conformal calibration.
+"""Runtime-distribution models: location families, a scale model, a shape model and conformal calibration.
 
-A :class:`QuantileModel` predicts ``log(runtime) = m(x) + s(x) * Z``:
+A :class:`QuantileModel` predicts ``log(runtime) = m(x) + s(x) * Z`` with ``Z ~ F_x``:
 
-* ``m`` comes from one of several *location families* (empirical, robust linear
-  on log features, LightGBM), chosen per model by cross-validated pinball loss;
-* ``s`` is a log-linear model of the size of the cross-validated residuals, so
-  that noise may grow or shrink with the features (heteroscedasticity);
-* ``Z`` is the empirical distribution of the out-of-fold standardised residuals,
-  which makes each level's coverage match its nominal level on new data
-  (cross-conformal calibration: every row is used to fit and to calibrate).
+* ``m`` comes from one of several *location families*: ``empirical`` (no
+  features: the median), ``linear`` (robust ridge regression on log features
+  with piecewise-linear hinges) or ``lightgbm`` (boosted trees starting from
+  the robust linear fit);
+* ``s`` is optionally a log-linear model of the size of the cross-validated
+  residuals, so that noise may grow or shrink with the features;
+* ``Z``'s shared quantile function is the empirical distribution of the
+  out-of-fold standardised residuals with conformal plotting positions, which
+  makes each level's coverage match its nominal level on new data
+  (cross-conformal calibration: every row is used to fit and to calibrate);
+* optionally a *shape model* (distribution regression: one ridge logistic
+  regression per knot of ``Z``) lets the mass between knots depend on the
+  features, so the share of a slow mode (cold starts, aborted requests) can
+  vary from task to task; its out-of-fold PIT values recalibrate it.
+
+Every combination (family x constant/feature-dependent scale x with/without
+shape) is scored on held-out folds by the pinball loss over
+:data:`EVAL_LEVELS`; the simplest one within one standard error of the best
+is refitted on all rows (above :data:`SELECT_MAX_ROWS` rows, the comparison
+and calibration use a random subsample and only the location model sees every
+row). Quantiles of the result never cross and are positive at every level; the
+moments and batch totals come from :mod:`.distribution`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -24,6 +40,36 @@ from .distribution import RuntimeDistribution, ScoreDistribution
 
 EVAL_LEVELS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 ALGORITHMS = ("auto", "empirical", "linear", "lightgbm")
+# Knots of the shape model: levels of the shared Z where per-task CDFs are modelled.
+KNOT_MIN_ROWS = 10
+KNOT_LEVELS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+
+
+_BLAS_CONTROLLER: Any = None
+
+
+@contextlib.contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """Run BLAS on one thread inside the block.
+
+    The matrices here are small (rows x a few dozen columns); a threaded BLAS
+    spends far longer waking and spinning its threads than computing, and on
+    a busy machine, or after LightGBM's OpenMP pool has run, a product that
+    takes 0.1 ms on one thread was measured at 5-80 ms with two.
+    """
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS_CONTROLLER = ThreadpoolController()
+        except Exception:  # pragma: no cover - threadpoolctl missing or broken
+            _BLAS_CONTROLLER = False
+    if not _BLAS_CONTROLLER:
+        yield
+        return
+    with _BLAS_CONTROLLER.limit(limits=1, user_api="blas"):
+        yield
 
 
 # --------------------------------------------------------------------------- metrics
@@ -72,28 +118,70 @@ def _lvl(t: float) -> str:
 
 
 class LogLinearDesign:
-    """Features for linear models: log and standardised values, one-hot categories."""
+    """Features for linear models on the log scale.
 
-    def __init__(self, kinds: Sequence[str], n_categories: Sequence[int]):
+    Per numeric feature: ``log1p`` of its size (sign kept), the raw value, and
+    ``hinges`` piecewise-linear hinges ``max(0, log1p(x) - k)`` at quantiles of
+    the training values, so that a linear model in these columns is a
+    piecewise-linear function of the log feature (a power law per piece, which
+    fits fixed overheads plus per-unit costs); all standardised. Per
+    categorical feature: one-hot columns (an unseen category is all zeros).
+    """
+
+    def __init__(self, kinds: Sequence[str], n_categories: Sequence[int], hinges: int = 3):
         self.kinds = list(kinds)
         self.n_categories = list(n_categories)
+        self.hinges = hinges
+        self.knots_: list[list[float]] = []
+
+    @property
+    def _num(self) -> list[int]:
+        return [j for j, k in enumerate(self.kinds) if k == "numeric"]
 
     def fit(self, X: np.ndarray) -> "LogLinearDesign":
-        num = [j for j, k in enumerate(self.kinds) if k == "numeric"]
+        num = self._num
+        L = _slog(X[:, num])
+        self.knots_ = []
+        for j in range(L.shape[1]):
+            col = L[:, j][np.isfinite(L[:, j])]
+            knots: list[float] = []
+            if self.hinges > 0 and len(col):
+                lo, hi = col.min(), col.max()
+                qs = np.quantile(col, np.arange(1, self.hinges + 1) / (self.hinges + 1))
+                knots = [float(k) for k in np.unique(qs) if lo < k < hi]
+            self.knots_.append(knots)
         Xn = X[:, num]
-        L = np.sign(Xn) * np.log1p(np.abs(Xn))
-        self.center_ = np.concatenate([L.mean(axis=0), Xn.mean(axis=0)]) if num else np.zeros(0)
-        spread = np.concatenate([L.std(axis=0), Xn.std(axis=0)]) if num else np.zeros(0)
+        if len(Xn):
+            lo, hi = np.nanmin(Xn, axis=0), np.nanmax(Xn, axis=0)
+            # Raw values act exponentially on the runtime: extrapolate them only a little.
+            self.raw_range_ = np.stack([lo - 0.5 * (hi - lo), hi + 0.5 * (hi - lo)])
+        else:
+            self.raw_range_ = np.zeros((2, len(num)))
+        R = self._numeric_raw(X)
+        self.center_ = np.nanmean(R, axis=0) if R.shape[1] else np.zeros(0)
+        spread = np.nanstd(R, axis=0) if R.shape[1] else np.zeros(0)
         self.spread_ = np.where(spread > 0, spread, 1.0)
         return self
 
+    def _numeric_raw(self, X: np.ndarray) -> np.ndarray:
+        num = self._num
+        if not num:
+            return np.zeros((len(X), 0))
+        Xn = X[:, num]
+        L = _slog(Xn)
+        rng = getattr(self, "raw_range_", None)
+        cols = [L, Xn if rng is None else np.clip(Xn, rng[0], rng[1])]
+        for j, knots in enumerate(self.knots_):
+            if knots:
+                cols.append(np.maximum(L[:, j : j + 1] - np.asarray(knots)[None, :], 0.0))
+        return np.concatenate(cols, axis=1)
+
     def transform(self, X: np.ndarray) -> np.ndarray:
-        num = [j for j, k in enumerate(self.kinds) if k == "numeric"]
         parts = []
-        if num:
-            Xn = X[:, num]
-            L = np.sign(Xn) * np.log1p(np.abs(Xn))
-            parts.append((np.concatenate([L, Xn], axis=1) - self.center_) / self.spread_)
+        if self._num:
+            Z = (self._numeric_raw(X) - self.center_) / self.spread_
+            # A missing value sits at the training mean.
+            parts.append(np.nan_to_num(Z, nan=0.0, posinf=0.0, neginf=0.0))
         for j, (kind, k) in enumerate(zip(self.kinds, self.n_categories)):
             if kind == "categorical" and k > 0:
                 codes = X[:, j]
@@ -106,16 +194,55 @@ class LogLinearDesign:
         return {
             "kinds": self.kinds,
             "n_categories": self.n_categories,
+            "hinges": self.hinges,
+            "knots": self.knots_,
+            "raw_range": self.raw_range_.tolist(),
             "center": self.center_.tolist(),
             "spread": self.spread_.tolist(),
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "LogLinearDesign":
-        obj = cls(d["kinds"], d["n_categories"])
+        obj = cls(d["kinds"], d["n_categories"], int(d.get("hinges", 0)))
+        obj.knots_ = [list(map(float, k)) for k in d.get("knots", [[] for k in d["kinds"] if k == "numeric"])]
         obj.center_ = np.asarray(d["center"], dtype=np.float64)
         obj.spread_ = np.asarray(d["spread"], dtype=np.float64)
+        if "raw_range" in d:
+            obj.raw_range_ = np.asarray(d["raw_range"], dtype=np.float64).reshape(2, -1)
         return obj
+
+
+def _slog(x: np.ndarray) -> np.ndarray:
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+def _gcv_alpha(A: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> float:
+    """Ridge penalty (as taken by :func:`_ridge`) minimising generalised cross-validation error."""
+    n, d = A.shape
+    if d == 0 or n < 3:
+        return 1.0
+    w = np.ones(n) if w is None else w
+    sw = w.sum()
+    a_mean = (A * w[:, None]).sum(axis=0) / sw
+    y_mean = float((y * w).sum() / sw)
+    r = np.sqrt(w)
+    U, S, _ = np.linalg.svd((A - a_mean) * r[:, None], full_matrices=False)
+    yc = (y - y_mean) * r
+    uy = U.T @ yc
+    total = float(yc @ yc)
+    best = (np.inf, 1.0)
+    scale = sw / n
+    for log_a in np.arange(-6.0, 4.01, 0.5):
+        a = 10.0**log_a * max(float(S[0]) ** 2, 1e-12) / n
+        f = S**2 / (S**2 + a * scale)
+        rss = total - float(((2 * f - f * f) * uy * uy).sum())
+        df = float(f.sum()) + 1.0
+        if df >= n - 0.5:
+            continue
+        gcv = max(rss, 0.0) / (1.0 - df / n) ** 2
+        if gcv < best[0]:
+            best = (gcv, a)
+    return best[1]
 
 
 def _ridge(A: np.ndarray, y: np.ndarray, alpha: float, w: np.ndarray | None = None) -> tuple[float, np.ndarray]:
@@ -174,29 +301,46 @@ class EmpiricalLocation(LocationModel):
 
 
 class LinearLocation(LocationModel):
-    """Robust (Huber, by reweighting) ridge regression of log-runtime on log features."""
+    """Robust ridge regression of log-runtime on log features (Huber, then Tukey's bisquare, by reweighting).
+
+    The ridge penalty is chosen by generalised cross-validation unless ``alpha``
+    is given: the design's columns (log, raw, hinges) are strongly collinear, and
+    a fixed penalty either biases the fit (it was measured at 2-8% on a trace set
+    with four distinct frame counts) or fails to tame useless features.
+    """
 
     name = "linear"
     min_rows = 8
 
-    def __init__(self, kinds: Sequence[str], n_categories: Sequence[int], alpha: float = 1.0, huber_delta: float = 1.0):
+    def __init__(self, kinds: Sequence[str], n_categories: Sequence[int], alpha: float | None = None, huber_delta: float = 1.0,
+                 redescend: bool = True):
         self.kinds = list(kinds)
         self.n_categories = list(n_categories)
         self.alpha = alpha
         self.huber_delta = huber_delta
+        self.redescend = redescend
 
     def fit(self, X, y, w=None):
         self.design_ = LogLinearDesign(self.kinds, self.n_categories).fit(X)
         A = self.design_.transform(X)
         base_w = np.ones(len(y)) if w is None else w
         weights = base_w
-        for _ in range(4):
-            b, coef = _ridge(A, y, self.alpha, weights)
+        alpha = self.alpha if self.alpha is not None else _gcv_alpha(A, y, base_w)
+        self.alpha_ = float(alpha)
+        for it in range(4 + 4 * self.redescend):
+            b, coef = _ridge(A, y, alpha, weights)
             r = y - b - A @ coef
             mad = np.median(np.abs(r - np.median(r))) * 1.4826 + 1e-9
-            # Huber weights tame the aborted-request and cold-start outliers.
-            scaled = np.abs(r) / (self.huber_delta * mad)
-            weights = base_w * np.minimum(1.0, 1.0 / np.maximum(scaled, 1e-12))
+            if it < 4:
+                # Huber weights tame the aborted-request and cold-start outliers ...
+                scaled = np.abs(r) / (self.huber_delta * mad)
+                weights = base_w * np.minimum(1.0, 1.0 / np.maximum(scaled, 1e-12))
+            else:
+                # ... and Tukey's bisquare then ignores them: they belong to Z's tails.
+                t = r / (4.685 * mad)
+                weights = base_w * np.where(np.abs(t) < 1, (1 - t * t) ** 2, 0.0)
+                if weights.sum() < 0.5 * base_w.sum():
+                    break
         self.intercept_, self.coef_ = b, coef
         return self
 
@@ -205,8 +349,9 @@ class LinearLocation(LocationModel):
 
     def to_json(self):
         return {
-            "alpha": self.alpha,
+            "alpha": self.alpha_,
             "huber_delta": self.huber_delta,
+            "redescend": self.redescend,
             "design": self.design_.to_json(),
             "intercept": self.intercept_,
             "coef": self.coef_.tolist(),
@@ -214,7 +359,8 @@ class LinearLocation(LocationModel):
 
     @classmethod
     def from_json(cls, d, kinds, n_categories):
-        obj = cls(kinds, n_categories, d["alpha"], d["huber_delta"])
+        obj = cls(kinds, n_categories, d["alpha"], d["huber_delta"], bool(d.get("redescend", False)))
+        obj.alpha_ = float(d["alpha"])
         obj.design_ = LogLinearDesign.from_json(d["design"])
         obj.intercept_ = float(d["intercept"])
         obj.coef_ = np.asarray(d["coef"], dtype=np.float64)
@@ -222,13 +368,21 @@ class LinearLocation(LocationModel):
 
 
 class LightGBMLocation(LocationModel):
-    """Gradient-boosted trees on log-runtime: captures interactions and steps."""
+    """Gradient-boosted trees on log-runtime: captures interactions and steps.
+
+    By default the trees boost from the robust linear fit (``linear_base``):
+    they learn what the log-linear model misses, and beyond the training range
+    the prediction keeps the linear trend instead of going flat. The loss is
+    Huber with a delta of 1.345 robust standard deviations of the linear fit's
+    residuals (within [0.05, 1]): squared loss for the ordinary noise, absolute
+    loss beyond, so that a slow minority mode (cold starts) or aborted requests
+    do not drag the location; they go to the score distribution instead.
+    """
 
     name = "lightgbm"
     min_rows = 50
     DEFAULT_PARAMS: ClassVar[dict[str, Any]] = {
         "objective": "huber",
-        "alpha": 1.0,
         "learning_rate": 0.08,
         "num_leaves": 15,
         "min_data_in_leaf": 10,
@@ -238,29 +392,47 @@ class LightGBMLocation(LocationModel):
         "seed": 0,
     }
 
-    def __init__(self, kinds: Sequence[str], n_categories: Sequence[int], num_boost_round: int = 300, params: dict[str, Any] | None = None):
+    def __init__(self, kinds: Sequence[str], n_categories: Sequence[int], num_boost_round: int = 300,
+                 params: dict[str, Any] | None = None, linear_base: bool = True):
         self.kinds = list(kinds)
         self.n_categories = list(n_categories)
         self.num_boost_round = num_boost_round
         self.params = {**self.DEFAULT_PARAMS, **(params or {})}
+        self.linear_base = linear_base
+        self.base_: LinearLocation | None = None
 
-    def _dataset(self, X, y, w=None):
+    def _dataset(self, X, y, w=None, init=None, reference=None):
         import lightgbm as lgb
 
         cats = [j for j, k in enumerate(self.kinds) if k == "categorical"]
-        return lgb.Dataset(X, y, weight=w, categorical_feature=cats or "auto", free_raw_data=True,
-                           params={"verbosity": -1, "min_data_in_bin": 1})
+        return lgb.Dataset(X, y, weight=w, init_score=init, reference=reference, categorical_feature=cats or "auto",
+                           free_raw_data=True, params={"verbosity": -1, "min_data_in_bin": 1})
+
+    def _base(self, X) -> np.ndarray | None:
+        return None if self.base_ is None else self.base_.predict(X)
 
     def fit(self, X, y, w=None, valid: tuple[np.ndarray, np.ndarray] | None = None):
         import lightgbm as lgb
 
         params = {**self.params, "min_data_in_leaf": min(self.params["min_data_in_leaf"], max(2, len(y) // 10))}
+        if self.linear_base:
+            self.base_ = LinearLocation(self.kinds, self.n_categories).fit(X, y, w)
+            params["boost_from_average"] = False
+        init = self._base(X)
+        if params.get("objective") == "huber" and "alpha" not in params:
+            if init is None:
+                params["alpha"] = 0.5
+            else:
+                r = y - init
+                mad = float(np.median(np.abs(r - np.median(r)))) * 1.4826
+                params["alpha"] = float(np.clip(1.345 * mad, 0.05, 1.0))
+        self.params_used_ = {k: v for k, v in params.items() if k != "num_threads"}
         if "num_threads" not in params:
             # OpenMP's default thread count is far slower than one thread on small data.
             params["num_threads"] = 1 if len(y) < 50_000 else (os.cpu_count() or 1)
-        train = self._dataset(X, y, w)
+        train = self._dataset(X, y, w, init)
         if valid is not None:
-            vset = lgb.Dataset(valid[0], valid[1], reference=train)
+            vset = self._dataset(valid[0], valid[1], init=self._base(valid[0]), reference=train)
             booster = lgb.train(params, train, self.num_boost_round, valid_sets=[vset],
                                 callbacks=[lgb.early_stopping(30, verbose=False)])
             self.best_iteration_ = booster.best_iteration or self.num_boost_round
@@ -271,13 +443,19 @@ class LightGBMLocation(LocationModel):
         return self
 
     def predict(self, X):
-        return self.booster_.predict(X, num_iteration=self.best_iteration_)
+        # One thread: OpenMP's start-up costs milliseconds, far more than a batch's trees.
+        threads = 1 if len(X) < 20_000 else 0
+        out = self.booster_.predict(X, num_iteration=self.best_iteration_, num_threads=threads)
+        base = self._base(X)
+        return out if base is None else out + base
 
     def to_json(self):
         return {
             "num_boost_round": self.num_boost_round,
             "best_iteration": self.best_iteration_,
             "params": self.params,
+            "params_used": self.params_used_,
+            "linear_base": None if self.base_ is None else self.base_.to_json(),
             "booster": self.booster_.model_to_string(num_iteration=self.best_iteration_),
         }
 
@@ -285,8 +463,11 @@ class LightGBMLocation(LocationModel):
     def from_json(cls, d, kinds, n_categories):
         import lightgbm as lgb
 
-        obj = cls(kinds, n_categories, d["num_boost_round"], d["params"])
+        base = d.get("linear_base")
+        obj = cls(kinds, n_categories, d["num_boost_round"], d["params"], linear_base=base is not None)
         obj.best_iteration_ = int(d["best_iteration"])
+        obj.params_used_ = d.get("params_used", d["params"])
+        obj.base_ = None if base is None else LinearLocation.from_json(base, kinds, n_categories)
         # LightGBM's own text format: parsing it runs no code, unlike pickle.
         obj.booster_ = lgb.Booster(model_str=d["booster"])
         return obj
@@ -298,24 +479,43 @@ FAMILIES: dict[str, type[LocationModel]] = {
 
 
 class ScaleModel:
-    """Log-linear model of residual size; constant when there are no features."""
+    """Log-linear model of residual size; constant when there are no features.
 
-    def __init__(self, kinds: Sequence[str], n_categories: Sequence[int], alpha: float = 10.0):
+    ``log s(x)`` is linear in the log-linear design; it is fitted by maximising
+    the Laplace likelihood of the residuals (``|r| / s + log s``, Fisher
+    scoring), which is robust and, unlike a regression of ``log |r|``, does not
+    blow up on residuals near zero. Its mean is absorbed by ``Z``.
+    """
+
+    def __init__(self, kinds: Sequence[str], n_categories: Sequence[int], alpha: float = 2.0):
         self.kinds = list(kinds)
         self.n_categories = list(n_categories)
         self.alpha = alpha
 
     def fit(self, X: np.ndarray, residuals: np.ndarray, w: np.ndarray | None = None) -> "ScaleModel":
         a = np.abs(residuals)
-        floor = max(float(np.median(a)) * 0.05, 1e-6)
-        target = np.log(a + floor)
         self.design_ = LogLinearDesign(self.kinds, self.n_categories).fit(X)
         A = self.design_.transform(X)
-        if A.shape[1] == 0 or len(a) < 30:
-            self.intercept_, self.coef_ = 0.0, np.zeros(A.shape[1])
-        else:
-            b, coef = _ridge(A, target, self.alpha * len(a) / 100.0, w)
-            self.intercept_, self.coef_ = 0.0, coef
+        self.intercept_, self.coef_ = 0.0, np.zeros(A.shape[1])
+        if A.shape[1] == 0 or len(a) < 30 or not np.any(a > 0):
+            return self
+        w = np.ones(len(a)) if w is None else np.asarray(w, dtype=np.float64)
+        A1 = np.concatenate([np.ones((len(a), 1)), A], axis=1)
+        R = self.alpha * np.eye(A1.shape[1])
+        R[0, 0] = 0.0
+        # Fisher scoring: the expected Hessian is A1' W A1 at every step.
+        H = (A1 * w[:, None]).T @ A1 + R
+        b = np.zeros(A1.shape[1])
+        b[0] = np.log(max(float((w * a).sum() / w.sum()), 1e-12))
+        for _ in range(50):
+            eta = np.clip(A1 @ b, -50, 50)
+            g = A1.T @ (w * (1.0 - a * np.exp(-eta))) + R @ b
+            step = np.linalg.solve(H, g)
+            b -= step
+            if np.abs(step).max() < 1e-6:
+                break
+        if np.all(np.isfinite(b)):
+            self.coef_ = b[1:]
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
@@ -338,14 +538,213 @@ class ScaleModel:
         return obj
 
 
+# --------------------------------------------------------------------------- shape model
+
+
+def _logistic_ridge(A: np.ndarray, T: np.ndarray, alpha: float, w: np.ndarray | None = None, iters: int = 30) -> np.ndarray:
+    """Independent ridge logistic regressions of each column of ``T`` on ``A``.
+
+    Newton's method for all columns at once, with step halving per column so
+    that it cannot diverge on (nearly) separable data. Returns coefficients,
+    shape (1 + features, columns); row 0 is the (almost unpenalised) intercept.
+    """
+    n, d = A.shape
+    K = T.shape[1]
+    A1 = np.concatenate([np.ones((n, 1)), A], axis=1)
+    D = d + 1
+    w = np.ones(n) if w is None else np.asarray(w, dtype=np.float64)
+    sw = w.sum()
+    p0 = np.clip((T * w[:, None]).sum(axis=0) / sw, 1e-4, 1 - 1e-4)
+    B = np.zeros((D, K))
+    B[0] = np.log(p0 / (1 - p0))
+    if d == 0 or K == 0:
+        return B
+    r = np.full(D, float(alpha))
+    r[0] = 1e-6
+    # Outer products of the rows, to form every column's Hessian in one product.
+    outer = (A1[:, :, None] * A1[:, None, :]).reshape(n, D * D) if n * D * D <= 4_000_000 else None
+
+    def losses(eta: np.ndarray, b: np.ndarray) -> np.ndarray:
+        # Penalised negative log-likelihood per column: log(1 + e^eta) - t * eta.
+        return (w[:, None] * (np.logaddexp(0.0, eta) - T * eta)).sum(axis=0) + 0.5 * (r[:, None] * b * b).sum(axis=0)
+
+    eta = A1 @ B
+    cur = losses(eta, B)
+    active = np.ones(K, dtype=bool)
+    for _ in range(iters):
+        P = 0.5 * (1.0 + np.tanh(0.5 * eta))  # sigmoid, overflow-free
+        G = A1.T @ (w[:, None] * (P - T)) + r[:, None] * B
+        V = w[:, None] * P * (1 - P)
+        if outer is not None:
+            H = (V.T @ outer).reshape(K, D, D)
+        else:
+            H = np.stack([(A1 * V[:, k : k + 1]).T @ A1 for k in range(K)])
+        H += np.diag(r)[None, :, :]
+        step = np.linalg.solve(H, G.T[:, :, None])[:, :, 0].T
+        step[:, ~active] = 0.0
+        size = np.ones(K)
+        accepted = np.zeros(K, dtype=bool)
+        gain = np.zeros(K)
+        for _ in range(20):
+            nb = B - size[None, :] * step
+            neta = A1 @ nb
+            new = losses(neta, nb)
+            ok = (new <= cur + 1e-12) & ~accepted
+            B[:, ok], eta[:, ok] = nb[:, ok], neta[:, ok]
+            gain = np.where(ok, cur - new, gain)
+            cur = np.where(ok, new, cur)
+            accepted |= ok
+            if accepted.all():
+                break
+            size = np.where(accepted, size, size * 0.5)
+        # A column has converged once its step no longer improves the loss.
+        active &= accepted & (gain > 1e-9 * np.maximum(1.0, np.abs(cur)))
+        if not active.any():
+            break
+    return B
+
+
+class ShapeModel:
+    """Distribution regression for ``Z``: ``P(Z <= Q(l_k) | x) = sigmoid(a_k + b_k . phi(x))``.
+
+    ``phi`` are the log-linear design features; every knot ``l_k`` has its own
+    ridge logistic regression. Predicted CDF values are made increasing along
+    the knots, then mapped through the recalibration (the CDF of out-of-fold PIT
+    values), so that on new data they are calibrated.
+    """
+
+    MAX_ROWS: ClassVar[int] = 10_000
+
+    def __init__(self, kinds: Sequence[str], n_categories: Sequence[int], alpha: float = 10.0, hinges: int = 3):
+        self.kinds = list(kinds)
+        self.n_categories = list(n_categories)
+        self.alpha = alpha
+        self.hinges = hinges
+        self.recal_: tuple[np.ndarray, np.ndarray] | None = None
+
+    @staticmethod
+    def knots_for(n: int) -> tuple[float, ...]:
+        # Every knot needs enough rows on its rarer side for its regression to mean something.
+        return tuple(t for t in KNOT_LEVELS if min(t, 1 - t) * n >= KNOT_MIN_ROWS)
+
+    def fit(self, X: np.ndarray, z: np.ndarray, score: ScoreDistribution, w: np.ndarray | None = None,
+            random_state: int = 0) -> "ShapeModel":
+        n = len(z)
+        if n > self.MAX_ROWS:
+            rows = np.random.default_rng(random_state).choice(n, self.MAX_ROWS, replace=False)
+            X, z, w = X[rows], z[rows], None if w is None else w[rows]
+        self.knots_ = self.knots_for(len(z))
+        self.design_ = LogLinearDesign(self.kinds, self.n_categories, self.hinges).fit(X)
+        if not self.knots_:
+            self.coef_ = np.zeros((1 + self.design_.transform(X[:1]).shape[1], 0))
+            return self
+        c = score.quantile(np.asarray(self.knots_))
+        T = (z[:, None] <= c[None, :]).astype(np.float64)
+        self.coef_ = _logistic_ridge(self.design_.transform(X), T, self.alpha, w)
+        return self
+
+    def raw_cdf(self, X: np.ndarray) -> np.ndarray:
+        """Uncalibrated CDF at the knots, (rows, knots), increasing along knots."""
+        from scipy.special import expit
+
+        A = self.design_.transform(X)
+        F = expit(self.coef_[0][None, :] + A @ self.coef_[1:])
+        return _increasing(F)
+
+    def cdf(self, X: np.ndarray) -> np.ndarray:
+        F = self.raw_cdf(X)
+        if self.recal_ is not None:
+            F = _increasing(np.interp(F, *self.recal_))
+        return F
+
+    def pit(self, F: np.ndarray, z: np.ndarray, score: ScoreDistribution) -> np.ndarray:
+        """Probability integral transform of scores ``z`` under the rows' distributions ``F``."""
+        u = np.interp(z, score.values, score.levels, left=0.0, right=1.0)
+        lk = np.concatenate([[0.0], self.knots_, [1.0]])
+        n = len(z)
+        Fp = np.concatenate([np.zeros((n, 1)), F, np.ones((n, 1))], axis=1)
+        idx = np.clip(np.searchsorted(lk, u, side="right") - 1, 0, len(lk) - 2)
+        rows = np.arange(n)
+        frac = (u - lk[idx]) / (lk[idx + 1] - lk[idx])
+        return Fp[rows, idx] + frac * (Fp[rows, idx + 1] - Fp[rows, idx])
+
+    def set_recalibration(self, pits: np.ndarray) -> None:
+        self.recal_ = recalibration_map(pits)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "alpha": self.alpha,
+            "hinges": self.hinges,
+            "knots": list(self.knots_),
+            "design": self.design_.to_json(),
+            "coef": self.coef_.tolist(),
+            "recalibration": None if self.recal_ is None else [self.recal_[0].tolist(), self.recal_[1].tolist()],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], kinds, n_categories) -> "ShapeModel":
+        obj = cls(kinds, n_categories, d["alpha"], int(d.get("hinges", 0)))
+        obj.knots_ = tuple(float(t) for t in d["knots"])
+        obj.design_ = LogLinearDesign.from_json(d["design"])
+        obj.coef_ = np.asarray(d["coef"], dtype=np.float64).reshape(-1, len(obj.knots_))
+        rc = d.get("recalibration")
+        obj.recal_ = None if rc is None else (np.asarray(rc[0], dtype=np.float64), np.asarray(rc[1], dtype=np.float64))
+        return obj
+
+
+def _increasing(F: np.ndarray) -> np.ndarray:
+    """Clip into (0, 1) and make strictly increasing along the last axis."""
+    k = F.shape[-1]
+    F = np.clip(F, 1e-6, 1 - 1e-6 - k * 1e-9)
+    return np.maximum.accumulate(F, axis=-1) + np.arange(k) * 1e-9
+
+
+def recalibration_map(pits: np.ndarray, max_points: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """The CDF of PIT values, with conformal plotting positions, as (x, y) knots for ``np.interp``."""
+    v = np.sort(np.clip(pits, 0.0, 1.0))
+    n = len(v)
+    lv = np.arange(1, n + 1) / (n + 1)
+    if n > max_points:
+        grid = np.linspace(lv[0], lv[-1], max_points)
+        v = np.interp(grid, lv, v)
+        lv = grid
+    x = np.concatenate([[0.0], v, [1.0]])
+    y = np.concatenate([[0.0], lv, [1.0]])
+    # Ties (several equal PIT values) would make the map a step; spread them.
+    x = np.maximum.accumulate(x + np.arange(len(x)) * 1e-12)
+    return x, y
+
+
 # --------------------------------------------------------------------------- the model
+
+
+# Above this many rows, candidates are compared and calibrated on a random subsample.
+SELECT_MAX_ROWS = 50_000
+# Simpler candidates win unless a more complex one is clearly better on held-out rows.
+FAMILY_COMPLEXITY = {"empirical": 0, "linear": 1, "lightgbm": 2}
+SELECTION_SE = 1.0
+
+
+def _choose(candidates: list[dict[str, Any]]) -> dict[str, Any]:
+    """The simplest candidate whose held-out loss is within ``SELECTION_SE`` standard
+    errors (of the paired per-row difference) of the lowest (the one-standard-error rule)."""
+    best = min(candidates, key=lambda c: c["row_loss"].mean())
+    n = len(best["row_loss"])
+    eligible = []
+    for c in candidates:
+        d = c["row_loss"] - best["row_loss"]
+        se = float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+        if c is best or d.mean() <= SELECTION_SE * se:
+            eligible.append(c)
+    return min(eligible, key=lambda c: (c["complexity"], c["row_loss"].mean()))
 
 
 class QuantileModel:
     """Calibrated runtime distribution model with a scikit-learn-like interface.
 
     Parameters are set in ``__init__``; ``fit`` learns ``family_``, ``location_``,
-    ``scale_``, ``score_`` and ``cv_`` (cross-validated metrics per family tried).
+    ``scale_``, ``score_``, ``shape_`` (or None) and ``cv_`` (cross-validated
+    metrics of the best variant of each family tried, with every variant's loss).
     """
 
     def __init__(
@@ -365,6 +764,7 @@ class QuantileModel:
         self.n_folds = n_folds
         self.params = dict(params or {})
         self.random_state = random_state
+        self.log_range_: tuple[float, float] | None = None
 
     # ------------------------------------------------------------------ fitting
 
@@ -372,9 +772,12 @@ class QuantileModel:
         if family == "empirical":
             return EmpiricalLocation()
         if family == "linear":
-            return LinearLocation(self.kinds, self.n_categories, **{k: v for k, v in self.params.items() if k in ("alpha", "huber_delta")})
-        lgb_params = {k: v for k, v in self.params.items() if k not in ("alpha", "huber_delta", "num_boost_round")}
-        return LightGBMLocation(self.kinds, self.n_categories, int(self.params.get("num_boost_round", 300)), lgb_params)
+            return LinearLocation(self.kinds, self.n_categories, **{k: v for k, v in self.params.items() if k in ("alpha", "huber_delta", "redescend")})
+        lgb_params = {k: v for k, v in self.params.items() if k not in _NON_LGB_PARAMS}
+        if "lgb_huber_delta" in self.params:
+            lgb_params["alpha"] = float(self.params["lgb_huber_delta"])
+        return LightGBMLocation(self.kinds, self.n_categories, int(self.params.get("num_boost_round", 300)), lgb_params,
+                                linear_base=bool(self.params.get("lgb_linear_base", True)))
 
     def candidate_families(self, n_rows: int) -> list[str]:
         if self.algorithm != "auto":
@@ -390,80 +793,171 @@ class QuantileModel:
         rng = np.random.default_rng(self.random_state)
         return rng.permutation(n) % k
 
+    def _oof_location(self, family, X, ylog, fold, w) -> tuple[np.ndarray, list[int]]:
+        oof = np.empty(len(ylog))
+        iters: list[int] = []
+        for k in range(int(fold.max()) + 1):
+            tr, te = fold != k, fold == k
+            model = self._make(family)
+            wk = None if w is None else w[tr]
+            if isinstance(model, LightGBMLocation):
+                model.fit(X[tr], ylog[tr], wk, valid=(X[te], ylog[te]))
+                iters.append(model.best_iteration_)
+            else:
+                model.fit(X[tr], ylog[tr], wk)
+            oof[te] = model.predict(X[te])
+        return oof, iters
+
     def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> "QuantileModel":
+        with single_threaded_blas():
+            return self._fit(X, y, sample_weight)
+
+    def _fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> "QuantileModel":
         X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2:
+            raise ValueError("X must be a 2-d array")
         y = np.asarray(y, dtype=np.float64)
+        if len(y) != len(X):
+            raise ValueError("X and y have different numbers of rows")
         if len(y) < 2:
             raise ValueError("at least 2 rows with a positive runtime are needed to train")
+        if not np.all(np.isfinite(y) & (y > 0)):
+            raise ValueError("runtimes must be finite and positive")
+        w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        n = len(y)
         ylog = np.log(y)
-        fold = self._folds(len(y))
-        n_folds = int(fold.max()) + 1
-        families = self.candidate_families(len(y))
+        sel = np.arange(n)
+        if n > SELECT_MAX_ROWS:
+            # Large data: choose and calibrate on a random subsample (cross-fitted as
+            # usual), then fit the chosen location model on every row.
+            rng = np.random.default_rng(self.random_state)
+            sel = np.sort(rng.choice(n, SELECT_MAX_ROWS, replace=False))
+        best = self._select(X[sel], y[sel], ylog[sel], None if w is None else w[sel])
+        family = best["family"]
+        final = self._make(family)
+        if isinstance(final, LightGBMLocation) and best["iters"]:
+            # Train the final booster as long as the folds found useful, a bit more for the extra data.
+            final.num_boost_round = max(10, int(np.mean(best["iters"]) * (1.1 if len(sel) == n else 1.3)))
+        final.fit(X, ylog, w)
+        self.family_ = family
+        self.location_ = final
+        self.scale_ = best["scale"]
+        self.score_ = ScoreDistribution.from_scores(best["z"])
+        self.shape_: ShapeModel | None = None
+        if best["shaped"]:
+            shape = ShapeModel(self.kinds, self.n_categories, **self._shape_params())
+            shape.fit(X[sel], best["z"], self.score_, None if w is None else w[sel], self.random_state)
+            shape.set_recalibration(best["pits"])
+            self.shape_ = shape
+        self.n_rows_ = n
+        self.log_range_ = (float(ylog.min()), float(ylog.max()))
+        return self
+
+    def _select(self, X: np.ndarray, y: np.ndarray, ylog: np.ndarray, w: np.ndarray | None) -> dict[str, Any]:
+        """Cross-fit every candidate; fill ``cv_``; return the chosen one with its OOF scores."""
+        n = len(y)
+        fold = self._folds(n)
         self.cv_: dict[str, dict[str, Any]] = {}
-        best: tuple[float, str, np.ndarray, ScaleModel, dict] | None = None
-        for family in families:
+        hetero_ok = bool(self.kinds) and n >= 30
+        shape_ok = bool(self.kinds) and bool(ShapeModel.knots_for(int(n * (1 - 1 / (fold.max() + 1)))))
+        if "shape" in self.params:
+            shape_ok = shape_ok and bool(self.params["shape"])
+        levels = np.asarray(EVAL_LEVELS)
+        candidates: list[dict[str, Any]] = []
+        for rank, family in enumerate(self.candidate_families(n)):
             t0 = time.perf_counter()
-            oof = np.empty(len(y))
-            iters = []
-            for k in range(n_folds):
-                tr, te = fold != k, fold == k
-                model = self._make(family)
-                w = None if sample_weight is None else sample_weight[tr]
-                if isinstance(model, LightGBMLocation):
-                    model.fit(X[tr], ylog[tr], w, valid=(X[te], ylog[te]))
-                    iters.append(model.best_iteration_)
-                else:
-                    model.fit(X[tr], ylog[tr], w)
-                oof[te] = model.predict(X[te])
+            oof, iters = self._oof_location(family, X, ylog, fold, w)
             resid = ylog - oof
-            metrics = None
-            for hetero in ((False, True) if family != "empirical" and self.kinds else (False,)):
+            fam: list[dict[str, Any]] = []
+            for hetero in (False, True) if (hetero_ok and family != "empirical") else (False,):
                 # Constant and feature-dependent noise compete on the same held-out loss.
                 scale = ScaleModel(self.kinds if hetero else [], self.n_categories if hetero else [])
-                scale.fit(X if hetero else X[:, :0], resid, sample_weight)
+                scale.fit(X if hetero else X[:, :0], resid, w)
                 s = scale.predict(X if hetero else X[:, :0])
-                scores = resid / s
-                cand = self._heldout_metrics(y, oof, s, scores, fold, n_folds)
-                cand["heteroscedastic"] = hetero
-                if metrics is None or cand["pinball_loss"] < metrics["pinball_loss"]:
-                    metrics, chosen = cand, (scores, scale)
+                z = resid / s
+                for shaped in (False, True) if shape_ok else (False,):
+                    q, pits = self._heldout(X, oof, s, z, fold, shaped, w)
+                    diff = y[:, None] - q
+                    fam.append({
+                        "family": family, "hetero": hetero, "shaped": shaped, "scale": scale, "z": z,
+                        "pits": pits, "iters": iters, "q": q,
+                        "name": ("hetero" if hetero else "const") + ("+shape" if shaped else ""),
+                        "row_loss": np.maximum(levels * diff, (levels - 1) * diff).mean(axis=1),
+                        "complexity": FAMILY_COMPLEXITY.get(family, rank) + int(hetero) + int(shaped),
+                    })
+            chosen = _choose(fam)
+            metrics = quantile_metrics(y, chosen["q"], EVAL_LEVELS)
+            metrics["heteroscedastic"] = chosen["hetero"]
+            metrics["shape"] = chosen["shaped"]
+            metrics["variant"] = chosen["name"]
+            metrics["variants_pinball_loss"] = {c["name"]: float(c["row_loss"].mean()) for c in fam}
             metrics["seconds"] = time.perf_counter() - t0
             if iters:
                 metrics["best_iteration"] = int(np.mean(iters))
             self.cv_[family] = metrics
-            if best is None or metrics["pinball_loss"] < best[0]:
-                best = (metrics["pinball_loss"], family, chosen[0], chosen[1], {"iters": iters})
-        assert best is not None
-        _, family, scores, scale, extra = best
-        final = self._make(family)
-        if isinstance(final, LightGBMLocation) and extra["iters"]:
-            # Train the final booster as long as the folds found useful, a bit more for the extra data.
-            final.num_boost_round = max(10, int(np.mean(extra["iters"]) * 1.1))
-        final.fit(X, ylog, sample_weight)
-        self.family_ = family
-        self.location_ = final
-        self.scale_ = scale
-        self.score_ = ScoreDistribution.from_scores(scores)
-        return self
+            candidates += fam
+        best = _choose(candidates)
+        for c in candidates:
+            c.pop("q", None)
+        return best
 
-    @staticmethod
-    def _heldout_metrics(y, oof, s, scores, fold, n_folds) -> dict[str, Any]:
-        # Each fold is calibrated only with the other folds' scores, so these
-        # metrics are measured on rows that neither fitted nor calibrated the model.
-        q = np.empty((len(y), len(EVAL_LEVELS)))
+    def _shape_params(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if "shape_alpha" in self.params:
+            out["alpha"] = float(self.params["shape_alpha"])
+        if "shape_hinges" in self.params:
+            out["hinges"] = int(self.params["shape_hinges"])
+        return out
+
+    def _heldout(self, X, oof, s, z, fold, shaped, w) -> tuple[np.ndarray, np.ndarray | None]:
+        """Quantiles at EVAL_LEVELS for every row, from models that never saw its fold.
+
+        Each fold is calibrated only with the other folds' scores, so these
+        metrics are measured on rows that neither fitted nor calibrated the model.
+        """
+        n = len(z)
+        n_folds = int(fold.max()) + 1
+        levels = np.asarray(EVAL_LEVELS)
+        q = np.empty((n, len(levels)))
+        scores = [ScoreDistribution.from_scores(z[fold != k]) for k in range(n_folds)]
+        if not shaped:
+            for k in range(n_folds):
+                te = fold == k
+                zq = scores[k].quantile(levels)
+                q[te] = np.exp(oof[te, None] + s[te, None] * zq[None, :])
+            return q, None
+        pits = np.empty(n)
+        fitted = []
         for k in range(n_folds):
+            tr, te = fold != k, fold == k
+            shape = ShapeModel(self.kinds, self.n_categories, **self._shape_params())
+            shape.fit(X[tr], z[tr], scores[k], None if w is None else w[tr], self.random_state)
+            F = shape.raw_cdf(X[te])
+            pits[te] = shape.pit(F, z[te], scores[k])
+            fitted.append((shape, F))
+        for k, (shape, F) in enumerate(fitted):
             te = fold == k
-            z = ScoreDistribution.from_scores(scores[~te]).quantile(np.asarray(EVAL_LEVELS))
-            q[te] = np.exp(oof[te, None] + s[te, None] * z[None, :])
-        return quantile_metrics(y, q, EVAL_LEVELS)
+            x, yk = recalibration_map(pits[fold != k])
+            Fc = _increasing(np.interp(F, x, yk))
+            dist = RuntimeDistribution(oof[te], s[te], scores[k], shape.knots_, Fc)
+            q[te] = dist.quantiles(levels)
+        return q, pits
 
     # ------------------------------------------------------------------ prediction
 
     def predict_distribution(self, X: np.ndarray) -> RuntimeDistribution:
         X = np.asarray(X, dtype=np.float64)
-        m = self.location_.predict(X)
-        s = self.scale_.predict(X if self.scale_.kinds else X[:, :0])
-        return RuntimeDistribution(np.asarray(m, dtype=np.float64), np.asarray(s, dtype=np.float64), self.score_)
+        if X.ndim != 2:
+            raise ValueError("X must be a 2-d array")
+        m = np.asarray(self.location_.predict(X), dtype=np.float64)
+        if self.log_range_ is not None:
+            # Never extrapolate the typical runtime beyond 100x the training extremes.
+            lo, hi = self.log_range_
+            m = np.clip(np.nan_to_num(m, nan=(lo + hi) / 2), lo - _LOG100, hi + _LOG100)
+        s = np.asarray(self.scale_.predict(X if self.scale_.kinds else X[:, :0]), dtype=np.float64)
+        if self.shape_ is not None and self.shape_.knots_:
+            return RuntimeDistribution(m, s, self.score_, self.shape_.knots_, self.shape_.cdf(X))
+        return RuntimeDistribution(m, s, self.score_)
 
     def predict_quantiles(self, X: np.ndarray, levels: Sequence[float]) -> np.ndarray:
         return self.predict_distribution(X).quantiles(levels)
@@ -476,7 +970,7 @@ class QuantileModel:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "format": 1,
+            "format": 2,
             "algorithm": self.algorithm,
             "n_folds": self.n_folds,
             "params": self.params,
@@ -487,17 +981,27 @@ class QuantileModel:
             "location": self.location_.to_json(),
             "scale": self.scale_.to_json(),
             "score": self.score_.to_json(),
+            "shape": None if self.shape_ is None else self.shape_.to_json(),
+            "log_range": None if self.log_range_ is None else list(self.log_range_),
             "cv": self.cv_,
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "QuantileModel":
-        if d.get("format") != 1:
+        if d.get("format") not in (1, 2):
             raise ValueError(f"unsupported model format {d.get('format')!r}")
         obj = cls(d["kinds"], d["n_categories"], d["algorithm"], d["n_folds"], d["params"], d["random_state"])
         obj.family_ = d["family"]
         obj.location_ = FAMILIES[obj.family_].from_json(d["location"], obj.kinds, obj.n_categories)
         obj.scale_ = ScaleModel.from_json(d["scale"], d["scale"]["kinds"], d["scale"]["n_categories"])
         obj.score_ = ScoreDistribution.from_json(d["score"])
+        shape = d.get("shape")
+        obj.shape_ = None if shape is None else ShapeModel.from_json(shape, obj.kinds, obj.n_categories)
+        lr = d.get("log_range")
+        obj.log_range_ = None if lr is None else (float(lr[0]), float(lr[1]))
         obj.cv_ = d.get("cv", {})
         return obj
+
+
+_LOG100 = float(np.log(100.0))
+_NON_LGB_PARAMS = frozenset({"alpha", "huber_delta", "num_boost_round", "shape", "shape_alpha", "shape_hinges", "lgb_huber_delta", "lgb_linear_base", "redescend"})

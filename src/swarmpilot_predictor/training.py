@@ -192,12 +192,21 @@ def _lightgbm_errors() -> tuple[type[Exception], ...]:
 # --------------------------------------------------------------------------- worker process
 
 
-def _lower_priority() -> None:
+def _init_worker() -> None:
     # nice 19: when predictions and training share a core, predictions win.
     try:
         os.nice(19)
     except OSError:  # pragma: no cover - not permitted on some systems
         pass
+    # If the server dies without shutting the pool down, do not outlive it.
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
 def _train_job(data_dir: str, config: dict[str, Any] | None, raw_body: bytes | None,
@@ -255,7 +264,7 @@ class TrainingJobs:
         with self._lock:
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(
-                    max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority
+                    max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
                 )
             return self._pool
 
@@ -325,13 +334,17 @@ class TrainingJobs:
         return dict(record)
 
     def _reset(self) -> None:
-        with self._lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        self.shutdown()
 
     def shutdown(self) -> None:
+        """Stop the worker now; a training in progress is abandoned (its version is never half-written)."""
         with self._lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = None
+            pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        processes = list(getattr(pool, "_processes", {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            proc.terminate()
+        for proc in processes:
+            proc.join(timeout=5)
