@@ -1,0 +1,196 @@
+"""RuntimeDistribution: quantiles, moments and batch totals against closed forms and Monte Carlo."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.special import ndtri
+
+from swarmpilot_predictor.distribution import RuntimeDistribution, ScoreDistribution
+
+
+def normal_score() -> ScoreDistribution:
+    """The standard normal quantile function on a fine grid (tails extrapolated beyond it)."""
+    levels = np.concatenate([np.geomspace(1e-7, 0.01, 200), np.linspace(0.01, 0.99, 2000)[1:-1], 1 - np.geomspace(0.01, 1e-7, 200)])
+    return ScoreDistribution(levels, ndtri(levels))
+
+
+def lognormal_moments(m, s):
+    mean = np.exp(m + s**2 / 2)
+    var = (np.exp(s**2) - 1) * np.exp(2 * m + s**2)
+    return mean, np.sqrt(var)
+
+
+# --------------------------------------------------------------------------- score distribution
+
+
+def test_from_scores_uses_conformal_plotting_positions():
+    z = np.array([3.0, 1.0, 2.0, 4.0])
+    sd = ScoreDistribution.from_scores(z)
+    np.testing.assert_allclose(sd.levels, [0.2, 0.4, 0.6, 0.8])
+    np.testing.assert_allclose(sd.values, [1.0, 2.0, 3.0, 4.0])
+    # In between: linear interpolation; beyond the last score: a tail, still increasing.
+    assert sd.quantile(np.array([0.5]))[0] == pytest.approx(2.5)
+    tail = sd.quantile(np.array([0.8, 0.9, 0.99, 0.999999]))
+    assert np.all(np.diff(tail) > 0)
+    head = sd.quantile(np.array([1e-6, 0.01, 0.1, 0.2]))
+    assert np.all(np.diff(head) > 0)
+
+
+def test_from_scores_thins_large_samples_but_keeps_extremes():
+    z = np.random.default_rng(0).standard_normal(20_000)
+    sd = ScoreDistribution.from_scores(z)
+    assert len(sd.levels) <= 512
+    assert sd.values[0] == pytest.approx(z.min()) and sd.values[-1] == pytest.approx(z.max())
+    np.testing.assert_allclose(sd.quantile(np.array([0.1, 0.5, 0.9])), ndtri([0.1, 0.5, 0.9]), atol=0.03)
+
+
+def test_score_distribution_json_round_trip():
+    sd = ScoreDistribution.from_scores(np.random.default_rng(1).standard_normal(300))
+    back = ScoreDistribution.from_json(json.loads(json.dumps(sd.to_json())))
+    u = np.linspace(0.0001, 0.9999, 77)
+    np.testing.assert_array_equal(back.quantile(u), sd.quantile(u))
+
+
+# --------------------------------------------------------------------------- quantiles
+
+
+def test_quantiles_match_lognormal_at_any_level_in_any_order():
+    m = np.array([0.0, 3.0, 7.5])
+    s = np.array([0.3, 0.3, 0.3])
+    dist = RuntimeDistribution(m, s, normal_score())
+    levels = [0.9, 0.001, 0.5, 0.123, 0.999, 0.25]
+    q = dist.quantiles(levels)
+    expected = np.exp(m[:, None] + s[:, None] * ndtri(levels)[None, :])
+    np.testing.assert_allclose(q, expected, rtol=1e-4)
+    iv = dist.interval(0.8)
+    np.testing.assert_allclose(iv, np.exp(m[:, None] + 0.3 * ndtri([0.1, 0.9])[None, :]), rtol=1e-4)
+
+
+def test_quantiles_never_cross_and_are_positive_even_far_in_the_tails():
+    rng = np.random.default_rng(2)
+    sd = ScoreDistribution.from_scores(rng.standard_t(2, 50))  # few, heavy-tailed scores
+    dist = RuntimeDistribution(rng.normal(0, 5, 40), rng.uniform(0.05, 3, 40), sd)
+    levels = np.concatenate([[1e-9, 1e-6, 1e-3], np.linspace(0.01, 0.99, 99), [1 - 1e-3, 1 - 1e-6]])
+    q = dist.quantiles(levels)
+    assert np.all(q > 0) and np.all(np.isfinite(q))
+    assert np.all(np.diff(q, axis=1) >= 0)
+
+
+def shaped(n_tasks: int = 3) -> RuntimeDistribution:
+    """Tasks whose chance of the upper half of Z differs: 10%, 50% and 90%."""
+    knots = (0.1, 0.5, 0.9)
+    cdf = np.array([[0.05, 0.9, 0.99], [0.1, 0.5, 0.9], [0.01, 0.1, 0.95]])[:n_tasks]
+    return RuntimeDistribution(np.zeros(n_tasks), np.full(n_tasks, 0.5), normal_score(), knots, cdf)
+
+
+def test_shaped_quantiles_follow_each_tasks_cdf():
+    dist = shaped()
+    # At a knot's own CDF value, the quantile is the shared distribution's value at the knot.
+    for i, row in enumerate(dist.cdf):
+        q = dist.quantiles(row)[i]
+        np.testing.assert_allclose(np.log(q) / 0.5, ndtri(dist.knots), atol=1e-5)
+    # The middle task's CDF is the shared one: it is the plain lognormal.
+    levels = np.linspace(0.01, 0.99, 23)
+    np.testing.assert_allclose(dist.quantiles(levels)[1], np.exp(0.5 * ndtri(levels)), rtol=1e-6)
+    q = dist.quantiles(np.linspace(0.0005, 0.9995, 301))
+    assert np.all(np.diff(q, axis=1) >= 0) and np.all(q > 0)
+    # Task 0 is mostly low, task 2 mostly high.
+    med = dist.quantiles([0.5])[:, 0]
+    assert med[0] < med[1] < med[2]
+
+
+def test_subset_keeps_rows():
+    dist = shaped()
+    sub = dist.subset(np.array([2, 0]))
+    np.testing.assert_array_equal(sub.quantiles([0.3, 0.7]), dist.quantiles([0.3, 0.7])[[2, 0]])
+
+
+# --------------------------------------------------------------------------- moments
+
+
+@pytest.mark.parametrize("s", [0.01, 0.25, 0.8])
+def test_mean_std_match_analytic_lognormal_shared_scale(s):
+    m = np.array([-1.0, 2.0, 9.0])
+    dist = RuntimeDistribution(m, np.full(3, s), normal_score())
+    mean, std = dist.mean_std()
+    em, es = lognormal_moments(m, s)
+    np.testing.assert_allclose(mean, em, rtol=2e-4)
+    np.testing.assert_allclose(std, es, rtol=3e-3)
+
+
+def test_mean_std_match_analytic_lognormal_per_task_scale():
+    m = np.linspace(-2, 8, 50)
+    s = np.geomspace(0.01, 1.0, 50)
+    mean, std = RuntimeDistribution(m, s, normal_score()).mean_std()
+    em, es = lognormal_moments(m, s)
+    np.testing.assert_allclose(mean, em, rtol=5e-4)
+    np.testing.assert_allclose(std, es, rtol=5e-3)
+
+
+def test_moments_of_shaped_tasks_match_monte_carlo():
+    dist = shaped()
+    rng = np.random.default_rng(3)
+    u = rng.random(400_000)
+    mean, std = dist.mean_std()
+    _, _, m3, _ = dist.moments()
+    for i in range(3):
+        x = dist.subset(np.array([i])).quantiles(u)[0]
+        assert mean[i] == pytest.approx(x.mean(), rel=3e-3)
+        assert std[i] == pytest.approx(x.std(), rel=1e-2)
+        assert np.sign(m3[i]) == np.sign(((x - x.mean()) ** 3).mean())
+
+
+# --------------------------------------------------------------------------- totals
+
+
+def mc_total(dist: RuntimeDistribution, n_samples: int = 100_000, seed: int = 4) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    total = np.zeros(n_samples)
+    for i in range(len(dist)):
+        total += dist.subset(np.array([i])).quantiles(rng.random(n_samples))[0]
+    return total
+
+
+@pytest.mark.parametrize("n_tasks", [5, 200])
+def test_total_of_iid_lognormals_matches_monte_carlo(n_tasks):
+    s = 0.6
+    dist = RuntimeDistribution(np.full(n_tasks, 3.0), np.full(n_tasks, s), normal_score())
+    tot = dist.total()
+    em, es = lognormal_moments(3.0, s)
+    assert tot.mean == pytest.approx(n_tasks * em, rel=1e-3)
+    assert tot.std == pytest.approx(np.sqrt(n_tasks) * es, rel=5e-3)
+    ref = mc_total(dist, 50_000 if n_tasks > 50 else 100_000)
+    levels = [0.05, 0.25, 0.5, 0.75, 0.95, 0.99]
+    np.testing.assert_allclose(tot.quantiles(levels), np.quantile(ref, levels), rtol=0.015)
+    lo, hi = tot.interval(0.9)
+    assert lo < tot.mean < hi
+    # The total is much narrower, relatively, than adding up the tasks' quantiles.
+    added = dist.quantiles([0.95])[:, 0].sum()
+    assert tot.quantiles([0.95])[0] < added
+
+
+def test_total_of_mixed_shaped_tasks_matches_monte_carlo():
+    dist = shaped()
+    tot = dist.total()
+    ref = mc_total(dist)
+    levels = [0.1, 0.5, 0.9]
+    np.testing.assert_allclose(tot.quantiles(levels), np.quantile(ref, levels), rtol=0.02)
+    assert tot.mean == pytest.approx(ref.mean(), rel=5e-3)
+
+
+def test_total_of_one_task_is_the_task():
+    dist = RuntimeDistribution(np.array([2.0]), np.array([0.4]), normal_score())
+    tot = dist.total()
+    np.testing.assert_allclose(tot.quantiles([0.1, 0.9]), dist.quantiles([0.1, 0.9])[0])
+    assert tot.mean == pytest.approx(dist.mean_std()[0][0])
+
+
+def test_total_quantiles_are_monotone_and_positive():
+    rng = np.random.default_rng(5)
+    for n in (3, 64, 65, 1000):
+        dist = RuntimeDistribution(rng.normal(3, 1, n), rng.uniform(0.1, 1.5, n), normal_score())
+        q = dist.total().quantiles(np.linspace(0.001, 0.999, 50))
+        assert np.all(np.diff(q) >= 0) and np.all(q > 0)

@@ -1,0 +1,233 @@
+"""QuantileModel: calibration on synthetic data, model choice, robustness and persistence."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+from scipy.special import ndtri
+
+from swarmpilot_predictor.modeling import ALGORITHMS, EVAL_LEVELS, QuantileModel, quantile_metrics
+
+LEVELS = np.asarray(EVAL_LEVELS)
+NUM2 = (["numeric", "numeric"], [0, 0])
+
+
+def llm_like(n: int, seed: int, sigma: float = 0.25):
+    """Runtime = overhead + per-token costs, lognormal noise; plus a useless feature."""
+    rng = np.random.default_rng(seed)
+    inp = rng.integers(16, 2048, n)
+    out = rng.integers(8, 512, n)
+    junk = rng.uniform(0, 1, n)
+    base = 20 + 0.02 * inp + 12.0 * out
+    y = base * np.exp(sigma * rng.standard_normal(n))
+    return np.column_stack([inp, out, junk]).astype(float), y, base
+
+
+def coverage(model: QuantileModel, X: np.ndarray, y: np.ndarray, levels=LEVELS) -> np.ndarray:
+    return (y[:, None] <= model.predict_quantiles(X, levels)).mean(axis=0)
+
+
+@pytest.fixture(scope="module")
+def llm_model():
+    X, y, _ = llm_like(800, seed=1)
+    return QuantileModel(["numeric"] * 3, [0, 0, 0]).fit(X, y)
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def test_coverage_matches_nominal_levels_on_new_data(llm_model):
+    Xt, yt, base = llm_like(4000, seed=2)
+    cov = coverage(llm_model, Xt, yt)
+    assert np.abs(cov - LEVELS).max() < 0.035, cov
+    m = quantile_metrics(yt, llm_model.predict_quantiles(Xt, LEVELS), LEVELS)
+    assert 0.87 <= m["interval_coverage"]["0.9"] <= 0.93
+    assert m["mean_abs_coverage_error"] < 0.02
+    # And the quantiles are close to the true conditional ones.
+    true_q = base[:, None] * np.exp(0.25 * ndtri(LEVELS))[None, :]
+    rel = np.abs(llm_model.predict_quantiles(Xt, LEVELS) / true_q - 1)
+    assert rel.mean(axis=0).max() < 0.08
+
+
+def test_heteroscedastic_noise_is_calibrated_in_each_regime():
+    rng = np.random.default_rng(3)
+
+    def draw(n):
+        tokens = rng.integers(10, 1000, n)
+        load = rng.uniform(0, 1, n)
+        y = (30 + 2.0 * tokens) * np.exp((0.05 + 0.45 * load) * rng.standard_normal(n))
+        return np.column_stack([tokens, load]).astype(float), y
+
+    X, y = draw(1500)
+    model = QuantileModel(*NUM2).fit(X, y)
+    assert model.cv_[model.family_]["heteroscedastic"]
+    Xt, yt = draw(4000)
+    for part in (Xt[:, 1] < 0.3, Xt[:, 1] > 0.7):
+        lo, hi = model.predict_quantiles(Xt[part], [0.05, 0.95]).T
+        inside = ((yt[part] >= lo) & (yt[part] <= hi)).mean()
+        assert 0.84 <= inside <= 0.96, inside
+
+
+def test_mixing_weight_that_depends_on_a_feature_is_learned():
+    """Cold starts (10x slower) whose share falls with a feature, like first-seen input shapes."""
+    rng = np.random.default_rng(4)
+
+    def draw(n):
+        seq = rng.uniform(0, 1000, n)
+        size = rng.integers(1, 64, n)
+        p_cold = 0.8 * np.exp(-seq / 250) + 0.1
+        cold = rng.random(n) < p_cold
+        y = (3 + 0.05 * size) * np.where(cold, 12.0, 1.0) * np.exp(0.08 * rng.standard_normal(n))
+        return np.column_stack([seq, size]).astype(float), y, p_cold
+
+    X, y, _ = draw(1500)
+    model = QuantileModel(*NUM2).fit(X, y)
+    assert model.shape_ is not None
+    Xt, yt, p = draw(3000)
+    q = model.predict_quantiles(Xt, LEVELS)
+    early, late = p > 0.6, p < 0.2
+    # Early tasks' medians are in the slow mode, late tasks' in the fast one.
+    assert np.median(q[early, 3] / q[late, 3].mean()) > 5
+    for part in (early, late):
+        cov = (yt[part, None] <= q[part]).mean(axis=0)
+        assert np.abs(cov - LEVELS).mean() < 0.05, cov
+
+
+# --------------------------------------------------------------------------- distribution properties
+
+
+def test_quantiles_never_cross_never_negative_at_any_level(llm_model):
+    Xt, _, _ = llm_like(300, seed=5)
+    # Beyond the training range too, and with made-up values.
+    Xt = np.vstack([Xt, [[0, 0, 0], [1e7, 1e6, 50], [-5, -5, -5], [np.nan, 3, 0.5]]])
+    levels = np.concatenate([[1e-6, 0.001], np.linspace(0.01, 0.99, 99), [0.999, 1 - 1e-6]])
+    q = llm_model.predict_quantiles(Xt, levels)
+    assert np.all(np.isfinite(q)) and np.all(q > 0)
+    assert np.all(np.diff(q, axis=1) >= 0)
+    unsorted = [0.9, 0.1, 0.5, 0.37]
+    np.testing.assert_allclose(llm_model.predict_quantiles(Xt, unsorted), llm_model.predict_quantiles(Xt, sorted(unsorted))[:, [3, 0, 2, 1]])
+
+
+def test_mean_std_and_total_come_from_the_distribution(llm_model):
+    Xt, _, _ = llm_like(50, seed=6)
+    dist = llm_model.predict_distribution(Xt)
+    mean, std = dist.mean_std()
+    # Lognormal noise with sigma 0.25: mean = median * exp(sigma^2 / 2), cv = sqrt(exp(sigma^2) - 1).
+    med = dist.quantiles([0.5])[:, 0]
+    assert np.median(mean / med) == pytest.approx(np.exp(0.25**2 / 2), rel=0.03)
+    assert np.median(std / mean) == pytest.approx(np.sqrt(np.exp(0.25**2) - 1), rel=0.12)
+    tot = dist.total()
+    assert tot.mean == pytest.approx(mean.sum())
+    assert tot.std == pytest.approx(np.sqrt((std**2).sum()))
+    lo, hi = tot.interval(0.9)
+    assert lo < tot.mean < hi
+    assert hi < dist.quantiles([0.95])[:, 0].sum()  # not the sum of the tasks' quantiles
+
+
+# --------------------------------------------------------------------------- choosing a family
+
+
+def test_cv_metrics_are_reported_for_every_family_tried(llm_model):
+    assert set(llm_model.cv_) == {"empirical", "linear", "lightgbm"}
+    for metrics in llm_model.cv_.values():
+        for key in ("pinball_loss", "relative_pinball_loss", "mean_abs_coverage_error", "coverage",
+                    "interval_coverage", "median_mape", "variant"):
+            assert key in metrics
+    assert llm_model.family_ in llm_model.cv_
+    chosen = llm_model.cv_[llm_model.family_]["pinball_loss"]
+    assert chosen <= 1.05 * min(m["pinball_loss"] for m in llm_model.cv_.values())
+    assert llm_model.cv_["empirical"]["pinball_loss"] > chosen
+
+
+def test_tiny_data_falls_back_to_the_empirical_family():
+    for n in (2, 3, 7):
+        X = np.arange(n, dtype=float)[:, None]
+        y = 100 + np.arange(n, dtype=float)
+        model = QuantileModel(["numeric"], [0]).fit(X, y)
+        assert model.family_ == "empirical"
+        q = model.predict_quantiles(X, [0.1, 0.5, 0.9])
+        assert np.all(q > 0) and np.all(np.diff(q, axis=1) >= 0)
+
+
+def test_no_features_and_constant_runtimes():
+    y = np.full(40, 12.5)
+    model = QuantileModel().fit(np.zeros((40, 0)), y)
+    q = model.predict_quantiles(np.zeros((3, 0)), [0.01, 0.5, 0.99])
+    np.testing.assert_allclose(q, 12.5)
+    mean, std = model.predict_distribution(np.zeros((2, 0))).mean_std()
+    np.testing.assert_allclose(mean, 12.5)
+    np.testing.assert_allclose(std, 0.0, atol=1e-9)
+
+
+@pytest.mark.parametrize("algorithm", [a for a in ALGORITHMS if a != "auto"])
+def test_each_algorithm_can_be_forced(algorithm):
+    X, y, _ = llm_like(300, seed=7)
+    model = QuantileModel(["numeric"] * 3, [0, 0, 0], algorithm=algorithm).fit(X, y)
+    assert model.family_ == algorithm and list(model.cv_) == [algorithm]
+    assert np.all(np.diff(model.predict_quantiles(X[:20], LEVELS), axis=1) >= 0)
+
+
+def test_bad_input_is_rejected():
+    with pytest.raises(ValueError):
+        QuantileModel(algorithm="xgboost")
+    with pytest.raises(ValueError):
+        QuantileModel(["numeric"], [0]).fit(np.ones((5, 1)), np.array([1.0, 2.0, 0.0, 3.0, 4.0]))
+    with pytest.raises(ValueError):
+        QuantileModel(["numeric"], [0]).fit(np.ones((1, 1)), np.array([1.0]))
+
+
+def test_categorical_features_and_sample_weights():
+    rng = np.random.default_rng(8)
+    n = 600
+    cat = rng.integers(0, 3, n)
+    x = rng.uniform(1, 100, n)
+    y = (10 + x) * np.array([1.0, 2.0, 5.0])[cat] * np.exp(0.1 * rng.standard_normal(n))
+    X = np.column_stack([x, cat]).astype(float)
+    model = QuantileModel(["numeric", "categorical"], [0, 3]).fit(X, y, sample_weight=rng.uniform(0.5, 1.5, n))
+    med = model.predict_quantiles(np.array([[50.0, 0], [50.0, 1], [50.0, 2], [50.0, np.nan]]), [0.5])[:, 0]
+    np.testing.assert_allclose(med[:3], 60 * np.array([1.0, 2.0, 5.0]), rtol=0.08)
+    assert np.isfinite(med[3]) and med[3] > 0  # an unseen category still gets an answer
+
+
+# --------------------------------------------------------------------------- persistence and speed
+
+
+def fitted_variants():
+    rng = np.random.default_rng(9)
+    X, y, _ = llm_like(400, seed=10)
+    yield QuantileModel(["numeric"] * 3, [0, 0, 0], algorithm="lightgbm").fit(X, y)
+    yield QuantileModel(["numeric"] * 3, [0, 0, 0], algorithm="linear").fit(X, y)
+    seq = rng.uniform(0, 1000, 600)
+    y2 = np.where(rng.random(600) < 0.9 * np.exp(-seq / 200), 60.0, 4.0) * np.exp(0.1 * rng.standard_normal(600))
+    yield QuantileModel(["numeric"], [0], algorithm="empirical").fit(seq[:, None], y2)
+
+
+def test_json_round_trip_gives_identical_predictions():
+    Xt, _, _ = llm_like(100, seed=11)
+    for model in fitted_variants():
+        text = json.dumps(model.to_json())
+        back = QuantileModel.from_json(json.loads(text))
+        X = Xt[:, : len(model.kinds)]
+        levels = [0.01, 0.25, 0.5, 0.9, 0.999]
+        np.testing.assert_array_equal(back.predict_quantiles(X, levels), model.predict_quantiles(X, levels))
+        a, b = model.predict_distribution(X), back.predict_distribution(X)
+        np.testing.assert_array_equal(a.mean_std()[0], b.mean_std()[0])
+        np.testing.assert_array_equal(a.total().quantiles([0.5, 0.99]), b.total().quantiles([0.5, 0.99]))
+        assert back.family_ == model.family_ and back.cv_ == json.loads(json.dumps(model.cv_))
+        assert json.dumps(back.to_json()) == text
+
+
+def test_batch_prediction_is_fast(llm_model):
+    Xt, _, _ = llm_like(1000, seed=12)
+    best = np.inf
+    for _ in range(5):
+        t0 = time.perf_counter()
+        dist = llm_model.predict_distribution(Xt)
+        dist.quantiles([0.25, 0.5, 0.75, 0.99])
+        dist.mean_std()
+        dist.total().quantiles([0.5, 0.99])
+        best = min(best, time.perf_counter() - t0)
+    assert best < 0.05  # generous: a few ms on an idle 2-core machine
