@@ -90,6 +90,17 @@ class ScoreDistribution:
                 out[lo] = z[0] - slope_lo * (np.log(p[0]) - np.log(tau[lo]))
         return out
 
+    def quantile_at(self, levels: tuple[float, ...]) -> np.ndarray:
+        """``quantile`` for a small tuple of levels, cached: requests reuse a few level sets."""
+        key = ("q", levels)
+        got = self._cache.get(key)
+        if got is None:
+            got = self.quantile(np.asarray(levels, dtype=np.float64))
+            got.setflags(write=False)
+            if len(self._cache) < 256:
+                self._cache[key] = got
+        return got
+
     def _tail_slopes(self) -> tuple[float, float]:
         got = self._cache.get("tails")
         if got is None:
@@ -108,7 +119,10 @@ class ScoreDistribution:
     # ------------------------------------------------------------------ moments
 
     def center(self) -> float:
-        return float(np.interp(0.5, self.levels, self.values))
+        got = self._cache.get("center")
+        if got is None:
+            got = self._cache["center"] = float(np.interp(0.5, self.levels, self.values))
+        return got
 
     def segment_nodes(self, knots: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Quadrature nodes on the probability axis for the segments between knots.
@@ -149,13 +163,35 @@ class ScoreDistribution:
         """Per segment, the mass-weighted sums of ``D**j`` (j = 1..4), ``D = exp(s (Z - z0)) - 1``.
 
         Shape (segments, 4); dividing by a segment's mass gives its conditional moments.
+        Cached: a homoscedastic model asks for the same scale on every prediction.
         """
+        key = ("moments", knots, scale)
+        got = self._cache.get(key)
+        if got is not None:
+            return got
         z, w, seg = self.segment_nodes(knots)
         d = np.expm1(scale * (z - self.center()))
         powers = np.stack([d, d * d, d * d * d, (d * d) * (d * d)], axis=1) * w[:, None]
         out = np.zeros((len(knots) + 1, 4))
         np.add.at(out, seg, powers)
+        if len(self._cache) < 64:
+            self._cache[key] = out
         return out
+
+    def central_factors(self, scale: float) -> tuple[float, float, float, float]:
+        """Mean of ``D`` and central moments 2..4 of ``1 + D`` for the unshaped ``Z`` (cached)."""
+        key = ("central", scale)
+        got = self._cache.get(key)
+        if got is None:
+            raw = self.segment_moments((), scale)[0]
+            mu = raw[0]
+            c2 = max(raw[1] - mu**2, 0.0)
+            c3 = raw[2] - 3 * mu * raw[1] + 2 * mu**3
+            c4 = max(raw[3] - 4 * mu * raw[2] + 6 * mu**2 * raw[1] - 3 * mu**4, 0.0)
+            got = (float(mu), float(c2), float(c3), float(c4))
+            if len(self._cache) < 256:
+                self._cache[key] = got
+        return got
 
     def segment_moment_table(self, knots: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
         """``segment_moments / s**j`` on a grid of ``log s``: (grid, table[grid, segment, j])."""
@@ -223,6 +259,11 @@ class RuntimeDistribution:
 
     def quantiles(self, levels: np.ndarray | list[float]) -> np.ndarray:
         """Runtime at each level, shape (tasks, levels); non-decreasing along levels."""
+        if self.cdf is None and len(levels) <= 64:
+            # One shared shape: Z's quantiles are the same for every task (and monotone in
+            # the level, so no sorting is needed); only location and scale vary.
+            z = self.score.quantile_at(tuple(float(v) for v in levels))
+            return np.exp(np.clip(self.location[:, None] + self.scale[:, None] * z[None, :], -700.0, 700.0))
         levels = np.asarray(levels, dtype=np.float64)
         order = np.argsort(levels)
         z = self.score_quantiles(levels[order])
@@ -255,6 +296,12 @@ class RuntimeDistribution:
 
     def _compute_moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         n = len(self)
+        s = self.scale
+        if n and self.cdf is None and s.min() == s.max():
+            # Shared shape and scale: the moments of exp(s (Z - z0)) are constants of the model.
+            mu, c2, c3, c4 = self.score.central_factors(float(s[0]))
+            base = np.exp(self.location + s * self.score.center())
+            return base * (1 + mu), base**2 * c2, base**3 * c3, base**4 * c4
         knots = self.knots if self.cdf is not None else ()
         lk = np.concatenate([[0.0], np.asarray(knots, dtype=np.float64), [1.0]])
         global_mass = np.diff(lk)

@@ -22,6 +22,15 @@ class FeatureSpec:
     # Numeric only: value used for rows of the *training* data that lacked it.
     fill: float = 0.0
 
+    @property
+    def codes(self) -> dict[str, int]:
+        """Category -> code, built once per spec (prediction asks for it on every request)."""
+        got = self.__dict__.get("_codes")
+        if got is None:
+            got = {c: k for k, c in enumerate(self.categories)}
+            object.__setattr__(self, "_codes", got)  # a cache, not state: the spec stays frozen
+        return got
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind}
         if self.kind == "categorical":
@@ -177,12 +186,15 @@ class FeatureSchema:
                 # Value by value: numpy would also take "100" or [5], but only for some batches.
                 col = np.fromiter((_as_float(v) for v in values), dtype=np.float64, count=n)
                 ok = np.isfinite(col)
+                if ok.all():
+                    X[:, j] = col
+                    continue
                 for i in np.flatnonzero(~ok):
                     if errors[i] is None:
                         errors[i] = _numeric_problem(name, values[i])
                 X[:, j] = np.where(ok, col, spec.fill)
             else:
-                lookup = {c: k for k, c in enumerate(spec.categories)}
+                lookup = spec.codes
                 codes = np.empty(n, dtype=np.float64)
                 for i, v in enumerate(values):
                     if v is None:

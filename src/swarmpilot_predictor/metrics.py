@@ -42,9 +42,25 @@ class PredictorMetrics:
         self.drifted = Gauge("predictor_model_drifted", "1 when the model's coverage left its tolerance band.",
                              ["model"], registry=r)
 
+        # Labelled children, looked up once: ``labels()`` costs microseconds per call.
+        self._children: dict[tuple, tuple] = {}
+
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route, method).observe(seconds)
+        key = ("req", route, method, status)
+        got = self._children.get(key)
+        if got is None:
+            got = self._children[key] = (self.requests.labels(route, method, str(status)), self.latency.labels(route, method))
+        got[0].inc()
+        got[1].observe(seconds)
+
+    def count_predictions(self, model: str, source: str, n_ok: int, n_failed: int = 0) -> None:
+        key = ("pred", model, source)
+        got = self._children.get(key)
+        if got is None:
+            got = self._children[key] = (self.predictions.labels(model, source), self.prediction_errors.labels(model))
+        got[0].inc(n_ok)
+        if n_failed:
+            got[1].inc(n_failed)
 
     def set_accuracy(self, model: str, report: dict) -> None:
         for level, value in (report.get("coverage") or {}).items():

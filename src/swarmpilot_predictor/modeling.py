@@ -170,7 +170,8 @@ class LogLinearDesign:
         Xn = X[:, num]
         L = _slog(Xn)
         rng = getattr(self, "raw_range_", None)
-        cols = [L, Xn if rng is None else np.clip(Xn, rng[0], rng[1])]
+        # minimum/maximum rather than np.clip: same result, a fraction of the per-call cost.
+        cols = [L, Xn if rng is None else np.minimum(np.maximum(Xn, rng[0]), rng[1])]
         for j, knots in enumerate(self.knots_):
             if knots:
                 cols.append(np.maximum(L[:, j : j + 1] - np.asarray(knots)[None, :], 0.0))
@@ -181,7 +182,9 @@ class LogLinearDesign:
         if self._num:
             Z = (self._numeric_raw(X) - self.center_) / self.spread_
             # A missing value sits at the training mean.
-            parts.append(np.nan_to_num(Z, nan=0.0, posinf=0.0, neginf=0.0))
+            # (np.nan_to_num costs tens of µs on a single row; this is the same, cheaper.)
+            Z[~np.isfinite(Z)] = 0.0
+            parts.append(Z)
         for j, (kind, k) in enumerate(zip(self.kinds, self.n_categories)):
             if kind == "categorical" and k > 0:
                 codes = X[:, j]
@@ -519,7 +522,7 @@ class ScaleModel:
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        if not np.any(self.coef_):
+        if not self.coef_.any():
             return np.ones(len(X))
         lin = self.design_.transform(X) @ self.coef_
         # Keep the learned spread within a sane range of the average noise.
@@ -953,7 +956,7 @@ class QuantileModel:
         if self.log_range_ is not None:
             # Never extrapolate the typical runtime beyond 100x the training extremes.
             lo, hi = self.log_range_
-            m = np.clip(np.nan_to_num(m, nan=(lo + hi) / 2), lo - _LOG100, hi + _LOG100)
+            m = np.clip(np.where(np.isnan(m), (lo + hi) / 2, m), lo - _LOG100, hi + _LOG100)
         s = np.asarray(self.scale_.predict(X if self.scale_.kinds else X[:, :0]), dtype=np.float64)
         if self.shape_ is not None and self.shape_.knots_:
             return RuntimeDistribution(m, s, self.score_, self.shape_.knots_, self.shape_.cdf(X))

@@ -167,9 +167,7 @@ class PredictorService:
             # Answered from a pre-computed table (no model needed); without a name, the default table.
             pred = self.tables.predict(lookup_table_name, pattern, traces, confidence_level, quantiles, with_total)
             n_ok = int(pred.ok.sum())
-            self.metrics.predictions.labels(f"table:{pred.table}", "lookup_table").inc(n_ok)  # bounded labels
-            if n_ok < len(pred.errors):
-                self.metrics.prediction_errors.labels(f"table:{pred.table}").inc(len(pred.errors) - n_ok)
+            self.metrics.count_predictions(f"table:{pred.table}", "lookup_table", n_ok, len(pred.errors) - n_ok)
             return pred
         t0 = time.perf_counter()
         self.registry.maybe_refresh()
@@ -199,10 +197,12 @@ class PredictorService:
         errors = [p or e for p, e in zip(pre_errors, errors)]
         ok = np.array([e is None for e in errors], dtype=bool)
         rows = np.flatnonzero(ok)
-        dist = loaded.model.predict_distribution(X[rows])
-        q = dist.quantiles(levels)
+        dist = loaded.model.predict_distribution(X[rows] if len(rows) < len(X) else X)
+        # The interval's two levels ride along with the requested ones: one evaluation.
+        tail = (1.0 - confidence_level) / 2.0
+        both = dist.quantiles([*levels, tail, 1.0 - tail])
+        q, interval = both[:, : len(levels)], both[:, len(levels):]
         mean, std = dist.mean_std()
-        interval = dist.interval(confidence_level)
         total = None
         if with_total and len(rows):
             tot = dist.total()
@@ -244,9 +244,7 @@ class PredictorService:
     def _count(self, identity: ModelIdentity, n_ok: int, n_failed: int) -> None:
         with self._count_lock:
             self.prediction_counts[identity] += n_ok
-        self.metrics.predictions.labels(identity.key, "model").inc(n_ok)
-        if n_failed:
-            self.metrics.prediction_errors.labels(identity.key).inc(n_failed)
+        self.metrics.count_predictions(identity.key, "model", n_ok, n_failed)
 
     # ------------------------------------------------------------------ lookup tables
 
