@@ -5,7 +5,7 @@ The server runs on one core (taskset -c 0), the load generator on the other
 (httpx costs ~1 ms a request here, more than the server), throughput with wrk
 (Debian package `wrk`) with 16 connections.
 
-    uv run python benchmarks/latency.py [--quick] [--skip-training] [--skip-registry]
+    uv run python benchmarks/latency.py [--quick] [--skip-training] [--skip-registry] [--only http,isolation,...]
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+from threadpoolctl import threadpool_limits
+
+# The in-process measurements run like the server does: single-threaded BLAS.
+threadpool_limits(limits=1, user_api="blas")
 
 IDENT = {"model_type": "llm", "model_name": "bench", "hardware": "H100", "software_name": "vllm", "software_version": "0.6"}
 SEG = "/".join(IDENT.values())
@@ -296,7 +300,7 @@ def section_registry(tmp: Path) -> None:
     """Start-up time with thousands of registered models (lazy loading)."""
     data = tmp / "many"
     train_model(data, 300, "linear")
-    src = next((data / "models").iterdir())
+    src = next(p for p in (data / "models").iterdir() if p.is_dir())
     for i in range(3000):
         ident = {**IDENT, "software_version": f"v{i}"}
         from swarmpilot_predictor.identity import ModelIdentity
@@ -330,19 +334,28 @@ def main() -> None:
     ap.add_argument("--algorithm", default="auto")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--skip-registry", action="store_true")
+    ap.add_argument("--only", default="", help="comma-separated sections: http,batch,cache,isolation,training,registry")
     args = ap.parse_args()
+    only = set(filter(None, args.only.split(",")))
+
+    def want(name: str, skip: bool = False) -> bool:
+        return name in only if only else not skip
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
         res = train_model(data_dir, 2000, args.algorithm)
         print(f"model: 2,000 synthetic LLM traces, algorithm {args.algorithm} -> {res['metrics']['algorithm']}\n")
         print("| measurement | result | |\n|---|---|---|")
-        section_http(args, data_dir)
-        section_batch_breakdown(data_dir)
-        section_cache(data_dir)
-        if not args.skip_training:
+        if want("http"):
+            section_http(args, data_dir)
+        if want("batch"):
+            section_batch_breakdown(data_dir)
+        if want("cache"):
+            section_cache(data_dir)
+        if want("isolation", args.skip_training):
             section_training_isolation(args, data_dir)
+        if want("training", args.skip_training):
             section_training_speed(args)
-        if not args.skip_registry:
+        if want("registry", args.skip_registry):
             section_registry(Path(tmp))
     print(f"\n(maxrss of this driver: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
 

@@ -215,3 +215,31 @@ def test_timeout_raises_unavailable():
         for c in accepted:
             c.close()
         listener.close()
+
+
+def test_background_training_and_cache_through_the_client(trained_server):
+    ident = {**IDENTITY, "software_version": "bg"}
+    with PredictorClient(trained_server.url) as client:
+        job = client.train_background({"model": ident, "traces": make_llm_traces(100, seed=9), "algorithm": "linear"})
+        assert job["status"] == "accepted"
+        result = client.wait_for_job(job["job_id"], timeout=60)
+        assert result.model_key == "/".join(ident.values()) and result.version == 1
+        assert client.train_job(job["job_id"])["status"] == "succeeded"
+        bad = client.train_background({"model": ident, "traces": "/etc/passwd"})
+        with pytest.raises(PredictorClientError) as err:
+            client.wait_for_job(bad["job_id"], timeout=60)
+        assert err.value.status_code == 422 and err.value.field == "traces"
+        client.clear_cache()
+        client.predict_single(ident, {"input_tokens": 3, "output_tokens": 4})
+        client.predict_single(ident, {"input_tokens": 3, "output_tokens": 4})
+        stats = client.cache_stats()
+        assert stats["hits"] >= 1 and stats["entries"] >= 1
+        client.delete_model(ident)
+
+    async def run():
+        async with AsyncPredictorClient(trained_server.url) as client:
+            job = await client.train_background({"model": ident, "traces": make_llm_traces(100, seed=9), "algorithm": "linear"})
+            return await client.wait_for_job(job["job_id"], timeout=60), await client.cache_stats()
+
+    result, stats = asyncio.run(run())
+    assert result.version == 1 and stats["enabled"] is True

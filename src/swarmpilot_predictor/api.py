@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.routing import Route
+from threadpoolctl import threadpool_limits
 
 from . import __version__
 from .errors import InvalidInput, NotFound, PredictorError, validation_message
@@ -127,6 +128,9 @@ def _openapi_body(schema: type[BaseModel]) -> dict[str, Any]:
 def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     settings = settings or PredictorSettings()
     service = PredictorService(settings)
+    # Prediction multiplies tiny matrices: a threaded BLAS would spend longer waking
+    # its threads than computing (and training runs in its own process anyway).
+    threadpool_limits(limits=1, user_api="blas")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -34,6 +34,10 @@ T = TypeVar("T", bound=BaseModel)
 IdentityLike = ModelIdentity | IdentityPattern | Mapping[str, Any] | Sequence[str | None] | str
 
 
+# A synchronous /train answers when training ends: give it far longer than a prediction.
+_TRAIN_TIMEOUT = 1800.0
+
+
 class PredictorClientError(Exception):
     """The service answered with an error, or could not be reached."""
 
@@ -130,12 +134,31 @@ class _Calls:
     def train(config: Mapping[str, Any] | TrainConfig, files: Mapping[str, Path | str | bytes] | None = None) -> _Request:
         cfg = config.model_dump(exclude_none=True) if isinstance(config, TrainConfig) else dict(config)
         if not files:
-            return _Request("POST", "/train", json={"config": cfg}, response=TrainResult)
+            return _Request("POST", "/train", json={"config": cfg}, response=TrainResult, timeout=_TRAIN_TIMEOUT)
         parts = [("config", ("config.json", orjson.dumps(cfg), "application/json"))]
         for name, content in files.items():
             data = content if isinstance(content, bytes) else Path(content).read_bytes()
             parts.append((name, (name, data, "application/octet-stream")))
-        return _Request("POST", "/train", files=parts, response=TrainResult)
+        return _Request("POST", "/train", files=parts, response=TrainResult, timeout=_TRAIN_TIMEOUT)
+
+    @staticmethod
+    def train_background(config: Mapping[str, Any] | TrainConfig, files: Mapping[str, Path | str | bytes] | None = None) -> _Request:
+        req = _Calls.train(config, files)
+        req.params = {"background": "true"}
+        req.response = None
+        return req
+
+    @staticmethod
+    def train_job(job_id: str) -> _Request:
+        return _Request("GET", f"/train/jobs/{quote(job_id, safe='')}", idempotent=True)
+
+    @staticmethod
+    def cache_stats() -> _Request:
+        return _Request("GET", "/cache/stats", idempotent=True)
+
+    @staticmethod
+    def clear_cache() -> _Request:
+        return _Request("POST", "/cache/clear")
 
     @staticmethod
     def observe(identity: Mapping[str, Any] | ModelIdentity, traces: Iterable[Mapping[str, Any]]) -> _Request:
@@ -355,6 +378,35 @@ class PredictorClient(_Base):
                       quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None) -> BatchPredictionResponse:
         return self._send(self._calls.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name))
 
+    def train_background(self, config: Mapping[str, Any] | TrainConfig,
+                         files: Mapping[str, Path | str | bytes] | None = None) -> dict[str, Any]:
+        """Start a training job and return at once: ``{"job_id", "status_url", ...}``."""
+        return self._send(self._calls.train_background(config, files))
+
+    def train_job(self, job_id: str) -> dict[str, Any]:
+        """A training job's status, and its result or error once finished."""
+        return self._send(self._calls.train_job(job_id))
+
+    def wait_for_job(self, job_id: str, timeout: float = 600.0, poll: float = 0.2) -> TrainResult:
+        """Poll a background training job until it ends; raise its error if it failed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.train_job(job_id)
+            if job["status"] == "succeeded":
+                return TrainResult.model_validate(job["result"])
+            if job["status"] == "failed":
+                err = job.get("error") or {}
+                raise PredictorClientError(err.get("message", "training failed"), err.get("status_code"), err.get("field"), job)
+            if time.monotonic() > deadline:
+                raise PredictorUnavailableError(f"training job {job_id} still {job['status']} after {timeout}s")
+            time.sleep(poll)
+
+    def cache_stats(self) -> dict[str, Any]:
+        return self._send(self._calls.cache_stats())
+
+    def clear_cache(self) -> dict[str, Any]:
+        return self._send(self._calls.clear_cache())
+
     def observe(self, identity: Mapping[str, Any] | ModelIdentity, traces: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         """Report measured runtimes (traces carrying ``runtime_ms``) for accuracy tracking and retraining."""
         return self._send(self._calls.observe(identity, traces))
@@ -470,6 +522,32 @@ class AsyncPredictorClient(_Base):
     async def predict_batch(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]], confidence_level: float = 0.95,
                             quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None) -> BatchPredictionResponse:
         return await self._send(self._calls.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name))
+
+    async def train_background(self, config: Mapping[str, Any] | TrainConfig,
+                               files: Mapping[str, Path | str | bytes] | None = None) -> dict[str, Any]:
+        return await self._send(self._calls.train_background(config, files))
+
+    async def train_job(self, job_id: str) -> dict[str, Any]:
+        return await self._send(self._calls.train_job(job_id))
+
+    async def wait_for_job(self, job_id: str, timeout: float = 600.0, poll: float = 0.2) -> TrainResult:
+        deadline = time.monotonic() + timeout
+        while True:
+            job = await self.train_job(job_id)
+            if job["status"] == "succeeded":
+                return TrainResult.model_validate(job["result"])
+            if job["status"] == "failed":
+                err = job.get("error") or {}
+                raise PredictorClientError(err.get("message", "training failed"), err.get("status_code"), err.get("field"), job)
+            if time.monotonic() > deadline:
+                raise PredictorUnavailableError(f"training job {job_id} still {job['status']} after {timeout}s")
+            await asyncio.sleep(poll)
+
+    async def cache_stats(self) -> dict[str, Any]:
+        return await self._send(self._calls.cache_stats())
+
+    async def clear_cache(self) -> dict[str, Any]:
+        return await self._send(self._calls.clear_cache())
 
     async def observe(self, identity: Mapping[str, Any] | ModelIdentity, traces: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         return await self._send(self._calls.observe(identity, traces))

@@ -96,7 +96,8 @@ class PredictorService:
         settings.ensure_dirs()
         self.registry = ModelRegistry(settings.models_dir, settings.max_loaded_models)
         self.trainer = Trainer(settings.data_dir, self.registry)
-        self.jobs = TrainingJobs(settings.data_dir, on_success=self._trained_in_worker)
+        self.jobs = TrainingJobs(settings.data_dir, on_success=self._trained_in_worker,
+                                 on_failure=lambda error: self.metrics.training_runs.labels("error").inc())
         self.prediction_counts: Counter[ModelIdentity] = Counter()
         self._count_lock = threading.Lock()
         self.started_at = time.time()

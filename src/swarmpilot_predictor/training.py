@@ -158,7 +158,10 @@ class Trainer:
             "rows_used": report.rows_used,
             "rows_dropped": sum(report.rows_dropped.values()),
             "data": report.to_json(),
-            "cv_scores": {f: {"pinball_loss": m["pinball_loss"], "mean_abs_coverage_error": m["mean_abs_coverage_error"]} for f, m in model.cv_.items()},
+            "cv_scores": {
+                f: {k: m[k] for k in ("pinball_loss", "mean_abs_coverage_error", "variant") if k in m}
+                for f, m in model.cv_.items()
+            },
             "training_seconds": time.perf_counter() - t0,
         }
         digest = hashlib.sha256()
@@ -193,11 +196,22 @@ def _lightgbm_errors() -> tuple[type[Exception], ...]:
 
 
 def _init_worker() -> None:
-    # nice 19: when predictions and training share a core, predictions win.
+    # Predictions first: SCHED_IDLE runs the worker only on otherwise idle CPU time and
+    # lets a waking server preempt it at once; nice 19 where that policy is missing.
     try:
-        os.nice(19)
-    except OSError:  # pragma: no cover - not permitted on some systems
-        pass
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        try:
+            os.nice(19)
+        except OSError:
+            pass
+    # A server pinned to one core (taskset) should not pin its training there too:
+    # let the worker use any core, where it only takes what others leave idle.
+    if hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, range(os.cpu_count() or 1))
+        except OSError:  # pragma: no cover - restricted by a cgroup or container
+            pass
     # If the server dies without shutting the pool down, do not outlive it.
     parent = os.getppid()
 
@@ -252,9 +266,11 @@ class TrainingJobs:
     threads or sockets) and is replaced if the worker dies.
     """
 
-    def __init__(self, data_dir: Path, on_success: Callable[[dict[str, Any]], None] | None = None, keep: int = 1000):
+    def __init__(self, data_dir: Path, on_success: Callable[[dict[str, Any]], None] | None = None,
+                 on_failure: Callable[[dict[str, Any]], None] | None = None, keep: int = 1000):
         self.data_dir = Path(data_dir)
         self.on_success = on_success
+        self.on_failure = on_failure
         self.keep = keep
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -318,6 +334,8 @@ class TrainingJobs:
                 done.set_result(result)
             else:
                 err = out["error"]
+                if self.on_failure is not None:
+                    self.on_failure(err)
                 record.update(status="failed", error=err)
                 exc = PredictorError(err["message"], err.get("field"))
                 exc.status_code = err["status_code"]

@@ -1,0 +1,79 @@
+"""Background training jobs, the prediction cache and several workers, over real HTTP."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import httpx
+
+from swarmpilot_predictor.client import PredictorClient
+
+from .conftest import IDENTITY, make_llm_traces, run_server
+
+SEG = "/".join(httpx.URL("http://x/" + "/".join(v.replace("/", "%2F") for v in IDENTITY.values())).raw_path.decode().split("/")[1:])
+
+
+def test_background_training_returns_202_and_a_job_to_poll(tmp_path):
+    with run_server(tmp_path / "data") as srv, httpx.Client(base_url=srv.url) as http:
+        r = http.post("/train?background=true", json={"config": {"model": IDENTITY, "traces": make_llm_traces(200), "algorithm": "linear"}})
+        assert r.status_code == 202
+        job = r.json()
+        assert job["status"] == "accepted" and job["status_url"] == f"/train/jobs/{job['job_id']}"
+        deadline = time.monotonic() + 60
+        while (state := http.get(job["status_url"]).json())["status"] != "succeeded":
+            assert state["status"] in ("queued", "running"), state
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert state["result"]["version"] == 1 and state["model_key"] == "/".join(IDENTITY.values())
+        # While it trained, and after, predictions answer.
+        p = http.post(f"/predict/single/{SEG}", json={"trace": {"input_tokens": 10, "output_tokens": 20}})
+        assert p.status_code == 200
+        bad = http.post("/train?background=true", json={"config": {"model": IDENTITY, "traces": "../etc/passwd"}})
+        assert bad.status_code == 202
+        while (state := http.get(bad.json()["status_url"]).json())["status"] not in ("failed", "succeeded"):
+            time.sleep(0.1)
+        assert state["status"] == "failed" and state["error"]["status_code"] == 422
+        assert http.get("/train/jobs/unknown").status_code == 404
+
+
+def test_cache_hits_misses_clear_and_invalidation_on_a_new_version(tmp_path):
+    trace = {"input_tokens": 100, "output_tokens": 50}
+    with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client, httpx.Client(base_url=srv.url) as http:
+        client.train({"model": IDENTITY, "traces": make_llm_traces(200), "algorithm": "linear"})
+        first = client.predict_single(IDENTITY, trace)
+        second = client.predict_single(IDENTITY, trace)
+        assert first.results.quantile_predictions == second.results.quantile_predictions
+        stats = http.get("/cache/stats").json()
+        assert stats["hits"] == 1 and stats["misses"] == 1 and stats["entries"] == 1
+        # Another level set or confidence is another entry.
+        client.predict_single(IDENTITY, trace, quantiles=[0.9])
+        assert http.get("/cache/stats").json()["misses"] == 2
+        # A new version drops the model's entries: the answer comes from v2.
+        client.train({"model": IDENTITY, "traces": [{**t, "runtime_ms": t["runtime_ms"] * 3} for t in make_llm_traces(200)], "algorithm": "linear"})
+        third = client.predict_single(IDENTITY, trace)
+        assert third.results.model_version == 2
+        assert third.results.quantile_predictions[1] > 2 * first.results.quantile_predictions[1]
+        assert http.post("/cache/clear").json()["cleared"] >= 1
+        assert http.get("/cache/stats").json()["entries"] == 0
+        metrics = client.metrics()
+        assert "predictor_cache_hits_total 1.0" in metrics
+
+
+def test_two_workers_share_the_data_directory(tmp_path):
+    args = [sys.executable, "-m", "swarmpilot_predictor", "serve", "--host", "127.0.0.1", "--port", "{port}",
+            "--workers", "2", "--log-level", "warning"]
+    with run_server(tmp_path / "data", args=args) as srv:
+        with PredictorClient(srv.url) as client:
+            client.train({"model": IDENTITY, "traces": make_llm_traces(150), "algorithm": "linear"})
+            # New connections land on either worker; every one must know the new model.
+            for _ in range(12):
+                with PredictorClient(srv.url) as fresh:
+                    r = fresh.predict_single(IDENTITY, {"input_tokens": 5, "output_tokens": 5})
+                    assert r.results.status == "success" and r.results.model_version == 1
+            client.train({"model": IDENTITY, "traces": make_llm_traces(150, seed=2), "algorithm": "linear"})
+            versions = set()
+            for _ in range(12):
+                with PredictorClient(srv.url) as fresh:
+                    versions.add(fresh.predict_single(IDENTITY, {"input_tokens": 5, "output_tokens": 5}).results.model_version)
+            assert versions == {2}

@@ -1,0 +1,56 @@
+"""Trainer in-process and TrainingJobs in the low-priority worker process."""
+
+from __future__ import annotations
+
+import pytest
+
+from swarmpilot_predictor.errors import PredictorError
+from swarmpilot_predictor.identity import ModelIdentity
+from swarmpilot_predictor.registry import ModelRegistry
+from swarmpilot_predictor.schemas import TrainConfig
+from swarmpilot_predictor.training import Trainer, TrainingJobs
+
+from .conftest import IDENTITY, make_llm_traces
+
+
+def test_trainer_stores_a_version_with_its_training_rows(tmp_path):
+    registry = ModelRegistry(tmp_path / "models")
+    result = Trainer(tmp_path, registry).train(TrainConfig(model=IDENTITY, traces=make_llm_traces(120), algorithm="linear"))
+    identity = ModelIdentity.from_parts(IDENTITY)
+    assert result["identity"] == IDENTITY and result["version"] == 1
+    X, y = registry.training_data(identity, 1)
+    assert X.shape == (120, 2) and len(y) == 120
+
+
+def test_jobs_train_in_another_process_and_report(tmp_path):
+    seen = []
+    jobs = TrainingJobs(tmp_path, on_success=seen.append)
+    try:
+        job_id, future = jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(100), algorithm="linear"))
+        result = future.result(timeout=120)
+        assert result["model_key"] == "/".join(IDENTITY.values()) and seen == [result]
+        record = jobs.get(job_id)
+        assert record["status"] == "succeeded" and record["result"]["version"] == 1
+        worker_pid = next(iter(jobs._pool._processes))
+        import os
+
+        assert worker_pid != os.getpid()
+        # The main process's registry sees what the worker wrote.
+        registry = ModelRegistry(tmp_path / "models")
+        assert [v.version for v in registry.versions(ModelIdentity.from_parts(IDENTITY))] == [1]
+
+        # Errors come back as PredictorError with the status and field, not as a crash.
+        bad_id, bad = jobs.submit_raw(b'{"config": {"model": {"model_type": "x"}, "traces": []}}')
+        with pytest.raises(PredictorError) as err:
+            bad.result(timeout=60)
+        assert err.value.status_code == 422 and "model" in err.value.message
+        assert jobs.get(bad_id)["status"] == "failed"
+    finally:
+        jobs.shutdown()
+    assert jobs._pool is None
+
+
+def test_unknown_job_is_404(tmp_path):
+    with pytest.raises(PredictorError) as err:
+        TrainingJobs(tmp_path).get("nope")
+    assert err.value.status_code == 404
