@@ -177,6 +177,13 @@ def section_http(args, data_dir: Path) -> None:
         print(f"| throughput, trivial endpoint | {wrk(srv.port, '/ping', b'', secs):.0f} req/s |")
     finally:
         srv.stop()
+    srv = Server(data_dir)  # the default: prediction cache on
+    try:
+        secs = 3 if args.quick else 10
+        # Every request repeats the same trace: after the first, all are cache hits.
+        print(f"| throughput, single prediction, cache on and every request a hit, 1 worker | {wrk(srv.port, f'/predict/single/{SEG}', single, secs):.0f} req/s |")
+    finally:
+        srv.stop()
     srv = Server(data_dir, workers=2, env={"PREDICTOR_CACHE_SIZE": "0"})
     try:
         secs = 3 if args.quick else 10

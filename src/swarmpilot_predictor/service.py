@@ -48,8 +48,15 @@ class Prediction:
     total: dict[str, Any] | None
     duration_seconds: float
     source: str = "model"
+    # Rendered results, kept so that a cached prediction is rendered only once.
+    rendered: list[dict[str, Any]] | None = dataclasses.field(default=None, repr=False)
 
     def results(self) -> list[dict[str, Any]]:
+        if self.rendered is None:
+            self.rendered = self._render()
+        return self.rendered
+
+    def _render(self) -> list[dict[str, Any]]:
         info = self.identity.model_info()
         out: list[dict[str, Any]] = []
         qs, means, stds, ivs = self.quantiles.tolist(), self.mean.tolist(), self.std.tolist(), self.interval.tolist()
