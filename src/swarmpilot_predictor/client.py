@@ -263,6 +263,18 @@ class _Calls:
         return body
 
     @staticmethod
+    def job_outcome(job: dict[str, Any], deadline: float, timeout: float) -> TrainResult | None:
+        """A finished job's result (or its error, raised); None while it still runs."""
+        if job["status"] == "succeeded":
+            return TrainResult.model_validate(job["result"])
+        if job["status"] == "failed":
+            err = job.get("error") or {}
+            raise PredictorClientError(err.get("message", "training failed"), err.get("status_code"), err.get("field"), job)
+        if time.monotonic() > deadline:
+            raise PredictorUnavailableError(f"training job {job['job_id']} still {job['status']} after {timeout}s")
+        return None
+
+    @staticmethod
     def queue_wait(batch: BatchPredictionResponse, confidence_level: float) -> QueueWaitEstimate:
         if batch.expect is None or batch.total_quantiles is None or batch.total_interval is None:
             raise PredictorClientError("no task in the queue could be predicted: " + "; ".join(
@@ -390,16 +402,9 @@ class PredictorClient(_Base):
     def wait_for_job(self, job_id: str, timeout: float = 600.0, poll: float = 0.2) -> TrainResult:
         """Poll a background training job until it ends; raise its error if it failed."""
         deadline = time.monotonic() + timeout
-        while True:
-            job = self.train_job(job_id)
-            if job["status"] == "succeeded":
-                return TrainResult.model_validate(job["result"])
-            if job["status"] == "failed":
-                err = job.get("error") or {}
-                raise PredictorClientError(err.get("message", "training failed"), err.get("status_code"), err.get("field"), job)
-            if time.monotonic() > deadline:
-                raise PredictorUnavailableError(f"training job {job_id} still {job['status']} after {timeout}s")
+        while (result := self._calls.job_outcome(self.train_job(job_id), deadline, timeout)) is None:
             time.sleep(poll)
+        return result
 
     def cache_stats(self) -> dict[str, Any]:
         return self._send(self._calls.cache_stats())
@@ -532,16 +537,9 @@ class AsyncPredictorClient(_Base):
 
     async def wait_for_job(self, job_id: str, timeout: float = 600.0, poll: float = 0.2) -> TrainResult:
         deadline = time.monotonic() + timeout
-        while True:
-            job = await self.train_job(job_id)
-            if job["status"] == "succeeded":
-                return TrainResult.model_validate(job["result"])
-            if job["status"] == "failed":
-                err = job.get("error") or {}
-                raise PredictorClientError(err.get("message", "training failed"), err.get("status_code"), err.get("field"), job)
-            if time.monotonic() > deadline:
-                raise PredictorUnavailableError(f"training job {job_id} still {job['status']} after {timeout}s")
+        while (result := self._calls.job_outcome(await self.train_job(job_id), deadline, timeout)) is None:
             await asyncio.sleep(poll)
+        return result
 
     async def cache_stats(self) -> dict[str, Any]:
         return await self._send(self._calls.cache_stats())

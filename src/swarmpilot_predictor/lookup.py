@@ -58,9 +58,11 @@ from scipy.special import ndtri
 
 from .errors import InvalidInput, NotFound, PredictorError
 from .identity import IDENTITY_KEYS, IdentityPattern
+from .schemas import RenderedPredictions
 from .traces import (
     ID_KEYS,
     TraceError,
+    csv_value,
     format_number,
     iter_trace_file,
     iter_trace_stream,
@@ -1102,7 +1104,7 @@ def _table_total(expect: np.ndarray, error: np.ndarray, levels: list[float] | No
 
 
 @dataclass
-class TablePrediction:
+class TablePrediction(RenderedPredictions):
     """Answers from a lookup table, rendered like the model's :class:`~.service.Prediction`."""
 
     table: str
@@ -1118,24 +1120,8 @@ class TablePrediction:
     def results(self) -> list[dict[str, Any]]:
         return self.items
 
-    def summary(self) -> dict[str, Any]:
-        n_ok = int(self.ok.sum())
-        return {
-            "total": len(self.errors),
-            "success": n_ok,
-            "failed": len(self.errors) - n_ok,
-            "confidence_level": self.confidence_level,
-            "duration_seconds": self.duration_seconds,
-        }
-
-    def single_response(self) -> dict[str, Any]:
-        return {"summary": self.summary(), "results": self.items[0]}
-
-    def batch_response(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"summary": self.summary(), "results": self.items, "quantiles": self.levels,
-                                "source": "lookup_table", "table": self.table}
-        body.update(self.total or {"expect": None, "error": None, "total_quantiles": None, "total_interval": None})
-        return body
+    def batch_extra(self) -> dict[str, Any]:
+        return {"source": "lookup_table", "table": self.table}
 
 
 # --------------------------------------------------------------------------- building from records
@@ -1384,19 +1370,6 @@ def _iter_jsonl_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
         raise TraceError(f"{name}: cannot read the file ({exc}); it may be truncated") from None
 
 
-def _csv_cell(text: str) -> Any:
-    if text == "":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
 def _iter_csv_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
     try:
         reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
@@ -1442,7 +1415,7 @@ def _iter_csv_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
                     "expect": float(row[i_exp]),
                     "error": float(row[i_err]),
                     "model_info": {ik: (row[i] if i is not None else None) for ik, (_, i) in zip(info_keys, ident)},
-                    "features": {h: _csv_cell(row[i]) for h, i in feat},
+                    "features": {h: csv_value(row[i]) for h, i in feat},
                 }
                 if i_lo is not None and i_hi is not None and i_cl is not None and row[i_lo] != "":
                     rec["interval"] = [float(row[i_lo]), float(row[i_hi])]

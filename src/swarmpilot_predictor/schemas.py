@@ -181,3 +181,35 @@ class HealthResponse(_Response):
 class ModelsResponse(_Response):
     status: str
     models: list[dict[str, Any]]
+
+
+class RenderedPredictions:
+    """The contract's JSON for a set of predictions, from the model or from a lookup table.
+
+    Subclasses (dataclasses) provide ``ok``, ``errors``, ``levels``,
+    ``confidence_level``, ``total``, ``duration_seconds`` and ``results()``.
+    """
+
+    _NO_TOTAL = {"expect": None, "error": None, "total_quantiles": None, "total_interval": None}
+
+    def summary(self) -> dict[str, Any]:
+        n_ok = int(self.ok.sum())
+        return {
+            "total": len(self.errors),
+            "success": n_ok,
+            "failed": len(self.errors) - n_ok,
+            "confidence_level": self.confidence_level,
+            "duration_seconds": self.duration_seconds,
+        }
+
+    def single_response(self) -> dict[str, Any]:
+        return {"summary": self.summary(), "results": self.results()[0]}
+
+    def batch_response(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"summary": self.summary(), "results": self.results(), "quantiles": self.levels}
+        body.update(self.batch_extra())
+        body.update(self.total or self._NO_TOTAL)
+        return body
+
+    def batch_extra(self) -> dict[str, Any]:
+        return {}

@@ -25,14 +25,14 @@ from .metrics import PredictorMetrics
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog
 from .registry import ModelRegistry, ModelVersion
 from .retraining import Retrainer
-from .schemas import TrainConfig
+from .schemas import RenderedPredictions, TrainConfig
 from .training import ProgressFn, Trainer, TrainingJobs
 from .settings import PredictorSettings
 from .traces import TraceError, TraceTable, normalize_trace
 
 
 @dataclass
-class Prediction:
+class Prediction(RenderedPredictions):
     """Predictions for a batch of traces, ready to be rendered as the contract's JSON."""
 
     identity: ModelIdentity
@@ -78,23 +78,6 @@ class Prediction:
                 out.append({"status": "error", "message": err, "model_info": info})
         return out
 
-    def summary(self) -> dict[str, Any]:
-        n_ok = int(self.ok.sum())
-        return {
-            "total": len(self.errors),
-            "success": n_ok,
-            "failed": len(self.errors) - n_ok,
-            "confidence_level": self.confidence_level,
-            "duration_seconds": self.duration_seconds,
-        }
-
-    def single_response(self) -> dict[str, Any]:
-        return {"summary": self.summary(), "results": self.results()[0]}
-
-    def batch_response(self) -> dict[str, Any]:
-        body = {"summary": self.summary(), "results": self.results(), "quantiles": self.levels}
-        body.update(self.total or {"expect": None, "error": None, "total_quantiles": None, "total_interval": None})
-        return body
 
 
 class PredictorService:

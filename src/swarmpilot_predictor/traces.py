@@ -112,7 +112,7 @@ def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Ite
         elif fmt == "csv":
             text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
             for row in csv.DictReader(text):
-                yield {k: _csv_value(v) for k, v in row.items() if k is not None}
+                yield {k: csv_value(v) for k, v in row.items() if k is not None}
         else:  # pragma: no cover - guarded by _format_from_name
             raise TraceError(f"unknown trace format {fmt!r}")
     except (OSError, EOFError, UnicodeDecodeError) as exc:
@@ -127,7 +127,7 @@ def _normalize_at(obj: Any, source: str, where: str) -> dict[str, Any]:
         raise TraceError(f"{source}: {where}: {exc}") from None
 
 
-def _csv_value(text: str | None) -> Any:
+def csv_value(text: str | None) -> Any:
     if text is None or text == "":
         return None
     try:
