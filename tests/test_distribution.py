@@ -194,3 +194,18 @@ def test_total_quantiles_are_monotone_and_positive():
         dist = RuntimeDistribution(rng.normal(3, 1, n), rng.uniform(0.1, 1.5, n), normal_score())
         q = dist.total().quantiles(np.linspace(0.001, 0.999, 50))
         assert np.all(np.diff(q) >= 0) and np.all(q > 0)
+
+
+def test_moments_follow_the_observed_scores_not_an_extrapolated_tail():
+    # Two modes (warm and cold starts) and one warm-up outlier, as in real vision traces:
+    # the exponential tail beyond the outlier must not turn the mean and variance absurd.
+    rng = np.random.default_rng(0)
+    z = np.concatenate([rng.normal(0.0, 0.1, 900), rng.normal(2.5, 0.1, 100), [5.3]])
+    dist = RuntimeDistribution(np.array([np.log(5.0)]), np.array([1.0]), ScoreDistribution.from_scores(z))
+    mean, std = dist.mean_std()
+    y = 5.0 * np.exp(z)
+    assert mean[0] == pytest.approx(y.mean(), rel=0.05)
+    assert std[0] == pytest.approx(y.std(), rel=0.15)
+    # Extreme levels still extrapolate, increasing.
+    q = dist.quantiles([0.999, 0.9999, 0.99999])[0]
+    assert np.all(np.diff(q) > 0)

@@ -155,6 +155,10 @@ class ScoreDistribution:
             ws.append(np.diff(e))
             segs.append(np.full(len(e) - 1, k))
         u = np.concatenate(us)
+        # Moments use the scores as observed: the mass beyond the most extreme score
+        # sits on it. An extrapolated tail may hold quantiles, not mean and variance,
+        # where a 1-in-a-million value would otherwise dominate.
+        u = np.clip(u, self.levels[0], self.levels[-1])
         got = (self.quantile(u), np.concatenate(ws), np.concatenate(segs))
         self._cache[key] = got
         return got
