@@ -572,7 +572,14 @@ so "within 5% of the truth" is at the limit of what that data can determine at t
 Measured on {platform.machine()} with {__import__('os').cpu_count()} CPU cores, Python {platform.python_version()},
 LightGBM {lightgbm.__version__}, scikit-learn {sklearn.__version__}, quantile-forest {quantile_forest.__version__}.
 """
-    (REPO / "benchmarks" / "README.md").write_text(header + "\n" + "\n".join(body) + "\n")
+    section = header + "\n" + "\n".join(body) + "\n"
+    path = REPO / "benchmarks" / "README.md"
+    # Replace only the accuracy section: the other benchmarks keep theirs.
+    old = path.read_text() if path.exists() else ""
+    start = old.find("## Accuracy")
+    rest = old.find("\n## ", start + 1) if start >= 0 else -1
+    tail = old[rest + 1:] if rest >= 0 else ""
+    path.write_text(section + ("\n" + tail if tail else ""))
 
 
 if __name__ == "__main__":
