@@ -77,3 +77,35 @@ def test_two_workers_share_the_data_directory(tmp_path):
                 with PredictorClient(srv.url) as fresh:
                     versions.add(fresh.predict_single(IDENTITY, {"input_tokens": 5, "output_tokens": 5}).results.model_version)
             assert versions == {2}
+
+
+def test_concurrent_single_predictions_are_batched_but_answered_as_if_alone(tmp_path):
+    import asyncio
+
+    from swarmpilot_predictor.client import AsyncPredictorClient, PredictorClientError
+
+    traces = [{"input_tokens": 50 * i + 7, "output_tokens": 3 * i + 1} for i in range(24)]
+    levels = [None, [0.1, 0.9]]
+    with run_server(tmp_path / "data", extra_env={"PREDICTOR_CACHE_SIZE": "0"}) as srv:
+        with PredictorClient(srv.url) as client:
+            client.train({"model": IDENTITY, "traces": make_llm_traces(200), "algorithm": "linear"})
+            alone = [client.predict_single(IDENTITY, t, quantiles=levels[i % 2]).results for i, t in enumerate(traces)]
+
+        async def together():
+            async with AsyncPredictorClient(srv.url) as ac:
+                calls = [ac.predict_single(IDENTITY, t, quantiles=levels[i % 2]) for i, t in enumerate(traces)]
+                calls.append(ac.predict_single(IDENTITY, {"input_tokens": 5}))  # fails alone, in the same turn
+                return await asyncio.gather(*calls, return_exceptions=True)
+
+        answers = asyncio.run(together())
+    import pytest
+
+    for one, many in zip(alone, answers[:-1]):
+        assert many.results.quantiles == one.quantiles
+        # Same numbers up to rounding: summation order, and a one-row batch takes the
+        # exact moment formula where a batch interpolates a table (1e-7 apart).
+        assert many.results.quantile_predictions == pytest.approx(one.quantile_predictions, rel=1e-6)
+        assert many.results.expect == pytest.approx(one.expect, rel=1e-6)
+        assert many.results.interval == pytest.approx(one.interval, rel=1e-6)
+    assert isinstance(answers[-1], PredictorClientError) and answers[-1].status_code == 422
+    assert "output_tokens" in answers[-1].message

@@ -383,3 +383,29 @@ def test_upload_temp_dirs_and_stray_files_do_not_disturb_start_up(tmp_path):
     os.makedirs(data / "models" / "half-written", exist_ok=True)
     again = PredictorService(PredictorSettings(data_dir=data))
     assert [i.key for i in again.registry.identities()] == [ModelIdentity.from_parts(IDENTITY).key]
+
+
+def test_predict_each_matches_one_by_one_with_and_without_cache(tmp_path):
+    from swarmpilot_predictor.schemas import TrainConfig
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    from .conftest import IDENTITY, make_llm_traces
+
+    traces = [{"input_tokens": 11 * i + 3, "output_tokens": i + 1} for i in range(10)] + [{"input_tokens": 1}]
+    for cache_size in (0, 100):
+        svc = PredictorService(PredictorSettings(data_dir=tmp_path / f"d{cache_size}", cache_size=cache_size))
+        svc.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(150), algorithm="linear"))
+        pattern = IdentityPattern.from_parts(IDENTITY)
+        svc.predict(pattern, [traces[3]])  # one of them already cached
+        each = svc.predict_each(pattern, traces)
+        for trace, pred in zip(traces, each):
+            alone = svc.predict(pattern, [trace]).single_response()["results"]
+            got = pred.single_response()["results"]
+            assert got["status"] == alone["status"]
+            if got["status"] == "success":
+                # Same numbers up to rounding: summation order, and a one-row batch takes the
+        # exact moment formula where a batch interpolates a table (1e-7 apart).
+                for key in ("quantile_predictions", "interval", "expect", "error"):
+                    assert got[key] == pytest.approx(alone[key], rel=1e-6)
+        assert each[-1].ok.tolist() == [False] and "output_tokens" in each[-1].errors[0]
+        svc.close()

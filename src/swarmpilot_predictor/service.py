@@ -56,6 +56,19 @@ class Prediction(RenderedPredictions):
             self.rendered = self._render()
         return self.rendered
 
+    def split(self) -> list["Prediction"]:
+        """One Prediction per trace, each as if that trace had been predicted alone."""
+        out = []
+        k = 0
+        for i, good in enumerate(self.ok.tolist()):
+            rows = slice(k, k + 1) if good else slice(k, k)
+            out.append(dataclasses.replace(
+                self, ok=self.ok[i:i + 1], errors=self.errors[i:i + 1], quantiles=self.quantiles[rows],
+                mean=self.mean[rows], std=self.std[rows], interval=self.interval[rows], total=None, rendered=None,
+            ))
+            k += good
+        return out
+
     def _render(self) -> list[dict[str, Any]]:
         info = self.identity.model_info()
         out: list[dict[str, Any]] = []
@@ -221,6 +234,37 @@ class PredictorService:
         if cache_key is not None and ok.all():
             self.cache.put(cache_key, prediction)
         return prediction
+
+    def predict_each(self, pattern: IdentityPattern, traces: Sequence[dict[str, Any]], confidence_level: float = 0.95,
+                     quantiles: Sequence[float] | None = None) -> list[Prediction]:
+        """Several single-trace requests with the same options, evaluated as one vectorised batch."""
+        if len(traces) == 1 or not self.cache.enabled:
+            if len(traces) == 1:
+                return [self.predict(pattern, traces, confidence_level, quantiles)]
+            return self.predict(pattern, traces, confidence_level, quantiles).split()
+        # Cached traces are answered from the cache, the others evaluated together.
+        identity = self.registry.resolve(pattern)
+        meta = self.registry.latest(identity)
+        levels = list(quantiles) if quantiles else meta.quantiles
+        out: list[Prediction | None] = [None] * len(traces)
+        keys = [self._cache_key(identity, meta, t, levels, confidence_level) for t in traces]
+        for i, key in enumerate(keys):
+            hit = self.cache.get(key) if key is not None else None
+            if hit is not None:
+                out[i] = hit
+        self.metrics.cache_hits.inc(sum(p is not None for p in out))
+        misses = [i for i, p in enumerate(out) if p is None]
+        if misses:
+            self.metrics.cache_misses.inc(len(misses))
+            fresh = self.predict(pattern, [traces[i] for i in misses], confidence_level, quantiles).split()
+            for i, pred in zip(misses, fresh):
+                out[i] = pred
+                if keys[i] is not None and pred.ok[0] and pred.version == meta.version:
+                    self.cache.put(keys[i], pred)
+        n_hits = len(traces) - len(misses)
+        if n_hits:
+            self._count(identity, n_hits, 0)
+        return out  # type: ignore[return-value]
 
     @staticmethod
     def _cache_key(identity: ModelIdentity, meta: ModelVersion, trace: Any, levels: list[float], confidence: float):
