@@ -243,6 +243,7 @@ class PredictorService:
                 return [self.predict(pattern, traces, confidence_level, quantiles)]
             return self.predict(pattern, traces, confidence_level, quantiles).split()
         # Cached traces are answered from the cache, the others evaluated together.
+        self.registry.maybe_refresh()  # the version in the cache key must be the serving one
         identity = self.registry.resolve(pattern)
         meta = self.registry.latest(identity)
         levels = list(quantiles) if quantiles else meta.quantiles
