@@ -67,6 +67,7 @@ from .traces import (
     iter_trace_file,
     iter_trace_stream,
     normalize_trace,
+    normalize_traces,
     open_trace_file,
     reserved_keys,
 )
@@ -647,16 +648,8 @@ class LookupTable:
         rows = np.full(n, -1, dtype=np.int64)
         match = np.full(n, -1, dtype=np.int8)
         dist = np.full(n, np.nan)
-        errors: list[str | None] = [None] * n
-        flat: list[dict[str, Any]] = []
-        bad = np.zeros(n, dtype=bool)
-        for i, t in enumerate(traces):
-            try:
-                flat.append(normalize_trace(t))
-            except TraceError as exc:
-                flat.append({})
-                errors[i] = str(exc)
-                bad[i] = True
+        flat, errors = normalize_traces(traces)
+        bad = np.array([e is not None for e in errors], dtype=bool)
         cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         featured = [g for g in groups if not g.featureless]
 

@@ -111,8 +111,12 @@ class RollingAccuracy:
     y: deque = field(default_factory=deque)
     q: deque = field(default_factory=deque)
     total: int = 0
+    # /health and /models ask for every model's drift on each call: the report (eight
+    # binomial tests) is computed once per change of the window, not per request.
+    _report: dict[tuple[float, int], dict[str, Any]] = field(default_factory=dict, repr=False)
 
     def add(self, y: np.ndarray, q: np.ndarray) -> None:
+        self._report.clear()
         for yi, qi in zip(y.tolist(), q.tolist()):
             self.y.append(yi)
             self.q.append(qi)
@@ -122,6 +126,12 @@ class RollingAccuracy:
         self.total += len(y)
 
     def report(self, alpha: float, min_observations: int) -> dict[str, Any]:
+        key = (alpha, min_observations)
+        if key not in self._report:
+            self._report[key] = self._compute_report(alpha, min_observations)
+        return self._report[key]
+
+    def _compute_report(self, alpha: float, min_observations: int) -> dict[str, Any]:
         n = len(self.y)
         out: dict[str, Any] = {"observations": self.total, "window": n, "levels": list(MONITOR_LEVELS)}
         if n == 0:

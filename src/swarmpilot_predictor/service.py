@@ -28,7 +28,7 @@ from .retraining import Retrainer
 from .schemas import RenderedPredictions, TrainConfig
 from .training import ProgressFn, Trainer, TrainingJobs
 from .settings import PredictorSettings
-from .traces import TraceError, TraceTable, normalize_trace
+from .traces import normalize_traces
 
 
 @dataclass
@@ -47,7 +47,6 @@ class Prediction(RenderedPredictions):
     interval: np.ndarray  # (n_ok, 2)
     total: dict[str, Any] | None
     duration_seconds: float
-    source: str = "model"
     # Rendered results, kept so that a cached prediction is rendered only once.
     rendered: list[dict[str, Any]] | None = dataclasses.field(default=None, repr=False)
 
@@ -103,7 +102,6 @@ class PredictorService:
                                  on_failure=lambda error: self.metrics.training_runs.labels("error").inc())
         self.prediction_counts: Counter[ModelIdentity] = Counter()
         self._count_lock = threading.Lock()
-        self.started_at = time.time()
         self.metrics = PredictorMetrics()
         self.cache = PredictionCache(settings.cache_size)
         self.registry.on_change = self.cache.invalidate
@@ -126,10 +124,6 @@ class PredictorService:
         self.jobs.shutdown()
 
     # ------------------------------------------------------------------ training
-
-    def read_traces(self, source: list[dict[str, Any]] | str, uploads: dict[str, Path] | None = None,
-                    progress: ProgressFn | None = None) -> TraceTable:
-        return self.trainer.read_traces(source, uploads, progress)
 
     def train(self, config: TrainConfig, uploads: dict[str, Path] | None = None,
               progress: ProgressFn | None = None) -> dict[str, Any]:
@@ -188,15 +182,7 @@ class PredictorService:
                     self._count(identity, 1, 0)
                     return dataclasses.replace(hit, duration_seconds=time.perf_counter() - t0)
                 self.metrics.cache_misses.inc()
-        flat = []
-        pre_errors: list[str | None] = []
-        for t in traces:
-            try:
-                flat.append(normalize_trace(t))
-                pre_errors.append(None)
-            except TraceError as exc:
-                flat.append({})
-                pre_errors.append(str(exc))
+        flat, pre_errors = normalize_traces(traces)
         X, errors = loaded.meta.features.matrix(flat)
         errors = [p or e for p, e in zip(pre_errors, errors)]
         ok = np.array([e is None for e in errors], dtype=bool)
@@ -415,14 +401,7 @@ class PredictorService:
         self.registry.maybe_refresh()
         loaded = self.registry.load(identity)
         target = loaded.meta.target
-        flat, errors = [], []
-        for t in traces:
-            try:
-                flat.append(normalize_trace(t))
-                errors.append(None)
-            except TraceError as exc:
-                flat.append({})
-                errors.append(str(exc))
+        flat, errors = normalize_traces(traces)
         X, feat_errors = loaded.meta.features.matrix(flat)
         y = np.full(len(flat), np.nan)
         for i, t in enumerate(flat):

@@ -56,6 +56,23 @@ def normalize_trace(obj: Any) -> dict[str, Any]:
     return flat
 
 
+def normalize_traces(traces: Iterable[Any]) -> tuple[list[dict[str, Any]], list[str | None]]:
+    """Normalise each trace; one that cannot be read becomes ``{}`` with its error beside it.
+
+    Requests with many traces fail trace by trace, never as a whole.
+    """
+    flat: list[dict[str, Any]] = []
+    errors: list[str | None] = []
+    for t in traces:
+        try:
+            flat.append(normalize_trace(t))
+            errors.append(None)
+        except TraceError as exc:
+            flat.append({})
+            errors.append(str(exc))
+    return flat, errors
+
+
 # --------------------------------------------------------------------------- files
 
 
