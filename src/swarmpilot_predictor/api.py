@@ -94,13 +94,14 @@ def _raw_segments(request: Request, skip: int) -> list[str]:
     return [unquote(s) for s in segments[skip:]]
 
 
-def _identity_from(request: Request, skip: int) -> tuple[IdentityPattern, list[str]]:
+def _identity_from(request: Request, skip: int) -> IdentityPattern:
+    """The five identity segments after the first ``skip`` path segments (the route checked the shape)."""
     segs = _raw_segments(request, skip)
     if len(segs) < 5:
         raise NotFound(
             "the path needs five identity segments: model_type/model_name/hardware/software_name/software_version"
         )
-    return IdentityPattern.from_segments(*segs[:5]), segs[5:]
+    return IdentityPattern.from_segments(*segs[:5])
 
 
 async def _json_body(request: Request, schema: type[BaseModel]) -> Any:
@@ -190,34 +191,34 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
 
     @app.get("/models/" + IDENTITY_PATH, tags=["models"], summary="One model and all its versions")
     async def model_detail(request: Request):
-        pattern, _ = _identity_from(request, 1)
+        pattern = _identity_from(request, 1)
         return JSONResponse({"status": "success", "model": service.model_detail(pattern)})
 
     @app.get("/models/" + IDENTITY_PATH + "/versions/{version}", tags=["models"], summary="One version's full metadata")
     async def model_version_detail(request: Request, version: int):
-        pattern, _ = _identity_from(request, 1)
+        pattern = _identity_from(request, 1)
         return JSONResponse({"status": "success", "model": service.model_detail(pattern, version)})
 
     @app.get("/models/" + IDENTITY_PATH + "/accuracy", tags=["monitoring"],
              summary="Rolling accuracy of the serving version against observed runtimes")
     async def model_accuracy(request: Request, version: int | None = None, recent: int = 200):
-        pattern, _ = _identity_from(request, 1)
+        pattern = _identity_from(request, 1)
         return JSONResponse(service.accuracy(pattern, version, max(0, min(recent, 5000))))
 
     @app.post("/models/" + IDENTITY_PATH + "/retrain", tags=["monitoring"],
               summary="Retrain now on training data plus observations; a new version only if it is better")
     async def model_retrain(request: Request):
-        pattern, _ = _identity_from(request, 1)
+        pattern = _identity_from(request, 1)
         return JSONResponse(await run_in_threadpool(service.retrain, pattern))
 
     @app.delete("/models/" + IDENTITY_PATH, tags=["models"], summary="Delete a model, every version")
     async def model_delete(request: Request):
-        pattern, _ = _identity_from(request, 1)
+        pattern = _identity_from(request, 1)
         return JSONResponse(service.delete_model(pattern))
 
     @app.delete("/models/" + IDENTITY_PATH + "/versions/{version}", tags=["models"], summary="Delete one version")
     async def model_version_delete(request: Request, version: int):
-        pattern, _ = _identity_from(request, 1)
+        pattern = _identity_from(request, 1)
         return JSONResponse(service.delete_model(pattern, version))
 
     # ------------------------------------------------------------------ training
@@ -277,7 +278,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     batcher = SingleRequestBatcher(service)
 
     async def predict_single(request: Request) -> Response:
-        pattern, _ = _identity_from(request, 2)
+        pattern = _identity_from(request, 2)
         req = await _json_body(request, PredictSingleRequest)
         if req.lookup_table:  # a table may need loading first: off the event loop
             pred = await run_in_threadpool(service.predict, pattern, [req.trace], req.confidence_level, req.quantiles,
@@ -289,7 +290,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         return JSONResponse(pred.single_response())
 
     async def predict_batch(request: Request) -> Response:
-        pattern, _ = _identity_from(request, 2)
+        pattern = _identity_from(request, 2)
         req = await _json_body(request, PredictBatchRequest)
         if req.lookup_table:
             pred = await run_in_threadpool(service.predict, pattern, req.trace, req.confidence_level, req.quantiles,
@@ -308,7 +309,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     @app.post("/predict/table/" + IDENTITY_PATH, tags=["lookup tables"],
               summary="Predict every trace of an uploaded file and write a lookup table")
     async def predict_table(request: Request):
-        pattern, _ = _identity_from(request, 2)
+        pattern = _identity_from(request, 2)
         try:
             if not request.headers.get("content-type", "").startswith("multipart/form-data"):
                 raise InvalidInput("send multipart/form-data with a 'trace_file' part and a 'confidence_level' field",
