@@ -320,6 +320,7 @@ class PredictorService:
     # ------------------------------------------------------------------ discovery
 
     def health(self) -> dict[str, Any]:
+        identities = self.registry.identities()
         return {
             "status": "healthy",
             "service": "predictor",
@@ -328,15 +329,15 @@ class PredictorService:
             "lookup_predictor_loaded": self.tables.loaded_count > 0,
             "lookup_table": self.tables.default_name if self.tables.default_table is not None else None,
             **({"lookup_table_error": self.tables.default_error} if self.tables.default_error else {}),
-            "models_registered": len(self.registry.identities()),
+            "models_registered": len(identities),
             "models_loaded": self.registry.loaded_count,
-            "drifted_models": [i.key for i in self.registry.identities() if self.is_drifted(i)],
+            "drifted_models": [i.key for i in identities if self.is_drifted(i)],
             "auto_retrain": self.retrainer.enabled,
         }
 
     def list_models(self) -> list[dict[str, Any]]:
         """The seed's per-(type, name) entries, each listing its concrete models."""
-        self.registry.refresh()
+        self.registry.maybe_refresh()  # one stat() unless another process changed something
         grouped: dict[tuple[str, str], list[ModelIdentity]] = {}
         for identity in self.registry.identities():
             grouped.setdefault((identity.model_type, identity.model_name), []).append(identity)
