@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 from scipy.special import ndtri
 
-from swarmpilot_predictor.modeling import ALGORITHMS, EVAL_LEVELS, QuantileModel, quantile_metrics
+from swarmpilot_predictor.modeling import (
+    ALGORITHMS,
+    EVAL_LEVELS,
+    LinearLocation,
+    LogLinearDesign,
+    QuantileModel,
+    quantile_metrics,
+)
 
 LEVELS = np.asarray(EVAL_LEVELS)
 NUM2 = (["numeric", "numeric"], [0, 0])
@@ -24,6 +31,19 @@ def llm_like(n: int, seed: int, sigma: float = 0.25):
     base = 20 + 0.02 * inp + 12.0 * out
     y = base * np.exp(sigma * rng.standard_normal(n))
     return np.column_stack([inp, out, junk]).astype(float), y, base
+
+
+VIDEO_LEVELS = {30.0: 100.0, 60.0: 180.0, 90.0: 400.0, 120.0: 450.0}
+
+
+def video_like(n: int, seed: int):
+    """Runtime set by a frame count with four values (not a power law of it), 0.3% noise; two useless prompt lengths."""
+    rng = np.random.default_rng(seed)
+    frames = rng.choice(list(VIDEO_LEVELS), n)
+    prompts = rng.uniform(400, 700, (n, 2)).round()
+    base = np.array([VIDEO_LEVELS[f] for f in frames])
+    y = base * np.exp(0.003 * rng.standard_normal(n))
+    return np.column_stack([prompts, frames]), y, base
 
 
 def coverage(model: QuantileModel, X: np.ndarray, y: np.ndarray, levels=LEVELS) -> np.ndarray:
@@ -192,6 +212,66 @@ def test_categorical_features_and_sample_weights():
     assert np.isfinite(med[3]) and med[3] > 0  # an unseen category still gets an answer
 
 
+# --------------------------------------------------------------------------- discrete features and feature selection
+
+
+def test_design_gives_indicator_columns_to_a_feature_with_few_values():
+    rng = np.random.default_rng(20)
+    few = np.repeat([1.0, 2.0, 4.0], 6)  # three values, six rows each
+    many = rng.uniform(0, 100, 18)  # eighteen values
+    rare = np.array([5.0] * 8 + [6.0] * 8 + [7.0] * 2)  # one value on too few rows
+    X = np.column_stack([few, many, rare])
+    design = LogLinearDesign(["numeric"] * 3, [0] * 3, hinges=0, levels=12).fit(X)
+    assert design.levels_ == [[1.0, 2.0, 4.0], [], []]
+    A = design.transform(np.array([[2.0, 50.0, 5.0], [3.0, 50.0, 5.0], [np.nan, 50.0, 5.0]]))
+    assert A.shape == (3, 3 * 2 + 3)
+    ind = A[:, 6:]
+    # Value 2: its own column above the training mean, the other two below.
+    assert ind[0, 1] > 0 and ind[0, 0] < 0 and ind[0, 2] < 0
+    np.testing.assert_allclose(ind[0], (np.array([0.0, 1.0, 0.0]) - 1 / 3) / np.sqrt(2 / 9))
+    # An unseen value and a missing one sit at the training mean.
+    np.testing.assert_array_equal(ind[1:], 0.0)
+    # Without levels, the same data get no indicator columns.
+    assert LogLinearDesign(["numeric"] * 3, [0] * 3, hinges=0).fit(X).transform(X).shape[1] == 6
+
+
+def test_each_value_of_a_discrete_feature_gets_its_own_location():
+    # Eight batch sizes whose runtimes zigzag: more levels than the smooth columns can follow.
+    rng = np.random.default_rng(21)
+    sizes = np.arange(1.0, 9.0)
+    level_ms = np.array([10.0, 14.0, 12.0, 20.0, 17.0, 30.0, 26.0, 40.0])
+    idx = rng.integers(0, 8, 400)
+    X = sizes[idx][:, None]
+    ylog = np.log(level_ms[idx]) + 0.01 * rng.standard_normal(400)
+    exact = LinearLocation(["numeric"], [0]).fit(X, ylog)
+    smooth = LinearLocation(["numeric"], [0], max_levels=0).fit(X, ylog)
+    err = np.abs(exact.predict(sizes[:, None]) - np.log(level_ms))
+    assert err.max() < 0.005, err
+    assert np.abs(smooth.predict(sizes[:, None]) - np.log(level_ms)).max() > 0.03
+    # A batch size between the levels falls back to the smooth part: between its neighbours.
+    mid = float(np.exp(exact.predict(np.array([[4.5]]))[0]))
+    assert 12.0 < mid < 30.0
+
+
+def test_useless_features_are_dropped_on_small_data():
+    X, y, _ = video_like(56, seed=22)
+    Xt, yt, _ = video_like(2000, seed=23)
+    kinds = (["numeric"] * 3, [0] * 3)
+    model = QuantileModel(*kinds).fit(X, y)
+    assert model.features_used_ == [False, False, True]
+    assert model.cv_[model.family_]["features_dropped"] == [0, 1]
+    kept = QuantileModel(*kinds, params={"drop_features": False}).fit(X, y)
+    assert kept.features_used_ == [True, True, True]
+    loss = quantile_metrics(yt, model.predict_quantiles(Xt, LEVELS), LEVELS)["relative_pinball_loss"]
+    loss_kept = quantile_metrics(yt, kept.predict_quantiles(Xt, LEVELS), LEVELS)["relative_pinball_loss"]
+    assert loss < 0.95 * loss_kept, (loss, loss_kept)
+
+
+def test_features_that_matter_are_kept(llm_model):
+    # output_tokens carries the runtime: it stays, whatever happens to the others.
+    assert llm_model.features_used_[1]
+
+
 # --------------------------------------------------------------------------- persistence and speed
 
 
@@ -203,6 +283,8 @@ def fitted_variants():
     seq = rng.uniform(0, 1000, 600)
     y2 = np.where(rng.random(600) < 0.9 * np.exp(-seq / 200), 60.0, 4.0) * np.exp(0.1 * rng.standard_normal(600))
     yield QuantileModel(["numeric"], [0], algorithm="empirical").fit(seq[:, None], y2)
+    Xv, yv, _ = video_like(80, seed=24)  # indicator columns, dropped features
+    yield QuantileModel(["numeric"] * 3, [0] * 3).fit(Xv, yv)
 
 
 def test_json_round_trip_gives_identical_predictions():
@@ -218,6 +300,26 @@ def test_json_round_trip_gives_identical_predictions():
         np.testing.assert_array_equal(a.total().quantiles([0.5, 0.99]), b.total().quantiles([0.5, 0.99]))
         assert back.family_ == model.family_ and back.cv_ == json.loads(json.dumps(model.cv_))
         assert json.dumps(back.to_json()) == text
+
+
+def test_models_saved_before_levels_and_feature_selection_still_load():
+    X, y, _ = llm_like(300, seed=25)
+    model = QuantileModel(["numeric"] * 3, [0, 0, 0], algorithm="linear").fit(X, y)
+    d = json.loads(json.dumps(model.to_json()))
+    # What the earlier format lacked: the designs' "levels" and the model's "features_used".
+    del d["features_used"]
+
+    def strip(node):
+        if isinstance(node, dict):
+            node.pop("levels", None)
+            for v in node.values():
+                strip(v)
+
+    strip(d["location"])
+    strip(d["scale"])
+    back = QuantileModel.from_json(d)
+    np.testing.assert_array_equal(back.predict_quantiles(X[:50], LEVELS), model.predict_quantiles(X[:50], LEVELS))
+    assert back.features_used_ == [True] * 3
 
 
 def test_batch_prediction_is_fast(llm_model):

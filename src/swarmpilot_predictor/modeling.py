@@ -43,6 +43,10 @@ ALGORITHMS = ("auto", "empirical", "linear", "lightgbm")
 # Knots of the shape model: levels of the shared Z where per-task CDFs are modelled.
 KNOT_MIN_ROWS = 10
 KNOT_LEVELS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+# Numeric features with at most this many distinct values (each on LEVEL_MIN_ROWS rows
+# or more) get per-value indicator columns in the linear location model's design.
+MAX_LEVELS = 12
+LEVEL_MIN_ROWS = 5
 
 
 _BLAS_CONTROLLER: Any = None
@@ -126,13 +130,22 @@ class LogLinearDesign:
     piecewise-linear function of the log feature (a power law per piece, which
     fits fixed overheads plus per-unit costs); all standardised. Per
     categorical feature: one-hot columns (an unseen category is all zeros).
+
+    With ``levels > 0``, a numeric feature that takes only a few distinct
+    values (3 to ``levels``, each on at least :data:`LEVEL_MIN_ROWS` training
+    rows: frame counts, batch sizes, step counts) also gets one standardised
+    indicator column per value, so that a ridge fit can follow each level
+    exactly where the smooth columns do not; a value not seen in training sits
+    at the indicators' training mean, like a missing one.
     """
 
-    def __init__(self, kinds: Sequence[str], n_categories: Sequence[int], hinges: int = 3):
+    def __init__(self, kinds: Sequence[str], n_categories: Sequence[int], hinges: int = 3, levels: int = 0):
         self.kinds = list(kinds)
         self.n_categories = list(n_categories)
         self.hinges = hinges
+        self.levels = levels
         self.knots_: list[list[float]] = []
+        self.levels_: list[list[float]] = []
 
     @property
     def _num(self) -> list[int]:
@@ -150,6 +163,7 @@ class LogLinearDesign:
                 qs = np.quantile(col, np.arange(1, self.hinges + 1) / (self.hinges + 1))
                 knots = [float(k) for k in np.unique(qs) if lo < k < hi]
             self.knots_.append(knots)
+        self.levels_ = [_discrete_levels(X[:, j], self.levels) for j in num]
         Xn = X[:, num]
         if len(Xn):
             lo, hi = np.nanmin(Xn, axis=0), np.nanmax(Xn, axis=0)
@@ -175,6 +189,11 @@ class LogLinearDesign:
         for j, knots in enumerate(self.knots_):
             if knots:
                 cols.append(np.maximum(L[:, j : j + 1] - np.asarray(knots)[None, :], 0.0))
+        for j, values in enumerate(self.levels_):
+            if values:
+                hit = Xn[:, j : j + 1] == np.asarray(values)[None, :]
+                # An unseen (or missing) value: NaN, which transform puts at the training mean.
+                cols.append(np.where(hit.any(axis=1, keepdims=True), hit, np.nan))
         return np.concatenate(cols, axis=1)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
@@ -199,6 +218,7 @@ class LogLinearDesign:
             "n_categories": self.n_categories,
             "hinges": self.hinges,
             "knots": self.knots_,
+            "levels": self.levels_,
             "raw_range": self.raw_range_.tolist(),
             "center": self.center_.tolist(),
             "spread": self.spread_.tolist(),
@@ -208,11 +228,24 @@ class LogLinearDesign:
     def from_json(cls, d: dict[str, Any]) -> "LogLinearDesign":
         obj = cls(d["kinds"], d["n_categories"], int(d.get("hinges", 0)))
         obj.knots_ = [list(map(float, k)) for k in d.get("knots", [[] for k in d["kinds"] if k == "numeric"])]
+        obj.levels_ = [list(map(float, v)) for v in d.get("levels", [])]
+        obj.levels = max((len(v) for v in obj.levels_), default=0)
         obj.center_ = np.asarray(d["center"], dtype=np.float64)
         obj.spread_ = np.asarray(d["spread"], dtype=np.float64)
         if "raw_range" in d:
             obj.raw_range_ = np.asarray(d["raw_range"], dtype=np.float64).reshape(2, -1)
         return obj
+
+
+def _discrete_levels(col: np.ndarray, max_levels: int) -> list[float]:
+    """The distinct values of a numeric column that gets indicator columns, or [] if it does not."""
+    if max_levels < 3:
+        return []
+    col = col[np.isfinite(col)]
+    values, counts = np.unique(col, return_counts=True)
+    if not 3 <= len(values) <= max_levels or counts.min() < LEVEL_MIN_ROWS:
+        return []
+    return [float(v) for v in values]
 
 
 def _slog(x: np.ndarray) -> np.ndarray:
@@ -316,15 +349,16 @@ class LinearLocation(LocationModel):
     min_rows = 8
 
     def __init__(self, kinds: Sequence[str], n_categories: Sequence[int], alpha: float | None = None, huber_delta: float = 1.0,
-                 redescend: bool = True):
+                 redescend: bool = True, max_levels: int = MAX_LEVELS):
         self.kinds = list(kinds)
         self.n_categories = list(n_categories)
         self.alpha = alpha
         self.huber_delta = huber_delta
         self.redescend = redescend
+        self.max_levels = max_levels
 
     def fit(self, X, y, w=None):
-        self.design_ = LogLinearDesign(self.kinds, self.n_categories).fit(X)
+        self.design_ = LogLinearDesign(self.kinds, self.n_categories, levels=self.max_levels).fit(X)
         A = self.design_.transform(X)
         base_w = np.ones(len(y)) if w is None else w
         weights = base_w
@@ -407,6 +441,11 @@ class LightGBMLocation(LocationModel):
     def _dataset(self, X, y, w=None, init=None, reference=None):
         import lightgbm as lgb
 
+        unused = [j for j, k in enumerate(self.kinds) if k == UNUSED]
+        if unused:
+            # A constant column: no tree splits on it, so predictions need no masking.
+            X = X.copy()
+            X[:, unused] = 0.0
         cats = [j for j, k in enumerate(self.kinds) if k == "categorical"]
         return lgb.Dataset(X, y, weight=w, init_score=init, reference=reference, categorical_feature=cats or "auto",
                            free_raw_data=True, params={"verbosity": -1, "min_data_in_bin": 1})
@@ -726,6 +765,11 @@ SELECT_MAX_ROWS = 50_000
 # Simpler candidates win unless a more complex one is clearly better on held-out rows.
 FAMILY_COMPLEXITY = {"empirical": 0, "linear": 1, "lightgbm": 2}
 SELECTION_SE = 1.0
+# Backward elimination of features (see QuantileModel._drop_features) up to this many rows x features^2.
+FEATURE_DROP_MAX_WORK = 40_000
+FEATURE_DROP_SE = 1.0
+# The kind of a feature that a fitted design ignores.
+UNUSED = "unused"
 
 
 def _choose(candidates: list[dict[str, Any]]) -> dict[str, Any]:
@@ -771,15 +815,15 @@ class QuantileModel:
 
     # ------------------------------------------------------------------ fitting
 
-    def _make(self, family: str) -> LocationModel:
+    def _make(self, family: str, kinds: Sequence[str] | None = None) -> LocationModel:
         if family == "empirical":
             return EmpiricalLocation()
         if family == "linear":
-            return LinearLocation(self.kinds, self.n_categories, **{k: v for k, v in self.params.items() if k in ("alpha", "huber_delta", "redescend")})
+            return LinearLocation(self.kinds if kinds is None else kinds, self.n_categories, **{k: v for k, v in self.params.items() if k in ("alpha", "huber_delta", "redescend", "max_levels")})
         lgb_params = {k: v for k, v in self.params.items() if k not in _NON_LGB_PARAMS}
         if "lgb_huber_delta" in self.params:
             lgb_params["alpha"] = float(self.params["lgb_huber_delta"])
-        return LightGBMLocation(self.kinds, self.n_categories, int(self.params.get("num_boost_round", 300)), lgb_params,
+        return LightGBMLocation(self.kinds if kinds is None else kinds, self.n_categories, int(self.params.get("num_boost_round", 300)), lgb_params,
                                 linear_base=bool(self.params.get("lgb_linear_base", True)))
 
     def candidate_families(self, n_rows: int) -> list[str]:
@@ -796,12 +840,12 @@ class QuantileModel:
         rng = np.random.default_rng(self.random_state)
         return rng.permutation(n) % k
 
-    def _oof_location(self, family, X, ylog, fold, w) -> tuple[np.ndarray, list[int]]:
+    def _oof_location(self, family, X, ylog, fold, w, kinds=None) -> tuple[np.ndarray, list[int]]:
         oof = np.empty(len(ylog))
         iters: list[int] = []
         for k in range(int(fold.max()) + 1):
             tr, te = fold != k, fold == k
-            model = self._make(family)
+            model = self._make(family, kinds)
             wk = None if w is None else w[tr]
             if isinstance(model, LightGBMLocation):
                 model.fit(X[tr], ylog[tr], wk, valid=(X[te], ylog[te]))
@@ -837,7 +881,9 @@ class QuantileModel:
             sel = np.sort(rng.choice(n, SELECT_MAX_ROWS, replace=False))
         best = self._select(X[sel], y[sel], ylog[sel], None if w is None else w[sel])
         family = best["family"]
-        final = self._make(family)
+        kinds = best["kinds"]
+        self.features_used_ = [k != UNUSED for k in kinds]
+        final = self._make(family, kinds)
         if isinstance(final, LightGBMLocation) and best["iters"]:
             # Train the final booster as long as the folds found useful, a bit more for the extra data.
             final.num_boost_round = max(10, int(np.mean(best["iters"]) * (1.1 if len(sel) == n else 1.3)))
@@ -848,7 +894,7 @@ class QuantileModel:
         self.score_ = ScoreDistribution.from_scores(best["z"])
         self.shape_: ShapeModel | None = None
         if best["shaped"]:
-            shape = ShapeModel(self.kinds, self.n_categories, **self._shape_params())
+            shape = ShapeModel(kinds, self.n_categories, **self._shape_params())
             shape.fit(X[sel], best["z"], self.score_, None if w is None else w[sel], self.random_state)
             shape.set_recalibration(best["pits"])
             self.shape_ = shape
@@ -865,44 +911,101 @@ class QuantileModel:
         shape_ok = bool(self.kinds) and bool(ShapeModel.knots_for(int(n * (1 - 1 / (fold.max() + 1)))))
         if "shape" in self.params:
             shape_ok = shape_ok and bool(self.params["shape"])
-        levels = np.asarray(EVAL_LEVELS)
         candidates: list[dict[str, Any]] = []
         for rank, family in enumerate(self.candidate_families(n)):
             t0 = time.perf_counter()
-            oof, iters = self._oof_location(family, X, ylog, fold, w)
-            resid = ylog - oof
-            fam: list[dict[str, Any]] = []
-            for hetero in (False, True) if (hetero_ok and family != "empirical") else (False,):
-                # Constant and feature-dependent noise compete on the same held-out loss.
-                scale = ScaleModel(self.kinds if hetero else [], self.n_categories if hetero else [])
-                scale.fit(X if hetero else X[:, :0], resid, w)
-                s = scale.predict(X if hetero else X[:, :0])
-                z = resid / s
-                for shaped in (False, True) if shape_ok else (False,):
-                    q, pits = self._heldout(X, oof, s, z, fold, shaped, w)
-                    diff = y[:, None] - q
-                    fam.append({
-                        "family": family, "hetero": hetero, "shaped": shaped, "scale": scale, "z": z,
-                        "pits": pits, "iters": iters, "q": q,
-                        "name": ("hetero" if hetero else "const") + ("+shape" if shaped else ""),
-                        "row_loss": np.maximum(levels * diff, (levels - 1) * diff).mean(axis=1),
-                        "complexity": FAMILY_COMPLEXITY.get(family, rank) + int(hetero) + int(shaped),
-                    })
+            variants = [(hetero, shaped) for hetero in ((False, True) if (hetero_ok and family != "empirical") else (False,))
+                        for shaped in ((False, True) if shape_ok else (False,))]
+            fam = self._variants(family, rank, X, y, ylog, fold, w, self.kinds, variants)
             chosen = _choose(fam)
+            reduced = self._drop_features(chosen, X, y, ylog, fold, w)
             metrics = quantile_metrics(y, chosen["q"], EVAL_LEVELS)
             metrics["heteroscedastic"] = chosen["hetero"]
             metrics["shape"] = chosen["shaped"]
             metrics["variant"] = chosen["name"]
             metrics["variants_pinball_loss"] = {c["name"]: float(c["row_loss"].mean()) for c in fam}
             metrics["seconds"] = time.perf_counter() - t0
+            iters = chosen["iters"]
             if iters:
                 metrics["best_iteration"] = int(np.mean(iters))
+            if reduced is not chosen:
+                # Which features went, and the held-out loss without them; both compete below.
+                metrics["features_dropped"] = [j for j, k in enumerate(reduced["kinds"]) if k == UNUSED]
+                metrics["pinball_loss_after_drop"] = float(reduced["row_loss"].mean())
+                metrics["relative_pinball_loss_after_drop"] = float(reduced["row_loss"].mean() / y.mean())
+                # The elimination preferred it to its parent (one-standard-error rule): it replaces it.
+                fam = [reduced if c is chosen else c for c in fam]
             self.cv_[family] = metrics
             candidates += fam
         best = _choose(candidates)
         for c in candidates:
             c.pop("q", None)
         return best
+
+    def _variants(self, family: str, rank: int, X, y, ylog, fold, w, kinds: Sequence[str],
+                  variants: Sequence[tuple[bool, bool]]) -> list[dict[str, Any]]:
+        """Cross-fit ``family`` on the features ``kinds`` marks as used; one candidate per (hetero, shaped)."""
+        levels = np.asarray(EVAL_LEVELS)
+        kinds = list(kinds)
+        oof, iters = self._oof_location(family, X, ylog, fold, w, kinds)
+        resid = ylog - oof
+        fam: list[dict[str, Any]] = []
+        scales: dict[bool, tuple[ScaleModel, np.ndarray]] = {}
+        for hetero, shaped in variants:
+            if hetero not in scales:
+                # Constant and feature-dependent noise compete on the same held-out loss.
+                scale = ScaleModel(kinds if hetero else [], self.n_categories if hetero else [])
+                scale.fit(X if hetero else X[:, :0], resid, w)
+                scales[hetero] = (scale, scale.predict(X if hetero else X[:, :0]))
+            scale, s = scales[hetero]
+            z = resid / s
+            q, pits = self._heldout(X, oof, s, z, fold, shaped, w, kinds)
+            diff = y[:, None] - q
+            fam.append({
+                "family": family, "hetero": hetero, "shaped": shaped, "scale": scale, "z": z,
+                "pits": pits, "iters": iters, "q": q, "kinds": kinds, "rank": rank,
+                "name": ("hetero" if hetero else "const") + ("+shape" if shaped else ""),
+                "row_loss": np.maximum(levels * diff, (levels - 1) * diff).mean(axis=1),
+                "complexity": FAMILY_COMPLEXITY.get(family, rank) + int(hetero) + int(shaped),
+            })
+        return fam
+
+    def _drop_features(self, best: dict[str, Any], X, y, ylog, fold, w) -> dict[str, Any]:
+        """Backward elimination of features for a family's chosen variant.
+
+        With few rows, a weak feature costs more in estimation noise than it
+        brings (prompt lengths next to a frame count that sets the runtime):
+        while dropping one of the features the candidate uses does not raise its
+        held-out loss by more than ``FEATURE_DROP_SE`` standard errors (of the
+        paired per-row difference), the one whose removal costs least is
+        dropped; its kind becomes ``"unused"``, which every design ignores.
+        LightGBM is left out: its trees choose their own features, and each
+        trial would cost a boosting run per fold. It takes up to p(p-1)/2
+        cross-fits for p features, so it runs only while rows x p^2 is at most
+        ``FEATURE_DROP_MAX_WORK``: on small data, where it matters.
+        """
+        p = sum(k != UNUSED for k in best["kinds"])
+        if best["family"] == "lightgbm" or len(y) * p * p > FEATURE_DROP_MAX_WORK or not self.params.get("drop_features", True):
+            return best
+        if best["family"] == "empirical" and not (best["hetero"] or best["shaped"]):
+            return best
+        n = len(y)
+        variant = [(best["hetero"], best["shaped"])]
+        while True:
+            used = [j for j, k in enumerate(best["kinds"]) if k != UNUSED]
+            if len(used) < 2:
+                return best
+            trials = []
+            for j in used:
+                kinds = list(best["kinds"])
+                kinds[j] = UNUSED
+                trials += self._variants(best["family"], best["rank"], X, y, ylog, fold, w, kinds, variant)
+            trial = min(trials, key=lambda c: c["row_loss"].mean())
+            d = trial["row_loss"] - best["row_loss"]
+            se = float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+            if d.mean() > FEATURE_DROP_SE * se:
+                return best
+            best = trial
 
     def _shape_params(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -912,7 +1015,7 @@ class QuantileModel:
             out["hinges"] = int(self.params["shape_hinges"])
         return out
 
-    def _heldout(self, X, oof, s, z, fold, shaped, w) -> tuple[np.ndarray, np.ndarray | None]:
+    def _heldout(self, X, oof, s, z, fold, shaped, w, kinds=None) -> tuple[np.ndarray, np.ndarray | None]:
         """Quantiles at EVAL_LEVELS for every row, from models that never saw its fold.
 
         Each fold is calibrated only with the other folds' scores, so these
@@ -933,7 +1036,7 @@ class QuantileModel:
         fitted = []
         for k in range(n_folds):
             tr, te = fold != k, fold == k
-            shape = ShapeModel(self.kinds, self.n_categories, **self._shape_params())
+            shape = ShapeModel(self.kinds if kinds is None else kinds, self.n_categories, **self._shape_params())
             shape.fit(X[tr], z[tr], scores[k], None if w is None else w[tr], self.random_state)
             F = shape.raw_cdf(X[te])
             pits[te] = shape.pit(F, z[te], scores[k])
@@ -986,6 +1089,7 @@ class QuantileModel:
             "score": self.score_.to_json(),
             "shape": None if self.shape_ is None else self.shape_.to_json(),
             "log_range": None if self.log_range_ is None else list(self.log_range_),
+            "features_used": getattr(self, "features_used_", None),
             "cv": self.cv_,
         }
 
@@ -1003,8 +1107,9 @@ class QuantileModel:
         lr = d.get("log_range")
         obj.log_range_ = None if lr is None else (float(lr[0]), float(lr[1]))
         obj.cv_ = d.get("cv", {})
+        obj.features_used_ = d.get("features_used") or [True] * len(obj.kinds)
         return obj
 
 
 _LOG100 = float(np.log(100.0))
-_NON_LGB_PARAMS = frozenset({"alpha", "huber_delta", "num_boost_round", "shape", "shape_alpha", "shape_hinges", "lgb_huber_delta", "lgb_linear_base", "redescend"})
+_NON_LGB_PARAMS = frozenset({"alpha", "huber_delta", "num_boost_round", "shape", "shape_alpha", "shape_hinges", "lgb_huber_delta", "lgb_linear_base", "redescend", "max_levels", "drop_features"})
