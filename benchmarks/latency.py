@@ -5,7 +5,7 @@ The server runs on one core (taskset -c 0), the load generator on the other
 (httpx costs ~1 ms a request here, more than the server), throughput with wrk
 (Debian package `wrk`) with 16 connections.
 
-    uv run python benchmarks/latency.py [--quick] [--skip-training] [--skip-registry] [--only http,isolation,...]
+    uv run python benchmarks/latency.py [--quick] [--skip-training] [--skip-registry] [--only http,coalesce,...]
 """
 
 from __future__ import annotations
@@ -96,6 +96,22 @@ def timed(client: RawClient, method: str, path: str, body: bytes, n: int, warmup
     return out
 
 
+def timed_pair(client: RawClient, a: tuple[str, str, bytes], b: tuple[str, str, bytes], n: int,
+               warmup: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """Time two requests alternately, so that the machine's drifts hit both alike."""
+    for _ in range(warmup):
+        for req in (a, b):
+            status, resp = client.request(*req)
+            assert status == 200, resp[:300]
+    out = np.empty((2, n))
+    for i in range(n):
+        for k, req in enumerate((a, b)):
+            t0 = time.perf_counter()
+            client.request(*req)
+            out[k, i] = time.perf_counter() - t0
+    return out[0], out[1]
+
+
 def pct(a: np.ndarray) -> str:
     return f"p50 {np.percentile(a, 50) * 1e3:.3f} ms, p99 {np.percentile(a, 99) * 1e3:.3f} ms"
 
@@ -164,8 +180,7 @@ def section_http(args, data_dir: Path) -> None:
     try:
         pin(1)
         c = RawClient(srv.port)
-        floor = timed(c, "GET", "/ping", b"", n)
-        one = timed(c, "POST", f"/predict/single/{SEG}", single, n)
+        floor, one = timed_pair(c, ("GET", "/ping", b""), ("POST", f"/predict/single/{SEG}", single), n)
         ratio = np.percentile(one, 50) / np.percentile(floor, 50)
         print(f"| trivial endpoint GET /ping | {pct(floor)} |")
         print(f"| single prediction | {pct(one)} | p50 ratio to trivial: {ratio:.2f} |")
@@ -223,6 +238,39 @@ def section_batch_breakdown(data_dir: Path) -> None:
     svc.close()
 
 
+def section_coalesce(data_dir: Path) -> None:
+    """Concurrent single requests: one vectorised batch, or one by one through the single-row path?
+
+    This is what sets ``service.ROW_PATH_MAX_BATCH``.
+    """
+    from swarmpilot_predictor.identity import IdentityPattern
+    from swarmpilot_predictor.service import ROW_PATH_MAX_BATCH, PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    svc = PredictorService(PredictorSettings(data_dir=data_dir, cache_size=0))
+    pattern = IdentityPattern.from_parts(IDENT)
+    for k in (2, 4, 8, 12, 16, 32):
+        traces = [{"input_tokens": 500 + i, "output_tokens": 100 + i} for i in range(k)]
+        ways = {
+            "as one batch": lambda: [p.single_response() for p in svc.predict(pattern, traces).split()],
+            "one by one": lambda: [svc.predict(pattern, [t]).single_response() for t in traces],
+        }
+        got = {}
+        for name, fn in ways.items():
+            for _ in range(50):
+                fn()
+            best = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                for _ in range(200):
+                    fn()
+                best.append((time.perf_counter() - t0) / 200 / k)
+            got[name] = min(best) * 1e6
+        print(f"| {k} concurrent single predictions, per request: as one batch / one by one | "
+              f"{got['as one batch']:.1f} / {got['one by one']:.1f} µs | (one by one below {ROW_PATH_MAX_BATCH}) |")
+    svc.close()
+
+
 def section_training_isolation(args, data_dir: Path) -> None:
     single = orjson.dumps({"trace": {"input_tokens": 512, "output_tokens": 128}})
     big = orjson.dumps({"config": {"model": {**IDENT, "software_version": "train-bench"}, "traces": llm_traces(100_000, seed=3)}})
@@ -259,23 +307,40 @@ def section_training_isolation(args, data_dir: Path) -> None:
 
 
 def section_cache(data_dir: Path) -> None:
+    """Hit against miss, for the benchmark model and for models of the other evaluation paths."""
     from swarmpilot_predictor.identity import IdentityPattern
+    from swarmpilot_predictor.schemas import TrainConfig
     from swarmpilot_predictor.service import PredictorService
     from swarmpilot_predictor.settings import PredictorSettings
 
-    pattern = IdentityPattern.from_parts(IDENT)
+    rng = np.random.default_rng(5)
+    # A slow mode whose share grows with the input: the shape model's case.
+    cold = [{**t, "runtime_ms": t["runtime_ms"] * (8.0 if rng.random() < 0.05 + t["input_tokens"] / 8192 else 1.0)}
+            for t in llm_traces(2000, seed=5)]
+    svc = PredictorService(PredictorSettings(data_dir=data_dir))
+    extra = {
+        "lightgbm": svc.train(TrainConfig(model={**IDENT, "software_version": "lgb"}, traces=llm_traces(2000), algorithm="lightgbm")),
+        "shape": svc.train(TrainConfig(model={**IDENT, "software_version": "shape"}, traces=cold, algorithm="empirical")),
+    }
+    svc.close()
+    models = [("benchmark model", IDENT)] + [
+        (f"{name} ({res['metrics']['algorithm']}, {res['metrics'].get('variant', '')})", {**IDENT, "software_version": v})
+        for (name, res), v in zip(extra.items(), ("lgb", "shape"))
+    ]
     trace = [{"input_tokens": 512, "output_tokens": 128}]
-    for size, label in ((0, "cache off (miss path)"), (10_000, "cache hit")):
-        svc = PredictorService(PredictorSettings(data_dir=data_dir, cache_size=size))
-        for _ in range(200):
-            svc.predict(pattern, trace)
-        t = []
-        for _ in range(5000):
-            t0 = time.perf_counter()
-            svc.predict(pattern, trace).single_response()
-            t.append(time.perf_counter() - t0)
-        print(f"| in-process single prediction, {label} | median {statistics.median(t) * 1e6:.1f} µs |")
-        svc.close()
+    for label_model, ident in models:
+        pattern = IdentityPattern.from_parts(ident)
+        for size, label in ((0, "cache off (miss path)"), (10_000, "cache hit")):
+            svc = PredictorService(PredictorSettings(data_dir=data_dir, cache_size=size))
+            for _ in range(200):
+                svc.predict(pattern, trace)
+            t = []
+            for _ in range(3000):
+                t0 = time.perf_counter()
+                svc.predict(pattern, trace).single_response()
+                t.append(time.perf_counter() - t0)
+            print(f"| in-process single prediction, {label_model}, {label} | median {statistics.median(t) * 1e6:.1f} µs |")
+            svc.close()
 
 
 def section_training_speed(args) -> None:
@@ -341,7 +406,7 @@ def main() -> None:
     ap.add_argument("--algorithm", default="auto")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--skip-registry", action="store_true")
-    ap.add_argument("--only", default="", help="comma-separated sections: http,batch,cache,isolation,training,registry")
+    ap.add_argument("--only", default="", help="comma-separated sections: http,batch,cache,coalesce,isolation,training,registry")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
 
@@ -358,6 +423,8 @@ def main() -> None:
             section_batch_breakdown(data_dir)
         if want("cache"):
             section_cache(data_dir)
+        if want("coalesce"):
+            section_coalesce(data_dir)
         if want("isolation", args.skip_training):
             section_training_isolation(args, data_dir)
         if want("training", args.skip_training):

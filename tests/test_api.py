@@ -473,3 +473,61 @@ def test_seed_commands_serve_and_a_restart_answers_identically(tmp_path):
     assert after == before
     assert before[1]["results"][2]["status"] == "error"
     assert np.all(np.diff(before[0]["results"]["quantile_predictions"]) > 0)
+
+
+def test_single_request_batcher_answers_the_first_at_once_and_batches_the_rest(tmp_path):
+    import asyncio
+
+    from swarmpilot_predictor.api import SingleRequestBatcher
+    from swarmpilot_predictor.identity import IdentityPattern
+    from swarmpilot_predictor.schemas import TrainConfig
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    class RecordingService(PredictorService):
+        """The real service, noting how many traces each evaluation got."""
+
+        calls: list[tuple[str, int]] = []
+
+        def predict(self, pattern, traces, *args, **kwargs):
+            self.calls.append(("predict", len(traces)))
+            return super().predict(pattern, traces, *args, **kwargs)
+
+        def predict_each(self, pattern, traces, *args, **kwargs):
+            self.calls.append(("predict_each", len(traces)))
+            return super().predict_each(pattern, traces, *args, **kwargs)
+
+    svc = RecordingService(PredictorSettings(data_dir=tmp_path / "data", cache_size=0))
+    svc.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(150), algorithm="linear"))
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    traces = [{"input_tokens": 10 * i + 1, "output_tokens": i + 1} for i in range(6)]
+
+    async def scenario():
+        batcher = SingleRequestBatcher(svc)
+        alone = await batcher.predict(pattern, traces[0], 0.95, None)
+        await asyncio.sleep(0)  # a later loop turn: a lone request again
+        svc.calls.clear()
+        together = await asyncio.gather(*(batcher.predict(pattern, t, 0.95, None) for t in traces))
+        return alone, together
+
+    alone, together = asyncio.run(scenario())
+    # The first of the turn is evaluated at once; the five others in one batch.
+    assert svc.calls[0] == ("predict", 1)
+    assert ("predict_each", 5) in svc.calls
+    for trace, pred in zip(traces, together):
+        want = svc.predict(pattern, [trace])
+        assert pred.quantiles[0] == pytest.approx(want.quantiles[0], rel=1e-9)
+    assert alone.quantiles[0] == pytest.approx(together[0].quantiles[0], rel=1e-12)
+    svc.close()
+
+
+def test_fastapi_native_telemetry_is_opt_in(tmp_path):
+    from swarmpilot_predictor.api import create_app
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    off = create_app(PredictorSettings(data_dir=tmp_path / "a"))
+    on = create_app(PredictorSettings(data_dir=tmp_path / "b", opentelemetry=True))
+    # FastAPI keeps its telemetry switches here; off, it skips its per-request check.
+    assert not any(off._telemetry[k] for k in ("tracing", "metrics", "logs"))
+    assert all(on._telemetry[k] for k in ("tracing", "metrics", "logs"))
+    assert not off._native_telemetry.enabled()

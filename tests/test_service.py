@@ -385,13 +385,16 @@ def test_upload_temp_dirs_and_stray_files_do_not_disturb_start_up(tmp_path):
     assert [i.key for i in again.registry.identities()] == [ModelIdentity.from_parts(IDENTITY).key]
 
 
-def test_predict_each_matches_one_by_one_with_and_without_cache(tmp_path):
+@pytest.mark.parametrize("n", [4, 30])  # below and above ROW_PATH_MAX_BATCH
+def test_predict_each_matches_one_by_one_with_and_without_cache(tmp_path, n):
     from swarmpilot_predictor.schemas import TrainConfig
+    from swarmpilot_predictor.service import ROW_PATH_MAX_BATCH
     from swarmpilot_predictor.settings import PredictorSettings
 
     from .conftest import IDENTITY, make_llm_traces
 
-    traces = [{"input_tokens": 11 * i + 3, "output_tokens": i + 1} for i in range(10)] + [{"input_tokens": 1}]
+    assert n != ROW_PATH_MAX_BATCH
+    traces = [{"input_tokens": 11 * i + 3, "output_tokens": i + 1} for i in range(n)] + [{"input_tokens": 1}]
     for cache_size in (0, 100):
         svc = PredictorService(PredictorSettings(data_dir=tmp_path / f"d{cache_size}", cache_size=cache_size))
         svc.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(150), algorithm="linear"))
@@ -409,3 +412,22 @@ def test_predict_each_matches_one_by_one_with_and_without_cache(tmp_path):
                     assert got[key] == pytest.approx(alone[key], rel=1e-6)
         assert each[-1].ok.tolist() == [False] and "output_tokens" in each[-1].errors[0]
         svc.close()
+
+
+@pytest.mark.parametrize("algorithm", ["empirical", "linear", "lightgbm"])
+def test_a_lone_trace_gets_the_same_answer_as_inside_a_batch(tmp_path, algorithm):
+    # A single trace takes the model's plain-float path (LightGBM: the vectorised one);
+    # a batch takes the vectorised path. Both must describe the same distribution.
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", cache_size=0))
+    svc.train(config(make_llm_traces(300), algorithm=algorithm))
+    for trace in PROBE:
+        alone = svc.predict(PATTERN, [trace], 0.9, [0.05, 0.5, 0.99, 0.7])
+        batch = svc.predict(PATTERN, [trace, {"input_tokens": 5, "output_tokens": 900}], 0.9, [0.05, 0.5, 0.99, 0.7])
+        np.testing.assert_allclose(alone.quantiles[0], batch.quantiles[0], rtol=1e-9)
+        np.testing.assert_allclose(alone.interval[0], batch.interval[0], rtol=1e-9)
+        assert alone.mean[0] == pytest.approx(batch.mean[0], rel=1e-6)
+        assert alone.std[0] == pytest.approx(batch.std[0], rel=1e-6)
+        assert alone.single_response()["results"]["quantiles"] == [0.05, 0.5, 0.99, 0.7]
+    bad = svc.predict(PATTERN, [{"input_tokens": "many"}])
+    assert bad.ok.tolist() == [False] and "input_tokens" in bad.errors[0]
+    svc.close()

@@ -94,14 +94,28 @@ def _raw_segments(request: Request, skip: int) -> list[str]:
     return [unquote(s) for s in segments[skip:]]
 
 
+_PATTERNS: dict[tuple[bytes, int], IdentityPattern] = {}
+
+
 def _identity_from(request: Request, skip: int) -> IdentityPattern:
     """The five identity segments after the first ``skip`` path segments (the route checked the shape)."""
+    raw = request.scope.get("raw_path")
+    key = (raw, skip)
+    # Schedulers ask about the same few models again and again: parse each path once.
+    got = _PATTERNS.get(key) if raw else None
+    if got is not None:
+        return got
     segs = _raw_segments(request, skip)
     if len(segs) < 5:
         raise NotFound(
             "the path needs five identity segments: model_type/model_name/hardware/software_name/software_version"
         )
-    return IdentityPattern.from_segments(*segs[:5])
+    pattern = IdentityPattern.from_segments(*segs[:5])
+    if raw:
+        if len(_PATTERNS) >= 4096:
+            _PATTERNS.clear()
+        _PATTERNS[key] = pattern
+    return pattern
 
 
 async def _json_body(request: Request, schema: type[BaseModel]) -> Any:
@@ -147,6 +161,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         version=__version__,
         description="Runtime distributions (quantiles, mean, std, queue totals) for ML inference tasks.",
         lifespan=lifespan,
+        telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     app.add_middleware(EncodedSlashMiddleware)
@@ -427,20 +442,31 @@ class SingleRequestBatcher:
     """Coalesces single predictions that arrive together into one vectorised evaluation.
 
     Under concurrent load many requests reach their prediction in the same turn
-    of the event loop; evaluating them as one batch costs little more than one
-    of them. A lone request waits one loop turn, microseconds. Requests are
-    grouped by model pattern, confidence level and levels, so each gets exactly
-    the answer it would have had alone.
+    of the event loop. The first of a turn is answered at once (a lone client
+    never waits for the loop); the others are queued and evaluated together
+    after that turn's other callbacks, at little more than the cost of one.
+    Requests are grouped by model pattern, confidence level and levels, so each
+    gets exactly the answer it would have had alone.
     """
 
     def __init__(self, service: PredictorService):
         self.service = service
         self._pending: dict[tuple, list[tuple[dict[str, Any], asyncio.Future]]] = {}
         self._scheduled = False
+        self._turn_busy = False
+
+    def _turn_over(self) -> None:
+        self._turn_busy = False
 
     async def predict(self, pattern: IdentityPattern, trace: dict[str, Any], confidence_level: float,
                       quantiles: list[float] | None):
         loop = asyncio.get_running_loop()
+        if not self._turn_busy:
+            # Runs after the callbacks already queued for this turn: a request that
+            # arrives before it knows others came with it, and joins a batch.
+            self._turn_busy = True
+            loop.call_soon(self._turn_over)
+            return self.service.predict(pattern, [trace], confidence_level, quantiles)
         future = loop.create_future()
         key = (pattern.as_tuple(), confidence_level, tuple(quantiles) if quantiles else None)
         self._pending.setdefault(key, []).append((trace, future))

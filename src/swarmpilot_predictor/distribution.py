@@ -25,6 +25,8 @@ a shifted-gamma approximation for the sum of the many small ones.
 
 from __future__ import annotations
 
+import bisect
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +99,38 @@ class ScoreDistribution:
         if got is None:
             got = self.quantile(np.asarray(levels, dtype=np.float64))
             got.setflags(write=False)
+            if len(self._cache) < 256:
+                self._cache[key] = got
+        return got
+
+    def quantile_one(self, tau: float) -> float:
+        """``quantile`` of one level, in plain floats."""
+        got = self._cache.get("lists")
+        if got is None:
+            got = self._cache["lists"] = (self.levels.tolist(), self.values.tolist())
+        p, z = got
+        tau = min(max(tau, 1e-12), 1 - 1e-12)
+        if len(p) >= 2:
+            if tau > p[-1]:
+                return z[-1] + self._tail_slopes()[1] * (math.log(1 - p[-1]) - math.log(1 - tau))
+            if tau < p[0]:
+                return z[0] - self._tail_slopes()[0] * (math.log(p[0]) - math.log(tau))
+        elif tau <= p[0] or tau >= p[-1]:
+            return z[0] if tau <= p[0] else z[-1]
+        if tau >= p[-1]:
+            return z[-1]
+        k = bisect.bisect_right(p, tau)
+        if k == 0:
+            return z[0]
+        p0, p1 = p[k - 1], p[k]
+        return z[k - 1] + (tau - p0) / (p1 - p0) * (z[k] - z[k - 1]) if p1 > p0 else z[k]
+
+    def quantile_list(self, levels: tuple[float, ...]) -> list[float]:
+        """``quantile_at`` as a list of floats (cached)."""
+        key = ("qlist", levels)
+        got = self._cache.get(key)
+        if got is None:
+            got = self.quantile_at(levels).tolist()
             if len(self._cache) < 256:
                 self._cache[key] = got
         return got
@@ -212,6 +246,25 @@ class ScoreDistribution:
                 for k in range(len(knots) + 1):
                     table[:, k, j] = contrib[:, seg == k].sum(axis=1)
             got = self._cache[key] = (grid, table)
+        return got
+
+    def segment_moments_list(self, knots: tuple[float, ...], scale: float) -> list[list[float]]:
+        """``segment_moments`` as nested lists [j][segment] (cached alongside)."""
+        key = ("moments_list", knots, scale)
+        got = self._cache.get(key)
+        if got is None:
+            got = self.segment_moments(knots, scale).T.tolist()
+            if len(self._cache) < 64:
+                self._cache[key] = got
+        return got
+
+    def segment_moment_table_list(self, knots: tuple[float, ...]) -> tuple[float, list[list[list[float]]]]:
+        """``segment_moment_table`` as (first grid point, nested lists [grid][j][segment])."""
+        key = ("table_list", knots)
+        got = self._cache.get(key)
+        if got is None:
+            grid, table = self.segment_moment_table(knots)
+            got = self._cache[key] = (float(grid[0]), table.transpose(0, 2, 1).tolist())
         return got
 
     def to_json(self) -> dict[str, Any]:
@@ -398,6 +451,81 @@ class RuntimeDistribution:
         cdf = np.cumsum(total)
         cdf /= cdf[-1]
         return (k0 + np.arange(G)) * h, cdf
+
+
+def describe_one(
+    location: float,
+    scale: float,
+    score: ScoreDistribution,
+    levels: tuple[float, ...],
+    constant_scale: bool,
+    knots: tuple[float, ...] | None = None,
+    cdf: list[float] | None = None,
+) -> tuple[list[float], float, float]:
+    """One task's quantiles at ``levels``, mean and standard deviation, in plain floats.
+
+    The same distribution as a one-row :class:`RuntimeDistribution`, without its
+    dozens of numpy calls on length-one arrays (a lone prediction's latency).
+    ``constant_scale`` says the model's scale never varies, so the moment
+    factors of that one scale are cached; otherwise they are interpolated in
+    ``log s`` as a batch does.
+    """
+    if cdf is None:
+        z = score.quantile_list(levels)
+    else:
+        z = _shaped_score_quantiles(score, levels, knots, cdf)
+    q = [math.exp(min(max(location + scale * v, -700.0), 700.0)) for v in z]
+    base = math.exp(location + scale * score.center())
+    if cdf is None and constant_scale:
+        mu, c2, _, _ = score.central_factors(scale)
+        return q, base * (1 + mu), base * math.sqrt(c2)
+    seg_knots = knots if cdf is not None else ()
+    if cdf is None:
+        weights = [1.0]
+    else:
+        bounds = [0.0, *cdf, 1.0]
+        edges = [0.0, *seg_knots, 1.0]
+        weights = [(bounds[k + 1] - bounds[k]) / (edges[k + 1] - edges[k]) for k in range(len(edges) - 1)]
+    if constant_scale:
+        cols = score.segment_moments_list(seg_knots, scale)  # [j][segment]
+        raw1, raw2 = (sum(map(float.__mul__, weights, cols[j])) for j in (0, 1))
+    else:
+        grid0, table = score.segment_moment_table_list(seg_knots)  # [grid][j][segment]
+        t = (math.log(max(scale, 1e-12)) - grid0) / _LOG_SCALE_STEP
+        i0 = min(max(math.floor(t), 0), len(table) - 2)
+        f = min(max(t - i0, 0.0), 1.0)
+        lo, hi = table[i0], table[i0 + 1]
+        raw1, raw2 = (
+            ((1 - f) * sum(map(float.__mul__, weights, lo[j])) + f * sum(map(float.__mul__, weights, hi[j])))
+            * scale ** (j + 1)
+            for j in (0, 1)
+        )
+    mu = raw1
+    c2 = max(raw2 - mu * mu, 0.0)
+    return q, base * (1 + mu), base * math.sqrt(c2)
+
+
+def _shaped_score_quantiles(score: ScoreDistribution, levels: tuple[float, ...], knots: tuple[float, ...],
+                            cdf: list[float]) -> list[float]:
+    """``RuntimeDistribution.score_quantiles`` for one task (made non-decreasing as ``quantiles`` does)."""
+    F = cdf
+    Fp = [0.0, *F, 1.0]
+    lp = [0.0, *knots, 1.0]
+    order = sorted(range(len(levels)), key=levels.__getitem__)
+    u = []
+    for i in order:
+        tau = levels[i]
+        k = bisect.bisect_left(F, tau)  # segment: the number of knots with F < tau
+        f0, f1 = Fp[k], Fp[k + 1]
+        frac = min(max((tau - f0) / max(f1 - f0, 1e-300), 0.0), 1.0)
+        u.append(lp[k] + frac * (lp[k + 1] - lp[k]))
+    zs = [score.quantile_one(v) for v in u]
+    out = [0.0] * len(levels)
+    top = -math.inf
+    for i, v in zip(order, zs):
+        top = max(top, v)
+        out[i] = top
+    return out
 
 
 def _sum_nodes() -> tuple[np.ndarray, np.ndarray]:

@@ -208,6 +208,23 @@ class FeatureSchema:
                 X[:, j] = codes
         return X, errors
 
+    def row(self, trace: dict[str, Any]) -> tuple[list[float], str | None]:
+        """One trace encoded like a row of :meth:`matrix`, in plain floats; (values, error or None)."""
+        values: list[float] = []
+        for spec in self.features:
+            v = trace.get(spec.name)
+            if spec.kind == "numeric":
+                x = _as_float(v)
+                if not math.isfinite(x):
+                    return values, _numeric_problem(spec.name, v)
+                values.append(x)
+            elif v is None:
+                return values, f"missing required feature '{spec.name}'"
+            else:
+                code = spec.codes.get(v if isinstance(v, str) else _category_of(v))
+                values.append(math.nan if code is None else float(code))
+        return values, None
+
     def matrix_from_table(self, table: TraceTable) -> tuple[np.ndarray, np.ndarray]:
         """Encode a whole TraceTable; return (X, ok mask of rows with every feature)."""
         n = len(table)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 
 IDENTITY_KEYS = ("model_type", "model_name", "hardware", "software_name", "software_version")
 WILDCARD = "*"
@@ -18,6 +18,14 @@ class ModelIdentity:
     hardware: str
     software_name: str
     software_version: str
+    # A dictionary key several times per prediction: hash once.
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash(self.as_tuple()))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @classmethod
     def from_parts(cls, parts: dict[str, object]) -> "ModelIdentity":
@@ -27,10 +35,11 @@ class ModelIdentity:
         return cls(**{k: str(parts[k]) for k in IDENTITY_KEYS})
 
     def as_dict(self) -> dict[str, str]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return dict(zip(IDENTITY_KEYS, self.as_tuple()))
 
     def as_tuple(self) -> tuple[str, ...]:
-        return tuple(getattr(self, k) for k in IDENTITY_KEYS)
+        # Spelled out: this runs several times per prediction.
+        return (self.model_type, self.model_name, self.hardware, self.software_name, self.software_version)
 
     @property
     def key(self) -> str:
@@ -84,7 +93,7 @@ class IdentityPattern:
         )
 
     def as_tuple(self) -> tuple[str | None, ...]:
-        return tuple(getattr(self, k) for k in IDENTITY_KEYS)
+        return (self.model_type, self.model_name, self.hardware, self.software_name, self.software_version)
 
     def is_complete(self) -> bool:
         return all(v is not None for v in self.as_tuple())

@@ -28,15 +28,18 @@ moments and batch totals come from :mod:`.distribution`.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import math
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
-from .distribution import RuntimeDistribution, ScoreDistribution
+from .distribution import RuntimeDistribution, ScoreDistribution, describe_one
 
 EVAL_LEVELS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 ALGORITHMS = ("auto", "empirical", "linear", "lightgbm")
@@ -146,6 +149,7 @@ class LogLinearDesign:
         self.levels = levels
         self.knots_: list[list[float]] = []
         self.levels_: list[list[float]] = []
+        self._row_plan: tuple | None = None
 
     @property
     def _num(self) -> list[int]:
@@ -175,6 +179,7 @@ class LogLinearDesign:
         self.center_ = np.nanmean(R, axis=0) if R.shape[1] else np.zeros(0)
         spread = np.nanstd(R, axis=0) if R.shape[1] else np.zeros(0)
         self.spread_ = np.where(spread > 0, spread, 1.0)
+        self._row_plan = None
         return self
 
     def _numeric_raw(self, X: np.ndarray) -> np.ndarray:
@@ -212,6 +217,105 @@ class LogLinearDesign:
             return np.zeros((len(X), 0))
         return np.concatenate(parts, axis=1)
 
+    def row(self, x: Sequence[float]) -> list[float]:
+        """``transform`` of one row, in plain floats.
+
+        A lone prediction's hot path: each numpy call costs a microsecond or more
+        whatever its size, and ``transform`` makes dozens. Same columns, same
+        order, same values (tests/test_scalar.py holds the two together).
+        """
+        plan = self._row_plan
+        if plan is None:
+            plan = self._row_plan = self._make_row_plan()
+        num, lows, highs, knots, center, spread, cats, levels = plan
+        logs = [math.copysign(math.log1p(abs(x[j])), x[j]) for j in num]
+        if lows is None:
+            cols = logs + [float(x[j]) for j in num]
+        else:
+            cols = logs + [min(max(float(x[j]), lo), hi) for j, lo, hi in zip(num, lows, highs)]
+        for lg, ks in zip(logs, knots):
+            cols.extend([max(lg - k, 0.0) for k in ks])
+        for j, values in levels:
+            v = x[j]
+            # An unseen or missing value: NaN, then 0 (the training mean) below, as in transform.
+            cols.extend([float(v == u) for u in values] if v in values else [math.nan] * len(values))
+        out = [(c - m) / sd for c, m, sd in zip(cols, center, spread)]
+        if not all(map(math.isfinite, out)):
+            out = [v if math.isfinite(v) else 0.0 for v in out]
+        for j, k in cats:
+            onehot = [0.0] * k
+            code = x[j]
+            if 0 <= code < k:  # False for NaN: an unseen category is all zeros
+                onehot[int(code)] = 1.0
+            out.extend(onehot)
+        return out
+
+    def dot_row(self, x: Sequence[float], coef: np.ndarray) -> float:
+        """``row(x) @ coef`` with the standardisation folded into the weights (fewer float operations)."""
+        fused = self.__dict__.get("_fused")
+        if fused is None or fused[0] is not coef:
+            fused = self._fused = (coef, self._fold(coef))
+        offset, numeric, levels, cats = fused[1]
+        total = offset
+        for j, wl, wr, lo, hi, hinges in numeric:
+            v = x[j]
+            if not math.isfinite(v):  # a missing value sits at the training mean: take the long way
+                return sum(map(float.__mul__, self.row(x), coef.tolist()))
+            lg = math.copysign(math.log1p(abs(v)), v)
+            total += wl * lg + wr * min(max(v, lo), hi)
+            for k, wh in hinges:
+                if lg > k:
+                    total += wh * (lg - k)
+        for j, weight_of, unseen in levels:
+            total += weight_of.get(x[j], unseen)
+        for j, weights in cats:
+            code = x[j]
+            if 0 <= code < len(weights):
+                total += weights[int(code)]
+        return total
+
+    def _fold(self, coef: np.ndarray) -> tuple:
+        num, lows, highs, knots, center, spread, cats, levels = self._row_plan or self._make_row_plan()
+        coef = np.asarray(coef, dtype=np.float64).ravel()
+        n_num = len(center)
+        w = (coef[:n_num] / np.asarray(spread)).tolist() if n_num else []
+        offset = -float(np.dot(w, center)) if n_num else 0.0
+        p = len(num)
+        numeric = []
+        col = 2 * p
+        for i, j in enumerate(num):
+            hinges = []
+            for k in knots[i]:
+                hinges.append((k, w[col]))
+                col += 1
+            lo = lows[i] if lows is not None else -math.inf
+            hi = highs[i] if highs is not None else math.inf
+            numeric.append((j, w[i], w[p + i], lo, hi, hinges))
+        level_terms = []
+        for j, values in levels:
+            cols = range(col, col + len(values))
+            # An unseen value's indicators sit at their training means: cancel their part of the offset.
+            level_terms.append((j, {u: w[c] for u, c in zip(values, cols)}, sum(w[c] * center[c] for c in cols)))
+            col += len(values)
+        cat_terms = []
+        col = n_num
+        for j, k in cats:
+            cat_terms.append((j, coef[col:col + k].tolist()))
+            col += k
+        return offset, numeric, level_terms, cat_terms
+
+    def _make_row_plan(self) -> tuple:
+        num = self._num
+        rng = getattr(self, "raw_range_", None)
+        lows = highs = None
+        if rng is not None and num:
+            lows, highs = rng[0].tolist(), rng[1].tolist()
+        cats = [(j, k) for j, (kind, k) in enumerate(zip(self.kinds, self.n_categories)) if kind == "categorical" and k > 0]
+        center = self.center_.tolist() if num else []
+        spread = self.spread_.tolist() if num else []
+        levels = [(j, list(v)) for j, v in zip(num, self.levels_) if v]
+        return num, lows, highs, [list(k) for k in self.knots_], center, spread, cats, levels
+
     def to_json(self) -> dict[str, Any]:
         return {
             "kinds": self.kinds,
@@ -235,6 +339,17 @@ class LogLinearDesign:
         if "raw_range" in d:
             obj.raw_range_ = np.asarray(d["raw_range"], dtype=np.float64).reshape(2, -1)
         return obj
+
+
+def _float_list(owner: Any, attr: str) -> list[float]:
+    """``owner.<attr>`` (a 1-d array) as a list of floats, converted once per array object."""
+    arr = getattr(owner, attr)
+    cached = owner.__dict__.get("_row_lists", {}).get(attr)
+    if cached is not None and cached[0] is arr:
+        return cached[1]
+    values = np.asarray(arr, dtype=np.float64).ravel().tolist()
+    owner.__dict__.setdefault("_row_lists", {})[attr] = (arr, values)
+    return values
 
 
 def _discrete_levels(col: np.ndarray, max_levels: int) -> list[float]:
@@ -310,6 +425,10 @@ class LocationModel:
     def predict(self, X: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def predict_row(self, x: Sequence[float]) -> float | None:
+        """``predict`` for one row in plain floats; None where a family has no such path."""
+        return None
+
     def to_json(self) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -325,6 +444,9 @@ class EmpiricalLocation(LocationModel):
 
     def predict(self, X):
         return np.full(len(X), self.location_)
+
+    def predict_row(self, x):
+        return self.location_
 
     def to_json(self):
         return {"location": self.location_}
@@ -383,6 +505,9 @@ class LinearLocation(LocationModel):
 
     def predict(self, X):
         return self.intercept_ + self.design_.transform(X) @ self.coef_
+
+    def predict_row(self, x):
+        return self.intercept_ + self.design_.dot_row(x, self.coef_)
 
     def to_json(self):
         return {
@@ -491,6 +616,13 @@ class LightGBMLocation(LocationModel):
         base = self._base(X)
         return out if base is None else out + base
 
+    def predict_row(self, x):
+        fast = self.__dict__.get("_row_predictor")
+        if fast is None:
+            fast = self._row_predictor = _LightGBMRowPredictor(self.booster_, self.best_iteration_)
+        out = fast(x)
+        return out if self.base_ is None else out + self.base_.predict_row(x)
+
     def to_json(self):
         return {
             "num_boost_round": self.num_boost_round,
@@ -513,6 +645,51 @@ class LightGBMLocation(LocationModel):
         # LightGBM's own text format: parsing it runs no code, unlike pickle.
         obj.booster_ = lgb.Booster(model_str=d["booster"])
         return obj
+
+
+class _LightGBMRowPredictor:
+    """One row through LightGBM's single-row C API (``LGBM_BoosterPredictForMatSingleRowFast``).
+
+    ``Booster.predict`` spends 50-90 µs of set-up on every call, even for one
+    row; the fast API does that set-up once, here, and then scores a row in a
+    few µs. The Python package does not expose it, so it is called through the
+    same ctypes handle to the library that the package itself uses.
+    """
+
+    _PREDICT_NORMAL = 0
+    _DTYPE_FLOAT64 = 1
+
+    def __init__(self, booster: Any, num_iteration: int):
+        import ctypes
+
+        from lightgbm.basic import _LIB, _safe_call
+
+        self._ctypes, self._lib, self._safe_call = ctypes, _LIB, _safe_call
+        self._booster = booster  # keeps the booster (and its handle) alive as long as this
+        ncol = booster.num_feature()
+        self._config = ctypes.c_void_p()
+        _safe_call(_LIB.LGBM_BoosterPredictForMatSingleRowFastInit(
+            booster._handle, ctypes.c_int(self._PREDICT_NORMAL), ctypes.c_int(0), ctypes.c_int(num_iteration),
+            ctypes.c_int(self._DTYPE_FLOAT64), ctypes.c_int32(ncol), ctypes.c_char_p(b"num_threads=1"),
+            ctypes.byref(self._config)))
+        self._row = (ctypes.c_double * ncol)()
+        self._out = ctypes.c_double()
+        self._out_len = ctypes.c_int64()
+        self._args = (self._config, self._row, ctypes.byref(self._out_len), ctypes.byref(self._out))
+        # The handle holds one row buffer: one caller at a time.
+        self._lock = threading.Lock()
+
+    def __call__(self, x: Sequence[float]) -> float:
+        with self._lock:
+            self._row[:] = x
+            self._safe_call(self._lib.LGBM_BoosterPredictForMatSingleRowFast(*self._args))
+            return self._out.value
+
+    def __del__(self) -> None:
+        config = getattr(self, "_config", None)
+        if config is not None and config.value:
+            with contextlib.suppress(Exception):  # the library may be gone at interpreter exit
+                self._lib.LGBM_FastConfigFree(config)
 
 
 FAMILIES: dict[str, type[LocationModel]] = {
@@ -566,6 +743,17 @@ class ScaleModel:
         lin = self.design_.transform(X) @ self.coef_
         # Keep the learned spread within a sane range of the average noise.
         return np.exp(np.clip(lin, -2.5, 2.5))
+
+    @property
+    def is_constant(self) -> bool:
+        return not any(_float_list(self, "coef_"))
+
+    def predict_row(self, x: Sequence[float]) -> float:
+        """``predict`` for one row, in plain floats."""
+        if self.is_constant:
+            return 1.0
+        lin = self.design_.dot_row(x, self.coef_)
+        return math.exp(min(max(lin, -2.5), 2.5))
 
     def to_json(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "kinds": self.kinds, "n_categories": self.n_categories,
@@ -687,14 +875,35 @@ class ShapeModel:
 
     def raw_cdf(self, X: np.ndarray) -> np.ndarray:
         """Uncalibrated CDF at the knots, (rows, knots), increasing along knots."""
+        return self._raw_cdf_from(self.design_.transform(X))
+
+    def _raw_cdf_from(self, A: np.ndarray) -> np.ndarray:
         from scipy.special import expit
 
-        A = self.design_.transform(X)
         F = expit(self.coef_[0][None, :] + A @ self.coef_[1:])
         return _increasing(F)
 
     def cdf(self, X: np.ndarray) -> np.ndarray:
-        F = self.raw_cdf(X)
+        return self._recalibrate(self.raw_cdf(X))
+
+    def cdf_row(self, x: Sequence[float]) -> list[float]:
+        """``cdf`` of one row at the knots, in plain floats (one small matrix product in numpy)."""
+        eta = (self.coef_[0] + np.array(self.design_.row(x)) @ self.coef_[1:]).tolist()
+        F = _increasing_row([_expit(e) for e in eta])
+        if self.recal_ is None:
+            return F
+        xs, ys = _float_list(self, "_recal_x"), _float_list(self, "_recal_y")
+        return _increasing_row([_interp1(v, xs, ys) for v in F])
+
+    @property
+    def _recal_x(self) -> np.ndarray:
+        return self.recal_[0]
+
+    @property
+    def _recal_y(self) -> np.ndarray:
+        return self.recal_[1]
+
+    def _recalibrate(self, F: np.ndarray) -> np.ndarray:
         if self.recal_ is not None:
             F = _increasing(np.interp(F, *self.recal_))
         return F
@@ -739,6 +948,38 @@ def _increasing(F: np.ndarray) -> np.ndarray:
     k = F.shape[-1]
     F = np.clip(F, 1e-6, 1 - 1e-6 - k * 1e-9)
     return np.maximum.accumulate(F, axis=-1) + np.arange(k) * 1e-9
+
+
+def _increasing_row(F: list[float]) -> list[float]:
+    """``_increasing`` of one row of plain floats."""
+    k = len(F)
+    hi = 1 - 1e-6 - k * 1e-9
+    out = []
+    top = -math.inf
+    for i, v in enumerate(F):
+        if v < 1e-6:
+            v = 1e-6
+        elif v > hi:
+            v = hi
+        if v > top:
+            top = v
+        out.append(top + i * 1e-9)
+    return out
+
+
+def _expit(v: float) -> float:
+    return 1.0 / (1.0 + math.exp(-v)) if v >= 0 else math.exp(v) / (1.0 + math.exp(v))
+
+
+def _interp1(v: float, xs: list[float], ys: list[float]) -> float:
+    """``np.interp`` of one value (xs increasing)."""
+    if v <= xs[0]:
+        return ys[0]
+    if v >= xs[-1]:
+        return ys[-1]
+    k = bisect.bisect_right(xs, v)
+    x0, x1 = xs[k - 1], xs[k]
+    return ys[k - 1] + (v - x0) / (x1 - x0) * (ys[k] - ys[k - 1]) if x1 > x0 else ys[k]
 
 
 def recalibration_map(pits: np.ndarray, max_points: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -1067,6 +1308,29 @@ class QuantileModel:
 
     def predict_quantiles(self, X: np.ndarray, levels: Sequence[float]) -> np.ndarray:
         return self.predict_distribution(X).quantiles(levels)
+
+    def describe_one(self, x: Sequence[float], levels: tuple[float, ...]) -> tuple[list[float], float, float] | None:
+        """Quantiles at ``levels``, mean and std of one task, in plain floats.
+
+        The single-prediction fast path: the same numbers as
+        ``predict_distribution`` on a one-row matrix (to rounding; a model with a
+        feature-dependent scale interpolates its moments as a batch does), at a
+        fraction of the cost. None for a location family without a single-row
+        path; the caller then uses ``predict_distribution``.
+        """
+        m = self.location_.predict_row(x)
+        if m is None:
+            return None
+        if self.log_range_ is not None:
+            lo, hi = self.log_range_
+            if m != m:
+                m = (lo + hi) / 2
+            m = min(max(m, lo - _LOG100), hi + _LOG100)
+        s = self.scale_.predict_row(x)
+        shape = self.shape_
+        if shape is not None and shape.knots_:
+            return describe_one(m, s, self.score_, levels, self.scale_.is_constant, shape.knots_, shape.cdf_row(x))
+        return describe_one(m, s, self.score_, levels, self.scale_.is_constant)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Median runtime, for scikit-learn-style use."""

@@ -130,8 +130,12 @@ class ModelRegistry:
         self._index: dict[ModelIdentity, dict[int, ModelVersion]] = {}
         self._loaded: OrderedDict[tuple[ModelIdentity, int], LoadedModel] = OrderedDict()
         self._generation_file = self.root / ".generation"
+        self._generation_path = os.fspath(self._generation_file)
         self._seen_generation: int | None = None
         self._resolved: dict[tuple[str | None, ...], ModelIdentity] = {}
+        # The serving (latest) version per identity, asked for on every prediction.
+        self._latest: dict[ModelIdentity, ModelVersion] = {}
+        self._epoch = 0
         # Called with an identity after this process saved or deleted one of its versions.
         self.on_change: Callable[[ModelIdentity], None] | None = None
         # A training worker only writes: it never needs the index.
@@ -143,7 +147,8 @@ class ModelRegistry:
 
     def _generation(self) -> int:
         try:
-            return self._generation_file.stat().st_mtime_ns
+            # os.stat on a str: pathlib's stat() costs several µs more on every prediction.
+            return os.stat(self._generation_path).st_mtime_ns
         except FileNotFoundError:
             return 0
 
@@ -169,7 +174,7 @@ class ModelRegistry:
         with self._lock:
             self._meta_cache = seen
             self._index = index
-            self._resolved.clear()
+            self._index_changed()
             self._seen_generation = generation
             for key in list(self._loaded):
                 if key[1] not in index.get(key[0], {}):
@@ -187,7 +192,7 @@ class ModelRegistry:
                 self._index[identity] = versions
             else:
                 self._index.pop(identity, None)
-            self._resolved.clear()
+            self._index_changed()
             self._seen_generation = self._generation()
 
     def _scan_dir(self, model_dir: Path, seen: dict[str, tuple[int, ModelVersion]]) -> list[ModelVersion]:
@@ -225,10 +230,23 @@ class ModelRegistry:
         with self._lock:
             return [v for _, v in sorted(self._index.get(identity, {}).items())]
 
+    def _index_changed(self) -> None:
+        """Forget what was derived from the index (call with the lock held)."""
+        self._resolved.clear()
+        self._latest.clear()
+        self._epoch += 1
+
     def latest(self, identity: ModelIdentity) -> ModelVersion:
+        meta = self._latest.get(identity)
+        if meta is not None:
+            return meta
+        epoch = self._epoch
         versions = self.versions(identity)
         if not versions:
             raise ModelNotFound(f"no model {identity.key}")
+        with self._lock:
+            if self._epoch == epoch:  # not if the index changed meanwhile (a retrainer thread saving)
+                self._latest[identity] = versions[-1]
         return versions[-1]
 
     def get_version(self, identity: ModelIdentity, version: int | None = None) -> ModelVersion:
@@ -304,7 +322,7 @@ class ModelRegistry:
             (model_dir / f"v{version:04d}.lock").unlink(missing_ok=True)
         self._bump_generation()
         with self._lock:
-            self._resolved.clear()
+            self._index_changed()
             self._index.setdefault(meta.identity, {})[version] = meta
         if self.on_change is not None:
             self.on_change(meta.identity)
@@ -351,7 +369,7 @@ class ModelRegistry:
                 self._loaded.pop((identity, v), None)
             if not versions:
                 self._index.pop(identity, None)
-            self._resolved.clear()
+            self._index_changed()
         if version is None or not self.versions(identity):
             shutil.rmtree(model_dir, ignore_errors=True)
         self._bump_generation()

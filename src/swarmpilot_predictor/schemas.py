@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .identity import IDENTITY_KEYS
@@ -193,7 +194,7 @@ class RenderedPredictions:
     _NO_TOTAL = {"expect": None, "error": None, "total_quantiles": None, "total_interval": None}
 
     def summary(self) -> dict[str, Any]:
-        n_ok = int(self.ok.sum())
+        n_ok = int(np.count_nonzero(self.ok))
         return {
             "total": len(self.errors),
             "success": n_ok,

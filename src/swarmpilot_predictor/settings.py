@@ -33,6 +33,10 @@ class PredictorSettings(BaseSettings):
     retrain_min_observations: int = 200
     observations_max_file_mb: float = 8.0
     observations_max_files: int = 8
+    # FastAPI's native OpenTelemetry (traces, metrics, logs through the globally
+    # configured providers). Off by default: even unconfigured, it is consulted on
+    # every request; Prometheus metrics are always at /metrics.
+    opentelemetry: bool = False
 
     @property
     def models_dir(self) -> Path:

@@ -1,0 +1,118 @@
+"""The single-row path (plain floats) must give what the vectorised path gives.
+
+A lone prediction is answered by ``QuantileModel.describe_one``, built on the
+``row`` / ``dot_row`` / ``predict_row`` / ``cdf_row`` methods; a batch by
+``predict_distribution``. These tests hold the two together for every model
+variant, including unseen categories and unseen values of a discrete feature.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from swarmpilot_predictor.modeling import LogLinearDesign, QuantileModel, ScaleModel
+
+LEVELS = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 0.025, 0.975)
+KINDS = ["numeric", "numeric", "numeric", "categorical"]
+NCATS = [0, 0, 0, 3]
+
+
+def _data(n: int = 500, seed: int = 0, hetero: float = 0.3, slow_share: float = 0.1):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(1, 2000, n).astype(float)
+    load = rng.uniform(0, 1, n)
+    frames = rng.choice([30.0, 60.0, 90.0, 120.0], n)  # a discrete feature
+    cat = rng.integers(0, 3, n).astype(float)
+    sigma = 0.05 + hetero * load
+    slow = rng.random(n) < slow_share * (1 + cat)  # the slow mode's share depends on a feature
+    y = (20 + 0.05 * tokens + 0.01 * frames**2) * np.exp(sigma * rng.standard_normal(n)) * np.where(slow, 6.0, 1.0)
+    return np.column_stack([tokens, load, frames, cat]), y
+
+
+def _probe_rows(X: np.ndarray) -> list[list[float]]:
+    rows = [X[i].tolist() for i in range(0, 40, 3)]
+    rows.append([X[0, 0], X[0, 1], 75.0, X[0, 3]])  # a frame count never seen in training
+    rows.append([X[1, 0], X[1, 1], X[1, 2], np.nan])  # an unseen category
+    rows.append([1e7, 5.0, 1e4, 1.0])  # far outside the training range
+    return rows
+
+
+def _assert_same(model: QuantileModel, rows: list[list[float]], reference_batch: bool = False) -> None:
+    for x in rows:
+        got = model.describe_one(x, LEVELS)
+        assert got is not None
+        q, mean, std = got
+        X = np.array([x])
+        if reference_batch:
+            # A heteroscedastic model's single-row moments interpolate in log-scale like a
+            # batch does: compare with a batch row (the partner row has another scale).
+            X = np.array([x, rows[0] if x is not rows[0] else rows[1]])
+        dist = model.predict_distribution(X)
+        want_q = dist.quantiles(list(LEVELS))[0]
+        want_mean, want_std = (v[0] for v in dist.mean_std())
+        np.testing.assert_allclose(q, want_q, rtol=1e-12)
+        assert mean == pytest.approx(want_mean, rel=1e-10)
+        assert std == pytest.approx(want_std, rel=1e-10)
+        by_level = [q[LEVELS.index(t)] for t in sorted(LEVELS)]
+        assert all(b >= a > 0 for a, b in zip(by_level, by_level[1:]))
+
+
+def test_design_row_matches_transform_including_unseen_values():
+    X, _ = _data()
+    design = LogLinearDesign(KINDS, NCATS, levels=8).fit(X)
+    coef = np.random.default_rng(1).normal(size=design.transform(X[:1]).shape[1])
+    for x in _probe_rows(X):
+        want = design.transform(np.array([x]))[0]
+        np.testing.assert_allclose(design.row(x), want, rtol=1e-12, atol=1e-12)
+        assert design.dot_row(x, coef) == pytest.approx(float(want @ coef), rel=1e-10, abs=1e-10)
+
+
+def test_design_with_discrete_levels_has_indicator_columns():
+    X, _ = _data()
+    with_levels = LogLinearDesign(KINDS, NCATS, levels=8).fit(X)
+    without = LogLinearDesign(KINDS, NCATS, levels=0).fit(X)
+    # Four frame counts: four more columns, and the row path sees them too.
+    assert len(with_levels.row(X[0].tolist())) == len(without.row(X[0].tolist())) + 4
+
+
+def test_scale_model_row_matches_vectorised():
+    X, y = _data(hetero=1.0)
+    resid = np.log(y) - np.median(np.log(y))
+    scale = ScaleModel(KINDS, NCATS).fit(X, resid)
+    assert not scale.is_constant
+    for x in _probe_rows(X):
+        assert scale.predict_row(x) == pytest.approx(float(scale.predict(np.array([x]))[0]), rel=1e-12)
+
+
+@pytest.mark.parametrize("algorithm", ["empirical", "linear", "auto"])
+@pytest.mark.parametrize("shape", [True, False])
+def test_describe_one_matches_predict_distribution(algorithm, shape):
+    X, y = _data(hetero=0.0)
+    model = QuantileModel(KINDS, NCATS, algorithm=algorithm, params={"shape": shape}).fit(X, y)
+    if not shape:
+        assert model.shape_ is None
+    _assert_same(model, _probe_rows(X), reference_batch=not model.scale_.is_constant)
+
+
+def test_describe_one_with_a_shape_model():
+    X, y = _data(n=800, hetero=0.0, slow_share=0.15)
+    model = QuantileModel(KINDS, NCATS, algorithm="empirical").fit(X, y)
+    assert model.shape_ is not None and model.shape_.knots_, "this data should need the shape model"
+    _assert_same(model, _probe_rows(X))
+
+
+def test_describe_one_with_a_heteroscedastic_scale():
+    X, y = _data(n=800, hetero=1.5, slow_share=0.0)
+    model = QuantileModel(KINDS, NCATS, algorithm="linear", params={"shape": False}).fit(X, y)
+    assert not model.scale_.is_constant, "this data should need a feature-dependent scale"
+    _assert_same(model, _probe_rows(X), reference_batch=True)
+
+
+def test_lightgbm_single_row_c_api_matches_booster_predict():
+    X, y = _data(n=400, hetero=0.0)
+    model = QuantileModel(KINDS, NCATS, algorithm="lightgbm", params={"shape": False}).fit(X, y)
+    location = model.location_
+    for x in _probe_rows(X):
+        assert location.predict_row(x) == pytest.approx(float(location.predict(np.array([x]))[0]), rel=1e-12)
+    _assert_same(model, _probe_rows(X), reference_batch=not model.scale_.is_constant)
