@@ -31,6 +31,8 @@ def test_observe_accuracy_drift_and_metrics(tmp_path):
     with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
         client.train({"model": IDENTITY, "traces": make_llm_traces(300), "algorithm": "linear"})
         client.predict_batch(IDENTITY, make_llm_traces(7, seed=1))
+        with pytest.raises(PredictorClientError):
+            client.predict_single(IDENTITY, {"input_tokens": 5})
 
         ok = client.observe(IDENTITY, make_llm_traces(150, seed=2))
         assert ok["accepted"] == 150 and ok["drifted"] is False
@@ -52,6 +54,11 @@ def test_observe_accuracy_drift_and_metrics(tmp_path):
         assert _metric(text, "predictor_predictions_total", model=key, source="model") == 7.0
         assert _metric(text, "predictor_training_runs_total", status="success") == 1.0
         assert _metric(text, "predictor_http_requests_total", route="/observe", method="POST", status="200") == 2.0
+        # The bare ASGI prediction routes are labelled by their template too, errors by their status.
+        batch_route = "/predict/batch/{model_type}/{model_name}/{hardware}/{software_name}/{software_version}"
+        assert _metric(text, "predictor_http_requests_total", route=batch_route, method="POST", status="200") == 1.0
+        single_route = batch_route.replace("batch", "single")
+        assert _metric(text, "predictor_http_requests_total", route=single_route, method="POST", status="422") == 1.0
         assert 0.0 < _metric(text, "predictor_model_coverage_ratio", model=key, level="0.5") < 0.4
         assert "predictor_http_request_duration_seconds_bucket" in text
 
