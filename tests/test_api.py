@@ -531,3 +531,26 @@ def test_fastapi_native_telemetry_is_opt_in(tmp_path):
     assert not any(off._telemetry[k] for k in ("tracing", "metrics", "logs"))
     assert all(on._telemetry[k] for k in ("tracing", "metrics", "logs"))
     assert not off._native_telemetry.enabled()
+
+
+def test_request_bodies_over_the_limit_get_a_413(tmp_path):
+    big = orjson.dumps({"trace": [TRACE] * 2000})  # about 80 kB
+    with run_server(tmp_path / "data", extra_env={"PREDICTOR_MAX_UPLOAD_MB": "0.05"}) as server:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            ok(http.post("/train", json={"config": {"model": IDENTITY, "traces": make_llm_traces(60), "algorithm": "linear"}}))
+            small = ok(http.post(f"/predict/batch/{SEGMENTS}", content=orjson.dumps({"trace": [TRACE] * 10})))
+            assert small["summary"]["success"] == 10
+            declared = http.post(f"/predict/batch/{SEGMENTS}", content=big)
+            assert declared.status_code == 413
+            assert declared.json()["field"] == "body" and "PREDICTOR_MAX_UPLOAD_MB" in declared.json()["message"]
+
+            def chunks():  # no Content-Length: counted as it arrives
+                for i in range(0, len(big), 8192):
+                    yield big[i:i + 8192]
+
+            streamed = http.post(f"/predict/batch/{SEGMENTS}", content=chunks())
+            assert streamed.status_code == 413 and streamed.json()["field"] == "body"
+            upload = http.post("/train", files={"traces": ("t.jsonl", b"\n".join([orjson.dumps(TRACE)] * 3000))},
+                               data={"config": orjson.dumps({"model": IDENTITY}).decode()})
+            failed(upload, 413, "PREDICTOR_MAX_UPLOAD_MB")
+            assert http.get("/health").json()["models_registered"] == 1  # the server is fine

@@ -11,8 +11,8 @@ import gc
 import logging
 import shutil
 import tempfile
-from contextlib import asynccontextmanager
 from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -29,7 +29,7 @@ from starlette.routing import Route
 from threadpoolctl import threadpool_limits
 
 from . import __version__
-from .errors import InvalidInput, NotFound, PredictorError, validation_message
+from .errors import InvalidInput, NotFound, PayloadTooLarge, PredictorError, validation_message
 from .identity import IdentityPattern
 from .schemas import (
     BatchPredictionResponse,
@@ -78,6 +78,45 @@ class EncodedSlashMiddleware:
                 scope = dict(scope)
                 scope["path"] = "/".join(unquote(seg).replace("/", "%2F") for seg in path.split("/"))
         await self.app(scope, receive, send)
+
+
+class BodySizeLimitMiddleware:
+    """Refuse request bodies larger than ``max_bytes`` with a 413, before they fill memory.
+
+    A declared ``Content-Length`` over the limit is refused at once; a chunked
+    body is counted as it arrives and refused when it passes the limit.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or self.max_bytes <= 0:
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if value.isdigit() and int(value) > self.max_bytes:
+                    await error_response(413, self._message(), "body")(scope, receive, send)
+                    return
+                await self.app(scope, receive, send)
+                return
+        seen = 0
+
+        async def counting_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise PayloadTooLarge(self._message(), field="body")
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    def _message(self) -> str:
+        return (f"request body larger than {self.max_bytes / 2**20:g} MB "
+                "(PREDICTOR_MAX_UPLOAD_MB); split the traces over several requests")
 
 
 def error_response(status: int, message: str, field: str | None = None, **extra: Any) -> JSONResponse:
@@ -167,6 +206,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         lifespan=lifespan,
         telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=int(settings.max_upload_mb * 2**20))
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     app.add_middleware(EncodedSlashMiddleware)
     app.state.service = service

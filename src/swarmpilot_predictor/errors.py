@@ -23,6 +23,10 @@ class ModelNotFound(PredictorError):
     status_code = 404
 
 
+class PayloadTooLarge(PredictorError):
+    status_code = 413
+
+
 class AmbiguousModel(PredictorError):
     status_code = 409
 

@@ -21,7 +21,8 @@ class PredictorSettings(BaseSettings):
         validation_alias=AliasChoices("DEFAULT_LOOKUP_TABLE", "PREDICTOR_DEFAULT_LOOKUP_TABLE"),
     )
     max_loaded_models: int = 256
-    max_upload_mb: int = 512
+    # Largest request body accepted (JSON or uploaded files), in MB; larger ones get a 413.
+    max_upload_mb: float = 512
     log_level: str = "info"
     # Prediction cache entries (0 turns it off); see the README for when it pays.
     cache_size: int = 10_000
