@@ -179,7 +179,7 @@ class LogLinearDesign:
         self.center_ = np.nanmean(R, axis=0) if R.shape[1] else np.zeros(0)
         spread = np.nanstd(R, axis=0) if R.shape[1] else np.zeros(0)
         self.spread_ = np.where(spread > 0, spread, 1.0)
-        self._row_plan = None
+        self._row_plan = self._fused = None  # the single-row caches belong to the previous fit
         return self
 
     def _numeric_raw(self, X: np.ndarray) -> np.ndarray:
@@ -339,17 +339,6 @@ class LogLinearDesign:
         if "raw_range" in d:
             obj.raw_range_ = np.asarray(d["raw_range"], dtype=np.float64).reshape(2, -1)
         return obj
-
-
-def _float_list(owner: Any, attr: str) -> list[float]:
-    """``owner.<attr>`` (a 1-d array) as a list of floats, converted once per array object."""
-    arr = getattr(owner, attr)
-    cached = owner.__dict__.get("_row_lists", {}).get(attr)
-    if cached is not None and cached[0] is arr:
-        return cached[1]
-    values = np.asarray(arr, dtype=np.float64).ravel().tolist()
-    owner.__dict__.setdefault("_row_lists", {})[attr] = (arr, values)
-    return values
 
 
 def _discrete_levels(col: np.ndarray, max_levels: int) -> list[float]:
@@ -746,7 +735,10 @@ class ScaleModel:
 
     @property
     def is_constant(self) -> bool:
-        return not any(_float_list(self, "coef_"))
+        got = self.__dict__.get("_constant")
+        if got is None or got[0] is not self.coef_:  # asked on every prediction: decided once per fit
+            got = self._constant = (self.coef_, not self.coef_.any())
+        return got[1]
 
     def predict_row(self, x: Sequence[float]) -> float:
         """``predict`` for one row, in plain floats."""
@@ -892,16 +884,10 @@ class ShapeModel:
         F = _increasing_row([_expit(e) for e in eta])
         if self.recal_ is None:
             return F
-        xs, ys = _float_list(self, "_recal_x"), _float_list(self, "_recal_y")
-        return _increasing_row([_interp1(v, xs, ys) for v in F])
-
-    @property
-    def _recal_x(self) -> np.ndarray:
-        return self.recal_[0]
-
-    @property
-    def _recal_y(self) -> np.ndarray:
-        return self.recal_[1]
+        got = self.__dict__.get("_recal_lists")
+        if got is None or got[0] is not self.recal_:  # converted once per recalibration map
+            got = self._recal_lists = (self.recal_, self.recal_[0].tolist(), self.recal_[1].tolist())
+        return _increasing_row([_interp1(v, got[1], got[2]) for v in F])
 
     def _recalibrate(self, F: np.ndarray) -> np.ndarray:
         if self.recal_ is not None:
