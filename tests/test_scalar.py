@@ -116,3 +116,17 @@ def test_lightgbm_single_row_c_api_matches_booster_predict():
     for x in _probe_rows(X):
         assert location.predict_row(x) == pytest.approx(float(location.predict(np.array([x]))[0]), rel=1e-12)
     _assert_same(model, _probe_rows(X), reference_batch=not model.scale_.is_constant)
+
+
+@pytest.mark.parametrize("algorithm", ["linear", "lightgbm"])
+def test_a_model_loaded_from_json_has_the_same_single_row_path(algorithm):
+    import orjson
+
+    X, y = _data(n=400, hetero=0.0)
+    model = QuantileModel(KINDS, NCATS, algorithm=algorithm).fit(X, y)
+    loaded = QuantileModel.from_json(orjson.loads(orjson.dumps(model.to_json(), option=orjson.OPT_SERIALIZE_NUMPY)))
+    for x in _probe_rows(X):
+        q, mean, std = loaded.describe_one(x, LEVELS)
+        want_q, want_mean, want_std = model.describe_one(x, LEVELS)
+        np.testing.assert_allclose(q, want_q, rtol=1e-12)
+        assert (mean, std) == pytest.approx((want_mean, want_std), rel=1e-12)
