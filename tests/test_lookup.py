@@ -489,3 +489,60 @@ def test_model_info_parts_a_record_leaves_out_come_from_the_request():
     table = LookupTable.from_records([{**record(0), "model_info": {"type": "llm", "hardware": "A100"}}])
     res = table.predict(IdentityPattern.from_segments("llm", "m7", "*", "*", "*"), [{}]).results()[0]
     assert res["model_info"] == {"type": "llm", "name": "m7", "hardware": "A100", "software_name": "*", "software_version": "*"}
+
+
+# --------------------------------------------------------------------------- parsed-table sidecars
+
+
+def test_a_table_is_parsed_once_then_loaded_from_its_sidecar(tmp_path):
+    from swarmpilot_predictor.lookup import load_index
+
+    root = tmp_path / "tables"
+    root.mkdir()
+    recs = [record(i, features={"x": i, "y": 2 * i, "kind": "a" if i % 2 else "b"}, task_id=f"t{i}") for i in range(200)]
+    recs += [record(i, info=dict(INFO, hardware="A100"), levels=(0.1, 0.5, 0.99)) for i in range(5)]  # another identity
+    (root / "m.json").write_bytes(orjson.dumps(recs))
+    first = LookupTableStore(root)
+    parsed = first.get("m.json")
+    sidecar = first.index_path(root / "m.json")
+    assert sidecar.is_file() and sidecar.parent.name == ".index"
+    assert first.names() == ["m.json"]  # the sidecar is not a table
+
+    # A new store (a restarted service) loads the sidecar: same table, same answers.
+    again = LookupTableStore(root).get("m.json")
+    assert again is not parsed and again.describe() | {"index_seconds": 0} == parsed.describe() | {"index_seconds": 0}
+    traces = [{"x": 5, "y": 10, "kind": "a"}, {"x": 5.3, "y": 10.2, "kind": "b"}, {"task_id": "t7"}, {"x": "bad"}]
+    for pattern in (None, IdentityPattern(hardware="h"), IdentityPattern(hardware="A100")):
+        want = parsed.predict(pattern, traces, 0.9, [0.1, 0.5, 0.9]).results()
+        assert again.predict(pattern, traces, 0.9, [0.1, 0.5, 0.9]).results() == want
+    # It really came from the sidecar: with a wrong source signature it is refused.
+    assert load_index(sidecar, root / "m.json", "m.json", ("not", "this", "file")) is None
+
+
+def test_stale_or_damaged_sidecars_are_ignored_and_rewritten(tmp_path):
+    import os
+
+    root = tmp_path / "tables"
+    root.mkdir()
+    path = root / "s.json"
+    path.write_bytes(orjson.dumps([record(i) for i in range(4)]))
+    store = LookupTableStore(root)
+    assert store.get("s.json").n_rows == 4
+    sidecar = store.index_path(path)
+    # Rewritten in place with the same size and modification time: the content digest notices.
+    st = path.stat()
+    edited = orjson.dumps([record(i) for i in range(4)]).replace(b'"expect":10.0', b'"expect":19.0', 1)
+    path.write_bytes(edited)
+    assert path.stat().st_size == st.st_size
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    fresh = LookupTableStore(root).get("s.json")
+    assert fresh.expect.tolist() == [19.0, 20.0, 30.0, 40.0]
+    # A damaged sidecar (or one holding pickled objects) is not trusted: the table is parsed again.
+    sidecar.write_bytes(b"PK\x03\x04 not a zip")
+    assert LookupTableStore(root).get("s.json").n_rows == 4
+    np.savez(sidecar, meta=np.array([{"format": 1}], dtype=object))
+    assert LookupTableStore(root).get("s.json").n_rows == 4
+    # Deleting the table deletes its sidecar.
+    assert sidecar.is_file()
+    LookupTableStore(root).delete("s.json")
+    assert not sidecar.exists()

@@ -29,6 +29,7 @@ table that cannot be read gives an error naming the file and the place.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import hashlib
@@ -1652,6 +1653,84 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 # --------------------------------------------------------------------------- the table directory
 
 
+# --------------------------------------------------------------------------- parsed-table sidecars
+
+# Version of the sidecar layout; a sidecar of another version is ignored and rewritten.
+INDEX_FORMAT = 1
+
+
+def save_index(table: LookupTable, dest: Path, source_signature: tuple) -> None:
+    """Write ``table``'s parsed columns to ``dest`` (``.npz``, no pickle), tagged with its file's signature.
+
+    Parsing dominates loading a big table (a million JSON records take 15 s or
+    more; building the indexes from the columns takes a fraction of a second),
+    so the columns are kept beside the table directory for the next load.
+    """
+    meta = {
+        "format": INDEX_FORMAT,
+        "source": list(source_signature),
+        "table_format": table.format,
+        "skipped": table.skipped,
+        "identities": [list(i) for i in table.identities],
+        "levelsets": len(table.levelsets),
+        "columns": [{"name": c.name, "kind": c.kind, "vocab": c.vocab, "mean": c.mean, "scale": c.scale}
+                    for c in table.columns],
+        "task_hashes": table.task_hashes is not None,
+    }
+    arrays: dict[str, np.ndarray] = {
+        "meta": np.frombuffer(orjson.dumps(meta), dtype=np.uint8),
+        "row_identity": table.row_identity, "row_levelset": table.row_levelset, "row_position": table.row_position,
+        "expect": table.expect, "error": table.error, "interval": table.interval,
+        "confidence": table.confidence, "versions": table.versions,
+    }
+    for s, (levels, values) in enumerate(zip(table.levelsets, table.values)):
+        arrays[f"levels_{s}"], arrays[f"values_{s}"] = levels, values
+    for j, column in enumerate(table.columns):
+        arrays[f"column_{j}"] = column.values
+    if table.task_hashes is not None:
+        arrays["task_hashes"] = table.task_hashes
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def load_index(src: Path, path: Path, name: str, source_signature: tuple, seed: int = 0) -> LookupTable | None:
+    """The table saved by :func:`save_index`, or None if the sidecar is missing, stale or unreadable."""
+    try:
+        with np.load(src, allow_pickle=False) as z:
+            meta = orjson.loads(z["meta"].tobytes())
+            if meta.get("format") != INDEX_FORMAT or tuple(meta.get("source", ())) != tuple(source_signature):
+                return None
+            columns = [
+                _FeatureColumn(c["name"], c["kind"], z[f"column_{j}"], vocab={k: int(v) for k, v in c["vocab"].items()},
+                               mean=float(c["mean"]), scale=float(c["scale"]))
+                for j, c in enumerate(meta["columns"])
+            ]
+            levelsets = [z[f"levels_{s}"] for s in range(meta["levelsets"])]
+            values = [z[f"values_{s}"] for s in range(meta["levelsets"])]
+            return LookupTable(
+                name=name,
+                identities=[tuple(i) for i in meta["identities"]],
+                row_identity=z["row_identity"], levelsets=levelsets, row_levelset=z["row_levelset"],
+                row_position=z["row_position"], values=values, expect=z["expect"], error=z["error"],
+                interval=z["interval"], confidence=z["confidence"], versions=z["versions"], columns=columns,
+                task_hashes=z["task_hashes"] if meta["task_hashes"] else None, skipped=int(meta["skipped"]),
+                path=path, fmt=meta["table_format"], seed=seed,
+            )
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - any damage to a cache file means: parse the table again
+        log.warning("ignoring unreadable lookup-table sidecar %s: %s", src, exc)
+        return None
+
+
 @dataclass
 class _Cached:
     signature: tuple
@@ -1664,7 +1743,9 @@ class LookupTableStore:
     Loaded tables are cached (at most ``max_loaded``, least recently used
     evicted; the default table is pinned) and reloaded when their file changes.
     A table that cannot be read answers with an error naming the file and the
-    place, and the failure is remembered until the file changes.
+    place, and the failure is remembered until the file changes. Parsed
+    columns are kept in sidecars under ``.index/`` (see :func:`save_index`), so
+    a big table is parsed once, not at every start.
     """
 
     def __init__(self, root: Path, default: str | None = None, max_loaded: int = 8):
@@ -1700,7 +1781,7 @@ class LookupTableStore:
             if table_format(path.name) is None:
                 raise TraceError(f"{path.name}: a lookup table is a .json, .jsonl or .csv file (optionally .gz)")
             signature = _signature(path)
-            self.default_table = LookupTable.load(path, name=path.name)
+            self.default_table = self._load(path, path.name, signature)
             self.default_signature = signature
             self.default_error = None
             log.info("default lookup table %s loaded: %d records", path, self.default_table.n_rows)
@@ -1755,7 +1836,7 @@ class LookupTableStore:
                 if hit is not None and hit.signature == signature:
                     return hit.table
             try:
-                table = LookupTable.load(path, name=name)
+                table = self._load(path, name, signature)
             except TraceError as exc:
                 message = f"lookup table cannot be read: {exc}"
                 with self._lock:
@@ -1780,7 +1861,8 @@ class LookupTableStore:
             with self._lock:
                 if signature != self.default_signature:
                     try:
-                        self.default_table = LookupTable.load(self.default_path, name=self.default_name)
+                        self.default_table = self._load(self.default_path, self.default_name or self.default_path.name,
+                                                        signature)
                         self.default_signature = signature
                     except TraceError as exc:
                         log.error("default lookup table changed but cannot be read, keeping the loaded one: %s", exc)
@@ -1791,6 +1873,29 @@ class LookupTableStore:
                 confidence_level: float = 0.95, quantiles: Sequence[float] | None = None,
                 with_total: bool = False) -> TablePrediction:
         return self.get(name).predict(pattern, traces, confidence_level, quantiles, with_total)
+
+    # ------------------------------------------------------------------ loading through the sidecar
+
+    def index_path(self, path: Path) -> Path:
+        """Where the parsed columns of the table file ``path`` are kept (one sidecar per file path)."""
+        digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+        return self.root / ".index" / f"{path.name}.{digest}.npz"
+
+    def _load(self, path: Path, name: str, signature: tuple) -> LookupTable:
+        index = self.index_path(path)
+        # The sidecar must match the file's stat signature and the bytes at both of its ends:
+        # a file rewritten in place with the same size and time is still noticed.
+        source = (*signature, _fingerprint(path))
+        table = load_index(index, path, name, source)
+        if table is not None:
+            return table
+        table = LookupTable.load(path, name=name)
+        try:
+            if (*_signature(path), _fingerprint(path)) == source:  # not if the file changed while it was parsed
+                save_index(table, index, source)
+        except OSError as exc:
+            log.warning("lookup table %s: cannot write its sidecar %s: %s", name, index, exc)
+        return table
 
     # ------------------------------------------------------------------ listing, deleting, writing
 
@@ -1852,6 +1957,7 @@ class LookupTableStore:
                 return {"status": "success", "deleted": name}
             raise NotFound(f"lookup table {name!r} not found")
         path.unlink()
+        self.index_path(path).unlink(missing_ok=True)
         with self._lock:
             self._cache.pop(name, None)
             self._failed.pop(name, None)
@@ -1872,3 +1978,15 @@ class LookupTableStore:
 def _signature(path: Path) -> tuple:
     st = path.stat()
     return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _fingerprint(path: Path, span: int = 1 << 16) -> str:
+    """A digest of the first and last ``span`` bytes of a file (cheap even for a gigabyte)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        h.update(fh.read(span))
+        size = fh.seek(0, os.SEEK_END)
+        if size > span:
+            fh.seek(max(span, size - span))
+            h.update(fh.read(span))
+    return h.hexdigest()
