@@ -554,14 +554,15 @@ class LeanEndpoint:
 
     async def __call__(self, scope, receive, send) -> None:
         scope["route"] = self  # as FastAPI's routes do; a plain Starlette route leaves it unset
-        body = b""
+        chunks = []
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return
-            body += message.get("body", b"")
+            chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 break
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         payload = orjson.dumps(await self.handler(scope, body), option=orjson.OPT_SERIALIZE_NUMPY)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})

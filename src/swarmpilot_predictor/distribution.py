@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,37 +104,32 @@ class ScoreDistribution:
                 self._cache[key] = got
         return got
 
+    def _memo(self, key: Any, compute: Callable[[], Any], limit: int | None = 256) -> Any:
+        """``compute()``, kept under ``key`` while the cache holds fewer than ``limit`` entries (None: always)."""
+        got = self._cache.get(key)
+        if got is None:
+            got = compute()
+            if limit is None or len(self._cache) < limit:
+                self._cache[key] = got
+        return got
+
     def quantile_one(self, tau: float) -> float:
         """``quantile`` of one level, in plain floats."""
-        got = self._cache.get("lists")
-        if got is None:
-            got = self._cache["lists"] = (self.levels.tolist(), self.values.tolist())
-        p, z = got
-        tau = min(max(tau, 1e-12), 1 - 1e-12)
-        if len(p) >= 2:
-            if tau > p[-1]:
-                return z[-1] + self._tail_slopes()[1] * (math.log(1 - p[-1]) - math.log(1 - tau))
-            if tau < p[0]:
-                return z[0] - self._tail_slopes()[0] * (math.log(p[0]) - math.log(tau))
-        elif tau <= p[0] or tau >= p[-1]:
-            return z[0] if tau <= p[0] else z[-1]
-        if tau >= p[-1]:
-            return z[-1]
-        k = bisect.bisect_right(p, tau)
-        if k == 0:
+        p, z = self._memo("lists", lambda: (self.levels.tolist(), self.values.tolist()))
+        if len(p) < 2:
             return z[0]
+        tau = min(max(tau, 1e-12), 1 - 1e-12)
+        if tau > p[-1]:
+            return z[-1] + self._tail_slopes()[1] * (math.log(1 - p[-1]) - math.log(1 - tau))
+        if tau < p[0]:
+            return z[0] - self._tail_slopes()[0] * (math.log(p[0]) - math.log(tau))
+        k = min(bisect.bisect_right(p, tau), len(p) - 1)  # levels are strictly increasing
         p0, p1 = p[k - 1], p[k]
-        return z[k - 1] + (tau - p0) / (p1 - p0) * (z[k] - z[k - 1]) if p1 > p0 else z[k]
+        return z[k - 1] + (tau - p0) / (p1 - p0) * (z[k] - z[k - 1])
 
     def quantile_list(self, levels: tuple[float, ...]) -> list[float]:
         """``quantile_at`` as a list of floats (cached)."""
-        key = ("qlist", levels)
-        got = self._cache.get(key)
-        if got is None:
-            got = self.quantile_at(levels).tolist()
-            if len(self._cache) < 256:
-                self._cache[key] = got
-        return got
+        return self._memo(("qlist", levels), lambda: self.quantile_at(levels).tolist())
 
     def _tail_slopes(self) -> tuple[float, float]:
         got = self._cache.get("tails")
@@ -250,22 +246,16 @@ class ScoreDistribution:
 
     def segment_moments_list(self, knots: tuple[float, ...], scale: float) -> list[list[float]]:
         """``segment_moments`` as nested lists [j][segment] (cached alongside)."""
-        key = ("moments_list", knots, scale)
-        got = self._cache.get(key)
-        if got is None:
-            got = self.segment_moments(knots, scale).T.tolist()
-            if len(self._cache) < 64:
-                self._cache[key] = got
-        return got
+        return self._memo(("moments_list", knots, scale), lambda: self.segment_moments(knots, scale).T.tolist(), 64)
 
     def segment_moment_table_list(self, knots: tuple[float, ...]) -> tuple[float, list[list[list[float]]]]:
         """``segment_moment_table`` as (first grid point, nested lists [grid][j][segment])."""
-        key = ("table_list", knots)
-        got = self._cache.get(key)
-        if got is None:
+
+        def compute():
             grid, table = self.segment_moment_table(knots)
-            got = self._cache[key] = (float(grid[0]), table.transpose(0, 2, 1).tolist())
-        return got
+            return float(grid[0]), table.transpose(0, 2, 1).tolist()
+
+        return self._memo(("table_list", knots), compute, limit=None)
 
     def to_json(self) -> dict[str, Any]:
         return {"levels": self.levels.tolist(), "values": self.values.tolist()}

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .traces import DEFAULT_TARGET, TraceError, TraceTable, reserved_keys
+from .traces import DEFAULT_TARGET, TraceError, TraceTable, category_text, reserved_keys
 
 FeatureKind = Literal["numeric", "categorical"]
 
@@ -202,7 +202,7 @@ class FeatureSchema:
                             errors[i] = f"missing required feature '{name}'"
                         codes[i] = math.nan
                     else:
-                        key = v if isinstance(v, str) else _category_of(v)
+                        key = category_text(v)
                         # An unseen category is not an error: it behaves like an unknown level.
                         codes[i] = lookup.get(key, math.nan)
                 X[:, j] = codes
@@ -221,7 +221,7 @@ class FeatureSchema:
             elif v is None:
                 return values, f"missing required feature '{spec.name}'"
             else:
-                code = spec.codes.get(v if isinstance(v, str) else _category_of(v))
+                code = spec.codes.get(category_text(v))
                 values.append(math.nan if code is None else float(code))
         return values, None
 
@@ -253,16 +253,6 @@ class FeatureSchema:
 def _encode_categories(values: np.ndarray, categories: tuple[str, ...]) -> np.ndarray:
     lookup = {c: float(k) for k, c in enumerate(categories)}
     return np.array([lookup.get(v, math.nan) if v is not None else math.nan for v in values], dtype=np.float64)
-
-
-def _category_of(v: Any) -> str:
-    if isinstance(v, bool):
-        return str(int(v))
-    if isinstance(v, (int, float)) and math.isfinite(v):
-        from .traces import format_number
-
-        return format_number(float(v))
-    return str(v)
 
 
 def _as_float(v: Any) -> float:

@@ -63,8 +63,8 @@ from .schemas import RenderedPredictions
 from .traces import (
     ID_KEYS,
     TraceError,
+    category_text,
     csv_value,
-    format_number,
     iter_trace_file,
     iter_trace_stream,
     normalize_trace,
@@ -362,16 +362,6 @@ def _probe_one(keys: np.ndarray, rows: np.ndarray, key: int) -> int:
 def _str_hash(s: str) -> int:
     """Stable 63-bit hash of a string (task ids), the same in every process."""
     return int.from_bytes(hashlib.blake2b(s.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little") >> 1
-
-
-def _category_of(v: Any) -> str:
-    if isinstance(v, str):
-        return v
-    if isinstance(v, bool):
-        return str(int(v))
-    if isinstance(v, (int, float)) and math.isfinite(v):
-        return format_number(float(v))
-    return str(v)
 
 
 def _sorted_index(keys: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -688,7 +678,7 @@ class LookupTable:
         if self.task_hashes is not None:
             todo = [i for i in np.flatnonzero((rows < 0) & ~bad).tolist() if flat[i].get("task_id") is not None]
             if todo:
-                keys = np.array([_str_hash(_category_of(flat[i]["task_id"])) for i in todo], dtype=np.int64)
+                keys = np.array([_str_hash(category_text(flat[i]["task_id"])) for i in todo], dtype=np.int64)
                 idx = np.asarray(todo, dtype=np.int64)
                 for g in groups:
                     found = _probe(g.task_keys, g.task_rows, keys)
@@ -739,7 +729,7 @@ class LookupTable:
                         break
                     bits = _float_int(q)
                 else:
-                    q = -1 if v is None else c.vocab.get(_category_of(v), -2)
+                    q = -1 if v is None else c.vocab.get(category_text(v), -2)
                     if q == -2:
                         break
                     bits = q & _MASK
@@ -751,7 +741,7 @@ class LookupTable:
                     return row, _EXACT, 0.0, None
         tid = t.get("task_id")  # 2. task id
         if tid is not None and self.task_hashes is not None:
-            key = _str_hash(_category_of(tid))
+            key = _str_hash(category_text(tid))
             for g in groups:
                 row = _probe_one(g.task_keys, g.task_rows, key)
                 if row >= 0:
@@ -774,7 +764,7 @@ class LookupTable:
                 for j in g.cat_cols:
                     c = columns[j]
                     v = t.get(c.name)
-                    code = -1 if v is None else c.vocab.get(_category_of(v), -2)
+                    code = -1 if v is None else c.vocab.get(category_text(v), -2)
                     codes.append(code)
                     h = _mix_int(h ^ (code & _MASK))
                 part = g.partitions.get(h)
@@ -842,7 +832,7 @@ class LookupTable:
             return vals, missing, invalid
         vocab = c.vocab
         codes = np.fromiter(
-            (-1 if v is None else vocab.get(_category_of(v), -2) for v in raw), dtype=np.int64, count=n
+            (-1 if v is None else vocab.get(category_text(v), -2) for v in raw), dtype=np.int64, count=n
         )
         return codes, codes == -1, np.zeros(n, dtype=bool)
 
@@ -1141,14 +1131,14 @@ def _column_from_values(name: str, values: list[Any]) -> _FeatureColumn:
     # Strings (and numbers beside them, compared as their text): codes into a vocabulary.
     vocab: dict[str, int] = {}
     codes = np.fromiter(
-        (-1 if v is None or isinstance(v, (dict, list)) else vocab.setdefault(_category_of(v), len(vocab)) for v in values),
+        (-1 if v is None or isinstance(v, (dict, list)) else vocab.setdefault(category_text(v), len(vocab)) for v in values),
         dtype=np.int64, count=n,
     )
     return _FeatureColumn(name, "categorical", codes, vocab=vocab)
 
 
 def _task_hashes(values: list[Any]) -> np.ndarray:
-    return np.fromiter((-1 if v is None else _str_hash(_category_of(v)) for v in values), dtype=np.int64, count=len(values))
+    return np.fromiter((-1 if v is None else _str_hash(category_text(v)) for v in values), dtype=np.int64, count=len(values))
 
 
 class _Builder:

@@ -183,9 +183,18 @@ class PredictorService:
             self.metrics.count_predictions(f"table:{pred.table}", "lookup_table", n_ok, len(pred.errors) - n_ok)
             return pred
         t0 = time.perf_counter()
+        identity, loaded = self._serving(pattern, version)
+        return self._predict_with(identity, loaded, traces, confidence_level, quantiles, with_total, t0)
+
+    def _serving(self, pattern: IdentityPattern, version: int | None = None) -> tuple[ModelIdentity, LoadedModel]:
+        """The model ``pattern`` names (its latest version unless ``version``), after noticing other workers' changes."""
         self.registry.maybe_refresh()
         identity = self.registry.resolve(pattern)
-        loaded = self.registry.load(identity, version)
+        return identity, self.registry.load(identity, version)
+
+    def _predict_with(self, identity: ModelIdentity, loaded: LoadedModel, traces: Sequence[dict[str, Any]],
+                      confidence_level: float, quantiles: Sequence[float] | None, with_total: bool,
+                      t0: float) -> Prediction:
         levels = list(quantiles) if quantiles else loaded.meta.quantiles
         cache_key = None
         if self.cache.enabled and len(traces) == 1 and not with_total:
@@ -289,16 +298,15 @@ class PredictorService:
         (each through the model's single-row path): measured, that is cheaper
         than a small batch.
         """
+        identity, loaded = self._serving(pattern)  # once for all of them
         if len(traces) < ROW_PATH_MAX_BATCH:
-            return [self.predict(pattern, [t], confidence_level, quantiles) for t in traces]
-        if len(traces) == 1 or not self.cache.enabled:
-            if len(traces) == 1:
-                return [self.predict(pattern, traces, confidence_level, quantiles)]
-            return self.predict(pattern, traces, confidence_level, quantiles).split()
+            return [self._predict_with(identity, loaded, [t], confidence_level, quantiles, False, time.perf_counter())
+                    for t in traces]
+        if not self.cache.enabled:
+            return self._predict_with(identity, loaded, traces, confidence_level, quantiles, False,
+                                      time.perf_counter()).split()
         # Cached traces are answered from the cache, the others evaluated together.
-        self.registry.maybe_refresh()  # the version in the cache key must be the serving one
-        identity = self.registry.resolve(pattern)
-        meta = self.registry.latest(identity)
+        meta = loaded.meta
         levels = list(quantiles) if quantiles else meta.quantiles
         out: list[Prediction | None] = [None] * len(traces)
         keys = [self._cache_key(identity, meta, t, levels, confidence_level) for t in traces]
@@ -310,10 +318,11 @@ class PredictorService:
         misses = [i for i, p in enumerate(out) if p is None]
         if misses:
             self.metrics.cache_misses.inc(len(misses))
-            fresh = self.predict(pattern, [traces[i] for i in misses], confidence_level, quantiles).split()
+            fresh = self._predict_with(identity, loaded, [traces[i] for i in misses], confidence_level, quantiles,
+                                       False, time.perf_counter()).split()
             for i, pred in zip(misses, fresh):
                 out[i] = pred
-                if keys[i] is not None and pred.ok[0] and pred.version == meta.version:
+                if keys[i] is not None and pred.ok[0]:
                     self.cache.put(keys[i], pred)
         n_hits = len(traces) - len(misses)
         if n_hits:

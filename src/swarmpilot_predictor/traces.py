@@ -219,6 +219,17 @@ def format_number(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else repr(float(v))
 
 
+def category_text(v: Any) -> str:
+    """The category a value stands for, as training reads it: ``3``, ``3.0`` and ``"3"`` are one."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, bool):
+        return str(int(v))
+    if isinstance(v, (int, float)) and math.isfinite(v):
+        return format_number(float(v))
+    return str(v)
+
+
 @dataclass
 class TraceTable:
     """Traces read column by column; ``columns`` keeps first-seen order."""
