@@ -44,7 +44,7 @@ def serve(
     data_dir: Optional[Path] = DataDirOpt,
     workers: Optional[int] = typer.Option(None, help="Worker processes sharing the data directory."),
     default_lookup_table: Optional[str] = typer.Option(None, help="Lookup table loaded at start."),
-    log_level: str = typer.Option("info"),
+    log_level: Optional[str] = typer.Option(None, help="uvicorn log level (default $PREDICTOR_LOG_LEVEL or info)."),
 ):
     """Start the HTTP service."""
     import uvicorn
@@ -62,7 +62,7 @@ def serve(
         host=host or settings.host,
         port=port or settings.port,
         workers=workers or settings.workers,
-        log_level=log_level,
+        log_level=log_level or settings.log_level,
     )
 
 
