@@ -460,16 +460,17 @@ class LinearLocation(LocationModel):
     min_rows = 8
 
     def __init__(self, kinds: Sequence[str], n_categories: Sequence[int], alpha: float | None = None, huber_delta: float = 1.0,
-                 redescend: bool = True, max_levels: int = MAX_LEVELS):
+                 redescend: bool = True, max_levels: int = MAX_LEVELS, hinges: int = 3):
         self.kinds = list(kinds)
         self.n_categories = list(n_categories)
         self.alpha = alpha
         self.huber_delta = huber_delta
         self.redescend = redescend
         self.max_levels = max_levels
+        self.hinges = hinges
 
     def fit(self, X, y, w=None):
-        self.design_ = LogLinearDesign(self.kinds, self.n_categories, levels=self.max_levels).fit(X)
+        self.design_ = LogLinearDesign(self.kinds, self.n_categories, hinges=self.hinges, levels=self.max_levels).fit(X)
         A = self.design_.transform(X)
         base_w = np.ones(len(y)) if w is None else w
         weights = base_w
@@ -531,7 +532,11 @@ class LightGBMLocation(LocationModel):
     """
 
     name = "lightgbm"
-    min_rows = 50
+    # Below this many rows, boosted trees fit the noise, and picking them by the lowest
+    # cross-validated loss among a dozen candidates is mostly luck: over eight seeds of
+    # four synthetic generators at 140 training rows, `auto` with them lost 1-4% to
+    # the linear family alone and never gained (benchmarks/README.md).
+    min_rows = 200
     DEFAULT_PARAMS: ClassVar[dict[str, Any]] = {
         "objective": "huber",
         "learning_rate": 0.08,
@@ -589,9 +594,12 @@ class LightGBMLocation(LocationModel):
         train = self._dataset(X, y, w, init)
         if valid is not None:
             vset = self._dataset(valid[0], valid[1], init=self._base(valid[0]), reference=train)
+            evals: dict[str, Any] = {}
             booster = lgb.train(params, train, self.num_boost_round, valid_sets=[vset],
-                                callbacks=[lgb.early_stopping(30, verbose=False)])
+                                callbacks=[lgb.early_stopping(30, verbose=False), lgb.record_evaluation(evals)])
             self.best_iteration_ = booster.best_iteration or self.num_boost_round
+            curve = next(iter(evals.get("valid_0", {}).values()), [])
+            self.valid_curve_ = np.asarray(curve, dtype=np.float64)
         else:
             booster = lgb.train(params, train, self.num_boost_round)
             self.best_iteration_ = self.num_boost_round
@@ -992,11 +1000,32 @@ SELECT_MAX_ROWS = 50_000
 # Simpler candidates win unless a more complex one is clearly better on held-out rows.
 FAMILY_COMPLEXITY = {"empirical": 0, "linear": 1, "lightgbm": 2}
 SELECTION_SE = 1.0
+# Hinges per numeric feature in the linear family's design, when the folds prefer them to none.
+LINEAR_HINGES = 3
 # Backward elimination of features (see QuantileModel._drop_features) up to this many rows x features^2.
 FEATURE_DROP_MAX_WORK = 40_000
 FEATURE_DROP_SE = 1.0
 # The kind of a feature that a fitted design ignores.
 UNUSED = "unused"
+
+
+def common_rounds(curves: Sequence[np.ndarray]) -> int:
+    """The boosting round (1-based) with the lowest mean validation loss over folds.
+
+    A fold that stopped early keeps its last recorded loss for the later rounds.
+    """
+    curves = [c for c in curves if len(c)]
+    if not curves:
+        return 1
+    n = max(len(c) for c in curves)
+    padded = np.stack([np.concatenate([c, np.full(n - len(c), c[-1])]) for c in curves])
+    return int(np.argmin(padded.mean(axis=0))) + 1
+
+
+def location_weights(s: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+    """Weights ``w / s**2`` (mean 1) for refitting a location under feature-dependent noise."""
+    v = (1.0 if w is None else w) / np.maximum(s, 1e-6) ** 2
+    return v / v.mean()
 
 
 def _choose(candidates: list[dict[str, Any]]) -> dict[str, Any]:
@@ -1042,11 +1071,14 @@ class QuantileModel:
 
     # ------------------------------------------------------------------ fitting
 
-    def _make(self, family: str, kinds: Sequence[str] | None = None) -> LocationModel:
+    def _make(self, family: str, kinds: Sequence[str] | None = None, hinges: int | None = None) -> LocationModel:
         if family == "empirical":
             return EmpiricalLocation()
         if family == "linear":
-            return LinearLocation(self.kinds if kinds is None else kinds, self.n_categories, **{k: v for k, v in self.params.items() if k in ("alpha", "huber_delta", "redescend", "max_levels")})
+            params = {k: v for k, v in self.params.items() if k in ("alpha", "huber_delta", "redescend", "max_levels", "hinges")}
+            if hinges is not None:
+                params["hinges"] = hinges
+            return LinearLocation(self.kinds if kinds is None else kinds, self.n_categories, **params)
         lgb_params = {k: v for k, v in self.params.items() if k not in _NON_LGB_PARAMS}
         if "lgb_huber_delta" in self.params:
             lgb_params["alpha"] = float(self.params["lgb_huber_delta"])
@@ -1067,20 +1099,52 @@ class QuantileModel:
         rng = np.random.default_rng(self.random_state)
         return rng.permutation(n) % k
 
-    def _oof_location(self, family, X, ylog, fold, w, kinds=None) -> tuple[np.ndarray, list[int]]:
+    def _oof_location(self, family, X, ylog, fold, w, kinds=None) -> tuple[np.ndarray, dict[str, int]]:
+        """Out-of-fold location predictions, and what was tuned on the folds (``rounds``, ``hinges``)."""
+        if family == "linear" and "hinges" not in self.params:
+            # Hinges bend the power law (fixed overheads plus per-unit costs); on a
+            # hundred noisy rows their extra columns cost more than they bring. They
+            # are kept when their out-of-fold medians are closer to the runtimes by
+            # more than a standard error (the one-standard-error rule, as in _choose).
+            bent = self._oof_fit(family, X, ylog, fold, w, kinds, LINEAR_HINGES)
+            plain = self._oof_fit(family, X, ylog, fold, w, kinds, 0)
+            # Paired per-row difference of the absolute errors of the out-of-fold medians.
+            d = np.abs(np.exp(ylog) - np.exp(bent)) - np.abs(np.exp(ylog) - np.exp(plain))
+            se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+            if d.mean() < -SELECTION_SE * se:
+                return bent, {"hinges": LINEAR_HINGES}
+            return plain, {"hinges": 0}
         oof = np.empty(len(ylog))
-        iters: list[int] = []
+        boosted: list[tuple[np.ndarray, LightGBMLocation]] = []
         for k in range(int(fold.max()) + 1):
             tr, te = fold != k, fold == k
             model = self._make(family, kinds)
             wk = None if w is None else w[tr]
             if isinstance(model, LightGBMLocation):
                 model.fit(X[tr], ylog[tr], wk, valid=(X[te], ylog[te]))
-                iters.append(model.best_iteration_)
+                boosted.append((te, model))
             else:
                 model.fit(X[tr], ylog[tr], wk)
+                oof[te] = model.predict(X[te])
+        if not boosted:
+            return oof, {}
+        # One number of rounds for every fold, where the folds' mean validation loss is
+        # lowest: stopping each fold where its own held-out loss is lowest would tune
+        # that fold's trees on the rows that then score them, and make LightGBM look
+        # better than it is on small data.
+        rounds = common_rounds([m.valid_curve_ for _, m in boosted])
+        for te, model in boosted:
+            model.best_iteration_ = rounds
             oof[te] = model.predict(X[te])
-        return oof, iters
+        return oof, {"rounds": rounds}
+
+    def _oof_fit(self, family, X, ylog, fold, w, kinds, hinges: int) -> np.ndarray:
+        oof = np.empty(len(ylog))
+        for k in range(int(fold.max()) + 1):
+            tr, te = fold != k, fold == k
+            model = self._make(family, kinds, hinges).fit(X[tr], ylog[tr], None if w is None else w[tr])
+            oof[te] = model.predict(X[te])
+        return oof
 
     def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> "QuantileModel":
         with single_threaded_blas():
@@ -1110,11 +1174,15 @@ class QuantileModel:
         family = best["family"]
         kinds = best["kinds"]
         self.features_used_ = [k != UNUSED for k in kinds]
-        final = self._make(family, kinds)
-        if isinstance(final, LightGBMLocation) and best["iters"]:
+        tuned = best["tuned"]
+        final = self._make(family, kinds, tuned.get("hinges"))
+        if isinstance(final, LightGBMLocation) and "rounds" in tuned:
             # Train the final booster as long as the folds found useful, a bit more for the extra data.
-            final.num_boost_round = max(10, int(np.mean(best["iters"]) * (1.1 if len(sel) == n else 1.3)))
-        final.fit(X, ylog, w)
+            final.num_boost_round = max(10, int(tuned["rounds"] * (1.1 if len(sel) == n else 1.3)))
+        wl = w
+        if best.get("weighted"):
+            wl = location_weights(best["scale"].predict(X), w)
+        final.fit(X, ylog, wl)
         self.family_ = family
         self.location_ = final
         self.scale_ = best["scale"]
@@ -1152,9 +1220,10 @@ class QuantileModel:
             metrics["variant"] = chosen["name"]
             metrics["variants_pinball_loss"] = {c["name"]: float(c["row_loss"].mean()) for c in fam}
             metrics["seconds"] = time.perf_counter() - t0
-            iters = chosen["iters"]
-            if iters:
-                metrics["best_iteration"] = int(np.mean(iters))
+            if "rounds" in chosen["tuned"]:
+                metrics["best_iteration"] = chosen["tuned"]["rounds"]
+            if "hinges" in chosen["tuned"]:
+                metrics["hinges"] = chosen["tuned"]["hinges"]
             if reduced is not chosen:
                 # Which features went, and the held-out loss without them; both compete below.
                 metrics["features_dropped"] = [j for j, k in enumerate(reduced["kinds"]) if k == UNUSED]
@@ -1174,28 +1243,51 @@ class QuantileModel:
         """Cross-fit ``family`` on the features ``kinds`` marks as used; one candidate per (hetero, shaped)."""
         levels = np.asarray(EVAL_LEVELS)
         kinds = list(kinds)
-        oof, iters = self._oof_location(family, X, ylog, fold, w, kinds)
-        resid = ylog - oof
+        oof0, tuned0 = self._oof_location(family, X, ylog, fold, w, kinds)
         fam: list[dict[str, Any]] = []
-        scales: dict[bool, tuple[ScaleModel, np.ndarray]] = {}
+        scales: dict[bool, tuple] = {}
         for hetero, shaped in variants:
             if hetero not in scales:
                 # Constant and feature-dependent noise compete on the same held-out loss.
-                scale = ScaleModel(kinds if hetero else [], self.n_categories if hetero else [])
-                scale.fit(X if hetero else X[:, :0], resid, w)
-                scales[hetero] = (scale, scale.predict(X if hetero else X[:, :0]))
-            scale, s = scales[hetero]
+                oof, tuned = oof0, tuned0
+                scale, s = self._oof_scale(hetero, X, ylog - oof, fold, w, kinds)
+                weighted = hetero and family != "empirical" and bool(self.params.get("weighted_location", True))
+                if weighted:
+                    # Feasible weighted least squares: once the noise's size is known, rows
+                    # with little noise say more about the location than noisy ones.
+                    oof, tuned = self._oof_location(family, X, ylog, fold, location_weights(s, w), kinds)
+                    scale, s = self._oof_scale(hetero, X, ylog - oof, fold, w, kinds)
+                scales[hetero] = (scale, s, oof, tuned, weighted)
+            scale, s, oof, tuned, weighted = scales[hetero]
+            resid = ylog - oof
             z = resid / s
             q, pits = self._heldout(X, oof, s, z, fold, shaped, w, kinds)
             diff = y[:, None] - q
             fam.append({
-                "family": family, "hetero": hetero, "shaped": shaped, "scale": scale, "z": z,
-                "pits": pits, "iters": iters, "q": q, "kinds": kinds, "rank": rank,
+                "family": family, "hetero": hetero, "shaped": shaped, "scale": scale, "z": z, "weighted": weighted,
+                "pits": pits, "tuned": tuned, "q": q, "kinds": kinds, "rank": rank,
                 "name": ("hetero" if hetero else "const") + ("+shape" if shaped else ""),
                 "row_loss": np.maximum(levels * diff, (levels - 1) * diff).mean(axis=1),
                 "complexity": FAMILY_COMPLEXITY.get(family, rank) + int(hetero) + int(shaped),
             })
         return fam
+
+    def _oof_scale(self, hetero: bool, X, resid, fold, w, kinds) -> tuple[ScaleModel, np.ndarray]:
+        """The scale model fitted on every row, and each row's scale from a fit without its fold.
+
+        A scale fitted on a row's own residual widens exactly the rows that turn out
+        to be far off: held out like the location, it cannot flatter the
+        feature-dependent variant (on pure noise it used to beat the constant one).
+        """
+        if not hetero:
+            scale = ScaleModel([], []).fit(X[:, :0], resid, w)
+            return scale, scale.predict(X[:, :0])
+        s = np.empty(len(resid))
+        for k in range(int(fold.max()) + 1):
+            tr, te = fold != k, fold == k
+            part = ScaleModel(kinds, self.n_categories).fit(X[tr], resid[tr], None if w is None else w[tr])
+            s[te] = part.predict(X[te])
+        return ScaleModel(kinds, self.n_categories).fit(X, resid, w), s
 
     def _drop_features(self, best: dict[str, Any], X, y, ylog, fold, w) -> dict[str, Any]:
         """Backward elimination of features for a family's chosen variant.
@@ -1362,4 +1454,4 @@ class QuantileModel:
 
 
 _LOG100 = float(np.log(100.0))
-_NON_LGB_PARAMS = frozenset({"alpha", "huber_delta", "num_boost_round", "shape", "shape_alpha", "shape_hinges", "lgb_huber_delta", "lgb_linear_base", "redescend", "max_levels", "drop_features"})
+_NON_LGB_PARAMS = frozenset({"alpha", "huber_delta", "num_boost_round", "shape", "shape_alpha", "shape_hinges", "lgb_huber_delta", "lgb_linear_base", "redescend", "max_levels", "drop_features", "hinges", "weighted_location"})
