@@ -533,9 +533,9 @@ class LightGBMLocation(LocationModel):
 
     name = "lightgbm"
     # Below this many rows, boosted trees fit the noise, and picking them by the lowest
-    # cross-validated loss among a dozen candidates is mostly luck: over eight seeds of
-    # four synthetic generators at 140 training rows, `auto` with them lost 1-4% to
-    # the linear family alone and never gained (benchmarks/README.md).
+    # cross-validated loss among a dozen candidates is mostly luck: at 140 training rows,
+    # over the eight seeds of the many-seeds study in benchmarks/accuracy.py, `auto` with
+    # them lost up to 4% to the linear family alone and gained at most 0.2%.
     min_rows = 200
     DEFAULT_PARAMS: ClassVar[dict[str, Any]] = {
         "objective": "huber",
