@@ -205,10 +205,12 @@ def synth_llm_aborted(n: int = ABORTED_ROWS, seed: int = 5) -> TraceSet:
 UNSEEN_OFFSETS = (1000,)
 
 
+GENERATORS = (synth_lognormal, synth_bimodal, synth_heavy_tailed, synth_heteroscedastic, synth_llm_aborted)
+
+
 def synthetic_sets(n: int = SYNTH_ROWS, seed_offset: int = 0) -> list[TraceSet]:
-    gens = [synth_lognormal, synth_bimodal, synth_heavy_tailed, synth_heteroscedastic, synth_llm_aborted]
     out = []
-    for gen in gens:
+    for gen in GENERATORS:
         rows = gen.__defaults__[0] if gen is synth_llm_aborted else n
         ts = gen(rows, seed=gen.__defaults__[1] + seed_offset)
         if seed_offset:
@@ -565,7 +567,6 @@ def seed_study(sizes: tuple[int, ...] = STUDY_SIZES, seeds: int = STUDY_SEEDS) -
     One 70/30 split of a few hundred rows cannot tell ratios a few percent apart
     (see the bootstrap intervals above); the mean over draws can.
     """
-    gens = [synth_lognormal, synth_bimodal, synth_heavy_tailed, synth_heteroscedastic, synth_llm_aborted]
     out = ["### Many seeds at realistic sizes", "",
            f"Each generator at {' and '.join(map(str, sizes))} rows (70/30 split, so "
            f"{' and '.join(str(round(0.7 * n)) for n in sizes)} training rows), {seeds} draws each with seeds "
@@ -576,7 +577,7 @@ def seed_study(sizes: tuple[int, ...] = STUDY_SIZES, seeds: int = STUDY_SEEDS) -
            "| generator | rows | service / best baseline | draws won | oracle / best baseline | service MACE | max level rel. error |",
            "|---|---:|---:|---:|---:|---:|---:|"]
     all_logs = []
-    for gen in gens:
+    for gen in GENERATORS:
         for n in sizes:
             logs, olog, wins, mace, qerr = [], [], 0, [], []
             for k in range(seeds):

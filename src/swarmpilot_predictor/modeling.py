@@ -224,10 +224,7 @@ class LogLinearDesign:
         whatever its size, and ``transform`` makes dozens. Same columns, same
         order, same values (tests/test_scalar.py holds the two together).
         """
-        plan = self._row_plan
-        if plan is None:
-            plan = self._row_plan = self._make_row_plan()
-        num, lows, highs, knots, center, spread, cats, levels = plan
+        num, lows, highs, knots, center, spread, cats, levels = self._plan()
         logs = [math.copysign(math.log1p(abs(x[j])), x[j]) for j in num]
         if lows is None:
             cols = logs + [float(x[j]) for j in num]
@@ -275,7 +272,7 @@ class LogLinearDesign:
         return total
 
     def _fold(self, coef: np.ndarray) -> tuple:
-        num, lows, highs, knots, center, spread, cats, levels = self._row_plan or self._make_row_plan()
+        num, lows, highs, knots, center, spread, cats, levels = self._plan()
         coef = np.asarray(coef, dtype=np.float64).ravel()
         n_num = len(center)
         w = (coef[:n_num] / np.asarray(spread)).tolist() if n_num else []
@@ -303,6 +300,12 @@ class LogLinearDesign:
             cat_terms.append((j, coef[col:col + k].tolist()))
             col += k
         return offset, numeric, level_terms, cat_terms
+
+    def _plan(self) -> tuple:
+        """What ``row`` and ``dot_row`` need, as plain lists; made once per fit."""
+        if self._row_plan is None:
+            self._row_plan = self._make_row_plan()
+        return self._row_plan
 
     def _make_row_plan(self) -> tuple:
         num = self._num
@@ -514,6 +517,7 @@ class LinearLocation(LocationModel):
         obj = cls(kinds, n_categories, d["alpha"], d["huber_delta"], bool(d.get("redescend", False)))
         obj.alpha_ = float(d["alpha"])
         obj.design_ = LogLinearDesign.from_json(d["design"])
+        obj.hinges = obj.design_.hinges
         obj.intercept_ = float(d["intercept"])
         obj.coef_ = np.asarray(d["coef"], dtype=np.float64)
         return obj
@@ -1028,16 +1032,19 @@ def location_weights(s: np.ndarray, w: np.ndarray | None) -> np.ndarray:
     return v / v.mean()
 
 
+def _mean_se(d: np.ndarray) -> float:
+    """Standard error of the mean of ``d``: for paired per-row differences of losses."""
+    return float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+
+
 def _choose(candidates: list[dict[str, Any]]) -> dict[str, Any]:
     """The simplest candidate whose held-out loss is within ``SELECTION_SE`` standard
     errors (of the paired per-row difference) of the lowest (the one-standard-error rule)."""
     best = min(candidates, key=lambda c: c["row_loss"].mean())
-    n = len(best["row_loss"])
     eligible = []
     for c in candidates:
         d = c["row_loss"] - best["row_loss"]
-        se = float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
-        if c is best or d.mean() <= SELECTION_SE * se:
+        if c is best or d.mean() <= SELECTION_SE * _mean_se(d):
             eligible.append(c)
     return min(eligible, key=lambda c: (c["complexity"], c["row_loss"].mean()))
 
@@ -1101,6 +1108,8 @@ class QuantileModel:
 
     def _oof_location(self, family, X, ylog, fold, w, kinds=None) -> tuple[np.ndarray, dict[str, int]]:
         """Out-of-fold location predictions, and what was tuned on the folds (``rounds``, ``hinges``)."""
+        if family == "lightgbm":
+            return self._oof_boosted(X, ylog, fold, w, kinds)
         if family == "linear" and "hinges" not in self.params:
             # Hinges bend the power law (fixed overheads plus per-unit costs); on a
             # hundred noisy rows their extra columns cost more than they bring. They
@@ -1110,24 +1119,27 @@ class QuantileModel:
             plain = self._oof_fit(family, X, ylog, fold, w, kinds, 0)
             # Paired per-row difference of the absolute errors of the out-of-fold medians.
             d = np.abs(np.exp(ylog) - np.exp(bent)) - np.abs(np.exp(ylog) - np.exp(plain))
-            se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
-            if d.mean() < -SELECTION_SE * se:
+            if d.mean() < -SELECTION_SE * _mean_se(d):
                 return bent, {"hinges": LINEAR_HINGES}
             return plain, {"hinges": 0}
+        return self._oof_fit(family, X, ylog, fold, w, kinds), {}
+
+    def _oof_fit(self, family, X, ylog, fold, w, kinds, hinges: int | None = None) -> np.ndarray:
+        oof = np.empty(len(ylog))
+        for k in range(int(fold.max()) + 1):
+            tr, te = fold != k, fold == k
+            model = self._make(family, kinds, hinges).fit(X[tr], ylog[tr], None if w is None else w[tr])
+            oof[te] = model.predict(X[te])
+        return oof
+
+    def _oof_boosted(self, X, ylog, fold, w, kinds) -> tuple[np.ndarray, dict[str, int]]:
         oof = np.empty(len(ylog))
         boosted: list[tuple[np.ndarray, LightGBMLocation]] = []
         for k in range(int(fold.max()) + 1):
             tr, te = fold != k, fold == k
-            model = self._make(family, kinds)
-            wk = None if w is None else w[tr]
-            if isinstance(model, LightGBMLocation):
-                model.fit(X[tr], ylog[tr], wk, valid=(X[te], ylog[te]))
-                boosted.append((te, model))
-            else:
-                model.fit(X[tr], ylog[tr], wk)
-                oof[te] = model.predict(X[te])
-        if not boosted:
-            return oof, {}
+            model = self._make("lightgbm", kinds)
+            model.fit(X[tr], ylog[tr], None if w is None else w[tr], valid=(X[te], ylog[te]))
+            boosted.append((te, model))
         # One number of rounds for every fold, where the folds' mean validation loss is
         # lowest: stopping each fold where its own held-out loss is lowest would tune
         # that fold's trees on the rows that then score them, and make LightGBM look
@@ -1137,14 +1149,6 @@ class QuantileModel:
             model.best_iteration_ = rounds
             oof[te] = model.predict(X[te])
         return oof, {"rounds": rounds}
-
-    def _oof_fit(self, family, X, ylog, fold, w, kinds, hinges: int) -> np.ndarray:
-        oof = np.empty(len(ylog))
-        for k in range(int(fold.max()) + 1):
-            tr, te = fold != k, fold == k
-            model = self._make(family, kinds, hinges).fit(X[tr], ylog[tr], None if w is None else w[tr])
-            oof[te] = model.predict(X[te])
-        return oof
 
     def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> "QuantileModel":
         with single_threaded_blas():
@@ -1179,10 +1183,8 @@ class QuantileModel:
         if isinstance(final, LightGBMLocation) and "rounds" in tuned:
             # Train the final booster as long as the folds found useful, a bit more for the extra data.
             final.num_boost_round = max(10, int(tuned["rounds"] * (1.1 if len(sel) == n else 1.3)))
-        wl = w
-        if best.get("weighted"):
-            wl = location_weights(best["scale"].predict(X), w)
-        final.fit(X, ylog, wl)
+        # The final fit is weighted like the candidate's folds were.
+        final.fit(X, ylog, location_weights(best["scale"].predict(X), w) if best["weighted"] else w)
         self.family_ = family
         self.location_ = final
         self.scale_ = best["scale"]
@@ -1308,7 +1310,6 @@ class QuantileModel:
             return best
         if best["family"] == "empirical" and not (best["hetero"] or best["shaped"]):
             return best
-        n = len(y)
         variant = [(best["hetero"], best["shaped"])]
         while True:
             used = [j for j, k in enumerate(best["kinds"]) if k != UNUSED]
@@ -1321,8 +1322,7 @@ class QuantileModel:
                 trials += self._variants(best["family"], best["rank"], X, y, ylog, fold, w, kinds, variant)
             trial = min(trials, key=lambda c: c["row_loss"].mean())
             d = trial["row_loss"] - best["row_loss"]
-            se = float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
-            if d.mean() > FEATURE_DROP_SE * se:
+            if d.mean() > FEATURE_DROP_SE * _mean_se(d):
                 return best
             best = trial
 
