@@ -207,15 +207,44 @@ def test_feature_dependent_scale_does_not_flatter_itself_on_pure_noise():
     # The scale of a held-out row comes from a fit without its fold. Fitted on every
     # row, it widened exactly the rows that were far off, and on noise that no feature
     # explains the feature-dependent variant scored better than the constant one.
-    gaps = []
+    # Now no feature earns a place in the scale, so the two variants tie and the
+    # simpler one is chosen.
     for seed in range(3):
         rng = np.random.default_rng(seed)
         X = rng.uniform(1, 100, (300, 3))
         y = 50 * np.exp(0.3 * rng.standard_normal(300))
         model = QuantileModel(["numeric"] * 3, [0] * 3, algorithm="linear", params={"drop_features": False}).fit(X, y)
         variants = model.cv_["linear"]["variants_pinball_loss"]
-        gaps.append(variants["hetero"] - variants["const"])
-    assert np.mean(gaps) > 0, gaps
+        assert variants["hetero"] >= variants["const"], variants
+        assert model.cv_["linear"]["variant"] == "const"
+        assert not model.scale_.coef_.any()
+
+
+def test_scale_depends_only_on_the_features_the_noise_depends_on():
+    # Noise grows with the load (column 1); tokens set the runtime but not its spread,
+    # and column 2 is noise. On 140 rows a scale on all three was measured 4% worse.
+    picked = []
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        n = 140
+        X = np.column_stack([rng.integers(10, 1000, n), rng.uniform(0, 1, n), rng.uniform(0, 1, n)]).astype(float)
+        y = (30 + 2.0 * X[:, 0]) * np.exp((0.05 + 0.45 * X[:, 1]) * rng.standard_normal(n))
+        model = QuantileModel(["numeric"] * 3, [0] * 3, algorithm="linear", params={"drop_features": False}).fit(X, y)
+        cv = model.cv_["linear"]
+        assert cv["variant"].startswith("hetero"), cv["variant"]
+        picked.append(cv["scale_features"])
+        assert cv["scale_alpha"] in (2.0, 8.0, 32.0, 128.0)
+        assert model.scale_.kinds[cv["scale_features"][0]] == "numeric"
+        # The scale follows the load (ten times the noise at full load as at none) ...
+        quiet, loud = model.scale_.predict(np.array([[500.0, 0.0, 0.5], [500.0, 1.0, 0.5]]))
+        assert 3 < loud / quiet < 20, (quiet, loud)
+        # ... and nothing else.
+        s = model.scale_.predict(np.array([[10.0, 0.5, 0.0], [1000.0, 0.5, 1.0]]))
+        assert s[0] == s[1]
+    assert picked == [[1]] * 4, picked
+    # The choice survives a round trip through the registry's JSON.
+    again = QuantileModel.from_json(json.loads(json.dumps(model.to_json())))
+    np.testing.assert_allclose(again.predict_quantiles(X[:5], LEVELS), model.predict_quantiles(X[:5], LEVELS))
 
 
 def two_noise_regimes(n: int, seed: int):
