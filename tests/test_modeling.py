@@ -19,6 +19,7 @@ from swarmpilot_predictor.modeling import (
     location_weights,
     quantile_metrics,
 )
+from swarmpilot_predictor.modeling import _location_pinball
 
 LEVELS = np.asarray(EVAL_LEVELS)
 NUM2 = (["numeric", "numeric"], [0, 0])
@@ -201,6 +202,21 @@ def test_the_folds_choose_whether_the_linear_design_has_hinges():
     assert bent == [3] * 8, bent
     forced = QuantileModel(["numeric"], [0], algorithm="linear", params={"hinges": 1}).fit(x[:, None], y)
     assert "hinges" not in forced.cv_["linear"] and forced.location_.hinges == 1
+
+
+def test_locations_are_judged_by_held_out_pinball_loss():
+    # The judge behind the hinge choice: a constant-scale distribution around each
+    # out-of-fold location, its pinball loss over the evaluation levels.
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 3, 400)
+    ylog = 1.0 + x + 0.2 * rng.standard_normal(400)
+    fold = np.arange(400) % 5
+    right = _location_pinball(ylog, 1.0 + x, fold)
+    assert right.shape == (400,) and np.all(right >= 0)
+    # A constant offset is absorbed by the residuals' quantiles ...
+    np.testing.assert_allclose(_location_pinball(ylog, 3.0 + x, fold), right, rtol=1e-9)
+    # ... a wrong slope is not.
+    assert _location_pinball(ylog, 1.0 + 0.7 * x, fold).mean() > 1.2 * right.mean()
 
 
 def test_feature_dependent_scale_does_not_flatter_itself_on_pure_noise():

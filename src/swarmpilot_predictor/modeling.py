@@ -1039,6 +1039,25 @@ def _mean_se(d: np.ndarray) -> float:
     return float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
 
 
+def _location_pinball(ylog: np.ndarray, oof: np.ndarray, fold: np.ndarray) -> np.ndarray:
+    """Per-row pinball loss (over ``EVAL_LEVELS``) of out-of-fold locations with a constant scale.
+
+    Each fold's quantiles add the other folds' residual quantiles to its location:
+    a quick, held-out judge of a location model by the loss the service is chosen
+    on. (The absolute error of the medians, used before, is dominated by a heavy
+    tail's few far rows; measured over 80 small synthetic draws, this judge chose
+    better.)
+    """
+    levels = np.asarray(EVAL_LEVELS)
+    out = np.empty(len(ylog))
+    for k in range(int(fold.max()) + 1):
+        te = fold == k
+        q = np.exp(oof[te, None] + np.quantile(ylog[~te] - oof[~te], levels)[None, :])
+        d = np.exp(ylog[te])[:, None] - q
+        out[te] = np.maximum(levels * d, (levels - 1) * d).mean(axis=1)
+    return out
+
+
 def _choose(candidates: list[dict[str, Any]]) -> dict[str, Any]:
     """The simplest candidate whose held-out loss is within ``SELECTION_SE`` standard
     errors (of the paired per-row difference) of the lowest (the one-standard-error rule)."""
@@ -1115,12 +1134,11 @@ class QuantileModel:
         if family == "linear" and "hinges" not in self.params:
             # Hinges bend the power law (fixed overheads plus per-unit costs); on a
             # hundred noisy rows their extra columns cost more than they bring. They
-            # are kept when their out-of-fold medians are closer to the runtimes by
-            # more than a standard error (the one-standard-error rule, as in _choose).
+            # are kept when they lower the held-out pinball loss by more than a
+            # standard error (the one-standard-error rule, as in _choose).
             bent = self._oof_fit(family, X, ylog, fold, w, kinds, LINEAR_HINGES)
             plain = self._oof_fit(family, X, ylog, fold, w, kinds, 0)
-            # Paired per-row difference of the absolute errors of the out-of-fold medians.
-            d = np.abs(np.exp(ylog) - np.exp(bent)) - np.abs(np.exp(ylog) - np.exp(plain))
+            d = _location_pinball(ylog, bent, fold) - _location_pinball(ylog, plain, fold)
             if d.mean() < -SELECTION_SE * _mean_se(d):
                 return bent, {"hinges": LINEAR_HINGES}
             return plain, {"hinges": 0}
