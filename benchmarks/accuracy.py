@@ -20,6 +20,8 @@ with other seeds, ``--no-unseen`` skips the synthetic sets regenerated with the 
 offsets the README reports; each of them leaves the README alone. The default run
 ends with a study over many seeds at realistic sizes (a few minutes): ``--no-study``
 skips it (and leaves the README alone), ``--study-only`` runs only that.
+``--tail-study`` prints the heavy-tailed set's error to the true quantiles per level
+over 8 seeds (the README's figure for the 0.99 level).
 """
 
 from __future__ import annotations
@@ -601,6 +603,35 @@ def seed_study(sizes: tuple[int, ...] = STUDY_SIZES, seeds: int = STUDY_SEEDS) -
     return out
 
 
+TAIL_SEEDS = 8
+
+
+def tail_study(seeds: int = TAIL_SEEDS) -> list[str]:
+    """The heavy-tailed set (full size) over ``seeds`` seeds 3, 1003, ...: the service's
+    mean relative error to the true quantile at each level, per seed.
+
+    One split cannot say whether "within 5% of the truth" at the 0.99 level, where
+    the sampling error alone is about 5.5%, is missed by the model or by the draw.
+    """
+    lines = ["| seed | " + " | ".join(f"q{lv:g}" for lv in LEVELS) + " |", "|---:|" + "---:|" * len(LEVELS)]
+    top = []
+    for k in range(seeds):
+        seed = synth_heavy_tailed.__defaults__[1] + 1000 * k
+        ts = synth_heavy_tailed(seed=seed)
+        tr, te = split(len(ts.traces))
+        schema, X, y, _ = FeatureSchema.prepare_training(TraceTable.from_traces([ts.traces[i] for i in tr]))
+        Xt, _ = schema.matrix_from_table(TraceTable.from_traces([ts.traces[i] for i in te]))
+        model = QuantileModel([f.kind for f in schema.features], [len(f.categories) for f in schema.features]).fit(X, y)
+        truth = ts.true_quantiles(te, LEVELS)
+        rel = (np.abs(model.predict_quantiles(Xt, LEVELS) - truth) / truth).mean(axis=0)
+        top.append(rel[-1])
+        lines.append(f"| {seed} | " + " | ".join(f"{v:.4f}" for v in rel) + " |")
+        print(lines[-1], flush=True)
+    lines += ["", f"At the 0.99 level: mean {np.mean(top):.4f}, min {np.min(top):.4f}, max {np.max(top):.4f} "
+              f"over {seeds} seeds."]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sets", help="comma-separated subset of set names (substring match)")
@@ -612,9 +643,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--study-only", action="store_true", help="run only the many-seeds study (prints it; README untouched)")
     ap.add_argument("--no-unseen", action="store_true",
                     help=f"skip the synthetic sets regenerated with the seed offsets {', '.join(map(str, UNSEEN_OFFSETS))}")
+    ap.add_argument("--tail-study", action="store_true",
+                    help="run only the heavy-tailed set over 8 seeds: error to the true quantiles per level (prints it)")
     args = ap.parse_args(argv)
 
     t_start = time.perf_counter()
+    if args.tail_study:
+        print("\n".join(tail_study()))
+        return 0
     if args.study_only:
         print("\n".join(seed_study()))
         return 0
@@ -718,7 +754,7 @@ heavy-tailed set has a sampling standard error of about 5.5% with 2800 training 
 (the density of log runtime at that quantile is 0.034, so sqrt(0.99 * 0.01 / 2800) / 0.034),
 so "within 5% of the truth" is at the limit of what that data can determine at that level:
 over the seeds 3, 1003, ..., 7003 the service's error at 0.99 averaged 3.5% and ranged from
-0.4% to 10% (a generalized-Pareto tail fitted to the top 5% or 10% of the scores, tried on an
+0.4% to 10% (`--tail-study`; a generalized-Pareto tail fitted to the top 5% or 10% of the scores, tried on an
 earlier version, did not lower it). In `llm_aborted` the 0.05 quantile lies in the sparse gap between
 aborted and completed requests, where a small error in level is a large error in time:
 its "within 5%" figure measures that gap more than the model.
