@@ -1006,6 +1006,8 @@ FAMILY_COMPLEXITY = {"empirical": 0, "linear": 1, "lightgbm": 2}
 SELECTION_SE = 1.0
 # Ridge penalties the feature-dependent scale chooses from (see QuantileModel._scale_design).
 SCALE_ALPHAS = (2.0, 8.0, 32.0, 128.0)
+# Rows the scale's forward selection of features looks at, at most.
+SCALE_SELECT_ROWS = 10_000
 # Hinges per numeric feature in the linear family's design, when the folds prefer them to none.
 LINEAR_HINGES = 3
 # Backward elimination of features (see QuantileModel._drop_features) up to this many rows x features^2.
@@ -1323,8 +1325,8 @@ class QuantileModel:
         feature that matters, on 140 heteroscedastic rows). Forward selection on
         the cross-fitted Laplace deviance: a feature joins while it lowers the
         deviance by more than ``SELECTION_SE`` standard errors of the paired
-        per-row difference; then the penalty is the one of ``SCALE_ALPHAS`` with
-        the lowest deviance. Returns the kinds (unused features marked), the
+        per-row difference (on at most ``SCALE_SELECT_ROWS`` rows); then the
+        penalty is the one of ``SCALE_ALPHAS`` with the lowest deviance. Returns the kinds (unused features marked), the
         penalty, and each row's out-of-fold scale.
         """
         used = [j for j, k in enumerate(kinds) if k != UNUSED]
@@ -1332,10 +1334,15 @@ class QuantileModel:
         def only(chosen: set[int]) -> list[str]:
             return [k if j in chosen else UNUSED for j, k in enumerate(kinds)]
 
+        # Which features matter is clear on a sample; each trial costs a fit per fold.
+        sub = np.arange(len(resid))
+        if len(resid) > SCALE_SELECT_ROWS:
+            sub = np.sort(np.random.default_rng(self.random_state).choice(len(resid), SCALE_SELECT_ROWS, replace=False))
+        Xs, rs, fs, ws = X[sub], resid[sub], fold[sub], None if w is None else w[sub]
         chosen: set[int] = set()
-        row_dev, _ = self._scale_deviance(X, resid, fold, w, only(chosen), SCALE_ALPHAS[0])
+        row_dev, _ = self._scale_deviance(Xs, rs, fs, ws, only(chosen), SCALE_ALPHAS[0])
         while len(chosen) < len(used):
-            trials = [(self._scale_deviance(X, resid, fold, w, only(chosen | {j}), SCALE_ALPHAS[0])[0], j)
+            trials = [(self._scale_deviance(Xs, rs, fs, ws, only(chosen | {j}), SCALE_ALPHAS[0])[0], j)
                       for j in used if j not in chosen]
             trial_dev, j = min(trials, key=lambda t: t[0].mean())
             d = trial_dev - row_dev
