@@ -366,6 +366,18 @@ def section_training_speed(args) -> None:
                 continue
             secs, algo, rss = out.stdout.split()[-3:]
             print(f"| training {n:,} rows from JSONL, algorithm auto (chose {algo}) | {float(secs):.1f} s, peak RSS {float(rss):.0f} MB |")
+    if not args.quick:
+        # Wide data: every feature is a candidate for the location, the scale and the shape.
+        from swarmpilot_predictor.modeling import QuantileModel
+
+        n, p = 50_000, 20
+        rng = np.random.default_rng(0)
+        X = rng.uniform(1, 100, (n, p))
+        y = (10 + X[:, 0]) * np.exp((0.1 + 0.004 * X[:, 1]) * rng.standard_normal(n))
+        t0 = time.perf_counter()
+        model = QuantileModel(["numeric"] * p, [0] * p).fit(X, y)
+        secs = time.perf_counter() - t0
+        print(f"| fitting {n:,} rows x {p} numeric features in memory, algorithm auto (chose {model.family_}) | {secs:.1f} s |")
 
 
 def section_registry(tmp: Path) -> None:
