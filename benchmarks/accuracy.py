@@ -34,7 +34,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightgbm  # noqa: F401 - imported up front so that no method's timing includes it
 import numpy as np
@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
 from swarmpilot_predictor.features import FeatureSchema  # noqa: E402
-from swarmpilot_predictor.modeling import EVAL_LEVELS, QuantileModel, quantile_metrics  # noqa: E402
+from swarmpilot_predictor.modeling import EVAL_LEVELS, QuantileModel, pinball_losses, quantile_metrics  # noqa: E402
 from swarmpilot_predictor.traces import TraceTable, iter_trace_file  # noqa: E402
 
 LEVELS = np.asarray(EVAL_LEVELS)
@@ -355,7 +355,20 @@ def split(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(perm[:k]), np.sort(perm[k:])
 
 
-def evaluate(ts: TraceSet) -> tuple[list[Row], dict[str, Any]]:
+class Split(NamedTuple):
+    """A trace set's 70/30 split, encoded as the service encodes training data."""
+
+    X: np.ndarray
+    y: np.ndarray
+    Xt: np.ndarray
+    yt: np.ndarray
+    kinds: list[str]
+    ncats: list[int]
+    truth: np.ndarray | None  # true quantiles at LEVELS of the test rows (synthetic sets)
+    info: dict[str, Any]
+
+
+def split_set(ts: TraceSet) -> Split:
     tr, te = split(len(ts.traces))
     train_table = TraceTable.from_traces([ts.traces[i] for i in tr])
     schema, X, y, report = FeatureSchema.prepare_training(train_table)
@@ -364,11 +377,14 @@ def evaluate(ts: TraceSet) -> tuple[list[Row], dict[str, Any]]:
     yt = test_table.numeric("runtime_ms")
     keep = ok & np.isfinite(yt) & (yt > 0)
     Xt, yt, te = Xt[keep], yt[keep], te[keep]
-    kinds = [f.kind for f in schema.features]
-    ncats = [len(f.categories) for f in schema.features]
     info = {"train_rows": len(y), "test_rows": len(yt), "features": schema.names,
             "dropped": report.columns_dropped}
-    truth = ts.true_quantiles(te, LEVELS) if ts.true_quantiles is not None else None
+    return Split(X, y, Xt, yt, [f.kind for f in schema.features], [len(f.categories) for f in schema.features],
+                 ts.true_quantiles(te, LEVELS) if ts.true_quantiles is not None else None, info)
+
+
+def evaluate(ts: TraceSet) -> tuple[list[Row], dict[str, Any]]:
+    X, y, Xt, yt, kinds, ncats, truth, info = split_set(ts)
     rows = []
     for cls in METHODS:
         method = cls()
@@ -383,8 +399,7 @@ def evaluate(ts: TraceSet) -> tuple[list[Row], dict[str, Any]]:
             pred_s = time.perf_counter() - t0
         m = quantile_metrics(yt, q, LEVELS)
         r = Row(cls.name, note=method.extra)
-        diff = yt[:, None] - q
-        r.row_loss = np.maximum(LEVELS * diff, (LEVELS - 1) * diff).mean(axis=1)
+        r.row_loss = pinball_losses(yt, q, LEVELS).mean(axis=1)
         r.metrics = {
             "rel_pinball": m["relative_pinball_loss"],
             "mace": m["mean_abs_coverage_error"],
@@ -617,13 +632,9 @@ def tail_study(seeds: int = TAIL_SEEDS) -> list[str]:
     top = []
     for k in range(seeds):
         seed = synth_heavy_tailed.__defaults__[1] + 1000 * k
-        ts = synth_heavy_tailed(seed=seed)
-        tr, te = split(len(ts.traces))
-        schema, X, y, _ = FeatureSchema.prepare_training(TraceTable.from_traces([ts.traces[i] for i in tr]))
-        Xt, _ = schema.matrix_from_table(TraceTable.from_traces([ts.traces[i] for i in te]))
-        model = QuantileModel([f.kind for f in schema.features], [len(f.categories) for f in schema.features]).fit(X, y)
-        truth = ts.true_quantiles(te, LEVELS)
-        rel = (np.abs(model.predict_quantiles(Xt, LEVELS) - truth) / truth).mean(axis=0)
+        data = split_set(synth_heavy_tailed(seed=seed))
+        model = QuantileModel(data.kinds, data.ncats).fit(data.X, data.y)
+        rel = (np.abs(model.predict_quantiles(data.Xt, LEVELS) - data.truth) / data.truth).mean(axis=0)
         top.append(rel[-1])
         lines.append(f"| {seed} | " + " | ".join(f"{v:.4f}" for v in rel) + " |")
         print(lines[-1], flush=True)

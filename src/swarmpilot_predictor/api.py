@@ -7,6 +7,7 @@ so an encoded slash (``Qwen%2FQwen2.5-7B``) stays inside its segment.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import shutil
@@ -128,34 +129,29 @@ def error_response(status: int, message: str, field: str | None = None, **extra:
 
 
 def _raw_segments(scope: dict[str, Any], skip: int) -> list[str]:
-    raw = scope.get("raw_path") or scope["path"].encode()
+    return _segments(scope.get("raw_path") or scope["path"].encode(), skip)
+
+
+def _segments(raw: bytes, skip: int) -> list[str]:
     path = raw.decode("latin-1").split("?", 1)[0]
     segments = path.strip("/").split("/")
     return [unquote(s) for s in segments[skip:]]
 
 
-_PATTERNS: dict[tuple[bytes, int], IdentityPattern] = {}
-
-
 def _identity_from(scope: dict[str, Any], skip: int) -> IdentityPattern:
     """The five identity segments after the first ``skip`` path segments (the route checked the shape)."""
-    raw = scope.get("raw_path")
-    key = (raw, skip)
-    # Schedulers ask about the same few models again and again: parse each path once.
-    got = _PATTERNS.get(key) if raw else None
-    if got is not None:
-        return got
-    segs = _raw_segments(scope, skip)
+    return _pattern_of(scope.get("raw_path") or scope["path"].encode(), skip)
+
+
+# Schedulers ask about the same few models again and again: parse each path once.
+@functools.lru_cache(maxsize=4096)
+def _pattern_of(raw: bytes, skip: int) -> IdentityPattern:
+    segs = _segments(raw, skip)
     if len(segs) < 5:
         raise NotFound(
             "the path needs five identity segments: model_type/model_name/hardware/software_name/software_version"
         )
-    pattern = IdentityPattern.from_segments(*segs[:5])
-    if raw:
-        if len(_PATTERNS) >= 4096:
-            _PATTERNS.clear()
-        _PATTERNS[key] = pattern
-    return pattern
+    return IdentityPattern.from_segments(*segs[:5])
 
 
 async def _json_body(request: Request, schema: type[BaseModel]) -> Any:

@@ -29,7 +29,6 @@ table that cannot be read gives an error naming the file and the place.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import gzip
 import hashlib
@@ -57,6 +56,7 @@ import orjson
 from scipy.spatial import cKDTree
 from scipy.special import ndtri
 
+from .atomic import atomic_file
 from .errors import InvalidInput, NotFound, PredictorError
 from .identity import IDENTITY_KEYS, IdentityPattern
 from .schemas import RenderedPredictions
@@ -1640,9 +1640,6 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-# --------------------------------------------------------------------------- the table directory
-
-
 # --------------------------------------------------------------------------- parsed-table sidecars
 
 # Version of the sidecar layout; a sidecar of another version is ignored and rewritten.
@@ -1680,15 +1677,8 @@ def save_index(table: LookupTable, dest: Path, source_signature: tuple) -> None:
     if table.task_hashes is not None:
         arrays["task_hashes"] = table.task_hashes
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(dest) as fh:
+        np.savez(fh, **arrays)
 
 
 def load_index(src: Path, path: Path, name: str, source_signature: tuple, seed: int = 0) -> LookupTable | None:
@@ -1719,6 +1709,9 @@ def load_index(src: Path, path: Path, name: str, source_signature: tuple, seed: 
     except Exception as exc:  # noqa: BLE001 - any damage to a cache file means: parse the table again
         log.warning("ignoring unreadable lookup-table sidecar %s: %s", src, exc)
         return None
+
+
+# --------------------------------------------------------------------------- the table directory
 
 
 @dataclass

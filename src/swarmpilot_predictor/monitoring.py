@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 
 from .identity import ModelIdentity
-from .modeling import EVAL_LEVELS
+from .modeling import EVAL_LEVELS, pinball_loss
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +142,7 @@ class RollingAccuracy:
         levels = np.asarray(MONITOR_LEVELS)
         below = y[:, None] <= q
         coverage = below.mean(axis=0)
-        diff = y[:, None] - q
-        pin = np.maximum(levels * diff, (levels - 1) * diff).mean(axis=0)
+        pin = pinball_loss(y, q, MONITOR_LEVELS)
         idx = {lvl: i for i, lvl in enumerate(MONITOR_LEVELS)}
         out["coverage"] = {f"{t:g}": float(c) for t, c in zip(MONITOR_LEVELS, coverage)}
         out["interval_coverage"] = {

@@ -9,12 +9,10 @@ boosters in their own text format inside it), so loading runs no code.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import re
 import shutil
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -26,6 +24,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from .atomic import atomic_file, atomic_write_bytes
 from .errors import AmbiguousModel, ModelNotFound, NotFound
 from .features import FeatureSchema
 from .identity import IdentityPattern, ModelIdentity
@@ -33,20 +32,6 @@ from .modeling import QuantileModel
 
 log = logging.getLogger(__name__)
 _META = re.compile(r"^v(\d{4,})\.meta\.json$")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass
@@ -314,9 +299,9 @@ class ModelRegistry:
         try:
             atomic_write_bytes(model_dir / _model_file(version), orjson.dumps(model.to_json(), option=orjson.OPT_SERIALIZE_NUMPY))
             if training_data is not None:
-                buf = io.BytesIO()
-                np.savez_compressed(buf, X=np.asarray(training_data[0], dtype=np.float64), y=np.asarray(training_data[1], dtype=np.float64))
-                atomic_write_bytes(model_dir / _data_file(version), buf.getvalue())
+                with atomic_file(model_dir / _data_file(version)) as fh:
+                    np.savez_compressed(fh, X=np.asarray(training_data[0], dtype=np.float64),
+                                        y=np.asarray(training_data[1], dtype=np.float64))
             atomic_write_bytes(model_dir / f"v{version:04d}.meta.json", orjson.dumps(meta.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
         finally:
             (model_dir / f"v{version:04d}.lock").unlink(missing_ok=True)
