@@ -43,6 +43,20 @@ def llm_traces(n: int, seed: int = 0) -> list[dict]:
     return [{"input_tokens": int(i), "output_tokens": int(o), "runtime_ms": float(r)} for i, o, r in zip(inp, out, y)]
 
 
+def vision_traces(n: int, seed: int = 0) -> list[dict]:
+    """In time order, with timestamps; the first run of a (batch, image) shape is 10x slower."""
+    rng = np.random.default_rng(seed)
+    batch = rng.integers(1, 65, n)
+    image = rng.choice(np.arange(96, 513, 32), n)
+    _, first = np.unique(np.column_stack([batch, image]), axis=0, return_index=True)
+    cold = np.ones(n)
+    cold[first] = 10.0
+    y = (2.0 + 0.03 * batch * (image / 224.0) ** 2) * cold * rng.lognormal(0.0, 0.1, n)
+    ts = 1.7e9 + np.cumsum(rng.exponential(0.01, n))
+    return [{"batch_size": int(b), "image_size": int(s), "ts": float(t), "runtime_ms": float(r)}
+            for b, s, t, r in zip(batch, image, ts, y)]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -344,11 +358,15 @@ def section_cache(data_dir: Path) -> None:
 
 
 def section_training_speed(args) -> None:
-    for n in ((100_000,) if args.quick else (100_000, 1_000_000)):
+    cases = [("LLM", llm_traces, 100_000)]
+    if not args.quick:
+        # The vision case also derives `first_of_shape` from the timestamps.
+        cases += [("LLM", llm_traces, 1_000_000), ("vision (with timestamps)", vision_traces, 1_000_000)]
+    for kind, make, n in cases:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "traces.jsonl"
             with path.open("wb") as fh:
-                for t in llm_traces(n, seed=11):
+                for t in make(n, seed=11):
                     fh.write(orjson.dumps(t) + b"\n")
             code = (
                 "import resource,time,sys;from pathlib import Path\n"
@@ -358,14 +376,17 @@ def section_training_speed(args) -> None:
                 f"svc=PredictorService(PredictorSettings(data_dir=Path({tmp!r})/'d'))\n"
                 "t0=time.perf_counter()\n"
                 f"r=svc.train(TrainConfig(model={IDENT!r},traces={str(path)!r},algorithm='auto'), uploads={{{str(path)!r}: Path({str(path)!r})}})\n"
-                "print(time.perf_counter()-t0, r['metrics']['algorithm'], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024)\n"
+                "print(time.perf_counter()-t0, r['metrics']['algorithm'], len(r['metrics']['data']['columns_derived']), "
+                "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024)\n"
             )
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
             if out.returncode:
                 print(out.stderr[-2000:])
                 continue
-            secs, algo, rss = out.stdout.split()[-3:]
-            print(f"| training {n:,} rows from JSONL, algorithm auto (chose {algo}) | {float(secs):.1f} s, peak RSS {float(rss):.0f} MB |")
+            secs, algo, derived, rss = out.stdout.split()[-4:]
+            extra = ", first_of_shape derived" if int(derived) else ""
+            print(f"| training {n:,} rows of {kind} traces from JSONL, algorithm auto (chose {algo}{extra}) | "
+                  f"{float(secs):.1f} s, peak RSS {float(rss):.0f} MB |")
     if not args.quick:
         # Wide data: every feature is a candidate for the location, the scale and the shape.
         from swarmpilot_predictor.modeling import QuantileModel

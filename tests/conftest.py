@@ -39,6 +39,22 @@ def make_llm_traces(n: int = 400, seed: int = 0) -> list[dict]:
     ]
 
 
+def cold_start_traces(n: int = 400, seed: int = 0) -> tuple[list[dict], list[bool]]:
+    """A vision-like trace in time order, where the first task of each (batch, image) shape
+    is ten times slower than its repeats; returns the traces and which ones were first."""
+    rng = np.random.default_rng(seed)
+    seen: set[tuple[int, int]] = set()
+    traces, firsts = [], []
+    for i in range(n):
+        batch, image = int(rng.choice([1, 2, 4, 8, 16])), int(rng.choice([224, 320, 448, 512]))
+        first = (batch, image) not in seen
+        seen.add((batch, image))
+        traces.append({"batch_size": batch, "image_size": image, "load": float(rng.uniform()), "ts": 1_000.0 + 0.5 * i,
+                       "runtime_ms": 0.01 * batch * image * (10.0 if first else 1.0) * float(rng.lognormal(0, 0.05))})
+        firsts.append(first)
+    return traces, firsts
+
+
 @pytest.fixture
 def llm_traces() -> list[dict]:
     return make_llm_traces()

@@ -145,6 +145,28 @@ def test_train_with_files_and_delete(trained_server, tmp_path):
         assert gone.value.status_code == 404
 
 
+def test_the_walk_through_vision_model_knows_first_runs(trained_server):
+    # The README's walk-through: the shipped ResNet-50 trace and config, uploaded together.
+    import orjson
+
+    config = orjson.loads((REPO_ROOT / "examples" / "train_vision.json").read_bytes())["config"]
+    ident = {**config["model"], "software_version": "walk-through"}
+    trace_file = REPO_ROOT / "examples" / "data" / "h100_resnet50_vision.jsonl"
+    with PredictorClient(trained_server.url) as client:
+        result = client.train({**config, "model": ident}, files={config["traces"]: trace_file})
+        assert result.metrics["data"]["columns_derived"] == {
+            "first_of_shape": "first run of its shape (batch_size, image_size) by 'ts'"}
+        task = {"batch_size": 8, "image_size": 224}  # a shape the trace ran
+        warm = client.predict_single(ident, task, quantiles=[0.5]).results.quantile_predictions[0]
+        first = client.predict_single(ident, {**task, "ts": 0}, quantiles=[0.5]).results.quantile_predictions[0]
+        # In the trace a repeat takes about 4.4 ms and a shape's first run about 60 ms.
+        assert 3.5 < warm < 6 and 45 < first < 80
+        derived = client.get_model(ident)["features"][-1]
+        assert derived["name"] == "first_of_shape" and derived["kind"] == "derived"
+        assert derived["shape"] == ["batch_size", "image_size"] and derived["timestamp"] == "ts"
+        client.delete_model(ident)
+
+
 def test_async_client_matches_sync(trained_server):
     trace = {"input_tokens": 300, "output_tokens": 120}
 

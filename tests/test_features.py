@@ -10,6 +10,8 @@ import pytest
 from swarmpilot_predictor.features import DataReport, FeatureSchema, FeatureSpec
 from swarmpilot_predictor.traces import TraceError, TraceTable
 
+from .conftest import cold_start_traces
+
 
 def prepare(traces, **kw):
     return FeatureSchema.prepare_training(TraceTable.from_traces(traces), **kw)
@@ -213,3 +215,107 @@ def test_matrix_from_table_flags_incomplete_rows():
     np.testing.assert_array_equal(X[0], [1, 0])
     assert X[1, 0] == 100.0  # filled, but flagged
     assert SCHEMA.missing_in(TraceTable.from_traces([{"input_tokens": 1}])) == ["gpu"]
+
+
+# --------------------------------------------------------------------------- first run of a shape
+
+
+def without(traces, *keys):
+    return [{k: v for k, v in t.items() if k not in keys} for t in traces]
+
+
+def test_timestamps_and_repeated_shapes_derive_the_first_run_of_each_shape():
+    traces, firsts = cold_start_traces()
+    schema, X, y, report = prepare(traces)
+    assert schema.names == ["batch_size", "image_size", "load"]
+    assert schema.column_names == ["batch_size", "image_size", "load", "first_of_shape"]
+    assert schema.kinds == ["numeric"] * 4 and schema.n_categories == [0] * 4
+    # The measured `load` is not part of a shape.
+    assert [schema.names[j] for j in schema.history.key] == ["batch_size", "image_size"]
+    np.testing.assert_array_equal(X[:, -1], np.array(firsts, dtype=float))
+    assert report.columns_derived == {"first_of_shape": "first run of its shape (batch_size, image_size) by 'ts'"}
+    assert report.to_json()["columns_derived"] == report.columns_derived
+
+
+def test_a_trace_is_a_first_run_when_no_older_training_trace_had_its_shape():
+    traces = cold_start_traces()[0]
+    schema, X, _, _ = prepare(traces)
+    first_ts = min(t["ts"] for t in traces if (t["batch_size"], t["image_size"]) == (8, 448))
+    probe = [
+        {"batch_size": 8, "image_size": 448, "load": 0.5, "ts": first_ts + 10},  # ran before: a repeat
+        {"batch_size": 8, "image_size": 448, "load": 0.5, "ts": first_ts},  # that very first run
+        {"batch_size": 8, "image_size": 448, "load": 0.5, "ts": first_ts - 10},  # before it ever ran
+        {"batch_size": 8, "image_size": 448, "load": 0.5},  # no timestamp: after all training
+        {"batch_size": 3, "image_size": 448, "load": 0.5},  # a shape training never saw
+        {"batch_size": 3, "image_size": 448, "load": 0.5, "ts": "yesterday"},  # not a number: no timestamp
+    ]
+    want = [0.0, 1.0, 1.0, 0.0, 1.0, 1.0]
+    Xp, errors = schema.matrix(probe)
+    assert errors == [None] * len(probe)
+    np.testing.assert_array_equal(Xp[:, -1], want)
+    assert [schema.row(t)[0][-1] for t in probe] == want
+    Xt, ok = schema.matrix_from_table(TraceTable.from_traces(probe[:3]))
+    np.testing.assert_array_equal(Xt[:, -1], want[:3])
+    # The training rows get the same answer as any trace would.
+    np.testing.assert_array_equal(schema.matrix(traces)[0], X)
+
+
+def test_the_shape_history_survives_the_json_round_trip():
+    schema, X, _, _ = prepare(cold_start_traces()[0])
+    again = FeatureSchema.from_json(schema.to_json())
+    assert again.column_names == schema.column_names
+    assert again.history.key == schema.history.key and again.history.order_field == "ts"
+    probe = [{"batch_size": b, "image_size": s, "load": 0.1, **({"ts": ts} if ts else {})}
+             for b in (1, 8, 3) for s in (224, 500) for ts in (None, 1_000.0, 1_100.0)]
+    np.testing.assert_array_equal(again.matrix(probe)[0], schema.matrix(probe)[0])
+    # A schema stored before shape histories existed (a plain list) still loads.
+    assert FeatureSchema.from_json(schema.to_json()["features"]).history is None
+
+
+@pytest.mark.parametrize("case", ["no timestamps", "a missing timestamp", "every shape once", "no repeated field",
+                                  "turned off"])
+def test_no_first_of_shape_column_where_it_could_not_tell_anything(case):
+    traces = cold_start_traces()[0]
+    if case == "no timestamps":
+        traces = without(traces, "ts")
+    elif case == "a missing timestamp":
+        del traces[7]["ts"]
+    elif case == "every shape once":
+        for i, t in enumerate(traces):
+            t["batch_size"], t["image_size"] = i // 20, i % 20
+    elif case == "no repeated field":
+        traces = without(traces, "batch_size", "image_size")
+    schema, X, _, report = prepare(traces, first_of_shape=case != "turned off")
+    assert schema.history is None and "first_of_shape" not in schema.column_names
+    assert X.shape[1] == len(schema.names) and report.columns_derived == {}
+
+
+def test_rows_that_ran_after_training_extend_the_history():
+    traces = cold_start_traces()[0]
+    schema, _, _, _ = prepare(traces)
+    end = traces[-1]["ts"]
+    later = [{"batch_size": 3, "image_size": 224, "load": 0.1, "ts": end + 1},  # a new shape...
+             {"batch_size": 8, "image_size": 448, "load": 0.2, "ts": end + 2},  # a known one
+             {"batch_size": 3, "image_size": 224, "load": 0.3, "ts": end + 3}]  # ...and its repeat
+    X, _ = schema.matrix(later)
+    np.testing.assert_array_equal(X[:, -1], [1.0, 0.0, 1.0])  # the old history knows neither run of the new shape
+    history, flags = schema.history.extend(X[:, :-1], np.array([t["ts"] for t in later]))
+    np.testing.assert_array_equal(flags, [1.0, 0.0, 0.0])
+    assert len(history.shapes) == len(schema.history.shapes) + 1
+    extended = FeatureSchema(schema.features, history)
+    probe = [{"batch_size": 3, "image_size": 224, "load": 0.5, "ts": ts} for ts in (end, end + 1, end + 5)]
+    np.testing.assert_array_equal(extended.matrix(probe)[0][:, -1], [1.0, 1.0, 0.0])
+    # The shapes training saw keep the time they first ran.
+    np.testing.assert_array_equal(extended.matrix(traces)[0], schema.matrix(traces)[0])
+
+
+def test_shape_features_are_categories_counts_and_few_valued_numbers():
+    rng = np.random.default_rng(5)
+    n = 140
+    traces = [{"batch_size": int(rng.integers(1, 65)),  # 64 sizes over 140 rows: still a shape
+               "image_size": int(rng.choice([224, 448])), "scale": float(rng.choice([0.5, 1.0, 1.5])),
+               "precision": str(rng.choice(["fp16", "bf16"])), "seq": i, "load": float(rng.uniform()),
+               "ts": float(i), "runtime_ms": 1.0 + float(rng.uniform())} for i in range(n)]
+    schema, _, _, _ = prepare(traces)
+    assert schema.history is not None
+    assert [schema.names[j] for j in schema.history.key] == ["batch_size", "image_size", "scale", "precision"]

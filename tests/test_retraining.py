@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from swarmpilot_predictor.identity import IdentityPattern
 from swarmpilot_predictor.schemas import TrainConfig
 from swarmpilot_predictor.service import PredictorService
 from swarmpilot_predictor.settings import PredictorSettings
 
-from .conftest import IDENTITY, make_llm_traces
+from .conftest import IDENTITY, cold_start_traces, make_llm_traces
 
 
 def _service(tmp_path, **kw) -> PredictorService:
@@ -69,3 +70,26 @@ def test_observe_rejects_traces_without_runtime_or_features(tmp_path):
     messages = {r["index"]: r["message"] for r in result["rejected"]}
     assert "runtime_ms" in messages[5] and "output_tokens" in messages[6] and "positive" in messages[7]
     assert np.isclose(svc.monitor.report(svc.registry.identities()[0], 1)["observations"], 5)
+
+
+def test_retraining_learns_which_new_shapes_have_run(tmp_path):
+    # Trained before batch size 16 ever ran; then it runs, its first runs slow, and the
+    # whole instance gets 1.5x slower, so a retrain is due.
+    traces, _ = cold_start_traces(700, seed=3)
+    before = [t for t in traces[:400] if t["batch_size"] != 16]
+    after = [{**t, "runtime_ms": 1.5 * t["runtime_ms"]} for t in traces[400:]]
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    svc.train(TrainConfig(model=IDENTITY, traces=before, algorithm="linear"))
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    probe = [{"batch_size": 16, "image_size": 448, "load": 0.5}]
+    cold = svc.predict(pattern, probe, quantiles=[0.5]).quantiles[0, 0]
+    assert cold > 5 * 0.01 * 16 * 448  # never ran in training: a first run
+    svc.observe(IDENTITY, after)
+    decision = svc.retrain(pattern)
+    assert decision["status"] == "retrained", decision
+    identity = svc.registry.resolve(pattern)
+    latest = svc.registry.latest(identity)
+    assert len(latest.features.history.shapes) == len(svc.registry.get_version(identity, 1).features.history.shapes) + 4
+    warm = svc.predict(pattern, probe, quantiles=[0.5]).quantiles[0, 0]
+    assert warm == pytest.approx(1.5 * 0.01 * 16 * 448, rel=0.2)
+    svc.close()

@@ -23,7 +23,7 @@ from swarmpilot_predictor.service import PredictorService
 from swarmpilot_predictor.training import safe_child
 from swarmpilot_predictor.settings import PredictorSettings
 
-from .conftest import IDENTITY, make_llm_traces
+from .conftest import IDENTITY, cold_start_traces, make_llm_traces
 
 PATTERN = IdentityPattern.from_parts(IDENTITY)
 PROBE = [{"input_tokens": 500, "output_tokens": 20}, {"input_tokens": 500, "output_tokens": 400}]
@@ -365,6 +365,38 @@ def test_list_models_and_prediction_counts(two_models):
     assert entries[("llm", "llama-3-8b")]["total_predictions"] == 0
     health = two_models.health()
     assert health["status"] == "healthy" and health["models_registered"] == 2
+
+
+def test_first_runs_of_an_input_shape_are_predicted_slow_and_repeats_fast(tmp_path):
+    traces, _ = cold_start_traces(600)
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", cache_size=100))
+    m = svc.train(config(traces, algorithm="auto"))["metrics"]
+    assert m["data"]["columns_derived"] == {"first_of_shape": "first run of its shape (batch_size, image_size) by 'ts'"}
+    assert m["columns"] == ["batch_size", "image_size", "load", "first_of_shape"]
+    assert 3 not in m.get("features_dropped", [])  # the model kept the flag
+    later = traces[-1]["ts"] + 60
+    probe = [
+        {"batch_size": 8, "image_size": 448, "load": 0.5, "ts": later},  # ran in training: warm
+        {"batch_size": 8, "image_size": 448, "load": 0.5},  # no timestamp: after all of training
+        {"batch_size": 8, "image_size": 448, "load": 0.5, "ts": 0.0},  # before training began: cold
+        {"batch_size": 16, "image_size": 360, "load": 0.5, "ts": later},  # a size that never ran: cold
+    ]
+    for _ in range(2):  # the second round answers from the cache, which must tell the timestamps apart
+        median = np.array([svc.predict(PATTERN, [t], quantiles=[0.5]).quantiles[0, 0] for t in probe])
+        assert median[0] == pytest.approx(0.01 * 8 * 448, rel=0.1) and median[1] == median[0]
+        assert median[2] == pytest.approx(10 * 0.01 * 8 * 448, rel=0.25)
+        assert 5 * 0.01 * 16 * 360 < median[3] < 20 * 0.01 * 16 * 360
+    np.testing.assert_allclose(svc.predict(PATTERN, probe, quantiles=[0.5]).quantiles[:, 0], median, rtol=1e-6)
+    derived = {"name": "first_of_shape", "kind": "derived", "shape": ["batch_size", "image_size"],
+               "timestamp": "ts", "shapes_seen": 20}
+    identity = ModelIdentity.from_parts(IDENTITY)
+    assert svc.describe_model(identity)["features"][-1] == derived
+    # A version's detail summarises the table of shapes instead of listing it.
+    assert svc.model_detail(PATTERN, version=1)["features"][-1] == derived
+    svc.close()
+    again = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    np.testing.assert_allclose(again.predict(PATTERN, probe, quantiles=[0.5]).quantiles[:, 0], median, rtol=1e-9)
+    again.close()
 
 
 def test_a_restarted_service_predicts_identically(two_models):

@@ -9,9 +9,19 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .traces import DEFAULT_TARGET, TraceError, TraceTable, category_text, reserved_keys
+from .traces import DEFAULT_TARGET, TIMESTAMP_KEYS, TraceError, TraceTable, category_text, reserved_keys
 
 FeatureKind = Literal["numeric", "categorical"]
+
+# The derived column that says whether a trace's input shape had run before it.
+FIRST_OF_SHAPE = "first_of_shape"
+# A numeric feature with fractional values belongs to an input's shape only when this few
+# of its values are distinct (a scale of 0.5, 1, 1.5; not a load or a temperature).
+SHAPE_KEY_DISTINCT_SHARE = 0.25
+# Both kinds of rows, first runs and repeats, must be this many for the column to be kept.
+SHAPE_MIN_ROWS = 10
+# The stored table of shapes stays small next to a model.
+SHAPE_MAX_DISTINCT = 20_000
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,92 @@ class FeatureSpec:
         return cls(d["name"], d["kind"], tuple(d.get("categories", ())), float(d.get("fill", 0.0)))
 
 
+@dataclass(frozen=True, eq=False)
+class ShapeHistory:
+    """When each input shape first ran, learned from the training traces' timestamps.
+
+    On a GPU the first task of an input shape is often ten times slower than its
+    repeats (kernel selection, autotuning, allocator and cache warm-up), and nothing in
+    the task itself says which run is the first; the timestamps do. A trace is the
+    first of its shape when no older training trace has the same values of the shape
+    features. That flag is one more model column, which model selection keeps or drops
+    like any other. At prediction time a trace is a first run when no training trace of
+    its shape is older than its timestamp or, without a timestamp, when its shape never
+    ran in training.
+    """
+
+    key: tuple[int, ...]  # positions in the schema of the features that make a shape
+    order_field: str  # the timestamp field
+    shapes: np.ndarray  # distinct training shapes as sorted records (see _records)
+    first_seen: np.ndarray  # the oldest timestamp of each
+
+    @staticmethod
+    def _records(V: np.ndarray) -> np.ndarray:
+        """Rows of shape values as one structured array, so numpy sorts and searches them whole."""
+        # Only a categorical value can be missing; its codes are never negative.
+        V = np.ascontiguousarray(np.where(np.isnan(V), -1.0, V), dtype=np.float64)
+        return V.view([(f"f{j}", np.float64) for j in range(V.shape[1])]).ravel()
+
+    @classmethod
+    def learn(cls, X: np.ndarray, order: np.ndarray, key: Sequence[int], order_field: str) -> "ShapeHistory":
+        shapes, inverse = np.unique(cls._records(X[:, list(key)]), return_inverse=True)
+        first_seen = np.full(len(shapes), np.inf)
+        np.minimum.at(first_seen, inverse.ravel(), order)
+        return cls(tuple(key), order_field, shapes, first_seen)
+
+    def flags(self, X: np.ndarray, order: np.ndarray) -> np.ndarray:
+        """1.0 where the row's shape had not run before its timestamp (NaN: after all training)."""
+        found_at = np.full(len(X), np.inf)
+        if len(X):
+            rec = self._records(X[:, list(self.key)])
+            pos = np.minimum(np.searchsorted(self.shapes, rec), len(self.shapes) - 1)
+            found = self.shapes[pos] == rec
+            found_at[found] = self.first_seen[pos[found]]
+        t = np.where(np.isnan(order), np.inf, order)
+        return (found_at >= t).astype(np.float64)
+
+    def extend(self, X: np.ndarray, order: np.ndarray) -> tuple["ShapeHistory", np.ndarray]:
+        """Take in rows that ran after training, in the order they ran; return the
+        history that includes them and their flags (only a shape's first row is a first run)."""
+        rec = self._records(X[:, list(self.key)])
+        _, first_row = np.unique(rec, return_index=True)
+        earliest_here = np.zeros(len(X), dtype=bool)
+        earliest_here[first_row] = True
+        flags = self.flags(X, order) * earliest_here
+        shapes, inverse = np.unique(np.concatenate([self.shapes, rec]), return_inverse=True)
+        first_seen = np.full(len(shapes), np.inf)
+        np.minimum.at(first_seen, inverse.ravel(), np.concatenate([self.first_seen, order]))
+        return ShapeHistory(self.key, self.order_field, shapes, first_seen), flags
+
+    def flag_row(self, x: Sequence[float], order: float) -> float:
+        """:meth:`flags` for one row in plain Python (the single-prediction path)."""
+        lookup = self.__dict__.get("_lookup")
+        if lookup is None:
+            lookup = dict(zip(map(tuple, self.shapes.view(np.float64).reshape(len(self.shapes), -1).tolist()),
+                              self.first_seen.tolist()))
+            object.__setattr__(self, "_lookup", lookup)  # a cache, not state
+        shape = tuple(-1.0 if math.isnan(x[j]) else x[j] for j in self.key)
+        seen = lookup.get(shape, math.inf)
+        return float(seen >= (math.inf if math.isnan(order) else order))
+
+    def order_of(self, traces: Sequence[dict[str, Any]]) -> np.ndarray:
+        return np.fromiter((_as_float(t.get(self.order_field)) for t in traces), dtype=np.float64, count=len(traces))
+
+    def to_json(self, names: Sequence[str]) -> dict[str, Any]:
+        return {
+            "shape": [names[j] for j in self.key],
+            "timestamp": self.order_field,
+            "shapes": self.shapes.view(np.float64).reshape(len(self.shapes), -1).tolist(),
+            "first_seen": self.first_seen.tolist(),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], names: Sequence[str]) -> "ShapeHistory":
+        key = tuple(names.index(n) for n in d["shape"])
+        V = np.array(d["shapes"], dtype=np.float64).reshape(-1, len(key))
+        return cls(key, d["timestamp"], cls._records(V), np.array(d["first_seen"], dtype=np.float64))
+
+
 @dataclass
 class DataReport:
     """What training kept and what it dropped, and why; returned in the metrics."""
@@ -53,6 +149,7 @@ class DataReport:
     rows_dropped: dict[str, int] = field(default_factory=dict)
     columns_dropped: dict[str, str] = field(default_factory=dict)
     values_imputed: dict[str, int] = field(default_factory=dict)
+    columns_derived: dict[str, str] = field(default_factory=dict)
 
     def drop_rows(self, reason: str, count: int) -> None:
         if count:
@@ -65,23 +162,61 @@ class DataReport:
             "rows_dropped": dict(self.rows_dropped),
             "columns_dropped": dict(self.columns_dropped),
             "values_imputed": dict(self.values_imputed),
+            "columns_derived": dict(self.columns_derived),
         }
 
 
 @dataclass(frozen=True)
 class FeatureSchema:
+    """The trace fields a model reads and, optionally, the column derived from their history.
+
+    A model's matrix has one column per feature, in order, then ``FIRST_OF_SHAPE``
+    when ``history`` is set.
+    """
+
     features: tuple[FeatureSpec, ...]
+    history: ShapeHistory | None = None
 
     @property
     def names(self) -> list[str]:
+        """The trace fields a trace must carry."""
         return [f.name for f in self.features]
 
-    def to_json(self) -> list[dict[str, Any]]:
-        return [f.to_json() for f in self.features]
+    @property
+    def column_names(self) -> list[str]:
+        return self.names + ([FIRST_OF_SHAPE] if self.history is not None else [])
+
+    @property
+    def kinds(self) -> list[FeatureKind]:
+        return [f.kind for f in self.features] + (["numeric"] if self.history is not None else [])
+
+    @property
+    def n_categories(self) -> list[int]:
+        return [len(f.categories) for f in self.features] + ([0] if self.history is not None else [])
+
+    def describe(self, detail: bool = False) -> list[dict[str, Any]]:
+        """The model's columns as the API shows them: name and kind (with ``detail``, the
+        categories and fill values too), and for a derived column what it derives from."""
+        out: list[dict[str, Any]] = [f.to_json() if detail else {"name": f.name, "kind": f.kind} for f in self.features]
+        if self.history is not None:
+            out.append({"name": FIRST_OF_SHAPE, "kind": "derived",
+                        "shape": [self.features[j].name for j in self.history.key],
+                        "timestamp": self.history.order_field, "shapes_seen": len(self.history.shapes)})
+        return out
+
+    def to_json(self) -> list[dict[str, Any]] | dict[str, Any]:
+        specs = [f.to_json() for f in self.features]
+        if self.history is None:
+            return specs
+        return {"features": specs, FIRST_OF_SHAPE: self.history.to_json(self.names)}
 
     @classmethod
-    def from_json(cls, items: list[dict[str, Any]]) -> "FeatureSchema":
-        return cls(tuple(FeatureSpec.from_json(d) for d in items))
+    def from_json(cls, d: list[dict[str, Any]] | dict[str, Any]) -> "FeatureSchema":
+        if isinstance(d, list):
+            return cls(tuple(FeatureSpec.from_json(item) for item in d))
+        features = tuple(FeatureSpec.from_json(item) for item in d["features"])
+        history = ShapeHistory.from_json(d[FIRST_OF_SHAPE], [f.name for f in features])
+        return cls(features, history)
 
     # ------------------------------------------------------------------ training side
 
@@ -91,13 +226,16 @@ class FeatureSchema:
         table: TraceTable,
         target: str = DEFAULT_TARGET,
         features: Sequence[str] | None = None,
+        first_of_shape: bool = True,
     ) -> tuple["FeatureSchema", np.ndarray, np.ndarray, DataReport]:
         """Pick and type the features, clean the rows; return (schema, X, y, report).
 
         Rows without a finite positive target are dropped (runtimes are modelled
         on a log scale). Constant and empty columns are dropped. Missing numeric
         values are filled with the column median, which LightGBM and the linear
-        model both handle sensibly, and counted in the report.
+        model both handle sensibly, and counted in the report. With
+        ``first_of_shape``, a column ``FIRST_OF_SHAPE`` follows the features
+        where the timestamps allow one (see :class:`ShapeHistory`).
         """
         report = DataReport(rows_total=len(table))
         if target not in table.columns:
@@ -166,7 +304,13 @@ class FeatureSchema:
 
         report.rows_used = len(rows)
         X = np.column_stack(columns) if columns else np.empty((len(rows), 0))
-        return cls(tuple(specs)), X.astype(np.float64, copy=False), y[rows], report
+        X = X.astype(np.float64, copy=False)
+        history = _shape_history(table, rows, specs, X) if first_of_shape else None
+        if history is not None:
+            X = np.column_stack([X, history.flags(X, table.numeric(history.order_field)[rows])])
+            report.columns_derived[FIRST_OF_SHAPE] = (
+                f"first run of its shape ({', '.join(specs[j].name for j in history.key)}) by '{history.order_field}'")
+        return cls(tuple(specs), history), X, y[rows], report
 
     # ------------------------------------------------------------------ prediction side
 
@@ -178,7 +322,7 @@ class FeatureSchema:
         """
         n = len(traces)
         errors: list[str | None] = [None] * n
-        X = np.empty((n, len(self.features)), dtype=np.float64)
+        X = np.empty((n, len(self.column_names)), dtype=np.float64)
         for j, spec in enumerate(self.features):
             name = spec.name
             values = [t.get(name) for t in traces]
@@ -206,6 +350,8 @@ class FeatureSchema:
                         # An unseen category is not an error: it behaves like an unknown level.
                         codes[i] = lookup.get(key, math.nan)
                 X[:, j] = codes
+        if self.history is not None:
+            X[:, -1] = self.history.flags(X[:, :-1], self.history.order_of(traces))
         return X, errors
 
     def row(self, trace: dict[str, Any]) -> tuple[list[float], str | None]:
@@ -223,12 +369,14 @@ class FeatureSchema:
             else:
                 code = spec.codes.get(category_text(v))
                 values.append(math.nan if code is None else float(code))
+        if self.history is not None:
+            values.append(self.history.flag_row(values, _as_float(trace.get(self.history.order_field))))
         return values, None
 
     def matrix_from_table(self, table: TraceTable) -> tuple[np.ndarray, np.ndarray]:
         """Encode a whole TraceTable; return (X, ok mask of rows with every feature)."""
         n = len(table)
-        X = np.empty((n, len(self.features)), dtype=np.float64)
+        X = np.empty((n, len(self.column_names)), dtype=np.float64)
         ok = np.ones(n, dtype=bool)
         for j, spec in enumerate(self.features):
             if spec.name not in table.columns:
@@ -244,10 +392,46 @@ class FeatureSchema:
                 values = table.strings(spec.name)
                 ok &= values != None  # noqa: E711
                 X[:, j] = _encode_categories(values, spec.categories)
+        if self.history is not None:
+            field_ = self.history.order_field
+            order = table.numeric(field_) if field_ in table.columns else np.full(n, math.nan)
+            X[:, -1] = self.history.flags(X[:, :-1], order)
         return X, ok
 
     def missing_in(self, table: TraceTable) -> list[str]:
         return [f.name for f in self.features if f.name not in table.columns]
+
+
+def _shape_history(table: TraceTable, rows: np.ndarray, specs: list[FeatureSpec], X: np.ndarray) -> ShapeHistory | None:
+    """The history of input shapes, where the traces' timestamps and features make one useful."""
+    n = len(rows)
+    order_field = next((k for k in sorted(TIMESTAMP_KEYS, key=len) if k in table.columns), None)
+    if order_field is None or n == 0 or FIRST_OF_SHAPE in (s.name for s in specs):
+        return None
+    order = table.numeric(order_field)[rows]
+    if not np.isfinite(order).all():
+        return None
+    key = [j for j, spec in enumerate(specs) if _is_shape_feature(X[:, j], spec)]
+    if not key:
+        return None
+    history = ShapeHistory.learn(X, order, key, order_field)
+    if len(history.shapes) > SHAPE_MAX_DISTINCT:
+        return None
+    first = int(history.flags(X, order).sum())
+    # A flag that is (almost) always the same says nothing the model could use.
+    if min(first, n - first) < SHAPE_MIN_ROWS:
+        return None
+    return history
+
+
+def _is_shape_feature(col: np.ndarray, spec: FeatureSpec) -> bool:
+    """Categories and counts (a batch size, an image size) that repeat; not ids, counters or measurements."""
+    distinct = len(np.unique(col))
+    if distinct == len(col):
+        return False  # an id or a counter: never repeats, so no shape would either
+    if spec.kind == "categorical" or np.array_equal(col, np.round(col)):
+        return True
+    return distinct <= SHAPE_KEY_DISTINCT_SHARE * len(col)
 
 
 def _encode_categories(values: np.ndarray, categories: tuple[str, ...]) -> np.ndarray:

@@ -94,7 +94,7 @@ class ModelVersion:
     def summary(self) -> dict[str, Any]:
         """What listings show: everything but the bulky per-family CV details."""
         out = self.to_json()
-        out["features"] = [{"name": f.name, "kind": f.kind} for f in self.features.features]
+        out["features"] = self.features.describe()
         return out
 
 

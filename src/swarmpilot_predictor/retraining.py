@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .features import FeatureSchema
 from .identity import ModelIdentity
 from .modeling import QuantileModel, pinball_loss
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor
@@ -85,6 +86,16 @@ class Retrainer:
         keep = np.array([e is None for e in errors], dtype=bool)
         X_obs = X_obs[keep]
         y_obs = np.array([r["runtime_ms"] for r in records], dtype=np.float64)[keep]
+        features = meta.features
+        if features.history is not None:
+            # Shapes first seen among the observations are warm from then on: the new
+            # version's history includes them. Traces without a timestamp of their own
+            # are placed by when they were observed.
+            order = features.history.order_of([t for t, k in zip(traces, keep) if k])
+            observed_at = np.array([r["ts"] for r in records], dtype=np.float64)[keep]
+            history, flags = features.history.extend(X_obs[:, :-1], np.where(np.isnan(order), observed_at, order))
+            X_obs[:, -1] = flags
+            features = FeatureSchema(features.features, history)
         n_hold = max(10, int(len(y_obs) * self.holdout_fraction))
         if len(y_obs) < n_hold + 20:
             decision.update(status="skipped", message=f"too few observations ({len(y_obs)}) to retrain and validate")
@@ -128,7 +139,7 @@ class Retrainer:
         w = np.concatenate([w, np.full(len(hold_y), w[-1] if len(w) else 1.0)])
         model = self._new_model(meta).fit(X, y, sample_weight=w)
         new_meta = ModelVersion(
-            identity=identity, version=0, created_at=time.time(), target=meta.target, features=meta.features,
+            identity=identity, version=0, created_at=time.time(), target=meta.target, features=features,
             quantiles=meta.quantiles, algorithm=meta.algorithm, family=model.family_, params=meta.params,
             data={**meta.data, "rows_used": int(len(y)), "observations_used": int(len(y_obs))},
             metrics={**meta.metrics, "algorithm": model.family_, "retrain": {k: v for k, v in decision.items() if k != "at"},
@@ -142,9 +153,7 @@ class Retrainer:
 
     @staticmethod
     def _new_model(meta: ModelVersion) -> QuantileModel:
-        kinds = [f.kind for f in meta.features.features]
-        ncats = [len(f.categories) for f in meta.features.features]
-        return QuantileModel(kinds, ncats, meta.algorithm, params=meta.params)
+        return QuantileModel(meta.features.kinds, meta.features.n_categories, meta.algorithm, params=meta.params)
 
     def _done(self, decision: dict[str, Any]) -> dict[str, Any]:
         log.info("retraining %s: %s", decision["model_key"], decision.get("status"))

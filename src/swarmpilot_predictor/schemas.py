@@ -49,6 +49,7 @@ class TrainConfig(BaseModel):
     quantiles: list[float] = Field(default_factory=lambda: list(DEFAULT_QUANTILES))
     algorithm: Literal["auto", "empirical", "linear", "lightgbm"] = "auto"
     params: dict[str, Any] = Field(default_factory=dict)
+    first_of_shape: bool = True
 
     @field_validator("quantiles")
     @classmethod

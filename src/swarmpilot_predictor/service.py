@@ -333,7 +333,11 @@ class PredictorService:
     def _cache_key(identity: ModelIdentity, meta: ModelVersion, trace: Any, levels: list[float], confidence: float):
         if not isinstance(trace, dict) or "input_feature" in trace:
             return None
-        values = tuple(trace.get(name) for name in meta.features.names)
+        names = meta.features.names
+        if meta.features.history is not None:
+            # Whether the task's shape ran before depends on the task's timestamp too.
+            names = [*names, meta.features.history.order_field]
+        values = tuple(trace.get(name) for name in names)
         # Only plain scalars make a key; anything else takes the normal path.
         if not all(v is None or isinstance(v, (int, float, str, bool)) for v in values):
             return None
@@ -443,7 +447,7 @@ class PredictorService:
             "total_predictions": self.prediction_counts[identity],
             "samples": latest.data.get("rows_used"),
             "algorithm": latest.family,
-            "features": [{"name": f.name, "kind": f.kind} for f in latest.features.features],
+            "features": latest.features.describe(),
             "quantiles": latest.quantiles,
             "created_at": latest.created_at,
             "metrics": _headline_metrics(latest.metrics),
@@ -454,7 +458,9 @@ class PredictorService:
     def model_detail(self, pattern: IdentityPattern, version: int | None = None) -> dict[str, Any]:
         identity = self.registry.resolve(pattern)
         if version is not None:
-            return self.registry.get_version(identity, version).to_json()
+            meta = self.registry.get_version(identity, version)
+            # The stored form, except that the table of seen shapes is summarised.
+            return {**meta.to_json(), "features": meta.features.describe(detail=True)}
         detail = self.describe_model(identity)
         detail["version_details"] = [v.summary() for v in self.registry.versions(identity)]
         return detail

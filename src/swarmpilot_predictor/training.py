@@ -135,7 +135,8 @@ class Trainer:
 
     def _train_one(self, identity: ModelIdentity, table: TraceTable, config: TrainConfig) -> ModelVersion:
         try:
-            schema, X, y, report = FeatureSchema.prepare_training(table, config.target, config.features)
+            schema, X, y, report = FeatureSchema.prepare_training(table, config.target, config.features,
+                                                                  first_of_shape=config.first_of_shape)
         except TraceError as exc:
             raise InvalidInput(f"{identity.key}: {exc}", field="traces") from None
         if len(y) < 2:
@@ -143,11 +144,9 @@ class Trainer:
                 f"{identity.key}: only {len(y)} usable trace(s) with a positive '{config.target}'; at least 2 are needed",
                 field="traces",
             )
-        kinds = [f.kind for f in schema.features]
-        ncats = [len(f.categories) for f in schema.features]
         t0 = time.perf_counter()
         try:
-            model = QuantileModel(kinds, ncats, config.algorithm, params=config.params).fit(X, y)
+            model = QuantileModel(schema.kinds, schema.n_categories, config.algorithm, params=config.params).fit(X, y)
         except (TypeError, ValueError, *_lightgbm_errors()) as exc:
             raise InvalidInput(f"{identity.key}: training failed: {exc}", field="params") from None
         chosen = model.cv_[model.family_]
@@ -155,6 +154,7 @@ class Trainer:
             "algorithm": model.family_,
             "validation": "cross-validated (out-of-fold, calibrated without the held-out fold)",
             **{k: v for k, v in chosen.items() if k != "seconds"},
+            "columns": schema.column_names,
             "rows_used": report.rows_used,
             "rows_dropped": sum(report.rows_dropped.values()),
             "data": report.to_json(),
@@ -165,7 +165,7 @@ class Trainer:
             "training_seconds": time.perf_counter() - t0,
         }
         digest = hashlib.sha256()
-        digest.update(",".join(schema.names).encode())
+        digest.update(",".join(schema.column_names).encode())
         digest.update(np.ascontiguousarray(X).tobytes())
         digest.update(np.ascontiguousarray(y).tobytes())
         meta = ModelVersion(
