@@ -158,7 +158,9 @@ def test_the_walk_through_vision_model_knows_first_runs(trained_server):
             "first_of_shape": "first run of its shape (batch_size, image_size) by 'ts'"}
         task = {"batch_size": 8, "image_size": 224}  # a shape the trace ran
         warm = client.predict_single(ident, task, quantiles=[0.5]).results.quantile_predictions[0]
-        first = client.predict_single(ident, {**task, "ts": 0}, quantiles=[0.5]).results.quantile_predictions[0]
+        first = client.predict_single(ident, {**task, "first_of_shape": True}, quantiles=[0.5]).results.quantile_predictions[0]
+        before = client.predict_single(ident, {**task, "ts": 0}, quantiles=[0.5]).results.quantile_predictions[0]
+        assert before == first  # before the trace began, the shape had not run either
         # In the trace a repeat takes about 4.4 ms and a shape's first run about 60 ms.
         assert 3.5 < warm < 6 and 45 < first < 80
         derived = client.get_model(ident)["features"][-1]

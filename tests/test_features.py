@@ -319,3 +319,20 @@ def test_shape_features_are_categories_counts_and_few_valued_numbers():
     schema, _, _, _ = prepare(traces)
     assert schema.history is not None
     assert [schema.names[j] for j in schema.history.key] == ["batch_size", "image_size", "scale", "precision"]
+
+
+def test_a_trace_may_state_whether_it_is_a_first_run():
+    # A scheduler knows what each instance has run; what a trace states wins over the history.
+    schema, _, _, _ = prepare(cold_start_traces()[0])
+    seen = {"batch_size": 8, "image_size": 448, "load": 0.5}
+    unseen = {"batch_size": 3, "image_size": 448, "load": 0.5}
+    probe = [{**seen, "first_of_shape": True}, {**unseen, "first_of_shape": False}, {**seen, "first_of_shape": 0},
+             {**unseen, "first_of_shape": 1.0}, {**seen, "first_of_shape": None}]
+    X, errors = schema.matrix(probe)
+    assert errors == [None] * 5
+    np.testing.assert_array_equal(X[:, -1], [1.0, 0.0, 0.0, 1.0, 0.0])
+    assert [schema.row(t)[0][-1] for t in probe] == [1.0, 0.0, 0.0, 1.0, 0.0]
+    for bad in ("yes", 2, [True]):
+        message = f"'first_of_shape' must be true or false, got {bad!r}"
+        assert schema.matrix([{**seen, "first_of_shape": bad}])[1] == [message]
+        assert schema.row({**seen, "first_of_shape": bad})[1] == message

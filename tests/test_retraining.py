@@ -5,10 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from swarmpilot_predictor.features import FeatureSchema
 from swarmpilot_predictor.identity import IdentityPattern
+from swarmpilot_predictor.retraining import observation_matrix
 from swarmpilot_predictor.schemas import TrainConfig
 from swarmpilot_predictor.service import PredictorService
 from swarmpilot_predictor.settings import PredictorSettings
+from swarmpilot_predictor.traces import TraceTable
 
 from .conftest import IDENTITY, cold_start_traces, make_llm_traces
 
@@ -93,3 +96,24 @@ def test_retraining_learns_which_new_shapes_have_run(tmp_path):
     warm = svc.predict(pattern, probe, quantiles=[0.5]).quantiles[0, 0]
     assert warm == pytest.approx(1.5 * 0.01 * 16 * 448, rel=0.2)
     svc.close()
+
+
+def test_observations_extend_the_history_unless_they_state_their_first_runs():
+    traces, _ = cold_start_traces(300, seed=4)
+    schema = FeatureSchema.prepare_training(TraceTable.from_traces(traces))[0]
+    end = traces[-1]["ts"]
+    new, old = {"batch_size": 3, "image_size": 224, "load": 0.1}, {"batch_size": 8, "image_size": 448, "load": 0.1}
+    records = [
+        {"ts": end + 100, "runtime_ms": 70.0, "trace": {**new, "ts": end + 1}},  # first run of a new shape
+        {"ts": end + 100, "runtime_ms": 7.0, "trace": {**new, "ts": end + 2}},  # its repeat
+        {"ts": end + 103, "runtime_ms": 7.0, "trace": dict(new)},  # placed by when it was observed: a repeat
+        {"ts": end + 104, "runtime_ms": 40.0, "trace": {**old, "first_of_shape": True}},  # stated: a fresh instance
+        {"ts": end + 105, "runtime_ms": 4.0, "trace": {"batch_size": 8}},  # unusable: left out
+    ]
+    features, X, y = observation_matrix(schema, records)
+    np.testing.assert_array_equal(X[:, -1], [1.0, 0.0, 0.0, 1.0])
+    np.testing.assert_array_equal(y, [70.0, 7.0, 7.0, 40.0])
+    assert len(features.history.shapes) == len(schema.history.shapes) + 1
+    # The next version knows the new shape ran at end + 1.
+    probe = [{**new, "ts": end}, {**new, "ts": end + 5}, dict(new)]
+    np.testing.assert_array_equal(features.matrix(probe)[0][:, -1], [1.0, 0.0, 0.0])

@@ -380,13 +380,17 @@ def test_first_runs_of_an_input_shape_are_predicted_slow_and_repeats_fast(tmp_pa
         {"batch_size": 8, "image_size": 448, "load": 0.5},  # no timestamp: after all of training
         {"batch_size": 8, "image_size": 448, "load": 0.5, "ts": 0.0},  # before training began: cold
         {"batch_size": 16, "image_size": 360, "load": 0.5, "ts": later},  # a size that never ran: cold
+        {"batch_size": 8, "image_size": 448, "load": 0.5, "first_of_shape": True},  # the caller knows: cold
     ]
     for _ in range(2):  # the second round answers from the cache, which must tell the timestamps apart
         median = np.array([svc.predict(PATTERN, [t], quantiles=[0.5]).quantiles[0, 0] for t in probe])
         assert median[0] == pytest.approx(0.01 * 8 * 448, rel=0.1) and median[1] == median[0]
         assert median[2] == pytest.approx(10 * 0.01 * 8 * 448, rel=0.25)
         assert 5 * 0.01 * 16 * 360 < median[3] < 20 * 0.01 * 16 * 360
+        assert median[4] == median[2]
     np.testing.assert_allclose(svc.predict(PATTERN, probe, quantiles=[0.5]).quantiles[:, 0], median, rtol=1e-6)
+    bad = svc.predict(PATTERN, [{**probe[0], "first_of_shape": "no"}])
+    assert bad.errors == ["'first_of_shape' must be true or false, got 'no'"]
     derived = {"name": "first_of_shape", "kind": "derived", "shape": ["batch_size", "image_size"],
                "timestamp": "ts", "shapes_seen": 20}
     identity = ModelIdentity.from_parts(IDENTITY)

@@ -352,6 +352,13 @@ class FeatureSchema:
                 X[:, j] = codes
         if self.history is not None:
             X[:, -1] = self.history.flags(X[:, :-1], self.history.order_of(traces))
+            stated = [t.get(FIRST_OF_SHAPE) for t in traces]
+            for i in (i for i, v in enumerate(stated) if v is not None):
+                flag = _stated_flag(stated[i])
+                if isinstance(flag, str):
+                    errors[i] = errors[i] or flag
+                else:
+                    X[i, -1] = flag
         return X, errors
 
     def row(self, trace: dict[str, Any]) -> tuple[list[float], str | None]:
@@ -370,7 +377,14 @@ class FeatureSchema:
                 code = spec.codes.get(category_text(v))
                 values.append(math.nan if code is None else float(code))
         if self.history is not None:
-            values.append(self.history.flag_row(values, _as_float(trace.get(self.history.order_field))))
+            stated = trace.get(FIRST_OF_SHAPE)
+            if stated is None:
+                values.append(self.history.flag_row(values, _as_float(trace.get(self.history.order_field))))
+            else:
+                flag = _stated_flag(stated)
+                if isinstance(flag, str):
+                    return values, flag
+                values.append(flag)
         return values, None
 
     def matrix_from_table(self, table: TraceTable) -> tuple[np.ndarray, np.ndarray]:
@@ -432,6 +446,13 @@ def _is_shape_feature(col: np.ndarray, spec: FeatureSpec) -> bool:
     if spec.kind == "categorical" or np.array_equal(col, np.round(col)):
         return True
     return distinct <= SHAPE_KEY_DISTINCT_SHARE * len(col)
+
+
+def _stated_flag(v: Any) -> float | str:
+    """A trace's own ``first_of_shape`` (the caller knows its instance's warm state), or an error."""
+    if isinstance(v, bool) or (isinstance(v, (int, float)) and v in (0, 1)):
+        return float(v)
+    return f"'{FIRST_OF_SHAPE}' must be true or false, got {v!r}"
 
 
 def _encode_categories(values: np.ndarray, categories: tuple[str, ...]) -> np.ndarray:

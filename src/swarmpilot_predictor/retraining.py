@@ -16,13 +16,37 @@ from typing import Any
 
 import numpy as np
 
-from .features import FeatureSchema
+from .features import FIRST_OF_SHAPE, FeatureSchema
 from .identity import ModelIdentity
 from .modeling import QuantileModel, pinball_loss
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor
 from .registry import ModelRegistry, ModelVersion
 
 log = logging.getLogger(__name__)
+
+
+def observation_matrix(features: FeatureSchema, records: list[dict[str, Any]]) -> tuple[FeatureSchema, np.ndarray, np.ndarray]:
+    """The usable observations as (schema for the next version, X, y), oldest first.
+
+    With a shape history, shapes first seen among the observations are warm from then
+    on: the returned schema's history includes them. Observations without a timestamp
+    of their own are placed by when they were observed; one that stated whether it was
+    a first run keeps what it stated.
+    """
+    traces = [r["trace"] for r in records]
+    X, errors = features.matrix(traces)
+    keep = np.array([e is None for e in errors], dtype=bool)
+    X = X[keep]
+    y = np.array([r["runtime_ms"] for r in records], dtype=np.float64)[keep]
+    if features.history is not None:
+        kept = [t for t, k in zip(traces, keep) if k]
+        order = features.history.order_of(kept)
+        observed_at = np.array([r["ts"] for r in records], dtype=np.float64)[keep]
+        history, flags = features.history.extend(X[:, :-1], np.where(np.isnan(order), observed_at, order))
+        stated = np.array([t.get(FIRST_OF_SHAPE) is not None for t in kept], dtype=bool)
+        X[:, -1] = np.where(stated, X[:, -1], flags)
+        features = FeatureSchema(features.features, history)
+    return features, X, y
 
 
 class Retrainer:
@@ -81,21 +105,7 @@ class Retrainer:
         records = self.monitor.log.read(identity)
         decision: dict[str, Any] = {"model_key": identity.key, "reason": reason, "from_version": meta.version,
                                     "observations": len(records), "at": time.time()}
-        traces = [r["trace"] for r in records]
-        X_obs, errors = meta.features.matrix(traces)
-        keep = np.array([e is None for e in errors], dtype=bool)
-        X_obs = X_obs[keep]
-        y_obs = np.array([r["runtime_ms"] for r in records], dtype=np.float64)[keep]
-        features = meta.features
-        if features.history is not None:
-            # Shapes first seen among the observations are warm from then on: the new
-            # version's history includes them. Traces without a timestamp of their own
-            # are placed by when they were observed.
-            order = features.history.order_of([t for t, k in zip(traces, keep) if k])
-            observed_at = np.array([r["ts"] for r in records], dtype=np.float64)[keep]
-            history, flags = features.history.extend(X_obs[:, :-1], np.where(np.isnan(order), observed_at, order))
-            X_obs[:, -1] = flags
-            features = FeatureSchema(features.features, history)
+        features, X_obs, y_obs = observation_matrix(meta.features, records)
         n_hold = max(10, int(len(y_obs) * self.holdout_fraction))
         if len(y_obs) < n_hold + 20:
             decision.update(status="skipped", message=f"too few observations ({len(y_obs)}) to retrain and validate")

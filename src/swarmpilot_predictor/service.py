@@ -19,6 +19,7 @@ import numpy as np
 from . import __version__
 from .cache import PredictionCache
 from .errors import InvalidInput, PredictorError
+from .features import FIRST_OF_SHAPE
 from .identity import IdentityPattern, ModelIdentity
 from .lookup import WRITABLE_FORMATS, LookupTableStore, TablePrediction, generate_table, iter_traces, table_format
 from .metrics import PredictorMetrics
@@ -335,8 +336,8 @@ class PredictorService:
             return None
         names = meta.features.names
         if meta.features.history is not None:
-            # Whether the task's shape ran before depends on the task's timestamp too.
-            names = [*names, meta.features.history.order_field]
+            # Whether the task's shape ran before depends on its timestamp, or on what it states.
+            names = [*names, meta.features.history.order_field, FIRST_OF_SHAPE]
         values = tuple(trace.get(name) for name in names)
         # Only plain scalars make a key; anything else takes the normal path.
         if not all(v is None or isinstance(v, (int, float, str, bool)) for v in values):
