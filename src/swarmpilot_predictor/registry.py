@@ -57,12 +57,21 @@ class ModelVersion:
         return self.identity.key
 
     def to_json(self) -> dict[str, Any]:
+        """The stored form."""
+        return self._json(self.features.to_json())
+
+    def public_json(self, detail: bool = False) -> dict[str, Any]:
+        """What the API shows: the stored form with the features described (a shape
+        history summarised, not listed); with ``detail``, their categories and fills too."""
+        return self._json(self.features.describe(detail))
+
+    def _json(self, features: Any) -> dict[str, Any]:
         return {
             "identity": self.identity.as_dict(),
             "version": self.version,
             "created_at": self.created_at,
             "target": self.target,
-            "features": self.features.to_json(),
+            "features": features,
             "quantiles": self.quantiles,
             "algorithm": self.algorithm,
             "family": self.family,
@@ -90,12 +99,6 @@ class ModelVersion:
             data_hash=d.get("data_hash", ""),
             extra=d.get("extra", {}),
         )
-
-    def summary(self) -> dict[str, Any]:
-        """What listings show: everything but the bulky per-family CV details."""
-        out = self.to_json()
-        out["features"] = self.features.describe()
-        return out
 
 
 @dataclass

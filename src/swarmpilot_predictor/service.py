@@ -459,11 +459,9 @@ class PredictorService:
     def model_detail(self, pattern: IdentityPattern, version: int | None = None) -> dict[str, Any]:
         identity = self.registry.resolve(pattern)
         if version is not None:
-            meta = self.registry.get_version(identity, version)
-            # The stored form, except that the table of seen shapes is summarised.
-            return {**meta.to_json(), "features": meta.features.describe(detail=True)}
+            return self.registry.get_version(identity, version).public_json(detail=True)
         detail = self.describe_model(identity)
-        detail["version_details"] = [v.summary() for v in self.registry.versions(identity)]
+        detail["version_details"] = [v.public_json() for v in self.registry.versions(identity)]
         return detail
 
     def delete_model(self, pattern: IdentityPattern, version: int | None = None) -> dict[str, Any]:
