@@ -336,3 +336,19 @@ def test_a_trace_may_state_whether_it_is_a_first_run():
         message = f"'first_of_shape' must be true or false, got {bad!r}"
         assert schema.matrix([{**seen, "first_of_shape": bad}])[1] == [message]
         assert schema.row({**seen, "first_of_shape": bad})[1] == message
+
+
+def test_batch_flags_match_the_row_path_on_many_shapes():
+    from swarmpilot_predictor.features import ShapeHistory
+
+    rng = np.random.default_rng(11)
+    X = np.column_stack([rng.integers(0, 30, 3000), rng.choice([224.0, 448.0, 512.0], 3000),
+                         rng.choice([0.0, 1.0, np.nan], 3000)]).astype(float)  # the last one categorical codes
+    history = ShapeHistory.learn(X, np.arange(3000.0), [0, 1, 2], "ts")
+    # Queries: seen shapes, unseen combinations of seen values, and unseen values.
+    Q = np.column_stack([rng.integers(-2, 33, 4000), rng.choice([224.0, 300.0, 448.0, 512.0], 4000),
+                         rng.choice([0.0, 1.0, 2.0, np.nan], 4000)]).astype(float)
+    order = np.where(rng.random(4000) < 0.3, np.nan, rng.uniform(-10, 3010, 4000))
+    want = [history.flag_row(q.tolist(), t) for q, t in zip(Q, order)]
+    np.testing.assert_array_equal(history.flags(Q, order), want)
+    assert 0.2 < np.mean(want) < 0.8  # both answers well represented
