@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -73,19 +74,23 @@ class ShapeHistory:
     shapes: np.ndarray  # (shapes, len(key)): the distinct training shapes, rows in lexicographic order
     first_seen: np.ndarray  # the oldest timestamp of each
 
-    def __post_init__(self) -> None:
-        # For _locate: each column's distinct values, and the distinct codes of each
-        # prefix of the shape (see there). A cache of ``shapes``, not state.
-        vocab, prefixes = [], []
+    @functools.cached_property
+    def _search_tables(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """For _locate, per column: its distinct values, and the distinct codes of the
+        shapes' prefixes up to it (see there)."""
+        tables = []
         code = np.zeros(len(self.shapes), dtype=np.int64)
         for j in range(self.shapes.shape[1]):
             values = np.unique(self.shapes[:, j])
             code = code * len(values) + np.searchsorted(values, self.shapes[:, j])
             levels, code = np.unique(code, return_inverse=True)
-            vocab.append(values)
-            prefixes.append(levels)
-        object.__setattr__(self, "_vocab", vocab)
-        object.__setattr__(self, "_prefixes", prefixes)
+            tables.append((values, levels))
+        return tables
+
+    @functools.cached_property
+    def _first_seen_of(self) -> dict[tuple[float, ...], float]:
+        """Shape -> oldest timestamp, for the single-row path."""
+        return dict(zip(map(tuple, self.shapes.tolist()), self.first_seen.tolist()))
 
     @staticmethod
     def _values(X: np.ndarray, key: Sequence[int]) -> np.ndarray:
@@ -103,7 +108,7 @@ class ShapeHistory:
         """
         found = np.ones(len(V), dtype=bool)
         code = np.zeros(len(V), dtype=np.int64)
-        for j, (values, levels) in enumerate(zip(self._vocab, self._prefixes)):  # type: ignore[attr-defined]
+        for j, (values, levels) in enumerate(self._search_tables):
             pos = np.minimum(np.searchsorted(values, V[:, j]), len(values) - 1)
             found &= values[pos] == V[:, j]
             code = code * len(values) + pos
@@ -143,12 +148,8 @@ class ShapeHistory:
 
     def flag_row(self, x: Sequence[float], order: float) -> float:
         """:meth:`flags` for one row in plain Python (the single-prediction path)."""
-        lookup = self.__dict__.get("_lookup")
-        if lookup is None:
-            lookup = dict(zip(map(tuple, self.shapes.tolist()), self.first_seen.tolist()))
-            object.__setattr__(self, "_lookup", lookup)  # a cache, not state
         shape = tuple(-1.0 if math.isnan(x[j]) else x[j] for j in self.key)
-        seen = lookup.get(shape, math.inf)
+        seen = self._first_seen_of.get(shape, math.inf)
         return float(seen >= (math.inf if math.isnan(order) else order))
 
     def order_of(self, traces: Sequence[dict[str, Any]]) -> np.ndarray:
@@ -210,6 +211,13 @@ class FeatureSchema:
     def names(self) -> list[str]:
         """The trace fields a trace must carry."""
         return [f.name for f in self.features]
+
+    @functools.cached_property
+    def prediction_fields(self) -> tuple[str, ...]:
+        """Every trace field a prediction depends on: the features, and with a shape
+        history the timestamp and a stated ``FIRST_OF_SHAPE``."""
+        extra = (self.history.order_field, FIRST_OF_SHAPE) if self.history is not None else ()
+        return (*self.names, *extra)
 
     @property
     def column_names(self) -> list[str]:
@@ -334,9 +342,9 @@ class FeatureSchema:
         report.rows_used = len(rows)
         X = np.column_stack(columns) if columns else np.empty((len(rows), 0))
         X = X.astype(np.float64, copy=False)
-        history = _shape_history(table, rows, specs, X) if first_of_shape else None
+        history, flags = _shape_history(table, rows, specs, X) if first_of_shape else (None, None)
         if history is not None:
-            X = np.column_stack([X, history.flags(X, table.numeric(history.order_field)[rows])])
+            X = np.column_stack([X, flags])
             report.columns_derived[FIRST_OF_SHAPE] = (
                 f"first run of its shape ({', '.join(specs[j].name for j in history.key)}) by '{history.order_field}'")
         return cls(tuple(specs), history), X, y[rows], report
@@ -445,26 +453,29 @@ class FeatureSchema:
         return [f.name for f in self.features if f.name not in table.columns]
 
 
-def _shape_history(table: TraceTable, rows: np.ndarray, specs: list[FeatureSpec], X: np.ndarray) -> ShapeHistory | None:
-    """The history of input shapes, where the traces' timestamps and features make one useful."""
+def _shape_history(table: TraceTable, rows: np.ndarray, specs: list[FeatureSpec],
+                   X: np.ndarray) -> tuple[ShapeHistory, np.ndarray] | tuple[None, None]:
+    """The history of input shapes and the training rows' flags, where the traces'
+    timestamps and features make one useful; else (None, None)."""
     n = len(rows)
     order_field = next((k for k in sorted(TIMESTAMP_KEYS, key=len) if k in table.columns), None)
     if order_field is None or n == 0 or FIRST_OF_SHAPE in (s.name for s in specs):
-        return None
+        return None, None
     order = table.numeric(order_field)[rows]
     if not np.isfinite(order).all():
-        return None
+        return None, None
     key = [j for j, spec in enumerate(specs) if _is_shape_feature(X[:, j], spec)]
     if not key:
-        return None
+        return None, None
     history = ShapeHistory.learn(X, order, key, order_field)
     if len(history.shapes) > SHAPE_MAX_DISTINCT:
-        return None
-    first = int(history.flags(X, order).sum())
+        return None, None
+    flags = history.flags(X, order)
+    first = int(flags.sum())
     # A flag that is (almost) always the same says nothing the model could use.
     if min(first, n - first) < SHAPE_MIN_ROWS:
-        return None
-    return history
+        return None, None
+    return history, flags
 
 
 def _is_shape_feature(col: np.ndarray, spec: FeatureSpec) -> bool:

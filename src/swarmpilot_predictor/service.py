@@ -19,7 +19,6 @@ import numpy as np
 from . import __version__
 from .cache import PredictionCache
 from .errors import InvalidInput, PredictorError
-from .features import FIRST_OF_SHAPE
 from .identity import IdentityPattern, ModelIdentity
 from .lookup import WRITABLE_FORMATS, LookupTableStore, TablePrediction, generate_table, iter_traces, table_format
 from .metrics import PredictorMetrics
@@ -334,11 +333,7 @@ class PredictorService:
     def _cache_key(identity: ModelIdentity, meta: ModelVersion, trace: Any, levels: list[float], confidence: float):
         if not isinstance(trace, dict) or "input_feature" in trace:
             return None
-        names = meta.features.names
-        if meta.features.history is not None:
-            # Whether the task's shape ran before depends on its timestamp, or on what it states.
-            names = [*names, meta.features.history.order_field, FIRST_OF_SHAPE]
-        values = tuple(trace.get(name) for name in names)
+        values = tuple(trace.get(name) for name in meta.features.prediction_fields)
         # Only plain scalars make a key; anything else takes the normal path.
         if not all(v is None or isinstance(v, (int, float, str, bool)) for v in values):
             return None
