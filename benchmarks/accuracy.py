@@ -945,7 +945,7 @@ already close to the oracle (see the line under the summary table), so no method
 10% below it there; the service is within 1.5% of the oracle on each, and within 0.5% of it in
 expectation (the summary's last two columns). On the 210 test rows of `llm_aborted` even the
 oracle scores 1.026 times the best baseline (`linear_qr`): those rows happen to favour
-`linear_qr`, whose expected loss on the same rows is above the service's (ratio 0.994 in
+`linear_qr`, whose expected loss on the same rows is above the service's (ratio 0.995 in
 expectation, the oracle 0.993); with seed+1000 it is the other way round (0.992 on the test
 rows, 1.002 in expectation). One draw of a few hundred rows decides such ratios, so the
 many-seeds study below gives both over 8 draws per size. The 0.99 quantile of the

@@ -14,6 +14,7 @@ from swarmpilot_predictor.modeling import (
     EVAL_LEVELS,
     LinearLocation,
     LogLinearDesign,
+    PowerLocation,
     QuantileModel,
     common_rounds,
     location_weights,
@@ -154,7 +155,7 @@ def test_mean_std_and_total_come_from_the_distribution(llm_model):
 
 
 def test_cv_metrics_are_reported_for_every_family_tried(llm_model):
-    assert set(llm_model.cv_) == {"empirical", "linear", "lightgbm"}
+    assert set(llm_model.cv_) == {"empirical", "linear", "power", "lightgbm"}
     for metrics in llm_model.cv_.values():
         for key in ("pinball_loss", "relative_pinball_loss", "mean_abs_coverage_error", "coverage",
                     "interval_coverage", "median_mape", "variant"):
@@ -165,10 +166,51 @@ def test_cv_metrics_are_reported_for_every_family_tried(llm_model):
     assert llm_model.cv_["empirical"]["pinball_loss"] > chosen
 
 
+def overhead_and_power(n: int, seed: int, sigma: float = 0.1):
+    """Vision-like: a fixed 2 ms overhead plus work proportional to batch x pixels."""
+    rng = np.random.default_rng(seed)
+    batch = rng.integers(1, 65, n).astype(float)
+    image = rng.choice(np.arange(128.0, 513.0, 32.0), n)
+    base = 2.0 + 0.03 * batch * (image / 224.0) ** 2
+    return np.column_stack([batch, image]), base * np.exp(sigma * rng.standard_normal(n)), base
+
+
+def test_power_law_with_overhead_recovers_the_overhead_and_the_exponents():
+    X, y, _ = overhead_and_power(1000, seed=1)
+    loc = PowerLocation(*NUM2).fit(X, np.log(y))
+    assert np.exp(loc.log_overhead_) == pytest.approx(2.0, rel=0.1)
+    exponents = loc.coef_ / loc.spread_  # per log feature, before standardising
+    np.testing.assert_allclose(exponents, [1.0, 2.0], rtol=0.1)
+    # Outliers (aborted requests at a tenth of the runtime) barely move it: the loss is robust.
+    y_bad = y.copy()
+    y_bad[::20] *= 0.1
+    robust = PowerLocation(*NUM2).fit(X, np.log(y_bad))
+    np.testing.assert_allclose(robust.coef_ / robust.spread_, [1.0, 2.0], rtol=0.1)
+
+
+def test_auto_chooses_the_power_law_where_runtimes_are_overhead_plus_power_law():
+    X, y, base = overhead_and_power(140, seed=2)
+    model = QuantileModel(*NUM2).fit(X, y)
+    assert model.family_ == "power"
+    assert model.cv_["power"]["pinball_loss"] < model.cv_["linear"]["pinball_loss"]
+    Xt, _, base_t = overhead_and_power(2000, seed=3)
+    med = model.predict_quantiles(Xt, [0.5])[:, 0]
+    assert np.mean(np.abs(med / base_t - 1)) < 0.03
+
+
+def test_power_law_with_a_dropped_feature_survives_json():
+    X, y, _ = overhead_and_power(200, seed=4)
+    X = np.column_stack([X, np.random.default_rng(5).uniform(0, 1, len(y))])  # a useless third feature
+    model = QuantileModel(["numeric"] * 3, [0] * 3, algorithm="power").fit(X, y)
+    assert model.features_used_ == [True, True, False]
+    loaded = QuantileModel.from_json(json.loads(json.dumps(model.to_json())))
+    np.testing.assert_allclose(loaded.predict_quantiles(X[:50], LEVELS), model.predict_quantiles(X[:50], LEVELS), rtol=1e-12)
+
+
 def test_boosted_trees_need_enough_rows_to_be_a_candidate():
     model = QuantileModel(["numeric"], [0])
-    assert model.candidate_families(199) == ["empirical", "linear"]
-    assert model.candidate_families(200) == ["empirical", "linear", "lightgbm"]
+    assert model.candidate_families(199) == ["empirical", "linear", "power"]
+    assert model.candidate_families(200) == ["empirical", "linear", "power", "lightgbm"]
     # Forced, it is used whatever the size.
     assert QuantileModel(["numeric"], [0], algorithm="lightgbm").candidate_families(60) == ["lightgbm"]
 

@@ -118,7 +118,19 @@ def test_lightgbm_single_row_c_api_matches_booster_predict():
     _assert_same(model, _probe_rows(X), reference_batch=not model.scale_.is_constant)
 
 
-@pytest.mark.parametrize("algorithm", ["linear", "lightgbm"])
+def test_power_law_single_row_path_matches_the_batch():
+    X, y = _data(n=400, hetero=0.0)
+    X[::7, 1] = 0.0  # a feature with zeros takes the signed log1p, the others their log
+    model = QuantileModel(KINDS, NCATS, algorithm="power", params={"shape": False, "drop_features": False}).fit(X, y)
+    location = model.location_
+    assert location.floor_[1] == 0.0 and location.floor_[0] > 0
+    rows = _probe_rows(X) + [[np.nan, 0.5, 60.0, 1.0], [-5.0, -1.0, 0.0, 2.0]]  # missing, below the training values
+    for x in rows:
+        assert location.predict_row(x) == pytest.approx(float(location.predict(np.array([x]))[0]), rel=1e-12)
+    _assert_same(model, rows, reference_batch=not model.scale_.is_constant)
+
+
+@pytest.mark.parametrize("algorithm", ["linear", "power", "lightgbm"])
 def test_a_model_loaded_from_json_has_the_same_single_row_path(algorithm):
     import orjson
 

@@ -47,7 +47,7 @@ class TrainConfig(BaseModel):
     target: str = "runtime_ms"
     features: list[str] | None = None
     quantiles: list[float] = Field(default_factory=lambda: list(DEFAULT_QUANTILES))
-    algorithm: Literal["auto", "empirical", "linear", "lightgbm"] = "auto"
+    algorithm: Literal["auto", "empirical", "linear", "power", "lightgbm"] = "auto"
     params: dict[str, Any] = Field(default_factory=dict)
     first_of_shape: bool = True
 
