@@ -132,6 +132,18 @@ def test_train_multipart_with_an_uploaded_trace_file(http, config_format, trace_
     assert detail["quantiles"] == [0.5, 0.9] and detail["algorithm"] == "empirical"
 
 
+def test_train_with_the_power_law_family_and_predict_from_it(http):
+    identity = ident("power")
+    body = train_json(http, identity, n=200, algorithm="power")
+    assert body["metrics"]["algorithm"] == "power" and list(body["metrics"]["cv_scores"]) == ["power"]
+    path = ModelIdentity.from_parts(identity).key
+    res = ok(http.post(f"/predict/single/{path}", json={"trace": TRACE}))["results"]
+    assert res["quantile_predictions"][1] == pytest.approx(1230, rel=0.1)  # the median
+    assert nondecreasing(res["quantile_predictions"])
+    failed(http.post("/train", json={"config": {"model": identity, "traces": make_llm_traces(50), "algorithm": "spline"}}),
+           422, "algorithm")
+
+
 def test_train_multipart_config_as_a_form_field_naming_the_upload_by_its_field(http):
     config = {"model": ident("mp-field"), "traces": "tracefile", "algorithm": "linear"}
     r = http.post("/train", data={"config": orjson.dumps(config).decode()},

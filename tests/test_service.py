@@ -450,7 +450,7 @@ def test_predict_each_matches_one_by_one_with_and_without_cache(tmp_path, n):
         svc.close()
 
 
-@pytest.mark.parametrize("algorithm", ["empirical", "linear", "lightgbm"])
+@pytest.mark.parametrize("algorithm", ["empirical", "linear", "power", "lightgbm"])
 def test_a_lone_trace_gets_the_same_answer_as_inside_a_batch(tmp_path, algorithm):
     # A single trace takes the model's plain-float path (LightGBM: the vectorised one);
     # a batch takes the vectorised path. Both must describe the same distribution.
