@@ -565,12 +565,17 @@ def _fit_overhead_power(B: np.ndarray, y: np.ndarray, w: np.ndarray, th: np.ndar
         H = Jv.T @ J + np.diag(penalty)
         g = Jv.T @ r - penalty * th
         for _ in range(20):
+            D = H + lam * np.diag(np.diag(H) + 1e-12)
             try:
-                step = np.linalg.solve(H + lam * np.diag(np.diag(H) + 1e-12), g)
+                step = np.linalg.solve(D, g)
+                if not bounds[0] < th[0] + step[0] < bounds[1]:
+                    # The overhead at its bound: the other parameters step with it held
+                    # there (a clipped full step would not descend, and the fit stalls).
+                    step[0] = min(max(th[0] + step[0], bounds[0]), bounds[1]) - th[0]
+                    step[1:] = np.linalg.solve(D[1:, 1:], g[1:] - D[1:, 0] * step[0])
             except np.linalg.LinAlgError:
                 step = np.zeros_like(th)
             new = th + step
-            new[0] = min(max(new[0], bounds[0]), bounds[1])
             new_obj, new_r = objective(new)
             if np.isfinite(new_obj) and new_obj <= obj:
                 break
