@@ -4,8 +4,9 @@ A :class:`QuantileModel` predicts ``log(runtime) = m(x) + s(x) * Z`` with ``Z ~ 
 
 * ``m`` comes from one of several *location families*: ``empirical`` (no
   features: the median), ``linear`` (robust ridge regression on log features
-  with piecewise-linear hinges) or ``lightgbm`` (boosted trees starting from
-  the robust linear fit);
+  with piecewise-linear hinges), ``power`` (a fixed overhead plus a power law
+  of the features, fitted robustly) or ``lightgbm`` (boosted trees starting
+  from the robust linear fit);
 * ``s`` is optionally a log-linear model of the size of the cross-validated
   residuals, so that noise may grow or shrink with the features;
 * ``Z``'s shared quantile function is the empirical distribution of the
