@@ -119,10 +119,15 @@ class ShapeHistory:
 
     @classmethod
     def learn(cls, X: np.ndarray, order: np.ndarray, key: Sequence[int], order_field: str) -> "ShapeHistory":
-        shapes, inverse = np.unique(cls._values(X, key), axis=0, return_inverse=True)
+        return cls._tabulate(tuple(key), order_field, cls._values(X, key), order)
+
+    @classmethod
+    def _tabulate(cls, key: tuple[int, ...], order_field: str, V: np.ndarray, order: np.ndarray) -> "ShapeHistory":
+        """The distinct rows of shape values ``V`` and the oldest ``order`` of each."""
+        shapes, inverse = np.unique(V, axis=0, return_inverse=True)
         first_seen = np.full(len(shapes), np.inf)
         np.minimum.at(first_seen, inverse.ravel(), order)
-        return cls(tuple(key), order_field, shapes, first_seen)
+        return cls(key, order_field, shapes, first_seen)
 
     def flags(self, X: np.ndarray, order: np.ndarray) -> np.ndarray:
         """1.0 where the row's shape had not run before its timestamp (NaN: after all training)."""
@@ -141,10 +146,9 @@ class ShapeHistory:
         earliest_here = np.zeros(len(X), dtype=bool)
         earliest_here[first_row] = True
         flags = self.flags(X, order) * earliest_here
-        shapes, inverse = np.unique(np.vstack([self.shapes, V]), axis=0, return_inverse=True)
-        first_seen = np.full(len(shapes), np.inf)
-        np.minimum.at(first_seen, inverse.ravel(), np.concatenate([self.first_seen, order]))
-        return ShapeHistory(self.key, self.order_field, shapes, first_seen), flags
+        merged = self._tabulate(self.key, self.order_field, np.vstack([self.shapes, V]),
+                                np.concatenate([self.first_seen, order]))
+        return merged, flags
 
     def flag_row(self, x: Sequence[float], order: float) -> float:
         """:meth:`flags` for one row in plain Python (the single-prediction path)."""

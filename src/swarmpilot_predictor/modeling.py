@@ -130,6 +130,21 @@ def _lvl(t: float) -> str:
 # --------------------------------------------------------------------------- design matrices
 
 
+def _numeric_positions(kinds: Sequence[str]) -> list[int]:
+    """Columns of the numeric features a design uses."""
+    return [j for j, k in enumerate(kinds) if k == "numeric"]
+
+
+def _categorical_positions(kinds: Sequence[str], n_categories: Sequence[int]) -> list[tuple[int, int]]:
+    """(column, number of categories) of the categorical features a design uses."""
+    return [(j, k) for j, (kind, k) in enumerate(zip(kinds, n_categories)) if kind == "categorical" and k > 0]
+
+
+def _one_hot(X: np.ndarray, cats: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+    """One-hot columns per categorical feature; an unseen (NaN) category is all zeros."""
+    return [(X[:, j:j + 1] == np.arange(k)[None, :]).astype(np.float64) for j, k in cats]
+
+
 class LogLinearDesign:
     """Features for linear models on the log scale.
 
@@ -159,7 +174,7 @@ class LogLinearDesign:
 
     @property
     def _num(self) -> list[int]:
-        return [j for j, k in enumerate(self.kinds) if k == "numeric"]
+        return _numeric_positions(self.kinds)
 
     def fit(self, X: np.ndarray) -> "LogLinearDesign":
         num = self._num
@@ -215,10 +230,7 @@ class LogLinearDesign:
             # (np.nan_to_num costs tens of µs on a single row; this is the same, cheaper.)
             Z[~np.isfinite(Z)] = 0.0
             parts.append(Z)
-        for j, (kind, k) in enumerate(zip(self.kinds, self.n_categories)):
-            if kind == "categorical" and k > 0:
-                codes = X[:, j]
-                parts.append((codes[:, None] == np.arange(k)[None, :]).astype(np.float64))
+        parts += _one_hot(X, _categorical_positions(self.kinds, self.n_categories))
         if not parts:
             return np.zeros((len(X), 0))
         return np.concatenate(parts, axis=1)
@@ -319,7 +331,7 @@ class LogLinearDesign:
         lows = highs = None
         if rng is not None and num:
             lows, highs = rng[0].tolist(), rng[1].tolist()
-        cats = [(j, k) for j, (kind, k) in enumerate(zip(self.kinds, self.n_categories)) if kind == "categorical" and k > 0]
+        cats = _categorical_positions(self.kinds, self.n_categories)
         center = self.center_.tolist() if num else []
         spread = self.spread_.tolist() if num else []
         levels = [(j, list(v)) for j, v in zip(num, self.levels_) if v]
@@ -620,14 +632,9 @@ class PowerLocation(LocationModel):
     def __init__(self, kinds: Sequence[str], n_categories: Sequence[int]):
         self.kinds = list(kinds)
         self.n_categories = list(n_categories)
+        self._row_plan: tuple | None = None
 
     # -- design
-    def _num(self) -> list[int]:
-        return [j for j, k in enumerate(self.kinds) if k == "numeric"]
-
-    def _cats(self) -> list[tuple[int, int]]:
-        return [(j, k) for j, (kind, k) in enumerate(zip(self.kinds, self.n_categories)) if kind == "categorical" and k > 0]
-
     def _logs(self, Xn: np.ndarray) -> np.ndarray:
         """Per numeric feature: log, floored at half the smallest training value, or signed log1p."""
         floor = np.asarray(self.floor_)
@@ -639,19 +646,18 @@ class PowerLocation(LocationModel):
         return out
 
     def _design(self, X: np.ndarray) -> np.ndarray:
-        num = self._num()
+        num = _numeric_positions(self.kinds)
         parts = []
         if num:
             Z = (self._logs(X[:, num]) - self.center_) / self.spread_
             Z[~np.isfinite(Z)] = 0.0  # a missing value sits at the training mean
             parts.append(Z)
-        for j, k in self._cats():
-            parts.append((X[:, j:j + 1] == np.arange(k)[None, :]).astype(np.float64))
+        parts += _one_hot(X, _categorical_positions(self.kinds, self.n_categories))
         return np.concatenate(parts, axis=1) if parts else np.zeros((len(X), 0))
 
     # -- fitting
     def fit(self, X, y, w=None):
-        num = self._num()
+        num = _numeric_positions(self.kinds)
         Xn = X[:, num]
         floor = []
         for j in range(Xn.shape[1]):
@@ -681,10 +687,9 @@ class PowerLocation(LocationModel):
         return np.logaddexp(self.log_overhead_, self.intercept_ + self._design(X) @ self.coef_)
 
     def predict_row(self, x):
-        plan = self.__dict__.get("_row_plan")
-        if plan is None:
-            plan = self._row_plan = self._make_row_plan()
-        eta, numeric, cats = plan
+        if self._row_plan is None:
+            self._row_plan = self._make_row_plan()
+        eta, numeric, cats = self._row_plan
         for j, floor, center, weight in numeric:
             v = x[j]
             if not math.isfinite(v):  # missing (or infinite, as in _design): the training mean
@@ -699,12 +704,13 @@ class PowerLocation(LocationModel):
         return max(a, eta) + math.log1p(math.exp(-abs(a - eta)))
 
     def _make_row_plan(self) -> tuple:
-        num = self._num()
+        """What predict_row needs, as plain floats: made once per fit."""
+        num = _numeric_positions(self.kinds)
         coef = self.coef_.tolist()
         numeric = [(j, float(f), float(m), coef[i] / float(sd))
                    for i, (j, f, m, sd) in enumerate(zip(num, self.floor_, self.center_, self.spread_))]
         cats, col = [], len(num)
-        for j, k in self._cats():
+        for j, k in _categorical_positions(self.kinds, self.n_categories):
             cats.append((j, coef[col:col + k]))
             col += k
         return self.intercept_, numeric, cats
@@ -724,7 +730,6 @@ class PowerLocation(LocationModel):
         obj.log_overhead_ = float(d["log_overhead"])
         obj.intercept_ = float(d["intercept"])
         obj.coef_ = np.asarray(d["coef"], dtype=np.float64)
-        obj._row_plan = None
         return obj
 
 
@@ -1487,12 +1492,16 @@ class QuantileModel:
         oof0, tuned0 = self._oof_location(family, X, ylog, fold, w, kinds)
         fam: list[dict[str, Any]] = []
         scales: dict[bool, tuple] = {}
+        heldout: dict[tuple[bool, bool], tuple] = {}
         for hetero, shaped in variants:
             if hetero not in scales:
                 # Constant and feature-dependent noise compete on the same held-out loss.
                 oof, tuned = oof0, tuned0
                 scale, s = self._oof_scale(hetero, X, ylog - oof, fold, w, kinds)
-                weighted = hetero and family != "empirical" and bool(self.params.get("weighted_location", True))
+                # A scale that found no feature to depend on is the constant one: weights
+                # 1/s² would all be equal, and the refit would repeat the first fit.
+                weighted = (hetero and family != "empirical" and bool(self.params.get("weighted_location", True))
+                            and bool(np.any(s != 1.0)))
                 if weighted:
                     # Feasible weighted least squares: once the noise's size is known, rows
                     # with little noise say more about the location than noisy ones.
@@ -1502,7 +1511,10 @@ class QuantileModel:
             scale, s, oof, tuned, weighted = scales[hetero]
             resid = ylog - oof
             z = resid / s
-            q, pits = self._heldout(X, oof, s, z, fold, shaped, w, kinds)
+            # The same location and a constant scale: the constant variant's held-out quantiles.
+            twin = heldout.get((False, shaped)) if hetero and not weighted and not np.any(s != 1.0) else None
+            q, pits = twin if twin is not None else self._heldout(X, oof, s, z, fold, shaped, w, kinds)
+            heldout[(hetero, shaped)] = (q, pits)
             fam.append({
                 "family": family, "hetero": hetero, "shaped": shaped, "scale": scale, "z": z, "weighted": weighted,
                 "pits": pits, "tuned": tuned, "q": q, "kinds": kinds, "rank": rank,
