@@ -336,6 +336,12 @@ def test_a_trace_may_state_whether_it_is_a_first_run():
         message = f"'first_of_shape' must be true or false, got {bad!r}"
         assert schema.matrix([{**seen, "first_of_shape": bad}])[1] == [message]
         assert schema.row({**seen, "first_of_shape": bad})[1] == message
+    # A whole table reads the same flags, and masks out the rows whose flag is not one.
+    Xt, ok = schema.matrix_from_table(TraceTable.from_traces(probe))
+    np.testing.assert_array_equal(Xt[:, -1], X[:, -1])
+    assert ok.all()
+    bad_rows = [{**seen, "first_of_shape": "yes"}, {**seen, "first_of_shape": 2}, {**seen, "first_of_shape": True}]
+    assert schema.matrix_from_table(TraceTable.from_traces(bad_rows))[1].tolist() == [False, False, True]
 
 
 def test_batch_flags_match_the_row_path_on_many_shapes():

@@ -429,7 +429,11 @@ class FeatureSchema:
         return values, None
 
     def matrix_from_table(self, table: TraceTable) -> tuple[np.ndarray, np.ndarray]:
-        """Encode a whole TraceTable; return (X, ok mask of rows with every feature)."""
+        """Encode a whole TraceTable like :meth:`matrix`; return (X, mask of the rows it could encode).
+
+        A row is masked out when it lacks a feature or states a ``FIRST_OF_SHAPE``
+        that is not true or false.
+        """
         n = len(table)
         X = np.empty((n, len(self.column_names)), dtype=np.float64)
         ok = np.ones(n, dtype=bool)
@@ -451,6 +455,16 @@ class FeatureSchema:
             field_ = self.history.order_field
             order = table.numeric(field_) if field_ in table.columns else np.full(n, math.nan)
             X[:, -1] = self.history.flags(X[:, :-1], order)
+            if FIRST_OF_SHAPE in table.columns:
+                # As in matrix(): a trace that states its flag keeps it; a bad one marks the row.
+                column = table.columns[FIRST_OF_SHAPE]
+                stated = table.numeric(FIRST_OF_SHAPE)
+                given = np.isfinite(stated)
+                valid = given & ((stated == 0.0) | (stated == 1.0))
+                X[valid, -1] = stated[valid]
+                ok &= valid | ~given
+                if column.is_categorical:
+                    ok &= np.frombuffer(column.codes, dtype=np.int32) < 0
         return X, ok
 
     def missing_in(self, table: TraceTable) -> list[str]:
