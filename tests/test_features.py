@@ -88,12 +88,14 @@ def test_non_positive_and_missing_targets_are_dropped_by_reason():
     del traces[3]["runtime_ms"]
     traces[4]["runtime_ms"] = math.nan
     traces[5]["runtime_ms"] = math.inf
+    traces[6]["runtime_ms"] = 1e308  # finite, but a broken measurement in any unit
+    traces[7]["runtime_ms"] = 1e15  # the largest runtime accepted
     schema, X, y, report = prepare(traces)
     assert report.rows_total == 12
-    assert report.rows_used == 6 == len(y) == X.shape[0]
-    assert report.rows_dropped == {"target missing or not finite": 4, "target not positive": 2}
-    np.testing.assert_array_equal(y, [11.0, 12.0, 13.0, 14.0, 15.0, 16.0])
-    np.testing.assert_array_equal(X[:, 0], [70, 80, 90, 100, 110, 120])
+    assert report.rows_used == 5 == len(y) == X.shape[0]
+    assert report.rows_dropped == {"target missing or not finite": 4, "target not positive": 2, "target above 1e+15": 1}
+    np.testing.assert_array_equal(y, [1e15, 13.0, 14.0, 15.0, 16.0])
+    np.testing.assert_array_equal(X[:, 0], [80, 90, 100, 110, 120])
 
 
 def test_custom_target_field():

@@ -22,6 +22,10 @@ import orjson
 from .identity import IDENTITY_KEYS
 
 DEFAULT_TARGET = "runtime_ms"
+# The largest runtime accepted in training or as an observation. A bigger value is a
+# broken measurement in any unit (1e15 ms is 31,700 years, 1e15 ns 11.6 days), and one
+# such row would overflow the sums and fourth moments the models and monitors take.
+MAX_RUNTIME = 1e15
 ID_KEYS = frozenset({"task_id", "req_id", "model_id", "request_id"})
 TIMESTAMP_KEYS = frozenset({"ts", "timestamp"})
 TRACE_FILE_SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv")
