@@ -142,6 +142,11 @@ def test_train_with_the_power_law_family_and_predict_from_it(http):
     assert nondecreasing(res["quantile_predictions"])
     failed(http.post("/train", json={"config": {"model": identity, "traces": make_llm_traces(50), "algorithm": "spline"}}),
            422, "algorithm")
+    # Boosted trees need a feature to split on; these traces have only their runtimes.
+    alone = [{"runtime_ms": t["runtime_ms"]} for t in make_llm_traces(50)]
+    body = failed(http.post("/train", json={"config": {"model": identity, "traces": alone, "algorithm": "lightgbm"}}),
+                  422, "'lightgbm' needs a feature")
+    assert body["field"] == "algorithm"
 
 
 def test_train_multipart_config_as_a_form_field_naming_the_upload_by_its_field(http):

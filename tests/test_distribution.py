@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.special import ndtri
 
-from swarmpilot_predictor.distribution import RuntimeDistribution, ScoreDistribution
+from swarmpilot_predictor.distribution import RuntimeDistribution, ScoreDistribution, describe_one
 
 
 def normal_score() -> ScoreDistribution:
@@ -194,6 +194,30 @@ def test_total_quantiles_are_monotone_and_positive():
         dist = RuntimeDistribution(rng.normal(3, 1, n), rng.uniform(0.1, 1.5, n), normal_score())
         q = dist.total().quantiles(np.linspace(0.001, 0.999, 50))
         assert np.all(np.diff(q) >= 0) and np.all(q > 0)
+
+
+def test_total_quantiles_are_at_least_each_tasks_even_below_one_grid_cell():
+    # Fourteen 10 ms tasks and one whose spread reaches 1e12 ms: the grid's cells are far
+    # wider than the small tasks, yet the total is never below any task's runtime.
+    loc = np.log(np.r_[np.full(14, 10.0), 1e9])
+    dist = RuntimeDistribution(loc, np.r_[np.full(14, 0.1), 3.0], normal_score())
+    levels = [0.01, 0.05, 0.5, 0.99]
+    q = dist.total().quantiles(levels)
+    per_task = dist.quantiles(levels)
+    assert np.all(q >= per_task.max(axis=0))
+    assert q[0] > 1.0 and np.all(np.diff(q) > 0)
+
+
+def test_quantiles_stay_within_the_log_bounds_however_far_the_level():
+    sd = ScoreDistribution.from_scores(np.r_[np.zeros(10), 30.0, 35.0])  # a tail from two wild rows
+    free = RuntimeDistribution(np.zeros(2), np.ones(2), sd)
+    bounded = RuntimeDistribution(np.zeros(2), np.ones(2), sd, log_bounds=(-5.0, 40.0))
+    levels = [0.5, 0.99, 0.999999]
+    assert free.quantiles(levels)[0, -1] > np.exp(40.0)
+    np.testing.assert_allclose(bounded.quantiles(levels)[0], [1.0, *np.exp([40.0, 40.0])])
+    assert bounded.subset(np.array([1])).quantiles(levels)[0, -1] == pytest.approx(np.exp(40.0))
+    assert describe_one(0.0, 1.0, sd, tuple(levels), True, log_bounds=(-5.0, 40.0))[0] == pytest.approx(
+        bounded.quantiles(levels)[0].tolist())
 
 
 def test_moments_follow_the_observed_scores_not_an_extrapolated_tail():

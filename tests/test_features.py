@@ -90,12 +90,15 @@ def test_non_positive_and_missing_targets_are_dropped_by_reason():
     traces[5]["runtime_ms"] = math.inf
     traces[6]["runtime_ms"] = 1e308  # finite, but a broken measurement in any unit
     traces[7]["runtime_ms"] = 1e15  # the largest runtime accepted
+    traces[8]["runtime_ms"] = 1e-300
+    traces[9]["runtime_ms"] = 1e-12  # the smallest
     schema, X, y, report = prepare(traces)
     assert report.rows_total == 12
-    assert report.rows_used == 5 == len(y) == X.shape[0]
-    assert report.rows_dropped == {"target missing or not finite": 4, "target not positive": 2, "target above 1e+15": 1}
-    np.testing.assert_array_equal(y, [1e15, 13.0, 14.0, 15.0, 16.0])
-    np.testing.assert_array_equal(X[:, 0], [80, 90, 100, 110, 120])
+    assert report.rows_used == 4 == len(y) == X.shape[0]
+    assert report.rows_dropped == {"target missing or not finite": 4, "target not positive": 2,
+                                   "target outside [1e-12, 1e+15]": 2}
+    np.testing.assert_array_equal(y, [1e15, 1e-12, 15.0, 16.0])
+    np.testing.assert_array_equal(X[:, 0], [80, 100, 110, 120])
 
 
 def test_custom_target_field():

@@ -351,6 +351,20 @@ def test_no_features_and_constant_runtimes():
     np.testing.assert_allclose(std, 0.0, atol=1e-9)
 
 
+def test_quantiles_stay_within_100x_of_the_training_extremes():
+    # Ten runtimes near 20 ms and two wild ones: the tail extrapolated from them would
+    # reach 1e38 ms at the 0.99 level.
+    y = np.r_[np.random.default_rng(3).uniform(12, 35, 10), 1e12, 1e15]
+    model = QuantileModel().fit(np.zeros((12, 0)), y)
+    levels = (0.001, 0.5, 0.99, 0.999999)
+    q = model.predict_quantiles(np.zeros((1, 0)), levels)[0]
+    assert q[-2] == pytest.approx(100 * y.max()) and q[-1] == pytest.approx(100 * y.max())
+    assert q[0] >= y.min() / 100
+    assert model.describe_one([], levels)[0] == pytest.approx(q.tolist())
+    # The held-out metrics see the same bounds: finite.
+    assert np.isfinite(model.cv_["empirical"]["pinball_loss"])
+
+
 @pytest.mark.parametrize("algorithm", [a for a in ALGORITHMS if a != "auto"])
 def test_each_algorithm_can_be_forced(algorithm):
     X, y, _ = llm_like(300, seed=7)
@@ -366,6 +380,8 @@ def test_bad_input_is_rejected():
         QuantileModel(["numeric"], [0]).fit(np.ones((5, 1)), np.array([1.0, 2.0, 0.0, 3.0, 4.0]))
     with pytest.raises(ValueError):
         QuantileModel(["numeric"], [0]).fit(np.ones((1, 1)), np.array([1.0]))
+    with pytest.raises(ValueError, match="'lightgbm' needs at least one feature"):
+        QuantileModel(algorithm="lightgbm").fit(np.ones((30, 0)), np.arange(1.0, 31.0))
 
 
 def test_categorical_features_and_sample_weights():

@@ -68,12 +68,12 @@ def test_observe_rejects_traces_without_runtime_or_features(tmp_path):
     svc = _service(tmp_path)
     good = make_llm_traces(5, seed=40)
     bad = [{"input_tokens": 10, "output_tokens": 5}, {"input_tokens": 10, "runtime_ms": 50.0}, {**good[0], "runtime_ms": -1},
-           {**good[0], "runtime_ms": 1e308}]
+           {**good[0], "runtime_ms": 1e308}, {**good[0], "runtime_ms": 1e-300}]
     result = svc.observe(IDENTITY, good + bad)
     assert result["accepted"] == 5
     messages = {r["index"]: r["message"] for r in result["rejected"]}
     assert "runtime_ms" in messages[5] and "output_tokens" in messages[6]
-    assert messages[7] == messages[8] == "'runtime_ms' must be a positive number at most 1e+15"
+    assert messages[7] == messages[8] == messages[9] == "'runtime_ms' must be a number in [1e-12, 1e+15]"
     assert np.isclose(svc.monitor.report(svc.registry.identities()[0], 1)["observations"], 5)
 
 

@@ -46,6 +46,8 @@ _MOMENT_NODES = 2048
 # Heteroscedastic moments: segment tables on a log-scale grid with this step.
 _LOG_SCALE_STEP = 0.02
 _EPS = 1e-9
+# Log-runtimes a quantile may take when nothing narrower is known: exp stays finite.
+LOG_BOUNDS = (-700.0, 700.0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -274,15 +276,17 @@ class RuntimeDistribution:
     score: ScoreDistribution
     knots: tuple[float, ...] | None = None  # levels l_k of the shared Z where tasks' CDFs are given
     cdf: np.ndarray | None = None  # (tasks, knots): F_i(Q(l_k)), strictly increasing along knots
+    # Quantiles are kept within these log-runtimes (the model's: 100x beyond its training
+    # extremes), so that a far tail extrapolated from a few wild rows stays finite and sane.
+    log_bounds: tuple[float, float] = LOG_BOUNDS
     _moments: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.location)
 
     def subset(self, rows: np.ndarray) -> "RuntimeDistribution":
-        return RuntimeDistribution(
-            self.location[rows], self.scale[rows], self.score, self.knots, None if self.cdf is None else self.cdf[rows]
-        )
+        return RuntimeDistribution(self.location[rows], self.scale[rows], self.score, self.knots,
+                                   None if self.cdf is None else self.cdf[rows], self.log_bounds)
 
     # ------------------------------------------------------------------ quantiles
 
@@ -310,13 +314,12 @@ class RuntimeDistribution:
             # One shared shape: Z's quantiles are the same for every task (and monotone in
             # the level, so no sorting is needed); only location and scale vary.
             z = self.score.quantile_at(tuple(float(v) for v in levels))
-            return np.exp(np.clip(self.location[:, None] + self.scale[:, None] * z[None, :], -700.0, 700.0))
+            return np.exp(np.clip(self.location[:, None] + self.scale[:, None] * z[None, :], *self.log_bounds))
         levels = np.asarray(levels, dtype=np.float64)
         order = np.argsort(levels)
         z = self.score_quantiles(levels[order])
         z = np.maximum.accumulate(z, axis=1)
-        # Clipped so that even absurd levels give a finite, positive runtime.
-        q = np.exp(np.clip(self.location[:, None] + self.scale[:, None] * z, -700.0, 700.0))
+        q = np.exp(np.clip(self.location[:, None] + self.scale[:, None] * z, *self.log_bounds))
         out = np.empty_like(q)
         out[:, order] = q
         return out
@@ -404,7 +407,7 @@ class RuntimeDistribution:
         small[exact] = False
         rest = (float(mean[small].sum()), float(var[small].sum()), float(m3[small].sum())) if small.any() else None
         grid, cdf = self.subset(exact)._convolve(rest, k1, float(np.sqrt(k2)))
-        return TotalDistribution(k1, k2, None, grid, cdf)
+        return TotalDistribution(k1, k2, None, grid, cdf, tasks=self)
 
     def _convolve(self, rest: tuple[float, float, float] | None, mean: float, sd: float) -> tuple[np.ndarray, np.ndarray]:
         """Grid of values and the CDF of the sum of these tasks (and of ``rest``) at them.
@@ -421,8 +424,10 @@ class RuntimeDistribution:
         if len(self):
             u, wu = _sum_nodes()
             z = self.score_quantiles(u)  # (tasks, nodes)
-            x = np.exp(np.clip(self.location[:, None] + self.scale[:, None] * z, -700.0, 700.0))
-            idx = np.mod(np.rint(x / h).astype(np.int64), G)
+            x = np.exp(np.clip(self.location[:, None] + self.scale[:, None] * z, *self.log_bounds))
+            # The residue is taken in floating point (exact): a far-tail value's cell
+            # number may not fit an integer.
+            idx = np.mod(np.rint(np.minimum(x / h, 1e300)), G).astype(np.int64)
             flat = (np.arange(len(x))[:, None] * G + idx).ravel()
             pmf[: len(x)] = np.bincount(flat, weights=np.broadcast_to(wu, x.shape).ravel(), minlength=len(x) * G).reshape(len(x), G)
         if rest is not None:
@@ -451,6 +456,7 @@ def describe_one(
     constant_scale: bool,
     knots: tuple[float, ...] | None = None,
     cdf: list[float] | None = None,
+    log_bounds: tuple[float, float] = LOG_BOUNDS,
 ) -> tuple[list[float], float, float]:
     """One task's quantiles at ``levels``, mean and standard deviation, in plain floats.
 
@@ -464,7 +470,8 @@ def describe_one(
         z = score.quantile_list(levels)
     else:
         z = _shaped_score_quantiles(score, levels, knots, cdf)
-    q = [math.exp(min(max(location + scale * v, -700.0), 700.0)) for v in z]
+    lo, hi = log_bounds
+    q = [math.exp(min(max(location + scale * v, lo), hi)) for v in z]
     base = math.exp(location + scale * score.center())
     if cdf is None and constant_scale:
         mu, c2, _, _ = score.central_factors(scale)
@@ -553,6 +560,7 @@ class TotalDistribution:
     single: RuntimeDistribution | None = None
     grid: np.ndarray | None = None  # values, evenly spaced
     cdf: np.ndarray | None = None  # P(total <= grid[k] + step / 2)
+    tasks: RuntimeDistribution | None = None  # the tasks summed: their quantiles bound the total's
 
     @property
     def std(self) -> float:
@@ -571,8 +579,13 @@ class TotalDistribution:
         xs = np.concatenate([[g[0] - h / 2], g + h / 2])
         cs = np.concatenate([[0.0], c])
         cs = cs + np.arange(len(cs)) * 1e-15  # strictly increasing for interpolation
-        out = np.interp(np.clip(levels, 0.0, 1.0) * cs[-1], cs, xs)
-        return np.maximum(out, 0.0)
+        out = np.maximum(np.interp(np.clip(levels, 0.0, 1.0) * cs[-1], cs, xs), 0.0)
+        if self.tasks is not None:
+            # The total is at least each task's runtime, so its quantile at any level is at
+            # least each task's: this matters below one grid cell, where one task whose
+            # spread dwarfs the others' sets the cell size.
+            out = np.maximum(out, self.tasks.quantiles(levels).max(axis=0))
+        return out
 
     def interval(self, confidence_level: float) -> np.ndarray:
         a = (1.0 - confidence_level) / 2.0

@@ -10,7 +10,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .traces import DEFAULT_TARGET, MAX_RUNTIME, TIMESTAMP_KEYS, TraceError, TraceTable, category_text, reserved_keys
+from .traces import (
+    DEFAULT_TARGET, MAX_RUNTIME, MIN_RUNTIME, RUNTIME_RANGE, TIMESTAMP_KEYS, TraceError, TraceTable, category_text,
+    reserved_keys,
+)
 
 FeatureKind = Literal["numeric", "categorical"]
 
@@ -271,7 +274,7 @@ class FeatureSchema:
     ) -> tuple["FeatureSchema", np.ndarray, np.ndarray, DataReport]:
         """Pick and type the features, clean the rows; return (schema, X, y, report).
 
-        Rows without a finite positive target, or with one above ``MAX_RUNTIME``,
+        Rows without a positive target between ``MIN_RUNTIME`` and ``MAX_RUNTIME``
         are dropped (runtimes are modelled on a log scale). Constant and empty columns are dropped. Missing numeric
         values are filled with the column median, which LightGBM and the linear
         model both handle sensibly, and counted in the report. With
@@ -290,10 +293,10 @@ class FeatureSchema:
             y = np.array([math.nan if v is None else float(v) for v in y_strings], dtype=np.float64)
         else:
             y = table.numeric(target)
-        keep = np.isfinite(y) & (y > 0) & (y <= MAX_RUNTIME)
+        keep = (y >= MIN_RUNTIME) & (y <= MAX_RUNTIME)
         report.drop_rows("target missing or not finite", int((~np.isfinite(y)).sum()))
         report.drop_rows("target not positive", int((np.isfinite(y) & (y <= 0)).sum()))
-        report.drop_rows(f"target above {MAX_RUNTIME:g}", int((np.isfinite(y) & (y > MAX_RUNTIME)).sum()))
+        report.drop_rows(f"target outside {RUNTIME_RANGE}", int((np.isfinite(y) & (y > 0) & ~keep).sum()))
 
         reserved = reserved_keys(target)
         if features is None:

@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .distribution import RuntimeDistribution, ScoreDistribution, describe_one
+from .distribution import LOG_BOUNDS, RuntimeDistribution, ScoreDistribution, describe_one
 
 EVAL_LEVELS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 ALGORITHMS = ("auto", "empirical", "linear", "power", "lightgbm")
@@ -190,15 +190,18 @@ class LogLinearDesign:
             self.knots_.append(knots)
         self.levels_ = [_discrete_levels(X[:, j], self.levels) for j in num]
         Xn = X[:, num]
-        if len(Xn):
-            lo, hi = np.nanmin(Xn, axis=0), np.nanmax(Xn, axis=0)
-            # Raw values act exponentially on the runtime: extrapolate them only a little.
-            self.raw_range_ = np.stack([lo - 0.5 * (hi - lo), hi + 0.5 * (hi - lo)])
-        else:
-            self.raw_range_ = np.zeros((2, len(num)))
-        R = self._numeric_raw(X)
-        self.center_ = np.nanmean(R, axis=0) if R.shape[1] else np.zeros(0)
-        spread = np.nanstd(R, axis=0) if R.shape[1] else np.zeros(0)
+        # Raw values near the float limit overflow these statistics; such a raw column then
+        # standardises to the training mean, and its log column still carries the feature.
+        with np.errstate(over="ignore", invalid="ignore"):
+            if len(Xn):
+                lo, hi = np.nanmin(Xn, axis=0), np.nanmax(Xn, axis=0)
+                # Raw values act exponentially on the runtime: extrapolate them only a little.
+                self.raw_range_ = np.stack([lo - 0.5 * (hi - lo), hi + 0.5 * (hi - lo)])
+            else:
+                self.raw_range_ = np.zeros((2, len(num)))
+            R = self._numeric_raw(X)
+            self.center_ = np.nanmean(R, axis=0) if R.shape[1] else np.zeros(0)
+            spread = np.nanstd(R, axis=0) if R.shape[1] else np.zeros(0)
         self.spread_ = np.where(spread > 0, spread, 1.0)
         self._row_plan = self._fused = None  # the single-row caches belong to the previous fit
         return self
@@ -1397,6 +1400,8 @@ class QuantileModel:
             raise ValueError("at least 2 rows with a positive runtime are needed to train")
         if not np.all(np.isfinite(y) & (y > 0)):
             raise ValueError("runtimes must be finite and positive")
+        if self.algorithm == "lightgbm" and X.shape[1] == 0:
+            raise ValueError("algorithm 'lightgbm' needs at least one feature")
         w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         n = len(y)
         ylog = np.log(y)
@@ -1656,11 +1661,13 @@ class QuantileModel:
         levels = np.asarray(EVAL_LEVELS)
         q = np.empty((n, len(levels)))
         scores = [ScoreDistribution.from_scores(z[fold != k]) for k in range(n_folds)]
+        ylog = oof + s * z
+        bounds = (float(ylog.min()) - _LOG100, float(ylog.max()) + _LOG100)  # as the fitted model's
         if not shaped:
             for k in range(n_folds):
                 te = fold == k
                 zq = scores[k].quantile(levels)
-                q[te] = np.exp(oof[te, None] + s[te, None] * zq[None, :])
+                q[te] = np.exp(np.clip(oof[te, None] + s[te, None] * zq[None, :], *bounds))
             return q, None
         pits = np.empty(n)
         fitted = []
@@ -1675,7 +1682,7 @@ class QuantileModel:
             te = fold == k
             x, yk = recalibration_map(pits[fold != k])
             Fc = _increasing(np.interp(F, x, yk))
-            dist = RuntimeDistribution(oof[te], s[te], scores[k], shape.knots_, Fc)
+            dist = RuntimeDistribution(oof[te], s[te], scores[k], shape.knots_, Fc, bounds)
             q[te] = dist.quantiles(levels)
         return q, pits
 
@@ -1686,14 +1693,21 @@ class QuantileModel:
         if X.ndim != 2:
             raise ValueError("X must be a 2-d array")
         m = np.asarray(self.location_.predict(X), dtype=np.float64)
+        bounds = self._log_bounds()
         if self.log_range_ is not None:
-            # Never extrapolate the typical runtime beyond 100x the training extremes.
             lo, hi = self.log_range_
-            m = np.clip(np.where(np.isnan(m), (lo + hi) / 2, m), lo - _LOG100, hi + _LOG100)
+            m = np.clip(np.where(np.isnan(m), (lo + hi) / 2, m), *bounds)
         s = np.asarray(self.scale_.predict(X if self.scale_.kinds else X[:, :0]), dtype=np.float64)
         if self.shape_ is not None and self.shape_.knots_:
-            return RuntimeDistribution(m, s, self.score_, self.shape_.knots_, self.shape_.cdf(X))
-        return RuntimeDistribution(m, s, self.score_)
+            return RuntimeDistribution(m, s, self.score_, self.shape_.knots_, self.shape_.cdf(X), bounds)
+        return RuntimeDistribution(m, s, self.score_, log_bounds=bounds)
+
+    def _log_bounds(self) -> tuple[float, float]:
+        """Never extrapolate the typical runtime, nor any quantile, beyond 100x the training extremes."""
+        if self.log_range_ is None:
+            return LOG_BOUNDS
+        lo, hi = self.log_range_
+        return lo - _LOG100, hi + _LOG100
 
     def predict_quantiles(self, X: np.ndarray, levels: Sequence[float]) -> np.ndarray:
         return self.predict_distribution(X).quantiles(levels)
@@ -1710,16 +1724,18 @@ class QuantileModel:
         m = self.location_.predict_row(x)
         if m is None:
             return None
+        bounds = self._log_bounds()
         if self.log_range_ is not None:
             lo, hi = self.log_range_
             if m != m:
                 m = (lo + hi) / 2
-            m = min(max(m, lo - _LOG100), hi + _LOG100)
+            m = min(max(m, bounds[0]), bounds[1])
         s = self.scale_.predict_row(x)
         shape = self.shape_
         if shape is not None and shape.knots_:
-            return describe_one(m, s, self.score_, levels, self.scale_.is_constant, shape.knots_, shape.cdf_row(x))
-        return describe_one(m, s, self.score_, levels, self.scale_.is_constant)
+            return describe_one(m, s, self.score_, levels, self.scale_.is_constant, shape.knots_, shape.cdf_row(x),
+                                bounds)
+        return describe_one(m, s, self.score_, levels, self.scale_.is_constant, log_bounds=bounds)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Median runtime, for scikit-learn-style use."""

@@ -28,7 +28,7 @@ from .retraining import Retrainer
 from .schemas import RenderedPredictions, TrainConfig
 from .training import ProgressFn, Trainer, TrainingJobs
 from .settings import PredictorSettings
-from .traces import MAX_RUNTIME, TraceError, normalize_trace, normalize_traces
+from .traces import MAX_RUNTIME, MIN_RUNTIME, RUNTIME_RANGE, TraceError, normalize_trace, normalize_traces
 
 
 # Fewer single requests than this are evaluated one by one (plain floats) rather than as
@@ -483,10 +483,10 @@ class PredictorService:
         y = np.full(len(flat), np.nan)
         for i, t in enumerate(flat):
             v = t.get(target)
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= MAX_RUNTIME:
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and MIN_RUNTIME <= v <= MAX_RUNTIME:
                 y[i] = v
             elif errors[i] is None:
-                errors[i] = (f"'{target}' must be a positive number at most {MAX_RUNTIME:g}" if v is not None
+                errors[i] = (f"'{target}' must be a number in {RUNTIME_RANGE}" if v is not None
                              else f"missing measured '{target}'")
         errors = [e or f for e, f in zip(errors, feat_errors)]
         ok = np.array([e is None for e in errors], dtype=bool)

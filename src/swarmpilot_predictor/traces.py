@@ -22,10 +22,13 @@ import orjson
 from .identity import IDENTITY_KEYS
 
 DEFAULT_TARGET = "runtime_ms"
-# The largest runtime accepted in training or as an observation. A bigger value is a
-# broken measurement in any unit (1e15 ms is 31,700 years, 1e15 ns 11.6 days), and one
-# such row would overflow the sums and fourth moments the models and monitors take.
+# The runtimes accepted in training and as observations. A value outside is a broken
+# measurement in any unit (1e15 ms is 31,700 years and 1e15 ns 11.6 days; 1e-12 s is a
+# picosecond), and one such row would overflow the sums, ratios and fourth moments that
+# the models and monitors take.
+MIN_RUNTIME = 1e-12
 MAX_RUNTIME = 1e15
+RUNTIME_RANGE = f"[{MIN_RUNTIME:g}, {MAX_RUNTIME:g}]"
 ID_KEYS = frozenset({"task_id", "req_id", "model_id", "request_id"})
 TIMESTAMP_KEYS = frozenset({"ts", "timestamp"})
 TRACE_FILE_SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv")

@@ -29,7 +29,7 @@ from .identity import IDENTITY_KEYS, ModelIdentity
 from .modeling import QuantileModel
 from .registry import ModelRegistry, ModelVersion
 from .schemas import TrainConfig
-from .traces import TRACE_FILE_SUFFIXES, TraceError, TraceTable
+from .traces import RUNTIME_RANGE, TRACE_FILE_SUFFIXES, TraceError, TraceTable
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[int], None]
@@ -141,9 +141,13 @@ class Trainer:
             raise InvalidInput(f"{identity.key}: {exc}", field="traces") from None
         if len(y) < 2:
             raise InvalidInput(
-                f"{identity.key}: only {len(y)} usable trace(s) with a positive '{config.target}'; at least 2 are needed",
+                f"{identity.key}: only {len(y)} usable trace(s) with a '{config.target}' in {RUNTIME_RANGE}; "
+                "at least 2 are needed",
                 field="traces",
             )
+        if config.algorithm == "lightgbm" and not schema.kinds:
+            raise InvalidInput(f"{identity.key}: algorithm 'lightgbm' needs a feature, and the traces have none that "
+                               "varies; 'auto' or 'empirical' model the runtimes alone", field="algorithm")
         t0 = time.perf_counter()
         try:
             model = QuantileModel(schema.kinds, schema.n_categories, config.algorithm, params=config.params).fit(X, y)
