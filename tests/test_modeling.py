@@ -489,6 +489,36 @@ def test_json_round_trip_gives_identical_predictions():
         assert json.dumps(back.to_json()) == text
 
 
+def test_feature_values_near_the_float_limit_give_a_finite_model_in_strict_json():
+    import warnings
+
+    X, y, _ = llm_like(200, seed=26)
+    X[::20, 2] = 1e308  # the useless feature, now and then absurd
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow anywhere
+        model = QuantileModel(["numeric"] * 3, [0, 0, 0], algorithm="linear").fit(X, y)
+        q = model.predict_quantiles(X[:30], LEVELS)
+    assert np.all(np.isfinite(q)) and np.all(np.diff(q, axis=1) >= 0)
+    back = QuantileModel.from_json(json.loads(json.dumps(model.to_json(), allow_nan=False)))
+    np.testing.assert_array_equal(back.predict_quantiles(X[:30], LEVELS), q)
+
+
+def test_held_out_locations_stay_within_100x_of_the_training_extremes():
+    import warnings
+
+    # One row's feature is absurd: the fold that holds it out would extrapolate the power
+    # law to exp(690) ms and overflow the held-out loss.
+    rng = np.random.default_rng(0)
+    x = rng.uniform(1, 100, 60)
+    x[7] = 1e300
+    y = 3 * np.minimum(x, 100) * rng.lognormal(0, 0.1, 60)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = QuantileModel(["numeric"], [0]).fit(x[:, None], y)
+    assert set(model.cv_) == {"empirical", "linear", "power"}
+    assert all(np.isfinite(v["pinball_loss"]) for v in model.cv_.values())
+
+
 def test_models_saved_before_levels_and_feature_selection_still_load():
     X, y, _ = llm_like(300, seed=25)
     model = QuantileModel(["numeric"] * 3, [0, 0, 0], algorithm="linear").fit(X, y)

@@ -190,8 +190,9 @@ class LogLinearDesign:
             self.knots_.append(knots)
         self.levels_ = [_discrete_levels(X[:, j], self.levels) for j in num]
         Xn = X[:, num]
-        # Raw values near the float limit overflow these statistics; such a raw column then
-        # standardises to the training mean, and its log column still carries the feature.
+        # Raw values near the float limit overflow these statistics; such a raw column is
+        # then about zero (centre 0, the largest finite spread: the JSON stays valid), and
+        # its log column still carries the feature.
         with np.errstate(over="ignore", invalid="ignore"):
             if len(Xn):
                 lo, hi = np.nanmin(Xn, axis=0), np.nanmax(Xn, axis=0)
@@ -202,7 +203,9 @@ class LogLinearDesign:
             R = self._numeric_raw(X)
             self.center_ = np.nanmean(R, axis=0) if R.shape[1] else np.zeros(0)
             spread = np.nanstd(R, axis=0) if R.shape[1] else np.zeros(0)
-        self.spread_ = np.where(spread > 0, spread, 1.0)
+        overflowed = ~(np.isfinite(self.center_) & np.isfinite(spread))
+        self.center_ = np.where(overflowed, 0.0, self.center_)
+        self.spread_ = np.where(overflowed, np.finfo(np.float64).max, np.where(spread > 0, spread, 1.0))
         self._row_plan = self._fused = None  # the single-row caches belong to the previous fit
         return self
 
@@ -1249,6 +1252,11 @@ def location_weights(s: np.ndarray, w: np.ndarray | None) -> np.ndarray:
     return v / v.mean()
 
 
+def _within_range(m: np.ndarray, ylog: np.ndarray) -> np.ndarray:
+    """Held-out locations kept within 100x of the training rows' extremes, as a fitted model keeps its own."""
+    return np.clip(m, ylog.min() - _LOG100, ylog.max() + _LOG100)
+
+
 def _mean_se(d: np.ndarray) -> float:
     """Standard error of the mean of ``d``: for paired per-row differences of losses."""
     return float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
@@ -1364,7 +1372,7 @@ class QuantileModel:
         for k in range(int(fold.max()) + 1):
             tr, te = fold != k, fold == k
             model = self._make(family, kinds, hinges).fit(X[tr], ylog[tr], None if w is None else w[tr])
-            oof[te] = model.predict(X[te])
+            oof[te] = _within_range(model.predict(X[te]), ylog[tr])
         return oof
 
     def _oof_boosted(self, X, ylog, fold, w, kinds) -> tuple[np.ndarray, dict[str, int]]:
@@ -1382,7 +1390,7 @@ class QuantileModel:
         rounds = common_rounds([m.valid_curve_ for _, m in boosted])
         for te, model in boosted:
             model.best_iteration_ = rounds
-            oof[te] = model.predict(X[te])
+            oof[te] = _within_range(model.predict(X[te]), ylog[~te])
         return oof, {"rounds": rounds}
 
     def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> "QuantileModel":
