@@ -222,6 +222,13 @@ def test_binary_garbage_in_csv_raises_trace_error(tmp_path):
         list(iter_trace_file(path))
 
 
+def test_csv_field_beyond_the_csv_modules_limit_raises_trace_error(tmp_path):
+    path = tmp_path / "huge.csv"
+    path.write_bytes(b'prompt,runtime_ms\n"' + b"x" * 200_000 + b'",3\n')
+    with pytest.raises(TraceError, match=r"huge\.csv: cannot read trace file \(field larger than field limit"):
+        list(iter_trace_file(path))
+
+
 def test_iter_trace_stream_default_source_name():
     with pytest.raises(TraceError, match=r"<upload>: line 1"):
         list(iter_trace_stream(io.BytesIO(b"{nope}\n"), "jsonl"))

@@ -139,8 +139,8 @@ def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Ite
                 yield {k: csv_value(v) for k, v in row.items() if k is not None}
         else:  # pragma: no cover - guarded by _format_from_name
             raise TraceError(f"unknown trace format {fmt!r}")
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        # Truncated gzip streams and binary garbage end up here.
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
+        # Truncated gzip streams, binary garbage and CSV fields beyond the csv module's limit.
         raise TraceError(f"{source}: cannot read trace file ({exc})") from None
 
 
