@@ -274,10 +274,11 @@ class FeatureSchema:
     ) -> tuple["FeatureSchema", np.ndarray, np.ndarray, DataReport]:
         """Pick and type the features, clean the rows; return (schema, X, y, report).
 
-        Rows without a positive target between ``MIN_RUNTIME`` and ``MAX_RUNTIME``
-        are dropped (runtimes are modelled on a log scale). Constant and empty columns are dropped. Missing numeric
-        values are filled with the column median, which LightGBM and the linear
-        model both handle sensibly, and counted in the report. With
+        Rows without a target between ``MIN_RUNTIME`` and ``MAX_RUNTIME`` are
+        dropped (runtimes are modelled on a log scale). Constant and empty
+        columns are dropped. Missing numeric values are filled with the column
+        median, which LightGBM and the linear model both handle sensibly, and
+        counted in the report. With
         ``first_of_shape``, a column ``FIRST_OF_SHAPE`` follows the features
         where the timestamps allow one (see :class:`ShapeHistory`).
         """
