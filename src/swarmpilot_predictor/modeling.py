@@ -1025,13 +1025,15 @@ def _logistic_ridge(A: np.ndarray, T: np.ndarray, alpha: float, w: np.ndarray | 
         P = 0.5 * (1.0 + np.tanh(0.5 * eta))  # sigmoid, overflow-free
         G = A1.T @ (w[:, None] * (P - T)) + r[:, None] * B
         V = w[:, None] * P * (1 - P)
+        # Hessians (the bulk of the work: rows x D^2 per column) only for the columns still moving.
+        live = np.flatnonzero(active)
         if outer is not None:
-            H = (V.T @ outer).reshape(K, D, D)
+            H = (V[:, live].T @ outer).reshape(len(live), D, D)
         else:
-            H = np.stack([(A1 * V[:, k : k + 1]).T @ A1 for k in range(K)])
+            H = np.stack([(A1 * V[:, k : k + 1]).T @ A1 for k in live])
         H += np.diag(r)[None, :, :]
-        step = np.linalg.solve(H, G.T[:, :, None])[:, :, 0].T
-        step[:, ~active] = 0.0
+        step = np.zeros((D, K))
+        step[:, live] = np.linalg.solve(H, G[:, live].T[:, :, None])[:, :, 0].T
         size = np.ones(K)
         accepted = np.zeros(K, dtype=bool)
         gain = np.zeros(K)
