@@ -223,6 +223,23 @@ def test_numbers_and_strings_do_not_mix_up():
     assert table.lookup([{"x": 1, "c": 1}, {"x": 2, "c": "2"}, {"x": "1", "c": "1"}]).kinds() == ["exact", "exact", None]
 
 
+def test_values_near_the_float_limit_find_the_farthest_record_on_their_side(mixed_table):
+    import warnings
+
+    far = [{"x": 1e308, "y": 1e308, "kind": "a"}, {"x": -1e308, "y": 0, "kind": "b"}, {"x": math.inf, "y": 3, "kind": "a"}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        alone = [mixed_table.lookup([t]) for t in far]
+        batch = mixed_table.lookup(far * 4)  # past SCALAR_MAX: the vectorised path
+    assert [r.rows[0] for r in alone] == [199, 0, 199]
+    assert batch.rows.tolist() == [199, 0, 199] * 4 and batch.kinds() == ["nearest"] * 12
+    # A table whose own values overflow its column statistics still builds and answers.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wild = LookupTable.from_records([record(i, features={"x": v}) for i, v in enumerate([1.0, 1e308, 1e308])])
+        assert wild.lookup([{"x": 1.0}, {"x": 2.0}]).rows.tolist() == [0, 0]
+
+
 def test_scalar_and_vectorised_paths_agree(mixed_table):
     rng = np.random.default_rng(3)
     traces = [{"x": float(rng.uniform(-5, 210)), "y": float(rng.uniform(0, 400)), "kind": str(rng.choice(["a", "b", "c"]))}

@@ -91,6 +91,11 @@ GENERATION_CHUNK = 8192
 # Calls with at most this many traces take the per-trace path (plain Python on
 # scalars); larger batches the vectorised one. Both give the same answers.
 SCALAR_MAX = 8
+# Standardised coordinates are clipped here for the nearest-record search: a value near
+# the float limit (or infinite) still finds the farthest record on its side, where its
+# squared distance would otherwise overflow and the k-d tree answer "no neighbour". (A
+# million standard deviations out, the records' differences still show in the distances.)
+_Z_MAX = 1e6
 
 
 # --------------------------------------------------------------------------- names
@@ -584,8 +589,8 @@ class LookupTable:
         Z = np.empty((len(rows), len(cols)))
         for k, j in enumerate(cols):
             c = self.columns[j]
-            z = (c.values[rows] - c.mean) / c.scale
-            Z[:, k] = np.where(np.isfinite(z), z, 0.0)  # a record lacking the value sits at the mean
+            z = np.clip((c.values[rows] - c.mean) / c.scale, -_Z_MAX, _Z_MAX)
+            Z[:, k] = np.where(np.isnan(z), 0.0, z)  # a record lacking the value sits at the mean
         return Z
 
     # ------------------------------------------------------------------ description
@@ -753,7 +758,7 @@ class LookupTable:
                 c = columns[j]
                 v = t.get(c.name)
                 if isinstance(v, (int, float)) and v == v:
-                    z.append((float(v) - c.mean) / c.scale)
+                    z.append(min(max((float(v) - c.mean) / c.scale, -_Z_MAX), _Z_MAX))
                 else:
                     error = error or (f"missing required feature '{c.name}'" if v is None or v != v
                                       else f"feature '{c.name}' must be a number")
@@ -862,7 +867,7 @@ class LookupTable:
                 Z = np.empty((len(sel), len(g.num_cols)))
                 for k, j in enumerate(g.num_cols):
                     c = self.columns[j]
-                    Z[:, k] = (column(j)[0][sel] - c.mean) / c.scale
+                    Z[:, k] = np.clip((column(j)[0][sel] - c.mean) / c.scale, -_Z_MAX, _Z_MAX)
             positions = np.flatnonzero(usable)
             order = np.argsort(cat_keys, kind="stable")
             sk = cat_keys[order]
@@ -1125,9 +1130,13 @@ def _column_from_values(name: str, values: list[Any]) -> _FeatureColumn:
         except (TypeError, ValueError, OverflowError):
             nums = np.array([float(v) if isinstance(v, _NUMBERS) else math.nan for v in values], dtype=np.float64)
         fin = nums[np.isfinite(nums)]
-        mean = float(fin.mean()) if len(fin) else 0.0
-        std = float(fin.std()) if len(fin) else 0.0
-        return _FeatureColumn(name, "numeric", nums, mean=mean, scale=std if std > 0 and math.isfinite(std) else 1.0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean = float(fin.mean()) if len(fin) else 0.0
+            std = float(fin.std()) if len(fin) else 0.0
+        if not (math.isfinite(mean) and math.isfinite(std)):
+            # Values near the float limit: the column is too wide to measure distances on.
+            mean, std = 0.0, float(np.finfo(np.float64).max)
+        return _FeatureColumn(name, "numeric", nums, mean=mean, scale=std if std > 0 else 1.0)
     # Strings (and numbers beside them, compared as their text): codes into a vocabulary.
     vocab: dict[str, int] = {}
     codes = np.fromiter(
