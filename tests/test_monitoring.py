@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import orjson
 
 from swarmpilot_predictor.identity import ModelIdentity
 from swarmpilot_predictor.monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog, RollingAccuracy
@@ -64,18 +65,33 @@ def test_window_keeps_the_newest_observations():
 def test_observation_log_survives_a_torn_line_and_rotates(tmp_path):
     log = ObservationLog(tmp_path, max_file_bytes=2000, max_files=3)
     for i in range(100):
-        log.append(IDENT, [{"runtime_ms": float(i), "version": 1, "q": [1.0] * 8, "trace": {"x": i}}])
+        log.append(IDENT, [{"ts": float(i), "runtime_ms": float(i + 1), "version": 1, "q": [1.0] * 8, "trace": {"x": i}}])
     files = sorted((tmp_path / IDENT.dirname).glob("obs-*.jsonl"))
     assert len(files) == 3  # older files were dropped to bound disk use
     assert sum(f.stat().st_size for f in files) < 3 * 2000 + 200
     records = log.read(IDENT)
     assert [r["runtime_ms"] for r in records] == sorted(r["runtime_ms"] for r in records)
-    assert records[-1]["runtime_ms"] == 99.0 and len(records) < 100
+    assert records[-1]["runtime_ms"] == 100.0 and len(records) < 100
     # A crash mid-write leaves half a line: it is skipped, the rest is read.
     with open(files[-1], "ab") as fh:
         fh.write(b"{\"runtime_ms\": 7, \"vers")
-    assert log.read(IDENT)[-1]["runtime_ms"] == 99.0
-    assert [r["runtime_ms"] for r in log.read(IDENT, limit=2)] == [98.0, 99.0]
+    assert log.read(IDENT)[-1]["runtime_ms"] == 100.0
+    assert [r["runtime_ms"] for r in log.read(IDENT, limit=2)] == [99.0, 100.0]
+
+
+def test_lines_that_are_not_observations_are_skipped(tmp_path):
+    # Say, a log edited by hand, or written before /observe checked the runtime's range.
+    monitor = AccuracyMonitor(ObservationLog(tmp_path))
+    y, q = _lognormal_quantiles(40)
+    monitor.record(IDENT, 1, [{"x": 1}] * 40, y, q)
+    good = {"ts": 1.0, "version": 1, "runtime_ms": 100.0, "q": q[0].tolist(), "trace": {"x": 1}}
+    bad = [[1, 2], {**good, "runtime_ms": 1e308}, {**good, "runtime_ms": "100"}, {**good, "q": [1.0, 2.0]},
+           {**good, "q": None}, {**good, "trace": "x"}, {key: v for key, v in good.items() if key != "ts"}]
+    with open(next((tmp_path / IDENT.dirname).glob("obs-*.jsonl")), "ab") as fh:
+        fh.write(b"".join(orjson.dumps(b) + b"\n" for b in bad))
+    records = ObservationLog(tmp_path).read(IDENT)
+    assert len(records) == 40 and max(r["runtime_ms"] for r in records) == y.max()
+    assert AccuracyMonitor(ObservationLog(tmp_path)).report(IDENT, 1)["observations"] == 40
 
 
 def test_monitor_rebuilds_accuracy_from_the_log(tmp_path):

@@ -21,12 +21,31 @@ import orjson
 
 from .identity import ModelIdentity
 from .modeling import EVAL_LEVELS, pinball_loss
+from .traces import MAX_RUNTIME, MIN_RUNTIME
 
 log = logging.getLogger(__name__)
 
 MONITOR_LEVELS = EVAL_LEVELS  # 0.05 ... 0.99
 # Central intervals formed by symmetric pairs of the monitored levels.
 MONITOR_INTERVALS = {"0.5": (0.25, 0.75), "0.8": (0.1, 0.9), "0.9": (0.05, 0.95)}
+
+
+def _usable(record: Any) -> bool:
+    """Whether a line of the log is an observation as :meth:`AccuracyMonitor.record` writes it.
+
+    Anything else (a log edited by hand, or written before /observe checked the runtime's
+    range) is skipped rather than allowed to break accuracy reports and retraining.
+    """
+    if not isinstance(record, dict):
+        return False
+    y, q = record.get("runtime_ms"), record.get("q")
+    return (
+        isinstance(y, (int, float)) and not isinstance(y, bool) and MIN_RUNTIME <= y <= MAX_RUNTIME
+        and isinstance(q, list) and len(q) == len(MONITOR_LEVELS)
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in q)
+        and isinstance(record.get("trace"), dict) and isinstance(record.get("ts"), (int, float))
+        and isinstance(record.get("version"), int)
+    )
 
 
 class ObservationLog:
@@ -87,9 +106,11 @@ class ObservationLog:
             batch = []
             for line in lines:
                 try:
-                    batch.append(orjson.loads(line))
+                    record = orjson.loads(line)
                 except orjson.JSONDecodeError:
                     continue  # a line torn by a crash
+                if _usable(record):
+                    batch.append(record)
             out[:0] = batch
             if limit is not None and len(out) >= limit:
                 return out[-limit:]
