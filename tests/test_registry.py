@@ -183,6 +183,26 @@ def test_stray_files_and_corrupted_metadata_do_not_break_start_up(root):
     assert (model_dir / "v0003.meta.json").read_bytes().startswith(b'{"identity": {"model_type": "ll')
 
 
+@pytest.mark.parametrize("damage", [b'{"format": 1, "loc', b"[1, 2]", b"{}", None])
+def test_a_damaged_model_file_is_a_clear_error_and_other_versions_still_load(root, damage):
+    from swarmpilot_predictor.errors import ModelUnreadable
+
+    reg = ModelRegistry(root)
+    meta, model, X = fit()
+    reg.save(meta, model)
+    reg.save(*fit(seed=1)[:2])
+    fresh = ModelRegistry(root)
+    path = root / IDENT.dirname / "v0002.model.json"
+    if damage is None:  # gone after the registry listed it
+        path.unlink()
+    else:
+        path.write_bytes(damage)
+    with pytest.raises(ModelUnreadable, match="version 2 cannot be loaded: its file v0002.model.json") as err:
+        fresh.load(IDENT)
+    assert err.value.status_code == 500
+    np.testing.assert_array_equal(fresh.load(IDENT, 1).model.predict(X), model.predict(X))
+
+
 def test_model_files_are_json_and_loading_needs_no_pickle(root, monkeypatch):
     reg = ModelRegistry(root)
     meta, model, X = fit(algorithm="lightgbm", params={"num_boost_round": 10, "num_leaves": 4})

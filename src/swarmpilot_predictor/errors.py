@@ -35,6 +35,12 @@ class NotFound(PredictorError):
     status_code = 404
 
 
+class ModelUnreadable(PredictorError):
+    """A stored model whose file is missing or damaged: the server's fault, not the request's."""
+
+    status_code = 500
+
+
 def validation_message(exc: Any, prefix: tuple = ()) -> tuple[str, str]:
     """One readable line naming each offending field, and the first field's name."""
     parts, first = [], ""

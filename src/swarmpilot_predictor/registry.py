@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 
 from .atomic import atomic_file, atomic_write_bytes
-from .errors import AmbiguousModel, ModelNotFound, NotFound
+from .errors import AmbiguousModel, ModelNotFound, ModelUnreadable, NotFound
 from .features import FeatureSchema
 from .identity import IdentityPattern, ModelIdentity
 from .modeling import QuantileModel
@@ -280,7 +280,14 @@ class ModelRegistry:
                 self._loaded.move_to_end(key)
                 return hit
         path = self.root / identity.dirname / _model_file(meta.version)
-        model = QuantileModel.from_json(orjson.loads(path.read_bytes()))
+        try:
+            model = QuantileModel.from_json(orjson.loads(path.read_bytes()))
+        except Exception as exc:  # any failure to rebuild the model from its file
+            log.error("cannot load %s version %d from %s: %r", identity.key, meta.version, path, exc)
+            raise ModelUnreadable(
+                f"model {identity.key} version {meta.version} cannot be loaded: its file {path.name} is missing or "
+                f"damaged ({type(exc).__name__}); retrain the model or delete this version"
+            ) from None
         loaded = LoadedModel(meta, model)
         with self._lock:
             self._loaded[key] = loaded
