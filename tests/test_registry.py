@@ -203,6 +203,15 @@ def test_a_damaged_model_file_is_a_clear_error_and_other_versions_still_load(roo
     np.testing.assert_array_equal(fresh.load(IDENT, 1).model.predict(X), model.predict(X))
 
 
+def test_damaged_training_rows_read_as_none(root):
+    reg = ModelRegistry(root)
+    meta, model, X = fit()
+    reg.save(meta, model, training_data=(X, np.ones(len(X))))
+    assert reg.training_data(IDENT, 1)[0].shape == X.shape
+    (root / IDENT.dirname / "v0001.data.npz").write_bytes(b"PK\x03\x04 not a zip")
+    assert reg.training_data(IDENT, 1) is None
+
+
 def test_model_files_are_json_and_loading_needs_no_pickle(root, monkeypatch):
     reg = ModelRegistry(root)
     meta, model, X = fit(algorithm="lightgbm", params={"num_boost_round": 10, "num_leaves": 4})

@@ -339,12 +339,16 @@ class ModelRegistry:
                 version += 1
 
     def training_data(self, identity: ModelIdentity, version: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """The encoded training rows of a version, if they were stored (no pickle allowed)."""
+        """The encoded training rows of a version, if they were stored and are readable (no pickle allowed)."""
         path = self.root / identity.dirname / _data_file(version)
         if not path.exists():
             return None
-        with np.load(path, allow_pickle=False) as data:
-            return data["X"], data["y"]
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return data["X"], data["y"]
+        except Exception as exc:  # damaged on disk: retraining goes on with the observations alone
+            log.warning("ignoring the unreadable training rows of %s version %d (%s): %r", identity.key, version, path, exc)
+            return None
 
     def delete(self, identity: ModelIdentity, version: int | None = None) -> list[int]:
         """Delete one version, or every version when ``version`` is None."""
