@@ -571,3 +571,65 @@ def test_request_bodies_over_the_limit_get_a_413(tmp_path):
                                data={"config": orjson.dumps({"model": IDENTITY}).decode()})
             failed(upload, 413, "PREDICTOR_MAX_UPLOAD_MB")
             assert http.get("/health").json()["models_registered"] == 1  # the server is fine
+
+
+def test_random_malformed_requests_never_get_a_server_error(http, trained):
+    # A seeded fuzz of every endpoint that takes input: wrong types, absurd numbers
+    # (1e308 runtimes and features), odd names and paths. Every answer is a 2xx or a
+    # 4xx with a JSON message, and the stored model answers exactly as before.
+    import random
+
+    before = ok(http.post(f"/predict/single/{SEGMENTS}", json={"trace": TRACE}))["results"]["quantile_predictions"]
+    table = http.post(f"/predict/table/{SEGMENTS}", data={"table_name": "fuzz.json"},
+                      files={"trace_file": ("t.jsonl", b"\n".join(orjson.dumps(t) for t in make_llm_traces(30)))})
+    assert table.status_code == 200, table.text
+    rng = random.Random(7)
+    wild = [None, True, 0, -1, 1e308, -1e308, 5e-324, 2**70, "", "x", "1e999", "../../etc/passwd", "*", [], {}, [1, 2], 0.5]
+
+    def value(depth: int = 0):
+        if depth < 2 and rng.random() < 0.2:
+            return {rng.choice(["input_tokens", "output_tokens", "x"]): value(depth + 1) for _ in range(rng.randrange(3))}
+        return rng.choice(wild) if rng.random() < 0.6 else rng.uniform(0, 2000)
+
+    def trace():
+        return {"input_tokens": value(), "output_tokens": value(), **({"runtime_ms": value()} if rng.random() < 0.5 else {})}
+
+    def body():
+        b = {k: value() for k in ("quantiles", "confidence_level", "lookup_table") if rng.random() < 0.3}
+        if rng.random() < 0.3:
+            b.update(lookup_table=True, lookup_table_name=rng.choice(["fuzz.json", "fuzz.json", "nope.json", "../x.json"]))
+        b["trace"] = trace() if rng.random() < 0.5 else [trace() for _ in range(rng.choice([1, 3, 12]))]
+        return b
+
+    requests = [
+        lambda: http.post(f"/predict/single/{SEGMENTS}", json=body()),
+        lambda: http.post(f"/predict/batch/{SEGMENTS}", json=body()),
+        lambda: http.post("/observe", json={"model": rng.choice([IDENTITY, value(), {**IDENTITY, "hardware": value()}]),
+                                            "traces": [trace() for _ in range(rng.randrange(1, 4))]}),
+        lambda: http.post("/train", json={"config": {"model": rng.choice([value(), {**IDENTITY, "model_name": value()}]),
+                                                     "traces": rng.choice([value(), [value()]])}}),
+        lambda: http.get(f"/models/{SEGMENTS}/versions/{rng.choice(['0', '-1', 'x', '99999999999999999999'])}"),
+        lambda: http.get(f"/models/{SEGMENTS}/accuracy", params={"version": rng.choice(["x", "-3", "1e3", "7"])}),
+        lambda: http.get("/tables/" + rng.choice(["..", "%2E%2E%2Fx", "a%00b.json", ".hidden.json", "nope.json"])),
+        lambda: http.post(f"/predict/table/{SEGMENTS}", data={
+            "confidence_level": rng.choice(["0.9", "x", "2", ""]), "table_name": rng.choice(["t.json", "../t.json", "a/b.json", "t"]),
+            "format": rng.choice(["json", "csv", "xml"])},
+            files={"trace_file": ("t.csv", rng.choice([b"input_tokens,output_tokens\n1,2\n", b"\x00\x01", b'"' + b"x" * 200_000]))}),
+        lambda: http.post("/predict/single/" + "/".join(rng.choice(["*", "%2F", "..", "x" * 300, "llm"]) for _ in range(5)),
+                          content=rng.choice([b"{", b"[]", b'{"trace": {}}', b"null", b'{"trace": NaN}'])),
+    ]
+    for _ in range(300):
+        r = rng.choice(requests)()
+        assert r.status_code < 500, f"{r.request.method} {r.request.url}: {r.status_code} {r.text[:300]}"
+        if r.status_code >= 400:
+            assert isinstance(r.json().get("message"), str) and "Traceback" not in r.text, f"{r.request.url}: {r.text[:300]}"
+    after = ok(http.post(f"/predict/single/{SEGMENTS}", json={"trace": TRACE}))["results"]["quantile_predictions"]
+    assert after == before
+
+
+def test_unknown_paths_and_methods_answer_in_the_error_format(http):
+    body = failed(http.get("/no/such/thing"), 404, "no endpoint GET /no/such/thing")
+    assert body["status"] == "error"
+    r = http.delete("/health")
+    failed(r, 405, "method DELETE is not allowed on /health")
+    assert "GET" in r.headers["allow"]

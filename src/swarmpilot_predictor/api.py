@@ -26,6 +26,7 @@ from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 from threadpoolctl import threadpool_limits
 
@@ -211,6 +212,16 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     @app.exception_handler(PredictorError)
     async def _predictor_error(request: Request, exc: PredictorError):
         return error_response(exc.status_code, exc.message, exc.field, **exc.extra)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        # The router's own 404 and 405 (no such path, wrong method), in the service's error format.
+        path = request.url.path
+        message = {404: f"no endpoint {request.method} {path} (see /docs)",
+                   405: f"method {request.method} is not allowed on {path}"}.get(exc.status_code, str(exc.detail))
+        response = error_response(exc.status_code, message)
+        response.headers.update(exc.headers or {})
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
