@@ -370,3 +370,9 @@ class TrainingJobs:
             proc.terminate()
         for proc in processes:
             proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)
+        # With its worker gone the pool's manager thread ends at once; waiting for it lets
+        # it close its queues, whose semaphores were otherwise reported leaked at exit.
+        pool.shutdown(wait=True)
