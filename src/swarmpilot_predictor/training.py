@@ -7,6 +7,7 @@ training never competes with predictions for the interpreter or the CPU.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import sys
 import logging
@@ -365,6 +366,7 @@ class TrainingJobs:
         if pool is None:
             return
         processes = list(getattr(pool, "_processes", {}).values())
+        manager = getattr(pool, "_executor_manager_thread", None)
         pool.shutdown(wait=False, cancel_futures=True)
         for proc in processes:
             proc.terminate()
@@ -373,6 +375,10 @@ class TrainingJobs:
             if proc.is_alive():
                 proc.kill()
                 proc.join(timeout=5)
-        # With its worker gone the pool's manager thread ends at once; waiting for it lets
-        # it close its queues, whose semaphores were otherwise reported leaked at exit.
-        pool.shutdown(wait=True)
+        # With its worker gone the pool's manager thread ends at once; then its queues are
+        # collected here. uvicorn ends by re-raising SIGTERM, so no exit handler would ever
+        # release their semaphores, which the resource tracker then reported as leaked.
+        if manager is not None:
+            manager.join(timeout=5)
+        del pool, manager, processes
+        gc.collect()
