@@ -278,9 +278,9 @@ class FeatureSchema:
         dropped (runtimes are modelled on a log scale). Constant and empty
         columns are dropped. Missing numeric values are filled with the column
         median, which LightGBM and the linear model both handle sensibly, and
-        counted in the report. With
-        ``first_of_shape``, a column ``FIRST_OF_SHAPE`` follows the features
-        where the timestamps allow one (see :class:`ShapeHistory`).
+        counted in the report. With ``first_of_shape``, a column
+        ``FIRST_OF_SHAPE`` follows the features where the timestamps allow one
+        (see :class:`ShapeHistory`).
         """
         report = DataReport(rows_total=len(table))
         if target not in table.columns:

@@ -401,6 +401,10 @@ class _FeatureColumn:
         v = self.values[rows]
         return np.isfinite(v) if self.kind == "numeric" else v >= 0
 
+    def standardised(self, v: np.ndarray) -> np.ndarray:
+        """Numeric values as nearest-record coordinates (NaN stays NaN)."""
+        return np.clip((v - self.mean) / self.scale, -_Z_MAX, _Z_MAX)
+
 
 @dataclass
 class _Partition:
@@ -589,7 +593,7 @@ class LookupTable:
         Z = np.empty((len(rows), len(cols)))
         for k, j in enumerate(cols):
             c = self.columns[j]
-            z = np.clip((c.values[rows] - c.mean) / c.scale, -_Z_MAX, _Z_MAX)
+            z = c.standardised(c.values[rows])
             Z[:, k] = np.where(np.isnan(z), 0.0, z)  # a record lacking the value sits at the mean
         return Z
 
@@ -866,8 +870,7 @@ class LookupTable:
             if g.num_cols:
                 Z = np.empty((len(sel), len(g.num_cols)))
                 for k, j in enumerate(g.num_cols):
-                    c = self.columns[j]
-                    Z[:, k] = np.clip((column(j)[0][sel] - c.mean) / c.scale, -_Z_MAX, _Z_MAX)
+                    Z[:, k] = self.columns[j].standardised(column(j)[0][sel])
             positions = np.flatnonzero(usable)
             order = np.argsort(cat_keys, kind="stable")
             sk = cat_keys[order]

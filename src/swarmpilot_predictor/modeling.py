@@ -1254,9 +1254,14 @@ def location_weights(s: np.ndarray, w: np.ndarray | None) -> np.ndarray:
     return v / v.mean()
 
 
+def _log_bounds(lo: float, hi: float) -> tuple[float, float]:
+    """Log-runtimes a model extrapolates to from training extremes ``lo``, ``hi``: 100x beyond them."""
+    return lo - _LOG100, hi + _LOG100
+
+
 def _within_range(m: np.ndarray, ylog: np.ndarray) -> np.ndarray:
-    """Held-out locations kept within 100x of the training rows' extremes, as a fitted model keeps its own."""
-    return np.clip(m, ylog.min() - _LOG100, ylog.max() + _LOG100)
+    """Held-out locations kept within the bounds of the training rows, as a fitted model keeps its own."""
+    return np.clip(m, *_log_bounds(float(ylog.min()), float(ylog.max())))
 
 
 def _mean_se(d: np.ndarray) -> float:
@@ -1515,19 +1520,20 @@ class QuantileModel:
                 scale, s = self._oof_scale(hetero, X, ylog - oof, fold, w, kinds)
                 # A scale that found no feature to depend on is the constant one: weights
                 # 1/s² would all be equal, and the refit would repeat the first fit.
-                weighted = (hetero and family != "empirical" and bool(self.params.get("weighted_location", True))
-                            and bool(np.any(s != 1.0)))
+                varies = bool(np.any(s != 1.0))
+                weighted = (hetero and varies and family != "empirical"
+                            and bool(self.params.get("weighted_location", True)))
                 if weighted:
                     # Feasible weighted least squares: once the noise's size is known, rows
                     # with little noise say more about the location than noisy ones.
                     oof, tuned = self._oof_location(family, X, ylog, fold, location_weights(s, w), kinds)
                     scale, s = self._oof_scale(hetero, X, ylog - oof, fold, w, kinds)
-                scales[hetero] = (scale, s, oof, tuned, weighted)
-            scale, s, oof, tuned, weighted = scales[hetero]
+                scales[hetero] = (scale, s, oof, tuned, weighted, varies)
+            scale, s, oof, tuned, weighted, varies = scales[hetero]
             resid = ylog - oof
             z = resid / s
             # The same location and a constant scale: the constant variant's held-out quantiles.
-            twin = heldout.get((False, shaped)) if hetero and not weighted and not np.any(s != 1.0) else None
+            twin = heldout.get((False, shaped)) if hetero and not varies else None
             q, pits = twin if twin is not None else self._heldout(X, oof, s, z, fold, shaped, w, kinds)
             heldout[(hetero, shaped)] = (q, pits)
             fam.append({
@@ -1672,7 +1678,7 @@ class QuantileModel:
         q = np.empty((n, len(levels)))
         scores = [ScoreDistribution.from_scores(z[fold != k]) for k in range(n_folds)]
         ylog = oof + s * z
-        bounds = (float(ylog.min()) - _LOG100, float(ylog.max()) + _LOG100)  # as the fitted model's
+        bounds = _log_bounds(float(ylog.min()), float(ylog.max()))  # as the fitted model's
         if not shaped:
             for k in range(n_folds):
                 te = fold == k
@@ -1703,7 +1709,7 @@ class QuantileModel:
         if X.ndim != 2:
             raise ValueError("X must be a 2-d array")
         m = np.asarray(self.location_.predict(X), dtype=np.float64)
-        bounds = self._log_bounds()
+        bounds = self._bounds()
         if self.log_range_ is not None:
             lo, hi = self.log_range_
             m = np.clip(np.where(np.isnan(m), (lo + hi) / 2, m), *bounds)
@@ -1712,12 +1718,9 @@ class QuantileModel:
             return RuntimeDistribution(m, s, self.score_, self.shape_.knots_, self.shape_.cdf(X), bounds)
         return RuntimeDistribution(m, s, self.score_, log_bounds=bounds)
 
-    def _log_bounds(self) -> tuple[float, float]:
+    def _bounds(self) -> tuple[float, float]:
         """Never extrapolate the typical runtime, nor any quantile, beyond 100x the training extremes."""
-        if self.log_range_ is None:
-            return LOG_BOUNDS
-        lo, hi = self.log_range_
-        return lo - _LOG100, hi + _LOG100
+        return LOG_BOUNDS if self.log_range_ is None else _log_bounds(*self.log_range_)
 
     def predict_quantiles(self, X: np.ndarray, levels: Sequence[float]) -> np.ndarray:
         return self.predict_distribution(X).quantiles(levels)
@@ -1734,7 +1737,7 @@ class QuantileModel:
         m = self.location_.predict_row(x)
         if m is None:
             return None
-        bounds = self._log_bounds()
+        bounds = self._bounds()
         if self.log_range_ is not None:
             lo, hi = self.log_range_
             if m != m:

@@ -21,7 +21,7 @@ import orjson
 
 from .identity import ModelIdentity
 from .modeling import EVAL_LEVELS, pinball_loss
-from .traces import MAX_RUNTIME, MIN_RUNTIME
+from .traces import is_runtime
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,9 @@ def _usable(record: Any) -> bool:
     """
     if not isinstance(record, dict):
         return False
-    y, q = record.get("runtime_ms"), record.get("q")
+    q = record.get("q")
     return (
-        isinstance(y, (int, float)) and not isinstance(y, bool) and MIN_RUNTIME <= y <= MAX_RUNTIME
+        is_runtime(record.get("runtime_ms"))
         and isinstance(q, list) and len(q) == len(MONITOR_LEVELS)
         and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in q)
         and isinstance(record.get("trace"), dict) and isinstance(record.get("ts"), (int, float))

@@ -28,7 +28,7 @@ from .retraining import Retrainer
 from .schemas import RenderedPredictions, TrainConfig
 from .training import ProgressFn, Trainer, TrainingJobs
 from .settings import PredictorSettings
-from .traces import MAX_RUNTIME, MIN_RUNTIME, RUNTIME_RANGE, TraceError, normalize_trace, normalize_traces
+from .traces import RUNTIME_RANGE, TraceError, is_runtime, normalize_trace, normalize_traces
 
 
 # Fewer single requests than this are evaluated one by one (plain floats) rather than as
@@ -483,7 +483,7 @@ class PredictorService:
         y = np.full(len(flat), np.nan)
         for i, t in enumerate(flat):
             v = t.get(target)
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and MIN_RUNTIME <= v <= MAX_RUNTIME:
+            if is_runtime(v):
                 y[i] = v
             elif errors[i] is None:
                 errors[i] = (f"'{target}' must be a number in {RUNTIME_RANGE}" if v is not None

@@ -29,6 +29,11 @@ DEFAULT_TARGET = "runtime_ms"
 MIN_RUNTIME = 1e-12
 MAX_RUNTIME = 1e15
 RUNTIME_RANGE = f"[{MIN_RUNTIME:g}, {MAX_RUNTIME:g}]"
+
+
+def is_runtime(v: Any) -> bool:
+    """Whether one measured value is a runtime the service accepts (a number, not a bool, in range)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and MIN_RUNTIME <= v <= MAX_RUNTIME
 ID_KEYS = frozenset({"task_id", "req_id", "model_id", "request_id"})
 TIMESTAMP_KEYS = frozenset({"ts", "timestamp"})
 TRACE_FILE_SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv")
