@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -66,6 +69,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def file_size_limit(limit: int):
+    """A ``preexec_fn`` under which no file grows past ``limit`` bytes: a full disk, without root.
+
+    A write across the limit fails with EFBIG (``SIGXFSZ`` ignored), as one
+    fails with ENOSPC on a full file system; the child's children inherit it.
+    """
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    return apply
+
+
+def run_with_file_size_limit(code: str, limit: int) -> dict:
+    """Run ``code`` in a fresh interpreter under :func:`file_size_limit`; it prints one JSON line."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         preexec_fn=file_size_limit(limit))
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 @dataclass
 class LiveServer:
     url: str
@@ -74,14 +99,16 @@ class LiveServer:
 
 
 @contextmanager
-def run_server(data_dir: Path, extra_env: dict[str, str] | None = None, args: list[str] | None = None) -> Iterator[LiveServer]:
+def run_server(data_dir: Path, extra_env: dict[str, str] | None = None, args: list[str] | None = None,
+               preexec_fn=None) -> Iterator[LiveServer]:
     """Start ``uvicorn`` with the app factory on a free port; stop it on exit."""
     port = free_port()
     env = {**os.environ, "PREDICTOR_DATA_DIR": str(data_dir), **(extra_env or {})}
     cmd = args or [sys.executable, "-m", "uvicorn", "swarmpilot_predictor.api:app_from_env", "--factory",
                    "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     cmd = [c.replace("{port}", str(port)) for c in cmd]
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=preexec_fn)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 
+import orjson
 import pytest
 
 from swarmpilot_predictor.client import (
@@ -19,10 +20,12 @@ from swarmpilot_predictor.client import (
     PredictorUnavailableError,
     QueueWaitEstimate,
 )
+from swarmpilot_predictor.identity import ModelIdentity
 from swarmpilot_predictor.schemas import BatchPredictionResponse, SinglePredictionResponse, TrainResult
 
-from .conftest import IDENTITY, REPO_ROOT, free_port, make_llm_traces, run_server
+from .conftest import IDENTITY, REPO_ROOT, file_size_limit, free_port, make_llm_traces, run_server
 
+KEY = ModelIdentity.from_parts(IDENTITY).key
 SEED_IDENTITY = {"model_type": "gpt-3.5-turbo", "model_name": "turbo", "hardware": "A100",
                  "software_name": "vllm", "software_version": "0.1.0"}
 
@@ -267,3 +270,31 @@ def test_background_training_and_cache_through_the_client(trained_server):
 
     result, stats = asyncio.run(run())
     assert result.version == 1 and stats["enabled"] is True
+
+
+def test_a_full_disk_is_a_507_that_stores_nothing(tmp_path):
+    data = tmp_path / "data"
+    with run_server(data) as srv, PredictorClient(srv.url) as client:
+        client.train({"model": IDENTITY, "traces": make_llm_traces(200), "algorithm": "linear"})
+    task = {"input_tokens": 100, "output_tokens": 50}
+    # The same data directory on a "full disk": no file may grow past 2 KiB.
+    with run_server(data, preexec_fn=file_size_limit(2048)) as srv, PredictorClient(srv.url) as client:
+        versions = client.get_model(IDENTITY)["versions"]
+        with pytest.raises(PredictorClientError) as err:
+            client.train({"model": IDENTITY, "traces": make_llm_traces(200, seed=1), "algorithm": "linear"})
+        assert err.value.status_code == 507
+        assert err.value.message.startswith(f"no room to write model {KEY} in the data directory")
+        with pytest.raises(PredictorClientError) as err:
+            client.observe(IDENTITY, make_llm_traces(50, seed=2))
+        assert err.value.status_code == 507 and f"the observations of {KEY}" in err.value.message
+        traces = b"".join(orjson.dumps({"input_tokens": 10 * i, "output_tokens": 50}) + b"\n" for i in range(1, 21))
+        with pytest.raises(PredictorClientError) as err:
+            client.generate_table(IDENTITY, traces, filename="queue.jsonl", table_name="queue.json")
+        assert err.value.status_code == 507 and "lookup table queue.json" in err.value.message
+        # Nothing changed, and predictions are still served.
+        assert client.get_model(IDENTITY)["versions"] == versions
+        assert client.accuracy(IDENTITY)["observations"] == 0
+        assert client.list_tables() == []
+        assert client.predict_single(IDENTITY, task).results.model_version == 1
+    leftovers = [p for p in data.rglob("*") if p.name.startswith("upload-") or p.suffix in (".tmp", ".lock")]
+    assert leftovers == []

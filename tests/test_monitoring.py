@@ -8,6 +8,8 @@ import orjson
 from swarmpilot_predictor.identity import ModelIdentity
 from swarmpilot_predictor.monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog, RollingAccuracy
 
+from .conftest import run_with_file_size_limit
+
 IDENT = ModelIdentity("llm", "m", "H100", "vllm", "0.4")
 
 
@@ -77,6 +79,34 @@ def test_observation_log_survives_a_torn_line_and_rotates(tmp_path):
         fh.write(b"{\"runtime_ms\": 7, \"vers")
     assert log.read(IDENT)[-1]["runtime_ms"] == 100.0
     assert [r["runtime_ms"] for r in log.read(IDENT, limit=2)] == [99.0, 100.0]
+
+
+APPEND_MORE = """
+import json
+from swarmpilot_predictor.errors import PredictorError
+from swarmpilot_predictor.identity import ModelIdentity
+from swarmpilot_predictor.monitoring import ObservationLog
+records = [{{"ts": 9.0, "runtime_ms": 50.0 + i, "version": 1, "q": [1.0] * 8, "trace": {{"x": i}}}} for i in range(20)]
+try:
+    ObservationLog({root!r}).append(ModelIdentity.from_parts({ident!r}), records)
+    print(json.dumps({{"stored": True}}))
+except PredictorError as exc:
+    print(json.dumps({{"status": exc.status_code, "message": exc.message}}))
+"""
+
+
+def test_observations_that_do_not_fit_on_disk_are_not_half_stored(tmp_path):
+    log = ObservationLog(tmp_path)
+    log.append(IDENT, [{"ts": 1.0, "runtime_ms": 10.0 + i, "version": 1, "q": [1.0] * 8, "trace": {"x": i}} for i in range(3)])
+    (active,) = (tmp_path / IDENT.dirname).glob("obs-*.jsonl")
+    size = active.stat().st_size
+    # Room for a few of the 20 new records: a short write, then a failing one.
+    got = run_with_file_size_limit(APPEND_MORE.format(root=str(tmp_path), ident=IDENT.as_dict()), limit=size + 500)
+    assert got["status"] == 507 and "the observations of" in got["message"]
+    assert active.stat().st_size == size  # none of the request's records stayed
+    assert [r["runtime_ms"] for r in log.read(IDENT)] == [10.0, 11.0, 12.0]
+    log.append(IDENT, [{"ts": 2.0, "runtime_ms": 99.0, "version": 1, "q": [1.0] * 8, "trace": {"x": 0}}])
+    assert [r["runtime_ms"] for r in ObservationLog(tmp_path).read(IDENT)] == [10.0, 11.0, 12.0, 99.0]
 
 
 def test_lines_that_are_not_observations_are_skipped(tmp_path):

@@ -21,7 +21,7 @@ from swarmpilot_predictor.registry import (
 )
 from swarmpilot_predictor.traces import TraceTable
 
-from .conftest import make_llm_traces
+from .conftest import make_llm_traces, run_with_file_size_limit
 
 IDENT = ModelIdentity("llm", "Qwen/Qwen2.5-7B", "NVIDIA H100 80GB HBM3", "sglang", "0.4.0")
 OTHER = ModelIdentity("llm", "llama-3-8b", "A100", "vllm", "0.4.0")
@@ -249,6 +249,40 @@ def test_loaded_models_are_bounded(root):
     fresh.load(OTHER)
     fresh.load(IDENT)
     assert fresh.loaded_count == 1
+
+
+SAVE_AGAIN = """
+import json, sys
+import numpy as np
+from swarmpilot_predictor.errors import PredictorError
+from swarmpilot_predictor.registry import ModelRegistry
+reg = ModelRegistry({root!r})
+loaded = reg.load(reg.identities()[0])
+# Incompressible training rows: the model file fits under the limit, they do not.
+rows = np.random.default_rng(0).standard_normal((8000, 2))
+try:
+    reg.save(loaded.meta, loaded.model, training_data=(rows, rows[:, 0]))
+    print(json.dumps({{"saved": True}}))
+except PredictorError as exc:
+    print(json.dumps({{"status": exc.status_code, "message": exc.message}}))
+"""
+
+
+def test_a_full_disk_stores_no_part_of_a_version_and_says_so(root):
+    meta, model, X = fit()
+    ModelRegistry(root).save(meta, model)
+    model_dir = root / IDENT.dirname
+    before = sorted(p.name for p in model_dir.iterdir())
+    model_size = (model_dir / "v0001.model.json").stat().st_size
+    # The new version's model file is written, then its training rows hit the limit.
+    got = run_with_file_size_limit(SAVE_AGAIN.format(root=str(root)), limit=model_size + 4096)
+    assert got["status"] == 507
+    assert got["message"].startswith(f"no room to write model {IDENT.key} in the data directory (File too large)")
+    assert sorted(p.name for p in model_dir.iterdir()) == before  # no v0002 file, temporary file or lock left
+    reg = ModelRegistry(root)
+    assert [m.version for m in reg.versions(IDENT)] == [1]
+    assert np.allclose(reg.load(IDENT).model.predict_quantiles(X, LEVELS), model.predict_quantiles(X, LEVELS))
+    assert reg.save(*fit()[:2]).version == 2  # with room again, the next version is stored as usual
 
 
 def test_atomic_write_replaces_without_leftovers(tmp_path):

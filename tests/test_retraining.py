@@ -13,7 +13,7 @@ from swarmpilot_predictor.service import PredictorService
 from swarmpilot_predictor.settings import PredictorSettings
 from swarmpilot_predictor.traces import TraceTable
 
-from .conftest import IDENTITY, cold_start_traces, make_llm_traces
+from .conftest import IDENTITY, cold_start_traces, make_llm_traces, run_with_file_size_limit
 
 
 def _service(tmp_path, **kw) -> PredictorService:
@@ -42,6 +42,38 @@ def test_shift_retrains_and_recovers_coverage(tmp_path):
     acc = svc.accuracy(pattern)
     assert acc["version"] == 2 and acc["drifted"] is False
     assert 0.84 <= acc["interval_coverage"]["0.9"] <= 0.96
+
+
+RETRAIN = """
+import json
+from pathlib import Path
+from swarmpilot_predictor.errors import PredictorError
+from swarmpilot_predictor.identity import IdentityPattern
+from swarmpilot_predictor.service import PredictorService
+from swarmpilot_predictor.settings import PredictorSettings
+svc = PredictorService(PredictorSettings(data_dir=Path({data!r})))
+pattern = IdentityPattern.from_parts({identity!r})
+try:
+    out = svc.retrain(pattern)
+except PredictorError as exc:
+    out = {{"status": exc.status_code, "message": exc.message}}
+out["decisions"] = svc.accuracy(pattern)["retraining"]
+print(json.dumps(out))
+"""
+
+
+def test_a_retraining_that_cannot_be_stored_says_so(tmp_path):
+    svc = _service(tmp_path)
+    svc.observe(IDENTITY, _shifted(200, 1.6, seed=10))
+    # A "full disk": the new version's model file cannot be written.
+    got = run_with_file_size_limit(RETRAIN.format(data=str(tmp_path / "data"), identity=IDENTITY), limit=8192)
+    assert got["status"] == 507 and got["message"].startswith("no room to write model")
+    (decision,) = got["decisions"]
+    assert decision["status"] == "failed" and decision["message"] == got["message"]
+    assert decision["heldout_pinball"][decision["candidate"]] < decision["heldout_pinball"]["current"]
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    assert [v.version for v in svc.registry.versions(svc.registry.resolve(pattern))] == [1]
+    assert svc.retrain(pattern)["to_version"] == 2  # with room again
 
 
 def test_no_shift_keeps_the_serving_model(tmp_path):

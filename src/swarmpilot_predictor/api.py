@@ -31,7 +31,7 @@ from starlette.routing import Route
 from threadpoolctl import threadpool_limits
 
 from . import __version__
-from .errors import InvalidInput, NotFound, PayloadTooLarge, PredictorError, validation_message
+from .errors import InvalidInput, NotFound, PayloadTooLarge, PredictorError, validation_message, writing
 from .identity import IdentityPattern
 from .schemas import (
     BatchPredictionResponse,
@@ -312,7 +312,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
 
     async def _read_multipart(request: Request) -> tuple[TrainConfig, dict[str, Path], Path]:
         form = await request.form(max_files=64, max_part_size=8 * 1024 * 1024)
-        tmpdir = Path(tempfile.mkdtemp(prefix="upload-", dir=settings.data_dir))
+        tmpdir = _upload_dir(settings.data_dir)
         try:
             config_field = form.get("config")
             if config_field is None:
@@ -329,7 +329,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
                     raise InvalidInput(f"uploaded file {name!r} must be .json, .jsonl or .csv (optionally .gz)", field=key)
                 # Stored under a generated name: the client's file name never touches the disk.
                 dest = tmpdir / f"{len(uploads)}{_suffix(name)}"
-                await run_in_threadpool(_copy_upload, value, dest)
+                await run_in_threadpool(_save_upload, value, dest, name)
                 uploads[name] = dest
                 uploads.setdefault(key, dest)
             return config, uploads, tmpdir
@@ -381,7 +381,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
                 raise InvalidInput("send multipart/form-data with a 'trace_file' part and a 'confidence_level' field",
                                    field="trace_file")
             form = await request.form(max_files=1, max_fields=16, max_part_size=64 * 1024)
-            tmpdir = Path(tempfile.mkdtemp(prefix="upload-", dir=settings.data_dir))
+            tmpdir = _upload_dir(settings.data_dir)
             try:
                 upload = form.get("trace_file")
                 if not isinstance(upload, UploadFile):
@@ -394,7 +394,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
                 table_name = _form_str(form.get("table_name"))
                 fmt = _form_str(form.get("format"))
                 dest = tmpdir / f"traces{_suffix(name)}"  # the client's file name never touches the disk
-                await run_in_threadpool(_save_upload, upload, dest)
+                await run_in_threadpool(_save_upload, upload, dest, name)
                 result = await run_in_threadpool(service.generate_table, pattern, dest, confidence, table_name, fmt,
                                                  None, name)
             finally:
@@ -464,8 +464,14 @@ def _table_name_from(request: Request) -> str:
     return "/".join(segs)
 
 
-def _save_upload(upload: UploadFile, dest: Path) -> None:
-    with dest.open("wb") as fh:
+def _upload_dir(data_dir: Path) -> Path:
+    """A fresh folder for one request's uploaded files, inside the data directory (the caller removes it)."""
+    with writing("an uploaded file"):
+        return Path(tempfile.mkdtemp(prefix="upload-", dir=data_dir))
+
+
+def _save_upload(upload: UploadFile, dest: Path, name: str) -> None:
+    with writing(f"the uploaded file {name!r}"), dest.open("wb") as fh:
         shutil.copyfileobj(upload.file, fh, 1 << 20)
 
 
@@ -592,11 +598,6 @@ def _lean_route(app: FastAPI, path: str, handler: LeanHandler, body: type[BaseMo
     app.add_api_route(path, documented, methods=["POST"], response_model=response, tags=["prediction"],
                       summary=summary, openapi_extra=_openapi_body(body))
     app.router.routes.insert(0, Route(path, LeanEndpoint(handler, path), methods=["POST"]))
-
-
-def _copy_upload(upload: UploadFile, dest: Path) -> None:
-    with dest.open("wb") as fh:
-        shutil.copyfileobj(upload.file, fh)
 
 
 def _suffix(name: str) -> str:

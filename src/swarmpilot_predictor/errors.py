@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -39,6 +42,44 @@ class ModelUnreadable(PredictorError):
     """A stored model whose file is missing or damaged: the server's fault, not the request's."""
 
     status_code = 500
+
+
+class InsufficientStorage(PredictorError):
+    """The data directory's file system is full (or a file size or disk quota limit was hit)."""
+
+    status_code = 507
+
+
+class StorageError(PredictorError):
+    """Writing to the data directory failed for another reason: permissions, a read-only file system."""
+
+    status_code = 500
+
+
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def storage_error(exc: OSError, what: str) -> PredictorError:
+    """The answer to an ``OSError`` raised while writing ``what``, one an operator can act on.
+
+    A full disk is the usual cause (507: free space, nothing is wrong with the
+    request); anything else is the server's set-up (500). Callers leave no
+    partial state behind: writes are atomic and cleaned up before this is raised.
+    """
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno in _NO_ROOM:
+        return InsufficientStorage(f"no room to write {what} in the data directory ({reason}): "
+                                   "it was not stored; free some space and retry")
+    return StorageError(f"cannot write {what} in the data directory ({reason}): it was not stored")
+
+
+@contextmanager
+def writing(what: str) -> Iterator[None]:
+    """Raise :func:`storage_error` for an ``OSError`` raised in the block."""
+    try:
+        yield
+    except OSError as exc:
+        raise storage_error(exc, what) from exc
 
 
 def validation_message(exc: Any, prefix: tuple = ()) -> tuple[str, str]:

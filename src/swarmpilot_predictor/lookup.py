@@ -57,7 +57,7 @@ from scipy.spatial import cKDTree
 from scipy.special import ndtri
 
 from .atomic import atomic_file
-from .errors import InvalidInput, NotFound, PredictorError
+from .errors import InvalidInput, NotFound, PredictorError, storage_error
 from .identity import IDENTITY_KEYS, IdentityPattern
 from .schemas import RenderedPredictions
 from .traces import (
@@ -1612,6 +1612,10 @@ def generate_table(
         if writer is not None:
             writer.abort()
         raise InvalidInput(str(exc), field="trace_file") from None
+    except OSError as exc:  # reading the traces raises TraceError: this is the table's own file
+        if writer is not None:
+            writer.abort()
+        raise storage_error(exc, f"lookup table {out_path.name}") from exc
     except BaseException:
         if writer is not None:
             writer.abort()

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from .errors import writing
 from .identity import ModelIdentity
 from .modeling import EVAL_LEVELS, pinball_loss
 from .traces import is_runtime
@@ -77,7 +78,7 @@ class ObservationLog:
         if not records:
             return
         data = b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for r in records)
-        with self._lock:
+        with self._lock, writing(f"the observations of {identity.key}"):
             d = self._dir(identity)
             d.mkdir(parents=True, exist_ok=True)
             files = self._files(identity)
@@ -90,8 +91,14 @@ class ObservationLog:
                 if size and os.pread(fd, 1, size - 1) != b"\n":
                     # A crash left half a line: end it so the new records stay readable.
                     data = b"\n" + data
-                os.write(fd, data)
-                os.fsync(fd)
+                try:
+                    view = memoryview(data)
+                    while view:  # a write to a nearly full disk may be short; the next one says why
+                        view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                except OSError:
+                    os.ftruncate(fd, size)  # all of a request's records, or none (truncating needs no space)
+                    raise
             finally:
                 os.close(fd)
             files = self._files(identity)

@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 
 from .atomic import atomic_file, atomic_write_bytes
-from .errors import AmbiguousModel, ModelNotFound, ModelUnreadable, NotFound
+from .errors import AmbiguousModel, ModelNotFound, ModelUnreadable, NotFound, writing
 from .features import FeatureSchema
 from .identity import IdentityPattern, ModelIdentity
 from .modeling import QuantileModel
@@ -141,8 +141,13 @@ class ModelRegistry:
             return 0
 
     def _bump_generation(self) -> None:
-        # Every change touches one file, so other workers notice it with one stat().
-        atomic_write_bytes(self._generation_file, str(time.time_ns()).encode())
+        # Every change sets one file's time, so other workers notice it with one stat().
+        # Setting a time needs no free space: a change stored on a nearly full disk is announced.
+        now = time.time_ns()
+        try:
+            os.utime(self._generation_path, ns=(now, now))
+        except FileNotFoundError:
+            atomic_write_bytes(self._generation_file, b"")
         self._seen_generation = self._generation()
 
     def refresh(self) -> None:
@@ -303,18 +308,27 @@ class ModelRegistry:
         online retraining can combine it with observations later.
         """
         model_dir = self.root / meta.identity.dirname
-        model_dir.mkdir(parents=True, exist_ok=True)
-        version = self._reserve_version(model_dir)
-        meta.version = version
-        try:
-            atomic_write_bytes(model_dir / _model_file(version), orjson.dumps(model.to_json(), option=orjson.OPT_SERIALIZE_NUMPY))
-            if training_data is not None:
-                with atomic_file(model_dir / _data_file(version)) as fh:
-                    np.savez_compressed(fh, X=np.asarray(training_data[0], dtype=np.float64),
-                                        y=np.asarray(training_data[1], dtype=np.float64))
-            atomic_write_bytes(model_dir / f"v{version:04d}.meta.json", orjson.dumps(meta.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
-        finally:
-            (model_dir / f"v{version:04d}.lock").unlink(missing_ok=True)
+        with writing(f"model {meta.identity.key}"):
+            model_dir.mkdir(parents=True, exist_ok=True)
+            version = self._reserve_version(model_dir)
+            meta.version = version
+            try:
+                atomic_write_bytes(model_dir / _model_file(version),
+                                   orjson.dumps(model.to_json(), option=orjson.OPT_SERIALIZE_NUMPY))
+                if training_data is not None:
+                    with atomic_file(model_dir / _data_file(version)) as fh:
+                        np.savez_compressed(fh, X=np.asarray(training_data[0], dtype=np.float64),
+                                            y=np.asarray(training_data[1], dtype=np.float64))
+                # The meta file goes last: the version exists once it is there, complete.
+                atomic_write_bytes(model_dir / f"v{version:04d}.meta.json",
+                                   orjson.dumps(meta.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+            except BaseException:
+                # A version that could not be written whole is not left half there (nor its space taken).
+                (model_dir / _model_file(version)).unlink(missing_ok=True)
+                (model_dir / _data_file(version)).unlink(missing_ok=True)
+                raise
+            finally:
+                (model_dir / f"v{version:04d}.lock").unlink(missing_ok=True)
         self._bump_generation()
         with self._lock:
             self._index_changed()

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import PredictorError
 from .features import FIRST_OF_SHAPE, FeatureSchema
 from .identity import ModelIdentity
 from .modeling import QuantileModel, pinball_loss
@@ -156,7 +157,12 @@ class Retrainer:
                      "cv_scores": {f: {"pinball_loss": m["pinball_loss"]} for f, m in model.cv_.items()}},
             data_hash=meta.data_hash, extra={"retrained_from": meta.version, "candidate": best},
         )
-        saved = self.registry.save(new_meta, model, training_data=(X, y))
+        try:
+            saved = self.registry.save(new_meta, model, training_data=(X, y))
+        except PredictorError as exc:  # a full disk, say: in the decisions too, since a background retraining answers no one
+            decision.update(status="failed", candidate=best, message=exc.message)
+            self._done(decision)
+            raise
         decision.update(status="retrained", candidate=best, to_version=saved.version)
         decision["seconds"] = time.perf_counter() - t0
         return self._done(decision)
@@ -166,7 +172,10 @@ class Retrainer:
         return QuantileModel(meta.features.kinds, meta.features.n_categories, meta.algorithm, params=meta.params)
 
     def _done(self, decision: dict[str, Any]) -> dict[str, Any]:
-        log.info("retraining %s: %s", decision["model_key"], decision.get("status"))
+        if decision["status"] == "failed":
+            log.error("retraining %s failed: %s", decision["model_key"], decision["message"])
+        else:
+            log.info("retraining %s: %s", decision["model_key"], decision["status"])
         self.history.append(decision)
         del self.history[:-100]
         return decision
