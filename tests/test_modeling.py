@@ -16,6 +16,7 @@ from swarmpilot_predictor.modeling import (
     LogLinearDesign,
     PowerLocation,
     QuantileModel,
+    check_params,
     common_rounds,
     location_weights,
     quantile_metrics,
@@ -550,3 +551,31 @@ def test_batch_prediction_is_fast(llm_model):
         dist.total().quantiles([0.5, 0.99])
         best = min(best, time.perf_counter() - t0)
     assert best < 0.05  # generous: a few ms on an idle 2-core machine
+
+
+@pytest.mark.parametrize("params, algorithm, refusal", [
+    ({}, "auto", None),
+    ({"hinges": 1, "alpha": 4.0, "shape": False}, "linear", None),
+    ({"num_leaves": 7, "reg_lambda": 2.0, "num_boost_round": 50}, "auto", None),  # reg_lambda: an alias of lambda_l2
+    ({"monotone_constraints": [1, 0]}, "lightgbm", None),  # one value per feature: checked at fitting
+    ({"hinges": -3}, "linear", "'hinges' must be a whole number in [0, 16], got -3"),
+    ({"hinges": 3.0}, "linear", "'hinges' must be a whole number"),
+    ({"alpha": True}, "linear", "'alpha' must be a number in (0, 1e6], got True"),
+    ({"max_levels": "x"}, "auto", "'max_levels' must be a whole number in [0, 64], got 'x'"),
+    ({"alpha": 2.0}, "power", "'alpha' is not used by algorithm 'power' (only by auto, linear)"),
+    ({"bogus_param": 1}, "auto", "unknown parameter 'bogus_param'"),
+    ({"num_leaves": 7}, "linear", "'num_leaves' is a LightGBM parameter; algorithm 'linear' does not use LightGBM"),
+    ({"num_leaves": -3}, "auto", "LightGBM refuses 'num_leaves': Check failed: (num_leaves) > (1)"),
+    ({"objective": "nonsense"}, "lightgbm", "Unknown objective type name: nonsense"),
+    ({"num_iterations": 10}, "auto", "is 'num_boost_round'"),
+    ({"forcedsplits_filename": "/etc/passwd"}, "lightgbm", "cannot set (it reads or writes files"),
+    ({"output_model": "/tmp/model.txt"}, "auto", "cannot set"),
+    ({"machines": "10.0.0.1:12400"}, "auto", "cannot set"),
+])
+def test_parameters_are_checked_before_fitting(params, algorithm, refusal):
+    if refusal is None:
+        check_params(params, algorithm)
+    else:
+        with pytest.raises(ValueError) as info:
+            check_params(params, algorithm)
+        assert refusal in str(info.value)

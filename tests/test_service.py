@@ -164,10 +164,17 @@ def test_train_errors_name_the_problem(service):
     assert service.registry.identities() == []
 
 
+def test_unknown_parameters_are_refused_before_the_traces_are_read(service):
+    cfg = TrainConfig.model_validate({"model": IDENTITY, "traces": "not/there.jsonl", "params": {"num_leafs": 7}})
+    with pytest.raises(InvalidInput, match="params: unknown parameter 'num_leafs'") as info:
+        service.train(cfg)
+    assert info.value.field == "params"
+
+
 def test_bad_algorithm_parameters_are_invalid_input(service):
     cfg = TrainConfig.model_validate({"model": IDENTITY, "traces": make_llm_traces(40), "algorithm": "lightgbm",
                                       "params": {"num_leaves": -3}})
-    with pytest.raises(InvalidInput, match="training failed.*num_leaves") as info:
+    with pytest.raises(InvalidInput, match="LightGBM refuses 'num_leaves'") as info:
         service.train(cfg)
     assert info.value.field == "params"
     assert service.registry.identities() == []

@@ -1794,4 +1794,135 @@ class QuantileModel:
 
 
 _LOG100 = float(np.log(100.0))
-_NON_LGB_PARAMS = frozenset({"alpha", "huber_delta", "num_boost_round", "shape", "shape_alpha", "shape_hinges", "lgb_huber_delta", "lgb_linear_base", "redescend", "max_levels", "drop_features", "hinges", "weighted_location"})
+
+
+# --------------------------------------------------------------------------- parameters
+
+_EVERY = frozenset(ALGORITHMS)
+_LINEAR = frozenset({"auto", "linear"})
+_BOOSTED = frozenset({"auto", "lightgbm"})
+
+
+def _flag(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+def _number(lo: float, hi: float, whole: bool = False, open_lo: bool = False) -> Any:
+    def ok(v: Any) -> bool:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (whole and not isinstance(v, int)):
+            return False
+        return (lo < v if open_lo else lo <= v) and v <= hi
+
+    return ok
+
+
+# The service's own model parameters: the algorithms that use each, what it must be, and the
+# check. The bounds keep one request from asking for a design or a fit of absurd size.
+MODEL_PARAMS: dict[str, tuple[frozenset[str], str, Any]] = {
+    "alpha": (_LINEAR, "a number in (0, 1e6]", _number(0.0, 1e6, open_lo=True)),
+    "huber_delta": (_LINEAR, "a number in (0, 100]", _number(0.0, 100.0, open_lo=True)),
+    "redescend": (_LINEAR, "true or false", _flag),
+    "max_levels": (_LINEAR, "a whole number in [0, 64]", _number(0, 64, whole=True)),
+    "hinges": (_LINEAR, "a whole number in [0, 16]", _number(0, 16, whole=True)),
+    "num_boost_round": (_BOOSTED, "a whole number in [1, 10000]", _number(1, 10_000, whole=True)),
+    "lgb_huber_delta": (_BOOSTED, "a number in (0, 100]", _number(0.0, 100.0, open_lo=True)),
+    "lgb_linear_base": (_BOOSTED, "true or false", _flag),
+    "shape": (_EVERY, "true or false", _flag),
+    "shape_alpha": (_EVERY, "a number in (0, 1e6]", _number(0.0, 1e6, open_lo=True)),
+    "shape_hinges": (_EVERY, "a whole number in [0, 16]", _number(0, 16, whole=True)),
+    "drop_features": (_EVERY - {"lightgbm"}, "true or false", _flag),
+    "weighted_location": (_EVERY, "true or false", _flag),
+}
+_NON_LGB_PARAMS = frozenset(MODEL_PARAMS)
+
+# LightGBM parameters a request may set: those of fitting a regression's trees. The others
+# read or write files (a path from a request must not reach the file system), use the
+# network or a device, belong to other tasks (ranking, classification, prediction), or are
+# the service's to set (num_iterations is num_boost_round; early stopping, features).
+LIGHTGBM_PARAMS = frozenset({
+    "bagging_fraction", "bagging_freq", "bagging_seed", "bin_construct_sample_cnt", "boost_from_average", "boosting",
+    "cat_l2", "cat_smooth", "cegb_penalty_feature_coupled", "cegb_penalty_feature_lazy", "cegb_penalty_split",
+    "cegb_tradeoff", "data_random_seed", "data_sample_strategy", "deterministic", "drop_rate", "drop_seed",
+    "enable_bundle", "extra_seed", "extra_trees", "fair_c", "feature_fraction", "feature_fraction_bynode",
+    "feature_fraction_seed", "feature_pre_filter", "force_col_wise", "force_row_wise", "histogram_pool_size",
+    "interaction_constraints", "is_enable_sparse", "lambda_l1", "lambda_l2", "learning_rate", "linear_lambda",
+    "linear_tree", "max_bin", "max_bin_by_feature", "max_cat_threshold", "max_cat_to_onehot", "max_delta_step",
+    "max_depth", "max_drop", "metric", "min_data_in_bin", "min_data_in_leaf", "min_data_per_group",
+    "min_gain_to_split", "min_sum_hessian_in_leaf", "monotone_constraints", "monotone_constraints_method",
+    "monotone_penalty", "num_grad_quant_bins", "num_leaves", "num_threads", "objective", "other_rate", "path_smooth",
+    "poisson_max_delta_step", "quant_train_renew_leaf", "reg_sqrt", "seed", "skip_drop", "stochastic_rounding",
+    "top_rate", "tweedie_variance_power", "uniform_drop", "use_missing", "use_quantized_grad", "verbosity",
+    "xgboost_dart_mode", "zero_as_missing",
+})
+# Parameters with one value per feature: checked when the model is fitted, on its own columns.
+_PER_FEATURE_LGB_PARAMS = frozenset({"cegb_penalty_feature_coupled", "cegb_penalty_feature_lazy",
+                                     "interaction_constraints", "max_bin_by_feature", "monotone_constraints"})
+
+
+def check_params(params: dict[str, Any], algorithm: str) -> None:
+    """Raise ``ValueError`` naming the first of ``params`` that ``algorithm`` does not take.
+
+    The service's own parameters must be used by the algorithm and within their
+    range; any other name must be a LightGBM parameter the service lets a request
+    set (LightGBM's aliases included), with a value LightGBM accepts, and the
+    algorithm must be one that can use LightGBM. Nothing is silently ignored.
+    """
+    foreign = {}
+    for name, value in params.items():
+        spec = MODEL_PARAMS.get(name)
+        if spec is None:
+            foreign[name] = value
+            continue
+        used_by, what, ok = spec
+        if algorithm not in used_by:
+            raise ValueError(f"'{name}' is not used by algorithm '{algorithm}' "
+                             f"(only by {', '.join(a for a in ALGORITHMS if a in used_by)})")
+        if not ok(value):
+            raise ValueError(f"'{name}' must be {what}, got {value!r}")
+    if foreign:
+        _check_lightgbm_params(foreign, algorithm)
+
+
+def _check_lightgbm_params(params: dict[str, Any], algorithm: str) -> None:
+    import lightgbm as lgb
+
+    canonical = _lightgbm_aliases()
+    for name in params:
+        base = canonical.get(name)
+        if base is None:
+            raise ValueError(f"unknown parameter '{name}': neither the service's ({', '.join(MODEL_PARAMS)}) "
+                             "nor LightGBM's")
+        if base == "num_iterations":
+            raise ValueError(f"'{name}': the number of boosting rounds is 'num_boost_round'")
+        if base not in LIGHTGBM_PARAMS:
+            raise ValueError(f"'{name}' is a LightGBM parameter that a training request cannot set (it reads or "
+                             "writes files, uses the network or a device, belongs to another task, or is set by "
+                             "the service)")
+        if algorithm not in _BOOSTED:
+            raise ValueError(f"'{name}' is a LightGBM parameter; algorithm '{algorithm}' does not use LightGBM "
+                             "('lightgbm' and 'auto' do)")
+    # Values: one round on a few rows, so that a bad one is refused now, not only if LightGBM is chosen.
+    scalar = {k: v for k, v in params.items() if canonical[k] not in _PER_FEATURE_LGB_PARAMS}
+    if not scalar:
+        return
+    X = np.arange(40, dtype=np.float64).reshape(20, 2)
+    trial = {**LightGBMLocation.DEFAULT_PARAMS, **scalar, "num_threads": 1, "verbosity": -1}
+    try:
+        lgb.train(trial, lgb.Dataset(X, X[:, 0], params={"verbosity": -1}), 1)
+    except (lgb.basic.LightGBMError, TypeError, ValueError) as exc:
+        message = str(exc).split(" at /")[0].strip()  # LightGBM's checks end with a source file path
+        raise ValueError(f"LightGBM refuses {', '.join(map(repr, scalar))}: {message}") from None
+
+
+def _lightgbm_aliases() -> dict[str, str]:
+    """Every LightGBM parameter name and alias, mapped to its canonical name."""
+    global _LGB_ALIASES
+    if _LGB_ALIASES is None:
+        from lightgbm.basic import _ConfigAliases  # the library's own table (from its C API)
+
+        table = _ConfigAliases._get_all_param_aliases()
+        _LGB_ALIASES = {alias: name for name, aliases in table.items() for alias in (name, *aliases)}
+    return _LGB_ALIASES
+
+
+_LGB_ALIASES: dict[str, str] | None = None

@@ -27,7 +27,7 @@ import numpy as np
 from .errors import InvalidInput, NotFound, PredictorError, validation_message
 from .features import FeatureSchema
 from .identity import IDENTITY_KEYS, ModelIdentity
-from .modeling import QuantileModel
+from .modeling import QuantileModel, check_params
 from .registry import ModelRegistry, ModelVersion
 from .schemas import TrainConfig
 from .traces import RUNTIME_RANGE, TRACE_FILE_SUFFIXES, TraceError, TraceTable
@@ -84,6 +84,10 @@ class Trainer:
               progress: ProgressFn | None = None) -> dict[str, Any]:
         """Read the traces, train one model (or one per group), store each as a new version."""
         t0 = time.perf_counter()
+        try:
+            check_params(config.params, config.algorithm)  # before a large trace file is read
+        except ValueError as exc:
+            raise InvalidInput(f"params: {exc}", field="params") from None
         table = self.read_traces(config.traces, uploads, progress)
         if len(table) == 0:
             raise InvalidInput("no traces given", field="traces")
