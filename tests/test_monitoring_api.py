@@ -66,6 +66,25 @@ def test_observe_accuracy_drift_and_metrics(tmp_path):
         assert decision["status"] == "retrained" and decision["to_version"] == 2
         assert client.accuracy(IDENTITY)["version"] == 2
         assert client.list_models().models[0]["models"][0]["drifted"] is False
+        # The gauges describe the serving version 2, which has no observations yet: not version 1's figures,
+        # even after version 1's accuracy is asked for.
+        assert client.accuracy(IDENTITY, version=1)["observations"] == 450
+        text = client.metrics()
+        assert _metric(text, "predictor_model_drifted", model=key) == 0.0
+        for name, labels in (("predictor_model_coverage_ratio", {"level": "0.5"}),
+                             ("predictor_model_interval_coverage_ratio", {"interval": "0.9"}),
+                             ("predictor_model_relative_pinball_loss", {})):
+            with pytest.raises(KeyError):
+                _metric(text, name, model=key, **labels)
+        client.observe(IDENTITY, _shifted(40, 1.7, seed=4))
+        assert 0.3 < _metric(client.metrics(), "predictor_model_coverage_ratio", model=key, level="0.5") < 0.7
+        # A version trained by the worker process: the gauges follow it at the next scrape.
+        client.train({"model": IDENTITY, "traces": make_llm_traces(300), "algorithm": "linear"})
+        with pytest.raises(KeyError):
+            _metric(client.metrics(), "predictor_model_coverage_ratio", model=key, level="0.5")
+        client.delete_model(IDENTITY)
+        with pytest.raises(KeyError):
+            _metric(client.metrics(), "predictor_model_drifted", model=key)
 
 
 def test_observe_bad_input_is_a_clear_4xx(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -44,6 +46,10 @@ class PredictorMetrics:
 
         # Labelled children, looked up once: ``labels()`` costs microseconds per call.
         self._children: dict[tuple, tuple] = {}
+        # Per model, the accuracy series set and the version they describe.
+        self._accuracy: dict[str, list[tuple[Gauge, tuple[str, ...]]]] = {}
+        self._accuracy_version: dict[str, int] = {}
+        self._accuracy_lock = threading.Lock()
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         key = ("req", route, method, status)
@@ -62,16 +68,46 @@ class PredictorMetrics:
         if n_failed:
             got[1].inc(n_failed)
 
-    def set_accuracy(self, model: str, report: dict) -> None:
+    def set_accuracy(self, model: str, version: int, report: dict) -> None:
+        """Describe ``model`` by the rolling accuracy ``report`` of its serving ``version``.
+
+        Every value of the model's accuracy gauges is replaced: levels the report
+        has no value for (no observations yet, say after a new version) disappear
+        instead of showing the previous version's figures.
+        """
+        with self._accuracy_lock:
+            self._set_accuracy(model, version, report)
+
+    def _set_accuracy(self, model: str, version: int, report: dict) -> None:
+        self._clear_accuracy(model)
+        series = self._accuracy[model] = [(self.drifted, (model,))]
         for level, value in (report.get("coverage") or {}).items():
             self.coverage.labels(model, level).set(value)
+            series.append((self.coverage, (model, level)))
         for name, value in (report.get("interval_coverage") or {}).items():
             self.interval_coverage.labels(model, name).set(value)
-        if "relative_pinball_loss" in report:
-            self.pinball.labels(model).set(report["relative_pinball_loss"])
-        if "median_mape" in report:
-            self.median_mape.labels(model).set(report["median_mape"])
+            series.append((self.interval_coverage, (model, name)))
+        for gauge, key in ((self.pinball, "relative_pinball_loss"), (self.median_mape, "median_mape")):
+            if report.get(key) is not None:
+                gauge.labels(model).set(report[key])
+                series.append((gauge, (model,)))
         self.drifted.labels(model).set(1.0 if report.get("drifted") else 0.0)
+        self._accuracy_version[model] = version
+
+    def clear_accuracy(self, model: str) -> None:
+        with self._accuracy_lock:
+            self._clear_accuracy(model)
+
+    def _clear_accuracy(self, model: str) -> None:
+        for gauge, labels in self._accuracy.pop(model, ()):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
+        self._accuracy_version.pop(model, None)
+
+    def accuracy_versions(self) -> dict[str, int]:
+        """The models whose accuracy gauges are set, with the version they describe."""
+        with self._accuracy_lock:
+            return dict(self._accuracy_version)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import __version__
 from .cache import PredictionCache
-from .errors import InvalidInput, PredictorError
+from .errors import InvalidInput, ModelNotFound, PredictorError
 from .identity import IdentityPattern, ModelIdentity
 from .lookup import WRITABLE_FORMATS, LookupTableStore, TablePrediction, generate_table, iter_traces, table_format
 from .metrics import PredictorMetrics
@@ -499,7 +499,7 @@ class PredictorService:
         self.monitor.record(identity, version, [flat[i] for i in rows], y[rows], q)
         self.metrics.observations.labels(identity.key).inc(len(rows))
         report = self.monitor.report(identity, version)
-        self.metrics.set_accuracy(identity.key, report)
+        self.metrics.set_accuracy(identity.key, version, report)
         scheduled = self.retrainer.maybe_schedule(identity, version)
         return {
             "status": "success",
@@ -515,7 +515,8 @@ class PredictorService:
         identity = self.registry.resolve(pattern)
         meta = self.registry.get_version(identity, version)
         report = self.monitor.report(identity, meta.version)
-        self.metrics.set_accuracy(identity.key, report)
+        if meta.version == self.registry.latest(identity).version:  # the gauges describe the serving version
+            self.metrics.set_accuracy(identity.key, meta.version, report)
         return {
             "status": "success",
             "model_key": identity.key,
@@ -541,9 +542,26 @@ class PredictorService:
         return {"status": "success", "cleared": self.cache.clear()}
 
     def render_metrics(self) -> tuple[bytes, str]:
+        self.registry.maybe_refresh()
         self.metrics.models_loaded.set(self.registry.loaded_count)
         self.metrics.models_registered.set(len(self.registry.identities()))
+        self._sync_accuracy_gauges()
         return self.metrics.render()
+
+    def _sync_accuracy_gauges(self) -> None:
+        """Accuracy gauges describe each model's serving version, whoever stored a newer one since."""
+        described = self.metrics.accuracy_versions()
+        if not described:
+            return
+        live = {identity.key: identity for identity in self.registry.identities() if identity.key in described}
+        for key, version in described.items():
+            try:
+                serving = self.registry.latest(live[key]).version
+            except (KeyError, ModelNotFound):  # deleted
+                self.metrics.clear_accuracy(key)
+                continue
+            if serving != version:
+                self.metrics.set_accuracy(key, serving, self.monitor.report(live[key], serving))
 
 
 def _headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
