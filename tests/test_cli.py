@@ -211,3 +211,15 @@ def test_predict_a_broken_trace_file_names_the_line(tmp_path, trained):
     path.write_text('{"input_tokens": 1, "output_tokens": 2}\n{"input_tokens": \n')
     result = invoke("predict", "llm/*/*/*/*", path, "--data-dir", trained, ok=False)
     assert "broken.jsonl: line 2" in result.output
+
+
+def test_a_bad_setting_or_an_unusable_data_directory_is_one_clear_line(tmp_path, monkeypatch):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    for args in (["models", "--data-dir", not_a_dir / "data"], ["serve", "--data-dir", not_a_dir / "data"]):
+        said = " ".join(invoke(*args, ok=False).output.split())  # the error console wraps long lines
+        assert f"cannot use {not_a_dir / 'data'} as the data directory" in said
+        assert "(Not a directory)" in said and "Traceback" not in said
+    monkeypatch.setenv("PREDICTOR_PORT", "eighty")
+    said = " ".join(invoke("serve", "--data-dir", tmp_path / "data", ok=False).output.split())
+    assert "PREDICTOR_PORT: Input should be a valid integer" in said and "(got 'eighty')" in said

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 from urllib.parse import unquote
 
 import orjson
@@ -29,10 +29,30 @@ UrlOpt = typer.Option(None, "--url", "-u", help="Talk to a running service at th
 
 
 def _settings(data_dir: Optional[Path]) -> PredictorSettings:
-    return PredictorSettings(data_dir=data_dir) if data_dir else PredictorSettings()
+    from pydantic import ValidationError
+
+    try:
+        return PredictorSettings(data_dir=data_dir) if data_dir else PredictorSettings()
+    except ValidationError as exc:  # a bad PREDICTOR_* variable
+        _fail("; ".join(f"{_env_name(e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()))
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _env_name(loc: tuple) -> str:
+    name = str(loc[0]) if loc else "settings"
+    return "DEFAULT_LOOKUP_TABLE" if name == "default_lookup_table" else "PREDICTOR_" + name.upper()
+
+
+def _service(data_dir: Optional[Path]):
+    """The service on a local data directory, or a clear error if it cannot be used."""
+    from .service import PredictorService
+
+    try:
+        return PredictorService(_settings(data_dir))
+    except PredictorError as exc:
+        _fail(exc.message)
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
     err_console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
 
@@ -54,8 +74,11 @@ def serve(
         os.environ["PREDICTOR_DATA_DIR"] = str(data_dir)
     if default_lookup_table is not None:
         os.environ["DEFAULT_LOOKUP_TABLE"] = default_lookup_table
-    settings = PredictorSettings()
-    settings.ensure_dirs()
+    settings = _settings(None)
+    try:
+        settings.ensure_dirs()
+    except PredictorError as exc:
+        _fail(exc.message)
     uvicorn.run(
         "swarmpilot_predictor.api:app_from_env",
         factory=True,
@@ -107,9 +130,7 @@ def train(
         cfg = TrainConfig.model_validate(raw)
     except ValidationError as exc:
         _fail(str(exc))
-    from .service import PredictorService
-
-    service = PredictorService(_settings(data_dir))
+    service = _service(data_dir)
     uploads = None
     if isinstance(cfg.traces, str):
         # A path in a config file on the command line is relative to the config file.
@@ -193,9 +214,7 @@ def predict(
         with PredictorClient(url) as client:
             body = client.predict_batch(pattern.as_tuple(), traces, confidence_level=confidence_level, quantiles=levels).model_dump()
     else:
-        from .service import PredictorService
-
-        service = PredictorService(_settings(data_dir))
+        service = _service(data_dir)
         try:
             body = service.predict(pattern, traces, confidence_level, levels, with_total=True).batch_response()
         except PredictorError as exc:
@@ -231,9 +250,7 @@ def models(data_dir: Optional[Path] = DataDirOpt, url: Optional[str] = UrlOpt, a
         with PredictorClient(url) as client:
             entries = client.list_models_raw()
     else:
-        from .service import PredictorService
-
-        entries = PredictorService(_settings(data_dir)).list_models()
+        entries = _service(data_dir).list_models()
     if as_json:
         sys.stdout.write(orjson.dumps(entries, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
@@ -274,14 +291,12 @@ def table_cmd(
         except PredictorClientError as exc:
             _fail(exc.message)
     else:
-        from .service import PredictorService
-
         out_path = None
         name = output
         if output and ("/" in output or os.sep in output):
             out_path = Path(output)
             name = None
-        service = PredictorService(_settings(data_dir))
+        service = _service(data_dir)
         total = _count_records(trace_file)
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} traces" if total else "{task.completed:,} traces"),
                       TimeElapsedColumn(), console=err_console, transient=True) as progress:

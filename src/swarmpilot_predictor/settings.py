@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .errors import StorageError
+
 
 class PredictorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PREDICTOR_", extra="ignore")
@@ -53,4 +55,8 @@ class PredictorSettings(BaseSettings):
 
     def ensure_dirs(self) -> None:
         for d in (self.data_dir, self.models_dir, self.tables_dir, self.observations_dir):
-            d.mkdir(parents=True, exist_ok=True)
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"cannot use {self.data_dir} as the data directory: cannot create {d} "
+                                   f"({exc.strerror or exc})", field="data_dir") from None
