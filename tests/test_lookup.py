@@ -563,3 +563,271 @@ def test_stale_or_damaged_sidecars_are_ignored_and_rewritten(tmp_path):
     assert sidecar.is_file()
     LookupTableStore(root).delete("s.json")
     assert not sidecar.exists()
+
+
+# --------------------------------------------------------------------------- values at the edges
+
+
+def test_a_model_version_beyond_64_bits_is_a_clear_error(tmp_path):
+    root = tmp_path / "tables"
+    root.mkdir()
+    (root / "v.json").write_bytes(orjson.dumps([record(0), {**record(1), "model_version": 2**63}]))
+    with pytest.raises(TraceError, match=r"v\.json: record 1: 'model_version'"):
+        LookupTable.load(root / "v.json")
+    (root / "v.csv").write_text("x,model_version,expect,error,quantile_0.5\n1,3,2,1,2\n2,9223372036854775808,2,1,2\n")
+    with pytest.raises(TraceError, match=r"v\.csv: line 3: 'model_version'"):
+        LookupTable.load(root / "v.csv")
+    # The largest version that fits still loads and is answered as it is.
+    (root / "ok.json").write_bytes(orjson.dumps([{**record(0, features={"x": 1}), "model_version": 2**63 - 1}]))
+    assert LookupTable.load(root / "ok.json").predict(None, [{"x": 1}]).results()[0]["model_version"] == 2**63 - 1
+    store = LookupTableStore(root, default="v.json")  # a bad default must not stop the service starting
+    assert store.default_table is None and "record 1" in store.default_error
+    with pytest.raises(InvalidInput, match="v.csv: line 3"):
+        store.get("v.csv")
+
+
+def test_tables_with_integers_beyond_float_range_load(tmp_path):
+    import json
+
+    path = tmp_path / "wide.csv"
+    path.write_text(f"x,expect,error,quantile_0.5\n1,2,1,2\n{'9' * 400},3,1,3\n")
+    table = LookupTable.load(path)
+    assert table.columns[0].values.tolist() == [1.0, math.inf]
+    assert table.lookup([{"x": 1}, {"x": 2}]).rows.tolist() == [0, 0]
+    # Python's json (a pretty-printed table) keeps every digit too, in ids and categorical features.
+    huge = 10**400
+    recs = [record(0, features={"x": 1, "c": huge}, task_id=huge), record(1, features={"x": 2, "c": "b"}, task_id="t1")]
+    (tmp_path / "wide.json").write_text(json.dumps(recs, indent=2))
+    table = LookupTable.load(tmp_path / "wide.json")
+    assert table.lookup([{"x": 1, "c": str(huge)}, {"task_id": "t1"}]).kinds() == ["exact", "task_id"]
+    # Past the digits Python converts, a clear error naming the item.
+    (tmp_path / "digits.json").write_text('[{"quantiles": [0.5], "expect": ' + "1" * 5000 + "}]")
+    with pytest.raises(TraceError, match=r"digits\.json: item 0: .*4300"):
+        LookupTable.load(tmp_path / "digits.json")
+    (tmp_path / "digits-traces.json").write_text('[{"x": ' + "1" * 5000 + "}]")
+    with pytest.raises(TraceError, match=r"digits-traces\.json: item 0: .*4300"):
+        list(iter_traces(tmp_path / "digits-traces.json"))
+
+
+def test_a_table_whose_sidecar_cannot_be_written_is_still_served(tmp_path, caplog):
+    root = tmp_path / "tables"
+    root.mkdir()
+    recs = [record(0, features={"kind": "\ud800", "x": 1}), record(1, features={"kind": "b", "x": 2})]
+    # Python's json writes (and reads) a lone surrogate as an escape; orjson cannot write it to the sidecar.
+    import json
+
+    (root / "s.json").write_text(json.dumps(recs, indent=2))
+    store = LookupTableStore(root)
+    with caplog.at_level("WARNING", logger="swarmpilot_predictor.lookup"):
+        table = store.get("s.json")
+    assert table.lookup([{"kind": "\ud800", "x": 1}, {"kind": "b", "x": 2}]).rows.tolist() == [0, 1]
+    assert not store.index_path(root / "s.json").exists()
+    assert "cannot write its sidecar" in caplog.text
+    assert store.get("s.json") is table
+    assert LookupTableStore(root).get("s.json").n_rows == 2
+
+
+@pytest.mark.parametrize("text", ["[" * 5000, "[\n" + '{"a": ' + "[" * 5000, '[{"quantiles": ' + "[" * 5000 + "]" * 5000 + "}]"])
+def test_deeply_nested_json_is_a_clear_error(tmp_path, text):
+    path = tmp_path / "deep.json"
+    path.write_text(text)
+    with pytest.raises(TraceError, match=r"deep\.json: item 0: .*nested") as info:
+        LookupTable.load(path)
+    assert "deep.json" in str(info.value)
+    with pytest.raises(TraceError, match=r"deep\.json: item 0: .*nested"):
+        list(iter_traces(path))
+
+
+def test_deeply_nested_trace_file_fails_generation_cleanly(trained, tmp_path):
+    service, _, _ = trained
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 5000)
+    with pytest.raises(InvalidInput, match="nested"):
+        service.generate_table(PATTERN, path, 0.95, "deep-out.json")
+    assert not (service.settings.tables_dir / "deep-out.json").exists()
+
+
+def test_trace_files_with_records_over_several_lines_are_read_whole(trained, tmp_path):
+    service, traces, _ = trained
+    some = traces[:6]
+    # One record a line at first (the fast path), then a record laid over several lines.
+    text = "[\n" + ",\n".join(orjson.dumps(t).decode() for t in some[:3]) + ",\n" \
+        + orjson.dumps(some[3], option=orjson.OPT_INDENT_2).decode() + ",\n" \
+        + ",\n".join(orjson.dumps(t).decode() for t in some[4:]) + "\n]\n"
+    path = tmp_path / "odd-traces.json"
+    path.write_text(text)
+    assert list(iter_traces(path)) == some  # each trace once, in order
+    result = service.generate_table(PATTERN, path, 0.95, "odd.json")
+    assert result["rows"] == 6 and result["failed"] == 0
+    assert [r["task_id"] for r in orjson.loads((service.settings.tables_dir / "odd.json").read_bytes())] == \
+        [t["task_id"] for t in some]
+    # A file that is truncated still fails, naming the place.
+    path.write_text(text[:-40])
+    with pytest.raises(TraceError, match="odd-traces.json"):
+        list(iter_traces(path))
+
+
+def test_generation_writes_integers_beyond_64_bits(trained, tmp_path):
+    service, traces, _ = trained
+    big = 2**70 + 1
+    rows = [dict(t) for t in traces[:5]]
+    rows[0]["task_id"] = big  # the CSV and Python json readers give arbitrary-size integers
+    rows[1]["input_tokens"] = 2**64 + 7
+    rows[2]["task_id"] = 10**400
+    rows[3]["task_id"] = "\ud800"  # not writable as JSON at all
+    import json
+
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps(rows, indent=1))
+    result = service.generate_table(PATTERN, path, 0.95, "big.json")
+    assert result["rows"] == 4 and result["failed"] == 1
+    assert result["errors"] == ["trace 3: cannot be written as JSON (str is not valid UTF-8: surrogates not allowed)"]
+    written = orjson.loads((service.settings.tables_dir / "big.json").read_bytes())
+    assert written[0]["task_id"] == float(big) and written[1]["features"]["input_tokens"] == float(2**64 + 7)
+    assert written[2]["task_id"] == str(10**400)
+    table = service.tables.get("big.json")
+    # The traces the table was made from find their records (API requests read such numbers as floats).
+    res = table.lookup([{"task_id": float(big)}, {"input_tokens": float(2**64 + 7), "output_tokens": rows[1]["output_tokens"]}])
+    assert res.kinds() == ["task_id", "exact"] and res.rows.tolist() == [0, 1]
+    # A CSV table keeps every digit; the trace it cannot write is left out and counted the same way.
+    result = service.generate_table(PATTERN, path, 0.95, "big.csv")
+    assert result["rows"] == 4 and result["failed"] == 1
+    assert result["errors"] == ["trace 3: cannot be written as CSV (a string is not valid UTF-8: surrogates not allowed)"]
+    lines = (service.settings.tables_dir / "big.csv").read_text().splitlines()
+    assert len(lines) == 5 and lines[1].split(",")[2] == str(big) and lines[3].split(",")[2] == str(10**400)
+    assert service.tables.get("big.csv").lookup([{"task_id": str(big)}]).rows.tolist() == [0]
+
+
+def test_a_csv_table_answers_the_categorical_traces_it_was_made_from(tmp_path):
+    rng = np.random.default_rng(1)
+    traces = [{"input_tokens": int(rng.integers(10, 500)), "zone": str(k % 3), "task_id": f"z{k}",
+               "runtime_ms": 5.0 + k % 3 + float(rng.uniform())} for k in range(60)]
+    service = PredictorService(PredictorSettings(data_dir=tmp_path / "d"))
+    try:
+        service.train(TrainConfig(model=IDENTITY, traces=traces, algorithm="linear"))
+        src = tmp_path / "zones.jsonl"
+        src.write_bytes(b"\n".join(orjson.dumps(t) for t in traces))
+        service.generate_table(PATTERN, src, 0.9, "zones.csv")
+        service.generate_table(PATTERN, src, 0.9, "zones.json")
+        queries = [{k: v for k, v in t.items() if k != "task_id"} for t in traces]
+        for batch in (queries[:3], queries):  # the per-trace and the vectorised paths
+            from_csv = service.tables.get("zones.csv").lookup(batch)
+            from_json = service.tables.get("zones.json").lookup(batch)
+            assert from_json.kinds() == ["exact"] * len(batch)
+            assert from_csv.kinds() == ["exact"] * len(batch) and from_csv.rows.tolist() == from_json.rows.tolist()
+        csv_table = service.tables.get("zones.csv")
+        near = [{"input_tokens": 1000, "zone": "2"}] * 9 + [{"input_tokens": 1000, "zone": "two"}]
+        res = csv_table.lookup(near)
+        assert res.kinds()[:9] == ["nearest"] * 9 and res.errors[9] == "feature 'zone' must be a number"
+        assert csv_table.lookup([near[0]]).rows.tolist() == res.rows[:1].tolist()
+        # Tables that record their types (JSON) still tell a string from a number.
+        assert LookupTable.from_records([record(0, features={"x": 1})]).lookup([{"x": "1"}]).kinds() == [None]
+    finally:
+        service.close()
+
+
+# --------------------------------------------------------------------------- deleting, and the default under load
+
+
+def test_long_table_names_get_short_sidecars_and_delete_cleanly(tmp_path):
+    root = tmp_path / "tables"
+    root.mkdir()
+    name = "t" * 245 + ".json"  # a legal file name; its sidecar would not be with the whole name in it
+    (root / name).write_bytes(orjson.dumps([record(i) for i in range(3)]))
+    store = LookupTableStore(root)
+    assert store.get(name).n_rows == 3
+    sidecar = store.index_path(root / name)
+    assert sidecar.is_file() and len(sidecar.name.encode()) == 200 + len(".0123456789ab.npz")
+    assert store.index_path(root / ("t" * 244 + "u.json")) != sidecar  # names with the same start stay apart
+    assert store.delete(name) == {"status": "success", "deleted": name}
+    assert not sidecar.exists() and store.loaded_count == 0
+    # A multi-byte name is cut on a character boundary.
+    wide = "é" * 120 + ".json"
+    (root / wide).write_bytes(orjson.dumps([record(0)]))
+    assert store.get(wide).n_rows == 1 and store.index_path(root / wide).is_file()
+    with pytest.raises(InvalidInput, match="255 bytes"):
+        check_table_name("é" * 126 + ".json")
+    with pytest.raises(InvalidInput, match="lone surrogate"):
+        check_table_name("\ud800.json")
+
+
+def test_deleting_a_symlinked_table_removes_its_sidecar_and_tolerates_a_stuck_one(tmp_path):
+    root = tmp_path / "tables"
+    root.mkdir()
+    (tmp_path / "real.json").write_bytes(orjson.dumps([record(i) for i in range(2)]))
+    (root / "link.json").symlink_to(tmp_path / "real.json")
+    store = LookupTableStore(root)
+    assert store.get("link.json").n_rows == 2
+    sidecar = store.index_path(root / "link.json")
+    assert sidecar.is_file()
+    store.delete("link.json")
+    assert not sidecar.exists() and (tmp_path / "real.json").is_file() and store.loaded_count == 0
+    # A sidecar that cannot be removed does not fail the deletion, nor keep the table cached.
+    (root / "p.json").write_text(SEED_TABLE)
+    assert store.get("p.json").n_rows == 1
+    stuck = store.index_path(root / "p.json")
+    stuck.unlink()
+    stuck.mkdir()
+    (stuck / "x").write_text("")
+    assert store.delete("p.json") == {"status": "success", "deleted": "p.json"}
+    assert store.loaded_count == 0 and not (root / "p.json").exists()
+    with pytest.raises(NotFound):
+        store.get("p.json")
+
+
+def test_the_default_table_under_concurrent_deletes_and_rewrites(tmp_path):
+    import threading
+    import time
+
+    root = tmp_path / "tables"
+    root.mkdir()
+    path = root / "d.json"
+    versions = [orjson.dumps([record(i) for i in range(n)]) for n in (1, 2, 3)]
+    path.write_bytes(versions[0])
+    store = LookupTableStore(root, default="d.json")
+    stop = threading.Event()
+    unexpected: list[BaseException] = []
+    answered = [0]
+
+    def read():
+        while not stop.is_set():
+            for name in (None, "d.json"):
+                try:
+                    table = store.get(name)
+                    assert table.n_rows in (1, 2, 3)
+                    answered[0] += 1
+                except (InvalidInput, NotFound):
+                    pass  # no default loaded just now, or the file is gone: the documented answers
+                except BaseException as exc:  # noqa: BLE001 - anything else is the bug
+                    unexpected.append(exc)
+                    return
+
+    def write():
+        k = 0
+        while not stop.is_set():
+            k += 1
+            try:
+                if k % 3 == 0:
+                    store.delete("d.json")
+                    path.write_bytes(versions[k % 3])
+                    store.load_default("d.json")
+                elif k % 3 == 1:
+                    path.unlink(missing_ok=True)
+                    path.write_bytes(versions[k % 3])  # written in place: readers may see it half-written
+                else:
+                    path.write_bytes(versions[k % 3])
+            except NotFound:
+                pass
+            except BaseException as exc:  # noqa: BLE001
+                unexpected.append(exc)
+                return
+
+    threads = [threading.Thread(target=read) for _ in range(4)] + [threading.Thread(target=write)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert unexpected == []
+    assert answered[0] > 0

@@ -218,3 +218,24 @@ def test_bad_default_lookup_table_leaves_the_service_running(tmp_path):
         assert health["lookup_predictor_loaded"] is False and "broken.json" in health["lookup_table_error"]
         r = httpx.post(f"{srv.url}/predict/single/{SEED_PATH}", json={"trace": {}, "lookup_table": True})
         assert r.status_code == 422 and "truncated" in r.json()["message"]
+
+
+def test_tables_and_trace_files_at_the_edges_answer_4xx_or_serve(live):
+    import json
+
+    srv, _ = live
+    url, tables = srv.url, srv.data_dir / "tables"
+    rec = {"status": "success", "quantiles": [0.5], "quantile_predictions": [3.0], "expect": 3.0, "error": 1.0,
+           "model_info": {"type": "llm"}}
+    (tables / "ver.json").write_bytes(orjson.dumps([{**rec, "model_version": 2**63}]))
+    (tables / "sur.json").write_text(json.dumps([{**rec, "features": {"zone": "\ud800"}},
+                                                 {**rec, "expect": 4.0, "features": {"zone": "a"}}], indent=2))
+    r = httpx.post(f"{url}/predict/single/llm/*/*/*/*", json={"trace": {}, "lookup_table": True, "lookup_table_name": "ver.json"})
+    assert r.status_code == 422 and "ver.json: record 0: 'model_version'" in r.json()["message"]
+    # Its sidecar cannot be written (orjson refuses the lone surrogate), the table is served anyway.
+    r = httpx.post(f"{url}/predict/single/llm/*/*/*/*", json={"trace": {"zone": "a"}, "lookup_table": True, "lookup_table_name": "sur.json"})
+    assert r.status_code == 200 and r.json()["results"]["expect"] == 4.0
+    r = httpx.post(f"{url}/predict/table/{SEGMENTS}", files={"trace_file": ("deep.json", b"[" * 5000)})
+    assert r.status_code == 422 and r.json()["status"] == "failed" and "nested too deeply" in r.json()["message"]
+    assert httpx.delete(f"{url}/tables/{'t' * 245}.json").status_code == 404
+    assert httpx.get(f"{url}/health").json()["status"] == "healthy"

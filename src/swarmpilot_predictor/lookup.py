@@ -114,8 +114,12 @@ def check_table_name(name: Any, field: str = "lookup_table_name") -> str:
     """A table name is a plain file name in the table directory, never a path."""
     if not isinstance(name, str) or not name.strip():
         raise InvalidInput(f"{field} must be a non-empty file name", field=field)
-    if len(name) > 255:
-        raise InvalidInput(f"{field} is longer than 255 characters", field=field)
+    try:
+        size = len(os.fsencode(name))
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{field} {name!r} is not a valid file name (it holds a lone surrogate)", field=field) from None
+    if size > 255:  # the file system's limit is on the encoded name, not on characters
+        raise InvalidInput(f"{field} is longer than 255 bytes", field=field)
     if "/" in name or "\\" in name or name.startswith(".") or any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise InvalidInput(
             f"{field} {name!r} must be a file name in the table directory, not a path "
@@ -255,12 +259,16 @@ def _iter_incremental(text: IO[str], source: str) -> Iterator[Any]:
                 try:
                     obj, end = dec.raw_decode(buf, pos)
                     break
+                except RecursionError:
+                    raise TraceError(f"{source}: item {i}: arrays or objects nested too deeply to read") from None
                 except json.JSONDecodeError as exc:
                     near_end = exc.pos >= len(buf) - 16 or exc.msg.startswith("Unterminated string")
                     if eof or not near_end:
                         where = "the file is truncated" if eof and near_end else "malformed JSON"
                         raise TraceError(f"{source}: item {i}: {exc.msg} ({where})") from None
                     more()
+                except ValueError as exc:  # an integer of more digits than Python converts (4300)
+                    raise TraceError(f"{source}: item {i}: {exc}") from None
             pos = end
             yield obj
             i += 1
@@ -284,22 +292,58 @@ def iter_traces(path: Path | str, source: str | None = None) -> Iterator[dict[st
     path = Path(path)
     source = source or path.name
     raw, fmt = open_trace_file(path)
+    done = 0
+    line_error: TraceError | None = None
     with raw:
         if fmt != "json":
             yield from iter_trace_stream(raw, fmt, source=source)
             return
         try:
-            for i, obj in enumerate(iter_json_array(raw, source)):
-                try:
-                    yield normalize_trace(obj)
-                except TraceError as exc:
-                    raise TraceError(f"{source}: item {i}: {exc}") from None
+            for obj in iter_json_array(raw, source):
+                yield _trace_at(obj, source, done)
+                done += 1
             return
         except _NotAnArray:
             pass
+        except _LineModeError as exc:
+            line_error = exc
+    if line_error is not None:
+        # As LookupTable.load does: valid JSON laid out differently from one record a
+        # line is read again by the general decoder. The traces already yielded were
+        # consumed, so the second pass skips as many (both parsers see the same items
+        # up to the line that failed); a truncated file fails again, with the first message.
+        yield from _retry_traces(path, source, done, line_error)
+        return
     # An object with a "traces" array: the general reader handles it (loading the document).
     for trace in iter_trace_file(path):
         yield trace
+
+
+def _trace_at(obj: Any, source: str, i: int) -> dict[str, Any]:
+    try:
+        return normalize_trace(obj)
+    except TraceError as exc:
+        raise TraceError(f"{source}: item {i}: {exc}") from None
+
+
+def _retry_traces(path: Path, source: str, skip: int, first: TraceError) -> Iterator[dict[str, Any]]:
+    try:
+        raw, _ = open_trace_file(path)
+    except OSError as exc:
+        raise TraceError(f"{source}: cannot read the file again ({exc.strerror or exc})") from None
+    with raw:
+        items = iter_json_array(raw, source, line_mode=False)
+        i = 0
+        while True:
+            try:
+                obj = next(items)
+            except StopIteration:
+                return
+            except (TraceError, _NotAnArray):
+                raise TraceError(str(first)) from None
+            if i >= skip:
+                yield _trace_at(obj, source, i)
+            i += 1
 
 
 # --------------------------------------------------------------------------- hashing
@@ -354,6 +398,16 @@ def _mix_int(h: int) -> int:
 def _float_int(f: float) -> int:
     f = f + 0.0
     return _NAN_INT if f != f else int.from_bytes(_DOUBLE.pack(f), "little")
+
+
+def _text_number(s: str) -> Any:
+    """A CSV cell's number (see ``LookupTable.text_numbers``): as :func:`csv_value` reads it, else the string."""
+    if not s:
+        return None
+    try:
+        return float(s)  # what csv_value's int or float becomes in a numeric column
+    except ValueError:
+        return s
 
 
 def _probe_one(keys: np.ndarray, rows: np.ndarray, key: int) -> int:
@@ -490,6 +544,11 @@ class LookupTable:
         self.name = name
         self.path = path
         self.format = fmt
+        # CSV holds no types: a cell "0" may have been the string "0" (a categorical
+        # feature's value) or the number 0, and the reader makes it a number. So a CSV
+        # table's numeric columns take a string that reads as a number as that number,
+        # as the CSV trace reader would; tables that keep their types still tell them apart.
+        self.text_numbers = fmt == "csv"
         self.seed = seed
         self.skipped = skipped
         self.n_rows = len(expect)
@@ -730,6 +789,8 @@ class LookupTable:
                 c = columns[j]
                 v = t.get(c.name)
                 if c.kind == "numeric":
+                    if v.__class__ is str and self.text_numbers:
+                        v = _text_number(v)
                     if v is None:
                         q = math.nan
                     elif isinstance(v, (int, float)):
@@ -761,6 +822,8 @@ class LookupTable:
             for j in g.num_cols:
                 c = columns[j]
                 v = t.get(c.name)
+                if v.__class__ is str and self.text_numbers:
+                    v = _text_number(v)
                 if isinstance(v, (int, float)) and v == v:
                     z.append(min(max((float(v) - c.mean) / c.scale, -_Z_MAX), _Z_MAX))
                 else:
@@ -821,6 +884,8 @@ class LookupTable:
         raw = [t.get(c.name) for t in flat]
         n = len(raw)
         if c.kind == "numeric":
+            if self.text_numbers:
+                raw = [_text_number(v) if v.__class__ is str else v for v in raw]
             try:
                 if any(v.__class__ is str for v in raw):
                     raise ValueError  # numpy would parse "100"; a string is never a number here
@@ -1131,7 +1196,7 @@ def _column_from_values(name: str, values: list[Any]) -> _FeatureColumn:
             if nums.ndim != 1:
                 raise ValueError
         except (TypeError, ValueError, OverflowError):
-            nums = np.array([float(v) if isinstance(v, _NUMBERS) else math.nan for v in values], dtype=np.float64)
+            nums = np.array([_as_float(v) if isinstance(v, _NUMBERS) else math.nan for v in values], dtype=np.float64)
         fin = nums[np.isfinite(nums)]
         with np.errstate(over="ignore", invalid="ignore"):
             mean = float(fin.mean()) if len(fin) else 0.0
@@ -1143,14 +1208,29 @@ def _column_from_values(name: str, values: list[Any]) -> _FeatureColumn:
     # Strings (and numbers beside them, compared as their text): codes into a vocabulary.
     vocab: dict[str, int] = {}
     codes = np.fromiter(
-        (-1 if v is None or isinstance(v, (dict, list)) else vocab.setdefault(category_text(v), len(vocab)) for v in values),
+        (-1 if v is None or isinstance(v, (dict, list)) else vocab.setdefault(_table_text(v), len(vocab)) for v in values),
         dtype=np.int64, count=n,
     )
     return _FeatureColumn(name, "categorical", codes, vocab=vocab)
 
 
+def _as_float(v: int | float) -> float:
+    try:
+        return float(v)
+    except OverflowError:  # an integer past the float range (the CSV and json readers keep every digit)
+        return math.inf if v > 0 else -math.inf
+
+
+def _table_text(v: Any) -> str:
+    """:func:`category_text` of a value read from a table file, where integers may be of any size."""
+    try:
+        return category_text(v)
+    except OverflowError:  # past the float range: no request (read by orjson) can hold it, its digits stand
+        return str(v)
+
+
 def _task_hashes(values: list[Any]) -> np.ndarray:
-    return np.fromiter((-1 if v is None else _str_hash(category_text(v)) for v in values), dtype=np.int64, count=len(values))
+    return np.fromiter((-1 if v is None else _str_hash(_table_text(v)) for v in values), dtype=np.int64, count=len(values))
 
 
 class _Builder:
@@ -1265,6 +1345,12 @@ class _Builder:
                 raise self._fail(where, "'interval' must hold two numbers")
         else:
             iv, cl = _NO_INTERVAL, math.nan
+        ver = rec.get("model_version")
+        if ver.__class__ is not int:
+            ver = -1
+        elif not _INT64_MIN <= ver <= _INT64_MAX:
+            # Checked before anything is appended: versions live in an int64 column.
+            raise self._fail(where, f"'model_version' {ver} does not fit in 64 bits")
         try:
             self.level_values[s].extend(values)
         except TypeError:
@@ -1277,8 +1363,7 @@ class _Builder:
         self.error.append(error)
         self.interval.extend(iv)
         self.confidence.append(cl)
-        ver = rec.get("model_version")
-        self.versions.append(ver if ver.__class__ is int else -1)
+        self.versions.append(ver)
         self.row_identity.append(self._identity_of(rec))
         feats = rec.get("features")
         if feats is None:
@@ -1340,6 +1425,7 @@ class _Builder:
 
 
 _NO_INTERVAL = (math.nan, math.nan)
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 def _part(v: Any) -> str | None:
@@ -1494,24 +1580,36 @@ class JsonTableWriter(_TableWriter):
 class CsvTableWriter(_TableWriter):
     def __init__(self, path: Path, header: list[str]):
         super().__init__(path)
-        self.text = io.TextIOWrapper(self.fh, encoding="utf-8", newline="", write_through=True)
-        self.csv = csv.writer(self.text)
-        self.csv.writerow(header)
+        self._text = io.StringIO()
+        self.csv = csv.writer(self._text)
+        self.fh.write(self._encode([header]))
 
-    def write(self, rows: list[Sequence[Any]]) -> None:
+    def _encode(self, rows: list[Sequence[Any]]) -> bytes:
+        self._text.seek(0)
+        self._text.truncate()
         self.csv.writerows(rows)
-        self.rows += len(rows)
+        return self._text.getvalue().encode("utf-8")
 
-    def finish(self) -> None:
-        self.text.flush()
-        self.text.detach()
+    def write(self, rows: list[Sequence[Any]]) -> list[tuple[int, str]]:
+        """Write ``rows``; return (index, reason) for each that cannot be written, which is left out.
 
-    def abort(self) -> None:
+        A chunk is encoded whole before anything is written, so a row that cannot be
+        (a string with a lone surrogate, which Python's json reads) leaves no part behind.
+        """
         try:
-            self.text.detach()
-        except ValueError:
-            pass
-        super().abort()
+            data = self._encode(rows)
+            bad: list[tuple[int, str]] = []
+        except UnicodeEncodeError:
+            parts, bad = [], []
+            for k, row in enumerate(rows):
+                try:
+                    parts.append(self._encode([row]))
+                except UnicodeEncodeError as exc:
+                    bad.append((k, f"a string is not valid UTF-8: {exc.reason}"))
+            data = b"".join(parts)
+        self.fh.write(data)
+        self.rows += len(rows) - len(bad)
+        return bad
 
 
 def generate_table(
@@ -1588,7 +1686,12 @@ def generate_table(
                         for idk in ID_KEYS:
                             if idk in t:
                                 rec[idk] = t[idk]
-                        out.append(orjson.dumps(rec))
+                        try:
+                            out.append(_dump_record(rec))
+                        except TypeError as exc:  # a string with a lone surrogate, say (Python's json reads one)
+                            failed += 1
+                            if len(samples) < 5:
+                                samples.append(f"trace {seen - len(chunk) + ok_rows[k]}: cannot be written as JSON ({exc})")
                     writer.write(out)  # type: ignore[union-attr]
                 else:
                     rows = []
@@ -1597,7 +1700,10 @@ def generate_table(
                         ids = [_csv_out(t.get(c)) for c in id_cols]
                         lo, hi = iv[k]
                         rows.append(feats + ids + identity_row + ["success", model_version, mean_l[k], std_l[k], confidence_level, lo, hi] + q[k])
-                    writer.write(rows)  # type: ignore[union-attr]
+                    for k, reason in writer.write(rows):  # type: ignore[union-attr]
+                        failed += 1
+                        if len(samples) < 5:
+                            samples.append(f"trace {seen - len(chunk) + ok_rows[k]}: cannot be written as CSV ({reason})")
             if progress is not None:
                 progress(len(chunk))
         if seen == 0:
@@ -1635,6 +1741,35 @@ def generate_table(
     }
 
 
+def _dump_record(rec: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(rec)
+    except TypeError:
+        return orjson.dumps(_json_ints(rec))
+
+
+def _json_ints(v: Any) -> Any:
+    """``v`` with integers orjson cannot write (beyond 64 bits) as the nearest float.
+
+    Such integers come from CSV and pretty-printed JSON trace files (their readers keep
+    every digit). The model, and a lookup request (orjson reads them as floats), see
+    them as floats, so a float finds its record by value and by task id alike. One
+    past the float range becomes its digits as a string.
+    """
+    if v.__class__ is int:
+        if -(1 << 63) <= v < (1 << 64):
+            return v
+        try:
+            return float(v)
+        except OverflowError:
+            return str(v)
+    if v.__class__ is dict:
+        return {k: _json_ints(x) for k, x in v.items()}
+    if v.__class__ is list:
+        return [_json_ints(x) for x in v]
+    return v
+
+
 def _csv_out(v: Any) -> Any:
     if v.__class__ is bool:
         return int(v)
@@ -1660,6 +1795,8 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 # Version of the sidecar layout; a sidecar of another version is ignored and rewritten.
 INDEX_FORMAT = 1
+# Bytes of the table's name kept in its sidecar's name (see LookupTableStore.index_path).
+_SIDECAR_NAME_BYTES = 200
 
 
 def save_index(table: LookupTable, dest: Path, source_signature: tuple) -> None:
@@ -1774,23 +1911,26 @@ class LookupTableStore:
         path = Path(spec).expanduser()
         if not path.is_absolute() and (self.root / spec).is_file():
             path = self.root / spec
-        self.default_name = path.name
-        self.default_path = path.resolve() if path.exists() else path
+        resolved = path.resolve() if path.exists() else path
+        table: LookupTable | None = None
+        signature: tuple | None = None
+        error: str | None = None
         try:
             if table_format(path.name) is None:
                 raise TraceError(f"{path.name}: a lookup table is a .json, .jsonl or .csv file (optionally .gz)")
             signature = _signature(path)
-            self.default_table = self._load(path, path.name, signature)
-            self.default_signature = signature
-            self.default_error = None
-            log.info("default lookup table %s loaded: %d records", path, self.default_table.n_rows)
+            table = self._load(path, path.name, signature)
+            log.info("default lookup table %s loaded: %d records", path, table.n_rows)
         except FileNotFoundError:
-            self.default_error = f"DEFAULT_LOOKUP_TABLE {spec!r}: no such file"
+            error = f"DEFAULT_LOOKUP_TABLE {spec!r}: no such file"
         except (TraceError, OSError, ValueError) as exc:
-            self.default_error = f"DEFAULT_LOOKUP_TABLE {spec!r}: {exc}"
-        if self.default_error:
-            self.default_table = None
-            log.error("%s; serving without a default lookup table", self.default_error)
+            error = f"DEFAULT_LOOKUP_TABLE {spec!r}: {exc}"
+        if error:
+            table = signature = None
+            log.error("%s; serving without a default lookup table", error)
+        with self._lock:  # readers see the old default or the new one, never parts of both
+            self.default_name, self.default_path = path.name, resolved
+            self.default_table, self.default_signature, self.default_error = table, signature, error
 
     @property
     def loaded_count(self) -> int:
@@ -1811,15 +1951,21 @@ class LookupTableStore:
 
     def get(self, name: str | None, field: str = "lookup_table_name") -> LookupTable:
         if name is None:
-            if self.default_table is not None:
-                return self._default_current()
+            default = self._default_current()
+            if default is not None:
+                return default
             detail = f" ({self.default_error})" if self.default_error else ""
             raise InvalidInput(f"lookup_table_name is required: no default lookup table is loaded{detail}", field=field)
         check_table_name(name, field)
-        if name == self.default_name and self.default_table is not None:
-            return self._default_current()
+        if name == self.default_name:
+            default = self._default_current()
+            if default is not None:
+                return default
         path = self.path_of(name, field)
-        signature = _signature(path)
+        try:
+            signature = _signature(path)
+        except FileNotFoundError:  # deleted since path_of looked
+            raise NotFound(f"lookup table {name!r} not found") from None
         with self._lock:
             hit = self._cache.get(name)
             if hit is not None and hit.signature == signature:
@@ -1849,24 +1995,32 @@ class LookupTableStore:
                     self._cache.popitem(last=False)
             return table
 
-    def _default_current(self) -> LookupTable:
-        """The default table, reloaded if its file was replaced (kept if it went away)."""
-        assert self.default_table is not None and self.default_path is not None
+    def _default_current(self) -> LookupTable | None:
+        """The default table, reloaded if its file was replaced (kept if it went away); None when none is loaded.
+
+        The default's fields are read together under the lock, once: another thread
+        may delete or reload the default at any moment, and the answer is the table read.
+        """
+        with self._lock:
+            table, path, loaded_signature = self.default_table, self.default_path, self.default_signature
+        if table is None or path is None:
+            return None
         try:
-            signature = _signature(self.default_path)
+            signature = _signature(path)
         except OSError:
+            return table
+        if signature == loaded_signature:
+            return table
+        with self._lock:
+            if self.default_table is not table:  # deleted or reloaded meanwhile: that is the current answer
+                return self.default_table
+            if signature != self.default_signature:
+                try:
+                    self.default_table = self._load(path, self.default_name or path.name, signature)
+                except (TraceError, OSError) as exc:  # OSError: replaced or deleted again while it was read
+                    log.error("default lookup table changed but cannot be read, keeping the loaded one: %s", exc)
+                self.default_signature = signature
             return self.default_table
-        if signature != self.default_signature:
-            with self._lock:
-                if signature != self.default_signature:
-                    try:
-                        self.default_table = self._load(self.default_path, self.default_name or self.default_path.name,
-                                                        signature)
-                        self.default_signature = signature
-                    except TraceError as exc:
-                        log.error("default lookup table changed but cannot be read, keeping the loaded one: %s", exc)
-                        self.default_signature = signature
-        return self.default_table
 
     def predict(self, name: str | None, pattern: IdentityPattern | None, traces: Sequence[Any],
                 confidence_level: float = 0.95, quantiles: Sequence[float] | None = None,
@@ -1877,14 +2031,21 @@ class LookupTableStore:
 
     def index_path(self, path: Path) -> Path:
         """Where the parsed columns of the table file ``path`` are kept (one sidecar per file path)."""
-        digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
-        return self.root / ".index" / f"{path.name}.{digest}.npz"
+        digest = hashlib.sha256(os.fsencode(path.resolve())).hexdigest()[:12]
+        # The digest tells files apart; the name is only for people, so it is cut to leave room
+        # for the digest and for atomic_file's temporary name beside it (".<name>.<random>.tmp")
+        # within the file system's 255 bytes.
+        short = os.fsencode(path.name)[:_SIDECAR_NAME_BYTES].decode("utf-8", "ignore")
+        return self.root / ".index" / f"{short}.{digest}.npz"
 
     def _load(self, path: Path, name: str, signature: tuple) -> LookupTable:
         index = self.index_path(path)
         # The sidecar must match the file's stat signature and the bytes at both of its ends:
         # a file rewritten in place with the same size and time is still noticed.
-        source = (*signature, _fingerprint(path))
+        try:
+            source = (*signature, _fingerprint(path))
+        except OSError as exc:  # deleted or replaced since its signature was taken
+            raise TraceError(f"{name}: cannot open ({exc.strerror or exc})") from None
         table = load_index(index, path, name, source)
         if table is not None:
             return table
@@ -1892,7 +2053,7 @@ class LookupTableStore:
         try:
             if (*_signature(path), _fingerprint(path)) == source:  # not if the file changed while it was parsed
                 save_index(table, index, source)
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - the sidecar only saves time: the parsed table is served regardless
             log.warning("lookup table %s: cannot write its sidecar %s: %s", name, index, exc)
         return table
 
@@ -1955,11 +2116,19 @@ class LookupTableStore:
                 self._forget_default()
                 return {"status": "success", "deleted": name}
             raise NotFound(f"lookup table {name!r} not found")
-        path.unlink()
-        self.index_path(path).unlink(missing_ok=True)
-        with self._lock:
-            self._cache.pop(name, None)
-            self._failed.pop(name, None)
+        index = self.index_path(path)  # before the unlink: a symlink's sidecar is named after its target
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            raise NotFound(f"lookup table {name!r} not found") from None
+        finally:
+            with self._lock:
+                self._cache.pop(name, None)
+                self._failed.pop(name, None)
+        try:
+            index.unlink(missing_ok=True)
+        except OSError as exc:  # the table is gone; a sidecar left behind is only disk space
+            log.warning("lookup table %s deleted, but not its sidecar %s: %s", name, index, exc)
         if name == self.default_name:
             self._forget_default()
         return {"status": "success", "deleted": name}
