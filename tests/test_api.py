@@ -290,7 +290,10 @@ def test_predict_batch_totals(http, trained):
     medians = [r["quantile_predictions"][1] for r in results]
     assert nondecreasing(medians)  # larger tasks, longer runtimes, in order
     assert body["expect"] == pytest.approx(sum(r["expect"] for r in results), rel=1e-9)
-    assert body["error"] == pytest.approx(math.sqrt(sum(r["error"] ** 2 for r in results)), rel=1e-6)
+    # The tasks' variances add up, times the model's factor common to all of them (README, Modelling).
+    tau = trained["metrics"]["shared_log_sd"]
+    var = math.exp(tau**2) * sum(r["error"] ** 2 for r in results) + math.expm1(tau**2) * body["expect"] ** 2
+    assert body["error"] == pytest.approx(math.sqrt(var), rel=1e-6)
     tq = body["total_quantiles"]
     assert len(tq) == 3 and tq[0] < tq[1] < tq[2]
     # The total's median lies near its mean; its spread is less than the sum of spreads.

@@ -181,6 +181,30 @@ def test_total_of_mixed_shaped_tasks_matches_monte_carlo():
     assert tot.mean == pytest.approx(ref.mean(), rel=5e-3)
 
 
+@pytest.mark.parametrize("n_tasks, shared", [(5, 0.02), (400, 0.02), (400, 0.3)])
+def test_a_shared_factor_multiplies_the_total(n_tasks, shared):
+    # The model's uncertainty about the level is one lognormal factor (mean 1) for the whole
+    # queue: the total is M * S, S the sum of the tasks' independent runtimes.
+    dist = RuntimeDistribution(np.full(n_tasks, 3.0), np.full(n_tasks, 0.6), normal_score(), shared_log_sd=shared)
+    tot = dist.total()
+    s = mc_total(dist, 200_000)
+    m = np.exp(shared * np.random.default_rng(9).standard_normal(len(s)) - shared**2 / 2)
+    ref = m * s
+    assert tot.mean == pytest.approx(s.mean(), rel=2e-3)  # E[M] = 1: the same mean
+    em, es = lognormal_moments(3.0, 0.6)
+    sd = np.sqrt(np.exp(shared**2) * n_tasks * es**2 + np.expm1(shared**2) * (n_tasks * em) ** 2)
+    assert tot.std == pytest.approx(sd, rel=5e-3)
+    levels = [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99]
+    np.testing.assert_allclose(tot.quantiles(levels), np.quantile(ref, levels), rtol=0.015)
+    # The 90% interval widens as the standard deviation does (a 400-task total's ninefold at 0.3).
+    independent = RuntimeDistribution(dist.location, dist.scale, dist.score).total()
+    width = np.diff(tot.interval(0.9))[0] / np.diff(independent.interval(0.9))[0]
+    assert width == pytest.approx(tot.std / independent.std, rel=0.05)
+    # One task's calibrated distribution already holds the model's uncertainty: left as it is.
+    one = dist.subset(np.array([0]))
+    np.testing.assert_allclose(one.total().quantiles(levels), one.quantiles(levels)[0])
+
+
 def test_total_of_one_task_is_the_task():
     dist = RuntimeDistribution(np.array([2.0]), np.array([0.4]), normal_score())
     tot = dist.total()

@@ -146,7 +146,9 @@ def test_mean_std_and_total_come_from_the_distribution(llm_model):
     assert np.median(std / mean) == pytest.approx(np.sqrt(np.exp(0.25**2) - 1), rel=0.12)
     tot = dist.total()
     assert tot.mean == pytest.approx(mean.sum())
-    assert tot.std == pytest.approx(np.sqrt((std**2).sum()))
+    # The tasks' variances add up; the model's shared uncertainty about the level does not average out.
+    tau = llm_model.shared_log_sd_
+    assert tot.std == pytest.approx(np.sqrt(np.exp(tau**2) * (std**2).sum() + np.expm1(tau**2) * mean.sum() ** 2))
     lo, hi = tot.interval(0.9)
     assert lo < tot.mean < hi
     assert hi < dist.quantiles([0.95])[:, 0].sum()  # not the sum of the tasks' quantiles
@@ -579,3 +581,18 @@ def test_parameters_are_checked_before_fitting(params, algorithm, refusal):
         with pytest.raises(ValueError) as info:
             check_params(params, algorithm)
         assert refusal in str(info.value)
+
+
+@pytest.mark.parametrize("n", [300, 3000])
+def test_the_shared_uncertainty_is_that_of_a_mean_over_the_training_rows(n):
+    # Lognormal noise of sigma 0.25 around the truth: a runtime's ratio to its mean has a
+    # coefficient of variation of sqrt(exp(sigma^2) - 1), the level's relative error that over sqrt(n).
+    X, y, _ = llm_like(n, seed=21)
+    model = QuantileModel(["numeric"] * 3, [0] * 3, algorithm="linear").fit(X, y)
+    cv = np.sqrt(np.exp(0.25**2) - 1)
+    assert model.shared_log_sd_ == pytest.approx(cv / np.sqrt(n), rel=0.15)
+    again = QuantileModel.from_json(json.loads(json.dumps(model.to_json())))
+    assert again.shared_log_sd_ == model.shared_log_sd_
+    Xq, _, _ = llm_like(100, seed=22)
+    np.testing.assert_allclose(again.predict_distribution(Xq).total().quantiles([0.05, 0.95]),
+                               model.predict_distribution(Xq).total().quantiles([0.05, 0.95]))

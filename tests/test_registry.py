@@ -146,16 +146,38 @@ def test_delete_every_version(root):
     reg.save(*fit(seed=1)[:2])
     reg.save(*fit(OTHER)[:2])
     assert reg.delete(IDENT) == [1, 2]
-    assert not (root / IDENT.dirname).exists()
+    # Only tombstones stay (empty files), so that the numbers are never given again.
+    assert sorted(p.name for p in (root / IDENT.dirname).iterdir()) == ["v0001.deleted", "v0002.deleted"]
+    assert all(p.stat().st_size == 0 for p in (root / IDENT.dirname).iterdir())
     assert reg.identities() == [OTHER]
     with pytest.raises(ModelNotFound):
         reg.resolve(IdentityPattern(model_name=IDENT.model_name))
     with pytest.raises(ModelNotFound):
         reg.delete(IDENT)
     assert ModelRegistry(root).identities() == [OTHER]
-    # deleting the last version leaves nothing behind either
+    # deleting the last version leaves nothing but its tombstone either
     assert reg.delete(OTHER, 1) == [1]
-    assert [p.name for p in root.iterdir()] == [".generation"]  # only the change marker stays
+    assert [p.name for p in (root / OTHER.dirname).iterdir()] == ["v0001.deleted"]
+    assert ModelRegistry(root).identities() == []
+
+
+def test_version_numbers_are_never_given_twice(root):
+    reg = ModelRegistry(root)
+    other_worker = ModelRegistry(root)
+    reg.save(*fit()[:2])
+    meta2, model2, X = fit(seed=1)
+    reg.save(meta2, model2)
+    other_worker.maybe_refresh()
+    assert other_worker.load(IDENT).meta.version == 2  # now held in that worker's memory
+    reg.delete(IDENT, 2)
+    meta3, model3, _ = fit(seed=2, n=120)
+    assert reg.save(meta3, model3).version == 3  # not 2 again
+    other_worker.maybe_refresh()
+    served = other_worker.load(IDENT)
+    assert served.meta.version == 3
+    np.testing.assert_allclose(served.model.predict_quantiles(X, LEVELS), model3.predict_quantiles(X, LEVELS))
+    reg.delete(IDENT)
+    assert reg.save(*fit()[:2]).version == 4  # not even after every version was deleted
 
 
 def test_stray_files_and_corrupted_metadata_do_not_break_start_up(root):

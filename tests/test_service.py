@@ -329,7 +329,11 @@ def test_prediction_shapes_and_order(service):
         assert low == pytest.approx(at[0.1], rel=1e-6) and high == pytest.approx(at[0.9], rel=1e-6)
         assert r["expect"] > 0 and r["error"] > 0
     assert body["expect"] == pytest.approx(sum(r["expect"] for r in ok))
-    assert body["error"] == pytest.approx(np.sqrt(sum(r["error"] ** 2 for r in ok)), rel=1e-6)
+    # The variance of the sum of independent tasks, times the model's factor common to all of them.
+    tau = service.registry.load(pred.identity).model.shared_log_sd_
+    assert 0 < tau < 0.05
+    var = np.exp(tau**2) * sum(r["error"] ** 2 for r in ok) + np.expm1(tau**2) * body["expect"] ** 2
+    assert body["error"] == pytest.approx(np.sqrt(var), rel=1e-6)
     assert body["results"][1] == {"status": "error", "message": "missing required feature 'output_tokens'",
                                   "model_info": ModelIdentity.from_parts(IDENTITY).model_info()}
 
@@ -455,6 +459,24 @@ def test_predict_each_matches_one_by_one_with_and_without_cache(tmp_path, n):
                     assert got[key] == pytest.approx(alone[key], rel=1e-6)
         assert each[-1].ok.tolist() == [False] and "output_tokens" in each[-1].errors[0]
         svc.close()
+
+
+def test_predict_each_looks_each_trace_up_in_the_cache_once(tmp_path):
+    from swarmpilot_predictor.schemas import TrainConfig
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    from .conftest import IDENTITY, make_llm_traces
+
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", cache_size=100))
+    svc.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(150), algorithm="linear"))
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    traces = [{"input_tokens": 11 * i + 3, "output_tokens": i + 1} for i in range(30)]
+    svc.predict_each(pattern, traces[:29])
+    before = svc.cache_stats()
+    svc.predict_each(pattern, traces)  # 29 cached, one new
+    after = svc.cache_stats()
+    assert (after["hits"] - before["hits"], after["misses"] - before["misses"]) == (29, 1)
+    svc.close()
 
 
 @pytest.mark.parametrize("algorithm", ["empirical", "linear", "power", "lightgbm"])

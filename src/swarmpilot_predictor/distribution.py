@@ -279,6 +279,10 @@ class RuntimeDistribution:
     # Quantiles are kept within these log-runtimes (the model's: 100x beyond its training
     # extremes), so that a far tail extrapolated from a few wild rows stays finite and sane.
     log_bounds: tuple[float, float] = LOG_BOUNDS
+    # The model's own uncertainty about the level of every runtime (log sd of a factor common
+    # to all tasks): nothing for one task, whose calibration holds it, but a queue's tasks
+    # share it, so it does not average out of their total.
+    shared_log_sd: float = 0.0
     _moments: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False)
 
     def __len__(self) -> int:
@@ -286,7 +290,7 @@ class RuntimeDistribution:
 
     def subset(self, rows: np.ndarray) -> "RuntimeDistribution":
         return RuntimeDistribution(self.location[rows], self.scale[rows], self.score, self.knots,
-                                   None if self.cdf is None else self.cdf[rows], self.log_bounds)
+                                   None if self.cdf is None else self.cdf[rows], self.log_bounds, self.shared_log_sd)
 
     # ------------------------------------------------------------------ quantiles
 
@@ -393,6 +397,11 @@ class RuntimeDistribution:
         theorem makes smooth, enter as one shifted gamma distribution with their
         summed mean, variance and third cumulant. Mean and variance are the exact
         sums of the tasks' moments.
+
+        The sum is then multiplied by the model's shared factor (``shared_log_sd``):
+        a lognormal of mean 1, independent of the tasks' own noise. The model's error
+        about the level of every runtime is one error for the whole queue; summed over
+        many tasks, the tasks' own noise averages out and it does not.
         """
         n = len(self)
         mean, var, m3, _ = self.moments()
@@ -407,6 +416,10 @@ class RuntimeDistribution:
         small[exact] = False
         rest = (float(mean[small].sum()), float(var[small].sum()), float(m3[small].sum())) if small.any() else None
         grid, cdf = self.subset(exact)._convolve(rest, k1, float(np.sqrt(k2)))
+        tau = self.shared_log_sd
+        if tau > 0:
+            grid, cdf = _times_shared_factor(grid, cdf, tau)
+            k2 = math.exp(tau * tau) * k2 + math.expm1(tau * tau) * k1 * k1  # Var(MS), E[M] = 1
         return TotalDistribution(k1, k2, None, grid, cdf, tasks=self)
 
     def _convolve(self, rest: tuple[float, float, float] | None, mean: float, sd: float) -> tuple[np.ndarray, np.ndarray]:
@@ -534,6 +547,43 @@ def _sum_nodes() -> tuple[np.ndarray, np.ndarray]:
         e = np.unique(np.concatenate([e, tail, 1 - tail]))
         _SUM_NODES = ((e[:-1] + e[1:]) / 2, np.diff(e))
     return _SUM_NODES
+
+
+def _times_shared_factor(grid: np.ndarray, cdf: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(grid, cdf)`` of ``M S`` from those of ``S``, ``log M ~ N(-tau^2 / 2, tau^2)`` independent of ``S``.
+
+    On a log scale the factor adds a normal variable, so ``log S``'s density is
+    blurred by a normal kernel (one convolution on an even grid of log values);
+    the result is put back on an even grid of values, the form a total has.
+    """
+    G = len(grid)
+    h = grid[1] - grid[0]
+    edges = np.concatenate([[grid[0] - h / 2], grid + h / 2])
+    c = np.concatenate([[0.0], cdf])
+    # Runtimes are positive: the log grid starts where the total's mass does.
+    lo = float(np.interp(1e-12, c, edges)) if c[1] < 1e-12 else float(edges[0])
+    lo = max(lo, edges[-1] * 1e-9, 1e-300)
+    span = 6.0 * tau
+    u = np.linspace(math.log(lo) - span, math.log(edges[-1]) + span, 2 * G + 1)
+    du = u[1] - u[0]
+    F = np.interp(np.exp(u), edges, c, left=0.0, right=1.0)
+    half = int(math.ceil(span / du))
+    t = np.arange(-half, half + 1) * du
+    kernel = np.exp(-0.5 * (t / tau) ** 2)
+    kernel /= kernel.sum()
+    from scipy.signal import fftconvolve  # the kernel may span thousands of cells
+
+    mass = np.maximum(fftconvolve(np.diff(F, prepend=0.0), kernel, mode="same"), 0.0)
+    Fm = np.minimum(np.cumsum(mass), 1.0)
+    um = u - tau * tau / 2  # E[M] = 1
+    # Back to an even grid of values spanning the blurred total's mass.
+    first = float(np.exp(np.interp(1e-12, Fm, um))) if Fm[0] < 1e-12 else float(np.exp(um[0]))
+    last = float(np.exp(np.interp(1.0 - 1e-12, Fm, um)))
+    step = (last - first) / G
+    out_grid = first + (np.arange(G) + 0.5) * step
+    out_cdf = np.interp(np.log(np.maximum(out_grid + step / 2, 1e-300)), um, Fm)
+    out_cdf[-1] = max(out_cdf[-1], 1.0)
+    return out_grid, out_cdf / out_cdf[-1]
 
 
 def _shifted_gamma_cdf(x: np.ndarray, mean: float, var: float, m3: float) -> np.ndarray:

@@ -50,6 +50,9 @@ KNOT_LEVELS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.
 # Numeric features with at most this many distinct values (each on LEVEL_MIN_ROWS rows
 # or more) get per-value indicator columns in the linear location model's design.
 MAX_LEVELS = 12
+# Training rows (a random sample above this) whose ratios to their predicted means measure
+# the model's uncertainty about the runtimes' level.
+SHARED_SD_ROWS = 20_000
 LEVEL_MIN_ROWS = 5
 
 
@@ -1324,6 +1327,7 @@ class QuantileModel:
         self.params = dict(params or {})
         self.random_state = random_state
         self.log_range_: tuple[float, float] | None = None
+        self.shared_log_sd_ = 0.0
 
     # ------------------------------------------------------------------ fitting
 
@@ -1449,7 +1453,30 @@ class QuantileModel:
             self.shape_ = shape
         self.n_rows_ = n
         self.log_range_ = (float(ylog.min()), float(ylog.max()))
+        self.shared_log_sd_ = 0.0
+        self.shared_log_sd_ = self._shared_log_sd(X, y, w)
         return self
+
+    def _shared_log_sd(self, X: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> float:
+        """Log sd of the model's error about the level of the runtimes, common to all its predictions.
+
+        The mean runtime the model predicts is, in effect, estimated from the training
+        rows' ratios to it: its relative standard error is the ratios' coefficient of
+        variation over the square root of the (effective) number of rows. One task's
+        calibrated distribution already holds it; the tasks of a queue share it.
+        """
+        n = len(y)
+        rows = np.arange(n)
+        if n > SHARED_SD_ROWS:
+            rows = np.random.default_rng(self.random_state).choice(n, SHARED_SD_ROWS, replace=False)
+        mean, _ = self.predict_distribution(X[rows]).mean_std()
+        ratio = y[rows] / mean
+        ww = np.ones(len(rows)) if w is None else w[rows]
+        mu = float(np.average(ratio, weights=ww))
+        cv2 = float(np.average((ratio - mu) ** 2, weights=ww)) / (mu * mu)
+        n_eff = n if w is None else float(w.sum() ** 2 / (w * w).sum())
+        out = math.sqrt(math.log1p(cv2 / n_eff))
+        return out if math.isfinite(out) else 0.0
 
     def _select(self, X: np.ndarray, y: np.ndarray, ylog: np.ndarray, w: np.ndarray | None) -> dict[str, Any]:
         """Cross-fit every candidate; fill ``cv_``; return the chosen one with its OOF scores."""
@@ -1715,8 +1742,9 @@ class QuantileModel:
             m = np.clip(np.where(np.isnan(m), (lo + hi) / 2, m), *bounds)
         s = np.asarray(self.scale_.predict(X if self.scale_.kinds else X[:, :0]), dtype=np.float64)
         if self.shape_ is not None and self.shape_.knots_:
-            return RuntimeDistribution(m, s, self.score_, self.shape_.knots_, self.shape_.cdf(X), bounds)
-        return RuntimeDistribution(m, s, self.score_, log_bounds=bounds)
+            return RuntimeDistribution(m, s, self.score_, self.shape_.knots_, self.shape_.cdf(X), bounds,
+                                       self.shared_log_sd_)
+        return RuntimeDistribution(m, s, self.score_, log_bounds=bounds, shared_log_sd=self.shared_log_sd_)
 
     def _bounds(self) -> tuple[float, float]:
         """Never extrapolate the typical runtime, nor any quantile, beyond 100x the training extremes."""
@@ -1771,6 +1799,7 @@ class QuantileModel:
             "score": self.score_.to_json(),
             "shape": None if self.shape_ is None else self.shape_.to_json(),
             "log_range": None if self.log_range_ is None else list(self.log_range_),
+            "shared_log_sd": self.shared_log_sd_,
             "features_used": getattr(self, "features_used_", None),
             "cv": self.cv_,
         }
@@ -1788,6 +1817,7 @@ class QuantileModel:
         obj.shape_ = None if shape is None else ShapeModel.from_json(shape, obj.kinds, obj.n_categories)
         lr = d.get("log_range")
         obj.log_range_ = None if lr is None else (float(lr[0]), float(lr[1]))
+        obj.shared_log_sd_ = float(d.get("shared_log_sd", 0.0))  # models stored before it: none
         obj.cv_ = d.get("cv", {})
         obj.features_used_ = d.get("features_used") or [True] * len(obj.kinds)
         return obj

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import threading
 import time
 from collections import OrderedDict
@@ -342,7 +341,8 @@ class ModelRegistry:
         return meta
 
     def _reserve_version(self, model_dir: Path) -> int:
-        # An exclusive lock file per number keeps concurrent workers from colliding.
+        # An exclusive lock file per number keeps concurrent workers from colliding; a deleted
+        # version's tombstone keeps its number from being given again.
         taken = [int(m.group(1)) for e in os.scandir(model_dir) if (m := re.match(r"^v(\d{4,})\.", e.name))]
         version = max(taken, default=0) + 1
         while True:
@@ -371,7 +371,13 @@ class ModelRegistry:
         if not targets:
             raise ModelNotFound(f"no model {identity.key}")
         for v in targets:
-            # Meta first: once it is gone the version no longer exists for anyone.
+            # A tombstone first: a number is never given twice, since another worker may still
+            # serve (and have cached predictions of) the deleted version under it.
+            try:
+                os.close(os.open(model_dir / f"v{v:04d}.deleted", os.O_CREAT | os.O_WRONLY))
+            except OSError as exc:
+                log.warning("%s version %d: cannot leave a tombstone (%s); its number may be reused", identity.key, v, exc)
+            # Meta next: once it is gone the version no longer exists for anyone.
             (model_dir / f"v{v:04d}.meta.json").unlink(missing_ok=True)
             (model_dir / _model_file(v)).unlink(missing_ok=True)
             (model_dir / _data_file(v)).unlink(missing_ok=True)
@@ -383,8 +389,6 @@ class ModelRegistry:
             if not versions:
                 self._index.pop(identity, None)
             self._index_changed()
-        if version is None or not self.versions(identity):
-            shutil.rmtree(model_dir, ignore_errors=True)
         self._bump_generation()
         if self.on_change is not None:
             self.on_change(identity)

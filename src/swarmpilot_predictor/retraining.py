@@ -153,7 +153,8 @@ class Retrainer:
             identity=identity, version=0, created_at=time.time(), target=meta.target, features=features,
             quantiles=meta.quantiles, algorithm=meta.algorithm, family=model.family_, params=meta.params,
             data={**meta.data, "rows_used": int(len(y)), "observations_used": int(len(y_obs))},
-            metrics={**meta.metrics, "algorithm": model.family_, "retrain": {k: v for k, v in decision.items() if k != "at"},
+            metrics={**meta.metrics, "algorithm": model.family_, "shared_log_sd": model.shared_log_sd_,
+                     "retrain": {k: v for k, v in decision.items() if k != "at"},
                      "cv_scores": {f: {"pinball_loss": m["pinball_loss"]} for f, m in model.cv_.items()}},
             data_hash=meta.data_hash, extra={"retrained_from": meta.version, "candidate": best},
         )

@@ -194,10 +194,10 @@ class PredictorService:
 
     def _predict_with(self, identity: ModelIdentity, loaded: LoadedModel, traces: Sequence[dict[str, Any]],
                       confidence_level: float, quantiles: Sequence[float] | None, with_total: bool,
-                      t0: float) -> Prediction:
+                      t0: float, cached: bool = True) -> Prediction:
         levels = list(quantiles) if quantiles else loaded.meta.quantiles
         cache_key = None
-        if self.cache.enabled and len(traces) == 1 and not with_total:
+        if cached and self.cache.enabled and len(traces) == 1 and not with_total:
             cache_key = self._cache_key(identity, loaded.meta, traces[0], levels, confidence_level)
             if cache_key is not None:
                 hit = self.cache.get(cache_key)
@@ -319,7 +319,7 @@ class PredictorService:
         if misses:
             self.metrics.cache_misses.inc(len(misses))
             fresh = self._predict_with(identity, loaded, [traces[i] for i in misses], confidence_level, quantiles,
-                                       False, time.perf_counter()).split()
+                                       False, time.perf_counter(), cached=False).split()  # looked up above
             for i, pred in zip(misses, fresh):
                 out[i] = pred
                 if keys[i] is not None and pred.ok[0]:

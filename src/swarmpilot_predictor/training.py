@@ -171,6 +171,7 @@ class Trainer:
                 f: {k: m[k] for k in ("pinball_loss", "mean_abs_coverage_error", "variant") if k in m}
                 for f, m in model.cv_.items()
             },
+            "shared_log_sd": model.shared_log_sd_,
             "training_seconds": time.perf_counter() - t0,
         }
         digest = hashlib.sha256()
