@@ -96,6 +96,16 @@ def test_seed_example_runs_verbatim(trained_server):
     assert 0 < low < high
 
 
+def test_numpy_numbers_are_sent_as_json_numbers(trained_server):
+    # Schedulers hold features and levels in numpy arrays.
+    levels = np.array([0.1, 0.5, 0.9])
+    traces = [{"input_tokens": np.int64(100), "output_tokens": np.float32(50.0)}]
+    with PredictorClient(trained_server.url) as client:
+        got = client.predict_batch(IDENTITY, traces, quantiles=list(levels))
+        plain = client.predict_batch(IDENTITY, [{"input_tokens": 100, "output_tokens": 50.0}], quantiles=[0.1, 0.5, 0.9])
+    assert got.results[0].quantile_predictions == plain.results[0].quantile_predictions
+
+
 def test_queue_wait_and_instance_choice(trained_server):
     example = _load_example("scheduler_queue_wait")
     Instance, choose_instance = example.Instance, example.choose_instance

@@ -261,6 +261,11 @@ def test_a_trace_is_a_first_run_when_no_older_training_trace_had_its_shape():
     assert [schema.row(t)[0][-1] for t in probe] == want
     Xt, ok = schema.matrix_from_table(TraceTable.from_traces(probe[:3]))
     np.testing.assert_array_equal(Xt[:, -1], want[:3])
+    # Training read 'ts'; a trace that names its time 'timestamp' is read the same way.
+    renamed = [{**{k: v for k, v in t.items() if k != "ts"}, "timestamp": t["ts"]} for t in probe[:3]]
+    np.testing.assert_array_equal(schema.matrix(renamed)[0][:, -1], want[:3])
+    assert [schema.row(t)[0][-1] for t in renamed] == want[:3]
+    np.testing.assert_array_equal(schema.matrix_from_table(TraceTable.from_traces(renamed))[0][:, -1], want[:3])
     # The training rows get the same answer as any trace would.
     np.testing.assert_array_equal(schema.matrix(traces)[0], X)
 
@@ -277,9 +282,14 @@ def test_the_shape_history_survives_the_json_round_trip():
     assert FeatureSchema.from_json(schema.to_json()["features"]).history is None
 
 
-@pytest.mark.parametrize("case", ["no timestamps", "a missing timestamp", "every shape once", "no repeated field",
-                                  "turned off"])
-def test_no_first_of_shape_column_where_it_could_not_tell_anything(case):
+@pytest.mark.parametrize("case, why_not", [
+    ("no timestamps", "the traces have no timestamp (ts or timestamp)"),
+    ("a missing timestamp", "some traces' 'ts' is missing or not a number"),
+    ("every shape once", "400 first runs and 0 repeats: at least 10 of each are needed"),
+    ("no repeated field", "no feature repeats as an input shape does (a category, a whole-number size)"),
+    ("turned off", "turned off by the config ('first_of_shape': false)"),
+])
+def test_no_first_of_shape_column_where_it_could_not_tell_anything(case, why_not):
     traces = cold_start_traces()[0]
     if case == "no timestamps":
         traces = without(traces, "ts")
@@ -293,6 +303,7 @@ def test_no_first_of_shape_column_where_it_could_not_tell_anything(case):
     schema, X, _, report = prepare(traces, first_of_shape=case != "turned off")
     assert schema.history is None and "first_of_shape" not in schema.column_names
     assert X.shape[1] == len(schema.names) and report.columns_derived == {}
+    assert report.to_json()["columns_not_derived"] == {"first_of_shape": why_not}  # the metrics say why
 
 
 def test_rows_that_ran_after_training_extend_the_history():

@@ -16,6 +16,7 @@ import pytest
 from swarmpilot_predictor.traces import (
     TraceError,
     TraceTable,
+    category_text,
     iter_trace_file,
     iter_trace_stream,
     normalize_trace,
@@ -253,6 +254,19 @@ def test_table_mixed_column_is_categorical_with_numbers_as_strings():
     col = table.columns["v"]
     assert col.is_categorical
     assert table.strings("v").tolist() == ["gpu", "2", "2.5", None, "1"]
+
+
+def test_integers_past_the_float_range_are_infinite(tmp_path):
+    # The CSV reader keeps every digit of an integer; no float can hold these: as numbers
+    # they are infinite (a missing feature value, a runtime training drops), never a crash.
+    huge = "9" * 400
+    path = tmp_path / "t.csv"
+    path.write_text(f"zone,size,runtime_ms\ngpu,-{huge},1.5\n{huge},2,{huge}\n7,3,3.5\n")
+    table = TraceTable.from_file(path)
+    assert table.strings("zone").tolist() == ["gpu", None, "7"]
+    np.testing.assert_array_equal(table.numeric("size"), [-math.inf, 2.0, 3.0])
+    np.testing.assert_array_equal(table.numeric("runtime_ms"), [1.5, math.inf, 3.5])
+    assert category_text(int(huge)) == huge and category_text(7.0) == "7"
 
 
 def test_table_booleans_and_unusual_values():

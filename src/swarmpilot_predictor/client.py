@@ -135,7 +135,7 @@ class _Calls:
         cfg = config.model_dump(exclude_none=True) if isinstance(config, TrainConfig) else dict(config)
         if not files:
             return _Request("POST", "/train", json={"config": cfg}, response=TrainResult, timeout=_TRAIN_TIMEOUT)
-        parts = [("config", ("config.json", orjson.dumps(cfg), "application/json"))]
+        parts = [("config", ("config.json", orjson.dumps(cfg, option=orjson.OPT_SERIALIZE_NUMPY), "application/json"))]
         for name, content in files.items():
             data = content if isinstance(content, bytes) else Path(content).read_bytes()
             parts.append((name, (name, data, "application/octet-stream")))
@@ -308,7 +308,7 @@ class _Base:
             kw["files"] = req.files
             kw["data"] = req.data
         elif req.json is not None:
-            kw["content"] = orjson.dumps(req.json)
+            kw["content"] = orjson.dumps(req.json, option=orjson.OPT_SERIALIZE_NUMPY)  # numpy numbers and arrays too
             kw["headers"] = {"content-type": "application/json"}
         if req.timeout is not None:
             kw["timeout"] = max(req.timeout, self.timeout)

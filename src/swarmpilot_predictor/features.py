@@ -159,8 +159,23 @@ class ShapeHistory:
         seen = self._first_seen_of.get(shape, math.inf)
         return float(seen >= (math.inf if math.isnan(order) else order))
 
+    def time_of(self, trace: dict[str, Any]) -> float:
+        """A trace's timestamp: the field training read, else the other accepted name (``ts``, ``timestamp``)."""
+        v = trace.get(self.order_field)
+        if v is None:
+            v = next((trace[k] for k in TIMESTAMP_KEYS if k != self.order_field and k in trace), None)
+        return _as_float(v)
+
     def order_of(self, traces: Sequence[dict[str, Any]]) -> np.ndarray:
-        return np.fromiter((_as_float(t.get(self.order_field)) for t in traces), dtype=np.float64, count=len(traces))
+        return np.fromiter((self.time_of(t) for t in traces), dtype=np.float64, count=len(traces))
+
+    def order_of_table(self, table: TraceTable) -> np.ndarray:
+        """:meth:`time_of` for every row of a table."""
+        order = np.full(len(table), math.nan)
+        for name in (self.order_field, *sorted(TIMESTAMP_KEYS - {self.order_field})):
+            if name in table.columns:
+                order = np.where(np.isnan(order), table.numeric(name), order)
+        return order
 
     def to_json(self, names: Sequence[str]) -> dict[str, Any]:
         return {
@@ -187,6 +202,7 @@ class DataReport:
     columns_dropped: dict[str, str] = field(default_factory=dict)
     values_imputed: dict[str, int] = field(default_factory=dict)
     columns_derived: dict[str, str] = field(default_factory=dict)
+    columns_not_derived: dict[str, str] = field(default_factory=dict)  # and why not
 
     def drop_rows(self, reason: str, count: int) -> None:
         if count:
@@ -200,6 +216,7 @@ class DataReport:
             "columns_dropped": dict(self.columns_dropped),
             "values_imputed": dict(self.values_imputed),
             "columns_derived": dict(self.columns_derived),
+            "columns_not_derived": dict(self.columns_not_derived),
         }
 
 
@@ -351,8 +368,11 @@ class FeatureSchema:
         report.rows_used = len(rows)
         X = np.column_stack(columns) if columns else np.empty((len(rows), 0))
         X = X.astype(np.float64, copy=False)
-        history, flags = _shape_history(table, rows, specs, X) if first_of_shape else (None, None)
-        if history is not None:
+        history, flags, why_not = _shape_history(table, rows, specs, X) if first_of_shape else (
+            None, None, "turned off by the config ('first_of_shape': false)")
+        if history is None:
+            report.columns_not_derived[FIRST_OF_SHAPE] = why_not
+        else:
             X = np.column_stack([X, flags])
             report.columns_derived[FIRST_OF_SHAPE] = (
                 f"first run of its shape ({', '.join(specs[j].name for j in history.key)}) by '{history.order_field}'")
@@ -425,7 +445,7 @@ class FeatureSchema:
         if self.history is not None:
             stated = trace.get(FIRST_OF_SHAPE)
             if stated is None:
-                values.append(self.history.flag_row(values, _as_float(trace.get(self.history.order_field))))
+                values.append(self.history.flag_row(values, self.history.time_of(trace)))
             else:
                 flag = _stated_flag(stated)
                 if isinstance(flag, str):
@@ -457,9 +477,7 @@ class FeatureSchema:
                 ok &= values != None  # noqa: E711
                 X[:, j] = _encode_categories(values, spec.categories)
         if self.history is not None:
-            field_ = self.history.order_field
-            order = table.numeric(field_) if field_ in table.columns else np.full(n, math.nan)
-            X[:, -1] = self.history.flags(X[:, :-1], order)
+            X[:, -1] = self.history.flags(X[:, :-1], self.history.order_of_table(table))
             if FIRST_OF_SHAPE in table.columns:
                 # As in matrix(): a trace that states its flag keeps it; a bad one marks the row.
                 column = table.columns[FIRST_OF_SHAPE]
@@ -477,28 +495,31 @@ class FeatureSchema:
 
 
 def _shape_history(table: TraceTable, rows: np.ndarray, specs: list[FeatureSpec],
-                   X: np.ndarray) -> tuple[ShapeHistory, np.ndarray] | tuple[None, None]:
+                   X: np.ndarray) -> tuple[ShapeHistory, np.ndarray, None] | tuple[None, None, str]:
     """The history of input shapes and the training rows' flags, where the traces'
-    timestamps and features make one useful; else (None, None)."""
+    timestamps and features make one useful; else (None, None, why not)."""
     n = len(rows)
     order_field = next((k for k in sorted(TIMESTAMP_KEYS, key=len) if k in table.columns), None)
-    if order_field is None or n == 0 or FIRST_OF_SHAPE in (s.name for s in specs):
-        return None, None
+    if FIRST_OF_SHAPE in (s.name for s in specs):
+        return None, None, f"the traces hold a '{FIRST_OF_SHAPE}' feature of their own"
+    if order_field is None or n == 0:
+        return None, None, f"the traces have no timestamp ({' or '.join(sorted(TIMESTAMP_KEYS, key=len))})"
     order = table.numeric(order_field)[rows]
     if not np.isfinite(order).all():
-        return None, None
+        return None, None, f"some traces' '{order_field}' is missing or not a number"
     key = [j for j, spec in enumerate(specs) if _is_shape_feature(X[:, j], spec)]
     if not key:
-        return None, None
+        return None, None, "no feature repeats as an input shape does (a category, a whole-number size)"
     history = ShapeHistory.learn(X, order, key, order_field)
     if len(history.shapes) > SHAPE_MAX_DISTINCT:
-        return None, None
+        return None, None, f"{len(history.shapes)} input shapes, more than {SHAPE_MAX_DISTINCT}"
     flags = history.flags(X, order)
     first = int(flags.sum())
     # A flag that is (almost) always the same says nothing the model could use.
     if min(first, n - first) < SHAPE_MIN_ROWS:
-        return None, None
-    return history, flags
+        return None, None, (f"{first} first runs and {n - first} repeats: at least {SHAPE_MIN_ROWS} of each "
+                            "are needed")
+    return history, flags, None
 
 
 def _is_shape_feature(col: np.ndarray, spec: FeatureSpec) -> bool:

@@ -191,7 +191,10 @@ class Column:
         if isinstance(value, bool):
             value = float(value)
         if isinstance(value, (int, float)):
-            self.numbers.append(float(value))
+            try:
+                self.numbers.append(float(value))
+            except OverflowError:  # an integer past the float range (CSV and json keep every digit)
+                self.numbers.append(math.inf if value > 0 else -math.inf)
             if self.codes is not None:
                 self.codes.append(-1)
         elif isinstance(value, str):
@@ -237,8 +240,12 @@ def category_text(v: Any) -> str:
         return v
     if isinstance(v, bool):
         return str(int(v))
-    if isinstance(v, (int, float)) and math.isfinite(v):
-        return format_number(float(v))
+    if isinstance(v, (int, float)):
+        try:
+            if math.isfinite(v):
+                return format_number(float(v))
+        except OverflowError:  # an integer past the float range (the CSV and json readers keep every digit)
+            pass
     return str(v)
 
 
