@@ -104,6 +104,12 @@ def test_numpy_numbers_are_sent_as_json_numbers(trained_server):
         got = client.predict_batch(IDENTITY, traces, quantiles=list(levels))
         plain = client.predict_batch(IDENTITY, [{"input_tokens": 100, "output_tokens": 50.0}], quantiles=[0.1, 0.5, 0.9])
     assert got.results[0].quantile_predictions == plain.results[0].quantile_predictions
+    # A column slice of a matrix is not contiguous: orjson takes it only through .tolist().
+    from swarmpilot_predictor.client import _dumps
+
+    column = np.array([[0.1, 7.0], [0.5, 7.0], [0.9, 7.0]])[:, 0]
+    assert not column.flags.c_contiguous
+    assert _dumps({"levels": column, "n": np.int32(3)}) == b'{"levels":[0.1,0.5,0.9],"n":3}'
 
 
 def test_queue_wait_and_instance_choice(trained_server):

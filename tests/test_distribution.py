@@ -205,6 +205,31 @@ def test_a_shared_factor_multiplies_the_total(n_tasks, shared):
     np.testing.assert_allclose(one.total().quantiles(levels), one.quantiles(levels)[0])
 
 
+@pytest.mark.parametrize("location, scale, shared", [
+    ([0.0, 10.0], [1.0, 0.3], 0.5),  # one task dwarfs the other: the per-task bound must hold under M
+    ([3.0] * 10, [0.6] * 10, 1.0),  # a factor wider than the tasks' own noise
+    ([3.0] * 300, [0.6] * 300, 2.0),  # ... far wider: a long right tail
+])
+def test_the_shared_factor_at_the_edges(location, scale, shared):
+    dist = RuntimeDistribution(np.array(location), np.array(scale), normal_score(), shared_log_sd=shared)
+    s = mc_total(dist, 100_000)
+    rng = np.random.default_rng(9)
+    ref = s[rng.integers(0, len(s), 400_000)] * np.exp(shared * rng.standard_normal(400_000) - shared**2 / 2)
+    levels = [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99]
+    np.testing.assert_allclose(dist.total().quantiles(levels), np.quantile(ref, levels), rtol=0.03)
+
+
+def test_the_shared_factor_keeps_the_mass_of_a_total_spanning_decades():
+    # Two very wide tasks: the total's mass starts near 0 and its top is ten decades up.
+    # The factor is applied to the sum as the model has it, all of its mass kept.
+    dist = RuntimeDistribution(np.array([0.0, 0.5]), np.array([2.5, 2.5]), normal_score(), shared_log_sd=0.05)
+    alone = RuntimeDistribution(dist.location, dist.scale, dist.score).total()
+    rng = np.random.default_rng(3)
+    ref = alone.quantiles(rng.random(400_000)) * np.exp(0.05 * rng.standard_normal(400_000) - 0.05**2 / 2)
+    levels = [0.25, 0.5, 0.75, 0.9, 0.95, 0.99]
+    np.testing.assert_allclose(dist.total().quantiles(levels), np.quantile(ref, levels), rtol=0.03)
+
+
 def test_total_of_one_task_is_the_task():
     dist = RuntimeDistribution(np.array([2.0]), np.array([0.4]), normal_score())
     tot = dist.total()

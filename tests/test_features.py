@@ -266,6 +266,12 @@ def test_a_trace_is_a_first_run_when_no_older_training_trace_had_its_shape():
     np.testing.assert_array_equal(schema.matrix(renamed)[0][:, -1], want[:3])
     assert [schema.row(t)[0][-1] for t in renamed] == want[:3]
     np.testing.assert_array_equal(schema.matrix_from_table(TraceTable.from_traces(renamed))[0][:, -1], want[:3])
+    # A training field that is there but no number gives way to the other name, on every path.
+    both = [{**t, "ts": "n/a"} for t in renamed]
+    np.testing.assert_array_equal(schema.matrix(both)[0][:, -1], want[:3])
+    assert [schema.row(t)[0][-1] for t in both] == want[:3]
+    # A time past the float range is later than any training trace (not a crash).
+    assert schema.row({**probe[0], "ts": 10**400})[0][-1] == 0.0
     # The training rows get the same answer as any trace would.
     np.testing.assert_array_equal(schema.matrix(traces)[0], X)
 

@@ -573,6 +573,13 @@ def test_batch_prediction_is_fast(llm_model):
     ({"forcedsplits_filename": "/etc/passwd"}, "lightgbm", "cannot set (it reads or writes files"),
     ({"output_model": "/tmp/model.txt"}, "auto", "cannot set"),
     ({"machines": "10.0.0.1:12400"}, "auto", "cannot set"),
+    # LightGBM joins parameters into one "key=value" string: no value may carry another.
+    ({"learning_rate": "0.08 forcedsplits_filename=/etc/passwd"}, "lightgbm", "'learning_rate' must be a number"),
+    ({"objective": "huber\tinput_model=x"}, "auto", "'objective' must be a number"),
+    ({"monotone_constraints": [1, "0 output_model=/tmp/m"]}, "lightgbm", "'monotone_constraints' must be"),
+    ({"num_leaves": {"a": 1}}, "auto", "'num_leaves' must be"),
+    ({"learning_rate": float("nan")}, "auto", "'learning_rate' must be"),
+    ({"objective": "quantile", "interaction_constraints": [[0, 1], [1]]}, "lightgbm", None),
 ])
 def test_parameters_are_checked_before_fitting(params, algorithm, refusal):
     if refusal is None:

@@ -109,6 +109,29 @@ def test_observations_that_do_not_fit_on_disk_are_not_half_stored(tmp_path):
     assert [r["runtime_ms"] for r in ObservationLog(tmp_path).read(IDENT)] == [10.0, 11.0, 12.0, 99.0]
 
 
+def test_workers_append_to_the_shared_log_one_at_a_time(tmp_path):
+    # Another worker (another open file) holding the log's lock: this append waits for it,
+    # so a failed append undone by truncation can never cut the other's records.
+    import fcntl
+    import threading
+
+    log = ObservationLog(tmp_path)
+    record = {"ts": 1.0, "runtime_ms": 10.0, "version": 1, "q": [1.0] * 8, "trace": {"x": 1}}
+    log.append(IDENT, [record])
+    (active,) = (tmp_path / IDENT.dirname).glob("obs-*.jsonl")
+    with open(active, "ab") as other:
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX)
+        writer = threading.Thread(target=log.append, args=(IDENT, [{**record, "runtime_ms": 20.0}]))
+        writer.start()
+        writer.join(0.3)
+        assert writer.is_alive()  # waiting for the lock
+        other.write(orjson.dumps({**record, "runtime_ms": 15.0}) + b"\n")
+        other.flush()
+        fcntl.flock(other.fileno(), fcntl.LOCK_UN)
+    writer.join(5)
+    assert [r["runtime_ms"] for r in log.read(IDENT)] == [10.0, 15.0, 20.0]
+
+
 def test_lines_that_are_not_observations_are_skipped(tmp_path):
     # Say, a log edited by hand, or written before /observe checked the runtime's range.
     monitor = AccuracyMonitor(ObservationLog(tmp_path))

@@ -72,6 +72,18 @@ class QueueWaitEstimate(BaseModel):
         raise KeyError(f"level {level} was not requested; have {self.quantiles}")
 
 
+
+def _dumps(body: Any) -> bytes:
+    """JSON for a request body; numpy numbers and arrays (any layout, e.g. a column slice) too."""
+    return orjson.dumps(body, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _json_default(value: Any) -> Any:
+    tolist = getattr(value, "tolist", None)  # numpy arrays orjson does not take natively, numpy scalars
+    if tolist is None:
+        raise TypeError(f"cannot send a {type(value).__name__} as JSON")
+    return tolist()
+
 @dataclass
 class _Request:
     method: str
@@ -135,7 +147,7 @@ class _Calls:
         cfg = config.model_dump(exclude_none=True) if isinstance(config, TrainConfig) else dict(config)
         if not files:
             return _Request("POST", "/train", json={"config": cfg}, response=TrainResult, timeout=_TRAIN_TIMEOUT)
-        parts = [("config", ("config.json", orjson.dumps(cfg, option=orjson.OPT_SERIALIZE_NUMPY), "application/json"))]
+        parts = [("config", ("config.json", _dumps(cfg), "application/json"))]
         for name, content in files.items():
             data = content if isinstance(content, bytes) else Path(content).read_bytes()
             parts.append((name, (name, data, "application/octet-stream")))
@@ -308,7 +320,7 @@ class _Base:
             kw["files"] = req.files
             kw["data"] = req.data
         elif req.json is not None:
-            kw["content"] = orjson.dumps(req.json, option=orjson.OPT_SERIALIZE_NUMPY)  # numpy numbers and arrays too
+            kw["content"] = _dumps(req.json)
             kw["headers"] = {"content-type": "application/json"}
         if req.timeout is not None:
             kw["timeout"] = max(req.timeout, self.timeout)

@@ -41,6 +41,9 @@ _EXACT_SUM_MIN_SHARE = 0.005
 _SUM_GRID = 2048
 _SUM_ATOMS = 256
 _SUM_NODES: tuple[np.ndarray, np.ndarray] | None = None
+# With a shared factor, the widest tasks (at most this many) bound the low end of the sum.
+_BOUND_TASKS = 8
+_BOUND_LEVELS: np.ndarray | None = None
 # Moment quadrature: about this many probability nodes in all, split over segments.
 _MOMENT_NODES = 2048
 # Heteroscedastic moments: segment tables on a log-scale grid with this step.
@@ -418,8 +421,12 @@ class RuntimeDistribution:
         grid, cdf = self.subset(exact)._convolve(rest, k1, float(np.sqrt(k2)))
         tau = self.shared_log_sd
         if tau > 0:
-            grid, cdf = _times_shared_factor(grid, cdf, tau)
+            # S is at least each task: the widest tasks' CDFs bound S's where the grid is coarse.
+            widest = (exact if len(exact) else order)[:_BOUND_TASKS]
+            bound = self.subset(widest).quantiles(_bound_levels())
+            edges, at_edges = _times_shared_factor(grid, cdf, tau, bound)
             k2 = math.exp(tau * tau) * k2 + math.expm1(tau * tau) * k1 * k1  # Var(MS), E[M] = 1
+            return TotalDistribution(k1, k2, edges=edges, edge_cdf=at_edges, tasks=self, shared_log_sd=tau)
         return TotalDistribution(k1, k2, None, grid, cdf, tasks=self)
 
     def _convolve(self, rest: tuple[float, float, float] | None, mean: float, sd: float) -> tuple[np.ndarray, np.ndarray]:
@@ -549,41 +556,56 @@ def _sum_nodes() -> tuple[np.ndarray, np.ndarray]:
     return _SUM_NODES
 
 
-def _times_shared_factor(grid: np.ndarray, cdf: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray]:
-    """``(grid, cdf)`` of ``M S`` from those of ``S``, ``log M ~ N(-tau^2 / 2, tau^2)`` independent of ``S``.
+def _bound_levels() -> np.ndarray:
+    global _BOUND_LEVELS
+    if _BOUND_LEVELS is None:
+        _BOUND_LEVELS = np.unique(np.concatenate([np.geomspace(1e-9, 0.01, 64), np.linspace(0.01, 0.99, 385),
+                                                  1 - np.geomspace(0.01, 1e-9, 64)]))
+    return _BOUND_LEVELS
 
-    On a log scale the factor adds a normal variable, so ``log S``'s density is
-    blurred by a normal kernel (one convolution on an even grid of log values);
-    the result is put back on an even grid of values, the form a total has.
+
+def _times_shared_factor(grid: np.ndarray, cdf: np.ndarray, tau: float,
+                         bound: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The CDF of ``M S`` at increasing values, from that of ``S`` on its even grid,
+    ``log M ~ N(-tau^2 / 2, tau^2)`` independent of ``S``.
+
+    ``bound`` holds some tasks' quantiles at :func:`_bound_levels` (one row each):
+    ``S`` is at least each of them, so its CDF is at most theirs, which resolves the
+    low end of a total that the even grid's cells are too wide for.
+
+    On a log scale the factor adds a normal variable: ``log S``'s mass, laid on an
+    even grid of log values, is blurred by a normal kernel (one full convolution, so
+    no mass is lost off either end). The result stays on that log grid, where its
+    resolution is relative: a wide factor's long right tail needs no more cells.
     """
+    from scipy.signal import fftconvolve  # the kernel may span thousands of cells
+
     G = len(grid)
     h = grid[1] - grid[0]
     edges = np.concatenate([[grid[0] - h / 2], grid + h / 2])
     c = np.concatenate([[0.0], cdf])
-    # Runtimes are positive: the log grid starts where the total's mass does.
+    # Runtimes are positive: the log grid starts where the total's mass does (any mass
+    # below a billionth of its top is put there).
     lo = float(np.interp(1e-12, c, edges)) if c[1] < 1e-12 else float(edges[0])
     lo = max(lo, edges[-1] * 1e-9, 1e-300)
-    span = 6.0 * tau
-    u = np.linspace(math.log(lo) - span, math.log(edges[-1]) + span, 2 * G + 1)
-    du = u[1] - u[0]
+    # Cells fine enough for S's shape on a log scale, or for the kernel if it is far wider
+    # (S's detail is then blurred away): at most 2G + 1 values, a kernel of at most 1201.
+    span = math.log(edges[-1]) - math.log(lo)
+    du = max(span / (2 * G), tau / 100) if span > 0 else tau / 100
+    u = math.log(lo) + du * np.arange(int(math.ceil(span / du)) + 1)
     F = np.interp(np.exp(u), edges, c, left=0.0, right=1.0)
-    half = int(math.ceil(span / du))
-    t = np.arange(-half, half + 1) * du
-    kernel = np.exp(-0.5 * (t / tau) ** 2)
-    kernel /= kernel.sum()
-    from scipy.signal import fftconvolve  # the kernel may span thousands of cells
-
-    mass = np.maximum(fftconvolve(np.diff(F, prepend=0.0), kernel, mode="same"), 0.0)
-    Fm = np.minimum(np.cumsum(mass), 1.0)
-    um = u - tau * tau / 2  # E[M] = 1
-    # Back to an even grid of values spanning the blurred total's mass.
-    first = float(np.exp(np.interp(1e-12, Fm, um))) if Fm[0] < 1e-12 else float(np.exp(um[0]))
-    last = float(np.exp(np.interp(1.0 - 1e-12, Fm, um)))
-    step = (last - first) / G
-    out_grid = first + (np.arange(G) + 0.5) * step
-    out_cdf = np.interp(np.log(np.maximum(out_grid + step / 2, 1e-300)), um, Fm)
-    out_cdf[-1] = max(out_cdf[-1], 1.0)
-    return out_grid, out_cdf / out_cdf[-1]
+    if bound is not None:
+        levels = _bound_levels()
+        for row in np.log(np.maximum(bound, 1e-300)):
+            F = np.minimum(F, np.interp(u, row, levels, left=0.0, right=1.0))
+    mass = np.diff(F, prepend=0.0)
+    half = int(math.ceil(6.0 * tau / du))
+    kernel = np.exp(-0.5 * (np.arange(-half, half + 1) * du / tau) ** 2)
+    blurred = np.maximum(fftconvolve(mass, kernel / kernel.sum()), 0.0)  # length len(u) + 2 half
+    F = np.cumsum(blurred)
+    F /= F[-1]
+    at = np.exp(u[0] - half * du - tau * tau / 2 + du * np.arange(len(F)))  # E[M] = 1
+    return np.concatenate([[0.0], at]), np.concatenate([[0.0], F])
 
 
 def _shifted_gamma_cdf(x: np.ndarray, mean: float, var: float, m3: float) -> np.ndarray:
@@ -611,6 +633,10 @@ class TotalDistribution:
     grid: np.ndarray | None = None  # values, evenly spaced
     cdf: np.ndarray | None = None  # P(total <= grid[k] + step / 2)
     tasks: RuntimeDistribution | None = None  # the tasks summed: their quantiles bound the total's
+    # Or the CDF at increasing values (piecewise linear between them), with the shared factor.
+    edges: np.ndarray | None = None
+    edge_cdf: np.ndarray | None = None
+    shared_log_sd: float = 0.0
 
     @property
     def std(self) -> float:
@@ -620,21 +646,33 @@ class TotalDistribution:
         levels = np.asarray(levels, dtype=np.float64)
         if self.single is not None:
             return self.single.quantiles(levels)[0]
-        assert self.grid is not None and self.cdf is not None
-        g, c = self.grid, self.cdf
-        if len(g) == 1:
-            return np.full(len(levels), float(g[0]))
-        h = g[1] - g[0]
-        # Mass is spread evenly within each grid cell: the CDF is linear between cell edges.
-        xs = np.concatenate([[g[0] - h / 2], g + h / 2])
-        cs = np.concatenate([[0.0], c])
+        if self.edges is not None:
+            xs, cs = self.edges, self.edge_cdf
+        else:
+            assert self.grid is not None and self.cdf is not None
+            g, c = self.grid, self.cdf
+            if len(g) == 1:
+                return np.full(len(levels), float(g[0]))
+            h = g[1] - g[0]
+            # Mass is spread evenly within each grid cell: the CDF is linear between cell edges.
+            xs = np.concatenate([[g[0] - h / 2], g + h / 2])
+            cs = np.concatenate([[0.0], c])
         cs = cs + np.arange(len(cs)) * 1e-15  # strictly increasing for interpolation
         out = np.maximum(np.interp(np.clip(levels, 0.0, 1.0) * cs[-1], cs, xs), 0.0)
         if self.tasks is not None:
             # The total is at least each task's runtime, so its quantile at any level is at
             # least each task's: this matters below one grid cell, where one task whose
-            # spread dwarfs the others' sets the cell size.
-            out = np.maximum(out, self.tasks.quantiles(levels).max(axis=0))
+            # spread dwarfs the others' sets the cell size. With the shared factor the total
+            # is M S >= M X_i, and P(M X_i < q_M(p/2) q_i(p/2)) <= p/2 + p/2: a bound, not a quantile.
+            tau = self.shared_log_sd
+            if tau > 0:
+                from scipy.special import ndtri
+
+                half = np.clip(levels, 0.0, 1.0) / 2
+                floor = np.exp(tau * ndtri(half) - tau * tau / 2) * self.tasks.quantiles(half).max(axis=0)
+            else:
+                floor = self.tasks.quantiles(levels).max(axis=0)
+            out = np.maximum(out, floor)
         return out
 
     def interval(self, confidence_level: float) -> np.ndarray:

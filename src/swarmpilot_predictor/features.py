@@ -161,10 +161,12 @@ class ShapeHistory:
 
     def time_of(self, trace: dict[str, Any]) -> float:
         """A trace's timestamp: the field training read, else the other accepted name (``ts``, ``timestamp``)."""
-        v = trace.get(self.order_field)
-        if v is None:
-            v = next((trace[k] for k in TIMESTAMP_KEYS if k != self.order_field and k in trace), None)
-        return _as_float(v)
+        t = _as_float(trace.get(self.order_field))
+        for name in sorted(TIMESTAMP_KEYS - {self.order_field}):
+            if t == t:
+                break
+            t = _as_float(trace.get(name))
+        return t
 
     def order_of(self, traces: Sequence[dict[str, Any]]) -> np.ndarray:
         return np.fromiter((self.time_of(t) for t in traces), dtype=np.float64, count=len(traces))
@@ -548,7 +550,10 @@ def _as_float(v: Any) -> float:
     if isinstance(v, bool):
         return float(v)
     if isinstance(v, (int, float)):
-        return float(v)
+        try:
+            return float(v)
+        except OverflowError:  # an integer past the float range (CSV and json keep every digit)
+            return math.inf if v > 0 else -math.inf
     return math.nan
 
 

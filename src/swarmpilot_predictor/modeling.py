@@ -33,6 +33,7 @@ import bisect
 import contextlib
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -1931,6 +1932,11 @@ def _check_lightgbm_params(params: dict[str, Any], algorithm: str) -> None:
         if algorithm not in _BOOSTED:
             raise ValueError(f"'{name}' is a LightGBM parameter; algorithm '{algorithm}' does not use LightGBM "
                              "('lightgbm' and 'auto' do)")
+        if not _lightgbm_value(params[name]):
+            # LightGBM joins parameters into one "key=value key=value" string: a value with a
+            # space or an '=' in it would smuggle in another parameter (a file to read, say).
+            raise ValueError(f"'{name}' must be a number, true or false, a word (letters, digits, '_', '-', '.'), "
+                             f"or a list of numbers (or of lists of numbers), got {params[name]!r}")
     # Values: one round on a few rows, so that a bad one is refused now, not only if LightGBM is chosen.
     scalar = {k: v for k, v in params.items() if canonical[k] not in _PER_FEATURE_LGB_PARAMS}
     if not scalar:
@@ -1942,6 +1948,22 @@ def _check_lightgbm_params(params: dict[str, Any], algorithm: str) -> None:
     except (lgb.basic.LightGBMError, TypeError, ValueError) as exc:
         message = str(exc).split(" at /")[0].strip()  # LightGBM's checks end with a source file path
         raise ValueError(f"LightGBM refuses {', '.join(map(repr, scalar))}: {message}") from None
+
+
+_LGB_WORD = re.compile(r"[A-Za-z0-9_.+-]{1,64}")
+
+
+def _lightgbm_value(v: Any, depth: int = 0) -> bool:
+    """A value LightGBM reads as one token: numbers, booleans, plain words, lists of numbers."""
+    if isinstance(v, bool):
+        return True
+    if isinstance(v, (int, float)):
+        return math.isfinite(v)
+    if isinstance(v, str):
+        return _LGB_WORD.fullmatch(v) is not None
+    if isinstance(v, (list, tuple)) and depth < 2 and len(v) <= 10_000:
+        return all(not isinstance(x, str) and _lightgbm_value(x, depth + 1) for x in v)
+    return False
 
 
 def _lightgbm_aliases() -> dict[str, str]:

@@ -7,6 +7,7 @@ predicted for them, so accuracy survives restarts and retraining can use them.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import threading
@@ -87,6 +88,9 @@ class ObservationLog:
                 active = d / f"obs-{int(active.stem.split('-')[1]) + 1:06d}.jsonl"
             fd = os.open(active, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
             try:
+                # Workers share the file: one append at a time, so that undoing a failed one
+                # (truncating back to ``size``) cannot cut another worker's records.
+                fcntl.flock(fd, fcntl.LOCK_EX)
                 size = os.fstat(fd).st_size
                 if size and os.pread(fd, 1, size - 1) != b"\n":
                     # A crash left half a line: end it so the new records stay readable.

@@ -145,7 +145,7 @@ class ModelRegistry:
         now = time.time_ns()
         try:
             os.utime(self._generation_path, ns=(now, now))
-        except FileNotFoundError:
+        except (FileNotFoundError, PermissionError):  # not there yet, or another user's: replace it
             atomic_write_bytes(self._generation_file, b"")
         self._seen_generation = self._generation()
 
