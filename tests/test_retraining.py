@@ -76,6 +76,19 @@ def test_a_retraining_that_cannot_be_stored_says_so(tmp_path):
     assert svc.retrain(pattern)["to_version"] == 2  # with room again
 
 
+def test_concurrent_retrain_requests_make_one_new_version(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    svc = _service(tmp_path)
+    svc.observe(IDENTITY, _shifted(200, 1.6, seed=10))
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    with ThreadPoolExecutor(3) as pool:
+        decisions = list(pool.map(lambda _: svc.retrain(pattern), range(3)))
+    assert sorted(d["status"] for d in decisions) == ["retrained", "skipped", "skipped"]
+    assert all("version 2 was stored meanwhile" in d["message"] for d in decisions if d["status"] == "skipped")
+    assert [v.version for v in svc.registry.versions(svc.registry.resolve(pattern))] == [1, 2]
+
+
 def test_no_shift_keeps_the_serving_model(tmp_path):
     svc = _service(tmp_path)
     svc.observe(IDENTITY, make_llm_traces(120, seed=20))

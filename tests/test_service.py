@@ -496,3 +496,26 @@ def test_a_lone_trace_gets_the_same_answer_as_inside_a_batch(tmp_path, algorithm
     bad = svc.predict(PATTERN, [{"input_tokens": "many"}])
     assert bad.ok.tolist() == [False] and "input_tokens" in bad.errors[0]
     svc.close()
+
+
+def test_workers_on_one_data_directory_see_each_others_changes(tmp_path):
+    # Two workers (two services on one data directory), each changing the registry in turn.
+    a = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    b = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    other = IdentityPattern.from_parts({**IDENTITY, "model_name": "other"})
+    try:
+        b.train(config(make_llm_traces(100)))
+        a.train(config(make_llm_traces(100), model={**IDENTITY, "model_name": "other"}))
+        # A's own change does not hide B's earlier one.
+        assert predict(a).ok.all() and predict(a, other).ok.all()
+        assert sorted(i.model_name for i in a.registry.identities()) == [IDENTITY["model_name"], "other"]
+        # A deletion by one worker is seen by the other's every route, not only by predictions.
+        assert predict(b, other).ok.all()  # B has resolved it, and keeps that answer
+        a.delete_model(other)
+        for ask in (lambda: b.model_detail(other), lambda: b.accuracy(other), lambda: b.retrain(other),
+                    lambda: predict(b, other)):
+            with pytest.raises(ModelNotFound):
+                ask()
+    finally:
+        a.close()
+        b.close()

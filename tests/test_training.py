@@ -50,6 +50,30 @@ def test_jobs_train_in_another_process_and_report(tmp_path):
     assert jobs._pool is None
 
 
+def test_a_job_whose_worker_dies_fails_and_the_next_one_runs(tmp_path):
+    import os
+    import signal
+    import time
+
+    jobs = TrainingJobs(tmp_path)
+    try:
+        job_id, future = jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(3000), algorithm="auto"))
+        deadline = time.monotonic() + 60
+        while not getattr(jobs._pool, "_processes", None) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for pid in list(jobs._pool._processes):
+            os.kill(pid, signal.SIGKILL)  # say, the kernel's out-of-memory killer
+        with pytest.raises(PredictorError) as err:
+            future.result(timeout=60)
+        assert err.value.status_code == 500 and "worker process died" in err.value.message
+        assert jobs.get(job_id)["status"] == "failed"
+        # A fresh worker takes the next job.
+        _, again = jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(100), algorithm="linear"))
+        assert again.result(timeout=120)["version"] == 1
+    finally:
+        jobs.shutdown()
+
+
 def test_unknown_job_is_404(tmp_path):
     with pytest.raises(PredictorError) as err:
         TrainingJobs(tmp_path).get("nope")

@@ -142,12 +142,16 @@ class ModelRegistry:
     def _bump_generation(self) -> None:
         # Every change sets one file's time, so other workers notice it with one stat().
         # Setting a time needs no free space: a change stored on a nearly full disk is announced.
+        before = self._generation()
         now = time.time_ns()
         try:
             os.utime(self._generation_path, ns=(now, now))
         except (FileNotFoundError, PermissionError):  # not there yet, or another user's: replace it
             atomic_write_bytes(self._generation_file, b"")
-        self._seen_generation = self._generation()
+        # Only this process's own change is known here: if another worker's came since the
+        # last scan, it stays unseen, and the next maybe_refresh() rescans.
+        if before == self._seen_generation:
+            self._seen_generation = self._generation()
 
     def refresh(self) -> None:
         """Re-read the index from disk (other processes may have written new versions).
@@ -185,7 +189,7 @@ class ModelRegistry:
             else:
                 self._index.pop(identity, None)
             self._index_changed()
-            self._seen_generation = self._generation()
+            # The generation is left as last seen: other models may have changed as well.
 
     def _scan_dir(self, model_dir: Path, seen: dict[str, tuple[int, ModelVersion]]) -> list[ModelVersion]:
         out = []

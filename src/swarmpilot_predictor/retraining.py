@@ -68,6 +68,7 @@ class Retrainer:
         self.training_weight = training_weight
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrain")
         self._running: dict[ModelIdentity, Future] = {}
+        self._model_locks: dict[ModelIdentity, threading.Lock] = {}
         self._lock = threading.Lock()
         self.history: list[dict[str, Any]] = []
 
@@ -100,6 +101,25 @@ class Retrainer:
     # ------------------------------------------------------------------ the work
 
     def retrain(self, identity: ModelIdentity, reason: str = "requested") -> dict[str, Any]:
+        """Retrain ``identity``'s serving version, one retraining of a model at a time.
+
+        A retraining that waited for another one of the same model (or that finds a newer
+        version stored meanwhile, by another worker say) has nothing left to do: the
+        version it was asked about no longer serves.
+        """
+        asked = self.registry.latest(identity).version
+        with self._lock:
+            model_lock = self._model_locks.setdefault(identity, threading.Lock())
+        with model_lock:
+            self.registry.maybe_refresh()
+            serving = self.registry.latest(identity).version
+            if serving != asked:
+                return self._done({"model_key": identity.key, "reason": reason, "from_version": asked,
+                                   "at": time.time(), "status": "skipped",
+                                   "message": f"version {serving} was stored meanwhile and serves now"})
+            return self._retrain(identity, reason)
+
+    def _retrain(self, identity: ModelIdentity, reason: str) -> dict[str, Any]:
         t0 = time.perf_counter()
         current = self.registry.load(identity)
         meta = current.meta
@@ -158,6 +178,12 @@ class Retrainer:
                      "cv_scores": {f: {"pinball_loss": m["pinball_loss"]} for f, m in model.cv_.items()}},
             data_hash=meta.data_hash, extra={"retrained_from": meta.version, "candidate": best},
         )
+        self.registry.maybe_refresh()
+        serving = self.registry.latest(identity).version
+        if serving != meta.version:  # another worker stored a version while this one fitted
+            decision.update(status="skipped", candidate=best,
+                            message=f"version {serving} was stored meanwhile and serves now")
+            return self._done(decision)
         try:
             saved = self.registry.save(new_meta, model, training_data=(X, y))
         except PredictorError as exc:  # a full disk, say: in the decisions too, since a background retraining answers no one

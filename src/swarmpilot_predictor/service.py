@@ -188,9 +188,13 @@ class PredictorService:
 
     def _serving(self, pattern: IdentityPattern, version: int | None = None) -> tuple[ModelIdentity, LoadedModel]:
         """The model ``pattern`` names (its latest version unless ``version``), after noticing other workers' changes."""
-        self.registry.maybe_refresh()
-        identity = self.registry.resolve(pattern)
+        identity = self._resolve(pattern)
         return identity, self.registry.load(identity, version)
+
+    def _resolve(self, pattern: IdentityPattern) -> ModelIdentity:
+        """The one model ``pattern`` names, as the registry stands now (another worker may have changed it)."""
+        self.registry.maybe_refresh()  # one stat() unless another process changed something
+        return self.registry.resolve(pattern)
 
     def _predict_with(self, identity: ModelIdentity, loaded: LoadedModel, traces: Sequence[dict[str, Any]],
                       confidence_level: float, quantiles: Sequence[float] | None, with_total: bool,
@@ -452,7 +456,7 @@ class PredictorService:
         }
 
     def model_detail(self, pattern: IdentityPattern, version: int | None = None) -> dict[str, Any]:
-        identity = self.registry.resolve(pattern)
+        identity = self._resolve(pattern)
         if version is not None:
             return self.registry.get_version(identity, version).public_json(detail=True)
         detail = self.describe_model(identity)
@@ -462,7 +466,7 @@ class PredictorService:
     def delete_model(self, pattern: IdentityPattern, version: int | None = None) -> dict[str, Any]:
         if not pattern.is_complete():
             raise InvalidInput("deleting needs the full identity; '*' is not allowed here", field="identity")
-        identity = self.registry.resolve(pattern)
+        identity = self._resolve(pattern)
         deleted = self.registry.delete(identity, version)
         if version is None:
             self.observations.delete(identity)
@@ -512,7 +516,7 @@ class PredictorService:
         }
 
     def accuracy(self, pattern: IdentityPattern, version: int | None = None, recent: int = 200) -> dict[str, Any]:
-        identity = self.registry.resolve(pattern)
+        identity = self._resolve(pattern)
         meta = self.registry.get_version(identity, version)
         report = self.monitor.report(identity, meta.version)
         if meta.version == self.registry.latest(identity).version:  # the gauges describe the serving version
@@ -532,7 +536,7 @@ class PredictorService:
         return bool(versions) and bool(self.monitor.report(identity, versions[-1].version)["drifted"])
 
     def retrain(self, pattern: IdentityPattern) -> dict[str, Any]:
-        identity = self.registry.resolve(pattern)
+        identity = self._resolve(pattern)
         return self.retrainer.retrain(identity, reason="requested")
 
     def cache_stats(self) -> dict[str, Any]:

@@ -323,10 +323,13 @@ class TrainingJobs:
         record["started_at"] = time.time()
 
         def finish(f: Future) -> None:
+            # Runs on the pool's manager thread: whatever happens, the job must end here.
             try:
                 out = f.result()
             except BrokenProcessPool:
-                self._reset()
+                # The worker died; the pool is replaced from another thread (this one is the
+                # pool's own manager thread, which cannot wait for itself to end).
+                threading.Thread(target=self._reset, name="training-pool-reset", daemon=True).start()
                 out = {"ok": False, "error": {"status_code": 500, "message": "the training worker process died (out of memory?)"}}
             except Exception as exc:  # noqa: BLE001 - reported to the caller, never raised in the pool thread
                 log.exception("training job %s failed", job_id)
@@ -339,7 +342,10 @@ class TrainingJobs:
                 result = out["result"]
                 record["model_key"] = result["model_key"]
                 if self.on_success is not None:
-                    self.on_success(result)
+                    try:
+                        self.on_success(result)
+                    except Exception:  # noqa: BLE001 - the version is stored; the caller still gets its answer
+                        log.exception("training job %s: indexing the new version failed", job_id)
                 record.update(status="succeeded", result=result)
                 done.set_result(result)
             else:
@@ -383,7 +389,7 @@ class TrainingJobs:
         # With its worker gone the pool's manager thread ends at once; then its queues are
         # collected here. uvicorn ends by re-raising SIGTERM, so no exit handler would ever
         # release their semaphores, which the resource tracker then reported as leaked.
-        if manager is not None:
+        if manager is not None and manager is not threading.current_thread():
             manager.join(timeout=5)
         del pool, manager, processes
         gc.collect()
