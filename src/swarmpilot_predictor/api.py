@@ -296,7 +296,12 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("multipart/form-data"):
             config, uploads, tmpdir = await _read_multipart(request)
-            job_id, future = service.jobs.submit(config, uploads, cleanup=lambda: shutil.rmtree(tmpdir, ignore_errors=True))
+            try:
+                job_id, future = service.jobs.submit(config, uploads,
+                                                     cleanup=lambda: shutil.rmtree(tmpdir, ignore_errors=True))
+            except BaseException:  # not queued: nothing else will remove the uploads
+                shutil.rmtree(tmpdir, ignore_errors=True)
+                raise
         else:
             # The body is parsed and validated in the worker too: a 100k-trace
             # request never holds the event loop (or the GIL) of this process.

@@ -59,7 +59,8 @@ class PredictionCache:
 
     def clear(self) -> int:
         n = self.invalidate()
-        self.hits = self.misses = 0
+        with self._lock:
+            self.hits = self.misses = 0
         return n
 
     def stats(self) -> dict[str, Any]:
