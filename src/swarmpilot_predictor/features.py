@@ -11,8 +11,8 @@ from typing import Any, Literal
 import numpy as np
 
 from .traces import (
-    DEFAULT_TARGET, MAX_RUNTIME, MIN_RUNTIME, RUNTIME_RANGE, TIMESTAMP_KEYS, TraceError, TraceTable, category_text,
-    reserved_keys,
+    DEFAULT_TARGET, MAX_RUNTIME, MIN_RUNTIME, RUNTIME_RANGE, TIMESTAMP_KEYS, TraceError, TraceTable, as_number,
+    category_text, reserved_keys,
 )
 
 FeatureKind = Literal["numeric", "categorical"]
@@ -161,11 +161,11 @@ class ShapeHistory:
 
     def time_of(self, trace: dict[str, Any]) -> float:
         """A trace's timestamp: the field training read, else the other accepted name (``ts``, ``timestamp``)."""
-        t = _as_float(trace.get(self.order_field))
+        t = as_number(trace.get(self.order_field))
         for name in sorted(TIMESTAMP_KEYS - {self.order_field}):
             if t == t:
                 break
-            t = _as_float(trace.get(name))
+            t = as_number(trace.get(name))
         return t
 
     def order_of(self, traces: Sequence[dict[str, Any]]) -> np.ndarray:
@@ -396,7 +396,7 @@ class FeatureSchema:
             values = [t.get(name) for t in traces]
             if spec.kind == "numeric":
                 # Value by value: numpy would also take "100" or [5], but only for some batches.
-                col = np.fromiter((_as_float(v) for v in values), dtype=np.float64, count=n)
+                col = np.fromiter((as_number(v) for v in values), dtype=np.float64, count=n)
                 ok = np.isfinite(col)
                 if ok.all():
                     X[:, j] = col
@@ -435,7 +435,7 @@ class FeatureSchema:
         for spec in self.features:
             v = trace.get(spec.name)
             if spec.kind == "numeric":
-                x = _as_float(v)
+                x = as_number(v)
                 if not math.isfinite(x):
                     return values, _numeric_problem(spec.name, v)
                 values.append(x)
@@ -544,17 +544,6 @@ def _stated_flag(v: Any) -> float | str:
 def _encode_categories(values: np.ndarray, categories: tuple[str, ...]) -> np.ndarray:
     lookup = {c: float(k) for k, c in enumerate(categories)}
     return np.array([lookup.get(v, math.nan) if v is not None else math.nan for v in values], dtype=np.float64)
-
-
-def _as_float(v: Any) -> float:
-    if isinstance(v, bool):
-        return float(v)
-    if isinstance(v, (int, float)):
-        try:
-            return float(v)
-        except OverflowError:  # an integer past the float range (CSV and json keep every digit)
-            return math.inf if v > 0 else -math.inf
-    return math.nan
 
 
 def _numeric_problem(name: str, value: Any) -> str:

@@ -63,6 +63,7 @@ from .schemas import RenderedPredictions
 from .traces import (
     ID_KEYS,
     TraceError,
+    as_number,
     category_text,
     csv_value,
     iter_trace_file,
@@ -1196,7 +1197,7 @@ def _column_from_values(name: str, values: list[Any]) -> _FeatureColumn:
             if nums.ndim != 1:
                 raise ValueError
         except (TypeError, ValueError, OverflowError):
-            nums = np.array([_as_float(v) if isinstance(v, _NUMBERS) else math.nan for v in values], dtype=np.float64)
+            nums = np.array([as_number(v) for v in values], dtype=np.float64)
         fin = nums[np.isfinite(nums)]
         with np.errstate(over="ignore", invalid="ignore"):
             mean = float(fin.mean()) if len(fin) else 0.0
@@ -1208,29 +1209,14 @@ def _column_from_values(name: str, values: list[Any]) -> _FeatureColumn:
     # Strings (and numbers beside them, compared as their text): codes into a vocabulary.
     vocab: dict[str, int] = {}
     codes = np.fromiter(
-        (-1 if v is None or isinstance(v, (dict, list)) else vocab.setdefault(_table_text(v), len(vocab)) for v in values),
+        (-1 if v is None or isinstance(v, (dict, list)) else vocab.setdefault(category_text(v), len(vocab)) for v in values),
         dtype=np.int64, count=n,
     )
     return _FeatureColumn(name, "categorical", codes, vocab=vocab)
 
 
-def _as_float(v: int | float) -> float:
-    try:
-        return float(v)
-    except OverflowError:  # an integer past the float range (the CSV and json readers keep every digit)
-        return math.inf if v > 0 else -math.inf
-
-
-def _table_text(v: Any) -> str:
-    """:func:`category_text` of a value read from a table file, where integers may be of any size."""
-    try:
-        return category_text(v)
-    except OverflowError:  # past the float range: no request (read by orjson) can hold it, its digits stand
-        return str(v)
-
-
 def _task_hashes(values: list[Any]) -> np.ndarray:
-    return np.fromiter((-1 if v is None else _str_hash(_table_text(v)) for v in values), dtype=np.int64, count=len(values))
+    return np.fromiter((-1 if v is None else _str_hash(category_text(v)) for v in values), dtype=np.int64, count=len(values))
 
 
 class _Builder:

@@ -1342,7 +1342,7 @@ class QuantileModel:
             return LinearLocation(self.kinds if kinds is None else kinds, self.n_categories, **params)
         if family == "power":
             return PowerLocation(self.kinds if kinds is None else kinds, self.n_categories)
-        lgb_params = {k: v for k, v in self.params.items() if k not in _NON_LGB_PARAMS}
+        lgb_params = {k: v for k, v in self.params.items() if k not in MODEL_PARAMS}
         if "lgb_huber_delta" in self.params:
             lgb_params["alpha"] = float(self.params["lgb_huber_delta"])
         return LightGBMLocation(self.kinds if kinds is None else kinds, self.n_categories, int(self.params.get("num_boost_round", 300)), lgb_params,
@@ -1864,7 +1864,6 @@ MODEL_PARAMS: dict[str, tuple[frozenset[str], str, Any]] = {
     "drop_features": (_EVERY - {"lightgbm"}, "true or false", _flag),
     "weighted_location": (_EVERY, "true or false", _flag),
 }
-_NON_LGB_PARAMS = frozenset(MODEL_PARAMS)
 
 # LightGBM parameters a request may set: those of fitting a regression's trees. The others
 # read or write files (a path from a request must not reach the file system), use the

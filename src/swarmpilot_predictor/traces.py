@@ -188,13 +188,8 @@ class Column:
                 self.codes.extend([-1] * missing)
 
     def append(self, value: Any) -> None:
-        if isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, (int, float)):
-            try:
-                self.numbers.append(float(value))
-            except OverflowError:  # an integer past the float range (CSV and json keep every digit)
-                self.numbers.append(math.inf if value > 0 else -math.inf)
+        if isinstance(value, (int, float)):  # booleans too
+            self.numbers.append(as_number(value))
             if self.codes is not None:
                 self.codes.append(-1)
         elif isinstance(value, str):
@@ -232,6 +227,19 @@ class Column:
 
 def format_number(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+def as_number(v: Any) -> float:
+    """A value as a float: numbers and booleans; NaN for anything else.
+
+    An integer past the float range (the CSV and json readers keep every digit) is infinite.
+    """
+    if isinstance(v, (int, float)):
+        try:
+            return float(v)
+        except OverflowError:
+            return math.inf if v > 0 else -math.inf
+    return math.nan
 
 
 def category_text(v: Any) -> str:
