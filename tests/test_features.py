@@ -343,6 +343,23 @@ def test_shape_features_are_categories_counts_and_few_valued_numbers():
     assert [schema.names[j] for j in schema.history.key] == ["batch_size", "image_size", "scale", "precision"]
 
 
+def test_a_many_valued_count_that_shapes_nothing_is_left_out_of_the_shape():
+    # As in a padded text batch: the kernels see (batch, padded length), not the real tokens.
+    traces, firsts = cold_start_traces()
+    rng = np.random.default_rng(3)
+    for t in traces:
+        t["tokens"] = int(rng.integers(1, 100_000))  # whole numbers, nearly all distinct
+    schema, X, _, report = prepare(traces)
+    assert [schema.names[j] for j in schema.history.key] == ["batch_size", "image_size"]
+    np.testing.assert_array_equal(X[:, -1], np.array(firsts, dtype=float))
+    assert report.columns_derived == {"first_of_shape": "first run of its shape (batch_size, image_size) by 'ts'"}
+    # A count with few values is a size like any other, and stays in the key.
+    for t in traces:
+        t["tokens"] = int(rng.integers(0, 3)) * 100 + t["batch_size"]
+    schema, _, _, _ = prepare(traces)
+    assert "tokens" in [schema.names[j] for j in schema.history.key]
+
+
 def test_a_trace_may_state_whether_it_is_a_first_run():
     # A scheduler knows what each instance has run; what a trace states wins over the history.
     schema, _, _, _ = prepare(cold_start_traces()[0])

@@ -24,6 +24,9 @@ FIRST_OF_SHAPE = "first_of_shape"
 SHAPE_KEY_DISTINCT_SHARE = 0.25
 # Both kinds of rows, first runs and repeats, must be this many for the column to be kept.
 SHAPE_MIN_ROWS = 10
+# How much more (times 1/rows) of the log runtime's variance a flag must explain for a
+# smaller shape key to replace a larger one (see _shape_history).
+SHAPE_KEY_EVIDENCE = 10.0
 # The stored table of shapes stays small next to a model.
 SHAPE_MAX_DISTINCT = 20_000
 
@@ -370,7 +373,7 @@ class FeatureSchema:
         report.rows_used = len(rows)
         X = np.column_stack(columns) if columns else np.empty((len(rows), 0))
         X = X.astype(np.float64, copy=False)
-        history, flags, why_not = _shape_history(table, rows, specs, X) if first_of_shape else (
+        history, flags, why_not = _shape_history(table, rows, specs, X, y[rows]) if first_of_shape else (
             None, None, "turned off by the config ('first_of_shape': false)")
         if history is None:
             report.columns_not_derived[FIRST_OF_SHAPE] = why_not
@@ -496,8 +499,8 @@ class FeatureSchema:
         return [f.name for f in self.features if f.name not in table.columns]
 
 
-def _shape_history(table: TraceTable, rows: np.ndarray, specs: list[FeatureSpec],
-                   X: np.ndarray) -> tuple[ShapeHistory, np.ndarray, None] | tuple[None, None, str]:
+def _shape_history(table: TraceTable, rows: np.ndarray, specs: list[FeatureSpec], X: np.ndarray,
+                   y: np.ndarray) -> tuple[ShapeHistory, np.ndarray, None] | tuple[None, None, str]:
     """The history of input shapes and the training rows' flags, where the traces'
     timestamps and features make one useful; else (None, None, why not)."""
     n = len(rows)
@@ -512,16 +515,49 @@ def _shape_history(table: TraceTable, rows: np.ndarray, specs: list[FeatureSpec]
     key = [j for j, spec in enumerate(specs) if _is_shape_feature(X[:, j], spec)]
     if not key:
         return None, None, "no feature repeats as an input shape does (a category, a whole-number size)"
-    history = ShapeHistory.learn(X, order, key, order_field)
-    if len(history.shapes) > SHAPE_MAX_DISTINCT:
-        return None, None, f"{len(history.shapes)} input shapes, more than {SHAPE_MAX_DISTINCT}"
-    flags = history.flags(X, order)
-    first = int(flags.sum())
-    # A flag that is (almost) always the same says nothing the model could use.
-    if min(first, n - first) < SHAPE_MIN_ROWS:
-        return None, None, (f"{first} first runs and {n - first} repeats: at least {SHAPE_MIN_ROWS} of each "
-                            "are needed")
-    return history, flags, None
+    # A whole number with many distinct values may be a size (a sequence length) or a
+    # count that shapes nothing (the tokens of a padded batch) and would make nearly every
+    # row a shape of its own. Each such feature, most varied first, is tried out of the
+    # key; a smaller key replaces a larger one only if its flag explains clearly more of
+    # the log runtime's variance (by SHAPE_KEY_EVIDENCE / n: n times the share explained by
+    # a flag of no effect is about chi-square with one degree of freedom).
+    distinct = {j: len(np.unique(X[:, j])) for j in key}
+    optional = sorted((j for j in key if distinct[j] > SHAPE_KEY_DISTINCT_SHARE * n),
+                      key=lambda j: (-distinct[j], j))
+    log_y = np.log(y)
+    best: tuple[float, ShapeHistory, np.ndarray] | None = None
+    why_not = ""
+    for dropped in range(len(optional) + 1):
+        trial = [j for j in key if j not in optional[:dropped]]
+        if not trial:
+            break
+        history = ShapeHistory.learn(X, order, trial, order_field)
+        if len(history.shapes) > SHAPE_MAX_DISTINCT:
+            why_not = why_not or f"{len(history.shapes)} input shapes, more than {SHAPE_MAX_DISTINCT}"
+            continue
+        flags = history.flags(X, order)
+        first = int(flags.sum())
+        # A flag that is (almost) always the same says nothing the model could use.
+        if min(first, n - first) < SHAPE_MIN_ROWS:
+            why_not = why_not or (f"{first} first runs and {n - first} repeats: at least {SHAPE_MIN_ROWS} of "
+                                  "each are needed")
+            continue
+        explained = _share_explained(log_y, flags)
+        if best is None or explained > best[0] + SHAPE_KEY_EVIDENCE / n:
+            best = (explained, history, flags)
+    if best is None:
+        return None, None, why_not
+    return best[1], best[2], None
+
+
+def _share_explained(values: np.ndarray, flags: np.ndarray) -> float:
+    """The share of the variance of ``values`` between the two groups that ``flags`` makes."""
+    total = float(np.var(values))
+    if total == 0.0:
+        return 0.0
+    ones = flags == 1.0
+    share = ones.mean()
+    return share * (1.0 - share) * float(values[ones].mean() - values[~ones].mean()) ** 2 / total
 
 
 def _is_shape_feature(col: np.ndarray, spec: FeatureSpec) -> bool:
