@@ -13,7 +13,8 @@ synthetic sets whose true conditional distribution is known) the rows are split
   ``lgbm_q`` also given the ``first_of_shape`` column the service derives.
 
 The default run also scores the three real H200 trace sets of ``examples/data`` (measured
-with ``benchmarks/collect_gpu_traces.py``) in a section of their own.
+with ``benchmarks/collect_gpu_traces.py``) in a section of their own (``--no-unseen``
+skips it too; ``--sets h200`` runs them alone).
 
 The service is trained on what ``FeatureSchema.prepare_training`` makes of the traces,
 derived columns included; the baselines see the traces' own fields.
@@ -831,7 +832,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-study", action="store_true", help="skip the many-seeds study at realistic sizes")
     ap.add_argument("--study-only", action="store_true", help="run only the many-seeds study (prints it; README untouched)")
     ap.add_argument("--no-unseen", action="store_true",
-                    help=f"skip the synthetic sets regenerated with the seed offsets {', '.join(map(str, UNSEEN_OFFSETS))}")
+                    help=f"skip the synthetic sets regenerated with the seed offsets {', '.join(map(str, UNSEEN_OFFSETS))} "
+                         "and the H200 traces")
     ap.add_argument("--tail-study", action="store_true",
                     help="run only the heavy-tailed set over 8 seeds: error to the true quantiles per level (prints it)")
     args = ap.parse_args(argv)
@@ -890,9 +892,10 @@ is; `examples/data/h200_collection.json` the machine and versions). They were sc
 before any change: ratios 0.659 (vision), 0.953 (LLM decode) and **1.036** (text encoder,
 against `qrf`; geometric mean 0.867). The encoder's batches pay about 50 ms the first time
 a (batch, padded length) shape runs, but its many-valued `tokens` count made every batch a
-shape of its own, so no `first_of_shape` column was derived. One change followed: a
-many-valued whole-number feature stays in the shape only if the flag explains clearly more
-of the runtime with it (README, "First runs of an input shape"). Neither other set changed,
+shape of its own, so no `first_of_shape` column was derived. One change followed: training
+also tries the shape keys without such many-valued whole-number features, and keeps one
+whose flag explains clearly more of the runtime than the alternatives (README, "First runs
+of an input shape"); here `(batch_size, seq_len)`. Neither other set changed,
 nor any set above (their tables are unchanged); the encoder's ratio above is with that change.
 The LLM set's 104 test rows are under the 200 the calibration figures need."""
 

@@ -4,11 +4,11 @@ Not part of the service, and not run by the tests: it needs a CUDA GPU, PyTorch 
 torchvision, which the service does not depend on. Weights are random (the machine that
 ran it had no network); a forward pass costs the same whatever the weights hold.
 
-Three workloads, each run for a fixed wall-clock budget, one trace per request, appended
-to ``OUT/<gpu>_<workload>.jsonl`` as soon as it is measured:
+Three workloads, each run for a fixed wall-clock budget, one trace per request, written
+to ``OUT/<gpu>_<workload>.jsonl`` as soon as it is measured (a run starts each file anew):
 
 * ``resnet50_vision``: torchvision's ResNet-50 in fp16, channels-last, with cuDNN's
-  autotuner on, as the H100 file in ``examples/data`` was made. A request is a batch of
+  autotuner on. A request is a batch of
   uint8 images copied from pinned memory, normalised on the GPU, classified, and its
   labels copied back. Batches are padded to a power of two (1-64) as servers bucket
   them, and the image side is one of six (128-512): each of the 42 shapes pays the
@@ -26,8 +26,9 @@ to ``OUT/<gpu>_<workload>.jsonl`` as soon as it is measured:
   the longest; the trace has ``batch_size``, ``seq_len`` (the padded length) and
   ``tokens`` (the real ones).
 
-cuDNN's autotuner, switched on for the vision workload, stays on for the two others,
-which PyTorch 2.11 runs partly through cuDNN on that GPU (attention, most likely). Their
+cuDNN's autotuner is on for all three workloads (when the files were made it was switched
+on by the vision workload, which ran first), and PyTorch 2.11 runs the other two partly
+through cuDNN on that GPU (attention, most likely). Their
 timings show it: on the H200, 992 of the encoder's 1,088 batches had a (batch, padded
 length) not seen before and took about 50 ms whatever their size, against 3-15 ms for a
 repeat; the decoder's requests with prompts over 1,200 tokens took a median of 1.6 s
@@ -38,8 +39,9 @@ Run on the GPU machine from the repository root::
 
     python3 benchmarks/collect_gpu_traces.py --out DIR [--vision-seconds 100 ...]
 
-The H200 files in ``examples/data`` come from two such runs; ``h200_collection.json``
-beside them gives the machine, the versions and the commands.
+The H200 files in ``examples/data`` come from two such runs (the encoder's from the first,
+made with an earlier version of this script whose encoder code was this one);
+``h200_collection.json`` beside them gives the machine, the versions and the commands.
 """
 
 from __future__ import annotations
@@ -90,7 +92,6 @@ def _timed(fn) -> float:
 def collect_vision(writer: TraceWriter, seconds: float, seed: int) -> None:
     import torchvision
 
-    torch.backends.cudnn.benchmark = True
     model = torchvision.models.resnet50(weights=None).cuda().half().eval().to(memory_format=torch.channels_last)
     mean = torch.tensor([0.485, 0.456, 0.406], device="cuda", dtype=torch.half).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225], device="cuda", dtype=torch.half).view(1, 3, 1, 1)
@@ -266,6 +267,7 @@ def main() -> int:
         print("no CUDA GPU", file=sys.stderr)
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
+    torch.backends.cudnn.benchmark = True  # per-shape kernel choice, as a tuned server runs
     gpu = torch.cuda.get_device_name(0)
     try:
         driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],

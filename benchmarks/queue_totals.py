@@ -12,7 +12,8 @@ level, common to every task of the queue).
 Then the same on real traces, where the truth is the one measured runtime per task: the
 model is trained as the service trains (derived columns included) on the first 70% of
 each trace file of ``examples/data`` in time order, as a scheduler's model is trained on
-the past, and 1000 queues of each length are drawn from the last 30%; a queue's truth is
+the past, and 1000 queues of each length (1, 5, 50, 200; none longer than half the test rows) are
+drawn from the last 30%; a queue's truth is
 the sum of its tasks' measured runtimes. A test task is a first run only if its shape ran
 neither in training nor earlier among the test tasks, as a scheduler that states
 ``first_of_shape`` would say. "below median" is the share of queues whose measured total

@@ -353,11 +353,45 @@ def test_a_many_valued_count_that_shapes_nothing_is_left_out_of_the_shape():
     assert [schema.names[j] for j in schema.history.key] == ["batch_size", "image_size"]
     np.testing.assert_array_equal(X[:, -1], np.array(firsts, dtype=float))
     assert report.columns_derived == {"first_of_shape": "first run of its shape (batch_size, image_size) by 'ts'"}
+    # Fewer values (150 over 400 rows): the full key gives a usable flag, yet the key
+    # without the count explains clearly more, and wins.
+    for t in traces:
+        t["tokens"] = int(rng.integers(1, 151))
+    schema, X, _, _ = prepare(traces)
+    assert schema.history is not None and "tokens" not in [schema.names[j] for j in schema.history.key]
     # A count with few values is a size like any other, and stays in the key.
     for t in traces:
         t["tokens"] = int(rng.integers(0, 3)) * 100 + t["batch_size"]
     schema, _, _, _ = prepare(traces)
     assert "tokens" in [schema.names[j] for j in schema.history.key]
+
+
+def test_the_shape_is_found_among_several_many_valued_features():
+    # seq_len shapes the kernels (first runs 10x slower), tokens does not; both are many-valued.
+    rng = np.random.default_rng(2)
+    seen, traces = set(), []
+    for i in range(2000):
+        b, length, tokens = int(rng.choice([1, 2])), int(rng.integers(1, 701)), int(rng.integers(1, 521))
+        first = (b, length) not in seen
+        seen.add((b, length))
+        traces.append({"batch_size": b, "seq_len": length, "tokens": tokens, "ts": float(i),
+                       "runtime_ms": b * length * (10.0 if first else 1.0) * float(rng.lognormal(0, 0.05))})
+    schema, _, _, report = prepare(traces)
+    assert report.columns_derived == {"first_of_shape": "first run of its shape (batch_size, seq_len) by 'ts'"}
+
+
+def test_a_smaller_shape_needs_evidence():
+    # The full key never repeats; without the count, the flag of a batch size's first run
+    # explains nothing of these runtimes, so no column is derived.
+    rng = np.random.default_rng(0)
+    traces = [{"batch_size": int(rng.choice([1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64, 128])),
+               "req_tokens": int(rng.integers(1, 3000)), "ts": float(i), "runtime_ms": 0.0} for i in range(400)]
+    for t in traces:
+        t["runtime_ms"] = t["batch_size"] * float(rng.lognormal(0, 0.3))
+    schema, _, _, report = prepare(traces)
+    assert schema.history is None
+    assert report.columns_not_derived["first_of_shape"].endswith(
+        "; no shape without req_tokens had a flag that explained enough of the runtime")
 
 
 def test_a_trace_may_state_whether_it_is_a_first_run():

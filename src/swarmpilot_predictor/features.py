@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,9 @@ SHAPE_MIN_ROWS = 10
 # How much more (times 1/rows) of the log runtime's variance a flag must explain for a
 # smaller shape key to replace a larger one (see _shape_history).
 SHAPE_KEY_EVIDENCE = 10.0
+# At most this many many-valued whole-number features are tried out of the shape key
+# (every combination: 2 ** this keys at most).
+SHAPE_KEY_MAX_OPTIONAL = 3
 # The stored table of shapes stays small next to a model.
 SHAPE_MAX_DISTINCT = 20_000
 
@@ -517,20 +521,28 @@ def _shape_history(table: TraceTable, rows: np.ndarray, specs: list[FeatureSpec]
         return None, None, "no feature repeats as an input shape does (a category, a whole-number size)"
     # A whole number with many distinct values may be a size (a sequence length) or a
     # count that shapes nothing (the tokens of a padded batch) and would make nearly every
-    # row a shape of its own. Each such feature, most varied first, is tried out of the
-    # key; a smaller key replaces a larger one only if its flag explains clearly more of
-    # the log runtime's variance (by SHAPE_KEY_EVIDENCE / n: n times the share explained by
-    # a flag of no effect is about chi-square with one degree of freedom).
+    # row a shape of its own. Keys without such features (the SHAPE_KEY_MAX_OPTIONAL most
+    # varied, in every combination) are tried too. The full key is kept if its flag is
+    # usable; another key must explain more of the log runtime's variance than the best
+    # kept so far (or than nothing) by SHAPE_KEY_EVIDENCE / n: n times the share explained
+    # by a flag of no effect is about chi-square with one degree of freedom.
     distinct = {j: len(np.unique(X[:, j])) for j in key}
-    optional = sorted((j for j in key if distinct[j] > SHAPE_KEY_DISTINCT_SHARE * n),
-                      key=lambda j: (-distinct[j], j))
+    optional = sorted((j for j in key if specs[j].kind == "numeric" and distinct[j] > SHAPE_KEY_DISTINCT_SHARE * n),
+                      key=lambda j: (-distinct[j], j))[:SHAPE_KEY_MAX_OPTIONAL]
+    trials = [[j for j in key if j not in dropped]
+              for r in range(len(optional) + 1) for dropped in itertools.combinations(optional, r)]
     log_y = np.log(y)
     best: tuple[float, ShapeHistory, np.ndarray] | None = None
     why_not = ""
-    for dropped in range(len(optional) + 1):
-        trial = [j for j in key if j not in optional[:dropped]]
+    for trial in trials:
         if not trial:
-            break
+            continue
+        full = len(trial) == len(key)
+        widest = max(trial, key=lambda j: distinct[j])
+        if distinct[widest] > SHAPE_MAX_DISTINCT:  # more shapes than the cap, whatever the other features
+            why_not = why_not or (f"at least {distinct[widest]} input shapes ({specs[widest].name} alone), "
+                                  f"more than {SHAPE_MAX_DISTINCT}")
+            continue
         history = ShapeHistory.learn(X, order, trial, order_field)
         if len(history.shapes) > SHAPE_MAX_DISTINCT:
             why_not = why_not or f"{len(history.shapes)} input shapes, more than {SHAPE_MAX_DISTINCT}"
@@ -543,9 +555,12 @@ def _shape_history(table: TraceTable, rows: np.ndarray, specs: list[FeatureSpec]
                                   "each are needed")
             continue
         explained = _share_explained(log_y, flags)
-        if best is None or explained > best[0] + SHAPE_KEY_EVIDENCE / n:
+        if full or explained > (best[0] if best else 0.0) + SHAPE_KEY_EVIDENCE / n:
             best = (explained, history, flags)
     if best is None:
+        if optional:
+            names = ", ".join(specs[j].name for j in optional)
+            why_not += f"; no shape without {names} had a flag that explained enough of the runtime"
         return None, None, why_not
     return best[1], best[2], None
 
