@@ -516,7 +516,8 @@ def _shape_history(table: TraceTable, rows: np.ndarray, specs: list[FeatureSpec]
     order = table.numeric(order_field)[rows]
     if not np.isfinite(order).all():
         return None, None, f"some traces' '{order_field}' is missing or not a number"
-    key = [j for j, spec in enumerate(specs) if _is_shape_feature(X[:, j], spec)]
+    distinct = [len(np.unique(X[:, j])) for j in range(len(specs))]
+    key = [j for j, spec in enumerate(specs) if _is_shape_feature(X[:, j], spec, distinct[j])]
     if not key:
         return None, None, "no feature repeats as an input shape does (a category, a whole-number size)"
     # A whole number with many distinct values may be a size (a sequence length) or a
@@ -526,7 +527,6 @@ def _shape_history(table: TraceTable, rows: np.ndarray, specs: list[FeatureSpec]
     # usable; another key must explain more of the log runtime's variance than the best
     # kept so far (or than nothing) by SHAPE_KEY_EVIDENCE / n: n times the share explained
     # by a flag of no effect is about chi-square with one degree of freedom.
-    distinct = {j: len(np.unique(X[:, j])) for j in key}
     optional = sorted((j for j in key if specs[j].kind == "numeric" and distinct[j] > SHAPE_KEY_DISTINCT_SHARE * n),
                       key=lambda j: (-distinct[j], j))[:SHAPE_KEY_MAX_OPTIONAL]
     trials = [[j for j in key if j not in dropped]
@@ -575,9 +575,10 @@ def _share_explained(values: np.ndarray, flags: np.ndarray) -> float:
     return share * (1.0 - share) * float(values[ones].mean() - values[~ones].mean()) ** 2 / total
 
 
-def _is_shape_feature(col: np.ndarray, spec: FeatureSpec) -> bool:
-    """Categories and counts (a batch size, an image size) that repeat; not ids, counters or measurements."""
-    distinct = len(np.unique(col))
+def _is_shape_feature(col: np.ndarray, spec: FeatureSpec, distinct: int) -> bool:
+    """Categories and counts (a batch size, an image size) that repeat; not ids, counters or measurements.
+
+    ``distinct`` is the number of distinct values in ``col``."""
     if distinct == len(col):
         return False  # an id or a counter: never repeats, so no shape would either
     if spec.kind == "categorical" or np.array_equal(col, np.round(col)):
