@@ -306,7 +306,9 @@ def test_quantiles_at_other_levels_and_totals():
     q = quantile_function(np.array([0.25, 0.5, 0.75]), vals, np.array([11.0]), np.array([1.0]), [0.5, 0.375, 0.9, 0.01])
     assert q[0, 0] == 11.0 and q[0, 1] == pytest.approx(10.5)
     assert q[0, 2] == pytest.approx(max(12.0, 11.0 + 1.2815515655446004))
-    assert q[0, 3] == pytest.approx(min(10.0, 11.0 - 2.3263478740408408))
+    # Below the lowest stored level, log-linear in the normal score through the two lowest.
+    z25, z01 = -0.6744897501960817, -2.3263478740408408
+    assert q[0, 3] == pytest.approx(10.0 * (11.0 / 10.0) ** ((z01 - z25) / (0.0 - z25)))
     pred = table.predict(None, [{"a": 1}, {"a": 2}, {"a": 3}], 0.9, [0.1, 0.5, 0.9], with_total=True)
     body = pred.batch_response()
     expects = [r["expect"] for r in body["results"]]
@@ -831,3 +833,82 @@ def test_the_default_table_under_concurrent_deletes_and_rewrites(tmp_path):
         t.join()
     assert unexpected == []
     assert answered[0] > 0
+
+
+def test_lower_levels_than_stored_follow_a_lognormal_and_never_reach_zero():
+    """A record of a wide lognormal: the normal approximation from its mean and sd put
+    the 0.01 quantile at 0; the log-linear tail recovers the lognormal's own value."""
+    from scipy.stats import lognorm
+
+    dist = lognorm(s=1.0, scale=50.0)
+    levels = [0.25, 0.5, 0.75, 0.99]
+    rec = {"status": "success", "model_type": "llm", "quantiles": levels,
+           "quantile_predictions": dist.ppf(levels).tolist(), "expect": float(dist.mean()), "error": float(dist.std()),
+           "model_info": INFO, "features": {"x": 1}}
+    table = LookupTable.from_records([rec])
+    for batch in ([{"x": 1}], [{"x": 1}] * 40):  # the one-trace and the vectorised paths
+        got = table.predict(None, batch, 0.9, [0.001, 0.01, 0.1]).results()[0]["quantile_predictions"]
+        np.testing.assert_allclose(got, dist.ppf([0.001, 0.01, 0.1]), rtol=1e-9)
+
+
+@pytest.mark.parametrize("batch", [1, 40])
+def test_levels_near_the_stored_interval_come_from_it(batch):
+    """The stored interval is a pair of quantiles the model computed: asked at its levels a
+    table answers them, and nearby levels are interpolated from them, so an answer's
+    quantiles agree with its own interval."""
+    levels = [0.25, 0.5, 0.75, 0.99]
+    rec = {"status": "success", "model_type": "llm", "quantiles": levels, "quantile_predictions": [20.0, 22.0, 25.0, 60.0],
+           "expect": 24.0, "error": 9.0, "interval": [12.0, 40.0], "confidence_level": 0.9,
+           "model_info": INFO, "features": {"x": 1}}
+    table = LookupTable.from_records([rec])
+    res = table.predict(None, [{"x": 1}] * batch, 0.9, [0.05, 0.15, 0.5, 0.9, 0.95]).results()[0]
+    assert res["interval"] == [12.0, 40.0]
+    np.testing.assert_allclose(res["quantile_predictions"], [12.0, 12.0 + 8.0 * 0.5, 22.0, 25.0 + 15.0 * 0.75, 40.0])
+    # At another confidence level the interval is read off the same knots.
+    other = table.predict(None, [{"x": 1}] * batch, 0.8).results()[0]
+    np.testing.assert_allclose(other["interval"], [12.0 + 8.0 * 0.25, 25.0 + 15.0 * 0.75])
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_tables_of_a_model_with_first_runs_tell_first_runs_from_repeats(tmp_path, fmt):
+    """The table stores the first-run flag each record was predicted with and matches on it;
+    a trace that does not state it is a repeat run, as for the model on a shape it has seen."""
+    from .conftest import cold_start_traces
+
+    traces, _ = cold_start_traces(400)
+    service = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    try:
+        service.train(TrainConfig(model=IDENTITY, traces=traces, features=["batch_size", "image_size"]))
+        src = tmp_path / "traces.jsonl"
+        src.write_bytes(b"\n".join(orjson.dumps(t) for t in traces))
+        name = f"shapes.{fmt}"
+        service.generate_table(PATTERN, src, 0.9, name)
+        table = service.tables.get(name)
+        assert table.feature_names == ["batch_size", "image_size", "first_of_shape"]
+        shape = {"batch_size": 8, "image_size": 448}
+        queries = [shape, {**shape, "first_of_shape": False}, {**shape, "first_of_shape": True}]
+        model = service.predict(PATTERN, queries, 0.9).results()
+        for batch in (queries, queries * 20):
+            got = service.predict(PATTERN, batch, 0.9, lookup_table=True, lookup_table_name=name).results()[:3]
+            for m, t in zip(model, got):
+                assert t["match"] == "exact"
+                np.testing.assert_allclose(t["quantile_predictions"], m["quantile_predictions"], rtol=1e-9)
+        assert got[2]["quantile_predictions"][1] > 5 * got[0]["quantile_predictions"][1]
+    finally:
+        service.close()
+
+
+def test_links_in_the_table_folder_are_not_tables(tmp_path):
+    """A symbolic link there could name any file on the machine: it is neither listed nor served."""
+    outside = tmp_path / "outside.json"
+    outside.write_text(SEED_TABLE)
+    root = tmp_path / "tables"
+    root.mkdir()
+    (root / "real.json").write_text(SEED_TABLE)
+    (root / "link.json").symlink_to(outside)
+    store = LookupTableStore(root)
+    assert store.names() == ["real.json"]
+    assert store.get("real.json").n_rows == 1
+    for call in (store.path_of, store.get):
+        with pytest.raises(NotFound):
+            call("link.json")

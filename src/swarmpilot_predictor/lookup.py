@@ -58,6 +58,7 @@ from scipy.special import ndtri
 
 from .atomic import atomic_file
 from .errors import InvalidInput, NotFound, PredictorError, storage_error
+from .features import FIRST_OF_SHAPE
 from .identity import IDENTITY_KEYS, IdentityPattern
 from .schemas import RenderedPredictions
 from .traces import (
@@ -451,6 +452,18 @@ class _FeatureColumn:
     vocab: dict[str, int] = field(default_factory=dict)
     mean: float = 0.0
     scale: float = 1.0
+    # A query trace that does not state this feature reads it as this value (None:
+    # it is missing). Only ``first_of_shape`` has one: not stating it means a repeat
+    # run, the usual case for a shape a table holds.
+    missing_as: float | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.name == FIRST_OF_SHAPE and self.kind == "numeric":
+            self.missing_as = 0.0
+
+    def query_value(self, trace: dict[str, Any]) -> Any:
+        v = trace.get(self.name)
+        return self.missing_as if v is None else v
 
     def present(self, rows: np.ndarray) -> np.ndarray:
         v = self.values[rows]
@@ -788,7 +801,7 @@ class LookupTable:
             query: list[Any] = []
             for j in g.cols:
                 c = columns[j]
-                v = t.get(c.name)
+                v = c.query_value(t)
                 if c.kind == "numeric":
                     if v.__class__ is str and self.text_numbers:
                         v = _text_number(v)
@@ -822,7 +835,7 @@ class LookupTable:
             z = []
             for j in g.num_cols:
                 c = columns[j]
-                v = t.get(c.name)
+                v = c.query_value(t)
                 if v.__class__ is str and self.text_numbers:
                     v = _text_number(v)
                 if isinstance(v, (int, float)) and v == v:
@@ -882,7 +895,7 @@ class LookupTable:
     def _query_column(self, j: int, flat: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(values, missing, invalid) of feature column ``j`` for the query traces."""
         c = self.columns[j]
-        raw = [t.get(c.name) for t in flat]
+        raw = [t.get(c.name) for t in flat] if c.missing_as is None else [c.query_value(t) for t in flat]
         n = len(raw)
         if c.kind == "numeric":
             if self.text_numbers:
@@ -974,14 +987,18 @@ class LookupTable:
         stored = self.values[s][int(self.row_position[row])].tolist()
         mu, sd = float(self.expect[row]), float(self.error[row])
         cl = float(self.confidence[row])
-        if abs(cl - confidence_level) <= 1e-12 and math.isfinite(float(self.interval[row, 0])):
-            interval = self.interval[row].tolist()
+        lo, hi = self.interval[row].tolist()
+        has_interval = 0.0 < cl < 1.0 and math.isfinite(lo) and math.isfinite(hi)
+        if has_interval and abs(cl - confidence_level) <= 1e-12:
+            interval = [lo, hi]
         else:
+            L, V = _merge_interval_knots(stored_levels, stored, cl, lo, hi) if has_interval else (stored_levels, stored)
             a = (1.0 - confidence_level) / 2.0
-            interval = _quantiles_one(stored_levels, stored, mu, sd, [a, 1.0 - a])
+            interval = _quantiles_one(L, V, mu, sd, [a, 1.0 - a])
         if levels is None:
             return stored_levels, stored, interval
-        return levels, _quantiles_one(stored_levels, stored, mu, sd, levels), interval
+        L, V = _merge_interval_knots(stored_levels, stored, cl, lo, hi) if has_interval else (stored_levels, stored)
+        return levels, _quantiles_one(L, V, mu, sd, levels), interval
 
     def _pick(self, trace: dict[str, Any], n: int) -> int:
         try:
@@ -1066,26 +1083,63 @@ class LookupTable:
 
     def _answer_many(self, rows: np.ndarray, levels: list[float] | None,
                      confidence_level: float) -> list[tuple[list[float], list[float], list[float]]]:
-        """:meth:`_answer_one` for many rows, vectorised per set of stored levels."""
+        """:meth:`_answer_one` for many rows, vectorised per set of stored levels and stored interval."""
         out: list[Any] = [None] * len(rows)
         a = (1.0 - confidence_level) / 2.0
         ls_of = self.row_levelset[rows]
+        cl_of = self.confidence[rows]
+        has_interval = (cl_of > 0) & (cl_of < 1) & np.isfinite(self.interval[rows]).all(axis=1)
+        cl_key = np.where(has_interval, cl_of, -1.0)
         for s in np.unique(ls_of).tolist():
-            sel = np.flatnonzero(ls_of == s)
-            r = rows[sel]
-            stored_levels = self.levelsets[s]
-            stored = self.values[s][self.row_position[r]]
-            mu, sd = self.expect[r], self.error[r]
-            if levels is None:
-                out_levels, vals = self.levelset_lists[s], stored
-            else:
-                out_levels, vals = levels, quantile_function(stored_levels, stored, mu, sd, levels)
-            iv = quantile_function(stored_levels, stored, mu, sd, [a, 1.0 - a])
-            same_cl = (np.abs(self.confidence[r] - confidence_level) <= 1e-12) & np.isfinite(self.interval[r, 0])
-            iv[same_cl] = self.interval[r[same_cl]]
-            for p, v, i in zip(sel.tolist(), vals.tolist(), iv.tolist()):
-                out[p] = (out_levels, v, i)
+            for cl in np.unique(cl_key[ls_of == s]).tolist():
+                sel = np.flatnonzero((ls_of == s) & (cl_key == cl))
+                r = rows[sel]
+                stored_levels = self.levelsets[s]
+                stored = self.values[s][self.row_position[r]]
+                mu, sd = self.expect[r], self.error[r]
+                if cl > 0:
+                    L, V = _merge_interval_knots_many(stored_levels, stored, cl, self.interval[r])
+                else:
+                    L, V = stored_levels, stored
+                if levels is None:
+                    out_levels, vals = self.levelset_lists[s], stored
+                else:
+                    out_levels, vals = levels, quantile_function(L, V, mu, sd, levels)
+                if cl > 0 and abs(cl - confidence_level) <= 1e-12:
+                    iv = self.interval[r]
+                else:
+                    iv = quantile_function(L, V, mu, sd, [a, 1.0 - a])
+                for p, v, i in zip(sel.tolist(), vals.tolist(), iv.tolist()):
+                    out[p] = (out_levels, v, i)
         return out
+
+
+def _merge_interval_knots(levels: list[float], values: list[float], cl: float, lo: float, hi: float) -> tuple[list[float], list[float]]:
+    """A record's stored quantiles plus the ends of its stored central interval, as quantiles
+    at (1 - cl) / 2 and (1 + cl) / 2: the interval is a pair of quantiles the model computed,
+    so levels near it are interpolated from it rather than extrapolated past the stored ones."""
+    knots = dict(zip(levels, values))
+    for level, value in (((1.0 - cl) / 2.0, lo), ((1.0 + cl) / 2.0, hi)):
+        if all(abs(level - q) >= 1e-9 for q in levels):
+            knots[level] = value
+    L = sorted(knots)
+    V, run = [], -math.inf
+    for q in L:
+        run = max(run, knots[q])
+        V.append(run)
+    return L, V
+
+
+def _merge_interval_knots_many(levels: np.ndarray, values: np.ndarray, cl: float,
+                               interval: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_merge_interval_knots` for rows sharing their stored levels and confidence level."""
+    extra = [(k, lv) for k, lv in enumerate(((1.0 - cl) / 2.0, (1.0 + cl) / 2.0)) if not np.any(np.abs(levels - lv) < 1e-9)]
+    if not extra:
+        return levels, values
+    L = np.concatenate([levels, [lv for _, lv in extra]])
+    V = np.column_stack([values, interval[:, [k for k, _ in extra]]])
+    order = np.argsort(L, kind="stable")
+    return L[order], np.maximum.accumulate(V[:, order], axis=1)
 
 
 def quantile_function(levels: np.ndarray, values: np.ndarray, mean: np.ndarray, std: np.ndarray,
@@ -1093,10 +1147,14 @@ def quantile_function(levels: np.ndarray, values: np.ndarray, mean: np.ndarray, 
     """Values at ``taus`` from records that store quantiles at ``levels``.
 
     Stored levels are answered as stored; levels between two stored ones by
-    linear interpolation; levels beyond them by a normal approximation from the
-    record's mean and standard deviation, kept no less extreme than the
-    outermost stored quantile (and not negative). The result never decreases
-    along increasing levels.
+    linear interpolation. Below the lowest stored level the log of the quantile
+    goes on along the normal score at the slope of the two lowest stored ones
+    (exact for a lognormal, and never zero); above the highest, a normal
+    approximation from the record's mean and standard deviation, kept no less
+    extreme than the highest stored quantile. Records that cannot carry a
+    log slope (one stored level, a quantile not above 0) get the normal
+    approximation below too, floored at 0. The result never decreases along
+    increasing levels.
     """
     taus_a = np.asarray(taus, dtype=np.float64)
     L = np.asarray(levels, dtype=np.float64)
@@ -1110,7 +1168,15 @@ def quantile_function(levels: np.ndarray, values: np.ndarray, mean: np.ndarray, 
             w = (t - L[i - 1]) / (L[i] - L[i - 1])
             out[:, t_idx] = values[:, i - 1] * (1 - w) + values[:, i] * w
         elif t < L[0]:
-            out[:, t_idx] = np.minimum(values[:, 0], np.maximum(mean + std * ndtri(t), 0.0))
+            normal = np.minimum(values[:, 0], np.maximum(mean + std * ndtri(t), 0.0))
+            if len(L) >= 2:
+                v0, v1 = values[:, 0], values[:, 1]
+                ok = (v0 > 0) & (v1 > 0)
+                with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                    slope = np.log(v1 / v0) / (ndtri(L[1]) - ndtri(L[0]))
+                    tail = v0 * np.exp(slope * (ndtri(t) - ndtri(L[0])))
+                normal = np.where(ok, tail, normal)
+            out[:, t_idx] = normal
         else:
             out[:, t_idx] = np.maximum(values[:, -1], mean + std * ndtri(t))
     order = np.argsort(taus_a, kind="stable")
@@ -1121,6 +1187,7 @@ def quantile_function(levels: np.ndarray, values: np.ndarray, mean: np.ndarray, 
 def _quantiles_one(L: list[float], V: list[float], mu: float, sd: float, taus: Sequence[float]) -> list[float]:
     """:func:`quantile_function` for one record, on Python floats."""
     out = []
+    inv = _STD_NORMAL.inv_cdf
     for t in taus:
         i = bisect_left(L, t)
         if i < len(L) and abs(L[i] - t) < 1e-9:
@@ -1131,9 +1198,13 @@ def _quantiles_one(L: list[float], V: list[float], mu: float, sd: float, taus: S
             w = (t - L[i - 1]) / (L[i] - L[i - 1])
             out.append(V[i - 1] * (1 - w) + V[i] * w)
         elif t < L[0]:
-            out.append(min(V[0], max(mu + sd * _STD_NORMAL.inv_cdf(t), 0.0)))
+            if len(L) >= 2 and V[0] > 0 and V[1] > 0:
+                z0 = inv(L[0])
+                out.append(V[0] * math.exp(math.log(V[1] / V[0]) / (inv(L[1]) - z0) * (inv(t) - z0)))
+            else:
+                out.append(min(V[0], max(mu + sd * inv(t), 0.0)))
         else:
-            out.append(max(V[-1], mu + sd * _STD_NORMAL.inv_cdf(t)))
+            out.append(max(V[-1], mu + sd * inv(t)))
     order = sorted(range(len(taus)), key=lambda k: taus[k])
     run = -math.inf
     for k in order:
@@ -1622,6 +1693,10 @@ def generate_table(
         raise InvalidInput(f"format must be one of {', '.join(WRITABLE_FORMATS)}", field="format")
     t0 = time.perf_counter()
     names = list(schema.names)
+    # With a shape history the prediction also depends on whether the trace was its
+    # shape's first run: the record stores the flag it was predicted with, as a feature,
+    # so that a lookup tells a first run from a repeat of the same shape.
+    flagged = schema.history is not None
     levels = [float(q) for q in levels]
     info = dict(model_info)
     identity_row = [info["type"], info["name"], info["hardware"], info["software_name"], info["software_version"]]
@@ -1645,13 +1720,15 @@ def generate_table(
                         samples.append(f"trace {seen - len(chunk) + i}: {e}")
             if fmt == "csv" and writer is None:
                 id_cols = [k for k in ("task_id", "req_id", "request_id", "model_id") if any(k in t for t in chunk)]
-                writer = CsvTableWriter(out_path, names + id_cols + list(IDENTITY_KEYS) + list(CSV_PREDICTION_COLUMNS) + q_header)
+                writer = CsvTableWriter(out_path, names + [FIRST_OF_SHAPE] * flagged + id_cols + list(IDENTITY_KEYS)
+                                        + list(CSV_PREDICTION_COLUMNS) + q_header)
             if ok_rows:
                 dist = model.predict_distribution(X[ok_rows])
                 q = dist.quantiles(levels).tolist()
                 mean, std = dist.mean_std()
                 iv = dist.interval(confidence_level).tolist()
                 mean_l, std_l = mean.tolist(), std.tolist()
+                first = X[ok_rows, -1].astype(bool).tolist() if flagged else None
                 good = [chunk[i] for i in ok_rows]
                 if fmt == "json":
                     out = []
@@ -1669,6 +1746,8 @@ def generate_table(
                             "model_version": model_version,
                             "features": {n: t.get(n) for n in names},
                         }
+                        if first is not None:
+                            rec["features"][FIRST_OF_SHAPE] = first[k]
                         for idk in ID_KEYS:
                             if idk in t:
                                 rec[idk] = t[idk]
@@ -1683,6 +1762,8 @@ def generate_table(
                     rows = []
                     for k, t in enumerate(good):
                         feats = [_csv_out(t.get(n)) for n in names]
+                        if first is not None:
+                            feats.append(int(first[k]))
                         ids = [_csv_out(t.get(c)) for c in id_cols]
                         lo, hi = iv[k]
                         rows.append(feats + ids + identity_row + ["success", model_version, mean_l[k], std_l[k], confidence_level, lo, hi] + q[k])
@@ -1931,7 +2012,8 @@ class LookupTableStore:
         if name == self.default_name and self.default_path is not None and self.default_path.is_file():
             return self.default_path
         path = self.root / name
-        if not path.is_file():
+        # A link in the table folder could point anywhere on the machine: a table is a file of its own.
+        if path.is_symlink() or not path.is_file():
             raise NotFound(f"lookup table {name!r} not found; available: {', '.join(self.names()) or 'none'}")
         return path
 
@@ -2048,7 +2130,7 @@ class LookupTableStore:
     def names(self) -> list[str]:
         out = []
         for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
-            if entry.is_file() and not entry.name.startswith(".") and table_format(entry.name):
+            if entry.is_file(follow_symlinks=False) and not entry.name.startswith(".") and table_format(entry.name):
                 out.append(entry.name)
         return out
 
