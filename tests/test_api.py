@@ -322,6 +322,17 @@ def test_predict_batch_with_no_predictable_trace(http, trained):
     assert body["summary"]["total"] == 0 and body["results"] == []
 
 
+def test_an_empty_queue_totals_zero(http, trained):
+    # A scheduler asks about idle instances too: an empty queue drains at once.
+    body = ok(http.post(f"/predict/batch/{SEGMENTS}", json={"trace": [], "quantiles": [0.5, 0.9], "confidence_level": 0.8}))
+    assert body["summary"] == {**body["summary"], "total": 0, "success": 0, "failed": 0}
+    assert body["expect"] == 0 and body["error"] == 0
+    assert body["quantiles"] == [0.5, 0.9] and body["total_quantiles"] == [0, 0] and body["total_interval"] == [0, 0]
+    # With the model's default levels.
+    body = ok(http.post(f"/predict/batch/{SEGMENTS}", json={"trace": []}))
+    assert body["total_quantiles"] == [0] * len(body["quantiles"]) and body["expect"] == 0
+
+
 # --------------------------------------------------------------------------- bad input: a clear 4xx, never a 500
 
 
@@ -641,3 +652,138 @@ def test_unknown_paths_and_methods_answer_in_the_error_format(http):
     r = http.delete("/health")
     failed(r, 405, "method DELETE is not allowed on /health")
     assert "GET" in r.headers["allow"]
+
+
+# --------------------------------------------------------------------------- YAML configs, wildcards, file names, forms
+
+
+_YAML_MODEL = ('model: {model_type: yaml, model_name: m, hardware: h, software_name: s, software_version: "1"}\n')
+
+
+@pytest.mark.parametrize("yaml_text, field", [
+    # Strings YAML may hold but Unicode does not (a lone surrogate), wherever they are.
+    ('traces: "\\ud800.jsonl"\n', "config.traces"),
+    ('traces: t.jsonl\nfeatures: ["\\ud800"]\n', "config.features.0"),
+    ('traces: t.jsonl\ntarget: "\\ud800"\n', "config.target"),
+    ('traces: t.jsonl\nparams: {"\\ud800": 1}\n', "config.params"),
+    ('traces: [{x: 1, runtime_ms: 2, c: "\\ud800"}, {x: 2, runtime_ms: 3, c: b}]\n', "config.traces.0.c"),
+    ('traces: [{x: 1, runtime_ms: 2}, {x: 2, runtime_ms: 3, "\\udcff": 1}]\n', "config.traces.1"),
+    # Values JSON has no form for.
+    ('traces: [{x: 1, runtime_ms: 2, b: !!binary /w==}, {x: 2, runtime_ms: 3, b: !!binary /w==}]\n', "config.traces.0.b"),
+    ('traces: [{x: 1, runtime_ms: 2, d: 2024-01-01}, {x: 2, runtime_ms: 3, d: 2024-01-02}]\n', "config.traces.0.d"),
+    ('traces: [{x: 1, runtime_ms: 2, t: 2024-01-01 10:00:00}, {x: 2, runtime_ms: 3}]\n', "config.traces.0.t"),
+    ('traces: [{x: 1, runtime_ms: 2, s: !!set {a, b}}, {x: 2, runtime_ms: 3}]\n', "config.traces.0.s"),
+    ('traces: [{1: 1, runtime_ms: 2}, {1: 2, runtime_ms: 3}]\n', "config.traces.0"),
+    ('traces: [{x: .nan, runtime_ms: 2}, {x: 2, runtime_ms: 3}]\n', "config.traces.0.x"),
+    ('traces: t.jsonl\nquantiles: [.inf]\n', "config.quantiles.0"),
+    ('traces: t.jsonl\nparams: {alpha: .nan}\n', "config.params.alpha"),
+])
+def test_yaml_configs_json_could_not_hold_are_422_naming_the_path(http, yaml_text, field):
+    traces = jsonl_bytes(make_llm_traces(20))
+    r = multipart_train(http, "c.yaml", (_YAML_MODEL + yaml_text).encode(), {"t.jsonl": traces})
+    body = failed(r, 422, field)
+    assert body["field"] == field
+    # The same config behind a "config:" key names the same path.
+    wrapped = "config:\n" + "".join("  " + line + "\n" for line in (_YAML_MODEL + yaml_text).splitlines())
+    assert failed(multipart_train(http, "c.yaml", wrapped.encode(), {"t.jsonl": traces}), 422)["field"] == field
+
+
+def test_yaml_aliases_cannot_expand_a_config_without_bound(http):
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+    for name, prev in zip("bcdefgh", "abcdefg"):
+        bomb += f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 10) + "]\n"
+    failed(multipart_train(http, "c.yaml", bomb.encode(), {}), 422, "aliases")
+
+
+def test_error_answers_escape_what_utf8_cannot_encode():
+    from swarmpilot_predictor.api import error_response
+
+    body = orjson.loads(error_response(422, "features: '\ud800' not found", "features.\udcff", extra=["\ud800"]).body)
+    assert body["message"] == "features: '\\ud800' not found" and body["field"] == "features.\\udcff"
+    assert body["extra"] == ["\\ud800"]
+
+
+@pytest.mark.parametrize("part", ["model_type", "model_name", "hardware", "software_name", "software_version"])
+def test_a_wildcard_cannot_name_an_identity_part_at_training(http, part):
+    # '*' (or %2A) in a URL leaves a part unspecified: a model named '*' could never be addressed.
+    body = failed(http.post("/train", json={"config": {"model": {**ident("star"), part: "*"},
+                                                      "traces": make_llm_traces(40)}}), 422, f"config.model.{part}")
+    assert body["field"] == f"config.model.{part}"
+    config = yaml.safe_dump({"model": {**ident("star"), part: "*"}, "traces": "t.jsonl"}).encode()
+    body = failed(multipart_train(http, "c.yaml", config, {"t.jsonl": jsonl_bytes(make_llm_traces(20))}), 422, part)
+    assert body["field"] == f"config.model.{part}"
+
+
+def test_a_wildcard_group_value_cannot_name_a_model(http):
+    traces = [{**t, "hardware": "*" if i % 2 else "A100"} for i, t in enumerate(make_llm_traces(60))]
+    body = failed(http.post("/train", json={"config": {"model": ident("stargroup"), "group_by": ["hardware"],
+                                                      "traces": traces}}),
+                  422, "hardware", "'*'")
+    assert body["field"] == "traces"
+    # Names with a star inside are plain names.
+    ok(http.post("/train", json={"config": {"model": ident("stargroup", model_name="a*b"), "traces": make_llm_traces(40),
+                                            "algorithm": "linear"}}))
+    ok(http.get("/models/stargroup/a%2Ab/*/*/*"))
+
+
+def test_training_errors_name_the_uploaded_file_not_the_servers_copy(http):
+    config = orjson.dumps({"model": ident("names"), "traces": "s1.json"})
+    body = failed(multipart_train(http, "c.json", config, {"s1.json": b'[{"x": 1, "runtime_ms": 2}, {"x": '}), 422,
+                  "s1.json: not valid JSON")
+    assert "0.json" not in body["message"]
+    # Named by its form field, the upload is still called by its file name.
+    r = http.post("/train", files=[("config", ("c.json", orjson.dumps({"model": ident("names"), "traces": "f"}), "x")),
+                                   ("f", ("mine.jsonl", b'{"x": 1, "runtime_ms": 2}\n{broken\n', "x"))])
+    body = failed(r, 422, "mine.jsonl: line 2")
+    assert "0.jsonl" not in body["message"]
+
+
+def table_failed(r: httpx.Response, status: int, field: str, *needles: str) -> dict:
+    assert r.status_code == status, f"expected {status}, got {r.status_code}: {r.text}"
+    body = r.json()
+    assert body["status"] == "failed" and body["path"] is None and body["field"] == field, body
+    for needle in needles:
+        assert needle in body["message"], f"{needle!r} not in {body['message']!r}"
+    return body
+
+
+def test_table_errors_name_the_uploaded_file(http, trained):
+    for name, data, needle in [("bad.json", b'[{"input_tokens": 1, ', "bad.json: "),
+                               ("bad.json", b'{"traces": [1', "bad.json: "),
+                               ("bad.jsonl", b'{"input_tokens": 1}\n{oops\n', "bad.jsonl: line 2"),
+                               ("bad.json.gz", gzip.compress(b"[" * 50)[:20], "bad.json.gz")]:
+        r = http.post(f"/predict/table/{SEGMENTS}", files={"trace_file": (name, data, "x")})
+        body = table_failed(r, 422, "trace_file", needle)
+        assert "upload-" not in body["message"] and "traces." not in body["message"], body["message"]
+
+
+def _multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = "XyZ") -> bytes:
+    out = b""
+    for name, filename, content in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+def test_table_form_errors_keep_the_tables_answer_format(http, trained):
+    url = f"/predict/table/{SEGMENTS}"
+    traces = jsonl_bytes(make_llm_traces(5))
+    # No boundary in the content type.
+    r = http.post(url, content=_multipart([("trace_file", "t.jsonl", traces)]),
+                  headers={"content-type": "multipart/form-data"})
+    table_failed(r, 400, "body", "boundary")
+    form = {"content-type": "multipart/form-data; boundary=XyZ"}
+    # More fields than the form has.
+    fields = [(f"f{i}", None, b"1") for i in range(17)]
+    table_failed(http.post(url, content=_multipart([*fields, ("trace_file", "t.jsonl", traces)]), headers=form),
+                 400, "body", "fields")
+    # Two files.
+    two = [("trace_file", "t.jsonl", traces), ("other", "u.jsonl", traces)]
+    table_failed(http.post(url, content=_multipart(two), headers=form), 400, "trace_file", "files")
+    # A form field over 64 KB.
+    big = [("table_name", None, b"x" * (65 * 1024)), ("trace_file", "t.jsonl", traces)]
+    table_failed(http.post(url, content=_multipart(big), headers=form), 413, "body", "64KB")
+    # Training's form errors are in the service's error format, with a field.
+    body = failed(http.post("/train", content=_multipart([("config", None, b"{}")]),
+                            headers={"content-type": "multipart/form-data"}), 400, "boundary")
+    assert body["field"] == "body"

@@ -215,6 +215,70 @@ def test_async_client_matches_sync(trained_server):
     assert batch.summary.success == 2 and code == 422
 
 
+def test_nan_and_infinity_are_refused_before_sending(trained_server):
+    # orjson writes NaN as null, which the service would read as a missing feature:
+    # both clients refuse such a request, naming the value's place, and send nothing.
+    import httpx
+
+    from swarmpilot_predictor.client import InvalidRequestError
+
+    sent = []
+
+    def record(request):
+        sent.append(request)
+        return httpx.Response(500)
+
+    good = {"input_tokens": 100, "output_tokens": 50}
+    cases = [
+        (lambda c: c.predict_single(IDENTITY, {"input_tokens": float("nan"), "output_tokens": 5}), "trace.input_tokens"),
+        (lambda c: c.predict_batch(IDENTITY, [good, {**good, "output_tokens": np.float32("inf")}]), "trace[1].output_tokens"),
+        (lambda c: c.queue_wait(IDENTITY, [good, good, {**good, "input_tokens": -np.inf}]), "trace[2].input_tokens"),
+        (lambda c: c.predict_single(IDENTITY, good, quantiles=np.array([0.5, np.nan])), "quantiles[1]"),
+        (lambda c: c.predict(model_type="llm", metadata={**good, "input_tokens": float("inf")}), "trace.input_tokens"),
+        (lambda c: c.observe(IDENTITY, [{**good, "runtime_ms": float("nan")}]), "traces[0].runtime_ms"),
+        (lambda c: c.train({"model": IDENTITY, "traces": [{"x": float("nan"), "runtime_ms": 1}]}), "config.traces[0].x"),
+        (lambda c: c.train({"model": IDENTITY, "traces": [{"x": float("nan")}], "target": "x"}, files={"t.jsonl": b""}),
+         "config.traces[0].x"),
+    ]
+    with PredictorClient(trained_server.url, transport=httpx.MockTransport(record)) as client:
+        for call, field in cases:
+            with pytest.raises(InvalidRequestError) as err:
+                call(client)
+            assert isinstance(err.value, ValueError) and isinstance(err.value, PredictorClientError)
+            assert err.value.field == field and err.value.message.startswith(f"{field} is ")
+            assert err.value.status_code is None
+
+    async def run():
+        async with AsyncPredictorClient(trained_server.url, transport=httpx.MockTransport(record)) as client:
+            with pytest.raises(InvalidRequestError) as err:
+                await client.predict_batch(IDENTITY, [good, {**good, "output_tokens": np.float32("inf")}])
+            return err.value.field
+
+    assert asyncio.run(run()) == "trace[1].output_tokens"
+    assert sent == []
+    # A None is a missing value and is sent as null, as before.
+    with PredictorClient(trained_server.url) as client:
+        with pytest.raises(PredictorClientError) as err:
+            client.predict_single(IDENTITY, {"input_tokens": None, "output_tokens": 5})
+        assert err.value.status_code == 422 and "input_tokens" in err.value.message
+
+
+def test_the_wait_of_an_empty_queue_is_zero(trained_server):
+    with PredictorClient(trained_server.url) as client:
+        est = client.queue_wait(IDENTITY, [], quantiles=[0.5, 0.9])
+        batch = client.predict_batch(IDENTITY, [])
+    assert est.tasks == 0 and est.failed == 0 and est.expect == 0 and est.error == 0
+    assert est.quantiles == [0.5, 0.9] and est.quantile_predictions == [0, 0] and est.interval == [0, 0]
+    assert est.quantile(0.9) == 0
+    assert batch.expect == 0 and batch.total_quantiles == [0] * len(batch.quantiles)
+
+    async def run():
+        async with AsyncPredictorClient(trained_server.url) as client:
+            return await client.queue_wait(IDENTITY, [], quantiles=[0.99])
+
+    assert asyncio.run(run()).quantile_predictions == [0]
+
+
 def test_server_down_retries_then_raises_one_clear_error():
     port = free_port()  # nothing listens here
     with PredictorClient(f"http://127.0.0.1:{port}", retries=2, backoff=0.01) as client:

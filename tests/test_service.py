@@ -135,6 +135,51 @@ def test_training_from_uploads_prefers_the_uploaded_file(service, tmp_path):
     assert result["metrics"]["rows_used"] == 120
 
 
+def test_errors_in_an_upload_name_the_clients_file(service, tmp_path):
+    # Uploads are stored under names of the server's; messages name the file as the client sent it.
+    stored = tmp_path / "up" / "0.jsonl"
+    stored.parent.mkdir()
+    stored.write_bytes(orjson.dumps(make_llm_traces(1)[0]) + b"\n{oops\n")
+    for source in ("mine.jsonl", "field"):  # by its file name, or by its form field's name
+        with pytest.raises(InvalidInput, match=r"^mine\.jsonl: line 2 is not valid JSON") as info:
+            service.train(config(source), uploads={"mine.jsonl": stored, "field": stored})
+        assert "0.jsonl" not in info.value.message and info.value.field == "traces"
+
+
+def test_table_errors_name_the_source_not_the_stored_file(service, tmp_path):
+    service.train(config(make_llm_traces(60)))
+    stored = tmp_path / "upload-0123456789abcdef.json"
+    for data in (b'[{"input_tokens": 1, ', b'{"traces": [1', b"{"):
+        stored.write_bytes(data)
+        with pytest.raises(InvalidInput, match=r"^bad\.json: ") as info:
+            service.generate_table(PATTERN, stored, source_name="bad.json")
+        assert stored.name not in info.value.message and stored.name not in str(info.value)
+
+
+def test_an_empty_batch_totals_zero_from_a_model_and_from_a_table(service):
+    from swarmpilot_predictor.lookup import TablePrediction
+
+    service.train(config(make_llm_traces(60), quantiles=[0.5, 0.9]))
+    body = service.predict(PATTERN, [], with_total=True).batch_response()
+    assert body["results"] == [] and body["summary"]["total"] == 0
+    assert (body["expect"], body["error"], body["total_quantiles"], body["total_interval"]) == (0, 0, [0, 0], [0, 0])
+    # A batch none of whose traces could be predicted has no total.
+    body = service.predict(PATTERN, [{"x": 1}], with_total=True).batch_response()
+    assert body["expect"] is None and body["total_quantiles"] is None
+    empty = TablePrediction(table="t.json", levels=[0.25, 0.5], confidence_level=0.9, ok=np.zeros(0, dtype=bool),
+                            errors=[], items=[], total=None, duration_seconds=0.0)
+    body = empty.batch_response()
+    assert body["total_quantiles"] == [0, 0] and body["total_interval"] == [0, 0] and body["expect"] == 0
+
+
+def test_a_wildcard_group_value_is_refused(service):
+    traces = [{**t, "hardware": "*"} for t in make_llm_traces(40)]
+    with pytest.raises(InvalidInput, match="hardware '\\*'") as info:
+        service.train(config(traces, group_by=["hardware"]))
+    assert info.value.field == "traces"
+    assert service.registry.identities() == []
+
+
 @pytest.mark.parametrize("name, match", [
     ("missing.jsonl", "not found"),
     ("notes.txt", "must be .json, .jsonl or .csv"),
@@ -226,7 +271,7 @@ def test_safe_child(tmp_path):
     root = tmp_path / "root"
     (root / "a").mkdir(parents=True)
     assert safe_child(root, "a/b.json") == (root / "a" / "b.json").resolve()
-    for bad in ("/etc/passwd", "../x", "a/../../x", "a\x00b", ""):
+    for bad in ("/etc/passwd", "../x", "a/../../x", "a\x00b", "", "\ud800.jsonl"):
         with pytest.raises(InvalidInput):
             safe_child(root, bad)
 

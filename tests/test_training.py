@@ -50,6 +50,28 @@ def test_jobs_train_in_another_process_and_report(tmp_path):
     assert jobs._pool is None
 
 
+def test_a_config_json_cannot_carry_is_refused_at_submission(tmp_path):
+    # A YAML config may hold bytes; the job would fail to serialise it for the worker.
+    jobs = TrainingJobs(tmp_path)
+    try:
+        config = TrainConfig(model=IDENTITY, traces=[{"b": b"\xff", "runtime_ms": 1}])
+        with pytest.raises(PredictorError) as err:
+            jobs.submit(config)
+        assert err.value.status_code == 422 and err.value.field == "config"
+        assert jobs.jobs == {} and jobs._pool is None
+    finally:
+        jobs.shutdown()
+
+
+@pytest.mark.parametrize("part", ["model_type", "model_name", "hardware", "software_name", "software_version"])
+def test_the_wildcard_cannot_name_an_identity_part(part):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="wildcard"):
+        TrainConfig(model={**IDENTITY, part: "*"}, traces="t.jsonl")
+    TrainConfig(model={**IDENTITY, part: "a*"}, traces="t.jsonl")  # only '*' itself is the wildcard
+
+
 def test_a_job_whose_worker_dies_fails_and_the_next_one_runs(tmp_path):
     import os
     import signal

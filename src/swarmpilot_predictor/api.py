@@ -7,9 +7,11 @@ so an encoded slash (``Qwen%2FQwen2.5-7B``) stays inside its segment.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import functools
 import gc
 import logging
+import math
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -25,7 +27,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 from threadpoolctl import threadpool_limits
@@ -58,7 +61,27 @@ class JSONResponse(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+        try:
+            return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+        except orjson.JSONEncodeError:
+            # A string that UTF-8 cannot encode (a lone surrogate echoed from a request):
+            # escape it rather than fail the answer, an error message above all.
+            return orjson.dumps(_encodable(content), option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _encodable(value: Any) -> Any:
+    """``value`` with every string (and dict key) made encodable: unencodable characters as ``\\uXXXX``."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_encodable(str(k)): _encodable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encodable(v) for v in value]
+    return value
 
 
 class EncodedSlashMiddleware:
@@ -316,7 +339,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         return JSONResponse(service.jobs.get(job_id))
 
     async def _read_multipart(request: Request) -> tuple[TrainConfig, dict[str, Path], Path]:
-        form = await request.form(max_files=64, max_part_size=8 * 1024 * 1024)
+        form = await _read_form(request, "files", max_files=64, max_part_size=8 * 1024 * 1024)
         tmpdir = _upload_dir(settings.data_dir)
         try:
             config_field = form.get("config")
@@ -385,7 +408,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
             if not request.headers.get("content-type", "").startswith("multipart/form-data"):
                 raise InvalidInput("send multipart/form-data with a 'trace_file' part and a 'confidence_level' field",
                                    field="trace_file")
-            form = await request.form(max_files=1, max_fields=16, max_part_size=64 * 1024)
+            form = await _read_form(request, "trace_file", max_files=1, max_fields=16, max_part_size=64 * 1024)
             tmpdir = _upload_dir(settings.data_dir)
             try:
                 upload = form.get("trace_file")
@@ -467,6 +490,24 @@ def _table_name_from(request: Request) -> str:
     """The table name from the raw path, so that an encoded '/' is seen (and refused), not routed."""
     segs = _raw_segments(request.scope, 1)
     return "/".join(segs)
+
+
+async def _read_form(request: Request, files_field: str, **limits: int) -> FormData:
+    """The request's multipart form; a body Starlette cannot parse, or one past ``limits``, is a PredictorError.
+
+    Starlette reports those as a bare ``HTTPException(400)``, which would bypass the
+    routes' own error answers (the table route's ``{"status": "failed", ...}``).
+    """
+    try:
+        return await request.form(**limits)
+    except (StarletteHTTPException, MultiPartException) as exc:
+        reason = str(getattr(exc, "detail", None) or getattr(exc, "message", None) or exc)
+        message = f"the multipart form cannot be read: {reason}"
+        if "exceeded maximum size" in reason:
+            raise PayloadTooLarge(f"{message} (only file parts may be larger)", field="body") from None
+        if "Too many files" in reason:
+            raise PredictorError(message, field=files_field) from None
+        raise PredictorError(message, field="body") from None
 
 
 def _upload_dir(data_dir: Path) -> Path:
@@ -616,15 +657,24 @@ def _suffix(name: str) -> str:
 
 
 def _parse_config(text: str) -> TrainConfig:
+    from_yaml = False
     try:
         data = orjson.loads(text)
     except orjson.JSONDecodeError:
         try:
             data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
+        except RecursionError:
+            raise InvalidInput("config is nested too deeply", field="config") from None
+        except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+            # ValueError: a YAML value of a well-formed shape that cannot be, such as the date 2024-02-30.
             raise InvalidInput(f"config is neither valid JSON nor YAML: {exc}", field="config") from None
+        from_yaml = True
     if isinstance(data, dict) and "config" in data and isinstance(data["config"], dict):
         data = data["config"]
+    if from_yaml:
+        # YAML has more types than JSON (bytes, dates, sets, non-string keys, NaN) and its
+        # strings may hold lone surrogates: the config must be what JSON could have said.
+        _check_json_compatible(data, budget=2 * len(text) + 1000)
     if not isinstance(data, dict):
         raise InvalidInput("config must be a JSON or YAML object", field="config")
     try:
@@ -632,6 +682,64 @@ def _parse_config(text: str) -> TrainConfig:
     except ValidationError as exc:
         msg, field = validation_message(exc, prefix=("config",))
         raise InvalidInput(msg, field=field) from None
+
+
+_YAML_TYPE_NAMES = {bytes: "binary data (!!binary)", set: "a set (!!set)", tuple: "a tuple",
+                    datetime.date: "a date", datetime.datetime: "a timestamp"}
+
+
+def _check_json_compatible(data: Any, budget: int) -> None:
+    """Refuse (422, naming the path) a loaded YAML document that JSON could not have said.
+
+    Only objects with string keys, arrays, strings (valid Unicode: no lone
+    surrogates), finite numbers, booleans and null pass. ``budget`` caps the
+    number of values visited, so that YAML aliases cannot expand a small
+    document into billions of values.
+    """
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(data, ())]
+    seen = 0
+    while stack:
+        value, path = stack.pop()
+        seen += 1
+        if seen > budget:
+            raise InvalidInput("config: its YAML aliases expand it into too many values", field="config")
+        if value is None or isinstance(value, (bool, int)):
+            continue
+        if isinstance(value, str):
+            if not _valid_unicode(value):
+                _not_json(path, "a string holding a lone surrogate (not valid Unicode)")
+            continue
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                _not_json(path, f"{value} is not a JSON number (JSON has no NaN or Infinity)")
+            continue
+        if isinstance(value, dict):
+            for key in value:
+                if not isinstance(key, str):
+                    _not_json(path, f"a key {key!r} that is not a string (quote it)")
+                if not _valid_unicode(key):
+                    _not_json(path, "a key holding a lone surrogate (not valid Unicode)")
+            # Reversed onto the stack: the first offending value is the one reported.
+            stack.extend((item, (*path, key)) for key, item in reversed(value.items()))
+            continue
+        if isinstance(value, list):
+            stack.extend((value[i], (*path, i)) for i in range(len(value) - 1, -1, -1))
+            continue
+        what = next((name for t, name in _YAML_TYPE_NAMES.items() if type(value) is t), type(value).__name__)
+        _not_json(path, f"{what}, which JSON cannot hold (quote it to send a string)")
+
+
+def _valid_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _not_json(path: tuple[Any, ...], what: str) -> None:
+    field = ".".join(["config", *(str(p) for p in path)])
+    raise InvalidInput(f"{field}: {what}", field=field)
 
 
 def app_from_env() -> FastAPI:

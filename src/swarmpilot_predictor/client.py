@@ -8,6 +8,7 @@ Both share one implementation of request building and response parsing
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
+import numpy as np
 import orjson
 from pydantic import BaseModel
 
@@ -73,9 +75,53 @@ class QueueWaitEstimate(BaseModel):
 
 
 
-def _dumps(body: Any) -> bytes:
-    """JSON for a request body; numpy numbers and arrays (any layout, e.g. a column slice) too."""
-    return orjson.dumps(body, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY)
+class InvalidRequestError(PredictorClientError, ValueError):
+    """A request the client refuses to send (a NaN or an infinity, which JSON cannot carry); ``.field`` names it."""
+
+
+def _dumps(body: Any, root: str = "") -> bytes:
+    """JSON for a request body; numpy numbers and arrays (any layout, e.g. a column slice) too.
+
+    orjson writes NaN and infinities as ``null``, which the service would read as a
+    missing value: such a body is refused here, naming the value's place. Only a body
+    that holds a ``null`` at all is searched, so the common case costs nothing more.
+    """
+    data = orjson.dumps(body, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY)
+    if b"null" in data:
+        found = _non_finite(body, root)
+        if found is not None:
+            where, value = found
+            raise InvalidRequestError(f"{where or 'the request body'} is {value}, which JSON cannot carry "
+                                      "(leave the field out, or send None, for a missing value)", field=where or None)
+    return data
+
+
+def _non_finite(value: Any, path: str) -> tuple[str, Any] | None:
+    """The place (``trace[2].input_tokens``) and value of the first NaN or infinity in ``value``, if any."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, float):  # numpy.float64 too
+            if not math.isfinite(value):
+                return path, value
+        elif isinstance(value, Mapping):
+            stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in reversed(list(value.items())))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((value[i], f"{path}[{i}]") for i in range(len(value) - 1, -1, -1))
+        elif isinstance(value, np.ndarray):
+            if value.dtype.kind == "f" and value.size:
+                bad = np.argwhere(~np.isfinite(value))
+                if len(bad):
+                    index = tuple(int(i) for i in bad[0])
+                    return path + "".join(f"[{i}]" for i in index), value[index].item()
+            elif value.dtype.kind == "O":
+                stack.append((value.tolist(), path))
+        elif isinstance(value, np.generic):
+            if value.dtype.kind == "f" and not np.isfinite(value):  # numpy.float32 and the like
+                return path, value.item()
+        elif not isinstance(value, (str, bytes, int)) and callable(getattr(value, "tolist", None)):
+            stack.append((value.tolist(), path))  # what _json_default sends (a pandas Series, say)
+    return None
 
 
 def _json_default(value: Any) -> Any:
@@ -147,7 +193,7 @@ class _Calls:
         cfg = config.model_dump(exclude_none=True) if isinstance(config, TrainConfig) else dict(config)
         if not files:
             return _Request("POST", "/train", json={"config": cfg}, response=TrainResult, timeout=_TRAIN_TIMEOUT)
-        parts = [("config", ("config.json", _dumps(cfg), "application/json"))]
+        parts = [("config", ("config.json", _dumps(cfg, "config"), "application/json"))]
         for name, content in files.items():
             data = content if isinstance(content, bytes) else Path(content).read_bytes()
             parts.append((name, (name, data, "application/octet-stream")))
@@ -288,6 +334,12 @@ class _Calls:
 
     @staticmethod
     def queue_wait(batch: BatchPredictionResponse, confidence_level: float) -> QueueWaitEstimate:
+        if batch.summary.total == 0 and batch.expect is None:
+            # An empty queue drains at once (a service that predates zero totals answers null).
+            levels = batch.quantiles or []
+            return QueueWaitEstimate(tasks=0, failed=0, expect=0.0, error=0.0, quantiles=levels,
+                                     quantile_predictions=[0.0] * len(levels), interval=[0.0, 0.0],
+                                     confidence_level=confidence_level)
         if batch.expect is None or batch.total_quantiles is None or batch.total_interval is None:
             raise PredictorClientError("no task in the queue could be predicted: " + "; ".join(
                 r.message or "" for r in batch.results if r.status != "success"))

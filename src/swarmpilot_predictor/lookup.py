@@ -67,7 +67,6 @@ from .traces import (
     as_number,
     category_text,
     csv_value,
-    iter_trace_file,
     iter_trace_stream,
     normalize_trace,
     normalize_traces,
@@ -317,8 +316,9 @@ def iter_traces(path: Path | str, source: str | None = None) -> Iterator[dict[st
         yield from _retry_traces(path, source, done, line_error)
         return
     # An object with a "traces" array: the general reader handles it (loading the document).
-    for trace in iter_trace_file(path):
-        yield trace
+    raw, fmt = open_trace_file(path)
+    with raw:
+        yield from iter_trace_stream(raw, fmt, source=source)
 
 
 def _trace_at(obj: Any, source: str, i: int) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .identity import IDENTITY_KEYS
+from .identity import IDENTITY_KEYS, WILDCARD
 
 DEFAULT_QUANTILES = [0.25, 0.5, 0.75, 0.99]
 
@@ -34,6 +34,14 @@ class ModelIdentityBody(BaseModel):
     hardware: str = Field(min_length=1, max_length=200)
     software_name: str = Field(min_length=1, max_length=200)
     software_version: str = Field(min_length=1, max_length=200)
+
+    @field_validator(*IDENTITY_KEYS)
+    @classmethod
+    def _not_the_wildcard(cls, v: str) -> str:
+        # '*' (or %2A) in a URL leaves a part unspecified: a model named '*' could never be addressed.
+        if v == WILDCARD:
+            raise ValueError(f"'{WILDCARD}' is the wildcard of model URLs and cannot name an identity part")
+        return v
 
 
 class TrainConfig(BaseModel):
@@ -210,7 +218,13 @@ class RenderedPredictions:
     def batch_response(self) -> dict[str, Any]:
         body: dict[str, Any] = {"summary": self.summary(), "results": self.results(), "quantiles": self.levels}
         body.update(self.batch_extra())
-        body.update(self.total or self._NO_TOTAL)
+        if self.total:
+            body.update(self.total)
+        elif not self.errors:
+            # An empty queue: its total is exactly 0 (a scheduler asks about idle instances too).
+            body.update(expect=0.0, error=0.0, total_quantiles=[0.0] * len(self.levels or ()), total_interval=[0.0, 0.0])
+        else:  # no trace of the batch could be predicted: its total is unknown
+            body.update(self._NO_TOTAL)
         return body
 
     def batch_extra(self) -> dict[str, Any]:

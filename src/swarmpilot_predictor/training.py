@@ -16,7 +16,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -26,11 +26,11 @@ import numpy as np
 
 from .errors import InvalidInput, NotFound, PredictorError, validation_message
 from .features import FeatureSchema
-from .identity import IDENTITY_KEYS, ModelIdentity
+from .identity import IDENTITY_KEYS, WILDCARD, ModelIdentity
 from .modeling import QuantileModel, check_params
 from .registry import ModelRegistry, ModelVersion
 from .schemas import TrainConfig
-from .traces import RUNTIME_RANGE, TRACE_FILE_SUFFIXES, TraceError, TraceTable
+from .traces import RUNTIME_RANGE, TRACE_FILE_SUFFIXES, TraceError, TraceTable, iter_trace_stream, open_trace_file
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[int], None]
@@ -44,6 +44,10 @@ def safe_child(root: Path, name: str, what: str = "path") -> Path:
     """
     if not name or "\x00" in name:
         raise InvalidInput(f"{what} must be a non-empty file name", field=what)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (from YAML, say): no file can have this name
+        raise InvalidInput(f"{what} {ascii(name)} is not valid Unicode", field=what) from None
     candidate = Path(name)
     if candidate.is_absolute() or ".." in candidate.parts:
         raise InvalidInput(f"{what} {name!r} must be relative to the data directory, without '..'", field=what)
@@ -70,7 +74,11 @@ class Trainer:
             if isinstance(source, list):
                 return TraceTable.from_traces(source, progress=progress)
             if uploads and source in uploads:
-                return TraceTable.from_file(uploads[source], progress=progress)
+                # Messages name the client's file, not the server's temporary one: the upload's
+                # file name is its first key (the form field's name may follow).
+                path = uploads[source]
+                name = next((k for k, p in uploads.items() if p == path), source)
+                return TraceTable.from_traces(_read_upload(path, name), progress=progress)
             path = safe_child(self.data_dir, source, "traces")
             if not path.is_file():
                 raise InvalidInput(f"traces file {source!r} not found in the data directory or the upload", field="traces")
@@ -132,7 +140,12 @@ class Trainer:
         for label in sorted(set(labels[has_all].tolist())):
             rows = np.flatnonzero(labels == label)
             parts = dict(base)
-            parts.update(zip(config.group_by, label.split("\x1f")))
+            values = label.split("\x1f")
+            for key, value in zip(config.group_by, values):
+                if value == WILDCARD:  # '*' in a URL is the wildcard: such a model could never be addressed
+                    raise InvalidInput(f"traces: item {int(rows[0])} has {key} '{WILDCARD}', the wildcard of model "
+                                       "URLs, which cannot name an identity part", field="traces")
+            parts.update(zip(config.group_by, values))
             groups.append((ModelIdentity.from_parts(parts), table.take(rows)))
         if not groups:
             raise InvalidInput("no trace carries every group_by key", field="group_by")
@@ -194,6 +207,13 @@ class Trainer:
         )
         return self.registry.save(meta, model, training_data=(X, y))
 
+
+
+def _read_upload(path: Path, name: str) -> Iterator[dict[str, Any]]:
+    """The traces of an uploaded file stored at ``path``, with errors naming it ``name``."""
+    raw, fmt = open_trace_file(path)
+    with raw:
+        yield from iter_trace_stream(raw, fmt, source=name)
 
 
 def _lightgbm_errors() -> tuple[type[Exception], ...]:
@@ -297,7 +317,11 @@ class TrainingJobs:
     def submit(self, config: TrainConfig, uploads: dict[str, Path] | None = None,
                cleanup: Callable[[], None] | None = None) -> tuple[str, Future]:
         """Queue a training; returns the job id and a future of its result dict (or PredictorError)."""
-        return self._submit(config.model_dump(mode="json"), None, uploads, cleanup)
+        try:
+            payload = config.model_dump(mode="json")
+        except ValueError as exc:  # bytes that are not UTF-8, objects JSON has no form for (from YAML, say)
+            raise InvalidInput(f"config holds a value that JSON cannot carry: {exc}", field="config") from None
+        return self._submit(payload, None, uploads, cleanup)
 
     def submit_raw(self, body: bytes) -> tuple[str, Future]:
         """Queue a training from a raw ``{"config": ...}`` JSON body, parsed in the worker."""
