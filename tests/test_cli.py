@@ -92,9 +92,11 @@ def test_train_from_a_file_in_the_data_directory(tmp_path, data):
 
 
 @pytest.mark.parametrize("content, suffix, message", [
-    ('{"model": ', ".json", "not a valid JSON or YAML config"),
-    ("model: [unclosed", ".yaml", "not a valid JSON or YAML config"),
-    ("[1, 2]", ".json", "a config is a JSON or YAML object"),
+    ('{"model": ', ".json", "config is neither valid JSON nor YAML"),
+    ("model: [unclosed", ".yaml", "config is neither valid JSON nor YAML"),
+    ("[1, 2]", ".json", "config must be a JSON or YAML object"),
+    # Read as POST /train reads a config: YAML must say what JSON could.
+    ("traces: [{x: 1, when: 2024-01-01}]", ".yaml", "config.traces.0.when: a date, which JSON cannot hold"),
     ('{"traces": []}', ".json", "model"),
     ('{"model": {"model_type": "llm"}, "traces": []}', ".json", "model_name"),
 ])
@@ -223,3 +225,76 @@ def test_a_bad_setting_or_an_unusable_data_directory_is_one_clear_line(tmp_path,
     monkeypatch.setenv("PREDICTOR_PORT", "eighty")
     said = " ".join(invoke("serve", "--data-dir", tmp_path / "data", ok=False).output.split())
     assert "PREDICTOR_PORT: Input should be a valid integer" in said and "(got 'eighty')" in said
+
+
+def one_error_line(result) -> str:
+    """The error a failed command printed: one line, no traceback."""
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--quantiles", "1.5"], "--quantiles must lie strictly between 0 and 1, got 1.5"),
+    (["--quantiles", "0.5,0"], "--quantiles must lie strictly between 0 and 1, got 0"),
+    (["--quantiles", "0.5,nan"], "--quantiles must lie strictly between 0 and 1, got nan"),
+    (["--quantiles", "abc"], "--quantiles is a comma-separated list of numbers"),
+    (["--quantiles", ""], "--quantiles is a comma-separated list of numbers"),
+    (["-c", "1.5"], "--confidence-level must lie strictly between 0 and 1, got 1.5"),
+    (["-c", "0"], "--confidence-level must lie strictly between 0 and 1, got 0"),
+    (["-c", "nan"], "--confidence-level must lie strictly between 0 and 1, got nan"),
+])
+def test_predict_checks_its_levels_as_the_http_api_does(trained, args, message):
+    result = runner.invoke(cli.app, ["predict", "llm/*/*/*/*", '{"input_tokens": 5, "output_tokens": 5}',
+                                     "--data-dir", str(trained), *args])
+    assert message in one_error_line(result)
+
+
+def test_table_checks_its_confidence_level(tmp_path, trained):
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(orjson.dumps({"input_tokens": 5, "output_tokens": 5}) + b"\n")
+    result = runner.invoke(cli.app, ["table", "llm/*/*/*/*", str(path), "--data-dir", str(trained), "-c", "2"])
+    assert "--confidence-level must lie strictly between 0 and 1, got 2" in one_error_line(result)
+
+
+@pytest.mark.parametrize("command", ["predict", "models", "train"])
+def test_an_unreachable_service_is_one_line(tmp_path, command):
+    cfg = tmp_path / "train.json"
+    cfg.write_text(json.dumps({"model": IDENTITY, "traces": make_llm_traces(20), "algorithm": "linear"}))
+    args = {"predict": ["llm/*/*/*/*", '{"input_tokens": 5}'], "models": [], "train": [str(cfg)]}[command]
+    result = runner.invoke(cli.app, [command, *args, "--url", "http://127.0.0.1:1"])
+    assert "cannot reach the predictor at http://127.0.0.1:1" in one_error_line(result)
+
+
+def test_an_error_answer_of_the_service_is_one_line(tmp_path, server):
+    cfg = tmp_path / "train.json"
+    cfg.write_text(json.dumps({"model": IDENTITY, "traces": make_llm_traces(60), "algorithm": "linear"}))
+    invoke("train", cfg, "--url", server.url)
+    result = runner.invoke(cli.app, ["predict", "llm/*/TPU/*/*", '{"input_tokens": 5}', "--url", server.url])
+    assert "404: no trained model matches llm/*/TPU/*/*" in one_error_line(result)
+    cfg.write_text(json.dumps({"model": IDENTITY, "traces": make_llm_traces(60), "algorithm": "linear",
+                               "params": {"num_leaves": 7}}))
+    result = runner.invoke(cli.app, ["train", str(cfg), "--url", server.url])
+    assert "'num_leaves' is a LightGBM parameter" in one_error_line(result)
+
+
+def test_a_config_that_is_not_utf8_is_one_line(tmp_path, data):
+    cfg = tmp_path / "train.json"
+    cfg.write_bytes(b'{"model": "\xff\xfe"}')
+    result = runner.invoke(cli.app, ["train", str(cfg), "--data-dir", str(data)])
+    assert f"{cfg}: not a valid JSON or YAML config (not UTF-8 text" in one_error_line(result)
+
+
+def test_a_config_with_a_byte_order_mark_is_read(tmp_path, data):
+    cfg = tmp_path / "train.json"
+    cfg.write_bytes(b"\xef\xbb\xbf" + json.dumps({"model": IDENTITY, "traces": make_llm_traces(60),
+                                                    "algorithm": "linear"}).encode())
+    invoke("train", cfg, "--data-dir", data)
+
+
+def test_messages_with_brackets_are_printed_as_they_are(trained):
+    result = runner.invoke(cli.app, ["predict", "llm/*/[bold]TPU/*/*", '{"input_tokens": 5}',
+                                     "--data-dir", str(trained)])
+    assert "no trained model matches llm/*/[bold]TPU/*/*" in one_error_line(result)

@@ -276,6 +276,43 @@ def test_a_trace_is_a_first_run_when_no_older_training_trace_had_its_shape():
     np.testing.assert_array_equal(schema.matrix(traces)[0], X)
 
 
+def test_prediction_fields_name_every_timestamp_a_prediction_may_read():
+    schema, _, _, _ = prepare(cold_start_traces()[0])
+    assert schema.history.order_field == "ts"
+    # The prediction cache keys on these: a trace timed by 'timestamp' alone must not share a key.
+    assert set(schema.prediction_fields) == {"batch_size", "image_size", "load", "ts", "timestamp", "first_of_shape"}
+    assert schema.history.timestamp_fields == ("ts", "timestamp")
+    no_history, _, _, _ = prepare(without(cold_start_traces()[0], "ts"))
+    assert no_history.history is None and no_history.prediction_fields == ("batch_size", "image_size", "load")
+
+
+def test_cached_predictions_tell_traces_apart_by_their_fallback_timestamp(tmp_path):
+    from swarmpilot_predictor.identity import IdentityPattern
+    from swarmpilot_predictor.schemas import TrainConfig
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    from .conftest import IDENTITY
+
+    service = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    try:
+        service.train(TrainConfig(model=IDENTITY, traces=cold_start_traces()[0], algorithm="linear"))
+        pattern = IdentityPattern.from_parts(IDENTITY)
+        assert service.cache.enabled
+        shape = {"batch_size": 8, "image_size": 448, "load": 0.5}
+        # Training read 'ts'; these are timed by 'timestamp': before the shape ever ran, then long after.
+        early = service.predict(pattern, [{**shape, "timestamp": 0}]).quantiles
+        late = service.predict(pattern, [{**shape, "timestamp": 2e9}]).quantiles
+        assert late[0, 1] < early[0, 1] / 3  # a repeat, not a cold first run
+        np.testing.assert_array_equal(late, service.predict(pattern, [{**shape, "ts": 2e9}]).quantiles)
+        np.testing.assert_array_equal(early, service.predict(pattern, [{**shape, "timestamp": 0}]).quantiles)
+        # The batched path (cache lookups per trace) agrees.
+        each = service.predict_each(pattern, [{**shape, "timestamp": t} for t in (0, 2e9)] * 20)
+        assert [p.quantiles[0, 1] for p in each[:2]] == [early[0, 1], late[0, 1]]
+    finally:
+        service.close()
+
+
 def test_the_shape_history_survives_the_json_round_trip():
     schema, X, _, _ = prepare(cold_start_traces()[0])
     again = FeatureSchema.from_json(schema.to_json())

@@ -897,18 +897,3 @@ def test_tables_of_a_model_with_first_runs_tell_first_runs_from_repeats(tmp_path
     finally:
         service.close()
 
-
-def test_links_in_the_table_folder_are_not_tables(tmp_path):
-    """A symbolic link there could name any file on the machine: it is neither listed nor served."""
-    outside = tmp_path / "outside.json"
-    outside.write_text(SEED_TABLE)
-    root = tmp_path / "tables"
-    root.mkdir()
-    (root / "real.json").write_text(SEED_TABLE)
-    (root / "link.json").symlink_to(outside)
-    store = LookupTableStore(root)
-    assert store.names() == ["real.json"]
-    assert store.get("real.json").n_rows == 1
-    for call in (store.path_of, store.get):
-        with pytest.raises(NotFound):
-            call("link.json")

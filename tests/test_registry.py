@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import pickle
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -322,3 +325,123 @@ def test_meta_json_round_trip():
     assert again.identity == IDENT
     assert meta.public_json()["features"] == [{"name": f.name, "kind": f.kind} for f in meta.features.features]
     assert meta.public_json(detail=True)["features"] == meta.to_json()["features"]  # no history: the same specs
+
+
+LOAD_DAMAGED = """
+import json
+from swarmpilot_predictor.errors import ModelUnreadable
+from swarmpilot_predictor.identity import ModelIdentity
+from swarmpilot_predictor.registry import ModelRegistry
+reg = ModelRegistry({root!r})
+out = {{}}
+for identity in sorted(reg.identities(), key=lambda i: i.key):
+    try:
+        reg.load(identity)
+        out[identity.key] = "loaded"
+    except ModelUnreadable as exc:
+        out[identity.key] = exc.message
+print(json.dumps(out))
+"""
+
+
+def _damage_booster(path: Path, legacy: bool, damage: str = "digit lost") -> None:
+    """Damage the booster text inside a model file; the JSON stays valid."""
+    d = orjson.loads(path.read_bytes())
+    loc = d["location"]
+    text = loc["booster"]
+    if damage == "digit lost":  # the tree lengths no longer match the tree_sizes line
+        i = text.index("leaf_value=") + len("leaf_value=")
+        while not text[i].isdigit():
+            i += 1
+        loc["booster"] = text[:i] + text[i + 1:]
+    else:  # as long as before: only the digest can tell
+        i = text.index("num_leaves=", text.index("Tree=1\n")) + len("num_leaves=")
+        loc["booster"] = text[:i] + ("9" if text[i] != "9" else "8") + text[i + 1:]
+    if legacy:  # as saved before boosters carried a digest
+        loc.pop("booster_sha256", None)
+    path.write_bytes(orjson.dumps(d))
+
+
+@pytest.mark.parametrize("damage", ["digit lost", "digit changed"])
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_damaged_lightgbm_booster_is_a_clean_error_for_that_model_only(root, legacy, damage):
+    reg = ModelRegistry(root)
+    meta, model, X = fit(algorithm="lightgbm", params={"num_boost_round": 25, "num_leaves": 7})
+    reg.save(meta, model)
+    if not legacy:
+        assert "booster_sha256" in orjson.loads((root / IDENT.dirname / "v0001.model.json").read_bytes())["location"]
+    other_meta, other_model, _ = fit(OTHER, algorithm="lightgbm", params={"num_boost_round": 25, "num_leaves": 7})
+    reg.save(other_meta, other_model)
+    _damage_booster(root / IDENT.dirname / "v0001.model.json", legacy, damage)
+    # In a fresh interpreter: LightGBM used to abort the whole process (exit 134) on this text.
+    out = subprocess.run([sys.executable, "-c", LOAD_DAMAGED.format(root=str(root))], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got[OTHER.key] == "loaded"
+    assert got[IDENT.key].startswith(f"model {IDENT.key} version 1 cannot be loaded: its file v0001.model.json "
+                                     "is missing or damaged (")
+    # LightGBM's own parser finds the changed digit of an old file (parsing tree by tree, it raises).
+    assert got[IDENT.key].split("(")[1].startswith("LightGBMError" if legacy and damage == "digit changed"
+                                                   else "ValueError")
+
+
+def test_a_lightgbm_model_saved_without_a_digest_still_loads(root):
+    meta, model, X = fit(algorithm="lightgbm", params={"num_boost_round": 25, "num_leaves": 7})
+    ModelRegistry(root).save(meta, model)
+    path = root / IDENT.dirname / "v0001.model.json"
+    d = orjson.loads(path.read_bytes())
+    d["location"].pop("booster_sha256", None)
+    path.write_bytes(orjson.dumps(d))
+    loaded = ModelRegistry(root).load(IDENT)
+    np.testing.assert_array_equal(loaded.model.predict_quantiles(X, LEVELS), model.predict_quantiles(X, LEVELS))
+    assert loaded.model.describe_one(list(X[0]), (0.5,)) == model.describe_one(list(X[0]), (0.5,))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("identity", "x"),
+    ("metrics", None),
+    ("data", None),
+    ("params", [1]),
+    ("extra", "x"),
+    ("quantiles", [0.5, 2.0]),
+    ("quantiles", None),
+    ("version", "one"),
+    ("version", 7),  # not the version its file name says
+    ("created_at", None),
+    ("target", 3),
+    ("features", [{"name": "input_tokens", "kind": "sideways"}]),
+    ("features", "x"),
+    ("data_hash", None),
+])
+def test_damaged_metadata_that_still_parses_skips_only_that_version(root, caplog, field, value):
+    reg = ModelRegistry(root)
+    reg.save(*fit()[:2])
+    reg.save(*fit(seed=1)[:2])
+    reg.save(*fit(OTHER)[:2])
+    path = root / IDENT.dirname / "v0002.meta.json"
+    d = orjson.loads(path.read_bytes())
+    d[field] = value
+    path.write_bytes(orjson.dumps(d))
+    with caplog.at_level("WARNING", logger="swarmpilot_predictor.registry"):
+        fresh = ModelRegistry(root)  # used to raise at start-up for some of these
+    assert f"skipping unreadable model metadata {path}" in caplog.text
+    assert [m.version for m in fresh.versions(IDENT)] == [1]
+    assert [m.version for m in fresh.versions(OTHER)] == [1]
+    for identity in (IDENT, OTHER):  # what a listing reads of every model
+        meta = fresh.latest(identity)
+        orjson.dumps(meta.public_json(detail=True))
+        assert meta.data.get("rows_used") and meta.metrics.get("rows_used")
+        fresh.load(identity)
+
+
+@pytest.mark.parametrize("text", [b"[]", b"null", b"3", b'"meta"', b"{}"])
+def test_metadata_that_is_not_an_object_of_fields_is_skipped(root, caplog, text):
+    reg = ModelRegistry(root)
+    reg.save(*fit()[:2])
+    reg.save(*fit(OTHER)[:2])
+    (root / IDENT.dirname / "v0001.meta.json").write_bytes(text)
+    with caplog.at_level("WARNING", logger="swarmpilot_predictor.registry"):
+        fresh = ModelRegistry(root)
+    assert "skipping unreadable model metadata" in caplog.text and "v0001.meta.json" in caplog.text
+    assert fresh.identities() == [OTHER]

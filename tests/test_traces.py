@@ -137,6 +137,29 @@ def test_structured_trace_files(tmp_path, suffix, gz):
     assert rows == [{**t, "model_id": "turbo"} for t in FLAT]
 
 
+BOM = b"\xef\xbb\xbf"
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gz"])
+@pytest.mark.parametrize("suffix", [".json", ".jsonl", ".csv"])
+def test_a_utf8_byte_order_mark_is_skipped(tmp_path, suffix, gz):
+    # Spreadsheet programs write one at the start of a CSV file; before, its first column was lost.
+    path = write(tmp_path / f"bom{suffix}{'.gz' if gz else ''}", BOM + FORMATS[suffix](FLAT))
+    assert list(iter_trace_file(path)) == FLAT
+    table = TraceTable.from_file(path)
+    assert list(table.columns)[0] == "input_tokens"
+    np.testing.assert_array_equal(table.numeric("input_tokens"), [100, 200, 300])
+    # A stream handed over without a file (an upload) is read the same way.
+    fmt = "jsonl" if suffix == ".jsonl" else suffix[1:]
+    assert list(iter_trace_stream(io.BytesIO(BOM + FORMATS[suffix](FLAT)), fmt)) == FLAT
+
+
+def test_a_byte_order_mark_only_at_the_start_is_skipped(tmp_path):
+    path = write(tmp_path / "t.csv", BOM + b"a,b\n" + BOM + b"1,2\n")  # one inside the data is kept
+    assert list(iter_trace_file(path)) == [{"a": "\ufeff1", "b": 2}]
+    assert list(iter_trace_file(write(tmp_path / "short.csv", BOM[:2]))) == []  # too short to be one: no crash
+
+
 def test_upper_case_suffix_is_recognised(tmp_path):
     path = write(tmp_path / "TRACES.JSONL.GZ", as_jsonl(FLAT))
     assert list(iter_trace_file(path)) == FLAT

@@ -7,11 +7,9 @@ so an encoded slash (``Qwen%2FQwen2.5-7B``) stays inside its segment.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import functools
 import gc
 import logging
-import math
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -21,7 +19,6 @@ from typing import Any
 from urllib.parse import unquote
 
 import orjson
-import yaml
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
@@ -47,6 +44,7 @@ from .schemas import (
     TrainConfig,
     TrainRequest,
     TrainResult,
+    config_from_text,
 )
 from .metrics import MetricsMiddleware
 from .service import PredictorService
@@ -657,89 +655,12 @@ def _suffix(name: str) -> str:
 
 
 def _parse_config(text: str) -> TrainConfig:
-    from_yaml = False
-    try:
-        data = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        try:
-            data = yaml.safe_load(text)
-        except RecursionError:
-            raise InvalidInput("config is nested too deeply", field="config") from None
-        except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
-            # ValueError: a YAML value of a well-formed shape that cannot be, such as the date 2024-02-30.
-            raise InvalidInput(f"config is neither valid JSON nor YAML: {exc}", field="config") from None
-        from_yaml = True
-    if isinstance(data, dict) and "config" in data and isinstance(data["config"], dict):
-        data = data["config"]
-    if from_yaml:
-        # YAML has more types than JSON (bytes, dates, sets, non-string keys, NaN) and its
-        # strings may hold lone surrogates: the config must be what JSON could have said.
-        _check_json_compatible(data, budget=2 * len(text) + 1000)
-    if not isinstance(data, dict):
-        raise InvalidInput("config must be a JSON or YAML object", field="config")
+    data = config_from_text(text)
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
         msg, field = validation_message(exc, prefix=("config",))
         raise InvalidInput(msg, field=field) from None
-
-
-_YAML_TYPE_NAMES = {bytes: "binary data (!!binary)", set: "a set (!!set)", tuple: "a tuple",
-                    datetime.date: "a date", datetime.datetime: "a timestamp"}
-
-
-def _check_json_compatible(data: Any, budget: int) -> None:
-    """Refuse (422, naming the path) a loaded YAML document that JSON could not have said.
-
-    Only objects with string keys, arrays, strings (valid Unicode: no lone
-    surrogates), finite numbers, booleans and null pass. ``budget`` caps the
-    number of values visited, so that YAML aliases cannot expand a small
-    document into billions of values.
-    """
-    stack: list[tuple[Any, tuple[Any, ...]]] = [(data, ())]
-    seen = 0
-    while stack:
-        value, path = stack.pop()
-        seen += 1
-        if seen > budget:
-            raise InvalidInput("config: its YAML aliases expand it into too many values", field="config")
-        if value is None or isinstance(value, (bool, int)):
-            continue
-        if isinstance(value, str):
-            if not _valid_unicode(value):
-                _not_json(path, "a string holding a lone surrogate (not valid Unicode)")
-            continue
-        if isinstance(value, float):
-            if not math.isfinite(value):
-                _not_json(path, f"{value} is not a JSON number (JSON has no NaN or Infinity)")
-            continue
-        if isinstance(value, dict):
-            for key in value:
-                if not isinstance(key, str):
-                    _not_json(path, f"a key {key!r} that is not a string (quote it)")
-                if not _valid_unicode(key):
-                    _not_json(path, "a key holding a lone surrogate (not valid Unicode)")
-            # Reversed onto the stack: the first offending value is the one reported.
-            stack.extend((item, (*path, key)) for key, item in reversed(value.items()))
-            continue
-        if isinstance(value, list):
-            stack.extend((value[i], (*path, i)) for i in range(len(value) - 1, -1, -1))
-            continue
-        what = next((name for t, name in _YAML_TYPE_NAMES.items() if type(value) is t), type(value).__name__)
-        _not_json(path, f"{what}, which JSON cannot hold (quote it to send a string)")
-
-
-def _valid_unicode(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _not_json(path: tuple[Any, ...], what: str) -> None:
-    field = ".".join(["config", *(str(p) for p in path)])
-    raise InvalidInput(f"{field}: {what}", field=field)
 
 
 def app_from_env() -> FastAPI:

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn, Optional
 from urllib.parse import unquote
 
 import orjson
 import typer
-import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .errors import PredictorError
 from .identity import IdentityPattern
+from .schemas import config_from_text
 from .settings import PredictorSettings
 
 app = typer.Typer(help="SwarmPilot Predictor: runtime distributions for ML inference tasks.", no_args_is_help=True)
@@ -53,8 +55,49 @@ def _service(data_dir: Optional[Path]):
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}")
+    # One line, whatever the terminal's width; the message is text, not rich markup.
+    err_console.print(f"[bold red]error:[/] {escape(' '.join(str(message).split()))}", soft_wrap=True)
     raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _remote(url: str) -> Iterator[Any]:
+    """A client of the service at ``url``; its errors (unreachable, an error answer) end the command with one line."""
+    import httpx
+
+    from .client import PredictorClient, PredictorClientError
+
+    try:
+        with PredictorClient(url) as client:
+            yield client
+    except PredictorClientError as exc:
+        _fail(f"{exc.status_code}: {exc.message}" if exc.status_code else exc.message)
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:  # a URL httpx cannot use
+        _fail(f"cannot talk to the predictor at {url}: {exc}")
+    except OSError as exc:  # a trace file to upload that cannot be read
+        _fail(f"{exc.filename or 'a file'}: cannot read it ({exc.strerror or exc})")
+
+
+def _levels_arg(quantiles: Optional[str]) -> Optional[list[float]]:
+    """``--quantiles`` as levels, checked as the HTTP API checks them."""
+    if quantiles is None:
+        return None
+    try:
+        levels = [float(q) for q in quantiles.split(",")]
+    except ValueError:
+        _fail(f"--quantiles is a comma-separated list of numbers, e.g. 0.5,0.9,0.99 (got {quantiles!r})")
+    for q in levels:
+        if not 0.0 < q < 1.0:  # NaN too
+            _fail(f"--quantiles must lie strictly between 0 and 1, got {q:g}")
+    if len(levels) > 200:
+        _fail("--quantiles may hold at most 200 levels")
+    return levels
+
+
+def _confidence_arg(confidence_level: float) -> float:
+    if not 0.0 < confidence_level < 1.0:  # NaN too
+        _fail(f"--confidence-level must lie strictly between 0 and 1, got {confidence_level:g}")
+    return confidence_level
 
 
 @app.command()
@@ -90,16 +133,16 @@ def serve(
 
 
 def _load_config_file(path: Path) -> dict[str, Any]:
-    text = path.read_text()
     try:
-        data = yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        _fail(f"{path}: not a valid JSON or YAML config ({exc})")
-    if isinstance(data, dict) and isinstance(data.get("config"), dict):
-        data = data["config"]
-    if not isinstance(data, dict):
-        _fail(f"{path}: a config is a JSON or YAML object")
-    return data
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        _fail(f"{path}: not a valid JSON or YAML config (not UTF-8 text: byte {exc.start})")
+    except OSError as exc:
+        _fail(f"{path}: cannot read the config ({exc.strerror or exc})")
+    try:
+        return config_from_text(text)  # as POST /train reads a config file
+    except PredictorError as exc:
+        _fail(f"{path}: {exc.message}")
 
 
 @app.command()
@@ -115,14 +158,12 @@ def train(
 
     raw = _load_config_file(config)
     if url:
-        from .client import PredictorClient
-
         traces = raw.get("traces")
         files = None
         if isinstance(traces, str) and (config.parent / traces).is_file():
             files = {Path(traces).name: config.parent / traces}
             raw = {**raw, "traces": Path(traces).name}
-        with PredictorClient(url) as client:
+        with _remote(url) as client:
             result = client.train(raw, files=files)
         _print_train(result.model_dump())
         return
@@ -206,12 +247,11 @@ def predict(
 ):
     """Predict runtime distributions for traces."""
     pattern = _parse_key(model)
+    levels = _levels_arg(quantiles)
+    _confidence_arg(confidence_level)
     traces = _read_trace_arg(trace)
-    levels = [float(q) for q in quantiles.split(",")] if quantiles else None
     if url:
-        from .client import PredictorClient
-
-        with PredictorClient(url) as client:
+        with _remote(url) as client:
             body = client.predict_batch(pattern.as_tuple(), traces, confidence_level=confidence_level, quantiles=levels).model_dump()
     else:
         service = _service(data_dir)
@@ -245,12 +285,14 @@ def predict(
 def models(data_dir: Optional[Path] = DataDirOpt, url: Optional[str] = UrlOpt, as_json: bool = typer.Option(False, "--json")):
     """List trained models."""
     if url:
-        from .client import PredictorClient
-
-        with PredictorClient(url) as client:
+        with _remote(url) as client:
             entries = client.list_models_raw()
     else:
-        entries = _service(data_dir).list_models()
+        service = _service(data_dir)
+        try:
+            entries = service.list_models()
+        except PredictorError as exc:
+            _fail(exc.message)
     if as_json:
         sys.stdout.write(orjson.dumps(entries, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
@@ -282,14 +324,10 @@ def table_cmd(
     pattern = _parse_key(model)
     if fmt is not None and fmt not in ("json", "csv"):
         _fail("--format is json or csv")
+    _confidence_arg(confidence_level)
     if url:
-        from .client import PredictorClient, PredictorClientError
-
-        try:
-            with PredictorClient(url) as client:
-                result = client.generate_table(pattern.as_tuple(), trace_file, confidence_level, output, fmt)
-        except PredictorClientError as exc:
-            _fail(exc.message)
+        with _remote(url) as client:
+            result = client.generate_table(pattern.as_tuple(), trace_file, confidence_level, output, fmt)
     else:
         out_path = None
         name = output

@@ -62,7 +62,13 @@ class FeatureSpec:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "FeatureSpec":
-        return cls(d["name"], d["kind"], tuple(d.get("categories", ())), float(d.get("fill", 0.0)))
+        if not isinstance(d, dict) or not isinstance(d.get("name"), str) or d.get("kind") not in (
+                "numeric", "categorical"):
+            raise ValueError(f"a feature must be an object with a name and a kind (numeric or categorical), got {d!r:.200}")
+        categories = d.get("categories", [])
+        if not isinstance(categories, list) or not all(isinstance(c, str) for c in categories):
+            raise ValueError(f"feature {d['name']!r}: 'categories' must be a list of strings")
+        return cls(d["name"], d["kind"], tuple(categories), float(d.get("fill", 0.0)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -166,13 +172,19 @@ class ShapeHistory:
         seen = self._first_seen_of.get(shape, math.inf)
         return float(seen >= (math.inf if math.isnan(order) else order))
 
+    @functools.cached_property
+    def timestamp_fields(self) -> tuple[str, ...]:
+        """The fields a trace's timestamp is read from, in order: the one training read,
+        then the other accepted names (``ts``, ``timestamp``)."""
+        return (self.order_field, *sorted(TIMESTAMP_KEYS - {self.order_field}))
+
     def time_of(self, trace: dict[str, Any]) -> float:
-        """A trace's timestamp: the field training read, else the other accepted name (``ts``, ``timestamp``)."""
-        t = as_number(trace.get(self.order_field))
-        for name in sorted(TIMESTAMP_KEYS - {self.order_field}):
+        """A trace's timestamp: the first of :attr:`timestamp_fields` that holds a number."""
+        t = math.nan
+        for name in self.timestamp_fields:
+            t = as_number(trace.get(name))
             if t == t:
                 break
-            t = as_number(trace.get(name))
         return t
 
     def order_of(self, traces: Sequence[dict[str, Any]]) -> np.ndarray:
@@ -181,7 +193,7 @@ class ShapeHistory:
     def order_of_table(self, table: TraceTable) -> np.ndarray:
         """:meth:`time_of` for every row of a table."""
         order = np.full(len(table), math.nan)
-        for name in (self.order_field, *sorted(TIMESTAMP_KEYS - {self.order_field})):
+        for name in self.timestamp_fields:
             if name in table.columns:
                 order = np.where(np.isnan(order), table.numeric(name), order)
         return order
@@ -248,9 +260,11 @@ class FeatureSchema:
     @functools.cached_property
     def prediction_fields(self) -> tuple[str, ...]:
         """Every trace field a prediction depends on: the features, and with a shape
-        history the timestamp and a stated ``FIRST_OF_SHAPE``."""
-        extra = (self.history.order_field, FIRST_OF_SHAPE) if self.history is not None else ()
-        return (*self.names, *extra)
+        history every timestamp field :meth:`ShapeHistory.time_of` reads (the one
+        training read, then the other accepted names) and a stated ``FIRST_OF_SHAPE``."""
+        if self.history is None:
+            return tuple(self.names)
+        return (*self.names, *self.history.timestamp_fields, FIRST_OF_SHAPE)
 
     @property
     def column_names(self) -> list[str]:

@@ -2012,8 +2012,7 @@ class LookupTableStore:
         if name == self.default_name and self.default_path is not None and self.default_path.is_file():
             return self.default_path
         path = self.root / name
-        # A link in the table folder could point anywhere on the machine: a table is a file of its own.
-        if path.is_symlink() or not path.is_file():
+        if not path.is_file():
             raise NotFound(f"lookup table {name!r} not found; available: {', '.join(self.names()) or 'none'}")
         return path
 
@@ -2130,7 +2129,7 @@ class LookupTableStore:
     def names(self) -> list[str]:
         out = []
         for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
-            if entry.is_file(follow_symlinks=False) and not entry.name.startswith(".") and table_format(entry.name):
+            if entry.is_file() and not entry.name.startswith(".") and table_format(entry.name):
                 out.append(entry.name)
         return out
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import hashlib
 import math
 import os
 import re
@@ -845,13 +846,16 @@ class LightGBMLocation(LocationModel):
         return out if self.base_ is None else out + self.base_.predict_row(x)
 
     def to_json(self):
+        booster = self.booster_.model_to_string(num_iteration=self.best_iteration_)
         return {
             "num_boost_round": self.num_boost_round,
             "best_iteration": self.best_iteration_,
             "params": self.params,
             "params_used": self.params_used_,
             "linear_base": None if self.base_ is None else self.base_.to_json(),
-            "booster": self.booster_.model_to_string(num_iteration=self.best_iteration_),
+            "booster": booster,
+            # Checked before LightGBM parses the text again (see _booster_text).
+            "booster_sha256": hashlib.sha256(booster.encode()).hexdigest(),
         }
 
     @classmethod
@@ -863,9 +867,59 @@ class LightGBMLocation(LocationModel):
         obj.best_iteration_ = int(d["best_iteration"])
         obj.params_used_ = d.get("params_used", d["params"])
         obj.base_ = None if base is None else LinearLocation.from_json(base, kinds, n_categories)
-        # LightGBM's own text format: parsing it runs no code, unlike pickle.
-        obj.booster_ = lgb.Booster(model_str=d["booster"])
+        # LightGBM's own text format: parsing it runs no code, unlike pickle. But LightGBM
+        # aborts the whole process on some damaged texts, so the text is checked first.
+        text, checked = _booster_text(d["booster"], d.get("booster_sha256"))
+        obj.booster_ = lgb.Booster(model_str=text)
+        if obj.booster_.num_trees() != checked:
+            raise ValueError(f"the LightGBM booster text is damaged: {checked} trees written, "
+                             f"{obj.booster_.num_trees()} read")
         return obj
+
+
+_TREE_SIZES = re.compile(r"^tree_sizes=([^\n]*)\n", re.MULTILINE)
+_TREE_HEADER = re.compile(rb"^Tree=\d+\n", re.MULTILINE)
+
+
+def _booster_text(text: Any, digest: Any) -> tuple[str, int]:
+    """A LightGBM booster text that is safe to hand to LightGBM, and how many trees it holds.
+
+    LightGBM cuts the text into trees by the lengths on its ``tree_sizes=`` line and
+    parses them in parallel; where a length no longer matches (a character lost or
+    added), a parse error inside that parallel region terminates the process instead
+    of raising. A text saved with its SHA-256 digest must match it exactly. One saved
+    without (before the digest was stored) must have tree lengths that match its
+    ``tree_sizes`` line, and is parsed without that line: tree by tree, where
+    LightGBM's errors are ordinary exceptions. Raises ValueError for a damaged text.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"the LightGBM booster must be text, got {type(text).__name__}")
+    raw = text.encode()
+    trees = len(_TREE_HEADER.findall(raw))
+    if digest is not None:
+        if not isinstance(digest, str) or hashlib.sha256(raw).hexdigest() != digest:
+            raise ValueError("the LightGBM booster text does not match its SHA-256 digest: the file is damaged")
+        return text, trees
+    m = _TREE_SIZES.search(text)
+    if m is None:
+        return text, trees
+    try:
+        sizes = [int(v) for v in m.group(1).split()]
+    except ValueError:
+        raise ValueError("the LightGBM booster text is damaged: its tree_sizes line is not a list of numbers") from None
+    if len(sizes) != trees:
+        raise ValueError(f"the LightGBM booster text is damaged: it holds {trees} trees, its tree_sizes line {len(sizes)}")
+    if trees:
+        pos = _TREE_HEADER.search(raw).start()
+        for k, size in enumerate(sizes):
+            if not raw.startswith(b"Tree=%d\n" % k, pos):
+                raise ValueError(f"the LightGBM booster text is damaged: tree {k} is not where its tree_sizes line "
+                                 "puts it")
+            pos += size
+        if not raw.startswith(b"end of trees", pos):
+            raise ValueError("the LightGBM booster text is damaged: its trees do not end where its tree_sizes line "
+                             "says")
+    return text[: m.start()] + text[m.end():], trees
 
 
 class _LightGBMRowPredictor:

@@ -10,6 +10,7 @@ boosters in their own text format inside it), so loading runs no code.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import threading
@@ -82,21 +83,57 @@ class ModelVersion:
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "ModelVersion":
+    def from_json(cls, d: Any) -> "ModelVersion":
+        """The stored form read back; ValueError naming the first field that is missing or of the wrong type.
+
+        A meta file damaged on disk may still parse as JSON: every field is checked
+        here, so that it cannot fail later, in a listing or a prediction of any model.
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"metadata must be a JSON object, got {_json_type(d)}")
+        for name in ("identity", "version", "created_at", "target", "features", "quantiles", "algorithm", "family"):
+            if name not in d:
+                raise ValueError(f"metadata lacks '{name}'")
+        identity = d["identity"]
+        if not isinstance(identity, dict) or not all(isinstance(v, str) for v in identity.values()):
+            raise ValueError(f"'identity' must be an object of strings, got {_json_type(identity)}")
+        version = d["version"]
+        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+            raise ValueError(f"'version' must be a whole number, got {version!r}")
+        created_at = d["created_at"]
+        if not _is_number(created_at) or not math.isfinite(created_at):
+            raise ValueError(f"'created_at' must be a number, got {created_at!r}")
+        for name in ("target", "algorithm", "family"):
+            if not isinstance(d[name], str) or not d[name]:
+                raise ValueError(f"'{name}' must be a non-empty string, got {d[name]!r}")
+        quantiles = d["quantiles"]
+        if (not isinstance(quantiles, list) or not quantiles
+                or not all(_is_number(q) and 0.0 < q < 1.0 for q in quantiles)):
+            raise ValueError("'quantiles' must be a non-empty list of numbers between 0 and 1")
+        optional: dict[str, Any] = {}
+        for name in ("params", "data", "metrics", "extra"):
+            value = d.get(name, {})
+            if not isinstance(value, dict):
+                raise ValueError(f"'{name}' must be an object, got {_json_type(value)}")
+            optional[name] = value
+        data_hash = d.get("data_hash", "")
+        if not isinstance(data_hash, str):
+            raise ValueError(f"'data_hash' must be a string, got {_json_type(data_hash)}")
+        try:
+            features = FeatureSchema.from_json(d["features"])
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
+            raise ValueError(f"'features' is malformed ({type(exc).__name__}: {exc})") from None
         return cls(
-            identity=ModelIdentity.from_parts(d["identity"]),
-            version=int(d["version"]),
-            created_at=float(d["created_at"]),
+            identity=ModelIdentity.from_parts(identity),
+            version=version,
+            created_at=float(created_at),
             target=d["target"],
-            features=FeatureSchema.from_json(d["features"]),
-            quantiles=[float(q) for q in d["quantiles"]],
+            features=features,
+            quantiles=[float(q) for q in quantiles],
             algorithm=d["algorithm"],
             family=d["family"],
-            params=d.get("params", {}),
-            data=d.get("data", {}),
-            metrics=d.get("metrics", {}),
-            data_hash=d.get("data_hash", ""),
-            extra=d.get("extra", {}),
+            data_hash=data_hash,
+            **optional,
         )
 
 
@@ -203,7 +240,9 @@ class ModelRegistry:
                     meta = cached[1]
                 else:
                     meta = ModelVersion.from_json(orjson.loads(Path(entry.path).read_bytes()))
-            except (OSError, ValueError, KeyError, TypeError) as exc:
+                    if meta.version != int(_META.match(entry.name).group(1)):
+                        raise ValueError(f"it holds version {meta.version}")
+            except Exception as exc:  # one damaged file costs its own version, never the scan
                 log.warning("skipping unreadable model metadata %s: %s", entry.path, exc)
                 continue
             if not (model_dir / _model_file(meta.version)).exists():
@@ -401,6 +440,15 @@ class ModelRegistry:
     @property
     def loaded_count(self) -> int:
         return len(self._loaded)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _json_type(v: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(v), "a number")
 
 
 def _model_file(version: int) -> str:

@@ -37,6 +37,7 @@ def is_runtime(v: Any) -> bool:
 ID_KEYS = frozenset({"task_id", "req_id", "model_id", "request_id"})
 TIMESTAMP_KEYS = frozenset({"ts", "timestamp"})
 TRACE_FILE_SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv")
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class TraceError(ValueError):
@@ -89,7 +90,11 @@ def normalize_traces(traces: Iterable[Any]) -> tuple[list[dict[str, Any]], list[
 
 
 def open_trace_file(path: Path | str) -> tuple[IO[bytes], str]:
-    """Open a trace file (transparently gunzipping) and return it with its format."""
+    """Open a trace file (transparently gunzipping) and return it with its format.
+
+    A UTF-8 byte order mark (which spreadsheet programs write at the start of a
+    CSV file) is skipped: the stream starts with the first field's name or value.
+    """
     path = Path(path)
     name = path.name.lower()
     gz = name.endswith(".gz")
@@ -97,7 +102,27 @@ def open_trace_file(path: Path | str) -> tuple[IO[bytes], str]:
         name = name[:-3]
     fmt = _format_from_name(name)
     raw: IO[bytes] = gzip.open(path, "rb") if gz else open(path, "rb")
+    try:
+        _skip_bom(raw)
+    except (OSError, EOFError):
+        # Not gzip after all, or truncated: from the start again, so that reading it fails
+        # where the readers turn the error into a TraceError naming the file.
+        raw.seek(0)
+    except BaseException:
+        raw.close()
+        raise
     return raw, fmt
+
+
+def _skip_bom(raw: Any) -> None:
+    """Move ``raw`` (a buffered or gzip file at its start) past a UTF-8 byte order mark, if one is there."""
+    head = raw.peek(len(UTF8_BOM))[: len(UTF8_BOM)]
+    if head == UTF8_BOM:
+        raw.read(len(UTF8_BOM))
+    elif head and len(head) < len(UTF8_BOM) and UTF8_BOM.startswith(head):
+        # peek() gave too few bytes to tell (possible, if rare, for a gzip stream): read them and look.
+        if raw.read(len(UTF8_BOM)) != UTF8_BOM:
+            raw.seek(0)
 
 
 def _format_from_name(name: str) -> str:
@@ -120,6 +145,8 @@ def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Ite
     try:
         if fmt == "jsonl":
             for lineno, line in enumerate(raw, 1):
+                if lineno == 1:
+                    line = line.removeprefix(UTF8_BOM)
                 if not line.strip():
                     continue
                 try:
@@ -129,7 +156,7 @@ def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Ite
                 yield _normalize_at(obj, source, f"line {lineno}")
         elif fmt == "json":
             try:
-                doc = orjson.loads(raw.read())
+                doc = orjson.loads(raw.read().removeprefix(UTF8_BOM))
             except orjson.JSONDecodeError as exc:
                 raise TraceError(f"{source}: not valid JSON ({exc})") from None
             if isinstance(doc, dict) and isinstance(doc.get("traces"), list):
@@ -139,7 +166,7 @@ def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Ite
             for i, obj in enumerate(doc):
                 yield _normalize_at(obj, source, f"item {i}")
         elif fmt == "csv":
-            text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+            text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
             for row in csv.DictReader(text):
                 yield {k: csv_value(v) for k, v in row.items() if k is not None}
         else:  # pragma: no cover - guarded by _format_from_name
