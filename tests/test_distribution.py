@@ -282,3 +282,137 @@ def test_moments_follow_the_observed_scores_not_an_extrapolated_tail():
     # Extreme levels still extrapolate, increasing.
     q = dist.quantiles([0.999, 0.9999, 0.99999])[0]
     assert np.all(np.diff(q) > 0)
+
+
+# --------------------------------------------------------------------------- totals: discretisation, tails, caps
+
+
+def slow_mode_score() -> ScoreDistribution:
+    """97% of runs near the typical time (log sd 0.05), 3% 50x slower (a cold start)."""
+    rng = np.random.default_rng(0)
+    z = 0.05 * rng.standard_normal(5000) + np.where(rng.random(5000) < 0.03, np.log(50.0), 0.0)
+    return ScoreDistribution.from_scores(z)
+
+
+def mc_sum(dist: RuntimeDistribution, n_samples: int, seed: int) -> np.ndarray:
+    """Sums of independent draws from unshaped tasks' quantile functions (vectorised)."""
+    rng = np.random.default_rng(seed)
+    u = rng.random((n_samples, len(dist)))
+    z = dist.score.quantile(u.ravel()).reshape(u.shape)
+    return np.exp(np.clip(dist.location + dist.scale * z, *dist.log_bounds)).sum(axis=1)
+
+
+@pytest.mark.parametrize("k", [10, 20, 50])
+def test_a_total_of_tasks_narrower_than_a_grid_cell_is_not_shifted(k):
+    # k identical 6 ms tasks, 3% of runs 50x slower: the total's cells (set by the slow
+    # mode's spread) are wider than a typical run, which rounding to a cell once moved by
+    # up to half a cell per task. The sum has modes (how many tasks ran slow): compared
+    # in probability, where the total's quantiles fall within the true sum's distribution.
+    dist = RuntimeDistribution(np.full(k, np.log(6.0)), np.ones(k), slow_mode_score())
+    levels = [0.05, 0.25, 0.5, 0.75, 0.95]
+    q = dist.total().quantiles(levels)
+    s = mc_sum(dist, 200_000, 1)
+    np.testing.assert_allclose([(s <= v).mean() for v in q], levels, atol=0.02)
+
+
+def test_a_long_queue_of_narrow_tasks_keeps_the_mean_of_its_total():
+    rng = np.random.default_rng(2)
+    dist = RuntimeDistribution(np.log(rng.uniform(5.0, 200.0, 300)), np.ones(300), slow_mode_score())
+    tot = dist.total()
+    u = (np.arange(40_000) + 0.5) / 40_000
+    implied = tot.quantiles(u).mean()  # the mean of the distribution the total's quantiles describe
+    assert implied == pytest.approx(tot.mean, rel=2e-3)
+    assert tot.mean == pytest.approx(mc_sum(dist, 20_000, 3).mean(), rel=5e-3)
+
+
+@pytest.mark.parametrize("shared", [0.0, 0.04])
+def test_far_quantiles_of_a_total_are_not_cut_off(shared):
+    # One task's spread reaches its cap (3e4 ms) far above the total's mean + 24 sd: the
+    # total's far quantiles must reach it (the total is at least each task, times M).
+    dist = RuntimeDistribution(np.log([20.0, 30.0]), np.array([1.5, 0.3]), normal_score(),
+                               log_bounds=(np.log(0.01), np.log(3e4)), shared_log_sd=shared)
+    levels = np.array([0.99, 0.999, 0.99999, 1 - 1e-7])
+    q = dist.total().quantiles(levels)
+    assert np.all(np.diff(q) >= 0)
+    # P(M X_1 <= v): Gauss-Hermite over log M, X_1's CDF from its quantiles.
+    lv = np.concatenate([np.linspace(1e-4, 0.999, 2000), 1 - np.geomspace(1e-3, 1e-11, 400)[1:]])
+    log_qx = np.log(dist.quantiles(lv)[0])
+    nodes, weights = np.polynomial.hermite_e.hermegauss(40)
+    weights = weights / weights.sum()
+    log_m = shared * nodes - shared**2 / 2
+    cdf = np.array([weights @ np.interp(np.log(v) - log_m, log_qx, lv, left=0.0, right=1.0) for v in q])
+    assert np.all(1 - cdf <= 1.1 * (1 - levels))
+    # Against the sum itself at the levels a sample can check.
+    s = mc_sum(dist, 1_000_000, 5)
+    if shared:
+        s *= np.exp(shared * np.random.default_rng(6).standard_normal(len(s)) - shared**2 / 2)
+    np.testing.assert_allclose([(s > v).mean() for v in q[:2]], 1 - levels[:2], rtol=0.15)
+
+
+def test_moments_are_those_of_the_runtime_the_quantiles_cap():
+    # Far outside the training range the location sits near the cap: the quantiles stop at
+    # it, and so must the mean and standard deviation (a total's mean never exceeds the
+    # sum of the tasks' largest runtimes).
+    bounds = (0.0, np.log(1000.0))
+    m = np.array([np.log(950.0), np.log(10.0)])
+    dist = RuntimeDistribution(m, np.array([0.3, 0.3]), normal_score(), log_bounds=bounds)
+    mean, std = dist.mean_std()
+    u = (np.arange(200_000) + 0.5) / 200_000
+    x = dist.quantiles(u)
+    np.testing.assert_allclose(mean, x.mean(axis=1), rtol=2e-3)
+    np.testing.assert_allclose(std, x.std(axis=1), rtol=1e-2)
+    assert mean[0] < 1000.0
+    em, es = lognormal_moments(m[1], 0.3)  # far from the cap: the plain lognormal
+    assert mean[1] == pytest.approx(em, rel=2e-4) and std[1] == pytest.approx(es, rel=3e-3)
+    ten = RuntimeDistribution(np.full(10, m[0]), np.full(10, 0.3), normal_score(), log_bounds=bounds)
+    assert ten.total().mean < 10 * 1000.0
+    # The single-task path agrees, with a constant or a varying scale, shaped or not.
+    for constant in (True, False):
+        q, mu, sd = describe_one(m[0], 0.3, normal_score(), (0.5,), constant, log_bounds=bounds)
+        assert mu == pytest.approx(mean[0], rel=1e-3) and sd == pytest.approx(std[0], rel=1e-2)
+    shaped_dist = RuntimeDistribution(m[:1], np.array([0.5]), normal_score(), (0.1, 0.5, 0.9),
+                                      np.array([[0.01, 0.1, 0.95]]), log_bounds=bounds)
+    x = shaped_dist.quantiles(u)[0]
+    mu_b, sd_b = shaped_dist.mean_std()
+    assert mu_b[0] == pytest.approx(x.mean(), rel=2e-3) and mu_b[0] < 1000.0
+    _, mu, sd = describe_one(m[0], 0.5, normal_score(), (0.5,), True, (0.1, 0.5, 0.9), [0.01, 0.1, 0.95], bounds)
+    assert mu == pytest.approx(mu_b[0], rel=1e-3) and sd == pytest.approx(sd_b[0], rel=1e-2)
+
+
+@pytest.mark.parametrize("shared", [0.0, 0.02])
+def test_low_quantiles_of_a_total_dominated_by_one_wide_task_count_the_small_ones(shared):
+    # One 1000 ms task of log sd 2 sets the grid's cells far wider than fifty ~1 ms tasks;
+    # their 50 ms must still show in the total's low quantiles.
+    loc = np.log(np.r_[1000.0, np.full(50, 1.0)])
+    dist = RuntimeDistribution(loc, np.r_[2.0, np.full(50, 0.1)], normal_score(), shared_log_sd=shared)
+    s = mc_sum(dist, 200_000, 7)
+    if shared:
+        s *= np.exp(shared * np.random.default_rng(8).standard_normal(len(s)) - shared**2 / 2)
+    levels = [0.01, 0.05, 0.25, 0.5]
+    np.testing.assert_allclose(dist.total().quantiles(levels), np.quantile(s, levels), rtol=0.03)
+
+
+@pytest.mark.parametrize("shared", [0.0, 0.05])
+def test_total_quantiles_stay_monotone_and_positive_at_extreme_levels(shared):
+    rng = np.random.default_rng(11)
+    levels = np.concatenate([[1e-9, 1e-6, 1e-3], np.linspace(0.01, 0.99, 99), [1 - 1e-3, 1 - 1e-6, 1 - 1e-9]])
+    for loc, scale in [(rng.normal(3, 1, 5), rng.uniform(0.1, 2.5, 5)),
+                       (np.log(np.r_[1000.0, np.full(50, 1.0)]), np.r_[2.0, np.full(50, 0.1)]),
+                       (np.log(np.full(30, 6.0)), np.ones(30))]:
+        score = slow_mode_score() if len(loc) == 30 else normal_score()
+        q = RuntimeDistribution(loc, scale, score, shared_log_sd=shared).total().quantiles(levels)
+        assert np.all(np.isfinite(q)) and np.all(q > 0) and np.all(np.diff(q) >= 0)
+
+
+def test_a_first_total_does_not_load_scipy_signal():
+    # scipy.signal takes seconds to import: a process's first batch request paid for it.
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\n"
+            "from swarmpilot_predictor.distribution import RuntimeDistribution, ScoreDistribution\n"
+            "score = ScoreDistribution.from_scores(np.random.default_rng(0).standard_normal(200))\n"
+            "RuntimeDistribution(np.zeros(3), np.full(3, 0.3), score, shared_log_sd=0.02).total().quantiles([0.5])\n"
+            "print('scipy.signal' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "False"

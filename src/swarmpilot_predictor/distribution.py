@@ -18,9 +18,12 @@ Quantiles at any level follow by interpolation, so they never cross and are
 always positive. Moments are exact sums over the segments (precomputed
 per segment, so a batch costs O(tasks x knots)), so ``expect`` and ``error``
 are the mean and standard deviation of that distribution rather than summaries
-of a few quantiles. Batch totals are the distribution of the sum of independent
-tasks: an exact convolution on a grid (FFT) of the tasks that matter most, plus
-a shifted-gamma approximation for the sum of the many small ones.
+of a few quantiles: of the distribution over the observed scores' range (the
+mass beyond the most extreme score sits on it; the extrapolated tail gives
+quantiles, not moments), capped at the log bounds as the quantiles are. Batch
+totals are the distribution of the sum of independent tasks: an exact
+convolution on a grid (FFT) of the tasks that matter most, plus a shifted-gamma
+approximation for the sum of the many small ones.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.special import gammainc, ndtr, ndtri  # scipy.special: loaded by the service anyway
 
 # Batch totals: up to this many tasks (those with the largest variance, if each
 # has at least _EXACT_SUM_MIN_SHARE of the total variance) are convolved exactly
@@ -39,11 +43,22 @@ import numpy as np
 _EXACT_SUM_MAX_TASKS = 64
 _EXACT_SUM_MIN_SHARE = 0.005
 _SUM_GRID = 2048
-_SUM_ATOMS = 256
+# The grid grows (to at most this many cells) to reach the far tail of one task: no mass
+# of the sum's far tail wraps around into its low end. Past that, cells widen up to 4x.
+_SUM_GRID_MAX = 8192
+_WRAP_MASS = 1e-5
+# A total whose 1% quantile lies within this many cells of 0 is found again below its
+# median on a fine grid of _LOW_END_GRID cells.
+_LOW_END_CELLS = 64
+_LOW_END_GRID = 2048
+_SUM_ATOMS = 512
 _SUM_NODES: tuple[np.ndarray, np.ndarray] | None = None
 # With a shared factor, the widest tasks (at most this many) bound the low end of the sum.
 _BOUND_TASKS = 8
 _BOUND_LEVELS: np.ndarray | None = None
+# Lower bounds of a total's quantiles with the shared factor: shares of a level's budget
+# (-log(1 - p)) left to the factor, the rest to one task.
+_FLOOR_FACTOR_SHARES = np.array([0.02, 0.1, 0.3, 0.7, 0.9])
 # Moment quadrature: about this many probability nodes in all, split over segments.
 _MOMENT_NODES = 2048
 # Heteroscedastic moments: segment tables on a log-scale grid with this step.
@@ -132,6 +147,10 @@ class ScoreDistribution:
         p0, p1 = p[k - 1], p[k]
         return z[k - 1] + (tau - p0) / (p1 - p0) * (z[k] - z[k - 1])
 
+    def values_list(self) -> list[float]:
+        """``values`` as a list of floats (cached)."""
+        return self._memo("lists", lambda: (self.levels.tolist(), self.values.tolist()))[1]
+
     def quantile_list(self, levels: tuple[float, ...]) -> list[float]:
         """``quantile_at`` as a list of floats (cached)."""
         return self._memo(("qlist", levels), lambda: self.quantile_at(levels).tolist())
@@ -192,7 +211,10 @@ class ScoreDistribution:
         u = np.concatenate(us)
         # Moments use the scores as observed: the mass beyond the most extreme score
         # sits on it. An extrapolated tail may hold quantiles, not mean and variance,
-        # where a 1-in-a-million value would otherwise dominate.
+        # where a 1-in-a-million value would otherwise dominate: integrated (to the
+        # 100x cap), it made a task's sd 1.14x the true one under lognormal noise of
+        # sigma 1 and 8x under Pareto(2.5) noise, and long queues' totals too wide
+        # (README, Modelling).
         u = np.clip(u, self.levels[0], self.levels[-1])
         got = (self.quantile(u), np.concatenate(ws), np.concatenate(segs))
         self._cache[key] = got
@@ -352,6 +374,35 @@ class RuntimeDistribution:
         return self._moments
 
     def _compute_moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        moments = self._uncapped_moments()
+        capped = self._capped_rows()
+        if capped.any():
+            # Quantiles stop at the log bounds: so do the moments of these tasks.
+            for out, got in zip(moments, self.subset(capped)._capped_moments()):
+                out[capped] = got
+        return moments
+
+    def _capped_rows(self) -> np.ndarray:
+        """Tasks whose moment nodes (the observed scores' range) reach past a log bound."""
+        z0, z1 = float(self.score.values[0]), float(self.score.values[-1])
+        lo, hi = self.log_bounds
+        m, s = self.location, self.scale
+        return (m + s * z1 > hi) | (m + s * z0 < lo)
+
+    def _capped_moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Moments by direct quadrature over the moment nodes, runtimes clipped to the log bounds."""
+        knots = self.knots if self.cdf is not None else ()
+        z, w, seg = self.score.segment_nodes(knots)
+        lk = np.concatenate([[0.0], np.asarray(knots, dtype=np.float64), [1.0]])
+        weights = (self._segment_masses() / np.diff(lk)[None, :])[:, seg] * w[None, :]  # (n, nodes)
+        x = np.exp(np.clip(self.location[:, None] + self.scale[:, None] * z[None, :], *self.log_bounds))
+        mean = np.einsum("nk,nk->n", weights, x)
+        d = x - mean[:, None]
+        d2 = d * d
+        return (mean, np.einsum("nk,nk->n", weights, d2), np.einsum("nk,nk->n", weights, d2 * d),
+                np.einsum("nk,nk->n", weights, d2 * d2))
+
+    def _uncapped_moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         n = len(self)
         s = self.scale
         if n and self.cdf is None and s.min() == s.max():
@@ -418,54 +469,146 @@ class RuntimeDistribution:
         small = np.ones(n, dtype=bool)
         small[exact] = False
         rest = (float(mean[small].sum()), float(var[small].sum()), float(m3[small].sum())) if small.any() else None
-        grid, cdf = self.subset(exact)._convolve(rest, k1, float(np.sqrt(k2)))
+        edges, at_edges, cells = self.subset(exact)._convolve(rest, float(np.sqrt(k2)))
         tau = self.shared_log_sd
         if tau > 0:
             # S is at least each task: the widest tasks' CDFs bound S's where the grid is coarse.
             widest = (exact if len(exact) else order)[:_BOUND_TASKS]
             bound = self.subset(widest).quantiles(_bound_levels())
-            edges, at_edges = _times_shared_factor(grid, cdf, tau, bound)
+            edges, at_edges = _times_shared_factor(edges, at_edges, tau, bound, cells)
             k2 = math.exp(tau * tau) * k2 + math.expm1(tau * tau) * k1 * k1  # Var(MS), E[M] = 1
             return TotalDistribution(k1, k2, edges=edges, edge_cdf=at_edges, tasks=self, shared_log_sd=tau)
-        return TotalDistribution(k1, k2, None, grid, cdf, tasks=self)
+        return TotalDistribution(k1, k2, edges=edges, edge_cdf=at_edges, tasks=self)
 
-    def _convolve(self, rest: tuple[float, float, float] | None, mean: float, sd: float) -> tuple[np.ndarray, np.ndarray]:
-        """Grid of values and the CDF of the sum of these tasks (and of ``rest``) at them.
+    def _convolve(self, rest: tuple[float, float, float] | None, sd: float) -> tuple[np.ndarray, np.ndarray, int]:
+        """The CDF of the sum of these tasks (and of ``rest``): increasing values, the CDF at
+        them (linear in between), and the number of cells of the grid it was found on.
 
-        Circular convolution on ``_SUM_GRID`` cells spanning [mean - 8 sd, mean + 24 sd]
-        of the total: every value is put in the cell of its residue, so tasks need not
-        fit the window one by one, only their sum (up to far-tail mass) does.
+        Circular convolution on an even grid of cells of ``32 sd / _SUM_GRID`` spanning
+        [mean - 8 sd, mean + 24 sd] of the total, or further up to reach the largest value
+        of any task plus the others' typical sum (then with more cells, up to
+        ``_SUM_GRID_MAX``, and wider ones, up to 4x, where more than ``_WRAP_MASS`` would
+        lie beyond): every value is put in the cell of its residue, so tasks need not fit
+        the window one by one, only their sum does.
+
+        A task's values are rounded to cells after a shift of the task's own (a fraction
+        of a cell) that puts its median on a cell; the sum of the shifts and of the
+        rounding's mean errors then moves the whole grid. So the sum's mean is exact
+        however narrow the tasks are next to a cell, and a narrow task's rounding does not
+        add up over the tasks: neither does it blur the total, as splitting each value's
+        mass between two cells would.
         """
         G = _SUM_GRID
         h = 32.0 * sd / G
-        k0 = int(np.floor((mean - 8.0 * sd) / h))
+        u, wu = _sum_nodes()
+        # The window is placed about the mean of the sum as discretised (the tasks' far tails included).
+        mean = 0.0 if rest is None else rest[0]
+        reach = 0.0
+        if len(self):
+            z = self.score_quantiles(u)  # (tasks, nodes), non-decreasing along nodes: tails included
+            x = np.exp(np.clip(self.location[:, None] + self.scale[:, None] * z, *self.log_bounds))
+            node_mean = x @ wu
+            mean += float(node_mean.sum())
+            reach = float((x[:, -1] - node_mean).max())  # the furthest one task lies above its mean
+        low = mean - 8.0 * sd
+        span = 32.0 * sd + max(reach - 16.0 * sd, 0.0) * (1 - 1e-9)
+        while G * h < span and G < _SUM_GRID_MAX:
+            G *= 2
+        if G * h < span and len(self):
+            # Still short of a task's farthest values: wider cells (up to 4x), unless the mass
+            # that would wrap around (one task far up, the others typical) is negligible.
+            for widen in (1.0, 2.0, 4.0):
+                above = low + G * h * widen - 8.0 * sd - mean + node_mean  # per task
+                if widen == 4.0 or float(((x > above[:, None]) * wu).sum()) <= _WRAP_MASS:
+                    h *= widen
+                    break
         rows = len(self) + (rest is not None)
         pmf = np.zeros((rows, G))
+        shift = 0.0  # in cells: a sum of labels j stands for the value (j + shift) * h
         if len(self):
-            u, wu = _sum_nodes()
-            z = self.score_quantiles(u)  # (tasks, nodes)
-            x = np.exp(np.clip(self.location[:, None] + self.scale[:, None] * z, *self.log_bounds))
+            t = np.minimum(x / h, 1e300)
+            mid = t[:, int(np.searchsorted(u, 0.5))]
+            offset = mid - np.floor(mid)  # each task's shift: its median falls on a cell
+            t -= offset[:, None]
+            cell = np.rint(t)
+            # Rounding's mean error per task; none where a value's cell number is beyond exact floats.
+            err = np.where(t < 2.0**50, cell - t, 0.0) @ wu
+            shift += float(offset.sum() - err.sum())
             # The residue is taken in floating point (exact): a far-tail value's cell
             # number may not fit an integer.
-            idx = np.mod(np.rint(np.minimum(x / h, 1e300)), G).astype(np.int64)
+            idx = np.mod(cell, G).astype(np.int64)
             flat = (np.arange(len(x))[:, None] * G + idx).ravel()
             pmf[: len(x)] = np.bincount(flat, weights=np.broadcast_to(wu, x.shape).ravel(), minlength=len(x) * G).reshape(len(x), G)
         if rest is not None:
             r_mean, r_var, r_m3 = rest
             r_sd = float(np.sqrt(max(r_var, 0.0)))
-            first = int(np.floor((r_mean - 8.0 * r_sd) / h)) - 1
+            offset = r_mean / h - math.floor(r_mean / h)
+            first = int(np.floor((r_mean - 8.0 * r_sd) / h - offset)) - 1
             cells = first + np.arange(min(G, int(32.0 * r_sd / h) + 3))
-            mass = np.diff(_shifted_gamma_cdf((np.concatenate([cells, [cells[-1] + 1]]) - 0.5) * h, r_mean, r_var, r_m3))
+            at = (np.concatenate([cells, [cells[-1] + 1]]) - 0.5 + offset) * h
+            mass = np.diff(_shifted_gamma_cdf(at, r_mean, r_var, r_m3))
+            if mass.sum() > 0:
+                shift += offset - (float(mass @ cells) / float(mass.sum()) + offset - r_mean / h)
             np.add.at(pmf[-1], np.mod(cells, G), mass)
         if rows == 1:
             total = pmf[0]
         else:
             total = np.fft.irfft(np.prod(np.fft.rfft(pmf, axis=1), axis=0), n=G)
-        # Cell j holds the values j * h + (any multiple of G * h); unwrap into the window.
+        # Cell j holds the labels j + (any multiple of G); unwrap into the window.
+        k0 = int(np.floor(low / h - shift))
         total = np.maximum(np.roll(total, -(k0 % G)), 0.0)
         cdf = np.cumsum(total)
         cdf /= cdf[-1]
-        return (k0 + np.arange(G)) * h, cdf
+        # Mass is spread evenly within each cell: the CDF is linear between cell edges.
+        edges = (k0 + np.arange(G + 1) - 0.5 + shift) * h
+        c = np.concatenate([[0.0], cdf])
+        # Where the total's low quantiles lie within a few cells of 0 (one task's spread
+        # dwarfs the others'), they are found again on a fine grid up to past the median.
+        p01, median = np.interp([0.01, 0.5], c + np.arange(G + 1) * 1e-15, edges)
+        if len(self) and p01 < _LOW_END_CELLS * h and median > -4.0 * h:
+            low_x, low_c = self._low_end(x, wu, rest, float(median + 4.0 * h) / 0.95)
+            keep = edges > low_x[-1]
+            edges = np.concatenate([low_x, edges[keep]])
+            c = np.concatenate([low_c, np.maximum(c[keep], low_c[-1])])
+        return edges, c, G
+
+    def _low_end(self, x: np.ndarray, wu: np.ndarray, rest: tuple[float, float, float] | None,
+                 limit: float) -> tuple[np.ndarray, np.ndarray]:
+        """The CDF of the sum of these tasks (values ``x`` at nodes ``u``, weights ``wu``) and of
+        ``rest`` below ``limit``: values from 0 and the CDF at them (linear in between).
+
+        Runtimes are positive, so the sum is below ``limit`` only if every part is: each
+        part's mass below ``limit`` on a fine grid, convolved pairwise and cut to the grid
+        after each step, is the sum's exactly there. A value's mass is split between its
+        two cells (its mean kept) rather than rounded: on this fine a grid it blurs little.
+        """
+        G = _LOW_END_GRID
+        h = limit / G
+        t = x / h
+        inside = t < G - 1
+        cell = np.floor(np.where(inside, t, 0.0)).astype(np.int64)
+        frac = np.where(inside, t, 0.0) - cell
+        w = np.broadcast_to(wu, x.shape) * inside
+        n = len(x)
+        pmf = np.zeros((n + (rest is not None), G + 1))
+        base = (np.arange(n)[:, None] * (G + 1))
+        pmf[:n] = (np.bincount((base + cell).ravel(), weights=(w * (1.0 - frac)).ravel(), minlength=n * (G + 1))
+                   + np.bincount((base + cell + 1).ravel(), weights=(w * frac).ravel(), minlength=n * (G + 1))
+                   ).reshape(n, G + 1)
+        if rest is not None:
+            at = (np.arange(G + 1) + 0.5) * h
+            pmf[-1] = np.diff(_shifted_gamma_cdf(at, *rest), prepend=0.0)
+        pmf = pmf[:, :G]
+        while len(pmf) > 1:
+            odd = pmf[-1:] if len(pmf) % 2 else None
+            pairs = pmf[: len(pmf) // 2 * 2]
+            f = np.fft.rfft(pairs, 2 * G, axis=1)
+            pmf = np.maximum(np.fft.irfft(f[0::2] * f[1::2], 2 * G, axis=1)[:, :G], 0.0)
+            if odd is not None:
+                pmf = np.concatenate([pmf, odd])
+        # Mass at j h stands for [j - 1/2, j + 1/2) h; kept below 0.95 limit, clear of the cut.
+        keep = int(0.95 * G)
+        return (np.arange(keep + 1) - 0.5).clip(0.0) * h, np.concatenate([[0.0], np.cumsum(pmf[0, :keep])])
 
 
 def describe_one(
@@ -492,6 +635,13 @@ def describe_one(
         z = _shaped_score_quantiles(score, levels, knots, cdf)
     lo, hi = log_bounds
     q = [math.exp(min(max(location + scale * v, lo), hi)) for v in z]
+    observed = score.values_list()  # the moment nodes' range: the observed scores'
+    if location + scale * observed[-1] > hi or location + scale * observed[0] < lo:
+        # Clipped by the log bounds (far outside the training range): moments of the clipped runtime.
+        one = RuntimeDistribution(np.array([location]), np.array([scale]), score, knots if cdf is not None else None,
+                                  None if cdf is None else np.array([cdf], dtype=np.float64), log_bounds)
+        mean, std = one.mean_std()
+        return q, float(mean[0]), float(std[0])
     base = math.exp(location + scale * score.center())
     if cdf is None and constant_scale:
         mu, c2, _, _ = score.central_factors(scale)
@@ -564,44 +714,49 @@ def _bound_levels() -> np.ndarray:
     return _BOUND_LEVELS
 
 
-def _times_shared_factor(grid: np.ndarray, cdf: np.ndarray, tau: float,
-                         bound: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The CDF of ``M S`` at increasing values, from that of ``S`` on its even grid,
-    ``log M ~ N(-tau^2 / 2, tau^2)`` independent of ``S``.
+def _times_shared_factor(edges: np.ndarray, c: np.ndarray, tau: float, bound: np.ndarray | None = None,
+                         cells: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The CDF of ``M S`` at increasing values, from that of ``S`` (``c`` at ``edges``, linear
+    in between; found on a grid of ``cells`` cells), ``log M ~ N(-tau^2 / 2, tau^2)``
+    independent of ``S``.
 
     ``bound`` holds some tasks' quantiles at :func:`_bound_levels` (one row each):
     ``S`` is at least each of them, so its CDF is at most theirs, which resolves the
-    low end of a total that the even grid's cells are too wide for.
+    low end of a total that the even grid's cells are too wide for, and its far tail
+    beyond the grid (the log grid reaches the tasks' quantiles at 1 - 1e-9).
 
     On a log scale the factor adds a normal variable: ``log S``'s mass, laid on an
     even grid of log values, is blurred by a normal kernel (one full convolution, so
     no mass is lost off either end). The result stays on that log grid, where its
     resolution is relative: a wide factor's long right tail needs no more cells.
     """
-    from scipy.signal import fftconvolve  # the kernel may span thousands of cells
-
-    G = len(grid)
-    h = grid[1] - grid[0]
-    edges = np.concatenate([[grid[0] - h / 2], grid + h / 2])
-    c = np.concatenate([[0.0], cdf])
+    G = len(edges) - 1 if cells is None else cells
     # Runtimes are positive: the log grid starts where the total's mass does (any mass
     # below a billionth of its top is put there).
     lo = float(np.interp(1e-12, c, edges)) if c[1] < 1e-12 else float(edges[0])
     lo = max(lo, edges[-1] * 1e-9, 1e-300)
     # Cells fine enough for S's shape on a log scale, or for the kernel if it is far wider
-    # (S's detail is then blurred away): at most 2G + 1 values, a kernel of at most 1201.
+    # (S's detail is then blurred away): 2G + 1 values over S's span, a kernel of at most
+    # 1201; then on, up to 2G more, to the bounding tasks' far tail (any mass past it is
+    # put on the last value).
     span = math.log(edges[-1]) - math.log(lo)
     du = max(span / (2 * G), tau / 100) if span > 0 else tau / 100
+    if bound is not None:
+        span = max(span, min(math.log(max(float(bound.max()), 1e-300)) - math.log(lo), span + 2 * G * du))
     u = math.log(lo) + du * np.arange(int(math.ceil(span / du)) + 1)
     F = np.interp(np.exp(u), edges, c, left=0.0, right=1.0)
     if bound is not None:
         levels = _bound_levels()
         for row in np.log(np.maximum(bound, 1e-300)):
             F = np.minimum(F, np.interp(u, row, levels, left=0.0, right=1.0))
+    F[-1] = 1.0
     mass = np.diff(F, prepend=0.0)
     half = int(math.ceil(6.0 * tau / du))
     kernel = np.exp(-0.5 * (np.arange(-half, half + 1) * du / tau) ** 2)
-    blurred = np.maximum(fftconvolve(mass, kernel / kernel.sum()), 0.0)  # length len(u) + 2 half
+    size = len(mass) + len(kernel) - 1
+    nfft = 1 << (size - 1).bit_length()
+    blurred = np.fft.irfft(np.fft.rfft(mass, nfft) * np.fft.rfft(kernel / kernel.sum(), nfft), nfft)[:size]
+    blurred = np.maximum(blurred, 0.0)  # length len(u) + 2 half
     F = np.cumsum(blurred)
     F /= F[-1]
     at = np.exp(u[0] - half * du - tau * tau / 2 + du * np.arange(len(F)))  # E[M] = 1
@@ -610,8 +765,6 @@ def _times_shared_factor(grid: np.ndarray, cdf: np.ndarray, tau: float,
 
 def _shifted_gamma_cdf(x: np.ndarray, mean: float, var: float, m3: float) -> np.ndarray:
     """CDF of the shifted gamma with this mean, variance and third central moment (normal if unskewed)."""
-    from scipy.special import gammainc, ndtr
-
     sd = np.sqrt(max(var, 0.0))
     if sd == 0:
         return (x >= mean).astype(np.float64)
@@ -637,6 +790,7 @@ class TotalDistribution:
     edges: np.ndarray | None = None
     edge_cdf: np.ndarray | None = None
     shared_log_sd: float = 0.0
+    _floor_parts: tuple | None = field(default=None, init=False, repr=False)
 
     @property
     def std(self) -> float:
@@ -660,20 +814,50 @@ class TotalDistribution:
         cs = cs + np.arange(len(cs)) * 1e-15  # strictly increasing for interpolation
         out = np.maximum(np.interp(np.clip(levels, 0.0, 1.0) * cs[-1], cs, xs), 0.0)
         if self.tasks is not None:
-            # The total is at least each task's runtime, so its quantile at any level is at
-            # least each task's: this matters below one grid cell, where one task whose
-            # spread dwarfs the others' sets the cell size. With the shared factor the total
-            # is M S >= M X_i, and P(M X_i < q_M(p/2) q_i(p/2)) <= p/2 + p/2: a bound, not a quantile.
-            tau = self.shared_log_sd
-            if tau > 0:
-                from scipy.special import ndtri
-
-                half = np.clip(levels, 0.0, 1.0) / 2
-                floor = np.exp(tau * ndtri(half) - tau * tau / 2) * self.tasks.quantiles(half).max(axis=0)
-            else:
-                floor = self.tasks.quantiles(levels).max(axis=0)
-            out = np.maximum(out, floor)
+            # Below one grid cell (one task whose spread dwarfs the others' sets the cell
+            # size) and beyond the grid's far end, a bound that holds for any tasks does better.
+            out = np.maximum(out, self._floor(levels))
         return out
+
+    def _floor(self, levels: np.ndarray) -> np.ndarray:
+        """A lower bound on the total's quantile at each level, from the tasks' own quantiles.
+
+        The total is ``M (X_1 + ... + X_n)``, all independent and positive (``M = 1``
+        without the shared factor). If ``M > q_M(a0)`` and ``X_c >= q_c(a)`` for one task
+        ``c``, the total exceeds ``q_M(a0) (q_c(a) + sum of the others' least values)``;
+        that happens with probability at least ``(1 - a0) (1 - a)``. Where this is
+        ``1 - p``, the total's ``p``-quantile is at least that value. Without the factor
+        ``a = p``: the total's quantile is never below any task's. With it, every task
+        with ``1 - a0 = 1 - a``, and the largest tasks (by mean and variance) with a few
+        other splits of the level: the one that suits the top levels leaves ``M`` near 1.
+        """
+        tasks = self.tasks
+        assert tasks is not None
+        tau = self.shared_log_sd
+        p = np.clip(levels, 0.0, 1.0)
+        if self._floor_parts is None:
+            least = tasks.quantiles([1e-12])[:, 0]  # the quantile function stops there
+            cand = None
+            if tau > 0:
+                mean, var = tasks.moments()[:2]
+                k = min(_BOUND_TASKS, len(tasks))
+                top = np.concatenate([np.argpartition(mean, -k)[-k:], np.argpartition(var, -k)[-k:]])
+                cand = np.unique(top)
+                cand = (tasks.subset(cand), least[cand])
+            self._floor_parts = (least, float(least.sum()), cand)
+        least, sum_least, cand = self._floor_parts
+        if tau <= 0:
+            return (tasks.quantiles(p) - least[:, None]).max(axis=0) + sum_least
+        budget = -np.log1p(-np.minimum(p, 1.0 - 1e-15))  # -log(1 - p)
+        shares = np.concatenate([[0.5], _FLOOR_FACTOR_SHARES])  # of the budget, M's
+        a = -np.expm1(-budget[:, None] * (1.0 - shares)[None, :])  # (L, F): the level of task c
+        a0 = -np.expm1(-budget[:, None] * shares[None, :])  # and of M
+        gain = np.empty(a.shape)
+        gain[:, 0] = (tasks.quantiles(a[:, 0]) - least[:, None]).max(axis=0)
+        sub, sub_least = cand
+        gain[:, 1:] = (sub.quantiles(a[:, 1:].ravel()).reshape(len(sub), len(p), -1) - sub_least[:, None, None]).max(axis=0)
+        value = (gain + sum_least) * np.exp(tau * ndtri(a0) - tau * tau / 2)
+        return value.max(axis=1)
 
     def interval(self, confidence_level: float) -> np.ndarray:
         a = (1.0 - confidence_level) / 2.0
