@@ -158,3 +158,82 @@ def test_monitor_rebuilds_accuracy_from_the_log(tmp_path):
     assert again["coverage"] == before["coverage"] and again["drifted"] is True
     # Other versions are tracked separately.
     assert AccuracyMonitor(ObservationLog(tmp_path)).report(IDENT, 2)["observations"] == 0
+
+
+APPEND_ELSEWHERE = """
+import json
+from swarmpilot_predictor.identity import ModelIdentity
+from swarmpilot_predictor.monitoring import ObservationLog
+records = [{{"ts": 9.0, "runtime_ms": {runtime!r}, "version": 1, "q": {q!r}, "trace": {{"x": i}}}} for i in range({n})]
+ObservationLog({root!r}).append(ModelIdentity.from_parts({ident!r}), records)
+print(json.dumps({{"stored": {n}}}))
+"""
+
+
+def test_every_worker_sees_every_workers_observations(tmp_path):
+    # Two workers (processes) on one data directory: what either observes counts for both,
+    # however long each has followed the model.
+    a = AccuracyMonitor(ObservationLog(tmp_path), min_observations=30)
+    b = AccuracyMonitor(ObservationLog(tmp_path), min_observations=30)
+    y, q = _lognormal_quantiles(10, seed=3)
+    a.record(IDENT, 1, [{"x": 1}] * 10, y, q)
+    assert a.report(IDENT, 1)["observations"] == b.report(IDENT, 1)["observations"] == 10
+    slow, q_slow = _lognormal_quantiles(100, shift=4.0, seed=4)
+    b.record(IDENT, 1, [{"x": 1}] * 100, slow, q_slow)
+    ra, rb = a.report(IDENT, 1), b.report(IDENT, 1)
+    assert ra["observations"] == rb["observations"] == 110
+    assert ra["drifted"] is True and rb["drifted"] is True and ra["coverage"] == rb["coverage"]
+    assert a.recent(IDENT, 1) == b.recent(IDENT, 1)
+    # A separate process appending: picked up at the next look, by both.
+    got = run_with_file_size_limit(APPEND_ELSEWHERE.format(root=str(tmp_path), ident=IDENT.as_dict(), n=5,
+                                                           runtime=100.0, q=q[0].tolist()), limit=1 << 30)
+    assert got["stored"] == 5
+    assert a.report(IDENT, 1)["observations"] == b.report(IDENT, 1)["observations"] == 115
+    a.record(IDENT, 1, [{"x": 1}] * 3, y[:3], q[:3])  # its own, after the other's: each counted once
+    assert a.report(IDENT, 1)["observations"] == b.report(IDENT, 1)["observations"] == 118
+    assert list(a.tracker(IDENT, 1).y) == list(b.tracker(IDENT, 1).y)
+
+
+def test_workers_follow_the_log_through_rotation_and_torn_lines(tmp_path):
+    a = AccuracyMonitor(ObservationLog(tmp_path, max_file_bytes=3000, max_files=3))
+    b = AccuracyMonitor(ObservationLog(tmp_path, max_file_bytes=3000, max_files=3))
+    y, q = _lognormal_quantiles(80, seed=5)
+    for i in range(40):  # each looks after every append of the other's: nothing is rotated away unseen
+        (a if i % 2 else b).record(IDENT, 1, [{"x": i}], y[i:i + 1], q[i:i + 1])
+        assert a.report(IDENT, 1)["observations"] == b.report(IDENT, 1)["observations"] == i + 1
+    assert len(list((tmp_path / IDENT.dirname).glob("obs-*.jsonl"))) == 3
+    assert list(a.tracker(IDENT, 1).y) == list(b.tracker(IDENT, 1).y) == y[:40].tolist()
+    # A worker that crashed mid-write left half a line: never counted, and the next append reads on.
+    active = sorted((tmp_path / IDENT.dirname).glob("obs-*.jsonl"))[-1]
+    with open(active, "ab") as fh:
+        fh.write(b'{"ts": 1.0, "version": 1, "runtime_ms": 5')
+    assert a.report(IDENT, 1)["observations"] == 40
+    b.record(IDENT, 1, [{"x": 1}] * 2, y[40:42], q[40:42])
+    assert a.report(IDENT, 1)["observations"] == b.report(IDENT, 1)["observations"] == 42
+    assert list(a.tracker(IDENT, 1).y)[-2:] == y[40:42].tolist()
+    # Versions are told apart in the shared files too.
+    a.record(IDENT, 2, [{"x": 1}] * 4, y[:4], q[:4])
+    assert b.report(IDENT, 2)["observations"] == 4 and b.report(IDENT, 1)["observations"] == 42
+
+
+def test_an_observation_log_that_keeps_no_file_is_refused(tmp_path, monkeypatch):
+    import pytest
+    from pydantic import ValidationError
+    from typer.testing import CliRunner
+
+    from swarmpilot_predictor import cli
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    for bad in (0, -1):
+        with pytest.raises(ValidationError, match="observations_max_files"):
+            PredictorSettings(data_dir=tmp_path, observations_max_files=bad)
+    with pytest.raises(ValidationError, match="observations_max_file_mb"):
+        PredictorSettings(data_dir=tmp_path, observations_max_file_mb=0)
+    with pytest.raises(ValueError, match="at least one file"):
+        ObservationLog(tmp_path, max_files=0)
+    # At startup: one line naming the variable, not a service that deletes what it accepts.
+    monkeypatch.setenv("PREDICTOR_OBSERVATIONS_MAX_FILES", "0")
+    result = CliRunner().invoke(cli.app, ["serve", "--data-dir", str(tmp_path / "data")])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and "Traceback" not in said
+    assert "PREDICTOR_OBSERVATIONS_MAX_FILES: Input should be greater than or equal to 1 (got '0')" in said

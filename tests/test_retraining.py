@@ -164,3 +164,68 @@ def test_observations_extend_the_history_unless_they_state_their_first_runs():
     # The next version knows the new shape ran at end + 1.
     probe = [{**new, "ts": end}, {**new, "ts": end + 5}, dict(new)]
     np.testing.assert_array_equal(features.matrix(probe)[0][:, -1], [1.0, 0.0, 0.0])
+
+
+def test_observations_of_one_batch_size_do_not_erase_the_others(tmp_path):
+    # Trained on batch sizes 1-64; then only batch size 4 is observed, 1.3x slower. A new
+    # version may learn batch size 4, but must still know what batch size 64 costs.
+    rng = np.random.default_rng(0)
+    bs = rng.integers(1, 65, 1000)
+    train = [{"batch_size": int(b), "runtime_ms": float((1 + 2 * b) * rng.lognormal(0, 0.2))} for b in bs]
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    svc.train(TrainConfig(model=IDENTITY, traces=train, algorithm="linear"))
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    probe = [{"batch_size": 64}, {"batch_size": 32}, {"batch_size": 4}]
+    decisions = []
+    for _ in range(3):
+        svc.observe(IDENTITY, [{"batch_size": 4, "runtime_ms": float(1.3 * 9 * rng.lognormal(0, 0.2))} for _ in range(210)])
+        decisions.append(svc.retrain(pattern))
+        median = svc.predict(pattern, probe, quantiles=[0.5]).quantiles[:, 0]
+        assert median[0] == pytest.approx(129, rel=0.1) and median[1] == pytest.approx(65, rel=0.1), decisions[-1]
+        if decisions[-1]["status"] == "retrained":
+            assert median[2] == pytest.approx(1.3 * 9, rel=0.1)
+    assert [d["status"] for d in decisions].count("retrained") >= 2
+    # Candidates of observations alone kept the stored rows of every batch size but 4.
+    assert all(n >= 900 for d in decisions for name, n in d["training_rows"].items() if name != "training+observations")
+    svc.close()
+
+
+def test_auto_retrain_waits_for_new_evidence_after_a_decision(tmp_path):
+    # 25 drifted observations: too few to retrain on and validate. Each /observe used to
+    # retrain again; now the next try waits for as many new observations as a retraining
+    # holds out (a quarter, at least 10).
+    svc = _service(tmp_path, auto_retrain=True, retrain_min_observations=10_000, drift_min_observations=10)
+    identity = svc.registry.resolve(IdentityPattern.from_parts(IDENTITY))
+    traces = _shifted(60, 3.0, seed=50)
+    first = svc.observe(IDENTITY, traces[:25])
+    assert first["drifted"] is True and first["retraining_scheduled"] is True
+    assert svc.retrainer._running[identity].result(timeout=60)["status"] == "skipped"
+    for i in range(25, 33, 2):  # 27 ... 33 observations: not yet 25 + 10
+        assert svc.observe(IDENTITY, traces[i:i + 2])["retraining_scheduled"] is False
+    assert len(svc.retrainer.history) == 1
+    again = svc.observe(IDENTITY, traces[33:35])  # 35: tried again
+    assert again["retraining_scheduled"] is True
+    assert svc.retrainer._running[identity].result(timeout=60)["status"] == "retrained"
+    assert [v.version for v in svc.registry.versions(identity)] == [1, 2]
+    # Without drift: another PREDICTOR_RETRAIN_MIN_OBSERVATIONS after a decision that kept the version.
+    svc.retrainer.min_new_observations = 20
+    assert svc.retrainer.backoff_step(20, drifted=False) == 20 and svc.retrainer.backoff_step(400, drifted=True) == 20
+    assert svc.retrainer.backoff_step(40, drifted=True) == 10
+    svc.close()
+
+
+def test_two_workers_agree_on_accuracy_drift_and_what_is_due(tmp_path):
+    a = _service(tmp_path, auto_retrain=False, retrain_min_observations=10_000)
+    b = PredictorService(PredictorSettings(data_dir=tmp_path / "data", retrain_min_observations=10_000))
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    identity = a.registry.resolve(pattern)
+    a.observe(IDENTITY, make_llm_traces(10, seed=60))
+    b.observe(IDENTITY, [{**t, "runtime_ms": 400.0 * 20} for t in make_llm_traces(100, seed=61)])
+    for svc in (a, b):
+        acc = svc.accuracy(pattern)
+        assert acc["observations"] == 110 and acc["drifted"] is True
+        assert svc.health()["drifted_models"] == [identity.key]
+        assert svc.retrainer.due(identity, 1) == "drift"
+    assert a.accuracy(pattern)["coverage"] == b.accuracy(pattern)["coverage"]
+    a.close()
+    b.close()

@@ -3,6 +3,8 @@
 Observations (traces with their measured runtime) are appended to per-model
 JSONL files under ``observations/`` with the quantiles the serving model
 predicted for them, so accuracy survives restarts and retraining can use them.
+Every worker process follows the same files: what one worker observes counts in
+the accuracy, drift and retraining of all of them.
 """
 
 from __future__ import annotations
@@ -50,6 +52,28 @@ def _usable(record: Any) -> bool:
     )
 
 
+def _parse(data: bytes) -> list[dict[str, Any]]:
+    out = []
+    for line in data.splitlines():
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue  # a line torn by a crash
+        if _usable(record):
+            out.append(record)
+    return out
+
+
+@dataclass(frozen=True)
+class Appended:
+    """Where one append's records went: bytes ``start`` to ``end`` of file ``name`` (inode ``inode``)."""
+
+    name: str
+    inode: int
+    start: int
+    end: int
+
+
 class ObservationLog:
     """Append-only JSONL per model, rotated to bound disk use.
 
@@ -60,6 +84,8 @@ class ObservationLog:
     """
 
     def __init__(self, root: Path, max_file_bytes: int = 8 * 1024 * 1024, max_files: int = 8):
+        if max_files < 1:  # none would delete each observation right after storing it
+            raise ValueError(f"the observation log keeps at least one file (max_files={max_files})")
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_file_bytes = max_file_bytes
@@ -75,9 +101,10 @@ class ObservationLog:
             return []
         return sorted(d.glob("obs-*.jsonl"))
 
-    def append(self, identity: ModelIdentity, records: list[dict[str, Any]]) -> None:
+    def append(self, identity: ModelIdentity, records: list[dict[str, Any]]) -> "Appended | None":
+        """Store ``records`` (all or none); where they went, for :class:`AccuracyMonitor`."""
         if not records:
-            return
+            return None
         data = b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for r in records)
         with self._lock, writing(f"the observations of {identity.key}"):
             d = self._dir(identity)
@@ -103,25 +130,46 @@ class ObservationLog:
                 except OSError:
                     os.ftruncate(fd, size)  # all of a request's records, or none (truncating needs no space)
                     raise
+                appended = Appended(active.name, os.fstat(fd).st_ino, size, size + len(data))
             finally:
                 os.close(fd)
             files = self._files(identity)
             for old in files[: max(0, len(files) - self.max_files)]:
                 old.unlink(missing_ok=True)
+        return appended
+
+    def read_span(self, path: Path | str, inode: int, start: int, stop: int | None = None) -> tuple[list[dict[str, Any]], int]:
+        """The observations in bytes ``start`` to ``stop`` (the end) of ``path``, and where they end.
+
+        Only whole lines are read: the returned offset is just past the last newline, so a
+        record being written is read by the next call. Appends (which hold the lock
+        exclusively) are waited for, so an append undone for want of disk space is never
+        seen half-written. A file that is no longer ``inode`` gives nothing.
+        """
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return [], start
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            st = os.fstat(fd)
+            end = st.st_size if stop is None else min(stop, st.st_size)
+            if st.st_ino != inode or end <= start:
+                return [], start
+            data = os.pread(fd, end - start, start)
+        finally:
+            os.close(fd)
+        cut = data.rfind(b"\n") + 1
+        return _parse(data[:cut]), start + cut
 
     def read(self, identity: ModelIdentity, limit: int | None = None) -> list[dict[str, Any]]:
         """Stored observations, oldest first (the newest ``limit`` when given)."""
         out: list[dict[str, Any]] = []
         for path in reversed(self._files(identity)):
-            lines = path.read_bytes().splitlines()
-            batch = []
-            for line in lines:
-                try:
-                    record = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    continue  # a line torn by a crash
-                if _usable(record):
-                    batch.append(record)
+            try:
+                batch = _parse(path.read_bytes())
+            except FileNotFoundError:  # rotated away by another worker meanwhile
+                continue
             out[:0] = batch
             if limit is not None and len(out) >= limit:
                 return out[-limit:]
@@ -213,52 +261,145 @@ class RollingAccuracy:
         return {"levels": list(MONITOR_LEVELS), "runtime_ms": ys, "quantile_predictions": qs}
 
 
+@dataclass
+class _Followed:
+    """One model's observation log as this process has read it so far."""
+
+    cursor: dict[str, tuple[int, int]] = field(default_factory=dict)  # file name -> (inode, bytes read)
+    trackers: dict[int, RollingAccuracy] = field(default_factory=dict)  # version -> its accuracy
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    directory: str = ""
+    # The log's files (name, path), listed when the directory's (inode, mtime) was ``listed_key``.
+    files: list[tuple[str, str]] = field(default_factory=list)
+    listed_key: tuple[int, int] | None = None
+
+
+# A directory listed this soon after it changed may change again within the same
+# timestamp tick, unnoticed: it is listed again at the next look.
+_RACY_NS = 2_000_000_000
+
+
 class AccuracyMonitor:
-    """Rolling accuracy for every (model, version), rebuilt lazily from the observation log."""
+    """Rolling accuracy for every (model, version), following the observation log.
+
+    The log is shared by every worker process: on each look at a model's accuracy the
+    monitor stats its files (one ``stat`` per file) and reads only what was appended
+    since, by any process, so all workers report the same observations and drift. Its
+    own appends are counted from memory, not read back.
+    """
 
     def __init__(self, log_store: ObservationLog, window: int = 1000, alpha: float = 1e-3, min_observations: int = 30):
         self.log = log_store
         self.window = window
         self.alpha = alpha
         self.min_observations = min_observations
-        self._trackers: dict[tuple[ModelIdentity, int], RollingAccuracy] = {}
+        self._followed: dict[ModelIdentity, _Followed] = {}
         self._lock = threading.Lock()
 
+    def _state(self, identity: ModelIdentity) -> _Followed:
+        with self._lock:
+            state = self._followed.get(identity)
+            if state is None:
+                state = self._followed[identity] = _Followed(directory=str(self.log._dir(identity)))
+            return state
+
+    def _tracker(self, state: _Followed, version: int) -> RollingAccuracy:
+        tr = state.trackers.get(version)
+        if tr is None:
+            tr = state.trackers[version] = RollingAccuracy(self.window)
+        return tr
+
+    def _add(self, state: _Followed, records: list[dict[str, Any]]) -> None:
+        by_version: dict[int, list[dict[str, Any]]] = {}
+        for r in records:
+            by_version.setdefault(r["version"], []).append(r)
+        for version, rs in by_version.items():
+            self._tracker(state, version).add(np.array([r["runtime_ms"] for r in rs], dtype=np.float64),
+                                              np.array([r["q"] for r in rs], dtype=np.float64))
+
+    def _sync(self, identity: ModelIdentity, state: _Followed, own: Appended | None = None,
+              own_records: tuple[int, np.ndarray, np.ndarray] | None = None) -> None:
+        """Take in what was appended to ``identity``'s log since the last look (``state.lock`` held).
+
+        ``own`` is this process's append just made, whose records (``own_records``) are
+        added from memory in their place in the file.
+        """
+        if own is not None:
+            inode, offset = state.cursor.get(own.name, (None, 0))
+            if inode == own.inode and offset > own.start:  # another thread's look read them from the file
+                own = None
+        seen = set()
+        for name, path in self._files(state):
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:  # rotated away meanwhile
+                continue
+            seen.add(name)
+            inode, offset = state.cursor.get(name, (st.st_ino, 0))
+            if inode != st.st_ino or st.st_size < offset:  # a new file under an old name
+                inode, offset = st.st_ino, 0
+            if own is not None and own.name == name and own.inode == inode:
+                if own.start > offset:  # another worker's records first
+                    self._add(state, self.log.read_span(path, inode, offset, own.start)[0])
+                version, y, q = own_records
+                self._tracker(state, version).add(y, q)
+                offset, own = own.end, None
+            if st.st_size > offset:
+                records, offset = self.log.read_span(path, inode, offset)
+                self._add(state, records)
+            state.cursor[name] = (inode, offset)
+        for name in [n for n in state.cursor if n not in seen]:
+            del state.cursor[name]
+        if own is not None and own_records is not None:  # its file was rotated away before this look
+            version, y, q = own_records
+            self._tracker(state, version).add(y, q)
+
+    @staticmethod
+    def _files(state: _Followed) -> list[tuple[str, str]]:
+        """The log's files (name, path), oldest first; listed again only when the directory changed."""
+        try:
+            st = os.stat(state.directory)
+            key = (st.st_ino, st.st_mtime_ns)
+            if key != state.listed_key:
+                listed_at = time.time_ns()
+                names = sorted(n for n in os.listdir(state.directory) if n.startswith("obs-") and n.endswith(".jsonl"))
+                state.files = [(n, os.path.join(state.directory, n)) for n in names]
+                state.listed_key = key if listed_at - st.st_mtime_ns > _RACY_NS else None
+        except FileNotFoundError:
+            state.files, state.listed_key = [], None
+        return state.files
+
     def tracker(self, identity: ModelIdentity, version: int) -> RollingAccuracy:
-        key = (identity, version)
-        with self._lock:
-            tr = self._trackers.get(key)
-            if tr is not None:
-                return tr
-        tr = RollingAccuracy(self.window)
-        records = [r for r in self.log.read(identity) if r.get("version") == version]
-        if records:
-            tr.add(np.array([r["runtime_ms"] for r in records]), np.array([r["q"] for r in records]))
-            tr.total = len(records)
-        with self._lock:
-            return self._trackers.setdefault(key, tr)
+        """``version``'s accuracy, up to date with every worker's observations."""
+        state = self._state(identity)
+        with state.lock:
+            self._sync(identity, state)
+            return self._tracker(state, version)
 
     def record(self, identity: ModelIdentity, version: int, traces: list[dict[str, Any]], y: np.ndarray, q: np.ndarray) -> None:
         now = time.time()
-        tracker = self.tracker(identity, version)
-        self.log.append(identity, [
+        appended = self.log.append(identity, [
             {"ts": now, "version": version, "runtime_ms": yi, "q": qi, "trace": t}
             for t, yi, qi in zip(traces, y.tolist(), q.tolist())
         ])
-        with self._lock:
-            tracker.add(y, q)
+        if appended is None:
+            return
+        state = self._state(identity)
+        with state.lock:
+            self._sync(identity, state, appended, (version, np.asarray(y, dtype=np.float64), np.asarray(q, dtype=np.float64)))
 
     def report(self, identity: ModelIdentity, version: int) -> dict[str, Any]:
-        tracker = self.tracker(identity, version)
-        with self._lock:
-            return tracker.report(self.alpha, self.min_observations)
+        state = self._state(identity)
+        with state.lock:
+            self._sync(identity, state)
+            return self._tracker(state, version).report(self.alpha, self.min_observations)
 
     def recent(self, identity: ModelIdentity, version: int, limit: int = 200) -> dict[str, Any]:
-        tracker = self.tracker(identity, version)
-        with self._lock:
-            return tracker.recent(limit)
+        state = self._state(identity)
+        with state.lock:
+            self._sync(identity, state)
+            return self._tracker(state, version).recent(limit)
 
     def forget(self, identity: ModelIdentity) -> None:
         with self._lock:
-            for key in [k for k in self._trackers if k[0] == identity]:
-                del self._trackers[key]
+            self._followed.pop(identity, None)

@@ -3,7 +3,12 @@
 A model that drifted, or that has gathered enough new observations, is
 retrained on its training data plus the observations, weighted toward recent
 ones. The newest observations are held out: a candidate becomes a new version
-only if it beats the serving model on them.
+only if it beats the serving model on them. Observations may cover only part of
+what the model was trained on (one batch size, say): a candidate fitted on
+observations alone that would forget the inputs no one observed is fitted again
+with the stored training rows there (see :func:`uncovered_rows`, :func:`_follows`).
+After a decision that leaves the serving version in place, automatic retraining
+waits for new evidence (:meth:`Retrainer.backoff_step`).
 """
 
 from __future__ import annotations
@@ -50,6 +55,71 @@ def observation_matrix(features: FeatureSchema, records: list[dict[str, Any]]) -
     return features, X, y
 
 
+# A stored training row counts as covered by the observations when one lies within this
+# many of the training data's standard deviations (Euclidean, over the numeric columns;
+# categories must match), or within the observations' own spacing if that is smaller.
+COVER_RADIUS = 0.25
+
+
+def uncovered_rows(train_X: np.ndarray, obs_X: np.ndarray, kinds: list[str]) -> np.ndarray:
+    """Which rows of ``train_X`` lie where no row of ``obs_X`` is: a boolean mask.
+
+    Numeric columns are scaled by the training rows' standard deviation; a category
+    code difference is at least 1, so rows of other categories never cover each
+    other. The radius is the observations' own spacing (twice the 90th percentile of
+    the distance from each to its nearest other one), at most :data:`COVER_RADIUS`:
+    observations that all share a batch size cover exactly that batch size, ones spread
+    over a continuous feature cover the stretch between them.
+    """
+    from scipy.spatial import cKDTree
+
+    if len(train_X) == 0 or len(obs_X) == 0:
+        return np.ones(len(train_X), dtype=bool)
+    scale = np.ones(train_X.shape[1])
+    for j, kind in enumerate(kinds):
+        if kind == "numeric":
+            sd = float(np.std(train_X[:, j]))
+            scale[j] = 1.0 / sd if np.isfinite(sd) and sd > 0 else 1.0
+    A = np.nan_to_num(train_X, nan=-1.0) * scale
+    B = np.nan_to_num(obs_X, nan=-1.0) * scale
+    tree = cKDTree(B)
+    radius = 0.0
+    if len(B) >= 2:
+        spacing, _ = tree.query(B, k=2, distance_upper_bound=COVER_RADIUS)
+        radius = min(COVER_RADIUS, 2.0 * float(np.quantile(np.minimum(spacing[:, 1], COVER_RADIUS), 0.9)))
+    radius += 1e-9  # identical rows always cover each other
+    distance, _ = tree.query(A, k=1, distance_upper_bound=radius)
+    return ~(distance <= radius)
+
+
+# A candidate fitted on observations alone may serve only if, where nothing was
+# observed, it departs from the serving model as it does on the observations (a shift
+# seen everywhere it was looked at), to within this factor for 90% of those rows.
+FOLLOW_TOLERANCE = 1.5
+
+
+def _follows(candidate: QuantileModel, serving: QuantileModel, obs_X: np.ndarray, unseen_X: np.ndarray) -> bool:
+    """Whether ``candidate`` changes the median on ``unseen_X`` as it does on ``obs_X``.
+
+    A model fitted on one batch size's observations predicts that batch size's runtime
+    for every batch size: it does not follow. One fitted after a uniform 1.5x slowdown
+    predicts 1.5x the serving model's runtimes on unobserved inputs too: it does.
+    """
+    def log_ratio(X: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.log(candidate.predict_quantiles(X, [0.5])[:, 0] / serving.predict_quantiles(X, [0.5])[:, 0])
+        return np.where(np.isfinite(r), r, np.inf)
+
+    learned = float(np.median(log_ratio(obs_X)))
+    if not np.isfinite(learned):
+        return False
+    return float(np.quantile(np.abs(log_ratio(unseen_X) - learned), 0.9)) <= np.log(FOLLOW_TOLERANCE)
+
+
+# Observations held out to judge candidates: the newest quarter, at least this many.
+MIN_HOLDOUT = 10
+
+
 class Retrainer:
     def __init__(
         self,
@@ -71,11 +141,36 @@ class Retrainer:
         self._model_locks: dict[ModelIdentity, threading.Lock] = {}
         self._lock = threading.Lock()
         self.history: list[dict[str, Any]] = []
+        # After a decision that left a version serving: (version, observations it must
+        # reach before the next automatic try, whether it had drifted then).
+        self._backoff: dict[ModelIdentity, tuple[int, int, bool]] = {}
+
+    def backoff_step(self, observations: int, drifted: bool) -> int:
+        """New observations to wait for after a try at ``observations`` left the version serving.
+
+        Without drift, another ``min_new_observations``. With drift, as many as a retraining
+        holds out (a quarter, at least 10), so that the next try is judged on observations
+        the last one never saw; at most ``min_new_observations``.
+        """
+        if not drifted:
+            return self.min_new_observations
+        return min(self.min_new_observations, max(MIN_HOLDOUT, int(observations * self.holdout_fraction)))
 
     def due(self, identity: ModelIdentity, version: int) -> str | None:
-        """Why this model should be retrained now, or None."""
+        """Why this model should be retrained now, or None.
+
+        A version that a retraining left serving (kept, skipped or failed) is retried only
+        once enough new observations arrived (:meth:`backoff_step`), or when drift appears
+        where the last try saw none.
+        """
         report = self.monitor.report(identity, version)
-        if report.get("drifted"):
+        drifted = bool(report.get("drifted"))
+        with self._lock:
+            waiting = self._backoff.get(identity)
+        if (waiting is not None and waiting[0] == version and report["observations"] < waiting[1]
+                and not (drifted and not waiting[2])):
+            return None
+        if drifted:
             return "drift"
         if report["observations"] >= self.min_new_observations:
             return "new observations"
@@ -117,7 +212,18 @@ class Retrainer:
                 return self._done({"model_key": identity.key, "reason": reason, "from_version": asked,
                                    "at": time.time(), "status": "skipped",
                                    "message": f"version {serving} was stored meanwhile and serves now"})
-            return self._retrain(identity, reason)
+            seen = self.monitor.report(identity, serving)
+            status = "failed"
+            try:
+                decision = self._retrain(identity, reason)
+                status = decision["status"]
+                return decision
+            finally:
+                if status != "retrained":
+                    # The version still serves: the next automatic try waits for enough new evidence.
+                    n, drifted = int(seen["observations"]), bool(seen.get("drifted"))
+                    with self._lock:
+                        self._backoff[identity] = (serving, n + self.backoff_step(n, drifted), drifted)
 
     def _retrain(self, identity: ModelIdentity, reason: str) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -127,47 +233,75 @@ class Retrainer:
         decision: dict[str, Any] = {"model_key": identity.key, "reason": reason, "from_version": meta.version,
                                     "observations": len(records), "at": time.time()}
         features, X_obs, y_obs = observation_matrix(meta.features, records)
-        n_hold = max(10, int(len(y_obs) * self.holdout_fraction))
+        n_hold = max(MIN_HOLDOUT, int(len(y_obs) * self.holdout_fraction))
         if len(y_obs) < n_hold + 20:
             decision.update(status="skipped", message=f"too few observations ({len(y_obs)}) to retrain and validate")
             return self._done(decision)
         fit_X, fit_y = X_obs[:-n_hold], y_obs[:-n_hold]
         hold_X, hold_y = X_obs[-n_hold:], y_obs[-n_hold:]
         stored = self.registry.training_data(identity, meta.version)
+        X0, y0 = stored if stored is not None and len(stored[1]) else (None, None)
+        kinds = meta.features.kinds
 
         def weights(n: int) -> np.ndarray:
             # Linear ramp: the newest observation counts three times the oldest.
             return np.linspace(1.0, 3.0, n) if n else np.zeros(0)
 
-        candidates: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {
+        def with_training(X: np.ndarray, y: np.ndarray, w: np.ndarray,
+                          keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            return (np.vstack([X0[keep], X]), np.concatenate([y0[keep], y]),
+                    np.concatenate([np.full(int(keep.sum()), self.training_weight), w]))
+
+        observed: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {
             "observations": (fit_X, fit_y, weights(len(fit_y))),
         }
         n_recent = len(fit_y) // 2
         if n_recent >= 20:
             # After an abrupt shift only the newest observations describe the present.
-            candidates["recent observations"] = (fit_X[-n_recent:], fit_y[-n_recent:], np.ones(n_recent))
-        if stored is not None and len(stored[1]):
-            X0, y0 = stored
-            candidates["training+observations"] = (
-                np.vstack([X0, fit_X]), np.concatenate([y0, fit_y]),
-                np.concatenate([np.full(len(y0), self.training_weight), weights(len(fit_y))]),
-            )
+            observed["recent observations"] = (fit_X[-n_recent:], fit_y[-n_recent:], np.ones(n_recent))
+        if X0 is not None:
+            observed["training+observations"] = observed["observations"]
         levels = list(MONITOR_LEVELS)
         scores = {"current": float(pinball_loss(hold_y, current.model.predict_quantiles(hold_X, levels), levels).mean())}
-        for name, (X, y, w) in candidates.items():
-            model = self._new_model(meta).fit(X, y, sample_weight=w)
+        # Stored training rows in each candidate: all of them, none, or (``"uncovered"``) those
+        # the candidate's observations do not cover.
+        training_rows: dict[str, int] = {}
+        remembers: dict[str, str] = {}
+        for name, (X, y, w) in observed.items():
+            if name == "training+observations":
+                remembers[name] = "all"
+                X, y, w = with_training(X, y, w, np.ones(len(y0), dtype=bool))
+                model = self._new_model(meta).fit(X, y, sample_weight=w)
+                training_rows[name] = len(y0)
+            else:
+                remembers[name] = "none"
+                model = self._new_model(meta).fit(X, y, sample_weight=w)
+                training_rows[name] = 0
+                if X0 is not None:
+                    unseen = uncovered_rows(X0, X, kinds)
+                    if unseen.any() and not _follows(model, current.model, X, X0[unseen]):
+                        # Fitted on the observations alone it would forget what no one observed:
+                        # the training rows there stay.
+                        remembers[name] = "uncovered"
+                        model = self._new_model(meta).fit(*with_training(X, y, w, unseen))
+                        training_rows[name] = int(unseen.sum())
             scores[name] = float(pinball_loss(hold_y, model.predict_quantiles(hold_X, levels), levels).mean())
         best = min(scores, key=scores.get)
         decision["heldout_pinball"] = scores
         decision["heldout_rows"] = int(n_hold)
+        decision["training_rows"] = training_rows
         if best == "current":
             decision.update(status="kept", message="no candidate beat the serving model on recent observations")
             return self._done(decision)
         # The winner is refitted with the held-out rows too before it serves.
-        X, y, w = candidates[best]
+        X, y, w = observed[best]
         X = np.vstack([X, hold_X])
         y = np.concatenate([y, hold_y])
         w = np.concatenate([w, np.full(len(hold_y), w[-1] if len(w) else 1.0)])
+        if remembers[best] == "all":
+            X, y, w = with_training(X, y, w, np.ones(len(y0), dtype=bool))
+        elif remembers[best] == "uncovered":
+            X, y, w = with_training(X, y, w, uncovered_rows(X0, X, kinds))
         model = self._new_model(meta).fit(X, y, sample_weight=w)
         new_meta = ModelVersion(
             identity=identity, version=0, created_at=time.time(), target=meta.target, features=features,

@@ -28,14 +28,15 @@ class PredictorSettings(BaseSettings):
     log_level: str = "info"
     # Prediction cache entries (0 turns it off); see the README for when it pays.
     cache_size: int = 10_000
-    # Accuracy monitoring and online retraining.
-    accuracy_window: int = 1000
-    drift_alpha: float = 1e-3
-    drift_min_observations: int = 30
+    # Accuracy monitoring and online retraining. Values that would turn them into
+    # nonsense (no window, keeping no observation file) are refused at startup.
+    accuracy_window: int = Field(default=1000, ge=1)
+    drift_alpha: float = Field(default=1e-3, gt=0, lt=1)
+    drift_min_observations: int = Field(default=30, ge=1)
     auto_retrain: bool = False
-    retrain_min_observations: int = 200
-    observations_max_file_mb: float = 8.0
-    observations_max_files: int = 8
+    retrain_min_observations: int = Field(default=200, ge=1)
+    observations_max_file_mb: float = Field(default=8.0, gt=0)
+    observations_max_files: int = Field(default=8, ge=1)
     # FastAPI's native OpenTelemetry (traces, metrics, logs through the globally
     # configured providers). Off by default: even unconfigured, it is consulted on
     # every request; Prometheus metrics are always at /metrics.
