@@ -147,10 +147,6 @@ class ScoreDistribution:
         p0, p1 = p[k - 1], p[k]
         return z[k - 1] + (tau - p0) / (p1 - p0) * (z[k] - z[k - 1])
 
-    def values_list(self) -> list[float]:
-        """``values`` as a list of floats (cached)."""
-        return self._memo("lists", lambda: (self.levels.tolist(), self.values.tolist()))[1]
-
     def quantile_list(self, levels: tuple[float, ...]) -> list[float]:
         """``quantile_at`` as a list of floats (cached)."""
         return self._memo(("qlist", levels), lambda: self.quantile_at(levels).tolist())
@@ -383,11 +379,16 @@ class RuntimeDistribution:
         return moments
 
     def _capped_rows(self) -> np.ndarray:
-        """Tasks whose moment nodes (the observed scores' range) reach past a log bound."""
-        z0, z1 = float(self.score.values[0]), float(self.score.values[-1])
+        """Tasks whose moments the log bounds change: their moment nodes (the observed
+        scores' range) reach past the upper bound, or more than a thousandth of their mass
+        lies below the lower one. Less than that below a floor 100x under the fastest
+        training runtime moves the mean by under a thousandth of it, and a low score that
+        reaches past the floor is common (one outlier among the training residuals) while
+        the exact moments cost a quadrature per task."""
+        z_low, z1 = _capping_scores(self.score)
         lo, hi = self.log_bounds
         m, s = self.location, self.scale
-        return (m + s * z1 > hi) | (m + s * z0 < lo)
+        return (m + s * z1 > hi) | (m + s * z_low < lo)
 
     def _capped_moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Moments by direct quadrature over the moment nodes, runtimes clipped to the log bounds."""
@@ -635,8 +636,8 @@ def describe_one(
         z = _shaped_score_quantiles(score, levels, knots, cdf)
     lo, hi = log_bounds
     q = [math.exp(min(max(location + scale * v, lo), hi)) for v in z]
-    observed = score.values_list()  # the moment nodes' range: the observed scores'
-    if location + scale * observed[-1] > hi or location + scale * observed[0] < lo:
+    z_low, z_high = _capping_scores(score)
+    if location + scale * z_high > hi or location + scale * z_low < lo:  # as RuntimeDistribution._capped_rows
         # Clipped by the log bounds (far outside the training range): moments of the clipped runtime.
         one = RuntimeDistribution(np.array([location]), np.array([scale]), score, knots if cdf is not None else None,
                                   None if cdf is None else np.array([cdf], dtype=np.float64), log_bounds)
@@ -693,6 +694,12 @@ def _shaped_score_quantiles(score: ScoreDistribution, levels: tuple[float, ...],
         top = max(top, v)
         out[i] = top
     return out
+
+
+def _capping_scores(score: ScoreDistribution) -> tuple[float, float]:
+    """The scores whose runtimes, past a log bound, make a task's moments those of the clipped
+    runtime: its score at the level 0.001, and its highest observed score."""
+    return score.quantile_list((1e-3,))[0], float(score.values[-1])
 
 
 def _sum_nodes() -> tuple[np.ndarray, np.ndarray]:
