@@ -897,3 +897,32 @@ def test_tables_of_a_model_with_first_runs_tell_first_runs_from_repeats(tmp_path
     finally:
         service.close()
 
+
+
+def test_a_table_answers_its_own_traces_of_shapes_its_model_never_saw(tmp_path):
+    """Made from traces without timestamps, a table holds first runs of the shapes the model
+    never saw, as the model answers them: a trace that does not state first_of_shape finds
+    that record, and a nearest record is the nearest on the other features, whatever its flag."""
+    from .conftest import cold_start_traces
+
+    traces, _ = cold_start_traces(400)
+    service = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    try:
+        service.train(TrainConfig(model=IDENTITY, traces=traces, features=["batch_size", "image_size"]))
+        queries = [{"batch_size": b, "image_size": i} for b in (8, 64) for i in (224, 640)]  # 64 and 640 are new
+        src = tmp_path / "queries.jsonl"
+        src.write_bytes(b"\n".join(orjson.dumps(q) for q in queries))
+        service.generate_table(PATTERN, src, 0.9, "new.json")
+        model = service.predict(PATTERN, queries, 0.9).results()
+        for batch in (queries, queries * 20):
+            got = service.predict(PATTERN, batch, 0.9, lookup_table=True, lookup_table_name="new.json").results()
+            for m, t in zip(model, got):
+                assert t["match"] == "exact"
+                np.testing.assert_allclose(t["quantile_predictions"], m["quantile_predictions"], rtol=1e-9)
+        near = [{"batch_size": 60, "image_size": 640}] * 2
+        for batch in (near[:1], near * 20):
+            t = service.predict(PATTERN, batch, 0.9, lookup_table=True, lookup_table_name="new.json").results()[0]
+            assert t["match"] == "nearest"
+            np.testing.assert_allclose(t["quantile_predictions"], model[3]["quantile_predictions"], rtol=1e-9)
+    finally:
+        service.close()

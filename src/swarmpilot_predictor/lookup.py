@@ -707,7 +707,41 @@ class LookupTable:
     # ------------------------------------------------------------------ matching
 
     def lookup(self, traces: Sequence[Any], pattern: IdentityPattern | None = None) -> LookupResult:
-        """Match each trace to a record: exact features, task id, nearest, then random."""
+        """Match each trace to a record: exact features, task id, nearest, then random.
+
+        A trace that does not state a feature with a default (``first_of_shape``) is
+        matched with the default first (a repeat run); where no record has its other
+        features with that flag, with the other flag: a table made without timestamps
+        holds only first runs of the shapes its model never saw, as the model answers
+        them. Nearest records are compared on the other features alone.
+        """
+        res = self._match(traces, pattern)
+        flag = next((c for c in self.columns if c.missing_as is not None), None)
+        if flag is None:
+            return res
+        retry, flat = [], []
+        for i in np.flatnonzero((res.match == _NEAREST) | (res.match < 0)).tolist():
+            try:
+                t = normalize_trace(traces[i])
+            except TraceError:
+                continue
+            if t.get(flag.name) is None:
+                retry.append(i)
+                flat.append({**t, flag.name: 1.0 - flag.missing_as})
+        if not retry:
+            return res
+        again = self._match(flat, pattern)
+        for k, i in enumerate(retry):
+            m0, m1 = int(res.match[i]), int(again.match[k])
+            better = (m1 == _EXACT and m0 != _EXACT) or (
+                m0 == _NEAREST and m1 == _NEAREST and again.distance[k] < res.distance[i])
+            if better:
+                res.rows[i], res.match[i], res.distance[i] = again.rows[k], m1, again.distance[k]
+                res.errors[i] = None
+        return res
+
+    def _match(self, traces: Sequence[Any], pattern: IdentityPattern | None = None) -> LookupResult:
+        """:meth:`lookup` with every feature as the trace states it (or its default)."""
         groups = self.groups_for(pattern)
         n = len(traces)
         if n <= SCALAR_MAX:
