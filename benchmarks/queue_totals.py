@@ -20,6 +20,7 @@ neither in training nor earlier among the test tasks, as a scheduler that states
 fell below the predicted total's median (0.5 when the total is unbiased).
 
     uv run python benchmarks/queue_totals.py [--seeds 12] [--rows 2000] [--real-only]
+    uv run python benchmarks/queue_totals.py --timing   # how long a queue's answer takes
 """
 
 from __future__ import annotations
@@ -110,12 +111,48 @@ def real_coverage() -> None:
                   f"{below.mean():.3f} | {levels[0]:.3f} | {levels[1]:.3f} |", flush=True)
 
 
+def total_timing() -> None:
+    """Milliseconds for a queue's answer in-process (the tasks' distributions, their moments
+    and quantiles, the total and its quantiles and interval), best of 40, for the first
+    5, 50 and 1000 test tasks of each real trace file, with the model trained as above."""
+    from threadpoolctl import threadpool_limits
+
+    print("| trace set | 5 tasks ms | 50 tasks ms | 1000 tasks ms |")
+    print("|---|---|---|---|")
+    with threadpool_limits(limits=1):  # as the server runs
+        for name, features in REAL_SETS.items():
+            traces = sorted(iter_trace_file(EXAMPLES / f"{name}.jsonl"), key=lambda t: t["ts"])
+            cut = int(round(0.7 * len(traces)))
+            schema, X, y, _ = FeatureSchema.prepare_training(TraceTable.from_traces(traces[:cut]), features=features)
+            Xt, _ = schema.matrix(traces[cut:])
+            model = QuantileModel(schema.kinds, schema.n_categories).fit(X, y)
+            cells = []
+            for n in (5, 50, 1000):
+                Xq = Xt[np.arange(n) % len(Xt)]
+                best = float("inf")
+                for _ in range(40):
+                    t0 = time.perf_counter()
+                    dist = model.predict_distribution(Xq)
+                    dist.mean_std()
+                    dist.quantiles([0.25, 0.5, 0.75, 0.99])
+                    total = dist.total()
+                    total.quantiles([0.25, 0.5, 0.75, 0.99])
+                    total.interval(0.95)
+                    best = min(best, time.perf_counter() - t0)
+                cells.append(f"{best * 1e3:.2f}")
+            print(f"| {name} | {' | '.join(cells)} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=12)
     ap.add_argument("--rows", type=int, default=2000)
     ap.add_argument("--real-only", action="store_true", help="only the real trace files of examples/data")
+    ap.add_argument("--timing", action="store_true", help="only the time a queue's answer takes, on the real trace files")
     args = ap.parse_args()
+    if args.timing:
+        total_timing()
+        return
     if args.real_only:
         t0 = time.perf_counter()
         real_coverage()

@@ -513,14 +513,21 @@ class RuntimeDistribution:
             reach = float((x[:, -1] - node_mean).max())  # the furthest one task lies above its mean
         low = mean - 8.0 * sd
         span = 32.0 * sd + max(reach - 16.0 * sd, 0.0) * (1 - 1e-9)
-        while G * h < span and G < _SUM_GRID_MAX:
-            G *= 2
+
+        def wraps(width: float) -> bool:
+            # Whether more than _WRAP_MASS would wrap around a window this wide (one task
+            # far up, the others typical): only then is the window worth its cost (the FFT's
+            # grows with it: a 50-task total took 3x longer on 8192 cells than on 2048).
+            above = low + width - 8.0 * sd - mean + node_mean  # per task
+            return float(((x > above[:, None]) * wu).sum()) > _WRAP_MASS
+
         if G * h < span and len(self):
+            while G * h < span and G < _SUM_GRID_MAX and wraps(G * h):
+                G *= 2
             # Still short of a task's farthest values: wider cells (up to 4x), unless the mass
-            # that would wrap around (one task far up, the others typical) is negligible.
+            # that would wrap around is negligible.
             for widen in (1.0, 2.0, 4.0):
-                above = low + G * h * widen - 8.0 * sd - mean + node_mean  # per task
-                if widen == 4.0 or float(((x > above[:, None]) * wu).sum()) <= _WRAP_MASS:
+                if widen == 4.0 or not wraps(G * h * widen):
                     h *= widen
                     break
         rows = len(self) + (rest is not None)
