@@ -172,6 +172,27 @@ def test_an_empty_batch_totals_zero_from_a_model_and_from_a_table(service):
     assert body["total_quantiles"] == [0, 0] and body["total_interval"] == [0, 0] and body["expect"] == 0
 
 
+@pytest.mark.parametrize("value, match", [("", "cannot be empty"), ("..", "relative path segment")])
+def test_group_values_that_cannot_name_a_model_are_refused(service, value, match):
+    traces = make_llm_traces(40)
+    traces = [{**t, "hardware": value if i % 2 else "h100"} for i, t in enumerate(traces)]
+    with pytest.raises(InvalidInput, match=match) as info:
+        service.train(config(traces, group_by=["hardware"]))
+    assert info.value.field == "traces" and info.value.status_code == 422
+    assert service.registry.identities() == []
+
+
+def test_group_values_are_kept_apart_whatever_characters_they_hold(service):
+    """Two groups whose values joined with a separator would read the same stay two models."""
+    traces = make_llm_traces(120)
+    for i, t in enumerate(traces):
+        t["hardware"], t["software_version"] = ("a\x1fb", "c") if i % 2 else ("a", "b\x1fc")
+    result = service.train(config(traces, group_by=["hardware", "software_version"]))
+    keys = sorted(m["identity"]["hardware"] + "|" + m["identity"]["software_version"] for m in result["models"])
+    assert keys == ["a\x1fb|c", "a|b\x1fc"]
+    assert len(service.registry.identities()) == 2
+
+
 def test_a_wildcard_group_value_is_refused(service):
     traces = [{**t, "hardware": "*"} for t in make_llm_traces(40)]
     with pytest.raises(InvalidInput, match="hardware '\\*'") as info:

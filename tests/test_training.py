@@ -72,6 +72,35 @@ def test_the_wildcard_cannot_name_an_identity_part(part):
     TrainConfig(model={**IDENTITY, part: "a*"}, traces="t.jsonl")  # only '*' itself is the wildcard
 
 
+@pytest.mark.parametrize("value", [".", ".."])
+def test_dot_segments_cannot_name_an_identity_part(value):
+    """Clients resolve them away (/models/a/../b is /models/b): such a model could not be addressed."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="relative path segment"):
+        TrainConfig(model={**IDENTITY, "model_name": value}, traces="t.jsonl")
+    TrainConfig(model={**IDENTITY, "model_name": f"v{value}1"}, traces="t.jsonl")
+
+
+def test_jobs_wait_queued_behind_the_one_running(tmp_path):
+    """One worker trains one job at a time: the others say queued until their turn."""
+    jobs = TrainingJobs(tmp_path)
+    try:
+        first, f1 = jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(3000), algorithm="auto"))
+        second, f2 = jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(100), algorithm="linear"))
+        assert jobs.get(first)["status"] == "running" and "started_at" in jobs.get(first)
+        queued = jobs.get(second)
+        assert queued["status"] == "queued" and "started_at" not in queued
+        f1.result(timeout=120)
+        f2.result(timeout=120)
+        a, b = jobs.get(first), jobs.get(second)
+        assert a["status"] == b["status"] == "succeeded"
+        assert b["started_at"] >= a["started_at"] and b["started_at"] <= a["finished_at"] + 1.0
+        assert b["started_at"] >= b["submitted_at"]
+    finally:
+        jobs.shutdown()
+
+
 def test_a_job_whose_worker_dies_fails_and_the_next_one_runs(tmp_path):
     import os
     import signal

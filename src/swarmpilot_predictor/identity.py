@@ -11,6 +11,19 @@ WILDCARD = "*"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
+def identity_part_problem(value: str) -> str | None:
+    """Why ``value`` cannot name an identity part (None if it can): every model must be
+    addressable by a URL whose segments are its five parts."""
+    if value == "":
+        return "an identity part cannot be empty"
+    if value == WILDCARD:
+        return f"'{WILDCARD}' is the wildcard of model URLs and cannot name an identity part"
+    if value in (".", ".."):
+        # Browsers and HTTP clients resolve dot segments in a path: /models/a/../b is /models/b.
+        return f"{value!r} is a relative path segment in URLs and cannot name an identity part"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class ModelIdentity:
     model_type: str

@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .errors import InvalidInput
-from .identity import IDENTITY_KEYS, WILDCARD
+from .identity import IDENTITY_KEYS, identity_part_problem
 
 DEFAULT_QUANTILES = [0.25, 0.5, 0.75, 0.99]
 
@@ -41,10 +41,12 @@ class ModelIdentityBody(BaseModel):
 
     @field_validator(*IDENTITY_KEYS)
     @classmethod
-    def _not_the_wildcard(cls, v: str) -> str:
-        # '*' (or %2A) in a URL leaves a part unspecified: a model named '*' could never be addressed.
-        if v == WILDCARD:
-            raise ValueError(f"'{WILDCARD}' is the wildcard of model URLs and cannot name an identity part")
+    def _addressable(cls, v: str) -> str:
+        # '*' (or %2A) in a URL leaves a part unspecified, and '.' or '..' are resolved away
+        # by clients: a model named so could never be addressed.
+        problem = identity_part_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
         return v
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from .errors import InvalidInput, NotFound, PredictorError, validation_message
 from .features import FeatureSchema
-from .identity import IDENTITY_KEYS, WILDCARD, ModelIdentity
+from .identity import IDENTITY_KEYS, ModelIdentity, identity_part_problem
 from .modeling import QuantileModel, check_params
 from .registry import ModelRegistry, ModelVersion
 from .schemas import TrainConfig
@@ -134,17 +134,18 @@ class Trainer:
                 f"identity part(s) {', '.join(unset)} are neither in group_by nor in model", field="group_by"
             )
         keys = np.stack([table.strings(k) for k in config.group_by], axis=1)
-        has_all = np.all(keys != None, axis=1)  # noqa: E711
-        labels = np.array(["\x1f".join(row) if ok else "" for row, ok in zip(keys.tolist(), has_all)], dtype=object)
+        members: dict[tuple[str, ...], list[int]] = {}
+        for i, row in enumerate(keys.tolist()):
+            if None not in row:  # a trace without every group_by key belongs to no group
+                members.setdefault(tuple(row), []).append(i)
         groups = []
-        for label in sorted(set(labels[has_all].tolist())):
-            rows = np.flatnonzero(labels == label)
-            parts = dict(base)
-            values = label.split("\x1f")
+        for values in sorted(members):
+            rows = np.asarray(members[values], dtype=np.int64)
             for key, value in zip(config.group_by, values):
-                if value == WILDCARD:  # '*' in a URL is the wildcard: such a model could never be addressed
-                    raise InvalidInput(f"traces: item {int(rows[0])} has {key} '{WILDCARD}', the wildcard of model "
-                                       "URLs, which cannot name an identity part", field="traces")
+                problem = identity_part_problem(value)
+                if problem is not None:
+                    raise InvalidInput(f"traces: item {int(rows[0])} has {key} {value!r}: {problem}", field="traces")
+            parts = dict(base)
             parts.update(zip(config.group_by, values))
             groups.append((ModelIdentity.from_parts(parts), table.take(rows)))
         if not groups:
@@ -305,6 +306,9 @@ class TrainingJobs:
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
         self.jobs: dict[str, dict[str, Any]] = {}
+        # Unfinished jobs in submission order: the one worker runs them one at a time, in
+        # this order, so the first is running and the others are queued.
+        self._pending: list[str] = []
 
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
@@ -343,11 +347,19 @@ class TrainingJobs:
         except BrokenProcessPool:
             self._reset()
             inner = self._executor().submit(*args)
-        record["status"] = "running"
-        record["started_at"] = time.time()
+        with self._lock:
+            self._pending.append(job_id)
+            if self._pending[0] == job_id:
+                record.update(status="running", started_at=time.time())
 
         def finish(f: Future) -> None:
             # Runs on the pool's manager thread: whatever happens, the job must end here.
+            with self._lock:
+                if job_id in self._pending:
+                    self._pending.remove(job_id)
+                nxt = self.jobs.get(self._pending[0]) if self._pending else None
+                if nxt is not None and nxt["status"] == "queued":
+                    nxt.update(status="running", started_at=time.time())
             try:
                 out = f.result()
             except BrokenProcessPool:
