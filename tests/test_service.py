@@ -585,3 +585,14 @@ def test_workers_on_one_data_directory_see_each_others_changes(tmp_path):
     finally:
         a.close()
         b.close()
+
+
+def test_observations_may_carry_integers_beyond_64_bits(service):
+    """Such a number is read as a float, as for a prediction, and stored as one."""
+    service.train(config(make_llm_traces(80)))
+    trace = {**make_llm_traces(1)[0], "note": 2**70}
+    trace["input_tokens"] = 2**64 + 7  # a feature too
+    answer = service.observe(IDENTITY, [trace])
+    assert answer["accepted"] == 1
+    (stored,) = [r for r in service.monitor.log.read(ModelIdentity.from_parts(IDENTITY))]
+    assert stored["trace"]["note"] == float(2**70) and stored["trace"]["input_tokens"] == float(2**64 + 7)

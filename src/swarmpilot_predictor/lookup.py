@@ -68,6 +68,7 @@ from .traces import (
     category_text,
     csv_value,
     iter_trace_stream,
+    json_ints,
     normalize_trace,
     normalize_traces,
     open_trace_file,
@@ -1846,29 +1847,7 @@ def _dump_record(rec: dict[str, Any]) -> bytes:
     try:
         return orjson.dumps(rec)
     except TypeError:
-        return orjson.dumps(_json_ints(rec))
-
-
-def _json_ints(v: Any) -> Any:
-    """``v`` with integers orjson cannot write (beyond 64 bits) as the nearest float.
-
-    Such integers come from CSV and pretty-printed JSON trace files (their readers keep
-    every digit). The model, and a lookup request (orjson reads them as floats), see
-    them as floats, so a float finds its record by value and by task id alike. One
-    past the float range becomes its digits as a string.
-    """
-    if v.__class__ is int:
-        if -(1 << 63) <= v < (1 << 64):
-            return v
-        try:
-            return float(v)
-        except OverflowError:
-            return str(v)
-    if v.__class__ is dict:
-        return {k: _json_ints(x) for k, x in v.items()}
-    if v.__class__ is list:
-        return [_json_ints(x) for x in v]
-    return v
+        return orjson.dumps(json_ints(rec))
 
 
 def _csv_out(v: Any) -> Any:

@@ -340,3 +340,25 @@ class TraceTable:
                 new.vocab = col.vocab
             cols[name] = new
         return TraceTable(columns=cols, n_rows=len(rows))
+
+
+def json_ints(v: Any) -> Any:
+    """``v`` with integers orjson cannot write (beyond 64 bits) as the nearest float.
+
+    Such integers come from CSV and pretty-printed JSON trace files (their readers keep
+    every digit) and from Python callers. The model, and a lookup request (orjson reads
+    them as floats), see them as floats, so a float finds its record by value and by
+    task id alike. One past the float range becomes its digits as a string.
+    """
+    if v.__class__ is int:
+        if -(1 << 63) <= v < (1 << 64):
+            return v
+        try:
+            return float(v)
+        except OverflowError:
+            return str(v)
+    if v.__class__ is dict:
+        return {k: json_ints(x) for k, x in v.items()}
+    if v.__class__ is list:
+        return [json_ints(x) for x in v]
+    return v
