@@ -66,6 +66,33 @@ def test_column_constant_apart_from_missing_values_is_dropped():
     assert report.columns_dropped["batch"] == "constant"
 
 
+def test_an_identifier_like_categorical_column_is_dropped():
+    """A value seen once teaches nothing about a runtime (and a one-hot column per row would
+    make the linear model's training grow with the cube of the rows)."""
+    traces = [{**t, "request": f"r{i}"} for i, t in enumerate(base_traces(40))]
+    schema, X, _, report = prepare(traces)
+    assert "request" not in schema.names and X.shape[1] == 2
+    assert report.columns_dropped["request"].startswith("no value repeats")
+
+
+def test_only_frequent_categories_are_learned_the_rest_read_as_unseen():
+    from swarmpilot_predictor.features import MAX_CATEGORIES
+
+    traces = base_traces(2 * MAX_CATEGORIES + 60)
+    for i, t in enumerate(traces):
+        # MAX_CATEGORIES + 20 values on two rows each, the last 20 rows on values of their own.
+        t["zone"] = f"z{i // 2:04d}" if i < 2 * (MAX_CATEGORIES + 20) else f"once{i}"
+    schema, X, _, report = prepare(traces)
+    spec = schema.features[schema.names.index("zone")]
+    assert len(spec.categories) == MAX_CATEGORIES
+    assert report.rare_categories == {"zone": 2 * 20 + 20}
+    assert report.to_json()["rare_categories"] == {"zone": 60}
+    col = X[:, schema.names.index("zone")]
+    assert int(np.isnan(col).sum()) == 60  # as an unseen value reads at prediction
+    # Equally frequent values: the first by name are kept, so the choice is reproducible.
+    assert spec.categories[0] == "z0000" and spec.categories[-1] == f"z{MAX_CATEGORIES - 1:04d}"
+
+
 def test_missing_numeric_values_are_imputed_with_the_median_and_counted():
     traces = base_traces(10)
     traces[2]["input_tokens"] = None

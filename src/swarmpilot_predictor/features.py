@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -33,6 +34,10 @@ SHAPE_KEY_EVIDENCE = 10.0
 SHAPE_KEY_MAX_OPTIONAL = 3
 # The stored table of shapes stays small next to a model.
 SHAPE_MAX_DISTINCT = 20_000
+# A categorical feature's values learned in training: those on at least this many rows,
+# at most this many of them (the most frequent); see FeatureSchema.prepare_training.
+CATEGORY_MIN_ROWS = 2
+MAX_CATEGORIES = 128
 
 
 @dataclass(frozen=True)
@@ -224,6 +229,8 @@ class DataReport:
     values_imputed: dict[str, int] = field(default_factory=dict)
     columns_derived: dict[str, str] = field(default_factory=dict)
     columns_not_derived: dict[str, str] = field(default_factory=dict)  # and why not
+    # Per categorical feature: rows whose value was too rare to learn, read as an unseen value.
+    rare_categories: dict[str, int] = field(default_factory=dict)
 
     def drop_rows(self, reason: str, count: int) -> None:
         if count:
@@ -238,6 +245,7 @@ class DataReport:
             "values_imputed": dict(self.values_imputed),
             "columns_derived": dict(self.columns_derived),
             "columns_not_derived": dict(self.columns_not_derived),
+            "rare_categories": dict(self.rare_categories),
         }
 
 
@@ -359,13 +367,26 @@ class FeatureSchema:
             if col.is_categorical:
                 values = table.strings(name)[rows]
                 present = values[values != None]  # noqa: E711 - elementwise on object array
-                cats = tuple(sorted(set(present.tolist())))
-                if len(cats) <= 1 and len(present) == len(values):
+                counts = Counter(present.tolist())
+                if len(counts) <= 1 and len(present) == len(values):
                     report.columns_dropped[name] = "constant"
                     continue
                 if len(present) == 0:
                     report.columns_dropped[name] = "no values"
                     continue
+                # A value seen once teaches nothing about a runtime, and each learned value is a
+                # column of the linear model's design (whose solves grow with its cube): at most
+                # MAX_CATEGORIES values seen on CATEGORY_MIN_ROWS rows or more are learned, the
+                # most frequent; the others are read as an unseen value, in training and after.
+                frequent = sorted((c for c, k in counts.items() if k >= CATEGORY_MIN_ROWS),
+                                  key=lambda c: (-counts[c], c))[:MAX_CATEGORIES]
+                if not frequent:
+                    report.columns_dropped[name] = "no value repeats (an identifier, not a feature)"
+                    continue
+                cats = tuple(sorted(frequent))
+                rare = len(present) - sum(counts[c] for c in cats)
+                if rare:
+                    report.rare_categories[name] = rare
                 spec = FeatureSpec(name, "categorical", cats)
                 columns.append(_encode_categories(values, cats))
             else:
