@@ -19,7 +19,7 @@ from rich.table import Table
 
 from .errors import PredictorError
 from .identity import IdentityPattern
-from .schemas import config_from_text
+from .schemas import check_levels, config_from_text
 from .settings import PredictorSettings
 
 app = typer.Typer(help="SwarmPilot Predictor: runtime distributions for ML inference tasks.", no_args_is_help=True)
@@ -86,12 +86,10 @@ def _levels_arg(quantiles: Optional[str]) -> Optional[list[float]]:
         levels = [float(q) for q in quantiles.split(",")]
     except ValueError:
         _fail(f"--quantiles is a comma-separated list of numbers, e.g. 0.5,0.9,0.99 (got {quantiles!r})")
-    for q in levels:
-        if not 0.0 < q < 1.0:  # NaN too
-            _fail(f"--quantiles must lie strictly between 0 and 1, got {q:g}")
-    if len(levels) > 200:
-        _fail("--quantiles may hold at most 200 levels")
-    return levels
+    try:
+        return check_levels(levels, "--quantiles")
+    except ValueError as exc:
+        _fail(str(exc))
 
 
 def _confidence_arg(confidence_level: float) -> float:

@@ -67,8 +67,9 @@ from .traces import (
     as_number,
     category_text,
     csv_value,
+    dumps_json,
+    iter_trace_file,
     iter_trace_stream,
-    json_ints,
     normalize_trace,
     normalize_traces,
     open_trace_file,
@@ -317,9 +318,7 @@ def iter_traces(path: Path | str, source: str | None = None) -> Iterator[dict[st
         yield from _retry_traces(path, source, done, line_error)
         return
     # An object with a "traces" array: the general reader handles it (loading the document).
-    raw, fmt = open_trace_file(path)
-    with raw:
-        yield from iter_trace_stream(raw, fmt, source=source)
+    yield from iter_trace_file(path, source)
 
 
 def _trace_at(obj: Any, source: str, i: int) -> dict[str, Any]:
@@ -1787,7 +1786,7 @@ def generate_table(
                             if idk in t:
                                 rec[idk] = t[idk]
                         try:
-                            out.append(_dump_record(rec))
+                            out.append(dumps_json(rec))
                         except TypeError as exc:  # a string with a lone surrogate, say (Python's json reads one)
                             failed += 1
                             if len(samples) < 5:
@@ -1841,13 +1840,6 @@ def generate_table(
         "model_version": model_version,
         "duration_seconds": time.perf_counter() - t0,
     }
-
-
-def _dump_record(rec: dict[str, Any]) -> bytes:
-    try:
-        return orjson.dumps(rec)
-    except TypeError:
-        return orjson.dumps(json_ints(rec))
 
 
 def _csv_out(v: Any) -> Any:

@@ -25,7 +25,7 @@ import orjson
 from .errors import writing
 from .identity import ModelIdentity
 from .modeling import EVAL_LEVELS, pinball_loss
-from .traces import is_runtime, json_ints
+from .traces import dumps_json, is_runtime
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class ObservationLog:
         """Store ``records`` (all or none); where they went, for :class:`AccuracyMonitor`."""
         if not records:
             return None
-        data = b"".join(_dump_record(r) + b"\n" for r in records)
+        data = b"".join(dumps_json(r, orjson.OPT_SERIALIZE_NUMPY) + b"\n" for r in records)
         with self._lock, writing(f"the observations of {identity.key}"):
             d = self._dir(identity)
             d.mkdir(parents=True, exist_ok=True)
@@ -403,11 +403,3 @@ class AccuracyMonitor:
     def forget(self, identity: ModelIdentity) -> None:
         with self._lock:
             self._followed.pop(identity, None)
-
-
-def _dump_record(record: dict[str, Any]) -> bytes:
-    try:
-        return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)
-    except TypeError:  # orjson: "Integer exceeds 64-bit range"
-        # An integer beyond 64 bits in the trace (a Python caller's, say): as the model read it, a float.
-        return orjson.dumps(json_ints(record), option=orjson.OPT_SERIALIZE_NUMPY)

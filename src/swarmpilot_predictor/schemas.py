@@ -17,7 +17,7 @@ from .identity import IDENTITY_KEYS, identity_part_problem
 DEFAULT_QUANTILES = [0.25, 0.5, 0.75, 0.99]
 
 
-def _check_levels(levels: list[float] | None, field: str) -> list[float] | None:
+def check_levels(levels: list[float] | None, field: str) -> list[float] | None:
     if levels is None:
         return None
     if not levels:
@@ -68,7 +68,7 @@ class TrainConfig(BaseModel):
     @field_validator("quantiles")
     @classmethod
     def _levels(cls, v: list[float]) -> list[float]:
-        return sorted(set(_check_levels(v, "quantiles") or []))
+        return sorted(set(check_levels(v, "quantiles") or []))
 
     @field_validator("group_by")
     @classmethod
@@ -103,7 +103,7 @@ class PredictOptions(BaseModel):
     @field_validator("quantiles")
     @classmethod
     def _levels(cls, v: list[float] | None) -> list[float] | None:
-        return _check_levels(v, "quantiles")
+        return check_levels(v, "quantiles")
 
 
 class PredictSingleRequest(PredictOptions):

@@ -134,11 +134,11 @@ def _format_from_name(name: str) -> str:
     )
 
 
-def iter_trace_file(path: Path | str) -> Iterator[dict[str, Any]]:
-    """Yield flat traces from a file, one at a time."""
+def iter_trace_file(path: Path | str, source: str | None = None) -> Iterator[dict[str, Any]]:
+    """Yield flat traces from a file, one at a time; messages name it ``source`` (default: its file name)."""
     raw, fmt = open_trace_file(path)
     with raw:
-        yield from iter_trace_stream(raw, fmt, source=Path(path).name)
+        yield from iter_trace_stream(raw, fmt, source=source or Path(path).name)
 
 
 def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Iterator[dict[str, Any]]:
@@ -317,8 +317,9 @@ class TraceTable:
         return cls(columns=columns, n_rows=n)
 
     @classmethod
-    def from_file(cls, path: Path | str, progress: Callable[[int], None] | None = None) -> "TraceTable":
-        return cls.from_traces(iter_trace_file(path), progress=progress)
+    def from_file(cls, path: Path | str, progress: Callable[[int], None] | None = None,
+                  source: str | None = None) -> "TraceTable":
+        return cls.from_traces(iter_trace_file(path, source), progress=progress)
 
     def __len__(self) -> int:
         return self.n_rows
@@ -340,6 +341,14 @@ class TraceTable:
                 new.vocab = col.vocab
             cols[name] = new
         return TraceTable(columns=cols, n_rows=len(rows))
+
+
+def dumps_json(obj: Any, option: int = 0) -> bytes:
+    """``orjson.dumps``, with integers beyond 64 bits (which orjson cannot write) as :func:`json_ints` makes them."""
+    try:
+        return orjson.dumps(obj, option=option)
+    except TypeError:  # orjson: "Integer exceeds 64-bit range"
+        return orjson.dumps(json_ints(obj), option=option)
 
 
 def json_ints(v: Any) -> Any:

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -30,7 +30,7 @@ from .identity import IDENTITY_KEYS, ModelIdentity, identity_part_problem
 from .modeling import QuantileModel, check_params
 from .registry import ModelRegistry, ModelVersion
 from .schemas import TrainConfig
-from .traces import RUNTIME_RANGE, TRACE_FILE_SUFFIXES, TraceError, TraceTable, iter_trace_stream, open_trace_file
+from .traces import RUNTIME_RANGE, TRACE_FILE_SUFFIXES, TraceError, TraceTable
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[int], None]
@@ -78,7 +78,7 @@ class Trainer:
                 # file name is its first key (the form field's name may follow).
                 path = uploads[source]
                 name = next((k for k, p in uploads.items() if p == path), source)
-                return TraceTable.from_traces(_read_upload(path, name), progress=progress)
+                return TraceTable.from_file(path, progress=progress, source=name)
             path = safe_child(self.data_dir, source, "traces")
             if not path.is_file():
                 raise InvalidInput(f"traces file {source!r} not found in the data directory or the upload", field="traces")
@@ -208,13 +208,6 @@ class Trainer:
         )
         return self.registry.save(meta, model, training_data=(X, y))
 
-
-
-def _read_upload(path: Path, name: str) -> Iterator[dict[str, Any]]:
-    """The traces of an uploaded file stored at ``path``, with errors naming it ``name``."""
-    raw, fmt = open_trace_file(path)
-    with raw:
-        yield from iter_trace_stream(raw, fmt, source=name)
 
 
 def _lightgbm_errors() -> tuple[type[Exception], ...]:
