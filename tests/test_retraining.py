@@ -76,6 +76,25 @@ def test_a_retraining_that_cannot_be_stored_says_so(tmp_path):
     assert svc.retrain(pattern)["to_version"] == 2  # with room again
 
 
+def test_a_retrained_version_is_judged_on_observations_it_was_not_fitted_on(tmp_path):
+    svc = _service(tmp_path)
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    svc.observe(IDENTITY, _shifted(200, 1.6, seed=10))
+    first = svc.retrain(pattern)
+    assert first["status"] == "retrained" and first["observations"] == 200
+    identity = svc.registry.resolve(pattern)
+    v2 = svc.registry.latest(identity)
+    stored_rows = len(svc.registry.training_data(identity, 2)[1])
+    assert v2.extra["observed_through"] == max(r["ts"] for r in svc.monitor.log.read(identity))
+    svc.observe(IDENTITY, _shifted(60, 1.6, seed=11))
+    second = svc.retrain(pattern)
+    # Only the 60 observations made since version 2 are new: the 200 before are among
+    # its stored training rows, counted once, and never held out to judge it.
+    assert second["observations"] == 60 and second["heldout_rows"] == 15
+    assert second["training_rows"]["training+observations"] == stored_rows
+    svc.close()
+
+
 def test_concurrent_retrain_requests_make_one_new_version(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 

@@ -116,6 +116,9 @@ def _follows(candidate: QuantileModel, serving: QuantileModel, obs_X: np.ndarray
     return float(np.quantile(np.abs(log_ratio(unseen_X) - learned), 0.9)) <= np.log(FOLLOW_TOLERANCE)
 
 
+# A retrained version's metadata ("extra") notes the newest observation it was fitted on.
+OBSERVED_THROUGH = "observed_through"
+
 # Observations held out to judge candidates: the newest quarter, at least this many.
 MIN_HOLDOUT = 10
 
@@ -230,6 +233,12 @@ class Retrainer:
         current = self.registry.load(identity)
         meta = current.meta
         records = self.monitor.log.read(identity)
+        # A retrained version was fitted on the observations up to its cutoff, and stores
+        # them among its training rows: counting them again would weigh them twice, and
+        # holding them out would judge the version on rows it was fitted on.
+        through = meta.extra.get(OBSERVED_THROUGH)
+        if isinstance(through, (int, float)) and not isinstance(through, bool):
+            records = [r for r in records if r["ts"] > through]
         decision: dict[str, Any] = {"model_key": identity.key, "reason": reason, "from_version": meta.version,
                                     "observations": len(records), "at": time.time()}
         features, X_obs, y_obs = observation_matrix(meta.features, records)
@@ -310,7 +319,8 @@ class Retrainer:
             metrics={**meta.metrics, "algorithm": model.family_, "shared_log_sd": model.shared_log_sd_,
                      "retrain": {k: v for k, v in decision.items() if k != "at"},
                      "cv_scores": {f: {"pinball_loss": m["pinball_loss"]} for f, m in model.cv_.items()}},
-            data_hash=meta.data_hash, extra={"retrained_from": meta.version, "candidate": best},
+            data_hash=meta.data_hash, extra={"retrained_from": meta.version, "candidate": best,
+                                             OBSERVED_THROUGH: max(r["ts"] for r in records)},
         )
         self.registry.maybe_refresh()
         serving = self.registry.latest(identity).version

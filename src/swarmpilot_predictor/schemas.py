@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import math
+from collections import Counter
 from typing import Any, Literal
 
 import numpy as np
@@ -70,6 +71,15 @@ class TrainConfig(BaseModel):
     def _levels(cls, v: list[float]) -> list[float]:
         return sorted(set(check_levels(v, "quantiles") or []))
 
+    @field_validator("features")
+    @classmethod
+    def _features(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            repeated = sorted(name for name, n in Counter(v).items() if n > 1)
+            if repeated:
+                raise ValueError(f"features names {', '.join(map(repr, repeated))} more than once")
+        return v
+
     @field_validator("group_by")
     @classmethod
     def _group_by(cls, v: list[str] | None) -> list[str] | None:
@@ -79,6 +89,8 @@ class TrainConfig(BaseModel):
                 raise ValueError(f"group_by keys must be identity keys ({', '.join(IDENTITY_KEYS)}), got {', '.join(bad)}")
             if not v:
                 raise ValueError("group_by must name at least one identity key")
+            if len(set(v)) < len(v):
+                raise ValueError("group_by names a key more than once")
         return v
 
     @model_validator(mode="after")
