@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
 from swarmpilot_predictor.features import FeatureSchema
-from swarmpilot_predictor.identity import IdentityPattern
-from swarmpilot_predictor.retraining import observation_matrix
+from swarmpilot_predictor.identity import IdentityPattern, ModelIdentity
+from swarmpilot_predictor.retraining import DecisionLog, observation_matrix
 from swarmpilot_predictor.schemas import TrainConfig
 from swarmpilot_predictor.service import PredictorService
 from swarmpilot_predictor.settings import PredictorSettings
@@ -221,7 +224,8 @@ def test_auto_retrain_waits_for_new_evidence_after_a_decision(tmp_path):
     assert svc.retrainer._running[identity].result(timeout=60)["status"] == "skipped"
     for i in range(25, 33, 2):  # 27 ... 33 observations: not yet 25 + 10
         assert svc.observe(IDENTITY, traces[i:i + 2])["retraining_scheduled"] is False
-    assert len(svc.retrainer.history) == 1
+    (skipped,) = svc.retrainer.decisions.read(identity)
+    assert skipped["next_try"] == {"observations": 35, "drifted_then": True}
     again = svc.observe(IDENTITY, traces[33:35])  # 35: tried again
     assert again["retraining_scheduled"] is True
     assert svc.retrainer._running[identity].result(timeout=60)["status"] == "retrained"
@@ -248,3 +252,51 @@ def test_two_workers_agree_on_accuracy_drift_and_what_is_due(tmp_path):
     assert a.accuracy(pattern)["coverage"] == b.accuracy(pattern)["coverage"]
     a.close()
     b.close()
+
+
+def test_workers_share_retraining_decisions_and_the_wait_after_them(tmp_path):
+    # Each worker process has its own Retrainer: what one decided, the others must see and
+    # respect, or each would retrain the model once more on the same evidence.
+    a = _service(tmp_path, retrain_min_observations=20)
+    b = PredictorService(PredictorSettings(data_dir=tmp_path / "data", retrain_min_observations=20))
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    identity = a.registry.resolve(pattern)
+    a.observe(IDENTITY, make_llm_traces(25, seed=70))  # due (20 observations), too few to retrain on
+    assert a.retrainer.due(identity, 1) == b.retrainer.due(identity, 1) == "new observations"
+    skipped = a.retrain(pattern)
+    assert skipped["status"] == "skipped" and skipped["next_try"] == {"observations": 45, "drifted_then": False}
+    assert b.retrainer.due(identity, 1) is None
+    assert [d["status"] for d in b.accuracy(pattern)["retraining"]] == ["skipped"]
+    b.observe(IDENTITY, make_llm_traces(20, seed=71))
+    assert a.retrainer.due(identity, 1) == "new observations"
+    # A model is retrained by one process at a time: b waits for a's lock, then finds
+    # the version a stored serving.
+    with ThreadPoolExecutor(1) as pool:
+        with a.retrainer.decisions.exclusive(identity):
+            waiting = pool.submit(b.retrain, pattern)
+            time.sleep(0.5)
+            assert not waiting.done()
+            a.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(300), algorithm="linear"))
+        assert waiting.result(timeout=60)["message"] == "version 2 was stored meanwhile and serves now"
+    assert [d["status"] for d in a.accuracy(pattern)["retraining"]] == ["skipped", "skipped"]
+    a.close()
+    b.close()
+
+
+def test_the_decision_log_keeps_the_newest_decisions_and_skips_torn_lines(tmp_path):
+    log = DecisionLog(tmp_path, keep=3)
+    identity = ModelIdentity.from_parts(IDENTITY)
+    assert log.read(identity) == [] and log.last(identity) is None
+    for v in range(1, 11):
+        log.append(identity, {"status": "kept", "from_version": v})
+        assert len((tmp_path / identity.dirname / DecisionLog.FILE).read_bytes().splitlines()) < 6
+    # Cut to the newest 3 at the 6th line (4, 5, 6), then at the 9th (7, 8, 9).
+    assert [d["from_version"] for d in log.read(identity)] == [7, 8, 9, 10]
+    assert log.last(identity)["from_version"] == 10
+    with open(tmp_path / identity.dirname / DecisionLog.FILE, "ab") as fh:
+        fh.write(b'{"status": "ret')  # a crash mid-line
+    log.append(identity, {"status": "retrained", "from_version": 11})
+    assert [d["from_version"] for d in log.read(identity, 2)] == [10, 11]
+    assert log.last(identity)["status"] == "retrained"
+    log.delete(identity)
+    assert log.read(identity) == [] and log.last(identity) is None

@@ -13,20 +13,28 @@ waits for new evidence (:meth:`Retrainer.backoff_step`).
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
-from .errors import PredictorError
+from .atomic import atomic_write_bytes
+from .errors import PredictorError, writing
 from .features import FIRST_OF_SHAPE, FeatureSchema
 from .identity import ModelIdentity
 from .modeling import QuantileModel, pinball_loss
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor
 from .registry import ModelRegistry, ModelVersion
+from .traces import dumps_json
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +131,104 @@ OBSERVED_THROUGH = "observed_through"
 MIN_HOLDOUT = 10
 
 
+class DecisionLog:
+    """Each model's retraining decisions, oldest first, shared by the worker processes.
+
+    One JSONL file per model beside its observations. An append holds the file's lock
+    exclusively; once the file holds ``2 * keep`` decisions it is replaced by one of the
+    newest ``keep`` (an appender that waited on the old file sees that and writes to the
+    new one). The same directory holds the lock that lets one process at a time retrain
+    the model.
+    """
+
+    FILE = "retraining.jsonl"
+    LOCK = "retraining.lock"
+
+    def __init__(self, root: Path, keep: int = 100):
+        self.root = Path(root)
+        self.keep = keep
+        self._last: dict[ModelIdentity, tuple[tuple[int, int, int], dict[str, Any] | None]] = {}
+
+    def _path(self, identity: ModelIdentity, name: str = FILE) -> Path:
+        return self.root / identity.dirname / name
+
+    def append(self, identity: ModelIdentity, decision: dict[str, Any]) -> None:
+        path = self._path(identity)
+        line = dumps_json(decision) + b"\n"
+        with writing(f"the retraining decisions of {identity.key}"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            while True:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    try:
+                        current = os.stat(path).st_ino == os.fstat(fd).st_ino
+                    except FileNotFoundError:
+                        current = False
+                    if not current:  # cut (or deleted) while this append waited
+                        continue
+                    size = os.fstat(fd).st_size
+                    data = line if not size or os.pread(fd, 1, size - 1) == b"\n" else b"\n" + line
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    content = os.pread(fd, size + len(data), 0)
+                    if content.count(b"\n") >= 2 * self.keep:
+                        atomic_write_bytes(path, b"".join(line + b"\n" for line in content.splitlines()[-self.keep:]))
+                    return
+                finally:
+                    os.close(fd)
+
+    def read(self, identity: ModelIdentity, limit: int | None = None) -> list[dict[str, Any]]:
+        """The stored decisions, oldest first (the newest ``limit`` when given); lines that are
+        not a decision (torn by a crash, edited by hand) are skipped."""
+        try:
+            data = self._path(identity).read_bytes()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in data.splitlines():
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if (isinstance(record, dict) and isinstance(record.get("status"), str)
+                    and isinstance(record.get("from_version"), int)):
+                out.append(record)
+        return out if limit is None else out[-limit:]
+
+    def last(self, identity: ModelIdentity) -> dict[str, Any] | None:
+        """The newest decision; read again only when the file changed (it is asked on every observation)."""
+        try:
+            st = self._path(identity).stat()
+        except FileNotFoundError:
+            return None
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = self._last.get(identity)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        newest = self.read(identity, 1)
+        self._last[identity] = (stamp, newest[0] if newest else None)
+        return self._last[identity][1]
+
+    def delete(self, identity: ModelIdentity) -> None:
+        self._path(identity).unlink(missing_ok=True)
+        self._last.pop(identity, None)
+
+    @contextmanager
+    def exclusive(self, identity: ModelIdentity) -> Iterator[None]:
+        """Held while a process retrains the model: one at a time, across worker processes."""
+        path = self._path(identity, self.LOCK)
+        with writing(f"the retraining lock of {identity.key}"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
 class Retrainer:
     def __init__(
         self,
@@ -135,6 +241,7 @@ class Retrainer:
     ):
         self.registry = registry
         self.monitor = monitor
+        self.decisions = DecisionLog(monitor.log.root)
         self.enabled = enabled
         self.min_new_observations = min_new_observations
         self.holdout_fraction = holdout_fraction
@@ -143,10 +250,6 @@ class Retrainer:
         self._running: dict[ModelIdentity, Future] = {}
         self._model_locks: dict[ModelIdentity, threading.Lock] = {}
         self._lock = threading.Lock()
-        self.history: list[dict[str, Any]] = []
-        # After a decision that left a version serving: (version, observations it must
-        # reach before the next automatic try, whether it had drifted then).
-        self._backoff: dict[ModelIdentity, tuple[int, int, bool]] = {}
 
     def backoff_step(self, observations: int, drifted: bool) -> int:
         """New observations to wait for after a try at ``observations`` left the version serving.
@@ -168,10 +271,10 @@ class Retrainer:
         """
         report = self.monitor.report(identity, version)
         drifted = bool(report.get("drifted"))
-        with self._lock:
-            waiting = self._backoff.get(identity)
-        if (waiting is not None and waiting[0] == version and report["observations"] < waiting[1]
-                and not (drifted and not waiting[2])):
+        last = self.decisions.last(identity)  # by any worker
+        waiting = None if last is None or last["from_version"] != version else last.get("next_try")
+        if (isinstance(waiting, dict) and report["observations"] < waiting.get("observations", 0)
+                and not (drifted and not waiting.get("drifted_then"))):
             return None
         if drifted:
             return "drift"
@@ -208,27 +311,32 @@ class Retrainer:
         asked = self.registry.latest(identity).version
         with self._lock:
             model_lock = self._model_locks.setdefault(identity, threading.Lock())
-        with model_lock:
+        with model_lock, self.decisions.exclusive(identity):
             self.registry.maybe_refresh()
             serving = self.registry.latest(identity).version
+            decision: dict[str, Any] = {"model_key": identity.key, "reason": reason, "from_version": serving,
+                                        "at": time.time()}
             if serving != asked:
-                return self._done({"model_key": identity.key, "reason": reason, "from_version": asked,
-                                   "at": time.time(), "status": "skipped",
-                                   "message": f"version {serving} was stored meanwhile and serves now"})
+                decision.update(from_version=asked, status="skipped",
+                                message=f"version {serving} was stored meanwhile and serves now")
+                return self._done(identity, decision)
             seen = self.monitor.report(identity, serving)
-            status = "failed"
             try:
-                decision = self._retrain(identity, reason)
-                status = decision["status"]
-                return decision
+                self._retrain(identity, decision)
+            except BaseException as exc:
+                decision["status"] = "failed"
+                decision.setdefault("message", exc.message if isinstance(exc, PredictorError) else repr(exc))
+                raise
             finally:
-                if status != "retrained":
+                if decision.get("status") != "retrained":
                     # The version still serves: the next automatic try waits for enough new evidence.
                     n, drifted = int(seen["observations"]), bool(seen.get("drifted"))
-                    with self._lock:
-                        self._backoff[identity] = (serving, n + self.backoff_step(n, drifted), drifted)
+                    decision["next_try"] = {"observations": n + self.backoff_step(n, drifted), "drifted_then": drifted}
+                self._done(identity, decision)
+            return decision
 
-    def _retrain(self, identity: ModelIdentity, reason: str) -> dict[str, Any]:
+    def _retrain(self, identity: ModelIdentity, decision: dict[str, Any]) -> None:
+        """Fill ``decision`` in: kept, skipped or retrained (the new version stored)."""
         t0 = time.perf_counter()
         current = self.registry.load(identity)
         meta = current.meta
@@ -239,13 +347,12 @@ class Retrainer:
         through = meta.extra.get(OBSERVED_THROUGH)
         if isinstance(through, (int, float)) and not isinstance(through, bool):
             records = [r for r in records if r["ts"] > through]
-        decision: dict[str, Any] = {"model_key": identity.key, "reason": reason, "from_version": meta.version,
-                                    "observations": len(records), "at": time.time()}
+        decision.update(from_version=meta.version, observations=len(records))
         features, X_obs, y_obs = observation_matrix(meta.features, records)
         n_hold = max(MIN_HOLDOUT, int(len(y_obs) * self.holdout_fraction))
         if len(y_obs) < n_hold + 20:
             decision.update(status="skipped", message=f"too few observations ({len(y_obs)}) to retrain and validate")
-            return self._done(decision)
+            return
         fit_X, fit_y = X_obs[:-n_hold], y_obs[:-n_hold]
         hold_X, hold_y = X_obs[-n_hold:], y_obs[-n_hold:]
         stored = self.registry.training_data(identity, meta.version)
@@ -301,7 +408,7 @@ class Retrainer:
         decision["training_rows"] = training_rows
         if best == "current":
             decision.update(status="kept", message="no candidate beat the serving model on recent observations")
-            return self._done(decision)
+            return
         # The winner is refitted with the held-out rows too before it serves.
         X, y, w = observed[best]
         X = np.vstack([X, hold_X])
@@ -327,26 +434,22 @@ class Retrainer:
         if serving != meta.version:  # another worker stored a version while this one fitted
             decision.update(status="skipped", candidate=best,
                             message=f"version {serving} was stored meanwhile and serves now")
-            return self._done(decision)
-        try:
-            saved = self.registry.save(new_meta, model, training_data=(X, y))
-        except PredictorError as exc:  # a full disk, say: in the decisions too, since a background retraining answers no one
-            decision.update(status="failed", candidate=best, message=exc.message)
-            self._done(decision)
-            raise
-        decision.update(status="retrained", candidate=best, to_version=saved.version)
-        decision["seconds"] = time.perf_counter() - t0
-        return self._done(decision)
+            return
+        decision["candidate"] = best  # a full disk, say, fails the save: the decision names what failed
+        saved = self.registry.save(new_meta, model, training_data=(X, y))
+        decision.update(status="retrained", to_version=saved.version, seconds=time.perf_counter() - t0)
 
     @staticmethod
     def _new_model(meta: ModelVersion) -> QuantileModel:
         return QuantileModel(meta.features.kinds, meta.features.n_categories, meta.algorithm, params=meta.params)
 
-    def _done(self, decision: dict[str, Any]) -> dict[str, Any]:
+    def _done(self, identity: ModelIdentity, decision: dict[str, Any]) -> dict[str, Any]:
         if decision["status"] == "failed":
-            log.error("retraining %s failed: %s", decision["model_key"], decision["message"])
+            log.error("retraining %s failed: %s", identity.key, decision["message"])
         else:
-            log.info("retraining %s: %s", decision["model_key"], decision["status"])
-        self.history.append(decision)
-        del self.history[:-100]
+            log.info("retraining %s: %s", identity.key, decision["status"])
+        try:  # a background retraining answers no one: its decisions are how it is seen
+            self.decisions.append(identity, decision)
+        except PredictorError as exc:
+            log.warning("cannot store a retraining decision of %s: %s", identity.key, exc.message)
         return decision

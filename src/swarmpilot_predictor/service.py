@@ -471,6 +471,7 @@ class PredictorService:
         if version is None:
             self.observations.delete(identity)
             self.monitor.forget(identity)
+            self.retrainer.decisions.delete(identity)
         return {"status": "success", "model_key": identity.key, "deleted_versions": deleted}
 
 
@@ -528,7 +529,7 @@ class PredictorService:
             **report,
             "heldout_at_training": _headline_metrics(meta.metrics),
             "recent": self.monitor.recent(identity, meta.version, recent),
-            "retraining": [d for d in self.retrainer.history if d["model_key"] == identity.key][-5:],
+            "retraining": self.retrainer.decisions.read(identity, 5),
         }
 
     def is_drifted(self, identity: ModelIdentity) -> bool:
