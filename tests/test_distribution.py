@@ -315,6 +315,24 @@ def test_a_total_of_tasks_narrower_than_a_grid_cell_is_not_shifted(k):
     np.testing.assert_allclose([(s <= v).mean() for v in q], levels, atol=0.02)
 
 
+@pytest.mark.parametrize("slow, n_slow, k", [(30.0, 2, 20), (1000.0, 1, 2), (30.0, 6, 5)])
+def test_a_total_of_tasks_with_a_heavy_extrapolated_tail_matches_monte_carlo(slow, n_slow, k):
+    # Forty runs (thirty for one 1000x outlier), a few of them far slower: each task's tail,
+    # extrapolated past the slowest run, carries much of its mass beyond what its moments
+    # (the observed scores' range) describe. The total's window was placed and sized by
+    # those moments, above where most of the sum lies: its median came out 60x too high.
+    rng = np.random.default_rng(11)
+    n = 30 if slow == 1000.0 else 40
+    z = np.concatenate([0.05 * rng.standard_normal(n - n_slow), np.log(slow) + 0.05 * rng.standard_normal(n_slow)])
+    # Bounded as a model bounds them: 100x beyond the training runtimes.
+    bounds = (np.log(10.0) + z.min() - np.log(100.0), np.log(10.0) + z.max() + np.log(100.0))
+    dist = RuntimeDistribution(np.full(k, np.log(10.0)), np.ones(k), ScoreDistribution.from_scores(z), log_bounds=bounds)
+    levels = [0.05, 0.25, 0.5, 0.75, 0.95]
+    q = dist.total().quantiles(levels)
+    s = mc_sum(dist, 200_000, 7)
+    np.testing.assert_allclose([(s <= v).mean() for v in q], levels, atol=0.01)
+
+
 def test_a_long_queue_of_narrow_tasks_keeps_the_mean_of_its_total():
     rng = np.random.default_rng(2)
     dist = RuntimeDistribution(np.log(rng.uniform(5.0, 200.0, 300)), np.ones(300), slow_mode_score())

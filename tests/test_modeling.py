@@ -542,6 +542,47 @@ def test_models_saved_before_levels_and_feature_selection_still_load():
     assert back.features_used_ == [True] * 3
 
 
+def test_models_saved_before_edge_extrapolation_predict_as_they_did_inside_the_range():
+    X, y, _ = llm_like(300, seed=26)
+    model = QuantileModel(["numeric"] * 3, [0, 0, 0], algorithm="linear").fit(X, y)
+    d = json.loads(json.dumps(model.to_json()))
+
+    def to_raw_range(node):
+        if isinstance(node, dict):
+            if "edges" in node:
+                lo, hi = np.asarray(node.pop("edges"))
+                del node["edge_slopes"]
+                node["raw_range"] = [(lo - 0.5 * (hi - lo)).tolist(), (hi + 0.5 * (hi - lo)).tolist()]
+            for v in node.values():
+                to_raw_range(v)
+
+    to_raw_range(d)
+    assert "edges" not in json.dumps(d)
+    back = QuantileModel.from_json(d)
+    np.testing.assert_allclose(back.predict_quantiles(X[:50], LEVELS), model.predict_quantiles(X[:50], LEVELS),
+                               rtol=1e-12)
+    levels = tuple(LEVELS.tolist())
+    assert back.describe_one(X[0].tolist(), levels)[0] == pytest.approx(model.describe_one(X[0].tolist(), levels)[0])
+
+
+@pytest.mark.parametrize("algorithm", ["linear", "lightgbm"])
+def test_runtimes_beyond_the_training_values_go_on_as_the_fit_does(algorithm):
+    # Trained on 1-2000 tokens. The linear design's raw column is capped past the largest
+    # value while its log columns went on: the fit's large raw weight against negative
+    # log weights made runtimes fall, 0.1 ms at 100,000 tokens (truth: 5,000 ms).
+    rng = np.random.default_rng(7)
+    tokens = rng.integers(1, 2000, 400).astype(float)
+    y = (3 + 0.05 * tokens) * rng.lognormal(0, 0.15, 400)
+    model = QuantileModel(["numeric"], [0], algorithm=algorithm).fit(tokens[:, None], y)
+    grid = np.array([2000.0, 3000.0, 4000.0, 10_000.0, 100_000.0])
+    median = model.predict_quantiles(grid[:, None], [0.5])[:, 0]
+    assert np.all(np.diff(median) > 0), median
+    # The log-log slope over the upper half of the training values (about 0.95) goes on.
+    truth = 3 + 0.05 * grid
+    assert np.all((median > truth / 2.5) & (median < truth * 1.5)), median
+    assert [model.describe_one([g], (0.5,))[0][0] for g in grid] == pytest.approx(median.tolist(), rel=1e-12)
+
+
 def test_batch_prediction_is_fast(llm_model):
     Xt, _, _ = llm_like(1000, seed=12)
     best = np.inf

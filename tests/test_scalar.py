@@ -35,6 +35,8 @@ def _probe_rows(X: np.ndarray) -> list[list[float]]:
     rows.append([X[0, 0], X[0, 1], 75.0, X[0, 3]])  # a frame count never seen in training
     rows.append([X[1, 0], X[1, 1], X[1, 2], np.nan])  # an unseen category
     rows.append([1e7, 5.0, 1e4, 1.0])  # far outside the training range
+    rows.append([0.0, -1.0, 10.0, 2.0])  # below it
+    rows.append([X[2, 0], 1.5, X[2, 2], X[2, 3]])  # one feature beyond it
     return rows
 
 

@@ -51,6 +51,7 @@ _WRAP_MASS = 1e-5
 # median on a fine grid of _LOW_END_GRID cells.
 _LOW_END_CELLS = 64
 _LOW_END_GRID = 2048
+_LOW_END_PASSES = 4
 _SUM_ATOMS = 512
 _SUM_NODES: tuple[np.ndarray, np.ndarray] | None = None
 # With a shared factor, the widest tasks (at most this many) bound the low end of the sum.
@@ -500,19 +501,29 @@ class RuntimeDistribution:
         mass between two cells would.
         """
         G = _SUM_GRID
-        h = 32.0 * sd / G
         u, wu = _sum_nodes()
         # The window is placed about the mean of the sum as discretised (the tasks' far tails included).
         mean = 0.0 if rest is None else rest[0]
+        floor = 0.0 if rest is None else rest[0] - 8.0 * math.sqrt(max(rest[1], 0.0))
         reach = 0.0
         if len(self):
             z = self.score_quantiles(u)  # (tasks, nodes), non-decreasing along nodes: tails included
             x = np.exp(np.clip(self.location[:, None] + self.scale[:, None] * z, *self.log_bounds))
             node_mean = x @ wu
             mean += float(node_mean.sum())
+            floor += float(x[:, 0].sum())
             reach = float((x[:, -1] - node_mean).max())  # the furthest one task lies above its mean
-        low = mean - 8.0 * sd
-        span = 32.0 * sd + max(reach - 16.0 * sd, 0.0) * (1 - 1e-9)
+            # ``sd`` comes from the moments, which leave out tails extrapolated past the
+            # observed scores; the nodes do not. Where such a tail is heavy, the window is
+            # sized on the nodes' spread, and starts no higher than the sum of the tasks'
+            # lowest values (their mean lies many moment ``sd`` above most of the sum's mass,
+            # which would wrap around).
+            node_var = float((((x - node_mean[:, None]) ** 2) @ wu).sum())
+            sd = max(sd, math.sqrt(node_var + (0.0 if rest is None else max(rest[1], 0.0))))
+        h = 32.0 * sd / G
+        top = mean + 24.0 * sd + max(reach - 16.0 * sd, 0.0) * (1 - 1e-9)
+        low = min(mean - 8.0 * sd, floor)
+        span = top - low
 
         def wraps(width: float) -> bool:
             # Whether more than _WRAP_MASS would wrap around a window this wide (one task
@@ -571,10 +582,19 @@ class RuntimeDistribution:
         edges = (k0 + np.arange(G + 1) - 0.5 + shift) * h
         c = np.concatenate([[0.0], cdf])
         # Where the total's low quantiles lie within a few cells of 0 (one task's spread
-        # dwarfs the others'), they are found again on a fine grid up to past the median.
-        p01, median = np.interp([0.01, 0.5], c + np.arange(G + 1) * 1e-15, edges)
-        if len(self) and p01 < _LOW_END_CELLS * h and median > -4.0 * h:
-            low_x, low_c = self._low_end(x, wu, rest, float(median + 4.0 * h) / 0.95)
+        # dwarfs the others'), they are found again on a fine grid up to past the median;
+        # and again on a finer one while that grid is still too coarse for them (a tail
+        # spanning decades: one 1000x outlier among thirty runs).
+        cell = h
+        for _ in range(_LOW_END_PASSES):
+            p01, median = np.interp([0.01, 0.5], c + np.arange(len(c)) * 1e-15, edges)
+            if not (len(self) and p01 < _LOW_END_CELLS * cell and -4.0 * cell < median < edges[-1]):
+                break
+            limit = float(median + 4.0 * cell) / 0.95
+            if cell < h and limit > 0.5 * cell * _LOW_END_GRID:
+                break  # no finer than the last pass
+            low_x, low_c = self._low_end(x, wu, rest, limit)
+            cell = limit / _LOW_END_GRID
             keep = edges > low_x[-1]
             edges = np.concatenate([low_x, edges[keep]])
             c = np.concatenate([low_c, np.maximum(c[keep], low_c[-1])])

@@ -200,35 +200,87 @@ class LogLinearDesign:
         # its log column still carries the feature.
         with np.errstate(over="ignore", invalid="ignore"):
             if len(Xn):
-                lo, hi = np.nanmin(Xn, axis=0), np.nanmax(Xn, axis=0)
-                # Raw values act exponentially on the runtime: extrapolate them only a little.
-                self.raw_range_ = np.stack([lo - 0.5 * (hi - lo), hi + 0.5 * (hi - lo)])
+                self.edges_ = np.stack([np.nanmin(Xn, axis=0), np.nanmax(Xn, axis=0)])
             else:
-                self.raw_range_ = np.zeros((2, len(num)))
+                self.edges_ = np.zeros((2, len(num)))
+            self.raw_range_ = None
+            self.slopes_ = np.zeros((2, 0))  # the training rows lie within the edges
             R = self._numeric_raw(X)
             self.center_ = np.nanmean(R, axis=0) if R.shape[1] else np.zeros(0)
             spread = np.nanstd(R, axis=0) if R.shape[1] else np.zeros(0)
         overflowed = ~(np.isfinite(self.center_) & np.isfinite(spread))
         self.center_ = np.where(overflowed, 0.0, self.center_)
         self.spread_ = np.where(overflowed, np.finfo(np.float64).max, np.where(spread > 0, spread, 1.0))
+        self.slopes_ = self._edge_slopes(Xn)
         self._row_plan = self._fused = None  # the single-row caches belong to the previous fit
         return self
+
+    def _owners(self) -> np.ndarray:
+        """The numeric feature (its place among the numeric ones) behind each numeric column."""
+        p = len(self._num)
+        return np.concatenate([np.arange(p), np.arange(p),
+                               np.repeat(np.arange(p), [len(k) for k in self.knots_]).astype(np.int64),
+                               np.repeat(np.arange(p), [len(v) for v in self.levels_]).astype(np.int64)])
+
+    def _edge_slopes(self, Xn: np.ndarray) -> np.ndarray:
+        """Per numeric column, how it goes on per unit of the log feature beyond the lowest
+        (row 0) and the highest (row 1) training value.
+
+        Past an edge of the training values every column of a feature continues along its
+        secant between that edge and the middle of the values (the median distinct value),
+        so the model continues as a power law with the log-log slope its fit has over that
+        half of the range. Columns evaluated out there as they are would not: the raw column
+        acts exponentially on the runtime and is capped, the log and hinge columns go on,
+        and a fit that pairs a large raw weight with negative log weights then predicts
+        runtimes that fall, 100x too low at 50x the largest training value.
+        """
+        p = Xn.shape[1]
+        if p == 0:
+            return np.zeros((2, 0))
+        mid = np.zeros(p)
+        for i in range(p):
+            values = np.unique(Xn[:, i][np.isfinite(Xn[:, i])])
+            mid[i] = values[(len(values) - 1) // 2] if len(values) else 0.0
+        probe = np.stack([self.edges_[0], mid, self.edges_[1]])  # lowest, middle, highest
+        rows = np.zeros((3, len(self.kinds)))
+        rows[:, self._num] = probe
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            R = self._numeric_raw(rows)
+            R = np.where(np.isnan(R), self.center_, R)  # an unseen level sits at the training mean
+            L = _slog(probe)[:, self._owners()]
+            whole = (R[2] - R[0]) / (L[2] - L[0])
+            slopes = np.stack([np.where(L[1] > L[0], (R[1] - R[0]) / (L[1] - L[0]), whole),
+                               np.where(L[2] > L[1], (R[2] - R[1]) / (L[2] - L[1]), whole)])
+        return np.where(np.isfinite(slopes), slopes, 0.0)
 
     def _numeric_raw(self, X: np.ndarray) -> np.ndarray:
         num = self._num
         if not num:
             return np.zeros((len(X), 0))
         Xn = X[:, num]
-        L = _slog(Xn)
-        rng = getattr(self, "raw_range_", None)
+        edges = getattr(self, "edges_", None)
+        if edges is None:  # a model stored before edges: raw values capped, the rest as they are
+            rng = getattr(self, "raw_range_", None)
+            L = _slog(Xn)
+            return self._columns(Xn if rng is None else np.minimum(np.maximum(Xn, rng[0]), rng[1]), L, Xn)
         # minimum/maximum rather than np.clip: same result, a fraction of the per-call cost.
-        cols = [L, Xn if rng is None else np.minimum(np.maximum(Xn, rng[0]), rng[1])]
+        inside = np.minimum(np.maximum(Xn, edges[0]), edges[1])
+        Lc = _slog(inside)
+        R = self._columns(inside, Lc, inside)
+        if self.slopes_.shape[1] and ((Xn < edges[0]) | (Xn > edges[1])).any():
+            D = (_slog(Xn) - Lc)[:, self._owners()]
+            R += np.where(D > 0, D * self.slopes_[1], np.where(D < 0, D * self.slopes_[0], 0.0))
+        return R
+
+    def _columns(self, raw: np.ndarray, L: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """The numeric columns: logs ``L``, raw values ``raw``, hinges of ``L``, indicators of ``values``."""
+        cols = [L, raw]
         for j, knots in enumerate(self.knots_):
             if knots:
                 cols.append(np.maximum(L[:, j : j + 1] - np.asarray(knots)[None, :], 0.0))
-        for j, values in enumerate(self.levels_):
-            if values:
-                hit = Xn[:, j : j + 1] == np.asarray(values)[None, :]
+        for j, levels in enumerate(self.levels_):
+            if levels:
+                hit = values[:, j : j + 1] == np.asarray(levels)[None, :]
                 # An unseen (or missing) value: NaN, which transform puts at the training mean.
                 cols.append(np.where(hit.any(axis=1, keepdims=True), hit, np.nan))
         return np.concatenate(cols, axis=1)
@@ -254,6 +306,8 @@ class LogLinearDesign:
         order, same values (tests/test_scalar.py holds the two together).
         """
         num, lows, highs, knots, center, spread, cats, levels = self._plan()
+        if self._beyond_edges(x, num, lows, highs):
+            return self.transform(np.asarray([x], dtype=np.float64))[0].tolist()
         logs = [math.copysign(math.log1p(abs(x[j])), x[j]) for j in num]
         if lows is None:
             cols = logs + [float(x[j]) for j in num]
@@ -283,9 +337,12 @@ class LogLinearDesign:
             fused = self._fused = (coef, self._fold(coef))
         offset, numeric, levels, cats = fused[1]
         total = offset
+        extrapolates = getattr(self, "edges_", None) is not None
         for j, wl, wr, lo, hi, hinges in numeric:
             v = x[j]
-            if not math.isfinite(v):  # a missing value sits at the training mean: take the long way
+            # A missing value sits at the training mean, and one beyond the training values is
+            # extrapolated (``_edge_slopes``): both take the long way.
+            if not math.isfinite(v) or (extrapolates and not lo <= v <= hi):
                 return sum(map(float.__mul__, self.row(x), coef.tolist()))
             lg = math.copysign(math.log1p(abs(v)), v)
             total += wl * lg + wr * min(max(v, lo), hi)
@@ -336,9 +393,20 @@ class LogLinearDesign:
             self._row_plan = self._make_row_plan()
         return self._row_plan
 
+    def _beyond_edges(self, x: Sequence[float], num: list[int], lows: list[float] | None,
+                      highs: list[float] | None) -> bool:
+        if getattr(self, "edges_", None) is None or lows is None:
+            return False
+        return any(not lo <= x[j] <= hi for j, lo, hi in zip(num, lows, highs) if math.isfinite(x[j]))
+
     def _make_row_plan(self) -> tuple:
+        """Per numeric feature, ``lows`` and ``highs``: the training values' edges (beyond
+        which a value is extrapolated), or for a model stored before them, the caps of the
+        raw column."""
         num = self._num
-        rng = getattr(self, "raw_range_", None)
+        rng = getattr(self, "edges_", None)
+        if rng is None:
+            rng = getattr(self, "raw_range_", None)
         lows = highs = None
         if rng is not None and num:
             lows, highs = rng[0].tolist(), rng[1].tolist()
@@ -355,7 +423,8 @@ class LogLinearDesign:
             "hinges": self.hinges,
             "knots": self.knots_,
             "levels": self.levels_,
-            "raw_range": self.raw_range_.tolist(),
+            "edges": self.edges_.tolist(),
+            "edge_slopes": self.slopes_.tolist(),
             "center": self.center_.tolist(),
             "spread": self.spread_.tolist(),
         }
@@ -368,7 +437,10 @@ class LogLinearDesign:
         obj.levels = max((len(v) for v in obj.levels_), default=0)
         obj.center_ = np.asarray(d["center"], dtype=np.float64)
         obj.spread_ = np.asarray(d["spread"], dtype=np.float64)
-        if "raw_range" in d:
+        if "edges" in d:
+            obj.edges_ = np.asarray(d["edges"], dtype=np.float64).reshape(2, -1)
+            obj.slopes_ = np.asarray(d["edge_slopes"], dtype=np.float64).reshape(2, -1)
+        elif "raw_range" in d:  # stored before edges: predicts as it did
             obj.raw_range_ = np.asarray(d["raw_range"], dtype=np.float64).reshape(2, -1)
         return obj
 
