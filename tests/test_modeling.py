@@ -450,6 +450,11 @@ def test_useless_features_are_dropped_on_small_data():
     assert model.cv_[model.family_]["features_dropped"] == [0, 1]
     kept = QuantileModel(*kinds, params={"drop_features": False}).fit(X, y)
     assert kept.features_used_ == [True, True, True]
+    # The family's figures are the served model's (without the dropped features), and
+    # the loss with them is kept beside.
+    figures = model.cv_[model.family_]
+    assert figures["pinball_loss"] == figures["pinball_loss_after_drop"] < figures["pinball_loss_before_drop"]
+    assert figures["pinball_loss_before_drop"] == pytest.approx(kept.cv_[kept.family_]["pinball_loss"])
     loss = quantile_metrics(yt, model.predict_quantiles(Xt, LEVELS), LEVELS)["relative_pinball_loss"]
     loss_kept = quantile_metrics(yt, kept.predict_quantiles(Xt, LEVELS), LEVELS)["relative_pinball_loss"]
     # Both are linear models on 56 rows; the two useless features cost the kept one.

@@ -1626,19 +1626,17 @@ class QuantileModel:
         # going to catch up, and its elimination (up to p(p-1)/2 cross-fits) is skipped.
         leader = min(float(chosen["row_loss"].mean()) for _, _, chosen, _ in families)
         candidates: list[dict[str, Any]] = []
+        described: dict[str, dict[str, Any]] = {}  # family -> the candidate its figures describe
         for family, fam, chosen, seconds in families:
             t0 = time.perf_counter()
             reduced = chosen
             if float(chosen["row_loss"].mean()) <= DROP_MARGIN * leader:
                 reduced = self._drop_features(chosen, X, y, ylog, fold, w)
-            metrics = quantile_metrics(y, chosen["q"], EVAL_LEVELS)
-            metrics["heteroscedastic"] = chosen["hetero"]
-            if chosen["hetero"]:
-                # Which features the noise's size depends on, and the scale's ridge penalty.
-                metrics["scale_features"] = [j for j, k in enumerate(chosen["scale"].kinds) if k != UNUSED]
-                metrics["scale_alpha"] = chosen["scale"].alpha
-            metrics["shape"] = chosen["shaped"]
-            metrics["variant"] = chosen["name"]
+            if reduced is not chosen:
+                # The elimination preferred it to its parent (one-standard-error rule): it
+                # replaces it, and the family's figures are its own.
+                fam = [reduced if c is chosen else c for c in fam]
+            metrics = self._describe(reduced, y)
             metrics["variants_pinball_loss"] = {c["name"]: float(c["row_loss"].mean()) for c in fam}
             metrics["seconds"] = seconds + time.perf_counter() - t0
             if "rounds" in chosen["tuned"]:
@@ -1646,18 +1644,39 @@ class QuantileModel:
             if "hinges" in chosen["tuned"]:
                 metrics["hinges"] = chosen["tuned"]["hinges"]
             if reduced is not chosen:
-                # Which features went, and the held-out loss without them; both compete below.
+                # Which features went, and the held-out loss with them.
                 metrics["features_dropped"] = [j for j, k in enumerate(reduced["kinds"]) if k == UNUSED]
-                metrics["pinball_loss_after_drop"] = float(reduced["row_loss"].mean())
-                metrics["relative_pinball_loss_after_drop"] = float(reduced["row_loss"].mean() / y.mean())
-                # The elimination preferred it to its parent (one-standard-error rule): it replaces it.
-                fam = [reduced if c is chosen else c for c in fam]
+                metrics["pinball_loss_after_drop"] = metrics["pinball_loss"]
+                metrics["relative_pinball_loss_after_drop"] = metrics["relative_pinball_loss"]
+                metrics["pinball_loss_before_drop"] = float(chosen["row_loss"].mean())
+                metrics["relative_pinball_loss_before_drop"] = float(chosen["row_loss"].mean() / y.mean())
+            described[family] = reduced
             self.cv_[family] = metrics
             candidates += fam
         best = _choose(candidates)
+        if described.get(best["family"]) is not best:
+            # Another variant of the family won against every family: the figures are the served one's.
+            metrics = self.cv_[best["family"]]
+            for key in ("scale_features", "scale_alpha", "features_dropped", "pinball_loss_after_drop",
+                        "relative_pinball_loss_after_drop", "pinball_loss_before_drop", "relative_pinball_loss_before_drop"):
+                metrics.pop(key, None)
+            metrics.update(self._describe(best, y))
         for c in candidates:
             c.pop("q", None)
         return best
+
+    @staticmethod
+    def _describe(candidate: dict[str, Any], y: np.ndarray) -> dict[str, Any]:
+        """A candidate's held-out figures and what it is."""
+        metrics = quantile_metrics(y, candidate["q"], EVAL_LEVELS)
+        metrics["heteroscedastic"] = candidate["hetero"]
+        if candidate["hetero"]:
+            # Which features the noise's size depends on, and the scale's ridge penalty.
+            metrics["scale_features"] = [j for j, k in enumerate(candidate["scale"].kinds) if k != UNUSED]
+            metrics["scale_alpha"] = candidate["scale"].alpha
+        metrics["shape"] = candidate["shaped"]
+        metrics["variant"] = candidate["name"]
+        return metrics
 
     def _variants(self, family: str, rank: int, X, y, ylog, fold, w, kinds: Sequence[str],
                   variants: Sequence[tuple[bool, bool]]) -> list[dict[str, Any]]:
