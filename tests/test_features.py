@@ -128,6 +128,15 @@ def test_non_positive_and_missing_targets_are_dropped_by_reason():
     np.testing.assert_array_equal(X[:, 0], [80, 100, 110, 120])
 
 
+def test_a_boolean_target_is_no_runtime():
+    traces = base_traces(12)
+    traces[0]["runtime_ms"] = True  # read as a feature, 1; as a measurement, nothing
+    traces[1]["runtime_ms"] = False
+    schema, X, y, report = prepare(traces)
+    assert report.rows_dropped == {"target is a boolean": 2}
+    assert report.rows_used == 10 and 1.0 not in y.tolist()
+
+
 def test_custom_target_field():
     traces = [{"latency": t.pop("runtime_ms"), **t} for t in base_traces()]
     schema, _, y, _ = prepare(traces, target="latency")

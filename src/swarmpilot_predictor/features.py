@@ -342,8 +342,12 @@ class FeatureSchema:
             y = np.array([math.nan if v is None else float(v) for v in y_strings], dtype=np.float64)
         else:
             y = table.numeric(target)
+        # true/false is no measurement (a feature reads it as 1 or 0; a runtime of 1 ms it is not).
+        booleans = table.columns[target].boolean_rows()
+        y[booleans] = math.nan
+        report.drop_rows("target is a boolean", int(booleans.sum()))
         keep = (y >= MIN_RUNTIME) & (y <= MAX_RUNTIME)
-        report.drop_rows("target missing or not finite", int((~np.isfinite(y)).sum()))
+        report.drop_rows("target missing or not finite", int((~np.isfinite(y)).sum() - booleans.sum()))
         report.drop_rows("target not positive", int((np.isfinite(y) & (y <= 0)).sum()))
         report.drop_rows(f"target outside {RUNTIME_RANGE}", int((np.isfinite(y) & (y > 0) & ~keep).sum()))
 

@@ -206,6 +206,7 @@ class Column:
     numbers: array = field(default_factory=lambda: array("d"))
     codes: array | None = None  # int32 codes into `vocab`; -1 where the value was not a string
     vocab: dict[str, int] = field(default_factory=dict)
+    booleans: array | None = None  # 1 where the value was true or false (a feature reads it as 1 or 0)
 
     def pad(self, n: int) -> None:
         missing = n - len(self.numbers)
@@ -213,8 +214,16 @@ class Column:
             self.numbers.extend([math.nan] * missing)
             if self.codes is not None:
                 self.codes.extend([-1] * missing)
+            if self.booleans is not None:
+                self.booleans.extend([0] * missing)
 
     def append(self, value: Any) -> None:
+        if isinstance(value, bool):
+            if self.booleans is None:
+                self.booleans = array("b", [0] * len(self.numbers))
+            self.booleans.append(1)
+        elif self.booleans is not None:
+            self.booleans.append(0)
         if isinstance(value, (int, float)):  # booleans too
             self.numbers.append(as_number(value))
             if self.codes is not None:
@@ -235,6 +244,12 @@ class Column:
 
     def as_numeric(self) -> np.ndarray:
         return np.frombuffer(self.numbers, dtype=np.float64).copy()
+
+    def boolean_rows(self) -> np.ndarray:
+        """Where the value was a boolean."""
+        if self.booleans is None:
+            return np.zeros(len(self.numbers), dtype=bool)
+        return np.frombuffer(self.booleans, dtype=np.int8).astype(bool)
 
     def as_strings(self) -> np.ndarray:
         """Values as an object array of strings (None where missing)."""
@@ -339,6 +354,8 @@ class TraceTable:
             if col.codes is not None:
                 new.codes = array("i", np.frombuffer(col.codes, dtype=np.int32)[rows].astype(np.int32).tobytes())
                 new.vocab = col.vocab
+            if col.booleans is not None:
+                new.booleans = array("b", np.frombuffer(col.booleans, dtype=np.int8)[rows].tobytes())
             cols[name] = new
         return TraceTable(columns=cols, n_rows=len(rows))
 
