@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import orjson
@@ -25,6 +26,15 @@ runner = CliRunner()
 def wide_console(monkeypatch):
     # Tables wrap at 80 columns by default; a wide console keeps each row on one line.
     monkeypatch.setattr(cli, "console", Console(width=250))
+
+
+@pytest.fixture(autouse=True)
+def own_environment():
+    # `serve` hands its flags to the worker processes through the environment.
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def invoke(*args: str, ok: bool = True):
@@ -225,6 +235,37 @@ def test_a_bad_setting_or_an_unusable_data_directory_is_one_clear_line(tmp_path,
     monkeypatch.setenv("PREDICTOR_PORT", "eighty")
     said = " ".join(invoke("serve", "--data-dir", tmp_path / "data", ok=False).output.split())
     assert "PREDICTOR_PORT: Input should be a valid integer" in said and "(got 'eighty')" in said
+    monkeypatch.delenv("PREDICTOR_PORT")
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    ("PREDICTOR_LOG_LEVEL", "bogus", "must be one of critical, error, warning, info, debug, trace (got 'bogus')"),
+    ("PREDICTOR_CACHE_SIZE", "-5", "Input should be greater than or equal to 0 (got '-5')"),
+    ("PREDICTOR_MAX_UPLOAD_MB", "-1", "Input should be greater than or equal to 0 (got '-1')"),
+    ("PREDICTOR_WORKERS", "0", "Input should be greater than or equal to 1 (got '0')"),
+    ("PREDICTOR_MAX_LOADED_MODELS", "0", "Input should be greater than or equal to 1 (got '0')"),
+    ("PREDICTOR_PORT", "70000", "Input should be less than or equal to 65535 (got '70000')"),
+])
+def test_settings_that_make_no_sense_stop_the_service_with_one_line(tmp_path, monkeypatch, variable, value, message):
+    monkeypatch.setenv(variable, value)
+    said = one_error_line(invoke("serve", "--data-dir", tmp_path / "data", ok=False))
+    assert said == f"error: {variable}: {message}"
+
+
+def test_serve_flags_are_checked_as_the_variables_are(tmp_path):
+    said = one_error_line(invoke("serve", "--data-dir", tmp_path / "data", "--log-level", "loud", ok=False))
+    assert said.startswith("error: PREDICTOR_LOG_LEVEL: must be one of") and "(got 'loud')" in said
+
+
+def test_the_seed_entry_point_says_a_bad_setting_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PREDICTOR_DATA_DIR": str(tmp_path / "data"), "PREDICTOR_CACHE_SIZE": "-1"}
+    done = subprocess.run([sys.executable, "-m", "src.scheduler.predictor_api"], env=env, capture_output=True,
+                          text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: PREDICTOR_CACHE_SIZE: Input should be greater than or equal to 0 (got '-1')"
 
 
 def one_error_line(result) -> str:

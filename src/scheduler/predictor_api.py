@@ -1,12 +1,21 @@
 """The seed's entry points: ``python -m src.scheduler.predictor_api`` and ``uvicorn src.scheduler.predictor_api:app``."""
 
-from swarmpilot_predictor.api import create_app
-from swarmpilot_predictor.settings import PredictorSettings
+import sys
 
-app = create_app(PredictorSettings())
+from pydantic import ValidationError
+
+from swarmpilot_predictor.api import create_app
+from swarmpilot_predictor.settings import PredictorSettings, settings_problem
+
+try:
+    settings = PredictorSettings()
+except ValidationError as exc:  # a bad PREDICTOR_* variable: one line, as `swarmpilot-predictor serve` says it
+    print(f"error: {settings_problem(exc)}", file=sys.stderr)
+    raise SystemExit(1) from None
+
+app = create_app(settings)
 
 if __name__ == "__main__":
     import uvicorn
 
-    settings = PredictorSettings()
-    uvicorn.run(app, host=settings.host, port=settings.port)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)

@@ -20,7 +20,7 @@ from rich.table import Table
 from .errors import PredictorError
 from .identity import IdentityPattern
 from .schemas import check_levels, config_from_text
-from .settings import PredictorSettings
+from .settings import PredictorSettings, settings_problem
 
 app = typer.Typer(help="SwarmPilot Predictor: runtime distributions for ML inference tasks.", no_args_is_help=True)
 console = Console()
@@ -36,12 +36,7 @@ def _settings(data_dir: Optional[Path]) -> PredictorSettings:
     try:
         return PredictorSettings(data_dir=data_dir) if data_dir else PredictorSettings()
     except ValidationError as exc:  # a bad PREDICTOR_* variable
-        _fail("; ".join(f"{_env_name(e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()))
-
-
-def _env_name(loc: tuple) -> str:
-    name = str(loc[0]) if loc else "settings"
-    return "DEFAULT_LOOKUP_TABLE" if name == "default_lookup_table" else "PREDICTOR_" + name.upper()
+        _fail(settings_problem(exc))
 
 
 def _service(data_dir: Optional[Path]):
@@ -110,11 +105,13 @@ def serve(
     """Start the HTTP service."""
     import uvicorn
 
-    # Settings travel through the environment so that every worker process sees them.
-    if data_dir is not None:
-        os.environ["PREDICTOR_DATA_DIR"] = str(data_dir)
-    if default_lookup_table is not None:
-        os.environ["DEFAULT_LOOKUP_TABLE"] = default_lookup_table
+    # Settings travel through the environment so that every worker process sees them, and
+    # flags are checked as the variables are.
+    for name, value in (("PREDICTOR_HOST", host), ("PREDICTOR_PORT", port), ("PREDICTOR_DATA_DIR", data_dir),
+                        ("PREDICTOR_WORKERS", workers), ("DEFAULT_LOOKUP_TABLE", default_lookup_table),
+                        ("PREDICTOR_LOG_LEVEL", log_level)):
+        if value is not None:
+            os.environ[name] = str(value)
     settings = _settings(None)
     try:
         settings.ensure_dirs()
@@ -123,10 +120,10 @@ def serve(
     uvicorn.run(
         "swarmpilot_predictor.api:app_from_env",
         factory=True,
-        host=host or settings.host,
-        port=port or settings.port,
-        workers=workers or settings.workers,
-        log_level=log_level or settings.log_level,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=settings.log_level,
     )
 
 

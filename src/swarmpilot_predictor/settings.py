@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import StorageError
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
 
 
 class PredictorSettings(BaseSettings):
@@ -15,19 +17,19 @@ class PredictorSettings(BaseSettings):
 
     data_dir: Path = Path("./predictor_data")
     host: str = "0.0.0.0"
-    port: int = 8200
-    workers: int = 1
+    port: int = Field(default=8200, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
     # The seed names this variable without our prefix; accept both spellings.
     default_lookup_table: str | None = Field(
         default=None,
         validation_alias=AliasChoices("DEFAULT_LOOKUP_TABLE", "PREDICTOR_DEFAULT_LOOKUP_TABLE"),
     )
-    max_loaded_models: int = 256
-    # Largest request body accepted (JSON or uploaded files), in MB; larger ones get a 413.
-    max_upload_mb: float = 512
+    max_loaded_models: int = Field(default=256, ge=1)
+    # Largest request body accepted (JSON or uploaded files), in MB; larger ones get a 413; 0: no limit.
+    max_upload_mb: float = Field(default=512, ge=0)
     log_level: str = "info"
     # Prediction cache entries (0 turns it off); see the README for when it pays.
-    cache_size: int = 10_000
+    cache_size: int = Field(default=10_000, ge=0)
     # Accuracy monitoring and online retraining. Values that would turn them into
     # nonsense (no window, keeping no observation file) are refused at startup.
     accuracy_window: int = Field(default=1000, ge=1)
@@ -41,6 +43,13 @@ class PredictorSettings(BaseSettings):
     # configured providers). Off by default: even unconfigured, it is consulted on
     # every request; Prometheus metrics are always at /metrics.
     opentelemetry: bool = False
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, v: str) -> str:
+        if v.lower() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return v.lower()
 
     @property
     def models_dir(self) -> Path:
@@ -61,3 +70,13 @@ class PredictorSettings(BaseSettings):
             except OSError as exc:
                 raise StorageError(f"cannot use {self.data_dir} as the data directory: cannot create {d} "
                                    f"({exc.strerror or exc})", field="data_dir") from None
+
+
+def settings_problem(exc: ValidationError) -> str:
+    """One line naming each bad variable, for a service that cannot start."""
+    def name(loc: tuple) -> str:
+        field = str(loc[0]) if loc else "settings"
+        return "DEFAULT_LOOKUP_TABLE" if field == "default_lookup_table" else "PREDICTOR_" + field.upper()
+
+    return "; ".join(f"{name(e['loc'])}: {e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})"
+                     for e in exc.errors())
