@@ -591,7 +591,10 @@ def test_request_bodies_over_the_limit_get_a_413(tmp_path):
             assert streamed.status_code == 413 and streamed.json()["field"] == "body"
             upload = http.post("/train", files={"traces": ("t.jsonl", b"\n".join([orjson.dumps(TRACE)] * 3000))},
                                data={"config": orjson.dumps({"model": IDENTITY}).decode()})
-            failed(upload, 413, "PREDICTOR_MAX_UPLOAD_MB")
+            failed(upload, 413, "PREDICTOR_MAX_UPLOAD_MB", "larger than 0.05 MB")
+            # A lookup table's upload answers in that route's own shape, declared or streamed.
+            table_file = {"trace_file": ("t.jsonl", b"\n".join([orjson.dumps(TRACE)] * 3000))}
+            table_failed(http.post(f"/predict/table/{SEGMENTS}", files=table_file), 413, "body", "larger than 0.05 MB")
             assert http.get("/health").json()["models_registered"] == 1  # the server is fine
 
 

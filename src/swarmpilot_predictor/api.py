@@ -110,9 +110,10 @@ class BodySizeLimitMiddleware:
     body is counted as it arrives and refused when it passes the limit.
     """
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_mb: float):
         self.app = app
-        self.max_bytes = max_bytes
+        self.max_mb = max_mb
+        self.max_bytes = int(max_mb * 2**20)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or self.max_bytes <= 0:
@@ -121,7 +122,11 @@ class BodySizeLimitMiddleware:
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if value.isdigit() and int(value) > self.max_bytes:
-                    await error_response(413, self._message(), "body")(scope, receive, send)
+                    exc = PayloadTooLarge(self._message(), field="body")
+                    if scope["path"].startswith("/predict/table/"):  # that route's own answer shape
+                        await table_failure(exc)(scope, receive, send)
+                    else:
+                        await error_response(413, exc.message, "body")(scope, receive, send)
                     return
                 await self.app(scope, receive, send)
                 return
@@ -138,8 +143,17 @@ class BodySizeLimitMiddleware:
         await self.app(scope, counting_receive, send)
 
     def _message(self) -> str:
-        return (f"request body larger than {self.max_bytes / 2**20:g} MB "
+        return (f"request body larger than {self.max_mb:g} MB "
                 "(PREDICTOR_MAX_UPLOAD_MB); split the traces over several requests")
+
+
+def table_failure(exc: PredictorError) -> JSONResponse:
+    """The seed's answer shape for ``/predict/table``: ``{"status": "failed", "path", "message"}``,
+    with the HTTP status of the error."""
+    body: dict[str, Any] = {"status": "failed", "path": None, "message": exc.message, "detail": exc.message}
+    if exc.field:
+        body["field"] = exc.field
+    return JSONResponse({**body, **exc.extra}, status_code=exc.status_code)
 
 
 def error_response(status: int, message: str, field: str | None = None, **extra: Any) -> JSONResponse:
@@ -224,7 +238,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         lifespan=lifespan,
         telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=int(settings.max_upload_mb * 2**20))
+    app.add_middleware(BodySizeLimitMiddleware, max_mb=settings.max_upload_mb)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     app.add_middleware(EncodedSlashMiddleware)
     app.state.service = service
@@ -427,11 +441,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
                 await form.close()
                 shutil.rmtree(tmpdir, ignore_errors=True)
         except PredictorError as exc:
-            # The seed's answer shape: {"status": "failed", "path", "message"}, with the HTTP status of the error.
-            body: dict[str, Any] = {"status": "failed", "path": None, "message": exc.message, "detail": exc.message}
-            if exc.field:
-                body["field"] = exc.field
-            return JSONResponse({**body, **exc.extra}, status_code=exc.status_code)
+            return table_failure(exc)
         return JSONResponse(result)
 
     @app.get("/tables", tags=["lookup tables"], summary="Lookup tables in the table directory")
