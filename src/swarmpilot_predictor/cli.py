@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .errors import PredictorError
+from .errors import PredictorError, validation_message
 from .identity import IdentityPattern
 from .schemas import check_levels, config_from_text
 from .settings import PredictorSettings, settings_problem
@@ -164,8 +164,8 @@ def train(
         return
     try:
         cfg = TrainConfig.model_validate(raw)
-    except ValidationError as exc:
-        _fail(str(exc))
+    except ValidationError as exc:  # as the API words it
+        _fail(f"{config}: {validation_message(exc, prefix=('config',))[0]}")
     service = _service(data_dir)
     uploads = None
     if isinstance(cfg.traces, str):
