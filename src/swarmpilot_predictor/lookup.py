@@ -1055,7 +1055,7 @@ class LookupTable:
         """Answers rendered like the model's: quantiles (the record's levels, or ``quantiles``), interval, totals."""
         t0 = time.perf_counter()
         res = self.lookup(traces, pattern)
-        levels = [float(q) for q in quantiles] if quantiles else None
+        levels = sorted(map(float, quantiles)) if quantiles else None
         rows_l = res.rows.tolist()
         ok_rows = [r for r in rows_l if r >= 0]
         n_ok = len(ok_rows)

@@ -28,7 +28,8 @@ def check_levels(levels: list[float] | None, field: str) -> list[float] | None:
             raise ValueError(f"{field} must lie strictly between 0 and 1, got {q}")
     if len(levels) > 200:
         raise ValueError(f"{field} may hold at most 200 levels")
-    return [float(q) for q in levels]
+    # Answered in increasing order, so that the quantiles are too (CONTRACT: non-decreasing).
+    return sorted(float(q) for q in levels)
 
 
 class ModelIdentityBody(BaseModel):

@@ -199,7 +199,7 @@ class PredictorService:
     def _predict_with(self, identity: ModelIdentity, loaded: LoadedModel, traces: Sequence[dict[str, Any]],
                       confidence_level: float, quantiles: Sequence[float] | None, with_total: bool,
                       t0: float, cached: bool = True) -> Prediction:
-        levels = list(quantiles) if quantiles else loaded.meta.quantiles
+        levels = sorted(map(float, quantiles)) if quantiles else loaded.meta.quantiles
         cache_key = None
         if cached and self.cache.enabled and len(traces) == 1 and not with_total:
             cache_key = self._cache_key(identity, loaded.meta, traces[0], levels, confidence_level)
@@ -311,7 +311,7 @@ class PredictorService:
                                       time.perf_counter()).split()
         # Cached traces are answered from the cache, the others evaluated together.
         meta = loaded.meta
-        levels = list(quantiles) if quantiles else meta.quantiles
+        levels = sorted(map(float, quantiles)) if quantiles else meta.quantiles
         out: list[Prediction | None] = [None] * len(traces)
         keys = [self._cache_key(identity, meta, t, levels, confidence_level) for t in traces]
         for i, key in enumerate(keys):
