@@ -175,6 +175,13 @@ def test_train_group_by_over_http(http):
     # now 'grouped/*/*/*/*' is ambiguous and names both
     err = failed(http.post("/predict/single/grouped/*/*/*/*", json={"trace": TRACE}), 409, "A100", "H100")
     assert len(err["candidates"]) == 2
+    # A trace that says its hardware picks the model; one that contradicts the URL is refused.
+    single = ok(http.post("/predict/single/grouped/*/*/*/*", json={"trace": {**TRACE, "hardware": "A100"}}))
+    assert single["results"]["model_info"]["hardware"] == "A100"
+    failed(http.post("/predict/single/grouped/grouped-m/H100/sglang/0.4.0", json={"trace": {**TRACE, "hardware": "A100"}}),
+           422, "trace: the trace's hardware 'A100' names another model than grouped/grouped-m/H100/sglang/0.4.0")
+    batch = ok(http.post("/predict/batch/grouped/*/*/*/*", json={"trace": [{**TRACE, "hardware": "H100"}, TRACE]}))
+    assert [r["model_info"]["hardware"] for r in batch["results"]] == ["H100", "H100"]
 
 
 def test_models_listing(http, trained):

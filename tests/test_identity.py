@@ -111,3 +111,21 @@ def test_pattern_matching():
     assert not IdentityPattern(model_type="llm", hardware="A100").matches(ident)
     assert not IdentityPattern(model_name="Qwen").matches(ident)  # no prefix matching
     assert not IdentityPattern(model_type="LLM").matches(ident)  # case-sensitive
+
+
+def test_a_traces_identity_field_names_a_part_as_the_same_string_or_number():
+    from swarmpilot_predictor.identity import names_part
+
+    assert names_part("A100", "A100") and not names_part("a100", "A100")
+    assert names_part(2.4, "2.4") and names_part(2, "2.0") and not names_part("2", "2.0")
+    assert not names_part(2.4, "2.4.1") and not names_part(["A100"], "A100")
+
+
+def test_a_pattern_is_narrowed_by_what_every_trace_stating_a_part_agrees_on():
+    pattern = IdentityPattern.from_segments("llm", "*", "*", "sglang", "*")
+    traces = [{"hardware": "A100", "model_name": "x"}, {"hardware": "A100", "model_name": "y"}, {"x": 1}, "junk"]
+    narrowed = pattern.narrowed_by(traces)
+    assert narrowed.describe() == "llm/*/A100/sglang/*"  # the model names disagree
+    assert IdentityPattern.from_segments("llm", "q", "H100", "s", "1").narrowed_by(traces).hardware == "H100"
+    assert pattern.narrowed_by([{"software_version": 0.5}]).software_version == "0.5"
+    assert pattern.narrowed_by([{"hardware": "*"}, {"hardware": ["A100"]}]) is pattern

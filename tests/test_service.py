@@ -329,6 +329,53 @@ def test_group_by_trains_one_model_per_group(service):
     assert np.all(h100 < 0.7 * a100) and np.all(h100 > 0.35 * a100)
 
 
+# --------------------------------------------------------------------------- identity fields in traces
+
+H100, A100 = IDENTITY, {**IDENTITY, "hardware": "A100"}
+
+
+def test_training_keeps_only_the_traces_that_belong_to_the_model(service):
+    # Half the traces say they ran on an A100, at twice the runtime: they are another model's.
+    own = [{**t, "hardware": H100["hardware"], "software_version": "0.4.0"} for t in make_llm_traces(200, seed=1)]
+    other = [{**t, "hardware": "A100", "runtime_ms": 2 * t["runtime_ms"]} for t in make_llm_traces(150, seed=2)]
+    unstated = make_llm_traces(50, seed=3)
+    result = service.train(config(own + other + unstated))
+    data = result["metrics"]["data"]
+    assert data["rows_total"] == 400 and data["rows_used"] == 250
+    assert data["rows_dropped"] == {"hardware names another model": 150}
+    with pytest.raises(InvalidInput, match="no trace belongs to .*each states another hardware .*group_by"):
+        service.train(config(other))
+
+
+def test_a_traces_identity_fields_fill_the_urls_wildcards_and_must_agree_with_it(service):
+    service.train(config(make_llm_traces(120, seed=4)))
+    service.train(TrainConfig.model_validate({"model": A100, "traces": [{**t, "runtime_ms": 2 * t["runtime_ms"]}
+                                                                       for t in make_llm_traces(120, seed=5)],
+                                              "algorithm": "linear"}))
+    anywhere = IdentityPattern.from_parts({**IDENTITY, "hardware": "*"})
+    with pytest.raises(AmbiguousModel):
+        predict(service, anywhere, PROBE[:1])
+    on_a100 = predict(service, anywhere, [{**PROBE[0], "hardware": "A100"}])
+    assert on_a100.identity.hardware == "A100" and on_a100.ok.all()
+    assert on_a100.quantiles[0, 1] == pytest.approx(predict(service, IdentityPattern.from_parts(A100), PROBE[:1])
+                                                    .quantiles[0, 1])
+    # A batch whose traces agree is narrowed the same way; one that names another model than
+    # the one the URL (or the others) name fails alone.
+    batch = predict(service, anywhere, [{**PROBE[0], "hardware": "A100"}, PROBE[1]], with_total=True)
+    assert batch.identity.hardware == "A100" and batch.ok.tolist() == [True, True]
+    mixed = predict(service, PATTERN, [PROBE[0], {**PROBE[1], "hardware": "A100"}, {**PROBE[1], "model_type": "llm"}])
+    assert mixed.ok.tolist() == [True, False, True]
+    assert mixed.errors[1] == f"the trace's hardware 'A100' names another model than {ModelIdentity(**H100).key}"
+    alone = predict(service, PATTERN, [{**PROBE[0], "hardware": "A100"}])
+    assert alone.ok.tolist() == [False] and "names another model" in alone.errors[0]
+    structured = {"input_feature": [{"param_name": "input_tokens", "val": 500}, {"param_name": "output_tokens", "val": 20},
+                                    {"param_name": "hardware", "val": "A100"}]}
+    assert predict(service, PATTERN, [structured]).ok.tolist() == [False]
+    # Observations of another model are not this one's evidence.
+    seen = service.observe(H100, [{**PROBE[0], "runtime_ms": 90.0}, {**PROBE[0], "hardware": "A100", "runtime_ms": 90.0}])
+    assert seen["accepted"] == 1 and "names another model" in seen["rejected"][0]["message"]
+
+
 def test_group_by_needs_the_keys_and_the_rest_of_the_identity(service):
     base = {"traces": grouped_traces(), "algorithm": "linear"}
     with pytest.raises(InvalidInput, match="neither in group_by nor in model"):

@@ -49,7 +49,7 @@ from .schemas import (
 from .metrics import MetricsMiddleware
 from .service import PredictorService
 from .settings import PredictorSettings
-from .traces import TRACE_FILE_SUFFIXES
+from .traces import TRACE_FILE_SUFFIXES, TraceError, normalize_trace
 
 log = logging.getLogger(__name__)
 IDENTITY_PATH = "{model_type}/{model_name}/{hardware}/{software_name}/{software_version}"
@@ -390,6 +390,10 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
             pred = await run_in_threadpool(service.predict, pattern, [req.trace], req.confidence_level, req.quantiles,
                                            lookup_table=True, lookup_table_name=req.lookup_table_name)
         else:
+            try:  # identity fields in the trace fill the URL's '*' parts
+                pattern = pattern.narrowed_by([normalize_trace(req.trace)])
+            except TraceError:
+                pass  # the prediction says what is wrong with the trace
             pred = await batcher.predict(pattern, req.trace, req.confidence_level, req.quantiles)
         if not pred.ok[0]:
             raise InvalidInput(f"trace: {pred.errors[0]}", field="trace")

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 
 IDENTITY_KEYS = ("model_type", "model_name", "hardware", "software_name", "software_version")
+_IDENTITY_SET = frozenset(IDENTITY_KEYS)
 WILDCARD = "*"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -22,6 +23,47 @@ def identity_part_problem(value: str) -> str | None:
         # Browsers and HTTP clients resolve dot segments in a path: /models/a/../b is /models/b.
         return f"{value!r} is a relative path segment in URLs and cannot name an identity part"
     return None
+
+
+def names_part(value: object, part: str) -> bool:
+    """Whether a trace's identity field ``value`` names the identity part ``part``: the same
+    string, or the same number (a version written 2.4 in a trace, "2.4" in the model)."""
+    if isinstance(value, str):
+        return value == part
+    if isinstance(value, bool):
+        return part.lower() == str(value).lower()
+    if isinstance(value, (int, float)):
+        try:
+            return float(part) == float(value)
+        except (ValueError, OverflowError):
+            return False
+    return False
+
+
+def stated_keys(traces: list) -> frozenset[str]:
+    """The identity keys any of these traces (dicts) states."""
+    if len(traces) == 1:  # a lone prediction's path: no set built
+        t = traces[0]
+        return _IDENTITY_SET.intersection(t) if isinstance(t, dict) and not _IDENTITY_SET.isdisjoint(t) else frozenset()
+    return _IDENTITY_SET.intersection(set().union(*(t for t in traces if isinstance(t, dict))))
+
+
+def identity_conflicts(traces: list, identity: "ModelIdentity") -> list[str | None] | None:
+    """Per trace, why the identity fields it states say it belongs to another model than
+    ``identity`` (None where they do not); None for all when no trace states any."""
+    keys = stated_keys(traces)
+    if not keys:
+        return None
+    out: list[str | None] = [None] * len(traces)
+    for key in IDENTITY_KEYS:
+        if key not in keys:
+            continue
+        part = getattr(identity, key)
+        for i, t in enumerate(traces):
+            v = t.get(key) if isinstance(t, dict) else None
+            if v is not None and out[i] is None and not names_part(v, part):
+                out[i] = f"the trace's {key} {v!r} names another model than {identity.key}"
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,3 +155,22 @@ class IdentityPattern:
 
     def describe(self) -> str:
         return "/".join(v if v is not None else WILDCARD for v in self.as_tuple())
+
+    def narrowed_by(self, traces: list) -> "IdentityPattern":
+        """This pattern with each unspecified part that the traces state filled in: the value
+        every trace stating it agrees on (traces that disagree leave it unspecified)."""
+        keys = stated_keys(traces)
+        parts = dict(zip(IDENTITY_KEYS, self.as_tuple()))
+        changed = False
+        for key in keys:
+            if parts[key] is not None:
+                continue
+            stated = [v for t in traces if isinstance(t, dict) and (v := t.get(key)) is not None]
+            if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in stated):
+                continue  # a list, say: names no model
+            values = {v if isinstance(v, str) else str(v) for v in stated}
+            if len(values) == 1:
+                (text,) = values
+                if identity_part_problem(text) is None:
+                    parts[key], changed = text, True
+        return IdentityPattern(**parts) if changed else self

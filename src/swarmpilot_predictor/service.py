@@ -19,7 +19,7 @@ import numpy as np
 from . import __version__
 from .cache import PredictionCache
 from .errors import InvalidInput, ModelNotFound, PredictorError
-from .identity import IdentityPattern, ModelIdentity
+from .identity import IdentityPattern, ModelIdentity, identity_conflicts, stated_keys
 from .lookup import WRITABLE_FORMATS, LookupTableStore, TablePrediction, generate_table, iter_traces, table_format
 from .metrics import PredictorMetrics
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog
@@ -183,7 +183,7 @@ class PredictorService:
             self.metrics.count_predictions(f"table:{pred.table}", "lookup_table", n_ok, len(pred.errors) - n_ok)
             return pred
         t0 = time.perf_counter()
-        identity, loaded = self._serving(pattern, version)
+        identity, loaded = self._serving(pattern.narrowed_by(traces), version)
         return self._predict_with(identity, loaded, traces, confidence_level, quantiles, with_total, t0)
 
     def _serving(self, pattern: IdentityPattern, version: int | None = None) -> tuple[ModelIdentity, LoadedModel]:
@@ -201,7 +201,10 @@ class PredictorService:
                       t0: float, cached: bool = True) -> Prediction:
         levels = sorted(map(float, quantiles)) if quantiles else loaded.meta.quantiles
         cache_key = None
-        if cached and self.cache.enabled and len(traces) == 1 and not with_total:
+        lone = len(traces) == 1 and not with_total
+        if lone and stated_keys(traces):  # a trace that names another model: its error comes from the batch path
+            lone = identity_conflicts(list(traces), identity)[0] is None
+        if cached and self.cache.enabled and lone:
             cache_key = self._cache_key(identity, loaded.meta, traces[0], levels, confidence_level)
             if cache_key is not None:
                 hit = self.cache.get(cache_key)
@@ -210,13 +213,16 @@ class PredictorService:
                     self._count(identity, 1, 0)
                     return hit.timed(time.perf_counter() - t0)
                 self.metrics.cache_misses.inc()
-        if len(traces) == 1 and not with_total:
+        if lone:
             prediction = self._predict_one(identity, loaded, traces[0], levels, confidence_level, t0)
             if prediction is not None:
                 if cache_key is not None:
                     self.cache.put(cache_key, prediction)
                 return prediction
         flat, pre_errors = normalize_traces(traces)
+        conflicts = identity_conflicts(flat, identity)  # a trace whose identity fields name another model
+        if conflicts is not None:
+            pre_errors = [p or c for p, c in zip(pre_errors, conflicts)]
         X, errors = loaded.meta.features.matrix(flat)
         errors = [p or e for p, e in zip(pre_errors, errors)]
         ok = np.array([e is None for e in errors], dtype=bool)
@@ -267,6 +273,8 @@ class PredictorService:
             flat = normalize_trace(trace)
         except TraceError:
             return None
+        if flat is not trace and stated_keys([flat]) and identity_conflicts([flat], identity)[0] is not None:
+            return None  # identity fields inside a structured trace's input_feature
         x, error = loaded.meta.features.row(flat)
         if error is not None:
             return None
@@ -313,7 +321,9 @@ class PredictorService:
         meta = loaded.meta
         levels = sorted(map(float, quantiles)) if quantiles else meta.quantiles
         out: list[Prediction | None] = [None] * len(traces)
-        keys = [self._cache_key(identity, meta, t, levels, confidence_level) for t in traces]
+        # A trace stating identity fields is checked against the model on the way: never from the cache.
+        keys = [None if stated_keys([t]) else self._cache_key(identity, meta, t, levels, confidence_level)
+                for t in traces]
         for i, key in enumerate(keys):
             hit = self.cache.get(key) if key is not None else None
             if hit is not None:
@@ -484,6 +494,9 @@ class PredictorService:
         loaded = self.registry.load(identity)
         target = loaded.meta.target
         flat, errors = normalize_traces(traces)
+        conflicts = identity_conflicts(flat, identity)  # observed on another model: not this one's evidence
+        if conflicts is not None:
+            errors = [e or c for e, c in zip(errors, conflicts)]
         X, feat_errors = loaded.meta.features.matrix(flat)
         y = np.full(len(flat), np.nan)
         for i, t in enumerate(flat):

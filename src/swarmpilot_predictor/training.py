@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import sys
 import logging
+import math
+import sys
 import multiprocessing
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -102,7 +103,8 @@ class Trainer:
         groups = self._split_groups(table, config)
         trained = []
         for identity, part in groups:
-            meta = self._train_one(identity, part, config)
+            part, foreign = self._own_rows(identity, part, config.group_by or ())
+            meta = self._train_one(identity, part, config, foreign)
             trained.append(meta)
         duration = time.perf_counter() - t0
         first = trained[0]
@@ -152,12 +154,48 @@ class Trainer:
             raise InvalidInput("no trace carries every group_by key", field="group_by")
         return groups
 
-    def _train_one(self, identity: ModelIdentity, table: TraceTable, config: TrainConfig) -> ModelVersion:
+    @staticmethod
+    def _own_rows(identity: ModelIdentity, table: TraceTable,
+                  group_by: Sequence[str]) -> tuple[TraceTable, dict[str, int]]:
+        """The rows that belong to ``identity``, and how many state another value of each identity key.
+
+        A trace's identity fields say which model it belongs to: one naming other hardware
+        (say) is another model's, whatever the config's ``model`` says.
+        """
+        own = np.ones(len(table), dtype=bool)
+        foreign: dict[str, int] = {}
+        for key in IDENTITY_KEYS:
+            if key in group_by or key not in table.columns:
+                continue
+            part = getattr(identity, key)
+            text = table.strings(key)  # numbers written out, None where not stated
+            number = table.numeric(key)  # NaN where not a number
+            try:
+                part_number = float(part)
+            except ValueError:
+                part_number = math.nan
+            # A number names the part if it is the same number (a version 2.4 in a trace, "2.4" in the model).
+            same = np.where(np.isfinite(number), number == part_number, text == part)
+            off = np.not_equal(text, None) & ~same
+            if off.any():
+                foreign[key] = int((off & own).sum())
+                own &= ~off
+        if not own.any():
+            key = next(iter(foreign))
+            raise InvalidInput(f"no trace belongs to {identity.key}: each states another {key} "
+                               f"(use group_by to train one model per {key})", field="traces")
+        return (table if own.all() else table.take(np.flatnonzero(own))), foreign
+
+    def _train_one(self, identity: ModelIdentity, table: TraceTable, config: TrainConfig,
+                   foreign: dict[str, int] | None = None) -> ModelVersion:
         try:
             schema, X, y, report = FeatureSchema.prepare_training(table, config.target, config.features,
                                                                   first_of_shape=config.first_of_shape)
         except TraceError as exc:
             raise InvalidInput(f"{identity.key}: {exc}", field="traces") from None
+        for key, n in (foreign or {}).items():
+            report.rows_total += n
+            report.drop_rows(f"{key} names another model", n)
         if len(y) < 2:
             raise InvalidInput(
                 f"{identity.key}: only {len(y)} usable trace(s) with a '{config.target}' in {RUNTIME_RANGE}; "
