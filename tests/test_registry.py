@@ -183,6 +183,29 @@ def test_version_numbers_are_never_given_twice(root):
     assert reg.save(*fit()[:2]).version == 4  # not even after every version was deleted
 
 
+def test_a_writer_whose_scan_is_old_does_not_overwrite_a_stored_version(root, monkeypatch):
+    # Two writers scan for the next number; one stores version 1 and lets go of its lock
+    # before the other (paused since its scan, say at the training worker's idle priority)
+    # takes that lock. The second must not write over version 1.
+    import swarmpilot_predictor.registry as registry_module
+
+    reg = ModelRegistry(root)
+    first = reg.save(*fit()[:2])
+    scans = []
+    real_scandir = registry_module.os.scandir
+
+    def old_scan(path):
+        scans.append(path)
+        return iter(()) if len(scans) == 1 else real_scandir(path)  # the first scan predates version 1
+
+    monkeypatch.setattr(registry_module.os, "scandir", old_scan)
+    meta2, model2, _ = fit(seed=1)
+    assert reg.save(meta2, model2).version == 2
+    monkeypatch.undo()
+    assert json.loads((root / IDENT.dirname / "v0001.meta.json").read_text())["data_hash"] == first.data_hash
+    assert not list((root / IDENT.dirname).glob("*.lock"))
+
+
 def test_stray_files_and_corrupted_metadata_do_not_break_start_up(root):
     reg = ModelRegistry(root)
     meta, model, X = fit()

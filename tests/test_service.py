@@ -643,3 +643,13 @@ def test_observations_may_carry_integers_beyond_64_bits(service):
     assert answer["accepted"] == 1
     (stored,) = [r for r in service.monitor.log.read(ModelIdentity.from_parts(IDENTITY))]
     assert stored["trace"]["note"] == float(2**70) and stored["trace"]["input_tokens"] == float(2**64 + 7)
+
+
+def test_health_counts_what_other_workers_trained(tmp_path):
+    a = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    b = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    assert b.health()["models_registered"] == 0
+    a.train(config(make_llm_traces(60)))
+    assert b.health()["models_registered"] == 1
+    a.close()
+    b.close()

@@ -45,9 +45,28 @@ def test_jobs_train_in_another_process_and_report(tmp_path):
             bad.result(timeout=60)
         assert err.value.status_code == 422 and "model" in err.value.message
         assert jobs.get(bad_id)["status"] == "failed"
+        # Another worker process (with its own TrainingJobs on the data directory) answers too.
+        other = TrainingJobs(tmp_path)
+        assert other.get(job_id) == {**record, "status": "succeeded"}
+        assert other.get(bad_id)["status"] == "failed" and other.get(bad_id)["error"]["status_code"] == 422
     finally:
         jobs.shutdown()
     assert jobs._pool is None
+
+
+def test_a_job_record_of_a_process_that_stopped_reads_failed(tmp_path):
+    import json
+
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "0123456789abcdef.json").write_text(json.dumps(
+        {"job_id": "0123456789abcdef", "status": "running", "submitted_at": 1.0, "worker_pid": 2**22 + 12345}))
+    record = TrainingJobs(tmp_path).get("0123456789abcdef")
+    assert record["status"] == "failed" and record["error"]["status_code"] == 503
+    assert "worker_pid" not in record
+    for bad in ("../jobs/0123456789abcdef", "0123456789ABCDEF", "x" * 16):  # ids name files: only hex ids do
+        with pytest.raises(PredictorError) as err:
+            TrainingJobs(tmp_path).get(bad)
+        assert err.value.status_code == 404
 
 
 def test_a_config_json_cannot_carry_is_refused_at_submission(tmp_path):

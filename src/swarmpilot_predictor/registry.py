@@ -389,11 +389,20 @@ class ModelRegistry:
         taken = [int(m.group(1)) for e in os.scandir(model_dir) if (m := re.match(r"^v(\d{4,})\.", e.name))]
         version = max(taken, default=0) + 1
         while True:
+            lock = model_dir / f"v{version:04d}.lock"
             try:
-                os.close(os.open(model_dir / f"v{version:04d}.lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-                return version
+                os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             except FileExistsError:
                 version += 1
+                continue
+            # The scan above may be old: another writer may have stored this number (and let go
+            # of its lock) since. Its files say so; writing on would overwrite its version.
+            prefix = f"v{version:04d}."
+            if any(e.name.startswith(prefix) and e.name != lock.name for e in os.scandir(model_dir)):
+                lock.unlink(missing_ok=True)
+                version += 1
+                continue
+            return version
 
     def training_data(self, identity: ModelIdentity, version: int) -> tuple[np.ndarray, np.ndarray] | None:
         """The encoded training rows of a version, if they were stored and are readable (no pickle allowed)."""

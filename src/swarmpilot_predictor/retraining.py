@@ -174,7 +174,7 @@ class DecisionLog:
                         view = view[os.write(fd, view):]
                     content = os.pread(fd, size + len(data), 0)
                     if content.count(b"\n") >= 2 * self.keep:
-                        atomic_write_bytes(path, b"".join(line + b"\n" for line in content.splitlines()[-self.keep:]))
+                        atomic_write_bytes(path, b"".join(kept + b"\n" for kept in content.splitlines()[-self.keep:]))
                     return
                 finally:
                     os.close(fd)

@@ -410,6 +410,7 @@ class PredictorService:
     # ------------------------------------------------------------------ discovery
 
     def health(self) -> dict[str, Any]:
+        self.registry.maybe_refresh()  # what other workers trained or deleted counts too
         identities = self.registry.identities()
         return {
             "status": "healthy",

@@ -11,9 +11,10 @@ import gc
 import hashlib
 import logging
 import math
-import sys
 import multiprocessing
 import os
+import re
+import sys
 import threading
 import time
 import uuid
@@ -24,14 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
+from .atomic import atomic_write_bytes
 from .errors import InvalidInput, NotFound, PredictorError, validation_message
 from .features import FeatureSchema
 from .identity import IDENTITY_KEYS, ModelIdentity, identity_part_problem
 from .modeling import QuantileModel, check_params
 from .registry import ModelRegistry, ModelVersion
 from .schemas import TrainConfig
-from .traces import RUNTIME_RANGE, TRACE_FILE_SUFFIXES, TraceError, TraceTable
+from .traces import RUNTIME_RANGE, TRACE_FILE_SUFFIXES, TraceError, TraceTable, dumps_json
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[int], None]
@@ -305,7 +308,6 @@ def _train_job(data_dir: str, config: dict[str, Any] | None, raw_body: bytes | N
 
 
 def _parse_train_request(raw: bytes) -> TrainConfig:
-    import orjson
     from pydantic import ValidationError
 
     from .schemas import TrainRequest
@@ -319,6 +321,21 @@ def _parse_train_request(raw: bytes) -> TrainConfig:
     except ValidationError as exc:
         msg, field = validation_message(exc)
         raise InvalidInput(msg, field=field) from None
+
+
+_JOB_ID = re.compile(r"[0-9a-f]{16}")
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # there, but another user's
+        return True
+    return True
 
 
 class TrainingJobs:
@@ -337,6 +354,8 @@ class TrainingJobs:
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
         self.jobs: dict[str, dict[str, Any]] = {}
+        # Each record is also written to this folder, so that any worker process can answer for it.
+        self.records_dir = self.data_dir / "jobs"
         # Unfinished jobs in submission order: the one worker runs them one at a time, in
         # this order, so the first is running and the others are queued.
         self._pending: list[str] = []
@@ -371,6 +390,7 @@ class TrainingJobs:
             for old in list(self.jobs)[: max(0, len(self.jobs) - self.keep)]:
                 if self.jobs[old]["status"] in ("succeeded", "failed"):
                     del self.jobs[old]
+        self._prune_records()
         done: Future = Future()
         args = (_train_job, str(self.data_dir), payload, raw, {k: str(v) for k, v in (uploads or {}).items()})
         try:
@@ -382,6 +402,7 @@ class TrainingJobs:
             self._pending.append(job_id)
             if self._pending[0] == job_id:
                 record.update(status="running", started_at=time.time())
+            self._store(record)
 
         def finish(f: Future) -> None:
             # Runs on the pool's manager thread: whatever happens, the job must end here.
@@ -391,6 +412,7 @@ class TrainingJobs:
                 nxt = self.jobs.get(self._pending[0]) if self._pending else None
                 if nxt is not None and nxt["status"] == "queued":
                     nxt.update(status="running", started_at=time.time())
+                    self._store(nxt)
             try:
                 out = f.result()
             except BrokenProcessPool:
@@ -414,12 +436,14 @@ class TrainingJobs:
                     except Exception:  # noqa: BLE001 - the version is stored; the caller still gets its answer
                         log.exception("training job %s: indexing the new version failed", job_id)
                 record.update(status="succeeded", result=result)
+                self._store(record)
                 done.set_result(result)
             else:
                 err = out["error"]
                 if self.on_failure is not None:
                     self.on_failure(err)
                 record.update(status="failed", error=err)
+                self._store(record)
                 exc = PredictorError(err["message"], err.get("field"))
                 exc.status_code = err["status_code"]
                 done.set_exception(exc)
@@ -428,11 +452,46 @@ class TrainingJobs:
         return job_id, done
 
     def get(self, job_id: str) -> dict[str, Any]:
+        """A job's record, whichever worker process took the job."""
         with self._lock:
             record = self.jobs.get(job_id)
-        if record is None:
+        if record is not None:
+            return dict(record)
+        stored = self._stored(job_id)
+        if stored is None:
             raise NotFound(f"no training job {job_id!r}")
-        return dict(record)
+        return stored
+
+    def _store(self, record: dict[str, Any]) -> None:
+        try:
+            self.records_dir.mkdir(exist_ok=True)
+            atomic_write_bytes(self.records_dir / f"{record['job_id']}.json",
+                               dumps_json({**record, "worker_pid": os.getpid()}, orjson.OPT_SERIALIZE_NUMPY))
+        except OSError as exc:  # a full disk: this worker still answers for the job
+            log.warning("cannot store training job %s's record: %s", record["job_id"], exc)
+
+    def _stored(self, job_id: str) -> dict[str, Any] | None:
+        if not _JOB_ID.fullmatch(job_id):  # the id names a file: nothing else reaches the file system
+            return None
+        try:
+            record = orjson.loads((self.records_dir / f"{job_id}.json").read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return None
+        if not isinstance(record, dict):
+            return None
+        pid = record.pop("worker_pid", None)
+        if record.get("status") in ("queued", "running") and not _alive(pid):
+            record.update(status="failed", error={
+                "status_code": 503, "message": "the service process that held this job stopped before it finished"})
+        return record
+
+    def _prune_records(self) -> None:
+        try:
+            files = sorted(self.records_dir.glob("*.json"), key=lambda p: p.stat().st_mtime)
+        except OSError:
+            return
+        for old in files[: max(0, len(files) - self.keep)]:
+            old.unlink(missing_ok=True)
 
     def _reset(self) -> None:
         self.shutdown()
