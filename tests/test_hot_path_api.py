@@ -77,6 +77,30 @@ def test_two_workers_share_the_data_directory(tmp_path):
                 with PredictorClient(srv.url) as fresh:
                     versions.add(fresh.predict_single(IDENTITY, {"input_tokens": 5, "output_tokens": 5}).results.model_version)
             assert versions == {2}
+            # A background job's record, and /health, are the same from either worker.
+            job = client.train_background({"model": {**IDENTITY, "hardware": "A100"}, "traces": make_llm_traces(80),
+                                           "algorithm": "linear"})
+            assert client.wait_for_job(job["job_id"], timeout=120).version == 1
+            for _ in range(8):
+                with PredictorClient(srv.url) as fresh:
+                    assert fresh.train_job(job["job_id"])["status"] == "succeeded"
+                    assert fresh.health().models_registered == 2
+        # The supervisor killed outright: its workers stop too, and leave the port free.
+        import signal
+        import socket
+
+        srv.process.send_signal(signal.SIGKILL)
+        port = int(srv.url.rsplit(":", 1)[1])
+        deadline = time.monotonic() + 20
+        while True:
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind(("127.0.0.1", port))
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, "the workers outlived their supervisor"
+            time.sleep(0.2)
 
 
 def test_concurrent_single_predictions_are_batched_but_answered_as_if_alone(tmp_path):

@@ -144,6 +144,26 @@ def test_a_job_whose_worker_dies_fails_and_the_next_one_runs(tmp_path):
         jobs.shutdown()
 
 
+def test_a_stop_signal_to_the_process_group_lets_the_training_finish(tmp_path):
+    # systemd's stop and Ctrl-C signal the whole group: the server decides when the worker
+    # stops; a worker that died at once answered the training in flight "out of memory?".
+    import os
+    import signal
+    import time
+
+    jobs = TrainingJobs(tmp_path)
+    try:
+        jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(60), algorithm="linear"))[1].result(timeout=120)
+        (worker,) = list(jobs._pool._processes)
+        _, slow = jobs.submit(TrainConfig(model={**IDENTITY, "hardware": "A100"}, traces=make_llm_traces(3000)))
+        time.sleep(0.3)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            os.kill(worker, sig)
+        assert slow.result(timeout=300)["identity"]["hardware"] == "A100"
+    finally:
+        jobs.shutdown()  # which does stop it
+
+
 def test_unknown_job_is_404(tmp_path):
     with pytest.raises(PredictorError) as err:
         TrainingJobs(tmp_path).get("nope")

@@ -10,8 +10,12 @@ import asyncio
 import functools
 import gc
 import logging
+import os
 import shutil
+import signal
 import tempfile
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -677,6 +681,26 @@ def _parse_config(text: str) -> TrainConfig:
         raise InvalidInput(msg, field=field) from None
 
 
+SUPERVISOR_ENV = "SWARMPILOT_PREDICTOR_SUPERVISOR"
+
+
 def app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` and multi-worker serving: settings from the environment."""
+    _stop_with_supervisor()
     return create_app(PredictorSettings())
+
+
+def _stop_with_supervisor() -> None:
+    """In a worker process of ``swarmpilot-predictor serve --workers N``: stop (gracefully) if
+    the supervising process dies, killed with SIGKILL say; otherwise the workers would go on
+    serving the port, and a new service could not bind it."""
+    supervisor = os.environ.get(SUPERVISOR_ENV)
+    if not supervisor or str(os.getppid()) != supervisor:
+        return  # not a worker of ours (a single process has no supervisor to outlive)
+
+    def watch() -> None:
+        while str(os.getppid()) == supervisor:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="supervisor-watch").start()

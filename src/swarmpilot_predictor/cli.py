@@ -117,6 +117,10 @@ def serve(
         settings.ensure_dirs()
     except PredictorError as exc:
         _fail(exc.message)
+    if settings.workers > 1:
+        from .api import SUPERVISOR_ENV
+
+        os.environ[SUPERVISOR_ENV] = str(os.getpid())  # its workers stop if it dies
     uvicorn.run(
         "swarmpilot_predictor.api:app_from_env",
         factory=True,
@@ -124,6 +128,9 @@ def serve(
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level,
+        # A worker first imports the service (seconds on a loaded machine): uvicorn's 5 s
+        # start-up health check killed workers before they could answer it.
+        timeout_worker_healthcheck=60,
     )
 
 

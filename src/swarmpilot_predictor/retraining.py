@@ -216,15 +216,20 @@ class DecisionLog:
         self._last.pop(identity, None)
 
     @contextmanager
-    def exclusive(self, identity: ModelIdentity) -> Iterator[None]:
-        """Held while a process retrains the model: one at a time, across worker processes."""
+    def exclusive(self, identity: ModelIdentity, wait: bool = True) -> Iterator[bool]:
+        """Held while a process retrains the model: one at a time, across worker processes.
+        Without ``wait``, it yields False at once if another holds it."""
         path = self._path(identity, self.LOCK)
         with writing(f"the retraining lock of {identity.key}"):
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
         finally:
             os.close(fd)
 
@@ -304,36 +309,52 @@ class Retrainer:
     def retrain(self, identity: ModelIdentity, reason: str = "requested") -> dict[str, Any]:
         """Retrain ``identity``'s serving version, one retraining of a model at a time.
 
-        A retraining that waited for another one of the same model (or that finds a newer
-        version stored meanwhile, by another worker say) has nothing left to do: the
-        version it was asked about no longer serves.
+        Asked while another retraining of the model is under way (in any worker process),
+        it answers ``skipped`` at once, as it does when a newer version was stored since it
+        was asked (by another worker, say): the version it was asked about no longer serves.
         """
         asked = self.registry.latest(identity).version
         with self._lock:
             model_lock = self._model_locks.setdefault(identity, threading.Lock())
-        with model_lock, self.decisions.exclusive(identity):
-            self.registry.maybe_refresh()
-            serving = self.registry.latest(identity).version
-            decision: dict[str, Any] = {"model_key": identity.key, "reason": reason, "from_version": serving,
-                                        "at": time.time()}
-            if serving != asked:
-                decision.update(from_version=asked, status="skipped",
-                                message=f"version {serving} was stored meanwhile and serves now")
-                return self._done(identity, decision)
-            seen = self.monitor.report(identity, serving)
-            try:
-                self._retrain(identity, decision)
-            except BaseException as exc:
-                decision["status"] = "failed"
-                decision.setdefault("message", exc.message if isinstance(exc, PredictorError) else repr(exc))
-                raise
-            finally:
-                if decision.get("status") != "retrained":
-                    # The version still serves: the next automatic try waits for enough new evidence.
-                    n, drifted = int(seen["observations"]), bool(seen.get("drifted"))
-                    decision["next_try"] = {"observations": n + self.backoff_step(n, drifted), "drifted_then": drifted}
-                self._done(identity, decision)
+        decision: dict[str, Any] = {"model_key": identity.key, "reason": reason, "from_version": asked, "at": time.time()}
+        # A retraining already under way answers the ones asked meanwhile: they do not wait for
+        # it (each waiting request held one of the server's threads, and /observe waited behind them).
+        if not model_lock.acquire(blocking=False):
+            decision.update(status="skipped", message="a retraining of this model is under way")
             return decision
+        try:
+            with self.decisions.exclusive(identity, wait=False) as mine:
+                if not mine:
+                    decision.update(status="skipped", message="a retraining of this model is under way in another "
+                                                              "worker process")
+                    return decision
+                return self._retrain_serving(identity, asked, decision)
+        finally:
+            model_lock.release()
+
+    def _retrain_serving(self, identity: ModelIdentity, asked: int, decision: dict[str, Any]) -> dict[str, Any]:
+        """``retrain``, with this process's and the file's lock held."""
+        self.registry.maybe_refresh()
+        serving = self.registry.latest(identity).version
+        decision["from_version"] = serving
+        if serving != asked:
+            decision.update(from_version=asked, status="skipped",
+                            message=f"version {serving} was stored meanwhile and serves now")
+            return self._done(identity, decision)
+        seen = self.monitor.report(identity, serving)
+        try:
+            self._retrain(identity, decision)
+        except BaseException as exc:
+            decision["status"] = "failed"
+            decision.setdefault("message", exc.message if isinstance(exc, PredictorError) else repr(exc))
+            raise
+        finally:
+            if decision.get("status") != "retrained":
+                # The version still serves: the next automatic try waits for enough new evidence.
+                n, drifted = int(seen["observations"]), bool(seen.get("drifted"))
+                decision["next_try"] = {"observations": n + self.backoff_step(n, drifted), "drifted_then": drifted}
+            self._done(identity, decision)
+        return decision
 
     def _retrain(self, identity: ModelIdentity, decision: dict[str, Any]) -> None:
         """Fill ``decision`` in: kept, skipped or retrained (the new version stored)."""
@@ -448,6 +469,9 @@ class Retrainer:
             log.error("retraining %s failed: %s", identity.key, decision["message"])
         else:
             log.info("retraining %s: %s", identity.key, decision["status"])
+        self.registry.maybe_refresh()
+        if not self.registry.versions(identity):
+            return decision  # the model was deleted meanwhile, its decisions with it
         try:  # a background retraining answers no one: its decisions are how it is seen
             self.decisions.append(identity, decision)
         except PredictorError as exc:

@@ -14,6 +14,7 @@ import math
 import multiprocessing
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -261,6 +262,11 @@ def _lightgbm_errors() -> tuple[type[Exception], ...]:
 
 
 def _init_worker() -> None:
+    # A stop signal sent to the whole process group (systemd's stop, Ctrl-C) is the server's
+    # to act on: it lets the request in flight finish its training, then stops this worker
+    # (TrainingJobs.shutdown). Dying here at once answered that request 500, "out of memory?".
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     # Predictions first: SCHED_IDLE runs the worker only on otherwise idle CPU time and
     # lets a waking server preempt it at once; nice 19 where that policy is missing.
     try:
@@ -506,12 +512,9 @@ class TrainingJobs:
         manager = getattr(pool, "_executor_manager_thread", None)
         pool.shutdown(wait=False, cancel_futures=True)
         for proc in processes:
-            proc.terminate()
+            proc.kill()  # it ignores SIGTERM (see _init_worker)
         for proc in processes:
             proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(timeout=5)
         # With its worker gone the pool's manager thread ends at once; then its queues are
         # collected here. uvicorn ends by re-raising SIGTERM, so no exit handler would ever
         # release their semaphores, which the resource tracker then reported as leaked.
