@@ -800,3 +800,19 @@ def test_table_form_errors_keep_the_tables_answer_format(http, trained):
     body = failed(http.post("/train", content=_multipart([("config", None, b"{}")]),
                             headers={"content-type": "multipart/form-data"}), 400, "boundary")
     assert body["field"] == "body"
+
+
+def test_upload_folders_left_by_a_killed_server_are_removed_at_start(tmp_path):
+    import os
+    import time
+
+    data = tmp_path / "data"
+    old, fresh = data / "upload-left-behind", data / "upload-in-flight"
+    for folder in (old, fresh):
+        folder.mkdir(parents=True)
+        (folder / "traces.jsonl").write_text("{}\n")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    with run_server(data):
+        assert not old.exists()
+        assert fresh.exists()  # another worker's request may still be reading it

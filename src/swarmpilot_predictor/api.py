@@ -228,6 +228,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        _remove_stale_uploads(settings.data_dir)
         # Everything allocated at start-up lives as long as the process: keep the
         # garbage collector from walking it again and again (p99 of big batches).
         gc.collect()
@@ -524,6 +525,22 @@ async def _read_form(request: Request, files_field: str, **limits: int) -> FormD
         if "Too many files" in reason:
             raise PredictorError(message, field=files_field) from None
         raise PredictorError(message, field="body") from None
+
+
+# An upload folder this old belongs to no request in flight: a process that received it
+# was killed (a request removes its own folder, even when it fails).
+STALE_UPLOAD_SECONDS = 3600
+
+
+def _remove_stale_uploads(data_dir: Path) -> None:
+    cutoff = time.time() - STALE_UPLOAD_SECONDS
+    try:
+        folders = [p for p in Path(data_dir).glob("upload-*") if p.is_dir() and p.stat().st_mtime < cutoff]
+    except OSError:
+        return
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+        log.info("removed %s, left by a service process that was killed", folder)
 
 
 def _upload_dir(data_dir: Path) -> Path:
