@@ -602,6 +602,16 @@ def test_request_bodies_over_the_limit_get_a_413(tmp_path):
             # A lookup table's upload answers in that route's own shape, declared or streamed.
             table_file = {"trace_file": ("t.jsonl", b"\n".join([orjson.dumps(TRACE)] * 3000))}
             table_failed(http.post(f"/predict/table/{SEGMENTS}", files=table_file), 413, "body", "larger than 0.05 MB")
+            form = httpx.Request("POST", "/", files=table_file)
+            form.read()
+
+            def form_chunks():
+                for i in range(0, len(form.content), 8192):
+                    yield form.content[i:i + 8192]
+
+            streamed_table = http.post(f"/predict/table/{SEGMENTS}", content=form_chunks(),
+                                       headers={"content-type": form.headers["content-type"]})
+            table_failed(streamed_table, 413, "body", "larger than 0.05 MB")
             assert http.get("/health").json()["models_registered"] == 1  # the server is fine
 
 
@@ -811,8 +821,8 @@ def test_upload_folders_left_by_a_killed_server_are_removed_at_start(tmp_path):
     for folder in (old, fresh):
         folder.mkdir(parents=True)
         (folder / "traces.jsonl").write_text("{}\n")
-    two_hours_ago = time.time() - 7200
-    os.utime(old, (two_hours_ago, two_hours_ago))
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(old, (two_days_ago, two_days_ago))
     with run_server(data):
         assert not old.exists()
         assert fresh.exists()  # another worker's request may still be reading it

@@ -245,6 +245,8 @@ def test_a_bad_setting_or_an_unusable_data_directory_is_one_clear_line(tmp_path,
     ("PREDICTOR_WORKERS", "0", "Input should be greater than or equal to 1 (got '0')"),
     ("PREDICTOR_MAX_LOADED_MODELS", "0", "Input should be greater than or equal to 1 (got '0')"),
     ("PREDICTOR_PORT", "70000", "Input should be less than or equal to 65535 (got '70000')"),
+    ("PREDICTOR_MAX_UPLOAD_MB", "inf", "Input should be a finite number (got 'inf')"),
+    ("PREDICTOR_OBSERVATIONS_MAX_FILE_MB", "inf", "Input should be a finite number (got 'inf')"),
 ])
 def test_settings_that_make_no_sense_stop_the_service_with_one_line(tmp_path, monkeypatch, variable, value, message):
     monkeypatch.setenv(variable, value)

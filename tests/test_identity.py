@@ -119,13 +119,23 @@ def test_a_traces_identity_field_names_a_part_as_the_same_string_or_number():
     assert names_part("A100", "A100") and not names_part("a100", "A100")
     assert names_part(2.4, "2.4") and names_part(2, "2.0") and not names_part("2", "2.0")
     assert not names_part(2.4, "2.4.1") and not names_part(["A100"], "A100")
+    assert names_part(True, "true") and names_part(True, "1") and names_part(False, "0") and not names_part(True, "0")
 
 
-def test_a_pattern_is_narrowed_by_what_every_trace_stating_a_part_agrees_on():
+def test_only_scalars_in_a_trace_name_a_model():
+    from swarmpilot_predictor.identity import ModelIdentity, identity_conflicts
+
+    model = ModelIdentity("llm", "m", "A100", "vllm", "2.0")
+    traces = [{"hardware": ["B200"]}, {"hardware": {"x": 1}}, {"hardware": "B200"}, {"software_version": 2}, {}]
+    assert identity_conflicts(traces, model) == [None, None, "the trace's hardware 'B200' names another model than "
+                                                 "llm/m/A100/vllm/2.0", None, None]
+
+
+def test_a_pattern_takes_the_parts_every_trace_stating_them_agrees_on():
     pattern = IdentityPattern.from_segments("llm", "*", "*", "sglang", "*")
     traces = [{"hardware": "A100", "model_name": "x"}, {"hardware": "A100", "model_name": "y"}, {"x": 1}, "junk"]
-    narrowed = pattern.narrowed_by(traces)
-    assert narrowed.describe() == "llm/*/A100/sglang/*"  # the model names disagree
-    assert IdentityPattern.from_segments("llm", "q", "H100", "s", "1").narrowed_by(traces).hardware == "H100"
-    assert pattern.narrowed_by([{"software_version": 0.5}]).software_version == "0.5"
-    assert pattern.narrowed_by([{"hardware": "*"}, {"hardware": ["A100"]}]) is pattern
+    assert pattern.stated_by(traces) == {"hardware": "A100"}  # the model names disagree
+    assert IdentityPattern.from_segments("llm", "q", "H100", "s", "1").stated_by(traces) == {}  # nothing left open
+    assert pattern.stated_by([{"software_version": 2}, {"software_version": 2.0}]) == {"software_version": 2}
+    assert pattern.stated_by([{"software_version": 2}, {"software_version": "2"}]) == {}
+    assert pattern.stated_by([{"hardware": ["A100"]}, {"hardware": True}]) == {}

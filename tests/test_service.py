@@ -371,9 +371,38 @@ def test_a_traces_identity_fields_fill_the_urls_wildcards_and_must_agree_with_it
     structured = {"input_feature": [{"param_name": "input_tokens", "val": 500}, {"param_name": "output_tokens", "val": 20},
                                     {"param_name": "hardware", "val": "A100"}]}
     assert predict(service, PATTERN, [structured]).ok.tolist() == [False]
+    # The scheduler's structured form states them too.
+    as_structured = {"input_feature": [{"param_name": "input_tokens", "val": 500},
+                                       {"param_name": "output_tokens", "val": 20}, {"param_name": "hardware", "val": "A100"}]}
+    assert predict(service, anywhere, [as_structured, as_structured]).identity.hardware == "A100"
+    with pytest.raises(ModelNotFound, match="with the traces' hardware 'B200'"):
+        predict(service, anywhere, [{**PROBE[0], "hardware": "B200"}])
     # Observations of another model are not this one's evidence.
     seen = service.observe(H100, [{**PROBE[0], "runtime_ms": 90.0}, {**PROBE[0], "hardware": "A100", "runtime_ms": 90.0}])
     assert seen["accepted"] == 1 and "names another model" in seen["rejected"][0]["message"]
+
+
+def test_training_and_prediction_read_a_boolean_identity_field_alike(service):
+    traces = [{**t, "hardware": True} for t in make_llm_traces(60)]
+    result = service.train(TrainConfig.model_validate({"model": {**IDENTITY, "hardware": "true"}, "traces": traces,
+                                                       "algorithm": "linear"}))
+    assert result["metrics"]["data"]["rows_used"] == 60
+    pred = predict(service, IdentityPattern.from_parts({**IDENTITY, "hardware": "true"}), [{**PROBE[0], "hardware": True}])
+    assert pred.ok.all()
+    with pytest.raises(InvalidInput, match="each states another hardware"):
+        service.train(config(traces))  # hardware "NVIDIA H100 80GB HBM3"
+
+
+def test_a_number_in_a_trace_names_the_version_group_by_named_after_it(service):
+    # group_by names a model after the number as training reads it ("2", from 2.0); a trace
+    # stating 2.0 or 2 names that model.
+    traces = [{**t, "software_version": 2.0 if i % 2 else 3} for i, t in enumerate(make_llm_traces(120))]
+    service.train(config(traces, group_by=["software_version"]))
+    anywhere = IdentityPattern.from_parts({**IDENTITY, "software_version": "*"})
+    assert {i.software_version for i in service.registry.identities()} == {"2", "3"}
+    for stated in (2.0, 2, "2"):
+        pred = predict(service, anywhere, [{**PROBE[0], "software_version": stated}])
+        assert pred.identity.software_version == "2" and pred.ok.all()
 
 
 def test_group_by_needs_the_keys_and_the_rest_of_the_identity(service):

@@ -56,6 +56,7 @@ def test_jobs_train_in_another_process_and_report(tmp_path):
 
 def test_a_job_record_of_a_process_that_stopped_reads_failed(tmp_path):
     import json
+    import os
 
     (tmp_path / "jobs").mkdir()
     (tmp_path / "jobs" / "0123456789abcdef.json").write_text(json.dumps(
@@ -63,6 +64,11 @@ def test_a_job_record_of_a_process_that_stopped_reads_failed(tmp_path):
     record = TrainingJobs(tmp_path).get("0123456789abcdef")
     assert record["status"] == "failed" and record["error"]["status_code"] == 503
     assert "worker_pid" not in record
+    # Restarted under the same process id (PID 1 in a container): its last run's record too.
+    (tmp_path / "jobs" / "0123456789abcdee.json").write_text(json.dumps(
+        {"job_id": "0123456789abcdee", "status": "queued", "submitted_at": 1.0, "worker_pid": os.getpid(),
+         "worker_token": "an earlier run's"}))
+    assert TrainingJobs(tmp_path).get("0123456789abcdee")["status"] == "failed"
     for bad in ("../jobs/0123456789abcdef", "0123456789ABCDEF", "x" * 16):  # ids name files: only hex ids do
         with pytest.raises(PredictorError) as err:
             TrainingJobs(tmp_path).get(bad)

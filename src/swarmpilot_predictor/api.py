@@ -36,7 +36,7 @@ from threadpoolctl import threadpool_limits
 
 from . import __version__
 from .errors import InvalidInput, NotFound, PayloadTooLarge, PredictorError, validation_message, writing
-from .identity import IdentityPattern
+from .identity import IdentityPattern, stated_keys
 from .schemas import (
     BatchPredictionResponse,
     HealthResponse,
@@ -53,7 +53,7 @@ from .schemas import (
 from .metrics import MetricsMiddleware
 from .service import PredictorService
 from .settings import PredictorSettings
-from .traces import TRACE_FILE_SUFFIXES, TraceError, normalize_trace
+from .traces import TRACE_FILE_SUFFIXES
 
 log = logging.getLogger(__name__)
 IDENTITY_PATH = "{model_type}/{model_name}/{hardware}/{software_name}/{software_version}"
@@ -395,10 +395,9 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
             pred = await run_in_threadpool(service.predict, pattern, [req.trace], req.confidence_level, req.quantiles,
                                            lookup_table=True, lookup_table_name=req.lookup_table_name)
         else:
-            try:  # identity fields in the trace fill the URL's '*' parts
-                pattern = pattern.narrowed_by([normalize_trace(req.trace)])
-            except TraceError:
-                pass  # the prediction says what is wrong with the trace
+            if stated_keys([req.trace]) or (isinstance(req.trace, dict) and "input_feature" in req.trace):
+                # Where the URL's '*' parts match several models, the trace's identity fields pick one.
+                pattern = service.resolve_for(pattern, [req.trace])
             pred = await batcher.predict(pattern, req.trace, req.confidence_level, req.quantiles)
         if not pred.ok[0]:
             raise InvalidInput(f"trace: {pred.errors[0]}", field="trace")
@@ -527,9 +526,10 @@ async def _read_form(request: Request, files_field: str, **limits: int) -> FormD
         raise PredictorError(message, field="body") from None
 
 
-# An upload folder this old belongs to no request in flight: a process that received it
-# was killed (a request removes its own folder, even when it fails).
-STALE_UPLOAD_SECONDS = 3600
+# An upload folder this old belongs to no request in flight, nor to a training job waiting
+# in a queue: a process that received it was killed (a request, or the job it queued,
+# removes its own folder, even when it fails).
+STALE_UPLOAD_SECONDS = 24 * 3600
 
 
 def _remove_stale_uploads(data_dir: Path) -> None:

@@ -514,15 +514,15 @@ class RuntimeDistribution:
             floor += float(x[:, 0].sum())
             reach = float((x[:, -1] - node_mean).max())  # the furthest one task lies above its mean
             # ``sd`` comes from the moments, which leave out tails extrapolated past the
-            # observed scores; the nodes do not. Where such a tail is heavy, the window is
-            # sized on the nodes' spread, and starts no higher than the sum of the tasks'
-            # lowest values (their mean lies many moment ``sd`` above most of the sum's mass,
-            # which would wrap around).
+            # observed scores; the nodes do not. Where such a tail is heavy, their mean lies
+            # many moment ``sd`` above most of the sum's mass, which would wrap around: the
+            # window is sized on the nodes' spread. It need not start below the sum of the
+            # tasks' lowest values, where the sum's mass starts.
             node_var = float((((x - node_mean[:, None]) ** 2) @ wu).sum())
             sd = max(sd, math.sqrt(node_var + (0.0 if rest is None else max(rest[1], 0.0))))
         h = 32.0 * sd / G
         top = mean + 24.0 * sd + max(reach - 16.0 * sd, 0.0) * (1 - 1e-9)
-        low = min(mean - 8.0 * sd, floor)
+        low = max(mean - 8.0 * sd, floor) if len(self) else mean - 8.0 * sd
         span = top - low
 
         def wraps(width: float) -> bool:

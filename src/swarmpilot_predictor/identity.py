@@ -30,8 +30,8 @@ def names_part(value: object, part: str) -> bool:
     string, or the same number (a version written 2.4 in a trace, "2.4" in the model)."""
     if isinstance(value, str):
         return value == part
-    if isinstance(value, bool):
-        return part.lower() == str(value).lower()
+    if isinstance(value, bool):  # as training reads it: 1 or 0
+        return part.lower() in (("true", "1") if value else ("false", "0"))
     if isinstance(value, (int, float)):
         try:
             return float(part) == float(value)
@@ -61,7 +61,8 @@ def identity_conflicts(traces: list, identity: "ModelIdentity") -> list[str | No
         part = getattr(identity, key)
         for i, t in enumerate(traces):
             v = t.get(key) if isinstance(t, dict) else None
-            if v is not None and out[i] is None and not names_part(v, part):
+            # A list or an object names nothing (training reads it as not stated).
+            if isinstance(v, (str, int, float)) and out[i] is None and not names_part(v, part):
                 out[i] = f"the trace's {key} {v!r} names another model than {identity.key}"
     return out
 
@@ -156,21 +157,18 @@ class IdentityPattern:
     def describe(self) -> str:
         return "/".join(v if v is not None else WILDCARD for v in self.as_tuple())
 
-    def narrowed_by(self, traces: list) -> "IdentityPattern":
-        """This pattern with each unspecified part that the traces state filled in: the value
-        every trace stating it agrees on (traces that disagree leave it unspecified)."""
-        keys = stated_keys(traces)
-        parts = dict(zip(IDENTITY_KEYS, self.as_tuple()))
-        changed = False
-        for key in keys:
-            if parts[key] is not None:
+    def stated_by(self, traces: list) -> dict[str, object]:
+        """For each part this pattern leaves unspecified, the value every trace that states it
+        agrees on (the same string, or the same number); parts the traces disagree on, or
+        state as anything else, are left out."""
+        out: dict[str, object] = {}
+        for key in stated_keys(traces):
+            if getattr(self, key) is not None:
                 continue
             stated = [v for t in traces if isinstance(t, dict) and (v := t.get(key)) is not None]
-            if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in stated):
-                continue  # a list, say: names no model
-            values = {v if isinstance(v, str) else str(v) for v in stated}
-            if len(values) == 1:
-                (text,) = values
-                if identity_part_problem(text) is None:
-                    parts[key], changed = text, True
-        return IdentityPattern(**parts) if changed else self
+            if all(isinstance(v, str) for v in stated) and len(set(stated)) == 1:
+                out[key] = stated[0]
+            elif (all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in stated)
+                  and len({float(v) for v in stated}) == 1):
+                out[key] = stated[0]
+        return out

@@ -214,7 +214,7 @@ class LogLinearDesign:
         self.center_ = np.where(overflowed, 0.0, self.center_)
         self.spread_ = np.where(overflowed, np.finfo(np.float64).max, np.where(spread > 0, spread, 1.0))
         self.slopes_ = self._edge_slopes(Xn)
-        self._row_plan = self._fused = None  # the single-row caches belong to the previous fit
+        self._row_plan = self._fused = self._edge_plan_ = None  # the single-row caches belong to the previous fit
         return self
 
     def _owners(self) -> np.ndarray:
@@ -309,7 +309,13 @@ class LogLinearDesign:
         """
         num, lows, highs, knots, center, spread, cats, levels = self._plan()
         if self._beyond_edges(x, num, lows, highs):
-            return self.transform(np.asarray([x], dtype=np.float64))[0].tolist()
+            # The columns at the nearest edge, then on along their secants (``_edge_slopes``).
+            inside, steps = self._clip_to_edges(x)
+            out = self.row(inside)
+            for cols, slopes, d in steps:
+                for c in cols:
+                    out[c] += d * slopes[c] / spread[c]
+            return out
         logs = [math.copysign(math.log1p(abs(x[j])), x[j]) for j in num]
         if lows is None:
             cols = logs + [float(x[j]) for j in num]
@@ -336,15 +342,24 @@ class LogLinearDesign:
         """``row(x) @ coef`` with the standardisation folded into the weights (fewer float operations)."""
         fused = self.__dict__.get("_fused")
         if fused is None or fused[0] is not coef:
-            fused = self._fused = (coef, self._fold(coef))
+            # (coef, the folded terms, the numeric columns' weights per raw unit)
+            weights = (np.asarray(coef, dtype=np.float64).ravel()[:len(self.center_)] / self.spread_).tolist()
+            fused = self._fused = (coef, self._fold(coef), weights)
         offset, numeric, levels, cats = fused[1]
+        num, lows, highs = self._plan()[:3]
+        if self._beyond_edges(x, num, lows, highs):
+            # The value at the nearest edge, then on along the secants: per feature, the
+            # weighted sum of its columns' slopes.
+            inside, steps = self._clip_to_edges(x)
+            total = self.dot_row(inside, coef)
+            w = fused[2]
+            for cols, slopes, d in steps:
+                total += d * sum(w[c] * slopes[c] for c in cols)
+            return total
         total = offset
-        extrapolates = getattr(self, "edges_", None) is not None
         for j, wl, wr, lo, hi, hinges in numeric:
             v = x[j]
-            # A missing value sits at the training mean, and one beyond the training values is
-            # extrapolated (``_edge_slopes``): both take the long way.
-            if not math.isfinite(v) or (extrapolates and not lo <= v <= hi):
+            if not math.isfinite(v):  # a missing value sits at the training mean: take the long way
                 return sum(map(float.__mul__, self.row(x), coef.tolist()))
             lg = math.copysign(math.log1p(abs(v)), v)
             total += wl * lg + wr * min(max(v, lo), hi)
@@ -400,6 +415,31 @@ class LogLinearDesign:
         if getattr(self, "edges_", None) is None or lows is None:
             return False
         return any(not lo <= x[j] <= hi for j, lo, hi in zip(num, lows, highs) if math.isfinite(x[j]))
+
+    def _clip_to_edges(self, x: Sequence[float]) -> tuple[list[float], list[tuple[list[int], list[float], float]]]:
+        """``x`` with each numeric value beyond the training values at the nearest edge, and per
+        such value: its columns, their slopes on that side, and how far beyond (in log units)."""
+        num, lows, highs = self._plan()[:3]
+        cols_of, slopes_low, slopes_high = self._edge_plan()
+        inside = list(x)
+        steps = []
+        for i, (j, lo, hi) in enumerate(zip(num, lows, highs)):
+            v = x[j]
+            if not math.isfinite(v) or lo <= v <= hi:
+                continue
+            edge = lo if v < lo else hi
+            inside[j] = edge
+            d = math.copysign(math.log1p(abs(v)), v) - math.copysign(math.log1p(abs(edge)), edge)
+            steps.append((cols_of[i], slopes_low if v < lo else slopes_high, d))
+        return inside, steps
+
+    def _edge_plan(self) -> tuple[list[list[int]], list[float], list[float]]:
+        plan = self.__dict__.get("_edge_plan_")
+        if plan is None:
+            owners = self._owners().tolist()
+            cols_of = [[c for c, o in enumerate(owners) if o == i] for i in range(len(self._num))]
+            plan = self._edge_plan_ = (cols_of, self.slopes_[0].tolist(), self.slopes_[1].tolist())
+        return plan
 
     def _make_row_plan(self) -> tuple:
         """Per numeric feature, ``lows`` and ``highs``: the training values' edges (beyond

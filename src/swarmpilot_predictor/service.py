@@ -18,8 +18,8 @@ import numpy as np
 
 from . import __version__
 from .cache import PredictionCache
-from .errors import InvalidInput, ModelNotFound, PredictorError
-from .identity import IdentityPattern, ModelIdentity, identity_conflicts, stated_keys
+from .errors import AmbiguousModel, InvalidInput, ModelNotFound, PredictorError
+from .identity import IdentityPattern, ModelIdentity, identity_conflicts, names_part, stated_keys
 from .lookup import WRITABLE_FORMATS, LookupTableStore, TablePrediction, generate_table, iter_traces, table_format
 from .metrics import PredictorMetrics
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog
@@ -183,13 +183,61 @@ class PredictorService:
             self.metrics.count_predictions(f"table:{pred.table}", "lookup_table", n_ok, len(pred.errors) - n_ok)
             return pred
         t0 = time.perf_counter()
-        identity, loaded = self._serving(pattern.narrowed_by(traces), version)
+        identity, loaded = self._serving(pattern, version, traces)
         return self._predict_with(identity, loaded, traces, confidence_level, quantiles, with_total, t0)
 
-    def _serving(self, pattern: IdentityPattern, version: int | None = None) -> tuple[ModelIdentity, LoadedModel]:
-        """The model ``pattern`` names (its latest version unless ``version``), after noticing other workers' changes."""
-        identity = self._resolve(pattern)
+    def _serving(self, pattern: IdentityPattern, version: int | None = None,
+                 traces: Sequence[Any] | None = None) -> tuple[ModelIdentity, LoadedModel]:
+        """The model ``pattern`` names (its latest version unless ``version``), after noticing
+        other workers' changes; where several match, the one the traces' identity fields name."""
+        try:
+            identity = self._resolve(pattern)
+        except AmbiguousModel:
+            identity = self._named_by_traces(pattern, traces) if traces else None
+            if identity is None:
+                raise
         return identity, self.registry.load(identity, version)
+
+    def resolve_for(self, pattern: IdentityPattern, traces: Sequence[Any]) -> IdentityPattern:
+        """``pattern``, or the full identity of the one model its matches that the traces'
+        identity fields name (for requests answered by pattern, such as coalesced single
+        predictions). Errors are left to the prediction."""
+        try:
+            self._resolve(pattern)
+        except AmbiguousModel:
+            try:
+                identity = self._named_by_traces(pattern, traces)
+            except PredictorError:
+                return pattern
+            if identity is not None:
+                return IdentityPattern.from_parts(identity.as_dict())
+        except PredictorError:
+            pass
+        return pattern
+
+    def _named_by_traces(self, pattern: IdentityPattern, traces: Sequence[Any]) -> ModelIdentity | None:
+        """Among the models ``pattern`` matches, the one whose parts the traces' identity fields
+        name (None if they name none of the unspecified parts)."""
+        flat = []
+        for t in traces:
+            try:
+                flat.append(normalize_trace(t))
+            except TraceError:
+                continue
+        stated = pattern.stated_by(flat)
+        if not stated:
+            return None
+        self.registry.maybe_refresh()
+        matches = sorted((i for i in self.registry.identities() if pattern.matches(i)
+                          and all(names_part(v, getattr(i, k)) for k, v in stated.items())), key=lambda i: i.key)
+        said = ", ".join(f"{k} {v!r}" for k, v in stated.items())
+        if not matches:
+            raise ModelNotFound(f"no trained model matches {pattern.describe()} with the traces' {said}")
+        if len(matches) > 1:
+            names = [m.key for m in matches]
+            raise AmbiguousModel(f"{len(matches)} models match {pattern.describe()} with the traces' {said}: "
+                                 f"{', '.join(names)}; specify more of the identity", extra={"candidates": names})
+        return matches[0]
 
     def _resolve(self, pattern: IdentityPattern) -> ModelIdentity:
         """The one model ``pattern`` names, as the registry stands now (another worker may have changed it)."""

@@ -26,7 +26,7 @@ class PredictorSettings(BaseSettings):
     )
     max_loaded_models: int = Field(default=256, ge=1)
     # Largest request body accepted (JSON or uploaded files), in MB; larger ones get a 413; 0: no limit.
-    max_upload_mb: float = Field(default=512, ge=0)
+    max_upload_mb: float = Field(default=512, ge=0, allow_inf_nan=False)
     log_level: str = "info"
     # Prediction cache entries (0 turns it off); see the README for when it pays.
     cache_size: int = Field(default=10_000, ge=0)
@@ -37,7 +37,7 @@ class PredictorSettings(BaseSettings):
     drift_min_observations: int = Field(default=30, ge=1)
     auto_retrain: bool = False
     retrain_min_observations: int = Field(default=200, ge=1)
-    observations_max_file_mb: float = Field(default=8.0, gt=0)
+    observations_max_file_mb: float = Field(default=8.0, gt=0, allow_inf_nan=False)
     observations_max_files: int = Field(default=8, ge=1)
     # FastAPI's native OpenTelemetry (traces, metrics, logs through the globally
     # configured providers). Off by default: even unconfigured, it is consulted on

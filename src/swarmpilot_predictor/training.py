@@ -178,8 +178,13 @@ class Trainer:
                 part_number = float(part)
             except ValueError:
                 part_number = math.nan
-            # A number names the part if it is the same number (a version 2.4 in a trace, "2.4" in the model).
+            # A number names the part if it is the same number (a version 2.4 in a trace, "2.4" in the
+            # model); true and false name "true" or "1", "false" or "0" (see identity.names_part).
             same = np.where(np.isfinite(number), number == part_number, text == part)
+            booleans = table.columns[key].boolean_rows()
+            if booleans.any():
+                names = {1.0: ("true", "1"), 0.0: ("false", "0")}
+                same[booleans] = [part.lower() in names[v] for v in number[booleans].tolist()]
             off = np.not_equal(text, None) & ~same
             if off.any():
                 foreign[key] = int((off & own).sum())
@@ -360,8 +365,11 @@ class TrainingJobs:
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
         self.jobs: dict[str, dict[str, Any]] = {}
-        # Each record is also written to this folder, so that any worker process can answer for it.
+        # Each record is also written to this folder, so that any worker process can answer for
+        # it; with this process's id and a token of its own (after a restart the process id may
+        # be the same, in a container say, and its records of the last run must read failed).
         self.records_dir = self.data_dir / "jobs"
+        self._token = uuid.uuid4().hex
         # Unfinished jobs in submission order: the one worker runs them one at a time, in
         # this order, so the first is running and the others are queued.
         self._pending: list[str] = []
@@ -472,7 +480,8 @@ class TrainingJobs:
         try:
             self.records_dir.mkdir(exist_ok=True)
             atomic_write_bytes(self.records_dir / f"{record['job_id']}.json",
-                               dumps_json({**record, "worker_pid": os.getpid()}, orjson.OPT_SERIALIZE_NUMPY))
+                               dumps_json({**record, "worker_pid": os.getpid(), "worker_token": self._token},
+                                          orjson.OPT_SERIALIZE_NUMPY))
         except OSError as exc:  # a full disk: this worker still answers for the job
             log.warning("cannot store training job %s's record: %s", record["job_id"], exc)
 
@@ -485,8 +494,9 @@ class TrainingJobs:
             return None
         if not isinstance(record, dict):
             return None
-        pid = record.pop("worker_pid", None)
-        if record.get("status") in ("queued", "running") and not _alive(pid):
+        pid, token = record.pop("worker_pid", None), record.pop("worker_token", None)
+        held = _alive(pid) and not (pid == os.getpid() and token != self._token)  # not this process's last run's
+        if record.get("status") in ("queued", "running") and not held:
             record.update(status="failed", error={
                 "status_code": 503, "message": "the service process that held this job stopped before it finished"})
         return record
