@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import math
 import sys
@@ -182,6 +183,18 @@ def test_train_group_by_over_http(http):
            422, "trace: the trace's hardware 'A100' names another model than grouped/grouped-m/H100/sglang/0.4.0")
     batch = ok(http.post("/predict/batch/grouped/*/*/*/*", json={"trace": [{**TRACE, "hardware": "H100"}, TRACE]}))
     assert [r["model_info"]["hardware"] for r in batch["results"]] == ["H100", "H100"]
+
+    # Requests arriving together are evaluated together; each still gets its own answer.
+    async def together():
+        async with httpx.AsyncClient(base_url=str(http.base_url), timeout=60) as client:
+            return await asyncio.gather(*[
+                client.post("/predict/single/grouped/*/*/*/*", json={"trace": {**TRACE, "hardware": hw}})
+                for hw in ("B200", "A100", "B200", "H100", "B200", "A100")])
+
+    answers = asyncio.run(together())
+    assert [r.status_code for r in answers] == [404, 200, 404, 200, 404, 200]
+    assert "with the traces' hardware 'B200'" in answers[0].json()["message"]
+    assert [r.json()["results"]["model_info"]["hardware"] for r in answers[1::2]] == ["A100", "H100", "A100"]
 
 
 def test_models_listing(http, trained):

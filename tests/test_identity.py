@@ -131,11 +131,11 @@ def test_only_scalars_in_a_trace_name_a_model():
                                                  "llm/m/A100/vllm/2.0", None, None]
 
 
-def test_a_pattern_takes_the_parts_every_trace_stating_them_agrees_on():
+def test_a_pattern_collects_what_the_traces_state_for_its_open_parts():
     pattern = IdentityPattern.from_segments("llm", "*", "*", "sglang", "*")
     traces = [{"hardware": "A100", "model_name": "x"}, {"hardware": "A100", "model_name": "y"}, {"x": 1}, "junk"]
-    assert pattern.stated_by(traces) == {"hardware": "A100"}  # the model names disagree
+    assert pattern.stated_by(traces) == {"hardware": ["A100"], "model_name": ["x", "y"]}
     assert IdentityPattern.from_segments("llm", "q", "H100", "s", "1").stated_by(traces) == {}  # nothing left open
-    assert pattern.stated_by([{"software_version": 2}, {"software_version": 2.0}]) == {"software_version": 2}
-    assert pattern.stated_by([{"software_version": 2}, {"software_version": "2"}]) == {}
-    assert pattern.stated_by([{"hardware": ["A100"]}, {"hardware": True}]) == {}
+    assert pattern.stated_by([{"software_version": 2}, {"software_version": 2}, {"software_version": "2"}]) == {
+        "software_version": [2, "2"]}
+    assert pattern.stated_by([{"hardware": ["A100"]}, {"hardware": True}]) == {"hardware": [True]}

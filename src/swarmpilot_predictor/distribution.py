@@ -37,8 +37,9 @@ from typing import Any
 import numpy as np
 from scipy.special import gammainc, ndtr, ndtri  # scipy.special: loaded by the service anyway
 
-# Batch totals: up to this many tasks (those with the largest variance, if each
-# has at least _EXACT_SUM_MIN_SHARE of the total variance) are convolved exactly
+# Batch totals: up to this many tasks (all of a queue this short; of a longer one those
+# with the largest variance, if each has at least _EXACT_SUM_MIN_SHARE of the total
+# variance) are convolved exactly
 # on a grid of _SUM_GRID cells, each discretised with _SUM_ATOMS nodes.
 _EXACT_SUM_MAX_TASKS = 64
 _EXACT_SUM_MIN_SHARE = 0.005
@@ -467,7 +468,9 @@ class RuntimeDistribution:
         if n == 0 or k2 <= 0 or not np.isfinite(k2):
             return TotalDistribution(k1, max(k2, 0.0), None, np.array([k1]), np.ones(1))
         order = np.argsort(var)[::-1][:_EXACT_SUM_MAX_TASKS]
-        exact = order[var[order] >= _EXACT_SUM_MIN_SHARE * k2]
+        # A queue short enough is convolved whole: a few small tasks with a rare slow mode
+        # summed by moments (a shifted gamma) put a 20-task total's median 10% off.
+        exact = order if n <= _EXACT_SUM_MAX_TASKS else order[var[order] >= _EXACT_SUM_MIN_SHARE * k2]
         small = np.ones(n, dtype=bool)
         small[exact] = False
         rest = (float(mean[small].sum()), float(var[small].sum()), float(m3[small].sum())) if small.any() else None

@@ -157,18 +157,18 @@ class IdentityPattern:
     def describe(self) -> str:
         return "/".join(v if v is not None else WILDCARD for v in self.as_tuple())
 
-    def stated_by(self, traces: list) -> dict[str, object]:
-        """For each part this pattern leaves unspecified, the value every trace that states it
-        agrees on (the same string, or the same number); parts the traces disagree on, or
-        state as anything else, are left out."""
-        out: dict[str, object] = {}
+    def stated_by(self, traces: list) -> dict[str, list[object]]:
+        """For each part this pattern leaves unspecified, the distinct values the traces state
+        for it (strings, numbers and booleans; a list or an object names nothing)."""
+        out: dict[str, list[object]] = {}
         for key in stated_keys(traces):
             if getattr(self, key) is not None:
                 continue
-            stated = [v for t in traces if isinstance(t, dict) and (v := t.get(key)) is not None]
-            if all(isinstance(v, str) for v in stated) and len(set(stated)) == 1:
-                out[key] = stated[0]
-            elif (all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in stated)
-                  and len({float(v) for v in stated}) == 1):
-                out[key] = stated[0]
+            values: list[object] = []
+            for t in traces:
+                v = t.get(key) if isinstance(t, dict) else None
+                if isinstance(v, (str, int, float)) and not any(v == w and type(v) is type(w) for w in values):
+                    values.append(v)
+            if values:
+                out[key] = values
         return out

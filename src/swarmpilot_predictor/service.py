@@ -205,19 +205,17 @@ class PredictorService:
         try:
             self._resolve(pattern)
         except AmbiguousModel:
-            try:
-                identity = self._named_by_traces(pattern, traces)
-            except PredictorError:
-                return pattern
+            # A 404 or 409 naming the traces' values is that request's answer, alone or not.
+            identity = self._named_by_traces(pattern, traces)
             if identity is not None:
                 return IdentityPattern.from_parts(identity.as_dict())
         except PredictorError:
-            pass
+            pass  # the prediction gives it
         return pattern
 
     def _named_by_traces(self, pattern: IdentityPattern, traces: Sequence[Any]) -> ModelIdentity | None:
-        """Among the models ``pattern`` matches, the one whose parts the traces' identity fields
-        name (None if they name none of the unspecified parts)."""
+        """Among the models ``pattern`` matches, the one whose unspecified parts every trace
+        stating them names (None if the traces state none of those parts)."""
         flat = []
         for t in traces:
             try:
@@ -229,8 +227,9 @@ class PredictorService:
             return None
         self.registry.maybe_refresh()
         matches = sorted((i for i in self.registry.identities() if pattern.matches(i)
-                          and all(names_part(v, getattr(i, k)) for k, v in stated.items())), key=lambda i: i.key)
-        said = ", ".join(f"{k} {v!r}" for k, v in stated.items())
+                          and all(names_part(v, getattr(i, k)) for k, vs in stated.items() for v in vs)),
+                         key=lambda i: i.key)
+        said = ", ".join(f"{k} {' and '.join(map(repr, vs))}" for k, vs in stated.items())
         if not matches:
             raise ModelNotFound(f"no trained model matches {pattern.describe()} with the traces' {said}")
         if len(matches) > 1:
