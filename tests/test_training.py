@@ -69,6 +69,19 @@ def test_a_job_record_of_a_process_that_stopped_reads_failed(tmp_path):
         {"job_id": "0123456789abcdee", "status": "queued", "submitted_at": 1.0, "worker_pid": os.getpid(),
          "worker_token": "an earlier run's"}))
     assert TrainingJobs(tmp_path).get("0123456789abcdee")["status"] == "failed"
+    # Or the old run's pid now belongs to another live process (another worker, say).
+    import subprocess
+    import sys
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / "jobs" / "0123456789abcded.json").write_text(json.dumps(
+            {"job_id": "0123456789abcded", "status": "running", "submitted_at": 1.0, "worker_pid": other.pid,
+             "worker_token": "its", "worker_started": "1"}))  # started at boot: not that process
+        assert TrainingJobs(tmp_path).get("0123456789abcded")["status"] == "failed"
+    finally:
+        other.kill()
+        other.wait()
     for bad in ("../jobs/0123456789abcdef", "0123456789ABCDEF", "x" * 16):  # ids name files: only hex ids do
         with pytest.raises(PredictorError) as err:
             TrainingJobs(tmp_path).get(bad)
