@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import tempfile
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -53,6 +52,7 @@ from .schemas import (
 from .metrics import MetricsMiddleware
 from .service import PredictorService
 from .settings import PredictorSettings
+from .training import when_parent_dies
 from .traces import TRACE_FILE_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -712,12 +712,5 @@ def _stop_with_supervisor() -> None:
     the supervising process dies, killed with SIGKILL say; otherwise the workers would go on
     serving the port, and a new service could not bind it."""
     supervisor = os.environ.get(SUPERVISOR_ENV)
-    if not supervisor or str(os.getppid()) != supervisor:
-        return  # not a worker of ours (a single process has no supervisor to outlive)
-
-    def watch() -> None:
-        while str(os.getppid()) == supervisor:
-            time.sleep(1.0)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, daemon=True, name="supervisor-watch").start()
+    if supervisor and str(os.getppid()) == supervisor:  # a single process has no supervisor to outlive
+        when_parent_dies(lambda: os.kill(os.getpid(), signal.SIGTERM))

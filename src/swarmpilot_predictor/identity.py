@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 IDENTITY_KEYS = ("model_type", "model_name", "hardware", "software_name", "software_version")
 _IDENTITY_SET = frozenset(IDENTITY_KEYS)
+# What true and false name, as training reads them (1 or 0).
+BOOLEAN_PART_NAMES = {True: ("true", "1"), False: ("false", "0")}
 WILDCARD = "*"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -31,7 +33,7 @@ def names_part(value: object, part: str) -> bool:
     if isinstance(value, str):
         return value == part
     if isinstance(value, bool):  # as training reads it: 1 or 0
-        return part.lower() in (("true", "1") if value else ("false", "0"))
+        return part.lower() in BOOLEAN_PART_NAMES[value]
     if isinstance(value, (int, float)):
         try:
             return float(part) == float(value)

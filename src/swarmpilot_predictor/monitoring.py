@@ -25,7 +25,7 @@ import orjson
 from .errors import writing
 from .identity import ModelIdentity
 from .modeling import EVAL_LEVELS, pinball_loss
-from .traces import dumps_json, is_runtime
+from .traces import dumps_json, is_runtime, read_json_lines
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +53,7 @@ def _usable(record: Any) -> bool:
 
 
 def _parse(data: bytes) -> list[dict[str, Any]]:
-    out = []
-    for line in data.splitlines():
-        try:
-            record = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue  # a line torn by a crash
-        if _usable(record):
-            out.append(record)
-    return out
+    return read_json_lines(data, _usable)
 
 
 @dataclass(frozen=True)

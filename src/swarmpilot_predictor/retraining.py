@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 
 from .atomic import atomic_write_bytes
 from .errors import PredictorError, writing
@@ -34,7 +33,7 @@ from .identity import ModelIdentity
 from .modeling import QuantileModel, pinball_loss
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor
 from .registry import ModelRegistry, ModelVersion
-from .traces import dumps_json
+from .traces import dumps_json, read_json_lines
 
 log = logging.getLogger(__name__)
 
@@ -186,15 +185,8 @@ class DecisionLog:
             data = self._path(identity).read_bytes()
         except FileNotFoundError:
             return []
-        out = []
-        for line in data.splitlines():
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            if (isinstance(record, dict) and isinstance(record.get("status"), str)
-                    and isinstance(record.get("from_version"), int)):
-                out.append(record)
+        out = read_json_lines(data, lambda r: isinstance(r, dict) and isinstance(r.get("status"), str)
+                              and isinstance(r.get("from_version"), int))
         return out if limit is None else out[-limit:]
 
     def last(self, identity: ModelIdentity) -> dict[str, Any] | None:

@@ -249,8 +249,9 @@ class PredictorService:
         levels = sorted(map(float, quantiles)) if quantiles else loaded.meta.quantiles
         cache_key = None
         lone = len(traces) == 1 and not with_total
-        if lone and stated_keys(traces):  # a trace that names another model: its error comes from the batch path
-            lone = identity_conflicts(list(traces), identity)[0] is None
+        if lone:  # a trace that names another model: its error comes from the batch path
+            conflict = identity_conflicts(list(traces), identity)
+            lone = conflict is None or conflict[0] is None
         if cached and self.cache.enabled and lone:
             cache_key = self._cache_key(identity, loaded.meta, traces[0], levels, confidence_level)
             if cache_key is not None:
@@ -320,7 +321,7 @@ class PredictorService:
             flat = normalize_trace(trace)
         except TraceError:
             return None
-        if flat is not trace and stated_keys([flat]) and identity_conflicts([flat], identity)[0] is not None:
+        if flat is not trace and (identity_conflicts([flat], identity) or [None])[0] is not None:
             return None  # identity fields inside a structured trace's input_feature
         x, error = loaded.meta.features.row(flat)
         if error is not None:

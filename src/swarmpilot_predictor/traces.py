@@ -360,6 +360,19 @@ class TraceTable:
         return TraceTable(columns=cols, n_rows=len(rows))
 
 
+def read_json_lines(data: bytes, usable: Callable[[Any], bool]) -> list[Any]:
+    """The records of a JSONL log that ``usable`` accepts; a line torn by a crash is skipped."""
+    out = []
+    for line in data.splitlines():
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if usable(record):
+            out.append(record)
+    return out
+
+
 def dumps_json(obj: Any, option: int = 0) -> bytes:
     """``orjson.dumps``, with integers beyond 64 bits (which orjson cannot write) as :func:`json_ints` makes them."""
     try:

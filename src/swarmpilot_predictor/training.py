@@ -31,7 +31,7 @@ import orjson
 from .atomic import atomic_write_bytes
 from .errors import InvalidInput, NotFound, PredictorError, validation_message
 from .features import FeatureSchema
-from .identity import IDENTITY_KEYS, ModelIdentity, identity_part_problem
+from .identity import BOOLEAN_PART_NAMES, IDENTITY_KEYS, ModelIdentity, identity_part_problem
 from .modeling import QuantileModel, check_params
 from .registry import ModelRegistry, ModelVersion
 from .schemas import TrainConfig
@@ -183,8 +183,7 @@ class Trainer:
             same = np.where(np.isfinite(number), number == part_number, text == part)
             booleans = table.columns[key].boolean_rows()
             if booleans.any():
-                names = {1.0: ("true", "1"), 0.0: ("false", "0")}
-                same[booleans] = [part.lower() in names[v] for v in number[booleans].tolist()]
+                same[booleans] = [part.lower() in BOOLEAN_PART_NAMES[v == 1.0] for v in number[booleans].tolist()]
             off = np.not_equal(text, None) & ~same
             if off.any():
                 foreign[key] = int((off & own).sum())
@@ -289,12 +288,17 @@ def _init_worker() -> None:
         except OSError:  # pragma: no cover - restricted by a cgroup or container
             pass
     # If the server dies without shutting the pool down, do not outlive it.
+    when_parent_dies(lambda: os._exit(0))
+
+
+def when_parent_dies(action: Callable[[], None]) -> None:
+    """Run ``action`` (in a daemon thread, within a second) once this process's parent is gone."""
     parent = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(1.0)
-        os._exit(0)
+        action()
 
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
