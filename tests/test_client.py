@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import orjson
@@ -383,3 +384,175 @@ def test_a_full_disk_is_a_507_that_stores_nothing(tmp_path):
         assert client.predict_single(IDENTITY, task).results.model_version == 1
     leftovers = [p for p in data.rglob("*") if p.name.startswith("upload-") or p.suffix in (".tmp", ".lock")]
     assert leftovers == []
+
+
+class RawServer:
+    """A real TCP server that reads each request whole, counts it, then answers ``reply``
+    and closes (``b""``: closes without answering; ``None``: never answers)."""
+
+    def __init__(self, reply: bytes | None):
+        self.reply = reply
+        self.requests: list[bytes] = []
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen()
+        self._listener.settimeout(0.1)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._stop = threading.Event()
+        self._open: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn = self._listener.accept()[0]
+            except OSError:
+                continue
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            while len(body) < length:
+                body += conn.recv(65536)
+            self.requests.append(head.split(b"\r\n")[0])
+            if self.reply is None:
+                self._open.append(conn)
+                continue
+            conn.sendall(self.reply)
+            conn.close()
+
+    def __enter__(self) -> "RawServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        for conn in self._open:
+            conn.close()
+        self._listener.close()
+
+
+def test_a_dropped_connection_repeats_only_requests_that_may_be_repeated():
+    # The server read the request, then closed without answering (a worker that died
+    # mid-request): a prediction is sent again, an observation or a training is not,
+    # since the handler may already have stored it.
+    trace = {"input_tokens": 1, "runtime_ms": 2}
+    with RawServer(b"") as srv, PredictorClient(srv.url, retries=3, backoff=0.01) as client:
+        with pytest.raises(PredictorUnavailableError):
+            client.observe(IDENTITY, [trace])
+        assert len(srv.requests) == 1
+        with pytest.raises(PredictorUnavailableError):
+            client.train({"model": IDENTITY, "traces": [trace]})
+        assert len(srv.requests) == 2
+        with pytest.raises(PredictorUnavailableError):
+            client.predict_single(IDENTITY, trace)
+        assert len(srv.requests) == 2 + 4
+        assert srv.requests[-1].startswith(b"POST /predict/single/")
+
+    async def run():
+        async with AsyncPredictorClient(srv.url, retries=2, backoff=0.01) as client:
+            with pytest.raises(PredictorUnavailableError):
+                await client.retrain(IDENTITY)
+            with pytest.raises(PredictorUnavailableError):
+                await client.health()
+
+    with RawServer(b"") as srv:
+        asyncio.run(run())
+        assert [r.split(b" ")[0] for r in srv.requests] == [b"POST", b"GET", b"GET", b"GET"]
+
+
+def test_an_answer_that_is_not_the_services_is_a_client_error():
+    # A proxy's page with a 200: an error naming the request, not None or a pydantic error.
+    page = b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 13\r\n\r\n<html>hi</html>"[:-2]
+    wrong = b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{"ok": true}'[:-1]
+    for reply in (page, wrong):
+        with RawServer(reply) as srv, PredictorClient(srv.url, retries=0) as client:
+            calls = [lambda: client.predict_single(IDENTITY, {"input_tokens": 1}), client.cache_stats,
+                     lambda: client.get_model(IDENTITY), client.list_tables, lambda: client.wait_for_job("abc", timeout=1)]
+            if reply is wrong:
+                calls = [calls[0], calls[2], calls[3], calls[4]]  # {"ok": true} is a fine cache_stats answer
+            for call in calls:
+                with pytest.raises(PredictorClientError) as err:
+                    call()
+                assert not isinstance(err.value, PredictorUnavailableError)
+                assert "unexpected" in err.value.message, err.value.message
+
+
+def test_a_calls_own_timeout_is_the_one_waited_and_reported():
+    with RawServer(None) as srv, PredictorClient(srv.url, timeout=5, retries=0) as client:
+        started = time.monotonic()
+        with pytest.raises(PredictorUnavailableError) as err:
+            client.generate_table(IDENTITY, b'{"input_tokens": 1}\n', timeout=0.3)
+        assert time.monotonic() - started < 2
+        assert "timed out after 0.3s" in err.value.message and "/predict/table/" in err.value.message
+
+
+def test_requests_of_the_wrong_shape_are_refused_naming_the_field(trained_server):
+    import decimal
+
+    import httpx
+
+    from swarmpilot_predictor.client import InvalidRequestError
+
+    sent = []
+    good = {"input_tokens": 100, "output_tokens": 50}
+    cases = [
+        (lambda c: c.predict_batch(IDENTITY, good), "trace"),  # one trace, not a list of them
+        (lambda c: c.predict_single(IDENTITY, [good]), "trace"),
+        (lambda c: c.predict_batch(IDENTITY, [good, 7]), "trace[1]"),
+        (lambda c: c.predict_single(IDENTITY, good, quantiles="0.5"), "quantiles"),
+        (lambda c: c.predict_single(IDENTITY, good, quantiles=0.5), "quantiles"),
+        (lambda c: c.predict_single(IDENTITY, {**good, "input_tokens": decimal.Decimal("1.5")}), "trace.input_tokens"),
+        (lambda c: c.predict_batch(IDENTITY, [good, {**good, "output_tokens": {1, 2}}]), "trace[1].output_tokens"),
+        (lambda c: c.predict_single(IDENTITY, {**good, "input_tokens": 2**70}), "trace.input_tokens"),
+        (lambda c: c.observe(IDENTITY, {"runtime_ms": 3}), "traces"),
+        (lambda c: c.get_model(IDENTITY, 1.9), "version"),
+        (lambda c: c.accuracy(IDENTITY, version="2"), "version"),
+    ]
+    with PredictorClient(trained_server.url, transport=httpx.MockTransport(lambda r: sent.append(r))) as client:
+        for call, field in cases:
+            with pytest.raises(InvalidRequestError) as err:
+                call(client)
+            assert err.value.field == field, (field, err.value.message)
+    assert sent == []
+
+
+def test_identities_in_every_accepted_form(trained_server):
+    with PredictorClient(trained_server.url) as client:
+        served = client.predict_single(IDENTITY, {"input_tokens": 100, "output_tokens": 50})
+        info = served.results.model_info
+        # A prediction's model_info (object or dict) names the model it came from.
+        for identity in (info, info.model_dump(), tuple(IDENTITY.values())):
+            again = client.predict_single(identity, {"input_tokens": 100, "output_tokens": 50})
+            assert again.results.quantile_predictions == served.results.quantile_predictions
+        seed_model = client.predict_single(SEED_IDENTITY, {"input_tokens": 100, "output_tokens": 50})
+        by_path = client.predict_single("/".join(SEED_IDENTITY.values()), {"input_tokens": 100, "output_tokens": 50})
+        assert by_path.results.quantile_predictions == seed_model.results.quantile_predictions
+        # A misspelt key is an error, not a '*' that matches whatever model is there.
+        with pytest.raises(ValueError, match="modelname"):
+            client.predict_single({**{k: v for k, v in IDENTITY.items() if k != "model_name"}, "modelname": "x"},
+                                  {"input_tokens": 1})
+        with pytest.raises(ValueError, match="model_name is empty"):
+            client.predict_single({**IDENTITY, "model_name": ""}, {"input_tokens": 1})
+        # observe takes the same forms, and needs the whole identity.
+        assert client.observe(tuple(IDENTITY.values()), [{"input_tokens": 100, "output_tokens": 50, "runtime_ms": 600}])["accepted"] == 1
+        with pytest.raises(ValueError, match="hardware"):
+            client.observe({**IDENTITY, "hardware": None}, [{"input_tokens": 1, "runtime_ms": 2}])
+
+
+def test_the_async_client_has_every_method_of_the_sync_one():
+    import inspect
+
+    def public(cls):
+        return {n: f for n, f in inspect.getmembers(cls, inspect.isfunction) if not n.startswith("_")}
+
+    sync, aio = public(PredictorClient), public(AsyncPredictorClient)
+    assert set(sync) - {"close"} == set(aio) - {"aclose"}
+    for name, fn in sync.items():
+        if name == "close":
+            continue
+        assert inspect.iscoroutinefunction(aio[name]), name
+        assert inspect.signature(fn) == inspect.signature(aio[name]), name

@@ -205,6 +205,10 @@ def test_default_lookup_table_at_start(tmp_path):
             answer = client.predict_single(("gpt-3.5-turbo", None, "A100", None, None), {"input_tokens": 1},
                                            lookup_table_name="predictions.json")
             assert answer.results.expect == 150.0
+            # lookup_table=True alone asks for the default table.
+            answer = client.predict_single(("gpt-3.5-turbo", None, "A100", None, None), {"input_tokens": 1},
+                                           lookup_table=True)
+            assert answer.results.expect == 150.0 and answer.results.match == "random"
             assert [t["name"] for t in client.list_tables() if t["default"]] == ["predictions.json"]
             assert client.download_table("predictions.json") == seed.read_bytes()
 

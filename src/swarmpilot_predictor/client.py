@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import operator
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,12 +20,13 @@ from urllib.parse import quote
 import httpx
 import numpy as np
 import orjson
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from .identity import IDENTITY_KEYS, IdentityPattern, ModelIdentity
 from .schemas import (
     BatchPredictionResponse,
     HealthResponse,
+    ModelInfo,
     ModelsResponse,
     PredictionResult,
     SinglePredictionResponse,
@@ -33,7 +35,7 @@ from .schemas import (
 )
 
 T = TypeVar("T", bound=BaseModel)
-IdentityLike = ModelIdentity | IdentityPattern | Mapping[str, Any] | Sequence[str | None] | str
+IdentityLike = ModelIdentity | IdentityPattern | ModelInfo | Mapping[str, Any] | Sequence[str | None] | str
 
 
 # A synchronous /train answers when training ends: give it far longer than a prediction.
@@ -85,10 +87,17 @@ def _dumps(body: Any, root: str = "") -> bytes:
     orjson writes NaN and infinities as ``null``, which the service would read as a
     missing value: such a body is refused here, naming the value's place. Only a body
     that holds a ``null`` at all is searched, so the common case costs nothing more.
+    A value JSON has no form for (a ``Decimal``, a set, an integer beyond 64 bits) is
+    refused the same way.
     """
-    data = orjson.dumps(body, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY)
+    try:
+        data = orjson.dumps(body, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY)
+    except TypeError as exc:  # orjson.JSONEncodeError
+        where, value = _unsendable(body, root) or (root, body)
+        raise InvalidRequestError(f"{where or 'the request body'} is {_shown(value)}, which cannot be sent as JSON ({exc})",
+                                  field=where or None) from exc
     if b"null" in data:
-        found = _non_finite(body, root)
+        found = _unsendable(body, root)
         if found is not None:
             where, value = found
             raise InvalidRequestError(f"{where or 'the request body'} is {value}, which JSON cannot carry "
@@ -96,15 +105,32 @@ def _dumps(body: Any, root: str = "") -> bytes:
     return data
 
 
-def _non_finite(value: Any, path: str) -> tuple[str, Any] | None:
-    """The place (``trace[2].input_tokens``) and value of the first NaN or infinity in ``value``, if any."""
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return f"a {type(value).__name__} ({text[:60] + '...' if len(text) > 60 else text})"
+
+
+_INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
+
+
+def _unsendable(value: Any, path: str) -> tuple[str, Any] | None:
+    """The place (``trace[2].input_tokens``) and value of the first thing JSON cannot carry in ``value``, if any:
+    a NaN or an infinity, or a value of a type orjson does not write."""
     stack: list[tuple[Any, str]] = [(value, path)]
     while stack:
         value, path = stack.pop()
+        if value is None or isinstance(value, (str, bool)):
+            continue
         if isinstance(value, float):  # numpy.float64 too
             if not math.isfinite(value):
                 return path, value
+        elif isinstance(value, int):
+            if not _INT64_MIN <= value <= _UINT64_MAX:
+                return path, value
         elif isinstance(value, Mapping):
+            for k in value:  # orjson writes str keys only
+                if not isinstance(k, str):
+                    return (f"{path}.{k}" if path else str(k)), k
             stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in reversed(list(value.items())))
         elif isinstance(value, (list, tuple)):
             stack.extend((value[i], f"{path}[{i}]") for i in range(len(value) - 1, -1, -1))
@@ -119,16 +145,21 @@ def _non_finite(value: Any, path: str) -> tuple[str, Any] | None:
         elif isinstance(value, np.generic):
             if value.dtype.kind == "f" and not np.isfinite(value):  # numpy.float32 and the like
                 return path, value.item()
-        elif not isinstance(value, (str, bytes, int)) and callable(getattr(value, "tolist", None)):
+        elif callable(getattr(value, "tolist", None)):
             stack.append((value.tolist(), path))  # what _json_default sends (a pandas Series, say)
+        else:
+            return path, value
     return None
 
 
 def _json_default(value: Any) -> Any:
+    if isinstance(value, Mapping):  # a MappingProxyType, say
+        return dict(value)
     tolist = getattr(value, "tolist", None)  # numpy arrays orjson does not take natively, numpy scalars
     if tolist is None:
         raise TypeError(f"cannot send a {type(value).__name__} as JSON")
     return tolist()
+
 
 @dataclass
 class _Request:
@@ -143,22 +174,77 @@ class _Request:
     idempotent: bool = field(default=False)
     raw: bool = False  # answer is text, not JSON
     binary: bool = False  # answer is a file's bytes (table downloads)
-    timeout: float | None = None  # overrides the client's timeout (table generation)
+    timeout: float | None = None  # replaces the client's timeout (a table generation's own)
+    timeout_at_least: float | None = None  # the client's timeout, but never less (a synchronous /train)
 
 
-def identity_segments(identity: IdentityLike) -> list[str]:
-    """Five URL segments for an identity; unspecified parts become ``*``."""
+# A prediction's model_info names the parts without the model_ prefix.
+_SHORT_KEYS = ("type", "name", "hardware", "software_name", "software_version")
+
+
+def identity_parts(identity: IdentityLike) -> list[Any]:
+    """The five parts of an identity, ``None`` where one is left unspecified.
+
+    Takes a :class:`ModelIdentity` or pattern, ``"type/name/hardware/software/version"``,
+    a sequence of five, or a mapping keyed as the contract's ``model`` object (or as a
+    prediction's ``model_info``, which is accepted as is). A mapping's unknown key is an
+    error rather than a silent ``*``: a misspelt ``modelname`` would otherwise match every model.
+    """
     if isinstance(identity, (ModelIdentity, IdentityPattern)):
-        parts = list(identity.as_tuple())
-    elif isinstance(identity, str):
-        parts = identity.split("/")
+        return list(identity.as_tuple())
+    if isinstance(identity, BaseModel):
+        identity = identity.model_dump()
+    if isinstance(identity, str):
+        parts: list[Any] = identity.split("/")
     elif isinstance(identity, Mapping):
-        parts = [identity.get(k) for k in IDENTITY_KEYS]
+        keys = IDENTITY_KEYS if any(k in identity for k in IDENTITY_KEYS[:2]) or not any(
+            k in identity for k in _SHORT_KEYS[:2]) else _SHORT_KEYS
+        unknown = [k for k in identity if k not in keys]
+        if unknown:
+            raise ValueError(f"unknown identity key(s) {unknown}; an identity's keys are {list(keys)}")
+        parts = [identity.get(k) for k in keys]
     else:
         parts = list(identity)
     if len(parts) != 5:
         raise ValueError("an identity has five parts: model_type, model_name, hardware, software_name, software_version")
-    return [quote(str(p), safe="") if p not in (None, "") else "*" for p in parts]
+    for key, part in zip(IDENTITY_KEYS, parts):
+        if isinstance(part, str) and not part.strip():
+            raise ValueError(f"identity part {key} is empty; leave it unspecified with None or '*'")
+    return [None if p in (None, "*") else p for p in parts]
+
+
+def identity_segments(identity: IdentityLike) -> list[str]:
+    """Five URL segments for an identity; unspecified parts become ``*``."""
+    return [quote(str(p), safe="") if p is not None else "*" for p in identity_parts(identity)]
+
+
+def _version(version: int) -> int:
+    """An integral version (numpy's too); 1.9 is an error, not version 1."""
+    try:
+        if isinstance(version, bool):
+            raise TypeError
+        return operator.index(version)
+    except TypeError:
+        raise InvalidRequestError(f"version must be an integer, got {version!r}", field="version") from None
+
+
+def _trace(trace: Any, field_name: str) -> dict[str, Any]:
+    if not isinstance(trace, Mapping):
+        raise InvalidRequestError(f"{field_name} must be a mapping of feature names to values, got {_shown(trace)}",
+                                  field=field_name)
+    return dict(trace)
+
+
+def _traces(traces: Any, field_name: str) -> list[dict[str, Any]]:
+    if isinstance(traces, (Mapping, str, bytes)) or not isinstance(traces, Iterable):
+        raise InvalidRequestError(f"{field_name} must be a list of traces (mappings), got {_shown(traces)}", field=field_name)
+    return [_trace(t, f"{field_name}[{i}]") for i, t in enumerate(traces)]
+
+
+def _levels(levels: Any) -> list[Any]:
+    if isinstance(levels, (str, bytes, Mapping)) or not isinstance(levels, Iterable):
+        raise InvalidRequestError(f"quantiles must be a list of levels in (0, 1), got {_shown(levels)}", field="quantiles")
+    return list(levels)
 
 
 class _Calls:
@@ -178,26 +264,26 @@ class _Calls:
     def model(identity: IdentityLike, version: int | None = None) -> _Request:
         path = "/models/" + "/".join(identity_segments(identity))
         if version is not None:
-            path += f"/versions/{int(version)}"
+            path += f"/versions/{_version(version)}"
         return _Request("GET", path, extract="model", idempotent=True)
 
     @staticmethod
     def delete_model(identity: IdentityLike, version: int | None = None) -> _Request:
         path = "/models/" + "/".join(identity_segments(identity))
         if version is not None:
-            path += f"/versions/{int(version)}"
+            path += f"/versions/{_version(version)}"
         return _Request("DELETE", path)
 
     @staticmethod
     def train(config: Mapping[str, Any] | TrainConfig, files: Mapping[str, Path | str | bytes] | None = None) -> _Request:
         cfg = config.model_dump(exclude_none=True) if isinstance(config, TrainConfig) else dict(config)
         if not files:
-            return _Request("POST", "/train", json={"config": cfg}, response=TrainResult, timeout=_TRAIN_TIMEOUT)
+            return _Request("POST", "/train", json={"config": cfg}, response=TrainResult, timeout_at_least=_TRAIN_TIMEOUT)
         parts = [("config", ("config.json", _dumps(cfg, "config"), "application/json"))]
         for name, content in files.items():
             data = content if isinstance(content, bytes) else Path(content).read_bytes()
             parts.append((name, (name, data, "application/octet-stream")))
-        return _Request("POST", "/train", files=parts, response=TrainResult, timeout=_TRAIN_TIMEOUT)
+        return _Request("POST", "/train", files=parts, response=TrainResult, timeout_at_least=_TRAIN_TIMEOUT)
 
     @staticmethod
     def train_background(config: Mapping[str, Any] | TrainConfig, files: Mapping[str, Path | str | bytes] | None = None) -> _Request:
@@ -219,13 +305,17 @@ class _Calls:
         return _Request("POST", "/cache/clear")
 
     @staticmethod
-    def observe(identity: Mapping[str, Any] | ModelIdentity, traces: Iterable[Mapping[str, Any]]) -> _Request:
-        model = identity.as_dict() if isinstance(identity, ModelIdentity) else dict(identity)
-        return _Request("POST", "/observe", json={"model": model, "traces": [dict(t) for t in traces]})
+    def observe(identity: IdentityLike, traces: Iterable[Mapping[str, Any]]) -> _Request:
+        parts = identity_parts(identity)
+        missing = [k for k, p in zip(IDENTITY_KEYS, parts) if p is None]
+        if missing:
+            raise ValueError(f"observations belong to one model: give its whole identity ({', '.join(missing)} unspecified)")
+        model = dict(zip(IDENTITY_KEYS, (str(p) for p in parts)))
+        return _Request("POST", "/observe", json={"model": model, "traces": _traces(traces, "traces")})
 
     @staticmethod
     def accuracy(identity: IdentityLike, version: int | None = None) -> _Request:
-        params = {"version": version} if version is not None else None
+        params = {"version": _version(version)} if version is not None else None
         return _Request("GET", "/models/" + "/".join(identity_segments(identity)) + "/accuracy", params=params, idempotent=True)
 
     @staticmethod
@@ -265,24 +355,29 @@ class _Calls:
         return _Request("DELETE", "/tables/" + quote(name, safe=""))
 
     @staticmethod
-    def _options(confidence_level: float, quantiles: Sequence[float] | None, lookup_table_name: str | None) -> dict[str, Any]:
+    def _options(confidence_level: float, quantiles: Sequence[float] | None, lookup_table_name: str | None,
+                 lookup_table: bool) -> dict[str, Any]:
         body: dict[str, Any] = {"confidence_level": confidence_level}
         if quantiles is not None:
-            body["quantiles"] = list(quantiles)
-        if lookup_table_name:
+            body["quantiles"] = _levels(quantiles)
+        if lookup_table_name is not None:
             body["lookup_table"] = True
             body["lookup_table_name"] = lookup_table_name
+        elif lookup_table:
+            body["lookup_table"] = True  # the service's default table
         return body
 
     def predict_single(self, identity: IdentityLike, trace: Mapping[str, Any], confidence_level: float = 0.95,
-                       quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None) -> _Request:
-        body = {"trace": dict(trace), **self._options(confidence_level, quantiles, lookup_table_name)}
+                       quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
+                       lookup_table: bool = False) -> _Request:
+        body = {"trace": _trace(trace, "trace"), **self._options(confidence_level, quantiles, lookup_table_name, lookup_table)}
         return _Request("POST", "/predict/single/" + "/".join(identity_segments(identity)), json=body,
                         response=SinglePredictionResponse, idempotent=True)
 
     def predict_batch(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]], confidence_level: float = 0.95,
-                      quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None) -> _Request:
-        body = {"trace": [dict(t) for t in traces], **self._options(confidence_level, quantiles, lookup_table_name)}
+                      quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
+                      lookup_table: bool = False) -> _Request:
+        body = {"trace": _traces(traces, "trace"), **self._options(confidence_level, quantiles, lookup_table_name, lookup_table)}
         return _Request("POST", "/predict/batch/" + "/".join(identity_segments(identity)), json=body,
                         response=BatchPredictionResponse, idempotent=True)
 
@@ -314,17 +409,30 @@ class _Calls:
             if not isinstance(message, str):
                 message = response.text[:500] or response.reason_phrase
             raise PredictorClientError(message, response.status_code, field_name, body)
-        if req.extract is not None and isinstance(body, dict):
-            body = body.get(req.extract)
+        if req.extract is not None:
+            if not isinstance(body, dict) or req.extract not in body:
+                raise _unexpected(response, f"no {req.extract!r} in it")
+            body = body[req.extract]
         if req.response is not None:
-            return req.response.model_validate(body)
+            try:
+                return req.response.model_validate(body)
+            except ValidationError as exc:
+                raise _unexpected(response, str(exc).splitlines()[0]) from exc
+        if not isinstance(body, (dict, list)):
+            raise _unexpected(response, "not a JSON object")
         return body
 
     @staticmethod
     def job_outcome(job: dict[str, Any], deadline: float, timeout: float) -> TrainResult | None:
         """A finished job's result (or its error, raised); None while it still runs."""
+        if not isinstance(job, dict) or "status" not in job:
+            raise PredictorClientError(f"unexpected answer for a training job (no status): {str(job)[:200]}", body=job)
         if job["status"] == "succeeded":
-            return TrainResult.model_validate(job["result"])
+            try:
+                return TrainResult.model_validate(job.get("result"))
+            except ValidationError as exc:
+                raise PredictorClientError(f"unexpected result for a training job: {str(exc).splitlines()[0]}",
+                                           body=job) from exc
         if job["status"] == "failed":
             err = job.get("error") or {}
             raise PredictorClientError(err.get("message", "training failed"), err.get("status_code"), err.get("field"), job)
@@ -355,7 +463,16 @@ class _Calls:
         )
 
 
-_RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.PoolTimeout)
+def _unexpected(response: httpx.Response, why: str) -> PredictorClientError:
+    """A 2xx answer that is not what the service sends (a proxy's page, say)."""
+    return PredictorClientError(f"unexpected answer from {response.request.method} {response.request.url.path} "
+                                f"({response.status_code}, {why}): {response.text[:200]!r}", response.status_code)
+
+
+# Errors before a request was sent: any request may be tried again.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# Errors after it may have been sent (the server may have acted on it): only idempotent ones are repeated.
+_MAYBE_SENT = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
 class _Base:
@@ -374,19 +491,27 @@ class _Base:
         elif req.json is not None:
             kw["content"] = _dumps(req.json)
             kw["headers"] = {"content-type": "application/json"}
-        if req.timeout is not None:
-            kw["timeout"] = max(req.timeout, self.timeout)
+        kw["timeout"] = self._timeout(req)
         return kw
+
+    def _timeout(self, req: _Request) -> float | None:
+        if req.timeout is not None:
+            return req.timeout
+        if req.timeout_at_least is not None and self.timeout is not None:
+            return max(req.timeout_at_least, self.timeout)
+        return self.timeout
 
     def _should_retry(self, req: _Request, exc: Exception, attempt: int) -> bool:
         if attempt >= self.retries:
             return False
-        # A refused or dropped connection never reached a handler; a read timeout may have.
-        return isinstance(exc, _RETRYABLE) or (req.idempotent and isinstance(exc, httpx.ReadError))
+        # A dropped connection can follow a handler that already acted (a training saved, observations
+        # counted): only a request that may be repeated is sent again then. A timeout is not retried.
+        return isinstance(exc, _NOT_SENT) or (req.idempotent and isinstance(exc, _MAYBE_SENT))
 
-    def _unavailable(self, exc: Exception) -> PredictorUnavailableError:
+    def _unavailable(self, req: _Request, exc: Exception) -> PredictorUnavailableError:
         if isinstance(exc, httpx.TimeoutException):
-            return PredictorUnavailableError(f"request to {self.base_url} timed out after {self.timeout}s ({type(exc).__name__})")
+            return PredictorUnavailableError(f"{req.method} {req.path} to {self.base_url} timed out after "
+                                             f"{self._timeout(req)}s ({type(exc).__name__})")
         return PredictorUnavailableError(f"cannot reach the predictor at {self.base_url}: {exc or type(exc).__name__}")
 
 
@@ -415,7 +540,7 @@ class PredictorClient(_Base):
                 return self._calls.parse(req, response)
             except httpx.HTTPError as exc:
                 if not self._should_retry(req, exc, attempt):
-                    raise self._unavailable(exc) from exc
+                    raise self._unavailable(req, exc) from exc
                 time.sleep(self.backoff * 2**attempt)
                 attempt += 1
 
@@ -447,12 +572,14 @@ class PredictorClient(_Base):
         return self._send(self._calls.train(config, files))
 
     def predict_single(self, identity: IdentityLike, trace: Mapping[str, Any], confidence_level: float = 0.95,
-                       quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None) -> SinglePredictionResponse:
-        return self._send(self._calls.predict_single(identity, trace, confidence_level, quantiles, lookup_table_name))
+                       quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
+                       lookup_table: bool = False) -> SinglePredictionResponse:
+        return self._send(self._calls.predict_single(identity, trace, confidence_level, quantiles, lookup_table_name, lookup_table))
 
     def predict_batch(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]], confidence_level: float = 0.95,
-                      quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None) -> BatchPredictionResponse:
-        return self._send(self._calls.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name))
+                      quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
+                      lookup_table: bool = False) -> BatchPredictionResponse:
+        return self._send(self._calls.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name, lookup_table))
 
     def train_background(self, config: Mapping[str, Any] | TrainConfig,
                          files: Mapping[str, Path | str | bytes] | None = None) -> dict[str, Any]:
@@ -476,7 +603,7 @@ class PredictorClient(_Base):
     def clear_cache(self) -> dict[str, Any]:
         return self._send(self._calls.clear_cache())
 
-    def observe(self, identity: Mapping[str, Any] | ModelIdentity, traces: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    def observe(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         """Report measured runtimes (traces carrying ``runtime_ms``) for accuracy tracking and retraining."""
         return self._send(self._calls.observe(identity, traces))
 
@@ -494,6 +621,7 @@ class PredictorClient(_Base):
                        timeout: float | None = 600.0) -> dict[str, Any]:
         """Upload a trace file; the service predicts every trace and writes a lookup table.
 
+        ``timeout`` is this call's own (a large file takes a while); ``None`` uses the client's.
         Returns ``{"status": "successful", "path", "table_name", "rows", "failed", ...}``.
         """
         return self._send(self._calls.generate_table(identity, trace_file, confidence_level, table_name, format, filename, timeout))
@@ -559,7 +687,7 @@ class AsyncPredictorClient(_Base):
                 return self._calls.parse(req, response)
             except httpx.HTTPError as exc:
                 if not self._should_retry(req, exc, attempt):
-                    raise self._unavailable(exc) from exc
+                    raise self._unavailable(req, exc) from exc
                 await asyncio.sleep(self.backoff * 2**attempt)
                 attempt += 1
 
@@ -575,6 +703,9 @@ class AsyncPredictorClient(_Base):
     async def list_models(self) -> ModelsResponse:
         return await self._send(self._calls.models())
 
+    async def list_models_raw(self) -> list[dict[str, Any]]:
+        return [dict(m) for m in (await self.list_models()).models]
+
     async def get_model(self, identity: IdentityLike, version: int | None = None) -> dict[str, Any]:
         return await self._send(self._calls.model(identity, version))
 
@@ -585,12 +716,14 @@ class AsyncPredictorClient(_Base):
         return await self._send(self._calls.train(config, files))
 
     async def predict_single(self, identity: IdentityLike, trace: Mapping[str, Any], confidence_level: float = 0.95,
-                             quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None) -> SinglePredictionResponse:
-        return await self._send(self._calls.predict_single(identity, trace, confidence_level, quantiles, lookup_table_name))
+                             quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
+                       lookup_table: bool = False) -> SinglePredictionResponse:
+        return await self._send(self._calls.predict_single(identity, trace, confidence_level, quantiles, lookup_table_name, lookup_table))
 
     async def predict_batch(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]], confidence_level: float = 0.95,
-                            quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None) -> BatchPredictionResponse:
-        return await self._send(self._calls.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name))
+                            quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
+                      lookup_table: bool = False) -> BatchPredictionResponse:
+        return await self._send(self._calls.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name, lookup_table))
 
     async def train_background(self, config: Mapping[str, Any] | TrainConfig,
                                files: Mapping[str, Path | str | bytes] | None = None) -> dict[str, Any]:
@@ -611,7 +744,7 @@ class AsyncPredictorClient(_Base):
     async def clear_cache(self) -> dict[str, Any]:
         return await self._send(self._calls.clear_cache())
 
-    async def observe(self, identity: Mapping[str, Any] | ModelIdentity, traces: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    async def observe(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         return await self._send(self._calls.observe(identity, traces))
 
     async def accuracy(self, identity: IdentityLike, version: int | None = None) -> dict[str, Any]:
@@ -634,7 +767,7 @@ class AsyncPredictorClient(_Base):
     async def download_table(self, name: str, dest: Path | str | None = None) -> bytes:
         data = await self._send(self._calls.download_table(name))
         if dest is not None:
-            Path(dest).write_bytes(data)
+            await asyncio.to_thread(Path(dest).write_bytes, data)
         return data
 
     async def delete_table(self, name: str) -> dict[str, Any]:
