@@ -662,3 +662,25 @@ def test_one_far_outlier_does_not_set_the_shared_uncertainty():
     q05, q50, q95 = model.predict_distribution(np.zeros((100, 0))).total().quantiles([0.05, 0.5, 0.95])
     assert q05 == pytest.approx(500, rel=1e-3) and q50 == pytest.approx(500, rel=1e-3)
     assert q95 > 2000  # one run in a thousand is 5 s: about one queue in ten holds one
+
+
+def test_a_flag_that_splits_two_regimes_gives_each_its_own_slopes():
+    # First runs of a shape cost a fixed ~60 ms (kernel selection) whatever the batch;
+    # repeats grow with it. One slope shared by both regimes fitted neither, and the
+    # size features were dropped: every repeat got the same median whatever its size.
+    rng = np.random.default_rng(4)
+    n = 1200
+    batch = rng.integers(1, 65, n).astype(float)
+    image = rng.choice(np.arange(96.0, 513.0, 32.0), n)
+    cold = (rng.random(n) < 0.35).astype(float)
+    work = batch * (image / 224.0) ** 2
+    y = np.where(cold == 1, 60.0, 4.0 + 0.1 * np.maximum(work - 20, 0)) * np.exp(0.08 * rng.standard_normal(n))
+    X = np.column_stack([batch, image, cold])
+    model = QuantileModel(["numeric"] * 3, [0] * 3, algorithm="linear").fit(X, y)
+    assert "features_dropped" not in model.cv_["linear"]
+    med = model.predict_quantiles(np.array([[4.0, 128.0, 0.0], [64.0, 512.0, 0.0], [4.0, 128.0, 1.0], [64.0, 512.0, 1.0]]),
+                                  [0.5])[:, 0]
+    # Truth: 4, 35.4, 60, 60 ms. (A flag shared by both regimes: 6.7 ms for both repeats.)
+    assert med[0] < 5 and med[1] > 20 and med[1] > 5 * med[0]
+    np.testing.assert_allclose(med[2:], 60.0, rtol=0.05)
+    assert model.cv_["linear"]["relative_pinball_loss"] < 0.03  # 0.045 with one slope for both

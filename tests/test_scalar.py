@@ -144,3 +144,24 @@ def test_a_model_loaded_from_json_has_the_same_single_row_path(algorithm):
         want_q, want_mean, want_std = model.describe_one(x, LEVELS)
         np.testing.assert_allclose(q, want_q, rtol=1e-12)
         assert (mean, std) == pytest.approx((want_mean, want_std), rel=1e-12)
+
+
+def test_a_regime_flag_has_its_own_slopes_on_the_single_row_path_too():
+    import orjson
+
+    rng = np.random.default_rng(3)
+    n = 600
+    batch = rng.integers(1, 65, n).astype(float)
+    image = rng.choice([96.0, 224.0, 384.0, 512.0], n)
+    cold = (rng.random(n) < 0.3).astype(float)
+    work = batch * (image / 224.0) ** 2
+    y = np.where(cold == 1, 60.0, 4.0 + 0.2 * work) * np.exp(0.05 * rng.standard_normal(n))
+    X = np.column_stack([batch, image, cold])
+    model = QuantileModel(["numeric"] * 3, [0] * 3, algorithm="linear", params={"drop_features": False}).fit(X, y)
+    assert model.location_.flags_ and model.location_.flags_[0][0] == 2
+    rows = [[64.0, 512.0, 0.0], [64.0, 512.0, 1.0], [1.0, 96.0, 0.0], [8.0, 224.0, np.nan], [500.0, 900.0, 0.0],
+            [3.0, 224.0, 1.0]]
+    _assert_same(model, rows, reference_batch=not model.scale_.is_constant)
+    loaded = QuantileModel.from_json(orjson.loads(orjson.dumps(model.to_json(), option=orjson.OPT_SERIALIZE_NUMPY)))
+    for x in rows:
+        np.testing.assert_allclose(loaded.describe_one(x, LEVELS)[0], model.describe_one(x, LEVELS)[0], rtol=1e-12)

@@ -340,11 +340,16 @@ class LogLinearDesign:
 
     def dot_row(self, x: Sequence[float], coef: np.ndarray) -> float:
         """``row(x) @ coef`` with the standardisation folded into the weights (fewer float operations)."""
-        fused = self.__dict__.get("_fused")
+        cache = self.__dict__.get("_fused")
+        fused = None if cache is None else cache.get(id(coef))
         if fused is None or fused[0] is not coef:
-            # (coef, the folded terms, the numeric columns' weights per raw unit)
+            # (coef, the folded terms, the numeric columns' weights per raw unit); one per
+            # coefficient vector (a linear location has one more per regime flag).
             weights = (np.asarray(coef, dtype=np.float64).ravel()[:len(self.center_)] / self.spread_).tolist()
-            fused = self._fused = (coef, self._fold(coef), weights)
+            fused = (coef, self._fold(coef), weights)
+            if cache is None or len(cache) > 8:
+                cache = self._fused = {}
+            cache[id(coef)] = fused
         offset, numeric, levels, cats = fused[1]
         num, lows, highs = self._plan()[:3]
         if self._beyond_edges(x, num, lows, highs):
@@ -593,6 +598,24 @@ class EmpiricalLocation(LocationModel):
         return obj
 
 
+def _regime_flags(X: np.ndarray, kinds: Sequence[str]) -> list[tuple[int, float]]:
+    """Numeric features that take only the values 0 and 1, each on at least
+    :data:`LEVEL_MIN_ROWS` rows (``first_of_shape``, a boolean): (column, share of ones)."""
+    flags = []
+    for j in _numeric_positions(kinds):
+        col = X[:, j][np.isfinite(X[:, j])]
+        if len(col) and bool(np.isin(col, (0.0, 1.0)).all()):
+            ones = int((col == 1.0).sum())
+            if min(ones, len(col) - ones) >= LEVEL_MIN_ROWS:
+                flags.append((j, ones / len(col)))
+    return flags
+
+
+def _flag_values(col: np.ndarray, share: float) -> np.ndarray:
+    """A flag's 0/1 values; a missing or other value sits at the training share of ones, as its main column does."""
+    return np.where((col == 0.0) | (col == 1.0), col, share)
+
+
 class LinearLocation(LocationModel):
     """Robust ridge regression of log-runtime on log features (Huber, then Tukey's bisquare, by reweighting).
 
@@ -600,13 +623,20 @@ class LinearLocation(LocationModel):
     is given: the design's columns (log, raw, hinges) are strongly collinear, and
     a fixed penalty either biases the fit (it was measured at 2-8% on a trace set
     with four distinct frame counts) or fails to tame useless features.
+
+    A 0/1 feature that splits the rows into two regimes (a shape's first run, which
+    costs a fixed ~60 ms of kernel selection whatever the batch, against repeats that
+    grow with it) also gets the other numeric features' columns times the flag, so each
+    regime has its own slopes; with one slope shared by both, the size features hurt
+    the fit more than they helped and were dropped, and every repeat was predicted
+    the same 4.4 ms whatever its batch. The ridge penalty shrinks unneeded ones.
     """
 
     name = "linear"
     min_rows = 8
 
     def __init__(self, kinds: Sequence[str], n_categories: Sequence[int], alpha: float | None = None, huber_delta: float = 1.0,
-                 redescend: bool = True, max_levels: int = MAX_LEVELS, hinges: int = 3):
+                 redescend: bool = True, max_levels: int = MAX_LEVELS, hinges: int = 3, regimes: bool = True):
         self.kinds = list(kinds)
         self.n_categories = list(n_categories)
         self.alpha = alpha
@@ -614,10 +644,36 @@ class LinearLocation(LocationModel):
         self.redescend = redescend
         self.max_levels = max_levels
         self.hinges = hinges
+        self.regimes = regimes
+
+    def _interacting(self) -> np.ndarray:
+        """The numeric design columns a flag multiplies: those of the features that are not flags."""
+        num = self.design_._num
+        flagged = {j for j, _ in self.flags_}
+        return np.array([c for c, o in enumerate(self.design_._owners().tolist()) if num[o] not in flagged], dtype=np.int64)
+
+    def _split(self, coef: np.ndarray, width: int) -> None:
+        """Main-effect coefficients, and per flag its slopes as a full-width vector (for ``dot_row``)."""
+        self.coef_ = coef
+        self.main_ = coef[:width]
+        keep = self._interacting() if self.flags_ else np.zeros(0, dtype=np.int64)
+        self.flag_coefs_ = []
+        for i in range(len(self.flags_)):
+            c = np.zeros(width)
+            c[keep] = coef[width + i * len(keep): width + (i + 1) * len(keep)]
+            self.flag_coefs_.append(c)
 
     def fit(self, X, y, w=None):
         self.design_ = LogLinearDesign(self.kinds, self.n_categories, hinges=self.hinges, levels=self.max_levels).fit(X)
         A = self.design_.transform(X)
+        width = A.shape[1]
+        self.flags_ = _regime_flags(X, self.kinds) if self.regimes else []
+        if self.flags_:
+            keep = self._interacting()
+            if len(keep):
+                A = np.concatenate([A] + [A[:, keep] * _flag_values(X[:, j], share)[:, None] for j, share in self.flags_], axis=1)
+            else:
+                self.flags_ = []
         base_w = np.ones(len(y)) if w is None else w
         weights = base_w
         alpha = self.alpha if self.alpha is not None else _gcv_alpha(A, y, base_w)
@@ -636,14 +692,25 @@ class LinearLocation(LocationModel):
                 weights = base_w * np.where(np.abs(t) < 1, (1 - t * t) ** 2, 0.0)
                 if weights.sum() < 0.5 * base_w.sum():
                     break
-        self.intercept_, self.coef_ = b, coef
+        self.intercept_ = b
+        self._split(coef, width)
         return self
 
     def predict(self, X):
-        return self.intercept_ + self.design_.transform(X) @ self.coef_
+        A = self.design_.transform(X)
+        out = self.intercept_ + A @ self.main_
+        for (j, share), c in zip(self.flags_, self.flag_coefs_):
+            out += _flag_values(X[:, j], share) * (A @ c)
+        return out
 
     def predict_row(self, x):
-        return self.intercept_ + self.design_.dot_row(x, self.coef_)
+        out = self.intercept_ + self.design_.dot_row(x, self.main_)
+        for (j, share), c in zip(self.flags_, self.flag_coefs_):
+            v = x[j]
+            b = v if v == 0.0 or v == 1.0 else share
+            if b:
+                out += b * self.design_.dot_row(x, c)
+        return out
 
     def to_json(self):
         return {
@@ -653,6 +720,7 @@ class LinearLocation(LocationModel):
             "design": self.design_.to_json(),
             "intercept": self.intercept_,
             "coef": self.coef_.tolist(),
+            "flags": [[j, share] for j, share in self.flags_],
         }
 
     @classmethod
@@ -662,7 +730,13 @@ class LinearLocation(LocationModel):
         obj.design_ = LogLinearDesign.from_json(d["design"])
         obj.hinges = obj.design_.hinges
         obj.intercept_ = float(d["intercept"])
-        obj.coef_ = np.asarray(d["coef"], dtype=np.float64)
+        # Stored before regime flags: none, and the coefficients are the main effects.
+        obj.flags_ = [(int(j), float(share)) for j, share in d.get("flags", [])]
+        obj.regimes = bool(obj.flags_)
+        coef = np.asarray(d["coef"], dtype=np.float64)
+        width = len(obj.design_.center_) + sum(k for kind, k in zip(obj.design_.kinds, obj.design_.n_categories)
+                                               if kind == "categorical")
+        obj._split(coef, width if obj.flags_ else len(coef))
         return obj
 
 
@@ -888,12 +962,13 @@ class LightGBMLocation(LocationModel):
     }
 
     def __init__(self, kinds: Sequence[str], n_categories: Sequence[int], num_boost_round: int = 300,
-                 params: dict[str, Any] | None = None, linear_base: bool = True):
+                 params: dict[str, Any] | None = None, linear_base: bool = True, base_regimes: bool = False):
         self.kinds = list(kinds)
         self.n_categories = list(n_categories)
         self.num_boost_round = num_boost_round
         self.params = {**self.DEFAULT_PARAMS, **(params or {})}
         self.linear_base = linear_base
+        self.base_regimes = base_regimes
         self.base_: LinearLocation | None = None
 
     def _dataset(self, X, y, w=None, init=None, reference=None):
@@ -916,7 +991,7 @@ class LightGBMLocation(LocationModel):
 
         params = {**self.params, "min_data_in_leaf": min(self.params["min_data_in_leaf"], max(2, len(y) // 10))}
         if self.linear_base:
-            self.base_ = LinearLocation(self.kinds, self.n_categories).fit(X, y, w)
+            self.base_ = LinearLocation(self.kinds, self.n_categories, regimes=self.base_regimes).fit(X, y, w)
             params["boost_from_average"] = False
         init = self._base(X)
         if params.get("objective") == "huber" and "alpha" not in params:
@@ -981,6 +1056,7 @@ class LightGBMLocation(LocationModel):
         obj.best_iteration_ = int(d["best_iteration"])
         obj.params_used_ = d.get("params_used", d["params"])
         obj.base_ = None if base is None else LinearLocation.from_json(base, kinds, n_categories)
+        obj.base_regimes = obj.base_ is not None and bool(obj.base_.flags_)
         # LightGBM's own text format: parsing it runs no code, unlike pickle. But LightGBM
         # aborts the whole process on some damaged texts, so the text is checked first.
         text, checked = _booster_text(d["booster"], d.get("booster_sha256"))
@@ -1500,13 +1576,17 @@ class QuantileModel:
 
     # ------------------------------------------------------------------ fitting
 
-    def _make(self, family: str, kinds: Sequence[str] | None = None, hinges: int | None = None) -> LocationModel:
+    def _make(self, family: str, kinds: Sequence[str] | None = None, hinges: int | None = None,
+              regimes: bool | None = None) -> LocationModel:
         if family == "empirical":
             return EmpiricalLocation()
         if family == "linear":
-            params = {k: v for k, v in self.params.items() if k in ("alpha", "huber_delta", "redescend", "max_levels", "hinges")}
+            params = {k: v for k, v in self.params.items()
+                      if k in ("alpha", "huber_delta", "redescend", "max_levels", "hinges", "regimes")}
             if hinges is not None:
                 params["hinges"] = hinges
+            if regimes is not None:
+                params["regimes"] = regimes
             return LinearLocation(self.kinds if kinds is None else kinds, self.n_categories, **params)
         if family == "power":
             return PowerLocation(self.kinds if kinds is None else kinds, self.n_categories)
@@ -1514,7 +1594,7 @@ class QuantileModel:
         if "lgb_huber_delta" in self.params:
             lgb_params["alpha"] = float(self.params["lgb_huber_delta"])
         return LightGBMLocation(self.kinds if kinds is None else kinds, self.n_categories, int(self.params.get("num_boost_round", 300)), lgb_params,
-                                linear_base=bool(self.params.get("lgb_linear_base", True)))
+                                linear_base=bool(self.params.get("lgb_linear_base", True)), base_regimes=bool(regimes))
 
     def candidate_families(self, n_rows: int) -> list[str]:
         if self.algorithm != "auto":
@@ -1533,34 +1613,61 @@ class QuantileModel:
     def _oof_location(self, family, X, ylog, fold, w, kinds=None) -> tuple[np.ndarray, dict[str, int]]:
         """Out-of-fold location predictions, and what was tuned on the folds (``rounds``, ``hinges``)."""
         if family == "lightgbm":
-            return self._oof_boosted(X, ylog, fold, w, kinds)
-        if family == "linear" and "hinges" not in self.params:
+            oof, tuned = self._oof_boosted(X, ylog, fold, w, kinds, False)
+            if (self.params.get("lgb_linear_base", True) and self.params.get("regimes", True)
+                    and _regime_flags(X, self.kinds if kinds is None else kinds)):
+                # The linear base with each regime's own slopes (LinearLocation): kept
+                # where the folds say so, as for the linear family. (It made the boosted
+                # fit far worse on the H200 vision traces, and better on the H100 ones.)
+                split, split_tuned = self._oof_boosted(X, ylog, fold, w, kinds, True)
+                d = _location_pinball(ylog, split, fold) - _location_pinball(ylog, oof, fold)
+                if d.mean() < -SELECTION_SE * _mean_se(d):
+                    return split, {**split_tuned, "regimes": True}
+                tuned["regimes"] = False
+            return oof, tuned
+        if family != "linear":
+            return self._oof_fit(family, X, ylog, fold, w, kinds), {}
+        tuned: dict[str, Any] = {}
+        regimes = None
+        if "regimes" not in self.params:
+            # Each regime's own slopes (LinearLocation) are kept where they lower the
+            # held-out loss by more than a standard error: on 12,000 H200 runs with a
+            # row counter among the features they cost more than they brought.
+            if _regime_flags(X, self.kinds if kinds is None else kinds):
+                regimes = tuned["regimes"] = True
+        if "hinges" not in self.params:
             # Hinges bend the power law (fixed overheads plus per-unit costs); on a
             # hundred noisy rows their extra columns cost more than they bring. They
             # are kept when they lower the held-out pinball loss by more than a
             # standard error (the one-standard-error rule, as in _choose).
-            bent = self._oof_fit(family, X, ylog, fold, w, kinds, LINEAR_HINGES)
-            plain = self._oof_fit(family, X, ylog, fold, w, kinds, 0)
+            bent = self._oof_fit(family, X, ylog, fold, w, kinds, LINEAR_HINGES, regimes)
+            plain = self._oof_fit(family, X, ylog, fold, w, kinds, 0, regimes)
             d = _location_pinball(ylog, bent, fold) - _location_pinball(ylog, plain, fold)
-            if d.mean() < -SELECTION_SE * _mean_se(d):
-                return bent, {"hinges": LINEAR_HINGES}
-            return plain, {"hinges": 0}
-        return self._oof_fit(family, X, ylog, fold, w, kinds), {}
+            hinges = LINEAR_HINGES if d.mean() < -SELECTION_SE * _mean_se(d) else 0
+            oof, tuned["hinges"] = (bent if hinges else plain), hinges
+        else:
+            oof = self._oof_fit(family, X, ylog, fold, w, kinds, None, regimes)
+        if regimes:
+            shared = self._oof_fit(family, X, ylog, fold, w, kinds, tuned.get("hinges"), False)
+            d = _location_pinball(ylog, oof, fold) - _location_pinball(ylog, shared, fold)
+            if not d.mean() < -SELECTION_SE * _mean_se(d):
+                oof, tuned["regimes"] = shared, False
+        return oof, tuned
 
-    def _oof_fit(self, family, X, ylog, fold, w, kinds, hinges: int | None = None) -> np.ndarray:
+    def _oof_fit(self, family, X, ylog, fold, w, kinds, hinges: int | None = None, regimes: bool | None = None) -> np.ndarray:
         oof = np.empty(len(ylog))
         for k in range(int(fold.max()) + 1):
             tr, te = fold != k, fold == k
-            model = self._make(family, kinds, hinges).fit(X[tr], ylog[tr], None if w is None else w[tr])
+            model = self._make(family, kinds, hinges, regimes).fit(X[tr], ylog[tr], None if w is None else w[tr])
             oof[te] = _within_range(model.predict(X[te]), ylog[tr])
         return oof
 
-    def _oof_boosted(self, X, ylog, fold, w, kinds) -> tuple[np.ndarray, dict[str, int]]:
+    def _oof_boosted(self, X, ylog, fold, w, kinds, regimes: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
         oof = np.empty(len(ylog))
         boosted: list[tuple[np.ndarray, LightGBMLocation]] = []
         for k in range(int(fold.max()) + 1):
             tr, te = fold != k, fold == k
-            model = self._make("lightgbm", kinds)
+            model = self._make("lightgbm", kinds, regimes=regimes)
             model.fit(X[tr], ylog[tr], None if w is None else w[tr], valid=(X[te], ylog[te]))
             boosted.append((te, model))
         # One number of rounds for every fold, where the folds' mean validation loss is
@@ -1604,7 +1711,7 @@ class QuantileModel:
         kinds = best["kinds"]
         self.features_used_ = [k != UNUSED for k in kinds]
         tuned = best["tuned"]
-        final = self._make(family, kinds, tuned.get("hinges"))
+        final = self._make(family, kinds, tuned.get("hinges"), tuned.get("regimes"))
         if isinstance(final, LightGBMLocation) and "rounds" in tuned:
             # Train the final booster as long as the folds found useful, a bit more for the extra data.
             final.num_boost_round = max(10, int(tuned["rounds"] * (1.1 if len(sel) == n else 1.3)))
@@ -1690,6 +1797,8 @@ class QuantileModel:
                 metrics["best_iteration"] = chosen["tuned"]["rounds"]
             if "hinges" in chosen["tuned"]:
                 metrics["hinges"] = chosen["tuned"]["hinges"]
+            if "regimes" in chosen["tuned"]:
+                metrics["regimes"] = chosen["tuned"]["regimes"]
             if reduced is not chosen:
                 # Which features went, and the held-out loss with them.
                 metrics["features_dropped"] = [j for j, k in enumerate(reduced["kinds"]) if k == UNUSED]
@@ -2047,6 +2156,7 @@ MODEL_PARAMS: dict[str, tuple[frozenset[str], str, Any]] = {
     "redescend": (_LINEAR, "true or false", _flag),
     "max_levels": (_LINEAR, "a whole number in [0, 64]", _number(0, 64, whole=True)),
     "hinges": (_LINEAR, "a whole number in [0, 16]", _number(0, 16, whole=True)),
+    "regimes": (_LINEAR, "true or false", _flag),
     "num_boost_round": (_BOOSTED, "a whole number in [1, 10000]", _number(1, 10_000, whole=True)),
     "lgb_huber_delta": (_BOOSTED, "a number in (0, 100]", _number(0.0, 100.0, open_lo=True)),
     "lgb_linear_base": (_BOOSTED, "true or false", _flag),
