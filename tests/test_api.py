@@ -688,6 +688,8 @@ def test_unknown_paths_and_methods_answer_in_the_error_format(http):
     r = http.delete("/health")
     failed(r, 405, "method DELETE is not allowed on /health")
     assert "GET" in r.headers["allow"]
+    # A trailing slash is no redirect to follow (a bodiless 307 before).
+    failed(http.post(f"/predict/single/{SEGMENTS}/", json={"trace": TRACE}), 404, "no endpoint POST /predict/single/")
 
 
 # --------------------------------------------------------------------------- YAML configs, wildcards, file names, forms

@@ -188,15 +188,19 @@ def test_predict_a_trace_file(tmp_path, trained, suffix):
         path.write_bytes(orjson.dumps({"traces": traces}))
     else:
         path.write_text("input_tokens,output_tokens\n100,10\n100,300\n100,\n")
-    body = json_out(invoke("predict", KEY.replace("Qwen/", "Qwen%2F"), path, "--data-dir", trained, "--json"))
+    # One trace failed: the answer is printed, and the exit status says so.
+    result = invoke("predict", KEY.replace("Qwen/", "Qwen%2F"), path, "--data-dir", trained, "--json", ok=False)
+    assert result.exit_code == 1
+    body = json_out(result)
     assert [r["status"] for r in body["results"]] == ["success", "success", "error"]
     assert "output_tokens" in body["results"][2]["message"]
     short, long = body["results"][0]["expect"], body["results"][1]["expect"]
     assert long > 10 * short
     assert body["expect"] == pytest.approx(short + long)
     # and as a table
-    out = invoke("predict", "llm/*/*/*/*", path, "--data-dir", trained).stdout
-    assert "2/3 predicted" in out and "missing required feature 'output_tokens'" in out
+    result = invoke("predict", "llm/*/*/*/*", path, "--data-dir", trained, ok=False)
+    out = result.stdout
+    assert result.exit_code == 1 and "2/3 predicted" in out and "missing required feature 'output_tokens'" in out
 
 
 @pytest.mark.parametrize("model, trace, message", [
@@ -254,9 +258,17 @@ def test_settings_that_make_no_sense_stop_the_service_with_one_line(tmp_path, mo
     assert said == f"error: {variable}: {message}"
 
 
-def test_serve_flags_are_checked_as_the_variables_are(tmp_path):
+def test_serve_flags_are_checked_as_the_variables_are(tmp_path, monkeypatch):
+    # serve passes its flags to the workers through the environment: keep this test's to itself.
+    for name in ("PREDICTOR_HOST", "PREDICTOR_PORT", "PREDICTOR_DATA_DIR", "PREDICTOR_WORKERS", "DEFAULT_LOOKUP_TABLE",
+                 "PREDICTOR_LOG_LEVEL"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+        monkeypatch.delenv(name)
     said = one_error_line(invoke("serve", "--data-dir", tmp_path / "data", "--log-level", "loud", ok=False))
-    assert said.startswith("error: PREDICTOR_LOG_LEVEL: must be one of") and "(got 'loud')" in said
+    assert said.startswith("error: --log-level: must be one of") and "(got 'loud')" in said
+    monkeypatch.delenv("PREDICTOR_LOG_LEVEL")
+    said = one_error_line(invoke("serve", "--data-dir", tmp_path / "data", "--port", "70000", ok=False))
+    assert said == "error: --port: Input should be less than or equal to 65535 (got '70000')"
 
 
 def test_the_seed_entry_point_says_a_bad_setting_in_one_line(tmp_path):

@@ -75,6 +75,26 @@ def test_an_identifier_like_categorical_column_is_dropped():
     assert report.columns_dropped["request"].startswith("no value repeats")
 
 
+def test_a_row_counter_is_dropped_unless_named():
+    # The shipped traces number their rows (seq): a model on it needed the counter to predict.
+    traces = [{**t, "seq": 100 + i, "shuffled": (7 * i) % 40} for i, t in enumerate(base_traces(40))]
+    schema, _, _, report = prepare(traces)
+    assert "seq" not in schema.names and "shuffled" in schema.names
+    assert report.columns_dropped["seq"] == "a row counter (an index, not a feature)"
+    schema, _, _, _ = prepare(traces, features=["input_tokens", "seq"])
+    assert schema.names == ["input_tokens", "seq"]
+
+
+def test_at_most_64_columns_are_features():
+    wide = [{**t, **{f"c{j}": (i + j) % 7 for j in range(70)}} for i, t in enumerate(base_traces(40))]
+    with pytest.raises(TraceError, match="the traces have 72 columns that could be features; at most 64"):
+        prepare(wide)
+    with pytest.raises(TraceError, match="'features' names 65 columns; at most 64"):
+        prepare(wide, features=[f"c{j}" for j in range(65)])
+    schema, _, _, _ = prepare(wide, features=[f"c{j}" for j in range(64)])
+    assert len(schema.names) == 64
+
+
 def test_only_frequent_categories_are_learned_the_rest_read_as_unseen():
     from swarmpilot_predictor.features import MAX_CATEGORIES
 

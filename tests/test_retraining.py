@@ -311,3 +311,15 @@ def test_the_decision_log_keeps_the_newest_decisions_and_skips_torn_lines(tmp_pa
     assert log.last(identity)["status"] == "retrained"
     log.delete(identity)
     assert log.read(identity) == [] and log.last(identity) is None
+
+
+def test_a_model_without_features_retrains_on_a_shift(tmp_path):
+    # Its observations cover every training row (there is nothing else to tell them apart).
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    rng = np.random.default_rng(0)
+    svc.train(TrainConfig(model=IDENTITY, traces=[{"runtime_ms": float(v)} for v in rng.lognormal(3, 0.1, 200)]))
+    svc.observe(IDENTITY, [{"runtime_ms": float(v)} for v in rng.lognormal(3.5, 0.1, 100)])
+    decision = svc.retrain(IdentityPattern.from_parts(IDENTITY))
+    assert decision["status"] == "retrained", decision
+    median = svc.predict(IdentityPattern.from_parts(IDENTITY), [{}], quantiles=[0.5]).quantiles[0][0]
+    assert median == pytest.approx(np.exp(3.5), rel=0.05)

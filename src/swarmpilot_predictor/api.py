@@ -241,6 +241,8 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         version=__version__,
         description="Runtime distributions (quantiles, mean, std, queue totals) for ML inference tasks.",
         lifespan=lifespan,
+        # A trailing slash is a 404 in the service's JSON, not a bodiless 307 to follow.
+        redirect_slashes=False,
         telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
     app.add_middleware(BodySizeLimitMiddleware, max_mb=settings.max_upload_mb)

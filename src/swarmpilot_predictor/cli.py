@@ -30,13 +30,17 @@ DataDirOpt = typer.Option(None, "--data-dir", "-d", help="Data directory (defaul
 UrlOpt = typer.Option(None, "--url", "-u", help="Talk to a running service at this URL instead of a data directory.")
 
 
-def _settings(data_dir: Optional[Path]) -> PredictorSettings:
+def _settings(data_dir: Optional[Path], flags: dict[str, str] | None = None) -> PredictorSettings:
+    """Settings from the environment; ``flags`` maps the variables that a flag set to the flag, named in errors."""
     from pydantic import ValidationError
 
     try:
         return PredictorSettings(data_dir=data_dir) if data_dir else PredictorSettings()
-    except ValidationError as exc:  # a bad PREDICTOR_* variable
-        _fail(settings_problem(exc))
+    except ValidationError as exc:  # a bad PREDICTOR_* variable, or a flag passed through one
+        parts = settings_problem(exc).split("; ")
+        for variable, flag in (flags or {}).items():
+            parts = [flag + p[len(variable):] if p.startswith(variable + ":") else p for p in parts]
+        _fail("; ".join(parts))
 
 
 def _service(data_dir: Optional[Path]):
@@ -107,12 +111,15 @@ def serve(
 
     # Settings travel through the environment so that every worker process sees them, and
     # flags are checked as the variables are.
-    for name, value in (("PREDICTOR_HOST", host), ("PREDICTOR_PORT", port), ("PREDICTOR_DATA_DIR", data_dir),
-                        ("PREDICTOR_WORKERS", workers), ("DEFAULT_LOOKUP_TABLE", default_lookup_table),
-                        ("PREDICTOR_LOG_LEVEL", log_level)):
+    flags = {}
+    for name, flag, value in (("PREDICTOR_HOST", "--host", host), ("PREDICTOR_PORT", "--port", port),
+                              ("PREDICTOR_DATA_DIR", "--data-dir", data_dir), ("PREDICTOR_WORKERS", "--workers", workers),
+                              ("DEFAULT_LOOKUP_TABLE", "--default-lookup-table", default_lookup_table),
+                              ("PREDICTOR_LOG_LEVEL", "--log-level", log_level)):
         if value is not None:
             os.environ[name] = str(value)
-    settings = _settings(None)
+            flags[name] = flag
+    settings = _settings(None, flags)
     try:
         settings.ensure_dirs()
     except PredictorError as exc:
@@ -261,8 +268,12 @@ def predict(
             body = service.predict(pattern, traces, confidence_level, levels, with_total=True).batch_response()
         except PredictorError as exc:
             _fail(exc.message)
+    # A script can tell that a trace failed from the exit status (the answer is printed first).
+    failed = int(body["summary"]["failed"]) > 0
     if as_json:
         sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
+        if failed:
+            raise typer.Exit(1)
         return
     table = Table(title=f"{body['summary']['success']}/{body['summary']['total']} predicted")
     table.add_column("#")
@@ -281,6 +292,8 @@ def predict(
     if body.get("expect") is not None and len(body["results"]) > 1:
         lo, hi = body["total_interval"]
         console.print(f"total: mean {body['expect']:.2f} ms, std {body['error']:.2f} ms, {confidence_level:g} interval {lo:.2f} - {hi:.2f} ms")
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()

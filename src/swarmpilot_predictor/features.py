@@ -38,6 +38,10 @@ SHAPE_MAX_DISTINCT = 20_000
 # at most this many of them (the most frequent); see FeatureSchema.prepare_training.
 CATEGORY_MIN_ROWS = 2
 MAX_CATEGORIES = 128
+# Real traces have a handful of features; each one costs the model selection (and the
+# feature elimination a quadratic number of fits): 500 columns on 40 rows took two minutes
+# and 5,000 filled the machine's memory. More than this many is refused.
+MAX_FEATURES = 64
 
 
 @dataclass(frozen=True)
@@ -362,6 +366,8 @@ class FeatureSchema:
             if bad:
                 raise TraceError(f"reserved field(s) cannot be features: {', '.join(bad)}")
             candidates = list(features)
+        if features is not None and len(candidates) > MAX_FEATURES:
+            raise TraceError(f"'features' names {len(candidates)} columns; at most {MAX_FEATURES} can be used")
 
         specs: list[FeatureSpec] = []
         columns: list[np.ndarray] = []
@@ -404,6 +410,9 @@ class FeatureSchema:
                 if fin.min() == fin.max():
                     report.columns_dropped[name] = "constant"
                     continue
+                if features is None and _is_row_counter(table.numeric(name)):
+                    report.columns_dropped[name] = "a row counter (an index, not a feature)"
+                    continue
                 fill = float(np.median(fin))
                 n_missing = int((~finite).sum())
                 if n_missing:
@@ -413,6 +422,9 @@ class FeatureSchema:
                 columns.append(values)
             specs.append(spec)
 
+        if len(specs) > MAX_FEATURES:
+            raise TraceError(f"the traces have {len(specs)} columns that could be features; at most {MAX_FEATURES} "
+                             "can be used: name them with 'features'")
         report.rows_used = len(rows)
         X = np.column_stack(columns) if columns else np.empty((len(rows), 0))
         X = X.astype(np.float64, copy=False)
@@ -602,6 +614,15 @@ def _shape_history(table: TraceTable, rows: np.ndarray, specs: list[FeatureSpec]
             why_not += f"; no shape without {names} had a flag that explained enough of the runtime"
         return None, None, why_not
     return best[1], best[2], None
+
+
+def _is_row_counter(values: np.ndarray) -> bool:
+    """Whether a column numbers the traces in order (0, 1, 2, ... or any start, step 1):
+    a runtime's dependence on it is drift in time, which a feature cannot carry forward."""
+    if len(values) < 3 or not np.isfinite(values).all():
+        return False
+    step = np.diff(values)
+    return bool((step == 1.0).all() and values[0] == math.floor(values[0]))
 
 
 def _share_explained(values: np.ndarray, flags: np.ndarray) -> float:

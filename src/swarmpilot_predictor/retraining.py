@@ -82,6 +82,8 @@ def uncovered_rows(train_X: np.ndarray, obs_X: np.ndarray, kinds: list[str]) -> 
 
     if len(train_X) == 0 or len(obs_X) == 0:
         return np.ones(len(train_X), dtype=bool)
+    if train_X.shape[1] == 0:
+        return np.zeros(len(train_X), dtype=bool)  # no features: every observation is where every row is
     scale = np.ones(train_X.shape[1])
     for j, kind in enumerate(kinds):
         if kind == "numeric":
