@@ -466,8 +466,9 @@ def test_a_dropped_connection_repeats_only_requests_that_may_be_repeated():
 
 def test_an_answer_that_is_not_the_services_is_a_client_error():
     # A proxy's page with a 200: an error naming the request, not None or a pydantic error.
-    page = b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 13\r\n\r\n<html>hi</html>"[:-2]
-    wrong = b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{"ok": true}'[:-1]
+    # (connection: close, as the server closes: the client must not send again on it.)
+    page = b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\nconnection: close\r\ncontent-length: 15\r\n\r\n<html>hi</html>"
+    wrong = b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 12\r\n\r\n{"ok": true}'
     for reply in (page, wrong):
         with RawServer(reply) as srv, PredictorClient(srv.url, retries=0) as client:
             calls = [lambda: client.predict_single(IDENTITY, {"input_tokens": 1}), client.cache_stats,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import pytest
 
 from swarmpilot_predictor.client import PredictorClient, PredictorClientError
@@ -96,9 +97,13 @@ def test_observe_bad_input_is_a_clear_4xx(tmp_path):
         with pytest.raises(PredictorClientError) as unknown:
             client.observe({**IDENTITY, "hardware": "nope"}, make_llm_traces(3))
         assert unknown.value.status_code == 404
+        # A partial identity: the client refuses it before sending, the service as well.
+        partial_identity = {k: v for k, v in IDENTITY.items() if k != "hardware"}
         with pytest.raises(PredictorClientError) as partial:
-            client.observe({k: v for k, v in IDENTITY.items() if k != "hardware"}, make_llm_traces(3))
-        assert partial.value.status_code == 422 and partial.value.field == "model.hardware"
+            client.observe(partial_identity, make_llm_traces(3))
+        assert partial.value.status_code is None and partial.value.field == "model.hardware"
+        r = httpx.post(f"{srv.url}/observe", json={"model": partial_identity, "traces": make_llm_traces(3)})
+        assert r.status_code == 422 and r.json()["field"] == "model.hardware"
 
 
 def test_auto_retrain_recovers_after_a_shift(tmp_path):

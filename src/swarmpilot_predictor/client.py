@@ -309,7 +309,8 @@ class _Calls:
         parts = identity_parts(identity)
         missing = [k for k, p in zip(IDENTITY_KEYS, parts) if p is None]
         if missing:
-            raise ValueError(f"observations belong to one model: give its whole identity ({', '.join(missing)} unspecified)")
+            raise InvalidRequestError(f"observations belong to one model: give its whole identity "
+                                      f"({', '.join(missing)} unspecified)", field=f"model.{missing[0]}")
         model = dict(zip(IDENTITY_KEYS, (str(p) for p in parts)))
         return _Request("POST", "/observe", json={"model": model, "traces": _traces(traces, "traces")})
 
