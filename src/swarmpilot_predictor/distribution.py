@@ -41,7 +41,7 @@ from scipy.special import gammainc, ndtr, ndtri  # scipy.special: loaded by the 
 # with the largest variance, if each has at least _EXACT_SUM_MIN_SHARE of the total
 # variance) are convolved exactly
 # on a grid of _SUM_GRID cells, each discretised with _SUM_ATOMS nodes.
-_EXACT_SUM_MAX_TASKS = 64
+_EXACT_SUM_MAX_TASKS = 256
 _EXACT_SUM_MIN_SHARE = 0.005
 _SUM_GRID = 2048
 # The grid grows (to at most this many cells) to reach the far tail of one task: no mass
@@ -469,7 +469,9 @@ class RuntimeDistribution:
             return TotalDistribution(k1, max(k2, 0.0), None, np.array([k1]), np.ones(1))
         order = np.argsort(var)[::-1][:_EXACT_SUM_MAX_TASKS]
         # A queue short enough is convolved whole: a few small tasks with a rare slow mode
-        # summed by moments (a shifted gamma) put a 20-task total's median 10% off.
+        # summed by moments (a shifted gamma) put a 20-task total's median 10% off, and a
+        # 100-task total of tasks 200x slower 0.5% of the time 0.47 off in probability
+        # (queues of 256 cost up to about 20 ms here; 1000 whole took 60).
         exact = order if n <= _EXACT_SUM_MAX_TASKS else order[var[order] >= _EXACT_SUM_MIN_SHARE * k2]
         small = np.ones(n, dtype=bool)
         small[exact] = False
