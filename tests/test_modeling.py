@@ -666,7 +666,9 @@ def test_one_far_outlier_does_not_set_the_shared_uncertainty():
     model = QuantileModel([], []).fit(np.zeros((1001, 0)), y)
     assert model.shared_log_sd_ < 0.01
     q05, q50, q95 = model.predict_distribution(np.zeros((100, 0))).total().quantiles([0.05, 0.5, 0.95])
-    assert q05 == pytest.approx(500, rel=1e-3) and q50 == pytest.approx(500, rel=1e-3)
+    # (Convolved whole, the 90% of queues that take exactly 500 ms sit in one cell of the
+    # refined grid, spread evenly over it: within half a cell, under 1%.)
+    assert q05 == pytest.approx(500, rel=1e-2) and q50 == pytest.approx(500, rel=1e-2)
     assert q95 > 2000  # one run in a thousand is 5 s: about one queue in ten holds one
 
 

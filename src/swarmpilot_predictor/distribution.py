@@ -471,7 +471,7 @@ class RuntimeDistribution:
         # A queue short enough is convolved whole: a few small tasks with a rare slow mode
         # summed by moments (a shifted gamma) put a 20-task total's median 10% off, and a
         # 100-task total of tasks 200x slower 0.5% of the time 0.47 off in probability
-        # (queues of 256 cost up to about 20 ms here; 1000 whole took 60).
+        # (a 256-task queue's answer takes up to ~45 ms here; 1000 whole took 60).
         exact = order if n <= _EXACT_SUM_MAX_TASKS else order[var[order] >= _EXACT_SUM_MIN_SHARE * k2]
         small = np.ones(n, dtype=bool)
         small[exact] = False
