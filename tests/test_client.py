@@ -519,6 +519,19 @@ def test_requests_of_the_wrong_shape_are_refused_naming_the_field(trained_server
                 call(client)
             assert err.value.field == field, (field, err.value.message)
     assert sent == []
+    # What orjson writes is sent, a null beside it or not (a datetime, a UUID).
+    import datetime
+    import uuid
+
+    def answer(request):
+        sent.append(orjson.loads(request.content))
+        return httpx.Response(422, json={"message": "no"})
+
+    with PredictorClient(trained_server.url, transport=httpx.MockTransport(answer)) as client:
+        for extra in ({}, {"missing": None}):
+            with pytest.raises(PredictorClientError):
+                client.predict_single(IDENTITY, {"at": datetime.datetime(2024, 1, 1), "id": uuid.UUID(int=1), **extra})
+    assert [t["trace"]["at"] for t in sent] == ["2024-01-01T00:00:00"] * 2
 
 
 def test_identities_in_every_accepted_form(trained_server):

@@ -77,9 +77,10 @@ def test_an_identifier_like_categorical_column_is_dropped():
 
 def test_a_row_counter_is_dropped_unless_named():
     # The shipped traces number their rows (seq): a model on it needed the counter to predict.
-    traces = [{**t, "seq": 100 + i, "shuffled": (7 * i) % 40} for i, t in enumerate(base_traces(40))]
+    traces = [{**t, "seq": i, "shuffled": (7 * i) % 40, "sweep": i + 1} for i, t in enumerate(base_traces(40))]
     schema, _, _, report = prepare(traces)
-    assert "seq" not in schema.names and "shuffled" in schema.names
+    # A count from 0 is a counter; a sweep of sizes 1, 2, ... (one run each) is a feature.
+    assert "seq" not in schema.names and "shuffled" in schema.names and "sweep" in schema.names
     assert report.columns_dropped["seq"] == "a row counter (an index, not a feature)"
     schema, _, _, _ = prepare(traces, features=["input_tokens", "seq"])
     assert schema.names == ["input_tokens", "seq"]

@@ -632,6 +632,8 @@ def test_batch_prediction_is_fast(llm_model):
     ({"objective": "binary"}, "lightgbm", "'objective' must be a regression objective"),
     ({"metric": "auc"}, "auto", "'metric' must be a regression metric"),
     ({"metric": "l1"}, "auto", None),
+    ({"regimes": False}, "lightgbm", None),  # the linear base's regime slopes
+    ({"regimes": False}, "power", "'regimes' is not used by algorithm 'power'"),
 ])
 def test_parameters_are_checked_before_fitting(params, algorithm, refusal):
     if refusal is None:
@@ -666,8 +668,8 @@ def test_one_far_outlier_does_not_set_the_shared_uncertainty():
     model = QuantileModel([], []).fit(np.zeros((1001, 0)), y)
     assert model.shared_log_sd_ < 0.01
     q05, q50, q95 = model.predict_distribution(np.zeros((100, 0))).total().quantiles([0.05, 0.5, 0.95])
-    # (Convolved whole, the 90% of queues that take exactly 500 ms sit in one cell of the
-    # refined grid, spread evenly over it: within half a cell, under 1%.)
+    # (Convolved whole, as queues of up to 128 tasks are, the 90% of queues that take exactly
+    # 500 ms sit in one cell of the refined grid, spread evenly over it: within half a cell.)
     assert q05 == pytest.approx(500, rel=1e-2) and q50 == pytest.approx(500, rel=1e-2)
     assert q95 > 2000  # one run in a thousand is 5 s: about one queue in ten holds one
 
@@ -713,3 +715,16 @@ def test_two_modes_of_equal_share_stay_within_the_runs(seed):
     assert 0.7 < q[0] < q[1] < 1.2 and 900 < q[2] < q[3] < 1.1 * y.max()
     mean, sd = (float(v[0]) for v in model.predict_distribution(np.zeros((1, 0))).mean_std())
     assert mean == pytest.approx(y.mean(), rel=0.05) and sd == pytest.approx(y.std(), rel=0.1)
+
+
+def test_at_most_two_regime_flags_and_none_without_another_numeric_feature():
+    from swarmpilot_predictor.modeling import _regime_flags
+
+    rng = np.random.default_rng(0)
+    flags = (rng.random((400, 6)) < np.array([0.5, 0.1, 0.3, 0.45, 0.2, 0.05])).astype(float)
+    X = np.column_stack([rng.uniform(1, 100, 400), flags])
+    # Each flag copies the other features' design columns: the two most evenly split only.
+    assert [j for j, _ in _regime_flags(X, ["numeric"] * 7)] == [1, 4]
+    # Flags alone have no slopes to split.
+    assert _regime_flags(flags, ["numeric"] * 6) == []
+    assert _regime_flags(X, ["categorical"] + ["numeric"] * 6) == []

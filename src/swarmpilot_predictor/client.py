@@ -40,6 +40,7 @@ IdentityLike = ModelIdentity | IdentityPattern | ModelInfo | Mapping[str, Any] |
 
 # A synchronous /train answers when training ends: give it far longer than a prediction.
 _TRAIN_TIMEOUT = 1800.0
+_TABLE_TIMEOUT = 600.0
 
 
 class PredictorClientError(Exception):
@@ -93,11 +94,11 @@ def _dumps(body: Any, root: str = "") -> bytes:
     try:
         data = orjson.dumps(body, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY)
     except TypeError as exc:  # orjson.JSONEncodeError
-        where, value = _unsendable(body, root) or (root, body)
+        where, value = _unsendable(body, root, any_type=True) or (root, body)
         raise InvalidRequestError(f"{where or 'the request body'} is {_shown(value)}, which cannot be sent as JSON ({exc})",
                                   field=where or None) from exc
     if b"null" in data:
-        found = _unsendable(body, root)
+        found = _unsendable(body, root, any_type=False)
         if found is not None:
             where, value = found
             raise InvalidRequestError(f"{where or 'the request body'} is {value}, which JSON cannot carry "
@@ -113,9 +114,10 @@ def _shown(value: Any) -> str:
 _INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
 
 
-def _unsendable(value: Any, path: str) -> tuple[str, Any] | None:
+def _unsendable(value: Any, path: str, any_type: bool) -> tuple[str, Any] | None:
     """The place (``trace[2].input_tokens``) and value of the first thing JSON cannot carry in ``value``, if any:
-    a NaN or an infinity, or a value of a type orjson does not write."""
+    a NaN or an infinity, and with ``any_type`` (after orjson refused the body) a value of a type
+    it does not write; otherwise such values (a datetime, a UUID: orjson writes them) are left be."""
     stack: list[tuple[Any, str]] = [(value, path)]
     while stack:
         value, path = stack.pop()
@@ -125,11 +127,11 @@ def _unsendable(value: Any, path: str) -> tuple[str, Any] | None:
             if not math.isfinite(value):
                 return path, value
         elif isinstance(value, int):
-            if not _INT64_MIN <= value <= _UINT64_MAX:
+            if any_type and not _INT64_MIN <= value <= _UINT64_MAX:
                 return path, value
         elif isinstance(value, Mapping):
             for k in value:  # orjson writes str keys only
-                if not isinstance(k, str):
+                if any_type and not isinstance(k, str):
                     return (f"{path}.{k}" if path else str(k)), k
             stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in reversed(list(value.items())))
         elif isinstance(value, (list, tuple)):
@@ -147,7 +149,7 @@ def _unsendable(value: Any, path: str) -> tuple[str, Any] | None:
                 return path, value.item()
         elif callable(getattr(value, "tolist", None)):
             stack.append((value.tolist(), path))  # what _json_default sends (a pandas Series, say)
-        else:
+        elif any_type:
             return path, value
     return None
 
@@ -330,7 +332,7 @@ class _Calls:
     @staticmethod
     def generate_table(identity: IdentityLike, trace_file: Path | str | bytes, confidence_level: float = 0.95,
                        table_name: str | None = None, format: str | None = None, filename: str | None = None,
-                       timeout: float | None = 600.0) -> _Request:
+                       timeout: float | None = None) -> _Request:
         if isinstance(trace_file, bytes):
             data, name = trace_file, filename or "traces.jsonl"
         else:
@@ -341,7 +343,8 @@ class _Calls:
         if format:
             form["format"] = format
         return _Request("POST", "/predict/table/" + "/".join(identity_segments(identity)),
-                        files=[("trace_file", (name, data, "application/octet-stream"))], data=form, timeout=timeout)
+                        files=[("trace_file", (name, data, "application/octet-stream"))], data=form, timeout=timeout,
+                        timeout_at_least=_TABLE_TIMEOUT)
 
     @staticmethod
     def list_tables() -> _Request:
@@ -619,10 +622,10 @@ class PredictorClient(_Base):
 
     def generate_table(self, identity: IdentityLike, trace_file: Path | str | bytes, confidence_level: float = 0.95,
                        table_name: str | None = None, format: str | None = None, filename: str | None = None,
-                       timeout: float | None = 600.0) -> dict[str, Any]:
+                       timeout: float | None = None) -> dict[str, Any]:
         """Upload a trace file; the service predicts every trace and writes a lookup table.
 
-        ``timeout`` is this call's own (a large file takes a while); ``None`` uses the client's.
+        ``timeout`` is this call's own; ``None``: the client's, but at least 10 minutes (a large file takes a while).
         Returns ``{"status": "successful", "path", "table_name", "rows", "failed", ...}``.
         """
         return self._send(self._calls.generate_table(identity, trace_file, confidence_level, table_name, format, filename, timeout))
@@ -759,7 +762,7 @@ class AsyncPredictorClient(_Base):
 
     async def generate_table(self, identity: IdentityLike, trace_file: Path | str | bytes, confidence_level: float = 0.95,
                              table_name: str | None = None, format: str | None = None, filename: str | None = None,
-                             timeout: float | None = 600.0) -> dict[str, Any]:
+                             timeout: float | None = None) -> dict[str, Any]:
         return await self._send(self._calls.generate_table(identity, trace_file, confidence_level, table_name, format, filename, timeout))
 
     async def list_tables(self) -> list[dict[str, Any]]:

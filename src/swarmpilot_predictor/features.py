@@ -42,6 +42,7 @@ MAX_CATEGORIES = 128
 # feature elimination a quadratic number of fits): 500 columns on 40 rows took two minutes
 # and 5,000 filled the machine's memory. More than this many is refused.
 MAX_FEATURES = 64
+ROW_COUNTER_MIN_ROWS = 20
 
 
 @dataclass(frozen=True)
@@ -617,12 +618,13 @@ def _shape_history(table: TraceTable, rows: np.ndarray, specs: list[FeatureSpec]
 
 
 def _is_row_counter(values: np.ndarray) -> bool:
-    """Whether a column numbers the traces in order (0, 1, 2, ... or any start, step 1):
-    a runtime's dependence on it is drift in time, which a feature cannot carry forward."""
-    if len(values) < 3 or not np.isfinite(values).all():
+    """Whether a column numbers the traces in order, 0, 1, 2, ... (at least
+    ``ROW_COUNTER_MIN_ROWS`` of them): a runtime's dependence on it is drift in time, which
+    a feature cannot carry forward. From 0 only: a sweep of batch sizes 1, 2, ..., 64, one
+    run each, is a feature."""
+    if len(values) < ROW_COUNTER_MIN_ROWS or values[0] != 0.0 or not np.isfinite(values).all():
         return False
-    step = np.diff(values)
-    return bool((step == 1.0).all() and values[0] == math.floor(values[0]))
+    return bool((np.diff(values) == 1.0).all())
 
 
 def _share_explained(values: np.ndarray, flags: np.ndarray) -> float:

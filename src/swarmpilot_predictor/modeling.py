@@ -605,17 +605,29 @@ class EmpiricalLocation(LocationModel):
         return obj
 
 
+MAX_REGIME_FLAGS = 2
+
+
 def _regime_flags(X: np.ndarray, kinds: Sequence[str]) -> list[tuple[int, float]]:
     """Numeric features that take only the values 0 and 1, each on at least
-    :data:`LEVEL_MIN_ROWS` rows (``first_of_shape``, a boolean): (column, share of ones)."""
+    :data:`LEVEL_MIN_ROWS` rows (``first_of_shape``, a boolean): (column, share of ones).
+
+    At most :data:`MAX_REGIME_FLAGS`, the most evenly split, and none unless another
+    numeric feature is there to have slopes: each flag copies the other features' design
+    columns (40 flags beside 20 features made a linear fit take 311 s instead of 9).
+    """
+    numeric = _numeric_positions(kinds)
     flags = []
-    for j in _numeric_positions(kinds):
+    for j in numeric:
         col = X[:, j][np.isfinite(X[:, j])]
         if len(col) and bool(np.isin(col, (0.0, 1.0)).all()):
             ones = int((col == 1.0).sum())
             if min(ones, len(col) - ones) >= LEVEL_MIN_ROWS:
                 flags.append((j, ones / len(col)))
-    return flags
+    if len(flags) == len(numeric):
+        return []
+    flags.sort(key=lambda f: abs(f[1] - 0.5))
+    return sorted(flags[:MAX_REGIME_FLAGS])
 
 
 def _flag_values(col: np.ndarray, share: float) -> np.ndarray:
@@ -1009,10 +1021,12 @@ class LightGBMLocation(LocationModel):
                 mad = float(np.median(np.abs(r - np.median(r)))) * 1.4826
                 params["alpha"] = float(np.clip(1.345 * mad, 0.05, 1.0))
         _check_interaction_constraints(params.get("interaction_constraints"), X.shape[1])
-        self.params_used_ = {k: v for k, v in params.items() if k != "num_threads"}
-        if "num_threads" not in params:
-            # OpenMP's default thread count is far slower than one thread on small data.
-            params["num_threads"] = 1 if len(y) < 50_000 else (os.cpu_count() or 1)
+        # The threads are the service's (a model stored when a request could set them keeps
+        # its parameter, unused); OpenMP's default is far slower than one thread on small data.
+        aliases = _lightgbm_aliases()
+        params = {k: v for k, v in params.items() if aliases.get(k, k) != "num_threads"}
+        self.params_used_ = dict(params)
+        params["num_threads"] = 1 if len(y) < 50_000 else (os.cpu_count() or 1)
         train = self._dataset(X, y, w, init)
         if valid is not None:
             vset = self._dataset(valid[0], valid[1], init=self._base(valid[0]), reference=train)
@@ -1621,9 +1635,11 @@ class QuantileModel:
     def _oof_location(self, family, X, ylog, fold, w, kinds=None) -> tuple[np.ndarray, dict[str, int]]:
         """Out-of-fold location predictions, and what was tuned on the folds (``rounds``, ``hinges``)."""
         if family == "lightgbm":
+            if "regimes" in self.params:
+                oof, tuned = self._oof_boosted(X, ylog, fold, w, kinds, bool(self.params["regimes"]))
+                return oof, {**tuned, "regimes": bool(self.params["regimes"])}
             oof, tuned = self._oof_boosted(X, ylog, fold, w, kinds, False)
-            if (self.params.get("lgb_linear_base", True) and self.params.get("regimes", True)
-                    and _regime_flags(X, self.kinds if kinds is None else kinds)):
+            if self.params.get("lgb_linear_base", True) and _regime_flags(X, self.kinds if kinds is None else kinds):
                 # The linear base with each regime's own slopes (LinearLocation): kept
                 # where the folds say so, as for the linear family. (It made the boosted
                 # fit far worse on the H200 vision traces, and better on the H100 ones.)
@@ -2164,7 +2180,7 @@ MODEL_PARAMS: dict[str, tuple[frozenset[str], str, Any]] = {
     "redescend": (_LINEAR, "true or false", _flag),
     "max_levels": (_LINEAR, "a whole number in [0, 64]", _number(0, 64, whole=True)),
     "hinges": (_LINEAR, "a whole number in [0, 16]", _number(0, 16, whole=True)),
-    "regimes": (_LINEAR, "true or false", _flag),
+    "regimes": (_LINEAR | _BOOSTED, "true or false", _flag),
     "num_boost_round": (_BOOSTED, "a whole number in [1, 10000]", _number(1, 10_000, whole=True)),
     "lgb_huber_delta": (_BOOSTED, "a number in (0, 100]", _number(0.0, 100.0, open_lo=True)),
     "lgb_linear_base": (_BOOSTED, "true or false", _flag),
