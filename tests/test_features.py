@@ -170,11 +170,16 @@ def test_missing_target_field_is_an_error():
         prepare(base_traces(), target="duration")
 
 
-def test_non_numeric_target_is_an_error_counting_the_bad_values():
+def test_words_among_numeric_targets_are_dropped_and_a_column_of_words_is_an_error():
+    # One broken measurement ("timeout") among numbers failed the whole training.
     traces = base_traces(5)
     traces[1]["runtime_ms"] = "slow"
-    traces[3]["runtime_ms"] = "fast"
-    with pytest.raises(TraceError, match=r"'runtime_ms' has 2 non-numeric value"):
+    traces[3]["runtime_ms"] = "timeout"
+    _, X, y, report = prepare(traces)
+    assert len(y) == 3 and report.rows_dropped == {"target is not a number": 2}
+    for t in traces:
+        t["runtime_ms"] = "fast"
+    with pytest.raises(TraceError, match=r"'runtime_ms' has 5 non-numeric value\(s\) and no number"):
         prepare(traces)
 
 

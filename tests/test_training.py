@@ -208,3 +208,12 @@ def test_a_server_that_trained_stops_cleanly(tmp_path):
         out, _ = server.process.communicate(timeout=30)
     # (uvicorn re-raises the SIGTERM once it has shut down: the exit status says "terminated")
     assert b"leaked" not in out and b"Traceback" not in out, out.decode()
+
+
+def test_lightgbm_without_a_usable_feature_says_why_each_column_is_not_one(tmp_path):
+    traces = [{"request": f"r{i}", "gpu": "A100", "runtime_ms": 10.0 + i % 3} for i in range(40)]
+    with pytest.raises(PredictorError) as err:
+        Trainer(tmp_path, ModelRegistry(tmp_path)).train(TrainConfig(model=IDENTITY, traces=traces, algorithm="lightgbm"))
+    message = err.value.message
+    assert "none of the traces' columns can be one" in message
+    assert "request: no value repeats" in message and "gpu: constant" in message

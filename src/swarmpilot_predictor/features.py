@@ -338,21 +338,26 @@ class FeatureSchema:
         report = DataReport(rows_total=len(table))
         if target not in table.columns:
             raise TraceError(f"target field {target!r} is not present in the traces")
-        if table.columns[target].is_categorical:
-            # Runtimes written as strings ("12.5") are numbers; anything else is an error.
-            y_strings = table.strings(target)
-            bad = sum(1 for v in y_strings if v is not None and not _is_number(v))
-            if bad:
-                raise TraceError(f"target field {target!r} has {bad} non-numeric value(s)")
-            y = np.array([math.nan if v is None else float(v) for v in y_strings], dtype=np.float64)
-        else:
-            y = table.numeric(target)
         # true/false is no measurement (a feature reads it as 1 or 0; a runtime of 1 ms it is not).
         booleans = table.columns[target].boolean_rows()
+        words = 0
+        if table.columns[target].is_categorical:
+            # Runtimes written as strings ("12.5") are numbers. A few words among numbers
+            # ("timeout", "n/a") are broken measurements, dropped and counted as the other
+            # unusable targets are; a column with no number at all is no runtime.
+            y_strings = table.strings(target)
+            numeric = [v is not None and _is_number(v) for v in y_strings]
+            words = sum(1 for v, ok, b in zip(y_strings, numeric, booleans) if v is not None and not ok and not b)
+            if words and not any(numeric):
+                raise TraceError(f"target field {target!r} has {words} non-numeric value(s) and no number")
+            y = np.array([float(v) if ok else math.nan for v, ok in zip(y_strings, numeric)], dtype=np.float64)
+        else:
+            y = table.numeric(target)
         y[booleans] = math.nan
         report.drop_rows("target is a boolean", int(booleans.sum()))
+        report.drop_rows("target is not a number", words)
         keep = (y >= MIN_RUNTIME) & (y <= MAX_RUNTIME)
-        report.drop_rows("target missing or not finite", int((~np.isfinite(y)).sum() - booleans.sum()))
+        report.drop_rows("target missing or not finite", int((~np.isfinite(y)).sum() - booleans.sum() - words))
         report.drop_rows("target not positive", int((np.isfinite(y) & (y <= 0)).sum()))
         report.drop_rows(f"target outside {RUNTIME_RANGE}", int((np.isfinite(y) & (y > 0) & ~keep).sum()))
 

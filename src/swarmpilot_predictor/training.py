@@ -211,8 +211,10 @@ class Trainer:
                 field="traces",
             )
         if config.algorithm == "lightgbm" and not schema.kinds:
-            raise InvalidInput(f"{identity.key}: algorithm 'lightgbm' needs a feature, and the traces have none that "
-                               "varies; 'auto' or 'empirical' model the runtimes alone", field="algorithm")
+            dropped = "; ".join(f"{name}: {why}" for name, why in report.columns_dropped.items())
+            raise InvalidInput(f"{identity.key}: algorithm 'lightgbm' needs a feature, and none of the traces' "
+                               f"columns can be one{f' ({dropped})' if dropped else ''}; 'auto' or 'empirical' "
+                               "model the runtimes alone", field="algorithm")
         t0 = time.perf_counter()
         try:
             model = QuantileModel(schema.kinds, schema.n_categories, config.algorithm, params=config.params).fit(X, y)
