@@ -479,6 +479,11 @@ def test_bad_multipart_training_requests(http):
     # the config names a path outside the data directory rather than the upload
     failed(multipart_train(http, "c.json", orjson.dumps({"model": IDENTITY, "traces": "../t.jsonl"}),
                            {"t.jsonl": traces}), 422, "without '..'")
+    # two parts that could both be what the config names (the last one won, silently)
+    failed(http.post("/train", files=[("config", ("c.json", good, "x")), ("a", ("t.jsonl", traces, "x")),
+                                      ("b", ("t.jsonl", b"garbage", "x"))]), 422, "two uploaded files are named 't.jsonl'")
+    failed(http.post("/train", files=[("config", ("c.json", good, "x")), ("config", ("d.json", good, "x")),
+                                      ("t", ("t.jsonl", traces, "x"))]), 422, "one 'config' part")
 
 
 def test_unknown_model_endpoints(http):

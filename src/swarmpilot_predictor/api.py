@@ -364,6 +364,8 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
             config_field = form.get("config")
             if config_field is None:
                 raise InvalidInput("multipart training needs a 'config' part (JSON or YAML)", field="config")
+            if len(form.getlist("config")) > 1:
+                raise InvalidInput("multipart training takes one 'config' part, got several", field="config")
             config_text = (await config_field.read()).decode("utf-8", "replace") if isinstance(config_field, UploadFile) else str(config_field)
             config = _parse_config(config_text)
             uploads: dict[str, Path] = {}
@@ -371,6 +373,10 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
                 if key == "config" or not isinstance(value, UploadFile):
                     continue
                 name = Path(value.filename or key).name
+                if name in uploads:
+                    # The config names files by name: two parts of one name would leave it to chance.
+                    raise InvalidInput(f"two uploaded files are named {name!r}; the config names files by name",
+                                       field=key)
                 lower = name.lower().removesuffix(".gz")
                 if not lower.endswith(TRACE_FILE_SUFFIXES):
                     raise InvalidInput(f"uploaded file {name!r} must be .json, .jsonl or .csv (optionally .gz)", field=key)
