@@ -37,10 +37,7 @@ def _settings(data_dir: Optional[Path], flags: dict[str, str] | None = None) -> 
     try:
         return PredictorSettings(data_dir=data_dir) if data_dir else PredictorSettings()
     except ValidationError as exc:  # a bad PREDICTOR_* variable, or a flag passed through one
-        parts = settings_problem(exc).split("; ")
-        for variable, flag in (flags or {}).items():
-            parts = [flag + p[len(variable):] if p.startswith(variable + ":") else p for p in parts]
-        _fail("; ".join(parts))
+        _fail(settings_problem(exc, flags))
 
 
 def _service(data_dir: Optional[Path]):
@@ -268,13 +265,15 @@ def predict(
             body = service.predict(pattern, traces, confidence_level, levels, with_total=True).batch_response()
         except PredictorError as exc:
             _fail(exc.message)
-    # A script can tell that a trace failed from the exit status (the answer is printed first).
-    failed = int(body["summary"]["failed"]) > 0
     if as_json:
         sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
-        if failed:
-            raise typer.Exit(1)
-        return
+    else:
+        _print_predictions(body, confidence_level)
+    if int(body["summary"]["failed"]) > 0:
+        raise typer.Exit(1)  # a script can tell that a trace failed (the answer is printed first)
+
+
+def _print_predictions(body: dict[str, Any], confidence_level: float) -> None:
     table = Table(title=f"{body['summary']['success']}/{body['summary']['total']} predicted")
     table.add_column("#")
     for q in body.get("quantiles") or []:
@@ -292,8 +291,6 @@ def predict(
     if body.get("expect") is not None and len(body["results"]) > 1:
         lo, hi = body["total_interval"]
         console.print(f"total: mean {body['expect']:.2f} ms, std {body['error']:.2f} ms, {confidence_level:g} interval {lo:.2f} - {hi:.2f} ms")
-    if failed:
-        raise typer.Exit(1)
 
 
 @app.command()

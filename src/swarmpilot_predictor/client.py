@@ -220,6 +220,11 @@ def identity_segments(identity: IdentityLike) -> list[str]:
     return [quote(str(p), safe="") if p is not None else "*" for p in identity_parts(identity)]
 
 
+def _model_path(identity: IdentityLike, version: int | None = None) -> str:
+    path = "/models/" + "/".join(identity_segments(identity))
+    return path if version is None else f"{path}/versions/{_version(version)}"
+
+
 def _version(version: int) -> int:
     """An integral version (numpy's too); 1.9 is an error, not version 1."""
     try:
@@ -237,14 +242,19 @@ def _trace(trace: Any, field_name: str) -> dict[str, Any]:
     return dict(trace)
 
 
+def _listable(value: Any) -> bool:
+    """An iterable of items, not one item that happens to iterate (a mapping, a string)."""
+    return isinstance(value, Iterable) and not isinstance(value, (Mapping, str, bytes))
+
+
 def _traces(traces: Any, field_name: str) -> list[dict[str, Any]]:
-    if isinstance(traces, (Mapping, str, bytes)) or not isinstance(traces, Iterable):
+    if not _listable(traces):
         raise InvalidRequestError(f"{field_name} must be a list of traces (mappings), got {_shown(traces)}", field=field_name)
     return [_trace(t, f"{field_name}[{i}]") for i, t in enumerate(traces)]
 
 
 def _levels(levels: Any) -> list[Any]:
-    if isinstance(levels, (str, bytes, Mapping)) or not isinstance(levels, Iterable):
+    if not _listable(levels):
         raise InvalidRequestError(f"quantiles must be a list of levels in (0, 1), got {_shown(levels)}", field="quantiles")
     return list(levels)
 
@@ -264,17 +274,11 @@ class _Calls:
 
     @staticmethod
     def model(identity: IdentityLike, version: int | None = None) -> _Request:
-        path = "/models/" + "/".join(identity_segments(identity))
-        if version is not None:
-            path += f"/versions/{_version(version)}"
-        return _Request("GET", path, extract="model", idempotent=True)
+        return _Request("GET", _model_path(identity, version), extract="model", idempotent=True)
 
     @staticmethod
     def delete_model(identity: IdentityLike, version: int | None = None) -> _Request:
-        path = "/models/" + "/".join(identity_segments(identity))
-        if version is not None:
-            path += f"/versions/{_version(version)}"
-        return _Request("DELETE", path)
+        return _Request("DELETE", _model_path(identity, version))
 
     @staticmethod
     def train(config: Mapping[str, Any] | TrainConfig, files: Mapping[str, Path | str | bytes] | None = None) -> _Request:
@@ -319,11 +323,11 @@ class _Calls:
     @staticmethod
     def accuracy(identity: IdentityLike, version: int | None = None) -> _Request:
         params = {"version": _version(version)} if version is not None else None
-        return _Request("GET", "/models/" + "/".join(identity_segments(identity)) + "/accuracy", params=params, idempotent=True)
+        return _Request("GET", _model_path(identity) + "/accuracy", params=params, idempotent=True)
 
     @staticmethod
     def retrain(identity: IdentityLike) -> _Request:
-        return _Request("POST", "/models/" + "/".join(identity_segments(identity)) + "/retrain")
+        return _Request("POST", _model_path(identity) + "/retrain")
 
     @staticmethod
     def metrics() -> _Request:

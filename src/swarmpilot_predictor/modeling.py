@@ -183,6 +183,11 @@ class LogLinearDesign:
     def _num(self) -> list[int]:
         return _numeric_positions(self.kinds)
 
+    @property
+    def width(self) -> int:
+        """Columns of ``transform``: the numeric ones, then one per learned category."""
+        return len(self.center_) + sum(k for _, k in _categorical_positions(self.kinds, self.n_categories))
+
     def fit(self, X: np.ndarray) -> "LogLinearDesign":
         num = self._num
         L = _slog(X[:, num])
@@ -752,10 +757,7 @@ class LinearLocation(LocationModel):
         # Stored before regime flags: none, and the coefficients are the main effects.
         obj.flags_ = [(int(j), float(share)) for j, share in d.get("flags", [])]
         obj.regimes = bool(obj.flags_)
-        coef = np.asarray(d["coef"], dtype=np.float64)
-        width = len(obj.design_.center_) + sum(k for kind, k in zip(obj.design_.kinds, obj.design_.n_categories)
-                                               if kind == "categorical")
-        obj._split(coef, width if obj.flags_ else len(coef))
+        obj._split(np.asarray(d["coef"], dtype=np.float64), obj.design_.width)
         return obj
 
 
@@ -1556,6 +1558,14 @@ def _location_pinball(ylog: np.ndarray, oof: np.ndarray, fold: np.ndarray) -> np
     return out
 
 
+def _pays_off(richer: np.ndarray, plainer: np.ndarray, ylog: np.ndarray, fold: np.ndarray) -> bool:
+    """Whether the richer of two out-of-fold locations lowers the held-out pinball loss of a
+    constant-scale fit by more than ``SELECTION_SE`` standard errors (the one-standard-error
+    rule, as in :func:`_choose`)."""
+    d = _location_pinball(ylog, richer, fold) - _location_pinball(ylog, plainer, fold)
+    return bool(d.mean() < -SELECTION_SE * _mean_se(d))
+
+
 def _choose(candidates: list[dict[str, Any]]) -> dict[str, Any]:
     """The simplest candidate whose held-out loss is within ``SELECTION_SE`` standard
     errors (of the paired per-row difference) of the lowest (the one-standard-error rule)."""
@@ -1644,8 +1654,7 @@ class QuantileModel:
                 # where the folds say so, as for the linear family. (It made the boosted
                 # fit far worse on the H200 vision traces, and better on the H100 ones.)
                 split, split_tuned = self._oof_boosted(X, ylog, fold, w, kinds, True)
-                d = _location_pinball(ylog, split, fold) - _location_pinball(ylog, oof, fold)
-                if d.mean() < -SELECTION_SE * _mean_se(d):
+                if _pays_off(split, oof, ylog, fold):
                     return split, {**split_tuned, "regimes": True}
                 tuned["regimes"] = False
             return oof, tuned
@@ -1666,15 +1675,13 @@ class QuantileModel:
             # standard error (the one-standard-error rule, as in _choose).
             bent = self._oof_fit(family, X, ylog, fold, w, kinds, LINEAR_HINGES, regimes)
             plain = self._oof_fit(family, X, ylog, fold, w, kinds, 0, regimes)
-            d = _location_pinball(ylog, bent, fold) - _location_pinball(ylog, plain, fold)
-            hinges = LINEAR_HINGES if d.mean() < -SELECTION_SE * _mean_se(d) else 0
+            hinges = LINEAR_HINGES if _pays_off(bent, plain, ylog, fold) else 0
             oof, tuned["hinges"] = (bent if hinges else plain), hinges
         else:
             oof = self._oof_fit(family, X, ylog, fold, w, kinds, None, regimes)
         if regimes:
             shared = self._oof_fit(family, X, ylog, fold, w, kinds, tuned.get("hinges"), False)
-            d = _location_pinball(ylog, oof, fold) - _location_pinball(ylog, shared, fold)
-            if not d.mean() < -SELECTION_SE * _mean_se(d):
+            if not _pays_off(oof, shared, ylog, fold):
                 oof, tuned["regimes"] = shared, False
         return oof, tuned
 

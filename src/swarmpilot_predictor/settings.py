@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
@@ -72,11 +73,13 @@ class PredictorSettings(BaseSettings):
                                    f"({exc.strerror or exc})", field="data_dir") from None
 
 
-def settings_problem(exc: ValidationError) -> str:
-    """One line naming each bad variable, for a service that cannot start."""
+def settings_problem(exc: ValidationError, named: Mapping[str, str] | None = None) -> str:
+    """One line naming each bad variable, for a service that cannot start; ``named`` renames
+    variables (to the command-line flag that set one)."""
     def name(loc: tuple) -> str:
         field = str(loc[0]) if loc else "settings"
-        return "DEFAULT_LOOKUP_TABLE" if field == "default_lookup_table" else "PREDICTOR_" + field.upper()
+        variable = "DEFAULT_LOOKUP_TABLE" if field == "default_lookup_table" else "PREDICTOR_" + field.upper()
+        return (named or {}).get(variable, variable)
 
     return "; ".join(f"{name(e['loc'])}: {e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})"
                      for e in exc.errors())
