@@ -697,6 +697,19 @@ def test_unknown_paths_and_methods_answer_in_the_error_format(http):
     failed(http.post(f"/predict/single/{SEGMENTS}/", json={"trace": TRACE}), 404, "no endpoint POST /predict/single/")
 
 
+def test_head_answers_like_get_without_a_body(http, trained):
+    # Load balancers probe with HEAD: the status and headers of the GET, no body.
+    for path in ("/health", "/ping", "/models", f"/models/{SEGMENTS}", "/dashboard"):
+        get, head = http.get(path), http.head(path)
+        assert head.status_code == get.status_code == 200, path
+        assert head.content == b""
+        assert head.headers["content-type"] == get.headers["content-type"]
+    assert http.head("/models/llm/nope/gpu/sw/1").status_code == 404
+    r = http.head("/train")
+    assert r.status_code == 405 and r.content == b"" and "POST" in r.headers["allow"]
+    assert '{method="HEAD",route="/health",status="200"}' in http.get("/metrics").text
+
+
 # --------------------------------------------------------------------------- YAML configs, wildcards, file names, forms
 
 

@@ -107,6 +107,37 @@ class EncodedSlashMiddleware:
         await self.app(scope, receive, send)
 
 
+class HeadAsGetMiddleware:
+    """Answer ``HEAD`` wherever ``GET`` is served: the same status and headers, no body.
+
+    Load balancers and uptime checks probe with ``HEAD``; FastAPI routes a ``GET``
+    endpoint for ``GET`` only, so they would get a 405 from a healthy service.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message):
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        as_get = dict(scope, method="GET")
+        try:
+            await self.app(as_get, receive, headers_only)
+        finally:
+            # The metrics middleware outside labels the request by the route matched here.
+            if "route" in as_get:
+                scope["route"] = as_get["route"]
+
+
 class BodySizeLimitMiddleware:
     """Refuse request bodies larger than ``max_bytes`` with a 413, before they fill memory.
 
@@ -245,6 +276,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         redirect_slashes=False,
         telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
+    app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_mb=settings.max_upload_mb)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     app.add_middleware(EncodedSlashMiddleware)
