@@ -258,7 +258,7 @@ def test_total_quantiles_are_at_least_each_tasks_even_below_one_grid_cell():
 
 
 def test_quantiles_stay_within_the_log_bounds_however_far_the_level():
-    sd = ScoreDistribution.from_scores(np.r_[np.zeros(10), 30.0, 35.0])  # a tail from two wild rows
+    sd = ScoreDistribution.from_scores(np.r_[np.zeros(7), 10.0, 15.0, 20.0, 25.0, 30.0, 35.0])  # a wild tail
     free = RuntimeDistribution(np.zeros(2), np.ones(2), sd)
     bounded = RuntimeDistribution(np.zeros(2), np.ones(2), sd, log_bounds=(-5.0, 40.0))
     levels = [0.5, 0.99, 0.999999]

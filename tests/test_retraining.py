@@ -38,7 +38,7 @@ def test_shift_retrains_and_recovers_coverage(tmp_path):
     assert result["drifted"] is True and result["accepted"] == 200
     decision = svc.retrain(pattern)
     assert decision["status"] == "retrained" and decision["to_version"] == 2
-    assert decision["heldout_pinball"][decision["candidate"]] < decision["heldout_pinball"]["current"]
+    assert decision["heldout_log_pinball"][decision["candidate"]] < decision["heldout_log_pinball"]["current"]
     # The new version is calibrated to the shifted regime.
     svc.observe(IDENTITY, _shifted(300, 1.6, seed=11))
     acc = svc.accuracy(pattern)
@@ -72,7 +72,7 @@ def test_a_retraining_that_cannot_be_stored_says_so(tmp_path):
     assert got["status"] == 507 and got["message"].startswith("no room to write model")
     (decision,) = got["decisions"]
     assert decision["status"] == "failed" and decision["message"] == got["message"]
-    assert decision["heldout_pinball"][decision["candidate"]] < decision["heldout_pinball"]["current"]
+    assert decision["heldout_log_pinball"][decision["candidate"]] < decision["heldout_log_pinball"]["current"]
     pattern = IdentityPattern.from_parts(IDENTITY)
     assert [v.version for v in svc.registry.versions(svc.registry.resolve(pattern))] == [1]
     assert svc.retrain(pattern)["to_version"] == 2  # with room again
@@ -323,3 +323,36 @@ def test_a_model_without_features_retrains_on_a_shift(tmp_path):
     assert decision["status"] == "retrained", decision
     median = svc.predict(IdentityPattern.from_parts(IDENTITY), [{}], quantiles=[0.5]).quantiles[0][0]
     assert median == pytest.approx(np.exp(3.5), rel=0.05)
+
+
+def test_a_trained_version_is_retrained_on_what_was_observed_after_it(tmp_path):
+    svc = _service(tmp_path)
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    svc.observe(IDENTITY, _shifted(150, 3.0, seed=10))  # of version 1, in a world since replaced
+    svc.train(TrainConfig(model=IDENTITY, traces=_shifted(300, 1.5, seed=12), algorithm="linear"))
+    svc.observe(IDENTITY, _shifted(40, 1.5, seed=13))
+    decision = svc.retrain(pattern)
+    assert decision["from_version"] == 2 and decision["observations"] == 40 and decision["heldout_rows"] == 10
+
+
+def test_a_retrained_version_reports_its_own_held_out_figures(tmp_path):
+    svc = _service(tmp_path)
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    svc.observe(IDENTITY, _shifted(200, 1.6, seed=10))
+    assert svc.retrain(pattern)["status"] == "retrained"
+    v1, v2 = svc.registry.versions(svc.registry.resolve(pattern))
+    model = svc.registry.load(v2.identity, v2.version).model
+    m = v2.metrics
+    assert m["rows_used"] == v2.data["rows_used"] != v1.metrics["rows_used"]
+    assert m["algorithm"] == model.family_ and m["pinball_loss"] == model.cv_[model.family_]["pinball_loss"]
+    assert m["pinball_loss"] != v1.metrics["pinball_loss"] and "current" in m["retrain"]["heldout_log_pinball"]
+
+
+def test_one_observation_far_outside_the_training_range_does_not_decide_a_retraining(tmp_path):
+    svc = _service(tmp_path)
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    wild = {"input_tokens": 100, "output_tokens": 100_000, "runtime_ms": 3.0}
+    svc.observe(IDENTITY, [*_shifted(120, 1.5, seed=10)[:-1], wild])  # among the held-out rows
+    # In milliseconds that one row decided: the serving version was kept (10,164 against 13,630).
+    decision = svc.retrain(pattern)
+    assert decision["status"] == "retrained", decision["heldout_log_pinball"]

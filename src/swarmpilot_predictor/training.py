@@ -220,20 +220,12 @@ class Trainer:
             model = QuantileModel(schema.kinds, schema.n_categories, config.algorithm, params=config.params).fit(X, y)
         except (TypeError, ValueError, *_lightgbm_errors()) as exc:
             raise InvalidInput(f"{identity.key}: training failed: {exc}", field="params") from None
-        chosen = model.cv_[model.family_]
         metrics = {
-            "algorithm": model.family_,
-            "validation": "cross-validated (out-of-fold, calibrated without the held-out fold)",
-            **{k: v for k, v in chosen.items() if k != "seconds"},
+            **model.cv_summary(),
             "columns": schema.column_names,
             "rows_used": report.rows_used,
             "rows_dropped": sum(report.rows_dropped.values()),
             "data": report.to_json(),
-            "cv_scores": {
-                f: {k: m[k] for k in ("pinball_loss", "mean_abs_coverage_error", "variant") if k in m}
-                for f, m in model.cv_.items()
-            },
-            "shared_log_sd": model.shared_log_sd_,
             "training_seconds": time.perf_counter() - t0,
         }
         digest = hashlib.sha256()
