@@ -379,6 +379,11 @@ BATCH = f"/predict/batch/{SEGMENTS}"
     (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "confidence_level": 0}', 422, ["confidence_level"]),
     (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "confidence_level": 1}', 422, ["confidence_level"]),
     (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "confidence_level": 1.5}', 422, ["confidence_level"]),
+    # Strict types: a string or a boolean is a mistake to name, not a value to guess at.
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "confidence_level": "0.9"}', 422, ["confidence_level"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "confidence_level": true}', 422, ["confidence_level", "number"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "quantiles": ["0.5"]}', 422, ["quantiles"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "lookup_table": "yes"}', 422, ["lookup_table"]),
     (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "quantiles": [0, 0.5]}', 422, ["quantiles"]),
     (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "quantiles": [0.5, 1]}', 422, ["quantiles"]),
     (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "quantiles": [-0.1]}', 422, ["quantiles"]),

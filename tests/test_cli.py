@@ -353,3 +353,15 @@ def test_messages_with_brackets_are_printed_as_they_are(trained):
     result = runner.invoke(cli.app, ["predict", "llm/*/[bold]TPU/*/*", '{"input_tokens": 5}',
                                      "--data-dir", str(trained)])
     assert "no trained model matches llm/*/[bold]TPU/*/*" in one_error_line(result)
+
+
+def test_names_and_messages_are_printed_as_they_are_not_as_markup(tmp_path, data):
+    # Brackets are rich markup: 'llama[fp16]' showed as 'llama', and '[/x]' crashed the table.
+    identity = {**IDENTITY, "model_name": "llama[fp16]", "software_version": "cat[/x]"}
+    cfg = tmp_path / "train.json"
+    cfg.write_text(json.dumps({"model": identity, "traces": make_llm_traces(60), "algorithm": "linear"}))
+    key = ModelIdentity.from_parts(identity).key
+    assert key in invoke("train", cfg, "--data-dir", data).stdout
+    assert key in invoke("models", "--data-dir", data).stdout
+    result = invoke("predict", "llm/*/*/*/*", '{"input_tokens": "[/]", "output_tokens": 3}', "--data-dir", data, ok=False)
+    assert result.exit_code == 1 and "'[/]'" in result.stdout

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from urllib.parse import quote
 
 import numpy as np
 import orjson
@@ -135,6 +136,12 @@ def test_queue_wait_and_instance_choice(trained_server):
         idle = Instance("idle", IDENTITY, [])
         best, scores = choose_instance(client, [busy, idle], {"input_tokens": 10, "output_tokens": 10})
         assert best.name == "idle" and scores["idle"] < scores["busy"]
+        # A task that cannot be predicted would be left out of the wait: an error, unless asked for.
+        broken = [*queue, {"input_tokens": 10}]
+        with pytest.raises(PredictorClientError, match=r"1 of 6 queued tasks .*trace\[5\]: .*output_tokens"):
+            client.queue_wait(IDENTITY, broken)
+        part = client.queue_wait(IDENTITY, broken, quantiles=[0.5, 0.9, 0.99], partial=True)
+        assert (part.tasks, part.failed) == (5, 1) and part.expect == pytest.approx(est.expect, rel=1e-9)
 
 
 def test_errors_carry_status_and_message(trained_server):
@@ -545,6 +552,11 @@ def test_identities_in_every_accepted_form(trained_server):
         seed_model = client.predict_single(SEED_IDENTITY, {"input_tokens": 100, "output_tokens": 50})
         by_path = client.predict_single("/".join(SEED_IDENTITY.values()), {"input_tokens": 100, "output_tokens": 50})
         assert by_path.results.quantile_predictions == seed_model.results.quantile_predictions
+        # The string form's segments are URL-encoded as in the API and the CLI: a name may hold a slash.
+        encoded = "/".join(quote(v, safe="") for v in IDENTITY.values())
+        assert "%2F" in encoded
+        by_encoded = client.predict_single(encoded, {"input_tokens": 100, "output_tokens": 50})
+        assert by_encoded.results.quantile_predictions == served.results.quantile_predictions
         # A misspelt key is an error, not a '*' that matches whatever model is there.
         with pytest.raises(ValueError, match="modelname"):
             client.predict_single({**{k: v for k, v in IDENTITY.items() if k != "model_name"}, "modelname": "x"},

@@ -163,6 +163,11 @@ def test_custom_target_field():
     schema, _, y, _ = prepare(traces, target="latency")
     assert "latency" not in schema.names
     assert y[0] == 5.0
+    # Beside another target, a measured runtime_ms is no feature unless named.
+    both = [{**t, "runtime_ms": 2.0 * t["latency"] + k % 3} for k, t in enumerate(traces)]
+    schema, _, _, report = prepare(both, target="latency")
+    assert "runtime_ms" not in schema.names and "measured runtime" in report.columns_dropped["runtime_ms"]
+    assert "runtime_ms" in prepare(both, target="latency", features=["runtime_ms"])[0].names
 
 
 def test_missing_target_field_is_an_error():

@@ -443,6 +443,9 @@ def test_default_table_from_a_path_and_bad_defaults(tmp_path):
     assert [e["default"] for e in store.list()] == [True]
     with pytest.raises(Exception, match="outside the table directory"):
         store.delete("predictions.json")
+    # A table generated under that name could never be reached: refused.
+    with pytest.raises(InvalidInput, match="choose another name"):
+        store.output_path("predictions.json")
     (tmp_path / "cut.json").write_text(SEED_TABLE[:100])
     bad = LookupTableStore(tmp_path / "tables2", default=str(tmp_path / "cut.json"))
     assert bad.default_table is None and "truncated" in bad.default_error
@@ -455,6 +458,25 @@ def test_default_table_from_a_path_and_bad_defaults(tmp_path):
     assert inside.default_table is not None
     inside.delete("in.json")
     assert inside.default_table is None and inside.loaded_count == 0
+
+
+def test_a_default_table_generated_later_or_again_is_served(tmp_path):
+    root = tmp_path / "tables"
+    store = LookupTableStore(root, default="later.json")
+    assert store.default_table is None and "no such file" in store.default_error
+    with pytest.raises(InvalidInput, match="no default lookup table is loaded"):
+        store.get(None)
+    # Generated after the start: the first lookup that needs it loads it.
+    (root / "later.json").write_text(SEED_TABLE)
+    assert store.get(None).n_rows == 1 and store.default_state() == ("later.json", True, None)
+    store.delete("later.json")
+    assert store.default_state()[1] is False
+    (root / "later.json").write_text(SEED_TABLE)  # generated again
+    assert store.get(None).n_rows == 1
+    # Deleted by another worker (the file went away under this one): no longer served.
+    (root / "later.json").unlink()
+    with pytest.raises(InvalidInput, match="no such file"):
+        store.get(None)
 
 
 def test_service_health_and_lookup_requests(tmp_path):

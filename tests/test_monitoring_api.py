@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -45,8 +46,10 @@ def test_observe_accuracy_drift_and_metrics(tmp_path):
 
         shifted = client.observe(IDENTITY, _shifted(300, 1.7, seed=3))
         assert shifted["drifted"] is True
-        entry = client.list_models().models[0]["models"][0]
+        listed = client.list_models().models[0]
+        entry = listed["models"][0]
         assert entry["drifted"] is True and entry["observations"] == 450
+        assert listed["drifted"] is True and listed["samples"] == entry["samples"] == 300  # the contract's entry
         assert client.health().drifted_models == [key]
 
         text = client.metrics()
@@ -65,8 +68,10 @@ def test_observe_accuracy_drift_and_metrics(tmp_path):
 
         decision = client.retrain(IDENTITY)
         assert decision["status"] == "retrained" and decision["to_version"] == 2
+        assert _metric(client.metrics(), "predictor_retraining_runs_total", status="retrained") == 1.0
         assert client.accuracy(IDENTITY)["version"] == 2
-        assert client.list_models().models[0]["models"][0]["drifted"] is False
+        listed = client.list_models().models[0]
+        assert listed["models"][0]["drifted"] is False and listed["drifted"] is False
         # The gauges describe the serving version 2, which has no observations yet: not version 1's figures,
         # even after version 1's accuracy is asked for.
         assert client.accuracy(IDENTITY, version=1)["observations"] == 450
@@ -84,8 +89,30 @@ def test_observe_accuracy_drift_and_metrics(tmp_path):
         with pytest.raises(KeyError):
             _metric(client.metrics(), "predictor_model_coverage_ratio", model=key, level="0.5")
         client.delete_model(IDENTITY)
-        with pytest.raises(KeyError):
-            _metric(client.metrics(), "predictor_model_drifted", model=key)
+        text = client.metrics()
+        # Every series of the deleted model goes: label sets stay bounded by the live models.
+        for name, labels in (("predictor_model_drifted", {}), ("predictor_observations_total", {}),
+                             ("predictor_predictions_total", {"source": "model"}),
+                             ("predictor_prediction_errors_total", {})):
+            with pytest.raises(KeyError):
+                _metric(text, name, model=key, **labels)
+
+
+def test_accuracy_gauges_are_there_after_a_restart(tmp_path):
+    # An alert on predictor_model_drifted must not go silent after a deploy until someone
+    # observes the model again.
+    key = "/".join(IDENTITY.values())
+    with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
+        client.train({"model": IDENTITY, "traces": make_llm_traces(300), "algorithm": "linear"})
+        assert client.observe(IDENTITY, _shifted(300, 1.7, seed=3))["drifted"] is True
+    with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
+        text = client.metrics()
+        assert _metric(text, "predictor_model_drifted", model=key) == 1.0
+        assert 0.0 < _metric(text, "predictor_model_coverage_ratio", model=key, level="0.5") < 0.4
+        # ?recent=0 asks for no recent observations, not for the whole window.
+        path = "/".join(quote(part, safe="") for part in IDENTITY.values())
+        r = httpx.get(f"{srv.url}/models/{path}/accuracy", params={"recent": 0})
+        assert r.status_code == 200 and r.json()["recent"]["runtime_ms"] == []
 
 
 def test_observe_bad_input_is_a_clear_4xx(tmp_path):

@@ -621,6 +621,27 @@ def test_predict_each_looks_each_trace_up_in_the_cache_once(tmp_path):
     svc.close()
 
 
+def test_the_cache_keeps_only_small_entries(tmp_path):
+    # Bounded by entries, the cache must not hold a 5 MB category (a valid, unseen one) per entry.
+    from swarmpilot_predictor.schemas import TrainConfig
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    from .conftest import IDENTITY, make_llm_traces
+
+    traces = [{**t, "zone": "ab"[i % 2]} for i, t in enumerate(make_llm_traces(150))]
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", cache_size=100))
+    svc.train(TrainConfig(model=IDENTITY, traces=traces, algorithm="linear"))
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    svc.predict(pattern, [{"input_tokens": 10, "output_tokens": 5, "zone": "a"}])
+    assert svc.cache_stats()["entries"] == 1
+    huge = svc.predict(pattern, [{"input_tokens": 10, "output_tokens": 5, "zone": "z" * 300}])
+    many = svc.predict(pattern, [{"input_tokens": 10, "output_tokens": 5, "zone": "a"}], 0.9,
+                       [k / 100 for k in range(1, 100)])
+    assert huge.ok.tolist() == many.ok.tolist() == [True]
+    assert svc.cache_stats()["entries"] == 1
+    svc.close()
+
+
 @pytest.mark.parametrize("algorithm", ["empirical", "linear", "power", "lightgbm"])
 def test_a_lone_trace_gets_the_same_answer_as_inside_a_batch(tmp_path, algorithm):
     # A single trace takes the model's plain-float path (LightGBM: the vectorised one);

@@ -202,7 +202,7 @@ def _print_train(result: dict[str, Any]) -> None:
     for e in entries:
         m = e["metrics"]
         table.add_row(
-            e["model_key"], str(e.get("version")), str(m.get("algorithm")), str(m.get("rows_used")),
+            escape(e["model_key"]), str(e.get("version")), str(m.get("algorithm")), str(m.get("rows_used")),
             _fmt(m.get("relative_pinball_loss")), _fmt(m.get("mean_abs_coverage_error")),
             _fmt((m.get("interval_coverage") or {}).get("0.9")), _fmt(m.get("median_mape")),
         )
@@ -286,7 +286,7 @@ def _print_predictions(body: dict[str, Any], confidence_level: float) -> None:
             table.add_row(str(i), *[f"{v:.2f}" for v in r["quantile_predictions"]], f"{r['expect']:.2f}",
                           f"{r['error']:.2f}", f"{r['interval'][0]:.2f} - {r['interval'][1]:.2f}")
         else:
-            table.add_row(str(i), f"[red]{r['message']}[/]")
+            table.add_row(str(i), f"[red]{escape(r['message'])}[/]")
     console.print(table)
     if body.get("expect") is not None and len(body["results"]) > 1:
         lo, hi = body["total_interval"]
@@ -314,7 +314,7 @@ def models(data_dir: Optional[Path] = DataDirOpt, url: Optional[str] = UrlOpt, a
     for group in entries:
         for m in group["models"]:
             met = m.get("metrics", {})
-            table.add_row(m["key"], ",".join(map(str, m["versions"])), str(m.get("algorithm")), str(m.get("samples")),
+            table.add_row(escape(m["key"]), ",".join(map(str, m["versions"])), str(m.get("algorithm")), str(m.get("samples")),
                           _fmt(met.get("relative_pinball_loss")), _fmt((met.get("interval_coverage") or {}).get("0.9")),
                           str(m.get("total_predictions", 0)))
     console.print(table)
@@ -359,10 +359,10 @@ def table_cmd(
     if as_json:
         sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
-    console.print(f"wrote {result['rows']:,} records to {result['path']} in {result.get('duration_seconds', 0):.1f}s"
+    console.print(f"wrote {result['rows']:,} records to {escape(str(result['path']))} in {result.get('duration_seconds', 0):.1f}s"
                   + (f" ({result['failed']:,} traces could not be predicted)" if result.get("failed") else ""))
     for line in result.get("errors") or []:
-        err_console.print(f"  [yellow]{line}[/]")
+        err_console.print(f"  [yellow]{escape(line)}[/]")
 
 
 def _count_records(path: Path) -> int | None:

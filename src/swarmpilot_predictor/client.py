@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import httpx
 import numpy as np
@@ -197,7 +197,8 @@ def identity_parts(identity: IdentityLike) -> list[Any]:
     if isinstance(identity, BaseModel):
         identity = identity.model_dump()
     if isinstance(identity, str):
-        parts: list[Any] = identity.split("/")
+        # Segments may be URL-encoded as in the HTTP API and the CLI: 'Qwen%2FQwen2.5-7B'.
+        parts: list[Any] = [unquote(p) for p in identity.split("/")]
     elif isinstance(identity, Mapping):
         keys = IDENTITY_KEYS if any(k in identity for k in IDENTITY_KEYS[:2]) or not any(
             k in identity for k in _SHORT_KEYS[:2]) else _SHORT_KEYS
@@ -449,16 +450,21 @@ class _Calls:
         return None
 
     @staticmethod
-    def queue_wait(batch: BatchPredictionResponse, confidence_level: float) -> QueueWaitEstimate:
+    def queue_wait(batch: BatchPredictionResponse, confidence_level: float, partial: bool = False) -> QueueWaitEstimate:
         if batch.summary.total == 0 and batch.expect is None:
             # An empty queue drains at once (a service that predates zero totals answers null).
             levels = batch.quantiles or []
             return QueueWaitEstimate(tasks=0, failed=0, expect=0.0, error=0.0, quantiles=levels,
                                      quantile_predictions=[0.0] * len(levels), interval=[0.0, 0.0],
                                      confidence_level=confidence_level)
+        failures = [f"trace[{i}]: {r.message or ''}" for i, r in enumerate(batch.results) if r.status != "success"]
         if batch.expect is None or batch.total_quantiles is None or batch.total_interval is None:
-            raise PredictorClientError("no task in the queue could be predicted: " + "; ".join(
-                r.message or "" for r in batch.results if r.status != "success"))
+            raise PredictorClientError("no task in the queue could be predicted: " + "; ".join(failures))
+        if failures and not partial:
+            raise PredictorClientError(
+                f"{len(failures)} of {batch.summary.total} queued tasks could not be predicted, and the wait "
+                "would leave them out (partial=True accepts that): " + "; ".join(failures[:5])
+                + ("; ..." if len(failures) > 5 else ""))
         return QueueWaitEstimate(
             tasks=batch.summary.success,
             failed=batch.summary.failed,
@@ -648,10 +654,16 @@ class PredictorClient(_Base):
         return self._send(self._calls.delete_table(name))
 
     def queue_wait(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]],
-                   quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9) -> QueueWaitEstimate:
-        """Distribution of the time until the tasks queued on one instance all finish."""
+                   quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9,
+                   partial: bool = False) -> QueueWaitEstimate:
+        """Distribution of the time until the tasks queued on one instance all finish.
+
+        A task that cannot be predicted raises :class:`PredictorClientError` naming it,
+        since the wait would leave it out; ``partial=True`` returns the wait of the
+        others instead (``failed`` counts those left out).
+        """
         batch = self.predict_batch(identity, traces, confidence_level, quantiles)
-        return self._calls.queue_wait(batch, confidence_level)
+        return self._calls.queue_wait(batch, confidence_level, partial)
 
     # -------------------------------------------------------------- the seed's API
 
@@ -782,9 +794,10 @@ class AsyncPredictorClient(_Base):
         return await self._send(self._calls.delete_table(name))
 
     async def queue_wait(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]],
-                         quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9) -> QueueWaitEstimate:
+                         quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9,
+                         partial: bool = False) -> QueueWaitEstimate:
         batch = await self.predict_batch(identity, traces, confidence_level, quantiles)
-        return self._calls.queue_wait(batch, confidence_level)
+        return self._calls.queue_wait(batch, confidence_level, partial)
 
     async def predict(self, model_type: str, metadata: Mapping[str, Any], confidence_level: float = 0.95,
                       quantiles: Sequence[float] | None = None) -> PredictionResult:

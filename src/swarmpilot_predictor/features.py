@@ -364,6 +364,11 @@ class FeatureSchema:
         reserved = reserved_keys(target)
         if features is None:
             candidates = [name for name in table.columns if name not in reserved]
+            if target != DEFAULT_TARGET and DEFAULT_TARGET in candidates:
+                # A measured runtime beside another target is not known before the task runs:
+                # a feature only when the config names it.
+                candidates.remove(DEFAULT_TARGET)
+                report.columns_dropped[DEFAULT_TARGET] = "a measured runtime (name it in 'features' to use it)"
         else:
             missing = [f for f in features if f not in table.columns]
             if missing:

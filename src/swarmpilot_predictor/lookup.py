@@ -1981,7 +1981,8 @@ class LookupTableStore:
         service keeps running without it.
         """
         path = Path(spec).expanduser()
-        if not path.is_absolute() and (self.root / spec).is_file():
+        if not path.is_absolute() and ((self.root / spec).is_file() or (not path.exists() and path.name == spec)):
+            # A bare name is a table of the table directory, also one generated only later.
             path = self.root / spec
         resolved = path.resolve() if path.exists() else path
         table: LookupTable | None = None
@@ -2068,31 +2069,54 @@ class LookupTableStore:
             return table
 
     def _default_current(self) -> LookupTable | None:
-        """The default table, reloaded if its file was replaced (kept if it went away); None when none is loaded.
+        """The default table as its file is now; None when there is none to serve.
 
-        The default's fields are read together under the lock, once: another thread
-        may delete or reload the default at any moment, and the answer is the table read.
+        A file that appeared since (the table generated after the service started, or
+        again after a delete) is loaded, one that changed is reloaded (a bad new
+        version keeps the loaded one), and one that went away (deleted, maybe by
+        another worker) is no longer served. The default's fields are read together
+        under the lock, once: another thread may change them at any moment.
         """
         with self._lock:
-            table, path, loaded_signature = self.default_table, self.default_path, self.default_signature
-        if table is None or path is None:
+            table, path, known = self.default_table, self.default_path, self.default_signature
+        if path is None:
             return None
         try:
             signature = _signature(path)
+        except FileNotFoundError:
+            if table is not None:
+                with self._lock:
+                    if self.default_table is table:
+                        self.default_table = self.default_signature = None
+                        self.default_error = f"DEFAULT_LOOKUP_TABLE {str(path)!r}: no such file"
+            return None
         except OSError:
             return table
-        if signature == loaded_signature:
+        if signature == known:  # loaded, or failed to load, at this version of the file
             return table
         with self._lock:
-            if self.default_table is not table:  # deleted or reloaded meanwhile: that is the current answer
-                return self.default_table
-            if signature != self.default_signature:
-                try:
-                    self.default_table = self._load(path, self.default_name or path.name, signature)
-                except (TraceError, OSError) as exc:  # OSError: replaced or deleted again while it was read
-                    log.error("default lookup table changed but cannot be read, keeping the loaded one: %s", exc)
-                self.default_signature = signature
+            if self.default_table is not table or self.default_signature != known:
+                return self.default_table  # another thread got there first: its answer is current
+            try:
+                self.default_table = self._load(path, self.default_name or path.name, signature)
+                self.default_error = None
+                log.info("default lookup table %s loaded: %d records", path, self.default_table.n_rows)
+            except (TraceError, OSError) as exc:  # OSError: replaced or deleted again while it was read
+                if table is None:
+                    self.default_error = f"DEFAULT_LOOKUP_TABLE {str(path)!r}: {exc}"
+                log.error("default lookup table %s cannot be read%s: %s", path,
+                          ", keeping the loaded one" if table is not None else "", exc)
+            self.default_signature = signature
             return self.default_table
+
+    def default_state(self) -> tuple[str | None, bool, str | None]:
+        """``(name, loaded, error)`` of the default table, read together.
+
+        Nothing is loaded here: ``/health`` answers at once, and a table file that
+        appeared or changed is loaded by the first lookup that needs it.
+        """
+        with self._lock:
+            return self.default_name, self.default_table is not None, self.default_error
 
     def predict(self, name: str | None, pattern: IdentityPattern | None, traces: Sequence[Any],
                 confidence_level: float = 0.95, quantiles: Sequence[float] | None = None,
@@ -2209,9 +2233,16 @@ class LookupTableStore:
         with self._lock:
             self.default_table = None
             self.default_signature = None
+            self.default_error = f"DEFAULT_LOOKUP_TABLE {self.default_name!r}: deleted"
 
     def output_path(self, name: str) -> Path:
         check_table_name(name, "table_name")
+        if name == self.default_name and self.default_path is not None \
+                and self.default_path.parent.resolve() != self.root.resolve():
+            # Requests by that name reach the default table: a file written here could never be used.
+            raise InvalidInput(f"table_name {name!r} is the name of the default table, loaded from "
+                               f"{self.default_path} outside the table directory; choose another name",
+                               field="table_name")
         return self.root / name
 
 

@@ -25,6 +25,9 @@ class PredictorMetrics:
         self.prediction_errors = Counter("predictor_prediction_errors_total", "Traces that could not be predicted, per model.",
                                          ["model"], registry=r)
         self.training_runs = Counter("predictor_training_runs_total", "Training runs by outcome.", ["status"], registry=r)
+        self.retraining_runs = Counter("predictor_retraining_runs_total",
+                                       "Retraining decisions by outcome (retrained, kept, skipped, failed).",
+                                       ["status"], registry=r)
         self.training_duration = Histogram("predictor_training_duration_seconds", "Training duration.",
                                            buckets=TRAINING_BUCKETS, registry=r)
         self.cache_hits = Counter("predictor_cache_hits_total", "Prediction cache hits.", registry=r)
@@ -49,6 +52,7 @@ class PredictorMetrics:
         # Per model, the accuracy series set and the version they describe.
         self._accuracy: dict[str, list[tuple[Gauge, tuple[str, ...]]]] = {}
         self._accuracy_version: dict[str, int] = {}
+        self._accuracy_report: dict[str, dict] = {}
         self._accuracy_lock = threading.Lock()
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -76,6 +80,8 @@ class PredictorMetrics:
         instead of showing the previous version's figures.
         """
         with self._accuracy_lock:
+            if self._accuracy_version.get(model) == version and self._accuracy_report.get(model) is report:
+                return  # reports are cached while their window is unchanged: nothing new to set
             self._set_accuracy(model, version, report)
 
     def _set_accuracy(self, model: str, version: int, report: dict) -> None:
@@ -93,6 +99,7 @@ class PredictorMetrics:
                 series.append((gauge, (model,)))
         self.drifted.labels(model).set(1.0 if report.get("drifted") else 0.0)
         self._accuracy_version[model] = version
+        self._accuracy_report[model] = report
 
     def clear_accuracy(self, model: str) -> None:
         with self._accuracy_lock:
@@ -103,6 +110,18 @@ class PredictorMetrics:
             with contextlib.suppress(KeyError):
                 gauge.remove(*labels)
         self._accuracy_version.pop(model, None)
+        self._accuracy_report.pop(model, None)
+
+    def forget_model(self, model: str) -> None:
+        """Remove every series labelled with a deleted model (label sets stay bounded by live models)."""
+        self.clear_accuracy(model)
+        for key in [k for k in list(self._children) if k[0] == "pred" and k[1] == model]:
+            self._children.pop(key, None)
+            with contextlib.suppress(KeyError):
+                self.predictions.remove(model, key[2])
+        for counter in (self.prediction_errors, self.observations):
+            with contextlib.suppress(KeyError):
+                counter.remove(model)
 
     def accuracy_versions(self) -> dict[str, int]:
         """The models whose accuracy gauges are set, with the version they describe."""

@@ -248,8 +248,9 @@ class RollingAccuracy:
         return out
 
     def recent(self, limit: int = 200) -> dict[str, Any]:
-        ys = list(self.y)[-limit:]
-        qs = list(self.q)[-limit:]
+        start = max(len(self.y) - max(limit, 0), 0)  # [-0:] would be the whole window
+        ys = list(self.y)[start:]
+        qs = list(self.q)[start:]
         return {"levels": list(MONITOR_LEVELS), "runtime_ms": ys, "quantile_predictions": qs}
 
 

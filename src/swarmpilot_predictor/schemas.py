@@ -10,7 +10,7 @@ from typing import Any, Literal
 import numpy as np
 import orjson
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, field_validator, model_validator
 
 from .errors import InvalidInput
 from .identity import IDENTITY_KEYS, identity_part_problem
@@ -108,9 +108,10 @@ class TrainRequest(BaseModel):
 class PredictOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    confidence_level: float = Field(0.95, gt=0.0, lt=1.0)
-    quantiles: list[float] | None = None
-    lookup_table: bool = False
+    # Strict: "0.9", true or "yes" are mistakes to name, not values to guess at.
+    confidence_level: StrictFloat = Field(0.95, gt=0.0, lt=1.0)
+    quantiles: list[StrictFloat] | None = None
+    lookup_table: StrictBool = False
     lookup_table_name: str | None = None
 
     @field_validator("quantiles")

@@ -35,6 +35,9 @@ from .traces import RUNTIME_RANGE, TraceError, is_runtime, normalize_trace, norm
 # one vectorised batch: from about this many on, the batch is cheaper (measured in-process).
 ROW_PATH_MAX_BATCH = 12
 _ONE_OK = np.ones(1, dtype=bool)
+# Longest feature string and level list a cached prediction may have (see _cache_key).
+CACHE_MAX_STRING = 256
+CACHE_MAX_LEVELS = 64
 _ONE_OK.setflags(write=False)
 
 
@@ -129,7 +132,8 @@ class PredictorService:
             self.observations, settings.accuracy_window, settings.drift_alpha, settings.drift_min_observations
         )
         self.retrainer = Retrainer(
-            self.registry, self.monitor, settings.auto_retrain, settings.retrain_min_observations
+            self.registry, self.monitor, settings.auto_retrain, settings.retrain_min_observations,
+            on_decision=lambda decision: self.metrics.retraining_runs.labels(decision["status"]).inc(),
         )
         # Lookup tables; DEFAULT_LOOKUP_TABLE is loaded now (a bad file is logged and reported by /health).
         self.tables = LookupTableStore(settings.tables_dir, default=settings.default_lookup_table)
@@ -396,8 +400,11 @@ class PredictorService:
         if not isinstance(trace, dict) or "input_feature" in trace:
             return None
         values = tuple(trace.get(name) for name in meta.features.prediction_fields)
-        # Only plain scalars make a key; anything else takes the normal path.
-        if not all(v is None or isinstance(v, (int, float, str, bool)) for v in values):
+        # Only plain scalars make a key; anything else takes the normal path. The cache is
+        # bounded by entries, so an entry must be small: long strings (an unseen category
+        # of 5 MB is a valid prediction) and long level lists are answered, not kept.
+        if not all(v is None or isinstance(v, (int, float, bool)) or (isinstance(v, str) and len(v) <= CACHE_MAX_STRING)
+                   for v in values) or len(levels) > CACHE_MAX_LEVELS:
             return None
         return (identity, meta.version, values, tuple(levels), confidence)
 
@@ -460,14 +467,15 @@ class PredictorService:
     def health(self) -> dict[str, Any]:
         self.registry.maybe_refresh()  # what other workers trained or deleted counts too
         identities = self.registry.identities()
+        default_name, default_loaded, default_error = self.tables.default_state()
         return {
             "status": "healthy",
             "service": "predictor",
             "version": __version__,
-            "mode": "lookup_table" if self.tables.default_table is not None else "default",
+            "mode": "lookup_table" if default_loaded else "default",
             "lookup_predictor_loaded": self.tables.loaded_count > 0,
-            "lookup_table": self.tables.default_name if self.tables.default_table is not None else None,
-            **({"lookup_table_error": self.tables.default_error} if self.tables.default_error else {}),
+            "lookup_table": default_name if default_loaded else None,
+            **({"lookup_table_error": default_error} if default_error else {}),
             "models_registered": len(identities),
             "models_loaded": self.registry.loaded_count,
             "drifted_models": [i.key for i in identities if self.is_drifted(i)],
@@ -489,6 +497,9 @@ class PredictorService:
                 "total_predictions": sum(self.prediction_counts[i] for i in identities),
                 "hardware_types": sorted({i.hardware for i in identities}),
                 "software_versions": sorted({f"{i.software_name}/{i.software_version}" for i in identities}),
+                # The contract gives each entry a boolean drifted: whether any of its models drifted.
+                "drifted": any(e["drifted"] for e in entries),
+                "samples": sum(e["samples"] or 0 for e in entries),
                 "models": entries,
             })
         return out
@@ -531,6 +542,7 @@ class PredictorService:
             self.observations.delete(identity)
             self.monitor.forget(identity)
             self.retrainer.decisions.delete(identity)
+            self.metrics.forget_model(identity.key)
         return {"status": "success", "model_key": identity.key, "deleted_versions": deleted}
 
 
@@ -616,19 +628,28 @@ class PredictorService:
         return self.metrics.render()
 
     def _sync_accuracy_gauges(self) -> None:
-        """Accuracy gauges describe each model's serving version, whoever stored a newer one since."""
+        """Accuracy gauges describe each model's serving version from the shared observation log.
+
+        Every registered model is looked at, not only those this process saw observed:
+        after a restart, or in a worker that another one's observations bypassed, the
+        gauges (``predictor_model_drifted`` above all) would otherwise be missing.
+        Reports are cached while nothing new was observed, so a scrape mostly stats files.
+        """
         described = self.metrics.accuracy_versions()
-        if not described:
-            return
-        live = {identity.key: identity for identity in self.registry.identities() if identity.key in described}
-        for key, version in described.items():
+        live: set[str] = set()
+        for identity in self.registry.identities():
             try:
-                serving = self.registry.latest(live[key]).version
-            except (KeyError, ModelNotFound):  # deleted
-                self.metrics.clear_accuracy(key)
+                serving = self.registry.latest(identity).version
+            except ModelNotFound:  # deleted meanwhile
                 continue
-            if serving != version:
-                self.metrics.set_accuracy(key, serving, self.monitor.report(live[key], serving))
+            live.add(identity.key)
+            report = self.monitor.report(identity, serving)
+            if report.get("window") or identity.key in described:
+                # A new version with no observations yet replaces its predecessor's figures
+                # with none (and not drifted).
+                self.metrics.set_accuracy(identity.key, serving, report)
+        for key in described.keys() - live:
+            self.metrics.forget_model(key)
 
 
 def _headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import StorageError
@@ -51,6 +51,15 @@ class PredictorSettings(BaseSettings):
         if v.lower() not in LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return v.lower()
+
+    @field_validator("drift_min_observations")
+    @classmethod
+    def _drift_within_window(cls, v: int, info: ValidationInfo) -> int:
+        window = info.data.get("accuracy_window")
+        if window is not None and v > window:
+            raise ValueError(f"must be at most PREDICTOR_ACCURACY_WINDOW ({window}): drift is tested on the "
+                             "window's observations, and would never be")
+        return v
 
     @property
     def models_dir(self) -> Path:
