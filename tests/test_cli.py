@@ -269,6 +269,18 @@ def test_serve_flags_are_checked_as_the_variables_are(tmp_path, monkeypatch):
     monkeypatch.delenv("PREDICTOR_LOG_LEVEL")
     said = one_error_line(invoke("serve", "--data-dir", tmp_path / "data", "--port", "70000", ok=False))
     assert said == "error: --port: Input should be less than or equal to 65535 (got '70000')"
+    # A port in use, or a host that does not resolve: one line, before uvicorn logs its own.
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        said = one_error_line(invoke("serve", "--data-dir", tmp_path / "data", "--host", "127.0.0.1",
+                                     "--port", port, ok=False))
+        assert said.startswith(f"error: cannot listen on 127.0.0.1:{port} (") and "in use" in said
+    said = one_error_line(invoke("serve", "--data-dir", tmp_path / "data", "--host", "no-such-host.invalid", ok=False))
+    assert said.startswith("error: --host 'no-such-host.invalid' cannot be resolved")
 
 
 def test_the_seed_entry_point_says_a_bad_setting_in_one_line(tmp_path):

@@ -358,6 +358,13 @@ BAD_FILES = {
     "bad-number.csv": (b"x,expect,error,quantile_0.5\n1,two,3,4\n", "line 2"),
     "bad.json.gz": (b"\x1f\x8b\x08\x00garbage", "cannot read"),
     "records.json": (b"[1, 2]", "record 0"),
+    # Hand-edited records a model could never have written.
+    "reversed-interval.json": (b'[{"quantiles": [0.25, 0.5], "quantile_predictions": [10, 15], "expect": 15, "error": 1,'
+                               b' "interval": [20, 8], "confidence_level": 0.9}]', "'interval'"),
+    "wild-confidence.json": (b'[{"quantiles": [0.5], "quantile_predictions": [1], "expect": 1, "error": 0,'
+                             b' "interval": [0.5, 2], "confidence_level": 5}]', "'confidence_level'"),
+    "negative-quantile.json": (b'[{"quantiles": [0.25, 0.5], "quantile_predictions": [-3, 1], "expect": 1, "error": 0}]',
+                               "negative runtime"),
 }
 
 
@@ -916,6 +923,12 @@ def test_tables_of_a_model_with_first_runs_tell_first_runs_from_repeats(tmp_path
                 assert t["match"] == "exact"
                 np.testing.assert_allclose(t["quantile_predictions"], m["quantile_predictions"], rtol=1e-9)
         assert got[2]["quantile_predictions"][1] > 5 * got[0]["quantile_predictions"][1]
+        # A stated flag is true or false, as for the model: 2 or 0.5 fail that trace.
+        bad = [{**shape, "first_of_shape": 2}, {**shape, "first_of_shape": 0.5}, shape]
+        for batch in (bad, bad * 20):
+            got = service.predict(PATTERN, batch, 0.9, lookup_table=True, lookup_table_name=name)
+            assert got.ok[:3].tolist() == [False, False, True]
+            assert "'first_of_shape' must be true or false, got 2" in got.errors[0]
     finally:
         service.close()
 

@@ -121,6 +121,9 @@ def serve(
         settings.ensure_dirs()
     except PredictorError as exc:
         _fail(exc.message)
+    problem = _cannot_listen(settings.host, settings.port)
+    if problem:
+        _fail(problem)
     if settings.workers > 1:
         from .api import SUPERVISOR_ENV
 
@@ -136,6 +139,27 @@ def serve(
         # start-up health check killed workers before they could answer it.
         timeout_worker_healthcheck=60,
     )
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why the server could not listen on ``host:port`` (a port in use, a host unknown), or None.
+
+    Checked before uvicorn starts, which would say it in several log lines and exit 3.
+    """
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"--host {host!r} cannot be resolved ({exc.strerror})"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return f"cannot listen on {host}:{port} ({exc.strerror or exc}); is another server running there?"
+    return None
 
 
 def _load_config_file(path: Path) -> dict[str, Any]:

@@ -491,7 +491,7 @@ class FeatureSchema:
             X[:, -1] = self.history.flags(X[:, :-1], self.history.order_of(traces))
             stated = [t.get(FIRST_OF_SHAPE) for t in traces]
             for i in (i for i, v in enumerate(stated) if v is not None):
-                flag = _stated_flag(stated[i])
+                flag = stated_flag(stated[i])
                 if isinstance(flag, str):
                     errors[i] = errors[i] or flag
                 else:
@@ -518,7 +518,7 @@ class FeatureSchema:
             if stated is None:
                 values.append(self.history.flag_row(values, self.history.time_of(trace)))
             else:
-                flag = _stated_flag(stated)
+                flag = stated_flag(stated)
                 if isinstance(flag, str):
                     return values, flag
                 values.append(flag)
@@ -658,7 +658,7 @@ def _is_shape_feature(col: np.ndarray, spec: FeatureSpec, distinct: int) -> bool
     return distinct <= SHAPE_KEY_DISTINCT_SHARE * len(col)
 
 
-def _stated_flag(v: Any) -> float | str:
+def stated_flag(v: Any) -> float | str:
     """A trace's own ``first_of_shape`` (the caller knows its instance's warm state), or an error."""
     if isinstance(v, bool) or (isinstance(v, (int, float)) and v in (0, 1)):
         return float(v)

@@ -58,7 +58,7 @@ from scipy.special import ndtri
 
 from .atomic import atomic_file
 from .errors import InvalidInput, NotFound, PredictorError, storage_error
-from .features import FIRST_OF_SHAPE
+from .features import FIRST_OF_SHAPE, stated_flag
 from .identity import IDENTITY_KEYS, IdentityPattern
 from .schemas import RenderedPredictions
 from .traces import (
@@ -719,13 +719,19 @@ class LookupTable:
         flag = next((c for c in self.columns if c.missing_as is not None), None)
         if flag is None:
             return res
+        # A stated flag is true or false, as a model reads it (2 or 0.5 fail the trace).
+        stated = [t.get(flag.name) for t in normalize_traces(traces)[0]]
+        for i, v in enumerate(stated):
+            problem = None if v is None else stated_flag(v)
+            if isinstance(problem, str) and res.errors[i] is None:
+                res.rows[i], res.match[i], res.distance[i], res.errors[i] = -1, -1, math.nan, problem
         retry, flat = [], []
         for i in np.flatnonzero((res.match == _NEAREST) | (res.match < 0)).tolist():
             try:
                 t = normalize_trace(traces[i])
             except TraceError:
                 continue
-            if t.get(flag.name) is None:
+            if stated[i] is None:
                 retry.append(i)
                 flat.append({**t, flag.name: 1.0 - flag.missing_as})
         if not retry:
@@ -1369,9 +1375,21 @@ class _Builder:
             v = v[:, order]
             if not np.isfinite(v).all():
                 raise TraceError(f"{self.name}: a record's quantile_predictions hold a value that is not a finite number")
+            if (v < 0).any():
+                raise TraceError(f"{self.name}: a record's quantile_predictions hold a negative runtime")
             values.append(np.maximum.accumulate(v, axis=1))
             self.level_arrays[s] = self.level_arrays[s][order]
         interval = np.frombuffer(self.interval, dtype=np.float64).reshape(n, 2).copy()
+        confidence = np.frombuffer(self.confidence, dtype=np.float64).copy()
+        stated = ~np.isnan(confidence)  # records without an interval have none to check
+        bad = np.flatnonzero(stated & ~((confidence > 0) & (confidence < 1)))
+        if len(bad):
+            raise TraceError(f"{self.name}: success record {int(bad[0])}: 'confidence_level' must lie strictly between 0 and 1")
+        lo, hi = interval[:, 0], interval[:, 1]
+        bad = np.flatnonzero(stated & ~(np.isfinite(lo) & np.isfinite(hi) & (lo >= 0) & (lo <= hi)))
+        if len(bad):
+            raise TraceError(f"{self.name}: success record {int(bad[0])}: 'interval' must be [low, high] with "
+                             "0 <= low <= high")
         reserved = reserved_keys()
         columns = []
         for fname, vals in self.features.items():
@@ -1394,7 +1412,7 @@ class _Builder:
             expect=expect,
             error=error,
             interval=interval,
-            confidence=np.frombuffer(self.confidence, dtype=np.float64).copy(),
+            confidence=confidence,
             versions=np.frombuffer(self.versions, dtype=np.int64).copy(),
             columns=columns,
             task_hashes=task_hashes,
