@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import os
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -69,33 +67,6 @@ def test_typed_answers_for_every_prediction_endpoint(trained_server):
         assert batch.expect == pytest.approx(3 * batch.results[0].expect, rel=1e-9)
         detail = client.get_model(IDENTITY)
         assert detail["key"] == "/".join(IDENTITY.values())
-
-
-def test_seed_methods(trained_server):
-    metadata = {"hardware": "A100", "input_tokens": 100, "output_tokens": 50}
-    with PredictorClient(trained_server.url) as client:
-        response = client.predict(model_type="gpt-3.5-turbo", metadata=metadata)
-        assert response.status == "success"
-        assert response.quantiles == [0.25, 0.5, 0.75, 0.99]
-        median = client.get_median_prediction("gpt-3.5-turbo", metadata)
-        assert response.quantile_predictions[0] < median < response.quantile_predictions[2]
-        low, high = client.get_prediction_range("gpt-3.5-turbo", metadata, confidence_level=0.8)
-        wide_low, wide_high = client.get_prediction_range("gpt-3.5-turbo", metadata, confidence_level=0.99)
-        assert wide_low < low < median < high < wide_high
-
-
-def test_seed_example_runs_verbatim(trained_server):
-    # PYTHONPATH=. as in the README: the seed imports `src.scheduler.predictor_client`.
-    env = {**os.environ, "PREDICTOR_URL": trained_server.url, "PYTHONPATH": str(REPO_ROOT)}
-    out = subprocess.run([sys.executable, "examples/seed_client_example.py"], cwd=REPO_ROOT, env=env,
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
-    assert lines[0] == "Predictor service is ready"
-    assert lines[1] == "Predicted quantiles: [0.25, 0.5, 0.75, 0.99]"
-    assert lines[3].startswith("Median execution time: ") and lines[3].endswith("ms")
-    low, high = (float(v) for v in lines[4].removeprefix("Expected range: ").removesuffix("ms").split("-"))
-    assert 0 < low < high
 
 
 def test_numpy_numbers_are_sent_as_json_numbers(trained_server):
