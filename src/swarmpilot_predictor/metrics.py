@@ -117,11 +117,10 @@ class PredictorMetrics:
         self.clear_accuracy(model)
         for key in [k for k in list(self._children) if k[0] == "pred" and k[1] == model]:
             self._children.pop(key, None)
+        for counter, labels in ((self.predictions, (model, "model")), (self.predictions, (model, "table_generation")),
+                                (self.prediction_errors, (model,)), (self.observations, (model,))):
             with contextlib.suppress(KeyError):
-                self.predictions.remove(model, key[2])
-        for counter in (self.prediction_errors, self.observations):
-            with contextlib.suppress(KeyError):
-                counter.remove(model)
+                counter.remove(*labels)
 
     def accuracy_versions(self) -> dict[str, int]:
         """The models whose accuracy gauges are set, with the version they describe."""

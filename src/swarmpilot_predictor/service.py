@@ -35,10 +35,10 @@ from .traces import RUNTIME_RANGE, TraceError, is_runtime, normalize_trace, norm
 # one vectorised batch: from about this many on, the batch is cheaper (measured in-process).
 ROW_PATH_MAX_BATCH = 12
 _ONE_OK = np.ones(1, dtype=bool)
+_ONE_OK.setflags(write=False)
 # Longest feature string and level list a cached prediction may have (see _cache_key).
 CACHE_MAX_STRING = 256
 CACHE_MAX_LEVELS = 64
-_ONE_OK.setflags(write=False)
 
 
 @dataclass
