@@ -224,7 +224,13 @@ def test_stray_files_and_corrupted_metadata_do_not_break_start_up(root):
 
     fresh = ModelRegistry(root)
     assert fresh.identities() == [IDENT]
-    assert [v.version for v in fresh.versions(IDENT)] == [1, 2]
+    # Version 5's meta is whole but its model file is gone (nothing but a hand can do that:
+    # a save writes the meta last, a delete removes it first): listed, a 500 naming the file.
+    assert [v.version for v in fresh.versions(IDENT)] == [1, 2, 5]
+    from swarmpilot_predictor.errors import ModelUnreadable
+
+    with pytest.raises(ModelUnreadable, match="its file v0005.model.json"):
+        fresh.load(IDENT)
     np.testing.assert_array_equal(fresh.load(IDENT, 1).model.predict(X), model.predict(X))
     # A new version never overwrites a number that is already on disk.
     assert fresh.save(*fit(seed=3)[:2]).version == 7
@@ -249,6 +255,52 @@ def test_a_damaged_model_file_is_a_clear_error_and_other_versions_still_load(roo
         fresh.load(IDENT)
     assert err.value.status_code == 500
     np.testing.assert_array_equal(fresh.load(IDENT, 1).model.predict(X), model.predict(X))
+
+
+def test_a_model_file_changed_on_disk_is_found_by_its_digest(root):
+    # A file that still parses (one coefficient changed) would otherwise be served as it is.
+    from swarmpilot_predictor.errors import ModelUnreadable
+
+    reg = ModelRegistry(root)
+    meta, model, X = fit()
+    reg.save(meta, model)
+    path = root / IDENT.dirname / "v0001.model.json"
+    assert orjson.loads((root / IDENT.dirname / "v0001.meta.json").read_bytes())["extra"]["model_sha256"]
+    path.write_bytes(path.read_bytes().replace(b"1", b"2", 1))
+    with pytest.raises(ModelUnreadable, match="its file v0001.model.json is missing or damaged"):
+        ModelRegistry(root).load(IDENT)
+
+
+def test_an_old_model_file_that_lost_an_array_element_is_a_clear_error(root):
+    # Saved before model files had a digest: the probe at load finds what the parser cannot.
+    from swarmpilot_predictor.errors import ModelUnreadable
+
+    reg = ModelRegistry(root)
+    meta, model, X = fit()
+    reg.save(meta, model)
+    model_dir = root / IDENT.dirname
+    _without_model_digest(model_dir / "v0001.model.json")
+    assert np.allclose(ModelRegistry(root).load(IDENT).model.predict(X), model.predict(X))  # undamaged: loads
+    d = orjson.loads((model_dir / "v0001.model.json").read_bytes())
+    d["location"]["design"]["center"].pop()
+    (model_dir / "v0001.model.json").write_bytes(orjson.dumps(d))
+    with pytest.raises(ModelUnreadable, match="its file v0001.model.json is missing or damaged"):
+        ModelRegistry(root).load(IDENT)
+
+
+def test_a_version_whose_model_file_is_gone_stays_listed_and_can_be_deleted(root):
+    # Skipped at the next scan, it let the version before it serve as if it were the latest.
+    from swarmpilot_predictor.errors import ModelUnreadable
+
+    reg = ModelRegistry(root)
+    reg.save(*fit()[:2])
+    reg.save(*fit(seed=1)[:2])
+    (root / IDENT.dirname / "v0002.model.json").unlink()
+    fresh = ModelRegistry(root)
+    assert [v.version for v in fresh.versions(IDENT)] == [1, 2]
+    with pytest.raises(ModelUnreadable, match="version 2 cannot be loaded: its file v0002.model.json"):
+        fresh.load(IDENT)
+    assert fresh.delete(IDENT, 2) == [2] and fresh.load(IDENT).meta.version == 1
 
 
 def test_damaged_training_rows_read_as_none(root):
@@ -377,12 +429,23 @@ def _damage_booster(path: Path, legacy: bool, damage: str = "digit lost") -> Non
         while not text[i].isdigit():
             i += 1
         loc["booster"] = text[:i] + text[i + 1:]
+    elif damage == "tail cut":  # the settings after the trees cut short
+        loc["booster"] = text[:-50]
     else:  # as long as before: only the digest can tell
         i = text.index("num_leaves=", text.index("Tree=1\n")) + len("num_leaves=")
         loc["booster"] = text[:i] + ("9" if text[i] != "9" else "8") + text[i + 1:]
-    if legacy:  # as saved before boosters carried a digest
+    if legacy:  # as saved before boosters and model files carried a digest
         loc.pop("booster_sha256", None)
+        _without_model_digest(path)
     path.write_bytes(orjson.dumps(d))
+
+
+def _without_model_digest(model_path: Path) -> None:
+    """Drop the model file's digest from its meta file, as versions saved before it were."""
+    meta_path = model_path.with_name(model_path.name.replace(".model.json", ".meta.json"))
+    m = orjson.loads(meta_path.read_bytes())
+    m["extra"].pop("model_sha256", None)
+    meta_path.write_bytes(orjson.dumps(m))
 
 
 @pytest.mark.parametrize("damage", ["digit lost", "digit changed"])
@@ -409,6 +472,21 @@ def test_a_damaged_lightgbm_booster_is_a_clean_error_for_that_model_only(root, l
                                                    else "ValueError")
 
 
+def test_an_old_lightgbm_booster_cut_after_its_trees_still_loads(root):
+    # Without a digest nothing checked the settings after the trees, and LightGBM crashed the
+    # process (exit 139) on a cut there; they are not needed to predict.
+    reg = ModelRegistry(root)
+    meta, model, X = fit(algorithm="lightgbm", params={"num_boost_round": 25, "num_leaves": 7})
+    reg.save(meta, model)
+    _damage_booster(root / IDENT.dirname / "v0001.model.json", legacy=True, damage="tail cut")
+    out = subprocess.run([sys.executable, "-c", LOAD_DAMAGED.format(root=str(root))], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])[IDENT.key] == "loaded"
+    loaded = ModelRegistry(root).load(IDENT)
+    np.testing.assert_array_equal(loaded.model.predict_quantiles(X, LEVELS), model.predict_quantiles(X, LEVELS))
+
+
 def test_a_lightgbm_model_saved_without_a_digest_still_loads(root):
     meta, model, X = fit(algorithm="lightgbm", params={"num_boost_round": 25, "num_leaves": 7})
     ModelRegistry(root).save(meta, model)
@@ -416,6 +494,7 @@ def test_a_lightgbm_model_saved_without_a_digest_still_loads(root):
     d = orjson.loads(path.read_bytes())
     d["location"].pop("booster_sha256", None)
     path.write_bytes(orjson.dumps(d))
+    _without_model_digest(path)
     loaded = ModelRegistry(root).load(IDENT)
     np.testing.assert_array_equal(loaded.model.predict_quantiles(X, LEVELS), model.predict_quantiles(X, LEVELS))
     assert loaded.model.describe_one(list(X[0]), (0.5,)) == model.describe_one(list(X[0]), (0.5,))

@@ -1116,7 +1116,7 @@ def _booster_text(text: Any, digest: Any) -> tuple[str, int]:
         return text, trees
     m = _TREE_SIZES.search(text)
     if m is None:
-        return text, trees
+        return _through_trees(text), trees
     try:
         sizes = [int(v) for v in m.group(1).split()]
     except ValueError:
@@ -1133,7 +1133,15 @@ def _booster_text(text: Any, digest: Any) -> tuple[str, int]:
         if not raw.startswith(b"end of trees", pos):
             raise ValueError("the LightGBM booster text is damaged: its trees do not end where its tree_sizes line "
                              "says")
-    return text[: m.start()] + text[m.end():], trees
+    return _through_trees(text[: m.start()] + text[m.end():]), trees
+
+
+def _through_trees(text: str) -> str:
+    """A booster text up to its ``end of trees`` line: the settings after it (feature
+    importances, parameters) are not needed to predict, and LightGBM's parser crashed
+    the process on a cut in them where nothing had checked them (no digest)."""
+    end = text.find("end of trees")
+    return text if end < 0 else text[:end] + "end of trees\n"
 
 
 class _LightGBMRowPredictor:
@@ -2133,6 +2141,25 @@ class QuantileModel:
             return describe_one(m, s, self.score_, levels, self.scale_.is_constant, shape.knots_, shape.cdf_row(x),
                                 bounds)
         return describe_one(m, s, self.score_, levels, self.scale_.is_constant, log_bounds=bounds)
+
+    def check_loaded(self) -> None:
+        """Raise ValueError unless a probe task gets finite, ordered answers, the same on
+        the single-row and the batch path.
+
+        For a model rebuilt from a file: arrays that lost or gained an element parse
+        well, then failed at prediction time (an unnamed 500), or were served.
+        """
+        x = [0.0 if k == "categorical" else 1.0 for k in self.kinds]
+        levels = (0.05, 0.5, 0.95)
+        dist = self.predict_distribution(np.array([x], dtype=np.float64))
+        q = dist.quantiles(levels)[0]
+        mean, std = (float(v[0]) for v in dist.mean_std())
+        if not (np.all(np.isfinite(q)) and np.all(np.diff(q) >= 0) and math.isfinite(mean) and math.isfinite(std)):
+            raise ValueError("its answers to a probe task are not finite, ordered runtimes")
+        one = self.describe_one(x, levels)
+        if one is not None and not (np.allclose(one[0], q, rtol=1e-6)
+                                    and math.isclose(one[1], mean, rel_tol=1e-4) and math.isclose(one[2], std, rel_tol=1e-4, abs_tol=1e-9)):
+            raise ValueError("its single-task and batch answers to a probe task differ")
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Median runtime, for scikit-learn-style use."""

@@ -9,6 +9,7 @@ boosters in their own text format inside it), so loading runs no code.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -33,6 +34,9 @@ from .modeling import QuantileModel
 log = logging.getLogger(__name__)
 _META = re.compile(r"^v(\d{4,})\.meta\.json$")
 
+
+# The key in a version's ``extra`` under which the SHA-256 of its model file is kept.
+MODEL_DIGEST = "model_sha256"
 
 @dataclass
 class ModelVersion:
@@ -246,8 +250,9 @@ class ModelRegistry:
                 log.warning("skipping unreadable model metadata %s: %s", entry.path, exc)
                 continue
             if not (model_dir / _model_file(meta.version)).exists():
-                log.warning("skipping %s: its model file is missing", entry.path)
-                continue
+                # Still listed: loading it answers a 500 naming the missing file (and DELETE can
+                # remove it), rather than an older version serving as if it were the latest.
+                log.error("%s: its model file %s is missing", entry.path, _model_file(meta.version))
             seen[entry.path] = (mtime, meta)
             out.append(meta)
         return out
@@ -328,7 +333,15 @@ class ModelRegistry:
                 return hit
         path = self.root / identity.dirname / _model_file(meta.version)
         try:
-            model = QuantileModel.from_json(orjson.loads(path.read_bytes()))
+            raw = path.read_bytes()
+            digest = meta.extra.get(MODEL_DIGEST)
+            if digest is not None and hashlib.sha256(raw).hexdigest() != digest:
+                raise ValueError("the file does not match the SHA-256 digest its meta file holds")
+            model = QuantileModel.from_json(orjson.loads(raw))
+            if digest is None:
+                # Saved before model files had a digest: a file that parses but lost or gained
+                # an array element must fail here, naming the file, not at prediction time.
+                model.check_loaded()
         except Exception as exc:  # any failure to rebuild the model from its file
             log.error("cannot load %s version %d from %s: %r", identity.key, meta.version, path, exc)
             raise ModelUnreadable(
@@ -355,8 +368,10 @@ class ModelRegistry:
             version = self._reserve_version(model_dir)
             meta.version = version
             try:
-                atomic_write_bytes(model_dir / _model_file(version),
-                                   orjson.dumps(model.to_json(), option=orjson.OPT_SERIALIZE_NUMPY))
+                body = orjson.dumps(model.to_json(), option=orjson.OPT_SERIALIZE_NUMPY)
+                atomic_write_bytes(model_dir / _model_file(version), body)
+                # Any change to the model file on disk (a bad copy, a hand edit) is then found at load.
+                meta.extra[MODEL_DIGEST] = hashlib.sha256(body).hexdigest()
                 if training_data is not None:
                     with atomic_file(model_dir / _data_file(version)) as fh:
                         np.savez_compressed(fh, X=np.asarray(training_data[0], dtype=np.float64),
