@@ -355,6 +355,12 @@ def test_a_full_disk_is_a_507_that_stores_nothing(tmp_path):
         with pytest.raises(PredictorClientError) as err:
             client.generate_table(IDENTITY, traces, filename="queue.jsonl", table_name="queue.json")
         assert err.value.status_code == 507 and "lookup table queue.json" in err.value.message
+        # An upload over 1 MB is spooled to the temporary directory first: a 507 there too.
+        big = b"".join(orjson.dumps(t) + b"\n" for t in make_llm_traces(20000, seed=3))
+        assert len(big) > 1 << 20
+        with pytest.raises(PredictorClientError) as err:
+            client.train({"model": IDENTITY, "traces": "big.jsonl", "algorithm": "linear"}, files={"big.jsonl": big})
+        assert err.value.status_code == 507 and "in the temporary directory" in err.value.message
         # Nothing changed, and predictions are still served.
         assert client.get_model(IDENTITY)["versions"] == versions
         assert client.accuracy(IDENTITY)["observations"] == 0

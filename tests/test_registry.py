@@ -547,3 +547,22 @@ def test_metadata_that_is_not_an_object_of_fields_is_skipped(root, caplog, text)
         fresh = ModelRegistry(root)
     assert "skipping unreadable model metadata" in caplog.text and "v0001.meta.json" in caplog.text
     assert fresh.identities() == [OTHER]
+
+
+def test_special_files_in_the_data_directory_are_skipped_not_read(root):
+    # A FIFO named like a meta file hung the start-up forever; one named like a model file
+    # is a clear 500 for that version.
+    import os
+
+    from swarmpilot_predictor.errors import ModelUnreadable
+
+    reg = ModelRegistry(root)
+    reg.save(*fit()[:2])
+    model_dir = root / IDENT.dirname
+    os.mkfifo(model_dir / "v0002.meta.json")
+    fresh = ModelRegistry(root)  # would block here
+    assert [v.version for v in fresh.versions(IDENT)] == [1]
+    (model_dir / "v0001.model.json").unlink()
+    os.mkfifo(model_dir / "v0001.model.json")
+    with pytest.raises(ModelUnreadable, match="its file v0001.model.json is missing or damaged"):
+        fresh.load(IDENT)

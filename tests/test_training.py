@@ -183,6 +183,20 @@ def test_a_stop_signal_to_the_process_group_lets_the_training_finish(tmp_path):
         jobs.shutdown()  # which does stop it
 
 
+def test_jobs_cut_short_by_a_stop_read_stopped_not_died(tmp_path):
+    # A clean shutdown is no out-of-memory death: the README promises a 503 for such jobs.
+    jobs = TrainingJobs(tmp_path)
+    running, f1 = jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(3000), algorithm="auto"))
+    queued, f2 = jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(100), algorithm="linear"))
+    jobs.shutdown()
+    for job_id, future in ((running, f1), (queued, f2)):
+        with pytest.raises(PredictorError) as err:
+            future.result(timeout=60)
+        assert err.value.status_code == 503 and "service stopped" in err.value.message
+        record = TrainingJobs(tmp_path).get(job_id)  # as the next start reads it
+        assert record["status"] == "failed" and record["error"]["status_code"] == 503
+
+
 def test_unknown_job_is_404(tmp_path):
     with pytest.raises(PredictorError) as err:
         TrainingJobs(tmp_path).get("nope")
@@ -217,3 +231,19 @@ def test_lightgbm_without_a_usable_feature_says_why_each_column_is_not_one(tmp_p
     message = err.value.message
     assert "none of the traces' columns can be one" in message
     assert "request: no value repeats" in message and "gpu: constant" in message
+
+
+def test_damaged_job_records_read_as_failed_or_unknown(tmp_path):
+    # A pid beyond any process's (OverflowError in os.kill) was a 500; a FIFO blocked the event loop.
+    import os
+
+    jobs = TrainingJobs(tmp_path)
+    jobs.records_dir.mkdir(parents=True, exist_ok=True)
+    (jobs.records_dir / "aaaaaaaaaaaaaaaa.json").write_text(
+        '{"job_id": "aaaaaaaaaaaaaaaa", "status": "running", "worker_pid": 99999999999}')
+    got = jobs.get("aaaaaaaaaaaaaaaa")
+    assert got["status"] == "failed" and got["error"]["status_code"] == 503
+    os.mkfifo(jobs.records_dir / "bbbbbbbbbbbbbbbb.json")
+    with pytest.raises(PredictorError) as err:
+        jobs.get("bbbbbbbbbbbbbbbb")
+    assert err.value.status_code == 404

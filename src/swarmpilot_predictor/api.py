@@ -34,7 +34,7 @@ from starlette.routing import Route
 from threadpoolctl import threadpool_limits
 
 from . import __version__
-from .errors import InvalidInput, NotFound, PayloadTooLarge, PredictorError, validation_message, writing
+from .errors import InvalidInput, NotFound, PayloadTooLarge, PredictorError, storage_error, validation_message, writing
 from .identity import IdentityPattern, stated_keys
 from .schemas import (
     BatchPredictionResponse,
@@ -556,6 +556,9 @@ async def _read_form(request: Request, files_field: str, **limits: int) -> FormD
     """
     try:
         return await request.form(**limits)
+    except OSError as exc:
+        # Starlette spools file parts over 1 MB to the system's temporary directory.
+        raise storage_error(exc, "the uploaded form", f"in the temporary directory {tempfile.gettempdir()}") from None
     except (StarletteHTTPException, MultiPartException) as exc:
         reason = str(getattr(exc, "detail", None) or getattr(exc, "message", None) or exc)
         message = f"the multipart form cannot be read: {reason}"

@@ -1,8 +1,10 @@
-"""Files that readers see whole: the old content or the new, never half of either."""
+"""Files that readers see whole: the old content or the new, never half of either; and reads
+that only take regular files."""
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,3 +35,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
     with atomic_file(path) as fh:
         fh.write(data)
+
+
+def read_regular(path: Path | str) -> bytes:
+    """The bytes of ``path``, which must be a regular file (after symlinks).
+
+    Opened without blocking and checked before reading: a FIFO in the data directory
+    hung the start-up forever, and a link to ``/dev/zero`` was read until memory ran out.
+    Raises ``OSError`` (``FileNotFoundError`` when there is nothing there).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read()
+    finally:
+        os.close(fd)

@@ -59,7 +59,7 @@ class StorageError(PredictorError):
 _NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
-def storage_error(exc: OSError, what: str) -> PredictorError:
+def storage_error(exc: OSError, what: str, where: str = "in the data directory") -> PredictorError:
     """The answer to an ``OSError`` raised while writing ``what``, one an operator can act on.
 
     A full disk is the usual cause (507: free space, nothing is wrong with the
@@ -68,9 +68,9 @@ def storage_error(exc: OSError, what: str) -> PredictorError:
     """
     reason = exc.strerror or type(exc).__name__
     if exc.errno in _NO_ROOM:
-        return InsufficientStorage(f"no room to write {what} in the data directory ({reason}): "
+        return InsufficientStorage(f"no room to write {what} {where} ({reason}): "
                                    "it was not stored; free some space and retry")
-    return StorageError(f"cannot write {what} in the data directory ({reason}): it was not stored")
+    return StorageError(f"cannot write {what} {where} ({reason}): it was not stored")
 
 
 @contextmanager

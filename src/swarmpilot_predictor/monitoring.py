@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import stat
 import threading
 import time
 from collections import deque
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from .atomic import read_regular
 from .errors import writing
 from .identity import ModelIdentity
 from .modeling import EVAL_LEVELS, pinball_loss
@@ -139,10 +141,12 @@ class ObservationLog:
         seen half-written. A file that is no longer ``inode`` gives nothing.
         """
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the reader
         except FileNotFoundError:
             return [], start
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return [], start
             fcntl.flock(fd, fcntl.LOCK_SH)
             st = os.fstat(fd)
             end = st.st_size if stop is None else min(stop, st.st_size)
@@ -159,8 +163,11 @@ class ObservationLog:
         out: list[dict[str, Any]] = []
         for path in reversed(self._files(identity)):
             try:
-                batch = _parse(path.read_bytes())
+                batch = _parse(read_regular(path))
             except FileNotFoundError:  # rotated away by another worker meanwhile
+                continue
+            except OSError as exc:  # not a regular file (a FIFO, a device): not an observation log
+                log.warning("skipping %s: %s", path, exc)
                 continue
             out[:0] = batch
             if limit is not None and len(out) >= limit:
@@ -168,7 +175,7 @@ class ObservationLog:
         return out
 
     def count(self, identity: ModelIdentity) -> int:
-        return sum(len(p.read_bytes().splitlines()) for p in self._files(identity))
+        return len(self.read(identity))
 
     def delete(self, identity: ModelIdentity) -> None:
         for p in self._files(identity):

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .atomic import atomic_file, atomic_write_bytes
+from .atomic import atomic_file, atomic_write_bytes, read_regular
 from .errors import AmbiguousModel, ModelNotFound, ModelUnreadable, NotFound, writing
 from .features import FeatureSchema
 from .identity import IdentityPattern, ModelIdentity
@@ -243,7 +243,7 @@ class ModelRegistry:
                 if cached is not None and cached[0] == mtime:
                     meta = cached[1]
                 else:
-                    meta = ModelVersion.from_json(orjson.loads(Path(entry.path).read_bytes()))
+                    meta = ModelVersion.from_json(orjson.loads(read_regular(entry.path)))
                     if meta.version != int(_META.match(entry.name).group(1)):
                         raise ValueError(f"it holds version {meta.version}")
             except Exception as exc:  # one damaged file costs its own version, never the scan
@@ -333,7 +333,7 @@ class ModelRegistry:
                 return hit
         path = self.root / identity.dirname / _model_file(meta.version)
         try:
-            raw = path.read_bytes()
+            raw = read_regular(path)
             digest = meta.extra.get(MODEL_DIGEST)
             if digest is not None and hashlib.sha256(raw).hexdigest() != digest:
                 raise ValueError("the file does not match the SHA-256 digest its meta file holds")

@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .atomic import atomic_write_bytes
+from .atomic import atomic_write_bytes, read_regular
 from .errors import InvalidInput, NotFound, PredictorError, validation_message
 from .features import FeatureSchema
 from .identity import BOOLEAN_PART_NAMES, IDENTITY_KEYS, ModelIdentity, identity_part_problem
@@ -350,7 +350,7 @@ def _alive(pid: Any) -> bool:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # OverflowError: no pid is that large (a damaged record)
         return False
     except PermissionError:  # there, but another user's
         return True
@@ -381,6 +381,8 @@ class TrainingJobs:
         # Unfinished jobs in submission order: the one worker runs them one at a time, in
         # this order, so the first is running and the others are queued.
         self._pending: list[str] = []
+        # Set when the service stops: the jobs it cuts short read "stopped" (503), not "died" (500).
+        self._closing = False
 
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
@@ -437,11 +439,17 @@ class TrainingJobs:
                     self._store(nxt)
             try:
                 out = f.result()
-            except BrokenProcessPool:
-                # The worker died; the pool is replaced from another thread (this one is the
-                # pool's own manager thread, which cannot wait for itself to end).
-                threading.Thread(target=self._reset, name="training-pool-reset", daemon=True).start()
-                out = {"ok": False, "error": {"status_code": 500, "message": "the training worker process died (out of memory?)"}}
+            except (BrokenProcessPool, CancelledError):
+                if self._closing:
+                    out = {"ok": False, "error": {"status_code": 503,
+                                                  "message": "the service stopped before the job finished"}}
+                else:
+                    # The worker died; the pool is replaced from another thread (this one is the
+                    # pool's own manager thread, which cannot wait for itself to end). The jobs
+                    # queued behind the one it ran fail with it: submit them again.
+                    threading.Thread(target=self._reset, name="training-pool-reset", daemon=True).start()
+                    out = {"ok": False, "error": {"status_code": 500,
+                                                  "message": "the training worker process died (out of memory?)"}}
             except Exception as exc:  # noqa: BLE001 - reported to the caller, never raised in the pool thread
                 log.exception("training job %s failed", job_id)
                 out = {"ok": False, "error": {"status_code": 500, "message": f"training failed: {type(exc).__name__}: {exc}"}}
@@ -497,7 +505,7 @@ class TrainingJobs:
         if not _JOB_ID.fullmatch(job_id):  # the id names a file: nothing else reaches the file system
             return None
         try:
-            record = orjson.loads((self.records_dir / f"{job_id}.json").read_bytes())
+            record = orjson.loads(read_regular(self.records_dir / f"{job_id}.json"))
         except (OSError, orjson.JSONDecodeError):
             return None
         if not isinstance(record, dict):
@@ -522,10 +530,15 @@ class TrainingJobs:
             old.unlink(missing_ok=True)
 
     def _reset(self) -> None:
-        self.shutdown()
+        self._stop_pool()
 
     def shutdown(self) -> None:
-        """Stop the worker now; a training in progress is abandoned (its version is never half-written)."""
+        """Stop the worker now, for good; a training in progress is abandoned (its version is
+        never half-written), and it and the queued jobs read failed with a 503."""
+        self._closing = True
+        self._stop_pool()
+
+    def _stop_pool(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is None:
