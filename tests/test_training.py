@@ -147,6 +147,9 @@ def test_a_job_whose_worker_dies_fails_and_the_next_one_runs(tmp_path):
     jobs = TrainingJobs(tmp_path)
     try:
         job_id, future = jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(3000), algorithm="auto"))
+        # Queued behind it: they never started, and a fresh worker takes them in their turn.
+        queued = [jobs.submit(TrainConfig(model={**IDENTITY, "hardware": f"gpu{k}"}, traces=make_llm_traces(100),
+                                          algorithm="linear")) for k in range(2)]
         deadline = time.monotonic() + 60
         while not getattr(jobs._pool, "_processes", None) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -156,6 +159,9 @@ def test_a_job_whose_worker_dies_fails_and_the_next_one_runs(tmp_path):
             future.result(timeout=60)
         assert err.value.status_code == 500 and "worker process died" in err.value.message
         assert jobs.get(job_id)["status"] == "failed"
+        for k, (other, result) in enumerate(queued):
+            assert result.result(timeout=120)["identity"]["hardware"] == f"gpu{k}"
+            assert jobs.get(other)["status"] == "succeeded"
         # A fresh worker takes the next job.
         _, again = jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(100), algorithm="linear"))
         assert again.result(timeout=120)["version"] == 1

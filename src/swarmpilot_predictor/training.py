@@ -383,6 +383,8 @@ class TrainingJobs:
         self._pending: list[str] = []
         # Set when the service stops: the jobs it cuts short read "stopped" (503), not "died" (500).
         self._closing = False
+        # Pools whose worker died, with the job it ran.
+        self._lost_pools: dict[ProcessPoolExecutor, str] = {}
 
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
@@ -417,19 +419,46 @@ class TrainingJobs:
         self._prune_records()
         done: Future = Future()
         args = (_train_job, str(self.data_dir), payload, raw, {k: str(v) for k, v in (uploads or {}).items()})
-        try:
-            inner = self._executor().submit(*args)
-        except BrokenProcessPool:
-            self._reset()
-            inner = self._executor().submit(*args)
         with self._lock:
             self._pending.append(job_id)
             if self._pending[0] == job_id:
                 record.update(status="running", started_at=time.time())
             self._store(record)
 
-        def finish(f: Future) -> None:
-            # Runs on the pool's manager thread: whatever happens, the job must end here.
+        def run() -> None:
+            pool = self._executor()
+            try:
+                inner = pool.submit(*args)
+            except BrokenProcessPool:  # its worker died just now: a fresh one takes the job
+                self._stop_pool(pool)
+                pool = self._executor()
+                inner = pool.submit(*args)
+            inner.add_done_callback(lambda f: finish(f, pool))
+
+        def finish(f: Future, pool: ProcessPoolExecutor) -> None:
+            # Runs on the pool's manager thread: whatever happens, the job must end here
+            # (or be queued again on a fresh worker).
+            try:
+                out = f.result()
+            except (BrokenProcessPool, CancelledError):
+                if self._closing:
+                    out = {"ok": False, "error": {"status_code": 503,
+                                                  "message": "the service stopped before the job finished"}}
+                elif self._first_loss(pool, job_id):
+                    # The worker died running this job; the pool is stopped from another thread
+                    # (this one is the pool's own manager thread, which cannot wait for itself).
+                    threading.Thread(target=self._stop_pool, args=(pool,), name="training-pool-reset",
+                                     daemon=True).start()
+                    out = {"ok": False, "error": {"status_code": 500,
+                                                  "message": "the training worker process died (out of memory?)"}}
+                else:
+                    # Queued behind the job that took the worker down, never started: a fresh
+                    # worker takes it, in its turn.
+                    run()
+                    return
+            except Exception as exc:  # noqa: BLE001 - reported to the caller, never raised in the pool thread
+                log.exception("training job %s failed", job_id)
+                out = {"ok": False, "error": {"status_code": 500, "message": f"training failed: {type(exc).__name__}: {exc}"}}
             with self._lock:
                 if job_id in self._pending:
                     self._pending.remove(job_id)
@@ -437,25 +466,8 @@ class TrainingJobs:
                 if nxt is not None and nxt["status"] == "queued":
                     nxt.update(status="running", started_at=time.time())
                     self._store(nxt)
-            try:
-                out = f.result()
-            except (BrokenProcessPool, CancelledError):
-                if self._closing:
-                    out = {"ok": False, "error": {"status_code": 503,
-                                                  "message": "the service stopped before the job finished"}}
-                else:
-                    # The worker died; the pool is replaced from another thread (this one is the
-                    # pool's own manager thread, which cannot wait for itself to end). The jobs
-                    # queued behind the one it ran fail with it: submit them again.
-                    threading.Thread(target=self._reset, name="training-pool-reset", daemon=True).start()
-                    out = {"ok": False, "error": {"status_code": 500,
-                                                  "message": "the training worker process died (out of memory?)"}}
-            except Exception as exc:  # noqa: BLE001 - reported to the caller, never raised in the pool thread
-                log.exception("training job %s failed", job_id)
-                out = {"ok": False, "error": {"status_code": 500, "message": f"training failed: {type(exc).__name__}: {exc}"}}
-            finally:
-                if cleanup is not None:
-                    cleanup()
+            if cleanup is not None:
+                cleanup()
             record["finished_at"] = time.time()
             if out["ok"]:
                 result = out["result"]
@@ -478,7 +490,7 @@ class TrainingJobs:
                 exc.status_code = err["status_code"]
                 done.set_exception(exc)
 
-        inner.add_done_callback(finish)
+        run()
         return job_id, done
 
     def get(self, job_id: str) -> dict[str, Any]:
@@ -529,8 +541,18 @@ class TrainingJobs:
         for old in files[: max(0, len(files) - self.keep)]:
             old.unlink(missing_ok=True)
 
-    def _reset(self) -> None:
-        self._stop_pool()
+    def _first_loss(self, pool: ProcessPoolExecutor, job_id: str) -> bool:
+        """Whether ``job_id`` is the first job of ``pool`` to learn that its worker died.
+
+        A dead worker fails its futures in submission order: the first is the job it ran.
+        """
+        with self._lock:
+            if pool in self._lost_pools:
+                return False
+            self._lost_pools[pool] = job_id  # the pool itself, not its id(): ids are reused
+            while len(self._lost_pools) > 64:
+                self._lost_pools.pop(next(iter(self._lost_pools)))
+            return True
 
     def shutdown(self) -> None:
         """Stop the worker now, for good; a training in progress is abandoned (its version is
@@ -538,9 +560,13 @@ class TrainingJobs:
         self._closing = True
         self._stop_pool()
 
-    def _stop_pool(self) -> None:
+    def _stop_pool(self, pool: ProcessPoolExecutor | None = None) -> None:
+        """Stop ``pool`` (default: the current one); a later job starts a fresh one."""
         with self._lock:
-            pool, self._pool = self._pool, None
+            if pool is None:
+                pool, self._pool = self._pool, None
+            elif self._pool is pool:
+                self._pool = None
         if pool is None:
             return
         processes = list(getattr(pool, "_processes", {}).values())
