@@ -203,6 +203,21 @@ def test_jobs_cut_short_by_a_stop_read_stopped_not_died(tmp_path):
         assert record["status"] == "failed" and record["error"]["status_code"] == 503
 
 
+def test_a_stop_signal_while_the_worker_starts_does_not_kill_it(tmp_path):
+    # Before its initializer ran (the interpreter's first second) SIGTERM killed the worker.
+    import os
+    import signal
+
+    jobs = TrainingJobs(tmp_path)
+    try:
+        _, future = jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(60), algorithm="linear"))
+        (worker,) = list(jobs._pool._processes)
+        os.kill(worker, signal.SIGTERM)  # at once: the worker is still importing
+        assert future.result(timeout=120)["version"] == 1
+    finally:
+        jobs.shutdown()
+
+
 def test_unknown_job_is_404(tmp_path):
     with pytest.raises(PredictorError) as err:
         TrainingJobs(tmp_path).get("nope")

@@ -19,9 +19,10 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -259,12 +260,33 @@ def _lightgbm_errors() -> tuple[type[Exception], ...]:
 # --------------------------------------------------------------------------- worker process
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def _spawning() -> Iterator[None]:
+    """Block the stop signals in this thread while it may start the worker process.
+
+    The worker inherits the mask: a group stop signal in the second or so before its
+    initializer ignores them (the interpreter's start-up) killed it, and answered the
+    training in flight 500, "out of memory?". This thread gets them once it unblocks.
+    """
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _init_worker() -> None:
     # A stop signal sent to the whole process group (systemd's stop, Ctrl-C) is the server's
     # to act on: it lets the request in flight finish its training, then stops this worker
     # (TrainingJobs.shutdown). Dying here at once answered that request 500, "out of memory?".
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in _STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    # Blocked since the server started this process (see _spawning): a signal that came
+    # while it imported is pending, and now discarded, being ignored.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     # Predictions first: SCHED_IDLE runs the worker only on otherwise idle CPU time and
     # lets a waking server preempt it at once; nice 19 where that policy is missing.
     try:
@@ -428,11 +450,13 @@ class TrainingJobs:
         def run() -> None:
             pool = self._executor()
             try:
-                inner = pool.submit(*args)
+                with _spawning():
+                    inner = pool.submit(*args)
             except BrokenProcessPool:  # its worker died just now: a fresh one takes the job
                 self._stop_pool(pool)
                 pool = self._executor()
-                inner = pool.submit(*args)
+                with _spawning():
+                    inner = pool.submit(*args)
             inner.add_done_callback(lambda f: finish(f, pool))
 
         def finish(f: Future, pool: ProcessPoolExecutor) -> None:
