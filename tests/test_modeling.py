@@ -748,3 +748,35 @@ def test_at_most_two_regime_flags_and_none_without_another_numeric_feature():
     # Flags alone have no slopes to split.
     assert _regime_flags(flags, ["numeric"] * 6) == []
     assert _regime_flags(X, ["categorical"] + ["numeric"] * 6) == []
+
+
+@pytest.mark.parametrize("algorithm", ["linear", "power", "auto"])
+def test_a_wide_categorical_takes_the_sparse_path_to_the_same_model(monkeypatch, algorithm):
+    # One-hot columns of a categorical with many values are handled through a sparse view
+    # (their Gram matrices grew with the number of values squared): the same fit as dense.
+    from swarmpilot_predictor import modeling
+
+    rng = np.random.default_rng(0)
+    n, k = 1500, 80
+    cat = rng.integers(0, k, n).astype(float)
+    size = rng.integers(1, 64, n).astype(float)
+    effect = rng.normal(0, 0.4, k)
+    y = (3 + 0.5 * size) * np.exp(effect[cat.astype(int)] + rng.normal(0, 0.2 + 0.01 * size, n))
+    X = np.column_stack([size, cat])
+    kinds, ncat = ["numeric", "categorical"], [0, k]
+    calls = []
+    real = modeling._sparse_view
+    def recorded(A):
+        view = real(A)
+        calls.append(view is not None)
+        return view
+
+    monkeypatch.setattr(modeling, "_sparse_view", recorded)
+    sparse = QuantileModel(kinds, ncat, algorithm).fit(X, y)
+    assert any(calls)  # the sparse path was taken
+    monkeypatch.setattr(modeling, "_sparse_view", lambda A: None)
+    dense = QuantileModel(kinds, ncat, algorithm).fit(X, y)
+    assert sparse.family_ == dense.family_
+    Xt = np.column_stack([rng.integers(1, 64, 200).astype(float), rng.integers(0, k, 200).astype(float)])
+    np.testing.assert_allclose(sparse.predict_quantiles(Xt, [0.05, 0.5, 0.95]),
+                               dense.predict_quantiles(Xt, [0.05, 0.5, 0.95]), rtol=1e-6)
