@@ -258,6 +258,15 @@ def test_settings_that_make_no_sense_stop_the_service_with_one_line(tmp_path, mo
     assert said == f"error: {variable}: {message}"
 
 
+def test_a_drift_minimum_the_window_cannot_reach_stops_the_service(tmp_path, monkeypatch):
+    # Drift is tested on the window's observations: with a window of 10 it would never be.
+    monkeypatch.setenv("PREDICTOR_ACCURACY_WINDOW", "10")
+    monkeypatch.setenv("PREDICTOR_DRIFT_MIN_OBSERVATIONS", "30")
+    said = one_error_line(invoke("serve", "--data-dir", tmp_path / "data", ok=False))
+    assert said == ("error: PREDICTOR_DRIFT_MIN_OBSERVATIONS: must be at most PREDICTOR_ACCURACY_WINDOW (10): drift "
+                    "is tested on the window's observations, and would never be (got '30')")
+
+
 def test_serve_flags_are_checked_as_the_variables_are(tmp_path, monkeypatch):
     # serve passes its flags to the workers through the environment: keep this test's to itself.
     for name in ("PREDICTOR_HOST", "PREDICTOR_PORT", "PREDICTOR_DATA_DIR", "PREDICTOR_WORKERS", "DEFAULT_LOOKUP_TABLE",
@@ -278,9 +287,12 @@ def test_serve_flags_are_checked_as_the_variables_are(tmp_path, monkeypatch):
         port = taken.getsockname()[1]
         said = one_error_line(invoke("serve", "--data-dir", tmp_path / "data", "--host", "127.0.0.1",
                                      "--port", port, ok=False))
-        assert said.startswith(f"error: cannot listen on 127.0.0.1:{port} (") and "in use" in said
+        assert said.startswith(f"error: cannot listen on 127.0.0.1:{port} (address already in use)")
     said = one_error_line(invoke("serve", "--data-dir", tmp_path / "data", "--host", "no-such-host.invalid", ok=False))
     assert said.startswith("error: --host 'no-such-host.invalid' cannot be resolved")
+    monkeypatch.setenv("PREDICTOR_HOST", "no-such-host.invalid")  # named as the variable when it came from one
+    said = one_error_line(invoke("serve", "--data-dir", tmp_path / "data", ok=False))
+    assert said.startswith("error: PREDICTOR_HOST 'no-such-host.invalid' cannot be resolved")
 
 
 def test_the_seed_entry_point_says_a_bad_setting_in_one_line(tmp_path):

@@ -703,3 +703,24 @@ def test_health_counts_what_other_workers_trained(tmp_path):
     assert b.health()["models_registered"] == 1
     a.close()
     b.close()
+
+
+def test_one_unreadable_observation_log_does_not_fail_the_metrics(tmp_path):
+    # Every scrape reads each model's log: one that cannot be read is left out, not a 500.
+    from swarmpilot_predictor.schemas import TrainConfig
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    from .conftest import IDENTITY, make_llm_traces
+
+    settings = PredictorSettings(data_dir=tmp_path / "data")
+    svc = PredictorService(settings)
+    svc.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(100), algorithm="linear"))
+    svc.observe(IDENTITY, make_llm_traces(5, seed=1))
+    svc.close()
+    (folder,) = [p for p in settings.observations_dir.iterdir() if p.is_dir()]
+    loop = folder / "obs-000009.jsonl"
+    loop.symlink_to(loop.name)  # a link to itself: ELOOP on open
+    fresh = PredictorService(settings)
+    body, _ = fresh.render_metrics()
+    assert b"predictor_models_registered 1.0" in body
+    fresh.close()

@@ -121,7 +121,7 @@ def serve(
         settings.ensure_dirs()
     except PredictorError as exc:
         _fail(exc.message)
-    problem = _cannot_listen(settings.host, settings.port)
+    problem = _cannot_listen(settings.host, settings.port, flags.get("PREDICTOR_HOST", "PREDICTOR_HOST"))
     if problem:
         _fail(problem)
     if settings.workers > 1:
@@ -141,24 +141,35 @@ def serve(
     )
 
 
-def _cannot_listen(host: str, port: int) -> str | None:
+def _cannot_listen(host: str, port: int, host_name: str = "PREDICTOR_HOST") -> str | None:
     """Why the server could not listen on ``host:port`` (a port in use, a host unknown), or None.
 
     Checked before uvicorn starts, which would say it in several log lines and exit 3.
+    Bound as asyncio binds (each resolved address; IPv6 ones IPv6-only); an error this
+    check cannot name is left to uvicorn.
     """
+    import errno
     import socket
 
+    if not host:
+        return None  # every interface, as asyncio takes it
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        return f"--host {host!r} cannot be resolved ({exc.strerror})"
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            return f"cannot listen on {host}:{port} ({exc.strerror or exc}); is another server running there?"
+    except (socket.gaierror, UnicodeError) as exc:
+        return f"{host_name} {host!r} cannot be resolved ({getattr(exc, 'strerror', None) or exc})"
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPV6_V6ONLY"):
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                shown = f"[{address[0]}]:{port}" if family == socket.AF_INET6 else f"{address[0]}:{port}"
+                if exc.errno == errno.EADDRINUSE:
+                    return f"cannot listen on {shown} (address already in use): is another server running there?"
+                if exc.errno == errno.EACCES:
+                    return f"cannot listen on {shown} (permission denied: ports below 1024 need privileges)"
     return None
 
 

@@ -720,20 +720,17 @@ class LookupTable:
         if flag is None:
             return res
         # A stated flag is true or false, as a model reads it (2 or 0.5 fail the trace).
-        stated = [t.get(flag.name) for t in normalize_traces(traces)[0]]
+        every, unreadable = normalize_traces(traces)
+        stated = [t.get(flag.name) for t in every]
         for i, v in enumerate(stated):
             problem = None if v is None else stated_flag(v)
             if isinstance(problem, str) and res.errors[i] is None:
                 res.rows[i], res.match[i], res.distance[i], res.errors[i] = -1, -1, math.nan, problem
         retry, flat = [], []
         for i in np.flatnonzero((res.match == _NEAREST) | (res.match < 0)).tolist():
-            try:
-                t = normalize_trace(traces[i])
-            except TraceError:
-                continue
-            if stated[i] is None:
+            if unreadable[i] is None and stated[i] is None:
                 retry.append(i)
-                flat.append({**t, flag.name: 1.0 - flag.missing_as})
+                flat.append({**every[i], flag.name: 1.0 - flag.missing_as})
         if not retry:
             return res
         again = self._match(flat, pattern)

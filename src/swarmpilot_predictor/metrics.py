@@ -67,7 +67,9 @@ class PredictorMetrics:
         key = ("pred", model, source)
         got = self._children.get(key)
         if got is None:
-            got = self._children[key] = (self.predictions.labels(model, source), self.prediction_errors.labels(model))
+            with self._accuracy_lock:  # not while forget_model removes this model's series
+                got = self._children[key] = (self.predictions.labels(model, source),
+                                             self.prediction_errors.labels(model))
         got[0].inc(n_ok)
         if n_failed:
             got[1].inc(n_failed)
@@ -114,13 +116,18 @@ class PredictorMetrics:
 
     def forget_model(self, model: str) -> None:
         """Remove every series labelled with a deleted model (label sets stay bounded by live models)."""
-        self.clear_accuracy(model)
-        for key in [k for k in list(self._children) if k[0] == "pred" and k[1] == model]:
-            self._children.pop(key, None)
-        for counter, labels in ((self.predictions, (model, "model")), (self.predictions, (model, "table_generation")),
-                                (self.prediction_errors, (model,)), (self.observations, (model,))):
-            with contextlib.suppress(KeyError):
-                counter.remove(*labels)
+        with self._accuracy_lock:
+            self._clear_accuracy(model)
+            for key in [k for k in list(self._children) if k[0] == "pred" and k[1] == model]:
+                self._children.pop(key, None)
+            for counter, labels in ((self.predictions, (model, "model")), (self.predictions, (model, "table_generation")),
+                                    (self.prediction_errors, (model,)), (self.observations, (model,))):
+                with contextlib.suppress(KeyError):
+                    counter.remove(*labels)
+
+    def counted_models(self) -> set[str]:
+        """The models with prediction counters in this process (lookup tables' ``table:`` labels aside)."""
+        return {k[1] for k in list(self._children) if k[0] == "pred" and not k[1].startswith("table:")}
 
     def accuracy_versions(self) -> dict[str, int]:
         """The models whose accuracy gauges are set, with the version they describe."""

@@ -1867,7 +1867,8 @@ class QuantileModel:
         self.location_ = final
         self.scale_ = best["scale"]
         z = best["z"]
-        if family == "empirical":
+        if family == "empirical" and not best["shaped"]:
+            # (A shape model is fitted, and recalibrated, on the held-out scores: they stay.)
             # A location that ignores the features is the same wherever it is fitted: the
             # cross-conformal quantiles (each row's fold location plus its held-out
             # residual) are those of the runtimes themselves. Held-out residuals around

@@ -174,9 +174,6 @@ class ObservationLog:
                 return out[-limit:]
         return out
 
-    def count(self, identity: ModelIdentity) -> int:
-        return len(self.read(identity))
-
     def delete(self, identity: ModelIdentity) -> None:
         for p in self._files(identity):
             p.unlink(missing_ok=True)

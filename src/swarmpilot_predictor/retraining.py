@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_write_bytes
+from .atomic import atomic_write_bytes, read_regular
 from .errors import PredictorError, writing
 from .features import FIRST_OF_SHAPE, FeatureSchema
 from .identity import ModelIdentity
@@ -184,8 +184,11 @@ class DecisionLog:
         """The stored decisions, oldest first (the newest ``limit`` when given); lines that are
         not a decision (torn by a crash, edited by hand) are skipped."""
         try:
-            data = self._path(identity).read_bytes()
+            data = read_regular(self._path(identity))
         except FileNotFoundError:
+            return []
+        except OSError as exc:  # not a regular file (a FIFO, a device): no decisions to read
+            log.warning("cannot read the retraining decisions of %s: %s", identity.key, exc)
             return []
         out = read_json_lines(data, lambda r: isinstance(r, dict) and isinstance(r.get("status"), str)
                               and isinstance(r.get("from_version"), int))
@@ -317,13 +320,13 @@ class Retrainer:
         # it (each waiting request held one of the server's threads, and /observe waited behind them).
         if not model_lock.acquire(blocking=False):
             decision.update(status="skipped", message="a retraining of this model is under way")
-            return decision
+            return self._counted(decision)
         try:
             with self.decisions.exclusive(identity, wait=False) as mine:
                 if not mine:
                     decision.update(status="skipped", message="a retraining of this model is under way in another "
                                                               "worker process")
-                    return decision
+                    return self._counted(decision)
                 return self._retrain_serving(identity, asked, decision)
         finally:
             model_lock.release()
@@ -476,13 +479,18 @@ class Retrainer:
     def _new_model(meta: ModelVersion) -> QuantileModel:
         return QuantileModel(meta.features.kinds, meta.features.n_categories, meta.algorithm, params=meta.params)
 
+    def _counted(self, decision: dict[str, Any]) -> dict[str, Any]:
+        """Tell ``on_decision`` (the Prometheus counter); every decision passes here once."""
+        if self.on_decision is not None:
+            self.on_decision(decision)
+        return decision
+
     def _done(self, identity: ModelIdentity, decision: dict[str, Any]) -> dict[str, Any]:
         if decision["status"] == "failed":
             log.error("retraining %s failed: %s", identity.key, decision["message"])
         else:
             log.info("retraining %s: %s", identity.key, decision["status"])
-        if self.on_decision is not None:
-            self.on_decision(decision)
+        self._counted(decision)
         self.registry.maybe_refresh()
         if not self.registry.versions(identity):
             return decision  # the model was deleted meanwhile, its decisions with it

@@ -6,6 +6,7 @@ HTTP routes and the CLI are thin layers over :class:`PredictorService`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from collections import Counter
@@ -30,6 +31,8 @@ from .training import ProgressFn, Trainer, TrainingJobs
 from .settings import PredictorSettings
 from .traces import RUNTIME_RANGE, TraceError, is_runtime, normalize_trace, normalize_traces
 
+
+log = logging.getLogger(__name__)
 
 # Fewer single requests than this are evaluated one by one (plain floats) rather than as
 # one vectorised batch: from about this many on, the batch is cheaper (measured in-process).
@@ -643,12 +646,17 @@ class PredictorService:
             except ModelNotFound:  # deleted meanwhile
                 continue
             live.add(identity.key)
-            report = self.monitor.report(identity, serving)
+            try:
+                report = self.monitor.report(identity, serving)
+            except OSError as exc:  # one unreadable log must not fail the whole scrape
+                log.warning("accuracy of %s not reported: %s", identity.key, exc)
+                continue
             if report.get("window") or identity.key in described:
                 # A new version with no observations yet replaces its predecessor's figures
                 # with none (and not drifted).
                 self.metrics.set_accuracy(identity.key, serving, report)
-        for key in described.keys() - live:
+        # Models deleted by any worker: their series go here too (counters included).
+        for key in (described.keys() | self.metrics.counted_models()) - live:
             self.metrics.forget_model(key)
 
 
