@@ -1,0 +1,82 @@
+"""Training time of QuantileModel at 100k rows, by shape of the features.
+
+The issue's goal is "training on 100k rows in seconds, not minutes". Numeric features
+were always fast; a categorical feature with many values was not (its one-hot columns
+entered the Gram matrices and solves squared or cubed). Each case is fitted in a fresh
+process (so memory is its own), with ``algorithm: auto`` unless ``--algorithm`` says
+otherwise, and reports CPU seconds (all threads), wall seconds and peak memory.
+
+    uv run python benchmarks/training_time.py [--rows 100000] [--cases num2,cat500] [--algorithm auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+CASES = ("num2", "num5", "cat10", "cat100", "cat500", "mixed", "cat2000")
+
+FIT = r"""
+import json, resource, sys, time
+import numpy as np
+from swarmpilot_predictor.modeling import QuantileModel
+
+case, n, algorithm = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+rng = np.random.default_rng(0)
+kinds, ncat, cols = [], [], []
+log_mean = np.zeros(n)
+
+def numeric(lo, hi, slope):
+    v = rng.integers(lo, hi, n).astype(float)
+    kinds.append("numeric"); ncat.append(0); cols.append(v)
+    return slope * np.log(v)
+
+def categorical(k):
+    codes = rng.integers(0, k, n)
+    kinds.append("categorical"); ncat.append(k); cols.append(codes.astype(float))
+    return rng.normal(0, 0.5, k)[codes]
+
+if case.startswith("num"):
+    for j in range(int(case[3:])):
+        log_mean += numeric(1, 2048, 0.5 / (j + 1))
+elif case.startswith("cat"):
+    log_mean += numeric(1, 64, 0.7) + categorical(int(case[3:]))
+elif case == "mixed":  # two numeric features, categoricals of 20 and 100 values, a 0/1 flag
+    log_mean += numeric(1, 64, 0.7) + numeric(16, 2048, 0.3) + categorical(20) + categorical(100)
+    flag = (rng.random(n) < 0.3).astype(float)
+    kinds.append("numeric"); ncat.append(0); cols.append(flag)
+    log_mean += 0.5 * flag
+X = np.column_stack(cols)
+y = np.exp(1.0 + log_mean + 0.25 * rng.standard_normal(n))
+cpu, wall = time.process_time(), time.perf_counter()
+model = QuantileModel(kinds, ncat, algorithm).fit(X, y)
+cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+print(json.dumps({"case": case, "family": model.family_, "shape": model.shape_ is not None, "cpu": cpu, "wall": wall,
+                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--algorithm", default="auto")
+    args = ap.parse_args()
+    print(f"{args.rows:,} rows, algorithm {args.algorithm}\n")
+    print("| case | chosen | CPU s | wall s | peak RSS MB |")
+    print("|---|---|---|---|---|")
+    for case in args.cases.split(","):
+        done = subprocess.run([sys.executable, "-c", FIT, case, str(args.rows), args.algorithm],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"| {case} | failed: {done.stderr.strip().splitlines()[-1:]} | | | |")
+            continue
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+        chosen = r["family"] + (" + shape" if r["shape"] else "")
+        print(f"| {case} | {chosen} | {r['cpu']:.1f} | {r['wall']:.1f} | {r['rss_mb']:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
