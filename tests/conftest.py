@@ -133,6 +133,23 @@ def run_server(data_dir: Path, extra_env: dict[str, str] | None = None, args: li
             proc.kill()
 
 
+# The seed example's model: its client names models by type, with the hardware in the metadata.
+SEED_IDENTITY = {"model_type": "gpt-3.5-turbo", "model_name": "turbo", "hardware": "A100",
+                 "software_name": "vllm", "software_version": "0.1.0"}
+
+
+@contextmanager
+def serve_trained(data_dir: Path, models: list[tuple[dict[str, str], int]]) -> Iterator[LiveServer]:
+    """A real server with a linear model trained on 300 LLM traces (of ``seed``) per ``(identity, seed)``."""
+    from swarmpilot_predictor.client import PredictorClient
+
+    with run_server(data_dir) as srv:
+        with PredictorClient(srv.url) as client:
+            for identity, seed in models:
+                client.train({"model": identity, "traces": make_llm_traces(300, seed=seed), "algorithm": "linear"})
+        yield srv
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[LiveServer]:
     with run_server(tmp_path / "data") as srv:

@@ -24,20 +24,13 @@ from swarmpilot_predictor.client import (
 from swarmpilot_predictor.identity import ModelIdentity
 from swarmpilot_predictor.schemas import BatchPredictionResponse, SinglePredictionResponse, TrainResult
 
-from .conftest import IDENTITY, REPO_ROOT, file_size_limit, free_port, make_llm_traces, run_server
+from .conftest import (IDENTITY, REPO_ROOT, SEED_IDENTITY, file_size_limit, free_port, make_llm_traces, run_server,
+                       serve_trained)
 
 KEY = ModelIdentity.from_parts(IDENTITY).key
-SEED_IDENTITY = {"model_type": "gpt-3.5-turbo", "model_name": "turbo", "hardware": "A100",
-                 "software_name": "vllm", "software_version": "0.1.0"}
-
-
 @pytest.fixture(scope="module")
 def trained_server(tmp_path_factory):
-    data = tmp_path_factory.mktemp("client") / "data"
-    with run_server(data) as srv:
-        with PredictorClient(srv.url) as client:
-            client.train({"model": IDENTITY, "traces": make_llm_traces(300), "algorithm": "linear"})
-            client.train({"model": SEED_IDENTITY, "traces": make_llm_traces(300, seed=1), "algorithm": "linear"})
+    with serve_trained(tmp_path_factory.mktemp("client") / "data", [(IDENTITY, 0), (SEED_IDENTITY, 1)]) as srv:
         yield srv
 
 

@@ -14,18 +14,12 @@ import pytest
 
 from src.scheduler.predictor_client import PredictorClient
 
-from .conftest import REPO_ROOT, make_llm_traces, run_server
-
-SEED_IDENTITY = {"model_type": "gpt-3.5-turbo", "model_name": "turbo", "hardware": "A100",
-                 "software_name": "vllm", "software_version": "0.1.0"}
+from .conftest import REPO_ROOT, SEED_IDENTITY, serve_trained
 
 
 @pytest.fixture(scope="module")
 def trained_server(tmp_path_factory):
-    data = tmp_path_factory.mktemp("seed_client") / "data"
-    with run_server(data) as srv:
-        with PredictorClient(srv.url) as client:
-            client.train({"model": SEED_IDENTITY, "traces": make_llm_traces(300, seed=1), "algorithm": "linear"})
+    with serve_trained(tmp_path_factory.mktemp("seed_client") / "data", [(SEED_IDENTITY, 1)]) as srv:
         yield srv
 
 
