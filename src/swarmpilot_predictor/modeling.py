@@ -541,12 +541,19 @@ def _wgram(A: np.ndarray, w: np.ndarray, S=None, dense: bool = True):
     return G.toarray() if dense else G
 
 
-def _sparse_solve(G, diag: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``(G + diag(diag))^-1 b`` for a sparse symmetric positive definite ``G``."""
+def _sparse_lu(M):
+    """The solve function of a sparse LU factorisation of the square matrix ``M``."""
     import scipy.sparse as sp
     from scipy.sparse.linalg import splu
 
-    return splu(sp.csc_matrix(G + sp.diags(diag))).solve(b)
+    return splu(sp.csc_matrix(M)).solve
+
+
+def _sparse_solve(G, diag: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(G + diag(diag))^-1 b`` for a sparse symmetric positive definite ``G``."""
+    import scipy.sparse as sp
+
+    return _sparse_lu(G + sp.diags(diag))(b)
 
 
 def _wsum(A: np.ndarray, w: np.ndarray, S=None) -> np.ndarray:
@@ -601,13 +608,12 @@ def _ridge(A: np.ndarray, y: np.ndarray, alpha: float, w: np.ndarray | None = No
         # The normal equations with the intercept as an unpenalised column keep the
         # matrix sparse (centring would fill it): a sparse LU instead of a dense solve.
         import scipy.sparse as sp
-        from scipy.sparse.linalg import splu
 
         d = A.shape[1]
         s = S.T @ w
         G = _wgram(A, w, S, dense=False) + sp.diags(np.full(d, alpha * sw / len(y)))
         K = sp.bmat([[sp.csr_matrix([[sw]]), sp.csr_matrix(s[None, :])], [sp.csr_matrix(s[:, None]), G]])
-        sol = splu(sp.csc_matrix(K)).solve(np.concatenate([[float(w @ y)], S.T @ (w * y)]))
+        sol = _sparse_lu(K)(np.concatenate([[float(w @ y)], S.T @ (w * y)]))
         return float(sol[0]), sol[1:]
     a_mean = (A * w[:, None]).sum(axis=0) / sw
     y_mean = float((y * w).sum() / sw)
@@ -876,16 +882,12 @@ def _fit_overhead_power(B: np.ndarray, y: np.ndarray, w: np.ndarray, th: np.ndar
             g = np.concatenate([J2.T @ (v * r), S.T @ (v * q * r)]) - penalty * th
         if S is not None:
             import scipy.sparse as sp
-            from scipy.sparse.linalg import splu
 
             Hs = sp.csc_matrix(H)
-
-            def solve(M, b, lo=0):
-                return splu(sp.csc_matrix(M[lo:, lo:])).solve(b)
         for _ in range(20):
             D = H + lam * np.diag(np.diag(H) + 1e-12) if S is None else Hs + sp.diags(lam * (np.diag(H) + 1e-12), format="csc")
             try:
-                step = np.linalg.solve(D, g) if S is None else solve(D, g)
+                step = np.linalg.solve(D, g) if S is None else _sparse_lu(D)(g)
                 if not bounds[0] < th[0] + step[0] < bounds[1]:
                     # The overhead at its bound: the other parameters step with it held
                     # there (a clipped full step would not descend, and the fit stalls).
@@ -893,7 +895,7 @@ def _fit_overhead_power(B: np.ndarray, y: np.ndarray, w: np.ndarray, th: np.ndar
                     if S is None:
                         step[1:] = np.linalg.solve(D[1:, 1:], g[1:] - D[1:, 0] * step[0])
                     else:
-                        step[1:] = solve(D, g[1:] - D[1:, 0].toarray().ravel() * step[0], 1)
+                        step[1:] = _sparse_lu(D[1:, 1:])(g[1:] - D[1:, 0].toarray().ravel() * step[0])
             except (np.linalg.LinAlgError, RuntimeError):
                 step = np.zeros_like(th)
             new = th + step
@@ -1316,9 +1318,8 @@ class ScaleModel:
         else:
             # Wide one-hot design: one sparse LU of the (fixed) Fisher matrix for every step.
             import scipy.sparse as sp
-            from scipy.sparse.linalg import splu
 
-            M, solve = S1, splu(sp.csc_matrix(_wgram(A1, w, S1, dense=False) + sp.diags(np.diag(R)))).solve
+            M, solve = S1, _sparse_lu(_wgram(A1, w, S1, dense=False) + sp.diags(np.diag(R)))
         b = np.zeros(A1.shape[1])
         b[0] = np.log(max(float((w * a).sum() / w.sum()), 1e-12))
         for _ in range(50):
