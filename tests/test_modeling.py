@@ -765,18 +765,40 @@ def test_a_wide_categorical_takes_the_sparse_path_to_the_same_model(monkeypatch,
     X = np.column_stack([size, cat])
     kinds, ncat = ["numeric", "categorical"], [0, k]
     calls = []
-    real = modeling._sparse_view
-    def recorded(A):
-        view = real(A)
-        calls.append(view is not None)
-        return view
+    real = modeling._wants_sparse
+    def recorded(n, d, nnz):
+        calls.append(nnz is not None and real(n, d, nnz))
+        return real(n, d, nnz)
 
-    monkeypatch.setattr(modeling, "_sparse_view", recorded)
+    monkeypatch.setattr(modeling, "_wants_sparse", recorded)
     sparse = QuantileModel(kinds, ncat, algorithm).fit(X, y)
     assert any(calls)  # the sparse path was taken
-    monkeypatch.setattr(modeling, "_sparse_view", lambda A: None)
+    monkeypatch.setattr(modeling, "_wants_sparse", lambda n, d, nnz: False)
     dense = QuantileModel(kinds, ncat, algorithm).fit(X, y)
     assert sparse.family_ == dense.family_
     Xt = np.column_stack([rng.integers(1, 64, 200).astype(float), rng.integers(0, k, 200).astype(float)])
     np.testing.assert_allclose(sparse.predict_quantiles(Xt, [0.05, 0.5, 0.95]),
                                dense.predict_quantiles(Xt, [0.05, 0.5, 0.95]), rtol=1e-6)
+
+
+def test_a_wide_design_built_sparse_has_the_dense_design_s_values():
+    # The sparse design is built from the category codes, never densely: the same values,
+    # an unseen, fractional or missing code included (no column set).
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(3)
+    n, k = 1200, 90
+    X = np.column_stack([rng.integers(1, 64, n).astype(float), rng.integers(0, k, n).astype(float)])
+    X[:3, 1] = [np.nan, k + 5, 2.5]
+    X[3, 0] = np.nan
+    design = LogLinearDesign(["numeric", "categorical"], [0, k]).fit(X)
+    built = design.transform(X, sparse=True)
+    assert sp.issparse(built)
+    dense = design.transform(X)
+    assert isinstance(dense, np.ndarray)
+    np.testing.assert_array_equal(built.toarray(), dense)
+    assert built[:3, dense.shape[1] - k:].nnz == 0
+    # Few rows or a narrow design stay dense.
+    assert isinstance(design.transform(X[:999], sparse=True), np.ndarray)
+    narrow = LogLinearDesign(["numeric", "categorical"], [0, 5]).fit(X % [1e9, 5])
+    assert isinstance(narrow.transform(X % [1e9, 5], sparse=True), np.ndarray)
