@@ -5,7 +5,7 @@ The server runs on one core (taskset -c 0), the load generator on the other
 (httpx costs ~1 ms a request here, more than the server), throughput with wrk
 (Debian package `wrk`) with 16 connections.
 
-    uv run python benchmarks/latency.py [--quick] [--skip-training] [--skip-registry] [--only http,coalesce,...]
+    uv run python benchmarks/latency.py [--quick] [--skip-training] [--skip-registry] [--only http,coalesce,metrics,...]
 """
 
 from __future__ import annotations
@@ -433,13 +433,46 @@ def section_registry(tmp: Path) -> None:
     print(f"| create_app with {out[2]} registered models (imports {float(out[0]):.2f} s excluded) | {float(out[1]) * 1e3:.0f} ms |")
 
 
+METRICS_COST = """
+import time
+from swarmpilot_predictor.metrics import PredictorMetrics
+
+m = PredictorMetrics()
+def request():  # what a cached single prediction counts: its request, latency, prediction and cache hit
+    m.observe_request("/predict/single/{model_type}/{model_name}/{hardware}/{software_name}/{software_version}",
+                      "POST", 200, 0.001)
+    m.count_predictions("llm/bench/H100/vllm/0.6", "model", 1)
+    m.cache_hits.inc()
+request()
+n = 200_000
+t = time.perf_counter()
+for _ in range(n):
+    request()
+per = (time.perf_counter() - t) / n
+t = time.perf_counter()
+m.render()
+print(per, time.perf_counter() - t)
+"""
+
+
+def section_metrics(tmp: Path) -> None:
+    """What counting costs a request in one process, and with several workers' shared files."""
+    for label, env in (("one worker", {}), ("several workers (PROMETHEUS_MULTIPROC_DIR)", {"PROMETHEUS_MULTIPROC_DIR": str(tmp / "mp")})):
+        if env:
+            (tmp / "mp").mkdir(exist_ok=True)
+        out = subprocess.run([sys.executable, "-c", METRICS_COST], capture_output=True, text=True, check=True,
+                             env={**os.environ, **env}).stdout.split()
+        print(f"| metrics of one prediction request, {label} (in-process) | {float(out[0]) * 1e6:.2f} µs | "
+              f"a scrape's rendering {float(out[1]) * 1e3:.2f} ms |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--algorithm", default="auto")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--skip-registry", action="store_true")
-    ap.add_argument("--only", default="", help="comma-separated sections: http,batch,cache,coalesce,isolation,training,registry")
+    ap.add_argument("--only", default="", help="comma-separated sections: http,batch,cache,coalesce,isolation,training,registry,metrics")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
 
@@ -464,6 +497,8 @@ def main() -> None:
             section_training_speed(args)
         if want("registry", args.skip_registry):
             section_registry(Path(tmp))
+        if want("metrics"):
+            section_metrics(Path(tmp))
     print(f"\n(maxrss of this driver: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
 
 

@@ -154,3 +154,12 @@ def serve_trained(data_dir: Path, models: list[tuple[dict[str, str], int]]) -> I
 def server(tmp_path: Path) -> Iterator[LiveServer]:
     with run_server(tmp_path / "data") as srv:
         yield srv
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The value of one series in a Prometheus text exposition."""
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+    raise KeyError(f"{name} {labels} not in metrics")

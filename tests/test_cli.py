@@ -389,3 +389,25 @@ def test_names_and_messages_are_printed_as_they_are_not_as_markup(tmp_path, data
     assert key in invoke("models", "--data-dir", data).stdout
     result = invoke("predict", "llm/*/*/*/*", '{"input_tokens": "[/]", "output_tokens": 3}', "--data-dir", data, ok=False)
     assert result.exit_code == 1 and "'[/]'" in result.stdout
+
+
+def test_serve_with_workers_gets_a_fresh_metrics_directory_and_sweeps_dead_ones(tmp_path, monkeypatch):
+    # Several workers count into files of one directory, fresh per run (prometheus_client
+    # requires it); a supervisor killed outright leaves its directory, which the next removes.
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(cli.tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stale = tmp_path / f"{cli._METRICS_DIR_PREFIX}{gone.pid}-abc"
+    stale.mkdir()
+    (stale / "counter_1.db").write_bytes(b"x")
+    running = tmp_path / f"{cli._METRICS_DIR_PREFIX}{os.getpid()}-def"
+    running.mkdir()
+    other = tmp_path / f"{cli._METRICS_DIR_PREFIX}notapid"
+    other.mkdir()
+    fresh = Path(cli._fresh_metrics_dir())
+    assert fresh.is_dir() and not any(fresh.iterdir())
+    assert fresh.name.startswith(f"{cli._METRICS_DIR_PREFIX}{os.getpid()}-")
+    assert not stale.exists() and running.exists() and other.exists()

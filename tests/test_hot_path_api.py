@@ -9,7 +9,7 @@ import httpx
 
 from swarmpilot_predictor.client import PredictorClient
 
-from .conftest import IDENTITY, make_llm_traces, run_server
+from .conftest import IDENTITY, make_llm_traces, metric_value, run_server
 
 SEG = "/".join(httpx.URL("http://x/" + "/".join(v.replace("/", "%2F") for v in IDENTITY.values())).raw_path.decode().split("/")[1:])
 
@@ -77,6 +77,11 @@ def test_two_workers_share_the_data_directory(tmp_path):
                 with PredictorClient(srv.url) as fresh:
                     versions.add(fresh.predict_single(IDENTITY, {"input_tokens": 5, "output_tokens": 5}).results.model_version)
             assert versions == {2}
+            # Whichever worker takes a scrape, it counts every worker's predictions.
+            key = "/".join(IDENTITY.values())
+            for _ in range(8):
+                with PredictorClient(srv.url) as fresh:
+                    assert metric_value(fresh.metrics(), "predictor_predictions_total", model=key, source="model") == 24.0
             # A background job's record, and /health, are the same from either worker.
             job = client.train_background({"model": {**IDENTITY, "hardware": "A100"}, "traces": make_llm_traces(80),
                                            "algorithm": "linear"})

@@ -11,6 +11,7 @@ import pytest
 from swarmpilot_predictor.client import PredictorClient, PredictorClientError
 
 from .conftest import IDENTITY, make_llm_traces, run_server
+from .conftest import metric_value as _metric
 
 
 def _shifted(n: int, factor: float, seed: int) -> list[dict]:
@@ -19,13 +20,6 @@ def _shifted(n: int, factor: float, seed: int) -> list[dict]:
         t["runtime_ms"] *= factor
     return traces
 
-
-def _metric(text: str, name: str, **labels: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                return float(line.rsplit(" ", 1)[1])
-    raise KeyError(f"{name} {labels} not in metrics")
 
 
 def test_observe_accuracy_drift_and_metrics(tmp_path):

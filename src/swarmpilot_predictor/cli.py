@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn, Optional
@@ -124,21 +126,49 @@ def serve(
     problem = _cannot_listen(settings.host, settings.port, flags.get("PREDICTOR_HOST", "PREDICTOR_HOST"))
     if problem:
         _fail(problem)
+    metrics_dir = None
     if settings.workers > 1:
         from .api import SUPERVISOR_ENV
+        from .metrics import MULTIPROC_ENV
 
         os.environ[SUPERVISOR_ENV] = str(os.getpid())  # its workers stop if it dies
-    uvicorn.run(
-        "swarmpilot_predictor.api:app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_level=settings.log_level,
-        # A worker first imports the service (seconds on a loaded machine): uvicorn's 5 s
-        # start-up health check killed workers before they could answer it.
-        timeout_worker_healthcheck=60,
-    )
+        if not os.environ.get(MULTIPROC_ENV):
+            # Every worker's counters in one place, so that a scrape (whichever worker
+            # takes it) counts them all; fresh per run, as prometheus_client requires.
+            metrics_dir = _fresh_metrics_dir()
+            os.environ[MULTIPROC_ENV] = metrics_dir
+    try:
+        uvicorn.run(
+            "swarmpilot_predictor.api:app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level=settings.log_level,
+            # A worker first imports the service (seconds on a loaded machine): uvicorn's 5 s
+            # start-up health check killed workers before they could answer it.
+            timeout_worker_healthcheck=60,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+_METRICS_DIR_PREFIX = "swarmpilot-predictor-metrics-"
+
+
+def _fresh_metrics_dir() -> str:
+    """A new directory for the workers' metric files, named after this process; those
+    left behind by supervisors that no longer run (killed outright) are removed first."""
+    for old in Path(tempfile.gettempdir()).glob(_METRICS_DIR_PREFIX + "*"):
+        try:
+            pid = int(old.name[len(_METRICS_DIR_PREFIX):].split("-", 1)[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(old, ignore_errors=True)
+        except (ValueError, OverflowError, PermissionError):
+            pass  # not one of ours, or another user's supervisor
+    return tempfile.mkdtemp(prefix=f"{_METRICS_DIR_PREFIX}{os.getpid()}-")
 
 
 def _cannot_listen(host: str, port: int, host_name: str = "PREDICTOR_HOST") -> str | None:

@@ -1,21 +1,131 @@
-"""Prometheus metrics, one registry per app so that several apps can share a process."""
+"""Prometheus metrics, one registry per app so that several apps can share a process.
+
+Several workers (``swarmpilot-predictor serve --workers N``) share one port, so a scrape
+reaches whichever worker accepts it. With ``PROMETHEUS_MULTIPROC_DIR`` set (``serve``
+sets it to a fresh directory when it starts more than one worker) prometheus_client keeps
+each worker's counters and histograms in files there, and every scrape adds up all the
+workers' (those of workers that died and were replaced included, as counters should).
+Values that describe shared state (the models registered, their accuracy from the shared
+observation log) are computed by the scraping worker itself, so they agree whichever
+worker answers, and a deleted model's series go away in both modes.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import glob
+import os
 import threading
 import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
+from prometheus_client.core import GaugeMetricFamily
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 TRAINING_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    """The directory of prometheus_client's multi-process mode, or None when this process is not in it.
+
+    prometheus_client chooses the mode once, when it is imported, from the environment.
+    """
+    if values.ValueClass is values.MutexValue:
+        return None
+    return os.environ.get(MULTIPROC_ENV) or os.environ.get(MULTIPROC_ENV.lower()) or None
+
+
+# (metric, help, labels, key in a rolling accuracy report): the accuracy gauges, per model.
+_ACCURACY_GAUGES = (
+    ("predictor_model_coverage_ratio", "Rolling fraction of observed runtimes at or below the predicted quantile.",
+     ("model", "level"), "coverage"),
+    ("predictor_model_interval_coverage_ratio", "Rolling coverage of central intervals.", ("model", "interval"),
+     "interval_coverage"),
+    ("predictor_model_relative_pinball_loss", "Rolling pinball loss divided by the mean runtime.", ("model",),
+     "relative_pinball_loss"),
+    ("predictor_model_median_mape_ratio", "Rolling mean absolute percentage error of the median.", ("model",),
+     "median_mape"),
+    ("predictor_model_drifted", "1 when the model's coverage left its tolerance band.", ("model",), "drifted"),
+)
+
+
+class _AccuracyCollector:
+    """The accuracy gauges, from the reports the service last set for each model.
+
+    Computed at collection rather than kept in ``Gauge`` objects: each worker reads them
+    from the shared observation log, and prometheus_client cannot remove a labelled
+    series in multi-process mode, while a model's levels without observations (after a
+    new version) and a deleted model's series must go.
+    """
+
+    def __init__(self, metrics: "PredictorMetrics"):
+        self._metrics = metrics
+
+    def describe(self):
+        return [GaugeMetricFamily(name, doc, labels=labels) for name, doc, labels, _ in _ACCURACY_GAUGES]
+
+    def collect(self):
+        with self._metrics._accuracy_lock:
+            reports = dict(self._metrics._accuracy_report)
+        for name, doc, labels, key in _ACCURACY_GAUGES:
+            family = GaugeMetricFamily(name, doc, labels=labels)
+            for model, report in sorted(reports.items()):
+                value = report.get(key)
+                if len(labels) == 2:
+                    for sub, v in (value or {}).items():
+                        family.add_metric([model, str(sub)], float(v))
+                elif key == "drifted":
+                    family.add_metric([model], 1.0 if value else 0.0)
+                elif value is not None:
+                    family.add_metric([model], float(value))
+            yield family
+
+
+class _LiveModelsOnly:
+    """The workers' counters and histograms (multi-process mode), less the series of deleted models."""
+
+    def __init__(self, path: str, metrics: "PredictorMetrics"):
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        self._inner = MultiProcessCollector(None, path)
+        self._metrics = metrics
+
+    def describe(self):
+        return []  # the families are whatever the workers' files hold
+
+    def collect(self):
+        live = self._metrics._live_models
+        for family in self._inner.collect():
+            if live is not None:
+                family.samples = [s for s in family.samples
+                                  if "model" not in s.labels or s.labels["model"].startswith("table:") or s.labels["model"] in live]
+            yield family
+
+
+def _prune_dead_workers(path: str) -> None:
+    """Drop the per-process gauges (``models_loaded``) of workers that have exited."""
+    from prometheus_client.multiprocess import mark_process_dead
+
+    for name in glob.glob(os.path.join(path, "gauge_live*_*.db")):
+        try:
+            pid = int(os.path.basename(name)[:-3].rsplit("_", 1)[1])
+        except ValueError:
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            mark_process_dead(pid, path)
+        except (PermissionError, OverflowError):
+            pass
 
 
 class PredictorMetrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        self.multiprocess_dir = multiprocess_dir()
+        # In multi-process mode the metrics' values live in the shared directory, and the
+        # registry they are created in is not the one scraped (that would export them twice).
+        r = CollectorRegistry(auto_describe=True)
         self.requests = Counter("predictor_http_requests_total", "HTTP requests by route, method and status.",
                                 ["route", "method", "status"], registry=r)
         self.latency = Histogram("predictor_http_request_duration_seconds", "HTTP request latency by route.",
@@ -32,28 +142,31 @@ class PredictorMetrics:
                                            buckets=TRAINING_BUCKETS, registry=r)
         self.cache_hits = Counter("predictor_cache_hits_total", "Prediction cache hits.", registry=r)
         self.cache_misses = Counter("predictor_cache_misses_total", "Prediction cache misses.", registry=r)
-        self.models_loaded = Gauge("predictor_models_loaded", "Models held in memory.", registry=r)
-        self.models_registered = Gauge("predictor_models_registered", "Models in the registry.", registry=r)
+        # Summed over the live workers: each holds its own model versions in memory.
+        self.models_loaded = Gauge("predictor_models_loaded", "Model versions held in memory (all workers).",
+                                   registry=r, multiprocess_mode="livesum")
+        # Set by the scraping worker just before it collects: the latest value is the registry's.
+        self.models_registered = Gauge("predictor_models_registered", "Models in the registry.", registry=r,
+                                       multiprocess_mode="mostrecent")
         self.observations = Counter("predictor_observations_total", "Observed runtimes recorded, per model.",
                                     ["model"], registry=r)
-        self.coverage = Gauge("predictor_model_coverage_ratio", "Rolling fraction of observed runtimes at or below the predicted quantile.",
-                              ["model", "level"], registry=r)
-        self.interval_coverage = Gauge("predictor_model_interval_coverage_ratio", "Rolling coverage of central intervals.",
-                                       ["model", "interval"], registry=r)
-        self.pinball = Gauge("predictor_model_relative_pinball_loss", "Rolling pinball loss divided by the mean runtime.",
-                             ["model"], registry=r)
-        self.median_mape = Gauge("predictor_model_median_mape_ratio", "Rolling mean absolute percentage error of the median.",
-                                 ["model"], registry=r)
-        self.drifted = Gauge("predictor_model_drifted", "1 when the model's coverage left its tolerance band.",
-                             ["model"], registry=r)
 
         # Labelled children, looked up once: ``labels()`` costs microseconds per call.
         self._children: dict[tuple, tuple] = {}
-        # Per model, the accuracy series set and the version they describe.
-        self._accuracy: dict[str, list[tuple[Gauge, tuple[str, ...]]]] = {}
+        # Per model, the rolling accuracy report its gauges show and the version it describes.
         self._accuracy_version: dict[str, int] = {}
         self._accuracy_report: dict[str, dict] = {}
         self._accuracy_lock = threading.Lock()
+        # The models that exist, as the service last saw them (None: not known yet); the
+        # shared counters of any other model are left out of a multi-process scrape.
+        self._live_models: frozenset[str] | None = None
+
+        if self.multiprocess_dir is None:
+            self.registry = r
+        else:
+            self.registry = CollectorRegistry(auto_describe=True)
+            self.registry.register(_LiveModelsOnly(self.multiprocess_dir, self))
+        self.registry.register(_AccuracyCollector(self))
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         key = ("req", route, method, status)
@@ -82,35 +195,14 @@ class PredictorMetrics:
         instead of showing the previous version's figures.
         """
         with self._accuracy_lock:
-            if self._accuracy_version.get(model) == version and self._accuracy_report.get(model) is report:
-                return  # reports are cached while their window is unchanged: nothing new to set
-            self._set_accuracy(model, version, report)
-
-    def _set_accuracy(self, model: str, version: int, report: dict) -> None:
-        self._clear_accuracy(model)
-        series = self._accuracy[model] = [(self.drifted, (model,))]
-        for level, value in (report.get("coverage") or {}).items():
-            self.coverage.labels(model, level).set(value)
-            series.append((self.coverage, (model, level)))
-        for name, value in (report.get("interval_coverage") or {}).items():
-            self.interval_coverage.labels(model, name).set(value)
-            series.append((self.interval_coverage, (model, name)))
-        for gauge, key in ((self.pinball, "relative_pinball_loss"), (self.median_mape, "median_mape")):
-            if report.get(key) is not None:
-                gauge.labels(model).set(report[key])
-                series.append((gauge, (model,)))
-        self.drifted.labels(model).set(1.0 if report.get("drifted") else 0.0)
-        self._accuracy_version[model] = version
-        self._accuracy_report[model] = report
+            self._accuracy_version[model] = version
+            self._accuracy_report[model] = report
 
     def clear_accuracy(self, model: str) -> None:
         with self._accuracy_lock:
             self._clear_accuracy(model)
 
     def _clear_accuracy(self, model: str) -> None:
-        for gauge, labels in self._accuracy.pop(model, ()):
-            with contextlib.suppress(KeyError):
-                gauge.remove(*labels)
         self._accuracy_version.pop(model, None)
         self._accuracy_report.pop(model, None)
 
@@ -120,10 +212,16 @@ class PredictorMetrics:
             self._clear_accuracy(model)
             for key in [k for k in list(self._children) if k[0] == "pred" and k[1] == model]:
                 self._children.pop(key, None)
+            if self.multiprocess_dir is not None:
+                return  # its shared series are left out of scrapes (set_live_models); files cannot drop them
             for counter, labels in ((self.predictions, (model, "model")), (self.predictions, (model, "table_generation")),
                                     (self.prediction_errors, (model,)), (self.observations, (model,))):
                 with contextlib.suppress(KeyError):
                     counter.remove(*labels)
+
+    def set_live_models(self, models: set[str]) -> None:
+        """The models that exist: in multi-process mode, only their counters are scraped."""
+        self._live_models = frozenset(models)
 
     def counted_models(self) -> set[str]:
         """The models with prediction counters in this process (lookup tables' ``table:`` labels aside)."""
@@ -135,6 +233,8 @@ class PredictorMetrics:
             return dict(self._accuracy_version)
 
     def render(self) -> tuple[bytes, str]:
+        if self.multiprocess_dir is not None:
+            _prune_dead_workers(self.multiprocess_dir)
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 

@@ -658,6 +658,7 @@ class PredictorService:
         # Models deleted by any worker: their series go here too (counters included).
         for key in (described.keys() | self.metrics.counted_models()) - live:
             self.metrics.forget_model(key)
+        self.metrics.set_live_models(live)
 
 
 def _headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:

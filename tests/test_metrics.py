@@ -1,0 +1,74 @@
+"""Prometheus metrics when several worker processes share one port."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from prometheus_client.parser import text_string_to_metric_families
+
+WORKER = """
+import sys
+from swarmpilot_predictor.metrics import PredictorMetrics
+
+m = PredictorMetrics()
+assert m.multiprocess_dir is not None
+m.count_predictions("llm/a", "model", int(sys.argv[1]), 1)
+m.count_predictions("llm/deleted", "model", 5)
+m.count_predictions("table:t", "lookup_table", 2)
+m.observe_request("/health", "GET", 200, 0.001)
+m.models_loaded.set(2)
+"""
+
+SCRAPE = """
+from swarmpilot_predictor.metrics import PredictorMetrics
+
+m = PredictorMetrics()
+m.models_loaded.set(1)
+m.set_live_models({"llm/a"})
+m.set_accuracy("llm/a", 3, {"coverage": {"0.5": 0.5}, "drifted": False})
+print(m.render()[0].decode())
+"""
+
+
+def _samples(text: str) -> dict[tuple, float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_a_scrape_counts_every_worker_and_leaves_out_deleted_models(tmp_path):
+    # prometheus_client chooses its multi-process mode at import, from the environment
+    # (`serve --workers N` sets it): each "worker" here is a process of its own.
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    for n in (3, 4):
+        subprocess.run([sys.executable, "-c", WORKER, str(n)], env=env, check=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", SCRAPE], env=env, check=True, timeout=60, capture_output=True, text=True)
+    got = _samples(out.stdout)
+    assert got[("predictor_predictions_total", (("model", "llm/a"), ("source", "model")))] == 7.0
+    assert got[("predictor_prediction_errors_total", (("model", "llm/a"),))] == 2.0
+    assert got[("predictor_predictions_total", (("model", "table:t"), ("source", "lookup_table")))] == 4.0
+    assert got[("predictor_http_requests_total", (("method", "GET"), ("route", "/health"), ("status", "200")))] == 2.0
+    # A model no longer in the registry: its shared counters are not scraped.
+    assert not any(dict(labels).get("model") == "llm/deleted" for _, labels in got)
+    # Models in memory: the live workers' (the two that exited are dropped), not the dead ones'.
+    assert got[("predictor_models_loaded", ())] == 1.0
+    assert got[("predictor_model_coverage_ratio", (("level", "0.5"), ("model", "llm/a")))] == 0.5
+    assert got[("predictor_model_drifted", (("model", "llm/a"),))] == 0.0
+
+
+def test_one_process_keeps_its_own_registry_and_removes_a_deleted_model_s_series():
+    from swarmpilot_predictor.metrics import PredictorMetrics
+
+    a, b = PredictorMetrics(), PredictorMetrics()
+    assert a.multiprocess_dir is None
+    a.count_predictions("llm/a", "model", 3)
+    a.set_accuracy("llm/a", 1, {"coverage": {"0.9": 0.875}, "relative_pinball_loss": 0.05, "drifted": True})
+    got = _samples(a.render()[0].decode())
+    assert got[("predictor_predictions_total", (("model", "llm/a"), ("source", "model")))] == 3.0
+    assert got[("predictor_model_coverage_ratio", (("level", "0.9"), ("model", "llm/a")))] == 0.875
+    assert got[("predictor_model_relative_pinball_loss", (("model", "llm/a"),))] == 0.05
+    assert got[("predictor_model_drifted", (("model", "llm/a"),))] == 1.0
+    assert not any(dict(labels).get("model") for _, labels in _samples(b.render()[0].decode()))
+    a.forget_model("llm/a")
+    assert not any(dict(labels).get("model") for _, labels in _samples(a.render()[0].decode()))
