@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import math
 import sys
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -864,3 +865,126 @@ def test_upload_folders_left_by_a_killed_server_are_removed_at_start(tmp_path):
     with run_server(data):
         assert not old.exists()
         assert fresh.exists()  # another worker's request may still be reading it
+
+
+def test_a_value_nested_a_thousand_deep_or_ten_megabytes_long_is_a_short_422(http, trained):
+    # Error messages quote what was sent, cut short: quoted whole, a deep list raised a
+    # RecursionError (a 500) and a long string made a 20 MB error body.
+    seg = SEGMENTS
+    deep = b"[" * 1000 + b"1" + b"]" * 1000
+    r = http.post(f"/predict/single/{seg}", content=b'{"trace": {"input_tokens": ' + deep + b', "output_tokens": 5}}',
+                  headers={"content-type": "application/json"})
+    body = failed(r, 422, "input_tokens", "must be a number")
+    assert len(r.content) < 2000 and "[[[[...]]]]" in body["message"]
+    r = http.post(f"/predict/batch/{seg}", json={"trace": [{"input_tokens": "x" * 10_000_000, "output_tokens": 5}]})
+    assert r.status_code in (200, 422) and len(r.content) < 5000
+    assert "xxx..." in r.text
+    r = http.post("/train", content=b'{"config": {"model": ' + orjson.dumps(ident("deep")) + b', "traces": '
+                  + orjson.dumps(make_llm_traces(60)) + b', "algorithm": "lightgbm", "params": {"alpha": ' + deep + b'}}}',
+                  headers={"content-type": "application/json"})
+    failed(r, 422, "alpha")
+    assert len(r.content) < 2000
+
+
+def test_one_request_s_unexpected_failure_is_not_its_batch_neighbours(tmp_path):
+    # Single predictions of one event-loop turn are evaluated together; an exception
+    # that escapes for one of them (a bug, say) fails that request alone.
+    from swarmpilot_predictor.api import SingleRequestBatcher
+    from swarmpilot_predictor.identity import IdentityPattern
+    from swarmpilot_predictor.schemas import TrainConfig
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    service = PredictorService(PredictorSettings(data_dir=tmp_path / "data", cache_size=0))
+    try:
+        service.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(150), algorithm="linear"))
+        real = service.predict_each
+
+        def predict_each(pattern, traces, *args):
+            if any("boom" in t for t in traces):
+                raise RuntimeError("boom")
+            return real(pattern, traces, *args)
+
+        service.predict_each = predict_each
+        batcher = SingleRequestBatcher(service)
+        pattern = IdentityPattern.from_parts(IDENTITY)
+        traces = [{"input_tokens": 10 * i + 1, "output_tokens": i + 1} for i in range(6)]
+        traces[3]["boom"] = 1
+
+        async def together():
+            return await asyncio.gather(*(batcher.predict(pattern, t, 0.9, None) for t in traces), return_exceptions=True)
+
+        answers = asyncio.run(together())
+        assert isinstance(answers[3], RuntimeError)
+        for i in (0, 1, 2, 4, 5):
+            want = service.predict(pattern, [traces[i]], 0.9).quantiles[0]
+            assert np.allclose(answers[i].quantiles[0], want, rtol=1e-6)
+    finally:
+        service.close()
+
+
+@pytest.mark.parametrize("value, needle", [("L" * 201, "at most 200 characters"), ("a\nb", "control characters"),
+                                           ("a\x00b", "control characters")])
+def test_a_group_value_that_no_url_could_address_cannot_name_a_model(http, value, needle):
+    # A model named by a megabyte, or with a NUL or a newline, could never be asked for or deleted.
+    traces = [{**t, "hardware": value if i % 2 else "A100"} for i, t in enumerate(make_llm_traces(60))]
+    body = failed(http.post("/train", json={"config": {"model": ident("badgroup"), "group_by": ["hardware"],
+                                                      "traces": traces}}), 422, "hardware", needle)
+    assert body["field"] == "traces" and len(body["message"]) < 400
+    failed(http.post("/train", json={"config": {"model": {**IDENTITY, "hardware": value}, "traces": make_llm_traces(40)}}),
+           422, "config.model.hardware")
+
+
+def test_a_batch_answer_is_bounded_and_a_long_batch_matches_the_short_one(http, trained):
+    many = [{"input_tokens": 10 + i, "output_tokens": 1 + i % 50} for i in range(5001)]
+    levels = [round(0.005 * k, 3) for k in range(1, 200)] + [0.999]
+    body = failed(http.post(f"/predict/batch/{SEGMENTS}", json={"trace": many, "quantiles": levels}), 422,
+                  "5,001 traces at 200 quantile levels", "1,000,000")
+    assert body["field"] == "trace"
+    # Under the bound: 1,001 traces (predicted off the event loop) answer as a one-trace batch does.
+    long = ok(http.post(f"/predict/batch/{SEGMENTS}", json={"trace": many[:1001], "quantiles": [0.5, 0.9]}))
+    one = ok(http.post(f"/predict/batch/{SEGMENTS}", json={"trace": many[1000:1001], "quantiles": [0.5, 0.9]}))
+    assert len(long["results"]) == 1001
+    assert long["results"][1000]["quantile_predictions"] == pytest.approx(one["results"][0]["quantile_predictions"], rel=1e-9)
+
+
+def test_a_multipart_config_part_over_64_mb_is_a_413(http):
+    big = b'{"model": {}, "pad": "' + b"x" * (64 * 1024 * 1024) + b'"}'
+    r = http.post("/train", files={"config": ("config.json", big, "application/json")})
+    body = failed(r, 413, "config", "trace files")
+    assert body["field"] == "config"
+
+
+def test_limits_of_a_small_service_gzip_expansion_and_the_training_queue(tmp_path):
+    # A gzip upload may expand no further than a plain upload may be large, and a worker
+    # holds at most PREDICTOR_MAX_QUEUED_TRAININGS trainings (queued ones keep their bodies).
+    env = {"PREDICTOR_MAX_UPLOAD_MB": "1", "PREDICTOR_MAX_QUEUED_TRAININGS": "1"}
+    with run_server(tmp_path / "data", extra_env=env) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        traces = make_llm_traces(120)
+        plain = jsonl_bytes(traces)
+        ok(client.post("/train", files={"config": ("c.json", orjson.dumps({"model": IDENTITY, "traces": "t.jsonl.gz",
+                                                                          "algorithm": "linear"})),
+                                        "files": ("t.jsonl.gz", gzip.compress(plain))}))
+        bomb = gzip.compress(plain * (2 * 1024 * 1024 // len(plain) + 1))
+        assert len(bomb) < 1024 * 1024
+        r = client.post("/train", files={"config": ("c.json", orjson.dumps({"model": IDENTITY, "traces": "t.jsonl.gz"})),
+                                         "files": ("t.jsonl.gz", bomb)})
+        body = failed(r, 413, "t.jsonl.gz", "expands to more than 1 MB")
+        assert body["field"] == "files"
+        r = client.post(f"/predict/table/{SEGMENTS}", files={"trace_file": ("t.jsonl.gz", bomb)},
+                        data={"table_name": "bomb.json"})
+        assert r.status_code == 413 and "expands to more than 1 MB" in r.json()["message"]
+        assert not (server.data_dir / "tables" / "bomb.json").exists()
+        # The queue: one training at a time in this worker; another while it runs is a 429.
+        slow = {"config": {"model": {**IDENTITY, "hardware": "Q"}, "traces": make_llm_traces(3000), "algorithm": "auto"}}
+        first = client.post("/train?background=true", json=slow)
+        assert first.status_code == 202
+        second = client.post("/train?background=true", json=slow)
+        failed(second, 429, "PREDICTOR_MAX_QUEUED_TRAININGS")
+        job = first.json()["status_url"]
+        deadline = time.monotonic() + 120
+        while client.get(job).json()["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert client.post("/train?background=true", json=slow).status_code == 202  # room again
+

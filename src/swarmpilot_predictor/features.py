@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .errors import shown
 from .traces import (
     DEFAULT_TARGET, MAX_RUNTIME, MIN_RUNTIME, RUNTIME_RANGE, TIMESTAMP_KEYS, TraceError, TraceTable, as_number,
     category_text, reserved_keys,
@@ -662,7 +663,7 @@ def stated_flag(v: Any) -> float | str:
     """A trace's own ``first_of_shape`` (the caller knows its instance's warm state), or an error."""
     if isinstance(v, bool) or (isinstance(v, (int, float)) and v in (0, 1)):
         return float(v)
-    return f"'{FIRST_OF_SHAPE}' must be true or false, got {v!r}"
+    return f"'{FIRST_OF_SHAPE}' must be true or false, got {shown(v)}"
 
 
 def _encode_categories(values: np.ndarray, categories: tuple[str, ...]) -> np.ndarray:
@@ -674,8 +675,8 @@ def _numeric_problem(name: str, value: Any) -> str:
     if value is None:
         return f"missing required feature '{name}'"
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return f"feature '{name}' must be a finite number, got {value!r}"
-    return f"feature '{name}' must be a number, got {type(value).__name__} {value!r}"
+        return f"feature '{name}' must be a finite number, got {shown(value)}"
+    return f"feature '{name}' must be a number, got {type(value).__name__} {shown(value)}"
 
 
 def _is_number(s: str) -> bool:

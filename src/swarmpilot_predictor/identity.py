@@ -6,6 +6,8 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 
+from .errors import shown
+
 IDENTITY_KEYS = ("model_type", "model_name", "hardware", "software_name", "software_version")
 _IDENTITY_SET = frozenset(IDENTITY_KEYS)
 # What true and false name, as training reads them (1 or 0).
@@ -14,16 +16,26 @@ WILDCARD = "*"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
+IDENTITY_PART_MAX = 200
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def identity_part_problem(value: str) -> str | None:
     """Why ``value`` cannot name an identity part (None if it can): every model must be
     addressable by a URL whose segments are its five parts."""
     if value == "":
         return "an identity part cannot be empty"
+    if len(value) > IDENTITY_PART_MAX:
+        # A URL line has a length limit too: a model named by a megabyte could not be deleted.
+        return f"an identity part is at most {IDENTITY_PART_MAX} characters, got {len(value):,}"
+    if _CONTROL.search(value):
+        # HTTP servers refuse them in a URL, even percent-encoded (%00): such a model could not be addressed.
+        return f"an identity part cannot hold control characters, got {shown(value)}"
     if value == WILDCARD:
         return f"'{WILDCARD}' is the wildcard of model URLs and cannot name an identity part"
     if value in (".", ".."):
         # Browsers and HTTP clients resolve dot segments in a path: /models/a/../b is /models/b.
-        return f"{value!r} is a relative path segment in URLs and cannot name an identity part"
+        return f"{shown(value)} is a relative path segment in URLs and cannot name an identity part"
     return None
 
 
@@ -65,7 +77,7 @@ def identity_conflicts(traces: list, identity: "ModelIdentity") -> list[str | No
             v = t.get(key) if isinstance(t, dict) else None
             # A list or an object names nothing (training reads it as not stated).
             if isinstance(v, (str, int, float)) and out[i] is None and not names_part(v, part):
-                out[i] = f"the trace's {key} {v!r} names another model than {identity.key}"
+                out[i] = f"the trace's {key} {shown(v)} names another model than {identity.key}"
     return out
 
 

@@ -57,7 +57,7 @@ from scipy.spatial import cKDTree
 from scipy.special import ndtri
 
 from .atomic import atomic_file
-from .errors import InvalidInput, NotFound, PredictorError, storage_error
+from .errors import InvalidInput, NotFound, PredictorError, shown, storage_error
 from .features import FIRST_OF_SHAPE, stated_flag
 from .identity import IDENTITY_KEYS, IdentityPattern
 from .schemas import RenderedPredictions
@@ -120,17 +120,17 @@ def check_table_name(name: Any, field: str = "lookup_table_name") -> str:
     try:
         size = len(os.fsencode(name))
     except UnicodeEncodeError:
-        raise InvalidInput(f"{field} {name!r} is not a valid file name (it holds a lone surrogate)", field=field) from None
+        raise InvalidInput(f"{field} {shown(name)} is not a valid file name (it holds a lone surrogate)", field=field) from None
     if size > 255:  # the file system's limit is on the encoded name, not on characters
         raise InvalidInput(f"{field} is longer than 255 bytes", field=field)
     if "/" in name or "\\" in name or name.startswith(".") or any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise InvalidInput(
-            f"{field} {name!r} must be a file name in the table directory, not a path "
+            f"{field} {shown(name)} must be a file name in the table directory, not a path "
             "(no '/', '\\', leading '.' or control characters)",
             field=field,
         )
     if table_format(name) is None:
-        raise InvalidInput(f"{field} {name!r} must end in .json, .jsonl or .csv (optionally .gz)", field=field)
+        raise InvalidInput(f"{field} {shown(name)} must end in .json, .jsonl or .csv (optionally .gz)", field=field)
     return name
 
 
@@ -1570,7 +1570,7 @@ def _iter_csv_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
                 try:
                     q_cols.append((float(h[len(QUANTILE_PREFIX):]), i))
                 except ValueError:
-                    raise TraceError(f"{name}: column {h!r} is not quantile_<level>") from None
+                    raise TraceError(f"{name}: column {shown(h)} is not quantile_<level>") from None
         if not q_cols:
             raise TraceError(f"{name}: the CSV table has no quantile_<level> columns")
         q_cols.sort()
@@ -2034,7 +2034,7 @@ class LookupTableStore:
             return self.default_path
         path = self.root / name
         if not path.is_file():
-            raise NotFound(f"lookup table {name!r} not found; available: {', '.join(self.names()) or 'none'}")
+            raise NotFound(f"lookup table {shown(name)} not found; available: {', '.join(self.names()) or 'none'}")
         return path
 
     def get(self, name: str | None, field: str = "lookup_table_name") -> LookupTable:

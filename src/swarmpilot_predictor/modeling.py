@@ -43,6 +43,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .distribution import LOG_BOUNDS, RuntimeDistribution, ScoreDistribution, describe_one
+from .errors import shown
 
 EVAL_LEVELS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 ALGORITHMS = ("auto", "empirical", "linear", "power", "lightgbm")
@@ -2464,7 +2465,7 @@ def check_params(params: dict[str, Any], algorithm: str) -> None:
             raise ValueError(f"'{name}' is not used by algorithm '{algorithm}' "
                              f"(only by {', '.join(a for a in ALGORITHMS if a in used_by)})")
         if not ok(value):
-            raise ValueError(f"'{name}' must be {what}, got {value!r}")
+            raise ValueError(f"'{name}' must be {what}, got {shown(value)}")
     if foreign:
         _check_lightgbm_params(foreign, algorithm)
 
@@ -2490,12 +2491,12 @@ def _check_lightgbm_params(params: dict[str, Any], algorithm: str) -> None:
         if base in ("objective", "metric"):
             if not (isinstance(params[name], str) and params[name] in _REGRESSION_WORDS):
                 raise ValueError(f"'{name}' must be a regression {base} of the log-runtime "
-                                 f"({', '.join(sorted(_REGRESSION_WORDS))}), got {params[name]!r}")
+                                 f"({', '.join(sorted(_REGRESSION_WORDS))}), got {shown(params[name])}")
         if not _lightgbm_value(params[name]):
             # LightGBM joins parameters into one "key=value key=value" string: a value with a
             # space or an '=' in it would smuggle in another parameter (a file to read, say).
             raise ValueError(f"'{name}' must be a number, true or false, a word (letters, digits, '_', '-', '.'), "
-                             f"or a list of numbers (or of lists of numbers), got {params[name]!r}")
+                             f"or a list of numbers (or of lists of numbers), got {shown(params[name])}")
     # Values: one round on a few rows, so that a bad one is refused now, not only if LightGBM is chosen.
     scalar = {k: v for k, v in params.items() if canonical[k] not in _PER_FEATURE_LGB_PARAMS}
     if not scalar:
@@ -2514,11 +2515,11 @@ def _check_interaction_constraints(groups: Any, n_features: int) -> None:
     if groups is None:
         return
     if not isinstance(groups, list) or not all(isinstance(g, list) for g in groups):
-        raise ValueError(f"'interaction_constraints' must be a list of lists of feature numbers, got {groups!r}")
+        raise ValueError(f"'interaction_constraints' must be a list of lists of feature numbers, got {shown(groups)}")
     for g in groups:
         for i in g:
             if isinstance(i, bool) or not isinstance(i, (int, float)) or i != int(i) or not 0 <= i < n_features:
-                raise ValueError(f"'interaction_constraints' names feature {i!r}; the model has {n_features} "
+                raise ValueError(f"'interaction_constraints' names feature {shown(i)}; the model has {n_features} "
                                  f"feature column(s), numbered 0 to {n_features - 1}")
 
 

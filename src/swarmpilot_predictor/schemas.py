@@ -10,9 +10,9 @@ from typing import Any, Literal
 import numpy as np
 import orjson
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, ValidationInfo, field_validator, model_validator
 
-from .errors import InvalidInput
+from .errors import InvalidInput, shown
 from .identity import IDENTITY_KEYS, identity_part_problem
 
 DEFAULT_QUANTILES = [0.25, 0.5, 0.75, 0.99]
@@ -124,8 +124,23 @@ class PredictSingleRequest(PredictOptions):
     trace: dict[str, Any]
 
 
+# A batch's answer holds a value per trace and level: 100,000 traces at 200 levels made a
+# 743 MB response and held the server for 21 s. At most this many values per batch.
+MAX_BATCH_VALUES = 1_000_000
+
+
 class PredictBatchRequest(PredictOptions):
     trace: list[dict[str, Any]] = Field(max_length=100_000)
+
+    @field_validator("trace")
+    @classmethod
+    def _answer_bounded(cls, v: list[dict[str, Any]], info: ValidationInfo) -> list[dict[str, Any]]:
+        quantiles = info.data.get("quantiles")  # validated before: PredictOptions' fields come first
+        levels = len(quantiles) if quantiles else 4
+        if len(v) * levels > MAX_BATCH_VALUES:
+            raise ValueError(f"{len(v):,} traces at {levels} quantile levels is more than {MAX_BATCH_VALUES:,} "
+                             "predicted values in one answer; send fewer traces per batch or fewer levels")
+        return v
 
 
 class ObserveRequest(BaseModel):
@@ -315,7 +330,7 @@ def _check_json_compatible(data: Any, budget: int) -> None:
         if isinstance(value, dict):
             for key in value:
                 if not isinstance(key, str):
-                    _not_json(path, f"a key {key!r} that is not a string (quote it)")
+                    _not_json(path, f"a key {shown(key)} that is not a string (quote it)")
                 if not _valid_unicode(key):
                     _not_json(path, "a key holding a lone surrogate (not valid Unicode)")
             # Reversed onto the stack: the first offending value is the one reported.

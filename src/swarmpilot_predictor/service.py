@@ -19,7 +19,7 @@ import numpy as np
 
 from . import __version__
 from .cache import PredictionCache
-from .errors import AmbiguousModel, InvalidInput, ModelNotFound, PredictorError
+from .errors import AmbiguousModel, InvalidInput, ModelNotFound, PredictorError, shown
 from .identity import IdentityPattern, ModelIdentity, identity_conflicts, names_part, stated_keys
 from .lookup import WRITABLE_FORMATS, LookupTableStore, TablePrediction, generate_table, iter_traces, table_format
 from .metrics import PredictorMetrics
@@ -120,7 +120,8 @@ class PredictorService:
         self.registry = ModelRegistry(settings.models_dir, settings.max_loaded_models)
         self.trainer = Trainer(settings.data_dir, self.registry)
         self.jobs = TrainingJobs(settings.data_dir, on_success=self._trained_in_worker,
-                                 on_failure=lambda error: self.metrics.training_runs.labels("error").inc())
+                                 on_failure=lambda error: self.metrics.training_runs.labels("error").inc(),
+                                 max_pending=settings.max_queued_trainings)
         self.prediction_counts: Counter[ModelIdentity] = Counter()
         self._count_lock = threading.Lock()
         self.metrics = PredictorMetrics()
@@ -437,7 +438,7 @@ class PredictorService:
         if not 0.0 < confidence_level < 1.0:
             raise InvalidInput("confidence_level must lie strictly between 0 and 1", field="confidence_level")
         if fmt is not None and fmt not in WRITABLE_FORMATS:
-            raise InvalidInput(f"format must be one of {', '.join(WRITABLE_FORMATS)}, got {fmt!r}", field="format")
+            raise InvalidInput(f"format must be one of {', '.join(WRITABLE_FORMATS)}, got {shown(fmt)}", field="format")
         self.registry.maybe_refresh()
         identity = self.registry.resolve(pattern)
         loaded = self.registry.load(identity)
@@ -446,9 +447,9 @@ class PredictorService:
             out_path = self.tables.output_path(name)
         name_fmt = table_format(out_path.name)
         if name_fmt not in WRITABLE_FORMATS:
-            raise InvalidInput(f"table name {out_path.name!r} must end in .json or .csv (optionally .gz)", field="table_name")
+            raise InvalidInput(f"table name {shown(out_path.name)} must end in .json or .csv (optionally .gz)", field="table_name")
         if fmt is not None and fmt != name_fmt:
-            raise InvalidInput(f"format {fmt!r} does not match the table name {out_path.name!r}", field="format")
+            raise InvalidInput(f"format {shown(fmt)} does not match the table name {shown(out_path.name)}", field="format")
         result = generate_table(
             traces=iter_traces(trace_file, source_name),
             schema=loaded.meta.features,

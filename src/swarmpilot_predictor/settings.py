@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .errors import StorageError
+from .errors import StorageError, shown
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
 
@@ -26,6 +26,9 @@ class PredictorSettings(BaseSettings):
         validation_alias=AliasChoices("DEFAULT_LOOKUP_TABLE", "PREDICTOR_DEFAULT_LOOKUP_TABLE"),
     )
     max_loaded_models: int = Field(default=256, ge=1)
+    # Trainings queued or running in one worker process at a time (each queued one holds its
+    # request body); more get a 429.
+    max_queued_trainings: int = Field(default=16, ge=1)
     # Largest request body accepted (JSON or uploaded files), in MB; larger ones get a 413; 0: no limit.
     max_upload_mb: float = Field(default=512, ge=0, allow_inf_nan=False)
     log_level: str = "info"
@@ -90,5 +93,5 @@ def settings_problem(exc: ValidationError, named: Mapping[str, str] | None = Non
         variable = "DEFAULT_LOOKUP_TABLE" if field == "default_lookup_table" else "PREDICTOR_" + field.upper()
         return (named or {}).get(variable, variable)
 
-    return "; ".join(f"{name(e['loc'])}: {e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})"
+    return "; ".join(f"{name(e['loc'])}: {e['msg'].removeprefix('Value error, ')} (got {shown(e.get('input'))})"
                      for e in exc.errors())

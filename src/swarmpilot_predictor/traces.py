@@ -19,6 +19,7 @@ from typing import IO, Any
 import numpy as np
 import orjson
 
+from .errors import shown
 from .identity import IDENTITY_KEYS
 
 DEFAULT_TARGET = "runtime_ms"
@@ -130,7 +131,7 @@ def _format_from_name(name: str) -> str:
         if name.endswith(suffix):
             return "jsonl" if suffix == ".ndjson" else suffix[1:]
     raise TraceError(
-        f"unsupported trace file {name!r}: expected .json, .jsonl or .csv, optionally .gz"
+        f"unsupported trace file {shown(name)}: expected .json, .jsonl or .csv, optionally .gz"
     )
 
 
@@ -170,7 +171,7 @@ def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Ite
             for row in csv.DictReader(text):
                 yield {k: csv_value(v) for k, v in row.items() if k is not None}
         else:  # pragma: no cover - guarded by _format_from_name
-            raise TraceError(f"unknown trace format {fmt!r}")
+            raise TraceError(f"unknown trace format {shown(fmt)}")
     except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
         # Truncated gzip streams, binary garbage and CSV fields beyond the csv module's limit.
         raise TraceError(f"{source}: cannot read trace file ({exc})") from None

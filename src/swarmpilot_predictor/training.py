@@ -30,7 +30,7 @@ import numpy as np
 import orjson
 
 from .atomic import atomic_write_bytes, read_regular
-from .errors import InvalidInput, NotFound, PredictorError, validation_message
+from .errors import InvalidInput, NotFound, PredictorError, TooBusy, shown, validation_message
 from .features import FeatureSchema
 from .identity import BOOLEAN_PART_NAMES, IDENTITY_KEYS, ModelIdentity, identity_part_problem
 from .modeling import QuantileModel, check_params
@@ -56,11 +56,11 @@ def safe_child(root: Path, name: str, what: str = "path") -> Path:
         raise InvalidInput(f"{what} {ascii(name)} is not valid Unicode", field=what) from None
     candidate = Path(name)
     if candidate.is_absolute() or ".." in candidate.parts:
-        raise InvalidInput(f"{what} {name!r} must be relative to the data directory, without '..'", field=what)
+        raise InvalidInput(f"{what} {shown(name)} must be relative to the data directory, without '..'", field=what)
     root_resolved = root.resolve()
     resolved = (root_resolved / candidate).resolve()
     if not resolved.is_relative_to(root_resolved):
-        raise InvalidInput(f"{what} {name!r} leads outside the data directory", field=what)
+        raise InvalidInput(f"{what} {shown(name)} leads outside the data directory", field=what)
     return resolved
 
 
@@ -87,9 +87,9 @@ class Trainer:
                 return TraceTable.from_file(path, progress=progress, source=name)
             path = safe_child(self.data_dir, source, "traces")
             if not path.is_file():
-                raise InvalidInput(f"traces file {source!r} not found in the data directory or the upload", field="traces")
+                raise InvalidInput(f"traces file {shown(source)} not found in the data directory or the upload", field="traces")
             if not path.name.lower().removesuffix(".gz").endswith(TRACE_FILE_SUFFIXES):
-                raise InvalidInput(f"traces file {source!r} must be .json, .jsonl or .csv (optionally .gz)", field="traces")
+                raise InvalidInput(f"traces file {shown(source)} must be .json, .jsonl or .csv (optionally .gz)", field="traces")
             return TraceTable.from_file(path, progress=progress)
         except TraceError as exc:
             raise InvalidInput(str(exc), field="traces") from None
@@ -151,7 +151,7 @@ class Trainer:
             for key, value in zip(config.group_by, values):
                 problem = identity_part_problem(value)
                 if problem is not None:
-                    raise InvalidInput(f"traces: item {int(rows[0])} has {key} {value!r}: {problem}", field="traces")
+                    raise InvalidInput(f"traces: item {int(rows[0])} has {key} {shown(value)}: {problem}", field="traces")
             parts = dict(base)
             parts.update(zip(config.group_by, values))
             groups.append((ModelIdentity.from_parts(parts), table.take(rows)))
@@ -387,8 +387,10 @@ class TrainingJobs:
     """
 
     def __init__(self, data_dir: Path, on_success: Callable[[dict[str, Any]], None] | None = None,
-                 on_failure: Callable[[dict[str, Any]], None] | None = None, keep: int = 1000):
+                 on_failure: Callable[[dict[str, Any]], None] | None = None, keep: int = 1000,
+                 max_pending: int = 16):
         self.data_dir = Path(data_dir)
+        self.max_pending = max_pending
         self.on_success = on_success
         self.on_failure = on_failure
         self.keep = keep
@@ -434,6 +436,10 @@ class TrainingJobs:
         job_id = uuid.uuid4().hex[:16]
         record: dict[str, Any] = {"job_id": job_id, "status": "queued", "submitted_at": time.time()}
         with self._lock:
+            if len(self._pending) >= self.max_pending:
+                # Each queued job holds its body (up to the upload limit) until it runs.
+                raise TooBusy(f"{len(self._pending)} trainings are already queued or running in this worker, "
+                              "the most it takes (PREDICTOR_MAX_QUEUED_TRAININGS): retry when one has finished")
             self.jobs[job_id] = record
             for old in list(self.jobs)[: max(0, len(self.jobs) - self.keep)]:
                 if self.jobs[old]["status"] in ("succeeded", "failed"):
