@@ -552,3 +552,19 @@ def test_the_async_client_has_every_method_of_the_sync_one():
             continue
         assert inspect.iscoroutinefunction(aio[name]), name
         assert inspect.signature(fn) == inspect.signature(aio[name]), name
+
+
+def test_the_async_client_queues_what_its_connections_cannot_carry(trained_server):
+    # A thousand concurrent calls: each waits in the client for one of its connections and
+    # then has its whole timeout (left to httpx's pool, most timed out waiting: PoolTimeout).
+    async def many():
+        async with AsyncPredictorClient(trained_server.url, timeout=5, retries=0, max_connections=16) as ac:
+            return await asyncio.gather(*(ac.predict_single(IDENTITY, {"input_tokens": 10 + i % 7, "output_tokens": 5})
+                                          for i in range(1000)), return_exceptions=True)
+
+    answers = asyncio.run(many())
+    failures = [a for a in answers if isinstance(a, Exception)]
+    assert not failures, failures[:3]
+    assert {a.results.status for a in answers} == {"success"}
+    with pytest.raises(ValueError, match="max_connections"):
+        AsyncPredictorClient(trained_server.url, max_connections=0)

@@ -566,3 +566,56 @@ def test_special_files_in_the_data_directory_are_skipped_not_read(root):
     os.mkfifo(model_dir / "v0001.model.json")
     with pytest.raises(ModelUnreadable, match="its file v0001.model.json is missing or damaged"):
         fresh.load(IDENT)
+
+
+def test_a_successor_is_not_stored_over_a_version_another_process_is_writing(root):
+    # A retraining built from v1 stores "after 1": not if a training took v2 first and is
+    # still writing its files (its lock is all there is of it yet), nor once v2 is stored.
+    import copy
+
+    from swarmpilot_predictor.errors import VersionConflict
+
+    reg = ModelRegistry(root)
+    meta, model, _ = fit()
+    reg.save(copy.deepcopy(meta), model)
+    model_dir = root / IDENT.dirname
+    (model_dir / "v0002.lock").touch()  # another process's reservation
+    with pytest.raises(VersionConflict, match="version 2 .* after version 1"):
+        reg.save(copy.deepcopy(meta), model, after=1)
+    assert sorted(p.name for p in model_dir.iterdir() if p.name.startswith("v0003")) == []
+    (model_dir / "v0002.lock").unlink()
+    reg.save(copy.deepcopy(meta), model)  # that training lands as v2
+    with pytest.raises(VersionConflict):
+        reg.save(copy.deepcopy(meta), model, after=1)
+    assert reg.save(copy.deepcopy(meta), model, after=2).version == 3
+    # A deleted version's tombstone is no newer version.
+    reg.delete(IDENT, 3)
+    assert reg.save(copy.deepcopy(meta), model, after=2).version == 4
+    assert [m.version for m in reg.versions(IDENT)] == [1, 2, 4]
+
+
+def test_another_workers_change_stamped_just_before_this_ones_is_not_missed(root, monkeypatch):
+    # Each change stamps one file's time; a worker must not take another's stamp, made
+    # between its read of the time and its own, for its own change (and skip the rescan).
+    import copy
+    import os
+
+    meta, model, _ = fit()
+    w1 = ModelRegistry(root)
+    w1.save(copy.deepcopy(meta), model)
+    w1.save(copy.deepcopy(meta), model)
+    w2 = ModelRegistry(root)
+    real = os.utime
+    armed = [True]
+
+    def racing(path, *args, **kwargs):
+        if armed[0]:
+            armed[0] = False
+            w2.save(copy.deepcopy(meta), model)  # version 3, by the other worker, stamped first
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "utime", racing)
+    w1.maybe_refresh()
+    w1.delete(IDENT, 1)
+    w1.maybe_refresh()
+    assert w1.latest(IDENT).version == 3

@@ -97,6 +97,23 @@ def test_a_retrained_version_is_judged_on_observations_it_was_not_fitted_on(tmp_
     svc.close()
 
 
+def test_a_retraining_does_not_land_over_a_training_still_writing_its_version(tmp_path):
+    # A training that took version 2's number is still writing its files (its lock is all
+    # there is of it): the retraining built from version 1 is skipped, not stored as 3.
+    svc = _service(tmp_path)
+    svc.observe(IDENTITY, _shifted(200, 1.6, seed=10))
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    identity = svc.registry.resolve(pattern)
+    lock = svc.settings.models_dir / identity.dirname / "v0002.lock"
+    lock.touch()
+    decision = svc.retrain(pattern)
+    assert decision["status"] == "skipped" and "version 2" in decision["message"]
+    assert [v.version for v in svc.registry.versions(identity)] == [1]
+    lock.unlink()
+    assert svc.retrain(pattern)["status"] == "retrained"
+    svc.close()
+
+
 def test_concurrent_retrain_requests_make_one_new_version(tmp_path):
 
     svc = _service(tmp_path)

@@ -52,6 +52,12 @@ class TooBusy(PredictorError):
     status_code = 429
 
 
+class VersionConflict(PredictorError):
+    """A version meant to follow a given one, when another has been stored (or is being stored) since."""
+
+    status_code = 409
+
+
 class AmbiguousModel(PredictorError):
     status_code = 409
 

@@ -26,7 +26,7 @@ import numpy as np
 import orjson
 
 from .atomic import atomic_file, atomic_write_bytes, read_regular
-from .errors import AmbiguousModel, ModelNotFound, ModelUnreadable, NotFound, writing
+from .errors import AmbiguousModel, ModelNotFound, ModelUnreadable, NotFound, VersionConflict, writing
 from .features import FeatureSchema
 from .identity import IdentityPattern, ModelIdentity
 from .modeling import QuantileModel
@@ -183,16 +183,15 @@ class ModelRegistry:
     def _bump_generation(self) -> None:
         # Every change sets one file's time, so other workers notice it with one stat().
         # Setting a time needs no free space: a change stored on a nearly full disk is announced.
-        before = self._generation()
         now = time.time_ns()
         try:
             os.utime(self._generation_path, ns=(now, now))
         except (FileNotFoundError, PermissionError):  # not there yet, or another user's: replace it
             atomic_write_bytes(self._generation_file, b"")
-        # Only this process's own change is known here: if another worker's came since the
-        # last scan, it stays unseen, and the next maybe_refresh() rescans.
-        if before == self._seen_generation:
-            self._seen_generation = self._generation()
+        # The time this process set is not marked as seen, so the next maybe_refresh() rescans
+        # (re-reading only changed meta files): another worker's change stamped between a read
+        # of the time and this one would otherwise pass for this process's own, and stay
+        # unseen until the next change.
 
     def refresh(self) -> None:
         """Re-read the index from disk (other processes may have written new versions).
@@ -356,16 +355,28 @@ class ModelRegistry:
         return loaded
 
     def save(self, meta: ModelVersion, model: QuantileModel,
-             training_data: tuple[np.ndarray, np.ndarray] | None = None) -> ModelVersion:
+             training_data: tuple[np.ndarray, np.ndarray] | None = None, after: int | None = None) -> ModelVersion:
         """Store ``model`` as the next version of ``meta.identity``; returns the stored meta.
 
         ``training_data`` (the encoded X and y) is kept beside the model so that
         online retraining can combine it with observations later.
+
+        With ``after``, only as the successor of that version: if any other version
+        above it is stored or being stored (by any process), nothing is written and
+        :class:`VersionConflict` is raised. A retraining built from version ``after``
+        must not land over a training that took its number first but is still
+        writing its files, which the newest stored version does not show yet.
         """
         model_dir = self.root / meta.identity.dirname
         with writing(f"model {meta.identity.key}"):
             model_dir.mkdir(parents=True, exist_ok=True)
             version = self._reserve_version(model_dir)
+            if after is not None:
+                newer = self._claimed_between(model_dir, after, version)
+                if newer is not None:
+                    (model_dir / f"v{version:04d}.lock").unlink(missing_ok=True)
+                    raise VersionConflict(f"version {newer} of {meta.identity.key} was stored (or is being stored) "
+                                          f"after version {after}")
             meta.version = version
             try:
                 body = orjson.dumps(model.to_json(), option=orjson.OPT_SERIALIZE_NUMPY)
@@ -397,6 +408,17 @@ class ModelRegistry:
             while len(self._loaded) > self.max_loaded:
                 self._loaded.popitem(last=False)
         return meta
+
+    @staticmethod
+    def _claimed_between(model_dir: Path, low: int, high: int) -> int | None:
+        """A version number strictly between ``low`` and ``high`` that is stored or being
+        written (its lock, model, data or meta file is there), or None. A deleted version's
+        tombstone does not count."""
+        for e in os.scandir(model_dir):
+            m = re.match(r"^v(\d{4,})\.(.+)$", e.name)
+            if m and low < int(m.group(1)) < high and not m.group(2).endswith("deleted"):
+                return int(m.group(1))
+        return None
 
     def _reserve_version(self, model_dir: Path) -> int:
         # An exclusive lock file per number keeps concurrent workers from colliding; a deleted

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_write_bytes, read_regular
-from .errors import PredictorError, writing
+from .errors import PredictorError, VersionConflict, writing
 from .features import FIRST_OF_SHAPE, FeatureSchema
 from .identity import ModelIdentity
 from .modeling import QuantileModel, pinball_loss
@@ -472,7 +472,13 @@ class Retrainer:
                             message=f"version {serving} was stored meanwhile and serves now")
             return
         decision["candidate"] = best  # a full disk, say, fails the save: the decision names what failed
-        saved = self.registry.save(new_meta, model, training_data=(X, y))
+        try:
+            # Only as the successor of the version it was built from: a training may have taken
+            # the next number and still be writing its files, which `latest` above cannot see.
+            saved = self.registry.save(new_meta, model, training_data=(X, y), after=meta.version)
+        except VersionConflict as exc:
+            decision.update(status="skipped", message=f"{exc.message}: it serves, not this retraining")
+            return
         decision.update(status="retrained", to_version=saved.version, seconds=time.perf_counter() - t0)
 
     @staticmethod
