@@ -82,6 +82,10 @@ def test_two_workers_share_the_data_directory(tmp_path):
             for _ in range(8):
                 with PredictorClient(srv.url) as fresh:
                     assert metric_value(fresh.metrics(), "predictor_predictions_total", model=key, source="model") == 24.0
+                    # And so does /models (the seed's total_predictions).
+                    entry = next(m for m in fresh.list_models_raw() if m["model_type"] == IDENTITY["model_type"])
+                    assert entry["total_predictions"] == 24
+                    assert fresh.get_model(IDENTITY)["total_predictions"] == 24
             # A background job's record, and /health, are the same from either worker.
             job = client.train_background({"model": {**IDENTITY, "hardware": "A100"}, "traces": make_llm_traces(80),
                                            "algorithm": "linear"})

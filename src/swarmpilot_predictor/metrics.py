@@ -223,6 +223,21 @@ class PredictorMetrics:
         """The models that exist: in multi-process mode, only their counters are scraped."""
         self._live_models = frozenset(models)
 
+    def shared_prediction_counts(self) -> dict[str, int] | None:
+        """Traces predicted per model (``source`` model) by every worker, from the shared
+        files; None when this process is not in multi-process mode (it counts alone)."""
+        if self.multiprocess_dir is None:
+            return None
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        counts: dict[str, int] = {}
+        for family in MultiProcessCollector.merge(glob.glob(os.path.join(self.multiprocess_dir, "counter_*.db"))):
+            for sample in family.samples:
+                if sample.name == "predictor_predictions_total" and sample.labels.get("source") == "model":
+                    model = sample.labels["model"]
+                    counts[model] = counts.get(model, 0) + int(sample.value)
+        return counts
+
     def counted_models(self) -> set[str]:
         """The models with prediction counters in this process (lookup tables' ``table:`` labels aside)."""
         return {k[1] for k in list(self._children) if k[0] == "pred" and not k[1].startswith("table:")}

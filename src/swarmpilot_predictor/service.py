@@ -493,12 +493,13 @@ class PredictorService:
         for identity in self.registry.identities():
             grouped.setdefault((identity.model_type, identity.model_name), []).append(identity)
         out = []
+        shared = self.metrics.shared_prediction_counts()
         for (mtype, mname), identities in grouped.items():
-            entries = [self.describe_model(i) for i in identities]
+            entries = [self.describe_model(i, shared) for i in identities]
             out.append({
                 "model_type": mtype,
                 "model_name": mname,
-                "total_predictions": sum(self.prediction_counts[i] for i in identities),
+                "total_predictions": sum(e["total_predictions"] for e in entries),
                 "hardware_types": sorted({i.hardware for i in identities}),
                 "software_versions": sorted({f"{i.software_name}/{i.software_version}" for i in identities}),
                 # The contract gives each entry a boolean drifted: whether any of its models drifted.
@@ -508,7 +509,9 @@ class PredictorService:
             })
         return out
 
-    def describe_model(self, identity: ModelIdentity) -> dict[str, Any]:
+    def describe_model(self, identity: ModelIdentity, shared: dict[str, int] | None = None) -> dict[str, Any]:
+        """One model's entry of ``/models``; ``shared``: every worker's prediction counts, when
+        several share the metric files (otherwise this process's own count)."""
         versions = self.registry.versions(identity)
         if not versions:
             raise PredictorError(f"no model {identity.key}")
@@ -518,7 +521,7 @@ class PredictorService:
             **identity.as_dict(),
             "latest_version": latest.version,
             "versions": [v.version for v in versions],
-            "total_predictions": self.prediction_counts[identity],
+            "total_predictions": self.prediction_counts[identity] if shared is None else shared.get(identity.key, 0),
             "samples": latest.data.get("rows_used"),
             "algorithm": latest.family,
             "features": latest.features.describe(),
@@ -533,7 +536,7 @@ class PredictorService:
         identity = self._resolve(pattern)
         if version is not None:
             return self.registry.get_version(identity, version).public_json(detail=True)
-        detail = self.describe_model(identity)
+        detail = self.describe_model(identity, self.metrics.shared_prediction_counts())
         detail["version_details"] = [v.public_json() for v in self.registry.versions(identity)]
         return detail
 
