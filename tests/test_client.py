@@ -558,7 +558,7 @@ def test_the_async_client_queues_what_its_connections_cannot_carry(trained_serve
     # A thousand concurrent calls: each waits in the client for one of its connections and
     # then has its whole timeout (left to httpx's pool, most timed out waiting: PoolTimeout).
     async def many():
-        async with AsyncPredictorClient(trained_server.url, timeout=5, retries=0, max_connections=16) as ac:
+        async with AsyncPredictorClient(trained_server.url, timeout=5, retries=0) as ac:  # 100 connections
             return await asyncio.gather(*(ac.predict_single(IDENTITY, {"input_tokens": 10 + i % 7, "output_tokens": 5})
                                           for i in range(1000)), return_exceptions=True)
 

@@ -72,3 +72,27 @@ def test_one_process_keeps_its_own_registry_and_removes_a_deleted_model_s_series
     assert not any(dict(labels).get("model") for _, labels in _samples(b.render()[0].decode()))
     a.forget_model("llm/a")
     assert not any(dict(labels).get("model") for _, labels in _samples(a.render()[0].decode()))
+
+
+def test_models_in_memory_are_reported_as_they_load_not_only_at_a_scrape(tmp_path):
+    # With several workers a scrape adds up each worker's last value: a worker the scrapes
+    # never reach must still have said how many model versions it holds.
+    from swarmpilot_predictor.identity import IdentityPattern
+    from swarmpilot_predictor.schemas import TrainConfig
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    from .conftest import IDENTITY, make_llm_traces
+
+    service = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    try:
+        service.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(80), algorithm="linear"))
+        fresh = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))  # another worker, nothing loaded
+        try:
+            fresh.predict(IdentityPattern.from_parts(IDENTITY), [{"input_tokens": 5, "output_tokens": 5}])
+            got = _samples(fresh.metrics.render()[0].decode())  # the metrics alone: no scrape-time update
+            assert got[("predictor_models_loaded", ())] == 1.0
+        finally:
+            fresh.close()
+    finally:
+        service.close()

@@ -619,3 +619,28 @@ def test_another_workers_change_stamped_just_before_this_ones_is_not_missed(root
     w1.delete(IDENT, 1)
     w1.maybe_refresh()
     assert w1.latest(IDENT).version == 3
+
+
+def test_what_a_killed_writer_leaves_does_not_hold_a_successor_off(root):
+    # A lock an hour old, a model file without its meta, an interrupted delete (a tombstone
+    # beside a leftover file): none is a newer version, so "after 1" is stored.
+    import copy
+    import os
+
+    reg = ModelRegistry(root)
+    meta, model, _ = fit()
+    reg.save(copy.deepcopy(meta), model)
+    model_dir = root / IDENT.dirname
+    stale = model_dir / "v0002.lock"
+    stale.touch()
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    (model_dir / "v0003.model.json").write_text("{}")
+    (model_dir / "v0004.deleted").touch()
+    (model_dir / "v0004.model.json").write_text("{}")
+    assert reg.save(copy.deepcopy(meta), model, after=1).version == 5
+    # A fresh lock is a version being written: it holds the successor of 5 off.
+    (model_dir / "v0006.lock").touch()
+    from swarmpilot_predictor.errors import VersionConflict
+
+    with pytest.raises(VersionConflict, match="version 6"):
+        reg.save(copy.deepcopy(meta), model, after=5)

@@ -17,7 +17,6 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 IDENTITY_PART_MAX = 200
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def identity_part_problem(value: str) -> str | None:
@@ -28,9 +27,6 @@ def identity_part_problem(value: str) -> str | None:
     if len(value) > IDENTITY_PART_MAX:
         # A URL line has a length limit too: a model named by a megabyte could not be deleted.
         return f"an identity part is at most {IDENTITY_PART_MAX} characters, got {len(value):,}"
-    if _CONTROL.search(value):
-        # HTTP servers refuse them in a URL, even percent-encoded (%00): such a model could not be addressed.
-        return f"an identity part cannot hold control characters, got {shown(value)}"
     if value == WILDCARD:
         return f"'{WILDCARD}' is the wildcard of model URLs and cannot name an identity part"
     if value in (".", ".."):

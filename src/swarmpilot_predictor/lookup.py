@@ -2133,11 +2133,6 @@ class LookupTableStore:
         with self._lock:
             return self.default_name, self.default_table is not None, self.default_error
 
-    def predict(self, name: str | None, pattern: IdentityPattern | None, traces: Sequence[Any],
-                confidence_level: float = 0.95, quantiles: Sequence[float] | None = None,
-                with_total: bool = False) -> TablePrediction:
-        return self.get(name).predict(pattern, traces, confidence_level, quantiles, with_total)
-
     # ------------------------------------------------------------------ loading through the sidecar
 
     def index_path(self, path: Path) -> Path:

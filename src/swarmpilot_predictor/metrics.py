@@ -115,7 +115,8 @@ def _prune_dead_workers(path: str) -> None:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            mark_process_dead(pid, path)
+            with contextlib.suppress(FileNotFoundError):  # another worker's scrape pruned it first
+                mark_process_dead(pid, path)
         except (PermissionError, OverflowError):
             pass
 

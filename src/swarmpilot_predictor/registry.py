@@ -147,6 +147,11 @@ class LoadedModel:
     model: QuantileModel
 
 
+# A version's lock older than this is a writer's that was killed: storing a version takes
+# seconds (a 200,000-row model's training data about one).
+STALE_LOCK_SECONDS = 600
+
+
 class ModelRegistry:
     """All models of one data directory: index of metadata, LRU of loaded models."""
 
@@ -411,13 +416,31 @@ class ModelRegistry:
 
     @staticmethod
     def _claimed_between(model_dir: Path, low: int, high: int) -> int | None:
-        """A version number strictly between ``low`` and ``high`` that is stored or being
-        written (its lock, model, data or meta file is there), or None. A deleted version's
-        tombstone does not count."""
+        """A version number strictly between ``low`` and ``high`` that is stored (its meta
+        file is there) or being written (its lock is, and is recent), or None.
+
+        What a writer killed midway leaves (a lock older than :data:`STALE_LOCK_SECONDS`,
+        a model file without its meta) and deleted versions (a tombstone) do not count:
+        they would hold every later retraining off for good.
+        """
+        files: dict[int, dict[str, os.DirEntry]] = {}
         for e in os.scandir(model_dir):
             m = re.match(r"^v(\d{4,})\.(.+)$", e.name)
-            if m and low < int(m.group(1)) < high and not m.group(2).endswith("deleted"):
-                return int(m.group(1))
+            if m and low < int(m.group(1)) < high:
+                files.setdefault(int(m.group(1)), {})[m.group(2)] = e
+        now = time.time()
+        for number, kinds in sorted(files.items()):
+            if "deleted" in kinds:
+                continue
+            if "meta.json" in kinds:
+                return number
+            lock = kinds.get("lock")
+            try:
+                if lock is not None and now - lock.stat().st_mtime < STALE_LOCK_SECONDS:
+                    return number
+            except FileNotFoundError:  # let go of just now: its meta file is there, or it failed
+                if (model_dir / f"v{number:04d}.meta.json").exists():
+                    return number
         return None
 
     def _reserve_version(self, model_dir: Path) -> int:

@@ -129,17 +129,25 @@ class PredictSingleRequest(PredictOptions):
 MAX_BATCH_VALUES = 1_000_000
 
 
+def batch_values_problem(n_traces: int, n_levels: int) -> str | None:
+    """Why a batch of ``n_traces`` answered at ``n_levels`` levels is too large to answer, or None."""
+    if n_traces * n_levels <= MAX_BATCH_VALUES:
+        return None
+    return (f"{n_traces:,} traces at {n_levels} quantile levels is more than {MAX_BATCH_VALUES:,} predicted values "
+            "in one answer; send fewer traces per batch or fewer levels")
+
+
 class PredictBatchRequest(PredictOptions):
     trace: list[dict[str, Any]] = Field(max_length=100_000)
 
     @field_validator("trace")
     @classmethod
     def _answer_bounded(cls, v: list[dict[str, Any]], info: ValidationInfo) -> list[dict[str, Any]]:
+        # Named levels are checked here; a model's or a table's own levels once it is known.
         quantiles = info.data.get("quantiles")  # validated before: PredictOptions' fields come first
-        levels = len(quantiles) if quantiles else 4
-        if len(v) * levels > MAX_BATCH_VALUES:
-            raise ValueError(f"{len(v):,} traces at {levels} quantile levels is more than {MAX_BATCH_VALUES:,} "
-                             "predicted values in one answer; send fewer traces per batch or fewer levels")
+        problem = batch_values_problem(len(v), len(quantiles)) if quantiles else None
+        if problem:
+            raise ValueError(problem)
         return v
 
 

@@ -26,7 +26,7 @@ from .metrics import PredictorMetrics
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog
 from .registry import LoadedModel, ModelRegistry, ModelVersion
 from .retraining import Retrainer
-from .schemas import RenderedPredictions, TrainConfig
+from .schemas import RenderedPredictions, TrainConfig, batch_values_problem
 from .training import ProgressFn, Trainer, TrainingJobs
 from .settings import PredictorSettings
 from .traces import RUNTIME_RANGE, TraceError, is_runtime, normalize_trace, normalize_traces
@@ -123,6 +123,7 @@ class PredictorService:
                                  on_failure=lambda error: self.metrics.training_runs.labels("error").inc(),
                                  max_pending=settings.max_queued_trainings)
         self.prediction_counts: Counter[ModelIdentity] = Counter()
+        self._loaded_reported = -1  # the model versions in memory as the metrics last said
         self._count_lock = threading.Lock()
         self.metrics = PredictorMetrics()
         self.cache = PredictionCache(settings.cache_size)
@@ -186,12 +187,17 @@ class PredictorService:
     ) -> Prediction | TablePrediction:
         if lookup_table:
             # Answered from a pre-computed table (no model needed); without a name, the default table.
-            pred = self.tables.predict(lookup_table_name, pattern, traces, confidence_level, quantiles, with_total)
+            table = self.tables.get(lookup_table_name)
+            if with_total and not quantiles:  # answered at the table's levels
+                _check_batch_values(len(traces), max((len(ls) for ls in table.levelsets), default=0))
+            pred = table.predict(pattern, traces, confidence_level, quantiles, with_total)
             n_ok = int(pred.ok.sum())
             self.metrics.count_predictions(f"table:{pred.table}", "lookup_table", n_ok, len(pred.errors) - n_ok)
             return pred
         t0 = time.perf_counter()
         identity, loaded = self._serving(pattern, version, traces)
+        if with_total and not quantiles:  # answered at the model's default levels
+            _check_batch_values(len(traces), len(loaded.meta.quantiles))
         return self._predict_with(identity, loaded, traces, confidence_level, quantiles, with_total, t0)
 
     def _serving(self, pattern: IdentityPattern, version: int | None = None,
@@ -204,7 +210,14 @@ class PredictorService:
             identity = self._named_by_traces(pattern, traces) if traces else None
             if identity is None:
                 raise
-        return identity, self.registry.load(identity, version)
+        loaded = self.registry.load(identity, version)
+        count = self.registry.loaded_count
+        if count != self._loaded_reported:
+            # Kept current as models load and are evicted, not only when this worker takes a
+            # scrape: with several workers a scrape adds up every worker's last value.
+            self._loaded_reported = count
+            self.metrics.models_loaded.set(count)
+        return identity, loaded
 
     def resolve_for(self, pattern: IdentityPattern, traces: Sequence[Any]) -> IdentityPattern:
         """``pattern``, or the full identity of the one model its matches that the traces'
@@ -668,3 +681,9 @@ class PredictorService:
 def _headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     keys = ("pinball_loss", "relative_pinball_loss", "mean_abs_coverage_error", "interval_coverage", "median_mape", "rows_used", "rows_dropped")
     return {k: metrics[k] for k in keys if k in metrics}
+
+
+def _check_batch_values(n_traces: int, n_levels: int) -> None:
+    problem = batch_values_problem(n_traces, n_levels)
+    if problem:
+        raise InvalidInput(problem, field="trace")
