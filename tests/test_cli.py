@@ -411,3 +411,19 @@ def test_serve_with_workers_gets_a_fresh_metrics_directory_and_sweeps_dead_ones(
     assert fresh.is_dir() and not any(fresh.iterdir())
     assert fresh.name.startswith(f"{cli._METRICS_DIR_PREFIX}{os.getpid()}-")
     assert not stale.exists() and running.exists() and other.exists()
+
+
+def test_serve_with_workers_says_so_when_no_metrics_directory_can_be_made(tmp_path, monkeypatch):
+    from swarmpilot_predictor.api import SUPERVISOR_ENV
+
+    from .conftest import free_port
+
+    for name in ("PREDICTOR_HOST", "PREDICTOR_PORT", "PREDICTOR_DATA_DIR", "PREDICTOR_WORKERS", "PREDICTOR_LOG_LEVEL",
+                 SUPERVISOR_ENV, "PROMETHEUS_MULTIPROC_DIR"):
+        monkeypatch.setenv(name, "x")  # restored (removed) after the test: serve sets them for its workers
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(cli.tempfile, "tempdir", str(tmp_path / "missing"))
+    said = one_error_line(invoke("serve", "--data-dir", tmp_path / "data", "--host", "127.0.0.1", "--port", free_port(),
+                                 "--workers", "2", ok=False))
+    assert said.startswith(f"error: cannot create a directory for the workers' metrics in {tmp_path / 'missing'}")
+    assert "PROMETHEUS_MULTIPROC_DIR" in said

@@ -135,7 +135,11 @@ def serve(
         if not os.environ.get(MULTIPROC_ENV):
             # Every worker's counters in one place, so that a scrape (whichever worker
             # takes it) counts them all; fresh per run, as prometheus_client requires.
-            metrics_dir = _fresh_metrics_dir()
+            try:
+                metrics_dir = _fresh_metrics_dir()
+            except OSError as exc:
+                _fail(f"cannot create a directory for the workers' metrics in {tempfile.gettempdir()} "
+                      f"({exc.strerror or exc}): set TMPDIR, or {MULTIPROC_ENV} to an empty directory")
             os.environ[MULTIPROC_ENV] = metrics_dir
     try:
         uvicorn.run(
