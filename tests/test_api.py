@@ -993,6 +993,7 @@ def test_limits_of_a_small_service_gzip_expansion_and_the_training_queue(tmp_pat
         assert first.status_code == 202
         second = client.post("/train?background=true", json=slow)
         failed(second, 429, "PREDICTOR_MAX_QUEUED_TRAININGS")
+        assert second.headers["retry-after"] == "10"
         job = first.json()["status_url"]
         deadline = time.monotonic() + 120
         while client.get(job).json()["status"] in ("queued", "running"):

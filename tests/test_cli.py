@@ -391,39 +391,72 @@ def test_names_and_messages_are_printed_as_they_are_not_as_markup(tmp_path, data
     assert result.exit_code == 1 and "'[/]'" in result.stdout
 
 
-def test_serve_with_workers_gets_a_fresh_metrics_directory_and_sweeps_dead_ones(tmp_path, monkeypatch):
-    # Several workers count into files of one directory, fresh per run (prometheus_client
-    # requires it); a supervisor killed outright leaves its directory, which the next removes.
+def test_serve_with_workers_gets_a_fresh_metrics_directory_and_sweeps_dead_ones(tmp_path):
+    # Several workers count into files of one directory in the data directory, fresh per run
+    # (prometheus_client requires it); a supervisor killed outright leaves its directory,
+    # which the next one on this host removes. Another host's are not this host's to judge.
+    import socket
     import subprocess
     import sys
 
-    monkeypatch.setattr(cli.tempfile, "tempdir", str(tmp_path))
+    host = socket.gethostname().replace("-", "_")
+    root = tmp_path / ".metrics"
+    root.mkdir()
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    stale = tmp_path / f"{cli._METRICS_DIR_PREFIX}{gone.pid}-abc"
+    stale = root / f"{host}-{gone.pid}-abc"
     stale.mkdir()
     (stale / "counter_1.db").write_bytes(b"x")
-    running = tmp_path / f"{cli._METRICS_DIR_PREFIX}{os.getpid()}-def"
+    running = root / f"{host}-{os.getpid()}-def"
     running.mkdir()
-    other = tmp_path / f"{cli._METRICS_DIR_PREFIX}notapid"
-    other.mkdir()
-    fresh = Path(cli._fresh_metrics_dir())
-    assert fresh.is_dir() and not any(fresh.iterdir())
-    assert fresh.name.startswith(f"{cli._METRICS_DIR_PREFIX}{os.getpid()}-")
-    assert not stale.exists() and running.exists() and other.exists()
+    elsewhere = root / f"otherhost-{gone.pid}-ghi"
+    elsewhere.mkdir()
+    fresh = Path(cli._fresh_metrics_dir(tmp_path))
+    assert fresh.parent == root and fresh.is_dir() and not any(fresh.iterdir())
+    assert fresh.name.startswith(f"{host}-{os.getpid()}-")
+    assert not stale.exists() and running.exists() and elsewhere.exists()
 
 
-def test_serve_with_workers_says_so_when_no_metrics_directory_can_be_made(tmp_path, monkeypatch):
+def _clean_serve_env(monkeypatch):
     from swarmpilot_predictor.api import SUPERVISOR_ENV
-
-    from .conftest import free_port
 
     for name in ("PREDICTOR_HOST", "PREDICTOR_PORT", "PREDICTOR_DATA_DIR", "PREDICTOR_WORKERS", "PREDICTOR_LOG_LEVEL",
                  SUPERVISOR_ENV, "PROMETHEUS_MULTIPROC_DIR"):
         monkeypatch.setenv(name, "x")  # restored (removed) after the test: serve sets them for its workers
         monkeypatch.delenv(name)
-    monkeypatch.setattr(cli.tempfile, "tempdir", str(tmp_path / "missing"))
-    said = one_error_line(invoke("serve", "--data-dir", tmp_path / "data", "--host", "127.0.0.1", "--port", free_port(),
-                                 "--workers", "2", ok=False))
-    assert said.startswith(f"error: cannot create a directory for the workers' metrics in {tmp_path / 'missing'}")
-    assert "PROMETHEUS_MULTIPROC_DIR" in said
+
+
+def test_serve_says_in_one_line_what_keeps_it_from_starting(tmp_path, monkeypatch):
+    from .conftest import free_port
+
+    _clean_serve_env(monkeypatch)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / ".metrics").write_text("a file where the metrics directory goes")
+    args = ["serve", "--data-dir", data, "--host", "127.0.0.1", "--port", free_port()]
+    said = one_error_line(invoke(*args, "--workers", "2", ok=False))
+    assert said.startswith(f"error: cannot create a directory for the workers' metrics in {data / '.metrics'}")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(blocker))
+    said = one_error_line(invoke(*args, ok=False))
+    assert said.startswith(f"error: PROMETHEUS_MULTIPROC_DIR: cannot make '{blocker}' a directory")
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    # An address this machine does not have (TEST-NET-1): one line, not uvicorn's six.
+    said = one_error_line(invoke("serve", "--data-dir", data, "--host", "192.0.2.1", "--port", free_port(), ok=False))
+    assert said.startswith("error: cannot listen on 192.0.2.1:") and "is not an address of this machine" in said
+
+
+def test_the_seed_entry_point_says_a_data_directory_it_cannot_make_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import REPO_ROOT
+
+    (tmp_path / "afile").write_text("")
+    env = {**os.environ, "PREDICTOR_DATA_DIR": str(tmp_path / "afile" / "sub")}
+    done = subprocess.run([sys.executable, "-m", "src.scheduler.predictor_api"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot use") and "afile" in lines[0]

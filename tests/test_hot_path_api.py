@@ -63,9 +63,7 @@ def test_cache_hits_misses_clear_and_invalidation_on_a_new_version(tmp_path):
 def test_two_workers_share_the_data_directory(tmp_path):
     args = [sys.executable, "-m", "swarmpilot_predictor", "serve", "--host", "127.0.0.1", "--port", "{port}",
             "--workers", "2", "--log-level", "warning"]
-    # serve makes the workers' metrics directory under TMPDIR: this test's own (its supervisor,
-    # killed outright below, cannot remove it).
-    with run_server(tmp_path / "data", args=args, extra_env={"TMPDIR": str(tmp_path)}) as srv:
+    with run_server(tmp_path / "data", args=args) as srv:
         with PredictorClient(srv.url) as client:
             client.train({"model": IDENTITY, "traces": make_llm_traces(150), "algorithm": "linear"})
             # New connections land on either worker; every one must know the new model.
@@ -81,7 +79,7 @@ def test_two_workers_share_the_data_directory(tmp_path):
             assert versions == {2}
             # Whichever worker takes a scrape, it counts every worker's predictions.
             key = "/".join(IDENTITY.values())
-            assert len(list(tmp_path.glob("swarmpilot-predictor-metrics-*"))) == 1
+            assert len(list((tmp_path / "data" / ".metrics").iterdir())) == 1  # the workers' metric files
             for _ in range(8):
                 with PredictorClient(srv.url) as fresh:
                     assert metric_value(fresh.metrics(), "predictor_predictions_total", model=key, source="model") == 24.0

@@ -5,17 +5,25 @@ import sys
 from pydantic import ValidationError
 
 from swarmpilot_predictor.api import create_app
-from swarmpilot_predictor.settings import PredictorSettings, settings_problem
+from swarmpilot_predictor.settings import PredictorSettings, settings_problem, startup_problem
 
 try:
     settings = PredictorSettings()
 except ValidationError as exc:  # a bad PREDICTOR_* variable: one line, as `swarmpilot-predictor serve` says it
     print(f"error: {settings_problem(exc)}", file=sys.stderr)
     raise SystemExit(1) from None
+if problem := startup_problem(settings):  # a data directory that cannot be made, say
+    print(f"error: {problem}", file=sys.stderr)
+    raise SystemExit(1)
 
 app = create_app(settings)
 
 if __name__ == "__main__":
     import uvicorn
 
+    from swarmpilot_predictor.cli import listen_problem
+
+    if problem := listen_problem(settings.host, settings.port):  # a port in use, say: one line, not uvicorn's six
+        print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(1)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)

@@ -36,7 +36,8 @@ from starlette.routing import Route
 from threadpoolctl import threadpool_limits
 
 from . import __version__
-from .errors import InvalidInput, NotFound, PayloadTooLarge, PredictorError, shown, storage_error, validation_message, writing
+from .errors import (InvalidInput, NotFound, PayloadTooLarge, PredictorError, TooBusy, shown, storage_error, validation_message,
+                     writing)
 from .identity import IdentityPattern, stated_keys
 from .schemas import (
     BatchPredictionResponse,
@@ -292,7 +293,10 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
 
     @app.exception_handler(PredictorError)
     async def _predictor_error(request: Request, exc: PredictorError):
-        return error_response(exc.status_code, exc.message, exc.field, **exc.extra)
+        response = error_response(exc.status_code, exc.message, exc.field, **exc.extra)
+        if isinstance(exc, TooBusy):
+            response.headers["Retry-After"] = str(TooBusy.RETRY_AFTER_SECONDS)
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):

@@ -22,7 +22,7 @@ from rich.table import Table
 from .errors import PredictorError, validation_message
 from .identity import IdentityPattern
 from .schemas import check_levels, config_from_text
-from .settings import PredictorSettings, settings_problem
+from .settings import METRICS_DIR, PredictorSettings, settings_problem, startup_problem
 
 app = typer.Typer(help="SwarmPilot Predictor: runtime distributions for ML inference tasks.", no_args_is_help=True)
 console = Console()
@@ -119,11 +119,8 @@ def serve(
             os.environ[name] = str(value)
             flags[name] = flag
     settings = _settings(None, flags)
-    try:
-        settings.ensure_dirs()
-    except PredictorError as exc:
-        _fail(exc.message)
-    problem = _cannot_listen(settings.host, settings.port, flags.get("PREDICTOR_HOST", "PREDICTOR_HOST"))
+    problem = startup_problem(settings) or listen_problem(settings.host, settings.port,
+                                                          flags.get("PREDICTOR_HOST", "PREDICTOR_HOST"))
     if problem:
         _fail(problem)
     metrics_dir = None
@@ -136,10 +133,10 @@ def serve(
             # Every worker's counters in one place, so that a scrape (whichever worker
             # takes it) counts them all; fresh per run, as prometheus_client requires.
             try:
-                metrics_dir = _fresh_metrics_dir()
+                metrics_dir = _fresh_metrics_dir(settings.data_dir)
             except OSError as exc:
-                _fail(f"cannot create a directory for the workers' metrics in {tempfile.gettempdir()} "
-                      f"({exc.strerror or exc}): set TMPDIR, or {MULTIPROC_ENV} to an empty directory")
+                _fail(f"cannot create a directory for the workers' metrics in {settings.data_dir / METRICS_DIR} "
+                      f"({exc.strerror or exc})")
             os.environ[MULTIPROC_ENV] = metrics_dir
     try:
         uvicorn.run(
@@ -158,24 +155,29 @@ def serve(
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-_METRICS_DIR_PREFIX = "swarmpilot-predictor-metrics-"
+def _fresh_metrics_dir(data_dir: Path) -> str:
+    """A new directory for the workers' metric files, in the data directory (a cleaner of
+    the system's temporary directory would remove it under a long-running service), named
+    after this host and process; those left by supervisors of this host that no longer run
+    (killed outright) are removed first. Another host's are left alone: a data directory
+    may be shared."""
+    import socket
 
-
-def _fresh_metrics_dir() -> str:
-    """A new directory for the workers' metric files, named after this process; those
-    left behind by supervisors that no longer run (killed outright) are removed first."""
-    for old in Path(tempfile.gettempdir()).glob(_METRICS_DIR_PREFIX + "*"):
+    root = data_dir / METRICS_DIR
+    root.mkdir(exist_ok=True)
+    host = socket.gethostname().replace("-", "_")
+    for old in root.glob(f"{host}-*"):
         try:
-            pid = int(old.name[len(_METRICS_DIR_PREFIX):].split("-", 1)[0])
+            pid = int(old.name.split("-")[1])
             os.kill(pid, 0)
         except ProcessLookupError:
             shutil.rmtree(old, ignore_errors=True)
-        except (ValueError, OverflowError, PermissionError):
+        except (ValueError, IndexError, OverflowError, PermissionError):
             pass  # not one of ours, or another user's supervisor
-    return tempfile.mkdtemp(prefix=f"{_METRICS_DIR_PREFIX}{os.getpid()}-")
+    return tempfile.mkdtemp(prefix=f"{host}-{os.getpid()}-", dir=root)
 
 
-def _cannot_listen(host: str, port: int, host_name: str = "PREDICTOR_HOST") -> str | None:
+def listen_problem(host: str, port: int, host_name: str = "PREDICTOR_HOST") -> str | None:
     """Why the server could not listen on ``host:port`` (a port in use, a host unknown), or None.
 
     Checked before uvicorn starts, which would say it in several log lines and exit 3.
@@ -204,6 +206,8 @@ def _cannot_listen(host: str, port: int, host_name: str = "PREDICTOR_HOST") -> s
                     return f"cannot listen on {shown} (address already in use): is another server running there?"
                 if exc.errno == errno.EACCES:
                     return f"cannot listen on {shown} (permission denied: ports below 1024 need privileges)"
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    return f"cannot listen on {shown} ({host_name} {host!r} is not an address of this machine)"
     return None
 
 

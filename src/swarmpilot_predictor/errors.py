@@ -50,6 +50,7 @@ class TooBusy(PredictorError):
     """The service has as much of this work queued as it takes: retry later."""
 
     status_code = 429
+    RETRY_AFTER_SECONDS = 10  # the Retry-After header's advice: a queued training takes seconds to minutes
 
 
 class VersionConflict(PredictorError):

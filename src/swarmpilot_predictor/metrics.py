@@ -124,6 +124,10 @@ def _prune_dead_workers(path: str) -> None:
 class PredictorMetrics:
     def __init__(self) -> None:
         self.multiprocess_dir = multiprocess_dir()
+        if self.multiprocess_dir is not None:
+            # Made again if it went (a cleaner, a hand): a worker started after that would
+            # otherwise fail on its first metric, and be started again, and again.
+            os.makedirs(self.multiprocess_dir, exist_ok=True)
         # In multi-process mode the metrics' values live in the shared directory, and the
         # registry they are created in is not the one scraped (that would export them twice).
         r = CollectorRegistry(auto_describe=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -37,7 +38,7 @@ class PredictorSettings(BaseSettings):
     # Accuracy monitoring and online retraining. Values that would turn them into
     # nonsense (no window, keeping no observation file) are refused at startup.
     accuracy_window: int = Field(default=1000, ge=1)
-    drift_alpha: float = Field(default=1e-3, gt=0, lt=1)
+    drift_alpha: float = Field(default=1e-3, gt=0, lt=1, allow_inf_nan=False)
     drift_min_observations: int = Field(default=30, ge=1)
     auto_retrain: bool = False
     retrain_min_observations: int = Field(default=200, ge=1)
@@ -83,6 +84,28 @@ class PredictorSettings(BaseSettings):
             except OSError as exc:
                 raise StorageError(f"cannot use {self.data_dir} as the data directory: cannot create {d} "
                                    f"({exc.strerror or exc})", field="data_dir") from None
+
+
+# In the data directory: the metric files of `serve --workers N`'s workers, one folder per running service.
+METRICS_DIR = ".metrics"
+
+
+def startup_problem(settings: PredictorSettings) -> str | None:
+    """Why a service with ``settings`` cannot start, in one line (the data directory cannot
+    be made, or prometheus_client's multi-process directory is unusable), or None."""
+    try:
+        settings.ensure_dirs()
+    except StorageError as exc:
+        return exc.message
+    multiproc = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if multiproc:
+        try:
+            os.makedirs(multiproc, exist_ok=True)
+        except OSError as exc:
+            return f"PROMETHEUS_MULTIPROC_DIR: cannot make {multiproc!r} a directory ({exc.strerror or exc})"
+        if not os.access(multiproc, os.W_OK | os.X_OK):
+            return f"PROMETHEUS_MULTIPROC_DIR: {multiproc!r} is not writable by this user"
+    return None
 
 
 def settings_problem(exc: ValidationError, named: Mapping[str, str] | None = None) -> str:
