@@ -1001,3 +1001,20 @@ def test_limits_of_a_small_service_gzip_expansion_and_the_training_queue(tmp_pat
             time.sleep(0.2)
         assert client.post("/train?background=true", json=slow).status_code == 202  # room again
 
+
+
+def test_a_service_started_with_preload_loads_its_models_before_any_request(tmp_path):
+    data = tmp_path / "data"
+    with run_server(data) as first, httpx.Client(base_url=first.url, timeout=60) as client:
+        for hw in ("A", "B"):
+            ok(client.post("/train", json={"config": {"model": {**IDENTITY, "hardware": hw}, "traces": make_llm_traces(60),
+                                                      "algorithm": "linear"}}))
+    with run_server(data, extra_env={"PREDICTOR_PRELOAD_MODELS": "true"}) as second, \
+            httpx.Client(base_url=second.url, timeout=60) as client:
+        deadline = time.monotonic() + 30
+        while (health := client.get("/health").json())["models_loaded"] < 2:
+            assert time.monotonic() < deadline, health
+            time.sleep(0.1)
+        assert health["models_registered"] == 2 and health["models_loaded"] == 2
+    with run_server(data) as third, httpx.Client(base_url=third.url, timeout=60) as client:
+        assert client.get("/health").json()["models_loaded"] == 0  # lazily, by default

@@ -724,3 +724,24 @@ def test_one_unreadable_observation_log_does_not_fail_the_metrics(tmp_path):
     body, _ = fresh.render_metrics()
     assert b"predictor_models_registered 1.0" in body
     fresh.close()
+
+
+def test_preload_loads_the_newest_models_first_up_to_the_memory_limit(tmp_path):
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    data = tmp_path / "data"
+    trainer = PredictorService(PredictorSettings(data_dir=data))
+    try:
+        for hw in ("A", "B", "C"):
+            trainer.train(TrainConfig(model={**IDENTITY, "hardware": hw}, traces=make_llm_traces(60), algorithm="linear"))
+    finally:
+        trainer.close()
+    fresh = PredictorService(PredictorSettings(data_dir=data, max_loaded_models=2))
+    try:
+        assert fresh.registry.loaded_count == 0  # start-up reads only the meta files
+        assert fresh.preload() == 2
+        loaded = sorted(identity.hardware for identity, _ in fresh.registry._loaded)
+        assert loaded == ["B", "C"]  # the two trained last
+        assert fresh.health()["models_loaded"] == 2
+    finally:
+        fresh.close()

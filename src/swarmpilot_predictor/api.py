@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 import time
 import zlib
 from collections.abc import Awaitable, Callable
@@ -272,6 +273,9 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         # garbage collector from walking it again and again (p99 of big batches).
         gc.collect()
         gc.freeze()
+        if settings.preload_models:
+            # In the background: the service answers (and is healthy) meanwhile, loading on demand.
+            threading.Thread(target=service.preload, name="preload-models", daemon=True).start()
         yield
         service.close()
 

@@ -124,6 +124,7 @@ class PredictorService:
                                  max_pending=settings.max_queued_trainings)
         self.prediction_counts: Counter[ModelIdentity] = Counter()
         self._loaded_reported = -1  # the model versions in memory as the metrics last said
+        self._closed = False
         self._count_lock = threading.Lock()
         self.metrics = PredictorMetrics()
         self.cache = PredictionCache(settings.cache_size)
@@ -144,8 +145,35 @@ class PredictorService:
         self.tables = LookupTableStore(settings.tables_dir, default=settings.default_lookup_table)
 
     def close(self) -> None:
+        self._closed = True
         self.retrainer.shutdown()
         self.jobs.shutdown()
+
+    def preload(self) -> int:
+        """Load the latest version of every model, the most recently trained first, up to
+        ``max_loaded_models``; returns how many were loaded. A model that cannot be loaded
+        is logged and skipped (its requests will answer why)."""
+        latest = []
+        for identity in self.registry.identities():
+            try:
+                latest.append(self.registry.latest(identity))
+            except ModelNotFound:  # deleted meanwhile
+                continue
+        latest.sort(key=lambda meta: meta.created_at, reverse=True)
+        loaded = 0
+        for meta in latest[: self.settings.max_loaded_models]:
+            if self._closed:
+                break
+            try:
+                self.registry.load(meta.identity, meta.version)
+                loaded += 1
+            except PredictorError as exc:
+                log.warning("preloading %s: %s", meta.identity.key, exc.message)
+        count = self.registry.loaded_count
+        self._loaded_reported = count
+        self.metrics.models_loaded.set(count)
+        log.info("preloaded %d model(s)", loaded)
+        return loaded
 
     # ------------------------------------------------------------------ training
 

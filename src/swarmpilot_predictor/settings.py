@@ -27,6 +27,9 @@ class PredictorSettings(BaseSettings):
         validation_alias=AliasChoices("DEFAULT_LOOKUP_TABLE", "PREDICTOR_DEFAULT_LOOKUP_TABLE"),
     )
     max_loaded_models: int = Field(default=256, ge=1)
+    # Load every model's latest version in the background at start (newest first, up to
+    # max_loaded_models), so that the first prediction of each does not pay for its loading.
+    preload_models: bool = False
     # Trainings queued or running in one worker process at a time (each queued one holds its
     # request body); more get a 429.
     max_queued_trainings: int = Field(default=16, ge=1)
