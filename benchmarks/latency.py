@@ -436,6 +436,31 @@ def section_registry(tmp: Path) -> None:
     print(f"| create_app with {out[2]} registered models (imports {float(out[0]):.2f} s excluded) | {float(out[1]) * 1e3:.0f} ms |")
 
 
+def section_preload(tmp: Path) -> None:
+    """A LightGBM model's first prediction in a fresh server: loaded on demand, or preloaded."""
+    data = tmp / "preload"
+    train_model(data, 400, "lightgbm")
+    single = orjson.dumps({"trace": {"input_tokens": 512, "output_tokens": 128}})
+    for label, env in (("loaded on demand", {}), ("PREDICTOR_PRELOAD_MODELS=true", {"PREDICTOR_PRELOAD_MODELS": "true"})):
+        srv = Server(data, env=env)
+        try:
+            c = RawClient(srv.port)
+            deadline = time.monotonic() + 60
+            while env and orjson.loads(c.request("GET", "/health")[1])["models_loaded"] < 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            times = []
+            for _ in range(2):
+                t0 = time.perf_counter()
+                assert c.request("POST", f"/predict/single/{SEG}", single)[0] == 200
+                times.append(time.perf_counter() - t0)
+            c.close()
+            print(f"| first / second prediction of a LightGBM model in a fresh server, {label} | "
+                  f"{times[0] * 1e3:.1f} / {times[1] * 1e3:.1f} ms |")
+        finally:
+            srv.stop()
+
+
 METRICS_COST = """
 import time
 from swarmpilot_predictor.metrics import PredictorMetrics
@@ -475,7 +500,7 @@ def main() -> None:
     ap.add_argument("--algorithm", default="auto")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--skip-registry", action="store_true")
-    ap.add_argument("--only", default="", help="comma-separated sections: http,batch,cache,coalesce,isolation,training,registry,metrics")
+    ap.add_argument("--only", default="", help="comma-separated sections: http,batch,cache,coalesce,isolation,training,registry,metrics,preload")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
 
@@ -502,6 +527,8 @@ def main() -> None:
             section_registry(Path(tmp))
         if want("metrics"):
             section_metrics(Path(tmp))
+        if want("preload"):
+            section_preload(Path(tmp))
     print(f"\n(maxrss of this driver: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
 
 
