@@ -394,27 +394,30 @@ def test_names_and_messages_are_printed_as_they_are_not_as_markup(tmp_path, data
 def test_serve_with_workers_gets_a_fresh_metrics_directory_and_sweeps_dead_ones(tmp_path):
     # Several workers count into files of one directory in the data directory, fresh per run
     # (prometheus_client requires it); a supervisor killed outright leaves its directory,
-    # which the next one on this host removes. Another host's are not this host's to judge.
+    # which the next one removes, if a process id means the same to both: not another
+    # host's, nor another process-id namespace's (a container of the same host name).
+    import re
     import socket
     import subprocess
     import sys
 
-    host = socket.gethostname().replace("-", "_")
+    here = f"{re.sub(r'[^A-Za-z0-9._]', '_', socket.gethostname())}-{os.stat('/proc/self/ns/pid').st_ino}"
     root = tmp_path / ".metrics"
     root.mkdir()
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    stale = root / f"{host}-{gone.pid}-abc"
+    stale = root / f"{here}-{gone.pid}-abc"
     stale.mkdir()
     (stale / "counter_1.db").write_bytes(b"x")
-    running = root / f"{host}-{os.getpid()}-def"
+    running = root / f"{here}-{os.getpid()}-def"
     running.mkdir()
-    elsewhere = root / f"otherhost-{gone.pid}-ghi"
-    elsewhere.mkdir()
+    elsewhere = [root / f"otherhost-1-{gone.pid}-ghi", root / f"{here.rsplit('-', 1)[0]}-1-{gone.pid}-jkl"]
+    for d in elsewhere:
+        d.mkdir()
     fresh = Path(cli._fresh_metrics_dir(tmp_path))
     assert fresh.parent == root and fresh.is_dir() and not any(fresh.iterdir())
-    assert fresh.name.startswith(f"{host}-{os.getpid()}-")
-    assert not stale.exists() and running.exists() and elsewhere.exists()
+    assert fresh.name.startswith(f"{here}-{os.getpid()}-")
+    assert not stale.exists() and running.exists() and all(d.exists() for d in elsewhere)
 
 
 def _clean_serve_env(monkeypatch):

@@ -740,8 +740,16 @@ def test_preload_loads_the_newest_models_first_up_to_the_memory_limit(tmp_path):
     try:
         assert fresh.registry.loaded_count == 0  # start-up reads only the meta files
         assert fresh.preload() == 2
-        loaded = sorted(identity.hardware for identity, _ in fresh.registry._loaded)
-        assert loaded == ["B", "C"]  # the two trained last
+        # The two trained last, the newest last to be evicted.
+        assert [identity.hardware for identity, _ in fresh.registry._loaded] == ["B", "C"]
         assert fresh.health()["models_loaded"] == 2
     finally:
         fresh.close()
+    busy = PredictorService(PredictorSettings(data_dir=data, max_loaded_models=2))
+    try:
+        # What a request loaded before the preload got to it stays: only the free room is filled.
+        busy.predict(IdentityPattern.from_parts({**IDENTITY, "hardware": "A"}), [{"input_tokens": 5, "output_tokens": 5}])
+        assert busy.preload() == 1
+        assert [identity.hardware for identity, _ in busy.registry._loaded] == ["A", "C"]
+    finally:
+        busy.close()

@@ -158,23 +158,31 @@ def serve(
 def _fresh_metrics_dir(data_dir: Path) -> str:
     """A new directory for the workers' metric files, in the data directory (a cleaner of
     the system's temporary directory would remove it under a long-running service), named
-    after this host and process; those left by supervisors of this host that no longer run
-    (killed outright) are removed first. Another host's are left alone: a data directory
-    may be shared."""
+    after this host, process-id namespace and process; those left by supervisors that no
+    longer run (killed outright) are removed first, but only where a process id means the
+    same as here: a data directory may be shared by other hosts, and by containers of one
+    host name whose process ids are their own."""
+    import re
     import socket
 
     root = data_dir / METRICS_DIR
     root.mkdir(exist_ok=True)
-    host = socket.gethostname().replace("-", "_")
-    for old in root.glob(f"{host}-*"):
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:  # not Linux: one namespace
+        namespace = 0
+    here = f"{re.sub(r'[^A-Za-z0-9._]', '_', socket.gethostname())}-{namespace}"
+    for old in root.iterdir():
+        parts = old.name.rsplit("-", 2)  # here, the process id, mkdtemp's random part
+        if len(parts) != 3 or parts[0] != here:
+            continue  # another host's or namespace's, or not one of ours
         try:
-            pid = int(old.name.split("-")[1])
-            os.kill(pid, 0)
+            os.kill(int(parts[1]), 0)
         except ProcessLookupError:
             shutil.rmtree(old, ignore_errors=True)
-        except (ValueError, IndexError, OverflowError, PermissionError):
-            pass  # not one of ours, or another user's supervisor
-    return tempfile.mkdtemp(prefix=f"{host}-{os.getpid()}-", dir=root)
+        except (ValueError, OverflowError, PermissionError):
+            pass  # not a process id, or another user's supervisor
+    return tempfile.mkdtemp(prefix=f"{here}-{os.getpid()}-", dir=root)
 
 
 def listen_problem(host: str, port: int, host_name: str = "PREDICTOR_HOST") -> str | None:

@@ -327,6 +327,10 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------ load / save
 
+    def is_loaded(self, identity: ModelIdentity, version: int) -> bool:
+        with self._lock:
+            return (identity, version) in self._loaded
+
     def load(self, identity: ModelIdentity, version: int | None = None) -> LoadedModel:
         meta = self.get_version(identity, version)
         key = (identity, meta.version)

@@ -150,18 +150,22 @@ class PredictorService:
         self.jobs.shutdown()
 
     def preload(self) -> int:
-        """Load the latest version of every model, the most recently trained first, up to
-        ``max_loaded_models``; returns how many were loaded. A model that cannot be loaded
-        is logged and skipped (its requests will answer why)."""
+        """Load the latest version of the most recently trained models, as many as there is
+        room for in ``max_loaded_models``; returns how many were loaded. A model that cannot
+        be loaded is logged and skipped (its requests will answer why)."""
         latest = []
         for identity in self.registry.identities():
             try:
                 latest.append(self.registry.latest(identity))
             except ModelNotFound:  # deleted meanwhile
                 continue
+        # Only into free room (what requests loaded meanwhile stays), and the newest last,
+        # so that it is the last to be evicted.
+        room = max(self.settings.max_loaded_models - self.registry.loaded_count, 0)
         latest.sort(key=lambda meta: meta.created_at, reverse=True)
+        chosen = [m for m in latest if not self.registry.is_loaded(m.identity, m.version)][:room]
         loaded = 0
-        for meta in latest[: self.settings.max_loaded_models]:
+        for meta in reversed(chosen):
             if self._closed:
                 break
             try:
