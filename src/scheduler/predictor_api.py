@@ -5,7 +5,7 @@ import sys
 from pydantic import ValidationError
 
 from swarmpilot_predictor.api import create_app
-from swarmpilot_predictor.settings import PredictorSettings, settings_problem, startup_problem
+from swarmpilot_predictor.settings import PredictorSettings, listen_problem, settings_problem, startup_problem
 
 try:
     settings = PredictorSettings()
@@ -20,8 +20,6 @@ app = create_app(settings)
 
 if __name__ == "__main__":
     import uvicorn
-
-    from swarmpilot_predictor.cli import listen_problem
 
     if problem := listen_problem(settings.host, settings.port):  # a port in use, say: one line, not uvicorn's six
         print(f"error: {problem}", file=sys.stderr)

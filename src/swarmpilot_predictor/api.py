@@ -37,8 +37,7 @@ from starlette.routing import Route
 from threadpoolctl import threadpool_limits
 
 from . import __version__
-from .errors import (InvalidInput, NotFound, PayloadTooLarge, PredictorError, TooBusy, shown, storage_error, validation_message,
-                     writing)
+from .errors import InvalidInput, NotFound, PayloadTooLarge, PredictorError, shown, storage_error, validation_message, writing
 from .identity import IdentityPattern, stated_keys
 from .schemas import (
     BatchPredictionResponse,
@@ -298,8 +297,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     @app.exception_handler(PredictorError)
     async def _predictor_error(request: Request, exc: PredictorError):
         response = error_response(exc.status_code, exc.message, exc.field, **exc.extra)
-        if isinstance(exc, TooBusy):
-            response.headers["Retry-After"] = str(TooBusy.RETRY_AFTER_SECONDS)
+        response.headers.update(exc.headers)
         return response
 
     @app.exception_handler(StarletteHTTPException)
@@ -472,12 +470,12 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
             pred = await run_in_threadpool(service.predict, pattern, req.trace, req.confidence_level, req.quantiles,
                                            with_total=True, lookup_table=True, lookup_table_name=req.lookup_table_name)
             return pred.batch_response()
-        if len(req.trace) > INLINE_BATCH_MAX:
-            # A long batch takes tens of milliseconds to seconds: off the event loop, which
-            # keeps answering other requests (numpy releases the GIL for most of it).
-            return await run_in_threadpool(
-                lambda: service.predict(pattern, req.trace, req.confidence_level, req.quantiles, with_total=True).batch_response())
-        return service.predict(pattern, req.trace, req.confidence_level, req.quantiles, with_total=True).batch_response()
+        def answer() -> dict[str, Any]:
+            return service.predict(pattern, req.trace, req.confidence_level, req.quantiles, with_total=True).batch_response()
+
+        # A long batch takes tens of milliseconds to seconds: off the event loop, which
+        # keeps answering other requests (numpy releases the GIL for most of it).
+        return await run_in_threadpool(answer) if len(req.trace) > INLINE_BATCH_MAX else answer()
 
     _lean_route(app, "/predict/single/" + IDENTITY_PATH, predict_single, PredictSingleRequest,
                 SinglePredictionResponse, "Predict the runtime distribution of one task")

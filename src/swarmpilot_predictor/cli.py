@@ -22,7 +22,8 @@ from rich.table import Table
 from .errors import PredictorError, validation_message
 from .identity import IdentityPattern
 from .schemas import check_levels, config_from_text
-from .settings import METRICS_DIR, PredictorSettings, settings_problem, startup_problem
+from .processes import alive
+from .settings import METRICS_DIR, MULTIPROC_ENV, PredictorSettings, listen_problem, settings_problem, startup_problem
 
 app = typer.Typer(help="SwarmPilot Predictor: runtime distributions for ML inference tasks.", no_args_is_help=True)
 console = Console()
@@ -126,7 +127,6 @@ def serve(
     metrics_dir = None
     if settings.workers > 1:
         from .api import SUPERVISOR_ENV
-        from .metrics import MULTIPROC_ENV
 
         os.environ[SUPERVISOR_ENV] = str(os.getpid())  # its workers stop if it dies
         if not os.environ.get(MULTIPROC_ENV):
@@ -174,49 +174,11 @@ def _fresh_metrics_dir(data_dir: Path) -> str:
     here = f"{re.sub(r'[^A-Za-z0-9._]', '_', socket.gethostname())}-{namespace}"
     for old in root.iterdir():
         parts = old.name.rsplit("-", 2)  # here, the process id, mkdtemp's random part
-        if len(parts) != 3 or parts[0] != here:
+        if len(parts) != 3 or parts[0] != here or not parts[1].isdigit():
             continue  # another host's or namespace's, or not one of ours
-        try:
-            os.kill(int(parts[1]), 0)
-        except ProcessLookupError:
+        if not alive(int(parts[1])):
             shutil.rmtree(old, ignore_errors=True)
-        except (ValueError, OverflowError, PermissionError):
-            pass  # not a process id, or another user's supervisor
     return tempfile.mkdtemp(prefix=f"{here}-{os.getpid()}-", dir=root)
-
-
-def listen_problem(host: str, port: int, host_name: str = "PREDICTOR_HOST") -> str | None:
-    """Why the server could not listen on ``host:port`` (a port in use, a host unknown), or None.
-
-    Checked before uvicorn starts, which would say it in several log lines and exit 3.
-    Bound as asyncio binds (each resolved address; IPv6 ones IPv6-only); an error this
-    check cannot name is left to uvicorn.
-    """
-    import errno
-    import socket
-
-    if not host:
-        return None  # every interface, as asyncio takes it
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except (socket.gaierror, UnicodeError) as exc:
-        return f"{host_name} {host!r} cannot be resolved ({getattr(exc, 'strerror', None) or exc})"
-    for family, kind, proto, _, address in infos:
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6 and hasattr(socket, "IPV6_V6ONLY"):
-                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                probe.bind(address)
-            except OSError as exc:
-                shown = f"[{address[0]}]:{port}" if family == socket.AF_INET6 else f"{address[0]}:{port}"
-                if exc.errno == errno.EADDRINUSE:
-                    return f"cannot listen on {shown} (address already in use): is another server running there?"
-                if exc.errno == errno.EACCES:
-                    return f"cannot listen on {shown} (permission denied: ports below 1024 need privileges)"
-                if exc.errno == errno.EADDRNOTAVAIL:
-                    return f"cannot listen on {shown} ({host_name} {host!r} is not an address of this machine)"
-    return None
 
 
 def _load_config_file(path: Path) -> dict[str, Any]:

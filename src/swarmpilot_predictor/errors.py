@@ -26,6 +26,7 @@ def shown(value: Any) -> str:
 
 class PredictorError(Exception):
     status_code = 400
+    headers: dict[str, str] = {}  # HTTP headers its answer carries
 
     def __init__(self, message: str, field: str | None = None, extra: dict | None = None):
         super().__init__(message)
@@ -50,7 +51,7 @@ class TooBusy(PredictorError):
     """The service has as much of this work queued as it takes: retry later."""
 
     status_code = 429
-    RETRY_AFTER_SECONDS = 10  # the Retry-After header's advice: a queued training takes seconds to minutes
+    headers = {"Retry-After": "10"}  # a queued training takes seconds to minutes
 
 
 class VersionConflict(PredictorError):

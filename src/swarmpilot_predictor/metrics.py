@@ -21,9 +21,11 @@ import time
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.core import GaugeMetricFamily
 
+from .processes import alive
+from .settings import MULTIPROC_ENV
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 TRAINING_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def multiprocess_dir() -> str | None:
@@ -112,13 +114,9 @@ def _prune_dead_workers(path: str) -> None:
             pid = int(os.path.basename(name)[:-3].rsplit("_", 1)[1])
         except ValueError:
             continue
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not alive(pid):
             with contextlib.suppress(FileNotFoundError):  # another worker's scrape pruned it first
                 mark_process_dead(pid, path)
-        except (PermissionError, OverflowError):
-            pass
 
 
 class PredictorMetrics:
@@ -203,18 +201,11 @@ class PredictorMetrics:
             self._accuracy_version[model] = version
             self._accuracy_report[model] = report
 
-    def clear_accuracy(self, model: str) -> None:
-        with self._accuracy_lock:
-            self._clear_accuracy(model)
-
-    def _clear_accuracy(self, model: str) -> None:
-        self._accuracy_version.pop(model, None)
-        self._accuracy_report.pop(model, None)
-
     def forget_model(self, model: str) -> None:
         """Remove every series labelled with a deleted model (label sets stay bounded by live models)."""
         with self._accuracy_lock:
-            self._clear_accuracy(model)
+            self._accuracy_version.pop(model, None)
+            self._accuracy_report.pop(model, None)
             for key in [k for k in list(self._children) if k[0] == "pred" and k[1] == model]:
                 self._children.pop(key, None)
             if self.multiprocess_dir is not None:

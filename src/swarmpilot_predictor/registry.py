@@ -33,6 +33,7 @@ from .modeling import QuantileModel
 
 log = logging.getLogger(__name__)
 _META = re.compile(r"^v(\d{4,})\.meta\.json$")
+_VERSION_FILE = re.compile(r"^v(\d{4,})\.(.+)$")  # any file of a version: meta, model, data, lock, tombstone
 
 
 # The key in a version's ``extra`` under which the SHA-256 of its model file is kept.
@@ -383,7 +384,7 @@ class ModelRegistry:
             if after is not None:
                 newer = self._claimed_between(model_dir, after, version)
                 if newer is not None:
-                    (model_dir / f"v{version:04d}.lock").unlink(missing_ok=True)
+                    (model_dir / _lock_file(version)).unlink(missing_ok=True)
                     raise VersionConflict(f"version {newer} of {meta.identity.key} was stored (or is being stored) "
                                           f"after version {after}")
             meta.version = version
@@ -397,7 +398,7 @@ class ModelRegistry:
                         np.savez_compressed(fh, X=np.asarray(training_data[0], dtype=np.float64),
                                             y=np.asarray(training_data[1], dtype=np.float64))
                 # The meta file goes last: the version exists once it is there, complete.
-                atomic_write_bytes(model_dir / f"v{version:04d}.meta.json",
+                atomic_write_bytes(model_dir / _meta_file(version),
                                    orjson.dumps(meta.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
             except BaseException:
                 # A version that could not be written whole is not left half there (nor its space taken).
@@ -405,7 +406,7 @@ class ModelRegistry:
                 (model_dir / _data_file(version)).unlink(missing_ok=True)
                 raise
             finally:
-                (model_dir / f"v{version:04d}.lock").unlink(missing_ok=True)
+                (model_dir / _lock_file(version)).unlink(missing_ok=True)
         self._bump_generation()
         with self._lock:
             self._index_changed()
@@ -429,7 +430,7 @@ class ModelRegistry:
         """
         files: dict[int, dict[str, os.DirEntry]] = {}
         for e in os.scandir(model_dir):
-            m = re.match(r"^v(\d{4,})\.(.+)$", e.name)
+            m = _VERSION_FILE.match(e.name)
             if m and low < int(m.group(1)) < high:
                 files.setdefault(int(m.group(1)), {})[m.group(2)] = e
         now = time.time()
@@ -443,17 +444,17 @@ class ModelRegistry:
                 if lock is not None and now - lock.stat().st_mtime < STALE_LOCK_SECONDS:
                     return number
             except FileNotFoundError:  # let go of just now: its meta file is there, or it failed
-                if (model_dir / f"v{number:04d}.meta.json").exists():
+                if (model_dir / _meta_file(number)).exists():
                     return number
         return None
 
     def _reserve_version(self, model_dir: Path) -> int:
         # An exclusive lock file per number keeps concurrent workers from colliding; a deleted
         # version's tombstone keeps its number from being given again.
-        taken = [int(m.group(1)) for e in os.scandir(model_dir) if (m := re.match(r"^v(\d{4,})\.", e.name))]
+        taken = [int(m.group(1)) for e in os.scandir(model_dir) if (m := _VERSION_FILE.match(e.name))]
         version = max(taken, default=0) + 1
         while True:
-            lock = model_dir / f"v{version:04d}.lock"
+            lock = model_dir / _lock_file(version)
             try:
                 os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             except FileExistsError:
@@ -494,7 +495,7 @@ class ModelRegistry:
             except OSError as exc:
                 log.warning("%s version %d: cannot leave a tombstone (%s); its number may be reused", identity.key, v, exc)
             # Meta next: once it is gone the version no longer exists for anyone.
-            (model_dir / f"v{v:04d}.meta.json").unlink(missing_ok=True)
+            (model_dir / _meta_file(v)).unlink(missing_ok=True)
             (model_dir / _model_file(v)).unlink(missing_ok=True)
             (model_dir / _data_file(v)).unlink(missing_ok=True)
         with self._lock:
@@ -530,3 +531,12 @@ def _model_file(version: int) -> str:
 
 def _data_file(version: int) -> str:
     return f"v{version:04d}.data.npz"
+
+
+def _meta_file(version: int) -> str:
+    return f"v{version:04d}.meta.json"
+
+
+def _lock_file(version: int) -> str:
+    """Held while the version is being written (and reserves its number)."""
+    return f"v{version:04d}.lock"

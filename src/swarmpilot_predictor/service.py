@@ -173,9 +173,7 @@ class PredictorService:
                 loaded += 1
             except PredictorError as exc:
                 log.warning("preloading %s: %s", meta.identity.key, exc.message)
-        count = self.registry.loaded_count
-        self._loaded_reported = count
-        self.metrics.models_loaded.set(count)
+        self._report_loaded()
         log.info("preloaded %d model(s)", loaded)
         return loaded
 
@@ -243,13 +241,17 @@ class PredictorService:
             if identity is None:
                 raise
         loaded = self.registry.load(identity, version)
+        self._report_loaded()
+        return identity, loaded
+
+    def _report_loaded(self) -> None:
+        """Set the model versions in memory in the metrics when their number changed: kept
+        current as models load and are evicted, not only when this worker takes a scrape
+        (with several workers a scrape adds up every worker's last value)."""
         count = self.registry.loaded_count
         if count != self._loaded_reported:
-            # Kept current as models load and are evicted, not only when this worker takes a
-            # scrape: with several workers a scrape adds up every worker's last value.
             self._loaded_reported = count
             self.metrics.models_loaded.set(count)
-        return identity, loaded
 
     def resolve_for(self, pattern: IdentityPattern, traces: Sequence[Any]) -> IdentityPattern:
         """``pattern``, or the full identity of the one model its matches that the traces'
@@ -674,7 +676,7 @@ class PredictorService:
 
     def render_metrics(self) -> tuple[bytes, str]:
         self.registry.maybe_refresh()
-        self.metrics.models_loaded.set(self.registry.loaded_count)
+        self._report_loaded()
         self.metrics.models_registered.set(len(self.registry.identities()))
         self._sync_accuracy_gauges()
         return self.metrics.render()

@@ -91,6 +91,8 @@ class PredictorSettings(BaseSettings):
 
 # In the data directory: the metric files of `serve --workers N`'s workers, one folder per running service.
 METRICS_DIR = ".metrics"
+# prometheus_client's own variable: where its multi-process mode keeps every process's values.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def startup_problem(settings: PredictorSettings) -> str | None:
@@ -100,14 +102,48 @@ def startup_problem(settings: PredictorSettings) -> str | None:
         settings.ensure_dirs()
     except StorageError as exc:
         return exc.message
-    multiproc = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    multiproc = os.environ.get(MULTIPROC_ENV)
     if multiproc:
         try:
             os.makedirs(multiproc, exist_ok=True)
         except OSError as exc:
-            return f"PROMETHEUS_MULTIPROC_DIR: cannot make {multiproc!r} a directory ({exc.strerror or exc})"
+            return f"{MULTIPROC_ENV}: cannot make {multiproc!r} a directory ({exc.strerror or exc})"
         if not os.access(multiproc, os.W_OK | os.X_OK):
-            return f"PROMETHEUS_MULTIPROC_DIR: {multiproc!r} is not writable by this user"
+            return f"{MULTIPROC_ENV}: {multiproc!r} is not writable by this user"
+    return None
+
+
+def listen_problem(host: str, port: int, host_name: str = "PREDICTOR_HOST") -> str | None:
+    """Why the server could not listen on ``host:port`` (a port in use, a host unknown), or None.
+
+    Checked before uvicorn starts, which would say it in several log lines and exit 3.
+    Bound as asyncio binds (each resolved address; IPv6 ones IPv6-only); an error this
+    check cannot name is left to uvicorn.
+    """
+    import errno
+    import socket
+
+    if not host:
+        return None  # every interface, as asyncio takes it
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        return f"{host_name} {host!r} cannot be resolved ({getattr(exc, 'strerror', None) or exc})"
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPV6_V6ONLY"):
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                shown = f"[{address[0]}]:{port}" if family == socket.AF_INET6 else f"{address[0]}:{port}"
+                if exc.errno == errno.EADDRINUSE:
+                    return f"cannot listen on {shown} (address already in use): is another server running there?"
+                if exc.errno == errno.EACCES:
+                    return f"cannot listen on {shown} (permission denied: ports below 1024 need privileges)"
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    return f"cannot listen on {shown} ({host_name} {host!r} is not an address of this machine)"
     return None
 
 

@@ -34,6 +34,7 @@ from .errors import InvalidInput, NotFound, PredictorError, TooBusy, shown, vali
 from .features import FeatureSchema
 from .identity import BOOLEAN_PART_NAMES, IDENTITY_KEYS, ModelIdentity, identity_part_problem
 from .modeling import QuantileModel, check_params
+from .processes import alive
 from .registry import ModelRegistry, ModelVersion
 from .schemas import TrainConfig
 from .traces import RUNTIME_RANGE, TRACE_FILE_SUFFIXES, TraceError, TraceTable, dumps_json
@@ -367,18 +368,6 @@ def _started(pid: int) -> str | None:
         return None
 
 
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):  # OverflowError: no pid is that large (a damaged record)
-        return False
-    except PermissionError:  # there, but another user's
-        return True
-    return True
-
-
 class TrainingJobs:
     """Training in one separate, low-priority worker process, with job records.
 
@@ -556,7 +545,7 @@ class TrainingJobs:
         started = record.pop("worker_started", None)
         # Held by a live process, and the same one: a pid may have been given to another
         # process since (another worker after a restart), or to this one (PID 1 in a container).
-        held = (_alive(pid) and (started is None or _started(pid) in (None, started))
+        held = (alive(pid) and (started is None or _started(pid) in (None, started))
                 and not (pid == os.getpid() and token != self._token))
         if record.get("status") in ("queued", "running") and not held:
             record.update(status="failed", error={
