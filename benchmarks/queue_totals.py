@@ -21,6 +21,8 @@ fell below the predicted total's median (0.5 when the total is unbiased).
 
     uv run python benchmarks/queue_totals.py [--seeds 12] [--rows 2000] [--real-only]
     uv run python benchmarks/queue_totals.py --timing   # how long a queue's answer takes
+    uv run python benchmarks/queue_totals.py --tails    # heavy-tailed noise: long queues' upper tails
+    uv run python benchmarks/queue_totals.py --sampled  # totals against sums sampled from the tasks
 """
 
 from __future__ import annotations
@@ -52,7 +54,40 @@ def runtimes(kind: str, X: np.ndarray, rng: np.random.Generator, reps: int | Non
         return base * rng.lognormal(0, 0.2, shape)
     if kind == "slow_mode":  # one task in ten 8x slower
         return base * rng.lognormal(0, 0.2, shape) * np.where(rng.uniform(size=shape) < 0.1, 8.0, 1.0)
+    if kind == "lognormal_sigma1":
+        return base * rng.lognormal(0, 1.0, shape)
+    if kind.startswith("pareto"):  # Pareto noise of index 2.5 or 1.5 (an infinite variance) from 1
+        return base * (1.0 + rng.pareto(float(kind.removeprefix("pareto")), shape))
     return base * np.exp((0.05 + 0.55 * X[:, 1]) * rng.standard_normal(shape))  # noise grows with the load
+
+
+TAIL_KINDS = ("lognormal_sigma1", "pareto2.5", "pareto1.5")
+
+
+def tail_coverage(seeds: int, rows: int = 1000, queue: int = 500) -> None:
+    """Heavy-tailed noise: how often the true total of a 500-task queue exceeds its predicted
+    99% quantile, and how often its 90% interval holds it, the tasks' distributions summed
+    as if the model were exact (no shared factor), over ``seeds`` trainings of ``rows`` rows."""
+    print("| noise | share of true totals above the 99% quantile: mean (min-max over trainings) "
+          "| 90% coverage |")
+    print("|---|---|---|")
+    for kind in TAIL_KINDS:
+        above, cover = [], []
+        for seed in range(seeds):
+            rng = np.random.default_rng(200 + seed)
+            X = features(rows, rng)
+            model = QuantileModel(["numeric", "numeric"], [0, 0]).fit(X, runtimes(kind, X, rng))
+            Xq = features(queue, rng)
+            truth = np.concatenate([runtimes(kind, Xq, np.random.default_rng([seed, k]), 2000).sum(axis=1)
+                                    for k in range(SUMS // 2000)])
+            dist = model.predict_distribution(Xq)
+            dist.shared_log_sd = 0.0
+            total = dist.total()
+            lo, hi = total.interval(0.9)
+            above.append(float((truth > total.quantiles([0.99])[0]).mean()))
+            cover.append(float(((truth >= lo) & (truth <= hi)).mean()))
+        print(f"| {kind} | {np.mean(above):.4f} ({np.min(above):.4f}-{np.max(above):.4f}) | {np.mean(cover):.3f} |",
+              flush=True)
 
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "data"
@@ -111,17 +146,46 @@ def real_coverage() -> None:
                   f"{below.mean():.3f} | {levels[0]:.3f} | {levels[1]:.3f} |", flush=True)
 
 
+def sampled_totals(seed: int = 3, sums: int = SUMS) -> None:
+    """A total against a Monte Carlo sum of the same tasks' own distributions: how far the
+    predicted quantiles are from the sampled sum's, in probability and in time. The model
+    is trained as above on each real trace file; queues of 129, 200 and 500 test tasks
+    (drawn with replacement), no shared factor; ``sums`` sampled sums of each."""
+    levels = np.array([0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99])
+    print("| trace set | queue | max over levels of abs(F(q) - level) | predicted / sampled quantile, min-max |")
+    print("|---|---|---|---|")
+    for name, features in REAL_SETS.items():
+        traces = sorted(iter_trace_file(EXAMPLES / f"{name}.jsonl"), key=lambda t: t["ts"])
+        cut = int(round(0.7 * len(traces)))
+        schema, X, y, _ = FeatureSchema.prepare_training(TraceTable.from_traces(traces[:cut]), features=features)
+        Xt, _ = schema.matrix(traces[cut:])
+        model = QuantileModel(schema.kinds, schema.n_categories).fit(X, y)
+        rng = np.random.default_rng(seed)
+        for n in (129, 200, 500):
+            dist = model.predict_distribution(Xt[rng.choice(len(Xt), n, replace=True)])
+            dist.shared_log_sd = 0.0
+            q = dist.total().quantiles(levels)
+            # Each task's runtimes at uniform levels: sorted levels give sorted values, put back in draw order.
+            u = rng.random((n, sums))
+            runs = np.stack([dist.subset(np.array([i])).quantiles(np.sort(u[i]))[0][np.argsort(np.argsort(u[i]))]
+                             for i in range(n)])
+            s = np.sort(runs.sum(axis=0))
+            off = np.abs(np.searchsorted(s, q) / sums - levels).max()
+            ratio = q / np.quantile(s, levels)
+            print(f"| {name} | {n} | {off:.3f} | {ratio.min():.3f}-{ratio.max():.3f} |", flush=True)
+
+
 def total_timing() -> None:
     """Milliseconds for a queue's answer in-process (the tasks' distributions, their moments
     and quantiles, the total and its quantiles and interval), best of 40, for the first
-    5, 50, the longest queue convolved whole (``distribution._EXACT_SUM_MAX_TASKS``) and 1000
-    test tasks of each real trace file, with the model trained as above."""
+    5, 50, the longest queue convolved whole (``distribution._EXACT_SUM_MAX_TASKS``), 200 and
+    1000 test tasks of each real trace file, with the model trained as above."""
     from threadpoolctl import threadpool_limits
 
     from swarmpilot_predictor.distribution import _EXACT_SUM_MAX_TASKS as whole
 
-    print(f"| trace set | 5 tasks ms | 50 tasks ms | {whole} tasks ms | 1000 tasks ms |")
-    print("|---|---|---|---|---|")
+    print(f"| trace set | 5 tasks ms | 50 tasks ms | {whole} tasks ms | 200 tasks ms | 1000 tasks ms |")
+    print("|---|---|---|---|---|---|")
     with threadpool_limits(limits=1):  # as the server runs
         for name, features in REAL_SETS.items():
             traces = sorted(iter_trace_file(EXAMPLES / f"{name}.jsonl"), key=lambda t: t["ts"])
@@ -130,7 +194,7 @@ def total_timing() -> None:
             Xt, _ = schema.matrix(traces[cut:])
             model = QuantileModel(schema.kinds, schema.n_categories).fit(X, y)
             cells = []
-            for n in (5, 50, whole, 1000):
+            for n in (5, 50, whole, 200, 1000):
                 Xq = Xt[np.arange(n) % len(Xt)]
                 best = float("inf")
                 for _ in range(40):
@@ -152,7 +216,20 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=2000)
     ap.add_argument("--real-only", action="store_true", help="only the real trace files of examples/data")
     ap.add_argument("--timing", action="store_true", help="only the time a queue's answer takes, on the real trace files")
+    ap.add_argument("--tails", action="store_true", help="only heavy-tailed noise: 500-task totals' upper tails")
+    ap.add_argument("--sampled", action="store_true",
+                    help="only real-trace totals against Monte Carlo sums of the same tasks' distributions")
     args = ap.parse_args()
+    if args.sampled:
+        t0 = time.perf_counter()
+        sampled_totals()
+        print(f"\n{time.perf_counter() - t0:.0f} s")
+        return
+    if args.tails:
+        t0 = time.perf_counter()
+        tail_coverage(args.seeds)
+        print(f"\n{args.seeds} trainings of 1000 rows per noise; {time.perf_counter() - t0:.0f} s")
+        return
     if args.timing:
         total_timing()
         return
