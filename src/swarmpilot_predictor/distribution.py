@@ -23,7 +23,7 @@ mass beyond the most extreme score sits on it; the extrapolated tail gives
 quantiles, not moments), capped at the log bounds as the quantiles are. Batch
 totals are the distribution of the sum of independent tasks: a convolution on a
 grid (FFT), exact for a short queue and for the tasks of a long one that matter
-most; the many small ones are binned by mean, and each bin's sum is that many
+most; the many small ones are binned by mean and spread, and each bin's sum is that many
 draws from its tasks' mixture (first three cumulants exact, slow modes kept).
 """
 
@@ -41,18 +41,22 @@ from scipy.special import ndtri  # scipy.special: loaded by the service anyway
 # Batch totals, convolved on a grid of _SUM_GRID cells: every task of a queue of up to
 # _EXACT_SUM_MAX_TASKS is a row of the FFT; of a longer queue, those with the largest
 # variance (at most _LONG_QUEUE_OWN_ROWS, each with at least _EXACT_SUM_MIN_SHARE of the
-# total variance), and the others are binned by mean: at most _SUM_BINS bins, each at
-# least _SUM_BIN_WIDTH wide in log mean. A task is discretised with _SUM_ATOMS nodes; a
-# binned one with fewer (RuntimeDistribution._sum_rows).
+# total variance), and the others are binned by mean and spread: at most _SUM_BINS bins,
+# each at least _SUM_BIN_WIDTH wide in log mean and _SUM_BIN_CV_WIDTH in log coefficient of
+# variation (_bins). A task is discretised with _SUM_ATOMS nodes; a binned one with fewer
+# (RuntimeDistribution._sum_rows).
 _EXACT_SUM_MAX_TASKS = 128
 _LONG_QUEUE_OWN_ROWS = 64
 _EXACT_SUM_MIN_SHARE = 0.005
 _SUM_BINS = 64
 _SUM_BIN_WIDTH = 0.05
-_BIN_MIN_ATOMS = 64
+_SUM_BIN_CV_WIDTH = 0.25
+_SUM_BIN_CV_FLOOR = 0.01  # a coefficient of variation below it: alike, nearly constant
+_BIN_MIN_ATOMS = 16
 # A task's bin across which its runtime grows by more than this factor (log) is split in _JUMP_SPLIT.
 _JUMP_LOG_RATIO = math.log(2.0)
 _JUMP_SPLIT = 8
+_JUMP_MAX_BINS = 64  # split, at most (the tasks share one set of bins)
 _BIN_SAMPLE = 512
 _SUM_GRID = 2048
 # The grid grows (to at most this many cells) to reach the far tail of one task: no mass
@@ -370,6 +374,7 @@ class RuntimeDistribution:
         lift = 2.0 * np.arange(n)
         idx = (np.searchsorted((F + lift[:, None]).ravel(), np.clip(per_task, 0.0, 1.0) + lift[:, None])
                - (F.shape[1] * np.arange(n))[:, None])
+        idx = np.clip(idx, 0, F.shape[1])  # a NaN level searches past every row: its quantile is NaN
         f0 = Fp[rows, idx]
         f1 = Fp[rows, idx + 1]
         frac = (per_task - f0) / np.maximum(f1 - f0, 1e-300)
@@ -491,9 +496,10 @@ class RuntimeDistribution:
         Each task is discretised and the sum convolved on a grid (FFT) spanning the
         total's likely range. In a queue of up to ``_EXACT_SUM_MAX_TASKS`` every task is
         a row of the convolution. In a longer one the tasks that carry most of the
-        variance keep their own rows and the others are binned by mean: the ``c`` tasks
-        of a bin count as ``c`` draws from their mixture, each task moved to the bin's
-        mean first (by a few percent of its own at most), so that the bin's sum keeps
+        variance keep their own rows and the others are binned by mean and spread: the
+        ``c`` tasks of a bin count as ``c`` draws from their mixture, each task moved to
+        the bin's mean first (by at most half the bin's width in log mean: 2.5%, more in a
+        queue of tasks so unlike that the bins widen to stay few), so that the bin's sum keeps
         their mean, variance and third cumulant, and a rare slow mode keeps its steps (how
         many of the tasks run slow). Before, those tasks were summed by their moments (a
         shifted gamma), which smoothed the steps into one hump (a 200-task total 0.12 off
@@ -550,7 +556,10 @@ class RuntimeDistribution:
             # or too little (a 100-task total's quantiles 0.03 off in probability, a
             # 1000-task total's median 3% low). Strata do that for a bin's tasks.
             z_edge = part.score_quantiles(np.clip(e, *reach))
-            jump = (np.diff(z_edge, axis=1) * part.scale[:, None]).max(axis=0) > _JUMP_LOG_RATIO
+            rise = (np.diff(z_edge, axis=1) * part.scale[:, None]).max(axis=0)
+            jump = rise > _JUMP_LOG_RATIO
+            if jump.sum() > _JUMP_MAX_BINS:  # tasks whose slow modes start at many levels: the steepest
+                jump &= rise >= np.partition(rise, -_JUMP_MAX_BINS)[-_JUMP_MAX_BINS]
             if jump.any():
                 start = np.concatenate([e[:-1][~jump], (e[:-1][jump][:, None] + w[jump][:, None]
                                                          * np.arange(_JUMP_SPLIT) / _JUMP_SPLIT).ravel()])
@@ -564,33 +573,34 @@ class RuntimeDistribution:
     def _sum_rows(self, own: np.ndarray, binned: np.ndarray) -> "_SumRows":
         """The rows of the total's convolution: each task of ``own`` alone, ``binned`` by mean.
 
-        The tasks of a bin make one mixture, which each of them samples at its own
-        stratum of every probability bin (the bin's tasks at ``_SUM_ATOMS / tasks`` atoms,
-        at least ``_BIN_MIN_ATOMS``): together as finely as one task at ``_SUM_ATOMS``
-        atoms or finer, for the cost of about one task in all. A bin of many tasks is
-        represented by ``_BIN_SAMPLE`` of them, evenly spread over its tasks.
+        Tasks are binned by mean and by spread (coefficient of variation), so that a bin's
+        tasks are alike. The tasks of a bin make one mixture, which each of them samples
+        at its own stratum of every probability bin (the bin's tasks at ``_SUM_ATOMS /
+        tasks`` atoms, at least ``_BIN_MIN_ATOMS``): together as finely as one task at
+        ``_SUM_ATOMS`` atoms or finer, for the cost of about one task in all. A bin of many
+        tasks is represented by ``_BIN_SAMPLE`` of them, evenly spread over its tasks.
         """
         blocks = [self._node_values(own)] if len(own) else []
         count = np.ones(len(own), dtype=np.int64)
         size = np.ones(len(own), dtype=np.int64)
         if len(binned):
-            task_mean = self.moments()[0][binned]
-            log_mean = np.log(np.maximum(task_mean, 1e-300))
-            lo = float(log_mean.min())
-            width = max(_SUM_BIN_WIDTH, (float(log_mean.max()) - lo) / _SUM_BINS * (1 + 1e-9))
-            _, inv, cnt = np.unique(np.floor((log_mean - lo) / width), return_inverse=True, return_counts=True)
-            inv = inv.ravel()
+            task_mean, task_var = (m[binned] for m in self.moments()[:2])
+            inv, cnt = _bins(np.log(np.maximum(task_mean, 1e-300)),
+                             np.log(np.maximum(np.sqrt(task_var) / np.maximum(task_mean, 1e-300), _SUM_BIN_CV_FLOOR)))
             by_bin = np.argsort(inv, kind="stable")
             rank = np.empty(len(inv), dtype=np.int64)  # of each task in its bin
             rank[by_bin] = np.arange(len(inv)) - np.repeat(np.cumsum(cnt) - cnt, cnt)
             step = -(-cnt // _BIN_SAMPLE)
             kept = rank % step[inv] == 0
             members = -(-cnt // step)
-            # The strata go to the kept tasks in bit-reversed order of rank: the tasks come in
-            # order of variance, and the widest ones all at the low strata of every bin put
-            # a 10,000-task total of tasks of unequal spread 2% low.
+            # A task sampled at a low stratum of every probability bin comes out narrower and
+            # lower than it is, at a high one wider and higher. The tasks come in order of
+            # variance: in that order the widest takes the middle stratum and each next two,
+            # alike, mirror strata (bit-reversed, so any run of them spreads evenly). The
+            # widest all at the low strata put a 10,000-task total of tasks of unequal
+            # spread 2% low.
             sample = np.flatnonzero(kept)
-            spread = np.lexsort((_bit_reversed(rank[sample] // step[inv[sample]]), inv[sample]))
+            spread = np.lexsort((_stratum_keys(rank[sample] // step[inv[sample]]), inv[sample]))
             stratum = np.empty(len(inv), dtype=np.int64)
             stratum[sample[spread]] = np.arange(len(sample)) - np.repeat(np.cumsum(members) - members, members)
             atoms = np.maximum(_SUM_ATOMS >> np.floor(np.log2(members)).astype(np.int64), _BIN_MIN_ATOMS)
@@ -679,24 +689,39 @@ class RuntimeDistribution:
         mid /= rows.size
         offset = mid - np.floor(mid)
         shift = float(offset @ count)  # in cells: a sum of labels j stands for the value (j + shift) * h
-        pmf = np.zeros((R, G))
+        flat, weights = [], []
         for b, k in zip(rows.blocks, mult):
             t = np.minimum(b.x / h, 1e300) - offset[b.row][:, None]
             cell = np.rint(t)
             # Rounding's mean error per task; none where a value's cell number is beyond
             # exact floats. Each of a bin's c draws makes its tasks' mean error: c in all.
-            shift -= float((np.where(t < 2.0**50, cell - t, 0.0) @ b.w) @ k)
-            # The residue is taken in floating point (exact): a far-tail value's cell
-            # number may not fit an integer.
-            idx = np.mod(cell, G).astype(np.int64)
-            flat = (b.row[:, None] * G + idx).ravel()
-            weights = (b.w[None, :] / rows.size[b.row][:, None]).ravel()  # a bin's row is its tasks' mixture
-            pmf += np.bincount(flat, weights=weights, minlength=R * G).reshape(R, G)
+            err = cell - t
+            beyond = t >= 2.0**50
+            if beyond.any():
+                err[beyond] = 0.0
+            shift -= float((err @ b.w) @ k)
+            # The residue is taken in floating point (exact, G a power of 2): a far-tail
+            # value's cell number may not fit an integer.
+            idx = (cell - G * np.floor(cell / G)).astype(np.int64)
+            flat.append((b.row[:, None] * G + idx).ravel())
+            weights.append((b.w[None, :] / rows.size[b.row][:, None]).ravel())  # a bin's row is its tasks' mixture
+        pmf = np.bincount(np.concatenate(flat), weights=np.concatenate(weights), minlength=R * G).reshape(R, G)
         if R == 1 and count[0] == 1:
             total = pmf[0]
         else:
-            f = _row_powers(np.fft.rfft(pmf, axis=1), count, np.multiply)
-            total = np.fft.irfft(np.prod(f, axis=0), n=G)
+            f = np.fft.rfft(pmf, axis=1)
+            # A bin's row to the power of its draws, by squaring in place, all such rows at
+            # once (in polar form, or row by row, it cost several times the FFT).
+            product = np.prod(f, axis=0, where=(count == 1)[:, None])
+            more = np.where(count > 1, count, 0)
+            while more.any():
+                odd = (more & 1) == 1
+                if odd.any():
+                    product *= np.prod(f, axis=0, where=odd[:, None])
+                more = more >> 1
+                if more.any():
+                    np.multiply(f, f, out=f, where=(more > 0)[:, None])
+            total = np.fft.irfft(product, n=G)
         # Cell j holds the labels j + (any multiple of G); unwrap into the window.
         k0 = int(np.floor(low / h - shift))
         total = np.maximum(np.roll(total, -(k0 % G)), 0.0)
@@ -728,6 +753,21 @@ class RuntimeDistribution:
         return edges, c, G
 
 
+def _bins(log_mean: np.ndarray, log_cv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Tasks binned by log mean (``_SUM_BIN_WIDTH`` wide) and log coefficient of variation
+    (``_SUM_BIN_CV_WIDTH``), both widths doubled until at most ``_SUM_BINS`` bins are
+    occupied: each task's bin, and each bin's count. (By mean alone, a bin could hold one
+    wide task among narrow ones, sampled at one stratum of its probability bins: a
+    750-task total 0.025 off in probability.)"""
+    width, cv_width = _SUM_BIN_WIDTH, _SUM_BIN_CV_WIDTH
+    while True:
+        key = np.column_stack([np.floor((log_mean - log_mean.min()) / width), np.floor((log_cv - log_cv.min()) / cv_width)])
+        _, inv, cnt = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+        if len(cnt) <= _SUM_BINS:
+            return inv.ravel(), cnt
+        width, cv_width = 2 * width, 2 * cv_width
+
+
 @dataclass
 class _SumBlock:
     """Tasks discretised on one node set: runtimes ``x`` (tasks, nodes) at probability
@@ -753,16 +793,19 @@ class _SumRows:
         return self.count[block.row] / self.size[block.row]
 
 
-def _bit_reversed(j: np.ndarray) -> np.ndarray:
-    """Van der Corput's sequence at ``j``: the bits of each, reversed behind the binary point."""
-    j = j.astype(np.int64)
-    out = np.zeros(len(j))
-    f = 0.5
-    while j.any():
-        out += f * (j & 1)
-        j = j >> 1
+def _stratum_keys(j: np.ndarray) -> np.ndarray:
+    """Where in [0, 1) the ``j``-th task of a bin (in order of variance) samples: 1/2 for the
+    first, then each next pair at ``v`` and ``1 - v``, ``v`` from van der Corput's sequence
+    (the bits of the pair's number reversed behind the binary point) halved."""
+    pair = (j.astype(np.int64) - 1) // 2
+    v = np.zeros(len(j))
+    f = 0.25
+    bits = np.maximum(pair, 0)
+    while bits.any():
+        v += f * (bits & 1)
+        bits = bits >> 1
         f /= 2
-    return out
+    return np.where(j == 0, 0.5, np.where(j % 2 == 1, v, 1.0 - v))
 
 
 def _row_powers(a: np.ndarray, count: np.ndarray, times: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
