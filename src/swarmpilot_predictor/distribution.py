@@ -761,8 +761,9 @@ def _bins(log_mean: np.ndarray, log_cv: np.ndarray) -> tuple[np.ndarray, np.ndar
     750-task total 0.025 off in probability.)"""
     width, cv_width = _SUM_BIN_WIDTH, _SUM_BIN_CV_WIDTH
     while True:
-        key = np.column_stack([np.floor((log_mean - log_mean.min()) / width), np.floor((log_cv - log_cv.min()) / cv_width)])
-        _, inv, cnt = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+        cv_code = np.floor((log_cv - log_cv.min()) / cv_width).astype(np.int64)
+        key = np.floor((log_mean - log_mean.min()) / width).astype(np.int64) * (int(cv_code.max()) + 1) + cv_code
+        _, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
         if len(cnt) <= _SUM_BINS:
             return inv.ravel(), cnt
         width, cv_width = 2 * width, 2 * cv_width
