@@ -571,7 +571,7 @@ class RuntimeDistribution:
         return _SumBlock(u, w, x, np.arange(len(rows)))
 
     def _sum_rows(self, own: np.ndarray, binned: np.ndarray) -> "_SumRows":
-        """The rows of the total's convolution: each task of ``own`` alone, ``binned`` by mean.
+        """The rows of the total's convolution: each task of ``own`` alone, ``binned`` by mean and spread.
 
         Tasks are binned by mean and by spread (coefficient of variation), so that a bin's
         tasks are alike. The tasks of a bin make one mixture, which each of them samples
