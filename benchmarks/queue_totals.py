@@ -146,6 +146,16 @@ def real_coverage() -> None:
                   f"{below.mean():.3f} | {levels[0]:.3f} | {levels[1]:.3f} |", flush=True)
 
 
+def trained_on_the_past(name: str, features: list[str]) -> tuple[QuantileModel, np.ndarray]:
+    """The model trained on the first 70% of a real trace file in time order, and the
+    feature rows of the last 30%."""
+    traces = sorted(iter_trace_file(EXAMPLES / f"{name}.jsonl"), key=lambda t: t["ts"])
+    cut = int(round(0.7 * len(traces)))
+    schema, X, y, _ = FeatureSchema.prepare_training(TraceTable.from_traces(traces[:cut]), features=features)
+    Xt, _ = schema.matrix(traces[cut:])
+    return QuantileModel(schema.kinds, schema.n_categories).fit(X, y), Xt
+
+
 def sampled_totals(seed: int = 3, sums: int = SUMS) -> None:
     """A total against a Monte Carlo sum of the same tasks' own distributions: how far the
     predicted quantiles are from the sampled sum's, in probability and in time. The model
@@ -155,11 +165,7 @@ def sampled_totals(seed: int = 3, sums: int = SUMS) -> None:
     print("| trace set | queue | max over levels of abs(F(q) - level) | predicted / sampled quantile, min-max |")
     print("|---|---|---|---|")
     for name, features in REAL_SETS.items():
-        traces = sorted(iter_trace_file(EXAMPLES / f"{name}.jsonl"), key=lambda t: t["ts"])
-        cut = int(round(0.7 * len(traces)))
-        schema, X, y, _ = FeatureSchema.prepare_training(TraceTable.from_traces(traces[:cut]), features=features)
-        Xt, _ = schema.matrix(traces[cut:])
-        model = QuantileModel(schema.kinds, schema.n_categories).fit(X, y)
+        model, Xt = trained_on_the_past(name, features)
         rng = np.random.default_rng(seed)
         for n in (129, 200, 500):
             dist = model.predict_distribution(Xt[rng.choice(len(Xt), n, replace=True)])
@@ -188,11 +194,7 @@ def total_timing() -> None:
     print("|---|---|---|---|---|---|")
     with threadpool_limits(limits=1):  # as the server runs
         for name, features in REAL_SETS.items():
-            traces = sorted(iter_trace_file(EXAMPLES / f"{name}.jsonl"), key=lambda t: t["ts"])
-            cut = int(round(0.7 * len(traces)))
-            schema, X, y, _ = FeatureSchema.prepare_training(TraceTable.from_traces(traces[:cut]), features=features)
-            Xt, _ = schema.matrix(traces[cut:])
-            model = QuantileModel(schema.kinds, schema.n_categories).fit(X, y)
+            model, Xt = trained_on_the_past(name, features)
             cells = []
             for n in (5, 50, whole, 200, 1000):
                 Xq = Xt[np.arange(n) % len(Xt)]
