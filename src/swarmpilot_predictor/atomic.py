@@ -37,18 +37,29 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         fh.write(data)
 
 
-def read_regular(path: Path | str) -> bytes:
-    """The bytes of ``path``, which must be a regular file (after symlinks).
+class NotRegularFile(OSError):
+    """A path that is not a regular file (after symlinks) where one was expected."""
 
-    Opened without blocking and checked before reading: a FIFO in the data directory
-    hung the start-up forever, and a link to ``/dev/zero`` was read until memory ran out.
-    Raises ``OSError`` (``FileNotFoundError`` when there is nothing there).
+
+@contextmanager
+def regular_file_fd(path: Path | str) -> Iterator[int]:
+    """A read-only descriptor of ``path``, which must be a regular file (after symlinks).
+
+    Opened without blocking and checked before anything is read: a FIFO in the data
+    directory hung the start-up forever, and a link to ``/dev/zero`` was read until memory
+    ran out. Raises ``NotRegularFile``, or another ``OSError`` (``FileNotFoundError`` when
+    there is nothing there).
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{path} is not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            return fh.read()
+            raise NotRegularFile(f"{path} is not a regular file")
+        yield fd
     finally:
         os.close(fd)
+
+
+def read_regular(path: Path | str) -> bytes:
+    """The bytes of ``path``, which must be a regular file (see :func:`regular_file_fd`)."""
+    with regular_file_fd(path) as fd, os.fdopen(fd, "rb", closefd=False) as fh:
+        return fh.read()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import stat
 import threading
 import time
 from collections import deque
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .atomic import read_regular
+from .atomic import NotRegularFile, read_regular, regular_file_fd
 from .errors import writing
 from .identity import ModelIdentity
 from .modeling import EVAL_LEVELS, pinball_loss
@@ -141,20 +140,15 @@ class ObservationLog:
         seen half-written. A file that is no longer ``inode`` gives nothing.
         """
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the reader
-        except FileNotFoundError:
+            with regular_file_fd(path) as fd:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+                st = os.fstat(fd)
+                end = st.st_size if stop is None else min(stop, st.st_size)
+                if st.st_ino != inode or end <= start:
+                    return [], start
+                data = os.pread(fd, end - start, start)
+        except (FileNotFoundError, NotRegularFile):
             return [], start
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return [], start
-            fcntl.flock(fd, fcntl.LOCK_SH)
-            st = os.fstat(fd)
-            end = st.st_size if stop is None else min(stop, st.st_size)
-            if st.st_ino != inode or end <= start:
-                return [], start
-            data = os.pread(fd, end - start, start)
-        finally:
-            os.close(fd)
         cut = data.rfind(b"\n") + 1
         return _parse(data[:cut]), start + cut
 
