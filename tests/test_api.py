@@ -713,7 +713,13 @@ def test_head_answers_like_get_without_a_body(http, trained):
     assert http.head("/models/llm/nope/gpu/sw/1").status_code == 404
     r = http.head("/train")
     assert r.status_code == 405 and r.content == b"" and "POST" in r.headers["allow"]
-    assert '{method="HEAD",route="/health",status="200"}' in http.get("/metrics").text
+    assert http.head("/docs").status_code == http.get("/openapi.json").status_code == 200
+    text = http.get("/metrics").text
+    assert '{method="HEAD",route="/health",status="200"}' in text
+    # Starlette's plain routes (the docs, the schema) by their templates too, not "unmatched".
+    assert '{method="HEAD",route="/docs",status="200"}' in text
+    assert '{method="GET",route="/openapi.json",status="200"}' in text
+    assert 'route="unmatched",status="200"' not in text
 
 
 # --------------------------------------------------------------------------- YAML configs, wildcards, file names, forms

@@ -142,8 +142,9 @@ class HeadAsGetMiddleware:
             await self.app(as_get, receive, headers_only)
         finally:
             # The metrics middleware outside labels the request by the route matched here.
-            if "route" in as_get:
-                scope["route"] = as_get["route"]
+            for key in ("route", "endpoint"):
+                if key in as_get:
+                    scope[key] = as_get[key]
 
 
 class BodySizeLimitMiddleware:

@@ -272,6 +272,17 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
-            self.metrics.observe_request(path, scope.get("method", ""), status, time.perf_counter() - start)
+            self.metrics.observe_request(_route_label(scope), scope.get("method", ""), status, time.perf_counter() - start)
+
+
+def _route_label(scope) -> str:
+    """The template of the route that answered, or "unmatched".
+
+    FastAPI's own routes leave themselves in the scope; Starlette's plain ones (the API
+    docs, the OpenAPI schema) only their endpoint, whose route is looked up: those 200s
+    were counted as unmatched."""
+    path = getattr(scope.get("route"), "path", None)
+    endpoint = scope.get("endpoint")
+    if path is None and endpoint is not None and scope.get("app") is not None:
+        path = next((r.path for r in scope["app"].router.routes if getattr(r, "endpoint", None) is endpoint), None)
+    return path or "unmatched"
