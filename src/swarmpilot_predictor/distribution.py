@@ -546,7 +546,7 @@ class RuntimeDistribution:
         u, w, e = _sum_nodes(atoms)
         # The middles of the outer bins of ``_SUM_ATOMS``: no level goes further into the
         # tails, where a far tail extrapolated past the scores would stretch the grid.
-        reach = u[[0, -1]] if atoms == _SUM_ATOMS else _sum_nodes()[0][[0, -1]]
+        reach = _sum_nodes()[0][[0, -1]]
         part = self.subset(rows)
         if stratum is not None:
             z = part.score_quantiles(np.clip(e[None, :-1] + w[None, :] * ((stratum + 0.5) / strata)[:, None], *reach))

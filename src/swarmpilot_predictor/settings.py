@@ -137,13 +137,13 @@ def listen_problem(host: str, port: int, host_name: str = "PREDICTOR_HOST") -> s
             try:
                 probe.bind(address)
             except OSError as exc:
-                shown = f"[{address[0]}]:{port}" if family == socket.AF_INET6 else f"{address[0]}:{port}"
+                where = f"[{address[0]}]:{port}" if family == socket.AF_INET6 else f"{address[0]}:{port}"
                 if exc.errno == errno.EADDRINUSE:
-                    return f"cannot listen on {shown} (address already in use): is another server running there?"
+                    return f"cannot listen on {where} (address already in use): is another server running there?"
                 if exc.errno == errno.EACCES:
-                    return f"cannot listen on {shown} (permission denied: ports below 1024 need privileges)"
+                    return f"cannot listen on {where} (permission denied: ports below 1024 need privileges)"
                 if exc.errno == errno.EADDRNOTAVAIL:
-                    return f"cannot listen on {shown} ({host_name} {host!r} is not an address of this machine)"
+                    return f"cannot listen on {where} ({host_name} {host!r} is not an address of this machine)"
     return None
 
 
