@@ -405,12 +405,24 @@ BATCH = f"/predict/batch/{SEGMENTS}"
     ("/predict/single/twin/*/*/*/*", b'{"trace": {"input_tokens": 1}}', 409, ["twin/twin-m/A100/sglang/0.4.0",
                                                                             "twin/twin-m/H100/sglang/0.4.0"]),
     ("/predict/batch/twin/*/*/*/*", b'{"trace": []}', 409, ["A100", "H100"]),
+    # A malformed trace still names its model: its own error, not the pattern's ambiguity.
+    ("/predict/single/twin/*/*/*/*", b'{"trace": {"hardware": "A100", "input_feature": "x"}}', 422, ["input_feature"]),
 ])
 def test_bad_prediction_requests(http, ambiguous, path, content, status, needles):
     r = http.post(path, content=content, headers={"content-type": "application/json"})
     body = failed(r, status, *needles)
     if status == 409:
         assert len(body["candidates"]) == 2
+
+
+def test_a_malformed_trace_naming_its_model_fails_alone_in_its_batch(http, ambiguous):
+    # Only the malformed trace says which of the two models the batch is for.
+    body = ok(http.post("/predict/batch/twin/*/*/*/*", json={"trace": [
+        {"input_tokens": 3, "output_tokens": 5},
+        {"hardware": "A100", "input_feature": "x"}]}))
+    good, bad = body["results"]
+    assert good["status"] == "success" and good["model_info"]["hardware"] == "A100"
+    assert bad["status"] == "error" and "input_feature" in bad["message"]
 
 
 def test_missing_feature_in_single_is_422_naming_it(http, trained):
@@ -431,6 +443,8 @@ def test_too_few_segments(http, trained):
     ({"model": IDENTITY, "traces": "traces/../../../x.jsonl"}, ["without '..'"]),
     ({"model": IDENTITY, "traces": "/etc/passwd"}, ["relative to the data directory"]),
     ({"model": IDENTITY, "traces": "nope.jsonl"}, ["not found"]),
+    ({"model": IDENTITY, "traces": "a" * 300 + ".jsonl"}, ["longer than 255 bytes"]),
+    ({"model": IDENTITY, "traces": "/".join(["d" * 200] * 25) + ".jsonl"}, ["cannot be opened (File name too long)"]),
     ({"model": IDENTITY, "traces": []}, ["no traces"]),
     ({"model": IDENTITY, "traces": [{"runtime_ms": 5, "x": 1}]}, ["at least 2"]),
     ({"model": IDENTITY, "traces": [{"x": 1}, {"x": 2}]}, ["runtime_ms"]),

@@ -178,6 +178,16 @@ def test_generation_rejects_bad_arguments(trained, tmp_path):
     assert not (service.settings.tables_dir / "broken.json").exists()
 
 
+def test_a_table_name_of_255_bytes_is_written_through_a_temporary_name_that_fits(trained):
+    # The temporary file beside it is ".<name>.<random>.tmp": cut to fit, or the write fails.
+    service, traces, path = trained
+    name = "t" * 250 + ".json"
+    result = service.generate_table(PATTERN, path, 0.9, name)
+    assert result["status"] == "successful" and result["rows"] == len(traces)
+    assert service.tables.get(name).n_rows == len(traces)
+    assert not [p for p in service.settings.tables_dir.iterdir() if p.name.endswith(".tmp")]
+
+
 def test_default_table_name_comes_from_the_model(trained):
     service, _, path = trained
     result = service.generate_table(PATTERN, path, 0.95, fmt="csv")
@@ -355,6 +365,7 @@ BAD_FILES = {
     "no-success.json": (b'[{"status": "error"}]', "no successful"),
     "short-row.csv": (b"x,expect,error,quantile_0.5\n1,2,3,4\n5,6\n", "line 3"),
     "no-quantiles.csv": (b"x,expect,error\n1,2,3\n", "quantile_"),
+    "repeated-column.csv": (b"x,expect,error,quantile_0.5,x\n1,2,3,4,5\n", "names column 'x' twice"),
     "bad-number.csv": (b"x,expect,error,quantile_0.5\n1,two,3,4\n", "line 2"),
     "bad.json.gz": (b"\x1f\x8b\x08\x00garbage", "cannot read"),
     "records.json": (b"[1, 2]", "record 0"),

@@ -12,6 +12,17 @@ from pathlib import Path
 from typing import IO
 
 
+# ".<name>.<8 random characters>.tmp" stays within the file system's 255 bytes a name.
+_TEMP_NAME_BYTES = 255 - len("..12345678.tmp")
+
+
+def temp_beside(path: Path) -> tuple[int, str]:
+    """A new temporary file in ``path``'s directory, named after it (hidden, cut to fit a
+    name of up to 255 bytes): an open descriptor and its path, as ``tempfile.mkstemp``."""
+    stem = os.fsencode(path.name)[:_TEMP_NAME_BYTES].decode("utf-8", "ignore")
+    return tempfile.mkstemp(dir=path.parent, prefix=f".{stem}.", suffix=".tmp")
+
+
 @contextmanager
 def atomic_file(path: Path) -> Iterator[IO[bytes]]:
     """A binary file to write; on a clean exit it replaces ``path`` in one rename.
@@ -19,7 +30,7 @@ def atomic_file(path: Path) -> Iterator[IO[bytes]]:
     It is written beside ``path`` (same file system) and synced before the
     rename; on an error the temporary file is removed and ``path`` is untouched.
     """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh

@@ -209,7 +209,7 @@ def train(
     if url:
         traces = raw.get("traces")
         files = None
-        if isinstance(traces, str) and (config.parent / traces).is_file():
+        if isinstance(traces, str) and _is_file(config.parent / traces):
             files = {Path(traces).name: config.parent / traces}
             raw = {**raw, "traces": Path(traces).name}
         with _remote(url) as client:
@@ -225,7 +225,7 @@ def train(
     if isinstance(cfg.traces, str):
         # A path in a config file on the command line is relative to the config file.
         local = (config.parent / cfg.traces)
-        if local.is_file():
+        if _is_file(local):
             uploads = {cfg.traces: local}
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,} traces"),
                   TimeElapsedColumn(), console=err_console, transient=True) as progress:
@@ -264,13 +264,18 @@ def _parse_key(model: str) -> IdentityPattern:
     return IdentityPattern.from_segments(*(unquote(p) for p in parts))
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False for a name no file can have: a long JSON trace given where a
+    file may be, or a path past the file system's limits (ENAMETOOLONG is not "not there")."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def _read_trace_arg(trace: str) -> list[dict[str, Any]]:
     path = Path(trace)
-    try:
-        is_file = path.is_file()
-    except OSError:  # a long JSON trace is no valid file name (ENAMETOOLONG)
-        is_file = False
-    if is_file:
+    if _is_file(path):
         from .traces import TraceError, iter_trace_file
 
         try:

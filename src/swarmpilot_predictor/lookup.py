@@ -39,7 +39,6 @@ import math
 import os
 import re
 import struct
-import tempfile
 import threading
 import time
 from array import array
@@ -56,7 +55,7 @@ import orjson
 from scipy.spatial import cKDTree
 from scipy.special import ndtri
 
-from .atomic import atomic_file
+from .atomic import atomic_file, temp_beside
 from .errors import InvalidInput, NotFound, PredictorError, shown, storage_error
 from .features import FIRST_OF_SHAPE, stated_flag
 from .identity import IDENTITY_KEYS, IdentityPattern
@@ -66,6 +65,7 @@ from .traces import (
     TraceError,
     as_number,
     category_text,
+    check_csv_header,
     csv_value,
     dumps_json,
     iter_trace_file,
@@ -1564,6 +1564,7 @@ def _iter_csv_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
         header = next(reader, None)
         if not header:
             raise TraceError(f"{name}: the CSV table has no header")
+        check_csv_header(header, name)
         q_cols: list[tuple[float, int]] = []
         for i, h in enumerate(header):
             if h.startswith(QUANTILE_PREFIX):
@@ -1636,7 +1637,7 @@ class _TableWriter:
     def __init__(self, path: Path):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = temp_beside(path)
         self.tmp = Path(tmp)
         raw = os.fdopen(fd, "wb")
         self._raw = raw
@@ -2139,8 +2140,7 @@ class LookupTableStore:
         """Where the parsed columns of the table file ``path`` are kept (one sidecar per file path)."""
         digest = hashlib.sha256(os.fsencode(path.resolve())).hexdigest()[:12]
         # The digest tells files apart; the name is only for people, so it is cut to leave room
-        # for the digest and for atomic_file's temporary name beside it (".<name>.<random>.tmp")
-        # within the file system's 255 bytes.
+        # for the digest within the file system's 255 bytes.
         short = os.fsencode(path.name)[:_SIDECAR_NAME_BYTES].decode("utf-8", "ignore")
         return self.root / ".index" / f"{short}.{digest}.npz"
 

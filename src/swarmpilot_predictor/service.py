@@ -276,7 +276,9 @@ class PredictorService:
             try:
                 flat.append(normalize_trace(t))
             except TraceError:
-                continue
+                # Its own fields still name its model; its error is the prediction's to give.
+                if isinstance(t, dict):
+                    flat.append({k: v for k, v in t.items() if k != "input_feature"})
         stated = pattern.stated_by(flat)
         if not stated:
             return None

@@ -167,14 +167,30 @@ def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Ite
             for i, obj in enumerate(doc):
                 yield _normalize_at(obj, source, f"item {i}")
         elif fmt == "csv":
-            text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
-            for row in csv.DictReader(text):
-                yield {k: csv_value(v) for k, v in row.items() if k is not None}
+            reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8-sig", newline=""))
+            header = next(reader, None) or []
+            check_csv_header(header, source)
+            for lineno, row in enumerate(reader, 2):
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    # A cell would be dropped or left out without a word: which column is it?
+                    raise TraceError(f"{source}: line {lineno} has {len(row)} fields where the header has {len(header)}")
+                yield {k: csv_value(v) for k, v in zip(header, row)}
         else:  # pragma: no cover - guarded by _format_from_name
             raise TraceError(f"unknown trace format {shown(fmt)}")
     except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
         # Truncated gzip streams, binary garbage and CSV fields beyond the csv module's limit.
         raise TraceError(f"{source}: cannot read trace file ({exc})") from None
+
+
+def check_csv_header(header: list[str], source: str) -> None:
+    """A CSV file's header names each column once: a repeated name would let the last column win."""
+    seen: set[str] = set()
+    for name in header:
+        if name in seen:
+            raise TraceError(f"{source}: the CSV header names column {shown(name)} twice")
+        seen.add(name)
 
 
 def _normalize_at(obj: Any, source: str, where: str) -> dict[str, Any]:

@@ -56,6 +56,8 @@ def safe_child(root: Path, name: str, what: str = "path") -> Path:
     except UnicodeEncodeError:  # a lone surrogate (from YAML, say): no file can have this name
         raise InvalidInput(f"{what} {ascii(name)} is not valid Unicode", field=what) from None
     candidate = Path(name)
+    if any(len(os.fsencode(part)) > 255 for part in candidate.parts):  # the file system's limit (ENAMETOOLONG)
+        raise InvalidInput(f"{what} has a path component longer than 255 bytes", field=what)
     if candidate.is_absolute() or ".." in candidate.parts:
         raise InvalidInput(f"{what} {shown(name)} must be relative to the data directory, without '..'", field=what)
     root_resolved = root.resolve()
@@ -87,7 +89,11 @@ class Trainer:
                 name = next((k for k, p in uploads.items() if p == path), source)
                 return TraceTable.from_file(path, progress=progress, source=name)
             path = safe_child(self.data_dir, source, "traces")
-            if not path.is_file():
+            try:
+                found = path.is_file()
+            except OSError as exc:  # a path too long as a whole, say: is_file only swallows "not there"
+                raise InvalidInput(f"traces file {shown(source)} cannot be opened ({exc.strerror})", field="traces") from None
+            if not found:
                 raise InvalidInput(f"traces file {shown(source)} not found in the data directory or the upload", field="traces")
             if not path.name.lower().removesuffix(".gz").endswith(TRACE_FILE_SUFFIXES):
                 raise InvalidInput(f"traces file {shown(source)} must be .json, .jsonl or .csv (optionally .gz)", field="traces")
