@@ -5,9 +5,10 @@ generator: train the service's model on 2000 rows (``algorithm: auto``), draw a 
 of 5, 50 or 500 new tasks, and compare the 90% ``total_interval`` with 20,000 sums of
 fresh runtimes of exactly those tasks from the generator. Repeated over ``--seeds``
 trainings. "independent" is the total of the tasks' distributions as if the model
-were exact (``shared_log_sd`` set to 0), "service" is what the service answers: the
-same total times the model's shared factor (its uncertainty about the runtimes'
-level, common to every task of the queue).
+were exact, what the service answers by default (the contract's sum of independent
+tasks); "shared factor" is what it answers with ``shared_factor: true``: the same
+total times the model's shared factor (its uncertainty about the runtimes' level,
+common to every task of the queue).
 
 Then the same on real traces, where the truth is the one measured runtime per task: the
 model is trained as the service trains (derived columns included) on the first 70% of
@@ -80,9 +81,7 @@ def tail_coverage(seeds: int, rows: int = 1000, queue: int = 500) -> None:
             Xq = features(queue, rng)
             truth = np.concatenate([runtimes(kind, Xq, np.random.default_rng([seed, k]), 2000).sum(axis=1)
                                     for k in range(SUMS // 2000)])
-            dist = model.predict_distribution(Xq)
-            dist.shared_log_sd = 0.0
-            total = dist.total()
+            total = model.predict_distribution(Xq).total()
             lo, hi = total.interval(0.9)
             above.append(float((truth > total.quantiles([0.99])[0]).mean()))
             cover.append(float(((truth >= lo) & (truth <= hi)).mean()))
@@ -105,7 +104,7 @@ REAL_DRAWS = 1000
 
 
 def real_coverage() -> None:
-    print("| trace set | test rows | queue | 90% coverage, independent | 90% coverage, service | below median (service) "
+    print("| trace set | test rows | queue | 90% coverage, independent | 90% coverage, shared factor | below median (shared factor) "
           "| measured / predicted total, training rows | the same, test rows |")
     print("|---|---|---|---|---|---|---|---|")
     for name, features in REAL_SETS.items():
@@ -136,9 +135,8 @@ def real_coverage() -> None:
                 rows = rng.choice(len(yt), q, replace=False)
                 truth = yt[rows].sum()
                 dist = model.predict_distribution(Xt[rows])
-                for j, shared in enumerate((0.0, model.shared_log_sd_)):
-                    dist.shared_log_sd = shared
-                    total = dist.total()
+                for j, shared in enumerate((False, True)):
+                    total = dist.total(shared_factor=shared)
                     lo, hi = total.interval(0.9)
                     inside[k, j] = lo <= truth <= hi
                 below[k] = truth < total.quantiles([0.5])[0]
@@ -169,7 +167,6 @@ def sampled_totals(seed: int = 3, sums: int = SUMS) -> None:
         rng = np.random.default_rng(seed)
         for n in (129, 200, 500):
             dist = model.predict_distribution(Xt[rng.choice(len(Xt), n, replace=True)])
-            dist.shared_log_sd = 0.0
             q = dist.total().quantiles(levels)
             # Each task's runtimes at uniform levels: sorted levels give sorted values, put back in draw order.
             u = rng.random((n, sums))
@@ -240,7 +237,7 @@ def main() -> None:
         real_coverage()
         print(f"\n{time.perf_counter() - t0:.0f} s")
         return
-    print("| set | queue | shared log sd | 90% coverage, independent | 90% coverage, service | worst training (service) |")
+    print("| set | queue | shared log sd | 90% coverage, independent | 90% coverage, shared factor | worst training (shared factor) |")
     print("|---|---|---|---|---|---|")
     t0 = time.perf_counter()
     for kind in ("lognormal", "slow_mode", "heteroscedastic"):
@@ -257,9 +254,8 @@ def main() -> None:
                                         for k in range(SUMS // 2000)])
                 dist = model.predict_distribution(Xq)
                 got = []
-                for shared in (0.0, model.shared_log_sd_):
-                    dist.shared_log_sd = shared
-                    lo, hi = dist.total().interval(0.9)
+                for shared in (False, True):
+                    lo, hi = dist.total(shared_factor=shared).interval(0.9)
                     got.append(float(((truth >= lo) & (truth <= hi)).mean()))
                 cover[q].append((got[0], got[1]))
         for q in QUEUES:

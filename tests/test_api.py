@@ -311,10 +311,8 @@ def test_predict_batch_totals(http, trained):
     medians = [r["quantile_predictions"][1] for r in results]
     assert nondecreasing(medians)  # larger tasks, longer runtimes, in order
     assert body["expect"] == pytest.approx(sum(r["expect"] for r in results), rel=1e-9)
-    # The tasks' variances add up, times the model's factor common to all of them (README, Modelling).
-    tau = trained["metrics"]["shared_log_sd"]
-    var = math.exp(tau**2) * sum(r["error"] ** 2 for r in results) + math.expm1(tau**2) * body["expect"] ** 2
-    assert body["error"] == pytest.approx(math.sqrt(var), rel=1e-6)
+    # Independent tasks: their variances add up.
+    assert body["error"] == pytest.approx(math.sqrt(sum(r["error"] ** 2 for r in results)), rel=1e-6)
     tq = body["total_quantiles"]
     assert len(tq) == 3 and tq[0] < tq[1] < tq[2]
     # The total's median lies near its mean; its spread is less than the sum of spreads.
@@ -322,6 +320,14 @@ def test_predict_batch_totals(http, trained):
     assert tq[2] - tq[0] < sum(r["quantile_predictions"][2] - r["quantile_predictions"][0] for r in results)
     low, high = body["total_interval"]
     assert low == pytest.approx(tq[0], rel=1e-3) and high == pytest.approx(tq[2], rel=1e-3)
+    # Asked for, the model's factor common to all of them (README, Modelling) widens the total.
+    shared = ok(http.post(f"/predict/batch/{SEGMENTS}", json={"trace": traces, "quantiles": [0.1, 0.5, 0.9],
+                                                              "confidence_level": 0.8, "shared_factor": True}))
+    tau = trained["metrics"]["shared_log_sd"]
+    var = math.exp(tau**2) * sum(r["error"] ** 2 for r in results) + math.expm1(tau**2) * body["expect"] ** 2
+    assert shared["error"] == pytest.approx(math.sqrt(var), rel=1e-6) and shared["error"] > body["error"]
+    assert shared["expect"] == pytest.approx(body["expect"], rel=1e-9) and shared["results"] == results
+    assert shared["total_quantiles"][0] < tq[0] and shared["total_quantiles"][2] > tq[2]
 
 
 def test_predict_batch_one_bad_trace_does_not_fail_the_others(http, trained):
@@ -400,6 +406,9 @@ BATCH = f"/predict/batch/{SEGMENTS}"
     (BATCH, b'{"trace": [1, 2]}', 422, ["trace"]),
     (BATCH, b'{"trace": [], "confidence_level": 0}', 422, ["confidence_level"]),
     (BATCH, b'{"trace": [{"input_tokens": 1, "output_tokens": 1}], "quantiles": [1.5]}', 422, ["quantiles"]),
+    (BATCH, b'{"trace": [{"input_tokens": 1, "output_tokens": 1}], "shared_factor": "yes"}', 422, ["shared_factor"]),
+    (BATCH, b'{"trace": [{"input_tokens": 1, "output_tokens": 1}], "lookup_table": true, "shared_factor": true}', 422,
+     ["shared_factor needs a model"]),
     ("/predict/single/llm/*/TPU/*/*", b'{"trace": {"input_tokens": 1}}', 404, ["llm/*/TPU/*/*"]),
     ("/predict/batch/nothing/a/b/c/d", b'{"trace": []}', 404, ["nothing/a/b/c/d"]),
     ("/predict/single/twin/*/*/*/*", b'{"trace": {"input_tokens": 1}}', 409, ["twin/twin-m/A100/sglang/0.4.0",

@@ -108,7 +108,7 @@ def test_train_from_a_file_in_the_data_directory(tmp_path, data):
     # Read as POST /train reads a config: YAML must say what JSON could.
     ("traces: [{x: 1, when: 2024-01-01}]", ".yaml", "config.traces.0.when: a date, which JSON cannot hold"),
     ('{"traces": []}', ".json", "config: config needs 'model'"),
-    ('{"model": {"model_type": "llm"}, "traces": []}', ".json", "config.model.model_name: Field required"),
+    ('{"model": {"model_type": "llm"}, "traces": []}', ".json", "config.model: needs model_name, hardware, software_name, software_version"),
 ])
 def test_train_with_a_bad_config_fails_cleanly(tmp_path, data, content, suffix, message):
     cfg = tmp_path / f"bad{suffix}"
@@ -175,6 +175,9 @@ def test_predict_a_long_json_array_of_traces(trained):
     body = json_out(invoke("predict", "*/*/*/*/*", arg, "--data-dir", trained, "--json"))
     assert body["summary"]["success"] == 7
     assert body["expect"] == pytest.approx(sum(r["expect"] for r in body["results"]))
+    assert body["error"] == pytest.approx(sum(r["error"] ** 2 for r in body["results"]) ** 0.5)  # independent tasks
+    shared = json_out(invoke("predict", "*/*/*/*/*", arg, "--data-dir", trained, "--json", "--shared-factor"))
+    assert shared["expect"] == pytest.approx(body["expect"]) and shared["error"] > body["error"]
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])

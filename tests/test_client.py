@@ -45,7 +45,7 @@ def _load_example(name: str):
 
 def test_typed_answers_for_every_prediction_endpoint(trained_server):
     with PredictorClient(trained_server.url) as client:
-        assert client.health().status == "healthy"
+        assert client.health().status == "healthy" and client.ping() == {"status": "ok"}
         models = client.list_models()
         assert {m["model_type"] for m in models.models} == {"llm", "gpt-3.5-turbo"}
         single = client.predict_single(IDENTITY, {"input_tokens": 100, "output_tokens": 50}, quantiles=[0.1, 0.5, 0.9])
@@ -89,13 +89,17 @@ def test_queue_wait_and_instance_choice(trained_server):
         one = client.predict_single(IDENTITY, queue[0]).results
         assert est.tasks == 5
         assert est.expect == pytest.approx(5 * one.expect, rel=1e-9)
-        # Independent tasks: the total's variance grows like n (its spread like sqrt(n), not n),
-        # times the model's factor common to them all.
+        # Independent tasks: the total's variance grows like n (its spread like sqrt(n), not n).
+        assert est.error == pytest.approx(np.sqrt(5) * one.error, rel=1e-6)
+        assert est.quantile(0.5) < est.quantile(0.9) < est.quantile(0.99)
+        # Asked for, the model's factor common to them all widens it (README, Modelling).
         tau = client.get_model(IDENTITY, version=client.get_model(IDENTITY)["latest_version"])["metrics"]["shared_log_sd"]
         assert 0 < tau < 0.05
+        shared = client.queue_wait(IDENTITY, queue, quantiles=[0.5, 0.9, 0.99], shared_factor=True)
         var = np.exp(tau**2) * 5 * one.error**2 + np.expm1(tau**2) * (5 * one.expect) ** 2
-        assert est.error == pytest.approx(np.sqrt(var), rel=1e-6)
-        assert est.quantile(0.5) < est.quantile(0.9) < est.quantile(0.99)
+        assert shared.expect == pytest.approx(est.expect, rel=1e-9)
+        assert shared.error == pytest.approx(np.sqrt(var), rel=1e-6) and shared.error > est.error
+        assert shared.quantile(0.99) > est.quantile(0.99)
         busy = Instance("busy", IDENTITY, queue)
         idle = Instance("idle", IDENTITY, [])
         best, scores = choose_instance(client, [busy, idle], {"input_tokens": 10, "output_tokens": 10})
@@ -170,7 +174,7 @@ def test_async_client_matches_sync(trained_server):
 
     async def run():
         async with AsyncPredictorClient(trained_server.url) as client:
-            assert await client.is_available()
+            assert await client.is_available() and await client.ping() == {"status": "ok"}
             single, batch, median = await asyncio.gather(
                 client.predict_single(IDENTITY, trace),
                 client.predict_batch(IDENTITY, [trace, trace]),

@@ -240,6 +240,36 @@ SCHEMA = FeatureSchema((
 ))
 
 
+def test_a_feature_some_training_rows_lacked_may_be_lacked_at_prediction_too():
+    # Half the rows carry a note and a load: the model learned what their absence means, so a
+    # trace without them (the training file itself, say) is read as those rows were.
+    traces = base_traces(20)
+    for i, t in enumerate(traces):
+        if i % 2:
+            t.update(note="x" if i % 4 == 1 else "y", load=float(i))
+    schema, X, _, report = prepare(traces)
+    assert report.values_imputed == {"note": 10, "load": 10}
+    optional = {f.name: f.optional for f in schema.features}
+    assert optional == {"input_tokens": False, "gpu": False, "note": True, "load": True}
+    fill = schema.features[[f.name for f in schema.features].index("load")].fill
+    bare = {"input_tokens": 10, "gpu": "a100"}
+    got, errors = schema.matrix([bare, {**bare, "note": None, "load": None}, {**bare, "note": "y", "load": 3.0}])
+    assert errors == [None, None, None]
+    np.testing.assert_array_equal(got[0], got[1])
+    np.testing.assert_array_equal(got[0], X[0])  # as training read its first row, which lacked both
+    assert got[0][3] == fill and math.isnan(got[0][2])
+    row, error = schema.row(bare)
+    assert error is None and np.array_equal(np.array(row), got[0], equal_nan=True)
+    from_table, ok = schema.matrix_from_table(TraceTable.from_traces([bare, {**bare, "load": 3.0}]))
+    assert ok.all() and np.array_equal(from_table[0], got[0], equal_nan=True)
+    assert schema.missing_in(TraceTable.from_traces([bare])) == []
+    # A wrong value is still an error, and so is lacking a feature every training row had.
+    _, errors = schema.matrix([{**bare, "load": "heavy"}, {"gpu": "a100"}])
+    assert errors == ["feature 'load' must be a number, got str 'heavy'", "missing required feature 'input_tokens'"]
+    assert not schema.matrix_from_table(TraceTable.from_traces([{**bare, "load": "heavy"}]))[1].any()
+    assert FeatureSchema.from_json(schema.to_json()).features == schema.features
+
+
 def test_matrix_encodes_traces():
     X, errors = SCHEMA.matrix([{"input_tokens": 5, "gpu": "h100"}, {"input_tokens": 7.5, "gpu": "a100", "junk": [1]}])
     assert errors == [None, None]

@@ -146,9 +146,11 @@ def test_mean_std_and_total_come_from_the_distribution(llm_model):
     assert np.median(std / mean) == pytest.approx(np.sqrt(np.exp(0.25**2) - 1), rel=0.12)
     tot = dist.total()
     assert tot.mean == pytest.approx(mean.sum())
-    # The tasks' variances add up; the model's shared uncertainty about the level does not average out.
+    assert tot.std == pytest.approx(np.sqrt((std**2).sum()))  # independent tasks: the variances add up
+    # Asked for, the model's shared uncertainty about the level, which does not average out.
     tau = llm_model.shared_log_sd_
-    assert tot.std == pytest.approx(np.sqrt(np.exp(tau**2) * (std**2).sum() + np.expm1(tau**2) * mean.sum() ** 2))
+    shared = dist.total(shared_factor=True)
+    assert shared.std == pytest.approx(np.sqrt(np.exp(tau**2) * (std**2).sum() + np.expm1(tau**2) * mean.sum() ** 2))
     lo, hi = tot.interval(0.9)
     assert lo < tot.mean < hi
     assert hi < dist.quantiles([0.95])[:, 0].sum()  # not the sum of the tasks' quantiles

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from pydantic import ValidationError
 
 from swarmpilot_predictor.errors import (
     AmbiguousModel,
@@ -88,6 +89,20 @@ def test_train_reports_what_it_dropped(service):
     assert data["rows_dropped"] == {"target not positive": 5}
     assert data["columns_dropped"] == {"const": "constant"}
     assert data["values_imputed"] == {"input_tokens": 3}
+
+
+def test_a_model_answers_every_trace_of_its_own_training_file(service, tmp_path):
+    # Half the traces carry a word and a number the others lack: neither is required after.
+    traces = make_llm_traces(200)
+    for i, t in enumerate(traces[::2]):
+        t.update(note=["short", "long"][i % 2], queue_depth=float(i % 7))
+    data = service.train(config(traces))["metrics"]["data"]
+    assert data["values_imputed"] == {"note": 100, "queue_depth": 100}
+    path = write_jsonl_gz(tmp_path / "own.jsonl.gz", traces)
+    result = service.generate_table(PATTERN, path, 0.9, "own.json")
+    assert result["status"] == "successful" and (result["rows"], result["failed"]) == (200, 0)
+    pred = predict(service, traces=[{"input_tokens": 50, "output_tokens": 40}, {"input_tokens": 50}])
+    assert pred.ok.tolist() == [True, False] and pred.errors[1] == "missing required feature 'output_tokens'"
 
 
 def test_structured_inline_traces_train_the_same_model(service, tmp_path):
@@ -405,10 +420,24 @@ def test_a_number_in_a_trace_names_the_version_group_by_named_after_it(service):
         assert pred.identity.software_version == "2" and pred.ok.all()
 
 
+def test_group_by_with_a_model_that_gives_only_the_other_parts(service):
+    parts = {k: v for k, v in IDENTITY.items() if k not in ("model_name", "hardware")}
+    result = service.train(TrainConfig.model_validate({"model": parts, "group_by": ["model_name", "hardware"],
+                                                       "traces": grouped_traces(), "algorithm": "linear"}))
+    assert sorted(m["model_key"] for m in result["models"]) == [
+        "llm/llama/A100/sglang/0.4.0", "llm/llama/H100/sglang/0.4.0", "llm/qwen/H100/sglang/0.4.0"]
+    # Without group_by the model names all five parts.
+    with pytest.raises(ValidationError, match="model\n.*needs model_name, hardware"):
+        TrainConfig.model_validate({"model": parts, "traces": grouped_traces()})
+
+
 def test_group_by_needs_the_keys_and_the_rest_of_the_identity(service):
     base = {"traces": grouped_traces(), "algorithm": "linear"}
     with pytest.raises(InvalidInput, match="neither in group_by nor in model"):
         service.train(TrainConfig.model_validate({**base, "group_by": ["model_name", "hardware"]}))
+    with pytest.raises(InvalidInput, match="software_version are neither in group_by nor in model"):
+        service.train(TrainConfig.model_validate({**base, "model": {"model_type": "llm", "software_name": "s"},
+                                                  "group_by": ["model_name", "hardware"]}))
     with pytest.raises(InvalidInput, match="group_by key.*software_version"):
         service.train(TrainConfig.model_validate({**base, "model": IDENTITY, "group_by": ["software_version"]}))
 
@@ -471,11 +500,15 @@ def test_prediction_shapes_and_order(service):
         assert low == pytest.approx(at[0.1], rel=1e-6) and high == pytest.approx(at[0.9], rel=1e-6)
         assert r["expect"] > 0 and r["error"] > 0
     assert body["expect"] == pytest.approx(sum(r["expect"] for r in ok))
-    # The variance of the sum of independent tasks, times the model's factor common to all of them.
+    # The variance of the sum of independent tasks (the contract's)...
+    assert body["error"] == pytest.approx(np.sqrt(sum(r["error"] ** 2 for r in ok)), rel=1e-6)
+    # ... or, asked for, times the model's factor common to all of them.
     tau = service.registry.load(pred.identity).model.shared_log_sd_
     assert 0 < tau < 0.05
+    shared = predict(service, traces=traces, quantiles=[0.9, 0.1, 0.5], confidence_level=0.8, with_total=True,
+                     shared_factor=True).batch_response()
     var = np.exp(tau**2) * sum(r["error"] ** 2 for r in ok) + np.expm1(tau**2) * body["expect"] ** 2
-    assert body["error"] == pytest.approx(np.sqrt(var), rel=1e-6)
+    assert shared["error"] == pytest.approx(np.sqrt(var), rel=1e-6)
     assert body["results"][1] == {"status": "error", "message": "missing required feature 'output_tokens'",
                                   "model_info": ModelIdentity.from_parts(IDENTITY).model_info()}
 

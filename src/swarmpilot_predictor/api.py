@@ -469,10 +469,12 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         req = _parse_body(body, PredictBatchRequest)
         if req.lookup_table:
             pred = await run_in_threadpool(service.predict, pattern, req.trace, req.confidence_level, req.quantiles,
-                                           with_total=True, lookup_table=True, lookup_table_name=req.lookup_table_name)
+                                           with_total=True, lookup_table=True, lookup_table_name=req.lookup_table_name,
+                                           shared_factor=req.shared_factor)
             return pred.batch_response()
         def answer() -> dict[str, Any]:
-            return service.predict(pattern, req.trace, req.confidence_level, req.quantiles, with_total=True).batch_response()
+            return service.predict(pattern, req.trace, req.confidence_level, req.quantiles, with_total=True,
+                                   shared_factor=req.shared_factor).batch_response()
 
         # A long batch takes tens of milliseconds to seconds: off the event loop, which
         # keeps answering other requests (numpy releases the GIL for most of it).

@@ -298,6 +298,8 @@ def predict(
     data_dir: Optional[Path] = DataDirOpt,
     url: Optional[str] = UrlOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the raw JSON answer."),
+    shared_factor: bool = typer.Option(False, "--shared-factor",
+                                       help="Multiply the total by the model's shared factor (README, Modelling)."),
 ):
     """Predict runtime distributions for traces."""
     pattern = _parse_key(model)
@@ -306,11 +308,13 @@ def predict(
     traces = _read_trace_arg(trace)
     if url:
         with _remote(url) as client:
-            body = client.predict_batch(pattern.as_tuple(), traces, confidence_level=confidence_level, quantiles=levels).model_dump()
+            body = client.predict_batch(pattern.as_tuple(), traces, confidence_level=confidence_level, quantiles=levels,
+                                        shared_factor=shared_factor).model_dump()
     else:
         service = _service(data_dir)
         try:
-            body = service.predict(pattern, traces, confidence_level, levels, with_total=True).batch_response()
+            body = service.predict(pattern, traces, confidence_level, levels, with_total=True,
+                                   shared_factor=shared_factor).batch_response()
         except PredictorError as exc:
             _fail(exc.message)
     if as_json:

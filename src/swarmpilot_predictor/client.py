@@ -270,6 +270,10 @@ class _Calls:
         return _Request("GET", "/health", response=HealthResponse, idempotent=True)
 
     @staticmethod
+    def ping() -> _Request:
+        return _Request("GET", "/ping", idempotent=True)
+
+    @staticmethod
     def models() -> _Request:
         return _Request("GET", "/models", response=ModelsResponse, idempotent=True)
 
@@ -385,8 +389,10 @@ class _Calls:
 
     def predict_batch(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]], confidence_level: float = 0.95,
                       quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
-                      lookup_table: bool = False) -> _Request:
+                      lookup_table: bool = False, shared_factor: bool = False) -> _Request:
         body = {"trace": _traces(traces, "trace"), **self._options(confidence_level, quantiles, lookup_table_name, lookup_table)}
+        if shared_factor:  # sent only when asked: a service that predates it still answers the rest
+            body["shared_factor"] = True
         return _Request("POST", "/predict/batch/" + "/".join(identity_segments(identity)), json=body,
                         response=BatchPredictionResponse, idempotent=True)
 
@@ -563,6 +569,10 @@ class PredictorClient(_Base):
     def health(self) -> HealthResponse:
         return self._send(self._calls.health())
 
+    def ping(self) -> dict[str, Any]:
+        """Liveness: ``{"status": "ok"}`` from the cheapest endpoint (``health`` reports more)."""
+        return self._send(self._calls.ping())
+
     def is_available(self) -> bool:
         """True when the service answers ``/health``; never raises."""
         try:
@@ -592,8 +602,9 @@ class PredictorClient(_Base):
 
     def predict_batch(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]], confidence_level: float = 0.95,
                       quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
-                      lookup_table: bool = False) -> BatchPredictionResponse:
-        return self._send(self._calls.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name, lookup_table))
+                      lookup_table: bool = False, shared_factor: bool = False) -> BatchPredictionResponse:
+        return self._send(self._calls.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name,
+                                                    lookup_table, shared_factor))
 
     def train_background(self, config: Mapping[str, Any] | TrainConfig,
                          files: Mapping[str, Path | str | bytes] | None = None) -> dict[str, Any]:
@@ -655,14 +666,16 @@ class PredictorClient(_Base):
 
     def queue_wait(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]],
                    quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9,
-                   partial: bool = False) -> QueueWaitEstimate:
+                   partial: bool = False, shared_factor: bool = False) -> QueueWaitEstimate:
         """Distribution of the time until the tasks queued on one instance all finish.
 
         A task that cannot be predicted raises :class:`PredictorClientError` naming it,
         since the wait would leave it out; ``partial=True`` returns the wait of the
-        others instead (``failed`` counts those left out).
+        others instead (``failed`` counts those left out). The tasks are summed as
+        independent; ``shared_factor=True`` adds the model's own uncertainty about the
+        runtimes' level, one error for the whole queue (README, Modelling).
         """
-        batch = self.predict_batch(identity, traces, confidence_level, quantiles)
+        batch = self.predict_batch(identity, traces, confidence_level, quantiles, shared_factor=shared_factor)
         return self._calls.queue_wait(batch, confidence_level, partial)
 
     # -------------------------------------------------------------- the seed's API
@@ -726,6 +739,9 @@ class AsyncPredictorClient(_Base):
     async def health(self) -> HealthResponse:
         return await self._send(self._calls.health())
 
+    async def ping(self) -> dict[str, Any]:
+        return await self._send(self._calls.ping())
+
     async def is_available(self) -> bool:
         try:
             return (await self.health()).status == "healthy"
@@ -754,8 +770,9 @@ class AsyncPredictorClient(_Base):
 
     async def predict_batch(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]], confidence_level: float = 0.95,
                             quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
-                      lookup_table: bool = False) -> BatchPredictionResponse:
-        return await self._send(self._calls.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name, lookup_table))
+                            lookup_table: bool = False, shared_factor: bool = False) -> BatchPredictionResponse:
+        return await self._send(self._calls.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name,
+                                                          lookup_table, shared_factor))
 
     async def train_background(self, config: Mapping[str, Any] | TrainConfig,
                                files: Mapping[str, Path | str | bytes] | None = None) -> dict[str, Any]:
@@ -807,8 +824,8 @@ class AsyncPredictorClient(_Base):
 
     async def queue_wait(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]],
                          quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9,
-                         partial: bool = False) -> QueueWaitEstimate:
-        batch = await self.predict_batch(identity, traces, confidence_level, quantiles)
+                         partial: bool = False, shared_factor: bool = False) -> QueueWaitEstimate:
+        batch = await self.predict_batch(identity, traces, confidence_level, quantiles, shared_factor=shared_factor)
         return self._calls.queue_wait(batch, confidence_level, partial)
 
     async def predict(self, model_type: str, metadata: Mapping[str, Any], confidence_level: float = 0.95,

@@ -53,6 +53,9 @@ class FeatureSpec:
     categories: tuple[str, ...] = ()
     # Numeric only: value used for rows of the *training* data that lacked it.
     fill: float = 0.0
+    # Some training rows lacked it: a trace may too, and is read as they were (``fill`` for a
+    # number, an unseen value for a word). Otherwise a trace that lacks it is an error.
+    optional: bool = False
 
     @property
     def codes(self) -> dict[str, int]:
@@ -69,6 +72,8 @@ class FeatureSpec:
             out["categories"] = list(self.categories)
         else:
             out["fill"] = self.fill
+        if self.optional:  # written only when set: older services read the rest as before
+            out["optional"] = True
         return out
 
     @classmethod
@@ -79,7 +84,10 @@ class FeatureSpec:
         categories = d.get("categories", [])
         if not isinstance(categories, list) or not all(isinstance(c, str) for c in categories):
             raise ValueError(f"feature {d['name']!r}: 'categories' must be a list of strings")
-        return cls(d["name"], d["kind"], tuple(categories), float(d.get("fill", 0.0)))
+        optional = d.get("optional", False)
+        if not isinstance(optional, bool):
+            raise ValueError(f"feature {d['name']!r}: 'optional' must be true or false")
+        return cls(d["name"], d["kind"], tuple(categories), float(d.get("fill", 0.0)), optional)
 
 
 @dataclass(frozen=True, eq=False)
@@ -409,7 +417,10 @@ class FeatureSchema:
                 rare = len(present) - sum(counts[c] for c in cats)
                 if rare:
                     report.rare_categories[name] = rare
-                spec = FeatureSpec(name, "categorical", cats)
+                n_missing = len(values) - len(present)
+                if n_missing:  # read as an unseen value, in training and after
+                    report.values_imputed[name] = n_missing
+                spec = FeatureSpec(name, "categorical", cats, optional=n_missing > 0)
                 columns.append(_encode_categories(values, cats))
             else:
                 values = table.numeric(name)[rows]
@@ -430,7 +441,7 @@ class FeatureSchema:
                 if n_missing:
                     report.values_imputed[name] = n_missing
                     values = np.where(finite, values, fill)
-                spec = FeatureSpec(name, "numeric", fill=fill)
+                spec = FeatureSpec(name, "numeric", fill=fill, optional=n_missing > 0)
                 columns.append(values)
             specs.append(spec)
 
@@ -472,7 +483,7 @@ class FeatureSchema:
                     X[:, j] = col
                     continue
                 for i in np.flatnonzero(~ok):
-                    if errors[i] is None:
+                    if errors[i] is None and not (spec.optional and values[i] is None):
                         errors[i] = _numeric_problem(name, values[i])
                 X[:, j] = np.where(ok, col, spec.fill)
             else:
@@ -480,7 +491,7 @@ class FeatureSchema:
                 codes = np.empty(n, dtype=np.float64)
                 for i, v in enumerate(values):
                     if v is None:
-                        if errors[i] is None:
+                        if errors[i] is None and not spec.optional:
                             errors[i] = f"missing required feature '{name}'"
                         codes[i] = math.nan
                     else:
@@ -506,11 +517,16 @@ class FeatureSchema:
             v = trace.get(spec.name)
             if spec.kind == "numeric":
                 x = as_number(v)
-                if not math.isfinite(x):
+                if math.isfinite(x):
+                    values.append(x)
+                elif v is None and spec.optional:
+                    values.append(spec.fill)
+                else:
                     return values, _numeric_problem(spec.name, v)
-                values.append(x)
             elif v is None:
-                return values, f"missing required feature '{spec.name}'"
+                if not spec.optional:
+                    return values, f"missing required feature '{spec.name}'"
+                values.append(math.nan)
             else:
                 code = spec.codes.get(category_text(v))
                 values.append(math.nan if code is None else float(code))
@@ -536,17 +552,19 @@ class FeatureSchema:
         ok = np.ones(n, dtype=bool)
         for j, spec in enumerate(self.features):
             if spec.name not in table.columns:
-                X[:, j] = spec.fill
-                ok[:] = False
+                X[:, j] = spec.fill if spec.kind == "numeric" else math.nan
+                if not spec.optional:
+                    ok[:] = False
                 continue
             if spec.kind == "numeric":
                 col = table.numeric(spec.name)
                 good = np.isfinite(col)
                 X[:, j] = np.where(good, col, spec.fill)
-                ok &= good
+                ok &= (good | table.columns[spec.name].missing_rows()) if spec.optional else good
             else:
                 values = table.strings(spec.name)
-                ok &= values != None  # noqa: E711
+                if not spec.optional:
+                    ok &= values != None  # noqa: E711
                 X[:, j] = _encode_categories(values, spec.categories)
         if self.history is not None:
             X[:, -1] = self.history.flags(X[:, :-1], self.history.order_of_table(table))
@@ -563,7 +581,7 @@ class FeatureSchema:
         return X, ok
 
     def missing_in(self, table: TraceTable) -> list[str]:
-        return [f.name for f in self.features if f.name not in table.columns]
+        return [f.name for f in self.features if f.name not in table.columns and not f.optional]
 
 
 def _shape_history(table: TraceTable, rows: np.ndarray, specs: list[FeatureSpec], X: np.ndarray,

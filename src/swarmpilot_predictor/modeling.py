@@ -2272,10 +2272,12 @@ class QuantileModel:
             lo, hi = self.log_range_
             m = np.clip(np.where(np.isnan(m), (lo + hi) / 2, m), *bounds)
         s = np.asarray(self.scale_.predict(X if self.scale_.kinds else X[:, :0]), dtype=np.float64)
+        varies = not self.scale_.is_constant  # as describe_one reads it: one answer per task, in any batch
         if self.shape_ is not None and self.shape_.knots_:
             return RuntimeDistribution(m, s, self.score_, self.shape_.knots_, self.shape_.cdf(X), bounds,
-                                       self.shared_log_sd_)
-        return RuntimeDistribution(m, s, self.score_, log_bounds=bounds, shared_log_sd=self.shared_log_sd_)
+                                       self.shared_log_sd_, varies)
+        return RuntimeDistribution(m, s, self.score_, log_bounds=bounds, shared_log_sd=self.shared_log_sd_,
+                                   scale_varies=varies)
 
     def _bounds(self) -> tuple[float, float]:
         """Never extrapolate the typical runtime, nor any quantile, beyond 100x the training extremes."""

@@ -43,13 +43,26 @@ class ModelIdentityBody(BaseModel):
 
     @field_validator(*IDENTITY_KEYS)
     @classmethod
-    def _addressable(cls, v: str) -> str:
+    def _addressable(cls, v: str | None) -> str | None:
         # '*' (or %2A) in a URL leaves a part unspecified, and '.' or '..' are resolved away
         # by clients: a model named so could never be addressed.
+        if v is None:  # a part a training config leaves to group_by
+            return v
         problem = identity_part_problem(v)
         if problem is not None:
             raise ValueError(problem)
         return v
+
+
+class ModelPartsBody(ModelIdentityBody):
+    """A training config's ``model``: the identity parts that ``group_by`` does not name
+    (all five without ``group_by``; the check is the config's, which knows both)."""
+
+    model_type: str | None = Field(None, min_length=1, max_length=200)  # type: ignore[assignment]
+    model_name: str | None = Field(None, min_length=1, max_length=200)  # type: ignore[assignment]
+    hardware: str | None = Field(None, min_length=1, max_length=200)  # type: ignore[assignment]
+    software_name: str | None = Field(None, min_length=1, max_length=200)  # type: ignore[assignment]
+    software_version: str | None = Field(None, min_length=1, max_length=200)  # type: ignore[assignment]
 
 
 class TrainConfig(BaseModel):
@@ -57,8 +70,8 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(protected_namespaces=(), extra="forbid")
 
-    model: ModelIdentityBody | None = None
-    group_by: list[str] | None = None
+    group_by: list[str] | None = None  # before model: model's check reads it
+    model: ModelPartsBody | None = None
     traces: list[dict[str, Any]] | str
     target: str = "runtime_ms"
     features: list[str] | None = None
@@ -100,6 +113,16 @@ class TrainConfig(BaseModel):
             raise ValueError("config needs 'model' (the five identity strings) or 'group_by'")
         return self
 
+    @field_validator("model")
+    @classmethod
+    def _model_parts(cls, v: ModelPartsBody | None, info: ValidationInfo) -> ModelPartsBody | None:
+        if v is not None and info.data.get("group_by") is None:
+            unset = [k for k in IDENTITY_KEYS if getattr(v, k) is None]
+            if unset:
+                raise ValueError(f"needs {', '.join(unset)} (the five identity strings), "
+                                 "unless group_by takes them from the traces")
+        return v
+
 
 class TrainRequest(BaseModel):
     config: TrainConfig
@@ -138,6 +161,9 @@ def batch_values_problem(n_traces: int, n_levels: int) -> str | None:
 
 
 class PredictBatchRequest(PredictOptions):
+    # The total is the sum of independent tasks (the contract's); asked for, it is also
+    # multiplied by the model's shared factor, its uncertainty about the runtimes' level.
+    shared_factor: StrictBool = False
     trace: list[dict[str, Any]] = Field(max_length=100_000)
 
     @field_validator("trace")

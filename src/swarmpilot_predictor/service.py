@@ -214,8 +214,12 @@ class PredictorService:
         version: int | None = None,
         lookup_table: bool = False,
         lookup_table_name: str | None = None,
+        shared_factor: bool = False,
     ) -> Prediction | TablePrediction:
         if lookup_table:
+            if shared_factor:
+                raise InvalidInput("shared_factor needs a model: a lookup table's records hold each task's own "
+                                   "distribution, not the model's shared factor", field="shared_factor")
             # Answered from a pre-computed table (no model needed); without a name, the default table.
             table = self.tables.get(lookup_table_name)
             if with_total and not quantiles:  # answered at the table's levels
@@ -228,7 +232,8 @@ class PredictorService:
         identity, loaded = self._serving(pattern, version, traces)
         if with_total and not quantiles:  # answered at the model's default levels
             _check_batch_values(len(traces), len(loaded.meta.quantiles))
-        return self._predict_with(identity, loaded, traces, confidence_level, quantiles, with_total, t0)
+        return self._predict_with(identity, loaded, traces, confidence_level, quantiles, with_total, t0,
+                                  shared_factor=shared_factor)
 
     def _serving(self, pattern: IdentityPattern, version: int | None = None,
                  traces: Sequence[Any] | None = None) -> tuple[ModelIdentity, LoadedModel]:
@@ -302,7 +307,7 @@ class PredictorService:
 
     def _predict_with(self, identity: ModelIdentity, loaded: LoadedModel, traces: Sequence[dict[str, Any]],
                       confidence_level: float, quantiles: Sequence[float] | None, with_total: bool,
-                      t0: float, cached: bool = True) -> Prediction:
+                      t0: float, cached: bool = True, shared_factor: bool = False) -> Prediction:
         levels = sorted(map(float, quantiles)) if quantiles else loaded.meta.quantiles
         cache_key = None
         lone = len(traces) == 1 and not with_total
@@ -340,7 +345,7 @@ class PredictorService:
         mean, std = dist.mean_std()
         total = None
         if with_total and len(rows):
-            tot = dist.total()
+            tot = dist.total(shared_factor)
             total = {
                 "expect": float(tot.mean),
                 "error": tot.std,

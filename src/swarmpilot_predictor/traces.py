@@ -268,6 +268,13 @@ class Column:
             return np.zeros(len(self.numbers), dtype=bool)
         return np.frombuffer(self.booleans, dtype=np.int8).astype(bool)
 
+    def missing_rows(self) -> np.ndarray:
+        """Where the row had no value: neither a number nor a string (absent, null, a list)."""
+        out = np.isnan(np.frombuffer(self.numbers, dtype=np.float64))
+        if self.codes is not None:
+            out &= np.frombuffer(self.codes, dtype=np.int32) < 0
+        return out
+
     def as_strings(self) -> np.ndarray:
         """Values as an object array of strings (None where missing)."""
         nums = np.frombuffer(self.numbers, dtype=np.float64)
