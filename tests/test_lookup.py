@@ -793,6 +793,22 @@ def test_long_table_names_get_short_sidecars_and_delete_cleanly(tmp_path):
         check_table_name("\ud800.json")
 
 
+def test_what_a_killed_generation_left_is_removed_at_start_once_old(tmp_path):
+    import os
+    import time
+
+    root = tmp_path / "tables"
+    (root / ".index").mkdir(parents=True)
+    old, sidecar, fresh = root / ".t.json.abcd1234.tmp", root / ".index" / ".t.npz.abcd1234.tmp", root / ".u.json.x.tmp"
+    for p in (old, sidecar, fresh):
+        p.write_bytes(b"[")
+    for p in (old, sidecar):
+        os.utime(p, (time.time() - 3600, time.time() - 3600))
+    LookupTableStore(root)
+    assert not old.exists() and not sidecar.exists()
+    assert fresh.exists()  # it may be a generation at work in another process
+
+
 def test_deleting_a_symlinked_table_removes_its_sidecar_and_tolerates_a_stuck_one(tmp_path):
     root = tmp_path / "tables"
     root.mkdir()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import pickle
+import re
+import socket
 import subprocess
 import sys
 import time
@@ -431,13 +435,24 @@ def _damage_booster(path: Path, legacy: bool, damage: str = "digit lost") -> Non
         loc["booster"] = text[:i] + text[i + 1:]
     elif damage == "tail cut":  # the settings after the trees cut short
         loc["booster"] = text[:-50]
+    elif damage == "sizes rewritten":  # by hand or by another tool, with the digests made to match
+        sizes = re.search(r"^tree_sizes=([^\n]*)$", text, re.MULTILINE)
+        loc["booster"] = (text[:sizes.start(1)] + " ".join(str(int(v) + 7) for v in sizes.group(1).split())
+                          + text[sizes.end(1):])
     else:  # as long as before: only the digest can tell
         i = text.index("num_leaves=", text.index("Tree=1\n")) + len("num_leaves=")
         loc["booster"] = text[:i] + ("9" if text[i] != "9" else "8") + text[i + 1:]
     if legacy:  # as saved before boosters and model files carried a digest
         loc.pop("booster_sha256", None)
         _without_model_digest(path)
+    elif damage == "sizes rewritten":
+        loc["booster_sha256"] = hashlib.sha256(loc["booster"].encode()).hexdigest()
     path.write_bytes(orjson.dumps(d))
+    if damage == "sizes rewritten" and not legacy:
+        meta_path = path.with_name(path.name.replace(".model.json", ".meta.json"))
+        m = orjson.loads(meta_path.read_bytes())
+        m["extra"]["model_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        meta_path.write_bytes(orjson.dumps(m))
 
 
 def _without_model_digest(model_path: Path) -> None:
@@ -448,7 +463,7 @@ def _without_model_digest(model_path: Path) -> None:
     meta_path.write_bytes(orjson.dumps(m))
 
 
-@pytest.mark.parametrize("damage", ["digit lost", "digit changed"])
+@pytest.mark.parametrize("damage", ["digit lost", "digit changed", "sizes rewritten"])
 @pytest.mark.parametrize("legacy", [False, True])
 def test_a_damaged_lightgbm_booster_is_a_clean_error_for_that_model_only(root, legacy, damage):
     reg = ModelRegistry(root)
@@ -644,3 +659,89 @@ def test_what_a_killed_writer_leaves_does_not_hold_a_successor_off(root):
 
     with pytest.raises(VersionConflict, match="version 6"):
         reg.save(copy.deepcopy(meta), model, after=5)
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_lock_whose_writer_was_killed_holds_nothing_off_and_goes_at_start(root):
+    # A lock names its writer: one of this host whose writer no longer runs (a kill -9 while
+    # a version was stored) is stale at once, not after STALE_LOCK_SECONDS of refused retraining.
+    import copy
+
+    from swarmpilot_predictor.errors import VersionConflict
+
+    reg = ModelRegistry(root)
+    meta, model, _ = fit()
+    reg.save(copy.deepcopy(meta), model)
+    model_dir = root / IDENT.dirname
+    host = socket.gethostname()
+    (model_dir / "v0002.lock").write_text(f"{host} {_dead_pid()} -")
+    (model_dir / "v0003.lock").write_text(f"elsewhere {_dead_pid()} -")  # another host's: left to age
+    with pytest.raises(VersionConflict, match="version 3"):
+        reg.save(copy.deepcopy(meta), model, after=1)
+    (model_dir / "v0003.lock").unlink()
+    assert reg.save(copy.deepcopy(meta), model, after=1).version == 3
+    # A live writer's lock holds a successor off, as an empty one (it names no one) does.
+    (model_dir / "v0005.lock").write_text(f"{host} {os.getpid()} -")
+    with pytest.raises(VersionConflict, match="version 5"):
+        reg.save(copy.deepcopy(meta), model, after=3)
+    # A new process's registry removes the killed writer's lock (and its old temporary
+    # files, not a fresh one: a writer still at work) when it starts.
+    old_temp, new_temp = model_dir / ".v0006.model.json.abcd1234.tmp", model_dir / ".v0007.model.json.efgh5678.tmp"
+    old_temp.write_text("{"), new_temp.write_text("{")
+    os.utime(old_temp, (time.time() - 3600, time.time() - 3600))
+    ModelRegistry(root)
+    names = {p.name for p in model_dir.iterdir()}
+    assert "v0002.lock" not in names and "v0005.lock" in names
+    assert old_temp.name not in names and new_temp.name in names
+    # A lock this registry takes names this process, from the moment it exists.
+    (model_dir / "v0005.lock").unlink()
+    reg.maybe_refresh()
+    seen = []
+    real_replace = os.replace
+
+    def spy(src, dst, *a, **k):
+        seen.extend(p.read_text() for p in model_dir.glob("*.lock"))
+        return real_replace(src, dst, *a, **k)
+
+    try:
+        os.replace = spy
+        reg.save(copy.deepcopy(meta), model)
+    finally:
+        os.replace = real_replace
+    assert seen and all(text.split()[:2] == [host, str(os.getpid())] for text in seen)
+
+
+def test_a_model_folder_that_cannot_be_listed_costs_only_its_own_models(root, caplog):
+    reg = ModelRegistry(root)
+    meta, model, _ = fit()
+    reg.save(meta, model)
+    (root / "loop").symlink_to(root / "loop")  # listing it: "too many levels of symbolic links"
+    again = ModelRegistry(root)
+    assert again.identities() == [IDENT] and again.load(IDENT).meta.version == 1
+    assert "cannot be read" in caplog.text
+    reg.refresh()
+    assert reg.identities() == [IDENT]
+
+
+def test_a_version_another_process_deleted_is_gone_not_damaged(root):
+    # Deleted between this process's index and its read of the file: a 404, or the version
+    # that serves now, never "missing or damaged".
+    import copy
+
+    writer = ModelRegistry(root)
+    meta, model, _ = fit()
+    writer.save(copy.deepcopy(meta), model)
+    writer.save(copy.deepcopy(meta), model)
+    reader = ModelRegistry(root, max_loaded=1)
+    writer.delete(IDENT, 2)
+    assert reader.load(IDENT).meta.version == 1  # the latest it knew was deleted: the one serving now
+    other = ModelRegistry(root)  # its index holds version 1, not yet loaded
+    writer.delete(IDENT)
+    with pytest.raises(ModelNotFound, match="has no version 1: it was deleted"):
+        other.load(IDENT, 1)
+    assert other.identities() == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,7 +71,36 @@ def regular_file_fd(path: Path | str) -> Iterator[int]:
         os.close(fd)
 
 
-def read_regular(path: Path | str) -> bytes:
-    """The bytes of ``path``, which must be a regular file (see :func:`regular_file_fd`)."""
+def read_regular(path: Path | str, limit: int = -1) -> bytes:
+    """The bytes of ``path`` (at most ``limit``), which must be a regular file (see
+    :func:`regular_file_fd`)."""
     with regular_file_fd(path) as fd, os.fdopen(fd, "rb", closefd=False) as fh:
-        return fh.read()
+        return fh.read(limit)
+
+
+# A temporary file not written for this long is a killed writer's: writers write on and on
+# (a million-row table streams in chunks that take well under a second each).
+STALE_TEMP_SECONDS = 600
+
+
+def remove_stale_temps(directory: Path, older_than: float = STALE_TEMP_SECONDS) -> int:
+    """Remove the temporary files that :func:`temp_beside` made in ``directory`` and that
+    have not been written for ``older_than`` seconds: a writer killed midway (a kill -9
+    while a version or a table was stored) left them, and nothing else would. Returns
+    how many went; a file that cannot be removed is left."""
+    removed = 0
+    now = time.time()
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return 0
+    for e in entries:
+        if not (e.name.startswith(".") and e.name.endswith(".tmp")):
+            continue
+        try:
+            if e.is_file(follow_symlinks=False) and now - e.stat(follow_symlinks=False).st_mtime > older_than:
+                os.unlink(e.path)
+                removed += 1
+        except OSError:
+            continue
+    return removed

@@ -55,7 +55,7 @@ import orjson
 from scipy.spatial import cKDTree
 from scipy.special import ndtri
 
-from .atomic import atomic_file, temp_beside
+from .atomic import atomic_file, remove_stale_temps, temp_beside
 from .errors import InvalidInput, NotFound, PredictorError, shown, storage_error
 from .features import FIRST_OF_SHAPE, stated_flag
 from .identity import IDENTITY_KEYS, IdentityPattern
@@ -1975,6 +1975,8 @@ class LookupTableStore:
     def __init__(self, root: Path, default: str | None = None, max_loaded: int = 8):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        for d in (self.root, self.root / ".index"):  # what a generation or sidecar killed midway left
+            remove_stale_temps(d)
         self.max_loaded = max_loaded
         self._lock = threading.RLock()
         self._cache: OrderedDict[str, _Cached] = OrderedDict()

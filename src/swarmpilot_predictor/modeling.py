@@ -1208,7 +1208,9 @@ class LightGBMLocation(LocationModel):
         return out if self.base_ is None else out + self.base_.predict_row(x)
 
     def to_json(self):
-        booster = self.booster_.model_to_string(num_iteration=self.best_iteration_)
+        # A loaded booster is written back as it was read (LightGBM parsed it without its
+        # tree_sizes line and settings, see _booster_text, and would write it without them).
+        booster = self.__dict__.get("_stored_text") or self.booster_.model_to_string(num_iteration=self.best_iteration_)
         return {
             "num_boost_round": self.num_boost_round,
             "best_iteration": self.best_iteration_,
@@ -1237,6 +1239,7 @@ class LightGBMLocation(LocationModel):
         if obj.booster_.num_trees() != checked:
             raise ValueError(f"the LightGBM booster text is damaged: {checked} trees written, "
                              f"{obj.booster_.num_trees()} read")
+        obj._stored_text = d["booster"]
         return obj
 
 
@@ -1250,19 +1253,19 @@ def _booster_text(text: Any, digest: Any) -> tuple[str, int]:
     LightGBM cuts the text into trees by the lengths on its ``tree_sizes=`` line and
     parses them in parallel; where a length no longer matches (a character lost or
     added), a parse error inside that parallel region terminates the process instead
-    of raising. A text saved with its SHA-256 digest must match it exactly. One saved
-    without (before the digest was stored) must have tree lengths that match its
-    ``tree_sizes`` line, and is parsed without that line: tree by tree, where
-    LightGBM's errors are ordinary exceptions. Raises ValueError for a damaged text.
+    of raising. A text saved with its SHA-256 digest must match it exactly. Then (and
+    for one saved before the digest was stored) its tree lengths must match its
+    ``tree_sizes`` line, and it is parsed without that line: tree by tree, where
+    LightGBM's errors are ordinary exceptions. A digest catches damage, not a file
+    rewritten whole with its digests (by hand, or by another tool): such a file aborted
+    the server on its first prediction. Raises ValueError for a damaged text.
     """
     if not isinstance(text, str):
         raise ValueError(f"the LightGBM booster must be text, got {type(text).__name__}")
     raw = text.encode()
     trees = len(_TREE_HEADER.findall(raw))
-    if digest is not None:
-        if not isinstance(digest, str) or hashlib.sha256(raw).hexdigest() != digest:
-            raise ValueError("the LightGBM booster text does not match its SHA-256 digest: the file is damaged")
-        return text, trees
+    if digest is not None and (not isinstance(digest, str) or hashlib.sha256(raw).hexdigest() != digest):
+        raise ValueError("the LightGBM booster text does not match its SHA-256 digest: the file is damaged")
     m = _TREE_SIZES.search(text)
     if m is None:
         return _through_trees(text), trees

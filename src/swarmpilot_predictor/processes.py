@@ -1,4 +1,5 @@
-"""Whether a process still runs: for job records, metric files and folders named after one."""
+"""Whether a process still runs: for job records, version locks, metric files and folders
+named after one."""
 
 from __future__ import annotations
 
@@ -17,3 +18,19 @@ def alive(pid: Any) -> bool:
     except PermissionError:  # there, but another user's
         return True
     return True
+
+
+def started(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, Linux), to tell it from a later
+    process given the same id; None where that cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def still_running(pid: Any, start: str | None) -> bool:
+    """Whether process ``pid``, started at ``start`` (see :func:`started`; None: unknown),
+    still runs: not merely a later process given the same id."""
+    return alive(pid) and (start is None or started(pid) in (None, start))

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import re
+import socket
 import threading
 import time
 from collections import OrderedDict
@@ -25,11 +26,12 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .atomic import atomic_file, atomic_write_bytes, read_regular
+from .atomic import atomic_file, atomic_write_bytes, read_regular, remove_stale_temps, temp_beside
 from .errors import AmbiguousModel, ModelNotFound, ModelUnreadable, NotFound, VersionConflict, writing
 from .features import FeatureSchema
 from .identity import IdentityPattern, ModelIdentity
 from .modeling import QuantileModel
+from .processes import started, still_running
 
 log = logging.getLogger(__name__)
 _META = re.compile(r"^v(\d{4,})\.meta\.json$")
@@ -149,8 +151,59 @@ class LoadedModel:
 
 
 # A version's lock older than this is a writer's that was killed: storing a version takes
-# seconds (a 200,000-row model's training data about one).
+# seconds (a 200,000-row model's training data about one). A lock names its writer (host,
+# pid, start time): one of this host whose writer is gone is stale at once.
 STALE_LOCK_SECONDS = 600
+_HOST = socket.gethostname()
+
+
+def _lock_owner() -> bytes:
+    return f"{_HOST} {os.getpid()} {started(os.getpid()) or '-'}".encode()
+
+
+def _create_lock(lock: Path) -> None:
+    """Create ``lock`` naming this process, or raise FileExistsError if it exists.
+
+    It appears with its owner already in it (written aside, then linked into place: a
+    kill between creating it and writing it would leave a lock that names no one, which
+    holds retraining off until it ages out). Where links cannot be made, it is created
+    exclusively and written after.
+    """
+    try:
+        fd, tmp = temp_beside(lock)
+    except OSError:
+        tmp = None
+    if tmp is not None:
+        try:
+            try:
+                os.write(fd, _lock_owner())
+            finally:
+                os.close(fd)
+            os.link(tmp, lock)
+            return
+        except FileExistsError:
+            raise
+        except OSError:  # a full disk, or a file system without hard links
+            pass
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    try:
+        os.write(fd, _lock_owner())
+    except OSError:  # a full disk: the empty lock still holds the number, and ages out
+        pass
+    finally:
+        os.close(fd)
+
+
+def _lock_abandoned(lock: os.DirEntry | Path) -> bool:
+    """Whether a version's lock names a writer of this host that no longer runs (killed
+    while storing). A lock of another host, or one that names no writer, is left to age."""
+    try:
+        host, pid, start = read_regular(getattr(lock, "path", lock), limit=512).decode().split()
+        return host == _HOST and not still_running(int(pid), None if start == "-" else start)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
 
 
 class ModelRegistry:
@@ -175,7 +228,26 @@ class ModelRegistry:
         # A training worker only writes: it never needs the index.
         self._meta_cache: dict[str, tuple[int, ModelVersion]] = {}
         if scan:
+            self._tidy()
             self.refresh()
+
+    def _tidy(self) -> None:
+        """What writers killed midway left (at start): their temporary files, and the locks
+        of this host's writers that no longer run (which would hold retraining off)."""
+        try:
+            dirs = [e.path for e in os.scandir(self.root) if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            return
+        for d in dirs:
+            remove_stale_temps(Path(d))
+            try:
+                locks = [e for e in os.scandir(d) if e.name.endswith(".lock") and _VERSION_FILE.match(e.name)]
+            except OSError:
+                continue
+            for lock in locks:
+                if _lock_abandoned(lock):
+                    log.warning("removing %s: the writer that held it stopped", lock.path)
+                    Path(lock.path).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ index
 
@@ -209,9 +281,14 @@ class ModelRegistry:
         index: dict[ModelIdentity, dict[int, ModelVersion]] = {}
         seen: dict[str, tuple[int, ModelVersion]] = {}
         for model_dir in os.scandir(self.root):
-            if not model_dir.is_dir():
+            try:
+                if not model_dir.is_dir():
+                    continue
+                metas = self._scan_dir(Path(model_dir.path), seen)
+            except OSError as exc:  # one folder that cannot be listed (permissions, a symlink loop) costs its own models
+                log.warning("skipping model folder %s that cannot be read: %s", model_dir.path, exc)
                 continue
-            for meta in self._scan_dir(Path(model_dir.path), seen):
+            for meta in metas:
                 index.setdefault(meta.identity, {})[meta.version] = meta
         with self._lock:
             self._meta_cache = seen
@@ -226,7 +303,11 @@ class ModelRegistry:
         """Re-read one model's versions (after a training worker wrote them)."""
         seen: dict[str, tuple[int, ModelVersion]] = {}
         model_dir = self.root / identity.dirname
-        metas = self._scan_dir(model_dir, seen) if model_dir.is_dir() else []
+        try:
+            metas = self._scan_dir(model_dir, seen) if model_dir.is_dir() else []
+        except OSError as exc:
+            log.warning("cannot read model folder %s: %s", model_dir, exc)
+            metas = []
         with self._lock:
             self._meta_cache.update(seen)
             versions = {m.version: m for m in metas if m.identity == identity}
@@ -332,7 +413,7 @@ class ModelRegistry:
         with self._lock:
             return (identity, version) in self._loaded
 
-    def load(self, identity: ModelIdentity, version: int | None = None) -> LoadedModel:
+    def load(self, identity: ModelIdentity, version: int | None = None, _again: bool = True) -> LoadedModel:
         meta = self.get_version(identity, version)
         key = (identity, meta.version)
         with self._lock:
@@ -352,6 +433,12 @@ class ModelRegistry:
                 # an array element must fail here, naming the file, not at prediction time.
                 model.check_loaded()
         except Exception as exc:  # any failure to rebuild the model from its file
+            if not (path.parent / _meta_file(meta.version)).exists():
+                # Deleted by another process since this one's index was read: gone, not damaged.
+                self.refresh()
+                if version is None and _again:
+                    return self.load(identity, None, _again=False)  # the version that serves now, if any
+                raise ModelNotFound(f"model {identity.key} has no version {meta.version}: it was deleted") from None
             log.error("cannot load %s version %d from %s: %r", identity.key, meta.version, path, exc)
             raise ModelUnreadable(
                 f"model {identity.key} version {meta.version} cannot be loaded: its file {path.name} is missing or "
@@ -441,7 +528,7 @@ class ModelRegistry:
                 return number
             lock = kinds.get("lock")
             try:
-                if lock is not None and now - lock.stat().st_mtime < STALE_LOCK_SECONDS:
+                if lock is not None and now - lock.stat().st_mtime < STALE_LOCK_SECONDS and not _lock_abandoned(lock):
                     return number
             except FileNotFoundError:  # let go of just now: its meta file is there, or it failed
                 if (model_dir / _meta_file(number)).exists():
@@ -456,7 +543,7 @@ class ModelRegistry:
         while True:
             lock = model_dir / _lock_file(version)
             try:
-                os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                _create_lock(lock)
             except FileExistsError:
                 version += 1
                 continue

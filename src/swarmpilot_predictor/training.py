@@ -34,7 +34,7 @@ from .errors import InvalidInput, NotFound, PredictorError, TooBusy, shown, vali
 from .features import FeatureSchema
 from .identity import BOOLEAN_PART_NAMES, IDENTITY_KEYS, ModelIdentity, identity_part_problem
 from .modeling import QuantileModel, check_params
-from .processes import alive
+from .processes import started, still_running
 from .registry import ModelRegistry, ModelVersion
 from .schemas import TrainConfig
 from .traces import RUNTIME_RANGE, TRACE_FILE_SUFFIXES, TraceError, TraceTable, dumps_json
@@ -364,16 +364,6 @@ def _parse_train_request(raw: bytes) -> TrainConfig:
 _JOB_ID = re.compile(r"[0-9a-f]{16}")
 
 
-def _started(pid: int) -> str | None:
-    """When process ``pid`` started (clock ticks since boot, Linux), to tell it from a later
-    process given the same id; None where that cannot be read."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[1].split()[19].decode()
-    except (OSError, IndexError):
-        return None
-
-
 class TrainingJobs:
     """Training in one separate, low-priority worker process, with job records.
 
@@ -534,7 +524,7 @@ class TrainingJobs:
             self.records_dir.mkdir(exist_ok=True)
             atomic_write_bytes(self.records_dir / f"{record['job_id']}.json",
                                dumps_json({**record, "worker_pid": os.getpid(), "worker_token": self._token,
-                                           "worker_started": _started(os.getpid())}, orjson.OPT_SERIALIZE_NUMPY))
+                                           "worker_started": started(os.getpid())}, orjson.OPT_SERIALIZE_NUMPY))
         except OSError as exc:  # a full disk: this worker still answers for the job
             log.warning("cannot store training job %s's record: %s", record["job_id"], exc)
 
@@ -548,11 +538,10 @@ class TrainingJobs:
         if not isinstance(record, dict):
             return None
         pid, token = record.pop("worker_pid", None), record.pop("worker_token", None)
-        started = record.pop("worker_started", None)
+        worker_started = record.pop("worker_started", None)
         # Held by a live process, and the same one: a pid may have been given to another
         # process since (another worker after a restart), or to this one (PID 1 in a container).
-        held = (alive(pid) and (started is None or _started(pid) in (None, started))
-                and not (pid == os.getpid() and token != self._token))
+        held = still_running(pid, worker_started) and not (pid == os.getpid() and token != self._token)
         if record.get("status") in ("queued", "running") and not held:
             record.update(status="failed", error={
                 "status_code": 503, "message": "the service process that held this job stopped before it finished"})
