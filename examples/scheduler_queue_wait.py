@@ -24,7 +24,9 @@ class Instance:
 
 
 def completion_estimate(client: PredictorClient, instance: Instance, task: dict, level: float) -> QueueWaitEstimate:
-    return client.queue_wait(instance.identity, [*instance.queue, task], quantiles=[0.5, level])
+    # shared_factor: the model's own error about the runtimes' level is one error for the
+    # whole queue; without it a long queue's tail is too sure (README, Modelling).
+    return client.queue_wait(instance.identity, [*instance.queue, task], quantiles=[0.5, level], shared_factor=True)
 
 
 def choose_instance(client: PredictorClient, instances: list[Instance], task: dict, level: float = 0.9) -> tuple[Instance, dict[str, float]]:
