@@ -311,7 +311,7 @@ def mc_sum(dist: RuntimeDistribution, n_samples: int, seed: int) -> np.ndarray:
     return np.exp(np.clip(dist.location + dist.scale * z, *dist.log_bounds)).sum(axis=1)
 
 
-@pytest.mark.parametrize("case", ["ten decades", "a fifth near zero"])
+@pytest.mark.parametrize("case", ["ten decades", "a fifth near zero", "a twentieth near zero"])
 @pytest.mark.parametrize("k", [2, 3, 5])
 def test_low_quantiles_of_a_few_tasks_whose_runtimes_span_decades(case, k):
     # Most of a few tasks' low total lies within the first cell of a grid up to its median:
@@ -319,12 +319,17 @@ def test_low_quantiles_of_a_few_tasks_whose_runtimes_span_decades(case, k):
     rng = np.random.default_rng(6)
     if case == "ten decades":
         z = rng.uniform(-5, 5, 2000) * np.log(10.0)
-    else:  # a fifth of the runs a millionth of the others (aborted at once)
-        z = 0.1 * rng.standard_normal(2000) + np.where(rng.random(2000) < 0.2, np.log(1e-6), 0.0)
+    else:  # some runs take a millionth of the others (aborted at once)
+        share = 0.2 if case == "a fifth near zero" else 0.05
+        z = 0.1 * rng.standard_normal(2000) + np.where(rng.random(2000) < share, np.log(1e-6), 0.0)
     bounds = (z.min() - np.log(100.0), z.max() + np.log(100.0))
     dist = RuntimeDistribution(np.zeros(k), np.ones(k), ScoreDistribution.from_scores(z), log_bounds=bounds)
-    levels = np.array([0.01, 0.05, 0.1, 0.25, 0.5])
-    assert off_in_probability(dist.total().quantiles(levels), levels, mc_sum(dist, 200_000, 2)) <= 0.005
+    levels = np.array([0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5])
+    s = mc_sum(dist, 400_000, 2)
+    q = dist.total().quantiles(levels)
+    # In time, where a level falls among the values of its mode (not in a gap between modes).
+    assert off_in_probability(q, levels, s, tol=0.02) <= max(0.1 * levels.min(), 0.0001)
+    assert off_in_probability(q, levels, s) <= 0.005
 
 
 @pytest.mark.parametrize("k", [10, 20, 50])

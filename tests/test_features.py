@@ -264,8 +264,10 @@ def test_a_feature_some_training_rows_lacked_may_be_lacked_at_prediction_too():
     assert ok.all() and np.array_equal(from_table[0], got[0], equal_nan=True)
     assert schema.missing_in(TraceTable.from_traces([bare])) == []
     # A wrong value is still an error, and so is lacking a feature every training row had.
-    _, errors = schema.matrix([{**bare, "load": "heavy"}, {"gpu": "a100"}])
-    assert errors == ["feature 'load' must be a number, got str 'heavy'", "missing required feature 'input_tokens'"]
+    _, errors = schema.matrix([{**bare, "load": "heavy"}, {**bare, "load": [1]}, {"gpu": "a100"}])
+    assert errors == ["feature 'load' must be a number, got str 'heavy'", "feature 'load' must be a number, got list [1]",
+                      "missing required feature 'input_tokens'"]
+    assert schema.row({**bare, "load": [1]})[1] == errors[1]
     assert not schema.matrix_from_table(TraceTable.from_traces([{**bare, "load": "heavy"}]))[1].any()
     assert FeatureSchema.from_json(schema.to_json()).features == schema.features
 

@@ -7,7 +7,6 @@ import json
 import os
 import pickle
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from swarmpilot_predictor.features import FeatureSchema
 from swarmpilot_predictor.identity import IdentityPattern, ModelIdentity
 from swarmpilot_predictor.modeling import QuantileModel
 from swarmpilot_predictor.registry import (
+    _PID_SPACE,
     ModelRegistry,
     ModelVersion,
     atomic_write_bytes,
@@ -678,15 +678,16 @@ def test_a_lock_whose_writer_was_killed_holds_nothing_off_and_goes_at_start(root
     meta, model, _ = fit()
     reg.save(copy.deepcopy(meta), model)
     model_dir = root / IDENT.dirname
-    host = socket.gethostname()
-    (model_dir / "v0002.lock").write_text(f"{host} {_dead_pid()} -")
-    (model_dir / "v0003.lock").write_text(f"elsewhere {_dead_pid()} -")  # another host's: left to age
+    here = " ".join(_PID_SPACE)  # host, boot and pid namespace
+    (model_dir / "v0002.lock").write_text(f"{here} {_dead_pid()} -")
+    # Another pid namespace's (a container sharing the host name): its ids are not ours to judge.
+    (model_dir / "v0003.lock").write_text(f"{_PID_SPACE[0]} {_PID_SPACE[1]} pid:[1] {_dead_pid()} -")
     with pytest.raises(VersionConflict, match="version 3"):
         reg.save(copy.deepcopy(meta), model, after=1)
     (model_dir / "v0003.lock").unlink()
     assert reg.save(copy.deepcopy(meta), model, after=1).version == 3
     # A live writer's lock holds a successor off, as an empty one (it names no one) does.
-    (model_dir / "v0005.lock").write_text(f"{host} {os.getpid()} -")
+    (model_dir / "v0005.lock").write_text(f"{here} {os.getpid()} -")
     with pytest.raises(VersionConflict, match="version 5"):
         reg.save(copy.deepcopy(meta), model, after=3)
     # A new process's registry removes the killed writer's lock (and its old temporary
@@ -698,22 +699,25 @@ def test_a_lock_whose_writer_was_killed_holds_nothing_off_and_goes_at_start(root
     names = {p.name for p in model_dir.iterdir()}
     assert "v0002.lock" not in names and "v0005.lock" in names
     assert old_temp.name not in names and new_temp.name in names
-    # A lock this registry takes names this process, from the moment it exists.
+    # A lock this registry takes names this process from the moment it exists: it is
+    # written aside and linked into place (created empty, a kill before its write left a
+    # lock naming no one, which held retraining off until it aged out).
     (model_dir / "v0005.lock").unlink()
     reg.maybe_refresh()
-    seen = []
-    real_replace = os.replace
+    linked = []
+    real_link = os.link
 
     def spy(src, dst, *a, **k):
-        seen.extend(p.read_text() for p in model_dir.glob("*.lock"))
-        return real_replace(src, dst, *a, **k)
+        linked.append((Path(dst).name, Path(src).read_text()))
+        return real_link(src, dst, *a, **k)
 
     try:
-        os.replace = spy
-        reg.save(copy.deepcopy(meta), model)
+        os.link = spy
+        stored = reg.save(copy.deepcopy(meta), model)
     finally:
-        os.replace = real_replace
-    assert seen and all(text.split()[:2] == [host, str(os.getpid())] for text in seen)
+        os.link = real_link
+    owner = f"{here} {os.getpid()} "
+    assert linked and linked[0][0] == f"v{stored.version:04d}.lock" and linked[0][1].startswith(owner)
 
 
 def test_a_model_folder_that_cannot_be_listed_costs_only_its_own_models(root, caplog):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -786,3 +787,21 @@ def test_preload_loads_the_newest_models_first_up_to_the_memory_limit(tmp_path):
         assert [identity.hardware for identity, _ in busy.registry._loaded] == ["A", "C"]
     finally:
         busy.close()
+
+
+def test_what_killed_writes_left_is_removed_at_start_once_old(tmp_path):
+    # A job record, a retraining decision log or the registry's stamp, written aside and
+    # renamed into place: a kill -9 between the two leaves the temporary file.
+    settings = PredictorSettings(data_dir=tmp_path)
+    settings.ensure_dirs()
+    (tmp_path / "jobs").mkdir()
+    (settings.observations_dir / "some-model").mkdir()
+    old = [tmp_path / ".generation.abcd1234.tmp", tmp_path / "jobs" / ".0123.json.abcd1234.tmp",
+           settings.observations_dir / "some-model" / ".decisions.jsonl.abcd1234.tmp"]
+    fresh = tmp_path / "jobs" / ".4567.json.efgh5678.tmp"
+    for p in [*old, fresh]:
+        p.write_text("{")
+    for p in old:
+        os.utime(p, (time.time() - 3600, time.time() - 3600))
+    PredictorService(settings).close()
+    assert not any(p.exists() for p in old) and fresh.exists()

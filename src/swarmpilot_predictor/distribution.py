@@ -761,7 +761,7 @@ class RuntimeDistribution:
             if not (coarse and floor - 4.0 * cell < median < edges[-1]) or (
                     cell < h and span > 0.5 * cell * _LOW_END_GRID):  # no finer than the last pass
                 zoom = floor + _ZOOM_CELLS * cell
-                if cell == h or np.interp(zoom, edges, c) <= _ZOOM_LEVEL:
+                if np.interp(zoom, edges, c) <= _ZOOM_LEVEL:
                     break
                 span = _ZOOM_CELLS * cell / 0.95
             low_x, low_c = _low_end(rows, least, floor + span)

@@ -545,7 +545,9 @@ class FeatureSchema:
         """Encode a whole TraceTable like :meth:`matrix`; return (X, mask of the rows it could encode).
 
         A row is masked out when it lacks a feature or states a ``FIRST_OF_SHAPE``
-        that is not true or false.
+        that is not true or false. A table reads values as training does: a list or an
+        object where a number belongs is a missing value (filled for an optional feature),
+        where :meth:`matrix` calls it an error.
         """
         n = len(table)
         X = np.empty((n, len(self.column_names)), dtype=np.float64)

@@ -1590,10 +1590,10 @@ def _iter_csv_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
         i_exp, i_err = pos["expect"], pos["error"]
         i_status, i_lo, i_hi, i_cl, i_ver = (pos.get(k) for k in ("status", "interval_low", "interval_high", "confidence_level", "model_version"))
         width = len(header)
-        for lineno, row in enumerate(reader, 2):
+        for row in reader:
             if not row:
                 continue
-            where = f"line {lineno}"
+            where = f"line {reader.line_num}"  # the physical line: a quoted cell may span several
             if len(row) != width:
                 raise TraceError(f"{name}: {where}: {len(row)} fields where the header has {width}; the file may be truncated")
             try:

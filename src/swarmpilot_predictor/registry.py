@@ -151,14 +151,28 @@ class LoadedModel:
 
 
 # A version's lock older than this is a writer's that was killed: storing a version takes
-# seconds (a 200,000-row model's training data about one). A lock names its writer (host,
-# pid, start time): one of this host whose writer is gone is stale at once.
+# seconds (a 200,000-row model's training data about one). A lock names its writer: one
+# whose process this process can see is gone is stale at once.
 STALE_LOCK_SECONDS = 600
-_HOST = socket.gethostname()
+
+
+def _read_id(path: str) -> str:
+    try:
+        if path.startswith("/proc/self/ns/"):
+            return os.readlink(path).strip() or "-"
+        with open(path) as fh:
+            return fh.read().strip() or "-"
+    except OSError:
+        return "-"
+
+
+# Where a process id means this process's ids: the host, its boot and the pid namespace
+# (containers that share a host name, run with --network host say, do not share process ids).
+_PID_SPACE = (socket.gethostname(), _read_id("/proc/sys/kernel/random/boot_id"), _read_id("/proc/self/ns/pid"))
 
 
 def _lock_owner() -> bytes:
-    return f"{_HOST} {os.getpid()} {started(os.getpid()) or '-'}".encode()
+    return " ".join([*_PID_SPACE, str(os.getpid()), started(os.getpid()) or "-"]).encode()
 
 
 def _create_lock(lock: Path) -> None:
@@ -197,11 +211,14 @@ def _create_lock(lock: Path) -> None:
 
 
 def _lock_abandoned(lock: os.DirEntry | Path) -> bool:
-    """Whether a version's lock names a writer of this host that no longer runs (killed
-    while storing). A lock of another host, or one that names no writer, is left to age."""
+    """Whether a version's lock names a writer of this process's host, boot and pid
+    namespace that no longer runs (killed while storing). A lock of anywhere else, or
+    one that names no writer, is left to age."""
+    if "-" in _PID_SPACE:  # where these cannot be read, no process can be judged gone
+        return False
     try:
-        host, pid, start = read_regular(getattr(lock, "path", lock), limit=512).decode().split()
-        return host == _HOST and not still_running(int(pid), None if start == "-" else start)
+        *space, pid, start = read_regular(getattr(lock, "path", lock), limit=512).decode().split()
+        return tuple(space) == _PID_SPACE and not still_running(int(pid), None if start == "-" else start)
     except (OSError, ValueError, UnicodeDecodeError):
         return False
 

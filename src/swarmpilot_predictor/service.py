@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .atomic import remove_stale_temps
 from .cache import PredictionCache
 from .errors import AmbiguousModel, InvalidInput, ModelNotFound, PredictorError, shown
 from .identity import IdentityPattern, ModelIdentity, identity_conflicts, names_part, stated_keys
@@ -113,10 +115,23 @@ class Prediction(RenderedPredictions):
 
 
 
+def _remove_stale_temps_at_start(settings: PredictorSettings) -> None:
+    """The temporary files of writes killed midway outside the models and tables folders
+    (which their stores tidy): job records, retraining decisions, the registry's stamp."""
+    folders = [settings.data_dir, settings.data_dir / "jobs", settings.models_dir]
+    try:
+        folders += [Path(e.path) for e in os.scandir(settings.observations_dir) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        pass
+    for folder in folders:
+        remove_stale_temps(folder)
+
+
 class PredictorService:
     def __init__(self, settings: PredictorSettings):
         self.settings = settings
         settings.ensure_dirs()
+        _remove_stale_temps_at_start(settings)
         self.registry = ModelRegistry(settings.models_dir, settings.max_loaded_models)
         self.trainer = Trainer(settings.data_dir, self.registry)
         self.jobs = TrainingJobs(settings.data_dir, on_success=self._trained_in_worker,

@@ -170,13 +170,17 @@ def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Ite
             reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8-sig", newline=""))
             header = next(reader, None) or []
             check_csv_header(header, source)
-            for lineno, row in enumerate(reader, 2):
+            # Columns without a name (a spreadsheet's trailing empty columns, pandas' index)
+            # are no fields; a row's cells past the header must be empty, or they would be
+            # dropped without a word; a short row's missing cells are missing values.
+            named = [(i, h) for i, h in enumerate(header) if h]
+            for row in reader:
                 if not row:
                     continue
-                if len(row) != len(header):
-                    # A cell would be dropped or left out without a word: which column is it?
-                    raise TraceError(f"{source}: line {lineno} has {len(row)} fields where the header has {len(header)}")
-                yield {k: csv_value(v) for k, v in zip(header, row)}
+                if len(row) > len(header) and any(c.strip() for c in row[len(header):]):
+                    raise TraceError(f"{source}: line {reader.line_num} has {len(row)} fields where the header "
+                                     f"has {len(header)}")
+                yield {h: csv_value(row[i] if i < len(row) else None) for i, h in named}
         else:  # pragma: no cover - guarded by _format_from_name
             raise TraceError(f"unknown trace format {shown(fmt)}")
     except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
@@ -188,7 +192,7 @@ def check_csv_header(header: list[str], source: str) -> None:
     """A CSV file's header names each column once: a repeated name would let the last column win."""
     seen: set[str] = set()
     for name in header:
-        if name in seen:
+        if name and name in seen:  # unnamed columns (a spreadsheet's trailing empty ones) name nothing
             raise TraceError(f"{source}: the CSV header names column {shown(name)} twice")
         seen.add(name)
 
