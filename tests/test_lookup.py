@@ -315,10 +315,17 @@ def test_quantiles_at_other_levels_and_totals():
     vals = np.array([[10.0, 11.0, 12.0]])
     q = quantile_function(np.array([0.25, 0.5, 0.75]), vals, np.array([11.0]), np.array([1.0]), [0.5, 0.375, 0.9, 0.01])
     assert q[0, 0] == 11.0 and q[0, 1] == pytest.approx(10.5)
-    assert q[0, 2] == pytest.approx(max(12.0, 11.0 + 1.2815515655446004))
-    # Below the lowest stored level, log-linear in the normal score through the two lowest.
-    z25, z01 = -0.6744897501960817, -2.3263478740408408
+    # Beyond the stored levels, log-linear in the normal score through the two outermost
+    # (above: no lower than the normal approximation from the mean and sd, 12.28 here).
+    z25, z01, z75, z90 = -0.6744897501960817, -2.3263478740408408, 0.6744897501960817, 1.2815515655446004
+    assert q[0, 2] == pytest.approx(12.0 * (12.0 / 11.0) ** ((z90 - z75) / (z75 - 0.0)))
+    assert q[0, 2] > 11.0 + z90
     assert q[0, 3] == pytest.approx(10.0 * (11.0 / 10.0) ** ((z01 - z25) / (0.0 - z25)))
+    # A right-skewed record: the normal approximation falls below the stored 0.99 quantile,
+    # and alone it left every level above flat there.
+    skewed = quantile_function(np.array([0.5, 0.9, 0.99]), np.array([[10.0, 20.0, 60.0]]), np.array([14.0]),
+                               np.array([9.0]), [0.99, 0.995, 0.999])[0]
+    assert skewed[0] == 60.0 and 60.0 < skewed[1] < skewed[2]
     pred = table.predict(None, [{"a": 1}, {"a": 2}, {"a": 3}], 0.9, [0.1, 0.5, 0.9], with_total=True)
     body = pred.batch_response()
     expects = [r["expect"] for r in body["results"]]
@@ -793,6 +800,56 @@ def test_long_table_names_get_short_sidecars_and_delete_cleanly(tmp_path):
         check_table_name("\ud800.json")
 
 
+def test_a_csv_table_as_a_spreadsheet_saves_it(tmp_path):
+    # A byte order mark, CRLF line ends, empty cells past the header and an empty row.
+    text = ("x,expect,error,quantile_0.5,quantile_0.9\r\n1,10,1,10,12,,\r\n,,,,\r\n2,20,2,20,23\r\n")
+    path = tmp_path / "sheet.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    table = LookupTable.load(path)
+    assert table.feature_names == ["x"] and table.n_rows == 2
+    assert table.lookup([{"x": 2}]).rows.tolist() == [1]
+    bom_json = tmp_path / "bom.json"
+    bom_json.write_bytes(b"\xef\xbb\xbf" + orjson.dumps([record(0, features={"x": 1})]))
+    assert LookupTable.load(bom_json).n_rows == 1
+
+
+def test_loading_the_default_table_holds_up_no_other_request(tmp_path, monkeypatch):
+    # A million-row default table parses for seconds: /health (on the event loop), the
+    # table list and the other tables' lookups must not wait for it.
+    import threading
+
+    root = tmp_path / "tables"
+    root.mkdir()
+    (root / "default.json").write_bytes(orjson.dumps([record(i, features={"x": i}) for i in range(3)]))
+    (root / "other.json").write_bytes(orjson.dumps([record(i, features={"x": i}) for i in range(2)]))
+    store = LookupTableStore(root, default="default.json")
+    assert store.get("other.json").n_rows == 2
+    (root / "default.json").write_bytes(orjson.dumps([record(i, features={"x": i}) for i in range(4)]))
+    started, release = threading.Event(), threading.Event()
+    real_load = store._load
+
+    def slow_load(path, name, signature):
+        if name == "default.json":
+            started.set()
+            release.wait(10)
+        return real_load(path, name, signature)
+
+    monkeypatch.setattr(store, "_load", slow_load)
+    loading = threading.Thread(target=store.get, args=(None,))
+    loading.start()
+    try:
+        assert started.wait(10)
+        answers = []
+        reader = threading.Thread(target=lambda: answers.append((store.default_state(), store.get("other.json").n_rows)))
+        reader.start()
+        reader.join(2)
+        assert answers == [(("default.json", True, None), 2)], "waited for the default table's load"
+    finally:
+        release.set()
+        loading.join(10)
+    assert store.get(None).n_rows == 4
+
+
 def test_what_a_killed_generation_left_is_removed_at_start_once_old(tmp_path):
     import os
     import time
@@ -951,11 +1008,12 @@ def test_tables_of_a_model_with_first_runs_tell_first_runs_from_repeats(tmp_path
                 np.testing.assert_allclose(t["quantile_predictions"], m["quantile_predictions"], rtol=1e-9)
         assert got[2]["quantile_predictions"][1] > 5 * got[0]["quantile_predictions"][1]
         # A stated flag is true or false, as for the model: 2 or 0.5 fail that trace.
-        bad = [{**shape, "first_of_shape": 2}, {**shape, "first_of_shape": 0.5}, shape]
+        bad = [{**shape, "first_of_shape": 2}, {**shape, "first_of_shape": 0.5}, shape, {**shape, "first_of_shape": "true"}]
         for batch in (bad, bad * 20):
             got = service.predict(PATTERN, batch, 0.9, lookup_table=True, lookup_table_name=name)
-            assert got.ok[:3].tolist() == [False, False, True]
+            assert got.ok[:4].tolist() == [False, False, True, False]
             assert "'first_of_shape' must be true or false, got 2" in got.errors[0]
+            assert got.errors[3] == "'first_of_shape' must be true or false, got 'true'"  # as the model says
     finally:
         service.close()
 

@@ -72,6 +72,7 @@ from .traces import (
     iter_trace_stream,
     normalize_trace,
     normalize_traces,
+    skip_bom,
     open_trace_file,
     reserved_keys,
 )
@@ -613,6 +614,10 @@ class LookupTable:
         except OSError as exc:
             raise TraceError(f"{name}: cannot open ({exc.strerror or exc})") from None
         with raw:
+            try:
+                skip_bom(raw)  # which spreadsheet programs write before a CSV file's header
+            except (OSError, EOFError) as exc:  # a damaged gzip stream
+                raise TraceError(f"{name}: cannot read the file ({exc})") from None
             if fmt == "csv":
                 records = _iter_csv_records(raw, name)
             elif fmt == "jsonl":
@@ -724,7 +729,9 @@ class LookupTable:
         stated = [t.get(flag.name) for t in every]
         for i, v in enumerate(stated):
             problem = None if v is None else stated_flag(v)
-            if isinstance(problem, str) and res.errors[i] is None:
+            # The flag's own message, as the model gives it ("must be true or false"), over
+            # the generic one its column's match gave ("must be a number").
+            if isinstance(problem, str) and unreadable[i] is None:
                 res.rows[i], res.match[i], res.distance[i], res.errors[i] = -1, -1, math.nan, problem
         retry, flat = [], []
         for i in np.flatnonzero((res.match == _NEAREST) | (res.match < 0)).tolist():
@@ -1184,14 +1191,15 @@ def quantile_function(levels: np.ndarray, values: np.ndarray, mean: np.ndarray, 
     """Values at ``taus`` from records that store quantiles at ``levels``.
 
     Stored levels are answered as stored; levels between two stored ones by
-    linear interpolation. Below the lowest stored level the log of the quantile
-    goes on along the normal score at the slope of the two lowest stored ones
-    (exact for a lognormal, and never zero); above the highest, a normal
-    approximation from the record's mean and standard deviation, kept no less
-    extreme than the highest stored quantile. Records that cannot carry a
+    linear interpolation. Beyond the lowest or the highest stored level the log of
+    the quantile goes on along the normal score at the slope of the two outermost
+    stored ones (exact for a lognormal, never zero below, never flat above); above,
+    no lower than a normal approximation from the record's mean and standard
+    deviation either. (With the normal alone above, a right-skewed record's 0.995
+    quantile came out at its stored 0.99 one: flat.) Records that cannot carry a
     log slope (one stored level, a quantile not above 0) get the normal
-    approximation below too, floored at 0. The result never decreases along
-    increasing levels.
+    approximation, floored at 0 below and at the highest stored quantile above.
+    The result never decreases along increasing levels.
     """
     taus_a = np.asarray(taus, dtype=np.float64)
     L = np.asarray(levels, dtype=np.float64)
@@ -1215,7 +1223,15 @@ def quantile_function(levels: np.ndarray, values: np.ndarray, mean: np.ndarray, 
                 normal = np.where(ok, tail, normal)
             out[:, t_idx] = normal
         else:
-            out[:, t_idx] = np.maximum(values[:, -1], mean + std * ndtri(t))
+            upper = np.maximum(values[:, -1], mean + std * ndtri(t))
+            if len(L) >= 2:
+                v0, v1 = values[:, -2], values[:, -1]
+                ok = (v0 > 0) & (v1 > 0)
+                with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                    slope = np.log(v1 / v0) / (ndtri(L[-1]) - ndtri(L[-2]))
+                    tail = v1 * np.exp(slope * (ndtri(t) - ndtri(L[-1])))
+                upper = np.where(ok, np.maximum(upper, tail), upper)
+            out[:, t_idx] = upper
     order = np.argsort(taus_a, kind="stable")
     out[:, order] = np.maximum.accumulate(out[:, order], axis=1)
     return out
@@ -1241,7 +1257,11 @@ def _quantiles_one(L: list[float], V: list[float], mu: float, sd: float, taus: S
             else:
                 out.append(min(V[0], max(mu + sd * inv(t), 0.0)))
         else:
-            out.append(max(V[-1], mu + sd * inv(t)))
+            upper = max(V[-1], mu + sd * inv(t))
+            if len(L) >= 2 and V[-2] > 0 and V[-1] > 0:
+                z1 = inv(L[-1])
+                upper = max(upper, V[-1] * math.exp(math.log(V[-1] / V[-2]) / (z1 - inv(L[-2])) * (inv(t) - z1)))
+            out.append(upper)
     order = sorted(range(len(taus)), key=lambda k: taus[k])
     run = -math.inf
     for k in order:
@@ -1591,9 +1611,11 @@ def _iter_csv_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
         i_status, i_lo, i_hi, i_cl, i_ver = (pos.get(k) for k in ("status", "interval_low", "interval_high", "confidence_level", "model_version"))
         width = len(header)
         for row in reader:
-            if not row:
+            if not any(cell.strip() for cell in row):  # a blank line, or a spreadsheet's empty row
                 continue
             where = f"line {reader.line_num}"  # the physical line: a quoted cell may span several
+            if len(row) > width and not any(cell.strip() for cell in row[width:]):
+                row = row[:width]  # a spreadsheet's empty cells past the header
             if len(row) != width:
                 raise TraceError(f"{name}: {where}: {len(row)} fields where the header has {width}; the file may be truncated")
             try:
@@ -1987,6 +2009,8 @@ class LookupTableStore:
         self.default_table: LookupTable | None = None
         self.default_signature: tuple | None = None
         self.default_error: str | None = None
+        self._default_loading = threading.Lock()
+        self._default_epoch = 0  # counts deletes of the default: a load begun before one is not served
         if default:
             self.load_default(default)
 
@@ -2112,20 +2136,30 @@ class LookupTableStore:
             return table
         if signature == known:  # loaded, or failed to load, at this version of the file
             return table
-        with self._lock:
-            if self.default_table is not table or self.default_signature != known:
-                return self.default_table  # another thread got there first: its answer is current
+        # Parsed outside the store's lock (a million rows take seconds): /health, /tables and
+        # the other tables' lookups read under it. One thread loads; the others wait here.
+        with self._default_loading:
+            with self._lock:
+                if self.default_table is not table or self.default_signature != known:
+                    return self.default_table  # another thread got there first: its answer is current
+                epoch = self._default_epoch
+            loaded, error = None, None
             try:
-                self.default_table = self._load(path, self.default_name or path.name, signature)
-                self.default_error = None
-                log.info("default lookup table %s loaded: %d records", path, self.default_table.n_rows)
+                loaded = self._load(path, self.default_name or path.name, signature)
+                log.info("default lookup table %s loaded: %d records", path, loaded.n_rows)
             except (TraceError, OSError) as exc:  # OSError: replaced or deleted again while it was read
-                if table is None:
-                    self.default_error = f"DEFAULT_LOOKUP_TABLE {str(path)!r}: {exc}"
+                error = f"DEFAULT_LOOKUP_TABLE {str(path)!r}: {exc}"
                 log.error("default lookup table %s cannot be read%s: %s", path,
                           ", keeping the loaded one" if table is not None else "", exc)
-            self.default_signature = signature
-            return self.default_table
+            with self._lock:
+                if self._default_epoch != epoch:  # deleted while it was read: not served
+                    return self.default_table
+                if loaded is not None:
+                    self.default_table, self.default_error = loaded, None
+                elif table is None:
+                    self.default_error = error
+                self.default_signature = signature
+                return self.default_table
 
     def default_state(self) -> tuple[str | None, bool, str | None]:
         """``(name, loaded, error)`` of the default table, read together.
@@ -2243,6 +2277,7 @@ class LookupTableStore:
 
     def _forget_default(self) -> None:
         with self._lock:
+            self._default_epoch += 1
             self.default_table = None
             self.default_signature = None
             self.default_error = f"DEFAULT_LOOKUP_TABLE {self.default_name!r}: deleted"

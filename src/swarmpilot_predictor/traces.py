@@ -104,7 +104,7 @@ def open_trace_file(path: Path | str) -> tuple[IO[bytes], str]:
     fmt = _format_from_name(name)
     raw: IO[bytes] = gzip.open(path, "rb") if gz else open(path, "rb")
     try:
-        _skip_bom(raw)
+        skip_bom(raw)
     except (OSError, EOFError):
         # Not gzip after all, or truncated: from the start again, so that reading it fails
         # where the readers turn the error into a TraceError naming the file.
@@ -115,7 +115,7 @@ def open_trace_file(path: Path | str) -> tuple[IO[bytes], str]:
     return raw, fmt
 
 
-def _skip_bom(raw: Any) -> None:
+def skip_bom(raw: Any) -> None:
     """Move ``raw`` (a buffered or gzip file at its start) past a UTF-8 byte order mark, if one is there."""
     head = raw.peek(len(UTF8_BOM))[: len(UTF8_BOM)]
     if head == UTF8_BOM:
