@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from swarmpilot_predictor.errors import PredictorError
 from swarmpilot_predictor.features import FeatureSchema
 from swarmpilot_predictor.identity import IdentityPattern, ModelIdentity
 from swarmpilot_predictor.retraining import DecisionLog, observation_matrix
@@ -119,9 +120,16 @@ def test_concurrent_retrain_requests_make_one_new_version(tmp_path):
     svc = _service(tmp_path)
     svc.observe(IDENTITY, _shifted(200, 1.6, seed=10))
     pattern = IdentityPattern.from_parts(IDENTITY)
+    counted = []
+    real = svc.retrainer.on_decision
+    svc.retrainer.on_decision = lambda d: (counted.append(d["status"]), real(d))
     with ThreadPoolExecutor(3) as pool:
         decisions = list(pool.map(lambda _: svc.retrain(pattern), range(3)))
     assert sorted(d["status"] for d in decisions) == ["retrained", "skipped", "skipped"]
+    # The metric counts what the log keeps: an answer "under way" is no decision (with two
+    # workers an automatic attempt counted one on every /observe).
+    logged = [d["status"] for d in svc.accuracy(pattern)["retraining"]]
+    assert sorted(counted) == sorted(logged)
     # Those asked while it ran answer at once (or find its version serving, if it was quicker).
     assert all(d["message"] in ("a retraining of this model is under way", "version 2 was stored meanwhile and serves now")
                for d in decisions if d["status"] == "skipped")
@@ -373,3 +381,24 @@ def test_one_observation_far_outside_the_training_range_does_not_decide_a_retrai
     # In milliseconds that one row decided: the serving version was kept (10,164 against 13,630).
     decision = svc.retrain(pattern)
     assert decision["status"] == "retrained", decision["heldout_log_pinball"]
+
+
+def test_observations_recorded_while_another_worker_deletes_the_model_go_with_it(tmp_path):
+    # Worker 2 deletes the model while worker 1 records observations: worker 1's append
+    # came after the delete removed the log, and made it again for a model that is gone.
+    w1 = _service(tmp_path)
+    w2 = PredictorService(w1.settings)
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    real_record = w1.monitor.record
+
+    def racing(*args, **kwargs):
+        w2.delete_model(pattern)
+        return real_record(*args, **kwargs)
+
+    w1.monitor.record = racing
+    with pytest.raises(PredictorError) as info:
+        w1.observe(IDENTITY, _shifted(20, 1.0, seed=3))
+    assert info.value.status_code == 404
+    assert not [p for p in w1.settings.observations_dir.rglob("*") if p.is_file()]
+    w1.close()
+    w2.close()

@@ -318,15 +318,17 @@ class Retrainer:
         decision: dict[str, Any] = {"model_key": identity.key, "reason": reason, "from_version": asked, "at": time.time()}
         # A retraining already under way answers the ones asked meanwhile: they do not wait for
         # it (each waiting request held one of the server's threads, and /observe waited behind them).
+        # Such an answer is no decision: neither logged nor counted (an automatic attempt in a
+        # worker that does not hold the model's lock counted one on every /observe).
         if not model_lock.acquire(blocking=False):
             decision.update(status="skipped", message="a retraining of this model is under way")
-            return self._counted(decision)
+            return decision
         try:
             with self.decisions.exclusive(identity, wait=False) as mine:
                 if not mine:
                     decision.update(status="skipped", message="a retraining of this model is under way in another "
                                                               "worker process")
-                    return self._counted(decision)
+                    return decision
                 return self._retrain_serving(identity, asked, decision)
         finally:
             model_lock.release()
@@ -486,7 +488,8 @@ class Retrainer:
         return QuantileModel(meta.features.kinds, meta.features.n_categories, meta.algorithm, params=meta.params)
 
     def _counted(self, decision: dict[str, Any]) -> dict[str, Any]:
-        """Tell ``on_decision`` (the Prometheus counter); every decision passes here once."""
+        """Tell ``on_decision`` (the Prometheus counter); every decision passes here once, and
+        every one is logged (:meth:`_done`), so that the counter and the log agree."""
         if self.on_decision is not None:
             self.on_decision(decision)
         return decision

@@ -652,6 +652,14 @@ class PredictorService:
         q = loaded.model.predict_quantiles(X[rows], list(MONITOR_LEVELS))
         version = loaded.meta.version
         self.monitor.record(identity, version, [flat[i] for i in rows], y[rows], q)
+        self.registry.maybe_refresh()
+        if not self.registry.versions(identity):
+            # Deleted (by another worker) while these were recorded: its observations go with
+            # it, these too. (The delete removes the model before its observations, so one of
+            # the two always sees the other.)
+            self.observations.delete(identity)
+            self.monitor.forget(identity)
+            raise ModelNotFound(f"no model {identity.key}: it was deleted")
         self.metrics.observations.labels(identity.key).inc(len(rows))
         report = self.monitor.report(identity, version)
         self.metrics.set_accuracy(identity.key, version, report)
