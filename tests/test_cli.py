@@ -350,6 +350,18 @@ def test_an_unreachable_service_is_one_line(tmp_path, command):
     assert "cannot reach the predictor at http://127.0.0.1:1" in one_error_line(result)
 
 
+def test_arguments_that_are_not_utf8_are_one_line_over_http_too(tmp_path):
+    # Bytes of another encoding reach Python as lone surrogates: no URL or form can carry them.
+    result = runner.invoke(cli.app, ["predict", "vision/\udcff/*/*/*", "{}", "--url", "http://127.0.0.1:1"])
+    assert "model_name '\\udcff' is not valid Unicode" in one_error_line(result)
+    result = runner.invoke(cli.app, ["models", "--url", "http://127.0.0.1:1/\udcff"])
+    assert "which is not UTF-8 text" in one_error_line(result)
+    trace = tmp_path / "t.jsonl"
+    trace.write_text('{"input_tokens": 1, "output_tokens": 1}\n')
+    result = runner.invoke(cli.app, ["table", "llm/*/*/*/*", str(trace), "--url", "http://127.0.0.1:1", "-o", "\udcff.json"])
+    assert "not UTF-8" in one_error_line(result) or "not valid Unicode" in one_error_line(result)
+
+
 def test_an_error_answer_of_the_service_is_one_line(tmp_path, server):
     cfg = tmp_path / "train.json"
     cfg.write_text(json.dumps({"model": IDENTITY, "traces": make_llm_traces(60), "algorithm": "linear"}))

@@ -215,6 +215,7 @@ def test_nan_and_infinity_are_refused_before_sending(trained_server):
         (lambda c: c.train({"model": IDENTITY, "traces": [{"x": float("nan"), "runtime_ms": 1}]}), "config.traces[0].x"),
         (lambda c: c.train({"model": IDENTITY, "traces": [{"x": float("nan")}], "target": "x"}, files={"t.jsonl": b""}),
          "config.traces[0].x"),
+        (lambda c: c.predict_single(IDENTITY, {**good, "note": "\ud800"}), "trace.note"),  # no JSON text holds it
     ]
     with PredictorClient(trained_server.url, transport=httpx.MockTransport(record)) as client:
         for call, field in cases:
@@ -231,6 +232,16 @@ def test_nan_and_infinity_are_refused_before_sending(trained_server):
             return err.value.field
 
     assert asyncio.run(run()) == "trace[1].output_tokens"
+    # A path segment "." or ".." would be resolved away, reaching another endpoint:
+    # download_table(".") read the table list as if it were the table.
+    with PredictorClient(trained_server.url, transport=httpx.MockTransport(record)) as client:
+        for call, field in [(lambda c: c.download_table("."), "name"), (lambda c: c.delete_table(".."), "name"),
+                            (lambda c: c.train_job(".."), "job_id"),
+                            (lambda c: c.predict_single(("vision", "..", "*", "*", "*"), good), "model_name"),
+                            (lambda c: c.get_model(("vision", "\udcff", "*", "*", "*")), "model_name")]:
+            with pytest.raises(InvalidRequestError) as err:
+                call(client)
+            assert err.value.field == field
     assert sent == []
     # A None is a missing value and is sent as null, as before.
     with PredictorClient(trained_server.url) as client:
@@ -303,6 +314,27 @@ def test_timeout_raises_unavailable():
         for c in accepted:
             c.close()
         listener.close()
+
+
+def test_a_request_the_server_may_have_carried_out_says_so_when_the_connection_drops():
+    # A training or observations sent, then the connection dropped before an answer: not
+    # retried (it may have been acted on), and the error does not invite a blind retry.
+    import httpx
+
+    calls = []
+
+    def drop(request):
+        calls.append(request.url.path)
+        raise httpx.RemoteProtocolError("Server disconnected without sending a response", request=request)
+
+    with PredictorClient("http://127.0.0.1:9", retries=2, transport=httpx.MockTransport(drop)) as client:
+        with pytest.raises(PredictorUnavailableError) as err:
+            client.observe(IDENTITY, [{"input_tokens": 1, "output_tokens": 1, "runtime_ms": 5.0}])
+        assert calls == ["/observe"]
+        assert "was sent" in err.value.message and "may have been carried out" in err.value.message
+        with pytest.raises(PredictorUnavailableError) as err:
+            client.health()  # a read is repeated, then reported as unreachable
+        assert calls.count("/health") == 3 and "cannot reach the predictor" in err.value.message
 
 
 def test_background_training_and_cache_through_the_client(trained_server):

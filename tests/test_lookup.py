@@ -169,6 +169,10 @@ def test_generation_rejects_bad_arguments(trained, tmp_path):
         service.generate_table(PATTERN, path, 0.95, "../escape.json")
     with pytest.raises(InvalidInput, match="format"):
         service.generate_table(PATTERN, path, 0.95, "t.json", "csv")
+    # What generation writes is JSON or CSV, and its message says so (not .jsonl, which loads).
+    for name in ("t.txt", "t.jsonl"):
+        with pytest.raises(InvalidInput, match=r"must end in \.json or \.csv \(optionally \.gz\)"):
+            service.generate_table(PATTERN, path, 0.95, name)
     with pytest.raises(InvalidInput, match="confidence_level"):
         service.generate_table(PATTERN, path, 1.5)
     broken = tmp_path / "broken.jsonl"

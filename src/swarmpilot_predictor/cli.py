@@ -75,6 +75,9 @@ def _remote(url: str) -> Iterator[Any]:
         _fail(f"cannot talk to the predictor at {url}: {exc}")
     except OSError as exc:  # a trace file to upload that cannot be read
         _fail(f"{exc.filename or 'a file'}: cannot read it ({exc.strerror or exc})")
+    except UnicodeError as exc:  # an argument of bytes that are not UTF-8 (a name, the URL): no request can carry it
+        bad = ascii(exc.object[exc.start:exc.end]) if isinstance(exc, UnicodeEncodeError) else str(exc)
+        _fail(f"an argument holds {bad}, which is not UTF-8 text: it cannot be sent to {ascii(url)}")
 
 
 def _levels_arg(quantiles: Optional[str]) -> Optional[list[float]]:
@@ -228,7 +231,8 @@ def train(
         if _is_file(local):
             uploads = {cfg.traces: local}
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,} traces"),
-                  TimeElapsedColumn(), console=err_console, transient=True) as progress:
+                  TimeElapsedColumn(), console=err_console, transient=True,
+                  disable=not err_console.is_terminal) as progress:
         task = progress.add_task("reading traces", total=None)
         try:
             result = service.train(cfg, uploads, progress=lambda n: progress.advance(task, n))
@@ -401,7 +405,8 @@ def table_cmd(
         service = _service(data_dir)
         total = _count_records(trace_file)
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} traces" if total else "{task.completed:,} traces"),
-                      TimeElapsedColumn(), console=err_console, transient=True) as progress:
+                      TimeElapsedColumn(), console=err_console, transient=True,
+                      disable=not err_console.is_terminal) as progress:
             task = progress.add_task("predicting", total=total)
             try:
                 result = service.generate_table(pattern, trace_file, confidence_level, name, fmt,

@@ -121,7 +121,11 @@ def _unsendable(value: Any, path: str, any_type: bool) -> tuple[str, Any] | None
     stack: list[tuple[Any, str]] = [(value, path)]
     while stack:
         value, path = stack.pop()
-        if value is None or isinstance(value, (str, bool)):
+        if isinstance(value, str):
+            if any_type and not _utf8(value):  # a lone surrogate: no JSON text can hold it
+                return path, value
+            continue
+        if value is None or isinstance(value, bool):
             continue
         if isinstance(value, float):  # numpy.float64 too
             if not math.isfinite(value):
@@ -131,7 +135,7 @@ def _unsendable(value: Any, path: str, any_type: bool) -> tuple[str, Any] | None
                 return path, value
         elif isinstance(value, Mapping):
             for k in value:  # orjson writes str keys only
-                if any_type and not isinstance(k, str):
+                if any_type and not (isinstance(k, str) and _utf8(k)):
                     return (f"{path}.{k}" if path else str(k)), k
             stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in reversed(list(value.items())))
         elif isinstance(value, (list, tuple)):
@@ -152,6 +156,14 @@ def _unsendable(value: Any, path: str, any_type: bool) -> tuple[str, Any] | None
         elif any_type:
             return path, value
     return None
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _json_default(value: Any) -> Any:
@@ -216,9 +228,24 @@ def identity_parts(identity: IdentityLike) -> list[Any]:
     return [None if p in (None, "*") else p for p in parts]
 
 
+def _segment(value: Any, field_name: str) -> str:
+    """One URL path segment, percent-encoded. ``.`` and ``..`` are refused: HTTP clients
+    resolve them away, so the request would reach another endpoint (``download_table(".")``
+    read the table list as if it were the table); so is text that cannot be UTF-8."""
+    text = str(value)
+    if text in (".", ".."):
+        raise InvalidRequestError(f"{field_name} {text!r} cannot be sent in a URL (it would be resolved away)",
+                                  field=field_name)
+    try:
+        return quote(text, safe="")
+    except UnicodeEncodeError:
+        raise InvalidRequestError(f"{field_name} {ascii(text)} is not valid Unicode (it holds a lone surrogate)",
+                                  field=field_name) from None
+
+
 def identity_segments(identity: IdentityLike) -> list[str]:
     """Five URL segments for an identity; unspecified parts become ``*``."""
-    return [quote(str(p), safe="") if p is not None else "*" for p in identity_parts(identity)]
+    return [_segment(p, key) if p is not None else "*" for key, p in zip(IDENTITY_KEYS, identity_parts(identity))]
 
 
 def _model_path(identity: IdentityLike, version: int | None = None) -> str:
@@ -305,7 +332,7 @@ class _Calls:
 
     @staticmethod
     def train_job(job_id: str) -> _Request:
-        return _Request("GET", f"/train/jobs/{quote(job_id, safe='')}", idempotent=True)
+        return _Request("GET", f"/train/jobs/{_segment(job_id, 'job_id')}", idempotent=True)
 
     @staticmethod
     def cache_stats() -> _Request:
@@ -361,11 +388,11 @@ class _Calls:
 
     @staticmethod
     def download_table(name: str) -> _Request:
-        return _Request("GET", "/tables/" + quote(name, safe=""), idempotent=True, binary=True)
+        return _Request("GET", "/tables/" + _segment(name, "name"), idempotent=True, binary=True)
 
     @staticmethod
     def delete_table(name: str) -> _Request:
-        return _Request("DELETE", "/tables/" + quote(name, safe=""))
+        return _Request("DELETE", "/tables/" + _segment(name, "name"))
 
     @staticmethod
     def _options(confidence_level: float, quantiles: Sequence[float] | None, lookup_table_name: str | None,
@@ -532,6 +559,13 @@ class _Base:
         if isinstance(exc, httpx.TimeoutException):
             return PredictorUnavailableError(f"{req.method} {req.path} to {self.base_url} timed out after "
                                              f"{self._timeout(req)}s ({type(exc).__name__})")
+        if isinstance(exc, _MAYBE_SENT) and not req.idempotent:
+            # Sent, then the connection dropped: the service may have acted on it (a training
+            # stored, observations counted); a blind retry could do it twice.
+            return PredictorUnavailableError(
+                f"{req.method} {req.path} was sent to the predictor at {self.base_url}, but the connection dropped "
+                f"before an answer ({exc or type(exc).__name__}): it may have been carried out; check before sending "
+                "it again")
         return PredictorUnavailableError(f"cannot reach the predictor at {self.base_url}: {exc or type(exc).__name__}")
 
 

@@ -114,8 +114,9 @@ def table_format(name: str) -> str | None:
     return None
 
 
-def check_table_name(name: Any, field: str = "lookup_table_name") -> str:
-    """A table name is a plain file name in the table directory, never a path."""
+def check_table_name(name: Any, field: str = "lookup_table_name", writing: bool = False) -> str:
+    """A table name is a plain file name in the table directory, never a path (``writing``:
+    one that generation can write, which is JSON or CSV)."""
     if not isinstance(name, str) or not name.strip():
         raise InvalidInput(f"{field} must be a non-empty file name", field=field)
     try:
@@ -130,8 +131,10 @@ def check_table_name(name: Any, field: str = "lookup_table_name") -> str:
             "(no '/', '\\', leading '.' or control characters)",
             field=field,
         )
-    if table_format(name) is None:
-        raise InvalidInput(f"{field} {shown(name)} must end in .json, .jsonl or .csv (optionally .gz)", field=field)
+    fmt = table_format(name)
+    if fmt is None or (writing and fmt not in WRITABLE_FORMATS):
+        endings = ".json or .csv" if writing else ".json, .jsonl or .csv"
+        raise InvalidInput(f"{field} {shown(name)} must end in {endings} (optionally .gz)", field=field)
     return name
 
 
@@ -2283,7 +2286,7 @@ class LookupTableStore:
             self.default_error = f"DEFAULT_LOOKUP_TABLE {self.default_name!r}: deleted"
 
     def output_path(self, name: str) -> Path:
-        check_table_name(name, "table_name")
+        check_table_name(name, "table_name", writing=True)
         if name == self.default_name and self.default_path is not None \
                 and self.default_path.parent.resolve() != self.root.resolve():
             # Requests by that name reach the default table: a file written here could never be used.
