@@ -22,7 +22,7 @@ from rich.table import Table
 from .errors import PredictorError, validation_message
 from .identity import IdentityPattern
 from .schemas import check_levels, config_from_text
-from .processes import alive
+from .processes import alive, pid_space
 from .settings import METRICS_DIR, MULTIPROC_ENV, PredictorSettings, listen_problem, settings_problem, startup_problem
 
 app = typer.Typer(help="SwarmPilot Predictor: runtime distributions for ML inference tasks.", no_args_is_help=True)
@@ -165,16 +165,10 @@ def _fresh_metrics_dir(data_dir: Path) -> str:
     longer run (killed outright) are removed first, but only where a process id means the
     same as here: a data directory may be shared by other hosts, and by containers of one
     host name whose process ids are their own."""
-    import re
-    import socket
-
     root = data_dir / METRICS_DIR
     root.mkdir(exist_ok=True)
-    try:
-        namespace = os.stat("/proc/self/ns/pid").st_ino
-    except OSError:  # not Linux: one namespace
-        namespace = 0
-    here = f"{re.sub(r'[^A-Za-z0-9._]', '_', socket.gethostname())}-{namespace}"
+    host, namespace = pid_space()
+    here = f"{host}-{namespace or 0}"  # not Linux: one namespace
     for old in root.iterdir():
         parts = old.name.rsplit("-", 2)  # here, the process id, mkdtemp's random part
         if len(parts) != 3 or parts[0] != here or not parts[1].isdigit():

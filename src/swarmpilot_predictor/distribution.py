@@ -533,7 +533,8 @@ class RuntimeDistribution:
         if n == 1:
             return TotalDistribution(k1, k2, self)
         if n == 0 or k2 <= 0 or not np.isfinite(k2):
-            return TotalDistribution(k1, max(k2, 0.0), None, np.array([k1]), np.ones(1))
+            # No task, none that varies, or a variance past the float range: all the mass at the mean.
+            return TotalDistribution(k1, max(k2, 0.0), edges=np.array([k1, k1]), edge_cdf=np.array([0.0, 1.0]))
         order = np.argsort(var)[::-1]
         # A queue short enough is convolved whole: a row per task (128 take up to ~35 ms here).
         if n <= _EXACT_SUM_MAX_TASKS:
@@ -717,7 +718,7 @@ class RuntimeDistribution:
             # value's cell number may not fit an integer.
             idx = (cell - G * np.floor(cell / G)).astype(np.int64)
             flat.append((b.row[:, None] * G + idx).ravel())
-            weights.append((b.w[None, :] / rows.size[b.row][:, None]).ravel())  # a bin's row is its tasks' mixture
+            weights.append(rows.mixture_weights(b).ravel())
         pmf = np.bincount(np.concatenate(flat), weights=np.concatenate(weights), minlength=R * G).reshape(R, G)
         if R == 1 and count[0] == 1:
             total = pmf[0]
@@ -764,7 +765,7 @@ class RuntimeDistribution:
                 if np.interp(zoom, edges, c) <= _ZOOM_LEVEL:
                     break
                 span = _ZOOM_CELLS * cell / 0.95
-            low_x, low_c = _low_end(rows, least, floor + span)
+            low_x, low_c = _low_end(rows, least, floor, floor + span)
             cell = span / _LOW_END_GRID
             keep = edges > low_x[-1]
             edges = np.concatenate([low_x, edges[keep]])
@@ -812,6 +813,10 @@ class _SumRows:
         """How many of the sum's draws each task of ``block`` stands for."""
         return self.count[block.row] / self.size[block.row]
 
+    def mixture_weights(self, block: _SumBlock) -> np.ndarray:
+        """Each node's probability in its row (a bin's row is its tasks' mixture): (tasks, nodes)."""
+        return block.w[None, :] / self.size[block.row][:, None]
+
 
 def _stratum_keys(j: np.ndarray) -> np.ndarray:
     """Where in [0, 1) the ``j``-th task of a bin (in order of variance) samples: 1/2 for the
@@ -855,9 +860,9 @@ def _truncated_convolution(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum(np.fft.irfft(np.fft.rfft(a, 2 * G, axis=1) * np.fft.rfft(b, 2 * G, axis=1), 2 * G, axis=1)[:, :G], 0.0)
 
 
-def _low_end(rows: _SumRows, least: np.ndarray, limit: float) -> tuple[np.ndarray, np.ndarray]:
-    """The CDF of the sum of ``rows`` (whose lowest values are ``least``) below ``limit``:
-    increasing values and the CDF at them (linear in between).
+def _low_end(rows: _SumRows, least: np.ndarray, floor: float, limit: float) -> tuple[np.ndarray, np.ndarray]:
+    """The CDF of the sum of ``rows`` (whose lowest values are ``least``, the sum's lowest
+    ``floor``) below ``limit``: increasing values and the CDF at them (linear in between).
 
     Each value is counted above its row's lowest, so every part is positive and the sum,
     counted above the sum of the lowest values, is below ``limit`` only if every part is:
@@ -868,7 +873,6 @@ def _low_end(rows: _SumRows, least: np.ndarray, limit: float) -> tuple[np.ndarra
     its two cells (its mean kept) rather than rounded: on this fine a grid it blurs little.
     """
     G = _LOW_END_GRID
-    floor = float(least @ rows.count)
     h = (limit - floor) / G
     R = len(rows.count)
     pmf = np.zeros((R, G + 1))
@@ -877,7 +881,7 @@ def _low_end(rows: _SumRows, least: np.ndarray, limit: float) -> tuple[np.ndarra
         inside = t < G - 1
         cell = np.floor(np.where(inside, t, 0.0)).astype(np.int64)
         frac = np.where(inside, t, 0.0) - cell
-        w = (b.w[None, :] / rows.size[b.row][:, None]) * inside
+        w = rows.mixture_weights(b) * inside
         base = b.row[:, None] * (G + 1)
         pmf += (np.bincount((base + cell).ravel(), weights=(w * (1.0 - frac)).ravel(), minlength=R * (G + 1))
                 + np.bincount((base + cell + 1).ravel(), weights=(w * frac).ravel(), minlength=R * (G + 1))
@@ -1054,15 +1058,13 @@ def _times_shared_factor(edges: np.ndarray, c: np.ndarray, tau: float, bound: np
 
 @dataclass
 class TotalDistribution:
-    """The distribution of a batch's total runtime: exact mean and variance, and a CDF on a grid."""
+    """The distribution of a batch's total runtime: exact mean and variance, and its CDF at
+    increasing values (piecewise linear between them); one task's total is that task."""
 
     mean: float
     variance: float
     single: RuntimeDistribution | None = None
-    grid: np.ndarray | None = None  # values, evenly spaced
-    cdf: np.ndarray | None = None  # P(total <= grid[k] + step / 2)
     tasks: RuntimeDistribution | None = None  # the tasks summed: their quantiles bound the total's
-    # Or the CDF at increasing values (piecewise linear between them), with the shared factor.
     edges: np.ndarray | None = None
     edge_cdf: np.ndarray | None = None
     shared_log_sd: float = 0.0
@@ -1076,17 +1078,8 @@ class TotalDistribution:
         levels = np.asarray(levels, dtype=np.float64)
         if self.single is not None:
             return self.single.quantiles(levels)[0]
-        if self.edges is not None:
-            xs, cs = self.edges, self.edge_cdf
-        else:
-            assert self.grid is not None and self.cdf is not None
-            g, c = self.grid, self.cdf
-            if len(g) == 1:
-                return np.full(len(levels), float(g[0]))
-            h = g[1] - g[0]
-            # Mass is spread evenly within each grid cell: the CDF is linear between cell edges.
-            xs = np.concatenate([[g[0] - h / 2], g + h / 2])
-            cs = np.concatenate([[0.0], c])
+        assert self.edges is not None and self.edge_cdf is not None
+        xs, cs = self.edges, self.edge_cdf
         cs = cs + np.arange(len(cs)) * 1e-15  # strictly increasing for interpolation
         out = np.maximum(np.interp(np.clip(levels, 0.0, 1.0) * cs[-1], cs, xs), 0.0)
         if self.tasks is not None:

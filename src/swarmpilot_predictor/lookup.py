@@ -64,6 +64,7 @@ from .traces import (
     ID_KEYS,
     TraceError,
     as_number,
+    blank_cells,
     category_text,
     check_csv_header,
     csv_value,
@@ -72,9 +73,9 @@ from .traces import (
     iter_trace_stream,
     normalize_trace,
     normalize_traces,
-    skip_bom,
     open_trace_file,
     reserved_keys,
+    skip_bom,
 )
 
 log = logging.getLogger(__name__)
@@ -1218,26 +1219,38 @@ def quantile_function(levels: np.ndarray, values: np.ndarray, mean: np.ndarray, 
         elif t < L[0]:
             normal = np.minimum(values[:, 0], np.maximum(mean + std * ndtri(t), 0.0))
             if len(L) >= 2:
-                v0, v1 = values[:, 0], values[:, 1]
-                ok = (v0 > 0) & (v1 > 0)
-                with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                    slope = np.log(v1 / v0) / (ndtri(L[1]) - ndtri(L[0]))
-                    tail = v0 * np.exp(slope * (ndtri(t) - ndtri(L[0])))
+                tail, ok = _log_slope_tail(values, L, 0, 1, t)
                 normal = np.where(ok, tail, normal)
             out[:, t_idx] = normal
         else:
             upper = np.maximum(values[:, -1], mean + std * ndtri(t))
             if len(L) >= 2:
-                v0, v1 = values[:, -2], values[:, -1]
-                ok = (v0 > 0) & (v1 > 0)
-                with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                    slope = np.log(v1 / v0) / (ndtri(L[-1]) - ndtri(L[-2]))
-                    tail = v1 * np.exp(slope * (ndtri(t) - ndtri(L[-1])))
+                tail, ok = _log_slope_tail(values, L, -1, -2, t)
                 upper = np.where(ok, np.maximum(upper, tail), upper)
             out[:, t_idx] = upper
     order = np.argsort(taus_a, kind="stable")
     out[:, order] = np.maximum.accumulate(out[:, order], axis=1)
     return out
+
+
+def _log_slope_tail(values: np.ndarray, L: np.ndarray, outer: int, inner: int, t: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each record's value at level ``t`` beyond its stored levels: the log of the quantile
+    along the normal score through the stored levels ``outer`` (the outermost) and ``inner``;
+    and where that holds (both quantiles above 0)."""
+    v_out, v_in = values[:, outer], values[:, inner]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        slope = np.log(v_out / v_in) / (ndtri(L[outer]) - ndtri(L[inner]))
+        tail = v_out * np.exp(slope * (ndtri(t) - ndtri(L[outer])))
+    return tail, (v_out > 0) & (v_in > 0)
+
+
+def _log_slope_one(L: list[float], V: list[float], outer: int, inner: int, t: float) -> float | None:
+    """:func:`_log_slope_tail` for one record, on Python floats (None where it does not hold)."""
+    if V[outer] <= 0 or V[inner] <= 0:
+        return None
+    inv = _STD_NORMAL.inv_cdf
+    z_out = inv(L[outer])
+    return V[outer] * math.exp(math.log(V[outer] / V[inner]) / (z_out - inv(L[inner])) * (inv(t) - z_out))
 
 
 def _quantiles_one(L: list[float], V: list[float], mu: float, sd: float, taus: Sequence[float]) -> list[float]:
@@ -1254,17 +1267,11 @@ def _quantiles_one(L: list[float], V: list[float], mu: float, sd: float, taus: S
             w = (t - L[i - 1]) / (L[i] - L[i - 1])
             out.append(V[i - 1] * (1 - w) + V[i] * w)
         elif t < L[0]:
-            if len(L) >= 2 and V[0] > 0 and V[1] > 0:
-                z0 = inv(L[0])
-                out.append(V[0] * math.exp(math.log(V[1] / V[0]) / (inv(L[1]) - z0) * (inv(t) - z0)))
-            else:
-                out.append(min(V[0], max(mu + sd * inv(t), 0.0)))
+            tail = _log_slope_one(L, V, 0, 1, t) if len(L) >= 2 else None
+            out.append(min(V[0], max(mu + sd * inv(t), 0.0)) if tail is None else tail)
         else:
-            upper = max(V[-1], mu + sd * inv(t))
-            if len(L) >= 2 and V[-2] > 0 and V[-1] > 0:
-                z1 = inv(L[-1])
-                upper = max(upper, V[-1] * math.exp(math.log(V[-1] / V[-2]) / (z1 - inv(L[-2])) * (inv(t) - z1)))
-            out.append(upper)
+            tail = _log_slope_one(L, V, -1, -2, t) if len(L) >= 2 else None
+            out.append(max(V[-1], mu + sd * inv(t), -math.inf if tail is None else tail))
     order = sorted(range(len(taus)), key=lambda k: taus[k])
     run = -math.inf
     for k in order:
@@ -1614,10 +1621,10 @@ def _iter_csv_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
         i_status, i_lo, i_hi, i_cl, i_ver = (pos.get(k) for k in ("status", "interval_low", "interval_high", "confidence_level", "model_version"))
         width = len(header)
         for row in reader:
-            if not any(cell.strip() for cell in row):  # a blank line, or a spreadsheet's empty row
+            if blank_cells(row):  # a blank line, or a spreadsheet's empty row
                 continue
             where = f"line {reader.line_num}"  # the physical line: a quoted cell may span several
-            if len(row) > width and not any(cell.strip() for cell in row[width:]):
+            if len(row) > width and blank_cells(row[width:]):
                 row = row[:width]  # a spreadsheet's empty cells past the header
             if len(row) != width:
                 raise TraceError(f"{name}: {where}: {len(row)} fields where the header has {width}; the file may be truncated")

@@ -4,6 +4,8 @@ named after one."""
 from __future__ import annotations
 
 import os
+import re
+import socket
 from typing import Any
 
 
@@ -34,3 +36,23 @@ def still_running(pid: Any, start: str | None) -> bool:
     """Whether process ``pid``, started at ``start`` (see :func:`started`; None: unknown),
     still runs: not merely a later process given the same id."""
     return alive(pid) and (start is None or started(pid) in (None, start))
+
+
+def pid_space() -> tuple[str, int | None]:
+    """Where a process id means what it means here: this host's name (made file-name safe)
+    and its process-id namespace (None where it cannot be read). Containers of one host
+    name have process ids of their own, and a data directory may be shared by hosts."""
+    try:
+        namespace: int | None = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:  # not Linux
+        namespace = None
+    return re.sub(r"[^A-Za-z0-9._]", "_", socket.gethostname()), namespace
+
+
+def boot_id() -> str | None:
+    """This boot of this machine (Linux), to tell hosts of one name apart; None where unknown."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None

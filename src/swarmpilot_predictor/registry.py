@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import re
-import socket
 import threading
 import time
 from collections import OrderedDict
@@ -31,7 +30,7 @@ from .errors import AmbiguousModel, ModelNotFound, ModelUnreadable, NotFound, Ve
 from .features import FeatureSchema
 from .identity import IdentityPattern, ModelIdentity
 from .modeling import QuantileModel
-from .processes import started, still_running
+from .processes import boot_id, pid_space, started, still_running
 
 log = logging.getLogger(__name__)
 _META = re.compile(r"^v(\d{4,})\.meta\.json$")
@@ -156,19 +155,11 @@ class LoadedModel:
 STALE_LOCK_SECONDS = 600
 
 
-def _read_id(path: str) -> str:
-    try:
-        if path.startswith("/proc/self/ns/"):
-            return os.readlink(path).strip() or "-"
-        with open(path) as fh:
-            return fh.read().strip() or "-"
-    except OSError:
-        return "-"
-
-
 # Where a process id means this process's ids: the host, its boot and the pid namespace
-# (containers that share a host name, run with --network host say, do not share process ids).
-_PID_SPACE = (socket.gethostname(), _read_id("/proc/sys/kernel/random/boot_id"), _read_id("/proc/self/ns/pid"))
+# (containers that share a host name, run with --network host say, do not share process ids;
+# "-" where one cannot be read, and then no lock is judged abandoned).
+_HOST, _NAMESPACE = pid_space()
+_PID_SPACE = (_HOST, boot_id() or "-", "-" if _NAMESPACE is None else str(_NAMESPACE))
 
 
 def _lock_owner() -> bytes:
@@ -595,7 +586,7 @@ class ModelRegistry:
             # A tombstone first: a number is never given twice, since another worker may still
             # serve (and have cached predictions of) the deleted version under it.
             try:
-                os.close(os.open(model_dir / f"v{v:04d}.deleted", os.O_CREAT | os.O_WRONLY))
+                os.close(os.open(model_dir / _tombstone_file(v), os.O_CREAT | os.O_WRONLY))
             except OSError as exc:
                 log.warning("%s version %d: cannot leave a tombstone (%s); its number may be reused", identity.key, v, exc)
             # Meta next: once it is gone the version no longer exists for anyone.
@@ -644,3 +635,8 @@ def _meta_file(version: int) -> str:
 def _lock_file(version: int) -> str:
     """Held while the version is being written (and reserves its number)."""
     return f"v{version:04d}.lock"
+
+
+def _tombstone_file(version: int) -> str:
+    """Left where a deleted version was: its number is never given again."""
+    return f"v{version:04d}.deleted"

@@ -177,7 +177,7 @@ def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Ite
             for row in reader:
                 if not row:
                     continue
-                if len(row) > len(header) and any(c.strip() for c in row[len(header):]):
+                if len(row) > len(header) and not blank_cells(row[len(header):]):
                     raise TraceError(f"{source}: line {reader.line_num} has {len(row)} fields where the header "
                                      f"has {len(header)}")
                 yield {h: csv_value(row[i] if i < len(row) else None) for i, h in named}
@@ -186,6 +186,11 @@ def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Ite
     except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
         # Truncated gzip streams, binary garbage and CSV fields beyond the csv module's limit.
         raise TraceError(f"{source}: cannot read trace file ({exc})") from None
+
+
+def blank_cells(cells: list[str]) -> bool:
+    """Whether CSV cells hold nothing (what a spreadsheet writes past its last column, or as an empty row)."""
+    return not any(cell.strip() for cell in cells)
 
 
 def check_csv_header(header: list[str], source: str) -> None:
