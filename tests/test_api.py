@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import math
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import yaml
 
 from swarmpilot_predictor.identity import ModelIdentity
 
-from .conftest import IDENTITY, LiveServer, make_llm_traces, run_server
+from .conftest import IDENTITY, LiveServer, make_llm_traces, metric_value, run_server
 
 KEY = ModelIdentity.from_parts(IDENTITY).key
 # The identity as URL segments: a space and a slash inside segments, percent-encoded.
@@ -148,7 +149,7 @@ def test_train_with_the_power_law_family_and_predict_from_it(http):
     alone = [{"runtime_ms": t["runtime_ms"]} for t in make_llm_traces(50)]
     body = failed(http.post("/train", json={"config": {"model": identity, "traces": alone, "algorithm": "lightgbm"}}),
                   422, "'lightgbm' needs a feature")
-    assert body["field"] == "algorithm"
+    assert body["field"] == "config.algorithm"
 
 
 def test_train_multipart_config_as_a_form_field_naming_the_upload_by_its_field(http):
@@ -235,7 +236,7 @@ def test_versions_and_deletion(http):
     assert ok(http.get(f"/models/{path}"))["model"]["versions"] == [1, 2, 3]
     failed(http.delete("/models/deltest/*/*/*/*"), 422, "full identity")
     body = ok(http.delete(f"/models/{path}/versions/2"))
-    assert body["deleted_versions"] == [2] and body["model_key"] == "deltest/org/name v1/deltest-hw/sglang/0.4.0"
+    assert body["deleted_versions"] == [2] and body["model_key"] == "deltest/org%2Fname v1/deltest-hw/sglang/0.4.0"
     assert ok(http.get(f"/models/{path}"))["model"]["versions"] == [1, 3]
     failed(http.get(f"/models/{path}/versions/2"), 404)
     failed(http.delete(f"/models/{path}/versions/2"), 404)
@@ -478,7 +479,9 @@ def test_too_few_segments(http, trained):
      ["'forcedsplits_filename' is a LightGBM parameter that a training request cannot set"]),
 ])
 def test_bad_training_requests(http, config, needles):
-    failed(http.post("/train", json={"config": config}), 422, *needles)
+    body = failed(http.post("/train", json={"config": config}), 422, *needles)
+    # Named as in the request, whether validation or training found it.
+    assert body["field"].startswith("config.")
 
 
 def test_bad_training_bodies(http):
@@ -660,6 +663,34 @@ def test_request_bodies_over_the_limit_get_a_413(tmp_path):
                                        headers={"content-type": form.headers["content-type"]})
             table_failed(streamed_table, 413, "body", "larger than 0.05 MB")
             assert http.get("/health").json()["models_registered"] == 1  # the server is fine
+            # Answered before routing, they are counted under the routes they asked for.
+            text = http.get("/metrics").text
+            batch = "/predict/batch/{model_type}/{model_name}/{hardware}/{software_name}/{software_version}"
+            assert metric_value(text, "predictor_http_requests_total", route=batch, status="413") == 2.0
+            assert metric_value(text, "predictor_http_requests_total", route="/train", status="413") == 1.0
+            assert 'route="unmatched",status="413"' not in text
+
+
+def test_a_client_that_leaves_before_the_answer_is_no_server_error(http, trained):
+    """Counted as nginx's 499 (client closed request): a 500 would set off error alerts."""
+    url = httpx.URL(str(http.base_url))
+    for _ in range(3):
+        with socket.create_connection((url.host, url.port)) as s:
+            s.sendall(f"POST /predict/single/{SEGMENTS} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      "Content-Length: 1000\r\n\r\n{\"trace\":".encode())
+            time.sleep(0.05)
+    single = "/predict/single/{model_type}/{model_name}/{hardware}/{software_name}/{software_version}"
+    deadline = time.monotonic() + 10
+    while True:  # the server notices each departure on its own time
+        text = http.get("/metrics").text
+        try:
+            if metric_value(text, "predictor_http_requests_total", route=single, status="499") == 3.0:
+                break
+        except KeyError:
+            pass
+        assert time.monotonic() < deadline, text
+        time.sleep(0.05)
+    assert 'status="500"' not in text
 
 
 def test_random_malformed_requests_never_get_a_server_error(http, trained):
@@ -810,7 +841,7 @@ def test_a_wildcard_group_value_cannot_name_a_model(http):
     body = failed(http.post("/train", json={"config": {"model": ident("stargroup"), "group_by": ["hardware"],
                                                       "traces": traces}}),
                   422, "hardware", "'*'")
-    assert body["field"] == "traces"
+    assert body["field"] == "config.traces"
     # Names with a star inside are plain names.
     ok(http.post("/train", json={"config": {"model": ident("stargroup", model_name="a*b"), "traces": make_llm_traces(40),
                                             "algorithm": "linear"}}))
@@ -958,7 +989,7 @@ def test_a_group_value_that_no_url_could_address_cannot_name_a_model(http, value
     traces = [{**t, "hardware": value if i % 2 else "A100"} for i, t in enumerate(make_llm_traces(60))]
     body = failed(http.post("/train", json={"config": {"model": ident("badgroup"), "group_by": ["hardware"],
                                                       "traces": traces}}), 422, "hardware", needle)
-    assert body["field"] == "traces" and len(body["message"]) < 400
+    assert body["field"] == "config.traces" and len(body["message"]) < 400
     failed(http.post("/train", json={"config": {"model": {**IDENTITY, "hardware": value}, "traces": make_llm_traces(40)}}),
            422, "config.model.hardware")
 

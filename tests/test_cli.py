@@ -107,7 +107,7 @@ def test_train_from_a_file_in_the_data_directory(tmp_path, data):
     ("[1, 2]", ".json", "config must be a JSON or YAML object"),
     # Read as POST /train reads a config: YAML must say what JSON could.
     ("traces: [{x: 1, when: 2024-01-01}]", ".yaml", "config.traces.0.when: a date, which JSON cannot hold"),
-    ('{"traces": []}', ".json", "config: config needs 'model'"),
+    ('{"traces": []}', ".json", "config.model: config needs 'model'"),
     ('{"model": {"model_type": "llm"}, "traces": []}', ".json", "config.model: needs model_name, hardware, software_name, software_version"),
 ])
 def test_train_with_a_bad_config_fails_cleanly(tmp_path, data, content, suffix, message):
@@ -192,7 +192,7 @@ def test_predict_a_trace_file(tmp_path, trained, suffix):
     else:
         path.write_text("input_tokens,output_tokens\n100,10\n100,300\n100,\n")
     # One trace failed: the answer is printed, and the exit status says so.
-    result = invoke("predict", KEY.replace("Qwen/", "Qwen%2F"), path, "--data-dir", trained, "--json", ok=False)
+    result = invoke("predict", KEY, path, "--data-dir", trained, "--json", ok=False)
     assert result.exit_code == 1
     body = json_out(result)
     assert [r["status"] for r in body["results"]] == ["success", "success", "error"]
@@ -222,7 +222,7 @@ def test_predict_ambiguous_model_names_the_candidates(tmp_path, trained):
     invoke("train", cfg, "--data-dir", trained)
     result = invoke("predict", "llm/*/*/*/*", '{"input_tokens": 1, "output_tokens": 1}', "--data-dir", trained, ok=False)
     text = " ".join(result.output.split())
-    assert "2 models match" in text and "llm/Qwen/Qwen2.5-7B/A100/sglang/0.4.0" in text and KEY in text
+    assert "2 models match" in text and "llm/Qwen%2FQwen2.5-7B/A100/sglang/0.4.0" in text and KEY in text
 
 
 def test_predict_a_broken_trace_file_names_the_line(tmp_path, trained):

@@ -59,7 +59,7 @@ def test_typed_answers_for_every_prediction_endpoint(trained_server):
         assert batch.summary.success == 3
         assert batch.expect == pytest.approx(3 * batch.results[0].expect, rel=1e-9)
         detail = client.get_model(IDENTITY)
-        assert detail["key"] == "/".join(IDENTITY.values())
+        assert detail["key"] == KEY
 
 
 def test_numpy_numbers_are_sent_as_json_numbers(trained_server):
@@ -343,12 +343,12 @@ def test_background_training_and_cache_through_the_client(trained_server):
         job = client.train_background({"model": ident, "traces": make_llm_traces(100, seed=9), "algorithm": "linear"})
         assert job["status"] == "accepted"
         result = client.wait_for_job(job["job_id"], timeout=60)
-        assert result.model_key == "/".join(ident.values()) and result.version == 1
+        assert result.model_key == ModelIdentity.from_parts(ident).key and result.version == 1
         assert client.train_job(job["job_id"])["status"] == "succeeded"
         bad = client.train_background({"model": ident, "traces": "/etc/passwd"})
         with pytest.raises(PredictorClientError) as err:
             client.wait_for_job(bad["job_id"], timeout=60)
-        assert err.value.status_code == 422 and err.value.field == "traces"
+        assert err.value.status_code == 422 and err.value.field == "config.traces"
         client.clear_cache()
         client.predict_single(ident, {"input_tokens": 3, "output_tokens": 4})
         client.predict_single(ident, {"input_tokens": 3, "output_tokens": 4})

@@ -38,9 +38,9 @@ def test_dashboard_shows_models_accuracy_and_plots(tmp_path):
             rows = page.locator("tr.model-row")
             assert rows.count() == 2
             table = page.inner_text("#models")
-            assert "Qwen/Qwen2.5-7B" in table and "llama-3-8b" in table
+            assert "llm/Qwen%2FQwen2.5-7B/" in table and "llama-3-8b" in table  # models by their keys
             assert "drifted" in table and "ok" in table
-            assert "drifted: " + "/".join(IDENTITY.values()) in page.inner_text("#health")
+            assert "drifted: " + "/".join(v.replace("/", "%2F") for v in IDENTITY.values()) in page.inner_text("#health")
             # The observed model has a calibration plot (8 levels) and its observations drawn.
             assert page.locator("circle.cal-point").count() == 8
             assert page.locator("circle.obs-point").count() == 150
@@ -52,3 +52,31 @@ def test_dashboard_shows_models_accuracy_and_plots(tmp_path):
         # The screenshot is a real rendering: a PNG of the full page with many colours in it.
         data = shot.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 30_000
+
+
+def test_dashboard_a_failed_request_costs_only_its_own_part(tmp_path):
+    """A model deleted while the page loads (its accuracy answers an error), or a failing
+    /health, leaves every other model on the page."""
+    from playwright.sync_api import sync_playwright
+
+    names = ["alpha", "beta", "gamma"]
+    with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
+        for i, name in enumerate(names):
+            client.train({"model": {**IDENTITY, "model_name": name}, "traces": make_llm_traces(100, seed=i),
+                          "algorithm": "linear"})
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page()
+            page.route("**/models/llm/beta/**/accuracy", lambda route: route.fulfill(status=500, body="boom"))
+            page.route("**/health", lambda route: route.fulfill(status=503, body="down"))
+            page.goto(srv.url + "/dashboard")
+            page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+            assert page.locator("tr.model-row").count() == 3
+            table = page.inner_text("#models")
+            assert all(name in table for name in names)
+            assert page.inner_text("#health").startswith("health unavailable: /health: 503")
+            errors = page.locator("#details p.error")
+            assert errors.count() == 1 and "accuracy unavailable" in errors.inner_text() and "500" in errors.inner_text()
+            assert page.locator("#details p.empty").count() == 2  # the others: no observations yet
+            assert page.evaluate("document.body.dataset.failed") == "2"
+            browser.close()

@@ -8,6 +8,7 @@ import time
 import httpx
 
 from swarmpilot_predictor.client import PredictorClient
+from swarmpilot_predictor.identity import ModelIdentity
 
 from .conftest import IDENTITY, make_llm_traces, metric_value, run_server
 
@@ -25,7 +26,7 @@ def test_background_training_returns_202_and_a_job_to_poll(tmp_path):
             assert state["status"] in ("queued", "running"), state
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        assert state["result"]["version"] == 1 and state["model_key"] == "/".join(IDENTITY.values())
+        assert state["result"]["version"] == 1 and state["model_key"] == ModelIdentity.from_parts(IDENTITY).key
         # While it trained, and after, predictions answer.
         p = http.post(f"/predict/single/{SEG}", json={"trace": {"input_tokens": 10, "output_tokens": 20}})
         assert p.status_code == 200
@@ -78,7 +79,7 @@ def test_two_workers_share_the_data_directory(tmp_path):
                     versions.add(fresh.predict_single(IDENTITY, {"input_tokens": 5, "output_tokens": 5}).results.model_version)
             assert versions == {2}
             # Whichever worker takes a scrape, it counts every worker's predictions.
-            key = "/".join(IDENTITY.values())
+            key = ModelIdentity.from_parts(IDENTITY).key
             assert len(list((tmp_path / "data" / ".metrics").iterdir())) == 1  # the workers' metric files
             for _ in range(8):
                 with PredictorClient(srv.url) as fresh:

@@ -26,7 +26,22 @@ def test_from_parts_round_trips_through_as_dict():
     ident = ModelIdentity.from_parts(PARTS)
     assert ident.as_dict() == PARTS
     assert ident.as_tuple() == tuple(PARTS[k] for k in IDENTITY_KEYS)
-    assert ident.key == "llm/Qwen/Qwen2.5-7B/NVIDIA H100 80GB HBM3/sglang/0.4.0"
+    assert ident.key == "llm/Qwen%2FQwen2.5-7B/NVIDIA H100 80GB HBM3/sglang/0.4.0"
+
+
+def test_keys_name_one_identity_each_and_read_back_as_its_parts():
+    """Joined as they are, these would share the key llm/Qwen/Q7/A100/vllm/1 (and their
+    metrics series and counts)."""
+    from swarmpilot_predictor.client import identity_parts
+
+    a = ModelIdentity("llm", "Qwen/Q7", "A100", "vllm", "1")
+    b = ModelIdentity("llm/Qwen", "Q7", "A100", "vllm", "1")
+    c = ModelIdentity("llm", "Qwen%2FQ7", "A100", "vllm", "1")  # a literal '%2F' in a name
+    assert len({a.key, b.key, c.key}) == 3
+    assert a.key == "llm/Qwen%2FQ7/A100/vllm/1" and c.key == "llm/Qwen%252FQ7/A100/vllm/1"
+    for ident in (a, b, c, ModelIdentity.from_parts(PARTS)):
+        assert identity_parts(ident.key) == list(ident.as_tuple())
+        assert IdentityPattern(*ident.as_tuple()).describe() == ident.key
 
 
 def test_from_parts_stringifies_and_ignores_extra_keys():

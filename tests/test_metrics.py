@@ -17,6 +17,7 @@ assert m.multiprocess_dir is not None
 m.count_predictions("llm/a", "model", int(sys.argv[1]), 1)
 m.count_predictions("llm/deleted", "model", 5)
 m.count_predictions("table:t", "lookup_table", 2)
+m.count_predictions("table:gone", "lookup_table", 2)
 m.observe_request("/health", "GET", 200, 0.001)
 m.models_loaded.set(2)
 """
@@ -26,7 +27,7 @@ from swarmpilot_predictor.metrics import PredictorMetrics
 
 m = PredictorMetrics()
 m.models_loaded.set(1)
-m.set_live_models({"llm/a"})
+m.set_live_models({"llm/a", "table:t"})
 m.set_accuracy("llm/a", 3, {"coverage": {"0.5": 0.5}, "drifted": False})
 print(m.render()[0].decode())
 """
@@ -50,7 +51,7 @@ def test_a_scrape_counts_every_worker_and_leaves_out_deleted_models(tmp_path):
     assert got[("predictor_predictions_total", (("model", "table:t"), ("source", "lookup_table")))] == 4.0
     assert got[("predictor_http_requests_total", (("method", "GET"), ("route", "/health"), ("status", "200")))] == 2.0
     # A model no longer in the registry: its shared counters are not scraped.
-    assert not any(dict(labels).get("model") == "llm/deleted" for _, labels in got)
+    assert not any(dict(labels).get("model") in ("llm/deleted", "table:gone") for _, labels in got)
     # Models in memory: the live workers' (the two that exited are dropped), not the dead ones'.
     assert got[("predictor_models_loaded", ())] == 1.0
     assert got[("predictor_model_coverage_ratio", (("level", "0.5"), ("model", "llm/a")))] == 0.5
@@ -94,5 +95,69 @@ def test_models_in_memory_are_reported_as_they_load_not_only_at_a_scrape(tmp_pat
             assert got[("predictor_models_loaded", ())] == 1.0
         finally:
             fresh.close()
+    finally:
+        service.close()
+
+
+def _series(service, name: str) -> dict[str, float]:
+    """``name``'s samples by their model label, as a scrape shows them."""
+    got = _samples(service.render_metrics()[0].decode())
+    return {dict(labels)["model"]: v for (n, labels), v in got.items() if n == name and "model" in dict(labels)}
+
+
+def test_series_follow_the_models_and_tables_that_exist(tmp_path):
+    """Two models whose parts joined by '/' read the same keep their own series; a deleted
+    table's and model's series and counts go; traces no cache entry can hold are no misses."""
+    import orjson
+
+    from swarmpilot_predictor.identity import IdentityPattern, ModelIdentity
+    from swarmpilot_predictor.schemas import TrainConfig
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    from .conftest import IDENTITY, make_llm_traces
+
+    service = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    try:
+        a = {**IDENTITY, "model_type": "llm", "model_name": "Qwen/Q7"}
+        b = {**IDENTITY, "model_type": "llm/Qwen", "model_name": "Q7"}
+        probe = [{"input_tokens": 50, "output_tokens": 5}]
+        for parts, n in ((a, 3), (b, 5)):
+            service.train(TrainConfig(model=parts, traces=make_llm_traces(80), algorithm="linear"))
+            for _ in range(n):
+                service.predict(IdentityPattern.from_parts(parts), probe)
+        key_a, key_b = ModelIdentity.from_parts(a).key, ModelIdentity.from_parts(b).key
+        assert _series(service, "predictor_predictions_total") == {key_a: 3.0, key_b: 5.0}
+        assert service.describe_model(ModelIdentity.from_parts(a))["total_predictions"] == 3
+
+        # A table's series live as long as the table.
+        source = tmp_path / "queue.jsonl"
+        source.write_bytes(b"".join(orjson.dumps(t) + b"\n" for t in make_llm_traces(20)))
+        service.generate_table(IdentityPattern.from_parts(a), source, table_name="t.json")
+        service.predict(IdentityPattern(), probe * 2, lookup_table=True, lookup_table_name="t.json")
+        assert _series(service, "predictor_predictions_total")["table:t.json"] == 2.0
+        service.tables.delete("t.json")
+        assert "table:t.json" not in _series(service, "predictor_predictions_total")
+
+        # A deleted model's count does not come back with a model trained again under its name.
+        service.delete_model(IdentityPattern.from_parts(a))
+        service.train(TrainConfig(model=a, traces=make_llm_traces(80), algorithm="linear"))
+        assert service.describe_model(ModelIdentity.from_parts(a))["total_predictions"] == 0
+        assert _series(service, "predictor_predictions_total") == {key_b: 5.0}
+
+        # Coalesced single requests (12 and more are evaluated together): a trace whose
+        # category is too long to cache is neither a hit nor a miss, as on its own.
+        c = {**IDENTITY, "model_name": "with-a-category"}
+        traces = make_llm_traces(80)
+        for i, t in enumerate(traces):
+            t["region"] = "eu" if i % 2 else "us"
+        service.train(TrainConfig(model=c, traces=traces, algorithm="linear"))
+        misses, stats = service.metrics.cache_misses._value.get(), service.cache.stats()["misses"]
+        long_value = [{"input_tokens": 50, "output_tokens": 5, "region": "x" * 300}] * 12
+        assert all(p.ok.all() for p in service.predict_each(IdentityPattern.from_parts(c), long_value))
+        assert service.metrics.cache_misses._value.get() == misses and service.cache.stats()["misses"] == stats
+        service.predict_each(IdentityPattern.from_parts(c),
+                             [{"input_tokens": i, "output_tokens": 5, "region": "eu"} for i in range(1, 13)])
+        assert service.metrics.cache_misses._value.get() == misses + 12 == service.cache.stats()["misses"] - stats + misses
     finally:
         service.close()

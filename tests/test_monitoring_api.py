@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from swarmpilot_predictor.client import PredictorClient, PredictorClientError
+from swarmpilot_predictor.identity import ModelIdentity
 
 from .conftest import IDENTITY, make_llm_traces, run_server
 from .conftest import metric_value as _metric
@@ -23,7 +24,7 @@ def _shifted(n: int, factor: float, seed: int) -> list[dict]:
 
 
 def test_observe_accuracy_drift_and_metrics(tmp_path):
-    key = "/".join(IDENTITY.values())
+    key = ModelIdentity.from_parts(IDENTITY).key
     with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
         client.train({"model": IDENTITY, "traces": make_llm_traces(300), "algorithm": "linear"})
         client.predict_batch(IDENTITY, make_llm_traces(7, seed=1))
@@ -95,7 +96,7 @@ def test_observe_accuracy_drift_and_metrics(tmp_path):
 def test_accuracy_gauges_are_there_after_a_restart(tmp_path):
     # An alert on predictor_model_drifted must not go silent after a deploy until someone
     # observes the model again.
-    key = "/".join(IDENTITY.values())
+    key = ModelIdentity.from_parts(IDENTITY).key
     with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
         client.train({"model": IDENTITY, "traces": make_llm_traces(300), "algorithm": "linear"})
         assert client.observe(IDENTITY, _shifted(300, 1.7, seed=3))["drifted"] is True

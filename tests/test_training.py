@@ -28,7 +28,7 @@ def test_jobs_train_in_another_process_and_report(tmp_path):
     try:
         job_id, future = jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(100), algorithm="linear"))
         result = future.result(timeout=120)
-        assert result["model_key"] == "/".join(IDENTITY.values()) and seen == [result]
+        assert result["model_key"] == "llm/Qwen%2FQwen2.5-7B/NVIDIA H100 80GB HBM3/sglang/0.4.0" and seen == [result]
         record = jobs.get(job_id)
         assert record["status"] == "succeeded" and record["result"]["version"] == 1
         worker_pid = next(iter(jobs._pool._processes))

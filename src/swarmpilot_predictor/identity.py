@@ -77,6 +77,11 @@ def identity_conflicts(traces: list, identity: "ModelIdentity") -> list[str | No
     return out
 
 
+def key_segment(part: str) -> str:
+    """``part`` as one segment of a key: its ``%`` and ``/`` percent-encoded, the rest as is."""
+    return part.replace("%", "%25").replace("/", "%2F")
+
+
 @dataclass(frozen=True, slots=True)
 class ModelIdentity:
     model_type: str
@@ -86,9 +91,11 @@ class ModelIdentity:
     software_version: str
     # A dictionary key several times per prediction: hash once.
     _hash: int = field(init=False, repr=False, compare=False)
+    _key: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_hash", hash(self.as_tuple()))
+        object.__setattr__(self, "_key", "/".join(map(key_segment, self.as_tuple())))
 
     def __hash__(self) -> int:
         return self._hash
@@ -109,8 +116,14 @@ class ModelIdentity:
 
     @property
     def key(self) -> str:
-        """Human-readable key, e.g. ``llm/llama-3-8b/A100/vllm/0.4.0``."""
-        return "/".join(self.as_tuple())
+        """The one string that names this identity, e.g. ``llm/Qwen%2FQwen2.5-7B/A100/vllm/0.4.0``.
+
+        The parts joined by ``/``, each with its ``%`` and ``/`` percent-encoded: joined as
+        they are, ``llm/Qwen/Q7/...`` would name two models (``Qwen/Q7`` or ``llm/Qwen``),
+        whose metrics, counts and listings would merge. The client, the CLI and the URL
+        routes read it back as the same five parts.
+        """
+        return self._key
 
     @property
     def dirname(self) -> str:
@@ -165,7 +178,7 @@ class IdentityPattern:
         return all(v is not None for v in self.as_tuple())
 
     def describe(self) -> str:
-        return "/".join(v if v is not None else WILDCARD for v in self.as_tuple())
+        return "/".join(key_segment(v) if v is not None else WILDCARD for v in self.as_tuple())
 
     def stated_by(self, traces: list) -> dict[str, list[object]]:
         """For each part this pattern leaves unspecified, the distinct values the traces state

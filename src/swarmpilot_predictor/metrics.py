@@ -100,8 +100,7 @@ class _LiveModelsOnly:
         live = self._metrics._live_models
         for family in self._inner.collect():
             if live is not None:
-                family.samples = [s for s in family.samples
-                                  if "model" not in s.labels or s.labels["model"].startswith("table:") or s.labels["model"] in live]
+                family.samples = [s for s in family.samples if "model" not in s.labels or s.labels["model"] in live]
             yield family
 
 
@@ -202,7 +201,7 @@ class PredictorMetrics:
             self._accuracy_report[model] = report
 
     def forget_model(self, model: str) -> None:
-        """Remove every series labelled with a deleted model (label sets stay bounded by live models)."""
+        """Remove every series labelled with a deleted model or table (label sets stay bounded by live ones)."""
         with self._accuracy_lock:
             self._accuracy_version.pop(model, None)
             self._accuracy_report.pop(model, None)
@@ -211,12 +210,13 @@ class PredictorMetrics:
             if self.multiprocess_dir is not None:
                 return  # its shared series are left out of scrapes (set_live_models); files cannot drop them
             for counter, labels in ((self.predictions, (model, "model")), (self.predictions, (model, "table_generation")),
-                                    (self.prediction_errors, (model,)), (self.observations, (model,))):
+                                    (self.predictions, (model, "lookup_table")), (self.prediction_errors, (model,)),
+                                    (self.observations, (model,))):
                 with contextlib.suppress(KeyError):
                     counter.remove(*labels)
 
     def set_live_models(self, models: set[str]) -> None:
-        """The models that exist: in multi-process mode, only their counters are scraped."""
+        """The models (and ``table:`` labels) that exist: in multi-process mode, only their counters are scraped."""
         self._live_models = frozenset(models)
 
     def shared_prediction_counts(self) -> dict[str, int] | None:
@@ -234,9 +234,9 @@ class PredictorMetrics:
                     counts[model] = counts.get(model, 0) + int(sample.value)
         return counts
 
-    def counted_models(self) -> set[str]:
-        """The models with prediction counters in this process (lookup tables' ``table:`` labels aside)."""
-        return {k[1] for k in list(self._children) if k[0] == "pred" and not k[1].startswith("table:")}
+    def counted_labels(self) -> set[str]:
+        """The models (and lookup tables' ``table:<name>`` labels) with prediction counters in this process."""
+        return {k[1] for k in list(self._children) if k[0] == "pred"}
 
     def accuracy_versions(self) -> dict[str, int]:
         """The models whose accuracy gauges are set, with the version they describe."""
@@ -261,7 +261,8 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500
+        status = None
+        gone = False
 
         async def send_wrapper(message):
             nonlocal status
@@ -269,20 +270,44 @@ class MetricsMiddleware:
                 status = message["status"]
             await send(message)
 
+        async def receive_wrapper():
+            nonlocal gone
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone = True
+            return message
+
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive_wrapper, send_wrapper)
         finally:
-            self.metrics.observe_request(_route_label(scope), scope.get("method", ""), status, time.perf_counter() - start)
+            if status is None:
+                # No answer went out: a client that left before it (half a body sent, say) is
+                # nginx's 499, not a server error; anything else that ended without one is a 500.
+                status = CLIENT_CLOSED if gone else 500
+            self.metrics.observe_request(_route_label(scope, status), scope.get("method", ""), status,
+                                         time.perf_counter() - start)
 
 
-def _route_label(scope) -> str:
+CLIENT_CLOSED = 499
+
+
+def _route_label(scope, status: int) -> str:
     """The template of the route that answered, or "unmatched".
 
     FastAPI's own routes leave themselves in the scope; Starlette's plain ones (the API
     docs, the OpenAPI schema) only their endpoint, whose route is looked up: those 200s
-    were counted as unmatched."""
+    were counted as unmatched. A request answered before routing (a 413 for its body's
+    size) is matched here to the route it asked for.
+    """
     path = getattr(scope.get("route"), "path", None)
     endpoint = scope.get("endpoint")
-    if path is None and endpoint is not None and scope.get("app") is not None:
-        path = next((r.path for r in scope["app"].router.routes if getattr(r, "endpoint", None) is endpoint), None)
+    app = scope.get("app")
+    if path is None and app is not None:
+        if endpoint is not None:
+            path = next((r.path for r in app.router.routes if getattr(r, "endpoint", None) is endpoint), None)
+        elif status not in (404, 405):  # those matched no route: not worth looking again
+            from starlette.routing import Match
+
+            path = next((r.path for r in app.router.routes if r.matches(scope)[0] is Match.FULL), None)
     return path or "unmatched"
+

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import numpy as np
 import orjson
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, ValidationInfo, field_validator
 
 from .errors import InvalidInput, shown
 from .identity import IDENTITY_KEYS, identity_part_problem
@@ -71,7 +71,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(protected_namespaces=(), extra="forbid")
 
     group_by: list[str] | None = None  # before model: model's check reads it
-    model: ModelPartsBody | None = None
+    model: ModelPartsBody | None = Field(None, validate_default=True)  # its absence is named as its own error
     traces: list[dict[str, Any]] | str
     target: str = "runtime_ms"
     features: list[str] | None = None
@@ -107,15 +107,11 @@ class TrainConfig(BaseModel):
                 raise ValueError("group_by names a key more than once")
         return v
 
-    @model_validator(mode="after")
-    def _identity_given(self) -> "TrainConfig":
-        if self.model is None and self.group_by is None:
-            raise ValueError("config needs 'model' (the five identity strings) or 'group_by'")
-        return self
-
     @field_validator("model")
     @classmethod
     def _model_parts(cls, v: ModelPartsBody | None, info: ValidationInfo) -> ModelPartsBody | None:
+        if v is None and info.data.get("group_by") is None and "group_by" in info.data:
+            raise ValueError("config needs 'model' (the five identity strings) or 'group_by'")
         if v is not None and info.data.get("group_by") is None:
             unset = [k for k in IDENTITY_KEYS if getattr(v, k) is None]
             if unset:

@@ -456,7 +456,9 @@ class PredictorService:
         self.metrics.cache_hits.inc(sum(p is not None for p in out))
         misses = [i for i, p in enumerate(out) if p is None]
         if misses:
-            self.metrics.cache_misses.inc(len(misses))
+            # Traces no cache entry can hold were never looked up: neither hits nor misses,
+            # as on the one-trace path and in /cache/stats.
+            self.metrics.cache_misses.inc(sum(keys[i] is not None for i in misses))
             fresh = self._predict_with(identity, loaded, [traces[i] for i in misses], confidence_level, quantiles,
                                        False, time.perf_counter(), cached=False).split()  # looked up above
             for i, pred in zip(misses, fresh):
@@ -619,6 +621,8 @@ class PredictorService:
             self.monitor.forget(identity)
             self.retrainer.decisions.delete(identity)
             self.metrics.forget_model(identity.key)
+            with self._count_lock:
+                self.prediction_counts.pop(identity, None)
         return {"status": "success", "model_key": identity.key, "deleted_versions": deleted}
 
 
@@ -736,9 +740,18 @@ class PredictorService:
                 # A new version with no observations yet replaces its predecessor's figures
                 # with none (and not drifted).
                 self.metrics.set_accuracy(identity.key, serving, report)
-        # Models deleted by any worker: their series go here too (counters included).
-        for key in (described.keys() | self.metrics.counted_models()) - live:
+        # Lookup tables count predictions under "table:<name>": a deleted one's series go too.
+        try:
+            live |= {f"table:{name}" for name in self.tables.served_names()}
+        except OSError as exc:  # an unlistable tables folder: its series stay, and the scrape answers
+            log.warning("lookup tables not listed for the metrics: %s", exc)
+            live |= {label for label in self.metrics.counted_labels() if label.startswith("table:")}
+        # Models (and tables) deleted by any process: their series go here too (counters included).
+        for key in (described.keys() | self.metrics.counted_labels()) - live:
             self.metrics.forget_model(key)
+        with self._count_lock:
+            for identity in [i for i in self.prediction_counts if i.key not in live]:
+                del self.prediction_counts[identity]
         self.metrics.set_live_models(live)
 
 

@@ -340,9 +340,19 @@ def _train_job(data_dir: str, config: dict[str, Any] | None, raw_body: bytes | N
         result = trainer.train(cfg, paths or None)
         return {"ok": True, "result": result}
     except PredictorError as exc:
-        return {"ok": False, "error": {"status_code": exc.status_code, "message": exc.message, "field": exc.field}}
+        return {"ok": False, "error": {"status_code": exc.status_code, "message": exc.message,
+                                       "field": _as_in_request(exc.field)}}
     except MemoryError:
         return {"ok": False, "error": {"status_code": 507, "message": "training ran out of memory"}}
+
+
+def _as_in_request(field: str | None) -> str | None:
+    """A training error's field as the request names it: a config key under ``config``, as
+    validation names it (``config.traces`` for a missing trace file as for a malformed list).
+    The library and the CLI name the config's own keys."""
+    if field and re.split(r"[.\[]", field, maxsplit=1)[0] in TrainConfig.model_fields:
+        return "config." + field
+    return field
 
 
 def _parse_train_request(raw: bytes) -> TrainConfig:
