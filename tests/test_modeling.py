@@ -804,3 +804,49 @@ def test_a_wide_design_built_sparse_has_the_dense_design_s_values():
     assert isinstance(design.transform(X[:999], sparse=True), np.ndarray)
     narrow = LogLinearDesign(["numeric", "categorical"], [0, 5]).fit(X % [1e9, 5])
     assert isinstance(narrow.transform(X % [1e9, 5], sparse=True), np.ndarray)
+
+
+# --------------------------------------------------------------------------- repeated runtimes
+
+
+@pytest.mark.parametrize("algorithm", ["auto", "empirical", "linear"])
+@pytest.mark.parametrize("value", [10.0, 7.3])
+def test_a_constant_runtime_is_answered_as_itself(algorithm, value):
+    """exp(log y) came out an ulp or two off y, on either side: an interval
+    [10.000000000000002, 10.000000000000002] held none of a thousand runs of 10 ms."""
+    rng = np.random.default_rng(0)
+    X = rng.integers(1, 64, (1000, 1)).astype(float)
+    y = np.full(1000, value)
+    model = QuantileModel(["numeric"], [0], algorithm).fit(X, y)
+    levels = (0.05, 0.5, 0.95)
+    assert model.predict_quantiles(X[:5], levels).tolist() == [[value] * 3] * 5
+    assert model.describe_one(X[0].tolist(), levels)[0] == [value] * 3
+    assert model.cv_summary()["interval_coverage"] == {"0.9": 1.0, "0.8": 1.0, "0.5": 1.0}
+    again = QuantileModel.from_json(json.loads(json.dumps(model.to_json())))
+    assert again.predict_quantiles(X[:5], levels).tolist() == [[value] * 3] * 5
+    stored_before = model.to_json()
+    del stored_before["atoms"]  # a model stored before atoms: as it answered then
+    assert QuantileModel.from_json(stored_before).predict_quantiles(X[:1], levels)[0] == pytest.approx([value] * 3, rel=1e-14)
+
+
+def test_quantiles_on_repeated_runtimes_are_those_runtimes():
+    rng = np.random.default_rng(1)
+    X = np.zeros((1000, 0))
+    y = np.where(rng.random(1000) < 0.5, 10.0, 20.0)
+    model = QuantileModel([], [], "empirical").fit(X, y)
+    q = model.predict_quantiles(X[:1], [0.05, 0.95])[0]
+    assert q.tolist() == [10.0, 20.0]
+    assert ((y >= q[0]) & (y <= q[1])).all()
+
+
+def test_data_atoms_are_the_repeated_runtimes_and_snap_only_what_rounding_moved():
+    from swarmpilot_predictor.distribution import data_atoms, snap_one, snap_to_atoms
+
+    atoms = data_atoms(np.array([3.0, 1.0, 2.5, 3.0, 1.0, 7.0, 1.0]))
+    assert atoms.tolist() == [1.0, 3.0]  # 2.5 and 7.0 are single runs
+    assert data_atoms(np.repeat(np.arange(1.0, 11.0), np.arange(2, 12)), limit=3).tolist() == [8.0, 9.0, 10.0]
+    q = np.array([[0.9999999999999998, 1.0001, 2.0, 3.0000000000000004, 3.0 * (1 + 5e-9), np.nan]])
+    snapped = snap_to_atoms(q, atoms)
+    assert snapped[0, :5].tolist() == [1.0, 1.0001, 2.0, 3.0, 3.0 * (1 + 5e-9)] and np.isnan(snapped[0, 5])
+    assert [snap_one(v, atoms) for v in q[0, :5]] == snapped[0, :5].tolist()
+    assert snap_to_atoms(q, np.array([])) is q

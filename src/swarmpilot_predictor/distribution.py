@@ -352,6 +352,9 @@ class RuntimeDistribution:
     # log s (``describe_one`` does too), even where a batch's scales happen to be equal (one
     # task, say), so that a task's answer never depends on the batch it came in.
     scale_varies: bool = False
+    # Runtimes the training data repeated (sorted): a quantile that is one of them up to the
+    # rounding of exp(log y) is answered as it (see :func:`snap_to_atoms`).
+    atoms: np.ndarray | None = None
     _moments: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False)
 
     def __len__(self) -> int:
@@ -360,7 +363,7 @@ class RuntimeDistribution:
     def subset(self, rows: np.ndarray) -> "RuntimeDistribution":
         return RuntimeDistribution(self.location[rows], self.scale[rows], self.score, self.knots,
                                    None if self.cdf is None else self.cdf[rows], self.log_bounds, self.shared_log_sd,
-                                   self.scale_varies)
+                                   self.scale_varies, self.atoms)
 
     # ------------------------------------------------------------------ quantiles
 
@@ -397,7 +400,8 @@ class RuntimeDistribution:
             # One shared shape: Z's quantiles are the same for every task (and monotone in
             # the level, so no sorting is needed); only location and scale vary.
             z = self.score.quantile_at(tuple(float(v) for v in levels))
-            return np.exp(np.clip(self.location[:, None] + self.scale[:, None] * z[None, :], *self.log_bounds))
+            return snap_to_atoms(np.exp(np.clip(self.location[:, None] + self.scale[:, None] * z[None, :], *self.log_bounds)),
+                                 self.atoms)
         levels = np.asarray(levels, dtype=np.float64)
         order = np.argsort(levels)
         z = self.score_quantiles(levels[order])
@@ -405,7 +409,7 @@ class RuntimeDistribution:
         q = np.exp(np.clip(self.location[:, None] + self.scale[:, None] * z, *self.log_bounds))
         out = np.empty_like(q)
         out[:, order] = q
-        return out
+        return snap_to_atoms(out, self.atoms)
 
     def interval(self, confidence_level: float) -> np.ndarray:
         """Central interval holding ``confidence_level`` of the mass, shape (tasks, 2)."""
@@ -898,6 +902,50 @@ def _low_end(rows: _SumRows, least: np.ndarray, floor: float, limit: float) -> t
     return floor + (np.arange(keep + 1) - 0.5).clip(0.0) * h, np.concatenate([[0.0], np.cumsum(pmf[0, :keep])])
 
 
+# A quantile this close (relatively) to a runtime the training data repeated is that runtime.
+# exp(log y) is y only to about 1e-15, on either side; far above that, far below any real
+# runtime's resolution.
+ATOM_TOLERANCE = 1e-9
+MAX_ATOMS = 1024
+
+
+def data_atoms(y: np.ndarray, limit: int = MAX_ATOMS) -> np.ndarray:
+    """The runtimes ``y`` repeats (its atoms), sorted; the ``limit`` most frequent if more.
+
+    Runtimes recorded to whole milliseconds, or a stage that always takes the same time,
+    put mass on single values. A quantile there is such a value itself, but computed as
+    exp(log y) it came out an ulp or two off it, on either side: an interval [10.000000000000002,
+    10.000000000000002] held none of a thousand runs of exactly 10 ms.
+    """
+    values, counts = np.unique(np.asarray(y, dtype=np.float64), return_counts=True)
+    repeated = counts >= 2
+    values, counts = values[repeated], counts[repeated]
+    if len(values) > limit:
+        values = np.sort(values[np.argsort(-counts, kind="stable")[:limit]])
+    return values
+
+
+def snap_to_atoms(q: np.ndarray, atoms: np.ndarray | None) -> np.ndarray:
+    """``q`` with every value within :data:`ATOM_TOLERANCE` of an atom replaced by it."""
+    if atoms is None or not len(atoms):
+        return q
+    idx = np.searchsorted(atoms, q)
+    below, above = atoms[np.maximum(idx - 1, 0)], atoms[np.minimum(idx, len(atoms) - 1)]
+    nearest = np.where(np.abs(q - below) <= np.abs(above - q), below, above)
+    return np.where(np.abs(q - nearest) <= ATOM_TOLERANCE * nearest, nearest, q)
+
+
+def snap_one(v: float, atoms: np.ndarray | None) -> float:
+    """:func:`snap_to_atoms` for one value, in plain floats."""
+    if atoms is None or not len(atoms):
+        return v
+    i = bisect.bisect_left(atoms, v)
+    for a in (atoms[i - 1] if i > 0 else None, atoms[i] if i < len(atoms) else None):
+        if a is not None and abs(v - a) <= ATOM_TOLERANCE * a:
+            return float(a)
+    return v
+
+
 def describe_one(
     location: float,
     scale: float,
@@ -907,6 +955,7 @@ def describe_one(
     knots: tuple[float, ...] | None = None,
     cdf: list[float] | None = None,
     log_bounds: tuple[float, float] = LOG_BOUNDS,
+    atoms: np.ndarray | None = None,
 ) -> tuple[list[float], float, float]:
     """One task's quantiles at ``levels``, mean and standard deviation, in plain floats.
 
@@ -922,6 +971,8 @@ def describe_one(
         z = _shaped_score_quantiles(score, levels, knots, cdf)
     lo, hi = log_bounds
     q = [math.exp(min(max(location + scale * v, lo), hi)) for v in z]
+    if atoms is not None and len(atoms):
+        q = [snap_one(v, atoms) for v in q]
     z_low, z_high = _capping_scores(score)
     if location + scale * z_high > hi or location + scale * z_low < lo:  # as RuntimeDistribution._capped_rows
         # Clipped by the log bounds (far outside the training range): moments of the clipped runtime.

@@ -42,7 +42,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .distribution import LOG_BOUNDS, RuntimeDistribution, ScoreDistribution, describe_one
+from .distribution import (LOG_BOUNDS, MAX_ATOMS, RuntimeDistribution, ScoreDistribution, data_atoms, describe_one,
+                           snap_to_atoms)
 from .errors import shown
 
 EVAL_LEVELS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
@@ -1924,6 +1925,7 @@ class QuantileModel:
             raise ValueError("algorithm 'lightgbm' needs at least one feature")
         w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         n = len(y)
+        self.atoms_ = data_atoms(y)
         ylog = np.log(y)
         sel = np.arange(n)
         if n > SELECT_MAX_ROWS:
@@ -2098,7 +2100,7 @@ class QuantileModel:
             z = resid / s
             # The same location and a constant scale: the constant variant's held-out quantiles.
             twin = heldout.get((False, shaped)) if hetero and not varies else None
-            q, pits = twin if twin is not None else self._heldout(X, oof, s, z, fold, shaped, w, kinds)
+            q, pits = twin if twin is not None else self._heldout(X, y, oof, s, z, fold, shaped, w, kinds)
             heldout[(hetero, shaped)] = (q, pits)
             fam.append({
                 "family": family, "hetero": hetero, "shaped": shaped, "scale": scale, "z": z, "weighted": weighted,
@@ -2230,11 +2232,13 @@ class QuantileModel:
             out["hinges"] = int(self.params["shape_hinges"])
         return out
 
-    def _heldout(self, X, oof, s, z, fold, shaped, w, kinds=None) -> tuple[np.ndarray, np.ndarray | None]:
+    def _heldout(self, X, y, oof, s, z, fold, shaped, w, kinds=None) -> tuple[np.ndarray, np.ndarray | None]:
         """Quantiles at EVAL_LEVELS for every row, from models that never saw its fold.
 
         Each fold is calibrated only with the other folds' scores, so these
         metrics are measured on rows that neither fitted nor calibrated the model.
+        Quantiles are put on the other folds' repeated runtimes as the model puts them on
+        its training data's (:func:`snap_to_atoms`).
         """
         n = len(z)
         n_folds = int(fold.max()) + 1
@@ -2247,7 +2251,8 @@ class QuantileModel:
             for k in range(n_folds):
                 te = fold == k
                 zq = scores[k].quantile(levels)
-                q[te] = np.exp(np.clip(oof[te, None] + s[te, None] * zq[None, :], *bounds))
+                q[te] = snap_to_atoms(np.exp(np.clip(oof[te, None] + s[te, None] * zq[None, :], *bounds)),
+                                      data_atoms(y[fold != k]))
             return q, None
         pits = np.empty(n)
         fitted = []
@@ -2262,7 +2267,8 @@ class QuantileModel:
             te = fold == k
             x, yk = recalibration_map(pits[fold != k])
             Fc = _increasing(np.interp(F, x, yk))
-            dist = RuntimeDistribution(oof[te], s[te], scores[k], shape.knots_, Fc, bounds)
+            dist = RuntimeDistribution(oof[te], s[te], scores[k], shape.knots_, Fc, bounds,
+                                       atoms=data_atoms(y[fold != k]))
             q[te] = dist.quantiles(levels)
         return q, pits
 
@@ -2295,9 +2301,9 @@ class QuantileModel:
         varies = not self.scale_.is_constant  # as describe_one reads it: one answer per task, in any batch
         if self.shape_ is not None and self.shape_.knots_:
             return RuntimeDistribution(m, s, self.score_, self.shape_.knots_, self.shape_.cdf(X), bounds,
-                                       self.shared_log_sd_, varies)
+                                       self.shared_log_sd_, varies, self.atoms_)
         return RuntimeDistribution(m, s, self.score_, log_bounds=bounds, shared_log_sd=self.shared_log_sd_,
-                                   scale_varies=varies)
+                                   scale_varies=varies, atoms=self.atoms_)
 
     def _bounds(self) -> tuple[float, float]:
         """Never extrapolate the typical runtime, nor any quantile, beyond 100x the training extremes."""
@@ -2328,8 +2334,8 @@ class QuantileModel:
         shape = self.shape_
         if shape is not None and shape.knots_:
             return describe_one(m, s, self.score_, levels, self.scale_.is_constant, shape.knots_, shape.cdf_row(x),
-                                bounds)
-        return describe_one(m, s, self.score_, levels, self.scale_.is_constant, log_bounds=bounds)
+                                bounds, self.atoms_)
+        return describe_one(m, s, self.score_, levels, self.scale_.is_constant, log_bounds=bounds, atoms=self.atoms_)
 
     def check_loaded(self) -> None:
         """Raise ValueError unless a probe task gets finite, ordered answers, the same on
@@ -2372,6 +2378,7 @@ class QuantileModel:
             "shape": None if self.shape_ is None else self.shape_.to_json(),
             "log_range": None if self.log_range_ is None else list(self.log_range_),
             "shared_log_sd": self.shared_log_sd_,
+            "atoms": self.atoms_.tolist(),
             "features_used": getattr(self, "features_used_", None),
             "cv": self.cv_,
         }
@@ -2390,12 +2397,21 @@ class QuantileModel:
         lr = d.get("log_range")
         obj.log_range_ = None if lr is None else (float(lr[0]), float(lr[1]))
         obj.shared_log_sd_ = float(d.get("shared_log_sd", 0.0))  # models stored before it: none
+        obj.atoms_ = _atoms_from_json(d.get("atoms", []))  # models stored before them: none
         obj.cv_ = d.get("cv", {})
         obj.features_used_ = d.get("features_used") or [True] * len(obj.kinds)
         return obj
 
 
 _LOG100 = float(np.log(100.0))
+
+
+def _atoms_from_json(values: Any) -> np.ndarray:
+    atoms = np.asarray(values, dtype=np.float64)
+    if atoms.ndim != 1 or len(atoms) > MAX_ATOMS or not (np.all(np.isfinite(atoms)) and np.all(atoms > 0)
+                                                          and np.all(np.diff(atoms) > 0)):
+        raise ValueError("atoms must be at most %d increasing positive runtimes" % MAX_ATOMS)
+    return atoms
 
 
 # --------------------------------------------------------------------------- parameters
