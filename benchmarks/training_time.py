@@ -9,6 +9,9 @@ is imported before the clock starts, as the service's long-lived training worker
 (its import took about 2.4 s here, where bytecode is not cached: PYTHONDONTWRITEBYTECODE).
 
     uv run python benchmarks/training_time.py [--rows 100000] [--cases num2,cat500] [--algorithm auto]
+
+Cases: ``numK`` (K numeric features), ``catK`` (a numeric feature and a categorical of K
+values), ``manyK`` (K categorical features of 100 values each), ``mixed``.
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ if case.startswith("num"):
         log_mean += numeric(1, 2048, 0.5 / (j + 1))
 elif case.startswith("cat"):
     log_mean += numeric(1, 64, 0.7) + categorical(int(case[3:]))
+elif case.startswith("many"):  # that many categorical features of 100 values each, nothing else
+    for _ in range(int(case[4:])):
+        log_mean += categorical(100)
 elif case == "mixed":  # two numeric features, categoricals of 20 and 100 values, a 0/1 flag
     log_mean += numeric(1, 64, 0.7) + numeric(16, 2048, 0.3) + categorical(20) + categorical(100)
     flag = (rng.random(n) < 0.3).astype(float)

@@ -850,3 +850,29 @@ def test_data_atoms_are_the_repeated_runtimes_and_snap_only_what_rounding_moved(
     assert snapped[0, :5].tolist() == [1.0, 1.0001, 2.0, 3.0, 3.0 * (1 + 5e-9)] and np.isnan(snapped[0, 5])
     assert [snap_one(v, atoms) for v in q[0, :5]] == snapped[0, :5].tolist()
     assert snap_to_atoms(q, np.array([])) is q
+
+
+def test_filled_in_sparse_systems_are_solved_dense_with_the_same_answers():
+    """Several categorical features fill a Gram matrix in (a block per pair of them): it is
+    factorised dense, to the same solution; singular systems raise as splu's do."""
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import splu
+
+    from swarmpilot_predictor.modeling import DENSE_SOLVE_SHARE, _sparse_lu
+
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 20, (500, 3))
+    rows = np.repeat(np.arange(500), 4)
+    cols = np.concatenate([np.zeros((500, 1), int), 1 + codes + 20 * np.arange(3)], axis=1).ravel()
+    S = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(500, 61))
+    gram = (S.T @ S.multiply(rng.random(500)[:, None]).tocsr()).tocsc() + sp.diags(np.full(61, 2.0))
+    assert gram.nnz > DENSE_SOLVE_SHARE * 61 * 61
+    b = rng.standard_normal(61)
+    assert np.allclose(_sparse_lu(gram)(b), splu(gram).solve(b), rtol=1e-10, atol=1e-12)
+    skewed = gram + sp.csc_matrix(([0.5], ([0], [5])), shape=(61, 61))  # not symmetric: LU, not Cholesky
+    assert np.allclose(skewed @ _sparse_lu(skewed)(b), b)
+    singular = sp.csc_matrix(np.ones((61, 61)))
+    with pytest.raises(RuntimeError):
+        _sparse_lu(singular)
+    arrow = sp.diags(np.arange(1.0, 62.0), format="csc")  # a sparse one stays with the sparse LU
+    assert np.allclose(_sparse_lu(arrow)(b), b / np.arange(1.0, 62.0))
