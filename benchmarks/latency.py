@@ -494,13 +494,50 @@ def section_metrics(tmp: Path) -> None:
               f"a scrape's rendering {float(out[1]) * 1e3:.2f} ms |")
 
 
+def section_atoms(data_dir: Path) -> None:
+    """Repeated runtimes (atoms) cost a search of every quantile among them: a model of
+    20,000 traces whose runtimes are rounded to 50 ms (about 240 heavy atoms), in-process,
+    cache off, with its atoms and with them taken away (the same model otherwise)."""
+    from swarmpilot_predictor.identity import IdentityPattern
+    from swarmpilot_predictor.schemas import TrainConfig
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    svc = PredictorService(PredictorSettings(data_dir=data_dir, cache_size=0))
+    base = llm_traces(20_000, seed=7)
+    rounded = [{**t, "runtime_ms": round(t["runtime_ms"] / 50) * 50 + 1.0} for t in base]
+    probe = [{k: v for k, v in t.items() if k != "runtime_ms"} for t in base[:1000]]
+    ident = {**IDENT, "software_version": "atoms"}
+    svc.train(TrainConfig(model=ident, traces=rounded, algorithm="linear"))
+    pattern = IdentityPattern.from_parts(ident)
+    model = svc._serving(pattern)[1].model
+    atoms = model.atoms_
+    for label, kept in ((f"with its {len(atoms)} atoms", atoms), ("without them", np.array([]))):
+        model._set_atoms(kept)
+        for _ in range(200):
+            svc.predict(pattern, probe[:1])
+        single = []
+        for i in range(3000):
+            t0 = time.perf_counter()
+            svc.predict(pattern, [probe[i % 1000]])
+            single.append(time.perf_counter() - t0)
+        batch = []
+        for _ in range(60):
+            t0 = time.perf_counter()
+            svc.predict(pattern, probe, with_total=True)
+            batch.append(time.perf_counter() - t0)
+        print(f"| in-process, runtimes rounded to 50 ms, {label}: single prediction | median {statistics.median(single) * 1e6:.1f} µs |")
+        print(f"| in-process, runtimes rounded to 50 ms, {label}: batch of 1,000 with its total | median {statistics.median(batch) * 1e3:.2f} ms |")
+    svc.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--algorithm", default="auto")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--skip-registry", action="store_true")
-    ap.add_argument("--only", default="", help="comma-separated sections: http,batch,cache,coalesce,isolation,training,registry,metrics,preload")
+    ap.add_argument("--only", default="", help="comma-separated sections: http,batch,cache,coalesce,isolation,training,registry,metrics,preload,atoms")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
 
@@ -529,6 +566,8 @@ def main() -> None:
             section_metrics(Path(tmp))
         if want("preload"):
             section_preload(Path(tmp))
+        if want("atoms"):
+            section_atoms(data_dir)
     print(f"\n(maxrss of this driver: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
 
 

@@ -848,8 +848,17 @@ def test_data_atoms_are_the_repeated_runtimes_and_snap_only_what_rounding_moved(
     q = np.array([[0.9999999999999998, 1.0001, 2.0, 3.0000000000000004, 3.0 * (1 + 5e-9), np.nan]])
     snapped = snap_to_atoms(q, atoms)
     assert snapped[0, :5].tolist() == [1.0, 1.0001, 2.0, 3.0, 3.0 * (1 + 5e-9)] and np.isnan(snapped[0, 5])
-    assert [snap_one(v, atoms) for v in q[0, :5]] == snapped[0, :5].tolist()
+    assert [snap_one(v, tuple(atoms.tolist())) for v in q[0, :5]] == snapped[0, :5].tolist()
     assert snap_to_atoms(q, np.array([])) is q
+    # Two atoms within the tolerance of one value: both paths take the lower (a task's answer
+    # must not depend on the path it took).
+    close = np.array([10.0, 10.0 + 1.5e-8])
+    v = 10.0 + 0.9e-8
+    assert snap_to_atoms(np.array([v]), close)[0] == snap_one(v, tuple(close.tolist())) == 10.0
+    # Only values on a thousandth of the rows: lighter ones cost more than they change.
+    distinct = np.linspace(1.0, 2.0, 998)
+    assert data_atoms(np.concatenate([distinct, [5.0, 5.0]])).tolist() == [5.0]
+    assert data_atoms(np.concatenate([np.linspace(1.0, 2.0, 9998), [5.0, 5.0]])).tolist() == []
 
 
 def test_filled_in_sparse_systems_are_solved_dense_with_the_same_answers():
@@ -876,3 +885,48 @@ def test_filled_in_sparse_systems_are_solved_dense_with_the_same_answers():
         _sparse_lu(singular)
     arrow = sp.diags(np.arange(1.0, 62.0), format="csc")  # a sparse one stays with the sparse LU
     assert np.allclose(_sparse_lu(arrow)(b), b / np.arange(1.0, 62.0))
+
+
+def test_shape_newton_steps_by_conjugate_gradients_match_direct_solves(monkeypatch):
+    """Through a sparse design every knot's Newton step is found by preconditioned
+    conjugate gradients, all knots at once; a step that does not converge is solved directly."""
+    import scipy.sparse as sp
+
+    from swarmpilot_predictor import modeling
+    from swarmpilot_predictor.modeling import _logistic_ridge, _newton_steps_pcg
+
+    rng = np.random.default_rng(0)
+    n, features, values = 1500, 4, 20
+    codes = rng.integers(0, values, (n, features))
+    rows = np.repeat(np.arange(n), features + 1)
+    cols = np.concatenate([np.zeros((n, 1), int), 1 + codes + values * np.arange(features)], axis=1).ravel()
+    S = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, 1 + features * values))
+    V = rng.uniform(0.01, 0.25, (n, 3))
+    r = np.full(S.shape[1], 10.0)
+    r[0] = 1e-6
+    G = rng.standard_normal((S.shape[1], 3))
+    X, converged = _newton_steps_pcg(S, S.T.tocsr(), V, r, G)
+    assert converged.all()
+    for k in range(3):
+        H = (S.T @ S.multiply(V[:, k:k + 1])).toarray() + np.diag(r)
+        assert np.allclose(X[:, k], np.linalg.solve(H, G[:, k]), rtol=1e-8, atol=1e-10)
+
+    # A whole fit: the same coefficients by conjugate gradients as by direct solves.
+    A = S[:, 1:]
+    share = (codes[:, 0] % 4 + 1) / 10
+    T = (rng.random((n, 2)) < np.column_stack([share, 2 * share])).astype(float)
+    by_cg = _logistic_ridge(A, T, 10.0)
+    monkeypatch.setattr(modeling, "PCG_MAX_ITERATIONS", 0)  # nothing converges: every step solved directly
+    direct = _logistic_ridge(A, T, 10.0)
+    assert np.allclose(by_cg, direct, rtol=1e-7, atol=1e-9)
+    assert by_cg[1:].std() > 0.05  # the coefficients learned something
+
+
+@pytest.mark.parametrize("atoms", [[True, 5], ["3", "4"], [4.0, 3.0], [2.0, 2.0], [-1.0], {"a": 1}, None, [[1.0]]])
+def test_a_stored_model_with_damaged_atoms_is_refused(atoms):
+    rng = np.random.default_rng(0)
+    X = rng.integers(1, 64, (200, 1)).astype(float)
+    stored = QuantileModel(["numeric"], [0], "linear").fit(X, np.round(X[:, 0] * 2.0)).to_json()
+    stored["atoms"] = atoms
+    with pytest.raises(ValueError, match="atoms"):
+        QuantileModel.from_json(json.loads(json.dumps(stored)))

@@ -906,11 +906,16 @@ def _low_end(rows: _SumRows, least: np.ndarray, floor: float, limit: float) -> t
 # exp(log y) is y only to about 1e-15, on either side; far above that, far below any real
 # runtime's resolution.
 ATOM_TOLERANCE = 1e-9
-MAX_ATOMS = 1024
+# Atoms kept: values on at least this share of the rows (and two of them), at most MAX_ATOMS,
+# the heaviest. A quantile put an ulp off an atom misses at most that atom's mass in coverage:
+# lighter ones are not worth their cost on every prediction.
+ATOM_MIN_SHARE = 0.001
+MAX_ATOMS = 256
 
 
 def data_atoms(y: np.ndarray, limit: int = MAX_ATOMS) -> np.ndarray:
-    """The runtimes ``y`` repeats (its atoms), sorted; the ``limit`` most frequent if more.
+    """The runtimes ``y`` repeats (its atoms), sorted: those on at least
+    :data:`ATOM_MIN_SHARE` of the rows, the ``limit`` heaviest if more.
 
     Runtimes recorded to whole milliseconds, or a stage that always takes the same time,
     put mass on single values. A quantile there is such a value itself, but computed as
@@ -918,31 +923,31 @@ def data_atoms(y: np.ndarray, limit: int = MAX_ATOMS) -> np.ndarray:
     10.000000000000002] held none of a thousand runs of exactly 10 ms.
     """
     values, counts = np.unique(np.asarray(y, dtype=np.float64), return_counts=True)
-    repeated = counts >= 2
-    values, counts = values[repeated], counts[repeated]
+    heavy = counts >= max(2, math.ceil(ATOM_MIN_SHARE * len(y)))
+    values, counts = values[heavy], counts[heavy]
     if len(values) > limit:
         values = np.sort(values[np.argsort(-counts, kind="stable")[:limit]])
     return values
 
 
 def snap_to_atoms(q: np.ndarray, atoms: np.ndarray | None) -> np.ndarray:
-    """``q`` with every value within :data:`ATOM_TOLERANCE` of an atom replaced by it."""
+    """``q`` with every value within :data:`ATOM_TOLERANCE` of an atom replaced by it (by the
+    lowest such atom, as :func:`snap_one` does)."""
     if atoms is None or not len(atoms):
         return q
-    idx = np.searchsorted(atoms, q)
-    below, above = atoms[np.maximum(idx - 1, 0)], atoms[np.minimum(idx, len(atoms) - 1)]
-    nearest = np.where(np.abs(q - below) <= np.abs(above - q), below, above)
-    return np.where(np.abs(q - nearest) <= ATOM_TOLERANCE * nearest, nearest, q)
+    candidate = atoms.take(np.searchsorted(atoms, q * (1.0 - ATOM_TOLERANCE)), mode="clip")
+    hit = candidate <= q * (1.0 + ATOM_TOLERANCE)
+    hit &= candidate >= q * (1.0 - ATOM_TOLERANCE)  # clipped past the last atom: no atom above
+    return np.where(hit, candidate, q) if hit.any() else q
 
 
-def snap_one(v: float, atoms: np.ndarray | None) -> float:
-    """:func:`snap_to_atoms` for one value, in plain floats."""
-    if atoms is None or not len(atoms):
+def snap_one(v: float, atoms: tuple[float, ...] | None) -> float:
+    """:func:`snap_to_atoms` for one value, in plain floats (``atoms`` a sorted tuple)."""
+    if not atoms:
         return v
-    i = bisect.bisect_left(atoms, v)
-    for a in (atoms[i - 1] if i > 0 else None, atoms[i] if i < len(atoms) else None):
-        if a is not None and abs(v - a) <= ATOM_TOLERANCE * a:
-            return float(a)
+    i = bisect.bisect_left(atoms, v * (1.0 - ATOM_TOLERANCE))
+    if i < len(atoms) and atoms[i] <= v * (1.0 + ATOM_TOLERANCE):
+        return atoms[i]
     return v
 
 
@@ -955,7 +960,7 @@ def describe_one(
     knots: tuple[float, ...] | None = None,
     cdf: list[float] | None = None,
     log_bounds: tuple[float, float] = LOG_BOUNDS,
-    atoms: np.ndarray | None = None,
+    atoms: tuple[float, ...] | None = None,
 ) -> tuple[list[float], float, float]:
     """One task's quantiles at ``levels``, mean and standard deviation, in plain floats.
 
@@ -971,7 +976,7 @@ def describe_one(
         z = _shaped_score_quantiles(score, levels, knots, cdf)
     lo, hi = log_bounds
     q = [math.exp(min(max(location + scale * v, lo), hi)) for v in z]
-    if atoms is not None and len(atoms):
+    if atoms:
         q = [snap_one(v, atoms) for v in q]
     z_low, z_high = _capping_scores(score)
     if location + scale * z_high > hi or location + scale * z_low < lo:  # as RuntimeDistribution._capped_rows

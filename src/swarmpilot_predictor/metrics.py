@@ -310,4 +310,3 @@ def _route_label(scope, status: int) -> str:
 
             path = next((r.path for r in app.router.routes if r.matches(scope)[0] is Match.FULL), None)
     return path or "unmatched"
-

@@ -1483,6 +1483,48 @@ class ScaleModel:
 # --------------------------------------------------------------------------- shape model
 
 
+PCG_TOLERANCE = 1e-10  # relative residual of each Newton step's system
+PCG_MAX_ITERATIONS = 300
+
+
+def _newton_steps_pcg(S, St, V: np.ndarray, r: np.ndarray, G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Solve ``(S' diag(V[:, k]) S + diag(r)) x_k = G[:, k]`` for every column at once by
+    conjugate gradients, preconditioned by the diagonal; returns the solutions and which converged.
+
+    The matrices are never formed: each iteration is two sparse products for all columns.
+    Several categorical features of many values fill the matrices in (a block per pair of
+    features), and one factorisation per column and Newton step was most of the training
+    time: 15 knots of a 1,601-wide system took 0.96 s by Cholesky and 25 ms by 24 iterations
+    of this, to 1e-11.
+    """
+    diag = np.asarray(S.multiply(S).T @ V) + r[:, None]
+
+    def product(P: np.ndarray) -> np.ndarray:
+        return np.asarray(St @ (V * (S @ P))) + r[:, None] * P
+
+    X = G / diag
+    R = G - product(X)
+    Z = R / diag
+    P = Z.copy()
+    rz = (R * Z).sum(axis=0)
+    goal = PCG_TOLERANCE * np.linalg.norm(G, axis=0)
+    done = np.linalg.norm(R, axis=0) <= goal
+    for _ in range(PCG_MAX_ITERATIONS):
+        if done.all():
+            break
+        HP = product(P)
+        curvature = (P * HP).sum(axis=0)
+        a = np.where(done, 0.0, rz / np.where(curvature > 0, curvature, 1.0))
+        X += a * P
+        R -= a * HP
+        done |= np.linalg.norm(R, axis=0) <= goal
+        Z = R / diag
+        new = (R * Z).sum(axis=0)
+        P = Z + np.where(rz > 0, new / np.where(rz > 0, rz, 1.0), 0.0) * P
+        rz = new
+    return X, done
+
+
 def _logistic_ridge(A: np.ndarray, T: np.ndarray, alpha: float, w: np.ndarray | None = None, iters: int = 30) -> np.ndarray:
     """Independent ridge logistic regressions of each column of ``T`` on ``A``.
 
@@ -1506,6 +1548,7 @@ def _logistic_ridge(A: np.ndarray, T: np.ndarray, alpha: float, w: np.ndarray | 
     # Outer products of the rows, to form every column's Hessian in one product.
     outer = (A1[:, :, None] * A1[:, None, :]).reshape(n, D * D) if n * D * D <= 4_000_000 and not _is_sparse(A1) else None
     S1 = None if outer is not None else _sparse_view(A1)
+    S1t = None  # its transpose, made for the first Newton step
     M = A1 if S1 is None else S1  # the products below through the sparse view where there is one
 
     def losses(eta: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -1523,10 +1566,14 @@ def _logistic_ridge(A: np.ndarray, T: np.ndarray, alpha: float, w: np.ndarray | 
         live = np.flatnonzero(active)
         step = np.zeros((D, K))
         if S1 is not None:
-            # A wide one-hot design: each Hessian is sparse (an arrow: a diagonal block per
-            # category, dense rows only for the numeric columns); a sparse LU per knot
-            # instead of a dense D x D solve.
-            for k in live:
+            # A wide one-hot design: every knot's step by conjugate gradients through the
+            # sparse design, all knots at once; a knot whose step did not converge (never
+            # seen) is solved directly.
+            if S1t is None:
+                S1t = S1.T.tocsr()
+            found, converged = _newton_steps_pcg(S1, S1t, V[:, live], r, G[:, live])
+            step[:, live] = found
+            for k in live[~converged]:
                 step[:, k] = _sparse_solve(_wgram(A1, V[:, k], S1, dense=False), r, G[:, k])
         else:
             if outer is not None:
@@ -1959,7 +2006,7 @@ class QuantileModel:
             raise ValueError("algorithm 'lightgbm' needs at least one feature")
         w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         n = len(y)
-        self.atoms_ = data_atoms(y)
+        self._set_atoms(data_atoms(y))
         ylog = np.log(y)
         sel = np.arange(n)
         if n > SELECT_MAX_ROWS:
@@ -2339,6 +2386,10 @@ class QuantileModel:
         return RuntimeDistribution(m, s, self.score_, log_bounds=bounds, shared_log_sd=self.shared_log_sd_,
                                    scale_varies=varies, atoms=self.atoms_)
 
+    def _set_atoms(self, atoms: np.ndarray) -> None:
+        self.atoms_ = atoms
+        self.atom_values_ = tuple(atoms.tolist())  # the single-task path bisects plain floats
+
     def _bounds(self) -> tuple[float, float]:
         """Never extrapolate the typical runtime, nor any quantile, beyond 100x the training extremes."""
         return LOG_BOUNDS if self.log_range_ is None else _log_bounds(*self.log_range_)
@@ -2368,8 +2419,9 @@ class QuantileModel:
         shape = self.shape_
         if shape is not None and shape.knots_:
             return describe_one(m, s, self.score_, levels, self.scale_.is_constant, shape.knots_, shape.cdf_row(x),
-                                bounds, self.atoms_)
-        return describe_one(m, s, self.score_, levels, self.scale_.is_constant, log_bounds=bounds, atoms=self.atoms_)
+                                bounds, self.atom_values_)
+        return describe_one(m, s, self.score_, levels, self.scale_.is_constant, log_bounds=bounds,
+                            atoms=self.atom_values_)
 
     def check_loaded(self) -> None:
         """Raise ValueError unless a probe task gets finite, ordered answers, the same on
@@ -2431,7 +2483,7 @@ class QuantileModel:
         lr = d.get("log_range")
         obj.log_range_ = None if lr is None else (float(lr[0]), float(lr[1]))
         obj.shared_log_sd_ = float(d.get("shared_log_sd", 0.0))  # models stored before it: none
-        obj.atoms_ = _atoms_from_json(d.get("atoms", []))  # models stored before them: none
+        obj._set_atoms(_atoms_from_json(d.get("atoms", [])))  # models stored before them: none
         obj.cv_ = d.get("cv", {})
         obj.features_used_ = d.get("features_used") or [True] * len(obj.kinds)
         return obj
@@ -2441,10 +2493,13 @@ _LOG100 = float(np.log(100.0))
 
 
 def _atoms_from_json(values: Any) -> np.ndarray:
+    # Numbers only: numpy would read true as 1.0 and "3" as 3.0, and serve a damaged file.
+    if not (isinstance(values, list) and len(values) <= MAX_ATOMS
+            and all(type(v) in (int, float) for v in values)):
+        raise ValueError(f"atoms must be a list of at most {MAX_ATOMS} numbers")
     atoms = np.asarray(values, dtype=np.float64)
-    if atoms.ndim != 1 or len(atoms) > MAX_ATOMS or not (np.all(np.isfinite(atoms)) and np.all(atoms > 0)
-                                                          and np.all(np.diff(atoms) > 0)):
-        raise ValueError("atoms must be at most %d increasing positive runtimes" % MAX_ATOMS)
+    if not (np.all(np.isfinite(atoms)) and np.all(atoms > 0) and np.all(np.diff(atoms) > 0)):
+        raise ValueError("atoms must be increasing positive runtimes")
     return atoms
 
 
