@@ -8,6 +8,7 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
@@ -337,7 +338,48 @@ def test_a_request_the_server_may_have_carried_out_says_so_when_the_connection_d
         assert calls.count("/health") == 3 and "cannot reach the predictor" in err.value.message
 
 
-def test_background_training_and_cache_through_the_client(trained_server):
+def test_a_dropped_connection_names_its_cause_even_when_httpx_gives_none():
+    import httpx
+
+    def drop(request):
+        raise httpx.ReadError("", request=request)  # what a server killed mid-answer gave
+
+    with PredictorClient("http://127.0.0.1:9", retries=0, transport=httpx.MockTransport(drop)) as client:
+        with pytest.raises(PredictorUnavailableError) as err:
+            client.health()
+        assert err.value.message.endswith("cannot reach the predictor at http://127.0.0.1:9: ReadError")
+        with pytest.raises(PredictorUnavailableError) as err:
+            client.observe(IDENTITY, [{"input_tokens": 1, "output_tokens": 1, "runtime_ms": 5.0}])
+        assert "before an answer (ReadError)" in err.value.message
+
+
+def test_the_async_client_reads_upload_files_off_the_event_loop(tmp_path, trained_server, monkeypatch):
+    """A 200 MB trace file held every other task of the loop for 0.2 s while it was read."""
+    import threading
+
+    readers: list[threading.Thread] = []
+    original = Path.read_bytes
+
+    def recording(self):
+        readers.append(threading.current_thread())
+        return original(self)
+
+    monkeypatch.setattr(Path, "read_bytes", recording)
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(t) + b"\n" for t in make_llm_traces(80)))
+    ident = {**IDENTITY, "software_version": "off-loop"}
+
+    async def run():
+        async with AsyncPredictorClient(trained_server.url) as client:
+            loop_thread = threading.current_thread()
+            trained = await client.train({"model": ident, "traces": "t.jsonl", "algorithm": "linear"}, files={"t.jsonl": path})
+            table = await client.generate_table(ident, path, table_name="off-loop.json")
+            return loop_thread, trained, table
+
+    loop_thread, trained, table = asyncio.run(run())
+    assert trained.version == 1 and table["status"] == "successful"
+    assert len(readers) == 2 and all(t is not loop_thread for t in readers)
+
     ident = {**IDENTITY, "software_version": "bg"}
     with PredictorClient(trained_server.url) as client:
         job = client.train_background({"model": ident, "traces": make_llm_traces(100, seed=9), "algorithm": "linear"})
