@@ -9,8 +9,9 @@ synthetic sets whose true conditional distribution is known) the rows are split
 * ``qrf``: quantile-forest's ``RandomForestQuantileRegressor``;
 * ``linear_qr``: scikit-learn ``QuantileRegressor`` on log features and log runtime, sorted;
 * ``empirical``: the quantiles of the training runtimes;
-* ``lgbm_q+derived`` (a reference, not a baseline), on sets with timestamps only:
-  ``lgbm_q`` also given the ``first_of_shape`` column the service derives.
+* ``lgbm_q+derived``, ``qrf+derived``, ``linear_qr+derived`` (references, not baselines),
+  on sets with timestamps only: the baselines also given the ``first_of_shape`` column the
+  service derives; the summary also compares the service with the best of all of them.
 
 The default run also scores the three real H200 trace sets of ``examples/data`` (measured
 with ``benchmarks/collect_gpu_traces.py``) in a section of their own (``--no-unseen``
@@ -354,14 +355,37 @@ class LightGBMQuantileDerived(LightGBMQuantile):
     reference = True
 
 
+QRF_LEAF_SIZES = (1, 5, 10, 20)
+
+
 class QuantileForest(Method):
+    """Its leaf size chosen by 5-fold cross-validated pinball loss on the training rows: at
+    quantile-forest's default of 1 it was handicapped on the real sets."""
+
     name = "qrf"
 
     def fit(self, X, y, kinds, ncats):
         from quantile_forest import RandomForestQuantileRegressor
 
-        self.model = RandomForestQuantileRegressor(n_estimators=100, random_state=0, n_jobs=1)
-        self.model.fit(np.nan_to_num(X, nan=-1.0), y)
+        X = np.nan_to_num(X, nan=-1.0)
+
+        def forest(leaf: int):
+            return RandomForestQuantileRegressor(n_estimators=100, min_samples_leaf=leaf, random_state=0, n_jobs=1)
+
+        leaf = QRF_LEAF_SIZES[0]
+        if len(y) >= 50:
+            fold = np.random.default_rng(0).permutation(len(y)) % 5
+            losses = []
+            for size in QRF_LEAF_SIZES:
+                loss = 0.0
+                for k in range(5):
+                    tr, te = fold != k, fold == k
+                    q = np.asarray(forest(size).fit(X[tr], y[tr]).predict(X[te], quantiles=list(LEVELS)))
+                    loss += float(pinball_losses(y[te], q, LEVELS).mean(axis=1).sum())
+                losses.append(loss)
+            leaf = QRF_LEAF_SIZES[int(np.argmin(losses))]
+        self.extra = f"min_samples_leaf {leaf}"
+        self.model = forest(leaf).fit(X, y)
         return self
 
     def predict(self, X):
@@ -389,6 +413,22 @@ class LinearQuantileLog(Method):
         return np.sort(raw, axis=1), raw
 
 
+class QuantileForestDerived(QuantileForest):
+    """``qrf`` handed the service's derived columns (a reference row, as ``lgbm_q+derived``)."""
+
+    name = "qrf+derived"
+    derived = True
+    reference = True
+
+
+class LinearQuantileLogDerived(LinearQuantileLog):
+    """``linear_qr`` handed the service's derived columns (a reference row)."""
+
+    name = "linear_qr+derived"
+    derived = True
+    reference = True
+
+
 class Empirical(Method):
     name = "empirical"
 
@@ -402,7 +442,7 @@ class Empirical(Method):
 
 
 METHODS: list[type[Method]] = [ServiceModel, LightGBMQuantile, QuantileForest, LinearQuantileLog, Empirical,
-                               LightGBMQuantileDerived]
+                               LightGBMQuantileDerived, QuantileForestDerived, LinearQuantileLogDerived]
 
 
 # --------------------------------------------------------------------------- running
@@ -643,6 +683,11 @@ def run_sets(sets: list[TraceSet]) -> dict[str, Any]:
         if oracle is not None:
             oracle_ratio = oracle.metrics["rel_pinball"] / base[best_name]
             oracle_ratios.append((ts.name, oracle_ratio))
+        # The stricter comparison: every baseline also handed the service's derived columns
+        # (where a set has them), the best of all of them.
+        given = {**base, **{r.method: r.metrics["rel_pinball"] for r in rows[1:] if r.method.endswith("+derived")}}
+        best_given = min(given, key=given.get)
+        info["given"] = (best_given, svc["rel_pinball"] / given[best_given])
         summary.append((ts.name, svc["rel_pinball"], best_name, base[best_name], ratio, info, ci, svc, oracle_ratio,
                         expected_ratio(rows)))
         model = info["service_model"]
@@ -658,7 +703,7 @@ def run_sets(sets: list[TraceSet]) -> dict[str, Any]:
             f"features {', '.join(info['features']) or '(none)'}"
             + (f"; dropped {', '.join(f'{k} ({v})' for k, v in info['dropped'].items())}" if info["dropped"] else "")
             + (f"; derived {', '.join(f'{k} ({v})' for k, v in info['derived'].items())}: read by the service "
-               "and `lgbm_q+derived` (a reference row, not a baseline), not by the baselines" if info["derived"] else ""),
+               "and the `+derived` reference rows, not by the baselines" if info["derived"] else ""),
             "",
             f"service: chose **{model.family_}**; CV relative pinball per family: {cv}; "
             f"1000-trace batch evaluation (distribution, 4 quantiles, mean/std, interval, total): {info['batch_ms']:.2f} ms",
@@ -676,6 +721,9 @@ def run_sets(sets: list[TraceSet]) -> dict[str, Any]:
         print(f"({time.perf_counter() - t0:.1f} s)\n", file=sys.stderr, flush=True)
         # Figures to reach.
         checks.append((f"{ts.name}: rel. pinball ≤ best baseline ({best_name})", ratio <= 1.0, f"ratio {ratio:.4f}"))
+        if info["given"][0] != best_name:
+            checks.append((f"{ts.name}: rel. pinball ≤ best baseline given the derived columns ({info['given'][0]})",
+                           info["given"][1] <= 1.0, f"ratio {info['given'][1]:.4f}"))
         if info["test_rows"] >= 200:
             checks.append((f"{ts.name}: MACE ≤ 0.03", svc["mace"] <= 0.03, f"{svc['mace']:.4f}"))
             checks.append((f"{ts.name}: 90% coverage in [0.87, 0.93]", 0.87 <= svc["cov90"] <= 0.93, f"{svc['cov90']:.3f}"))
@@ -687,8 +735,9 @@ def run_sets(sets: list[TraceSet]) -> dict[str, Any]:
     gmean = float(np.exp(np.mean([math.log(s[4]) for s in summary]))) if summary else math.nan
     plain = [math.log(s[4]) for s, ts in zip(summary, sets) if not ts.timestamped]
     gmean_plain = float(np.exp(np.mean(plain))) if plain and len(plain) < len(summary) else math.nan
+    gmean_given = float(np.exp(np.mean([math.log(s[5]["given"][1]) for s in summary]))) if summary else math.nan
     return {"blocks": blocks, "summary": summary, "checks": checks, "oracle": oracle_ratios, "gmean": gmean,
-            "gmean_plain": gmean_plain}
+            "gmean_plain": gmean_plain, "gmean_given": gmean_given}
 
 
 def expected_ratio(rows: list[Row]) -> dict[str, Any] | None:
@@ -705,20 +754,26 @@ def expected_ratio(rows: list[Row]) -> dict[str, Any] | None:
 def summary_lines(res: dict[str, Any], title: str) -> list[str]:
     summary, gmean = res["summary"], res["gmean"]
     checks = res["checks"] + [("geometric mean of (service / best baseline) ≤ 0.90", gmean <= 0.90, f"{gmean:.3f}")]
+    if any(s[5]["given"][0] != s[2] for s in summary):
+        checks.append(("geometric mean of (service / best baseline given the derived columns) ≤ 0.90",
+                       res["gmean_given"] <= 0.90, f"{res['gmean_given']:.3f}"))
     out = [title, "",
            "| set | test rows | service rel. pinball | best baseline | its rel. pinball | ratio | 90% bootstrap interval "
-           "of the ratio | in expectation: ratio (best baseline) | oracle |",
-           "|---|---:|---:|---|---:|---:|---|---|---:|"]
+           "of the ratio | in expectation: ratio (best baseline) | oracle | ratio to the best baseline given the "
+           "derived columns |",
+           "|---|---:|---:|---|---:|---:|---|---|---:|---|"]
     exp_logs = []
     for name, s, b, bv, ratio, info, ci, _, _, exp in summary:
         e = f"{exp['ratio']:.3f} ({exp['best']}) | {exp['oracle']:.3f}" if exp else "- | -"
         if exp:
             exp_logs.append(math.log(exp["ratio"]))
-        out.append(f"| {name} | {info['test_rows']} | {s:.4f} | {b} | {bv:.4f} | {ratio:.3f} | [{ci[0]:.3f}, {ci[1]:.3f}] | {e} |")
+        g = f"{info['given'][1]:.3f} ({info['given'][0]})" if info["given"][0] != b else "same"
+        out.append(f"| {name} | {info['test_rows']} | {s:.4f} | {b} | {bv:.4f} | {ratio:.3f} | [{ci[0]:.3f}, {ci[1]:.3f}] "
+                   f"| {e} | {g} |")
     g_exp = f"{math.exp(np.mean(exp_logs)):.3f} (synthetic sets)" if exp_logs else ""
-    out.append(f"| **geometric mean** | | | | | **{gmean:.3f}** | | {g_exp} | |")
+    out.append(f"| **geometric mean** | | | | | **{gmean:.3f}** | | {g_exp} | | {res['gmean_given']:.3f} |")
     if not math.isnan(res["gmean_plain"]):
-        out.append(f"| geometric mean of the sets without timestamps | | | | | {res['gmean_plain']:.3f} | | | |")
+        out.append(f"| geometric mean of the sets without timestamps | | | | | {res['gmean_plain']:.3f} | | | | |")
     if res["oracle"]:
         og = float(np.exp(np.mean([math.log(r) for _, r in res["oracle"]])))
         out += ["", "The floor: the true quantiles (oracle) against the best baseline on the synthetic sets: "
@@ -729,7 +784,9 @@ def summary_lines(res: dict[str, Any], title: str) -> list[str]:
 
 
 # The many-seeds study: every generator at sizes real traces have (tens to a few
-# hundred training rows per model), with seeds no setting was tuned on.
+# hundred training rows per model). Its seeds were used during development (some settings
+# were chosen on them), so its figures are development figures; the seed offsets of the
+# "unseen seeds" section are the held-out ones.
 STUDY_SIZES = (200, 700)
 STUDY_SEEDS = 8
 STUDY_SEED_BASE = 17
@@ -896,8 +953,10 @@ a (batch, padded length) shape runs, but its many-valued `tokens` count made eve
 shape of its own, so no `first_of_shape` column was derived. One change followed: training
 also tries the shape keys without such many-valued whole-number features, and keeps one
 whose flag explains clearly more of the runtime than the alternatives (README, "First runs
-of an input shape"); here `(batch_size, seq_len)`. Neither other set changed,
-nor any set above (their tables are unchanged); the encoder's ratio above is with that change.
+of an input shape"); here `(batch_size, seq_len)`. Later modelling changes were scored on
+these traces too, so they are no longer untouched data, and the ratios below are today's,
+not those of that first scoring. Two of the three carry timestamps: given the derived
+`first_of_shape` column, `qrf` beats the service on both (the summary's last column).
 The LLM set's 104 test rows are under the 200 the calibration figures need."""
 
 
@@ -958,12 +1017,16 @@ slow mode by chance instead). Each table's heading gives the formula. The same s
 generators are also run with their seeds shifted by {', '.join(map(str, UNSEEN_OFFSETS))} (section "unseen seeds" below the
 summary): data that no setting of the service was tuned on (`--seed-offset N` prints the full
 tables for any offset). Last, the section "many seeds at realistic sizes" runs each generator
-at 200 and 700 rows over {STUDY_SEEDS} fresh seeds each: one split of a few hundred rows cannot
-tell ratios a few percent apart, the mean over draws can.
+at 200 and 700 rows over {STUDY_SEEDS} seeds each: one split of a few hundred rows cannot
+tell ratios a few percent apart, the mean over draws can. Those seeds are not held out:
+some settings were chosen on them during development (the LightGBM family's 200-row
+minimum, the `power` family's admission, the scale model's feature selection), so that
+section's figures are development figures.
 
 Baselines: `lgbm_q` LightGBM quantile objective, one booster per level (100 trees, 31 leaves,
 learning rate 0.1, `min_child_samples = clip(n/10, 3, 20)`), outputs sorted; `qrf`
-quantile-forest `RandomForestQuantileRegressor` (100 trees, defaults); `linear_qr`
+quantile-forest `RandomForestQuantileRegressor` (100 trees, the leaf size chosen by
+cross-validation on the training rows, otherwise defaults); `linear_qr`
 scikit-learn `QuantileRegressor` (unpenalised, HiGHS) on log1p features, one-hot
 categories and log runtime, outputs sorted; `empirical` the training runtimes' quantiles.
 `service` is `QuantileModel(...).fit` with the default `algorithm="auto"`; the family and
@@ -975,10 +1038,16 @@ Derived columns. Where the traces carry timestamps and repeated input shapes (th
 trace and `cold_start`), the service's training derives `first_of_shape`: whether an older
 training trace had the same shape (README, "First runs of an input shape"). The baselines
 are the off-the-shelf methods on the traces' own fields and do not get it; the reference
-row `lgbm_q+derived` is `lgbm_q` handed that column too, so the table shows how much of the
-service's lead there is the column and how much the model. It is never the "best
-baseline". The summaries also give the geometric mean over the sets without timestamps,
-where no column can be derived. In `cold_start` the true quantiles are given the true
+rows `lgbm_q+derived`, `qrf+derived` and `linear_qr+derived` are the baselines handed that
+column too, so the table shows how much of the service's lead there is the column and how
+much the model. They are not the "best baseline" of the issue's figures, but the summary's
+last column, its checks and their geometric mean also compare the service with the best of
+all of them: the stricter comparison, which the service does not pass everywhere (`qrf`
+given the column beats it on the H200 vision and text-encoder traces). The summaries also
+give the geometric mean over the sets without timestamps, where no column can be derived.
+`qrf`'s leaf size is chosen among 1, 5, 10 and 20 by 5-fold cross-validated pinball loss
+on the training rows (until 2026-11-29 it ran at quantile-forest's default of 1, which a
+review found handicapped it on the real sets). In `cold_start` the true quantiles are given the true
 first-run state, which a model can only know when an earlier run of the shape is among
 its training rows (not when it is among the test rows): the oracle row is a floor no
 method can reach there, and the errors to the truth (in time, "within 5%", and in probability)

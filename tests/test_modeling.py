@@ -930,3 +930,18 @@ def test_a_stored_model_with_damaged_atoms_is_refused(atoms):
     stored["atoms"] = atoms
     with pytest.raises(ValueError, match="atoms"):
         QuantileModel.from_json(json.loads(json.dumps(stored)))
+
+
+def test_a_refused_lightgbm_parameter_is_one_message_not_also_lightgbm_s_own_line():
+    """LightGBM writes "[LightGBM] [Fatal] ..." to file descriptor 2 from C++ before raising
+    the same message; the CLI printed both."""
+    import subprocess
+    import sys
+
+    code = ("from swarmpilot_predictor.modeling import check_params\n"
+            "try:\n    check_params({'num_leaves': -3}, 'lightgbm')\n"
+            "except ValueError as exc:\n    print(exc)\n"
+            "import sys; print('still writable', file=sys.stderr)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "LightGBM refuses 'num_leaves'" in out.stdout
+    assert out.stderr == "still writable\n"

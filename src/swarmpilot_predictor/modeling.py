@@ -35,6 +35,7 @@ import hashlib
 import math
 import os
 import re
+import sys
 import threading
 import time
 import warnings
@@ -2631,10 +2632,27 @@ def _check_lightgbm_params(params: dict[str, Any], algorithm: str) -> None:
     X = np.arange(40, dtype=np.float64).reshape(20, 2)
     trial = {**LightGBMLocation.DEFAULT_PARAMS, **scalar, "num_threads": 1, "verbosity": -1}
     try:
-        lgb.train(trial, lgb.Dataset(X, X[:, 0], params={"verbosity": -1}), 1)
+        with _native_stderr_silenced():
+            lgb.train(trial, lgb.Dataset(X, X[:, 0], params={"verbosity": -1}), 1)
     except (lgb.basic.LightGBMError, TypeError, ValueError) as exc:
         message = str(exc).split(" at /")[0].strip()  # LightGBM's checks end with a source file path
         raise ValueError(f"LightGBM refuses {', '.join(map(repr, scalar))}: {message}") from None
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for the block: LightGBM writes "[LightGBM] [Fatal] ..."
+    there from C++ (its logger callback does not get fatal messages) before it raises the
+    same message, which the caller reports; the CLI printed both."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as sink:
+            os.dup2(sink.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _check_interaction_constraints(groups: Any, n_features: int) -> None:
