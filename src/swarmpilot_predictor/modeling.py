@@ -2643,7 +2643,9 @@ def _check_lightgbm_params(params: dict[str, Any], algorithm: str) -> None:
 def _native_stderr_silenced() -> Iterator[None]:
     """File descriptor 2 to /dev/null for the block: LightGBM writes "[LightGBM] [Fatal] ..."
     there from C++ (its logger callback does not get fatal messages) before it raises the
-    same message, which the caller reports; the CLI printed both."""
+    same message, which the caller reports; the CLI printed both. The descriptor is the
+    process's: this runs only where a training request's parameters are checked, in the
+    training worker process or the CLI, never beside a serving thread."""
     sys.stderr.flush()
     saved = os.dup(2)
     try:
