@@ -32,6 +32,7 @@ from .schemas import (
     SinglePredictionResponse,
     TrainConfig,
     TrainResult,
+    valid_unicode,
 )
 
 T = TypeVar("T", bound=BaseModel)
@@ -122,7 +123,7 @@ def _unsendable(value: Any, path: str, any_type: bool) -> tuple[str, Any] | None
     while stack:
         value, path = stack.pop()
         if isinstance(value, str):
-            if any_type and not _utf8(value):  # a lone surrogate: no JSON text can hold it
+            if any_type and not valid_unicode(value):  # a lone surrogate: no JSON text can hold it
                 return path, value
             continue
         if value is None or isinstance(value, bool):
@@ -135,7 +136,7 @@ def _unsendable(value: Any, path: str, any_type: bool) -> tuple[str, Any] | None
                 return path, value
         elif isinstance(value, Mapping):
             for k in value:  # orjson writes str keys only
-                if any_type and not (isinstance(k, str) and _utf8(k)):
+                if any_type and not (isinstance(k, str) and valid_unicode(k)):
                     return (f"{path}.{k}" if path else str(k)), k
             stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in reversed(list(value.items())))
         elif isinstance(value, (list, tuple)):
@@ -156,14 +157,6 @@ def _unsendable(value: Any, path: str, any_type: bool) -> tuple[str, Any] | None
         elif any_type:
             return path, value
     return None
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
 
 
 def _json_default(value: Any) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .errors import shown
@@ -77,9 +78,10 @@ def identity_conflicts(traces: list, identity: "ModelIdentity") -> list[str | No
     return out
 
 
-def key_segment(part: str) -> str:
-    """``part`` as one segment of a key: its ``%`` and ``/`` percent-encoded, the rest as is."""
-    return part.replace("%", "%25").replace("/", "%2F")
+def join_key(parts: Sequence[str | None]) -> str:
+    """Identity parts as one key: each part's ``%`` and ``/`` percent-encoded, the rest as is,
+    joined by ``/``; an unspecified part (None) is ``*``."""
+    return "/".join(WILDCARD if p is None else p.replace("%", "%25").replace("/", "%2F") for p in parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +97,7 @@ class ModelIdentity:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_hash", hash(self.as_tuple()))
-        object.__setattr__(self, "_key", "/".join(map(key_segment, self.as_tuple())))
+        object.__setattr__(self, "_key", join_key(self.as_tuple()))
 
     def __hash__(self) -> int:
         return self._hash
@@ -178,7 +180,7 @@ class IdentityPattern:
         return all(v is not None for v in self.as_tuple())
 
     def describe(self) -> str:
-        return "/".join(key_segment(v) if v is not None else WILDCARD for v in self.as_tuple())
+        return join_key(self.as_tuple())
 
     def stated_by(self, traces: list) -> dict[str, list[object]]:
         """For each part this pattern leaves unspecified, the distinct values the traces state

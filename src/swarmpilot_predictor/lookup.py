@@ -58,7 +58,7 @@ from scipy.special import ndtri
 from .atomic import atomic_file, remove_stale_temps, temp_beside
 from .errors import InvalidInput, NotFound, PredictorError, shown, storage_error
 from .features import FIRST_OF_SHAPE, stated_flag
-from .identity import IDENTITY_KEYS, IdentityPattern, key_segment
+from .identity import IDENTITY_KEYS, IdentityPattern, join_key
 from .schemas import RenderedPredictions
 from .traces import (
     ID_KEYS,
@@ -516,7 +516,7 @@ class _Group:
         return dict(zip(("type", "name", "hardware", "software_name", "software_version"), parts))
 
     def describe(self) -> str:
-        return "/".join(key_segment(p) if p is not None else "*" for p in self.identity)
+        return join_key(self.identity)
 
 
 @dataclass
@@ -2218,19 +2218,16 @@ class LookupTableStore:
                 out.append(entry.name)
         return out
 
-    def served_names(self) -> set[str]:
-        """The names a prediction can ask for now: the tables' files and the default table's."""
-        names = set(self.names())
-        if self.default_name and self.default_table is not None:
-            names.add(self.default_name)
-        return names
-
-    def list(self) -> list[dict[str, Any]]:
+    def served_names(self) -> list[str]:
+        """The names a prediction can ask for now: the tables' files, then the default table's."""
         names = self.names()
         if self.default_name and self.default_table is not None and self.default_name not in names:
             names.append(self.default_name)
+        return names
+
+    def list(self) -> list[dict[str, Any]]:
         out = []
-        for name in names:
+        for name in self.served_names():
             try:
                 path = self.path_of(name)
                 st = path.stat()

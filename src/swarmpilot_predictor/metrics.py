@@ -118,6 +118,13 @@ def _prune_dead_workers(path: str) -> None:
                 mark_process_dead(pid, path)
 
 
+TABLE_LABEL = "table:"  # a lookup table's `model` label: "table:<its name>"
+
+
+def table_label(name: str) -> str:
+    return TABLE_LABEL + name
+
+
 class PredictorMetrics:
     def __init__(self) -> None:
         self.multiprocess_dir = multiprocess_dir()

@@ -1173,6 +1173,7 @@ class LightGBMLocation(LocationModel):
     # over the eight seeds of the many-seeds study in benchmarks/accuracy.py, `auto` with
     # them lost up to 4% to the linear family alone and gained at most 0.2%.
     min_rows = 200
+    _stored_text: str | None = None  # the booster's text as a model file gave it (from_json)
     DEFAULT_PARAMS: ClassVar[dict[str, Any]] = {
         "objective": "huber",
         "learning_rate": 0.08,
@@ -1263,7 +1264,7 @@ class LightGBMLocation(LocationModel):
     def to_json(self):
         # A loaded booster is written back as it was read (LightGBM parsed it without its
         # tree_sizes line and settings, see _booster_text, and would write it without them).
-        booster = self.__dict__.get("_stored_text") or self.booster_.model_to_string(num_iteration=self.best_iteration_)
+        booster = self._stored_text or self.booster_.model_to_string(num_iteration=self.best_iteration_)
         return {
             "num_boost_round": self.num_boost_round,
             "best_iteration": self.best_iteration_,
@@ -2082,6 +2083,8 @@ class QuantileModel:
         """Cross-fit every candidate; fill ``cv_``; return the chosen one with its OOF scores."""
         n = len(y)
         fold = self._folds(n)
+        # Each fold's held-out quantiles go on the other folds' repeated runtimes (_heldout).
+        fold_atoms = [data_atoms(y[fold != k]) for k in range(int(fold.max()) + 1)]
         self.cv_: dict[str, dict[str, Any]] = {}
         hetero_ok = bool(self.kinds) and n >= 30
         shape_ok = bool(self.kinds) and bool(ShapeModel.knots_for(int(n * (1 - 1 / (fold.max() + 1)))))
@@ -2092,7 +2095,7 @@ class QuantileModel:
             t0 = time.perf_counter()
             variants = [(hetero, shaped) for hetero in ((False, True) if (hetero_ok and family != "empirical") else (False,))
                         for shaped in ((False, True) if shape_ok else (False,))]
-            fam = self._variants(family, rank, X, y, ylog, fold, w, self.kinds, variants)
+            fam = self._variants(family, rank, X, y, ylog, fold, fold_atoms, w, self.kinds, variants)
             families.append((family, fam, _choose(fam), time.perf_counter() - t0))
         # Dropping features lowered a family's held-out loss by about 4% at most on the
         # benchmark's sets: a family further than DROP_MARGIN behind the best one is not
@@ -2104,7 +2107,7 @@ class QuantileModel:
             t0 = time.perf_counter()
             reduced = chosen
             if float(chosen["row_loss"].mean()) <= DROP_MARGIN * leader:
-                reduced = self._drop_features(chosen, X, y, ylog, fold, w)
+                reduced = self._drop_features(chosen, X, y, ylog, fold, fold_atoms, w)
             if reduced is not chosen:
                 # The elimination preferred it to its parent (one-standard-error rule): it
                 # replaces it, and the family's figures are its own.
@@ -2153,7 +2156,7 @@ class QuantileModel:
         metrics["variant"] = candidate["name"]
         return metrics
 
-    def _variants(self, family: str, rank: int, X, y, ylog, fold, w, kinds: Sequence[str],
+    def _variants(self, family: str, rank: int, X, y, ylog, fold, fold_atoms, w, kinds: Sequence[str],
                   variants: Sequence[tuple[bool, bool]]) -> list[dict[str, Any]]:
         """Cross-fit ``family`` on the features ``kinds`` marks as used; one candidate per (hetero, shaped)."""
         kinds = list(kinds)
@@ -2182,7 +2185,7 @@ class QuantileModel:
             z = resid / s
             # The same location and a constant scale: the constant variant's held-out quantiles.
             twin = heldout.get((False, shaped)) if hetero and not varies else None
-            q, pits = twin if twin is not None else self._heldout(X, y, oof, s, z, fold, shaped, w, kinds)
+            q, pits = twin if twin is not None else self._heldout(X, fold_atoms, oof, s, z, fold, shaped, w, kinds)
             heldout[(hetero, shaped)] = (q, pits)
             fam.append({
                 "family": family, "hetero": hetero, "shaped": shaped, "scale": scale, "z": z, "weighted": weighted,
@@ -2271,7 +2274,7 @@ class QuantileModel:
         c = max(float((ww * a / s).sum() / ww.sum()), 1e-300)
         return ww / ww.mean() * (np.log(s * c) + a / (s * c)), s
 
-    def _drop_features(self, best: dict[str, Any], X, y, ylog, fold, w) -> dict[str, Any]:
+    def _drop_features(self, best: dict[str, Any], X, y, ylog, fold, fold_atoms, w) -> dict[str, Any]:
         """Backward elimination of features for a family's chosen variant.
 
         With few rows, a weak feature costs more in estimation noise than it
@@ -2299,7 +2302,7 @@ class QuantileModel:
             for j in used:
                 kinds = list(best["kinds"])
                 kinds[j] = UNUSED
-                trials += self._variants(best["family"], best["rank"], X, y, ylog, fold, w, kinds, variant)
+                trials += self._variants(best["family"], best["rank"], X, y, ylog, fold, fold_atoms, w, kinds, variant)
             trial = min(trials, key=lambda c: c["row_loss"].mean())
             d = trial["row_loss"] - best["row_loss"]
             if d.mean() > FEATURE_DROP_SE * _mean_se(d):
@@ -2314,13 +2317,13 @@ class QuantileModel:
             out["hinges"] = int(self.params["shape_hinges"])
         return out
 
-    def _heldout(self, X, y, oof, s, z, fold, shaped, w, kinds=None) -> tuple[np.ndarray, np.ndarray | None]:
+    def _heldout(self, X, fold_atoms, oof, s, z, fold, shaped, w, kinds=None) -> tuple[np.ndarray, np.ndarray | None]:
         """Quantiles at EVAL_LEVELS for every row, from models that never saw its fold.
 
         Each fold is calibrated only with the other folds' scores, so these
         metrics are measured on rows that neither fitted nor calibrated the model.
-        Quantiles are put on the other folds' repeated runtimes as the model puts them on
-        its training data's (:func:`snap_to_atoms`).
+        Quantiles are put on the other folds' repeated runtimes (``fold_atoms[k]``) as the
+        model puts them on its training data's (:func:`snap_to_atoms`).
         """
         n = len(z)
         n_folds = int(fold.max()) + 1
@@ -2334,7 +2337,7 @@ class QuantileModel:
                 te = fold == k
                 zq = scores[k].quantile(levels)
                 q[te] = snap_to_atoms(np.exp(np.clip(oof[te, None] + s[te, None] * zq[None, :], *bounds)),
-                                      data_atoms(y[fold != k]))
+                                      fold_atoms[k])
             return q, None
         pits = np.empty(n)
         fitted = []
@@ -2350,7 +2353,7 @@ class QuantileModel:
             x, yk = recalibration_map(pits[fold != k])
             Fc = _increasing(np.interp(F, x, yk))
             dist = RuntimeDistribution(oof[te], s[te], scores[k], shape.knots_, Fc, bounds,
-                                       atoms=data_atoms(y[fold != k]))
+                                       atoms=fold_atoms[k])
             q[te] = dist.quantiles(levels)
         return q, pits
 

@@ -350,7 +350,7 @@ def _check_json_compatible(data: Any, budget: int) -> None:
         if value is None or isinstance(value, (bool, int)):
             continue
         if isinstance(value, str):
-            if not _valid_unicode(value):
+            if not valid_unicode(value):
                 _not_json(path, "a string holding a lone surrogate (not valid Unicode)")
             continue
         if isinstance(value, float):
@@ -361,7 +361,7 @@ def _check_json_compatible(data: Any, budget: int) -> None:
             for key in value:
                 if not isinstance(key, str):
                     _not_json(path, f"a key {shown(key)} that is not a string (quote it)")
-                if not _valid_unicode(key):
+                if not valid_unicode(key):
                     _not_json(path, "a key holding a lone surrogate (not valid Unicode)")
             # Reversed onto the stack: the first offending value is the one reported.
             stack.extend((item, (*path, key)) for key, item in reversed(value.items()))
@@ -373,7 +373,7 @@ def _check_json_compatible(data: Any, budget: int) -> None:
         _not_json(path, f"{what}, which JSON cannot hold (quote it to send a string)")
 
 
-def _valid_unicode(text: str) -> bool:
+def valid_unicode(text: str) -> bool:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

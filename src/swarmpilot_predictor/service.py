@@ -24,7 +24,7 @@ from .cache import PredictionCache
 from .errors import AmbiguousModel, InvalidInput, ModelNotFound, PredictorError, shown
 from .identity import IdentityPattern, ModelIdentity, identity_conflicts, names_part, stated_keys
 from .lookup import WRITABLE_FORMATS, LookupTableStore, TablePrediction, generate_table, iter_traces, table_format
-from .metrics import PredictorMetrics
+from .metrics import TABLE_LABEL, PredictorMetrics, table_label
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog
 from .registry import LoadedModel, ModelRegistry, ModelVersion
 from .retraining import Retrainer
@@ -241,7 +241,7 @@ class PredictorService:
                 _check_batch_values(len(traces), max((len(ls) for ls in table.levelsets), default=0))
             pred = table.predict(pattern, traces, confidence_level, quantiles, with_total)
             n_ok = int(pred.ok.sum())
-            self.metrics.count_predictions(f"table:{pred.table}", "lookup_table", n_ok, len(pred.errors) - n_ok)
+            self.metrics.count_predictions(table_label(pred.table), "lookup_table", n_ok, len(pred.errors) - n_ok)
             return pred
         t0 = time.perf_counter()
         identity, loaded = self._serving(pattern, version, traces)
@@ -742,10 +742,10 @@ class PredictorService:
                 self.metrics.set_accuracy(identity.key, serving, report)
         # Lookup tables count predictions under "table:<name>": a deleted one's series go too.
         try:
-            live |= {f"table:{name}" for name in self.tables.served_names()}
+            live |= {table_label(name) for name in self.tables.served_names()}
         except OSError as exc:  # an unlistable tables folder: its series stay, and the scrape answers
             log.warning("lookup tables not listed for the metrics: %s", exc)
-            live |= {label for label in self.metrics.counted_labels() if label.startswith("table:")}
+            live |= {label for label in self.metrics.counted_labels() if label.startswith(TABLE_LABEL)}
         # Models (and tables) deleted by any process: their series go here too (counters included).
         for key in (described.keys() | self.metrics.counted_labels()) - live:
             self.metrics.forget_model(key)
