@@ -152,6 +152,25 @@ def test_train_with_the_power_law_family_and_predict_from_it(http):
     assert body["field"] == "config.algorithm"
 
 
+def test_a_training_error_names_the_config_key_at_fault(http):
+    traces = make_llm_traces(40)
+    body = failed(http.post("/train", json={"config": {"model": ident("named"), "traces": traces,
+                                                      "features": ["input_tokens", "nope"]}}), 422, "nope")
+    assert body["field"] == "config.features"
+    body = failed(http.post("/train", json={"config": {"model": ident("named"), "traces": traces, "target": "latency"}}),
+                  422, "'latency'")
+    assert body["field"] == "config.target"
+    # Traces that are not JSON objects are named in the request's terms, not pydantic's union branches.
+    body = failed(http.post("/train", json={"config": {"model": ident("named"), "traces": [1, 2]}}),
+                  422, "trace 0 must be a JSON object")
+    assert body["field"] == "config.traces" and "list[" not in body["message"]
+    body = failed(http.post("/train", json={"config": {"model": ident("named"), "traces": 5}}),
+                  422, "a list of traces", "or the name of a trace file")
+    assert body["field"] == "config.traces"
+    ok(http.get("/models"))
+    failed(http.get("/models/named/*/*/*/*"), 404)
+
+
 def test_train_multipart_config_as_a_form_field_naming_the_upload_by_its_field(http):
     config = {"model": ident("mp-field"), "traces": "tracefile", "algorithm": "linear"}
     r = http.post("/train", data={"config": orjson.dumps(config).decode()},
@@ -439,6 +458,15 @@ def test_missing_feature_in_single_is_422_naming_it(http, trained):
     body = failed(http.post(SINGLE, json={"trace": {"input_tokens": 3, "other": 1}}), 422,
                   "missing required feature 'output_tokens'")
     assert body["field"] == "trace"
+
+
+def test_an_unknown_request_key_is_refused_not_ignored(http, trained):
+    # A misspelt option would otherwise be answered as if it had not been sent.
+    body = failed(http.post(SINGLE, json={"trace": TRACE, "confidence": 0.5}), 422, "Extra inputs are not permitted")
+    assert body["field"] == "confidence"
+    body = failed(http.post("/train", json={"config": {"model": IDENTITY, "traces": make_llm_traces(20), "algoritm": "linear"}}),
+                  422, "Extra inputs")
+    assert body["field"] == "config.algoritm"
 
 
 def test_too_few_segments(http, trained):

@@ -126,6 +126,21 @@ def test_observe_bad_input_is_a_clear_4xx(tmp_path):
         assert partial.value.status_code is None and partial.value.field == "model.hardware"
         r = httpx.post(f"{srv.url}/observe", json={"model": partial_identity, "traces": make_llm_traces(3)})
         assert r.status_code == 422 and r.json()["field"] == "model.hardware"
+        # A model trained on another target reads its observations there: a runtime_ms beside
+        # it is not taken for it (its unit may differ), and the message says so.
+        def in_seconds(traces: list[dict]) -> list[dict]:
+            return [{**{k: v for k, v in t.items() if k != "runtime_ms"}, "latency_s": t["runtime_ms"] / 1000}
+                    for t in traces]
+
+        other = {**IDENTITY, "model_name": "latency-target"}
+        client.train({"model": other, "algorithm": "linear", "target": "latency_s",
+                      "traces": in_seconds(make_llm_traces(100))})
+        with pytest.raises(PredictorClientError) as other_target:
+            client.observe(other, make_llm_traces(3))
+        assert other_target.value.status_code == 422
+        assert "missing measured 'latency_s'" in other_target.value.message
+        assert "trained on the target 'latency_s'" in other_target.value.message
+        assert client.observe(other, in_seconds(make_llm_traces(3, seed=2)))["accepted"] == 3
 
 
 def test_auto_retrain_recovers_after_a_shift(tmp_path):

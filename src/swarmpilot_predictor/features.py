@@ -346,7 +346,7 @@ class FeatureSchema:
         """
         report = DataReport(rows_total=len(table))
         if target not in table.columns:
-            raise TraceError(f"target field {target!r} is not present in the traces")
+            raise TraceError(f"target field {target!r} is not present in the traces", field="target")
         # true/false is no measurement (a feature reads it as 1 or 0; a runtime of 1 ms it is not).
         booleans = table.columns[target].boolean_rows()
         words = 0
@@ -381,13 +381,14 @@ class FeatureSchema:
         else:
             missing = [f for f in features if f not in table.columns]
             if missing:
-                raise TraceError(f"feature(s) not found in the traces: {', '.join(missing)}")
+                raise TraceError(f"feature(s) not found in the traces: {', '.join(missing)}", field="features")
             bad = [f for f in features if f in reserved]
             if bad:
-                raise TraceError(f"reserved field(s) cannot be features: {', '.join(bad)}")
+                raise TraceError(f"reserved field(s) cannot be features: {', '.join(bad)}", field="features")
             candidates = list(features)
         if features is not None and len(candidates) > MAX_FEATURES:
-            raise TraceError(f"'features' names {len(candidates)} columns; at most {MAX_FEATURES} can be used")
+            raise TraceError(f"'features' names {len(candidates)} columns; at most {MAX_FEATURES} can be used",
+                             field="features")
 
         specs: list[FeatureSpec] = []
         columns: list[np.ndarray] = []

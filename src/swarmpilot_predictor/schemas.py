@@ -65,6 +65,19 @@ class ModelPartsBody(ModelIdentityBody):
     software_version: str | None = Field(None, min_length=1, max_length=200)  # type: ignore[assignment]
 
 
+def _json_kind(v: Any) -> str:
+    """What a JSON value is, in JSON's words."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, (int, float)):
+        return "a number"
+    if isinstance(v, str):
+        return "a string"
+    return "an array" if isinstance(v, list) else "an object" if isinstance(v, dict) else type(v).__name__
+
+
 class TrainConfig(BaseModel):
     """What ``POST /train`` (and ``swarmpilot-predictor train``) takes."""
 
@@ -79,6 +92,20 @@ class TrainConfig(BaseModel):
     algorithm: Literal["auto", "empirical", "linear", "power", "lightgbm"] = "auto"
     params: dict[str, Any] = Field(default_factory=dict)
     first_of_shape: bool = True
+
+    @field_validator("traces", mode="before")
+    @classmethod
+    def _traces_form(cls, v: Any) -> Any:
+        # One message in the request's own terms, where the union's two branches would each
+        # report, under pydantic's names for them ('config.traces.list[dict[str,any]].0').
+        if isinstance(v, str):
+            return v
+        if not isinstance(v, list):
+            raise ValueError(f"must be a list of traces (JSON objects) or the name of a trace file, got {_json_kind(v)}")
+        for i, trace in enumerate(v):
+            if not isinstance(trace, dict):
+                raise ValueError(f"trace {i} must be a JSON object of fields, got {_json_kind(trace)}")
+        return v
 
     @field_validator("quantiles")
     @classmethod

@@ -31,7 +31,7 @@ from .retraining import Retrainer
 from .schemas import RenderedPredictions, TrainConfig, batch_values_problem
 from .training import ProgressFn, Trainer, TrainingJobs
 from .settings import PredictorSettings
-from .traces import RUNTIME_RANGE, TraceError, is_runtime, normalize_trace, normalize_traces
+from .traces import DEFAULT_TARGET, RUNTIME_RANGE, TraceError, is_runtime, normalize_trace, normalize_traces
 
 
 log = logging.getLogger(__name__)
@@ -646,7 +646,9 @@ class PredictorService:
                 y[i] = v
             elif errors[i] is None:
                 errors[i] = (f"'{target}' must be a number in {RUNTIME_RANGE}" if v is not None
-                             else f"missing measured '{target}'")
+                             else f"missing measured '{target}'" + (
+                                 f" (the model was trained on the target '{target}': a '{DEFAULT_TARGET}' is not "
+                                 "read as it, its unit may differ)" if DEFAULT_TARGET in t else ""))
         errors = [e or f for e, f in zip(errors, feat_errors)]
         ok = np.array([e is None for e in errors], dtype=bool)
         rows = np.flatnonzero(ok)

@@ -42,7 +42,15 @@ UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class TraceError(ValueError):
-    """A trace or trace file that cannot be read; the message says where and why."""
+    """A trace or trace file that cannot be read; the message says where and why.
+
+    ``field`` names the training config's key at fault where it is not the traces
+    themselves (``features`` that are not in them, a ``target`` that is not).
+    """
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 def reserved_keys(target: str = DEFAULT_TARGET) -> frozenset[str]:

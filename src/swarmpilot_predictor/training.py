@@ -208,7 +208,7 @@ class Trainer:
             schema, X, y, report = FeatureSchema.prepare_training(table, config.target, config.features,
                                                                   first_of_shape=config.first_of_shape)
         except TraceError as exc:
-            raise InvalidInput(f"{identity.key}: {exc}", field="traces") from None
+            raise InvalidInput(f"{identity.key}: {exc}", field=exc.field or "traces") from None
         for key, n in (foreign or {}).items():
             report.rows_total += n
             report.drop_rows(f"{key} names another model", n)
