@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -305,6 +306,24 @@ def test_identity_filtering():
     assert loose.lookup([{}], IdentityPattern.from_segments("llm", "x", "y", "z", "w")).kinds() == ["random"]
 
 
+@pytest.mark.parametrize("copies", [1, 40])  # the scalar path and the vectorised one
+def test_identity_fields_in_a_trace_pick_the_tables_identity_as_for_the_model(copies):
+    other = dict(INFO, hardware="A100", software_version="2.4")
+    recs = [record(i, features={"x": i}) for i in range(10)] + [record(100 + i, info=other, features={"x": i}) for i in range(10)]
+    table = LookupTable.from_records(recs, name="two.json")
+    loose = IdentityPattern.from_segments("llm", "m", "*", "*", "*")
+    traces = [{"x": 3, "hardware": "A100"}, {"x": 3, "hardware": "h"}, {"x": 4, "software_version": 2.4},
+              {"x": 3, "hardware": "T4"}, {"x": 3, "model_name": "other"}, {"x": 5}]
+    res = table.lookup(traces * copies, loose)
+    assert res.rows.tolist()[:6] == [13, 3, 14, -1, -1, res.rows[5]] and res.rows[5] in (5, 15)
+    assert res.errors[3] == "lookup table 'two.json' has no records for the trace's hardware 'T4'"
+    assert res.errors[4] == "the trace's model_name 'other' names another model than llm/m/*/*/*"
+    assert res.rows.tolist() == res.rows.tolist()[:6] * copies
+    got = table.predict(loose, traces * copies).results()
+    assert got[0]["model_info"]["hardware"] == "A100" and got[1]["model_info"]["hardware"] == "h"
+    assert got[3]["status"] == "error" and "'T4'" in got[3]["message"]
+
+
 def test_flat_feature_records_and_jsonl_tables(tmp_path):
     recs = [{**record(i), "input_tokens": i, "runtime_ms": 3.0, "task_id": f"t{i}"} for i in range(5)]
     path = tmp_path / "flat.jsonl"
@@ -387,6 +406,13 @@ BAD_FILES = {
                              b' "interval": [0.5, 2], "confidence_level": 5}]', "'confidence_level'"),
     "negative-quantile.json": (b'[{"quantiles": [0.25, 0.5], "quantile_predictions": [-3, 1], "expect": 1, "error": 0}]',
                                "negative runtime"),
+    # JSON numbers have no limit; a float has (pretty-printed, so that Python's json reads it).
+    "huge-expect.json": (b'[\n  {"quantiles": [0.5], "quantile_predictions": [1], "expect": 1' + b"0" * 400
+                         + b', "error": 0}\n]', "too large"),
+    "huge-quantile.json": (b'[\n  {"quantiles": [0.5], "quantile_predictions": [1' + b"0" * 400
+                           + b'], "expect": 1, "error": 0}\n]', "too large"),
+    "huge-interval.json": (b'[\n  {"quantiles": [0.5], "quantile_predictions": [1], "expect": 1, "error": 0,'
+                           b' "interval": [0.5, 1' + b"0" * 400 + b'], "confidence_level": 0.9}\n]', "too large"),
 }
 
 
@@ -587,6 +613,31 @@ def test_a_table_is_parsed_once_then_loaded_from_its_sidecar(tmp_path):
         assert again.predict(pattern, traces, 0.9, [0.1, 0.5, 0.9]).results() == want
     # It really came from the sidecar: with a wrong source signature it is refused.
     assert load_index(sidecar, root / "m.json", "m.json", ("not", "this", "file")) is None
+
+
+def test_a_table_opened_for_download_is_read_whole_as_it_was(tmp_path):
+    """A download reads the file it opened: the table renamed over (regenerated) or deleted
+    meanwhile is still sent whole, as it was, never cut or mixed with the new one."""
+    store = LookupTableStore(tmp_path / "tables")
+    path = store.root / "t.json"
+    old = orjson.dumps([record(i, features={"x": i}) for i in range(200)])
+    path.write_bytes(old)
+    fh, size = store.open_table("t.json")
+    with fh:
+        replacement = path.with_name("new.tmp")
+        replacement.write_bytes(orjson.dumps([record(0, features={"x": 0})]))
+        os.replace(replacement, path)
+        assert size == len(old) and fh.read() == old
+    current = path.read_bytes()
+    fh, size = store.open_table("t.json")
+    path.unlink()
+    with fh:
+        assert size == len(current) and fh.read() == current
+    with pytest.raises(NotFound):
+        store.open_table("t.json")
+    os.mkfifo(store.root / "fifo.json")
+    with pytest.raises(NotFound):
+        store.open_table("fifo.json")
 
 
 def test_stale_or_damaged_sidecars_are_ignored_and_rewritten(tmp_path):
@@ -1021,6 +1072,40 @@ def test_tables_of_a_model_with_first_runs_tell_first_runs_from_repeats(tmp_path
     finally:
         service.close()
 
+
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_a_shape_the_table_holds_only_as_a_first_run_is_answered_as_the_model_answers_a_repeat(tmp_path, fmt):
+    """A table made from each shape's first run (its timestamp says so) also stores the repeat
+    the model answers when neither a flag nor a timestamp is stated, for the shapes the model
+    ran in training: a scheduler's trace that states neither gets the model's answer."""
+    from .conftest import cold_start_traces
+
+    traces, _ = cold_start_traces(400)
+    service = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    try:
+        service.train(TrainConfig(model=IDENTITY, traces=traces, features=["batch_size", "image_size"]))
+        firsts: dict[tuple, dict] = {}
+        for t in sorted(traces, key=lambda t: t["ts"]):
+            firsts.setdefault((t["batch_size"], t["image_size"]), t)
+        src = tmp_path / "firsts.jsonl"
+        src.write_bytes(b"\n".join(orjson.dumps(t) for t in firsts.values()))
+        name = f"firsts.{fmt}"
+        answer = service.generate_table(PATTERN, src, 0.9, name)
+        assert answer["repeats_added"] == len(firsts) and answer["rows"] == 2 * len(firsts)
+        shapes = [{"batch_size": b, "image_size": i} for b, i in firsts]
+        for stated in ({}, {"first_of_shape": True}, {"first_of_shape": False}):
+            queries = [{**s, **stated} for s in shapes]
+            model = service.predict(PATTERN, queries, 0.9).results()
+            got = service.predict(PATTERN, queries, 0.9, lookup_table=True, lookup_table_name=name).results()
+            for m, t in zip(model, got):
+                assert t["match"] == "exact"
+                np.testing.assert_allclose(t["quantile_predictions"], m["quantile_predictions"], rtol=1e-9)
+        # Generated again from the same traces: a repeat is stored once per row of features.
+        twice = tmp_path / "twice.jsonl"
+        twice.write_bytes(src.read_bytes() + b"\n" + src.read_bytes())
+        assert service.generate_table(PATTERN, twice, 0.9, f"twice.{fmt}")["repeats_added"] == len(firsts)
+    finally:
+        service.close()
 
 
 def test_a_table_answers_its_own_traces_of_shapes_its_model_never_saw(tmp_path):

@@ -102,6 +102,10 @@ def test_csv_generation_list_download_delete(live):
     down = httpx.get(f"{srv.url}/tables/{name}")
     assert down.status_code == 200 and down.headers["content-type"].startswith("text/csv")
     assert down.content == (srv.data_dir / "tables" / name).read_bytes()
+    assert down.headers["content-length"] == str(len(down.content))
+    assert down.headers["content-disposition"] == f'attachment; filename="{name}"'
+    head = httpx.head(f"{srv.url}/tables/{name}")
+    assert head.status_code == 200 and head.content == b"" and head.headers["content-length"] == str(len(down.content))
     r = httpx.post(f"{srv.url}/predict/single/{SEGMENTS}",
                    json={"trace": TRACES[10], "lookup_table": True, "lookup_table_name": name})
     assert r.json()["results"]["match"] == "exact"
@@ -109,7 +113,8 @@ def test_csv_generation_list_download_delete(live):
     assert httpx.get(f"{srv.url}/tables/{name}").status_code == 404
     r = httpx.post(f"{srv.url}/predict/single/{SEGMENTS}",
                    json={"trace": TRACES[10], "lookup_table": True, "lookup_table_name": name})
-    assert r.status_code == 404 and "not found" in r.json()["message"]
+    assert r.status_code == 404 and "not found" in r.json()["message"] and r.json()["field"] == "lookup_table_name"
+    assert httpx.get(f"{srv.url}/tables/{name}").json()["field"] == "name"
 
 
 def test_bad_names_files_and_requests(live):

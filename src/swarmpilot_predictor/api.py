@@ -18,16 +18,16 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
@@ -528,9 +528,22 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     @app.get("/tables/{name}", tags=["lookup tables"], summary="Download a lookup table file")
     async def tables_download(request: Request):
         name = _table_name_from(request)
-        path = service.tables.path_of(name)
-        return FileResponse(path, media_type=_TABLE_MEDIA.get(_table_media_key(name), "application/octet-stream"),
-                            filename=name)
+        fh, size = await run_in_threadpool(service.tables.open_table, name)
+
+        async def content() -> AsyncIterator[bytes]:
+            # From the file opened above: a table renamed over or deleted meanwhile is still
+            # sent whole, as it was, never a body longer or shorter than its Content-Length.
+            try:
+                while chunk := await run_in_threadpool(fh.read, 1 << 20):
+                    yield chunk
+            finally:
+                fh.close()
+
+        quoted = quote(name)
+        disposition = (f'attachment; filename="{name}"' if quoted == name
+                       else f"attachment; filename*=utf-8''{quoted}")
+        return StreamingResponse(content(), media_type=_TABLE_MEDIA.get(_table_media_key(name), "application/octet-stream"),
+                                 headers={"content-length": str(size), "content-disposition": disposition})
 
     @app.delete("/tables/{name}", tags=["lookup tables"], summary="Delete a lookup table")
     async def tables_delete(request: Request):

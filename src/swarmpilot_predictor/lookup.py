@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import re
+import stat
 import struct
 import threading
 import time
@@ -58,10 +59,11 @@ from scipy.special import ndtri
 from .atomic import atomic_file, remove_stale_temps, temp_beside
 from .errors import InvalidInput, NotFound, PredictorError, shown, storage_error
 from .features import FIRST_OF_SHAPE, stated_flag
-from .identity import IDENTITY_KEYS, IdentityPattern, join_key
+from .identity import IDENTITY_KEYS, IdentityPattern, join_key, names_part, stated_keys
 from .schemas import RenderedPredictions
 from .traces import (
     ID_KEYS,
+    TIMESTAMP_KEYS,
     TraceError,
     as_number,
     blank_cells,
@@ -724,7 +726,46 @@ class LookupTable:
         holds only first runs of the shapes its model never saw, as the model answers
         them. Nearest records are compared on the other features alone.
         """
-        res = self._match(traces, pattern)
+        if stated_keys(traces if isinstance(traces, list) else list(traces)):
+            return self._lookup_by_stated_identity(traces, pattern)
+        return self._lookup(traces, self.groups_for(pattern))
+
+    def _lookup_by_stated_identity(self, traces: Sequence[Any], pattern: IdentityPattern | None) -> LookupResult:
+        """:meth:`lookup` where traces state identity fields: as for the model, they say which
+        model (here: which of the table's identities) a trace belongs to, and one that names
+        another than the request's is an error for that trace."""
+        groups = self.groups_for(pattern)
+        asked = pattern.as_tuple() if pattern is not None else (None,) * len(IDENTITY_KEYS)
+        n = len(traces)
+        res = LookupResult(np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int8), np.full(n, np.nan), [None] * n)
+        parts: dict[tuple, list[int]] = {}
+        for i, t in enumerate(traces):
+            said = tuple((j, v) for j, key in enumerate(IDENTITY_KEYS)
+                         if isinstance(t, dict) and isinstance(v := t.get(key), (str, int, float)))
+            wrong = next((f"the trace's {IDENTITY_KEYS[j]} {shown(v)} names another model than "
+                          f"{join_key(asked)}" for j, v in said if asked[j] is not None and not names_part(v, asked[j])),
+                         None)
+            if wrong is not None:
+                res.errors[i] = wrong
+            else:
+                parts.setdefault(said, []).append(i)
+        for said, idx in parts.items():
+            chosen = [g for g in groups if all(g.identity[j] is None or names_part(v, g.identity[j]) for j, v in said)]
+            if not chosen:
+                stated = ", ".join(f"{IDENTITY_KEYS[j]} {shown(v)}" for j, v in said)
+                for i in idx:
+                    res.errors[i] = f"lookup table {self.name!r} has no records for the trace's {stated}"
+                continue
+            got = self._lookup([traces[i] for i in idx], chosen)
+            rows = np.asarray(idx, dtype=np.int64)
+            res.rows[rows], res.match[rows], res.distance[rows] = got.rows, got.match, got.distance
+            for k, i in enumerate(idx):
+                res.errors[i] = got.errors[k]
+        return res
+
+    def _lookup(self, traces: Sequence[Any], groups: list[_Group]) -> LookupResult:
+        """:meth:`lookup` among the records of ``groups``."""
+        res = self._match(traces, groups)
         flag = next((c for c in self.columns if c.missing_as is not None), None)
         if flag is None:
             return res
@@ -744,7 +785,7 @@ class LookupTable:
                 flat.append({**every[i], flag.name: 1.0 - flag.missing_as})
         if not retry:
             return res
-        again = self._match(flat, pattern)
+        again = self._match(flat, groups)
         for k, i in enumerate(retry):
             m0, m1 = int(res.match[i]), int(again.match[k])
             better = (m1 == _EXACT and m0 != _EXACT) or (
@@ -754,9 +795,8 @@ class LookupTable:
                 res.errors[i] = None
         return res
 
-    def _match(self, traces: Sequence[Any], pattern: IdentityPattern | None = None) -> LookupResult:
+    def _match(self, traces: Sequence[Any], groups: list[_Group]) -> LookupResult:
         """:meth:`lookup` with every feature as the trace states it (or its default)."""
-        groups = self.groups_for(pattern)
         n = len(traces)
         if n <= SCALAR_MAX:
             found = [self._lookup_one(t, groups) for t in traces]
@@ -1385,7 +1425,12 @@ class _Builder:
               seed: int = 0) -> LookupTable:
         add = self._add
         for where, rec in records:
-            add(rec, where)
+            try:
+                add(rec, where)
+            except OverflowError:
+                # An integer past the float range (JSON numbers have no limit), where a
+                # number is stored: the table is refused like any malformed one.
+                raise self._fail(where, "a number is too large for a 64-bit float") from None
         n = len(self.expect)
         if n == 0:
             raise TraceError(f"{self.name}: the table holds no successful prediction records")
@@ -1787,6 +1832,8 @@ def generate_table(
     seen = 0
     samples: list[str] = []
     id_cols: list[str] = []
+    repeats_stored: set[bytes] = set()  # the feature rows whose repeat answer was added
+    added_repeats = 0
     q_header = [QUANTILE_PREFIX + repr(q) for q in levels]
     try:
         if fmt == "json":
@@ -1805,13 +1852,31 @@ def generate_table(
                 writer = CsvTableWriter(out_path, names + [FIRST_OF_SHAPE] * flagged + id_cols + list(IDENTITY_KEYS)
                                         + list(CSV_PREDICTION_COLUMNS) + q_header)
             if ok_rows:
-                dist = model.predict_distribution(X[ok_rows])
+                good = [chunk[i] for i in ok_rows]
+                Xg = X[ok_rows]
+                if flagged:
+                    # A trace predicted as its shape's first run (by its timestamp) whose
+                    # shape ran in training is, asked without a timestamp or a flag, what the
+                    # model answers as a repeat: that answer is stored too (once per row of
+                    # features), so that a lookup that states no flag finds it, as the model
+                    # would answer. (A shape the model never saw has no repeat to store.)
+                    X0, _ = schema.matrix([{k: v for k, v in t.items() if k not in TIMESTAMP_KEYS} for t in good])
+                    extra = []
+                    for k in np.flatnonzero((Xg[:, -1] == 1.0) & (X0[:, -1] == 0.0)).tolist():
+                        row = X0[k].tobytes()
+                        if row not in repeats_stored:
+                            repeats_stored.add(row)
+                            extra.append(k)
+                    if extra:
+                        Xg = np.concatenate([Xg, X0[extra]])
+                        good += [good[k] for k in extra]
+                        added_repeats += len(extra)
+                dist = model.predict_distribution(Xg)
                 q = dist.quantiles(levels).tolist()
                 mean, std = dist.mean_std()
                 iv = dist.interval(confidence_level).tolist()
                 mean_l, std_l = mean.tolist(), std.tolist()
-                first = X[ok_rows, -1].astype(bool).tolist() if flagged else None
-                good = [chunk[i] for i in ok_rows]
+                first = Xg[:, -1].astype(bool).tolist() if flagged else None
                 if fmt == "json":
                     out = []
                     for k, t in enumerate(good):
@@ -1836,9 +1901,10 @@ def generate_table(
                         try:
                             out.append(dumps_json(rec))
                         except TypeError as exc:  # a string with a lone surrogate, say (Python's json reads one)
-                            failed += 1
-                            if len(samples) < 5:
-                                samples.append(f"trace {seen - len(chunk) + ok_rows[k]}: cannot be written as JSON ({exc})")
+                            if k < len(ok_rows):  # (an added repeat fails with its trace, counted once)
+                                failed += 1
+                                if len(samples) < 5:
+                                    samples.append(f"trace {seen - len(chunk) + ok_rows[k]}: cannot be written as JSON ({exc})")
                     writer.write(out)  # type: ignore[union-attr]
                 else:
                     rows = []
@@ -1850,9 +1916,10 @@ def generate_table(
                         lo, hi = iv[k]
                         rows.append(feats + ids + identity_row + ["success", model_version, mean_l[k], std_l[k], confidence_level, lo, hi] + q[k])
                     for k, reason in writer.write(rows):  # type: ignore[union-attr]
-                        failed += 1
-                        if len(samples) < 5:
-                            samples.append(f"trace {seen - len(chunk) + ok_rows[k]}: cannot be written as CSV ({reason})")
+                        if k < len(ok_rows):
+                            failed += 1
+                            if len(samples) < 5:
+                                samples.append(f"trace {seen - len(chunk) + ok_rows[k]}: cannot be written as CSV ({reason})")
             if progress is not None:
                 progress(len(chunk))
         if seen == 0:
@@ -1881,6 +1948,7 @@ def generate_table(
         "table_name": out_path.name,
         "format": fmt,
         "rows": writer.rows,
+        "repeats_added": added_repeats,
         "failed": failed,
         "errors": samples,
         "quantiles": levels,
@@ -2071,8 +2139,28 @@ class LookupTableStore:
             return self.default_path
         path = self.root / name
         if not path.is_file():
-            raise NotFound(f"lookup table {shown(name)} not found; available: {', '.join(self.names()) or 'none'}")
+            raise NotFound(f"lookup table {shown(name)} not found; available: {', '.join(self.names()) or 'none'}",
+                           field=field)
         return path
+
+    def open_table(self, name: str) -> tuple[IO[bytes], int]:
+        """The table file behind ``name``, opened, and its size: a download reads what it opened,
+        whole, even if the table is regenerated (renamed over) or deleted meanwhile."""
+        path = self.path_of(name)
+        try:
+            # Non-blocking: a FIFO put in its place since path_of looked must not hang the open.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise NotFound(f"lookup table {shown(name)} not found: it was deleted", field="name") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise NotFound(f"lookup table {shown(name)} is not a regular file", field="name")
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb"), st.st_size
+        except BaseException:
+            os.close(fd)
+            raise
 
     def get(self, name: str | None, field: str = "lookup_table_name") -> LookupTable:
         if name is None:
@@ -2090,7 +2178,7 @@ class LookupTableStore:
         try:
             signature = _signature(path)
         except FileNotFoundError:  # deleted since path_of looked
-            raise NotFound(f"lookup table {name!r} not found") from None
+            raise NotFound(f"lookup table {shown(name)} not found", field=field) from None
         with self._lock:
             hit = self._cache.get(name)
             if hit is not None and hit.signature == signature:
@@ -2108,6 +2196,8 @@ class LookupTableStore:
             try:
                 table = self._load(path, name, signature)
             except TraceError as exc:
+                if not os.path.lexists(path):  # deleted while it was read: gone, not damaged
+                    raise NotFound(f"lookup table {shown(name)} not found: it was deleted", field=field) from None
                 message = f"lookup table cannot be read: {exc}"
                 with self._lock:
                     self._failed[name] = (signature, message)
