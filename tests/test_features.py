@@ -422,6 +422,14 @@ def test_the_shape_history_survives_the_json_round_trip():
     np.testing.assert_array_equal(again.matrix(probe)[0], schema.matrix(probe)[0])
     # A schema stored before shape histories existed (a plain list) still loads.
     assert FeatureSchema.from_json(schema.to_json()["features"]).history is None
+    # A damaged history that still parses is refused here, not at its first prediction.
+    d = schema.to_json()
+    cut = {**d, "first_of_shape": {**d["first_of_shape"], "first_seen": d["first_of_shape"]["first_seen"][:-1]}}
+    with pytest.raises(ValueError, match="'first_seen' holds"):
+        FeatureSchema.from_json(cut)
+    twice = {**d, "first_of_shape": {**d["first_of_shape"], "shape": d["first_of_shape"]["shape"] * 2}}
+    with pytest.raises(ValueError, match="distinct features"):
+        FeatureSchema.from_json(twice)
 
 
 @pytest.mark.parametrize("case, why_not", [

@@ -48,6 +48,37 @@ def test_a_shift_is_flagged_once_the_evidence_is_significant():
     assert report["coverage"]["0.5"] < 0.3  # runtimes 30% slower than predicted
 
 
+def test_looking_often_at_a_calibrated_stream_raises_no_false_alarm():
+    """The drift test runs at checkpoints, at a level corrected for the checks a window brings:
+    looked at after every ten observations, these calibrated streams were called drifted
+    (after 540 and 190 observations) when every look was a test at alpha."""
+    from scipy.stats import norm
+
+    q = np.exp(np.log(100) + 0.3 * norm.ppf(np.asarray(MONITOR_LEVELS)))
+    for seed in (7, 10):
+        y = np.exp(np.log(100) + 0.3 * np.random.default_rng(seed).standard_normal(3000))
+        tracker = RollingAccuracy(window=1000)
+        for i in range(0, 3000, 10):
+            tracker.add(y[i:i + 10], np.tile(q, (10, 1)))
+            report = tracker.report(1e-3, 30)
+            assert report["drifted"] is False, (seed, i)
+        assert report["drift"]["alpha_per_check"] == 1e-5 and report["drift"]["checked_at"] == 3000
+
+
+def test_the_drift_decision_depends_on_the_observations_not_on_looks_or_batches():
+    y, q = _lognormal_quantiles(437, shift=1.15, seed=3)
+    answers = []
+    for batch, look in ((1, True), (7, True), (100, False), (437, False)):
+        tracker = RollingAccuracy(window=200)
+        for i in range(0, len(y), batch):
+            tracker.add(y[i:i + batch], q[i:i + batch])
+            if look:
+                tracker.report(1e-3, 30)
+        report = tracker.report(1e-3, 30)
+        answers.append((report["drifted"], report["drift"]["checked_at"], report["drift"]["p_values"]))
+    assert answers[0][1] == 430 and all(a == answers[0] for a in answers)
+
+
 def test_a_small_deviation_on_few_observations_is_not_drift():
     # 40 observations with coverage a little off: well within binomial noise.
     y, q = _lognormal_quantiles(40, shift=1.05, seed=2)

@@ -97,12 +97,17 @@ def test_accuracy_gauges_are_there_after_a_restart(tmp_path):
     # An alert on predictor_model_drifted must not go silent after a deploy until someone
     # observes the model again.
     key = ModelIdentity.from_parts(IDENTITY).key
+    quiet = {**IDENTITY, "model_name": "never-observed"}
     with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
         client.train({"model": IDENTITY, "traces": make_llm_traces(300), "algorithm": "linear"})
+        client.train({"model": quiet, "traces": make_llm_traces(100), "algorithm": "linear"})
         assert client.observe(IDENTITY, _shifted(300, 1.7, seed=3))["drifted"] is True
+        assert _metric(client.metrics(), "predictor_model_drifted", model=ModelIdentity.from_parts(quiet).key) == 0.0
     with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
         text = client.metrics()
         assert _metric(text, "predictor_model_drifted", model=key) == 1.0
+        # A model never observed reads 0 after the restart as before it.
+        assert _metric(text, "predictor_model_drifted", model=ModelIdentity.from_parts(quiet).key) == 0.0
         assert 0.0 < _metric(text, "predictor_model_coverage_ratio", model=key, level="0.5") < 0.4
         # ?recent=0 asks for no recent observations, not for the whole window.
         path = "/".join(quote(part, safe="") for part in IDENTITY.values())

@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 import pytest
 
-from swarmpilot_predictor.errors import AmbiguousModel, ModelNotFound, NotFound
+from swarmpilot_predictor.errors import AmbiguousModel, ModelNotFound, NotFound, StorageError
 from swarmpilot_predictor.features import FeatureSchema
 from swarmpilot_predictor.identity import IdentityPattern, ModelIdentity
 from swarmpilot_predictor.modeling import QuantileModel
@@ -166,6 +166,32 @@ def test_delete_every_version(root):
     assert reg.delete(OTHER, 1) == [1]
     assert [p.name for p in (root / OTHER.dirname).iterdir()] == ["v0001.deleted"]
     assert ModelRegistry(root).identities() == []
+
+
+def test_a_delete_the_file_system_refuses_is_a_clear_error_and_loses_nothing(root, monkeypatch):
+    # A read-only file system (which a test cannot mount) refuses the second version's meta file.
+    import errno
+
+    reg = ModelRegistry(root)
+    for seed in range(3):
+        reg.save(*fit(seed=seed)[:2])
+    real_unlink = Path.unlink
+
+    def unlink(self, missing_ok=False):
+        if self.name == "v0002.meta.json":
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(StorageError, match=r"cannot delete version 2 of .*\(Read-only file system\): version 1 was deleted"):
+        reg.delete(IDENT)
+    assert [v.version for v in reg.versions(IDENT)] == [2, 3]
+    with pytest.raises(StorageError, match="nothing was deleted") as info:
+        reg.delete(IDENT, 2)
+    assert info.value.status_code == 500
+    monkeypatch.undo()
+    assert [v.version for v in ModelRegistry(root).versions(IDENT)] == [2, 3]
+    assert reg.load(IDENT, 2).model is not None and reg.delete(IDENT) == [2, 3]
 
 
 def test_version_numbers_are_never_given_twice(root):
@@ -529,6 +555,9 @@ def test_a_lightgbm_model_saved_without_a_digest_still_loads(root):
     ("target", 3),
     ("features", [{"name": "input_tokens", "kind": "sideways"}]),
     ("features", "x"),
+    ("features", [{"name": "input_tokens", "kind": "numeric"}] * 2),
+    ("data", {"rows_used": "abc"}),  # summed in /models: one bad count failed every listing
+    ("data", {"rows_used": [1]}),
     ("data_hash", None),
 ])
 def test_damaged_metadata_that_still_parses_skips_only_that_version(root, caplog, field, value):
@@ -550,6 +579,22 @@ def test_damaged_metadata_that_still_parses_skips_only_that_version(root, caplog
         orjson.dumps(meta.public_json(detail=True))
         assert meta.data.get("rows_used") and meta.metrics.get("rows_used")
         fresh.load(identity)
+
+
+def test_metadata_whose_features_are_not_the_models_columns_is_a_clear_error(root):
+    from swarmpilot_predictor.errors import ModelUnreadable
+
+    reg = ModelRegistry(root)
+    reg.save(*fit()[:2])
+    reg.save(*fit(seed=1)[:2])
+    path = root / IDENT.dirname / "v0002.meta.json"
+    d = orjson.loads(path.read_bytes())
+    d["features"] = d["features"][:1] if isinstance(d["features"], list) else {**d["features"], "features": d["features"]["features"][:1]}
+    path.write_bytes(orjson.dumps(d))
+    fresh = ModelRegistry(root)
+    with pytest.raises(ModelUnreadable, match="version 2 cannot be loaded"):
+        fresh.load(IDENT, 2)
+    assert fresh.load(IDENT, 1).meta.version == 1
 
 
 @pytest.mark.parametrize("text", [b"[]", b"null", b"3", b'"meta"', b"{}"])

@@ -10,7 +10,7 @@ import pytest
 from swarmpilot_predictor.errors import PredictorError
 from swarmpilot_predictor.features import FeatureSchema
 from swarmpilot_predictor.identity import IdentityPattern, ModelIdentity
-from swarmpilot_predictor.retraining import DecisionLog, observation_matrix
+from swarmpilot_predictor.retraining import DecisionLog, level_shift, observation_matrix
 from swarmpilot_predictor.schemas import TrainConfig
 from swarmpilot_predictor.service import PredictorService
 from swarmpilot_predictor.settings import PredictorSettings
@@ -45,6 +45,29 @@ def test_shift_retrains_and_recovers_coverage(tmp_path):
     acc = svc.accuracy(pattern)
     assert acc["version"] == 2 and acc["drifted"] is False
     assert 0.84 <= acc["interval_coverage"]["0.9"] <= 0.96
+
+
+def test_a_level_shift_is_found_where_it_happened():
+    rng = np.random.default_rng(0)
+    r = np.concatenate([rng.normal(0.0, 0.2, 1000), rng.normal(np.log(1.5), 0.2, 500)])
+    assert abs(level_shift(r) - 1000) <= 5
+    assert level_shift(rng.normal(0.0, 0.2, 1500)) is None  # no shift
+    assert level_shift(r[:30]) is None  # too few rows for two sides of 20
+
+
+def test_after_an_abrupt_shift_the_new_version_learns_the_new_level_alone(tmp_path):
+    # 1,000 observations at the trained level, then 500 at 1.5x: the newest half of the
+    # observations fitted on still held 250 of the old level, and its median was low.
+    svc = _service(tmp_path)
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    svc.observe(IDENTITY, _shifted(1000, 1.0, seed=20))
+    svc.observe(IDENTITY, _shifted(500, 1.5, seed=21))
+    decision = svc.retrain(pattern)
+    assert decision["status"] == "retrained" and decision["candidate"] == "since the shift"
+    fresh = _shifted(2000, 1.5, seed=22)
+    median = svc.predict(pattern, fresh, 0.9, [0.5]).quantiles[:, 0]
+    ratio = float(np.median(np.array([t["runtime_ms"] for t in fresh]) / median))
+    assert 0.95 < ratio < 1.05
 
 
 RETRAIN = """

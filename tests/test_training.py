@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import threading
+
 import pytest
 
 from swarmpilot_predictor.errors import PredictorError
 from swarmpilot_predictor.identity import ModelIdentity
 from swarmpilot_predictor.registry import ModelRegistry
 from swarmpilot_predictor.schemas import TrainConfig
-from swarmpilot_predictor.training import Trainer, TrainingJobs
+from swarmpilot_predictor.training import Trainer, TrainingJobs, when_parent_dies
 
 from .conftest import IDENTITY, make_llm_traces
 
@@ -268,3 +272,17 @@ def test_damaged_job_records_read_as_failed_or_unknown(tmp_path):
     with pytest.raises(PredictorError) as err:
         jobs.get("bbbbbbbbbbbbbbbb")
     assert err.value.status_code == 404
+
+
+def test_a_worker_whose_server_died_before_it_began_watching_still_exits():
+    # The training worker imports for a second or more before it watches its server: a
+    # server killed meanwhile left it running on (its parent then init, not the server),
+    # and it stored the version nobody was told of. It watches the pid it was started by.
+    server = subprocess.Popen([sys.executable, "-c", "pass"])
+    server.wait()
+    gone = threading.Event()
+    when_parent_dies(gone.set, parent=server.pid)
+    assert gone.wait(5)
+    alive = threading.Event()
+    when_parent_dies(alive.set)  # this process's own parent, alive throughout
+    assert not alive.wait(1.5)

@@ -227,9 +227,17 @@ class ShapeHistory:
 
     @classmethod
     def from_json(cls, d: dict[str, Any], names: Sequence[str]) -> "ShapeHistory":
+        if not isinstance(d.get("shape"), list) or not d["shape"] or len(set(d["shape"])) != len(d["shape"]):
+            raise ValueError("'shape' must name distinct features")
         key = tuple(names.index(n) for n in d["shape"])
+        if not isinstance(d.get("timestamp"), str):
+            raise ValueError("'timestamp' must be a field name")
         shapes = np.array(d["shapes"], dtype=np.float64).reshape(-1, len(key))
-        return cls(key, d["timestamp"], shapes, np.array(d["first_seen"], dtype=np.float64))
+        first_seen = np.array(d["first_seen"], dtype=np.float64)
+        # Checked here: a damaged file that parses failed its predictions with an IndexError.
+        if first_seen.shape != (len(shapes),):
+            raise ValueError(f"'first_seen' holds {first_seen.size} times for {len(shapes)} shapes")
+        return cls(key, d["timestamp"], shapes, first_seen)
 
 
 @dataclass
@@ -261,6 +269,13 @@ class DataReport:
             "columns_not_derived": dict(self.columns_not_derived),
             "rare_categories": dict(self.rare_categories),
         }
+
+
+def _distinct(features: tuple[FeatureSpec, ...]) -> tuple[FeatureSpec, ...]:
+    names = [f.name for f in features]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a feature is listed twice: {sorted({n for n in names if names.count(n) > 1})}")
+    return features
 
 
 @dataclass(frozen=True)
@@ -319,8 +334,8 @@ class FeatureSchema:
     @classmethod
     def from_json(cls, d: list[dict[str, Any]] | dict[str, Any]) -> "FeatureSchema":
         if isinstance(d, list):
-            return cls(tuple(FeatureSpec.from_json(item) for item in d))
-        features = tuple(FeatureSpec.from_json(item) for item in d["features"])
+            return cls(_distinct(tuple(FeatureSpec.from_json(item) for item in d)))
+        features = _distinct(tuple(FeatureSpec.from_json(item) for item in d["features"]))
         history = ShapeHistory.from_json(d[FIRST_OF_SHAPE], [f.name for f in features])
         return cls(features, history)
 

@@ -26,7 +26,7 @@ import numpy as np
 import orjson
 
 from .atomic import atomic_file, atomic_write_bytes, read_regular, remove_stale_temps, temp_beside
-from .errors import AmbiguousModel, ModelNotFound, ModelUnreadable, NotFound, VersionConflict, writing
+from .errors import AmbiguousModel, ModelNotFound, ModelUnreadable, NotFound, StorageError, VersionConflict, writing
 from .features import FeatureSchema
 from .identity import IdentityPattern, ModelIdentity
 from .modeling import QuantileModel
@@ -122,6 +122,10 @@ class ModelVersion:
             if not isinstance(value, dict):
                 raise ValueError(f"'{name}' must be an object, got {_json_type(value)}")
             optional[name] = value
+        rows = optional["data"].get("rows_used")
+        if rows is not None and not (isinstance(rows, int) and not isinstance(rows, bool) and rows >= 0):
+            # Summed over models in /models: one damaged file would fail every listing.
+            raise ValueError(f"'data.rows_used' must be a whole number, got {_json_type(rows)}")
         data_hash = d.get("data_hash", "")
         if not isinstance(data_hash, str):
             raise ValueError(f"'data_hash' must be a string, got {_json_type(data_hash)}")
@@ -436,6 +440,11 @@ class ModelRegistry:
             if digest is not None and hashlib.sha256(raw).hexdigest() != digest:
                 raise ValueError("the file does not match the SHA-256 digest its meta file holds")
             model = QuantileModel.from_json(orjson.loads(raw))
+            if len(model.kinds) != len(meta.features.column_names):
+                # The meta file's features and the model's columns are one design: one edited
+                # without the other failed predictions with LightGBM's or numpy's errors.
+                raise ValueError(f"the model has {len(model.kinds)} columns, its meta file lists "
+                                 f"{len(meta.features.column_names)}")
             if digest is None:
                 # Saved before model files had a digest: a file that parses but lost or gained
                 # an array element must fail here, naming the file, not at prediction time.
@@ -582,6 +591,8 @@ class ModelRegistry:
         targets = [m.version for m in self.versions(identity)] if version is None else [self.get_version(identity, version).version]
         if not targets:
             raise ModelNotFound(f"no model {identity.key}")
+        deleted: list[int] = []
+        failure: OSError | None = None
         for v in targets:
             # A tombstone first: a number is never given twice, since another worker may still
             # serve (and have cached predictions of) the deleted version under it.
@@ -590,20 +601,34 @@ class ModelRegistry:
             except OSError as exc:
                 log.warning("%s version %d: cannot leave a tombstone (%s); its number may be reused", identity.key, v, exc)
             # Meta next: once it is gone the version no longer exists for anyone.
-            (model_dir / _meta_file(v)).unlink(missing_ok=True)
-            (model_dir / _model_file(v)).unlink(missing_ok=True)
-            (model_dir / _data_file(v)).unlink(missing_ok=True)
-        with self._lock:
-            versions = self._index.get(identity, {})
-            for v in targets:
-                versions.pop(v, None)
-                self._loaded.pop((identity, v), None)
-            if not versions:
-                self._index.pop(identity, None)
-            self._index_changed()
-        self._bump_generation()
-        if self.on_change is not None:
-            self.on_change(identity)
+            try:
+                (model_dir / _meta_file(v)).unlink(missing_ok=True)
+            except OSError as exc:  # a read-only file system, say: this version and the rest stay
+                failure = exc
+                break
+            deleted.append(v)
+            for leftover in (_model_file(v), _data_file(v)):
+                try:
+                    (model_dir / leftover).unlink(missing_ok=True)
+                except OSError as exc:  # the version is gone all the same; the file is only litter
+                    log.warning("%s version %d: cannot remove %s (%s)", identity.key, v, leftover, exc)
+        if deleted:
+            with self._lock:
+                versions = self._index.get(identity, {})
+                for v in deleted:
+                    versions.pop(v, None)
+                    self._loaded.pop((identity, v), None)
+                if not versions:
+                    self._index.pop(identity, None)
+                self._index_changed()
+            self._bump_generation()
+            if self.on_change is not None:
+                self.on_change(identity)
+        if failure is not None:
+            done = ("nothing was deleted" if not deleted else f"version {deleted[0]} was deleted" if len(deleted) == 1
+                    else f"versions {', '.join(map(str, deleted))} were deleted")
+            raise StorageError(f"cannot delete version {targets[len(deleted)]} of {identity.key} in the data directory "
+                               f"({failure.strerror or type(failure).__name__}): {done}") from failure
         return targets
 
     @property

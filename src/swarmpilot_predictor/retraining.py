@@ -62,6 +62,33 @@ def observation_matrix(features: FeatureSchema, records: list[dict[str, Any]]) -
     return features, X, y
 
 
+# A level shift is taken as found when the two sides' means differ by this many standard
+# errors (a two-sample t statistic), each side holding at least SHIFT_MIN_ROWS observations.
+SHIFT_MIN_T = 5.0
+SHIFT_MIN_ROWS = 20
+
+
+def level_shift(r: np.ndarray) -> int | None:
+    """Where the mean of ``r`` (log runtimes over the serving model's medians, oldest first)
+    moved at one point: the first index after it, or None without a clear single shift.
+
+    The split with the largest two-sample t statistic (one pass of cumulative sums), kept
+    if that exceeds ``SHIFT_MIN_T``.
+    """
+    n = len(r)
+    if n < 2 * SHIFT_MIN_ROWS or not np.all(np.isfinite(r)):
+        return None
+    k = np.arange(SHIFT_MIN_ROWS, n - SHIFT_MIN_ROWS + 1)
+    c1, c2 = np.cumsum(r), np.cumsum(r * r)
+    s1, q1 = c1[k - 1], c2[k - 1]
+    s2, q2 = c1[-1] - s1, c2[-1] - q1
+    m1, m2 = s1 / k, s2 / (n - k)
+    within = np.maximum((q1 - k * m1 * m1) + (q2 - (n - k) * m2 * m2), 0.0) / (n - 2)
+    t = np.abs(m2 - m1) / np.sqrt(np.maximum(within, 1e-300) * (1.0 / k + 1.0 / (n - k)))
+    best = int(np.argmax(t))
+    return int(k[best]) if t[best] > SHIFT_MIN_T else None
+
+
 # A stored training row counts as covered by the observations when one lies within this
 # many of the training data's standard deviations (Euclidean, over the numeric columns;
 # categories must match), or within the observations' own spacing if that is smaller.
@@ -400,6 +427,13 @@ class Retrainer:
         if n_recent >= 20:
             # After an abrupt shift only the newest observations describe the present.
             observed["recent observations"] = (fit_X[-n_recent:], fit_y[-n_recent:], np.ones(n_recent))
+        # Where the runtimes' level against the serving model clearly moved at one point, the
+        # observations since then: the newest half alone still mixed in the old level when the
+        # shift was less than half the observations ago (after 1,000 observations and 500 at
+        # 1.5x, the new version's median was 19% low).
+        start = level_shift(np.log(fit_y) - np.log(current.model.predict_quantiles(fit_X, [0.5])[:, 0]))
+        if start is not None and len(fit_y) - start != n_recent:
+            observed["since the shift"] = (fit_X[start:], fit_y[start:], np.ones(len(fit_y) - start))
         if X0 is not None:
             observed["training+observations"] = observed["observations"]
         levels = list(MONITOR_LEVELS)

@@ -738,10 +738,10 @@ class PredictorService:
             except OSError as exc:  # one unreadable log must not fail the whole scrape
                 log.warning("accuracy of %s not reported: %s", identity.key, exc)
                 continue
-            if report.get("window") or identity.key in described:
-                # A new version with no observations yet replaces its predecessor's figures
-                # with none (and not drifted).
-                self.metrics.set_accuracy(identity.key, serving, report)
+            # Every model is described, one without observations as not drifted (a new version's
+            # replace its predecessor's figures with none): the same in every process, before a
+            # restart and after (a model never observed had the gauge only where it was trained).
+            self.metrics.set_accuracy(identity.key, serving, report)
         # Lookup tables count predictions under "table:<name>": a deleted one's series go too.
         try:
             live |= {table_label(name) for name in self.tables.served_names()}

@@ -285,7 +285,7 @@ def _spawning() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _init_worker() -> None:
+def _init_worker(server_pid: int | None = None) -> None:
     # A stop signal sent to the whole process group (systemd's stop, Ctrl-C) is the server's
     # to act on: it lets the request in flight finish its training, then stops this worker
     # (TrainingJobs.shutdown). Dying here at once answered that request 500, "out of memory?".
@@ -310,13 +310,15 @@ def _init_worker() -> None:
             os.sched_setaffinity(0, range(os.cpu_count() or 1))
         except OSError:  # pragma: no cover - restricted by a cgroup or container
             pass
-    # If the server dies without shutting the pool down, do not outlive it.
-    when_parent_dies(lambda: os._exit(0))
+    # If the server dies without shutting the pool down, do not outlive it: also if it died
+    # while this process was still importing (its parent is then already init, not the server).
+    when_parent_dies(lambda: os._exit(0), server_pid)
 
 
-def when_parent_dies(action: Callable[[], None]) -> None:
-    """Run ``action`` (in a daemon thread, within a second) once this process's parent is gone."""
-    parent = os.getppid()
+def when_parent_dies(action: Callable[[], None], parent: int | None = None) -> None:
+    """Run ``action`` (in a daemon thread, within a second) once this process's parent is gone:
+    ``parent`` (the pid it was started by), else whichever process is its parent now."""
+    parent = os.getppid() if parent is None else parent
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -409,7 +411,8 @@ class TrainingJobs:
         with self._lock:
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(
-                    max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
+                    max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                    initargs=(os.getpid(),),
                 )
             return self._pool
 
