@@ -1088,10 +1088,16 @@ def test_a_shape_the_table_holds_only_as_a_first_run_is_answered_as_the_model_an
         for t in sorted(traces, key=lambda t: t["ts"]):
             firsts.setdefault((t["batch_size"], t["image_size"]), t)
         src = tmp_path / "firsts.jsonl"
-        src.write_bytes(b"\n".join(orjson.dumps(t) for t in firsts.values()))
+        src.write_bytes(b"\n".join(orjson.dumps({**t, "task_id": f"t{i}"}) for i, t in enumerate(firsts.values())))
         name = f"firsts.{fmt}"
         answer = service.generate_table(PATTERN, src, 0.9, name)
         assert answer["repeats_added"] == len(firsts) and answer["rows"] == 2 * len(firsts)
+        # A task id names the trace's own record, never an added repeat.
+        got = service.predict(PATTERN, [{"task_id": "t3", "batch_size": 999, "image_size": 1}], 0.9,
+                              lookup_table=True, lookup_table_name=name).results()[0]
+        assert got["match"] == "task_id"
+        want = service.predict(PATTERN, [{**list(firsts.values())[3], "first_of_shape": True}], 0.9).results()[0]
+        np.testing.assert_allclose(got["quantile_predictions"], want["quantile_predictions"], rtol=1e-9)
         shapes = [{"batch_size": b, "image_size": i} for b, i in firsts]
         for stated in ({}, {"first_of_shape": True}, {"first_of_shape": False}):
             queries = [{**s, **stated} for s in shapes]

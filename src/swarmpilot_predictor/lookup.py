@@ -722,9 +722,10 @@ class LookupTable:
 
         A trace that does not state a feature with a default (``first_of_shape``) is
         matched with the default first (a repeat run); where no record has its other
-        features with that flag, with the other flag: a table made without timestamps
-        holds only first runs of the shapes its model never saw, as the model answers
-        them. Nearest records are compared on the other features alone.
+        features with that flag, with the other flag: a table holds repeats only of the
+        shapes its model saw (see :func:`generate_table`), and first runs of the others,
+        as the model answers them. Nearest records are compared on the other features
+        alone. Identity fields a trace states pick among the table's identities.
         """
         if stated_keys(traces if isinstance(traces, list) else list(traces)):
             return self._lookup_by_stated_identity(traces, pattern)
@@ -1895,7 +1896,7 @@ def generate_table(
                         }
                         if first is not None:
                             rec["features"][FIRST_OF_SHAPE] = first[k]
-                        for idk in ID_KEYS:
+                        for idk in ID_KEYS if k < len(ok_rows) else ():  # an added repeat is no trace's
                             if idk in t:
                                 rec[idk] = t[idk]
                         try:
@@ -1912,7 +1913,7 @@ def generate_table(
                         feats = [_csv_out(t.get(n)) for n in names]
                         if first is not None:
                             feats.append(int(first[k]))
-                        ids = [_csv_out(t.get(c)) for c in id_cols]
+                        ids = [_csv_out(t.get(c)) if k < len(ok_rows) else None for c in id_cols]
                         lo, hi = iv[k]
                         rows.append(feats + ids + identity_row + ["success", model_version, mean_l[k], std_l[k], confidence_level, lo, hi] + q[k])
                     for k, reason in writer.write(rows):  # type: ignore[union-attr]
