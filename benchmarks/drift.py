@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     alarms = [first_alarm(s, args.length, args.batch) for s in range(args.streams)]
     hit = [a for a in alarms if a is not None]
-    print(f"| calibrated streams | observations each | called drifted at some look | first alarm, median (min) |")
+    print("| calibrated streams | observations each | called drifted at some look | first alarm, median (min) |")
     print("|---|---|---|---|")
     first = f"{int(np.median(hit))} ({min(hit)})" if hit else "-"
     print(f"| {args.streams} | {args.length} | {len(hit)} ({len(hit) / args.streams:.1%}) | {first} |")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 
 import pytest
@@ -102,15 +101,6 @@ def test_dirname_separator_cannot_be_forged():
     a = ModelIdentity("a", "b_c", "h", "s", "1")
     b = ModelIdentity("a_b", "c", "h", "s", "1")
     assert a.dirname != b.dirname
-    # Not even with the hash's own separator in a part, where the readable prefixes agree.
-    x = "x" * 45
-    c = ModelIdentity(x + "\x1f" + "a" * 40, "a" * 50, "h", "s", "1")
-    d = ModelIdentity(x, "a" * 40 + "\x1f" + "a" * 50, "h", "s", "1")
-    assert c.dirname.rsplit("__", 1)[0] == d.dirname.rsplit("__", 1)[0]
-    assert c.dirname != d.dirname
-    # Without the separator in a part, a directory is named as it always was (stored models stay found).
-    assert ModelIdentity("llm", "m", "A100", "vllm", "0.4").dirname == "llm__m__A100__vllm__0.4__" + \
-        hashlib.sha256("\x1f".join(("llm", "m", "A100", "vllm", "0.4")).encode()).hexdigest()[:12]
 
 
 def test_pattern_from_segments_treats_wildcard_and_empty_as_unspecified():

@@ -313,12 +313,13 @@ def test_identity_fields_in_a_trace_pick_the_tables_identity_as_for_the_model(co
     table = LookupTable.from_records(recs, name="two.json")
     loose = IdentityPattern.from_segments("llm", "m", "*", "*", "*")
     traces = [{"x": 3, "hardware": "A100"}, {"x": 3, "hardware": "h"}, {"x": 4, "software_version": 2.4},
-              {"x": 3, "hardware": "T4"}, {"x": 3, "model_name": "other"}, {"x": 5}]
+              {"x": 3, "hardware": "T4"}, {"x": 3, "model_name": "other"}, {"x": 5},
+              {"input_feature": [{"param_name": "x", "val": 6}, {"param_name": "hardware", "val": "A100"}]}]
     res = table.lookup(traces * copies, loose)
-    assert res.rows.tolist()[:6] == [13, 3, 14, -1, -1, res.rows[5]] and res.rows[5] in (5, 15)
+    assert res.rows.tolist()[:7] == [13, 3, 14, -1, -1, res.rows[5], 16] and res.rows[5] in (5, 15)
     assert res.errors[3] == "lookup table 'two.json' has no records for the trace's hardware 'T4'"
     assert res.errors[4] == "the trace's model_name 'other' names another model than llm/m/*/*/*"
-    assert res.rows.tolist() == res.rows.tolist()[:6] * copies
+    assert res.rows.tolist() == res.rows.tolist()[:7] * copies
     got = table.predict(loose, traces * copies).results()
     assert got[0]["model_info"]["hardware"] == "A100" and got[1]["model_info"]["hardware"] == "h"
     assert got[3]["status"] == "error" and "'T4'" in got[3]["message"]

@@ -194,6 +194,24 @@ def test_a_delete_the_file_system_refuses_is_a_clear_error_and_loses_nothing(roo
     assert reg.load(IDENT, 2).model is not None and reg.delete(IDENT) == [2, 3]
 
 
+def test_two_identities_that_share_a_directory_cannot_both_be_stored(root):
+    # Parts holding the hash's separator (\x1f) can name one directory; the second model is
+    # refused, rather than numbered after the first and deleted with it.
+    from swarmpilot_predictor.errors import InvalidInput
+
+    x = "x" * 45
+    a = ModelIdentity(x + "\x1f" + "a" * 40, "a" * 50, "h", "s", "1")
+    b = ModelIdentity(x, "a" * 40 + "\x1f" + "a" * 50, "h", "s", "1")
+    assert a != b and a.dirname == b.dirname
+    reg = ModelRegistry(root)
+    reg.save(*fit(a)[:2])
+    with pytest.raises(InvalidInput, match="holds the model") as info:
+        reg.save(*fit(b)[:2])
+    assert info.value.field == "model"
+    assert reg.identities() == [a] and reg.save(*fit(a, seed=1)[:2]).version == 2
+    assert sorted(p.name for p in (root / a.dirname).glob("*.meta.json")) == ["v0001.meta.json", "v0002.meta.json"]
+
+
 def test_version_numbers_are_never_given_twice(root):
     reg = ModelRegistry(root)
     other_worker = ModelRegistry(root)

@@ -7,8 +7,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import orjson
-
 from .errors import shown
 
 IDENTITY_KEYS = ("model_type", "model_name", "hardware", "software_name", "software_version")
@@ -17,7 +15,6 @@ _IDENTITY_SET = frozenset(IDENTITY_KEYS)
 BOOLEAN_PART_NAMES = {True: ("true", "1"), False: ("false", "0")}
 WILDCARD = "*"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_SEP = "\x1f"  # between the parts hashed into a directory name
 
 
 IDENTITY_PART_MAX = 200
@@ -137,14 +134,8 @@ class ModelIdentity:
         The readable prefix helps people browsing the data directory; the hash
         keeps two identities that sanitise to the same prefix apart.
         """
-        parts = self.as_tuple()
-        readable = "__".join(_SAFE.sub("-", p)[:40] for p in parts)
-        # The parts joined by a separator none of them holds name them unambiguously (and
-        # as every stored model's directory was named); a part holding the separator is
-        # hashed in JSON's unambiguous form instead: ('a\x1fb', 'c') and ('a', 'b\x1fc')
-        # shared a directory, and deleting one deleted the other's observations.
-        text = orjson.dumps(parts).decode() if any(_SEP in p for p in parts) else _SEP.join(parts)
-        digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+        readable = "__".join(_SAFE.sub("-", p)[:40] for p in self.as_tuple())
+        digest = hashlib.sha256("\x1f".join(self.as_tuple()).encode()).hexdigest()[:12]
         return f"{readable}__{digest}"
 
     def model_info(self) -> dict[str, str]:

@@ -727,9 +727,10 @@ class LookupTable:
         as the model answers them. Nearest records are compared on the other features
         alone. Identity fields a trace states pick among the table's identities.
         """
-        if stated_keys(traces if isinstance(traces, list) else list(traces)):
-            return self._lookup_by_stated_identity(traces, pattern)
-        return self._lookup(traces, self.groups_for(pattern))
+        rows = traces if isinstance(traces, list) else list(traces)
+        if stated_keys(rows) or any(t.__class__ is dict and "input_feature" in t for t in rows):
+            return self._lookup_by_stated_identity(rows, pattern)
+        return self._lookup(rows, self.groups_for(pattern))
 
     def _lookup_by_stated_identity(self, traces: Sequence[Any], pattern: IdentityPattern | None) -> LookupResult:
         """:meth:`lookup` where traces state identity fields: as for the model, they say which
@@ -740,9 +741,9 @@ class LookupTable:
         n = len(traces)
         res = LookupResult(np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int8), np.full(n, np.nan), [None] * n)
         parts: dict[tuple, list[int]] = {}
-        for i, t in enumerate(traces):
-            said = tuple((j, v) for j, key in enumerate(IDENTITY_KEYS)
-                         if isinstance(t, dict) and isinstance(v := t.get(key), (str, int, float)))
+        flat, _ = normalize_traces(traces)  # SwarmPilot's structured form states them inside
+        for i, t in enumerate(flat):
+            said = tuple((j, v) for j, key in enumerate(IDENTITY_KEYS) if isinstance(v := t.get(key), (str, int, float)))
             wrong = next((f"the trace's {IDENTITY_KEYS[j]} {shown(v)} names another model than "
                           f"{join_key(asked)}" for j, v in said if asked[j] is not None and not names_part(v, asked[j])),
                          None)

@@ -50,6 +50,8 @@ def _usable(record: Any) -> bool:
         and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in q)
         and isinstance(record.get("trace"), dict) and isinstance(record.get("ts"), (int, float))
         and isinstance(record.get("version"), int)
+        # Its place in its /observe batch (logs written before it was stored have none).
+        and (type(i := record.get("i", 0)) is int and 0 <= i < 2**62)
     )
 
 
@@ -173,23 +175,39 @@ class ObservationLog:
             p.unlink(missing_ok=True)
 
 
-# The drift test runs at every DRIFT_CHECK_EVERY-th observation of a version, not at every
-# look (a request, a scrape), so that how often the accuracy is looked at changes nothing.
+# The drift test runs at one observation in DRIFT_CHECK_EVERY of a version, not at every look
+# (a request, a scrape), so that how often the accuracy is looked at changes nothing.
 DRIFT_CHECK_EVERY = 10
+
+
+def drift_checkpoints(y: np.ndarray, ts: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Which observations are checkpoints of the drift test: one in ``DRIFT_CHECK_EVERY``,
+    picked by a hash of the observation's runtime, time and place in its ``/observe``
+    batch, not by its place in the log, so that every process picks the same ones
+    whichever of a rotated log's files it read."""
+    with np.errstate(over="ignore"):
+        h = (np.asarray(y, dtype=np.float64).view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+             ^ np.asarray(ts, dtype=np.float64).view(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F)
+             ^ np.asarray(index, dtype=np.uint64) * np.uint64(0x94D049BB133111EB))
+        h ^= h >> np.uint64(29)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(32)
+    return h % np.uint64(DRIFT_CHECK_EVERY) == 0
 
 
 @dataclass
 class RollingAccuracy:
     """The last ``window`` observations of one model version, with their predicted quantiles.
 
-    Drift is decided at checkpoints: the window as it stood at the last multiple of
-    ``DRIFT_CHECK_EVERY`` observations, tested at ``alpha`` times ``DRIFT_CHECK_EVERY / window``
-    (a Bonferroni correction over the checks a window's worth of observations brings). A
-    calibrated model then raises a false alarm with probability at most ``alpha`` per
-    ``window`` observations, however often its accuracy is looked at: tested at ``alpha`` on
-    every look, one in fifteen calibrated streams of 3,000 observations, looked at every
-    ten, was called drifted at some look. The decision is a function of the observations
-    alone, so a restarted service, reading them again in other batches, decides the same.
+    Drift is decided at checkpoints (:func:`drift_checkpoints`, one observation in
+    ``DRIFT_CHECK_EVERY``): the window as it stood at the last one, tested at ``alpha``
+    times ``DRIFT_CHECK_EVERY / window`` (a Bonferroni correction over the checks a window's
+    worth of observations brings, on average). A calibrated model then raises a false alarm
+    with probability about ``alpha`` per ``window`` observations at most, however often its
+    accuracy is looked at: tested at ``alpha`` on every look, 7 of 200 calibrated streams of
+    3,000 observations, looked at every ten, were called drifted at some look. The decision
+    is a function of the observations alone: a restarted service, or another worker,
+    reading them in other batches (or only the newest of the log's files), decides the same.
     """
 
     window: int = 1000
@@ -203,12 +221,19 @@ class RollingAccuracy:
     # binomial tests) is computed once per change of the window, not per request.
     _report: dict[tuple[float, int], dict[str, Any]] = field(default_factory=dict, repr=False)
 
-    def add(self, y: np.ndarray, q: np.ndarray) -> None:
+    def add(self, y: np.ndarray, q: np.ndarray, ts: np.ndarray | None = None, index: np.ndarray | None = None) -> None:
+        """Observations ``y`` with their predicted quantiles ``q``, the times they were
+        observed ``ts`` and their places in their ``/observe`` batches ``index`` (without
+        them, their positions in this tracker's stream stand in)."""
         self._report.clear()
-        y_l, q_l = y.tolist(), q.tolist()
-        # The last checkpoint this batch reaches: the window is counted there, then the rest added.
-        reach = (self.total + len(y_l)) // DRIFT_CHECK_EVERY * DRIFT_CHECK_EVERY
-        cut = reach - self.total if reach > self.total else 0
+        y = np.asarray(y, dtype=np.float64)
+        if ts is None or index is None:
+            ts = np.zeros(len(y))
+            index = np.arange(self.total, self.total + len(y))
+        y_l, q_l = y.tolist(), np.asarray(q).tolist()
+        # The last checkpoint of this batch: the window is counted there, then the rest added.
+        marks = np.flatnonzero(drift_checkpoints(y, ts, index))
+        cut = int(marks[-1]) + 1 if len(marks) else 0
         self._extend(y_l[:cut], q_l[:cut])
         if cut:
             hits = (np.asarray(self.y)[:, None] <= np.asarray(self.q)).sum(axis=0)
@@ -253,8 +278,8 @@ class RollingAccuracy:
         per_check = alpha * min(1.0, DRIFT_CHECK_EVERY / self.window)
         if self._checkpoint is None:
             out["drifted"] = False
-            out["drift"] = {"tested": False, "reason": f"no checkpoint yet (the drift test runs at every "
-                                                       f"{DRIFT_CHECK_EVERY}th observation)",
+            out["drift"] = {"tested": False, "reason": f"no checkpoint yet (the drift test runs at one "
+                                                       f"observation in {DRIFT_CHECK_EVERY})",
                             "min_observations": min_observations, "alpha": alpha, "alpha_per_check": per_check}
             return out
         at, hits, n_checked = self._checkpoint
@@ -341,10 +366,12 @@ class AccuracyMonitor:
             by_version.setdefault(r["version"], []).append(r)
         for version, rs in by_version.items():
             self._tracker(state, version).add(np.array([r["runtime_ms"] for r in rs], dtype=np.float64),
-                                              np.array([r["q"] for r in rs], dtype=np.float64))
+                                              np.array([r["q"] for r in rs], dtype=np.float64),
+                                              np.array([r["ts"] for r in rs], dtype=np.float64),
+                                              np.array([r.get("i", 0) for r in rs], dtype=np.int64))
 
     def _sync(self, identity: ModelIdentity, state: _Followed, own: Appended | None = None,
-              own_records: tuple[int, np.ndarray, np.ndarray] | None = None) -> None:
+              own_records: tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
         """Take in what was appended to ``identity``'s log since the last look (``state.lock`` held).
 
         ``own`` is this process's append just made, whose records (``own_records``) are
@@ -367,8 +394,8 @@ class AccuracyMonitor:
             if own is not None and own.name == name and own.inode == inode:
                 if own.start > offset:  # another worker's records first
                     self._add(state, self.log.read_span(path, inode, offset, own.start)[0])
-                version, y, q = own_records
-                self._tracker(state, version).add(y, q)
+                version, y, q, ts, index = own_records
+                self._tracker(state, version).add(y, q, ts, index)
                 offset, own = own.end, None
             if st.st_size > offset:
                 records, offset = self.log.read_span(path, inode, offset)
@@ -377,8 +404,8 @@ class AccuracyMonitor:
         for name in [n for n in state.cursor if n not in seen]:
             del state.cursor[name]
         if own is not None and own_records is not None:  # its file was rotated away before this look
-            version, y, q = own_records
-            self._tracker(state, version).add(y, q)
+            version, y, q, ts, index = own_records
+            self._tracker(state, version).add(y, q, ts, index)
 
     @staticmethod
     def _files(state: _Followed) -> list[tuple[str, str]]:
@@ -405,14 +432,15 @@ class AccuracyMonitor:
     def record(self, identity: ModelIdentity, version: int, traces: list[dict[str, Any]], y: np.ndarray, q: np.ndarray) -> None:
         now = time.time()
         appended = self.log.append(identity, [
-            {"ts": now, "version": version, "runtime_ms": yi, "q": qi, "trace": t}
-            for t, yi, qi in zip(traces, y.tolist(), q.tolist())
+            {"ts": now, "i": i, "version": version, "runtime_ms": yi, "q": qi, "trace": t}
+            for i, (t, yi, qi) in enumerate(zip(traces, y.tolist(), q.tolist()))
         ])
         if appended is None:
             return
         state = self._state(identity)
         with state.lock:
-            self._sync(identity, state, appended, (version, np.asarray(y, dtype=np.float64), np.asarray(q, dtype=np.float64)))
+            self._sync(identity, state, appended, (version, np.asarray(y, dtype=np.float64), np.asarray(q, dtype=np.float64),
+                                                   np.full(len(y), now), np.arange(len(y))))
 
     def report(self, identity: ModelIdentity, version: int) -> dict[str, Any]:
         state = self._state(identity)

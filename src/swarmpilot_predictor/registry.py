@@ -26,7 +26,8 @@ import numpy as np
 import orjson
 
 from .atomic import atomic_file, atomic_write_bytes, read_regular, remove_stale_temps, temp_beside
-from .errors import AmbiguousModel, ModelNotFound, ModelUnreadable, NotFound, StorageError, VersionConflict, writing
+from .errors import (AmbiguousModel, InvalidInput, ModelNotFound, ModelUnreadable, NotFound, StorageError,
+                     VersionConflict, writing)
 from .features import FeatureSchema
 from .identity import IdentityPattern, ModelIdentity
 from .modeling import QuantileModel
@@ -491,6 +492,12 @@ class ModelRegistry:
                     (model_dir / _lock_file(version)).unlink(missing_ok=True)
                     raise VersionConflict(f"version {newer} of {meta.identity.key} was stored (or is being stored) "
                                           f"after version {after}")
+            other = self._other_identity_in(model_dir, meta.identity)
+            if other is not None:
+                (model_dir / _lock_file(version)).unlink(missing_ok=True)
+                raise InvalidInput(f"model {meta.identity.key} cannot be stored: its directory {model_dir.name} holds "
+                                   f"the model {other.key}, whose name hashes alike (a part holding the character "
+                                   "\\x1f); change a part of the name", field="model")
             meta.version = version
             try:
                 body = orjson.dumps(model.to_json(), option=orjson.OPT_SERIALIZE_NUMPY)
@@ -572,6 +579,20 @@ class ModelRegistry:
                 version += 1
                 continue
             return version
+
+    @staticmethod
+    def _other_identity_in(model_dir: Path, identity: ModelIdentity) -> ModelIdentity | None:
+        """Another identity whose versions are stored in ``model_dir``: two identities whose
+        parts hold the separator of the directory name's hash (``('a\\x1fb', 'c')`` and
+        ``('a', 'b\\x1fc')``) share it, and one's delete would delete the other's logs."""
+        for entry in os.scandir(model_dir):
+            if entry.name.endswith(".meta.json") and entry.is_file(follow_symlinks=False):
+                try:
+                    stored = ModelVersion.from_json(orjson.loads(read_regular(Path(entry.path)))).identity
+                except (OSError, ValueError):
+                    continue
+                return None if stored == identity else stored
+        return None
 
     def training_data(self, identity: ModelIdentity, version: int) -> tuple[np.ndarray, np.ndarray] | None:
         """The encoded training rows of a version, if they were stored and are readable (no pickle allowed)."""
