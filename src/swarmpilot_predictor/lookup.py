@@ -59,7 +59,7 @@ from scipy.special import ndtri
 from .atomic import atomic_file, remove_stale_temps, temp_beside
 from .errors import InvalidInput, NotFound, PredictorError, shown, storage_error
 from .features import FIRST_OF_SHAPE, stated_flag
-from .identity import IDENTITY_KEYS, IdentityPattern, join_key, names_part, stated_keys
+from .identity import IDENTITY_KEYS, IdentityPattern, join_key, names_part
 from .schemas import RenderedPredictions
 from .traces import (
     ID_KEYS,
@@ -521,6 +521,11 @@ class _Group:
         return join_key(self.identity)
 
 
+# Keys through which a trace names its model: the identity fields, also inside SwarmPilot's
+# structured form.
+_NAMING_KEYS = frozenset(IDENTITY_KEYS) | {"input_feature"}
+
+
 @dataclass
 class LookupResult:
     """Per trace: the matched row (-1 when none), how it matched, the distance, or why not."""
@@ -728,7 +733,11 @@ class LookupTable:
         alone. Identity fields a trace states pick among the table's identities.
         """
         rows = traces if isinstance(traces, list) else list(traces)
-        if stated_keys(rows) or any(t.__class__ is dict and "input_feature" in t for t in rows):
+        try:
+            keys = set().union(*rows)  # one pass in C over every trace's keys
+        except TypeError:  # a trace that is not an object (its error is the match's to give)
+            keys = set().union(*(t for t in rows if t.__class__ is dict))
+        if not _NAMING_KEYS.isdisjoint(keys):
             return self._lookup_by_stated_identity(rows, pattern)
         return self._lookup(rows, self.groups_for(pattern))
 
