@@ -146,6 +146,7 @@ def test_models_lists_trained_models(trained):
 
 
 def test_models_on_an_empty_data_directory(data):
+    data.mkdir()
     assert json_out(invoke("models", "--data-dir", data, "--json")) == []
 
 
@@ -210,6 +211,8 @@ def test_predict_a_trace_file(tmp_path, trained, suffix):
     ("llm/*/TPU/*/*", '{"input_tokens": 1, "output_tokens": 1}', "no trained model matches llm/*/TPU/*/*"),
     ("llm/only-three/parts", '{"input_tokens": 1}', "MODEL is five parts"),
     ("llm/*/*/*/*", "not json and not a file", "neither a file nor a JSON"),
+    # A mistyped '//' would widen the match to any value.
+    ("llm//*/*/*", '{"input_tokens": 1}', "MODEL's model_name is empty: name it, or write '*' for any"),
 ])
 def test_predict_errors_are_reported(trained, model, trace, message):
     result = invoke("predict", model, trace, "--data-dir", trained, ok=False)
@@ -348,6 +351,41 @@ def test_an_unreachable_service_is_one_line(tmp_path, command):
     args = {"predict": ["llm/*/*/*/*", '{"input_tokens": 5}'], "models": [], "train": [str(cfg)]}[command]
     result = runner.invoke(cli.app, [command, *args, "--url", "http://127.0.0.1:1"])
     assert "cannot reach the predictor at http://127.0.0.1:1" in one_error_line(result)
+
+
+def test_what_the_client_refuses_before_sending_is_one_line(tmp_path):
+    result = runner.invoke(cli.app, ["predict", "vision/ /*/*/*", "{}", "--url", "http://127.0.0.1:1"])
+    assert "model_name" in one_error_line(result) and result.exit_code == 1
+
+
+@pytest.mark.parametrize("command", ["predict", "models", "table"])
+def test_a_mistyped_data_directory_is_an_error_not_an_empty_one(tmp_path, command):
+    missing = tmp_path / "typo"
+    traces = tmp_path / "t.jsonl"
+    traces.write_bytes(orjson.dumps({"input_tokens": 1, "output_tokens": 2}))
+    args = {"predict": ["llm/*/*/*/*", str(traces)], "models": [], "table": ["llm/*/*/*/*", str(traces)]}[command]
+    result = runner.invoke(cli.app, [command, *args, "--data-dir", str(missing)])
+    assert f"data directory {missing} does not exist" in one_error_line(result)
+    assert not missing.exists()
+
+
+def test_a_trace_file_that_cannot_be_read_is_one_line(tmp_path, trained, monkeypatch):
+    # Unreadable for the user (a test run as root reads any file: the error is injected).
+    from swarmpilot_predictor import traces as traces_module
+
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(orjson.dumps({"input_tokens": 1, "output_tokens": 2}))
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(traces_module, "open_trace_file", refuse)
+    result = runner.invoke(cli.app, ["predict", "llm/*/*/*/*", str(path), "--data-dir", str(trained)])
+    assert "t.jsonl: cannot read it (Permission denied)" in one_error_line(result)
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(yaml.safe_dump({"model": IDENTITY, "traces": "t.jsonl", "algorithm": "linear"}))
+    result = runner.invoke(cli.app, ["train", str(cfg), "--data-dir", str(trained)])
+    assert "traces file 't.jsonl' cannot be read (Permission denied)" in one_error_line(result)
 
 
 def test_arguments_that_are_not_utf8_are_one_line_over_http_too(tmp_path):

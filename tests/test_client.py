@@ -527,9 +527,12 @@ def test_an_answer_that_is_not_the_services_is_a_client_error():
     for reply in (page, wrong):
         with RawServer(reply) as srv, PredictorClient(srv.url, retries=0) as client:
             calls = [lambda: client.predict_single(IDENTITY, {"input_tokens": 1}), client.cache_stats,
-                     lambda: client.get_model(IDENTITY), client.list_tables, lambda: client.wait_for_job("abc", timeout=1)]
+                     lambda: client.get_model(IDENTITY), client.list_tables, lambda: client.wait_for_job("abc", timeout=1),
+                     lambda: client.generate_table(IDENTITY, b'{"input_tokens": 1}\n'),
+                     lambda: client.download_table("t.json"), client.metrics]
             if reply is wrong:
-                calls = [calls[0], calls[2], calls[3], calls[4]]  # {"ok": true} is a fine cache_stats answer
+                # {"ok": true} is a fine cache_stats answer, and a JSON table file or metrics text is not checked.
+                calls = [calls[0], calls[2], calls[3], calls[4], calls[5]]
             for call in calls:
                 with pytest.raises(PredictorClientError) as err:
                     call()

@@ -43,12 +43,24 @@ def _settings(data_dir: Optional[Path], flags: dict[str, str] | None = None) -> 
         _fail(settings_problem(exc, flags))
 
 
-def _service(data_dir: Optional[Path]):
-    """The service on a local data directory, or a clear error if it cannot be used."""
+def _service(data_dir: Optional[Path], existing: bool = False):
+    """The service on a local data directory, or a clear error if it cannot be used.
+
+    ``existing``: for commands that read models, the directory must be there already: a
+    mistyped ``--data-dir`` would otherwise be created, empty, and read as "no models".
+    """
     from .service import PredictorService
 
+    settings = _settings(data_dir)
+    if existing:
+        try:
+            settings.data_dir.stat()
+        except FileNotFoundError:
+            _fail(f"data directory {settings.data_dir} does not exist (train a model into it first, or give --url)")
+        except OSError:
+            pass  # unusable otherwise (a file on its path, say): the service says how
     try:
-        return PredictorService(_settings(data_dir))
+        return PredictorService(settings)
     except PredictorError as exc:
         _fail(exc.message)
 
@@ -78,6 +90,8 @@ def _remote(url: str) -> Iterator[Any]:
     except UnicodeError as exc:  # an argument of bytes that are not UTF-8 (a name, the URL): no request can carry it
         bad = ascii(exc.object[exc.start:exc.end]) if isinstance(exc, UnicodeEncodeError) else str(exc)
         _fail(f"an argument holds {bad}, which is not UTF-8 text: it cannot be sent to {ascii(url)}")
+    except ValueError as exc:  # what the client refuses before sending (an identity part of blanks, say)
+        _fail(str(exc))
 
 
 def _levels_arg(quantiles: Optional[str]) -> Optional[list[float]]:
@@ -258,6 +272,11 @@ def _parse_key(model: str) -> IdentityPattern:
     parts = model.split("/")
     if len(parts) != 5:
         _fail("MODEL is five parts: model_type/model_name/hardware/software_name/software_version ('*' for any)")
+    empty = [name for name, p in zip(("model_type", "model_name", "hardware", "software_name", "software_version"), parts)
+             if not p]
+    if empty:
+        # A mistyped '//' would otherwise widen the match to any value, with no warning.
+        _fail(f"MODEL's {', '.join(empty)} is empty: name it, or write '*' for any")
     # Segments may be URL-encoded as in the HTTP API, so 'Qwen%2FQwen2.5-7B' can name a model.
     return IdentityPattern.from_segments(*(unquote(p) for p in parts))
 
@@ -280,6 +299,8 @@ def _read_trace_arg(trace: str) -> list[dict[str, Any]]:
             return list(iter_trace_file(path))
         except TraceError as exc:
             _fail(str(exc))
+        except OSError as exc:  # unreadable (permissions), or gone since it was looked at
+            _fail(f"{trace}: cannot read it ({exc.strerror or exc})")
     try:
         data = orjson.loads(trace)
     except orjson.JSONDecodeError:
@@ -309,7 +330,7 @@ def predict(
             body = client.predict_batch(pattern.as_tuple(), traces, confidence_level=confidence_level, quantiles=levels,
                                         shared_factor=shared_factor).model_dump()
     else:
-        service = _service(data_dir)
+        service = _service(data_dir, existing=True)
         try:
             body = service.predict(pattern, traces, confidence_level, levels, with_total=True,
                                    shared_factor=shared_factor).batch_response()
@@ -350,7 +371,7 @@ def models(data_dir: Optional[Path] = DataDirOpt, url: Optional[str] = UrlOpt, a
         with _remote(url) as client:
             entries = client.list_models_raw()
     else:
-        service = _service(data_dir)
+        service = _service(data_dir, existing=True)
         try:
             entries = service.list_models()
         except PredictorError as exc:
@@ -396,7 +417,7 @@ def table_cmd(
         if output and ("/" in output or os.sep in output):
             out_path = Path(output)
             name = None
-        service = _service(data_dir)
+        service = _service(data_dir, existing=True)
         total = _count_records(trace_file)
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} traces" if total else "{task.completed:,} traces"),
                       TimeElapsedColumn(), console=err_console, transient=True,

@@ -181,6 +181,7 @@ class _Request:
     idempotent: bool = field(default=False)
     raw: bool = False  # answer is text, not JSON
     binary: bool = False  # answer is a file's bytes (table downloads)
+    require: tuple[str, ...] = ()  # keys a JSON object answer must hold
     timeout: float | None = None  # replaces the client's timeout (a table generation's own)
     timeout_at_least: float | None = None  # the client's timeout, but never less (a synchronous /train)
 
@@ -373,7 +374,7 @@ class _Calls:
             form["format"] = format
         return _Request("POST", "/predict/table/" + "/".join(identity_segments(identity)),
                         files=[("trace_file", (name, data, "application/octet-stream"))], data=form, timeout=timeout,
-                        timeout_at_least=_TABLE_TIMEOUT)
+                        timeout_at_least=_TABLE_TIMEOUT, require=("status", "table_name", "rows"))
 
     @staticmethod
     def list_tables() -> _Request:
@@ -427,10 +428,11 @@ class _Calls:
 
     @staticmethod
     def parse(req: _Request, response: httpx.Response) -> Any:
-        if req.binary and response.status_code < 400:
-            return response.content
-        if req.raw and response.status_code < 400:
-            return response.text
+        if (req.binary or req.raw) and response.status_code < 400:
+            # A proxy's or a login page's HTML is not a table nor metrics; the service never sends HTML there.
+            if response.headers.get("content-type", "").lower().startswith("text/html"):
+                raise _unexpected(response, "an HTML page")
+            return response.content if req.binary else response.text
         try:
             body = orjson.loads(response.content) if response.content else None
         except orjson.JSONDecodeError:
@@ -455,6 +457,9 @@ class _Calls:
                 raise _unexpected(response, str(exc).splitlines()[0]) from exc
         if not isinstance(body, (dict, list)):
             raise _unexpected(response, "not a JSON object")
+        missing = [k for k in req.require if not isinstance(body, dict) or k not in body]
+        if missing:
+            raise _unexpected(response, f"no {', '.join(map(repr, missing))} in it")
         return body
 
     @staticmethod

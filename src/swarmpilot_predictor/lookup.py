@@ -1948,7 +1948,7 @@ def generate_table(
     except OSError as exc:  # reading the traces raises TraceError: this is the table's own file
         if writer is not None:
             writer.abort()
-        raise storage_error(exc, f"lookup table {out_path.name}") from exc
+        raise storage_error(exc, f"lookup table {out_path.name}", f"in {out_path.parent}") from exc
     except BaseException:
         if writer is not None:
             writer.abort()

@@ -100,6 +100,9 @@ class Trainer:
             return TraceTable.from_file(path, progress=progress)
         except TraceError as exc:
             raise InvalidInput(str(exc), field="traces") from None
+        except OSError as exc:  # a file the service may not read (permissions), or one gone meanwhile
+            raise InvalidInput(f"traces file {shown(source if isinstance(source, str) else 'traces')} cannot be read "
+                               f"({exc.strerror or exc})", field="traces") from None
 
     def train(self, config: TrainConfig, uploads: dict[str, Path] | None = None,
               progress: ProgressFn | None = None) -> dict[str, Any]:
