@@ -214,8 +214,8 @@ class RollingAccuracy:
     y: deque = field(default_factory=deque)
     q: deque = field(default_factory=deque)
     total: int = 0
-    # The last checkpoint's p-values per (alpha, min_observations) setting, computed when a
-    # report first asks after the checkpoint: (observations at the checkpoint, hits per level, n).
+    # The window as it stood at the last checkpoint: (observations then, hits per level, its size);
+    # the report's binomial tests are run on it.
     _checkpoint: tuple[int, np.ndarray, int] | None = field(default=None, repr=False)
     # /health and /models ask for every model's drift on each call: the report (eight
     # binomial tests) is computed once per change of the window, not per request.

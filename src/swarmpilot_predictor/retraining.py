@@ -430,7 +430,7 @@ class Retrainer:
         # Where the runtimes' level against the serving model clearly moved at one point, the
         # observations since then: the newest half alone still mixed in the old level when the
         # shift was less than half the observations ago (after 1,000 observations and 500 at
-        # 1.5x, the new version's median was 19% low).
+        # 1.5x, fresh runtimes came out 1.185 times the new version's medians).
         start = level_shift(np.log(fit_y) - np.log(current.model.predict_quantiles(fit_X, [0.5])[:, 0]))
         if start is not None and len(fit_y) - start != n_recent:
             observed["since the shift"] = (fit_X[start:], fit_y[start:], np.ones(len(fit_y) - start))
