@@ -739,7 +739,7 @@ class PredictorService:
                 log.warning("accuracy of %s not reported: %s", identity.key, exc)
                 continue
             # Every model is described, one without observations as not drifted (a new version's
-            # replace its predecessor's figures with none): the same in every process, before a
+            # figures, none yet, replace its predecessor's): the same in every process, before a
             # restart and after (a model never observed had the gauge only where it was trained).
             self.metrics.set_accuracy(identity.key, serving, report)
         # Lookup tables count predictions under "table:<name>": a deleted one's series go too.
