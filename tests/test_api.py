@@ -721,6 +721,35 @@ def test_a_client_that_leaves_before_the_answer_is_no_server_error(http, trained
     assert 'status="500"' not in text
 
 
+def test_a_client_that_leaves_while_sending_its_body_is_no_logged_error(tmp_path):
+    # /observe, /train and uploads read their bodies in the route: a departure there reached
+    # the catch-all handler, which logged two tracebacks per request as a server error.
+    with run_server(tmp_path / "data") as srv:
+        url = httpx.URL(srv.url)
+        part = ('--xyz\r\nContent-Disposition: form-data; name="trace_file"; filename="t.jsonl"\r\n\r\n'
+                '{"input_tokens": 1}\n')
+        routes = {"/observe": ("application/json", '{"x":'), "/train": ("application/json", '{"x":'),
+                  f"/predict/table/{SEGMENTS}": ("multipart/form-data; boundary=xyz", part)}
+        for path, (ctype, start) in routes.items():
+            with socket.create_connection((url.host, url.port)) as s:
+                s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+                          f"Content-Length: 100000\r\n\r\n{start}".encode())
+                time.sleep(0.05)
+        deadline = time.monotonic() + 10
+        while True:
+            text = httpx.get(srv.url + "/metrics").text
+            counted = sum(line.endswith(" 1.0") for line in text.splitlines()
+                          if line.startswith("predictor_http_requests_total{") and 'status="499"' in line)
+            if counted == 3:
+                break
+            assert time.monotonic() < deadline, text
+            time.sleep(0.05)
+        assert 'status="500"' not in text
+        srv.process.terminate()
+        out = srv.process.stdout.read().decode()
+    assert "Traceback" not in out and "unexpected error" not in out, out
+
+
 def test_random_malformed_requests_never_get_a_server_error(http, trained):
     # A seeded fuzz of every endpoint that takes input: wrong types, absurd numbers
     # (1e308 runtimes and features), odd names and paths. Every answer is a 2xx or a

@@ -805,3 +805,23 @@ def test_what_killed_writes_left_is_removed_at_start_once_old(tmp_path):
         os.utime(p, (time.time() - 3600, time.time() - 3600))
     PredictorService(settings).close()
     assert not any(p.exists() for p in old) and fresh.exists()
+
+
+def test_a_cold_model_can_be_loaded_before_the_prediction_that_needs_it(tmp_path):
+    # The HTTP routes predict on the event loop: a model not yet in memory is loaded in a
+    # thread first (is_cold, then load_if_cold), so that its load does not hold the loop.
+    trained = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    trained.train(config(make_llm_traces(150)))
+    trained.close()
+    fresh = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    try:
+        pattern = IdentityPattern.from_parts(IDENTITY)
+        assert fresh.is_cold(pattern) and fresh.registry.loaded_count == 0
+        assert fresh.load_if_cold(pattern) is True
+        assert not fresh.is_cold(pattern) and fresh.registry.loaded_count == 1
+        assert fresh.predict(pattern, [{"input_tokens": 10, "output_tokens": 5}]).ok.all()
+        # A pattern that names no model is not "cold": its error is the prediction's to give.
+        nothing = IdentityPattern.from_parts({**IDENTITY, "hardware": "TPU"})
+        assert fresh.is_cold(nothing) is False and fresh.load_if_cold(nothing) is False
+    finally:
+        fresh.close()

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 from threadpoolctl import threadpool_limits
@@ -52,7 +53,7 @@ from .schemas import (
     TrainResult,
     config_from_text,
 )
-from .metrics import MetricsMiddleware
+from .metrics import CLIENT_CLOSED, MetricsMiddleware
 from .service import PredictorService
 from .settings import PredictorSettings
 from .training import when_parent_dies
@@ -316,6 +317,14 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         msg, field = validation_message(exc)
         return error_response(422, msg, field)
 
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect):
+        # The client left while its body was read (/observe, /train, an upload): nothing went
+        # wrong here, and no one is there to answer. Not the server error (and two logged
+        # tracebacks) the catch-all below would make of it; /metrics counts it as 499.
+        log.info("client left during %s %s before its body was read", request.method, request.url.path)
+        return Response(status_code=CLIENT_CLOSED)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unexpected error on %s %s", request.method, request.url.path)
@@ -459,6 +468,8 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
             if stated_keys([req.trace]) or (isinstance(req.trace, dict) and "input_feature" in req.trace):
                 # Where the URL's '*' parts match several models, the trace's identity fields pick one.
                 pattern = service.resolve_for(pattern, [req.trace])
+            if service.is_cold(pattern):  # a model's first load takes seconds: not on the event loop
+                await run_in_threadpool(service.load_if_cold, pattern)
             pred = await batcher.predict(pattern, req.trace, req.confidence_level, req.quantiles)
         if not pred.ok[0]:
             raise InvalidInput(f"trace: {pred.errors[0]}", field="trace")
@@ -476,9 +487,12 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
             return service.predict(pattern, req.trace, req.confidence_level, req.quantiles, with_total=True,
                                    shared_factor=req.shared_factor).batch_response()
 
-        # A long batch takes tens of milliseconds to seconds: off the event loop, which
-        # keeps answering other requests (numpy releases the GIL for most of it).
-        return await run_in_threadpool(answer) if len(req.trace) > INLINE_BATCH_MAX else answer()
+        # A long batch takes tens of milliseconds to seconds, and a model's first load seconds:
+        # off the event loop, which keeps answering other requests (numpy releases the GIL
+        # for most of it).
+        if len(req.trace) > INLINE_BATCH_MAX or service.is_cold(pattern):
+            return await run_in_threadpool(answer)
+        return answer()
 
     _lean_route(app, "/predict/single/" + IDENTITY_PATH, predict_single, PredictSingleRequest,
                 SinglePredictionResponse, "Predict the runtime distribution of one task")

@@ -315,6 +315,29 @@ class PredictorService:
                                  f"{', '.join(names)}; specify more of the identity", extra={"candidates": names})
         return matches[0]
 
+    def load_if_cold(self, pattern: IdentityPattern) -> bool:
+        """Load the serving model ``pattern`` names if it is not in memory; whether it was.
+
+        For the HTTP routes, which predict on the event loop: a model's first load (the
+        LightGBM import, the file parsed) took 1.5 s, and every other request of the
+        worker, liveness probes included, waited for it. They call this in a thread when
+        :meth:`is_cold` says so. Errors (no such model) are left to the prediction.
+        """
+        try:
+            identity = self._resolve(pattern)
+            self.registry.load(identity)
+        except PredictorError:
+            return False
+        return True
+
+    def is_cold(self, pattern: IdentityPattern) -> bool:
+        """Whether predicting from ``pattern`` would load its model first (cheap: a lookup)."""
+        try:
+            identity = self._resolve(pattern)
+            return not self.registry.is_loaded(identity, self.registry.latest(identity).version)
+        except PredictorError:
+            return False
+
     def _resolve(self, pattern: IdentityPattern) -> ModelIdentity:
         """The one model ``pattern`` names, as the registry stands now (another worker may have changed it)."""
         self.registry.maybe_refresh()  # one stat() unless another process changed something
