@@ -144,3 +144,29 @@ def test_concurrent_single_predictions_are_batched_but_answered_as_if_alone(tmp_
         assert many.results.interval == pytest.approx(one.interval, rel=1e-6)
     assert isinstance(answers[-1], PredictorClientError) and answers[-1].status_code == 422
     assert "output_tokens" in answers[-1].message
+
+
+def test_a_batch_of_over_a_megabyte_is_answered_as_a_small_one(tmp_path):
+    # Parsed, predicted and written off the event loop, a few at a time: the same answer.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from urllib.parse import quote
+
+    path = "/".join(quote(part, safe="") for part in IDENTITY.values())
+    with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
+        client.train({"model": IDENTITY, "traces": make_llm_traces(200), "algorithm": "linear"})
+        traces = [{"input_tokens": 10 + i % 500, "output_tokens": 5 + i % 300} for i in range(30_000)]
+        small = httpx.post(f"{srv.url}/predict/batch/{path}", json={"trace": traces[:5]}, timeout=60).json()
+
+        def big(_):
+            r = httpx.post(f"{srv.url}/predict/batch/{path}", json={"trace": traces}, timeout=120)
+            assert r.status_code == 200 and len(r.request.content) > 1 << 20
+            return r.json()
+
+        with ThreadPoolExecutor(3) as pool:  # more than run at once: one waits its turn
+            answers = list(pool.map(big, range(3)))
+        for body in answers:
+            assert body["summary"]["success"] == 30_000 and len(body["results"]) == 30_000
+            assert body["results"][:5] == small["results"]
+            assert body["expect"] == answers[0]["expect"] > 0
+        assert httpx.get(f"{srv.url}/ping").status_code == 200
