@@ -490,8 +490,8 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     async def predict_batch(scope: dict[str, Any], body: bytes) -> dict[str, Any] | bytes:
         pattern = _identity_from(scope, 2)
         if len(body) > LARGE_BODY_BYTES:
-            # A batch of 100,000 traces takes a second to parse, predict and write out, and
-            # about 100 MB while it does: all of it off the event loop, which goes on answering
+            # A batch of 100,000 traces takes a second to parse, predict and write out, and much
+            # memory while it does: all of it off the event loop, which goes on answering
             # others, and only a few such batches at a time (the rest wait their turn).
             def whole() -> bytes:
                 return orjson.dumps(batch_answer(pattern, _parse_body(body, PredictBatchRequest)),
