@@ -67,8 +67,8 @@ MAX_CONFIG_BYTES = 64 * 1024 * 1024
 # about 10 ms; a shorter one costs less than the hop to a thread and back).
 INLINE_BATCH_MAX = 1000
 # A batch request body over this many bytes is parsed, predicted and answered off the event
-# loop, at most LARGE_BATCHES_AT_ONCE at a time (eight 100,000-trace batches at once took the
-# server from 160 MB to 984 MB).
+# loop, at most LARGE_BATCHES_AT_ONCE at a time (each holds its traces, distributions and
+# answer in memory: any number at once made the server's memory grow with them).
 LARGE_BODY_BYTES = 1 << 20
 LARGE_BATCHES_AT_ONCE = 2
 
