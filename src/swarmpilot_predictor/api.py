@@ -39,7 +39,7 @@ from threadpoolctl import threadpool_limits
 
 from . import __version__
 from .errors import InvalidInput, NotFound, PayloadTooLarge, PredictorError, shown, storage_error, validation_message, writing
-from .identity import IdentityPattern, stated_keys
+from .identity import IdentityPattern, names_a_model
 from .schemas import (
     BatchPredictionResponse,
     HealthResponse,
@@ -470,7 +470,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
             pred = await run_in_threadpool(service.predict, pattern, [req.trace], req.confidence_level, req.quantiles,
                                            lookup_table=True, lookup_table_name=req.lookup_table_name)
         else:
-            if stated_keys([req.trace]) or (isinstance(req.trace, dict) and "input_feature" in req.trace):
+            if names_a_model([req.trace]):
                 # Where the URL's '*' parts match several models, the trace's identity fields pick one.
                 pattern = service.resolve_for(pattern, [req.trace])
             if service.is_cold(pattern):  # a model's first load takes seconds: not on the event loop
@@ -565,6 +565,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
             finally:
                 fh.close()
 
+        # FileResponse's header, which cannot be had without FileResponse opening the path again.
         quoted = quote(name)
         disposition = (f'attachment; filename="{name}"' if quoted == name
                        else f"attachment; filename*=utf-8''{quoted}")

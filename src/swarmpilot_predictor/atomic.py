@@ -62,13 +62,24 @@ def regular_file_fd(path: Path | str) -> Iterator[int]:
     ran out. Raises ``NotRegularFile``, or another ``OSError`` (``FileNotFoundError`` when
     there is nothing there).
     """
+    fd = open_regular(path)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def open_regular(path: Path | str) -> int:
+    """:func:`regular_file_fd`'s descriptor, for a caller that closes it itself (a download
+    streamed after the request's handler returned)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise NotRegularFile(f"{path} is not a regular file")
-        yield fd
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
 
 
 def read_regular(path: Path | str, limit: int = -1) -> bytes:

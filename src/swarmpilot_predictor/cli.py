@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .errors import PredictorError, validation_message
-from .identity import IdentityPattern
+from .identity import IDENTITY_KEYS, IdentityPattern
 from .schemas import check_levels, config_from_text
 from .processes import alive, pid_space
 from .settings import METRICS_DIR, MULTIPROC_ENV, PredictorSettings, listen_problem, settings_problem, startup_problem
@@ -272,8 +272,7 @@ def _parse_key(model: str) -> IdentityPattern:
     parts = model.split("/")
     if len(parts) != 5:
         _fail("MODEL is five parts: model_type/model_name/hardware/software_name/software_version ('*' for any)")
-    empty = [name for name, p in zip(("model_type", "model_name", "hardware", "software_name", "software_version"), parts)
-             if not p]
+    empty = [name for name, p in zip(IDENTITY_KEYS, parts) if not p]
     if empty:
         # A mistyped '//' would otherwise widen the match to any value, with no warning.
         _fail(f"MODEL's {', '.join(empty)} is empty: name it, or write '*' for any")

@@ -24,6 +24,12 @@ def shown(value: Any) -> str:
     return _SHOWN.repr(value)
 
 
+def json_kind(value: Any) -> str:
+    """What a JSON value is, in JSON's words ("an array", "null"), for messages about a wrong type."""
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
 class PredictorError(Exception):
     status_code = 400
     headers: dict[str, str] = {}  # HTTP headers its answer carries

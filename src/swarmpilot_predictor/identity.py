@@ -59,6 +59,19 @@ def stated_keys(traces: list) -> frozenset[str]:
     return _IDENTITY_SET.intersection(set().union(*(t for t in traces if isinstance(t, dict))))
 
 
+_NAMING_KEYS = _IDENTITY_SET | {"input_feature"}
+
+
+def names_a_model(traces: list) -> bool:
+    """Whether any of these traces states an identity field, also inside SwarmPilot's
+    structured form (``input_feature``): one pass in C over every trace's keys."""
+    try:
+        keys = set().union(*traces)
+    except TypeError:  # a trace that is not an object (its error is the prediction's to give)
+        keys = set().union(*(t for t in traces if isinstance(t, dict)))
+    return not _NAMING_KEYS.isdisjoint(keys)
+
+
 def identity_conflicts(traces: list, identity: "ModelIdentity") -> list[str | None] | None:
     """Per trace, why the identity fields it states say it belongs to another model than
     ``identity`` (None where they do not); None for all when no trace states any."""

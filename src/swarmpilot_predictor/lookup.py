@@ -38,7 +38,6 @@ import logging
 import math
 import os
 import re
-import stat
 import struct
 import threading
 import time
@@ -56,10 +55,10 @@ import orjson
 from scipy.spatial import cKDTree
 from scipy.special import ndtri
 
-from .atomic import atomic_file, remove_stale_temps, temp_beside
+from .atomic import NotRegularFile, atomic_file, open_regular, remove_stale_temps, temp_beside
 from .errors import InvalidInput, NotFound, PredictorError, shown, storage_error
 from .features import FIRST_OF_SHAPE, stated_flag
-from .identity import IDENTITY_KEYS, IdentityPattern, join_key, names_part
+from .identity import IDENTITY_KEYS, IdentityPattern, join_key, names_a_model, names_part
 from .schemas import RenderedPredictions
 from .traces import (
     ID_KEYS,
@@ -521,11 +520,6 @@ class _Group:
         return join_key(self.identity)
 
 
-# Keys through which a trace names its model: the identity fields, also inside SwarmPilot's
-# structured form.
-_NAMING_KEYS = frozenset(IDENTITY_KEYS) | {"input_feature"}
-
-
 @dataclass
 class LookupResult:
     """Per trace: the matched row (-1 when none), how it matched, the distance, or why not."""
@@ -733,11 +727,7 @@ class LookupTable:
         alone. Identity fields a trace states pick among the table's identities.
         """
         rows = traces if isinstance(traces, list) else list(traces)
-        try:
-            keys = set().union(*rows)  # one pass in C over every trace's keys
-        except TypeError:  # a trace that is not an object (its error is the match's to give)
-            keys = set().union(*(t for t in rows if t.__class__ is dict))
-        if not _NAMING_KEYS.isdisjoint(keys):
+        if names_a_model(rows):
             return self._lookup_by_stated_identity(rows, pattern)
         return self._lookup(rows, self.groups_for(pattern))
 
@@ -1864,6 +1854,7 @@ def generate_table(
                                         + list(CSV_PREDICTION_COLUMNS) + q_header)
             if ok_rows:
                 good = [chunk[i] for i in ok_rows]
+                n_own = len(good)  # the traces' own records; added repeats follow them
                 Xg = X[ok_rows]
                 if flagged:
                     # A trace predicted as its shape's first run (by its timestamp) whose
@@ -1871,16 +1862,17 @@ def generate_table(
                     # model answers as a repeat: that answer is stored too (once per row of
                     # features), so that a lookup that states no flag finds it, as the model
                     # would answer. (A shape the model never saw has no repeat to store.)
-                    X0, _ = schema.matrix([{k: v for k, v in t.items() if k not in TIMESTAMP_KEYS} for t in good])
+                    firsts = np.flatnonzero(Xg[:, -1] == 1.0).tolist()
+                    X0, _ = schema.matrix([{k: v for k, v in good[i].items() if k not in TIMESTAMP_KEYS} for i in firsts])
                     extra = []
-                    for k in np.flatnonzero((Xg[:, -1] == 1.0) & (X0[:, -1] == 0.0)).tolist():
-                        row = X0[k].tobytes()
-                        if row not in repeats_stored:
+                    for j, i in enumerate(firsts):
+                        row = X0[j].tobytes()
+                        if X0[j, -1] == 0.0 and row not in repeats_stored:
                             repeats_stored.add(row)
-                            extra.append(k)
+                            extra.append((i, j))
                     if extra:
-                        Xg = np.concatenate([Xg, X0[extra]])
-                        good += [good[k] for k in extra]
+                        Xg = np.concatenate([Xg, X0[[j for _, j in extra]]])
+                        good += [good[i] for i, _ in extra]
                         added_repeats += len(extra)
                 dist = model.predict_distribution(Xg)
                 q = dist.quantiles(levels).tolist()
@@ -1906,13 +1898,13 @@ def generate_table(
                         }
                         if first is not None:
                             rec["features"][FIRST_OF_SHAPE] = first[k]
-                        for idk in ID_KEYS if k < len(ok_rows) else ():  # an added repeat is no trace's
+                        for idk in ID_KEYS if k < n_own else ():  # an added repeat is no trace's
                             if idk in t:
                                 rec[idk] = t[idk]
                         try:
                             out.append(dumps_json(rec))
                         except TypeError as exc:  # a string with a lone surrogate, say (Python's json reads one)
-                            if k < len(ok_rows):  # (an added repeat fails with its trace, counted once)
+                            if k < n_own:  # (an added repeat fails with its trace, counted once)
                                 failed += 1
                                 if len(samples) < 5:
                                     samples.append(f"trace {seen - len(chunk) + ok_rows[k]}: cannot be written as JSON ({exc})")
@@ -1923,11 +1915,11 @@ def generate_table(
                         feats = [_csv_out(t.get(n)) for n in names]
                         if first is not None:
                             feats.append(int(first[k]))
-                        ids = [_csv_out(t.get(c)) if k < len(ok_rows) else None for c in id_cols]
+                        ids = [_csv_out(t.get(c)) if k < n_own else None for c in id_cols]
                         lo, hi = iv[k]
                         rows.append(feats + ids + identity_row + ["success", model_version, mean_l[k], std_l[k], confidence_level, lo, hi] + q[k])
                     for k, reason in writer.write(rows):  # type: ignore[union-attr]
-                        if k < len(ok_rows):
+                        if k < n_own:
                             failed += 1
                             if len(samples) < 5:
                                 samples.append(f"trace {seen - len(chunk) + ok_rows[k]}: cannot be written as CSV ({reason})")
@@ -2159,19 +2151,15 @@ class LookupTableStore:
         whole, even if the table is regenerated (renamed over) or deleted meanwhile."""
         path = self.path_of(name)
         try:
-            # Non-blocking: a FIFO put in its place since path_of looked must not hang the open.
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            # Checked as every read of the data directory is: a FIFO put in its place since
+            # path_of looked must not hang the open.
+            fd = open_regular(path)
         except FileNotFoundError:
             raise NotFound(f"lookup table {shown(name)} not found: it was deleted", field="name") from None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise NotFound(f"lookup table {shown(name)} is not a regular file", field="name")
-            os.set_blocking(fd, True)
-            return os.fdopen(fd, "rb"), st.st_size
-        except BaseException:
-            os.close(fd)
-            raise
+        except NotRegularFile:
+            raise NotFound(f"lookup table {shown(name)} is not a regular file", field="name") from None
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb"), os.fstat(fd).st_size
 
     def get(self, name: str | None, field: str = "lookup_table_name") -> LookupTable:
         if name is None:

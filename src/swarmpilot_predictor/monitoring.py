@@ -371,7 +371,7 @@ class AccuracyMonitor:
                                               np.array([r.get("i", 0) for r in rs], dtype=np.int64))
 
     def _sync(self, identity: ModelIdentity, state: _Followed, own: Appended | None = None,
-              own_records: tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
+              own_records: list[dict[str, Any]] | None = None) -> None:
         """Take in what was appended to ``identity``'s log since the last look (``state.lock`` held).
 
         ``own`` is this process's append just made, whose records (``own_records``) are
@@ -394,8 +394,7 @@ class AccuracyMonitor:
             if own is not None and own.name == name and own.inode == inode:
                 if own.start > offset:  # another worker's records first
                     self._add(state, self.log.read_span(path, inode, offset, own.start)[0])
-                version, y, q, ts, index = own_records
-                self._tracker(state, version).add(y, q, ts, index)
+                self._add(state, own_records)
                 offset, own = own.end, None
             if st.st_size > offset:
                 records, offset = self.log.read_span(path, inode, offset)
@@ -404,8 +403,7 @@ class AccuracyMonitor:
         for name in [n for n in state.cursor if n not in seen]:
             del state.cursor[name]
         if own is not None and own_records is not None:  # its file was rotated away before this look
-            version, y, q, ts, index = own_records
-            self._tracker(state, version).add(y, q, ts, index)
+            self._add(state, own_records)
 
     @staticmethod
     def _files(state: _Followed) -> list[tuple[str, str]]:
@@ -431,16 +429,14 @@ class AccuracyMonitor:
 
     def record(self, identity: ModelIdentity, version: int, traces: list[dict[str, Any]], y: np.ndarray, q: np.ndarray) -> None:
         now = time.time()
-        appended = self.log.append(identity, [
-            {"ts": now, "i": i, "version": version, "runtime_ms": yi, "q": qi, "trace": t}
-            for i, (t, yi, qi) in enumerate(zip(traces, y.tolist(), q.tolist()))
-        ])
+        records = [{"ts": now, "i": i, "version": version, "runtime_ms": yi, "q": qi, "trace": t}
+                   for i, (t, yi, qi) in enumerate(zip(traces, y.tolist(), q.tolist()))]
+        appended = self.log.append(identity, records)
         if appended is None:
             return
         state = self._state(identity)
         with state.lock:
-            self._sync(identity, state, appended, (version, np.asarray(y, dtype=np.float64), np.asarray(q, dtype=np.float64),
-                                                   np.full(len(y), now), np.arange(len(y))))
+            self._sync(identity, state, appended, records)
 
     def report(self, identity: ModelIdentity, version: int) -> dict[str, Any]:
         state = self._state(identity)

@@ -27,7 +27,7 @@ import orjson
 
 from .atomic import atomic_file, atomic_write_bytes, read_regular, remove_stale_temps, temp_beside
 from .errors import (AmbiguousModel, InvalidInput, ModelNotFound, ModelUnreadable, NotFound, StorageError,
-                     VersionConflict, writing)
+                     VersionConflict, json_kind, writing)
 from .features import FeatureSchema
 from .identity import IdentityPattern, ModelIdentity
 from .modeling import QuantileModel
@@ -97,13 +97,13 @@ class ModelVersion:
         here, so that it cannot fail later, in a listing or a prediction of any model.
         """
         if not isinstance(d, dict):
-            raise ValueError(f"metadata must be a JSON object, got {_json_type(d)}")
+            raise ValueError(f"metadata must be a JSON object, got {json_kind(d)}")
         for name in ("identity", "version", "created_at", "target", "features", "quantiles", "algorithm", "family"):
             if name not in d:
                 raise ValueError(f"metadata lacks '{name}'")
         identity = d["identity"]
         if not isinstance(identity, dict) or not all(isinstance(v, str) for v in identity.values()):
-            raise ValueError(f"'identity' must be an object of strings, got {_json_type(identity)}")
+            raise ValueError(f"'identity' must be an object of strings, got {json_kind(identity)}")
         version = d["version"]
         if not isinstance(version, int) or isinstance(version, bool) or version < 0:
             raise ValueError(f"'version' must be a whole number, got {version!r}")
@@ -121,15 +121,15 @@ class ModelVersion:
         for name in ("params", "data", "metrics", "extra"):
             value = d.get(name, {})
             if not isinstance(value, dict):
-                raise ValueError(f"'{name}' must be an object, got {_json_type(value)}")
+                raise ValueError(f"'{name}' must be an object, got {json_kind(value)}")
             optional[name] = value
         rows = optional["data"].get("rows_used")
         if rows is not None and not (isinstance(rows, int) and not isinstance(rows, bool) and rows >= 0):
             # Summed over models in /models: one damaged file would fail every listing.
-            raise ValueError(f"'data.rows_used' must be a whole number, got {_json_type(rows)}")
+            raise ValueError(f"'data.rows_used' must be a whole number, got {json_kind(rows)}")
         data_hash = d.get("data_hash", "")
         if not isinstance(data_hash, str):
-            raise ValueError(f"'data_hash' must be a string, got {_json_type(data_hash)}")
+            raise ValueError(f"'data_hash' must be a string, got {json_kind(data_hash)}")
         try:
             features = FeatureSchema.from_json(d["features"])
         except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
@@ -580,19 +580,11 @@ class ModelRegistry:
                 continue
             return version
 
-    @staticmethod
-    def _other_identity_in(model_dir: Path, identity: ModelIdentity) -> ModelIdentity | None:
+    def _other_identity_in(self, model_dir: Path, identity: ModelIdentity) -> ModelIdentity | None:
         """Another identity whose versions are stored in ``model_dir``: two identities whose
         parts hold the separator of the directory name's hash (``('a\\x1fb', 'c')`` and
         ``('a', 'b\\x1fc')``) share it, and one's delete would delete the other's logs."""
-        for entry in os.scandir(model_dir):
-            if entry.name.endswith(".meta.json") and entry.is_file(follow_symlinks=False):
-                try:
-                    stored = ModelVersion.from_json(orjson.loads(read_regular(Path(entry.path)))).identity
-                except (OSError, ValueError):
-                    continue
-                return None if stored == identity else stored
-        return None
+        return next((m.identity for m in self._scan_dir(model_dir, {}) if m.identity != identity), None)
 
     def training_data(self, identity: ModelIdentity, version: int) -> tuple[np.ndarray, np.ndarray] | None:
         """The encoded training rows of a version, if they were stored and are readable (no pickle allowed)."""
@@ -659,11 +651,6 @@ class ModelRegistry:
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _json_type(v: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(v), "a number")
 
 
 def _model_file(version: int) -> str:

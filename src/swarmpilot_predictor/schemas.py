@@ -12,7 +12,7 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, ValidationInfo, field_validator
 
-from .errors import InvalidInput, shown
+from .errors import InvalidInput, json_kind, shown
 from .identity import IDENTITY_KEYS, identity_part_problem
 
 DEFAULT_QUANTILES = [0.25, 0.5, 0.75, 0.99]
@@ -65,19 +65,6 @@ class ModelPartsBody(ModelIdentityBody):
     software_version: str | None = Field(None, min_length=1, max_length=200)  # type: ignore[assignment]
 
 
-def _json_kind(v: Any) -> str:
-    """What a JSON value is, in JSON's words."""
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "a boolean"
-    if isinstance(v, (int, float)):
-        return "a number"
-    if isinstance(v, str):
-        return "a string"
-    return "an array" if isinstance(v, list) else "an object" if isinstance(v, dict) else type(v).__name__
-
-
 class TrainConfig(BaseModel):
     """What ``POST /train`` (and ``swarmpilot-predictor train``) takes."""
 
@@ -101,10 +88,10 @@ class TrainConfig(BaseModel):
         if isinstance(v, str):
             return v
         if not isinstance(v, list):
-            raise ValueError(f"must be a list of traces (JSON objects) or the name of a trace file, got {_json_kind(v)}")
+            raise ValueError(f"must be a list of traces (JSON objects) or the name of a trace file, got {json_kind(v)}")
         for i, trace in enumerate(v):
             if not isinstance(trace, dict):
-                raise ValueError(f"trace {i} must be a JSON object of fields, got {_json_kind(trace)}")
+                raise ValueError(f"trace {i} must be a JSON object of fields, got {json_kind(trace)}")
         return v
 
     @field_validator("quantiles")

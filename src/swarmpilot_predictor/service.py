@@ -333,7 +333,8 @@ class PredictorService:
     def is_cold(self, pattern: IdentityPattern) -> bool:
         """Whether predicting from ``pattern`` would load its model first (cheap: a lookup)."""
         try:
-            identity = self._resolve(pattern)
+            # The registry's cached answer: the prediction that follows looks for changes itself.
+            identity = self.registry.resolve(pattern)
             return not self.registry.is_loaded(identity, self.registry.latest(identity).version)
         except PredictorError:
             return False
