@@ -10,6 +10,7 @@ import pytest
 from swarmpilot_predictor.errors import PredictorError
 from swarmpilot_predictor.features import FeatureSchema
 from swarmpilot_predictor.identity import IdentityPattern, ModelIdentity
+from swarmpilot_predictor.monitoring import drift_checkpoints
 from swarmpilot_predictor.retraining import DecisionLog, level_shift, observation_matrix
 from swarmpilot_predictor.schemas import TrainConfig
 from swarmpilot_predictor.service import PredictorService
@@ -269,6 +270,12 @@ def test_auto_retrain_waits_for_new_evidence_after_a_decision(tmp_path):
     svc = _service(tmp_path, auto_retrain=True, retrain_min_observations=10_000, drift_min_observations=10)
     identity = svc.registry.resolve(IdentityPattern.from_parts(IDENTITY))
     traces = _shifted(60, 3.0, seed=50)
+    # Which observations are drift checkpoints depends on when they arrive: a clock under
+    # which the 25th is one makes the first batch a tested, drifted window every time.
+    y = np.array([t["runtime_ms"] for t in traces[:25]])
+    now = next(float(ts) for ts in range(1_800_000_000, 1_800_001_000)
+               if drift_checkpoints(y, np.full(25, float(ts)), np.arange(25))[24])
+    svc.monitor.clock = lambda: now
     first = svc.observe(IDENTITY, traces[:25])
     assert first["drifted"] is True and first["retraining_scheduled"] is True
     assert svc.retrainer._running[identity].result(timeout=60)["status"] == "skipped"

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import orjson
@@ -339,8 +339,12 @@ class AccuracyMonitor:
     own appends are counted from memory, not read back.
     """
 
-    def __init__(self, log_store: ObservationLog, window: int = 1000, alpha: float = 1e-3, min_observations: int = 30):
+    def __init__(self, log_store: ObservationLog, window: int = 1000, alpha: float = 1e-3, min_observations: int = 30,
+                 clock: Callable[[], float] = time.time):
         self.log = log_store
+        # Stamps each observation; the time picks the drift checkpoints, so a fixed clock
+        # makes which observations are checked reproducible.
+        self.clock = clock
         self.window = window
         self.alpha = alpha
         self.min_observations = min_observations
@@ -428,7 +432,7 @@ class AccuracyMonitor:
             return self._tracker(state, version)
 
     def record(self, identity: ModelIdentity, version: int, traces: list[dict[str, Any]], y: np.ndarray, q: np.ndarray) -> None:
-        now = time.time()
+        now = self.clock()
         records = [{"ts": now, "i": i, "version": version, "runtime_ms": yi, "q": qi, "trace": t}
                    for i, (t, yi, qi) in enumerate(zip(traces, y.tolist(), q.tolist()))]
         appended = self.log.append(identity, records)
