@@ -570,6 +570,9 @@ def test_requests_of_the_wrong_shape_are_refused_naming_the_field(trained_server
         (lambda c: c.observe(IDENTITY, {"runtime_ms": 3}), "traces"),
         (lambda c: c.get_model(IDENTITY, 1.9), "version"),
         (lambda c: c.accuracy(IDENTITY, version="2"), "version"),
+        (lambda c: c.train({"model": IDENTITY}, files=["traces.jsonl"]), "files"),
+        (lambda c: c.train({"model": IDENTITY}, files={"traces.jsonl": 7}), "files['traces.jsonl']"),
+        (lambda c: c.train_background([("model", IDENTITY)]), "config"),
     ]
     with PredictorClient(trained_server.url, transport=httpx.MockTransport(lambda r: sent.append(r))) as client:
         for call, field in cases:

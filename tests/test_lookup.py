@@ -365,6 +365,20 @@ def test_quantiles_at_other_levels_and_totals():
     assert one["total_quantiles"] == one["results"][0]["quantile_predictions"]
 
 
+def test_a_table_total_is_never_below_any_one_task():
+    # Two tasks of a right-skewed record (a rare slow run): the normal approximation's 5%
+    # point is below 0, and floored at 0 alone the queue's interval started below either
+    # task's own 5% quantile. The queue takes at least as long as each of its tasks.
+    skewed = {**record(0, levels=(0.05, 0.5, 0.95)), "quantile_predictions": [3.7, 5.0, 60.0], "expect": 12.0,
+              "error": 20.0}
+    table = LookupTable.from_records([skewed, {**skewed, "features": {"a": 2}}])
+    body = table.predict(None, [{"a": 1}, {"a": 1}], 0.9, [0.05, 0.5, 0.95], with_total=True).batch_response()
+    mu, sd = 24.0, math.sqrt(2) * 20.0
+    assert body["expect"] == mu and body["error"] == pytest.approx(sd)
+    assert body["total_interval"] == pytest.approx([3.7, mu + 1.6448536269514722 * sd])
+    assert body["total_quantiles"] == pytest.approx([3.7, mu, mu + 1.6448536269514722 * sd])
+
+
 # --------------------------------------------------------------------------- bad files and names
 
 

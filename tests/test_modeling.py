@@ -380,6 +380,18 @@ def test_a_few_runs_with_one_far_outlier_keep_their_tail_near_the_outlier():
     assert 1000 <= q[1] < 1100 and 1000 < q[2] < 2000
 
 
+def test_the_readme_example_of_five_runs_and_one_far_outlier():
+    # README, "A handful of rows with an outlier": the figures it gives.
+    y = np.array([4.8, 4.9, 5.0, 5.1, 5.2, 5000.0])
+    model = QuantileModel().fit(np.zeros((6, 0)), y)
+    q = model.predict_quantiles(np.zeros((1, 0)), (0.5, 0.9, 0.95, 0.99))[0]
+    assert q[0] == pytest.approx(5.05, abs=0.01)
+    assert q[1] == pytest.approx(5164, abs=1) and q[3] == pytest.approx(6361, abs=1)
+    assert q[2] < 10_000  # a slope through the jump to the outlier put it at the cap, 500,000 ms
+    mean, _ = model.predict_distribution(np.zeros((1, 0))).mean_std()
+    assert mean[0] == pytest.approx(822, abs=1)
+
+
 def test_the_median_of_a_few_runs_is_their_median():
     # Five runs, one far off: each row's score was taken around a location the outlier
     # pulled in half the folds, and the median fell below four of the five runs (7 ms).

@@ -13,6 +13,7 @@ import operator
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from os import PathLike
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote
@@ -308,9 +309,18 @@ class _Calls:
 
     @staticmethod
     def train(config: Mapping[str, Any] | TrainConfig, files: Mapping[str, Path | str | bytes] | None = None) -> _Request:
+        if not isinstance(config, (Mapping, TrainConfig)):
+            raise InvalidRequestError(f"config must be a mapping (or a TrainConfig), got {_shown(config)}", field="config")
         cfg = config.model_dump(exclude_none=True) if isinstance(config, TrainConfig) else dict(config)
         if not files:
             return _Request("POST", "/train", json={"config": cfg}, response=TrainResult, timeout_at_least=_TRAIN_TIMEOUT)
+        if not isinstance(files, Mapping):
+            raise InvalidRequestError(f"files must be a mapping of upload names to paths or bytes, such as "
+                                      f"{{'traces.jsonl': path}}, got {_shown(files)}", field="files")
+        for name, content in files.items():
+            if not isinstance(name, str) or not isinstance(content, (bytes, str, PathLike)):
+                raise InvalidRequestError(f"files[{name!r}] must be a path or bytes under a name (str), got "
+                                          f"{_shown(content)}", field=f"files[{name!r}]")
         parts = [("config", ("config.json", _dumps(cfg, "config"), "application/json"))]
         for name, content in files.items():
             data = content if isinstance(content, bytes) else Path(content).read_bytes()
