@@ -63,6 +63,21 @@ def llm_traces() -> list[dict]:
     return make_llm_traces()
 
 
+def clock_checking_at(runtimes, index: int, after: float | None = None):
+    """A fixed clock (for ``AccuracyMonitor.clock``) under which observation ``index`` of one
+    ``/observe`` batch with these runtimes is a drift checkpoint: which observations are
+    checkpoints depends on their time, so a test that needs a tested window at a given
+    count must not leave it to the wall clock. The time is after ``after`` (default: now),
+    so that the observations are newer than any model trained before."""
+    from swarmpilot_predictor.monitoring import drift_checkpoints
+
+    y = np.asarray(runtimes, dtype=np.float64)
+    start = int(time.time() if after is None else after) + 1
+    now = next(float(t) for t in range(start, start + 10_000)
+               if drift_checkpoints(y, np.full(len(y), float(t)), np.arange(len(y)))[index])
+    return lambda: now
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

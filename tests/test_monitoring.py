@@ -8,7 +8,7 @@ import orjson
 from swarmpilot_predictor.identity import ModelIdentity
 from swarmpilot_predictor.monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog, RollingAccuracy
 
-from .conftest import run_with_file_size_limit
+from .conftest import clock_checking_at, run_with_file_size_limit
 
 IDENT = ModelIdentity("llm", "m", "H100", "vllm", "0.4")
 
@@ -223,12 +223,13 @@ print(json.dumps({{"stored": {n}}}))
 def test_every_worker_sees_every_workers_observations(tmp_path):
     # Two workers (processes) on one data directory: what either observes counts for both,
     # however long each has followed the model.
+    slow, q_slow = _lognormal_quantiles(100, shift=4.0, seed=4)
     a = AccuracyMonitor(ObservationLog(tmp_path), min_observations=30)
-    b = AccuracyMonitor(ObservationLog(tmp_path), min_observations=30)
+    # Under this clock b's last observation is a drift checkpoint: a tested window of 110.
+    b = AccuracyMonitor(ObservationLog(tmp_path), min_observations=30, clock=clock_checking_at(slow, 99))
     y, q = _lognormal_quantiles(10, seed=3)
     a.record(IDENT, 1, [{"x": 1}] * 10, y, q)
     assert a.report(IDENT, 1)["observations"] == b.report(IDENT, 1)["observations"] == 10
-    slow, q_slow = _lognormal_quantiles(100, shift=4.0, seed=4)
     b.record(IDENT, 1, [{"x": 1}] * 100, slow, q_slow)
     ra, rb = a.report(IDENT, 1), b.report(IDENT, 1)
     assert ra["observations"] == rb["observations"] == 110

@@ -10,14 +10,13 @@ import pytest
 from swarmpilot_predictor.errors import PredictorError
 from swarmpilot_predictor.features import FeatureSchema
 from swarmpilot_predictor.identity import IdentityPattern, ModelIdentity
-from swarmpilot_predictor.monitoring import drift_checkpoints
 from swarmpilot_predictor.retraining import DecisionLog, level_shift, observation_matrix
 from swarmpilot_predictor.schemas import TrainConfig
 from swarmpilot_predictor.service import PredictorService
 from swarmpilot_predictor.settings import PredictorSettings
 from swarmpilot_predictor.traces import TraceTable
 
-from .conftest import IDENTITY, cold_start_traces, make_llm_traces, run_with_file_size_limit
+from .conftest import IDENTITY, clock_checking_at, cold_start_traces, make_llm_traces, run_with_file_size_limit
 
 
 def _service(tmp_path, **kw) -> PredictorService:
@@ -270,12 +269,9 @@ def test_auto_retrain_waits_for_new_evidence_after_a_decision(tmp_path):
     svc = _service(tmp_path, auto_retrain=True, retrain_min_observations=10_000, drift_min_observations=10)
     identity = svc.registry.resolve(IdentityPattern.from_parts(IDENTITY))
     traces = _shifted(60, 3.0, seed=50)
-    # Which observations are drift checkpoints depends on when they arrive: a clock under
-    # which the 25th is one makes the first batch a tested, drifted window every time.
-    y = np.array([t["runtime_ms"] for t in traces[:25]])
-    now = next(float(ts) for ts in range(1_800_000_000, 1_800_001_000)
-               if drift_checkpoints(y, np.full(25, float(ts)), np.arange(25))[24])
-    svc.monitor.clock = lambda: now
+    # A clock under which the 25th observation is a drift checkpoint: the first batch is a
+    # tested, drifted window every time (under the wall clock, one run in five had none).
+    svc.monitor.clock = clock_checking_at([t["runtime_ms"] for t in traces[:25]], 24)
     first = svc.observe(IDENTITY, traces[:25])
     assert first["drifted"] is True and first["retraining_scheduled"] is True
     assert svc.retrainer._running[identity].result(timeout=60)["status"] == "skipped"
@@ -300,7 +296,9 @@ def test_two_workers_agree_on_accuracy_drift_and_what_is_due(tmp_path):
     pattern = IdentityPattern.from_parts(IDENTITY)
     identity = a.registry.resolve(pattern)
     a.observe(IDENTITY, make_llm_traces(10, seed=60))
-    b.observe(IDENTITY, [{**t, "runtime_ms": 400.0 * 20} for t in make_llm_traces(100, seed=61)])
+    slow = [{**t, "runtime_ms": 400.0 * 20} for t in make_llm_traces(100, seed=61)]
+    b.monitor.clock = clock_checking_at([t["runtime_ms"] for t in slow], 99)  # a tested window of 110
+    b.observe(IDENTITY, slow)
     for svc in (a, b):
         acc = svc.accuracy(pattern)
         assert acc["observations"] == 110 and acc["drifted"] is True
