@@ -305,10 +305,15 @@ class Method:
 class ServiceModel(Method):
     name = "service"
     derived = True
+    # The derived first_of_shape column, which the service may answer with a model per value.
+    regime_column: int | None = None
 
     def fit(self, X, y, kinds, ncats):
-        self.model = QuantileModel(kinds, ncats).fit(X, y)
+        self.model = QuantileModel(kinds, ncats, regime_column=self.regime_column).fit(X, y)
         self.extra = f"{self.model.family_}, {self.model.cv_[self.model.family_].get('variant', '')}"
+        if self.model.regimes_ is not None:
+            self.extra = "split by first run: " + " / ".join(
+                f"{m.family_}, {m.cv_[m.family_].get('variant', '')}" for m in self.model.regimes_)
         return self
 
     def predict(self, X):
@@ -497,7 +502,7 @@ def split_set(ts: TraceSet) -> Split:
     Xt, yt, te = Xt[keep], yt[keep], te[keep]
     info = {"train_rows": len(y), "test_rows": len(yt), "features": schema.column_names,
             "trace_columns": len(schema.names), "dropped": report.columns_dropped,
-            "derived": report.columns_derived}
+            "derived": report.columns_derived, "regime_column": schema.regime_column}
     return Split(X, y, Xt, yt, schema.kinds, schema.n_categories,
                  ts.true_quantiles(te, LEVELS) if ts.true_quantiles is not None else None, info, te)
 
@@ -550,6 +555,8 @@ def evaluate(ts: TraceSet) -> tuple[list[Row], dict[str, Any]]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             t0 = time.perf_counter()
+            if isinstance(method, ServiceModel):
+                method.regime_column = info["regime_column"]
             method.fit(X[:, :c], y, kinds[:c], ncats[:c])
             fit_s = time.perf_counter() - t0
             method.predict(Xt[:5, :c])  # warm-up

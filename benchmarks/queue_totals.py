@@ -122,7 +122,7 @@ def real_coverage() -> None:
             # (README, "First runs of an input shape"): only a shape's first test task is cold.
             order = test.numeric(schema.history.order_field)[ok]
             Xt[:, -1] = schema.history.extend(Xt[:, :-1], order)[1]
-        model = QuantileModel(schema.kinds, schema.n_categories).fit(X, y)
+        model = QuantileModel(schema.kinds, schema.n_categories, regime_column=schema.regime_column).fit(X, y)
         # Whether the level of the runtimes held: all rows' measured total over the predicted one.
         levels = [float(ys.sum() / model.predict_distribution(Xs).mean_std()[0].sum()) for Xs, ys in ((X, y), (Xt, yt))]
         rng = np.random.default_rng(7)
@@ -151,7 +151,7 @@ def trained_on_the_past(name: str, features: list[str]) -> tuple[QuantileModel, 
     cut = int(round(0.7 * len(traces)))
     schema, X, y, _ = FeatureSchema.prepare_training(TraceTable.from_traces(traces[:cut]), features=features)
     Xt, _ = schema.matrix(traces[cut:])
-    return QuantileModel(schema.kinds, schema.n_categories).fit(X, y), Xt
+    return QuantileModel(schema.kinds, schema.n_categories, regime_column=schema.regime_column).fit(X, y), Xt
 
 
 def sampled_totals(seed: int = 3, sums: int = SUMS) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.special import ndtri
 
-from swarmpilot_predictor.distribution import RuntimeDistribution, ScoreDistribution, describe_one
+from swarmpilot_predictor.distribution import MixedDistribution, RuntimeDistribution, ScoreDistribution, describe_one
 
 
 def normal_score() -> ScoreDistribution:
@@ -587,3 +587,71 @@ def test_a_first_total_does_not_load_scipy_signal():
             "print('scipy.signal' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------- tasks of two models
+
+
+def first_runs_and_repeats(k_first: int, k_repeat: int, seed: int = 2) -> tuple[MixedDistribution, list[int]]:
+    """A queue of repeats (about 5 ms, a slight slow mode) and first runs of their shapes
+    (about 900 ms, or as fast as a repeat one time in three), each kind from a model of its
+    own, interleaved in the queue; and each task's kind."""
+    rng = np.random.default_rng(seed)
+    z_first = np.where(rng.random(3000) < 1 / 3, np.log(5.0 / 900.0), 0.0) + 0.2 * rng.standard_normal(3000)
+    first = RuntimeDistribution(np.log(rng.uniform(800, 1000, k_first)), np.ones(k_first),
+                                ScoreDistribution.from_scores(z_first), log_bounds=(np.log(0.01), np.log(1e5)))
+    repeat = rare_slow_mode(k_repeat, seed=seed, sizes=(4.0, 6.0))
+    kinds = rng.permutation(np.r_[np.zeros(k_repeat, dtype=np.int64), np.ones(k_first, dtype=np.int64)])
+    return MixedDistribution.of((repeat, first), kinds, 0.0), kinds.tolist()
+
+
+def test_a_mixed_batch_answers_each_task_from_its_own_model():
+    dist, kinds = first_runs_and_repeats(6, 9)
+    repeat, first = dist.parts
+    kinds = np.array(kinds)
+    levels = [0.05, 0.5, 0.95]
+    q = dist.quantiles(levels)
+    np.testing.assert_array_equal(q[kinds == 0], repeat.quantiles(levels))
+    np.testing.assert_array_equal(q[kinds == 1], first.quantiles(levels))
+    mean, std = dist.mean_std()
+    np.testing.assert_array_equal(mean[kinds == 1], first.mean_std()[0])
+    np.testing.assert_array_equal(std[kinds == 0], repeat.mean_std()[1])
+    # A subset keeps each task's answer, in the order asked for; a subset of one kind is that kind's.
+    rows = np.array([14, 0, 3, 7])
+    np.testing.assert_array_equal(dist.subset(rows).quantiles(levels), q[rows])
+    only_first = np.flatnonzero(kinds == 1)[:2]
+    assert isinstance(dist.subset(only_first), RuntimeDistribution)
+    assert len(dist.subset(np.array([], dtype=np.int64))) == 0
+
+
+@pytest.mark.parametrize("k_first, k_repeat", [(1, 1), (3, 20), (5, 200)])
+def test_the_total_of_first_runs_and_repeats_matches_monte_carlo(k_first, k_repeat):
+    # One convolution of every task's own distribution: how many first runs ran fast is a
+    # step of the total (a gap between modes), which the total keeps.
+    dist, _ = first_runs_and_repeats(k_first, k_repeat)
+    tot = dist.total()
+    mean, std = dist.mean_std()
+    assert tot.mean == pytest.approx(mean.sum()) and tot.std == pytest.approx(np.sqrt((std**2).sum()))
+    rng = np.random.default_rng(5)
+    u = rng.random((40_000, len(dist)))
+    samples = np.stack([dist.subset(np.array([i])).quantiles(u[:, i])[0] for i in range(len(dist))], axis=1).sum(axis=1)
+    levels = np.array([0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99])
+    assert off_in_probability(tot.quantiles(levels), levels, samples) <= 0.01
+    # Never below any one task's quantile.
+    assert np.all(tot.quantiles(levels) >= dist.quantiles(levels).max(axis=0) * (1 - 1e-12))
+
+
+def test_a_long_queue_whose_bins_hold_tasks_of_both_models_matches_monte_carlo():
+    # Tasks alike in mean and spread share a bin of the long-queue sum whichever model
+    # answered them: each is discretised by its own model and moved to the bin's mean.
+    a, b = rare_slow_mode(200, seed=11), rare_slow_mode(150, seed=12, scale=(0.8, 1.2))
+    kinds = np.random.default_rng(3).permutation(np.r_[np.zeros(200, dtype=np.int64), np.ones(150, dtype=np.int64)])
+    dist = MixedDistribution.of((a, b), kinds, 0.0)
+    rng = np.random.default_rng(8)
+    samples = np.zeros(40_000)
+    for part, n in ((a, 200), (b, 150)):
+        u = rng.random((40_000, n))
+        samples += np.exp(np.clip(part.location + part.scale * part.score.quantile(u.ravel()).reshape(u.shape),
+                                  *part.log_bounds)).sum(axis=1)
+    levels = np.array([0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99])
+    assert off_in_probability(dist.total().quantiles(levels), levels, samples) <= 0.01

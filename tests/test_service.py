@@ -25,7 +25,7 @@ from swarmpilot_predictor.service import PredictorService
 from swarmpilot_predictor.training import safe_child
 from swarmpilot_predictor.settings import PredictorSettings
 
-from .conftest import IDENTITY, cold_start_traces, make_llm_traces
+from .conftest import IDENTITY, autotuned_traces, cold_start_traces, make_llm_traces
 
 PATTERN = IdentityPattern.from_parts(IDENTITY)
 PROBE = [{"input_tokens": 500, "output_tokens": 20}, {"input_tokens": 500, "output_tokens": 400}]
@@ -587,6 +587,37 @@ def test_first_runs_of_an_input_shape_are_predicted_slow_and_repeats_fast(tmp_pa
     svc.close()
     again = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
     np.testing.assert_allclose(again.predict(PATTERN, probe, quantiles=[0.5]).quantiles[:, 0], median, rtol=1e-9)
+    again.close()
+
+
+def test_autotuned_first_runs_are_answered_by_a_model_of_their_own(tmp_path):
+    # A shape's first run takes what the autotuner takes, 700 to 1,200 ms whatever the
+    # shape (or as fast as a repeat): the first runs get their own model, chosen on held-out rows.
+    traces, _ = autotuned_traces(80, 2080, seed=1)
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    m = svc.train(config(traces, algorithm="auto"))["metrics"]
+    split = m["regime_split"]
+    assert split["split"] is True and split["column"] == 2 and split["rows"][1] == 80
+    assert split["pinball_loss"] < split["pooled_pinball_loss"]
+    probe = [{"batch_size": 1, "image_size": 128, "first_of_shape": True},
+             {"batch_size": 64, "image_size": 576, "first_of_shape": True},
+             {"batch_size": 64, "image_size": 576, "first_of_shape": False}]
+    median = np.array([svc.predict(PATTERN, [t], quantiles=[0.5]).quantiles[0, 0] for t in probe])  # one at a time
+    assert 700 < median[0] < 1200 and 700 < median[1] < 1200  # not scaled by the shape
+    assert median[2] == pytest.approx(0.003 * 64 * 576, rel=0.1)
+    batch = svc.predict(PATTERN, probe, quantiles=[0.5], with_total=True)
+    np.testing.assert_allclose(batch.quantiles[:, 0], median, rtol=1e-6)
+    assert batch.total["expect"] == pytest.approx(batch.mean.sum())
+    # A lookup table of first runs and repeats holds each one's own answer.
+    path = tmp_path / "probe.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(t) for t in probe))
+    assert svc.generate_table(PATTERN, path, 0.9, "probe.json")["rows"] == 3
+    table = svc.predict(PATTERN, probe, quantiles=[0.5], lookup_table=True, lookup_table_name="probe.json")
+    np.testing.assert_allclose([r["quantile_predictions"][0] for r in table.results()], median, rtol=1e-6)
+    svc.close()
+    again = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    np.testing.assert_array_equal(again.predict(PATTERN, probe, quantiles=[0.5]).quantiles[:, 0],
+                                  batch.quantiles[:, 0])
     again.close()
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -332,171 +332,37 @@ class ScoreDistribution:
         return cls(np.asarray(d["levels"], dtype=np.float64), np.asarray(d["values"], dtype=np.float64))
 
 
-@dataclass
-class RuntimeDistribution:
-    """The predicted runtime distributions of a batch of tasks (in ms)."""
+class TaskDistributions:
+    """What every batch of predicted task distributions offers: quantiles, intervals,
+    moments and the distribution of the batch's total.
 
-    location: np.ndarray  # m, per task, log-ms
-    scale: np.ndarray  # s, per task
-    score: ScoreDistribution
-    knots: tuple[float, ...] | None = None  # levels l_k of the shared Z where tasks' CDFs are given
-    cdf: np.ndarray | None = None  # (tasks, knots): F_i(Q(l_k)), strictly increasing along knots
-    # Quantiles are kept within these log-runtimes (the model's: 100x beyond its training
-    # extremes), so that a far tail extrapolated from a few wild rows stays finite and sane.
-    log_bounds: tuple[float, float] = LOG_BOUNDS
-    # The model's own uncertainty about the level of every runtime (log sd of a factor common
-    # to all tasks): nothing for one task, whose calibration holds it, but a queue's tasks
-    # share it, so it does not average out of their total.
-    shared_log_sd: float = 0.0
-    # The model's scale depends on the features: every task's moments are interpolated in
-    # log s (``describe_one`` does too), even where a batch's scales happen to be equal (one
-    # task, say), so that a task's answer never depends on the batch it came in.
-    scale_varies: bool = False
-    # Runtimes the training data repeated (sorted): a quantile that is one of them up to the
-    # rounding of exp(log y) is answered as it (see :func:`snap_to_atoms`).
-    atoms: np.ndarray | None = None
-    _moments: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False)
+    A subclass gives ``__len__``, ``subset``, ``quantiles``, ``moments``,
+    ``shared_log_sd`` and ``_node_values`` (its tasks discretised for a sum); the
+    interval, mean and standard deviation and the total follow from them here.
+    """
+
+    shared_log_sd: float
 
     def __len__(self) -> int:
-        return len(self.location)
+        raise NotImplementedError
 
-    def subset(self, rows: np.ndarray) -> "RuntimeDistribution":
-        return RuntimeDistribution(self.location[rows], self.scale[rows], self.score, self.knots,
-                                   None if self.cdf is None else self.cdf[rows], self.log_bounds, self.shared_log_sd,
-                                   self.scale_varies, self.atoms)
-
-    # ------------------------------------------------------------------ quantiles
-
-    def score_quantiles(self, levels: np.ndarray) -> np.ndarray:
-        """Quantiles of each task's ``Z`` at ``levels`` (the same for every task, or a row
-        per task): (tasks, levels)."""
-        levels = np.asarray(levels, dtype=np.float64)
-        if self.cdf is None:
-            if levels.ndim == 2:
-                return self.score.quantile(levels)
-            return np.broadcast_to(self.score.quantile(levels), (len(self), len(levels)))
-        F = self.cdf
-        n = len(F)
-        lk = np.asarray(self.knots)
-        Fp = np.concatenate([np.zeros((n, 1)), F, np.ones((n, 1))], axis=1)
-        lp = np.concatenate([[0.0], lk, [1.0]])
-        rows = np.arange(n)[:, None]
-        per_task = levels if levels.ndim == 2 else levels[None, :]
-        # The segment index, how many of a task's knots lie below the level: one search of
-        # all tasks' knots at once, each task's lifted clear of the others' (by 2 a row).
-        lift = 2.0 * np.arange(n)
-        idx = (np.searchsorted((F + lift[:, None]).ravel(), np.clip(per_task, 0.0, 1.0) + lift[:, None])
-               - (F.shape[1] * np.arange(n))[:, None])
-        idx = np.clip(idx, 0, F.shape[1])  # a NaN level searches past every row: its quantile is NaN
-        f0 = Fp[rows, idx]
-        f1 = Fp[rows, idx + 1]
-        frac = (per_task - f0) / np.maximum(f1 - f0, 1e-300)
-        u = lp[idx] + np.clip(frac, 0.0, 1.0) * (lp[idx + 1] - lp[idx])
-        return self.score.quantile(u.ravel()).reshape(n, levels.shape[-1])
+    def subset(self, rows: np.ndarray) -> "TaskDistributions":
+        raise NotImplementedError
 
     def quantiles(self, levels: np.ndarray | list[float]) -> np.ndarray:
-        """Runtime at each level, shape (tasks, levels); non-decreasing along levels."""
-        if self.cdf is None and len(levels) <= 64:
-            # One shared shape: Z's quantiles are the same for every task (and monotone in
-            # the level, so no sorting is needed); only location and scale vary.
-            z = self.score.quantile_at(tuple(float(v) for v in levels))
-            return snap_to_atoms(np.exp(np.clip(self.location[:, None] + self.scale[:, None] * z[None, :], *self.log_bounds)),
-                                 self.atoms)
-        levels = np.asarray(levels, dtype=np.float64)
-        order = np.argsort(levels)
-        z = self.score_quantiles(levels[order])
-        z = np.maximum.accumulate(z, axis=1)
-        q = np.exp(np.clip(self.location[:, None] + self.scale[:, None] * z, *self.log_bounds))
-        out = np.empty_like(q)
-        out[:, order] = q
-        return snap_to_atoms(out, self.atoms)
+        raise NotImplementedError
+
+    def moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def _node_values(self, rows: np.ndarray, atoms: int = _SUM_ATOMS, stratum: np.ndarray | None = None,
+                     strata: np.ndarray | None = None) -> list["_SumBlock"]:
+        raise NotImplementedError
 
     def interval(self, confidence_level: float) -> np.ndarray:
         """Central interval holding ``confidence_level`` of the mass, shape (tasks, 2)."""
         a = (1.0 - confidence_level) / 2.0
         return self.quantiles([a, 1.0 - a])
-
-    # ------------------------------------------------------------------ moments
-
-    def _segment_masses(self) -> np.ndarray:
-        if self.cdf is None:
-            return np.ones((len(self), 1))
-        n = len(self)
-        Fp = np.concatenate([np.zeros((n, 1)), self.cdf, np.ones((n, 1))], axis=1)
-        return np.diff(Fp, axis=1)
-
-    def moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Mean, variance, and third and fourth central moments per task."""
-        if self._moments is None:
-            self._moments = self._compute_moments()
-        return self._moments
-
-    def _compute_moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        moments = self._uncapped_moments()
-        capped = self._capped_rows()
-        if capped.any():
-            # Quantiles stop at the log bounds: so do the moments of these tasks.
-            for out, got in zip(moments, self.subset(capped)._capped_moments()):
-                out[capped] = got
-        return moments
-
-    def _capped_rows(self) -> np.ndarray:
-        """Tasks whose moments the log bounds change: their moment nodes (the observed
-        scores' range) reach past the upper bound, or more than a thousandth of their mass
-        lies below the lower one. Less than that below a floor 100x under the fastest
-        training runtime moves the mean by under a thousandth of it, and a low score that
-        reaches past the floor is common (one outlier among the training residuals) while
-        the exact moments cost a quadrature per task."""
-        z_low, z1 = _capping_scores(self.score)
-        lo, hi = self.log_bounds
-        m, s = self.location, self.scale
-        return (m + s * z1 > hi) | (m + s * z_low < lo)
-
-    def _capped_moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Moments by direct quadrature over the moment nodes, runtimes clipped to the log bounds."""
-        knots = self.knots if self.cdf is not None else ()
-        z, w, seg = self.score.segment_nodes(knots)
-        lk = np.concatenate([[0.0], np.asarray(knots, dtype=np.float64), [1.0]])
-        weights = (self._segment_masses() / np.diff(lk)[None, :])[:, seg] * w[None, :]  # (n, nodes)
-        x = np.exp(np.clip(self.location[:, None] + self.scale[:, None] * z[None, :], *self.log_bounds))
-        mean = np.einsum("nk,nk->n", weights, x)
-        d = x - mean[:, None]
-        d2 = d * d
-        return (mean, np.einsum("nk,nk->n", weights, d2), np.einsum("nk,nk->n", weights, d2 * d),
-                np.einsum("nk,nk->n", weights, d2 * d2))
-
-    def _uncapped_moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        n = len(self)
-        s = self.scale
-        if n and self.cdf is None and not self.scale_varies and s.min() == s.max():
-            # Shared shape and scale: the moments of exp(s (Z - z0)) are constants of the model.
-            mu, c2, c3, c4 = self.score.central_factors(float(s[0]))
-            base = np.exp(self.location + s * self.score.center())
-            return base * (1 + mu), base**2 * c2, base**3 * c3, base**4 * c4
-        knots = self.knots if self.cdf is not None else ()
-        lk = np.concatenate([[0.0], np.asarray(knots, dtype=np.float64), [1.0]])
-        global_mass = np.diff(lk)
-        weights = self._segment_masses() / global_mass[None, :]  # (n, segments)
-        s = self.scale
-        if n == 0:
-            e = np.zeros(0)
-            return e, e, e, e
-        if not self.scale_varies and np.all(s == s[0]):
-            per_seg = self.score.segment_moments(knots, float(s[0]))  # (segments, 4)
-            raw = weights @ per_seg  # raw moments of D, (n, 4)
-        else:
-            grid, table = self.score.segment_moment_table(knots)
-            t = (np.log(np.maximum(s, 1e-12)) - grid[0]) / _LOG_SCALE_STEP
-            i0 = np.clip(np.floor(t).astype(np.int64), 0, len(grid) - 2)
-            f = np.clip(t - i0, 0.0, 1.0)[:, None, None]
-            tab = table[i0] * (1 - f) + table[i0 + 1] * f  # (n, segments, 4)
-            raw = np.einsum("ns,nsj->nj", weights, tab) * (s[:, None] ** np.arange(1, 5)[None, :])
-        mu = raw[:, 0]
-        c2 = np.maximum(raw[:, 1] - mu**2, 0.0)
-        c3 = raw[:, 2] - 3 * mu * raw[:, 1] + 2 * mu**3
-        c4 = np.maximum(raw[:, 3] - 4 * mu * raw[:, 2] + 6 * mu**2 * raw[:, 1] - 3 * mu**4, 0.0)
-        base = np.exp(self.location + s * self.score.center())
-        return base * (1 + mu), base**2 * c2, base**3 * c3, base**4 * c4
 
     def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
         mean, var, _, _ = self.moments()
@@ -556,38 +422,6 @@ class RuntimeDistribution:
             return TotalDistribution(k1, k2, edges=edges, edge_cdf=at_edges, tasks=self, shared_log_sd=tau)
         return TotalDistribution(k1, k2, edges=edges, edge_cdf=at_edges, tasks=self)
 
-    def _node_values(self, rows: np.ndarray, atoms: int = _SUM_ATOMS, stratum: np.ndarray | None = None,
-                     strata: np.ndarray | None = None) -> "_SumBlock":
-        """These tasks' runtimes in the probability bins of ``_sum_nodes(atoms)``, each task
-        a row of its own: at each bin's middle, or, for a task of ``stratum`` (of
-        ``strata``), at the middle of that stratum of each bin."""
-        u, w, e = _sum_nodes(atoms)
-        # The middles of the outer bins of ``_SUM_ATOMS``: no level goes further into the
-        # tails, where a far tail extrapolated past the scores would stretch the grid.
-        reach = _sum_nodes()[0][[0, -1]]
-        part = self.subset(rows)
-        if stratum is not None:
-            z = part.score_quantiles(np.clip(e[None, :-1] + w[None, :] * ((stratum + 0.5) / strata)[:, None], *reach))
-        else:
-            # A bin across which some task's runtime jumps (the start of a rare slow mode)
-            # is split: its middle's value gave the slow mode up to a bin's mass too much
-            # or too little (a 100-task total's quantiles 0.03 off in probability, a
-            # 1000-task total's median 3% low). Strata do that for a bin's tasks.
-            z_edge = part.score_quantiles(np.clip(e, *reach))
-            rise = (np.diff(z_edge, axis=1) * part.scale[:, None]).max(axis=0)
-            jump = rise > _JUMP_LOG_RATIO
-            if jump.sum() > _JUMP_MAX_BINS:  # tasks whose slow modes start at many levels: the steepest
-                jump &= rise >= np.partition(rise, -_JUMP_MAX_BINS)[-_JUMP_MAX_BINS]
-            if jump.any():
-                start = np.concatenate([e[:-1][~jump], (e[:-1][jump][:, None] + w[jump][:, None]
-                                                         * np.arange(_JUMP_SPLIT) / _JUMP_SPLIT).ravel()])
-                order = np.argsort(start, kind="stable")
-                w = np.concatenate([w[~jump], np.repeat(w[jump] / _JUMP_SPLIT, _JUMP_SPLIT)])[order]
-                u = start[order] + w / 2
-            z = part.score_quantiles(np.clip(u, *reach))  # (tasks, nodes), non-decreasing: tails included
-        x = np.exp(np.clip(part.location[:, None] + part.scale[:, None] * z, *self.log_bounds))
-        return _SumBlock(u, w, x, np.arange(len(rows)))
-
     def _sum_rows(self, own: np.ndarray, binned: np.ndarray) -> "_SumRows":
         """The rows of the total's convolution: each task of ``own`` alone, ``binned`` by mean and spread.
 
@@ -598,7 +432,7 @@ class RuntimeDistribution:
         ``_SUM_ATOMS`` atoms or finer, for the cost of about one task in all. A bin of many
         tasks is represented by ``_BIN_SAMPLE`` of them, evenly spread over its tasks.
         """
-        blocks = [self._node_values(own)] if len(own) else []
+        blocks = self._node_values(own) if len(own) else []
         count = np.ones(len(own), dtype=np.int64)
         size = np.ones(len(own), dtype=np.int64)
         if len(binned):
@@ -629,10 +463,11 @@ class RuntimeDistribution:
             move = np.bincount(inv, weights=task_mean)[inv] / cnt[inv] - task_mean
             for a in np.unique(atoms[inv[kept]]):
                 sel = np.flatnonzero(kept & (atoms[inv] == a))
-                block = self._node_values(binned[sel], int(a), stratum[sel], members[inv[sel]])
-                block.x += move[sel][:, None]
-                block.row = len(own) + inv[sel]
-                blocks.append(block)
+                for block in self._node_values(binned[sel], int(a), stratum[sel], members[inv[sel]]):
+                    # A block's rows are, so far, its tasks' places in ``sel``.
+                    block.x += move[sel][block.row][:, None]
+                    block.row = len(own) + inv[sel][block.row]
+                    blocks.append(block)
             count = np.concatenate([count, cnt])
             size = np.concatenate([size, members])
         return _SumRows(blocks, count, size)
@@ -777,6 +612,274 @@ class RuntimeDistribution:
         return edges, c, G
 
 
+@dataclass
+class RuntimeDistribution(TaskDistributions):
+    """The predicted runtime distributions of a batch of tasks (in ms)."""
+
+    location: np.ndarray  # m, per task, log-ms
+    scale: np.ndarray  # s, per task
+    score: ScoreDistribution
+    knots: tuple[float, ...] | None = None  # levels l_k of the shared Z where tasks' CDFs are given
+    cdf: np.ndarray | None = None  # (tasks, knots): F_i(Q(l_k)), strictly increasing along knots
+    # Quantiles are kept within these log-runtimes (the model's: 100x beyond its training
+    # extremes), so that a far tail extrapolated from a few wild rows stays finite and sane.
+    log_bounds: tuple[float, float] = LOG_BOUNDS
+    # The model's own uncertainty about the level of every runtime (log sd of a factor common
+    # to all tasks): nothing for one task, whose calibration holds it, but a queue's tasks
+    # share it, so it does not average out of their total.
+    shared_log_sd: float = 0.0
+    # The model's scale depends on the features: every task's moments are interpolated in
+    # log s (``describe_one`` does too), even where a batch's scales happen to be equal (one
+    # task, say), so that a task's answer never depends on the batch it came in.
+    scale_varies: bool = False
+    # Runtimes the training data repeated (sorted): a quantile that is one of them up to the
+    # rounding of exp(log y) is answered as it (see :func:`snap_to_atoms`).
+    atoms: np.ndarray | None = None
+    _moments: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.location)
+
+    def subset(self, rows: np.ndarray) -> "RuntimeDistribution":
+        return RuntimeDistribution(self.location[rows], self.scale[rows], self.score, self.knots,
+                                   None if self.cdf is None else self.cdf[rows], self.log_bounds, self.shared_log_sd,
+                                   self.scale_varies, self.atoms)
+
+    # ------------------------------------------------------------------ quantiles
+
+    def score_quantiles(self, levels: np.ndarray) -> np.ndarray:
+        """Quantiles of each task's ``Z`` at ``levels`` (the same for every task, or a row
+        per task): (tasks, levels)."""
+        levels = np.asarray(levels, dtype=np.float64)
+        if self.cdf is None:
+            if levels.ndim == 2:
+                return self.score.quantile(levels)
+            return np.broadcast_to(self.score.quantile(levels), (len(self), len(levels)))
+        F = self.cdf
+        n = len(F)
+        lk = np.asarray(self.knots)
+        Fp = np.concatenate([np.zeros((n, 1)), F, np.ones((n, 1))], axis=1)
+        lp = np.concatenate([[0.0], lk, [1.0]])
+        rows = np.arange(n)[:, None]
+        per_task = levels if levels.ndim == 2 else levels[None, :]
+        # The segment index, how many of a task's knots lie below the level: one search of
+        # all tasks' knots at once, each task's lifted clear of the others' (by 2 a row).
+        lift = 2.0 * np.arange(n)
+        idx = (np.searchsorted((F + lift[:, None]).ravel(), np.clip(per_task, 0.0, 1.0) + lift[:, None])
+               - (F.shape[1] * np.arange(n))[:, None])
+        idx = np.clip(idx, 0, F.shape[1])  # a NaN level searches past every row: its quantile is NaN
+        f0 = Fp[rows, idx]
+        f1 = Fp[rows, idx + 1]
+        frac = (per_task - f0) / np.maximum(f1 - f0, 1e-300)
+        u = lp[idx] + np.clip(frac, 0.0, 1.0) * (lp[idx + 1] - lp[idx])
+        return self.score.quantile(u.ravel()).reshape(n, levels.shape[-1])
+
+    def quantiles(self, levels: np.ndarray | list[float]) -> np.ndarray:
+        """Runtime at each level, shape (tasks, levels); non-decreasing along levels."""
+        if self.cdf is None and len(levels) <= 64:
+            # One shared shape: Z's quantiles are the same for every task (and monotone in
+            # the level, so no sorting is needed); only location and scale vary.
+            z = self.score.quantile_at(tuple(float(v) for v in levels))
+            return snap_to_atoms(np.exp(np.clip(self.location[:, None] + self.scale[:, None] * z[None, :], *self.log_bounds)),
+                                 self.atoms)
+        levels = np.asarray(levels, dtype=np.float64)
+        order = np.argsort(levels)
+        z = self.score_quantiles(levels[order])
+        z = np.maximum.accumulate(z, axis=1)
+        q = np.exp(np.clip(self.location[:, None] + self.scale[:, None] * z, *self.log_bounds))
+        out = np.empty_like(q)
+        out[:, order] = q
+        return snap_to_atoms(out, self.atoms)
+
+    # ------------------------------------------------------------------ moments
+
+    def _segment_masses(self) -> np.ndarray:
+        if self.cdf is None:
+            return np.ones((len(self), 1))
+        n = len(self)
+        Fp = np.concatenate([np.zeros((n, 1)), self.cdf, np.ones((n, 1))], axis=1)
+        return np.diff(Fp, axis=1)
+
+    def moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Mean, variance, and third and fourth central moments per task."""
+        if self._moments is None:
+            self._moments = self._compute_moments()
+        return self._moments
+
+    def _compute_moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        moments = self._uncapped_moments()
+        capped = self._capped_rows()
+        if capped.any():
+            # Quantiles stop at the log bounds: so do the moments of these tasks.
+            for out, got in zip(moments, self.subset(capped)._capped_moments()):
+                out[capped] = got
+        return moments
+
+    def _capped_rows(self) -> np.ndarray:
+        """Tasks whose moments the log bounds change: their moment nodes (the observed
+        scores' range) reach past the upper bound, or more than a thousandth of their mass
+        lies below the lower one. Less than that below a floor 100x under the fastest
+        training runtime moves the mean by under a thousandth of it, and a low score that
+        reaches past the floor is common (one outlier among the training residuals) while
+        the exact moments cost a quadrature per task."""
+        z_low, z1 = _capping_scores(self.score)
+        lo, hi = self.log_bounds
+        m, s = self.location, self.scale
+        return (m + s * z1 > hi) | (m + s * z_low < lo)
+
+    def _capped_moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Moments by direct quadrature over the moment nodes, runtimes clipped to the log bounds."""
+        knots = self.knots if self.cdf is not None else ()
+        z, w, seg = self.score.segment_nodes(knots)
+        lk = np.concatenate([[0.0], np.asarray(knots, dtype=np.float64), [1.0]])
+        weights = (self._segment_masses() / np.diff(lk)[None, :])[:, seg] * w[None, :]  # (n, nodes)
+        x = np.exp(np.clip(self.location[:, None] + self.scale[:, None] * z[None, :], *self.log_bounds))
+        mean = np.einsum("nk,nk->n", weights, x)
+        d = x - mean[:, None]
+        d2 = d * d
+        return (mean, np.einsum("nk,nk->n", weights, d2), np.einsum("nk,nk->n", weights, d2 * d),
+                np.einsum("nk,nk->n", weights, d2 * d2))
+
+    def _uncapped_moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        n = len(self)
+        s = self.scale
+        if n and self.cdf is None and not self.scale_varies and s.min() == s.max():
+            # Shared shape and scale: the moments of exp(s (Z - z0)) are constants of the model.
+            mu, c2, c3, c4 = self.score.central_factors(float(s[0]))
+            base = np.exp(self.location + s * self.score.center())
+            return base * (1 + mu), base**2 * c2, base**3 * c3, base**4 * c4
+        knots = self.knots if self.cdf is not None else ()
+        lk = np.concatenate([[0.0], np.asarray(knots, dtype=np.float64), [1.0]])
+        global_mass = np.diff(lk)
+        weights = self._segment_masses() / global_mass[None, :]  # (n, segments)
+        s = self.scale
+        if n == 0:
+            e = np.zeros(0)
+            return e, e, e, e
+        if not self.scale_varies and np.all(s == s[0]):
+            per_seg = self.score.segment_moments(knots, float(s[0]))  # (segments, 4)
+            raw = weights @ per_seg  # raw moments of D, (n, 4)
+        else:
+            grid, table = self.score.segment_moment_table(knots)
+            t = (np.log(np.maximum(s, 1e-12)) - grid[0]) / _LOG_SCALE_STEP
+            i0 = np.clip(np.floor(t).astype(np.int64), 0, len(grid) - 2)
+            f = np.clip(t - i0, 0.0, 1.0)[:, None, None]
+            tab = table[i0] * (1 - f) + table[i0 + 1] * f  # (n, segments, 4)
+            raw = np.einsum("ns,nsj->nj", weights, tab) * (s[:, None] ** np.arange(1, 5)[None, :])
+        mu = raw[:, 0]
+        c2 = np.maximum(raw[:, 1] - mu**2, 0.0)
+        c3 = raw[:, 2] - 3 * mu * raw[:, 1] + 2 * mu**3
+        c4 = np.maximum(raw[:, 3] - 4 * mu * raw[:, 2] + 6 * mu**2 * raw[:, 1] - 3 * mu**4, 0.0)
+        base = np.exp(self.location + s * self.score.center())
+        return base * (1 + mu), base**2 * c2, base**3 * c3, base**4 * c4
+
+    # ------------------------------------------------------------------ sums
+
+    def _node_values(self, rows: np.ndarray, atoms: int = _SUM_ATOMS, stratum: np.ndarray | None = None,
+                     strata: np.ndarray | None = None) -> list["_SumBlock"]:
+        """These tasks' runtimes in the probability bins of ``_sum_nodes(atoms)``, each task
+        a row of its own: at each bin's middle, or, for a task of ``stratum`` (of
+        ``strata``), at the middle of that stratum of each bin."""
+        u, w, e = _sum_nodes(atoms)
+        # The middles of the outer bins of ``_SUM_ATOMS``: no level goes further into the
+        # tails, where a far tail extrapolated past the scores would stretch the grid.
+        reach = _sum_nodes()[0][[0, -1]]
+        part = self.subset(rows)
+        if stratum is not None:
+            z = part.score_quantiles(np.clip(e[None, :-1] + w[None, :] * ((stratum + 0.5) / strata)[:, None], *reach))
+        else:
+            # A bin across which some task's runtime jumps (the start of a rare slow mode)
+            # is split: its middle's value gave the slow mode up to a bin's mass too much
+            # or too little (a 100-task total's quantiles 0.03 off in probability, a
+            # 1000-task total's median 3% low). Strata do that for a bin's tasks.
+            z_edge = part.score_quantiles(np.clip(e, *reach))
+            rise = (np.diff(z_edge, axis=1) * part.scale[:, None]).max(axis=0)
+            jump = rise > _JUMP_LOG_RATIO
+            if jump.sum() > _JUMP_MAX_BINS:  # tasks whose slow modes start at many levels: the steepest
+                jump &= rise >= np.partition(rise, -_JUMP_MAX_BINS)[-_JUMP_MAX_BINS]
+            if jump.any():
+                start = np.concatenate([e[:-1][~jump], (e[:-1][jump][:, None] + w[jump][:, None]
+                                                         * np.arange(_JUMP_SPLIT) / _JUMP_SPLIT).ravel()])
+                order = np.argsort(start, kind="stable")
+                w = np.concatenate([w[~jump], np.repeat(w[jump] / _JUMP_SPLIT, _JUMP_SPLIT)])[order]
+                u = start[order] + w / 2
+            z = part.score_quantiles(np.clip(u, *reach))  # (tasks, nodes), non-decreasing: tails included
+        x = np.exp(np.clip(part.location[:, None] + part.scale[:, None] * z, *self.log_bounds))
+        return [_SumBlock(u, w, x, np.arange(len(rows)))]
+
+
+@dataclass
+class MixedDistribution(TaskDistributions):
+    """The distributions of a batch whose tasks different models answer (a model split by
+    regime: first runs of an input shape and repeats): ``parts[p]`` holds the tasks of
+    part ``p`` in the batch's order, ``part_of`` says each task's part and ``index`` its
+    place there. Quantiles and moments are each task's own; a total sums every task's own
+    discretisation, so a queue of first runs and repeats is one convolution."""
+
+    parts: tuple[RuntimeDistribution, ...]
+    part_of: np.ndarray
+    index: np.ndarray
+    shared_log_sd: float = 0.0
+
+    @classmethod
+    def of(cls, parts: tuple[RuntimeDistribution, ...], part_of: np.ndarray, shared_log_sd: float) -> "TaskDistributions":
+        """The batch whose task ``i`` is the next task of ``parts[part_of[i]]`` (each part's
+        tasks in the batch's order); a batch of one part is that part."""
+        used = np.unique(part_of)
+        if len(used) == 1:
+            return replace(parts[int(used[0])], shared_log_sd=shared_log_sd)
+        index = np.empty(len(part_of), dtype=np.int64)
+        for p in range(len(parts)):
+            mine = part_of == p
+            index[mine] = np.arange(int(mine.sum()))
+        return cls(tuple(parts), np.asarray(part_of, dtype=np.int64), index, shared_log_sd)
+
+    def __len__(self) -> int:
+        return len(self.part_of)
+
+    def _members(self) -> list[tuple[int, np.ndarray]]:
+        """Each part with the batch's places of its tasks (in the part's order)."""
+        return [(p, np.flatnonzero(self.part_of == p)) for p in range(len(self.parts))]
+
+    def subset(self, rows: np.ndarray) -> "TaskDistributions":
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows):
+            return self.parts[0].subset(rows)
+        part_of = self.part_of[rows]
+        parts = tuple(part.subset(self.index[rows[part_of == p]]) for p, part in enumerate(self.parts))
+        return MixedDistribution.of(parts, part_of, self.shared_log_sd)
+
+    def quantiles(self, levels: np.ndarray | list[float]) -> np.ndarray:
+        out = np.empty((len(self), len(levels)))
+        for p, at in self._members():
+            if len(at):
+                out[at] = self.parts[p].quantiles(levels)
+        return out
+
+    def moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        out = tuple(np.empty(len(self)) for _ in range(4))
+        for p, at in self._members():
+            if len(at):
+                for o, got in zip(out, self.parts[p].moments()):
+                    o[at] = got
+        return out
+
+    def _node_values(self, rows: np.ndarray, atoms: int = _SUM_ATOMS, stratum: np.ndarray | None = None,
+                     strata: np.ndarray | None = None) -> list["_SumBlock"]:
+        rows = np.asarray(rows, dtype=np.int64)
+        part_of = self.part_of[rows]
+        blocks = []
+        for p, part in enumerate(self.parts):
+            at = np.flatnonzero(part_of == p)
+            if not len(at):
+                continue
+            for block in part._node_values(self.index[rows[at]], atoms, None if stratum is None else stratum[at],
+                                           None if strata is None else strata[at]):
+                block.row = at[block.row]
+                blocks.append(block)
+        return blocks
+
+
 def _bins(log_mean: np.ndarray, log_cv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Tasks binned by log mean (``_SUM_BIN_WIDTH`` wide) and log coefficient of variation
     (``_SUM_BIN_CV_WIDTH``), both widths doubled until at most ``_SUM_BINS`` bins are
@@ -796,7 +899,8 @@ def _bins(log_mean: np.ndarray, log_cv: np.ndarray) -> tuple[np.ndarray, np.ndar
 @dataclass
 class _SumBlock:
     """Tasks discretised on one node set: runtimes ``x`` (tasks, nodes) at probability
-    nodes ``u`` of weights ``w``, and the row of the total's convolution each task is in."""
+    nodes ``u`` of weights ``w``, and the row of the total's convolution each task is in
+    (as ``_node_values`` gives it: each task's place among the tasks it was asked for)."""
 
     u: np.ndarray
     w: np.ndarray
@@ -1119,8 +1223,8 @@ class TotalDistribution:
 
     mean: float
     variance: float
-    single: RuntimeDistribution | None = None
-    tasks: RuntimeDistribution | None = None  # the tasks summed: their quantiles bound the total's
+    single: TaskDistributions | None = None
+    tasks: TaskDistributions | None = None  # the tasks summed: their quantiles bound the total's
     edges: np.ndarray | None = None
     edge_cdf: np.ndarray | None = None
     shared_log_sd: float = 0.0

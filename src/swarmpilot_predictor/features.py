@@ -315,6 +315,12 @@ class FeatureSchema:
     def n_categories(self) -> list[int]:
         return [len(f.categories) for f in self.features] + ([0] if self.history is not None else [])
 
+    @property
+    def regime_column(self) -> int | None:
+        """The column of the derived ``first_of_shape`` flag (the last), if any: the model may
+        answer first runs and repeats with a model each (``QuantileModel.regime_column``)."""
+        return len(self.features) if self.history is not None else None
+
     def describe(self, detail: bool = False) -> list[dict[str, Any]]:
         """The model's columns as the API shows them: name and kind (with ``detail``, the
         categories and fill values too), and for a derived column what it derives from."""

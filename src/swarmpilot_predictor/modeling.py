@@ -44,8 +44,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .distribution import (LOG_BOUNDS, MAX_ATOMS, RuntimeDistribution, ScoreDistribution, data_atoms, describe_one,
-                           snap_to_atoms)
+from .distribution import (LOG_BOUNDS, MAX_ATOMS, MixedDistribution, RuntimeDistribution, ScoreDistribution,
+                           TaskDistributions, data_atoms, describe_one, snap_to_atoms)
 from .errors import shown
 
 EVAL_LEVELS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
@@ -1783,6 +1783,9 @@ FEATURE_DROP_SE = 1.0
 DROP_MARGIN = 1.10
 # The kind of a feature that a fitted design ignores.
 UNUSED = "unused"
+# A model split by a regime column (see QuantileModel._fit_regimes) needs this many
+# training rows on each side, and as many held-out rows scored by both to choose it.
+REGIME_MIN_ROWS = 10
 
 
 def common_rounds(curves: Sequence[np.ndarray]) -> int:
@@ -1862,6 +1865,12 @@ class QuantileModel:
     Parameters are set in ``__init__``; ``fit`` learns ``family_``, ``location_``,
     ``scale_``, ``score_``, ``shape_`` (or None) and ``cv_`` (cross-validated
     metrics of the best variant of each family tried, with every variant's loss).
+
+    With ``regime_column`` (a 0/1 column: whether a task is the first run of its input
+    shape) and ``algorithm="auto"``, ``fit`` also fits a model of their own to the rows of
+    each value, without that column, and keeps them as ``regimes_`` when their held-out
+    loss beats the model of all rows (``regime_cv_`` says by how much): each task is then
+    answered by its regime's model. The model of all rows stays the fallback.
     """
 
     def __init__(
@@ -1872,6 +1881,7 @@ class QuantileModel:
         n_folds: int = 5,
         params: dict[str, Any] | None = None,
         random_state: int = 0,
+        regime_column: int | None = None,
     ):
         if algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}")
@@ -1881,8 +1891,13 @@ class QuantileModel:
         self.n_folds = n_folds
         self.params = dict(params or {})
         self.random_state = random_state
+        if regime_column is not None and not 0 <= regime_column < len(self.kinds):
+            raise ValueError(f"regime_column must be one of the {len(self.kinds)} columns, got {regime_column!r}")
+        self.regime_column = regime_column
         self.log_range_: tuple[float, float] | None = None
         self.shared_log_sd_ = 0.0
+        self.regimes_: tuple[QuantileModel, QuantileModel] | None = None
+        self.regime_cv_: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ fitting
 
@@ -1991,7 +2006,10 @@ class QuantileModel:
 
     def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> "QuantileModel":
         with single_threaded_blas():
-            return self._fit(X, y, sample_weight)
+            self._fit(X, y, sample_weight)
+        for model in (self, *(self.regimes_ or ())):
+            model.__dict__.pop("_heldout_loss", None)  # only the choice of regimes reads it
+        return self
 
     def _fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> "QuantileModel":
         X = np.asarray(X, dtype=np.float64)
@@ -2017,6 +2035,8 @@ class QuantileModel:
             rng = np.random.default_rng(self.random_state)
             sel = np.sort(rng.choice(n, SELECT_MAX_ROWS, replace=False))
         best = self._select(X[sel], y[sel], ylog[sel], None if w is None else w[sel])
+        # Each selection row's held-out loss: what a split into regimes is weighed against.
+        self._heldout_loss = (sel, best["row_loss"])
         family = best["family"]
         kinds = best["kinds"]
         self.features_used_ = [k != UNUSED for k in kinds]
@@ -2049,9 +2069,62 @@ class QuantileModel:
             self.shape_ = shape
         self.n_rows_ = n
         self.log_range_ = (float(ylog.min()), float(ylog.max()))
+        self.regimes_, self.regime_cv_ = None, None
+        if self.regime_column is not None and self.algorithm == "auto":
+            self._fit_regimes(X, y, w)
         self.shared_log_sd_ = 0.0
         self.shared_log_sd_ = self._shared_log_sd(X, y, w)
         return self
+
+    def _without_regime_column(self, X: np.ndarray) -> np.ndarray:
+        return np.delete(X, self.regime_column, axis=1)
+
+    def _fit_regimes(self, X: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> None:
+        """Fit a model to each value of the regime column and keep the pair (``regimes_``)
+        when its held-out loss beats this model's by more than ``SELECTION_SE`` standard
+        errors of the paired per-row difference (the one-standard-error rule).
+
+        One location and one shared score distribution for first runs and repeats put the
+        first runs' own spread into the repeats' score tails, and make a first run a repeat
+        stretched by a factor, where it may take whatever the autotuner takes, nearly
+        whatever the shape (708 to 1,237 ms on the H200 ResNet-50 trace). Two models, each
+        chosen and calibrated on its own rows, keep the two apart.
+        """
+        j = self.regime_column
+        flag = X[:, j] > 0.5
+        sizes = [int((~flag).sum()), int(flag.sum())]
+        self.regime_cv_ = {"column": j, "rows": sizes, "split": False}
+        if min(sizes) < REGIME_MIN_ROWS:
+            self.regime_cv_["reason"] = f"fewer than {REGIME_MIN_ROWS} training rows in a regime"
+            return
+        keep = [k for k in range(len(self.kinds)) if k != j]
+        kinds = [self.kinds[k] for k in keep]
+        ncats = [self.n_categories[k] for k in keep]
+        Xr = self._without_regime_column(X)
+        n = len(y)
+        pooled = np.full(n, np.nan)
+        sel, loss = self._heldout_loss
+        pooled[sel] = loss
+        split = np.full(n, np.nan)
+        models = []
+        for mask in (~flag, flag):
+            rows = np.flatnonzero(mask)
+            sub = QuantileModel(kinds, ncats, "auto", self.n_folds, self.params, self.random_state)
+            sub._fit(Xr[rows], y[rows], None if w is None else w[rows])
+            sub_sel, sub_loss = sub._heldout_loss
+            split[rows[sub_sel]] = sub_loss
+            models.append(sub)
+        both = np.isfinite(pooled) & np.isfinite(split)
+        d = split[both] - pooled[both]
+        self.regime_cv_.update(
+            pinball_loss=float(split[both].mean()), pooled_pinball_loss=float(pooled[both].mean()),
+            models=[{"algorithm": m.family_, "rows": size, "pinball_loss": m.cv_[m.family_]["pinball_loss"]}
+                    for m, size in zip(models, sizes)])
+        if len(d) >= REGIME_MIN_ROWS and d.mean() < -SELECTION_SE * _mean_se(d):
+            self.regimes_ = (models[0], models[1])
+            self.regime_cv_["split"] = True
+        else:
+            self.regime_cv_["reason"] = "not better on held-out rows than one model of all rows"
 
     def _shared_log_sd(self, X: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> float:
         """Log sd of the model's error about the level of the runtimes, common to all its predictions.
@@ -2371,12 +2444,21 @@ class QuantileModel:
                 for f, m in self.cv_.items()
             },
             "shared_log_sd": self.shared_log_sd_,
+            **({"regime_split": self.regime_cv_} if self.regime_cv_ is not None else {}),
         }
 
-    def predict_distribution(self, X: np.ndarray) -> RuntimeDistribution:
+    def predict_distribution(self, X: np.ndarray) -> TaskDistributions:
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2:
             raise ValueError("X must be a 2-d array")
+        if self.regimes_ is not None:
+            first = X[:, self.regime_column] > 0.5
+            Xr = self._without_regime_column(X)
+            parts = tuple(model.predict_distribution(Xr[rows]) for model, rows in zip(self.regimes_, (~first, first)))
+            return MixedDistribution.of(parts, first.astype(np.int64), self.shared_log_sd_)
+        return self._own_distribution(X)
+
+    def _own_distribution(self, X: np.ndarray) -> RuntimeDistribution:
         m = np.asarray(self.location_.predict(X), dtype=np.float64)
         bounds = self._bounds()
         if self.log_range_ is not None:
@@ -2410,6 +2492,9 @@ class QuantileModel:
         fraction of the cost. None for a location family without a single-row
         path; the caller then uses ``predict_distribution``.
         """
+        if self.regimes_ is not None:
+            j = self.regime_column
+            return self.regimes_[int(x[j] > 0.5)].describe_one([*x[:j], *x[j + 1:]], levels)
         m = self.location_.predict_row(x)
         if m is None:
             return None
@@ -2434,6 +2519,9 @@ class QuantileModel:
         For a model rebuilt from a file: arrays that lost or gained an element parse
         well, then failed at prediction time (an unnamed 500), or were served.
         """
+        if self.regimes_ is not None:
+            for model in self.regimes_:
+                model.check_loaded()
         x = [0.0 if k == "categorical" else 1.0 for k in self.kinds]
         levels = (0.05, 0.5, 0.95)
         dist = self.predict_distribution(np.array([x], dtype=np.float64))
@@ -2471,6 +2559,9 @@ class QuantileModel:
             "atoms": self.atoms_.tolist(),
             "features_used": getattr(self, "features_used_", None),
             "cv": self.cv_,
+            "regime_column": self.regime_column,
+            "regimes": None if self.regimes_ is None else [m.to_json() for m in self.regimes_],
+            "regime_cv": self.regime_cv_,
         }
 
     @classmethod
@@ -2490,6 +2581,21 @@ class QuantileModel:
         obj._set_atoms(_atoms_from_json(d.get("atoms", [])))  # models stored before them: none
         obj.cv_ = d.get("cv", {})
         obj.features_used_ = d.get("features_used") or [True] * len(obj.kinds)
+        # Models stored before regimes: none.
+        j = d.get("regime_column")
+        if j is not None and (not isinstance(j, int) or isinstance(j, bool) or not 0 <= j < len(obj.kinds)):
+            raise ValueError(f"regime_column is {shown(j)}, not one of the model's {len(obj.kinds)} columns")
+        obj.regime_column = j
+        regimes = d.get("regimes")
+        if regimes is not None:
+            if j is None or not isinstance(regimes, list) or len(regimes) != 2:
+                raise ValueError("regimes must be two models, with a regime_column")
+            models = tuple(cls.from_json(r) for r in regimes)
+            rest = [k for i, k in enumerate(obj.kinds) if i != j]
+            if any(m.kinds != rest or m.regimes_ is not None for m in models):
+                raise ValueError("a regime's model must read the model's columns but the regime column, and have no regimes")
+            obj.regimes_ = (models[0], models[1])
+        obj.regime_cv_ = d.get("regime_cv")
         return obj
 
 

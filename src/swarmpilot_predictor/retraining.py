@@ -519,7 +519,8 @@ class Retrainer:
 
     @staticmethod
     def _new_model(meta: ModelVersion) -> QuantileModel:
-        return QuantileModel(meta.features.kinds, meta.features.n_categories, meta.algorithm, params=meta.params)
+        return QuantileModel(meta.features.kinds, meta.features.n_categories, meta.algorithm, params=meta.params,
+                             regime_column=meta.features.regime_column)
 
     def _counted(self, decision: dict[str, Any]) -> dict[str, Any]:
         """Tell ``on_decision`` (the Prometheus counter); every decision passes here once, and

@@ -228,7 +228,8 @@ class Trainer:
                                "model the runtimes alone", field="algorithm")
         t0 = time.perf_counter()
         try:
-            model = QuantileModel(schema.kinds, schema.n_categories, config.algorithm, params=config.params).fit(X, y)
+            model = QuantileModel(schema.kinds, schema.n_categories, config.algorithm, params=config.params,
+                                  regime_column=schema.regime_column).fit(X, y)
         except (TypeError, ValueError, *_lightgbm_errors()) as exc:
             raise InvalidInput(f"{identity.key}: training failed: {exc}", field="params") from None
         metrics = {
