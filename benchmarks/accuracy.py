@@ -703,6 +703,14 @@ def run_sets(sets: list[TraceSet]) -> dict[str, Any]:
         if unused:
             after = model.cv_[model.family_].get("relative_pinball_loss_after_drop", math.nan)
             cv += f"; then dropped by backward elimination: {', '.join(unused)} (CV {after:.4f} without them)"
+        split = model.regime_cv_ or {}
+        if split.get("split"):
+            (rep, rep_rows), (first, first_rows) = ((m["algorithm"], m["rows"]) for m in split["models"])
+            cv += (f"; then **split by first run**, a model each: repeats **{rep}** ({rep_rows} rows), first runs "
+                   f"**{first}** ({first_rows} rows), CV pinball {split['pinball_loss']:.4g} ms against "
+                   f"{split['pooled_pinball_loss']:.4g} for one model of all rows")
+        elif split:
+            cv += f"; no split by first run ({split['reason']})"
         block = [
             f"### {ts.name}",
             "",
@@ -1054,7 +1062,12 @@ categories and log runtime, outputs sorted; `empirical` the training runtimes' q
 `service` is `QuantileModel(...).fit` with the default `algorithm="auto"`; the family and
 variant it chose are shown next to it (`const`/`hetero`: constant or feature-dependent
 scale; `+shape`: with the distribution-regression shape model), and under each set's heading
-the features its backward elimination dropped, if any.
+the features its backward elimination dropped, if any. Where the service derives the
+`first_of_shape` column it is given it as its regime column, as training gives it: "split
+by first run" names the model of the repeats and the model of the first runs when it
+serves one for each (README, "A model for each kind of run"; on 2026-11-29, before the
+split, the service scored 0.0636 on `h100_resnet50_vision`, 0.0752 on `cold_start`, 0.0778
+on `cold_start_seed+1000` and 0.0642 on `h200_resnet50_vision`).
 
 Derived columns. Where the traces carry timestamps and repeated input shapes (the ResNet-50
 trace and `cold_start`), the service's training derives `first_of_shape`: whether an older
@@ -1065,7 +1078,7 @@ column too, so the table shows how much of the service's lead there is the colum
 much the model. They are not the "best baseline" of the issue's figures, but the summary's
 last column, its checks and their geometric mean also compare the service with the best of
 all of them: the stricter comparison, which the service does not pass everywhere (`qrf`
-given the column beats it on the H200 vision and text-encoder traces). The summaries also
+given the column beats it on the H200 vision and text-encoder traces, by 5% and 15%). The summaries also
 give the geometric mean over the sets without timestamps, where no column can be derived.
 `qrf`'s leaf size is chosen among 1, 5, 10 and 20 by 5-fold cross-validated pinball loss
 on the training rows (until 2026-11-29 it ran at quantile-forest's default of 1, which a

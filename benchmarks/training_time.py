@@ -11,7 +11,10 @@ is imported before the clock starts, as the service's long-lived training worker
     uv run python benchmarks/training_time.py [--rows 100000] [--cases num2,cat500] [--algorithm auto]
 
 Cases: ``numK`` (K numeric features), ``catK`` (a numeric feature and a categorical of K
-values), ``manyK`` (K categorical features of 100 values each), ``mixed``.
+values), ``manyK`` (K categorical features of 100 values each), ``mixed``, ``firstruns``
+(batch and image size over 2,000 shapes plus the derived first-run flag, whose 2,000
+autotuned first runs take 700 to 1,200 ms whatever the shape: the model may answer first
+runs and repeats with a model each, which fits two more models).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import json
 import subprocess
 import sys
 
-CASES = ("num2", "num5", "cat10", "cat100", "cat500", "mixed", "cat2000")
+CASES = ("num2", "num5", "cat10", "cat100", "cat500", "mixed", "cat2000", "firstruns")
 
 FIT = r"""
 import json, resource, sys, time
@@ -56,13 +59,23 @@ elif case == "mixed":  # two numeric features, categoricals of 20 and 100 values
     flag = (rng.random(n) < 0.3).astype(float)
     kinds.append("numeric"); ncat.append(0); cols.append(flag)
     log_mean += 0.5 * flag
-X = np.column_stack(cols)
+X = np.column_stack(cols) if cols else None
 y = np.exp(1.0 + log_mean + 0.25 * rng.standard_normal(n))
+regime = None
+if case == "firstruns":
+    shapes = np.column_stack([rng.integers(1, 65, 2000), rng.integers(64, 1025, 2000)]).astype(float)
+    order = np.r_[rng.permutation(2000), rng.integers(0, 2000, n - 2000)]
+    first = np.zeros(n)
+    first[:2000] = 1.0
+    X = np.column_stack([shapes[order], first])
+    y = np.where(first == 1, rng.uniform(700, 1200, n), 0.003 * X[:, 0] * X[:, 1] * rng.lognormal(0, 0.05, n))
+    kinds, ncat, regime = ["numeric"] * 3, [0, 0, 0], 2
 import lightgbm  # noqa: F401 - imported once by the service's training worker, not per training
 cpu, wall = time.process_time(), time.perf_counter()
-model = QuantileModel(kinds, ncat, algorithm).fit(X, y)
+model = QuantileModel(kinds, ncat, algorithm, regime_column=regime).fit(X, y)
 cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-print(json.dumps({"case": case, "family": model.family_, "shape": model.shape_ is not None, "cpu": cpu, "wall": wall,
+family = model.family_ if model.regimes_ is None else "split: " + " / ".join(m.family_ for m in model.regimes_)
+print(json.dumps({"case": case, "family": family, "shape": model.shape_ is not None, "cpu": cpu, "wall": wall,
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 

@@ -25,6 +25,10 @@ totals are the distribution of the sum of independent tasks: a convolution on a
 grid (FFT), exact for a short queue and for the tasks of a long one that matter
 most; the many small ones are binned by mean and spread, and each bin's sum is that many
 draws from its tasks' mixture (first three cumulants exact, slow modes kept).
+
+A batch whose tasks two models answer (first runs of an input shape and repeats, each
+with a model of its own) is a :class:`MixedDistribution`: each task keeps its model's
+distribution, and the total sums all of them in one convolution.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from scipy.special import ndtri  # scipy.special: loaded by the service anyway
 # total variance), and the others are binned by mean and spread: at most _SUM_BINS bins,
 # each at least _SUM_BIN_WIDTH wide in log mean and _SUM_BIN_CV_WIDTH in log coefficient of
 # variation (_bins). A task is discretised with _SUM_ATOMS nodes; a binned one with fewer
-# (RuntimeDistribution._sum_rows).
+# (TaskDistributions._sum_rows).
 _EXACT_SUM_MAX_TASKS = 128
 _LONG_QUEUE_OWN_ROWS = 64
 _EXACT_SUM_MIN_SHARE = 0.005
@@ -826,8 +830,8 @@ class MixedDistribution(TaskDistributions):
         """The batch whose task ``i`` is the next task of ``parts[part_of[i]]`` (each part's
         tasks in the batch's order); a batch of one part is that part."""
         used = np.unique(part_of)
-        if len(used) == 1:
-            return replace(parts[int(used[0])], shared_log_sd=shared_log_sd)
+        if len(used) <= 1:
+            return replace(parts[int(used[0]) if len(used) else 0], shared_log_sd=shared_log_sd)
         index = np.empty(len(part_of), dtype=np.int64)
         for p in range(len(parts)):
             mine = part_of == p
