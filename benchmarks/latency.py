@@ -380,14 +380,16 @@ def section_training_speed(args) -> None:
                 "t0=time.perf_counter()\n"
                 f"r=svc.train(TrainConfig(model={IDENT!r},traces={str(path)!r},algorithm='auto'), uploads={{{str(path)!r}: Path({str(path)!r})}})\n"
                 "print(time.perf_counter()-t0, r['metrics']['algorithm'], len(r['metrics']['data']['columns_derived']), "
+                "int(r['metrics'].get('regime_split', {}).get('split', False)), "
                 "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024)\n"
             )
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
             if out.returncode:
                 print(out.stderr[-2000:])
                 continue
-            secs, algo, derived, rss = out.stdout.split()[-4:]
+            secs, algo, derived, split, rss = out.stdout.split()[-5:]
             extra = ", first_of_shape derived" if int(derived) else ""
+            extra += ", a model each for first runs and repeats" if int(split) else ""
             print(f"| training {n:,} rows of {kind} traces from JSONL, algorithm auto (chose {algo}{extra}) | "
                   f"{float(secs):.1f} s, peak RSS {float(rss):.0f} MB |")
     if not args.quick:

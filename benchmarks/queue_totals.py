@@ -20,7 +20,7 @@ neither in training nor earlier among the test tasks, as a scheduler that states
 ``first_of_shape`` would say. "below median" is the share of queues whose measured total
 fell below the predicted total's median (0.5 when the total is unbiased).
 
-    uv run python benchmarks/queue_totals.py [--seeds 12] [--rows 2000] [--real-only]
+    uv run python benchmarks/queue_totals.py [--seeds 12] [--rows 2000] [--real-only [--one-model]]
     uv run python benchmarks/queue_totals.py --timing   # how long a queue's answer takes
     uv run python benchmarks/queue_totals.py --tails    # heavy-tailed noise: long queues' upper tails
     uv run python benchmarks/queue_totals.py --sampled  # totals against sums sampled from the tasks
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from swarmpilot_predictor.features import FeatureSchema
-from swarmpilot_predictor.modeling import QuantileModel
+from swarmpilot_predictor.modeling import EVAL_LEVELS, QuantileModel, pinball_loss
 from swarmpilot_predictor.traces import TraceTable, iter_trace_file
 
 QUEUES = (5, 50, 500)
@@ -103,10 +103,13 @@ REAL_QUEUES = (1, 5, 50, 200)
 REAL_DRAWS = 1000
 
 
-def real_coverage() -> None:
+def real_coverage(split: bool = True) -> None:
+    """With ``split`` False, the model is trained without a model for each kind of run (as
+    before 2026-11-29, 19:00 UTC), for comparison. The last column is the test tasks' own
+    relative pinball loss (over ``EVAL_LEVELS``), each task alone."""
     print("| trace set | test rows | queue | 90% coverage, independent | 90% coverage, shared factor | below median (shared factor) "
-          "| measured / predicted total, training rows | the same, test rows |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| measured / predicted total, training rows | the same, test rows | tasks' rel. pinball |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, features in REAL_SETS.items():
         traces = list(iter_trace_file(EXAMPLES / f"{name}.jsonl"))
         traces.sort(key=lambda t: t["ts"])
@@ -122,9 +125,11 @@ def real_coverage() -> None:
             # (README, "First runs of an input shape"): only a shape's first test task is cold.
             order = test.numeric(schema.history.order_field)[ok]
             Xt[:, -1] = schema.history.extend(Xt[:, :-1], order)[1]
-        model = QuantileModel(schema.kinds, schema.n_categories, regime_column=schema.regime_column).fit(X, y)
+        model = QuantileModel(schema.kinds, schema.n_categories,
+                              regime_column=schema.regime_column if split else None).fit(X, y)
         # Whether the level of the runtimes held: all rows' measured total over the predicted one.
         levels = [float(ys.sum() / model.predict_distribution(Xs).mean_std()[0].sum()) for Xs, ys in ((X, y), (Xt, yt))]
+        task_loss = float(pinball_loss(yt, model.predict_quantiles(Xt, EVAL_LEVELS), EVAL_LEVELS).mean() / yt.mean())
         rng = np.random.default_rng(7)
         for q in REAL_QUEUES:
             if q > len(yt) // 2:
@@ -141,7 +146,7 @@ def real_coverage() -> None:
                     inside[k, j] = lo <= truth <= hi
                 below[k] = truth < total.quantiles([0.5])[0]
             print(f"| {name} | {len(yt)} | {q} | {inside[:, 0].mean():.3f} | {inside[:, 1].mean():.3f} | "
-                  f"{below.mean():.3f} | {levels[0]:.3f} | {levels[1]:.3f} |", flush=True)
+                  f"{below.mean():.3f} | {levels[0]:.3f} | {levels[1]:.3f} | {task_loss:.4f} |", flush=True)
 
 
 def trained_on_the_past(name: str, features: list[str]) -> tuple[QuantileModel, np.ndarray]:
@@ -216,12 +221,15 @@ def main() -> None:
     ap.add_argument("--real-only", action="store_true", help="only the real trace files of examples/data")
     ap.add_argument("--timing", action="store_true", help="only the time a queue's answer takes, on the real trace files")
     ap.add_argument("--tails", action="store_true", help="only heavy-tailed noise: 500-task totals' upper tails")
+    ap.add_argument("--one-model", action="store_true",
+                    help="with --real-only: no model for each kind of run (first runs, repeats), for comparison")
     ap.add_argument("--sampled", action="store_true",
                     help="only real-trace totals against Monte Carlo sums of the same tasks' distributions")
+    ap.add_argument("--sums", type=int, default=SUMS, help="with --sampled: sampled sums per queue")
     args = ap.parse_args()
     if args.sampled:
         t0 = time.perf_counter()
-        sampled_totals()
+        sampled_totals(sums=args.sums)
         print(f"\n{time.perf_counter() - t0:.0f} s")
         return
     if args.tails:
@@ -234,7 +242,7 @@ def main() -> None:
         return
     if args.real_only:
         t0 = time.perf_counter()
-        real_coverage()
+        real_coverage(split=not args.one_model)
         print(f"\n{time.perf_counter() - t0:.0f} s")
         return
     print("| set | queue | shared log sd | 90% coverage, independent | 90% coverage, shared factor | worst training (shared factor) |")
