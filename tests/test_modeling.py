@@ -1040,7 +1040,8 @@ def test_a_regime_with_few_rows_keeps_one_model():
     assert forced.regimes_ is None and "regime_split" not in forced.cv_summary()
 
 
-@pytest.mark.parametrize("damage", ["column out of range", "one model", "column missing", "nested"])
+@pytest.mark.parametrize("damage", ["column out of range", "one model", "column missing", "nested", "not objects",
+                                    "other categories", "cv not an object"])
 def test_a_stored_split_that_does_not_fit_together_is_refused(damage):
     X, y = autotuned(80, 2080, seed=1)
     d = QuantileModel(["numeric"] * 3, [0, 0, 0], regime_column=2).fit(X, y).to_json()
@@ -1050,7 +1051,46 @@ def test_a_stored_split_that_does_not_fit_together_is_refused(damage):
         d["regimes"] = d["regimes"][:1]
     elif damage == "column missing":
         d["regime_column"] = None
-    else:
+    elif damage == "nested":
         d["regimes"][0]["regime_column"], d["regimes"][0]["regimes"] = 0, [d["regimes"][1], d["regimes"][1]]
+    elif damage == "not objects":
+        d["regimes"] = [1, 2]
+    elif damage == "other categories":
+        d["regimes"][1]["n_categories"] = [0, 3]
+    else:
+        d["regime_cv"] = [1]
     with pytest.raises(ValueError):
         QuantileModel.from_json(json.loads(json.dumps(d)))
+
+
+@pytest.mark.parametrize("params, kept", [
+    ({"monotone_constraints": [1, 1, 0]}, {"monotone_constraints": [1, 1]}),
+    ({"max_bin_by_feature": "63,63,2"}, {"max_bin_by_feature": "63,63"}),
+    ({"interaction_constraints": [[0, 2], [1], [2]]}, {"interaction_constraints": [[0], [1]]}),
+])
+def test_per_feature_lightgbm_parameters_follow_the_columns_of_each_kinds_model(params, kept):
+    # The models of each kind of run lack the first-run column: a per-feature list for the
+    # model of all rows failed their training, and with it the whole training.
+    X, y = autotuned(80, 2080, seed=1)
+    model = QuantileModel(["numeric"] * 3, [0, 0, 0], params=params, regime_column=2).fit(X, y)
+    assert model.regimes_ is not None
+    assert all(m.params == kept for m in model.regimes_)
+    np.testing.assert_array_equal(QuantileModel.from_json(json.loads(json.dumps(model.to_json()))).predict_quantiles(X[:50], LEVELS),
+                                  model.predict_quantiles(X[:50], LEVELS))
+
+
+def test_a_kinds_model_that_cannot_be_fitted_leaves_the_model_of_all_rows(monkeypatch):
+    X, y = autotuned(80, 2080, seed=1)
+    real = QuantileModel._fit
+
+    def failing(self, X, y, w=None):
+        if self.regime_column is None and X.shape[1] == 2:  # a model of one kind of run
+            raise ValueError("no good")
+        return real(self, X, y, w)
+
+    monkeypatch.setattr(QuantileModel, "_fit", failing)
+    model = QuantileModel(["numeric"] * 3, [0, 0, 0], regime_column=2).fit(X, y)
+    assert model.regimes_ is None
+    split = model.cv_summary()["regime_split"]
+    assert split["split"] is False and split["reason"] == "a model of one kind of run could not be fitted: no good"
+    assert np.all(np.isfinite(model.predict_quantiles(X[:5], LEVELS)))

@@ -812,3 +812,29 @@ def test_a_version_another_process_deleted_is_gone_not_damaged(root):
     with pytest.raises(ModelNotFound, match="has no version 1: it was deleted"):
         other.load(IDENT, 1)
     assert other.identities() == []
+
+
+def test_a_model_whose_first_run_column_is_not_its_meta_files_is_refused(tmp_path):
+    # Each kind of run has a model of its own, chosen by the column its meta file names: a
+    # model file whose regime column is another (each kind's model still reads two numeric
+    # columns) would route tasks by batch size instead.
+    from swarmpilot_predictor.errors import ModelUnreadable
+    from swarmpilot_predictor.schemas import TrainConfig
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    from .conftest import IDENTITY, autotuned_traces
+
+    settings = PredictorSettings(data_dir=tmp_path / "data")
+    svc = PredictorService(settings)
+    svc.train(TrainConfig(model=IDENTITY, traces=autotuned_traces(80, 2080, seed=1)[0]))
+    svc.close()
+    identity = ModelIdentity.from_parts(IDENTITY)
+    path = settings.models_dir / identity.dirname / "v0001.model.json"
+    _without_model_digest(path)
+    assert ModelRegistry(settings.models_dir).load(identity).model.regimes_ is not None  # as saved: loads
+    d = orjson.loads(path.read_bytes())
+    d["regime_column"] = 0
+    path.write_bytes(orjson.dumps(d))
+    with pytest.raises(ModelUnreadable, match="its file v0001.model.json is missing or damaged"):
+        ModelRegistry(settings.models_dir).load(identity)

@@ -848,7 +848,7 @@ class MixedDistribution(TaskDistributions):
     def subset(self, rows: np.ndarray) -> "TaskDistributions":
         rows = np.asarray(rows, dtype=np.int64)
         if not len(rows):
-            return self.parts[0].subset(rows)
+            return replace(self.parts[0].subset(rows), shared_log_sd=self.shared_log_sd)
         part_of = self.part_of[rows]
         parts = tuple(part.subset(self.index[rows[part_of == p]]) for p, part in enumerate(self.parts))
         return MixedDistribution.of(parts, part_of, self.shared_log_sd)

@@ -1870,7 +1870,8 @@ class QuantileModel:
     shape) and ``algorithm="auto"``, ``fit`` also fits a model of their own to the rows of
     each value, without that column, and keeps them as ``regimes_`` when their held-out
     loss beats the model of all rows (``regime_cv_`` says by how much): each task is then
-    answered by its regime's model. The model of all rows stays the fallback.
+    answered by its regime's model. The model of all rows is kept with them (its figures
+    are the training metrics' headline ones).
     """
 
     def __init__(
@@ -2107,10 +2108,16 @@ class QuantileModel:
         pooled[sel] = loss
         split = np.full(n, np.nan)
         models = []
+        params = _params_without_column(self.params, j)
         for mask in (~flag, flag):
             rows = np.flatnonzero(mask)
-            sub = QuantileModel(kinds, ncats, "auto", self.n_folds, self.params, self.random_state)
-            sub._fit(Xr[rows], y[rows], None if w is None else w[rows])
+            sub = QuantileModel(kinds, ncats, "auto", self.n_folds, params, self.random_state)
+            try:
+                sub._fit(Xr[rows], y[rows], None if w is None else w[rows])
+            except (ValueError, *_lightgbm_error()) as exc:
+                # The model of all rows fitted: it serves, and the metrics say why no split.
+                self.regime_cv_["reason"] = f"a model of one kind of run could not be fitted: {exc}"
+                return
             sub_sel, sub_loss = sub._heldout_loss
             split[rows[sub_sel]] = sub_loss
             models.append(sub)
@@ -2588,14 +2595,18 @@ class QuantileModel:
         obj.regime_column = j
         regimes = d.get("regimes")
         if regimes is not None:
-            if j is None or not isinstance(regimes, list) or len(regimes) != 2:
+            if j is None or not isinstance(regimes, list) or len(regimes) != 2 or not all(isinstance(r, dict) for r in regimes):
                 raise ValueError("regimes must be two models, with a regime_column")
             models = tuple(cls.from_json(r) for r in regimes)
             rest = [k for i, k in enumerate(obj.kinds) if i != j]
-            if any(m.kinds != rest or m.regimes_ is not None for m in models):
+            rest_categories = [c for i, c in enumerate(obj.n_categories) if i != j]
+            if any(m.kinds != rest or m.n_categories != rest_categories or m.regimes_ is not None for m in models):
                 raise ValueError("a regime's model must read the model's columns but the regime column, and have no regimes")
             obj.regimes_ = (models[0], models[1])
-        obj.regime_cv_ = d.get("regime_cv")
+        regime_cv = d.get("regime_cv")
+        if regime_cv is not None and not isinstance(regime_cv, dict):
+            raise ValueError(f"regime_cv is {shown(regime_cv)}, not an object")
+        obj.regime_cv_ = regime_cv
         return obj
 
 
@@ -2793,6 +2804,37 @@ def _lightgbm_value(v: Any, depth: int = 0) -> bool:
     if isinstance(v, (list, tuple)) and depth < 2 and len(v) <= 10_000:
         return all(not isinstance(x, str) and _lightgbm_value(x, depth + 1) for x in v)
     return False
+
+
+def _params_without_column(params: dict[str, Any], j: int) -> dict[str, Any]:
+    """``params`` for a model of the same columns but column ``j``: LightGBM's per-feature
+    lists lose their entry ``j``, and ``interaction_constraints`` lose feature ``j`` and
+    number the features after it one lower."""
+    out = dict(params)
+    for name, value in params.items():
+        if name in MODEL_PARAMS or _lightgbm_aliases().get(name, name) not in _PER_FEATURE_LGB_PARAMS:
+            continue
+        if _lightgbm_aliases().get(name, name) == "interaction_constraints":
+            if isinstance(value, list):
+                groups = []
+                for group in value:
+                    if isinstance(group, list):
+                        group = [i - 1 if isinstance(i, int) and i > j else i for i in group if i != j]
+                    if group != []:
+                        groups.append(group)
+                out[name] = groups
+        elif isinstance(value, list) and len(value) > j:
+            out[name] = value[:j] + value[j + 1:]
+        elif isinstance(value, str) and len(value.split(",")) > j:
+            parts = value.split(",")
+            out[name] = ",".join(parts[:j] + parts[j + 1:])
+    return out
+
+
+def _lightgbm_error() -> tuple[type[Exception], ...]:
+    """LightGBM's error type, once LightGBM is loaded (a parameter it refuses)."""
+    lgb = sys.modules.get("lightgbm")
+    return (lgb.basic.LightGBMError,) if lgb is not None else ()
 
 
 def _lightgbm_aliases() -> dict[str, str]:

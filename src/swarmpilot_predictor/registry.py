@@ -446,6 +446,9 @@ class ModelRegistry:
                 # without the other failed predictions with LightGBM's or numpy's errors.
                 raise ValueError(f"the model has {len(model.kinds)} columns, its meta file lists "
                                  f"{len(meta.features.column_names)}")
+            if model.regimes_ is not None and model.regime_column != meta.features.regime_column:
+                raise ValueError(f"the model answers first runs by column {model.regime_column}, its meta file's "
+                                 f"first_of_shape column is {meta.features.regime_column}")
             if digest is None:
                 # Saved before model files had a digest: a file that parses but lost or gained
                 # an array element must fail here, naming the file, not at prediction time.
