@@ -8,7 +8,7 @@ import pytest
 
 from swarmpilot_predictor.client import PredictorClient
 
-from .conftest import IDENTITY, make_llm_traces, run_server
+from .conftest import IDENTITY, autotuned_traces, make_llm_traces, run_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
@@ -20,7 +20,8 @@ def test_dashboard_shows_models_accuracy_and_plots(tmp_path):
     other = {**IDENTITY, "model_name": "llama-3-8b"}
     with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
         client.train({"model": IDENTITY, "traces": make_llm_traces(200), "algorithm": "linear"})
-        client.train({"model": other, "traces": make_llm_traces(200, seed=1), "algorithm": "linear"})
+        # A vision model with a model for each kind of run (first runs of a shape, repeats).
+        client.train({"model": other, "traces": autotuned_traces(80, 2080, seed=1)[0]})
         shifted = make_llm_traces(150, seed=2)
         for t in shifted:
             t["runtime_ms"] *= 1.8
@@ -40,6 +41,9 @@ def test_dashboard_shows_models_accuracy_and_plots(tmp_path):
             table = page.inner_text("#models")
             assert "llm/Qwen%2FQwen2.5-7B/" in table and "llama-3-8b" in table  # models by their keys
             assert "drifted" in table and "ok" in table
+            (split,) = [m["first_run_split"] for entry in client.list_models_raw() for m in entry["models"]
+                        if "first_run_split" in m]
+            assert f"{split['repeats']} (repeats) / {split['first_runs']} (first runs)" in table
             assert "drifted: " + "/".join(v.replace("/", "%2F") for v in IDENTITY.values()) in page.inner_text("#health")
             # The observed model has a calibration plot (8 levels) and its observations drawn.
             assert page.locator("circle.cal-point").count() == 8

@@ -599,6 +599,11 @@ def test_autotuned_first_runs_are_answered_by_a_model_of_their_own(tmp_path):
     split = m["regime_split"]
     assert split["split"] is True and split["column"] == 2 and split["rows"][1] == 80
     assert split["pinball_loss"] < split["pooled_pinball_loss"]
+    # Model listings name each kind's family beside the model of all rows'.
+    entry = svc.describe_model(ModelIdentity.from_parts(IDENTITY))
+    assert entry["first_run_split"] == {"repeats": split["models"][0]["algorithm"],
+                                        "first_runs": split["models"][1]["algorithm"]}
+    assert entry["algorithm"] == m["algorithm"]
     probe = [{"batch_size": 1, "image_size": 128, "first_of_shape": True},
              {"batch_size": 64, "image_size": 576, "first_of_shape": True},
              {"batch_size": 64, "image_size": 576, "first_of_shape": False}]
