@@ -72,7 +72,7 @@ def autotuned_traces(n_shapes: int, n: int, seed: int) -> tuple[list[dict], list
     for i, k in enumerate(rng.integers(0, n_shapes, n).tolist()):
         first = k not in seen
         seen.add(k)
-        typical = 0.003 * batch[k] * image[k] * float(rng.lognormal(0, 0.05))
+        typical = 0.003 * int(batch[k]) * int(image[k]) * float(rng.lognormal(0, 0.05))
         slow = first and rng.random() < 2 / 3
         traces.append({"batch_size": int(batch[k]), "image_size": int(image[k]), "ts": 1_000.0 + 0.5 * i,
                        "runtime_ms": float(rng.uniform(700, 1200)) if slow else typical})

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from swarmpilot_predictor import cli
 from swarmpilot_predictor.identity import ModelIdentity
 
-from .conftest import IDENTITY, make_llm_traces
+from .conftest import IDENTITY, autotuned_traces, make_llm_traces
 
 KEY = ModelIdentity.from_parts(IDENTITY).key
 ENCODED = "llm/Qwen%2FQwen2.5-7B/NVIDIA H100 80GB HBM3/sglang/0.4.0"
@@ -143,6 +143,18 @@ def test_models_lists_trained_models(trained):
     assert entry["key"] == KEY and entry["versions"] == [1] and entry["samples"] == 200
     table = invoke("models", "--data-dir", trained).stdout
     assert KEY in table and "linear" in table
+
+
+def test_a_model_for_each_kind_of_run_is_named_by_both_families(tmp_path, data):
+    traces = tmp_path / "vision.jsonl"
+    traces.write_bytes(b"".join(orjson.dumps(t) + b"\n" for t in autotuned_traces(80, 2080, seed=1)[0]))
+    cfg = tmp_path / "train.json"
+    cfg.write_text(json.dumps({"model": IDENTITY, "traces": str(traces)}))
+    trained = invoke("train", cfg, "--data-dir", data).stdout
+    (entry,) = json_out(invoke("models", "--data-dir", data, "--json"))[0]["models"]
+    split = entry["first_run_split"]
+    shown = f"{split['repeats']} (repeats) / {split['first_runs']} (first runs)"
+    assert shown in trained and shown in invoke("models", "--data-dir", data).stdout
 
 
 def test_models_on_an_empty_data_directory(data):

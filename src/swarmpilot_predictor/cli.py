@@ -21,7 +21,7 @@ from rich.table import Table
 
 from .errors import PredictorError, validation_message
 from .identity import IDENTITY_KEYS, IdentityPattern
-from .schemas import check_levels, config_from_text
+from .schemas import check_levels, config_from_text, first_run_split
 from .processes import alive, pid_space
 from .settings import METRICS_DIR, MULTIPROC_ENV, PredictorSettings, listen_problem, settings_problem, startup_problem
 
@@ -249,6 +249,13 @@ def train(
     _print_train(result)
 
 
+def _algorithm(algorithm: Any, first_run_split: dict[str, Any] | None) -> str:
+    """A model's family, or its two models' where it serves one for each kind of run."""
+    if first_run_split:
+        return f"{first_run_split['repeats']} (repeats) / {first_run_split['first_runs']} (first runs)"
+    return str(algorithm)
+
+
 def _print_train(result: dict[str, Any]) -> None:
     entries = result.get("models") or [{"model_key": result["model_key"], "version": result.get("version"), "metrics": result["metrics"]}]
     table = Table(title=f"trained in {result['duration_seconds']:.2f}s")
@@ -257,7 +264,8 @@ def _print_train(result: dict[str, Any]) -> None:
     for e in entries:
         m = e["metrics"]
         table.add_row(
-            escape(e["model_key"]), str(e.get("version")), str(m.get("algorithm")), str(m.get("rows_used")),
+            escape(e["model_key"]), str(e.get("version")), escape(_algorithm(m.get("algorithm"), first_run_split(m))),
+            str(m.get("rows_used")),
             _fmt(m.get("relative_pinball_loss")), _fmt(m.get("mean_abs_coverage_error")),
             _fmt((m.get("interval_coverage") or {}).get("0.9")), _fmt(m.get("median_mape")),
         )
@@ -384,7 +392,8 @@ def models(data_dir: Optional[Path] = DataDirOpt, url: Optional[str] = UrlOpt, a
     for group in entries:
         for m in group["models"]:
             met = m.get("metrics", {})
-            table.add_row(escape(m["key"]), ",".join(map(str, m["versions"])), str(m.get("algorithm")), str(m.get("samples")),
+            table.add_row(escape(m["key"]), ",".join(map(str, m["versions"])),
+                          escape(_algorithm(m.get("algorithm"), m.get("first_run_split"))), str(m.get("samples")),
                           _fmt(met.get("relative_pinball_loss")), _fmt((met.get("interval_coverage") or {}).get("0.9")),
                           str(m.get("total_predictions", 0)))
     console.print(table)

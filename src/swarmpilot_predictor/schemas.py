@@ -398,3 +398,14 @@ def valid_unicode(text: str) -> bool:
 def _not_json(path: tuple[Any, ...], what: str) -> None:
     field = ".".join(["config", *(str(p) for p in path)])
     raise InvalidInput(f"{field}: {what}", field=field)
+
+
+def first_run_split(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """From a version's training metrics, the families of its repeats' and first runs'
+    models (``{"repeats": ..., "first_runs": ...}``) where it serves one for each kind of
+    run; None otherwise (its ``algorithm`` is then the family that answers)."""
+    split = metrics.get("regime_split")
+    if not isinstance(split, dict) or split.get("split") is not True:
+        return None
+    repeats, first_runs = (m.get("algorithm") for m in split["models"])
+    return {"repeats": repeats, "first_runs": first_runs}

@@ -28,7 +28,7 @@ from .metrics import TABLE_LABEL, PredictorMetrics, table_label
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog
 from .registry import LoadedModel, ModelRegistry, ModelVersion
 from .retraining import Retrainer
-from .schemas import RenderedPredictions, TrainConfig, batch_values_problem
+from .schemas import RenderedPredictions, TrainConfig, batch_values_problem, first_run_split
 from .training import ProgressFn, Trainer, TrainingJobs
 from .settings import PredictorSettings
 from .traces import DEFAULT_TARGET, RUNTIME_RANGE, TraceError, is_runtime, normalize_trace, normalize_traces
@@ -623,7 +623,7 @@ class PredictorService:
             "quantiles": latest.quantiles,
             "created_at": latest.created_at,
             "metrics": _headline_metrics(latest.metrics),
-            **_first_run_split(latest.metrics),
+            **({"first_run_split": split} if (split := first_run_split(latest.metrics)) else {}),
             "drifted": self.is_drifted(identity),
             "observations": self.monitor.report(identity, latest.version)["observations"],
         }
@@ -785,16 +785,6 @@ class PredictorService:
 def _headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     keys = ("pinball_loss", "relative_pinball_loss", "mean_abs_coverage_error", "interval_coverage", "median_mape", "rows_used", "rows_dropped")
     return {k: metrics[k] for k in keys if k in metrics}
-
-
-def _first_run_split(metrics: dict[str, Any]) -> dict[str, Any]:
-    """``first_run_split``, the families of the repeats' and the first runs' models, for a
-    version that serves a model for each kind of run (``algorithm`` is the model of all rows')."""
-    split = metrics.get("regime_split")
-    if not isinstance(split, dict) or split.get("split") is not True:
-        return {}
-    repeats, first_runs = (m.get("algorithm") for m in split["models"])
-    return {"first_run_split": {"repeats": repeats, "first_runs": first_runs}}
 
 
 def _check_batch_values(n_traces: int, n_levels: int) -> None:
