@@ -1081,14 +1081,14 @@ def test_per_feature_lightgbm_parameters_follow_the_columns_of_each_kinds_model(
 
 def test_a_kinds_model_that_cannot_be_fitted_leaves_the_model_of_all_rows(monkeypatch):
     X, y = autotuned(80, 2080, seed=1)
-    real = QuantileModel._fit
+    real = QuantileModel._choose
 
     def failing(self, X, y, w=None):
         if self.regime_column is None and X.shape[1] == 2:  # a model of one kind of run
             raise ValueError("no good")
         return real(self, X, y, w)
 
-    monkeypatch.setattr(QuantileModel, "_fit", failing)
+    monkeypatch.setattr(QuantileModel, "_choose", failing)
     model = QuantileModel(["numeric"] * 3, [0, 0, 0], regime_column=2).fit(X, y)
     assert model.regimes_ is None
     split = model.cv_summary()["regime_split"]

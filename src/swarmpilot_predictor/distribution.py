@@ -824,6 +824,7 @@ class MixedDistribution(TaskDistributions):
     part_of: np.ndarray
     index: np.ndarray
     shared_log_sd: float = 0.0
+    _moments: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def of(cls, parts: tuple[RuntimeDistribution, ...], part_of: np.ndarray, shared_log_sd: float) -> "TaskDistributions":
@@ -861,12 +862,14 @@ class MixedDistribution(TaskDistributions):
         return out
 
     def moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        out = tuple(np.empty(len(self)) for _ in range(4))
-        for p, at in self._members():
-            if len(at):
-                for o, got in zip(out, self.parts[p].moments()):
-                    o[at] = got
-        return out
+        if self._moments is None:
+            out = tuple(np.empty(len(self)) for _ in range(4))
+            for p, at in self._members():
+                if len(at):
+                    for o, got in zip(out, self.parts[p].moments()):
+                        o[at] = got
+            self._moments = out
+        return self._moments
 
     def _node_values(self, rows: np.ndarray, atoms: int = _SUM_ATOMS, stratum: np.ndarray | None = None,
                      strata: np.ndarray | None = None) -> list["_SumBlock"]:

@@ -2007,12 +2007,17 @@ class QuantileModel:
 
     def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> "QuantileModel":
         with single_threaded_blas():
-            self._fit(X, y, sample_weight)
-        for model in (self, *(self.regimes_ or ())):
-            model.__dict__.pop("_heldout_loss", None)  # only the choice of regimes reads it
+            X, y, w = self._checked(X, y, sample_weight)
+            chosen = self._choose(X, y, w)
+            self._finish(X, y, w, chosen)
+            self.regimes_, self.regime_cv_ = None, None
+            if self.regime_column is not None and self.algorithm == "auto":
+                self._fit_regimes(X, y, w, chosen)
+            self.shared_log_sd_ = 0.0
+            self.shared_log_sd_ = self._shared_log_sd(X, y, w)
         return self
 
-    def _fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> "QuantileModel":
+    def _checked(self, X: Any, y: Any, sample_weight: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2:
             raise ValueError("X must be a 2-d array")
@@ -2025,19 +2030,27 @@ class QuantileModel:
             raise ValueError("runtimes must be finite and positive")
         if self.algorithm == "lightgbm" and X.shape[1] == 0:
             raise ValueError("algorithm 'lightgbm' needs at least one feature")
-        w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        return X, y, None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+
+    def _choose(self, X: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> tuple[np.ndarray, dict[str, Any]]:
+        """Cross-fit the candidates (``cv_``) on every row, or on a random sample of
+        ``SELECT_MAX_ROWS``: those rows and the chosen candidate, with each row's held-out
+        loss (``row_loss``, what a split into regimes is weighed against)."""
         n = len(y)
-        self._set_atoms(data_atoms(y))
-        ylog = np.log(y)
         sel = np.arange(n)
         if n > SELECT_MAX_ROWS:
             # Large data: choose and calibrate on a random subsample (cross-fitted as
             # usual), then fit the chosen location model on every row.
             rng = np.random.default_rng(self.random_state)
             sel = np.sort(rng.choice(n, SELECT_MAX_ROWS, replace=False))
-        best = self._select(X[sel], y[sel], ylog[sel], None if w is None else w[sel])
-        # Each selection row's held-out loss: what a split into regimes is weighed against.
-        self._heldout_loss = (sel, best["row_loss"])
+        return sel, self._select(X[sel], y[sel], np.log(y[sel]), None if w is None else w[sel])
+
+    def _finish(self, X: np.ndarray, y: np.ndarray, w: np.ndarray | None, chosen: tuple[np.ndarray, dict[str, Any]]) -> None:
+        """Fit the chosen candidate on every row: location, scale, scores and shape."""
+        sel, best = chosen
+        n = len(y)
+        self._set_atoms(data_atoms(y))
+        ylog = np.log(y)
         family = best["family"]
         kinds = best["kinds"]
         self.features_used_ = [k != UNUSED for k in kinds]
@@ -2070,17 +2083,12 @@ class QuantileModel:
             self.shape_ = shape
         self.n_rows_ = n
         self.log_range_ = (float(ylog.min()), float(ylog.max()))
-        self.regimes_, self.regime_cv_ = None, None
-        if self.regime_column is not None and self.algorithm == "auto":
-            self._fit_regimes(X, y, w)
-        self.shared_log_sd_ = 0.0
-        self.shared_log_sd_ = self._shared_log_sd(X, y, w)
-        return self
 
     def _without_regime_column(self, X: np.ndarray) -> np.ndarray:
         return np.delete(X, self.regime_column, axis=1)
 
-    def _fit_regimes(self, X: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> None:
+    def _fit_regimes(self, X: np.ndarray, y: np.ndarray, w: np.ndarray | None,
+                     chosen: tuple[np.ndarray, dict[str, Any]]) -> None:
         """Fit a model to each value of the regime column and keep the pair (``regimes_``)
         when its held-out loss beats this model's by more than ``SELECTION_SE`` standard
         errors of the paired per-row difference (the one-standard-error rule).
@@ -2104,30 +2112,40 @@ class QuantileModel:
         Xr = self._without_regime_column(X)
         n = len(y)
         pooled = np.full(n, np.nan)
-        sel, loss = self._heldout_loss
-        pooled[sel] = loss
+        sel, best = chosen
+        pooled[sel] = best["row_loss"]
         split = np.full(n, np.nan)
-        models = []
+        models, parts = [], []
         params = _params_without_column(self.params, j)
         for mask in (~flag, flag):
             rows = np.flatnonzero(mask)
             sub = QuantileModel(kinds, ncats, "auto", self.n_folds, params, self.random_state)
+            part = (Xr[rows], y[rows], None if w is None else w[rows])
             try:
-                sub._fit(Xr[rows], y[rows], None if w is None else w[rows])
-            except (ValueError, *_lightgbm_error()) as exc:
+                sub_chosen = sub._choose(*part)
+            except (ValueError, *lightgbm_errors()) as exc:
                 # The model of all rows fitted: it serves, and the metrics say why no split.
                 self.regime_cv_["reason"] = f"a model of one kind of run could not be fitted: {exc}"
                 return
-            sub_sel, sub_loss = sub._heldout_loss
-            split[rows[sub_sel]] = sub_loss
+            sub_sel, sub_best = sub_chosen
+            split[rows[sub_sel]] = sub_best["row_loss"]
             models.append(sub)
+            parts.append((part, sub_chosen))
         both = np.isfinite(pooled) & np.isfinite(split)
         d = split[both] - pooled[both]
         self.regime_cv_.update(
             pinball_loss=float(split[both].mean()), pooled_pinball_loss=float(pooled[both].mean()),
-            models=[{"algorithm": m.family_, "rows": size, "pinball_loss": m.cv_[m.family_]["pinball_loss"]}
-                    for m, size in zip(models, sizes)])
+            models=[{"algorithm": b["family"], "rows": size, "pinball_loss": m.cv_[b["family"]]["pinball_loss"]}
+                    for m, (_, (_, b)), size in zip(models, parts, sizes)])
         if len(d) >= REGIME_MIN_ROWS and d.mean() < -SELECTION_SE * _mean_se(d):
+            # Only a kept pair is fitted on all its rows. Its models' own shared factors are
+            # never read (a batch's total carries this model's), and stay 0.
+            try:
+                for model, (part, sub_chosen) in zip(models, parts):
+                    model._finish(*part, sub_chosen)
+            except (ValueError, *lightgbm_errors()) as exc:
+                self.regime_cv_["reason"] = f"a model of one kind of run could not be fitted: {exc}"
+                return
             self.regimes_ = (models[0], models[1])
             self.regime_cv_["split"] = True
         else:
@@ -2812,9 +2830,8 @@ def _params_without_column(params: dict[str, Any], j: int) -> dict[str, Any]:
     number the features after it one lower."""
     out = dict(params)
     for name, value in params.items():
-        if name in MODEL_PARAMS or _lightgbm_aliases().get(name, name) not in _PER_FEATURE_LGB_PARAMS:
-            continue
-        if _lightgbm_aliases().get(name, name) == "interaction_constraints":
+        canonical = None if name in MODEL_PARAMS else _lightgbm_aliases().get(name, name)
+        if canonical == "interaction_constraints":
             if isinstance(value, list):
                 groups = []
                 for group in value:
@@ -2823,6 +2840,8 @@ def _params_without_column(params: dict[str, Any], j: int) -> dict[str, Any]:
                     if group != []:
                         groups.append(group)
                 out[name] = groups
+        elif canonical not in _PER_FEATURE_LGB_PARAMS:
+            continue
         elif isinstance(value, list) and len(value) > j:
             out[name] = value[:j] + value[j + 1:]
         elif isinstance(value, str) and len(value.split(",")) > j:
@@ -2831,8 +2850,8 @@ def _params_without_column(params: dict[str, Any], j: int) -> dict[str, Any]:
     return out
 
 
-def _lightgbm_error() -> tuple[type[Exception], ...]:
-    """LightGBM's error type, once LightGBM is loaded (a parameter it refuses)."""
+def lightgbm_errors() -> tuple[type[Exception], ...]:
+    """LightGBM's error type (bad ``params`` such as ``num_leaves: -3``), once LightGBM is loaded."""
     lgb = sys.modules.get("lightgbm")
     return (lgb.basic.LightGBMError,) if lgb is not None else ()
 

@@ -15,7 +15,6 @@ import multiprocessing
 import os
 import re
 import signal
-import sys
 import threading
 import time
 import uuid
@@ -33,7 +32,7 @@ from .atomic import atomic_write_bytes, read_regular
 from .errors import InvalidInput, NotFound, PredictorError, TooBusy, shown, validation_message
 from .features import FeatureSchema
 from .identity import BOOLEAN_PART_NAMES, IDENTITY_KEYS, ModelIdentity, identity_part_problem
-from .modeling import QuantileModel, check_params
+from .modeling import QuantileModel, check_params, lightgbm_errors
 from .processes import started, still_running
 from .registry import ModelRegistry, ModelVersion
 from .schemas import TrainConfig
@@ -230,7 +229,7 @@ class Trainer:
         try:
             model = QuantileModel(schema.kinds, schema.n_categories, config.algorithm, params=config.params,
                                   regime_column=schema.regime_column).fit(X, y)
-        except (TypeError, ValueError, *_lightgbm_errors()) as exc:
+        except (TypeError, ValueError, *lightgbm_errors()) as exc:
             raise InvalidInput(f"{identity.key}: training failed: {exc}", field="params") from None
         metrics = {
             **model.cv_summary(),
@@ -259,13 +258,6 @@ class Trainer:
             data_hash=digest.hexdigest(),
         )
         return self.registry.save(meta, model, training_data=(X, y))
-
-
-
-def _lightgbm_errors() -> tuple[type[Exception], ...]:
-    """LightGBM's error type (bad ``params`` such as ``num_leaves: -3``), once LightGBM is loaded."""
-    lgb = sys.modules.get("lightgbm")
-    return (lgb.basic.LightGBMError,) if lgb is not None else ()
 
 
 # --------------------------------------------------------------------------- worker process
