@@ -5,7 +5,7 @@ The server runs on one core (taskset -c 0), the load generator on the other
 (httpx costs ~1 ms a request here, more than the server), throughput with wrk
 (Debian package `wrk`) with 16 connections.
 
-    uv run python benchmarks/latency.py [--quick] [--skip-training] [--skip-registry] [--only http,coalesce,metrics,...]
+    uv run python benchmarks/latency.py [--quick] [--skip-training] [--skip-registry] [--only http,coalesce,metrics,observe,...]
 """
 
 from __future__ import annotations
@@ -533,13 +533,34 @@ def section_atoms(data_dir: Path) -> None:
     svc.close()
 
 
+def section_observe(data_dir: Path) -> None:
+    """What one ``/observe`` of one measured runtime costs in-process once the model's accuracy
+    window (1,000 observations) is full: its prediction, the append to the observation log,
+    the rolling accuracy and the drift report that the answer carries."""
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    svc = PredictorService(PredictorSettings(data_dir=data_dir, cache_size=0))
+    traces = llm_traces(4000, seed=11)
+    for t in traces[:1200]:
+        svc.observe(IDENT, [t])
+    took = []
+    for t in traces[1200:]:
+        t0 = time.perf_counter()
+        svc.observe(IDENT, [t])
+        took.append(time.perf_counter() - t0)
+    print(f"| in-process /observe of one runtime, accuracy window full | median {statistics.median(took) * 1e3:.2f} ms, "
+          f"p99 {np.percentile(took, 99) * 1e3:.2f} ms |")
+    svc.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--algorithm", default="auto")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--skip-registry", action="store_true")
-    ap.add_argument("--only", default="", help="comma-separated sections: http,batch,cache,coalesce,isolation,training,registry,metrics,preload,atoms")
+    ap.add_argument("--only", default="", help="comma-separated sections: http,batch,cache,coalesce,isolation,training,registry,metrics,preload,atoms,observe")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
 
@@ -570,6 +591,8 @@ def main() -> None:
             section_preload(Path(tmp))
         if want("atoms"):
             section_atoms(data_dir)
+        if want("observe"):
+            section_observe(data_dir)
     print(f"\n(maxrss of this driver: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
 
 

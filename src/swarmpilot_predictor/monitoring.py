@@ -220,6 +220,9 @@ class RollingAccuracy:
     # /health and /models ask for every model's drift on each call: the report (eight
     # binomial tests) is computed once per change of the window, not per request.
     _report: dict[tuple[float, int], dict[str, Any]] = field(default_factory=dict, repr=False)
+    # The binomial tests' p-values at the last checkpoint: they change only there, and were
+    # three quarters of an /observe request's time when run on every one (3.7 ms a report).
+    _pvalues: tuple[tuple[int, np.ndarray, int], dict[str, float]] | None = field(default=None, repr=False)
 
     def add(self, y: np.ndarray, q: np.ndarray, ts: np.ndarray | None = None, index: np.ndarray | None = None) -> None:
         """Observations ``y`` with their predicted quantiles ``q``, the times they were
@@ -285,9 +288,12 @@ class RollingAccuracy:
         at, hits, n_checked = self._checkpoint
         # One exact binomial test per level, Bonferroni-corrected: with few
         # observations a large deviation is expected noise, with many it is not.
-        from scipy.stats import binomtest  # costs seconds to import: only when testing
+        if self._pvalues is None or self._pvalues[0] is not self._checkpoint:
+            from scipy.stats import binomtest  # costs seconds to import: only when testing
 
-        pvalues = {f"{t:g}": float(binomtest(int(k), n_checked, t).pvalue) for t, k in zip(MONITOR_LEVELS, hits.tolist())}
+            self._pvalues = (self._checkpoint, {f"{t:g}": float(binomtest(int(k), n_checked, t).pvalue)
+                                                for t, k in zip(MONITOR_LEVELS, hits.tolist())})
+        pvalues = dict(self._pvalues[1])
         worst = min(pvalues, key=pvalues.get)
         corrected = min(1.0, pvalues[worst] * len(pvalues))
         tested = n_checked >= min_observations
