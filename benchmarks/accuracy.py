@@ -1038,9 +1038,10 @@ these traces too, so they are no longer untouched data, and the ratios below are
 not those of that first scoring. Two of the three carry timestamps: given the derived
 `first_of_shape` column, `qrf` beats the service on both (the summary's last column).
 Where its lead comes from is under each set's table ("Where `qrf+derived` gains"):
-- Text encoder: one test row decides it: trace 4, a 565 ms run in the first second of a
-  fresh process (traces 0, 5 and 11 took 0.5 to 1.4 s too), which the forest, reading the
-  row counter `seq`, puts among them. Without that row the ratio is 0.928.
+- Text encoder: one test row decides it: trace 4, a 565 ms run 1.6 s after the fresh
+  process's first (traces 0, 5 and 11, all in its first 3.5 s, took 0.5 to 1.4 s too; no
+  later one took over 0.1 s), which the forest, reading the row counter `seq`, puts among
+  them. Without that row the ratio is 0.928.
 - Vision: one first run that was not slow decides the first runs' part: trace 153, the
   first of its shape, took 4 ms, and so did its shape's first run in training; the
   service's model of first runs puts every first run's median near 800 ms (and a fast one at

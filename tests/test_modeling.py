@@ -1034,8 +1034,14 @@ def test_a_regime_with_few_rows_keeps_one_model():
     assert model.regimes_ is None
     assert model.cv_summary()["regime_split"] == {"column": 2, "rows": [494, 6], "split": False,
                                              "reason": "fewer than 10 training rows in a regime"}
-    # A forced algorithm is what was asked for: no split is tried.
+    # Rows of weight 0 do not count: with every first run weighted 0 the split is not tried
+    # (it used to be, and a kind's model failed to fit: "SVD did not converge").
     X, y = autotuned(80, 2080, seed=1)
+    w = np.where(X[:, 2] > 0.5, 0.0, 1.0)
+    weighted = QuantileModel(["numeric"] * 3, [0, 0, 0], regime_column=2).fit(X, y, sample_weight=w)
+    assert weighted.regimes_ is None
+    assert weighted.cv_summary()["regime_split"]["reason"] == "fewer than 10 training rows in a regime (of weight above 0)"
+    # A forced algorithm is what was asked for: no split is tried.
     forced = QuantileModel(["numeric"] * 3, [0, 0, 0], algorithm="linear", regime_column=2).fit(X, y)
     assert forced.regimes_ is None and "regime_split" not in forced.cv_summary()
 

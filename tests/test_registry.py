@@ -20,6 +20,7 @@ from swarmpilot_predictor.errors import AmbiguousModel, ModelNotFound, NotFound,
 from swarmpilot_predictor.features import FeatureSchema
 from swarmpilot_predictor.identity import IdentityPattern, ModelIdentity
 from swarmpilot_predictor.modeling import QuantileModel
+from swarmpilot_predictor.schemas import first_run_split
 from swarmpilot_predictor.registry import (
     _PID_SPACE,
     ModelRegistry,
@@ -577,6 +578,13 @@ def test_a_lightgbm_model_saved_without_a_digest_still_loads(root):
     ("data", {"rows_used": "abc"}),  # summed in /models: one bad count failed every listing
     ("data", {"rows_used": [1]}),
     ("data_hash", None),
+    # Read by every listing (first_run_split): a damaged one failed them all with a 500.
+    ("metrics", {"rows_used": 80, "regime_split": {"split": True}}),
+    ("metrics", {"rows_used": 80, "regime_split": {"split": True, "models": [{"algorithm": "linear"}]}}),
+    ("metrics", {"rows_used": 80, "regime_split": {"split": True, "models": [1, 2]}}),
+    ("metrics", {"rows_used": 80, "regime_split": {"split": True, "models": None}}),
+    ("metrics", {"rows_used": 80, "regime_split": {"split": "yes"}}),
+    ("metrics", {"rows_used": 80, "regime_split": [1]}),
 ])
 def test_damaged_metadata_that_still_parses_skips_only_that_version(root, caplog, field, value):
     reg = ModelRegistry(root)
@@ -595,8 +603,20 @@ def test_damaged_metadata_that_still_parses_skips_only_that_version(root, caplog
     for identity in (IDENT, OTHER):  # what a listing reads of every model
         meta = fresh.latest(identity)
         orjson.dumps(meta.public_json(detail=True))
+        assert first_run_split(meta.metrics) is None
         assert meta.data.get("rows_used") and meta.metrics.get("rows_used")
         fresh.load(identity)
+
+
+def test_a_split_is_named_only_where_the_metrics_say_it_as_training_writes_it():
+    # The CLI reads the metrics of any server's answer: what it does not understand is no split.
+    models = [{"algorithm": "lightgbm", "rows": 900}, {"algorithm": "linear", "rows": 40}]
+    assert first_run_split({"regime_split": {"split": True, "models": models}}) == {
+        "repeats": "lightgbm", "first_runs": "linear"}
+    for damaged in ({"split": True}, {"split": True, "models": models[:1]}, {"split": True, "models": [1, 2]},
+                    {"split": True, "models": [{"algorithm": 3}, {"algorithm": "linear"}]}, {"split": False}, [1], None):
+        assert first_run_split({"regime_split": damaged}) is None
+    assert first_run_split(None) is None
 
 
 def test_metadata_whose_features_are_not_the_models_columns_is_a_clear_error(root):

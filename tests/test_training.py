@@ -14,7 +14,7 @@ from swarmpilot_predictor.registry import ModelRegistry
 from swarmpilot_predictor.schemas import TrainConfig
 from swarmpilot_predictor.training import Trainer, TrainingJobs, when_parent_dies
 
-from .conftest import IDENTITY, make_llm_traces
+from .conftest import IDENTITY, autotuned_traces, make_llm_traces
 
 
 def test_trainer_stores_a_version_with_its_training_rows(tmp_path):
@@ -256,6 +256,27 @@ def test_lightgbm_without_a_usable_feature_says_why_each_column_is_not_one(tmp_p
     message = err.value.message
     assert "none of the traces' columns can be one" in message
     assert "request: no value repeats" in message and "gpu: constant" in message
+
+
+def test_a_per_feature_lightgbm_list_is_checked_against_the_columns_derived_ones_included(tmp_path):
+    traces, _ = autotuned_traces(20, 400, seed=2)
+    trainer = Trainer(tmp_path, ModelRegistry(tmp_path / "models"))
+    for params in ({"monotone_constraints": [1, 1]}, {"mc": [1, 1]}, {"max_bin_by_feature": [63, 63, 63, 63]}):
+        name = next(iter(params))
+        with pytest.raises(PredictorError) as err:
+            trainer.train(TrainConfig(model=IDENTITY, traces=traces, algorithm="lightgbm", params=params))
+        # It was LightGBM's own "Check failed: ... == (config->monotone_constraints.size())".
+        assert err.value.status_code == 422 and err.value.field == f"params.{name}"
+        assert (f"'{name}' has {len(params[name])} value(s), one per feature column, and the "
+                "model has 3 (batch_size, image_size, first_of_shape); first_of_shape is derived") in err.value.message
+    # One value per column, the derived one included, trains; so does a list for the traces'
+    # own features where the column is not derived.
+    result = trainer.train(TrainConfig(model=IDENTITY, traces=traces, algorithm="lightgbm",
+                                       params={"monotone_constraints": [1, 1, 0]}))
+    assert result["metrics"]["columns"] == ["batch_size", "image_size", "first_of_shape"]
+    result = trainer.train(TrainConfig(model=IDENTITY, traces=traces, algorithm="lightgbm", first_of_shape=False,
+                                       params={"monotone_constraints": [1, 1]}))
+    assert result["metrics"]["columns"] == ["batch_size", "image_size"]
 
 
 def test_damaged_job_records_read_as_failed_or_unknown(tmp_path):

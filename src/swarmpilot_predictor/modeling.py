@@ -2103,8 +2103,11 @@ class QuantileModel:
         flag = X[:, j] > 0.5
         sizes = [int((~flag).sum()), int(flag.sum())]
         self.regime_cv_ = {"column": j, "rows": sizes, "split": False}
-        if min(sizes) < REGIME_MIN_ROWS:
-            self.regime_cv_["reason"] = f"fewer than {REGIME_MIN_ROWS} training rows in a regime"
+        # Rows of weight 0 (a retraining's forgotten ones) tell a kind's model nothing.
+        counted = np.ones(len(y), dtype=bool) if w is None else w > 0
+        if min(int((~flag & counted).sum()), int((flag & counted).sum())) < REGIME_MIN_ROWS:
+            self.regime_cv_["reason"] = (f"fewer than {REGIME_MIN_ROWS} training rows in a regime"
+                                         + ("" if w is None else " (of weight above 0)"))
             return
         keep = [k for k in range(len(self.kinds)) if k != j]
         kinds = [self.kinds[k] for k in keep]
@@ -2822,6 +2825,26 @@ def _lightgbm_value(v: Any, depth: int = 0) -> bool:
     if isinstance(v, (list, tuple)) and depth < 2 and len(v) <= 10_000:
         return all(not isinstance(x, str) and _lightgbm_value(x, depth + 1) for x in v)
     return False
+
+
+def per_feature_param_problem(params: dict[str, Any], columns: Sequence[str]) -> tuple[str, str] | None:
+    """The first of LightGBM's per-feature lists in ``params`` (``monotone_constraints`` and
+    the like) whose length is not the model's number of columns, with what is wrong; None if
+    none. Derived columns count: a list for the traces' own features alone was a
+    "Check failed" from LightGBM's C++, which did not say that a derived column was the
+    one it missed."""
+    for name, value in params.items():
+        canonical = None if name in MODEL_PARAMS else _lightgbm_aliases().get(name, name)
+        if canonical not in _PER_FEATURE_LGB_PARAMS or canonical == "interaction_constraints":
+            continue
+        size = len(value) if isinstance(value, list) else len(value.split(",")) if isinstance(value, str) else None
+        if size is not None and size != len(columns):
+            shown_columns = ", ".join(columns[:20]) + (", ..." if len(columns) > 20 else "")
+            derived = ("; first_of_shape is derived from the traces' timestamps ('first_of_shape': false "
+                       "in the config leaves it out)" if "first_of_shape" in columns else "")
+            return name, (f"'{name}' has {size} value(s), one per feature column, and the model has "
+                          f"{len(columns)} ({shown_columns}){derived}")
+    return None
 
 
 def _params_without_column(params: dict[str, Any], j: int) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from .errors import (AmbiguousModel, InvalidInput, ModelNotFound, ModelUnreadabl
 from .features import FeatureSchema
 from .identity import IdentityPattern, ModelIdentity
 from .modeling import QuantileModel
+from .schemas import regime_split_problem
 from .processes import boot_id, pid_space, started, still_running
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,8 @@ class ModelVersion:
         if rows is not None and not (isinstance(rows, int) and not isinstance(rows, bool) and rows >= 0):
             # Summed over models in /models: one damaged file would fail every listing.
             raise ValueError(f"'data.rows_used' must be a whole number, got {json_kind(rows)}")
+        if (problem := regime_split_problem(optional["metrics"])) is not None:
+            raise ValueError(problem)  # read by every listing too
         data_hash = d.get("data_hash", "")
         if not isinstance(data_hash, str):
             raise ValueError(f"'data_hash' must be a string, got {json_kind(data_hash)}")

@@ -400,12 +400,36 @@ def _not_json(path: tuple[Any, ...], what: str) -> None:
     raise InvalidInput(f"{field}: {what}", field=field)
 
 
+def _split_models(split: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A kept split's two models (repeats, first runs), each naming its family; None if not so."""
+    models = split.get("models")
+    if (isinstance(models, list) and len(models) == 2
+            and all(isinstance(m, dict) and isinstance(m.get("algorithm"), str) for m in models)):
+        return models
+    return None
+
+
+def regime_split_problem(metrics: dict[str, Any]) -> str | None:
+    """What is wrong with a version's ``metrics.regime_split``, if anything (a model file's
+    metadata is refused for it: every model listing reads it)."""
+    split = metrics.get("regime_split")
+    if split is None:
+        return None
+    if not isinstance(split, dict):
+        return f"'metrics.regime_split' must be an object, got {json_kind(split)}"
+    if not isinstance(split.get("split"), bool):
+        return f"'metrics.regime_split.split' must be true or false, got {json_kind(split.get('split'))}"
+    if split["split"] and _split_models(split) is None:
+        return "'metrics.regime_split.models' must be two objects, one per kind of run, each with its 'algorithm'"
+    return None
+
+
 def first_run_split(metrics: dict[str, Any]) -> dict[str, Any] | None:
     """From a version's training metrics, the families of its repeats' and first runs'
     models (``{"repeats": ..., "first_runs": ...}``) where it serves one for each kind of
-    run; None otherwise (its ``algorithm`` is then the family that answers)."""
-    split = metrics.get("regime_split")
-    if not isinstance(split, dict) or split.get("split") is not True:
+    run; None otherwise (its ``algorithm`` is then the family that answers). Metrics that
+    say it otherwise than training writes it (another server's answer) are read as no split."""
+    split = metrics.get("regime_split") if isinstance(metrics, dict) else None
+    if not isinstance(split, dict) or split.get("split") is not True or (models := _split_models(split)) is None:
         return None
-    repeats, first_runs = (m.get("algorithm") for m in split["models"])
-    return {"repeats": repeats, "first_runs": first_runs}
+    return {"repeats": models[0]["algorithm"], "first_runs": models[1]["algorithm"]}

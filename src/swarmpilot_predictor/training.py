@@ -32,7 +32,7 @@ from .atomic import atomic_write_bytes, read_regular
 from .errors import InvalidInput, NotFound, PredictorError, TooBusy, shown, validation_message
 from .features import FeatureSchema
 from .identity import BOOLEAN_PART_NAMES, IDENTITY_KEYS, ModelIdentity, identity_part_problem
-from .modeling import QuantileModel, check_params, lightgbm_errors
+from .modeling import QuantileModel, check_params, lightgbm_errors, per_feature_param_problem
 from .processes import started, still_running
 from .registry import ModelRegistry, ModelVersion
 from .schemas import TrainConfig
@@ -225,6 +225,8 @@ class Trainer:
             raise InvalidInput(f"{identity.key}: algorithm 'lightgbm' needs a feature, and none of the traces' "
                                f"columns can be one{f' ({dropped})' if dropped else ''}; 'auto' or 'empirical' "
                                "model the runtimes alone", field="algorithm")
+        if (problem := per_feature_param_problem(config.params, schema.column_names)) is not None:
+            raise InvalidInput(f"{identity.key}: params: {problem[1]}", field=f"params.{problem[0]}")
         t0 = time.perf_counter()
         try:
             model = QuantileModel(schema.kinds, schema.n_categories, config.algorithm, params=config.params,
