@@ -1135,3 +1135,35 @@ def test_a_service_started_with_preload_loads_its_models_before_any_request(tmp_
         assert health["models_registered"] == 2 and health["models_loaded"] == 2
     with run_server(data) as third, httpx.Client(base_url=third.url, timeout=60) as client:
         assert client.get("/health").json()["models_loaded"] == 0  # lazily, by default
+
+
+BROKEN_SERVER = """
+import logging, sys, uvicorn
+from swarmpilot_predictor.api import app_from_env
+app = app_from_env()
+logging.disable(logging.CRITICAL)  # each 500's traceback would fill the test's unread pipe
+def broken(*args, **kwargs):
+    raise KeyError("models")
+app.state.service.cache_stats = broken  # a bug on one route
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="critical")
+"""
+
+
+def test_an_unexpected_error_is_a_500_that_closes_its_connection_and_says_so(tmp_path):
+    with run_server(tmp_path / "data", args=[sys.executable, "-c", BROKEN_SERVER, "{port}"]) as srv:
+        port = int(srv.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(b"GET /cache/stats HTTP/1.1\r\nhost: x\r\n\r\n")
+            answer = b""
+            while chunk := conn.recv(65536):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        # The server closes the connection after a 500 (uvicorn does): the answer says so,
+        # so that a client's pool does not reuse it (the header was missing).
+        assert head.startswith(b"HTTP/1.1 500") and b"connection: close" in head.lower()
+        assert orjson.loads(body) == {"status": "error", "message": "internal error: KeyError",
+                                      "detail": "internal error: KeyError"}
+        with httpx.Client(base_url=srv.url) as client:
+            for _ in range(20):
+                assert client.get("/cache/stats").status_code == 500
+                assert client.get("/ping").status_code == 200

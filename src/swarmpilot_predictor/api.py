@@ -333,7 +333,12 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(500, f"internal error: {type(exc).__name__}")
+        response = error_response(500, f"internal error: {type(exc).__name__}")
+        # Starlette raises the error on to the server once this is sent, and uvicorn then
+        # closes the connection: said here, a keep-alive client does not send its next
+        # request into a closing socket (it got "connection reset by peer").
+        response.headers["connection"] = "close"
+        return response
 
     # ------------------------------------------------------------------ discovery
 
