@@ -995,6 +995,14 @@ def test_first_runs_get_a_model_of_their_own_when_it_predicts_better():
     assert model.regimes_ is not None and cv["split"] is True and cv["rows"] == sizes
     assert cv["pinball_loss"] < cv["pooled_pinball_loss"]
     assert [m["rows"] for m in cv["models"]] == sizes
+    # The held-out figures heading the metrics (what monitoring compares live accuracy with)
+    # are the pair's, which serves; algorithm and cv_scores describe the model of all rows.
+    summary = model.cv_summary()
+    assert summary["pinball_loss"] == pytest.approx(cv["pinball_loss"], rel=1e-12)
+    assert summary["pinball_loss"] < model.cv_[model.family_]["pinball_loss"] == pooled.cv_summary()["pinball_loss"]
+    assert summary["rows"] == len(y) and "heldout" not in cv
+    assert summary["algorithm"] == model.family_ and summary["variant"] == model.cv_[model.family_]["variant"]
+    assert abs(summary["interval_coverage"]["0.9"] - 0.9) < 0.03 and summary["mean_abs_coverage_error"] < 0.03
     first = Xt[:, 2] == 1
     loss = {name: pinball_losses(yt, q, LEVELS).mean(axis=1)
             for name, q in (("pooled", pooled.predict_quantiles(Xt, LEVELS)), ("split", model.predict_quantiles(Xt, LEVELS)),

@@ -2118,6 +2118,7 @@ class QuantileModel:
         sel, best = chosen
         pooled[sel] = best["row_loss"]
         split = np.full(n, np.nan)
+        heldout_q = np.full((n, len(EVAL_LEVELS)), np.nan)  # the pair's held-out quantiles
         models, parts = [], []
         params = _params_without_column(self.params, j)
         for mask in (~flag, flag):
@@ -2132,6 +2133,7 @@ class QuantileModel:
                 return
             sub_sel, sub_best = sub_chosen
             split[rows[sub_sel]] = sub_best["row_loss"]
+            heldout_q[rows[sub_sel]] = sub_best["q"]
             models.append(sub)
             parts.append((part, sub_chosen))
         both = np.isfinite(pooled) & np.isfinite(split)
@@ -2151,6 +2153,10 @@ class QuantileModel:
                 return
             self.regimes_ = (models[0], models[1])
             self.regime_cv_["split"] = True
+            # What serves is the pair: its held-out figures head the metrics (cv_summary),
+            # which monitoring compares live accuracy with.
+            scored = np.isfinite(split)
+            self.regime_cv_["heldout"] = quantile_metrics(y[scored], heldout_q[scored], EVAL_LEVELS)
         else:
             self.regime_cv_["reason"] = "not better on held-out rows than one model of all rows"
 
@@ -2241,7 +2247,8 @@ class QuantileModel:
                 metrics.pop(key, None)
             metrics.update(self._describe(best, y))
         for c in candidates:
-            c.pop("q", None)
+            if c is not best:  # the chosen one's held-out quantiles may score a split (_fit_regimes)
+                c.pop("q", None)
         return best
 
     @staticmethod
@@ -2461,18 +2468,27 @@ class QuantileModel:
     # ------------------------------------------------------------------ prediction
 
     def cv_summary(self) -> dict[str, Any]:
-        """The fitted model's held-out figures, as a version's ``metrics`` store them."""
+        """The fitted model's held-out figures, as a version's ``metrics`` store them.
+
+        With a model for each kind of run (``regimes_``), the held-out figures
+        (``pinball_loss``, ``coverage``, ``interval_coverage``, ``median_mape``...) are
+        the pair's, which serves; ``algorithm``, ``variant`` and ``cv_scores`` describe
+        the model of all rows, and ``regime_split`` the pair.
+        """
         chosen = self.cv_[self.family_]
+        split = dict(self.regime_cv_) if self.regime_cv_ is not None else None
+        heldout = split.pop("heldout", None) if split is not None else None
         return {
             "algorithm": self.family_,
             "validation": "cross-validated (out-of-fold, calibrated without the held-out fold)",
             **{k: v for k, v in chosen.items() if k != "seconds"},
+            **(heldout if self.regimes_ is not None and heldout is not None else {}),
             "cv_scores": {
                 f: {k: m[k] for k in ("pinball_loss", "mean_abs_coverage_error", "variant") if k in m}
                 for f, m in self.cv_.items()
             },
             "shared_log_sd": self.shared_log_sd_,
-            **({"regime_split": self.regime_cv_} if self.regime_cv_ is not None else {}),
+            **({"regime_split": split} if split is not None else {}),
         }
 
     def predict_distribution(self, X: np.ndarray) -> TaskDistributions:
