@@ -31,8 +31,8 @@ from .errors import (AmbiguousModel, InvalidInput, ModelNotFound, ModelUnreadabl
 from .features import FeatureSchema
 from .identity import IdentityPattern, ModelIdentity
 from .modeling import QuantileModel
-from .schemas import regime_split_problem
 from .processes import boot_id, pid_space, started, still_running
+from .schemas import regime_split_problem
 
 log = logging.getLogger(__name__)
 _META = re.compile(r"^v(\d{4,})\.meta\.json$")
