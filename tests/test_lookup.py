@@ -1156,3 +1156,24 @@ def test_a_table_answers_its_own_traces_of_shapes_its_model_never_saw(tmp_path):
             np.testing.assert_allclose(t["quantile_predictions"], model[3]["quantile_predictions"], rtol=1e-9)
     finally:
         service.close()
+
+
+def test_crossing_quantiles_are_rearranged_and_an_interval_that_contradicts_them_is_refused():
+    # A seed model fitted one level at a time may store quantiles that cross: they are put
+    # in increasing order (they used to be flattened to their running maximum, [12, 12, 12]).
+    crossing = {**record(0, features={"x": 1}, levels=(0.25, 0.5, 0.75)), "quantile_predictions": [12.0, 9.0, 11.0]}
+    table = LookupTable.from_records([crossing], name="crossing.json")
+    answer = table.predict(None, [{"x": 1}], 0.95, None, False).results()[0]
+    assert answer["quantile_predictions"] == [9.0, 11.0, 12.0]
+    named = table.predict(None, [{"x": 1}], 0.95, [0.25, 0.5, 0.75], False).results()[0]
+    assert named["quantile_predictions"] == pytest.approx([9.0, 11.0, 12.0])
+    # An interval whose ends contradict the stored quantiles: damaged. It was answered with
+    # a median below the interval's low end, and other values when the levels were named.
+    damaged = {**record(0, features={"x": 1}, levels=(0.25, 0.5, 0.75, 0.99)), "quantile_predictions": [5, 4, 3, 2],
+               "interval": [651.9, 1167.3], "confidence_level": 0.95}
+    with pytest.raises(TraceError, match=r"decr.json: success record 0: its 'interval' \[651.9, 1167.3\] contradicts"):
+        LookupTable.from_records([damaged], name="decr.json")
+    # Ends that agree with the quantiles (as generation writes them) load, rounding included.
+    fine = {**damaged, "quantile_predictions": [700.0, 880.0, 990.0, 1200.0], "interval": [651.9, 1167.3 * (1 + 1e-9)]}
+    assert LookupTable.from_records([fine], name="fine.json").predict(None, [{"x": 1}], 0.95, None, False).results()[0][
+        "interval"] == pytest.approx([651.9, 1167.3])

@@ -248,3 +248,30 @@ def test_tables_and_trace_files_at_the_edges_answer_4xx_or_serve(live):
     assert r.status_code == 422 and r.json()["status"] == "failed" and "nested too deeply" in r.json()["message"]
     assert httpx.delete(f"{url}/tables/{'t' * 245}.json").status_code == 404
     assert httpx.get(f"{url}/health").json()["status"] == "healthy"
+
+
+def test_table_names_levels_and_values_at_the_edges(live):
+    srv, _ = live
+    with PredictorClient(srv.url) as client:
+        # A blank name names no table: refused, where it used to fall back to (and overwrite)
+        # the model's default table.
+        for blank in ("", "  "):
+            with pytest.raises(PredictorClientError) as err:
+                client.generate_table(IDENTITY, jsonl(TRACES[:3]), table_name=blank)
+            assert err.value.status_code == 422 and err.value.field == "table_name"
+        # NaN is refused before sending, as it is in a JSON body (the form carried "nan").
+        with pytest.raises(ValueError) as err:
+            client.generate_table(IDENTITY, jsonl(TRACES[:3]), confidence_level=float("nan"))
+        assert err.value.field == "confidence_level"
+        # A model type that starts with '.' gets a default table name that is not a hidden file.
+        hidden = {**IDENTITY, "model_type": ".hidden"}
+        client.train({"model": hidden, "traces": make_llm_traces(60), "algorithm": "linear"})
+        made = client.generate_table(hidden, jsonl(TRACES[:3]))
+        assert made["status"] == "successful" and made["table_name"].startswith("hidden__")
+        assert (srv.data_dir / "tables" / made["table_name"]).is_file()
+        client.delete_model(hidden)
+        # An empty queue answered from a table totals 0 at the table's levels, as the model's does.
+        empty = client.predict_batch(IDENTITY, [], lookup_table_name="gen.json")
+        levels = orjson.loads((srv.data_dir / "tables" / "gen.json").read_bytes())[0]["quantiles"]
+        assert empty.quantiles == levels and empty.total_quantiles == [0.0] * len(levels)
+        assert empty.expect == 0.0 and empty.total_interval == [0.0, 0.0]

@@ -377,8 +377,12 @@ class _Calls:
             data, name = trace_file, filename or "traces.jsonl"
         else:
             data, name = Path(trace_file).read_bytes(), filename or Path(trace_file).name
+        if isinstance(confidence_level, (int, float)) and not math.isfinite(confidence_level):
+            # As in a JSON body: refused before sending (the form would carry the text "nan").
+            raise InvalidRequestError(f"confidence_level is {confidence_level}, which cannot be sent",
+                                      field="confidence_level")
         form = {"confidence_level": str(confidence_level)}
-        if table_name:
+        if table_name is not None:  # a blank name is the server's to refuse, not a default to fall back to
             form["table_name"] = table_name
         if format:
             form["format"] = format

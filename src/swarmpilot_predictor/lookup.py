@@ -1154,7 +1154,9 @@ class LookupTable:
                 item["distance"] = dist_l[i]
             results.append(item)
             k += 1
-        total_levels = levels if levels is not None else (answers[0][0] if n_ok else None)
+        # An empty queue answers the levels its tasks would have had: the table's first records'.
+        total_levels = levels if levels is not None else (
+            answers[0][0] if n_ok else (list(self.levelset_lists[0]) if not traces and self.levelset_lists else None))
         total = None
         if with_total and n_ok:
             total = _table_total(np.asarray(expect), np.asarray(error), total_levels, confidence_level, answers)
@@ -1459,7 +1461,9 @@ class _Builder:
                 raise TraceError(f"{self.name}: a record's quantile_predictions hold a value that is not a finite number")
             if (v < 0).any():
                 raise TraceError(f"{self.name}: a record's quantile_predictions hold a negative runtime")
-            values.append(np.maximum.accumulate(v, axis=1))
+            # Quantiles that cross (a seed model's, fitted one level at a time) are rearranged
+            # into increasing order: the rearranged curve is at least as close to the true one.
+            values.append(np.sort(v, axis=1))
             self.level_arrays[s] = self.level_arrays[s][order]
         interval = np.frombuffer(self.interval, dtype=np.float64).reshape(n, 2).copy()
         confidence = np.frombuffer(self.confidence, dtype=np.float64).copy()
@@ -1472,6 +1476,7 @@ class _Builder:
         if len(bad):
             raise TraceError(f"{self.name}: success record {int(bad[0])}: 'interval' must be [low, high] with "
                              "0 <= low <= high")
+        self._check_intervals(values, interval, confidence, stated)
         reserved = reserved_keys()
         columns = []
         for fname, vals in self.features.items():
@@ -1503,6 +1508,32 @@ class _Builder:
             fmt=fmt,
             seed=seed,
         )
+
+    def _check_intervals(self, values: list[np.ndarray], interval: np.ndarray, confidence: np.ndarray,
+                         stated: np.ndarray) -> None:
+        """A record's interval ends are its quantiles at ``(1 ± confidence_level) / 2``: one
+        that contradicts its stored quantiles (a stored quantile above the low end at a lower
+        level, or below it at a higher one; the same for the high end) is damaged. Answered,
+        it gave a median below the record's own interval when asked for the stored levels,
+        and other values when asked for the same levels by name."""
+        row_levelset = np.frombuffer(self.row_levelset, dtype=np.int32)
+        for s, v in enumerate(values):
+            rows = np.flatnonzero(row_levelset == s)  # in order of their positions in v
+            check = stated[rows]
+            if not check.any():
+                continue
+            r, V, L = rows[check], v[check], self.level_arrays[s][None, :]
+            edge = (1.0 - confidence[r]) / 2.0
+            bad = np.zeros(len(r), dtype=bool)
+            for level, end in ((edge, interval[r, 0]), (1.0 - edge, interval[r, 1])):
+                slack = end * 1e-6 + 1e-9  # rounding in a written table
+                bad |= ((L < level[:, None]) & (V > (end + slack)[:, None])).any(axis=1)
+                bad |= ((L > level[:, None]) & (V < (end - slack)[:, None])).any(axis=1)
+            if bad.any():
+                i = int(r[np.argmax(bad)])
+                raise TraceError(f"{self.name}: success record {i}: its 'interval' [{interval[i, 0]:g}, "
+                                 f"{interval[i, 1]:g}] contradicts its 'quantile_predictions' (the interval's ends "
+                                 f"are its quantiles at (1 ± confidence_level) / 2)")
 
     def _fail(self, where: str, message: str) -> TraceError:
         return TraceError(f"{self.name}: {where}: {message}")
@@ -1993,8 +2024,9 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 # --------------------------------------------------------------------------- parsed-table sidecars
 
-# Version of the sidecar layout; a sidecar of another version is ignored and rewritten.
-INDEX_FORMAT = 1
+# Version of the sidecar layout, or of what parsing makes of a table (2: crossing quantiles
+# rearranged, intervals checked); a sidecar of another version is ignored and rewritten.
+INDEX_FORMAT = 2
 # Bytes of the table's name kept in its sidecar's name (see LookupTableStore.index_path).
 _SIDECAR_NAME_BYTES = 200
 

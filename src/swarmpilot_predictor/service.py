@@ -532,13 +532,17 @@ class PredictorService:
         """
         if not 0.0 < confidence_level < 1.0:
             raise InvalidInput("confidence_level must lie strictly between 0 and 1", field="confidence_level")
+        if table_name is not None and not table_name.strip():
+            raise InvalidInput("table_name must be a non-empty file name (leave it out for the model's default name)",
+                               field="table_name")
         if fmt is not None and fmt not in WRITABLE_FORMATS:
             raise InvalidInput(f"format must be one of {', '.join(WRITABLE_FORMATS)}, got {shown(fmt)}", field="format")
         self.registry.maybe_refresh()
         identity = self.registry.resolve(pattern)
         loaded = self.registry.load(identity)
         if out_path is None:
-            name = table_name or f"{identity.dirname}.{fmt or 'json'}"
+            # A model type that starts with '.' must not make a hidden file (refused as a name).
+            name = table_name or f"{identity.dirname.lstrip('.')}.{fmt or 'json'}"
             out_path = self.tables.output_path(name)
         name_fmt = table_format(out_path.name)
         if name_fmt not in WRITABLE_FORMATS:
