@@ -270,6 +270,13 @@ def test_table_names_levels_and_values_at_the_edges(live):
         assert made["status"] == "successful" and made["table_name"].startswith("hidden__")
         assert (srv.data_dir / "tables" / made["table_name"]).is_file()
         client.delete_model(hidden)
+        # A table's name without "lookup_table": true had no effect (the model answered): refused.
+        for path, trace in (("single", TRACES[0]), ("batch", [TRACES[0]])):
+            for body in ({"trace": trace, "lookup_table_name": "gen.json"},
+                         {"trace": trace, "lookup_table": False, "lookup_table_name": "gen.json"}):
+                r = httpx.post(f"{srv.url}/predict/{path}/{SEGMENTS}", json=body)
+                assert r.status_code == 422 and r.json()["field"] == "lookup_table_name", r.text
+                assert "'lookup_table' is false" in r.json()["message"]
         # An empty queue answered from a table totals 0 at the table's levels, as the model's does.
         empty = client.predict_batch(IDENTITY, [], lookup_table_name="gen.json")
         levels = orjson.loads((srv.data_dir / "tables" / "gen.json").read_bytes())[0]["quantiles"]

@@ -152,6 +152,15 @@ class PredictOptions(BaseModel):
     def _levels(cls, v: list[float] | None) -> list[float] | None:
         return check_levels(v, "quantiles")
 
+    @field_validator("lookup_table_name")
+    @classmethod
+    def _name_for_a_table_answer(cls, v: str | None, info: ValidationInfo) -> str | None:
+        # A name without "lookup_table": true would have no effect: the model would answer.
+        if v is not None and info.data.get("lookup_table") is False:
+            raise ValueError("names a table, but 'lookup_table' is false: the model would answer; "
+                             "send \"lookup_table\": true for the table's answer, or leave the name out")
+        return v
+
 
 class PredictSingleRequest(PredictOptions):
     trace: dict[str, Any]
