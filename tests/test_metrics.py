@@ -93,6 +93,14 @@ def test_models_in_memory_are_reported_as_they_load_not_only_at_a_scrape(tmp_pat
             fresh.predict(IdentityPattern.from_parts(IDENTITY), [{"input_tokens": 5, "output_tokens": 5}])
             got = _samples(fresh.metrics.render()[0].decode())  # the metrics alone: no scrape-time update
             assert got[("predictor_models_loaded", ())] == 1.0
+            # ... and as they leave memory: deleted here, or by another worker and noticed at the
+            # next look at the registry (both kept saying 1 until a load or a scrape).
+            service.predict(IdentityPattern.from_parts(IDENTITY), [{"input_tokens": 5, "output_tokens": 5}])
+            assert _samples(service.metrics.render()[0].decode())[("predictor_models_loaded", ())] == 1.0
+            service.delete_model(IdentityPattern.from_parts(IDENTITY))
+            assert _samples(service.metrics.render()[0].decode())[("predictor_models_loaded", ())] == 0.0
+            fresh.list_models()
+            assert _samples(fresh.metrics.render()[0].decode())[("predictor_models_loaded", ())] == 0.0
         finally:
             fresh.close()
     finally:

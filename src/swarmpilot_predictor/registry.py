@@ -241,6 +241,9 @@ class ModelRegistry:
         self._epoch = 0
         # Called with an identity after this process saved or deleted one of its versions.
         self.on_change: Callable[[ModelIdentity], None] | None = None
+        # Called when versions leave memory because they were deleted (here, or by another
+        # process, noticed at a refresh): the service keeps its loaded-models gauge current.
+        self.on_unload: Callable[[], None] | None = None
         # A training worker only writes: it never needs the index.
         self._meta_cache: dict[str, tuple[int, ModelVersion]] = {}
         if scan:
@@ -311,9 +314,11 @@ class ModelRegistry:
             self._index = index
             self._index_changed()
             self._seen_generation = generation
-            for key in list(self._loaded):
-                if key[1] not in index.get(key[0], {}):
-                    del self._loaded[key]
+            gone = [key for key in self._loaded if key[1] not in index.get(key[0], {})]
+            for key in gone:
+                del self._loaded[key]
+        if gone and self.on_unload is not None:
+            self.on_unload()
 
     def refresh_identity(self, identity: ModelIdentity) -> None:
         """Re-read one model's versions (after a training worker wrote them)."""
@@ -643,6 +648,8 @@ class ModelRegistry:
             self._bump_generation()
             if self.on_change is not None:
                 self.on_change(identity)
+            if self.on_unload is not None:
+                self.on_unload()
         if failure is not None:
             done = ("nothing was deleted" if not deleted else f"version {deleted[0]} was deleted" if len(deleted) == 1
                     else f"versions {', '.join(map(str, deleted))} were deleted")

@@ -144,6 +144,7 @@ class PredictorService:
         self.metrics = PredictorMetrics()
         self.cache = PredictionCache(settings.cache_size)
         self.registry.on_change = self.cache.invalidate
+        self.registry.on_unload = self._report_loaded
         self.observations = ObservationLog(
             settings.observations_dir,
             max_file_bytes=int(settings.observations_max_file_mb * 1024 * 1024),
