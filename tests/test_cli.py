@@ -223,6 +223,8 @@ def test_predict_a_trace_file(tmp_path, trained, suffix):
     ("llm/*/TPU/*/*", '{"input_tokens": 1, "output_tokens": 1}', "no trained model matches llm/*/TPU/*/*"),
     ("llm/only-three/parts", '{"input_tokens": 1}', "MODEL is five parts"),
     ("llm/*/*/*/*", "not json and not a file", "neither a file nor a JSON"),
+    # Why it is not JSON is said: it read as a mere "not a file nor JSON".
+    ("llm/*/*/*/*", '{"input_tokens": 1e400, "output_tokens": 1}', "(as JSON: number is infinity when parsed as double"),
     # A mistyped '//' would widen the match to any value.
     ("llm//*/*/*", '{"input_tokens": 1}', "MODEL's model_name is empty: name it, or write '*' for any"),
 ])

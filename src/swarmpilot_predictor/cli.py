@@ -310,8 +310,9 @@ def _read_trace_arg(trace: str) -> list[dict[str, Any]]:
             _fail(f"{trace}: cannot read it ({exc.strerror or exc})")
     try:
         data = orjson.loads(trace)
-    except orjson.JSONDecodeError:
-        _fail("TRACE is neither a file nor a JSON object/array")
+    except orjson.JSONDecodeError as exc:
+        # Say why it is not JSON: a number beyond a float's range reads as "not a file nor JSON" otherwise.
+        _fail(f"TRACE is neither a file nor a JSON object/array (as JSON: {exc})")
     return data if isinstance(data, list) else [data]
 
 
@@ -405,7 +406,7 @@ def table_cmd(
     trace_file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Traces (.json, .jsonl or .csv, optionally .gz)."),
     output: Optional[str] = typer.Option(None, "--output", "-o",
                                          help="Table name in the data directory's tables folder (a path when offline); default: from the model."),
-    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="json or csv (default: from --output's suffix, else json)."),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="json or csv (default: from --output's suffix, which must be .json or .csv, optionally .gz; json without --output)."),
     confidence_level: float = typer.Option(0.95, "--confidence-level", "-c"),
     data_dir: Optional[Path] = DataDirOpt,
     url: Optional[str] = UrlOpt,
