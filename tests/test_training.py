@@ -261,19 +261,23 @@ def test_lightgbm_without_a_usable_feature_says_why_each_column_is_not_one(tmp_p
 def test_a_per_feature_lightgbm_list_is_checked_against_the_columns_derived_ones_included(tmp_path):
     traces, _ = autotuned_traces(20, 400, seed=2)
     trainer = Trainer(tmp_path, ModelRegistry(tmp_path / "models"))
-    for params in ({"monotone_constraints": [1, 1]}, {"mc": [1, 1]}, {"max_bin_by_feature": [63, 63, 63, 63]}):
+    for params in ({"monotone_constraints": [1, 1]}, {"mc": [1, 1]}, {"max_bin_by_feature": [63, 63, 63, 63]},
+                   {"monotone_constraints": 1}):  # a number is a list of one to LightGBM
         name = next(iter(params))
         with pytest.raises(PredictorError) as err:
             trainer.train(TrainConfig(model=IDENTITY, traces=traces, algorithm="lightgbm", params=params))
         # It was LightGBM's own "Check failed: ... == (config->monotone_constraints.size())".
         assert err.value.status_code == 422 and err.value.field == f"params.{name}"
-        assert (f"'{name}' has {len(params[name])} value(s), one per feature column, and the "
+        size = len(params[name]) if isinstance(params[name], list) else 1
+        assert (f"'{name}' has {size} value(s), one per feature column, and the "
                 "model has 3 (batch_size, image_size, first_of_shape); first_of_shape is derived") in err.value.message
     # One value per column, the derived one included, trains; so does a list for the traces'
     # own features where the column is not derived.
     result = trainer.train(TrainConfig(model=IDENTITY, traces=traces, algorithm="lightgbm",
                                        params={"monotone_constraints": [1, 1, 0]}))
     assert result["metrics"]["columns"] == ["batch_size", "image_size", "first_of_shape"]
+    # An empty list is LightGBM's "none given": it trains, as it did before the check.
+    trainer.train(TrainConfig(model=IDENTITY, traces=traces, algorithm="lightgbm", params={"monotone_constraints": []}))
     result = trainer.train(TrainConfig(model=IDENTITY, traces=traces, algorithm="lightgbm", first_of_shape=False,
                                        params={"monotone_constraints": [1, 1]}))
     assert result["metrics"]["columns"] == ["batch_size", "image_size"]

@@ -2853,7 +2853,12 @@ def per_feature_param_problem(params: dict[str, Any], columns: Sequence[str]) ->
         canonical = None if name in MODEL_PARAMS else _lightgbm_aliases().get(name, name)
         if canonical not in _PER_FEATURE_LGB_PARAMS or canonical == "interaction_constraints":
             continue
-        size = len(value) if isinstance(value, list) else len(value.split(",")) if isinstance(value, str) else None
+        if isinstance(value, list):
+            size = len(value) or None  # [] is LightGBM's "none given"
+        elif isinstance(value, str):
+            size = len(value.split(",")) if value.strip() else None
+        else:
+            size = 1 if isinstance(value, (int, float)) else None  # LightGBM reads a number as a list of one
         if size is not None and size != len(columns):
             shown_columns = ", ".join(columns[:20]) + (", ..." if len(columns) > 20 else "")
             derived = ("; first_of_shape is derived from the traces' timestamps ('first_of_shape': false "
