@@ -2472,8 +2472,9 @@ class QuantileModel:
 
         With a model for each kind of run (``regimes_``), the held-out figures
         (``pinball_loss``, ``coverage``, ``interval_coverage``, ``median_mape``...) are
-        the pair's, which serves; ``algorithm``, ``variant`` and ``cv_scores`` describe
-        the model of all rows, and ``regime_split`` the pair.
+        the pair's, which serves; ``algorithm``, ``variant``, ``cv_scores`` and the
+        feature-elimination figures describe the model of all rows, and ``regime_split``
+        the pair.
         """
         chosen = self.cv_[self.family_]
         split = dict(self.regime_cv_) if self.regime_cv_ is not None else None
