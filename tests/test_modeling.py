@@ -1108,3 +1108,45 @@ def test_a_kinds_model_that_cannot_be_fitted_leaves_the_model_of_all_rows(monkey
     split = model.cv_summary()["regime_split"]
     assert split["split"] is False and split["reason"] == "a model of one kind of run could not be fitted: no good"
     assert np.all(np.isfinite(model.predict_quantiles(X[:5], LEVELS)))
+
+
+def launch_bound(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Vision-like runtimes whose noise follows the typical runtime, not any one feature:
+    launch-bound tasks (under 3 ms of work) take 3 ms, and a third of them half as long again
+    (a slow state of the machine); compute-bound ones take their work, with 1% noise."""
+    rng = np.random.default_rng(seed)
+    batch, image = rng.choice([1, 2, 4, 8, 16, 32, 64], n), rng.choice([128, 224, 320, 448, 512], n)
+    work = 1e-5 * batch * image * image
+    small = work < 3.0
+    slow = small & (rng.random(n) < 0.3)
+    y = np.maximum(3.0, work) * np.exp(np.where(small, 0.03, 0.01) * rng.standard_normal(n)) * np.where(slow, 1.5, 1.0)
+    return np.column_stack([batch, image]).astype(float), y
+
+
+def test_the_shape_of_a_boosted_model_follows_its_typical_runtime():
+    X, y = launch_bound(3000, seed=1)
+    Xt, yt = launch_bound(3000, seed=2)
+    fitted = {on: QuantileModel(["numeric"] * 2, [0, 0], algorithm="lightgbm", params={"shape": True, "shape_location": on}).fit(X, y)
+              for on in (False, True)}
+    loss = {on: pinball_losses(yt, m.predict_quantiles(Xt, LEVELS), LEVELS).mean() for on, m in fitted.items()}
+    model = fitted[True]
+    assert model.shape_reads_location_ and not fitted[False].shape_reads_location_
+    # 0.0909 against 0.0978 ms: the log-linear shape design alone cannot tell launch-bound
+    # shapes (a slow state a third of the time) from compute-bound ones (1% noise).
+    assert loss[True] < 0.95 * loss[False]
+    # One task at a time as in a batch; the same after a round trip; a damaged flag refused.
+    q = model.predict_quantiles(Xt[:50], LEVELS)
+    mean, std = model.predict_distribution(Xt[:50]).mean_std()
+    for i, x in enumerate(Xt[:50].tolist()):
+        one = model.describe_one(x, tuple(LEVELS))
+        np.testing.assert_allclose(one[0], q[i], rtol=1e-6)
+        assert one[1] == pytest.approx(mean[i], rel=1e-4) and one[2] == pytest.approx(std[i], rel=1e-4)
+    stored = json.loads(json.dumps(model.to_json()))
+    again = QuantileModel.from_json(stored)
+    again.check_loaded()
+    np.testing.assert_array_equal(again.predict_quantiles(Xt, LEVELS), model.predict_quantiles(Xt, LEVELS))
+    with pytest.raises(ValueError, match="shape_reads_location"):
+        QuantileModel.from_json({**stored, "shape_reads_location": "yes"})
+    # Not for the other families: their location is a function of the design the shape reads.
+    linear = QuantileModel(["numeric"] * 2, [0, 0], algorithm="linear", params={"shape": True}).fit(X, y)
+    assert not linear.shape_reads_location_

@@ -1899,6 +1899,7 @@ class QuantileModel:
         self.shared_log_sd_ = 0.0
         self.regimes_: tuple[QuantileModel, QuantileModel] | None = None
         self.regime_cv_: dict[str, Any] | None = None
+        self.shape_reads_location_ = False
 
     # ------------------------------------------------------------------ fitting
 
@@ -2076,13 +2077,23 @@ class QuantileModel:
             z = (ylog[sel] - final.predict(X[sel])) / best["scale"].predict(X[sel])
         self.score_ = ScoreDistribution.from_scores(z)
         self.shape_: ShapeModel | None = None
+        self.shape_reads_location_ = bool(best.get("reads_location"))
         if best["shaped"]:
-            shape = ShapeModel(kinds, self.n_categories, **self._shape_params())
-            shape.fit(X[sel], best["z"], self.score_, None if w is None else w[sel], self.random_state)
+            Xs, kinds_s = X[sel], kinds
+            if self.shape_reads_location_:
+                # The held-out locations, as the scores the shape model learns from are held out.
+                Xs, kinds_s = np.column_stack([X[sel], best["oof"]]), kinds + ["numeric"]
+            shape = ShapeModel(kinds_s, self._categories_for(kinds_s), **self._shape_params())
+            shape.fit(Xs, best["z"], self.score_, None if w is None else w[sel], self.random_state)
             shape.set_recalibration(best["pits"])
             self.shape_ = shape
         self.n_rows_ = n
         self.log_range_ = (float(ylog.min()), float(ylog.max()))
+
+    def _categories_for(self, kinds: Sequence[str]) -> list[int]:
+        """The model's category counts for ``kinds``, with 0 for a column past the features
+        (the location, read by the shape model of a boosted location)."""
+        return list(self.n_categories) + [0] * (len(kinds) - len(self.n_categories))
 
     def _without_regime_column(self, X: np.ndarray) -> np.ndarray:
         return np.delete(X, self.regime_column, axis=1)
@@ -2293,10 +2304,16 @@ class QuantileModel:
             z = resid / s
             # The same location and a constant scale: the constant variant's held-out quantiles.
             twin = heldout.get((False, shaped)) if hetero and not varies else None
-            q, pits = twin if twin is not None else self._heldout(X, fold_atoms, oof, s, z, fold, shaped, w, kinds)
+            # Boosted trees' location carries the features' interactions: the shape of the
+            # noise may follow the typical runtime (launch-bound small tasks spread widely,
+            # compute-bound large ones hardly), which the shape's log-linear design cannot see.
+            reads_location = shaped and family == "lightgbm" and bool(self.params.get("shape_location", True))
+            Xs, kinds_s = (np.column_stack([X, oof]), kinds + ["numeric"]) if reads_location else (X, kinds)
+            q, pits = twin if twin is not None else self._heldout(Xs, fold_atoms, oof, s, z, fold, shaped, w, kinds_s)
             heldout[(hetero, shaped)] = (q, pits)
             fam.append({
                 "family": family, "hetero": hetero, "shaped": shaped, "scale": scale, "z": z, "weighted": weighted,
+                "reads_location": reads_location, "oof": oof,
                 "pits": pits, "tuned": tuned, "q": q, "kinds": kinds, "rank": rank,
                 "name": ("hetero" if hetero else "const") + ("+shape" if shaped else ""),
                 "row_loss": pinball_losses(y, q, EVAL_LEVELS).mean(axis=1),
@@ -2451,7 +2468,8 @@ class QuantileModel:
         fitted = []
         for k in range(n_folds):
             tr, te = fold != k, fold == k
-            shape = ShapeModel(self.kinds if kinds is None else kinds, self.n_categories, **self._shape_params())
+            kinds_k = self.kinds if kinds is None else kinds
+            shape = ShapeModel(kinds_k, self._categories_for(kinds_k), **self._shape_params())
             shape.fit(X[tr], z[tr], scores[k], None if w is None else w[tr], self.random_state)
             F = shape.raw_cdf(X[te])
             pits[te] = shape.pit(F, z[te], scores[k])
@@ -2512,7 +2530,8 @@ class QuantileModel:
         s = np.asarray(self.scale_.predict(X if self.scale_.kinds else X[:, :0]), dtype=np.float64)
         varies = not self.scale_.is_constant  # as describe_one reads it: one answer per task, in any batch
         if self.shape_ is not None and self.shape_.knots_:
-            return RuntimeDistribution(m, s, self.score_, self.shape_.knots_, self.shape_.cdf(X), bounds,
+            Xs = np.column_stack([X, m]) if self.shape_reads_location_ else X
+            return RuntimeDistribution(m, s, self.score_, self.shape_.knots_, self.shape_.cdf(Xs), bounds,
                                        self.shared_log_sd_, varies, self.atoms_)
         return RuntimeDistribution(m, s, self.score_, log_bounds=bounds, shared_log_sd=self.shared_log_sd_,
                                    scale_varies=varies, atoms=self.atoms_)
@@ -2552,7 +2571,8 @@ class QuantileModel:
         s = self.scale_.predict_row(x)
         shape = self.shape_
         if shape is not None and shape.knots_:
-            return describe_one(m, s, self.score_, levels, self.scale_.is_constant, shape.knots_, shape.cdf_row(x),
+            row = [*x, m] if self.shape_reads_location_ else x
+            return describe_one(m, s, self.score_, levels, self.scale_.is_constant, shape.knots_, shape.cdf_row(row),
                                 bounds, self.atom_values_)
         return describe_one(m, s, self.score_, levels, self.scale_.is_constant, log_bounds=bounds,
                             atoms=self.atom_values_)
@@ -2599,6 +2619,7 @@ class QuantileModel:
             "scale": self.scale_.to_json(),
             "score": self.score_.to_json(),
             "shape": None if self.shape_ is None else self.shape_.to_json(),
+            "shape_reads_location": self.shape_reads_location_,
             "log_range": None if self.log_range_ is None else list(self.log_range_),
             "shared_log_sd": self.shared_log_sd_,
             "atoms": self.atoms_.tolist(),
@@ -2619,7 +2640,12 @@ class QuantileModel:
         obj.scale_ = ScaleModel.from_json(d["scale"], d["scale"]["kinds"], d["scale"]["n_categories"])
         obj.score_ = ScoreDistribution.from_json(d["score"])
         shape = d.get("shape")
-        obj.shape_ = None if shape is None else ShapeModel.from_json(shape, obj.kinds, obj.n_categories)
+        reads = d.get("shape_reads_location", False)  # models stored before it: the features only
+        if not isinstance(reads, bool):
+            raise ValueError(f"shape_reads_location is {shown(reads)}, not true or false")
+        obj.shape_reads_location_ = reads
+        shape_kinds = obj.kinds + ["numeric"] if reads else obj.kinds
+        obj.shape_ = None if shape is None else ShapeModel.from_json(shape, shape_kinds, obj._categories_for(shape_kinds))
         lr = d.get("log_range")
         obj.log_range_ = None if lr is None else (float(lr[0]), float(lr[1]))
         obj.shared_log_sd_ = float(d.get("shared_log_sd", 0.0))  # models stored before it: none
@@ -2697,6 +2723,7 @@ MODEL_PARAMS: dict[str, tuple[frozenset[str], str, Any]] = {
     "shape": (_EVERY, "true or false", _flag),
     "shape_alpha": (_EVERY, "a number in (0, 1e6]", _number(0.0, 1e6, open_lo=True)),
     "shape_hinges": (_EVERY, "a whole number in [0, 16]", _number(0, 16, whole=True)),
+    "shape_location": (_BOOSTED, "true or false", _flag),
     "drop_features": (_EVERY - {"lightgbm"}, "true or false", _flag),
     "weighted_location": (_EVERY, "true or false", _flag),
 }
