@@ -1042,13 +1042,13 @@ Where its lead comes from is under each set's table ("Where `qrf+derived` gains"
   process's first (traces 0, 5 and 11, all in its first 3.5 s, took 0.5 to 1.4 s too; no
   later one took over 0.1 s), which the forest, reading the row counter `seq`, puts among
   them. Without that row the ratio is 0.928.
-- Vision: one first run that was not slow decides the first runs' part: trace 153, the
-  first of its shape, took 4 ms, and so did its shape's first run in training; the
+- Vision: one test row decides it too (without it the ratio is 0.969): trace 153, the
+  first run of its shape, took 4 ms, and so did its shape's first run in training; the
   service's model of first runs puts every first run's median near 800 ms (and a fast one at
-  about one chance in four), the forest, from that shape's first run in training, at 5 ms. The repeats make the
-  rest: their runtimes follow a state of the machine that drifts between consecutive
+  about one chance in four, as 12 of the 42 first runs in training were), the forest, from
+  that shape's first run in training, at 5 ms. The repeats make the rest: their runtimes follow a state of the machine that drifts between consecutive
   tasks (the service's standardised residuals on consecutive test repeats, 13 ms apart,
-  correlate at 0.44) and is gone within a second (correlation 0.00 at 1 s). The random
+  correlate at 0.41) and is gone within a second (correlation 0.01 at 1 s). The random
   split puts training rows a few milliseconds on either side of every test row, and the
   forest finds them by `seq`. A scheduler's queue starts seconds ahead, where that state
   says nothing, so the service does not model it.
@@ -1147,7 +1147,7 @@ column too, so the table shows how much of the service's lead there is the colum
 much the model. They are not the "best baseline" of the issue's figures, but the summary's
 last column, its checks and their geometric mean also compare the service with the best of
 all of them: the stricter comparison, which the service does not pass everywhere (`qrf`
-given the column beats it on the H200 vision and text-encoder traces, by 5% and 15%, a lead
+given the column beats it on the H200 vision and text-encoder traces, by 3% and 15%, a lead
 that one test row decides on each, see the H200 section). The summaries also
 give the geometric mean over the sets without timestamps, where no column can be derived.
 `qrf`'s leaf size is chosen among 1, 5, 10 and 20 by 5-fold cross-validated pinball loss
