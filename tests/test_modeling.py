@@ -1147,6 +1147,13 @@ def test_the_shape_of_a_boosted_model_follows_its_typical_runtime():
     np.testing.assert_array_equal(again.predict_quantiles(Xt, LEVELS), model.predict_quantiles(Xt, LEVELS))
     with pytest.raises(ValueError, match="shape_reads_location"):
         QuantileModel.from_json({**stored, "shape_reads_location": "yes"})
+    # A flag that does not match the stored shape's columns: damaged, refused on load (false
+    # failed every prediction with an IndexError; true on a shape of the features alone served).
+    with pytest.raises(ValueError, match="the shape model reads 3 columns, not the 2"):
+        QuantileModel.from_json({**stored, "shape_reads_location": False})
+    plain = json.loads(json.dumps(fitted[False].to_json()))
+    with pytest.raises(ValueError, match="the shape model reads 2 columns, not the 3"):
+        QuantileModel.from_json({**plain, "shape_reads_location": True})
     # Not for the other families: their location is a function of the design the shape reads.
     linear = QuantileModel(["numeric"] * 2, [0, 0], algorithm="linear", params={"shape": True}).fit(X, y)
     assert not linear.shape_reads_location_

@@ -2260,6 +2260,7 @@ class QuantileModel:
         for c in candidates:
             if c is not best:  # the chosen one's held-out quantiles may score a split (_fit_regimes)
                 c.pop("q", None)
+                c.pop("oof", None)
         return best
 
     @staticmethod
@@ -2646,6 +2647,10 @@ class QuantileModel:
         obj.shape_reads_location_ = reads
         shape_kinds = obj.kinds + ["numeric"] if reads else obj.kinds
         obj.shape_ = None if shape is None else ShapeModel.from_json(shape, shape_kinds, obj._categories_for(shape_kinds))
+        if obj.shape_ is not None and len(obj.shape_.design_.kinds) != len(shape_kinds):
+            # The shape's design reads the columns its flag says: one more, the location, or none.
+            raise ValueError(f"the shape model reads {len(obj.shape_.design_.kinds)} columns, not the "
+                             f"{len(shape_kinds)} that shape_reads_location={reads} gives")
         lr = d.get("log_range")
         obj.log_range_ = None if lr is None else (float(lr[0]), float(lr[1]))
         obj.shared_log_sd_ = float(d.get("shared_log_sd", 0.0))  # models stored before it: none
