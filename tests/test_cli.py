@@ -305,9 +305,10 @@ def test_serve_flags_are_checked_as_the_variables_are(tmp_path, monkeypatch):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        said = one_error_line(invoke("serve", "--data-dir", tmp_path / "data", "--host", "127.0.0.1",
+        said = one_error_line(invoke("serve", "--data-dir", tmp_path / "fresh", "--host", "127.0.0.1",
                                      "--port", port, ok=False))
         assert said.startswith(f"error: cannot listen on 127.0.0.1:{port} (address already in use)")
+        assert not (tmp_path / "fresh").exists()  # a refused start makes no data directory
     said = one_error_line(invoke("serve", "--data-dir", tmp_path / "data", "--host", "no-such-host.invalid", ok=False))
     assert said.startswith("error: --host 'no-such-host.invalid' cannot be resolved")
     monkeypatch.setenv("PREDICTOR_HOST", "no-such-host.invalid")  # named as the variable when it came from one

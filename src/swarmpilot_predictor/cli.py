@@ -137,8 +137,9 @@ def serve(
             os.environ[name] = str(value)
             flags[name] = flag
     settings = _settings(None, flags)
-    problem = startup_problem(settings) or listen_problem(settings.host, settings.port,
-                                                          flags.get("PREDICTOR_HOST", "PREDICTOR_HOST"))
+    # The address first: a start refused for it leaves no data directory behind.
+    problem = listen_problem(settings.host, settings.port,
+                             flags.get("PREDICTOR_HOST", "PREDICTOR_HOST")) or startup_problem(settings)
     if problem:
         _fail(problem)
     metrics_dir = None
