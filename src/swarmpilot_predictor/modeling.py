@@ -1870,8 +1870,9 @@ class QuantileModel:
     shape) and ``algorithm="auto"``, ``fit`` also fits a model of their own to the rows of
     each value, without that column, and keeps them as ``regimes_`` when their held-out
     loss beats the model of all rows (``regime_cv_`` says by how much): each task is then
-    answered by its regime's model. The model of all rows is kept with them (its figures
-    are the training metrics' headline ones).
+    answered by its regime's model. The model of all rows is kept with them (``algorithm``,
+    ``variant`` and ``cv_scores`` in the metrics describe it; the headline held-out figures
+    are the pair's, see :meth:`cv_summary`).
     """
 
     def __init__(
@@ -2079,16 +2080,26 @@ class QuantileModel:
         self.shape_: ShapeModel | None = None
         self.shape_reads_location_ = bool(best.get("reads_location"))
         if best["shaped"]:
-            Xs, kinds_s = X[sel], kinds
-            if self.shape_reads_location_:
-                # The held-out locations, as the scores the shape model learns from are held out.
-                Xs, kinds_s = np.column_stack([X[sel], best["oof"]]), kinds + ["numeric"]
+            # The held-out locations, as the scores the shape model learns from are held out.
+            Xs, kinds_s = self._shape_inputs(X[sel], best.get("oof"), kinds, self.shape_reads_location_)
             shape = ShapeModel(kinds_s, self._categories_for(kinds_s), **self._shape_params())
             shape.fit(Xs, best["z"], self.score_, None if w is None else w[sel], self.random_state)
             shape.set_recalibration(best["pits"])
             self.shape_ = shape
         self.n_rows_ = n
         self.log_range_ = (float(ylog.min()), float(ylog.max()))
+
+    @staticmethod
+    def _shape_inputs(X: np.ndarray, location: np.ndarray, kinds: list[str], reads_location: bool) -> tuple[np.ndarray, list[str]]:
+        """The columns and kinds a shape model reads: the features, and the location where
+        it reads it (a LightGBM location, see ``_variants``)."""
+        return (np.column_stack([X, location]), kinds + ["numeric"]) if reads_location else (X, kinds)
+
+    def _regime_free(self) -> tuple[list[str], list[int]]:
+        """The kinds and category counts of the columns but the regime column: what each
+        kind of run's model reads."""
+        j = self.regime_column
+        return ([k for i, k in enumerate(self.kinds) if i != j], [c for i, c in enumerate(self.n_categories) if i != j])
 
     def _categories_for(self, kinds: Sequence[str]) -> list[int]:
         """The model's category counts for ``kinds``, with 0 for a column past the features
@@ -2120,9 +2131,7 @@ class QuantileModel:
             self.regime_cv_["reason"] = (f"fewer than {REGIME_MIN_ROWS} training rows in a regime"
                                          + ("" if w is None else " (of weight above 0)"))
             return
-        keep = [k for k in range(len(self.kinds)) if k != j]
-        kinds = [self.kinds[k] for k in keep]
-        ncats = [self.n_categories[k] for k in keep]
+        kinds, ncats = self._regime_free()
         Xr = self._without_regime_column(X)
         n = len(y)
         pooled = np.full(n, np.nan)
@@ -2309,7 +2318,7 @@ class QuantileModel:
             # noise may follow the typical runtime (launch-bound small tasks spread widely,
             # compute-bound large ones hardly), which the shape's log-linear design cannot see.
             reads_location = shaped and family == "lightgbm" and bool(self.params.get("shape_location", True))
-            Xs, kinds_s = (np.column_stack([X, oof]), kinds + ["numeric"]) if reads_location else (X, kinds)
+            Xs, kinds_s = self._shape_inputs(X, oof, kinds, reads_location)
             q, pits = twin if twin is not None else self._heldout(Xs, fold_atoms, oof, s, z, fold, shaped, w, kinds_s)
             heldout[(hetero, shaped)] = (q, pits)
             fam.append({
@@ -2531,7 +2540,7 @@ class QuantileModel:
         s = np.asarray(self.scale_.predict(X if self.scale_.kinds else X[:, :0]), dtype=np.float64)
         varies = not self.scale_.is_constant  # as describe_one reads it: one answer per task, in any batch
         if self.shape_ is not None and self.shape_.knots_:
-            Xs = np.column_stack([X, m]) if self.shape_reads_location_ else X
+            Xs, _ = self._shape_inputs(X, m, self.kinds, self.shape_reads_location_)
             return RuntimeDistribution(m, s, self.score_, self.shape_.knots_, self.shape_.cdf(Xs), bounds,
                                        self.shared_log_sd_, varies, self.atoms_)
         return RuntimeDistribution(m, s, self.score_, log_bounds=bounds, shared_log_sd=self.shared_log_sd_,
@@ -2667,8 +2676,7 @@ class QuantileModel:
             if j is None or not isinstance(regimes, list) or len(regimes) != 2 or not all(isinstance(r, dict) for r in regimes):
                 raise ValueError("regimes must be two models, with a regime_column")
             models = tuple(cls.from_json(r) for r in regimes)
-            rest = [k for i, k in enumerate(obj.kinds) if i != j]
-            rest_categories = [c for i, c in enumerate(obj.n_categories) if i != j]
+            rest, rest_categories = obj._regime_free()
             if any(m.kinds != rest or m.n_categories != rest_categories or m.regimes_ is not None for m in models):
                 raise ValueError("a regime's model must read the model's columns but the regime column, and have no regimes")
             obj.regimes_ = (models[0], models[1])
