@@ -204,6 +204,10 @@ def test_train_group_by_over_http(http):
            422, "trace: the trace's hardware 'A100' names another model than grouped/grouped-m/H100/sglang/0.4.0")
     batch = ok(http.post("/predict/batch/grouped/*/*/*/*", json={"trace": [{**TRACE, "hardware": "H100"}, TRACE]}))
     assert [r["model_info"]["hardware"] for r in batch["results"]] == ["H100", "H100"]
+    err = failed(http.post("/predict/batch/grouped/*/*/*/*", json={"trace": [{**TRACE, "hardware": "H100"},
+                                                                          {**TRACE, "hardware": "A100"}]}),
+                 409, "the traces name different models")
+    assert err["candidates"] == ["grouped/grouped-m/A100/sglang/0.4.0", "grouped/grouped-m/H100/sglang/0.4.0"]
 
     # Requests arriving together are evaluated together; each still gets its own answer.
     async def together():
@@ -489,6 +493,8 @@ def test_too_few_segments(http, trained):
     ({"model": IDENTITY, "traces": [{"x": 1, "runtime_ms": "slow"}, {"x": 2, "runtime_ms": 2}]}, ["runtime_ms"]),
     ({"model": IDENTITY, "traces": "x", "algorithm": "magic"}, ["algorithm"]),
     ({"model": IDENTITY, "traces": "x", "quantiles": [0.5, 1.0]}, ["quantiles"]),
+    ({"model": IDENTITY, "traces": "x", "quantiles": ["0.5"]}, ["quantiles.0", "valid number"]),
+    ({"model": IDENTITY, "traces": "x", "first_of_shape": "yes"}, ["first_of_shape", "valid boolean"]),
     ({"model": {"model_type": "llm"}, "traces": "x"}, ["model_name"]),
     ({"traces": "x"}, ["model"]),
     ({"model": IDENTITY, "traces": "x", "group_by": ["gpu"]}, ["group_by"]),

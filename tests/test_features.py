@@ -299,6 +299,17 @@ def test_matrix_wrong_types_name_the_feature():
     assert errors[3] == "feature 'input_tokens' must be a finite number, got nan"
 
 
+def test_a_list_or_an_object_is_no_category_and_names_the_feature():
+    # Training reads such a value as missing; a prediction that sends one has a bug to hear about.
+    traces = [{"input_tokens": 5, "gpu": ["h100"]}, {"input_tokens": 5, "gpu": {"name": "h100"}},
+              {"input_tokens": 5, "gpu": True}, {"input_tokens": 5, "gpu": 3}]
+    X, errors = SCHEMA.matrix(traces)
+    assert errors[0] == "feature 'gpu' must be a text or a number, got list ['h100']"
+    assert errors[1] == "feature 'gpu' must be a text or a number, got dict {'name': 'h100'}"
+    assert errors[2:] == [None, None]  # a boolean or a number is a category (unseen here)
+    assert [SCHEMA.row(t)[1] for t in traces] == errors
+
+
 def test_matrix_result_of_a_trace_does_not_depend_on_the_rest_of_the_batch():
     alone = SCHEMA.matrix([{"input_tokens": "100", "gpu": "h100"}])[1]
     batched = SCHEMA.matrix([{"input_tokens": "100", "gpu": "h100"}, {"input_tokens": "x", "gpu": "h100"}])[1]

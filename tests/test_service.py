@@ -393,6 +393,12 @@ def test_a_traces_identity_fields_fill_the_urls_wildcards_and_must_agree_with_it
     assert predict(service, anywhere, [as_structured, as_structured]).identity.hardware == "A100"
     with pytest.raises(ModelNotFound, match="with the traces' hardware 'B200'"):
         predict(service, anywhere, [{**PROBE[0], "hardware": "B200"}])
+    # Traces that name two models are a conflict naming both, not a model that is missing.
+    with pytest.raises(AmbiguousModel, match="the traces name different models") as conflict:
+        predict(service, anywhere, [{**PROBE[0], "hardware": "A100"}, {**PROBE[1], "hardware": H100["hardware"]}])
+    assert conflict.value.extra["candidates"] == sorted([ModelIdentity(**A100).key, ModelIdentity(**H100).key])
+    with pytest.raises(ModelNotFound, match="'A100' and 'B200'"):  # one of them names no model: none matches
+        predict(service, anywhere, [{**PROBE[0], "hardware": "A100"}, {**PROBE[1], "hardware": "B200"}])
     # Observations of another model are not this one's evidence.
     seen = service.observe(H100, [{**PROBE[0], "runtime_ms": 90.0}, {**PROBE[0], "hardware": "A100", "runtime_ms": 90.0}])
     assert seen["accepted"] == 1 and "names another model" in seen["rejected"][0]["message"]

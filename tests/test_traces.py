@@ -97,6 +97,7 @@ def test_model_id_is_reserved_not_a_feature():
         ({"input_feature": {"param_name": "x"}}, "input_feature must be a list"),
         ({"input_feature": [{"val": 3}]}, r"input_feature\[0\]"),
         ({"input_feature": [{"param_name": "a", "val": 1}, 7]}, r"input_feature\[1\]"),
+        ({"input_feature": [{"param_name": 5, "val": 1}]}, r"input_feature\[0\]\.param_name must be a text, got 5"),
     ],
 )
 def test_malformed_traces_raise_trace_error(bad, match):

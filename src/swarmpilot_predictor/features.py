@@ -516,10 +516,13 @@ class FeatureSchema:
                         if errors[i] is None and not spec.optional:
                             errors[i] = f"missing required feature '{name}'"
                         codes[i] = math.nan
+                    elif not isinstance(v, (str, int, float)):
+                        # A list or an object is not a category (training read it as missing).
+                        errors[i] = errors[i] or _category_problem(name, v)
+                        codes[i] = math.nan
                     else:
-                        key = category_text(v)
                         # An unseen category is not an error: it behaves like an unknown level.
-                        codes[i] = lookup.get(key, math.nan)
+                        codes[i] = lookup.get(category_text(v), math.nan)
                 X[:, j] = codes
         if self.history is not None:
             X[:, -1] = self.history.flags(X[:, :-1], self.history.order_of(traces))
@@ -549,6 +552,8 @@ class FeatureSchema:
                 if not spec.optional:
                     return values, f"missing required feature '{spec.name}'"
                 values.append(math.nan)
+            elif not isinstance(v, (str, int, float)):
+                return values, _category_problem(spec.name, v)
             else:
                 code = spec.codes.get(category_text(v))
                 values.append(math.nan if code is None else float(code))
@@ -719,6 +724,10 @@ def _numeric_problem(name: str, value: Any) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return f"feature '{name}' must be a finite number, got {shown(value)}"
     return f"feature '{name}' must be a number, got {type(value).__name__} {shown(value)}"
+
+
+def _category_problem(name: str, value: Any) -> str:
+    return f"feature '{name}' must be a text or a number, got {type(value).__name__} {shown(value)}"
 
 
 def _is_number(s: str) -> bool:

@@ -75,10 +75,11 @@ class TrainConfig(BaseModel):
     traces: list[dict[str, Any]] | str
     target: str = "runtime_ms"
     features: list[str] | None = None
-    quantiles: list[float] = Field(default_factory=lambda: list(DEFAULT_QUANTILES))
+    # Strict, as prediction options are: ["0.5"] or "yes" are mistakes to name, not values to guess at.
+    quantiles: list[StrictFloat] = Field(default_factory=lambda: list(DEFAULT_QUANTILES))
     algorithm: Literal["auto", "empirical", "linear", "power", "lightgbm"] = "auto"
     params: dict[str, Any] = Field(default_factory=dict)
-    first_of_shape: bool = True
+    first_of_shape: StrictBool = True
 
     @field_validator("traces", mode="before")
     @classmethod

@@ -304,11 +304,17 @@ class PredictorService:
         if not stated:
             return None
         self.registry.maybe_refresh()
-        matches = sorted((i for i in self.registry.identities() if pattern.matches(i)
-                          and all(names_part(v, getattr(i, k)) for k, vs in stated.items() for v in vs)),
-                         key=lambda i: i.key)
+        candidates = sorted((i for i in self.registry.identities() if pattern.matches(i)), key=lambda i: i.key)
+        matches = [i for i in candidates if all(names_part(v, getattr(i, k)) for k, vs in stated.items() for v in vs)]
         said = ", ".join(f"{k} {' and '.join(map(repr, vs))}" for k, vs in stated.items())
         if not matches:
+            # Traces that disagree may each name a model: one request is answered by one model.
+            named = [i.key for i in candidates
+                     if all(any(names_part(v, getattr(i, k)) for v in vs) for k, vs in stated.items())]
+            if len(named) > 1:
+                raise AmbiguousModel(f"the traces name different models of {pattern.describe()} (their {said}): "
+                                     f"{', '.join(named)}; send each model's traces in a request of its own",
+                                     extra={"candidates": named})
             raise ModelNotFound(f"no trained model matches {pattern.describe()} with the traces' {said}")
         if len(matches) > 1:
             names = [m.key for m in matches]

@@ -74,7 +74,11 @@ def normalize_trace(obj: Any) -> dict[str, Any]:
     for i, item in enumerate(items):
         if not isinstance(item, dict) or "param_name" not in item:
             raise TraceError(f"input_feature[{i}] must be an object with param_name and val")
-        flat[str(item["param_name"])] = item.get("val")
+        if not isinstance(item["param_name"], str):
+            # A number would name a feature "5" that no model has: the trace would then
+            # fail for a feature it did send.
+            raise TraceError(f"input_feature[{i}].param_name must be a text, got {shown(item['param_name'])}")
+        flat[item["param_name"]] = item.get("val")
     return flat
 
 
