@@ -7,7 +7,11 @@ first predicted (90% interval) by the serving model, then observed. With
 retraining on, the service's own policy (drift test or enough observations)
 decides when to retrain, synchronously here so the run is reproducible.
 
-    uv run python benchmarks/retraining.py [--shift 1.5] [--chunk 25]
+    uv run python benchmarks/retraining.py [--shift 1.5] [--chunk 25] [--min-observations N]
+
+``--min-observations`` is PREDICTOR_RETRAIN_MIN_OBSERVATIONS (default: none, only drift
+retrains); with ``--shift 1`` and the service's default of 200 it shows how many versions a
+stream that does not change makes.
 """
 
 from __future__ import annotations
@@ -44,14 +48,15 @@ def trace_sets() -> dict[str, list[dict]]:
     return sets
 
 
-def replay(traces: list[dict], shift: float, chunk: int, retrain: bool) -> list[tuple[int, bool, float, int]]:
+def replay(traces: list[dict], shift: float, chunk: int, retrain: bool,
+           min_observations: int = 10**9) -> list[tuple[int, bool, float, int]]:
     n_train = int(len(traces) * 0.3)
     train, rest = traces[:n_train], [dict(t) for t in traces[n_train:]]
     half = len(rest) // 2
     for t in rest[half:]:
         t["runtime_ms"] *= shift
     with tempfile.TemporaryDirectory() as tmp:
-        settings = PredictorSettings(data_dir=Path(tmp), retrain_min_observations=10**9)
+        settings = PredictorSettings(data_dir=Path(tmp), retrain_min_observations=min_observations)
         svc = PredictorService(settings)
         svc.train(TrainConfig(model=IDENT, traces=train))
         pattern = IdentityPattern.from_parts(IDENT)
@@ -76,6 +81,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shift", type=float, default=1.5)
     ap.add_argument("--chunk", type=int, default=25)
+    ap.add_argument("--min-observations", type=int, default=10**9)
     args = ap.parse_args()
     print(f"runtime x{args.shift} from the middle of the replay; 90% interval coverage per chunk of {args.chunk}\n")
     print("| set | phase | chunks | coverage without retraining | coverage with retraining | versions |")
@@ -83,7 +89,7 @@ def main() -> None:
     for name, traces in trace_sets().items():
         chunk = max(5, min(args.chunk, len(traces) // 20))
         off = replay(traces, args.shift, chunk, retrain=False)
-        on = replay(traces, args.shift, chunk, retrain=True)
+        on = replay(traces, args.shift, chunk, retrain=True, min_observations=args.min_observations)
         shifted = [i for i, r in enumerate(off) if r[1]]
         late = shifted[len(shifted) // 2:]  # second half of the shifted phase: after retraining had a chance
         phases = {"clean": [i for i, r in enumerate(off) if not r[1]], "shifted (first half)": shifted[: len(shifted) // 2],

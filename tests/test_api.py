@@ -7,6 +7,7 @@ import gzip
 import math
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -1173,3 +1174,43 @@ def test_an_unexpected_error_is_a_500_that_closes_its_connection_and_says_so(tmp
             for _ in range(20):
                 assert client.get("/cache/stats").status_code == 500
                 assert client.get("/ping").status_code == 200
+
+
+MODEL_ROUTE = "/models/" + "/".join(v.replace("/", "%2F") for v in IDENTITY.values())
+
+
+@pytest.mark.parametrize("route, method", [
+    ("/health", "health"), ("/models", "list_models"), ("/metrics", "render_metrics"),
+    (MODEL_ROUTE, "model_detail"), (MODEL_ROUTE + "/versions/1", "model_detail"), (MODEL_ROUTE + "/accuracy", "accuracy")])
+def test_a_slow_report_does_not_hold_the_other_requests(tmp_path, route, method):
+    # These routes read observation logs and run drift tests: a first /health after a
+    # restart with a full log took 3.9 s, and /ping waited for it. A report held until
+    # /ping has been answered shows that it is worked on off the event loop.
+    from swarmpilot_predictor.api import create_app
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    from swarmpilot_predictor.schemas import TrainConfig
+
+    app = create_app(PredictorSettings(data_dir=tmp_path / "data"))
+    service, release = app.state.service, threading.Event()
+    service.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(60), algorithm="linear"))
+    real = getattr(service, method)
+
+    def held(*args):
+        release.wait(10)
+        return real(*args)
+
+    setattr(service, method, held)
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://predictor") as client:
+            report = asyncio.create_task(client.get(route))
+            await asyncio.sleep(0.05)  # the report's request is under way
+            ping = await client.get("/ping")
+            answered_first = not report.done()
+            release.set()
+            return ping, answered_first, await report
+
+    ping, answered_first, report = asyncio.run(scenario())
+    assert ping.status_code == 200 and answered_first
+    assert report.status_code == 200

@@ -34,6 +34,8 @@ def test_dashboard_shows_models_accuracy_and_plots(tmp_path):
             page = browser.new_page(viewport={"width": 1200, "height": 1400})
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
+            # A console error too (a resource that failed to load, such as a missing icon).
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.goto(srv.url + "/dashboard")
             page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
             rows = page.locator("tr.model-row")
@@ -83,4 +85,10 @@ def test_dashboard_a_failed_request_costs_only_its_own_part(tmp_path):
             assert errors.count() == 1 and "accuracy unavailable" in errors.inner_text() and "500" in errors.inner_text()
             assert page.locator("#details p.empty").count() == 2  # the others: no observations yet
             assert page.evaluate("document.body.dataset.failed") == "2"
+            # Without the model list there is nothing to show: the page says which request failed.
+            page = browser.new_page()
+            page.route("**/models", lambda route: route.abort())
+            page.goto(srv.url + "/dashboard")
+            page.wait_for_function("document.body.dataset.ready === 'error'", timeout=15000)
+            assert page.inner_text("#health").startswith("error: /models: ")
             browser.close()

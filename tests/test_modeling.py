@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import numpy as np
@@ -422,6 +423,33 @@ def test_bad_input_is_rejected():
         QuantileModel(["numeric"], [0]).fit(np.ones((1, 1)), np.array([1.0]))
     with pytest.raises(ValueError, match="'lightgbm' needs at least one feature"):
         QuantileModel(algorithm="lightgbm").fit(np.ones((30, 0)), np.arange(1.0, 31.0))
+    # The service's runtime range: 1e300 ms fitted, then gave an infinite standard deviation.
+    with pytest.raises(ValueError, match=r"runtimes must be numbers in \[1e-12, 1e\+15\]"):
+        QuantileModel().fit(np.ones((3, 0)), np.array([1e300, 1.0, 2.0]))
+
+
+@pytest.mark.parametrize("weights, message", [
+    (np.ones(5), r"one weight per row \(40\), got shape \(5,\)"),
+    (np.ones((40, 1)), r"one weight per row \(40\), got shape \(40, 1\)"),
+    (np.r_[np.nan, np.ones(39)], "finite, at least 0, and not all 0"),  # was fitted, and served far-off quantiles
+    (-np.ones(40), "finite, at least 0, and not all 0"),
+    (np.zeros(40), "finite, at least 0, and not all 0"),
+])
+def test_sample_weights_are_checked(weights, message):
+    X = np.arange(1.0, 41.0)[:, None]
+    with pytest.raises(ValueError, match=message):
+        QuantileModel(["numeric"], [0], "empirical").fit(X, 5 * X[:, 0], sample_weight=weights)
+
+
+@pytest.mark.parametrize("level", [math.nan, -0.1, 1.5])
+def test_a_quantile_level_outside_zero_to_one_is_refused_on_every_path(level):
+    X = np.arange(1.0, 41.0)[:, None]
+    model = QuantileModel(["numeric"], [0], "linear").fit(X, 5 * X[:, 0] * np.exp(0.1 * np.sin(X[:, 0])))
+    dist = model.predict_distribution(X[:3])
+    for answer in (lambda: dist.quantiles([0.5, level]), lambda: dist.total().quantiles([level]),
+                   lambda: model.describe_one([5.0], (level,))):
+        with pytest.raises(ValueError, match="quantile levels must lie in \\[0, 1\\]"):
+            answer()
 
 
 def test_categorical_features_and_sample_weights():
@@ -945,6 +973,24 @@ def test_a_stored_model_with_damaged_atoms_is_refused(atoms):
     stored["atoms"] = atoms
     with pytest.raises(ValueError, match="atoms"):
         QuantileModel.from_json(json.loads(json.dumps(stored)))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: d.pop("kinds"), "damaged: KeyError 'kinds'"),
+    (lambda d: d.update(family="zzz"), "damaged: KeyError 'zzz'"),
+    (lambda d: d.update(shape=3), "damaged: TypeError"),
+    (lambda d: d.update(log_range=[1.0]), "log_range is"),
+    (lambda d: d.update(log_range=[5.0, 1.0]), "log_range is"),
+    (lambda d: d.update(shared_log_sd=1e308), "shared_log_sd is"),  # overflowed a total at request time
+    (lambda d: d.update(shared_log_sd=-1), "shared_log_sd is"),  # turned the factor off
+    (lambda d: d.update(shared_log_sd="0.1"), "shared_log_sd is"),
+])
+def test_a_damaged_model_is_a_value_error_however_it_shows(damage, message):
+    X = np.arange(1.0, 41.0)[:, None]
+    stored = json.loads(json.dumps(QuantileModel(["numeric"], [0], "linear").fit(X, 5 * X[:, 0]).to_json()))
+    damage(stored)
+    with pytest.raises(ValueError, match=message):
+        QuantileModel.from_json(stored)
 
 
 def test_a_refused_lightgbm_parameter_is_one_message_not_also_lightgbm_s_own_line():

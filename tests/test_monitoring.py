@@ -182,6 +182,61 @@ def test_workers_append_to_the_shared_log_one_at_a_time(tmp_path):
     assert [r["runtime_ms"] for r in log.read(IDENT)] == [10.0, 15.0, 20.0]
 
 
+def test_an_observation_is_stamped_once_the_log_is_its_own(tmp_path):
+    # Stamped before waiting for the file, a record could land after one stamped later (by
+    # another worker meanwhile), and a retraining that had read that one would skip it.
+    import fcntl
+    import threading
+
+    log = ObservationLog(tmp_path)
+    record = {"runtime_ms": 10.0, "version": 1, "q": [1.0] * 8, "trace": {"x": 1}}
+    log.append(IDENT, [{**record, "ts": 1.0}])
+    (active,) = (tmp_path / IDENT.dirname).glob("obs-*.jsonl")
+    stamped: list[float] = []
+
+    def stamp() -> float:
+        stamped.append(3.0)
+        return 3.0
+
+    waiting = [dict(record), {**record, "runtime_ms": 30.0}]
+    with open(active, "ab") as other:
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX)
+        writer = threading.Thread(target=log.append, args=(IDENT, waiting), kwargs={"stamp": stamp})
+        writer.start()
+        writer.join(0.3)
+        assert writer.is_alive() and stamped == []  # waiting for the file, not yet stamped
+        other.write(orjson.dumps({**record, "ts": 2.0, "runtime_ms": 20.0}) + b"\n")
+        other.flush()
+        fcntl.flock(other.fileno(), fcntl.LOCK_UN)
+    writer.join(5)
+    read = log.read(IDENT)
+    assert [(r["ts"], r["runtime_ms"]) for r in read] == [(1.0, 10.0), (2.0, 20.0), (3.0, 10.0), (3.0, 30.0)]
+    assert [r["ts"] for r in waiting] == [3.0, 3.0]  # the caller's records carry their time too
+
+
+def test_the_monitor_stamps_its_observations_under_the_log_lock(tmp_path):
+    import fcntl
+
+    seen: list[bool] = []
+
+    def clock() -> float:
+        # Another process trying the log's lock: held by the append that asks the time.
+        (active,) = (tmp_path / IDENT.dirname).glob("obs-*.jsonl")
+        with open(active, "ab") as other:
+            try:
+                fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen.append(False)
+            except BlockingIOError:
+                seen.append(True)
+        return 1_700_000_000.0
+
+    monitor = AccuracyMonitor(ObservationLog(tmp_path), clock=clock)
+    y, q = _lognormal_quantiles(3)
+    monitor.record(IDENT, 1, [{"x": 1}] * 3, y, q)
+    assert seen == [True]
+    assert [r["ts"] for r in monitor.log.read(IDENT)] == [1_700_000_000.0] * 3
+
+
 def test_lines_that_are_not_observations_are_skipped(tmp_path):
     # Say, a log edited by hand, or written before /observe checked the runtime's range.
     monitor = AccuracyMonitor(ObservationLog(tmp_path))

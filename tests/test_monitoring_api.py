@@ -38,6 +38,9 @@ def test_observe_accuracy_drift_and_metrics(tmp_path):
         assert abs(acc["coverage"]["0.5"] - 0.5) < 0.15
         assert set(acc["interval_coverage"]) == {"0.5", "0.8", "0.9"}
         assert len(acc["recent"]["runtime_ms"]) == 150 and len(acc["recent"]["quantile_predictions"][0]) == 8
+        assert len(client.accuracy(IDENTITY, recent=5)["recent"]["runtime_ms"]) == 5
+        with pytest.raises(PredictorClientError, match="recent must be at least 0"):
+            client.accuracy(IDENTITY, recent=-1)
 
         shifted = client.observe(IDENTITY, _shifted(300, 1.7, seed=3))
         assert shifted["drifted"] is True
@@ -61,6 +64,9 @@ def test_observe_accuracy_drift_and_metrics(tmp_path):
         assert 0.0 < _metric(text, "predictor_model_coverage_ratio", model=key, level="0.5") < 0.4
         assert "predictor_http_request_duration_seconds_bucket" in text
 
+        path = "/models/" + "/".join(quote(v, safe="") for v in IDENTITY.values()) + "/retrain"
+        refused = httpx.post(srv.url + path, json={"reason": "drift"})  # a retraining takes no options
+        assert refused.status_code == 422 and refused.json()["field"] == "reason"
         decision = client.retrain(IDENTITY)
         assert decision["status"] == "retrained" and decision["to_version"] == 2
         assert _metric(client.metrics(), "predictor_retraining_runs_total", status="retrained") == 1.0

@@ -47,6 +47,34 @@ def test_shift_retrains_and_recovers_coverage(tmp_path):
     assert 0.84 <= acc["interval_coverage"]["0.9"] <= 0.96
 
 
+def test_a_candidate_must_beat_the_serving_model_by_more_than_chance(tmp_path):
+    # Observations of the very stream the model was trained on: a candidate fitted on them
+    # scores 0.8% better on the 50 held-out ones, far within the noise. It used to become a
+    # new version (16 versions from 3,000 runtimes of a stream that did not change).
+    svc = _service(tmp_path)
+    svc.observe(IDENTITY, make_llm_traces(200, seed=20))
+    decision = svc.retrain(IdentityPattern.from_parts(IDENTITY))
+    scores = decision["heldout_log_pinball"]
+    assert scores["training+observations"] < scores["current"] < 1.01 * scores["training+observations"]
+    assert decision["status"] == "kept" and decision["candidate"] == "training+observations"
+    assert "not better than the serving model on recent observations by more than a standard error" in decision["message"]
+    assert [v.version for v in svc.registry.versions(svc.registry.identities()[0])] == [1]
+    svc.close()
+
+
+def test_a_drifted_serving_version_takes_a_better_candidate_without_the_margin(tmp_path):
+    # The same observations and candidate as above, but the drift test says the serving
+    # version is off: the candidate serves. (On a 60-request LLM trace whose runtimes rose
+    # 1.5x, the margin on 10 to 20 held-out rows kept coverage at 0 for chunks more.)
+    svc = _service(tmp_path)
+    svc.observe(IDENTITY, make_llm_traces(200, seed=20))
+    real = svc.monitor.report
+    svc.monitor.report = lambda identity, version: {**real(identity, version), "drifted": True}
+    decision = svc.retrain(IdentityPattern.from_parts(IDENTITY))
+    assert decision["status"] == "retrained" and decision["candidate"] == "training+observations"
+    svc.close()
+
+
 def test_a_level_shift_is_found_where_it_happened():
     rng = np.random.default_rng(0)
     r = np.concatenate([rng.normal(0.0, 0.2, 1000), rng.normal(np.log(1.5), 0.2, 500)])
@@ -181,6 +209,22 @@ def test_auto_retrain_runs_in_the_background(tmp_path):
     svc.close()
 
 
+def test_a_request_answered_by_an_older_version_does_not_retrain_the_newer_one(tmp_path):
+    # Requests still answered by v1 after v2 was stored (in flight, or in another worker)
+    # used to retrain whatever served then, v2, on v1's evidence: v2 after 5 observations
+    # of its own, where 100 were asked for.
+    svc = _service(tmp_path, auto_retrain=True, retrain_min_observations=100)
+    identity = svc.registry.resolve(IdentityPattern.from_parts(IDENTITY))
+    assert svc.observe(IDENTITY, _shifted(200, 2.0, seed=31))["retraining_scheduled"] is True
+    assert svc.retrainer._running[identity].result(timeout=60)["status"] == "retrained"
+    assert svc.retrainer.due(identity, 1) == "drift"  # v1's own evidence still says so
+    assert svc.retrainer.maybe_schedule(identity, 1) is None
+    stale = svc.retrainer.retrain(identity, "drift", version=1)
+    assert stale["status"] == "skipped" and stale["message"] == "version 2 was stored meanwhile and serves now"
+    assert [v.version for v in svc.registry.versions(identity)] == [1, 2]
+    svc.close()
+
+
 def test_observe_rejects_traces_without_runtime_or_features(tmp_path):
     svc = _service(tmp_path)
     good = make_llm_traces(5, seed=40)
@@ -192,6 +236,9 @@ def test_observe_rejects_traces_without_runtime_or_features(tmp_path):
     assert "runtime_ms" in messages[5] and "output_tokens" in messages[6]
     assert messages[7] == messages[8] == messages[9] == "'runtime_ms' must be a number in [1e-12, 1e+15]"
     assert np.isclose(svc.monitor.report(svc.registry.identities()[0], 1)["observations"], 5)
+    # A null runtime of a model trained on runtime_ms: no hint about another target.
+    assert svc.observe(IDENTITY, good + [{**good[0], "runtime_ms": None}])["rejected"] == [
+        {"index": 5, "message": "missing measured 'runtime_ms'"}]
 
 
 def test_retraining_learns_which_new_shapes_have_run(tmp_path):

@@ -95,6 +95,18 @@ def test_describe_one_matches_predict_distribution(algorithm, shape):
     _assert_same(model, _probe_rows(X))
 
 
+@pytest.mark.parametrize("algorithm", ["linear", "power"])
+def test_an_infinite_feature_or_a_fractional_category_code_answers_alike_alone_and_in_a_batch(algorithm):
+    # The service refuses both; a library caller may pass them. An infinite value is read as
+    # missing on both paths (a linear model gave 50.5 in a batch and 72.6 alone; a power
+    # law with a floor made -inf finite), and a code of 1.5 is no category (alone it was read
+    # as category 1).
+    X, y = _data(hetero=0.0)
+    model = QuantileModel(KINDS, NCATS, algorithm=algorithm, params={"shape": False}).fit(X, y)
+    _assert_same(model, [[np.inf, 0.5, 60.0, 1.0], [-np.inf, -np.inf, 60.0, 1.0], [100.0, 0.5, np.inf, 2.0],
+                         [100.0, 0.5, 60.0, 1.5], [100.0, 0.5, 60.0, 2.999]])
+
+
 def test_describe_one_with_a_shape_model():
     X, y = _data(n=800, hetero=0.0, slow_share=0.15)
     model = QuantileModel(KINDS, NCATS, algorithm="empirical").fit(X, y)

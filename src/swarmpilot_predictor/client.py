@@ -258,6 +258,19 @@ def _version(version: int) -> int:
         raise InvalidRequestError(f"version must be an integer, got {version!r}", field="version") from None
 
 
+def _count(value: Any, field_name: str) -> int:
+    """A whole number of at least 0 (numpy's too)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        n = operator.index(value)
+    except TypeError:
+        raise InvalidRequestError(f"{field_name} must be a whole number, got {value!r}", field=field_name) from None
+    if n < 0:
+        raise InvalidRequestError(f"{field_name} must be at least 0, got {n}", field=field_name)
+    return n
+
+
 def _trace(trace: Any, field_name: str) -> dict[str, Any]:
     if not isinstance(trace, Mapping):
         raise InvalidRequestError(f"{field_name} must be a mapping of feature names to values, got {_shown(trace)}",
@@ -357,9 +370,13 @@ class _Calls:
         return _Request("POST", "/observe", json={"model": model, "traces": _traces(traces, "traces")})
 
     @staticmethod
-    def accuracy(identity: IdentityLike, version: int | None = None) -> _Request:
-        params = {"version": _version(version)} if version is not None else None
-        return _Request("GET", _model_path(identity) + "/accuracy", params=params, idempotent=True)
+    def accuracy(identity: IdentityLike, version: int | None = None, recent: int | None = None) -> _Request:
+        params: dict[str, int] = {}
+        if version is not None:
+            params["version"] = _version(version)
+        if recent is not None:
+            params["recent"] = _count(recent, "recent")
+        return _Request("GET", _model_path(identity) + "/accuracy", params=params or None, idempotent=True)
 
     @staticmethod
     def retrain(identity: IdentityLike) -> _Request:
@@ -693,8 +710,9 @@ class PredictorClient(_Base):
         """Report measured runtimes (traces carrying ``runtime_ms``) for accuracy tracking and retraining."""
         return self._send(self._calls.observe(identity, traces))
 
-    def accuracy(self, identity: IdentityLike, version: int | None = None) -> dict[str, Any]:
-        return self._send(self._calls.accuracy(identity, version))
+    def accuracy(self, identity: IdentityLike, version: int | None = None, recent: int | None = None) -> dict[str, Any]:
+        """Rolling accuracy; ``recent`` observations (at most 5,000, 200 if not given) come with it."""
+        return self._send(self._calls.accuracy(identity, version, recent))
 
     def retrain(self, identity: IdentityLike) -> dict[str, Any]:
         return self._send(self._calls.retrain(identity))
@@ -857,8 +875,8 @@ class AsyncPredictorClient(_Base):
     async def observe(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         return await self._send(self._calls.observe(identity, traces))
 
-    async def accuracy(self, identity: IdentityLike, version: int | None = None) -> dict[str, Any]:
-        return await self._send(self._calls.accuracy(identity, version))
+    async def accuracy(self, identity: IdentityLike, version: int | None = None, recent: int | None = None) -> dict[str, Any]:
+        return await self._send(self._calls.accuracy(identity, version, recent))
 
     async def retrain(self, identity: IdentityLike) -> dict[str, Any]:
         return await self._send(self._calls.retrain(identity))

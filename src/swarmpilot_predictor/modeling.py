@@ -47,6 +47,7 @@ import numpy as np
 from .distribution import (LOG_BOUNDS, MAX_ATOMS, MixedDistribution, RuntimeDistribution, ScoreDistribution,
                            TaskDistributions, data_atoms, describe_one, snap_to_atoms)
 from .errors import shown
+from .traces import MAX_RUNTIME, MIN_RUNTIME, RUNTIME_RANGE
 
 EVAL_LEVELS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 ALGORITHMS = ("auto", "empirical", "linear", "power", "lightgbm")
@@ -317,6 +318,8 @@ class LogLinearDesign:
         if not num:
             return np.zeros((len(X), 0))
         Xn = X[:, num]
+        if np.isinf(Xn).any():  # no runtime follows from an infinite feature: read as missing, as row() does
+            Xn = np.where(np.isinf(Xn), np.nan, Xn)
         edges = getattr(self, "edges_", None)
         if edges is None:  # a model stored before edges: raw values capped, the rest as they are
             rng = getattr(self, "raw_range_", None)
@@ -363,6 +366,8 @@ class LogLinearDesign:
         order, same values (tests/test_scalar.py holds the two together).
         """
         num, lows, highs, knots, center, spread, cats, levels = self._plan()
+        if any(math.isinf(x[j]) for j in num):
+            x = [math.nan if j in num and math.isinf(v) else v for j, v in enumerate(x)]
         if self._beyond_edges(x, num, lows, highs):
             # The columns at the nearest edge, then on along their secants (``_edge_slopes``).
             inside, steps = self._clip_to_edges(x)
@@ -388,7 +393,7 @@ class LogLinearDesign:
         for j, k in cats:
             onehot = [0.0] * k
             code = x[j]
-            if 0 <= code < k:  # False for NaN: an unseen category is all zeros
+            if 0 <= code < k and code == int(code):  # False for NaN, 1.5: an unseen category is all zeros
                 onehot[int(code)] = 1.0
             out.extend(onehot)
         return out
@@ -430,7 +435,7 @@ class LogLinearDesign:
             total += weight_of.get(x[j], unseen)
         for j, weights in cats:
             code = x[j]
-            if 0 <= code < len(weights):
+            if 0 <= code < len(weights) and code == int(code):  # 1.5 is no category, as in transform
                 total += weights[int(code)]
         return total
 
@@ -1072,7 +1077,10 @@ class PowerLocation(LocationModel):
         num = _numeric_positions(self.kinds)
         Z = np.zeros((len(X), 0))
         if num:
-            Z = (self._logs(X[:, num]) - self.center_) / self.spread_
+            Xn = X[:, num]
+            if np.isinf(Xn).any():  # read as missing, as predict_row does (a floor made -inf finite)
+                Xn = np.where(np.isinf(Xn), np.nan, Xn)
+            Z = (self._logs(Xn) - self.center_) / self.spread_
             Z[~np.isfinite(Z)] = 0.0  # a missing value sits at the training mean
         return _design_matrix(Z, X, _categorical_positions(self.kinds, self.n_categories), sparse)
 
@@ -1120,7 +1128,7 @@ class PowerLocation(LocationModel):
             eta += weight * (lg - center)
         for j, weights in cats:
             code = x[j]
-            if 0 <= code < len(weights):
+            if 0 <= code < len(weights) and code == int(code):  # 1.5 is no category, as in _design
                 eta += weights[int(code)]
         a = self.log_overhead_
         return max(a, eta) + math.log1p(math.exp(-abs(a - eta)))
@@ -2028,11 +2036,20 @@ class QuantileModel:
             raise ValueError("X and y have different numbers of rows")
         if len(y) < 2:
             raise ValueError("at least 2 rows with a positive runtime are needed to train")
-        if not np.all(np.isfinite(y) & (y > 0)):
-            raise ValueError("runtimes must be finite and positive")
+        if not np.all((y >= MIN_RUNTIME) & (y <= MAX_RUNTIME)):  # NaN too
+            # The service's range: past it, sums and moments overflow (1e300 ms gave an infinite sd).
+            raise ValueError(f"runtimes must be numbers in {RUNTIME_RANGE}")
         if self.algorithm == "lightgbm" and X.shape[1] == 0:
             raise ValueError("algorithm 'lightgbm' needs at least one feature")
-        return X, y, None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        if sample_weight is None:
+            return X, y, None
+        w = np.asarray(sample_weight, dtype=np.float64)
+        if w.shape != y.shape:
+            raise ValueError(f"sample_weight must hold one weight per row ({len(y)}), got shape {w.shape}")
+        if not (np.all(np.isfinite(w) & (w >= 0)) and w.sum() > 0):
+            # (A NaN weight was fitted without a word, and served quantiles far from the data.)
+            raise ValueError("sample weights must be finite, at least 0, and not all 0")
+        return X, y, w
 
     def _choose(self, X: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> tuple[np.ndarray, dict[str, Any]]:
         """Cross-fit the candidates (``cv_``) on every row, or on a random sample of
@@ -2566,6 +2583,8 @@ class QuantileModel:
         fraction of the cost. None for a location family without a single-row
         path; the caller then uses ``predict_distribution``.
         """
+        if not all(0.0 <= v <= 1.0 for v in levels):  # NaN too
+            raise ValueError(f"quantile levels must lie in [0, 1], got {[v for v in levels if not 0.0 <= v <= 1.0][0]!r}")
         if self.regimes_ is not None:
             j = self.regime_column
             return self.regimes_[int(x[j] > 0.5)].describe_one([*x[:j], *x[j + 1:]], levels)
@@ -2594,9 +2613,16 @@ class QuantileModel:
         For a model rebuilt from a file: arrays that lost or gained an element parse
         well, then failed at prediction time (an unnamed 500), or were served.
         """
+        try:
+            self._check_loaded()
+        except (KeyError, TypeError, IndexError, AttributeError, OverflowError, RecursionError,
+                FloatingPointError, ZeroDivisionError, *lightgbm_errors()) as exc:
+            raise ValueError(f"the model is damaged: {type(exc).__name__} {exc}") from None
+
+    def _check_loaded(self) -> None:
         if self.regimes_ is not None:
             for model in self.regimes_:
-                model.check_loaded()
+                model._check_loaded()
         x = [0.0 if k == "categorical" else 1.0 for k in self.kinds]
         levels = (0.05, 0.5, 0.95)
         dist = self.predict_distribution(np.array([x], dtype=np.float64))
@@ -2642,6 +2668,16 @@ class QuantileModel:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "QuantileModel":
+        """The model ``to_json`` wrote; ValueError for one that is damaged (a key missing, a
+        value of the wrong type or size), however it shows."""
+        try:
+            return cls._from_json(d)
+        except (KeyError, TypeError, IndexError, AttributeError, OverflowError, RecursionError,
+                *lightgbm_errors()) as exc:
+            raise ValueError(f"the model is damaged: {type(exc).__name__} {exc}") from None
+
+    @classmethod
+    def _from_json(cls, d: dict[str, Any]) -> "QuantileModel":
         if d.get("format") not in (1, 2):
             raise ValueError(f"unsupported model format {d.get('format')!r}")
         obj = cls(d["kinds"], d["n_categories"], d["algorithm"], d["n_folds"], d["params"], d["random_state"])
@@ -2661,8 +2697,14 @@ class QuantileModel:
             raise ValueError(f"the shape model reads {len(obj.shape_.design_.kinds)} columns, not the "
                              f"{len(shape_kinds)} that shape_reads_location={reads} gives")
         lr = d.get("log_range")
+        if lr is not None and not (isinstance(lr, list) and len(lr) == 2 and all(_finite_number(v) for v in lr)
+                                   and lr[0] <= lr[1]):
+            raise ValueError(f"log_range is {shown(lr)}, not the least and the greatest log runtime")
         obj.log_range_ = None if lr is None else (float(lr[0]), float(lr[1]))
-        obj.shared_log_sd_ = float(d.get("shared_log_sd", 0.0))  # models stored before it: none
+        sd = d.get("shared_log_sd", 0.0)  # models stored before it: none
+        if not (_finite_number(sd) and 0.0 <= sd <= 10.0):
+            raise ValueError(f"shared_log_sd is {shown(sd)}, not a log standard deviation in [0, 10]")
+        obj.shared_log_sd_ = float(sd)
         obj._set_atoms(_atoms_from_json(d.get("atoms", [])))  # models stored before them: none
         obj.cv_ = d.get("cv", {})
         obj.features_used_ = d.get("features_used") or [True] * len(obj.kinds)
@@ -2675,7 +2717,7 @@ class QuantileModel:
         if regimes is not None:
             if j is None or not isinstance(regimes, list) or len(regimes) != 2 or not all(isinstance(r, dict) for r in regimes):
                 raise ValueError("regimes must be two models, with a regime_column")
-            models = tuple(cls.from_json(r) for r in regimes)
+            models = tuple(cls._from_json(r) for r in regimes)
             rest, rest_categories = obj._regime_free()
             if any(m.kinds != rest or m.n_categories != rest_categories or m.regimes_ is not None for m in models):
                 raise ValueError("a regime's model must read the model's columns but the regime column, and have no regimes")
@@ -2688,6 +2730,10 @@ class QuantileModel:
 
 
 _LOG100 = float(np.log(100.0))
+
+
+def _finite_number(v: Any) -> bool:
+    return type(v) in (int, float) and math.isfinite(v)
 
 
 def _atoms_from_json(values: Any) -> np.ndarray:

@@ -96,11 +96,19 @@ class ObservationLog:
             return []
         return sorted(d.glob("obs-*.jsonl"))
 
-    def append(self, identity: ModelIdentity, records: list[dict[str, Any]]) -> "Appended | None":
-        """Store ``records`` (all or none); where they went, for :class:`AccuracyMonitor`."""
+    def append(self, identity: ModelIdentity, records: list[dict[str, Any]],
+               stamp: Callable[[], float] | None = None) -> "Appended | None":
+        """Store ``records`` (all or none); where they went, for :class:`AccuracyMonitor`.
+
+        With ``stamp``, each record's ``ts`` is its time once the file is this append's
+        alone: the log is then in time order across threads and worker processes. (A time
+        taken before waiting for the file let a record stamped earlier land after one
+        stamped later; a retraining that had read the later one skips what is older than it,
+        and would never have counted the earlier one.)
+        """
         if not records:
             return None
-        data = b"".join(dumps_json(r, orjson.OPT_SERIALIZE_NUMPY) + b"\n" for r in records)
+        bodies = [dumps_json(r, orjson.OPT_SERIALIZE_NUMPY) for r in records]
         with self._lock, writing(f"the observations of {identity.key}"):
             d = self._dir(identity)
             d.mkdir(parents=True, exist_ok=True)
@@ -113,6 +121,14 @@ class ObservationLog:
                 # Workers share the file: one append at a time, so that undoing a failed one
                 # (truncating back to ``size``) cannot cut another worker's records.
                 fcntl.flock(fd, fcntl.LOCK_EX)
+                if stamp is None:
+                    data = b"".join(b + b"\n" for b in bodies)
+                else:
+                    now = stamp()
+                    head = b'{"ts":' + dumps_json(now) + b","
+                    data = b"".join(head + b[1:] + b"\n" for b in bodies)  # every record has keys
+                    for r in records:
+                        r["ts"] = now
                 size = os.fstat(fd).st_size
                 if size and os.pread(fd, 1, size - 1) != b"\n":
                     # A crash left half a line: end it so the new records stay readable.
@@ -438,10 +454,9 @@ class AccuracyMonitor:
             return self._tracker(state, version)
 
     def record(self, identity: ModelIdentity, version: int, traces: list[dict[str, Any]], y: np.ndarray, q: np.ndarray) -> None:
-        now = self.clock()
-        records = [{"ts": now, "i": i, "version": version, "runtime_ms": yi, "q": qi, "trace": t}
+        records = [{"i": i, "version": version, "runtime_ms": yi, "q": qi, "trace": t}
                    for i, (t, yi, qi) in enumerate(zip(traces, y.tolist(), q.tolist()))]
-        appended = self.log.append(identity, records)
+        appended = self.log.append(identity, records, stamp=self.clock)  # each gets its "ts"
         if appended is None:
             return
         state = self._state(identity)

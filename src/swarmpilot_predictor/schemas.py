@@ -204,6 +204,12 @@ class ObserveRequest(BaseModel):
     traces: list[dict[str, Any]] = Field(min_length=1, max_length=100_000)
 
 
+class RetrainRequest(BaseModel):
+    """A retraining takes no options: its body is empty or ``{}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 # --------------------------------------------------------------------------- responses
 # Response models keep fields they do not list: newer services may send more.
 

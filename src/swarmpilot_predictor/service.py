@@ -684,7 +684,8 @@ class PredictorService:
                 errors[i] = (f"'{target}' must be a number in {RUNTIME_RANGE}" if v is not None
                              else f"missing measured '{target}'" + (
                                  f" (the model was trained on the target '{target}': a '{DEFAULT_TARGET}' is not "
-                                 "read as it, its unit may differ)" if DEFAULT_TARGET in t else ""))
+                                 "read as it, its unit may differ)" if target != DEFAULT_TARGET and DEFAULT_TARGET in t
+                                 else ""))
         errors = [e or f for e, f in zip(errors, feat_errors)]
         ok = np.array([e is None for e in errors], dtype=bool)
         rows = np.flatnonzero(ok)
