@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -311,6 +312,8 @@ def test_safe_child(tmp_path):
     for bad in ("/etc/passwd", "../x", "a/../../x", "a\x00b", "", "\ud800.jsonl"):
         with pytest.raises(InvalidInput):
             safe_child(root, bad)
+    with pytest.raises(InvalidInput, match=re.escape("'a\\x00b' holds a NUL character")):  # not "must be non-empty"
+        safe_child(root, "a\x00b")
 
 
 # --------------------------------------------------------------------------- group_by

@@ -48,8 +48,10 @@ def safe_child(root: Path, name: str, what: str = "path") -> Path:
     Requests name files inside the data directory; absolute paths, ``..`` and
     symlinks that lead outside are refused before anything is opened.
     """
-    if not name or "\x00" in name:
+    if not name:
         raise InvalidInput(f"{what} must be a non-empty file name", field=what)
+    if "\x00" in name:
+        raise InvalidInput(f"{what} {shown(name)} holds a NUL character, which no file name can", field=what)
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate (from YAML, say): no file can have this name
