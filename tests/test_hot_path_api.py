@@ -36,6 +36,8 @@ def test_background_training_returns_202_and_a_job_to_poll(tmp_path):
             time.sleep(0.1)
         assert state["status"] == "failed" and state["error"]["status_code"] == 422
         assert http.get("/train/jobs/unknown").status_code == 404
+        long_id = http.get("/train/jobs/" + "x" * 5000)  # the message quotes it cut short
+        assert long_id.status_code == 404 and len(long_id.json()["message"]) < 200
 
 
 def test_cache_hits_misses_clear_and_invalidation_on_a_new_version(tmp_path):

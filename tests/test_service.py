@@ -338,6 +338,7 @@ def test_group_by_trains_one_model_per_group(service):
     result = service.train(cfg)
     keys = {m["model_key"]: m for m in result["models"]}
     assert sorted(keys) == ["llm/llama/A100/sglang/0.4.0", "llm/llama/H100/sglang/0.4.0", "llm/qwen/H100/sglang/0.4.0"]
+    assert result["rows_in_no_group"] == 1  # the orphan without hardware, counted
     assert [keys[k]["metrics"]["rows_used"] for k in sorted(keys)] == [60, 80, 100]
     assert keys["llm/qwen/H100/sglang/0.4.0"]["identity"]["model_name"] == "qwen"
     assert "model_name" not in [f.name for f in service.registry.latest(
@@ -346,6 +347,25 @@ def test_group_by_trains_one_model_per_group(service):
     a100 = predict(service, IdentityPattern(model_name="llama", hardware="A100")).quantiles[:, 1]
     h100 = predict(service, IdentityPattern(model_name="llama", hardware="H100")).quantiles[:, 1]
     assert np.all(h100 < 0.7 * a100) and np.all(h100 > 0.35 * a100)
+
+
+def test_a_group_that_cannot_be_trained_leaves_no_other_group_stored(service):
+    # The 422 used to come after the groups before it were stored: a retry made them again.
+    traces = [{**t, "hardware": "A"} for t in make_llm_traces(20)] + [{**make_llm_traces(1)[0], "hardware": "B"}]
+    with pytest.raises(InvalidInput, match="llm/Qwen%2FQwen2.5-7B/B/sglang/0.4.0: only 1 usable trace"):
+        service.train(config(traces, group_by=["hardware"]))
+    assert service.registry.identities() == []
+
+
+def test_csv_versions_that_read_alike_as_numbers_are_two_models(service):
+    path = service.settings.data_dir / "versions.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [f"{v},{t['input_tokens']},{t['output_tokens']},{t['runtime_ms']!r}"
+            for v, t in zip(["2.1", "2.10"] * 30, make_llm_traces(60))]
+    path.write_text("software_version,input_tokens,output_tokens,runtime_ms\n" + "\n".join(rows) + "\n")
+    result = service.train(config("versions.csv", group_by=["software_version"], algorithm="linear"))
+    assert sorted(m["identity"]["software_version"] for m in result["models"]) == ["2.1", "2.10"]
+    assert [m["metrics"]["rows_used"] for m in result["models"]] == [30, 30]
 
 
 # --------------------------------------------------------------------------- identity fields in traces

@@ -264,11 +264,21 @@ def test_binary_garbage_in_csv_raises_trace_error(tmp_path):
         list(iter_trace_file(path))
 
 
-def test_csv_field_beyond_the_csv_modules_limit_raises_trace_error(tmp_path):
+def test_a_csv_cell_past_the_csv_modules_default_limit_is_read_as_from_json(tmp_path):
+    # The csv module refuses cells over 131,072 characters by default: the whole file was a 422.
     path = tmp_path / "huge.csv"
     path.write_bytes(b'prompt,runtime_ms\n"' + b"x" * 200_000 + b'",3\n')
-    with pytest.raises(TraceError, match=r"huge\.csv: cannot read trace file \(field larger than field limit"):
-        list(iter_trace_file(path))
+    assert list(iter_trace_file(path)) == [{"prompt": "x" * 200_000, "runtime_ms": 3}]
+
+
+def test_csv_identity_cells_are_text_and_a_row_of_commas_is_blank(tmp_path):
+    # As numbers, versions "2.1" and "2.10" (hardware "007" and "7") named one model.
+    path = write(tmp_path / "ids.csv", b"software_version,hardware,bs,runtime_ms\n2.1,007,1,10\n2.10,7,2,20\n,,,\n"
+                                       b",H100,3,30\n")
+    assert list(iter_trace_file(path)) == [
+        {"software_version": "2.1", "hardware": "007", "bs": 1, "runtime_ms": 10},
+        {"software_version": "2.10", "hardware": "7", "bs": 2, "runtime_ms": 20},
+        {"software_version": None, "hardware": "H100", "bs": 3, "runtime_ms": 30}]
 
 
 def test_iter_trace_stream_default_source_name():

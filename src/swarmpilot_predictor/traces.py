@@ -179,6 +179,9 @@ def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Ite
             for i, obj in enumerate(doc):
                 yield _normalize_at(obj, source, f"item {i}")
         elif fmt == "csv":
+            # A cell as long as JSON's strings may be (the upload limit bounds them): past the
+            # csv module's default of 131,072 characters the whole file was refused.
+            csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
             reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8-sig", newline=""))
             header = next(reader, None) or []
             check_csv_header(header, source)
@@ -187,12 +190,13 @@ def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Ite
             # dropped without a word; a short row's missing cells are missing values.
             named = [(i, h) for i, h in enumerate(header) if h]
             for row in reader:
-                if not row:
+                if not row or blank_cells(row):  # an empty line, or a spreadsheet's row of commas
                     continue
                 if len(row) > len(header) and not blank_cells(row[len(header):]):
                     raise TraceError(f"{source}: line {reader.line_num} has {len(row)} fields where the header "
                                      f"has {len(header)}")
-                yield {h: csv_value(row[i] if i < len(row) else None) for i, h in named}
+                yield {h: (csv_text if h in _IDENTITY_COLUMNS else csv_value)(row[i] if i < len(row) else None)
+                       for i, h in named}
         else:  # pragma: no cover - guarded by _format_from_name
             raise TraceError(f"unknown trace format {shown(fmt)}")
     except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
@@ -219,6 +223,16 @@ def _normalize_at(obj: Any, source: str, where: str) -> dict[str, Any]:
         return normalize_trace(obj)
     except TraceError as exc:
         raise TraceError(f"{source}: {where}: {exc}") from None
+
+
+# A CSV cell of an identity column names a model as written: read as a number, versions
+# "2.1" and "2.10" (or hardware "007" and "7") were one model.
+_IDENTITY_COLUMNS = frozenset(IDENTITY_KEYS)
+_CSV_FIELD_LIMIT = 2**31 - 1
+
+
+def csv_text(text: str | None) -> str | None:
+    return None if text is None or text == "" else text
 
 
 def csv_value(text: str | None) -> Any:

@@ -116,12 +116,14 @@ class Trainer:
         table = self.read_traces(config.traces, uploads, progress)
         if len(table) == 0:
             raise InvalidInput("no traces given", field="traces")
-        groups = self._split_groups(table, config)
-        trained = []
+        groups, ungrouped = self._split_groups(table, config)
+        # Every group is fitted before any is stored: one that cannot be (too few rows, say)
+        # is a 422 that leaves no other group's new version behind, which a retry would repeat.
+        fitted = []
         for identity, part in groups:
             part, foreign = self._own_rows(identity, part, config.group_by or ())
-            meta = self._train_one(identity, part, config, foreign)
-            trained.append(meta)
+            fitted.append(self._fit_one(identity, part, config, foreign))
+        trained = [self.registry.save(meta, model, training_data=data) for meta, model, data in fitted]
         duration = time.perf_counter() - t0
         first = trained[0]
         result: dict[str, Any] = {
@@ -137,12 +139,16 @@ class Trainer:
                 {"model_key": m.key, "version": m.version, "identity": m.identity.as_dict(), "metrics": m.metrics}
                 for m in trained
             ]
+            # Traces without every group_by key belong to no model: counted, not lost unsaid.
+            result["rows_in_no_group"] = ungrouped
         return result
 
-    def _split_groups(self, table: TraceTable, config: TrainConfig) -> list[tuple[ModelIdentity, TraceTable]]:
+    def _split_groups(self, table: TraceTable, config: TrainConfig) -> tuple[list[tuple[ModelIdentity, TraceTable]], int]:
+        """One model's rows per group (all rows without ``group_by``), and how many rows
+        belong to no group (a group_by key missing)."""
         base = config.model.model_dump() if config.model else {}
         if not config.group_by:
-            return [(ModelIdentity.from_parts(base), table)]
+            return [(ModelIdentity.from_parts(base), table)], 0
         missing = [k for k in config.group_by if k not in table.columns]
         if missing:
             raise InvalidInput(f"group_by key(s) not found in the traces: {', '.join(missing)}", field="group_by")
@@ -168,7 +174,7 @@ class Trainer:
             groups.append((ModelIdentity.from_parts(parts), table.take(rows)))
         if not groups:
             raise InvalidInput("no trace carries every group_by key", field="group_by")
-        return groups
+        return groups, len(table) - sum(len(m) for m in members.values())
 
     @staticmethod
     def _own_rows(identity: ModelIdentity, table: TraceTable,
@@ -206,8 +212,9 @@ class Trainer:
                                f"(use group_by to train one model per {key})", field="traces")
         return (table if own.all() else table.take(np.flatnonzero(own))), foreign
 
-    def _train_one(self, identity: ModelIdentity, table: TraceTable, config: TrainConfig,
-                   foreign: dict[str, int] | None = None) -> ModelVersion:
+    def _fit_one(self, identity: ModelIdentity, table: TraceTable, config: TrainConfig,
+                 foreign: dict[str, int] | None = None) -> tuple[ModelVersion, QuantileModel, tuple[np.ndarray, np.ndarray]]:
+        """One model fitted on ``table``: its metadata, the model and its training rows, to store."""
         try:
             schema, X, y, report = FeatureSchema.prepare_training(table, config.target, config.features,
                                                                   first_of_shape=config.first_of_shape)
@@ -261,7 +268,7 @@ class Trainer:
             metrics=metrics,
             data_hash=digest.hexdigest(),
         )
-        return self.registry.save(meta, model, training_data=(X, y))
+        return meta, model, (X, y)
 
 
 # --------------------------------------------------------------------------- worker process
@@ -529,7 +536,7 @@ class TrainingJobs:
             return dict(record)
         stored = self._stored(job_id)
         if stored is None:
-            raise NotFound(f"no training job {job_id!r}")
+            raise NotFound(f"no training job {shown(job_id)}")  # quoted cut short: an id may be any length
         return stored
 
     def _store(self, record: dict[str, Any]) -> None:
