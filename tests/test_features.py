@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -215,6 +216,27 @@ def test_mixed_column_is_categorical():
     spec = schema.features[schema.names.index("mode")]
     assert spec.kind == "categorical" and spec.categories == ("3", "fast")
     np.testing.assert_array_equal(X[:, schema.names.index("mode")], [0, 1, 0, 1, 0, 1])
+
+
+def test_a_few_words_among_numbers_are_missing_numbers_not_categories():
+    # 200 token counts and one "n/a": read as a category, each count was a value of its own,
+    # and the column was dropped as an identifier. The words are gaps, filled and counted.
+    traces = [{"tokens": 10 * (i + 1), "runtime_ms": 5.0 + i} for i in range(200)]
+    traces[7]["tokens"], traces[9]["tokens"] = "n/a", "-"
+    schema, X, _, report = prepare(traces)
+    (spec,) = schema.features
+    assert spec.kind == "numeric" and spec.optional and spec.words_missing
+    assert report.words_read_as_missing == {"tokens": 2} and report.values_imputed == {"tokens": 2}
+    assert X[7, 0] == X[9, 0] == spec.fill == np.median([10 * (i + 1) for i in range(200) if i not in (7, 9)])
+    # A trace's word reads as those rows did, on both paths; a list is still an error.
+    X2, errors = schema.matrix([{"tokens": "n/a"}, {"tokens": 55}, {"tokens": [1]}])
+    assert errors[:2] == [None, None] and errors[2].startswith("feature 'tokens' must be a number, got list")
+    assert X2[0, 0] == spec.fill and schema.row({"tokens": "unknown"}) == ([spec.fill], None)
+    assert FeatureSchema.from_json(json.loads(json.dumps(schema.to_json()))).features == schema.features
+    # More words than that: a categorical column, as before.
+    for i in range(0, 200, 10):
+        traces[i]["tokens"] = "n/a"
+    assert prepare(traces)[0].features[0].kind == "categorical"
 
 
 def test_schema_json_round_trip():

@@ -56,6 +56,9 @@ class FeatureSpec:
     # Some training rows lacked it: a trace may too, and is read as they were (``fill`` for a
     # number, an unseen value for a word). Otherwise a trace that lacks it is an error.
     optional: bool = False
+    # Numeric only: training read the few words among its numbers ("n/a") as missing; a
+    # trace's word is read so too (any other feature's word is an error).
+    words_missing: bool = False
 
     @property
     def codes(self) -> dict[str, int]:
@@ -74,6 +77,8 @@ class FeatureSpec:
             out["fill"] = self.fill
         if self.optional:  # written only when set: older services read the rest as before
             out["optional"] = True
+        if self.words_missing:
+            out["words_missing"] = True
         return out
 
     @classmethod
@@ -87,7 +92,10 @@ class FeatureSpec:
         optional = d.get("optional", False)
         if not isinstance(optional, bool):
             raise ValueError(f"feature {d['name']!r}: 'optional' must be true or false")
-        return cls(d["name"], d["kind"], tuple(categories), float(d.get("fill", 0.0)), optional)
+        words_missing = d.get("words_missing", False)
+        if not isinstance(words_missing, bool):
+            raise ValueError(f"feature {d['name']!r}: 'words_missing' must be true or false")
+        return cls(d["name"], d["kind"], tuple(categories), float(d.get("fill", 0.0)), optional, words_missing)
 
 
 @dataclass(frozen=True, eq=False)
@@ -253,6 +261,8 @@ class DataReport:
     columns_not_derived: dict[str, str] = field(default_factory=dict)  # and why not
     # Per categorical feature: rows whose value was too rare to learn, read as an unseen value.
     rare_categories: dict[str, int] = field(default_factory=dict)
+    # Per numeric feature: its few words ("n/a"), read as missing values (counted in values_imputed too).
+    words_read_as_missing: dict[str, int] = field(default_factory=dict)
 
     def drop_rows(self, reason: str, count: int) -> None:
         if count:
@@ -268,6 +278,7 @@ class DataReport:
             "columns_derived": dict(self.columns_derived),
             "columns_not_derived": dict(self.columns_not_derived),
             "rare_categories": dict(self.rare_categories),
+            "words_read_as_missing": dict(self.words_read_as_missing),
         }
 
 
@@ -416,7 +427,8 @@ class FeatureSchema:
         rows = np.flatnonzero(keep)
         for name in candidates:
             col = table.columns[name]
-            if col.is_categorical:
+            words = _few_words_among_numbers(col, rows)
+            if col.is_categorical and words is None:
                 values = table.strings(name)[rows]
                 present = values[values != None]  # noqa: E711 - elementwise on object array
                 counts = Counter(present.tolist())
@@ -463,7 +475,9 @@ class FeatureSchema:
                 if n_missing:
                     report.values_imputed[name] = n_missing
                     values = np.where(finite, values, fill)
-                spec = FeatureSpec(name, "numeric", fill=fill, optional=n_missing > 0)
+                if words:
+                    report.words_read_as_missing[name] = words
+                spec = FeatureSpec(name, "numeric", fill=fill, optional=n_missing > 0, words_missing=bool(words))
                 columns.append(values)
             specs.append(spec)
 
@@ -505,7 +519,8 @@ class FeatureSchema:
                     X[:, j] = col
                     continue
                 for i in np.flatnonzero(~ok):
-                    if errors[i] is None and not (spec.optional and values[i] is None):
+                    if errors[i] is None and not (spec.optional and (values[i] is None or (
+                            spec.words_missing and isinstance(values[i], str)))):
                         errors[i] = _numeric_problem(name, values[i])
                 X[:, j] = np.where(ok, col, spec.fill)
             else:
@@ -544,7 +559,7 @@ class FeatureSchema:
                 x = as_number(v)
                 if math.isfinite(x):
                     values.append(x)
-                elif v is None and spec.optional:
+                elif spec.optional and (v is None or (spec.words_missing and isinstance(v, str))):
                     values.append(spec.fill)
                 else:
                     return values, _numeric_problem(spec.name, v)
@@ -724,6 +739,26 @@ def _numeric_problem(name: str, value: Any) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return f"feature '{name}' must be a finite number, got {shown(value)}"
     return f"feature '{name}' must be a number, got {type(value).__name__} {shown(value)}"
+
+
+# A column of numbers with a few words among them ("n/a", "-") is a numeric feature whose
+# words are gaps: read as a category, each distinct number was a value of its own, and a
+# column of 200 token counts with one "n/a" was dropped as an identifier. At most this share
+# of its values may be words; more ("fast" and 3 alike) and the column is categorical.
+WORDS_AS_GAPS_SHARE = 0.05
+
+
+def _few_words_among_numbers(col: Any, rows: np.ndarray) -> int | None:
+    """How many of ``rows`` hold a word, where a categorical column is numbers with few words
+    among them (at least two distinct numbers); None otherwise."""
+    if col.codes is None:
+        return None
+    words = int((np.frombuffer(col.codes, dtype=np.int32)[rows] >= 0).sum())
+    numbers = np.frombuffer(col.numbers, dtype=np.float64)[rows]
+    numbers = numbers[np.isfinite(numbers)]
+    if not words or len(numbers) < 2 or numbers.min() == numbers.max():
+        return None
+    return words if words <= WORDS_AS_GAPS_SHARE * (words + len(numbers)) else None
 
 
 def _category_problem(name: str, value: Any) -> str:
