@@ -544,11 +544,9 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
                 if not name.lower().removesuffix(".gz").endswith(TRACE_FILE_SUFFIXES):
                     raise InvalidInput(f"trace_file {shown(name)} must be .json, .jsonl or .csv (optionally .gz)", field="trace_file")
                 confidence = _form_float(form.get("confidence_level"), 0.95, "confidence_level")
-                table_name = _form_str(form.get("table_name"))
-                if table_name is None and form.get("table_name") is not None:
-                    # Given but blank: it named no table, and would have overwritten the default one.
-                    raise InvalidInput("table_name must be a non-empty file name (leave it out for the "
-                                       "model's default name)", field="table_name")
+                # Given but blank is the service's to refuse (it would name no table), not a default.
+                raw_name = form.get("table_name")
+                table_name = None if raw_name is None or isinstance(raw_name, UploadFile) else str(raw_name).strip()
                 fmt = _form_str(form.get("format"))
                 dest = tmpdir / f"traces{_suffix(name)}"  # the client's file name never touches the disk
                 await run_in_threadpool(_save_upload, upload, dest, name, "trace_file", settings.max_upload_mb)

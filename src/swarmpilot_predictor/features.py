@@ -60,6 +60,11 @@ class FeatureSpec:
     # trace's word is read so too (any other feature's word is an error).
     words_missing: bool = False
 
+    def reads_as_missing(self, value: Any) -> bool:
+        """Whether a trace's ``value`` for this feature is read as training read its gaps:
+        nothing given, or (where training read its words so) a word."""
+        return self.optional and (value is None or (self.words_missing and isinstance(value, str)))
+
     @property
     def codes(self) -> dict[str, int]:
         """Category -> code, built once per spec (prediction asks for it on every request)."""
@@ -519,8 +524,7 @@ class FeatureSchema:
                     X[:, j] = col
                     continue
                 for i in np.flatnonzero(~ok):
-                    if errors[i] is None and not (spec.optional and (values[i] is None or (
-                            spec.words_missing and isinstance(values[i], str)))):
+                    if errors[i] is None and not spec.reads_as_missing(values[i]):
                         errors[i] = _numeric_problem(name, values[i])
                 X[:, j] = np.where(ok, col, spec.fill)
             else:
@@ -559,7 +563,7 @@ class FeatureSchema:
                 x = as_number(v)
                 if math.isfinite(x):
                     values.append(x)
-                elif spec.optional and (v is None or (spec.words_missing and isinstance(v, str))):
+                elif spec.reads_as_missing(v):
                     values.append(spec.fill)
                 else:
                     return values, _numeric_problem(spec.name, v)

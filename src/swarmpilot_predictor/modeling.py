@@ -45,7 +45,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .distribution import (LOG_BOUNDS, MAX_ATOMS, MixedDistribution, RuntimeDistribution, ScoreDistribution,
-                           TaskDistributions, data_atoms, describe_one, snap_to_atoms)
+                           TaskDistributions, check_levels_in_unit_interval, data_atoms, describe_one,
+                           snap_to_atoms)
 from .errors import shown
 from .traces import MAX_RUNTIME, MIN_RUNTIME, RUNTIME_RANGE
 
@@ -317,9 +318,7 @@ class LogLinearDesign:
         num = self._num
         if not num:
             return np.zeros((len(X), 0))
-        Xn = X[:, num]
-        if np.isinf(Xn).any():  # no runtime follows from an infinite feature: read as missing, as row() does
-            Xn = np.where(np.isinf(Xn), np.nan, Xn)
+        Xn = _infinite_as_missing(X[:, num])
         edges = getattr(self, "edges_", None)
         if edges is None:  # a model stored before edges: raw values capped, the rest as they are
             rng = getattr(self, "raw_range_", None)
@@ -561,6 +560,13 @@ def _discrete_levels(col: np.ndarray, max_levels: int) -> list[float]:
     if not 3 <= len(values) <= max_levels or counts.min() < LEVEL_MIN_ROWS:
         return []
     return [float(v) for v in values]
+
+
+def _infinite_as_missing(Xn: np.ndarray) -> np.ndarray:
+    """Numeric feature values with the infinite ones missing (NaN): no runtime follows from
+    them, and the single-row paths read them so (a power law's floor made -inf finite)."""
+    inf = np.isinf(Xn)
+    return np.where(inf, np.nan, Xn) if inf.any() else Xn
 
 
 def _slog(x: np.ndarray) -> np.ndarray:
@@ -1077,10 +1083,7 @@ class PowerLocation(LocationModel):
         num = _numeric_positions(self.kinds)
         Z = np.zeros((len(X), 0))
         if num:
-            Xn = X[:, num]
-            if np.isinf(Xn).any():  # read as missing, as predict_row does (a floor made -inf finite)
-                Xn = np.where(np.isinf(Xn), np.nan, Xn)
-            Z = (self._logs(Xn) - self.center_) / self.spread_
+            Z = (self._logs(_infinite_as_missing(X[:, num])) - self.center_) / self.spread_
             Z[~np.isfinite(Z)] = 0.0  # a missing value sits at the training mean
         return _design_matrix(Z, X, _categorical_positions(self.kinds, self.n_categories), sparse)
 
@@ -1830,6 +1833,12 @@ def _mean_se(d: np.ndarray) -> float:
     return float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
 
 
+def clearly_lower(d: np.ndarray) -> bool:
+    """Whether paired per-row loss differences ``d`` (one model's minus another's) say the
+    first is lower by more than ``SELECTION_SE`` standard errors (the one-standard-error rule)."""
+    return bool(d.mean() < -SELECTION_SE * _mean_se(d))
+
+
 def _location_pinball(ylog: np.ndarray, oof: np.ndarray, fold: np.ndarray) -> np.ndarray:
     """Per-row pinball loss (over ``EVAL_LEVELS``) of out-of-fold locations with a constant scale.
 
@@ -1851,8 +1860,7 @@ def _pays_off(richer: np.ndarray, plainer: np.ndarray, ylog: np.ndarray, fold: n
     """Whether the richer of two out-of-fold locations lowers the held-out pinball loss of a
     constant-scale fit by more than ``SELECTION_SE`` standard errors (the one-standard-error
     rule, as in :func:`_choose`)."""
-    d = _location_pinball(ylog, richer, fold) - _location_pinball(ylog, plainer, fold)
-    return bool(d.mean() < -SELECTION_SE * _mean_se(d))
+    return clearly_lower(_location_pinball(ylog, richer, fold) - _location_pinball(ylog, plainer, fold))
 
 
 def _choose(candidates: list[dict[str, Any]]) -> dict[str, Any]:
@@ -2179,7 +2187,7 @@ class QuantileModel:
             pinball_loss=float(split[both].mean()), pooled_pinball_loss=float(pooled[both].mean()),
             models=[{"algorithm": b["family"], "rows": size, "pinball_loss": m.cv_[b["family"]]["pinball_loss"]}
                     for m, (_, (_, b)), size in zip(models, parts, sizes)])
-        if len(d) >= REGIME_MIN_ROWS and d.mean() < -SELECTION_SE * _mean_se(d):
+        if len(d) >= REGIME_MIN_ROWS and clearly_lower(d):
             # Only a kept pair is fitted on all its rows. Its models' own shared factors are
             # never read (a batch's total carries this model's), and stay 0.
             try:
@@ -2583,8 +2591,7 @@ class QuantileModel:
         fraction of the cost. None for a location family without a single-row
         path; the caller then uses ``predict_distribution``.
         """
-        if not all(0.0 <= v <= 1.0 for v in levels):  # NaN too
-            raise ValueError(f"quantile levels must lie in [0, 1], got {[v for v in levels if not 0.0 <= v <= 1.0][0]!r}")
+        check_levels_in_unit_interval(levels)
         if self.regimes_ is not None:
             j = self.regime_column
             return self.regimes_[int(x[j] > 0.5)].describe_one([*x[:j], *x[j + 1:]], levels)
@@ -2613,11 +2620,8 @@ class QuantileModel:
         For a model rebuilt from a file: arrays that lost or gained an element parse
         well, then failed at prediction time (an unnamed 500), or were served.
         """
-        try:
+        with _damage_as_value_error():
             self._check_loaded()
-        except (KeyError, TypeError, IndexError, AttributeError, OverflowError, RecursionError,
-                FloatingPointError, ZeroDivisionError, *lightgbm_errors()) as exc:
-            raise ValueError(f"the model is damaged: {type(exc).__name__} {exc}") from None
 
     def _check_loaded(self) -> None:
         if self.regimes_ is not None:
@@ -2670,11 +2674,8 @@ class QuantileModel:
     def from_json(cls, d: dict[str, Any]) -> "QuantileModel":
         """The model ``to_json`` wrote; ValueError for one that is damaged (a key missing, a
         value of the wrong type or size), however it shows."""
-        try:
+        with _damage_as_value_error():
             return cls._from_json(d)
-        except (KeyError, TypeError, IndexError, AttributeError, OverflowError, RecursionError,
-                *lightgbm_errors()) as exc:
-            raise ValueError(f"the model is damaged: {type(exc).__name__} {exc}") from None
 
     @classmethod
     def _from_json(cls, d: dict[str, Any]) -> "QuantileModel":
@@ -2730,6 +2731,17 @@ class QuantileModel:
 
 
 _LOG100 = float(np.log(100.0))
+
+
+@contextlib.contextmanager
+def _damage_as_value_error() -> Iterator[None]:
+    """A damaged model shows however its damage makes Python fail (a key missing, a value
+    of the wrong type or size, LightGBM's parser): one ValueError for them all."""
+    try:
+        yield
+    except (KeyError, TypeError, IndexError, AttributeError, OverflowError, RecursionError,
+            FloatingPointError, ZeroDivisionError, *lightgbm_errors()) as exc:
+        raise ValueError(f"the model is damaged: {type(exc).__name__} {exc}") from None
 
 
 def _finite_number(v: Any) -> bool:

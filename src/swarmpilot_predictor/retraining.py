@@ -30,7 +30,7 @@ from .atomic import atomic_write_bytes, read_regular
 from .errors import PredictorError, VersionConflict, writing
 from .features import FIRST_OF_SHAPE, FeatureSchema
 from .identity import ModelIdentity
-from .modeling import SELECTION_SE, QuantileModel, pinball_losses
+from .modeling import QuantileModel, clearly_lower, pinball_losses
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor
 from .registry import ModelRegistry, ModelVersion
 from .traces import dumps_json, read_json_lines
@@ -488,9 +488,8 @@ class Retrainer:
         if best == "current":
             decision.update(status="kept", message="no candidate beat the serving model on recent observations")
             return
-        d = row_losses[best] - row_losses["current"]
-        se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
-        if not d.mean() < -SELECTION_SE * se and not self.monitor.report(identity, meta.version).get("drifted"):
+        if (not clearly_lower(row_losses[best] - row_losses["current"])
+                and not self.monitor.report(identity, meta.version).get("drifted")):
             # Any candidate beats the serving model on some draw of a few dozen held-out rows:
             # on a stream that had not changed, a version every few hundred observations (16
             # versions from 3,000 runtimes, each kept on disk), each better than the last by

@@ -188,15 +188,15 @@ def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Ite
             # Columns without a name (a spreadsheet's trailing empty columns, pandas' index)
             # are no fields; a row's cells past the header must be empty, or they would be
             # dropped without a word; a short row's missing cells are missing values.
-            named = [(i, h) for i, h in enumerate(header) if h]
+            # Each named column with its reader, chosen once: text for an identity column.
+            named = [(i, h, csv_text if h in _IDENTITY_COLUMNS else csv_value) for i, h in enumerate(header) if h]
             for row in reader:
                 if not row or blank_cells(row):  # an empty line, or a spreadsheet's row of commas
                     continue
                 if len(row) > len(header) and not blank_cells(row[len(header):]):
                     raise TraceError(f"{source}: line {reader.line_num} has {len(row)} fields where the header "
                                      f"has {len(header)}")
-                yield {h: (csv_text if h in _IDENTITY_COLUMNS else csv_value)(row[i] if i < len(row) else None)
-                       for i, h in named}
+                yield {h: read(row[i] if i < len(row) else None) for i, h, read in named}
         else:  # pragma: no cover - guarded by _format_from_name
             raise TraceError(f"unknown trace format {shown(fmt)}")
     except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
@@ -232,11 +232,11 @@ _CSV_FIELD_LIMIT = 2**31 - 1
 
 
 def csv_text(text: str | None) -> str | None:
-    return None if text is None or text == "" else text
+    return text or None  # an empty cell is a missing value
 
 
 def csv_value(text: str | None) -> Any:
-    if text is None or text == "":
+    if not text:  # None, or an empty cell
         return None
     try:
         return int(text)
