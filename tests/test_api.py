@@ -551,6 +551,9 @@ def test_bad_multipart_training_requests(http):
                                       ("b", ("t.jsonl", b"garbage", "x"))]), 422, "two uploaded files are named 't.jsonl'")
     failed(http.post("/train", files=[("config", ("c.json", good, "x")), ("config", ("d.json", good, "x")),
                                       ("t", ("t.jsonl", traces, "x"))]), 422, "one 'config' part")
+    # a setting beside the config was ignored without a word
+    failed(http.post("/train", files=[("config", ("c.json", good, "x")), ("t", ("t.jsonl", traces, "x"))],
+                     data={"algorithm": "linear"}), 422, "'algorithm' is not read")
 
 
 def test_unknown_model_endpoints(http):
@@ -662,6 +665,19 @@ def test_fastapi_native_telemetry_is_opt_in(tmp_path):
     assert not any(off._telemetry[k] for k in ("tracing", "metrics", "logs"))
     assert all(on._telemetry[k] for k in ("tracing", "metrics", "logs"))
     assert not off._native_telemetry.enabled()
+
+
+def test_compressed_request_bodies_get_a_415_naming_the_encoding(http):
+    # Read as JSON, a gzip body was "not valid UTF-8: surrogates not allowed".
+    body = gzip.compress(orjson.dumps({"trace": TRACE}))
+    headers = {"content-type": "application/json", "content-encoding": "gzip"}
+    failed(http.post(f"/predict/single/{SEGMENTS}", content=body, headers=headers), 415, "Content-Encoding 'gzip'",
+           "uncompressed")
+    table_failed(http.post(f"/predict/table/{SEGMENTS}", content=body, headers=headers), 415, "body", "Content-Encoding")
+    plain = http.post(f"/predict/single/{SEGMENTS}", content=orjson.dumps({"trace": TRACE, "unknown": 1}),
+                      headers={"content-type": "application/json", "content-encoding": "identity"})
+    failed(plain, 422, "unknown")  # read, as without the header
+    assert http.get("/health", headers={"content-encoding": "gzip"}).status_code == 200  # no body to read
 
 
 def test_request_bodies_over_the_limit_get_a_413(tmp_path):

@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from swarmpilot_predictor.client import PredictorClient
+from swarmpilot_predictor.client import PredictorClient, identity_segments
 from swarmpilot_predictor.identity import ModelIdentity
 
 from .conftest import IDENTITY, make_llm_traces, metric_value, run_server
@@ -52,6 +52,16 @@ def test_cache_hits_misses_clear_and_invalidation_on_a_new_version(tmp_path):
         # Another level set or confidence is another entry.
         client.predict_single(IDENTITY, trace, quantiles=[0.9])
         assert http.get("/cache/stats").json()["misses"] == 2
+        narrow = client.predict_single(IDENTITY, trace, confidence_level=0.5).results.interval
+        wide = client.predict_single(IDENTITY, trace, confidence_level=0.99).results.interval
+        assert http.get("/cache/stats").json()["misses"] == 4
+        assert wide[0] < narrow[0] < narrow[1] < wide[1]
+        # Levels asked in any order are answered in increasing order.
+        raw = http.post(f"/predict/single/{'/'.join(identity_segments(IDENTITY))}",
+                        json={"trace": trace, "quantiles": [0.9, 0.1, 0.5, 0.5]}).json()["results"]
+        assert raw["quantiles"] == [0.1, 0.5, 0.5, 0.9]
+        q10, q50, q50_again, q90 = raw["quantile_predictions"]
+        assert q10 < q50 == q50_again < q90
         # A new version drops the model's entries: the answer comes from v2.
         client.train({"model": IDENTITY, "traces": [{**t, "runtime_ms": t["runtime_ms"] * 3} for t in make_llm_traces(200)], "algorithm": "linear"})
         third = client.predict_single(IDENTITY, trace)

@@ -277,6 +277,24 @@ def test_scalar_and_vectorised_paths_agree(mixed_table):
             np.testing.assert_allclose(a["interval"], b["interval"], rtol=1e-12)
 
 
+def test_a_feature_some_records_lack_is_optional_as_for_the_model():
+    # Records lacking "y" come from traces the model answered without it (an optional
+    # feature, filled at the mean): a query without it is answered too, at the mean, by
+    # both paths. "x" every record has: without it a query fails as the model's would.
+    recs = [record(i, features={"x": i, "y": (None if i % 5 == 0 else 2 * i)}) for i in range(200)]
+    table = LookupTable.from_records(recs, name="optional.json")
+    queries = [{"x": 40}, {"x": 40.4}, {"x": 41.2}, {"y": 10}] * 3  # 12: past the scalar path's size too
+    batch = table.lookup(queries)
+    singles = [table.lookup([q]) for q in queries]
+    assert batch.kinds()[:4] == ["exact", "nearest", "nearest", None]
+    assert batch.rows[:2].tolist() == [40, 40]  # the record lacking y, itself at the mean
+    assert batch.rows[2] >= 0
+    assert batch.errors[3] == "missing required feature 'x'"
+    assert batch.rows.tolist() == [s.rows[0] for s in singles]
+    assert batch.errors == [s.errors[0] for s in singles]
+    np.testing.assert_allclose(batch.distance, [s.distance[0] for s in singles], equal_nan=True)
+
+
 def test_random_fallback_is_seeded_and_spread():
     table = LookupTable.from_records([record(i) for i in range(50)], name="seed-style.json")
     traces = [{"input_tokens": i} for i in range(200)]
@@ -561,6 +579,47 @@ def test_service_health_and_lookup_requests(tmp_path):
         # Without lookup_table the model answers (and there is none here).
         with pytest.raises(Exception, match="no trained model"):
             service.predict(SEED, [{"x": 1}], lookup_table_name="p.json")
+    finally:
+        service.close()
+
+
+def test_a_tables_records_say_when_another_model_version_serves(tmp_path):
+    """A table is a snapshot of one version: once another serves (retrained, or the model
+    deleted), its answers and its listing say so; the seed's records, made by no model of
+    this registry, say nothing."""
+    (tmp_path / "d" / "tables").mkdir(parents=True)
+    (tmp_path / "d" / "tables" / "seed.json").write_text(SEED_TABLE)
+    service = PredictorService(PredictorSettings(data_dir=tmp_path / "d"))
+    try:
+        traces = make_llm_traces(120)
+        service.train(TrainConfig(model=IDENTITY, traces=traces, algorithm="linear"))
+        path = tmp_path / "d" / "traces.jsonl"
+        path.write_bytes(b"\n".join(orjson.dumps(t) for t in traces) + b"\n")
+        service.generate_table(PATTERN, path, table_name="t.json")
+        task = {k: v for k, v in traces[0].items() if k != "runtime_ms"}
+
+        def answer() -> dict:
+            return service.predict(PATTERN, [task], lookup_table=True, lookup_table_name="t.json").single_response()["results"]
+
+        def listed() -> dict:
+            (entry,) = [t for t in service.list_tables() if t["name"] == "t.json"]
+            (ident,) = entry["identities"]
+            return ident
+
+        assert answer()["model_version"] == 1 and answer()["stale"] is False
+        assert listed()["model_versions"] == [1] and listed()["serving_version"] == 1 and listed()["stale"] is False
+        service.train(TrainConfig(model=IDENTITY, traces=[{**t, "runtime_ms": 3 * t["runtime_ms"]} for t in traces],
+                                  algorithm="linear"))
+        assert answer()["model_version"] == 1 and answer()["stale"] is True
+        assert listed()["serving_version"] == 2 and listed()["stale"] is True
+        service.delete_model(PATTERN)
+        assert answer()["stale"] is True
+        assert listed()["serving_version"] is None and listed()["stale"] is True
+        seed = service.predict(SEED, [{"x": 1}], lookup_table=True, lookup_table_name="seed.json").single_response()
+        assert "stale" not in seed["results"]
+        service.predict(SEED, [{"x": 1}], lookup_table=True, lookup_table_name="seed.json")  # loaded: listed in full
+        (entry,) = [t for t in service.list_tables() if t["name"] == "seed.json"]
+        assert "stale" not in entry["identities"][0] and entry["identities"][0]["model_versions"] == []
     finally:
         service.close()
 

@@ -154,6 +154,17 @@ def test_bad_names_files_and_requests(live):
     r = httpx.post(f"{url}/predict/table/{SEGMENTS}", files={"trace_file": ("t.jsonl", jsonl(TRACES[:3]))},
                    data={"table_name": "../../escape.json"})
     assert r.status_code == 422 and r.json()["status"] == "failed"
+    # A misspelt field was ignored (the table made at the default level); a blank level or a
+    # field given twice is refused; a .gz upload that is not gzip says so (it was "empty").
+    before = {t["name"] for t in httpx.get(f"{url}/tables").json()["tables"]}
+    for data, field in (({"confidence": "0.5"}, "confidence"), ({"tabel_name": "x.json"}, "tabel_name"),
+                        ({"confidence_level": ""}, "confidence_level"),
+                        ({"table_name": ["a.json", "b.json"]}, "table_name")):
+        r = httpx.post(f"{url}/predict/table/{SEGMENTS}", files={"trace_file": ("t.jsonl", jsonl(TRACES[:3]))}, data=data)
+        assert r.status_code == 422 and r.json()["field"] == field and r.json()["status"] == "failed", r.text
+    assert {t["name"] for t in httpx.get(f"{url}/tables").json()["tables"]} == before
+    r = httpx.post(f"{url}/predict/table/{SEGMENTS}", files={"trace_file": ("t.json.gz", b"\x1f\x8bzzzz")})
+    assert r.status_code == 422 and r.json()["message"].startswith("t.json.gz: not a valid gzip file"), r.text
     assert not list(srv.data_dir.glob("upload-*"))
     assert httpx.get(f"{url}/health").json()["status"] == "healthy"
 

@@ -678,8 +678,9 @@ def test_a_successor_is_not_stored_over_a_version_another_process_is_writing(roo
     reg.save(copy.deepcopy(meta), model)
     model_dir = root / IDENT.dirname
     (model_dir / "v0002.lock").touch()  # another process's reservation
-    with pytest.raises(VersionConflict, match="version 2 .* after version 1"):
+    with pytest.raises(VersionConflict, match="version 2 .* after version 1") as err:
         reg.save(copy.deepcopy(meta), model, after=1)
+    assert err.value.status_code == 409  # what an HTTP retraining answers
     assert sorted(p.name for p in model_dir.iterdir() if p.name.startswith("v0003")) == []
     (model_dir / "v0002.lock").unlink()
     reg.save(copy.deepcopy(meta), model)  # that training lands as v2
@@ -742,6 +743,37 @@ def test_what_a_killed_writer_leaves_does_not_hold_a_successor_off(root):
 
     with pytest.raises(VersionConflict, match="version 6"):
         reg.save(copy.deepcopy(meta), model, after=5)
+
+
+def test_files_a_killed_writer_left_go_at_start_and_with_the_model(root):
+    # Each left a training set behind (a model and data file without a meta file), and
+    # neither a restart nor deleting the model removed them.
+    import copy
+
+    reg = ModelRegistry(root)
+    meta, model, data = fit()
+    reg.save(copy.deepcopy(meta), model, training_data=data)
+    model_dir = root / IDENT.dirname
+    here = " ".join(_PID_SPACE)
+    (model_dir / "v0002.model.json").write_text("{}")                 # killed before its data file
+    (model_dir / "v0002.data.npz").write_bytes(b"PK")
+    (model_dir / "v0003.data.npz").write_bytes(b"PK")                 # a writer at work: its lock is live
+    (model_dir / "v0003.model.json").write_text("{}")
+    (model_dir / "v0003.lock").write_text(f"{here} {os.getpid()} -")
+    (model_dir / "v0004.lock").write_text(f"{here} {_dead_pid()} -")  # killed: its lock goes, then its files
+    (model_dir / "v0004.model.json").write_text("{}")
+    ModelRegistry(root)
+    names = {p.name for p in model_dir.iterdir()}
+    assert {"v0001.meta.json", "v0001.model.json", "v0001.data.npz"} <= names  # the stored version untouched
+    assert not names & {"v0002.model.json", "v0002.data.npz", "v0004.model.json", "v0004.lock"}
+    assert {"v0002.deleted", "v0004.deleted"} <= names                  # their numbers are not given again
+    assert {"v0003.data.npz", "v0003.model.json", "v0003.lock"} <= names
+    assert ModelRegistry(root).load(IDENT).meta.version == 1
+    (model_dir / "v0003.lock").unlink()  # the writer died on another host, say: the delete takes its files too
+    reg.maybe_refresh()
+    reg.delete(IDENT)
+    assert not [p.name for p in model_dir.iterdir() if p.name.endswith((".model.json", ".data.npz", ".meta.json"))]
+    assert reg.save(copy.deepcopy(meta), model).version == 5
 
 
 def _dead_pid() -> int:

@@ -19,8 +19,20 @@ from swarmpilot_predictor.traces import TraceTable
 from .conftest import IDENTITY, clock_checking_at, cold_start_traces, make_llm_traces, run_with_file_size_limit
 
 
+_opened: list[PredictorService] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_services():
+    """A failing test's services are closed too: their retraining and training threads stop."""
+    yield
+    while _opened:
+        _opened.pop().close()
+
+
 def _service(tmp_path, **kw) -> PredictorService:
     svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", **kw))
+    _opened.append(svc)
     svc.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(300), algorithm="linear"))
     return svc
 
@@ -433,6 +445,22 @@ def test_a_trained_version_is_retrained_on_what_was_observed_after_it(tmp_path):
     svc.observe(IDENTITY, _shifted(40, 1.5, seed=13))
     decision = svc.retrain(pattern)
     assert decision["from_version"] == 2 and decision["observations"] == 40 and decision["heldout_rows"] == 10
+
+
+def test_a_retraining_fits_on_the_newest_observations_up_to_its_limit(tmp_path):
+    # Every candidate is fitted on them in the serving process: 100,000 took minutes.
+    svc = _service(tmp_path, retrain_max_observations=60)
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    svc.observe(IDENTITY, _shifted(100, 4.0, seed=10))  # the older level, left out
+    svc.observe(IDENTITY, _shifted(60, 1.5, seed=11))
+    decision = svc.retrain(pattern)
+    assert decision["observations"] == 60 and decision["older_observations_left_out"] == 100
+    assert decision["heldout_rows"] == 15 and decision["status"] == "retrained"
+    fresh = make_llm_traces(400, seed=12)
+    q = svc.predict(pattern, [{k: v for k, v in t.items() if k != "runtime_ms"} for t in fresh], quantiles=[0.5])
+    medians = np.array([r["quantile_predictions"][0] for r in q.results()])
+    ratio = np.median(np.array([t["runtime_ms"] for t in fresh]) * 1.5 / medians)
+    assert 0.85 < ratio < 1.15  # the newest level (1.5x), not the older 4x mixed in
 
 
 def test_a_retrained_version_reports_its_own_held_out_figures(tmp_path):

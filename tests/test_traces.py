@@ -250,11 +250,14 @@ def test_truncated_gzip_raises_trace_error_naming_the_file(tmp_path, suffix):
         list(iter_trace_file(path))
 
 
-def test_not_gzip_at_all_raises_trace_error(tmp_path):
-    path = tmp_path / "fake.jsonl.gz"
-    path.write_bytes(as_jsonl(FLAT))
-    with pytest.raises(TraceError, match=r"fake\.jsonl\.gz"):
-        list(iter_trace_file(path))
+@pytest.mark.parametrize("content", [b"", b"\x1f\x8bzzzz", b"\x1f"], ids=["empty", "bad-header", "cut-header"])
+@pytest.mark.parametrize("suffix", [".jsonl.gz", ".json.gz", ".csv.gz"])
+def test_not_gzip_at_all_raises_trace_error(tmp_path, suffix, content):
+    path = tmp_path / f"fake{suffix}"
+    path.write_bytes(content or as_jsonl(FLAT))
+    # Said as it is, not "the file is empty" (which its bytes read as text were).
+    with pytest.raises(TraceError, match=rf"^client{suffix.replace('.', '[.]')}: not a valid gzip file"):
+        list(iter_trace_file(path, source=f"client{suffix}"))
 
 
 def test_binary_garbage_in_csv_raises_trace_error(tmp_path):

@@ -38,7 +38,8 @@ from starlette.routing import Route
 from threadpoolctl import threadpool_limits
 
 from . import __version__
-from .errors import InvalidInput, NotFound, PayloadTooLarge, PredictorError, shown, storage_error, validation_message, writing
+from .errors import (InvalidInput, NotFound, PayloadTooLarge, PredictorError, UnsupportedMediaType, shown, storage_error,
+                     validation_message, writing)
 from .identity import IdentityPattern, names_a_model
 from .schemas import (
     BatchPredictionResponse,
@@ -155,7 +156,8 @@ class HeadAsGetMiddleware:
 
 
 class BodySizeLimitMiddleware:
-    """Refuse request bodies larger than ``max_bytes`` with a 413, before they fill memory.
+    """Refuse request bodies larger than ``max_bytes`` with a 413, before they fill memory,
+    and compressed ones (``Content-Encoding``) with a 415.
 
     A declared ``Content-Length`` over the limit is refused at once; a chunked
     body is counted as it arrives and refused when it passes the limit.
@@ -167,20 +169,29 @@ class BodySizeLimitMiddleware:
         self.max_bytes = int(max_mb * 2**20)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or self.max_bytes <= 0:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        length = None
         for name, value in scope["headers"]:
-            if name == b"content-length":
-                if value.isdigit() and int(value) > self.max_bytes:
-                    exc = PayloadTooLarge(self._message(), field="body")
-                    if scope["path"].startswith("/predict/table/"):  # that route's own answer shape
-                        await table_failure(exc)(scope, receive, send)
-                    else:
-                        await error_response(413, exc.message, "body")(scope, receive, send)
-                    return
-                await self.app(scope, receive, send)
+            if (name == b"content-encoding" and value.strip().lower() not in (b"", b"identity")
+                    and scope["method"] in ("POST", "PUT", "PATCH")):
+                # Read as JSON, a gzip body was "not valid UTF-8: surrogates not allowed".
+                await self._refuse(UnsupportedMediaType(
+                    f"Content-Encoding {value.decode('latin-1')!r} is not supported: send the body uncompressed "
+                    "(a trace file may be uploaded as .gz)", field="body"), scope, receive, send)
                 return
+            if name == b"content-length":
+                length = value
+        if self.max_bytes <= 0:
+            await self.app(scope, receive, send)
+            return
+        if length is not None:
+            if length.isdigit() and int(length) > self.max_bytes:
+                await self._refuse(PayloadTooLarge(self._message(), field="body"), scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
         seen = 0
 
         async def counting_receive():
@@ -192,6 +203,13 @@ class BodySizeLimitMiddleware:
             return message
 
         await self.app(scope, counting_receive, send)
+
+    @staticmethod
+    async def _refuse(exc: PredictorError, scope, receive, send) -> None:
+        if scope["path"].startswith("/predict/table/"):  # that route's own answer shape
+            await table_failure(exc)(scope, receive, send)
+        else:
+            await error_response(exc.status_code, exc.message, exc.field)(scope, receive, send)
 
     def _message(self) -> str:
         return (f"request body larger than {self.max_mb:g} MB "
@@ -449,7 +467,11 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
             config = await run_in_threadpool(_parse_config, config_text)
             uploads: dict[str, Path] = {}
             for key, value in form.multi_items():
-                if key == "config" or not isinstance(value, UploadFile):
+                if key != "config" and not isinstance(value, UploadFile):
+                    # Read as a setting ("algorithm=linear") it would have been ignored without a word.
+                    raise InvalidInput(f"multipart field {shown(key)} is not read: training settings go in the "
+                                       "'config' part, and trace files are file parts", field=key)
+                if key == "config":
                     continue
                 name = Path(value.filename or key).name
                 if name in uploads:
@@ -536,6 +558,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
             form = await _read_form(request, "trace_file", max_files=1, max_fields=16, max_part_size=64 * 1024)
             tmpdir = _upload_dir(settings.data_dir)
             try:
+                _check_table_form(form)
                 upload = form.get("trace_file")
                 if not isinstance(upload, UploadFile):
                     raise InvalidInput("multipart part 'trace_file' (a .json, .jsonl or .csv file, optionally .gz) is required",
@@ -561,7 +584,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
 
     @app.get("/tables", tags=["lookup tables"], summary="Lookup tables in the table directory")
     async def tables_list():
-        tables = await run_in_threadpool(service.tables.list)
+        tables = await run_in_threadpool(service.list_tables)
         default = service.tables.default_name if service.tables.default_table is not None else None
         return JSONResponse({"status": "success", "tables": tables, "default": default})
 
@@ -699,6 +722,22 @@ def _check_expanded_size(path: Path, name: str, field: str, limit: int) -> None:
         return
 
 
+TABLE_FORM_FIELDS = ("trace_file", "confidence_level", "table_name", "format")
+
+
+def _check_table_form(form: FormData) -> None:
+    """Each field of a table generation at most once, none other: a misspelt one
+    (``confidence=0.5``) was ignored, and the table made at the default."""
+    seen: set[str] = set()
+    for key, _ in form.multi_items():
+        if key not in TABLE_FORM_FIELDS:
+            raise InvalidInput(f"unknown multipart field {shown(key)}; the fields are {', '.join(TABLE_FORM_FIELDS)}",
+                               field=key)
+        if key in seen:
+            raise InvalidInput(f"multipart field {shown(key)} is given more than once", field=key)
+        seen.add(key)
+
+
 def _form_str(value: Any) -> str | None:
     if value is None or isinstance(value, UploadFile):
         return None
@@ -707,9 +746,11 @@ def _form_str(value: Any) -> str | None:
 
 
 def _form_float(value: Any, default: float, field: str) -> float:
-    text = _form_str(value)
-    if text is None:
+    if value is None:
         return default
+    text = _form_str(value)
+    if text is None:  # blank, or a file: not the default without a word
+        raise InvalidInput(f"{field} must be a number (leave the field out for {default})", field=field)
     try:
         number = float(text)
     except ValueError:

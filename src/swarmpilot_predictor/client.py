@@ -245,29 +245,19 @@ def identity_segments(identity: IdentityLike) -> list[str]:
 
 def _model_path(identity: IdentityLike, version: int | None = None) -> str:
     path = "/models/" + "/".join(identity_segments(identity))
-    return path if version is None else f"{path}/versions/{_version(version)}"
+    return path if version is None else f"{path}/versions/{_whole(version, 'version', noun='an integer')}"
 
 
-def _version(version: int) -> int:
-    """An integral version (numpy's too); 1.9 is an error, not version 1."""
-    try:
-        if isinstance(version, bool):
-            raise TypeError
-        return operator.index(version)
-    except TypeError:
-        raise InvalidRequestError(f"version must be an integer, got {version!r}", field="version") from None
-
-
-def _count(value: Any, field_name: str) -> int:
-    """A whole number of at least 0 (numpy's too)."""
+def _whole(value: Any, field_name: str, minimum: int | None = None, noun: str = "a whole number") -> int:
+    """An integer (numpy's too): 1.9 is an error, not 1, and so is True."""
     try:
         if isinstance(value, bool):
             raise TypeError
         n = operator.index(value)
     except TypeError:
-        raise InvalidRequestError(f"{field_name} must be a whole number, got {value!r}", field=field_name) from None
-    if n < 0:
-        raise InvalidRequestError(f"{field_name} must be at least 0, got {n}", field=field_name)
+        raise InvalidRequestError(f"{field_name} must be {noun}, got {value!r}", field=field_name) from None
+    if minimum is not None and n < minimum:
+        raise InvalidRequestError(f"{field_name} must be at least {minimum}, got {n}", field=field_name)
     return n
 
 
@@ -373,9 +363,9 @@ class _Calls:
     def accuracy(identity: IdentityLike, version: int | None = None, recent: int | None = None) -> _Request:
         params: dict[str, int] = {}
         if version is not None:
-            params["version"] = _version(version)
+            params["version"] = _whole(version, "version", noun="an integer")
         if recent is not None:
-            params["recent"] = _count(recent, "recent")
+            params["recent"] = _whole(recent, "recent", minimum=0)
         return _Request("GET", _model_path(identity) + "/accuracy", params=params or None, idempotent=True)
 
     @staticmethod

@@ -53,6 +53,10 @@ class PayloadTooLarge(PredictorError):
     status_code = 413
 
 
+class UnsupportedMediaType(PredictorError):
+    status_code = 415
+
+
 class TooBusy(PredictorError):
     """The service has as much of this work queued as it takes: retry later."""
 

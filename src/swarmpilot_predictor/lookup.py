@@ -300,7 +300,7 @@ def iter_traces(path: Path | str, source: str | None = None) -> Iterator[dict[st
     """Flat traces from a trace file, streamed: JSONL and CSV line by line, JSON arrays item by item."""
     path = Path(path)
     source = source or path.name
-    raw, fmt = open_trace_file(path)
+    raw, fmt = open_trace_file(path, source)
     done = 0
     line_error: TraceError | None = None
     with raw:
@@ -336,7 +336,7 @@ def _trace_at(obj: Any, source: str, i: int) -> dict[str, Any]:
 
 def _retry_traces(path: Path, source: str, skip: int, first: TraceError) -> Iterator[dict[str, Any]]:
     try:
-        raw, _ = open_trace_file(path)
+        raw, _ = open_trace_file(path, source)
     except OSError as exc:
         raise TraceError(f"{source}: cannot read the file again ({exc.strerror or exc})") from None
     with raw:
@@ -495,6 +495,9 @@ class _Group:
     cols: list[int]  # feature columns present in this group
     num_cols: list[int]
     cat_cols: list[int]
+    # Numeric columns some of the group's records lack: the model read them as optional (a
+    # trace without one is answered), and a record lacking the value sits at the mean.
+    optional_cols: frozenset[int]
     exact_keys: np.ndarray
     exact_rows: np.ndarray
     task_keys: np.ndarray
@@ -666,7 +669,9 @@ class LookupTable:
             th = self.task_hashes[rows]
             has = th >= 0
             task_keys, task_rows = _sorted_index(th[has], rows[has])
-        return _Group(self.identities[g], rows, cols, num, cat, exact_keys, exact_rows, task_keys, task_rows, partitions)
+        optional = frozenset(j for j in num if not self.columns[j].present(rows).all())
+        return _Group(self.identities[g], rows, cols, num, cat, optional, exact_keys, exact_rows, task_keys, task_rows,
+                      partitions)
 
     def _bits(self, j: int, rows: np.ndarray) -> np.ndarray:
         c = self.columns[j]
@@ -929,6 +934,8 @@ class LookupTable:
                     v = _text_number(v)
                 if isinstance(v, (int, float)) and v == v:
                     z.append(min(max((float(v) - c.mean) / c.scale, -_Z_MAX), _Z_MAX))
+                elif v is None and j in g.optional_cols:
+                    z.append(0.0)  # where the records lacking it sit
                 else:
                     error = error or (f"missing required feature '{c.name}'" if v is None or v != v
                                       else f"feature '{c.name}' must be a number")
@@ -1023,7 +1030,7 @@ class LookupTable:
                 vals, missing, invalid = column(j)
                 c = self.columns[j]
                 if c.kind == "numeric":
-                    bad = (missing | invalid)[todo] & usable
+                    bad = ((missing & (j not in g.optional_cols)) | invalid)[todo] & usable
                     for k in np.flatnonzero(bad).tolist():
                         if first_error[k] is None:
                             first_error[k] = (
@@ -1038,7 +1045,8 @@ class LookupTable:
             if g.num_cols:
                 Z = np.empty((len(sel), len(g.num_cols)))
                 for k, j in enumerate(g.num_cols):
-                    Z[:, k] = self.columns[j].standardised(column(j)[0][sel])
+                    z = self.columns[j].standardised(column(j)[0][sel])
+                    Z[:, k] = np.where(np.isnan(z), 0.0, z)  # an optional value not stated: at the mean
             positions = np.flatnonzero(usable)
             order = np.argsort(cat_keys, kind="stable")
             sk = cat_keys[order]
@@ -1106,8 +1114,14 @@ class LookupTable:
         confidence_level: float = 0.95,
         quantiles: Sequence[float] | None = None,
         with_total: bool = False,
+        serving_version: Callable[[tuple[str | None, ...]], int | None] | None = None,
     ) -> "TablePrediction":
-        """Answers rendered like the model's: quantiles (the record's levels, or ``quantiles``), interval, totals."""
+        """Answers rendered like the model's: quantiles (the record's levels, or ``quantiles``), interval, totals.
+
+        With ``serving_version`` (an identity's serving version, None where no model of it
+        is stored), a record made by a model version carries ``stale``: whether another
+        version serves now, or none.
+        """
         t0 = time.perf_counter()
         res = self.lookup(traces, pattern)
         levels = sorted(map(float, quantiles)) if quantiles else None
@@ -1127,6 +1141,7 @@ class LookupTable:
             ident, versions = self.row_identity[idx].tolist(), self.versions[idx].tolist()
         match_l, dist_l = res.match.tolist(), res.distance.tolist()
         infos = [g.model_info(pattern) for g in self.groups]
+        serving: dict[int, int | None] = {}  # per identity of the table, asked once a request
         results: list[dict[str, Any]] = []
         k = 0
         for i, row in enumerate(rows_l):
@@ -1150,6 +1165,11 @@ class LookupTable:
             }
             if versions[k] >= 0:
                 item["model_version"] = versions[k]
+                if serving_version is not None and None not in self.identities[ident[k]]:
+                    g = ident[k]
+                    if g not in serving:
+                        serving[g] = serving_version(self.identities[g])
+                    item["stale"] = serving[g] != versions[k]
             if kind == "nearest":
                 item["distance"] = dist_l[i]
             results.append(item)
@@ -2378,7 +2398,10 @@ class LookupTableStore:
             if table is not None:
                 entry["rows"] = table.n_rows
                 entry["features"] = table.feature_names
-                entry["identities"] = [dict(zip(IDENTITY_KEYS, g.identity)) for g in table.groups]
+                entry["identities"] = [
+                    {**dict(zip(IDENTITY_KEYS, g.identity)),
+                     "model_versions": np.unique(v[v >= 0]).tolist() if len(v := table.versions[g.rows]) else []}
+                    for g in table.groups]
             with self._lock:
                 failed = self._failed.get(name)
             if failed is not None and failed[0] == _signature(path):

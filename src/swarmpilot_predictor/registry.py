@@ -2,8 +2,9 @@
 
 Layout: ``models/<identity dir>/v0001.model.json`` holds the fitted model and
 ``v0001.meta.json`` its metadata. The meta file is written last, so a version
-exists exactly when its meta file does: a crash mid-write leaves at most a
-stray temporary file, which start-up ignores. Everything is JSON (LightGBM
+exists exactly when its meta file does: a crash mid-write leaves stray files,
+which start-up ignores and removes (temporary files once old, a version's files
+without a meta file or a lock at once). Everything is JSON (LightGBM
 boosters in their own text format inside it), so loading runs no code.
 """
 
@@ -209,6 +210,31 @@ def _create_lock(lock: Path) -> None:
         os.close(fd)
 
 
+def _remove_orphans(model_dir: Path) -> None:
+    """Remove the model and training-data files of versions that have neither a meta file nor
+    a lock: a writer holds its lock from before its first file until its meta file is
+    written, so these were left by one killed midway (or a delete that could not finish),
+    and no one ever served them. A tombstone keeps their numbers from being given again."""
+    try:
+        kinds: dict[int, set[str]] = {}
+        for e in os.scandir(model_dir):
+            if m := _VERSION_FILE.match(e.name):
+                kinds.setdefault(int(m.group(1)), set()).add(m.group(2))
+        for v, have in kinds.items():
+            if not have & {"model.json", "data.npz"} or have & {"meta.json", "lock"}:
+                continue
+            # Again, lock first: a listing made while a writer finished may hold neither (its
+            # meta file written after the listing passed, its lock removed before it came).
+            if (model_dir / _lock_file(v)).exists() or (model_dir / _meta_file(v)).exists():
+                continue
+            log.warning("%s: removing the files of version %d, which a writer killed midway left", model_dir, v)
+            os.close(os.open(model_dir / _tombstone_file(v), os.O_CREAT | os.O_WRONLY))
+            for name in (_model_file(v), _data_file(v)):
+                (model_dir / name).unlink(missing_ok=True)
+    except OSError as exc:  # litter only: it stays
+        log.warning("%s: cannot remove what killed writers left (%s)", model_dir, exc)
+
+
 def _lock_abandoned(lock: os.DirEntry | Path) -> bool:
     """Whether a version's lock names a writer of this process's host, boot and pid
     namespace that no longer runs (killed while storing). A lock of anywhere else, or
@@ -267,6 +293,7 @@ class ModelRegistry:
                 if _lock_abandoned(lock):
                     log.warning("removing %s: the writer that held it stopped", lock.path)
                     Path(lock.path).unlink(missing_ok=True)
+            _remove_orphans(Path(d))
 
     # ------------------------------------------------------------------ index
 
@@ -636,6 +663,8 @@ class ModelRegistry:
                     (model_dir / leftover).unlink(missing_ok=True)
                 except OSError as exc:  # the version is gone all the same; the file is only litter
                     log.warning("%s version %d: cannot remove %s (%s)", identity.key, v, leftover, exc)
+        if version is None and failure is None:
+            _remove_orphans(model_dir)  # and what writers killed midway left of other numbers
         if deleted:
             with self._lock:
                 versions = self._index.get(identity, {})

@@ -268,6 +268,7 @@ class Retrainer:
         holdout_fraction: float = 0.25,
         training_weight: float = 0.25,
         on_decision: Callable[[dict[str, Any]], None] | None = None,
+        max_observations: int = 20_000,
     ):
         self.on_decision = on_decision
         self.registry = registry
@@ -277,6 +278,7 @@ class Retrainer:
         self.min_new_observations = min_new_observations
         self.holdout_fraction = holdout_fraction
         self.training_weight = training_weight
+        self.max_observations = max_observations
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrain")
         self._running: dict[ModelIdentity, Future] = {}
         self._model_locks: dict[ModelIdentity, threading.Lock] = {}
@@ -410,6 +412,11 @@ class Retrainer:
         if not isinstance(through, (int, float)) or isinstance(through, bool):
             through = meta.created_at
         records = [r for r in records if r["ts"] > through]
+        if len(records) > self.max_observations:
+            # Each candidate is fitted on them, in the serving process: 100,000 observations
+            # took 45 s to 140 s a retraining, the newest 20,000 about 7 s.
+            decision["older_observations_left_out"] = len(records) - self.max_observations
+            records = records[-self.max_observations:]
         decision.update(from_version=meta.version, observations=len(records))
         features, X_obs, y_obs = observation_matrix(meta.features, records)
         n_hold = max(MIN_HOLDOUT, int(len(y_obs) * self.holdout_fraction))

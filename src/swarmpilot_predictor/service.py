@@ -22,7 +22,7 @@ from . import __version__
 from .atomic import remove_stale_temps
 from .cache import PredictionCache
 from .errors import AmbiguousModel, InvalidInput, ModelNotFound, PredictorError, shown
-from .identity import IdentityPattern, ModelIdentity, identity_conflicts, names_part, stated_keys
+from .identity import IDENTITY_KEYS, IdentityPattern, ModelIdentity, identity_conflicts, names_part, stated_keys
 from .lookup import WRITABLE_FORMATS, LookupTableStore, TablePrediction, generate_table, iter_traces, table_format
 from .metrics import TABLE_LABEL, PredictorMetrics, table_label
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog
@@ -156,6 +156,7 @@ class PredictorService:
         self.retrainer = Retrainer(
             self.registry, self.monitor, settings.auto_retrain, settings.retrain_min_observations,
             on_decision=lambda decision: self.metrics.retraining_runs.labels(decision["status"]).inc(),
+            max_observations=settings.retrain_max_observations,
         )
         # Lookup tables; DEFAULT_LOOKUP_TABLE is loaded now (a bad file is logged and reported by /health).
         self.tables = LookupTableStore(settings.tables_dir, default=settings.default_lookup_table)
@@ -240,7 +241,9 @@ class PredictorService:
             table = self.tables.get(lookup_table_name)
             if with_total and not quantiles:  # answered at the table's levels
                 _check_batch_values(len(traces), max((len(ls) for ls in table.levelsets), default=0))
-            pred = table.predict(pattern, traces, confidence_level, quantiles, with_total)
+            self.registry.maybe_refresh()  # a version another worker stored makes records stale
+            pred = table.predict(pattern, traces, confidence_level, quantiles, with_total,
+                                 serving_version=self._serving_version)
             n_ok = int(pred.ok.sum())
             self.metrics.count_predictions(table_label(pred.table), "lookup_table", n_ok, len(pred.errors) - n_ok)
             return pred
@@ -250,6 +253,27 @@ class PredictorService:
             _check_batch_values(len(traces), len(loaded.meta.quantiles))
         return self._predict_with(identity, loaded, traces, confidence_level, quantiles, with_total, t0,
                                   shared_factor=shared_factor)
+
+    def _serving_version(self, parts: tuple[str | None, ...]) -> int | None:
+        """The version of the model named by ``parts`` that serves now; None where none is stored."""
+        try:
+            return self.registry.latest(ModelIdentity(*parts)).version  # type: ignore[arg-type]
+        except ModelNotFound:
+            return None
+
+    def list_tables(self) -> list[dict[str, Any]]:
+        """The lookup tables; for each model a loaded table holds records of, whether a version
+        other than the one that made them serves now (or none: the model was deleted)."""
+        tables = self.tables.list()
+        self.registry.maybe_refresh()
+        for entry in tables:
+            for ident in entry.get("identities", ()):
+                parts = tuple(ident[k] for k in IDENTITY_KEYS)
+                if None in parts or not ident["model_versions"]:
+                    continue  # the seed's records: no model of this registry made them
+                ident["serving_version"] = serving = self._serving_version(parts)
+                ident["stale"] = ident["model_versions"] != [serving]
+        return tables
 
     def _serving(self, pattern: IdentityPattern, version: int | None = None,
                  traces: Sequence[Any] | None = None) -> tuple[ModelIdentity, LoadedModel]:

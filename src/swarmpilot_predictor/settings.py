@@ -45,6 +45,8 @@ class PredictorSettings(BaseSettings):
     drift_min_observations: int = Field(default=30, ge=1)
     auto_retrain: bool = False
     retrain_min_observations: int = Field(default=200, ge=1)
+    # A retraining fits its candidates on at most this many of the newest observations.
+    retrain_max_observations: int = Field(default=20_000, ge=50)
     observations_max_file_mb: float = Field(default=8.0, gt=0, allow_inf_nan=False)
     observations_max_files: int = Field(default=8, ge=1)
     # FastAPI's native OpenTelemetry (traces, metrics, logs through the globally

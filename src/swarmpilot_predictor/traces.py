@@ -102,11 +102,12 @@ def normalize_traces(traces: Iterable[Any]) -> tuple[list[dict[str, Any]], list[
 # --------------------------------------------------------------------------- files
 
 
-def open_trace_file(path: Path | str) -> tuple[IO[bytes], str]:
+def open_trace_file(path: Path | str, source: str | None = None) -> tuple[IO[bytes], str]:
     """Open a trace file (transparently gunzipping) and return it with its format.
 
     A UTF-8 byte order mark (which spreadsheet programs write at the start of a
     CSV file) is skipped: the stream starts with the first field's name or value.
+    A ``.gz`` file that is not gzip is a TraceError naming it ``source``.
     """
     path = Path(path)
     name = path.name.lower()
@@ -117,10 +118,11 @@ def open_trace_file(path: Path | str) -> tuple[IO[bytes], str]:
     raw: IO[bytes] = gzip.open(path, "rb") if gz else open(path, "rb")
     try:
         skip_bom(raw)
-    except (OSError, EOFError):
-        # Not gzip after all, or truncated: from the start again, so that reading it fails
-        # where the readers turn the error into a TraceError naming the file.
-        raw.seek(0)
+    except (OSError, EOFError) as exc:
+        raw.close()
+        if gz:  # (read as text it was "empty", or a JSON error at its first byte)
+            raise TraceError(f"{source or path.name}: not a valid gzip file ({exc})") from None
+        raise
     except BaseException:
         raw.close()
         raise
@@ -149,7 +151,7 @@ def _format_from_name(name: str) -> str:
 
 def iter_trace_file(path: Path | str, source: str | None = None) -> Iterator[dict[str, Any]]:
     """Yield flat traces from a file, one at a time; messages name it ``source`` (default: its file name)."""
-    raw, fmt = open_trace_file(path)
+    raw, fmt = open_trace_file(path, source)
     with raw:
         yield from iter_trace_stream(raw, fmt, source=source or Path(path).name)
 
