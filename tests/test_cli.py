@@ -227,10 +227,22 @@ def test_predict_a_trace_file(tmp_path, trained, suffix):
     ("llm/*/*/*/*", '{"input_tokens": 1e400, "output_tokens": 1}', "(as JSON: number is infinity when parsed as double"),
     # A mistyped '//' would widen the match to any value.
     ("llm//*/*/*", '{"input_tokens": 1}', "MODEL's model_name is empty: name it, or write '*' for any"),
+    # Said before either way of answering (with --url the client refused them, locally each
+    # was a failed row); nothing to predict was "0/0 predicted" and exit 0.
+    ("llm/*/*/*/*", "[1, 2]", "trace[0] must be a JSON object of fields, got a number"),
+    ("llm/*/*/*/*", "[]", "TRACE is an empty array"),
 ])
 def test_predict_errors_are_reported(trained, model, trace, message):
     result = invoke("predict", model, trace, "--data-dir", trained, ok=False)
+    assert result.exit_code == 1
     assert message in " ".join(result.output.split())
+
+
+def test_predict_an_empty_trace_file_is_an_error(tmp_path, trained):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    result = invoke("predict", "llm/*/*/*/*", str(empty), "--data-dir", trained, ok=False)
+    assert result.exit_code == 1 and "the file holds no traces" in result.output
 
 
 def test_predict_ambiguous_model_names_the_candidates(tmp_path, trained):

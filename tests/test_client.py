@@ -652,3 +652,44 @@ def test_the_async_client_queues_what_its_connections_cannot_carry(trained_serve
     assert {a.results.status for a in answers} == {"success"}
     with pytest.raises(ValueError, match="max_connections"):
         AsyncPredictorClient(trained_server.url, max_connections=0)
+
+
+def test_both_clients_say_why_a_connection_was_refused_alike():
+    # The async client's own text was "All connection attempts failed".
+    port = free_port()  # nothing listens there
+    with PredictorClient(f"http://127.0.0.1:{port}", retries=0) as client:
+        with pytest.raises(PredictorUnavailableError) as sync_err:
+            client.health()
+
+    async def ask():
+        async with AsyncPredictorClient(f"http://127.0.0.1:{port}", retries=0) as client:
+            await client.health()
+
+    with pytest.raises(PredictorUnavailableError) as async_err:
+        asyncio.run(ask())
+    assert sync_err.value.message == async_err.value.message
+    assert sync_err.value.message.endswith(f"127.0.0.1:{port}: ConnectError: [Errno 111] Connection refused")
+
+
+def test_an_error_page_that_is_not_the_predictors_is_said_short_by_both_clients():
+    import httpx
+
+    page = "<html><body><h1>502 Bad Gateway</h1>" + "x" * 5000 + "</body></html>"
+
+    def proxy(request):
+        return httpx.Response(502, text=page, headers={"content-type": "text/html"})
+
+    with PredictorClient("http://127.0.0.1:9", retries=0, transport=httpx.MockTransport(proxy)) as client:
+        with pytest.raises(PredictorClientError) as sync_err:
+            client.list_models()
+
+    async def ask():
+        async with AsyncPredictorClient("http://127.0.0.1:9", retries=0, transport=httpx.MockTransport(proxy)) as client:
+            await client.list_models()
+
+    with pytest.raises(PredictorClientError) as async_err:
+        asyncio.run(ask())
+    for err in (sync_err, async_err):
+        assert err.value.status_code == 502 and err.value.field is None
+        assert err.value.message.startswith("502 Bad Gateway from GET /models, not in the predictor's form: '<html>")
+        assert len(err.value.message) < 300

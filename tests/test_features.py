@@ -608,3 +608,43 @@ def test_batch_flags_match_the_row_path_on_many_shapes():
     want = [history.flag_row(q.tolist(), t) for q, t in zip(Q, order)]
     np.testing.assert_array_equal(history.flags(Q, order), want)
     assert 0.2 < np.mean(want) < 0.8  # both answers well represented
+
+
+def _token_traces(n: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    inp, out = rng.integers(16, 2048, n), rng.integers(4, 512, n)
+    y = (5 + 0.02 * inp + 0.3 * out) * rng.lognormal(0, 0.1, n)
+    return [{"input_tokens": int(a), "output_tokens": int(b), "model": "m" if i % 2 else "n", "runtime_ms": float(c)}
+            for i, (a, b, c) in enumerate(zip(inp, out, y))]
+
+
+GROSS = "runtime over 1,000 times (or under 1/1,000 of) what its features predict"
+
+
+def test_a_few_gross_outliers_are_dropped_and_said():
+    # A request that hung (1e7 ms among runs of 10 to 300 ms), one whose clock slipped (1e-5 ms).
+    traces = _token_traces(400)
+    for i in (3, 150, 377):
+        traces[i]["runtime_ms"] = 1e7
+    traces[200]["runtime_ms"] = 1e-5
+    _, X, y, report = prepare(traces)
+    assert report.rows_dropped == {GROSS: 4} and report.rows_used == 396 == len(y) == len(X)
+    assert y.max() < 1e4 and y.min() > 1
+
+
+def test_real_modes_far_from_the_rest_are_not_outliers():
+    traces = _token_traces(400)
+    for t in traces[:60]:                 # a mode 300x slower (first runs, say): 15% of the rows
+        t["runtime_ms"] *= 300
+    for t in traces[60:64]:               # 1% at 500x: a heavy tail, not an outlier
+        t["runtime_ms"] *= 500
+    for t in traces[64:80]:               # aborted after 2% of their runtime
+        t["runtime_ms"] *= 0.02
+    assert prepare(traces)[3].rows_dropped == {}
+    many = _token_traces(400)
+    for t in many[:10]:                   # 2.5% at 1e7 ms: a mode of their own, kept
+        t["runtime_ms"] = 1e7
+    assert prepare(many)[3].rows_dropped == {}
+    few = _token_traces(19)               # too few rows to say what rows like it take
+    few[0]["runtime_ms"] = 1e7
+    assert prepare(few)[3].rows_dropped == {}

@@ -124,6 +124,33 @@ def test_mixing_weight_that_depends_on_a_feature_is_learned():
         assert np.abs(cov - LEVELS).mean() < 0.05, cov
 
 
+def test_the_shape_model_is_recalibrated_and_each_fold_on_the_others_only(monkeypatch):
+    """The shape model's probabilities are recalibrated on its held-out ones (the served model
+    on all of them); in cross-validation each fold's on the other folds' alone: on its own, a
+    fold would calibrate itself and the reported held-out figures would flatter the model."""
+    import swarmpilot_predictor.modeling as modeling
+
+    rng = np.random.default_rng(4)
+    n = 1500
+    seq, size = rng.uniform(0, 1000, n), rng.integers(1, 64, n)
+    cold = rng.random(n) < 0.8 * np.exp(-seq / 250) + 0.1
+    y = (3 + 0.05 * size) * np.where(cold, 12.0, 1.0) * np.exp(0.08 * rng.standard_normal(n))
+    X = np.column_stack([seq, size]).astype(float)
+    sizes: list[int] = []
+    real = modeling.recalibration_map
+
+    def recording(pits, *args, **kw):
+        sizes.append(len(pits))
+        return real(pits, *args, **kw)
+
+    monkeypatch.setattr(modeling, "recalibration_map", recording)
+    model = QuantileModel(*NUM2).fit(X, y)
+    assert model.shape_ is not None and model.shape_.recal_ is not None
+    assert sizes[-1] == n  # the served model: every held-out probability
+    in_folds = sizes[:-1]
+    assert in_folds and all(0.6 * n < k < n for k in in_folds), sizes
+
+
 # --------------------------------------------------------------------------- distribution properties
 
 
@@ -665,6 +692,7 @@ def test_runtimes_beyond_the_training_values_go_on_as_the_fit_does(algorithm):
     ({"bogus_param": 1}, "auto", "unknown parameter 'bogus_param'"),
     ({"num_leaves": 7}, "linear", "'num_leaves' is a LightGBM parameter; algorithm 'linear' does not use LightGBM"),
     ({"num_leaves": -3}, "auto", "LightGBM refuses 'num_leaves': Check failed: (num_leaves) > (1)"),
+    ({"max_bin": 2**31}, "lightgbm", "'max_bin' 2147483648 is beyond the 32-bit integers LightGBM reads"),
     ({"objective": "nonsense"}, "lightgbm", "'objective' must be a regression objective of the log-runtime"),
     ({"num_iterations": 10}, "auto", "is 'num_boost_round'"),
     ({"forcedsplits_filename": "/etc/passwd"}, "lightgbm", "cannot set (it reads or writes files"),

@@ -463,6 +463,22 @@ def test_a_retraining_fits_on_the_newest_observations_up_to_its_limit(tmp_path):
     assert 0.85 < ratio < 1.15  # the newest level (1.5x), not the older 4x mixed in
 
 
+def test_a_retraining_drops_gross_outliers_among_the_observations_as_training_does(tmp_path):
+    svc = _service(tmp_path)
+    observed = _shifted(120, 1.6, seed=10)
+    for i in (5, 60):
+        observed[i]["runtime_ms"] = 1e8  # hung requests
+    svc.observe(IDENTITY, observed)
+    decision = svc.retrain(IdentityPattern.from_parts(IDENTITY))
+    assert decision["gross_outliers_dropped"] == 2 and decision["observations"] == 120
+    assert decision["status"] == "retrained"
+    fresh = make_llm_traces(200, seed=12)
+    q = svc.predict(IdentityPattern.from_parts(IDENTITY), [{k: v for k, v in t.items() if k != "runtime_ms"} for t in fresh],
+                    quantiles=[0.5])
+    for r in q.results():
+        assert r["expect"] < 1.5 * r["quantile_predictions"][0]
+
+
 def test_a_retrained_version_reports_its_own_held_out_figures(tmp_path):
     svc = _service(tmp_path)
     pattern = IdentityPattern.from_parts(IDENTITY)

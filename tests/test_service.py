@@ -890,3 +890,25 @@ def test_a_cold_model_can_be_loaded_before_the_prediction_that_needs_it(tmp_path
         assert fresh.is_cold(nothing) is False and fresh.load_if_cold(nothing) is False
     finally:
         fresh.close()
+
+
+def test_a_few_huge_outliers_neither_set_the_mean_nor_erase_the_features(tmp_path):
+    # The contract's "a few huge outliers": three hung requests (1e7 ms) among 400 runs of
+    # 10 to 300 ms made the mean 3,500 times the median, and cross-validation in milliseconds
+    # chose the model that ignores every feature (the same median for every request).
+    traces = make_llm_traces(400)
+    for i in (3, 150, 377):
+        traces[i]["runtime_ms"] = 1e7
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    try:
+        result = svc.train(config(traces))
+        assert result["metrics"]["algorithm"] != "empirical"
+        assert sum(result["metrics"]["data"]["rows_dropped"].values()) == 3
+        assert "1,000 times" in next(iter(result["metrics"]["data"]["rows_dropped"]))
+        small, large = svc.predict(PATTERN, [{"input_tokens": 100, "output_tokens": 20},
+                                             {"input_tokens": 1500, "output_tokens": 400}], quantiles=[0.5]).results()
+        assert large["quantile_predictions"][0] > 3 * small["quantile_predictions"][0]
+        for r in (small, large):
+            assert r["expect"] < 1.5 * r["quantile_predictions"][0]
+    finally:
+        svc.close()

@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .errors import PredictorError, validation_message
+from .errors import PredictorError, json_kind, validation_message
 from .identity import IDENTITY_KEYS, IdentityPattern
 from .schemas import check_levels, config_from_text, first_run_split
 from .processes import alive, pid_space
@@ -299,22 +299,33 @@ def _is_file(path: Path) -> bool:
 
 
 def _read_trace_arg(trace: str) -> list[dict[str, Any]]:
+    """The traces TRACE names (a file) or is (JSON): at least one, each an object, whether a
+    local service or ``--url``'s answers (the client refuses the others before sending)."""
     path = Path(trace)
     if _is_file(path):
         from .traces import TraceError, iter_trace_file
 
         try:
-            return list(iter_trace_file(path))
+            traces = list(iter_trace_file(path))
         except TraceError as exc:
             _fail(str(exc))
         except OSError as exc:  # unreadable (permissions), or gone since it was looked at
             _fail(f"{trace}: cannot read it ({exc.strerror or exc})")
+        if not traces:  # "0/0 predicted" and exit 0 read as success
+            _fail(f"{trace}: the file holds no traces")
+        return traces
     try:
         data = orjson.loads(trace)
     except orjson.JSONDecodeError as exc:
         # Say why it is not JSON: a number beyond a float's range reads as "not a file nor JSON" otherwise.
         _fail(f"TRACE is neither a file nor a JSON object/array (as JSON: {exc})")
-    return data if isinstance(data, list) else [data]
+    traces = data if isinstance(data, list) else [data]
+    if not traces:
+        _fail("TRACE is an empty array: there is no trace to predict")
+    for i, t in enumerate(traces):
+        if not isinstance(t, dict):
+            _fail(f"trace[{i}] must be a JSON object of fields, got {json_kind(t)}")
+    return traces
 
 
 @app.command()

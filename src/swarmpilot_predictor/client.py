@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import operator
+import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -464,8 +465,9 @@ class _Calls:
             if isinstance(body, dict):
                 message = body.get("message") or body.get("detail")
                 field_name = body.get("field")
-            if not isinstance(message, str):
-                message = response.text[:500] or response.reason_phrase
+            if not isinstance(message, str):  # a proxy's page, say: said short, as a 2xx of that kind is
+                message = (f"{response.status_code} {response.reason_phrase} from {response.request.method} "
+                           f"{response.request.url.path}, not in the predictor's form: {response.text[:200]!r}")
             raise PredictorClientError(message, response.status_code, field_name, body)
         if req.extract is not None:
             if not isinstance(body, dict) or req.extract not in body:
@@ -588,7 +590,19 @@ class _Base:
 
 
 def _cause(exc: Exception) -> str:
-    """What went wrong with a connection, never empty (httpx raises ``ReadError('')``)."""
+    """What went wrong with a connection, never empty (httpx raises ``ReadError('')``).
+
+    The system's error where one is behind it, said the same for both clients: the async
+    one's own text was "All connection attempts failed" where the sync one said "[Errno 111]
+    Connection refused".
+    """
+    inner: BaseException | None = exc
+    seen = set()
+    while inner is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        if isinstance(inner, OSError) and isinstance(inner.errno, int) and inner.errno > 0:
+            return f"{type(exc).__name__}: [Errno {inner.errno}] {os.strerror(inner.errno)}"
+        inner = inner.__cause__ or inner.__context__
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 

@@ -38,6 +38,14 @@ SHAPE_MAX_DISTINCT = 20_000
 # A categorical feature's values learned in training: those on at least this many rows,
 # at most this many of them (the most frequent); see FeatureSchema.prepare_training.
 CATEGORY_MIN_ROWS = 2
+# A runtime this many times what its features predict, or this many times less, is a gross
+# outlier (a request that hung, a clock that jumped, a unit slip): dropped from training
+# when such runtimes are at most 1% of the rows, or 2 (more, and they are a mode of their own).
+# Real modes stay inside: first runs of a shape 10x to 375x its repeats (the H200 vision
+# trace without its derived column), aborted LLM requests 5x to 50x below.
+GROSS_OUTLIER_FACTOR = 1e3
+GROSS_OUTLIER_MAX_SHARE = 0.01
+GROSS_OUTLIER_MIN_ROWS = 20
 MAX_CATEGORIES = 128
 # Real traces have a handful of features; each one costs the model selection (and the
 # feature elimination a quadratic number of fits): 500 columns on 40 rows took two minutes
@@ -251,6 +259,53 @@ class ShapeHistory:
         if first_seen.shape != (len(shapes),):
             raise ValueError(f"'first_seen' holds {first_seen.size} times for {len(shapes)} shapes")
         return cls(key, d["timestamp"], shapes, first_seen)
+
+
+def gross_outliers(X: np.ndarray, y: np.ndarray, kinds: Sequence[str]) -> np.ndarray:
+    """Rows whose runtime is ``GROSS_OUTLIER_FACTOR`` times what rows like it take, or that
+    many times less; none where such rows are more than ``GROSS_OUTLIER_MAX_SHARE`` of them
+    (and more than 2).
+
+    "Rows like it": a least-squares fit of the log runtime on the features (per numeric
+    feature its signed log and its value, per categorical one its values' median log
+    runtime), fitted again without the rows far from the first fit. Three 1e7 ms runtimes
+    among 400 of 10 to 300 ms put the model's means over 1,000 times its medians, and
+    cross-validation, in milliseconds, could then choose the model that ignores every feature.
+    """
+    n = len(y)
+    none = np.zeros(n, dtype=bool)
+    if n < GROSS_OUTLIER_MIN_ROWS:
+        return none
+    z = np.log(y)
+    cols = []
+    for j, kind in enumerate(kinds):
+        x = X[:, j]
+        if kind == "categorical":
+            _, inv = np.unique(x, return_inverse=True)
+            order = np.argsort(inv, kind="stable")
+            bounds = np.flatnonzero(np.diff(inv[order])) + 1
+            medians = np.array([np.median(z[part]) for part in np.split(order, bounds)])
+            cols.append(medians[inv])
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):
+                cols += [np.sign(x) * np.log1p(np.abs(x)), x]
+    A = np.column_stack(cols) if cols else np.empty((n, 0))
+    with np.errstate(over="ignore", invalid="ignore"):
+        A = (A - A.mean(axis=0)) / A.std(axis=0)
+    A = np.column_stack([np.ones(n), A[:, np.isfinite(A).all(axis=0)]])
+
+    def residuals(rows: np.ndarray) -> np.ndarray:
+        coef = np.linalg.lstsq(A[rows], z[rows], rcond=None)[0]
+        return z - A @ coef
+
+    r = residuals(np.ones(n, dtype=bool))
+    spread = 1.4826 * np.median(np.abs(r - np.median(r)))
+    inliers = np.abs(r - np.median(r)) <= max(4.0 * spread, math.log(10.0))
+    r = residuals(inliers)
+    out = np.abs(r - np.median(r[inliers])) > math.log(GROSS_OUTLIER_FACTOR)
+    if out.sum() > max(2, int(GROSS_OUTLIER_MAX_SHARE * n)):
+        return none
+    return out
 
 
 @dataclass
@@ -494,13 +549,23 @@ class FeatureSchema:
         X = X.astype(np.float64, copy=False)
         history, flags, why_not = _shape_history(table, rows, specs, X, y[rows]) if first_of_shape else (
             None, None, "turned off by the config ('first_of_shape': false)")
+        kinds = [s.kind for s in specs]
         if history is None:
             report.columns_not_derived[FIRST_OF_SHAPE] = why_not
         else:
             X = np.column_stack([X, flags])
+            kinds.append("numeric")
             report.columns_derived[FIRST_OF_SHAPE] = (
                 f"first run of its shape ({', '.join(specs[j].name for j in history.key)}) by '{history.order_field}'")
-        return cls(tuple(specs), history), X, y[rows], report
+        y = y[rows]
+        # After the shape history: the run happened, and its shape ran first then.
+        gross = gross_outliers(X, y, kinds)
+        if gross.any():
+            report.drop_rows(f"runtime over {GROSS_OUTLIER_FACTOR:,.0f} times (or under 1/{GROSS_OUTLIER_FACTOR:,.0f} of) "
+                             "what its features predict", int(gross.sum()))
+            report.rows_used -= int(gross.sum())
+            X, y = X[~gross], y[~gross]
+        return cls(tuple(specs), history), X, y, report
 
     # ------------------------------------------------------------------ prediction side
 

@@ -30,6 +30,7 @@ table that cannot be read gives an error naming the file and the place.
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import hashlib
 import io
@@ -87,8 +88,12 @@ WRITABLE_FORMATS = ("json", "csv")
 RECORD_KEYS = frozenset({
     "status", "model_type", "quantiles", "quantile_predictions", "expect", "error", "interval",
     "confidence_level", "model_info", "model_version", "features", "message", "source", "match",
-    "distance", "table",
+    "distance", "table", "shape_features", "stale",
 })
+# Which features make an input shape (the model's, where it derives first_of_shape): with
+# it a lookup tells a shape the model saw (answered as a repeat) from one it never saw (as
+# a first run), as the model does. A record key (JSON) or a column holding a JSON list (CSV).
+SHAPE_FEATURES = "shape_features"
 CSV_PREDICTION_COLUMNS = ("status", "model_version", "expect", "error", "confidence_level", "interval_low", "interval_high")
 QUANTILE_PREFIX = "quantile_"
 MATCH_KINDS = ("exact", "task_id", "nearest", "random")
@@ -493,8 +498,11 @@ class _Group:
     identity: tuple[str | None, ...]
     rows: np.ndarray
     cols: list[int]  # feature columns present in this group
-    num_cols: list[int]
+    num_cols: list[int]  # the nearest-record coordinates
     cat_cols: list[int]
+    # Columns a nearest record must equal: the categorical ones, then the first-run flag (a
+    # first run's answer is ten times a repeat's: never the nearest of the other kind).
+    part_cols: list[int]
     # Numeric columns some of the group's records lack: the model read them as optional (a
     # trace without one is answered), and a record lacking the value sits at the mean.
     optional_cols: frozenset[int]
@@ -503,6 +511,14 @@ class _Group:
     task_keys: np.ndarray
     task_rows: np.ndarray
     partitions: dict[int, _Partition]
+    # The features that make a shape, and the hashes of the shapes the group's repeat records
+    # have (those the model saw); None where the records do not say which features those are.
+    shape_cols: list[int] | None = None
+    seen_shapes: np.ndarray | None = None
+
+    @functools.cached_property
+    def seen_set(self) -> frozenset[int]:
+        return frozenset(self.seen_shapes.tolist()) if self.seen_shapes is not None else frozenset()
 
     @property
     def featureless(self) -> bool:
@@ -563,8 +579,10 @@ class LookupTable:
         path: Path | None = None,
         fmt: str | None = None,
         seed: int = 0,
+        shape_features: dict[int, tuple[str, ...]] | None = None,
     ):
         self.name = name
+        self.shape_features = dict(shape_features or {})
         self.path = path
         self.format = fmt
         # CSV holds no types: a cell "0" may have been the string "0" (a categorical
@@ -644,8 +662,10 @@ class LookupTable:
         else:
             rows = np.flatnonzero(self.row_identity == g).astype(np.int64)
         cols = [j for j, c in enumerate(self.columns) if c.present(rows).any()]
-        num = [j for j in cols if self.columns[j].kind == "numeric"]
+        flag = next((j for j in cols if self.columns[j].missing_as is not None), None)
+        num = [j for j in cols if self.columns[j].kind == "numeric" and j != flag]
         cat = [j for j in cols if self.columns[j].kind == "categorical"]
+        part_cols = cat + ([flag] if flag is not None else [])
         empty = np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.int64)
         exact_keys, exact_rows = empty
         partitions: dict[int, _Partition] = {}
@@ -653,7 +673,7 @@ class LookupTable:
             keys = _hash_parts([self._bits(j, rows) for j in cols], len(rows))
             exact_keys, exact_rows = _sorted_index(keys, rows)
             unique_rows = np.sort(exact_rows)
-            cat_keys = _hash_parts([self._bits(j, unique_rows) for j in cat], len(unique_rows))
+            cat_keys = _hash_parts([self._bits(j, unique_rows) for j in part_cols], len(unique_rows))
             order = np.argsort(cat_keys, kind="stable")
             sorted_keys = cat_keys[order]
             bounds = np.flatnonzero(np.diff(sorted_keys)) + 1
@@ -670,8 +690,14 @@ class LookupTable:
             has = th >= 0
             task_keys, task_rows = _sorted_index(th[has], rows[has])
         optional = frozenset(j for j in num if not self.columns[j].present(rows).all())
-        return _Group(self.identities[g], rows, cols, num, cat, optional, exact_keys, exact_rows, task_keys, task_rows,
-                      partitions)
+        shape_cols, seen = None, None
+        names = {self.columns[j].name: j for j in cols}
+        if flag is not None and (shape := self.shape_features.get(g)) and all(n in names for n in shape):
+            shape_cols = [names[n] for n in shape]
+            repeats = rows[self.columns[flag].values[rows] == 0.0]
+            seen = np.unique(_hash_parts([self._bits(j, repeats) for j in shape_cols], len(repeats)))
+        return _Group(self.identities[g], rows, cols, num, cat, part_cols, optional, exact_keys, exact_rows, task_keys,
+                      task_rows, partitions, shape_cols, seen)
 
     def _bits(self, j: int, rows: np.ndarray) -> np.ndarray:
         c = self.columns[j]
@@ -724,12 +750,13 @@ class LookupTable:
     def lookup(self, traces: Sequence[Any], pattern: IdentityPattern | None = None) -> LookupResult:
         """Match each trace to a record: exact features, task id, nearest, then random.
 
-        A trace that does not state a feature with a default (``first_of_shape``) is
-        matched with the default first (a repeat run); where no record has its other
-        features with that flag, with the other flag: a table holds repeats only of the
-        shapes its model saw (see :func:`generate_table`), and first runs of the others,
-        as the model answers them. Nearest records are compared on the other features
-        alone. Identity fields a trace states pick among the table's identities.
+        A trace that does not state ``first_of_shape`` is a repeat run if a repeat record
+        has its shape (the table holds repeats only of the shapes its model saw, see
+        :func:`generate_table`), else a first run, as the model answers it; a record
+        answers only traces of its own flag. (In a table that does not say which features
+        make a shape, the flag is a repeat's where a repeat record has the trace's
+        features, else that of the nearer record of either kind.) Identity fields a trace
+        states pick among the table's identities.
         """
         rows = traces if isinstance(traces, list) else list(traces)
         if names_a_model(rows):
@@ -771,19 +798,33 @@ class LookupTable:
 
     def _lookup(self, traces: Sequence[Any], groups: list[_Group]) -> LookupResult:
         """:meth:`lookup` among the records of ``groups``."""
-        res = self._match(traces, groups)
         flag = next((c for c in self.columns if c.missing_as is not None), None)
         if flag is None:
-            return res
-        # A stated flag is true or false, as a model reads it (2 or 0.5 fail the trace).
+            return self._match(traces, groups)
         every, unreadable = normalize_traces(traces)
         stated = [t.get(flag.name) for t in every]
+        featured = [g for g in groups if g.cols]
+        unsaid = [i for i, v in enumerate(stated) if v is None and unreadable[i] is None]
+        shaped = bool(featured) and all(g.seen_shapes is not None for g in featured)
+        if shaped and unsaid:
+            # As the model answers a trace that states neither flag nor timestamp: a repeat
+            # of a shape it saw (one the table holds a repeat of), else a first run.
+            seen = self._shape_seen([every[i] for i in unsaid], featured)
+            traces = list(traces)
+            for k, i in enumerate(unsaid):
+                traces[i] = {**every[i], flag.name: 0.0 if seen[k] else 1.0}
+        res = self._match(traces, groups)
+        # A stated flag is true or false, as a model reads it (2 or 0.5 fail the trace).
         for i, v in enumerate(stated):
             problem = None if v is None else stated_flag(v)
             # The flag's own message, as the model gives it ("must be true or false"), over
             # the generic one its column's match gave ("must be a number").
             if isinstance(problem, str) and unreadable[i] is None:
                 res.rows[i], res.match[i], res.distance[i], res.errors[i] = -1, -1, math.nan, problem
+        if shaped:
+            return res
+        # A table that does not say which features make a shape: where no record has the
+        # trace's features as a repeat, the nearer of a repeat and a first run answers.
         retry, flat = [], []
         for i in np.flatnonzero((res.match == _NEAREST) | (res.match < 0)).tolist():
             if unreadable[i] is None and stated[i] is None:
@@ -800,6 +841,44 @@ class LookupTable:
                 res.rows[i], res.match[i], res.distance[i] = again.rows[k], m1, again.distance[k]
                 res.errors[i] = None
         return res
+
+    def _shape_seen(self, flat: list[dict[str, Any]], groups: list[_Group]) -> np.ndarray:
+        """Per trace, whether a repeat record of its shape is among ``groups``'."""
+        seen = np.zeros(len(flat), dtype=bool)
+        if len(flat) <= SCALAR_MAX:  # plain Python on scalars: numpy's per-call costs were 50 µs a lookup
+            for i, t in enumerate(flat):
+                seen[i] = any(self._shape_hash(t, g) in g.seen_set for g in groups)
+            return seen
+        for g in groups:
+            parts = []
+            for j in g.shape_cols:  # type: ignore[union-attr]
+                vals = self._query_column(j, flat)[0]
+                parts.append(_float_bits(vals) if self.columns[j].kind == "numeric" else _code_bits(vals))
+            keys = _hash_parts(parts, len(flat))
+            pos = np.minimum(np.searchsorted(g.seen_shapes, keys), max(len(g.seen_shapes) - 1, 0))
+            if len(g.seen_shapes):
+                seen |= g.seen_shapes[pos] == keys
+        return seen
+
+    def _shape_hash(self, t: dict[str, Any], g: _Group) -> int | None:
+        """:func:`_hash_parts` of one trace's shape values, as :meth:`_query_column` reads them."""
+        h = _SEED_INT
+        for j in g.shape_cols:  # type: ignore[union-attr]
+            c = self.columns[j]
+            v = t.get(c.name)
+            if c.kind == "numeric":
+                if v.__class__ is str and self.text_numbers:
+                    v = _text_number(v)
+                if v is None:
+                    bits = _NAN_INT
+                elif isinstance(v, (int, float)):
+                    bits = _float_int(float(v))
+                else:
+                    return None  # not a number: its match fails on it
+            else:
+                bits = (-1 if v is None else c.vocab.get(category_text(v), -2)) & _MASK
+            h = _mix_int(h ^ bits)
+        return h
 
     def _match(self, traces: Sequence[Any], groups: list[_Group]) -> LookupResult:
         """:meth:`lookup` with every feature as the trace states it (or its default)."""
@@ -943,8 +1022,12 @@ class LookupTable:
             else:
                 h = _SEED_INT
                 codes = []
-                for j in g.cat_cols:
+                for j in g.part_cols:
                     c = columns[j]
+                    if c.kind == "numeric":  # the first-run flag
+                        v = c.query_value(t)
+                        h = _mix_int(h ^ _float_int(float(v) if isinstance(v, (int, float)) else math.nan))
+                        continue
                     v = t.get(c.name)
                     code = -1 if v is None else c.vocab.get(category_text(v), -2)
                     codes.append(code)
@@ -986,7 +1069,7 @@ class LookupTable:
                 return f"missing required feature '{name}'"
             if code == -2:
                 return f"no record in lookup table {self.name!r} has this value of '{name}' (categorical features must match exactly)"
-        return f"no record in lookup table {self.name!r} has this combination of {', '.join(self.columns[j].name for j in g.cat_cols)}"
+        return f"no record in lookup table {self.name!r} has this combination of {', '.join(self.columns[j].name for j in g.part_cols)}"
 
     def _query_column(self, j: int, flat: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(values, missing, invalid) of feature column ``j`` for the query traces."""
@@ -1040,7 +1123,8 @@ class LookupTable:
             if not usable.any():
                 continue
             sel = todo[usable]
-            cat_keys = _hash_parts([_code_bits(column(j)[0][sel]) for j in g.cat_cols], len(sel))
+            cat_keys = _hash_parts([_float_bits(column(j)[0][sel]) if self.columns[j].kind == "numeric"
+                                    else _code_bits(column(j)[0][sel]) for j in g.part_cols], len(sel))
             Z = None
             if g.num_cols:
                 Z = np.empty((len(sel), len(g.num_cols)))
@@ -1452,6 +1536,7 @@ class _Builder:
         self.task_ids: list[Any] = []
         self.has_task_ids = False
         self.skipped = 0
+        self.shape_features: dict[int, tuple[str, ...]] = {}  # per identity, as its first record says
 
     def build(self, records: Iterable[tuple[str, Any]], path: Path | None = None, fmt: str | None = None,
               seed: int = 0) -> LookupTable:
@@ -1527,6 +1612,7 @@ class _Builder:
             path=path,
             fmt=fmt,
             seed=seed,
+            shape_features=self.shape_features,
         )
 
     def _check_intervals(self, values: list[np.ndarray], interval: np.ndarray, confidence: np.ndarray,
@@ -1606,7 +1692,13 @@ class _Builder:
         self.interval.extend(iv)
         self.confidence.append(cl)
         self.versions.append(ver)
-        self.row_identity.append(self._identity_of(rec))
+        g = self._identity_of(rec)
+        self.row_identity.append(g)
+        shape = rec.get(SHAPE_FEATURES)
+        if shape is not None and g not in self.shape_features:
+            if shape.__class__ is not list or not shape or not all(v.__class__ is str for v in shape):
+                raise self._fail(where, f"'{SHAPE_FEATURES}' must be a non-empty list of feature names")
+            self.shape_features[g] = tuple(shape)
         feats = rec.get("features")
         if feats is None:
             feats = {k: v for k, v in rec.items()
@@ -1719,7 +1811,10 @@ def _iter_csv_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
                 raise TraceError(f"{name}: the CSV table has no {needed!r} column")
         reserved = reserved_keys()
         feat = [(h, i) for i, h in enumerate(header)
-                if not h.startswith(QUANTILE_PREFIX) and h not in CSV_PREDICTION_COLUMNS and h not in reserved and h != "message"]
+                if not h.startswith(QUANTILE_PREFIX) and h not in CSV_PREDICTION_COLUMNS and h not in reserved
+                and h not in ("message", SHAPE_FEATURES)]
+        i_shape = pos.get(SHAPE_FEATURES)
+        shape_cells: dict[str, Any] = {}  # the same cell on every row: parsed once
         ids = [(h, pos[h]) for h in ID_KEYS if h in pos]
         ident = [(k, pos.get(k)) for k in IDENTITY_KEYS]
         info_keys = ("type", "name", "hardware", "software_name", "software_version")
@@ -1757,6 +1852,13 @@ def _iter_csv_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
             for h, i in ids:
                 if row[i] != "":
                     rec[h] = row[i]
+            if i_shape is not None and (cell := row[i_shape]) != "":
+                if cell not in shape_cells:
+                    try:
+                        shape_cells[cell] = orjson.loads(cell)
+                    except orjson.JSONDecodeError:
+                        shape_cells[cell] = cell  # refused as not a list, naming the line
+                rec[SHAPE_FEATURES] = shape_cells[cell]
             yield where, rec
     except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile, csv.Error) as exc:
         raise TraceError(f"{name}: cannot read the CSV table ({exc}); it may be truncated") from None
@@ -1885,6 +1987,8 @@ def generate_table(
     # shape's first run: the record stores the flag it was predicted with, as a feature,
     # so that a lookup tells a first run from a repeat of the same shape.
     flagged = schema.history is not None
+    shape_names = [names[j] for j in schema.history.key] if flagged else None
+    shape_cell = orjson.dumps(shape_names).decode() if flagged else None
     levels = [float(q) for q in levels]
     info = dict(model_info)
     identity_row = [info["type"], info["name"], info["hardware"], info["software_name"], info["software_version"]]
@@ -1910,7 +2014,8 @@ def generate_table(
                         samples.append(f"trace {seen - len(chunk) + i}: {e}")
             if fmt == "csv" and writer is None:
                 id_cols = [k for k in ("task_id", "req_id", "request_id", "model_id") if any(k in t for t in chunk)]
-                writer = CsvTableWriter(out_path, names + [FIRST_OF_SHAPE] * flagged + id_cols + list(IDENTITY_KEYS)
+                writer = CsvTableWriter(out_path, names + [FIRST_OF_SHAPE, SHAPE_FEATURES] * flagged + id_cols
+                                        + list(IDENTITY_KEYS)
                                         + list(CSV_PREDICTION_COLUMNS) + q_header)
             if ok_rows:
                 good = [chunk[i] for i in ok_rows]
@@ -1958,6 +2063,7 @@ def generate_table(
                         }
                         if first is not None:
                             rec["features"][FIRST_OF_SHAPE] = first[k]
+                            rec[SHAPE_FEATURES] = shape_names
                         for idk in ID_KEYS if k < n_own else ():  # an added repeat is no trace's
                             if idk in t:
                                 rec[idk] = t[idk]
@@ -1974,7 +2080,7 @@ def generate_table(
                     for k, t in enumerate(good):
                         feats = [_csv_out(t.get(n)) for n in names]
                         if first is not None:
-                            feats.append(int(first[k]))
+                            feats += [int(first[k]), shape_cell]
                         ids = [_csv_out(t.get(c)) if k < n_own else None for c in id_cols]
                         lo, hi = iv[k]
                         rows.append(feats + ids + identity_row + ["success", model_version, mean_l[k], std_l[k], confidence_level, lo, hi] + q[k])
@@ -2045,8 +2151,9 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 # --------------------------------------------------------------------------- parsed-table sidecars
 
 # Version of the sidecar layout, or of what parsing makes of a table (2: crossing quantiles
-# rearranged, intervals checked); a sidecar of another version is ignored and rewritten.
-INDEX_FORMAT = 2
+# rearranged, intervals checked; 3: the shape features, the flag a partition key); a sidecar
+# of another version is ignored and rewritten.
+INDEX_FORMAT = 3
 # Bytes of the table's name kept in its sidecar's name (see LookupTableStore.index_path).
 _SIDECAR_NAME_BYTES = 200
 
@@ -2068,6 +2175,7 @@ def save_index(table: LookupTable, dest: Path, source_signature: tuple) -> None:
         "columns": [{"name": c.name, "kind": c.kind, "vocab": c.vocab, "mean": c.mean, "scale": c.scale}
                     for c in table.columns],
         "task_hashes": table.task_hashes is not None,
+        "shape_features": {str(g): list(v) for g, v in table.shape_features.items()},
     }
     arrays: dict[str, np.ndarray] = {
         "meta": np.frombuffer(orjson.dumps(meta), dtype=np.uint8),
@@ -2108,6 +2216,7 @@ def load_index(src: Path, path: Path, name: str, source_signature: tuple, seed: 
                 interval=z["interval"], confidence=z["confidence"], versions=z["versions"], columns=columns,
                 task_hashes=z["task_hashes"] if meta["task_hashes"] else None, skipped=int(meta["skipped"]),
                 path=path, fmt=meta["table_format"], seed=seed,
+                shape_features={int(g): tuple(v) for g, v in meta["shape_features"].items()},
             )
     except FileNotFoundError:
         return None

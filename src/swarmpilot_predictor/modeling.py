@@ -2876,6 +2876,11 @@ def _check_lightgbm_params(params: dict[str, Any], algorithm: str) -> None:
             if not (isinstance(params[name], str) and params[name] in _REGRESSION_WORDS):
                 raise ValueError(f"'{name}' must be a regression {base} of the log-runtime "
                                  f"({', '.join(sorted(_REGRESSION_WORDS))}), got {shown(params[name])}")
+        value = params[name]
+        if isinstance(value, int) and not isinstance(value, bool) and not -2**31 <= value < 2**31:
+            # LightGBM reads an integer parameter into 32 bits: 2**31 came back as "(max_bin) > (1)".
+            raise ValueError(f"'{name}' {value} is beyond the 32-bit integers LightGBM reads "
+                             "(write it as a decimal number, 1e12, where a real number is meant)")
         if not _lightgbm_value(params[name]):
             # LightGBM joins parameters into one "key=value key=value" string: a value with a
             # space or an '=' in it would smuggle in another parameter (a file to read, say).

@@ -28,7 +28,7 @@ import numpy as np
 
 from .atomic import atomic_write_bytes, read_regular
 from .errors import PredictorError, VersionConflict, writing
-from .features import FIRST_OF_SHAPE, FeatureSchema
+from .features import FIRST_OF_SHAPE, FeatureSchema, gross_outliers
 from .identity import ModelIdentity
 from .modeling import QuantileModel, clearly_lower, pinball_losses
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor
@@ -419,6 +419,10 @@ class Retrainer:
             records = records[-self.max_observations:]
         decision.update(from_version=meta.version, observations=len(records))
         features, X_obs, y_obs = observation_matrix(meta.features, records)
+        gross = gross_outliers(X_obs, y_obs, features.kinds)
+        if gross.any():  # dropped as training drops them (a hung request, say)
+            decision["gross_outliers_dropped"] = int(gross.sum())
+            X_obs, y_obs = X_obs[~gross], y_obs[~gross]
         n_hold = max(MIN_HOLDOUT, int(len(y_obs) * self.holdout_fraction))
         if len(y_obs) < n_hold + 20:
             decision.update(status="skipped", message=f"too few observations ({len(y_obs)}) to retrain and validate")

@@ -237,6 +237,12 @@ def csv_text(text: str | None) -> str | None:
     return text or None  # an empty cell is a missing value
 
 
+# A CSV cell that spells a boolean is one, as in JSON (a numeric feature, 1 or 0): read as
+# text, a model trained on JSON `true` refused a CSV file's `true`, and one trained on CSV
+# read JSON `true` as a category it had never seen.
+_CSV_BOOLEANS = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+
+
 def csv_value(text: str | None) -> Any:
     if not text:  # None, or an empty cell
         return None
@@ -247,7 +253,7 @@ def csv_value(text: str | None) -> Any:
     try:
         return float(text)
     except ValueError:
-        return text
+        return _CSV_BOOLEANS.get(text, text)
 
 
 # --------------------------------------------------------------------------- columnar table
