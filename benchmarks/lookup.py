@@ -11,6 +11,9 @@ in-process:
 * nearest: the same traces with ``input_tokens`` moved by 0.37 (no exact match,
   answered by the k-d tree of the record's ``dtype``).
 
+``nearest error``: 2,000 fresh random tasks (those with no exact record), the table's median against
+the model's for the same task: the median, 90th percentile and largest relative error.
+
 ``lookup`` is matching only (:meth:`LookupTable.lookup`); ``answer`` is the whole
 response as the HTTP layer renders it (:meth:`LookupTable.predict`). ``batch`` is
 one call with all 10,000 traces (per-trace cost, best of 3 runs); ``single`` is one
@@ -107,6 +110,19 @@ def time_per_trace(fn, traces: list[dict], single_calls: int) -> tuple[float, fl
     return batch, single
 
 
+def nearest_error(service: PredictorService, table: LookupTable, pattern: IdentityPattern,
+                  n: int = 2000) -> tuple[float, float, float]:
+    """(median, 90th percentile, largest) relative error of the table's medians for fresh tasks."""
+    tasks = [{k: v for k, v in t.items() if k not in ("runtime_ms", "task_id")}
+             for t in make_traces(n, seed=424242)]
+    model = service.predict(pattern, tasks, 0.95, [0.5]).quantiles[:, 0]
+    answers = table.predict(pattern, tasks, 0.95, [0.5]).results()
+    near = np.array([a["match"] == "nearest" for a in answers])  # (a few may find their own record)
+    got = np.array([a["quantile_predictions"][0] for a in answers])
+    err = np.abs(got / model - 1)[near]
+    return float(np.median(err)), float(np.quantile(err, 0.9)), float(err.max())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", default="10000,1000000", help="comma-separated table sizes")
@@ -170,6 +186,7 @@ def main() -> None:
         def ans(ts, table=table):
             return table.predict(pattern, ts, 0.95).results()
 
+        near_err = nearest_error(service, table, pattern)
         ex_b, ex_s = time_per_trace(lk, exact, args.single)
         nr_b, nr_s = time_per_trace(lk, near, args.single)
         ax_b, ax_s = time_per_trace(ans, exact, args.single)
@@ -179,12 +196,15 @@ def main() -> None:
             "gen_peak_mb": peak_mb, "size_mb": table_path.stat().st_size / 2**20, "load_s": load_s, "table_mb": table_mb,
             "store_first_s": store_first_s, "sidecar_s": sidecar_s,
             "exact": (ex_b, ex_s), "nearest": (nr_b, nr_s), "answer_exact": (ax_b, ax_s), "answer_nearest": (an_b, an_s),
+            "nearest_error": near_err,
         })
         r = rows_out[-1]
         print(f"\n{n:,} rows ({args.format}, {r['size_mb']:.0f} MB): generated in {r['gen_s']:.2f}s "
               f"({r['gen_rows_per_s']:,.0f} rows/s; whole CLI run {wall:.2f}s, peak RSS {peak_mb:.0f} MB); "
               f"loaded + indexed in {load_s:.2f}s (+{table_mb:.0f} MB resident); through the store: "
               f"{store_first_s:.2f}s the first time (parse + write the sidecar), {sidecar_s:.2f}s from the sidecar")
+        print("  nearest error (table median / model median - 1) over 2,000 fresh tasks: "
+              f"median {near_err[0]:.3f}, p90 {near_err[1]:.3f}, max {near_err[2]:.3f}")
         print("  µs per trace           batch of 10k   single call")
         for label, key in (("lookup exact", "exact"), ("lookup nearest", "nearest"),
                            ("answer exact", "answer_exact"), ("answer nearest", "answer_nearest")):
@@ -195,12 +215,13 @@ def main() -> None:
 
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
-    print("\n| rows | generation rows/s | CLI wall s | peak RSS MB | load s (parse / sidecar) | exact µs (batch / single) | nearest µs (batch / single) | answer exact µs (batch / single) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| rows | generation rows/s | CLI wall s | peak RSS MB | load s (parse / sidecar) | exact µs (batch / single) | nearest µs (batch / single) | answer exact µs (batch / single) | nearest error (median / p90 / max) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows_out:
         print(f"| {r['rows']:,} | {r['gen_rows_per_s']:,.0f} | {r['gen_wall_s']:.1f} | {r['gen_peak_mb']:.0f} | {r['load_s']:.2f} / {r['sidecar_s']:.2f} | "
               f"{r['exact'][0]:.2f} / {r['exact'][1]:.1f} | {r['nearest'][0]:.2f} / {r['nearest'][1]:.1f} | "
-              f"{r['answer_exact'][0]:.2f} / {r['answer_exact'][1]:.1f} |")
+              f"{r['answer_exact'][0]:.2f} / {r['answer_exact'][1]:.1f} | "
+              f"{' / '.join(f'{e:.3f}' for e in r['nearest_error'])} |")
 
 
 if __name__ == "__main__":

@@ -107,6 +107,9 @@ SCALAR_MAX = 8
 # squared distance would otherwise overflow and the k-d tree answer "no neighbour". (A
 # million standard deviations out, the records' differences still show in the distances.)
 _Z_MAX = 1e6
+# The least weight of a nearest-record coordinate (see LookupTable._relevance): a feature
+# the answers do not follow still tells records apart that are otherwise alike.
+_MIN_WEIGHT = 1e-3
 
 
 # --------------------------------------------------------------------------- names
@@ -515,6 +518,8 @@ class _Group:
     # have (those the model saw); None where the records do not say which features those are.
     shape_cols: list[int] | None = None
     seen_shapes: np.ndarray | None = None
+    # Per nearest-record coordinate (num_cols), how much it moves the records' answers.
+    weights: list[float] = field(default_factory=list)
 
     @functools.cached_property
     def seen_set(self) -> frozenset[int]:
@@ -669,6 +674,7 @@ class LookupTable:
         empty = np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.int64)
         exact_keys, exact_rows = empty
         partitions: dict[int, _Partition] = {}
+        weights = np.ones(len(num))
         if cols:
             keys = _hash_parts([self._bits(j, rows) for j in cols], len(rows))
             exact_keys, exact_rows = _sorted_index(keys, rows)
@@ -677,12 +683,14 @@ class LookupTable:
             order = np.argsort(cat_keys, kind="stable")
             sorted_keys = cat_keys[order]
             bounds = np.flatnonzero(np.diff(sorted_keys)) + 1
+            if num:
+                Z_all = self._standardised(num, unique_rows)
+                weights = self._relevance(Z_all, unique_rows, cat_keys)
             for part in np.split(order, bounds):
                 prow = unique_rows[part]
                 tree = None
                 if num:
-                    Z = self._standardised(num, prow)
-                    tree = cKDTree(Z, leafsize=16, balanced_tree=False, compact_nodes=False)
+                    tree = cKDTree(Z_all[part] * weights, leafsize=16, balanced_tree=False, compact_nodes=False)
                 partitions[int(cat_keys[part[0]])] = _Partition(prow, tree)
         task_keys, task_rows = empty
         if self.task_hashes is not None:
@@ -697,7 +705,29 @@ class LookupTable:
             repeats = rows[self.columns[flag].values[rows] == 0.0]
             seen = np.unique(_hash_parts([self._bits(j, repeats) for j in shape_cols], len(repeats)))
         return _Group(self.identities[g], rows, cols, num, cat, part_cols, optional, exact_keys, exact_rows, task_keys,
-                      task_rows, partitions, shape_cols, seen)
+                      task_rows, partitions, shape_cols, seen, weights.tolist())
+
+    def _relevance(self, Z: np.ndarray, rows: np.ndarray, parts: np.ndarray) -> np.ndarray:
+        """Per standardised numeric feature, how much it moves the records' answers: the
+        slopes of their log mean on the features within each combination of categorical
+        values (and flag), relative to the largest, at least ``_MIN_WEIGHT``. A nearest
+        record is then near on what matters: with equal weights a feature the model ignores
+        (input tokens, where only output tokens count) picked records 4 times off while
+        one that answers the same as the trace was there."""
+        n, p = Z.shape
+        if n < p + 3:
+            return np.ones(p)
+        t = np.log(np.maximum(self.expect[rows], 1e-300))
+        _, inv = np.unique(parts, return_inverse=True)
+        counts = np.bincount(inv).astype(np.float64)
+        Zd = Z - np.stack([np.bincount(inv, weights=Z[:, k]) / counts for k in range(p)], axis=1)[inv]
+        td = t - (np.bincount(inv, weights=t) / counts)[inv]
+        with np.errstate(all="ignore"):
+            slopes = np.abs(np.linalg.lstsq(Zd, td, rcond=None)[0])
+        top = slopes.max() if len(slopes) else 0.0
+        if not (np.isfinite(slopes).all() and top > 1e-9):
+            return np.ones(p)
+        return np.maximum(slopes / top, _MIN_WEIGHT)
 
     def _bits(self, j: int, rows: np.ndarray) -> np.ndarray:
         c = self.columns[j]
@@ -1006,13 +1036,13 @@ class LookupTable:
         best_d, best_row, error = math.inf, -1, None  # 3. nearest
         for g in featured:
             z = []
-            for j in g.num_cols:
+            for j, weight in zip(g.num_cols, g.weights):
                 c = columns[j]
                 v = c.query_value(t)
                 if v.__class__ is str and self.text_numbers:
                     v = _text_number(v)
                 if isinstance(v, (int, float)) and v == v:
-                    z.append(min(max((float(v) - c.mean) / c.scale, -_Z_MAX), _Z_MAX))
+                    z.append(weight * min(max((float(v) - c.mean) / c.scale, -_Z_MAX), _Z_MAX))
                 elif v is None and j in g.optional_cols:
                     z.append(0.0)  # where the records lacking it sit
                 else:
@@ -1130,7 +1160,7 @@ class LookupTable:
                 Z = np.empty((len(sel), len(g.num_cols)))
                 for k, j in enumerate(g.num_cols):
                     z = self.columns[j].standardised(column(j)[0][sel])
-                    Z[:, k] = np.where(np.isnan(z), 0.0, z)  # an optional value not stated: at the mean
+                    Z[:, k] = g.weights[k] * np.where(np.isnan(z), 0.0, z)  # an optional value not stated: at the mean
             positions = np.flatnonzero(usable)
             order = np.argsort(cat_keys, kind="stable")
             sk = cat_keys[order]
