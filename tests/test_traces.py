@@ -386,17 +386,3 @@ def test_large_jsonl_is_read_in_bounded_memory(tmp_path):
     # Holding the rows as a list of dicts alone costs about 70 MB here (18 MB per 50k rows);
     # the columnar table must stay well below that, and far below the 150 MB budget.
     assert peak_mb < 64, f"peak {peak_mb:.0f} MB for a {size_mb:.0f} MB file"
-
-
-def test_csv_booleans_are_booleans_as_in_json(tmp_path):
-    path = tmp_path / "flags.csv"
-    path.write_bytes(b"batch_size,stream,mode,runtime_ms\n1,true,TRUE,3\n4,False,maybe,5\n")
-    rows = list(iter_trace_file(path))
-    assert rows == [{"batch_size": 1, "stream": True, "mode": True, "runtime_ms": 3},
-                    {"batch_size": 4, "stream": False, "mode": "maybe", "runtime_ms": 5}]
-    assert all(type(r["stream"]) is bool for r in rows)
-    # A numeric feature, as JSON booleans are: read as text, a model trained on JSON `true`
-    # refused the CSV file's, and one trained on CSV read JSON `true` as an unseen category.
-    table = TraceTable.from_file(path)
-    assert not table.columns["stream"].is_categorical and table.numeric("stream").tolist() == [1.0, 0.0]
-    assert table.numeric("stream").tolist() == TraceTable.from_traces(rows).numeric("stream").tolist()

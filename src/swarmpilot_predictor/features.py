@@ -15,7 +15,7 @@ import numpy as np
 from .errors import shown
 from .traces import (
     DEFAULT_TARGET, MAX_RUNTIME, MIN_RUNTIME, RUNTIME_RANGE, TIMESTAMP_KEYS, TraceError, TraceTable, as_number,
-    category_text, reserved_keys,
+    BOOLEAN_WORDS, category_text, reserved_keys,
 )
 
 FeatureKind = Literal["numeric", "categorical"]
@@ -268,9 +268,9 @@ def gross_outliers(X: np.ndarray, y: np.ndarray, kinds: Sequence[str]) -> np.nda
 
     "Rows like it": a least-squares fit of the log runtime on the features (per numeric
     feature its signed log and its value, per categorical one its values' median log
-    runtime), fitted again without the rows far from the first fit. Three 1e7 ms runtimes
-    among 400 of 10 to 300 ms put the model's means over 1,000 times its medians, and
-    cross-validation, in milliseconds, could then choose the model that ignores every feature.
+    runtime), fitted again without the rows far from the first fit. One 1e7 ms runtime
+    among 400 of 10 to 300 ms put the model's means 150 times its medians; with three,
+    cross-validation, in milliseconds, chose the model that ignores every feature.
     """
     n = len(y)
     none = np.zeros(n, dtype=bool)
@@ -588,10 +588,12 @@ class FeatureSchema:
                 if ok.all():
                     X[:, j] = col
                     continue
-                for i in np.flatnonzero(~ok):
-                    if errors[i] is None and not spec.reads_as_missing(values[i]):
-                        errors[i] = _numeric_problem(name, values[i])
                 X[:, j] = np.where(ok, col, spec.fill)
+                for i in np.flatnonzero(~ok):
+                    if (word := _boolean_word(values[i])) is not None:
+                        X[i, j] = word
+                    elif errors[i] is None and not spec.reads_as_missing(values[i]):
+                        errors[i] = _numeric_problem(name, values[i])
             else:
                 lookup = spec.codes
                 codes = np.empty(n, dtype=np.float64)
@@ -606,7 +608,8 @@ class FeatureSchema:
                         codes[i] = math.nan
                     else:
                         # An unseen category is not an error: it behaves like an unknown level.
-                        codes[i] = lookup.get(category_text(v), math.nan)
+                        code = category_code(lookup, v)
+                        codes[i] = math.nan if code is None else code
                 X[:, j] = codes
         if self.history is not None:
             X[:, -1] = self.history.flags(X[:, :-1], self.history.order_of(traces))
@@ -628,6 +631,8 @@ class FeatureSchema:
                 x = as_number(v)
                 if math.isfinite(x):
                     values.append(x)
+                elif (word := _boolean_word(v)) is not None:
+                    values.append(word)
                 elif spec.reads_as_missing(v):
                     values.append(spec.fill)
                 else:
@@ -639,7 +644,7 @@ class FeatureSchema:
             elif not isinstance(v, (str, int, float)):
                 return values, _category_problem(spec.name, v)
             else:
-                code = spec.codes.get(category_text(v))
+                code = category_code(spec.codes, v)
                 values.append(math.nan if code is None else float(code))
         if self.history is not None:
             stated = trace.get(FIRST_OF_SHAPE)
@@ -671,6 +676,9 @@ class FeatureSchema:
                 continue
             if spec.kind == "numeric":
                 col = table.numeric(spec.name)
+                if table.columns[spec.name].is_categorical:  # a CSV file's true and false, say
+                    words = np.array([_boolean_word(v) for v in table.strings(spec.name)], dtype=np.float64)
+                    col = np.where(np.isnan(col), words, col)
                 good = np.isfinite(col)
                 X[:, j] = np.where(good, col, spec.fill)
                 ok &= (good | table.columns[spec.name].missing_rows()) if spec.optional else good
@@ -679,6 +687,11 @@ class FeatureSchema:
                 if not spec.optional:
                     ok &= values != None  # noqa: E711
                 X[:, j] = _encode_categories(values, spec.categories)
+                booleans = table.columns[spec.name].boolean_rows()
+                if booleans.any():  # JSON's true for the text a CSV file's model learned
+                    for i in np.flatnonzero(booleans & np.isnan(X[:, j])):
+                        code = category_code(spec.codes, bool(table.numeric(spec.name)[i]))
+                        X[i, j] = math.nan if code is None else code
         if self.history is not None:
             X[:, -1] = self.history.flags(X[:, :-1], self.history.order_of_table(table))
             if FIRST_OF_SHAPE in table.columns:
@@ -795,6 +808,22 @@ def stated_flag(v: Any) -> float | str:
     if isinstance(v, bool) or (isinstance(v, (int, float)) and v in (0, 1)):
         return float(v)
     return f"'{FIRST_OF_SHAPE}' must be true or false, got {shown(v)}"
+
+
+def _boolean_word(v: Any) -> float | None:
+    """1.0 or 0.0 for a boolean spelled as text (a CSV file's ``true``), else None."""
+    return BOOLEAN_WORDS.get(v) if v.__class__ is str else None
+
+
+def category_code(codes: dict[str, int], v: Any) -> int | None:
+    """The code of the category ``v`` stands for; a boolean is also its word, as a model
+    fitted on a CSV file (where ``true`` is text) learned it."""
+    code = codes.get(category_text(v))
+    if code is None and v.__class__ is bool:
+        for word in ("true", "True", "TRUE") if v else ("false", "False", "FALSE"):
+            if (code := codes.get(word)) is not None:
+                break
+    return code
 
 
 def _encode_categories(values: np.ndarray, categories: tuple[str, ...]) -> np.ndarray:

@@ -708,12 +708,16 @@ class LookupTable:
                       task_rows, partitions, shape_cols, seen, weights.tolist())
 
     def _relevance(self, Z: np.ndarray, rows: np.ndarray, parts: np.ndarray) -> np.ndarray:
-        """Per standardised numeric feature, how much it moves the records' answers: the
-        slopes of their log mean on the features within each combination of categorical
-        values (and flag), relative to the largest, at least ``_MIN_WEIGHT``. A nearest
-        record is then near on what matters: with equal weights a feature the model ignores
-        (input tokens, where only output tokens count) picked records 4 times off while
-        one that answers the same as the trace was there."""
+        """Per standardised numeric feature, how much the records' answers follow it, relative
+        to the feature they follow most, at least ``_MIN_WEIGHT``. A nearest record is then
+        near on what matters: weighted alike, an input-token count the model ignores picked
+        records 4 times off while one that answers as the trace was there.
+
+        Within each combination of categorical values (and flag), of the records' log mean:
+        the larger of the feature's slope in a linear fit on all features (the feature's own
+        share where features move together) and the spread of its means over bins of the
+        feature, less what chance gives (which a U-shaped effect has and a slope does not).
+        """
         n, p = Z.shape
         if n < p + 3:
             return np.ones(p)
@@ -724,10 +728,13 @@ class LookupTable:
         td = t - (np.bincount(inv, weights=t) / counts)[inv]
         with np.errstate(all="ignore"):
             slopes = np.abs(np.linalg.lstsq(Zd, td, rcond=None)[0])
-        top = slopes.max() if len(slopes) else 0.0
-        if not (np.isfinite(slopes).all() and top > 1e-9):
+            sd = np.sqrt(np.maximum(Zd.var(axis=0), 0.0))
+            effect = np.array([_binned_effect(Z[:, k], td) for k in range(p)])
+            relevance = np.maximum(slopes * sd, effect)
+        top = relevance.max() if len(relevance) else 0.0
+        if not (np.isfinite(relevance).all() and top > 1e-9):
             return np.ones(p)
-        return np.maximum(slopes / top, _MIN_WEIGHT)
+        return np.maximum(relevance / top, _MIN_WEIGHT)
 
     def _bits(self, j: int, rows: np.ndarray) -> np.ndarray:
         c = self.columns[j]
@@ -852,6 +859,15 @@ class LookupTable:
             if isinstance(problem, str) and unreadable[i] is None:
                 res.rows[i], res.match[i], res.distance[i], res.errors[i] = -1, -1, math.nan, problem
         if shaped:
+            # A table without records of that kind (made from repeats only, say) answers with
+            # the nearest of the other kind, rather than not at all.
+            failed = [i for i in unsaid if res.match[i] < 0]
+            if failed:
+                again = self._match([{**traces[i], flag.name: 1.0 - traces[i][flag.name]} for i in failed], groups)
+                for k, i in enumerate(failed):
+                    if again.match[k] >= 0:
+                        res.rows[i], res.match[i], res.distance[i] = again.rows[k], again.match[k], again.distance[k]
+                        res.errors[i] = None
             return res
         # A table that does not say which features make a shape: where no record has the
         # trace's features as a repeat, the nearer of a repeat and a first run answers.
@@ -1336,6 +1352,26 @@ class LookupTable:
                 for p, v, i in zip(sel.tolist(), vals.tolist(), iv.tolist()):
                     out[p] = (out_levels, v, i)
         return out
+
+
+def _binned_effect(z: np.ndarray, t: np.ndarray, bins: int = 16) -> float:
+    """The spread of ``t``'s means over bins of ``z`` (quantile bins, or its values where it
+    takes few), less what chance gives them: the between-bin variance beyond ``bins / n``
+    of the within-bin variance, as a standard deviation."""
+    n = len(t)
+    values, inv = np.unique(z, return_inverse=True)
+    if len(values) > bins:
+        edges = np.quantile(z, np.linspace(0, 1, bins + 1)[1:-1])
+        inv = np.searchsorted(edges, z, side="right")
+    k = int(inv.max()) + 1 if n else 0
+    if k < 2 or n <= k:
+        return 0.0
+    counts = np.bincount(inv, minlength=k).astype(np.float64)
+    means = np.bincount(inv, weights=t, minlength=k) / np.maximum(counts, 1.0)
+    grand = float(t.mean())
+    between = float((counts * (means - grand) ** 2).sum() / n)
+    within = float(((t - means[inv]) ** 2).sum() / (n - k))
+    return math.sqrt(max(0.0, between - k / n * within))
 
 
 def _merge_interval_knots(levels: list[float], values: list[float], cl: float, lo: float, hi: float) -> tuple[list[float], list[float]]:

@@ -237,10 +237,9 @@ def csv_text(text: str | None) -> str | None:
     return text or None  # an empty cell is a missing value
 
 
-# A CSV cell that spells a boolean is one, as in JSON (a numeric feature, 1 or 0): read as
-# text, a model trained on JSON `true` refused a CSV file's `true`, and one trained on CSV
-# read JSON `true` as a category it had never seen.
-_CSV_BOOLEANS = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+# How CSV (which holds no types) and JSON (whose booleans are numbers, 1 and 0) spell a
+# boolean: a CSV cell `true` is text, and a model fitted on one format reads the other's.
+BOOLEAN_WORDS = {"true": 1.0, "True": 1.0, "TRUE": 1.0, "false": 0.0, "False": 0.0, "FALSE": 0.0}
 
 
 def csv_value(text: str | None) -> Any:
@@ -253,7 +252,7 @@ def csv_value(text: str | None) -> Any:
     try:
         return float(text)
     except ValueError:
-        return _CSV_BOOLEANS.get(text, text)
+        return text
 
 
 # --------------------------------------------------------------------------- columnar table
