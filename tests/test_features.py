@@ -648,3 +648,26 @@ def test_real_modes_far_from_the_rest_are_not_outliers():
     few = _token_traces(19)               # too few rows to say what rows like it take
     few[0]["runtime_ms"] = 1e7
     assert prepare(few)[3].rows_dropped == {}
+
+
+def test_boolean_words_read_as_training_read_the_column():
+    # A numeric column with a few words among its numbers reads them as gaps in training:
+    # "true" there is a gap at prediction too (not 1, which training never saw for it).
+    traces = [{"retries": i % 8, "runtime_ms": 10.0 + i % 8} for i in range(200)]
+    for t in traces[:4]:
+        t["retries"] = "true"
+    schema, *_ = prepare(traces)
+    spec = schema.features[0]
+    assert spec.words_missing
+    for value in ("true", "n/a"):
+        row, error = schema.row({"retries": value})
+        assert error is None and row[0] == spec.fill
+        np.testing.assert_array_equal(schema.matrix([{"retries": value}] * 3)[0][:, 0], spec.fill)
+    # A categorical column learned from JSON booleans among words takes the word true as true.
+    mixed = [{"mode": [True, False, "auto"][i % 3], "runtime_ms": 10.0 + i % 3} for i in range(60)]
+    schema, *_ = prepare(mixed)
+    assert schema.features[0].categories == ("0", "1", "auto")
+    for word, want in (("true", True), ("FALSE", False), ("auto", "auto")):
+        single, error = schema.row({"mode": word})
+        assert error is None and single == schema.row({"mode": want})[0]
+        np.testing.assert_array_equal(schema.matrix([{"mode": word}] * 2)[0][:, 0], single[0])

@@ -1314,6 +1314,11 @@ def test_a_table_of_repeats_only_answers_a_new_shape_with_its_nearest_repeat(tmp
             got = service.predict(PATTERN, batch, 0.9, lookup_table=True, lookup_table_name="repeats.json")
             assert got.ok.all(), got.errors
             assert {r["match"] for r in got.results()} == {"nearest"}
+            # and says so: a repeat's answer for a first run is ten times too short
+            assert all(r["kind_mismatch"] is True for r in got.results())
+        seen = {k: traces[0][k] for k in ("batch_size", "image_size", "load")}
+        assert "kind_mismatch" not in service.predict(PATTERN, [seen], 0.9, lookup_table=True,
+                                                      lookup_table_name="repeats.json").results()[0]
     finally:
         service.close()
 

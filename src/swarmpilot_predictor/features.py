@@ -590,9 +590,11 @@ class FeatureSchema:
                     continue
                 X[:, j] = np.where(ok, col, spec.fill)
                 for i in np.flatnonzero(~ok):
+                    if spec.reads_as_missing(values[i]):  # (a word too, where training read its words so)
+                        continue
                     if (word := _boolean_word(values[i])) is not None:
                         X[i, j] = word
-                    elif errors[i] is None and not spec.reads_as_missing(values[i]):
+                    elif errors[i] is None:
                         errors[i] = _numeric_problem(name, values[i])
             else:
                 lookup = spec.codes
@@ -631,10 +633,10 @@ class FeatureSchema:
                 x = as_number(v)
                 if math.isfinite(x):
                     values.append(x)
-                elif (word := _boolean_word(v)) is not None:
-                    values.append(word)
                 elif spec.reads_as_missing(v):
                     values.append(spec.fill)
+                elif (word := _boolean_word(v)) is not None:
+                    values.append(word)
                 else:
                     return values, _numeric_problem(spec.name, v)
             elif v is None:
@@ -676,8 +678,9 @@ class FeatureSchema:
                 continue
             if spec.kind == "numeric":
                 col = table.numeric(spec.name)
-                if table.columns[spec.name].is_categorical:  # a CSV file's true and false, say
-                    words = np.array([_boolean_word(v) for v in table.strings(spec.name)], dtype=np.float64)
+                if table.columns[spec.name].is_categorical and not spec.words_missing:  # a CSV file's true, say
+                    words = np.array([np.nan if (w := _boolean_word(v)) is None else w
+                                      for v in table.strings(spec.name)], dtype=np.float64)
                     col = np.where(np.isnan(col), words, col)
                 good = np.isfinite(col)
                 X[:, j] = np.where(good, col, spec.fill)
@@ -689,8 +692,9 @@ class FeatureSchema:
                 X[:, j] = _encode_categories(values, spec.categories)
                 booleans = table.columns[spec.name].boolean_rows()
                 if booleans.any():  # JSON's true for the text a CSV file's model learned
+                    numbers = table.numeric(spec.name)
                     for i in np.flatnonzero(booleans & np.isnan(X[:, j])):
-                        code = category_code(spec.codes, bool(table.numeric(spec.name)[i]))
+                        code = category_code(spec.codes, bool(numbers[i]))
                         X[i, j] = math.nan if code is None else code
         if self.history is not None:
             X[:, -1] = self.history.flags(X[:, :-1], self.history.order_of_table(table))
@@ -816,13 +820,17 @@ def _boolean_word(v: Any) -> float | None:
 
 
 def category_code(codes: dict[str, int], v: Any) -> int | None:
-    """The code of the category ``v`` stands for; a boolean is also its word, as a model
-    fitted on a CSV file (where ``true`` is text) learned it."""
+    """The code of the category ``v`` stands for. A boolean is also its word, as a model
+    fitted on a CSV file (where ``true`` is text) learned it, and a boolean's word also the
+    boolean, as one fitted on JSON (where ``true`` is 1) learned it."""
     code = codes.get(category_text(v))
-    if code is None and v.__class__ is bool:
-        for word in ("true", "True", "TRUE") if v else ("false", "False", "FALSE"):
-            if (code := codes.get(word)) is not None:
-                break
+    if code is None:
+        if v.__class__ is bool:
+            for word in ("true", "True", "TRUE") if v else ("false", "False", "FALSE"):
+                if (code := codes.get(word)) is not None:
+                    break
+        elif (number := _boolean_word(v)) is not None:
+            code = codes.get(category_text(bool(number)))
     return code
 
 

@@ -54,14 +54,15 @@ from typing import IO, Any
 import numpy as np
 import orjson
 from scipy.spatial import cKDTree
-from scipy.special import ndtri
+from scipy.special import fdtri, ndtri
 
 from .atomic import NotRegularFile, atomic_file, open_regular, remove_stale_temps, temp_beside
 from .errors import InvalidInput, NotFound, PredictorError, shown, storage_error
-from .features import FIRST_OF_SHAPE, stated_flag
+from .features import FIRST_OF_SHAPE, category_code, stated_flag
 from .identity import IDENTITY_KEYS, IdentityPattern, join_key, names_a_model, names_part
 from .schemas import RenderedPredictions
 from .traces import (
+    BOOLEAN_WORDS,
     ID_KEYS,
     TIMESTAMP_KEYS,
     TraceError,
@@ -88,7 +89,7 @@ WRITABLE_FORMATS = ("json", "csv")
 RECORD_KEYS = frozenset({
     "status", "model_type", "quantiles", "quantile_predictions", "expect", "error", "interval",
     "confidence_level", "model_info", "model_version", "features", "message", "source", "match",
-    "distance", "table", "shape_features", "stale",
+    "distance", "table", "shape_features", "stale", "kind_mismatch",
 })
 # Which features make an input shape (the model's, where it derives first_of_shape): with
 # it a lookup tells a shape the model saw (answered as a repeat) from one it never saw (as
@@ -416,6 +417,13 @@ def _float_int(f: float) -> int:
     return _NAN_INT if f != f else int.from_bytes(_DOUBLE.pack(f), "little")
 
 
+def _vocab_code(vocab: dict[str, int], v: Any) -> int:
+    """A categorical query value's code (-2 where no record has it); booleans as the model
+    reads them, whichever format made the table (see :func:`~.features.category_code`)."""
+    code = category_code(vocab, v)
+    return -2 if code is None else code
+
+
 def _text_number(s: str) -> Any:
     """A CSV cell's number (see ``LookupTable.text_numbers``): as :func:`csv_value` reads it, else the string."""
     if not s:
@@ -552,6 +560,8 @@ class LookupResult:
     match: np.ndarray  # int8 index into MATCH_KINDS, -1 when unmatched
     distance: np.ndarray
     errors: list[str | None]
+    # Where a record of the other kind of run answered (the table held none of the trace's).
+    kind_mismatch: set[int] = field(default_factory=set)
 
     @property
     def ok(self) -> np.ndarray:
@@ -713,10 +723,12 @@ class LookupTable:
         near on what matters: weighted alike, an input-token count the model ignores picked
         records 4 times off while one that answers as the trace was there.
 
-        Within each combination of categorical values (and flag), of the records' log mean:
-        the larger of the feature's slope in a linear fit on all features (the feature's own
-        share where features move together) and the spread of its means over bins of the
-        feature, less what chance gives (which a U-shaped effect has and a slope does not).
+        Within each combination of categorical values (and flag), of the records' log mean,
+        fitted by least squares on every feature and its square (a curve, a U shape): the
+        larger of the spread of the feature's own part of that fit (its share where features
+        move together) and the spread over bins of the feature of that part plus what the
+        fit leaves unexplained, where an F test says it is more than chance (an effect no
+        curve follows: numeric codes of zones, say).
         """
         n, p = Z.shape
         if n < p + 3:
@@ -727,10 +739,17 @@ class LookupTable:
         Zd = Z - np.stack([np.bincount(inv, weights=Z[:, k]) / counts for k in range(p)], axis=1)[inv]
         td = t - (np.bincount(inv, weights=t) / counts)[inv]
         with np.errstate(all="ignore"):
-            slopes = np.abs(np.linalg.lstsq(Zd, td, rcond=None)[0])
-            sd = np.sqrt(np.maximum(Zd.var(axis=0), 0.0))
-            effect = np.array([_binned_effect(Z[:, k], td) for k in range(p)])
-            relevance = np.maximum(slopes * sd, effect)
+            Q = Z ** 2
+            Q = Q - np.stack([np.bincount(inv, weights=Q[:, k]) / counts for k in range(p)], axis=1)[inv]
+            Q = Q / np.where(Q.std(axis=0) > 0, Q.std(axis=0), 1.0)
+            D = np.column_stack([Zd, Q])
+            D = np.where(np.isfinite(D), D, 0.0)
+            coef = np.linalg.lstsq(D, td, rcond=None)[0]
+            parts = Zd * coef[:p] + Q * coef[p:]  # each feature's own part of the fit
+            residual = td - parts.sum(axis=1)
+            # Partial residuals: a feature that only moves with one that matters has little.
+            effect = np.array([_binned_effect(Zd[:, k], residual + parts[:, k]) for k in range(p)])
+            relevance = np.maximum(parts.std(axis=0), effect)
         top = relevance.max() if len(relevance) else 0.0
         if not (np.isfinite(relevance).all() and top > 1e-9):
             return np.ones(p)
@@ -829,6 +848,7 @@ class LookupTable:
             got = self._lookup([traces[i] for i in idx], chosen)
             rows = np.asarray(idx, dtype=np.int64)
             res.rows[rows], res.match[rows], res.distance[rows] = got.rows, got.match, got.distance
+            res.kind_mismatch.update(idx[k] for k in got.kind_mismatch)
             for k, i in enumerate(idx):
                 res.errors[i] = got.errors[k]
         return res
@@ -859,8 +879,9 @@ class LookupTable:
             if isinstance(problem, str) and unreadable[i] is None:
                 res.rows[i], res.match[i], res.distance[i], res.errors[i] = -1, -1, math.nan, problem
         if shaped:
-            # A table without records of that kind (made from repeats only, say) answers with
-            # the nearest of the other kind, rather than not at all.
+            # Where no record of that kind has the trace's categorical values (a table made
+            # from repeats only, say), the nearest of the other kind answers, rather than
+            # none, and says so (kind_mismatch): its answer may be ten times off the model's.
             failed = [i for i in unsaid if res.match[i] < 0]
             if failed:
                 again = self._match([{**traces[i], flag.name: 1.0 - traces[i][flag.name]} for i in failed], groups)
@@ -868,6 +889,7 @@ class LookupTable:
                     if again.match[k] >= 0:
                         res.rows[i], res.match[i], res.distance[i] = again.rows[k], again.match[k], again.distance[k]
                         res.errors[i] = None
+                        res.kind_mismatch.add(i)
             return res
         # A table that does not say which features make a shape: where no record has the
         # trace's features as a repeat, the nearer of a repeat and a first run answers.
@@ -906,6 +928,14 @@ class LookupTable:
                 seen |= g.seen_shapes[pos] == keys
         return seen
 
+    def _query_number(self, v: str) -> Any:
+        """A query's string where a numeric column is: a boolean's word is the number, as
+        for the model; in a CSV table (which holds no types) a number's text is the number."""
+        word = BOOLEAN_WORDS.get(v)
+        if word is not None:
+            return word
+        return _text_number(v) if self.text_numbers else v
+
     def _shape_hash(self, t: dict[str, Any], g: _Group) -> int | None:
         """:func:`_hash_parts` of one trace's shape values, as :meth:`_query_column` reads them."""
         h = _SEED_INT
@@ -913,8 +943,8 @@ class LookupTable:
             c = self.columns[j]
             v = t.get(c.name)
             if c.kind == "numeric":
-                if v.__class__ is str and self.text_numbers:
-                    v = _text_number(v)
+                if v.__class__ is str:
+                    v = self._query_number(v)
                 if v is None:
                     bits = _NAN_INT
                 elif isinstance(v, (int, float)):
@@ -922,7 +952,7 @@ class LookupTable:
                 else:
                     return None  # not a number: its match fails on it
             else:
-                bits = (-1 if v is None else c.vocab.get(category_text(v), -2)) & _MASK
+                bits = (-1 if v is None else _vocab_code(c.vocab, v)) & _MASK
             h = _mix_int(h ^ bits)
         return h
 
@@ -1022,8 +1052,8 @@ class LookupTable:
                 c = columns[j]
                 v = c.query_value(t)
                 if c.kind == "numeric":
-                    if v.__class__ is str and self.text_numbers:
-                        v = _text_number(v)
+                    if v.__class__ is str:
+                        v = self._query_number(v)
                     if v is None:
                         q = math.nan
                     elif isinstance(v, (int, float)):
@@ -1032,7 +1062,7 @@ class LookupTable:
                         break
                     bits = _float_int(q)
                 else:
-                    q = -1 if v is None else c.vocab.get(category_text(v), -2)
+                    q = -1 if v is None else _vocab_code(c.vocab, v)
                     if q == -2:
                         break
                     bits = q & _MASK
@@ -1055,8 +1085,8 @@ class LookupTable:
             for j, weight in zip(g.num_cols, g.weights):
                 c = columns[j]
                 v = c.query_value(t)
-                if v.__class__ is str and self.text_numbers:
-                    v = _text_number(v)
+                if v.__class__ is str:
+                    v = self._query_number(v)
                 if isinstance(v, (int, float)) and v == v:
                     z.append(weight * min(max((float(v) - c.mean) / c.scale, -_Z_MAX), _Z_MAX))
                 elif v is None and j in g.optional_cols:
@@ -1075,7 +1105,7 @@ class LookupTable:
                         h = _mix_int(h ^ _float_int(float(v) if isinstance(v, (int, float)) else math.nan))
                         continue
                     v = t.get(c.name)
-                    code = -1 if v is None else c.vocab.get(category_text(v), -2)
+                    code = -1 if v is None else _vocab_code(c.vocab, v)
                     codes.append(code)
                     h = _mix_int(h ^ (code & _MASK))
                 part = g.partitions.get(h)
@@ -1123,8 +1153,7 @@ class LookupTable:
         raw = [t.get(c.name) for t in flat] if c.missing_as is None else [c.query_value(t) for t in flat]
         n = len(raw)
         if c.kind == "numeric":
-            if self.text_numbers:
-                raw = [_text_number(v) if v.__class__ is str else v for v in raw]
+            raw = [self._query_number(v) if v.__class__ is str else v for v in raw]
             try:
                 if any(v.__class__ is str for v in raw):
                     raise ValueError  # numpy would parse "100"; a string is never a number here
@@ -1145,7 +1174,7 @@ class LookupTable:
             return vals, missing, invalid
         vocab = c.vocab
         codes = np.fromiter(
-            (-1 if v is None else vocab.get(category_text(v), -2) for v in raw), dtype=np.int64, count=n
+            (-1 if v is None else _vocab_code(vocab, v) for v in raw), dtype=np.int64, count=n
         )
         return codes, codes == -1, np.zeros(n, dtype=bool)
 
@@ -1302,6 +1331,8 @@ class LookupTable:
                     item["stale"] = serving[g] != versions[k]
             if kind == "nearest":
                 item["distance"] = dist_l[i]
+            if i in res.kind_mismatch:  # its answer may be ten times off the model's
+                item["kind_mismatch"] = True
             results.append(item)
             k += 1
         # An empty queue answers the levels its tasks would have had: the table's first records'.
@@ -1354,24 +1385,30 @@ class LookupTable:
         return out
 
 
-def _binned_effect(z: np.ndarray, t: np.ndarray, bins: int = 16) -> float:
-    """The spread of ``t``'s means over bins of ``z`` (quantile bins, or its values where it
-    takes few), less what chance gives them: the between-bin variance beyond ``bins / n``
-    of the within-bin variance, as a standard deviation."""
+def _binned_effect(z: np.ndarray, t: np.ndarray, max_bins: int = 16) -> float:
+    """The spread of ``t``'s means over bins of ``z`` (quantile bins of 8 rows or more, or
+    its values where it takes few), as a standard deviation beyond what chance gives the
+    means; 0 unless an F test of the bins says, at the 1% level, that they differ."""
     n = len(t)
+    bins = min(max_bins, n // 8)
+    if bins < 2:
+        return 0.0
     values, inv = np.unique(z, return_inverse=True)
     if len(values) > bins:
         edges = np.quantile(z, np.linspace(0, 1, bins + 1)[1:-1])
         inv = np.searchsorted(edges, z, side="right")
-    k = int(inv.max()) + 1 if n else 0
+    counts = np.bincount(inv).astype(np.float64)
+    k = int((counts > 0).sum())
     if k < 2 or n <= k:
         return 0.0
-    counts = np.bincount(inv, minlength=k).astype(np.float64)
-    means = np.bincount(inv, weights=t, minlength=k) / np.maximum(counts, 1.0)
-    grand = float(t.mean())
-    between = float((counts * (means - grand) ** 2).sum() / n)
-    within = float(((t - means[inv]) ** 2).sum() / (n - k))
-    return math.sqrt(max(0.0, between - k / n * within))
+    means = np.bincount(inv, weights=t) / np.maximum(counts, 1.0)
+    between = float((counts * (means - float(t.mean())) ** 2).sum())
+    within = float(((t - means[inv]) ** 2).sum()) / (n - k)
+    if not (math.isfinite(between) and math.isfinite(within)) or within <= 0.0:
+        return math.sqrt(between / n) if math.isfinite(between) else 0.0
+    if between / (k - 1) / within <= fdtri(k - 1, n - k, 0.99):
+        return 0.0
+    return math.sqrt(max(0.0, (between - (k - 1) * within) / n))
 
 
 def _merge_interval_knots(levels: list[float], values: list[float], cl: float, lo: float, hi: float) -> tuple[list[float], list[float]]:
