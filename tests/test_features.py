@@ -671,3 +671,9 @@ def test_boolean_words_read_as_training_read_the_column():
         single, error = schema.row({"mode": word})
         assert error is None and single == schema.row({"mode": want})[0]
         np.testing.assert_array_equal(schema.matrix([{"mode": word}] * 2)[0][:, 0], single[0])
+        X, ok = schema.matrix_from_table(TraceTable.from_traces([{"mode": word}, {"mode": want}]))
+        assert ok.all() and X[0, 0] == X[1, 0] == single[0]
+    # A word in another spelling than the one learned is still that boolean.
+    words = [{"mode": ["true", "false"][i % 2], "runtime_ms": 10.0 + i % 2} for i in range(40)]
+    schema, *_ = prepare(words)
+    assert schema.row({"mode": "True"})[0] == schema.row({"mode": "true"})[0] == schema.row({"mode": True})[0]

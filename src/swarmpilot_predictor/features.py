@@ -691,11 +691,12 @@ class FeatureSchema:
                     ok &= values != None  # noqa: E711
                 X[:, j] = _encode_categories(values, spec.categories)
                 booleans = table.columns[spec.name].boolean_rows()
-                if booleans.any():  # JSON's true for the text a CSV file's model learned
-                    numbers = table.numeric(spec.name)
-                    for i in np.flatnonzero(booleans & np.isnan(X[:, j])):
-                        code = category_code(spec.codes, bool(numbers[i]))
-                        X[i, j] = math.nan if code is None else code
+                numbers = table.numeric(spec.name) if booleans.any() else None
+                for i in np.flatnonzero(np.isnan(X[:, j]) & (values != None)):  # noqa: E711
+                    # A boolean in either format's spelling, as matrix() reads it.
+                    v = bool(numbers[i]) if numbers is not None and booleans[i] else values[i]
+                    code = category_code(spec.codes, v)
+                    X[i, j] = math.nan if code is None else code
         if self.history is not None:
             X[:, -1] = self.history.flags(X[:, :-1], self.history.order_of_table(table))
             if FIRST_OF_SHAPE in table.columns:
@@ -825,13 +826,17 @@ def category_code(codes: dict[str, int], v: Any) -> int | None:
     boolean, as one fitted on JSON (where ``true`` is 1) learned it."""
     code = codes.get(category_text(v))
     if code is None:
-        if v.__class__ is bool:
-            for word in ("true", "True", "TRUE") if v else ("false", "False", "FALSE"):
-                if (code := codes.get(word)) is not None:
+        truth = bool(v) if v.__class__ is bool else _boolean_word(v)
+        if truth is not None:
+            for other in (_TRUE_SPELLINGS if truth else _FALSE_SPELLINGS):
+                if (code := codes.get(other)) is not None:
                     break
-        elif (number := _boolean_word(v)) is not None:
-            code = codes.get(category_text(bool(number)))
     return code
+
+
+# A boolean's category, in every way training may have learned it: a CSV file's words, JSON's number.
+_TRUE_SPELLINGS = ("true", "True", "TRUE", category_text(True))
+_FALSE_SPELLINGS = ("false", "False", "FALSE", category_text(False))
 
 
 def _encode_categories(values: np.ndarray, categories: tuple[str, ...]) -> np.ndarray:

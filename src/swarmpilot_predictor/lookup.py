@@ -741,15 +741,16 @@ class LookupTable:
         with np.errstate(all="ignore"):
             Q = Z ** 2
             Q = Q - np.stack([np.bincount(inv, weights=Q[:, k]) / counts for k in range(p)], axis=1)[inv]
-            Q = Q / np.where(Q.std(axis=0) > 0, Q.std(axis=0), 1.0)
+            q_sd = Q.std(axis=0)
+            Q = Q / np.where(q_sd > 0, q_sd, 1.0)
             D = np.column_stack([Zd, Q])
             D = np.where(np.isfinite(D), D, 0.0)
             coef = np.linalg.lstsq(D, td, rcond=None)[0]
-            parts = Zd * coef[:p] + Q * coef[p:]  # each feature's own part of the fit
-            residual = td - parts.sum(axis=1)
+            own = Zd * coef[:p] + Q * coef[p:]  # each feature's own part of the fit
+            residual = td - own.sum(axis=1)
             # Partial residuals: a feature that only moves with one that matters has little.
-            effect = np.array([_binned_effect(Zd[:, k], residual + parts[:, k]) for k in range(p)])
-            relevance = np.maximum(parts.std(axis=0), effect)
+            effect = np.array([_binned_effect(Zd[:, k], residual + own[:, k]) for k in range(p)])
+            relevance = np.maximum(own.std(axis=0), effect)
         top = relevance.max() if len(relevance) else 0.0
         if not (np.isfinite(relevance).all() and top > 1e-9):
             return np.ones(p)
