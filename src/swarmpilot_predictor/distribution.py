@@ -1262,14 +1262,14 @@ class TotalDistribution:
         return float(np.sqrt(self.variance))
 
     def quantiles(self, levels: np.ndarray | list[float]) -> np.ndarray:
-        levels = np.asarray(levels, dtype=np.float64)
-        check_levels_in_unit_interval(levels)
-        if self.single is not None:
+        if self.single is not None:  # (which checks the levels)
             return self.single.quantiles(levels)[0]
+        check_levels_in_unit_interval(levels)
+        levels = np.asarray(levels, dtype=np.float64)
         assert self.edges is not None and self.edge_cdf is not None
         xs, cs = self.edges, self.edge_cdf
         cs = cs + np.arange(len(cs)) * 1e-15  # strictly increasing for interpolation
-        out = np.maximum(np.interp(np.clip(levels, 0.0, 1.0) * cs[-1], cs, xs), 0.0)
+        out = np.maximum(np.interp(levels * cs[-1], cs, xs), 0.0)
         if self.tasks is not None:
             # Below one grid cell (one task whose spread dwarfs the others' sets the cell
             # size) and beyond the grid's far end, a bound that holds for any tasks does better.
@@ -1291,7 +1291,7 @@ class TotalDistribution:
         tasks = self.tasks
         assert tasks is not None
         tau = self.shared_log_sd
-        p = np.clip(levels, 0.0, 1.0)
+        p = levels  # (checked to lie in [0, 1] by quantiles)
         if self._floor_parts is None:
             least = tasks.quantiles([1e-12])[:, 0]  # the quantile function stops there
             cand = None

@@ -678,10 +678,12 @@ class FeatureSchema:
                 continue
             if spec.kind == "numeric":
                 col = table.numeric(spec.name)
-                if table.columns[spec.name].is_categorical and not spec.words_missing:  # a CSV file's true, say
-                    words = np.array([np.nan if (w := _boolean_word(v)) is None else w
-                                      for v in table.strings(spec.name)], dtype=np.float64)
-                    col = np.where(np.isnan(col), words, col)
+                column = table.columns[spec.name]
+                if column.is_categorical and not spec.words_missing:  # a CSV file's true, say
+                    # Per distinct string, then per row (a number's text is never such a word).
+                    word_of = np.array([BOOLEAN_WORDS.get(s, np.nan) for s in column.vocab] + [np.nan])
+                    codes = np.frombuffer(column.codes, dtype=np.int32)
+                    col = np.where(np.isnan(col), word_of[codes], col)  # code -1 (no string): the NaN at the end
                 good = np.isfinite(col)
                 X[:, j] = np.where(good, col, spec.fill)
                 ok &= (good | table.columns[spec.name].missing_rows()) if spec.optional else good
@@ -835,8 +837,8 @@ def category_code(codes: dict[str, int], v: Any) -> int | None:
 
 
 # A boolean's category, in every way training may have learned it: a CSV file's words, JSON's number.
-_TRUE_SPELLINGS = ("true", "True", "TRUE", category_text(True))
-_FALSE_SPELLINGS = ("false", "False", "FALSE", category_text(False))
+_TRUE_SPELLINGS = (*(w for w, x in BOOLEAN_WORDS.items() if x == 1.0), category_text(True))
+_FALSE_SPELLINGS = (*(w for w, x in BOOLEAN_WORDS.items() if x == 0.0), category_text(False))
 
 
 def _encode_categories(values: np.ndarray, categories: tuple[str, ...]) -> np.ndarray:

@@ -522,16 +522,20 @@ class _Group:
     task_keys: np.ndarray
     task_rows: np.ndarray
     partitions: dict[int, _Partition]
-    # The features that make a shape, and the hashes of the shapes the group's repeat records
-    # have (those the model saw); None where the records do not say which features those are.
+    # The features that make a shape, and an index of the shapes the group's repeat records
+    # have (those the model saw: hash, a record's row); None where the records do not say
+    # which features make a shape.
     shape_cols: list[int] | None = None
-    seen_shapes: np.ndarray | None = None
+    seen_keys: np.ndarray | None = None
+    seen_rows: np.ndarray | None = None
     # Per nearest-record coordinate (num_cols), how much it moves the records' answers.
     weights: list[float] = field(default_factory=list)
+    model_versions: list[int] | None = None  # see LookupTable.versions_of
 
     @functools.cached_property
     def seen_set(self) -> frozenset[int]:
-        return frozenset(self.seen_shapes.tolist()) if self.seen_shapes is not None else frozenset()
+        """``seen_keys`` for the single-trace path: a numpy search cost 2 µs more a lookup."""
+        return frozenset(self.seen_keys.tolist()) if self.seen_keys is not None else frozenset()
 
     @property
     def featureless(self) -> bool:
@@ -708,14 +712,14 @@ class LookupTable:
             has = th >= 0
             task_keys, task_rows = _sorted_index(th[has], rows[has])
         optional = frozenset(j for j in num if not self.columns[j].present(rows).all())
-        shape_cols, seen = None, None
+        shape_cols, seen = None, (None, None)
         names = {self.columns[j].name: j for j in cols}
         if flag is not None and (shape := self.shape_features.get(g)) and all(n in names for n in shape):
             shape_cols = [names[n] for n in shape]
             repeats = rows[self.columns[flag].values[rows] == 0.0]
-            seen = np.unique(_hash_parts([self._bits(j, repeats) for j in shape_cols], len(repeats)))
+            seen = _sorted_index(_hash_parts([self._bits(j, repeats) for j in shape_cols], len(repeats)), repeats)
         return _Group(self.identities[g], rows, cols, num, cat, part_cols, optional, exact_keys, exact_rows, task_keys,
-                      task_rows, partitions, shape_cols, seen, weights.tolist())
+                      task_rows, partitions, shape_cols, *seen, weights.tolist())
 
     def _relevance(self, Z: np.ndarray, rows: np.ndarray, parts: np.ndarray) -> np.ndarray:
         """Per standardised numeric feature, how much the records' answers follow it, relative
@@ -736,11 +740,15 @@ class LookupTable:
         t = np.log(np.maximum(self.expect[rows], 1e-300))
         _, inv = np.unique(parts, return_inverse=True)
         counts = np.bincount(inv).astype(np.float64)
-        Zd = Z - np.stack([np.bincount(inv, weights=Z[:, k]) / counts for k in range(p)], axis=1)[inv]
-        td = t - (np.bincount(inv, weights=t) / counts)[inv]
+
+        def within(M: np.ndarray) -> np.ndarray:
+            """``M`` less its mean in each combination (column by column)."""
+            means = np.stack([np.bincount(inv, weights=col) / counts for col in M.reshape(len(M), -1).T], axis=1)
+            return M - means[inv].reshape(M.shape)
+
+        Zd, td = within(Z), within(t)
         with np.errstate(all="ignore"):
-            Q = Z ** 2
-            Q = Q - np.stack([np.bincount(inv, weights=Q[:, k]) / counts for k in range(p)], axis=1)[inv]
+            Q = within(Z ** 2)
             q_sd = Q.std(axis=0)
             Q = Q / np.where(q_sd > 0, q_sd, 1.0)
             D = np.column_stack([Zd, Q])
@@ -755,6 +763,13 @@ class LookupTable:
         if not (np.isfinite(relevance).all() and top > 1e-9):
             return np.ones(p)
         return np.maximum(relevance / top, _MIN_WEIGHT)
+
+    def versions_of(self, g: _Group) -> list[int]:
+        """The model versions ``g``'s records were made by (a table never changes: found once)."""
+        if g.model_versions is None:
+            v = self.versions[g.rows]
+            g.model_versions = np.unique(v[v >= 0]).tolist()
+        return g.model_versions
 
     def _bits(self, j: int, rows: np.ndarray) -> np.ndarray:
         c = self.columns[j]
@@ -816,21 +831,22 @@ class LookupTable:
         states pick among the table's identities.
         """
         rows = traces if isinstance(traces, list) else list(traces)
+        flat, errors = normalize_traces(rows)  # once: the steps below take flat traces
         if names_a_model(rows):
-            return self._lookup_by_stated_identity(rows, pattern)
-        return self._lookup(rows, self.groups_for(pattern))
+            return self._lookup_by_stated_identity(flat, errors, pattern)
+        return self._lookup(flat, errors, self.groups_for(pattern))
 
-    def _lookup_by_stated_identity(self, traces: Sequence[Any], pattern: IdentityPattern | None) -> LookupResult:
+    def _lookup_by_stated_identity(self, flat: list[dict[str, Any]], unreadable: list[str | None],
+                                   pattern: IdentityPattern | None) -> LookupResult:
         """:meth:`lookup` where traces state identity fields: as for the model, they say which
         model (here: which of the table's identities) a trace belongs to, and one that names
         another than the request's is an error for that trace."""
         groups = self.groups_for(pattern)
         asked = pattern.as_tuple() if pattern is not None else (None,) * len(IDENTITY_KEYS)
-        n = len(traces)
+        n = len(flat)
         res = LookupResult(np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int8), np.full(n, np.nan), [None] * n)
         parts: dict[tuple, list[int]] = {}
-        flat, _ = normalize_traces(traces)  # SwarmPilot's structured form states them inside
-        for i, t in enumerate(flat):
+        for i, t in enumerate(flat):  # (flat: SwarmPilot's structured form states them inside)
             said = tuple((j, v) for j, key in enumerate(IDENTITY_KEYS) if isinstance(v := t.get(key), (str, int, float)))
             wrong = next((f"the trace's {IDENTITY_KEYS[j]} {shown(v)} names another model than "
                           f"{join_key(asked)}" for j, v in said if asked[j] is not None and not names_part(v, asked[j])),
@@ -846,7 +862,7 @@ class LookupTable:
                 for i in idx:
                     res.errors[i] = f"lookup table {self.name!r} has no records for the trace's {stated}"
                 continue
-            got = self._lookup([traces[i] for i in idx], chosen)
+            got = self._lookup([flat[i] for i in idx], [unreadable[i] for i in idx], chosen)
             rows = np.asarray(idx, dtype=np.int64)
             res.rows[rows], res.match[rows], res.distance[rows] = got.rows, got.match, got.distance
             res.kind_mismatch.update(idx[k] for k in got.kind_mismatch)
@@ -854,16 +870,17 @@ class LookupTable:
                 res.errors[i] = got.errors[k]
         return res
 
-    def _lookup(self, traces: Sequence[Any], groups: list[_Group]) -> LookupResult:
-        """:meth:`lookup` among the records of ``groups``."""
+    def _lookup(self, every: list[dict[str, Any]], unreadable: list[str | None], groups: list[_Group]) -> LookupResult:
+        """:meth:`lookup` among the records of ``groups``, of flat traces (``unreadable``: why
+        one could not be read, or None)."""
         flag = next((c for c in self.columns if c.missing_as is not None), None)
         if flag is None:
-            return self._match(traces, groups)
-        every, unreadable = normalize_traces(traces)
+            return self._match(every, unreadable, groups)
+        traces = every
         stated = [t.get(flag.name) for t in every]
         featured = [g for g in groups if g.cols]
         unsaid = [i for i, v in enumerate(stated) if v is None and unreadable[i] is None]
-        shaped = bool(featured) and all(g.seen_shapes is not None for g in featured)
+        shaped = bool(featured) and all(g.seen_keys is not None for g in featured)
         if shaped and unsaid:
             # As the model answers a trace that states neither flag nor timestamp: a repeat
             # of a shape it saw (one the table holds a repeat of), else a first run.
@@ -871,7 +888,7 @@ class LookupTable:
             traces = list(traces)
             for k, i in enumerate(unsaid):
                 traces[i] = {**every[i], flag.name: 0.0 if seen[k] else 1.0}
-        res = self._match(traces, groups)
+        res = self._match(traces, list(unreadable), groups)  # (a copy: the match adds its own errors)
         # A stated flag is true or false, as a model reads it (2 or 0.5 fail the trace).
         for i, v in enumerate(stated):
             problem = None if v is None else stated_flag(v)
@@ -885,7 +902,8 @@ class LookupTable:
             # none, and says so (kind_mismatch): its answer may be ten times off the model's.
             failed = [i for i in unsaid if res.match[i] < 0]
             if failed:
-                again = self._match([{**traces[i], flag.name: 1.0 - traces[i][flag.name]} for i in failed], groups)
+                again = self._match([{**traces[i], flag.name: 1.0 - traces[i][flag.name]} for i in failed],
+                                    [None] * len(failed), groups)
                 for k, i in enumerate(failed):
                     if again.match[k] >= 0:
                         res.rows[i], res.match[i], res.distance[i] = again.rows[k], again.match[k], again.distance[k]
@@ -901,7 +919,7 @@ class LookupTable:
                 flat.append({**every[i], flag.name: 1.0 - flag.missing_as})
         if not retry:
             return res
-        again = self._match(flat, groups)
+        again = self._match(flat, [None] * len(flat), groups)
         for k, i in enumerate(retry):
             m0, m1 = int(res.match[i]), int(again.match[k])
             better = (m1 == _EXACT and m0 != _EXACT) or (
@@ -918,15 +936,12 @@ class LookupTable:
             for i, t in enumerate(flat):
                 seen[i] = any(self._shape_hash(t, g) in g.seen_set for g in groups)
             return seen
+        values: dict[int, np.ndarray] = {}  # per column, shared by the groups
         for g in groups:
-            parts = []
-            for j in g.shape_cols:  # type: ignore[union-attr]
-                vals = self._query_column(j, flat)[0]
-                parts.append(_float_bits(vals) if self.columns[j].kind == "numeric" else _code_bits(vals))
-            keys = _hash_parts(parts, len(flat))
-            pos = np.minimum(np.searchsorted(g.seen_shapes, keys), max(len(g.seen_shapes) - 1, 0))
-            if len(g.seen_shapes):
-                seen |= g.seen_shapes[pos] == keys
+            shape = g.shape_cols or []
+            parts = [self._query_bits(j, values[j] if j in values else values.setdefault(j, self._query_column(j, flat)[0]))
+                     for j in shape]
+            seen |= _probe(g.seen_keys, g.seen_rows, _hash_parts(parts, len(flat))) >= 0
         return seen
 
     def _query_number(self, v: str) -> Any:
@@ -937,31 +952,43 @@ class LookupTable:
             return word
         return _text_number(v) if self.text_numbers else v
 
+    def _query_bits(self, j: int, values: np.ndarray) -> np.ndarray:
+        """:meth:`_bits` of query values of column ``j`` (from :meth:`_query_column`)."""
+        return _float_bits(values) if self.columns[j].kind == "numeric" else _code_bits(values)
+
+    def _scalar_query(self, c: _FeatureColumn, v: Any) -> tuple[float | int, int] | None:
+        """One query value as :meth:`_query_column` reads it, and its hash bits: a number (NaN
+        when missing) or a category code (-1 missing, -2 no record has it); None for a value
+        of a numeric column that is no number."""
+        if c.kind == "numeric":
+            if v.__class__ is str:
+                v = self._query_number(v)
+            if v is None:
+                return math.nan, _NAN_INT
+            if isinstance(v, (int, float)):
+                q = float(v)
+                return q, _float_int(q)
+            return None
+        q = -1 if v is None else _vocab_code(c.vocab, v)
+        return q, q & _MASK
+
     def _shape_hash(self, t: dict[str, Any], g: _Group) -> int | None:
         """:func:`_hash_parts` of one trace's shape values, as :meth:`_query_column` reads them."""
         h = _SEED_INT
         for j in g.shape_cols:  # type: ignore[union-attr]
             c = self.columns[j]
-            v = t.get(c.name)
-            if c.kind == "numeric":
-                if v.__class__ is str:
-                    v = self._query_number(v)
-                if v is None:
-                    bits = _NAN_INT
-                elif isinstance(v, (int, float)):
-                    bits = _float_int(float(v))
-                else:
-                    return None  # not a number: its match fails on it
-            else:
-                bits = (-1 if v is None else _vocab_code(c.vocab, v)) & _MASK
-            h = _mix_int(h ^ bits)
+            got = self._scalar_query(c, t.get(c.name))
+            if got is None:
+                return None  # not a number: its match fails on it
+            h = _mix_int(h ^ got[1])
         return h
 
-    def _match(self, traces: Sequence[Any], groups: list[_Group]) -> LookupResult:
-        """:meth:`lookup` with every feature as the trace states it (or its default)."""
-        n = len(traces)
+    def _match(self, flat: list[dict[str, Any]], errors: list[str | None], groups: list[_Group]) -> LookupResult:
+        """:meth:`lookup` with every feature as the flat trace states it (or its default);
+        ``errors`` (why a trace could not be read, or None) becomes the result's."""
+        n = len(flat)
         if n <= SCALAR_MAX:
-            found = [self._lookup_one(t, groups) for t in traces]
+            found = [(-1, -1, math.nan, e) if e is not None else self._lookup_one(t, groups) for t, e in zip(flat, errors)]
             return LookupResult(
                 np.array([f[0] for f in found], dtype=np.int64),
                 np.array([f[1] for f in found], dtype=np.int8),
@@ -971,7 +998,6 @@ class LookupTable:
         rows = np.full(n, -1, dtype=np.int64)
         match = np.full(n, -1, dtype=np.int8)
         dist = np.full(n, np.nan)
-        flat, errors = normalize_traces(traces)
         bad = np.array([e is not None for e in errors], dtype=bool)
         cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         featured = [g for g in groups if not g.featureless]
@@ -990,8 +1016,7 @@ class LookupTable:
             for j in g.cols:
                 vals, missing, invalid = column(j)
                 usable &= ~invalid[todo]
-                c = self.columns[j]
-                parts.append(_float_bits(vals[todo]) if c.kind == "numeric" else _code_bits(vals[todo]))
+                parts.append(self._query_bits(j, vals[todo]))
             found = _probe(g.exact_keys, g.exact_rows, _hash_parts(parts, len(todo)))
             found[~usable] = -1
             hit = found >= 0
@@ -1038,12 +1063,8 @@ class LookupTable:
                 errors[i] = f"no record in lookup table {self.name!r} matches this trace"
         return LookupResult(rows, match, dist, errors)
 
-    def _lookup_one(self, trace: Any, groups: list[_Group]) -> tuple[int, int, float, str | None]:
-        """One trace, in plain Python on scalars: (row, match kind, distance, error)."""
-        try:
-            t = normalize_trace(trace)
-        except TraceError as exc:
-            return -1, -1, math.nan, str(exc)
+    def _lookup_one(self, t: dict[str, Any], groups: list[_Group]) -> tuple[int, int, float, str | None]:
+        """One flat trace, in plain Python on scalars: (row, match kind, distance, error)."""
         columns = self.columns
         featured = [g for g in groups if g.cols]
         for g in featured:  # 1. exact
@@ -1051,24 +1072,11 @@ class LookupTable:
             query: list[Any] = []
             for j in g.cols:
                 c = columns[j]
-                v = c.query_value(t)
-                if c.kind == "numeric":
-                    if v.__class__ is str:
-                        v = self._query_number(v)
-                    if v is None:
-                        q = math.nan
-                    elif isinstance(v, (int, float)):
-                        q = float(v)
-                    else:
-                        break
-                    bits = _float_int(q)
-                else:
-                    q = -1 if v is None else _vocab_code(c.vocab, v)
-                    if q == -2:
-                        break
-                    bits = q & _MASK
-                query.append(q)
-                h = _mix_int(h ^ bits)
+                got = self._scalar_query(c, c.query_value(t))
+                if got is None or (c.kind == "categorical" and got[0] == -2):  # no number; a category no record has
+                    break
+                query.append(got[0])
+                h = _mix_int(h ^ got[1])
             else:
                 row = _probe_one(g.exact_keys, g.exact_rows, h)
                 if row >= 0 and self._same_row(row, g.cols, query):
@@ -1199,8 +1207,7 @@ class LookupTable:
             if not usable.any():
                 continue
             sel = todo[usable]
-            cat_keys = _hash_parts([_float_bits(column(j)[0][sel]) if self.columns[j].kind == "numeric"
-                                    else _code_bits(column(j)[0][sel]) for j in g.part_cols], len(sel))
+            cat_keys = _hash_parts([self._query_bits(j, column(j)[0][sel]) for j in g.part_cols], len(sel))
             Z = None
             if g.num_cols:
                 Z = np.empty((len(sel), len(g.num_cols)))
@@ -2611,10 +2618,8 @@ class LookupTableStore:
             if table is not None:
                 entry["rows"] = table.n_rows
                 entry["features"] = table.feature_names
-                entry["identities"] = [
-                    {**dict(zip(IDENTITY_KEYS, g.identity)),
-                     "model_versions": np.unique(v[v >= 0]).tolist() if len(v := table.versions[g.rows]) else []}
-                    for g in table.groups]
+                entry["identities"] = [{**dict(zip(IDENTITY_KEYS, g.identity)), "model_versions": table.versions_of(g)}
+                                       for g in table.groups]
             with self._lock:
                 failed = self._failed.get(name)
             if failed is not None and failed[0] == _signature(path):

@@ -2404,8 +2404,7 @@ class QuantileModel:
             trials = [(self._scale_deviance(Xs, rs, fs, ws, only(chosen | {j}), SCALE_ALPHAS[0])[0], j)
                       for j in used if j not in chosen]
             trial_dev, j = min(trials, key=lambda t: t[0].mean())
-            d = trial_dev - row_dev
-            if d.mean() >= -SELECTION_SE * _mean_se(d):
+            if not clearly_lower(trial_dev - row_dev):
                 break
             chosen.add(j)
             row_dev = trial_dev
@@ -2591,10 +2590,10 @@ class QuantileModel:
         fraction of the cost. None for a location family without a single-row
         path; the caller then uses ``predict_distribution``.
         """
-        check_levels_in_unit_interval(levels)
-        if self.regimes_ is not None:
+        if self.regimes_ is not None:  # (the regime's model checks the levels)
             j = self.regime_column
             return self.regimes_[int(x[j] > 0.5)].describe_one([*x[:j], *x[j + 1:]], levels)
+        check_levels_in_unit_interval(levels)
         m = self.location_.predict_row(x)
         if m is None:
             return None

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_write_bytes, read_regular
-from .errors import PredictorError, VersionConflict, writing
+from .errors import ModelNotFound, PredictorError, VersionConflict, writing
 from .features import FIRST_OF_SHAPE, FeatureSchema, gross_outliers
 from .identity import ModelIdentity
 from .modeling import QuantileModel, clearly_lower, pinball_losses
@@ -324,9 +324,10 @@ class Retrainer:
         """
         if not self.enabled:
             return None
-        self.registry.maybe_refresh()
-        versions = self.registry.versions(identity)
-        if not versions or versions[-1].version != version:
+        try:  # (the caller noticed other workers' changes just before)
+            if self.registry.latest(identity).version != version:
+                return None
+        except ModelNotFound:
             return None
         reason = self.due(identity, version)
         if reason is None:

@@ -241,7 +241,6 @@ class PredictorService:
             table = self.tables.get(lookup_table_name)
             if with_total and not quantiles:  # answered at the table's levels
                 _check_batch_values(len(traces), max((len(ls) for ls in table.levelsets), default=0))
-            self.registry.maybe_refresh()  # a version another worker stored makes records stale
             pred = table.predict(pattern, traces, confidence_level, quantiles, with_total,
                                  serving_version=self._serving_version)
             n_ok = int(pred.ok.sum())
@@ -256,6 +255,7 @@ class PredictorService:
 
     def _serving_version(self, parts: tuple[str | None, ...]) -> int | None:
         """The version of the model named by ``parts`` that serves now; None where none is stored."""
+        self.registry.maybe_refresh()  # a version another worker stored makes a table's records stale
         try:
             return self.registry.latest(ModelIdentity(*parts)).version  # type: ignore[arg-type]
         except ModelNotFound:
@@ -265,7 +265,6 @@ class PredictorService:
         """The lookup tables; for each model a loaded table holds records of, whether a version
         other than the one that made them serves now (or none: the model was deleted)."""
         tables = self.tables.list()
-        self.registry.maybe_refresh()
         for entry in tables:
             for ident in entry.get("identities", ()):
                 parts = tuple(ident[k] for k in IDENTITY_KEYS)
