@@ -837,6 +837,19 @@ def test_unknown_paths_and_methods_answer_in_the_error_format(http):
     failed(http.post(f"/predict/single/{SEGMENTS}/", json={"trace": TRACE}), 404, "no endpoint POST /predict/single/")
 
 
+def test_made_up_methods_share_one_metrics_label(tmp_path):
+    # h11 (uvicorn --http h11) hands any token on as the method: one series each would grow
+    # the exposition, and the process's memory, without bound.
+    args = [sys.executable, "-m", "uvicorn", "swarmpilot_predictor.api:app_from_env", "--factory", "--http", "h11",
+            "--host", "127.0.0.1", "--port", "{port}", "--log-level", "warning"]
+    with run_server(tmp_path / "data", args=args) as srv, httpx.Client(base_url=srv.url) as http:
+        for i in range(5):
+            assert http.request(f"M{i:05d}", "/health").status_code == 405
+        text = http.get("/metrics").text
+    assert "M00000" not in text and "M00004" not in text
+    assert metric_value(text, "predictor_http_requests_total", method="other", route="/health", status="405") == 5
+
+
 def test_head_answers_like_get_without_a_body(http, trained):
     # Load balancers probe with HEAD: the status and headers of the GET, no body.
     for path in ("/health", "/ping", "/models", f"/models/{SEGMENTS}", "/dashboard"):

@@ -131,6 +131,27 @@ def test_observation_log_survives_a_torn_line_and_rotates(tmp_path):
     assert [r["runtime_ms"] for r in log.read(IDENT, limit=2)] == [99.0, 100.0]
 
 
+def test_the_log_rotates_past_file_999999_in_order_of_numbers(tmp_path):
+    # Sorted by name, obs-1000000 came before obs-999999: every append then went to it,
+    # unbounded, and readers took the newest file for the oldest.
+    log = ObservationLog(tmp_path, max_file_bytes=300, max_files=2)
+    monitor = AccuracyMonitor(log)
+    y, q = _lognormal_quantiles(30, seed=8)
+    monitor.record(IDENT, 1, [{"x": 0}], y[:1], q[:1])
+    d = tmp_path / IDENT.dirname
+    (d / "obs-000001.jsonl").rename(d / "obs-999999.jsonl")  # a long-lived log's active file
+    for i in range(1, 30):
+        monitor.record(IDENT, 1, [{"x": i}], y[i:i + 1], q[i:i + 1])
+    names = sorted(p.name for p in d.glob("obs-*.jsonl"))
+    assert len(names) == 2 and all(p.stat().st_size < 600 for p in d.glob("obs-*.jsonl"))
+    assert "obs-999999.jsonl" not in names  # rotated away, as the oldest
+    kept = [r["runtime_ms"] for r in log.read(IDENT)]
+    assert kept == y[30 - len(kept):].tolist() and kept[-1] == y[29]
+    assert [r["runtime_ms"] for r in log.read(IDENT, limit=2)] == y[28:30].tolist()
+    fresh = AccuracyMonitor(ObservationLog(tmp_path, max_file_bytes=300, max_files=2))
+    assert list(fresh.tracker(IDENT, 1).y) == kept
+
+
 APPEND_MORE = """
 import json
 from swarmpilot_predictor.errors import PredictorError

@@ -133,6 +133,28 @@ def test_resolve_sees_models_saved_by_another_worker(root):
     np.testing.assert_array_equal(b.load(IDENT).model.predict(X), model.predict(X))
 
 
+def test_a_worker_that_indexes_its_own_training_late_still_sees_a_newer_version(root, monkeypatch):
+    # Worker a's training stored version 1 and a scans its folder; before a indexes that scan,
+    # worker b stores version 2 and one of a's request threads indexes it. a's older scan must
+    # not hide version 2 until the registry changes again.
+    a, b = ModelRegistry(root), ModelRegistry(root)
+    a.save(*fit()[:2])
+    real_scan = a._scan_dir
+
+    def scan_then_b_stores(model_dir, seen):
+        metas = real_scan(model_dir, seen)
+        monkeypatch.setattr(a, "_scan_dir", real_scan)  # a's request thread scans as usual
+        b.save(*fit(seed=1)[:2])
+        a.maybe_refresh()
+        assert a.latest(IDENT).version == 2
+        return metas
+
+    monkeypatch.setattr(a, "_scan_dir", scan_then_b_stores)
+    a.refresh_identity(IDENT)
+    a.maybe_refresh()
+    assert a.latest(IDENT).version == 2 and [v.version for v in a.versions(IDENT)] == [1, 2]
+
+
 def test_delete_one_version(root):
     reg = ModelRegistry(root)
     for seed in range(3):

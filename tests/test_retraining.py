@@ -403,7 +403,29 @@ def test_a_retraining_of_a_model_deleted_meanwhile_leaves_no_decision(tmp_path):
     assert svc.retrainer.decisions.read(identity) == []
     svc.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(100), algorithm="linear"))
     assert svc.accuracy(pattern)["retraining"] == []
+    # Trained again under the same identity (version 2): a retraining of the deleted version 1
+    # that ends now says nothing of it either.
+    svc.retrainer._done(identity, {"status": "skipped", "from_version": 1, "message": "version 2 serves"})
+    assert svc.accuracy(pattern)["retraining"] == []
     svc.close()
+
+
+def test_a_late_decision_about_an_older_version_does_not_lift_the_serving_versions_wait(tmp_path):
+    # Another worker's retraining of version 1 that ends after version 2 was kept, with a
+    # wait, logs a newer decision; version 2 must still wait for its own next try.
+    svc = _service(tmp_path, retrain_min_observations=20)
+    svc.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(300, seed=3), algorithm="linear"))
+    identity = svc.registry.resolve(IdentityPattern.from_parts(IDENTITY))
+    svc.observe(IDENTITY, make_llm_traces(30, seed=80))
+    svc.retrainer.decisions.append(identity, {"status": "kept", "from_version": 2,
+                                              "next_try": {"observations": 50, "drifted_then": False}})
+    assert svc.retrainer.due(identity, 2) is None
+    svc.retrainer.decisions.append(identity, {"status": "skipped", "from_version": 1,
+                                              "message": "version 2 was stored meanwhile and serves now"})
+    assert svc.retrainer.due(identity, 2) is None
+    assert svc.retrainer.decisions.last(identity)["from_version"] == 1
+    svc.observe(IDENTITY, make_llm_traces(20, seed=81))
+    assert svc.retrainer.due(identity, 2) == "new observations"
 
 
 def test_the_decision_log_keeps_the_newest_decisions_and_skips_torn_lines(tmp_path):

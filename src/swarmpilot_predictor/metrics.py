@@ -291,11 +291,20 @@ class MetricsMiddleware:
                 # No answer went out: a client that left before it (half a body sent, say) is
                 # nginx's 499, not a server error; anything else that ended without one is a 500.
                 status = CLIENT_CLOSED if gone else 500
-            self.metrics.observe_request(_route_label(scope, status), scope.get("method", ""), status,
+            self.metrics.observe_request(_route_label(scope, status), _method_label(scope), status,
                                          time.perf_counter() - start)
 
 
 CLIENT_CLOSED = 499
+
+# HTTP's own methods; anything else a client sends (h11 passes any token on) is "other", or
+# each made-up method would be a new series and a new entry that stays in memory.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+
+
+def _method_label(scope) -> str:
+    method = scope.get("method", "")
+    return method if method in _METHODS else "other"
 
 
 def _route_label(scope, status: int) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -55,6 +56,15 @@ def _usable(record: Any) -> bool:
     )
 
 
+# A model's log files are numbered from 1, six digits at least (obs-000001.jsonl): in order of
+# their numbers, not of their names, or obs-1000000 would pass for older than obs-999999.
+_LOG_FILE = re.compile(r"obs-([0-9]{1,18})\.jsonl")
+
+
+def _log_number(name: str) -> int:
+    return int(_LOG_FILE.fullmatch(name).group(1))
+
+
 def _parse(data: bytes) -> list[dict[str, Any]]:
     return read_json_lines(data, _usable)
 
@@ -94,7 +104,7 @@ class ObservationLog:
         d = self._dir(identity)
         if not d.is_dir():
             return []
-        return sorted(d.glob("obs-*.jsonl"))
+        return sorted((p for p in d.glob("obs-*.jsonl") if _LOG_FILE.fullmatch(p.name)), key=lambda p: _log_number(p.name))
 
     def append(self, identity: ModelIdentity, records: list[dict[str, Any]],
                stamp: Callable[[], float] | None = None) -> "Appended | None":
@@ -115,7 +125,7 @@ class ObservationLog:
             files = self._files(identity)
             active = files[-1] if files else d / "obs-000001.jsonl"
             if active.exists() and active.stat().st_size >= self.max_file_bytes:
-                active = d / f"obs-{int(active.stem.split('-')[1]) + 1:06d}.jsonl"
+                active = d / f"obs-{_log_number(active.name) + 1:06d}.jsonl"
             fd = os.open(active, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
             try:
                 # Workers share the file: one append at a time, so that undoing a failed one
@@ -439,7 +449,7 @@ class AccuracyMonitor:
             key = (st.st_ino, st.st_mtime_ns)
             if key != state.listed_key:
                 listed_at = time.time_ns()
-                names = sorted(n for n in os.listdir(state.directory) if n.startswith("obs-") and n.endswith(".jsonl"))
+                names = sorted((n for n in os.listdir(state.directory) if _LOG_FILE.fullmatch(n)), key=_log_number)
                 state.files = [(n, os.path.join(state.directory, n)) for n in names]
                 state.listed_key = key if listed_at - st.st_mtime_ns > _RACY_NS else None
         except FileNotFoundError:

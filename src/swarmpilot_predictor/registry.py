@@ -364,7 +364,10 @@ class ModelRegistry:
             else:
                 self._index.pop(identity, None)
             self._index_changed()
-            # The generation is left as last seen: other models may have changed as well.
+            # The next maybe_refresh() rescans everything: other models may have changed as
+            # well, and a request thread may have indexed a newer version of this one (stored
+            # by another worker) between this scan and this lock, which the scan above lacks.
+            self._seen_generation = None
 
     def _scan_dir(self, model_dir: Path, seen: dict[str, tuple[int, ModelVersion]]) -> list[ModelVersion]:
         out = []

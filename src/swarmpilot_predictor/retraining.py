@@ -175,7 +175,7 @@ class DecisionLog:
     def __init__(self, root: Path, keep: int = 100):
         self.root = Path(root)
         self.keep = keep
-        self._last: dict[ModelIdentity, tuple[tuple[int, int, int], dict[str, Any] | None]] = {}
+        self._last: dict[ModelIdentity, tuple[tuple[int, int, int], dict[int | None, dict[str, Any]]]] = {}
 
     def _path(self, identity: ModelIdentity, name: str = FILE) -> Path:
         return self.root / identity.dirname / name
@@ -221,19 +221,21 @@ class DecisionLog:
                               and isinstance(r.get("from_version"), int))
         return out if limit is None else out[-limit:]
 
-    def last(self, identity: ModelIdentity) -> dict[str, Any] | None:
-        """The newest decision; read again only when the file changed (it is asked on every observation)."""
+    def last(self, identity: ModelIdentity, from_version: int | None = None) -> dict[str, Any] | None:
+        """The newest decision (about ``from_version``, when given); read again only when the
+        file changed (it is asked on every observation)."""
         try:
             st = self._path(identity).stat()
         except FileNotFoundError:
             return None
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
         cached = self._last.get(identity)
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
-        newest = self.read(identity, 1)
-        self._last[identity] = (stamp, newest[0] if newest else None)
-        return self._last[identity][1]
+        if cached is None or cached[0] != stamp:
+            newest: dict[int | None, dict[str, Any]] = {}
+            for d in self.read(identity):  # at most 2 * keep of them
+                newest[d["from_version"]] = newest[None] = d
+            cached = self._last[identity] = (stamp, newest)
+        return cached[1].get(from_version)
 
     def delete(self, identity: ModelIdentity) -> None:
         self._path(identity).unlink(missing_ok=True)
@@ -304,8 +306,10 @@ class Retrainer:
         """
         report = self.monitor.report(identity, version)
         drifted = bool(report.get("drifted"))
-        last = self.decisions.last(identity)  # by any worker
-        waiting = None if last is None or last["from_version"] != version else last.get("next_try")
+        # By any worker, about this version: a later one about an older version (a worker's
+        # retraining that found this one stored meanwhile) must not lift this one's wait.
+        last = self.decisions.last(identity, version)
+        waiting = None if last is None else last.get("next_try")
         if (isinstance(waiting, dict) and report["observations"] < waiting.get("observations", 0)
                 and not (drifted and not waiting.get("drifted_then"))):
             return None
@@ -574,8 +578,11 @@ class Retrainer:
             log.info("retraining %s: %s", identity.key, decision["status"])
         self._counted(decision)
         self.registry.maybe_refresh()
-        if not self.registry.versions(identity):
-            return decision  # the model was deleted meanwhile, its decisions with it
+        stored = {v.version for v in self.registry.versions(identity)}
+        if decision["from_version"] not in stored and decision.get("to_version") not in stored:
+            # Deleted meanwhile, its decisions with it; the identity may have been trained
+            # again since, under new version numbers that this decision says nothing about.
+            return decision
         try:  # a background retraining answers no one: its decisions are how it is seen
             self.decisions.append(identity, decision)
         except PredictorError as exc:
