@@ -337,6 +337,34 @@ def test_the_seed_entry_point_says_a_bad_setting_in_one_line(tmp_path):
                           text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 1
     assert done.stderr.strip() == "error: PREDICTOR_CACHE_SIZE: Input should be greater than or equal to 0 (got '-1')"
+    # An empty data directory variable is no directory (it read as the working one), and a
+    # typo of a few zeros in the workers is no plan to fork that many processes.
+    for name, value, said in (("PREDICTOR_DATA_DIR", "", "must name a directory (it is empty)"),
+                              ("PREDICTOR_WORKERS", "100000", "less than or equal to 256")):
+        env = {**os.environ, "PREDICTOR_DATA_DIR": str(tmp_path / "data"), name: value}
+        for command in (["src.scheduler.predictor_api"], ["swarmpilot_predictor", "models"]):
+            done = subprocess.run([sys.executable, "-m", *command], env=env, capture_output=True, text=True,
+                                  timeout=60, cwd=Path(__file__).resolve().parents[1])
+            assert done.returncode == 1 and done.stderr.startswith(f"error: {name}: ") and said in done.stderr
+            assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_the_seed_entry_point_says_it_runs_one_process_when_asked_for_more(tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import free_port
+
+    env = {**os.environ, "PREDICTOR_DATA_DIR": str(tmp_path / "data"), "PREDICTOR_WORKERS": "3",
+           "PREDICTOR_HOST": "127.0.0.1", "PREDICTOR_PORT": str(free_port())}
+    proc = subprocess.Popen([sys.executable, "-m", "src.scheduler.predictor_api"], env=env, stderr=subprocess.PIPE,
+                            text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        first = proc.stderr.readline()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert first.startswith("warning: PREDICTOR_WORKERS=3 is ignored here: this runs one process")
 
 
 def one_error_line(result) -> str:
@@ -543,3 +571,29 @@ def test_the_seed_entry_point_says_a_data_directory_it_cannot_make_in_one_line(t
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot use") and "afile" in lines[0]
+
+
+def test_offline_commands_count_nothing_into_a_services_metrics_directory(tmp_path):
+    # A shell that exported the running service's PROMETHEUS_MULTIPROC_DIR: an offline
+    # train or predict is no worker of it, and its counts must not show in its /metrics.
+    # (A fresh process: prometheus_client reads the variable once, when first imported.)
+    import subprocess
+    import sys
+
+    shared = tmp_path / "service-metrics"
+    shared.mkdir()
+    cfg = tmp_path / "train.json"
+    cfg.write_text(json.dumps({"model": IDENTITY, "traces": make_llm_traces(150), "algorithm": "linear"}))
+    traces = tmp_path / "traces.json"
+    traces.write_text(json.dumps(make_llm_traces(3, seed=1)))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for metrics_dir in (shared, blocker):
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+        for args in (["train", cfg], ["predict", ENCODED, traces], ["models"]):
+            done = subprocess.run([sys.executable, "-m", "swarmpilot_predictor", *map(str, args),
+                                   "--data-dir", str(tmp_path / "data")], env=env, capture_output=True, text=True,
+                                  timeout=120)
+            assert done.returncode == 0, done.stderr
+            assert "Traceback" not in done.stderr
+    assert list(shared.iterdir()) == []

@@ -24,4 +24,7 @@ if __name__ == "__main__":
     if problem := listen_problem(settings.host, settings.port):  # a port in use, say: one line, not uvicorn's six
         print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(1)
+    if settings.workers > 1:  # uvicorn runs an app object in one process only
+        print(f"warning: PREDICTOR_WORKERS={settings.workers} is ignored here: this runs one process; "
+              "`swarmpilot-predictor serve` runs that many workers", file=sys.stderr)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)

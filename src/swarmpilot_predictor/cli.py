@@ -49,6 +49,11 @@ def _service(data_dir: Optional[Path], existing: bool = False):
     ``existing``: for commands that read models, the directory must be there already: a
     mistyped ``--data-dir`` would otherwise be created, empty, and read as "no models".
     """
+    # An offline command is no worker of a running service: counted into that service's
+    # multi-process metrics directory, its predictions and trainings would show in the
+    # service's /metrics. (prometheus_client reads the variable once, when first imported.)
+    for name in (MULTIPROC_ENV, MULTIPROC_ENV.lower()):
+        os.environ.pop(name, None)
     from .service import PredictorService
 
     settings = _settings(data_dir)

@@ -20,7 +20,8 @@ class PredictorSettings(BaseSettings):
     data_dir: Path = Path("./predictor_data")
     host: str = "0.0.0.0"
     port: int = Field(default=8200, ge=0, le=65535)
-    workers: int = Field(default=1, ge=1)
+    # Worker processes of `serve`; a typo of a few zeros would fork until the machine stalls.
+    workers: int = Field(default=1, ge=1, le=256)
     # The seed names this variable without our prefix; accept both spellings.
     default_lookup_table: str | None = Field(
         default=None,
@@ -53,6 +54,13 @@ class PredictorSettings(BaseSettings):
     # configured providers). Off by default: even unconfigured, it is consulted on
     # every request; Prometheus metrics are always at /metrics.
     opentelemetry: bool = False
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _data_dir_named(cls, v: object) -> object:
+        if isinstance(v, str) and not v.strip():  # read as a path, "" is ".": the working directory, by accident
+            raise ValueError("must name a directory (it is empty); unset it for ./predictor_data")
+        return v
 
     @field_validator("log_level")
     @classmethod
