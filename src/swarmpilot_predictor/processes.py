@@ -11,7 +11,7 @@ from typing import Any
 
 def alive(pid: Any) -> bool:
     """Whether process ``pid`` (of this host and process-id namespace) exists."""
-    if not isinstance(pid, int) or pid <= 0:
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:  # a damaged record's true is no pid 1
         return False
     try:
         os.kill(pid, 0)
