@@ -578,7 +578,7 @@ class TaskDistributions:
         # them, the same window) until the rounded tasks' variance is within
         # _ROUNDING_VAR_ERROR of theirs.
         while True:
-            offset, cells, rounding_error = self._cells(rows, h)
+            offset, cells, rounding_error, lost = self._cells(rows, h)
             if G >= _SUM_GRID_RESOLVE_MAX or not rounding_error > _ROUNDING_VAR_ERROR:
                 break
             G, h = 2 * G, h / 2
@@ -613,6 +613,12 @@ class TaskDistributions:
                 more = more >> 1
                 if more.any():
                     np.multiply(f, f, out=f, where=(more > 0)[:, None])
+            if lost > 0:
+                # What rounding took from the tasks' bodies, given back as a normal blur of
+                # the sum: where most of each task's mass fell in one cell (a rare slow mode
+                # set the cells: 5,000 tasks' 1% quantile was 0.13 off in probability), the
+                # sum of so many bodies is that normal.
+                product *= np.exp(-0.5 * lost * (2.0 * np.pi * np.arange(len(product)) / G) ** 2)
             total = np.fft.irfft(product, n=G)
         # Cell j holds the labels j + (any multiple of G); unwrap into the window.
         k0 = int(np.floor(low / h - shift))
@@ -651,11 +657,13 @@ class TaskDistributions:
         return edges, c, G
 
     @staticmethod
-    def _cells(rows: "_SumRows", h: float) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]], float]:
+    def _cells(rows: "_SumRows", h: float) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]], float, float]:
         """The rows' values on cells of width ``h``: each row's shift (a fraction of a cell
         that puts its median, the mean of its tasks', on a cell), each block's values in
-        cells ``t`` and their cells, and how far the variance of the sum of the rounded
-        values is from that of the values (relative)."""
+        cells ``t`` and their cells, how far the variance of the sum of the rounded values
+        is from that of the values (relative), and the variance (in cells squared) that
+        rounding took from the sum within a cell and a half of each row's median (none
+        where it added some there)."""
         R = len(rows.count)
         mid = np.zeros(R)
         for b in rows.blocks:
@@ -667,20 +675,24 @@ class TaskDistributions:
         # Each row's (a bin's mixture's) first two moments about its median's cell, exact and
         # rounded, in cells: the variance of the sum is that of a row times its draws, summed.
         moments = np.zeros((4, R))
+        body = np.zeros(R)
         with np.errstate(over="ignore", invalid="ignore"):
             for b in rows.blocks:
                 t = np.minimum(b.x / h, 1e300) - offset[b.row][:, None]
                 cell = np.rint(t)
                 cells.append((t, cell))
                 share = 1.0 / rows.size[b.row]
-                for i, v in enumerate((t, cell)):
-                    d = v - base[b.row][:, None]
-                    moments[2 * i] += np.bincount(b.row, weights=(d @ b.w) * share, minlength=R)
-                    moments[2 * i + 1] += np.bincount(b.row, weights=((d * d) @ b.w) * share, minlength=R)
+                d, dc = t - base[b.row][:, None], cell - base[b.row][:, None]  # the median's t is its base
+                for i, v in enumerate((d, dc)):
+                    moments[2 * i] += np.bincount(b.row, weights=(v @ b.w) * share, minlength=R)
+                    moments[2 * i + 1] += np.bincount(b.row, weights=((v * v) @ b.w) * share, minlength=R)
+                near = np.abs(d) <= 1.5
+                body += np.bincount(b.row, weights=(np.where(near, d * d - dc * dc, 0.0) @ b.w) * share, minlength=R)
             exact = float((moments[1] - moments[0] ** 2) @ rows.count)
             rounded = float((moments[3] - moments[2] ** 2) @ rows.count)
             error = abs(rounded / exact - 1.0) if exact > 0 else 0.0
-        return offset, cells, error if math.isfinite(error) else 0.0
+        lost = float(body @ rows.count)
+        return offset, cells, error if math.isfinite(error) else 0.0, lost if math.isfinite(lost) and lost > 0 else 0.0
 
 
 @dataclass
