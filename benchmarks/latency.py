@@ -156,16 +156,21 @@ class Server:
         self.proc.wait(timeout=20)
 
 
-def wrk(port: int, path: str, body: bytes, seconds: int = 10, connections: int = 16) -> float:
+def wrk(port: int, path: str, body: bytes | None, seconds: int = 10, connections: int = 16) -> float:
+    """Requests per second that wrk sustains: a POST of ``body``, or a GET where it is None.
+    A run with any answer other than 2xx or 3xx is an error, not a figure."""
     if not shutil.which("wrk"):
         return float("nan")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
-        fh.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                 f"wrk.body = {json.dumps(body.decode())}\n")
+        if body is not None:
+            fh.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                     f"wrk.body = {json.dumps(body.decode())}\n")
         script = fh.name
     out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", script,
                           f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True).stdout
     os.unlink(script)
+    if "Non-2xx or 3xx responses" in out:
+        raise RuntimeError(f"wrk {path}: some answers were errors\n{out}")
     for line in out.splitlines():
         if line.startswith("Requests/sec"):
             return float(line.split()[1])
@@ -203,7 +208,7 @@ def section_http(args, data_dir: Path) -> None:
         c.close()
         secs = 3 if args.quick else 10
         print(f"| throughput, single prediction, 16 connections, {secs} s, 1 worker | {wrk(srv.port, f'/predict/single/{SEG}', single, secs):.0f} req/s |")
-        print(f"| throughput, trivial endpoint | {wrk(srv.port, '/ping', b'', secs):.0f} req/s |")
+        print(f"| throughput, trivial endpoint GET /ping | {wrk(srv.port, '/ping', None, secs):.0f} req/s |")
     finally:
         srv.stop()
     srv = Server(data_dir)  # the default: prediction cache on

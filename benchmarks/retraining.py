@@ -4,8 +4,10 @@ For each trace set: train on the first 30% of rows (time order), then replay the
 rest as observations in chunks; halfway through the replay every runtime is
 multiplied by SHIFT (a slower GPU clock, a software regression). Each chunk is
 first predicted (90% interval) by the serving model, then observed. With
-retraining on, the service's own policy (drift test or enough observations)
-decides when to retrain, synchronously here so the run is reproducible.
+retraining on, the service's own policy decides when to retrain (its drift test; enough
+observations only with ``--min-observations``), synchronously here so the run is
+reproducible. The shift starts at the chunk nearest the middle, so that no chunk counted
+as clean holds shifted rows.
 
     uv run python benchmarks/retraining.py [--shift 1.5] [--chunk 25] [--min-observations N]
 
@@ -52,7 +54,7 @@ def replay(traces: list[dict], shift: float, chunk: int, retrain: bool,
            min_observations: int = 10**9) -> list[tuple[int, bool, float, int]]:
     n_train = int(len(traces) * 0.3)
     train, rest = traces[:n_train], [dict(t) for t in traces[n_train:]]
-    half = len(rest) // 2
+    half = len(rest) // 2 // chunk * chunk  # at a chunk's start: each chunk is clean or shifted, none both
     for t in rest[half:]:
         t["runtime_ms"] *= shift
     with tempfile.TemporaryDirectory() as tmp:

@@ -339,7 +339,7 @@ def test_the_seed_entry_point_says_a_bad_setting_in_one_line(tmp_path):
     assert done.stderr.strip() == "error: PREDICTOR_CACHE_SIZE: Input should be greater than or equal to 0 (got '-1')"
     # An empty data directory variable is no directory (it read as the working one), and a
     # typo of a few zeros in the workers is no plan to fork that many processes.
-    for name, value, said in (("PREDICTOR_DATA_DIR", "", "must name a directory (it is empty)"),
+    for name, value, said in (("PREDICTOR_DATA_DIR", "", "must name a directory; empty, it would be the working"),
                               ("PREDICTOR_WORKERS", "100000", "less than or equal to 256")):
         env = {**os.environ, "PREDICTOR_DATA_DIR": str(tmp_path / "data"), name: value}
         for command in (["src.scheduler.predictor_api"], ["swarmpilot_predictor", "models"]):
@@ -597,3 +597,11 @@ def test_offline_commands_count_nothing_into_a_services_metrics_directory(tmp_pa
             assert done.returncode == 0, done.stderr
             assert "Traceback" not in done.stderr
     assert list(shared.iterdir()) == []
+
+
+def test_an_empty_data_directory_flag_is_refused_not_read_as_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for args in (["models"], ["predict", ENCODED, "[{}]"], ["serve", "--port", "0"]):
+        said = one_error_line(invoke(*args, "--data-dir", "", ok=False))
+        assert said.startswith("error: --data-dir: must name a directory"), said
+    assert list(tmp_path.iterdir()) == []

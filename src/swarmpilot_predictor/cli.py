@@ -33,17 +33,19 @@ DataDirOpt = typer.Option(None, "--data-dir", "-d", help="Data directory (defaul
 UrlOpt = typer.Option(None, "--url", "-u", help="Talk to a running service at this URL instead of a data directory.")
 
 
-def _settings(data_dir: Optional[Path], flags: dict[str, str] | None = None) -> PredictorSettings:
+def _settings(data_dir: Optional[str], flags: dict[str, str] | None = None) -> PredictorSettings:
     """Settings from the environment; ``flags`` maps the variables that a flag set to the flag, named in errors."""
     from pydantic import ValidationError
 
+    if data_dir is not None:  # as text: typer reads --data-dir "" as the path ".", the working directory
+        flags = {**(flags or {}), "PREDICTOR_DATA_DIR": "--data-dir"}
     try:
-        return PredictorSettings(data_dir=data_dir) if data_dir else PredictorSettings()
+        return PredictorSettings(data_dir=data_dir) if data_dir is not None else PredictorSettings()
     except ValidationError as exc:  # a bad PREDICTOR_* variable, or a flag passed through one
         _fail(settings_problem(exc, flags))
 
 
-def _service(data_dir: Optional[Path], existing: bool = False):
+def _service(data_dir: Optional[str], existing: bool = False):
     """The service on a local data directory, or a clear error if it cannot be used.
 
     ``existing``: for commands that read models, the directory must be there already: a
@@ -123,7 +125,7 @@ def _confidence_arg(confidence_level: float) -> float:
 def serve(
     host: Optional[str] = typer.Option(None, help="Bind address (default $PREDICTOR_HOST or 0.0.0.0)."),
     port: Optional[int] = typer.Option(None, help="Port (default $PREDICTOR_PORT or 8200)."),
-    data_dir: Optional[Path] = DataDirOpt,
+    data_dir: Optional[str] = DataDirOpt,
     workers: Optional[int] = typer.Option(None, help="Worker processes sharing the data directory."),
     default_lookup_table: Optional[str] = typer.Option(None, help="Lookup table loaded at start."),
     log_level: Optional[str] = typer.Option(None, help="uvicorn log level (default $PREDICTOR_LOG_LEVEL or info)."),
@@ -214,7 +216,7 @@ def _load_config_file(path: Path) -> dict[str, Any]:
 @app.command()
 def train(
     config: Path = typer.Argument(..., exists=True, dir_okay=False, help="Training config (JSON or YAML)."),
-    data_dir: Optional[Path] = DataDirOpt,
+    data_dir: Optional[str] = DataDirOpt,
     url: Optional[str] = UrlOpt,
 ):
     """Train a model (or one per group) from a config file."""
@@ -339,7 +341,7 @@ def predict(
     trace: str = typer.Argument(..., help="A trace file, or one trace (or an array) as JSON."),
     quantiles: Optional[str] = typer.Option(None, help="Comma-separated levels, e.g. 0.5,0.9,0.99."),
     confidence_level: float = typer.Option(0.95, "--confidence-level", "-c"),
-    data_dir: Optional[Path] = DataDirOpt,
+    data_dir: Optional[str] = DataDirOpt,
     url: Optional[str] = UrlOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the raw JSON answer."),
     shared_factor: bool = typer.Option(False, "--shared-factor",
@@ -390,7 +392,7 @@ def _print_predictions(body: dict[str, Any], confidence_level: float) -> None:
 
 
 @app.command()
-def models(data_dir: Optional[Path] = DataDirOpt, url: Optional[str] = UrlOpt, as_json: bool = typer.Option(False, "--json")):
+def models(data_dir: Optional[str] = DataDirOpt, url: Optional[str] = UrlOpt, as_json: bool = typer.Option(False, "--json")):
     """List trained models."""
     if url:
         with _remote(url) as client:
@@ -425,7 +427,7 @@ def table_cmd(
                                          help="Table name in the data directory's tables folder (a path when offline); default: from the model."),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="json or csv (default: from --output's suffix, which must be .json or .csv, optionally .gz; json without --output)."),
     confidence_level: float = typer.Option(0.95, "--confidence-level", "-c"),
-    data_dir: Optional[Path] = DataDirOpt,
+    data_dir: Optional[str] = DataDirOpt,
     url: Optional[str] = UrlOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the raw JSON answer."),
 ):

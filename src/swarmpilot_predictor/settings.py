@@ -59,7 +59,7 @@ class PredictorSettings(BaseSettings):
     @classmethod
     def _data_dir_named(cls, v: object) -> object:
         if isinstance(v, str) and not v.strip():  # read as a path, "" is ".": the working directory, by accident
-            raise ValueError("must name a directory (it is empty); unset it for ./predictor_data")
+            raise ValueError("must name a directory; empty, it would be the working directory")
         return v
 
     @field_validator("log_level")
