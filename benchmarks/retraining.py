@@ -6,8 +6,8 @@ multiplied by SHIFT (a slower GPU clock, a software regression). Each chunk is
 first predicted (90% interval) by the serving model, then observed. With
 retraining on, the service's own policy decides when to retrain (its drift test; enough
 observations only with ``--min-observations``), synchronously here so the run is
-reproducible. The shift starts at the chunk nearest the middle, so that no chunk counted
-as clean holds shifted rows.
+reproducible. The shift starts at the start of the chunk that holds the middle row, so
+that no chunk counted as clean holds shifted rows.
 
     uv run python benchmarks/retraining.py [--shift 1.5] [--chunk 25] [--min-observations N]
 

@@ -485,6 +485,20 @@ def test_a_long_queue_of_narrow_tasks_with_a_rare_slow_mode_keeps_the_spread_of_
     assert off_in_probability(dist.total().quantiles(levels), levels, s, tol=0.0) <= 0.02
 
 
+def test_a_short_queue_of_narrow_tasks_with_a_rare_slow_mode_keeps_its_upper_tail():
+    # The blur for rounding's loss, built as a normal's characteristic function cut at the
+    # grid's top frequency, rang; clipped at 0, the ringing put mass far up the tail: this
+    # 10-task total's 0.95 quantile came out at 2.2 times the truth, its 0.999 at 4.2 times.
+    rng = np.random.default_rng(1)
+    z = 0.1 * rng.standard_normal(20_000) + np.where(rng.random(20_000) < 0.005, np.log(200.0), 0.0)
+    bounds = (np.log(10.0) + z.min() - np.log(100.0), np.log(50.0) + z.max() + np.log(100.0))
+    dist = RuntimeDistribution(np.log(rng.uniform(10, 50, 10)), np.ones(10), ScoreDistribution.from_scores(z),
+                               log_bounds=bounds)
+    levels = np.array([0.5, 0.95, 0.99, 0.999])
+    s = mc_sum(dist, 400_000, 3)
+    np.testing.assert_allclose(dist.total().quantiles(levels) / np.quantile(s, levels), 1.0, atol=0.1)
+
+
 def test_a_long_queue_of_tasks_of_unequal_spread_matches_monte_carlo():
     # Log-scales from 0.5 to 1.5 (the slow mode 30x to 2800x): a bin's tasks differ in
     # shape, so which of them samples which stratum of the probability bins matters; in
