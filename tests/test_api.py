@@ -1118,6 +1118,14 @@ def test_a_multipart_config_part_over_64_mb_is_a_413(http):
     r = http.post("/train", files={"config": ("config.json", big, "application/json")})
     body = failed(r, 413, "config", "trace files")
     assert body["field"] == "config"
+    # As a text field, the config may be as large (it was cut at 8 MB, a 413 naming the body),
+    # and past that it is the same 413 naming it.
+    trace_file = {"files": ("t.jsonl", b'{"runtime_ms": 1}\n', "application/x-ndjson")}
+    text = '{"model": {}, "pad": "' + "x" * (12 * 1024 * 1024) + '"}'
+    r = http.post("/train", data={"config": text}, files=trace_file)
+    assert r.status_code == 422 and r.json()["field"].startswith("config"), r.text[:300]
+    r = http.post("/train", data={"config": big.decode()}, files=trace_file)
+    assert r.status_code == 413 and r.json()["field"] == "config", r.text[:300]
 
 
 def test_limits_of_a_small_service_gzip_expansion_and_the_training_queue(tmp_path):

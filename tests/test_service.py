@@ -19,6 +19,7 @@ from swarmpilot_predictor.errors import (
     InvalidInput,
     ModelNotFound,
     NotFound,
+    PredictorError,
 )
 from swarmpilot_predictor.identity import IdentityPattern, ModelIdentity
 from swarmpilot_predictor.schemas import TrainConfig
@@ -327,6 +328,26 @@ def grouped_traces():
             traces.append({**t, "model_name": name, "hardware": hw, "runtime_ms": t["runtime_ms"] * scale})
     traces.append({**make_llm_traces(1)[0], "model_name": "orphan"})  # no hardware: belongs to no group
     return traces
+
+
+def test_a_group_that_cannot_be_stored_takes_back_the_groups_stored_before_it(service):
+    # The error says nothing was stored; group A's version stayed, and each retry added one.
+    cfg = TrainConfig.model_validate({
+        "model": {**IDENTITY, "model_name": "unused", "hardware": "unused"},
+        "group_by": ["model_name", "hardware"], "traces": grouped_traces(), "algorithm": "linear",
+    })
+    blocked = ModelIdentity.from_parts({**IDENTITY, "model_name": "qwen", "hardware": "H100"})
+    (service.settings.models_dir / blocked.dirname).parent.mkdir(parents=True, exist_ok=True)
+    (service.settings.models_dir / blocked.dirname).write_text("a file where the model's folder goes")
+    for _ in range(2):
+        with pytest.raises(PredictorError) as err:
+            service.train(cfg)
+        assert "llm/qwen/H100" in err.value.message and "not stored" in err.value.message
+        service.registry.refresh()
+        assert service.registry.identities() == []
+    (service.settings.models_dir / blocked.dirname).unlink()
+    result = service.train(cfg)
+    assert sorted(m["version"] for m in result["models"]) == [1, 3, 3]  # numbers once taken back are not given again
 
 
 def test_group_by_trains_one_model_per_group(service):

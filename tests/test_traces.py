@@ -386,3 +386,18 @@ def test_large_jsonl_is_read_in_bounded_memory(tmp_path):
     # Holding the rows as a list of dicts alone costs about 70 MB here (18 MB per 50k rows);
     # the columnar table must stay well below that, and far below the 150 MB budget.
     assert peak_mb < 64, f"peak {peak_mb:.0f} MB for a {size_mb:.0f} MB file"
+
+
+def test_traces_naming_too_many_fields_are_refused_before_they_fill_memory(monkeypatch):
+    # Each field is a column of every row: 12,000 rows with a field each, 400 KB of JSONL,
+    # took 1.4 GB before any column was dropped.
+    from swarmpilot_predictor import traces as traces_module
+
+    rows = [{"runtime_ms": 1.0, f"field_{i}": i} for i in range(2000)]
+    with pytest.raises(TraceError, match="more than 256 different fields"):
+        TraceTable.from_traces(rows)
+    assert len(TraceTable.from_traces(rows[:255]).columns) == 256
+    monkeypatch.setattr(traces_module, "MAX_TRACE_CELLS", 3 * 8192)
+    with pytest.raises(TraceError, match="8,192 rows of 4 fields are more than 24,576 values"):
+        TraceTable.from_traces({"runtime_ms": 1.0, "a": 1, "b": 2, "c": 3} for _ in range(10_000))
+    assert TraceTable.from_traces({"runtime_ms": 1.0, "a": 1, "b": 2} for _ in range(10_000)).n_rows == 10_000

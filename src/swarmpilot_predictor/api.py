@@ -448,7 +448,8 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         return JSONResponse(service.jobs.get(job_id))
 
     async def _read_multipart(request: Request) -> tuple[TrainConfig, dict[str, Path], Path]:
-        form = await _read_form(request, "files", max_files=64, max_part_size=8 * 1024 * 1024)
+        # A text part may be the config (JSON or YAML as a form field): as large as a config file.
+        form = await _read_form(request, "files", text_field="config", max_files=64, max_part_size=MAX_CONFIG_BYTES)
         tmpdir = _upload_dir(settings.data_dir)
         try:
             config_field = form.get("config")
@@ -652,8 +653,9 @@ def _table_name_from(request: Request) -> str:
     return "/".join(segs)
 
 
-async def _read_form(request: Request, files_field: str, **limits: int) -> FormData:
-    """The request's multipart form; a body Starlette cannot parse, or one past ``limits``, is a PredictorError.
+async def _read_form(request: Request, files_field: str, text_field: str = "body", **limits: int) -> FormData:
+    """The request's multipart form; a body Starlette cannot parse, or one past ``limits``, is a PredictorError
+    (a text part past its size names ``text_field``).
 
     Starlette reports those as a bare ``HTTPException(400)``, which would bypass the
     routes' own error answers (the table route's ``{"status": "failed", ...}``).
@@ -667,7 +669,7 @@ async def _read_form(request: Request, files_field: str, **limits: int) -> FormD
         reason = str(getattr(exc, "detail", None) or getattr(exc, "message", None) or exc)
         message = f"the multipart form cannot be read: {reason}"
         if "exceeded maximum size" in reason:
-            raise PayloadTooLarge(f"{message} (only file parts may be larger)", field="body") from None
+            raise PayloadTooLarge(f"{message} (only file parts may be larger)", field=text_field) from None
         if "Too many files" in reason:
             raise PredictorError(message, field=files_field) from None
         raise PredictorError(message, field="body") from None

@@ -666,8 +666,8 @@ class TaskDistributions:
         that puts its median, the mean of its tasks', on a cell), each block's values in
         cells ``t`` and their cells, how far the variance of the sum of the rounded values
         is from that of the values (relative), and the variance (in cells squared) that
-        rounding took from the sum within a cell and a half of each row's median (none
-        where it added some there)."""
+        rounding took from the sum within a cell and a half of the medians of the rows
+        whose body is narrower than a cell (none where it added some there)."""
         R = len(rows.count)
         mid = np.zeros(R)
         for b in rows.blocks:

@@ -365,6 +365,12 @@ def category_text(v: Any) -> str:
     return str(v)
 
 
+# Every field is a column of every row (a row without it holds a gap there): a file of a
+# few hundred kilobytes whose 12,000 rows each named a field of its own took 1.4 GB.
+MAX_TRACE_FIELDS = 256
+MAX_TRACE_CELLS = 128 * 1024 * 1024  # rows times fields: 1 GB of numbers
+
+
 @dataclass
 class TraceTable:
     """Traces read column by column; ``columns`` keeps first-seen order."""
@@ -383,14 +389,21 @@ class TraceTable:
             for key, value in trace.items():
                 col = columns.get(key)
                 if col is None:
+                    if len(columns) >= MAX_TRACE_FIELDS:
+                        raise TraceError(f"item {i}: the traces name more than {MAX_TRACE_FIELDS} different fields "
+                                         f"(a new one: {shown(key)}); each is a column of every row")
                     col = columns[key] = Column()
                     col.pad(n)
                 elif len(col.numbers) < n:
                     col.pad(n)
                 col.append(value)
             n += 1
-            if progress is not None and n % 8192 == 0:
-                progress(8192)
+            if n % 8192 == 0:
+                if n * len(columns) > MAX_TRACE_CELLS:
+                    raise TraceError(f"item {i}: {n:,} rows of {len(columns)} fields are more than "
+                                     f"{MAX_TRACE_CELLS:,} values; send fewer rows or fewer fields")
+                if progress is not None:
+                    progress(8192)
         for col in columns.values():
             col.pad(n)
         if progress is not None:

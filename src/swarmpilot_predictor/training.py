@@ -123,7 +123,19 @@ class Trainer:
         for identity, part in groups:
             part, foreign = self._own_rows(identity, part, config.group_by or ())
             fitted.append(self._fit_one(identity, part, config, foreign))
-        trained = [self.registry.save(meta, model, training_data=data) for meta, model, data in fitted]
+        trained: list[ModelVersion] = []
+        try:
+            for meta, model, data in fitted:
+                trained.append(self.registry.save(meta, model, training_data=data))
+        except BaseException:
+            # A group that cannot be stored (a full disk, say) takes back the ones stored before
+            # it: the error says nothing was stored, and a retry would store them again.
+            for stored in trained:
+                try:
+                    self.registry.delete(stored.identity, stored.version)
+                except Exception as exc:  # noqa: BLE001 - the first error is the one to answer
+                    log.error("cannot take back %s version %d after a failed group: %s", stored.key, stored.version, exc)
+            raise
         duration = time.perf_counter() - t0
         first = trained[0]
         result: dict[str, Any] = {
