@@ -669,7 +669,10 @@ async def _read_form(request: Request, files_field: str, text_field: str = "body
         reason = str(getattr(exc, "detail", None) or getattr(exc, "message", None) or exc)
         message = f"the multipart form cannot be read: {reason}"
         if "exceeded maximum size" in reason:
-            raise PayloadTooLarge(f"{message} (only file parts may be larger)", field=text_field) from None
+            # Starlette does not say which part: on /train the one text part taken is the config.
+            said = "only file parts may be larger" if text_field == "body" else (
+                f"a text part, such as '{text_field}', is at most that; only file parts may be larger")
+            raise PayloadTooLarge(f"{message} ({said})", field=text_field) from None
         if "Too many files" in reason:
             raise PredictorError(message, field=files_field) from None
         raise PredictorError(message, field="body") from None

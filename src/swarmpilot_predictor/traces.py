@@ -366,9 +366,23 @@ def category_text(v: Any) -> str:
 
 
 # Every field is a column of every row (a row without it holds a gap there): a file of a
-# few hundred kilobytes whose 12,000 rows each named a field of its own took 1.4 GB.
-MAX_TRACE_FIELDS = 256
-MAX_TRACE_CELLS = 128 * 1024 * 1024  # rows times fields: 1 GB of numbers
+# few hundred kilobytes whose 12,000 rows each named a field of its own took 1.4 GB. Rows
+# times fields may pass SPARSE_CELLS only while they are at most SPARSE_FACTOR times the
+# values the traces hold, and never MAX_TRACE_CELLS (2 GB of numbers; a dense file within
+# the default 512 MB upload limit holds fewer values).
+SPARSE_CELLS = 32 * 1024 * 1024
+SPARSE_FACTOR = 64
+MAX_TRACE_CELLS = 256 * 1024 * 1024
+
+
+def _too_many_cells(rows: int, fields: int, values: int) -> str | None:
+    cells = rows * fields
+    if cells > MAX_TRACE_CELLS:
+        return f"{rows:,} rows of {fields} fields are more than {MAX_TRACE_CELLS:,} values"
+    if cells > SPARSE_CELLS and cells > SPARSE_FACTOR * values:
+        return (f"{rows:,} rows name {fields} different fields but hold only {values:,} values: each field is a "
+                f"column of every row, {cells:,} cells, mostly gaps (send traces whose rows share their fields)")
+    return None
 
 
 @dataclass
@@ -383,27 +397,28 @@ class TraceTable:
         cls, traces: Iterable[Any], progress: Callable[[int], None] | None = None
     ) -> "TraceTable":
         columns: dict[str, Column] = {}
-        n = 0
+        n = values = 0
         for i, raw in enumerate(traces):
             trace = raw if isinstance(raw, dict) and "input_feature" not in raw else _normalize_at(raw, "traces", f"item {i}")
             for key, value in trace.items():
                 col = columns.get(key)
                 if col is None:
-                    if len(columns) >= MAX_TRACE_FIELDS:
-                        raise TraceError(f"item {i}: the traces name more than {MAX_TRACE_FIELDS} different fields "
-                                         f"(a new one: {shown(key)}); each is a column of every row")
+                    if (problem := _too_many_cells(n, len(columns) + 1, values + len(trace))) is not None:
+                        raise TraceError(f"item {i}: {problem}")
                     col = columns[key] = Column()
                     col.pad(n)
                 elif len(col.numbers) < n:
                     col.pad(n)
                 col.append(value)
             n += 1
+            values += len(trace)
             if n % 8192 == 0:
-                if n * len(columns) > MAX_TRACE_CELLS:
-                    raise TraceError(f"item {i}: {n:,} rows of {len(columns)} fields are more than "
-                                     f"{MAX_TRACE_CELLS:,} values; send fewer rows or fewer fields")
+                if (problem := _too_many_cells(n, len(columns), values)) is not None:
+                    raise TraceError(f"item {i}: {problem}")
                 if progress is not None:
                     progress(8192)
+        if (problem := _too_many_cells(n, len(columns), values)) is not None:
+            raise TraceError(f"the traces: {problem}")
         for col in columns.values():
             col.pad(n)
         if progress is not None:
