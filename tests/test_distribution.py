@@ -485,21 +485,6 @@ def test_a_long_queue_of_narrow_tasks_with_a_rare_slow_mode_keeps_the_spread_of_
     assert off_in_probability(dist.total().quantiles(levels), levels, s, tol=0.0) <= 0.02
 
 
-def test_the_low_end_of_a_long_queue_whose_far_slow_mode_sets_the_window_keeps_its_spread():
-    # 2,000 tasks (log sd 0.3), 0.01% of runs 1,000x slower: the fine grid below the median
-    # has cells of 55 ms against the tasks' 9 ms, and splitting each value between two cells
-    # blurred the sum: its 1% quantile 3% low, 0.14 off in probability at the 25% level.
-    rng = np.random.default_rng(3)
-    z = 0.3 * rng.standard_normal(20_000)
-    z[rng.random(20_000) < 1e-4] += np.log(1000.0)
-    loc = np.log(rng.uniform(20, 40, 2000))
-    bounds = (loc.min() + z.min() - np.log(100.0), loc.max() + z.max() + np.log(100.0))
-    dist = RuntimeDistribution(loc, np.ones(2000), ScoreDistribution.from_scores(z), log_bounds=bounds)
-    levels = np.array([0.01, 0.05, 0.25, 0.5, 0.75])
-    s = mc_sum(dist, 8000, 9)
-    assert off_in_probability(dist.total().quantiles(levels), levels, s, tol=0.0) <= 0.02
-
-
 def test_a_short_queue_of_narrow_tasks_with_a_rare_slow_mode_keeps_its_upper_tail():
     # The blur for rounding's loss, built as a normal's characteristic function cut at the
     # grid's top frequency, rang; clipped at 0, the ringing put mass far up the tail: this

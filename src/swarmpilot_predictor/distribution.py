@@ -1075,44 +1075,17 @@ def _low_end(rows: _SumRows, least: np.ndarray, floor: float, limit: float) -> t
     sum's exactly there. The grid starts where the sum's mass does, not at 0: a total far
     above 0 gets cells that fine relative to its spread. A value's mass is split between
     its two cells (its mean kept) rather than rounded: on this fine a grid it blurs little.
-    Not so a row whose body (its interquartile range, as a normal's) is narrower than a
-    cell: the split gave each of its draws up to a quarter of a cell squared of variance,
-    and 2,000 such tasks (a rare far slow mode set the window) had their sum's 1% quantile
-    3% low, 0.14 off in probability. Such a row is moved down by less than a cell, to put
-    its median on a cell, and rounded (the moves and the rounding's mean error make up a
-    shift of the whole grid), and what rounding took from the bodies' variance is given
-    back as a blur of the sum that is never negative, as on the main grid.
     """
     G = _LOW_END_GRID
     h = (limit - floor) / G
     R = len(rows.count)
-    body, mid = np.zeros(R), np.zeros(R)
-    for b in rows.blocks:
-        q1, q2, q3 = (b.x[:, min(int(np.searchsorted(b.u, u)), len(b.u) - 1)] for u in (0.25, 0.5, 0.75))
-        body += np.bincount(b.row, weights=((q3 - q1) / (1.349 * h)) ** 2 / rows.size[b.row], minlength=R)
-        mid += np.bincount(b.row, weights=np.minimum((q2 - least[b.row]) / h, 2.0**52) / rows.size[b.row], minlength=R)
-    narrow = body < 1.0
-    top = np.floor(mid)
-    offset = np.where(narrow, mid - top, 0.0)
-    shift = float(offset @ rows.count)  # in cells: the moved sum at j stands for j + shift
-    lost = 0.0
     pmf = np.zeros((R, G + 1))
     for b in rows.blocks:
-        k = rows.multiplicity(b)
         t = np.maximum((b.x - least[b.row][:, None]) / h, 0.0)
         inside = t < G - 1
-        t = np.where(inside, t, 0.0)
+        cell = np.floor(np.where(inside, t, 0.0)).astype(np.int64)
+        frac = np.where(inside, t, 0.0) - cell
         w = rows.mixture_weights(b) * inside
-        rounds = narrow[b.row][:, None]
-        moved = t - offset[b.row][:, None]
-        rounded = np.maximum(np.rint(moved), 0.0)
-        cell = np.where(rounds, rounded, np.floor(t)).astype(np.int64)
-        frac = np.where(rounds, 0.0, t - np.floor(t))
-        err = np.where(rounds & inside, rounded - moved, 0.0)
-        shift -= float((err @ b.w) @ k)
-        d, dc = moved - top[b.row][:, None], rounded - top[b.row][:, None]  # from the row's median
-        near = rounds & inside & (np.abs(d) <= 1.5)
-        lost += float((np.where(near, d * d - dc * dc, 0.0) @ b.w) @ k)
         base = b.row[:, None] * (G + 1)
         pmf += (np.bincount((base + cell).ravel(), weights=(w * (1.0 - frac)).ravel(), minlength=R * (G + 1))
                 + np.bincount((base + cell + 1).ravel(), weights=(w * frac).ravel(), minlength=R * (G + 1))
@@ -1124,21 +1097,9 @@ def _low_end(rows: _SumRows, least: np.ndarray, floor: float, limit: float) -> t
         pmf = _truncated_convolution(pairs[0::2], pairs[1::2])
         if odd is not None:
             pmf = np.concatenate([pmf, odd])
-    total = pmf[0]
-    pad = 0
-    if lost > 0 and math.isfinite(lost):
-        # The moved sum may sit in the grid's first cells (its parts rounded down to 0): the
-        # blur needs room below them, and takes nothing from past the grid's end.
-        pad = int(math.ceil(8.0 * math.sqrt(lost))) + 2
-        n = 2 * (G + pad)
-        blur = np.exp(-lost * (1.0 - np.cos(2.0 * np.pi * np.arange(n // 2 + 1) / n)))
-        total = np.maximum(np.fft.irfft(np.fft.rfft(np.r_[np.zeros(pad), total], n) * blur, n)[:G + pad], 0.0)
-    # Mass at j h stands for [j - 1/2, j + 1/2) h of the moved sum, j + shift of the sum;
-    # kept below 0.95 limit, clear of the cut (a draw past the grid, moved down by less than
-    # a cell, is still past the grid less a cell and a half); never below the least sum.
-    keep = max(int(0.95 * G - max(shift, 0.0)), 1) + pad
-    return (floor + (np.arange(keep + 1) - 0.5 - pad + shift).clip(0.0) * h,
-            np.concatenate([[0.0], np.cumsum(total[:keep])]))
+    # Mass at j h stands for [j - 1/2, j + 1/2) h; kept below 0.95 limit, clear of the cut.
+    keep = int(0.95 * G)
+    return floor + (np.arange(keep + 1) - 0.5).clip(0.0) * h, np.concatenate([[0.0], np.cumsum(pmf[0, :keep])])
 
 
 # A quantile this close (relatively) to a runtime the training data repeated is that runtime.
