@@ -395,12 +395,15 @@ def test_sparse_traces_are_refused_before_their_gaps_fill_memory(monkeypatch):
     from swarmpilot_predictor import traces as traces_module
 
     monkeypatch.setattr(traces_module, "SPARSE_CELLS", 100_000)
-    with pytest.raises(TraceError, match="rows name 3.. different fields but hold only .* mostly gaps"):
+    with pytest.raises(TraceError, match="512 rows name 514 different fields but hold only 1,026 values.* mostly gaps"):
         TraceTable.from_traces({"runtime_ms": 1.0, f"field_{i}": i} for i in range(2000))
     wide = TraceTable.from_traces({"runtime_ms": 1.0, **{f"metric_{j}": j for j in range(300)}} for _ in range(400))
     assert len(wide.columns) == 301 and wide.n_rows == 400
-    mixed = [{"runtime_ms": 1.0, **{f"m{i % 30}_{j}": j for j in range(10)}} for i in range(3000)]  # 30 models' features
-    assert len(TraceTable.from_traces(mixed).columns) == 301
+    # A group_by file of 100 models, each with 10 feature names of its own: 1,001 columns,
+    # 12 values a row (refused under a factor of 64).
+    mixed = [{"runtime_ms": 1.0, "model_name": f"m{i % 100}", **{f"m{i % 100}_{j}": j for j in range(10)}}
+             for i in range(4000)]
+    assert len(TraceTable.from_traces(mixed).columns) == 1002
     monkeypatch.setattr(traces_module, "MAX_TRACE_CELLS", 3 * 8192)
     with pytest.raises(TraceError, match="8,192 rows of 4 fields are more than 24,576 values"):
         TraceTable.from_traces({"runtime_ms": 1.0, "a": 1, "b": 2, "c": 3} for _ in range(10_000))
