@@ -577,11 +577,13 @@ class TaskDistributions:
         # came out 12% too wide, of 100,000 30% too narrow). The cells are halved (more of
         # them, the same window) until the rounded tasks' variance is within
         # _ROUNDING_VAR_ERROR of theirs.
+        medians = [b.at(0.5) for b in rows.blocks]
         while True:
-            offset, cells, rounding_error, lost = self._cells(rows, h)
+            offset, base, cells, rounding_error = self._cells(rows, h, medians)
             if G >= _SUM_GRID_RESOLVE_MAX or not rounding_error > _ROUNDING_VAR_ERROR:
                 break
             G, h = 2 * G, h / 2
+        lost = self._rounding_loss(rows, h, base, cells)
         shift = float(offset @ count)  # in cells: a sum of labels j stands for the value (j + shift) * h
         flat, weights = [], []
         for b, k, (t, cell) in zip(rows.blocks, mult, cells):
@@ -661,17 +663,16 @@ class TaskDistributions:
         return edges, c, G
 
     @staticmethod
-    def _cells(rows: "_SumRows", h: float) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]], float, float]:
+    def _cells(rows: "_SumRows", h: float, medians: list[np.ndarray]
+               ) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray]], float]:
         """The rows' values on cells of width ``h``: each row's shift (a fraction of a cell
-        that puts its median, the mean of its tasks', on a cell), each block's values in
-        cells ``t`` and their cells, how far the variance of the sum of the rounded values
-        is from that of the values (relative), and the variance (in cells squared) that
-        rounding took from the sum within a cell and a half of the medians of the rows
-        whose body is narrower than a cell (none where it added some there)."""
+        that puts its median, the mean of its tasks' ``medians``, on a cell) and that cell,
+        each block's values in cells ``t`` and their cells, and how far the variance of the
+        sum of the rounded values is from that of the values (relative)."""
         R = len(rows.count)
         mid = np.zeros(R)
-        for b in rows.blocks:
-            mid += np.bincount(b.row, weights=np.minimum(b.x[:, int(np.searchsorted(b.u, 0.5))] / h, 2.0**52), minlength=R)
+        for b, m in zip(rows.blocks, medians):
+            mid += np.bincount(b.row, weights=np.minimum(m / h, 2.0**52), minlength=R)
         mid /= rows.size
         base = np.floor(mid)
         offset = mid - base
@@ -679,29 +680,40 @@ class TaskDistributions:
         # Each row's (a bin's mixture's) first two moments about its median's cell, exact and
         # rounded, in cells: the variance of the sum is that of a row times its draws, summed.
         moments = np.zeros((4, R))
-        body, spread = np.zeros(R), np.zeros(R)
         with np.errstate(over="ignore", invalid="ignore"):
             for b in rows.blocks:
                 t = np.minimum(b.x / h, 1e300) - offset[b.row][:, None]
                 cell = np.rint(t)
                 cells.append((t, cell))
                 share = 1.0 / rows.size[b.row]
-                d, dc = t - base[b.row][:, None], cell - base[b.row][:, None]  # the median's t is its base
-                for i, v in enumerate((d, dc)):
+                for i, v in enumerate((t, cell)):
+                    v = v - base[b.row][:, None]  # the median's t is its base
                     moments[2 * i] += np.bincount(b.row, weights=(v @ b.w) * share, minlength=R)
                     moments[2 * i + 1] += np.bincount(b.row, weights=((v * v) @ b.w) * share, minlength=R)
-                near = np.abs(d) <= 1.5
-                body += np.bincount(b.row, weights=(np.where(near, d * d - dc * dc, 0.0) @ b.w) * share, minlength=R)
-                q1, q3 = (b.x[:, min(int(np.searchsorted(b.u, u)), len(b.u) - 1)] for u in (0.25, 0.75))
-                spread += np.bincount(b.row, weights=((q3 - q1) / (1.349 * h)) ** 2 * share, minlength=R)
             exact = float((moments[1] - moments[0] ** 2) @ rows.count)
             rounded = float((moments[3] - moments[2] ** 2) @ rows.count)
             error = abs(rounded / exact - 1.0) if exact > 0 else 0.0
+        return offset, base, cells, error if math.isfinite(error) else 0.0
+
+    @staticmethod
+    def _rounding_loss(rows: "_SumRows", h: float, base: np.ndarray, cells: list[tuple[np.ndarray, np.ndarray]]) -> float:
+        """The variance (in cells squared) that rounding to :meth:`_cells`' cells took from
+        the sum within a cell and a half of the medians of the rows whose body is narrower
+        than a cell (none where it added some there)."""
+        R = len(rows.count)
+        body, spread = np.zeros(R), np.zeros(R)
+        with np.errstate(over="ignore", invalid="ignore"):
+            for b, (t, cell) in zip(rows.blocks, cells):
+                share = 1.0 / rows.size[b.row]
+                d, dc = t - base[b.row][:, None], cell - base[b.row][:, None]
+                near = np.abs(d) <= 1.5
+                body += np.bincount(b.row, weights=(np.where(near, d * d - dc * dc, 0.0) @ b.w) * share, minlength=R)
+                spread += np.bincount(b.row, weights=((b.at(0.75) - b.at(0.25)) / (1.349 * h)) ** 2 * share, minlength=R)
         # Only a row whose body (its interquartile range, as a normal's) is narrower than a
         # cell loses it: about a wider one's median, rounding takes a twelfth of a cell
         # squared per unit of mass as well, and gives more back further out.
         lost = float(np.where(spread < 1.0, body, 0.0) @ rows.count)
-        return offset, cells, error if math.isfinite(error) else 0.0, lost if math.isfinite(lost) and lost > 0 else 0.0
+        return lost if math.isfinite(lost) and lost > 0 else 0.0
 
 
 @dataclass
@@ -1002,6 +1014,10 @@ class _SumBlock:
     w: np.ndarray
     x: np.ndarray
     row: np.ndarray
+
+    def at(self, level: float) -> np.ndarray:
+        """Each task's value at the first node at or above ``level`` (the last node past it)."""
+        return self.x[:, min(int(np.searchsorted(self.u, level)), len(self.u) - 1)]
 
 
 @dataclass

@@ -57,6 +57,7 @@ from scipy.spatial import cKDTree
 from scipy.special import fdtri, ndtri
 
 from .atomic import NotRegularFile, atomic_file, open_regular, remove_stale_temps, temp_beside
+from .distribution import interval_levels
 from .errors import InvalidInput, NotFound, PredictorError, shown, storage_error
 from .features import FIRST_OF_SHAPE, category_code, stated_flag
 from .identity import IDENTITY_KEYS, IdentityPattern, join_key, names_a_model, names_part
@@ -1257,8 +1258,7 @@ class LookupTable:
             interval = [lo, hi]
         else:
             L, V = _merge_interval_knots(stored_levels, stored, cl, lo, hi) if has_interval else (stored_levels, stored)
-            a = (1.0 - confidence_level) / 2.0
-            interval = _quantiles_one(L, V, mu, sd, [a, 1.0 - a])
+            interval = _quantiles_one(L, V, mu, sd, interval_levels(confidence_level))
         if levels is None:
             return stored_levels, stored, interval
         L, V = _merge_interval_knots(stored_levels, stored, cl, lo, hi) if has_interval else (stored_levels, stored)
@@ -1364,7 +1364,7 @@ class LookupTable:
                      confidence_level: float) -> list[tuple[list[float], list[float], list[float]]]:
         """:meth:`_answer_one` for many rows, vectorised per set of stored levels and stored interval."""
         out: list[Any] = [None] * len(rows)
-        a = (1.0 - confidence_level) / 2.0
+        ends = interval_levels(confidence_level)
         ls_of = self.row_levelset[rows]
         cl_of = self.confidence[rows]
         has_interval = (cl_of > 0) & (cl_of < 1) & np.isfinite(self.interval[rows]).all(axis=1)
@@ -1387,7 +1387,7 @@ class LookupTable:
                 if cl > 0 and abs(cl - confidence_level) <= 1e-12:
                     iv = self.interval[r]
                 else:
-                    iv = quantile_function(L, V, mu, sd, [a, 1.0 - a])
+                    iv = quantile_function(L, V, mu, sd, ends)
                 for p, v, i in zip(sel.tolist(), vals.tolist(), iv.tolist()):
                     out[p] = (out_levels, v, i)
         return out
@@ -1550,13 +1550,13 @@ def _table_total(expect: np.ndarray, error: np.ndarray, levels: list[float] | No
     """
     mu = float(expect.sum())
     sd = float(np.sqrt(np.square(error).sum()))
-    a = (1.0 - confidence_level) / 2.0
+    ends = interval_levels(confidence_level)
     if len(answers) == 1:
         tq, ti = list(answers[0][1]), list(answers[0][2])
     else:
         z = ndtri(np.clip(np.asarray(levels or [], dtype=np.float64), 1e-12, 1 - 1e-12))
         tq = np.maximum(mu + sd * z, 0.0)
-        ti = np.maximum(mu + sd * ndtri(np.array([a, 1 - a])), 0.0)
+        ti = np.maximum(mu + sd * ndtri(np.array(ends)), 0.0)
         ti = np.maximum(ti, np.asarray([iv for _, _, iv in answers], dtype=np.float64).max(axis=0))
         # Records stored at other levels than the total's (tables of mixed levels) bound it where they match.
         same = [v for lv, v, _ in answers if lv == levels]

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import orjson
@@ -65,6 +65,11 @@ def _log_number(name: str) -> int:
     return int(_LOG_FILE.fullmatch(name).group(1))
 
 
+def _log_names(names: Iterable[str]) -> list[str]:
+    """The log files among ``names``, oldest first."""
+    return sorted(filter(_LOG_FILE.fullmatch, names), key=_log_number)
+
+
 def _parse(data: bytes) -> list[dict[str, Any]]:
     return read_json_lines(data, _usable)
 
@@ -102,9 +107,10 @@ class ObservationLog:
 
     def _files(self, identity: ModelIdentity) -> list[Path]:
         d = self._dir(identity)
-        if not d.is_dir():
+        try:
+            return [d / name for name in _log_names(os.listdir(d))]
+        except (FileNotFoundError, NotADirectoryError):  # none logged yet, or deleted meanwhile
             return []
-        return sorted((p for p in d.glob("obs-*.jsonl") if _LOG_FILE.fullmatch(p.name)), key=lambda p: _log_number(p.name))
 
     def append(self, identity: ModelIdentity, records: list[dict[str, Any]],
                stamp: Callable[[], float] | None = None) -> "Appended | None":
@@ -449,7 +455,7 @@ class AccuracyMonitor:
             key = (st.st_ino, st.st_mtime_ns)
             if key != state.listed_key:
                 listed_at = time.time_ns()
-                names = sorted((n for n in os.listdir(state.directory) if _LOG_FILE.fullmatch(n)), key=_log_number)
+                names = _log_names(os.listdir(state.directory))
                 state.files = [(n, os.path.join(state.directory, n)) for n in names]
                 state.listed_key = key if listed_at - st.st_mtime_ns > _RACY_NS else None
         except FileNotFoundError:

@@ -21,6 +21,7 @@ import numpy as np
 from . import __version__
 from .atomic import remove_stale_temps
 from .cache import PredictionCache
+from .distribution import interval_levels
 from .errors import AmbiguousModel, InvalidInput, ModelNotFound, PredictorError, shown
 from .identity import IDENTITY_KEYS, IdentityPattern, ModelIdentity, identity_conflicts, names_part, stated_keys
 from .lookup import WRITABLE_FORMATS, LookupTableStore, TablePrediction, generate_table, iter_traces, table_format
@@ -408,8 +409,7 @@ class PredictorService:
         rows = np.flatnonzero(ok)
         dist = loaded.model.predict_distribution(X[rows] if len(rows) < len(X) else X)
         # The interval's two levels ride along with the requested ones: one evaluation.
-        tail = (1.0 - confidence_level) / 2.0
-        both = dist.quantiles([*levels, tail, 1.0 - tail])
+        both = dist.quantiles([*levels, *interval_levels(confidence_level)])
         q, interval = both[:, : len(levels)], both[:, len(levels):]
         mean, std = dist.mean_std()
         total = None
@@ -457,8 +457,7 @@ class PredictorService:
         x, error = loaded.meta.features.row(flat)
         if error is not None:
             return None
-        tail = (1.0 - confidence_level) / 2.0
-        got = loaded.model.describe_one(x, (*levels, tail, 1.0 - tail))
+        got = loaded.model.describe_one(x, (*levels, *interval_levels(confidence_level)))
         if got is None:
             return None
         q, mean, std = got
