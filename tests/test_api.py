@@ -549,6 +549,14 @@ def test_bad_multipart_training_requests(http):
     # two parts that could both be what the config names (the last one won, silently)
     failed(http.post("/train", files=[("config", ("c.json", good, "x")), ("a", ("t.jsonl", traces, "x")),
                                       ("b", ("t.jsonl", b"garbage", "x"))]), 422, "two uploaded files are named 't.jsonl'")
+    # a part named like another part's file: the file's name comes first (both were "two files named")
+    swapped = orjson.dumps({"model": ident("mp-swap"), "traces": "t.jsonl", "algorithm": "linear"})
+    assert ok(http.post("/train", files=[("config", ("c.json", swapped, "x")), ("t.jsonl", ("u.jsonl", b"garbage", "x")),
+                                         ("b", ("t.jsonl", traces, "x"))]))["metrics"]["rows_used"] > 0
+    # two files sent as one part, which the config names (the first one won, silently)
+    by_part = orjson.dumps({"model": IDENTITY, "traces": "trace_file"})
+    failed(http.post("/train", files=[("config", ("c.json", by_part, "x")), ("trace_file", ("t.jsonl", traces, "x")),
+                                      ("trace_file", ("u.jsonl", traces, "x"))]), 422, "name one of them by its file name")
     failed(http.post("/train", files=[("config", ("c.json", good, "x")), ("config", ("d.json", good, "x")),
                                       ("t", ("t.jsonl", traces, "x"))]), 422, "one 'config' part")
     # a setting beside the config was ignored without a word

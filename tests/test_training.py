@@ -205,6 +205,9 @@ def test_jobs_cut_short_by_a_stop_read_stopped_not_died(tmp_path):
         assert err.value.status_code == 503 and "service stopped" in err.value.message
         record = TrainingJobs(tmp_path).get(job_id)  # as the next start reads it
         assert record["status"] == "failed" and record["error"]["status_code"] == 503
+    # The queued job never ran: it must not read as started when the running one was cut short.
+    assert "started_at" in jobs.get(running) and "started_at" not in jobs.get(queued)
+    assert "started_at" not in TrainingJobs(tmp_path).get(queued)
 
 
 def test_a_stop_signal_while_the_worker_starts_does_not_kill_it(tmp_path):

@@ -467,6 +467,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
             # Parsing YAML costs seconds per megabyte: not on the event loop.
             config = await run_in_threadpool(_parse_config, config_text)
             uploads: dict[str, Path] = {}
+            by_part: dict[str, list[Path]] = {}
             for key, value in form.multi_items():
                 if key != "config" and not isinstance(value, UploadFile):
                     # Read as a setting ("algorithm=linear") it would have been ignored without a word.
@@ -486,7 +487,17 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
                 dest = tmpdir / f"{len(uploads)}{_suffix(name)}"
                 await run_in_threadpool(_save_upload, value, dest, name, key, settings.max_upload_mb)
                 uploads[name] = dest
-                uploads.setdefault(key, dest)
+                by_part.setdefault(key, []).append(dest)
+            # A file may be named by its part too, where that is not another file's name (file
+            # names come first) and only one file was sent as that part: else it would be chance.
+            for key, dests in by_part.items():
+                if key in uploads:
+                    continue
+                if len(dests) == 1:
+                    uploads[key] = dests[0]
+                elif config.traces == key:
+                    raise InvalidInput(f"{len(dests)} uploaded files were sent as part {shown(key)}, which the config "
+                                       "names: name one of them by its file name", field="config.traces")
             return config, uploads, tmpdir
         except BaseException:
             shutil.rmtree(tmpdir, ignore_errors=True)

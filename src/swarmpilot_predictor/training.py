@@ -509,7 +509,8 @@ class TrainingJobs:
             with self._lock:
                 if job_id in self._pending:
                     self._pending.remove(job_id)
-                nxt = self.jobs.get(self._pending[0]) if self._pending else None
+                # Once the service is stopping, the queued jobs never start: they keep no started_at.
+                nxt = self.jobs.get(self._pending[0]) if self._pending and not self._closing else None
                 if nxt is not None and nxt["status"] == "queued":
                     nxt.update(status="running", started_at=time.time())
                     self._store(nxt)
