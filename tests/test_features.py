@@ -89,7 +89,7 @@ def test_a_row_counter_is_dropped_unless_named():
 
 def test_at_most_64_columns_are_features():
     wide = [{**t, **{f"c{j}": (i + j) % 7 for j in range(70)}} for i, t in enumerate(base_traces(40))]
-    with pytest.raises(TraceError, match="the traces have 72 columns that could be features; at most 64"):
+    with pytest.raises(TraceError, match=r"the traces have more than 64 columns that could be features \(the 65th is 'c62'\)"):
         prepare(wide)
     with pytest.raises(TraceError, match="'features' names 65 columns; at most 64"):
         prepare(wide, features=[f"c{j}" for j in range(65)])

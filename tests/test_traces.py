@@ -388,23 +388,77 @@ def test_large_jsonl_is_read_in_bounded_memory(tmp_path):
     assert peak_mb < 64, f"peak {peak_mb:.0f} MB for a {size_mb:.0f} MB file"
 
 
-def test_sparse_traces_are_refused_before_their_gaps_fill_memory(monkeypatch):
-    # Each field is a column of every row: 12,000 rows with a field each, 400 KB of JSONL,
-    # took 1.4 GB before any column was dropped. A wide file whose rows hold their fields
-    # (telemetry beside the features) is no such case.
+def _dense_reference(traces, name):
+    """What a column should read as, from the dicts themselves."""
+    values = [t.get(name) for t in traces]
+    numbers = [float(v) if isinstance(v, (int, float)) else math.nan for v in values]
+    strings = [v if isinstance(v, str) else category_text(v) if isinstance(v, (int, float)) else None
+               for v in values]
+    return np.array(numbers), strings, [isinstance(v, bool) for v in values]
+
+
+def test_sparse_and_dense_columns_read_the_same():
+    # Fields held by every row, most rows, a few rows and one row, mixing numbers, words,
+    # booleans and nulls: each read back as the traces say, and again after take().
+    rng = np.random.default_rng(3)
+    choices = [1, 2.5, "fast", True, False, None, 7]
+    traces = []
+    for i in range(3000):
+        t = {"runtime_ms": float(i + 1), "dense": i % 5}
+        if rng.random() < 0.9:
+            t["mostly"] = choices[rng.integers(len(choices))]
+        if rng.random() < 0.01:
+            t["rare"] = choices[rng.integers(len(choices))]
+        if i % 700 == 0:
+            t["late_then_often" if i < 1400 else "tail"] = "x" if i % 1400 else 3
+        if i >= 2000:
+            t["late_then_often"] = float(i)
+        if i == 1234:
+            t["once"] = "only"
+        traces.append(t)
+    table = TraceTable.from_traces(traces)
+    assert table.columns["rare"].at_rows is not None and table.columns["dense"].at_rows is None
+    rows = np.sort(rng.choice(3000, size=1100, replace=False))
+    for tab, ref in ((table, traces), (table.take(rows), [traces[i] for i in rows])):
+        assert len(tab) == len(ref)
+        for name in ("runtime_ms", "dense", "mostly", "rare", "late_then_often", "tail", "once"):
+            numbers, strings, booleans = _dense_reference(ref, name)
+            col = tab.columns[name]
+            np.testing.assert_array_equal(tab.numeric(name), numbers, err_msg=name)
+            assert tab.strings(name).tolist() == strings, name
+            assert col.boolean_rows().tolist() == booleans, name
+            assert col.missing_rows().tolist() == [not isinstance(t.get(name), (int, float, str)) for t in ref], name
+            codes = col.code_array()
+            assert [(list(col.vocab)[c] if c >= 0 else None) for c in codes] == [
+                t.get(name) if isinstance(t.get(name), str) else None for t in ref], name
+
+
+def test_sparse_traces_cost_their_values_not_rows_times_fields(monkeypatch):
+    # Each field was a column of every row: 12,000 rows with a field each, 400 KB of JSONL,
+    # took 1.4 GB; then such files were refused. Now each column costs what it holds.
     from swarmpilot_predictor import traces as traces_module
 
-    monkeypatch.setattr(traces_module, "SPARSE_CELLS", 100_000)
-    with pytest.raises(TraceError, match="512 rows name 514 different fields but hold only 1,026 values.* mostly gaps"):
-        TraceTable.from_traces({"runtime_ms": 1.0, f"field_{i}": i} for i in range(2000))
-    wide = TraceTable.from_traces({"runtime_ms": 1.0, **{f"metric_{j}": j for j in range(300)}} for _ in range(400))
-    assert len(wide.columns) == 301 and wide.n_rows == 400
-    # A group_by file of 100 models, each with 10 feature names of its own: 1,001 columns,
-    # 12 values a row (refused under a factor of 64).
+    tracemalloc.start()
+    try:
+        table = TraceTable.from_traces({"runtime_ms": 1.0, f"field_{i}": i} for i in range(12_000))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(table.columns) == 12_001 and table.n_rows == 12_000
+    assert peak < 40 * 2**20, f"peak {peak / 2**20:.0f} MB"  # the dense table alone: 1,100 MB
+    np.testing.assert_array_equal(np.flatnonzero(np.isfinite(table.numeric("field_77"))), [77])
+    # A group_by file of 100 models, each with 10 feature names of its own: each group's
+    # table holds its own fields' values.
     mixed = [{"runtime_ms": 1.0, "model_name": f"m{i % 100}", **{f"m{i % 100}_{j}": j for j in range(10)}}
              for i in range(4000)]
-    assert len(TraceTable.from_traces(mixed).columns) == 1002
-    monkeypatch.setattr(traces_module, "MAX_TRACE_CELLS", 3 * 8192)
-    with pytest.raises(TraceError, match="8,192 rows of 4 fields are more than 24,576 values"):
+    grouped = TraceTable.from_traces(mixed)
+    assert len(grouped.columns) == 1002
+    group = grouped.take(np.arange(7, 4000, 100))
+    assert np.isfinite(group.numeric("m7_3")).all() and not np.isfinite(group.numeric("m8_3")).any()
+    monkeypatch.setattr(traces_module, "MAX_TRACE_VALUES", 3 * 8192)
+    with pytest.raises(TraceError, match="the first 8,192 traces hold 32,768 values, more than 24,576"):
         TraceTable.from_traces({"runtime_ms": 1.0, "a": 1, "b": 2, "c": 3} for _ in range(10_000))
     assert TraceTable.from_traces({"runtime_ms": 1.0, "a": 1, "b": 2} for _ in range(8_000)).n_rows == 8_000
+    monkeypatch.setattr(traces_module, "MAX_TRACE_FIELDS", 100)
+    with pytest.raises(TraceError, match="item 99: the traces name more than 100 different fields"):
+        TraceTable.from_traces({"runtime_ms": 1.0, f"field_{i}": i} for i in range(200))

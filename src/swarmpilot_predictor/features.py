@@ -540,10 +540,10 @@ class FeatureSchema:
                 spec = FeatureSpec(name, "numeric", fill=fill, optional=n_missing > 0, words_missing=bool(words))
                 columns.append(values)
             specs.append(spec)
-
-        if len(specs) > MAX_FEATURES:
-            raise TraceError(f"the traces have {len(specs)} columns that could be features; at most {MAX_FEATURES} "
-                             "can be used: name them with 'features'")
+            if len(specs) > MAX_FEATURES:
+                # At once: each kept column is a dense array, and a wide sparse file has thousands.
+                raise TraceError(f"the traces have more than {MAX_FEATURES} columns that could be features "
+                                 f"(the {len(specs)}th is {shown(name)}): name the features with 'features'")
         report.rows_used = len(rows)
         X = np.column_stack(columns) if columns else np.empty((len(rows), 0))
         X = X.astype(np.float64, copy=False)
@@ -682,7 +682,7 @@ class FeatureSchema:
                 if column.is_categorical and not spec.words_missing:  # a CSV file's true, say
                     # Per distinct string, then per row (a number's text is never such a word).
                     word_of = np.array([BOOLEAN_WORDS.get(s, np.nan) for s in column.vocab] + [np.nan])
-                    codes = np.frombuffer(column.codes, dtype=np.int32)
+                    codes = column.code_array()
                     col = np.where(np.isnan(col), word_of[codes], col)  # code -1 (no string): the NaN at the end
                 good = np.isfinite(col)
                 X[:, j] = np.where(good, col, spec.fill)
@@ -710,7 +710,7 @@ class FeatureSchema:
                 X[valid, -1] = stated[valid]
                 ok &= valid | ~given
                 if column.is_categorical:
-                    ok &= np.frombuffer(column.codes, dtype=np.int32) < 0
+                    ok &= column.code_array() < 0
         return X, ok
 
     def missing_in(self, table: TraceTable) -> list[str]:
@@ -866,8 +866,8 @@ def _few_words_among_numbers(col: Any, rows: np.ndarray) -> int | None:
     among them (at least two distinct numbers); None otherwise."""
     if col.codes is None:
         return None
-    words = int((np.frombuffer(col.codes, dtype=np.int32)[rows] >= 0).sum())
-    numbers = np.frombuffer(col.numbers, dtype=np.float64)[rows]
+    words = int((col.code_array()[rows] >= 0).sum())
+    numbers = col.as_numeric()[rows]
     numbers = numbers[np.isfinite(numbers)]
     if not words or len(numbers) < 2 or numbers.min() == numbers.max():
         return None

@@ -258,25 +258,49 @@ def csv_value(text: str | None) -> Any:
 # --------------------------------------------------------------------------- columnar table
 
 
-@dataclass
+# A field that most rows hold is stored densely, a gap as NaN; one that few rows hold keeps
+# its values and their row numbers only. Gaps are padded while the padding stays within
+# this many slots more than twice the values held, so either way a column costs a few
+# times the values it holds, never rows times fields.
+DENSE_SLACK = 64
+
+
+@dataclass(slots=True)
 class Column:
-    """One field's values across all rows: numbers, strings, or both (then categorical)."""
+    """One field's values across all rows: numbers, strings, or both (then categorical).
+
+    The arrays hold one entry per stored value: every row's (gaps as NaN) while ``at_rows``
+    is None, else the rows in ``at_rows`` only. The accessors spread them over all rows.
+    """
 
     numbers: array = field(default_factory=lambda: array("d"))
     codes: array | None = None  # int32 codes into `vocab`; -1 where the value was not a string
     vocab: dict[str, int] = field(default_factory=dict)
     booleans: array | None = None  # 1 where the value was true or false (a feature reads it as 1 or 0)
+    at_rows: array | None = None  # int64 row of each stored value, once the column is sparse
+    n_rows: int = 0  # the table's rows (set by finish)
+    padded: int = 0  # gap slots padded while dense
 
-    def pad(self, n: int) -> None:
-        missing = n - len(self.numbers)
-        if missing > 0:
-            self.numbers.extend([math.nan] * missing)
+    def _skip_to(self, row: int) -> None:
+        """Make the next stored value row ``row``'s: pad the gap, or turn sparse."""
+        stored = len(self.numbers)
+        gap = row - stored
+        if stored + gap <= 2 * (stored - self.padded) + DENSE_SLACK:
+            self.numbers.extend([math.nan] * gap)
             if self.codes is not None:
-                self.codes.extend([-1] * missing)
+                self.codes.extend([-1] * gap)
             if self.booleans is not None:
-                self.booleans.extend([0] * missing)
+                self.booleans.extend([0] * gap)
+            self.padded += gap
+        else:
+            self.at_rows = array("q", range(stored))
 
-    def append(self, value: Any) -> None:
+    def append(self, row: int, value: Any) -> None:
+        """Store ``value`` as row ``row``'s (rows come in increasing order)."""
+        if self.at_rows is None and row != len(self.numbers):
+            self._skip_to(row)
+        if self.at_rows is not None:
+            self.at_rows.append(row)
         if isinstance(value, bool):
             if self.booleans is None:
                 self.booleans = array("b", [0] * len(self.numbers))
@@ -297,25 +321,45 @@ class Column:
             if self.codes is not None:
                 self.codes.append(-1)
 
+    def finish(self, n_rows: int) -> None:
+        """The table has ``n_rows`` rows: the rows after the last stored value are gaps."""
+        if self.at_rows is None and len(self.numbers) < n_rows:
+            self._skip_to(n_rows)
+        self.n_rows = n_rows
+
     @property
     def is_categorical(self) -> bool:
         return self.codes is not None
 
+    def _spread(self, stored: np.ndarray, gap: Any) -> np.ndarray:
+        """Stored values over every row, ``gap`` where a row has none (always a new array)."""
+        if self.at_rows is None:
+            return stored.copy()
+        out = np.full(self.n_rows, gap, dtype=stored.dtype)
+        out[np.frombuffer(self.at_rows, dtype=np.int64)] = stored
+        return out
+
     def as_numeric(self) -> np.ndarray:
-        return np.frombuffer(self.numbers, dtype=np.float64).copy()
+        return self._spread(np.frombuffer(self.numbers, dtype=np.float64), math.nan)
+
+    def code_array(self) -> np.ndarray:
+        """Each row's code into ``vocab``; -1 where it holds no string."""
+        if self.codes is None:
+            return np.full(self.n_rows, -1, dtype=np.int32)
+        return self._spread(np.frombuffer(self.codes, dtype=np.int32), -1)
 
     def boolean_rows(self) -> np.ndarray:
         """Where the value was a boolean."""
         if self.booleans is None:
-            return np.zeros(len(self.numbers), dtype=bool)
-        return np.frombuffer(self.booleans, dtype=np.int8).astype(bool)
+            return np.zeros(self.n_rows, dtype=bool)
+        return self._spread(np.frombuffer(self.booleans, dtype=np.int8).astype(bool), False)
 
     def missing_rows(self) -> np.ndarray:
         """Where the row had no value: neither a number nor a string (absent, null, a list)."""
         out = np.isnan(np.frombuffer(self.numbers, dtype=np.float64))
         if self.codes is not None:
             out &= np.frombuffer(self.codes, dtype=np.int32) < 0
-        return out
+        return self._spread(out, True)
 
     def as_strings(self) -> np.ndarray:
         """Values as an object array of strings (None where missing)."""
@@ -330,7 +374,24 @@ class Column:
             has = np.zeros(len(nums), dtype=bool)
         numeric = ~has & np.isfinite(nums)
         out[numeric] = [format_number(v) for v in nums[numeric]]
-        return out
+        return self._spread(out, None)
+
+    def take(self, member: np.ndarray, rank: np.ndarray, n_rows: int) -> "Column":
+        """The column of the ``n_rows`` rows where ``member`` is true; ``rank`` numbers them from 0."""
+        if self.at_rows is None:
+            keep = np.flatnonzero(member)
+            new_rows = None
+        else:
+            rows = np.frombuffer(self.at_rows, dtype=np.int64)
+            keep = np.flatnonzero(member[rows])
+            new_rows = array("q", rank[rows[keep]].tobytes())
+        new = Column(numbers=array("d", np.frombuffer(self.numbers, dtype=np.float64)[keep].tobytes()),
+                     vocab=self.vocab, at_rows=new_rows, n_rows=n_rows)
+        if self.codes is not None:
+            new.codes = array("i", np.frombuffer(self.codes, dtype=np.int32)[keep].tobytes())
+        if self.booleans is not None:
+            new.booleans = array("b", np.frombuffer(self.booleans, dtype=np.int8)[keep].tobytes())
+        return new
 
 
 def format_number(v: float) -> str:
@@ -365,24 +426,12 @@ def category_text(v: Any) -> str:
     return str(v)
 
 
-# Every field is a column of every row (a row without it holds a gap there): a file of a
-# few hundred kilobytes whose 12,000 rows each named a field of its own took 1.4 GB. Rows
-# times fields may pass SPARSE_CELLS only while they are at most SPARSE_FACTOR times the
-# values the traces hold, and never MAX_TRACE_CELLS (2 GB of numbers; a dense file within
-# the default 512 MB upload limit holds fewer values).
-SPARSE_CELLS = 32 * 1024 * 1024
-SPARSE_FACTOR = 256  # a group_by file of 100 models, each with its own 10 feature names, is 77
-MAX_TRACE_CELLS = 256 * 1024 * 1024
-
-
-def _too_many_cells(rows: int, fields: int, values: int) -> str | None:
-    cells = rows * fields
-    if cells > MAX_TRACE_CELLS:
-        return f"{rows:,} rows of {fields} fields are more than {MAX_TRACE_CELLS:,} values"
-    if cells > SPARSE_CELLS and cells > SPARSE_FACTOR * values:
-        return (f"{rows:,} rows name {fields} different fields but hold only {values:,} values: each field is a "
-                f"column of every row, {cells:,} cells, mostly gaps (send traces whose rows share their fields)")
-    return None
+# Columns cost what their values do (see Column), so the bounds are on values and fields:
+# MAX_TRACE_VALUES stored values are 2 GB of numbers (a dense file within the default 512
+# MB upload limit holds fewer), and each field costs a column's few hundred bytes however
+# few values it holds (a file whose every row names a field of its own).
+MAX_TRACE_VALUES = 256 * 1024 * 1024
+MAX_TRACE_FIELDS = 65_536
 
 
 @dataclass
@@ -397,30 +446,27 @@ class TraceTable:
         cls, traces: Iterable[Any], progress: Callable[[int], None] | None = None
     ) -> "TraceTable":
         columns: dict[str, Column] = {}
-        n = values = 0
+        n = 0
         for i, raw in enumerate(traces):
             trace = raw if isinstance(raw, dict) and "input_feature" not in raw else _normalize_at(raw, "traces", f"item {i}")
             for key, value in trace.items():
                 col = columns.get(key)
                 if col is None:
-                    if (problem := _too_many_cells(n, len(columns) + 1, values + len(trace))) is not None:
-                        raise TraceError(f"item {i}: {problem}")
+                    if len(columns) >= MAX_TRACE_FIELDS:
+                        raise TraceError(f"item {i}: the traces name more than {MAX_TRACE_FIELDS:,} different fields")
                     col = columns[key] = Column()
-                    col.pad(n)
-                elif len(col.numbers) < n:
-                    col.pad(n)
-                col.append(value)
+                col.append(n, value)
             n += 1
-            values += len(trace)
             if n % 8192 == 0:
-                if (problem := _too_many_cells(n, len(columns), values)) is not None:
-                    raise TraceError(f"item {i}: {problem}")
+                if (stored := sum(len(c.numbers) for c in columns.values())) > MAX_TRACE_VALUES:
+                    raise TraceError(f"item {i}: the first {n:,} traces hold {stored:,} values, more than "
+                                     f"{MAX_TRACE_VALUES:,}")
                 if progress is not None:
                     progress(8192)
-        if (problem := _too_many_cells(n, len(columns), values)) is not None:
-            raise TraceError(f"the traces: {problem}")
         for col in columns.values():
-            col.pad(n)
+            col.finish(n)
+        if (stored := sum(len(c.numbers) for c in columns.values())) > MAX_TRACE_VALUES:
+            raise TraceError(f"the traces hold {stored:,} values, more than {MAX_TRACE_VALUES:,}")
         if progress is not None:
             progress(n % 8192)
         return cls(columns=columns, n_rows=n)
@@ -440,18 +486,12 @@ class TraceTable:
         return self.columns[name].as_strings()
 
     def take(self, rows: np.ndarray) -> "TraceTable":
-        """A new table holding only ``rows`` (used to split by ``group_by``)."""
-        cols: dict[str, Column] = {}
-        for name, col in self.columns.items():
-            nums = np.frombuffer(col.numbers, dtype=np.float64)[rows]
-            new = Column(numbers=array("d", nums.tobytes()))
-            if col.codes is not None:
-                new.codes = array("i", np.frombuffer(col.codes, dtype=np.int32)[rows].astype(np.int32).tobytes())
-                new.vocab = col.vocab
-            if col.booleans is not None:
-                new.booleans = array("b", np.frombuffer(col.booleans, dtype=np.int8)[rows].tobytes())
-            cols[name] = new
-        return TraceTable(columns=cols, n_rows=len(rows))
+        """A new table holding only ``rows``, in increasing order (used to split by ``group_by``)."""
+        member = np.zeros(self.n_rows, dtype=bool)
+        member[rows] = True
+        rank = np.cumsum(member) - 1
+        n = len(rows)
+        return TraceTable(columns={name: col.take(member, rank, n) for name, col in self.columns.items()}, n_rows=n)
 
 
 def read_json_lines(data: bytes, usable: Callable[[Any], bool]) -> list[Any]:
