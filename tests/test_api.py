@@ -1010,6 +1010,18 @@ def test_table_form_errors_keep_the_tables_answer_format(http, trained):
     body = failed(http.post("/train", content=_multipart([("config", None, b"{}")]),
                             headers={"content-type": "multipart/form-data"}), 400, "boundary")
     assert body["field"] == "body"
+    # A body cut short before the closing boundary lost its last part without a word: the
+    # table went under the default name, over the model's own table.
+    cut = _multipart([("trace_file", "t.jsonl", traces), ("table_name", None, b"mine.csv")]).removesuffix(b"--XyZ--\r\n")
+    table_failed(http.post(url, content=cut, headers=form), 400, "body", "cut short")
+    config = orjson.dumps({"model": ident("cut"), "traces": "t.jsonl", "algorithm": "linear"})
+    cut = _multipart([("config", "c.json", config), ("t", "t.jsonl", jsonl_bytes(make_llm_traces(40)))])
+    failed(http.post("/train", content=cut[: -len(b"--XyZ--\r\n")], headers=form), 400, "cut short")
+    # Media types are case-insensitive: the same form as "Multipart/Form-Data" was read as JSON.
+    ok(http.post("/train", content=cut, headers={"content-type": "Multipart/Form-Data; boundary=XyZ"}))
+    # A part without a name is named, as "".
+    assert failed(http.post("/train", content=_multipart([("config", "c.json", config), ("", None, b"x")]),
+                            headers=form), 422)["field"] == ""
 
 
 def test_upload_folders_left_by_a_killed_server_are_removed_at_start(tmp_path):
@@ -1169,6 +1181,9 @@ def test_limits_of_a_small_service_gzip_expansion_and_the_training_queue(tmp_pat
             assert time.monotonic() < deadline
             time.sleep(0.2)
         assert client.post("/train?background=true", json=slow).status_code == 202  # room again
+        # background=true&background=false trained in the foreground
+        r = client.post("/train?background=true&background=false", json=slow)
+        assert r.status_code == 422 and r.json()["field"] == "background"
 
 
 

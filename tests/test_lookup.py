@@ -459,6 +459,8 @@ BAD_FILES = {
     "no-quantiles.csv": (b"x,expect,error\n1,2,3\n", "quantile_"),
     "repeated-column.csv": (b"x,expect,error,quantile_0.5,x\n1,2,3,4,5\n", "names column 'x' twice"),
     "bad-number.csv": (b"x,expect,error,quantile_0.5\n1,two,3,4\n", "line 2"),
+    # read leniently, the quote took the last row into its cell: two records, not a word
+    "unclosed-quote.csv": (b'expect,error,quantile_0.5,x\n2,3,4,1\n2,3,4,"a\n2,3,4,b\n', "unexpected end of data"),
     "bad.json.gz": (b"\x1f\x8b\x08\x00garbage", "cannot read"),
     "records.json": (b"[1, 2]", "record 0"),
     # Hand-edited records a model could never have written.

@@ -119,6 +119,9 @@ def test_accuracy_gauges_are_there_after_a_restart(tmp_path):
         path = "/".join(quote(part, safe="") for part in IDENTITY.values())
         r = httpx.get(f"{srv.url}/models/{path}/accuracy", params={"recent": 0})
         assert r.status_code == 200 and r.json()["recent"]["runtime_ms"] == []
+        # A repeated parameter: the last one won, and an invalid first one was not seen.
+        r = httpx.get(f"{srv.url}/models/{path}/accuracy?recent=x&recent=1")
+        assert r.status_code == 422 and r.json()["field"] == "recent" and "more than once" in r.json()["message"]
 
 
 def test_observe_bad_input_is_a_clear_4xx(tmp_path):

@@ -183,6 +183,17 @@ def test_csv_with_a_repeated_column_or_surplus_cells_is_refused_naming_it(tmp_pa
         list(iter_trace_file(write(tmp_path / "wide.csv", b'a,runtime_ms\n"x\ny",2\n3,4,5\n')))
 
 
+def test_csv_with_a_quote_never_closed_is_refused_naming_its_line(tmp_path):
+    # Read leniently, the quoted cell took every row after it: 203 rows trained on 2.
+    rows = b"".join(b"%d,20\n" % i for i in range(200))
+    with pytest.raises(TraceError, match=r"q\.csv: line 3: a quoted cell that starts there is never closed"):
+        list(iter_trace_file(write(tmp_path / "q.csv", b'a,runtime_ms\n1,2\n"x,3\n' + rows)))
+    with pytest.raises(TraceError, match=r"j\.csv: line 2: not valid CSV \(',' expected after '\"'\)"):
+        list(iter_trace_file(write(tmp_path / "j.csv", b'a,runtime_ms\n"x"y,3\n' + rows)))
+    # A quoted cell may span lines; the rows after it are read.
+    assert len(list(iter_trace_file(write(tmp_path / "ok.csv", b'a,runtime_ms\n"x\ny",3\n' + rows)))) == 201
+
+
 def test_csv_as_spreadsheets_and_pandas_write_it(tmp_path):
     # Trailing empty columns (and cells), an unnamed index column, a short row: no field is
     # made of a column without a name, and a cell a row lacks is a missing value.

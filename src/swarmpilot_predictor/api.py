@@ -19,7 +19,7 @@ import threading
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -31,7 +31,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
-from starlette.formparsers import MultiPartException
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
@@ -227,7 +227,7 @@ def table_failure(exc: PredictorError) -> JSONResponse:
 
 def error_response(status: int, message: str, field: str | None = None, **extra: Any) -> JSONResponse:
     body: dict[str, Any] = {"status": "error", "message": message, "detail": message}
-    if field:
+    if field is not None:  # a part named "" is named too
         body["field"] = field
     body.update(extra)
     return JSONResponse(body, status_code=status)
@@ -397,6 +397,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     @app.get("/models/" + IDENTITY_PATH + "/accuracy", tags=["monitoring"],
              summary="Rolling accuracy of the serving version against observed runtimes")
     async def model_accuracy(request: Request, version: int | None = None, recent: int = 200):
+        _refuse_repeated_query(request)
         pattern = _identity_from(request.scope, 1)
         return JSONResponse(await run_in_threadpool(service.accuracy, pattern, version, max(0, min(recent, 5000))))
 
@@ -425,8 +426,8 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
               openapi_extra=_openapi_body(TrainRequest),
               summary="Train (in a separate low-priority process); ?background=true answers 202 with a job id")
     async def train(request: Request, background: bool = False):
-        ctype = request.headers.get("content-type", "")
-        if ctype.startswith("multipart/form-data"):
+        _refuse_repeated_query(request)
+        if _is_multipart(request):
             config, uploads, tmpdir = await _read_multipart(request)
             try:
                 job_id, future = service.jobs.submit(config, uploads,
@@ -564,7 +565,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     async def predict_table(request: Request):
         pattern = _identity_from(request.scope, 2)
         try:
-            if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            if not _is_multipart(request):
                 raise InvalidInput("send multipart/form-data with a 'trace_file' part and a 'confidence_level' field",
                                    field="trace_file")
             form = await _read_form(request, "trace_file", max_files=1, max_fields=16, max_part_size=64 * 1024)
@@ -664,6 +665,40 @@ def _table_name_from(request: Request) -> str:
     return "/".join(segs)
 
 
+def _is_multipart(request: Request) -> bool:
+    # Media types are case-insensitive (RFC 9110): "Multipart/Form-Data" was read as JSON.
+    return request.headers.get("content-type", "").lower().startswith("multipart/form-data")
+
+
+def _refuse_repeated_query(request: Request) -> None:
+    """A query parameter given twice is a 422: the last one won, without a word (an invalid first one too)."""
+    seen: set[str] = set()
+    for key, _ in request.query_params.multi_items():
+        if key in seen:
+            raise InvalidInput(f"query parameter {shown(key)} is given more than once", field=key)
+        seen.add(key)
+
+
+class _WholeMultiPartParser(MultiPartParser):
+    """Starlette's parser, refusing a body that ends before the closing boundary.
+
+    Without it a form cut short lost its last part without a word (a table written under
+    the default name, over another table, when its 'table_name' part was cut off).
+    """
+
+    ended = False
+
+    def on_end(self) -> None:
+        self.ended = True
+
+    async def parse(self) -> FormData:
+        form = await super().parse()
+        if not self.ended:
+            await form.close()
+            raise MultiPartException("the body ends before the form's closing boundary (it was cut short)")
+        return form
+
+
 async def _read_form(request: Request, files_field: str, text_field: str = "body", **limits: int) -> FormData:
     """The request's multipart form; a body Starlette cannot parse, or one past ``limits``, is a PredictorError
     (a text part past its size names ``text_field``).
@@ -672,7 +707,8 @@ async def _read_form(request: Request, files_field: str, text_field: str = "body
     routes' own error answers (the table route's ``{"status": "failed", ...}``).
     """
     try:
-        return await request.form(**limits)
+        async with aclosing(request.stream()) as stream:
+            return await _WholeMultiPartParser(request.headers, stream, **limits).parse()
     except OSError as exc:
         # Starlette spools file parts over 1 MB to the system's temporary directory.
         raise storage_error(exc, "the uploaded form", f"in the temporary directory {tempfile.gettempdir()}") from None

@@ -1899,7 +1899,7 @@ def _iter_jsonl_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
 
 def _iter_csv_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
     try:
-        reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
+        reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8", newline=""), strict=True)  # an unclosed quote is no cell
         header = next(reader, None)
         if not header:
             raise TraceError(f"{name}: the CSV table has no header")

@@ -184,21 +184,29 @@ def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Ite
             # A cell as long as JSON's strings may be (the upload limit bounds them): past the
             # csv module's default of 131,072 characters the whole file was refused.
             csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
-            reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8-sig", newline=""))
-            header = next(reader, None) or []
-            check_csv_header(header, source)
-            # Columns without a name (a spreadsheet's trailing empty columns, pandas' index)
-            # are no fields; a row's cells past the header must be empty, or they would be
-            # dropped without a word; a short row's missing cells are missing values.
-            # Each named column with its reader, chosen once: text for an identity column.
-            named = [(i, h, csv_text if h in _IDENTITY_COLUMNS else csv_value) for i, h in enumerate(header) if h]
-            for row in reader:
-                if not row or blank_cells(row):  # an empty line, or a spreadsheet's row of commas
-                    continue
-                if len(row) > len(header) and not blank_cells(row[len(header):]):
-                    raise TraceError(f"{source}: line {reader.line_num} has {len(row)} fields where the header "
-                                     f"has {len(header)}")
-                yield {h: read(row[i] if i < len(row) else None) for i, h, read in named}
+            # Strict: a quote never closed took every row after it into one cell, without a word.
+            reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8-sig", newline=""), strict=True)
+            row_line = 1  # where the row being read starts (a quoted cell may span lines)
+            try:
+                header = next(reader, None) or []
+                check_csv_header(header, source)
+                # Columns without a name (a spreadsheet's trailing empty columns, pandas' index)
+                # are no fields; a row's cells past the header must be empty, or they would be
+                # dropped without a word; a short row's missing cells are missing values.
+                # Each named column with its reader, chosen once: text for an identity column.
+                named = [(i, h, csv_text if h in _IDENTITY_COLUMNS else csv_value) for i, h in enumerate(header) if h]
+                row_line = reader.line_num + 1
+                for row in reader:
+                    if row and not blank_cells(row):  # else an empty line, or a spreadsheet's row of commas
+                        if len(row) > len(header) and not blank_cells(row[len(header):]):
+                            raise TraceError(f"{source}: line {row_line} has {len(row)} fields where the header "
+                                             f"has {len(header)}")
+                        yield {h: read(row[i] if i < len(row) else None) for i, h, read in named}
+                    row_line = reader.line_num + 1
+            except csv.Error as exc:
+                why = ("a quoted cell that starts there is never closed" if "end of data" in str(exc)
+                       else f"not valid CSV ({exc})")
+                raise TraceError(f"{source}: line {row_line}: {why}") from None
         else:  # pragma: no cover - guarded by _format_from_name
             raise TraceError(f"unknown trace format {shown(fmt)}")
     except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
