@@ -44,6 +44,10 @@ IdentityLike = ModelIdentity | IdentityPattern | ModelInfo | Mapping[str, Any] |
 # A synchronous /train answers when training ends: give it far longer than a prediction.
 _TRAIN_TIMEOUT = 1800.0
 _TABLE_TIMEOUT = 600.0
+# An idle connection is dropped well before the server drops it (uvicorn: after 5 s): a
+# request sent on one the server was closing was lost, and a call that is not repeated
+# (observe, train) failed, "it may have been carried out", though it never arrived.
+KEEPALIVE_EXPIRY = 2.0
 
 
 class PredictorClientError(Exception):
@@ -336,6 +340,7 @@ class _Calls:
         req = _Calls.train(config, files)
         req.params = {"background": "true"}
         req.response = None
+        req.timeout_at_least = None  # it answers once the job is queued: the client's timeout holds
         return req
 
     @staticmethod
@@ -578,8 +583,11 @@ class _Base:
 
     def _unavailable(self, req: _Request, exc: Exception) -> PredictorUnavailableError:
         if isinstance(exc, httpx.TimeoutException):
+            # Waiting for the answer, the request was sent: the service may carry it out still.
+            sent = "" if req.idempotent or isinstance(exc, _NOT_SENT) else (
+                ": it was sent, and may still be carried out; check before sending it again")
             return PredictorUnavailableError(f"{req.method} {req.path} to {self.base_url} timed out after "
-                                             f"{self._timeout(req)}s ({type(exc).__name__})")
+                                             f"{self._timeout(req)}s ({type(exc).__name__}){sent}")
         if isinstance(exc, _MAYBE_SENT) and not req.idempotent:
             # Sent, then the connection dropped: the service may have acted on it (a training
             # stored, observations counted); a blind retry could do it twice.
@@ -623,7 +631,9 @@ class PredictorClient(_Base):
     def __init__(self, base_url: str = "http://localhost:8200", timeout: float = 30.0, retries: int = 3, backoff: float = 0.1,
                  transport: httpx.BaseTransport | None = None):
         super().__init__(base_url, timeout, retries, backoff)
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport,
+                                  limits=httpx.Limits(max_connections=100, max_keepalive_connections=20,
+                                                      keepalive_expiry=KEEPALIVE_EXPIRY))
 
     def __enter__(self) -> "PredictorClient":
         return self
@@ -794,7 +804,8 @@ class AsyncPredictorClient(_Base):
             raise ValueError("max_connections must be at least 1")
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport,
                                        limits=httpx.Limits(max_connections=max_connections,
-                                                           max_keepalive_connections=min(20, max_connections)))
+                                                           max_keepalive_connections=min(20, max_connections),
+                                                           keepalive_expiry=KEEPALIVE_EXPIRY))
         self._in_flight = asyncio.Semaphore(max_connections)
 
     async def __aenter__(self) -> "AsyncPredictorClient":
