@@ -763,6 +763,32 @@ def test_the_cache_keeps_only_small_entries(tmp_path):
     svc.close()
 
 
+def test_the_cache_tells_a_boolean_from_the_number_one(tmp_path):
+    # True == 1 in Python, with one hash: whichever was asked first answered for the other,
+    # though a model that learned the words true/false (from CSV) reads JSON's true as
+    # "true" and the number 1 as an unseen category.
+    from swarmpilot_predictor.schemas import TrainConfig
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    from .conftest import IDENTITY, make_llm_traces
+
+    traces = [{**t, "flag": ["true", "false"][i % 2], "runtime_ms": t["runtime_ms"] * (2 if i % 2 == 0 else 1)}
+              for i, t in enumerate(make_llm_traces(300))]
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    medians = {}
+    for cache_size in (0, 100):
+        svc = PredictorService(PredictorSettings(data_dir=tmp_path / f"d{cache_size}", cache_size=cache_size))
+        svc.train(TrainConfig(model=IDENTITY, traces=traces, algorithm="linear"))
+        for order in ([1, True, 0, False], [True, 1, False, 0]):
+            svc.clear_cache()
+            for v in order:
+                got = svc.predict(pattern, [{"input_tokens": 500, "output_tokens": 50, "flag": v}], quantiles=[0.5])
+                medians.setdefault(repr(v), set()).add(round(float(got.quantiles[0, 0]), 6))
+        svc.close()
+    assert all(len(answers) == 1 for answers in medians.values()), medians
+    assert medians["True"] != medians["1"] and medians["False"] != medians["0"]
+
+
 @pytest.mark.parametrize("algorithm", ["empirical", "linear", "power", "lightgbm"])
 def test_a_lone_trace_gets_the_same_answer_as_inside_a_batch(tmp_path, algorithm):
     # A single trace takes the model's plain-float path (LightGBM: the vectorised one);

@@ -534,6 +534,10 @@ class PredictorService:
         if not all(v is None or isinstance(v, (int, float, bool)) or (isinstance(v, str) and len(v) <= CACHE_MAX_STRING)
                    for v in values) or len(levels) > CACHE_MAX_LEVELS:
             return None
+        # True == 1 with one hash, but a model may read them apart (a category learned as the
+        # word "true"): a boolean keys as itself.
+        if any(isinstance(v, bool) for v in values):
+            values = tuple((bool, v) if isinstance(v, bool) else v for v in values)
         return (identity, meta.version, values, tuple(levels), confidence)
 
     def _count(self, identity: ModelIdentity, n_ok: int, n_failed: int) -> None:
