@@ -295,6 +295,20 @@ def test_a_feature_some_records_lack_is_optional_as_for_the_model():
     np.testing.assert_allclose(batch.distance, [s.distance[0] for s in singles], equal_nan=True)
 
 
+def test_a_feature_no_record_holds_is_never_matched_exactly():
+    # Records made from traces that all lacked "y" (an optional feature of the model): a
+    # query stating y was "exact" on x alone, whatever its y, though the model answers it
+    # otherwise. It is the nearest record now, and one without y is still exact.
+    recs = [record(i, features={"x": i, "y": None}) for i in range(50)]
+    table = LookupTable.from_records(recs, name="no-y.json")
+    assert "y" in table.feature_names
+    queries = [{"x": 20}, {"x": 20, "y": 2000}, {"x": 20, "y": 5}, {"x": 20, "y": None}]
+    for batch in (queries, queries * 4):  # the scalar path and the vectorised one
+        res = table.lookup(batch)
+        assert res.kinds()[:4] == ["exact", "nearest", "nearest", "exact"]
+        assert res.rows[:4].tolist() == [20] * 4
+
+
 def test_a_nearest_record_is_near_on_the_features_its_answers_follow():
     # The answers follow x alone (y is scrambled and moves nothing): with every feature
     # weighted alike, a record 4 times off was picked over one that answers as the trace.
@@ -936,6 +950,23 @@ def test_a_csv_table_answers_the_categorical_traces_it_was_made_from(tmp_path):
 
 
 # --------------------------------------------------------------------------- deleting, and the default under load
+
+
+def test_a_table_deleted_by_another_worker_is_let_go_here_too(tmp_path):
+    # The worker that did not serve the DELETE kept the parsed table (870 MB for 5 million
+    # records) until eight others pushed it out.
+    root = tmp_path / "tables"
+    root.mkdir()
+    for name in ("a.json", "b.json"):
+        (root / name).write_bytes(orjson.dumps([record(i) for i in range(3)]))
+    here, there = LookupTableStore(root), LookupTableStore(root)
+    assert here.get("a.json").n_rows == here.get("b.json").n_rows == 3 and here.loaded_count == 2
+    there.delete("a.json")
+    with pytest.raises(NotFound):
+        here.get("a.json")
+    assert here.loaded_count == 1
+    there.delete("b.json")
+    assert here.list() == [] and here.loaded_count == 0
 
 
 def test_long_table_names_get_short_sidecars_and_delete_cleanly(tmp_path):

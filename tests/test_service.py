@@ -175,6 +175,24 @@ def test_table_errors_name_the_source_not_the_stored_file(service, tmp_path):
         assert stored.name not in info.value.message and stored.name not in str(info.value)
 
 
+def test_a_table_past_its_record_limit_is_a_413_and_no_table(tmp_path):
+    # Every worker holds a table it answers from in memory: a 39 MB CSV made a 2.4 GB one.
+    from swarmpilot_predictor.errors import PayloadTooLarge
+
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", max_table_rows=10_000))
+    try:
+        svc.train(config(make_llm_traces(60)))
+        traces = write_jsonl_gz(tmp_path / "t.jsonl.gz", make_llm_traces(10_000) + make_llm_traces(6_000, seed=1))
+        with pytest.raises(PayloadTooLarge, match="more than 10,000 records") as info:
+            svc.generate_table(PATTERN, traces, table_name="big.json")
+        assert info.value.field == "trace_file"
+        assert list(svc.settings.tables_dir.iterdir()) == []
+        small = write_jsonl_gz(tmp_path / "s.jsonl.gz", make_llm_traces(10_000))
+        assert svc.generate_table(PATTERN, small, table_name="big.json")["rows"] == 10_000
+    finally:
+        svc.close()
+
+
 def test_an_empty_batch_totals_zero_from_a_model_and_from_a_table(service):
     from swarmpilot_predictor.lookup import TablePrediction
 

@@ -58,7 +58,7 @@ from scipy.special import fdtri, ndtri
 
 from .atomic import NotRegularFile, atomic_file, open_regular, remove_stale_temps, temp_beside
 from .distribution import interval_levels
-from .errors import InvalidInput, NotFound, PredictorError, shown, storage_error
+from .errors import InvalidInput, NotFound, PayloadTooLarge, PredictorError, shown, storage_error
 from .features import FIRST_OF_SHAPE, category_code, stated_flag
 from .identity import IDENTITY_KEYS, IdentityPattern, join_key, names_a_model, names_part
 from .schemas import RenderedPredictions
@@ -532,6 +532,9 @@ class _Group:
     # Per nearest-record coordinate (num_cols), how much it moves the records' answers.
     weights: list[float] = field(default_factory=list)
     model_versions: list[int] | None = None  # see LookupTable.versions_of
+    # Feature columns none of the group's records hold: a trace that states one has no
+    # exact record (its value was never compared), however the others match.
+    absent_cols: list[int] = field(default_factory=list)
 
     @functools.cached_property
     def seen_set(self) -> frozenset[int]:
@@ -719,8 +722,10 @@ class LookupTable:
             shape_cols = [names[n] for n in shape]
             repeats = rows[self.columns[flag].values[rows] == 0.0]
             seen = _sorted_index(_hash_parts([self._bits(j, repeats) for j in shape_cols], len(repeats)), repeats)
+        present = set(cols)
+        absent = [j for j, c in enumerate(self.columns) if j not in present and c.missing_as is None]
         return _Group(self.identities[g], rows, cols, num, cat, part_cols, optional, exact_keys, exact_rows, task_keys,
-                      task_rows, partitions, shape_cols, *seen, weights.tolist())
+                      task_rows, partitions, shape_cols, *seen, weights.tolist(), absent_cols=absent)
 
     def _relevance(self, Z: np.ndarray, rows: np.ndarray, parts: np.ndarray) -> np.ndarray:
         """Per standardised numeric feature, how much the records' answers follow it, relative
@@ -1018,6 +1023,8 @@ class LookupTable:
                 vals, missing, invalid = column(j)
                 usable &= ~invalid[todo]
                 parts.append(self._query_bits(j, vals[todo]))
+            for j in g.absent_cols:
+                usable &= column(j)[1][todo]  # stated where no record holds it: not exact
             found = _probe(g.exact_keys, g.exact_rows, _hash_parts(parts, len(todo)))
             found[~usable] = -1
             hit = found >= 0
@@ -1069,6 +1076,8 @@ class LookupTable:
         columns = self.columns
         featured = [g for g in groups if g.cols]
         for g in featured:  # 1. exact
+            if g.absent_cols and any(t.get(columns[j].name) is not None for j in g.absent_cols):
+                continue  # a feature no record of g holds, stated: none is the trace's exact record
             h = _SEED_INT
             query: list[Any] = []
             for j in g.cols:
@@ -2083,12 +2092,14 @@ def generate_table(
     confidence_level: float,
     progress: Callable[[int], None] | None = None,
     chunk_size: int = GENERATION_CHUNK,
+    max_rows: int = 0,
 ) -> dict[str, Any]:
     """Predict every trace in vectorised chunks and stream the records to ``out_path``.
 
     Memory stays bounded by the chunk size whatever the number of traces.
     Traces that cannot be predicted (a missing feature, say) are left out and
     counted; the table is renamed into place only when every chunk is written.
+    More than ``max_rows`` records (0: no limit) is a PayloadTooLarge, and no table.
     """
     if fmt not in WRITABLE_FORMATS:
         raise InvalidInput(f"format must be one of {', '.join(WRITABLE_FORMATS)}", field="format")
@@ -2200,6 +2211,11 @@ def generate_table(
                             failed += 1
                             if len(samples) < 5:
                                 samples.append(f"trace {seen - len(chunk) + ok_rows[k]}: cannot be written as CSV ({reason})")
+            if max_rows and writer is not None and writer.rows > max_rows:
+                raise PayloadTooLarge(
+                    f"the table would hold more than {max_rows:,} records (PREDICTOR_MAX_TABLE_ROWS; every worker "
+                    f"holds a table it answers from in memory): {seen:,} traces read so far; a table needs one "
+                    "trace per distinct row of features", field="trace_file")
             if progress is not None:
                 progress(len(chunk))
         if seen == 0:
@@ -2454,10 +2470,14 @@ class LookupTableStore:
             default = self._default_current()
             if default is not None:
                 return default
-        path = self.path_of(name, field)
         try:
+            path = self.path_of(name, field)
             signature = _signature(path)
-        except FileNotFoundError:  # deleted since path_of looked
+        except (NotFound, FileNotFoundError) as exc:  # (deleted since path_of looked)
+            # Deleted, maybe by another worker: what this one holds of it goes too.
+            self._forget(name)
+            if isinstance(exc, NotFound):
+                raise
             raise NotFound(f"lookup table {shown(name)} not found", field=field) from None
         with self._lock:
             hit = self._cache.get(name)
@@ -2595,9 +2615,19 @@ class LookupTableStore:
             names.append(self.default_name)
         return names
 
+    def _forget(self, name: str) -> None:
+        with self._lock:
+            self._cache.pop(name, None)
+            self._failed.pop(name, None)
+
     def list(self) -> list[dict[str, Any]]:
         out = []
-        for name in self.served_names():
+        names = self.served_names()
+        with self._lock:
+            gone = [name for name in self._cache if name not in names]
+        for name in gone:  # deleted by another worker: not held here either
+            self._forget(name)
+        for name in names:
             try:
                 path = self.path_of(name)
                 st = path.stat()

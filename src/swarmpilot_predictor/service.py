@@ -593,6 +593,7 @@ class PredictorService:
             fmt=name_fmt,
             confidence_level=confidence_level,
             progress=progress,
+            max_rows=self.settings.max_table_rows,
         )
         result["model_key"] = identity.key
         self.metrics.predictions.labels(identity.key, "table_generation").inc(result["rows"])

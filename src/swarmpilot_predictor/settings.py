@@ -36,6 +36,9 @@ class PredictorSettings(BaseSettings):
     max_queued_trainings: int = Field(default=16, ge=1)
     # Largest request body accepted (JSON or uploaded files), in MB; larger ones get a 413; 0: no limit.
     max_upload_mb: float = Field(default=512, ge=0, allow_inf_nan=False)
+    # Records in a lookup table that generation writes (0: no limit). Every worker holds a
+    # table it answers from in memory: a 39 MB CSV of 5 million traces made a 2.4 GB table.
+    max_table_rows: int = Field(default=1_000_000, ge=0)
     log_level: str = "info"
     # Prediction cache entries (0 turns it off); see the README for when it pays.
     cache_size: int = Field(default=10_000, ge=0)
