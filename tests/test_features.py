@@ -87,6 +87,23 @@ def test_a_row_counter_is_dropped_unless_named():
     assert schema.names == ["input_tokens", "seq"]
 
 
+def test_a_row_counter_of_the_whole_file_is_dropped_from_a_part_of_it():
+    # A part of the file (a group_by group, a benchmark's random 70%) numbers its rows with
+    # gaps: the counter was a feature there, placing each held-out row between its
+    # neighbours in time.
+    from swarmpilot_predictor.features import row_counters
+
+    traces = [{**t, "seq": i, "sweep": i + 1} for i, t in enumerate(base_traces(60))]
+    whole = TraceTable.from_traces(traces)
+    assert row_counters(whole) == {"seq"}
+    part = TraceTable.from_traces(traces[::2])
+    schema, _, _, _ = FeatureSchema.prepare_training(part)
+    assert "seq" in schema.names  # alone, the part cannot tell
+    schema, _, _, report = FeatureSchema.prepare_training(part, row_counters=row_counters(whole))
+    assert "seq" not in schema.names and "sweep" in schema.names
+    assert report.columns_dropped["seq"] == "a row counter (an index, not a feature)"
+
+
 def test_at_most_64_columns_are_features():
     wide = [{**t, **{f"c{j}": (i + j) % 7 for j in range(70)}} for i, t in enumerate(base_traces(40))]
     with pytest.raises(TraceError, match=r"the traces have more than 64 columns that could be features \(the 65th is 'c62'\)"):

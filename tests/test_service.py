@@ -368,6 +368,19 @@ def test_a_group_that_cannot_be_stored_takes_back_the_groups_stored_before_it(se
     assert sorted(m["version"] for m in result["models"]) == [1, 3, 3]  # numbers once taken back are not given again
 
 
+def test_group_by_drops_the_files_row_counter_from_every_group(service):
+    # Each group's rows number with gaps in the file's counter: it was a feature of each
+    # group's model, and a prediction without it was refused as missing a feature.
+    traces = [{**t, "seq": i} for i, t in enumerate(grouped_traces()[:-1])]
+    result = service.train(TrainConfig.model_validate({
+        "model": {**IDENTITY, "model_name": "unused", "hardware": "unused"},
+        "group_by": ["model_name", "hardware"], "traces": traces, "algorithm": "linear"}))
+    for model in result["models"]:
+        assert "seq" not in model["metrics"]["columns"]
+        assert model["metrics"]["data"]["columns_dropped"]["seq"] == "a row counter (an index, not a feature)"
+    assert predict(service, IdentityPattern(model_name="qwen", hardware="H100"), [{"input_tokens": 50, "output_tokens": 10}]).ok.all()
+
+
 def test_group_by_trains_one_model_per_group(service):
     cfg = TrainConfig.model_validate({
         "model": {**IDENTITY, "model_name": "unused", "hardware": "unused"},

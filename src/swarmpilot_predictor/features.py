@@ -6,7 +6,7 @@ import functools
 import itertools
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -425,6 +425,7 @@ class FeatureSchema:
         target: str = DEFAULT_TARGET,
         features: Sequence[str] | None = None,
         first_of_shape: bool = True,
+        row_counters: Collection[str] = (),
     ) -> tuple["FeatureSchema", np.ndarray, np.ndarray, DataReport]:
         """Pick and type the features, clean the rows; return (schema, X, y, report).
 
@@ -434,7 +435,9 @@ class FeatureSchema:
         median, which LightGBM and the linear model both handle sensibly, and
         counted in the report. With ``first_of_shape``, a column
         ``FIRST_OF_SHAPE`` follows the features where the timestamps allow one
-        (see :class:`ShapeHistory`).
+        (see :class:`ShapeHistory`). ``row_counters`` names columns that number the
+        traces of the file ``table`` was taken from (see :func:`row_counters`), dropped
+        as the ones that number ``table``'s own rows are.
         """
         report = DataReport(rows_total=len(table))
         if target not in table.columns:
@@ -527,7 +530,7 @@ class FeatureSchema:
                 if fin.min() == fin.max():
                     report.columns_dropped[name] = "constant"
                     continue
-                if features is None and _is_row_counter(table.numeric(name)):
+                if features is None and (name in row_counters or _is_row_counter(table.numeric(name))):
                     report.columns_dropped[name] = "a row counter (an index, not a feature)"
                     continue
                 fill = float(np.median(fin))
@@ -777,6 +780,17 @@ def _shape_history(table: TraceTable, rows: np.ndarray, specs: list[FeatureSpec]
             why_not += f"; no shape without {names} had a flag that explained enough of the runtime"
         return None, None, why_not
     return best[1], best[2], None
+
+
+def row_counters(table: TraceTable) -> frozenset[str]:
+    """The columns that number ``table``'s traces 0, 1, 2, ... (see :func:`_is_row_counter`).
+
+    Found on the whole file: a part of it (a ``group_by`` group, a benchmark's random
+    training rows) numbers its rows with gaps, and the counter was a feature there that
+    located each held-out row between its neighbours in time.
+    """
+    return frozenset(name for name, col in table.columns.items()
+                     if not col.is_categorical and col.at_rows is None and _is_row_counter(col.as_numeric()))
 
 
 def _is_row_counter(values: np.ndarray) -> bool:

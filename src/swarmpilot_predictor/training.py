@@ -30,7 +30,7 @@ import orjson
 
 from .atomic import atomic_write_bytes, read_regular
 from .errors import InvalidInput, NotFound, PredictorError, TooBusy, shown, validation_message
-from .features import FeatureSchema
+from .features import FeatureSchema, row_counters
 from .identity import BOOLEAN_PART_NAMES, IDENTITY_KEYS, ModelIdentity, identity_part_problem
 from .modeling import QuantileModel, check_params, lightgbm_errors, per_feature_param_problem
 from .processes import started, still_running
@@ -117,12 +117,13 @@ class Trainer:
         if len(table) == 0:
             raise InvalidInput("no traces given", field="traces")
         groups, ungrouped = self._split_groups(table, config)
+        counters = row_counters(table) if config.features is None else frozenset()
         # Every group is fitted before any is stored: one that cannot be (too few rows, say)
         # is a 422 that leaves no other group's new version behind, which a retry would repeat.
         fitted = []
         for identity, part in groups:
             part, foreign = self._own_rows(identity, part, config.group_by or ())
-            fitted.append(self._fit_one(identity, part, config, foreign))
+            fitted.append(self._fit_one(identity, part, config, foreign, counters))
         trained: list[ModelVersion] = []
         try:
             for meta, model, data in fitted:
@@ -225,11 +226,13 @@ class Trainer:
         return (table if own.all() else table.take(np.flatnonzero(own))), foreign
 
     def _fit_one(self, identity: ModelIdentity, table: TraceTable, config: TrainConfig,
-                 foreign: dict[str, int] | None = None) -> tuple[ModelVersion, QuantileModel, tuple[np.ndarray, np.ndarray]]:
+                 foreign: dict[str, int] | None = None, counters: frozenset[str] = frozenset(),
+                 ) -> tuple[ModelVersion, QuantileModel, tuple[np.ndarray, np.ndarray]]:
         """One model fitted on ``table``: its metadata, the model and its training rows, to store."""
         try:
             schema, X, y, report = FeatureSchema.prepare_training(table, config.target, config.features,
-                                                                  first_of_shape=config.first_of_shape)
+                                                                  first_of_shape=config.first_of_shape,
+                                                                  row_counters=counters)
         except TraceError as exc:
             raise InvalidInput(f"{identity.key}: {exc}", field=exc.field or "traces") from None
         for key, n in (foreign or {}).items():
