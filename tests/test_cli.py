@@ -522,10 +522,26 @@ def test_serve_with_workers_gets_a_fresh_metrics_directory_and_sweeps_dead_ones(
     elsewhere = [root / f"otherhost-1-{gone.pid}-ghi", root / f"{here.rsplit('-', 1)[0]}-1-{gone.pid}-jkl"]
     for d in elsewhere:
         d.mkdir()
-    fresh = Path(cli._fresh_metrics_dir(tmp_path))
+    fresh = Path(cli._fresh_metrics_dir(tmp_path, memory=None))
     assert fresh.parent == root and fresh.is_dir() and not any(fresh.iterdir())
     assert fresh.name.startswith(f"{here}-{os.getpid()}-")
     assert not stale.exists() and running.exists() and all(d.exists() for d in elsewhere)
+
+
+def test_the_workers_metrics_go_in_memory_where_the_system_has_it(tmp_path):
+    # prometheus_client writes them through mmap: with the data disk full, both workers died
+    # of SIGBUS touching a page of their files, and so did every worker started in their place.
+    memory = tmp_path / "shm"
+    memory.mkdir()
+    fresh = Path(cli._fresh_metrics_dir(tmp_path / "data", memory=memory))
+    mine = memory / f"swarmpilot-predictor-metrics-{os.getuid()}"
+    assert fresh.parent == mine and fresh.is_dir() and mine.stat().st_mode & 0o777 == 0o700
+    assert not (tmp_path / "data" / ".metrics").exists()
+    # A folder of that name this user may not trust (others may write it): the data directory.
+    mine.chmod(0o777)
+    (tmp_path / "data").mkdir()
+    assert Path(cli._fresh_metrics_dir(tmp_path / "data", memory=memory)).parent == tmp_path / "data" / ".metrics"
+    assert cli.MEMORY_METRICS_ROOT == Path("/dev/shm")
 
 
 def _clean_serve_env(monkeypatch):
@@ -541,6 +557,7 @@ def test_serve_says_in_one_line_what_keeps_it_from_starting(tmp_path, monkeypatc
     from .conftest import free_port
 
     _clean_serve_env(monkeypatch)
+    monkeypatch.setattr(cli, "MEMORY_METRICS_ROOT", None)  # a system without /dev/shm
     data = tmp_path / "data"
     data.mkdir()
     (data / ".metrics").write_text("a file where the metrics directory goes")

@@ -302,11 +302,13 @@ def test_a_feature_no_record_holds_is_never_matched_exactly():
     recs = [record(i, features={"x": i, "y": None}) for i in range(50)]
     table = LookupTable.from_records(recs, name="no-y.json")
     assert "y" in table.feature_names
-    queries = [{"x": 20}, {"x": 20, "y": 2000}, {"x": 20, "y": 5}, {"x": 20, "y": None}]
+    queries = [{"x": 20}, {"x": 20, "y": 2000}, {"x": 20, "y": 5}, {"x": 20, "y": None}, {"x": 20, "y": ""},
+               {"x": 20, "y": math.nan}]
     for batch in (queries, queries * 4):  # the scalar path and the vectorised one
         res = table.lookup(batch)
-        assert res.kinds()[:4] == ["exact", "nearest", "nearest", "exact"]
-        assert res.rows[:4].tolist() == [20] * 4
+        # (an empty string or NaN is stated as well: the two paths told them apart)
+        assert res.kinds()[:6] == ["exact", "nearest", "nearest", "exact", "nearest", "nearest"]
+        assert res.rows[:6].tolist() == [20] * 6
 
 
 def test_a_nearest_record_is_near_on_the_features_its_answers_follow():
@@ -474,7 +476,9 @@ BAD_FILES = {
     "repeated-column.csv": (b"x,expect,error,quantile_0.5,x\n1,2,3,4,5\n", "names column 'x' twice"),
     "bad-number.csv": (b"x,expect,error,quantile_0.5\n1,two,3,4\n", "line 2"),
     # read leniently, the quote took the last row into its cell: two records, not a word
-    "unclosed-quote.csv": (b'expect,error,quantile_0.5,x\n2,3,4,1\n2,3,4,"a\n2,3,4,b\n', "unexpected end of data"),
+    "unclosed-quote.csv": (b'expect,error,quantile_0.5,x\n2,3,4,1\n2,3,4,"a\n2,3,4,b\n',
+                           "line 3: a quoted cell that starts there is never closed"),
+    "after-quote.csv": (b'expect,error,quantile_0.5,x\n2,3,4,1\n2,3,4,"a" \n', "line 3: not valid CSV"),
     "bad.json.gz": (b"\x1f\x8b\x08\x00garbage", "cannot read"),
     "records.json": (b"[1, 2]", "record 0"),
     # Hand-edited records a model could never have written.

@@ -430,7 +430,11 @@ def test_sparse_and_dense_columns_read_the_same():
     table = TraceTable.from_traces(traces)
     assert table.columns["rare"].at_rows is not None and table.columns["dense"].at_rows is None
     rows = np.sort(rng.choice(3000, size=1100, replace=False))
-    for tab, ref in ((table, traces), (table.take(rows), [traces[i] for i in rows])):
+    few = np.array([3, 700, 1234, 1400, 2001, 2500, 2999])  # fewer rows than a sparse column's values
+    assert len(table.columns["rare"].at_rows) > len(few)
+    for tab, ref in ((table, traces), (table.take(rows), [traces[i] for i in rows]),
+                     (table.take(few), [traces[i] for i in few]), (table.take(rows).take(np.arange(0, 1100, 3)),
+                                                                   [traces[i] for i in rows[::3]])):
         assert len(tab) == len(ref)
         for name in ("runtime_ms", "dense", "mostly", "rare", "late_then_often", "tail", "once"):
             numbers, strings, booleans = _dense_reference(ref, name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -158,7 +159,7 @@ def serve(
             # Every worker's counters in one place, so that a scrape (whichever worker
             # takes it) counts them all; fresh per run, as prometheus_client requires.
             try:
-                metrics_dir = _fresh_metrics_dir(settings.data_dir)
+                metrics_dir = _fresh_metrics_dir(settings.data_dir, MEMORY_METRICS_ROOT)
             except OSError as exc:
                 _fail(f"cannot create a directory for the workers' metrics in {settings.data_dir / METRICS_DIR} "
                       f"({exc.strerror or exc})")
@@ -180,15 +181,40 @@ def serve(
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _fresh_metrics_dir(data_dir: Path) -> str:
-    """A new directory for the workers' metric files, in the data directory (a cleaner of
-    the system's temporary directory would remove it under a long-running service), named
-    after this host, process-id namespace and process; those left by supervisors that no
-    longer run (killed outright) are removed first, but only where a process id means the
-    same as here: a data directory may be shared by other hosts, and by containers of one
-    host name whose process ids are their own."""
+# prometheus_client writes its files through mmap: on a full disk a page of such a (sparse)
+# file has no block to go to, and the worker touching it dies of SIGBUS (with the data disk
+# full, both workers died, and every one started in their place). In memory they cannot
+# run out with the disk.
+MEMORY_METRICS_ROOT = Path("/dev/shm")
+
+
+def _metrics_root(data_dir: Path, memory: Path | None) -> Path:
+    """This user's folder in ``memory`` where the system has one this user may write (not
+    another user's: the folder is world-writable), else ``.metrics`` in the data directory."""
+    if memory is not None and memory.is_dir() and os.access(memory, os.W_OK | os.X_OK):
+        root = memory / f"swarmpilot-predictor-metrics-{os.getuid()}"
+        try:
+            root.mkdir(mode=0o700, exist_ok=True)
+            st = root.lstat()
+        except OSError:
+            pass
+        else:
+            if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077:
+                return root
     root = data_dir / METRICS_DIR
     root.mkdir(exist_ok=True)
+    return root
+
+
+def _fresh_metrics_dir(data_dir: Path, memory: Path | None = MEMORY_METRICS_ROOT) -> str:
+    """A new directory for the workers' metric files, in memory (see ``MEMORY_METRICS_ROOT``)
+    or else in the data directory (not in the system's temporary directory, whose cleaner
+    would remove it under a long-running service), named after this host, process-id
+    namespace and process; those left by supervisors that no longer run (killed outright)
+    are removed first, but only where a process id means the same as here: a data
+    directory may be shared by other hosts, and by containers of one host name whose
+    process ids are their own."""
+    root = _metrics_root(data_dir, memory)
     host, namespace = pid_space()
     here = f"{host}-{namespace or 0}"  # not Linux: one namespace
     for old in root.iterdir():

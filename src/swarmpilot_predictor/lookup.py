@@ -1023,8 +1023,9 @@ class LookupTable:
                 vals, missing, invalid = column(j)
                 usable &= ~invalid[todo]
                 parts.append(self._query_bits(j, vals[todo]))
-            for j in g.absent_cols:
-                usable &= column(j)[1][todo]  # stated where no record holds it: not exact
+            for j in g.absent_cols:  # stated (anything but null) where no record holds it: not exact
+                name = self.columns[j].name
+                usable &= np.fromiter((flat[i].get(name) is None for i in todo.tolist()), dtype=bool, count=len(todo))
             found = _probe(g.exact_keys, g.exact_rows, _hash_parts(parts, len(todo)))
             found[~usable] = -1
             hit = found >= 0
@@ -1909,6 +1910,7 @@ def _iter_jsonl_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
 def _iter_csv_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
     try:
         reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8", newline=""), strict=True)  # an unclosed quote is no cell
+        row_line = 1
         header = next(reader, None)
         if not header:
             raise TraceError(f"{name}: the CSV table has no header")
@@ -1941,7 +1943,9 @@ def _iter_csv_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
         i_exp, i_err = pos["expect"], pos["error"]
         i_status, i_lo, i_hi, i_cl, i_ver = (pos.get(k) for k in ("status", "interval_low", "interval_high", "confidence_level", "model_version"))
         width = len(header)
+        row_line = reader.line_num + 1  # where the row being read starts
         for row in reader:
+            row_line = reader.line_num + 1  # the next one's
             if blank_cells(row):  # a blank line, or a spreadsheet's empty row
                 continue
             where = f"line {reader.line_num}"  # the physical line: a quoted cell may span several
@@ -1980,7 +1984,12 @@ def _iter_csv_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
                         shape_cells[cell] = cell  # refused as not a list, naming the line
                 rec[SHAPE_FEATURES] = shape_cells[cell]
             yield where, rec
-    except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile, csv.Error) as exc:
+    except csv.Error as exc:
+        # (an unclosed quote took every row after it into one cell, without a word, before strict)
+        why = ("a quoted cell that starts there is never closed; the file may be truncated" if "end of data" in str(exc)
+               else f"not valid CSV ({exc})")
+        raise TraceError(f"{name}: line {row_line}: {why}") from None
+    except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as exc:
         raise TraceError(f"{name}: cannot read the CSV table ({exc}); it may be truncated") from None
 
 

@@ -384,17 +384,29 @@ class Column:
         out[numeric] = [format_number(v) for v in nums[numeric]]
         return self._spread(out, None)
 
-    def take(self, member: np.ndarray, rank: np.ndarray, n_rows: int) -> "Column":
-        """The column of the ``n_rows`` rows where ``member`` is true; ``rank`` numbers them from 0."""
+    def take(self, rows: np.ndarray) -> "Column":
+        """The column of ``rows`` (increasing), numbered from 0.
+
+        Each group of a ``group_by`` split takes its rows: the cost follows the group's rows
+        (or a sparse column's values, where fewer), never the table's.
+        """
         if self.at_rows is None:
-            keep = np.flatnonzero(member)
-            new_rows = None
+            keep, new_rows = rows, None
         else:
-            rows = np.frombuffer(self.at_rows, dtype=np.int64)
-            keep = np.flatnonzero(member[rows])
-            new_rows = array("q", rank[rows[keep]].tobytes())
+            at = np.frombuffer(self.at_rows, dtype=np.int64)
+            if len(at) <= len(rows):  # each stored value's place among the rows
+                pos = np.searchsorted(rows, at)
+                hit = pos < len(rows)
+                hit[hit] = rows[pos[hit]] == at[hit]
+                keep, new_pos = np.flatnonzero(hit), pos[hit]
+            else:  # each row's place among the stored values
+                pos = np.searchsorted(at, rows)
+                hit = pos < len(at)
+                hit[hit] = at[pos[hit]] == rows[hit]
+                keep, new_pos = pos[hit], np.flatnonzero(hit)
+            new_rows = array("q", new_pos.astype(np.int64).tobytes())
         new = Column(numbers=array("d", np.frombuffer(self.numbers, dtype=np.float64)[keep].tobytes()),
-                     vocab=self.vocab, at_rows=new_rows, n_rows=n_rows)
+                     vocab=self.vocab, at_rows=new_rows, n_rows=len(rows))
         if self.codes is not None:
             new.codes = array("i", np.frombuffer(self.codes, dtype=np.int32)[keep].tobytes())
         if self.booleans is not None:
@@ -495,11 +507,8 @@ class TraceTable:
 
     def take(self, rows: np.ndarray) -> "TraceTable":
         """A new table holding only ``rows``, in increasing order (used to split by ``group_by``)."""
-        member = np.zeros(self.n_rows, dtype=bool)
-        member[rows] = True
-        rank = np.cumsum(member) - 1
-        n = len(rows)
-        return TraceTable(columns={name: col.take(member, rank, n) for name, col in self.columns.items()}, n_rows=n)
+        rows = np.asarray(rows, dtype=np.int64)
+        return TraceTable(columns={name: col.take(rows) for name, col in self.columns.items()}, n_rows=len(rows))
 
 
 def read_json_lines(data: bytes, usable: Callable[[Any], bool]) -> list[Any]:
