@@ -381,6 +381,17 @@ def test_damaged_training_rows_read_as_none(root):
     assert reg.training_data(IDENT, 1)[0].shape == X.shape
     (root / IDENT.dirname / "v0001.data.npz").write_bytes(b"PK\x03\x04 not a zip")
     assert reg.training_data(IDENT, 1) is None
+    # A FIFO in its place hung the retraining (and every later one, queued behind it).
+    import os
+    import threading
+
+    (root / IDENT.dirname / "v0001.data.npz").unlink()
+    os.mkfifo(root / IDENT.dirname / "v0001.data.npz")
+    got = []
+    reader = threading.Thread(target=lambda: got.append(reg.training_data(IDENT, 1)), daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    assert got == [None]
 
 
 def test_model_files_are_json_and_loading_needs_no_pickle(root, monkeypatch):
@@ -666,6 +677,30 @@ def test_metadata_that_is_not_an_object_of_fields_is_skipped(root, caplog, text)
     with caplog.at_level("WARNING", logger="swarmpilot_predictor.registry"):
         fresh = ModelRegistry(root)
     assert "skipping unreadable model metadata" in caplog.text and "v0001.meta.json" in caplog.text
+    assert fresh.identities() == [OTHER]
+
+
+def test_unreadable_metadata_is_read_once_until_it_changes_and_never_past_its_limit(root, caplog, monkeypatch):
+    # A 2 GiB file there took 4 GB and 20 s at every scan, and was said again at each.
+    from swarmpilot_predictor import registry as registry_module
+
+    reg = ModelRegistry(root)
+    reg.save(*fit()[:2])
+    reg.save(*fit(OTHER)[:2])
+    monkeypatch.setattr(registry_module, "MAX_META_BYTES", 100_000)
+    path = root / IDENT.dirname / "v0001.meta.json"
+    with path.open("wb") as fh:
+        fh.truncate(10**9)  # sparse: no disk used
+    with caplog.at_level("WARNING", logger="swarmpilot_predictor.registry"):
+        fresh = ModelRegistry(root)
+        assert f"skipping unreadable model metadata {path}: it holds more than 100,000 bytes" in caplog.text
+        caplog.clear()
+        fresh.refresh()
+        fresh.refresh_identity(IDENT)
+        assert "skipping" not in caplog.text
+        path.write_bytes(b"{}")  # changed: read again, and said
+        fresh.refresh()
+        assert "skipping unreadable model metadata" in caplog.text
     assert fresh.identities() == [OTHER]
 
 

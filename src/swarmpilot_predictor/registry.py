@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .atomic import atomic_file, atomic_write_bytes, read_regular, remove_stale_temps, temp_beside
+from .atomic import atomic_file, atomic_write_bytes, read_regular, regular_file_fd, remove_stale_temps, temp_beside
 from .errors import (AmbiguousModel, InvalidInput, ModelNotFound, ModelUnreadable, NotFound, StorageError,
                      VersionConflict, json_kind, writing)
 from .features import FeatureSchema
@@ -37,6 +37,9 @@ from .schemas import regime_split_problem
 
 log = logging.getLogger(__name__)
 _META = re.compile(r"^v(\d{4,})\.meta\.json$")
+# A version's metadata is kilobytes (a megabyte or so with a large table of shapes); a file
+# of gigabytes there took 4 GB and 20 s at every scan.
+MAX_META_BYTES = 64 * 1024 * 1024
 _VERSION_FILE = re.compile(r"^v(\d{4,})\.(.+)$")  # any file of a version: meta, model, data, lock, tombstone
 
 
@@ -271,7 +274,8 @@ class ModelRegistry:
         # process, noticed at a refresh): the service keeps its loaded-models gauge current.
         self.on_unload: Callable[[], None] | None = None
         # A training worker only writes: it never needs the index.
-        self._meta_cache: dict[str, tuple[int, ModelVersion]] = {}
+        # Per metadata file: its modification time and what it held (None: it could not be read).
+        self._meta_cache: dict[str, tuple[int, ModelVersion | None]] = {}
         if scan:
             self._tidy()
             self.refresh()
@@ -325,7 +329,7 @@ class ModelRegistry:
         """
         generation = self._generation()
         index: dict[ModelIdentity, dict[int, ModelVersion]] = {}
-        seen: dict[str, tuple[int, ModelVersion]] = {}
+        seen: dict[str, tuple[int, ModelVersion | None]] = {}
         for model_dir in os.scandir(self.root):
             try:
                 if not model_dir.is_dir():
@@ -349,7 +353,7 @@ class ModelRegistry:
 
     def refresh_identity(self, identity: ModelIdentity) -> None:
         """Re-read one model's versions (after a training worker wrote them)."""
-        seen: dict[str, tuple[int, ModelVersion]] = {}
+        seen: dict[str, tuple[int, ModelVersion | None]] = {}
         model_dir = self.root / identity.dirname
         try:
             metas = self._scan_dir(model_dir, seen) if model_dir.is_dir() else []
@@ -369,22 +373,31 @@ class ModelRegistry:
             # by another worker) between this scan and this lock, which the scan above lacks.
             self._seen_generation = None
 
-    def _scan_dir(self, model_dir: Path, seen: dict[str, tuple[int, ModelVersion]]) -> list[ModelVersion]:
+    def _scan_dir(self, model_dir: Path, seen: dict[str, tuple[int, ModelVersion | None]]) -> list[ModelVersion]:
         out = []
         for entry in os.scandir(model_dir):
             if not _META.match(entry.name):
                 continue
+            mtime = None
             try:
                 mtime = entry.stat().st_mtime_ns
                 cached = self._meta_cache.get(entry.path)
                 if cached is not None and cached[0] == mtime:
                     meta = cached[1]
+                    if meta is None:  # the file that could not be read at the last scan, unchanged: said then
+                        seen[entry.path] = cached
+                        continue
                 else:
-                    meta = ModelVersion.from_json(orjson.loads(read_regular(entry.path)))
+                    raw = read_regular(entry.path, MAX_META_BYTES + 1)
+                    if len(raw) > MAX_META_BYTES:
+                        raise ValueError(f"it holds more than {MAX_META_BYTES:,} bytes")
+                    meta = ModelVersion.from_json(orjson.loads(raw))
                     if meta.version != int(_META.match(entry.name).group(1)):
                         raise ValueError(f"it holds version {meta.version}")
             except Exception as exc:  # one damaged file costs its own version, never the scan
                 log.warning("skipping unreadable model metadata %s: %s", entry.path, exc)
+                if mtime is not None:  # not read again, nor said again, until it changes
+                    seen[entry.path] = (mtime, None)
                 continue
             if not (model_dir / _model_file(meta.version)).exists():
                 # Still listed: loading it answers a 500 naming the missing file (and DELETE can
@@ -633,7 +646,10 @@ class ModelRegistry:
         if not path.exists():
             return None
         try:
-            with np.load(path, allow_pickle=False) as data:
+            # Opened as every read of the data directory is: a FIFO in its place hung the
+            # retraining, and with it every later one (they run one at a time).
+            with regular_file_fd(path) as fd, os.fdopen(fd, "rb", closefd=False) as fh, \
+                    np.load(fh, allow_pickle=False) as data:
                 return data["X"], data["y"]
         except Exception as exc:  # damaged on disk: retraining goes on with the observations alone
             log.warning("ignoring the unreadable training rows of %s version %d (%s): %r", identity.key, version, path, exc)
