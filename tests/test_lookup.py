@@ -309,6 +309,16 @@ def test_a_feature_no_record_holds_is_never_matched_exactly():
         # (an empty string or NaN is stated as well: the two paths told them apart)
         assert res.kinds()[:6] == ["exact", "nearest", "nearest", "exact", "nearest", "nearest"]
         assert res.rows[:6].tolist() == [20] * 6
+    # In a table of two models, a column none of A's records hold may be B's feature, which
+    # A never reads: a trace for A that carries it is still A's exact match (it fell to
+    # its task id, another record, after the first form of this rule).
+    other = {**INFO, "name": "b"}
+    two = LookupTable.from_records([record(i, features={"x": i}, task_id=f"t{i}") for i in range(50)]
+                                   + [record(i, info=other, features={"x": i, "y": i}) for i in range(50)], name="two.json")
+    query = {"x": 20, "y": 3, "task_id": "t5"}
+    for batch in ([query], [query] * 12):
+        res = two.lookup(batch, IdentityPattern.from_segments("llm", "m", "h", "s", "1"))
+        assert res.kinds()[0] == "exact" and res.rows[0] == 20
 
 
 def test_a_nearest_record_is_near_on_the_features_its_answers_follow():

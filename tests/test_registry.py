@@ -702,6 +702,23 @@ def test_unreadable_metadata_is_read_once_until_it_changes_and_never_past_its_li
         fresh.refresh()
         assert "skipping unreadable model metadata" in caplog.text
     assert fresh.identities() == [OTHER]
+    # A file that could not be opened (no descriptors left, a permission since mended) is
+    # tried again at the next scan: that passes without the file changing.
+    import errno
+
+    path.unlink()
+    reg.save(*fit()[:2])
+    real = registry_module.read_regular
+
+    def no_descriptors(p, *args):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(registry_module, "read_regular", no_descriptors)
+    short = ModelRegistry(root)
+    assert short.identities() == []
+    monkeypatch.setattr(registry_module, "read_regular", real)
+    short.refresh()
+    assert sorted(short.identities(), key=str) == sorted([IDENT, OTHER], key=str)
 
 
 def test_special_files_in_the_data_directory_are_skipped_not_read(root):

@@ -532,8 +532,9 @@ class _Group:
     # Per nearest-record coordinate (num_cols), how much it moves the records' answers.
     weights: list[float] = field(default_factory=list)
     model_versions: list[int] | None = None  # see LookupTable.versions_of
-    # Feature columns none of the group's records hold: a trace that states one has no
-    # exact record (its value was never compared), however the others match.
+    # Feature columns none of the group's records hold, in a table of one model: a trace
+    # that states one has no exact record (its value was never compared), however the
+    # others match.
     absent_cols: list[int] = field(default_factory=list)
 
     @functools.cached_property
@@ -722,8 +723,11 @@ class LookupTable:
             shape_cols = [names[n] for n in shape]
             repeats = rows[self.columns[flag].values[rows] == 0.0]
             seen = _sorted_index(_hash_parts([self._bits(j, repeats) for j in shape_cols], len(repeats)), repeats)
+        # Only where the table holds one model: in a table of several, a column none of this
+        # model's records hold may be another model's feature, which this one never reads.
         present = set(cols)
-        absent = [j for j, c in enumerate(self.columns) if j not in present and c.missing_as is None]
+        absent = [j for j, c in enumerate(self.columns)
+                  if j not in present and c.missing_as is None] if len(self.identities) == 1 else []
         return _Group(self.identities[g], rows, cols, num, cat, part_cols, optional, exact_keys, exact_rows, task_keys,
                       task_rows, partitions, shape_cols, *seen, weights.tolist(), absent_cols=absent)
 

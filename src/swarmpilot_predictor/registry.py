@@ -396,7 +396,10 @@ class ModelRegistry:
                         raise ValueError(f"it holds version {meta.version}")
             except Exception as exc:  # one damaged file costs its own version, never the scan
                 log.warning("skipping unreadable model metadata %s: %s", entry.path, exc)
-                if mtime is not None:  # not read again, nor said again, until it changes
+                if mtime is not None and not isinstance(exc, OSError):
+                    # Damaged: not read again, nor said again, until it changes. (A file that
+                    # could not be opened, for want of descriptors or permission, is tried
+                    # again: that may pass without the file changing.)
                     seen[entry.path] = (mtime, None)
                 continue
             if not (model_dir / _model_file(meta.version)).exists():
