@@ -690,6 +690,7 @@ class _WholeMultiPartParser(MultiPartParser):
 
     def on_end(self) -> None:
         self.ended = True
+        super().on_end()
 
     async def parse(self) -> FormData:
         form = await super().parse()

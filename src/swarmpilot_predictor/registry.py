@@ -274,7 +274,7 @@ class ModelRegistry:
         # process, noticed at a refresh): the service keeps its loaded-models gauge current.
         self.on_unload: Callable[[], None] | None = None
         # A training worker only writes: it never needs the index.
-        # Per metadata file: its modification time and what it held (None: it could not be read).
+        # Per metadata file: its modification time and what it held (None: it is damaged).
         self._meta_cache: dict[str, tuple[int, ModelVersion | None]] = {}
         if scan:
             self._tidy()
