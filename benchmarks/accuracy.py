@@ -1040,8 +1040,8 @@ also tries the shape keys without such many-valued whole-number features, and ke
 whose flag explains clearly more of the runtime than the alternatives (README, "First runs
 of an input shape"); here `(batch_size, seq_len)`. Later modelling changes were scored on
 these traces too, so they are no longer untouched data, and the ratios below are today's,
-not those of that first scoring. Two of the three carry timestamps: given the derived
-`first_of_shape` column, `qrf` beats the service on the vision traces by 3% (the summary's
+not those of that first scoring. Two of the three get the derived `first_of_shape`
+column (all three carry timestamps): given that column, `qrf` beats the service on the vision traces by 3% (the summary's
 last column); on the text encoder the service is ahead of every method given it. Where
 `qrf`'s lead comes from is under the vision set's table ("Where `qrf+derived` gains"):
 almost all of it on the 16 first runs among the 3,829 test rows (+0.0017 of the +0.0018 in
@@ -1139,7 +1139,7 @@ split, the service scored 0.0636 on `h100_resnet50_vision`, 0.0752 on `cold_star
 on `cold_start_seed+1000` and 0.0642 on `h200_resnet50_vision`).
 
 Derived columns. Where the traces carry timestamps and repeated input shapes (the ResNet-50
-trace and `cold_start`), the service's training derives `first_of_shape`: whether an older
+traces, the H200 text encoder and `cold_start`), the service's training derives `first_of_shape`: whether an older
 training trace had the same shape (README, "First runs of an input shape"). The baselines
 are the off-the-shelf methods on the traces' own fields and do not get it; the reference
 rows `lgbm_q+derived`, `qrf+derived` and `linear_qr+derived` are the baselines handed that
@@ -1151,7 +1151,7 @@ given the column beats it on the H200 vision traces by 3%, on their first runs, 
 H200 section). The summaries also
 give the geometric mean over the sets without timestamps, where no column can be derived.
 
-Row counters. The real traces number their rows (`seq`: 0, 1, 2, ...), a column the
+Row counters. The H100 and H200 traces number their rows (`seq`: 0, 1, 2, ...), a column the
 service drops when it trains on a whole file (README, "Training config"): a prediction
 would need the counter. This benchmark trains on a random 70%, which numbers its rows with
 gaps; until 2026-11-30 the check did not recognise the counter there, and `seq` was a
@@ -1173,7 +1173,7 @@ are not given for that set.
 Reading the figures. On the synthetic sets other than `cold_start` the best baseline is
 already close to the oracle (see the line under the summary table), so no method can be
 10% below it there; the service is within 1.6% of the oracle on each (1.5% on `heavy_tailed`,
-at most 0.4% on the others), and in expectation (the summary's last two columns) within
+at most 0.4% on the others), and in expectation (the summary's columns "in expectation" and "oracle") within
 1.4% on `heavy_tailed` and 0.3% on the others. On the 210 test rows of `llm_aborted` even the
 oracle scores 1.026 times the best baseline (`linear_qr`): those rows happen to favour
 `linear_qr`, whose expected loss on the same rows is above the service's (ratio 0.995 in
@@ -1193,7 +1193,7 @@ in probability (187% and 0.003 with seed+1000, `--seed-offset 1000`); each set's
 both per level. The converse holds at the floor of `heavy_tailed`, where nearly all the
 probability sits just above the base time: its 0.1 quantile is within 1.1% in time and 0.065
 off in probability. On `h100_resnet50_vision` the 90% interval holds 0.932 of the 439 test
-runtimes (binomial standard error 0.014): 0.921 of the 242 repeats and 0.944 of the 197
+runtimes (binomial standard error 0.014 at the nominal 0.90): 0.921 of the 242 repeats and 0.944 of the 197
 first runs, where the training rows' cross-validated coverage of the two serving models is
 0.057 and 0.953 at the 0.05 and 0.95 levels (repeats) and 0.041 and 0.941 (first runs).
 
