@@ -553,6 +553,31 @@ def test_useless_features_are_dropped_on_small_data():
     assert loss < loss_kept, (loss, loss_kept)
 
 
+def test_backward_elimination_is_bounded_on_wide_tiny_data():
+    # rows x features^2 bounded nothing on a handful of rows: 64 features on 9 rows took two
+    # minutes of cross-fits, whose fixed costs do not shrink with the rows. Each counts as
+    # 200 rows now: up to 14 features are tried, no more.
+    rng = np.random.default_rng(4)
+    for p, tried in ((14, True), (15, False), (64, False)):
+        X = rng.uniform(1, 100, (9, p))
+        y = 5 + 0.3 * X[:, 0] * rng.lognormal(0, 0.05, 9)
+        model = QuantileModel(["numeric"] * p, [0] * p, algorithm="linear").fit(X, y)
+        assert ("pinball_loss_before_drop" in model.cv_["linear"]) == tried, p
+
+
+def test_a_feature_of_tiny_magnitude_is_read_like_any_other():
+    # Below about 1e-162 the squares of its spread underflowed to 0: the linear family read
+    # the column as constant and served one median for every task, without a word.
+    rng = np.random.default_rng(1)
+    v = rng.uniform(1, 100, 200)
+    y = (5 + 0.1 * v) * np.exp(rng.normal(0, 0.1, 200))
+    probe = np.array([[2.0], [95.0]])
+    medians = [QuantileModel(["numeric"], [0], algorithm="linear").fit(v[:, None] * scale, y)
+               .predict_quantiles(probe * scale, [0.5])[:, 0] for scale in (1e-5, 1e-200)]
+    np.testing.assert_allclose(medians[1], medians[0], rtol=1e-4)  # (log1p of 1e-5 values is nearly, not quite, linear)
+    assert medians[1][1] > 2.5 * medians[1][0]
+
+
 def test_features_that_matter_are_kept(llm_model):
     # output_tokens carries the runtime: it stays, whatever happens to the others.
     assert llm_model.features_used_[1]

@@ -290,7 +290,11 @@ def gross_outliers(X: np.ndarray, y: np.ndarray, kinds: Sequence[str]) -> np.nda
             with np.errstate(over="ignore", invalid="ignore"):
                 cols += [np.sign(x) * np.log1p(np.abs(x)), x]
     A = np.column_stack(cols) if cols else np.empty((n, 0))
-    with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        # Relative to each column's largest value first: below about 1e-162 the squares of the
+        # standard deviation underflow, and the column was lost to a division by zero.
+        top = np.abs(A).max(axis=0) if n else np.ones(A.shape[1])
+        A = A / np.where(top > 0, top, 1.0)
         A = (A - A.mean(axis=0)) / A.std(axis=0)
     A = np.column_stack([np.ones(n), A[:, np.isfinite(A).all(axis=0)]])
 
