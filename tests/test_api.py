@@ -1274,3 +1274,16 @@ def test_a_slow_report_does_not_hold_the_other_requests(tmp_path, route, method)
     ping, answered_first, report = asyncio.run(scenario())
     assert ping.status_code == 200 and answered_first
     assert report.status_code == 200
+
+
+def test_long_identity_paths_are_not_kept_in_the_path_cache():
+    # Any path with identity segments was cached before a model was looked up: 4,096 paths
+    # of 60 KB, each a 404, held 470 MB in every worker.
+    from swarmpilot_predictor import api
+
+    api._pattern_of.cache_clear()
+    short = api._identity_from({"path": "/models/llm/m/h/s/1"}, 1)
+    long_path = "/models/llm/" + "m" * 60_000 + "/h/s/1"
+    pattern = api._identity_from({"path": long_path}, 1)
+    assert api._pattern_of.cache_info().currsize == 1
+    assert short.as_tuple()[1] == "m" and pattern.as_tuple()[1] == "m" * 60_000

@@ -529,7 +529,10 @@ class TrainingJobs:
                     except Exception:  # noqa: BLE001 - the version is stored; the caller still gets its answer
                         log.exception("training job %s: indexing the new version failed", job_id)
                 record.update(status="succeeded", result=result)
-                self._store(record)
+                if self._store(record):
+                    # Read back from its file when asked: a group_by job's result lists every
+                    # model (9 MB for 2,000 groups), and a thousand such records were kept here.
+                    del record["result"]
                 done.set_result(result)
             else:
                 err = out["error"]
@@ -549,13 +552,18 @@ class TrainingJobs:
         with self._lock:
             record = self.jobs.get(job_id)
         if record is not None:
+            if record["status"] == "succeeded" and "result" not in record:
+                stored = self._stored(job_id)
+                if stored is not None and "result" in stored:
+                    return stored
             return dict(record)
         stored = self._stored(job_id)
         if stored is None:
             raise NotFound(f"no training job {shown(job_id)}")  # quoted cut short: an id may be any length
         return stored
 
-    def _store(self, record: dict[str, Any]) -> None:
+    def _store(self, record: dict[str, Any]) -> bool:
+        """Write a job's record to its file; whether it was written."""
         try:
             self.records_dir.mkdir(exist_ok=True)
             atomic_write_bytes(self.records_dir / f"{record['job_id']}.json",
@@ -563,6 +571,8 @@ class TrainingJobs:
                                            "worker_started": started(os.getpid())}, orjson.OPT_SERIALIZE_NUMPY))
         except OSError as exc:  # a full disk: this worker still answers for the job
             log.warning("cannot store training job %s's record: %s", record["job_id"], exc)
+            return False
+        return True
 
     def _stored(self, job_id: str) -> dict[str, Any] | None:
         if not _JOB_ID.fullmatch(job_id):  # the id names a file: nothing else reaches the file system
