@@ -71,6 +71,7 @@ from .traces import (
     blank_cells,
     category_text,
     check_csv_header,
+    csv_problem,
     csv_value,
     dumps_json,
     iter_trace_file,
@@ -1438,7 +1439,7 @@ def _merge_interval_knots(levels: list[float], values: list[float], cl: float, l
     at (1 - cl) / 2 and (1 + cl) / 2: the interval is a pair of quantiles the model computed,
     so levels near it are interpolated from it rather than extrapolated past the stored ones."""
     knots = dict(zip(levels, values))
-    for level, value in (((1.0 - cl) / 2.0, lo), ((1.0 + cl) / 2.0, hi)):
+    for level, value in zip(interval_levels(cl), (lo, hi)):
         if all(abs(level - q) >= 1e-9 for q in levels):
             knots[level] = value
     L = sorted(knots)
@@ -1452,7 +1453,7 @@ def _merge_interval_knots(levels: list[float], values: list[float], cl: float, l
 def _merge_interval_knots_many(levels: np.ndarray, values: np.ndarray, cl: float,
                                interval: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_merge_interval_knots` for rows sharing their stored levels and confidence level."""
-    extra = [(k, lv) for k, lv in enumerate(((1.0 - cl) / 2.0, (1.0 + cl) / 2.0)) if not np.any(np.abs(levels - lv) < 1e-9)]
+    extra = [(k, lv) for k, lv in enumerate(interval_levels(cl)) if not np.any(np.abs(levels - lv) < 1e-9)]
     if not extra:
         return levels, values
     L = np.concatenate([levels, [lv for _, lv in extra]])
@@ -1990,9 +1991,7 @@ def _iter_csv_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
             yield where, rec
     except csv.Error as exc:
         # (an unclosed quote took every row after it into one cell, without a word, before strict)
-        why = ("a quoted cell that starts there is never closed; the file may be truncated" if "end of data" in str(exc)
-               else f"not valid CSV ({exc})")
-        raise TraceError(f"{name}: line {row_line}: {why}") from None
+        raise TraceError(f"{name}: line {row_line}: {csv_problem(exc, '; the file may be truncated')}") from None
     except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as exc:
         raise TraceError(f"{name}: cannot read the CSV table ({exc}); it may be truncated") from None
 
@@ -2692,9 +2691,7 @@ class LookupTableStore:
         except FileNotFoundError:
             raise NotFound(f"lookup table {name!r} not found") from None
         finally:
-            with self._lock:
-                self._cache.pop(name, None)
-                self._failed.pop(name, None)
+            self._forget(name)
         try:
             index.unlink(missing_ok=True)
         except OSError as exc:  # the table is gone; a sidecar left behind is only disk space

@@ -197,21 +197,26 @@ def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Ite
                 named = [(i, h, csv_text if h in _IDENTITY_COLUMNS else csv_value) for i, h in enumerate(header) if h]
                 row_line = reader.line_num + 1
                 for row in reader:
-                    if row and not blank_cells(row):  # else an empty line, or a spreadsheet's row of commas
-                        if len(row) > len(header) and not blank_cells(row[len(header):]):
-                            raise TraceError(f"{source}: line {row_line} has {len(row)} fields where the header "
-                                             f"has {len(header)}")
-                        yield {h: read(row[i] if i < len(row) else None) for i, h, read in named}
-                    row_line = reader.line_num + 1
+                    line, row_line = row_line, reader.line_num + 1  # this row's start; the next one's
+                    if not row or blank_cells(row):  # an empty line, or a spreadsheet's row of commas
+                        continue
+                    if len(row) > len(header) and not blank_cells(row[len(header):]):
+                        raise TraceError(f"{source}: line {line} has {len(row)} fields where the header "
+                                         f"has {len(header)}")
+                    yield {h: read(row[i] if i < len(row) else None) for i, h, read in named}
             except csv.Error as exc:
-                why = ("a quoted cell that starts there is never closed" if "end of data" in str(exc)
-                       else f"not valid CSV ({exc})")
-                raise TraceError(f"{source}: line {row_line}: {why}") from None
+                raise TraceError(f"{source}: line {row_line}: {csv_problem(exc)}") from None
         else:  # pragma: no cover - guarded by _format_from_name
             raise TraceError(f"unknown trace format {shown(fmt)}")
     except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
         # Truncated gzip streams, binary garbage and CSV fields beyond the csv module's limit.
         raise TraceError(f"{source}: cannot read trace file ({exc})") from None
+
+
+def csv_problem(exc: csv.Error, unclosed_hint: str = "") -> str:
+    """What a strict CSV reader's error says of the row it was reading."""
+    return ("a quoted cell that starts there is never closed" + unclosed_hint if "end of data" in str(exc)
+            else f"not valid CSV ({exc})")
 
 
 def blank_cells(cells: list[str]) -> bool:
@@ -342,7 +347,7 @@ class Column:
     def _spread(self, stored: np.ndarray, gap: Any) -> np.ndarray:
         """Stored values over every row, ``gap`` where a row has none (always a new array)."""
         if self.at_rows is None:
-            return stored.copy()
+            return stored if stored.flags.owndata else stored.copy()  # a view of the buffer: copied
         out = np.full(self.n_rows, gap, dtype=stored.dtype)
         out[np.frombuffer(self.at_rows, dtype=np.int64)] = stored
         return out
