@@ -260,6 +260,46 @@ def section_batch_breakdown(data_dir: Path) -> None:
     svc.close()
 
 
+def section_client(data_dir: Path) -> None:
+    """A batch of 10,000 traces through the Python client, against the same request sent with
+    httpx and read with orjson: what the client adds is parsing its answer into models."""
+    import httpx
+
+    from swarmpilot_predictor.client import PredictorClient
+
+    traces = llm_traces(10_000, seed=7)
+    for t in traces:
+        del t["runtime_ms"]
+    body = orjson.dumps({"trace": traces})
+    srv = Server(data_dir, env={"PREDICTOR_CACHE_SIZE": "0"})
+    try:
+        pin(1)
+        with PredictorClient(f"http://127.0.0.1:{srv.port}", timeout=120) as client, \
+                httpx.Client(base_url=f"http://127.0.0.1:{srv.port}", timeout=120) as raw:
+            url = f"/predict/batch/{SEG}"
+            plain, typed, server = [], [], []
+            for i in range(12):  # alternating, so that the machine's drifts hit both alike
+                t0 = time.perf_counter()
+                answer = orjson.loads(raw.post(url, content=body, headers={"content-type": "application/json"}).content)
+                t1 = time.perf_counter()
+                got = client.predict_batch(IDENT, traces)
+                t2 = time.perf_counter()
+                if i >= 2:  # two warm-up rounds
+                    plain.append(t1 - t0)
+                    typed.append(t2 - t1)
+                    server.append(answer["summary"]["duration_seconds"])
+            assert got.summary.success == len(traces) == len(got.results)
+        rows = (("httpx + orjson.loads", plain), ("PredictorClient.predict_batch", typed),
+                ("the server's own duration_seconds", server))
+        for name, v in rows:
+            med = statistics.median(v)
+            print(f"| batch of 10,000 traces, {name} | {med * 1e3:.0f} ms ({med * 1e6 / len(traces):.1f} µs per trace) |")
+        print(f"| batch of 10,000 traces, what the client adds to httpx + orjson | "
+              f"{(statistics.median(typed) - statistics.median(plain)) * 1e3:.0f} ms |")
+    finally:
+        srv.stop()
+
+
 def section_coalesce(data_dir: Path) -> None:
     """Concurrent single requests: one vectorised batch, or one by one through the single-row path?
 
@@ -565,7 +605,7 @@ def main() -> None:
     ap.add_argument("--algorithm", default="auto")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--skip-registry", action="store_true")
-    ap.add_argument("--only", default="", help="comma-separated sections: http,batch,cache,coalesce,isolation,training,registry,metrics,preload,atoms,observe")
+    ap.add_argument("--only", default="", help="comma-separated sections: http,batch,client,cache,coalesce,isolation,training,registry,metrics,preload,atoms,observe")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
 
@@ -582,6 +622,8 @@ def main() -> None:
             section_batch_breakdown(data_dir)
         if want("cache"):
             section_cache(data_dir)
+        if want("client"):
+            section_client(data_dir)
         if want("coalesce"):
             section_coalesce(data_dir)
         if want("isolation", args.skip_training):

@@ -63,6 +63,26 @@ def test_typed_answers_for_every_prediction_endpoint(trained_server):
         assert detail["key"] == KEY
 
 
+def test_a_large_batch_answer_is_read_whole_and_leaves_the_collector_as_it_was(trained_server):
+    import gc
+
+    traces = [{"input_tokens": 100 + i % 900, "output_tokens": 50 + i % 200} for i in range(6000)]
+    with PredictorClient(trained_server.url, timeout=120) as client:
+        raw = client._http.post("/predict/batch/" + "/".join(quote(v, safe="") for v in IDENTITY.values()),
+                               json={"trace": traces})
+        assert len(raw.content) > (1 << 20)  # parsed with the cyclic collector paused
+        expected = orjson.loads(raw.content)
+        for enabled in (True, False):
+            (gc.enable if enabled else gc.disable)()
+            try:
+                batch = client.predict_batch(IDENTITY, traces)
+                assert gc.isenabled() is enabled
+            finally:
+                gc.enable()
+            assert batch.summary.success == 6000 and batch.total_quantiles == expected["total_quantiles"]
+            assert [r.model_dump(exclude_unset=True) for r in batch.results] == expected["results"]
+
+
 def test_numpy_numbers_are_sent_as_json_numbers(trained_server):
     # Schedulers hold features and levels in numpy arrays.
     levels = np.array([0.1, 0.5, 0.9])

@@ -1095,6 +1095,25 @@ def test_deleting_a_symlinked_table_removes_its_sidecar_and_tolerates_a_stuck_on
         store.get("p.json")
 
 
+def test_a_table_linked_to_a_file_outside_the_data_directory_is_not_served(tmp_path):
+    # The table directory's parent is the data directory: a link there to any file the service
+    # could read was served whole by GET /tables/{name}, and read as a table.
+    data = tmp_path / "data"
+    root = data / "tables"
+    root.mkdir(parents=True)
+    (tmp_path / "secret.json").write_bytes(orjson.dumps([record(0)]))
+    (root / "secret.json").symlink_to(tmp_path / "secret.json")
+    (data / "archive.json").write_bytes(orjson.dumps([record(i) for i in range(3)]))
+    (root / "archived.json").symlink_to(data / "archive.json")  # inside the data directory: fine
+    store = LookupTableStore(root)
+    assert store.names() == ["archived.json"] and store.get("archived.json").n_rows == 3
+    for read in (store.get, store.open_table, store.path_of):
+        with pytest.raises(InvalidInput, match="'secret.json' is a symbolic link that leads outside the data directory"):
+            read("secret.json")
+    assert store.delete("secret.json") == {"status": "success", "deleted": "secret.json"}  # the link only
+    assert (tmp_path / "secret.json").is_file() and store.names() == ["archived.json"]
+
+
 def test_the_default_table_under_concurrent_deletes_and_rewrites(tmp_path):
     import threading
     import time

@@ -359,6 +359,60 @@ def test_an_old_model_file_that_lost_an_array_element_is_a_clear_error(root):
         ModelRegistry(root).load(IDENT)
 
 
+def _rewrite_with_digest(model_path: Path, edit) -> None:
+    """Edit a stored model and recompute the digest its meta file holds, as anyone who can
+    write the data directory can."""
+    d = orjson.loads(model_path.read_bytes())
+    edit(d)
+    model_path.write_bytes(orjson.dumps(d))
+    meta_path = model_path.with_name(model_path.name.replace(".model.json", ".meta.json"))
+    m = orjson.loads(meta_path.read_bytes())
+    m["extra"]["model_sha256"] = hashlib.sha256(model_path.read_bytes()).hexdigest()
+    meta_path.write_bytes(orjson.dumps(m))
+
+
+def _set(path: str, value):
+    def edit(d):
+        *parents, last = path.split(".")
+        for key in parents:
+            d = d[key]
+        d[last] = value(d[last]) if callable(value) else value
+    return edit
+
+
+@pytest.mark.parametrize("algorithm, edit", [
+    # Each loaded with its digest recomputed: a decreasing quantile function served crossing
+    # quantiles, strings read as numbers, a negative spread turned effects round, and arrays
+    # of the wrong length failed predictions with unnamed 500s.
+    ("linear", _set("score.values", lambda v: v[::-1])),
+    ("linear", _set("score.levels", lambda v: v[:-1])),
+    ("linear", _set("score.levels", lambda v: ["NaN"] * len(v))),
+    ("linear", _set("location.design.spread", lambda v: [-x for x in v])),
+    ("linear", _set("location.design.spread", lambda v: [0.0] * len(v))),
+    ("linear", _set("location.design.center", lambda v: v[:-1])),
+    ("linear", _set("location.coef", lambda v: v[:1])),
+    ("linear", _set("location.intercept", "7.5")),
+    ("linear", _set("location.design.n_categories", lambda v: [-5] * len(v))),
+    ("linear", _set("location.design.kinds", lambda v: ["os.system"] * len(v))),
+    ("power", _set("location.floor", lambda v: ["NaN"] * len(v))),
+    ("power", _set("location.spread", lambda v: [-1.0] * len(v))),
+    ("power", _set("location.log_overhead", None)),
+])
+def test_a_model_file_edited_with_its_digest_recomputed_is_still_checked(root, algorithm, edit):
+    from swarmpilot_predictor.errors import ModelUnreadable
+
+    reg = ModelRegistry(root)
+    meta, model, X = fit(algorithm=algorithm)
+    reg.save(meta, model)
+    reg.save(*fit(algorithm=algorithm, seed=1)[:2])
+    assert ModelRegistry(root).load(IDENT, 2).model.family_ == algorithm
+    _rewrite_with_digest(root / IDENT.dirname / "v0002.model.json", edit)
+    fresh = ModelRegistry(root)
+    with pytest.raises(ModelUnreadable, match="version 2 cannot be loaded: its file v0002.model.json is missing or damaged"):
+        fresh.load(IDENT)
+    np.testing.assert_array_equal(fresh.load(IDENT, 1).model.predict(X), model.predict(X))
+
+
 def test_a_version_whose_model_file_is_gone_stays_listed_and_can_be_deleted(root):
     # Skipped at the next scan, it let the version before it serve as if it were the latest.
     from swarmpilot_predictor.errors import ModelUnreadable
@@ -909,16 +963,49 @@ def test_a_lock_whose_writer_was_killed_holds_nothing_off_and_goes_at_start(root
     assert linked and linked[0][0] == f"v{stored.version:04d}.lock" and linked[0][1].startswith(owner)
 
 
-def test_a_model_folder_that_cannot_be_listed_costs_only_its_own_models(root, caplog):
+def test_a_model_folder_that_cannot_be_listed_costs_only_its_own_models(root, caplog, monkeypatch):
     reg = ModelRegistry(root)
     meta, model, _ = fit()
     reg.save(meta, model)
-    (root / "loop").symlink_to(root / "loop")  # listing it: "too many levels of symbolic links"
+    reg.save(*fit(OTHER)[:2])
+    (root / "loop").symlink_to(root / "loop")  # a link (to itself): skipped, never listed
+    scan = ModelRegistry._scan_dir
+
+    def unlistable(self, model_dir, seen):  # (as root, a folder's permissions cannot refuse a listing)
+        if model_dir.name == OTHER.dirname:
+            raise PermissionError(13, "Permission denied")
+        return scan(self, model_dir, seen)
+
+    monkeypatch.setattr(ModelRegistry, "_scan_dir", unlistable)
     again = ModelRegistry(root)
     assert again.identities() == [IDENT] and again.load(IDENT).meta.version == 1
-    assert "cannot be read" in caplog.text
+    assert "cannot be read: [Errno 13] Permission denied" in caplog.text and "loop: it is a symbolic link" in caplog.text
     reg.refresh()
     assert reg.identities() == [IDENT]
+
+
+def test_a_model_folder_that_is_a_symbolic_link_is_neither_read_nor_written_through(root, tmp_path):
+    # A link in the data directory to a folder elsewhere: training stored its files there,
+    # and a delete removed them there.
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    root.mkdir()
+    (root / IDENT.dirname).symlink_to(outside, target_is_directory=True)
+    reg = ModelRegistry(root)
+    meta, model, _ = fit()
+    with pytest.raises(StorageError, match=f"its folder {IDENT.dirname} in the data directory is a symbolic link"):
+        reg.save(meta, model)
+    assert list(outside.iterdir()) == [] and reg.identities() == []
+    # A model stored through the link before is not listed, so neither served nor deleted.
+    (root / IDENT.dirname).unlink()
+    ModelRegistry(root).save(meta, model)
+    (root / IDENT.dirname).rename(outside / "stored")
+    (root / IDENT.dirname).symlink_to(outside / "stored", target_is_directory=True)
+    fresh = ModelRegistry(root)
+    assert fresh.identities() == []
+    with pytest.raises(ModelNotFound):
+        fresh.delete(IDENT)
+    assert sorted(p.name for p in (outside / "stored").iterdir()) == ["v0001.meta.json", "v0001.model.json"]
 
 
 def test_a_version_another_process_deleted_is_gone_not_damaged(root):

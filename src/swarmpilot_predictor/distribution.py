@@ -337,7 +337,16 @@ class ScoreDistribution:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "ScoreDistribution":
-        return cls(np.asarray(d["levels"], dtype=np.float64), np.asarray(d["values"], dtype=np.float64))
+        levels, values = d["levels"], d["values"]
+        # Numbers only (numpy reads the string "NaN" as one); a stored quantile function
+        # that is not one (levels out of order, values decreasing) served crossing quantiles.
+        if not (isinstance(levels, list) and isinstance(values, list) and 1 <= len(levels) == len(values)
+                and all(type(v) in (int, float) for v in levels + values)):
+            raise ValueError("a score distribution needs as many levels as values, all of them numbers")
+        p, z = np.asarray(levels, dtype=np.float64), np.asarray(values, dtype=np.float64)
+        if not (np.all((p > 0) & (p < 1)) and np.all(np.diff(p) > 0) and np.all(np.isfinite(z)) and np.all(np.diff(z) >= 0)):
+            raise ValueError("a score distribution's levels must increase within (0, 1), and its values with them")
+        return cls(p, z)
 
 
 def interval_levels(confidence_level: float) -> list[float]:

@@ -2453,7 +2453,15 @@ class LookupTableStore:
         if not path.is_file():
             raise NotFound(f"lookup table {shown(name)} not found; available: {', '.join(self.names()) or 'none'}",
                            field=field)
+        if not self._inside(path):
+            raise InvalidInput(f"lookup table {shown(name)} is a symbolic link that leads outside the data directory",
+                               field=field)
         return path
+
+    def _inside(self, path: Path) -> bool:
+        """Whether a table file, followed through its links, lies in the data directory (the
+        table directory's parent): a link there to any file the service could read served it."""
+        return path.resolve().is_relative_to(self.root.parent.resolve())
 
     def open_table(self, name: str) -> tuple[IO[bytes], int]:
         """The table file behind ``name``, opened, and its size: a download reads what it opened,
@@ -2616,7 +2624,8 @@ class LookupTableStore:
     def names(self) -> list[str]:
         out = []
         for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
-            if entry.is_file() and not entry.name.startswith(".") and table_format(entry.name):
+            if (entry.is_file() and not entry.name.startswith(".") and table_format(entry.name)
+                    and (not entry.is_symlink() or self._inside(Path(entry.path)))):
                 out.append(entry.name)
         return out
 

@@ -543,17 +543,16 @@ class LogLinearDesign:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "LogLinearDesign":
-        obj = cls(d["kinds"], d["n_categories"], int(d.get("hinges", 0)))
+        obj = cls(_stored_kinds(d["kinds"], d["n_categories"]), d["n_categories"], int(d.get("hinges", 0)))
         obj.knots_ = [list(map(float, k)) for k in d.get("knots", [[] for k in d["kinds"] if k == "numeric"])]
-        obj.levels_ = [list(map(float, v)) for v in d.get("levels", [])]
+        obj.levels_ = [list(map(float, v)) for v in d.get("levels", [[] for k in d["kinds"] if k == "numeric"])]
         obj.levels = max((len(v) for v in obj.levels_), default=0)
-        obj.center_ = np.asarray(d["center"], dtype=np.float64)
-        obj.spread_ = np.asarray(d["spread"], dtype=np.float64)
+        obj.center_, obj.spread_ = _standardisation(d, len(obj._owners()))
         if "edges" in d:
-            obj.edges_ = np.asarray(d["edges"], dtype=np.float64).reshape(2, -1)
-            obj.slopes_ = np.asarray(d["edge_slopes"], dtype=np.float64).reshape(2, -1)
+            obj.edges_ = _stored_numbers(d["edges"], "edges", ndim=2).reshape(2, -1)
+            obj.slopes_ = _stored_numbers(d["edge_slopes"], "edge_slopes", ndim=2).reshape(2, -1)
         elif "raw_range" in d:  # stored before edges: predicts as it did
-            obj.raw_range_ = np.asarray(d["raw_range"], dtype=np.float64).reshape(2, -1)
+            obj.raw_range_ = _stored_numbers(d["raw_range"], "raw_range", ndim=2).reshape(2, -1)
         return obj
 
 
@@ -954,11 +953,11 @@ class LinearLocation(LocationModel):
         obj.alpha_ = float(d["alpha"])
         obj.design_ = LogLinearDesign.from_json(d["design"])
         obj.hinges = obj.design_.hinges
-        obj.intercept_ = float(d["intercept"])
+        obj.intercept_ = _stored_number(d["intercept"], "intercept")
         # Stored before regime flags: none, and the coefficients are the main effects.
         obj.flags_ = [(int(j), float(share)) for j, share in d.get("flags", [])]
         obj.regimes = bool(obj.flags_)
-        obj._split(np.asarray(d["coef"], dtype=np.float64), obj.design_.width)
+        obj._split(_stored_numbers(d["coef"], "coef"), obj.design_.width)
         return obj
 
 
@@ -1162,13 +1161,15 @@ class PowerLocation(LocationModel):
 
     @classmethod
     def from_json(cls, d, kinds, n_categories):
-        obj = cls(d["kinds"], d["n_categories"])
-        obj.floor_ = [float(v) for v in d["floor"]]
-        obj.center_ = np.asarray(d["center"], dtype=np.float64)
-        obj.spread_ = np.asarray(d["spread"], dtype=np.float64)
-        obj.log_overhead_ = float(d["log_overhead"])
-        obj.intercept_ = float(d["intercept"])
-        obj.coef_ = np.asarray(d["coef"], dtype=np.float64)
+        obj = cls(_stored_kinds(d["kinds"], d["n_categories"]), d["n_categories"])
+        p = len(_numeric_positions(obj.kinds))
+        obj.floor_ = _stored_numbers(d["floor"], "floor").tolist()
+        if len(obj.floor_) != p:
+            raise ValueError(f"floor holds {len(obj.floor_)} values for {p} numeric features")
+        obj.center_, obj.spread_ = _standardisation(d, p)
+        obj.log_overhead_ = _stored_number(d["log_overhead"], "log_overhead")
+        obj.intercept_ = _stored_number(d["intercept"], "intercept")
+        obj.coef_ = _stored_numbers(d["coef"], "coef")
         return obj
 
 
@@ -1495,7 +1496,7 @@ class ScaleModel:
         obj = cls(kinds, n_categories, d["alpha"])
         obj.design_ = LogLinearDesign.from_json(d["design"])
         obj.intercept_ = 0.0
-        obj.coef_ = np.asarray(d["coef"], dtype=np.float64)
+        obj.coef_ = _stored_numbers(d["coef"], "coef")
         return obj
 
 
@@ -1718,9 +1719,9 @@ class ShapeModel:
         obj = cls(kinds, n_categories, d["alpha"], int(d.get("hinges", 0)))
         obj.knots_ = tuple(float(t) for t in d["knots"])
         obj.design_ = LogLinearDesign.from_json(d["design"])
-        obj.coef_ = np.asarray(d["coef"], dtype=np.float64).reshape(-1, len(obj.knots_))
+        obj.coef_ = _stored_numbers(d["coef"], "coef", ndim=2).reshape(-1, len(obj.knots_))
         rc = d.get("recalibration")
-        obj.recal_ = None if rc is None else (np.asarray(rc[0], dtype=np.float64), np.asarray(rc[1], dtype=np.float64))
+        obj.recal_ = None if rc is None else (_stored_numbers(rc[0], "recalibration"), _stored_numbers(rc[1], "recalibration"))
         return obj
 
 
@@ -2756,6 +2757,52 @@ def _damage_as_value_error() -> Iterator[None]:
 
 def _finite_number(v: Any) -> bool:
     return type(v) in (int, float) and math.isfinite(v)
+
+
+def _stored_number(v: Any, what: str) -> float:
+    """A stored finite number (``float()`` reads the string "NaN" as one)."""
+    if not _finite_number(v):
+        raise ValueError(f"{what} is {shown(v)}, not a finite number")
+    return float(v)
+
+
+def _stored_numbers(values: Any, what: str, ndim: int = 1) -> np.ndarray:
+    """A stored array of numbers, as floats; a null (NaN, as orjson writes it) reads as NaN.
+
+    numpy alone reads the strings "NaN" or "1e9" as numbers: a damaged file was served.
+    """
+    a = np.asarray(values)
+    if a.dtype == object:  # nulls, or integers beyond 64 bits, among the numbers
+        flat = a.ravel().tolist()
+        if not all(v is None or type(v) in (int, float) for v in flat):
+            raise ValueError(f"{what} holds values that are not numbers")
+        a = np.array([np.nan if v is None else v for v in flat], dtype=np.float64).reshape(a.shape)
+    elif a.size and a.dtype.kind not in "iuf":
+        raise ValueError(f"{what} holds values that are not numbers")
+    if a.size and a.ndim != ndim:
+        raise ValueError(f"{what} is not {'a list' if ndim == 1 else 'a table'} of numbers")
+    return a.astype(np.float64)
+
+
+def _stored_kinds(kinds: Any, n_categories: Any) -> list[str]:
+    """A stored design's column kinds, checked against its category counts."""
+    if not (isinstance(kinds, list) and all(k in ("numeric", "categorical", "unused") for k in kinds)):
+        raise ValueError(f"kinds is {shown(kinds)}, not a list of numeric, categorical and unused")
+    if not (isinstance(n_categories, list) and len(n_categories) == len(kinds)
+            and all(type(n) is int and n >= 0 for n in n_categories)):
+        raise ValueError(f"n_categories is {shown(n_categories)}, not a count of categories per column")
+    return kinds
+
+
+def _standardisation(d: dict[str, Any], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A stored design's centres and spreads, ``width`` of each: finite centres and positive
+    spreads (a spread of 0 divided by zero; a negative one turned every effect round)."""
+    center, spread = _stored_numbers(d["center"], "center"), _stored_numbers(d["spread"], "spread")
+    if not len(center) == len(spread) == width:
+        raise ValueError(f"center and spread hold {len(center)} and {len(spread)} values for {width} columns")
+    if not (np.all(np.isfinite(center)) and np.all(spread > 0) and np.all(np.isfinite(spread))):
+        raise ValueError("center must be finite and spread positive")
+    return center, spread
 
 
 def _atoms_from_json(values: Any) -> np.ndarray:

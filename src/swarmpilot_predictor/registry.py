@@ -332,7 +332,10 @@ class ModelRegistry:
         seen: dict[str, tuple[int, ModelVersion | None]] = {}
         for model_dir in os.scandir(self.root):
             try:
-                if not model_dir.is_dir():
+                if not model_dir.is_dir(follow_symlinks=False):
+                    if model_dir.is_symlink():
+                        log.warning("skipping model folder %s: it is a symbolic link, and models are read and "
+                                    "written only inside the data directory", model_dir.path)
                     continue
                 metas = self._scan_dir(Path(model_dir.path), seen)
             except OSError as exc:  # one folder that cannot be listed (permissions, a symlink loop) costs its own models
@@ -356,7 +359,7 @@ class ModelRegistry:
         seen: dict[str, tuple[int, ModelVersion | None]] = {}
         model_dir = self.root / identity.dirname
         try:
-            metas = self._scan_dir(model_dir, seen) if model_dir.is_dir() else []
+            metas = self._scan_dir(model_dir, seen) if model_dir.is_dir() and not model_dir.is_symlink() else []
         except OSError as exc:
             log.warning("cannot read model folder %s: %s", model_dir, exc)
             metas = []
@@ -503,10 +506,10 @@ class ModelRegistry:
             if model.regimes_ is not None and model.regime_column != meta.features.regime_column:
                 raise ValueError(f"the model answers first runs by column {model.regime_column}, its meta file's "
                                  f"first_of_shape column is {meta.features.regime_column}")
-            if digest is None:
-                # Saved before model files had a digest: a file that parses but lost or gained
-                # an array element must fail here, naming the file, not at prediction time.
-                model.check_loaded()
+            # A file that parses but lost or gained an array element must fail here, naming the
+            # file, not at prediction time. Checked with a digest too: it is no signature (it lies
+            # beside the file), and a file edited with its digest recomputed was served as it was.
+            model.check_loaded()
         except Exception as exc:  # any failure to rebuild the model from its file
             if not (path.parent / _meta_file(meta.version)).exists():
                 # Deleted by another process since this one's index was read: gone, not damaged.
@@ -542,6 +545,10 @@ class ModelRegistry:
         model_dir = self.root / meta.identity.dirname
         with writing(f"model {meta.identity.key}"):
             model_dir.mkdir(parents=True, exist_ok=True)
+            if model_dir.is_symlink():
+                # Written through, it stored (and a delete removed) files wherever the link led.
+                raise StorageError(f"model {meta.identity.key} cannot be stored: its folder {model_dir.name} in the "
+                                   "data directory is a symbolic link, which the service does not follow")
             version = self._reserve_version(model_dir)
             if after is not None:
                 newer = self._claimed_between(model_dir, after, version)
