@@ -257,6 +257,19 @@ def section_batch_breakdown(data_dir: Path) -> None:
     for name, v in (("parse + validate", parse), ("modelling (features, distribution, totals)", model), ("build + serialise response", ser)):
         med = statistics.median(v)
         print(f"| batch of 1000, {name} | {med * 1e3:.2f} ms ({med * 1e6 / 1000:.2f} µs per trace) |")
+    # A batch asked about its tasks alone ("total_distribution": false): the total's moments only.
+    for n in (100, 1000):
+        full, lean = [], []
+        for _ in range(50):  # alternating, so that the machine's drifts hit both alike
+            t0 = time.perf_counter()
+            svc.predict(pattern, traces[:n], with_total=True)
+            t1 = time.perf_counter()
+            svc.predict(pattern, traces[:n], with_total=True, total_distribution=False)
+            t2 = time.perf_counter()
+            full.append(t1 - t0)
+            lean.append(t2 - t1)
+        print(f"| batch of {n}, modelling with the total's distribution / its moments only | "
+              f"{statistics.median(full) * 1e3:.2f} / {statistics.median(lean) * 1e3:.2f} ms |")
     svc.close()
 
 

@@ -355,6 +355,21 @@ def test_predict_batch_totals(http, trained):
     assert shared["total_quantiles"][0] < tq[0] and shared["total_quantiles"][2] > tq[2]
 
 
+def test_a_batch_asked_about_its_tasks_alone_skips_the_totals_distribution(http, trained):
+    traces = [{"input_tokens": 100 * (k + 1), "output_tokens": 10 * (k + 1)} for k in range(20)]
+    for options in ({}, {"shared_factor": True}, {"lookup_table": False, "confidence_level": 0.8}):
+        full = ok(http.post(f"/predict/batch/{SEGMENTS}", json={"trace": traces, **options}))
+        lean = ok(http.post(f"/predict/batch/{SEGMENTS}", json={"trace": traces, "total_distribution": False, **options}))
+        assert lean["total_quantiles"] is None and lean["total_interval"] is None
+        assert lean["expect"] == pytest.approx(full["expect"], rel=1e-12)
+        assert lean["error"] == pytest.approx(full["error"], rel=1e-12)
+        assert lean["results"] == full["results"] and lean["quantiles"] == full["quantiles"]
+    empty = ok(http.post(f"/predict/batch/{SEGMENTS}", json={"trace": [], "total_distribution": False}))
+    assert (empty["expect"], empty["total_quantiles"], empty["total_interval"]) == (0.0, None, None)
+    r = http.post(f"/predict/batch/{SEGMENTS}", json={"trace": traces, "total_distribution": "no"})
+    assert r.status_code == 422 and "total_distribution" in r.text
+
+
 def test_predict_batch_one_bad_trace_does_not_fail_the_others(http, trained):
     traces = [TRACE, {"input_tokens": 5}, {"input_tokens": "many", "output_tokens": 3}, TRACE]
     body = ok(http.post("/predict/batch/llm/*/*/*/*", json={"trace": traces}))

@@ -59,6 +59,9 @@ def test_typed_answers_for_every_prediction_endpoint(trained_server):
         assert isinstance(batch, BatchPredictionResponse)
         assert batch.summary.success == 3
         assert batch.expect == pytest.approx(3 * batch.results[0].expect, rel=1e-9)
+        lean = client.predict_batch(IDENTITY, [{"input_tokens": 100, "output_tokens": 50}] * 3, total_distribution=False)
+        assert lean.total_quantiles is None and lean.total_interval is None and len(batch.total_quantiles) == 4
+        assert (lean.expect, lean.error, lean.results) == (batch.expect, batch.error, batch.results)
         detail = client.get_model(IDENTITY)
         assert detail["key"] == KEY
 

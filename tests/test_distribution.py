@@ -239,6 +239,18 @@ def test_the_shared_factor_keeps_the_mass_of_a_total_spanning_decades():
     np.testing.assert_allclose(dist.total(shared_factor=True).quantiles(levels), np.quantile(ref, levels), rtol=0.03)
 
 
+@pytest.mark.parametrize("location, scale, shared", [
+    ([2.0], [0.4], 0.3), ([3.0] * 5, [0.6] * 5, 0.0), ([3.0] * 5, [0.6] * 5, 0.2),
+    (list(np.linspace(0, 5, 300)), [0.5] * 300, 0.1), ([1.0, 2.0], [0.0, 0.0], 0.2),
+])
+def test_the_totals_moments_alone_are_the_totals(location, scale, shared):
+    dist = RuntimeDistribution(np.array(location), np.array(scale), normal_score(), shared_log_sd=shared)
+    for factor in (False, True):
+        tot = dist.total(shared_factor=factor)
+        mean, variance = dist.total_moments(shared_factor=factor)
+        assert mean == pytest.approx(tot.mean, rel=1e-12) and variance == pytest.approx(tot.variance, rel=1e-12, abs=1e-12)
+
+
 def test_total_of_one_task_is_the_task():
     dist = RuntimeDistribution(np.array([2.0]), np.array([0.4]), normal_score())
     tot = dist.total()

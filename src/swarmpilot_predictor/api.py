@@ -539,9 +539,13 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         return pred.single_response()
 
     def batch_answer(pattern: IdentityPattern, req: PredictBatchRequest) -> dict[str, Any]:
-        return service.predict(pattern, req.trace, req.confidence_level, req.quantiles, with_total=True,
+        body = service.predict(pattern, req.trace, req.confidence_level, req.quantiles, with_total=True,
                                lookup_table=req.lookup_table, lookup_table_name=req.lookup_table_name,
-                               shared_factor=req.shared_factor).batch_response()
+                               shared_factor=req.shared_factor,
+                               total_distribution=req.total_distribution).batch_response()
+        if not req.total_distribution:  # (an empty queue's and a table's total too)
+            body.update(total_quantiles=None, total_interval=None)
+        return body
 
     large_batches = asyncio.Semaphore(LARGE_BATCHES_AT_ONCE)
 

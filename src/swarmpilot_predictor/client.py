@@ -439,10 +439,13 @@ class _Calls:
 
     def predict_batch(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]], confidence_level: float = 0.95,
                       quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
-                      lookup_table: bool = False, shared_factor: bool = False) -> _Request:
+                      lookup_table: bool = False, shared_factor: bool = False, total_distribution: bool = True) -> _Request:
         body = {"trace": _traces(traces, "trace"), **self._options(confidence_level, quantiles, lookup_table_name, lookup_table)}
-        if shared_factor:  # sent only when asked: a service that predates it still answers the rest
+        # Each sent only when asked: a service that predates it still answers the rest.
+        if shared_factor:
             body["shared_factor"] = True
+        if not total_distribution:
+            body["total_distribution"] = False
         return _Request("POST", "/predict/batch/" + "/".join(identity_segments(identity)), json=body,
                         response=BatchPredictionResponse, idempotent=True)
 
@@ -723,9 +726,10 @@ class PredictorClient(_Base):
 
     def predict_batch(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]], confidence_level: float = 0.95,
                       quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
-                      lookup_table: bool = False, shared_factor: bool = False) -> BatchPredictionResponse:
+                      lookup_table: bool = False, shared_factor: bool = False,
+                      total_distribution: bool = True) -> BatchPredictionResponse:
         return self._send(self._calls.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name,
-                                                    lookup_table, shared_factor))
+                                                    lookup_table, shared_factor, total_distribution))
 
     def train_background(self, config: Mapping[str, Any] | TrainConfig,
                          files: Mapping[str, Path | str | bytes] | None = None) -> dict[str, Any]:
@@ -893,9 +897,10 @@ class AsyncPredictorClient(_Base):
 
     async def predict_batch(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]], confidence_level: float = 0.95,
                             quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
-                            lookup_table: bool = False, shared_factor: bool = False) -> BatchPredictionResponse:
+                            lookup_table: bool = False, shared_factor: bool = False,
+                            total_distribution: bool = True) -> BatchPredictionResponse:
         return await self._send(self._calls.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name,
-                                                          lookup_table, shared_factor))
+                                                          lookup_table, shared_factor, total_distribution))
 
     async def train_background(self, config: Mapping[str, Any] | TrainConfig,
                                files: Mapping[str, Path | str | bytes] | None = None) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import threading
 import time
@@ -233,6 +234,7 @@ class PredictorService:
         lookup_table: bool = False,
         lookup_table_name: str | None = None,
         shared_factor: bool = False,
+        total_distribution: bool = True,
     ) -> Prediction | TablePrediction:
         if lookup_table:
             if shared_factor:
@@ -252,7 +254,7 @@ class PredictorService:
         if with_total and not quantiles:  # answered at the model's default levels
             _check_batch_values(len(traces), len(loaded.meta.quantiles))
         return self._predict_with(identity, loaded, traces, confidence_level, quantiles, with_total, t0,
-                                  shared_factor=shared_factor)
+                                  shared_factor=shared_factor, total_distribution=total_distribution)
 
     def _serving_version(self, parts: tuple[str | None, ...]) -> int | None:
         """The version of the model named by ``parts`` that serves now; None where none is stored."""
@@ -377,7 +379,8 @@ class PredictorService:
 
     def _predict_with(self, identity: ModelIdentity, loaded: LoadedModel, traces: Sequence[dict[str, Any]],
                       confidence_level: float, quantiles: Sequence[float] | None, with_total: bool,
-                      t0: float, cached: bool = True, shared_factor: bool = False) -> Prediction:
+                      t0: float, cached: bool = True, shared_factor: bool = False,
+                      total_distribution: bool = True) -> Prediction:
         levels = sorted(map(float, quantiles)) if quantiles else loaded.meta.quantiles
         cache_key = None
         lone = len(traces) == 1 and not with_total
@@ -413,7 +416,10 @@ class PredictorService:
         q, interval = both[:, : len(levels)], both[:, len(levels):]
         mean, std = dist.mean_std()
         total = None
-        if with_total and len(rows):
+        if with_total and len(rows) and not total_distribution:
+            k1, k2 = dist.total_moments(shared_factor)
+            total = {"expect": k1, "error": math.sqrt(k2), "total_quantiles": None, "total_interval": None}
+        elif with_total and len(rows):
             tot = dist.total(shared_factor)
             total = {
                 "expect": float(tot.mean),
