@@ -256,6 +256,23 @@ def test_a_few_words_among_numbers_are_missing_numbers_not_categories():
     assert prepare(traces)[0].features[0].kind == "categorical"
 
 
+def test_a_column_is_typed_by_the_rows_trained_on():
+    # Numbers in the rows trained on, words only in others (another group_by group's, or a
+    # row without a runtime): a numeric feature, as if those other rows had never been read.
+    # It was categorical, so that x = 3, between the values seen, was an unseen category.
+    group_a = [{"hardware": "A", "x": [1, 2, 4][i % 3], "runtime_ms": 10.0 * [1, 2, 4][i % 3]} for i in range(60)]
+    group_b = [{"hardware": "B", "x": ["fast", "slow"][i % 2], "runtime_ms": 5.0} for i in range(20)]
+    table = TraceTable.from_traces(group_a + group_b)
+    alone = FeatureSchema.prepare_training(TraceTable.from_traces(group_a))
+    for schema, X, y, _ in (FeatureSchema.prepare_training(table.take(np.arange(60))), alone):
+        x = schema.features[[f.name for f in schema.features].index("x")]
+        assert x.kind == "numeric" and not x.words_missing and x.fill == 2.0
+    without_runtime = [{"x": i % 4 + 1, "runtime_ms": 10.0 * (i % 4 + 1)} for i in range(40)] + [{"x": "n/a", "runtime_ms": None}]
+    schema, X, _, report = FeatureSchema.prepare_training(TraceTable.from_traces(without_runtime))
+    assert [(f.name, f.kind, f.words_missing) for f in schema.features] == [("x", "numeric", False)]
+    assert report.rows_used == 40 and report.words_read_as_missing == {}
+
+
 def test_schema_json_round_trip():
     schema, _, _, _ = prepare(base_traces())
     again = FeatureSchema.from_json(schema.to_json())

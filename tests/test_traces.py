@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import json
 import math
 import tracemalloc
 from pathlib import Path
@@ -332,6 +333,28 @@ def test_integers_past_the_float_range_are_infinite(tmp_path):
     np.testing.assert_array_equal(table.numeric("size"), [-math.inf, 2.0, 3.0])
     np.testing.assert_array_equal(table.numeric("runtime_ms"), [1.5, math.inf, 3.5])
     assert category_text(int(huge)) == huge and category_text(7.0) == "7"
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_integers_past_the_float_range_in_json_files_are_infinite_too(tmp_path, suffix):
+    # orjson refuses them ("number is infinity when parsed as double"): the whole file was
+    # refused, where the same traces as CSV, as a request's list or as a lookup table read.
+    rows = [{"x": 10**400 if i == 0 else i, "runtime_ms": 1.0 + i} for i in range(4)]
+    path = tmp_path / f"t{suffix}"
+    path.write_text(json.dumps(rows) if suffix == ".json" else "\n".join(map(json.dumps, rows)))
+    np.testing.assert_array_equal(TraceTable.from_file(path).numeric("x"), [math.inf, 1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(TraceTable.from_traces(rows).numeric("x"), [math.inf, 1.0, 2.0, 3.0])
+    path.write_text('[{"x": NaN, "y": 1' + "0" * 400 + "}]" if suffix == ".json" else '{"x": NaN, "y": 1' + "0" * 400 + "}")
+    with pytest.raises(TraceError, match="not valid JSON"):  # still not JSON
+        TraceTable.from_file(path)
+
+
+def test_a_csv_cell_is_a_number_as_python_reads_one_in_ascii_without_underscores(tmp_path):
+    # "1_000" and other scripts' digits were numbers in a CSV file and words in a JSON one.
+    path = tmp_path / "t.csv"
+    path.write_text("a,runtime_ms\n1_000,1\n\u0661\u0662,2\n 12 ,3\nnan,4\ninf,5\n-1.5e3,6\n", encoding="utf-8")
+    values = [row["a"] for row in iter_trace_file(path)]
+    assert values[:3] == ["1_000", "\u0661\u0662", 12] and math.isnan(values[3]) and values[4:] == [math.inf, -1500.0]
 
 
 def test_table_booleans_and_unusual_values():

@@ -15,7 +15,7 @@ import numpy as np
 from .errors import shown
 from .traces import (
     DEFAULT_TARGET, MAX_RUNTIME, MIN_RUNTIME, RUNTIME_RANGE, TIMESTAMP_KEYS, TraceError, TraceTable, as_number,
-    BOOLEAN_WORDS, category_text, reserved_keys,
+    BOOLEAN_WORDS, category_text, number_in_text, reserved_keys,
 )
 
 FeatureKind = Literal["numeric", "categorical"]
@@ -880,14 +880,20 @@ WORDS_AS_GAPS_SHARE = 0.05
 
 
 def _few_words_among_numbers(col: Any, rows: np.ndarray) -> int | None:
-    """How many of ``rows`` hold a word, where a categorical column is numbers with few words
-    among them (at least two distinct numbers); None otherwise."""
+    """How many of ``rows`` hold a word, where the column reads as numbers on them: none (the
+    words, if any, are on rows not trained on), or a few among at least two distinct numbers;
+    None where it is categorical on them.
+
+    Only the rows trained on count: a column of numbers was categorical because another
+    ``group_by`` group, or a row without a runtime, held a word there."""
     if col.codes is None:
-        return None
+        return 0
     words = int((col.code_array()[rows] >= 0).sum())
+    if not words:
+        return 0
     numbers = col.as_numeric()[rows]
     numbers = numbers[np.isfinite(numbers)]
-    if not words or len(numbers) < 2 or numbers.min() == numbers.max():
+    if len(numbers) < 2 or numbers.min() == numbers.max():
         return None
     return words if words <= WORDS_AS_GAPS_SHARE * (words + len(numbers)) else None
 
@@ -897,8 +903,4 @@ def _category_problem(name: str, value: Any) -> str:
 
 
 def _is_number(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
+    return number_in_text(s) is not None

@@ -78,6 +78,7 @@ from .traces import (
     iter_trace_stream,
     normalize_trace,
     normalize_traces,
+    number_in_text,
     open_trace_file,
     reserved_keys,
     skip_bom,
@@ -430,10 +431,8 @@ def _text_number(s: str) -> Any:
     """A CSV cell's number (see ``LookupTable.text_numbers``): as :func:`csv_value` reads it, else the string."""
     if not s:
         return None
-    try:
-        return float(s)  # what csv_value's int or float becomes in a numeric column
-    except ValueError:
-        return s
+    number = number_in_text(s)
+    return s if number is None else float(number)  # what csv_value's int or float becomes in a numeric column
 
 
 def _probe_one(keys: np.ndarray, rows: np.ndarray, key: int) -> int:

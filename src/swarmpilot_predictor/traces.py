@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import json
 import math
 from array import array
 from collections.abc import Callable, Iterable, Iterator
@@ -156,6 +157,25 @@ def iter_trace_file(path: Path | str, source: str | None = None) -> Iterator[dic
         yield from iter_trace_stream(raw, fmt, source=source or Path(path).name)
 
 
+def _json_loads(data: bytes) -> Any:
+    """JSON as orjson reads it; where it refuses a number past the float range (an integer
+    of 400 digits), as Python's parser does, which keeps the integer (it then reads as
+    infinite, as in a CSV file, a request's traces and a lookup table's JSON)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        if "infinity" not in str(exc):
+            raise
+        try:
+            return json.loads(data, parse_constant=_no_constant)
+        except ValueError:
+            raise exc from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Iterator[dict[str, Any]]:
     try:
         if fmt == "jsonl":
@@ -165,13 +185,13 @@ def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Ite
                 if not line.strip():
                     continue
                 try:
-                    obj = orjson.loads(line)
+                    obj = _json_loads(line)
                 except orjson.JSONDecodeError as exc:
                     raise TraceError(f"{source}: line {lineno} is not valid JSON ({exc})") from None
                 yield _normalize_at(obj, source, f"line {lineno}")
         elif fmt == "json":
             try:
-                doc = orjson.loads(raw.read().removeprefix(UTF8_BOM))
+                doc = _json_loads(raw.read().removeprefix(UTF8_BOM))
             except orjson.JSONDecodeError as exc:
                 raise TraceError(f"{source}: not valid JSON ({exc})") from None
             if isinstance(doc, dict) and isinstance(doc.get("traces"), list):
@@ -255,8 +275,13 @@ def csv_text(text: str | None) -> str | None:
 BOOLEAN_WORDS = {"true": 1.0, "True": 1.0, "TRUE": 1.0, "false": 0.0, "False": 0.0, "FALSE": 0.0}
 
 
-def csv_value(text: str | None) -> Any:
-    if not text:  # None, or an empty cell
+def number_in_text(text: str) -> int | float | None:
+    """The number ``text`` spells (as Python's ``int``, else ``float``, reads it: surrounding
+    spaces, ``nan`` and ``inf`` included), or None.
+
+    ASCII only, without underscores: Python also reads ``1_000`` and other scripts' digits,
+    which were numbers in a CSV file and words in a JSON one."""
+    if not text.isascii() or "_" in text:
         return None
     try:
         return int(text)
@@ -265,7 +290,14 @@ def csv_value(text: str | None) -> Any:
     try:
         return float(text)
     except ValueError:
-        return text
+        return None
+
+
+def csv_value(text: str | None) -> Any:
+    if not text:  # None, or an empty cell
+        return None
+    number = number_in_text(text)
+    return text if number is None else number
 
 
 # --------------------------------------------------------------------------- columnar table
