@@ -1114,6 +1114,19 @@ def test_a_table_linked_to_a_file_outside_the_data_directory_is_not_served(tmp_p
     assert (tmp_path / "secret.json").is_file() and store.names() == ["archived.json"]
 
 
+def test_a_table_directory_that_is_itself_a_link_serves_its_tables(tmp_path):
+    # tables/ on a larger disk: its files, and links among them, are the data directory's.
+    (tmp_path / "bigdisk" / "tables").mkdir(parents=True)
+    (tmp_path / "data").mkdir()
+    root = tmp_path / "data" / "tables"
+    root.symlink_to(tmp_path / "bigdisk" / "tables", target_is_directory=True)
+    (root / "t.json").write_bytes(orjson.dumps([record(i) for i in range(3)]))
+    (root / "latest.json").symlink_to(root / "t.json")
+    store = LookupTableStore(root)
+    assert store.names() == ["latest.json", "t.json"]
+    assert store.get("t.json").n_rows == store.get("latest.json").n_rows == 3
+
+
 def test_the_default_table_under_concurrent_deletes_and_rewrites(tmp_path):
     import threading
     import time

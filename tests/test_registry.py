@@ -413,6 +413,43 @@ def test_a_model_file_edited_with_its_digest_recomputed_is_still_checked(root, a
     np.testing.assert_array_equal(fresh.load(IDENT, 1).model.predict(X), model.predict(X))
 
 
+@pytest.mark.parametrize("algorithm", ["linear", "lightgbm"])
+@pytest.mark.parametrize("scale", [1e307, -1e307])
+def test_a_model_of_a_feature_near_the_float_limit_loads_again(root, algorithm, scale):
+    # The probe at load is the features' medians: at 1 for every feature, far outside such
+    # a model's data, its single-row and batch paths overflowed differently, and a model
+    # that had just served was refused at the next start as damaged.
+    rng = np.random.default_rng(1)
+    traces = [{"x": scale * (1 + i), "runtime_ms": float(10 + i + rng.random())} for i in range(40)]  # some infinite
+    schema, X, y, _ = FeatureSchema.prepare_training(TraceTable.from_traces(traces))
+    model = QuantileModel(["numeric"], [0], algorithm, params={"num_boost_round": 20} if algorithm == "lightgbm" else None)
+    model.fit(X, y)
+    meta = ModelVersion(identity=IDENT, version=0, created_at=time.time(), target="runtime_ms", features=schema,
+                        quantiles=[0.5], algorithm=algorithm, family=model.family_, params={}, data={}, metrics={},
+                        data_hash="near the float limit")
+    ModelRegistry(root).save(meta, model)
+    again = ModelRegistry(root).load(IDENT).model
+    np.testing.assert_array_equal(again.predict(X), model.predict(X))
+
+
+def test_a_statistic_that_overflowed_in_an_older_model_file_reads_as_training_writes_it_now(root):
+    # Stored before 2026-11-28, a feature near the float limit had its centre and spread
+    # written as null (NaN): that model loads, the column about zero, as training now makes it.
+    reg = ModelRegistry(root)
+    meta, model, X = fit()
+    reg.save(meta, model)
+
+    def overflowed(d):
+        design = d["location"]["design"]
+        design["center"][-1], design["spread"][-1] = None, None
+
+    _rewrite_with_digest(root / IDENT.dirname / "v0001.model.json", overflowed)
+    loaded = ModelRegistry(root).load(IDENT).model
+    assert loaded.location_.design_.center_[-1] == 0.0 and loaded.location_.design_.spread_[-1] == np.finfo(float).max
+    q = loaded.predict_quantiles(X, [0.1, 0.5, 0.9])
+    assert np.all(np.isfinite(q)) and np.all(np.diff(q, axis=1) >= 0)
+
+
 def test_a_version_whose_model_file_is_gone_stays_listed_and_can_be_deleted(root):
     # Skipped at the next scan, it let the version before it serve as if it were the latest.
     from swarmpilot_predictor.errors import ModelUnreadable

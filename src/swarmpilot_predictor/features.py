@@ -390,6 +390,12 @@ class FeatureSchema:
     def n_categories(self) -> list[int]:
         return [len(f.categories) for f in self.features] + ([0] if self.history is not None else [])
 
+    def probe_row(self) -> list[float]:
+        """A row within the training data: each numeric feature's median (its fill value),
+        each categorical one's first category, a repeat of its shape."""
+        return [f.fill if f.kind == "numeric" else 0.0 for f in self.features] + (
+            [0.0] if self.history is not None else [])
+
     @property
     def regime_column(self) -> int | None:
         """The column of the derived ``first_of_shape`` flag (the last), if any: the model may

@@ -2452,15 +2452,17 @@ class LookupTableStore:
         if not path.is_file():
             raise NotFound(f"lookup table {shown(name)} not found; available: {', '.join(self.names()) or 'none'}",
                            field=field)
-        if not self._inside(path):
+        if path.is_symlink() and not self._inside(path):
             raise InvalidInput(f"lookup table {shown(name)} is a symbolic link that leads outside the data directory",
                                field=field)
         return path
 
-    def _inside(self, path: Path) -> bool:
-        """Whether a table file, followed through its links, lies in the data directory (the
-        table directory's parent): a link there to any file the service could read served it."""
-        return path.resolve().is_relative_to(self.root.parent.resolve())
+    def _inside(self, link: Path) -> bool:
+        """Whether a table file that is a link leads into the data directory (the table
+        directory's parent) or the table directory (itself a link, to a larger disk, say):
+        a link there to any file the service could read served it."""
+        target = link.resolve()
+        return target.is_relative_to(self.root.parent.resolve()) or target.is_relative_to(self.root.resolve())
 
     def open_table(self, name: str) -> tuple[IO[bytes], int]:
         """The table file behind ``name``, opened, and its size: a download reads what it opened,

@@ -2624,21 +2624,27 @@ class QuantileModel:
         return describe_one(m, s, self.score_, levels, self.scale_.is_constant, log_bounds=bounds,
                             atoms=self.atom_values_)
 
-    def check_loaded(self) -> None:
+    def check_loaded(self, probe: Sequence[float] | None = None) -> None:
         """Raise ValueError unless a probe task gets finite, ordered answers, the same on
         the single-row and the batch path.
 
         For a model rebuilt from a file: arrays that lost or gained an element parse
-        well, then failed at prediction time (an unnamed 500), or were served.
+        well, then failed at prediction time (an unnamed 500), or were served. ``probe``
+        is a row within the training data (the features' medians, say); by default each
+        numeric feature is 1, which lies far outside the data of a feature near the float
+        limit, where the two paths overflow differently.
         """
+        if probe is not None and len(probe) != len(self.kinds):
+            raise ValueError(f"a probe of {len(probe)} values for a model of {len(self.kinds)} columns")
         with _damage_as_value_error():
-            self._check_loaded()
+            self._check_loaded(probe)
 
-    def _check_loaded(self) -> None:
+    def _check_loaded(self, probe: Sequence[float] | None = None) -> None:
         if self.regimes_ is not None:
+            j = self.regime_column
             for model in self.regimes_:
-                model._check_loaded()
-        x = [0.0 if k == "categorical" else 1.0 for k in self.kinds]
+                model._check_loaded(None if probe is None else [*probe[:j], *probe[j + 1:]])
+        x = list(probe) if probe is not None else [0.0 if k == "categorical" else 1.0 for k in self.kinds]
         levels = (0.05, 0.5, 0.95)
         dist = self.predict_distribution(np.array([x], dtype=np.float64))
         q = dist.quantiles(levels)[0]
@@ -2795,11 +2801,19 @@ def _stored_kinds(kinds: Any, n_categories: Any) -> list[str]:
 
 
 def _standardisation(d: dict[str, Any], width: int) -> tuple[np.ndarray, np.ndarray]:
-    """A stored design's centres and spreads, ``width`` of each: finite centres and positive
-    spreads (a spread of 0 divided by zero; a negative one turned every effect round)."""
+    """A stored design's centres and spreads, ``width`` of each, the spreads positive (one
+    of 0 divided by zero; a negative one turned every effect round).
+
+    A null (NaN) is a statistic that overflowed in a model stored before 2026-11-28, for a
+    feature near the float limit: read as training now writes it (centre 0, the largest
+    spread), a column about zero."""
     center, spread = _stored_numbers(d["center"], "center"), _stored_numbers(d["spread"], "spread")
     if not len(center) == len(spread) == width:
         raise ValueError(f"center and spread hold {len(center)} and {len(spread)} values for {width} columns")
+    overflowed = np.isnan(center) | np.isnan(spread)
+    if overflowed.any():
+        center = np.where(overflowed, 0.0, center)
+        spread = np.where(overflowed, np.finfo(np.float64).max, spread)
     if not (np.all(np.isfinite(center)) and np.all(spread > 0) and np.all(np.isfinite(spread))):
         raise ValueError("center must be finite and spread positive")
     return center, spread

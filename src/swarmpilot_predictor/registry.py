@@ -509,7 +509,7 @@ class ModelRegistry:
             # A file that parses but lost or gained an array element must fail here, naming the
             # file, not at prediction time. Checked with a digest too: it is no signature (it lies
             # beside the file), and a file edited with its digest recomputed was served as it was.
-            model.check_loaded()
+            model.check_loaded(meta.features.probe_row())
         except Exception as exc:  # any failure to rebuild the model from its file
             if not (path.parent / _meta_file(meta.version)).exists():
                 # Deleted by another process since this one's index was read: gone, not damaged.
