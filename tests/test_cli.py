@@ -622,3 +622,64 @@ def test_an_empty_data_directory_flag_is_refused_not_read_as_the_working_directo
         said = one_error_line(invoke(*args, "--data-dir", "", ok=False))
         assert said.startswith("error: --data-dir: must name a directory"), said
     assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_over_http_prints_the_services_answer_as_offline_does(tmp_path, server):
+    # --json is the raw answer: through the client it gained nulls (a success's "message",
+    # a failure's quantiles), so the two outputs of one prediction differed.
+    cfg = tmp_path / "train.json"
+    cfg.write_text(json.dumps({"model": IDENTITY, "traces": make_llm_traces(100), "algorithm": "linear"}))
+    invoke("train", cfg, "--url", server.url)
+    traces = '[{"input_tokens": 100, "output_tokens": 20}, {"input_tokens": 7}]'
+    outputs = []
+    for where in (["--url", server.url], ["--data-dir", server.data_dir]):
+        body = json_out(invoke("predict", ENCODED, traces, "--json", *where, ok=False))
+        body["summary"].pop("duration_seconds")
+        outputs.append(body)
+    assert outputs[0] == outputs[1]
+    assert "message" not in outputs[0]["results"][0] and "quantiles" not in outputs[0]["results"][1]
+
+
+def test_a_table_made_offline_is_the_one_the_service_makes(tmp_path, server):
+    # Offline, BLAS ran on every core; the server runs it on one: the last digits differed.
+    traces = tmp_path / "t.jsonl"
+    traces.write_bytes(b"".join(orjson.dumps({k: v for k, v in t.items() if k != "runtime_ms"}) + b"\n"
+                                for t in make_llm_traces(3000, seed=4)))
+    cfg = tmp_path / "train.json"
+    cfg.write_text(json.dumps({"model": IDENTITY, "traces": make_llm_traces(300), "algorithm": "auto"}))
+    invoke("train", cfg, "--url", server.url)
+    invoke("table", ENCODED, traces, "-o", "served.csv", "--url", server.url)
+    offline = tmp_path / "out" / "offline.csv"
+    invoke("table", ENCODED, traces, "-o", offline, "--data-dir", server.data_dir)
+    assert offline.read_bytes() == (server.data_dir / "tables" / "served.csv").read_bytes()
+    # A file of the user's own gets the mode the umask gives a new file, not 0600.
+    assert offline.stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@pytest.mark.parametrize("command", [["models"], ["predict", "llm/*/*/*/*", "{}"]])
+def test_an_empty_url_is_refused_not_read_as_the_data_directory(tmp_path, command):
+    result = runner.invoke(cli.app, [*command, "--url", " ", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "--url" in result.output and "is empty" in result.output
+
+
+@pytest.mark.parametrize("where", [["--url", "http://127.0.0.1:1"], []])
+def test_a_blank_identity_part_is_the_same_error_offline_and_over_http(tmp_path, where):
+    result = runner.invoke(cli.app, ["predict", " /*/*/*/*", "{}", "--data-dir", str(tmp_path), *where])
+    assert "MODEL's model_type is empty: name it, or write '*' for any" in one_error_line(result)
+
+
+def test_piped_output_keeps_whole_lines(trained):
+    # Not a terminal: a table's model keys were cut to 80 columns with "…".
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "swarmpilot_predictor", "models", "--data-dir", str(trained)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert KEY in done.stdout and "…" not in done.stdout

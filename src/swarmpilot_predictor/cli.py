@@ -27,11 +27,29 @@ from .processes import alive, pid_space
 from .settings import METRICS_DIR, MULTIPROC_ENV, PredictorSettings, listen_problem, settings_problem, startup_problem
 
 app = typer.Typer(help="SwarmPilot Predictor: runtime distributions for ML inference tasks.", no_args_is_help=True)
-console = Console()
+# Piped or redirected, a line is not cut to a terminal's 80 columns: a script reads whole
+# model keys and paths (a table's lines were truncated with "…", a written path broken in three).
+console = Console(width=None if sys.stdout.isatty() else 100_000)
 err_console = Console(stderr=True)
 
+
+def _url_given(url: Optional[str]) -> Optional[str]:
+    if url is not None and not url.strip():  # an unset variable in `-u "$URL"`: not the local directory
+        raise typer.BadParameter("is empty: give the service's URL, or leave --url out for a data directory")
+    return url
+
+
 DataDirOpt = typer.Option(None, "--data-dir", "-d", help="Data directory (default: $PREDICTOR_DATA_DIR or ./predictor_data).")
-UrlOpt = typer.Option(None, "--url", "-u", help="Talk to a running service at this URL instead of a data directory.")
+UrlOpt = typer.Option(None, "--url", "-u", callback=_url_given,
+                      help="Talk to a running service at this URL instead of a data directory.")
+
+
+def _one_blas_thread() -> None:
+    """Predict as the server does, on one BLAS thread: a threaded BLAS sums in another order,
+    and a table made offline differed from the server's in the last digits."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
 
 
 def _settings(data_dir: Optional[str], flags: dict[str, str] | None = None) -> PredictorSettings:
@@ -314,7 +332,7 @@ def _parse_key(model: str) -> IdentityPattern:
     parts = model.split("/")
     if len(parts) != 5:
         _fail("MODEL is five parts: model_type/model_name/hardware/software_name/software_version ('*' for any)")
-    empty = [name for name, p in zip(IDENTITY_KEYS, parts) if not p]
+    empty = [name for name, p in zip(IDENTITY_KEYS, parts) if not p.strip()]
     if empty:
         # A mistyped '//' would otherwise widen the match to any value, with no warning.
         _fail(f"MODEL's {', '.join(empty)} is empty: name it, or write '*' for any")
@@ -381,9 +399,10 @@ def predict(
     if url:
         with _remote(url) as client:
             body = client.predict_batch(pattern.as_tuple(), traces, confidence_level=confidence_level, quantiles=levels,
-                                        shared_factor=shared_factor).model_dump()
+                                        shared_factor=shared_factor).model_dump(exclude_unset=True)  # the answer as sent
     else:
         service = _service(data_dir, existing=True)
+        _one_blas_thread()
         try:
             body = service.predict(pattern, traces, confidence_level, levels, with_total=True,
                                    shared_factor=shared_factor).batch_response()
@@ -472,6 +491,7 @@ def table_cmd(
             out_path = Path(output)
             name = None
         service = _service(data_dir, existing=True)
+        _one_blas_thread()
         total = _count_records(trace_file)
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} traces" if total else "{task.completed:,} traces"),
                       TimeElapsedColumn(), console=err_console, transient=True,
@@ -482,13 +502,28 @@ def table_cmd(
                                                 progress=lambda n: progress.advance(task, n), out_path=out_path)
             except PredictorError as exc:
                 _fail(exc.message)
+        if out_path is not None:
+            _as_created_here(Path(result["path"]))
     if as_json:
         sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
     console.print(f"wrote {result['rows']:,} records to {escape(str(result['path']))} in {result.get('duration_seconds', 0):.1f}s"
-                  + (f" ({result['failed']:,} traces could not be predicted)" if result.get("failed") else ""))
+                  + (f" ({result['failed']:,} traces could not be predicted)" if result.get("failed") else ""),
+                  soft_wrap=True)
     for line in result.get("errors") or []:
         err_console.print(f"  [yellow]{escape(line)}[/]")
+
+
+def _as_created_here(path: Path) -> None:
+    """Give a file written to a path of the user's own the mode a new file gets from the
+    umask (0644 under the usual 022): files of the data directory are written 0600, as
+    mkstemp makes them, and so was a table written with ``--output``."""
+    umask = os.umask(0o022)  # the only way to read it is to set it (this command is one thread)
+    os.umask(umask)
+    try:
+        os.chmod(path, 0o666 & ~umask)
+    except OSError:  # a file system without modes: left as written
+        pass
 
 
 def _count_records(path: Path) -> int | None:
