@@ -495,6 +495,36 @@ def section_registry(tmp: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     print(f"| create_app with {out[2]} registered models (imports {float(out[0]):.2f} s excluded) | {float(out[1]) * 1e3:.0f} ms |")
 
+    # Deleting models one by one, with a second registry on the same directory standing for
+    # another worker: each change is noticed by every worker at its next request.
+    from swarmpilot_predictor.identity import IdentityPattern
+    from swarmpilot_predictor.registry import ModelRegistry
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    svc = PredictorService(PredictorSettings(data_dir=data, cache_size=0))
+    other = ModelRegistry(data / "models")
+    pattern = IdentityPattern.from_parts(IDENT)
+    trace = [{"input_tokens": 512, "output_tokens": 128}]
+    svc.predict(pattern, trace)
+    deletes, nexts, noticed = [], [], []
+    for i in range(200):
+        t0 = time.perf_counter()
+        svc.delete_model(IdentityPattern.from_parts({**IDENT, "software_version": f"v{i}"}))
+        t1 = time.perf_counter()
+        svc.predict(pattern, trace)
+        t2 = time.perf_counter()
+        other.maybe_refresh()
+        t3 = time.perf_counter()
+        deletes.append(t1 - t0)
+        nexts.append(t2 - t1)
+        noticed.append(t3 - t2)
+    assert len(other.identities()) == len(svc.registry.identities()) == 3001 - 200
+    print(f"| with 3,000 models, 200 deleted one by one: a delete / this worker's next prediction / another "
+          f"worker noticing it (medians) | {statistics.median(deletes) * 1e3:.1f} / {statistics.median(nexts) * 1e3:.2f} "
+          f"/ {statistics.median(noticed) * 1e3:.2f} ms |")
+    svc.close()
+
 
 def section_preload(tmp: Path) -> None:
     """A LightGBM model's first prediction in a fresh server: loaded on demand, or preloaded."""

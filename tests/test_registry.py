@@ -155,6 +155,80 @@ def test_a_worker_that_indexes_its_own_training_late_still_sees_a_newer_version(
     assert a.latest(IDENT).version == 2 and [v.version for v in a.versions(IDENT)] == [1, 2]
 
 
+def _many_models(root: Path, n: int) -> list[ModelIdentity]:
+    """``n`` models, copies of one with other versions of its software (cheap: no fitting)."""
+    ModelRegistry(root).save(*fit()[:2])
+    src = root / IDENT.dirname
+    identities = []
+    for i in range(n):
+        ident = ModelIdentity(*IDENT.as_tuple()[:4], f"copy-{i}")
+        dst = root / ident.dirname
+        dst.mkdir()
+        for f in src.iterdir():
+            if f.name.endswith(".meta.json"):
+                meta = orjson.loads(f.read_bytes())
+                meta["identity"] = ident.as_dict()
+                (dst / f.name).write_bytes(orjson.dumps(meta))
+            elif not f.name.startswith("."):
+                os.link(f, dst / f.name)
+        identities.append(ident)
+    return identities
+
+
+def test_a_change_is_read_back_from_its_own_folder_alone(root, monkeypatch):
+    # Each change names its folder in the change log: every worker re-reads that folder, not
+    # the whole registry (with 3,000 models, 100 ms at each worker's next request).
+    copies = _many_models(root, 30)
+    a, b = ModelRegistry(root), ModelRegistry(root)
+    scanned = []
+    real_scan = ModelRegistry._scan_dir
+
+    def counting(self, model_dir, seen):
+        scanned.append(model_dir.name)
+        return real_scan(self, model_dir, seen)
+
+    monkeypatch.setattr(ModelRegistry, "_scan_dir", counting)
+    a.delete(copies[3])
+    a.save(*fit(copies[7], seed=2)[:2])
+    a.save(*fit(seed=3)[:2])
+    changed = sorted({copies[3].dirname, copies[7].dirname, IDENT.dirname})
+    for worker, folders in ((b, changed), (b, []), (a, changed)):  # b twice: a second look finds nothing new
+        scanned.clear()
+        worker.maybe_refresh()
+        assert sorted(scanned) == folders
+        assert copies[3] not in worker.identities() and len(worker.identities()) == 30
+        assert [v.version for v in worker.versions(copies[7])] == [1, 2] and worker.latest(IDENT).version == 2
+
+
+@pytest.mark.parametrize("how", ["started afresh", "removed", "not a file", "cannot be written"])
+def test_where_the_change_log_cannot_say_every_worker_rescans_in_full(root, monkeypatch, how):
+    import copy
+
+    from swarmpilot_predictor import registry as registry_module
+
+    copies = _many_models(root, 5)
+    a, b = ModelRegistry(root), ModelRegistry(root)
+    b.maybe_refresh()
+    log_path = root / ".changes"
+    if how == "started afresh":
+        monkeypatch.setattr(registry_module, "MAX_CHANGE_LOG_BYTES", 300)
+    meta, model, _ = fit(seed=4)
+    for i, target in enumerate(copies):
+        if how == "removed":
+            log_path.unlink(missing_ok=True)
+        elif how in ("not a file", "cannot be written") and i == 2:
+            log_path.unlink(missing_ok=True)
+            if how == "not a file":
+                os.mkfifo(log_path)
+            else:
+                log_path.mkdir()
+                (log_path / "x").write_text("")  # a folder that cannot be removed either
+        a.delete(target) if i % 2 else a.save(copy.deepcopy(meta), model)
+        b.maybe_refresh()
+        assert b.identities() == a.identities() and b.versions(IDENT) == a.versions(IDENT)
+    assert len(b.identities()) == 1 + 5 - 2 and [v.version for v in b.versions(IDENT)] == [1, 2, 3, 4]
+
+
 def test_delete_one_version(root):
     reg = ModelRegistry(root)
     for seed in range(3):
@@ -490,7 +564,7 @@ def test_model_files_are_json_and_loading_needs_no_pickle(root, monkeypatch):
     meta, model, X = fit(algorithm="lightgbm", params={"num_boost_round": 10, "num_leaves": 4})
     reg.save(meta, model)
     expected = model.predict_quantiles(X, LEVELS)
-    files = [p for p in root.rglob("*") if p.is_file() and p.name != ".generation"]
+    files = [p for p in root.rglob("*") if p.is_file() and p.name not in (".generation", ".changes")]
     assert files
     for path in files:
         data = path.read_bytes()

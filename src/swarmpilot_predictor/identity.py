@@ -107,6 +107,8 @@ class ModelIdentity:
     # A dictionary key several times per prediction: hash once.
     _hash: int = field(init=False, repr=False, compare=False)
     _key: str = field(init=False, repr=False, compare=False)
+    # Computed once, when first asked: the registry asks it of every model after each change.
+    _dirname: str | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_hash", hash(self.as_tuple()))
@@ -147,9 +149,11 @@ class ModelIdentity:
         The readable prefix helps people browsing the data directory; the hash
         keeps two identities that sanitise to the same prefix apart.
         """
-        readable = "__".join(_SAFE.sub("-", p)[:40] for p in self.as_tuple())
-        digest = hashlib.sha256("\x1f".join(self.as_tuple()).encode()).hexdigest()[:12]
-        return f"{readable}__{digest}"
+        if self._dirname is None:
+            readable = "__".join(_SAFE.sub("-", p)[:40] for p in self.as_tuple())
+            digest = hashlib.sha256("\x1f".join(self.as_tuple()).encode()).hexdigest()[:12]
+            object.__setattr__(self, "_dirname", f"{readable}__{digest}")
+        return self._dirname
 
     def model_info(self) -> dict[str, str]:
         """The seed's ``model_info`` object."""

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import re
+import stat
 import threading
 import time
 from collections import OrderedDict
@@ -26,7 +27,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .atomic import atomic_file, atomic_write_bytes, read_regular, regular_file_fd, remove_stale_temps, temp_beside
+from .atomic import (NotRegularFile, atomic_file, atomic_write_bytes, read_regular, regular_file_fd, remove_stale_temps,
+                     temp_beside)
 from .errors import (AmbiguousModel, InvalidInput, ModelNotFound, ModelUnreadable, NotFound, StorageError,
                      VersionConflict, json_kind, writing)
 from .features import FeatureSchema
@@ -40,6 +42,11 @@ _META = re.compile(r"^v(\d{4,})\.meta\.json$")
 # A version's metadata is kilobytes (a megabyte or so with a large table of shapes); a file
 # of gigabytes there took 4 GB and 20 s at every scan.
 MAX_META_BYTES = 64 * 1024 * 1024
+# The change log (models/.changes) names the folder of every change, so that a worker that
+# notices one re-reads those folders, not all of them: with 2,000 models each change cost
+# every worker's next request a full rescan (80-100 ms), and deleting them all took 120 s.
+# Past this size it starts again, empty, which costs each worker one full rescan.
+MAX_CHANGE_LOG_BYTES = 1 << 20
 _VERSION_FILE = re.compile(r"^v(\d{4,})\.(.+)$")  # any file of a version: meta, model, data, lock, tombstone
 
 
@@ -264,6 +271,9 @@ class ModelRegistry:
         self._generation_file = self.root / ".generation"
         self._generation_path = os.fspath(self._generation_file)
         self._seen_generation: int | None = None
+        self._change_log = os.fspath(self.root / ".changes")
+        # Where this process has read the change log to: the log (its first line) and the offset.
+        self._log_read: tuple[bytes, int] | None = None
         self._resolved: dict[tuple[str | None, ...], ModelIdentity] = {}
         # The serving (latest) version per identity, asked for on every prediction.
         self._latest: dict[ModelIdentity, ModelVersion] = {}
@@ -308,7 +318,9 @@ class ModelRegistry:
         except FileNotFoundError:
             return 0
 
-    def _bump_generation(self) -> None:
+    def _bump_generation(self, model_dir: Path) -> None:
+        # The change log first, then the time: a worker that sees the new time finds the line.
+        self._log_change(model_dir.name)
         # Every change sets one file's time, so other workers notice it with one stat().
         # Setting a time needs no free space: a change stored on a nearly full disk is announced.
         now = time.time_ns()
@@ -321,6 +333,106 @@ class ModelRegistry:
         # of the time and this one would otherwise pass for this process's own, and stay
         # unseen until the next change.
 
+    def _log_change(self, folder: str, again: bool = True) -> None:
+        """Append a change's folder to the change log (one write, so lines never interleave).
+
+        The log opens with a line of its own, drawn at random when it is made: a reader that
+        finds another one knows it was made afresh (an inode number may be given again)."""
+        line = (folder + "\n").encode()
+        try:
+            try:
+                fd = os.open(self._change_log, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK)
+            except FileNotFoundError:
+                self._new_change_log()
+                fd = os.open(self._change_log, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise NotRegularFile(f"{self._change_log} is not a regular file")
+                os.write(fd, line)
+                written = os.fstat(fd)
+            finally:
+                os.close(fd)
+            if written.st_ino != os.stat(self._change_log).st_ino and again:
+                # Made afresh by another writer after this one opened it: said there too.
+                self._log_change(folder, again=False)
+            elif written.st_size > MAX_CHANGE_LOG_BYTES:
+                self._new_change_log()  # every reader rescans once
+        except OSError as exc:
+            # Not said (a full disk, say): no reader may trust the log, so it goes, and every
+            # worker rescans in full at its next request, as they all did before the log.
+            log.warning("cannot write the registry's change log %s (%s); every worker rescans", self._change_log, exc)
+            try:
+                os.unlink(self._change_log)
+            except FileNotFoundError:
+                pass
+            except OSError as exc2:
+                log.error("cannot remove the registry's change log %s (%s): changes may go unseen until a restart",
+                          self._change_log, exc2)
+
+    def _new_change_log(self) -> None:
+        atomic_write_bytes(Path(self._change_log), os.urandom(8).hex().encode() + b"\n")
+
+    def _read_change_log(self, since: tuple[bytes, int] | None) -> tuple[tuple[bytes, int] | None, bytes | None]:
+        """The change log's first line and size now, and what it holds past ``since``'s offset
+        if it is the log ``since`` was read from (None otherwise, and where there is none)."""
+        try:
+            with regular_file_fd(self._change_log) as fd:
+                size = os.fstat(fd).st_size
+                head = os.pread(fd, min(size, 64), 0)
+                token = head[: head.find(b"\n") + 1]
+                if not token:
+                    return None, None  # being made, or damaged: not a log to read
+                now = (token, size)
+                if since is None or since[0] != token or size < since[1]:
+                    return now, None
+                return now, os.pread(fd, size - since[1], since[1])
+        except FileNotFoundError:
+            return None, None
+        except OSError as exc:
+            log.warning("cannot read the registry's change log %s (%s): rescanning", self._change_log, exc)
+            return None, None
+
+    def _catch_up(self) -> None:
+        """Re-read the folders the change log names since this process last read it; the
+        whole registry where the log cannot say (none, made afresh, or unreadable)."""
+        generation = self._generation()
+        read = self._log_read
+        _, tail = self._read_change_log(read)
+        if tail is None or read is None:
+            self.refresh()
+            return
+        end = tail.rfind(b"\n") + 1  # a line being written is read next time, whole
+        folders = {name for name in tail[:end].decode("utf-8", "replace").split("\n") if name}
+        self._refresh_folders(folders, generation, (read[0], read[1] + end))
+
+    def _refresh_folders(self, folders: set[str], generation: int, read: tuple[bytes, int]) -> None:
+        seen: dict[str, tuple[int, ModelVersion | None]] = {}
+        found: list[ModelVersion] = []
+        for name in folders:
+            model_dir = self.root / name
+            if "/" in name or name in ("", ".", "..") or model_dir.is_symlink() or not model_dir.is_dir():
+                continue  # gone (every version deleted and its folder with it), or not a model folder
+            try:
+                found += self._scan_dir(model_dir, seen)
+            except OSError as exc:
+                log.warning("skipping model folder %s that cannot be read: %s", model_dir, exc)
+        with self._lock:
+            for identity in [i for i in self._index if i.dirname in folders]:
+                del self._index[identity]
+            for meta in found:
+                self._index.setdefault(meta.identity, {})[meta.version] = meta
+            # (A deleted version's entry stays until the next full scan: numbers are never
+            # given twice, so no other file takes its path, and a full scan starts afresh.)
+            self._meta_cache.update(seen)
+            self._index_changed()
+            self._seen_generation = generation
+            self._log_read = read
+            gone = [key for key in self._loaded if key[1] not in self._index.get(key[0], {})]
+            for key in gone:
+                del self._loaded[key]
+        if gone and self.on_unload is not None:
+            self.on_unload()
+
     def refresh(self) -> None:
         """Re-read the index from disk (other processes may have written new versions).
 
@@ -328,6 +440,7 @@ class ModelRegistry:
         so a rescan of a large registry costs directory listings, not JSON parsing.
         """
         generation = self._generation()
+        log_state, _ = self._read_change_log(None)  # before the scan: what is logged after it is read next time
         index: dict[ModelIdentity, dict[int, ModelVersion]] = {}
         seen: dict[str, tuple[int, ModelVersion | None]] = {}
         for model_dir in os.scandir(self.root):
@@ -348,6 +461,7 @@ class ModelRegistry:
             self._index = index
             self._index_changed()
             self._seen_generation = generation
+            self._log_read = log_state
             gone = [key for key in self._loaded if key[1] not in index.get(key[0], {})]
             for key in gone:
                 del self._loaded[key]
@@ -373,8 +487,10 @@ class ModelRegistry:
             self._index_changed()
             # The next maybe_refresh() rescans everything: other models may have changed as
             # well, and a request thread may have indexed a newer version of this one (stored
-            # by another worker) between this scan and this lock, which the scan above lacks.
+            # by another worker) between this scan and this lock, which the scan above lacks
+            # (and read the change log past it).
             self._seen_generation = None
+            self._log_read = None
 
     def _scan_dir(self, model_dir: Path, seen: dict[str, tuple[int, ModelVersion | None]]) -> list[ModelVersion]:
         out = []
@@ -414,9 +530,10 @@ class ModelRegistry:
         return out
 
     def maybe_refresh(self) -> None:
-        """Rescan only if some process changed the registry since the last scan."""
+        """Re-read what some process changed since the last scan, if anything: the folders
+        the change log names (the whole registry where it cannot say)."""
         if self._generation() != self._seen_generation:
-            self.refresh()
+            self._catch_up()
 
     def identities(self) -> list[ModelIdentity]:
         with self._lock:
@@ -462,7 +579,11 @@ class ModelRegistry:
             return hit
         self.maybe_refresh()  # another worker may have trained it a moment ago
         with self._lock:
-            matches = [i for i in self._index if pattern.matches(i)]
+            if pattern.is_complete():  # one look-up, not a pass over every model
+                whole = ModelIdentity(*key)
+                matches = [whole] if whole in self._index else []
+            else:
+                matches = [i for i in self._index if pattern.matches(i)]
         if not matches:
             raise ModelNotFound(f"no trained model matches {pattern.describe()}")
         if len(matches) > 1:
@@ -582,7 +703,7 @@ class ModelRegistry:
                 raise
             finally:
                 (model_dir / _lock_file(version)).unlink(missing_ok=True)
-        self._bump_generation()
+        self._bump_generation(model_dir)
         with self._lock:
             self._index_changed()
             self._index.setdefault(meta.identity, {})[version] = meta
@@ -703,7 +824,7 @@ class ModelRegistry:
                 if not versions:
                     self._index.pop(identity, None)
                 self._index_changed()
-            self._bump_generation()
+            self._bump_generation(model_dir)
             if self.on_change is not None:
                 self.on_change(identity)
             if self.on_unload is not None:
