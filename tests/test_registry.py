@@ -200,6 +200,69 @@ def test_a_change_is_read_back_from_its_own_folder_alone(root, monkeypatch):
         assert [v.version for v in worker.versions(copies[7])] == [1, 2] and worker.latest(IDENT).version == 2
 
 
+def test_catching_up_is_one_thread_at_a_time(root, monkeypatch):
+    # A slow catch-up that applied its older scan of a folder after a newer one had, and with a
+    # place in the change log past that folder's newer line, left the worker stale for good.
+    import copy
+    import threading
+
+    writer = ModelRegistry(root)
+    meta, model, _ = fit()
+    writer.save(copy.deepcopy(meta), model)
+    reader = ModelRegistry(root)
+    real_scan = ModelRegistry._scan_dir
+    scanned, release = threading.Event(), threading.Event()
+
+    def slow(self, model_dir, seen):
+        out = real_scan(self, model_dir, seen)
+        if self is reader and threading.current_thread().name == "slow":
+            scanned.set()
+            release.wait(10)
+        return out
+
+    monkeypatch.setattr(ModelRegistry, "_scan_dir", slow)
+    writer.save(copy.deepcopy(meta), model)
+    first = threading.Thread(target=reader.maybe_refresh, name="slow")
+    first.start()
+    assert scanned.wait(10)  # it has scanned versions 1 and 2, and is slow to apply them
+    writer.save(copy.deepcopy(meta), model)
+    second = threading.Thread(target=reader.maybe_refresh)
+    second.start()
+    second.join(0.3)
+    assert second.is_alive()  # it waits for the first, rather than racing it
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert [v.version for v in reader.versions(IDENT)] == [1, 2, 3]
+
+
+def test_a_change_log_line_cut_short_is_not_glued_to_the_next(root, monkeypatch):
+    # On a full disk the line was written in part: the next one was glued to it, and other
+    # workers took the two folders for one that is neither, missing both changes.
+    from swarmpilot_predictor import registry as registry_module
+
+    a = ModelRegistry(root)
+    a.save(*fit()[:2])
+    a.save(*fit(seed=1)[:2])
+    a.save(*fit(OTHER)[:2])
+    b = ModelRegistry(root)
+    real_write = os.write
+
+    def cut_short(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".changes"):
+            return real_write(fd, data[:10])
+        return real_write(fd, data)
+
+    monkeypatch.setattr(registry_module.os, "write", cut_short)
+    a.delete(IDENT, 2)
+    monkeypatch.setattr(registry_module.os, "write", real_write)
+    a.delete(OTHER)
+    b.maybe_refresh()
+    fresh = ModelRegistry(root)
+    assert b.identities() == fresh.identities() == [IDENT]
+    assert [v.version for v in b.versions(IDENT)] == [1]
+
+
 @pytest.mark.parametrize("how", ["started afresh", "removed", "not a file", "cannot be written"])
 def test_where_the_change_log_cannot_say_every_worker_rescans_in_full(root, monkeypatch, how):
     import copy

@@ -10,6 +10,7 @@ boosters in their own text format inside it), so loading runs no code.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import math
@@ -266,6 +267,10 @@ class ModelRegistry:
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_loaded = max_loaded
         self._lock = threading.RLock()
+        # One re-read of the disk at a time (taken before _lock): two request threads catching
+        # up at once, the slower applied an older scan of a folder after the newer one, and
+        # recorded a place in the change log past it, so the worker kept it.
+        self._rescan_lock = threading.RLock()
         self._index: dict[ModelIdentity, dict[int, ModelVersion]] = {}
         self._loaded: OrderedDict[tuple[ModelIdentity, int], LoadedModel] = OrderedDict()
         self._generation_file = self.root / ".generation"
@@ -348,7 +353,10 @@ class ModelRegistry:
             try:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
                     raise NotRegularFile(f"{self._change_log} is not a regular file")
-                os.write(fd, line)
+                if os.write(fd, line) != len(line):
+                    # Cut short (a full disk): the next line would be glued to it, and the
+                    # reader would take the two folders for one that is neither.
+                    raise OSError(errno.ENOSPC, "the line was cut short")
                 written = os.fstat(fd)
             finally:
                 os.close(fd)
@@ -394,24 +402,32 @@ class ModelRegistry:
 
     def _catch_up(self) -> None:
         """Re-read the folders the change log names since this process last read it; the
-        whole registry where the log cannot say (none, made afresh, or unreadable)."""
-        generation = self._generation()
-        read = self._log_read
-        _, tail = self._read_change_log(read)
-        if tail is None or read is None:
-            self.refresh()
-            return
-        end = tail.rfind(b"\n") + 1  # a line being written is read next time, whole
-        folders = {name for name in tail[:end].decode("utf-8", "replace").split("\n") if name}
-        self._refresh_folders(folders, generation, (read[0], read[1] + end))
+        whole registry where the log cannot say (none, made afresh, unreadable, or naming
+        what is no model folder)."""
+        with self._rescan_lock:
+            generation = self._generation()
+            if generation == self._seen_generation:
+                return  # another thread caught up while this one waited
+            read = self._log_read
+            _, tail = self._read_change_log(read)
+            if tail is None or read is None:
+                self.refresh()
+                return
+            end = tail.rfind(b"\n") + 1  # a line being written is read next time, whole
+            folders = {name for name in tail[:end].decode("utf-8", "replace").split("\n") if name}
+            if not self._refresh_folders(folders, generation, (read[0], read[1] + end)):
+                self.refresh()
 
-    def _refresh_folders(self, folders: set[str], generation: int, read: tuple[bytes, int]) -> None:
+    def _refresh_folders(self, folders: set[str], generation: int, read: tuple[bytes, int]) -> bool:
+        """Re-read ``folders``; False (nothing done) where one is no model folder: a model's
+        folder stays when its versions are deleted, so the log is damaged."""
         seen: dict[str, tuple[int, ModelVersion | None]] = {}
         found: list[ModelVersion] = []
         for name in folders:
             model_dir = self.root / name
             if "/" in name or name in ("", ".", "..") or model_dir.is_symlink() or not model_dir.is_dir():
-                continue  # gone (every version deleted and its folder with it), or not a model folder
+                log.warning("the registry's change log names %r, which is no model folder: rescanning", name)
+                return False
             try:
                 found += self._scan_dir(model_dir, seen)
             except OSError as exc:
@@ -432,6 +448,7 @@ class ModelRegistry:
                 del self._loaded[key]
         if gone and self.on_unload is not None:
             self.on_unload()
+        return True
 
     def refresh(self) -> None:
         """Re-read the index from disk (other processes may have written new versions).
@@ -439,6 +456,10 @@ class ModelRegistry:
         Meta files are parsed again only when their modification time changed,
         so a rescan of a large registry costs directory listings, not JSON parsing.
         """
+        with self._rescan_lock:
+            self._refresh_all()
+
+    def _refresh_all(self) -> None:
         generation = self._generation()
         log_state, _ = self._read_change_log(None)  # before the scan: what is logged after it is read next time
         index: dict[ModelIdentity, dict[int, ModelVersion]] = {}
@@ -470,6 +491,10 @@ class ModelRegistry:
 
     def refresh_identity(self, identity: ModelIdentity) -> None:
         """Re-read one model's versions (after a training worker wrote them)."""
+        with self._rescan_lock:
+            self._refresh_identity(identity)
+
+    def _refresh_identity(self, identity: ModelIdentity) -> None:
         seen: dict[str, tuple[int, ModelVersion | None]] = {}
         model_dir = self.root / identity.dirname
         try:
