@@ -333,10 +333,10 @@ class ModelRegistry:
             os.utime(self._generation_path, ns=(now, now))
         except (FileNotFoundError, PermissionError):  # not there yet, or another user's: replace it
             atomic_write_bytes(self._generation_file, b"")
-        # The time this process set is not marked as seen, so the next maybe_refresh() rescans
-        # (re-reading only changed meta files): another worker's change stamped between a read
-        # of the time and this one would otherwise pass for this process's own, and stay
-        # unseen until the next change.
+        # The time this process set is not marked as seen, so the next maybe_refresh() re-reads
+        # the folders logged since (this one's among them): another worker's change stamped
+        # between a read of the time and this one would otherwise pass for this process's own,
+        # and stay unseen until the next change.
 
     def _log_change(self, folder: str, again: bool = True) -> None:
         """Append a change's folder to the change log (one write, so lines never interleave).
