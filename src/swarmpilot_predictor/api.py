@@ -35,7 +35,6 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
-from threadpoolctl import threadpool_limits
 
 from . import __version__
 from .errors import (InvalidInput, NotFound, PayloadTooLarge, PredictorError, UnsupportedMediaType, shown, storage_error,
@@ -56,7 +55,7 @@ from .schemas import (
     config_from_text,
 )
 from .metrics import CLIENT_CLOSED, MetricsMiddleware
-from .service import PredictorService
+from .service import PredictorService, predict_on_one_blas_thread
 from .settings import PredictorSettings
 from .training import when_parent_dies
 from .traces import TRACE_FILE_SUFFIXES
@@ -298,9 +297,7 @@ def _openapi_body(schema: type[BaseModel]) -> dict[str, Any]:
 def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     settings = settings or PredictorSettings()
     service = PredictorService(settings)
-    # Prediction multiplies tiny matrices: a threaded BLAS would spend longer waking
-    # its threads than computing (and training runs in its own process anyway).
-    threadpool_limits(limits=1, user_api="blas")
+    predict_on_one_blas_thread()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -539,13 +536,10 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         return pred.single_response()
 
     def batch_answer(pattern: IdentityPattern, req: PredictBatchRequest) -> dict[str, Any]:
-        body = service.predict(pattern, req.trace, req.confidence_level, req.quantiles, with_total=True,
+        return service.predict(pattern, req.trace, req.confidence_level, req.quantiles, with_total=True,
                                lookup_table=req.lookup_table, lookup_table_name=req.lookup_table_name,
-                               shared_factor=req.shared_factor,
-                               total_distribution=req.total_distribution).batch_response()
-        if not req.total_distribution:  # (an empty queue's and a table's total too)
-            body.update(total_quantiles=None, total_interval=None)
-        return body
+                               shared_factor=req.shared_factor, total_distribution=req.total_distribution,
+                               ).batch_response(req.total_distribution)
 
     large_batches = asyncio.Semaphore(LARGE_BATCHES_AT_ONCE)
 

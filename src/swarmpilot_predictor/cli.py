@@ -44,14 +44,6 @@ UrlOpt = typer.Option(None, "--url", "-u", callback=_url_given,
                       help="Talk to a running service at this URL instead of a data directory.")
 
 
-def _one_blas_thread() -> None:
-    """Predict as the server does, on one BLAS thread: a threaded BLAS sums in another order,
-    and a table made offline differed from the server's in the last digits."""
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(limits=1, user_api="blas")
-
-
 def _settings(data_dir: Optional[str], flags: dict[str, str] | None = None) -> PredictorSettings:
     """Settings from the environment; ``flags`` maps the variables that a flag set to the flag, named in errors."""
     from pydantic import ValidationError
@@ -89,6 +81,12 @@ def _service(data_dir: Optional[str], existing: bool = False):
         return PredictorService(settings)
     except PredictorError as exc:
         _fail(exc.message)
+
+
+def _predict_on_one_blas_thread() -> None:
+    from .service import predict_on_one_blas_thread  # (imported late, as the service is)
+
+    predict_on_one_blas_thread()
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -402,7 +400,7 @@ def predict(
                                         shared_factor=shared_factor).model_dump(exclude_unset=True)  # the answer as sent
     else:
         service = _service(data_dir, existing=True)
-        _one_blas_thread()
+        _predict_on_one_blas_thread()
         try:
             body = service.predict(pattern, traces, confidence_level, levels, with_total=True,
                                    shared_factor=shared_factor).batch_response()
@@ -491,7 +489,7 @@ def table_cmd(
             out_path = Path(output)
             name = None
         service = _service(data_dir, existing=True)
-        _one_blas_thread()
+        _predict_on_one_blas_thread()
         total = _count_records(trace_file)
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} traces" if total else "{task.completed:,} traces"),
                       TimeElapsedColumn(), console=err_console, transient=True,

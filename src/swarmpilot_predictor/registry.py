@@ -46,7 +46,7 @@ MAX_META_BYTES = 64 * 1024 * 1024
 # The change log (models/.changes) names the folder of every change, so that a worker that
 # notices one re-reads those folders, not all of them: with 2,000 models each change cost
 # every worker's next request a full rescan (80-100 ms), and deleting them all took 120 s.
-# Past this size it starts again, empty, which costs each worker one full rescan.
+# Past this size a new log is made (a new first line), which costs each worker one full rescan.
 MAX_CHANGE_LOG_BYTES = 1 << 20
 _VERSION_FILE = re.compile(r"^v(\d{4,})\.(.+)$")  # any file of a version: meta, model, data, lock, tombstone
 
@@ -443,9 +443,7 @@ class ModelRegistry:
             self._index_changed()
             self._seen_generation = generation
             self._log_read = read
-            gone = [key for key in self._loaded if key[1] not in self._index.get(key[0], {})]
-            for key in gone:
-                del self._loaded[key]
+            gone = self._unload_unindexed()
         if gone and self.on_unload is not None:
             self.on_unload()
         return True
@@ -483,11 +481,16 @@ class ModelRegistry:
             self._index_changed()
             self._seen_generation = generation
             self._log_read = log_state
-            gone = [key for key in self._loaded if key[1] not in index.get(key[0], {})]
-            for key in gone:
-                del self._loaded[key]
+            gone = self._unload_unindexed()
         if gone and self.on_unload is not None:
             self.on_unload()
+
+    def _unload_unindexed(self) -> bool:
+        """Let go of loaded versions the index no longer holds (the lock held); whether any went."""
+        gone = [key for key in self._loaded if key[1] not in self._index.get(key[0], {})]
+        for key in gone:
+            del self._loaded[key]
+        return bool(gone)
 
     def refresh_identity(self, identity: ModelIdentity) -> None:
         """Re-read one model's versions (after a training worker wrote them)."""

@@ -314,7 +314,9 @@ class RenderedPredictions:
     def single_response(self) -> dict[str, Any]:
         return {"summary": self.summary(), "results": self.results()[0]}
 
-    def batch_response(self) -> dict[str, Any]:
+    def batch_response(self, total_distribution: bool = True) -> dict[str, Any]:
+        """The batch answer; without ``total_distribution``, the total's mean and standard
+        deviation alone (its quantiles and interval null, a table's and an empty queue's too)."""
         body: dict[str, Any] = {"summary": self.summary(), "results": self.results(), "quantiles": self.levels}
         body.update(self.batch_extra())
         if self.total:
@@ -324,6 +326,8 @@ class RenderedPredictions:
             body.update(expect=0.0, error=0.0, total_quantiles=[0.0] * len(self.levels or ()), total_interval=[0.0, 0.0])
         else:  # no trace of the batch could be predicted: its total is unknown
             body.update(self._NO_TOTAL)
+        if not total_distribution:
+            body.update(total_quantiles=None, total_interval=None)
         return body
 
     def batch_extra(self) -> dict[str, Any]:

@@ -117,6 +117,18 @@ class Prediction(RenderedPredictions):
 
 
 
+def predict_on_one_blas_thread() -> None:
+    """BLAS on one thread for this process, as everything that predicts runs it.
+
+    Prediction multiplies tiny matrices: a threaded BLAS spends longer waking its threads
+    than computing, and sums in another order (a table the CLI made differed from the
+    server's in the last digits). Training runs in a process of its own.
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+
+
 def _remove_stale_temps_at_start(settings: PredictorSettings) -> None:
     """The temporary files of writes killed midway outside the models and tables folders
     (which their stores tidy): job records, retraining decisions, the registry's stamp."""
