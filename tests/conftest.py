@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +106,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextmanager
+def reserved_port() -> Iterator[int]:
+    """A free port, held until the block ends: bound, not listening, with ``SO_REUSEADDR``.
+
+    A server started in the block listens on it (uvicorn sets ``SO_REUSEADDR`` too),
+    while no other test running in parallel is given it: with :func:`free_port`, two
+    could be, and one's health check could reach the other's server.
+    """
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
+
+
 def file_size_limit(limit: int):
     """A ``preexec_fn`` under which no file grows past ``limit`` bytes: a full disk, without root.
 
@@ -139,15 +153,16 @@ class LiveServer:
 def run_server(data_dir: Path, extra_env: dict[str, str] | None = None, args: list[str] | None = None,
                preexec_fn=None) -> Iterator[LiveServer]:
     """Start ``uvicorn`` with the app factory on a free port; stop it on exit."""
-    port = free_port()
-    env = {**os.environ, "PREDICTOR_DATA_DIR": str(data_dir), **(extra_env or {})}
-    cmd = args or [sys.executable, "-m", "uvicorn", "swarmpilot_predictor.api:app_from_env", "--factory",
-                   "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    cmd = [c.replace("{port}", str(port)) for c in cmd]
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            preexec_fn=preexec_fn)
-    url = f"http://127.0.0.1:{port}"
-    try:
+    with ExitStack() as stack:
+        port = stack.enter_context(reserved_port())
+        env = {**os.environ, "PREDICTOR_DATA_DIR": str(data_dir), **(extra_env or {})}
+        cmd = args or [sys.executable, "-m", "uvicorn", "swarmpilot_predictor.api:app_from_env", "--factory",
+                       "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+        cmd = [c.replace("{port}", str(port)) for c in cmd]
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                preexec_fn=preexec_fn)
+        stack.callback(_stop, proc)
+        url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while True:
             if proc.poll() is not None:
@@ -162,12 +177,14 @@ def run_server(data_dir: Path, extra_env: dict[str, str] | None = None, args: li
                 raise RuntimeError("server did not start within 30 s")
             time.sleep(0.1)
         yield LiveServer(url, data_dir, proc)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 # The seed example's model: its client names models by type, with the hardware in the metadata.

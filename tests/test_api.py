@@ -413,55 +413,63 @@ SINGLE = f"/predict/single/{SEGMENTS}"
 BATCH = f"/predict/batch/{SEGMENTS}"
 
 
-@pytest.mark.parametrize("path, content, status, needles", [
-    (SINGLE, b'{"trace": {"input_tokens": 1', 422, ["not valid JSON"]),
-    (SINGLE, b"", 422, ["not valid JSON"]),
-    (SINGLE, b'{"trace": {"input_tokens": NaN, "output_tokens": 1}}', 422, []),
-    (SINGLE, b'{"trace": {"input_tokens": Infinity, "output_tokens": 1}}', 422, []),
-    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "confidence_level": NaN}', 422, []),
-    (SINGLE, b'[1, 2]', 422, []),
-    (SINGLE, b'{"trace": "input_tokens=5"}', 422, ["trace"]),
-    (SINGLE, b'{"traces": {"input_tokens": 5}}', 422, ["trace"]),
-    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "confidence_level": "high"}', 422, ["confidence_level"]),
-    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "confidence_level": 0}', 422, ["confidence_level"]),
-    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "confidence_level": 1}', 422, ["confidence_level"]),
-    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "confidence_level": 1.5}', 422, ["confidence_level"]),
+@pytest.mark.parametrize("path, content, status, field, needles", [
+    (SINGLE, b'{"trace": {"input_tokens": 1', 422, 'body', ["not valid JSON"]),
+    (SINGLE, b"", 422, 'body', ["not valid JSON"]),
+    (SINGLE, b'{"trace": {"input_tokens": NaN, "output_tokens": 1}}', 422, 'body', ["not valid JSON", "line 1 column"]),
+    (SINGLE, b'{"trace": {"input_tokens": Infinity, "output_tokens": 1}}', 422, 'body', ["not valid JSON", "line 1 column"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "confidence_level": NaN}', 422, 'body', ["not valid JSON", "line 1 column"]),
+    (SINGLE, b'[1, 2]', 422, 'body', ["body: Input should be a JSON object"]),
+    (SINGLE, b'{"trace": "input_tokens=5"}', 422, 'trace', ["trace"]),
+    (SINGLE, b'{"traces": {"input_tokens": 5}}', 422, 'trace', ["trace"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "confidence_level": "high"}', 422, 'confidence_level', ["confidence_level"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "confidence_level": 0}', 422, 'confidence_level', ["confidence_level"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "confidence_level": 1}', 422, 'confidence_level', ["confidence_level"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "confidence_level": 1.5}', 422, 'confidence_level', ["confidence_level"]),
     # Strict types: a string or a boolean is a mistake to name, not a value to guess at.
-    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "confidence_level": "0.9"}', 422, ["confidence_level"]),
-    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "confidence_level": true}', 422, ["confidence_level", "number"]),
-    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "quantiles": ["0.5"]}', 422, ["quantiles"]),
-    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "lookup_table": "yes"}', 422, ["lookup_table"]),
-    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "quantiles": [0, 0.5]}', 422, ["quantiles"]),
-    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "quantiles": [0.5, 1]}', 422, ["quantiles"]),
-    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "quantiles": [-0.1]}', 422, ["quantiles"]),
-    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "quantiles": []}', 422, ["quantiles"]),
-    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "quantiles": ["a"]}', 422, ["quantiles"]),
-    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "quantiles": 0.5}', 422, ["quantiles"]),
-    (SINGLE, b'{"trace": {"input_tokens": 1}}', 422, ["output_tokens"]),
-    (SINGLE, b'{"trace": {"input_tokens": "lots", "output_tokens": 1}}', 422, ["input_tokens"]),
-    (SINGLE, b'{"trace": {"input_tokens": [1], "output_tokens": 1}}', 422, ["input_tokens"]),
-    (SINGLE, b'{"trace": {"input_feature": "x"}}', 422, ["input_feature"]),
-    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "surprise": 1}', 422, ["surprise"]),
-    (BATCH, b'{"trace": {"input_tokens": 1}}', 422, ["trace"]),
-    (BATCH, b'{"trace": [1, 2]}', 422, ["trace"]),
-    (BATCH, b'{"trace": [], "confidence_level": 0}', 422, ["confidence_level"]),
-    (BATCH, b'{"trace": [{"input_tokens": 1, "output_tokens": 1}], "quantiles": [1.5]}', 422, ["quantiles"]),
-    (BATCH, b'{"trace": [{"input_tokens": 1, "output_tokens": 1}], "shared_factor": "yes"}', 422, ["shared_factor"]),
-    (BATCH, b'{"trace": [{"input_tokens": 1, "output_tokens": 1}], "lookup_table": true, "shared_factor": true}', 422,
-     ["shared_factor needs a model"]),
-    ("/predict/single/llm/*/TPU/*/*", b'{"trace": {"input_tokens": 1}}', 404, ["llm/*/TPU/*/*"]),
-    ("/predict/batch/nothing/a/b/c/d", b'{"trace": []}', 404, ["nothing/a/b/c/d"]),
-    ("/predict/single/twin/*/*/*/*", b'{"trace": {"input_tokens": 1}}', 409, ["twin/twin-m/A100/sglang/0.4.0",
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "confidence_level": "0.9"}', 422, 'confidence_level', ["confidence_level"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "confidence_level": true}', 422, 'confidence_level', ["confidence_level", "number"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "quantiles": ["0.5"]}', 422, 'quantiles.0', ["quantiles"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "lookup_table": "yes"}', 422, 'lookup_table', ["lookup_table"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "quantiles": [0, 0.5]}', 422, 'quantiles', ["quantiles"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "quantiles": [0.5, 1]}', 422, 'quantiles', ["quantiles"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "quantiles": [-0.1]}', 422, 'quantiles', ["quantiles"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "quantiles": []}', 422, 'quantiles', ["quantiles"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "quantiles": ["a"]}', 422, 'quantiles.0', ["quantiles"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "quantiles": 0.5}', 422, 'quantiles', ["quantiles"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1}}', 422, 'trace', ["output_tokens"]),
+    (SINGLE, b'{"trace": {"input_tokens": "lots", "output_tokens": 1}}', 422, 'trace', ["input_tokens"]),
+    (SINGLE, b'{"trace": {"input_tokens": [1], "output_tokens": 1}}', 422, 'trace', ["input_tokens"]),
+    (SINGLE, b'{"trace": {"input_feature": "x"}}', 422, 'trace', ["input_feature"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "surprise": 1}', 422, 'surprise', ["surprise"]),
+    (BATCH, b'{"trace": {"input_tokens": 1}}', 422, 'trace', ["trace"]),
+    (BATCH, b'{"trace": [1, 2]}', 422, 'trace.0', ["trace"]),
+    (BATCH, b'{"trace": [], "confidence_level": 0}', 422, 'confidence_level', ["confidence_level"]),
+    (BATCH, b'{"trace": [{"input_tokens": 1, "output_tokens": 1}], "quantiles": [1.5]}', 422, 'quantiles', ["quantiles"]),
+    (BATCH, b'{"trace": [{"input_tokens": 1, "output_tokens": 1}], "shared_factor": "yes"}', 422, 'shared_factor', ["shared_factor"]),
+    (BATCH, b'{"trace": [{"input_tokens": 1, "output_tokens": 1}], "lookup_table": true, "shared_factor": true}', 422, 'shared_factor', ["shared_factor needs a model"]),
+    ("/predict/single/llm/*/TPU/*/*", b'{"trace": {"input_tokens": 1}}', 404, None, ["llm/*/TPU/*/*"]),
+    ("/predict/batch/nothing/a/b/c/d", b'{"trace": []}', 404, None, ["nothing/a/b/c/d"]),
+    ("/predict/single/twin/*/*/*/*", b'{"trace": {"input_tokens": 1}}', 409, None, ["twin/twin-m/A100/sglang/0.4.0",
                                                                             "twin/twin-m/H100/sglang/0.4.0"]),
-    ("/predict/batch/twin/*/*/*/*", b'{"trace": []}', 409, ["A100", "H100"]),
+    ("/predict/batch/twin/*/*/*/*", b'{"trace": []}', 409, None, ["A100", "H100"]),
     # A malformed trace still names its model: its own error, not the pattern's ambiguity.
-    ("/predict/single/twin/*/*/*/*", b'{"trace": {"hardware": "A100", "input_feature": "x"}}', 422, ["input_feature"]),
+    ("/predict/single/twin/*/*/*/*", b'{"trace": {"hardware": "A100", "input_feature": "x"}}', 422, 'trace', ["input_feature"]),
 ])
-def test_bad_prediction_requests(http, ambiguous, path, content, status, needles):
+def test_bad_prediction_requests(http, ambiguous, path, content, status, field, needles):
     r = http.post(path, content=content, headers={"content-type": "application/json"})
     body = failed(r, status, *needles)
+    assert body.get("field") == field
     if status == 409:
         assert len(body["candidates"]) == 2
+
+
+def test_a_request_with_several_mistakes_names_them_all_and_the_first_as_its_field(http, trained):
+    body = failed(http.post(SINGLE, json={"trace": {"input_tokens": 1, "output_tokens": 1},
+                                          "confidence_level": 2, "quantiles": [1.5], "lookup_table": "yes"}), 422)
+    named = [part.split(":")[0] for part in body["message"].split("; ")]
+    assert sorted(named) == ["confidence_level", "lookup_table", "quantiles"]
+    assert body["field"] == named[0]
 
 
 def test_a_malformed_trace_naming_its_model_fails_alone_in_its_batch(http, ambiguous):

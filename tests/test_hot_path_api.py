@@ -68,7 +68,14 @@ def test_cache_hits_misses_clear_and_invalidation_on_a_new_version(tmp_path):
         third = client.predict_single(IDENTITY, trace)
         assert third.results.model_version == 2
         assert third.results.quantile_predictions[1] > 2 * first.results.quantile_predictions[1]
-        assert http.post("/cache/clear").json()["cleared"] >= 1
+        # (The version in the key alone would answer v2 too, keeping v1's five entries.)
+        assert http.get("/cache/stats").json()["entries"] == 1
+        assert http.post("/cache/clear").json()["cleared"] == 1
+        assert http.get("/cache/stats").json()["entries"] == 0
+        # A delete drops the model's entries too.
+        client.predict_single(IDENTITY, trace)
+        assert http.get("/cache/stats").json()["entries"] == 1
+        client.delete_model(IDENTITY)
         assert http.get("/cache/stats").json()["entries"] == 0
         metrics = client.metrics()
         assert "predictor_cache_hits_total 1.0" in metrics

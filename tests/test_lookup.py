@@ -270,11 +270,15 @@ def test_scalar_and_vectorised_paths_agree(mixed_table):
     levels = [0.05, 0.5, 0.7, 0.95]
     big = mixed_table.predict(None, traces, 0.8, levels).results()
     small = [mixed_table.predict(None, [t], 0.8, levels).results()[0] for t in traces]
+    assert [a["status"] for a in big] == [b["status"] for b in small]
+    assert sum(a["status"] == "success" for a in big) == 43  # kind "c" is in no record; "not a trace"
     for a, b in zip(big, small):
         assert a.keys() == b.keys()
         if a["status"] == "success":
             np.testing.assert_allclose(a["quantile_predictions"], b["quantile_predictions"], rtol=1e-12)
             np.testing.assert_allclose(a["interval"], b["interval"], rtol=1e-12)
+        else:
+            assert a["message"] == b["message"]
 
 
 def test_a_feature_some_records_lack_is_optional_as_for_the_model():

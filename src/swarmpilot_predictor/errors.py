@@ -122,6 +122,10 @@ def writing(what: str) -> Iterator[None]:
         raise storage_error(exc, what) from exc
 
 
+# pydantic's error types for a value that should have been an object (a model's fields).
+_NOT_AN_OBJECT = {"model_type", "model_attributes_type", "dataclass_type"}
+
+
 def validation_message(exc: Any, prefix: tuple = ()) -> tuple[str, str]:
     """One readable line naming each offending field, and the first field's name."""
     parts, first = [], ""
@@ -130,5 +134,7 @@ def validation_message(exc: Any, prefix: tuple = ()) -> tuple[str, str]:
         name = ".".join(loc) or "body"
         first = first or name
         msg = err.get("msg", "invalid").removeprefix("Value error, ")
+        if err.get("type") in _NOT_AN_OBJECT:
+            msg = "Input should be a JSON object"  # not "... or instance of PredictSingleRequest"
         parts.append(f"{name}: {msg}")
     return "; ".join(parts) or "invalid request", first
