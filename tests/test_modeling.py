@@ -14,6 +14,7 @@ from swarmpilot_predictor.modeling import (
     EVAL_LEVELS,
     LinearLocation,
     LogLinearDesign,
+    MAX_BOOST_ROUNDS,
     PowerLocation,
     QuantileModel,
     check_params,
@@ -261,6 +262,29 @@ def test_every_fold_is_scored_with_one_number_of_boosting_rounds():
     fold = model._folds(len(y))
     _, tuned = model._oof_location("lightgbm", X, np.log(y), fold, None)
     assert tuned["rounds"] >= 1
+
+
+def padding_buckets(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """An embedding model's runs: sequences padded to buckets, batches not a multiple of 8 slower."""
+    rng = np.random.default_rng(seed)
+    length = np.clip(np.round(rng.lognormal(4.3, 0.9, n)), 4, 512)
+    batch = rng.integers(1, 129, n).astype(float)
+    bucket = np.array([32, 64, 128, 256, 512])[np.searchsorted([32, 64, 128, 256, 512], length)]
+    y = (3.0 + 0.0009 * batch * bucket * (1 + bucket / 1024)) * np.where(batch % 8 == 0, 1.0, 1.25)
+    return np.column_stack([length, batch]), y * np.exp(0.02 * rng.standard_normal(n))
+
+
+def test_boosting_goes_on_while_the_folds_held_out_loss_falls():
+    # Step-like costs take many small trees: here the folds' loss still fell at 300
+    # rounds, where an earlier cap stopped them (and the final model).
+    X, y = padding_buckets(600, seed=0)
+    held_out = {}
+    for cap in (None, 300):
+        model = QuantileModel(["numeric"] * 2, [0] * 2, algorithm="lightgbm", params=cap and {"num_boost_round": cap})
+        oof, tuned = model._oof_location("lightgbm", X, np.log(y), model._folds(len(y)), None)
+        held_out[cap] = (tuned["rounds"], float(np.mean(np.abs(oof - np.log(y)))))
+    assert held_out[300][0] == 300 and 300 < held_out[None][0] < MAX_BOOST_ROUNDS
+    assert held_out[None][1] < 0.97 * held_out[300][1]
 
 
 def test_the_folds_choose_whether_the_linear_design_has_hinges():

@@ -1173,6 +1173,13 @@ class PowerLocation(LocationModel):
         return obj
 
 
+# Boosting rounds at most: the folds' validation loss (early stopping, 30 rounds of
+# patience) picks how many are used. At 300, the cap stopped the folds of sets with
+# step-like costs (padding buckets, per-hardware speeds) while their loss still fell,
+# and the spread learned from those folds' residuals was too wide for the final model.
+MAX_BOOST_ROUNDS = 2000
+
+
 class LightGBMLocation(LocationModel):
     """Gradient-boosted trees on log-runtime: captures interactions and steps.
 
@@ -1203,7 +1210,7 @@ class LightGBMLocation(LocationModel):
         "seed": 0,
     }
 
-    def __init__(self, kinds: Sequence[str], n_categories: Sequence[int], num_boost_round: int = 300,
+    def __init__(self, kinds: Sequence[str], n_categories: Sequence[int], num_boost_round: int = MAX_BOOST_ROUNDS,
                  params: dict[str, Any] | None = None, linear_base: bool = True, base_regimes: bool = False):
         self.kinds = list(kinds)
         self.n_categories = list(n_categories)
@@ -1947,7 +1954,7 @@ class QuantileModel:
         lgb_params = {k: v for k, v in self.params.items() if k not in MODEL_PARAMS}
         if "lgb_huber_delta" in self.params:
             lgb_params["alpha"] = float(self.params["lgb_huber_delta"])
-        return LightGBMLocation(self.kinds if kinds is None else kinds, self.n_categories, int(self.params.get("num_boost_round", 300)), lgb_params,
+        return LightGBMLocation(self.kinds if kinds is None else kinds, self.n_categories, int(self.params.get("num_boost_round", MAX_BOOST_ROUNDS)), lgb_params,
                                 linear_base=bool(self.params.get("lgb_linear_base", True)), base_regimes=bool(regimes))
 
     def candidate_families(self, n_rows: int) -> list[str]:
