@@ -1041,11 +1041,11 @@ whose flag explains clearly more of the runtime than the alternatives (README, "
 of an input shape"); here `(batch_size, seq_len)`. Later modelling changes were scored on
 these traces too, so they are no longer untouched data, and the ratios below are today's,
 not those of that first scoring. Two of the three get the derived `first_of_shape`
-column (all three carry timestamps): given that column, `qrf` beats the service on the vision traces by 3% (the summary's
+column (all three carry timestamps): given that column, `qrf` beats the service on the vision traces by 2% (the summary's
 last column); on the text encoder the service is ahead of every method given it. Where
 `qrf`'s lead comes from is under the vision set's table ("Where `qrf+derived` gains"):
-almost all of it on the 16 first runs among the 3,829 test rows (+0.0017 of the +0.0018 in
-relative pinball; the repeats +0.0001). Until 2026-11-30 every method here read the row
+all of it on the 16 first runs among the 3,829 test rows (+0.0012 of the +0.0012 in
+relative pinball; the repeats +0.0000). Until 2026-11-30 every method here read the row
 counter `seq`, and the forest found by it the training rows a few milliseconds on either
 side of each test row, whose runtimes follow a state of the machine that drifts between
 consecutive tasks and is gone within a second; given the derived column it then beat the
@@ -1147,7 +1147,7 @@ column too, so the table shows how much of the service's lead there is the colum
 much the model. They are not the "best baseline" of the issue's figures, but the summary's
 last column, its checks and their geometric mean also compare the service with the best of
 all of them: the stricter comparison, which the service does not pass everywhere (`qrf`
-given the column beats it on the H200 vision traces by 3%, on their first runs, see the
+given the column beats it on the H200 vision traces by 2%, on their first runs, see the
 H200 section). The summaries also
 give the geometric mean over the sets without timestamps, where no column can be derived.
 
@@ -1158,7 +1158,7 @@ gaps; until 2026-11-30 the check did not recognise the counter there, and `seq` 
 feature of every method, placing each test row between its neighbours in time, which a
 scheduler's next task has no use for (a review found it). The counter is now found on the
 whole set, as training on the file finds it. With `seq`, the service scored 0.0599 on
-`h100_resnet50_vision` (now 0.0665), `qrf` 0.1162 (now 0.1542) and `lgbm_q+derived` 0.0643
+`h100_resnet50_vision` (now 0.0665), `qrf` 0.1162 (now 0.1506) and `lgbm_q+derived` 0.0643
 (now 0.0743); on the H200 traces the service scored 0.0501 on vision (now 0.0559) and
 0.0413 on the text encoder (now 0.0546). The ratios to the best baseline fell (the
 baselines lost more), and the service's absolute figures on those sets rose by 11 to 32%.
