@@ -5,7 +5,7 @@ The server runs on one core (taskset -c 0), the load generator on the other
 (httpx costs ~1 ms a request here, more than the server), throughput with wrk
 (Debian package `wrk`) with 16 connections.
 
-    uv run python benchmarks/latency.py [--quick] [--skip-training] [--skip-registry] [--only http,coalesce,metrics,observe,...]
+    uv run python benchmarks/latency.py [--quick] [--skip-training] [--skip-registry] [--only http,coalesce,metrics,observe,boosted,...]
 """
 
 from __future__ import annotations
@@ -584,6 +584,37 @@ def section_metrics(tmp: Path) -> None:
               f"a scrape's rendering {float(out[1]) * 1e3:.2f} ms |")
 
 
+def section_boosted() -> None:
+    """What a boosted model's trees cost: padding-bucket runtimes (a step function of two
+    features, benchmarks/other_workloads.py), 3,000 of them, where the folds boost for
+    about 1,300 rounds, against the same model held to 300 (``num_boost_round``)."""
+    from other_workloads import padding_buckets
+
+    from swarmpilot_predictor.modeling import QuantileModel
+
+    traces = padding_buckets(3000, seed=0).traces
+    X = np.array([[t["max_seq_len"], t["batch_size"]] for t in traces], dtype=np.float64)
+    y = np.array([t["runtime_ms"] for t in traces])
+    for params in (None, {"num_boost_round": 300}):
+        model = QuantileModel(["numeric"] * 2, [0] * 2, algorithm="lightgbm", params=params).fit(X, y)
+        trees = model.location_.booster_.num_trees()
+        row, levels = X[5], (0.25, 0.5, 0.75, 0.99)
+        single = []
+        for _ in range(3000):
+            t0 = time.perf_counter()
+            model.describe_one(row, levels)
+            single.append(time.perf_counter() - t0)
+        batch = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            model.predict_quantiles(X[:1000], levels)
+            batch.append(time.perf_counter() - t0)
+        size = len(json.dumps(model.to_json())) / 1e6
+        cap = "default" if params is None else "num_boost_round 300"
+        print(f"| boosted model, {cap}: {trees} trees | one row p50 {np.median(single[100:]) * 1e6:.0f} us, "
+              f"1,000 rows {np.median(batch) * 1e3:.1f} ms (quantiles), {size:.2f} MB stored | in-process |", flush=True)
+
+
 def section_atoms(data_dir: Path) -> None:
     """Repeated runtimes (atoms) cost a search of every quantile among them: a model of
     20,000 traces whose runtimes are rounded to 50 ms (about 240 heavy atoms), in-process,
@@ -648,7 +679,7 @@ def main() -> None:
     ap.add_argument("--algorithm", default="auto")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--skip-registry", action="store_true")
-    ap.add_argument("--only", default="", help="comma-separated sections: http,batch,client,cache,coalesce,isolation,training,registry,metrics,preload,atoms,observe")
+    ap.add_argument("--only", default="", help="comma-separated sections: http,batch,client,cache,coalesce,isolation,training,registry,metrics,preload,atoms,observe,boosted")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
 
@@ -681,6 +712,8 @@ def main() -> None:
             section_preload(Path(tmp))
         if want("atoms"):
             section_atoms(data_dir)
+        if want("boosted"):
+            section_boosted()
         if want("observe"):
             section_observe(data_dir)
     print(f"\n(maxrss of this driver: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")

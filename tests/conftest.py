@@ -100,24 +100,26 @@ def clock_checking_at(runtimes, index: int, after: float | None = None):
     return lambda: now
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def reserved_port() -> Iterator[int]:
     """A free port, held until the block ends: bound, not listening, with ``SO_REUSEADDR``.
 
     A server started in the block listens on it (uvicorn sets ``SO_REUSEADDR`` too),
-    while no other test running in parallel is given it: with :func:`free_port`, two
-    could be, and one's health check could reach the other's server.
+    while no other test running in parallel is given it: with a port found free and
+    released, two could be, and one's health check could reach the other's server.
+    Where nothing is started, nothing answers on it (a connection is refused).
     """
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", 0))
         yield s.getsockname()[1]
+
+
+@pytest.fixture
+def port() -> Iterator[int]:
+    """A port held for the test (:func:`reserved_port`)."""
+    with reserved_port() as held:
+        yield held
 
 
 def file_size_limit(limit: int):
@@ -185,6 +187,9 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 # The seed example's model: its client names models by type, with the hardware in the metadata.

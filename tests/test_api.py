@@ -419,7 +419,7 @@ BATCH = f"/predict/batch/{SEGMENTS}"
     (SINGLE, b'{"trace": {"input_tokens": NaN, "output_tokens": 1}}', 422, 'body', ["not valid JSON", "line 1 column"]),
     (SINGLE, b'{"trace": {"input_tokens": Infinity, "output_tokens": 1}}', 422, 'body', ["not valid JSON", "line 1 column"]),
     (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "confidence_level": NaN}', 422, 'body', ["not valid JSON", "line 1 column"]),
-    (SINGLE, b'[1, 2]', 422, 'body', ["body: Input should be a JSON object"]),
+    (SINGLE, b'[1, 2]', 422, 'body', ["body: Input should be an object"]),
     (SINGLE, b'{"trace": "input_tokens=5"}', 422, 'trace', ["trace"]),
     (SINGLE, b'{"traces": {"input_tokens": 5}}', 422, 'trace', ["trace"]),
     (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "confidence_level": "high"}', 422, 'confidence_level', ["confidence_level"]),

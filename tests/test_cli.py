@@ -349,14 +349,12 @@ def test_the_seed_entry_point_says_a_bad_setting_in_one_line(tmp_path):
             assert len(done.stderr.strip().splitlines()) == 1
 
 
-def test_the_seed_entry_point_says_it_runs_one_process_when_asked_for_more(tmp_path):
+def test_the_seed_entry_point_says_it_runs_one_process_when_asked_for_more(tmp_path, port):
     import subprocess
     import sys
 
-    from .conftest import free_port
-
     env = {**os.environ, "PREDICTOR_DATA_DIR": str(tmp_path / "data"), "PREDICTOR_WORKERS": "3",
-           "PREDICTOR_HOST": "127.0.0.1", "PREDICTOR_PORT": str(free_port())}
+           "PREDICTOR_HOST": "127.0.0.1", "PREDICTOR_PORT": str(port)}
     proc = subprocess.Popen([sys.executable, "-m", "src.scheduler.predictor_api"], env=env, stderr=subprocess.PIPE,
                             text=True, cwd=Path(__file__).resolve().parents[1])
     try:
@@ -364,6 +362,7 @@ def test_the_seed_entry_point_says_it_runs_one_process_when_asked_for_more(tmp_p
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        proc.stderr.close()
     assert first.startswith("warning: PREDICTOR_WORKERS=3 is ignored here: this runs one process")
 
 
@@ -553,15 +552,13 @@ def _clean_serve_env(monkeypatch):
         monkeypatch.delenv(name)
 
 
-def test_serve_says_in_one_line_what_keeps_it_from_starting(tmp_path, monkeypatch):
-    from .conftest import free_port
-
+def test_serve_says_in_one_line_what_keeps_it_from_starting(tmp_path, monkeypatch, port):
     _clean_serve_env(monkeypatch)
     monkeypatch.setattr(cli, "MEMORY_METRICS_ROOT", None)  # a system without /dev/shm
     data = tmp_path / "data"
     data.mkdir()
     (data / ".metrics").write_text("a file where the metrics directory goes")
-    args = ["serve", "--data-dir", data, "--host", "127.0.0.1", "--port", free_port()]
+    args = ["serve", "--data-dir", data, "--host", "127.0.0.1", "--port", port]
     said = one_error_line(invoke(*args, "--workers", "2", ok=False))
     assert said.startswith(f"error: cannot create a directory for the workers' metrics in {data / '.metrics'}")
     blocker = tmp_path / "file"
@@ -571,7 +568,7 @@ def test_serve_says_in_one_line_what_keeps_it_from_starting(tmp_path, monkeypatc
     assert said.startswith(f"error: PROMETHEUS_MULTIPROC_DIR: cannot make '{blocker}' a directory")
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
     # An address this machine does not have (TEST-NET-1): one line, not uvicorn's six.
-    said = one_error_line(invoke("serve", "--data-dir", data, "--host", "192.0.2.1", "--port", free_port(), ok=False))
+    said = one_error_line(invoke("serve", "--data-dir", data, "--host", "192.0.2.1", "--port", port, ok=False))
     assert said.startswith("error: cannot listen on 192.0.2.1:") and "is not an address of this machine" in said
 
 

@@ -25,7 +25,7 @@ from swarmpilot_predictor.client import (
 from swarmpilot_predictor.identity import ModelIdentity
 from swarmpilot_predictor.schemas import BatchPredictionResponse, SinglePredictionResponse, TrainResult
 
-from .conftest import (IDENTITY, REPO_ROOT, SEED_IDENTITY, file_size_limit, free_port, make_llm_traces, run_server,
+from .conftest import (IDENTITY, REPO_ROOT, SEED_IDENTITY, file_size_limit, make_llm_traces, run_server,
                        serve_trained)
 
 KEY = ModelIdentity.from_parts(IDENTITY).key
@@ -290,8 +290,7 @@ def test_the_wait_of_an_empty_queue_is_zero(trained_server):
     assert asyncio.run(run()).quantile_predictions == [0]
 
 
-def test_server_down_retries_then_raises_one_clear_error():
-    port = free_port()  # nothing listens here
+def test_server_down_retries_then_raises_one_clear_error(port):  # nothing listens on it
     with PredictorClient(f"http://127.0.0.1:{port}", retries=2, backoff=0.01) as client:
         assert client.is_available() is False
         with pytest.raises(PredictorUnavailableError) as err:
@@ -738,9 +737,8 @@ def test_the_async_client_queues_what_its_connections_cannot_carry(trained_serve
         AsyncPredictorClient(trained_server.url, max_connections=0)
 
 
-def test_both_clients_say_why_a_connection_was_refused_alike():
+def test_both_clients_say_why_a_connection_was_refused_alike(port):  # nothing listens on it
     # The async client's own text was "All connection attempts failed".
-    port = free_port()  # nothing listens there
     with PredictorClient(f"http://127.0.0.1:{port}", retries=0) as client:
         with pytest.raises(PredictorUnavailableError) as sync_err:
             client.health()

@@ -285,6 +285,10 @@ def test_boosting_goes_on_while_the_folds_held_out_loss_falls():
         held_out[cap] = (tuned["rounds"], float(np.mean(np.abs(oof - np.log(y)))))
     assert held_out[300][0] == 300 and 300 < held_out[None][0] < MAX_BOOST_ROUNDS
     assert held_out[None][1] < 0.97 * held_out[300][1]
+    # The final booster, fitted on more rows, boosts a little longer, but never past the cap.
+    model = QuantileModel(["numeric"] * 2, [0] * 2, algorithm="lightgbm", params={"num_boost_round": 20}).fit(X, y)
+    assert model.cv_["lightgbm"]["best_iteration"] == 20
+    assert model.location_.booster_.num_trees() == 20
 
 
 def test_the_folds_choose_whether_the_linear_design_has_hinges():

@@ -135,6 +135,6 @@ def validation_message(exc: Any, prefix: tuple = ()) -> tuple[str, str]:
         first = first or name
         msg = err.get("msg", "invalid").removeprefix("Value error, ")
         if err.get("type") in _NOT_AN_OBJECT:
-            msg = "Input should be a JSON object"  # not "... or instance of PredictSingleRequest"
+            msg = "Input should be an object"  # not "... or instance of PredictSingleRequest"
         parts.append(f"{name}: {msg}")
     return "; ".join(parts) or "invalid request", first

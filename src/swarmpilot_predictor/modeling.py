@@ -2101,8 +2101,10 @@ class QuantileModel:
         tuned = best["tuned"]
         final = self._make(family, kinds, tuned.get("hinges"), tuned.get("regimes"))
         if isinstance(final, LightGBMLocation) and "rounds" in tuned:
-            # Train the final booster as long as the folds found useful, a bit more for the extra data.
-            final.num_boost_round = max(10, int(tuned["rounds"] * (1.1 if len(sel) == n else 1.3)))
+            # Train the final booster as long as the folds found useful, a bit more for the
+            # extra data, never past the most rounds allowed (num_boost_round).
+            more = max(10, int(tuned["rounds"] * (1.1 if len(sel) == n else 1.3)))
+            final.num_boost_round = min(more, final.num_boost_round)
         # The final fit is weighted like the candidate's folds were.
         final.fit(X, ylog, location_weights(best["scale"].predict(X), w) if best["weighted"] else w)
         self.family_ = family
