@@ -500,3 +500,22 @@ def test_sparse_traces_cost_their_values_not_rows_times_fields(monkeypatch):
     monkeypatch.setattr(traces_module, "MAX_TRACE_FIELDS", 100)
     with pytest.raises(TraceError, match="item 99: the traces name more than 100 different fields"):
         TraceTable.from_traces({"runtime_ms": 1.0, f"field_{i}": i} for i in range(200))
+
+
+def test_a_trace_file_read_in_part_leaves_no_file_to_the_collector(tmp_path):
+    # A reader stopped after its first trace (a header check, a preview) closes the file
+    # with the reader; the CSV reader's text layer was left to the collector.
+    import gc
+    import warnings
+
+    for name, text in (("t.csv", "a,runtime_ms\n1,2\n3,4\n"), ("t.jsonl", '{"a": 1, "runtime_ms": 2}\n' * 2)):
+        path = tmp_path / name
+        path.write_text(text)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            traces = iter_trace_file(path)
+            assert next(traces) == {"a": 1, "runtime_ms": 2}
+            traces.close()
+            del traces
+            gc.collect()
+        assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []

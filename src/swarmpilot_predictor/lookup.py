@@ -82,6 +82,7 @@ from .traces import (
     open_trace_file,
     reserved_keys,
     skip_bom,
+    text_view,
 )
 
 log = logging.getLogger(__name__)
@@ -203,7 +204,8 @@ def iter_json_array(raw: IO[bytes], source: str, line_mode: bool = True) -> Iter
         if line_mode and _LINE_MODE.match(head) and _first_line_record(head):
             yield from _iter_lines(stream, source)
         else:
-            yield from _iter_incremental(io.TextIOWrapper(stream, encoding="utf-8"), source)
+            with text_view(stream, newline=None) as text:
+                yield from _iter_incremental(text, source)
     except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as exc:
         raise TraceError(f"{source}: cannot read the file ({exc}); it may be truncated or not what its name says") from None
 
@@ -1912,8 +1914,13 @@ def _iter_jsonl_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
 
 
 def _iter_csv_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
+    with text_view(raw) as text:
+        yield from _csv_records(text, name)
+
+
+def _csv_records(text: IO[str], name: str) -> Iterator[tuple[str, Any]]:
     try:
-        reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8", newline=""), strict=True)  # an unclosed quote is no cell
+        reader = csv.reader(text, strict=True)  # an unclosed quote is no cell
         row_line = 1
         header = next(reader, None)
         if not header:
@@ -2335,7 +2342,8 @@ def save_index(table: LookupTable, dest: Path, source_signature: tuple) -> None:
 def load_index(src: Path, path: Path, name: str, source_signature: tuple, seed: int = 0) -> LookupTable | None:
     """The table saved by :func:`save_index`, or None if the sidecar is missing, stale or unreadable."""
     try:
-        with np.load(src, allow_pickle=False) as z:
+        # Opened here: np.load left its own file open when the archive was damaged.
+        with open(src, "rb") as fh, np.load(fh, allow_pickle=False) as z:
             meta = orjson.loads(z["meta"].tobytes())
             if meta.get("format") != INDEX_FORMAT or tuple(meta.get("source", ())) != tuple(source_signature):
                 return None

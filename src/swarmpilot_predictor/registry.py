@@ -787,7 +787,9 @@ class ModelRegistry:
             # The scan above may be old: another writer may have stored this number (and let go
             # of its lock) since. Its files say so; writing on would overwrite its version.
             prefix = f"v{version:04d}."
-            if any(e.name.startswith(prefix) and e.name != lock.name for e in os.scandir(model_dir)):
+            with os.scandir(model_dir) as entries:  # (any() stops early: closed here, not by the collector)
+                taken = any(e.name.startswith(prefix) and e.name != lock.name for e in entries)
+            if taken:
                 lock.unlink(missing_ok=True)
                 version += 1
                 continue

@@ -12,6 +12,7 @@ import io
 import json
 import math
 from array import array
+from contextlib import contextmanager
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +131,21 @@ def open_trace_file(path: Path | str, source: str | None = None) -> tuple[IO[byt
     return raw, fmt
 
 
+@contextmanager
+def text_view(raw: IO[bytes], encoding: str = "utf-8", newline: str | None = "") -> Iterator[IO[str]]:
+    """``raw`` read as text; on leaving, the text layer is detached, leaving ``raw`` to its owner.
+
+    (A text wrapper left to the garbage collector, as a reader stopped early leaves it,
+    closes ``raw`` under its owner, or warns of an unclosed file.)
+    """
+    text = io.TextIOWrapper(raw, encoding=encoding, newline=newline)
+    try:
+        yield text
+    finally:
+        if not raw.closed:  # (a closed one leaves nothing to detach: flushing it would fail)
+            text.detach()
+
+
 def skip_bom(raw: Any) -> None:
     """Move ``raw`` (a buffered or gzip file at its start) past a UTF-8 byte order mark, if one is there."""
     head = raw.peek(len(UTF8_BOM))[: len(UTF8_BOM)]
@@ -205,27 +221,28 @@ def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Ite
             # csv module's default of 131,072 characters the whole file was refused.
             csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
             # Strict: a quote never closed took every row after it into one cell, without a word.
-            reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8-sig", newline=""), strict=True)
-            row_line = 1  # where the row being read starts (a quoted cell may span lines)
-            try:
-                header = next(reader, None) or []
-                check_csv_header(header, source)
-                # Columns without a name (a spreadsheet's trailing empty columns, pandas' index)
-                # are no fields; a row's cells past the header must be empty, or they would be
-                # dropped without a word; a short row's missing cells are missing values.
-                # Each named column with its reader, chosen once: text for an identity column.
-                named = [(i, h, csv_text if h in _IDENTITY_COLUMNS else csv_value) for i, h in enumerate(header) if h]
-                row_line = reader.line_num + 1
-                for row in reader:
-                    line, row_line = row_line, reader.line_num + 1  # this row's start; the next one's
-                    if not row or blank_cells(row):  # an empty line, or a spreadsheet's row of commas
-                        continue
-                    if len(row) > len(header) and not blank_cells(row[len(header):]):
-                        raise TraceError(f"{source}: line {line} has {len(row)} fields where the header "
-                                         f"has {len(header)}")
-                    yield {h: read(row[i] if i < len(row) else None) for i, h, read in named}
-            except csv.Error as exc:
-                raise TraceError(f"{source}: line {row_line}: {csv_problem(exc)}") from None
+            with text_view(raw, "utf-8-sig") as text:
+                reader = csv.reader(text, strict=True)
+                row_line = 1  # where the row being read starts (a quoted cell may span lines)
+                try:
+                    header = next(reader, None) or []
+                    check_csv_header(header, source)
+                    # Columns without a name (a spreadsheet's trailing empty columns, pandas' index)
+                    # are no fields; a row's cells past the header must be empty, or they would be
+                    # dropped without a word; a short row's missing cells are missing values.
+                    # Each named column with its reader, chosen once: text for an identity column.
+                    named = [(i, h, csv_text if h in _IDENTITY_COLUMNS else csv_value) for i, h in enumerate(header) if h]
+                    row_line = reader.line_num + 1
+                    for row in reader:
+                        line, row_line = row_line, reader.line_num + 1  # this row's start; the next one's
+                        if not row or blank_cells(row):  # an empty line, or a spreadsheet's row of commas
+                            continue
+                        if len(row) > len(header) and not blank_cells(row[len(header):]):
+                            raise TraceError(f"{source}: line {line} has {len(row)} fields where the header "
+                                             f"has {len(header)}")
+                        yield {h: read(row[i] if i < len(row) else None) for i, h, read in named}
+                except csv.Error as exc:
+                    raise TraceError(f"{source}: line {row_line}: {csv_problem(exc)}") from None
         else:  # pragma: no cover - guarded by _format_from_name
             raise TraceError(f"unknown trace format {shown(fmt)}")
     except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
