@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import orjson
+import pytest
 
 from swarmpilot_predictor.identity import ModelIdentity
 from swarmpilot_predictor.monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog, RollingAccuracy
@@ -46,6 +47,54 @@ def test_a_shift_is_flagged_once_the_evidence_is_significant():
     assert report["drifted"] is True
     assert report["drift"]["corrected_p_value"] < 1e-3
     assert report["coverage"]["0.5"] < 0.3  # runtimes 30% slower than predicted
+
+
+def test_a_report_gives_its_windows_figures():
+    # A runtime equal to its predicted quantile is covered by it (whole-millisecond runtimes
+    # often are); the figures are those of the window, computed here by hand.
+    levels = np.asarray(MONITOR_LEVELS)
+    q = np.tile(np.linspace(50.0, 150.0, len(levels)), (4, 1))
+    median = q[0, list(MONITOR_LEVELS).index(0.5)]
+    y = np.array([median, median, 200.0, 25.0])
+    tracker = RollingAccuracy(window=1000)
+    tracker.add(y, q)
+    report = tracker.report(1e-3, 30)
+    below = (y[:, None] <= q).mean(axis=0)
+    assert report["coverage"]["0.5"] == 0.75
+    assert report["coverage"] == {f"{t:g}": float(c) for t, c in zip(MONITOR_LEVELS, below)}
+    assert report["mean_abs_coverage_error"] == pytest.approx(np.abs(below - levels).mean(), rel=1e-12)
+    diff = y[:, None] - q
+    pinball = np.maximum(levels * diff, (levels - 1) * diff).mean()
+    assert report["pinball_loss"] == pytest.approx(pinball, rel=1e-12)
+    assert report["relative_pinball_loss"] == pytest.approx(pinball / y.mean(), rel=1e-12)
+    assert report["median_mape"] == pytest.approx(np.mean(np.abs(median - y) / y), rel=1e-12)
+    assert report["interval_coverage"]["0.9"] == 0.5  # the two runs on the median
+
+
+def test_drift_is_tested_on_enough_observations_at_a_corrected_level():
+    y, q = _lognormal_quantiles(400, shift=1.3, seed=1)
+    tracker = RollingAccuracy()
+    tracker.add(y, q)
+    drift = tracker.report(1e-3, 30)["drift"]
+    assert drift["tested"] is True
+    # Bonferroni over the levels: the worst level's p-value times their number.
+    assert drift["corrected_p_value"] == min(1.0, len(MONITOR_LEVELS) * drift["p_values"][drift["worst_level"]])
+    # However far off, a window smaller than min_observations is not tested nor called drifted.
+    checked = drift["checked_window"]
+    assert tracker.report(1e-3, checked)["drift"]["tested"] is True
+    fewer = tracker.report(1e-3, checked + 1)
+    assert fewer["drift"]["tested"] is False and fewer["drifted"] is False
+    # The test counts a runtime on its quantile as covered, as the coverage does.
+    from scipy.stats import binomtest
+
+    y, q = _lognormal_quantiles(400, seed=2)
+    at = list(MONITOR_LEVELS).index(0.75)
+    y[::3] = q[0, at]
+    tied = RollingAccuracy()
+    tied.add(y, q)
+    drift = tied.report(1e-3, 30)["drift"]
+    n = drift["checked_window"]
+    assert drift["p_values"]["0.75"] == binomtest(int((y[:n] <= q[:n, at]).sum()), n, 0.75).pvalue
 
 
 def test_looking_often_at_a_calibrated_stream_raises_no_false_alarm():

@@ -543,3 +543,26 @@ def test_observations_recorded_while_another_worker_deletes_the_model_go_with_it
     assert not [p for p in w1.settings.observations_dir.rglob("*") if p.is_file()]
     w1.close()
     w2.close()
+
+
+def test_new_observations_are_due_from_the_minimum_on_and_new_drift_lifts_a_wait(tmp_path):
+    svc = _service(tmp_path, retrain_min_observations=20)
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    identity = svc.registry.resolve(pattern)
+    svc.observe(IDENTITY, make_llm_traces(19, seed=90))
+    assert svc.retrainer.due(identity, 1) is None
+    svc.observe(IDENTITY, make_llm_traces(1, seed=91))
+    assert svc.retrainer.due(identity, 1) == "new observations"
+    # A try that saw no drift waits for 1,000 observations; drift seen since lifts the wait,
+    # drift it saw already does not.
+    svc.retrainer.decisions.append(identity, {"status": "kept", "from_version": 1,
+                                              "next_try": {"observations": 1000, "drifted_then": False}})
+    assert svc.retrainer.due(identity, 1) is None
+    slow = [{**t, "runtime_ms": t["runtime_ms"] * 20} for t in make_llm_traces(100, seed=92)]
+    svc.monitor.clock = clock_checking_at([t["runtime_ms"] for t in slow], 99)
+    svc.observe(IDENTITY, slow)
+    assert svc.accuracy(pattern)["drifted"] is True
+    assert svc.retrainer.due(identity, 1) == "drift"
+    svc.retrainer.decisions.append(identity, {"status": "kept", "from_version": 1,
+                                              "next_try": {"observations": 1000, "drifted_then": True}})
+    assert svc.retrainer.due(identity, 1) is None
