@@ -711,3 +711,10 @@ def test_boolean_words_read_as_training_read_the_column():
     words = [{"mode": ["true", "false"][i % 2], "runtime_ms": 10.0 + i % 2} for i in range(40)]
     schema, *_ = prepare(words)
     assert schema.row({"mode": "True"})[0] == schema.row({"mode": "true"})[0] == schema.row({"mode": True})[0]
+    # A numeric column trained on numbers alone reads a boolean word as the number it stands for.
+    schema, *_ = prepare([{"retries": i % 8, "runtime_ms": 10.0 + i % 8} for i in range(200)])
+    for word, want in (("true", 1.0), ("False", 0.0), (True, 1.0)):
+        row, error = schema.row({"retries": word})
+        assert error is None and row[0] == want
+        X, errors = schema.matrix([{"retries": word}, {"retries": 3}])
+        assert X[:, 0].tolist() == [want, 3.0] and not any(errors)
