@@ -432,7 +432,8 @@ class ModelRegistry:
                 found += self._scan_dir(model_dir, seen)
             except OSError as exc:
                 log.warning("skipping model folder %s that cannot be read: %s", model_dir, exc)
-        with self._lock:
+
+        def apply() -> None:
             for identity in [i for i in self._index if i.dirname in folders]:
                 del self._index[identity]
             for meta in found:
@@ -440,12 +441,8 @@ class ModelRegistry:
             # (A deleted version's entry stays until the next full scan: numbers are never
             # given twice, so no other file takes its path, and a full scan starts afresh.)
             self._meta_cache.update(seen)
-            self._index_changed()
-            self._seen_generation = generation
-            self._log_read = read
-            gone = self._unload_unindexed()
-        if gone and self.on_unload is not None:
-            self.on_unload()
+
+        self._apply_scan(apply, generation, read)
         return True
 
     def refresh(self) -> None:
@@ -475,22 +472,27 @@ class ModelRegistry:
                 continue
             for meta in metas:
                 index.setdefault(meta.identity, {})[meta.version] = meta
-        with self._lock:
+
+        def apply() -> None:
             self._meta_cache = seen
             self._index = index
+
+        self._apply_scan(apply, generation, log_state)
+
+    def _apply_scan(self, apply: Callable[[], None], generation: int, read: tuple[bytes, int] | None) -> None:
+        """Put a re-read of the disk into the index (``apply``, under the lock), as seen up to
+        ``generation`` and the change log up to ``read``, and let go of loaded versions the
+        index no longer holds."""
+        with self._lock:
+            apply()
             self._index_changed()
             self._seen_generation = generation
-            self._log_read = log_state
-            gone = self._unload_unindexed()
+            self._log_read = read
+            gone = [key for key in self._loaded if key[1] not in self._index.get(key[0], {})]
+            for key in gone:
+                del self._loaded[key]
         if gone and self.on_unload is not None:
             self.on_unload()
-
-    def _unload_unindexed(self) -> bool:
-        """Let go of loaded versions the index no longer holds (the lock held); whether any went."""
-        gone = [key for key in self._loaded if key[1] not in self._index.get(key[0], {})]
-        for key in gone:
-            del self._loaded[key]
-        return bool(gone)
 
     def refresh_identity(self, identity: ModelIdentity) -> None:
         """Re-read one model's versions (after a training worker wrote them)."""

@@ -116,7 +116,6 @@ class Prediction(RenderedPredictions):
         return out
 
 
-
 def predict_on_one_blas_thread() -> None:
     """BLAS on one thread for this process, as everything that predicts runs it.
 
