@@ -152,6 +152,67 @@ def test_the_shape_model_is_recalibrated_and_each_fold_on_the_others_only(monkey
     assert in_folds and all(0.6 * n < k < n for k in in_folds), sizes
 
 
+def hidden_accelerators(n: int, seed: int, models: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """Runs of several models on five accelerators the traces do not name: each model's
+    runtimes are a mixture of five modes, a 32B one offloaded (5x) on the two small cards."""
+    rng = np.random.default_rng(seed)
+    flops = np.array([1.0, 0.45, 3.5, 8.0, 0.6])
+    memory = np.array([1.0, 0.6, 3.0, 3.4, 0.45])
+    noise = np.array([0.05, 0.05, 0.15, 0.35, 0.05])
+    size = np.resize([8, 7, 32, 3.8, 3.5, 1.5], models)
+    bound = np.resize([1, 1, 1, 1, 0, 0.3], models)
+    card, model, tokens = rng.integers(0, 5, n), rng.integers(0, models, n), rng.integers(16, 512, n)
+    offloaded = (size[model] > 20) & ((card == 2) | (card == 3))
+    per_token = size[model] * (bound[model] * memory[card] + (1 - bound[model]) * flops[card]) * 1.2 * np.where(offloaded, 5, 1)
+    y = (30 + tokens * per_token) * np.exp(noise[card] * rng.standard_normal(n))
+    return np.column_stack([model, tokens]).astype(float), y
+
+
+def shape_scores(monkeypatch) -> list[np.ndarray]:
+    """Records the scores every ShapeModel.fit learns from (the served model's last)."""
+    import swarmpilot_predictor.modeling as modeling
+
+    seen: list[np.ndarray] = []
+    real = modeling.ShapeModel.fit
+
+    def recording(self, X, z, *args, **kw):
+        seen.append(np.array(z))
+        return real(self, X, z, *args, **kw)
+
+    monkeypatch.setattr(modeling.ShapeModel, "fit", recording)
+    return seen
+
+
+@pytest.mark.parametrize("algorithm", ["linear", "power"])
+def test_the_shape_model_learns_the_scores_around_the_location_it_is_served_with(monkeypatch, algorithm):
+    """A model's runtimes as a mixture of hidden accelerators: the shape model learns the
+    scores of the training rows around the location it serves with (each fold's around
+    its own), not around the other folds' locations, which a fold's share of each mode
+    moves and which blurred the modes."""
+    X, y = hidden_accelerators(1750, seed=1)
+    seen = shape_scores(monkeypatch)
+    model = QuantileModel(["categorical", "numeric"], [6, 0], algorithm=algorithm).fit(X, y)
+    assert model.shape_ is not None
+    own = (np.log(y) - model.location_.predict(X)) / model.scale_.predict(X)
+    np.testing.assert_allclose(seen[-1], own, rtol=1e-9, atol=1e-9)
+
+
+def test_with_few_rows_per_coefficient_the_shape_model_learns_held_out_scores(monkeypatch):
+    """Forty values of a categorical feature on 600 runs: a location fitted on its own rows
+    leaves them residuals narrower than new runs', so the shape learns held-out ones."""
+    rng = np.random.default_rng(3)
+    n = 600
+    group, load = rng.integers(0, 40, n), rng.uniform(0, 1, n)
+    slow = rng.random(n) < 0.05 + 0.9 * load
+    y = 5 * np.exp(0.3 * (group % 10)) * np.where(slow, 8.0, 1.0) * np.exp(0.05 * rng.standard_normal(n))
+    X = np.column_stack([group, load]).astype(float)
+    seen = shape_scores(monkeypatch)
+    model = QuantileModel(["categorical", "numeric"], [40, 0], algorithm="linear").fit(X, y)
+    assert model.shape_ is not None and all(model.features_used_)
+    own = (np.log(y) - model.location_.predict(X)) / model.scale_.predict(X)
+    assert np.abs(seen[-1] - own).max() > 0.01
+
+
 # --------------------------------------------------------------------------- distribution properties
 
 

@@ -1814,6 +1814,17 @@ UNUSED = "unused"
 # A model split by a regime column (see QuantileModel._fit_regimes) needs this many
 # training rows on each side, and as many held-out rows scored by both to choose it.
 REGIME_MIN_ROWS = 10
+# A shape model of these families learns the rows' scores around the location that scores
+# new rows: in each fold, that fold's location (fitted on the rows the shape learns from),
+# and in the final model the location fitted on every row. The out-of-fold scores it learnt
+# before sat each around another fold's location: where a model's runtimes are a mixture
+# (hidden accelerators), a fold's share of each mode moved its location by a tenth of a log
+# unit, which blurred modes 0.05 wide (benchmarks/other_workloads.py, multitenant_hidden:
+# ratio to the best baseline 1.127 -> 1.043 on seed 22). Boosted trees fit their own rows
+# too closely for this, and so does a location with fewer than CONSISTENT_SHAPE_ROWS rows
+# per coefficient.
+CONSISTENT_SHAPE_FAMILIES = frozenset({"linear", "power"})
+CONSISTENT_SHAPE_ROWS = 20
 
 
 def common_rounds(curves: Sequence[np.ndarray]) -> int:
@@ -2022,6 +2033,21 @@ class QuantileModel:
             oof[te] = _within_range(model.predict(X[te]), ylog[tr])
         return oof
 
+    def _fold_fits(self, family, X, ylog, fold, w, kinds, tuned) -> list[np.ndarray] | None:
+        """Each fold's location (fitted without that fold, as tuned) on every row, for the
+        shape model's scores (see ``CONSISTENT_SHAPE_FAMILIES``); None where a fold has fewer
+        than ``CONSISTENT_SHAPE_ROWS`` rows per coefficient, whose own residuals would be
+        noticeably narrower than new rows'."""
+        out = []
+        for k in range(int(fold.max()) + 1):
+            tr = fold != k
+            model = self._make(family, kinds, tuned.get("hinges"), tuned.get("regimes"))
+            model.fit(X[tr], ylog[tr], None if w is None else w[tr])
+            if (np.size(model.coef_) + 1) * CONSISTENT_SHAPE_ROWS > int(tr.sum()):
+                return None
+            out.append(_within_range(model.predict(X), ylog[tr]))
+        return out
+
     def _oof_boosted(self, X, ylog, fold, w, kinds, regimes: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
         oof = np.empty(len(ylog))
         boosted: list[tuple[np.ndarray, LightGBMLocation]] = []
@@ -2127,7 +2153,11 @@ class QuantileModel:
             # The held-out locations, as the scores the shape model learns from are held out.
             Xs, kinds_s = self._shape_inputs(X[sel], best.get("oof"), kinds, self.shape_reads_location_)
             shape = ShapeModel(kinds_s, self._categories_for(kinds_s), **self._shape_params())
-            shape.fit(Xs, best["z"], self.score_, None if w is None else w[sel], self.random_state)
+            zs = best["z"]
+            if best.get("own_scores"):
+                # The scores around the final location, as each fold's shape learnt them around its own.
+                zs = (ylog[sel] - final.predict(X[sel])) / best["scale"].predict(X[sel])
+            shape.fit(Xs, zs, self.score_, None if w is None else w[sel], self.random_state)
             shape.set_recalibration(best["pits"])
             self.shape_ = shape
         self.n_rows_ = n
@@ -2337,6 +2367,7 @@ class QuantileModel:
         fam: list[dict[str, Any]] = []
         scales: dict[bool, tuple] = {}
         heldout: dict[tuple[bool, bool], tuple] = {}
+        fold_fits: dict[bool, list[np.ndarray] | None] = {}  # unweighted, weighted: each fold's location on every row
         for hetero, shaped in variants:
             if hetero not in scales:
                 # Constant and feature-dependent noise compete on the same held-out loss.
@@ -2347,13 +2378,15 @@ class QuantileModel:
                 varies = bool(np.any(s != 1.0))
                 weighted = (hetero and varies and family != "empirical"
                             and bool(self.params.get("weighted_location", True)))
+                lw = w  # the location's weights
                 if weighted:
                     # Feasible weighted least squares: once the noise's size is known, rows
                     # with little noise say more about the location than noisy ones.
-                    oof, tuned = self._oof_location(family, X, ylog, fold, location_weights(s, w), kinds)
+                    lw = location_weights(s, w)
+                    oof, tuned = self._oof_location(family, X, ylog, fold, lw, kinds)
                     scale, s = self._oof_scale(hetero, X, ylog - oof, fold, w, kinds)
-                scales[hetero] = (scale, s, oof, tuned, weighted, varies)
-            scale, s, oof, tuned, weighted, varies = scales[hetero]
+                scales[hetero] = (scale, s, oof, tuned, weighted, varies, lw)
+            scale, s, oof, tuned, weighted, varies, lw = scales[hetero]
             resid = ylog - oof
             z = resid / s
             # The same location and a constant scale: the constant variant's held-out quantiles.
@@ -2363,12 +2396,18 @@ class QuantileModel:
             # compute-bound large ones hardly), which the shape's log-linear design cannot see.
             reads_location = shaped and family == "lightgbm" and bool(self.params.get("shape_location", True))
             Xs, kinds_s = self._shape_inputs(X, oof, kinds, reads_location)
-            q, pits = twin if twin is not None else self._heldout(Xs, fold_atoms, oof, s, z, fold, shaped, w, kinds_s)
+            zfit = None
+            if shaped and twin is None and family in CONSISTENT_SHAPE_FAMILIES:
+                if weighted not in fold_fits:
+                    fold_fits[weighted] = self._fold_fits(family, X, ylog, fold, lw, kinds, tuned)
+                if fold_fits[weighted] is not None:
+                    zfit = [(ylog - m) / s for m in fold_fits[weighted]]
+            q, pits = twin if twin is not None else self._heldout(Xs, fold_atoms, oof, s, z, fold, shaped, w, kinds_s, zfit=zfit)
             heldout[(hetero, shaped)] = (q, pits)
             fam.append({
                 "family": family, "hetero": hetero, "shaped": shaped, "scale": scale, "z": z, "weighted": weighted,
                 "reads_location": reads_location, "oof": oof,
-                "pits": pits, "tuned": tuned, "q": q, "kinds": kinds, "rank": rank,
+                "pits": pits, "tuned": tuned, "q": q, "kinds": kinds, "rank": rank, "own_scores": zfit is not None,
                 "name": ("hetero" if hetero else "const") + ("+shape" if shaped else ""),
                 "row_loss": pinball_losses(y, q, EVAL_LEVELS).mean(axis=1),
                 "complexity": FAMILY_COMPLEXITY.get(family, rank) + int(hetero) + int(shaped),
@@ -2497,13 +2536,15 @@ class QuantileModel:
             out["hinges"] = int(self.params["shape_hinges"])
         return out
 
-    def _heldout(self, X, fold_atoms, oof, s, z, fold, shaped, w, kinds=None) -> tuple[np.ndarray, np.ndarray | None]:
+    def _heldout(self, X, fold_atoms, oof, s, z, fold, shaped, w, kinds=None, zfit=None) -> tuple[np.ndarray, np.ndarray | None]:
         """Quantiles at EVAL_LEVELS for every row, from models that never saw its fold.
 
         Each fold is calibrated only with the other folds' scores, so these
         metrics are measured on rows that neither fitted nor calibrated the model.
         Quantiles are put on the other folds' repeated runtimes (``fold_atoms[k]``) as the
-        model puts them on its training data's (:func:`snap_to_atoms`).
+        model puts them on its training data's (:func:`snap_to_atoms`). ``zfit``, where
+        given, holds per fold the scores its shape model learns from (around that fold's
+        own location, :meth:`_fold_fits`); the held-out rows are scored by ``z`` either way.
         """
         n = len(z)
         n_folds = int(fold.max()) + 1
@@ -2525,7 +2566,7 @@ class QuantileModel:
             tr, te = fold != k, fold == k
             kinds_k = self.kinds if kinds is None else kinds
             shape = ShapeModel(kinds_k, self._categories_for(kinds_k), **self._shape_params())
-            shape.fit(X[tr], z[tr], scores[k], None if w is None else w[tr], self.random_state)
+            shape.fit(X[tr], (z if zfit is None else zfit[k])[tr], scores[k], None if w is None else w[tr], self.random_state)
             F = shape.raw_cdf(X[te])
             pits[te] = shape.pit(F, z[te], scores[k])
             fitted.append((shape, F))
