@@ -492,8 +492,9 @@ class Split(NamedTuple):
     test_rows: np.ndarray  # the test rows' indices in the trace set
 
 
-def split_set(ts: TraceSet) -> Split:
-    tr, te = split(len(ts.traces))
+def split_set(ts: TraceSet, parts: tuple[np.ndarray, np.ndarray] | None = None) -> Split:
+    """The 70/30 split, or ``parts``: the indices of the training and the test traces."""
+    tr, te = split(len(ts.traces)) if parts is None else parts
     train_table = TraceTable.from_traces([ts.traces[i] for i in tr])
     # The columns that number the whole file's traces, as the service finds them training on
     # it: the random 70% numbers its rows with gaps, and such a counter was a feature for
@@ -548,8 +549,8 @@ class TruthGrid:
         return float(self.expected_losses(q).mean() / self.mean.mean())
 
 
-def evaluate(ts: TraceSet) -> tuple[list[Row], dict[str, Any]]:
-    X, y, Xt, yt, kinds, ncats, truth, info, te = split_set(ts)
+def evaluate(ts: TraceSet, parts: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[list[Row], dict[str, Any]]:
+    X, y, Xt, yt, kinds, ncats, truth, info, te = split_set(ts, parts)
     grid = TruthGrid(ts, te) if ts.true_quantiles is not None else None
     rows = []
     for cls in METHODS:
