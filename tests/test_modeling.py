@@ -321,7 +321,7 @@ def test_every_fold_is_scored_with_one_number_of_boosting_rounds():
     X, y, _ = llm_like(400, seed=8)
     model = QuantileModel(["numeric"] * 3, [0] * 3, algorithm="lightgbm")
     fold = model._folds(len(y))
-    _, tuned = model._oof_location("lightgbm", X, np.log(y), fold, None)
+    _, tuned, _ = model._oof_location("lightgbm", X, np.log(y), fold, None)
     assert tuned["rounds"] >= 1
 
 
@@ -342,7 +342,7 @@ def test_boosting_goes_on_while_the_folds_held_out_loss_falls():
     held_out = {}
     for cap in (None, 300):
         model = QuantileModel(["numeric"] * 2, [0] * 2, algorithm="lightgbm", params=cap and {"num_boost_round": cap})
-        oof, tuned = model._oof_location("lightgbm", X, np.log(y), model._folds(len(y)), None)
+        oof, tuned, _ = model._oof_location("lightgbm", X, np.log(y), model._folds(len(y)), None)
         held_out[cap] = (tuned["rounds"], float(np.mean(np.abs(oof - np.log(y)))))
     assert held_out[300][0] == 300 and 300 < held_out[None][0] < MAX_BOOST_ROUNDS
     assert held_out[None][1] < 0.97 * held_out[300][1]

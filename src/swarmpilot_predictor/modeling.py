@@ -40,7 +40,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -1820,11 +1820,20 @@ REGIME_MIN_ROWS = 10
 # before sat each around another fold's location: where a model's runtimes are a mixture
 # (hidden accelerators), a fold's share of each mode moved its location (by 0.03 to 0.15
 # log units over the folds), which blurred modes 0.05 wide (benchmarks/other_workloads.py,
-# multitenant_hidden: ratio to the best baseline 1.127 -> 1.043 on seed 22). Boosted trees fit their own rows
-# too closely for this, and so does a location with fewer than CONSISTENT_SHAPE_ROWS rows
-# per coefficient.
+# multitenant_hidden: ratio to the best baseline 1.127 -> 1.043 on seed 22). Boosted trees
+# fit their own rows too closely for this, and so does a location with fewer than
+# CONSISTENT_SHAPE_ROWS rows per coefficient.
 CONSISTENT_SHAPE_FAMILIES = frozenset({"linear", "power"})
 CONSISTENT_SHAPE_ROWS = 20
+
+
+class _FoldLocations(NamedTuple):
+    """A location family's cross-fit: its out-of-fold predictions, and for
+    ``CONSISTENT_SHAPE_FAMILIES`` each fold's location on the rows it was fitted on (None
+    for other families, or with fewer than ``CONSISTENT_SHAPE_ROWS`` rows per coefficient)."""
+
+    oof: np.ndarray
+    own: list[np.ndarray] | None
 
 
 def common_rounds(curves: Sequence[np.ndarray]) -> int:
@@ -1982,12 +1991,13 @@ class QuantileModel:
         rng = np.random.default_rng(self.random_state)
         return rng.permutation(n) % k
 
-    def _oof_location(self, family, X, ylog, fold, w, kinds=None) -> tuple[np.ndarray, dict[str, int]]:
-        """Out-of-fold location predictions, and what was tuned on the folds (``rounds``, ``hinges``)."""
+    def _oof_location(self, family, X, ylog, fold, w, kinds=None) -> tuple[np.ndarray, dict[str, int], list[np.ndarray] | None]:
+        """Out-of-fold location predictions, what was tuned on the folds (``rounds``, ``hinges``),
+        and each fold's location on its own rows (:class:`_FoldLocations`)."""
         if family == "lightgbm":
             if "regimes" in self.params:
                 oof, tuned = self._oof_boosted(X, ylog, fold, w, kinds, bool(self.params["regimes"]))
-                return oof, {**tuned, "regimes": bool(self.params["regimes"])}
+                return oof, {**tuned, "regimes": bool(self.params["regimes"])}, None
             oof, tuned = self._oof_boosted(X, ylog, fold, w, kinds, False)
             if self.params.get("lgb_linear_base", True) and _regime_flags(X, self.kinds if kinds is None else kinds):
                 # The linear base with each regime's own slopes (LinearLocation): kept
@@ -1995,11 +2005,12 @@ class QuantileModel:
                 # fit far worse on the H200 vision traces, and better on the H100 ones.)
                 split, split_tuned = self._oof_boosted(X, ylog, fold, w, kinds, True)
                 if _pays_off(split, oof, ylog, fold):
-                    return split, {**split_tuned, "regimes": True}
+                    return split, {**split_tuned, "regimes": True}, None
                 tuned["regimes"] = False
-            return oof, tuned
+            return oof, tuned, None
         if family != "linear":
-            return self._oof_fit(family, X, ylog, fold, w, kinds), {}
+            fits = self._oof_fit(family, X, ylog, fold, w, kinds)
+            return fits.oof, {}, fits.own
         tuned: dict[str, Any] = {}
         regimes = None
         if "regimes" not in self.params:
@@ -2015,38 +2026,31 @@ class QuantileModel:
             # standard error (the one-standard-error rule, as in _choose).
             bent = self._oof_fit(family, X, ylog, fold, w, kinds, LINEAR_HINGES, regimes)
             plain = self._oof_fit(family, X, ylog, fold, w, kinds, 0, regimes)
-            hinges = LINEAR_HINGES if _pays_off(bent, plain, ylog, fold) else 0
-            oof, tuned["hinges"] = (bent if hinges else plain), hinges
+            hinges = LINEAR_HINGES if _pays_off(bent.oof, plain.oof, ylog, fold) else 0
+            fits, tuned["hinges"] = (bent if hinges else plain), hinges
         else:
-            oof = self._oof_fit(family, X, ylog, fold, w, kinds, None, regimes)
+            fits = self._oof_fit(family, X, ylog, fold, w, kinds, None, regimes)
         if regimes:
             shared = self._oof_fit(family, X, ylog, fold, w, kinds, tuned.get("hinges"), False)
-            if not _pays_off(oof, shared, ylog, fold):
-                oof, tuned["regimes"] = shared, False
-        return oof, tuned
+            if not _pays_off(fits.oof, shared.oof, ylog, fold):
+                fits, tuned["regimes"] = shared, False
+        return fits.oof, tuned, fits.own
 
-    def _oof_fit(self, family, X, ylog, fold, w, kinds, hinges: int | None = None, regimes: bool | None = None) -> np.ndarray:
+    def _oof_fit(self, family, X, ylog, fold, w, kinds, hinges: int | None = None, regimes: bool | None = None) -> _FoldLocations:
         oof = np.empty(len(ylog))
+        own: list[np.ndarray] | None = [] if family in CONSISTENT_SHAPE_FAMILIES else None
         for k in range(int(fold.max()) + 1):
             tr, te = fold != k, fold == k
             model = self._make(family, kinds, hinges, regimes).fit(X[tr], ylog[tr], None if w is None else w[tr])
             oof[te] = _within_range(model.predict(X[te]), ylog[tr])
-        return oof
-
-    def _fold_fits(self, family, X, ylog, fold, w, kinds, tuned) -> list[np.ndarray] | None:
-        """Each fold's location (fitted without that fold, as tuned) on every row, for the
-        shape model's scores (see ``CONSISTENT_SHAPE_FAMILIES``); None where a fold has fewer
-        than ``CONSISTENT_SHAPE_ROWS`` rows per coefficient, whose own residuals would be
-        noticeably narrower than new rows'."""
-        out = []
-        for k in range(int(fold.max()) + 1):
-            tr = fold != k
-            model = self._make(family, kinds, tuned.get("hinges"), tuned.get("regimes"))
-            model.fit(X[tr], ylog[tr], None if w is None else w[tr])
-            if (np.size(model.coef_) + 1) * CONSISTENT_SHAPE_ROWS > int(tr.sum()):
-                return None
-            out.append(_within_range(model.predict(X), ylog[tr]))
-        return out
+            if own is not None:
+                # With few rows per coefficient a location's residuals on its own rows are
+                # noticeably narrower than on new rows: the shape then learns held-out ones.
+                if (np.size(model.coef_) + 1) * CONSISTENT_SHAPE_ROWS > int(tr.sum()):
+                    own = None
+                else:
+                    own.append(_within_range(model.predict(X[tr]), ylog[tr]))
+        return _FoldLocations(oof, own)
 
     def _oof_boosted(self, X, ylog, fold, w, kinds, regimes: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
         oof = np.empty(len(ylog))
@@ -2363,30 +2367,27 @@ class QuantileModel:
                   variants: Sequence[tuple[bool, bool]]) -> list[dict[str, Any]]:
         """Cross-fit ``family`` on the features ``kinds`` marks as used; one candidate per (hetero, shaped)."""
         kinds = list(kinds)
-        oof0, tuned0 = self._oof_location(family, X, ylog, fold, w, kinds)
+        oof0, tuned0, own0 = self._oof_location(family, X, ylog, fold, w, kinds)
         fam: list[dict[str, Any]] = []
         scales: dict[bool, tuple] = {}
         heldout: dict[tuple[bool, bool], tuple] = {}
-        fold_fits: dict[bool, list[np.ndarray] | None] = {}  # unweighted, weighted: each fold's location on every row
         for hetero, shaped in variants:
             if hetero not in scales:
                 # Constant and feature-dependent noise compete on the same held-out loss.
-                oof, tuned = oof0, tuned0
+                oof, tuned, own = oof0, tuned0, own0
                 scale, s = self._oof_scale(hetero, X, ylog - oof, fold, w, kinds)
                 # A scale that found no feature to depend on is the constant one: weights
                 # 1/s² would all be equal, and the refit would repeat the first fit.
                 varies = bool(np.any(s != 1.0))
                 weighted = (hetero and varies and family != "empirical"
                             and bool(self.params.get("weighted_location", True)))
-                lw = w  # the location's weights
                 if weighted:
                     # Feasible weighted least squares: once the noise's size is known, rows
                     # with little noise say more about the location than noisy ones.
-                    lw = location_weights(s, w)
-                    oof, tuned = self._oof_location(family, X, ylog, fold, lw, kinds)
+                    oof, tuned, own = self._oof_location(family, X, ylog, fold, location_weights(s, w), kinds)
                     scale, s = self._oof_scale(hetero, X, ylog - oof, fold, w, kinds)
-                scales[hetero] = (scale, s, oof, tuned, weighted, varies, lw)
-            scale, s, oof, tuned, weighted, varies, lw = scales[hetero]
+                scales[hetero] = (scale, s, oof, tuned, weighted, varies, own)
+            scale, s, oof, tuned, weighted, varies, own = scales[hetero]
             resid = ylog - oof
             z = resid / s
             # The same location and a constant scale: the constant variant's held-out quantiles.
@@ -2397,11 +2398,8 @@ class QuantileModel:
             reads_location = shaped and family == "lightgbm" and bool(self.params.get("shape_location", True))
             Xs, kinds_s = self._shape_inputs(X, oof, kinds, reads_location)
             zfit = None
-            if shaped and twin is None and family in CONSISTENT_SHAPE_FAMILIES:
-                if weighted not in fold_fits:
-                    fold_fits[weighted] = self._fold_fits(family, X, ylog, fold, lw, kinds, tuned)
-                if fold_fits[weighted] is not None:
-                    zfit = [(ylog - m) / s for m in fold_fits[weighted]]
+            if shaped and own is not None:
+                zfit = [(ylog[fold != k] - m) / s[fold != k] for k, m in enumerate(own)]
             q, pits = twin if twin is not None else self._heldout(Xs, fold_atoms, oof, s, z, fold, shaped, w, kinds_s, zfit=zfit)
             heldout[(hetero, shaped)] = (q, pits)
             fam.append({
@@ -2543,8 +2541,9 @@ class QuantileModel:
         metrics are measured on rows that neither fitted nor calibrated the model.
         Quantiles are put on the other folds' repeated runtimes (``fold_atoms[k]``) as the
         model puts them on its training data's (:func:`snap_to_atoms`). ``zfit``, where
-        given, holds per fold the scores its shape model learns from (around that fold's
-        own location, :meth:`_fold_fits`); the held-out rows are scored by ``z`` either way.
+        given, holds per fold the scores of its training rows that its shape model learns from
+        (around that fold's own location, :class:`_FoldLocations`); the held-out rows are scored
+        by ``z`` either way.
         """
         n = len(z)
         n_folds = int(fold.max()) + 1
@@ -2566,7 +2565,7 @@ class QuantileModel:
             tr, te = fold != k, fold == k
             kinds_k = self.kinds if kinds is None else kinds
             shape = ShapeModel(kinds_k, self._categories_for(kinds_k), **self._shape_params())
-            shape.fit(X[tr], (z if zfit is None else zfit[k])[tr], scores[k], None if w is None else w[tr], self.random_state)
+            shape.fit(X[tr], z[tr] if zfit is None else zfit[k], scores[k], None if w is None else w[tr], self.random_state)
             F = shape.raw_cdf(X[te])
             pits[te] = shape.pit(F, z[te], scores[k])
             fitted.append((shape, F))
