@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from swarmpilot_predictor.modeling import LogLinearDesign, QuantileModel, ScaleModel
+from swarmpilot_predictor.distribution import ScoreDistribution
+from swarmpilot_predictor.modeling import LogLinearDesign, QuantileModel, QuantileShapeModel, ScaleModel
 
 LEVELS = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 0.025, 0.975)
 KINDS = ["numeric", "numeric", "numeric", "categorical"]
@@ -113,6 +114,19 @@ def test_describe_one_with_a_shape_model():
     assert model.shape_ is not None and model.shape_.knots_, "this data should need the shape model"
     _assert_same(model, _probe_rows(X))
 
+
+
+def test_quantile_regression_shape_row_matches_vectorised():
+    X, y = _data(n=800, hetero=1.0, slow_share=0.15)
+    z = np.log(y) - np.median(np.log(y))
+    score = ScoreDistribution.from_scores(z)
+    shape = QuantileShapeModel(KINDS, NCATS).fit(X, z, score)
+    assert shape.knots_ and np.ptp(shape.raw_cdf(X[:200]), axis=0).max() > 0.1  # the shape moves
+    for recalibrated in (False, True):
+        if recalibrated:
+            shape.set_recalibration(shape.pit(shape.raw_cdf(X), z, score) ** 1.3)
+        for x in _probe_rows(X):
+            np.testing.assert_allclose(shape.cdf_row(x), shape.cdf(np.array([x]))[0], rtol=1e-12)
 
 def test_describe_one_with_a_heteroscedastic_scale():
     X, y = _data(n=800, hetero=1.5, slow_share=0.0)
