@@ -215,6 +215,21 @@ def test_with_few_rows_per_coefficient_the_shape_model_learns_held_out_scores(mo
 
 
 
+def assert_alone_as_in_a_batch_and_after_a_round_trip(model: QuantileModel, Xt: np.ndarray) -> dict:
+    """One task at a time answers as in a batch, and the stored model as the fitted one; returns what was stored."""
+    q = model.predict_quantiles(Xt[:50], LEVELS)
+    mean, std = model.predict_distribution(Xt[:50]).mean_std()
+    for i, x in enumerate(Xt[:50].tolist()):
+        one = model.describe_one(x, tuple(LEVELS))
+        np.testing.assert_allclose(one[0], q[i], rtol=1e-6)
+        assert one[1] == pytest.approx(mean[i], rel=1e-4) and one[2] == pytest.approx(std[i], rel=1e-4)
+    stored = json.loads(json.dumps(model.to_json()))
+    again = QuantileModel.from_json(stored)
+    again.check_loaded()
+    np.testing.assert_array_equal(again.predict_quantiles(Xt, LEVELS), model.predict_quantiles(Xt, LEVELS))
+    return stored
+
+
 def test_quantile_regression_reaches_the_linear_programs_loss():
     """The MM solver against the exact linear program (HiGHS) on each level."""
     from scipy.optimize import linprog
@@ -254,18 +269,8 @@ def test_a_mixture_whose_shape_follows_a_feature_is_fitted_level_by_level():
     assert loss["quantiles"] < 0.98 * loss["without"], loss  # 2961 against 3044
     # (Both hold 0.475 at the median: these 1,750 runs' draw.)
     np.testing.assert_allclose(coverage(model, Xt, yt), LEVELS, atol=0.03)
-    # One task at a time as in a batch, and the same after a round trip.
-    q = model.predict_quantiles(Xt[:50], LEVELS)
-    mean, std = model.predict_distribution(Xt[:50]).mean_std()
-    for i, x in enumerate(Xt[:50].tolist()):
-        one = model.describe_one(x, tuple(LEVELS))
-        np.testing.assert_allclose(one[0], q[i], rtol=1e-6)
-        assert one[1] == pytest.approx(mean[i], rel=1e-4) and one[2] == pytest.approx(std[i], rel=1e-4)
-    stored = json.loads(json.dumps(model.to_json()))
+    stored = assert_alone_as_in_a_batch_and_after_a_round_trip(model, Xt)
     assert stored["shape"]["kind"] == "quantile"
-    again = QuantileModel.from_json(stored)
-    again.check_loaded()
-    np.testing.assert_array_equal(again.predict_quantiles(Xt, LEVELS), model.predict_quantiles(Xt, LEVELS))
     with pytest.raises(ValueError, match="the shape model's kind is 'spline'"):
         QuantileModel.from_json({**stored, "shape": {**stored["shape"], "kind": "spline"}})
 
@@ -1380,16 +1385,7 @@ def test_the_shape_of_a_boosted_model_follows_its_typical_runtime():
     # shapes (a slow state a third of the time) from compute-bound ones (1% noise).
     assert loss[True] < 0.95 * loss[False]
     # One task at a time as in a batch; the same after a round trip; a damaged flag refused.
-    q = model.predict_quantiles(Xt[:50], LEVELS)
-    mean, std = model.predict_distribution(Xt[:50]).mean_std()
-    for i, x in enumerate(Xt[:50].tolist()):
-        one = model.describe_one(x, tuple(LEVELS))
-        np.testing.assert_allclose(one[0], q[i], rtol=1e-6)
-        assert one[1] == pytest.approx(mean[i], rel=1e-4) and one[2] == pytest.approx(std[i], rel=1e-4)
-    stored = json.loads(json.dumps(model.to_json()))
-    again = QuantileModel.from_json(stored)
-    again.check_loaded()
-    np.testing.assert_array_equal(again.predict_quantiles(Xt, LEVELS), model.predict_quantiles(Xt, LEVELS))
+    stored = assert_alone_as_in_a_batch_and_after_a_round_trip(model, Xt)
     with pytest.raises(ValueError, match="shape_reads_location"):
         QuantileModel.from_json({**stored, "shape_reads_location": "yes"})
     # A flag that does not match the stored shape's columns: damaged, refused on load (false

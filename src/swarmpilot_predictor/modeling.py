@@ -2516,7 +2516,7 @@ class QuantileModel:
         if described.get(best["family"]) is not best:
             # Another variant of the family won against every family: the figures are the served one's.
             metrics = self.cv_[best["family"]]
-            for key in ("scale_features", "scale_alpha", "features_dropped", "pinball_loss_after_drop",
+            for key in ("scale_features", "scale_alpha", "shape_model", "features_dropped", "pinball_loss_after_drop",
                         "relative_pinball_loss_after_drop", "pinball_loss_before_drop", "relative_pinball_loss_before_drop"):
                 metrics.pop(key, None)
             metrics.update(self._describe(best, y))
