@@ -1641,6 +1641,9 @@ class ShapeModel:
     """
 
     MAX_ROWS: ClassVar[int] = 10_000
+    kind: ClassVar[str] = "logistic"
+    # Whether it may also read a LightGBM location (QuantileModel's shape_location).
+    reads_location: ClassVar[bool] = True
 
     def __init__(self, kinds: Sequence[str], n_categories: Sequence[int], alpha: float = 10.0, hinges: int = 3):
         self.kinds = list(kinds)
@@ -1665,10 +1668,14 @@ class ShapeModel:
         if not self.knots_:
             self.coef_ = np.zeros((1 + self.design_.transform(X[:1]).shape[1], 0))
             return self
+        self.coef_ = self._coefficients(self.design_.transform(X, sparse=True), z, score, w)
+        return self
+
+    def _coefficients(self, A, z: np.ndarray, score: ScoreDistribution, w: np.ndarray | None) -> np.ndarray:
+        """(1 + columns, knots): each knot's ridge logistic regression of ``Z <= Q(l_k)``."""
         c = score.quantile(np.asarray(self.knots_))
         T = (z[:, None] <= c[None, :]).astype(np.float64)
-        self.coef_ = _logistic_ridge(self.design_.transform(X, sparse=True), T, self.alpha, w)
-        return self
+        return _logistic_ridge(A, T, self.alpha, w)
 
     def raw_cdf(self, X: np.ndarray) -> np.ndarray:
         """Uncalibrated CDF at the knots, (rows, knots), increasing along knots."""
@@ -1717,6 +1724,7 @@ class ShapeModel:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "kind": self.kind,
             "alpha": self.alpha,
             "hinges": self.hinges,
             "knots": list(self.knots_),
@@ -1815,30 +1823,28 @@ class QuantileShapeModel(ShapeModel):
     beyond them towards 0 and 1 in proportion, then recalibrated as the other shape is.
     """
 
+    MAX_ROWS: ClassVar[int] = QR_MAX_ROWS
     kind: ClassVar[str] = "quantile"
+    # A slope on the held-out location the folds fit it on is not one on the final location
+    # it is served with, and the folds do not see that (README, Modelling).
+    reads_location: ClassVar[bool] = False
 
     def __init__(self, kinds: Sequence[str], n_categories: Sequence[int], alpha: float = 0.0, hinges: int = 0):
         super().__init__(kinds, n_categories, alpha, hinges)
 
     @staticmethod
-    def fits(kinds: Sequence[str], n_categories: Sequence[int], hinges: int = 0) -> bool:
-        """Whether the design is narrow enough for this shape (:data:`QR_MAX_WIDTH`)."""
-        width = sum(2 + hinges for k in kinds if k == "numeric") + sum(k for _, k in _categorical_positions(kinds, n_categories))
+    def fits(kinds: Sequence[str], n_categories: Sequence[int]) -> bool:
+        """Whether the design (no hinges) is narrow enough for this shape (:data:`QR_MAX_WIDTH`)."""
+        width = 2 * sum(k == "numeric" for k in kinds) + sum(k for _, k in _categorical_positions(kinds, n_categories))
         return 0 < width <= QR_MAX_WIDTH
 
     def fit(self, X, z, score, w=None, random_state=0):
-        n = len(z)
-        if n > QR_MAX_ROWS:
-            rows = np.random.default_rng(random_state).choice(n, QR_MAX_ROWS, replace=False)
-            X, z, w = X[rows], z[rows], None if w is None else w[rows]
-        self.knots_ = self.knots_for(len(z))
-        self.design_ = LogLinearDesign(self.kinds, self.n_categories, self.hinges).fit(X)
         self.attach(score)
-        if not self.knots_:
-            self.coef_ = np.zeros((1 + self.design_.width, 0))
-            return self
-        self.coef_ = _quantile_regression(np.asarray(self.design_.transform(X)), z, self.knots_, w)
-        return self
+        return super().fit(X, z, score, w, random_state)
+
+    def _coefficients(self, A, z, score, w):
+        """(1 + columns, knots): each knot level's linear quantile regression of ``Z``."""
+        return _quantile_regression(A if isinstance(A, np.ndarray) else A.toarray(), z, self.knots_, w)
 
     def attach(self, score: ScoreDistribution) -> None:
         """The pooled scores this shape reads its knots against (the model's ``score_``)."""
@@ -1882,21 +1888,19 @@ class QuantileShapeModel(ShapeModel):
             return F
         return _increasing_row([_interp1(v, *self._recal_lists()) for v in F])
 
-    def to_json(self) -> dict[str, Any]:
-        return {**super().to_json(), "kind": self.kind}
-
 
 def _shape_from_json(d: dict[str, Any], kinds, n_categories, score: ScoreDistribution) -> ShapeModel:
     """The shape model ``to_json`` wrote, of either kind (one stored without a kind is logistic)."""
     if not isinstance(d, dict):
         raise ValueError(f"the shape model is {shown(d)}, not an object")
-    kind = d.get("kind", "logistic")
-    if kind == "logistic":
-        return ShapeModel.from_json(d, kinds, n_categories)
-    if kind != QuantileShapeModel.kind:
-        raise ValueError(f"the shape model's kind is {shown(kind)}, not logistic or {QuantileShapeModel.kind}")
-    shape = QuantileShapeModel.from_json(d, kinds, n_categories)
-    shape.attach(score)
+    kind = d.get("kind", ShapeModel.kind)
+    cls = next((c for c in SHAPE_MODELS.values() if c.kind == kind), None)
+    if cls is None:
+        raise ValueError(f"the shape model's kind is {shown(kind)}, not "
+                         + " or ".join(c.kind for c in SHAPE_MODELS.values()))
+    shape = cls.from_json(d, kinds, n_categories)
+    if isinstance(shape, QuantileShapeModel):
+        shape.attach(score)
     return shape
 
 
@@ -1965,6 +1969,7 @@ FAMILY_COMPLEXITY = {"empirical": 0, "linear": 1, "power": 1, "lightgbm": 2}
 SELECTION_SE = 1.0
 # A candidate's ``shaped``: False, True (ShapeModel) or this (QuantileShapeModel).
 QUANTILE_SHAPE = QuantileShapeModel.kind
+SHAPE_MODELS: dict[bool | str, type[ShapeModel]] = {True: ShapeModel, QUANTILE_SHAPE: QuantileShapeModel}
 SHAPE_SUFFIX = {False: "", True: "+shape", QUANTILE_SHAPE: "+quantiles"}
 # Ridge penalties the feature-dependent scale chooses from (see QuantileModel._scale_design).
 SCALE_ALPHAS = (2.0, 8.0, 32.0, 128.0)
@@ -2537,7 +2542,7 @@ class QuantileModel:
             metrics["scale_alpha"] = candidate["scale"].alpha
         metrics["shape"] = bool(candidate["shaped"])
         if candidate["shaped"]:
-            metrics["shape_model"] = QUANTILE_SHAPE if candidate["shaped"] == QUANTILE_SHAPE else "logistic"
+            metrics["shape_model"] = SHAPE_MODELS[candidate["shaped"]].kind
         metrics["variant"] = candidate["name"]
         return metrics
 
@@ -2573,9 +2578,7 @@ class QuantileModel:
             # Boosted trees' location carries the features' interactions: the shape of the
             # noise may follow the typical runtime (launch-bound small tasks spread widely,
             # compute-bound large ones hardly), which the shape's log-linear design cannot see.
-            # (Not the quantile regression: a slope on the held-out location it learns from is
-            # not one on the final location it is served with, and the folds do not see that.)
-            reads_location = (shaped is True and family == "lightgbm"
+            reads_location = (bool(shaped) and SHAPE_MODELS[shaped].reads_location and family == "lightgbm"
                               and bool(self.params.get("shape_location", True)))
             Xs, kinds_s = self._shape_inputs(X, oof, kinds, reads_location)
             zfit = None
@@ -2709,7 +2712,7 @@ class QuantileModel:
 
     def _shape_model(self, shaped: bool | str, kinds: Sequence[str]) -> ShapeModel:
         """An unfitted shape model of the kind a candidate's ``shaped`` names."""
-        if shaped == QUANTILE_SHAPE:
+        if shaped == QUANTILE_SHAPE:  # (unpenalised, no hinges: shape_alpha and shape_hinges are the logistic one's)
             return QuantileShapeModel(kinds, self._categories_for(kinds))
         return ShapeModel(kinds, self._categories_for(kinds), **self._shape_params())
 
