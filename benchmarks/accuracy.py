@@ -307,9 +307,11 @@ class ServiceModel(Method):
     derived = True
     # The derived first_of_shape column, which the service may answer with a model per value.
     regime_column: int | None = None
+    # Cross-validation folds (None: the model's default by training rows); small_data.py sets it.
+    n_folds: int | None = None
 
     def fit(self, X, y, kinds, ncats):
-        self.model = QuantileModel(kinds, ncats, regime_column=self.regime_column).fit(X, y)
+        self.model = QuantileModel(kinds, ncats, n_folds=self.n_folds, regime_column=self.regime_column).fit(X, y)
         self.extra = f"{self.model.family_}, {self.model.cv_[self.model.family_].get('variant', '')}"
         if self.model.regimes_ is not None:
             self.extra = "split by first run: " + " / ".join(

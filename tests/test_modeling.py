@@ -153,6 +153,24 @@ def test_the_shape_model_is_recalibrated_and_each_fold_on_the_others_only(monkey
     assert in_folds and all(0.6 * n < k < n for k in in_folds), sizes
 
 
+def test_tens_of_rows_are_cross_validated_on_ten_folds():
+    """Five folds would score every candidate on fits to 80% of a few dozen rows, not the
+    model served; ten below 200 rows, five up to 20,000, three above; n_folds overrides."""
+    def folds(model, n):
+        fold = model._folds(n)
+        counts = np.bincount(fold)
+        assert counts.max() - counts.min() <= 1  # as many rows in each, give or take one
+        return len(counts)
+
+    model = QuantileModel(*NUM2)
+    assert [folds(model, n) for n in (3, 40, 199, 200, 19_999, 20_000)] == [3, 10, 10, 5, 5, 3]
+    assert [folds(QuantileModel(*NUM2, n_folds=4), n) for n in (40, 500, 50_000)] == [4, 4, 4]
+    X, y, _ = llm_like(60, seed=3)
+    fitted = QuantileModel(["numeric"] * 3, [0] * 3).fit(X, y)
+    assert fitted.n_folds is None
+    assert QuantileModel.from_json(json.loads(json.dumps(fitted.to_json()))).n_folds is None
+
+
 def hidden_accelerators(n: int, seed: int, models: int = 6) -> tuple[np.ndarray, np.ndarray]:
     """Runs of several models on five accelerators the traces do not name: each model's
     runtimes are a mixture of five modes, a 32B one offloaded (5x) on the two small cards."""
