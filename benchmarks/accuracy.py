@@ -864,6 +864,11 @@ STUDY_SEEDS = 8
 STUDY_SEED_BASE = 17
 
 
+def geometric_mean(logs: list[float]) -> tuple[float, float]:
+    """The geometric mean of ratios given by their logs, and its standard error (in logs)."""
+    return math.exp(np.mean(logs)), float(np.std(logs, ddof=1) / math.sqrt(len(logs)))
+
+
 def seed_study(sizes: tuple[int, ...] = STUDY_SIZES, seeds: int = STUDY_SEEDS) -> list[str]:
     """Each generator at each size over ``seeds`` fresh seeds: the service against the best
     baseline of each draw, summarised by the geometric mean of the ratios.
@@ -884,9 +889,6 @@ def seed_study(sizes: tuple[int, ...] = STUDY_SIZES, seeds: int = STUDY_SEEDS) -
            "| generator | rows | service / best baseline | draws won | oracle / best baseline | in expectation: "
            "service / best baseline | draws won | oracle | service MACE | max level rel. error |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-
-    def gm(logs: list[float]) -> tuple[float, float]:
-        return math.exp(np.mean(logs)), float(np.std(logs, ddof=1) / math.sqrt(len(logs)))
 
     all_logs, plain_logs, all_exp, plain_exp, all_given = [], [], [], [], []
     given_lines = []
@@ -921,10 +923,10 @@ def seed_study(sizes: tuple[int, ...] = STUDY_SIZES, seeds: int = STUDY_SEEDS) -
             all_exp += elogs
             all_given += glogs
             if glogs != logs:
-                gg, gse = gm(glogs)
+                gg, gse = geometric_mean(glogs)
                 given_lines.append(f"{gen.__name__.removeprefix('synth_')} at {n} rows {gg:.3f} ± {gse:.3f} "
                                    f"({gwins}/{seeds} draws won)")
-            (g, se), (eg, ese) = gm(logs), gm(elogs)
+            (g, se), (eg, ese) = geometric_mean(logs), geometric_mean(elogs)
             line = (f"| {gen.__name__.removeprefix('synth_')} | {n} | {g:.3f} ± {se:.3f} | {wins}/{seeds} | "
                     f"{math.exp(np.mean(olog)):.3f} | {eg:.3f} ± {ese:.3f} | {ewins}/{seeds} | "
                     f"{math.exp(np.mean(eolog)):.3f} | {np.mean(mace):.3f} | {fmt('true_q_err', float(np.mean(qerr)))} |")

@@ -43,7 +43,7 @@ SEED_BASE = 500  # draw k of a generator: its default seed + SEED_BASE + 1000 k
 def draw(name: str, n: int, k: int, folds: int | None) -> dict[str, float]:
     """Every method's expected relative pinball on one draw of ``n`` training rows."""
     warnings.filterwarnings("ignore")
-    accuracy.ServiceModel.n_folds = folds
+    accuracy.ServiceModel.n_folds = folds  # this worker process's; evaluate() makes the instance
     gen = GENERATORS[name]
     ts = gen(n + TEST_ROWS, seed=gen.__defaults__[1] + SEED_BASE + 1000 * k)
     rows, _ = accuracy.evaluate(ts, (np.arange(n), np.arange(n, n + TEST_ROWS)))
@@ -79,8 +79,8 @@ def main() -> None:
                 logs.append(math.log(r["service"] / r[best]))
                 olog.append(math.log(r["oracle"] / r[best]))
             every += logs
-            se = float(np.std(logs, ddof=1) / math.sqrt(len(logs))) if len(logs) > 1 else math.nan
-            print(f"| {name} | {n} | {math.exp(np.mean(logs)):.3f} ± {se:.3f} | {math.exp(max(logs)):.3f} | "
+            g, se = accuracy.geometric_mean(logs)
+            print(f"| {name} | {n} | {g:.3f} ± {se:.3f} | {math.exp(max(logs)):.3f} | "
                   f"{sum(v <= 0 for v in logs)}/{len(logs)} | {math.exp(np.mean(olog)):.3f} | "
                   + ", ".join(f"{m} {c}" for m, c in best_of.most_common()) + " |", flush=True)
     print(f"\nGeometric mean over all {len(every)} draws: {math.exp(np.mean(every)):.3f} "

@@ -2485,7 +2485,7 @@ class QuantileModel:
         fold_atoms = [data_atoms(y[fold != k]) for k in range(int(fold.max()) + 1)]
         self.cv_: dict[str, dict[str, Any]] = {}
         # Rows each fold's fits learn from: a variant its folds cannot fit is not scored as one.
-        fold_rows = int(n * (1 - 1 / (fold.max() + 1)))
+        fold_rows = n - int(np.bincount(fold).max())
         hetero_ok = bool(self.kinds) and fold_rows >= SCALE_MIN_ROWS
         shape_ok = bool(self.kinds) and bool(ShapeModel.knots_for(fold_rows))
         if "shape" in self.params:
