@@ -155,7 +155,7 @@ def test_the_shape_model_is_recalibrated_and_each_fold_on_the_others_only(monkey
 
 def test_tens_of_rows_are_cross_validated_on_ten_folds():
     """Five folds would score every candidate on fits to 80% of a few dozen rows, not the
-    model served; ten below 200 rows, five up to 20,000, three above; n_folds overrides."""
+    model served; ten below 100 rows, five up to 20,000, three above; n_folds overrides."""
     def folds(model, n):
         fold = model._folds(n)
         counts = np.bincount(fold)
@@ -163,7 +163,7 @@ def test_tens_of_rows_are_cross_validated_on_ten_folds():
         return len(counts)
 
     model = QuantileModel(*NUM2)
-    assert [folds(model, n) for n in (3, 40, 199, 200, 19_999, 20_000)] == [3, 10, 10, 5, 5, 3]
+    assert [folds(model, n) for n in (3, 40, 99, 100, 19_999, 20_000)] == [3, 10, 10, 5, 5, 3]
     assert [folds(QuantileModel(*NUM2, n_folds=4), n) for n in (40, 500, 50_000)] == [4, 4, 4]
     X, y, _ = llm_like(60, seed=3)
     fitted = QuantileModel(["numeric"] * 3, [0] * 3).fit(X, y)
@@ -520,6 +520,38 @@ def test_scale_depends_only_on_the_features_the_noise_depends_on():
     # The choice survives a round trip through the registry's JSON.
     again = QuantileModel.from_json(json.loads(json.dumps(model.to_json())))
     np.testing.assert_allclose(again.predict_quantiles(X[:5], LEVELS), model.predict_quantiles(X[:5], LEVELS))
+
+
+def test_scale_bends_only_where_the_folds_want_it():
+    # Noise loud only in the middle of a feature's range: a log-linear curve of the
+    # feature's log and raw value cannot follow it, its hinges can.
+    rng = np.random.default_rng(5)
+    n = 3000
+    x = np.exp(rng.uniform(0, 8, n))
+    loud = (np.log(x) > 3) & (np.log(x) < 5)
+    y = 100 * np.exp(np.where(loud, 0.5, 0.05) * rng.standard_normal(n))
+    model = QuantileModel(["numeric"], [0], algorithm="linear",
+                          params={"drop_features": False, "quantile_shape": False}).fit(x[:, None], y)
+    cv = model.cv_["linear"]
+    assert cv["variant"].startswith("hetero") and cv["scale_hinges"] == 3, cv
+    quiet_low, middle, quiet_high = model.scale_.predict(np.exp([[1.0], [4.0], [7.0]]))
+    assert middle > 3 * quiet_low and middle > 3 * quiet_high, (quiet_low, middle, quiet_high)
+    again = QuantileModel.from_json(json.loads(json.dumps(model.to_json())))
+    assert again.scale_.hinges == 3
+    np.testing.assert_allclose(again.predict_quantiles(x[:5, None], LEVELS), model.predict_quantiles(x[:5, None], LEVELS))
+    # Noise that grows along a straight line in the load needs no bends: on tens of
+    # rows, hinges on every feature made the scale noisier than the noise it models.
+    hinges = []
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        n = 60
+        X = np.column_stack([rng.integers(10, 1000, n), rng.uniform(0, 1, n)]).astype(float)
+        y = (30 + 2.0 * X[:, 0]) * np.exp((0.05 + 0.45 * X[:, 1]) * rng.standard_normal(n))
+        cv = QuantileModel(["numeric"] * 2, [0] * 2, algorithm="linear",
+                           params={"drop_features": False, "quantile_shape": False}).fit(X, y).cv_["linear"]
+        if cv["variant"].startswith("hetero"):
+            hinges.append(cv["scale_hinges"])
+    assert hinges and set(hinges) == {0}, hinges
 
 
 def two_noise_regimes(n: int, seed: int):
