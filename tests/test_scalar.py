@@ -115,7 +115,6 @@ def test_describe_one_with_a_shape_model():
     _assert_same(model, _probe_rows(X))
 
 
-
 def test_quantile_regression_shape_row_matches_vectorised():
     X, y = _data(n=800, hetero=1.0, slow_share=0.15)
     z = np.log(y) - np.median(np.log(y))
@@ -127,6 +126,7 @@ def test_quantile_regression_shape_row_matches_vectorised():
             shape.set_recalibration(shape.pit(shape.raw_cdf(X), z, score) ** 1.3)
         for x in _probe_rows(X):
             np.testing.assert_allclose(shape.cdf_row(x), shape.cdf(np.array([x]))[0], rtol=1e-12)
+
 
 def test_describe_one_with_a_heteroscedastic_scale():
     X, y = _data(n=800, hetero=1.5, slow_share=0.0)

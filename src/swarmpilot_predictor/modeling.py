@@ -1505,9 +1505,9 @@ class ScaleModel:
 
     @classmethod
     def from_json(cls, d: dict[str, Any], kinds, n_categories) -> "ScaleModel":
-        obj = cls(kinds, n_categories, d["alpha"])
-        obj.design_ = LogLinearDesign.from_json(d["design"])
-        obj.hinges = obj.design_.hinges
+        design = LogLinearDesign.from_json(d["design"])
+        obj = cls(kinds, n_categories, d["alpha"], design.hinges)
+        obj.design_ = design
         obj.intercept_ = 0.0
         obj.coef_ = _stored_numbers(d["coef"], "coef")
         return obj
@@ -2512,6 +2512,7 @@ class QuantileModel:
         leader = min(float(chosen["row_loss"].mean()) for _, _, chosen, _ in families)
         candidates: list[dict[str, Any]] = []
         described: dict[str, dict[str, Any]] = {}  # family -> the candidate its figures describe
+        family_figures: dict[str, dict[str, Any]] = {}  # family -> its figures that no one variant has
         for family, fam, chosen, seconds in families:
             t0 = time.perf_counter()
             reduced = chosen
@@ -2521,15 +2522,14 @@ class QuantileModel:
                 # The elimination preferred it to its parent (one-standard-error rule): it
                 # replaces it, and the family's figures are its own.
                 fam = [reduced if c is chosen else c for c in fam]
-            metrics = self._describe(reduced, y)
-            metrics["variants_pinball_loss"] = {c["name"]: float(c["row_loss"].mean()) for c in fam}
-            metrics["seconds"] = seconds + time.perf_counter() - t0
-            if "rounds" in chosen["tuned"]:
-                metrics["best_iteration"] = chosen["tuned"]["rounds"]
-            if "hinges" in chosen["tuned"]:
-                metrics["hinges"] = chosen["tuned"]["hinges"]
-            if "regimes" in chosen["tuned"]:
-                metrics["regimes"] = chosen["tuned"]["regimes"]
+            # The family's own figures, whichever of its variants they end up describing.
+            figures = {"variants_pinball_loss": {c["name"]: float(c["row_loss"].mean()) for c in fam},
+                       "seconds": seconds + time.perf_counter() - t0}
+            for key, tuned in (("best_iteration", "rounds"), ("hinges", "hinges"), ("regimes", "regimes")):
+                if tuned in chosen["tuned"]:
+                    figures[key] = chosen["tuned"][tuned]
+            family_figures[family] = figures
+            metrics = self._describe(reduced, y) | figures
             if reduced is not chosen:
                 # Which features went, and the held-out loss with them.
                 metrics["features_dropped"] = [j for j, k in enumerate(reduced["kinds"]) if k == UNUSED]
@@ -2542,12 +2542,9 @@ class QuantileModel:
             candidates += fam
         best = _choose(candidates)
         if described.get(best["family"]) is not best:
-            # Another variant of the family won against every family: the figures are the served one's.
-            metrics = self.cv_[best["family"]]
-            for key in ("scale_features", "scale_alpha", "scale_hinges", "shape_model", "features_dropped", "pinball_loss_after_drop",
-                        "relative_pinball_loss_after_drop", "pinball_loss_before_drop", "relative_pinball_loss_before_drop"):
-                metrics.pop(key, None)
-            metrics.update(self._describe(best, y))
+            # Another variant of the family won against every family: the figures are the
+            # served one's, not those of the variant the elimination reduced.
+            self.cv_[best["family"]] = self._describe(best, y) | family_figures[best["family"]]
         for c in candidates:
             if c is not best:  # the chosen one's held-out quantiles may score a split (_fit_regimes)
                 c.pop("q", None)
