@@ -18,6 +18,7 @@ from swarmpilot_predictor.modeling import (
     PowerLocation,
     QuantileModel,
     QuantileShapeModel,
+    ScaleModel,
     check_params,
     common_rounds,
     location_weights,
@@ -552,6 +553,58 @@ def test_scale_bends_only_where_the_folds_want_it():
         if cv["variant"].startswith("hetero"):
             hinges.append(cv["scale_hinges"])
     assert hinges and set(hinges) == {0}, hinges
+
+
+def test_a_scale_that_grows_along_a_straight_line_is_fitted_on_the_identity_link():
+    # Residual size 0.05 + 0.45 load: a log-linear scale bends it into an exponential
+    # (too quiet at half load, too loud at the ends); the identity link is the line.
+    rng = np.random.default_rng(0)
+    load = rng.uniform(0, 1, 20_000)[:, None]
+    resid = (0.05 + 0.45 * load[:, 0]) * rng.standard_normal(len(load))
+    probe = np.array([[0.0], [0.5], [1.0]])
+    line = ScaleModel(["numeric"], [0], alpha=2.0, hinges=0, link="identity").fit(load, resid)
+    s = line.predict(probe)
+    np.testing.assert_allclose(s / s[0], [1.0, 5.5, 10.0], rtol=0.1)
+    bent = ScaleModel(["numeric"], [0], alpha=2.0, hinges=0, link="log").fit(load, resid).predict(probe)
+    assert bent[1] / bent[0] < 5.0 and abs(bent[2] / bent[0] - 10.0) > 1.0, bent / bent[0]
+    again = ScaleModel.from_json(json.loads(json.dumps(line.to_json())), ["numeric"], [0])
+    assert again.link == "identity"
+    np.testing.assert_array_equal(again.predict(probe), s)
+    # A stored log-linear scale reads as before the option existed; an unknown link is refused.
+    assert "link" not in ScaleModel(["numeric"], [0], hinges=0).fit(load, resid).to_json()
+    with pytest.raises(ValueError, match="link"):
+        ScaleModel.from_json(line.to_json() | {"link": "sqrt"}, ["numeric"], [0])
+
+
+def test_the_scale_link_is_chosen_on_the_folds(monkeypatch):
+    # Noise along a straight line in the load, and noise exponential in it: each link
+    # is exact for one of them, and the folds tell which.
+    rng = np.random.default_rng(2)
+    n = 3000
+    load = rng.uniform(0, 1, n)[:, None]
+    params = {"drop_features": False, "quantile_shape": False, "shape": False}
+    links = {}
+    for name, sigma in (("straight", lambda v: 0.05 + 0.45 * v), ("exponential", lambda v: 0.03 * np.exp(3.0 * v))):
+        y = 100 * np.exp(sigma(load[:, 0]) * rng.standard_normal(n))
+        model = QuantileModel(["numeric"], [0], algorithm="linear", params=params).fit(load, y)
+        cv = model.cv_["linear"]
+        assert cv["variant"].startswith("hetero") and cv["scale_features"] == [0], cv
+        links[name] = cv["scale_link"]
+        # The 10%-90% spread at half and at full load against none is the truth's.
+        probe = np.array([0.0, 0.5, 1.0])
+        q = model.predict_quantiles(probe[:, None], [0.1, 0.9])
+        spread = np.log(q[:, 1] / q[:, 0])
+        np.testing.assert_allclose(spread / spread[0], sigma(probe) / sigma(0.0), rtol=0.15, err_msg=name)
+    assert links == {"straight": "identity", "exponential": "log"}, links
+    # Noise set by a category is a factor per category: the log link, never tried linear.
+    tried = []
+    fit = ScaleModel.fit
+    monkeypatch.setattr(ScaleModel, "fit", lambda self, *a, **k: tried.append(self.link) or fit(self, *a, **k))
+    group = rng.integers(0, 3, n)
+    y = 100 * np.exp(np.array([0.05, 0.2, 0.5])[group] * rng.standard_normal(n))
+    cv = QuantileModel(["categorical"], [3], algorithm="linear", params=params).fit(group[:, None], y).cv_["linear"]
+    assert cv["variant"].startswith("hetero") and cv["scale_link"] == "log", cv
+    assert tried and set(tried) == {"log"}, set(tried)
 
 
 def two_noise_regimes(n: int, seed: int):

@@ -77,10 +77,11 @@ def test_design_with_discrete_levels_has_indicator_columns():
     assert len(with_levels.row(X[0].tolist())) == len(without.row(X[0].tolist())) + 4
 
 
-def test_scale_model_row_matches_vectorised():
+@pytest.mark.parametrize("link", ScaleModel.LINKS)
+def test_scale_model_row_matches_vectorised(link):
     X, y = _data(hetero=1.0)
     resid = np.log(y) - np.median(np.log(y))
-    scale = ScaleModel(KINDS, NCATS).fit(X, resid)
+    scale = ScaleModel(KINDS, NCATS, link=link).fit(X, resid)
     assert not scale.is_constant
     for x in _probe_rows(X):
         assert scale.predict_row(x) == pytest.approx(float(scale.predict(np.array([x]))[0]), rel=1e-12)

@@ -1427,31 +1427,61 @@ FAMILIES: dict[str, type[LocationModel]] = {
 
 # Residuals a feature-dependent scale needs: on fewer it is the constant one.
 SCALE_MIN_ROWS = 30
+# A row's scale relative to the average, at most: a sane range around the average noise.
+SCALE_RANGE = (math.exp(-2.5), math.exp(2.5))
+# How gradually a linear scale meets its floor (see _soft_floor).
+SCALE_FLOOR_SOFTNESS = 0.02
+
+
+def _soft_floor(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``z`` kept above ``SCALE_RANGE[0]`` smoothly (a softplus), and its derivative.
+
+    Ten times the softness above the floor, it is ``z`` to within 1e-6.
+    """
+    lo, soft = SCALE_RANGE[0], SCALE_FLOOR_SOFTNESS
+    x = (z - lo) / soft
+    return lo + soft * np.logaddexp(0.0, x), 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
 class ScaleModel:
-    """Log-linear model of residual size; constant when there are no features.
+    """Model of residual size, relative to its average; constant when there are no features.
 
-    ``log s(x)`` is linear in the log-linear design; it is fitted by maximising
-    the Laplace likelihood of the residuals (``|r| / s + log s``, Fisher
-    scoring), which is robust and, unlike a regression of ``log |r|``, does not
-    blow up on residuals near zero. Its mean is absorbed by ``Z``.
+    With ``link="log"``, ``log s(x)`` is linear in the log-linear design; with
+    ``link="identity"``, ``s(x)`` itself is (noise that grows by a fixed amount
+    per unit of load, which a log-linear scale bends into an exponential). Both
+    are fitted by maximising the Laplace likelihood of the residuals
+    (``|r| / s + log s``, Fisher scoring), which is robust and, unlike a
+    regression of ``log |r|``, does not blow up on residuals near zero. The
+    scale's level is absorbed by ``Z``: what is kept is how it varies.
     """
 
-    def __init__(self, kinds: Sequence[str], n_categories: Sequence[int], alpha: float = 2.0, hinges: int = 3):
+    LINKS = ("log", "identity")
+
+    def __init__(self, kinds: Sequence[str], n_categories: Sequence[int], alpha: float = 2.0, hinges: int = 3,
+                 link: str = "log"):
         self.kinds = list(kinds)
         self.n_categories = list(n_categories)
         self.alpha = alpha
         self.hinges = hinges
+        self.link = link
 
-    def fit(self, X: np.ndarray, residuals: np.ndarray, w: np.ndarray | None = None) -> "ScaleModel":
+    def fit(self, X: np.ndarray, residuals: np.ndarray, w: np.ndarray | None = None,
+            design: LogLinearDesign | None = None) -> "ScaleModel":
+        """``design``: this model's design already fitted to ``X`` (the penalties and links
+        tried on one fold share it)."""
         a = np.abs(residuals)
-        self.design_ = LogLinearDesign(self.kinds, self.n_categories, self.hinges).fit(X)
+        self.design_ = design if design is not None else LogLinearDesign(self.kinds, self.n_categories, self.hinges).fit(X)
         A = self.design_.transform(X, sparse=True)
         self.intercept_, self.coef_ = 0.0, np.zeros(A.shape[1])
         if A.shape[1] == 0 or len(a) < SCALE_MIN_ROWS or not np.any(a > 0):
             return self
         w = np.ones(len(a)) if w is None else np.asarray(w, dtype=np.float64)
+        coef = (self._fit_identity if self.link == "identity" else self._fit_log)(A, a, w)
+        if np.all(np.isfinite(coef)):
+            self.coef_ = coef
+        return self
+
+    def _fit_log(self, A, a: np.ndarray, w: np.ndarray) -> np.ndarray:
         A1 = _with_intercept(A)
         R = self.alpha * np.eye(A1.shape[1])
         R[0, 0] = 0.0
@@ -1474,15 +1504,67 @@ class ScaleModel:
             b -= step
             if np.abs(step).max() < 1e-6:
                 break
-        if np.all(np.isfinite(b)):
-            self.coef_ = b[1:]
-        return self
+        return b[1:]
+
+    def _fit_identity(self, A, a: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """``s = exp(t) floored(1 + A c)``: Fisher scoring on ``(t, c)`` together, halving a
+        step that does not lower the penalised deviance.
+
+        The penalty is on ``c``, the relative change per standardised unit, like the log
+        link's coefficients near the average scale. The floor is smooth
+        (:func:`_soft_floor`): at a hard one the deviance has kinks where rows reach it,
+        and the steps stalled there (50 without converging on a wide one-hot design), as
+        they did with the level ``t`` and ``c`` updated in turn instead of together.
+        """
+        S = _sparse_view(A)
+        M = A if S is None else S
+
+        def deviance(t: float, c: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+            eta, slope = _soft_floor(1.0 + M @ c)
+            s = math.exp(t) * eta
+            return float((w * (a / s + np.log(s))).sum()) + 0.5 * self.alpha * float(c @ c), eta, slope
+
+        t = math.log(max(float((w * a).sum() / w.sum()), 1e-300))
+        c = np.zeros(A.shape[1])
+        f, eta, slope = deviance(t, c)
+        for _ in range(50):
+            u = w * (1.0 - a / (math.exp(t) * eta))  # d deviance / d log s, per row
+            v = slope / eta  # d log s / d (A c)
+            g = np.concatenate([[u.sum()], M.T @ (u * v) + self.alpha * c])
+            # The expected Hessian of the Laplace deviance in log s is w: D' W D, D = [1, A v].
+            cross = M.T @ (w * v)
+            if S is None:
+                block = _wgram(A, w * v**2) + self.alpha * np.eye(len(c))
+                H = np.block([[np.array([[w.sum()]]), cross[None, :]], [cross[:, None], block]])
+                step = np.linalg.solve(H, g)
+            else:
+                import scipy.sparse as sp
+
+                block = _wgram(A, w * v**2, S, dense=False) + self.alpha * sp.eye(len(c))
+                H = sp.bmat([[np.array([[w.sum()]]), sp.csr_matrix(cross[None, :])],
+                             [sp.csr_matrix(cross[:, None]), block]])
+                step = _sparse_lu(H)(g)
+            for _ in range(20):
+                t_new, c_new = t - step[0], c - step[1:]
+                got = deviance(t_new, c_new)
+                if got[0] <= f:
+                    break
+                step = step / 2
+            else:
+                break
+            t, c = t_new, c_new
+            f, eta, slope = got
+            if np.abs(step).max() < 1e-6:
+                break
+        return c
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         if self.is_constant:
             return np.ones(len(X))
         lin = self.design_.transform(X, sparse=True) @ self.coef_
         # Keep the learned spread within a sane range of the average noise.
+        if self.link == "identity":
+            return np.minimum(_soft_floor(1.0 + lin)[0], SCALE_RANGE[1])
         return np.exp(np.clip(lin, -2.5, 2.5))
 
     @property
@@ -1497,16 +1579,28 @@ class ScaleModel:
         if self.is_constant:
             return 1.0
         lin = self.design_.dot_row(x, self.coef_)
+        if self.link == "identity":
+            # _soft_floor in plain floats (logaddexp(0, x) = x + log1p(exp(-x)) for x > 0).
+            lo, soft = SCALE_RANGE[0], SCALE_FLOOR_SOFTNESS
+            x = (1.0 + lin - lo) / soft
+            lifted = x + math.log1p(math.exp(-x)) if x > 0 else math.log1p(math.exp(x))
+            return min(lo + soft * lifted, SCALE_RANGE[1])
         return math.exp(min(max(lin, -2.5), 2.5))
 
     def to_json(self) -> dict[str, Any]:
-        return {"alpha": self.alpha, "kinds": self.kinds, "n_categories": self.n_categories,
-                "design": self.design_.to_json(), "coef": self.coef_.tolist()}
+        out = {"alpha": self.alpha, "kinds": self.kinds, "n_categories": self.n_categories,
+               "design": self.design_.to_json(), "coef": self.coef_.tolist()}
+        if self.link != "log":  # a log-linear scale is stored as before this option
+            out["link"] = self.link
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any], kinds, n_categories) -> "ScaleModel":
         design = LogLinearDesign.from_json(d["design"])
-        obj = cls(kinds, n_categories, d["alpha"], design.hinges)
+        link = d.get("link", "log")
+        if link not in cls.LINKS:
+            raise ValueError(f"scale link must be one of {cls.LINKS}, not {link!r}")
+        obj = cls(kinds, n_categories, d["alpha"], design.hinges, link)
         obj.design_ = design
         obj.intercept_ = 0.0
         obj.coef_ = _stored_numbers(d["coef"], "coef")
@@ -2561,6 +2655,7 @@ class QuantileModel:
             metrics["scale_features"] = [j for j, k in enumerate(candidate["scale"].kinds) if k != UNUSED]
             metrics["scale_alpha"] = candidate["scale"].alpha
             metrics["scale_hinges"] = candidate["scale"].hinges
+            metrics["scale_link"] = candidate["scale"].link
         metrics["shape"] = bool(candidate["shaped"])
         if candidate["shaped"]:
             metrics["shape_model"] = SHAPE_MODELS[candidate["shaped"]].kind
@@ -2630,11 +2725,11 @@ class QuantileModel:
         if not hetero:
             scale = ScaleModel([], []).fit(X[:, :0], resid, w)
             return scale, scale.predict(X[:, :0])
-        kinds, alpha, hinges, s = self._scale_design(X, resid, fold, w, kinds)
-        return ScaleModel(kinds, self.n_categories, alpha, hinges).fit(X, resid, w), s
+        kinds, alpha, hinges, link, s = self._scale_design(X, resid, fold, w, kinds)
+        return ScaleModel(kinds, self.n_categories, alpha, hinges, link).fit(X, resid, w), s
 
-    def _scale_design(self, X, resid, fold, w, kinds) -> tuple[list[str], float, int, np.ndarray]:
-        """Features, ridge penalty and hinges of the feature-dependent scale, chosen on held-out residuals.
+    def _scale_design(self, X, resid, fold, w, kinds) -> tuple[list[str], float, int, str, np.ndarray]:
+        """Features, ridge penalty, hinges and link of the feature-dependent scale, chosen on held-out residuals.
 
         Noise usually depends on one or two features (the load, the batch size),
         and on a hundred rows a scale on every feature is noisier than the noise
@@ -2652,8 +2747,13 @@ class QuantileModel:
         chosen feature made a scale on 40 rows noisier than the noise it models:
         the expected pinball loss was 5.5% above linear quantile regression's,
         1.1% with the hinges chosen so (benchmarks/small_data.py,
-        heteroscedastic, 10 draws). Returns the kinds (unused features marked),
-        the penalty, the hinges and each row's out-of-fold scale.
+        heteroscedastic, 10 draws). Where the chosen features are all numeric,
+        the straight scale is the log-linear or the linear one (``ScaleModel.LINKS``),
+        whichever has the lower deviance: noise of 5% + 45% x load, which the
+        log-linear scale bends, was 1.1% above linear quantile regression's
+        expected loss at 40 and 80 rows with the log link alone, at most 0.2% with
+        the choice. Returns the kinds (unused features marked), the penalty, the
+        hinges, the link and each row's out-of-fold scale.
         """
         used = [j for j, k in enumerate(kinds) if k != UNUSED]
 
@@ -2679,27 +2779,44 @@ class QuantileModel:
         if not chosen:
             # No feature earns its place: the "feature-dependent" scale is the constant
             # one, ties with it, and loses to it on complexity in _choose.
-            return kinds, SCALE_ALPHAS[0], 0, np.ones(len(resid))
+            return kinds, SCALE_ALPHAS[0], 0, "log", np.ones(len(resid))
 
-        def best_penalty(hinges: int) -> tuple[np.ndarray, float, int, np.ndarray]:
-            fits = [(self._scale_deviance(X, resid, fold, w, kinds, alpha, hinges), alpha) for alpha in SCALE_ALPHAS]
+        designs: dict = {}
+
+        def best_penalty(hinges: int, link: str) -> tuple[np.ndarray, float, int, str, np.ndarray]:
+            fits = [(self._scale_deviance(X, resid, fold, w, kinds, alpha, hinges, link, designs), alpha)
+                    for alpha in SCALE_ALPHAS]
             (row_dev, s), alpha = min(fits, key=lambda f: f[0][0].mean())
-            return row_dev, alpha, hinges, s
+            return row_dev, alpha, hinges, link, s
 
-        plain, bent = best_penalty(0), best_penalty(LINEAR_HINGES)
-        _, alpha, hinges, s = bent if clearly_lower(bent[0] - plain[0]) else plain
-        return kinds, alpha, hinges, s
+        # The link costs no parameter: the better of the two straight fits; hinges (on the
+        # log link) must earn theirs. Noise per category is a factor (the log link): a
+        # linear scale would add the categories' noise to the load's, and on a wide one-hot
+        # design (300 values, 20,000 rows) it took twelve times as long to fit.
+        links = ScaleModel.LINKS if all(kinds[j] == "numeric" for j in chosen) else ("log",)
+        plain = min((best_penalty(0, link) for link in links), key=lambda f: f[0].mean())
+        bent = best_penalty(LINEAR_HINGES, "log")
+        _, alpha, hinges, link, s = bent if clearly_lower(bent[0] - plain[0]) else plain
+        return kinds, alpha, hinges, link, s
 
-    def _scale_deviance(self, X, resid, fold, w, kinds, alpha, hinges) -> tuple[np.ndarray, np.ndarray]:
+    def _scale_deviance(self, X, resid, fold, w, kinds, alpha, hinges, link="log",
+                        designs: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Per-row held-out Laplace deviance of a scale model, and the out-of-fold scales.
 
         The scale's overall level is absorbed by ``Z``, so it is profiled out: only
-        how the scale varies between rows is judged.
+        how the scale varies between rows is judged. ``designs`` keeps each fold's
+        design for the next call with the same features and hinges: fitting them was
+        a quarter of the training time of 2,800 heteroscedastic rows.
         """
         s = np.empty(len(resid))
         for k in range(int(fold.max()) + 1):
             tr, te = fold != k, fold == k
-            part = ScaleModel(kinds, self.n_categories, alpha, hinges).fit(X[tr], resid[tr], None if w is None else w[tr])
+            key = (tuple(kinds), hinges, k)
+            design = None if designs is None else designs.get(key)
+            part = ScaleModel(kinds, self.n_categories, alpha, hinges, link).fit(
+                X[tr], resid[tr], None if w is None else w[tr], design)
+            if designs is not None:
+                designs[key] = part.design_
             s[te] = part.predict(X[te])
         a = np.abs(resid)
         ww = np.ones(len(a)) if w is None else w
