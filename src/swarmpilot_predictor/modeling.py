@@ -269,9 +269,16 @@ class LogLinearDesign:
             R = self._numeric_raw(X)
             self.center_ = np.nanmean(R, axis=0) if R.shape[1] else np.zeros(0)
             spread = np.nanstd(R, axis=0) if R.shape[1] else np.zeros(0)
+            varies = np.nanmax(R, axis=0) > np.nanmin(R, axis=0) if R.shape[1] else spread > 0
+            # A column of one value is no column: its mean can be off by a rounding error, and
+            # that error over a spread of the same size made it a column of +-1s, which a fit
+            # weighed and a single row's folded weights (1e14 per unit) got wrong.
+            constant = ~varies & np.isfinite(self.center_)
+            self.center_[constant] = np.nanmax(R[:, constant], axis=0) if constant.any() else 0.0
+            spread[constant] = 0.0
             # Values below about 1e-162 have squares that underflow: their spread read 0, and
             # the feature was ignored without a word. Taken relative to the largest value.
-            underflowed = (spread == 0) & (np.nanmax(R, axis=0) > np.nanmin(R, axis=0)) if R.shape[1] else spread > 0
+            underflowed = (spread == 0) & varies
             if underflowed.any():
                 top = np.nanmax(np.abs(R[:, underflowed]), axis=0)
                 spread[underflowed] = np.nanstd(R[:, underflowed] / top, axis=0) * top
