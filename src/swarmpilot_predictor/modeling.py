@@ -1434,8 +1434,10 @@ FAMILIES: dict[str, type[LocationModel]] = {
 
 # Residuals a feature-dependent scale needs: on fewer it is the constant one.
 SCALE_MIN_ROWS = 30
-# A row's scale relative to the average, at most: a sane range around the average noise.
-SCALE_RANGE = (math.exp(-2.5), math.exp(2.5))
+# A row's scale relative to the average, at most this many e-folds either way: a sane
+# range around the average noise.
+SCALE_LOG_LIMIT = 2.5
+SCALE_RANGE = (math.exp(-SCALE_LOG_LIMIT), math.exp(SCALE_LOG_LIMIT))
 # How gradually a linear scale meets its floor (see _soft_floor).
 SCALE_FLOOR_SOFTNESS = 0.02
 
@@ -1448,6 +1450,14 @@ def _soft_floor(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     lo, soft = SCALE_RANGE[0], SCALE_FLOOR_SOFTNESS
     x = (z - lo) / soft
     return lo + soft * np.logaddexp(0.0, x), 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def _soft_floor_value(z: float) -> float:
+    """``_soft_floor(z)[0]`` for one float, without numpy (a lone prediction's hot path);
+    ``logaddexp(0, x)`` is ``x + log1p(exp(-x))`` for ``x > 0``."""
+    lo, soft = SCALE_RANGE[0], SCALE_FLOOR_SOFTNESS
+    x = (z - lo) / soft
+    return lo + soft * (x + math.log1p(math.exp(-x)) if x > 0 else math.log1p(math.exp(x)))
 
 
 class ScaleModel:
@@ -1520,11 +1530,12 @@ class ScaleModel:
         The penalty is on ``c``, the relative change per standardised unit, like the log
         link's coefficients near the average scale. The floor is smooth
         (:func:`_soft_floor`): at a hard one the deviance has kinks where rows reach it,
-        and the steps stalled there (50 without converging on a wide one-hot design), as
-        they did with the level ``t`` and ``c`` updated in turn instead of together.
+        and the steps stalled there (50 without converging), as they did with the level
+        ``t`` and ``c`` updated in turn instead of together. The design is dense: the
+        linear link is chosen only for scales of numeric features (see
+        ``QuantileModel._scale_design``), a few columns each.
         """
-        S = _sparse_view(A)
-        M = A if S is None else S
+        M = A.toarray() if _is_sparse(A) else A
 
         def deviance(t: float, c: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
             eta, slope = _soft_floor(1.0 + M @ c)
@@ -1540,17 +1551,9 @@ class ScaleModel:
             g = np.concatenate([[u.sum()], M.T @ (u * v) + self.alpha * c])
             # The expected Hessian of the Laplace deviance in log s is w: D' W D, D = [1, A v].
             cross = M.T @ (w * v)
-            if S is None:
-                block = _wgram(A, w * v**2) + self.alpha * np.eye(len(c))
-                H = np.block([[np.array([[w.sum()]]), cross[None, :]], [cross[:, None], block]])
-                step = np.linalg.solve(H, g)
-            else:
-                import scipy.sparse as sp
-
-                block = _wgram(A, w * v**2, S, dense=False) + self.alpha * sp.eye(len(c))
-                H = sp.bmat([[np.array([[w.sum()]]), sp.csr_matrix(cross[None, :])],
-                             [sp.csr_matrix(cross[:, None]), block]])
-                step = _sparse_lu(H)(g)
+            block = _wgram(M, w * v**2) + self.alpha * np.eye(len(c))
+            H = np.block([[np.array([[w.sum()]]), cross[None, :]], [cross[:, None], block]])
+            step = np.linalg.solve(H, g)
             for _ in range(20):
                 t_new, c_new = t - step[0], c - step[1:]
                 got = deviance(t_new, c_new)
@@ -1572,7 +1575,7 @@ class ScaleModel:
         # Keep the learned spread within a sane range of the average noise.
         if self.link == "identity":
             return np.minimum(_soft_floor(1.0 + lin)[0], SCALE_RANGE[1])
-        return np.exp(np.clip(lin, -2.5, 2.5))
+        return np.exp(np.clip(lin, -SCALE_LOG_LIMIT, SCALE_LOG_LIMIT))
 
     @property
     def is_constant(self) -> bool:
@@ -1587,12 +1590,8 @@ class ScaleModel:
             return 1.0
         lin = self.design_.dot_row(x, self.coef_)
         if self.link == "identity":
-            # _soft_floor in plain floats (logaddexp(0, x) = x + log1p(exp(-x)) for x > 0).
-            lo, soft = SCALE_RANGE[0], SCALE_FLOOR_SOFTNESS
-            x = (1.0 + lin - lo) / soft
-            lifted = x + math.log1p(math.exp(-x)) if x > 0 else math.log1p(math.exp(x))
-            return min(lo + soft * lifted, SCALE_RANGE[1])
-        return math.exp(min(max(lin, -2.5), 2.5))
+            return min(_soft_floor_value(1.0 + lin), SCALE_RANGE[1])
+        return math.exp(min(max(lin, -SCALE_LOG_LIMIT), SCALE_LOG_LIMIT))
 
     def to_json(self) -> dict[str, Any]:
         out = {"alpha": self.alpha, "kinds": self.kinds, "n_categories": self.n_categories,
