@@ -158,7 +158,8 @@ def test_tens_of_rows_are_cross_validated_on_ten_folds():
     """Five folds would score every candidate on fits to 80% of a few dozen rows, not the
     model served; ten below 100 rows, five up to 20,000, three above; n_folds overrides."""
     def folds(model, n):
-        fold = model._folds(n)
+        rng = np.random.default_rng(n)
+        fold = model._folds(rng.uniform(1, 64, (n, 2)), rng.normal(size=n))
         counts = np.bincount(fold)
         assert counts.max() - counts.min() <= 1  # as many rows in each, give or take one
         return len(counts)
@@ -170,6 +171,44 @@ def test_tens_of_rows_are_cross_validated_on_ten_folds():
     fitted = QuantileModel(["numeric"] * 3, [0] * 3).fit(X, y)
     assert fitted.n_folds is None
     assert QuantileModel.from_json(json.loads(json.dumps(fitted.to_json()))).n_folds is None
+
+
+def cold_runs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runtimes that grow with the batch; a tenth of the runs are cold (10x)."""
+    rng = np.random.default_rng(seed)
+    batch = rng.integers(1, 65, n).astype(float)
+    cold = np.zeros(n, dtype=bool)
+    cold[rng.choice(n, n // 10, replace=False)] = True
+    y = (0.5 + batch) * np.where(cold, 10.0, 1.0) * rng.lognormal(0, 0.1, n)
+    return batch[:, None], np.log(y), cold
+
+
+def test_folds_of_tens_of_rows_are_stratified_by_the_noise():
+    """Below 100 rows, the rows sorted by their residual from a robust fit are dealt out k
+    at a time, one to each fold: the 4 cold runs among 40 land in 4 folds (random folds put
+    two of them in one here), while the batch sizes, which sorting by runtime would share
+    out as well, stay where chance puts them."""
+    model = QuantileModel(["numeric"], [0])
+    X, ylog, cold = cold_runs(40, seed=3)
+    fold = model._folds(X, ylog)
+    assert np.bincount(fold).tolist() == [4] * 10
+    assert len(set(fold[cold])) == 4
+    assert np.array_equal(fold, model._folds(X, ylog))  # the same rows, the same folds (random_state)
+    # Each block of ten rows in the order of the noise is dealt one row per fold.
+    noise = ylog - LinearLocation(["numeric"], [0]).fit(X, ylog).predict(X)
+    for block in np.argsort(noise).reshape(4, 10):
+        assert sorted(fold[block]) == list(range(10))
+    # The fastest ten runs are not dealt out the same way: they are not one block.
+    assert sorted(fold[np.argsort(ylog)[:10]]) != list(range(10))
+    # Without features the runtimes themselves are the noise.
+    y = np.random.default_rng(4).lognormal(size=43)
+    fold = QuantileModel([], [])._folds(np.zeros((43, 0)), np.log(y))
+    for block in np.argsort(y)[:40].reshape(4, 10):
+        assert sorted(fold[block]) == list(range(10))
+    assert len(set(fold[np.argsort(y)[40:]])) == 3
+    # From 100 rows on, five folds of 20 rows or more hold their share by chance: random folds.
+    X, ylog, cold = cold_runs(150, seed=3)
+    assert np.array_equal(model._folds(X, ylog), np.random.default_rng(model.random_state).permutation(150) % 5)
 
 
 def hidden_accelerators(n: int, seed: int, models: int = 6) -> tuple[np.ndarray, np.ndarray]:
@@ -414,7 +453,7 @@ def test_every_fold_is_scored_with_one_number_of_boosting_rounds():
     assert common_rounds([]) == 1
     X, y, _ = llm_like(400, seed=8)
     model = QuantileModel(["numeric"] * 3, [0] * 3, algorithm="lightgbm")
-    fold = model._folds(len(y))
+    fold = model._folds(X, np.log(y))
     _, tuned, _ = model._oof_location("lightgbm", X, np.log(y), fold, None)
     assert tuned["rounds"] >= 1
 
@@ -436,7 +475,7 @@ def test_boosting_goes_on_while_the_folds_held_out_loss_falls():
     held_out = {}
     for cap in (None, 300):
         model = QuantileModel(["numeric"] * 2, [0] * 2, algorithm="lightgbm", params=cap and {"num_boost_round": cap})
-        oof, tuned, _ = model._oof_location("lightgbm", X, np.log(y), model._folds(len(y)), None)
+        oof, tuned, _ = model._oof_location("lightgbm", X, np.log(y), model._folds(X, np.log(y)), None)
         held_out[cap] = (tuned["rounds"], float(np.mean(np.abs(oof - np.log(y)))))
     assert held_out[300][0] == 300 and 300 < held_out[None][0] < MAX_BOOST_ROUNDS
     assert held_out[None][1] < 0.97 * held_out[300][1]

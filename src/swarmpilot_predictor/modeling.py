@@ -2118,6 +2118,11 @@ CONSISTENT_SHAPE_ROWS = 20
 # 0.992 -> 1.000), so from 100 rows on there are five. Above 20,000 rows three folds
 # tell candidates apart as well as five.
 CV_FOLDS = ((100, 10), (20_000, 5), (math.inf, 3))
+# Below this many rows the folds are stratified by the noise (QuantileModel._folds). At
+# every size, on the accuracy benchmark's sets of 140 to 8,936 training rows, it moved the
+# choices by about their noise, both ways: heavy_tailed 0.944 -> 0.934 of its best
+# baseline, the LLM trace with 5% aborted requests (unseen seeds) 0.992 -> 1.013.
+STRATIFIED_FOLDS_BELOW = 100
 
 
 class _FoldLocations(NamedTuple):
@@ -2279,14 +2284,39 @@ class QuantileModel:
             families += [f for f in ("linear", "power", "lightgbm") if n_rows >= FAMILIES[f].min_rows]
         return families
 
-    def _folds(self, n: int) -> np.ndarray:
+    def _folds(self, X: np.ndarray, ylog: np.ndarray) -> np.ndarray:
+        """Each row's cross-validation fold; below ``STRATIFIED_FOLDS_BELOW`` rows, stratified by the noise.
+
+        On tens of rows a fold holds a few of them, and chance can put most of a rare mode
+        in one: with 4 cold runs (10x) in 40 rows, random folds trained one fit on 1 of 36
+        cold and the others on 4 of 36, and the held-out loss judged the folds' luck more
+        than the models (it preferred a model without the image size, or without any
+        feature). There the rows sorted by their residual from a robust linear fit (by
+        log-runtime where there are no features) are dealt out in blocks of ``k``, one to
+        each fold in a random order, so every fold's training rows hold their share of the
+        slow and the aborted runs. Sorting by runtime itself would spread the features'
+        extremes over the folds as well, and the held-out loss would no longer see a model
+        extrapolate to them (on 20 rows of lognormal and heavy-tailed traces it lost 4% and
+        6%, where sorting by the residual gained 2% and 5%).
+        """
+        n = len(ylog)
         if self.n_folds is not None:
             k = self.n_folds
         else:
             k = next(folds for rows, folds in CV_FOLDS if n < rows)
         k = max(2, min(k, n))
         rng = np.random.default_rng(self.random_state)
-        return rng.permutation(n) % k
+        if n >= STRATIFIED_FOLDS_BELOW:
+            return rng.permutation(n) % k
+        noise = ylog
+        if any(kind != UNUSED for kind in self.kinds) and n >= LinearLocation.min_rows:
+            noise = ylog - LinearLocation(self.kinds, self.n_categories).fit(X, ylog).predict(X)
+        shuffled = rng.permutation(n)  # ties fall in a random order
+        order = shuffled[np.argsort(noise[shuffled], kind="stable")]
+        deal = np.argsort(rng.random((-(-n // k), k)), axis=1).ravel()[:n]
+        fold = np.empty(n, dtype=np.int64)
+        fold[order] = deal
+        return fold
 
     def _oof_location(self, family, X, ylog, fold, w, kinds=None) -> tuple[np.ndarray, dict[str, int], list[np.ndarray] | None]:
         """Out-of-fold location predictions, what was tuned on the folds (``rounds``, ``hinges``),
@@ -2584,7 +2614,7 @@ class QuantileModel:
     def _select(self, X: np.ndarray, y: np.ndarray, ylog: np.ndarray, w: np.ndarray | None) -> dict[str, Any]:
         """Cross-fit every candidate; fill ``cv_``; return the chosen one with its OOF scores."""
         n = len(y)
-        fold = self._folds(n)
+        fold = self._folds(X, ylog)
         # Each fold's held-out quantiles go on the other folds' repeated runtimes (_heldout).
         fold_atoms = [data_atoms(y[fold != k]) for k in range(int(fold.max()) + 1)]
         self.cv_: dict[str, dict[str, Any]] = {}
