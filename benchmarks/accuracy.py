@@ -1046,11 +1046,11 @@ whose flag explains clearly more of the runtime than the alternatives (README, "
 of an input shape"); here `(batch_size, seq_len)`. Later modelling changes were scored on
 these traces too, so they are no longer untouched data, and the ratios below are today's,
 not those of that first scoring. Two of the three get the derived `first_of_shape`
-column (all three carry timestamps): given that column, `qrf` beats the service on the vision traces by 2% (the summary's
+column (all three carry timestamps): given that column, `qrf` beats the service on the vision traces by 1.4% (the summary's
 last column); on the text encoder the service is ahead of every method given it. Where
 `qrf`'s lead comes from is under the vision set's table ("Where `qrf+derived` gains"):
-all of it on the 16 first runs among the 3,829 test rows (+0.0012 of the +0.0012 in
-relative pinball; the repeats +0.0000). Until 2026-11-30 every method here read the row
+all of it on the 16 first runs among the 3,829 test rows (+0.0009 of the +0.0007 in
+relative pinball; the repeats -0.0001), and nearly all on one of them, of 965 ms. Until 2026-11-30 every method here read the row
 counter `seq`, and the forest found by it the training rows a few milliseconds on either
 side of each test row, whose runtimes follow a state of the machine that drifts between
 consecutive tasks and is gone within a second; given the derived column it then beat the
@@ -1152,7 +1152,7 @@ column too, so the table shows how much of the service's lead there is the colum
 much the model. They are not the "best baseline" of the issue's figures, but the summary's
 last column, its checks and their geometric mean also compare the service with the best of
 all of them: the stricter comparison, which the service does not pass everywhere (`qrf`
-given the column beats it on the H200 vision traces by 2%, on their first runs, see the
+given the column beats it on the H200 vision traces by 1.4%, on their first runs, see the
 H200 section). The summaries also
 give the geometric mean over the sets without timestamps, where no column can be derived.
 
@@ -1188,8 +1188,8 @@ many-seeds study below gives both over 8 draws per size. The 0.99 quantile of th
 heavy-tailed set has a sampling standard error of about 5.5% with 2800 training rows
 (the density of log runtime at that quantile is 0.034, so sqrt(0.99 * 0.01 / 2800) / 0.034),
 so "within 5% of the truth" is at the limit of what that data can determine at that level:
-over the seeds 3, 1003, ..., 7003 the service's error at 0.99 averaged 3.5% and ranged from
-0.4% to 10% (`--tail-study`; a generalized-Pareto tail fitted to the top 5% or 10% of the scores, tried on an
+over the seeds 3, 1003, ..., 7003 the service's error at 0.99 averaged 3.9% and ranged from
+0.7% to 10.1% (2026-11-30) (`--tail-study`; a generalized-Pareto tail fitted to the top 5% or 10% of the scores, tried on an
 earlier version, did not lower it). In `llm_aborted` the 0.05 quantile lies in the sparse gap between
 aborted and completed requests, where a small error in level is a large error in time:
 its "within 5%" figure measures that gap more than the model. Measured in probability the same
