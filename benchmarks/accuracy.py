@@ -1189,7 +1189,7 @@ heavy-tailed set has a sampling standard error of about 5.5% with 2800 training 
 (the density of log runtime at that quantile is 0.034, so sqrt(0.99 * 0.01 / 2800) / 0.034),
 so "within 5% of the truth" is at the limit of what that data can determine at that level:
 over the seeds 3, 1003, ..., 7003 the service's error at 0.99 averaged 3.9% and ranged from
-0.7% to 10.1% (2026-11-30) (`--tail-study`; a generalized-Pareto tail fitted to the top 5% or 10% of the scores, tried on an
+0.7% to 10.1% (`--tail-study`, 2026-11-30; a generalized-Pareto tail fitted to the top 5% or 10% of the scores, tried on an
 earlier version, did not lower it). In `llm_aborted` the 0.05 quantile lies in the sparse gap between
 aborted and completed requests, where a small error in level is a large error in time:
 its "within 5%" figure measures that gap more than the model. Measured in probability the same
