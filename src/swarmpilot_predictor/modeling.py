@@ -2306,13 +2306,13 @@ class QuantileModel:
             k = next(folds for rows, folds in CV_FOLDS if n < rows)
         k = max(2, min(k, n))
         rng = np.random.default_rng(self.random_state)
+        shuffled = rng.permutation(n)
         if n >= STRATIFIED_FOLDS_BELOW:
-            return rng.permutation(n) % k
+            return shuffled % k
         noise = ylog
         if any(kind != UNUSED for kind in self.kinds) and n >= LinearLocation.min_rows:
             noise = ylog - LinearLocation(self.kinds, self.n_categories).fit(X, ylog).predict(X)
-        shuffled = rng.permutation(n)  # ties fall in a random order
-        order = shuffled[np.argsort(noise[shuffled], kind="stable")]
+        order = shuffled[np.argsort(noise[shuffled], kind="stable")]  # ties in a random order
         deal = np.argsort(rng.random((-(-n // k), k)), axis=1).ravel()[:n]
         fold = np.empty(n, dtype=np.int64)
         fold[order] = deal
