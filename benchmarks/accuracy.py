@@ -61,6 +61,7 @@ LEVELS = np.asarray(EVAL_LEVELS)
 DATA_DIR = REPO.parent / "shared" / "data"
 REAL_SETS = ("h100_resnet50_vision.jsonl", "h20_sglang_llm.jsonl", "h20_diffusers_t2vid.jsonl")
 SPLIT_SEED = 12345
+KNOWABLE_ORACLE = "oracle given the training rows"
 SYNTH_ROWS = 4000
 
 
@@ -77,6 +78,9 @@ class TraceSet:
     # False where the truth conditions on something no model can know (see synth_cold_start):
     # it is still the floor, but "within 5% of the truth" is not a figure to reach there.
     truth_is_knowable: bool = True
+    # There, the true distribution given only what a model can know, for (test rows,
+    # training rows, levels): the floor a model can reach.
+    knowable_quantiles: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None
 
     @property
     def timestamped(self) -> bool:
@@ -227,9 +231,24 @@ def synth_cold_start(n: int = SYNTH_ROWS, seed: int = 6) -> TraceSet:
         # when an earlier run of the shape is among its training rows.
         return base[rows, None] * np.exp(shift * cold[rows, None] + sigma * _normal_q(levels)[None, :])
 
+    def known(rows, train, levels):
+        # What the training rows tell: a test task with an earlier training run of its shape
+        # is a repeat; one without may be the first run or follow an earlier *test* run,
+        # which no model sees. Those are a mixture, at the share of first runs among them
+        # (known only to the oracle: a fitted model has to learn it).
+        shape = np.unique(np.column_stack([batch, image]), axis=0, return_inverse=True)[1].ravel()
+        first_trained = np.full(shape.max() + 1, np.inf)
+        np.minimum.at(first_trained, shape[train], ts[train])
+        unsure = ts[rows] < first_trained[shape[rows]]
+        q = tq(rows, levels)
+        share = float(cold[rows][unsure].mean())
+        q[unsure] = base[rows][unsure, None] * np.exp(_mixture_log_quantiles(levels, share, shift, sigma))[None, :]
+        return q
+
     return TraceSet("synthetic_cold_start", traces, tq,
                     "base = 2 + 0.03 batch (image/224)^2; y = base * 10^F * LogNormal(0, 0.1), F = 1 for the "
-                    "first run of a (batch, image) shape (64 x 14 shapes) in time order", truth_is_knowable=False)
+                    "first run of a (batch, image) shape (64 x 14 shapes) in time order", truth_is_knowable=False,
+                    knowable_quantiles=known)
 
 
 ABORTED_ROWS = 700
@@ -492,6 +511,7 @@ class Split(NamedTuple):
     truth: np.ndarray | None  # true quantiles at LEVELS of the test rows (synthetic sets)
     info: dict[str, Any]
     test_rows: np.ndarray  # the test rows' indices in the trace set
+    train_rows: np.ndarray  # the training rows' indices in the trace set
 
 
 def split_set(ts: TraceSet, parts: tuple[np.ndarray, np.ndarray] | None = None) -> Split:
@@ -512,7 +532,7 @@ def split_set(ts: TraceSet, parts: tuple[np.ndarray, np.ndarray] | None = None) 
             "trace_columns": len(schema.names), "dropped": report.columns_dropped,
             "derived": report.columns_derived, "regime_column": schema.regime_column}
     return Split(X, y, Xt, yt, schema.kinds, schema.n_categories,
-                 ts.true_quantiles(te, LEVELS) if ts.true_quantiles is not None else None, info, te)
+                 ts.true_quantiles(te, LEVELS) if ts.true_quantiles is not None else None, info, te, tr)
 
 
 # Probit grid for integrals over the true distribution: u = Phi(t), t evenly spaced on
@@ -552,7 +572,7 @@ class TruthGrid:
 
 
 def evaluate(ts: TraceSet, parts: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[list[Row], dict[str, Any]]:
-    X, y, Xt, yt, kinds, ncats, truth, info, te = split_set(ts, parts)
+    X, y, Xt, yt, kinds, ncats, truth, info, te, tr = split_set(ts, parts)
     grid = TruthGrid(ts, te) if ts.true_quantiles is not None else None
     rows = []
     for cls in METHODS:
@@ -602,14 +622,21 @@ def evaluate(ts: TraceSet, parts: tuple[np.ndarray, np.ndarray] | None = None) -
             info["batch_ms"] = batch_timing(method.model, Xt)
         rows.append(r)
     if truth is not None:
-        # Not a method: the true conditional quantiles, the floor any method can reach.
-        m = quantile_metrics(yt, truth, LEVELS)
-        rows.append(Row("oracle", note="true quantiles", reference=True, metrics={
-            "rel_pinball": m["relative_pinball_loss"], "mace": m["mean_abs_coverage_error"],
-            "cov90": m["interval_coverage"]["0.9"], "width90": float(np.mean(truth[:, -2] - truth[:, 0]) / np.mean(yt)),
-            "median_mape": m["median_mape"], "crossing": 0.0, "negative": 0, "train_s": math.nan,
-            "us_per_row": math.nan, "true_q_err": 0.0, "true_q_err_p95": 0.0,
-            "exp_rel_pinball": grid.relative_pinball(truth), "true_level_err": 0.0}))
+        # Not methods: the true conditional quantiles, the floor any method can reach, and where
+        # those know more than the training rows tell, the truth given what they tell.
+        floors = [("oracle", "true quantiles", truth)]
+        if ts.knowable_quantiles is not None:
+            floors.append((KNOWABLE_ORACLE, "true quantiles given what the training rows tell",
+                           ts.knowable_quantiles(te, tr, LEVELS)))
+        for name, note, q in floors:
+            m = quantile_metrics(yt, q, LEVELS)
+            rows.append(Row(name, note=note, reference=True, metrics={
+                "rel_pinball": m["relative_pinball_loss"], "mace": m["mean_abs_coverage_error"],
+                "cov90": m["interval_coverage"]["0.9"], "width90": float(np.mean(q[:, -2] - q[:, 0]) / np.mean(yt)),
+                "median_mape": m["median_mape"], "crossing": 0.0, "negative": 0, "train_s": math.nan,
+                "us_per_row": math.nan, "true_q_err": 0.0 if q is truth else math.nan,
+                "true_q_err_p95": 0.0 if q is truth else math.nan,
+                "exp_rel_pinball": grid.relative_pinball(q), "true_level_err": 0.0 if q is truth else math.nan}))
     return rows, info
 
 
@@ -705,6 +732,11 @@ def run_sets(sets: list[TraceSet]) -> dict[str, Any]:
         given = {**base, **{r.method: r.metrics["rel_pinball"] for r in rows[1:] if r.method.endswith("+derived")}}
         best_given = min(given, key=given.get)
         info["given"] = (best_given, svc["rel_pinball"] / given[best_given])
+        # The floor of that comparison: what a model can know at best, where the truth is known.
+        floor = next((r for r in rows if r.method == KNOWABLE_ORACLE), oracle)
+        if floor is not None:
+            info["floor"] = (floor.method, floor.metrics["rel_pinball"] / base[best_name],
+                             floor.metrics["rel_pinball"] / given[best_given])
         if info["given"][1] > 1.0:
             info["behind"] = where_behind(rows[0], next(r for r in rows if r.method == best_given), info)
         summary.append((ts.name, svc["rel_pinball"], best_name, base[best_name], ratio, info, ci, svc, oracle_ratio,
@@ -765,8 +797,11 @@ def run_sets(sets: list[TraceSet]) -> dict[str, Any]:
     plain = [math.log(s[4]) for s, ts in zip(summary, sets) if not ts.timestamped]
     gmean_plain = float(np.exp(np.mean(plain))) if plain and len(plain) < len(summary) else math.nan
     gmean_given = float(np.exp(np.mean([math.log(s[5]["given"][1]) for s in summary]))) if summary else math.nan
+    # The same with every set whose truth is known scored at its floor instead of the service.
+    floored = [math.log(s[5]["floor"][2] if "floor" in s[5] else s[5]["given"][1]) for s in summary]
+    gmean_given_floor = float(np.exp(np.mean(floored))) if summary else math.nan
     return {"blocks": blocks, "summary": summary, "checks": checks, "oracle": oracle_ratios, "gmean": gmean,
-            "gmean_plain": gmean_plain, "gmean_given": gmean_given}
+            "gmean_plain": gmean_plain, "gmean_given": gmean_given, "gmean_given_floor": gmean_given_floor}
 
 
 def where_behind(svc: Row, winner: Row, info: dict[str, Any]) -> str:
@@ -850,6 +885,20 @@ def summary_lines(res: dict[str, Any], title: str) -> list[str]:
         og = float(np.exp(np.mean([math.log(r) for _, r in res["oracle"]])))
         out += ["", "The floor: the true quantiles (oracle) against the best baseline on the synthetic sets: "
                 + ", ".join(f"{n} {r:.3f}" for n, r in res["oracle"]) + f"; geometric mean {og:.3f}."]
+        for name, _, b, _, _, info, _, _, _, _ in summary:
+            if info.get("floor", ("oracle",))[0] == KNOWABLE_ORACLE:
+                _, vs_best, vs_given = info["floor"]
+                out += ["", f"On {name} the oracle knows whether each test task truly was its shape's first run, "
+                        "which a model knows only where an earlier run of the shape is among the training rows. "
+                        "Given only what those rows tell (a repeat, or else a mixture of both kinds of run at the "
+                        f"share of first runs among such test tasks), the floor is {vs_best:.3f} times the best "
+                        f"baseline ({b}) and {vs_given:.3f} times the best baseline given the derived columns "
+                        f"({info['given'][0]}); the service scores {info['given'][1]:.3f} times the latter."]
+        if any(s[5]["given"][0] != s[2] for s in summary):
+            real = " and the real sets as they are" if len(res["oracle"]) < len(summary) else ""
+            out += ["", "With every synthetic set at that floor (the oracle; the oracle given the training rows "
+                    f"where the oracle knows more){real}, the geometric mean against the "
+                    f"best baseline given the derived columns would be {res['gmean_given_floor']:.3f}."]
     out += ["", "| figure | met | measured |", "|---|---|---|"]
     out += [f"| {c} | {'yes' if ok else '**no**'} | {v} |" for c, ok, v in checks]
     return out
@@ -1153,7 +1202,9 @@ much the model. They are not the "best baseline" of the issue's figures, but the
 last column, its checks and their geometric mean also compare the service with the best of
 all of them: the stricter comparison, which the service does not pass everywhere (`qrf`
 given the column beats it on the H200 vision traces by 1.4%, on their first runs, see the
-H200 section). The summaries also
+H200 section). Nor can its geometric mean reach 0.90: with every synthetic set scored at
+its floor (the line under the summary), the nine sets' would be 0.922 against the service's
+0.925, so only the real sets could take it there, by some 20% between them. The summaries also
 give the geometric mean over the sets without timestamps, where no column can be derived.
 
 Row counters. The H100 and H200 traces number their rows (`seq`: 0, 1, 2, ...), a column the
@@ -1173,7 +1224,15 @@ review found handicapped it on the real sets). In `cold_start` the true quantile
 first-run state, which a model can only know when an earlier run of the shape is among
 its training rows (not when it is among the test rows): the oracle row is a floor no
 method can reach there, and the errors to the truth (in time, "within 5%", and in probability)
-are not given for that set.
+are not given for that set. The row `oracle given the training rows` is the floor a model
+can reach: the truth given what the training rows tell, a repeat where an earlier training
+run of the shape exists and otherwise a mixture of a first run and a repeat, at the share
+of first runs among those test tasks (0.75 here), a share a fitted model has to learn. The
+service scores 0.0744 there, that floor 0.0743 (2026-12-01). A model reading the time could
+go lower, 0.0666 with the share taken per quarter of the trace (0.93 of those tasks are
+first runs in the first quarter, 0.49 in the last), only because a random split hides the
+test rows' runs from the training rows: a service that sees every earlier run does not
+face that mixture, and the service does not read timestamps as features.
 
 Reading the figures. On the synthetic sets other than `cold_start` the best baseline is
 already close to the oracle (see the line under the summary table), so no method can be
