@@ -860,6 +860,29 @@ def test_useless_features_are_dropped_on_small_data():
     assert loss < loss_kept, (loss, loss_kept)
 
 
+def quiet_and_loud(n, seed):
+    """Many short tasks with 2% noise and a few long ones with 60%; backend 1 costs 10% on every task."""
+    rng = np.random.default_rng(seed)
+    long_ = rng.random(n) < 0.15
+    tokens = np.where(long_, rng.integers(2000, 4000, n), rng.integers(10, 40, n)).astype(float)
+    backend = rng.integers(0, 2, n)
+    sigma = np.where(long_, 0.6, 0.02)
+    y = (2 + 0.5 * tokens) * np.where(backend == 1, 1.1, 1.0) * np.exp(sigma * rng.standard_normal(n))
+    return np.column_stack([tokens, backend]).astype(float), y
+
+
+@pytest.mark.parametrize("seed", [1, 4, 6])
+def test_a_factor_shown_by_the_quiet_tasks_is_kept(seed):
+    # In milliseconds the nine long tasks' loud noise decided the elimination, and these
+    # draws lost the backend; on the log scale the fifty short ones show its 10% plainly.
+    X, y = quiet_and_loud(60, seed)
+    model = QuantileModel(["numeric", "categorical"], [0, 2]).fit(X, y)
+    assert model.features_used_ == [True, True]
+    short = np.array([[25.0, 0.0], [25.0, 1.0]])
+    median = model.predict_quantiles(short, [0.5])[:, 0]
+    assert median[1] / median[0] == pytest.approx(1.1, abs=0.03)
+
+
 def test_backward_elimination_is_bounded_on_wide_tiny_data():
     # rows x features^2 bounded nothing on a handful of rows: 64 features on 9 rows took two
     # minutes of cross-fits, whose fixed costs do not shrink with the rows. Each counts as
