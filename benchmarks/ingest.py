@@ -1,9 +1,13 @@
-"""Memory and time to read a large JSONL trace file into a TraceTable.
+"""Memory and time to read a large trace file into a TraceTable.
 
-Writes a synthetic JSONL file (numeric features, a float target and a string id
-per row), then reads it in a fresh process and reports the peak resident memory.
+Writes a synthetic trace file in each format asked for (two integer features, a float
+target and a string id per row), then reads it in a fresh process and reports the peak
+resident memory. Formats: ``jsonl``; ``json``, an array with a record a line (what
+``json.dump`` of a list with ``indent=None`` per record, and the table writer, produce);
+``json-indented``, an array pretty-printed over several lines per record (read by the
+incremental decoder); ``csv``.
 
-    uv run python benchmarks/ingest.py [--rows 1000000]
+    uv run python benchmarks/ingest.py [--rows 1000000] [--formats jsonl,json,json-indented,csv]
 """
 
 from __future__ import annotations
@@ -26,24 +30,53 @@ table = TraceTable.from_file(sys.argv[1])
 print(len(table), time.perf_counter() - t0, base / 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
 
+FORMATS = ("jsonl", "json", "json-indented", "csv")
+SUFFIX = {"jsonl": ".jsonl", "json": ".json", "json-indented": ".json", "csv": ".csv"}
+
+
+def write(path: Path, fmt: str, rows: int) -> None:
+    rng = np.random.default_rng(0)
+    inp, out, y = rng.integers(1, 4000, rows), rng.integers(1, 1000, rows), rng.random(rows) * 1000
+    with path.open("wb") as fh:
+        if fmt == "csv":
+            fh.write(b"input_tokens,output_tokens,runtime_ms,task_id\n")
+        elif fmt.startswith("json") and fmt != "jsonl":
+            fh.write(b"[\n")
+        for i in range(rows):
+            rec = {"input_tokens": int(inp[i]), "output_tokens": int(out[i]), "runtime_ms": float(y[i]), "task_id": f"t{i}"}
+            last = i == rows - 1
+            if fmt == "jsonl":
+                fh.write(orjson.dumps(rec) + b"\n")
+            elif fmt == "json":
+                fh.write(orjson.dumps(rec) + (b"\n" if last else b",\n"))
+            elif fmt == "json-indented":
+                text = orjson.dumps(rec, option=orjson.OPT_INDENT_2).replace(b"\n", b"\n  ")
+                fh.write(b"  " + text + (b"\n" if last else b",\n"))
+            else:
+                fh.write(b"%d,%d,%r,t%d\n" % (inp[i], out[i], float(y[i]), i))
+        if fmt.startswith("json") and fmt != "jsonl":
+            fh.write(b"]\n")
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--formats", default="jsonl", help=f"comma-separated, of {', '.join(FORMATS)}")
     args = ap.parse_args()
-    rng = np.random.default_rng(0)
+    formats = args.formats.split(",")
+    if unknown := sorted(set(formats) - set(FORMATS)):
+        ap.error(f"unknown formats: {', '.join(unknown)}")
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "traces.jsonl"
-        with path.open("wb") as fh:
-            inp, out, y = rng.integers(1, 4000, args.rows), rng.integers(1, 1000, args.rows), rng.random(args.rows) * 1000
-            for i in range(args.rows):
-                fh.write(orjson.dumps({"input_tokens": int(inp[i]), "output_tokens": int(out[i]),
-                                       "runtime_ms": float(y[i]), "task_id": f"t{i}"}) + b"\n")
-        result = subprocess.run([sys.executable, "-c", READER, str(path)], capture_output=True, text=True, check=True)
-        rows, secs, base, peak = result.stdout.split()
-        size = path.stat().st_size / 2**20
-    print(f"| read {int(rows):,} JSONL rows ({size:.0f} MB file) | {float(secs):.1f} s | peak RSS {float(peak):.0f} MB "
-          f"({float(peak) - float(base):.0f} MB above the interpreter with the package imported) |")
+        for fmt in formats:
+            path = Path(tmp) / f"traces{SUFFIX[fmt]}"
+            write(path, fmt, args.rows)
+            result = subprocess.run([sys.executable, "-c", READER, str(path)], capture_output=True, text=True, check=True)
+            rows, secs, base, peak = result.stdout.split()
+            size = path.stat().st_size / 2**20
+            path.unlink()
+            print(f"| read {int(rows):,} rows of {fmt} ({size:.0f} MB file) | {float(secs):.1f} s | peak RSS "
+                  f"{float(peak):.0f} MB ({float(peak) - float(base):.0f} MB above the interpreter with the package "
+                  "imported) |", flush=True)
 
 
 if __name__ == "__main__":

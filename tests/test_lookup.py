@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import io
 import math
 import os
 from pathlib import Path
@@ -19,14 +18,12 @@ from swarmpilot_predictor.lookup import (
     LookupTable,
     LookupTableStore,
     check_table_name,
-    iter_json_array,
-    iter_traces,
     quantile_function,
 )
 from swarmpilot_predictor.schemas import TrainConfig
 from swarmpilot_predictor.service import PredictorService
 from swarmpilot_predictor.settings import PredictorSettings
-from swarmpilot_predictor.traces import TraceError
+from swarmpilot_predictor.traces import TraceError, iter_trace_file
 
 from .conftest import IDENTITY, make_llm_traces
 
@@ -529,29 +526,6 @@ def test_truncated_gzip_table(tmp_path):
         LookupTable.load(path)
 
 
-def test_streamed_arrays_in_any_layout():
-    items = [{"i": i, "s": "x" * (i % 7), "nested": {"a": [i, None, True]}} for i in range(30_000)]
-    for option in (0, orjson.OPT_INDENT_2):
-        data = orjson.dumps(items, option=option)
-        assert list(iter_json_array(io.BytesIO(data), "t")) == items  # > 1 MB: crosses read chunks
-    lines = b"[\n" + b",\n".join(orjson.dumps(x) for x in items[:5]) + b"\n]\n"
-    assert list(iter_json_array(io.BytesIO(lines), "t")) == items[:5]
-    assert list(iter_json_array(io.BytesIO(b" [ ] "), "t")) == []
-    with pytest.raises(TraceError, match="after the closing"):
-        list(iter_json_array(io.BytesIO(b"[1] 2"), "t"))
-
-
-def test_trace_file_reader_handles_every_format(tmp_path):
-    traces = [{"a": 1, "b": "x"}, {"input_feature": [{"param_name": "a", "val": 2}], "model_id": "m"}]
-    (tmp_path / "t.json").write_bytes(orjson.dumps(traces))
-    (tmp_path / "w.json").write_bytes(orjson.dumps({"traces": traces}))
-    (tmp_path / "t.csv").write_text("a,b\n1,x\n2,\n")
-    expected = [{"a": 1, "b": "x"}, {"a": 2, "model_id": "m"}]
-    assert list(iter_traces(tmp_path / "t.json")) == expected
-    assert list(iter_traces(tmp_path / "w.json")) == expected
-    assert list(iter_traces(tmp_path / "t.csv")) == [{"a": 1, "b": "x"}, {"a": 2, "b": None}]
-
-
 # --------------------------------------------------------------------------- the store
 
 
@@ -847,7 +821,7 @@ def test_tables_with_integers_beyond_float_range_load(tmp_path):
         LookupTable.load(tmp_path / "digits.json")
     (tmp_path / "digits-traces.json").write_text('[{"x": ' + "1" * 5000 + "}]")
     with pytest.raises(TraceError, match=r"digits-traces\.json: item 0: .*4300"):
-        list(iter_traces(tmp_path / "digits-traces.json"))
+        list(iter_trace_file(tmp_path / "digits-traces.json"))
 
 
 def test_a_table_whose_sidecar_cannot_be_written_is_still_served(tmp_path, caplog):
@@ -876,7 +850,7 @@ def test_deeply_nested_json_is_a_clear_error(tmp_path, text):
         LookupTable.load(path)
     assert "deep.json" in str(info.value)
     with pytest.raises(TraceError, match=r"deep\.json: item 0: .*nested"):
-        list(iter_traces(path))
+        list(iter_trace_file(path))
 
 
 def test_deeply_nested_trace_file_fails_generation_cleanly(trained, tmp_path):
@@ -897,7 +871,7 @@ def test_trace_files_with_records_over_several_lines_are_read_whole(trained, tmp
         + ",\n".join(orjson.dumps(t).decode() for t in some[4:]) + "\n]\n"
     path = tmp_path / "odd-traces.json"
     path.write_text(text)
-    assert list(iter_traces(path)) == some  # each trace once, in order
+    assert list(iter_trace_file(path)) == some  # each trace once, in order
     result = service.generate_table(PATTERN, path, 0.95, "odd.json")
     assert result["rows"] == 6 and result["failed"] == 0
     assert [r["task_id"] for r in orjson.loads((service.settings.tables_dir / "odd.json").read_bytes())] == \
@@ -905,7 +879,7 @@ def test_trace_files_with_records_over_several_lines_are_read_whole(trained, tmp
     # A file that is truncated still fails, naming the place.
     path.write_text(text[:-40])
     with pytest.raises(TraceError, match="odd-traces.json"):
-        list(iter_traces(path))
+        list(iter_trace_file(path))
 
 
 def test_generation_writes_integers_beyond_64_bits(trained, tmp_path):

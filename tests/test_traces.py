@@ -18,6 +18,7 @@ from swarmpilot_predictor.traces import (
     TraceError,
     TraceTable,
     category_text,
+    iter_json_array,
     iter_trace_file,
     iter_trace_stream,
     normalize_trace,
@@ -233,7 +234,7 @@ def test_jsonl_line_that_is_not_an_object_names_the_line(tmp_path):
 def test_malformed_json_names_the_file(tmp_path):
     path = tmp_path / "broken.json"
     path.write_bytes(as_json_array(FLAT)[:-10])
-    with pytest.raises(TraceError, match=r"broken\.json: not valid JSON"):
+    with pytest.raises(TraceError, match=r"broken\.json: item 2: not valid JSON \(.*; the file is truncated\)"):
         list(iter_trace_file(path))
 
 
@@ -242,6 +243,29 @@ def test_json_of_the_wrong_shape_is_refused(tmp_path):
     path.write_bytes(orjson.dumps({"rows": FLAT}))
     with pytest.raises(TraceError, match=r"shape\.json: .*array"):
         list(iter_trace_file(path))
+
+
+def test_streamed_arrays_in_any_layout():
+    items = [{"i": i, "s": "x" * (i % 7), "nested": {"a": [i, None, True]}} for i in range(30_000)]
+    for option in (0, orjson.OPT_INDENT_2):
+        data = orjson.dumps(items, option=option)
+        assert list(iter_json_array(io.BytesIO(data), "t")) == items  # > 1 MB: crosses read chunks
+    lines = b"[\n" + b",\n".join(orjson.dumps(x) for x in items[:5]) + b"\n]\n"
+    assert list(iter_json_array(io.BytesIO(lines), "t")) == items[:5]
+    assert list(iter_json_array(io.BytesIO(b" [ ] "), "t")) == []
+    with pytest.raises(TraceError, match="after the closing"):
+        list(iter_json_array(io.BytesIO(b"[1] 2"), "t"))
+
+
+def test_trace_file_reader_handles_every_format(tmp_path):
+    traces = [{"a": 1, "b": "x"}, {"input_feature": [{"param_name": "a", "val": 2}], "model_id": "m"}]
+    (tmp_path / "t.json").write_bytes(orjson.dumps(traces))
+    (tmp_path / "w.json").write_bytes(orjson.dumps({"traces": traces}))
+    (tmp_path / "t.csv").write_text("a,b\n1,x\n2,\n")
+    expected = [{"a": 1, "b": "x"}, {"a": 2, "model_id": "m"}]
+    assert list(iter_trace_file(tmp_path / "t.json")) == expected
+    assert list(iter_trace_file(tmp_path / "w.json")) == expected
+    assert list(iter_trace_file(tmp_path / "t.csv")) == [{"a": 1, "b": "x"}, {"a": 2, "b": None}]
 
 
 def test_json_item_that_is_not_an_object_names_the_item(tmp_path):
@@ -258,7 +282,7 @@ def test_truncated_gzip_raises_trace_error_naming_the_file(tmp_path, suffix):
     whole = gzip.compress(fmt(rows))
     path = tmp_path / f"cut{suffix}"
     path.write_bytes(whole[: len(whole) // 2])
-    with pytest.raises(TraceError, match=rf"cut{suffix.replace('.', '[.]')}: cannot read trace file"):
+    with pytest.raises(TraceError, match=rf"cut{suffix.replace('.', '[.]')}: cannot read the file .*truncated"):
         list(iter_trace_file(path))
 
 
@@ -396,16 +420,23 @@ def test_table_from_file_matches_inline(tmp_path):
         assert a.strings(name).tolist() == b.strings(name).tolist()
 
 
-def test_large_jsonl_is_read_in_bounded_memory(tmp_path):
+@pytest.mark.parametrize("layout", ["jsonl", "json array, a record a line", "json array, indented"])
+def test_a_large_trace_file_is_read_in_bounded_memory(tmp_path, layout):
     n = 200_000
     rng = np.random.default_rng(0)
     a, b = rng.integers(1, 4000, n).tolist(), rng.integers(1, 800, n).tolist()
-    path = tmp_path / "big.jsonl"
-    path.write_bytes(b"".join(
-        b'{"task_id":"task-%d","input_tokens":%d,"output_tokens":%d,"gpu":"%s","runtime_ms":%r}\n'
+    records = [
+        b'{"task_id":"task-%d","input_tokens":%d,"output_tokens":%d,"gpu":"%s","runtime_ms":%r}'
         % (i, x, y, b"h100" if i % 2 else b"a100", x * 0.01 + y * 9.5)
         for i, (x, y) in enumerate(zip(a, b))
-    ))
+    ]
+    if layout == "jsonl":
+        path = write(tmp_path / "big.jsonl", b"\n".join(records) + b"\n")
+    elif layout == "json array, a record a line":  # what the table writer and most dumps produce
+        path = write(tmp_path / "big.json", b"[\n" + b",\n".join(records) + b"\n]\n")
+    else:  # read by the incremental decoder: a JSON array file was loaded whole before
+        path = write(tmp_path / "big.json", b"[\n  " + b",\n  ".join(r.replace(b",", b", ") for r in records) + b"\n]")
+    del records
     size_mb = path.stat().st_size / 2**20
     tracemalloc.start()
     try:

@@ -34,11 +34,9 @@ import functools
 import gzip
 import hashlib
 import io
-import json
 import logging
 import math
 import os
-import re
 import struct
 import threading
 import time
@@ -74,12 +72,11 @@ from .traces import (
     csv_problem,
     csv_value,
     dumps_json,
-    iter_trace_file,
-    iter_trace_stream,
-    normalize_trace,
+    LineModeError,
+    NotAnArray,
+    iter_json_array,
     normalize_traces,
     number_in_text,
-    open_trace_file,
     reserved_keys,
     skip_bom,
     text_view,
@@ -151,221 +148,6 @@ def check_table_name(name: Any, field: str = "lookup_table_name", writing: bool 
         endings = ".json or .csv" if writing else ".json, .jsonl or .csv"
         raise InvalidInput(f"{field} {shown(name)} must end in {endings} (optionally .gz)", field=field)
     return name
-
-
-# --------------------------------------------------------------------------- streamed JSON arrays
-
-
-class _NotAnArray(Exception):
-    pass
-
-
-class _LineModeError(TraceError):
-    """A line of a one-record-per-line file did not parse (truncated, or a layout worth a second look)."""
-
-
-class _Prefixed(io.RawIOBase):
-    """A byte stream that yields ``head`` and then the rest of ``raw``."""
-
-    def __init__(self, head: bytes, raw: IO[bytes]):
-        self._head = memoryview(head)
-        self._raw = raw
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf) -> int:  # type: ignore[override]
-        if len(self._head):
-            n = min(len(buf), len(self._head))
-            buf[:n] = self._head[:n]
-            self._head = self._head[n:]
-            return n
-        data = self._raw.read(len(buf))
-        buf[: len(data)] = data
-        return len(data)
-
-
-_HEAD = 1 << 16
-_WS = re.compile(r"[ \t\n\r]*")
-_LINE_MODE = re.compile(rb"\A\s*\[[ \t]*\r?\n")
-
-
-def iter_json_array(raw: IO[bytes], source: str, line_mode: bool = True) -> Iterator[Any]:
-    """Yield the items of a JSON array one at a time, without loading the document.
-
-    Files with one item per line (what the table writer produces) are parsed
-    line by line with orjson; any other layout by an incremental decoder. A
-    truncated or malformed file raises :class:`TraceError` naming the place.
-    Raises ``_NotAnArray`` (before yielding anything) when the document is not an array.
-    """
-    try:
-        head = raw.read(_HEAD)
-        stream = io.BufferedReader(_Prefixed(head, raw), 1 << 20)
-        if line_mode and _LINE_MODE.match(head) and _first_line_record(head):
-            yield from _iter_lines(stream, source)
-        else:
-            with text_view(stream, newline=None) as text:
-                yield from _iter_incremental(text, source)
-    except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as exc:
-        raise TraceError(f"{source}: cannot read the file ({exc}); it may be truncated or not what its name says") from None
-
-
-def _first_line_record(head: bytes) -> bool:
-    lines = head.split(b"\n")
-    for line in lines[1:-1]:  # the last piece may be cut by the head's end
-        s = line.strip()
-        if not s:
-            continue
-        if s == b"]":
-            return True
-        try:
-            return isinstance(orjson.loads(s.removesuffix(b",")), dict)
-        except orjson.JSONDecodeError:
-            return False
-    return False
-
-
-def _iter_lines(stream: IO[bytes], source: str) -> Iterator[Any]:
-    opened = closed = False
-    for lineno, line in enumerate(stream, 1):
-        s = line.strip()
-        if not s:
-            continue
-        if closed:
-            raise TraceError(f"{source}: line {lineno}: unexpected data after the closing ']'")
-        if not opened:
-            opened = True  # the '[' line, checked by the caller
-            continue
-        if s == b"]":
-            closed = True
-            continue
-        try:
-            yield orjson.loads(s.removesuffix(b","))
-        except orjson.JSONDecodeError as exc:
-            raise _LineModeError(f"{source}: line {lineno}: not a valid JSON record ({exc}); the file may be truncated") from None
-    if not closed:
-        raise _LineModeError(f"{source}: ends before the closing ']'; the file is truncated")
-
-
-def _iter_incremental(text: IO[str], source: str) -> Iterator[Any]:
-    dec = json.JSONDecoder()
-    buf, pos, eof = "", 0, False
-
-    def more() -> None:
-        nonlocal buf, pos, eof
-        chunk = text.read(1 << 20)
-        if not chunk:
-            eof = True
-        buf, pos = buf[pos:] + chunk, 0
-
-    def skip_ws() -> None:
-        nonlocal pos
-        while True:
-            pos = _WS.match(buf, pos).end()  # type: ignore[union-attr]
-            if pos < len(buf) or eof:
-                return
-            more()
-
-    skip_ws()
-    if pos >= len(buf):
-        raise TraceError(f"{source}: the file is empty")
-    if buf[pos] != "[":
-        raise _NotAnArray()
-    pos += 1
-    skip_ws()
-    i = 0
-    if buf.startswith("]", pos):
-        pos += 1
-    else:
-        while True:
-            while True:
-                try:
-                    obj, end = dec.raw_decode(buf, pos)
-                    break
-                except RecursionError:
-                    raise TraceError(f"{source}: item {i}: arrays or objects nested too deeply to read") from None
-                except json.JSONDecodeError as exc:
-                    near_end = exc.pos >= len(buf) - 16 or exc.msg.startswith("Unterminated string")
-                    if eof or not near_end:
-                        where = "the file is truncated" if eof and near_end else "malformed JSON"
-                        raise TraceError(f"{source}: item {i}: {exc.msg} ({where})") from None
-                    more()
-                except ValueError as exc:  # an integer of more digits than Python converts (4300)
-                    raise TraceError(f"{source}: item {i}: {exc}") from None
-            pos = end
-            yield obj
-            i += 1
-            skip_ws()
-            if pos >= len(buf):
-                raise TraceError(f"{source}: ends after item {i - 1} before the closing ']'; the file is truncated")
-            c = buf[pos]
-            pos += 1
-            if c == "]":
-                break
-            if c != ",":
-                raise TraceError(f"{source}: expected ',' or ']' after item {i - 1}, found {c!r}")
-            skip_ws()
-    skip_ws()
-    if pos < len(buf):
-        raise TraceError(f"{source}: unexpected data after the closing ']'")
-
-
-def iter_traces(path: Path | str, source: str | None = None) -> Iterator[dict[str, Any]]:
-    """Flat traces from a trace file, streamed: JSONL and CSV line by line, JSON arrays item by item."""
-    path = Path(path)
-    source = source or path.name
-    raw, fmt = open_trace_file(path, source)
-    done = 0
-    line_error: TraceError | None = None
-    with raw:
-        if fmt != "json":
-            yield from iter_trace_stream(raw, fmt, source=source)
-            return
-        try:
-            for obj in iter_json_array(raw, source):
-                yield _trace_at(obj, source, done)
-                done += 1
-            return
-        except _NotAnArray:
-            pass
-        except _LineModeError as exc:
-            line_error = exc
-    if line_error is not None:
-        # As LookupTable.load does: valid JSON laid out differently from one record a
-        # line is read again by the general decoder. The traces already yielded were
-        # consumed, so the second pass skips as many (both parsers see the same items
-        # up to the line that failed); a truncated file fails again, with the first message.
-        yield from _retry_traces(path, source, done, line_error)
-        return
-    # An object with a "traces" array: the general reader handles it (loading the document).
-    yield from iter_trace_file(path, source)
-
-
-def _trace_at(obj: Any, source: str, i: int) -> dict[str, Any]:
-    try:
-        return normalize_trace(obj)
-    except TraceError as exc:
-        raise TraceError(f"{source}: item {i}: {exc}") from None
-
-
-def _retry_traces(path: Path, source: str, skip: int, first: TraceError) -> Iterator[dict[str, Any]]:
-    try:
-        raw, _ = open_trace_file(path, source)
-    except OSError as exc:
-        raise TraceError(f"{source}: cannot read the file again ({exc.strerror or exc})") from None
-    with raw:
-        items = iter_json_array(raw, source, line_mode=False)
-        i = 0
-        while True:
-            try:
-                obj = next(items)
-            except StopIteration:
-                return
-            except (TraceError, _NotAnArray):
-                raise TraceError(str(first)) from None
-            if i >= skip:
-                yield _trace_at(obj, source, i)
-            i += 1
 
 
 # --------------------------------------------------------------------------- hashing
@@ -650,7 +432,7 @@ class LookupTable:
             raise TraceError(f"{name}: a lookup table is a .json, .jsonl or .csv file (optionally .gz)")
         try:
             return cls._load(path, name, fmt, seed, line_mode=True)
-        except _LineModeError as first:
+        except LineModeError as first:
             # Valid JSON laid out differently from the writer's one record a line
             # parses with the general decoder; a truncated file fails again.
             try:
@@ -1897,7 +1679,7 @@ def _iter_json_records(raw: IO[bytes], name: str, line_mode: bool = True) -> Ite
     try:
         for i, rec in enumerate(iter_json_array(raw, name, line_mode)):
             yield f"record {i}", rec
-    except _NotAnArray:
+    except NotAnArray:
         raise TraceError(f"{name}: a .json lookup table is a JSON array of records") from None
 
 

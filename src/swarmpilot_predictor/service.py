@@ -25,7 +25,7 @@ from .cache import PredictionCache
 from .distribution import interval_levels
 from .errors import AmbiguousModel, InvalidInput, ModelNotFound, PredictorError, shown
 from .identity import IDENTITY_KEYS, IdentityPattern, ModelIdentity, identity_conflicts, names_part, stated_keys
-from .lookup import WRITABLE_FORMATS, LookupTableStore, TablePrediction, generate_table, iter_traces, table_format
+from .lookup import WRITABLE_FORMATS, LookupTableStore, TablePrediction, generate_table, table_format
 from .metrics import TABLE_LABEL, PredictorMetrics, table_label
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog
 from .registry import LoadedModel, ModelRegistry, ModelVersion
@@ -33,7 +33,15 @@ from .retraining import Retrainer
 from .schemas import RenderedPredictions, TrainConfig, batch_values_problem, first_run_split
 from .training import ProgressFn, Trainer, TrainingJobs
 from .settings import PredictorSettings
-from .traces import DEFAULT_TARGET, RUNTIME_RANGE, TraceError, is_runtime, normalize_trace, normalize_traces
+from .traces import (
+    DEFAULT_TARGET,
+    RUNTIME_RANGE,
+    TraceError,
+    is_runtime,
+    iter_trace_file,
+    normalize_trace,
+    normalize_traces,
+)
 
 
 log = logging.getLogger(__name__)
@@ -600,7 +608,7 @@ class PredictorService:
         if fmt is not None and fmt != name_fmt:
             raise InvalidInput(f"format {shown(fmt)} does not match the table name {shown(out_path.name)}", field="format")
         result = generate_table(
-            traces=iter_traces(trace_file, source_name),
+            traces=iter_trace_file(trace_file, source_name),
             schema=loaded.meta.features,
             model=loaded.model,
             levels=loaded.meta.quantiles,

@@ -11,6 +11,7 @@ import gzip
 import io
 import json
 import math
+import re
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -167,10 +168,62 @@ def _format_from_name(name: str) -> str:
 
 
 def iter_trace_file(path: Path | str, source: str | None = None) -> Iterator[dict[str, Any]]:
-    """Yield flat traces from a file, one at a time; messages name it ``source`` (default: its file name)."""
+    """Yield flat traces from a file, one at a time; messages name it ``source`` (default: its file name).
+
+    Streamed: JSONL and CSV line by line, a JSON array item by item
+    (:func:`iter_json_array`). Only a JSON object with a ``traces`` array is loaded
+    whole. (Training loaded every JSON file whole: an 84 MB array of a million traces
+    peaked at 684 MB, streamed at 115 MB.)
+    """
+    path = Path(path)
+    source = source or path.name
+    raw, fmt = open_trace_file(path, source)
+    done = 0
+    line_error: LineModeError | None = None
+    with raw:
+        if fmt != "json":
+            yield from iter_trace_stream(raw, fmt, source=source)
+            return
+        try:
+            for obj in iter_json_array(raw, source, constants=False):
+                yield _normalize_at(obj, source, f"item {done}")
+                done += 1
+            return
+        except NotAnArray:
+            pass
+        except LineModeError as exc:
+            line_error = exc
+    if line_error is not None:
+        # Valid JSON laid out differently from one record a line is read again by the
+        # general decoder. The traces already yielded were consumed, so the second pass
+        # skips as many (both parsers see the same items up to the line that failed); a
+        # truncated file fails again, with the first message.
+        yield from _retry_traces(path, source, done, line_error)
+        return
+    # An object with a "traces" array (or not JSON at all): read whole.
     raw, fmt = open_trace_file(path, source)
     with raw:
-        yield from iter_trace_stream(raw, fmt, source=source or Path(path).name)
+        yield from iter_trace_stream(raw, fmt, source=source)
+
+
+def _retry_traces(path: Path, source: str, skip: int, first: TraceError) -> Iterator[dict[str, Any]]:
+    try:
+        raw, _ = open_trace_file(path, source)
+    except OSError as exc:
+        raise TraceError(f"{source}: cannot read the file again ({exc.strerror or exc})") from None
+    with raw:
+        items = iter_json_array(raw, source, line_mode=False, constants=False)
+        i = 0
+        while True:
+            try:
+                obj = next(items)
+            except StopIteration:
+                return
+            except (TraceError, NotAnArray):
+                raise TraceError(str(first)) from None
+            if i >= skip:
+                yield _normalize_at(obj, source, f"item {i}")
+            i += 1
 
 
 def _json_loads(data: bytes) -> Any:
@@ -189,7 +242,7 @@ def _json_loads(data: bytes) -> Any:
 
 
 def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+    raise ValueError(f"not valid JSON ({name} is not a JSON value)")
 
 
 def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Iterator[dict[str, Any]]:
@@ -247,7 +300,167 @@ def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Ite
             raise TraceError(f"unknown trace format {shown(fmt)}")
     except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
         # Truncated gzip streams, binary garbage and CSV fields beyond the csv module's limit.
-        raise TraceError(f"{source}: cannot read trace file ({exc})") from None
+        raise TraceError(f"{source}: cannot read the file ({exc}); it may be truncated or not what its name says") from None
+
+
+# --------------------------------------------------------------------------- streamed JSON arrays
+
+
+class NotAnArray(Exception):
+    """The JSON document is not an array (raised before any item is yielded)."""
+
+
+class LineModeError(TraceError):
+    """A line of a one-record-per-line file did not parse (truncated, or a layout worth a second look)."""
+
+
+class _Prefixed(io.RawIOBase):
+    """A byte stream that yields ``head`` and then the rest of ``raw``."""
+
+    def __init__(self, head: bytes, raw: IO[bytes]):
+        self._head = memoryview(head)
+        self._raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:  # type: ignore[override]
+        if len(self._head):
+            n = min(len(buf), len(self._head))
+            buf[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._raw.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+
+_HEAD = 1 << 16
+_WS = re.compile(r"[ \t\n\r]*")
+_LINE_MODE = re.compile(rb"\A\s*\[[ \t]*\r?\n")
+
+
+def iter_json_array(raw: IO[bytes], source: str, line_mode: bool = True, constants: bool = True) -> Iterator[Any]:
+    """Yield the items of a JSON array one at a time, without loading the document.
+
+    Files with one item per line (what the table writer produces) are parsed
+    line by line with orjson; any other layout by an incremental decoder. A
+    truncated or malformed file raises :class:`TraceError` naming the place.
+    Raises :class:`NotAnArray` (before yielding anything) when the document is not
+    an array. ``constants=False`` refuses ``NaN`` and ``Infinity``, which are not
+    JSON, as orjson does (Python's ``json`` writes them, and a lookup table written
+    by it may hold them).
+    """
+    try:
+        head = raw.read(_HEAD)
+        stream = io.BufferedReader(_Prefixed(head, raw), 1 << 20)
+        if line_mode and _LINE_MODE.match(head) and _first_line_record(head):
+            yield from _iter_lines(stream, source)
+        else:
+            with text_view(stream, newline=None) as text:
+                yield from _iter_incremental(text, source, constants)
+    except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as exc:
+        raise TraceError(f"{source}: cannot read the file ({exc}); it may be truncated or not what its name says") from None
+
+
+def _first_line_record(head: bytes) -> bool:
+    lines = head.split(b"\n")
+    for line in lines[1:-1]:  # the last piece may be cut by the head's end
+        s = line.strip()
+        if not s:
+            continue
+        if s == b"]":
+            return True
+        try:
+            return isinstance(orjson.loads(s.removesuffix(b",")), dict)
+        except orjson.JSONDecodeError:
+            return False
+    return False
+
+
+def _iter_lines(stream: IO[bytes], source: str) -> Iterator[Any]:
+    opened = closed = False
+    for lineno, line in enumerate(stream, 1):
+        s = line.strip()
+        if not s:
+            continue
+        if closed:
+            raise TraceError(f"{source}: line {lineno}: unexpected data after the closing ']'")
+        if not opened:
+            opened = True  # the '[' line, checked by the caller
+            continue
+        if s == b"]":
+            closed = True
+            continue
+        try:
+            yield orjson.loads(s.removesuffix(b","))
+        except orjson.JSONDecodeError as exc:
+            raise LineModeError(f"{source}: line {lineno}: not valid JSON ({exc}); the file may be truncated") from None
+    if not closed:
+        raise LineModeError(f"{source}: ends before the closing ']'; the file is truncated")
+
+
+def _iter_incremental(text: IO[str], source: str, constants: bool = True) -> Iterator[Any]:
+    dec = json.JSONDecoder() if constants else json.JSONDecoder(parse_constant=_no_constant)
+    buf, pos, eof = "", 0, False
+
+    def more() -> None:
+        nonlocal buf, pos, eof
+        chunk = text.read(1 << 20)
+        if not chunk:
+            eof = True
+        buf, pos = buf[pos:] + chunk, 0
+
+    def skip_ws() -> None:
+        nonlocal pos
+        while True:
+            pos = _WS.match(buf, pos).end()  # type: ignore[union-attr]
+            if pos < len(buf) or eof:
+                return
+            more()
+
+    skip_ws()
+    if pos >= len(buf):
+        raise TraceError(f"{source}: the file is empty")
+    if buf[pos] != "[":
+        raise NotAnArray()
+    pos += 1
+    skip_ws()
+    i = 0
+    if buf.startswith("]", pos):
+        pos += 1
+    else:
+        while True:
+            while True:
+                try:
+                    obj, end = dec.raw_decode(buf, pos)
+                    break
+                except RecursionError:
+                    raise TraceError(f"{source}: item {i}: arrays or objects nested too deeply to read") from None
+                except json.JSONDecodeError as exc:
+                    near_end = exc.pos >= len(buf) - 16 or exc.msg.startswith("Unterminated string")
+                    if eof or not near_end:
+                        where = "the file is truncated" if eof and near_end else "malformed"
+                        raise TraceError(f"{source}: item {i}: not valid JSON ({exc.msg}; {where})") from None
+                    more()
+                except ValueError as exc:  # an integer of more digits than Python converts (4300); NaN refused
+                    raise TraceError(f"{source}: item {i}: {exc}") from None
+            pos = end
+            yield obj
+            i += 1
+            skip_ws()
+            if pos >= len(buf):
+                raise TraceError(f"{source}: ends after item {i - 1} before the closing ']'; the file is truncated")
+            c = buf[pos]
+            pos += 1
+            if c == "]":
+                break
+            if c != ",":
+                raise TraceError(f"{source}: expected ',' or ']' after item {i - 1}, found {c!r}")
+            skip_ws()
+    skip_ws()
+    if pos < len(buf):
+        raise TraceError(f"{source}: unexpected data after the closing ']'")
 
 
 def csv_problem(exc: csv.Error, unclosed_hint: str = "") -> str:
