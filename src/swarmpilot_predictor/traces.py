@@ -513,14 +513,16 @@ def number_in_text(text: str) -> int | float | None:
     which were numbers in a CSV file and words in a JSON one."""
     if not text.isascii() or "_" in text:
         return None
-    try:
+    if text.isdigit():
         return int(text)
-    except ValueError:
-        pass
+    # Then float(): a raised exception is what a cell costs (int() first failed on every
+    # decimal, and both on every word: 1.7 and 2.5 µs a cell, against 0.2 for an integer).
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
         return None
+    # Where float() reads it, int() does exactly when it is digits with one sign at most.
+    return int(text) if text.strip().lstrip("+-").isdigit() else number
 
 
 def csv_value(text: str | None) -> Any:
