@@ -172,8 +172,8 @@ def iter_trace_file(path: Path | str, source: str | None = None) -> Iterator[dic
 
     Streamed: JSONL and CSV line by line, a JSON array item by item
     (:func:`iter_json_array`). Only a JSON object with a ``traces`` array is loaded
-    whole. (Training loaded every JSON file whole: an 84 MB array of a million traces
-    peaked at 684 MB, streamed at 115 MB.)
+    whole. (Training loaded every JSON file whole: an array of a million traces, 89 MB,
+    peaked at 686 MB resident, and streamed at 210 MB; benchmarks/ingest.py.)
     """
     path = Path(path)
     source = source or path.name
