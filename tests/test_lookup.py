@@ -996,6 +996,14 @@ def test_a_csv_table_as_a_spreadsheet_saves_it(tmp_path):
     assert LookupTable.load(bom_json).n_rows == 1
 
 
+def test_a_csv_table_with_spaces_after_its_commas(tmp_path):
+    path = tmp_path / "spaced.csv"
+    path.write_text("x, gpu, expect, error, quantile_0.5, quantile_0.9\n1, a100, 10, 1, 10, 12\n2, h100, 20, 2, 20, 23\n")
+    table = LookupTable.load(path)
+    assert table.feature_names == ["x", "gpu"] and table.n_rows == 2
+    assert table.lookup([{"x": 2, "gpu": "h100"}]).kinds() == ["exact"]
+
+
 def test_loading_the_default_table_holds_up_no_other_request(tmp_path, monkeypatch):
     # A million-row default table parses for seconds: /health (on the event loop), the
     # table list and the other tables' lookups must not wait for it.

@@ -204,6 +204,21 @@ def test_csv_as_spreadsheets_and_pandas_write_it(tmp_path):
                                            {"a": 3, "runtime_ms": None}]
 
 
+def test_csv_with_spaces_after_its_commas(tmp_path):
+    # A common hand-written layout: the target was the field " runtime_ms" (training found
+    # no "runtime_ms"), and the GPU the category " a100", which no request names.
+    path = write(tmp_path / "spaced.csv",
+                 b'batch_size , gpu,  note, runtime_ms\n1, a100, "x, y", 3.5\n2,\th100, , 4.5\n  ,a100,x,5.5\n')
+    assert list(iter_trace_file(path)) == [
+        {"batch_size": 1, "gpu": "a100", "note": "x, y", "runtime_ms": 3.5},  # a quoted cell after the space too
+        {"batch_size": 2, "gpu": "\th100", "note": None, "runtime_ms": 4.5},  # only spaces are skipped; a blank cell is missing
+        {"batch_size": None, "gpu": "a100", "note": "x", "runtime_ms": 5.5},  # at the start of a line too
+    ]
+    # Two names that differ only in their spaces are one name, named twice.
+    with pytest.raises(TraceError, match=r"twice\.csv: the CSV header names column 'a' twice"):
+        list(iter_trace_file(write(tmp_path / "twice.csv", b"a, a ,runtime_ms\n1,2,3\n")))
+
+
 def test_jsonl_skips_blank_lines(tmp_path):
     path = tmp_path / "t.jsonl"
     path.write_bytes(b"\n" + as_jsonl(FLAT[:1]) + b"   \n\n" + as_jsonl(FLAT[1:]))

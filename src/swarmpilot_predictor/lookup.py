@@ -64,16 +64,17 @@ from .traces import (
     BOOLEAN_WORDS,
     ID_KEYS,
     TIMESTAMP_KEYS,
+    LineModeError,
+    NotAnArray,
     TraceError,
     as_number,
     blank_cells,
     category_text,
-    check_csv_header,
+    csv_header,
     csv_problem,
+    csv_reader,
     csv_value,
     dumps_json,
-    LineModeError,
-    NotAnArray,
     iter_json_array,
     normalize_traces,
     number_in_text,
@@ -1702,12 +1703,12 @@ def _iter_csv_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
 
 def _csv_records(text: IO[str], name: str) -> Iterator[tuple[str, Any]]:
     try:
-        reader = csv.reader(text, strict=True)  # an unclosed quote is no cell
+        reader = csv_reader(text)
         row_line = 1
         header = next(reader, None)
         if not header:
             raise TraceError(f"{name}: the CSV table has no header")
-        check_csv_header(header, name)
+        header = csv_header(header, name)
         q_cols: list[tuple[float, int]] = []
         for i, h in enumerate(header):
             if h.startswith(QUANTILE_PREFIX):

@@ -273,13 +273,11 @@ def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Ite
             # A cell as long as JSON's strings may be (the upload limit bounds them): past the
             # csv module's default of 131,072 characters the whole file was refused.
             csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
-            # Strict: a quote never closed took every row after it into one cell, without a word.
             with text_view(raw, "utf-8-sig") as text:
-                reader = csv.reader(text, strict=True)
+                reader = csv_reader(text)
                 row_line = 1  # where the row being read starts (a quoted cell may span lines)
                 try:
-                    header = next(reader, None) or []
-                    check_csv_header(header, source)
+                    header = csv_header(next(reader, None) or [], source)
                     # Columns without a name (a spreadsheet's trailing empty columns, pandas' index)
                     # are no fields; a row's cells past the header must be empty, or they would be
                     # dropped without a word; a short row's missing cells are missing values.
@@ -474,13 +472,26 @@ def blank_cells(cells: list[str]) -> bool:
     return not any(cell.strip() for cell in cells)
 
 
-def check_csv_header(header: list[str], source: str) -> None:
-    """A CSV file's header names each column once: a repeated name would let the last column win."""
+def csv_reader(text: IO[str]) -> Iterator[list[str]]:
+    """The reader of CSV trace files and lookup tables.
+
+    Strict: a quote never closed took every row after it into one cell, without a word.
+    Spaces after a comma are skipped (``batch_size, image_size, runtime_ms`` is a common
+    hand-written header, and its target was the field `` runtime_ms``, not found; its
+    text cells were categories `` a100``, not ``a100``)."""
+    return csv.reader(text, strict=True, skipinitialspace=True)
+
+
+def csv_header(cells: list[str], source: str) -> list[str]:
+    """A CSV file's column names, without the spaces around them; each named once, since a
+    repeated name would let the last column win."""
+    header = [cell.strip() for cell in cells]
     seen: set[str] = set()
     for name in header:
         if name and name in seen:  # unnamed columns (a spreadsheet's trailing empty ones) name nothing
             raise TraceError(f"{source}: the CSV header names column {shown(name)} twice")
         seen.add(name)
+    return header
 
 
 def _normalize_at(obj: Any, source: str, where: str) -> dict[str, Any]:
@@ -497,7 +508,7 @@ _CSV_FIELD_LIMIT = 2**31 - 1
 
 
 def csv_text(text: str | None) -> str | None:
-    return text or None  # an empty cell is a missing value
+    return None if not text or text.isspace() else text  # an empty (or blank) cell is a missing value
 
 
 # How CSV (which holds no types) and JSON (whose booleans are numbers, 1 and 0) spell a
@@ -526,7 +537,7 @@ def number_in_text(text: str) -> int | float | None:
 
 
 def csv_value(text: str | None) -> Any:
-    if not text:  # None, or an empty cell
+    if not text or text.isspace():  # None, or an empty (or blank) cell
         return None
     number = number_in_text(text)
     return text if number is None else number
