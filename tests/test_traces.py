@@ -214,6 +214,10 @@ def test_csv_with_spaces_after_its_commas(tmp_path):
         {"batch_size": 2, "gpu": "\th100", "note": None, "runtime_ms": 4.5},  # only spaces are skipped; a blank cell is missing
         {"batch_size": None, "gpu": "a100", "note": "x", "runtime_ms": 5.5},  # at the start of a line too
     ]
+    # Another separator (a spreadsheet's ';' where the comma is the decimal sign) is named.
+    with pytest.raises(TraceError, match=r"semi\.csv: the CSV header is one column, 'a;runtime_ms': its fields must "
+                                         r"be separated by commas, not ';'"):
+        list(iter_trace_file(write(tmp_path / "semi.csv", b"a;runtime_ms\n1;2,5\n")))
     # Two names that differ only in their spaces are one name, named twice.
     with pytest.raises(TraceError, match=r"twice\.csv: the CSV header names column 'a' twice"):
         list(iter_trace_file(write(tmp_path / "twice.csv", b"a, a ,runtime_ms\n1,2,3\n")))

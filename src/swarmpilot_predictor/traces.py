@@ -486,6 +486,11 @@ def csv_header(cells: list[str], source: str) -> list[str]:
     """A CSV file's column names, without the spaces around them; each named once, since a
     repeated name would let the last column win."""
     header = [cell.strip() for cell in cells]
+    named = [name for name in header if name]
+    if len(named) == 1 and (sep := next((c for c in ";\t|" if c in named[0]), None)):
+        # (else: a file of one field, its whole header line, and a target "not present")
+        raise TraceError(f"{source}: the CSV header is one column, {shown(named[0])}: its fields must be separated "
+                         f"by commas, not {shown(sep)}")
     seen: set[str] = set()
     for name in header:
         if name and name in seen:  # unnamed columns (a spreadsheet's trailing empty ones) name nothing
