@@ -112,7 +112,14 @@ def _robust_slope(x: np.ndarray, z: np.ndarray) -> float:
     with np.errstate(divide="ignore", invalid="ignore"):
         slopes = np.abs(z[:, None] - z[None, :]) / np.abs(x[:, None] - x[None, :])
     np.fill_diagonal(slopes, np.nan)
-    return float(np.median(np.nanmedian(slopes, axis=1)))
+    # Each row's median of its slopes but the NaNs (its own, and 0/0 for a repeated point):
+    # np.nanmedian, which on rows this short goes through masked arrays at 4x the cost.
+    ordered = np.sort(slopes, axis=1)  # NaNs last
+    k = len(x) - np.isnan(slopes).sum(axis=1)
+    rows = np.arange(len(x))
+    with np.errstate(invalid="ignore"):
+        medians = np.where(k > 0, 0.5 * (ordered[rows, np.maximum(k - 1, 0) // 2] + ordered[rows, k // 2]), np.nan)
+    return float(np.median(medians))
 
 
 @dataclass(frozen=True, eq=False)
