@@ -8,7 +8,11 @@ otherwise, and reports CPU seconds (all threads), wall seconds and peak memory. 
 is imported before the clock starts, as the service's long-lived training worker has it
 (its import took about 2.4 s here, where bytecode is not cached: PYTHONDONTWRITEBYTECODE).
 
-    uv run python benchmarks/training_time.py [--rows 100000] [--cases num2,cat500] [--algorithm auto]
+    uv run python benchmarks/training_time.py [--rows 100000] [--cases num2,cat500] [--algorithm auto] [--repeat 1]
+
+``--repeat K`` fits K models per case, each on a draw of its own, in one process, and
+reports the mean per model: what training many small groups (``group_by``) costs, e.g.
+``--rows 30 --cases num1,num2,cat10 --repeat 50``.
 
 Cases: ``numK`` (K numeric features), ``catK`` (a numeric feature and a categorical of K
 values), ``manyK`` (K categorical features of 100 values each), ``mixed``, ``firstruns``
@@ -31,56 +35,65 @@ import json, resource, sys, time
 import numpy as np
 from swarmpilot_predictor.modeling import QuantileModel
 
-case, n, algorithm = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-rng = np.random.default_rng(0)
-kinds, ncat, cols = [], [], []
-log_mean = np.zeros(n)
+case, n, algorithm, repeat = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 
-def numeric(lo, hi, slope):
-    v = rng.integers(lo, hi, n).astype(float)
-    kinds.append("numeric"); ncat.append(0); cols.append(v)
-    return slope * np.log(v)
 
-def categorical(k):
-    codes = rng.integers(0, k, n)
-    kinds.append("categorical"); ncat.append(k); cols.append(codes.astype(float))
-    return rng.normal(0, 0.5, k)[codes]
+def draw(seed):
+    rng = np.random.default_rng(seed)
+    kinds, ncat, cols = [], [], []
+    log_mean = np.zeros(n)
 
-if case.startswith("num"):
-    for j in range(int(case[3:])):
-        log_mean += numeric(1, 2048, 0.5 / (j + 1))
-elif case.startswith("cat"):
-    log_mean += numeric(1, 64, 0.7) + categorical(int(case[3:]))
-elif case.startswith("many"):  # that many categorical features of 100 values each, nothing else
-    for _ in range(int(case[4:])):
-        log_mean += categorical(100)
-elif case == "mixed":  # two numeric features, categoricals of 20 and 100 values, a 0/1 flag
-    log_mean += numeric(1, 64, 0.7) + numeric(16, 2048, 0.3) + categorical(20) + categorical(100)
-    flag = (rng.random(n) < 0.3).astype(float)
-    kinds.append("numeric"); ncat.append(0); cols.append(flag)
-    log_mean += 0.5 * flag
-X = np.column_stack(cols) if cols else None
-y = np.exp(1.0 + log_mean + 0.25 * rng.standard_normal(n))
-regime = None
-if case == "firstruns":
-    shapes = np.column_stack([rng.integers(1, 65, 2000), rng.integers(64, 1025, 2000)]).astype(float)
-    order = np.r_[rng.permutation(2000), rng.integers(0, 2000, n - 2000)]
-    first = np.zeros(n)
-    first[:2000] = 1.0
-    X = np.column_stack([shapes[order], first])
-    y = np.where(first == 1, rng.uniform(700, 1200, n), 0.003 * X[:, 0] * X[:, 1] * rng.lognormal(0, 0.05, n))
-    kinds, ncat, regime = ["numeric"] * 3, [0, 0, 0], 2
+    def numeric(lo, hi, slope):
+        v = rng.integers(lo, hi, n).astype(float)
+        kinds.append("numeric"); ncat.append(0); cols.append(v)
+        return slope * np.log(v)
+
+    def categorical(k):
+        codes = rng.integers(0, k, n)
+        kinds.append("categorical"); ncat.append(k); cols.append(codes.astype(float))
+        return rng.normal(0, 0.5, k)[codes]
+
+    if case.startswith("num"):
+        for j in range(int(case[3:])):
+            log_mean += numeric(1, 2048, 0.5 / (j + 1))
+    elif case.startswith("cat"):
+        log_mean += numeric(1, 64, 0.7) + categorical(int(case[3:]))
+    elif case.startswith("many"):  # that many categorical features of 100 values each, nothing else
+        for _ in range(int(case[4:])):
+            log_mean += categorical(100)
+    elif case == "mixed":  # two numeric features, categoricals of 20 and 100 values, a 0/1 flag
+        log_mean += numeric(1, 64, 0.7) + numeric(16, 2048, 0.3) + categorical(20) + categorical(100)
+        flag = (rng.random(n) < 0.3).astype(float)
+        kinds.append("numeric"); ncat.append(0); cols.append(flag)
+        log_mean += 0.5 * flag
+    X = np.column_stack(cols) if cols else None
+    y = np.exp(1.0 + log_mean + 0.25 * rng.standard_normal(n))
+    regime = None
+    if case == "firstruns":
+        shapes = np.column_stack([rng.integers(1, 65, 2000), rng.integers(64, 1025, 2000)]).astype(float)
+        order = np.r_[rng.permutation(2000), rng.integers(0, 2000, n - 2000)]
+        first = np.zeros(n)
+        first[:2000] = 1.0
+        X = np.column_stack([shapes[order], first])
+        y = np.where(first == 1, rng.uniform(700, 1200, n), 0.003 * X[:, 0] * X[:, 1] * rng.lognormal(0, 0.05, n))
+        kinds, ncat, regime = ["numeric"] * 3, [0, 0, 0], 2
+    return X, y, kinds, ncat, regime
+
+
 import lightgbm  # noqa: F401 - imported once by the service's training worker, not per training
-cpu, wall = time.process_time(), time.perf_counter()
-model = QuantileModel(kinds, ncat, algorithm, regime_column=regime).fit(X, y)
-cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+cpu = wall = 0.0
+for seed in range(repeat):  # a model per draw: what a group_by training of many groups fits
+    X, y, kinds, ncat, regime = draw(seed)
+    c0, w0 = time.process_time(), time.perf_counter()
+    model = QuantileModel(kinds, ncat, algorithm, regime_column=regime).fit(X, y)
+    cpu, wall = cpu + time.process_time() - c0, wall + time.perf_counter() - w0
 # The models that serve: the one of all rows, or, split by the first-run flag, one per kind of
 # run (the model of all rows, fitted first, then serves none; its shape model is not theirs).
 serving = [model] if model.regimes_ is None else list(model.regimes_)
 family = " / ".join(m.family_ + (" + shape" if m.shape_ is not None else "") for m in serving)
 if model.regimes_ is not None:
     family = "split: " + family
-print(json.dumps({"case": case, "family": family, "cpu": cpu, "wall": wall,
+print(json.dumps({"case": case, "family": family, "cpu": cpu / repeat, "wall": wall / repeat,
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
@@ -90,18 +103,22 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--algorithm", default="auto")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="models per case, each on its own draw; the figures are per model (the last one's choice shown)")
     args = ap.parse_args()
-    print(f"{args.rows:,} rows, algorithm {args.algorithm}\n")
+    per = f", {args.repeat} models per case, figures per model" if args.repeat > 1 else ""
+    print(f"{args.rows:,} rows, algorithm {args.algorithm}{per}\n")
     print("| case | chosen | CPU s | wall s | peak RSS MB |")
     print("|---|---|---|---|---|")
     for case in args.cases.split(","):
-        done = subprocess.run([sys.executable, "-c", FIT, case, str(args.rows), args.algorithm],
+        done = subprocess.run([sys.executable, "-c", FIT, case, str(args.rows), args.algorithm, str(args.repeat)],
                               capture_output=True, text=True)
         if done.returncode != 0:
             print(f"| {case} | failed: {done.stderr.strip().splitlines()[-1:]} | | | |")
             continue
         r = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"| {case} | {r['family']} | {r['cpu']:.1f} | {r['wall']:.1f} | {r['rss_mb']:.0f} |", flush=True)
+        digits = 3 if args.repeat > 1 else 1
+        print(f"| {case} | {r['family']} | {r['cpu']:.{digits}f} | {r['wall']:.{digits}f} | {r['rss_mb']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
