@@ -390,6 +390,11 @@ def test_integers_past_the_float_range_in_json_files_are_infinite_too(tmp_path, 
     path.write_text('[{"x": NaN, "y": 1' + "0" * 400 + "}]" if suffix == ".json" else '{"x": NaN, "y": 1' + "0" * 400 + "}")
     with pytest.raises(TraceError, match="not valid JSON"):  # still not JSON
         TraceTable.from_file(path)
+    if suffix == ".json":  # in each of the array reader's layouts: a record a line, and pretty-printed
+        for text, item in (('[\n{"x": 1, "y": 2},\n{"x": NaN, "y": 3}\n]\n', 1), ('[\n  {\n    "x": NaN\n  }\n]', 0)):
+            path.write_text(text)
+            with pytest.raises(TraceError, match=rf"t\.json: item {item}: not valid JSON \(NaN is not a JSON value\)"):
+                TraceTable.from_file(path)
 
 
 def test_a_csv_cell_is_a_number_as_python_reads_one_in_ascii_without_underscores(tmp_path):

@@ -179,7 +179,7 @@ def iter_trace_file(path: Path | str, source: str | None = None) -> Iterator[dic
     source = source or path.name
     raw, fmt = open_trace_file(path, source)
     done = 0
-    line_error: LineModeError | None = None
+    line_error = False
     with raw:
         if fmt != "json":
             yield from iter_trace_stream(raw, fmt, source=source)
@@ -191,14 +191,15 @@ def iter_trace_file(path: Path | str, source: str | None = None) -> Iterator[dic
             return
         except NotAnArray:
             pass
-        except LineModeError as exc:
-            line_error = exc
-    if line_error is not None:
+        except LineModeError:
+            line_error = True
+    if line_error:
         # Valid JSON laid out differently from one record a line is read again by the
         # general decoder. The traces already yielded were consumed, so the second pass
-        # skips as many (both parsers see the same items up to the line that failed); a
-        # truncated file fails again, with the first message.
-        yield from _retry_traces(path, source, done, line_error)
+        # skips as many (both parsers see the same items up to the line that failed). A
+        # file that fails again does so with the general decoder's message, which names the
+        # item and why (NaN, a cut record): the line's said "may be truncated" either way.
+        yield from _retry_traces(path, source, done)
         return
     # An object with a "traces" array (or not JSON at all): read whole.
     raw, fmt = open_trace_file(path, source)
@@ -206,24 +207,15 @@ def iter_trace_file(path: Path | str, source: str | None = None) -> Iterator[dic
         yield from iter_trace_stream(raw, fmt, source=source)
 
 
-def _retry_traces(path: Path, source: str, skip: int, first: TraceError) -> Iterator[dict[str, Any]]:
+def _retry_traces(path: Path, source: str, skip: int) -> Iterator[dict[str, Any]]:
     try:
         raw, _ = open_trace_file(path, source)
     except OSError as exc:
         raise TraceError(f"{source}: cannot read the file again ({exc.strerror or exc})") from None
-    with raw:
-        items = iter_json_array(raw, source, line_mode=False, constants=False)
-        i = 0
-        while True:
-            try:
-                obj = next(items)
-            except StopIteration:
-                return
-            except (TraceError, NotAnArray):
-                raise TraceError(str(first)) from None
+    with raw:  # (an array: the line reader started on its '[')
+        for i, obj in enumerate(iter_json_array(raw, source, line_mode=False, constants=False)):
             if i >= skip:
                 yield _normalize_at(obj, source, f"item {i}")
-            i += 1
 
 
 def _json_loads(data: bytes) -> Any:
