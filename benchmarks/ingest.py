@@ -37,10 +37,11 @@ SUFFIX = {"jsonl": ".jsonl", "json": ".json", "json-indented": ".json", "csv": "
 def write(path: Path, fmt: str, rows: int) -> None:
     rng = np.random.default_rng(0)
     inp, out, y = rng.integers(1, 4000, rows), rng.integers(1, 1000, rows), rng.random(rows) * 1000
+    array = fmt in ("json", "json-indented")
     with path.open("wb") as fh:
         if fmt == "csv":
             fh.write(b"input_tokens,output_tokens,runtime_ms,task_id\n")
-        elif fmt.startswith("json") and fmt != "jsonl":
+        elif array:
             fh.write(b"[\n")
         for i in range(rows):
             rec = {"input_tokens": int(inp[i]), "output_tokens": int(out[i]), "runtime_ms": float(y[i]), "task_id": f"t{i}"}
@@ -54,7 +55,7 @@ def write(path: Path, fmt: str, rows: int) -> None:
                 fh.write(b"  " + text + (b"\n" if last else b",\n"))
             else:
                 fh.write(b"%d,%d,%r,t%d\n" % (inp[i], out[i], float(y[i]), i))
-        if fmt.startswith("json") and fmt != "jsonl":
+        if array:
             fh.write(b"]\n")
 
 

@@ -534,7 +534,7 @@ def number_in_text(text: str) -> int | float | None:
 
 
 def csv_value(text: str | None) -> Any:
-    if not text or text.isspace():  # None, or an empty (or blank) cell
+    if csv_text(text) is None:
         return None
     number = number_in_text(text)
     return text if number is None else number
