@@ -5,9 +5,10 @@ target and a string id per row), then reads it in a fresh process and reports th
 resident memory. Formats: ``jsonl``; ``json``, an array with a record a line (what
 ``json.dump`` of a list with ``indent=None`` per record, and the table writer, produce);
 ``json-indented``, an array pretty-printed over several lines per record (read by the
-incremental decoder); ``csv``.
+incremental decoder); ``json-object``, an object ``{"source": ..., "traces": [...]}``
+with a record a line (the incremental decoder too); ``csv``.
 
-    uv run python benchmarks/ingest.py [--rows 1000000] [--formats jsonl,json,json-indented,csv]
+    uv run python benchmarks/ingest.py [--rows 1000000] [--formats jsonl,json,json-indented,json-object,csv]
 """
 
 from __future__ import annotations
@@ -30,17 +31,19 @@ table = TraceTable.from_file(sys.argv[1])
 print(len(table), time.perf_counter() - t0, base / 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
 
-FORMATS = ("jsonl", "json", "json-indented", "csv")
-SUFFIX = {"jsonl": ".jsonl", "json": ".json", "json-indented": ".json", "csv": ".csv"}
+FORMATS = ("jsonl", "json", "json-indented", "json-object", "csv")
+SUFFIX = {"jsonl": ".jsonl", "json": ".json", "json-indented": ".json", "json-object": ".json", "csv": ".csv"}
 
 
 def write(path: Path, fmt: str, rows: int) -> None:
     rng = np.random.default_rng(0)
     inp, out, y = rng.integers(1, 4000, rows), rng.integers(1, 1000, rows), rng.random(rows) * 1000
-    array = fmt in ("json", "json-indented")
+    array = fmt in ("json", "json-indented", "json-object")
     with path.open("wb") as fh:
         if fmt == "csv":
             fh.write(b"input_tokens,output_tokens,runtime_ms,task_id\n")
+        elif fmt == "json-object":
+            fh.write(b'{"source": {"host": "node-1", "gpu": "H100"},\n"traces": [\n')
         elif array:
             fh.write(b"[\n")
         for i in range(rows):
@@ -48,7 +51,7 @@ def write(path: Path, fmt: str, rows: int) -> None:
             last = i == rows - 1
             if fmt == "jsonl":
                 fh.write(orjson.dumps(rec) + b"\n")
-            elif fmt == "json":
+            elif fmt in ("json", "json-object"):
                 fh.write(orjson.dumps(rec) + (b"\n" if last else b",\n"))
             elif fmt == "json-indented":
                 text = orjson.dumps(rec, option=orjson.OPT_INDENT_2).replace(b"\n", b"\n  ")
@@ -56,7 +59,7 @@ def write(path: Path, fmt: str, rows: int) -> None:
             else:
                 fh.write(b"%d,%d,%r,t%d\n" % (inp[i], out[i], float(y[i]), i))
         if array:
-            fh.write(b"]\n")
+            fh.write(b"]}\n" if fmt == "json-object" else b"]\n")
 
 
 def main() -> None:

@@ -276,6 +276,46 @@ def test_streamed_arrays_in_any_layout():
         list(iter_json_array(io.BytesIO(b"[1] 2"), "t"))
 
 
+def test_an_objects_traces_array_is_streamed_in_any_layout(tmp_path):
+    items = [{"i": i, "s": "x" * (i % 7), "nested": {"a": [i, None, True]}} for i in range(30_000)]
+    doc = {"meta": {"traces": 1, "list": [[1], {"x": "}"}]}, "traces": items, "after": "]}"}
+    for option in (0, orjson.OPT_INDENT_2):
+        path = write(tmp_path / "doc.json", orjson.dumps(doc, option=option))  # > 1 MB: crosses read chunks
+        assert list(iter_trace_file(path)) == items
+    for data, expected in ((b' { "traces" : [ ] } ', []), (b'{"traces": [{"a": 1}]}\n', [{"a": 1}])):
+        assert list(iter_trace_file(write(tmp_path / "small.json", data))) == expected
+
+
+def test_numbers_cut_by_the_readers_chunks_are_read_whole(tmp_path):
+    # The decoder reads a megabyte at a time; a number that the chunk's end cuts ("1234|5678")
+    # is read whole, not as a shorter number followed by a stray digit.
+    numbers = list(range(10**7, 10**7 + 200_000))  # 1.8 MB of numbers: chunk ends fall inside some
+    assert list(iter_json_array(io.BytesIO(b"[" + b", ".join(b"%d" % v for v in numbers) + b"]"), "t")) == numbers
+    head = b'{"pad": "' + b"x" * (2**20 - len(b'{"pad": "", "n": ') - 3) + b'", "n": '
+    doc = head + b'12345678, "traces": [{"a": 1}]}'
+    assert doc.index(b"12345678") == 2**20 - 3
+    assert list(iter_trace_file(write(tmp_path / "cut.json", doc))) == [{"a": 1}]
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (b'{"traces": [{"a": 1}], "traces": [{"a": 2}]}', r"the object has two 'traces' members"),
+    (b'{"traces": {"a": 1}}', r"a \.json trace file holds an array or an object with a 'traces' array$"),
+    (b'{"rows": [{"a": 1}]}', r"a \.json trace file holds an array or an object with a 'traces' array$"),
+    (b'{}', r"a \.json trace file holds an array or an object with a 'traces' array$"),
+    (b'{"traces": [{"a": 1}, {"a": 2}', r"ends after item 1 before the closing '\]'; the file is truncated"),
+    (b'{"traces": [{"a": 1}, {"a": ', r"item 1: not valid JSON \(.*; the file is truncated\)"),
+    (b'{"traces": [{"a": 1}]', r"malformed object: expected ',' or '\}' after member 'traces' \(the file is truncated\)"),
+    (b'{"traces": [{"a": 1}]} []', r"unexpected data after the closing '\}'"),
+    (b'{"traces": [{"a": 1}] "more": 1}', r"malformed object: expected ',' or '\}' after member 'traces' \(found '\"'\)"),
+    (b'{traces: []}', r"malformed object: expected a member name, found 't'"),
+    (b'{"traces" []}', r"malformed object: expected ':' after the member name 'traces'"),
+    (b'{"traces": [{"a": NaN}]}', r"item 0: .*NaN"),
+])
+def test_a_malformed_object_of_traces_names_the_problem(tmp_path, data, message):
+    with pytest.raises(TraceError, match=r"^doc\.json: " + message):
+        list(iter_trace_file(write(tmp_path / "doc.json", data)))
+
+
 def test_trace_file_reader_handles_every_format(tmp_path):
     traces = [{"a": 1, "b": "x"}, {"input_feature": [{"param_name": "a", "val": 2}], "model_id": "m"}]
     (tmp_path / "t.json").write_bytes(orjson.dumps(traces))
@@ -444,7 +484,8 @@ def test_table_from_file_matches_inline(tmp_path):
         assert a.strings(name).tolist() == b.strings(name).tolist()
 
 
-@pytest.mark.parametrize("layout", ["jsonl", "json array, a record a line", "json array, indented"])
+@pytest.mark.parametrize("layout", ["jsonl", "json array, a record a line", "json array, indented",
+                                    "json object with a traces array"])
 def test_a_large_trace_file_is_read_in_bounded_memory(tmp_path, layout):
     n = 200_000
     rng = np.random.default_rng(0)
@@ -458,8 +499,10 @@ def test_a_large_trace_file_is_read_in_bounded_memory(tmp_path, layout):
         path = write(tmp_path / "big.jsonl", b"\n".join(records) + b"\n")
     elif layout == "json array, a record a line":  # what the table writer and most dumps produce
         path = write(tmp_path / "big.json", b"[\n" + b",\n".join(records) + b"\n]\n")
-    else:  # read by the incremental decoder: a JSON array file was loaded whole before
+    elif layout == "json array, indented":  # read by the incremental decoder: loaded whole before
         path = write(tmp_path / "big.json", b"[\n  " + b",\n  ".join(r.replace(b",", b", ") for r in records) + b"\n]")
+    else:  # loaded whole before 2026-12-01
+        path = write(tmp_path / "big.json", b'{"source": {"host": "n1"}, "traces": [' + b",".join(records) + b"]}")
     del records
     size_mb = path.stat().st_size / 2**20
     tracemalloc.start()

@@ -170,10 +170,10 @@ def _format_from_name(name: str) -> str:
 def iter_trace_file(path: Path | str, source: str | None = None) -> Iterator[dict[str, Any]]:
     """Yield flat traces from a file, one at a time; messages name it ``source`` (default: its file name).
 
-    Streamed: JSONL and CSV line by line, a JSON array item by item
-    (:func:`iter_json_array`). Only a JSON object with a ``traces`` array is loaded
-    whole. (Training loaded every JSON file whole: an array of a million traces, 89 MB,
-    peaked at 686 MB resident, and streamed at 210 MB; benchmarks/ingest.py.)
+    Streamed: JSONL and CSV line by line, a JSON array, or an object's ``traces``
+    array, item by item (:func:`iter_json_array`). (Training loaded every JSON file
+    whole: an array of a million traces, 89 MB, peaked at 686 MB resident, and streamed
+    at 210 MB; benchmarks/ingest.py.)
     """
     path = Path(path)
     source = source or path.name
@@ -185,7 +185,7 @@ def iter_trace_file(path: Path | str, source: str | None = None) -> Iterator[dic
             yield from iter_trace_stream(raw, fmt, source=source)
             return
         try:
-            for obj in iter_json_array(raw, source, constants=False):
+            for obj in iter_json_array(raw, source, constants=False, member="traces"):
                 yield _normalize_at(obj, source, f"item {done}")
                 done += 1
             return
@@ -201,7 +201,8 @@ def iter_trace_file(path: Path | str, source: str | None = None) -> Iterator[dic
         # item and why (NaN, a cut record): the line's said "may be truncated" either way.
         yield from _retry_traces(path, source, done)
         return
-    # An object with a "traces" array (or not JSON at all): read whole.
+    # Neither an array nor an object: not JSON, or a JSON value of another kind, which the
+    # whole-document reader refuses with its message.
     raw, fmt = open_trace_file(path, source)
     with raw:
         yield from iter_trace_stream(raw, fmt, source=source)
@@ -330,14 +331,17 @@ _WS = re.compile(r"[ \t\n\r]*")
 _LINE_MODE = re.compile(rb"\A\s*\[[ \t]*\r?\n")
 
 
-def iter_json_array(raw: IO[bytes], source: str, line_mode: bool = True, constants: bool = True) -> Iterator[Any]:
+def iter_json_array(raw: IO[bytes], source: str, line_mode: bool = True, constants: bool = True,
+                    member: str | None = None) -> Iterator[Any]:
     """Yield the items of a JSON array one at a time, without loading the document.
 
     Files with one item per line (what the table writer produces) are parsed
     line by line with orjson; any other layout by an incremental decoder. A
     truncated or malformed file raises :class:`TraceError` naming the place.
-    Raises :class:`NotAnArray` (before yielding anything) when the document is not
-    an array. ``constants=False`` refuses ``NaN`` and ``Infinity``, which are not
+    With ``member``, an object whose ``member`` is the array is read as well
+    (``{"traces": [...]}``; its other members are read past). Raises
+    :class:`NotAnArray` (before yielding anything) when the document is neither.
+    ``constants=False`` refuses ``NaN`` and ``Infinity``, which are not
     JSON, as orjson does (Python's ``json`` writes them, and a lookup table written
     by it may hold them).
     """
@@ -348,7 +352,7 @@ def iter_json_array(raw: IO[bytes], source: str, line_mode: bool = True, constan
             yield from _iter_lines(stream, source)
         else:
             with text_view(stream, newline=None) as text:
-                yield from _iter_incremental(text, source, constants)
+                yield from _iter_incremental(text, source, constants, member)
     except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as exc:
         raise TraceError(f"{source}: cannot read the file ({exc}); it may be truncated or not what its name says") from None
 
@@ -390,67 +394,144 @@ def _iter_lines(stream: IO[bytes], source: str) -> Iterator[Any]:
         raise LineModeError(f"{source}: ends before the closing ']'; the file is truncated")
 
 
-def _iter_incremental(text: IO[str], source: str, constants: bool = True) -> Iterator[Any]:
-    dec = json.JSONDecoder() if constants else json.JSONDecoder(parse_constant=_no_constant)
-    buf, pos, eof = "", 0, False
+class _JsonCursor:
+    """A position in a JSON text read a megabyte at a time: whitespace, one character, or a
+    whole value (by the standard decoder, which says where a value goes wrong)."""
 
-    def more() -> None:
-        nonlocal buf, pos, eof
-        chunk = text.read(1 << 20)
+    def __init__(self, text: IO[str], source: str, constants: bool = True):
+        self._text = text
+        self._source = source
+        self.decode = (json.JSONDecoder() if constants else json.JSONDecoder(parse_constant=_no_constant)).raw_decode
+        self.buf, self.pos, self.eof = "", 0, False
+
+    def _more(self) -> None:
+        chunk = self._text.read(1 << 20)
         if not chunk:
-            eof = True
-        buf, pos = buf[pos:] + chunk, 0
+            self.eof = True
+        self.buf, self.pos = self.buf[self.pos:] + chunk, 0
 
-    def skip_ws() -> None:
-        nonlocal pos
+    def peek(self) -> str:
+        """The next character that is not whitespace ('' at the end), not consumed."""
         while True:
-            pos = _WS.match(buf, pos).end()  # type: ignore[union-attr]
-            if pos < len(buf) or eof:
-                return
-            more()
+            self.pos = _WS.match(self.buf, self.pos).end()  # type: ignore[union-attr]
+            if self.pos < len(self.buf) or self.eof:
+                return self.buf[self.pos:self.pos + 1]
+            self._more()
 
-    skip_ws()
-    if pos >= len(buf):
+    def take(self) -> str:
+        c = self.peek()
+        self.pos += len(c)
+        return c
+
+    def value(self, what: str | int) -> Any:
+        """The value that starts here; errors name it ``what`` ("a member name"; a number: that item)."""
+        self.peek()
+        while True:
+            try:
+                obj, end = self.decode(self.buf, self.pos)
+                if end < len(self.buf) or self.eof:  # (a number cut by the chunk's end reads as a shorter one)
+                    self.pos = end
+                    return obj
+                self._more()
+            except RecursionError:
+                raise TraceError(f"{self._source}: {_what(what)}: arrays or objects nested too deeply to read") from None
+            except json.JSONDecodeError as exc:
+                near_end = exc.pos >= len(self.buf) - 16 or exc.msg.startswith("Unterminated string")
+                if self.eof or not near_end:
+                    where = "the file is truncated" if self.eof and near_end else "malformed"
+                    raise TraceError(f"{self._source}: {_what(what)}: not valid JSON ({exc.msg}; {where})") from None
+                self._more()
+            except ValueError as exc:  # an integer of more digits than Python converts (4300); NaN refused
+                raise TraceError(f"{self._source}: {_what(what)}: {exc}") from None
+
+
+def _what(what: str | int) -> str:
+    return f"item {what}" if isinstance(what, int) else what
+
+
+def _iter_incremental(text: IO[str], source: str, constants: bool = True, member: str | None = None) -> Iterator[Any]:
+    cur = _JsonCursor(text, source, constants)
+    first = cur.peek()
+    if not first:
         raise TraceError(f"{source}: the file is empty")
-    if buf[pos] != "[":
+    if first == "[":
+        yield from _array_items(cur, source)
+    elif first == "{" and member is not None:
+        yield from _member_items(cur, source, member)
+    else:
         raise NotAnArray()
-    pos += 1
-    skip_ws()
+    if cur.take():
+        raise TraceError(f"{source}: unexpected data after the closing '{']' if first == '[' else '}'}'")
+
+
+# After an item: the whitespace, the ',' or ']', and the whitespace before the next item.
+_AFTER_ITEM = re.compile(r"[ \t\n\r]*([,\]])[ \t\n\r]*")
+
+
+def _array_items(cur: _JsonCursor, source: str) -> Iterator[Any]:
+    cur.take()  # '['
+    if cur.peek() == "]":
+        cur.take()
+        return
+    decode, after = cur.decode, _AFTER_ITEM.match
     i = 0
-    if buf.startswith("]", pos):
-        pos += 1
+    while True:
+        # The usual item, whole in the buffer and followed by its separator, is read by one
+        # decode and one match; anything else (the buffer's end, an error) by the cursor.
+        buf = cur.buf
+        try:
+            obj, end = decode(buf, cur.pos)
+        except (ValueError, RecursionError):
+            end = -1
+        sep = after(buf, end) if 0 < end < len(buf) else None
+        if sep is not None and sep.end() < len(buf):
+            cur.pos = sep.end()
+            c = sep.group(1)
+        else:
+            obj = cur.value(i)
+            c = cur.take()
+            cur.peek()  # past the whitespace before the next item, where the decoder starts
+        yield obj
+        if c == "]":
+            return
+        if not c:
+            raise TraceError(f"{source}: ends after item {i} before the closing ']'; the file is truncated")
+        if c != ",":
+            raise TraceError(f"{source}: expected ',' or ']' after item {i}, found {c!r}")
+        i += 1
+
+
+def _member_items(cur: _JsonCursor, source: str, member: str) -> Iterator[Any]:
+    """The items of the array under ``member`` of the object that starts here; the other
+    members are read past (each whole, as they are small beside the array)."""
+    cur.take()  # '{'
+    found = False
+    if cur.peek() == "}":
+        cur.take()
     else:
         while True:
-            while True:
-                try:
-                    obj, end = dec.raw_decode(buf, pos)
-                    break
-                except RecursionError:
-                    raise TraceError(f"{source}: item {i}: arrays or objects nested too deeply to read") from None
-                except json.JSONDecodeError as exc:
-                    near_end = exc.pos >= len(buf) - 16 or exc.msg.startswith("Unterminated string")
-                    if eof or not near_end:
-                        where = "the file is truncated" if eof and near_end else "malformed"
-                        raise TraceError(f"{source}: item {i}: not valid JSON ({exc.msg}; {where})") from None
-                    more()
-                except ValueError as exc:  # an integer of more digits than Python converts (4300); NaN refused
-                    raise TraceError(f"{source}: item {i}: {exc}") from None
-            pos = end
-            yield obj
-            i += 1
-            skip_ws()
-            if pos >= len(buf):
-                raise TraceError(f"{source}: ends after item {i - 1} before the closing ']'; the file is truncated")
-            c = buf[pos]
-            pos += 1
-            if c == "]":
+            if cur.peek() != '"':
+                raise TraceError(f"{source}: malformed object: expected a member name, found {cur.peek() or 'the end'!r}")
+            key = cur.value("a member name")
+            if cur.take() != ":":
+                raise TraceError(f"{source}: malformed object: expected ':' after the member name {shown(key)}")
+            if key != member:
+                cur.value(f"member {shown(key)}")
+            elif found:
+                raise TraceError(f"{source}: the object has two {shown(member)} members")
+            elif cur.peek() != "[":
+                break  # refused below, as an object without the array
+            else:
+                found = True
+                yield from _array_items(cur, source)
+            c = cur.take()
+            if c == "}":
                 break
             if c != ",":
-                raise TraceError(f"{source}: expected ',' or ']' after item {i - 1}, found {c!r}")
-            skip_ws()
-    skip_ws()
-    if pos < len(buf):
-        raise TraceError(f"{source}: unexpected data after the closing ']'")
+                what = "the file is truncated" if not c else f"found {c!r}"
+                raise TraceError(f"{source}: malformed object: expected ',' or '}}' after member {shown(key)} ({what})")
+    if not found:
+        raise TraceError(f"{source}: a .json trace file holds an array or an object with a {shown(member)} array")
 
 
 def csv_problem(exc: csv.Error, unclosed_hint: str = "") -> str:
