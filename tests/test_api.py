@@ -441,6 +441,8 @@ BATCH = f"/predict/batch/{SEGMENTS}"
     (SINGLE, b'{"trace": {"input_tokens": "lots", "output_tokens": 1}}', 422, 'trace', ["input_tokens"]),
     (SINGLE, b'{"trace": {"input_tokens": [1], "output_tokens": 1}}', 422, 'trace', ["input_tokens"]),
     (SINGLE, b'{"trace": {"input_feature": "x"}}', 422, 'trace', ["input_feature"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1, "input_feature": [{"param_name": "input_tokens", '
+             b'"val": 5}]}}', 422, 'trace', ["'input_tokens' is given twice, as 1 and as 5"]),
     (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "surprise": 1}', 422, 'surprise', ["surprise"]),
     (BATCH, b'{"trace": {"input_tokens": 1}}', 422, 'trace', ["trace"]),
     (BATCH, b'{"trace": [1, 2]}', 422, 'trace.0', ["trace"]),
@@ -958,6 +960,19 @@ def test_a_wildcard_cannot_name_an_identity_part_at_training(http, part):
     config = yaml.safe_dump({"model": {**ident("star"), part: "*"}, "traces": "t.jsonl"}).encode()
     body = failed(multipart_train(http, "c.yaml", config, {"t.jsonl": jsonl_bytes(make_llm_traces(20))}), 422, part)
     assert body["field"] == f"config.model.{part}"
+
+
+@pytest.mark.parametrize("value", [" ", "H100\n"])
+def test_a_blank_part_or_a_control_character_cannot_name_a_model(http, value):
+    # A client cannot tell a blank part from an empty one, nor list a name holding a line break.
+    body = failed(http.post("/train", json={"config": {"model": {**ident("blank"), "hardware": value},
+                                                      "traces": make_llm_traces(40)}}), 422, "hardware")
+    assert body["field"] == "config.model.hardware"
+    traces = [{**t, "hardware": value if i % 2 else "A100"} for i, t in enumerate(make_llm_traces(60))]
+    body = failed(http.post("/train", json={"config": {"model": ident("blank"), "group_by": ["hardware"],
+                                                      "traces": traces}}), 422, "hardware")
+    assert body["field"] == "config.traces"
+    assert not [m for m in http.get("/models").json()["models"] if m["model_type"] == "blank"]
 
 
 def test_a_wildcard_group_value_cannot_name_a_model(http):

@@ -119,6 +119,14 @@ def test_accuracy_gauges_are_there_after_a_restart(tmp_path):
         path = "/".join(quote(part, safe="") for part in IDENTITY.values())
         r = httpx.get(f"{srv.url}/models/{path}/accuracy", params={"recent": 0})
         assert r.status_code == 200 and r.json()["recent"]["runtime_ms"] == []
+        # Past the limit, or below 0: named, not quietly capped.
+        for recent in (-1, 5001):
+            r = httpx.get(f"{srv.url}/models/{path}/accuracy", params={"recent": recent})
+            assert r.status_code == 422 and r.json()["field"] == "recent", r.text
+            assert r.json()["message"] == f"recent must be between 0 and 5,000, got {recent}"
+        with pytest.raises(PredictorClientError, match="recent must be between 0 and 5,000, got 5001"):
+            client.accuracy(IDENTITY, recent=5001)
+        assert len(client.accuracy(IDENTITY, recent=5000)["recent"]["runtime_ms"]) > 0
         # A repeated parameter: the last one won, and an invalid first one was not seen.
         r = httpx.get(f"{srv.url}/models/{path}/accuracy?recent=x&recent=1")
         assert r.status_code == 422 and r.json()["field"] == "recent" and "more than once" in r.json()["message"]

@@ -253,6 +253,20 @@ def test_observe_rejects_traces_without_runtime_or_features(tmp_path):
         {"index": 5, "message": "missing measured 'runtime_ms'"}]
 
 
+def test_observe_reads_runtimes_written_as_strings_as_training_does(tmp_path):
+    svc = _service(tmp_path)
+    identity = svc.registry.identities()[0]
+    good = make_llm_traces(3, seed=41)
+    as_text = [{**t, "runtime_ms": f" {t['runtime_ms']!r}"} for t in good]
+    words = [{**good[0], "runtime_ms": w} for w in ("timeout", "", "-5", "1e400", "nan")]
+    result = svc.observe(IDENTITY, as_text + words)
+    assert result["accepted"] == 3
+    assert [r["index"] for r in result["rejected"]] == [3, 4, 5, 6, 7]
+    assert {r["message"] for r in result["rejected"]} == {"'runtime_ms' must be a number in [1e-12, 1e+15]"}
+    recent = svc.monitor.recent(identity, 1)
+    assert recent["runtime_ms"] == [t["runtime_ms"] for t in good]
+
+
 def test_retraining_learns_which_new_shapes_have_run(tmp_path):
     # Trained before batch size 16 ever ran; then it runs, its first runs slow, and the
     # whole instance gets 1.5x slower, so a retrain is due.

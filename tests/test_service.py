@@ -209,7 +209,9 @@ def test_an_empty_batch_totals_zero_from_a_model_and_from_a_table(service):
     assert body["total_quantiles"] == [0, 0] and body["total_interval"] == [0, 0] and body["expect"] == 0
 
 
-@pytest.mark.parametrize("value, match", [("", "cannot be empty"), ("..", "relative path segment")])
+@pytest.mark.parametrize("value, match", [("", "cannot be empty"), (" ", "cannot be blank"),
+                                          ("h\n100", r"control characters, got 'h\\n100'"),
+                                          ("..", "relative path segment")])
 def test_group_values_that_cannot_name_a_model_are_refused(service, value, match):
     traces = make_llm_traces(40)
     traces = [{**t, "hardware": value if i % 2 else "h100"} for i, t in enumerate(traces)]

@@ -100,11 +100,22 @@ def test_model_id_is_reserved_not_a_feature():
         ({"input_feature": [{"val": 3}]}, r"input_feature\[0\]"),
         ({"input_feature": [{"param_name": "a", "val": 1}, 7]}, r"input_feature\[1\]"),
         ({"input_feature": [{"param_name": 5, "val": 1}]}, r"input_feature\[0\]\.param_name must be a text, got 5"),
+        # Two values of one feature: which one was meant is not for the reader to guess.
+        ({"batch_size": 8, "input_feature": [{"param_name": "batch_size", "val": 16}]},
+         r"^input_feature\[0\]: 'batch_size' is given twice, as 8 and as 16$"),
+        ({"input_feature": [{"param_name": "a", "val": 1}, {"param_name": "b", "val": 2}, {"param_name": "a", "val": "x"}]},
+         r"^input_feature\[2\]: 'a' is given twice, as 1 and as 'x'$"),
     ],
 )
 def test_malformed_traces_raise_trace_error(bad, match):
     with pytest.raises(TraceError, match=match):
         normalize_trace(bad)
+
+
+def test_a_feature_given_twice_with_one_value_is_read_once():
+    trace = {"batch_size": 8, "input_feature": [{"param_name": "batch_size", "val": 8}, {"param_name": "image", "val": 224},
+                                                {"param_name": "image", "val": 224}]}
+    assert normalize_trace(trace) == {"batch_size": 8, "image": 224}
 
 
 # --------------------------------------------------------------------------- files

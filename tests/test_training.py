@@ -127,6 +127,18 @@ def test_dot_segments_cannot_name_an_identity_part(value):
     TrainConfig(model={**IDENTITY, "model_name": f"v{value}1"}, traces="t.jsonl")
 
 
+@pytest.mark.parametrize(("value", "match"), [(" ", "cannot be blank"), ("\t", "cannot be blank"),
+                                            ("a\x00b", "control characters"), ("a\nb", "control characters")])
+def test_blank_parts_and_control_characters_cannot_name_an_identity_part(value, match):
+    """A blank part reads as an empty one to a client; a line break splits a listing's row."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=match) as info:
+        TrainConfig(model={**IDENTITY, "hardware": value}, traces="t.jsonl")
+    assert info.value.errors()[0]["loc"] == ("model", "hardware")
+    TrainConfig(model={**IDENTITY, "hardware": "H100 SXM"}, traces="t.jsonl")  # spaces inside a name are fine
+
+
 def test_jobs_wait_queued_behind_the_one_running(tmp_path):
     """One worker trains one job at a time: the others say queued until their turn."""
     jobs = TrainingJobs(tmp_path)

@@ -407,7 +407,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     async def model_accuracy(request: Request, version: int | None = None, recent: int = 200):
         _refuse_repeated_query(request)
         pattern = _identity_from(request.scope, 1)
-        return JSONResponse(await run_in_threadpool(service.accuracy, pattern, version, max(0, min(recent, 5000))))
+        return JSONResponse(await run_in_threadpool(service.accuracy, pattern, version, recent))
 
     @app.post("/models/" + IDENTITY_PATH + "/retrain", tags=["monitoring"],
               summary="Retrain now on training data plus observations; a new version only if it is better")

@@ -18,6 +18,7 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 IDENTITY_PART_MAX = 200
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # what a table name may not hold either
 
 
 def identity_part_problem(value: str) -> str | None:
@@ -25,6 +26,12 @@ def identity_part_problem(value: str) -> str | None:
     addressable by a URL whose segments are its five parts."""
     if value == "":
         return "an identity part cannot be empty"
+    if not value.strip():
+        # A client could not tell it from an empty part (ours refuses it as one).
+        return "an identity part cannot be blank (only whitespace)"
+    if _CONTROL.search(value):
+        # A line break in a name splits its row in every listing and log line.
+        return f"an identity part cannot hold control characters, got {shown(value)}"
     if len(value) > IDENTITY_PART_MAX:
         # A URL line has a length limit too: a model named by a megabyte could not be deleted.
         return f"an identity part is at most {IDENTITY_PART_MAX} characters, got {len(value):,}"

@@ -41,10 +41,14 @@ from .traces import (
     iter_trace_file,
     normalize_trace,
     normalize_traces,
+    number_in_text,
 )
 
 
 log = logging.getLogger(__name__)
+
+# The most observations an accuracy report lists with their predictions (a response of a few MB).
+MAX_RECENT = 5000
 
 # Fewer single requests than this are evaluated one by one (plain floats) rather than as
 # one vectorised batch: from about this many on, the batch is cheaper (measured in-process).
@@ -730,8 +734,9 @@ class PredictorService:
         y = np.full(len(flat), np.nan)
         for i, t in enumerate(flat):
             v = t.get(target)
-            if is_runtime(v):
-                y[i] = v
+            number = number_in_text(v) if isinstance(v, str) else v  # "12.5" is a number, as in training
+            if is_runtime(number):
+                y[i] = number
             elif errors[i] is None:
                 errors[i] = (f"'{target}' must be a number in {RUNTIME_RANGE}" if v is not None
                              else f"missing measured '{target}'" + (
@@ -770,6 +775,8 @@ class PredictorService:
         }
 
     def accuracy(self, pattern: IdentityPattern, version: int | None = None, recent: int = 200) -> dict[str, Any]:
+        if not 0 <= recent <= MAX_RECENT:  # a number past the window is a mistake to name, not to cap
+            raise InvalidInput(f"recent must be between 0 and {MAX_RECENT:,}, got {recent}", field="recent")
         identity = self._resolve(pattern)
         meta = self.registry.get_version(identity, version)
         report = self.monitor.report(identity, meta.version)

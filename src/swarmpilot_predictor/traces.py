@@ -81,7 +81,12 @@ def normalize_trace(obj: Any) -> dict[str, Any]:
             # A number would name a feature "5" that no model has: the trace would then
             # fail for a feature it did send.
             raise TraceError(f"input_feature[{i}].param_name must be a text, got {shown(item['param_name'])}")
-        flat[item["param_name"]] = item.get("val")
+        name, value = item["param_name"], item.get("val")
+        if name in flat and flat[name] != value:
+            # Either could be the one meant: which one a model read would be a guess.
+            raise TraceError(f"input_feature[{i}]: {shown(name)} is given twice, as {shown(flat[name])} "
+                             f"and as {shown(value)}")
+        flat[name] = value
     return flat
 
 
