@@ -623,7 +623,7 @@ def test_service_health_and_lookup_requests(tmp_path):
 def test_a_tables_records_say_when_another_model_version_serves(tmp_path):
     """A table is a snapshot of one version: once another serves (retrained, or the model
     deleted), its answers and its listing say so; the seed's records, made by no model of
-    this registry, say nothing."""
+    this registry, say nothing, nor does another service of a table made here."""
     (tmp_path / "d" / "tables").mkdir(parents=True)
     (tmp_path / "d" / "tables" / "seed.json").write_text(SEED_TABLE)
     service = PredictorService(PredictorSettings(data_dir=tmp_path / "d"))
@@ -659,6 +659,19 @@ def test_a_tables_records_say_when_another_model_version_serves(tmp_path):
         assert "stale" not in entry["identities"][0] and entry["identities"][0]["model_versions"] == []
     finally:
         service.close()
+    # The same table served by another service (a lookup-only one, say), which never held
+    # that model: whether its records are stale is not for that service to say.
+    (tmp_path / "e" / "tables").mkdir(parents=True)
+    (tmp_path / "e" / "tables" / "t.json").write_bytes((tmp_path / "d" / "tables" / "t.json").read_bytes())
+    other = PredictorService(PredictorSettings(data_dir=tmp_path / "e"))
+    try:
+        result = other.predict(PATTERN, [task], lookup_table=True, lookup_table_name="t.json").single_response()["results"]
+        assert result["model_version"] == 1 and "stale" not in result
+        (entry,) = [t for t in other.list_tables() if t["name"] == "t.json"]
+        (ident,) = entry["identities"]
+        assert ident["model_versions"] == [1] and ident["serving_version"] is None and ident["stale"] is None
+    finally:
+        other.close()
 
 
 # --------------------------------------------------------------------------- CLI

@@ -1080,13 +1080,13 @@ class LookupTable:
         confidence_level: float = 0.95,
         quantiles: Sequence[float] | None = None,
         with_total: bool = False,
-        serving_version: Callable[[tuple[str | None, ...]], int | None] | None = None,
+        staleness: Callable[[tuple[str | None, ...], int], bool | None] | None = None,
     ) -> "TablePrediction":
         """Answers rendered like the model's: quantiles (the record's levels, or ``quantiles``), interval, totals.
 
-        With ``serving_version`` (an identity's serving version, None where no model of it
-        is stored), a record made by a model version carries ``stale``: whether another
-        version serves now, or none.
+        With ``staleness`` (whether a version of an identity is stale: another version serves
+        now, or it was deleted; None where that is unknown, as for a table made by another
+        service), a record made by a model version carries ``stale`` where it is known.
         """
         t0 = time.perf_counter()
         res = self.lookup(traces, pattern)
@@ -1107,7 +1107,7 @@ class LookupTable:
             ident, versions = self.row_identity[idx].tolist(), self.versions[idx].tolist()
         match_l, dist_l = res.match.tolist(), res.distance.tolist()
         infos = [g.model_info(pattern) for g in self.groups]
-        serving: dict[int, int | None] = {}  # per identity of the table, asked once a request
+        stale: dict[tuple[int, int], bool | None] = {}  # per identity and version, asked once a request
         results: list[dict[str, Any]] = []
         k = 0
         for i, row in enumerate(rows_l):
@@ -1131,11 +1131,12 @@ class LookupTable:
             }
             if versions[k] >= 0:
                 item["model_version"] = versions[k]
-                if serving_version is not None and None not in self.identities[ident[k]]:
-                    g = ident[k]
-                    if g not in serving:
-                        serving[g] = serving_version(self.identities[g])
-                    item["stale"] = serving[g] != versions[k]
+                if staleness is not None and None not in self.identities[ident[k]]:
+                    key = (ident[k], versions[k])
+                    if key not in stale:
+                        stale[key] = staleness(self.identities[key[0]], key[1])
+                    if stale[key] is not None:
+                        item["stale"] = stale[key]
             if kind == "nearest":
                 item["distance"] = dist_l[i]
             if i in res.kind_mismatch:  # its answer may be ten times off the model's

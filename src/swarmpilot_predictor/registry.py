@@ -868,6 +868,14 @@ class ModelRegistry:
                                f"({failure.strerror or type(failure).__name__}): {done}") from failure
         return targets
 
+    def was_deleted(self, identity: ModelIdentity, version: int) -> bool:
+        """Whether ``version`` of ``identity`` was stored here and deleted since (its tombstone
+        stays: a number is never given twice)."""
+        try:
+            return (self.root / identity.dirname / _tombstone_file(version)).exists()
+        except (OSError, ValueError):  # a version number past what a file name holds
+            return False
+
     @property
     def loaded_count(self) -> int:
         return len(self._loaded)

@@ -268,7 +268,7 @@ class PredictorService:
             if with_total and not quantiles:  # answered at the table's levels
                 _check_batch_values(len(traces), max((len(ls) for ls in table.levelsets), default=0))
             pred = table.predict(pattern, traces, confidence_level, quantiles, with_total,
-                                 serving_version=self._serving_version)
+                                 staleness=self._staleness)
             n_ok = int(pred.ok.sum())
             self.metrics.count_predictions(table_label(pred.table), "lookup_table", n_ok, len(pred.errors) - n_ok)
             return pred
@@ -287,6 +287,15 @@ class PredictorService:
         except ModelNotFound:
             return None
 
+    def _staleness(self, parts: tuple[str | None, ...], version: int) -> bool | None:
+        """Whether records made by ``version`` of the model ``parts`` are stale: another version
+        serves now, or that one was deleted here; None where this registry never held it (a
+        table made by another service: that is not for this one to say)."""
+        serving = self._serving_version(parts)
+        if serving is not None:
+            return serving != version
+        return True if self.registry.was_deleted(ModelIdentity(*parts), version) else None  # type: ignore[arg-type]
+
     def list_tables(self) -> list[dict[str, Any]]:
         """The lookup tables; for each model a loaded table holds records of, whether a version
         other than the one that made them serves now (or none: the model was deleted)."""
@@ -297,7 +306,12 @@ class PredictorService:
                 if None in parts or not ident["model_versions"]:
                     continue  # the seed's records: no model of this registry made them
                 ident["serving_version"] = serving = self._serving_version(parts)
-                ident["stale"] = ident["model_versions"] != [serving]
+                if serving is not None:
+                    ident["stale"] = ident["model_versions"] != [serving]
+                else:  # deleted here, or made by another service (unknown: null)
+                    deleted = [self.registry.was_deleted(ModelIdentity(*parts), v)  # type: ignore[arg-type]
+                               for v in ident["model_versions"]]
+                    ident["stale"] = True if any(deleted) else None
         return tables
 
     def _serving(self, pattern: IdentityPattern, version: int | None = None,
