@@ -15,7 +15,8 @@ in-process:
 the model's for the same task: the median, 90th percentile and largest relative error.
 
 ``lookup`` is matching only (:meth:`LookupTable.lookup`); ``answer`` is the whole
-response as the HTTP layer renders it (:meth:`LookupTable.predict`). ``batch`` is
+response as the HTTP layer renders it (:meth:`LookupTable.predict`); "with the queue's
+total" the same for queues of 10 to 10,000 exact traces, the batch's total included. ``batch`` is
 one call with all 10,000 traces (per-trace cost, best of 3 runs); ``single`` is one
 call per trace (mean over ``--single`` calls).
 
@@ -62,6 +63,8 @@ def make_traces(n: int, seed: int, start: int = 0) -> list[dict]:
 
 
 CHUNK = 100_000
+# Queues whose answer with the total is timed (a table's total: README, "Lookup tables").
+TOTAL_QUEUES = (10, 100, 1000, 10_000)
 
 
 def write_trace_file(path: Path, n: int, chunk: int = CHUNK) -> None:
@@ -191,12 +194,21 @@ def main() -> None:
         nr_b, nr_s = time_per_trace(lk, near, args.single)
         ax_b, ax_s = time_per_trace(ans, exact, args.single)
         an_b, an_s = time_per_trace(ans, near, args.single)
+        totals = {}
+        for k in TOTAL_QUEUES:
+            table.predict(pattern, exact[:k], 0.95, with_total=True)  # warm
+            runs = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                table.predict(pattern, exact[:k], 0.95, with_total=True)
+                runs.append(time.perf_counter() - t0)
+            totals[k] = min(runs) * 1e3
         rows_out.append({
             "rows": n, "gen_s": gen["duration_seconds"], "gen_wall_s": wall, "gen_rows_per_s": n / gen["duration_seconds"],
             "gen_peak_mb": peak_mb, "size_mb": table_path.stat().st_size / 2**20, "load_s": load_s, "table_mb": table_mb,
             "store_first_s": store_first_s, "sidecar_s": sidecar_s,
             "exact": (ex_b, ex_s), "nearest": (nr_b, nr_s), "answer_exact": (ax_b, ax_s), "answer_nearest": (an_b, an_s),
-            "nearest_error": near_err,
+            "nearest_error": near_err, "totals": totals,
         })
         r = rows_out[-1]
         print(f"\n{n:,} rows ({args.format}, {r['size_mb']:.0f} MB): generated in {r['gen_s']:.2f}s "
@@ -210,6 +222,8 @@ def main() -> None:
                            ("answer exact", "answer_exact"), ("answer nearest", "answer_nearest")):
             b, s = r[key]
             print(f"  {label:<22} {b:>12.2f}   {s:>11.1f}")
+        print("  answer with the queue's total, ms (best of 3): "
+              + ", ".join(f"{k:,} traces {ms:.1f}" for k, ms in totals.items()))
         del table
         traces_path.unlink()
 
