@@ -1106,6 +1106,14 @@ def test_a_slow_mode_of_few_rows_is_part_of_the_shared_uncertainty():
     assert model.shared_log_sd_ == pytest.approx(expected, rel=0.2)
 
 
+def test_one_far_run_among_few_does_not_set_the_shared_uncertainty():
+    # 29 runs of about 5 ms and one of 5 s: its ratio is capped at the highest other one (a
+    # quantile interpolated toward it left three tenths of it: a log sd of 0.49; none capped, 0.80).
+    y = np.r_[5.0 * np.exp(0.05 * np.random.default_rng(0).standard_normal(29)), 5000.0]
+    model = QuantileModel([], []).fit(np.zeros((30, 0)), y)
+    assert model.shared_log_sd_ < 0.02
+
+
 def test_one_far_outlier_does_not_set_the_shared_uncertainty():
     # A thousand runs of exactly 5 ms and one warm-up run of 5 s: the outlier is a part of
     # each task's distribution, not an error about the level of all of them. Uncapped, it

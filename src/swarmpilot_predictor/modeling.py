@@ -62,7 +62,7 @@ MAX_LEVELS = 12
 # the model's uncertainty about the runtimes' level.
 SHARED_SD_ROWS = 20_000
 # Those ratios are capped at the value this many rows exceed, at most this share of them
-# (see QuantileModel._shared_log_sd).
+# but one at least (see QuantileModel._shared_log_sd).
 SHARED_SD_TAIL_ROWS = 10
 SHARED_SD_TAIL_SHARE = 0.01
 LEVEL_MIN_ROWS = 5
@@ -2613,14 +2613,17 @@ class QuantileModel:
             rows = np.random.default_rng(self.random_state).choice(n, SHARED_SD_ROWS, replace=False)
         mean, _ = self.predict_distribution(X[rows]).mean_std()
         ratio = y[rows] / mean
-        capped = min(SHARED_SD_TAIL_ROWS, int(len(ratio) * SHARED_SD_TAIL_SHARE))
-        if capped:
-            # A handful of far outliers (one warm-up run 1000x slower among a thousand) would
-            # set the factor alone, and blur the total of every queue, whose tasks' own
-            # distributions already hold such runs: the few highest ratios are capped. Of
-            # fewer rows, as many would be a slow mode's: of 30 rows, 3 runs 8x slower, whose
-            # share the model knows as badly as its level (capped, a 500-task total held the truth 0.30 of the time).
-            ratio = np.minimum(ratio, np.quantile(ratio, 1.0 - capped / len(ratio)))
+        # A handful of far outliers (one warm-up run 1000x slower among a thousand) would set
+        # the factor alone, and blur the total of every queue, whose tasks' own distributions
+        # already hold such runs: the few highest ratios are capped, the highest one at
+        # least. Not ten of fewer rows, where as many are a slow mode's: of 30 rows, 3 runs
+        # 8x slower, whose share the model knows as badly as its level (all capped, a
+        # 500-task total of such a model held the truth 0.30 of the time).
+        capped = min(SHARED_SD_TAIL_ROWS, max(1, int(len(ratio) * SHARED_SD_TAIL_SHARE)))
+        if len(ratio) > 2 * capped:
+            # At the highest value left uncapped (a quantile interpolated toward the highest
+            # one left a single far run among 30 three tenths of its ratio).
+            ratio = np.minimum(ratio, np.partition(ratio, len(ratio) - capped - 1)[len(ratio) - capped - 1])
         ww = np.ones(len(rows)) if w is None else w[rows]
         mu = float(np.average(ratio, weights=ww))
         cv2 = float(np.average((ratio - mu) ** 2, weights=ww)) / (mu * mu)
