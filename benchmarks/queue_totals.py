@@ -27,11 +27,13 @@ fell below the predicted total's median (0.5 when the total is unbiased).
     uv run python benchmarks/queue_totals.py --tails    # heavy-tailed noise: long queues' upper tails
     uv run python benchmarks/queue_totals.py --sampled  # totals against sums sampled from the tasks
     uv run python benchmarks/queue_totals.py --long     # 1,000 to 100,000 tasks against their cumulants
+    uv run python benchmarks/queue_totals.py --error-departure  # the shared factor's effect on ``error``
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from pathlib import Path
@@ -162,6 +164,29 @@ def trained_on_the_past(name: str, features: list[str]) -> tuple[QuantileModel, 
     return QuantileModel(schema.kinds, schema.n_categories, regime_column=schema.regime_column).fit(X, y), Xt
 
 
+def error_departure() -> None:
+    """How far the shared factor moves a queue's ``error`` from the root of its tasks' summed
+    variances: the seed example's model (``examples/train_seed_example_model.py``) and the
+    H100 ResNet-50 example, each trained on its whole trace set as the service trains, each
+    asked about the first 100 and 500 of its training tasks."""
+    sys.path.insert(0, str(EXAMPLES.parent))
+    from train_seed_example_model import synthetic_llm_traces
+
+    sets = {"seed example (synthetic LLM)": (synthetic_llm_traces(), None),
+            "h100_resnet50_vision": (list(iter_trace_file(EXAMPLES / "h100_resnet50_vision.jsonl")),
+                                     REAL_SETS["h100_resnet50_vision"])}
+    print("| model | training rows | shared log sd | queue | error with the factor / without - 1 |")
+    print("|---|---:|---:|---:|---:|")
+    for name, (traces, features) in sets.items():
+        schema, X, y, _ = FeatureSchema.prepare_training(TraceTable.from_traces(traces), features=features)
+        model = QuantileModel(schema.kinds, schema.n_categories, regime_column=schema.regime_column).fit(X, y)
+        for k in (100, 500):
+            dist = model.predict_distribution(X[:k])
+            plain = dist.total_moments()[1] ** 0.5
+            shared = dist.total_moments(shared_factor=True)[1] ** 0.5
+            print(f"| {name} | {len(y)} | {model.shared_log_sd_:.4f} | {k} | {shared / plain - 1:.3f} |", flush=True)
+
+
 def sampled_totals(seed: int = 3, sums: int = SUMS) -> None:
     """A total against a Monte Carlo sum of the same tasks' own distributions: how far the
     predicted quantiles are from the sampled sum's, in probability and in time. The model
@@ -271,9 +296,14 @@ def main() -> None:
                     help="only real-trace totals against Monte Carlo sums of the same tasks' distributions")
     ap.add_argument("--sums", type=int, default=SUMS, help="with --sampled: sampled sums per queue")
     ap.add_argument("--no-real", action="store_true", help="the synthetic sets only, without the real trace files")
+    ap.add_argument("--error-departure", action="store_true",
+                    help="only how far the shared factor moves a queue's error, on the two example models")
     ap.add_argument("--long", action="store_true",
                     help="only real-trace totals of 1,000 to 100,000 tasks against the normal law with their cumulants")
     args = ap.parse_args()
+    if args.error_departure:
+        error_departure()
+        return
     if args.long:
         t0 = time.perf_counter()
         long_queues()
