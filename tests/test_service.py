@@ -221,6 +221,15 @@ def test_group_values_that_cannot_name_a_model_are_refused(service, value, match
     assert service.registry.identities() == []
 
 
+def test_a_training_trace_with_two_values_of_a_feature_is_refused_by_name(service):
+    traces = make_llm_traces(40)
+    traces[7] = {**traces[7], "input_feature": [{"param_name": "input_tokens", "val": traces[7]["input_tokens"] + 1}]}
+    with pytest.raises(InvalidInput, match=r"item 7: input_feature\[0\]: 'input_tokens' is given twice") as info:
+        service.train(config(traces))
+    assert info.value.field == "traces" and info.value.status_code == 422
+    assert service.registry.identities() == []
+
+
 def test_group_values_are_kept_apart_whatever_characters_they_hold(service):
     """Two groups whose values joined with a separator would read the same stay two models."""
     traces = make_llm_traces(120)
