@@ -28,7 +28,9 @@ draws from its tasks' mixture (first three cumulants exact, slow modes kept).
 
 A batch whose tasks two models answer (first runs of an input shape and repeats, each
 with a model of its own) is a :class:`MixedDistribution`: each task keeps its model's
-distribution, and the total sums all of them in one convolution.
+distribution, and the total sums all of them in one convolution. Tasks known only by
+stored quantiles (a lookup table's records) are a :class:`StoredQuantileDistribution`,
+summed the same way.
 """
 
 from __future__ import annotations
