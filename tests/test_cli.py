@@ -283,6 +283,15 @@ def test_a_bad_setting_or_an_unusable_data_directory_is_one_clear_line(tmp_path,
     ("PREDICTOR_PORT", "70000", "Input should be less than or equal to 65535 (got '70000')"),
     ("PREDICTOR_MAX_UPLOAD_MB", "inf", "Input should be a finite number (got 'inf')"),
     ("PREDICTOR_OBSERVATIONS_MAX_FILE_MB", "inf", "Input should be a finite number (got 'inf')"),
+    # Past any count the service could hold: such values started it, and then the answers that
+    # carry them failed (a 500: JSON integers stop at 64 bits).
+    ("PREDICTOR_CACHE_SIZE", "100000000000000000000",
+     "Input should be less than or equal to 1000000000000 (got '100000000000000000000')"),
+    ("PREDICTOR_ACCURACY_WINDOW", "100000000000000000000",
+     "Input should be less than or equal to 1000000000000 (got '100000000000000000000')"),
+    ("PREDICTOR_RETRAIN_MIN_OBSERVATIONS", "10000000000000",
+     "Input should be less than or equal to 1000000000000 (got '10000000000000')"),
+    ("PREDICTOR_MAX_UPLOAD_MB", "1e20", "Input should be less than or equal to 1000000000 (got '1e20')"),
 ])
 def test_settings_that_make_no_sense_stop_the_service_with_one_line(tmp_path, monkeypatch, variable, value, message):
     monkeypatch.setenv(variable, value)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 WORKER = """
@@ -105,6 +106,37 @@ def test_models_in_memory_are_reported_as_they_load_not_only_at_a_scrape(tmp_pat
             fresh.close()
     finally:
         service.close()
+
+
+def test_models_loaded_by_an_observation_or_a_table_are_reported_too(tmp_path):
+    # Only the prediction path reported its loads: a worker that loaded a model for an
+    # observation said 0 until a scrape reached it, and a scrape of another worker undercounted.
+    from swarmpilot_predictor.identity import IdentityPattern
+    from swarmpilot_predictor.schemas import TrainConfig
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    from .conftest import IDENTITY, make_llm_traces
+
+    data = tmp_path / "data"
+    traces = make_llm_traces(80)
+    trainer = PredictorService(PredictorSettings(data_dir=data))
+    try:
+        trainer.train(TrainConfig(model=IDENTITY, traces=traces, algorithm="linear"))
+    finally:
+        trainer.close()
+    (data / "t.jsonl").write_bytes(b"".join(orjson.dumps(t) + b"\n" for t in traces))
+    for use in ("observe", "table"):
+        worker = PredictorService(PredictorSettings(data_dir=data))  # nothing loaded yet
+        try:
+            assert _samples(worker.metrics.render()[0].decode()).get(("predictor_models_loaded", ()), 0.0) == 0.0
+            if use == "observe":
+                worker.observe(IDENTITY, traces[:5])
+            else:
+                worker.generate_table(IdentityPattern.from_parts(IDENTITY), data / "t.jsonl", table_name="t.json")
+            assert _samples(worker.metrics.render()[0].decode())[("predictor_models_loaded", ())] == 1.0, use
+        finally:
+            worker.close()
 
 
 def _series(service, name: str) -> dict[str, float]:

@@ -285,9 +285,10 @@ class ModelRegistry:
         self._epoch = 0
         # Called with an identity after this process saved or deleted one of its versions.
         self.on_change: Callable[[ModelIdentity], None] | None = None
-        # Called when versions leave memory because they were deleted (here, or by another
-        # process, noticed at a refresh): the service keeps its loaded-models gauge current.
-        self.on_unload: Callable[[], None] | None = None
+        # Called when versions enter memory (loaded, saved) or leave it (evicted, deleted here
+        # or by another process, noticed at a refresh): the service keeps its loaded-models
+        # gauge current whatever loaded them (a prediction, an observation, a retraining).
+        self.on_loaded_change: Callable[[], None] | None = None
         # A training worker only writes: it never needs the index.
         # Per metadata file: its modification time and what it held (None: it is damaged).
         self._meta_cache: dict[str, tuple[int, ModelVersion | None]] = {}
@@ -491,8 +492,8 @@ class ModelRegistry:
             gone = [key for key in self._loaded if key[1] not in self._index.get(key[0], {})]
             for key in gone:
                 del self._loaded[key]
-        if gone and self.on_unload is not None:
-            self.on_unload()
+        if gone and self.on_loaded_change is not None:
+            self.on_loaded_change()
 
     def refresh_identity(self, identity: ModelIdentity) -> None:
         """Re-read one model's versions (after a training worker wrote them)."""
@@ -678,6 +679,8 @@ class ModelRegistry:
             self._loaded[key] = loaded
             while len(self._loaded) > self.max_loaded:
                 self._loaded.popitem(last=False)
+        if self.on_loaded_change is not None:
+            self.on_loaded_change()
         return loaded
 
     def save(self, meta: ModelVersion, model: QuantileModel,
@@ -743,6 +746,8 @@ class ModelRegistry:
             self._loaded[(meta.identity, version)] = LoadedModel(meta, model)
             while len(self._loaded) > self.max_loaded:
                 self._loaded.popitem(last=False)
+        if self.on_loaded_change is not None:
+            self.on_loaded_change()
         return meta
 
     @staticmethod
@@ -859,8 +864,8 @@ class ModelRegistry:
             self._bump_generation(model_dir)
             if self.on_change is not None:
                 self.on_change(identity)
-            if self.on_unload is not None:
-                self.on_unload()
+            if self.on_loaded_change is not None:
+                self.on_loaded_change()
         if failure is not None:
             done = ("nothing was deleted" if not deleted else f"version {deleted[0]} was deleted" if len(deleted) == 1
                     else f"versions {', '.join(map(str, deleted))} were deleted")

@@ -169,7 +169,7 @@ class PredictorService:
         self.metrics = PredictorMetrics()
         self.cache = PredictionCache(settings.cache_size)
         self.registry.on_change = self.cache.invalidate
-        self.registry.on_unload = self._report_loaded
+        self.registry.on_loaded_change = self._report_loaded
         self.observations = ObservationLog(
             settings.observations_dir,
             max_file_bytes=int(settings.observations_max_file_mb * 1024 * 1024),
@@ -324,14 +324,13 @@ class PredictorService:
             identity = self._named_by_traces(pattern, traces) if traces else None
             if identity is None:
                 raise
-        loaded = self.registry.load(identity, version)
-        self._report_loaded()
-        return identity, loaded
+        return identity, self.registry.load(identity, version)
 
     def _report_loaded(self) -> None:
         """Set the model versions in memory in the metrics when their number changed: kept
-        current as models load and are evicted, not only when this worker takes a scrape
-        (with several workers a scrape adds up every worker's last value)."""
+        current as models load (for a prediction, an observation, a retraining, a table) and
+        are evicted, not only when this worker takes a scrape (with several workers a scrape
+        adds up every worker's last value; models an observation loaded went uncounted)."""
         count = self.registry.loaded_count
         if count != self._loaded_reported:
             self._loaded_reported = count

@@ -14,6 +14,12 @@ from .errors import StorageError, shown
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
 
 
+# Counts and sizes past any the service could hold: beyond, a value such as 1e20 started the
+# service and then failed the answers that carry it (JSON integers stop at 64 bits).
+MAX_COUNT = 10**12
+MAX_MB = 1e9  # a petabyte
+
+
 class PredictorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PREDICTOR_", extra="ignore")
 
@@ -27,32 +33,32 @@ class PredictorSettings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("DEFAULT_LOOKUP_TABLE", "PREDICTOR_DEFAULT_LOOKUP_TABLE"),
     )
-    max_loaded_models: int = Field(default=256, ge=1)
+    max_loaded_models: int = Field(default=256, ge=1, le=MAX_COUNT)
     # Load every model's latest version in the background at start (newest first, up to
     # max_loaded_models), so that the first prediction of each does not pay for its loading.
     preload_models: bool = False
     # Trainings queued or running in one worker process at a time (each queued one holds its
     # request body); more get a 429.
-    max_queued_trainings: int = Field(default=16, ge=1)
+    max_queued_trainings: int = Field(default=16, ge=1, le=MAX_COUNT)
     # Largest request body accepted (JSON or uploaded files), in MB; larger ones get a 413; 0: no limit.
-    max_upload_mb: float = Field(default=512, ge=0, allow_inf_nan=False)
+    max_upload_mb: float = Field(default=512, ge=0, le=MAX_MB, allow_inf_nan=False)
     # Records in a lookup table that generation writes (0: no limit). Every worker holds a
     # table it answers from in memory: a 39 MB CSV of 5 million traces made a 2.4 GB table.
-    max_table_rows: int = Field(default=1_000_000, ge=0)
+    max_table_rows: int = Field(default=1_000_000, ge=0, le=MAX_COUNT)
     log_level: str = "info"
     # Prediction cache entries (0 turns it off); see the README for when it pays.
-    cache_size: int = Field(default=10_000, ge=0)
+    cache_size: int = Field(default=10_000, ge=0, le=MAX_COUNT)
     # Accuracy monitoring and online retraining. Values that would turn them into
     # nonsense (no window, keeping no observation file) are refused at startup.
-    accuracy_window: int = Field(default=1000, ge=1)
+    accuracy_window: int = Field(default=1000, ge=1, le=MAX_COUNT)
     drift_alpha: float = Field(default=1e-3, gt=0, lt=1, allow_inf_nan=False)
-    drift_min_observations: int = Field(default=30, ge=1)
+    drift_min_observations: int = Field(default=30, ge=1, le=MAX_COUNT)
     auto_retrain: bool = False
-    retrain_min_observations: int = Field(default=200, ge=1)
+    retrain_min_observations: int = Field(default=200, ge=1, le=MAX_COUNT)
     # A retraining fits its candidates on at most this many of the newest observations.
-    retrain_max_observations: int = Field(default=20_000, ge=50)
-    observations_max_file_mb: float = Field(default=8.0, gt=0, allow_inf_nan=False)
-    observations_max_files: int = Field(default=8, ge=1)
+    retrain_max_observations: int = Field(default=20_000, ge=50, le=MAX_COUNT)
+    observations_max_file_mb: float = Field(default=8.0, gt=0, le=MAX_MB, allow_inf_nan=False)
+    observations_max_files: int = Field(default=8, ge=1, le=MAX_COUNT)
     # FastAPI's native OpenTelemetry (traces, metrics, logs through the globally
     # configured providers). Off by default: even unconfigured, it is consulted on
     # every request; Prometheus metrics are always at /metrics.
