@@ -18,7 +18,8 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 IDENTITY_PART_MAX = 200
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # what a table name may not hold either
+# What no name the service files or lists may hold (model identity parts, table names).
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def identity_part_problem(value: str) -> str | None:
@@ -29,7 +30,7 @@ def identity_part_problem(value: str) -> str | None:
     if not value.strip():
         # A client could not tell it from an empty part (ours refuses it as one).
         return "an identity part cannot be blank (only whitespace)"
-    if _CONTROL.search(value):
+    if CONTROL_CHARACTERS.search(value):
         # A line break in a name splits its row in every listing and log line.
         return f"an identity part cannot hold control characters, got {shown(value)}"
     if len(value) > IDENTITY_PART_MAX:

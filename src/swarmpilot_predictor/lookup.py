@@ -58,7 +58,7 @@ from .atomic import NotRegularFile, atomic_file, open_regular, remove_stale_temp
 from .distribution import StoredQuantileDistribution, interval_levels
 from .errors import InvalidInput, NotFound, PayloadTooLarge, PredictorError, shown, storage_error
 from .features import FIRST_OF_SHAPE, category_code, stated_flag
-from .identity import IDENTITY_KEYS, IdentityPattern, join_key, names_a_model, names_part
+from .identity import CONTROL_CHARACTERS, IDENTITY_KEYS, IdentityPattern, join_key, names_a_model, names_part
 from .schemas import RenderedPredictions
 from .traces import (
     BOOLEAN_WORDS,
@@ -138,7 +138,7 @@ def check_table_name(name: Any, field: str = "lookup_table_name", writing: bool 
         raise InvalidInput(f"{field} {shown(name)} is not a valid file name (it holds a lone surrogate)", field=field) from None
     if size > 255:  # the file system's limit is on the encoded name, not on characters
         raise InvalidInput(f"{field} is longer than 255 bytes", field=field)
-    if "/" in name or "\\" in name or name.startswith(".") or any(ord(c) < 32 or ord(c) == 127 for c in name):
+    if "/" in name or "\\" in name or name.startswith(".") or CONTROL_CHARACTERS.search(name):
         raise InvalidInput(
             f"{field} {shown(name)} must be a file name in the table directory, not a path "
             "(no '/', '\\', leading '.' or control characters)",
@@ -1188,10 +1188,7 @@ class LookupTable:
         taus = np.clip(taus, 1e-12, 1.0 - 1e-12)
         out = np.empty((len(rows), taus.shape[-1]))
         for sel, r, s, cl, L, V in self._knot_groups(rows):
-            if taus.ndim == 2:
-                out[sel] = quantile_function_per_row(L, V, self.expect[r], self.error[r], taus[sel])
-            else:
-                out[sel] = quantile_function(L, V, self.expect[r], self.error[r], taus)
+            out[sel] = quantile_function(L, V, self.expect[r], self.error[r], taus[sel] if taus.ndim == 2 else taus)
         return out
 
     def _knot_groups(self, rows: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, int, float, np.ndarray, np.ndarray]]:
@@ -1287,8 +1284,8 @@ def _merge_interval_knots_many(levels: np.ndarray, values: np.ndarray, cl: float
 
 
 def quantile_function(levels: np.ndarray, values: np.ndarray, mean: np.ndarray, std: np.ndarray,
-                      taus: Sequence[float]) -> np.ndarray:
-    """Values at ``taus`` from records that store quantiles at ``levels``.
+                      taus: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Values at ``taus`` from records that store quantiles at ``levels``: (records, taus).
 
     Stored levels are answered as stored; levels between two stored ones by
     linear interpolation. Beyond the lowest or the highest stored level the log of
@@ -1300,89 +1297,61 @@ def quantile_function(levels: np.ndarray, values: np.ndarray, mean: np.ndarray, 
     log slope (one stored level, a quantile not above 0) get the normal
     approximation, floored at 0 below and at the highest stored quantile above.
     The result never decreases along increasing levels.
+
+    ``taus`` is one set of levels for every record, in any order, or (records, k) levels
+    of each record's own, increasing along each row (a total's nodes, each task at its
+    own stratum of them).
     """
+    L = np.asarray(levels, dtype=np.float64)
     taus_a = np.asarray(taus, dtype=np.float64)
-    L = np.asarray(levels, dtype=np.float64)
-    out = np.empty((values.shape[0], len(taus_a)))
-    # Every level at once, each by the first of these that applies to it (as stored; between
-    # two stored levels; below the lowest; above the highest).
-    near = np.abs(L[None, :] - taus_a[:, None]) < 1e-9
-    exact = near.any(axis=1)
-    out[:, exact] = values[:, near.argmax(axis=1)[exact]]
-    inner = ~exact & (taus_a > L[0]) & (taus_a < L[-1])
-    if inner.any():
-        t = taus_a[inner]
-        i = np.searchsorted(L, t)
-        w = (t - L[i - 1]) / (L[i] - L[i - 1])
-        out[:, inner] = values[:, i - 1] * (1 - w) + values[:, i] * w
-    below = ~exact & ~inner & (taus_a < L[0])
-    if below.any():
-        t = taus_a[below]
-        normal = np.minimum(values[:, [0]], np.maximum(mean[:, None] + std[:, None] * ndtri(t)[None, :], 0.0))
-        if len(L) >= 2:
-            tail, ok = _log_slope_tail(values, L, 0, 1, t)
-            normal = np.where(ok[:, None], tail, normal)
-        out[:, below] = normal
-    above = ~exact & ~inner & ~below
-    if above.any():
-        t = taus_a[above]
-        upper = np.maximum(values[:, [-1]], mean[:, None] + std[:, None] * ndtri(t)[None, :])
-        if len(L) >= 2:
-            tail, ok = _log_slope_tail(values, L, -1, -2, t)
-            upper = np.where(ok[:, None], np.maximum(upper, tail), upper)
-        out[:, above] = upper
-    order = np.argsort(taus_a, kind="stable")
-    out[:, order] = np.maximum.accumulate(out[:, order], axis=1)
-    return out
-
-
-def quantile_function_per_row(levels: np.ndarray, values: np.ndarray, mean: np.ndarray, std: np.ndarray,
-                              taus: np.ndarray) -> np.ndarray:
-    """:func:`quantile_function` with levels of each record's own: ``taus`` (records, k),
-    increasing along each row (a total's nodes, each task at its own stratum of them)."""
-    L = np.asarray(levels, dtype=np.float64)
-    n = values.shape[0]
-    at = np.arange(n)[:, None]
-    i = np.searchsorted(L, taus)
+    shared = taus_a.ndim == 1
+    order = np.argsort(taus_a, kind="stable") if shared else None
+    t = taus_a[order][None, :] if shared else taus_a  # (1 or records, k), increasing along rows
+    at = np.arange(values.shape[0])[:, None]
+    # Each level by the first of these that applies to it: as stored; between two stored
+    # levels; below the lowest; above the highest.
+    i = np.searchsorted(L, t)
     lo, hi = np.clip(i - 1, 0, len(L) - 1), np.clip(i, 0, len(L) - 1)
-    near_lo, near_hi = np.abs(L[lo] - taus) < 1e-9, np.abs(L[hi] - taus) < 1e-9
+    near_lo, near_hi = np.abs(L[lo] - t) < 1e-9, np.abs(L[hi] - t) < 1e-9
     exact = near_lo | near_hi
-    out = values[at, np.where(near_lo, lo, hi)]
-    inner = ~exact & (taus > L[0]) & (taus < L[-1])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        w = (taus - L[lo]) / (L[hi] - L[lo])
-        out = np.where(inner, values[at, lo] * (1 - w) + values[at, hi] * w, out)
-    z = ndtri(taus)
-    below = ~exact & ~inner & (taus < L[0])
+    inner = ~exact & (t > L[0]) & (t < L[-1])
+    below = ~exact & ~inner & (t < L[0])
     above = ~exact & ~inner & ~below
-    normal = mean[:, None] + std[:, None] * z
-    low_value = np.minimum(values[:, [0]], np.maximum(normal, 0.0))
-    high_value = np.maximum(values[:, [-1]], normal)
-    if len(L) >= 2:
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            for outer, inner_k, side in ((0, 1, below), (-1, -2, above)):
-                if not side.any():
-                    continue
-                v_out, v_in = values[:, outer], values[:, inner_k]
-                slope = np.log(v_out / v_in) / (ndtri(L[outer]) - ndtri(L[inner_k]))
-                tail = v_out[:, None] * np.exp(slope[:, None] * (z - ndtri(L[outer])))
-                ok = ((v_out > 0) & (v_in > 0))[:, None]
-                if outer == 0:
-                    low_value = np.where(ok, tail, low_value)
-                else:
-                    high_value = np.where(ok, np.maximum(high_value, tail), high_value)
-    out = np.where(below, low_value, np.where(above, high_value, out))
-    return np.maximum.accumulate(out, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = (t - L[lo]) / (L[hi] - L[lo])
+        out = np.where(exact, values[at, np.where(near_lo, lo, hi)], values[at, lo] * (1 - w) + values[at, hi] * w)
+    out = np.array(np.broadcast_to(out, (values.shape[0], t.shape[1])))
+    # The tails, on the columns where some record is in one only (the outer levels).
+    for side, outer, inner_k in ((below, 0, 1), (above, -1, -2)):
+        cols = np.flatnonzero(side.any(axis=0))
+        if not len(cols):
+            continue
+        z = ndtri(t[:, cols])
+        normal = mean[:, None] + std[:, None] * z
+        if outer == 0:
+            value = np.minimum(values[:, [0]], np.maximum(normal, 0.0))
+        else:
+            value = np.maximum(values[:, [-1]], normal)
+        if len(L) >= 2:
+            tail, ok = _log_slope_tail(values, L, outer, inner_k, z)
+            value = np.where(ok[:, None], tail if outer == 0 else np.maximum(value, tail), value)
+        out[:, cols] = np.where(side[:, cols], value, out[:, cols])
+    out = np.maximum.accumulate(out, axis=1)
+    if not shared:
+        return out
+    result = np.empty_like(out)
+    result[:, order] = out
+    return result
 
 
-def _log_slope_tail(values: np.ndarray, L: np.ndarray, outer: int, inner: int, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each record's values at levels ``t`` beyond its stored levels: the log of the quantile
-    along the normal score through the stored levels ``outer`` (the outermost) and ``inner``,
-    (records, levels); and where that holds (both quantiles above 0), per record."""
+def _log_slope_tail(values: np.ndarray, L: np.ndarray, outer: int, inner: int, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each record's values at normal scores ``z`` beyond its stored levels: the log of the
+    quantile along the normal score through the stored levels ``outer`` (the outermost) and
+    ``inner``, (records, levels); and where that holds (both quantiles above 0), per record."""
     v_out, v_in = values[:, outer], values[:, inner]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         slope = np.log(v_out / v_in) / (ndtri(L[outer]) - ndtri(L[inner]))
-        tail = v_out[:, None] * np.exp(slope[:, None] * (ndtri(t) - ndtri(L[outer]))[None, :])
+        tail = v_out[:, None] * np.exp(slope[:, None] * (z - ndtri(L[outer])))
     return tail, (v_out > 0) & (v_in > 0)
 
 

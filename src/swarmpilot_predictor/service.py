@@ -288,10 +288,13 @@ class PredictorService:
             return None
 
     def _staleness(self, parts: tuple[str | None, ...], version: int) -> bool | None:
-        """Whether records made by ``version`` of the model ``parts`` are stale: another version
-        serves now, or that one was deleted here; None where this registry never held it (a
-        table made by another service: that is not for this one to say)."""
-        serving = self._serving_version(parts)
+        """Whether records made by ``version`` of the model ``parts`` are stale (see :meth:`_stale`)."""
+        return self._stale(parts, version, self._serving_version(parts))
+
+    def _stale(self, parts: tuple[str | None, ...], version: int, serving: int | None) -> bool | None:
+        """Whether records made by ``version`` are stale when ``serving`` serves (None: none
+        does): another version serves, or that one was deleted here; None where this
+        registry never held it (a table made by another service: not for this one to say)."""
         if serving is not None:
             return serving != version
         return True if self.registry.was_deleted(ModelIdentity(*parts), version) else None  # type: ignore[arg-type]
@@ -306,12 +309,9 @@ class PredictorService:
                 if None in parts or not ident["model_versions"]:
                     continue  # the seed's records: no model of this registry made them
                 ident["serving_version"] = serving = self._serving_version(parts)
-                if serving is not None:
-                    ident["stale"] = ident["model_versions"] != [serving]
-                else:  # deleted here, or made by another service (unknown: null)
-                    deleted = [self.registry.was_deleted(ModelIdentity(*parts), v)  # type: ignore[arg-type]
-                               for v in ident["model_versions"]]
-                    ident["stale"] = True if any(deleted) else None
+                each = [self._stale(parts, v, serving) for v in ident["model_versions"]]
+                # Stale if any of its versions is; unknown (null) if none is and one is unknown.
+                ident["stale"] = True if True in each else None if None in each else False
         return tables
 
     def _serving(self, pattern: IdentityPattern, version: int | None = None,
