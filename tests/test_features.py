@@ -256,6 +256,35 @@ def test_a_few_words_among_numbers_are_missing_numbers_not_categories():
     assert prepare(traces)[0].features[0].kind == "categorical"
 
 
+def test_a_number_written_as_a_string_is_that_number():
+    # "8" among numbers is 8 in training (not a word read as a gap), and at prediction on
+    # every path, as a runtime or a CSV cell is read; it was the column's median, or an error.
+    traces = [{"batch": b, "note": "ok" if b % 2 else "n/a", "runtime_ms": 3.0 + b} for b in range(1, 201)]
+    for t in traces[:5]:
+        t["batch"] = str(t["batch"])
+    traces[6]["batch"] = " 7.0 "
+    traces[8]["batch"] = "n/a"
+    schema, X, _, report = prepare(traces)
+    spec = schema.features[schema.names.index("batch")]
+    assert spec.kind == "numeric" and spec.words_missing
+    assert report.words_read_as_missing == {"batch": 1}
+    np.testing.assert_array_equal(X[:7, 0], [1, 2, 3, 4, 5, 6, 7])
+    X2, errors = schema.matrix([{"batch": "32", "note": "ok"}, {"batch": "1e3", "note": "ok"}, {"batch": "inf", "note": "ok"}])
+    assert errors == [None, None, None] and X2[:, 0].tolist() == [32.0, 1000.0, spec.fill]  # "inf" is no number: a word
+    assert schema.row({"batch": "32", "note": "ok"}) == ([32.0, X2[0, 1]], None)
+    X3, ok = schema.matrix_from_table(TraceTable.from_traces([{"batch": "32", "note": "ok"}, {"batch": 4, "note": "ok"}]))
+    assert ok.all() and X3[:, 0].tolist() == [32.0, 4.0]
+    # A model that read no words: a number's text is the number, a word is still an error.
+    (clean,) = prepare([{"batch": b, "runtime_ms": 3.0 + b} for b in range(1, 41)])[0].features
+    assert not clean.words_missing
+    clean_schema = FeatureSchema((clean,))
+    assert clean_schema.matrix([{"batch": "32"}, {"batch": "many"}])[1] == [None, "feature 'batch' must be a number, got str 'many'"]
+    assert clean_schema.row({"batch": "32"}) == ([32.0], None)
+    # Strings alone are a categorical feature, "8" and "16" too, as the contract has it.
+    strings = prepare([{"batch": str(b % 4 + 1), "runtime_ms": 3.0 + b % 4} for b in range(40)])[0].features[0]
+    assert strings.kind == "categorical" and strings.categories == ("1", "2", "3", "4")
+
+
 def test_a_column_is_typed_by_the_rows_trained_on():
     # Numbers in the rows trained on, words only in others (another group_by group's, or a
     # row without a runtime): a numeric feature, as if those other rows had never been read.
@@ -367,8 +396,8 @@ def test_a_list_or_an_object_is_no_category_and_names_the_feature():
 
 
 def test_matrix_result_of_a_trace_does_not_depend_on_the_rest_of_the_batch():
-    alone = SCHEMA.matrix([{"input_tokens": "100", "gpu": "h100"}])[1]
-    batched = SCHEMA.matrix([{"input_tokens": "100", "gpu": "h100"}, {"input_tokens": "x", "gpu": "h100"}])[1]
+    alone = SCHEMA.matrix([{"input_tokens": "100 tokens", "gpu": "h100"}])[1]
+    batched = SCHEMA.matrix([{"input_tokens": "100 tokens", "gpu": "h100"}, {"input_tokens": "x", "gpu": "h100"}])[1]
     assert alone[0] == batched[0]
     assert alone[0] is not None and "input_tokens" in alone[0]
 

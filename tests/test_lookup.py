@@ -232,8 +232,10 @@ def test_categorical_features_must_match_and_errors_name_the_feature(mixed_table
 
 def test_numbers_and_strings_do_not_mix_up():
     table = LookupTable.from_records([record(0, features={"x": 1, "c": "1"}), record(1, features={"x": 2, "c": 2})])
-    # A column holding strings is categorical: numbers there compare as their text.
-    assert table.lookup([{"x": 1, "c": 1}, {"x": 2, "c": "2"}, {"x": "1", "c": "1"}]).kinds() == ["exact", "exact", None]
+    # A column holding strings is categorical: numbers there compare as their text; and a
+    # numeric column reads a number's text as the number, as the model does.
+    assert table.lookup([{"x": 1, "c": 1}, {"x": 2, "c": "2"}, {"x": "1", "c": "1"}]).kinds() == ["exact"] * 3
+    assert table.lookup([{"x": "1", "c": "2"}]).kinds() == ["nearest"]
 
 
 def test_values_near_the_float_limit_find_the_farthest_record_on_their_side(mixed_table):
@@ -1000,8 +1002,10 @@ def test_a_csv_table_answers_the_categorical_traces_it_was_made_from(tmp_path):
         res = csv_table.lookup(near)
         assert res.kinds()[:9] == ["nearest"] * 9 and res.errors[9] == "feature 'zone' must be a number"
         assert csv_table.lookup([near[0]]).rows.tolist() == res.rows[:1].tolist()
-        # Tables that record their types (JSON) still tell a string from a number.
-        assert LookupTable.from_records([record(0, features={"x": 1})]).lookup([{"x": "1"}]).kinds() == [None]
+        # A number's text is the number in a table of any format, as the model reads it.
+        json_table = LookupTable.from_records([record(0, features={"x": 1})])
+        assert json_table.lookup([{"x": "1"}]).kinds() == ["exact"]
+        assert json_table.lookup([{"x": "one"}]).errors == ["feature 'x' must be a number"]
     finally:
         service.close()
 

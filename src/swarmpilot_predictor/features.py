@@ -530,7 +530,7 @@ class FeatureSchema:
                 spec = FeatureSpec(name, "categorical", cats, optional=n_missing > 0)
                 columns.append(_encode_categories(values, cats))
             else:
-                values = table.numeric(name)[rows]
+                values = table.columns[name].as_numeric(spelled=True)[rows]
                 finite = np.isfinite(values)
                 if not finite.any():
                     report.columns_dropped[name] = "no values"
@@ -596,7 +596,7 @@ class FeatureSchema:
             values = [t.get(name) for t in traces]
             if spec.kind == "numeric":
                 # Value by value: numpy would also take "100" or [5], but only for some batches.
-                col = np.fromiter((as_number(v) for v in values), dtype=np.float64, count=n)
+                col = np.fromiter((feature_number(v) for v in values), dtype=np.float64, count=n)
                 ok = np.isfinite(col)
                 if ok.all():
                     X[:, j] = col
@@ -643,7 +643,7 @@ class FeatureSchema:
         for spec in self.features:
             v = trace.get(spec.name)
             if spec.kind == "numeric":
-                x = as_number(v)
+                x = feature_number(v)
                 if math.isfinite(x):
                     values.append(x)
                 elif spec.reads_as_missing(v):
@@ -692,11 +692,15 @@ class FeatureSchema:
             if spec.kind == "numeric":
                 col = table.numeric(spec.name)
                 column = table.columns[spec.name]
-                if column.is_categorical and not spec.words_missing:  # a CSV file's true, say
-                    # Per distinct string, then per row (a number's text is never such a word).
-                    word_of = np.array([BOOLEAN_WORDS.get(s, np.nan) for s in column.vocab] + [np.nan])
+                if column.is_categorical:
+                    # Per distinct string, then per row: a number's text is the number, and a
+                    # boolean's word (a CSV file's true) 1 or 0 unless training read words as gaps.
+                    word_of = column.spelled_numbers()
+                    if not spec.words_missing:
+                        booleans = np.array([BOOLEAN_WORDS.get(s, np.nan) for s in column.vocab])
+                        word_of = np.where(np.isnan(word_of), booleans, word_of)
                     codes = column.code_array()
-                    col = np.where(np.isnan(col), word_of[codes], col)  # code -1 (no string): the NaN at the end
+                    col = np.where(np.isnan(col), np.append(word_of, np.nan)[codes], col)  # code -1 (no string): the NaN at the end
                 good = np.isfinite(col)
                 X[:, j] = np.where(good, col, spec.fill)
                 ok &= (good | table.columns[spec.name].missing_rows()) if spec.optional else good
@@ -870,6 +874,17 @@ def _encode_categories(values: np.ndarray, categories: tuple[str, ...]) -> np.nd
     return np.array([lookup.get(v, math.nan) if v is not None else math.nan for v in values], dtype=np.float64)
 
 
+def feature_number(v: Any) -> float:
+    """A trace's value of a numeric feature: a number or a boolean as :func:`as_number` reads
+    it, and a string that spells a finite number (``"8"``, ``" 12.5"``) as that number, as
+    runtimes and CSV cells are read; NaN for anything else."""
+    if v.__class__ is str:
+        number = number_in_text(v)
+        x = math.nan if number is None else as_number(number)
+        return x if math.isfinite(x) else math.nan
+    return as_number(v)
+
+
 def _numeric_problem(name: str, value: Any) -> str:
     if value is None:
         return f"missing required feature '{name}'"
@@ -894,14 +909,20 @@ def _few_words_among_numbers(col: Any, rows: np.ndarray) -> int | None:
     ``group_by`` group, or a row without a runtime, held a word there."""
     if col.codes is None:
         return 0
-    words = int((col.code_array()[rows] >= 0).sum())
-    if not words:
+    codes = col.code_array()[rows]
+    strings = codes >= 0
+    if not strings.any():
         return 0
+    # A number written as a string ("8") is a number of a column that holds numbers, not a
+    # word: the runtime and a CSV cell are read so, and so is a trace's value at prediction.
+    spelled = np.zeros(len(codes), dtype=bool)
+    spelled[strings] = np.isfinite(col.spelled_numbers()[codes[strings]])
+    words = int((strings & ~spelled).sum())
     numbers = col.as_numeric()[rows]
     numbers = numbers[np.isfinite(numbers)]
     if len(numbers) < 2 or numbers.min() == numbers.max():
-        return None
-    return words if words <= WORDS_AS_GAPS_SHARE * (words + len(numbers)) else None
+        return None  # strings alone make a categorical feature, "8" and "16" too
+    return words if words <= WORDS_AS_GAPS_SHARE * (words + len(numbers) + int(spelled.sum())) else None
 
 
 def _category_problem(name: str, value: Any) -> str:

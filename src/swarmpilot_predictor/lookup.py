@@ -213,7 +213,7 @@ def _vocab_code(vocab: dict[str, int], v: Any) -> int:
 
 
 def _text_number(s: str) -> Any:
-    """A CSV cell's number (see ``LookupTable.text_numbers``): as :func:`csv_value` reads it, else the string."""
+    """The number a string spells, as :func:`csv_value` reads a CSV cell, else the string."""
     if not s:
         return None
     number = number_in_text(s)
@@ -394,11 +394,6 @@ class LookupTable:
         self.shape_features = dict(shape_features or {})
         self.path = path
         self.format = fmt
-        # CSV holds no types: a cell "0" may have been the string "0" (a categorical
-        # feature's value) or the number 0, and the reader makes it a number. So a CSV
-        # table's numeric columns take a string that reads as a number as that number,
-        # as the CSV trace reader would; tables that keep their types still tell them apart.
-        self.text_numbers = fmt == "csv"
         self.seed = seed
         self.skipped = skipped
         self.n_rows = len(expect)
@@ -740,12 +735,12 @@ class LookupTable:
         return seen
 
     def _query_number(self, v: str) -> Any:
-        """A query's string where a numeric column is: a boolean's word is the number, as
-        for the model; in a CSV table (which holds no types) a number's text is the number."""
+        """A query's string where a numeric column is: a boolean's word, or a number's text
+        (``"8"``), is the number, as the model reads it."""
         word = BOOLEAN_WORDS.get(v)
         if word is not None:
             return word
-        return _text_number(v) if self.text_numbers else v
+        return _text_number(v)
 
     def _query_bits(self, j: int, values: np.ndarray) -> np.ndarray:
         """:meth:`_bits` of query values of column ``j`` (from :meth:`_query_column`)."""

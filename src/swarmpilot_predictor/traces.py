@@ -710,8 +710,25 @@ class Column:
         out[np.frombuffer(self.at_rows, dtype=np.int64)] = stored
         return out
 
-    def as_numeric(self) -> np.ndarray:
-        return self._spread(np.frombuffer(self.numbers, dtype=np.float64), math.nan)
+    def as_numeric(self, spelled: bool = False) -> np.ndarray:
+        """Each row's number (NaN where it holds none); with ``spelled``, a string that spells
+        a finite number (``"8"``, ``"12.5"``) is that number too."""
+        out = self._spread(np.frombuffer(self.numbers, dtype=np.float64), math.nan)
+        if spelled and self.codes is not None:
+            codes = self.code_array()
+            has = codes >= 0
+            out[has] = self.spelled_numbers()[codes[has]]
+        return out
+
+    def spelled_numbers(self) -> np.ndarray:
+        """Per string of ``vocab``, in code order, the finite number it spells, else NaN."""
+        out = np.full(len(self.vocab), np.nan)
+        for k, s in enumerate(self.vocab):
+            number = number_in_text(s)
+            if number is not None:
+                out[k] = as_number(number)
+        out[~np.isfinite(out)] = np.nan
+        return out
 
     def code_array(self) -> np.ndarray:
         """Each row's code into ``vocab``; -1 where it holds no string."""
