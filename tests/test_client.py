@@ -623,6 +623,31 @@ def test_an_answer_that_is_not_the_services_is_a_client_error():
                 assert "unexpected" in err.value.message, err.value.message
 
 
+def test_a_job_record_of_an_unexpected_shape_is_a_client_error():
+    # A failed job whose error is text (a proxy's, an older service's), and a running one
+    # without its id: PredictorClientError from both clients, not AttributeError or KeyError.
+    def answer(record: bytes) -> bytes:
+        return (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                b"content-length: " + str(len(record)).encode() + b"\r\n\r\n" + record)
+
+    cases = [(b'{"status": "failed", "error": "worker crashed"}', PredictorClientError, "training failed: worker crashed"),
+             (b'{"status": "failed", "error": {"message": null, "status_code": "x"}}', PredictorClientError, "training failed"),
+             (b'{"status": "running"}', PredictorUnavailableError, "training job ? still running")]
+    for record, kind, message in cases:
+        with RawServer(answer(record)) as srv:
+            with PredictorClient(srv.url, retries=0) as client, pytest.raises(kind) as err:
+                client.wait_for_job("abc", timeout=0, poll=0.01)
+            assert type(err.value) is kind and err.value.message.startswith(message) and err.value.status_code is None
+
+            async def run():
+                async with AsyncPredictorClient(srv.url, retries=0) as client:
+                    return await client.wait_for_job("abc", timeout=0, poll=0.01)
+
+            with pytest.raises(kind) as err:
+                asyncio.run(run())
+            assert type(err.value) is kind and err.value.message.startswith(message)
+
+
 def test_a_calls_own_timeout_is_the_one_waited_and_reported():
     with RawServer(None) as srv, PredictorClient(srv.url, timeout=5, retries=0) as client:
         started = time.monotonic()

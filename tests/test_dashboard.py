@@ -80,7 +80,7 @@ def test_dashboard_a_failed_request_costs_only_its_own_part(tmp_path):
             assert page.locator("tr.model-row").count() == 3
             table = page.inner_text("#models")
             assert all(name in table for name in names)
-            assert page.inner_text("#health").startswith("health unavailable: /health: 503")
+            assert page.inner_text("#health").startswith("health unavailable: health: 503")
             errors = page.locator("#details p.error")
             assert errors.count() == 1 and "accuracy unavailable" in errors.inner_text() and "500" in errors.inner_text()
             assert page.locator("#details p.empty").count() == 2  # the others: no observations yet
@@ -90,5 +90,44 @@ def test_dashboard_a_failed_request_costs_only_its_own_part(tmp_path):
             page.route("**/models", lambda route: route.abort())
             page.goto(srv.url + "/dashboard")
             page.wait_for_function("document.body.dataset.ready === 'error'", timeout=15000)
-            assert page.inner_text("#health").startswith("error: /models: ")
+            assert page.inner_text("#health").startswith("error: models: ")
+            browser.close()
+
+
+def test_dashboard_behind_a_proxy_under_a_path_prefix(tmp_path):
+    """A gateway that serves the service under /predictor/ (an ingress, nginx's location
+    /predictor/): the page asks for its data under the same prefix, and a long name wraps."""
+    from playwright.sync_api import sync_playwright
+
+    long_name = "Q" * 200  # the longest identity part there is
+    with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
+        client.train({"model": IDENTITY, "traces": make_llm_traces(100), "algorithm": "linear"})
+        client.train({"model": {**IDENTITY, "model_name": long_name}, "traces": make_llm_traces(100, seed=1),
+                      "algorithm": "linear"})
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            asked: list[str] = []
+
+            def gateway(route):
+                path = route.request.url[len(srv.url):]
+                asked.append(path)
+                if not path.startswith("/predictor/"):
+                    return route.fulfill(status=404, body="no such app")
+                route.fulfill(response=route.fetch(url=srv.url + path[len("/predictor"):]))
+
+            page.route(srv.url + "/**", gateway)
+            page.goto(srv.url + "/predictor/dashboard")
+            page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+            assert page.locator("tr.model-row").count() == 2 and page.evaluate("document.body.dataset.failed") == "0"
+            assert all(a.startswith("/predictor/") for a in asked) and "/predictor/models" in asked
+            # Every column stays on screen: the long key wraps in its cell and its card's heading.
+            assert page.evaluate("document.documentElement.scrollWidth") <= 1200
+            # A 200 that is no JSON (a proxy's sign-in page) names the request it answered.
+            page = browser.new_page()
+            page.route("**/models", lambda route: route.fulfill(status=200, content_type="text/html",
+                                                                body="<html>Sign in</html>"))
+            page.goto(srv.url + "/dashboard")
+            page.wait_for_function("document.body.dataset.ready === 'error'", timeout=15000)
+            assert page.inner_text("#health").startswith("error: models: not JSON")
             browser.close()

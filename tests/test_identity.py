@@ -11,6 +11,7 @@ from swarmpilot_predictor.identity import (
     WILDCARD,
     IdentityPattern,
     ModelIdentity,
+    has_control_characters,
 )
 
 PARTS = {
@@ -154,3 +155,14 @@ def test_a_pattern_collects_what_the_traces_state_for_its_open_parts():
     assert pattern.stated_by([{"software_version": 2}, {"software_version": 2}, {"software_version": "2"}]) == {
         "software_version": [2, "2"]}
     assert pattern.stated_by([{"hardware": ["A100"]}, {"hardware": True}]) == {"hardware": [True]}
+
+
+def test_names_that_would_display_as_other_names_hold_control_characters():
+    # Line breaks (C0, C1 and Unicode's) split a listing's row; a bidirectional override or
+    # a zero-width space makes a key display as another's. Joiners belong to scripts and emoji.
+    for bad in ("a\nb", "a\x7f", "a\x85b", "a\u2028b", "a\u2029b", "llama\u202e2.1", "a\u2066b", "h\u200b100",
+                "\ufeffh100", "a\u00adb"):
+        assert has_control_characters(bad), repr(bad)
+    for good in ("H100 SXM", "NVIDIA H100 80GB HBM3", "Qwen/Qwen2.5-7B", "\u00a0A100", "модель", "\u0645\u06cc\u200c\u062e\u0648\u0627\u0645",
+                 "\U0001f468\u200d\U0001f4bb", "版本"):
+        assert not has_control_characters(good), repr(good)

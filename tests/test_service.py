@@ -210,7 +210,7 @@ def test_an_empty_batch_totals_zero_from_a_model_and_from_a_table(service):
 
 
 @pytest.mark.parametrize("value, match", [("", "cannot be empty"), (" ", "cannot be blank"),
-                                          ("h\n100", r"control characters, got 'h\\n100'"),
+                                          ("h\n100", r"format characters, got 'h\\n100'"),
                                           ("..", "relative path segment")])
 def test_group_values_that_cannot_name_a_model_are_refused(service, value, match):
     traces = make_llm_traces(40)

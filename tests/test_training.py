@@ -128,7 +128,9 @@ def test_dot_segments_cannot_name_an_identity_part(value):
 
 
 @pytest.mark.parametrize(("value", "match"), [(" ", "cannot be blank"), ("\t", "cannot be blank"),
-                                            ("a\x00b", "control characters"), ("a\nb", "control characters")])
+                                            ("a\x00b", "control"), ("a\nb", "control"), ("a\x85b", "control"),
+                                            ("a\u2028b", "control"), ("llama\u202e2.1", "invisible format"),
+                                            ("h\u200b100", "invisible format"), ("\ufeffh100", "invisible format")])
 def test_blank_parts_and_control_characters_cannot_name_an_identity_part(value, match):
     """A blank part reads as an empty one to a client; a line break splits a listing's row."""
     from pydantic import ValidationError

@@ -467,7 +467,7 @@ def table_cmd(
     model: str = typer.Argument(..., help="model_type/model_name/hardware/software_name/software_version ('*' for any part)."),
     trace_file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Traces (.json, .jsonl or .csv, optionally .gz)."),
     output: Optional[str] = typer.Option(None, "--output", "-o",
-                                         help="Table name in the data directory's tables folder (a path when offline); default: from the model."),
+                                         help="Table name in the data directory's tables folder; offline, one holding a '/' is a path (./out.csv); default: from the model."),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="json or csv (default: from --output's suffix, which must be .json or .csv, optionally .gz; json without --output)."),
     confidence_level: float = typer.Option(0.95, "--confidence-level", "-c"),
     data_dir: Optional[str] = DataDirOpt,

@@ -516,10 +516,17 @@ class _Calls:
                 raise PredictorClientError(f"unexpected result for a training job: {str(exc).splitlines()[0]}",
                                            body=job) from exc
         if job["status"] == "failed":
-            err = job.get("error") or {}
-            raise PredictorClientError(err.get("message", "training failed"), err.get("status_code"), err.get("field"), job)
+            # The service's error is an object; anything else (a proxy's or an older service's
+            # text) is still this client's error, not an AttributeError.
+            err = job.get("error")
+            if not isinstance(err, dict):
+                err = {"message": f"training failed: {str(err)[:200]}" if err else "training failed"}
+            status = err.get("status_code")
+            raise PredictorClientError(str(err.get("message") or "training failed"),
+                                       status if isinstance(status, int) else None,
+                                       err.get("field") if isinstance(err.get("field"), str) else None, job)
         if time.monotonic() > deadline:
-            raise PredictorUnavailableError(f"training job {job['job_id']} still {job['status']} after {timeout}s")
+            raise PredictorUnavailableError(f"training job {job.get('job_id', '?')} still {job['status']} after {timeout}s")
         return None
 
     @staticmethod

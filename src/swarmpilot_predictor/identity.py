@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -18,8 +19,24 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 IDENTITY_PART_MAX = 200
-# What no name the service files or lists may hold (model identity parts, table names).
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+_ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# The joiners that scripts (Persian, Indic) and emoji sequences need; the other invisible
+# format characters are refused.
+_JOINERS = frozenset("\u200c\u200d")
+
+
+def has_control_characters(name: str) -> bool:
+    """Whether ``name`` holds what no name the service files or lists may hold (model identity
+    parts, table names): a control character (C0 or C1), Unicode's line or paragraph
+    separator, or an invisible format character.
+
+    A line break in a name splits its row in every listing and log line; a bidirectional
+    override makes ``llama\u202e`` plus more display as another model's key, and a zero-width
+    space makes two names look the same, on the dashboard and in the CLI's tables alike.
+    """
+    if name.isascii():
+        return _ASCII_CONTROL.search(name) is not None
+    return any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") and c not in _JOINERS for c in name)
 
 
 def identity_part_problem(value: str) -> str | None:
@@ -30,9 +47,8 @@ def identity_part_problem(value: str) -> str | None:
     if not value.strip():
         # A client could not tell it from an empty part (ours refuses it as one).
         return "an identity part cannot be blank (only whitespace)"
-    if CONTROL_CHARACTERS.search(value):
-        # A line break in a name splits its row in every listing and log line.
-        return f"an identity part cannot hold control characters, got {shown(value)}"
+    if has_control_characters(value):
+        return f"an identity part cannot hold control or invisible format characters, got {shown(value)}"
     if len(value) > IDENTITY_PART_MAX:
         # A URL line has a length limit too: a model named by a megabyte could not be deleted.
         return f"an identity part is at most {IDENTITY_PART_MAX} characters, got {len(value):,}"

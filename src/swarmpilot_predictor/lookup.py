@@ -58,7 +58,7 @@ from .atomic import NotRegularFile, atomic_file, open_regular, remove_stale_temp
 from .distribution import StoredQuantileDistribution, interval_levels
 from .errors import InvalidInput, NotFound, PayloadTooLarge, PredictorError, shown, storage_error
 from .features import FIRST_OF_SHAPE, category_code, stated_flag
-from .identity import CONTROL_CHARACTERS, IDENTITY_KEYS, IdentityPattern, join_key, names_a_model, names_part
+from .identity import IDENTITY_KEYS, IdentityPattern, has_control_characters, join_key, names_a_model, names_part
 from .schemas import RenderedPredictions
 from .traces import (
     BOOLEAN_WORDS,
@@ -138,10 +138,10 @@ def check_table_name(name: Any, field: str = "lookup_table_name", writing: bool 
         raise InvalidInput(f"{field} {shown(name)} is not a valid file name (it holds a lone surrogate)", field=field) from None
     if size > 255:  # the file system's limit is on the encoded name, not on characters
         raise InvalidInput(f"{field} is longer than 255 bytes", field=field)
-    if "/" in name or "\\" in name or name.startswith(".") or CONTROL_CHARACTERS.search(name):
+    if "/" in name or "\\" in name or name.startswith(".") or has_control_characters(name):
         raise InvalidInput(
             f"{field} {shown(name)} must be a file name in the table directory, not a path "
-            "(no '/', '\\', leading '.' or control characters)",
+            "(no '/', '\\', leading '.', control or invisible format characters)",
             field=field,
         )
     fmt = table_format(name)
