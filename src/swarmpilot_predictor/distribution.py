@@ -683,6 +683,8 @@ class TaskDistributions:
                 if np.interp(zoom, edges, c) <= _ZOOM_LEVEL:
                     break
                 span = _ZOOM_CELLS * cell / 0.95
+            if not floor + span > floor:  # a total of constant tasks: no width left to find it on
+                break
             low_x, low_c = _low_end(rows, least, floor, floor + span)
             cell = span / _LOW_END_GRID
             keep = edges > low_x[-1]
