@@ -710,7 +710,9 @@ def test_a_tables_records_say_when_another_model_version_serves(tmp_path):
         assert "stale" not in seed["results"]
         service.predict(SEED, [{"x": 1}], lookup_table=True, lookup_table_name="seed.json")  # loaded: listed in full
         (entry,) = [t for t in service.list_tables() if t["name"] == "seed.json"]
-        assert "stale" not in entry["identities"][0] and entry["identities"][0]["model_versions"] == []
+        # Listed with every key an entry has, null: a client reads each entry alike.
+        assert entry["identities"][0]["model_versions"] == []
+        assert entry["identities"][0]["stale"] is None and entry["identities"][0]["serving_version"] is None
     finally:
         service.close()
     # The same table served by another service (a lookup-only one, say), which never held

@@ -120,6 +120,8 @@ def test_csv_generation_list_download_delete(live):
                    json={"trace": TRACES[10], "lookup_table": True, "lookup_table_name": name})
     assert r.status_code == 404 and "not found" in r.json()["message"] and r.json()["field"] == "lookup_table_name"
     assert httpx.get(f"{srv.url}/tables/{name}").json()["field"] == "name"
+    again = httpx.delete(f"{srv.url}/tables/{name}")  # a 404 naming the field, as GET's
+    assert again.status_code == 404 and again.json()["field"] == "name" and "not found" in again.json()["message"]
 
 
 def test_bad_names_files_and_requests(live):

@@ -1052,3 +1052,26 @@ def test_booleans_read_alike_from_json_and_csv_whichever_trained_the_model(tmp_p
                 np.testing.assert_array_equal(X, schema.matrix(tasks["json"])[0])
     finally:
         svc.close()
+
+
+def test_every_file_of_the_data_directory_is_its_owners_alone(service):
+    # Models, tables, observations (users' traces), retraining decisions and their lock,
+    # tombstones: readable by the service's user only, whatever the umask.
+    previous = os.umask(0o022)
+    try:
+        traces = make_llm_traces(120)
+        service.train(config(traces))
+        service.train(config(traces))
+        service.delete_model(PATTERN, version=1)  # a tombstone
+        service.observe(IDENTITY, make_llm_traces(60, seed=3))
+        service.retrain(PATTERN)  # a decision, under the retraining lock
+        src = service.settings.data_dir / "t.jsonl"
+        src.write_bytes(b"\n".join(orjson.dumps(t) for t in traces[:10]))
+        service.generate_table(PATTERN, src, 0.9, "t.json")
+        src.unlink()
+    finally:
+        os.umask(previous)
+    files = [p for p in service.settings.data_dir.rglob("*") if p.is_file()]
+    names = {p.name for p in files}
+    assert {"v0001.deleted", "retraining.jsonl", "t.json"} <= names and any(n.startswith("obs-") for n in names)
+    assert [(str(p), oct(p.stat().st_mode & 0o777)) for p in files if p.stat().st_mode & 0o077] == []

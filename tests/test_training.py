@@ -303,6 +303,21 @@ def test_a_per_feature_lightgbm_list_is_checked_against_the_columns_derived_ones
     assert result["metrics"]["columns"] == ["batch_size", "image_size"]
 
 
+def test_auto_says_which_parameters_only_families_it_did_not_try_would_use(tmp_path):
+    trainer = Trainer(tmp_path, ModelRegistry(tmp_path / "models"))
+    params = {"num_leaves": 8, "num_boost_round": 50, "alpha": 2.0, "shape": True}
+    small = trainer.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(40), params=params))["metrics"]
+    assert "lightgbm" not in small["cv_scores"] and "linear" in small["cv_scores"]
+    assert set(small["params_not_used"]) == {"num_leaves", "num_boost_round"}
+    assert small["params_not_used"]["num_leaves"] == ("used by lightgbm, which algorithm 'auto' did not try on 40 rows "
+                                                      "(lightgbm from 200 rows, with a feature)")
+    tiny = trainer.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(6), params={"alpha": 2.0}))["metrics"]
+    assert list(tiny["params_not_used"]) == ["alpha"] and "linear from 8 rows" in tiny["params_not_used"]["alpha"]
+    # Every family tried (or one forced, which takes all its parameters): nothing to say.
+    large = trainer.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(240), params={"num_leaves": 8}))["metrics"]
+    assert "lightgbm" in large["cv_scores"] and "params_not_used" not in large
+
+
 def test_damaged_job_records_read_as_failed_or_unknown(tmp_path):
     # A pid beyond any process's (OverflowError in os.kill) was a 500; a FIFO blocked the event loop.
     import os

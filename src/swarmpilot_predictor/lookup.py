@@ -2505,12 +2505,12 @@ class LookupTableStore:
             if name == self.default_name and self.default_table is not None:
                 self._forget_default()
                 return {"status": "success", "deleted": name}
-            raise NotFound(f"lookup table {name!r} not found")
+            raise NotFound(f"lookup table {shown(name)} not found", field="name")
         index = self.index_path(path)  # before the unlink: a symlink's sidecar is named after its target
         try:
             path.unlink()
         except FileNotFoundError:
-            raise NotFound(f"lookup table {name!r} not found") from None
+            raise NotFound(f"lookup table {shown(name)} not found", field="name") from None
         finally:
             self._forget(name)
         try:

@@ -132,7 +132,7 @@ class ObservationLog:
             active = files[-1] if files else d / "obs-000001.jsonl"
             if active.exists() and active.stat().st_size >= self.max_file_bytes:
                 active = d / f"obs-{_log_number(active.name) + 1:06d}.jsonl"
-            fd = os.open(active, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            fd = os.open(active, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
             try:
                 # Workers share the file: one append at a time, so that undoing a failed one
                 # (truncating back to ``size``) cannot cut another worker's records.

@@ -212,7 +212,7 @@ def _create_lock(lock: Path) -> None:
             pass
         finally:
             Path(tmp).unlink(missing_ok=True)
-    fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     try:
         os.write(fd, _lock_owner())
     except OSError:  # a full disk: the empty lock still holds the number, and ages out
@@ -239,7 +239,7 @@ def _remove_orphans(model_dir: Path) -> None:
             if (model_dir / _lock_file(v)).exists() or (model_dir / _meta_file(v)).exists():
                 continue
             log.warning("%s: removing the files of version %d, which a writer killed midway left", model_dir, v)
-            os.close(os.open(model_dir / _tombstone_file(v), os.O_CREAT | os.O_WRONLY))
+            os.close(os.open(model_dir / _tombstone_file(v), os.O_CREAT | os.O_WRONLY, 0o600))
             for name in (_model_file(v), _data_file(v)):
                 (model_dir / name).unlink(missing_ok=True)
     except OSError as exc:  # litter only: it stays
@@ -835,7 +835,7 @@ class ModelRegistry:
             # A tombstone first: a number is never given twice, since another worker may still
             # serve (and have cached predictions of) the deleted version under it.
             try:
-                os.close(os.open(model_dir / _tombstone_file(v), os.O_CREAT | os.O_WRONLY))
+                os.close(os.open(model_dir / _tombstone_file(v), os.O_CREAT | os.O_WRONLY, 0o600))
             except OSError as exc:
                 log.warning("%s version %d: cannot leave a tombstone (%s); its number may be reused", identity.key, v, exc)
             # Meta next: once it is gone the version no longer exists for anyone.

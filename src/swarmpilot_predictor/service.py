@@ -307,7 +307,10 @@ class PredictorService:
             for ident in entry.get("identities", ()):
                 parts = tuple(ident[k] for k in IDENTITY_KEYS)
                 if None in parts or not ident["model_versions"]:
-                    continue  # the seed's records: no model of this registry made them
+                    # The seed's records: no model of this registry made them. The keys are
+                    # there all the same (null), so that a client can read every entry alike.
+                    ident["serving_version"] = ident["stale"] = None
+                    continue
                 ident["serving_version"] = serving = self._serving_version(parts)
                 each = [self._stale(parts, v, serving) for v in ident["model_versions"]]
                 # Stale if any of its versions is; unknown (null) if none is and one is unknown.
