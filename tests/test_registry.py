@@ -1225,3 +1225,51 @@ def test_a_model_whose_first_run_column_is_not_its_meta_files_is_refused(tmp_pat
     path.write_bytes(orjson.dumps(d))
     with pytest.raises(ModelUnreadable, match="its file v0001.model.json is missing or damaged"):
         ModelRegistry(settings.models_dir).load(identity)
+
+
+@pytest.mark.parametrize("during", ["model.json", "meta.json"])
+def test_a_delete_while_a_retraining_stores_its_version_wins(root, monkeypatch, during):
+    # The model is deleted while a version built from its version 1 is being written (before
+    # its meta file, or just after it): the version is not stored, and the model stays deleted,
+    # here and after a restart. (It came back, retrained from the version deleted under it.)
+    import copy
+
+    import swarmpilot_predictor.registry as registry_module
+    from swarmpilot_predictor.errors import VersionConflict
+
+    meta, model, _ = fit()
+    reg = ModelRegistry(root)
+    reg.save(copy.deepcopy(meta), model)
+    real_write = registry_module.atomic_write_bytes
+    deleted: list[list[int]] = []
+
+    def write_then_delete(path, data):
+        real_write(path, data)
+        if path.name == f"v0002.{during}" and not deleted:
+            deleted.append(reg.delete(IDENT))
+
+    monkeypatch.setattr(registry_module, "atomic_write_bytes", write_then_delete)
+    with pytest.raises(VersionConflict, match="was deleted while this version was stored"):
+        reg.save(copy.deepcopy(meta), model, after=1)
+    assert deleted == [[1, 2]]  # the version being written was deleted with the others
+    for registry in (reg, ModelRegistry(root)):
+        assert registry.versions(IDENT) == [] and registry.identities() == []
+    assert not [p.name for p in (root / IDENT.dirname).iterdir() if not p.name.endswith(".deleted")]
+    # A later training of the name starts after the numbers given before.
+    monkeypatch.setattr(registry_module, "atomic_write_bytes", real_write)
+    assert reg.save(copy.deepcopy(meta), model).version == 3
+
+
+def test_a_retraining_of_a_version_deleted_meanwhile_is_not_stored(root):
+    import copy
+
+    from swarmpilot_predictor.errors import VersionConflict
+
+    meta, model, _ = fit()
+    reg = ModelRegistry(root)
+    for _ in range(2):
+        reg.save(copy.deepcopy(meta), model)
+    reg.delete(IDENT, version=2)
+    with pytest.raises(VersionConflict, match="version 2, which it was built from"):
+        reg.save(copy.deepcopy(meta), model, after=2)
+    assert [v.version for v in ModelRegistry(root).versions(IDENT)] == [1]

@@ -246,6 +246,31 @@ def _remove_orphans(model_dir: Path) -> None:
         log.warning("%s: cannot remove what killed writers left (%s)", model_dir, exc)
 
 
+def _being_written(model_dir: Path) -> set[int]:
+    """The numbers of versions whose files are being written in ``model_dir``: a recent lock
+    file and no tombstone (a writer killed midway leaves an old lock, which does not count)."""
+    now = time.time()
+    numbers: dict[int, set[str]] = {}
+    try:
+        with os.scandir(model_dir) as entries:
+            for e in entries:
+                if m := _VERSION_FILE.match(e.name):
+                    numbers.setdefault(int(m.group(1)), set()).add(m.group(2))
+    except FileNotFoundError:
+        return set()
+    out = set()
+    for number, kinds in numbers.items():
+        if "lock" not in kinds or "deleted" in kinds:
+            continue
+        try:
+            if now - (model_dir / _lock_file(number)).stat().st_mtime < STALE_LOCK_SECONDS:
+                out.add(number)
+        except FileNotFoundError:  # let go of just now: stored (its meta file is there) or failed
+            if (model_dir / _meta_file(number)).exists():
+                out.add(number)
+    return out
+
+
 def _lock_abandoned(lock: os.DirEntry | Path) -> bool:
     """Whether a version's lock names a writer of this process's host, boot and pid
     namespace that no longer runs (killed while storing). A lock of anywhere else, or
@@ -726,9 +751,18 @@ class ModelRegistry:
                     with atomic_file(model_dir / _data_file(version)) as fh:
                         np.savez_compressed(fh, X=np.asarray(training_data[0], dtype=np.float64),
                                             y=np.asarray(training_data[1], dtype=np.float64))
-                # The meta file goes last: the version exists once it is there, complete.
+                # The meta file goes last: the version exists once it is there, complete. Not if
+                # the model was deleted meanwhile (a delete tombstones versions being written,
+                # then removes their meta files), nor the version it was built from: a
+                # retraining that was storing its version must not bring back a deleted model.
+                self._refuse_if_deleted(model_dir, meta.identity, version, after)
                 atomic_write_bytes(model_dir / _meta_file(version),
                                    orjson.dumps(meta.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+                try:
+                    self._refuse_if_deleted(model_dir, meta.identity, version, None)
+                except VersionConflict:
+                    (model_dir / _meta_file(version)).unlink(missing_ok=True)  # the delete came between: it wins
+                    raise
             except BaseException:
                 # A version that could not be written whole is not left half there (nor its space taken).
                 (model_dir / _model_file(version)).unlink(missing_ok=True)
@@ -749,6 +783,15 @@ class ModelRegistry:
         if self.on_loaded_change is not None:
             self.on_loaded_change()
         return meta
+
+    @staticmethod
+    def _refuse_if_deleted(model_dir: Path, identity: ModelIdentity, version: int, after: int | None) -> None:
+        """Raise :class:`VersionConflict` if ``version`` (being written) or ``after`` (the
+        version it was built from) was deleted: each has its tombstone."""
+        for v, what in ((version, "this version"), (after, f"version {after}, which it was built from")):
+            if v is not None and (model_dir / _tombstone_file(v)).exists():
+                raise VersionConflict(f"{identity.key} was deleted while this version was stored ({what} was "
+                                      "deleted): it is not stored")
 
     @staticmethod
     def _claimed_between(model_dir: Path, low: int, high: int) -> int | None:
@@ -829,6 +872,10 @@ class ModelRegistry:
         targets = [m.version for m in self.versions(identity)] if version is None else [self.get_version(identity, version).version]
         if not targets:
             raise ModelNotFound(f"no model {identity.key}")
+        if version is None:
+            # And the versions being written now (a retraining storing its version, another
+            # worker's training): their tombstones stop them from landing (see save).
+            targets = sorted(set(targets) | _being_written(model_dir))
         deleted: list[int] = []
         failure: OSError | None = None
         for v in targets:
