@@ -25,7 +25,8 @@ from swarmpilot_predictor.modeling import (
     pinball_losses,
     quantile_metrics,
 )
-from swarmpilot_predictor.modeling import _location_pinball, _quantile_regression
+from swarmpilot_predictor.modeling.model import _location_pinball
+from swarmpilot_predictor.modeling.shape import _quantile_regression
 
 from .conftest import autotuned_traces
 
@@ -131,7 +132,8 @@ def test_the_shape_model_is_recalibrated_and_each_fold_on_the_others_only(monkey
     """The shape model's probabilities are recalibrated on its held-out ones (the served model
     on all of them); in cross-validation each fold's on the other folds' alone: on its own, a
     fold would calibrate itself and the reported held-out figures would flatter the model."""
-    import swarmpilot_predictor.modeling as modeling
+    from swarmpilot_predictor.modeling import model as model_module
+    from swarmpilot_predictor.modeling import shape as shape_module
 
     rng = np.random.default_rng(4)
     n = 1500
@@ -140,13 +142,16 @@ def test_the_shape_model_is_recalibrated_and_each_fold_on_the_others_only(monkey
     y = (3 + 0.05 * size) * np.where(cold, 12.0, 1.0) * np.exp(0.08 * rng.standard_normal(n))
     X = np.column_stack([seq, size]).astype(float)
     sizes: list[int] = []
-    real = modeling.recalibration_map
+    real = shape_module.recalibration_map
 
     def recording(pits, *args, **kw):
         sizes.append(len(pits))
         return real(pits, *args, **kw)
 
-    monkeypatch.setattr(modeling, "recalibration_map", recording)
+    # Looked up where it is called: the served model's in shape (ShapeModel.set_recalibration),
+    # each fold's in model (QuantileModel's cross-validation).
+    monkeypatch.setattr(shape_module, "recalibration_map", recording)
+    monkeypatch.setattr(model_module, "recalibration_map", recording)
     model = QuantileModel(*NUM2).fit(X, y)
     assert model.shape_ is not None and model.shape_.recal_ is not None
     assert sizes[-1] == n  # the served model: every held-out probability
@@ -1173,7 +1178,7 @@ def test_two_modes_of_equal_share_stay_within_the_runs(seed):
 
 
 def test_at_most_two_regime_flags_and_none_without_another_numeric_feature():
-    from swarmpilot_predictor.modeling import _regime_flags
+    from swarmpilot_predictor.modeling.locations import _regime_flags
 
     rng = np.random.default_rng(0)
     flags = (rng.random((400, 6)) < np.array([0.5, 0.1, 0.3, 0.45, 0.2, 0.05])).astype(float)
@@ -1189,7 +1194,7 @@ def test_at_most_two_regime_flags_and_none_without_another_numeric_feature():
 def test_a_wide_categorical_takes_the_sparse_path_to_the_same_model(monkeypatch, algorithm):
     # One-hot columns of a categorical with many values are handled through a sparse view
     # (their Gram matrices grew with the number of values squared): the same fit as dense.
-    from swarmpilot_predictor import modeling
+    from swarmpilot_predictor.modeling import design
 
     rng = np.random.default_rng(0)
     n, k = 1500, 80
@@ -1200,15 +1205,15 @@ def test_a_wide_categorical_takes_the_sparse_path_to_the_same_model(monkeypatch,
     X = np.column_stack([size, cat])
     kinds, ncat = ["numeric", "categorical"], [0, k]
     calls = []
-    real = modeling._wants_sparse
+    real = design._wants_sparse
     def recorded(n, d, nnz):
         calls.append(nnz is not None and real(n, d, nnz))
         return real(n, d, nnz)
 
-    monkeypatch.setattr(modeling, "_wants_sparse", recorded)
+    monkeypatch.setattr(design, "_wants_sparse", recorded)
     sparse = QuantileModel(kinds, ncat, algorithm).fit(X, y)
     assert any(calls)  # the sparse path was taken
-    monkeypatch.setattr(modeling, "_wants_sparse", lambda n, d, nnz: False)
+    monkeypatch.setattr(design, "_wants_sparse", lambda n, d, nnz: False)
     dense = QuantileModel(kinds, ncat, algorithm).fit(X, y)
     assert sparse.family_ == dense.family_
     Xt = np.column_stack([rng.integers(1, 64, 200).astype(float), rng.integers(0, k, 200).astype(float)])
@@ -1300,7 +1305,7 @@ def test_filled_in_sparse_systems_are_solved_dense_with_the_same_answers():
     import scipy.sparse as sp
     from scipy.sparse.linalg import splu
 
-    from swarmpilot_predictor.modeling import DENSE_SOLVE_SHARE, _sparse_lu
+    from swarmpilot_predictor.modeling.design import DENSE_SOLVE_SHARE, _sparse_lu
 
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 20, (500, 3))
@@ -1325,8 +1330,8 @@ def test_shape_newton_steps_by_conjugate_gradients_match_direct_solves(monkeypat
     conjugate gradients, all knots at once; a step that does not converge is solved directly."""
     import scipy.sparse as sp
 
-    from swarmpilot_predictor import modeling
-    from swarmpilot_predictor.modeling import _logistic_ridge, _newton_steps_pcg
+    from swarmpilot_predictor.modeling import shape as shape_module
+    from swarmpilot_predictor.modeling.shape import _logistic_ridge, _newton_steps_pcg
 
     rng = np.random.default_rng(0)
     n, features, values = 1500, 4, 20
@@ -1349,7 +1354,7 @@ def test_shape_newton_steps_by_conjugate_gradients_match_direct_solves(monkeypat
     share = (codes[:, 0] % 4 + 1) / 10
     T = (rng.random((n, 2)) < np.column_stack([share, 2 * share])).astype(float)
     by_cg = _logistic_ridge(A, T, 10.0)
-    monkeypatch.setattr(modeling, "PCG_MAX_ITERATIONS", 0)  # nothing converges: every step solved directly
+    monkeypatch.setattr(shape_module, "PCG_MAX_ITERATIONS", 0)  # nothing converges: every step solved directly
     direct = _logistic_ridge(A, T, 10.0)
     assert np.allclose(by_cg, direct, rtol=1e-7, atol=1e-9)
     assert by_cg[1:].std() > 0.05  # the coefficients learned something

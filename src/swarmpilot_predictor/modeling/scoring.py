@@ -1,0 +1,59 @@
+"""Scoring of quantile predictions: the pinball loss and the per-level metrics.
+
+These are what models are compared on and what monitoring and the benchmarks report;
+they depend on nothing else in the package, so they sit apart from the models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+EVAL_LEVELS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
+
+
+def pinball_losses(y: np.ndarray, q: np.ndarray, levels: Sequence[float]) -> np.ndarray:
+    """Pinball loss of every row at every level, (rows, levels); ``q`` has shape (rows, levels)."""
+    levels_arr = np.asarray(levels)[None, :]
+    diff = y[:, None] - q
+    return np.maximum(levels_arr * diff, (levels_arr - 1) * diff)
+
+
+def pinball_loss(y: np.ndarray, q: np.ndarray, levels: Sequence[float]) -> np.ndarray:
+    """Mean pinball loss per level; ``q`` has shape (rows, levels)."""
+    return pinball_losses(y, q, levels).mean(axis=0)
+
+
+def quantile_metrics(y: np.ndarray, q: np.ndarray, levels: Sequence[float]) -> dict[str, Any]:
+    """Held-out quality of quantile predictions ``q`` (rows x levels) against ``y``."""
+    levels = list(levels)
+    pin = pinball_loss(y, q, levels)
+    coverage = (y[:, None] <= q).mean(axis=0)
+    out: dict[str, Any] = {
+        "pinball_loss": float(pin.mean()),
+        "relative_pinball_loss": float(pin.mean() / y.mean()),
+        "pinball_loss_per_level": {_lvl(t): float(v) for t, v in zip(levels, pin)},
+        "coverage": {_lvl(t): float(c) for t, c in zip(levels, coverage)},
+        "mean_abs_coverage_error": float(np.abs(coverage - np.asarray(levels)).mean()),
+        "rows": int(len(y)),
+    }
+    # Central intervals formed by symmetric pairs of levels, e.g. 0.05/0.95 -> "0.9".
+    intervals = {}
+    for i, lo in enumerate(levels):
+        for j, hi in enumerate(levels):
+            if lo < 0.5 and abs(lo + hi - 1.0) < 1e-9:
+                inside = (y >= q[:, i]) & (y <= q[:, j])
+                intervals[_lvl(round(hi - lo, 6))] = float(inside.mean())
+    if intervals:
+        out["interval_coverage"] = intervals
+    if 0.5 in levels:
+        med = q[:, levels.index(0.5)]
+        out["median_mape"] = float(np.mean(np.abs(med - y) / y))
+    return out
+
+
+def _lvl(t: float) -> str:
+    return f"{t:g}"

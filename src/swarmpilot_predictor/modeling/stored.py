@@ -1,0 +1,84 @@
+"""Readers of a stored model's JSON: checked numbers, arrays, column kinds, standardisations and atoms.
+
+Every fitted part (design, location families, scale, shape, the model) reads its own
+stored fields through these, so they sit below all of them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..distribution import MAX_ATOMS
+from ..errors import shown
+
+
+def _finite_number(v: Any) -> bool:
+    return type(v) in (int, float) and math.isfinite(v)
+
+
+def _stored_number(v: Any, what: str) -> float:
+    """A stored finite number (``float()`` reads the string "NaN" as one)."""
+    if not _finite_number(v):
+        raise ValueError(f"{what} is {shown(v)}, not a finite number")
+    return float(v)
+
+
+def _stored_numbers(values: Any, what: str, ndim: int = 1) -> np.ndarray:
+    """A stored array of numbers, as floats; a null (NaN, as orjson writes it) reads as NaN.
+
+    numpy alone reads the strings "NaN" or "1e9" as numbers: a damaged file was served.
+    """
+    a = np.asarray(values)
+    if a.dtype == object:  # nulls, or integers beyond 64 bits, among the numbers
+        flat = a.ravel().tolist()
+        if not all(v is None or type(v) in (int, float) for v in flat):
+            raise ValueError(f"{what} holds values that are not numbers")
+        a = np.array([np.nan if v is None else v for v in flat], dtype=np.float64).reshape(a.shape)
+    elif a.size and a.dtype.kind not in "iuf":
+        raise ValueError(f"{what} holds values that are not numbers")
+    if a.size and a.ndim != ndim:
+        raise ValueError(f"{what} is not {'a list' if ndim == 1 else 'a table'} of numbers")
+    return a.astype(np.float64)
+
+
+def _stored_kinds(kinds: Any, n_categories: Any) -> list[str]:
+    """A stored design's column kinds, checked against its category counts."""
+    if not (isinstance(kinds, list) and all(k in ("numeric", "categorical", "unused") for k in kinds)):
+        raise ValueError(f"kinds is {shown(kinds)}, not a list of numeric, categorical and unused")
+    if not (isinstance(n_categories, list) and len(n_categories) == len(kinds)
+            and all(type(n) is int and n >= 0 for n in n_categories)):
+        raise ValueError(f"n_categories is {shown(n_categories)}, not a count of categories per column")
+    return kinds
+
+
+def _standardisation(d: dict[str, Any], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A stored design's centres and spreads, ``width`` of each, the spreads positive (one
+    of 0 divided by zero; a negative one turned every effect round).
+
+    A null (NaN) is a statistic that overflowed in a model stored before 2026-11-28, for a
+    feature near the float limit: read as training now writes it (centre 0, the largest
+    spread), a column about zero."""
+    center, spread = _stored_numbers(d["center"], "center"), _stored_numbers(d["spread"], "spread")
+    if not len(center) == len(spread) == width:
+        raise ValueError(f"center and spread hold {len(center)} and {len(spread)} values for {width} columns")
+    overflowed = np.isnan(center) | np.isnan(spread)
+    if overflowed.any():
+        center = np.where(overflowed, 0.0, center)
+        spread = np.where(overflowed, np.finfo(np.float64).max, spread)
+    if not (np.all(np.isfinite(center)) and np.all(spread > 0) and np.all(np.isfinite(spread))):
+        raise ValueError("center must be finite and spread positive")
+    return center, spread
+
+
+def _atoms_from_json(values: Any) -> np.ndarray:
+    # Numbers only: numpy would read true as 1.0 and "3" as 3.0, and serve a damaged file.
+    if not (isinstance(values, list) and len(values) <= MAX_ATOMS
+            and all(type(v) in (int, float) for v in values)):
+        raise ValueError(f"atoms must be a list of at most {MAX_ATOMS} numbers")
+    atoms = np.asarray(values, dtype=np.float64)
+    if not (np.all(np.isfinite(atoms)) and np.all(atoms > 0) and np.all(np.diff(atoms) > 0)):
+        raise ValueError("atoms must be increasing positive runtimes")
+    return atoms
