@@ -1589,3 +1589,23 @@ def test_the_shape_of_a_boosted_model_follows_its_typical_runtime():
     # Not for the other families: their location is a function of the design the shape reads.
     linear = QuantileModel(["numeric"] * 2, [0, 0], algorithm="linear", params={"shape": True}).fit(X, y)
     assert not linear.shape_reads_location_
+
+
+@pytest.mark.parametrize("algorithm", ["linear", "auto"])
+def test_a_value_between_the_levels_seen_is_answered_between_them(algorithm):
+    # Batch sizes 1, 2, 4, ..., 64 in training, runtime growing with the batch: a numeric
+    # feature of few values gets an indicator per value. A batch between two of them is
+    # answered between their answers (it was the indicators' mean: batch 33 answered 26%
+    # under batch 32, and 3 above 4), on the batch and the single-row path alike.
+    rng = np.random.default_rng(0)
+    b = rng.choice([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0], 400)
+    y = (2 + 0.3 * b) * np.exp(0.05 * rng.standard_normal(400))
+    model = QuantileModel(["numeric"], [0], algorithm=algorithm).fit(b[:, None], y)
+    grid = np.arange(1.0, 129.0)
+    median = model.predict_quantiles(grid[:, None], [0.5])[:, 0]
+    assert np.all(np.diff(median) >= 0)
+    assert median[31] < median[32] < median[63]  # batch 32 < 33 < 64
+    assert median[32] == pytest.approx(2 + 0.3 * 33, rel=0.1)
+    for x in (3.0, 33.0, 47.5):
+        assert model.describe_one([x], (0.5,))[0][0] == pytest.approx(median[int(x) - 1] if x == int(x) else
+                                                                      model.predict_quantiles([[x]], [0.5])[0, 0], rel=1e-12)

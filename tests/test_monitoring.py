@@ -413,3 +413,24 @@ def test_an_observation_log_that_keeps_no_file_is_refused(tmp_path, monkeypatch)
     said = " ".join(result.output.split())
     assert result.exit_code == 1 and "Traceback" not in said
     assert "PREDICTOR_OBSERVATIONS_MAX_FILES: Input should be greater than or equal to 1 (got '0')" in said
+
+
+def test_a_log_file_made_again_under_its_old_inode_number_is_read_from_its_start(tmp_path):
+    # The model deleted (its log with it), trained and observed again: the new obs-000001.jsonl
+    # may get the old file's inode number (ext4 gives it again), and another worker's cursor
+    # (inode, offset) then read on from the old offset, missing the new file's first records.
+    a = AccuracyMonitor(ObservationLog(tmp_path))
+    b = AccuracyMonitor(ObservationLog(tmp_path))
+    y, q = _lognormal_quantiles(30, seed=6)
+    a.record(IDENT, 1, [{"x": 1}] * 20, y[:20], q[:20])
+    assert b.report(IDENT, 1)["observations"] == 20
+    old = b._followed[IDENT].cursor["obs-000001.jsonl"]
+    a.log.delete(IDENT)
+    a.forget(IDENT)
+    a.record(IDENT, 2, [{"x": 1}] * 30, y, q)
+    new = (tmp_path / IDENT.dirname / "obs-000001.jsonl").stat()
+    assert new.st_size > old[1]
+    # As if the inode number were given again: the cursor names the new file's number.
+    b._followed[IDENT].cursor["obs-000001.jsonl"] = (new.st_ino, old[1], old[2])
+    b._followed[IDENT].listed_key = None
+    assert b.report(IDENT, 2)["observations"] == a.report(IDENT, 2)["observations"] == 30

@@ -1273,3 +1273,25 @@ def test_a_retraining_of_a_version_deleted_meanwhile_is_not_stored(root):
     with pytest.raises(VersionConflict, match="version 2, which it was built from"):
         reg.save(copy.deepcopy(meta), model, after=2)
     assert [v.version for v in ModelRegistry(root).versions(IDENT)] == [1]
+
+
+def test_a_meta_file_in_another_models_folder_is_skipped_as_damaged(root, caplog):
+    # A copy (or hand edit) of a meta file that names another model than its folder's: it was
+    # read as that model's version, and made every prediction of that model a 404 ("deleted").
+    import copy
+
+    meta, model, X = fit()
+    other_meta, other_model, _ = fit(identity=OTHER)
+    reg = ModelRegistry(root)
+    reg.save(copy.deepcopy(meta), model)
+    reg.save(copy.deepcopy(meta), model)
+    reg.save(other_meta, other_model)
+    stray = root / IDENT.dirname / "v0002.meta.json"
+    body = json.loads(stray.read_text())
+    body["identity"] = OTHER.as_dict()
+    stray.write_text(json.dumps(body))
+    fresh = ModelRegistry(root)
+    assert [v.version for v in fresh.versions(OTHER)] == [1] and [v.version for v in fresh.versions(IDENT)] == [1]
+    np.testing.assert_array_equal(fresh.load(OTHER).model.predict_quantiles(X, LEVELS),
+                                  other_model.predict_quantiles(X, LEVELS))
+    assert any("names the model" in r.getMessage() for r in caplog.records)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -1075,3 +1076,46 @@ def test_every_file_of_the_data_directory_is_its_owners_alone(service):
     names = {p.name for p in files}
     assert {"v0001.deleted", "retraining.jsonl", "t.json"} <= names and any(n.startswith("obs-") for n in names)
     assert [(str(p), oct(p.stat().st_mode & 0o777)) for p in files if p.stat().st_mode & 0o077] == []
+
+
+def test_a_damaged_observation_log_costs_only_its_own_model(service):
+    # A FIFO where a model's log file is: an observation of it fails at once (it hung, holding
+    # the log's lock, and with it every model's observations and then the server). A file or
+    # a link loop where its folder is: /health and /models go on (they were 500s).
+    import threading
+
+    other = {**IDENTITY, "model_name": "other"}
+    traces = make_llm_traces(120)
+    service.train(config(traces))
+    service.train(config(traces, model=other))
+    service.observe(IDENTITY, make_llm_traces(5, seed=1))
+    log_dir = service.settings.data_dir / "observations" / ModelIdentity.from_parts(IDENTITY).dirname
+    (log_file,) = log_dir.glob("obs-*.jsonl")
+    log_file.unlink()
+    os.mkfifo(log_file)
+    outcome: list[object] = []
+    worker = threading.Thread(target=lambda: outcome.append(_raised(service.observe, IDENTITY, make_llm_traces(200, seed=2))))
+    worker.start()
+    worker.join(20)
+    assert not worker.is_alive() and isinstance(outcome[0], PredictorError) and outcome[0].status_code == 500
+    assert "NotRegularFile" in outcome[0].message
+    assert service.observe(other, make_llm_traces(5, seed=3))["accepted"] == 5  # the other model's log
+    shutil.rmtree(log_dir)
+    for damage in ("file", "loop"):
+        if damage == "file":
+            log_dir.write_text("not a folder")
+        else:
+            log_dir.symlink_to(log_dir)
+        assert service.health()["status"] == "healthy"
+        listed = {m["model_name"]: m for m in service.list_models() for m in m["models"]}
+        assert set(listed) == {IDENTITY["model_name"], "other"}
+        assert service.accuracy(PATTERN)["observations"] == 5  # what this worker had read, and no 500
+        log_dir.unlink()
+
+
+def _raised(fn, *args):
+    try:
+        fn(*args)
+    except Exception as exc:  # noqa: BLE001 - the test inspects it
+        return exc
+    return None

@@ -318,6 +318,20 @@ def test_auto_says_which_parameters_only_families_it_did_not_try_would_use(tmp_p
     assert "lightgbm" in large["cv_scores"] and "params_not_used" not in large
 
 
+def test_interaction_constraints_are_checked_against_the_columns_whatever_the_rows(tmp_path):
+    # On 40 rows 'auto' tries no LightGBM: a feature 7 of a model of 2 columns passed there,
+    # and was refused at 250 rows (with the field 'params' only).
+    trainer = Trainer(tmp_path, ModelRegistry(tmp_path / "models"))
+    for n in (40, 250):
+        with pytest.raises(PredictorError) as err:
+            trainer.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(n),
+                                      params={"interaction_constraints": [[0, 7]]}))
+        assert err.value.status_code == 422 and err.value.field == "params.interaction_constraints"
+        assert "names feature 7; the model has 2 feature column(s)" in err.value.message
+        assert "(input_tokens, output_tokens)" in err.value.message
+    trainer.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(40), params={"interaction_constraints": [[0, 1]]}))
+
+
 def test_damaged_job_records_read_as_failed_or_unknown(tmp_path):
     # A pid beyond any process's (OverflowError in os.kill) was a 500; a FIFO blocked the event loop.
     import os

@@ -69,10 +69,12 @@ def regular_file_fd(path: Path | str) -> Iterator[int]:
         os.close(fd)
 
 
-def open_regular(path: Path | str) -> int:
+def open_regular(path: Path | str, flags: int = os.O_RDONLY, mode: int = 0o600) -> int:
     """:func:`regular_file_fd`'s descriptor, for a caller that closes it itself (a download
-    streamed after the request's handler returned)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    streamed after the request's handler returned); with ``flags``, opened for writing too
+    (``os.O_RDWR | os.O_CREAT | os.O_APPEND``, a log's appends: a FIFO in a log's place took
+    the bytes of an append, and the next one, the pipe full, hung holding the log's lock)."""
+    fd = os.open(path, flags | os.O_NONBLOCK, mode)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise NotRegularFile(f"{path} is not a regular file")

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import orjson
 
-from .atomic import NotRegularFile, read_regular, regular_file_fd
+from .atomic import NotRegularFile, open_regular, read_regular, regular_file_fd
 from .errors import writing
 from .identity import ModelIdentity
 from .modeling import EVAL_LEVELS, pinball_loss
@@ -111,6 +111,9 @@ class ObservationLog:
             return [d / name for name in _log_names(os.listdir(d))]
         except (FileNotFoundError, NotADirectoryError):  # none logged yet, or deleted meanwhile
             return []
+        except OSError as exc:  # a link loop, no permission: read as none (an append says why)
+            log.warning("cannot list the observations folder %s (%s)", d, exc)
+            return []
 
     def append(self, identity: ModelIdentity, records: list[dict[str, Any]],
                stamp: Callable[[], float] | None = None) -> "Appended | None":
@@ -132,7 +135,7 @@ class ObservationLog:
             active = files[-1] if files else d / "obs-000001.jsonl"
             if active.exists() and active.stat().st_size >= self.max_file_bytes:
                 active = d / f"obs-{_log_number(active.name) + 1:06d}.jsonl"
-            fd = os.open(active, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            fd = open_regular(active, os.O_RDWR | os.O_CREAT | os.O_APPEND)
             try:
                 # Workers share the file: one append at a time, so that undoing a failed one
                 # (truncating back to ``size``) cannot cut another worker's records.
@@ -354,13 +357,30 @@ class RollingAccuracy:
 class _Followed:
     """One model's observation log as this process has read it so far."""
 
-    cursor: dict[str, tuple[int, int]] = field(default_factory=dict)  # file name -> (inode, bytes read)
+    # file name -> (inode, bytes read, its first bytes): a file deleted and made again (the
+    # model deleted, then trained and observed again) may get the old one's inode number.
+    cursor: dict[str, tuple[int, int, bytes]] = field(default_factory=dict)
     trackers: dict[int, RollingAccuracy] = field(default_factory=dict)  # version -> its accuracy
     lock: threading.Lock = field(default_factory=threading.Lock)
     directory: str = ""
     # The log's files (name, path), listed when the directory's (inode, mtime) was ``listed_key``.
     files: list[tuple[str, str]] = field(default_factory=list)
     listed_key: tuple[int, int] | None = None
+    unreadable: str | None = None  # why the folder could not be listed at the last look (warned once)
+
+
+# The first bytes of a log file that tell it from another file of its name and inode
+# number: its first record's time stamp among them.
+_HEAD_BYTES = 64
+
+
+def _head(path: str, size: int) -> bytes:
+    """The first ``size`` bytes of ``path`` (nothing if it cannot be read)."""
+    try:
+        with regular_file_fd(path) as fd:
+            return os.pread(fd, size, 0)
+    except OSError:
+        return b""
 
 
 # A directory listed this soon after it changed may change again within the same
@@ -420,19 +440,24 @@ class AccuracyMonitor:
         added from memory in their place in the file.
         """
         if own is not None:
-            inode, offset = state.cursor.get(own.name, (None, 0))
+            inode, offset, _ = state.cursor.get(own.name, (None, 0, b""))
             if inode == own.inode and offset > own.start:  # another thread's look read them from the file
                 own = None
         seen = set()
-        for name, path in self._files(state):
+        listed_key = state.listed_key
+        files = self._files(state)
+        # Where the folder changed (a file made or removed), a file that kept its name and
+        # inode number may still be another: its first bytes say.
+        relisted = listed_key is None or state.listed_key != listed_key
+        for name, path in files:
             try:
                 st = os.stat(path)
             except FileNotFoundError:  # rotated away meanwhile
                 continue
             seen.add(name)
-            inode, offset = state.cursor.get(name, (st.st_ino, 0))
-            if inode != st.st_ino or st.st_size < offset:  # a new file under an old name
-                inode, offset = st.st_ino, 0
+            inode, offset, head = state.cursor.get(name, (st.st_ino, 0, b""))
+            if inode != st.st_ino or st.st_size < offset or (relisted and head and _head(path, len(head)) != head):
+                inode, offset, head = st.st_ino, 0, b""  # a new file under an old name
             if own is not None and own.name == name and own.inode == inode:
                 if own.start > offset:  # another worker's records first
                     self._add(state, self.log.read_span(path, inode, offset, own.start)[0])
@@ -441,7 +466,9 @@ class AccuracyMonitor:
             if st.st_size > offset:
                 records, offset = self.log.read_span(path, inode, offset)
                 self._add(state, records)
-            state.cursor[name] = (inode, offset)
+            if offset and not head:
+                head = _head(path, min(offset, _HEAD_BYTES))
+            state.cursor[name] = (inode, offset, head)
         for name in [n for n in state.cursor if n not in seen]:
             del state.cursor[name]
         if own is not None and own_records is not None:  # its file was rotated away before this look
@@ -460,6 +487,15 @@ class AccuracyMonitor:
                 state.listed_key = key if listed_at - st.st_mtime_ns > _RACY_NS else None
         except FileNotFoundError:
             state.files, state.listed_key = [], None
+        except OSError as exc:
+            # Not a folder (a file, a link loop, no permission): this model's accuracy has no
+            # observations, with a warning; /health and /models go on for every model.
+            if state.unreadable != str(exc):
+                log.warning("cannot list the observations folder %s (%s): its model is shown without observations",
+                            state.directory, exc)
+            state.files, state.listed_key, state.unreadable = [], None, str(exc)
+            return state.files
+        state.unreadable = None
         return state.files
 
     def tracker(self, identity: ModelIdentity, version: int) -> RollingAccuracy:

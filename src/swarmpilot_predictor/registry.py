@@ -569,6 +569,11 @@ class ModelRegistry:
                     meta = ModelVersion.from_json(orjson.loads(raw))
                     if meta.version != int(_META.match(entry.name).group(1)):
                         raise ValueError(f"it holds version {meta.version}")
+                    if meta.identity.dirname != model_dir.name:
+                        # A copy in another model's folder: read as that model's version, it
+                        # made the model it names answer 404 ("deleted") for every prediction.
+                        raise ValueError(f"it names the model {meta.identity.key}, whose folder is "
+                                         f"{meta.identity.dirname}")
             except Exception as exc:  # one damaged file costs its own version, never the scan
                 log.warning("skipping unreadable model metadata %s: %s", entry.path, exc)
                 if mtime is not None and not isinstance(exc, OSError):

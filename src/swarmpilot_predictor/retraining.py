@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_write_bytes, read_regular
+from .atomic import atomic_write_bytes, open_regular, read_regular
 from .errors import ModelNotFound, PredictorError, VersionConflict, writing
 from .features import FIRST_OF_SHAPE, FeatureSchema, gross_outliers
 from .identity import ModelIdentity
@@ -186,7 +186,7 @@ class DecisionLog:
         with writing(f"the retraining decisions of {identity.key}"):
             path.parent.mkdir(parents=True, exist_ok=True)
             while True:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+                fd = open_regular(path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX)
                     try:
@@ -248,7 +248,7 @@ class DecisionLog:
         path = self._path(identity, self.LOCK)
         with writing(f"the retraining lock of {identity.key}"):
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = open_regular(path, os.O_RDWR | os.O_CREAT)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
