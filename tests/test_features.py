@@ -280,9 +280,13 @@ def test_a_number_written_as_a_string_is_that_number():
     clean_schema = FeatureSchema((clean,))
     assert clean_schema.matrix([{"batch": "32"}, {"batch": "many"}])[1] == [None, "feature 'batch' must be a number, got str 'many'"]
     assert clean_schema.row({"batch": "32"}) == ([32.0], None)
-    # Strings alone are a categorical feature, "8" and "16" too, as the contract has it.
-    strings = prepare([{"batch": str(b % 4 + 1), "runtime_ms": 3.0 + b % 4} for b in range(40)])[0].features[0]
-    assert strings.kind == "categorical" and strings.categories == ("1", "2", "3", "4")
+    # Strings alone are a categorical feature, "8" and "16" too, as the contract has it; one
+    # JSON number among them makes the column numbers, its strings with it.
+    strings = [{"batch": str(b % 4 + 1), "runtime_ms": 3.0 + b % 4} for b in range(40)]
+    assert prepare(strings)[0].features[0].kind == "categorical"
+    assert prepare(strings)[0].features[0].categories == ("1", "2", "3", "4")
+    strings[0]["batch"] = 1
+    assert prepare(strings)[0].features[0].kind == "numeric"
 
 
 def test_a_column_is_typed_by_the_rows_trained_on():

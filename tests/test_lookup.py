@@ -12,7 +12,6 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from swarmpilot_predictor.distribution import StoredQuantileDistribution
 from swarmpilot_predictor.errors import InvalidInput, NotFound
 from swarmpilot_predictor.identity import IdentityPattern
 from swarmpilot_predictor.lookup import (
@@ -236,6 +235,11 @@ def test_numbers_and_strings_do_not_mix_up():
     # numeric column reads a number's text as the number, as the model does.
     assert table.lookup([{"x": 1, "c": 1}, {"x": 2, "c": "2"}, {"x": "1", "c": "1"}]).kinds() == ["exact"] * 3
     assert table.lookup([{"x": "1", "c": "2"}]).kinds() == ["nearest"]
+    # What is no finite number stays a word, as for the model: not +inf's nearest record,
+    # nor a missing value, nor an OverflowError (a 500).
+    for word in ("inf", "1e400", "nan", "9" * 400, "many"):
+        res = table.lookup([{"x": word, "c": "2"}])
+        assert res.kinds() == [None] and res.errors == ["feature 'x' must be a number"], word
 
 
 def test_values_near_the_float_limit_find_the_farthest_record_on_their_side(mixed_table):
@@ -444,12 +448,11 @@ def test_quantiles_at_other_levels_and_totals():
 
 def sampled_sums(table: LookupTable, traces: list[dict], draws: int = 200_000, seed: int = 0) -> np.ndarray:
     """Sums of independent draws from the distributions of the records ``traces`` find, each
-    read off its stored quantiles as its answers are (on a grid of 20,000 levels) and
-    stretched to the record's stored mean (as the total measures the quantiles' own mean)."""
+    read off its stored quantiles as its answers are (on a grid of 20,000 levels), its tail
+    above the stored levels brought to the record's stored mean, as a total takes them."""
     rows = table.lookup(traces).rows
     grid = (np.arange(20_000) + 0.5) / 20_000
-    values = table._quantiles_at(rows, grid)
-    values *= StoredQuantileDistribution(table._quantiles_at, rows, table.expect[rows], table.error[rows] ** 2).stretch[:, None]
+    values = table.task_distributions(rows).quantiles(grid)
     pick = np.random.default_rng(seed).integers(0, len(grid), (draws, len(rows)))
     return values[np.arange(len(rows)), pick].sum(axis=1)
 
@@ -492,7 +495,11 @@ def test_a_table_total_is_the_sum_of_its_tasks_distributions():
     # Two tasks of a right-skewed record (a rare slow run): a normal law from the records'
     # moments put the queue's 5% point below 0 (floored at either task's own 5% quantile,
     # 3.7 ms). The sum is of the records' distributions, each read off its stored quantiles
-    # and stretched to its stored mean (12 ms, where the interpolated quantiles' is 23.7).
+    # and brought to its stored mean (12 ms, where the interpolated quantiles' is 23.7): the
+    # tail above 0.95 flat, and the interpolation between the stored levels bent, so that
+    # most of the mass between the median and the 0.95 quantile lies near the median, as
+    # the mean says. (Stretched whole by 12 / 23.7, the stored quantiles were halved: the
+    # sum's median came out near 20, its 0.95 quantile below one task's stored 60.)
     skewed = {**record(0, levels=(0.05, 0.5, 0.95)), "quantile_predictions": [3.7, 5.0, 60.0], "expect": 12.0,
               "error": 20.0}
     table = LookupTable.from_records([skewed, {**skewed, "features": {"a": 2}}])
@@ -502,9 +509,34 @@ def test_a_table_total_is_the_sum_of_its_tasks_distributions():
     sums = sampled_sums(table, traces)
     assert_sum_quantiles(sums, [0.05, 0.5, 0.95], body["total_quantiles"])
     assert_sum_quantiles(sums, [0.05, 0.95], body["total_interval"])
-    assert 16.0 < body["total_quantiles"][1] < 22.0
+    assert 10.0 < body["total_quantiles"][1] < 13.0
+    tasks = table.task_distributions(table.lookup(traces).rows)
+    assert float(tasks.tail_scale[0]) == 0.0 and float(tasks.bend[0]) > 2.0 and abs(float(tasks.stretch[0]) - 1) < 0.01
     # The queue takes at least as long as each of its tasks: never below one task's quantile.
     assert body["total_interval"][0] >= 3.7 and body["total_quantiles"][2] >= 60.0
+
+
+def test_a_records_extrapolated_tail_takes_the_difference_to_its_mean_not_its_body():
+    # A warm run of a model with a rare first-run mode: its two outermost stored levels, the
+    # interval's 0.975 end and the 0.99 quantile, straddle that mode's start (8.3 and 58.5 ms),
+    # and the tail extrapolated through them reaches 84,641 ms at 0.9999. Stretched whole to
+    # the stored mean (5.5 ms), the body shrank 18 times: two tasks totalled a median of
+    # 4.7 ms, below the sum of their 5% quantiles. Now the tail takes the difference.
+    warm = {**record(0, levels=(0.25, 0.5, 0.75, 0.99)), "quantile_predictions": [4.0, 4.4, 5.0, 58.5],
+            "expect": 5.5, "error": 5.0, "interval": [3.5, 8.3], "confidence_level": 0.95}
+    table = LookupTable.from_records([warm, {**warm, "features": {"a": 2}}])
+    traces = [{"a": 1}, {"a": 1}]
+    assert table._quantiles_at(table.lookup(traces[:1]).rows, np.array([0.9999]))[0, 0] > 80_000
+    body = table.predict(None, traces, 0.9, [0.05, 0.5, 0.95], with_total=True).batch_response()
+    five = body["results"][0]["quantile_predictions"][0]
+    assert body["total_quantiles"][0] >= 2 * five * 0.99 and 8.3 < body["total_quantiles"][1] < 10.0
+    sums = sampled_sums(table, traces)
+    assert_sum_quantiles(sums, [0.05, 0.5, 0.95], body["total_quantiles"])
+    # Brought to the mean, the tasks' stored quantiles are about kept: the tail above 0.99 made
+    # flat, and what the interpolated body holds above the mean (3%) stretched away.
+    tasks = table.task_distributions(table.lookup(traces).rows)
+    assert float(tasks.tail_scale[0]) == 0.0 and 0.96 < float(tasks.stretch[0]) <= 1.0
+    np.testing.assert_allclose(tasks.quantiles([0.25, 0.5, 0.75, 0.975, 0.99])[0], [4.0, 4.4, 5.0, 8.3, 58.5], rtol=0.04)
 
 
 # --------------------------------------------------------------------------- bad files and names

@@ -820,8 +820,11 @@ def test_design_gives_indicator_columns_to_a_feature_with_few_values():
     # Value 2: its own column above the training mean, the other two below.
     assert ind[0, 1] > 0 and ind[0, 0] < 0 and ind[0, 2] < 0
     np.testing.assert_allclose(ind[0], (np.array([0.0, 1.0, 0.0]) - 1 / 3) / np.sqrt(2 / 9))
-    # An unseen value and a missing one sit at the training mean.
-    np.testing.assert_array_equal(ind[1:], 0.0)
+    # Value 3, between 2 and 4: both their columns, by where it lies between them on the log
+    # scale; a missing value sits at the training mean.
+    t = (np.log1p(3.0) - np.log1p(2.0)) / (np.log1p(4.0) - np.log1p(2.0))
+    np.testing.assert_allclose(ind[1], (np.array([0.0, 1.0 - t, t]) - 1 / 3) / np.sqrt(2 / 9))
+    np.testing.assert_array_equal(ind[2], 0.0)
     # Without levels, the same data get no indicator columns.
     assert LogLinearDesign(["numeric"] * 3, [0] * 3, hinges=0).fit(X).transform(X).shape[1] == 6
 

@@ -15,7 +15,7 @@ import numpy as np
 from .errors import shown
 from .traces import (
     DEFAULT_TARGET, MAX_RUNTIME, MIN_RUNTIME, RUNTIME_RANGE, TIMESTAMP_KEYS, TraceError, TraceTable, as_number,
-    BOOLEAN_WORDS, category_text, number_in_text, reserved_keys,
+    BOOLEAN_WORDS, category_text, finite_number_in_text, number_in_text, reserved_keys,
 )
 
 FeatureKind = Literal["numeric", "categorical"]
@@ -879,9 +879,8 @@ def feature_number(v: Any) -> float:
     it, and a string that spells a finite number (``"8"``, ``" 12.5"``) as that number, as
     runtimes and CSV cells are read; NaN for anything else."""
     if v.__class__ is str:
-        number = number_in_text(v)
-        x = math.nan if number is None else as_number(number)
-        return x if math.isfinite(x) else math.nan
+        x = finite_number_in_text(v)
+        return math.nan if x is None else x
     return as_number(v)
 
 
@@ -913,16 +912,16 @@ def _few_words_among_numbers(col: Any, rows: np.ndarray) -> int | None:
     strings = codes >= 0
     if not strings.any():
         return 0
+    if not np.isfinite(col.as_numeric()[rows]).any():
+        return None  # strings alone make a categorical feature, "8" and "16" too
     # A number written as a string ("8") is a number of a column that holds numbers, not a
     # word: the runtime and a CSV cell are read so, and so is a trace's value at prediction.
-    spelled = np.zeros(len(codes), dtype=bool)
-    spelled[strings] = np.isfinite(col.spelled_numbers()[codes[strings]])
-    words = int((strings & ~spelled).sum())
-    numbers = col.as_numeric()[rows]
+    numbers = col.as_numeric(spelled=True)[rows]
+    words = int((strings & np.isnan(numbers)).sum())
     numbers = numbers[np.isfinite(numbers)]
     if len(numbers) < 2 or numbers.min() == numbers.max():
-        return None  # strings alone make a categorical feature, "8" and "16" too
-    return words if words <= WORDS_AS_GAPS_SHARE * (words + len(numbers) + int(spelled.sum())) else None
+        return None
+    return words if words <= WORDS_AS_GAPS_SHARE * (words + len(numbers)) else None
 
 
 def _category_problem(name: str, value: Any) -> str:

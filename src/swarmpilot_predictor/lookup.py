@@ -75,9 +75,9 @@ from .traces import (
     csv_reader,
     csv_value,
     dumps_json,
+    finite_number_in_text,
     iter_json_array,
     normalize_traces,
-    number_in_text,
     reserved_keys,
     skip_bom,
     text_view,
@@ -210,14 +210,6 @@ def _vocab_code(vocab: dict[str, int], v: Any) -> int:
     reads them, whichever format made the table (see :func:`~.features.category_code`)."""
     code = category_code(vocab, v)
     return -2 if code is None else code
-
-
-def _text_number(s: str) -> Any:
-    """The number a string spells, as :func:`csv_value` reads a CSV cell, else the string."""
-    if not s:
-        return None
-    number = number_in_text(s)
-    return s if number is None else float(number)  # what csv_value's int or float becomes in a numeric column
 
 
 def _probe_one(keys: np.ndarray, rows: np.ndarray, key: int) -> int:
@@ -740,7 +732,10 @@ class LookupTable:
         word = BOOLEAN_WORDS.get(v)
         if word is not None:
             return word
-        return _text_number(v)
+        if not v:
+            return None  # an empty cell: missing
+        x = finite_number_in_text(v)
+        return v if x is None else x  # a word (or "inf", "nan") stays one: "must be a number"
 
     def _query_bits(self, j: int, values: np.ndarray) -> np.ndarray:
         """:meth:`_bits` of query values of column ``j`` (from :meth:`_query_column`)."""
@@ -1170,20 +1165,35 @@ class LookupTable:
         mu, sd = float(expect.sum()), float(np.sqrt(np.square(error).sum()))
         if len(answers) == 1:
             return {"expect": mu, "error": sd, "total_quantiles": list(answers[0][1]), "total_interval": list(answers[0][2])}
-        tasks = StoredQuantileDistribution(self._quantiles_at, rows, expect.astype(np.float64), np.square(error, dtype=np.float64))
-        total = tasks.total()
+        total = self.task_distributions(rows, expect, error).total()
         tq = total.quantiles(np.asarray(levels, dtype=np.float64)).tolist() if levels else []
         return {"expect": mu, "error": sd, "total_quantiles": tq, "total_interval": total.interval(confidence_level).tolist()}
 
-    def _quantiles_at(self, rows: np.ndarray, taus: np.ndarray) -> np.ndarray:
+    def task_distributions(self, rows: np.ndarray, expect: np.ndarray | None = None,
+                           error: np.ndarray | None = None) -> StoredQuantileDistribution:
+        """The distributions of tasks answered by the records ``rows`` (of these means and
+        standard deviations: the records' own unless given), as a total sums them: each read off
+        its stored quantiles as its answer is, its tail above the highest stored level (the
+        extrapolated part) brought to the record's mean."""
+        expect = self.expect[rows] if expect is None else expect
+        error = self.error[rows] if error is None else error
+        top_level, top_value = np.ones(len(rows)), np.zeros(len(rows))
+        for sel, _, _, _, L, V in self._knot_groups(rows):
+            top_level[sel], top_value[sel] = L[-1], V[:, -1]
+        return StoredQuantileDistribution(self._quantiles_at, rows, np.asarray(expect, dtype=np.float64),
+                                          np.square(error, dtype=np.float64), top_level=top_level, top_value=top_value)
+
+    def _quantiles_at(self, rows: np.ndarray, taus: np.ndarray, bend: np.ndarray | None = None) -> np.ndarray:
         """The records ``rows``' values at ``taus``, (rows, taus), as their answers read them
-        (:func:`quantile_function` on the stored quantiles and interval ends), the levels kept
-        within [1e-12, 1 - 1e-12], where the extrapolated tails stay finite. ``taus`` may
-        also be (rows, k), levels of each row's own, increasing along each row."""
+        (:func:`quantile_function` on the stored quantiles and interval ends; with ``bend``,
+        one per row, bent between them), the levels kept within [1e-12, 1 - 1e-12], where the
+        extrapolated tails stay finite. ``taus`` may also be (rows, k), levels of each row's
+        own, increasing along each row."""
         taus = np.clip(taus, 1e-12, 1.0 - 1e-12)
         out = np.empty((len(rows), taus.shape[-1]))
         for sel, r, s, cl, L, V in self._knot_groups(rows):
-            out[sel] = quantile_function(L, V, self.expect[r], self.error[r], taus[sel] if taus.ndim == 2 else taus)
+            out[sel] = quantile_function(L, V, self.expect[r], self.error[r], taus[sel] if taus.ndim == 2 else taus,
+                                         None if bend is None else bend[sel])
         return out
 
     def _knot_groups(self, rows: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, int, float, np.ndarray, np.ndarray]]:
@@ -1279,7 +1289,7 @@ def _merge_interval_knots_many(levels: np.ndarray, values: np.ndarray, cl: float
 
 
 def quantile_function(levels: np.ndarray, values: np.ndarray, mean: np.ndarray, std: np.ndarray,
-                      taus: Sequence[float] | np.ndarray) -> np.ndarray:
+                      taus: Sequence[float] | np.ndarray, bend: np.ndarray | None = None) -> np.ndarray:
     """Values at ``taus`` from records that store quantiles at ``levels``: (records, taus).
 
     Stored levels are answered as stored; levels between two stored ones by
@@ -1295,7 +1305,10 @@ def quantile_function(levels: np.ndarray, values: np.ndarray, mean: np.ndarray, 
 
     ``taus`` is one set of levels for every record, in any order, or (records, k) levels
     of each record's own, increasing along each row (a total's nodes, each task at its
-    own stratum of them).
+    own stratum of them). ``bend`` (per record, at least 1; 1 where not given) makes the
+    interpolation between two stored levels ``lower + (upper - lower) * w ** bend`` for the
+    share ``w`` of the way: convex, each stored level still answered as stored (how a total
+    brings a right-skewed record's interpolated mean down to its stored one).
     """
     L = np.asarray(levels, dtype=np.float64)
     taus_a = np.asarray(taus, dtype=np.float64)
@@ -1314,6 +1327,8 @@ def quantile_function(levels: np.ndarray, values: np.ndarray, mean: np.ndarray, 
     above = ~exact & ~inner & ~below
     with np.errstate(divide="ignore", invalid="ignore"):
         w = (t - L[lo]) / (L[hi] - L[lo])
+        if bend is not None:
+            w = np.clip(w, 0.0, 1.0) ** bend[:, None]
         out = np.where(exact, values[at, np.where(near_lo, lo, hi)], values[at, lo] * (1 - w) + values[at, hi] * w)
     out = np.array(np.broadcast_to(out, (values.shape[0], t.shape[1])))
     # The tails, on the columns where some record is in one only (the outer levels).

@@ -619,6 +619,17 @@ def number_in_text(text: str) -> int | float | None:
     return int(text) if text.strip().lstrip("+-").isdigit() else number
 
 
+def finite_number_in_text(text: str) -> float | None:
+    """The finite number ``text`` spells, as a float; None for a word, and for ``nan``,
+    ``inf`` and numbers past the float range: how a string is read where a number belongs
+    (a numeric feature of a model, a numeric column of a lookup table)."""
+    number = number_in_text(text)
+    if number is None:
+        return None
+    x = as_number(number)
+    return x if math.isfinite(x) else None
+
+
 def csv_value(text: str | None) -> Any:
     if csv_text(text) is None:
         return None
@@ -651,6 +662,7 @@ class Column:
     at_rows: array | None = None  # int64 row of each stored value, once the column is sparse
     n_rows: int = 0  # the table's rows (set by finish)
     padded: int = 0  # gap slots padded while dense
+    spelled: np.ndarray | None = None  # spelled_numbers(), once worked out for the whole vocabulary
 
     def _skip_to(self, row: int) -> None:
         """Make the next stored value row ``row``'s: pad the gap, or turn sparse."""
@@ -721,14 +733,12 @@ class Column:
         return out
 
     def spelled_numbers(self) -> np.ndarray:
-        """Per string of ``vocab``, in code order, the finite number it spells, else NaN."""
-        out = np.full(len(self.vocab), np.nan)
-        for k, s in enumerate(self.vocab):
-            number = number_in_text(s)
-            if number is not None:
-                out[k] = as_number(number)
-        out[~np.isfinite(out)] = np.nan
-        return out
+        """Per string of ``vocab``, in code order, the finite number it spells, else NaN
+        (worked out once per vocabulary: an identifier column holds a string per row)."""
+        if self.spelled is None or len(self.spelled) != len(self.vocab):
+            self.spelled = np.array([np.nan if (x := finite_number_in_text(s)) is None else x for s in self.vocab],
+                                    dtype=np.float64)
+        return self.spelled
 
     def code_array(self) -> np.ndarray:
         """Each row's code into ``vocab``; -1 where it holds no string."""
@@ -786,7 +796,7 @@ class Column:
                 keep, new_pos = pos[hit], np.flatnonzero(hit)
             new_rows = array("q", new_pos.astype(np.int64).tobytes())
         new = Column(numbers=array("d", np.frombuffer(self.numbers, dtype=np.float64)[keep].tobytes()),
-                     vocab=self.vocab, at_rows=new_rows, n_rows=len(rows))
+                     vocab=self.vocab, at_rows=new_rows, n_rows=len(rows), spelled=self.spelled)
         if self.codes is not None:
             new.codes = array("i", np.frombuffer(self.codes, dtype=np.int32)[keep].tobytes())
         if self.booleans is not None:

@@ -8,6 +8,7 @@ scale and shape models all build on these, so they are kept apart from any one m
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import math
 import warnings
@@ -229,7 +230,7 @@ class LogLinearDesign:
         rows[:, self._num] = probe
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             R = self._numeric_raw(rows)
-            R = np.where(np.isnan(R), self.center_, R)  # an unseen level sits at the training mean
+            R = np.where(np.isnan(R), self.center_, R)  # a missing value sits at the training mean
             L = _slog(probe)[:, self._owners()]
             whole = (R[2] - R[0]) / (L[2] - L[0])
             slopes = np.stack([np.where(L[1] > L[0], (R[1] - R[0]) / (L[1] - L[0]), whole),
@@ -302,12 +303,15 @@ class LogLinearDesign:
             cols = logs + [min(max(float(x[j]), lo), hi) for j, lo, hi in zip(num, lows, highs)]
         for lg, ks in zip(logs, knots):
             cols.extend([max(lg - k, 0.0) for k in ks])
-        for j, values in levels:
+        for j, values, logs in levels:
             v = x[j]
             if v in values:
                 cols.extend([float(v == u) for u in values])
             elif math.isfinite(v):  # between two levels: both, as in transform
-                cols.extend(_level_weights(np.array([v]), np.asarray(values))[0].tolist())
+                i, t = _level_pair(v, values, logs)
+                weights = [0.0] * len(values)
+                weights[i], weights[i + 1] = 1.0 - t, t
+                cols.extend(weights)
             else:  # missing: NaN, then 0 (the training mean) below, as in transform
                 cols.extend([math.nan] * len(values))
         out = [(c - m) / sd for c, m, sd in zip(cols, center, spread)]
@@ -354,15 +358,11 @@ class LogLinearDesign:
             for k, wh in hinges:
                 if lg > k:
                     total += wh * (lg - k)
-        for j, weight_of, unseen in levels:
+        for j, weight_of, values, logs, weights in levels:
             w = weight_of.get(x[j])
-            if w is None:
-                v = x[j]
-                if not math.isfinite(v):
-                    w = unseen
-                else:  # between two levels: their weights interpolated, as in transform
-                    values = list(weight_of)
-                    w = float(_level_weights(np.array([v]), np.asarray(values))[0] @ np.asarray(list(weight_of.values())))
+            if w is None:  # between two levels (a missing value took the long way above)
+                i, t = _level_pair(x[j], values, logs)
+                w = (1.0 - t) * weights[i] + t * weights[i + 1]
             total += w
         for j, weights in cats:
             code = x[j]
@@ -388,10 +388,9 @@ class LogLinearDesign:
             hi = highs[i] if highs is not None else math.inf
             numeric.append((j, w[i], w[p + i], lo, hi, hinges))
         level_terms = []
-        for j, values in levels:
-            cols = range(col, col + len(values))
-            # An unseen value's indicators sit at their training means: cancel their part of the offset.
-            level_terms.append((j, {u: w[c] for u, c in zip(values, cols)}, sum(w[c] * center[c] for c in cols)))
+        for j, values, logs in levels:
+            weights = w[col:col + len(values)]
+            level_terms.append((j, dict(zip(values, weights)), values, logs, weights))
             col += len(values)
         cat_terms = []
         col = n_num
@@ -451,7 +450,7 @@ class LogLinearDesign:
         cats = _categorical_positions(self.kinds, self.n_categories)
         center = self.center_.tolist() if num else []
         spread = self.spread_.tolist() if num else []
-        levels = [(j, list(v)) for j, v in zip(num, self.levels_) if v]
+        levels = [(j, list(v), _slog(np.asarray(v)).tolist()) for j, v in zip(num, self.levels_) if v]
         return num, lows, highs, [list(k) for k in self.knots_], center, spread, cats, levels
 
     def to_json(self) -> dict[str, Any]:
@@ -498,6 +497,15 @@ def _level_weights(v: np.ndarray, levels: np.ndarray) -> np.ndarray:
     W[rows, i + 1] += t
     W[~np.isfinite(v)] = np.nan
     return W
+
+
+def _level_pair(v: float, values: list[float], logs: list[float]) -> tuple[int, float]:
+    """:func:`_level_weights` of one finite value, in plain floats (a lone prediction's path):
+    the level ``i`` below it and the weight ``t`` of level ``i + 1`` (``1 - t`` is level ``i``'s)."""
+    v = min(max(v, values[0]), values[-1])
+    lv = math.copysign(math.log1p(abs(v)), v)
+    i = min(max(bisect.bisect_right(logs, lv) - 1, 0), len(logs) - 2)
+    return i, min(max((lv - logs[i]) / (logs[i + 1] - logs[i]), 0.0), 1.0)
 
 
 def _discrete_levels(col: np.ndarray, max_levels: int) -> list[float]:
