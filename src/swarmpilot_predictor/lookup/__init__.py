@@ -1,0 +1,79 @@
+"""Lookup tables: predictions computed once for a file of traces, answered by matching.
+
+A table is written by :func:`generate_table` (``POST /predict/table/...`` or the
+``table`` CLI command) and holds one record per trace in the seed's format::
+
+    {"status": "success", "model_type": .., "quantiles": [..], "quantile_predictions": [..],
+     "expect": .., "error": .., "interval": [lo, hi], "confidence_level": .., "model_info": {..},
+     "model_version": .., "features": {"input_tokens": 100, ..}, "task_id": ..}
+
+as a JSON array (one record per line) or as CSV (feature columns first, then ids,
+identity and predictions; quantiles as ``quantile_<level>`` columns). Tables in
+the seed's own format, without ``features``, load too; a record without a
+``features`` object may also carry its features as plain top-level keys.
+
+:class:`LookupTable` keeps a table column-wise (about 100 bytes a row) with an
+index built once: a sorted 64-bit hash of every row's feature values (exact
+match, vectorised ``searchsorted``), the same for task ids, and per identity and
+combination of categorical values a k-d tree over the numeric features
+standardised by the table's mean and standard deviation (nearest match).
+A trace is answered by, in order: exact feature match, task id, nearest record
+(categorical features must match exactly), and, for identities whose records
+carry no features (the seed's format), a pseudo-random record chosen by a hash
+of the trace and a seed, so the same trace always gets the same record.
+
+:class:`LookupTableStore` manages the table directory: names are plain file
+names, loaded tables are cached (bounded, reloaded when the file changes), a
+table that cannot be read gives an error naming the file and the place.
+
+The code is split by concern, one module each: :mod:`.names` (table names and
+formats), :mod:`.hashing` (hashing helpers of the indexes), :mod:`.quantiles` (a
+record's quantile function, :class:`TablePrediction`), :mod:`.files` (reading table
+files, writing tables, :func:`generate_table`), :mod:`.table` (:class:`LookupTable`,
+its parts and indexes, and building one from records), :mod:`.sidecar` (parsed-table
+sidecars) and :mod:`.store` (:class:`LookupTableStore`). Their public names are
+re-exported here.
+"""
+
+from __future__ import annotations
+
+from .files import GENERATION_CHUNK, CsvTableWriter, JsonTableWriter, generate_table
+from .names import (
+    CSV_PREDICTION_COLUMNS,
+    QUANTILE_PREFIX,
+    RECORD_KEYS,
+    SHAPE_FEATURES,
+    TABLE_FORMATS,
+    WRITABLE_FORMATS,
+    check_table_name,
+    table_format,
+)
+from .quantiles import TablePrediction, quantile_function
+from .sidecar import INDEX_FORMAT, load_index, save_index
+from .store import LookupTableStore
+from .table import MATCH_KINDS, SCALAR_MAX, LookupResult, LookupTable
+
+__all__ = [
+    "CSV_PREDICTION_COLUMNS",
+    "CsvTableWriter",
+    "GENERATION_CHUNK",
+    "INDEX_FORMAT",
+    "JsonTableWriter",
+    "LookupResult",
+    "LookupTable",
+    "LookupTableStore",
+    "MATCH_KINDS",
+    "QUANTILE_PREFIX",
+    "RECORD_KEYS",
+    "SCALAR_MAX",
+    "SHAPE_FEATURES",
+    "TABLE_FORMATS",
+    "TablePrediction",
+    "WRITABLE_FORMATS",
+    "check_table_name",
+    "generate_table",
+    "load_index",
+    "quantile_function",
+    "save_index",
+    "table_format",
+]

@@ -1,0 +1,444 @@
+"""Table files: reading their records, and writing tables (:func:`generate_table`).
+
+The readers yield a file's records, located (``record 3``, ``line 7``), from a JSON
+array, JSON lines or CSV; :class:`~.table.LookupTable` builds itself from them. The
+writers stream records into a temporary file renamed into place when complete, and
+:func:`generate_table` predicts a file of traces in chunks into one.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import orjson
+
+from ..atomic import temp_beside
+from ..errors import InvalidInput, PayloadTooLarge, shown, storage_error
+from ..features import FIRST_OF_SHAPE
+from ..identity import IDENTITY_KEYS
+from ..traces import (
+    ID_KEYS,
+    TIMESTAMP_KEYS,
+    NotAnArray,
+    TraceError,
+    blank_cells,
+    csv_header,
+    csv_problem,
+    csv_reader,
+    csv_value,
+    dumps_json,
+    iter_json_array,
+    reserved_keys,
+    text_view,
+)
+from .names import CSV_PREDICTION_COLUMNS, QUANTILE_PREFIX, SHAPE_FEATURES, WRITABLE_FORMATS
+
+GENERATION_CHUNK = 8192
+
+
+def _iter_json_records(raw: IO[bytes], name: str, line_mode: bool = True) -> Iterator[tuple[str, Any]]:
+    try:
+        for i, rec in enumerate(iter_json_array(raw, name, line_mode)):
+            yield f"record {i}", rec
+    except NotAnArray:
+        raise TraceError(f"{name}: a .json lookup table is a JSON array of records") from None
+
+
+def _iter_jsonl_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
+    try:
+        for lineno, line in enumerate(raw, 1):
+            if line.strip():
+                try:
+                    yield f"line {lineno}", orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    raise TraceError(f"{name}: line {lineno}: not a valid JSON record ({exc}); the file may be truncated") from None
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise TraceError(f"{name}: cannot read the file ({exc}); it may be truncated") from None
+
+
+def _iter_csv_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
+    with text_view(raw) as text:
+        yield from _csv_records(text, name)
+
+
+def _csv_records(text: IO[str], name: str) -> Iterator[tuple[str, Any]]:
+    try:
+        reader = csv_reader(text)
+        row_line = 1
+        header = next(reader, None)
+        if not header:
+            raise TraceError(f"{name}: the CSV table has no header")
+        header = csv_header(header, name)
+        q_cols: list[tuple[float, int]] = []
+        for i, h in enumerate(header):
+            if h.startswith(QUANTILE_PREFIX):
+                try:
+                    q_cols.append((float(h[len(QUANTILE_PREFIX):]), i))
+                except ValueError:
+                    raise TraceError(f"{name}: column {shown(h)} is not quantile_<level>") from None
+        if not q_cols:
+            raise TraceError(f"{name}: the CSV table has no quantile_<level> columns")
+        q_cols.sort()
+        levels = [lv for lv, _ in q_cols]
+        q_idx = [i for _, i in q_cols]
+        pos = {h: i for i, h in enumerate(header)}
+        for needed in ("expect", "error"):
+            if needed not in pos:
+                raise TraceError(f"{name}: the CSV table has no {needed!r} column")
+        reserved = reserved_keys()
+        feat = [(h, i) for i, h in enumerate(header)
+                if not h.startswith(QUANTILE_PREFIX) and h not in CSV_PREDICTION_COLUMNS and h not in reserved
+                and h not in ("message", SHAPE_FEATURES)]
+        i_shape = pos.get(SHAPE_FEATURES)
+        shape_cells: dict[str, Any] = {}  # the same cell on every row: parsed once
+        ids = [(h, pos[h]) for h in ID_KEYS if h in pos]
+        ident = [(k, pos.get(k)) for k in IDENTITY_KEYS]
+        info_keys = ("type", "name", "hardware", "software_name", "software_version")
+        i_exp, i_err = pos["expect"], pos["error"]
+        i_status, i_lo, i_hi, i_cl, i_ver = (pos.get(k) for k in ("status", "interval_low", "interval_high", "confidence_level", "model_version"))
+        width = len(header)
+        row_line = reader.line_num + 1  # where the row being read starts
+        for row in reader:
+            row_line = reader.line_num + 1  # the next one's
+            if blank_cells(row):  # a blank line, or a spreadsheet's empty row
+                continue
+            where = f"line {reader.line_num}"  # the physical line: a quoted cell may span several
+            if len(row) > width and blank_cells(row[width:]):
+                row = row[:width]  # a spreadsheet's empty cells past the header
+            if len(row) != width:
+                raise TraceError(f"{name}: {where}: {len(row)} fields where the header has {width}; the file may be truncated")
+            try:
+                rec: dict[str, Any] = {
+                    "status": (row[i_status] or "success") if i_status is not None else "success",
+                    "quantiles": levels,
+                    "quantile_predictions": [float(row[i]) for i in q_idx],
+                    "expect": float(row[i_exp]),
+                    "error": float(row[i_err]),
+                    "model_info": {ik: (row[i] if i is not None else None) for ik, (_, i) in zip(info_keys, ident)},
+                    "features": {h: csv_value(row[i]) for h, i in feat},
+                }
+                if i_lo is not None and i_hi is not None and i_cl is not None and row[i_lo] != "":
+                    rec["interval"] = [float(row[i_lo]), float(row[i_hi])]
+                    rec["confidence_level"] = float(row[i_cl])
+                if i_ver is not None and row[i_ver] != "":
+                    rec["model_version"] = int(row[i_ver])
+            except ValueError as exc:
+                if _rec_status_failed(row, i_status):
+                    yield where, {"status": "error"}
+                    continue
+                raise TraceError(f"{name}: {where}: a prediction column is not a number ({exc})") from None
+            for h, i in ids:
+                if row[i] != "":
+                    rec[h] = row[i]
+            if i_shape is not None and (cell := row[i_shape]) != "":
+                if cell not in shape_cells:
+                    try:
+                        shape_cells[cell] = orjson.loads(cell)
+                    except orjson.JSONDecodeError:
+                        shape_cells[cell] = cell  # refused as not a list, naming the line
+                rec[SHAPE_FEATURES] = shape_cells[cell]
+            yield where, rec
+    except csv.Error as exc:
+        # (an unclosed quote took every row after it into one cell, without a word, before strict)
+        raise TraceError(f"{name}: line {row_line}: {csv_problem(exc, '; the file may be truncated')}") from None
+    except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as exc:
+        raise TraceError(f"{name}: cannot read the CSV table ({exc}); it may be truncated") from None
+
+
+def _rec_status_failed(row: list[str], i_status: int | None) -> bool:
+    return i_status is not None and row[i_status] not in ("", "success")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class _TableWriter:
+    """Writes to a temporary file beside the target; ``commit`` renames it into place."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = temp_beside(path)
+        self.tmp = Path(tmp)
+        raw = os.fdopen(fd, "wb")
+        self._raw = raw
+        self.fh: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=5) if path.name.lower().endswith(".gz") else raw
+        self.rows = 0
+
+    def commit(self) -> None:
+        self.finish()
+        if self.fh is not self._raw:
+            self.fh.close()
+        self._raw.flush()
+        os.fsync(self._raw.fileno())
+        self._raw.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        try:
+            if self.fh is not self._raw:
+                self.fh.close()
+            self._raw.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+    def finish(self) -> None:  # pragma: no cover - overridden
+        pass
+
+
+class JsonTableWriter(_TableWriter):
+    """A JSON array with one record per line (so readers can stream it)."""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self.fh.write(b"[\n")
+
+    def write(self, records: list[bytes]) -> None:
+        if not records:
+            return
+        if self.rows:
+            self.fh.write(b",\n")
+        self.fh.write(b",\n".join(records))
+        self.rows += len(records)
+
+    def finish(self) -> None:
+        self.fh.write(b"\n]\n" if self.rows else b"]\n")
+
+
+class CsvTableWriter(_TableWriter):
+    def __init__(self, path: Path, header: list[str]):
+        super().__init__(path)
+        self._text = io.StringIO()
+        self.csv = csv.writer(self._text)
+        self.fh.write(self._encode([header]))
+
+    def _encode(self, rows: list[Sequence[Any]]) -> bytes:
+        self._text.seek(0)
+        self._text.truncate()
+        self.csv.writerows(rows)
+        return self._text.getvalue().encode("utf-8")
+
+    def write(self, rows: list[Sequence[Any]]) -> list[tuple[int, str]]:
+        """Write ``rows``; return (index, reason) for each that cannot be written, which is left out.
+
+        A chunk is encoded whole before anything is written, so a row that cannot be
+        (a string with a lone surrogate, which Python's json reads) leaves no part behind.
+        """
+        try:
+            data = self._encode(rows)
+            bad: list[tuple[int, str]] = []
+        except UnicodeEncodeError:
+            parts, bad = [], []
+            for k, row in enumerate(rows):
+                try:
+                    parts.append(self._encode([row]))
+                except UnicodeEncodeError as exc:
+                    bad.append((k, f"a string is not valid UTF-8: {exc.reason}"))
+            data = b"".join(parts)
+        self.fh.write(data)
+        self.rows += len(rows) - len(bad)
+        return bad
+
+
+def generate_table(
+    *,
+    traces: Iterable[dict[str, Any]],
+    schema,
+    model,
+    levels: Sequence[float],
+    model_info: dict[str, str],
+    model_version: int,
+    out_path: Path,
+    fmt: str,
+    confidence_level: float,
+    progress: Callable[[int], None] | None = None,
+    chunk_size: int = GENERATION_CHUNK,
+    max_rows: int = 0,
+) -> dict[str, Any]:
+    """Predict every trace in vectorised chunks and stream the records to ``out_path``.
+
+    Memory stays bounded by the chunk size whatever the number of traces.
+    Traces that cannot be predicted (a missing feature, say) are left out and
+    counted; the table is renamed into place only when every chunk is written.
+    More than ``max_rows`` records (0: no limit) is a PayloadTooLarge, and no table.
+    """
+    if fmt not in WRITABLE_FORMATS:
+        raise InvalidInput(f"format must be one of {', '.join(WRITABLE_FORMATS)}", field="format")
+    t0 = time.perf_counter()
+    names = list(schema.names)
+    # With a shape history the prediction also depends on whether the trace was its
+    # shape's first run: the record stores the flag it was predicted with, as a feature,
+    # so that a lookup tells a first run from a repeat of the same shape.
+    flagged = schema.history is not None
+    shape_names = [names[j] for j in schema.history.key] if flagged else None
+    shape_cell = orjson.dumps(shape_names).decode() if flagged else None
+    levels = [float(q) for q in levels]
+    info = dict(model_info)
+    identity_row = [info["type"], info["name"], info["hardware"], info["software_name"], info["software_version"]]
+    writer: JsonTableWriter | CsvTableWriter | None = None
+    failed = 0
+    seen = 0
+    samples: list[str] = []
+    id_cols: list[str] = []
+    repeats_stored: set[bytes] = set()  # the feature rows whose repeat answer was added
+    added_repeats = 0
+    q_header = [QUANTILE_PREFIX + repr(q) for q in levels]
+    try:
+        if fmt == "json":
+            writer = JsonTableWriter(out_path)
+        for chunk in _chunks(traces, chunk_size):
+            seen += len(chunk)
+            X, errors = schema.matrix(chunk)
+            ok_rows = [i for i, e in enumerate(errors) if e is None]
+            if len(ok_rows) < len(chunk):
+                failed += len(chunk) - len(ok_rows)
+                for i, e in enumerate(errors):
+                    if e is not None and len(samples) < 5:
+                        samples.append(f"trace {seen - len(chunk) + i}: {e}")
+            if fmt == "csv" and writer is None:
+                id_cols = [k for k in ("task_id", "req_id", "request_id", "model_id") if any(k in t for t in chunk)]
+                writer = CsvTableWriter(out_path, names + [FIRST_OF_SHAPE, SHAPE_FEATURES] * flagged + id_cols
+                                        + list(IDENTITY_KEYS)
+                                        + list(CSV_PREDICTION_COLUMNS) + q_header)
+            if ok_rows:
+                good = [chunk[i] for i in ok_rows]
+                n_own = len(good)  # the traces' own records; added repeats follow them
+                Xg = X[ok_rows]
+                if flagged:
+                    # A trace predicted as its shape's first run (by its timestamp) whose
+                    # shape ran in training is, asked without a timestamp or a flag, what the
+                    # model answers as a repeat: that answer is stored too (once per row of
+                    # features), so that a lookup that states no flag finds it, as the model
+                    # would answer. (A shape the model never saw has no repeat to store.)
+                    firsts = np.flatnonzero(Xg[:, -1] == 1.0).tolist()
+                    X0, _ = schema.matrix([{k: v for k, v in good[i].items() if k not in TIMESTAMP_KEYS} for i in firsts])
+                    extra = []
+                    for j, i in enumerate(firsts):
+                        row = X0[j].tobytes()
+                        if X0[j, -1] == 0.0 and row not in repeats_stored:
+                            repeats_stored.add(row)
+                            extra.append((i, j))
+                    if extra:
+                        Xg = np.concatenate([Xg, X0[[j for _, j in extra]]])
+                        good += [good[i] for i, _ in extra]
+                        added_repeats += len(extra)
+                dist = model.predict_distribution(Xg)
+                q = dist.quantiles(levels).tolist()
+                mean, std = dist.mean_std()
+                iv = dist.interval(confidence_level).tolist()
+                mean_l, std_l = mean.tolist(), std.tolist()
+                first = Xg[:, -1].astype(bool).tolist() if flagged else None
+                if fmt == "json":
+                    out = []
+                    for k, t in enumerate(good):
+                        rec = {
+                            "status": "success",
+                            "model_type": info["type"],
+                            "quantiles": levels,
+                            "quantile_predictions": q[k],
+                            "expect": mean_l[k],
+                            "error": std_l[k],
+                            "interval": iv[k],
+                            "confidence_level": confidence_level,
+                            "model_info": info,
+                            "model_version": model_version,
+                            "features": {n: t.get(n) for n in names},
+                        }
+                        if first is not None:
+                            rec["features"][FIRST_OF_SHAPE] = first[k]
+                            rec[SHAPE_FEATURES] = shape_names
+                        for idk in ID_KEYS if k < n_own else ():  # an added repeat is no trace's
+                            if idk in t:
+                                rec[idk] = t[idk]
+                        try:
+                            out.append(dumps_json(rec))
+                        except TypeError as exc:  # a string with a lone surrogate, say (Python's json reads one)
+                            if k < n_own:  # (an added repeat fails with its trace, counted once)
+                                failed += 1
+                                if len(samples) < 5:
+                                    samples.append(f"trace {seen - len(chunk) + ok_rows[k]}: cannot be written as JSON ({exc})")
+                    writer.write(out)  # type: ignore[union-attr]
+                else:
+                    rows = []
+                    for k, t in enumerate(good):
+                        feats = [_csv_out(t.get(n)) for n in names]
+                        if first is not None:
+                            feats += [int(first[k]), shape_cell]
+                        ids = [_csv_out(t.get(c)) if k < n_own else None for c in id_cols]
+                        lo, hi = iv[k]
+                        rows.append(feats + ids + identity_row + ["success", model_version, mean_l[k], std_l[k], confidence_level, lo, hi] + q[k])
+                    for k, reason in writer.write(rows):  # type: ignore[union-attr]
+                        if k < n_own:
+                            failed += 1
+                            if len(samples) < 5:
+                                samples.append(f"trace {seen - len(chunk) + ok_rows[k]}: cannot be written as CSV ({reason})")
+            if max_rows and writer is not None and writer.rows > max_rows:
+                raise PayloadTooLarge(
+                    f"the table would hold more than {max_rows:,} records (PREDICTOR_MAX_TABLE_ROWS; every worker "
+                    f"holds a table it answers from in memory): {seen:,} traces read so far; a table needs one "
+                    "trace per distinct row of features", field="trace_file")
+            if progress is not None:
+                progress(len(chunk))
+        if seen == 0:
+            raise InvalidInput("the trace file holds no traces", field="trace_file")
+        if writer is None or writer.rows == 0:
+            raise InvalidInput(
+                f"none of the {seen} trace(s) could be predicted: {samples[0] if samples else 'unknown reason'}",
+                field="trace_file",
+            )
+        writer.commit()
+    except TraceError as exc:
+        if writer is not None:
+            writer.abort()
+        raise InvalidInput(str(exc), field="trace_file") from None
+    except OSError as exc:  # reading the traces raises TraceError: this is the table's own file
+        if writer is not None:
+            writer.abort()
+        raise storage_error(exc, f"lookup table {out_path.name}", f"in {out_path.parent}") from exc
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    return {
+        "status": "successful",
+        "path": str(out_path.resolve()),
+        "table_name": out_path.name,
+        "format": fmt,
+        "rows": writer.rows,
+        "repeats_added": added_repeats,
+        "failed": failed,
+        "errors": samples,
+        "quantiles": levels,
+        "confidence_level": confidence_level,
+        "model_version": model_version,
+        "duration_seconds": time.perf_counter() - t0,
+    }
+
+
+def _csv_out(v: Any) -> Any:
+    if v.__class__ is bool:
+        return int(v)
+    if isinstance(v, (dict, list)):
+        return orjson.dumps(v).decode()
+    return v
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    append = chunk.append
+    for item in items:
+        append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+            append = chunk.append
+    if chunk:
+        yield chunk

@@ -1,0 +1,62 @@
+"""Table names and formats: what a table file may be called and what its records hold.
+
+:func:`table_format` reads a table's format from its file name and :func:`check_table_name`
+checks a name a request gives; the constants name the formats (read and written) and the
+keys and columns of a record, which the modules that read and write tables share.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..errors import InvalidInput, shown
+from ..identity import has_control_characters
+
+TABLE_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+WRITABLE_FORMATS = ("json", "csv")
+# Keys of a record that are not features (flat-feature records put features beside them).
+RECORD_KEYS = frozenset({
+    "status", "model_type", "quantiles", "quantile_predictions", "expect", "error", "interval",
+    "confidence_level", "model_info", "model_version", "features", "message", "source", "match",
+    "distance", "table", "shape_features", "stale", "kind_mismatch",
+})
+# Which features make an input shape (the model's, where it derives first_of_shape): with
+# it a lookup tells a shape the model saw (answered as a repeat) from one it never saw (as
+# a first run), as the model does. A record key (JSON) or a column holding a JSON list (CSV).
+SHAPE_FEATURES = "shape_features"
+CSV_PREDICTION_COLUMNS = ("status", "model_version", "expect", "error", "confidence_level", "interval_low", "interval_high")
+QUANTILE_PREFIX = "quantile_"
+
+
+def table_format(name: str) -> str | None:
+    """``json``, ``jsonl`` or ``csv`` from a table file name (``.gz`` allowed), else None."""
+    base = name.lower().removesuffix(".gz")
+    for suffix, fmt in TABLE_FORMATS.items():
+        if base.endswith(suffix) and len(base) > len(suffix):
+            return fmt
+    return None
+
+
+def check_table_name(name: Any, field: str = "lookup_table_name", writing: bool = False) -> str:
+    """A table name is a plain file name in the table directory, never a path (``writing``:
+    one that generation can write, which is JSON or CSV)."""
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidInput(f"{field} must be a non-empty file name", field=field)
+    try:
+        size = len(os.fsencode(name))
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{field} {shown(name)} is not a valid file name (it holds a lone surrogate)", field=field) from None
+    if size > 255:  # the file system's limit is on the encoded name, not on characters
+        raise InvalidInput(f"{field} is longer than 255 bytes", field=field)
+    if "/" in name or "\\" in name or name.startswith(".") or has_control_characters(name):
+        raise InvalidInput(
+            f"{field} {shown(name)} must be a file name in the table directory, not a path "
+            "(no '/', '\\', leading '.', control or invisible format characters)",
+            field=field,
+        )
+    fmt = table_format(name)
+    if fmt is None or (writing and fmt not in WRITABLE_FORMATS):
+        endings = ".json or .csv" if writing else ".json, .jsonl or .csv"
+        raise InvalidInput(f"{field} {shown(name)} must end in {endings} (optionally .gz)", field=field)
+    return name

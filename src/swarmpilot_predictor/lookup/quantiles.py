@@ -1,0 +1,185 @@
+"""A record's quantile function, and the answers of a table rendered as the model's.
+
+:func:`quantile_function` reads values at any levels off a record's stored quantiles
+(vectorised over records; :func:`_quantiles_one` on Python floats for one record), with
+the interval's ends merged in as knots (:func:`_merge_interval_knots`) and log-slope
+tails beyond the stored levels. :class:`TablePrediction` holds a table's answers.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections.abc import Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+from scipy.special import ndtri
+
+from ..distribution import interval_levels
+from ..schemas import RenderedPredictions
+
+_STD_NORMAL = NormalDist()
+
+
+def _merge_interval_knots(levels: list[float], values: list[float], cl: float, lo: float, hi: float) -> tuple[list[float], list[float]]:
+    """A record's stored quantiles plus the ends of its stored central interval, as quantiles
+    at (1 - cl) / 2 and (1 + cl) / 2: the interval is a pair of quantiles the model computed,
+    so levels near it are interpolated from it rather than extrapolated past the stored ones."""
+    knots = dict(zip(levels, values))
+    for level, value in zip(interval_levels(cl), (lo, hi)):
+        if all(abs(level - q) >= 1e-9 for q in levels):
+            knots[level] = value
+    L = sorted(knots)
+    V, run = [], -math.inf
+    for q in L:
+        run = max(run, knots[q])
+        V.append(run)
+    return L, V
+
+
+def _merge_interval_knots_many(levels: np.ndarray, values: np.ndarray, cl: float,
+                               interval: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_merge_interval_knots` for rows sharing their stored levels and confidence level."""
+    extra = [(k, lv) for k, lv in enumerate(interval_levels(cl)) if not np.any(np.abs(levels - lv) < 1e-9)]
+    if not extra:
+        return levels, values
+    L = np.concatenate([levels, [lv for _, lv in extra]])
+    V = np.column_stack([values, interval[:, [k for k, _ in extra]]])
+    order = np.argsort(L, kind="stable")
+    return L[order], np.maximum.accumulate(V[:, order], axis=1)
+
+
+def quantile_function(levels: np.ndarray, values: np.ndarray, mean: np.ndarray, std: np.ndarray,
+                      taus: Sequence[float] | np.ndarray, bend: np.ndarray | None = None) -> np.ndarray:
+    """Values at ``taus`` from records that store quantiles at ``levels``: (records, taus).
+
+    Stored levels are answered as stored; levels between two stored ones by
+    linear interpolation. Beyond the lowest or the highest stored level the log of
+    the quantile goes on along the normal score at the slope of the two outermost
+    stored ones (exact for a lognormal, never zero below, never flat above); above,
+    no lower than a normal approximation from the record's mean and standard
+    deviation either. (With the normal alone above, a right-skewed record's 0.995
+    quantile came out at its stored 0.99 one: flat.) Records that cannot carry a
+    log slope (one stored level, a quantile not above 0) get the normal
+    approximation, floored at 0 below and at the highest stored quantile above.
+    The result never decreases along increasing levels.
+
+    ``taus`` is one set of levels for every record, in any order, or (records, k) levels
+    of each record's own, increasing along each row (a total's nodes, each task at its
+    own stratum of them). ``bend`` (per record, at least 1; 1 where not given) makes the
+    interpolation between two stored levels ``lower + (upper - lower) * w ** bend`` for the
+    share ``w`` of the way: convex, each stored level still answered as stored (how a total
+    brings a right-skewed record's interpolated mean down to its stored one).
+    """
+    L = np.asarray(levels, dtype=np.float64)
+    taus_a = np.asarray(taus, dtype=np.float64)
+    shared = taus_a.ndim == 1
+    order = np.argsort(taus_a, kind="stable") if shared else None
+    t = taus_a[order][None, :] if shared else taus_a  # (1 or records, k), increasing along rows
+    at = np.arange(values.shape[0])[:, None]
+    # Each level by the first of these that applies to it: as stored; between two stored
+    # levels; below the lowest; above the highest.
+    i = np.searchsorted(L, t)
+    lo, hi = np.clip(i - 1, 0, len(L) - 1), np.clip(i, 0, len(L) - 1)
+    near_lo, near_hi = np.abs(L[lo] - t) < 1e-9, np.abs(L[hi] - t) < 1e-9
+    exact = near_lo | near_hi
+    inner = ~exact & (t > L[0]) & (t < L[-1])
+    below = ~exact & ~inner & (t < L[0])
+    above = ~exact & ~inner & ~below
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = (t - L[lo]) / (L[hi] - L[lo])
+        if bend is not None:
+            w = np.clip(w, 0.0, 1.0) ** bend[:, None]
+        out = np.where(exact, values[at, np.where(near_lo, lo, hi)], values[at, lo] * (1 - w) + values[at, hi] * w)
+    out = np.array(np.broadcast_to(out, (values.shape[0], t.shape[1])))
+    # The tails, on the columns where some record is in one only (the outer levels).
+    for side, outer, inner_k in ((below, 0, 1), (above, -1, -2)):
+        cols = np.flatnonzero(side.any(axis=0))
+        if not len(cols):
+            continue
+        z = ndtri(t[:, cols])
+        normal = mean[:, None] + std[:, None] * z
+        if outer == 0:
+            value = np.minimum(values[:, [0]], np.maximum(normal, 0.0))
+        else:
+            value = np.maximum(values[:, [-1]], normal)
+        if len(L) >= 2:
+            tail, ok = _log_slope_tail(values, L, outer, inner_k, z)
+            value = np.where(ok[:, None], tail if outer == 0 else np.maximum(value, tail), value)
+        out[:, cols] = np.where(side[:, cols], value, out[:, cols])
+    out = np.maximum.accumulate(out, axis=1)
+    if not shared:
+        return out
+    result = np.empty_like(out)
+    result[:, order] = out
+    return result
+
+
+def _log_slope_tail(values: np.ndarray, L: np.ndarray, outer: int, inner: int, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each record's values at normal scores ``z`` beyond its stored levels: the log of the
+    quantile along the normal score through the stored levels ``outer`` (the outermost) and
+    ``inner``, (records, levels); and where that holds (both quantiles above 0), per record."""
+    v_out, v_in = values[:, outer], values[:, inner]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        slope = np.log(v_out / v_in) / (ndtri(L[outer]) - ndtri(L[inner]))
+        tail = v_out[:, None] * np.exp(slope[:, None] * (z - ndtri(L[outer])))
+    return tail, (v_out > 0) & (v_in > 0)
+
+
+def _log_slope_one(L: list[float], V: list[float], outer: int, inner: int, t: float) -> float | None:
+    """:func:`_log_slope_tail` for one record, on Python floats (None where it does not hold)."""
+    if V[outer] <= 0 or V[inner] <= 0:
+        return None
+    inv = _STD_NORMAL.inv_cdf
+    z_out = inv(L[outer])
+    return V[outer] * math.exp(math.log(V[outer] / V[inner]) / (z_out - inv(L[inner])) * (inv(t) - z_out))
+
+
+def _quantiles_one(L: list[float], V: list[float], mu: float, sd: float, taus: Sequence[float]) -> list[float]:
+    """:func:`quantile_function` for one record, on Python floats."""
+    out = []
+    inv = _STD_NORMAL.inv_cdf
+    for t in taus:
+        i = bisect_left(L, t)
+        if i < len(L) and abs(L[i] - t) < 1e-9:
+            out.append(V[i])
+        elif i > 0 and abs(L[i - 1] - t) < 1e-9:
+            out.append(V[i - 1])
+        elif L[0] < t < L[-1]:
+            w = (t - L[i - 1]) / (L[i] - L[i - 1])
+            out.append(V[i - 1] * (1 - w) + V[i] * w)
+        elif t < L[0]:
+            tail = _log_slope_one(L, V, 0, 1, t) if len(L) >= 2 else None
+            out.append(min(V[0], max(mu + sd * inv(t), 0.0)) if tail is None else tail)
+        else:
+            tail = _log_slope_one(L, V, -1, -2, t) if len(L) >= 2 else None
+            out.append(max(V[-1], mu + sd * inv(t), -math.inf if tail is None else tail))
+    order = sorted(range(len(taus)), key=lambda k: taus[k])
+    run = -math.inf
+    for k in order:
+        run = out[k] = max(run, out[k])
+    return out
+
+
+@dataclass
+class TablePrediction(RenderedPredictions):
+    """Answers from a lookup table, rendered like the model's :class:`~.service.Prediction`."""
+
+    table: str
+    levels: list[float] | None
+    confidence_level: float
+    ok: np.ndarray
+    errors: list[str | None]
+    items: list[dict[str, Any]]
+    total: dict[str, Any] | None
+    duration_seconds: float
+    source: str = "lookup_table"
+
+    def results(self) -> list[dict[str, Any]]:
+        return self.items
+
+    def batch_extra(self) -> dict[str, Any]:
+        return {"source": "lookup_table", "table": self.table}

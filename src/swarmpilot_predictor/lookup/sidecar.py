@@ -1,0 +1,94 @@
+"""Parsed-table sidecars: a table's parsed columns kept in an ``.npz`` file beside it.
+
+:func:`save_index` writes one and :func:`load_index` reads it back (None where it is
+missing, of another version or another file, or damaged), so a big table is parsed once.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from ..atomic import atomic_file
+from .table import LookupTable, _FeatureColumn
+
+# The package's logger: records keep the name they had before the split (swarmpilot_predictor.lookup).
+log = logging.getLogger(__package__)
+
+# Version of the sidecar layout, or of what parsing makes of a table (2: crossing quantiles
+# rearranged, intervals checked; 3: the shape features, the flag a partition key); a sidecar
+# of another version is ignored and rewritten.
+INDEX_FORMAT = 3
+# Bytes of the table's name kept in its sidecar's name (see LookupTableStore.index_path).
+_SIDECAR_NAME_BYTES = 200
+
+
+def save_index(table: LookupTable, dest: Path, source_signature: tuple) -> None:
+    """Write ``table``'s parsed columns to ``dest`` (``.npz``, no pickle), tagged with its file's signature.
+
+    Parsing dominates loading a big table (a million JSON records take 15 s or
+    more; building the indexes from the columns takes a fraction of a second),
+    so the columns are kept beside the table directory for the next load.
+    """
+    meta = {
+        "format": INDEX_FORMAT,
+        "source": list(source_signature),
+        "table_format": table.format,
+        "skipped": table.skipped,
+        "identities": [list(i) for i in table.identities],
+        "levelsets": len(table.levelsets),
+        "columns": [{"name": c.name, "kind": c.kind, "vocab": c.vocab, "mean": c.mean, "scale": c.scale}
+                    for c in table.columns],
+        "task_hashes": table.task_hashes is not None,
+        "shape_features": {str(g): list(v) for g, v in table.shape_features.items()},
+    }
+    arrays: dict[str, np.ndarray] = {
+        "meta": np.frombuffer(orjson.dumps(meta), dtype=np.uint8),
+        "row_identity": table.row_identity, "row_levelset": table.row_levelset, "row_position": table.row_position,
+        "expect": table.expect, "error": table.error, "interval": table.interval,
+        "confidence": table.confidence, "versions": table.versions,
+    }
+    for s, (levels, values) in enumerate(zip(table.levelsets, table.values)):
+        arrays[f"levels_{s}"], arrays[f"values_{s}"] = levels, values
+    for j, column in enumerate(table.columns):
+        arrays[f"column_{j}"] = column.values
+    if table.task_hashes is not None:
+        arrays["task_hashes"] = table.task_hashes
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(dest) as fh:
+        np.savez(fh, **arrays)
+
+
+def load_index(src: Path, path: Path, name: str, source_signature: tuple, seed: int = 0) -> LookupTable | None:
+    """The table saved by :func:`save_index`, or None if the sidecar is missing, stale or unreadable."""
+    try:
+        # Opened here: np.load left its own file open when the archive was damaged.
+        with open(src, "rb") as fh, np.load(fh, allow_pickle=False) as z:
+            meta = orjson.loads(z["meta"].tobytes())
+            if meta.get("format") != INDEX_FORMAT or tuple(meta.get("source", ())) != tuple(source_signature):
+                return None
+            columns = [
+                _FeatureColumn(c["name"], c["kind"], z[f"column_{j}"], vocab={k: int(v) for k, v in c["vocab"].items()},
+                               mean=float(c["mean"]), scale=float(c["scale"]))
+                for j, c in enumerate(meta["columns"])
+            ]
+            levelsets = [z[f"levels_{s}"] for s in range(meta["levelsets"])]
+            values = [z[f"values_{s}"] for s in range(meta["levelsets"])]
+            return LookupTable(
+                name=name,
+                identities=[tuple(i) for i in meta["identities"]],
+                row_identity=z["row_identity"], levelsets=levelsets, row_levelset=z["row_levelset"],
+                row_position=z["row_position"], values=values, expect=z["expect"], error=z["error"],
+                interval=z["interval"], confidence=z["confidence"], versions=z["versions"], columns=columns,
+                task_hashes=z["task_hashes"] if meta["task_hashes"] else None, skipped=int(meta["skipped"]),
+                path=path, fmt=meta["table_format"], seed=seed,
+                shape_features={int(g): tuple(v) for g, v in meta["shape_features"].items()},
+            )
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - any damage to a cache file means: parse the table again
+        log.warning("ignoring unreadable lookup-table sidecar %s: %s", src, exc)
+        return None
