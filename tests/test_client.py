@@ -631,8 +631,8 @@ def test_a_job_record_of_an_unexpected_shape_is_a_client_error():
                 b"content-length: " + str(len(record)).encode() + b"\r\n\r\n" + record)
 
     cases = [(b'{"status": "failed", "error": "worker crashed"}', PredictorClientError, "training failed: worker crashed"),
-             (b'{"status": "failed", "error": {"message": null, "status_code": "x"}}', PredictorClientError, "training failed"),
-             (b'{"status": "running"}', PredictorUnavailableError, "training job ? still running")]
+             (b'{"status": "failed", "error": {"message": null, "status_code": true}}', PredictorClientError, "training failed"),
+             (b'{"status": "running"}', PredictorUnavailableError, "training job abc still running")]
     for record, kind, message in cases:
         with RawServer(answer(record)) as srv:
             with PredictorClient(srv.url, retries=0) as client, pytest.raises(kind) as err:

@@ -505,7 +505,7 @@ class _Calls:
         return body
 
     @staticmethod
-    def job_outcome(job: dict[str, Any], deadline: float, timeout: float) -> TrainResult | None:
+    def job_outcome(job_id: str, job: dict[str, Any], deadline: float, timeout: float) -> TrainResult | None:
         """A finished job's result (or its error, raised); None while it still runs."""
         if not isinstance(job, dict) or "status" not in job:
             raise PredictorClientError(f"unexpected answer for a training job (no status): {str(job)[:200]}", body=job)
@@ -523,10 +523,10 @@ class _Calls:
                 err = {"message": f"training failed: {str(err)[:200]}" if err else "training failed"}
             status = err.get("status_code")
             raise PredictorClientError(str(err.get("message") or "training failed"),
-                                       status if isinstance(status, int) else None,
+                                       status if isinstance(status, int) and not isinstance(status, bool) else None,
                                        err.get("field") if isinstance(err.get("field"), str) else None, job)
         if time.monotonic() > deadline:
-            raise PredictorUnavailableError(f"training job {job.get('job_id', '?')} still {job['status']} after {timeout}s")
+            raise PredictorUnavailableError(f"training job {job_id} still {job['status']} after {timeout}s")
         return None
 
     @staticmethod
@@ -750,7 +750,7 @@ class PredictorClient(_Base):
     def wait_for_job(self, job_id: str, timeout: float = 600.0, poll: float = 0.2) -> TrainResult:
         """Poll a background training job until it ends; raise its error if it failed."""
         deadline = time.monotonic() + timeout
-        while (result := self._calls.job_outcome(self.train_job(job_id), deadline, timeout)) is None:
+        while (result := self._calls.job_outcome(job_id, self.train_job(job_id), deadline, timeout)) is None:
             time.sleep(poll)
         return result
 
@@ -918,7 +918,7 @@ class AsyncPredictorClient(_Base):
 
     async def wait_for_job(self, job_id: str, timeout: float = 600.0, poll: float = 0.2) -> TrainResult:
         deadline = time.monotonic() + timeout
-        while (result := self._calls.job_outcome(await self.train_job(job_id), deadline, timeout)) is None:
+        while (result := self._calls.job_outcome(job_id, await self.train_job(job_id), deadline, timeout)) is None:
             await asyncio.sleep(poll)
         return result
 

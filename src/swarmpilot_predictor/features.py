@@ -595,7 +595,8 @@ class FeatureSchema:
             name = spec.name
             values = [t.get(name) for t in traces]
             if spec.kind == "numeric":
-                # Value by value: numpy would also take "100" or [5], but only for some batches.
+                # Value by value, by one rule (feature_number): numpy would take [5] as 5, and a
+                # string in one batch but not in another.
                 col = np.fromiter((feature_number(v) for v in values), dtype=np.float64, count=n)
                 ok = np.isfinite(col)
                 if ok.all():

@@ -101,6 +101,7 @@ class ObservationLog:
         self.max_file_bytes = max_file_bytes
         self.max_files = max_files
         self._lock = threading.Lock()
+        self._unlistable: dict[Path, str] = {}  # folders that could not be listed, and why (warned once)
 
     def _dir(self, identity: ModelIdentity) -> Path:
         return self.root / identity.dirname
@@ -112,7 +113,9 @@ class ObservationLog:
         except (FileNotFoundError, NotADirectoryError):  # none logged yet, or deleted meanwhile
             return []
         except OSError as exc:  # a link loop, no permission: read as none (an append says why)
-            log.warning("cannot list the observations folder %s (%s)", d, exc)
+            if self._unlistable.get(d) != str(exc):  # said once, not at every look
+                self._unlistable[d] = str(exc)
+                log.warning("cannot list the observations folder %s (%s)", d, exc)
             return []
 
     def append(self, identity: ModelIdentity, records: list[dict[str, Any]],

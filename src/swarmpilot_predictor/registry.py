@@ -793,10 +793,11 @@ class ModelRegistry:
     def _refuse_if_deleted(model_dir: Path, identity: ModelIdentity, version: int, after: int | None) -> None:
         """Raise :class:`VersionConflict` if ``version`` (being written) or ``after`` (the
         version it was built from) was deleted: each has its tombstone."""
-        for v, what in ((version, "this version"), (after, f"version {after}, which it was built from")):
-            if v is not None and (model_dir / _tombstone_file(v)).exists():
-                raise VersionConflict(f"{identity.key} was deleted while this version was stored ({what} was "
-                                      "deleted): it is not stored")
+        if (model_dir / _tombstone_file(version)).exists():
+            raise VersionConflict(f"{identity.key} was deleted while this version was stored: it is not stored")
+        if after is not None and (model_dir / _tombstone_file(after)).exists():
+            raise VersionConflict(f"version {after} of {identity.key}, which this version was built from, was deleted "
+                                  "meanwhile: it is not stored")
 
     @staticmethod
     def _claimed_between(model_dir: Path, low: int, high: int) -> int | None:
@@ -877,6 +878,7 @@ class ModelRegistry:
         targets = [m.version for m in self.versions(identity)] if version is None else [self.get_version(identity, version).version]
         if not targets:
             raise ModelNotFound(f"no model {identity.key}")
+        stored = list(targets)  # what the answer names: those being written were never stored
         if version is None:
             # And the versions being written now (a retraining storing its version, another
             # worker's training): their tombstones stop them from landing (see save).
@@ -923,7 +925,7 @@ class ModelRegistry:
                     else f"versions {', '.join(map(str, deleted))} were deleted")
             raise StorageError(f"cannot delete version {targets[len(deleted)]} of {identity.key} in the data directory "
                                f"({failure.strerror or type(failure).__name__}): {done}") from failure
-        return targets
+        return stored
 
     def was_deleted(self, identity: ModelIdentity, version: int) -> bool:
         """Whether ``version`` of ``identity`` was stored here and deleted since (its tombstone

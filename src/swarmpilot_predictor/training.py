@@ -32,7 +32,7 @@ from .atomic import atomic_write_bytes, read_regular
 from .errors import InvalidInput, NotFound, PredictorError, TooBusy, shown, validation_message
 from .features import FeatureSchema, row_counters
 from .identity import BOOLEAN_PART_NAMES, IDENTITY_KEYS, ModelIdentity, identity_part_problem
-from .modeling import FAMILIES, MODEL_PARAMS, QuantileModel, check_params, lightgbm_errors, per_feature_param_problem
+from .modeling import QuantileModel, check_params, lightgbm_errors, params_not_used, per_feature_param_problem
 from .processes import started, still_running
 from .registry import ModelRegistry, ModelVersion
 from .schemas import TrainConfig
@@ -259,13 +259,14 @@ class Trainer:
             raise InvalidInput(f"{identity.key}: training failed: {exc}", field="params") from None
         metrics = {
             **model.cv_summary(),
-            **({"params_not_used": unused} if (unused := _params_not_used(model, config.params, len(y))) else {}),
             "columns": schema.column_names,
             "rows_used": report.rows_used,
             "rows_dropped": sum(report.rows_dropped.values()),
             "data": report.to_json(),
             "training_seconds": time.perf_counter() - t0,
         }
+        if model.algorithm == "auto" and (unused := params_not_used(config.params, set(model.cv_), len(y))):
+            metrics["params_not_used"] = unused
         digest = hashlib.sha256()
         digest.update(",".join(schema.column_names).encode())
         digest.update(np.ascontiguousarray(X).tobytes())
@@ -645,19 +646,3 @@ class TrainingJobs:
         del pool, manager, processes
         gc.collect()
 
-
-def _params_not_used(model: QuantileModel, params: dict[str, Any], rows: int) -> dict[str, str]:
-    """The ``params`` that only families ``auto`` did not try use, each with why: a request's
-    ``num_leaves`` on 40 rows, where LightGBM is tried from 200, is said, not ignored."""
-    if model.algorithm != "auto":
-        return {}  # a forced family was checked to take every parameter
-    tried = set(model.cv_)
-    out = {}
-    for name in params:
-        spec = MODEL_PARAMS.get(name)
-        users = {"lightgbm"} if spec is None else set(spec[0]) & set(FAMILIES)
-        if users and not users & tried:
-            needs = "; ".join(f"{f} from {FAMILIES[f].min_rows} rows" for f in sorted(users))
-            out[name] = (f"used by {', '.join(sorted(users))}, which algorithm 'auto' did not try on {rows} "
-                         f"rows ({needs}, with a feature)")
-    return out

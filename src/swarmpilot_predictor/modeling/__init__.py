@@ -85,6 +85,7 @@ from .params import (
     MODEL_PARAMS,
     check_params,
     lightgbm_errors,
+    params_not_used,
     per_feature_param_problem,
 )
 from .scale import (
@@ -181,6 +182,7 @@ __all__ = [
     "common_rounds",
     "lightgbm_errors",
     "location_weights",
+    "params_not_used",
     "per_feature_param_problem",
     "pinball_loss",
     "pinball_losses",

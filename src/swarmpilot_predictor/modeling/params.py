@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import shown
-from .locations import LightGBMLocation, _check_interaction_constraints, _lightgbm_aliases
+from .locations import FAMILIES, LightGBMLocation, _check_interaction_constraints, _lightgbm_aliases
 
 
 ALGORITHMS = ("auto", "empirical", "linear", "power", "lightgbm")
@@ -263,3 +263,18 @@ def lightgbm_errors() -> tuple[type[Exception], ...]:
     """LightGBM's error type (bad ``params`` such as ``num_leaves: -3``), once LightGBM is loaded."""
     lgb = sys.modules.get("lightgbm")
     return (lgb.basic.LightGBMError,) if lgb is not None else ()
+
+
+def params_not_used(params: dict[str, Any], tried: set[str], rows: int) -> dict[str, str]:
+    """The ``params`` whose only users are families ``algorithm: auto`` did not try
+    (``tried``, on ``rows`` rows), each with why: a request's ``num_leaves`` on 40 rows,
+    where LightGBM is tried from 200, is said, not ignored."""
+    out = {}
+    for name in params:
+        spec = MODEL_PARAMS.get(name)
+        users = {"lightgbm"} if spec is None else set(spec[0]) & set(FAMILIES)
+        if users and not users & tried:
+            needs = "; ".join(f"{f} from {FAMILIES[f].min_rows} rows" for f in sorted(users))
+            out[name] = (f"used by {', '.join(sorted(users))}, which algorithm 'auto' did not try on {rows} "
+                         f"rows ({needs}, with a feature)")
+    return out
