@@ -28,6 +28,7 @@ fell below the predicted total's median (0.5 when the total is unbiased).
     uv run python benchmarks/queue_totals.py --sampled  # totals against sums sampled from the tasks
     uv run python benchmarks/queue_totals.py --long     # 1,000 to 100,000 tasks against their cumulants
     uv run python benchmarks/queue_totals.py --error-departure  # the shared factor's effect on ``error``
+    uv run python benchmarks/queue_totals.py --tables   # a lookup table's totals against its model's
 """
 
 from __future__ import annotations
@@ -283,6 +284,68 @@ def total_timing() -> None:
             print(f"| {name} | {' | '.join(cells)} |", flush=True)
 
 
+def table_totals(draws: int = 8) -> None:
+    """A lookup table's queue totals against its model's, on the README's H100 example (the
+    shipped trace and config, the table of its own traces) and on a model whose runs are 10
+    times slower 15% of the time: queues of 2 to 100 of the table's tasks (warm runs, first
+    runs, both), ``draws`` queues of each; the relative difference of the table's total from
+    the model's at 0.05, 0.5 and 0.95, median and worst over the draws."""
+    import json
+    import random
+    import tempfile
+
+    import orjson
+
+    from swarmpilot_predictor.identity import IdentityPattern
+    from swarmpilot_predictor.schemas import TrainConfig
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    levels = [0.05, 0.5, 0.95]
+    root = Path(__file__).resolve().parent.parent
+    config = json.loads((root / "examples" / "train_vision.json").read_text())["config"]
+    vision = list(iter_trace_file(root / "examples" / "data" / "h100_resnet50_vision.jsonl"))
+    rng = np.random.default_rng(1)
+    batch = rng.integers(1, 9, 500)
+    y = (2 + batch) * np.exp(0.1 * rng.standard_normal(500)) * np.where(rng.random(500) < 0.15, 10, 1)
+    slow = [{"batch": int(b), "runtime_ms": float(v)} for b, v in zip(batch, y)]
+    print("| model | tasks | queue | q0.05 median (worst) | q0.5 median (worst) | q0.95 median (worst) |")
+    print("|---|---|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as tmp:
+        service = PredictorService(PredictorSettings(data_dir=Path(tmp), cache_size=0))
+        try:
+            for name, model, traces in (("H100 ResNet-50 (README example)", config["model"], vision),
+                                        ("slow mode 15% x10", {**config["model"], "model_name": "slow"}, slow)):
+                service.train(TrainConfig.model_validate({**config, "model": model, "traces": traces,
+                                                          **({"features": None} if traces is slow else {})}))
+                pattern = IdentityPattern.from_parts(model)
+                path = Path(tmp) / "traces.jsonl"
+                path.write_bytes(b"\n".join(orjson.dumps(t) for t in traces))
+                table = f"{model['model_name']}.json"
+                service.generate_table(pattern, path, table_name=table)
+                records = orjson.loads((Path(tmp) / "tables" / table).read_bytes())
+                feats = [r["features"] for r in records]
+                kinds = {"all": feats}
+                if "first_of_shape" in feats[0]:
+                    kinds = {"warm runs": [f for f in feats if not f["first_of_shape"]],
+                             "first runs": [f for f in feats if f["first_of_shape"]], "both": feats}
+                for kind, pool in kinds.items():
+                    pick = random.Random(7)
+                    for n in (2, 10, 30, 100):
+                        errs: list[list[float]] = [[], [], []]
+                        for _ in range(draws):
+                            queue = [dict(pick.choice(pool)) for _ in range(n)]
+                            m = service.predict(pattern, queue, quantiles=levels, with_total=True).batch_response()
+                            t = service.predict(pattern, queue, quantiles=levels, with_total=True, lookup_table=True,
+                                                lookup_table_name=table).batch_response()
+                            for k in range(3):
+                                errs[k].append(t["total_quantiles"][k] / m["total_quantiles"][k] - 1)
+                        cells = [f"{np.median(e) * 100:+.1f}% ({max(e, key=abs) * 100:+.1f}%)" for e in errs]
+                        print(f"| {name} | {kind} | {n} | {' | '.join(cells)} |", flush=True)
+        finally:
+            service.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=12)
@@ -300,7 +363,14 @@ def main() -> None:
                     help="only how far the shared factor moves a queue's error, on the two example models")
     ap.add_argument("--long", action="store_true",
                     help="only real-trace totals of 1,000 to 100,000 tasks against the normal law with their cumulants")
+    ap.add_argument("--tables", action="store_true",
+                    help="only a lookup table's queue totals against its model's (the README's H100 example)")
     args = ap.parse_args()
+    if args.tables:
+        t0 = time.perf_counter()
+        table_totals()
+        print(f"\n{time.perf_counter() - t0:.0f} s")
+        return
     if args.error_departure:
         error_departure()
         return

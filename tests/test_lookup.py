@@ -134,6 +134,65 @@ def test_json_records_are_the_seeds_format_plus_features(trained):
     assert "runtime_ms" not in first["features"]
 
 
+def test_a_number_written_as_a_string_is_stored_as_the_model_read_it(trained, tmp_path):
+    # One trace of the file spells its tokens as text: the record stores the number (stored
+    # as given, the column turned categorical, and every trace not among its values found no
+    # record); a hand-written table with such a string reads it as the number too.
+    service, traces, _ = trained
+    spelled = [dict(t) for t in traces[:40]]
+    spelled[0]["input_tokens"] = str(spelled[0]["input_tokens"])
+    path = tmp_path / "spelled.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(t) for t in spelled))
+    for name in ("spelled.json", "spelled.csv"):
+        service.generate_table(PATTERN, path, 0.9, name)
+        table = service.tables.get(name)
+        assert table.lookup([{"input_tokens": 1, "output_tokens": 7}]).kinds() == ["nearest"], name
+        assert table.lookup([{"input_tokens": spelled[0]["input_tokens"], "output_tokens": spelled[0]["output_tokens"]}]
+                            ).kinds() == ["exact"]
+    first = orjson.loads((service.settings.tables_dir / "spelled.json").read_bytes())[0]
+    assert first["features"]["input_tokens"] == traces[0]["input_tokens"]
+    by_hand = LookupTable.from_records([record(0, features={"x": 1}), record(1, features={"x": "12"})])
+    assert by_hand.lookup([{"x": 11}]).kinds() == ["nearest"] and by_hand.lookup([{"x": 11}]).rows.tolist() == [1]
+    words = LookupTable.from_records([record(0, features={"x": "a1"}), record(1, features={"x": "12"})])
+    assert words.lookup([{"x": "12"}]).kinds() == ["exact"] and words.lookup([{"x": 11}]).kinds() == [None]
+
+
+@pytest.mark.parametrize("feature", ["message", "status", "error", "quantile_bits"])
+def test_a_feature_named_like_a_csv_tables_own_column_makes_a_json_table_only(tmp_path, feature):
+    # A CSV table's features are columns beside its own: a feature "status" or "error" made
+    # a table that could not be read (a column named twice), "quantile_bits" one that was not
+    # a level, and "message" was read as the record's message, not a feature, so that a
+    # trace of another message got this one's record as "exact".
+    rng = np.random.default_rng(3)
+    traces = [{"input_tokens": int(rng.integers(10, 500)), feature: ["hot", "cold"][k % 2],
+               "runtime_ms": float(rng.uniform(5, 9)) * (3 if k % 2 else 1)} for k in range(80)]
+    service = PredictorService(PredictorSettings(data_dir=tmp_path / "d"))
+    try:
+        service.train(TrainConfig(model=IDENTITY, traces=traces, algorithm="linear"))
+        path = tmp_path / "d" / "t.jsonl"
+        path.write_bytes(b"\n".join(orjson.dumps(t) for t in traces))
+        with pytest.raises(InvalidInput, match=f"'{feature}' have the name of a CSV table's own column") as info:
+            service.generate_table(PATTERN, path, 0.9, "t.csv")
+        assert info.value.field == "format" and not (tmp_path / "d" / "tables" / "t.csv").exists()
+        service.generate_table(PATTERN, path, 0.9, "t.json")
+        res = service.tables.get("t.json").lookup([{"input_tokens": 100, feature: "cold"}])
+        assert res.kinds() == ["nearest"] and service.tables.get("t.json").columns[1].name == feature
+    finally:
+        service.close()
+
+
+def test_generation_leaves_out_the_traces_that_name_another_model(trained, tmp_path):
+    # As a prediction refuses them and training leaves them out: they were written as this
+    # model's records, 0 failed.
+    service, traces, _ = trained
+    named = [dict(t, hardware="A100" if k % 2 else IDENTITY["hardware"]) for k, t in enumerate(traces[:20])]
+    path = tmp_path / "named.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(t) for t in named))
+    result = service.generate_table(PATTERN, path, 0.9, "named.json")
+    assert result["rows"] == 10 and result["failed"] == 10
+    assert "the trace's hardware 'A100' names another model" in result["errors"][0]
+
+
 def test_csv_has_feature_columns_first_then_predictions(trained):
     service, traces, path = trained
     service.generate_table(PATTERN, path, 0.95, "fmt.csv")

@@ -23,8 +23,9 @@ import orjson
 from ..atomic import temp_beside
 from ..errors import InvalidInput, PayloadTooLarge, shown, storage_error
 from ..features import FIRST_OF_SHAPE
-from ..identity import IDENTITY_KEYS
+from ..identity import IDENTITY_KEYS, ModelIdentity, identity_conflicts
 from ..traces import (
+    BOOLEAN_WORDS,
     ID_KEYS,
     TIMESTAMP_KEYS,
     NotAnArray,
@@ -35,6 +36,7 @@ from ..traces import (
     csv_reader,
     csv_value,
     dumps_json,
+    finite_number_in_text,
     iter_json_array,
     reserved_keys,
     text_view,
@@ -274,6 +276,19 @@ def generate_table(
         raise InvalidInput(f"format must be one of {', '.join(WRITABLE_FORMATS)}", field="format")
     t0 = time.perf_counter()
     names = list(schema.names)
+    if fmt == "csv" and (taken := [n for n in names if _csv_column_taken(n)]):
+        # A CSV table's features are columns beside its own: one named like those could not
+        # be read back (a column named twice), or was read as the record's, not a feature.
+        raise InvalidInput(f"feature(s) {', '.join(map(shown, taken))} have the name of a CSV table's own column "
+                           f"(status, expect, error, message, quantile_<level>...): make a JSON table", field="format")
+    # A numeric feature's string is stored as the number the model read it as ("1744" is
+    # 1744; a word it read as missing, nothing): stored as given, one string made the whole
+    # column categorical, and every trace not among its values found no record.
+    numeric = [f.kind == "numeric" for f in schema.features]
+
+    def feature_values(t: dict[str, Any]) -> list[Any]:
+        return [_as_read(t.get(n)) if is_numeric else t.get(n) for n, is_numeric in zip(names, numeric)]
+
     # With a shape history the prediction also depends on whether the trace was its
     # shape's first run: the record stores the flag it was predicted with, as a feature,
     # so that a lookup tells a first run from a repeat of the same shape.
@@ -283,6 +298,7 @@ def generate_table(
     levels = [float(q) for q in levels]
     info = dict(model_info)
     identity_row = [info["type"], info["name"], info["hardware"], info["software_name"], info["software_version"]]
+    identity = ModelIdentity(*identity_row)
     writer: JsonTableWriter | CsvTableWriter | None = None
     failed = 0
     seen = 0
@@ -297,6 +313,11 @@ def generate_table(
         for chunk in _chunks(traces, chunk_size):
             seen += len(chunk)
             X, errors = schema.matrix(chunk)
+            # A trace whose identity fields name another model is not this model's to
+            # answer, as in a prediction (training leaves such traces out too).
+            for i, why in enumerate(identity_conflicts(chunk, identity) or ()):
+                if why is not None and errors[i] is None:
+                    errors[i] = why
             ok_rows = [i for i, e in enumerate(errors) if e is None]
             if len(ok_rows) < len(chunk):
                 failed += len(chunk) - len(ok_rows)
@@ -350,7 +371,7 @@ def generate_table(
                             "confidence_level": confidence_level,
                             "model_info": info,
                             "model_version": model_version,
-                            "features": {n: t.get(n) for n in names},
+                            "features": dict(zip(names, feature_values(t))),
                         }
                         if first is not None:
                             rec["features"][FIRST_OF_SHAPE] = first[k]
@@ -369,7 +390,7 @@ def generate_table(
                 else:
                     rows = []
                     for k, t in enumerate(good):
-                        feats = [_csv_out(t.get(n)) for n in names]
+                        feats = [_csv_out(v) for v in feature_values(t)]
                         if first is not None:
                             feats += [int(first[k]), shape_cell]
                         ids = [_csv_out(t.get(c)) if k < n_own else None for c in id_cols]
@@ -421,6 +442,20 @@ def generate_table(
         "model_version": model_version,
         "duration_seconds": time.perf_counter() - t0,
     }
+
+
+def _csv_column_taken(name: str) -> bool:
+    """Whether a CSV table's own columns include ``name`` (so no feature can be named so)."""
+    return name.startswith(QUANTILE_PREFIX) or name in CSV_PREDICTION_COLUMNS or name in ("message", SHAPE_FEATURES)
+
+
+def _as_read(v: Any) -> Any:
+    """A numeric feature's value as the model reads it: a string as the number it spells (a
+    boolean's word as 1 or 0), or nothing (a word, read as missing); anything else as it is."""
+    if v.__class__ is not str:
+        return v
+    x = finite_number_in_text(v)
+    return BOOLEAN_WORDS.get(v) if x is None else x
 
 
 def _csv_out(v: Any) -> Any:

@@ -19,9 +19,10 @@ from .table import LookupTable, _FeatureColumn
 log = logging.getLogger(__package__)
 
 # Version of the sidecar layout, or of what parsing makes of a table (2: crossing quantiles
-# rearranged, intervals checked; 3: the shape features, the flag a partition key); a sidecar
+# rearranged, intervals checked; 3: the shape features, the flag a partition key; 4: numeric
+# strings beside numbers read as numbers); a sidecar
 # of another version is ignored and rewritten.
-INDEX_FORMAT = 3
+INDEX_FORMAT = 4
 # Bytes of the table's name kept in its sidecar's name (see LookupTableStore.index_path).
 _SIDECAR_NAME_BYTES = 200
 

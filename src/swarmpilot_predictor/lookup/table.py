@@ -1084,8 +1084,14 @@ _NUMBERS = (int, float)
 
 
 def _column_from_values(name: str, values: list[Any]) -> _FeatureColumn:
-    """A feature column from one value per row: numeric unless it holds a string."""
+    """A feature column from one value per row: numeric unless it holds a string, or where
+    its strings all spell finite numbers beside numbers (a numeric feature's ``"1744"``, as
+    the model reads it); categorical otherwise (strings alone, ``"8"`` and ``"16"`` too)."""
     n = len(values)
+    if any(v.__class__ is str for v in values) and any(v.__class__ in (int, float) for v in values):
+        spelled = [finite_number_in_text(v) if v.__class__ is str else v for v in values]
+        if all(x is not None for x, v in zip(spelled, values) if v.__class__ is str):
+            values = spelled
     if not any(v.__class__ is str for v in values):
         try:
             nums = np.array(values, dtype=np.float64)  # None -> NaN, bool -> 0/1
