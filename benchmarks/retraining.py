@@ -14,6 +14,17 @@ that no chunk counted as clean holds shifted rows.
 ``--min-observations`` is PREDICTOR_RETRAIN_MIN_OBSERVATIONS (default: none, only drift
 retrains); with ``--shift 1`` and the service's default of 200 it shows how many versions a
 stream that does not change makes.
+
+    uv run python benchmarks/retraining.py --churn        # retrainings of an unchanging stream
+    uv run python benchmarks/retraining.py --unobserved   # what a retraining keeps where nothing was observed
+
+``--churn``: 6 models of 300 LLM requests, each then observed 5 times 200 more requests
+from the same distribution and retrained after each; how many retrainings store a version,
+and whether each is better or worse than the one it replaced on 3,000 fresh runtimes.
+``--unobserved``: LLM requests of 480 output tokens and more take 3 times as long (8% of
+1,500 training rows); 600 observations of shorter ones come 1.5 times slower; fresh runtimes
+over the medians of the version before and after the retraining, short and long requests
+apart (3 seeds, ``auto`` and ``linear``).
 """
 
 from __future__ import annotations
@@ -79,12 +90,90 @@ def replay(traces: list[dict], shift: float, chunk: int, retrain: bool,
         return rows
 
 
+def llm(n: int, seed: int, factor: float = 1.0, longest: int = 512, jump: bool = False) -> list[dict]:
+    """LLM-like requests (the tests' generator); with ``jump``, 480 output tokens and more take 3x."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        i, o = int(rng.integers(16, 2048)), int(rng.integers(8, longest))
+        base = (20 + 0.02 * i + 12.0 * o) * (3.0 if jump and o >= 480 else 1.0)
+        out.append({"input_tokens": i, "output_tokens": o, "runtime_ms": float(base * rng.lognormal(0, 0.15) * factor)})
+    return out
+
+
+def churn(reps: int = 6, tries: int = 5) -> None:
+    from swarmpilot_predictor.modeling import pinball_losses
+    from swarmpilot_predictor.monitoring import MONITOR_LEVELS
+
+    levels = list(MONITOR_LEVELS)
+    fresh = llm(3000, 999)
+    y = np.log([t["runtime_ms"] for t in fresh])
+    pattern = IdentityPattern.from_parts(IDENT)
+    stored = better = 0
+    for rep in range(reps):
+        with tempfile.TemporaryDirectory() as tmp:
+            svc = PredictorService(PredictorSettings(data_dir=Path(tmp)))
+            try:
+                svc.train(TrainConfig(model=IDENT, traces=llm(300, 100 + rep), algorithm="linear"))
+
+                def loss(version: int) -> float:
+                    q = svc.predict(pattern, fresh, quantiles=levels, version=version).quantiles
+                    return float(pinball_losses(y, np.log(q), levels).mean())
+
+                for k in range(tries):
+                    svc.observe(IDENT, llm(200, 1000 * rep + k))
+                    d = svc.retrain(pattern)
+                    if d["status"] == "retrained":
+                        stored += 1
+                        better += loss(d["to_version"]) < loss(d["from_version"])
+            finally:
+                svc.close()
+    print(f"{reps * tries} retrainings of an unchanging stream: {stored} stored a version, "
+          f"{better} of them better on 3,000 fresh runtimes, {stored - better} worse")
+
+
+def unobserved(seeds: tuple[int, ...] = (0, 10, 20)) -> None:
+    fresh = llm(4000, 77, factor=1.5, jump=True)
+    y = np.array([t["runtime_ms"] for t in fresh])
+    long = np.array([t["output_tokens"] >= 480 for t in fresh])
+    pattern = IdentityPattern.from_parts(IDENT)
+    print("| algorithm | seed | short: before | short: after | long: before | long: after | status |")
+    print("|---|---|---|---|---|---|---|")
+    for algorithm in ("auto", "linear"):
+        for seed in seeds:
+            with tempfile.TemporaryDirectory() as tmp:
+                svc = PredictorService(PredictorSettings(data_dir=Path(tmp)))
+                try:
+                    svc.train(TrainConfig(model=IDENT, traces=llm(1500, 1 + seed, jump=True), algorithm=algorithm))
+
+                    def ratios() -> tuple[float, float]:
+                        m = svc.predict(pattern, fresh, quantiles=[0.5]).quantiles[:, 0]
+                        return float(np.median((y / m)[~long])), float(np.median((y / m)[long]))
+
+                    before = ratios()
+                    svc.observe(IDENT, llm(600, 2 + seed, factor=1.5, longest=480, jump=True))
+                    d = svc.retrain(pattern)
+                    after = ratios()
+                finally:
+                    svc.close()
+            print(f"| {algorithm} | {seed} | {before[0]:.2f} | {after[0]:.2f} | {before[1]:.2f} | {after[1]:.2f} | {d['status']} |",
+                  flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shift", type=float, default=1.5)
     ap.add_argument("--chunk", type=int, default=25)
     ap.add_argument("--min-observations", type=int, default=10**9)
+    ap.add_argument("--churn", action="store_true", help="only: how many retrainings of an unchanging stream store a version")
+    ap.add_argument("--unobserved", action="store_true", help="only: what a retraining keeps where nothing was observed")
     args = ap.parse_args()
+    if args.churn:
+        churn()
+        return
+    if args.unobserved:
+        unobserved()
+        return
     print(f"runtime x{args.shift} from the middle of the replay; 90% interval coverage per chunk of {args.chunk}\n")
     print("| set | phase | chunks | coverage without retraining | coverage with retraining | versions |")
     print("|---|---|---|---|---|---|")

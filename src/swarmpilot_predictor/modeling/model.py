@@ -134,10 +134,10 @@ def _mean_se(d: np.ndarray) -> float:
     return float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
 
 
-def clearly_lower(d: np.ndarray) -> bool:
+def clearly_lower(d: np.ndarray, se: float = SELECTION_SE) -> bool:
     """Whether paired per-row loss differences ``d`` (one model's minus another's) say the
-    first is lower by more than ``SELECTION_SE`` standard errors (the one-standard-error rule)."""
-    return bool(d.mean() < -SELECTION_SE * _mean_se(d))
+    first is lower by more than ``se`` standard errors (``SELECTION_SE``: the one-standard-error rule)."""
+    return bool(d.mean() < -se * _mean_se(d))
 
 
 def _location_pinball(ylog: np.ndarray, oof: np.ndarray, fold: np.ndarray) -> np.ndarray:
