@@ -632,6 +632,7 @@ def test_a_job_record_of_an_unexpected_shape_is_a_client_error():
 
     cases = [(b'{"status": "failed", "error": "worker crashed"}', PredictorClientError, "training failed: worker crashed"),
              (b'{"status": "failed", "error": {"message": null, "status_code": true}}', PredictorClientError, "training failed"),
+             (b'{"status": "failed", "error": {"message": "x", "status_code": "500"}}', PredictorClientError, "x"),
              (b'{"status": "running"}', PredictorUnavailableError, "training job abc still running")]
     for record, kind, message in cases:
         with RawServer(answer(record)) as srv:
@@ -645,7 +646,7 @@ def test_a_job_record_of_an_unexpected_shape_is_a_client_error():
 
             with pytest.raises(kind) as err:
                 asyncio.run(run())
-            assert type(err.value) is kind and err.value.message.startswith(message)
+            assert type(err.value) is kind and err.value.message.startswith(message) and err.value.status_code is None
 
 
 def test_a_calls_own_timeout_is_the_one_waited_and_reported():

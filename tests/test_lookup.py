@@ -157,6 +157,25 @@ def test_a_number_written_as_a_string_is_stored_as_the_model_read_it(trained, tm
     assert words.lookup([{"x": "12"}]).kinds() == ["exact"] and words.lookup([{"x": 11}]).kinds() == [None]
 
 
+def test_a_word_the_model_read_as_missing_is_stored_as_missing(tmp_path):
+    # A numeric feature whose training read its few words as gaps reads "true" as missing too:
+    # the record stores nothing there, not 1 (which a lookup of x = 1 then matched exactly,
+    # answering the missing value's prediction).
+    traces = [{"x": i % 50, "runtime_ms": 5.0 + i % 50} for i in range(200)]
+    for i in (3, 17, 44):
+        traces[i]["x"] = "n/a"
+    service = PredictorService(PredictorSettings(data_dir=tmp_path / "d"))
+    try:
+        service.train(TrainConfig(model=IDENTITY, traces=traces, algorithm="linear"))
+        path = tmp_path / "d" / "t.jsonl"
+        path.write_bytes(b"\n".join(orjson.dumps(t) for t in [{"x": "true"}, {"x": 1}, {"x": "7"}]))
+        service.generate_table(PATTERN, path, 0.9, "t.json")
+        stored = [r["features"]["x"] for r in orjson.loads((tmp_path / "d" / "tables" / "t.json").read_bytes())]
+        assert stored == [None, 1, 7.0]
+    finally:
+        service.close()
+
+
 @pytest.mark.parametrize("feature", ["message", "status", "error", "quantile_bits"])
 def test_a_feature_named_like_a_csv_tables_own_column_makes_a_json_table_only(tmp_path, feature):
     # A CSV table's features are columns beside its own: a feature "status" or "error" made
@@ -1569,3 +1588,16 @@ def test_crossing_quantiles_are_rearranged_and_an_interval_that_contradicts_them
     fine = {**damaged, "quantile_predictions": [700.0, 880.0, 990.0, 1200.0], "interval": [651.9, 1167.3 * (1 + 1e-9)]}
     assert LookupTable.from_records([fine], name="fine.json").predict(None, [{"x": 1}], 0.95, None, False).results()[0][
         "interval"] == pytest.approx([651.9, 1167.3])
+
+
+def test_a_confidence_level_whose_interval_end_rounds_to_1_is_answered():
+    # 1 - 1e-16 lies strictly between 0 and 1, but (1 + c) / 2 rounds to 1.0: the per-trace
+    # path's normal score of 1 raised StatisticsError (a 500); both paths now read the tails
+    # at 1 - 1e-12 at the most, and answer finite ends.
+    table = LookupTable.from_records([record(0, levels=(0.25, 0.5, 0.75)), record(1, levels=(0.25, 0.5, 0.75))])
+    c = 0.9999999999999999
+    for n in (1, 9):  # the per-trace path and the vectorised one
+        body = table.predict(None, [{"a": 1}] * n, c, [0.5], with_total=True).batch_response()
+        low, high = body["results"][0]["interval"]
+        assert 0 < low < body["results"][0]["quantile_predictions"][0] < high < math.inf
+        assert all(math.isfinite(v) for v in body["total_interval"])

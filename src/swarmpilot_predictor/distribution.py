@@ -989,6 +989,10 @@ class StoredQuantileDistribution(TaskDistributions):
     top_level: np.ndarray | None = None  # per task: its highest stored level (None: the tail is not told apart)
     top_value: np.ndarray | None = None  # per task: its quantile there
     tail_scale: np.ndarray | None = None  # per task: what its excess above top_value is multiplied by
+    # Per task: the integral of its stored quantile function's rise over each interpolated
+    # stretch, sum((upper level - lower level) * (upper value - lower value)) up to top_level
+    # (None: no bend). Bent by ``bend`` the stretches' mean falls by body_spread * (1/2 - 1/(bend + 1)).
+    body_spread: np.ndarray | None = None
     bend: np.ndarray | None = None  # per task: the power of the interpolation between its stored levels
     stretch: np.ndarray | None = None  # per task: what its whole quantile function is then multiplied by
 
@@ -1014,24 +1018,20 @@ class StoredQuantileDistribution(TaskDistributions):
             with np.errstate(divide="ignore", invalid="ignore"):
                 scale = np.clip((mean - base) / excess, 0.0, _MAX_TAIL_SCALE)
             scale = np.where((excess > 0) & np.isfinite(scale), scale, 1.0)
+            scale = np.where(mean > 0, scale, 1.0)  # (a stored mean of 0 says nothing of the tail)
             own = base + scale * excess
             bend = np.ones(len(records))
-            heavy = np.flatnonzero((base > mean) & (mean > 0) & np.isfinite(base))
-            if len(heavy):
-                # Bent towards a step (each level at the stored one below it), the body's mean
-                # goes from ``base`` down to ``step``, as 2 / (bend + 1) of the way between.
-                step = flat(self.quantile(records[heavy], u, np.full(len(heavy), _STEP_BEND)), heavy)
-                m = mean[heavy]
+            if self.body_spread is not None:
+                # Bent, the interpolated stretches' mean falls by spread * (1/2 - 1/(bend + 1)):
+                # the bend that brings the mean with a flat tail down to the stored one, where
+                # one does (a step, each level at the stored one below it, at the most).
+                spread = self.body_spread[first]
+                heavy = (base > mean) & (mean > 0) & (spread > 0) & np.isfinite(base)
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    k = np.where(step < m, 2.0 * (base[heavy] - step) / (m - step) - 1.0, _STEP_BEND)
-                k = np.clip(np.nan_to_num(k, nan=1.0), 1.0, _STEP_BEND)
-                got = flat(self.quantile(records[heavy], u, k), heavy)
-                # Once more, from where that landed (the bins integrate w ** bend only nearly).
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    again = (got - step) * (k + 1.0) / (m - step) - 1.0
-                again = np.where((step < m) & (k < _STEP_BEND) & np.isfinite(again), again, k)
-                bend[heavy] = np.clip(again, 1.0, _STEP_BEND)
-                own[heavy] = flat(self.quantile(records[heavy], u, bend[heavy]), heavy)
+                    inverse = np.where(heavy, 0.5 - (base - mean) / spread, 0.5)  # 1 / (bend + 1)
+                    k = np.where(inverse > 0, 1.0 / inverse - 1.0, _STEP_BEND)
+                bend = np.where(heavy, np.clip(np.nan_to_num(k, nan=1.0), 1.0, _STEP_BEND), 1.0)
+                own = np.where(heavy, base - spread * (0.5 - 1.0 / (bend + 1.0)), own)
             ok = (own > 0) & np.isfinite(own) & (mean > 0)
             stretch = np.where(ok, mean / np.where(ok, own, 1.0), 1.0)
             at = back.ravel()
@@ -1050,8 +1050,9 @@ class StoredQuantileDistribution(TaskDistributions):
     def subset(self, rows: np.ndarray) -> "StoredQuantileDistribution":
         assert self.stretch is not None and self.tail_scale is not None
         return replace(self, rows=self.rows[rows], mean=self.mean[rows], var=self.var[rows],
-                       top_level=self.top_level[rows], top_value=self.top_value[rows],
-                       tail_scale=self.tail_scale[rows], bend=self.bend[rows], stretch=self.stretch[rows])
+                       top_level=self.top_level[rows], top_value=self.top_value[rows], tail_scale=self.tail_scale[rows],
+                       body_spread=None if self.body_spread is None else self.body_spread[rows],
+                       bend=self.bend[rows], stretch=self.stretch[rows])
 
     def quantiles(self, levels: np.ndarray | list[float]) -> np.ndarray:
         """Each task's quantiles, brought to its mean as it is summed (so that they bound the sum)."""

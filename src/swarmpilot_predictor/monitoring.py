@@ -109,7 +109,7 @@ class ObservationLog:
     def _files(self, identity: ModelIdentity) -> list[Path]:
         d = self._dir(identity)
         try:
-            return [d / name for name in _log_names(os.listdir(d))]
+            names = os.listdir(d)
         except (FileNotFoundError, NotADirectoryError):  # none logged yet, or deleted meanwhile
             return []
         except OSError as exc:  # a link loop, no permission: read as none (an append says why)
@@ -117,6 +117,9 @@ class ObservationLog:
                 self._unlistable[d] = str(exc)
                 log.warning("cannot list the observations folder %s (%s)", d, exc)
             return []
+        if self._unlistable:
+            self._unlistable.pop(d, None)  # listed again: a later failure is said again
+        return [d / name for name in _log_names(names)]
 
     def append(self, identity: ModelIdentity, records: list[dict[str, Any]],
                stamp: Callable[[], float] | None = None) -> "Appended | None":

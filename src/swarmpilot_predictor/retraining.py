@@ -513,6 +513,7 @@ class Retrainer:
         # the candidate's observations do not cover.
         training_rows: dict[str, int] = {}
         remembers: dict[str, str] = {}
+        unseen_of: dict[str, np.ndarray] = {}  # a candidate's uncovered training rows
         for name, (X, y, w) in observed.items():
             if name == "training+observations":
                 remembers[name] = "all"
@@ -531,10 +532,12 @@ class Retrainer:
                         remembers[name] = "uncovered"
                         model = self._new_model(meta).fit(*with_training(X, y, w, unseen, float(w.mean())))
                         training_rows[name] = int(unseen.sum())
+                        unseen_of[name] = unseen
                         if not _keeps_or_follows(model, current.model, X, X0[unseen]):
                             # Even so it makes something of its own of what no one observed.
                             decision.setdefault("candidates_dropped", {})[name] = (
                                 "departs from the serving model where nothing was observed")
+                            del training_rows[name]
                             continue
             row_losses[name] = heldout_loss(model)
         scores = {name: float(v.mean()) for name, v in row_losses.items()}
@@ -543,13 +546,14 @@ class Retrainer:
         decision["heldout_rows"] = int(n_hold)
         decision["training_rows"] = training_rows
         if best == "current":
-            decision.update(status="kept", message="no candidate beat the serving model on recent observations")
+            decision.update(status="kept", message="no candidate beat the serving model on recent observations"
+                            if len(row_losses) > 1 else "every candidate was dropped (candidates_dropped)")
             return
         # The best of several candidates on the same held-out rows beats the serving model by
         # chance more often than one does: the margin grows with their number, so that the
         # best of k passes by chance as rarely as one candidate passes the one-standard-error
-        # rule (on an unchanging stream, 12 of 30 retrainings stored a version, half of them
-        # worse on fresh runtimes, with the plain rule and up to four candidates).
+        # rule (on an unchanging stream 7 of 30 retrainings stored a version, 4 of them worse
+        # on fresh runtimes, with the plain rule and up to four candidates: benchmarks/retraining.py --churn).
         candidates = len(row_losses) - 1
         margin = float(ndtri(1.0 - ndtr(-SELECTION_SE) / max(candidates, 1)))
         if (not clearly_lower(row_losses[best] - row_losses["current"], margin)
@@ -574,9 +578,15 @@ class Retrainer:
         if remembers[best] == "all":
             X, y, w = with_training(X, y, w, np.ones(len(y0), dtype=bool))
         elif remembers[best] == "uncovered":
-            X, y, w = with_training(X, y, w, uncovered_rows(X0, X, kinds, current.model), float(w.mean()))
+            observed_X = X
+            X, y, w = with_training(X, y, w, unseen_of[best], float(w.mean()))
         t_fit = time.perf_counter()
         model = self._new_model(meta).fit(X, y, sample_weight=w)
+        if remembers[best] == "uncovered" and not _keeps_or_follows(model, current.model, observed_X, X0[unseen_of[best]]):
+            decision.update(status="kept", candidate=best,
+                            message=f"the best candidate ({best}), refitted with the held-out observations, departs "
+                                    "from the serving model where nothing was observed")
+            return
         # The new version's own held-out figures (on the rows it was fitted on), not its parent's.
         metrics = {**model.cv_summary(), "rows_used": int(len(y)), "rows_dropped": 0,
                    "training_seconds": time.perf_counter() - t_fit,

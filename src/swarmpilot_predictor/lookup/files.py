@@ -284,10 +284,10 @@ def generate_table(
     # A numeric feature's string is stored as the number the model read it as ("1744" is
     # 1744; a word it read as missing, nothing): stored as given, one string made the whole
     # column categorical, and every trace not among its values found no record.
-    numeric = [f.kind == "numeric" for f in schema.features]
+    specs = list(schema.features)
 
     def feature_values(t: dict[str, Any]) -> list[Any]:
-        return [_as_read(t.get(n)) if is_numeric else t.get(n) for n, is_numeric in zip(names, numeric)]
+        return [_as_read(spec, t.get(spec.name)) if spec.kind == "numeric" else t.get(spec.name) for spec in specs]
 
     # With a shape history the prediction also depends on whether the trace was its
     # shape's first run: the record stores the flag it was predicted with, as a feature,
@@ -449,13 +449,16 @@ def _csv_column_taken(name: str) -> bool:
     return name.startswith(QUANTILE_PREFIX) or name in CSV_PREDICTION_COLUMNS or name in ("message", SHAPE_FEATURES)
 
 
-def _as_read(v: Any) -> Any:
-    """A numeric feature's value as the model reads it: a string as the number it spells (a
-    boolean's word as 1 or 0), or nothing (a word, read as missing); anything else as it is."""
+def _as_read(spec: Any, v: Any) -> Any:
+    """A numeric feature's value as the model (``spec``) reads it: a string as the number it
+    spells, or nothing where the model reads it as missing (a word, where training read its
+    words as gaps), else a boolean's word as 1 or 0; anything else as it is."""
     if v.__class__ is not str:
         return v
     x = finite_number_in_text(v)
-    return BOOLEAN_WORDS.get(v) if x is None else x
+    if x is not None:
+        return x
+    return None if spec.reads_as_missing(v) else BOOLEAN_WORDS.get(v)
 
 
 def _csv_out(v: Any) -> Any:

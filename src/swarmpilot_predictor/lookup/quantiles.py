@@ -91,8 +91,11 @@ def quantile_function(levels: np.ndarray, values: np.ndarray, mean: np.ndarray, 
     above = ~exact & ~inner & ~below
     with np.errstate(divide="ignore", invalid="ignore"):
         w = (t - L[lo]) / (L[hi] - L[lo])
-        if bend is not None:
-            w = np.clip(w, 0.0, 1.0) ** bend[:, None]
+        if bend is not None:  # (at least 1: convex; NaN reads as 1, linear)
+            bent = np.flatnonzero(np.nan_to_num(bend, nan=1.0) > 1.0)
+            if len(bent):
+                w = np.array(np.broadcast_to(w, (values.shape[0], t.shape[1])))
+                w[bent] = np.clip(w[bent], 0.0, 1.0) ** bend[bent, None]
         out = np.where(exact, values[at, np.where(near_lo, lo, hi)], values[at, lo] * (1 - w) + values[at, hi] * w)
     out = np.array(np.broadcast_to(out, (values.shape[0], t.shape[1])))
     # The tails, on the columns where some record is in one only (the outer levels).
@@ -100,7 +103,7 @@ def quantile_function(levels: np.ndarray, values: np.ndarray, mean: np.ndarray, 
         cols = np.flatnonzero(side.any(axis=0))
         if not len(cols):
             continue
-        z = ndtri(t[:, cols])
+        z = ndtri(np.clip(t[:, cols], _TAIL_REACH, 1.0 - _TAIL_REACH))
         normal = mean[:, None] + std[:, None] * z
         if outer == 0:
             value = np.minimum(values[:, [0]], np.maximum(normal, 0.0))
@@ -129,6 +132,11 @@ def _log_slope_tail(values: np.ndarray, L: np.ndarray, outer: int, inner: int, z
     return tail, (v_out > 0) & (v_in > 0)
 
 
+# The tails are read at levels within [this, 1 - this]: a level of 0 or 1 (an interval of
+# confidence 1 - 1e-16, whose upper end rounds to 1) has an infinite normal score.
+_TAIL_REACH = 1e-12
+
+
 def _log_slope_one(L: list[float], V: list[float], outer: int, inner: int, t: float) -> float | None:
     """:func:`_log_slope_tail` for one record, on Python floats (None where it does not hold)."""
     if V[outer] <= 0 or V[inner] <= 0:
@@ -152,9 +160,11 @@ def _quantiles_one(L: list[float], V: list[float], mu: float, sd: float, taus: S
             w = (t - L[i - 1]) / (L[i] - L[i - 1])
             out.append(V[i - 1] * (1 - w) + V[i] * w)
         elif t < L[0]:
+            t = max(t, _TAIL_REACH)  # (a level of 0, or 1 below: a confidence level of 1 - 1e-16 rounds to them)
             tail = _log_slope_one(L, V, 0, 1, t) if len(L) >= 2 else None
             out.append(min(V[0], max(mu + sd * inv(t), 0.0)) if tail is None else tail)
         else:
+            t = min(t, 1.0 - _TAIL_REACH)
             tail = _log_slope_one(L, V, -1, -2, t) if len(L) >= 2 else None
             out.append(max(V[-1], mu + sd * inv(t), -math.inf if tail is None else tail))
     order = sorted(range(len(taus)), key=lambda k: taus[k])

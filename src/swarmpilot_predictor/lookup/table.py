@@ -994,11 +994,17 @@ class LookupTable:
         extrapolated part) brought to the record's mean."""
         expect = self.expect[rows] if expect is None else expect
         error = self.error[rows] if error is None else error
-        top_level, top_value = np.ones(len(rows)), np.zeros(len(rows))
-        for sel, _, _, _, L, V in self._knot_groups(rows):
-            top_level[sel], top_value[sel] = L[-1], V[:, -1]
+        tops = self.__dict__.get("_tops")
+        if tops is None:  # once per table: every record's highest knot and its body's spread
+            every = np.arange(self.n_rows)
+            tops = np.empty((3, self.n_rows))
+            for sel, _, _, _, L, V in self._knot_groups(every):
+                tops[0, sel], tops[1, sel], tops[2, sel] = L[-1], V[:, -1], np.diff(V, axis=1) @ np.diff(L)
+            self._tops = tops
+        top_level, top_value, spread = tops[:, rows]
         return StoredQuantileDistribution(self._quantiles_at, rows, np.asarray(expect, dtype=np.float64),
-                                          np.square(error, dtype=np.float64), top_level=top_level, top_value=top_value)
+                                          np.square(error, dtype=np.float64), top_level=top_level, top_value=top_value,
+                                          body_spread=spread)
 
     def _quantiles_at(self, rows: np.ndarray, taus: np.ndarray, bend: np.ndarray | None = None) -> np.ndarray:
         """The records ``rows``' values at ``taus``, (rows, taus), as their answers read them
