@@ -1601,3 +1601,16 @@ def test_a_confidence_level_whose_interval_end_rounds_to_1_is_answered():
         low, high = body["results"][0]["interval"]
         assert 0 < low < body["results"][0]["quantile_predictions"][0] < high < math.inf
         assert all(math.isfinite(v) for v in body["total_interval"])
+
+
+def test_a_record_without_a_stored_error_still_spreads_its_queues_total():
+    # Quantiles of 10 and 20 ms at 0.5 and 0.9, but an error of 0 (a hand-written record):
+    # the sum, which sizes its grid by the variances, put all its mass at the mean (2 and 10
+    # tasks totalled 24 and 120 ms at every level). The quantiles' own variance stands in.
+    rec = {**record(0, levels=(0.5, 0.9)), "quantile_predictions": [10.0, 20.0], "expect": 12.0, "error": 0.0}
+    table = LookupTable.from_records([rec, {**rec, "features": {"a": 2}}])
+    for n in (2, 10):
+        body = table.predict(None, [{"a": 1}] * n, 0.9, [0.05, 0.5, 0.95], with_total=True).batch_response()
+        low, mid, high = body["total_quantiles"]
+        assert low < mid < high and high - low > 0.5 * mid
+        assert body["error"] == 0.0  # the records' own moments, as stored
