@@ -366,23 +366,16 @@ def main() -> None:
     ap.add_argument("--tables", action="store_true",
                     help="only a lookup table's queue totals against its model's (the README's H100 example)")
     args = ap.parse_args()
-    if args.tables:
-        t0 = time.perf_counter()
-        table_totals()
-        print(f"\n{time.perf_counter() - t0:.0f} s")
-        return
+    # The sections run alone, each followed by its run time.
+    alone = {"tables": table_totals, "long": long_queues, "sampled": lambda: sampled_totals(sums=args.sums)}
+    for flag, section in alone.items():
+        if getattr(args, flag):
+            t0 = time.perf_counter()
+            section()
+            print(f"\n{time.perf_counter() - t0:.0f} s")
+            return
     if args.error_departure:
         error_departure()
-        return
-    if args.long:
-        t0 = time.perf_counter()
-        long_queues()
-        print(f"\n{time.perf_counter() - t0:.0f} s")
-        return
-    if args.sampled:
-        t0 = time.perf_counter()
-        sampled_totals(sums=args.sums)
-        print(f"\n{time.perf_counter() - t0:.0f} s")
         return
     if args.tails:
         t0 = time.perf_counter()

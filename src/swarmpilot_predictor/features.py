@@ -68,6 +68,15 @@ class FeatureSpec:
     # trace's word is read so too (any other feature's word is an error).
     words_missing: bool = False
 
+    def text_value(self, text: str) -> float:
+        """What this numeric feature reads a string as: the finite number it spells; else NaN
+        where training read its words as gaps (a missing value), a boolean's word as 1 or 0,
+        and NaN for any other word (an error where the feature is required)."""
+        x = finite_number_in_text(text)
+        if x is not None:
+            return x
+        return math.nan if self.words_missing else BOOLEAN_WORDS.get(text, math.nan)
+
     def reads_as_missing(self, value: Any) -> bool:
         """Whether a trace's ``value`` for this feature is read as training read its gaps:
         nothing given, or (where training read its words so) a word."""
@@ -694,12 +703,8 @@ class FeatureSchema:
                 col = table.numeric(spec.name)
                 column = table.columns[spec.name]
                 if column.is_categorical:
-                    # Per distinct string, then per row: a number's text is the number, and a
-                    # boolean's word (a CSV file's true) 1 or 0 unless training read words as gaps.
-                    word_of = column.spelled_numbers()
-                    if not spec.words_missing:
-                        booleans = np.array([BOOLEAN_WORDS.get(s, np.nan) for s in column.vocab])
-                        word_of = np.where(np.isnan(word_of), booleans, word_of)
+                    # Per distinct string, then per row, as text_value reads it.
+                    word_of = np.array([spec.text_value(s) for s in column.vocab], dtype=np.float64)
                     codes = column.code_array()
                     col = np.where(np.isnan(col), np.append(word_of, np.nan)[codes], col)  # code -1 (no string): the NaN at the end
                 good = np.isfinite(col)

@@ -101,7 +101,7 @@ class ObservationLog:
         self.max_file_bytes = max_file_bytes
         self.max_files = max_files
         self._lock = threading.Lock()
-        self._unlistable: dict[Path, str] = {}  # folders that could not be listed, and why (warned once)
+        self._unlistable: dict[str, str] = {}  # folders that could not be listed, and why (warned once)
 
     def _dir(self, identity: ModelIdentity) -> Path:
         return self.root / identity.dirname
@@ -113,13 +113,23 @@ class ObservationLog:
         except (FileNotFoundError, NotADirectoryError):  # none logged yet, or deleted meanwhile
             return []
         except OSError as exc:  # a link loop, no permission: read as none (an append says why)
-            if self._unlistable.get(d) != str(exc):  # said once, not at every look
-                self._unlistable[d] = str(exc)
-                log.warning("cannot list the observations folder %s (%s)", d, exc)
+            self.cannot_list(d, exc)
             return []
-        if self._unlistable:
-            self._unlistable.pop(d, None)  # listed again: a later failure is said again
+        self.listed(d)
         return [d / name for name in _log_names(names)]
+
+    def cannot_list(self, d: Path | str, exc: OSError) -> None:
+        """Warn that the observations folder ``d`` cannot be listed (a file or a link loop in
+        its place, no permission): once, not at every look, until it is listed again. Its
+        model is shown without observations; /health and /models go on for every model."""
+        if self._unlistable.get(str(d)) != str(exc):
+            self._unlistable[str(d)] = str(exc)
+            log.warning("cannot list the observations folder %s (%s): its model is shown without observations", d, exc)
+
+    def listed(self, d: Path | str) -> None:
+        """The folder ``d`` was listed: a later failure to list it is said again."""
+        if self._unlistable:
+            self._unlistable.pop(str(d), None)
 
     def append(self, identity: ModelIdentity, records: list[dict[str, Any]],
                stamp: Callable[[], float] | None = None) -> "Appended | None":
@@ -372,7 +382,6 @@ class _Followed:
     # The log's files (name, path), listed when the directory's (inode, mtime) was ``listed_key``.
     files: list[tuple[str, str]] = field(default_factory=list)
     listed_key: tuple[int, int] | None = None
-    unreadable: str | None = None  # why the folder could not be listed at the last look (warned once)
 
 
 # The first bytes of a log file that tell it from another file of its name and inode
@@ -480,8 +489,7 @@ class AccuracyMonitor:
         if own is not None and own_records is not None:  # its file was rotated away before this look
             self._add(state, own_records)
 
-    @staticmethod
-    def _files(state: _Followed) -> list[tuple[str, str]]:
+    def _files(self, state: _Followed) -> list[tuple[str, str]]:
         """The log's files (name, path), oldest first; listed again only when the directory changed."""
         try:
             st = os.stat(state.directory)
@@ -493,15 +501,11 @@ class AccuracyMonitor:
                 state.listed_key = key if listed_at - st.st_mtime_ns > _RACY_NS else None
         except FileNotFoundError:
             state.files, state.listed_key = [], None
-        except OSError as exc:
-            # Not a folder (a file, a link loop, no permission): this model's accuracy has no
-            # observations, with a warning; /health and /models go on for every model.
-            if state.unreadable != str(exc):
-                log.warning("cannot list the observations folder %s (%s): its model is shown without observations",
-                            state.directory, exc)
-            state.files, state.listed_key, state.unreadable = [], None, str(exc)
+        except OSError as exc:  # not a folder (a file, a link loop, no permission)
+            self.log.cannot_list(state.directory, exc)
+            state.files, state.listed_key = [], None
             return state.files
-        state.unreadable = None
+        self.log.listed(state.directory)
         return state.files
 
     def tracker(self, identity: ModelIdentity, version: int) -> RollingAccuracy:

@@ -22,7 +22,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -246,29 +246,37 @@ def _remove_orphans(model_dir: Path) -> None:
         log.warning("%s: cannot remove what killed writers left (%s)", model_dir, exc)
 
 
-def _being_written(model_dir: Path) -> set[int]:
-    """The numbers of versions whose files are being written in ``model_dir``: a recent lock
-    file and no tombstone (a writer killed midway leaves an old lock, which does not count)."""
-    now = time.time()
-    numbers: dict[int, set[str]] = {}
+def _claimed_versions(model_dir: Path, low: float = 0, high: float = math.inf) -> Iterator[int]:
+    """The version numbers strictly between ``low`` and ``high``, in order, that are stored
+    (their meta file is there) or being written (their lock is, recent and its writer alive).
+
+    What a writer killed midway leaves (a lock older than :data:`STALE_LOCK_SECONDS` or whose
+    writer is gone, a model file without its meta) and deleted versions (a tombstone) do not
+    count: they would hold every later retraining off for good, and no delete need stop them.
+    """
+    files: dict[int, dict[str, os.DirEntry]] = {}
     try:
         with os.scandir(model_dir) as entries:
             for e in entries:
-                if m := _VERSION_FILE.match(e.name):
-                    numbers.setdefault(int(m.group(1)), set()).add(m.group(2))
+                m = _VERSION_FILE.match(e.name)
+                if m and low < int(m.group(1)) < high:
+                    files.setdefault(int(m.group(1)), {})[m.group(2)] = e
     except FileNotFoundError:
-        return set()
-    out = set()
-    for number, kinds in numbers.items():
-        if "lock" not in kinds or "deleted" in kinds:
+        return
+    now = time.time()
+    for number, kinds in sorted(files.items()):
+        if "deleted" in kinds:
             continue
+        if "meta.json" in kinds:
+            yield number
+            continue
+        lock = kinds.get("lock")
         try:
-            if now - (model_dir / _lock_file(number)).stat().st_mtime < STALE_LOCK_SECONDS:
-                out.add(number)
-        except FileNotFoundError:  # let go of just now: stored (its meta file is there) or failed
+            if lock is not None and now - lock.stat().st_mtime < STALE_LOCK_SECONDS and not _lock_abandoned(lock):
+                yield number
+        except FileNotFoundError:  # let go of just now: its meta file is there, or it failed
             if (model_dir / _meta_file(number)).exists():
-                out.add(number)
-    return out
+                yield number
 
 
 def _lock_abandoned(lock: os.DirEntry | Path) -> bool:
@@ -735,7 +743,7 @@ class ModelRegistry:
                                    "data directory is a symbolic link, which the service does not follow")
             version = self._reserve_version(model_dir)
             if after is not None:
-                newer = self._claimed_between(model_dir, after, version)
+                newer = next(_claimed_versions(model_dir, after, version), None)
                 if newer is not None:
                     (model_dir / _lock_file(version)).unlink(missing_ok=True)
                     raise VersionConflict(f"version {newer} of {meta.identity.key} was stored (or is being stored) "
@@ -799,35 +807,6 @@ class ModelRegistry:
             raise VersionConflict(f"version {after} of {identity.key}, which this version was built from, was deleted "
                                   "meanwhile: it is not stored")
 
-    @staticmethod
-    def _claimed_between(model_dir: Path, low: int, high: int) -> int | None:
-        """A version number strictly between ``low`` and ``high`` that is stored (its meta
-        file is there) or being written (its lock is, and is recent), or None.
-
-        What a writer killed midway leaves (a lock older than :data:`STALE_LOCK_SECONDS`,
-        a model file without its meta) and deleted versions (a tombstone) do not count:
-        they would hold every later retraining off for good.
-        """
-        files: dict[int, dict[str, os.DirEntry]] = {}
-        for e in os.scandir(model_dir):
-            m = _VERSION_FILE.match(e.name)
-            if m and low < int(m.group(1)) < high:
-                files.setdefault(int(m.group(1)), {})[m.group(2)] = e
-        now = time.time()
-        for number, kinds in sorted(files.items()):
-            if "deleted" in kinds:
-                continue
-            if "meta.json" in kinds:
-                return number
-            lock = kinds.get("lock")
-            try:
-                if lock is not None and now - lock.stat().st_mtime < STALE_LOCK_SECONDS and not _lock_abandoned(lock):
-                    return number
-            except FileNotFoundError:  # let go of just now: its meta file is there, or it failed
-                if (model_dir / _meta_file(number)).exists():
-                    return number
-        return None
-
     def _reserve_version(self, model_dir: Path) -> int:
         # An exclusive lock file per number keeps concurrent workers from colliding; a deleted
         # version's tombstone keeps its number from being given again.
@@ -882,7 +861,7 @@ class ModelRegistry:
         if version is None:
             # And the versions being written now (a retraining storing its version, another
             # worker's training): their tombstones stop them from landing (see save).
-            targets = sorted(set(targets) | _being_written(model_dir))
+            targets = sorted(set(targets) | set(_claimed_versions(model_dir)))
         deleted: list[int] = []
         failure: OSError | None = None
         for v in targets:

@@ -98,7 +98,7 @@ COVER_RADIUS = 0.25
 
 
 def uncovered_rows(train_X: np.ndarray, obs_X: np.ndarray, kinds: list[str],
-                   serving: QuantileModel | None = None) -> np.ndarray:
+                   serving: QuantileModel | None = None, train_median: np.ndarray | None = None) -> np.ndarray:
     """Which rows of ``train_X`` lie where no row of ``obs_X`` is: a boolean mask.
 
     Numeric columns are scaled by the training rows' standard deviation; a category
@@ -111,6 +111,7 @@ def uncovered_rows(train_X: np.ndarray, obs_X: np.ndarray, kinds: list[str],
     (either way) is not covered by it: where the runtime jumps (requests of 480 output
     tokens and more 3 times slower), observations just short of the jump say nothing of
     the rows past it (they counted as covered, and a retraining forgot the jump).
+    ``train_median``: the serving model's medians of ``train_X``, where already known.
     """
     from scipy.spatial import cKDTree
 
@@ -136,8 +137,9 @@ def uncovered_rows(train_X: np.ndarray, obs_X: np.ndarray, kinds: list[str],
     if serving is not None and covered.any():
         rows = np.flatnonzero(covered)
         with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.log(serving.predict_quantiles(train_X[rows], [0.5])[:, 0]
-                           / serving.predict_quantiles(obs_X[nearest[rows]], [0.5])[:, 0])
+            at_rows = (serving.predict_quantiles(train_X[rows], [0.5])[:, 0] if train_median is None
+                       else train_median[rows])
+            ratio = np.log(at_rows / serving.predict_quantiles(obs_X[nearest[rows]], [0.5])[:, 0])
         covered[rows] = np.abs(np.nan_to_num(ratio, nan=np.inf)) <= math.log(COVER_RATIO)
     return ~covered
 
@@ -160,8 +162,7 @@ def _follows(candidate: QuantileModel, serving: QuantileModel, obs_X: np.ndarray
     predicts 1.5x the serving model's runtimes on unobserved inputs too: it does.
     """
     def log_ratio(X: np.ndarray) -> np.ndarray:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r = np.log(candidate.predict_quantiles(X, [0.5])[:, 0] / serving.predict_quantiles(X, [0.5])[:, 0])
+        r = _median_log_ratio(candidate, serving, X)
         return np.where(np.isfinite(r), r, np.inf)
 
     learned = float(np.median(log_ratio(obs_X)))
@@ -170,15 +171,20 @@ def _follows(candidate: QuantileModel, serving: QuantileModel, obs_X: np.ndarray
     return float(np.quantile(np.abs(log_ratio(unseen_X) - learned), 0.9)) <= np.log(FOLLOW_TOLERANCE)
 
 
+def _median_log_ratio(candidate: QuantileModel, serving: QuantileModel, X: np.ndarray) -> np.ndarray:
+    """log(candidate's median / serving model's median) on the rows ``X`` (NaN or infinite
+    where a median is 0)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(candidate.predict_quantiles(X, [0.5])[:, 0] / serving.predict_quantiles(X, [0.5])[:, 0])
+
+
 def _keeps_or_follows(candidate: QuantileModel, serving: QuantileModel, obs_X: np.ndarray, unseen_X: np.ndarray) -> bool:
     """Whether, where nothing was observed, ``candidate`` keeps the serving model's median or
     changes it as it does on the observations, to within :data:`FOLLOW_TOLERANCE`, for 90%
     of those rows: a candidate fitted with the training rows there may do either, not
     something of its own (a third of the rows' runtimes where they were not observed)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r_obs = np.log(candidate.predict_quantiles(obs_X, [0.5])[:, 0] / serving.predict_quantiles(obs_X, [0.5])[:, 0])
-        r = np.log(candidate.predict_quantiles(unseen_X, [0.5])[:, 0] / serving.predict_quantiles(unseen_X, [0.5])[:, 0])
-    learned = float(np.median(r_obs))
+    r = _median_log_ratio(candidate, serving, unseen_X)
+    learned = float(np.median(_median_log_ratio(candidate, serving, obs_X)))
     if not (np.isfinite(learned) and np.isfinite(r).all()):
         return False
     near = np.minimum(np.abs(r), np.abs(r - learned))
@@ -514,6 +520,7 @@ class Retrainer:
         training_rows: dict[str, int] = {}
         remembers: dict[str, str] = {}
         unseen_of: dict[str, np.ndarray] = {}  # a candidate's uncovered training rows
+        x0_median: np.ndarray | None = None  # the serving model's medians of the training rows
         for name, (X, y, w) in observed.items():
             if name == "training+observations":
                 remembers[name] = "all"
@@ -525,7 +532,9 @@ class Retrainer:
                 model = self._new_model(meta).fit(X, y, sample_weight=w)
                 training_rows[name] = 0
                 if X0 is not None:
-                    unseen = uncovered_rows(X0, X, kinds, current.model)
+                    if x0_median is None:  # once per retraining, for every candidate
+                        x0_median = current.model.predict_quantiles(X0, [0.5])[:, 0]
+                    unseen = uncovered_rows(X0, X, kinds, current.model, x0_median)
                     if unseen.any() and not _follows(model, current.model, X, X0[unseen]):
                         # Fitted on the observations alone it would forget what no one observed:
                         # the training rows there stay.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -25,7 +26,6 @@ from ..errors import InvalidInput, PayloadTooLarge, shown, storage_error
 from ..features import FIRST_OF_SHAPE
 from ..identity import IDENTITY_KEYS, ModelIdentity, identity_conflicts
 from ..traces import (
-    BOOLEAN_WORDS,
     ID_KEYS,
     TIMESTAMP_KEYS,
     NotAnArray,
@@ -36,7 +36,6 @@ from ..traces import (
     csv_reader,
     csv_value,
     dumps_json,
-    finite_number_in_text,
     iter_json_array,
     reserved_keys,
     text_view,
@@ -96,9 +95,7 @@ def _csv_records(text: IO[str], name: str) -> Iterator[tuple[str, Any]]:
             if needed not in pos:
                 raise TraceError(f"{name}: the CSV table has no {needed!r} column")
         reserved = reserved_keys()
-        feat = [(h, i) for i, h in enumerate(header)
-                if not h.startswith(QUANTILE_PREFIX) and h not in CSV_PREDICTION_COLUMNS and h not in reserved
-                and h not in ("message", SHAPE_FEATURES)]
+        feat = [(h, i) for i, h in enumerate(header) if not _csv_column_taken(h) and h not in reserved]
         i_shape = pos.get(SHAPE_FEATURES)
         shape_cells: dict[str, Any] = {}  # the same cell on every row: parsed once
         ids = [(h, pos[h]) for h in ID_KEYS if h in pos]
@@ -450,15 +447,13 @@ def _csv_column_taken(name: str) -> bool:
 
 
 def _as_read(spec: Any, v: Any) -> Any:
-    """A numeric feature's value as the model (``spec``) reads it: a string as the number it
-    spells, or nothing where the model reads it as missing (a word, where training read its
-    words as gaps), else a boolean's word as 1 or 0; anything else as it is."""
+    """A numeric feature's value as the model (``spec``) reads it: a string as
+    :meth:`~.features.FeatureSpec.text_value` reads it (nothing for a missing value or a
+    word); anything else as it is."""
     if v.__class__ is not str:
         return v
-    x = finite_number_in_text(v)
-    if x is not None:
-        return x
-    return None if spec.reads_as_missing(v) else BOOLEAN_WORDS.get(v)
+    x = spec.text_value(v)
+    return None if math.isnan(x) else x
 
 
 def _csv_out(v: Any) -> Any:

@@ -218,6 +218,9 @@ class LookupTable:
         self.interval = interval
         self.confidence = confidence
         self.versions = versions
+        # Per record: its highest knot's level and value and its body's spread (see
+        # task_distributions), worked out on the first queue total.
+        self._tops: np.ndarray | None = None
         t0 = time.perf_counter()
         self.columns = columns
         self.task_hashes = task_hashes
@@ -994,14 +997,12 @@ class LookupTable:
         extrapolated part) brought to the record's mean."""
         expect = self.expect[rows] if expect is None else expect
         error = self.error[rows] if error is None else error
-        tops = self.__dict__.get("_tops")
-        if tops is None:  # once per table: every record's highest knot and its body's spread
-            every = np.arange(self.n_rows)
+        if self._tops is None:  # once per table: every record's highest knot and its body's spread
             tops = np.empty((3, self.n_rows))
-            for sel, _, _, _, L, V in self._knot_groups(every):
+            for sel, _, _, _, L, V in self._knot_groups(np.arange(self.n_rows)):
                 tops[0, sel], tops[1, sel], tops[2, sel] = L[-1], V[:, -1], np.diff(V, axis=1) @ np.diff(L)
             self._tops = tops
-        top_level, top_value, spread = tops[:, rows]
+        top_level, top_value, spread = self._tops[:, rows]
         return StoredQuantileDistribution(self._quantiles_at, rows, np.asarray(expect, dtype=np.float64),
                                           np.square(error, dtype=np.float64), top_level=top_level, top_value=top_value,
                                           body_spread=spread)
