@@ -309,8 +309,47 @@ def section_client(data_dir: Path) -> None:
             print(f"| batch of 10,000 traces, {name} | {med * 1e3:.0f} ms ({med * 1e6 / len(traces):.1f} µs per trace) |")
         print(f"| batch of 10,000 traces, what the client adds to httpx + orjson | "
               f"{(statistics.median(typed) - statistics.median(plain)) * 1e3:.0f} ms |")
+        for n, held in _async_client_holds(srv.port, traces).items():
+            print(f"| AsyncPredictorClient.predict_batch of {n:,} traces: the caller's event loop held at most | "
+                  f"{held * 1e3:.0f} ms at once |")
     finally:
         srv.stop()
+
+
+def _async_client_holds(port: int, traces: list[dict]) -> dict[int, float]:
+    """The longest the caller's event loop went without a turn (a 5 ms ticker's longest gap,
+    less its 5 ms) while the asyncio client sent a batch and read its answer, per batch size."""
+    import asyncio
+
+    from swarmpilot_predictor.client import AsyncPredictorClient
+
+    many = traces * 10
+
+    async def main() -> dict[int, float]:
+        out = {}
+        async with AsyncPredictorClient(f"http://127.0.0.1:{port}", timeout=300) as client:
+            for n in (10_000, 100_000):
+                gaps: list[float] = []
+                done = asyncio.Event()
+
+                async def tick() -> None:
+                    last = time.perf_counter()
+                    while not done.is_set():
+                        await asyncio.sleep(0.005)
+                        now = time.perf_counter()
+                        gaps.append(now - last - 0.005)
+                        last = now
+
+                ticker = asyncio.create_task(tick())
+                await asyncio.sleep(0.05)
+                got = await client.predict_batch(IDENT, many[:n])
+                assert len(got.results) == n
+                done.set()
+                await ticker
+                out[n] = max(gaps)
+        return out
+
+    return asyncio.run(main())
 
 
 def section_coalesce(data_dir: Path) -> None:
@@ -673,13 +712,99 @@ def section_observe(data_dir: Path) -> None:
     svc.close()
 
 
+def _loop_requests(port: int, method: str, path: str, body: bytes, until: float, every: float, core: int,
+                   out) -> None:
+    """In a process of its own on ``core``: ``method path`` every ``every`` seconds (or back to
+    back, where 0) until ``until``; puts the latencies on ``out``."""
+    pin(core)
+    c = RawClient(port)
+    got = []
+    while time.monotonic() < until:
+        t0 = time.perf_counter()
+        status, resp = c.request(method, path, body)
+        assert status == 200, resp[:300]
+        got.append(time.perf_counter() - t0)
+        if every:
+            time.sleep(every)
+    c.close()
+    out.put(got)
+
+
+def _load_threads(port: int, path: str, body: bytes, until: float, clients: int, core: int, out) -> None:
+    """In a process of its own: ``clients`` threads, each posting ``body`` back to back until ``until``."""
+    pin(core)
+    counts = []
+
+    def one() -> None:
+        c = RawClient(port)
+        n = 0
+        while time.monotonic() < until:
+            status, resp = c.request("POST", path, body)
+            assert status == 200, resp[:300]
+            n += 1
+        c.close()
+        counts.append(n)
+
+    threads = [threading.Thread(target=one) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.put(sum(counts))
+
+
+def section_loop(args, data_dir: Path) -> None:
+    """What batches cost the other requests: /ping while one client loops batches back to
+    back, and /health while many clients do (the server on core 0, the clients on core 1)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    secs = 3 if args.quick else 8
+    srv = Server(data_dir, env={"PREDICTOR_CACHE_SIZE": "0"})
+    try:
+        def run(loaders: list[tuple], probe: tuple) -> tuple[np.ndarray, list]:
+            until = time.monotonic() + secs
+            q_probe, q_load = ctx.Queue(), ctx.Queue()
+            procs = [ctx.Process(target=_loop_requests, args=(srv.port, *probe, until, 0.005, 1, q_probe))]
+            procs += [ctx.Process(target=fn, args=(srv.port, *a, until, *rest, q_load)) for fn, a, rest in loaders]
+            for p in procs:
+                p.start()
+            probed = np.array(q_probe.get())
+            loads = [q_load.get() for _ in loaders]
+            for p in procs:
+                p.join()
+            return probed, loads
+
+        idle, _ = run([], ("GET", "/ping", b""))
+        print(f"| /ping, idle | {pct(idle)} |")
+        for n in (100, 1000):
+            traces = llm_traces(n, seed=11)
+            for t in traces:
+                del t["runtime_ms"]
+            body = orjson.dumps({"trace": traces})
+            ping, loads = run([(_loop_requests, ("POST", f"/predict/batch/{SEG}", body), (0.0, 1))],
+                              ("GET", "/ping", b""))
+            print(f"| /ping while one client posts batches of {n} traces back to back | {pct(ping)} | "
+                  f"each batch {pct(np.array(loads[0]))} |")
+        traces = llm_traces(5000, seed=12)
+        for t in traces:
+            del t["runtime_ms"]
+        body = orjson.dumps({"trace": traces})
+        clients = 24 if args.quick else 60
+        health, loads = run([(_load_threads, (f"/predict/batch/{SEG}", body), (clients, 1))], ("GET", "/health", b""))
+        print(f"| /health while {clients} clients post batches of 5,000 traces back to back | {pct(health)}, "
+              f"worst {health.max() * 1e3:.0f} ms | {loads[0]} batches in {secs} s |")
+    finally:
+        srv.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--algorithm", default="auto")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--skip-registry", action="store_true")
-    ap.add_argument("--only", default="", help="comma-separated sections: http,batch,client,cache,coalesce,isolation,training,registry,metrics,preload,atoms,observe,boosted")
+    ap.add_argument("--only", default="", help="comma-separated sections: http,loop,batch,client,cache,coalesce,isolation,training,registry,metrics,preload,atoms,observe,boosted")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
 
@@ -692,6 +817,8 @@ def main() -> None:
         print("| measurement | result | |\n|---|---|---|")
         if want("http"):
             section_http(args, data_dir)
+        if want("loop"):
+            section_loop(args, data_dir)
         if want("batch"):
             section_batch_breakdown(data_dir)
         if want("cache"):

@@ -215,6 +215,36 @@ def test_async_client_matches_sync(trained_server):
     assert batch.summary.success == 2 and code == 422
 
 
+def test_the_async_client_writes_a_long_batch_off_the_event_loop_and_answers_as_the_sync_one(trained_server,
+                                                                                              monkeypatch):
+    import threading
+
+    import swarmpilot_predictor.client as client_module
+
+    writers: list[threading.Thread] = []
+    original = client_module._dumps
+
+    def recording(body, root=""):
+        writers.append(threading.current_thread())
+        return original(body, root)
+
+    monkeypatch.setattr(client_module, "_dumps", recording)
+    traces = [{"input_tokens": 10 + i % 700, "output_tokens": 1 + i % 400} for i in range(2_500)]
+
+    async def run():
+        async with AsyncPredictorClient(trained_server.url) as client:
+            return threading.current_thread(), await client.predict_batch(IDENTITY, traces), \
+                await client.predict_batch(IDENTITY, traces[:10])
+
+    loop_thread, long, short = asyncio.run(run())
+    assert [t is loop_thread for t in writers] == [False, True]  # the long batch's body in a thread
+    with PredictorClient(trained_server.url) as client:
+        sync = client.predict_batch(IDENTITY, traces)
+    assert sync.results == long.results and sync.total_quantiles == long.total_quantiles
+    assert sync.expect == long.expect and sync.error == long.error
+    assert long.results[:10] == short.results
+
+
 def test_nan_and_infinity_are_refused_before_sending(trained_server):
     # orjson writes NaN as null, which the service would read as a missing feature:
     # both clients refuse such a request, naming the value's place, and send nothing.

@@ -7,6 +7,7 @@ import sys
 import time
 
 import httpx
+import orjson
 
 from swarmpilot_predictor.client import PredictorClient, identity_segments
 from swarmpilot_predictor.identity import ModelIdentity
@@ -200,3 +201,37 @@ def test_a_batch_of_over_a_megabyte_is_answered_as_a_small_one(tmp_path):
             assert body["results"][:5] == small["results"]
             assert body["expect"] == answers[0]["expect"] > 0
         assert httpx.get(f"{srv.url}/ping").status_code == 200
+
+
+def test_a_batch_whose_client_left_while_it_waited_its_turn_is_not_predicted(tmp_path):
+    # A scheduler's own timeout: eight abandoned 100,000-trace batches were all predicted,
+    # and the one still waiting took 14 s instead of 3.
+    import threading
+
+    from urllib.parse import quote
+
+    path = "/".join(quote(part, safe="") for part in IDENTITY.values())
+    key = ModelIdentity.from_parts(IDENTITY).key
+    with run_server(tmp_path / "data", {"PREDICTOR_BATCH_THREADS": "1", "PREDICTOR_CACHE_SIZE": "0"}) as srv, \
+            PredictorClient(srv.url) as client:
+        client.train({"model": IDENTITY, "traces": make_llm_traces(200), "algorithm": "linear"})
+        long = [{"input_tokens": 10 + i % 500, "output_tokens": 5 + i % 300} for i in range(100_000)]
+        body = orjson.dumps({"trace": long})
+        running = [threading.Thread(target=lambda: httpx.post(f"{srv.url}/predict/batch/{path}", content=body,
+                                                              timeout=120)) for _ in range(3)]
+        for thread in running:
+            thread.start()
+        time.sleep(0.3)  # one holds the one batch thread now, and the others wait (about 2 s in all)
+        for n in (500, 5_000):  # waiting their turn behind them, then abandoned
+            try:
+                httpx.post(f"{srv.url}/predict/batch/{path}", json={"trace": long[:n]}, timeout=0.2)
+            except httpx.TimeoutException:
+                pass
+            else:
+                raise AssertionError("answered before the long batches ended: nothing was waiting")
+        for thread in running:
+            thread.join()
+        time.sleep(0.5)
+        assert metric_value(client.metrics(), "predictor_predictions_total", model=key, source="model") == 300_000
+        # The thread is free again, and a batch whose client stays is answered.
+        assert len(client.predict_batch(IDENTITY, long[:50]).results) == 50

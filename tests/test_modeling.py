@@ -803,6 +803,103 @@ def test_categorical_features_and_sample_weights():
     assert np.isfinite(med[3]) and med[3] > 0  # an unseen category still gets an answer
 
 
+def _devices(n: int = 500, seed: int = 0, rare: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Five devices, each twice as slow as the one before (1x to 16x), and a token count;
+    with ``rare``, that many rows of other devices, each seen once (read as unseen)."""
+    rng = np.random.default_rng(seed)
+    dev = rng.integers(0, 5, n).astype(float)
+    tokens = rng.uniform(10, 500, n)
+    y = 2.0 ** dev * (5 + 0.1 * tokens) * np.exp(0.2 * rng.standard_normal(n))
+    dev[:rare] = np.nan
+    y[:rare] = 3.0 * (5 + 0.1 * tokens[:rare]) * np.exp(0.2 * rng.standard_normal(rare))
+    return np.column_stack([dev, tokens]), y
+
+
+@pytest.mark.parametrize("algorithm", ["auto", "linear", "lightgbm"])
+def test_a_category_training_never_saw_is_answered_among_the_known_ones_and_as_widely(algorithm):
+    X, y = _devices()
+    model = QuantileModel(["categorical", "numeric"], [5, 0], algorithm).fit(X, y)
+    known = np.array([[d, 100.0] for d in range(5)])
+    medians = model.predict_quantiles(known, [0.5])[:, 0]  # 15 ms x 1, 2, 4, 8, 16
+    q = model.predict_quantiles(np.array([[np.nan, 100.0], [7.0, 100.0]]), [0.05, 0.5, 0.95])
+    np.testing.assert_allclose(q[0], q[1])  # a NaN and a code past the known ones: both unseen
+    low, median, high = q[0]
+    # About the middle device (the known ones' mean log location), and a 90% interval that
+    # holds every device's median: before, the middle device's own interval (45 to 87 ms).
+    assert median == pytest.approx(medians[2], rel=0.1)
+    assert low < medians[0] and high > medians[4]
+    assert high / low < 80  # and not unboundedly wide: log sd about 1.2, 0.2 of it noise
+    sd = model.unseen_categories()[0]["log_sd"]
+    # The sample sd of {0, 1, 2, 3, 4} ln 2, times sqrt(1 + 1/5) for their mean's own error.
+    assert sd == pytest.approx(np.log(2.0) * np.sqrt(2.5 * 1.2), rel=0.1)
+    # A known device's answer is its own, in any batch.
+    alone = model.predict_quantiles(known[:1], [0.05, 0.5, 0.95])
+    beside = model.predict_quantiles(np.array([known[0], [np.nan, 100.0]]), [0.05, 0.5, 0.95])[:1]
+    np.testing.assert_allclose(alone, beside, rtol=1e-12)  # (LightGBM's sums may round apart in another batch)
+    # The single-row path and the JSON round trip agree.
+    one = model.describe_one([np.nan, 100.0], (0.05, 0.5, 0.95))
+    np.testing.assert_allclose(one[0], q[0], rtol=1e-12)
+    again = QuantileModel.from_json(json.loads(json.dumps(model.to_json())))
+    np.testing.assert_allclose(again.predict_quantiles(np.array([[np.nan, 100.0]]), [0.05, 0.5, 0.95])[0], q[0],
+                               rtol=1e-12)
+
+
+def test_an_unseen_category_learned_from_rare_training_values_is_not_widened_again():
+    """Rows of values seen too rarely to learn are read as unseen in training: the unknown
+    level, and its spread, are learned from them."""
+    X, y = _devices(rare=60)
+    model = QuantileModel(["categorical", "numeric"], [5, 0], "linear").fit(X, y)
+    assert model.unseen_categories() == {}
+    low, median, high = model.predict_quantiles(np.array([[np.nan, 100.0]]), [0.05, 0.5, 0.95])[0]
+    assert median == pytest.approx(3.0 * 15.0, rel=0.15)  # what those rows ran at
+    assert high / low < 3
+
+
+def test_an_unseen_category_keeps_the_gap_to_a_slow_mode_and_its_moments_are_its_distribution_s():
+    rng = np.random.default_rng(3)
+    n = 900
+    dev = rng.integers(0, 3, n).astype(float)
+    slow = rng.random(n) < 0.1
+    y = np.array([10.0, 20.0, 40.0])[dev.astype(int)] * np.exp(0.1 * rng.standard_normal(n)) * np.where(slow, 8.0, 1.0)
+    model = QuantileModel(["categorical"], [3]).fit(dev[:, None], y)
+    levels = np.array([0.05, 0.5, 0.85, 0.95, 0.99])
+    unseen = model.predict_distribution(np.array([[np.nan]]))
+    q = unseen.quantiles(levels)[0]
+    # Between the fastest device's and the slowest's, slow runs 8x slower: not 8x stretched.
+    assert 10 < q[1] < 40
+    assert 4 < q[3] / q[1] < 20
+    # Its mean and sd are those of its quantile function (Monte Carlo over levels).
+    u = (np.arange(200_000) + 0.5) / 200_000
+    x = unseen.quantiles(u)[0]
+    mean, std = (v[0] for v in unseen.mean_std())
+    assert mean == pytest.approx(x.mean(), rel=0.02)
+    assert std == pytest.approx(x.std(), rel=0.05)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda d: d.update(unseen_sd=[-1.0, 0.0]),
+    lambda d: d.update(unseen_sd=[0.5]),
+    lambda d: d.update(unseen_shift=["0", 0.0]),
+    lambda d: d.update(unseen_shift=[1e308, 0.0]),
+])
+def test_a_stored_model_with_damaged_unseen_figures_is_refused(damage):
+    X, y = _devices(n=200)
+    stored = json.loads(json.dumps(QuantileModel(["categorical", "numeric"], [5, 0], "linear").fit(X, y).to_json()))
+    damage(stored)
+    with pytest.raises(ValueError, match="unseen_"):
+        QuantileModel.from_json(stored)
+
+
+def test_a_model_stored_before_the_unseen_figures_answers_as_it_did():
+    X, y = _devices(n=200)
+    stored = json.loads(json.dumps(QuantileModel(["categorical", "numeric"], [5, 0], "linear").fit(X, y).to_json()))
+    del stored["unseen_shift"], stored["unseen_sd"]
+    old = QuantileModel.from_json(stored)
+    assert old.unseen_categories() == {}
+    q = old.predict_quantiles(np.array([[np.nan, 100.0], [2.0, 100.0]]), [0.05, 0.95])
+    assert q[0, 1] / q[0, 0] == pytest.approx(q[1, 1] / q[1, 0], rel=0.01)  # a known device's spread
+
+
 # --------------------------------------------------------------------------- discrete features and feature selection
 
 
@@ -1382,6 +1479,9 @@ def test_a_stored_model_with_damaged_atoms_is_refused(atoms):
     (lambda d: d.update(shared_log_sd=1e308), "shared_log_sd is"),  # overflowed a total at request time
     (lambda d: d.update(shared_log_sd=-1), "shared_log_sd is"),  # turned the factor off
     (lambda d: d.update(shared_log_sd="0.1"), "shared_log_sd is"),
+    # A null coefficient made every location NaN, answered as the middle of the training runtimes.
+    (lambda d: d["location"]["coef"].__setitem__(0, None), "coef holds a value that is not a finite number"),
+    (lambda d: d["scale"]["coef"].append(None), "coef holds a value that is not a finite number"),
 ])
 def test_a_damaged_model_is_a_value_error_however_it_shows(damage, message):
     X = np.arange(1.0, 41.0)[:, None]

@@ -314,7 +314,9 @@ def test_lines_that_are_not_observations_are_skipped(tmp_path):
     monitor.record(IDENT, 1, [{"x": 1}] * 40, y, q)
     good = {"ts": 1.0, "version": 1, "runtime_ms": 100.0, "q": q[0].tolist(), "trace": {"x": 1}}
     bad = [[1, 2], {**good, "runtime_ms": 1e308}, {**good, "runtime_ms": "100"}, {**good, "q": [1.0, 2.0]},
-           {**good, "q": None}, {**good, "trace": "x"}, {key: v for key, v in good.items() if key != "ts"}]
+           {**good, "q": None}, {**good, "trace": "x"}, {key: v for key, v in good.items() if key != "ts"},
+           # Quantiles no model answers: a pinball loss of 8.8e306, coverage of reversed levels.
+           {**good, "q": [1e308] * len(good["q"])}, {**good, "q": good["q"][::-1]}, {**good, "q": [None] * len(good["q"])}]
     with open(next((tmp_path / IDENT.dirname).glob("obs-*.jsonl")), "ab") as fh:
         fh.write(b"".join(orjson.dumps(b) + b"\n" for b in bad))
     records = ObservationLog(tmp_path).read(IDENT)

@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 import pytest
 
-from swarmpilot_predictor.errors import AmbiguousModel, ModelNotFound, NotFound, StorageError
+from swarmpilot_predictor.errors import AmbiguousModel, ModelNotFound, ModelUnreadable, NotFound, StorageError
 from swarmpilot_predictor.features import FeatureSchema
 from swarmpilot_predictor.identity import IdentityPattern, ModelIdentity
 from swarmpilot_predictor.modeling import QuantileModel
@@ -793,6 +793,70 @@ def test_a_damaged_lightgbm_booster_is_a_clean_error_for_that_model_only(root, l
     assert got[IDENT.key].split("(")[1].startswith("ValueError")
 
 
+def _rewrite_tree_field(path: Path, field: str, edit) -> None:
+    """Edit one line of tree 0 of a stored booster, then make every length and digest match
+    it again, as a hand edit or another tool would."""
+    d = orjson.loads(path.read_bytes())
+    loc = d["location"]
+    text = loc["booster"]
+    start = text.index(f"\n{field}=", text.index("Tree=0\n")) + 1
+    stop = text.index("\n", start)
+    values = text[start + len(field) + 1:stop].split(" ")
+    text = text[:start] + field + "=" + " ".join(edit(values)) + text[stop:]
+    heads = [m.start() for m in re.finditer(r"^Tree=\d+\n", text, re.MULTILINE)]
+    sizes = [len(text[a:b].encode()) for a, b in zip(heads, heads[1:] + [text.index("end of trees")])]
+    text = re.sub(r"^tree_sizes=[^\n]*$", "tree_sizes=" + " ".join(map(str, sizes)), text, count=1, flags=re.MULTILINE)
+    loc["booster"], loc["booster_sha256"] = text, hashlib.sha256(text.encode()).hexdigest()
+    path.write_bytes(orjson.dumps(d))
+    meta_path = path.with_name(path.name.replace(".model.json", ".meta.json"))
+    m = orjson.loads(meta_path.read_bytes())
+    m["extra"]["model_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    meta_path.write_bytes(orjson.dumps(m))
+
+
+@pytest.mark.parametrize("field, edit, why", [
+    ("left_child", lambda v: ["-100000000", *v[1:]], "its children do not make a tree"),  # SIGSEGV
+    ("left_child", lambda v: ["-1000", *v[1:]], "its children do not make a tree"),  # served 64,377 ms for 10
+    ("left_child", lambda v: ["0", *v[1:]], "its children do not make a tree"),  # a cycle: spun for ever
+    ("right_child", lambda v: ["1000", *v[1:]], "its children do not make a tree"),
+    ("split_feature", lambda v: ["57", *v[1:]], "a split on a feature outside the model"),
+    ("decision_type", lambda v: ["99", *v[1:]], "a decision_type LightGBM does not know"),
+    ("leaf_value", lambda v: ["nan", *v[1:]], "leaf_value holds a value that is not a finite number"),
+    ("leaf_value", lambda v: v[1:], "leaf_value holds"),
+])
+def test_a_lightgbm_tree_lightgbm_cannot_walk_is_refused_for_that_model_only(root, field, edit, why):
+    reg = ModelRegistry(root)
+    meta, model, X = fit(algorithm="lightgbm", params={"num_boost_round": 25, "num_leaves": 7})
+    reg.save(meta, model)
+    other_meta, other_model, _ = fit(OTHER, algorithm="lightgbm", params={"num_boost_round": 25, "num_leaves": 7})
+    reg.save(other_meta, other_model)
+    _rewrite_tree_field(root / IDENT.dirname / "v0001.model.json", field, edit)
+    # In a fresh interpreter: LightGBM read such a tree out of bounds (the process died) or for ever.
+    out = subprocess.run([sys.executable, "-c", LOAD_DAMAGED.format(root=str(root))], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got[OTHER.key] == "loaded"
+    assert got[IDENT.key].endswith("is missing or damaged (ValueError); retrain the model or delete this version")
+    assert f"the LightGBM booster text is damaged: tree 0: {why}" in out.stderr  # the server's log says why
+
+
+def test_every_tree_lightgbm_grows_passes_the_check():
+    """Categorical splits, linear leaves, single-leaf trees: LightGBM's own texts all load."""
+    import lightgbm as lgb
+
+    from swarmpilot_predictor.modeling.locations import _check_trees
+
+    rng = np.random.default_rng(0)
+    X = np.column_stack([rng.integers(0, 40, 2000), rng.uniform(0, 1, 2000), rng.integers(0, 3, 2000)])
+    y = np.sin(X[:, 0]) + X[:, 1] + rng.standard_normal(2000) * 0.1
+    for params in ({"num_leaves": 63}, {"num_leaves": 15, "linear_tree": True}, {"max_depth": 1},
+                   {"num_leaves": 31, "min_data_in_leaf": 5000}):
+        data = lgb.Dataset(X, y, categorical_feature=[0, 2])
+        text = lgb.train({**params, "verbosity": -1}, data, 30).model_to_string()
+        _check_trees(text)  # raises on a tree it cannot walk
+
+
 def test_an_old_lightgbm_booster_cut_after_its_trees_still_loads(root):
     # Without a digest nothing checked the settings after the trees, and LightGBM crashed the
     # process (exit 139) on a cut there; they are not needed to predict.
@@ -819,6 +883,16 @@ def test_a_lightgbm_model_saved_without_a_digest_still_loads(root):
     loaded = ModelRegistry(root).load(IDENT)
     np.testing.assert_array_equal(loaded.model.predict_quantiles(X, LEVELS), model.predict_quantiles(X, LEVELS))
     assert loaded.model.describe_one(list(X[0]), (0.5,)) == model.describe_one(list(X[0]), (0.5,))
+
+
+def test_default_levels_stored_out_of_order_are_read_in_order(root):
+    reg = ModelRegistry(root)
+    reg.save(*fit()[:2])
+    path = root / IDENT.dirname / "v0001.meta.json"
+    d = orjson.loads(path.read_bytes())
+    d["quantiles"] = [0.9, 0.1, 0.5, 0.1]  # edited by hand: served in this order before
+    path.write_bytes(orjson.dumps(d))
+    assert ModelRegistry(root).load(IDENT).meta.quantiles == [0.1, 0.5, 0.9]
 
 
 @pytest.mark.parametrize("field, value", [
@@ -938,7 +1012,7 @@ def test_unreadable_metadata_is_read_once_until_it_changes_and_never_past_its_li
     reg.save(*fit()[:2])
     real = registry_module.read_regular
 
-    def no_descriptors(p, *args):
+    def no_descriptors(p, *args, **kwargs):
         raise OSError(errno.EMFILE, "Too many open files")
 
     monkeypatch.setattr(registry_module, "read_regular", no_descriptors)
@@ -1180,6 +1254,27 @@ def test_a_model_folder_that_is_a_symbolic_link_is_neither_read_nor_written_thro
     with pytest.raises(ModelNotFound):
         fresh.delete(IDENT)
     assert sorted(p.name for p in (outside / "stored").iterdir()) == ["v0001.meta.json", "v0001.model.json"]
+
+
+def test_a_version_file_that_is_a_symbolic_link_is_not_read_through(root, tmp_path, caplog):
+    # The service writes its files itself, never as links: a model file linked to a file
+    # elsewhere was read and served.
+    reg = ModelRegistry(root)
+    reg.save(*fit()[:2])
+    reg.save(*fit(seed=1)[:2])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    folder = root / IDENT.dirname
+    for name in ("v0002.model.json", "v0001.meta.json"):
+        (folder / name).rename(elsewhere / name)
+        (folder / name).symlink_to(elsewhere / name)
+    fresh = ModelRegistry(root)
+    with caplog.at_level("WARNING", logger="swarmpilot_predictor.registry"):
+        assert [m.version for m in fresh.versions(IDENT)] == [2]  # the linked meta file: skipped
+        with pytest.raises(ModelUnreadable, match="version 2 cannot be loaded: its file v0002.model.json"):
+            fresh.load(IDENT)
+    assert "v0001.meta.json is a symbolic link" in caplog.text
+    assert "v0002.model.json is a symbolic link" in caplog.text
 
 
 def test_a_version_another_process_deleted_is_gone_not_damaged(root):

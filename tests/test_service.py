@@ -422,6 +422,20 @@ def test_a_group_that_cannot_be_trained_leaves_no_other_group_stored(service):
     assert service.registry.identities() == []
 
 
+def test_a_group_that_cannot_be_trained_is_found_before_any_group_is_fitted(service, monkeypatch):
+    # 30 groups of 40 rows and one of 1 that sorts last took 17.5 s to answer the 422.
+    from swarmpilot_predictor.modeling import QuantileModel
+
+    fits = []
+    real_fit = QuantileModel.fit
+    monkeypatch.setattr(QuantileModel, "fit", lambda self, *a, **k: fits.append(1) or real_fit(self, *a, **k))
+    traces = [{**t, "hardware": f"gpu{k % 3}"} for k, t in enumerate(make_llm_traces(60))]
+    traces.append({**make_llm_traces(1)[0], "hardware": "zz-last"})
+    with pytest.raises(InvalidInput, match="zz-last/sglang/0.4.0: only 1 usable trace"):
+        service.train(config(traces, group_by=["hardware"]))
+    assert fits == [] and service.registry.identities() == []
+
+
 def test_csv_versions_that_read_alike_as_numbers_are_two_models(service):
     path = service.settings.data_dir / "versions.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -606,6 +620,23 @@ def test_prediction_shapes_and_order(service):
     assert shared["error"] == pytest.approx(np.sqrt(var), rel=1e-6)
     assert body["results"][1] == {"status": "error", "message": "missing required feature 'output_tokens'",
                                   "model_info": ModelIdentity.from_parts(IDENTITY).model_info()}
+
+
+def test_a_device_training_never_saw_is_answered_among_the_known_ones(service):
+    rng = np.random.default_rng(5)
+    speed = {"T4": 1.0, "L4": 2.0, "A100": 4.0, "H100": 8.0, "H200": 16.0}
+    names = list(speed)
+    traces = [{"device": d, "output_tokens": int(o), "runtime_ms": speed[d] * (5 + 0.1 * o) * float(rng.lognormal(0, 0.2))}
+              for d, o in zip(rng.choice(names, 500), rng.integers(10, 500, 500))]
+    metrics = service.train(config(traces))["metrics"]
+    assert set(metrics["unseen_categories"]) == {"device"}
+    assert metrics["unseen_categories"]["device"]["log_sd"] == pytest.approx(np.log(2) * np.sqrt(3.0), rel=0.1)
+    probe = [{"device": d, "output_tokens": 100} for d in [*names, "B200"]]
+    body = predict(service, traces=probe, quantiles=[0.05, 0.5, 0.95]).batch_response()
+    known = [r["quantile_predictions"][1] for r in body["results"][:5]]
+    low, median, high = body["results"][5]["quantile_predictions"]
+    assert median == pytest.approx(known[2], rel=0.1) and low < min(known) and high > max(known)
+    assert body["results"][5]["error"] > 3 * body["results"][2]["error"]
 
 
 def test_default_quantiles_come_from_the_training_config(service):

@@ -3,6 +3,7 @@ that only take regular files."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -54,15 +55,21 @@ class NotRegularFile(OSError):
 
 
 @contextmanager
-def regular_file_fd(path: Path | str) -> Iterator[int]:
+def regular_file_fd(path: Path | str, follow_links: bool = True) -> Iterator[int]:
     """A read-only descriptor of ``path``, which must be a regular file (after symlinks).
 
     Opened without blocking and checked before anything is read: a FIFO in the data
     directory hung the start-up forever, and a link to ``/dev/zero`` was read until memory
     ran out. Raises ``NotRegularFile``, or another ``OSError`` (``FileNotFoundError`` when
-    there is nothing there).
+    there is nothing there). Without ``follow_links``, a symbolic link is refused (``OSError``
+    ELOOP): a file the service writes itself is never one.
     """
-    fd = open_regular(path)
+    try:
+        fd = open_regular(path, os.O_RDONLY if follow_links else os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow_links:
+            raise NotRegularFile(f"{path} is a symbolic link") from None
+        raise
     try:
         yield fd
     finally:
@@ -84,10 +91,10 @@ def open_regular(path: Path | str, flags: int = os.O_RDONLY, mode: int = 0o600) 
     return fd
 
 
-def read_regular(path: Path | str, limit: int = -1) -> bytes:
+def read_regular(path: Path | str, limit: int = -1, follow_links: bool = True) -> bytes:
     """The bytes of ``path`` (at most ``limit``), which must be a regular file (see
     :func:`regular_file_fd`)."""
-    with regular_file_fd(path) as fd, os.fdopen(fd, "rb", closefd=False) as fh:
+    with regular_file_fd(path, follow_links) as fd, os.fdopen(fd, "rb", closefd=False) as fh:
         return fh.read(limit)
 
 

@@ -13,7 +13,7 @@ import math
 import operator
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from os import PathLike
@@ -560,6 +560,16 @@ class _Calls:
 # An answer this large makes enough objects that Python's cyclic collector ran several times
 # while they were made, each time walking all of them: more than half of the parsing time.
 _LARGE_ANSWER_BYTES = 1 << 20
+# A request of more traces than this is written in a worker thread by the asyncio client.
+_LARGE_BATCH_TRACES = 2_000
+
+
+def _traces_in(req: _Request) -> int:
+    """How many traces a request's JSON body carries (a batch's or observations')."""
+    if not isinstance(req.json, dict):
+        return 0
+    traces = req.json.get("trace", req.json.get("traces"))
+    return len(traces) if isinstance(traces, list) else 0
 
 
 @contextmanager
@@ -658,10 +668,10 @@ def _reads_files(files: Mapping[str, Path | str | bytes] | None) -> bool:
     return any(not isinstance(content, bytes) for content in (files or {}).values())
 
 
-async def _built_off_loop(reads_files: bool, build, *args):
-    """``build(*args)``; in a worker thread where it reads files, so that a large upload does
-    not hold the event loop while it is read (200 MB held it 0.2 s)."""
-    return await asyncio.to_thread(build, *args) if reads_files else build(*args)
+async def _built_off_loop(off_loop: bool, build, *args):
+    """``build(*args)``; in a worker thread where ``off_loop`` (it reads files, or checks a
+    long batch), so that it does not hold the event loop (a 200 MB upload held it 0.2 s)."""
+    return await asyncio.to_thread(build, *args) if off_loop else build(*args)
 
 
 class PredictorClient(_Base):
@@ -859,10 +869,14 @@ class AsyncPredictorClient(_Base):
 
     async def _send(self, req: _Request) -> Any:
         attempt = 0
+        # A long batch's body is written in a worker thread (its answer is parsed here: pydantic
+        # holds the GIL throughout, so a thread would not free the event loop; see the README).
+        large = _traces_in(req) > _LARGE_BATCH_TRACES
+        kwargs = await asyncio.to_thread(self._kwargs, req) if large else self._kwargs(req)
         while True:
             try:
                 async with self._in_flight:
-                    response = await self._http.request(req.method, req.path, **self._kwargs(req))
+                    response = await self._http.request(req.method, req.path, **kwargs)
                 return self._calls.parse(req, response)
             except httpx.HTTPError as exc:
                 if not self._should_retry(req, exc, attempt):
@@ -906,8 +920,10 @@ class AsyncPredictorClient(_Base):
                             quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
                             lookup_table: bool = False, shared_factor: bool = False,
                             total_distribution: bool = True) -> BatchPredictionResponse:
-        return await self._send(self._calls.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name,
-                                                          lookup_table, shared_factor, total_distribution))
+        # (Checked in a worker thread where long: every value of every trace is looked at.)
+        return await self._send(await _built_off_loop(
+            isinstance(traces, Sized) and len(traces) > _LARGE_BATCH_TRACES, self._calls.predict_batch, identity, traces,
+            confidence_level, quantiles, lookup_table_name, lookup_table, shared_factor, total_distribution))
 
     async def train_background(self, config: Mapping[str, Any] | TrainConfig,
                                files: Mapping[str, Path | str | bytes] | None = None) -> dict[str, Any]:

@@ -27,13 +27,18 @@ from .atomic import NotRegularFile, open_regular, read_regular, regular_file_fd
 from .errors import writing
 from .identity import ModelIdentity
 from .modeling import EVAL_LEVELS, pinball_loss
-from .traces import dumps_json, is_runtime, read_json_lines
+from .traces import MAX_RUNTIME, MIN_RUNTIME, dumps_json, is_runtime, read_json_lines
 
 log = logging.getLogger(__name__)
 
 MONITOR_LEVELS = EVAL_LEVELS  # 0.05 ... 0.99
 # Central intervals formed by symmetric pairs of the monitored levels.
 MONITOR_INTERVALS = {"0.5": (0.25, 0.75), "0.8": (0.1, 0.9), "0.9": (0.05, 0.95)}
+
+
+def _is_quantile(v: Any) -> bool:
+    """A runtime a model may answer: within 100 times the runtimes training accepts."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and MIN_RUNTIME / 100 <= v <= MAX_RUNTIME * 100
 
 
 def _usable(record: Any) -> bool:
@@ -48,7 +53,9 @@ def _usable(record: Any) -> bool:
     return (
         is_runtime(record.get("runtime_ms"))
         and isinstance(q, list) and len(q) == len(MONITOR_LEVELS)
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in q)
+        # Runtimes, non-decreasing, as a model answers (quantiles of 1e308 made the pinball
+        # loss 8.8e306; decreasing ones were counted as coverage).
+        and all(_is_quantile(v) for v in q) and all(a <= b for a, b in zip(q, q[1:]))
         and isinstance(record.get("trace"), dict) and isinstance(record.get("ts"), (int, float))
         and isinstance(record.get("version"), int)
         # Its place in its /observe batch (logs written before it was stored have none).

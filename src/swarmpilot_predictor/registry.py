@@ -155,7 +155,9 @@ class ModelVersion:
             created_at=float(created_at),
             target=d["target"],
             features=features,
-            quantiles=[float(q) for q in quantiles],
+            # Training writes them increasing, once each; a file that holds them otherwise
+            # (edited by hand) had its answers' quantiles served in its order.
+            quantiles=sorted({float(q) for q in quantiles}),
             algorithm=d["algorithm"],
             family=d["family"],
             data_hash=data_hash,
@@ -571,7 +573,9 @@ class ModelRegistry:
                         seen[entry.path] = cached
                         continue
                 else:
-                    raw = read_regular(entry.path, MAX_META_BYTES + 1)
+                    # (Not through a link: the service writes its files itself, and a link to a
+                    # file elsewhere, read as a version, was served.)
+                    raw = read_regular(entry.path, MAX_META_BYTES + 1, follow_links=False)
                     if len(raw) > MAX_META_BYTES:
                         raise ValueError(f"it holds more than {MAX_META_BYTES:,} bytes")
                     meta = ModelVersion.from_json(orjson.loads(raw))
@@ -584,7 +588,7 @@ class ModelRegistry:
                                          f"{meta.identity.dirname}")
             except Exception as exc:  # one damaged file costs its own version, never the scan
                 log.warning("skipping unreadable model metadata %s: %s", entry.path, exc)
-                if mtime is not None and not isinstance(exc, OSError):
+                if mtime is not None and (not isinstance(exc, OSError) or isinstance(exc, NotRegularFile)):
                     # Damaged: not read again, nor said again, until it changes. (A file that
                     # could not be opened, for want of descriptors or permission, is tried
                     # again: that may pass without the file changing.)
@@ -683,7 +687,7 @@ class ModelRegistry:
                 return hit
         path = self.root / identity.dirname / _model_file(meta.version)
         try:
-            raw = read_regular(path)
+            raw = read_regular(path, follow_links=False)
             digest = meta.extra.get(MODEL_DIGEST)
             if digest is not None and hashlib.sha256(raw).hexdigest() != digest:
                 raise ValueError("the file does not match the SHA-256 digest its meta file holds")

@@ -48,6 +48,9 @@ class PredictorSettings(BaseSettings):
     log_level: str = "info"
     # Prediction cache entries (0 turns it off); see the README for when it pays.
     cache_size: int = Field(default=10_000, ge=0, le=MAX_COUNT)
+    # Batch predictions worked on at once, each in a thread of its own (the others wait their
+    # turn without one), apart from the thread pool of /health, /models and model loading.
+    batch_threads: int = Field(default=4, ge=1, le=256)
     # Accuracy monitoring and online retraining. Values that would turn them into
     # nonsense (no window, keeping no observation file) are refused at startup.
     accuracy_window: int = Field(default=1000, ge=1, le=MAX_COUNT)

@@ -30,7 +30,7 @@ import orjson
 
 from .atomic import atomic_write_bytes, read_regular
 from .errors import InvalidInput, NotFound, PredictorError, TooBusy, shown, validation_message
-from .features import FeatureSchema, row_counters
+from .features import DataReport, FeatureSchema, row_counters
 from .identity import BOOLEAN_PART_NAMES, IDENTITY_KEYS, ModelIdentity, identity_part_problem
 from .modeling import QuantileModel, check_params, lightgbm_errors, params_not_used, per_feature_param_problem
 from .processes import started, still_running
@@ -120,10 +120,13 @@ class Trainer:
         counters = row_counters(table) if config.features is None else frozenset()
         # Every group is fitted before any is stored: one that cannot be (too few rows, say)
         # is a 422 that leaves no other group's new version behind, which a retry would repeat.
-        fitted = []
+        # And every group's rows are read before any is fitted: such a group is found in
+        # milliseconds, not after the fits of the groups before it (17 s for 30 groups).
+        prepared = []
         for identity, part in groups:
             part, foreign = self._own_rows(identity, part, config.group_by or ())
-            fitted.append(self._fit_one(identity, part, config, foreign, counters))
+            prepared.append(self._prepare_one(identity, part, config, foreign, counters))
+        fitted = [self._fit_one(config, *one) for one in prepared]
         trained: list[ModelVersion] = []
         try:
             for meta, model, data in fitted:
@@ -225,10 +228,10 @@ class Trainer:
                                f"(use group_by to train one model per {key})", field="traces")
         return (table if own.all() else table.take(np.flatnonzero(own))), foreign
 
-    def _fit_one(self, identity: ModelIdentity, table: TraceTable, config: TrainConfig,
-                 foreign: dict[str, int] | None = None, counters: frozenset[str] = frozenset(),
-                 ) -> tuple[ModelVersion, QuantileModel, tuple[np.ndarray, np.ndarray]]:
-        """One model fitted on ``table``: its metadata, the model and its training rows, to store."""
+    def _prepare_one(self, identity: ModelIdentity, table: TraceTable, config: TrainConfig,
+                     foreign: dict[str, int] | None = None, counters: frozenset[str] = frozenset(),
+                     ) -> tuple[ModelIdentity, FeatureSchema, np.ndarray, np.ndarray, DataReport]:
+        """One model's training rows read from ``table`` and checked, for :meth:`_fit_one`."""
         try:
             schema, X, y, report = FeatureSchema.prepare_training(table, config.target, config.features,
                                                                   first_of_shape=config.first_of_shape,
@@ -251,6 +254,12 @@ class Trainer:
                                "model the runtimes alone", field="algorithm")
         if (problem := per_feature_param_problem(config.params, schema.column_names)) is not None:
             raise InvalidInput(f"{identity.key}: params: {problem[1]}", field=f"params.{problem[0]}")
+        return identity, schema, X, y, report
+
+    def _fit_one(self, config: TrainConfig, identity: ModelIdentity, schema: FeatureSchema, X: np.ndarray,
+                 y: np.ndarray, report: DataReport) -> tuple[ModelVersion, QuantileModel, tuple[np.ndarray, np.ndarray]]:
+        """One model fitted on rows :meth:`_prepare_one` read: its metadata, the model and its
+        training rows, to store."""
         t0 = time.perf_counter()
         try:
             model = QuantileModel(schema.kinds, schema.n_categories, config.algorithm, params=config.params,
@@ -265,6 +274,8 @@ class Trainer:
             "data": report.to_json(),
             "training_seconds": time.perf_counter() - t0,
         }
+        if unseen := model.unseen_categories():
+            metrics["unseen_categories"] = {schema.column_names[j]: v for j, v in unseen.items()}
         if model.algorithm == "auto" and (unused := params_not_used(config.params, set(model.cv_), len(y))):
             metrics["params_not_used"] = unused
         digest = hashlib.sha256()

@@ -42,6 +42,9 @@ SHARED_SD_TAIL_SHARE = 0.01
 
 # Above this many rows, candidates are compared and calibrated on a random subsample.
 SELECT_MAX_ROWS = 50_000
+# Training rows on which the known values of a categorical column are compared, to answer
+# a value training never saw (see QuantileModel._learn_unseen_categories).
+UNSEEN_SAMPLE_ROWS = 200
 # Simpler candidates win unless a more complex one is clearly better on held-out rows.
 FAMILY_COMPLEXITY = {"empirical": 0, "linear": 1, "power": 1, "lightgbm": 2}
 SELECTION_SE = 1.0
@@ -117,6 +120,15 @@ def location_weights(s: np.ndarray, w: np.ndarray | None) -> np.ndarray:
     """Weights ``w / s**2`` (mean 1) for refitting a location under feature-dependent noise."""
     v = (1.0 if w is None else w) / np.maximum(s, 1e-6) ** 2
     return v / v.mean()
+
+
+def unseen_spread(s: np.ndarray, score_sd: float, var: np.ndarray) -> np.ndarray:
+    """The ``spread`` (see :class:`RuntimeDistribution`) that takes a task's log sd from its
+    own ``s * score_sd`` to the square root of that squared plus ``var``: the sd of its own
+    noise plus an independent unknown of variance ``var``. The spread term moves with the
+    task's own noise level by level, so it adds less than ``var``'s root to reach that."""
+    own = s * score_sd
+    return np.where(var > 0, np.sqrt(own * own + var) - own, 0.0)
 
 
 def _log_bounds(lo: float, hi: float) -> tuple[float, float]:
@@ -231,6 +243,8 @@ class QuantileModel:
         self.regimes_: tuple[QuantileModel, QuantileModel] | None = None
         self.regime_cv_: dict[str, Any] | None = None
         self.shape_reads_location_ = False
+        self.unseen_shift_: list[float] = [0.0] * len(self.kinds)
+        self.unseen_sd_: list[float] = [0.0] * len(self.kinds)
 
     # ------------------------------------------------------------------ fitting
 
@@ -471,6 +485,74 @@ class QuantileModel:
             self.shape_ = shape
         self.n_rows_ = n
         self.log_range_ = (float(ylog.min()), float(ylog.max()))
+        self._learn_unseen_categories(X)
+
+    def _learn_unseen_categories(self, X: np.ndarray) -> None:
+        """For each categorical column whose training rows all held a known value, how a
+        value training never saw is answered: ``unseen_shift_``, what moves its location to
+        the mean of the known values' (each value counted once, not by its rows: a new
+        device is not more like the commonest one), and ``unseen_sd_``, the log sd of the
+        known values' locations about that mean (where among them it lies is not known).
+        Taken over up to ``UNSEEN_SAMPLE_ROWS`` training rows, each answered with every known
+        value in turn. A column with unseen-coded training rows (rare values, missing ones)
+        has had its unknown level, and that level's spread, learned from them: it gets none."""
+        self.unseen_shift_ = [0.0] * len(self.kinds)
+        self.unseen_sd_ = [0.0] * len(self.kinds)
+        columns = [(j, k) for j, k in self._categories() if k >= 2 and self.features_used_[j]
+                   and np.all(np.isfinite(X[:, j]))]
+        if not columns:
+            return
+        rng = np.random.default_rng(self.random_state)
+        rows = X[np.sort(rng.choice(len(X), min(len(X), UNSEEN_SAMPLE_ROWS), replace=False))]
+        bounds = self._bounds()
+        for j, k in columns:
+            probe = np.repeat(rows[None, :, :], k + 1, axis=0)  # (known values + the unseen one, rows, columns)
+            probe[:, :, j] = np.append(np.arange(k, dtype=np.float64), np.nan)[:, None]
+            m = np.clip(self.location_.predict(probe.reshape(-1, X.shape[1])), *bounds).reshape(k + 1, len(rows))
+            known = m[:k]
+            self.unseen_shift_[j] = float((known.mean(axis=0) - m[k]).mean())
+            # A new value is drawn from the population the k known ones sample: its spread
+            # about their mean is their sample variance, and that mean's own, 1/k of it.
+            self.unseen_sd_[j] = float(np.sqrt(known.var(axis=0, ddof=1).mean() * (1 + 1 / k)))
+
+    def unseen_categories(self) -> dict[int, dict[str, float]]:
+        """Per column that answers a value training never saw among its known ones: the
+        ``shift`` of the log location and the ``log_sd`` it adds (see ``_learn_unseen_categories``)."""
+        return {j: {"shift": self.unseen_shift_[j], "log_sd": self.unseen_sd_[j]}
+                for j, _ in self._categories() if self.unseen_sd_[j] > 0 or self.unseen_shift_[j] != 0}
+
+    def _categories(self) -> list[tuple[int, int]]:
+        """(column, number of known values) of each categorical column."""
+        return [(j, int(k)) for j, (kind, k) in enumerate(zip(self.kinds, self.n_categories)) if kind == "categorical"]
+
+    def _unseen_rows(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per row, the location shift and the log variance its unseen categories add, or None
+        where no row has one that widens."""
+        shift = var = None
+        for j, k in self._categories():
+            if self.unseen_sd_[j] <= 0 and self.unseen_shift_[j] == 0:
+                continue
+            c = X[:, j]
+            with np.errstate(invalid="ignore"):
+                unseen = ~((c >= 0) & (c < k) & (c == np.floor(c)))  # NaN: unseen
+            if unseen.any():
+                if shift is None:
+                    shift, var = np.zeros(len(X)), np.zeros(len(X))
+                shift += np.where(unseen, self.unseen_shift_[j], 0.0)
+                var += np.where(unseen, self.unseen_sd_[j] ** 2, 0.0)
+        return None if shift is None else (shift, var)
+
+    def _unseen_row(self, x: Sequence[float]) -> tuple[float, float]:
+        """``_unseen_rows`` for one row, in plain floats: (shift, log variance)."""
+        shift = var = 0.0
+        for j, k in self._categories():
+            if self.unseen_sd_[j] <= 0 and self.unseen_shift_[j] == 0:
+                continue
+            c = x[j]
+            if not (0 <= c < k and c == int(c)):  # False for NaN
+                shift += self.unseen_shift_[j]
+                var += self.unseen_sd_[j] ** 2
+        return shift, var
 
     @staticmethod
     def _shape_inputs(X: np.ndarray, location: np.ndarray, kinds: list[str], reads_location: bool) -> tuple[np.ndarray, list[str]]:
@@ -985,12 +1067,17 @@ class QuantileModel:
             m = np.clip(np.where(np.isnan(m), (lo + hi) / 2, m), *bounds)
         s = np.asarray(self.scale_.predict(X if self.scale_.kinds else X[:, :0]), dtype=np.float64)
         varies = not self.scale_.is_constant  # as describe_one reads it: one answer per task, in any batch
+        cdf = None
         if self.shape_ is not None and self.shape_.knots_:
             Xs, _ = self._shape_inputs(X, m, self.kinds, self.shape_reads_location_)
-            return RuntimeDistribution(m, s, self.score_, self.shape_.knots_, self.shape_.cdf(Xs), bounds,
-                                       self.shared_log_sd_, varies, self.atoms_)
-        return RuntimeDistribution(m, s, self.score_, log_bounds=bounds, shared_log_sd=self.shared_log_sd_,
-                                   scale_varies=varies, atoms=self.atoms_)
+            cdf = self.shape_.cdf(Xs)
+        spread = None
+        if (unseen := self._unseen_rows(X)) is not None:
+            shift, var = unseen
+            m = np.clip(m + shift, *bounds)
+            spread = unseen_spread(s, self.score_.log_sd(), var)
+        return RuntimeDistribution(m, s, self.score_, self.shape_.knots_ if cdf is not None else None, cdf, bounds,
+                                   self.shared_log_sd_, varies, self.atoms_, spread)
 
     def _set_atoms(self, atoms: np.ndarray) -> None:
         self.atoms_ = atoms
@@ -1027,12 +1114,16 @@ class QuantileModel:
             m = min(max(m, bounds[0]), bounds[1])
         s = self.scale_.predict_row(x)
         shape = self.shape_
+        cdf = None
         if shape is not None and shape.knots_:
-            row = [*x, m] if self.shape_reads_location_ else x
-            return describe_one(m, s, self.score_, levels, self.scale_.is_constant, shape.knots_, shape.cdf_row(row),
-                                bounds, self.atom_values_)
-        return describe_one(m, s, self.score_, levels, self.scale_.is_constant, log_bounds=bounds,
-                            atoms=self.atom_values_)
+            cdf = shape.cdf_row([*x, m] if self.shape_reads_location_ else x)
+        shift, var = self._unseen_row(x)
+        spread = 0.0
+        if shift != 0 or var > 0:
+            m = min(max(m + shift, bounds[0]), bounds[1])
+            spread = float(unseen_spread(np.array([s]), self.score_.log_sd(), np.array([var]))[0])
+        return describe_one(m, s, self.score_, levels, self.scale_.is_constant, shape.knots_ if cdf is not None else None,
+                            cdf, bounds, self.atom_values_, spread)
 
     def check_loaded(self, probe: Sequence[float] | None = None) -> None:
         """Raise ValueError unless a probe task gets finite, ordered answers, the same on
@@ -1095,6 +1186,8 @@ class QuantileModel:
             "regime_column": self.regime_column,
             "regimes": None if self.regimes_ is None else [m.to_json() for m in self.regimes_],
             "regime_cv": self.regime_cv_,
+            "unseen_shift": self.unseen_shift_,
+            "unseen_sd": self.unseen_sd_,
         }
 
     @classmethod
@@ -1154,6 +1247,14 @@ class QuantileModel:
         if regime_cv is not None and not isinstance(regime_cv, dict):
             raise ValueError(f"regime_cv is {shown(regime_cv)}, not an object")
         obj.regime_cv_ = regime_cv
+        # Models stored before 2026-12-01 (13:00 UTC): an unseen category as a known one's spread.
+        for name in ("unseen_shift", "unseen_sd"):
+            got = d.get(name, [0.0] * len(obj.kinds))
+            if not (isinstance(got, list) and len(got) == len(obj.kinds) and all(_finite_number(v) and abs(v) <= 1e3 for v in got)
+                    and (name == "unseen_shift" or all(v >= 0 for v in got))):
+                raise ValueError(f"{name} is {shown(got)}, not a {'non-negative ' if name == 'unseen_sd' else ''}"
+                                 f"number per column ({len(obj.kinds)})")
+            setattr(obj, name + "_", [float(v) for v in got])
         return obj
 
 

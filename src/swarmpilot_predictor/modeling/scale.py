@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .design import LogLinearDesign, _is_sparse, _sparse_lu, _sparse_view, _wgram, _with_intercept
-from .stored import _stored_numbers
+from .stored import _stored_finite_numbers
 
 
 # Residuals a feature-dependent scale needs: on fewer it is the constant one.
@@ -193,5 +193,5 @@ class ScaleModel:
         obj = cls(kinds, n_categories, d["alpha"], design.hinges, link)
         obj.design_ = design
         obj.intercept_ = 0.0
-        obj.coef_ = _stored_numbers(d["coef"], "coef")
+        obj.coef_ = _stored_finite_numbers(d["coef"], "coef")
         return obj

@@ -19,7 +19,7 @@ from ..distribution import ScoreDistribution
 from ..errors import shown
 from .design import (LogLinearDesign, _categorical_positions, _is_sparse, _sparse_solve, _sparse_view, _wgram, _wgrams,
                      _with_intercept)
-from .stored import _stored_numbers
+from .stored import _stored_finite_numbers
 
 
 # Knots of the shape model: levels of the shared Z where per-task CDFs are modelled.
@@ -255,9 +255,9 @@ class ShapeModel:
         obj = cls(kinds, n_categories, d["alpha"], int(d.get("hinges", 0)))
         obj.knots_ = tuple(float(t) for t in d["knots"])
         obj.design_ = LogLinearDesign.from_json(d["design"])
-        obj.coef_ = _stored_numbers(d["coef"], "coef", ndim=2).reshape(-1, len(obj.knots_))
+        obj.coef_ = _stored_finite_numbers(d["coef"], "coef", ndim=2).reshape(-1, len(obj.knots_))
         rc = d.get("recalibration")
-        obj.recal_ = None if rc is None else (_stored_numbers(rc[0], "recalibration"), _stored_numbers(rc[1], "recalibration"))
+        obj.recal_ = None if rc is None else (_stored_finite_numbers(rc[0], "recalibration"), _stored_finite_numbers(rc[1], "recalibration"))
         return obj
 
 

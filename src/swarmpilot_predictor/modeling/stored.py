@@ -44,6 +44,16 @@ def _stored_numbers(values: Any, what: str, ndim: int = 1) -> np.ndarray:
     return a.astype(np.float64)
 
 
+def _stored_finite_numbers(values: Any, what: str, ndim: int = 1) -> np.ndarray:
+    """``_stored_numbers`` that must all be finite: a fitted coefficient is never null (a null
+    one made every location NaN, which is answered as the middle of the training runtimes:
+    a damaged model served one runtime whatever the task)."""
+    a = _stored_numbers(values, what, ndim)
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{what} holds a value that is not a finite number")
+    return a
+
+
 def _stored_kinds(kinds: Any, n_categories: Any) -> list[str]:
     """A stored design's column kinds, checked against its category counts."""
     if not (isinstance(kinds, list) and all(k in ("numeric", "categorical", "unused") for k in kinds)):
