@@ -1066,6 +1066,7 @@ def test_generation_writes_integers_beyond_64_bits(trained, tmp_path):
     big = 2**70 + 1
     rows = [dict(t) for t in traces[:5]]
     rows[0]["task_id"] = big  # the CSV and Python json readers give arbitrary-size integers
+    rows[4]["task_id"] = 2**60 + 1  # within 64 bits, past a float's exact integers
     rows[1]["input_tokens"] = 2**64 + 7
     rows[2]["task_id"] = 10**400
     rows[3]["task_id"] = "\ud800"  # not writable as JSON at all
@@ -1089,7 +1090,14 @@ def test_generation_writes_integers_beyond_64_bits(trained, tmp_path):
     assert result["errors"] == ["trace 3: cannot be written as CSV (a string is not valid UTF-8: surrogates not allowed)"]
     lines = (service.settings.tables_dir / "big.csv").read_text().splitlines()
     assert len(lines) == 5 and lines[1].split(",")[2] == str(big) and lines[3].split(",")[2] == str(10**400)
-    assert service.tables.get("big.csv").lookup([{"task_id": str(big)}]).rows.tolist() == [0]
+    # Read back, an integer id beyond 64 bits is what a request carries (orjson reads it as the
+    # nearest float): the trace finds its record, as from the JSON table (it did not).
+    csv_table = service.tables.get("big.csv")
+    assert csv_table.lookup([{"task_id": float(big)}]).kinds()[0] == "task_id"
+    assert csv_table.lookup([{"task_id": float(big)}]).rows.tolist() == [0]
+    assert csv_table.lookup([{"task_id": str(10**400)}]).rows.tolist() == [2]  # past the float range: its digits
+    assert csv_table.lookup([{"task_id": 2**60 + 1}]).rows.tolist() == [3]  # (trace 3 was left out)
+    assert service.tables.get("big.json").lookup([{"task_id": 2**60 + 1}]).rows.tolist() == [3]
 
 
 def test_a_csv_table_answers_the_categorical_traces_it_was_made_from(tmp_path):

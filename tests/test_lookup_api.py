@@ -300,3 +300,11 @@ def test_table_names_levels_and_values_at_the_edges(live):
         levels = orjson.loads((srv.data_dir / "tables" / "gen.json").read_bytes())[0]["quantiles"]
         assert empty.quantiles == levels and empty.total_quantiles == [0.0] * len(levels)
         assert empty.expect == 0.0 and empty.total_interval == [0.0, 0.0]
+        # A batch none of whose traces is found names those levels too, with null totals, as
+        # the model's does (it named none).
+        r = httpx.post(f"{srv.url}/predict/batch/{SEGMENTS}",
+                       json={"trace": [{"input_tokens": 1}, {"nope": 2}], "lookup_table": True,
+                             "lookup_table_name": "gen.json"}).json()
+        model = httpx.post(f"{srv.url}/predict/batch/{SEGMENTS}", json={"trace": [{"input_tokens": 1}]}).json()
+        assert r["summary"]["success"] == 0 and r["quantiles"] == levels and r["total_quantiles"] is None
+        assert model["summary"]["success"] == 0 and model["quantiles"] and model["total_quantiles"] is None

@@ -13,6 +13,7 @@ import gzip
 import io
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -69,6 +70,25 @@ def _iter_csv_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
     with text_view(raw) as text:
         yield from _csv_records(text, name)
 
+
+
+_PLAIN_INTEGER = re.compile(r"-?[1-9][0-9]*")
+
+
+def _csv_id(cell: str) -> Any:
+    """An id cell of a CSV table as the service reads the trace's own value in a request: a
+    long integer is a number there, and one beyond 64 bits the nearest float (orjson reads
+    it so, and a JSON table writes it so), where the CSV keeps every digit as text, and the
+    trace did not find its record (ids are matched as categories are, numbers by value)."""
+    if len(cell) > 15 and _PLAIN_INTEGER.fullmatch(cell):
+        value = int(cell)
+        if -(2**63) <= value < 2**64:
+            return value
+        try:
+            return float(value)
+        except OverflowError:  # past the float range: its digits, as a JSON table keeps it
+            pass
+    return cell
 
 def _csv_records(text: IO[str], name: str) -> Iterator[tuple[str, Any]]:
     try:
@@ -136,7 +156,7 @@ def _csv_records(text: IO[str], name: str) -> Iterator[tuple[str, Any]]:
                 raise TraceError(f"{name}: {where}: a prediction column is not a number ({exc})") from None
             for h, i in ids:
                 if row[i] != "":
-                    rec[h] = row[i]
+                    rec[h] = _csv_id(row[i])
             if i_shape is not None and (cell := row[i_shape]) != "":
                 if cell not in shape_cells:
                     try:

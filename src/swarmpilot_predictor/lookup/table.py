@@ -953,9 +953,10 @@ class LookupTable:
                 item["kind_mismatch"] = True
             results.append(item)
             k += 1
-        # An empty queue answers the levels its tasks would have had: the table's first records'.
+        # An empty queue, or one none of whose traces was found, answers the levels its tasks
+        # would have had: the table's first records' (a model answers its default levels).
         total_levels = levels if levels is not None else (
-            answers[0][0] if n_ok else (list(self.levelset_lists[0]) if not traces and self.levelset_lists else None))
+            answers[0][0] if n_ok else (list(self.levelset_lists[0]) if self.levelset_lists else None))
         total = None
         if with_total and n_ok:
             total = self._total(np.asarray(ok_rows, dtype=np.int64), np.asarray(expect), np.asarray(error),
