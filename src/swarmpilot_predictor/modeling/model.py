@@ -498,6 +498,7 @@ class QuantileModel:
         has had its unknown level, and that level's spread, learned from them: it gets none."""
         self.unseen_shift_ = [0.0] * len(self.kinds)
         self.unseen_sd_ = [0.0] * len(self.kinds)
+        self._widening_cache = None
         columns = [(j, k) for j, k in self._categories() if k >= 2 and self.features_used_[j]
                    and np.all(np.isfinite(X[:, j]))]
         if not columns:
@@ -525,33 +526,39 @@ class QuantileModel:
         """(column, number of known values) of each categorical column."""
         return [(j, int(k)) for j, (kind, k) in enumerate(zip(self.kinds, self.n_categories)) if kind == "categorical"]
 
+    def _widening(self) -> tuple[tuple[int, int, float, float], ...]:
+        """(column, known values, shift, log variance) of each column that answers an unseen
+        value among the known ones; cached (the single-row path asks on every prediction)."""
+        got = self.__dict__.get("_widening_cache")
+        if got is None:
+            got = self._widening_cache = tuple(
+                (j, k, self.unseen_shift_[j], self.unseen_sd_[j] ** 2) for j, k in self._categories()
+                if self.unseen_sd_[j] > 0 or self.unseen_shift_[j] != 0)
+        return got
+
     def _unseen_rows(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """Per row, the location shift and the log variance its unseen categories add, or None
         where no row has one that widens."""
         shift = var = None
-        for j, k in self._categories():
-            if self.unseen_sd_[j] <= 0 and self.unseen_shift_[j] == 0:
-                continue
+        for j, k, dj, vj in self._widening():
             c = X[:, j]
             with np.errstate(invalid="ignore"):
                 unseen = ~((c >= 0) & (c < k) & (c == np.floor(c)))  # NaN: unseen
             if unseen.any():
                 if shift is None:
                     shift, var = np.zeros(len(X)), np.zeros(len(X))
-                shift += np.where(unseen, self.unseen_shift_[j], 0.0)
-                var += np.where(unseen, self.unseen_sd_[j] ** 2, 0.0)
+                shift += np.where(unseen, dj, 0.0)
+                var += np.where(unseen, vj, 0.0)
         return None if shift is None else (shift, var)
 
     def _unseen_row(self, x: Sequence[float]) -> tuple[float, float]:
         """``_unseen_rows`` for one row, in plain floats: (shift, log variance)."""
         shift = var = 0.0
-        for j, k in self._categories():
-            if self.unseen_sd_[j] <= 0 and self.unseen_shift_[j] == 0:
-                continue
+        for j, k, dj, vj in self._widening():
             c = x[j]
             if not (0 <= c < k and c == int(c)):  # False for NaN
-                shift += self.unseen_shift_[j]
-                var += self.unseen_sd_[j] ** 2
+                shift += dj
+                var += vj
         return shift, var
 
     @staticmethod
@@ -1255,6 +1262,7 @@ class QuantileModel:
                 raise ValueError(f"{name} is {shown(got)}, not a {'non-negative ' if name == 'unseen_sd' else ''}"
                                  f"number per column ({len(obj.kinds)})")
             setattr(obj, name + "_", [float(v) for v in got])
+        obj._widening_cache = None
         return obj
 
 
