@@ -245,6 +245,20 @@ def test_the_async_client_writes_a_long_batch_off_the_event_loop_and_answers_as_
     assert long.results[:10] == short.results
 
 
+def test_an_answer_past_the_training_range_says_so_through_both_clients(trained_server):
+    trace = {"input_tokens": 300, "output_tokens": 100_000}  # training saw 8 to 511 output tokens
+
+    async def run():
+        async with AsyncPredictorClient(trained_server.url) as client:
+            return await client.predict_single(IDENTITY, trace)
+
+    with PredictorClient(trained_server.url) as client:
+        single = client.predict_single(IDENTITY, trace)
+        batch = client.predict_batch(IDENTITY, [trace, {"input_tokens": 300, "output_tokens": 100}])
+    assert single.results.outside_training == ["output_tokens"] == asyncio.run(run()).results.outside_training
+    assert [r.outside_training for r in batch.results] == [["output_tokens"], None]
+
+
 def test_nan_and_infinity_are_refused_before_sending(trained_server):
     # orjson writes NaN as null, which the service would read as a missing feature:
     # both clients refuse such a request, naming the value's place, and send nothing.

@@ -313,6 +313,19 @@ def test_schema_json_round_trip():
     assert schema.to_json()[1] == {"name": "gpu", "kind": "categorical", "categories": ["a100", "h100"]}
 
 
+@pytest.mark.parametrize("span", [[5.0], [2.0, 1.0], ["1", 2.0], [1.0, float("inf")], "1-2"])
+def test_a_numeric_feature_keeps_its_training_range_and_a_damaged_one_is_refused(span):
+    schema, X, _, _ = prepare(base_traces())
+    spec = schema.features[[f.name for f in schema.features].index("input_tokens")]
+    column = X[:, [f.name for f in schema.features].index("input_tokens")]
+    assert (spec.low, spec.high) == (column.min(), column.max())
+    stored = spec.to_json()
+    assert stored["range"] == [spec.low, spec.high]
+    with pytest.raises(ValueError, match="'range' must be the least and the greatest value"):
+        FeatureSpec.from_json({**stored, "range": span})
+    assert FeatureSpec.from_json({k: v for k, v in stored.items() if k != "range"}).low is None  # stored before
+
+
 def test_data_report_to_json():
     r = DataReport(rows_total=3)
     r.drop_rows("x", 0)

@@ -639,6 +639,43 @@ def test_a_device_training_never_saw_is_answered_among_the_known_ones(service):
     assert body["results"][5]["error"] > 3 * body["results"][2]["error"]
 
 
+def test_an_answer_names_the_features_whose_value_training_never_saw(service):
+    traces = make_llm_traces(200)
+    for i, t in enumerate(traces):
+        t["gpu"] = ["a", "b", "c"][i % 3]
+        if i % 10 == 0:
+            del t["gpu"]  # training had gaps: a trace may have one too, and is not flagged for it
+    service.train(config(traces))
+    low, high = min(t["input_tokens"] for t in traces), max(t["input_tokens"] for t in traces)
+    probe = [{"input_tokens": low, "output_tokens": 50, "gpu": "a"},  # at the edge: within
+             {"input_tokens": high + 1, "output_tokens": 50, "gpu": "a"},
+             {"input_tokens": 100, "output_tokens": 50, "gpu": "zz"},
+             {"input_tokens": low - 1, "output_tokens": 10**6, "gpu": "zz"},
+             {"input_tokens": 100, "output_tokens": 50}]
+    want = [None, ["input_tokens"], ["gpu"], ["input_tokens", "output_tokens", "gpu"], None]
+    batch = predict(service, traces=probe, with_total=True).batch_response()
+    assert [r.get("outside_training") for r in batch["results"]] == want
+    # Alone (the single-row path), from the cache, and several at once (coalesced): the same.
+    for _ in range(2):
+        assert [predict(service, traces=[t]).single_response()["results"].get("outside_training")
+                for t in probe] == want
+    assert [p.single_response()["results"].get("outside_training") for p in service.predict_each(PATTERN, probe * 4)] \
+        == want * 4
+    # A model stored before the ranges were kept flags unseen categories only.
+    meta_path = next((service.settings.data_dir / "models").glob("*/v0001.meta.json"))
+    meta = orjson.loads(meta_path.read_bytes())
+    for f in meta["features"]:  # (a list of specs: this model derives no first_of_shape)
+        f.pop("range", None)
+    meta["extra"].pop("model_sha256", None)
+    meta_path.write_bytes(orjson.dumps(meta))
+    fresh = PredictorService(service.settings)
+    try:
+        old = fresh.predict(PATTERN, probe).batch_response()
+        assert [r.get("outside_training") for r in old["results"]] == [None, None, ["gpu"], ["gpu"], None]
+    finally:
+        fresh.close()
+
+
 def test_default_quantiles_come_from_the_training_config(service):
     service.train(config(make_llm_traces(100), quantiles=[0.99, 0.5, 0.5]))
     pred = predict(service)

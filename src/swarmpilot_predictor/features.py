@@ -67,6 +67,10 @@ class FeatureSpec:
     # Numeric only: training read the few words among its numbers ("n/a") as missing; a
     # trace's word is read so too (any other feature's word is an error).
     words_missing: bool = False
+    # Numeric only: the least and the greatest value training saw (None: a model stored
+    # before they were kept). A value past them is flagged in the answer (outside_training).
+    low: float | None = None
+    high: float | None = None
 
     def text_value(self, text: str) -> float:
         """What this numeric feature reads a string as: the finite number it spells; else NaN
@@ -97,6 +101,8 @@ class FeatureSpec:
             out["categories"] = list(self.categories)
         else:
             out["fill"] = self.fill
+        if self.low is not None:
+            out["range"] = [self.low, self.high]
         if self.optional:  # written only when set: older services read the rest as before
             out["optional"] = True
         if self.words_missing:
@@ -117,7 +123,14 @@ class FeatureSpec:
         words_missing = d.get("words_missing", False)
         if not isinstance(words_missing, bool):
             raise ValueError(f"feature {d['name']!r}: 'words_missing' must be true or false")
-        return cls(d["name"], d["kind"], tuple(categories), float(d.get("fill", 0.0)), optional, words_missing)
+        span = d.get("range")  # specs stored before 2026-12-01: none
+        if span is not None and not (isinstance(span, list) and len(span) == 2
+                                     and all(type(v) in (int, float) and math.isfinite(v) for v in span)
+                                     and span[0] <= span[1]):
+            raise ValueError(f"feature {d['name']!r}: 'range' must be the least and the greatest value, got {span!r:.200}")
+        low, high = (None, None) if span is None else (float(span[0]), float(span[1]))
+        return cls(d["name"], d["kind"], tuple(categories), float(d.get("fill", 0.0)), optional, words_missing,
+                   low, high)
 
 
 @dataclass(frozen=True, eq=False)
@@ -559,7 +572,8 @@ class FeatureSchema:
                     values = np.where(finite, values, fill)
                 if words:
                     report.words_read_as_missing[name] = words
-                spec = FeatureSpec(name, "numeric", fill=fill, optional=n_missing > 0, words_missing=bool(words))
+                spec = FeatureSpec(name, "numeric", fill=fill, optional=n_missing > 0, words_missing=bool(words),
+                                   low=float(fin.min()), high=float(fin.max()))
                 columns.append(values)
             specs.append(spec)
             if len(specs) > MAX_FEATURES:
@@ -646,6 +660,41 @@ class FeatureSchema:
                 else:
                     X[i, -1] = flag
         return X, errors
+
+    def outside_training(self, X: np.ndarray, traces: Sequence[dict[str, Any]]) -> list[list[str]] | None:
+        """Per row of ``X`` (encoded from ``traces`` by :meth:`matrix`, without errors), the
+        features whose value training never saw: a number past the least or the greatest
+        training value, a category it did not learn (nor, where rare values were read as
+        unseen, one of those). None where no row has one. Where such a value lies, the
+        model extrapolates, or answers among the known categories: a scheduler may want to
+        know (and to train with such tasks)."""
+        flagged: list[list[str]] | None = None
+        for j, spec in enumerate(self.features):
+            if spec.kind == "numeric":
+                if spec.low is None:
+                    continue
+                out = (X[:, j] < spec.low) | (X[:, j] > spec.high)
+            else:
+                out = np.isnan(X[:, j])  # a category it did not learn, or a gap where training had gaps
+                for i in np.flatnonzero(out).tolist():
+                    out[i] = traces[i].get(spec.name) is not None
+            if out.any():
+                if flagged is None:
+                    flagged = [[] for _ in range(len(X))]
+                for i in np.flatnonzero(out).tolist():
+                    flagged[i].append(spec.name)
+        return flagged
+
+    def outside_training_row(self, x: Sequence[float], trace: dict[str, Any]) -> list[str]:
+        """:meth:`outside_training` for one row of :meth:`row`, in plain floats."""
+        out = []
+        for spec, v in zip(self.features, x):
+            if spec.kind == "numeric":
+                if spec.low is not None and not spec.low <= v <= spec.high:
+                    out.append(spec.name)
+            elif v != v and trace.get(spec.name) is not None:
+                out.append(spec.name)
+        return out
 
     def row(self, trace: dict[str, Any]) -> tuple[list[float], str | None]:
         """One trace encoded like a row of :meth:`matrix`, in plain floats; (values, error or None)."""

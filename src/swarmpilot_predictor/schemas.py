@@ -241,6 +241,9 @@ class PredictionResult(_Response):
     model_version: int | None = None
     message: str | None = None
     source: str | None = None
+    # The features whose value training never saw (a number past its range, a category it
+    # did not learn): sent only where there is one.
+    outside_training: list[str] | None = None
 
 
 class PredictionSummary(_Response):

@@ -76,6 +76,8 @@ class Prediction(RenderedPredictions):
     interval: np.ndarray  # (n_ok, 2)
     total: dict[str, Any] | None
     duration_seconds: float
+    # Per predicted trace, the features whose value training never saw (None: none anywhere).
+    outside: list[list[str]] | None = None
     # Rendered results, kept so that a cached prediction is rendered only once.
     rendered: list[dict[str, Any]] | None = dataclasses.field(default=None, repr=False)
 
@@ -101,6 +103,7 @@ class Prediction(RenderedPredictions):
             out.append(dataclasses.replace(
                 self, ok=self.ok[i:i + 1], errors=self.errors[i:i + 1], quantiles=self.quantiles[rows],
                 mean=self.mean[rows], std=self.std[rows], interval=self.interval[rows], total=None, rendered=None,
+                outside=self.outside[k:k + 1] if good and self.outside is not None else None,
             ))
             k += good
         return out
@@ -109,6 +112,7 @@ class Prediction(RenderedPredictions):
         info = self.identity.model_info()
         out: list[dict[str, Any]] = []
         qs, means, stds, ivs = self.quantiles.tolist(), self.mean.tolist(), self.std.tolist(), self.interval.tolist()
+        outside = self.outside
         k = 0
         for good, err in zip(self.ok.tolist(), self.errors):
             if good:
@@ -122,6 +126,8 @@ class Prediction(RenderedPredictions):
                     "model_info": info,
                     "model_version": self.version,
                 })
+                if outside is not None and outside[k]:
+                    out[-1]["outside_training"] = outside[k]
                 k += 1
             else:
                 out.append({"status": "error", "message": err, "model_info": info})
@@ -449,7 +455,9 @@ class PredictorService:
         errors = [p or e for p, e in zip(pre_errors, errors)]
         ok = np.array([e is None for e in errors], dtype=bool)
         rows = np.flatnonzero(ok)
-        dist = loaded.model.predict_distribution(X[rows] if len(rows) < len(X) else X)
+        Xok = X[rows] if len(rows) < len(X) else X
+        outside = loaded.meta.features.outside_training(Xok, flat if len(rows) == len(X) else [flat[i] for i in rows])
+        dist = loaded.model.predict_distribution(Xok)
         # The interval's two levels ride along with the requested ones: one evaluation.
         both = dist.quantiles([*levels, *interval_levels(confidence_level)])
         q, interval = both[:, : len(levels)], both[:, len(levels):]
@@ -480,6 +488,7 @@ class PredictorService:
             interval=interval,
             total=total,
             duration_seconds=time.perf_counter() - t0,
+            outside=outside,
         )
         if cache_key is not None and ok.all():
             self.cache.put(cache_key, prediction)
@@ -506,6 +515,7 @@ class PredictorService:
         if got is None:
             return None
         q, mean, std = got
+        outside = loaded.meta.features.outside_training_row(x, flat)
         k = len(levels)
         # One array, viewed as the four fields: each numpy allocation costs a µs here.
         values = np.array([[*q, mean, std]])
@@ -523,6 +533,7 @@ class PredictorService:
             interval=values[:, k:k + 2],
             total=None,
             duration_seconds=time.perf_counter() - t0,
+            outside=[outside] if outside else None,
         )
 
     def predict_each(self, pattern: IdentityPattern, traces: Sequence[dict[str, Any]], confidence_level: float = 0.95,
