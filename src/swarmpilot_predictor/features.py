@@ -676,8 +676,9 @@ class FeatureSchema:
                 out = (X[:, j] < spec.low) | (X[:, j] > spec.high)
             else:
                 out = np.isnan(X[:, j])  # a category it did not learn, or a gap where training had gaps
-                for i in np.flatnonzero(out).tolist():
-                    out[i] = traces[i].get(spec.name) is not None
+                if spec.optional:
+                    for i in np.flatnonzero(out).tolist():
+                        out[i] = traces[i].get(spec.name) is not None
             if out.any():
                 if flagged is None:
                     flagged = [[] for _ in range(len(X))]
