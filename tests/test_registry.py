@@ -729,6 +729,22 @@ print(json.dumps(out))
 """
 
 
+def _save_two_boosted(root: Path) -> None:
+    """Two LightGBM models, IDENT's and OTHER's, stored under ``root``."""
+    reg = ModelRegistry(root)
+    for identity in (IDENT, OTHER):
+        reg.save(*fit(identity, algorithm="lightgbm", params={"num_boost_round": 25, "num_leaves": 7})[:2])
+
+
+def _load_in_a_fresh_interpreter(root: Path) -> tuple[dict[str, str], str]:
+    """Each model's load in a process of its own ("loaded", or the error's message), and what
+    it logged: a crash there fails the test, not the test run."""
+    out = subprocess.run([sys.executable, "-c", LOAD_DAMAGED.format(root=str(root))], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1]), out.stderr
+
+
 def _damage_booster(path: Path, legacy: bool, damage: str = "digit lost") -> None:
     """Damage the booster text inside a model file; the JSON stays valid."""
     d = orjson.loads(path.read_bytes())
@@ -772,19 +788,12 @@ def _without_model_digest(model_path: Path) -> None:
 @pytest.mark.parametrize("damage", ["digit lost", "digit changed", "sizes rewritten"])
 @pytest.mark.parametrize("legacy", [False, True])
 def test_a_damaged_lightgbm_booster_is_a_clean_error_for_that_model_only(root, legacy, damage):
-    reg = ModelRegistry(root)
-    meta, model, X = fit(algorithm="lightgbm", params={"num_boost_round": 25, "num_leaves": 7})
-    reg.save(meta, model)
+    _save_two_boosted(root)
     if not legacy:
         assert "booster_sha256" in orjson.loads((root / IDENT.dirname / "v0001.model.json").read_bytes())["location"]
-    other_meta, other_model, _ = fit(OTHER, algorithm="lightgbm", params={"num_boost_round": 25, "num_leaves": 7})
-    reg.save(other_meta, other_model)
     _damage_booster(root / IDENT.dirname / "v0001.model.json", legacy, damage)
     # In a fresh interpreter: LightGBM used to abort the whole process (exit 134) on this text.
-    out = subprocess.run([sys.executable, "-c", LOAD_DAMAGED.format(root=str(root))], capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got, _ = _load_in_a_fresh_interpreter(root)
     assert got[OTHER.key] == "loaded"
     assert got[IDENT.key].startswith(f"model {IDENT.key} version 1 cannot be loaded: its file v0001.model.json "
                                      "is missing or damaged (")
@@ -825,20 +834,13 @@ def _rewrite_tree_field(path: Path, field: str, edit) -> None:
     ("leaf_value", lambda v: v[1:], "leaf_value holds"),
 ])
 def test_a_lightgbm_tree_lightgbm_cannot_walk_is_refused_for_that_model_only(root, field, edit, why):
-    reg = ModelRegistry(root)
-    meta, model, X = fit(algorithm="lightgbm", params={"num_boost_round": 25, "num_leaves": 7})
-    reg.save(meta, model)
-    other_meta, other_model, _ = fit(OTHER, algorithm="lightgbm", params={"num_boost_round": 25, "num_leaves": 7})
-    reg.save(other_meta, other_model)
+    _save_two_boosted(root)
     _rewrite_tree_field(root / IDENT.dirname / "v0001.model.json", field, edit)
     # In a fresh interpreter: LightGBM read such a tree out of bounds (the process died) or for ever.
-    out = subprocess.run([sys.executable, "-c", LOAD_DAMAGED.format(root=str(root))], capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got, log = _load_in_a_fresh_interpreter(root)
     assert got[OTHER.key] == "loaded"
     assert got[IDENT.key].endswith("is missing or damaged (ValueError); retrain the model or delete this version")
-    assert f"the LightGBM booster text is damaged: tree 0: {why}" in out.stderr  # the server's log says why
+    assert f"the LightGBM booster text is damaged: tree 0: {why}" in log  # the server's log says why
 
 
 def test_every_tree_lightgbm_grows_passes_the_check():
@@ -864,10 +866,7 @@ def test_an_old_lightgbm_booster_cut_after_its_trees_still_loads(root):
     meta, model, X = fit(algorithm="lightgbm", params={"num_boost_round": 25, "num_leaves": 7})
     reg.save(meta, model)
     _damage_booster(root / IDENT.dirname / "v0001.model.json", legacy=True, damage="tail cut")
-    out = subprocess.run([sys.executable, "-c", LOAD_DAMAGED.format(root=str(root))], capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.strip().splitlines()[-1])[IDENT.key] == "loaded"
+    assert _load_in_a_fresh_interpreter(root)[0][IDENT.key] == "loaded"
     loaded = ModelRegistry(root).load(IDENT)
     np.testing.assert_array_equal(loaded.model.predict_quantiles(X, LEVELS), model.predict_quantiles(X, LEVELS))
 
