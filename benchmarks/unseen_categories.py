@@ -43,6 +43,46 @@ def draw(seed: int, devices: int, device_sd: float, rows: int, test_rows: int):
     return X, y, Xt, yt
 
 
+def cost(args) -> None:
+    """What an unseen category costs a batch: 100,000 tasks of one, against a known one
+    (quantiles, moments and the total), for a model with a shape model and one without."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    dev = rng.integers(0, 5, n).astype(float)
+    tokens = rng.uniform(10, 500, n)
+    slow = rng.random(n) < np.where(dev % 2 == 0, 0.2, 0.02)
+    y = 2.0 ** dev * (5 + 0.1 * tokens) * rng.lognormal(0.0, 0.2, n) * np.where(slow, 8.0, 1.0)
+    print("| model | 100,000 tasks of a known device | of an unseen one | single prediction, known / unseen |")
+    print("|---|---|---|---|")
+    for name, params in (("linear", {"shape": False}), ("linear with a shape model", {"shape": True})):
+        model = QuantileModel(["categorical", "numeric"], [5, 0], "linear", params=params).fit(
+            np.column_stack([dev, tokens]), y)
+        cells = []
+        for code in (2.0, np.nan):
+            X = np.column_stack([np.full(100_000, code), rng.uniform(10, 500, 100_000)])
+            tracemalloc.start()
+            t0 = time.perf_counter()
+            dist = model.predict_distribution(X)
+            dist.quantiles(list(LEVELS))
+            dist.mean_std()
+            dist.total().quantiles([0.5])
+            took = time.perf_counter() - t0
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            cells.append(f"{took:.2f} s, {peak / 1e6:.0f} MB")
+        single = []
+        for code in (2.0, np.nan):
+            x = [code, 100.0]
+            model.describe_one(x, tuple(LEVELS))
+            t0 = time.perf_counter()
+            for _ in range(1000):
+                model.describe_one(x, tuple(LEVELS))
+            single.append(f"{(time.perf_counter() - t0) * 1e3:.0f} µs")
+        print(f"| {name} | {cells[0]} | {cells[1]} | {' / '.join(single)} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--draws", type=int, default=40)
@@ -76,6 +116,8 @@ def main() -> None:
         print(f"| {name} | {statistics.fmean(cov):.3f} | {sum(0.8 <= c for c in cov) / len(cov):.2f} "
               f"| {statistics.fmean(m['mean_abs_coverage_error'] for m in ms):.3f} "
               f"| {statistics.fmean(pin):.3f} | {statistics.median(pin):.3f} | {max(pin):.3f} |")
+    print()
+    cost(args)
     ratio = [a["relative_pinball_loss"] / b["relative_pinball_loss"] for a, b in zip(got["after"], got["before"])]
     print(f"\npinball after / before: median {statistics.median(ratio):.3f}, geometric mean "
           f"{float(np.exp(np.mean(np.log(ratio)))):.3f}, after better in {sum(r < 1 for r in ratio)} of {len(ratio)}")

@@ -235,3 +235,42 @@ def test_a_batch_whose_client_left_while_it_waited_its_turn_is_not_predicted(tmp
         assert metric_value(client.metrics(), "predictor_predictions_total", model=key, source="model") == 300_000
         # The thread is free again, and a batch whose client stays is answered.
         assert len(client.predict_batch(IDENTITY, long[:50]).results) == 50
+
+
+def test_large_batches_whose_clients_left_while_they_waited_are_not_predicted(tmp_path):
+    # Over a megabyte, a batch waits for one of two places before its turn for a thread: it
+    # was not watched there, and eight abandoned ones of 100,000 traces were all predicted.
+    import threading
+
+    from urllib.parse import quote
+
+    path = "/".join(quote(part, safe="") for part in IDENTITY.values())
+    key = ModelIdentity.from_parts(IDENTITY).key
+    with run_server(tmp_path / "data", {"PREDICTOR_CACHE_SIZE": "0"}) as srv, PredictorClient(srv.url) as client:
+        client.train({"model": IDENTITY, "traces": make_llm_traces(200), "algorithm": "linear"})
+        body = orjson.dumps({"trace": [{"input_tokens": 10 + i % 500, "output_tokens": 5 + i % 300}
+                                       for i in range(100_000)]})
+
+        def abandon() -> None:
+            try:
+                httpx.post(f"{srv.url}/predict/batch/{path}", content=body,
+                           headers={"content-type": "application/json"}, timeout=0.5)
+            except httpx.TimeoutException:
+                pass
+
+        clients = [threading.Thread(target=abandon) for _ in range(8)]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join()
+        def predicted_now() -> float:
+            try:
+                return metric_value(client.metrics(), "predictor_predictions_total", model=key, source="model")
+            except KeyError:  # none predicted
+                return 0.0
+
+        predicted = -1.0
+        while (now := predicted_now()) != predicted:  # until the server is idle again
+            predicted = now
+            time.sleep(1.5)
+        assert predicted <= 200_000  # the two that started at once, at most

@@ -1091,13 +1091,17 @@ def test_generation_writes_integers_beyond_64_bits(trained, tmp_path):
     lines = (service.settings.tables_dir / "big.csv").read_text().splitlines()
     assert len(lines) == 5 and lines[1].split(",")[2] == str(big) and lines[3].split(",")[2] == str(10**400)
     # Read back, an integer id beyond 64 bits is what a request carries (orjson reads it as the
-    # nearest float): the trace finds its record, as from the JSON table (it did not).
-    csv_table = service.tables.get("big.csv")
-    assert csv_table.lookup([{"task_id": float(big)}]).kinds()[0] == "task_id"
-    assert csv_table.lookup([{"task_id": float(big)}]).rows.tolist() == [0]
-    assert csv_table.lookup([{"task_id": str(10**400)}]).rows.tolist() == [2]  # past the float range: its digits
-    assert csv_table.lookup([{"task_id": 2**60 + 1}]).rows.tolist() == [3]  # (trace 3 was left out)
-    assert service.tables.get("big.json").lookup([{"task_id": 2**60 + 1}]).rows.tolist() == [3]
+    # nearest float): the trace finds its record, as from the JSON table (it did not). A long
+    # integer id is found whether the request spells it as a number or as digits, in both.
+    csv_table, json_table = service.tables.get("big.csv"), service.tables.get("big.json")
+    for table in (csv_table, json_table):
+        for query, row in ((float(big), 0), (str(big), 0), (str(10**400), 2), (2**60 + 1, 3), (str(2**60 + 1), 3)):
+            found = table.lookup([{"task_id": query}])
+            assert found.rows.tolist() == [row] and found.kinds() == ["task_id"], (table.name, query)
+            assert table.predict(None, [{"task_id": query}]).items[0]["match"] == "task_id"  # the one-trace path
+        queries = [(float(big), 0), (str(big), 0), (str(10**400), 2), (2**60 + 1, 3), (str(2**60 + 1), 3)] * 10
+        many = table.lookup([{"task_id": q} for q, _ in queries])  # the path of many traces at once
+        assert many.rows.tolist() == [row for _, row in queries] and set(many.kinds()) == {"task_id"}
 
 
 def test_a_csv_table_answers_the_categorical_traces_it_was_made_from(tmp_path):

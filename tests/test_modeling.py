@@ -844,6 +844,27 @@ def test_a_category_training_never_saw_is_answered_among_the_known_ones_and_as_w
                                rtol=1e-12)
 
 
+def test_with_a_model_for_each_kind_of_run_each_kind_reports_its_own_unseen_figures():
+    rng = np.random.default_rng(1)
+    n = 1500
+    dev = rng.integers(0, 5, n).astype(float)
+    tokens = rng.uniform(10, 2000, n)
+    first = (rng.random(n) < 0.3).astype(float)
+    speed = 2.0 ** dev
+    y = np.where(first > 0, 700 * np.sqrt(speed) * np.exp(0.6 * rng.standard_normal(n)),
+                 speed * (2 + 0.05 * tokens) * np.exp(0.1 * rng.standard_normal(n)))
+    model = QuantileModel(["categorical", "numeric", "numeric"], [5, 0, 0], regime_column=2).fit(
+        np.column_stack([dev, tokens, first]), y)
+    assert model.regimes_ is not None
+    got = model.unseen_categories()
+    assert set(got) == {0} and set(got[0]) == {"repeats", "first_runs"}
+    # What each kind's model answers with: repeats spread as the devices' speeds (log2 steps),
+    # first runs as their square roots.
+    assert got[0]["repeats"] == model.regimes_[0].unseen_categories()[0]
+    assert got[0]["repeats"]["log_sd"] == pytest.approx(np.log(2.0) * np.sqrt(3.0), rel=0.15)
+    assert got[0]["first_runs"]["log_sd"] == pytest.approx(np.log(2.0) * np.sqrt(3.0) / 2, rel=0.3)
+
+
 def test_an_unseen_category_learned_from_rare_training_values_is_not_widened_again():
     """Rows of values seen too rarely to learn are read as unseen in training: the unknown
     level, and its spread, are learned from them."""

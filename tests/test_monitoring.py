@@ -324,6 +324,15 @@ def test_lines_that_are_not_observations_are_skipped(tmp_path):
     assert AccuracyMonitor(ObservationLog(tmp_path)).report(IDENT, 1)["observations"] == 40
 
 
+def test_a_model_s_quantiles_at_its_runtime_bounds_are_read_back(tmp_path):
+    # A model trained down to the least runtime answers 1e-14 (100x under it) as
+    # 9.999999999999987e-15: its observation was counted, then skipped after a restart.
+    monitor = AccuracyMonitor(ObservationLog(tmp_path))
+    q = np.array([[9.999999999999987e-15] * 4 + [1e-12, 2e-12, 1e17 * (1 + 1e-15), 1e17 * (1 + 1e-15)]])
+    monitor.record(IDENT, 1, [{"x": 1}], np.array([1e-12]), q)
+    assert len(ObservationLog(tmp_path).read(IDENT)) == 1
+
+
 def test_monitor_rebuilds_accuracy_from_the_log(tmp_path):
     y, q = _lognormal_quantiles(200, shift=1.5)
     monitor = AccuracyMonitor(ObservationLog(tmp_path), min_observations=30)

@@ -805,13 +805,21 @@ def test_a_damaged_lightgbm_booster_is_a_clean_error_for_that_model_only(root, l
 def _rewrite_tree_field(path: Path, field: str, edit) -> None:
     """Edit one line of tree 0 of a stored booster, then make every length and digest match
     it again, as a hand edit or another tool would."""
+
+    def edited(text: str) -> str:
+        start = text.index(f"\n{field}=", text.index("Tree=0\n")) + 1
+        stop = text.index("\n", start)
+        values = text[start + len(field) + 1:stop].split(" ")
+        return text[:start] + field + "=" + " ".join(edit(values)) + text[stop:]
+
+    _rewrite_booster(path, edited)
+
+
+def _rewrite_booster(path: Path, edit) -> None:
+    """``edit`` a stored booster's text, then make every length and digest match it again."""
     d = orjson.loads(path.read_bytes())
     loc = d["location"]
-    text = loc["booster"]
-    start = text.index(f"\n{field}=", text.index("Tree=0\n")) + 1
-    stop = text.index("\n", start)
-    values = text[start + len(field) + 1:stop].split(" ")
-    text = text[:start] + field + "=" + " ".join(edit(values)) + text[stop:]
+    text = edit(loc["booster"])
     heads = [m.start() for m in re.finditer(r"^Tree=\d+\n", text, re.MULTILINE)]
     sizes = [len(text[a:b].encode()) for a, b in zip(heads, heads[1:] + [text.index("end of trees")])]
     text = re.sub(r"^tree_sizes=[^\n]*$", "tree_sizes=" + " ".join(map(str, sizes)), text, count=1, flags=re.MULTILINE)
@@ -843,20 +851,55 @@ def test_a_lightgbm_tree_lightgbm_cannot_walk_is_refused_for_that_model_only(roo
     assert f"the LightGBM booster text is damaged: tree 0: {why}" in log  # the server's log says why
 
 
+def _with_line_in_tree_0(line: str, before: str):
+    return lambda text: text.replace(f"\n{before}=", f"\n{line}\n{before}=", 1)
+
+
+@pytest.mark.parametrize("edit, why", [
+    # LightGBM reads a tree up to its first empty line, at most 22 lines, the last of a key
+    # winning; the check read every line: a damaged left_child among the first 22 and a good
+    # one after them passed it, and LightGBM read the damaged one (SIGSEGV).
+    (lambda text: text.replace("\nleft_child=", "\nleft_child=-100000000 0\nleft_child=", 1),
+     "tree 0: it has two left_child lines"),
+    # LightGBM joins a line without "=" to the next; the check skipped it.
+    (_with_line_in_tree_0("left_child=-100000000", "right_child"), "tree 0: it has two left_child lines"),
+    (_with_line_in_tree_0("junk", "right_child"), "tree 0: line 9 is not key=value"),
+    # The check read the first max_feature_idx line, LightGBM the last.
+    (lambda text: text.replace("\nmax_feature_idx=", "\nmax_feature_idx=2000000000\nmax_feature_idx=", 1),
+     "it has 2 max_feature_idx lines, not one"),
+    (lambda text: text.replace("\nshrinkage=", "\nzz=1\n\nleft_child=0\nshrinkage=", 1),
+     "tree 0: it has lines after its end (an empty line)"),
+])
+def test_a_booster_text_lightgbm_would_read_otherwise_than_it_looks_is_refused(root, edit, why):
+    _save_two_boosted(root)
+    _rewrite_booster(root / IDENT.dirname / "v0001.model.json", edit)
+    got, log = _load_in_a_fresh_interpreter(root)
+    assert got[OTHER.key] == "loaded"
+    assert got[IDENT.key].endswith("is missing or damaged (ValueError); retrain the model or delete this version")
+    assert f"the LightGBM booster text is damaged: {why}" in log
+
+
 def test_every_tree_lightgbm_grows_passes_the_check():
     """Categorical splits, linear leaves, single-leaf trees: LightGBM's own texts all load."""
     import lightgbm as lgb
 
-    from swarmpilot_predictor.modeling.locations import _check_trees
+    from swarmpilot_predictor.modeling.locations import _check_trees, _tree_fields, _trees_walkable
 
     rng = np.random.default_rng(0)
     X = np.column_stack([rng.integers(0, 40, 2000), rng.uniform(0, 1, 2000), rng.integers(0, 3, 2000)])
     y = np.sin(X[:, 0]) + X[:, 1] + rng.standard_normal(2000) * 0.1
-    for params in ({"num_leaves": 63}, {"num_leaves": 15, "linear_tree": True}, {"max_depth": 1},
-                   {"num_leaves": 31, "min_data_in_leaf": 5000}):
-        data = lgb.Dataset(X, y, categorical_feature=[0, 2])
-        text = lgb.train({**params, "verbosity": -1}, data, 30).model_to_string()
+    cases = [(X, params) for params in ({"num_leaves": 63}, {"num_leaves": 15, "linear_tree": True}, {"max_depth": 1},
+                                          {"num_leaves": 31, "min_data_in_leaf": 5000})]
+    # Linear trees none of whose leaves reads a feature (written "leaf_features= "): refused
+    # once stored, as numpy reads a blank as one 0.
+    cases += [(X[:, [0, 2]], {"linear_tree": True}), (X, {"linear_tree": True, "min_gain_to_split": 1e6})]
+    for data_x, params in cases:
+        categorical = [0, 1] if data_x.shape[1] == 2 else [0, 2]
+        text = lgb.train({**params, "verbosity": -1}, lgb.Dataset(data_x, y, categorical_feature=categorical),
+                         30).model_to_string()
         _check_trees(text)  # raises on a tree it cannot walk
+        trees = [_tree_fields(b) for b in ("\n" + text[:text.index("end of trees")]).split("\nTree=")[1:]]
+        assert _trees_walkable(trees, data_x.shape[1]), params  # the quick check of all at once agrees
 
 
 def test_an_old_lightgbm_booster_cut_after_its_trees_still_loads(root):

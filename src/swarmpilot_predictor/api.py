@@ -7,6 +7,7 @@ so an encoded slash (``Qwen%2FQwen2.5-7B``) stays inside its segment.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gc
 import gzip
@@ -553,12 +554,14 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     batch_turns = asyncio.Semaphore(settings.batch_threads)
     batch_threads: list[anyio.CapacityLimiter] = []  # made in the event loop, on first use
 
-    async def in_batch_thread(work: Callable[[], Any], client: ClientWatch) -> Any:
-        """``work()`` in a batch thread, in its turn; not at all for a client gone meanwhile (a
-        scheduler's own timeout: eight abandoned 100,000-trace batches were all predicted, and
-        the one still waiting took 14 s instead of 3)."""
+    async def in_batch_thread(work: Callable[[], Any], client: ClientWatch,
+                              first: asyncio.Semaphore | None = None) -> Any:
+        """``work()`` in a batch thread, in its turn (after one of ``first``'s, where given);
+        not at all for a client gone meanwhile (a scheduler's own timeout: eight abandoned
+        100,000-trace batches were all predicted, and the one still waiting took 14 s instead of 3)."""
         with client.watched():
-            async with batch_turns:
+            async with first or contextlib.nullcontext(), batch_turns:
+                await asyncio.sleep(0)  # the watch's turn: a client gone just now is seen gone
                 if client.gone:
                     raise ClientGone
                 if not batch_threads:
@@ -575,8 +578,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
                 return orjson.dumps(batch_answer(pattern, _parse_body(body, PredictBatchRequest)),
                                     option=orjson.OPT_SERIALIZE_NUMPY)
 
-            async with large_batches:
-                return await in_batch_thread(whole, client)
+            return await in_batch_thread(whole, client, large_batches)
         req = _parse_body(body, PredictBatchRequest)
         # A longer batch takes milliseconds to tens of them, a model's first load seconds, and a
         # table may need loading: off the event loop (numpy releases the GIL for most of the

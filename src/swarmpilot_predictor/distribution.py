@@ -93,8 +93,21 @@ _BOUND_LEVELS: np.ndarray | None = None
 # Lower bounds of a total's quantiles with the shared factor: shares of a level's budget
 # (-log(1 - p)) left to the factor, the rest to one task.
 _FLOOR_FACTOR_SHARES = np.array([0.02, 0.1, 0.3, 0.7, 0.9])
-# Moment quadrature: about this many probability nodes in all, split over segments.
+# Moment quadrature: about this many probability nodes in all, split over segments; tasks
+# summed by quadrature (clipped by the log bounds, or with a spread) this many at a time.
 _MOMENT_NODES = 2048
+_QUADRATURE_CHUNK = 256
+# Nodes of a task with a spread, whose moments are a quadrature per task where its scale or
+# shape is its own: against 2,048, the mean within 0.04% and the sd within 0.2% for the
+# unseen-category tasks of a model with a shape model, at a fifth of the time (100,000 of
+# them 3.3 s, against 0.7 s for a known category).
+_SPREAD_NODES = 512
+# How far a task's spread term reaches, in its sds, where the caps look (see _capped_rows):
+# at the level 1 - 1e-6 (a millionth of the mass lies above it; the moment nodes' top, 6.5
+# sds, sent nearly every such task to the clipped quadrature: a single prediction took 213
+# µs, not 32), and at the level 0.001 of the lower cap.
+_SPREAD_TOP = 4.75
+_SPREAD_LOW = -3.1
 # Heteroscedastic moments: segment tables on a log-scale grid with this step.
 _LOG_SCALE_STEP = 0.02
 _EPS = 1e-9
@@ -235,20 +248,21 @@ class ScoreDistribution:
             got = self._cache["center"] = float(np.interp(0.5, self.levels, self.values))
         return got
 
-    def segment_nodes(self, knots: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def segment_nodes(self, knots: tuple[float, ...], nodes: int = _MOMENT_NODES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Quadrature nodes on the probability axis for the segments between knots.
 
         Returns ``(z, weight, segment)``: node values of ``Z``, their probability
         mass, and the index of the segment (0 .. len(knots)) they belong to. Each
         segment is cut into equal-probability bins; the outermost bins are cut
-        again geometrically so that the tails' contribution is not lost.
+        again geometrically so that the tails' contribution is not lost. About
+        ``nodes`` in all.
         """
-        key = ("nodes", knots)
+        key = ("nodes", knots, nodes)
         got = self._cache.get(key)
         if got is not None:
             return got
         edges = np.concatenate([[0.0], np.asarray(knots, dtype=np.float64), [1.0]])
-        per = max(8, _MOMENT_NODES // (len(edges) - 1))
+        per = max(8, nodes // (len(edges) - 1))
         us, ws, segs = [], [], []
         for k in range(len(edges) - 1):
             a, b = edges[k], edges[k + 1]
@@ -266,7 +280,7 @@ class ScoreDistribution:
             ws.append(np.diff(e))
             segs.append(np.full(len(e) - 1, k))
         u = np.concatenate(us)
-        self._cache[("node_levels", knots)] = u
+        self._cache[("node_levels", knots, nodes)] = u
         # Moments use the scores as observed: the mass beyond the most extreme score
         # sits on it. An extrapolated tail may hold quantiles, not mean and variance,
         # where a 1-in-a-million value would otherwise dominate: integrated (to the
@@ -278,12 +292,12 @@ class ScoreDistribution:
         self._cache[key] = got
         return got
 
-    def segment_node_levels(self, knots: tuple[float, ...]) -> np.ndarray:
+    def segment_node_levels(self, knots: tuple[float, ...], nodes: int = _MOMENT_NODES) -> np.ndarray:
         """The levels of ``Z`` at the middles of ``segment_nodes``' bins, before they are
         kept within the observed scores' levels."""
-        key = ("node_levels", knots)
+        key = ("node_levels", knots, nodes)
         if key not in self._cache:
-            self.segment_nodes(knots)
+            self.segment_nodes(knots, nodes)
         return self._cache[key]
 
     def log_sd(self) -> float:
@@ -878,12 +892,28 @@ class RuntimeDistribution(TaskDistributions):
         moments = self._uncapped_moments()
         capped = self._capped_rows()
         if self.spread is not None:
-            capped |= self.spread > 0  # (the segment tables know nothing of the spread term)
+            # The segment tables know nothing of the spread term.
+            spread = (self.spread > 0) & ~capped
+            if spread.any():
+                for out, got in zip(moments, self.subset(spread)._spread_moments()):
+                    out[spread] = got
         if capped.any():
             # Quantiles stop at the log bounds: so do the moments of these tasks.
             for out, got in zip(moments, self.subset(capped)._capped_moments()):
                 out[capped] = got
         return moments
+
+    def _spread_moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Moments of tasks with a spread, within the log bounds: a quadrature per distinct
+        (scale, spread, shape), at location 0, times the location's factor (the tasks of an
+        unseen category of a model whose scale does not vary share one). Per task, 100,000
+        of them took 33 s and 13 GB."""
+        key = np.column_stack([self.scale, self.spread] + ([self.cdf] if self.cdf is not None else []))
+        distinct, inverse = np.unique(key, axis=0, return_inverse=True)
+        inverse = inverse.ravel()
+        mean, var, c3, c4 = _unit_spread_moments(self.score, self.knots if self.cdf is not None else None, distinct)
+        f = np.exp(self.location)
+        return f * mean[inverse], f**2 * var[inverse], f**3 * c3[inverse], f**4 * c4[inverse]
 
     def _capped_rows(self) -> np.ndarray:
         """Tasks whose moments the log bounds change: their moment nodes (the observed
@@ -895,19 +925,28 @@ class RuntimeDistribution(TaskDistributions):
         z_low, z1 = _capping_scores(self.score)
         lo, hi = self.log_bounds
         m, s = self.location, self.scale
-        return (m + s * z1 > hi) | (m + s * z_low < lo)
+        if self.spread is None:
+            return (m + s * z1 > hi) | (m + s * z_low < lo)
+        # The spread term reaches its levels' normal quantiles further.
+        return (m + s * z1 + _SPREAD_TOP * self.spread > hi) | (m + s * z_low + _SPREAD_LOW * self.spread < lo)
 
-    def _capped_moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _capped_moments(self, nodes: int = _MOMENT_NODES) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Moments by direct quadrature over the moment nodes, runtimes clipped to the log bounds
-        (and the spread term added, at each node's level of the task's own distribution)."""
+        (and the spread term added, at each node's level of the task's own distribution); in
+        chunks of tasks, each a row of the nodes."""
+        n = len(self)
+        if n > _QUADRATURE_CHUNK:
+            parts = [self.subset(np.arange(a, min(a + _QUADRATURE_CHUNK, n)))._capped_moments(nodes)
+                     for a in range(0, n, _QUADRATURE_CHUNK)]
+            return tuple(np.concatenate(col) for col in zip(*parts))  # type: ignore[return-value]
         knots = self.knots if self.cdf is not None else ()
-        z, w, seg = self.score.segment_nodes(knots)
+        z, w, seg = self.score.segment_nodes(knots, nodes)
         lk = np.concatenate([[0.0], np.asarray(knots, dtype=np.float64), [1.0]])
         masses = self._segment_masses()
         weights = (masses / np.diff(lk)[None, :])[:, seg] * w[None, :]  # (n, nodes)
         log_x = self.location[:, None] + self.scale[:, None] * z[None, :]
         if self.spread is not None:
-            u = self.score.segment_node_levels(knots)
+            u = self.score.segment_node_levels(knots, nodes)
             if self.cdf is not None:
                 # A node of Z's segment k lies at this level of the task's distribution.
                 below = np.concatenate([np.zeros((len(self), 1)), np.cumsum(masses, axis=1)], axis=1)[:, seg]
@@ -1423,13 +1462,23 @@ def describe_one(
     if atoms:
         q = [snap_one(v, atoms) for v in q]
     z_low, z_high = _capping_scores(score)
-    if location + scale * z_high > hi or location + scale * z_low < lo or spread > 0:  # as RuntimeDistribution
-        # Clipped by the log bounds (far outside the training range), or spread: moments by quadrature.
+    if (location + scale * z_high + _SPREAD_TOP * spread > hi
+            or location + scale * z_low + _SPREAD_LOW * spread < lo):  # as RuntimeDistribution._capped_rows
+        # Clipped by the log bounds (far outside the training range): moments of the clipped runtime.
         one = RuntimeDistribution(np.array([location]), np.array([scale]), score, knots if cdf is not None else None,
                                   None if cdf is None else np.array([cdf], dtype=np.float64), log_bounds,
                                   spread=np.array([spread]) if spread > 0 else None)
         mean, std = one.mean_std()
         return q, float(mean[0]), float(std[0])
+    if spread > 0:
+        # As RuntimeDistribution._spread_moments: at location 0 (kept per scale, spread and
+        # shape: the unseen-category tasks of a model whose scale does not vary share them).
+        shape = tuple(cdf) if cdf is not None else ()
+        mean0, var0 = score._memo(("spread", knots if cdf is not None else None, shape, scale, spread), lambda: tuple(
+            float(v[0]) for v in _unit_spread_moments(score, knots if cdf is not None else None,
+                                                      np.array([[scale, spread, *shape]]))[:2]))
+        f = math.exp(location)
+        return q, f * mean0, math.sqrt(f * f * var0)
     base = math.exp(location + scale * score.center())
     if cdf is None and constant_scale:
         mu, c2, _, _ = score.central_factors(scale)
@@ -1458,6 +1507,15 @@ def describe_one(
     mu = raw1
     c2 = max(raw2 - mu * mu, 0.0)
     return q, base * (1 + mu), base * math.sqrt(c2)
+
+
+def _unit_spread_moments(score: ScoreDistribution, knots: tuple[float, ...] | None, rows: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Moments of tasks at location 0, each row of ``rows`` a task's (scale, spread, shape's
+    CDF values...), by quadrature (not clipped: the caller's tasks lie within the bounds)."""
+    unit = RuntimeDistribution(np.zeros(len(rows)), rows[:, 0], score, knots,
+                               rows[:, 2:] if knots is not None else None, spread=rows[:, 1])
+    return unit._capped_moments(_SPREAD_NODES)
 
 
 def _shaped_score_quantiles(score: ScoreDistribution, levels: tuple[float, ...], knots: tuple[float, ...],

@@ -37,8 +37,9 @@ MONITOR_INTERVALS = {"0.5": (0.25, 0.75), "0.8": (0.1, 0.9), "0.9": (0.05, 0.95)
 
 
 def _is_quantile(v: Any) -> bool:
-    """A runtime a model may answer: within 100 times the runtimes training accepts."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and MIN_RUNTIME / 100 <= v <= MAX_RUNTIME * 100
+    """A runtime a model may answer: within 100 times the runtimes training accepts (101 times:
+    the bound itself comes back rounded, 9.999999999999987e-15 for 1e-14)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and MIN_RUNTIME / 101 <= v <= MAX_RUNTIME * 101
 
 
 def _usable(record: Any) -> bool:

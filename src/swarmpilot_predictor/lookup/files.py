@@ -76,16 +76,14 @@ _PLAIN_INTEGER = re.compile(r"-?[1-9][0-9]*")
 
 
 def _csv_id(cell: str) -> Any:
-    """An id cell of a CSV table as the service reads the trace's own value in a request: a
-    long integer is a number there, and one beyond 64 bits the nearest float (orjson reads
-    it so, and a JSON table writes it so), where the CSV keeps every digit as text, and the
-    trace did not find its record (ids are matched as categories are, numbers by value)."""
-    if len(cell) > 15 and _PLAIN_INTEGER.fullmatch(cell):
-        value = int(cell)
-        if -(2**63) <= value < 2**64:
-            return value
+    """An id cell of a CSV table as a JSON table stores the trace's value: an integer beyond
+    64 bits as the nearest float (orjson reads it so in a request, and a JSON table writes it
+    so), where the CSV keeps every digit, and the trace did not find its record. (Others
+    keep their text; a request's integer finds such a cell by its digits, see
+    ``LookupTable``'s task ids.)"""
+    if len(cell) > 19 and _PLAIN_INTEGER.fullmatch(cell) and not -(2**63) <= int(cell) < 2**64:
         try:
-            return float(value)
+            return float(int(cell))
         except OverflowError:  # past the float range: its digits, as a JSON table keeps it
             pass
     return cell

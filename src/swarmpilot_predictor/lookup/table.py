@@ -13,6 +13,7 @@ import functools
 import gzip
 import hashlib
 import math
+import re
 import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -643,13 +644,17 @@ class LookupTable:
         if self.task_hashes is not None:
             todo = [i for i in np.flatnonzero((rows < 0) & ~bad).tolist() if flat[i].get("task_id") is not None]
             if todo:
-                keys = np.array([_str_hash(category_text(flat[i]["task_id"])) for i in todo], dtype=np.int64)
-                idx = np.asarray(todo, dtype=np.int64)
-                for g in groups:
-                    found = _probe(g.task_keys, g.task_rows, keys)
-                    hit = (found >= 0) & (rows[idx] < 0)
-                    rows[idx[hit]] = found[hit]
-                    match[idx[hit]] = _TASK
+                # Each id by its text as a category reads it, then by its other spelling (an
+                # integer's digits, a string's number): see _task_id_keys.
+                both = [_task_id_keys(flat[i]["task_id"]) for i in todo]
+                for pick in (0, 1):
+                    keys = np.array([k[pick] for k in both], dtype=np.int64)
+                    idx = np.asarray(todo, dtype=np.int64)
+                    for g in groups:
+                        found = _probe(g.task_keys, g.task_rows, keys)
+                        hit = (found >= 0) & (rows[idx] < 0)
+                        rows[idx[hit]] = found[hit]
+                        match[idx[hit]] = _TASK
 
         # 3. nearest record by standardised numeric features, categorical ones equal
         if featured:
@@ -693,11 +698,11 @@ class LookupTable:
                     return row, _EXACT, 0.0, None
         tid = t.get("task_id")  # 2. task id
         if tid is not None and self.task_hashes is not None:
-            key = _str_hash(category_text(tid))
-            for g in groups:
-                row = _probe_one(g.task_keys, g.task_rows, key)
-                if row >= 0:
-                    return row, _TASK, math.nan, None
+            for key in dict.fromkeys(_task_id_keys(tid)):
+                for g in groups:
+                    row = _probe_one(g.task_keys, g.task_rows, key)
+                    if row >= 0:
+                        return row, _TASK, math.nan, None
         best_d, best_row, error = math.inf, -1, None  # 3. nearest
         for g in featured:
             z = []
@@ -1122,6 +1127,25 @@ def _column_from_values(name: str, values: list[Any]) -> _FeatureColumn:
         dtype=np.int64, count=n,
     )
     return _FeatureColumn(name, "categorical", codes, vocab=vocab)
+
+
+_PLAIN_INTEGER = re.compile(r"-?[1-9][0-9]*")
+
+
+def _task_id_keys(value: Any) -> tuple[int, int]:
+    """A queried ``task_id``'s hash as a category's text (a record's key), and that of its
+    other spelling: an integer's digits (a CSV table keeps an id as written, while a
+    category reads an integer past 2**53 as the nearest float), a string of digits as the
+    number (a JSON table keeps a number as one). The two are one where there is none."""
+    first = _str_hash(category_text(value))
+    if isinstance(value, int) and not isinstance(value, bool):
+        return first, _str_hash(str(value))
+    if isinstance(value, str) and _PLAIN_INTEGER.fullmatch(value):
+        try:
+            return first, _str_hash(category_text(int(value)))
+        except ValueError:  # more digits than int() reads
+            pass
+    return first, first
 
 
 def _task_hashes(values: list[Any]) -> np.ndarray:

@@ -516,9 +516,17 @@ class QuantileModel:
             # about their mean is their sample variance, and that mean's own, 1/k of it.
             self.unseen_sd_[j] = float(np.sqrt(known.var(axis=0, ddof=1).mean() * (1 + 1 / k)))
 
-    def unseen_categories(self) -> dict[int, dict[str, float]]:
+    def unseen_categories(self) -> dict[int, dict[str, Any]]:
         """Per column that answers a value training never saw among its known ones: the
-        ``shift`` of the log location and the ``log_sd`` it adds (see ``_learn_unseen_categories``)."""
+        ``shift`` of the log location and the ``log_sd`` it adds (see ``_learn_unseen_categories``);
+        with a model for each kind of run, which answer, each kind's (``repeats``, ``first_runs``)."""
+        if self.regimes_ is not None:
+            j = self.regime_column
+            out: dict[int, dict[str, Any]] = {}
+            for kind, model in zip(("repeats", "first_runs"), self.regimes_):
+                for k, figures in model.unseen_categories().items():
+                    out.setdefault(k if k < j else k + 1, {})[kind] = figures  # (a regime's model lacks column j)
+            return out
         return {j: {"shift": self.unseen_shift_[j], "log_sd": self.unseen_sd_[j]}
                 for j, _ in self._categories() if self.unseen_sd_[j] > 0 or self.unseen_shift_[j] != 0}
 
