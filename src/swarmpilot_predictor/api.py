@@ -919,8 +919,8 @@ class ClientWatch:
     """Notices the client of a request, whose body is read, leaving while it waits.
 
     A task awaits the request's next ASGI message, which is ``http.disconnect`` when the
-    client goes. A single look would not do: uvicorn stops reading a connection that sent
-    a large body, so a client gone a second before was not noticed at once.
+    client goes, from when the request starts waiting. A single look when its turn came
+    missed a client gone most of a second before (its 5,000-trace batch was predicted).
     """
 
     def __init__(self, receive: Callable[[], Awaitable[dict[str, Any]]]):
@@ -929,7 +929,7 @@ class ClientWatch:
 
     async def _wait(self) -> None:
         while (await self._receive())["type"] != "http.disconnect":
-            pass
+            await asyncio.sleep(0.01)  # (a server that answers at once with nothing new: no spin)
         self.gone = True
 
     @contextmanager

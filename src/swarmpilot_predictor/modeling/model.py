@@ -491,8 +491,9 @@ class QuantileModel:
         """For each categorical column whose training rows all held a known value, how a
         value training never saw is answered: ``unseen_shift_``, what moves its location to
         the mean of the known values' (each value counted once, not by its rows: a new
-        device is not more like the commonest one), and ``unseen_sd_``, the log sd of the
-        known values' locations about that mean (where among them it lies is not known).
+        device is not more like the commonest one), and ``unseen_sd_``, the log sd of a new
+        value's location about that mean (where among them it lies is not known: the known
+        values' sample sd, times sqrt(1 + 1/k) for their mean's own error).
         Taken over up to ``UNSEEN_SAMPLE_ROWS`` training rows, each answered with every known
         value in turn. A column with unseen-coded training rows (rare values, missing ones)
         has had its unknown level, and that level's spread, learned from them: it gets none."""
@@ -1262,7 +1263,7 @@ class QuantileModel:
         if regime_cv is not None and not isinstance(regime_cv, dict):
             raise ValueError(f"regime_cv is {shown(regime_cv)}, not an object")
         obj.regime_cv_ = regime_cv
-        # Models stored before 2026-12-01 (13:00 UTC): an unseen category as a known one's spread.
+        # Models stored before 2026-12-01: an unseen category with a known one's spread.
         for name in ("unseen_shift", "unseen_sd"):
             got = d.get(name, [0.0] * len(obj.kinds))
             if not (isinstance(got, list) and len(got) == len(obj.kinds) and all(_finite_number(v) and abs(v) <= 1e3 for v in got)
