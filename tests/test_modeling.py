@@ -1194,6 +1194,11 @@ def test_runtimes_beyond_the_training_values_go_on_as_the_fit_does(algorithm):
     ({"metric": "l1"}, "auto", None),
     ({"regimes": False}, "lightgbm", None),  # the linear base's regime slopes
     ({"regimes": False}, "power", "'regimes' is not used by algorithm 'power'"),
+    # LightGBM's random forest takes no starting score: refused at the fit, after the traces were read.
+    ({"boosting": "rf", "bagging_fraction": 0.5, "bagging_freq": 1}, "lightgbm",
+     "'boosting': LightGBM's random forest ('rf') takes no starting score"),
+    ({"boosting_type": "random_forest", "bagging_fraction": 0.5, "bagging_freq": 1}, "auto", "takes no starting score"),
+    ({"boosting": "rf", "bagging_fraction": 0.5, "bagging_freq": 1, "lgb_linear_base": False}, "lightgbm", None),
 ])
 def test_parameters_are_checked_before_fitting(params, algorithm, refusal):
     if refusal is None:

@@ -117,6 +117,13 @@ def check_params(params: dict[str, Any], algorithm: str) -> None:
             raise ValueError(f"'{name}' must be {what}, got {shown(value)}")
     if foreign:
         _check_lightgbm_params(foreign, algorithm)
+        canonical = _lightgbm_aliases()
+        forest = any(canonical.get(k) == "boosting" and v in ("rf", "random_forest") for k, v in foreign.items())
+        if forest and params.get("lgb_linear_base", True):
+            # Refused here, not by LightGBM's check at the fit ("init_score == nullptr"), after
+            # the traces were read and the linear base fitted.
+            raise ValueError("'boosting': LightGBM's random forest ('rf') takes no starting score, and the boosted "
+                             "location starts from its linear fit: set 'lgb_linear_base': false with it")
 
 
 def _check_lightgbm_params(params: dict[str, Any], algorithm: str) -> None:
