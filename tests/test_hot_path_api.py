@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import httpx
 import orjson
@@ -203,28 +206,43 @@ def test_a_batch_of_over_a_megabyte_is_answered_as_a_small_one(tmp_path):
         assert httpx.get(f"{srv.url}/ping").status_code == 200
 
 
+@contextmanager
+def _one_batch_thread(tmp_path) -> Iterator[tuple[Any, PredictorClient, str, bytes]]:
+    """A server with one batch thread and no cache, a trained model, its batch URL and the
+    body of a batch of 100,000 traces (long enough to hold that thread a while)."""
+    from urllib.parse import quote
+
+    with run_server(tmp_path / "data", {"PREDICTOR_BATCH_THREADS": "1", "PREDICTOR_CACHE_SIZE": "0"}) as srv, \
+            PredictorClient(srv.url) as client:
+        client.train({"model": IDENTITY, "traces": make_llm_traces(200), "algorithm": "linear"})
+        url = f"{srv.url}/predict/batch/" + "/".join(quote(part, safe="") for part in IDENTITY.values())
+        body = orjson.dumps({"trace": [{"input_tokens": 10 + i % 500, "output_tokens": 5 + i % 300}
+                                       for i in range(100_000)]})
+        yield srv, client, url, body
+
+
+def _predicted(client: PredictorClient) -> float:
+    try:
+        return metric_value(client.metrics(), "predictor_predictions_total",
+                            model=ModelIdentity.from_parts(IDENTITY).key, source="model")
+    except KeyError:  # none predicted
+        return 0.0
+
+
 def test_a_batch_whose_client_left_while_it_waited_its_turn_is_not_predicted(tmp_path):
     # A scheduler's own timeout: eight abandoned 100,000-trace batches were all predicted,
     # and the one still waiting took 14 s instead of 3.
     import threading
 
-    from urllib.parse import quote
-
-    path = "/".join(quote(part, safe="") for part in IDENTITY.values())
-    key = ModelIdentity.from_parts(IDENTITY).key
-    with run_server(tmp_path / "data", {"PREDICTOR_BATCH_THREADS": "1", "PREDICTOR_CACHE_SIZE": "0"}) as srv, \
-            PredictorClient(srv.url) as client:
-        client.train({"model": IDENTITY, "traces": make_llm_traces(200), "algorithm": "linear"})
-        long = [{"input_tokens": 10 + i % 500, "output_tokens": 5 + i % 300} for i in range(100_000)]
-        body = orjson.dumps({"trace": long})
-        running = [threading.Thread(target=lambda: httpx.post(f"{srv.url}/predict/batch/{path}", content=body,
-                                                              timeout=120)) for _ in range(3)]
+    with _one_batch_thread(tmp_path) as (srv, client, url, body):
+        running = [threading.Thread(target=lambda: httpx.post(url, content=body, timeout=120)) for _ in range(3)]
         for thread in running:
             thread.start()
         time.sleep(0.3)  # one holds the one batch thread now, and the others wait (about 2 s in all)
+        traces = orjson.loads(body)["trace"]
         for n in (500, 5_000):  # waiting their turn behind them, then abandoned
             try:
-                httpx.post(f"{srv.url}/predict/batch/{path}", json={"trace": long[:n]}, timeout=0.2)
+                httpx.post(url, json={"trace": traces[:n]}, timeout=0.2)
             except httpx.TimeoutException:
                 pass
             else:
@@ -232,32 +250,22 @@ def test_a_batch_whose_client_left_while_it_waited_its_turn_is_not_predicted(tmp
         for thread in running:
             thread.join()
         time.sleep(0.5)
-        assert metric_value(client.metrics(), "predictor_predictions_total", model=key, source="model") == 300_000
+        assert _predicted(client) == 300_000
         # The thread is free again, and a batch whose client stays is answered.
-        assert len(client.predict_batch(IDENTITY, long[:50]).results) == 50
+        assert len(client.predict_batch(IDENTITY, traces[:50]).results) == 50
 
 
 def test_large_batches_whose_clients_left_while_they_waited_are_not_predicted(tmp_path):
     # Over a megabyte, a batch waits for one of two places before its turn for a thread: it
     # was not watched there, and eight abandoned ones of 100,000 traces were all predicted.
-    import threading
-
-    from urllib.parse import quote
-
-    path = "/".join(quote(part, safe="") for part in IDENTITY.values())
-    key = ModelIdentity.from_parts(IDENTITY).key
     # (One batch thread: the second batch to hold a place waits for the first to end, which
     # takes longer than its client waits on any machine.)
-    with run_server(tmp_path / "data", {"PREDICTOR_CACHE_SIZE": "0", "PREDICTOR_BATCH_THREADS": "1"}) as srv, \
-            PredictorClient(srv.url) as client:
-        client.train({"model": IDENTITY, "traces": make_llm_traces(200), "algorithm": "linear"})
-        body = orjson.dumps({"trace": [{"input_tokens": 10 + i % 500, "output_tokens": 5 + i % 300}
-                                       for i in range(100_000)]})
+    import threading
 
+    with _one_batch_thread(tmp_path) as (srv, client, url, body):
         def abandon() -> None:
             try:
-                httpx.post(f"{srv.url}/predict/batch/{path}", content=body,
-                           headers={"content-type": "application/json"}, timeout=0.5)
+                httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=0.5)
             except httpx.TimeoutException:
                 pass
 
@@ -266,14 +274,8 @@ def test_large_batches_whose_clients_left_while_they_waited_are_not_predicted(tm
             thread.start()
         for thread in clients:
             thread.join()
-        def predicted_now() -> float:
-            try:
-                return metric_value(client.metrics(), "predictor_predictions_total", model=key, source="model")
-            except KeyError:  # none predicted
-                return 0.0
-
         predicted = -1.0
-        while (now := predicted_now()) != predicted:  # until the server is idle again
+        while (now := _predicted(client)) != predicted:  # until the server is idle again
             predicted = now
             time.sleep(1.5)
         assert predicted <= 200_000  # the one that started at once, and one more at most

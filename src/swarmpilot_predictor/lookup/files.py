@@ -72,6 +72,8 @@ def _iter_csv_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
 
 
 
+# An integer written plainly (no sign but minus, no leading zero): a CSV id cell, or a queried
+# task_id string, that spells one (see _csv_id and LookupTable's task ids).
 _PLAIN_INTEGER = re.compile(r"-?[1-9][0-9]*")
 
 

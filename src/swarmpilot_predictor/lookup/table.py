@@ -13,7 +13,6 @@ import functools
 import gzip
 import hashlib
 import math
-import re
 import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -41,7 +40,7 @@ from ..traces import (
     reserved_keys,
     skip_bom,
 )
-from .files import _iter_csv_records, _iter_json_records, _iter_jsonl_records
+from .files import _PLAIN_INTEGER, _iter_csv_records, _iter_json_records, _iter_jsonl_records
 from .hashing import (_MASK, _NAN_INT, _SEED_INT, _code_bits, _float_bits, _float_int, _hash_parts, _mix_int, _probe,
                       _probe_one, _sorted_index, _str_hash, _vocab_code)
 from .names import RECORD_KEYS, SHAPE_FEATURES, table_format
@@ -1127,9 +1126,6 @@ def _column_from_values(name: str, values: list[Any]) -> _FeatureColumn:
         dtype=np.int64, count=n,
     )
     return _FeatureColumn(name, "categorical", codes, vocab=vocab)
-
-
-_PLAIN_INTEGER = re.compile(r"-?[1-9][0-9]*")
 
 
 def _task_id_keys(value: Any) -> tuple[int, int]:
