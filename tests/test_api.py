@@ -550,6 +550,12 @@ def test_bad_training_bodies(http):
     failed(http.post("/train", json={"model": IDENTITY, "traces": []}), 422, "config")
     failed(http.post("/train", content=b'{"config": {"model": 1, "traces": [], "quantiles": [Infinity]}}',
                      headers={"content-type": "application/json"}), 422)
+    # A setting beside the config, not in it: ignored, it trained with the default algorithm.
+    beside = {"config": {"model": ident("beside"), "traces": make_llm_traces(40)}, "algorithm": "linear"}
+    assert failed(http.post("/train", json=beside), 422, "'algorithm': not allowed beside 'config'")["field"] == "algorithm"
+    assert failed(multipart_train(http, "c.json", orjson.dumps(beside), {}), 422,
+                  "'algorithm': not allowed beside 'config'")["field"] == "algorithm"
+    assert all(m["model_type"] != "beside" for m in ok(http.get("/models"))["models"])
 
 
 def test_bad_multipart_training_requests(http):
@@ -1325,3 +1331,70 @@ def test_long_identity_paths_are_not_kept_in_the_path_cache():
     pattern = api._identity_from({"path": long_path}, 1)
     assert api._pattern_of.cache_info().currsize == 1
     assert short.as_tuple()[1] == "m" and pattern.as_tuple()[1] == "m" * 60_000
+
+
+# --------------------------------------------------------------------------- the API key
+
+API_KEY = "test-key-" + "0123456789abcdef"
+
+
+def test_with_an_api_key_the_routes_that_change_state_need_it_and_the_others_do_not(tmp_path):
+    def refused(r: httpx.Response, challenge: str) -> None:
+        failed(r, 401, "API key")
+        assert r.json()["field"] == "authorization" and r.headers["www-authenticate"] == challenge
+
+    keyed = {"authorization": f"Bearer {API_KEY}"}
+    table = {"trace_file": ("traces.jsonl", b"".join(orjson.dumps(t) + b"\n" for t in make_llm_traces(20, seed=3)))}
+    observed = [{**t, "runtime_ms": t["runtime_ms"] * 1.1} for t in make_llm_traces(40, seed=4)]
+    train_body = {"config": {"model": IDENTITY, "traces": make_llm_traces(120), "algorithm": "linear"}}
+    # Each route that changes state, as (method, path, request arguments).
+    writes = [("POST", "/train", {"json": train_body}),
+              ("POST", "/observe", {"json": {"model": IDENTITY, "traces": observed}}),
+              ("POST", f"/models/{SEGMENTS}/retrain", {}),
+              ("POST", f"/predict/table/{SEGMENTS}", {"files": table, "data": {"table_name": "t.json"}}),
+              ("DELETE", "/tables/t.json", {}),
+              ("POST", "/cache/clear", {}),
+              ("DELETE", f"/models/{SEGMENTS}/versions/1", {}),
+              ("DELETE", f"/models/{SEGMENTS}", {})]
+    with run_server(tmp_path / "data", {"PREDICTOR_API_KEY": API_KEY}) as srv, \
+            httpx.Client(base_url=srv.url, timeout=60) as http:
+        for method, path, kwargs in writes:
+            refused(http.request(method, path, **kwargs), "Bearer")
+            refused(http.request(method, path, headers={"authorization": "Bearer " + API_KEY[:-1] + "x"}, **kwargs),
+                    'Bearer error="invalid_token"')
+            refused(http.request(method, path, headers={"authorization": "Basic " + API_KEY}, **kwargs), "Bearer")
+            if path == "/train":
+                assert ok(http.get("/models"))["models"] == []  # refused, nothing was trained
+                ok(http.request(method, path, headers=keyed, **kwargs))
+                ok(http.request(method, path, headers=keyed, **kwargs))  # version 2, for the deletions below
+            elif path != "/train":
+                ok(http.request(method, path, headers=keyed, **kwargs))
+            if path.startswith("/predict/table/"):
+                assert [t["name"] for t in ok(http.get("/tables"))["tables"]] == ["t.json"]
+            if path == "/observe":  # what is read stays open to all: predictions, discovery, reports
+                pred = ok(http.post(f"/predict/single/{SEGMENTS}", json={"trace": TRACE}))["results"]
+                assert pred["model_version"] == 2 and 900 < pred["expect"] < 1600
+                batch = ok(http.post(f"/predict/batch/{SEGMENTS}", json={"trace": [TRACE, TRACE]}))
+                assert batch["expect"] == pytest.approx(2 * pred["expect"])
+                assert ok(http.get(f"/models/{SEGMENTS}/accuracy"))["observations"] == 40
+                for path_read in ("/health", "/ping", "/models", f"/models/{SEGMENTS}", "/cache/stats", "/tables",
+                                  "/metrics", "/dashboard", "/docs", "/openapi.json"):
+                    assert http.get(path_read).status_code == 200, path_read
+        assert ok(http.get("/models"))["models"] == [] and ok(http.get("/tables"))["tables"] == []
+        # The key is asked before the body is read: a request that announces 100 MB and sends
+        # none of it is answered at once, not held until the body arrives.
+        host, port = srv.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"POST /train HTTP/1.1\r\nhost: predictor\r\ncontent-type: application/json\r\n"
+                         b"content-length: 100000000\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 401 ")
+        # /docs shows which routes ask for the key.
+        spec = ok(http.get("/openapi.json"))
+        secured = sorted((m.upper(), p) for p, ops in spec["paths"].items() for m, op in ops.items() if op.get("security"))
+        assert len(secured) == len(writes) and spec["components"]["securitySchemes"]["PREDICTOR_API_KEY"]["scheme"] == "bearer"
+
+
+def test_without_an_api_key_no_route_asks_for_one(http):
+    spec = ok(http.get("/openapi.json"))
+    assert "securitySchemes" not in spec.get("components", {})
+    assert not [p for p, ops in spec["paths"].items() for op in ops.values() if op.get("security")]

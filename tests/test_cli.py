@@ -292,6 +292,11 @@ def test_a_bad_setting_or_an_unusable_data_directory_is_one_clear_line(tmp_path,
     ("PREDICTOR_RETRAIN_MIN_OBSERVATIONS", "10000000000000",
      "Input should be less than or equal to 1000000000000 (got '10000000000000')"),
     ("PREDICTOR_MAX_UPLOAD_MB", "1e20", "Input should be less than or equal to 1000000000 (got '1e20')"),
+    # A key is never repeated back: not on the terminal, not in a log.
+    ("PREDICTOR_API_KEY", "", "is empty: set a key, or unset the variable to require none"),
+    ("PREDICTOR_API_KEY", "too-short-key", "must be at least 16 characters long (a random one: "
+                                           "python -c 'import secrets; print(secrets.token_urlsafe(32))')"),
+    ("PREDICTOR_API_KEY", "a long secret with spaces", "must be visible ASCII characters, without spaces"),
 ])
 def test_settings_that_make_no_sense_stop_the_service_with_one_line(tmp_path, monkeypatch, variable, value, message):
     monkeypatch.setenv(variable, value)
@@ -473,6 +478,30 @@ def test_an_error_answer_of_the_service_is_one_line(tmp_path, server):
                                "params": {"num_leaves": 7}}))
     result = runner.invoke(cli.app, ["train", str(cfg), "--url", server.url])
     assert "'num_leaves' is a LightGBM parameter" in one_error_line(result)
+
+
+def test_with_url_the_api_key_comes_from_the_environment(tmp_path, monkeypatch):
+    from .conftest import run_server
+
+    key = "cli-key-0123456789abcdef"
+    cfg = tmp_path / "train.json"
+    cfg.write_text(json.dumps({"model": IDENTITY, "traces": make_llm_traces(60), "algorithm": "linear"}))
+    with run_server(tmp_path / "data", {"PREDICTOR_API_KEY": key}) as srv:
+        monkeypatch.delenv("PREDICTOR_API_KEY", raising=False)
+        result = runner.invoke(cli.app, ["train", str(cfg), "--url", srv.url])
+        assert one_error_line(result).startswith("error: 401: this route changes the service's state and needs its API key")
+        monkeypatch.setenv("PREDICTOR_API_KEY", key)
+        invoke("train", cfg, "--url", srv.url)
+        monkeypatch.delenv("PREDICTOR_API_KEY")  # reading needs no key
+        assert [m["model_name"] for m in json_out(invoke("models", "--json", "--url", srv.url))] == [IDENTITY["model_name"]]
+
+
+def test_a_setting_beside_a_wrapped_config_is_refused_not_ignored(tmp_path, data):
+    cfg = tmp_path / "train.json"
+    cfg.write_text(json.dumps({"config": {"model": IDENTITY, "traces": make_llm_traces(60)}, "algorithm": "linear"}))
+    said = one_error_line(invoke("train", cfg, "--data-dir", data, ok=False))
+    assert "'algorithm': not allowed beside 'config'" in said
+    assert not (data / "models").exists() or not any((data / "models").iterdir())
 
 
 def test_a_config_that_is_not_utf8_is_one_line(tmp_path, data):

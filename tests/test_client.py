@@ -169,6 +169,37 @@ def test_train_with_files_and_delete(trained_server, tmp_path):
         assert gone.value.status_code == 404
 
 
+def test_both_clients_send_the_api_key_the_service_asks_for(tmp_path):
+    key = "client-key-0123456789abcdef"
+    ident = {**IDENTITY, "software_version": "keyed"}
+    with run_server(tmp_path / "data", {"PREDICTOR_API_KEY": key}) as srv:
+        with PredictorClient(srv.url) as anonymous:
+            with pytest.raises(PredictorClientError) as refused:
+                anonymous.train({"model": ident, "traces": make_llm_traces(100), "algorithm": "linear"})
+            assert refused.value.status_code == 401 and refused.value.field == "authorization"
+        with PredictorClient(srv.url, api_key=key + "x") as wrong:
+            with pytest.raises(PredictorClientError, match="not this service's") as refused:
+                wrong.train({"model": ident, "traces": make_llm_traces(100), "algorithm": "linear"})
+            assert refused.value.status_code == 401
+        with PredictorClient(srv.url, api_key=key) as client:
+            assert client.train({"model": ident, "traces": make_llm_traces(100), "algorithm": "linear"}).version == 1
+
+        async def async_calls():
+            async with AsyncPredictorClient(srv.url, api_key=key) as keyed, AsyncPredictorClient(srv.url) as anonymous:
+                expect = (await anonymous.predict_single(ident, make_llm_traces(1)[0])).results.expect
+                with pytest.raises(PredictorClientError) as refused:
+                    await anonymous.delete_model(ident)
+                deleted = await keyed.delete_model(ident)
+                return expect, refused.value.status_code, deleted["deleted_versions"]
+
+        expect, status, deleted = asyncio.run(async_calls())
+        assert expect > 0 and status == 401 and deleted == [1]
+    for bad in ("", "two words", "ключ-0123456789abcdef", 12345678901234567):
+        with pytest.raises(ValueError, match="api_key must be") as said:
+            PredictorClient("http://127.0.0.1:1", api_key=bad)
+        assert str(bad) not in str(said.value) or bad == ""
+
+
 def test_the_walk_through_vision_model_knows_first_runs(trained_server):
     # The README's walk-through: the shipped ResNet-50 trace and config, uploaded together.
     import orjson

@@ -290,6 +290,27 @@ def test_quantiles_stay_within_the_log_bounds_however_far_the_level():
         bounded.quantiles(levels)[0].tolist())
 
 
+def test_an_upper_tail_is_never_extrapolated_heavier_than_a_finite_variance_allows():
+    # 395 fast runs and 5 of a 300x slower mode, of tasks 1x to 8x apart (the scores of a
+    # location that ignores the size): the outer scores the tail's slope is read from
+    # straddle the slow mode's start, and the slope through them (1.5, a Pareto index of
+    # 0.65) gave each task a tail of infinite mean. A queue of 20,000 such tasks had a total
+    # median 3.5 times its expect; the tail is now that of a Pareto index of 2 at most.
+    rng = np.random.default_rng(3)
+    z = np.log(rng.integers(1, 9, 400)) + 0.05 * rng.standard_normal(400) + np.log(300.0) * (np.arange(400) < 5)
+    sd = ScoreDistribution.from_scores(z)
+    top = sd.levels[-1]
+    far = sd.quantile(np.array([top, 1 - 1e-6]))
+    assert far[1] - far[0] <= 0.5 * np.log((1 - top) / 1e-6) + 1e-9
+    bounds = (np.log(5.0) + z.min() - np.log(100.0), np.log(40.0) + z.max() + np.log(100.0))
+    dist = RuntimeDistribution(np.log(rng.uniform(5, 40, 20_000)), np.ones(20_000), sd, log_bounds=bounds)
+    median = dist.total().quantiles([0.5])[0]
+    expect = dist.mean_std()[0].sum()
+    # Above it (the moments leave the tail past the slowest run out, the total does not), by
+    # at most that tail's mean: twice the slowest run's share, 1 / 401 of each task's runs.
+    assert 1.0 < median / expect < 1.0 + 2 * np.exp(z.max()) / 401 / (np.exp(z) @ np.ones(400) / 400)
+
+
 def test_moments_follow_the_observed_scores_not_an_extrapolated_tail():
     # Two modes (warm and cold starts) and one warm-up outlier, as in real vision traces:
     # the exponential tail beyond the outlier must not turn the mean and variance absurd.

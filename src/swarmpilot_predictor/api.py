@@ -11,6 +11,7 @@ import contextlib
 import functools
 import gc
 import gzip
+import hmac
 import logging
 import os
 import shutil
@@ -28,10 +29,11 @@ from urllib.parse import quote, unquote
 import anyio
 import anyio.to_thread
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ValidationError
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, SecretStr, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -40,8 +42,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from . import __version__
-from .errors import (InvalidInput, NotFound, PayloadTooLarge, PredictorError, UnsupportedMediaType, shown, storage_error,
-                     validation_message, writing)
+from .errors import (InvalidInput, NotFound, PayloadTooLarge, PredictorError, Unauthorized, UnsupportedMediaType, shown,
+                     storage_error, validation_message, writing)
 from .identity import IdentityPattern, names_a_model
 from .schemas import (
     BatchPredictionResponse,
@@ -300,6 +302,31 @@ def _openapi_body(schema: type[BaseModel]) -> dict[str, Any]:
     }
 
 
+def api_key_guard(key: SecretStr | None) -> list[Any]:
+    """The dependencies of the routes that change state: the check of ``key``, or none when
+    no key is set (and then /docs shows no lock on them either).
+
+    Checked before the route reads its body, so an upload without the key is refused
+    before it is read; compared in constant time, so that the answer's timing does not
+    tell how much of a guess was right.
+    """
+    if key is None:
+        return []
+    expected = key.get_secret_value().encode()
+    bearer = HTTPBearer(auto_error=False, scheme_name="PREDICTOR_API_KEY",
+                        description="Routes that change state (training, deletion, observations, retraining, "
+                                    "lookup-table generation and deletion, cache clearing) need the service's key.")
+
+    async def require_api_key(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if credentials is None:
+            raise Unauthorized("this route changes the service's state and needs its API key: "
+                               "send the header 'Authorization: Bearer <PREDICTOR_API_KEY>'")
+        if not hmac.compare_digest(credentials.credentials.encode(), expected):
+            raise Unauthorized("the API key sent is not this service's", 'Bearer error="invalid_token"')
+
+    return [Depends(require_api_key)]
+
+
 def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     settings = settings or PredictorSettings()
     service = PredictorService(settings)
@@ -333,6 +360,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     app.add_middleware(EncodedSlashMiddleware)
     app.state.service = service
     app.state.settings = settings
+    writes = api_key_guard(settings.api_key)
 
     @app.exception_handler(PredictorError)
     async def _predictor_error(request: Request, exc: PredictorError):
@@ -390,7 +418,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     async def cache_stats():
         return JSONResponse(service.cache_stats())
 
-    @app.post("/cache/clear", tags=["cache"], summary="Empty the prediction cache")
+    @app.post("/cache/clear", tags=["cache"], dependencies=writes, summary="Empty the prediction cache")
     async def cache_clear():
         return JSONResponse(service.clear_cache())
 
@@ -415,7 +443,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         pattern = _identity_from(request.scope, 1)
         return JSONResponse(await run_in_threadpool(service.accuracy, pattern, version, recent))
 
-    @app.post("/models/" + IDENTITY_PATH + "/retrain", tags=["monitoring"],
+    @app.post("/models/" + IDENTITY_PATH + "/retrain", tags=["monitoring"], dependencies=writes,
               summary="Retrain now on training data plus observations; a new version only if it is better")
     async def model_retrain(request: Request):
         pattern = _identity_from(request.scope, 1)
@@ -424,19 +452,19 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
             _parse_body(raw, RetrainRequest)  # it takes no options: {} or nothing; a key is refused, named
         return JSONResponse(await run_in_threadpool(service.retrain, pattern))
 
-    @app.delete("/models/" + IDENTITY_PATH, tags=["models"], summary="Delete a model, every version")
+    @app.delete("/models/" + IDENTITY_PATH, tags=["models"], dependencies=writes, summary="Delete a model, every version")
     async def model_delete(request: Request):
         pattern = _identity_from(request.scope, 1)
         return JSONResponse(service.delete_model(pattern))
 
-    @app.delete("/models/" + IDENTITY_PATH + "/versions/{version}", tags=["models"], summary="Delete one version")
+    @app.delete("/models/" + IDENTITY_PATH + "/versions/{version}", tags=["models"], dependencies=writes, summary="Delete one version")
     async def model_version_delete(request: Request, version: int):
         pattern = _identity_from(request.scope, 1)
         return JSONResponse(service.delete_model(pattern, version))
 
     # ------------------------------------------------------------------ training
 
-    @app.post("/train", response_model=TrainResult, tags=["training"],
+    @app.post("/train", response_model=TrainResult, tags=["training"], dependencies=writes,
               openapi_extra=_openapi_body(TrainRequest),
               summary="Train (in a separate low-priority process); ?background=true answers 202 with a job id")
     async def train(request: Request, background: bool = False):
@@ -596,7 +624,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
 
     # ------------------------------------------------------------------ lookup tables
 
-    @app.post("/predict/table/" + IDENTITY_PATH, tags=["lookup tables"],
+    @app.post("/predict/table/" + IDENTITY_PATH, tags=["lookup tables"], dependencies=writes,
               summary="Predict every trace of an uploaded file and write a lookup table")
     async def predict_table(request: Request):
         pattern = _identity_from(request.scope, 2)
@@ -658,13 +686,13 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         return StreamingResponse(content(), media_type=_TABLE_MEDIA.get(_table_media_key(name), "application/octet-stream"),
                                  headers={"content-length": str(size), "content-disposition": disposition})
 
-    @app.delete("/tables/{name}", tags=["lookup tables"], summary="Delete a lookup table")
+    @app.delete("/tables/{name}", tags=["lookup tables"], dependencies=writes, summary="Delete a lookup table")
     async def tables_delete(request: Request):
         return JSONResponse(service.tables.delete(_table_name_from(request)))
 
     # ------------------------------------------------------------------ monitoring
 
-    @app.post("/observe", tags=["monitoring"], openapi_extra=_openapi_body(ObserveRequest),
+    @app.post("/observe", tags=["monitoring"], dependencies=writes, openapi_extra=_openapi_body(ObserveRequest),
               summary="Record measured runtimes for accuracy tracking and retraining")
     async def observe(request: Request):
         req = await _json_body(request, ObserveRequest)

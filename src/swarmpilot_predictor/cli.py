@@ -44,6 +44,9 @@ UrlOpt = typer.Option(None, "--url", "-u", callback=_url_given,
                       help="Talk to a running service at this URL instead of a data directory.")
 
 
+API_KEY_ENV = "PREDICTOR_API_KEY"
+
+
 def _settings(data_dir: Optional[str], flags: dict[str, str] | None = None) -> PredictorSettings:
     """Settings from the environment; ``flags`` maps the variables that a flag set to the flag, named in errors."""
     from pydantic import ValidationError
@@ -97,13 +100,15 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 @contextlib.contextmanager
 def _remote(url: str) -> Iterator[Any]:
-    """A client of the service at ``url``; its errors (unreachable, an error answer) end the command with one line."""
+    """A client of the service at ``url``, sending ``$PREDICTOR_API_KEY`` where set (from the
+    environment only: a flag would show the key in the process list and the shell's history);
+    its errors (unreachable, an error answer) end the command with one line."""
     import httpx
 
     from .client import PredictorClient, PredictorClientError
 
     try:
-        with PredictorClient(url) as client:
+        with PredictorClient(url, api_key=os.environ.get(API_KEY_ENV) or None) as client:
             yield client
     except PredictorClientError as exc:
         _fail(f"{exc.status_code}: {exc.message}" if exc.status_code else exc.message)

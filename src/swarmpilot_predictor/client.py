@@ -598,12 +598,14 @@ _MAYBE_SENT = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
 class _Base:
-    def __init__(self, base_url: str = "http://localhost:8200", timeout: float = 30.0, retries: int = 3, backoff: float = 0.1):
+    def __init__(self, base_url: str = "http://localhost:8200", timeout: float = 30.0, retries: int = 3, backoff: float = 0.1,
+                 api_key: str | None = None):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
         self._calls = _Calls()
+        self._headers = _auth_headers(api_key)
 
     def _kwargs(self, req: _Request) -> dict[str, Any]:
         kw: dict[str, Any] = {"params": req.params}
@@ -646,6 +648,17 @@ class _Base:
         return PredictorUnavailableError(f"cannot reach the predictor at {self.base_url}: {_cause(exc)}")
 
 
+def _auth_headers(api_key: str | None) -> dict[str, str]:
+    """The header that carries the service's API key (``PREDICTOR_API_KEY``), sent with every
+    request; none without a key."""
+    if api_key is None:
+        return {}
+    if not isinstance(api_key, str) or not api_key or not all("!" <= c <= "~" for c in api_key):
+        # Never quoted: it is a secret, and a wrong one may be another service's.
+        raise ValueError("api_key must be a non-empty string of visible ASCII characters (the service's PREDICTOR_API_KEY)")
+    return {"authorization": f"Bearer {api_key}"}
+
+
 def _cause(exc: Exception) -> str:
     """What went wrong with a connection, never empty (httpx raises ``ReadError('')``).
 
@@ -678,9 +691,9 @@ class PredictorClient(_Base):
     """Blocking client. Use as a context manager, or call :meth:`close`."""
 
     def __init__(self, base_url: str = "http://localhost:8200", timeout: float = 30.0, retries: int = 3, backoff: float = 0.1,
-                 transport: httpx.BaseTransport | None = None):
-        super().__init__(base_url, timeout, retries, backoff)
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport,
+                 transport: httpx.BaseTransport | None = None, api_key: str | None = None):
+        super().__init__(base_url, timeout, retries, backoff, api_key)
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport, headers=self._headers,
                                   limits=httpx.Limits(max_connections=100, max_keepalive_connections=20,
                                                       keepalive_expiry=KEEPALIVE_EXPIRY))
 
@@ -848,11 +861,12 @@ class AsyncPredictorClient(_Base):
     """
 
     def __init__(self, base_url: str = "http://localhost:8200", timeout: float = 30.0, retries: int = 3, backoff: float = 0.1,
-                 transport: httpx.AsyncBaseTransport | None = None, max_connections: int = 100):
-        super().__init__(base_url, timeout, retries, backoff)
+                 transport: httpx.AsyncBaseTransport | None = None, max_connections: int = 100,
+                 api_key: str | None = None):
+        super().__init__(base_url, timeout, retries, backoff, api_key)
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport,
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport, headers=self._headers,
                                        limits=httpx.Limits(max_connections=max_connections,
                                                            max_keepalive_connections=min(20, max_connections),
                                                            keepalive_expiry=KEEPALIVE_EXPIRY))

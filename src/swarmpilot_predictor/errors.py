@@ -41,6 +41,16 @@ class PredictorError(Exception):
         self.extra = extra or {}
 
 
+class Unauthorized(PredictorError):
+    """A route that changes state, asked without the service's API key (or with another)."""
+
+    status_code = 401
+
+    def __init__(self, message: str, challenge: str = "Bearer"):
+        super().__init__(message, field="authorization")
+        self.headers = {"WWW-Authenticate": challenge}
+
+
 class InvalidInput(PredictorError):
     status_code = 422
 

@@ -136,6 +136,10 @@ class TrainConfig(BaseModel):
 
 
 class TrainRequest(BaseModel):
+    # A setting beside the config instead of in it ({"config": {...}, "algorithm": "linear"})
+    # is a mistake to name: ignored, it trained with the default.
+    model_config = ConfigDict(extra="forbid")
+
     config: TrainConfig
 
 
@@ -340,6 +344,16 @@ class RenderedPredictions:
 # --------------------------------------------------------------------------- config files
 
 
+def check_envelope(data: dict[str, Any]) -> None:
+    """Refuse (422, naming the first) keys beside ``config`` in a ``{"config": ...}`` envelope:
+    a setting put there instead of inside (``"algorithm": "linear"``) was ignored, and the
+    model trained with the default."""
+    beside = [k for k in data if k != "config"]
+    if beside:
+        raise InvalidInput(f"{', '.join(shown(k) for k in beside)}: not allowed beside 'config' in a "
+                           "{\"config\": ...} body: put every setting inside 'config'", field=str(beside[0]))
+
+
 def config_from_text(text: str) -> dict[str, Any]:
     """A training config's text (JSON, or YAML), as the object it holds, unwrapped from a
     ``{"config": ...}`` envelope; InvalidInput (422) naming what is wrong.
@@ -359,6 +373,7 @@ def config_from_text(text: str) -> dict[str, Any]:
             raise InvalidInput(f"config is neither valid JSON nor YAML: {exc}", field="config") from None
         from_yaml = True
     if isinstance(data, dict) and "config" in data and isinstance(data["config"], dict):
+        check_envelope(data)
         data = data["config"]
     if from_yaml:
         # YAML has more types than JSON (bytes, dates, sets, non-string keys, NaN) and its

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import StorageError, shown
@@ -18,6 +18,8 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvico
 # service and then failed the answers that carry it (JSON integers stop at 64 bits).
 MAX_COUNT = 10**12
 MAX_MB = 1e9  # a petabyte
+# A shorter key can be guessed; an API key is a random string, not a password to remember.
+API_KEY_MIN_LENGTH = 16
 
 
 class PredictorSettings(BaseSettings):
@@ -66,6 +68,9 @@ class PredictorSettings(BaseSettings):
     # configured providers). Off by default: even unconfigured, it is consulted on
     # every request; Prometheus metrics are always at /metrics.
     opentelemetry: bool = False
+    # The key the routes that change state require (``Authorization: Bearer <key>``); unset,
+    # none is required. A SecretStr, so that no repr, log line or error message shows it.
+    api_key: SecretStr | None = None
 
     @field_validator("data_dir", mode="before")
     @classmethod
@@ -80,6 +85,22 @@ class PredictorSettings(BaseSettings):
         if v.lower() not in LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return v.lower()
+
+    @field_validator("api_key")
+    @classmethod
+    def _api_key_usable(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None:
+            return v
+        key = v.get_secret_value()
+        if not key:
+            raise ValueError("is empty: set a key, or unset the variable to require none")
+        # An HTTP header carries visible ASCII; a space would split "Bearer <key>".
+        if not all("!" <= c <= "~" for c in key):
+            raise ValueError("must be visible ASCII characters, without spaces")
+        if len(key) < API_KEY_MIN_LENGTH:
+            raise ValueError(f"must be at least {API_KEY_MIN_LENGTH} characters long "
+                             "(a random one: python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+        return v
 
     @field_validator("drift_min_observations")
     @classmethod
@@ -177,5 +198,7 @@ def settings_problem(exc: ValidationError, named: Mapping[str, str] | None = Non
         variable = "DEFAULT_LOOKUP_TABLE" if field == "default_lookup_table" else "PREDICTOR_" + field.upper()
         return (named or {}).get(variable, variable)
 
-    return "; ".join(f"{name(e['loc'])}: {e['msg'].removeprefix('Value error, ')} (got {shown(e.get('input'))})"
-                     for e in exc.errors())
+    def got(e: dict) -> str:
+        return "" if e["loc"] and e["loc"][0] == "api_key" else f" (got {shown(e.get('input'))})"  # never shown
+
+    return "; ".join(f"{name(e['loc'])}: {e['msg'].removeprefix('Value error, ')}{got(e)}" for e in exc.errors())

@@ -368,7 +368,10 @@ def _train_job(data_dir: str, config: dict[str, Any] | None, raw_body: bytes | N
     """Runs in the worker process; errors travel back as data, not as pickled exceptions."""
     try:
         if raw_body is not None:
-            cfg = _parse_train_request(raw_body)
+            try:
+                cfg = _parse_train_request(raw_body)
+            except PredictorError as exc:  # its field named as in the request already
+                return {"ok": False, "error": {"status_code": exc.status_code, "message": exc.message, "field": exc.field}}
         else:
             cfg = TrainConfig.model_validate(config)
         registry = ModelRegistry(Path(data_dir) / "models", scan=False)
@@ -395,12 +398,14 @@ def _as_in_request(field: str | None) -> str | None:
 def _parse_train_request(raw: bytes) -> TrainConfig:
     from pydantic import ValidationError
 
-    from .schemas import TrainRequest
+    from .schemas import TrainRequest, check_envelope
 
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"body is not valid JSON: {exc}", field="body") from None
+    if isinstance(data, dict) and "config" in data:
+        check_envelope(data)
     try:
         return TrainRequest.model_validate(data).config
     except ValidationError as exc:
