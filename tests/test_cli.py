@@ -342,6 +342,21 @@ def test_serve_flags_are_checked_as_the_variables_are(tmp_path, monkeypatch):
     assert said.startswith("error: PREDICTOR_HOST 'no-such-host.invalid' cannot be resolved")
 
 
+def test_a_bad_api_key_is_never_printed_by_any_entry_point(tmp_path):
+    import subprocess
+    import sys
+
+    key = "Zk3p9-real-production-key-0001\r"  # a stray carriage return from a Windows key file
+    env = {**os.environ, "PREDICTOR_DATA_DIR": str(tmp_path / "data"), "PREDICTOR_API_KEY": key}
+    for command in (["uvicorn", "--factory", "swarmpilot_predictor.api:app_from_env", "--port", "0"],
+                    ["src.scheduler.predictor_api"], ["swarmpilot_predictor", "serve", "--port", "0"]):
+        done = subprocess.run([sys.executable, "-m", *command], env=env, capture_output=True, text=True,
+                              timeout=60, cwd=Path(__file__).resolve().parents[1])
+        assert done.returncode == 1, command
+        assert "Zk3p9" not in done.stdout + done.stderr, command
+        assert "PREDICTOR_API_KEY: must be visible ASCII characters, without spaces" in done.stderr, command
+
+
 def test_the_seed_entry_point_says_a_bad_setting_in_one_line(tmp_path):
     import subprocess
     import sys

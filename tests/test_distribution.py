@@ -282,7 +282,7 @@ def test_quantiles_stay_within_the_log_bounds_however_far_the_level():
     sd = ScoreDistribution.from_scores(np.r_[np.zeros(7), 10.0, 15.0, 20.0, 25.0, 30.0, 35.0])  # a wild tail
     free = RuntimeDistribution(np.zeros(2), np.ones(2), sd)
     bounded = RuntimeDistribution(np.zeros(2), np.ones(2), sd, log_bounds=(-5.0, 40.0))
-    levels = [0.5, 0.99, 0.999999]
+    levels = [0.5, 1 - 1e-9, 1 - 1e-12]  # (the tail past the scores rises at most 0.5 per unit of log tail probability)
     assert free.quantiles(levels)[0, -1] > np.exp(40.0)
     np.testing.assert_allclose(bounded.quantiles(levels)[0], [1.0, *np.exp([40.0, 40.0])])
     assert bounded.subset(np.array([1])).quantiles(levels)[0, -1] == pytest.approx(np.exp(40.0))
@@ -290,25 +290,30 @@ def test_quantiles_stay_within_the_log_bounds_however_far_the_level():
         bounded.quantiles(levels)[0].tolist())
 
 
-def test_an_upper_tail_is_never_extrapolated_heavier_than_a_finite_variance_allows():
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_an_upper_tail_is_never_extrapolated_with_an_infinite_mean(scale):
     # 395 fast runs and 5 of a 300x slower mode, of tasks 1x to 8x apart (the scores of a
     # location that ignores the size): the outer scores the tail's slope is read from
-    # straddle the slow mode's start, and the slope through them (1.5, a Pareto index of
-    # 0.65) gave each task a tail of infinite mean. A queue of 20,000 such tasks had a total
-    # median 3.5 times its expect; the tail is now that of a Pareto index of 2 at most.
+    # straddle the slow mode's start, and the slope through them (1.5 at a scale of 1, a
+    # Pareto index of 0.65) gave each task a tail of infinite mean. A queue of 20,000 such
+    # tasks had a total median 3.5 times its expect (10.7 times at a scale of 3); each
+    # task's tail is now that of a Pareto index of 2 at most, in log runtime.
     rng = np.random.default_rng(3)
     z = np.log(rng.integers(1, 9, 400)) + 0.05 * rng.standard_normal(400) + np.log(300.0) * (np.arange(400) < 5)
     sd = ScoreDistribution.from_scores(z)
     top = sd.levels[-1]
-    far = sd.quantile(np.array([top, 1 - 1e-6]))
+    bounds = (np.log(5.0) + scale * z.min() - np.log(100.0), np.log(40.0) + scale * z.max() + np.log(100.0))
+    dist = RuntimeDistribution(np.log(rng.uniform(5, 40, 20_000)), np.full(20_000, scale), sd, log_bounds=bounds)
+    far = np.log(dist.subset(np.arange(1)).quantiles([top, 1 - 1e-6])[0])
     assert far[1] - far[0] <= 0.5 * np.log((1 - top) / 1e-6) + 1e-9
-    bounds = (np.log(5.0) + z.min() - np.log(100.0), np.log(40.0) + z.max() + np.log(100.0))
-    dist = RuntimeDistribution(np.log(rng.uniform(5, 40, 20_000)), np.ones(20_000), sd, log_bounds=bounds)
+    assert np.log(describe_one(float(dist.location[0]), scale, sd, (top, 1 - 1e-6), False, log_bounds=bounds)[0]) == (
+        pytest.approx(far))
     median = dist.total().quantiles([0.5])[0]
     expect = dist.mean_std()[0].sum()
     # Above it (the moments leave the tail past the slowest run out, the total does not), by
     # at most that tail's mean: twice the slowest run's share, 1 / 401 of each task's runs.
-    assert 1.0 < median / expect < 1.0 + 2 * np.exp(z.max()) / 401 / (np.exp(z) @ np.ones(400) / 400)
+    runs = np.exp(scale * z)
+    assert 1.0 < median / expect < 1.0 + 2 * runs.max() / 401 / runs.mean()
 
 
 def test_moments_follow_the_observed_scores_not_an_extrapolated_tail():

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -61,7 +62,7 @@ from .schemas import (
 )
 from .metrics import CLIENT_CLOSED, MetricsMiddleware
 from .service import PredictorService, predict_on_one_blas_thread
-from .settings import PredictorSettings
+from .settings import PredictorSettings, settings_problem
 from .training import when_parent_dies
 from .traces import TRACE_FILE_SUFFIXES
 
@@ -1052,9 +1053,16 @@ SUPERVISOR_ENV = "SWARMPILOT_PREDICTOR_SUPERVISOR"
 
 
 def app_from_env() -> FastAPI:
-    """Factory for ``uvicorn --factory`` and multi-worker serving: settings from the environment."""
+    """Factory for ``uvicorn --factory`` and multi-worker serving: settings from the environment
+    (a bad one is one line and exit status 1, as ``serve`` says it: pydantic's own message
+    quotes the values, a key's too)."""
     _stop_with_supervisor()
-    return create_app(PredictorSettings())
+    try:
+        settings = PredictorSettings()
+    except ValidationError as exc:
+        print(f"error: {settings_problem(exc)}", file=sys.stderr)
+        raise SystemExit(1) from None
+    return create_app(settings)
 
 
 def _stop_with_supervisor() -> None:

@@ -117,12 +117,13 @@ LOG_BOUNDS = (-700.0, 700.0)
 
 # The outer scores a tail's slope is estimated from, at the least (when there are as many).
 _TAIL_POINTS = 8
-# The steepest upper tail extrapolated past the scores, in score units (log runtime, at a
-# scale of 1) per unit of log tail probability: a Pareto tail of index 2, the heaviest
-# whose variance is finite. A steeper slope is outer scores that straddle a slow mode's
-# start (3 fast runs and 5 of a 300x slower mode among 400 gave 1.53, an index of 0.65,
-# whose mean is infinite): summed over a queue of 20,000 tasks, such a tail put the total's
-# median at 3.5 times its expect.
+# The steepest a task's upper tail rises past the highest training score, in log runtime
+# per unit of log tail probability: a Pareto tail of index 2, whose mean is finite (its
+# variance only just not). A steeper slope is outer scores that straddle a slow mode's start
+# (3 fast runs and 5 of a 300x slower mode among 400 gave 1.53, an index of 0.65, whose
+# mean is infinite): summed over a queue of 20,000 tasks, such a tail put the total's
+# median at 3.5 times its expect. Capped per task, in log runtime: a task's scale
+# multiplies the scores' slope.
 _TAIL_SLOPE_MAX = 0.5
 
 
@@ -241,11 +242,39 @@ class ScoreDistribution:
             p, z = self.levels, self.values
             n = len(p)
             k = max(min(int(np.searchsorted(p, 1 - 4 * (1 - p[-1]))), n - _TAIL_POINTS), 0)
-            hi = min(_robust_slope(-np.log1p(-p[k:]), z[k:]), _TAIL_SLOPE_MAX)
+            hi = _robust_slope(-np.log1p(-p[k:]), z[k:])
             k = min(max(int(np.searchsorted(p, 4 * p[0], side="right")), _TAIL_POINTS), n)
             lo = _robust_slope(-np.log(p[:k]), z[:k])
             got = self._cache["tails"] = (lo, hi)
         return got
+
+    def upper_tail(self) -> tuple[float, float]:
+        """The highest training score, and the largest scale whose task's tail past it rises
+        as extrapolated: a larger scale multiplies the excess of Z over that score by this
+        instead (inf where the tail is flat)."""
+        got = self._cache.get("upper_tail")
+        if got is None:
+            slope = self._tail_slopes()[1] if len(self.levels) >= 2 else 0.0
+            got = self._cache["upper_tail"] = (float(self.values[-1]), _TAIL_SLOPE_MAX / slope if slope > 0 else math.inf)
+        return got
+
+    def log_runtimes(self, location: Any, scale: Any, z: Any) -> Any:
+        """``location + scale * z``, the log runtimes of scores ``z`` (arrays that broadcast),
+        each task's tail past the highest training score rising at most ``_TAIL_SLOPE_MAX``
+        per unit of log tail probability."""
+        out = location + scale * z
+        z_top, most = self.upper_tail()
+        over = np.maximum(scale - most, 0.0)
+        if not np.any(over):
+            return out
+        return out - over * np.maximum(z - z_top, 0.0)
+
+    def log_runtime_one(self, location: float, scale: float, z: float) -> float:
+        """``log_runtimes`` of one score, in plain floats."""
+        z_top, most = self.upper_tail()
+        if z <= z_top or scale <= most:
+            return location + scale * z
+        return location + scale * z_top + most * (z - z_top)
 
     # ------------------------------------------------------------------ moments
 
@@ -869,13 +898,14 @@ class RuntimeDistribution(TaskDistributions):
             # One shared shape: Z's quantiles are the same for every task (and monotone in
             # the level, so no sorting is needed); only location and scale vary.
             z = self.score.quantile_at(tuple(float(v) for v in levels))
-            log_q = self.location[:, None] + self.scale[:, None] * z[None, :] + self._spread_at(levels)
+            log_q = self.score.log_runtimes(self.location[:, None], self.scale[:, None], z[None, :]) + self._spread_at(levels)
             return snap_to_atoms(np.exp(np.clip(log_q, *self.log_bounds)), self.atoms)
         levels = np.asarray(levels, dtype=np.float64)
         order = np.argsort(levels)
         z = self.score_quantiles(levels[order])
         z = np.maximum.accumulate(z, axis=1)
-        q = np.exp(np.clip(self.location[:, None] + self.scale[:, None] * z + self._spread_at(levels[order]), *self.log_bounds))
+        q = np.exp(np.clip(self.score.log_runtimes(self.location[:, None], self.scale[:, None], z)
+                           + self._spread_at(levels[order]), *self.log_bounds))
         out = np.empty_like(q)
         out[:, order] = q
         return snap_to_atoms(out, self.atoms)
@@ -1032,7 +1062,8 @@ class RuntimeDistribution(TaskDistributions):
                 u = start[order] + w / 2
             levels = np.clip(u, *reach)
             z = part.score_quantiles(levels)  # (tasks, nodes), non-decreasing: tails included
-        x = np.exp(np.clip(part.location[:, None] + part.scale[:, None] * z + part._spread_at(levels), *self.log_bounds))
+        x = np.exp(np.clip(part.score.log_runtimes(part.location[:, None], part.scale[:, None], z) + part._spread_at(levels),
+                           *self.log_bounds))
         return [_SumBlock(u, w, x, np.arange(len(rows)))]
 
 
@@ -1463,9 +1494,9 @@ def describe_one(
     lo, hi = log_bounds
     if spread > 0:
         extra = [spread * float(ndtri(min(max(v, 1e-12), 1 - 1e-12))) for v in levels]
-        q = [math.exp(min(max(location + scale * v + e, lo), hi)) for v, e in zip(z, extra)]
+        q = [math.exp(min(max(score.log_runtime_one(location, scale, v) + e, lo), hi)) for v, e in zip(z, extra)]
     else:
-        q = [math.exp(min(max(location + scale * v, lo), hi)) for v in z]
+        q = [math.exp(min(max(score.log_runtime_one(location, scale, v), lo), hi)) for v in z]
     if atoms:
         q = [snap_one(v, atoms) for v in q]
     z_low, z_high = _capping_scores(score)

@@ -23,7 +23,9 @@ API_KEY_MIN_LENGTH = 16
 
 
 class PredictorSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PREDICTOR_", extra="ignore")
+    # Errors' text quotes no value (settings_problem quotes them, but never a key): an
+    # API key with a stray character would otherwise be printed whole in a traceback.
+    model_config = SettingsConfigDict(env_prefix="PREDICTOR_", extra="ignore", hide_input_in_errors=True)
 
     data_dir: Path = Path("./predictor_data")
     host: str = "0.0.0.0"

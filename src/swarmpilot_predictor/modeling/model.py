@@ -1015,8 +1015,8 @@ class QuantileModel:
             for k in range(n_folds):
                 te = fold == k
                 zq = scores[k].quantile(levels)
-                q[te] = snap_to_atoms(np.exp(np.clip(oof[te, None] + s[te, None] * zq[None, :], *bounds)),
-                                      fold_atoms[k])
+                q[te] = snap_to_atoms(np.exp(np.clip(scores[k].log_runtimes(oof[te, None], s[te, None], zq[None, :]),
+                                                     *bounds)), fold_atoms[k])
             return q, None
         pits = np.empty(n)
         fitted = []
