@@ -261,7 +261,8 @@ class ScoreDistribution:
     def log_runtimes(self, location: Any, scale: Any, z: Any) -> Any:
         """``location + scale * z``, the log runtimes of scores ``z`` (arrays that broadcast),
         each task's tail past the highest training score rising at most ``_TAIL_SLOPE_MAX``
-        per unit of log tail probability."""
+        per unit of log tail probability (an unseen category's spread term, added after,
+        is normal: the mean stays finite)."""
         out = location + scale * z
         z_top, most = self.upper_tail()
         over = np.maximum(scale - most, 0.0)
