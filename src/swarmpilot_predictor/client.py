@@ -38,6 +38,7 @@ from .schemas import (
     TrainResult,
     valid_unicode,
 )
+from .settings import visible_ascii
 
 T = TypeVar("T", bound=BaseModel)
 IdentityLike = ModelIdentity | IdentityPattern | ModelInfo | Mapping[str, Any] | Sequence[str | None] | str
@@ -653,7 +654,7 @@ def _auth_headers(api_key: str | None) -> dict[str, str]:
     request; none without a key."""
     if api_key is None:
         return {}
-    if not isinstance(api_key, str) or not api_key or not all("!" <= c <= "~" for c in api_key):
+    if not isinstance(api_key, str) or not api_key or not visible_ascii(api_key):
         # Never quoted: it is a secret, and a wrong one may be another service's.
         raise ValueError("api_key must be a non-empty string of visible ASCII characters (the service's PREDICTOR_API_KEY)")
     return {"authorization": f"Bearer {api_key}"}

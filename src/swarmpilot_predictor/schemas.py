@@ -137,7 +137,8 @@ class TrainConfig(BaseModel):
 
 class TrainRequest(BaseModel):
     # A setting beside the config instead of in it ({"config": {...}, "algorithm": "linear"})
-    # is a mistake to name: ignored, it trained with the default.
+    # is a mistake (ignored, it trained with the default): check_envelope names it first;
+    # this says so in the OpenAPI schema, and refuses it where a body is validated directly.
     model_config = ConfigDict(extra="forbid")
 
     config: TrainConfig

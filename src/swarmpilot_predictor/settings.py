@@ -22,6 +22,12 @@ MAX_MB = 1e9  # a petabyte
 API_KEY_MIN_LENGTH = 16
 
 
+def visible_ascii(text: str) -> bool:
+    """Whether ``text`` is printable ASCII without spaces: what an HTTP header can carry as a
+    bearer token (a space would split "Bearer <key>")."""
+    return all("!" <= c <= "~" for c in text)
+
+
 class PredictorSettings(BaseSettings):
     # Errors' text quotes no value (settings_problem quotes them, but never a key): an
     # API key with a stray character would otherwise be printed whole in a traceback.
@@ -96,8 +102,7 @@ class PredictorSettings(BaseSettings):
         key = v.get_secret_value()
         if not key:
             raise ValueError("is empty: set a key, or unset the variable to require none")
-        # An HTTP header carries visible ASCII; a space would split "Bearer <key>".
-        if not all("!" <= c <= "~" for c in key):
+        if not visible_ascii(key):
             raise ValueError("must be visible ASCII characters, without spaces")
         if len(key) < API_KEY_MIN_LENGTH:
             raise ValueError(f"must be at least {API_KEY_MIN_LENGTH} characters long "

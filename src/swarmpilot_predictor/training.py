@@ -366,12 +366,15 @@ def when_parent_dies(action: Callable[[], None], parent: int | None = None) -> N
 def _train_job(data_dir: str, config: dict[str, Any] | None, raw_body: bytes | None,
                uploads: dict[str, str] | None) -> dict[str, Any]:
     """Runs in the worker process; errors travel back as data, not as pickled exceptions."""
+    def failed(exc: PredictorError, field: str | None) -> dict[str, Any]:
+        return {"ok": False, "error": {"status_code": exc.status_code, "message": exc.message, "field": field}}
+
     try:
         if raw_body is not None:
             try:
                 cfg = _parse_train_request(raw_body)
             except PredictorError as exc:  # its field named as in the request already
-                return {"ok": False, "error": {"status_code": exc.status_code, "message": exc.message, "field": exc.field}}
+                return failed(exc, exc.field)
         else:
             cfg = TrainConfig.model_validate(config)
         registry = ModelRegistry(Path(data_dir) / "models", scan=False)
@@ -380,8 +383,7 @@ def _train_job(data_dir: str, config: dict[str, Any] | None, raw_body: bytes | N
         result = trainer.train(cfg, paths or None)
         return {"ok": True, "result": result}
     except PredictorError as exc:
-        return {"ok": False, "error": {"status_code": exc.status_code, "message": exc.message,
-                                       "field": _as_in_request(exc.field)}}
+        return failed(exc, _as_in_request(exc.field))
     except MemoryError:
         return {"ok": False, "error": {"status_code": 507, "message": "training ran out of memory"}}
 
