@@ -12,7 +12,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from swarmpilot_predictor.errors import InvalidInput, NotFound
+from swarmpilot_predictor.errors import AmbiguousModel, InvalidInput, NotFound
 from swarmpilot_predictor.identity import IdentityPattern
 from swarmpilot_predictor.lookup import (
     LookupTable,
@@ -471,17 +471,39 @@ def test_identity_fields_in_a_trace_pick_the_tables_identity_as_for_the_model(co
     recs = [record(i, features={"x": i}) for i in range(10)] + [record(100 + i, info=other, features={"x": i}) for i in range(10)]
     table = LookupTable.from_records(recs, name="two.json")
     loose = IdentityPattern.from_segments("llm", "m", "*", "*", "*")
-    traces = [{"x": 3, "hardware": "A100"}, {"x": 3, "hardware": "h"}, {"x": 4, "software_version": 2.4},
-              {"x": 3, "hardware": "T4"}, {"x": 3, "model_name": "other"}, {"x": 5},
-              {"input_feature": [{"param_name": "x", "val": 6}, {"param_name": "hardware", "val": "A100"}]}]
-    res = table.lookup(traces * copies, loose)
-    assert res.rows.tolist()[:7] == [13, 3, 14, -1, -1, res.rows[5], 16] and res.rows[5] in (5, 15)
-    assert res.errors[3] == "lookup table 'two.json' has no records for the trace's hardware 'T4'"
+    a100 = [{"x": 3, "hardware": "A100"}, {"x": 4, "software_version": 2.4}, {"x": 5},
+            {"input_feature": [{"param_name": "x", "val": 6}, {"param_name": "hardware", "val": "A100"}]},
+            {"x": 3, "model_name": "other"}]
+    res = table.lookup(a100 * copies, loose)
+    assert res.rows.tolist() == [13, 14, 15, 16, -1] * copies
     assert res.errors[4] == "the trace's model_name 'other' names another model than llm/m/*/*/*"
-    assert res.rows.tolist() == res.rows.tolist()[:7] * copies
-    got = table.predict(loose, traces * copies).results()
-    assert got[0]["model_info"]["hardware"] == "A100" and got[1]["model_info"]["hardware"] == "h"
-    assert got[3]["status"] == "error" and "'T4'" in got[3]["message"]
+    got = table.predict(loose, a100 * copies).results()
+    assert {r["model_info"]["hardware"] for r in got[:4]} == {"A100"} and got[4]["status"] == "error"
+    assert table.lookup([{"x": 3, "hardware": "h"}] * copies, loose).rows.tolist() == [3] * copies
+    # One request is answered by one model, as a model's prediction is: traces that name
+    # both, or none, are a 409 naming the candidates (they were answered record by record).
+    with pytest.raises(AmbiguousModel, match="the traces name different models") as info:
+        table.lookup([{"x": 3, "hardware": "A100"}, {"x": 3, "hardware": "h"}] * copies, loose)
+    assert info.value.extra["candidates"] == ["llm/m/h/s/1", "llm/m/A100/s/2.4"]
+    with pytest.raises(AmbiguousModel, match="holds 2 models that match llm/m/\\*/\\*/\\*: llm/m/h/s/1, llm/m/A100"):
+        table.lookup([{"x": 3}] * copies, loose)
+    with pytest.raises(NotFound, match="has no records for llm/m/\\*/\\*/\\* with the traces' hardware 'T4'"):
+        table.lookup([{"x": 3, "hardware": "T4"}] * copies, loose)
+    # A table of one model answers a trace that names another with that trace's error.
+    one = LookupTable.from_records(recs[:10], name="one.json")
+    res = one.lookup([{"x": 3, "hardware": "T4"}, {"x": 4}] * copies, loose)
+    assert res.rows.tolist() == [-1, 4] * copies
+    assert res.errors[0] == "lookup table 'one.json' has no records for the trace's hardware 'T4'"
+
+
+def test_a_record_that_leaves_identity_parts_out_answers_beside_the_model_a_request_names():
+    # Not several models: the loose records answer for any hardware, as before.
+    loose_info = {"type": "llm", "name": "m"}
+    recs = [record(i, features={"x": i}) for i in range(10)] + [
+        {**record(100 + i, features={"x": i + 0.5}), "model_info": loose_info} for i in range(10)]
+    table = LookupTable.from_records(recs, name="loose.json")
+    res = table.lookup([{"x": 3}, {"x": 4.5}], IdentityPattern.from_segments("llm", "*", "*", "*", "*"))
+    assert res.kinds() == ["exact", "exact"] and res.rows.tolist() == [3, 14]
 
 
 def test_flat_feature_records_and_jsonl_tables(tmp_path):
@@ -898,9 +920,11 @@ def test_a_table_is_parsed_once_then_loaded_from_its_sidecar(tmp_path):
     again = LookupTableStore(root).get("m.json")
     assert again is not parsed and again.describe() | {"index_seconds": 0} == parsed.describe() | {"index_seconds": 0}
     traces = [{"x": 5, "y": 10, "kind": "a"}, {"x": 5.3, "y": 10.2, "kind": "b"}, {"task_id": "t7"}, {"x": "bad"}]
-    for pattern in (None, IdentityPattern(hardware="h"), IdentityPattern(hardware="A100")):
+    for pattern in (IdentityPattern(hardware="h"), IdentityPattern(hardware="A100")):
         want = parsed.predict(pattern, traces, 0.9, [0.1, 0.5, 0.9]).results()
         assert again.predict(pattern, traces, 0.9, [0.1, 0.5, 0.9]).results() == want
+    with pytest.raises(AmbiguousModel, match="holds 2 models"):  # the table's two models, as the parsed one
+        again.predict(None, traces)
     # It really came from the sidecar: with a wrong source signature it is refused.
     assert load_index(sidecar, root / "m.json", "m.json", ("not", "this", "file")) is None
 

@@ -92,6 +92,42 @@ def test_identity_filtering_over_http(live):
     assert r.status_code == 404 and "no records for llm/other/A100/vllm/1" in r.json()["message"]
 
 
+
+def test_a_star_that_matches_two_models_of_a_table_is_a_409_naming_them(live):
+    # As for the models: one request, one model. Answered record by record, a queue's
+    # total summed A100 tasks of 150 ms and H100 tasks of 2 ms.
+    srv, _ = live
+
+    def rec(hardware: str, q: list[float]) -> dict:
+        return {"status": "success", "model_type": "gpt-3.5-turbo", "quantiles": [0.25, 0.5, 0.75, 0.99],
+                "quantile_predictions": q, "expect": q[1], "error": 1.0,
+                "model_info": {"type": "gpt-3.5-turbo", "name": "turbo", "hardware": hardware,
+                               "software_name": "vllm", "software_version": "0.1.0"}}
+
+    (srv.data_dir / "tables" / "two-gpus.json").write_bytes(
+        orjson.dumps([rec("A100", [100.0, 150.0, 200.0, 500.0]), rec("H100", [1.0, 2.0, 3.0, 4.0])]))
+    lookup = {"lookup_table": True, "lookup_table_name": "two-gpus.json"}
+    r = httpx.post(f"{srv.url}/predict/batch/gpt-3.5-turbo/*/*/*/*", json={"trace": [{"input_tokens": i} for i in range(10)], **lookup})
+    assert r.status_code == 409, r.text
+    assert r.json()["candidates"] == ["gpt-3.5-turbo/turbo/A100/vllm/0.1.0", "gpt-3.5-turbo/turbo/H100/vllm/0.1.0"]
+    with PredictorClient(srv.url) as client:
+        with pytest.raises(PredictorClientError, match="holds 2 models that match gpt-3.5-turbo/\\*") as info:
+            client.predict_single(["gpt-3.5-turbo", None, None, None, None], {"input_tokens": 1}, lookup_table=True,
+                                  lookup_table_name="two-gpus.json")
+        assert info.value.status_code == 409
+        # A URL that names the hardware: one model, answered.
+        got = client.predict_single(["gpt-3.5-turbo", None, "H100", None, None], {"input_tokens": 1}, lookup_table=True,
+                                    lookup_table_name="two-gpus.json")
+        assert got.results.quantile_predictions == [1.0, 2.0, 3.0, 4.0]
+        # Traces that name the hardware pick the model; traces that name both are a 409.
+        one = client.predict_batch(["gpt-3.5-turbo", None, None, None, None], [{"hardware": "A100"}] * 3,
+                                   lookup_table=True, lookup_table_name="two-gpus.json")
+        assert one.expect == 450.0
+        with pytest.raises(PredictorClientError, match="the traces name different models") as info:
+            client.predict_batch(["gpt-3.5-turbo", None, None, None, None], [{"hardware": "A100"}, {"hardware": "H100"}],
+                                 lookup_table=True, lookup_table_name="two-gpus.json")
+        assert info.value.status_code == 409
+
 def test_csv_generation_list_download_delete(live):
     srv, _ = live
     gz = gzip.compress(orjson.dumps(TRACES[:50]))

@@ -26,7 +26,7 @@ from scipy.spatial import cKDTree
 from scipy.special import fdtri
 
 from ..distribution import StoredQuantileDistribution, interval_levels
-from ..errors import NotFound, shown
+from ..errors import AmbiguousModel, NotFound, shown
 from ..features import FIRST_OF_SHAPE, stated_flag
 from ..identity import IDENTITY_KEYS, IdentityPattern, join_key, names_a_model, names_part
 from ..traces import (
@@ -153,6 +153,15 @@ class _Group:
 
     def describe(self) -> str:
         return join_key(self.identity)
+
+
+def _several_models(groups: list[_Group]) -> bool:
+    """Whether ``groups`` hold records of more than one model: two of them differ in an
+    identity part both state (a record that leaves a part out answers for any value of it)."""
+    first = groups[0].identity
+    return any(a is not None and b is not None and a != b
+               for g in groups[1:] for a, b in zip(first, g.identity)) or (
+        len(groups) > 2 and _several_models(groups[1:]))
 
 
 @dataclass
@@ -434,16 +443,51 @@ class LookupTable:
         """
         rows = traces if isinstance(traces, list) else list(traces)
         flat, errors = normalize_traces(rows)  # once: the steps below take flat traces
-        if names_a_model(rows):
-            return self._lookup_by_stated_identity(flat, errors, pattern)
-        return self._lookup(flat, errors, self.groups_for(pattern))
+        named = names_a_model(rows)
+        groups = self.groups_for(pattern)
+        if len(groups) > 1 and _several_models(groups):
+            groups = self._one_model(groups, pattern, flat if named else [])
+        if named:
+            return self._lookup_by_stated_identity(flat, errors, pattern, groups)
+        return self._lookup(flat, errors, groups)
+
+    def _one_model(self, groups: list[_Group], pattern: IdentityPattern | None,
+                   flat: list[dict[str, Any]]) -> list[_Group]:
+        """Of ``groups``, which name several models, those of the one model the traces'
+        identity fields name, as for the models: one request is answered by one model, and
+        a ``*`` that several match is a 409 naming them (answered record by record, a queue
+        summed A100 and H100 tasks)."""
+        asked = pattern or IdentityPattern()
+        stated = asked.stated_by(flat) if flat else {}
+        said = ", ".join(f"{k} {' and '.join(map(shown, vs))}" for k, vs in stated.items())
+        col = {k: IDENTITY_KEYS.index(k) for k in stated}
+
+        def naming(g: _Group, each: bool) -> bool:
+            test = all if each else any
+            return all(g.identity[col[k]] is None or test(names_part(v, g.identity[col[k]]) for v in vs)
+                       for k, vs in stated.items())
+
+        chosen = [g for g in groups if naming(g, each=True)]
+        if not chosen:
+            named = [g.describe() for g in groups if naming(g, each=False)]
+            if len(named) > 1:
+                raise AmbiguousModel(f"the traces name different models of lookup table {self.name!r} "
+                                     f"(their {said}): {', '.join(named)}; send each model's traces in a "
+                                     f"request of its own", extra={"candidates": named})
+            raise NotFound(f"lookup table {self.name!r} has no records for {asked.describe()} with the traces' {said}")
+        if len(chosen) > 1 and _several_models(chosen):
+            names = [g.describe() for g in chosen]
+            with_traces = f" with the traces' {said}" if said else ""
+            raise AmbiguousModel(f"lookup table {self.name!r} holds {len(names)} models that match "
+                                 f"{asked.describe()}{with_traces}: {', '.join(names)}; specify more of the identity",
+                                 extra={"candidates": names})
+        return chosen
 
     def _lookup_by_stated_identity(self, flat: list[dict[str, Any]], unreadable: list[str | None],
-                                   pattern: IdentityPattern | None) -> LookupResult:
+                                   pattern: IdentityPattern | None, groups: list[_Group]) -> LookupResult:
         """:meth:`lookup` where traces state identity fields: as for the model, they say which
         model (here: which of the table's identities) a trace belongs to, and one that names
         another than the request's is an error for that trace."""
-        groups = self.groups_for(pattern)
         asked = pattern.as_tuple() if pattern is not None else (None,) * len(IDENTITY_KEYS)
         n = len(flat)
         res = LookupResult(np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int8), np.full(n, np.nan), [None] * n)
