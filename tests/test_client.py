@@ -757,6 +757,10 @@ def test_requests_of_the_wrong_shape_are_refused_naming_the_field(trained_server
         (lambda c: c.train({"model": IDENTITY}, files=["traces.jsonl"]), "files"),
         (lambda c: c.train({"model": IDENTITY}, files={"traces.jsonl": 7}), "files['traces.jsonl']"),
         (lambda c: c.train_background([("model", IDENTITY)]), "config"),
+        # The seed's methods: metadata of another kind was an AttributeError.
+        (lambda c: c.predict("llm", None), "metadata"),
+        (lambda c: c.get_median_prediction("llm", [("hardware", "A100")]), "metadata"),
+        (lambda c: c.get_prediction_range("llm", "hardware=A100"), "metadata"),
     ]
     with PredictorClient(trained_server.url, transport=httpx.MockTransport(lambda r: sent.append(r))) as client:
         for call, field in cases:

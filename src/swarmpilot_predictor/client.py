@@ -453,6 +453,7 @@ class _Calls:
     @staticmethod
     def seed_identity(model_type: str, metadata: Mapping[str, Any]) -> tuple[list[str | None], dict[str, Any]]:
         """Split the seed's ``metadata`` into identity parts and trace features."""
+        metadata = _trace(metadata, "metadata")
         parts: list[str | None] = [model_type] + [metadata.get(k) for k in IDENTITY_KEYS[1:]]
         trace = {k: v for k, v in metadata.items() if k not in IDENTITY_KEYS}
         return parts, trace
