@@ -136,6 +136,19 @@ def test_train_multipart_with_an_uploaded_trace_file(http, config_format, trace_
     assert detail["quantiles"] == [0.5, 0.9] and detail["algorithm"] == "empirical"
 
 
+def test_train_from_a_csv_file_in_the_schedulers_structured_form(http):
+    # The contract's "everywhere a trace is": a CSV's input_feature cells hold the JSON list.
+    traces = make_llm_traces(150, seed=3)
+    lines = ["input_feature,model_id,runtime_ms"]
+    for t in traces:
+        pairs = orjson.dumps([{"param_name": k, "val": t[k]} for k in ("input_tokens", "output_tokens")]).decode()
+        lines.append('"' + pairs.replace('"', '""') + f'",turbo,{t["runtime_ms"]}')
+    config = {"model": ident("structured-csv"), "traces": "s.csv", "algorithm": "linear"}
+    body = ok(multipart_train(http, "c.json", orjson.dumps(config), {"s.csv": ("\n".join(lines) + "\n").encode()}))
+    assert body["metrics"]["rows_used"] == 150
+    detail = ok(http.get("/models/structured-csv/*/*/*/*"))["model"]
+    assert sorted(f["name"] for f in detail["features"]) == ["input_tokens", "output_tokens"]
+
 def test_train_with_the_power_law_family_and_predict_from_it(http):
     identity = ident("power")
     body = train_json(http, identity, n=200, algorithm="power")

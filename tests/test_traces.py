@@ -58,10 +58,11 @@ def as_jsonl(traces) -> bytes:
 
 
 def as_csv(traces) -> bytes:
+    """CSV of the traces, SwarmPilot's structured form as its JSON text in a cell."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(traces[0]))
     writer.writeheader()
-    writer.writerows(traces)
+    writer.writerows({k: orjson.dumps(v).decode() if isinstance(v, list) else v for k, v in t.items()} for t in traces)
     return buf.getvalue().encode()
 
 
@@ -143,12 +144,22 @@ def test_json_object_with_traces_array(tmp_path, gz):
 
 
 @pytest.mark.parametrize("gz", [False, True], ids=["plain", "gz"])
-@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+@pytest.mark.parametrize("suffix", [".json", ".jsonl", ".csv"])
 def test_structured_trace_files(tmp_path, suffix, gz):
     data = [structured(t) for t in FLAT]
     path = write(tmp_path / f"s{suffix}{'.gz' if gz else ''}", FORMATS[suffix](data))
     rows = list(iter_trace_file(path))
     assert rows == [{**t, "model_id": "turbo"} for t in FLAT]
+
+
+def test_a_csv_cell_of_the_structured_form_is_its_json_list(tmp_path):
+    # It was left as text, and the file refused ("input_feature must be a list", at "item 0").
+    path = tmp_path / "s.csv"
+    path.write_text('input_feature,runtime_ms\n"[{""param_name"": ""x"", ""val"": ""a""}]",3\n,4\n')
+    assert list(iter_trace_file(path)) == [{"x": "a", "runtime_ms": 3}, {"runtime_ms": 4}]  # an empty cell: none
+    path.write_text('input_feature,runtime_ms\n"[{""param_name"": ""x"", ""val"": 1}]",3\nx=5,4\n')
+    with pytest.raises(TraceError, match=r"^s\.csv: line 3: input_feature must be a list of \{param_name, val\} objects$"):
+        list(iter_trace_file(path))
 
 
 BOM = b"\xef\xbb\xbf"

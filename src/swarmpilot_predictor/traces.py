@@ -279,8 +279,10 @@ def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Ite
                     # Columns without a name (a spreadsheet's trailing empty columns, pandas' index)
                     # are no fields; a row's cells past the header must be empty, or they would be
                     # dropped without a word; a short row's missing cells are missing values.
-                    # Each named column with its reader, chosen once: text for an identity column.
-                    named = [(i, h, csv_text if h in _IDENTITY_COLUMNS else csv_value) for i, h in enumerate(header) if h]
+                    # Each named column with its reader, chosen once: text for an identity column,
+                    # JSON for SwarmPilot's structured form.
+                    named = [(i, h, _CSV_READERS.get(h, csv_value)) for i, h in enumerate(header) if h]
+                    structured = "input_feature" in header
                     row_line = reader.line_num + 1
                     for row in reader:
                         line, row_line = row_line, reader.line_num + 1  # this row's start; the next one's
@@ -289,7 +291,12 @@ def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Ite
                         if len(row) > len(header) and not blank_cells(row[len(header):]):
                             raise TraceError(f"{source}: line {line} has {len(row)} fields where the header "
                                              f"has {len(header)}")
-                        yield {h: read(row[i] if i < len(row) else None) for i, h, read in named}
+                        trace = {h: read(row[i] if i < len(row) else None) for i, h, read in named}
+                        if structured:
+                            if trace["input_feature"] is None:  # an empty cell: no features in that form
+                                del trace["input_feature"]
+                            trace = _normalize_at(trace, source, f"line {line}")
+                        yield trace
                 except csv.Error as exc:
                     raise TraceError(f"{source}: line {row_line}: {csv_problem(exc)}") from None
         else:  # pragma: no cover - guarded by _format_from_name
@@ -635,6 +642,21 @@ def csv_value(text: str | None) -> Any:
         return None
     number = number_in_text(text)
     return text if number is None else number
+
+
+def _csv_structured(text: str | None) -> Any:
+    """A CSV cell of SwarmPilot's structured form: the JSON list of ``{param_name, val}``
+    pairs that a JSON trace holds (text that is no JSON stays text, which the form refuses)."""
+    if csv_text(text) is None:
+        return None
+    try:
+        return _json_loads(text)
+    except orjson.JSONDecodeError:
+        return text
+
+
+_CSV_READERS: dict[str, Callable[[str | None], Any]] = {
+    **dict.fromkeys(_IDENTITY_COLUMNS, csv_text), "input_feature": _csv_structured}
 
 
 # --------------------------------------------------------------------------- columnar table
