@@ -419,6 +419,21 @@ def test_matrix_result_of_a_trace_does_not_depend_on_the_rest_of_the_batch():
     assert alone[0] is not None and "input_tokens" in alone[0]
 
 
+def test_a_batch_of_plain_values_is_encoded_as_each_value_alone():
+    # Plain numbers and texts take a path of their own (converted and looked up in C): the
+    # same values, each alone or beside a value of another kind, encode the same.
+    traces = [{"input_tokens": v, "gpu": g} for v, g in
+              [(5, "h100"), (7.5, "a100"), (2**70, "tpu"), (10**400, "true"), (-0.0, "h100"), (math.inf, "a100")]]
+    X, errors = SCHEMA.matrix(traces)
+    for t, x, e in zip(traces, X, errors):
+        alone = SCHEMA.matrix([t, {"input_tokens": True, "gpu": 7}])  # a boolean and a number: the general rule
+        np.testing.assert_array_equal(x, alone[0][0])
+        assert e == alone[1][0] == SCHEMA.row(t)[1]
+    assert X[2, 0] == 2.0**70 and errors[5] == "feature 'input_tokens' must be a finite number, got inf"
+    assert errors[3].startswith("feature 'input_tokens' must be a finite number, got 1000")  # past the float range
+    assert math.isnan(X[2, 1]) and math.isnan(X[3, 1])  # unseen categories
+
+
 def test_matrix_booleans_are_numbers_and_unseen_categories_are_not_errors():
     X, errors = SCHEMA.matrix([{"input_tokens": True, "gpu": "tpu"}, {"input_tokens": 1, "gpu": 7}])
     assert errors == [None, None]

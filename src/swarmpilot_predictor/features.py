@@ -617,10 +617,13 @@ class FeatureSchema:
         for j, spec in enumerate(self.features):
             name = spec.name
             values = [t.get(name) for t in traces]
+            kinds = set(map(type, values))
             if spec.kind == "numeric":
-                # Value by value, by one rule (feature_number): numpy would take [5] as 5, and a
-                # string in one batch but not in another.
-                col = np.fromiter((feature_number(v) for v in values), dtype=np.float64, count=n)
+                col = _plain_numbers(values, kinds)
+                if col is None:
+                    # Value by value, by one rule (feature_number): numpy would take [5] as 5, and a
+                    # string in one batch but not in another.
+                    col = np.fromiter((feature_number(v) for v in values), dtype=np.float64, count=n)
                 ok = np.isfinite(col)
                 if ok.all():
                     X[:, j] = col
@@ -633,6 +636,14 @@ class FeatureSchema:
                         X[i, j] = word
                     elif errors[i] is None:
                         errors[i] = _numeric_problem(name, values[i])
+            elif kinds == {str}:
+                # Each text looked up in C; only one training did not learn (an unseen
+                # category, or a boolean's word) goes by the general rule.
+                codes = np.fromiter(map(spec.codes.get, values, itertools.repeat(-1)), dtype=np.float64, count=n)
+                for i in np.flatnonzero(codes < 0).tolist():
+                    code = category_code(spec.codes, values[i])
+                    codes[i] = math.nan if code is None else code
+                X[:, j] = codes
             else:
                 lookup = spec.codes
                 codes = np.empty(n, dtype=np.float64)
@@ -928,6 +939,21 @@ _FALSE_SPELLINGS = (*(w for w, x in BOOLEAN_WORDS.items() if x == 0.0), category
 def _encode_categories(values: np.ndarray, categories: tuple[str, ...]) -> np.ndarray:
     lookup = {c: float(k) for k, c in enumerate(categories)}
     return np.array([lookup.get(v, math.nan) if v is not None else math.nan for v in values], dtype=np.float64)
+
+
+def _plain_numbers(values: list[Any], kinds: set[type]) -> np.ndarray | None:
+    """``values`` as floats, converted in C, where all are plain ints and floats (of
+    ``kinds``, their types), which :func:`feature_number` reads as ``float()`` does; None
+    otherwise, and for an integer past the float range."""
+    if not kinds <= _PLAIN_NUMBER_TYPES:
+        return None
+    try:
+        return np.array(values, dtype=np.float64)
+    except OverflowError:
+        return None
+
+
+_PLAIN_NUMBER_TYPES = frozenset({int, float})
 
 
 def feature_number(v: Any) -> float:
