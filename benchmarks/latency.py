@@ -271,6 +271,19 @@ def section_batch_breakdown(data_dir: Path) -> None:
         print(f"| batch of {n}, modelling with the total's distribution / its moments only | "
               f"{statistics.median(full) * 1e3:.2f} / {statistics.median(lean) * 1e3:.2f} ms |")
     svc.close()
+    # Encoding traces for a model (FeatureSchema.matrix): two numbers and a category.
+    from swarmpilot_predictor.features import FeatureSchema, FeatureSpec
+
+    schema = FeatureSchema((FeatureSpec("input_tokens", "numeric", fill=100.0), FeatureSpec("output_tokens", "numeric", fill=100.0),
+                            FeatureSpec("gpu", "categorical", ("a100", "h100", "h20"))))
+    gpus = np.random.default_rng(7).choice(["a100", "h100", "h20"], 100_000).tolist()
+    many = [{**traces[i % len(traces)], "gpu": g} for i, g in enumerate(gpus)]
+    took = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        schema.matrix(many)
+        took.append(time.perf_counter() - t0)
+    print(f"| 100,000 traces, encoding their features (two numbers, a category) | {min(took) * 1e3:.1f} ms |")
 
 
 def section_client(data_dir: Path) -> None:
