@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from swarmpilot_predictor.features import DataReport, FeatureSchema, FeatureSpec
+from swarmpilot_predictor.features import DataReport, FeatureSchema, FeatureSpec, feature_number
 from swarmpilot_predictor.traces import TraceError, TraceTable
 
 from .conftest import cold_start_traces
@@ -432,6 +432,12 @@ def test_a_batch_of_plain_values_is_encoded_as_each_value_alone():
     assert X[2, 0] == 2.0**70 and errors[5] == "feature 'input_tokens' must be a finite number, got inf"
     assert errors[3].startswith("feature 'input_tokens' must be a finite number, got 1000")  # past the float range
     assert math.isnan(X[2, 1]) and math.isnan(X[3, 1])  # unseen categories
+    # Numbers all in the float range (the integer past it above sent its column the general way).
+    plain = [5, 7.5, 2**53 + 1, 2**70, -0.0, 10**308]
+    X, errors = SCHEMA.matrix([{"input_tokens": v, "gpu": "h100"} for v in plain])
+    want = np.array([feature_number(v) for v in plain])
+    assert errors == [None] * 6 and X[:, 0].tolist() == want.tolist()
+    assert np.signbit(X[:, 0]).tolist() == np.signbit(want).tolist() == [False] * 4 + [True, False]
 
 
 def test_matrix_booleans_are_numbers_and_unseen_categories_are_not_errors():

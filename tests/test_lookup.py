@@ -489,6 +489,16 @@ def test_identity_fields_in_a_trace_pick_the_tables_identity_as_for_the_model(co
         table.lookup([{"x": 3}] * copies, loose)
     with pytest.raises(NotFound, match="has no records for llm/m/\\*/\\*/\\* with the traces' hardware 'T4'"):
         table.lookup([{"x": 3, "hardware": "T4"}] * copies, loose)
+    # Traces of which only some name a model of the table: that model answers, and the others
+    # fail alone (the batch was a 404 saying A100 had no records), as does a trace that cannot
+    # be read but names it by its own fields.
+    some = [{"x": 3, "hardware": "A100"}, {"x": 5, "hardware": "T4"}, {"hardware": "A100", "input_feature": "no"}]
+    res = table.lookup(some * copies, loose)
+    assert res.rows.tolist() == [13, -1, -1] * copies
+    assert res.errors[1] == "lookup table 'two.json' has no records for the trace's hardware 'T4'"
+    assert res.errors[2] == "input_feature must be a list of {param_name, val} objects"
+    with pytest.raises(NotFound, match=r"hardware 'g0' and 'g1' and 'g2' and 'g3' and 'g4' and 995 more$"):
+        table.lookup([{"x": 3, "hardware": f"g{i}"} for i in range(1000)], loose)
     # A table of one model answers a trace that names another with that trace's error.
     one = LookupTable.from_records(recs[:10], name="one.json")
     res = one.lookup([{"x": 3, "hardware": "T4"}, {"x": 4}] * copies, loose)

@@ -499,8 +499,15 @@ def test_a_traces_identity_fields_fill_the_urls_wildcards_and_must_agree_with_it
     with pytest.raises(AmbiguousModel, match="the traces name different models") as conflict:
         predict(service, anywhere, [{**PROBE[0], "hardware": "A100"}, {**PROBE[1], "hardware": H100["hardware"]}])
     assert conflict.value.extra["candidates"] == sorted([ModelIdentity(**A100).key, ModelIdentity(**H100).key])
-    with pytest.raises(ModelNotFound, match="'A100' and 'B200'"):  # one of them names no model: none matches
-        predict(service, anywhere, [{**PROBE[0], "hardware": "A100"}, {**PROBE[1], "hardware": "B200"}])
+    # One of them names no model: the model the other names answers, and it fails alone (the
+    # whole batch was a 404), as does a trace that cannot be read but names it by its fields.
+    some = predict(service, anywhere, [{**PROBE[0], "hardware": "A100"}, {**PROBE[1], "hardware": "B200"},
+                                       {"hardware": "A100", "input_feature": "not a list"}])
+    assert some.identity.hardware == "A100" and some.ok.tolist() == [True, False, False]
+    assert "'B200' names another model" in some.errors[1] and "input_feature must be a list" in some.errors[2]
+    # A batch's values are named five at most.
+    with pytest.raises(ModelNotFound, match=r"hardware 'g0' and 'g1' and 'g2' and 'g3' and 'g4' and 995 more$"):
+        predict(service, anywhere, [{**PROBE[0], "hardware": f"g{i}"} for i in range(1000)])
     # Observations of another model are not this one's evidence.
     seen = service.observe(H100, [{**PROBE[0], "runtime_ms": 90.0}, {**PROBE[0], "hardware": "A100", "runtime_ms": 90.0}])
     assert seen["accepted"] == 1 and "names another model" in seen["rejected"][0]["message"]

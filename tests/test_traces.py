@@ -117,6 +117,9 @@ def test_a_feature_given_twice_with_one_value_is_read_once():
     trace = {"batch_size": 8, "input_feature": [{"param_name": "batch_size", "val": 8}, {"param_name": "image", "val": 224},
                                                 {"param_name": "image", "val": 224}]}
     assert normalize_trace(trace) == {"batch_size": 8, "image": 224}
+    # A null is a missing value, not a second one: the other is read.
+    assert normalize_trace({"batch_size": None, "input_feature": [{"param_name": "batch_size", "val": 8}]}) == {"batch_size": 8}
+    assert normalize_trace({"batch_size": 8, "input_feature": [{"param_name": "batch_size", "val": None}]}) == {"batch_size": 8}
 
 
 # --------------------------------------------------------------------------- files
@@ -157,6 +160,9 @@ def test_a_csv_cell_of_the_structured_form_is_its_json_list(tmp_path):
     path = tmp_path / "s.csv"
     path.write_text('input_feature,runtime_ms\n"[{""param_name"": ""x"", ""val"": ""a""}]",3\n,4\n')
     assert list(iter_trace_file(path)) == [{"x": "a", "runtime_ms": 3}, {"runtime_ms": 4}]  # an empty cell: none
+    # A file of both forms: a row's empty cell is a missing value, not a second value.
+    path.write_text('x,runtime_ms,input_feature\n5,3,\n,4,"[{""param_name"": ""x"", ""val"": 7}]"\n')
+    assert list(iter_trace_file(path)) == [{"x": 5, "runtime_ms": 3}, {"x": 7, "runtime_ms": 4}]
     path.write_text('input_feature,runtime_ms\n"[{""param_name"": ""x"", ""val"": 1}]",3\nx=5,4\n')
     with pytest.raises(TraceError, match=r"^s\.csv: line 3: input_feature must be a list of \{param_name, val\} objects$"):
         list(iter_trace_file(path))

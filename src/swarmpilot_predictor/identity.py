@@ -231,10 +231,26 @@ class IdentityPattern:
             if getattr(self, key) is not None:
                 continue
             values: list[object] = []
+            seen: set[tuple[type, object]] = set()  # (a scan of the values found: 20,000 traces took 10 s)
             for t in traces:
                 v = t.get(key) if isinstance(t, dict) else None
-                if isinstance(v, (str, int, float)) and not any(v == w and type(v) is type(w) for w in values):
+                if isinstance(v, (str, int, float)) and (kv := (type(v), v)) not in seen:
+                    seen.add(kv)
                     values.append(v)
             if values:
                 out[key] = values
         return out
+
+
+def describe_stated(stated: dict[str, list[object]], most: int = 5) -> str:
+    """:meth:`IdentityPattern.stated_by`'s values for a message (``hardware 'A100' and
+    'T4'``), at most ``most`` of each part's: a batch may state thousands."""
+    return ", ".join(f"{key} {' and '.join(map(shown, values[:most]))}"
+                     + (f" and {len(values) - most} more" if len(values) > most else "")
+                     for key, values in stated.items())
+
+
+def fields_naming_a_model(trace: object) -> dict[str, object]:
+    """What of a trace that could not be read still names its model: its own fields, beside
+    SwarmPilot's structured form (anything but an object names nothing)."""
+    return {k: v for k, v in trace.items() if k != "input_feature"} if isinstance(trace, dict) else {}

@@ -24,7 +24,8 @@ from .atomic import remove_stale_temps
 from .cache import PredictionCache
 from .distribution import interval_levels
 from .errors import AmbiguousModel, InvalidInput, ModelNotFound, PredictorError, shown
-from .identity import IDENTITY_KEYS, IdentityPattern, ModelIdentity, identity_conflicts, names_part, stated_keys
+from .identity import (IDENTITY_KEYS, IdentityPattern, ModelIdentity, describe_stated, fields_naming_a_model, identity_conflicts,
+                       names_part, stated_keys)
 from .lookup import WRITABLE_FORMATS, LookupTableStore, TablePrediction, generate_table, table_format
 from .metrics import TABLE_LABEL, PredictorMetrics, table_label
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog
@@ -369,23 +370,25 @@ class PredictorService:
                 flat.append(normalize_trace(t))
             except TraceError:
                 # Its own fields still name its model; its error is the prediction's to give.
-                if isinstance(t, dict):
-                    flat.append({k: v for k, v in t.items() if k != "input_feature"})
+                flat.append(fields_naming_a_model(t))
         stated = pattern.stated_by(flat)
         if not stated:
             return None
         self.registry.maybe_refresh()
         candidates = sorted((i for i in self.registry.identities() if pattern.matches(i)), key=lambda i: i.key)
         matches = [i for i in candidates if all(names_part(v, getattr(i, k)) for k, vs in stated.items() for v in vs)]
-        said = ", ".join(f"{k} {' and '.join(map(repr, vs))}" for k, vs in stated.items())
+        said = describe_stated(stated)
         if not matches:
             # Traces that disagree may each name a model: one request is answered by one model.
-            named = [i.key for i in candidates
+            named = [i for i in candidates
                      if all(any(names_part(v, getattr(i, k)) for v in vs) for k, vs in stated.items())]
             if len(named) > 1:
+                keys = [i.key for i in named]
                 raise AmbiguousModel(f"the traces name different models of {pattern.describe()} (their {said}): "
-                                     f"{', '.join(named)}; send each model's traces in a request of its own",
-                                     extra={"candidates": named})
+                                     f"{', '.join(keys)}; send each model's traces in a request of its own",
+                                     extra={"candidates": keys})
+            if named:  # the one model some traces name; those that name no model fail on their own
+                return named[0]
             raise ModelNotFound(f"no trained model matches {pattern.describe()} with the traces' {said}")
         if len(matches) > 1:
             names = [m.key for m in matches]

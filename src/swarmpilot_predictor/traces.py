@@ -82,11 +82,13 @@ def normalize_trace(obj: Any) -> dict[str, Any]:
             # fail for a feature it did send.
             raise TraceError(f"input_feature[{i}].param_name must be a text, got {shown(item['param_name'])}")
         name, value = item["param_name"], item.get("val")
-        if name in flat and flat[name] != value:
+        had = flat.get(name)
+        if had is not None and value is not None and had != value:
             # Either could be the one meant: which one a model read would be a guess.
-            raise TraceError(f"input_feature[{i}]: {shown(name)} is given twice, as {shown(flat[name])} "
+            raise TraceError(f"input_feature[{i}]: {shown(name)} is given twice, as {shown(had)} "
                              f"and as {shown(value)}")
-        flat[name] = value
+        if value is not None or name not in flat:  # a null (a CSV file's empty cell) is a missing value
+            flat[name] = value
     return flat
 
 

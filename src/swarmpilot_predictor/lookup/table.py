@@ -28,7 +28,8 @@ from scipy.special import fdtri
 from ..distribution import StoredQuantileDistribution, interval_levels
 from ..errors import AmbiguousModel, NotFound, shown
 from ..features import FIRST_OF_SHAPE, stated_flag
-from ..identity import IDENTITY_KEYS, IdentityPattern, join_key, names_a_model, names_part
+from ..identity import (IDENTITY_KEYS, IdentityPattern, describe_stated, fields_naming_a_model, join_key, names_a_model,
+                        names_part)
 from ..traces import (
     BOOLEAN_WORDS,
     LineModeError,
@@ -446,7 +447,9 @@ class LookupTable:
         named = names_a_model(rows)
         groups = self.groups_for(pattern)
         if len(groups) > 1 and _several_models(groups):
-            groups = self._one_model(groups, pattern, flat if named else [])
+            # (A trace that could not be read still names its model by its own fields.)
+            naming = [f if e is None else fields_naming_a_model(t) for t, f, e in zip(rows, flat, errors)] if named else []
+            groups = self._one_model(groups, pattern, naming)
         if named:
             return self._lookup_by_stated_identity(flat, errors, pattern, groups)
         return self._lookup(flat, errors, groups)
@@ -459,7 +462,7 @@ class LookupTable:
         summed A100 and H100 tasks)."""
         asked = pattern or IdentityPattern()
         stated = asked.stated_by(flat) if flat else {}
-        said = ", ".join(f"{k} {' and '.join(map(shown, vs))}" for k, vs in stated.items())
+        said = describe_stated(stated)
         col = {k: IDENTITY_KEYS.index(k) for k in stated}
 
         def naming(g: _Group, each: bool) -> bool:
@@ -469,11 +472,14 @@ class LookupTable:
 
         chosen = [g for g in groups if naming(g, each=True)]
         if not chosen:
-            named = [g.describe() for g in groups if naming(g, each=False)]
-            if len(named) > 1:
+            named = [g for g in groups if naming(g, each=False)]
+            if len(named) > 1 and _several_models(named):
+                names = [g.describe() for g in named]
                 raise AmbiguousModel(f"the traces name different models of lookup table {self.name!r} "
-                                     f"(their {said}): {', '.join(named)}; send each model's traces in a "
-                                     f"request of its own", extra={"candidates": named})
+                                     f"(their {said}): {', '.join(names)}; send each model's traces in a "
+                                     f"request of its own", extra={"candidates": names})
+            if named:  # the one model some traces name; those that name none fail on their own
+                return named
             raise NotFound(f"lookup table {self.name!r} has no records for {asked.describe()} with the traces' {said}")
         if len(chosen) > 1 and _several_models(chosen):
             names = [g.describe() for g in chosen]
