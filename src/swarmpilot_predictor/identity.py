@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from .errors import shown
 
@@ -240,6 +241,24 @@ class IdentityPattern:
             if values:
                 out[key] = values
         return out
+
+
+C = TypeVar("C")
+
+
+def named_by_traces(stated: dict[str, list[object]], candidates: Sequence[C],
+                    parts: Callable[[C], tuple[str | None, ...]]) -> tuple[list[C], list[C]]:
+    """Of ``candidates`` (models, or a lookup table's identities; ``parts`` gives their five
+    parts), those that every value in ``stated`` (:meth:`IdentityPattern.stated_by`) names,
+    and those that some value of each stated part names. A part a candidate leaves out
+    (None: a table's record that answers for any value of it) is named by any value."""
+    cols = [(IDENTITY_KEYS.index(key), values) for key, values in stated.items()]
+
+    def naming(candidate: C, test: Callable[..., bool]) -> bool:
+        have = parts(candidate)
+        return all(have[j] is None or test(names_part(v, have[j]) for v in values) for j, values in cols)
+
+    return [c for c in candidates if naming(c, all)], [c for c in candidates if naming(c, any)]
 
 
 def describe_stated(stated: dict[str, list[object]], most: int = 5) -> str:

@@ -25,7 +25,7 @@ from .cache import PredictionCache
 from .distribution import interval_levels
 from .errors import AmbiguousModel, InvalidInput, ModelNotFound, PredictorError, shown
 from .identity import (IDENTITY_KEYS, IdentityPattern, ModelIdentity, describe_stated, fields_naming_a_model, identity_conflicts,
-                       names_part, stated_keys)
+                       named_by_traces, stated_keys)
 from .lookup import WRITABLE_FORMATS, LookupTableStore, TablePrediction, generate_table, table_format
 from .metrics import TABLE_LABEL, PredictorMetrics, table_label
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog
@@ -376,12 +376,10 @@ class PredictorService:
             return None
         self.registry.maybe_refresh()
         candidates = sorted((i for i in self.registry.identities() if pattern.matches(i)), key=lambda i: i.key)
-        matches = [i for i in candidates if all(names_part(v, getattr(i, k)) for k, vs in stated.items() for v in vs)]
+        matches, named = named_by_traces(stated, candidates, ModelIdentity.as_tuple)
         said = describe_stated(stated)
         if not matches:
             # Traces that disagree may each name a model: one request is answered by one model.
-            named = [i for i in candidates
-                     if all(any(names_part(v, getattr(i, k)) for v in vs) for k, vs in stated.items())]
             if len(named) > 1:
                 keys = [i.key for i in named]
                 raise AmbiguousModel(f"the traces name different models of {pattern.describe()} (their {said}): "

@@ -28,8 +28,8 @@ from scipy.special import fdtri
 from ..distribution import StoredQuantileDistribution, interval_levels
 from ..errors import AmbiguousModel, NotFound, shown
 from ..features import FIRST_OF_SHAPE, stated_flag
-from ..identity import (IDENTITY_KEYS, IdentityPattern, describe_stated, fields_naming_a_model, join_key, names_a_model,
-                        names_part)
+from ..identity import (IDENTITY_KEYS, IdentityPattern, describe_stated, fields_naming_a_model, join_key, named_by_traces,
+                        names_a_model, names_part)
 from ..traces import (
     BOOLEAN_WORDS,
     LineModeError,
@@ -461,18 +461,10 @@ class LookupTable:
         a ``*`` that several match is a 409 naming them (answered record by record, a queue
         summed A100 and H100 tasks)."""
         asked = pattern or IdentityPattern()
-        stated = asked.stated_by(flat) if flat else {}
+        stated = asked.stated_by(flat)
         said = describe_stated(stated)
-        col = {k: IDENTITY_KEYS.index(k) for k in stated}
-
-        def naming(g: _Group, each: bool) -> bool:
-            test = all if each else any
-            return all(g.identity[col[k]] is None or test(names_part(v, g.identity[col[k]]) for v in vs)
-                       for k, vs in stated.items())
-
-        chosen = [g for g in groups if naming(g, each=True)]
+        chosen, named = named_by_traces(stated, groups, lambda g: g.identity)
         if not chosen:
-            named = [g for g in groups if naming(g, each=False)]
             if len(named) > 1 and _several_models(named):
                 names = [g.describe() for g in named]
                 raise AmbiguousModel(f"the traces name different models of lookup table {self.name!r} "
