@@ -1553,14 +1553,22 @@ def autotuned_quantiles(X: np.ndarray, levels: np.ndarray) -> np.ndarray:
     return np.where(X[:, 2:3] == 1, first, repeat)
 
 
-def test_first_runs_get_a_model_of_their_own_when_it_predicts_better():
+@pytest.fixture(scope="module")
+def split_model() -> QuantileModel:
+    """A model whose first runs (column 2) got a model of their own; fitted once, since
+    several tests read it and none changes it."""
+    X, y = autotuned(80, 2080, seed=1)
+    return QuantileModel(["numeric"] * 3, [0, 0, 0], regime_column=2).fit(X, y)
+
+
+def test_first_runs_get_a_model_of_their_own_when_it_predicts_better(split_model):
     X, y = autotuned(80, 2080, seed=1)
     Xt, yt = autotuned(400, 2400, seed=2)
     sizes = [int((X[:, 2] == 0).sum()), int((X[:, 2] == 1).sum())]
     assert sizes[1] == 80
     kinds = ["numeric"] * 3
     pooled = QuantileModel(kinds, [0, 0, 0]).fit(X, y)
-    model = QuantileModel(kinds, [0, 0, 0], regime_column=2).fit(X, y)
+    model = split_model
     cv = model.cv_summary()["regime_split"]
     assert model.regimes_ is not None and cv["split"] is True and cv["rows"] == sizes
     assert cv["pinball_loss"] < cv["pooled_pinball_loss"]
@@ -1626,9 +1634,9 @@ def test_a_regime_with_few_rows_keeps_one_model():
 
 @pytest.mark.parametrize("damage", ["column out of range", "one model", "column missing", "nested", "not objects",
                                     "other categories", "cv not an object"])
-def test_a_stored_split_that_does_not_fit_together_is_refused(damage):
-    X, y = autotuned(80, 2080, seed=1)
-    d = QuantileModel(["numeric"] * 3, [0, 0, 0], regime_column=2).fit(X, y).to_json()
+def test_a_stored_split_that_does_not_fit_together_is_refused(damage, split_model):
+    d = json.loads(json.dumps(split_model.to_json()))
+    assert d["regimes"] and QuantileModel.from_json(json.loads(json.dumps(d))).regimes_ is not None
     if damage == "column out of range":
         d["regime_column"] = 3
     elif damage == "one model":
