@@ -1079,6 +1079,10 @@ def test_table_form_errors_keep_the_tables_answer_format(http, trained):
     # A part without a name is named, as "".
     assert failed(http.post("/train", content=_multipart([("config", "c.json", config), ("", None, b"x")]),
                             headers=form), 422)["field"] == ""
+    # Past 64 trace files the form is refused as a whole ("files" named no part sent).
+    files = [(f"t{i}", f"t{i}.jsonl", traces) for i in range(65)]
+    assert failed(http.post("/train", content=_multipart([("config", "c.json", config), *files]), headers=form),
+                  400, "Maximum number of files is 64")["field"] == "body"
 
 
 def test_upload_folders_left_by_a_killed_server_are_removed_at_start(tmp_path):
@@ -1114,6 +1118,33 @@ def test_a_value_nested_a_thousand_deep_or_ten_megabytes_long_is_a_short_422(htt
                   headers={"content-type": "application/json"})
     failed(r, 422, "alpha")
     assert len(r.content) < 2000
+
+
+def test_names_and_errors_a_request_sends_by_the_thousand_are_quoted_short(http, trained):
+    # A megabyte-long key, feature, parameter or identity part, and 100,000 wrong items: each
+    # was repeated whole (3 MB, 2 MB, 80 KB, 10 MB answers).
+    long = "k" * 1_000_000
+    cases = [
+        (http.post(f"/predict/single/{SEGMENTS}", json={"trace": TRACE, long: 1}), 422),
+        (http.post(f"/predict/batch/{SEGMENTS}", json={"trace": [1] * 100_000}), 422),
+        (http.get("/models/" + "/".join(["m" * 8000] * 5)), 404),
+        (http.post(f"/predict/batch/{'x' * 8000}/*/*/*/*", json={"trace": [TRACE]}), 404),
+        (http.get("/no-such-endpoint/" + "p" * 30_000), 404),
+    ]
+    config = {"model": ident("long"), "traces": make_llm_traces(60)}
+    for change in ({"target": long}, {"features": [long]}, {"params": {long: 1}, "algorithm": "lightgbm"},
+                   {"group_by": [long], "model": None}, {long: 1}):
+        cases.append((http.post("/train", json={"config": {**config, **change}}), 422))
+    cases.append((http.post("/train", json={"config": config, long: 1}), 422))
+    for r, status in cases:
+        assert r.status_code == status, r.text[:300]
+        assert len(r.content) < 2000, (r.status_code, r.text[:300])
+        body = r.json()
+        assert "kkkkk..." in body["message"] + body.get("field", "") or status == 404 or "trace" in body["message"]
+        assert len(body.get("field", "")) <= 100
+    many = cases[1][0].json()
+    assert many["field"] == "trace.0" and many["message"].endswith("; and 99994 more")
+    assert many["message"].count("Input should be a valid dictionary") == 6
 
 
 def test_one_request_s_unexpected_failure_is_not_its_batch_neighbours(tmp_path):

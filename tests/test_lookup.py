@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -702,7 +703,48 @@ BAD_FILES = {
                            + b'], "expect": 1, "error": 0}\n]', "too large"),
     "huge-interval.json": (b'[\n  {"quantiles": [0.5], "quantile_predictions": [1], "expect": 1, "error": 0,'
                            b' "interval": [0.5, 1' + b"0" * 400 + b'], "confidence_level": 0.9}\n]', "too large"),
+    # Floats, but past any runtime: the totals' squares overflowed into nulls in a 200.
+    "1e160-expect.json": (b'[{"quantiles": [0.5], "quantile_predictions": [1], "expect": 1e160, "error": 0}]',
+                          "record 0: 'expect' must be a number from 0 to 1e\\+100 ms"),
+    "1e160-error.json": (b'[{"quantiles": [0.5], "quantile_predictions": [1], "expect": 1, "error": 1e160}]', "'error'"),
+    "1e160-quantile.json": (b'[{"quantiles": [0.5], "quantile_predictions": [1e160], "expect": 1, "error": 0}]',
+                            "runtime over 1e\\+100 ms"),
+    "1e160-interval.json": (b'[{"quantiles": [0.5], "quantile_predictions": [1], "expect": 1, "error": 0,'
+                            b' "interval": [0.5, 1e160], "confidence_level": 0.9}]', "'interval'"),
+    # A field that is there is what it says (left out, it is not read: a seed table has no interval).
+    "word-interval.json": (b'[{"quantiles": [0.5], "quantile_predictions": [1], "expect": 1, "error": 0,'
+                           b' "interval": "x", "confidence_level": 0.9}]', "'interval' must be \\[low, high\\]"),
+    "one-end-interval.json": (b'[{"quantiles": [0.5], "quantile_predictions": [1], "expect": 1, "error": 0,'
+                              b' "interval": [1]}]', "'interval' must be"),
+    "word-confidence.json": (b'[{"quantiles": [0.5], "quantile_predictions": [1], "expect": 1, "error": 0,'
+                             b' "interval": [0.5, 2], "confidence_level": "x"}]', "'confidence_level' must be a number"),
+    "word-version.json": (b'[{"quantiles": [0.5], "quantile_predictions": [1], "expect": 1, "error": 0,'
+                          b' "model_version": "x"}]', "'model_version' must be a whole number"),
+    "negative-version.json": (b'[{"quantiles": [0.5], "quantile_predictions": [1], "expect": 1, "error": 0,'
+                              b' "model_version": -1}]', "'model_version' must be a whole number"),
+    "word-model-info.json": (b'[{"quantiles": [0.5], "quantile_predictions": [1], "expect": 1, "error": 0,'
+                             b' "model_info": "x"}]', "'model_info' must be an object"),
 }
+
+
+def test_a_table_at_its_largest_runtimes_answers_numbers_throughout():
+    # 1e100 ms is what a table may hold (past 1e154 the totals' squares overflowed into nulls).
+    big = 1e100
+    recs = [{"status": "success", "model_type": "llm", "quantiles": [0.25, 0.5, 0.9],
+             "quantile_predictions": [0.5 * big, 0.8 * big, big], "expect": 0.7 * big, "error": 0.3 * big,
+             "model_info": INFO, "features": {"x": i}} for i in range(3)]
+    table = LookupTable.from_records(recs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an overflow on the way is a RuntimeWarning
+        for n in (1, 3, 3000):  # the one-trace and the vectorised paths; short and long totals
+            body = table.predict(None, [{"x": i % 3} for i in range(n)], 0.9, [0.001, 0.5, 0.999],
+                                 with_total=True).batch_response()
+            values = [body["expect"], body["error"], *body["total_quantiles"], *body["total_interval"]]
+            for r in body["results"][:3]:
+                values += [r["expect"], r["error"], *r["quantile_predictions"], *r["interval"]]
+            assert all(isinstance(v, float) and 0 < v < math.inf for v in values), values
+            assert body["expect"] == pytest.approx(n * 0.7 * big)
+            assert body["total_quantiles"][0] < body["total_quantiles"][1] < body["total_quantiles"][2]
 
 
 @pytest.mark.parametrize("name", sorted(BAD_FILES))

@@ -202,6 +202,9 @@ def test_bad_names_files_and_requests(live):
     before = {t["name"] for t in httpx.get(f"{url}/tables").json()["tables"]}
     for data, field in (({"confidence": "0.5"}, "confidence"), ({"tabel_name": "x.json"}, "tabel_name"),
                         ({"confidence_level": ""}, "confidence_level"),
+                        # Numbers as a trace's are read: Python's float() took these as 0.5 and 0.9.
+                        ({"confidence_level": "0.5_0"}, "confidence_level"),
+                        ({"confidence_level": "\u0660.\u0669"}, "confidence_level"),
                         ({"table_name": ["a.json", "b.json"]}, "table_name")):
         r = httpx.post(f"{url}/predict/table/{SEGMENTS}", files={"trace_file": ("t.jsonl", jsonl(TRACES[:3]))}, data=data)
         assert r.status_code == 422 and r.json()["field"] == field and r.json()["status"] == "failed", r.text

@@ -1189,6 +1189,8 @@ def test_runtimes_beyond_the_training_values_go_on_as_the_fit_does(algorithm):
     ({"objective": "quantile", "interaction_constraints": [[0, 1], [1]]}, "lightgbm", None),
     # The service's threads, and regression only (the location is a regression of log-runtime).
     ({"num_threads": 10_000}, "lightgbm", "cannot set"),
+    ({"verbosity": 5}, "lightgbm", "cannot set"),  # thousands of lines in the service's log
+    ({"verbose": 3}, "auto", "cannot set"),
     ({"objective": "binary"}, "lightgbm", "'objective' must be a regression objective"),
     ({"metric": "auc"}, "auto", "'metric' must be a regression metric"),
     ({"metric": "l1"}, "auto", None),

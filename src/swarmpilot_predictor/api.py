@@ -43,7 +43,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from . import __version__
-from .errors import (InvalidInput, NotFound, PayloadTooLarge, PredictorError, Unauthorized, UnsupportedMediaType, shown,
+from .errors import (InvalidInput, NotFound, PayloadTooLarge, PredictorError, Unauthorized, UnsupportedMediaType, cut, shown,
                      storage_error, validation_message, writing)
 from .identity import IdentityPattern, names_a_model
 from .schemas import (
@@ -64,7 +64,7 @@ from .metrics import CLIENT_CLOSED, MetricsMiddleware
 from .service import PredictorService, predict_on_one_blas_thread
 from .settings import PredictorSettings, settings_problem
 from .training import when_parent_dies
-from .traces import TRACE_FILE_SUFFIXES
+from .traces import TRACE_FILE_SUFFIXES, finite_number_in_text
 
 log = logging.getLogger(__name__)
 IDENTITY_PATH = "{model_type}/{model_name}/{hardware}/{software_name}/{software_version}"
@@ -227,16 +227,23 @@ class BodySizeLimitMiddleware:
 def table_failure(exc: PredictorError) -> JSONResponse:
     """The seed's answer shape for ``/predict/table``: ``{"status": "failed", "path", "message"}``,
     with the HTTP status of the error."""
-    body: dict[str, Any] = {"status": "failed", "path": None, "message": exc.message, "detail": exc.message}
+    message = cut(exc.message, _MOST_MESSAGE)
+    body: dict[str, Any] = {"status": "failed", "path": None, "message": message, "detail": message}
     if exc.field:
-        body["field"] = exc.field
+        body["field"] = cut(exc.field, _MOST_FIELD)
     return JSONResponse({**body, **exc.extra}, status_code=exc.status_code)
 
 
+# Messages cut what they quote from a request (errors.shown, cut, listed); this bounds the
+# answer all the same, should one message be missed.
+_MOST_MESSAGE, _MOST_FIELD = 4000, 400
+
+
 def error_response(status: int, message: str, field: str | None = None, **extra: Any) -> JSONResponse:
+    message = cut(message, _MOST_MESSAGE)
     body: dict[str, Any] = {"status": "error", "message": message, "detail": message}
     if field is not None:  # a part named "" is named too
-        body["field"] = field
+        body["field"] = cut(field, _MOST_FIELD)
     body.update(extra)
     return JSONResponse(body, status_code=status)
 
@@ -372,7 +379,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         # The router's own 404 and 405 (no such path, wrong method), in the service's error format.
-        path = request.url.path
+        path = cut(request.url.path, 200)
         message = {404: f"no endpoint {request.method} {path} (see /docs)",
                    405: f"method {request.method} is not allowed on {path}"}.get(exc.status_code, str(exc.detail))
         response = error_response(exc.status_code, message)
@@ -493,7 +500,8 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
 
     async def _read_multipart(request: Request) -> tuple[TrainConfig, dict[str, Path], Path]:
         # A text part may be the config (JSON or YAML as a form field): as large as a config file.
-        form = await _read_form(request, "files", text_field="config", max_files=64, max_part_size=MAX_CONFIG_BYTES)
+        # Past 64 file parts the form as a whole is refused: no one part is at fault.
+        form = await _read_form(request, "body", text_field="config", max_files=64, max_part_size=MAX_CONFIG_BYTES)
         tmpdir = _upload_dir(settings.data_dir)
         try:
             config_field = form.get("config")
@@ -869,10 +877,9 @@ def _form_float(value: Any, default: float, field: str) -> float:
     text = _form_str(value)
     if text is None:  # blank, or a file: not the default without a word
         raise InvalidInput(f"{field} must be a number (leave the field out for {default})", field=field)
-    try:
-        number = float(text)
-    except ValueError:
-        raise InvalidInput(f"{field} must be a number, got {shown(text)}", field=field) from None
+    number = finite_number_in_text(text)  # as a number in a trace is read: "0.5_0" and "٠.٩" are not
+    if number is None:
+        raise InvalidInput(f"{field} must be a number, got {shown(text)}", field=field)
     if not 0.0 < number < 1.0:
         raise InvalidInput(f"{field} must lie strictly between 0 and 1, got {number}", field=field)
     return number

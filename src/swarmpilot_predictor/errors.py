@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 import reprlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -22,6 +22,26 @@ def shown(value: Any) -> str:
     a RecursionError, a 500.
     """
     return _SHOWN.repr(value)
+
+
+def cut(text: str, most: int = 80) -> str:
+    """A name a request gave (a field, a feature, an identity part), cut short where a
+    message or an error's ``field`` repeats it: quoted whole, a megabyte-long key made a
+    three-megabyte error body."""
+    return text if len(text) <= most else f"{text[:most - 3]}..."
+
+
+def dotted(parts: Iterable[Any]) -> str:
+    """A field's path (``config.params.num_leaves``) for a message, its keys cut short, and
+    the whole too: a config nested a thousand deep names a field a thousand keys long."""
+    return cut(".".join(cut(str(p)) for p in parts), 400)
+
+
+def listed(names: Iterable[Any], most: int = 6) -> str:
+    """Names for a message (``a, b and 3 more``): at most ``most`` of them, each cut short."""
+    names = list(names)
+    head = ", ".join(cut(str(n)) for n in names[:most])
+    return head + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def json_kind(value: Any) -> str:
@@ -136,15 +156,20 @@ def writing(what: str) -> Iterator[None]:
 _NOT_AN_OBJECT = {"model_type", "model_attributes_type", "dataclass_type"}
 
 
+_MOST_ERRORS = 6
+
+
 def validation_message(exc: Any, prefix: tuple = ()) -> tuple[str, str]:
-    """One readable line naming each offending field, and the first field's name."""
+    """One readable line naming the offending fields (the first few: a batch of 100,000
+    wrong items made a 10 MB answer), and the first field's name."""
+    errors = exc.errors()
     parts, first = [], ""
-    for err in exc.errors():
-        loc = [str(p) for p in (*prefix, *err.get("loc", ())) if p != "body"]
-        name = ".".join(loc) or "body"
+    for err in errors[:_MOST_ERRORS]:
+        name = dotted(p for p in (*prefix, *err.get("loc", ())) if p != "body") or "body"
         first = first or name
         msg = err.get("msg", "invalid").removeprefix("Value error, ")
         if err.get("type") in _NOT_AN_OBJECT:
             msg = "Input should be an object"  # not "... or instance of PredictSingleRequest"
         parts.append(f"{name}: {msg}")
-    return "; ".join(parts) or "invalid request", first
+    more = f"; and {len(errors) - _MOST_ERRORS} more" if len(errors) > _MOST_ERRORS else ""
+    return "; ".join(parts) + more or "invalid request", first

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .errors import shown
+from .errors import listed, shown
 from .traces import (
     DEFAULT_TARGET, MAX_RUNTIME, MIN_RUNTIME, RUNTIME_RANGE, TIMESTAMP_KEYS, TraceError, TraceTable, as_number,
     BOOLEAN_WORDS, category_text, finite_number_in_text, number_in_text, reserved_keys,
@@ -473,7 +473,7 @@ class FeatureSchema:
         """
         report = DataReport(rows_total=len(table))
         if target not in table.columns:
-            raise TraceError(f"target field {target!r} is not present in the traces", field="target")
+            raise TraceError(f"target field {shown(target)} is not present in the traces", field="target")
         # true/false is no measurement (a feature reads it as 1 or 0; a runtime of 1 ms it is not).
         booleans = table.columns[target].boolean_rows()
         words = 0
@@ -485,7 +485,7 @@ class FeatureSchema:
             numeric = [v is not None and _is_number(v) for v in y_strings]
             words = sum(1 for v, ok, b in zip(y_strings, numeric, booleans) if v is not None and not ok and not b)
             if words and not any(numeric):
-                raise TraceError(f"target field {target!r} has {words} non-numeric value(s) and no number")
+                raise TraceError(f"target field {shown(target)} has {words} non-numeric value(s) and no number")
             y = np.array([float(v) if ok else math.nan for v, ok in zip(y_strings, numeric)], dtype=np.float64)
         else:
             y = table.numeric(target)
@@ -508,10 +508,10 @@ class FeatureSchema:
         else:
             missing = [f for f in features if f not in table.columns]
             if missing:
-                raise TraceError(f"feature(s) not found in the traces: {', '.join(missing)}", field="features")
+                raise TraceError(f"feature(s) not found in the traces: {listed(missing)}", field="features")
             bad = [f for f in features if f in reserved]
             if bad:
-                raise TraceError(f"reserved field(s) cannot be features: {', '.join(bad)}", field="features")
+                raise TraceError(f"reserved field(s) cannot be features: {listed(bad)}", field="features")
             candidates = list(features)
         if features is not None and len(candidates) > MAX_FEATURES:
             raise TraceError(f"'features' names {len(candidates)} columns; at most {MAX_FEATURES} can be used",

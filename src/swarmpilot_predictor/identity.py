@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from .errors import shown
+from .errors import cut, shown
 
 IDENTITY_KEYS = ("model_type", "model_name", "hardware", "software_name", "software_version")
 _IDENTITY_SET = frozenset(IDENTITY_KEYS)
@@ -222,7 +222,8 @@ class IdentityPattern:
         return all(v is not None for v in self.as_tuple())
 
     def describe(self) -> str:
-        return join_key(self.as_tuple())
+        """The pattern for a message, each part cut short (a request's path may be long)."""
+        return join_key(tuple(None if p is None else cut(p) for p in self.as_tuple()))
 
     def stated_by(self, traces: list) -> dict[str, list[object]]:
         """For each part this pattern leaves unspecified, the distinct values the traces state

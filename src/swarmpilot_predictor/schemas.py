@@ -12,7 +12,7 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, ValidationInfo, field_validator
 
-from .errors import InvalidInput, json_kind, shown
+from .errors import InvalidInput, cut, dotted, json_kind, listed, shown
 from .identity import IDENTITY_KEYS, identity_part_problem
 
 DEFAULT_QUANTILES = [0.25, 0.5, 0.75, 0.99]
@@ -115,7 +115,7 @@ class TrainConfig(BaseModel):
         if v is not None:
             bad = [k for k in v if k not in IDENTITY_KEYS]
             if bad:
-                raise ValueError(f"group_by keys must be identity keys ({', '.join(IDENTITY_KEYS)}), got {', '.join(bad)}")
+                raise ValueError(f"group_by keys must be identity keys ({', '.join(IDENTITY_KEYS)}), got {listed(bad)}")
             if not v:
                 raise ValueError("group_by must name at least one identity key")
             if len(set(v)) < len(v):
@@ -351,8 +351,8 @@ def check_envelope(data: dict[str, Any]) -> None:
     model trained with the default."""
     beside = [k for k in data if k != "config"]
     if beside:
-        raise InvalidInput(f"{', '.join(shown(k) for k in beside)}: not allowed beside 'config' in a "
-                           "{\"config\": ...} body: put every setting inside 'config'", field=str(beside[0]))
+        raise InvalidInput(f"{listed(map(shown, beside))}: not allowed beside 'config' in a "
+                           "{\"config\": ...} body: put every setting inside 'config'", field=cut(str(beside[0])))
 
 
 def config_from_text(text: str) -> dict[str, Any]:
@@ -439,7 +439,7 @@ def valid_unicode(text: str) -> bool:
 
 
 def _not_json(path: tuple[Any, ...], what: str) -> None:
-    field = ".".join(["config", *(str(p) for p in path)])
+    field = dotted(("config", *path))
     raise InvalidInput(f"{field}: {what}", field=field)
 
 

@@ -1230,10 +1230,14 @@ class _Builder:
             raise TraceError(f"{self.name}: the table holds no successful prediction records")
         expect = np.frombuffer(self.expect, dtype=np.float64).copy()
         error = np.frombuffer(self.error, dtype=np.float64).copy()
+        # Past 1e154 ms the totals' sums of squares overflow: a table of 1e160 ms answered nulls
+        # in a 200. The bound is far above any runtime a model predicts: 1e17 ms at most (training
+        # takes up to 1e15 ms, and a model's quantiles stay within 100x its extremes).
         for label, arr in (("expect", expect), ("error", error)):
-            bad = np.flatnonzero(~np.isfinite(arr) | (arr < 0))
+            bad = np.flatnonzero(~_runtimes(arr))
             if len(bad):
-                raise TraceError(f"{self.name}: success record {int(bad[0])}: '{label}' must be a finite, non-negative number")
+                raise TraceError(f"{self.name}: success record {int(bad[0])}: '{label}' must be a number from 0 to "
+                                 f"{MAX_TABLE_RUNTIME:g} ms")
         values = []
         for s, lv in enumerate(self.level_values):
             v = np.frombuffer(lv, dtype=np.float64).reshape(self.level_counts[s], -1).copy()
@@ -1243,6 +1247,8 @@ class _Builder:
                 raise TraceError(f"{self.name}: a record's quantile_predictions hold a value that is not a finite number")
             if (v < 0).any():
                 raise TraceError(f"{self.name}: a record's quantile_predictions hold a negative runtime")
+            if (v > MAX_TABLE_RUNTIME).any():
+                raise TraceError(f"{self.name}: a record's quantile_predictions hold a runtime over {MAX_TABLE_RUNTIME:g} ms")
             # Quantiles that cross (a seed model's, fitted one level at a time) are rearranged
             # into increasing order: the rearranged curve is at least as close to the true one.
             values.append(np.sort(v, axis=1))
@@ -1254,10 +1260,10 @@ class _Builder:
         if len(bad):
             raise TraceError(f"{self.name}: success record {int(bad[0])}: 'confidence_level' must lie strictly between 0 and 1")
         lo, hi = interval[:, 0], interval[:, 1]
-        bad = np.flatnonzero(stated & ~(np.isfinite(lo) & np.isfinite(hi) & (lo >= 0) & (lo <= hi)))
+        bad = np.flatnonzero(stated & ~(_runtimes(lo) & _runtimes(hi) & (lo <= hi)))
         if len(bad):
             raise TraceError(f"{self.name}: success record {int(bad[0])}: 'interval' must be [low, high] with "
-                             "0 <= low <= high")
+                             f"0 <= low <= high <= {MAX_TABLE_RUNTIME:g}")
         self._check_intervals(values, interval, confidence, stated)
         reserved = reserved_keys()
         columns = []
@@ -1343,19 +1349,27 @@ class _Builder:
         error = rec.get("error")
         if expect.__class__ not in _NUMBERS or error.__class__ not in _NUMBERS:
             raise self._fail(where, "'expect' and 'error' must be numbers")
+        # Each of these may be left out (a seed table's records have no interval); one that is
+        # there is what it says, or the table is damaged.
         iv = rec.get("interval")
         cl = rec.get("confidence_level")
-        if iv.__class__ is list and len(iv) == 2 and cl.__class__ in _NUMBERS:
-            if iv[0].__class__ not in _NUMBERS or iv[1].__class__ not in _NUMBERS:
-                raise self._fail(where, "'interval' must hold two numbers")
-        else:
+        if iv is not None and not (iv.__class__ is list and len(iv) == 2
+                                   and iv[0].__class__ in _NUMBERS and iv[1].__class__ in _NUMBERS):
+            raise self._fail(where, "'interval' must be [low, high], two numbers")
+        if cl is not None and cl.__class__ not in _NUMBERS:
+            raise self._fail(where, "'confidence_level' must be a number")
+        if iv is None or cl is None:
             iv, cl = _NO_INTERVAL, math.nan
         ver = rec.get("model_version")
-        if ver.__class__ is not int:
+        if ver is None:
             ver = -1
-        elif not _INT64_MIN <= ver <= _INT64_MAX:
+        elif ver.__class__ is not int or ver < 0:
+            raise self._fail(where, "'model_version' must be a whole number, 0 or more")
+        elif ver > _INT64_MAX:
             # Checked before anything is appended: versions live in an int64 column.
             raise self._fail(where, f"'model_version' {ver} does not fit in 64 bits")
+        if (info := rec.get("model_info")) is not None and info.__class__ is not dict:
+            raise self._fail(where, "'model_info' must be an object")
         try:
             self.level_values[s].extend(values)
         except TypeError:
@@ -1436,7 +1450,15 @@ class _Builder:
 
 
 _NO_INTERVAL = (math.nan, math.nan)
-_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+MAX_TABLE_RUNTIME = 1e100
+
+
+def _runtimes(values: np.ndarray) -> np.ndarray:
+    """Which of ``values`` a table may hold as a runtime, in ms (NaN is none)."""
+    return (values >= 0) & (values <= MAX_TABLE_RUNTIME)
+_INT64_MAX = (1 << 63) - 1
 
 
 def _part(v: Any) -> str | None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import shown
+from ..errors import cut, shown
 from .locations import FAMILIES, LightGBMLocation, _check_interaction_constraints, _lightgbm_aliases
 
 
@@ -67,7 +67,8 @@ MODEL_PARAMS: dict[str, tuple[frozenset[str], str, Any]] = {
 # LightGBM parameters a request may set: those of fitting a regression's trees. The others
 # read or write files (a path from a request must not reach the file system), use the
 # network or a device, belong to other tasks (ranking, classification, prediction), or are
-# the service's to set (num_iterations is num_boost_round; early stopping, features).
+# the service's to set (num_iterations is num_boost_round; early stopping, features; verbosity:
+# a request's debug level wrote thousands of lines to the service's log).
 LIGHTGBM_PARAMS = frozenset({
     "bagging_fraction", "bagging_freq", "bagging_seed", "bin_construct_sample_cnt", "boost_from_average", "boosting",
     "cat_l2", "cat_smooth", "cegb_penalty_feature_coupled", "cegb_penalty_feature_lazy", "cegb_penalty_split",
@@ -80,7 +81,7 @@ LIGHTGBM_PARAMS = frozenset({
     "min_gain_to_split", "min_sum_hessian_in_leaf", "monotone_constraints", "monotone_constraints_method",
     "monotone_penalty", "num_grad_quant_bins", "num_leaves", "objective", "other_rate", "path_smooth",
     "poisson_max_delta_step", "quant_train_renew_leaf", "reg_sqrt", "seed", "skip_drop", "stochastic_rounding",
-    "top_rate", "tweedie_variance_power", "uniform_drop", "use_missing", "use_quantized_grad", "verbosity",
+    "top_rate", "tweedie_variance_power", "uniform_drop", "use_missing", "use_quantized_grad",
     "xgboost_dart_mode", "zero_as_missing",
 })
 # The location is a regression of log-runtime: objectives and validation metrics of that task only.
@@ -133,7 +134,7 @@ def _check_lightgbm_params(params: dict[str, Any], algorithm: str) -> None:
     for name in params:
         base = canonical.get(name)
         if base is None:
-            raise ValueError(f"unknown parameter '{name}': neither the service's ({', '.join(MODEL_PARAMS)}) "
+            raise ValueError(f"unknown parameter '{cut(name)}': neither the service's ({', '.join(MODEL_PARAMS)}) "
                              "nor LightGBM's")
         if base == "num_iterations":
             raise ValueError(f"'{name}': the number of boosting rounds is 'num_boost_round'")
