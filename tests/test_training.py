@@ -95,6 +95,77 @@ def test_a_job_record_of_a_process_that_stopped_reads_failed(tmp_path):
         assert err.value.status_code == 404
 
 
+def _orphan(tmp_path, job_id: str) -> None:
+    """The job's record as a service killed while it ran the job left it."""
+    import json
+
+    (tmp_path / "jobs").mkdir(exist_ok=True)
+    (tmp_path / "jobs" / f"{job_id}.json").write_text(json.dumps(
+        {"job_id": job_id, "status": "running", "submitted_at": 1.0, "worker_pid": 2**22 + 12345}))
+
+
+def test_a_job_whose_process_stopped_after_storing_its_version_reads_succeeded(tmp_path):
+    # The service was killed after the worker stored the version but before it heard back:
+    # the record read failed, and a client that believed it trained again (a second version).
+    from swarmpilot_predictor.training import _train_job
+
+    config = TrainConfig(model=IDENTITY, traces=make_llm_traces(100), algorithm="linear").model_dump(mode="json")
+    out = _train_job(str(tmp_path), config, None, None, "0123456789abcdef")  # the worker's part, in this process
+    assert out["ok"] and out["result"]["version"] == 1
+    _orphan(tmp_path, "0123456789abcdef")
+    record = TrainingJobs(tmp_path).get("0123456789abcdef")
+    assert record["status"] == "succeeded" and "error" not in record
+    assert record["result"] == {**out["result"], "duration_seconds": pytest.approx(out["result"]["duration_seconds"], abs=1)}
+    # Settled once, in its file: deleting the version later does not turn it to failed.
+    assert not (tmp_path / "jobs" / "0123456789abcdef.landing").exists()
+    ModelRegistry(tmp_path / "models").delete(ModelIdentity.from_parts(IDENTITY))
+    assert TrainingJobs(tmp_path).get("0123456789abcdef")["result"]["version"] == 1
+
+    # Stopped between noting the version and storing it: not stored, so failed.
+    _train_job(str(tmp_path), config, None, None, "0123456789abcdee")
+    _orphan(tmp_path, "0123456789abcdee")
+    registry = ModelRegistry(tmp_path / "models")
+    registry.delete(ModelIdentity.from_parts(IDENTITY))
+    record = TrainingJobs(tmp_path).get("0123456789abcdee")
+    assert record["status"] == "failed" and record["error"]["status_code"] == 503
+    assert record["error"]["message"] == "the service process that held this job stopped before it finished"
+
+
+def test_a_group_by_job_stopped_midway_names_the_versions_it_stored(tmp_path):
+    from swarmpilot_predictor.training import _train_job
+
+    traces = [{**t, "hardware": "a" if i % 2 else "b"} for i, t in enumerate(make_llm_traces(200))]
+    model = {k: v for k, v in IDENTITY.items() if k != "hardware"}
+    config = TrainConfig(model=model, group_by=["hardware"], traces=traces, algorithm="linear").model_dump(mode="json")
+    out = _train_job(str(tmp_path), config, None, None, "0123456789abcdef")
+    assert [m["version"] for m in out["result"]["models"]] == [1, 1]
+    landing = tmp_path / "jobs" / "0123456789abcdef.landing"
+    lines = landing.read_bytes().splitlines()
+    _orphan(tmp_path, "0123456789abcdef")
+    assert TrainingJobs(tmp_path).get("0123456789abcdef")["result"]["models"] == out["result"]["models"]
+    # Killed while it wrote the second group's line: the first group's version alone is there.
+    landing.write_bytes(lines[0] + b"\n" + lines[1][:20])
+    _orphan(tmp_path, "0123456789abcdee")
+    landing.rename(tmp_path / "jobs" / "0123456789abcdee.landing")
+    record = TrainingJobs(tmp_path).get("0123456789abcdee")
+    first = out["result"]["models"][0]["model_key"]
+    assert record["status"] == "failed"
+    assert record["error"]["message"].endswith(f"before it finished; it had stored {first} version 1")
+
+
+def test_a_worker_whose_service_is_gone_stores_no_version(tmp_path, monkeypatch):
+    # Killed, the service could not stop its worker first, which ran on for up to a second
+    # and stored the version that the restarted service's job record said had failed.
+    from swarmpilot_predictor import training
+
+    monkeypatch.setattr(training, "_server_pid", 2**22 + 12345)  # not this process's parent
+    config = TrainConfig(model=IDENTITY, traces=make_llm_traces(100), algorithm="linear").model_dump(mode="json")
+    out = training._train_job(str(tmp_path), config, None, None, "0123456789abcdef")
+    assert not out["ok"] and out["error"]["message"] == "the service stopped before the job finished"
+    assert ModelRegistry(tmp_path / "models").identities() == []
+    assert list((tmp_path / "models").glob("*/v*")) == []
+
+
 def test_a_config_json_cannot_carry_is_refused_at_submission(tmp_path):
     # A YAML config may hold bytes; the job would fail to serialise it for the worker.
     jobs = TrainingJobs(tmp_path)

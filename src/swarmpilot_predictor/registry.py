@@ -726,7 +726,8 @@ class ModelRegistry:
         return loaded
 
     def save(self, meta: ModelVersion, model: QuantileModel,
-             training_data: tuple[np.ndarray, np.ndarray] | None = None, after: int | None = None) -> ModelVersion:
+             training_data: tuple[np.ndarray, np.ndarray] | None = None, after: int | None = None,
+             before_commit: Callable[[ModelVersion], None] | None = None) -> ModelVersion:
         """Store ``model`` as the next version of ``meta.identity``; returns the stored meta.
 
         ``training_data`` (the encoded X and y) is kept beside the model so that
@@ -737,6 +738,10 @@ class ModelRegistry:
         :class:`VersionConflict` is raised. A retraining built from version ``after``
         must not land over a training that took its number first but is still
         writing its files, which the newest stored version does not show yet.
+
+        ``before_commit`` is called with the meta (its version set) once every file but the
+        meta file is written, just before the version becomes visible; if it raises, nothing
+        is stored.
         """
         model_dir = self.root / meta.identity.dirname
         with writing(f"model {meta.identity.key}"):
@@ -773,6 +778,8 @@ class ModelRegistry:
                 # then removes their meta files), nor the version it was built from: a
                 # retraining that was storing its version must not bring back a deleted model.
                 self._refuse_if_deleted(model_dir, meta.identity, version, after)
+                if before_commit is not None:
+                    before_commit(meta)
                 atomic_write_bytes(model_dir / _meta_file(version),
                                    orjson.dumps(meta.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
                 try:
@@ -909,6 +916,14 @@ class ModelRegistry:
             raise StorageError(f"cannot delete version {targets[len(deleted)]} of {identity.key} in the data directory "
                                f"({failure.strerror or type(failure).__name__}): {done}") from failure
         return stored
+
+    def is_stored(self, identity: ModelIdentity, version: int) -> bool:
+        """Whether ``version`` of ``identity`` is stored now, whatever this process's index
+        says (another process may have written it since): its meta file is there."""
+        try:
+            return (self.root / identity.dirname / _meta_file(version)).is_file()
+        except (OSError, ValueError):  # a version number past what a file name holds
+            return False
 
     def was_deleted(self, identity: ModelIdentity, version: int) -> bool:
         """Whether ``version`` of ``identity`` was stored here and deleted since (its tombstone

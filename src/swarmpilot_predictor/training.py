@@ -106,8 +106,16 @@ class Trainer:
                                f"({exc.strerror or exc})", field="traces") from None
 
     def train(self, config: TrainConfig, uploads: dict[str, Path] | None = None,
-              progress: ProgressFn | None = None) -> dict[str, Any]:
-        """Read the traces, train one model (or one per group), store each as a new version."""
+              progress: ProgressFn | None = None,
+              before_commit: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Read the traces, train one model (or one per group), store each as a new version.
+
+        ``before_commit`` is called before each version becomes visible, with that version's
+        entry of the result plus what makes the result of the versions so far (``of``: how
+        many the training stores; ``group_by``, ``rows_in_no_group``, ``duration_seconds``;
+        see :func:`train_result`): a job's worker records it, so that versions stored by a
+        process killed before it could report are known (:meth:`TrainingJobs._cut_short`).
+        """
         t0 = time.perf_counter()
         try:
             check_params(config.params, config.algorithm)  # before a large trace file is read
@@ -128,9 +136,15 @@ class Trainer:
             prepared.append(self._prepare_one(identity, part, config, foreign, counters))
         fitted = [self._fit_one(config, *one) for one in prepared]
         trained: list[ModelVersion] = []
+
+        def committing(meta: ModelVersion) -> None:
+            if before_commit is not None:
+                before_commit({**_entry(meta), "of": len(fitted), "group_by": bool(config.group_by),
+                               "rows_in_no_group": ungrouped, "duration_seconds": time.perf_counter() - t0})
+
         try:
             for meta, model, data in fitted:
-                trained.append(self.registry.save(meta, model, training_data=data))
+                trained.append(self.registry.save(meta, model, training_data=data, before_commit=committing))
         except BaseException:
             # A group that cannot be stored (a full disk, say) takes back the ones stored before
             # it: the error says nothing was stored, and a retry would store them again.
@@ -140,24 +154,7 @@ class Trainer:
                 except Exception as exc:  # noqa: BLE001 - the first error is the one to answer
                     log.error("cannot take back %s version %d after a failed group: %s", stored.key, stored.version, exc)
             raise
-        duration = time.perf_counter() - t0
-        first = trained[0]
-        result: dict[str, Any] = {
-            "status": "success",
-            "model_key": first.key,
-            "version": first.version,
-            "identity": first.identity.as_dict(),
-            "metrics": first.metrics,
-            "duration_seconds": duration,
-        }
-        if len(trained) > 1 or config.group_by:
-            result["models"] = [
-                {"model_key": m.key, "version": m.version, "identity": m.identity.as_dict(), "metrics": m.metrics}
-                for m in trained
-            ]
-            # Traces without every group_by key belong to no model: counted, not lost unsaid.
-            result["rows_in_no_group"] = ungrouped
-        return result
+        return train_result([_entry(m) for m in trained], bool(config.group_by), ungrouped, time.perf_counter() - t0)
 
     def _split_groups(self, table: TraceTable, config: TrainConfig) -> tuple[list[tuple[ModelIdentity, TraceTable]], int]:
         """One model's rows per group (all rows without ``group_by``), and how many rows
@@ -299,6 +296,21 @@ class Trainer:
         return meta, model, (X, y)
 
 
+def _entry(m: ModelVersion) -> dict[str, Any]:
+    return {"model_key": m.key, "version": m.version, "identity": m.identity.as_dict(), "metrics": m.metrics}
+
+
+def train_result(entries: list[dict[str, Any]], group_by: bool, ungrouped: int, duration: float) -> dict[str, Any]:
+    """A training's answer from its stored versions' entries (:func:`_entry`): the first
+    version, and with ``group_by`` every model's."""
+    result: dict[str, Any] = {"status": "success", **entries[0], "duration_seconds": duration}
+    if len(entries) > 1 or group_by:
+        result["models"] = entries
+        # Traces without every group_by key belong to no model: counted, not lost unsaid.
+        result["rows_in_no_group"] = ungrouped
+    return result
+
+
 # --------------------------------------------------------------------------- worker process
 
 
@@ -318,6 +330,10 @@ def _spawning() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+# The service that started this training worker (None outside one).
+_server_pid: int | None = None
 
 
 def _init_worker(server_pid: int | None = None) -> None:
@@ -347,6 +363,8 @@ def _init_worker(server_pid: int | None = None) -> None:
             pass
     # If the server dies without shutting the pool down, do not outlive it: also if it died
     # while this process was still importing (its parent is then already init, not the server).
+    global _server_pid
+    _server_pid = server_pid
     when_parent_dies(lambda: os._exit(0), server_pid)
 
 
@@ -364,8 +382,23 @@ def when_parent_dies(action: Callable[[], None], parent: int | None = None) -> N
 
 
 def _train_job(data_dir: str, config: dict[str, Any] | None, raw_body: bytes | None,
-               uploads: dict[str, str] | None) -> dict[str, Any]:
+               uploads: dict[str, str] | None, job_id: str) -> dict[str, Any]:
     """Runs in the worker process; errors travel back as data, not as pickled exceptions."""
+    landing = Path(data_dir) / "jobs" / f"{job_id}{_LANDING}"
+
+    def record_landing(entry: dict[str, Any]) -> None:
+        # A line a version, appended before the version is stored (thousands of group_by
+        # models would each rewrite a growing file): if it cannot be, nor is the version.
+        if _server_pid is not None and os.getppid() != _server_pid:
+            # The service is gone (killed: it could not stop this process first): whatever
+            # reads the job's record after a restart would find it failed, this version not there.
+            raise PredictorError("the service stopped before the job finished")
+        landing.parent.mkdir(exist_ok=True)
+        with open(landing, "ab") as fh:
+            fh.write(dumps_json(entry, orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
     def failed(exc: PredictorError, field: str | None) -> dict[str, Any]:
         return {"ok": False, "error": {"status_code": exc.status_code, "message": exc.message, "field": field}}
 
@@ -380,7 +413,7 @@ def _train_job(data_dir: str, config: dict[str, Any] | None, raw_body: bytes | N
         registry = ModelRegistry(Path(data_dir) / "models", scan=False)
         trainer = Trainer(Path(data_dir), registry)
         paths = {k: Path(v) for k, v in (uploads or {}).items()}
-        result = trainer.train(cfg, paths or None)
+        result = trainer.train(cfg, paths or None, before_commit=record_landing)
         return {"ok": True, "result": result}
     except PredictorError as exc:
         return failed(exc, _as_in_request(exc.field))
@@ -416,6 +449,10 @@ def _parse_train_request(raw: bytes) -> TrainConfig:
 
 
 _JOB_ID = re.compile(r"[0-9a-f]{16}")
+# Beside a job's record, what its worker is storing: the result it would answer with, written
+# before each version is (see Trainer.train), so that a job whose process stopped after
+# storing but before reporting reads succeeded, not failed: a client would train again.
+_LANDING = ".landing"
 
 
 class TrainingJobs:
@@ -448,6 +485,8 @@ class TrainingJobs:
         self._closing = False
         # Pools whose worker died, with the job it ran.
         self._lost_pools: dict[ProcessPoolExecutor, str] = {}
+        # Reads whether a version a stopped job was storing is there (see _cut_short).
+        self._registry: ModelRegistry | None = None
 
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
@@ -486,7 +525,7 @@ class TrainingJobs:
                     del self.jobs[old]
         self._prune_records()
         done: Future = Future()
-        args = (_train_job, str(self.data_dir), payload, raw, {k: str(v) for k, v in (uploads or {}).items()})
+        args = (_train_job, str(self.data_dir), payload, raw, {k: str(v) for k, v in (uploads or {}).items()}, job_id)
         with self._lock:
             self._pending.append(job_id)
             if self._pending[0] == job_id:
@@ -512,15 +551,13 @@ class TrainingJobs:
                 out = f.result()
             except (BrokenProcessPool, CancelledError):
                 if self._closing:
-                    out = {"ok": False, "error": {"status_code": 503,
-                                                  "message": "the service stopped before the job finished"}}
+                    out = self._cut_short(job_id, 503, "the service stopped before the job finished")
                 elif self._first_loss(pool, job_id):
                     # The worker died running this job; the pool is stopped from another thread
                     # (this one is the pool's own manager thread, which cannot wait for itself).
                     threading.Thread(target=self._stop_pool, args=(pool,), name="training-pool-reset",
                                      daemon=True).start()
-                    out = {"ok": False, "error": {"status_code": 500,
-                                                  "message": "the training worker process died (out of memory?)"}}
+                    out = self._cut_short(job_id, 500, "the training worker process died (out of memory?)")
                 else:
                     # Queued behind the job that took the worker down, never started: a fresh
                     # worker takes it, in its turn.
@@ -553,6 +590,7 @@ class TrainingJobs:
                     # Read back from its file when asked: a group_by job's result lists every
                     # model (9 MB for 2,000 groups), and a thousand such records were kept here.
                     del record["result"]
+                self._landing(job_id).unlink(missing_ok=True)
                 done.set_result(result)
             else:
                 err = out["error"]
@@ -560,6 +598,7 @@ class TrainingJobs:
                     self.on_failure(err)
                 record.update(status="failed", error=err)
                 self._store(record)
+                self._landing(job_id).unlink(missing_ok=True)
                 exc = PredictorError(err["message"], err.get("field"))
                 exc.status_code = err["status_code"]
                 done.set_exception(exc)
@@ -609,9 +648,46 @@ class TrainingJobs:
         # process since (another worker after a restart), or to this one (PID 1 in a container).
         held = still_running(pid, worker_started) and not (pid == os.getpid() and token != self._token)
         if record.get("status") in ("queued", "running") and not held:
-            record.update(status="failed", error={
-                "status_code": 503, "message": "the service process that held this job stopped before it finished"})
+            out = self._cut_short(job_id, 503, "the service process that held this job stopped before it finished")
+            if out["ok"]:
+                record.update(status="succeeded", result=out["result"], finished_at=out["finished_at"])
+            else:
+                record.update(status="failed", error=out["error"])
+            # Settled once: read again later, a version deleted since would turn it to failed.
+            if self._store(record):
+                self._landing(job_id).unlink(missing_ok=True)
         return record
+
+    def _landing(self, job_id: str) -> Path:
+        return self.records_dir / f"{job_id}{_LANDING}"
+
+    def _cut_short(self, job_id: str, status: int, message: str) -> dict[str, Any]:
+        """The outcome of a job whose process stopped before it reported: its result where
+        every version it was storing is stored, else the failure ``message``, naming the
+        versions it had stored, if any."""
+        entries: list[dict[str, Any]] = []
+        landing = self._landing(job_id)
+        try:
+            for line in read_regular(landing).splitlines():
+                try:
+                    entries.append(orjson.loads(line))
+                except orjson.JSONDecodeError:  # the last line, cut short: its version was not stored
+                    break
+            if self._registry is None:
+                self._registry = ModelRegistry(self.data_dir / "models", scan=False)
+            stored = [e for e in entries if self._registry.is_stored(ModelIdentity.from_parts(e["identity"]), e["version"])]
+            if entries and len(stored) == len(entries) == entries[-1]["of"]:
+                last = entries[-1]
+                keys = ("model_key", "version", "identity", "metrics")
+                result = train_result([{k: e[k] for k in keys} for e in entries], last["group_by"],
+                                      last["rows_in_no_group"], last["duration_seconds"])
+                return {"ok": True, "result": result, "finished_at": landing.stat().st_mtime}
+        except (OSError, LookupError, TypeError, ValueError, AttributeError, PredictorError):
+            stored = []
+        if stored:
+            versions = ", ".join(f"{e['model_key']} version {e['version']}" for e in stored)
+            message += f"; it had stored {versions}"
+        return {"ok": False, "error": {"status_code": status, "message": message}}
 
     def _prune_records(self) -> None:
         try:
@@ -620,6 +696,7 @@ class TrainingJobs:
             return
         for old in files[: max(0, len(files) - self.keep)]:
             old.unlink(missing_ok=True)
+            self._landing(old.stem).unlink(missing_ok=True)
 
     def _first_loss(self, pool: ProcessPoolExecutor, job_id: str) -> bool:
         """Whether ``job_id`` is the first job of ``pool`` to learn that its worker died.
