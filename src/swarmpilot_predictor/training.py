@@ -449,9 +449,9 @@ def _parse_train_request(raw: bytes) -> TrainConfig:
 
 
 _JOB_ID = re.compile(r"[0-9a-f]{16}")
-# Beside a job's record, what its worker is storing: the result it would answer with, written
-# before each version is (see Trainer.train), so that a job whose process stopped after
-# storing but before reporting reads succeeded, not failed: a client would train again.
+# Beside a job's record, a line for each version its worker stores, written before the version
+# is (see Trainer.train): a job whose process stopped after storing but before reporting then
+# reads succeeded, not failed, after which a client would have trained again.
 _LANDING = ".landing"
 
 

@@ -1230,9 +1230,6 @@ class _Builder:
             raise TraceError(f"{self.name}: the table holds no successful prediction records")
         expect = np.frombuffer(self.expect, dtype=np.float64).copy()
         error = np.frombuffer(self.error, dtype=np.float64).copy()
-        # Past 1e154 ms the totals' sums of squares overflow: a table of 1e160 ms answered nulls
-        # in a 200. The bound is far above any runtime a model predicts: 1e17 ms at most (training
-        # takes up to 1e15 ms, and a model's quantiles stay within 100x its extremes).
         for label, arr in (("expect", expect), ("error", error)):
             bad = np.flatnonzero(~_runtimes(arr))
             if len(bad):
@@ -1450,15 +1447,16 @@ class _Builder:
 
 
 _NO_INTERVAL = (math.nan, math.nan)
-
-
+_INT64_MAX = (1 << 63) - 1
+# Past 1e154 ms a queue's total overflows (its sum of squares): a table of 1e160 ms answered
+# nulls in a 200. The bound is far above any runtime a model predicts: 1e17 ms at most
+# (training takes up to 1e15 ms, and a model's quantiles stay within 100x its extremes).
 MAX_TABLE_RUNTIME = 1e100
 
 
 def _runtimes(values: np.ndarray) -> np.ndarray:
     """Which of ``values`` a table may hold as a runtime, in ms (NaN is none)."""
     return (values >= 0) & (values <= MAX_TABLE_RUNTIME)
-_INT64_MAX = (1 << 63) - 1
 
 
 def _part(v: Any) -> str | None:
