@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -111,6 +113,7 @@ def test_after_an_abrupt_shift_the_new_version_learns_the_new_level_alone(tmp_pa
 
 
 RETRAIN = """
+import itertools
 import json
 from pathlib import Path
 from swarmpilot_predictor.errors import PredictorError
@@ -384,10 +387,13 @@ def test_auto_retrain_waits_for_new_evidence_after_a_decision(tmp_path):
     first = svc.observe(IDENTITY, traces[:25])
     assert first["drifted"] is True and first["retraining_scheduled"] is True
     assert svc.retrainer._running[identity].result(timeout=60)["status"] == "skipped"
+    then = svc.monitor.clock()
+    svc.monitor.clock = itertools.count(then + 1).__next__  # later observations, later times
     for i in range(25, 33, 2):  # 27 ... 33 observations: not yet 25 + 10
         assert svc.observe(IDENTITY, traces[i:i + 2])["retraining_scheduled"] is False
     (skipped,) = svc.retrainer.decisions.read(identity)
-    assert skipped["next_try"] == {"observations": 35, "drifted_then": True}
+    # Ten observations made after the newest one the decision saw (35 in all, as this process counts).
+    assert skipped["next_try"] == {"observations": 35, "drifted_then": True, "after": then, "more": 10}
     again = svc.observe(IDENTITY, traces[33:35])  # 35: tried again
     assert again["retraining_scheduled"] is True
     assert svc.retrainer._running[identity].result(timeout=60)["status"] == "retrained"
@@ -428,7 +434,9 @@ def test_workers_share_retraining_decisions_and_the_wait_after_them(tmp_path):
     a.observe(IDENTITY, make_llm_traces(25, seed=70))  # due (20 observations), too few to retrain on
     assert a.retrainer.due(identity, 1) == b.retrainer.due(identity, 1) == "new observations"
     skipped = a.retrain(pattern)
-    assert skipped["status"] == "skipped" and skipped["next_try"] == {"observations": 45, "drifted_then": False}
+    assert skipped["status"] == "skipped"
+    assert skipped["next_try"] == {"observations": 45, "drifted_then": False, "more": 20,
+                                   "after": a.monitor.newest_observed(identity, 1)}
     assert b.retrainer.due(identity, 1) is None
     assert [d["status"] for d in b.accuracy(pattern)["retraining"]] == ["skipped"]
     b.observe(IDENTITY, make_llm_traces(20, seed=71))
@@ -442,15 +450,54 @@ def test_workers_share_retraining_decisions_and_the_wait_after_them(tmp_path):
     b.close()
 
 
-def test_a_retraining_of_a_model_deleted_meanwhile_leaves_no_decision(tmp_path):
+def test_the_wait_after_a_decision_holds_in_a_process_started_after_the_log_rotated(tmp_path):
+    # The wait was a count to reach in the numbering of the process that decided; one started
+    # later counts only what rotation left of the log (here 10 observations of the 60), and
+    # waited 50 more than asked.
+    settings = dict(retrain_min_observations=20, observations_max_file_mb=0.004, observations_max_files=2)
+    a = _service(tmp_path, **settings)
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    identity = a.registry.resolve(pattern)
+    for seed in range(6):
+        a.observe(IDENTITY, make_llm_traces(10, seed=90 + seed))
+    with a.retrainer.decisions.exclusive(identity):  # decided as a restart would find it: kept, with a wait
+        decision = a.retrainer._retrain_serving(identity, 1, {"model_key": identity.key, "reason": "test",
+                                                               "from_version": 1, "at": 0.0})
+    assert decision["status"] != "retrained" and decision["next_try"]["more"] == 20
+    restarted = PredictorService(PredictorSettings(data_dir=tmp_path / "data", **settings))
+    _opened.append(restarted)
+    seen = restarted.accuracy(pattern)["observations"]
+    assert seen < 60  # rotated away
+    for k in range(2):
+        restarted.observe(IDENTITY, make_llm_traces(9, seed=100 + k))
+        assert restarted.retrainer.due(identity, 1) is None and a.retrainer.due(identity, 1) is None
+    restarted.observe(IDENTITY, make_llm_traces(2, seed=102))  # the 20th since the decision
+    assert restarted.retrainer.due(identity, 1) == a.retrainer.due(identity, 1) == "new observations"
+    # Asked about a time before its window, a process reads the log to count (a wait longer
+    # than the window); what it reads later adds to that count.
+    small = PredictorService(PredictorSettings(data_dir=tmp_path / "data", accuracy_window=5, drift_min_observations=5,
+                                             **settings))
+    _opened.append(small)
+    assert small.monitor.count_since(identity, 1, decision["next_try"]["after"], 20) == 20
+    small.observe(IDENTITY, make_llm_traces(3, seed=103))
+    assert small.monitor.count_since(identity, 1, decision["next_try"]["after"], 20) == 23
+
+
+def test_a_retraining_of_a_model_deleted_meanwhile_leaves_no_decision(tmp_path, caplog):
     svc = _service(tmp_path)
     pattern = IdentityPattern.from_parts(IDENTITY)
     identity = svc.registry.resolve(pattern)
     svc.observe(IDENTITY, _shifted(60, 1.6, seed=12))
     svc.retrainer.decisions.delete(identity)
     svc.registry.delete(identity)
-    svc.retrainer._done(identity, {"status": "failed", "from_version": 1, "message": "no model"})
+    counted = []
+    svc.retrainer.on_decision = counted.append
+    with caplog.at_level(logging.INFO, logger="swarmpilot_predictor.retraining"):
+        svc.retrainer._done(identity, {"status": "failed", "from_version": 1, "message": "no model"})
     assert svc.retrainer.decisions.read(identity) == []
+    # Nor counted in /metrics, nor logged as an error: an ordinary delete raised a false alarm.
+    assert counted == [] and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "ended after its model was deleted" in caplog.text
     svc.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(100), algorithm="linear"))
     assert svc.accuracy(pattern)["retraining"] == []
     # Trained again under the same identity (version 2): a retraining of the deleted version 1

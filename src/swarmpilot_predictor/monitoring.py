@@ -272,7 +272,11 @@ class RollingAccuracy:
     window: int = 1000
     y: deque = field(default_factory=deque)
     q: deque = field(default_factory=deque)
+    ts: deque = field(default_factory=deque)  # when each was observed (0: not known)
     total: int = 0
+    # How many observations came after each of a few times asked about (count_since): a
+    # retraining's wait counts from the newest observation it saw.
+    _since: dict[float, int] = field(default_factory=dict, repr=False)
     # The window as it stood at the last checkpoint: (observations then, hits per level, its size);
     # the report's binomial tests are run on it.
     _checkpoint: tuple[int, np.ndarray, int] | None = field(default=None, repr=False)
@@ -293,22 +297,50 @@ class RollingAccuracy:
             ts = np.zeros(len(y))
             index = np.arange(self.total, self.total + len(y))
         y_l, q_l = y.tolist(), np.asarray(q).tolist()
+        for t in self._since:
+            self._since[t] += int((ts > t).sum())
+        ts_l = np.asarray(ts, dtype=np.float64).tolist()
         # The last checkpoint of this batch: the window is counted there, then the rest added.
         marks = np.flatnonzero(drift_checkpoints(y, ts, index))
         cut = int(marks[-1]) + 1 if len(marks) else 0
-        self._extend(y_l[:cut], q_l[:cut])
+        self._extend(y_l[:cut], q_l[:cut], ts_l[:cut])
         if cut:
             hits = (np.asarray(self.y)[:, None] <= np.asarray(self.q)).sum(axis=0)
             self._checkpoint = (self.total, hits, len(self.y))
-        self._extend(y_l[cut:], q_l[cut:])
+        self._extend(y_l[cut:], q_l[cut:], ts_l[cut:])
 
-    def _extend(self, ys: list[float], qs: list[list[float]]) -> None:
+    def _extend(self, ys: list[float], qs: list[list[float]], ts: list[float]) -> None:
         self.y.extend(ys)
         self.q.extend(qs)
+        self.ts.extend(ts)
         while len(self.y) > self.window:
             self.y.popleft()
             self.q.popleft()
+            self.ts.popleft()
         self.total += len(ys)
+
+    @property
+    def newest_ts(self) -> float | None:
+        """When the newest observation was made (None: none yet, or not known)."""
+        return self.ts[-1] if self.ts and self.ts[-1] > 0 else None
+
+    def count_since(self, t: float, enough: int) -> int | None:
+        """How many of this version's observations came after time ``t``, or any number of
+        at least ``enough`` where there are that many; None where telling needs observations
+        older than the window (:meth:`AccuracyMonitor.count_since` reads them from the log)."""
+        if t in self._since:
+            return self._since[t]
+        if self.total > len(self.ts) and (not self.ts or self.ts[0] > t):
+            # The whole window came after t, and maybe more before it.
+            return len(self.ts) if len(self.ts) >= enough else None
+        return self.remember_since(t, int((np.asarray(self.ts) > t).sum()))
+
+    def remember_since(self, t: float, count: int) -> int:
+        """Note that ``count`` observations came after ``t``; later ones are added as they come."""
+        while len(self._since) >= 4:  # the times of the last few decisions: older ones are done with
+            self._since.pop(next(iter(self._since)))
+        self._since[t] = count
+        return count
 
     def report(self, alpha: float, min_observations: int) -> dict[str, Any]:
         key = (alpha, min_observations)
@@ -538,6 +570,32 @@ class AccuracyMonitor:
         with state.lock:
             self._sync(identity, state)
             return self._tracker(state, version).report(self.alpha, self.min_observations)
+
+    def newest_observed(self, identity: ModelIdentity, version: int) -> float | None:
+        """When ``version``'s newest observation was made, by any worker."""
+        return self.tracker(identity, version).newest_ts
+
+    def count_since(self, identity: ModelIdentity, version: int, t: float, enough: int) -> int:
+        """How many observations of ``version`` came after time ``t``, by any worker (or any
+        number of at least ``enough`` where there are that many).
+
+        Counted by time, not as a difference of totals: a process's total counts only what
+        it read, which after a restart is only what rotation left of the log.
+        """
+        state = self._state(identity)
+        with state.lock:
+            self._sync(identity, state)
+            tracker = self._tracker(state, version)
+            count = tracker.count_since(t, enough)
+            if count is not None:
+                return count
+            # Past the window (a wait longer than it): read from the log, as far as this
+            # process has followed it; what comes later is added as it is taken in.
+            count = 0
+            for name, (inode, offset, _) in state.cursor.items():
+                records, _ = self.log.read_span(os.path.join(state.directory, name), inode, 0, offset)
+                count += sum(1 for r in records if r["version"] == version and r["ts"] > t)
+            return tracker.remember_since(t, count)
 
     def recent(self, identity: ModelIdentity, version: int, limit: int = 200) -> dict[str, Any]:
         state = self._state(identity)

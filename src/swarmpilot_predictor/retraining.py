@@ -349,9 +349,16 @@ class Retrainer:
         # retraining that found this one stored meanwhile) must not lift this one's wait.
         last = self.decisions.last(identity, version)
         waiting = None if last is None else last.get("next_try")
-        if (isinstance(waiting, dict) and report["observations"] < waiting.get("observations", 0)
-                and not (drifted and not waiting.get("drifted_then"))):
-            return None
+        if isinstance(waiting, dict) and not (drifted and not waiting.get("drifted_then")):
+            after, more = waiting.get("after"), waiting.get("more")
+            if _is_number(after) and _is_number(more):
+                # Counted from the newest observation the decision saw: a count to reach, in
+                # the numbering of the process that decided, was out of reach of one restarted
+                # after the log rotated (which counts only what is left of it).
+                if self.monitor.count_since(identity, version, after, int(more)) < more:
+                    return None
+            elif report["observations"] < waiting.get("observations", 0):  # a decision stored before 2026-12-01
+                return None
         if drifted:
             return "drift"
         if report["observations"] >= self.min_new_observations:
@@ -427,6 +434,7 @@ class Retrainer:
                             message=f"version {serving} was stored meanwhile and serves now")
             return self._done(identity, decision)
         seen = self.monitor.report(identity, serving)
+        newest = self.monitor.newest_observed(identity, serving)
         try:
             self._retrain(identity, decision)
         except BaseException as exc:
@@ -435,9 +443,13 @@ class Retrainer:
             raise
         finally:
             if decision.get("status") != "retrained":
-                # The version still serves: the next automatic try waits for enough new evidence.
+                # The version still serves: the next automatic try waits for enough new evidence,
+                # observations made after the newest it saw.
                 n, drifted = int(seen["observations"]), bool(seen.get("drifted"))
-                decision["next_try"] = {"observations": n + self.backoff_step(n, drifted), "drifted_then": drifted}
+                step = self.backoff_step(n, drifted)
+                decision["next_try"] = {"observations": n + step, "drifted_then": drifted}
+                if newest is not None:
+                    decision["next_try"].update(after=newest, more=step)
             self._done(identity, decision)
         return decision
 
@@ -639,19 +651,26 @@ class Retrainer:
         return decision
 
     def _done(self, identity: ModelIdentity, decision: dict[str, Any]) -> dict[str, Any]:
-        if decision["status"] == "failed":
-            log.error("retraining %s failed: %s", identity.key, decision["message"])
-        else:
-            log.info("retraining %s: %s", identity.key, decision["status"])
-        self._counted(decision)
         self.registry.maybe_refresh()
         stored = {v.version for v in self.registry.versions(identity)}
         if decision["from_version"] not in stored and decision.get("to_version") not in stored:
             # Deleted meanwhile, its decisions with it; the identity may have been trained
             # again since, under new version numbers that this decision says nothing about.
+            # Nor is it counted, nor an error (it failed with "no model" where the delete
+            # came first): an ordinary delete raised a false alarm.
+            log.info("retraining %s ended after its model was deleted: no decision", identity.key)
             return decision
+        if decision["status"] == "failed":
+            log.error("retraining %s failed: %s", identity.key, decision["message"])
+        else:
+            log.info("retraining %s: %s", identity.key, decision["status"])
+        self._counted(decision)
         try:  # a background retraining answers no one: its decisions are how it is seen
             self.decisions.append(identity, decision)
         except PredictorError as exc:
             log.warning("cannot store a retraining decision of %s: %s", identity.key, exc.message)
         return decision
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
