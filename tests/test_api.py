@@ -796,10 +796,22 @@ def test_a_client_that_leaves_before_the_answer_is_no_server_error(http, trained
     assert 'status="500"' not in text
 
 
+def test_an_upload_limit_under_a_byte_is_a_byte_not_no_limit():
+    # PREDICTOR_MAX_UPLOAD_MB=0.0000001 rounded down to 0 bytes, which means no limit.
+    from swarmpilot_predictor.api import BodySizeLimitMiddleware, upload_bytes
+
+    assert upload_bytes(1e-7) == 1 and upload_bytes(0) == 0 and upload_bytes(1.5) == 3 * 2**19
+    assert BodySizeLimitMiddleware(None, max_mb=1e-7).max_bytes == 1
+
+
 def test_a_client_that_leaves_while_sending_its_body_is_no_logged_error(tmp_path):
     # /observe, /train and uploads read their bodies in the route: a departure there reached
     # the catch-all handler, which logged two tracebacks per request as a server error.
-    with run_server(tmp_path / "data") as srv:
+    # At uvicorn's info level it is an info line (which no one saw: the service's loggers
+    # had no handler, and Python shows warnings only).
+    command = [sys.executable, "-m", "uvicorn", "swarmpilot_predictor.api:app_from_env", "--factory",
+               "--host", "127.0.0.1", "--port", "{port}", "--log-level", "info"]
+    with run_server(tmp_path / "data", args=command) as srv:
         url = httpx.URL(srv.url)
         part = ('--xyz\r\nContent-Disposition: form-data; name="trace_file"; filename="t.jsonl"\r\n\r\n'
                 '{"input_tokens": 1}\n')
@@ -823,6 +835,9 @@ def test_a_client_that_leaves_while_sending_its_body_is_no_logged_error(tmp_path
         srv.process.terminate()
         out = srv.process.stdout.read().decode()
     assert "Traceback" not in out and "unexpected error" not in out, out
+    for path in ("/observe", "/train", "/predict/table/llm/"):
+        assert f"INFO:     client left during POST {path}" in out, out
+    assert out.count(" before its body was read\n") == 3
 
 
 def test_random_malformed_requests_never_get_a_server_error(http, trained):

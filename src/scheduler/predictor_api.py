@@ -4,7 +4,7 @@ import sys
 
 from pydantic import ValidationError
 
-from swarmpilot_predictor.api import create_app
+from swarmpilot_predictor.api import create_app, log_beside_uvicorn
 from swarmpilot_predictor.settings import PredictorSettings, listen_problem, settings_problem, startup_problem
 
 try:
@@ -16,6 +16,7 @@ if problem := startup_problem(settings):  # a data directory that cannot be made
     print(f"error: {problem}", file=sys.stderr)
     raise SystemExit(1)
 
+log_beside_uvicorn(settings.log_level)
 app = create_app(settings)
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import gc
 import gzip
 import hmac
 import logging
+import math
 import os
 import shutil
 import signal
@@ -30,6 +31,8 @@ from urllib.parse import quote, unquote
 import anyio
 import anyio.to_thread
 import orjson
+import uvicorn.config
+import uvicorn.logging
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
@@ -174,7 +177,7 @@ class BodySizeLimitMiddleware:
     def __init__(self, app, max_mb: float):
         self.app = app
         self.max_mb = max_mb
-        self.max_bytes = int(max_mb * 2**20)
+        self.max_bytes = upload_bytes(max_mb)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -396,7 +399,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         # The client left while its body was read (/observe, /train, an upload): nothing went
         # wrong here, and no one is there to answer. Not the server error (and two logged
         # tracebacks) the catch-all below would make of it; /metrics counts it as 499.
-        log.info("client left during %s %s before its body was read", request.method, request.url.path)
+        log.info("client left during %s %s before its body was read", request.method, cut(request.url.path, 200))
         return Response(status_code=CLIENT_CLOSED)
 
     @app.exception_handler(Exception)
@@ -816,6 +819,12 @@ def _remove_stale_uploads(data_dir: Path) -> None:
         log.info("removed %s, left by a service process that was killed", folder)
 
 
+def upload_bytes(max_mb: float) -> int:
+    """``PREDICTOR_MAX_UPLOAD_MB`` in bytes, rounded up: a positive limit under a byte is one
+    byte, not 0, which means no limit."""
+    return math.ceil(max_mb * 2**20)
+
+
 def _upload_dir(data_dir: Path) -> Path:
     """A fresh folder for one request's uploaded files, inside the data directory (the caller removes it)."""
     with writing("an uploaded file"):
@@ -826,7 +835,7 @@ def _save_upload(upload: UploadFile, dest: Path, name: str, field: str, max_mb: 
     with writing(f"the uploaded file {shown(name)}"), dest.open("wb") as fh:
         shutil.copyfileobj(upload.file, fh, 1 << 20)
     if max_mb and name.lower().endswith(".gz"):
-        _check_expanded_size(dest, name, field, int(max_mb * 1024 * 1024))
+        _check_expanded_size(dest, name, field, upload_bytes(max_mb))
 
 
 def _check_expanded_size(path: Path, name: str, field: str, limit: int) -> None:
@@ -1069,7 +1078,27 @@ def app_from_env() -> FastAPI:
     except ValidationError as exc:
         print(f"error: {settings_problem(exc)}", file=sys.stderr)
         raise SystemExit(1) from None
+    log_beside_uvicorn(settings.log_level)
     return create_app(settings)
+
+
+def log_beside_uvicorn(level: str) -> None:
+    """Write the service's own log lines to stderr as uvicorn writes its, at uvicorn's level
+    where uvicorn set one (a ``uvicorn`` command's ``--log-level``), else at ``level``
+    (``PREDICTOR_LOG_LEVEL``), where the process set up no logging of its own.
+
+    For the entry points that run the service (``serve``, the seed's commands). Without it
+    Python shows warnings only: every info line (a client that left, a default table loaded,
+    upload folders removed at start) was lost.
+    """
+    package = logging.getLogger(__package__)
+    if package.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(uvicorn.logging.DefaultFormatter("%(levelprefix)s %(message)s"))
+    package.addHandler(handler)
+    package.setLevel(logging.getLogger("uvicorn.error").level or uvicorn.config.LOG_LEVELS[level])
+    package.propagate = False
 
 
 def _stop_with_supervisor() -> None:
