@@ -264,7 +264,8 @@ def test_predict_a_broken_trace_file_names_the_line(tmp_path, trained):
 def test_a_bad_setting_or_an_unusable_data_directory_is_one_clear_line(tmp_path, monkeypatch):
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")
-    for args in (["models", "--data-dir", not_a_dir / "data"], ["serve", "--data-dir", not_a_dir / "data"]):
+    # (serve on any free port: it checks the address first, and 8200 may be taken.)
+    for args in (["models", "--data-dir", not_a_dir / "data"], ["serve", "--data-dir", not_a_dir / "data", "--port", "0"]):
         said = " ".join(invoke(*args, ok=False).output.split())  # the error console wraps long lines
         assert f"cannot use {not_a_dir / 'data'} as the data directory" in said
         assert "(Not a directory)" in said and "Traceback" not in said
