@@ -722,9 +722,18 @@ BAD_FILES = {
                           b' "model_version": "x"}]', "'model_version' must be a whole number"),
     "negative-version.json": (b'[{"quantiles": [0.5], "quantile_predictions": [1], "expect": 1, "error": 0,'
                               b' "model_version": -1}]', "'model_version' must be a whole number"),
+    "fractional-version.json": (b'[{"quantiles": [0.5], "quantile_predictions": [1], "expect": 1, "error": 0,'
+                                b' "model_version": 1.5}]', "'model_version' must be a whole number"),
     "word-model-info.json": (b'[{"quantiles": [0.5], "quantile_predictions": [1], "expect": 1, "error": 0,'
                              b' "model_info": "x"}]', "'model_info' must be an object"),
 }
+
+
+def test_a_whole_version_written_as_a_decimal_is_that_version(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_bytes(orjson.dumps([{**record(0, features={"x": 1}), "model_version": 3.0}]))
+    table = LookupTable.load(path)
+    assert table.predict(None, [{"x": 1}], 0.9).results()[0]["model_version"] == 3
 
 
 def test_a_table_at_its_largest_runtimes_answers_numbers_throughout():

@@ -473,14 +473,20 @@ def test_the_wait_after_a_decision_holds_in_a_process_started_after_the_log_rota
         assert restarted.retrainer.due(identity, 1) is None and a.retrainer.due(identity, 1) is None
     restarted.observe(IDENTITY, make_llm_traces(2, seed=102))  # the 20th since the decision
     assert restarted.retrainer.due(identity, 1) == a.retrainer.due(identity, 1) == "new observations"
-    # Asked about a time before its window, a process reads the log to count (a wait longer
+    # Counted by place in the log, not by time: a clock set back an hour holds nothing off.
+    after = restarted.retrainer.decisions.last(identity, 1)["next_try"]["after"]
+    assert restarted.monitor.count_since(identity, 1, after, 20) == 20
+    restarted.monitor.clock = lambda: after - 3600.0
+    restarted.observe(IDENTITY, make_llm_traces(1, seed=104))
+    assert restarted.monitor.count_since(identity, 1, after, 20) == 21
+    # Asked about a batch before its window, a process reads the log to count (a wait longer
     # than the window); what it reads later adds to that count.
     small = PredictorService(PredictorSettings(data_dir=tmp_path / "data", accuracy_window=5, drift_min_observations=5,
                                              **settings))
     _opened.append(small)
-    assert small.monitor.count_since(identity, 1, decision["next_try"]["after"], 20) == 20
+    assert small.monitor.count_since(identity, 1, decision["next_try"]["after"], 20) == 21
     small.observe(IDENTITY, make_llm_traces(3, seed=103))
-    assert small.monitor.count_since(identity, 1, decision["next_try"]["after"], 20) == 23
+    assert small.monitor.count_since(identity, 1, decision["next_try"]["after"], 20) == 24
 
 
 def test_a_retraining_of_a_model_deleted_meanwhile_leaves_no_decision(tmp_path, caplog):

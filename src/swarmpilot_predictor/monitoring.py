@@ -272,10 +272,10 @@ class RollingAccuracy:
     window: int = 1000
     y: deque = field(default_factory=deque)
     q: deque = field(default_factory=deque)
-    ts: deque = field(default_factory=deque)  # when each was observed (0: not known)
+    ts: deque = field(default_factory=deque)  # when each was stamped (0: not known)
     total: int = 0
-    # How many observations came after each of a few times asked about (count_since): a
-    # retraining's wait counts from the newest observation it saw.
+    # How many observations came after the batch stamped with each of a few times asked
+    # about (count_since): a retraining's wait counts from the newest observation it saw.
     _since: dict[float, int] = field(default_factory=dict, repr=False)
     # The window as it stood at the last checkpoint: (observations then, hits per level, its size);
     # the report's binomial tests are run on it.
@@ -297,8 +297,8 @@ class RollingAccuracy:
             ts = np.zeros(len(y))
             index = np.arange(self.total, self.total + len(y))
         y_l, q_l = y.tolist(), np.asarray(q).tolist()
-        for t in self._since:
-            self._since[t] += int((ts > t).sum())
+        for t in self._since:  # all of them after the batch stamped t, in the log's order
+            self._since[t] += len(y_l)
         ts_l = np.asarray(ts, dtype=np.float64).tolist()
         # The last checkpoint of this batch: the window is counted there, then the rest added.
         marks = np.flatnonzero(drift_checkpoints(y, ts, index))
@@ -321,22 +321,31 @@ class RollingAccuracy:
 
     @property
     def newest_ts(self) -> float | None:
-        """When the newest observation was made (None: none yet, or not known)."""
+        """The stamp of the newest observation, in the log's order (None: none yet, or not
+        known): with the observations stamped alike (one ``/observe``), it marks a place in
+        the log that every process finds, whatever the clock did since."""
         return self.ts[-1] if self.ts and self.ts[-1] > 0 else None
 
     def count_since(self, t: float, enough: int) -> int | None:
-        """How many of this version's observations came after time ``t``, or any number of
-        at least ``enough`` where there are that many; None where telling needs observations
-        older than the window (:meth:`AccuracyMonitor.count_since` reads them from the log)."""
+        """How many of this version's observations come after the last one stamped ``t`` in
+        the log's order (by place, not by time: a clock set back does not hold them off),
+        or any number of at least ``enough`` where there are that many; None where telling
+        needs observations older than the window (:meth:`AccuracyMonitor.count_since` reads
+        them from the log)."""
         if t in self._since:
             return self._since[t]
-        if self.total > len(self.ts) and (not self.ts or self.ts[0] > t):
-            # The whole window came after t, and maybe more before it.
-            return len(self.ts) if len(self.ts) >= enough else None
-        return self.remember_since(t, int((np.asarray(self.ts) > t).sum()))
+        stamped = np.flatnonzero(np.asarray(self.ts) == t)
+        if len(stamped):
+            return self.remember_since(t, len(self.ts) - 1 - int(stamped[-1]))
+        if self.total == len(self.ts):
+            # Never in what this process read: rotated away before, so all of it came after.
+            return self.remember_since(t, self.total)
+        # Out of the window: the whole window came after it, and maybe more before it.
+        return len(self.ts) if len(self.ts) >= enough else None
 
     def remember_since(self, t: float, count: int) -> int:
-        """Note that ``count`` observations came after ``t``; later ones are added as they come."""
+        """Note that ``count`` observations came after the batch stamped ``t``; later ones
+        are added as they come."""
         while len(self._since) >= 4:  # the times of the last few decisions: older ones are done with
             self._since.pop(next(iter(self._since)))
         self._since[t] = count
@@ -576,11 +585,12 @@ class AccuracyMonitor:
         return self.tracker(identity, version).newest_ts
 
     def count_since(self, identity: ModelIdentity, version: int, t: float, enough: int) -> int:
-        """How many observations of ``version`` came after time ``t``, by any worker (or any
-        number of at least ``enough`` where there are that many).
+        """How many observations of ``version``, by any worker, come after the last one
+        stamped ``t`` (:meth:`RollingAccuracy.count_since`), or any number of at least
+        ``enough`` where there are that many.
 
-        Counted by time, not as a difference of totals: a process's total counts only what
-        it read, which after a restart is only what rotation left of the log.
+        Counted from a place in the log, not as a difference of totals: a process's total
+        counts only what it read, which after a restart is only what rotation left of it.
         """
         state = self._state(identity)
         with state.lock:
@@ -589,12 +599,15 @@ class AccuracyMonitor:
             count = tracker.count_since(t, enough)
             if count is not None:
                 return count
-            # Past the window (a wait longer than it): read from the log, as far as this
-            # process has followed it; what comes later is added as it is taken in.
+            # Past the window (a wait longer than it): read from the log, oldest file first,
+            # as far as this process has followed it; what comes later is added as it is taken in.
             count = 0
-            for name, (inode, offset, _) in state.cursor.items():
+            for name in _log_names(state.cursor):
+                inode, offset, _ = state.cursor[name]
                 records, _ = self.log.read_span(os.path.join(state.directory, name), inode, 0, offset)
-                count += sum(1 for r in records if r["version"] == version and r["ts"] > t)
+                for r in records:
+                    if r["version"] == version:
+                        count = 0 if r["ts"] == t else count + 1
             return tracker.remember_since(t, count)
 
     def recent(self, identity: ModelIdentity, version: int, limit: int = 200) -> dict[str, Any]:

@@ -590,15 +590,15 @@ class TrainingJobs:
                     # Read back from its file when asked: a group_by job's result lists every
                     # model (9 MB for 2,000 groups), and a thousand such records were kept here.
                     del record["result"]
-                self._landing(job_id).unlink(missing_ok=True)
+                    self._landing(job_id).unlink(missing_ok=True)  # the record says it all now
                 done.set_result(result)
             else:
                 err = out["error"]
                 if self.on_failure is not None:
                     self.on_failure(err)
                 record.update(status="failed", error=err)
-                self._store(record)
-                self._landing(job_id).unlink(missing_ok=True)
+                if self._store(record):
+                    self._landing(job_id).unlink(missing_ok=True)
                 exc = PredictorError(err["message"], err.get("field"))
                 exc.status_code = err["status_code"]
                 done.set_exception(exc)
@@ -654,8 +654,9 @@ class TrainingJobs:
             else:
                 record.update(status="failed", error=out["error"])
             # Settled once: read again later, a version deleted since would turn it to failed.
-            if self._store(record):
-                self._landing(job_id).unlink(missing_ok=True)
+            # Its landing note stays until the record is pruned: another reader that read the
+            # record before this store settles it again, alike (without the note, as failed).
+            self._store(record)
         return record
 
     def _landing(self, job_id: str) -> Path:

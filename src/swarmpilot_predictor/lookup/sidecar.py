@@ -20,9 +20,10 @@ log = logging.getLogger(__package__)
 
 # Version of the sidecar layout, or of what parsing makes of a table (2: crossing quantiles
 # rearranged, intervals checked; 3: the shape features, the flag a partition key; 4: numeric
-# strings beside numbers read as numbers); a sidecar
-# of another version is ignored and rewritten.
-INDEX_FORMAT = 4
+# strings beside numbers read as numbers; 5: runtimes over 1e100 ms and malformed intervals,
+# confidence levels, versions and model_info refused); a sidecar of another version is
+# ignored and rewritten (a table parsed under older rules is parsed again).
+INDEX_FORMAT = 5
 # Bytes of the table's name kept in its sidecar's name (see LookupTableStore.index_path).
 _SIDECAR_NAME_BYTES = 200
 

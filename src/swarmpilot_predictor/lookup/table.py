@@ -1358,6 +1358,8 @@ class _Builder:
         if iv is None or cl is None:
             iv, cl = _NO_INTERVAL, math.nan
         ver = rec.get("model_version")
+        if ver.__class__ is float and ver.is_integer():  # 3.0, as some writers spell a whole number
+            ver = int(ver)
         if ver is None:
             ver = -1
         elif ver.__class__ is not int or ver < 0:
