@@ -581,7 +581,8 @@ class AccuracyMonitor:
             return self._tracker(state, version).report(self.alpha, self.min_observations)
 
     def newest_observed(self, identity: ModelIdentity, version: int) -> float | None:
-        """When ``version``'s newest observation was made, by any worker."""
+        """The stamp of ``version``'s newest observation in the log, by any worker
+        (:attr:`RollingAccuracy.newest_ts`)."""
         return self.tracker(identity, version).newest_ts
 
     def count_since(self, identity: ModelIdentity, version: int, t: float, enough: int) -> int:

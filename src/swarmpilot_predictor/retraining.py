@@ -444,7 +444,7 @@ class Retrainer:
         finally:
             if decision.get("status") != "retrained":
                 # The version still serves: the next automatic try waits for enough new evidence,
-                # observations made after the newest it saw.
+                # observations logged after the newest it saw.
                 n, drifted = int(seen["observations"]), bool(seen.get("drifted"))
                 step = self.backoff_step(n, drifted)
                 decision["next_try"] = {"observations": n + step, "drifted_then": drifted}
