@@ -107,6 +107,9 @@ def _orphan(tmp_path, job_id: str) -> None:
 def test_a_job_whose_process_stopped_after_storing_its_version_reads_succeeded(tmp_path):
     # The service was killed after the worker stored the version but before it heard back:
     # the record read failed, and a client that believed it trained again (a second version).
+    import json
+    import os
+
     from swarmpilot_predictor.training import _train_job
 
     config = TrainConfig(model=IDENTITY, traces=make_llm_traces(100), algorithm="linear").model_dump(mode="json")
@@ -124,11 +127,17 @@ def test_a_job_whose_process_stopped_after_storing_its_version_reads_succeeded(t
     ModelRegistry(tmp_path / "models").delete(ModelIdentity.from_parts(IDENTITY))
     assert TrainingJobs(tmp_path).get("0123456789abcdef")["result"]["version"] == 1
 
-    # Stopped between noting the version and storing it: not stored, so failed.
+    # Stopped between noting the version and storing it: not stored, so failed, once the
+    # worker that noted it is gone; while it runs (orphaned, it exits within a second) it may
+    # still store it, and the job reads running.
     _train_job(str(tmp_path), config, None, None, "0123456789abcdee")
     _orphan(tmp_path, "0123456789abcdee")
     registry = ModelRegistry(tmp_path / "models")
     registry.delete(ModelIdentity.from_parts(IDENTITY))
+    landing = tmp_path / "jobs" / "0123456789abcdee.landing"
+    assert json.loads(landing.read_text())["worker"] == os.getpid()  # the worker ran in this process
+    assert TrainingJobs(tmp_path).get("0123456789abcdee")["status"] == "running"
+    landing.write_text(json.dumps({**json.loads(landing.read_text()), "worker": 2**22 + 12345}) + "\n")
     record = TrainingJobs(tmp_path).get("0123456789abcdee")
     assert record["status"] == "failed" and record["error"]["status_code"] == 503
     assert record["error"]["message"] == "the service process that held this job stopped before it finished"

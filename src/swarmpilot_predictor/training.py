@@ -389,15 +389,17 @@ def _train_job(data_dir: str, config: dict[str, Any] | None, raw_body: bytes | N
     def record_landing(entry: dict[str, Any]) -> None:
         # A line a version, appended before the version is stored (thousands of group_by
         # models would each rewrite a growing file): if it cannot be, nor is the version.
+        # It names this process: while it runs, no reader settles the job (see _cut_short).
+        landing.parent.mkdir(exist_ok=True)
+        with open(landing, "ab") as fh:
+            fh.write(dumps_json({**entry, "worker": os.getpid(), "worker_started": started(os.getpid())},
+                                orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
         if _server_pid is not None and os.getppid() != _server_pid:
             # The service is gone (killed: it could not stop this process first): whatever
             # reads the job's record after a restart would find it failed, this version not there.
             raise PredictorError("the service stopped before the job finished")
-        landing.parent.mkdir(exist_ok=True)
-        with open(landing, "ab") as fh:
-            fh.write(dumps_json(entry, orjson.OPT_SERIALIZE_NUMPY) + b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
 
     def failed(exc: PredictorError, field: str | None) -> dict[str, Any]:
         return {"ok": False, "error": {"status_code": exc.status_code, "message": exc.message, "field": field}}
@@ -648,7 +650,10 @@ class TrainingJobs:
         # process since (another worker after a restart), or to this one (PID 1 in a container).
         held = still_running(pid, worker_started) and not (pid == os.getpid() and token != self._token)
         if record.get("status") in ("queued", "running") and not held:
-            out = self._cut_short(job_id, 503, "the service process that held this job stopped before it finished")
+            out = self._cut_short(job_id, 503, "the service process that held this job stopped before it finished",
+                                  worker_may_run=True)
+            if out.get("storing"):  # its worker, orphaned, is still storing a version it noted
+                return record
             if out["ok"]:
                 record.update(status="succeeded", result=out["result"], finished_at=out["finished_at"])
             else:
@@ -662,10 +667,12 @@ class TrainingJobs:
     def _landing(self, job_id: str) -> Path:
         return self.records_dir / f"{job_id}{_LANDING}"
 
-    def _cut_short(self, job_id: str, status: int, message: str) -> dict[str, Any]:
+    def _cut_short(self, job_id: str, status: int, message: str, worker_may_run: bool = False) -> dict[str, Any]:
         """The outcome of a job whose process stopped before it reported: its result where
         every version it was storing is stored, else the failure ``message``, naming the
-        versions it had stored, if any."""
+        versions it had stored, if any; with ``worker_may_run`` (its service is gone, not
+        known to have stopped its worker), ``storing`` while the worker that noted a version
+        not stored yet still runs."""
         entries: list[dict[str, Any]] = []
         landing = self._landing(job_id)
         try:
@@ -677,6 +684,11 @@ class TrainingJobs:
             if self._registry is None:
                 self._registry = ModelRegistry(self.data_dir / "models", scan=False)
             stored = [e for e in entries if self._registry.is_stored(ModelIdentity.from_parts(e["identity"]), e["version"])]
+            if (worker_may_run and len(stored) < len(entries)
+                    and still_running(entries[-1].get("worker"), entries[-1].get("worker_started"))):
+                # Noted, not stored yet, by a worker that still runs (its service gone, it
+                # exits within a second): settled now, the job would read failed, then store it.
+                return {"ok": False, "storing": True}
             if entries and len(stored) == len(entries) == entries[-1]["of"]:
                 last = entries[-1]
                 keys = ("model_key", "version", "identity", "metrics")
