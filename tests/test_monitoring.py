@@ -307,6 +307,30 @@ def test_the_monitor_stamps_its_observations_under_the_log_lock(tmp_path):
     assert [r["ts"] for r in monitor.log.read(IDENT)] == [1_700_000_000.0] * 3
 
 
+def test_every_process_counts_alike_what_came_after_a_batch(tmp_path):
+    # The retraining wait counts the observations after the batch stamped t, by place in the
+    # log. A clock that stamps later batches alike (a coarse one) must not make the process
+    # that cached the count see more than one that counts afresh (10 against 0).
+    clock = lambda: 1000.0  # noqa: E731
+    y, q = _lognormal_quantiles(5)
+    deciding = AccuracyMonitor(ObservationLog(tmp_path), clock=clock)
+    deciding.record(IDENT, 1, [{"x": 1}] * 5, y, q)
+    t = deciding.newest_observed(IDENT, 1)
+    assert deciding.count_since(IDENT, 1, t, 5) == 0
+    for _ in range(2):
+        deciding.record(IDENT, 1, [{"x": 1}] * 5, y, q)
+    counts = [deciding.count_since(IDENT, 1, t, 5), AccuracyMonitor(ObservationLog(tmp_path), clock=clock).count_since(IDENT, 1, t, 5),
+              AccuracyMonitor(ObservationLog(tmp_path), window=3, clock=clock).count_since(IDENT, 1, t, 5)]
+    assert counts == [0, 0, 0]
+    # Stamped apart, each counts the ten that came after.
+    stamps = iter([2000.0, 2001.0, 2002.0])
+    apart = AccuracyMonitor(ObservationLog(tmp_path / "apart"), clock=lambda: next(stamps))
+    for _ in range(3):
+        apart.record(IDENT, 1, [{"x": 1}] * 5, y, q)
+    fresh = [AccuracyMonitor(ObservationLog(tmp_path / "apart"), window=w).count_since(IDENT, 1, 2000.0, 20) for w in (1000, 3)]
+    assert apart.count_since(IDENT, 1, 2000.0, 20) == 10 and fresh == [10, 10]
+
+
 def test_lines_that_are_not_observations_are_skipped(tmp_path):
     # Say, a log edited by hand, or written before /observe checked the runtime's range.
     monitor = AccuracyMonitor(ObservationLog(tmp_path))

@@ -144,6 +144,9 @@ def test_a_job_whose_process_stopped_after_storing_its_version_reads_succeeded(t
 
 
 def test_a_group_by_job_stopped_midway_names_the_versions_it_stored(tmp_path):
+    import json
+    import os
+
     from swarmpilot_predictor.training import _train_job
 
     traces = [{**t, "hardware": "a" if i % 2 else "b"} for i, t in enumerate(make_llm_traces(200))]
@@ -155,10 +158,15 @@ def test_a_group_by_job_stopped_midway_names_the_versions_it_stored(tmp_path):
     lines = landing.read_bytes().splitlines()
     _orphan(tmp_path, "0123456789abcdef")
     assert TrainingJobs(tmp_path).get("0123456789abcdef")["result"]["models"] == out["result"]["models"]
-    # Killed while it wrote the second group's line: the first group's version alone is there.
+    # Killed while it wrote the second group's line: the first group's version alone is
+    # there. While the worker that noted it runs, it may yet store the second, or take the
+    # first back (its service gone): the job reads running until it has exited.
     landing.write_bytes(lines[0] + b"\n" + lines[1][:20])
     _orphan(tmp_path, "0123456789abcdee")
-    landing.rename(tmp_path / "jobs" / "0123456789abcdee.landing")
+    landing = landing.rename(tmp_path / "jobs" / "0123456789abcdee.landing")
+    assert json.loads(lines[0])["worker"] == os.getpid()  # the worker ran in this process
+    assert TrainingJobs(tmp_path).get("0123456789abcdee")["status"] == "running"
+    landing.write_bytes(json.dumps({**json.loads(lines[0]), "worker": 2**22 + 12345}).encode() + b"\n" + lines[1][:20])
     record = TrainingJobs(tmp_path).get("0123456789abcdee")
     first = out["result"]["models"][0]["model_key"]
     assert record["status"] == "failed"

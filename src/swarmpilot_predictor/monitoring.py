@@ -297,8 +297,9 @@ class RollingAccuracy:
             ts = np.zeros(len(y))
             index = np.arange(self.total, self.total + len(y))
         y_l, q_l = y.tolist(), np.asarray(q).tolist()
-        for t in self._since:  # all of them after the batch stamped t, in the log's order
-            self._since[t] += len(y_l)
+        for t in self._since:  # after the last observation stamped t, in the log's order
+            again = np.flatnonzero(ts == t)  # (a coarse clock may stamp a later batch alike)
+            self._since[t] = len(y_l) - 1 - int(again[-1]) if len(again) else self._since[t] + len(y_l)
         ts_l = np.asarray(ts, dtype=np.float64).tolist()
         # The last checkpoint of this batch: the window is counted there, then the rest added.
         marks = np.flatnonzero(drift_checkpoints(y, ts, index))

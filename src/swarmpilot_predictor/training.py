@@ -683,13 +683,17 @@ class TrainingJobs:
                     break
             if self._registry is None:
                 self._registry = ModelRegistry(self.data_dir / "models", scan=False)
+            # Asked first: once the worker is known gone, what is stored stays so.
+            running = worker_may_run and bool(entries) and still_running(entries[-1].get("worker"),
+                                                                         entries[-1].get("worker_started"))
             stored = [e for e in entries if self._registry.is_stored(ModelIdentity.from_parts(e["identity"]), e["version"])]
-            if (worker_may_run and len(stored) < len(entries)
-                    and still_running(entries[-1].get("worker"), entries[-1].get("worker_started"))):
-                # Noted, not stored yet, by a worker that still runs (its service gone, it
-                # exits within a second): settled now, the job would read failed, then store it.
+            complete = bool(entries) and len(stored) == len(entries) == entries[-1]["of"]
+            if running and not complete:
+                # Its worker still runs (its service gone, it exits within a second): it may
+                # store a version yet, or take back the groups it stored; settled now, the
+                # record could say neither.
                 return {"ok": False, "storing": True}
-            if entries and len(stored) == len(entries) == entries[-1]["of"]:
+            if complete:
                 last = entries[-1]
                 keys = ("model_key", "version", "identity", "metrics")
                 result = train_result([{k: e[k] for k in keys} for e in entries], last["group_by"],
