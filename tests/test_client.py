@@ -767,6 +767,16 @@ def test_requests_of_the_wrong_shape_are_refused_naming_the_field(trained_server
             with pytest.raises(InvalidRequestError) as err:
                 call(client)
             assert err.value.field == field, (field, err.value.message)
+
+    async def refused_by_the_async_client():
+        # The same errors (a list of files was an AttributeError there, read before the check).
+        async with AsyncPredictorClient(trained_server.url, transport=httpx.MockTransport(sent.append)) as client:
+            for call, field in cases:
+                with pytest.raises(InvalidRequestError) as err:
+                    await call(client)
+                assert err.value.field == field, (field, err.value.message)
+
+    asyncio.run(refused_by_the_async_client())
     assert sent == []
     # What orjson writes is sent, a null beside it or not (a datetime, a UUID).
     import datetime
@@ -880,3 +890,86 @@ def test_an_error_page_that_is_not_the_predictors_is_said_short_by_both_clients(
         assert err.value.status_code == 502 and err.value.field is None
         assert err.value.message.startswith("502 Bad Gateway from GET /models, not in the predictor's form: '<html>")
         assert len(err.value.message) < 300
+
+
+def test_trace_bytes_sent_without_a_file_name_are_named_by_what_they_hold(trained_server):
+    import gzip
+
+    tasks = [{"input_tokens": 10 * i, "output_tokens": 50} for i in range(1, 6)]
+    lines = b"".join(orjson.dumps(t) + b"\n" for t in tasks)
+    csv = b"input_tokens,output_tokens\n" + b"".join(b"%d,50\n" % t["input_tokens"] for t in tasks)
+    forms = {
+        "array": (orjson.dumps(tasks), "traces.json"),
+        "traces object": (orjson.dumps({"traces": tasks}), "traces.json"),
+        "pretty object": (orjson.dumps({"traces": tasks}, option=orjson.OPT_INDENT_2), "traces.json"),
+        "lines": (lines, "traces.jsonl"),
+        "gzipped lines": (gzip.compress(lines), "traces.jsonl.gz"),
+        "gzipped array": (gzip.compress(orjson.dumps(tasks)), "traces.json.gz"),
+        "csv with a byte order mark": (b"\xef\xbb\xbf" + csv, "traces.csv"),
+    }
+    from swarmpilot_predictor.client import _trace_file_name
+
+    assert {form: _trace_file_name(data) for form, (data, _) in forms.items()} == {
+        form: name for form, (_, name) in forms.items()}
+    with PredictorClient(trained_server.url) as client:
+        medians = set()
+        for i, (data, _) in enumerate(forms.values()):
+            table = client.generate_table(IDENTITY, data, table_name=f"named-{i}.json")
+            assert table["rows"] == 5
+            answer = client.predict_batch(IDENTITY, tasks, lookup_table_name=f"named-{i}.json")
+            medians.add(tuple(r.quantile_predictions[1] for r in answer.results))
+        assert len(medians) == 1  # the same five tasks, whatever the form
+        # A name given is the one the service reads (and its error names).
+        with pytest.raises(PredictorClientError) as err:
+            client.generate_table(IDENTITY, orjson.dumps(tasks), filename="mine.jsonl")
+        assert err.value.status_code == 422 and err.value.message.startswith("mine.jsonl: line 1")
+
+
+def test_a_config_in_its_envelope_trains_with_or_without_files(trained_server, tmp_path):
+    traces = make_llm_traces(120, seed=4)
+    ident = {**IDENTITY, "software_version": "envelope"}
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(t) for t in traces))
+    with PredictorClient(trained_server.url) as client:
+        inline = client.train({"config": {"model": ident, "traces": traces, "algorithm": "linear"}})
+        from_file = client.train({"config": {"model": ident, "traces": "t.jsonl", "algorithm": "linear"}},
+                                 files={"t.jsonl": path})
+        assert (inline.version, from_file.version) == (1, 2)
+        assert inline.metrics["rows_used"] == from_file.metrics["rows_used"] == 120
+        # A setting beside the envelope is refused, as in a config file, not dropped.
+        for files in (None, {"t.jsonl": path}):
+            with pytest.raises(PredictorClientError) as err:
+                client.train({"config": {"model": ident, "traces": "t.jsonl"}, "algorithm": "linear"}, files=files)
+            assert err.value.status_code == 422 and err.value.field == "algorithm"
+        client.delete_model(ident)
+
+
+def test_an_answer_that_fails_validation_names_where(trained_server):
+    import httpx
+
+    tasks = [{"input_tokens": 10 * i, "output_tokens": 50} for i in range(1, 61)]
+    from swarmpilot_predictor.client import identity_segments
+
+    path = "/predict/batch/" + "/".join(identity_segments(IDENTITY))
+    body = orjson.loads(httpx.post(trained_server.url + path, json={"trace": tasks}).content)
+    body["results"][57]["quantile_predictions"][0] = "fast"  # past the first 200 characters the error quotes
+
+    def answer(request):
+        return httpx.Response(200, content=orjson.dumps(body), headers={"content-type": "application/json"})
+
+    with PredictorClient("http://127.0.0.1:9", retries=0, transport=httpx.MockTransport(answer)) as client:
+        with pytest.raises(PredictorClientError) as err:
+            client.predict_batch(IDENTITY, tasks)
+    assert err.value.status_code == 200
+    assert "BatchPredictionResponse: results.57.quantile_predictions.0: Input should be a valid number" in err.value.message
+
+
+def test_retries_wait_longer_each_time_up_to_a_bound():
+    from swarmpilot_predictor.client import MAX_BACKOFF
+
+    client = PredictorClient(backoff=0.1)
+    try:
+        assert [client._pause(a) for a in range(4)] == [0.1, 0.2, 0.4, 0.8]
+        assert client._pause(20) == client._pause(10_000) == MAX_BACKOFF
+    finally:
+        client.close()

@@ -58,3 +58,12 @@ def test_the_seed_modules_import_from_their_paths():
     assert models.PredictSingleRequest is schemas.PredictSingleRequest
     assert models.SinglePredictionResponse is schemas.SinglePredictionResponse
     assert predictor.LookupTable is lookup.LookupTable and predictor.QuantileModel is modeling.QuantileModel
+
+
+def test_the_seed_path_exports_the_clients_errors_and_estimates():
+    import src.scheduler.predictor_client as seed
+    import swarmpilot_predictor.client as client
+
+    for name in seed.__all__:
+        assert getattr(seed, name) is getattr(client, name)
+    assert {"PredictorUnavailableError", "InvalidRequestError", "QueueWaitEstimate"} <= set(seed.__all__)

@@ -1,5 +1,19 @@
 """The seed's client import path."""
 
-from swarmpilot_predictor.client import AsyncPredictorClient, PredictorClient, PredictorClientError
+from swarmpilot_predictor.client import (
+    AsyncPredictorClient,
+    InvalidRequestError,
+    PredictorClient,
+    PredictorClientError,
+    PredictorUnavailableError,
+    QueueWaitEstimate,
+)
 
-__all__ = ["PredictorClient", "AsyncPredictorClient", "PredictorClientError"]
+__all__ = [
+    "PredictorClient",
+    "AsyncPredictorClient",
+    "PredictorClientError",
+    "PredictorUnavailableError",
+    "InvalidRequestError",
+    "QueueWaitEstimate",
+]

@@ -13,6 +13,7 @@ import math
 import operator
 import os
 import time
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -51,6 +52,8 @@ _TABLE_TIMEOUT = 600.0
 # request sent on one the server was closing was lost, and a call that is not repeated
 # (observe, train) failed, "it may have been carried out", though it never arrived.
 KEEPALIVE_EXPIRY = 2.0
+# The longest pause between two tries of a request that could not reach the service.
+MAX_BACKOFF = 10.0
 
 
 class PredictorClientError(Exception):
@@ -293,6 +296,34 @@ def _levels(levels: Any) -> list[Any]:
     return list(levels)
 
 
+_NAME_HEAD_BYTES = 1 << 16
+
+
+def _trace_file_name(data: bytes) -> str:
+    """A name for trace bytes sent without one, from what they hold, since the service reads
+    a file by its name: gzip adds ``.gz``; an array, or an object that spans lines or holds
+    ``traces``, is ``traces.json``; other objects, one a line, ``traces.jsonl``; else CSV."""
+    suffix = ""
+    head = data[:_NAME_HEAD_BYTES]
+    if head[:2] == b"\x1f\x8b":
+        suffix = ".gz"
+        try:
+            head = zlib.decompressobj(wbits=31).decompress(data[: 16 * _NAME_HEAD_BYTES], _NAME_HEAD_BYTES)
+        except zlib.error:
+            return "traces.jsonl.gz"  # the service says it is not gzip, naming this file
+    head = head.removeprefix(b"\xef\xbb\xbf").lstrip()
+    if head[:1] == b"[":
+        return "traces.json" + suffix
+    if head[:1] != b"{":
+        return "traces.csv" + suffix
+    try:
+        first = orjson.loads(head.split(b"\n", 1)[0])
+    except orjson.JSONDecodeError:
+        return "traces.json" + suffix  # pretty-printed, or one line longer than the head read
+    return ("traces.json" if isinstance(first, dict) and isinstance(first.get("traces"), list)
+            else "traces.jsonl") + suffix
+
+
 class _Calls:
     """Request building and response parsing shared by both clients."""
 
@@ -324,7 +355,10 @@ class _Calls:
             raise InvalidRequestError(f"config must be a mapping (or a TrainConfig), got {_shown(config)}", field="config")
         cfg = config.model_dump(exclude_none=True) if isinstance(config, TrainConfig) else dict(config)
         if not files:
-            return _Request("POST", "/train", json={"config": cfg}, response=TrainResult, timeout_at_least=_TRAIN_TIMEOUT)
+            # A config already in its envelope (the form of examples/train_vision.json) is sent as
+            # it is, as a config file's part is: the service reads both, and refuses keys beside it.
+            body = cfg if isinstance(cfg.get("config"), Mapping) else {"config": cfg}
+            return _Request("POST", "/train", json=body, response=TrainResult, timeout_at_least=_TRAIN_TIMEOUT)
         if not isinstance(files, Mapping):
             raise InvalidRequestError(f"files must be a mapping of upload names to paths or bytes, such as "
                                       f"{{'traces.jsonl': path}}, got {_shown(files)}", field="files")
@@ -390,7 +424,7 @@ class _Calls:
                        table_name: str | None = None, format: str | None = None, filename: str | None = None,
                        timeout: float | None = None) -> _Request:
         if isinstance(trace_file, bytes):
-            data, name = trace_file, filename or "traces.jsonl"
+            data, name = trace_file, filename or _trace_file_name(trace_file)
         else:
             data, name = Path(trace_file).read_bytes(), filename or Path(trace_file).name
         if isinstance(confidence_level, (int, float)) and not math.isfinite(confidence_level):
@@ -475,7 +509,7 @@ class _Calls:
                 with _collector_paused(len(response.content) > _LARGE_ANSWER_BYTES):
                     return req.response.model_validate_json(response.content)
             except ValidationError as exc:
-                raise _unexpected(response, str(exc).splitlines()[0]) from exc
+                raise _unexpected(response, _invalid(exc)) from exc
         try:
             body = orjson.loads(response.content) if response.content else None
         except orjson.JSONDecodeError:
@@ -498,7 +532,7 @@ class _Calls:
             try:
                 return req.response.model_validate(body)
             except ValidationError as exc:
-                raise _unexpected(response, str(exc).splitlines()[0]) from exc
+                raise _unexpected(response, _invalid(exc)) from exc
         if not isinstance(body, (dict, list)):
             raise _unexpected(response, "not a JSON object")
         missing = [k for k in req.require if not isinstance(body, dict) or k not in body]
@@ -515,7 +549,7 @@ class _Calls:
             try:
                 return TrainResult.model_validate(job.get("result"))
             except ValidationError as exc:
-                raise PredictorClientError(f"unexpected result for a training job: {str(exc).splitlines()[0]}",
+                raise PredictorClientError(f"unexpected result for a training job: {_invalid(exc)}",
                                            body=job) from exc
         if job["status"] == "failed":
             # The service's error is an object; anything else (a proxy's or an older service's
@@ -587,6 +621,16 @@ def _collector_paused(pause: bool) -> Iterator[None]:
             gc.enable()
 
 
+def _invalid(exc: ValidationError) -> str:
+    """Where an answer is not what the service sends: the first error's place and reason (a
+    batch's 57th result is past the answer's first 200 characters), and how many there are."""
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    where = ".".join(map(str, first.get("loc", ()))) or "the answer"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{exc.title}: {where}: {first.get('msg', 'invalid')}{more}"
+
+
 def _unexpected(response: httpx.Response, why: str) -> PredictorClientError:
     """A 2xx answer that is not what the service sends (a proxy's page, say)."""
     return PredictorClientError(f"unexpected answer from {response.request.method} {response.request.url.path} "
@@ -634,6 +678,11 @@ class _Base:
         # counted): only a request that may be repeated is sent again then. A timeout is not retried.
         return isinstance(exc, _NOT_SENT) or (req.idempotent and isinstance(exc, _MAYBE_SENT))
 
+    def _pause(self, attempt: int) -> float:
+        """Seconds before the retry after ``attempt``: doubling from ``backoff``, to at most
+        MAX_BACKOFF (20 retries would otherwise wait some 29 hours in all)."""
+        return min(self.backoff * 2.0**min(attempt, 64), MAX_BACKOFF)
+
     def _unavailable(self, req: _Request, exc: Exception) -> PredictorUnavailableError:
         if isinstance(exc, httpx.TimeoutException):
             # Waiting for the answer, the request was sent: the service may carry it out still.
@@ -680,7 +729,8 @@ def _cause(exc: Exception) -> str:
 
 
 def _reads_files(files: Mapping[str, Path | str | bytes] | None) -> bool:
-    return any(not isinstance(content, bytes) for content in (files or {}).values())
+    # (Not a mapping: _Calls.train refuses it, naming `files`, as the blocking client does.)
+    return isinstance(files, Mapping) and any(not isinstance(content, bytes) for content in files.values())
 
 
 async def _built_off_loop(off_loop: bool, build, *args):
@@ -717,7 +767,7 @@ class PredictorClient(_Base):
             except httpx.HTTPError as exc:
                 if not self._should_retry(req, exc, attempt):
                     raise self._unavailable(req, exc) from exc
-                time.sleep(self.backoff * 2**attempt)
+                time.sleep(self._pause(attempt))
                 attempt += 1
 
     # -------------------------------------------------------------- endpoints
@@ -897,7 +947,7 @@ class AsyncPredictorClient(_Base):
             except httpx.HTTPError as exc:
                 if not self._should_retry(req, exc, attempt):
                     raise self._unavailable(req, exc) from exc
-                await asyncio.sleep(self.backoff * 2**attempt)
+                await asyncio.sleep(self._pause(attempt))
                 attempt += 1
 
     async def health(self) -> HealthResponse:
