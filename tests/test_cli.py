@@ -621,6 +621,11 @@ def test_serve_says_in_one_line_what_keeps_it_from_starting(tmp_path, monkeypatc
     said = one_error_line(invoke(*args, ok=False))
     assert said.startswith(f"error: PROMETHEUS_MULTIPROC_DIR: cannot make '{blocker}' a directory")
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    # prometheus_client's older, lower-case name is checked too (it was a 143-line traceback).
+    monkeypatch.setenv("prometheus_multiproc_dir", str(blocker))
+    said = one_error_line(invoke(*args, ok=False))
+    assert said.startswith(f"error: prometheus_multiproc_dir: cannot make '{blocker}' a directory")
+    monkeypatch.delenv("prometheus_multiproc_dir")
     # An address this machine does not have (TEST-NET-1): one line, not uvicorn's six.
     said = one_error_line(invoke("serve", "--data-dir", data, "--host", "192.0.2.1", "--port", port, ok=False))
     assert said.startswith("error: cannot listen on 192.0.2.1:") and "is not an address of this machine" in said
@@ -734,3 +739,52 @@ def test_piped_output_keeps_whole_lines(trained):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert KEY in done.stdout and "…" not in done.stdout
+
+
+def _start_log(command: list[str], env: dict[str, str], port: int, workers: int) -> list[str]:
+    """What a service started with ``command`` logs until its ``workers`` have started."""
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", *command, "--port", str(port)], env=env, stderr=subprocess.PIPE,
+                            text=True, cwd=Path(__file__).resolve().parents[1])
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and sum("startup complete" in line for line in lines) < workers:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line.rstrip("\n"))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        proc.stderr.close()
+    return lines
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_start_log_says_what_is_served_and_what_is_wrong(tmp_path, port, workers):
+    # A misspelt variable was ignored without a word: PREDICTOR_APIKEY left every route open.
+    # A folder the service cannot write in (here one on /proc) passed the start and failed
+    # the first training after its work.
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "jobs").symlink_to("/proc/self/fdinfo")
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("PREDICTOR_", "PROMETHEUS_"))}
+    env.update(PREDICTOR_APIKEY="k" * 20, PREDICTOR_DATA_DIR=str(data), PREDICTOR_HOST="127.0.0.1",
+               PREDICTOR_URL="http://elsewhere")
+    command = (["uvicorn", "swarmpilot_predictor.api:app_from_env", "--factory", "--host", "127.0.0.1"] if workers == 1
+               else ["swarmpilot_predictor", "serve", "--workers", "2"])
+    lines = _start_log(command, env, port, workers)
+    warned = [line for line in lines if "is not a setting" in line]
+    # Once, however many workers; PREDICTOR_URL is the examples' and not warned about.
+    assert warned == ["WARNING:  'PREDICTOR_APIKEY' is not a setting of this service "
+                      "(did you mean PREDICTOR_API_KEY?): it is ignored"], lines
+    served = [line for line in lines if "serving the data directory" in line]
+    assert served == [f"INFO:     serving the data directory {data} (0 models, 0 lookup tables); no API key is set "
+                      "(PREDICTOR_API_KEY): every route is open; automatic retraining off"] * workers, lines
+    unwritable = [line for line in lines if "is not writable" in line]
+    assert len(unwritable) == workers and all(line.startswith(f"WARNING:  {data / 'jobs'} is not writable (")
+                                              and line.endswith("): trainings will fail") for line in unwritable)

@@ -57,6 +57,11 @@ def test_a_scrape_counts_every_worker_and_leaves_out_deleted_models(tmp_path):
     assert got[("predictor_models_loaded", ())] == 1.0
     assert got[("predictor_model_coverage_ratio", (("level", "0.5"), ("model", "llm/a")))] == 0.5
     assert got[("predictor_model_drifted", (("model", "llm/a"),))] == 0.0
+    # Memory, CPU and open files: one series per live worker (here the scraping process
+    # only), labelled with its pid; the collector of the process answering would say its own.
+    memory = {dict(labels)["pid"]: v for (name, labels), v in got.items() if name == "process_resident_memory_bytes"}
+    assert len(memory) == 1 and next(iter(memory.values())) > 1e6
+    assert [name for name, labels in got if name == "process_open_fds"] == ["process_open_fds"]
 
 
 def test_one_process_keeps_its_own_registry_and_removes_a_deleted_model_s_series():
@@ -71,6 +76,8 @@ def test_one_process_keeps_its_own_registry_and_removes_a_deleted_model_s_series
     assert got[("predictor_model_coverage_ratio", (("level", "0.9"), ("model", "llm/a")))] == 0.875
     assert got[("predictor_model_relative_pinball_loss", (("model", "llm/a"),))] == 0.05
     assert got[("predictor_model_drifted", (("model", "llm/a"),))] == 1.0
+    assert got[("process_resident_memory_bytes", ())] > 1e6 and got[("process_open_fds", ())] > 0
+    assert got[("predictor_trainings_pending", ())] == 0
     assert not any(dict(labels).get("model") for _, labels in _samples(b.render()[0].decode()))
     a.forget_model("llm/a")
     assert not any(dict(labels).get("model") for _, labels in _samples(a.render()[0].decode()))

@@ -27,12 +27,13 @@ def test_trainer_stores_a_version_with_its_training_rows(tmp_path):
 
 
 def test_jobs_train_in_another_process_and_report(tmp_path):
-    seen = []
-    jobs = TrainingJobs(tmp_path, on_success=seen.append)
+    seen, pending = [], []
+    jobs = TrainingJobs(tmp_path, on_success=seen.append, on_pending=pending.append)
     try:
         job_id, future = jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(100), algorithm="linear"))
         result = future.result(timeout=120)
         assert result["model_key"] == "llm/Qwen%2FQwen2.5-7B/NVIDIA H100 80GB HBM3/sglang/0.4.0" and seen == [result]
+        assert pending == [1, 0]  # (the predictor_trainings_pending gauge)
         record = jobs.get(job_id)
         assert record["status"] == "succeeded" and record["result"]["version"] == 1
         # The result is read back from the job's file, not kept in memory: a group_by job's
@@ -56,6 +57,18 @@ def test_jobs_train_in_another_process_and_report(tmp_path):
         other = TrainingJobs(tmp_path)
         assert other.get(job_id) == {**record, "status": "succeeded"}
         assert other.get(bad_id)["status"] == "failed" and other.get(bad_id)["error"]["status_code"] == 422
+        # A jobs folder that cannot be written in (one on /proc) is named, not the model: the
+        # version, noted there before it is stored, is not stored.
+        import shutil
+
+        shutil.rmtree(tmp_path / "jobs")
+        (tmp_path / "jobs").symlink_to("/proc/self/fdinfo")
+        job_id, future = jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(100), algorithm="linear"))
+        with pytest.raises(PredictorError) as err:
+            future.result(timeout=120)
+        assert err.value.status_code == 500
+        assert err.value.message.startswith(f"cannot write the record of training job {job_id} in {tmp_path / 'jobs'} (")
+        assert [v.version for v in ModelRegistry(tmp_path / "models").versions(ModelIdentity.from_parts(IDENTITY))] == [1]
     finally:
         jobs.shutdown()
     assert jobs._pool is None
@@ -93,6 +106,32 @@ def test_a_job_record_of_a_process_that_stopped_reads_failed(tmp_path):
         with pytest.raises(PredictorError) as err:
             TrainingJobs(tmp_path).get(bad)
         assert err.value.status_code == 404
+
+
+def test_a_copy_of_the_data_directory_reads_the_jobs_it_holds_unfinished_as_failed(tmp_path):
+    # A backup taken while a job ran, restored beside the running service: the job read
+    # `running` there for as long as the original's process lived.
+    import shutil
+    import subprocess
+    import sys
+
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    original.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from swarmpilot_predictor.training import TrainingJobs; "
+        f"TrainingJobs({str(original)!r})._store({{'job_id': '0123456789abcdef', 'status': 'running', "
+        "'submitted_at': 1.0}); print('stored', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "stored"
+        assert TrainingJobs(original).get("0123456789abcdef")["status"] == "running"
+        shutil.copytree(original, copy)
+        record = TrainingJobs(copy).get("0123456789abcdef")
+        assert record["status"] == "failed" and record["error"]["status_code"] == 503
+        assert TrainingJobs(original).get("0123456789abcdef")["status"] == "running"
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
 
 
 def _orphan(tmp_path, job_id: str) -> None:

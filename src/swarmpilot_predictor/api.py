@@ -65,7 +65,7 @@ from .schemas import (
 )
 from .metrics import CLIENT_CLOSED, MetricsMiddleware
 from .service import PredictorService, predict_on_one_blas_thread
-from .settings import PredictorSettings, settings_problem
+from .settings import PredictorSettings, settings_problem, unknown_variables
 from .training import when_parent_dies
 from .traces import TRACE_FILE_SUFFIXES, finite_number_in_text
 
@@ -346,6 +346,10 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         _remove_stale_uploads(settings.data_dir)
+        summary, unwritable = service.startup_report()
+        log.info(summary)
+        for problem in unwritable:
+            log.warning(problem)
         # Everything allocated at start-up lives as long as the process: keep the
         # garbage collector from walking it again and again (p99 of big batches).
         gc.collect()
@@ -1079,6 +1083,9 @@ def app_from_env() -> FastAPI:
         print(f"error: {settings_problem(exc)}", file=sys.stderr)
         raise SystemExit(1) from None
     log_beside_uvicorn(settings.log_level)
+    if not _serve_worker():  # (`serve` said it once, not once a worker)
+        for line in unknown_variables(os.environ):
+            log.warning(line)
     return create_app(settings)
 
 
@@ -1101,10 +1108,15 @@ def log_beside_uvicorn(level: str) -> None:
     package.propagate = False
 
 
+def _serve_worker() -> bool:
+    """Whether this process is a worker of ``swarmpilot-predictor serve --workers N``."""
+    supervisor = os.environ.get(SUPERVISOR_ENV)
+    return bool(supervisor) and str(os.getppid()) == supervisor
+
+
 def _stop_with_supervisor() -> None:
     """In a worker process of ``swarmpilot-predictor serve --workers N``: stop (gracefully) if
     the supervising process dies, killed with SIGKILL say; otherwise the workers would go on
     serving the port, and a new service could not bind it."""
-    supervisor = os.environ.get(SUPERVISOR_ENV)
-    if supervisor and str(os.getppid()) == supervisor:  # a single process has no supervisor to outlive
+    if _serve_worker():  # a single process has no supervisor to outlive
         when_parent_dies(lambda: os.kill(os.getpid(), signal.SIGTERM))

@@ -18,7 +18,8 @@ import os
 import threading
 import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector,
+                               generate_latest, values)
 from prometheus_client.core import GaugeMetricFamily
 
 from .processes import alive
@@ -48,7 +49,8 @@ _ACCURACY_GAUGES = (
      "relative_pinball_loss"),
     ("predictor_model_median_mape_ratio", "Rolling mean absolute percentage error of the median.", ("model",),
      "median_mape"),
-    ("predictor_model_drifted", "1 when the model's coverage left its tolerance band.", ("model",), "drifted"),
+    ("predictor_model_drifted", "1 when the drift test (an exact binomial test of each level's coverage over the "
+     "rolling window, at PREDICTOR_DRIFT_ALPHA) rejects the model's calibration.", ("model",), "drifted"),
 )
 
 
@@ -102,6 +104,44 @@ class _LiveModelsOnly:
             if live is not None:
                 family.samples = [s for s in family.samples if "model" not in s.labels or s.labels["model"] in live]
             yield family
+
+
+class _WorkerProcesses:
+    """prometheus_client's ``process_*`` metrics (memory, CPU, open files) of every live
+    worker (multi-process mode), each labelled with its ``pid``: its own collector describes
+    only the process that answers the scrape, a different worker each time."""
+
+    def __init__(self, path: str):
+        self._path = path
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        from prometheus_client import ProcessCollector
+        from prometheus_client.metrics_core import Metric
+
+        merged: dict[str, Metric] = {}
+        for pid in _worker_pids(self._path):
+            for family in ProcessCollector(pid=lambda pid=pid: pid, registry=None).collect():
+                out = merged.get(family.name)
+                if out is None:
+                    out = merged[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+                out.samples.extend(s._replace(labels={**s.labels, "pid": str(pid)}) for s in family.samples)
+        yield from merged.values()
+
+
+def _worker_pids(path: str) -> list[int]:
+    """The live workers that count into ``path``: each keeps a file of its per-process gauges there."""
+    pids = set()
+    for name in glob.glob(os.path.join(path, "gauge_live*_*.db")):
+        try:
+            pid = int(os.path.basename(name)[:-3].rsplit("_", 1)[1])
+        except ValueError:
+            continue
+        if alive(pid):
+            pids.add(pid)
+    return sorted(pids)
 
 
 def _prune_dead_workers(path: str) -> None:
@@ -159,6 +199,9 @@ class PredictorMetrics:
                                        multiprocess_mode="mostrecent")
         self.observations = Counter("predictor_observations_total", "Observed runtimes recorded, per model.",
                                     ["model"], registry=r)
+        self.trainings_pending = Gauge("predictor_trainings_pending",
+                                       "Trainings queued or running, synchronous and background (all workers).",
+                                       registry=r, multiprocess_mode="livesum")
 
         # Labelled children, looked up once: ``labels()`` costs microseconds per call.
         self._children: dict[tuple, tuple] = {}
@@ -172,9 +215,11 @@ class PredictorMetrics:
 
         if self.multiprocess_dir is None:
             self.registry = r
+            ProcessCollector(registry=self.registry)
         else:
             self.registry = CollectorRegistry(auto_describe=True)
             self.registry.register(_LiveModelsOnly(self.multiprocess_dir, self))
+            self.registry.register(_WorkerProcesses(self.multiprocess_dir))
         self.registry.register(_AccuracyCollector(self))
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:

@@ -150,7 +150,7 @@ def predict_on_one_blas_thread() -> None:
 def _remove_stale_temps_at_start(settings: PredictorSettings) -> None:
     """The temporary files of writes killed midway outside the models and tables folders
     (which their stores tidy): job records, retraining decisions, the registry's stamp."""
-    folders = [settings.data_dir, settings.data_dir / "jobs", settings.models_dir]
+    folders = [settings.data_dir, settings.jobs_dir, settings.models_dir]
     try:
         folders += [Path(e.path) for e in os.scandir(settings.observations_dir) if e.is_dir(follow_symlinks=False)]
     except OSError:
@@ -168,7 +168,8 @@ class PredictorService:
         self.trainer = Trainer(settings.data_dir, self.registry)
         self.jobs = TrainingJobs(settings.data_dir, on_success=self._trained_in_worker,
                                  on_failure=lambda error: self.metrics.training_runs.labels("error").inc(),
-                                 max_pending=settings.max_queued_trainings)
+                                 max_pending=settings.max_queued_trainings,
+                                 on_pending=lambda n: self.metrics.trainings_pending.set(n))
         self.prediction_counts: Counter[ModelIdentity] = Counter()
         self._loaded_reported = -1  # the model versions in memory as the metrics last said
         self._closed = False
@@ -192,6 +193,19 @@ class PredictorService:
         )
         # Lookup tables; DEFAULT_LOOKUP_TABLE is loaded now (a bad file is logged and reported by /health).
         self.tables = LookupTableStore(settings.tables_dir, default=settings.default_lookup_table)
+
+    def startup_report(self) -> tuple[str, list[str]]:
+        """What an operator reads as the service starts: the data directory served, what it
+        holds and whether writes need a key (info); each folder it cannot write in (warnings)."""
+        settings = self.settings
+        models = len(self.registry.identities())
+        tables = len(self.tables.names())
+        key = ("routes that change state need the API key" if settings.api_key is not None else
+               "no API key is set (PREDICTOR_API_KEY): every route is open")
+        summary = (f"serving the data directory {settings.data_dir.resolve()} ({models} model{'s' * (models != 1)}, "
+                   f"{tables} lookup table{'s' * (tables != 1)}); {key}; automatic retraining "
+                   f"{'on' if settings.auto_retrain else 'off'}")
+        return summary, settings.unwritable_dirs()
 
     def close(self) -> None:
         self._closed = True

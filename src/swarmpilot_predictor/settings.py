@@ -130,13 +130,59 @@ class PredictorSettings(BaseSettings):
     def observations_dir(self) -> Path:
         return self.data_dir / "observations"
 
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
     def ensure_dirs(self) -> None:
-        for d in (self.data_dir, self.models_dir, self.tables_dir, self.observations_dir):
+        for d in (self.data_dir, self.models_dir, self.tables_dir, self.observations_dir, self.jobs_dir):
             try:
                 d.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StorageError(f"cannot use {self.data_dir} as the data directory: cannot create {d} "
                                    f"({exc.strerror or exc})", field="data_dir") from None
+
+    def unwritable_dirs(self) -> list[str]:
+        """One line for each folder of the data directory this process cannot write in (a
+        read-only volume, an immutable folder): such a service serves what is stored, and every
+        training, observation or table generation fails, after its work (12 s for one training)."""
+        problems = []
+        for d, what in ((self.models_dir, "trainings and retrainings"), (self.tables_dir, "table generation"),
+                        (self.observations_dir, "observations"), (self.jobs_dir, "trainings")):
+            probe = d / f".write-check-{os.getpid()}"
+            try:
+                probe.open("xb").close()
+                probe.unlink()
+            except FileExistsError:
+                probe.unlink(missing_ok=True)  # left by a process of this pid that was killed
+            except OSError as exc:
+                problems.append(f"{d} is not writable ({exc.strerror or exc}): {what} will fail")
+        return problems
+
+
+# PREDICTOR_ variables that are not settings of the service but are read by its examples (the
+# seed's client example reads the service's address from PREDICTOR_URL).
+NOT_SETTINGS = frozenset({"PREDICTOR_URL"})
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line for each ``PREDICTOR_`` variable in ``environ`` that is no setting, naming
+    the setting it may have meant: pydantic-settings ignores such a name, so a misspelt
+    ``PREDICTOR_APIKEY`` left every route open and said nothing."""
+    import difflib
+
+    known = {"PREDICTOR_" + name.upper() for name in PredictorSettings.model_fields}
+    known.add("PREDICTOR_DEFAULT_LOOKUP_TABLE")
+    lines = []
+    for name in sorted(environ):
+        if not name.upper().startswith("PREDICTOR_") or name.upper() in known or name.upper() in NOT_SETTINGS:
+            continue
+        # Compared without the prefix, which every name shares and would make any two alike.
+        close = difflib.get_close_matches(name.upper().removeprefix("PREDICTOR_"),
+                                          sorted(k.removeprefix("PREDICTOR_") for k in known), n=1, cutoff=0.7)
+        meant = f" (did you mean PREDICTOR_{close[0]}?)" if close else ""
+        lines.append(f"{shown(name)} is not a setting of this service{meant}: it is ignored")
+    return lines
 
 
 # In the data directory: the metric files of `serve --workers N`'s workers, one folder per running service.
@@ -152,14 +198,16 @@ def startup_problem(settings: PredictorSettings) -> str | None:
         settings.ensure_dirs()
     except StorageError as exc:
         return exc.message
-    multiproc = os.environ.get(MULTIPROC_ENV)
-    if multiproc:
+    # prometheus_client also reads the older, lower-case name.
+    variable = next((v for v in (MULTIPROC_ENV, MULTIPROC_ENV.lower()) if os.environ.get(v)), None)
+    if variable is not None:
+        multiproc = os.environ[variable]
         try:
             os.makedirs(multiproc, exist_ok=True)
         except OSError as exc:
-            return f"{MULTIPROC_ENV}: cannot make {multiproc!r} a directory ({exc.strerror or exc})"
+            return f"{variable}: cannot make {multiproc!r} a directory ({exc.strerror or exc})"
         if not os.access(multiproc, os.W_OK | os.X_OK):
-            return f"{MULTIPROC_ENV}: {multiproc!r} is not writable by this user"
+            return f"{variable}: {multiproc!r} is not writable by this user"
     return None
 
 

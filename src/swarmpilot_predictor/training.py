@@ -29,7 +29,7 @@ import numpy as np
 import orjson
 
 from .atomic import atomic_write_bytes, read_regular
-from .errors import InvalidInput, NotFound, PredictorError, TooBusy, shown, validation_message
+from .errors import InvalidInput, NotFound, PredictorError, TooBusy, shown, storage_error, validation_message
 from .features import DataReport, FeatureSchema, row_counters
 from .identity import BOOLEAN_PART_NAMES, IDENTITY_KEYS, ModelIdentity, identity_part_problem
 from .modeling import QuantileModel, check_params, lightgbm_errors, params_not_used, per_feature_param_problem
@@ -390,12 +390,17 @@ def _train_job(data_dir: str, config: dict[str, Any] | None, raw_body: bytes | N
         # A line a version, appended before the version is stored (thousands of group_by
         # models would each rewrite a growing file): if it cannot be, nor is the version.
         # It names this process: while it runs, no reader settles the job (see _cut_short).
-        landing.parent.mkdir(exist_ok=True)
-        with open(landing, "ab") as fh:
-            fh.write(dumps_json({**entry, "worker": os.getpid(), "worker_started": started(os.getpid())},
-                                orjson.OPT_SERIALIZE_NUMPY) + b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        # Its own error, raised within the model's store (which would name the model): the
+        # folder to fix is the jobs one.
+        try:
+            landing.parent.mkdir(exist_ok=True)
+            with open(landing, "ab") as fh:
+                fh.write(dumps_json({**entry, "worker": os.getpid(), "worker_started": started(os.getpid())},
+                                    orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise storage_error(exc, f"the record of training job {job_id}", f"in {landing.parent}") from None
         if _server_pid is not None and os.getppid() != _server_pid:
             # The service is gone (killed: it could not stop this process first): whatever
             # reads the job's record after a restart would find it failed, this version not there.
@@ -466,9 +471,10 @@ class TrainingJobs:
 
     def __init__(self, data_dir: Path, on_success: Callable[[dict[str, Any]], None] | None = None,
                  on_failure: Callable[[dict[str, Any]], None] | None = None, keep: int = 1000,
-                 max_pending: int = 16):
+                 max_pending: int = 16, on_pending: Callable[[int], None] | None = None):
         self.data_dir = Path(data_dir)
         self.max_pending = max_pending
+        self.on_pending = on_pending  # told how many jobs are queued or running, at each change
         self.on_success = on_success
         self.on_failure = on_failure
         self.keep = keep
@@ -480,6 +486,10 @@ class TrainingJobs:
         # be the same, in a container say, and its records of the last run must read failed).
         self.records_dir = self.data_dir / "jobs"
         self._token = uuid.uuid4().hex
+        # Where this process's records live, also written in them: a copy of the data directory
+        # (a backup restored) names another place, so its unfinished jobs read failed there while
+        # the process that held them still runs, serving the original.
+        self._home = str(self.data_dir.resolve())
         # Unfinished jobs in submission order: the one worker runs them one at a time, in
         # this order, so the first is running and the others are queued.
         self._pending: list[str] = []
@@ -530,6 +540,7 @@ class TrainingJobs:
         args = (_train_job, str(self.data_dir), payload, raw, {k: str(v) for k, v in (uploads or {}).items()}, job_id)
         with self._lock:
             self._pending.append(job_id)
+            self._pending_changed()
             if self._pending[0] == job_id:
                 record.update(status="running", started_at=time.time())
             self._store(record)
@@ -571,6 +582,7 @@ class TrainingJobs:
             with self._lock:
                 if job_id in self._pending:
                     self._pending.remove(job_id)
+                    self._pending_changed()
                 # Once the service is stopping, the queued jobs never start: they keep no started_at.
                 nxt = self.jobs.get(self._pending[0]) if self._pending and not self._closing else None
                 if nxt is not None and nxt["status"] == "queued":
@@ -608,6 +620,10 @@ class TrainingJobs:
         run()
         return job_id, done
 
+    def _pending_changed(self) -> None:
+        if self.on_pending is not None:
+            self.on_pending(len(self._pending))
+
     def get(self, job_id: str) -> dict[str, Any]:
         """A job's record, whichever worker process took the job."""
         with self._lock:
@@ -629,7 +645,8 @@ class TrainingJobs:
             self.records_dir.mkdir(exist_ok=True)
             atomic_write_bytes(self.records_dir / f"{record['job_id']}.json",
                                dumps_json({**record, "worker_pid": os.getpid(), "worker_token": self._token,
-                                           "worker_started": started(os.getpid())}, orjson.OPT_SERIALIZE_NUMPY))
+                                           "worker_started": started(os.getpid()), "data_dir": self._home},
+                                          orjson.OPT_SERIALIZE_NUMPY))
         except OSError as exc:  # a full disk: this worker still answers for the job
             log.warning("cannot store training job %s's record: %s", record["job_id"], exc)
             return False
@@ -646,9 +663,12 @@ class TrainingJobs:
             return None
         pid, token = record.pop("worker_pid", None), record.pop("worker_token", None)
         worker_started = record.pop("worker_started", None)
+        home = record.pop("data_dir", None)  # (records written before 2026-12-01 name none)
         # Held by a live process, and the same one: a pid may have been given to another
-        # process since (another worker after a restart), or to this one (PID 1 in a container).
-        held = still_running(pid, worker_started) and not (pid == os.getpid() and token != self._token)
+        # process since (another worker after a restart), or to this one (PID 1 in a container);
+        # and a process serving this data directory, not the one this was copied from.
+        held = (still_running(pid, worker_started) and not (pid == os.getpid() and token != self._token)
+                and home in (None, self._home))
         if record.get("status") in ("queued", "running") and not held:
             out = self._cut_short(job_id, 503, "the service process that held this job stopped before it finished",
                                   worker_may_run=True)
