@@ -1457,3 +1457,22 @@ def test_without_an_api_key_no_route_asks_for_one(http):
     spec = ok(http.get("/openapi.json"))
     assert "securitySchemes" not in spec.get("components", {})
     assert not [p for p, ops in spec["paths"].items() for op in ops.values() if op.get("security")]
+
+
+def test_a_service_keeps_the_newest_versions_it_is_told_to(tmp_path):
+    # Trainings run in the training worker process; the service deletes the oldest versions
+    # once it hears of the new one, background jobs included.
+    from swarmpilot_predictor.client import PredictorClient
+
+    with run_server(tmp_path / "data", extra_env={"PREDICTOR_KEEP_VERSIONS": "2"}) as server, \
+            PredictorClient(server.url) as client:
+        for seed in range(3):
+            client.train({"model": IDENTITY, "traces": make_llm_traces(120, seed=seed), "algorithm": "linear"})
+        job = client.train_background({"model": IDENTITY, "traces": make_llm_traces(120, seed=9), "algorithm": "linear"})
+        assert client.wait_for_job(job["job_id"]).version == 4
+        assert client.get_model(IDENTITY)["versions"] == [3, 4]
+        from swarmpilot_predictor.client import PredictorClientError
+
+        with pytest.raises(PredictorClientError) as gone:
+            client.get_model(IDENTITY, version=2)
+        assert gone.value.status_code == 404

@@ -669,3 +669,29 @@ def test_new_observations_are_due_from_the_minimum_on_and_new_drift_lifts_a_wait
     svc.retrainer.decisions.append(identity, {"status": "kept", "from_version": 1,
                                               "next_try": {"observations": 1000, "drifted_then": True}})
     assert svc.retrainer.due(identity, 1) is None
+
+
+def test_only_the_newest_versions_are_kept_where_a_limit_is_set(tmp_path, caplog):
+    # Every training and every retraining that stores a version added one, kept forever
+    # (0.5 to 2.2 MB each); PREDICTOR_KEEP_VERSIONS keeps the newest, as each is stored.
+    svc = _service(tmp_path, keep_versions=2)
+    identity = ModelIdentity.from_parts(IDENTITY)
+    for seed in (1, 2):
+        svc.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(300, seed=seed), algorithm="linear"))
+    assert [v.version for v in svc.registry.versions(identity)] == [2, 3]
+    # Its files are gone; its tombstone stays, so that its number is never given again.
+    assert sorted(p.name for p in (tmp_path / "data" / "models").rglob("v0001.*")) == ["v0001.deleted"]
+    # A retraining's version counts alike; what it was built from and what serves stay readable.
+    svc.observe(IDENTITY, _shifted(200, 1.6, seed=10))
+    with caplog.at_level(logging.INFO, logger="swarmpilot_predictor"):
+        decision = svc.retrain(IdentityPattern.from_parts(IDENTITY))
+    assert decision["status"] == "retrained" and decision["to_version"] == 4
+    assert [v.version for v in svc.registry.versions(identity)] == [3, 4]
+    assert "deleted version(s) 2 of " in caplog.text and "keeping the newest 2 (PREDICTOR_KEEP_VERSIONS)" in caplog.text
+    assert svc.accuracy(IdentityPattern.from_parts(IDENTITY))["version"] == 4
+    assert svc.retrainer.decisions.read(identity)[-1]["to_version"] == 4  # its decision is logged, as ever
+    # Without the setting every version stays.
+    svc_all = _service(tmp_path / "all")
+    for seed in (1, 2):
+        svc_all.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(300, seed=seed), algorithm="linear"))
+    assert [v.version for v in svc_all.registry.versions(identity)] == [1, 2, 3]

@@ -1025,7 +1025,7 @@ def test_what_killed_writes_left_is_removed_at_start_once_old(tmp_path):
     # renamed into place: a kill -9 between the two leaves the temporary file.
     settings = PredictorSettings(data_dir=tmp_path)
     settings.ensure_dirs()
-    (tmp_path / "jobs").mkdir()
+    assert settings.jobs_dir == tmp_path / "jobs" and settings.jobs_dir.is_dir()  # made with the others
     (settings.observations_dir / "some-model").mkdir()
     old = [tmp_path / ".generation.abcd1234.tmp", tmp_path / "jobs" / ".0123.json.abcd1234.tmp",
            settings.observations_dir / "some-model" / ".decisions.jsonl.abcd1234.tmp"]

@@ -311,8 +311,10 @@ class Retrainer:
         training_weight: float = 0.25,
         on_decision: Callable[[dict[str, Any]], None] | None = None,
         max_observations: int = 20_000,
+        on_new_version: Callable[[ModelIdentity], Any] | None = None,
     ):
         self.on_decision = on_decision
+        self.on_new_version = on_new_version  # told of each version a retraining stores
         self.registry = registry
         self.monitor = monitor
         self.decisions = DecisionLog(monitor.log.root)
@@ -638,6 +640,8 @@ class Retrainer:
             decision.update(status="skipped", message=f"{exc.message}: it serves, not this retraining")
             return
         decision.update(status="retrained", to_version=saved.version, seconds=time.perf_counter() - t0)
+        if self.on_new_version is not None:
+            self.on_new_version(identity)
 
     @staticmethod
     def _new_model(meta: ModelVersion) -> QuantileModel:

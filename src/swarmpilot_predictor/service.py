@@ -159,6 +159,11 @@ def _remove_stale_temps_at_start(settings: PredictorSettings) -> None:
         remove_stale_temps(folder)
 
 
+def _trained_models(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The models a training result stored a version of: a group_by training's, or its one."""
+    return result.get("models") or [{"identity": result["identity"]}]
+
+
 class PredictorService:
     def __init__(self, settings: PredictorSettings):
         self.settings = settings
@@ -189,6 +194,7 @@ class PredictorService:
         self.retrainer = Retrainer(
             self.registry, self.monitor, settings.auto_retrain, settings.retrain_min_observations,
             on_decision=lambda decision: self.metrics.retraining_runs.labels(decision["status"]).inc(),
+            on_new_version=self.keep_newest_versions,
             max_observations=settings.retrain_max_observations,
         )
         # Lookup tables; DEFAULT_LOOKUP_TABLE is loaded now (a bad file is logged and reported by /health).
@@ -255,7 +261,7 @@ class PredictorService:
 
     def _trained_in_worker(self, result: dict[str, Any]) -> None:
         # The worker wrote new versions to disk: index them here, drop stale cache entries.
-        for entry in result.get("models") or [{"identity": result["identity"]}]:
+        for entry in _trained_models(result):
             identity = ModelIdentity.from_parts(entry["identity"])
             self.registry.refresh_identity(identity)
             self.cache.invalidate(identity)
@@ -264,6 +270,30 @@ class PredictorService:
     def _trained(self, result: dict[str, Any]) -> None:
         self.metrics.training_runs.labels("success").inc()
         self.metrics.training_duration.observe(result["duration_seconds"])
+        for entry in _trained_models(result):
+            self.keep_newest_versions(ModelIdentity.from_parts(entry["identity"]))
+
+    def keep_newest_versions(self, identity: ModelIdentity) -> list[int]:
+        """Delete the versions of ``identity`` older than its ``PREDICTOR_KEEP_VERSIONS``
+        newest (none where it is 0); returns those deleted. Called as each version is stored:
+        a retraining every few hundred observations otherwise adds versions without end."""
+        keep = self.settings.keep_versions
+        if not keep:
+            return []
+        self.registry.maybe_refresh()
+        deleted = []
+        for meta in self.registry.versions(identity)[:-keep]:
+            try:
+                deleted += self.registry.delete(identity, meta.version)
+            except ModelNotFound:
+                continue  # deleted meanwhile (another worker pruned it, or a request)
+            except (PredictorError, OSError) as exc:  # the new version is stored; the old stays, for now
+                log.warning("cannot delete version %d of %s (PREDICTOR_KEEP_VERSIONS): %s", meta.version,
+                            identity.key, getattr(exc, "message", exc))
+        if deleted:
+            log.info("deleted version(s) %s of %s, keeping the newest %d (PREDICTOR_KEEP_VERSIONS)",
+                     ", ".join(map(str, deleted)), identity.key, keep)
+        return deleted
 
     # ------------------------------------------------------------------ prediction
 

@@ -44,6 +44,8 @@ class PredictorSettings(BaseSettings):
         validation_alias=AliasChoices("DEFAULT_LOOKUP_TABLE", "PREDICTOR_DEFAULT_LOOKUP_TABLE"),
     )
     max_loaded_models: int = Field(default=256, ge=1, le=MAX_COUNT)
+    # Versions kept per model, the newest, as each new one is stored (0: all of them).
+    keep_versions: int = Field(default=0, ge=0, le=MAX_COUNT)
     # Load every model's latest version in the background at start (newest first, up to
     # max_loaded_models), so that the first prediction of each does not pay for its loading.
     preload_models: bool = False
