@@ -1476,3 +1476,26 @@ def test_a_service_keeps_the_newest_versions_it_is_told_to(tmp_path):
         with pytest.raises(PredictorClientError) as gone:
             client.get_model(IDENTITY, version=2)
         assert gone.value.status_code == 404
+
+
+def test_a_data_directory_that_goes_away_is_a_503_naming_it_until_it_is_back(tmp_path):
+    # Deleted, or its volume unmounted, under a running service: every request was a 500
+    # "internal error: FileNotFoundError" with two tracebacks, and /health said healthy.
+    import shutil
+
+    from swarmpilot_predictor.client import PredictorClient, PredictorClientError
+
+    data, aside = tmp_path / "data", tmp_path / "aside"
+    task = {"input_tokens": 100, "output_tokens": 50}
+    with run_server(data) as server, PredictorClient(server.url, retries=0) as client:
+        client.train({"model": IDENTITY, "traces": make_llm_traces(120), "algorithm": "linear"})
+        before = client.predict_single(IDENTITY, task).results.quantile_predictions
+        shutil.move(data, aside)
+        for call in (client.health, client.list_models, client.list_tables, lambda: client.predict_single(IDENTITY, task)):
+            with pytest.raises(PredictorClientError) as err:
+                call()
+            assert err.value.status_code == 503, err.value.message
+            assert err.value.message.startswith(f"the data directory's folder {data} is gone (deleted, or its volume")
+        shutil.move(aside, data)
+        assert client.health().status == "healthy"
+        assert client.predict_single(IDENTITY, task).results.quantile_predictions == before

@@ -406,6 +406,16 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         log.info("client left during %s %s before its body was read", request.method, cut(request.url.path, 200))
         return Response(status_code=CLIENT_CLOSED)
 
+    @app.exception_handler(OSError)
+    async def _os_error(request: Request, exc: OSError):
+        gone = service.data_dir_gone()
+        if gone is None:
+            raise exc  # to the catch-all below
+        # A 503 said in one line, not a 500 and two tracebacks a request: the cause is the
+        # directory's (deleted, or its volume unmounted), the same for every request.
+        log.error("%s %s: %s", request.method, cut(request.url.path, 200), gone.message)
+        return error_response(gone.status_code, gone.message)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unexpected error on %s %s", request.method, request.url.path)

@@ -120,6 +120,13 @@ class InsufficientStorage(PredictorError):
     status_code = 507
 
 
+class DataDirectoryGone(PredictorError):
+    """A folder of the data directory is no longer there (deleted, or its volume unmounted)
+    while the service runs: nothing it stores can be read or written until it is back."""
+
+    status_code = 503
+
+
 class StorageError(PredictorError):
     """Writing to the data directory failed for another reason: permissions, a read-only file system."""
 

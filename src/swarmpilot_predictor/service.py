@@ -23,7 +23,7 @@ from . import __version__
 from .atomic import remove_stale_temps
 from .cache import PredictionCache
 from .distribution import interval_levels
-from .errors import AmbiguousModel, InvalidInput, ModelNotFound, PredictorError, shown
+from .errors import AmbiguousModel, DataDirectoryGone, InvalidInput, ModelNotFound, PredictorError, shown
 from .identity import (IDENTITY_KEYS, IdentityPattern, ModelIdentity, describe_stated, fields_naming_a_model, identity_conflicts,
                        named_by_traces, stated_keys)
 from .lookup import WRITABLE_FORMATS, LookupTableStore, TablePrediction, generate_table, table_format
@@ -702,7 +702,18 @@ class PredictorService:
 
     # ------------------------------------------------------------------ discovery
 
+    def data_dir_gone(self) -> DataDirectoryGone | None:
+        """The error to answer while a folder of the data directory is gone, or None."""
+        missing = self.settings.missing_dir()
+        if missing is None:
+            return None
+        return DataDirectoryGone(f"the data directory's folder {missing} is gone (deleted, or its volume unmounted): "
+                                 "the service cannot read or store models, tables or observations until it is back")
+
     def health(self) -> dict[str, Any]:
+        gone = self.data_dir_gone()
+        if gone is not None:  # a probe's 503: what it serves from memory would soon fail too
+            raise gone
         self.registry.maybe_refresh()  # what other workers trained or deleted counts too
         identities = self.registry.identities()
         default_name, default_loaded, default_error = self.tables.default_state()

@@ -144,6 +144,19 @@ class PredictorSettings(BaseSettings):
                 raise StorageError(f"cannot use {self.data_dir} as the data directory: cannot create {d} "
                                    f"({exc.strerror or exc})", field="data_dir") from None
 
+    def missing_dir(self) -> str | None:
+        """The first folder of the data directory that is not there (or no folder), or None."""
+        import stat
+
+        for d in (self.data_dir, self.models_dir, self.tables_dir, self.observations_dir, self.jobs_dir):
+            try:
+                if stat.S_ISDIR(os.stat(d).st_mode):
+                    continue
+            except OSError:
+                pass
+            return str(d)
+        return None
+
     def unwritable_dirs(self) -> list[str]:
         """One line for each folder of the data directory this process cannot write in (a
         read-only volume, an immutable folder): such a service serves what is stored, and every
