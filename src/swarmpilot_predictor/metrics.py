@@ -118,11 +118,10 @@ class _WorkerProcesses:
         return []
 
     def collect(self):
-        from prometheus_client import ProcessCollector
         from prometheus_client.metrics_core import Metric
 
         merged: dict[str, Metric] = {}
-        for pid in _worker_pids(self._path):
+        for pid in _worker_pids(self._path, live=True):
             for family in ProcessCollector(pid=lambda pid=pid: pid, registry=None).collect():
                 out = merged.get(family.name)
                 if out is None:
@@ -131,15 +130,16 @@ class _WorkerProcesses:
         yield from merged.values()
 
 
-def _worker_pids(path: str) -> list[int]:
-    """The live workers that count into ``path``: each keeps a file of its per-process gauges there."""
+def _worker_pids(path: str, live: bool) -> list[int]:
+    """The workers that count into ``path`` (each keeps a file of its per-process gauges
+    there), those alive or those that exited."""
     pids = set()
     for name in glob.glob(os.path.join(path, "gauge_live*_*.db")):
         try:
             pid = int(os.path.basename(name)[:-3].rsplit("_", 1)[1])
         except ValueError:
             continue
-        if alive(pid):
+        if alive(pid) == live:
             pids.add(pid)
     return sorted(pids)
 
@@ -148,14 +148,9 @@ def _prune_dead_workers(path: str) -> None:
     """Drop the per-process gauges (``models_loaded``) of workers that have exited."""
     from prometheus_client.multiprocess import mark_process_dead
 
-    for name in glob.glob(os.path.join(path, "gauge_live*_*.db")):
-        try:
-            pid = int(os.path.basename(name)[:-3].rsplit("_", 1)[1])
-        except ValueError:
-            continue
-        if not alive(pid):
-            with contextlib.suppress(FileNotFoundError):  # another worker's scrape pruned it first
-                mark_process_dead(pid, path)
+    for pid in _worker_pids(path, live=False):
+        with contextlib.suppress(FileNotFoundError):  # another worker's scrape pruned it first
+            mark_process_dead(pid, path)
 
 
 TABLE_LABEL = "table:"  # a lookup table's `model` label: "table:<its name>"

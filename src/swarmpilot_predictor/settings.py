@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -146,8 +147,6 @@ class PredictorSettings(BaseSettings):
 
     def missing_dir(self) -> str | None:
         """The first folder of the data directory that is not there (or no folder), or None."""
-        import stat
-
         for d in (self.data_dir, self.models_dir, self.tables_dir, self.observations_dir, self.jobs_dir):
             try:
                 if stat.S_ISDIR(os.stat(d).st_mode):
