@@ -1194,3 +1194,25 @@ def _raised(fn, *args):
     except Exception as exc:  # noqa: BLE001 - the test inspects it
         return exc
     return None
+
+
+@pytest.mark.parametrize("algorithm", ["linear", "lightgbm"])
+def test_a_batch_of_one_is_that_task_and_its_total_is_the_task(service, algorithm):
+    # A queue of one totals its task: answered through the single-row path (a third of the
+    # cost of the vectorised path and the total's machinery), from the cache too.
+    service.train(config(make_llm_traces(300), algorithm=algorithm))
+    task = [{"input_tokens": 300, "output_tokens": 80}]
+    single = service.predict(PATTERN, task).results()[0]
+    hits = service.cache.stats()["hits"]
+    for shared in (False, True):
+        batch = service.predict(PATTERN, task, with_total=True, shared_factor=shared).batch_response()
+        assert batch["results"] == [single]
+        assert batch["total_quantiles"] == single["quantile_predictions"] and batch["total_interval"] == single["interval"]
+        assert (batch["expect"], batch["error"]) == (single["expect"], single["error"])
+        assert batch["summary"]["success"] == 1
+    assert service.cache.stats()["hits"] == hits + 2
+    lean = service.predict(PATTERN, task, with_total=True, total_distribution=False).batch_response(False)
+    assert (lean["expect"], lean["error"], lean["total_quantiles"]) == (single["expect"], single["error"], None)
+    # A trace that cannot be predicted: the batch's error, and no total, as before.
+    bad = service.predict(PATTERN, [{"input_tokens": "many"}], with_total=True).batch_response()
+    assert bad["results"][0]["status"] == "error" and bad["total_quantiles"] is None

@@ -63,6 +63,7 @@ from .schemas import (
     TrainResult,
     config_from_text,
 )
+from .collector import collector_paused
 from .metrics import CLIENT_CLOSED, MetricsMiddleware
 from .service import PredictorService, predict_on_one_blas_thread
 from .settings import PredictorSettings, settings_problem, unknown_variables
@@ -83,6 +84,9 @@ INLINE_DEFAULT_LEVELS = 8
 # loop, at most LARGE_BATCHES_AT_ONCE at a time (each holds its traces, distributions and
 # answer in memory: any number at once made the server's memory grow with them).
 LARGE_BODY_BYTES = 1 << 20
+# A batch of this many tasks, or a body over LARGE_BODY_BYTES, is answered with Python's cyclic
+# collector paused (see collector.py): 10,000 tasks took 80 ms over HTTP, against 111 ms.
+PAUSED_COLLECTOR_TASKS = 2_000
 LARGE_BATCHES_AT_ONCE = 2
 
 
@@ -629,8 +633,9 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
             # memory while it does: all of it off the event loop, which goes on answering
             # others, and only a few such batches at a time (the rest wait their turn).
             def whole() -> bytes:
-                return orjson.dumps(batch_answer(pattern, _parse_body(body, PredictBatchRequest)),
-                                    option=orjson.OPT_SERIALIZE_NUMPY)
+                with collector_paused():
+                    return orjson.dumps(batch_answer(pattern, _parse_body(body, PredictBatchRequest)),
+                                        option=orjson.OPT_SERIALIZE_NUMPY)
 
             return await in_batch_thread(whole, client, large_batches)
         req = _parse_body(body, PredictBatchRequest)
@@ -639,8 +644,11 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         # work), its answer written there too.
         values = len(req.trace) * (len(req.quantiles) if req.quantiles else INLINE_DEFAULT_LEVELS)
         if req.lookup_table or values > INLINE_VALUES_MAX or service.is_cold(pattern):
-            return await in_batch_thread(
-                lambda: orjson.dumps(batch_answer(pattern, req), option=orjson.OPT_SERIALIZE_NUMPY), client)
+            def answer() -> bytes:
+                with collector_paused(len(req.trace) >= PAUSED_COLLECTOR_TASKS):
+                    return orjson.dumps(batch_answer(pattern, req), option=orjson.OPT_SERIALIZE_NUMPY)
+
+            return await in_batch_thread(answer, client)
         return batch_answer(pattern, req)
 
     _lean_route(app, "/predict/single/" + IDENTITY_PATH, predict_single, PredictSingleRequest,

@@ -8,14 +8,12 @@ Both share one implementation of request building and response parsing
 from __future__ import annotations
 
 import asyncio
-import gc
 import math
 import operator
 import os
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -27,6 +25,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from .collector import collector_paused
 from .identity import IDENTITY_KEYS, IdentityPattern, ModelIdentity
 from .schemas import (
     BatchPredictionResponse,
@@ -506,7 +505,7 @@ class _Calls:
             # collector walking the objects it makes: for a batch of 10,000 results, 8 µs a
             # result, not 17 (more than the server spent predicting them).
             try:
-                with _collector_paused(len(response.content) > _LARGE_ANSWER_BYTES):
+                with collector_paused(len(response.content) > _LARGE_ANSWER_BYTES):
                     return req.response.model_validate_json(response.content)
             except ValidationError as exc:
                 raise _unexpected(response, _invalid(exc)) from exc
@@ -606,19 +605,6 @@ def _traces_in(req: _Request) -> int:
         return 0
     traces = req.json.get("trace", req.json.get("traces"))
     return len(traces) if isinstance(traces, list) else 0
-
-
-@contextmanager
-def _collector_paused(pause: bool) -> Iterator[None]:
-    """Python's cyclic garbage collector off while the block runs (if ``pause``), as it was after."""
-    was_on = pause and gc.isenabled()
-    if was_on:
-        gc.disable()
-    try:
-        yield
-    finally:
-        if was_on:
-            gc.enable()
 
 
 def _invalid(exc: ValidationError) -> str:

@@ -308,6 +308,8 @@ class ModelRegistry:
         self._rescan_lock = threading.RLock()
         self._index: dict[ModelIdentity, dict[int, ModelVersion]] = {}
         self._loaded: OrderedDict[tuple[ModelIdentity, int], LoadedModel] = OrderedDict()
+        # A lock per version being loaded: its other askers wait for it (see load).
+        self._loading: dict[tuple[ModelIdentity, int], threading.RLock] = {}
         self._generation_file = self.root / ".generation"
         self._generation_path = os.fspath(self._generation_file)
         self._seen_generation: int | None = None
@@ -685,6 +687,24 @@ class ModelRegistry:
             if hit is not None:
                 self._loaded.move_to_end(key)
                 return hit
+            # One load per version however many ask at once: 16 first predictions at once
+            # each parsed the same 2 MB model, and all waited 3.7 s instead of 2.4.
+            turn = self._loading.setdefault(key, threading.RLock())
+        with turn:
+            try:
+                with self._lock:
+                    hit = self._loaded.get(key)
+                if hit is not None:  # loaded by the caller this one waited for
+                    return hit
+                return self._read_model(identity, meta, version, _again)
+            finally:
+                with self._lock:
+                    if self._loading.get(key) is turn:
+                        del self._loading[key]
+
+    def _read_model(self, identity: ModelIdentity, meta: ModelVersion, version: int | None,
+                    _again: bool) -> LoadedModel:
+        key = (identity, meta.version)
         path = self.root / identity.dirname / _model_file(meta.version)
         try:
             raw = read_regular(path, follow_links=False)

@@ -77,8 +77,9 @@ class Prediction(RenderedPredictions):
     interval: np.ndarray  # (n_ok, 2)
     total: dict[str, Any] | None
     duration_seconds: float
-    # Per predicted trace, the features whose value training never saw (None: none anywhere).
-    outside: list[list[str]] | None = None
+    # The features whose value training never saw, by place among the predicted traces, of
+    # those that have any (None: none has).
+    outside: dict[int, list[str]] | None = None
     # Rendered results, kept so that a cached prediction is rendered only once.
     rendered: list[dict[str, Any]] | None = dataclasses.field(default=None, repr=False)
 
@@ -95,6 +96,16 @@ class Prediction(RenderedPredictions):
         out.duration_seconds = seconds
         return out
 
+    def as_queue(self, total_distribution: bool = True) -> "Prediction":
+        """This one task's prediction as a batch's: a queue of one totals that task's runtime,
+        its distribution (with a shared factor too: there is no other task to share it)."""
+        out = object.__new__(Prediction)
+        out.__dict__.update(self.__dict__)
+        out.total = {"expect": float(self.mean[0]), "error": float(self.std[0]),
+                     "total_quantiles": self.quantiles[0].tolist() if total_distribution else None,
+                     "total_interval": self.interval[0].tolist() if total_distribution else None}
+        return out
+
     def split(self) -> list["Prediction"]:
         """One Prediction per trace, each as if that trace had been predicted alone."""
         out = []
@@ -104,7 +115,7 @@ class Prediction(RenderedPredictions):
             out.append(dataclasses.replace(
                 self, ok=self.ok[i:i + 1], errors=self.errors[i:i + 1], quantiles=self.quantiles[rows],
                 mean=self.mean[rows], std=self.std[rows], interval=self.interval[rows], total=None, rendered=None,
-                outside=self.outside[k:k + 1] if good and self.outside is not None else None,
+                outside={0: self.outside[k]} if good and self.outside and k in self.outside else None,
             ))
             k += good
         return out
@@ -127,7 +138,7 @@ class Prediction(RenderedPredictions):
                     "model_info": info,
                     "model_version": self.version,
                 })
-                if outside is not None and outside[k]:
+                if outside is not None and k in outside:
                     out[-1]["outside_training"] = outside[k]
                 k += 1
             else:
@@ -473,7 +484,9 @@ class PredictorService:
                       total_distribution: bool = True) -> Prediction:
         levels = sorted(map(float, quantiles)) if quantiles else loaded.meta.quantiles
         cache_key = None
-        lone = len(traces) == 1 and not with_total
+        # One trace, alone or a batch of one (whose total is that task: no convolution, and the
+        # single-row path, at a third of the cost).
+        lone = len(traces) == 1
         if lone:  # a trace that names another model: its error comes from the batch path
             conflict = identity_conflicts(list(traces), identity)
             lone = conflict is None or conflict[0] is None
@@ -484,14 +497,15 @@ class PredictorService:
                 if hit is not None:
                     self.metrics.cache_hits.inc()
                     self._count(identity, 1, 0)
-                    return hit.timed(time.perf_counter() - t0)
+                    hit = hit.timed(time.perf_counter() - t0)
+                    return hit.as_queue(total_distribution) if with_total else hit
                 self.metrics.cache_misses.inc()
         if lone:
             prediction = self._predict_one(identity, loaded, traces[0], levels, confidence_level, t0)
             if prediction is not None:
                 if cache_key is not None:
                     self.cache.put(cache_key, prediction)
-                return prediction
+                return prediction.as_queue(total_distribution) if with_total else prediction
         flat, pre_errors = normalize_traces(traces)
         conflicts = identity_conflicts(flat, identity)  # a trace whose identity fields name another model
         if conflicts is not None:
@@ -578,7 +592,7 @@ class PredictorService:
             interval=values[:, k:k + 2],
             total=None,
             duration_seconds=time.perf_counter() - t0,
-            outside=[outside] if outside else None,
+            outside={0: outside} if outside else None,
         )
 
     def predict_each(self, pattern: IdentityPattern, traces: Sequence[dict[str, Any]], confidence_level: float = 0.95,

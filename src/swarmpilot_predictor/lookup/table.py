@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import itertools
 import math
 import time
 from array import array
@@ -60,6 +61,8 @@ _Z_MAX = 1e6
 # The least weight of a nearest-record coordinate (see LookupTable._relevance): a feature
 # the answers do not follow still tells records apart that are otherwise alike.
 _MIN_WEIGHT = 1e-3
+# A query's category that the C lookup did not find (codes are -2 and up).
+_NOT_LOOKED_UP = -3
 
 
 @dataclass
@@ -838,9 +841,16 @@ class LookupTable:
             missing = np.isnan(vals) & ~invalid
             return vals, missing, invalid
         vocab = c.vocab
-        codes = np.fromiter(
-            (-1 if v is None else _vocab_code(vocab, v) for v in raw), dtype=np.int64, count=n
-        )
+        try:
+            # Each value looked up in C (a table's keys are texts, which no other value equals);
+            # only the misses go by the general rule: None, a boolean's word, an unseen value
+            # (10,000 queries took 3.5 ms one by one, 1.2 so).
+            codes = np.fromiter(map(vocab.get, raw, itertools.repeat(_NOT_LOOKED_UP)), dtype=np.int64, count=n)
+        except TypeError:  # a value that cannot be a key (a list): each by the general rule
+            codes = np.full(n, _NOT_LOOKED_UP, dtype=np.int64)
+        for i in np.flatnonzero(codes == _NOT_LOOKED_UP).tolist():
+            v = raw[i]
+            codes[i] = -1 if v is None else _vocab_code(vocab, v)
         return codes, codes == -1, np.zeros(n, dtype=bool)
 
     def _nearest(self, groups, todo, column, rows, match, dist, errors) -> None:
