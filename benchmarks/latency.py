@@ -6,6 +6,7 @@ The server runs on one core (taskset -c 0), the load generator on the other
 (Debian package `wrk`) with 16 connections.
 
     uv run python benchmarks/latency.py [--quick] [--skip-training] [--skip-registry] [--only http,coalesce,metrics,observe,boosted,...]
+    uv run python benchmarks/latency.py --baseline /path/to/older/checkout/src --only none  # batches: that code against this
 """
 
 from __future__ import annotations
@@ -819,6 +820,32 @@ def section_loop(args, data_dir: Path) -> None:
         srv.stop()
 
 
+def section_versus(args, data_dir: Path) -> None:
+    """Batches of 1 to 100,000 traces end to end, against a server running the code at
+    ``--baseline`` (a checkout's ``src``, put first on its PYTHONPATH) and this code's,
+    one server at a time, alternately: the machine's drifts hit both alike."""
+    bodies = {n: orjson.dumps({"trace": [{k: v for k, v in t.items() if k != "runtime_ms"}
+                                         for t in llm_traces(n, seed=8)]})
+              for n in (1, 1000, 10_000, 100_000)}
+    runs = {1: 400, 1000: 100, 10_000: 20, 100_000: 5}
+    got: dict[tuple[str, int], list[float]] = {}
+    pin(1)
+    for _ in range(2):
+        for name, env in (("baseline", {"PYTHONPATH": str(Path(args.baseline).resolve())}), ("this code", {})):
+            srv = Server(data_dir, env={"PREDICTOR_CACHE_SIZE": "0", **env})
+            try:
+                c = RawClient(srv.port)
+                for n, body in bodies.items():
+                    t = timed(c, "POST", f"/predict/batch/{SEG}", body, runs[n], warmup=2 if n > 1000 else 20)
+                    got.setdefault((name, n), []).append(np.percentile(t, 50) * 1e3)
+                c.close()
+            finally:
+                srv.stop()
+    for n in bodies:
+        said = "; ".join(f"{name} {', '.join(f'{v:.2f}' for v in got[(name, n)])} ms" for name in ("baseline", "this code"))
+        print(f"| batch of {n:,} traces, end to end, p50 of each round | {said} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -826,6 +853,7 @@ def main() -> None:
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--skip-registry", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated sections: http,loop,batch,client,cache,coalesce,isolation,training,registry,metrics,preload,atoms,observe,boosted")
+    ap.add_argument("--baseline", help="the src folder of another checkout: batches against its code and this (section versus)")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
 
@@ -836,6 +864,8 @@ def main() -> None:
         res = train_model(data_dir, 2000, args.algorithm)
         print(f"model: 2,000 synthetic LLM traces, algorithm {args.algorithm} -> {res['metrics']['algorithm']}\n")
         print("| measurement | result | |\n|---|---|---|")
+        if args.baseline:
+            section_versus(args, data_dir)
         if want("http"):
             section_http(args, data_dir)
         if want("loop"):
