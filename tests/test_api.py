@@ -1491,11 +1491,23 @@ def test_a_data_directory_that_goes_away_is_a_503_naming_it_until_it_is_back(tmp
         client.train({"model": IDENTITY, "traces": make_llm_traces(120), "algorithm": "linear"})
         before = client.predict_single(IDENTITY, task).results.quantile_predictions
         shutil.move(data, aside)
-        for call in (client.health, client.list_models, client.list_tables, lambda: client.predict_single(IDENTITY, task)):
+        traces = make_llm_traces(120, seed=1)
+        for call in (client.health, client.list_models, client.list_tables, lambda: client.predict_single(IDENTITY, task),
+                     # Nor is anything written: a training stored version 1 in folders made again.
+                     lambda: client.train({"model": IDENTITY, "traces": traces, "algorithm": "linear"}),
+                     lambda: client.train_background({"model": IDENTITY, "traces": traces, "algorithm": "linear"}),
+                     lambda: client.observe(IDENTITY, traces),
+                     lambda: client.generate_table(IDENTITY, b'{"input_tokens": 1, "output_tokens": 2}\n')):
             with pytest.raises(PredictorClientError) as err:
                 call()
             assert err.value.status_code == 503, err.value.message
             assert err.value.message.startswith(f"the data directory's folder {data} is gone (deleted, or its volume")
+        assert not data.exists()
         shutil.move(aside, data)
         assert client.health().status == "healthy"
         assert client.predict_single(IDENTITY, task).results.quantile_predictions == before
+        assert client.get_model(IDENTITY)["versions"] == [1]
+        # Job records are an operator's to clear: their folder gone is no outage.
+        shutil.rmtree(data / "jobs")
+        assert client.health().status == "healthy"
+        assert client.train({"model": IDENTITY, "traces": traces, "algorithm": "linear"}).version == 2

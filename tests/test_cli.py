@@ -788,3 +788,39 @@ def test_the_start_log_says_what_is_served_and_what_is_wrong(tmp_path, port, wor
     unwritable = [line for line in lines if "is not writable" in line]
     assert len(unwritable) == workers and all(line.startswith(f"WARNING:  {data / 'jobs'} is not writable (")
                                               and line.endswith("): trainings will fail") for line in unwritable)
+
+
+def test_the_seed_entry_point_warns_of_a_misspelt_variable_too(tmp_path, port):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("PREDICTOR_", "PROMETHEUS_"))}
+    env.update(PREDICTOR_APIKEY="k" * 20, PREDICTOR_DATA_DIR=str(tmp_path / "data"), PREDICTOR_HOST="127.0.0.1",
+               PREDICTOR_PORT=str(port))
+    proc = subprocess.Popen([sys.executable, "-m", "src.scheduler.predictor_api"], env=env, stderr=subprocess.PIPE,
+                            text=True, cwd=Path(__file__).resolve().parents[1])
+    lines = []
+    try:
+        while "startup complete" not in (line := proc.stderr.readline()) and line:
+            lines.append(line)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        proc.stderr.close()
+    assert any("'PREDICTOR_APIKEY' is not a setting of this service (did you mean PREDICTOR_API_KEY?)" in line
+               for line in lines), lines
+
+
+def test_a_data_directory_whose_jobs_folder_cannot_be_made_is_still_served(tmp_path):
+    # A read-only copy an older service wrote before its first training has no jobs/: it was
+    # served, and is (its trainings would fail, and the start log says so).
+    from swarmpilot_predictor.settings import PredictorSettings, startup_problem
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "jobs").write_text("not a folder")
+    settings = PredictorSettings(data_dir=data)
+    assert startup_problem(settings) is None and settings.missing_dir() is None
+    problems = settings.unwritable_dirs()
+    assert len(problems) == 1 and problems[0].startswith(f"{data / 'jobs'} is not writable (")
+    assert not [p for p in data.rglob(".write-check-*")]  # the probes leave nothing behind

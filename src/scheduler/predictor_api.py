@@ -4,7 +4,7 @@ import sys
 
 from pydantic import ValidationError
 
-from swarmpilot_predictor.api import create_app, log_beside_uvicorn
+from swarmpilot_predictor.api import create_app, log_beside_uvicorn, warn_of_unknown_variables
 from swarmpilot_predictor.settings import PredictorSettings, listen_problem, settings_problem, startup_problem
 
 try:
@@ -17,6 +17,7 @@ if problem := startup_problem(settings):  # a data directory that cannot be made
     raise SystemExit(1)
 
 log_beside_uvicorn(settings.log_level)
+warn_of_unknown_variables()
 app = create_app(settings)
 
 if __name__ == "__main__":

@@ -379,7 +379,14 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     app.add_middleware(EncodedSlashMiddleware)
     app.state.service = service
     app.state.settings = settings
-    writes = api_key_guard(settings.api_key)
+    async def data_dir_present() -> None:
+        # A route that changes state, while a folder of the data directory is gone: a 503
+        # before it writes, not a training stored in folders made again, empty, in its place.
+        gone = service.data_dir_gone()
+        if gone is not None:
+            raise gone
+
+    writes = [*api_key_guard(settings.api_key), Depends(data_dir_present)]
 
     @app.exception_handler(PredictorError)
     async def _predictor_error(request: Request, exc: PredictorError):
@@ -1102,9 +1109,15 @@ def app_from_env() -> FastAPI:
         raise SystemExit(1) from None
     log_beside_uvicorn(settings.log_level)
     if not _serve_worker():  # (`serve` said it once, not once a worker)
-        for line in unknown_variables(os.environ):
-            log.warning(line)
+        warn_of_unknown_variables()
     return create_app(settings)
+
+
+def warn_of_unknown_variables() -> None:
+    """Log a warning for each ``PREDICTOR_`` variable that is no setting (see
+    :func:`~.settings.unknown_variables`); for the entry points that start the service."""
+    for line in unknown_variables(os.environ):
+        log.warning(line)
 
 
 def log_beside_uvicorn(level: str) -> None:

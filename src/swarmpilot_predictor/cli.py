@@ -24,8 +24,7 @@ from .errors import PredictorError, json_kind, validation_message
 from .identity import IDENTITY_KEYS, IdentityPattern
 from .schemas import check_levels, config_from_text, first_run_split
 from .processes import alive, pid_space
-from .settings import (METRICS_DIR, MULTIPROC_ENV, PredictorSettings, listen_problem, settings_problem, startup_problem,
-                       unknown_variables)
+from .settings import METRICS_DIR, MULTIPROC_ENV, PredictorSettings, listen_problem, settings_problem, startup_problem
 
 app = typer.Typer(help="SwarmPilot Predictor: runtime distributions for ML inference tasks.", no_args_is_help=True)
 # Piped or redirected, a line is not cut to a terminal's 80 columns: a script reads whole
@@ -174,14 +173,11 @@ def serve(
         _fail(problem)
     metrics_dir = None
     if settings.workers > 1:
-        import logging
-
-        from .api import SUPERVISOR_ENV, log_beside_uvicorn
+        from .api import SUPERVISOR_ENV, log_beside_uvicorn, warn_of_unknown_variables
 
         # Said once here, where each worker would say it again.
         log_beside_uvicorn(settings.log_level)
-        for line in unknown_variables(os.environ):
-            logging.getLogger(__package__).warning(line)
+        warn_of_unknown_variables()
 
         os.environ[SUPERVISOR_ENV] = str(os.getpid())  # its workers stop if it dies
         if not os.environ.get(MULTIPROC_ENV):

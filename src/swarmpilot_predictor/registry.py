@@ -765,7 +765,9 @@ class ModelRegistry:
         """
         model_dir = self.root / meta.identity.dirname
         with writing(f"model {meta.identity.key}"):
-            model_dir.mkdir(parents=True, exist_ok=True)
+            # Not its parents: a models folder gone under the service (a volume unmounted) is
+            # not made again, empty, for a version to be numbered 1 there.
+            model_dir.mkdir(exist_ok=True)
             if model_dir.is_symlink():
                 # Written through, it stored (and a delete removed) files wherever the link led.
                 raise StorageError(f"model {meta.identity.key} cannot be stored: its folder {model_dir.name} in the "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Mapping
@@ -138,16 +139,21 @@ class PredictorSettings(BaseSettings):
         return self.data_dir / "jobs"
 
     def ensure_dirs(self) -> None:
-        for d in (self.data_dir, self.models_dir, self.tables_dir, self.observations_dir, self.jobs_dir):
+        for d in (self.data_dir, self.models_dir, self.tables_dir, self.observations_dir):
             try:
                 d.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StorageError(f"cannot use {self.data_dir} as the data directory: cannot create {d} "
                                    f"({exc.strerror or exc})", field="data_dir") from None
+        # Trainings' records only: a read-only copy without it (an older service made it at
+        # its first training) is still served, and warned of (unwritable_dirs).
+        with contextlib.suppress(OSError):
+            self.jobs_dir.mkdir(exist_ok=True)
 
     def missing_dir(self) -> str | None:
-        """The first folder of the data directory that is not there (or no folder), or None."""
-        for d in (self.data_dir, self.models_dir, self.tables_dir, self.observations_dir, self.jobs_dir):
+        """The first folder of the data directory that is not there (or no folder), or None;
+        not ``jobs/``, whose records an operator may clear, and which a training makes again."""
+        for d in (self.data_dir, self.models_dir, self.tables_dir, self.observations_dir):
             try:
                 if stat.S_ISDIR(os.stat(d).st_mode):
                     continue
@@ -160,17 +166,20 @@ class PredictorSettings(BaseSettings):
         """One line for each folder of the data directory this process cannot write in (a
         read-only volume, an immutable folder): such a service serves what is stored, and every
         training, observation or table generation fails, after its work (12 s for one training)."""
+        import tempfile
+
         problems = []
         for d, what in ((self.models_dir, "trainings and retrainings"), (self.tables_dir, "table generation"),
                         (self.observations_dir, "observations"), (self.jobs_dir, "trainings")):
-            probe = d / f".write-check-{os.getpid()}"
             try:
-                probe.open("xb").close()
-                probe.unlink()
-            except FileExistsError:
-                probe.unlink(missing_ok=True)  # left by a process of this pid that was killed
+                # A name of its own (not the pid's: another container's process may share it).
+                fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=d)
             except OSError as exc:
                 problems.append(f"{d} is not writable ({exc.strerror or exc}): {what} will fail")
+                continue
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(probe)
         return problems
 
 
