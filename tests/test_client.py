@@ -973,3 +973,29 @@ def test_retries_wait_longer_each_time_up_to_a_bound():
         assert client._pause(20) == client._pause(10_000) == MAX_BACKOFF
     finally:
         client.close()
+
+
+def test_an_error_carries_the_wait_the_service_asks_for():
+    # A 429 (as many trainings queued as a worker takes) says when to try again.
+    import httpx
+
+    def busy(request):
+        return httpx.Response(429, json={"status": "error", "message": "busy"}, headers={"Retry-After": "10"})
+
+    def plain(request):
+        return httpx.Response(422, json={"status": "error", "message": "no", "field": "x"})
+
+    async def ask(handler):
+        async with AsyncPredictorClient("http://127.0.0.1:9", transport=httpx.MockTransport(handler)) as client:
+            await client.train({"model": IDENTITY, "traces": []})
+
+    for handler, wait in ((busy, 10.0), (plain, None)):
+        with PredictorClient("http://127.0.0.1:9", transport=httpx.MockTransport(handler)) as client:
+            with pytest.raises(PredictorClientError) as err:
+                client.train({"model": IDENTITY, "traces": []})
+        with pytest.raises(PredictorClientError) as async_err:
+            asyncio.run(ask(handler))
+        assert err.value.retry_after == async_err.value.retry_after == wait
+    import pickle
+
+    assert pickle.loads(pickle.dumps(err.value)).retry_after is None

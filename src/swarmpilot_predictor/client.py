@@ -58,12 +58,16 @@ MAX_BACKOFF = 10.0
 class PredictorClientError(Exception):
     """The service answered with an error, or could not be reached."""
 
-    def __init__(self, message: str, status_code: int | None = None, field: str | None = None, body: Any = None):
+    def __init__(self, message: str, status_code: int | None = None, field: str | None = None, body: Any = None,
+                 retry_after: float | None = None):
         super().__init__(f"{status_code}: {message}" if status_code else message)
         self.message = message
         self.status_code = status_code
         self.field = field
         self.body = body
+        # Seconds the service asks to wait before sending it again (its Retry-After: a 429
+        # when as many trainings are queued as it takes), or None.
+        self.retry_after = retry_after
 
 
 class PredictorUnavailableError(PredictorClientError):
@@ -522,7 +526,8 @@ class _Calls:
             if not isinstance(message, str):  # a proxy's page, say: said short, as a 2xx of that kind is
                 message = (f"{response.status_code} {response.reason_phrase} from {response.request.method} "
                            f"{response.request.url.path}, not in the predictor's form: {response.text[:200]!r}")
-            raise PredictorClientError(message, response.status_code, field_name, body)
+            raise PredictorClientError(message, response.status_code, field_name, body,
+                                       _retry_after(response.headers.get("retry-after")))
         if req.extract is not None:
             if not isinstance(body, dict) or req.extract not in body:
                 raise _unexpected(response, f"no {req.extract!r} in it")
@@ -605,6 +610,15 @@ def _traces_in(req: _Request) -> int:
         return 0
     traces = req.json.get("trace", req.json.get("traces"))
     return len(traces) if isinstance(traces, list) else 0
+
+
+def _retry_after(value: str | None) -> float | None:
+    """A Retry-After header's delay in seconds; None for none, or for its HTTP-date form."""
+    try:
+        seconds = float(value) if value is not None else math.nan
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def _invalid(exc: ValidationError) -> str:
