@@ -30,6 +30,7 @@ fell below the predicted total's median (0.5 when the total is unbiased).
     uv run python benchmarks/queue_totals.py --long     # 1,000 to 100,000 tasks against their cumulants
     uv run python benchmarks/queue_totals.py --error-departure  # the shared factor's effect on ``error``
     uv run python benchmarks/queue_totals.py --tables   # a lookup table's totals against its model's
+    uv run python benchmarks/queue_totals.py --scaling  # a total's cost from 100 to 100,000 tasks
     uv run python benchmarks/queue_totals.py --moments  # tasks' expect and error against their quantiles' moments
 """
 
@@ -398,6 +399,55 @@ def table_totals(draws: int = 8) -> None:
             service.close()
 
 
+def total_scaling() -> None:
+    """How a total's cost grows with the queue: a linear model of 2,000 synthetic LLM traces
+    (as ``latency.py`` trains it), totals of 100 to 100,000 of its tasks, in-process, and
+    the grid each was found on. Run it with an older checkout's ``src`` first on PYTHONPATH
+    to compare code."""
+    import statistics
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from latency import IDENT, llm_traces
+    from threadpoolctl import threadpool_limits
+
+    from swarmpilot_predictor import distribution
+    from swarmpilot_predictor.identity import IdentityPattern
+    from swarmpilot_predictor.schemas import TrainConfig
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    threadpool_limits(limits=1, user_api="blas")
+    with tempfile.TemporaryDirectory() as tmp:
+        svc = PredictorService(PredictorSettings(data_dir=Path(tmp), cache_size=0))
+        svc.train(TrainConfig(model=IDENT, traces=llm_traces(2000), algorithm="auto"))
+        _, loaded = svc._serving(IdentityPattern.from_parts(IDENT))
+        tasks = llm_traces(100_000, seed=7)
+        for t in tasks:
+            del t["runtime_ms"]
+        X, _ = loaded.meta.features.matrix(tasks)
+        grid: dict[str, int] = {}
+        convolve = distribution.TaskDistributions._convolve
+
+        def noted(self, rows, sd):
+            edges, cdf, cells = convolve(self, rows, sd)
+            grid["cells"] = cells
+            return edges, cdf, cells
+
+        distribution.TaskDistributions._convolve = noted
+        print("| tasks | total, median | grid cells |\n|---|---|---|")
+        for n, reps in ((100, 60), (1000, 40), (10_000, 10), (100_000, 4)):
+            dist = loaded.model.predict_distribution(X[:n])
+            dist.total()
+            took = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                dist.total()
+                took.append(time.perf_counter() - t0)
+            print(f"| {n:,} | {statistics.median(took) * 1e3:.2f} ms | {grid['cells']} |", flush=True)
+        svc.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=12)
@@ -421,9 +471,11 @@ def main() -> None:
                     help="only the tasks' expect and error against their quantiles' moments and the truth's")
     ap.add_argument("--tables", action="store_true",
                     help="only a lookup table's queue totals against its model's (the README's H100 example)")
+    ap.add_argument("--scaling", action="store_true",
+                    help="only how a total's cost grows from 100 to 100,000 synthetic tasks, and its grid")
     args = ap.parse_args()
     # The sections run alone, each followed by its run time.
-    alone = {"tables": table_totals, "long": long_queues, "moments": moment_agreement, "sampled": lambda: sampled_totals(sums=args.sums, short=args.short)}
+    alone = {"scaling": total_scaling, "tables": table_totals, "long": long_queues, "moments": moment_agreement, "sampled": lambda: sampled_totals(sums=args.sums, short=args.short)}
     for flag, section in alone.items():
         if getattr(args, flag):
             t0 = time.perf_counter()
