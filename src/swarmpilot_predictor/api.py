@@ -85,7 +85,7 @@ INLINE_DEFAULT_LEVELS = 8
 # answer in memory: any number at once made the server's memory grow with them).
 LARGE_BODY_BYTES = 1 << 20
 # A batch of this many tasks, or a body over LARGE_BODY_BYTES, is answered with Python's cyclic
-# collector paused (see collector.py): 10,000 tasks took 80 ms over HTTP, against 111 ms.
+# collector paused (see collector.py).
 PAUSED_COLLECTOR_TASKS = 2_000
 LARGE_BATCHES_AT_ONCE = 2
 

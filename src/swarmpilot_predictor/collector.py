@@ -2,8 +2,9 @@
 
 A batch of 10,000 tasks makes some 100,000 dicts and lists (its parsed traces, its results,
 their JSON): each time the allocations pass the collector's threshold it walks every one of
-them, and a batch's cost grew faster than its size (100,000 results rendered in 229 ms, 113
-ms with the collector paused). They hold no reference cycles, so pausing frees nothing late.
+them, and a batch's cost grew faster than its size (100,000 traces over HTTP: about 800 ms,
+and 560 with the collector paused; benchmarks/README.md, "Hot path"). They hold no reference
+cycles, so pausing frees nothing late.
 """
 
 from __future__ import annotations

@@ -676,8 +676,8 @@ class FeatureSchema:
         """By row of ``X`` (encoded from ``traces`` by :meth:`matrix`, without errors), of the
         rows that have any, the features whose value training never saw: a number past the
         least or the greatest training value, a category it did not learn (nor, where rare
-        values were read as unseen, one of those). None where no row has one (a list a row
-        cost 13 ms for 100,000 rows of which 111 had one). Where such a value lies, the
+        values were read as unseen, one of those). None where no row has one (not a list for
+        every row: in a long batch few have one). Where such a value lies, the
         model extrapolates, or answers among the known categories: a scheduler may want to
         know (and to train with such tasks)."""
         flagged: dict[int, list[str]] | None = None

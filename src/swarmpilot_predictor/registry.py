@@ -687,8 +687,8 @@ class ModelRegistry:
             if hit is not None:
                 self._loaded.move_to_end(key)
                 return hit
-            # One load per version however many ask at once: 16 first predictions at once
-            # each parsed the same 2 MB model, and all waited 3.7 s instead of 2.4.
+            # One load per version however many ask at once: each first prediction parsed the
+            # same file, and every one of them waited for all those reads.
             turn = self._loading.setdefault(key, threading.RLock())
         with turn:
             try:

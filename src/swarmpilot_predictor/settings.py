@@ -136,10 +136,16 @@ class PredictorSettings(BaseSettings):
 
     @property
     def jobs_dir(self) -> Path:
-        return self.data_dir / "jobs"
+        return self.data_dir / JOBS_FOLDER
+
+    @property
+    def state_dirs(self) -> tuple[Path, ...]:
+        """The folders the service cannot do without: the data directory and its models,
+        tables and observations (not ``jobs/``: trainings' records, made again as needed)."""
+        return self.data_dir, self.models_dir, self.tables_dir, self.observations_dir
 
     def ensure_dirs(self) -> None:
-        for d in (self.data_dir, self.models_dir, self.tables_dir, self.observations_dir):
+        for d in self.state_dirs:
             try:
                 d.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -151,9 +157,9 @@ class PredictorSettings(BaseSettings):
             self.jobs_dir.mkdir(exist_ok=True)
 
     def missing_dir(self) -> str | None:
-        """The first folder of the data directory that is not there (or no folder), or None;
-        not ``jobs/``, whose records an operator may clear, and which a training makes again."""
-        for d in (self.data_dir, self.models_dir, self.tables_dir, self.observations_dir):
+        """The first of :attr:`state_dirs` that is not there (or no folder), or None; not
+        ``jobs/``, whose records an operator may clear, and which a training makes again."""
+        for d in self.state_dirs:
             try:
                 if stat.S_ISDIR(os.stat(d).st_mode):
                     continue
@@ -165,7 +171,7 @@ class PredictorSettings(BaseSettings):
     def unwritable_dirs(self) -> list[str]:
         """One line for each folder of the data directory this process cannot write in (a
         read-only volume, an immutable folder): such a service serves what is stored, and every
-        training, observation or table generation fails, after its work (12 s for one training)."""
+        training, observation or table generation fails (a training after all its work)."""
         import tempfile
 
         problems = []
@@ -183,6 +189,9 @@ class PredictorSettings(BaseSettings):
         return problems
 
 
+# The data directory's folder of training job records.
+JOBS_FOLDER = "jobs"
+
 # PREDICTOR_ variables that are not settings of the service but are read by its examples (the
 # seed's client example reads the service's address from PREDICTOR_URL).
 NOT_SETTINGS = frozenset({"PREDICTOR_URL"})
@@ -194,15 +203,14 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     ``PREDICTOR_APIKEY`` left every route open and said nothing."""
     import difflib
 
-    known = {"PREDICTOR_" + name.upper() for name in PredictorSettings.model_fields}
-    known.add("PREDICTOR_DEFAULT_LOOKUP_TABLE")
+    # Compared without the prefix, which every name shares and would make any two alike.
+    known = sorted(name.upper() for name in PredictorSettings.model_fields)
     lines = []
     for name in sorted(environ):
-        if not name.upper().startswith("PREDICTOR_") or name.upper() in known or name.upper() in NOT_SETTINGS:
+        upper = name.upper()
+        if not upper.startswith("PREDICTOR_") or upper.removeprefix("PREDICTOR_") in known or upper in NOT_SETTINGS:
             continue
-        # Compared without the prefix, which every name shares and would make any two alike.
-        close = difflib.get_close_matches(name.upper().removeprefix("PREDICTOR_"),
-                                          sorted(k.removeprefix("PREDICTOR_") for k in known), n=1, cutoff=0.7)
+        close = difflib.get_close_matches(upper.removeprefix("PREDICTOR_"), known, n=1, cutoff=0.7)
         meant = f" (did you mean PREDICTOR_{close[0]}?)" if close else ""
         lines.append(f"{shown(name)} is not a setting of this service{meant}: it is ignored")
     return lines

@@ -35,6 +35,7 @@ from .identity import BOOLEAN_PART_NAMES, IDENTITY_KEYS, ModelIdentity, identity
 from .modeling import QuantileModel, check_params, lightgbm_errors, params_not_used, per_feature_param_problem
 from .processes import started, still_running
 from .registry import ModelRegistry, ModelVersion
+from .settings import JOBS_FOLDER
 from .schemas import TrainConfig
 from .traces import RUNTIME_RANGE, TRACE_FILE_SUFFIXES, TraceError, TraceTable, dumps_json
 
@@ -296,8 +297,11 @@ class Trainer:
         return meta, model, (X, y)
 
 
+_ENTRY_KEYS = ("model_key", "version", "identity", "metrics")
+
+
 def _entry(m: ModelVersion) -> dict[str, Any]:
-    return {"model_key": m.key, "version": m.version, "identity": m.identity.as_dict(), "metrics": m.metrics}
+    return dict(zip(_ENTRY_KEYS, (m.key, m.version, m.identity.as_dict(), m.metrics)))
 
 
 def train_result(entries: list[dict[str, Any]], group_by: bool, ungrouped: int, duration: float) -> dict[str, Any]:
@@ -384,7 +388,7 @@ def when_parent_dies(action: Callable[[], None], parent: int | None = None) -> N
 def _train_job(data_dir: str, config: dict[str, Any] | None, raw_body: bytes | None,
                uploads: dict[str, str] | None, job_id: str) -> dict[str, Any]:
     """Runs in the worker process; errors travel back as data, not as pickled exceptions."""
-    landing = Path(data_dir) / "jobs" / f"{job_id}{_LANDING}"
+    landing = landing_note(Path(data_dir) / JOBS_FOLDER, job_id)
 
     def record_landing(entry: dict[str, Any]) -> None:
         # A line a version, appended before the version is stored (thousands of group_by
@@ -462,6 +466,10 @@ _JOB_ID = re.compile(r"[0-9a-f]{16}")
 _LANDING = ".landing"
 
 
+def landing_note(records_dir: Path, job_id: str) -> Path:
+    return records_dir / f"{job_id}{_LANDING}"
+
+
 class TrainingJobs:
     """Training in one separate, low-priority worker process, with job records.
 
@@ -484,7 +492,7 @@ class TrainingJobs:
         # Each record is also written to this folder, so that any worker process can answer for
         # it; with this process's id and a token of its own (after a restart the process id may
         # be the same, in a container say, and its records of the last run must read failed).
-        self.records_dir = self.data_dir / "jobs"
+        self.records_dir = self.data_dir / JOBS_FOLDER
         self._token = uuid.uuid4().hex
         # Where this process's records live, also written in them: a copy of the data directory
         # (a backup restored) names another place, so its unfinished jobs read failed there while
@@ -604,7 +612,7 @@ class TrainingJobs:
                     # Read back from its file when asked: a group_by job's result lists every
                     # model (9 MB for 2,000 groups), and a thousand such records were kept here.
                     del record["result"]
-                    self._landing(job_id).unlink(missing_ok=True)  # the record says it all now
+                    landing_note(self.records_dir, job_id).unlink(missing_ok=True)  # the record says it all now
                 done.set_result(result)
             else:
                 err = out["error"]
@@ -612,7 +620,7 @@ class TrainingJobs:
                     self.on_failure(err)
                 record.update(status="failed", error=err)
                 if self._store(record):
-                    self._landing(job_id).unlink(missing_ok=True)
+                    landing_note(self.records_dir, job_id).unlink(missing_ok=True)
                 exc = PredictorError(err["message"], err.get("field"))
                 exc.status_code = err["status_code"]
                 done.set_exception(exc)
@@ -684,9 +692,6 @@ class TrainingJobs:
             self._store(record)
         return record
 
-    def _landing(self, job_id: str) -> Path:
-        return self.records_dir / f"{job_id}{_LANDING}"
-
     def _cut_short(self, job_id: str, status: int, message: str, worker_may_run: bool = False) -> dict[str, Any]:
         """The outcome of a job whose process stopped before it reported: its result where
         every version it was storing is stored, else the failure ``message``, naming the
@@ -694,7 +699,7 @@ class TrainingJobs:
         known to have stopped its worker), ``storing`` while the worker that noted a version
         not stored yet still runs."""
         entries: list[dict[str, Any]] = []
-        landing = self._landing(job_id)
+        landing = landing_note(self.records_dir, job_id)
         try:
             for line in read_regular(landing).splitlines():
                 try:
@@ -715,8 +720,7 @@ class TrainingJobs:
                 return {"ok": False, "storing": True}
             if complete:
                 last = entries[-1]
-                keys = ("model_key", "version", "identity", "metrics")
-                result = train_result([{k: e[k] for k in keys} for e in entries], last["group_by"],
+                result = train_result([{k: e[k] for k in _ENTRY_KEYS} for e in entries], last["group_by"],
                                       last["rows_in_no_group"], last["duration_seconds"])
                 return {"ok": True, "result": result, "finished_at": landing.stat().st_mtime}
         except (OSError, LookupError, TypeError, ValueError, AttributeError, PredictorError):
@@ -733,7 +737,7 @@ class TrainingJobs:
             return
         for old in files[: max(0, len(files) - self.keep)]:
             old.unlink(missing_ok=True)
-            self._landing(old.stem).unlink(missing_ok=True)
+            landing_note(self.records_dir, old.stem).unlink(missing_ok=True)
 
     def _first_loss(self, pool: ProcessPoolExecutor, job_id: str) -> bool:
         """Whether ``job_id`` is the first job of ``pool`` to learn that its worker died.
