@@ -22,6 +22,7 @@ from swarmpilot_predictor.traces import (
     iter_trace_file,
     iter_trace_stream,
     normalize_trace,
+    normalize_traces,
     reserved_keys,
 )
 
@@ -120,6 +121,22 @@ def test_a_feature_given_twice_with_one_value_is_read_once():
     # A null is a missing value, not a second one: the other is read.
     assert normalize_trace({"batch_size": None, "input_feature": [{"param_name": "batch_size", "val": 8}]}) == {"batch_size": 8}
     assert normalize_trace({"batch_size": 8, "input_feature": [{"param_name": "batch_size", "val": None}]}) == {"batch_size": 8}
+
+
+def test_a_batch_of_traces_is_normalised_trace_by_trace_whatever_its_mix():
+    flat = [{"a": 1}, {"b": 2}]
+    # Plain traces all: the batch itself comes back, none with an error.
+    out, errors = normalize_traces(flat)
+    assert out is flat and errors == [None, None]
+    assert normalize_traces(iter(flat)) == (flat, [None, None]) and normalize_traces([]) == ([], [])
+    # One structured trace, or one that is no object, and each is read (or refused) alone.
+    mixed = [{"a": 1}, {"input_feature": [{"param_name": "a", "val": 3}], "model_id": "m"}, 5,
+             {"input_feature": "no"}]
+    out, errors = normalize_traces(mixed)
+    assert out == [{"a": 1}, {"a": 3, "model_id": "m"}, {}, {}]
+    assert errors[:2] == [None, None]
+    assert errors[2] == "a trace must be a JSON object, got int"
+    assert errors[3].startswith("input_feature must be a list")
 
 
 # --------------------------------------------------------------------------- files

@@ -81,7 +81,11 @@ def stated_keys(traces: list) -> frozenset[str]:
     if len(traces) == 1:  # a lone prediction's path: no set built
         t = traces[0]
         return _IDENTITY_SET.intersection(t) if isinstance(t, dict) and not _IDENTITY_SET.isdisjoint(t) else frozenset()
-    return _IDENTITY_SET.intersection(set().union(*(t for t in traces if isinstance(t, dict))))
+    try:  # every trace's keys in one pass in C
+        keys = set().union(*traces)
+    except TypeError:  # a trace that is not an object (its error is the prediction's to give)
+        keys = set().union(*(t for t in traces if isinstance(t, dict)))
+    return _IDENTITY_SET.intersection(keys)
 
 
 _NAMING_KEYS = _IDENTITY_SET | {"input_feature"}

@@ -511,8 +511,11 @@ class PredictorService:
         if conflicts is not None:
             pre_errors = [p or c for p, c in zip(pre_errors, conflicts)]
         X, errors = loaded.meta.features.matrix(flat)
-        errors = [p or e for p, e in zip(pre_errors, errors)]
-        ok = np.array([e is None for e in errors], dtype=bool)
+        if pre_errors.count(None) < len(pre_errors):
+            errors = [p or e for p, e in zip(pre_errors, errors)]
+        # (The common batch, with no error, is told in C.)
+        ok = np.ones(len(errors), dtype=bool) if errors.count(None) == len(errors) else \
+            np.array([e is None for e in errors], dtype=bool)
         rows = np.flatnonzero(ok)
         Xok = X[rows] if len(rows) < len(X) else X
         outside = loaded.meta.features.outside_training(Xok, flat if len(rows) == len(X) else [flat[i] for i in rows])
