@@ -1511,3 +1511,33 @@ def test_a_data_directory_that_goes_away_is_a_503_naming_it_until_it_is_back(tmp
         shutil.rmtree(data / "jobs")
         assert client.health().status == "healthy"
         assert client.train({"model": IDENTITY, "traces": traces, "algorithm": "linear"}).version == 2
+
+
+def test_what_a_gone_data_directory_holds_is_unknown_not_absent(tmp_path):
+    # A table this process had not loaded yet, a job another process held: both were 404s
+    # while the directory was gone, which a client reads as for good (wait_for_job gave up).
+    import shutil
+
+    from swarmpilot_predictor.client import PredictorClient, PredictorClientError
+
+    data, aside = tmp_path / "data", tmp_path / "aside"
+    task = {"input_tokens": 1, "output_tokens": 2}
+    with run_server(data) as server, PredictorClient(server.url, retries=0) as client:
+        client.train({"model": IDENTITY, "traces": make_llm_traces(120), "algorithm": "linear"})
+        client.generate_table(IDENTITY, b'{"input_tokens": 1, "output_tokens": 2}\n', table_name="t1.json")
+        job = client.train_background({"model": IDENTITY, "traces": make_llm_traces(120, seed=1), "algorithm": "linear"})
+        client.wait_for_job(job["job_id"])
+    with run_server(data) as server, PredictorClient(server.url, retries=0) as client:  # restarted
+        shutil.move(data, aside)
+        for call in (lambda: client.predict_single(IDENTITY, task, lookup_table_name="t1.json"),
+                     lambda: client.train_job(job["job_id"]), lambda: client.download_table("t1.json")):
+            with pytest.raises(PredictorClientError) as err:
+                call()
+            assert err.value.status_code == 503, err.value.message
+            assert err.value.message.startswith(f"the data directory's folder {data} is gone")
+        shutil.move(aside, data)
+        assert client.train_job(job["job_id"])["status"] == "succeeded"
+        assert client.predict_single(IDENTITY, task, lookup_table_name="t1.json").results.source == "lookup_table"
+        with pytest.raises(PredictorClientError) as err:  # what is not there is a 404 again
+            client.train_job("0123456789abcdef")
+        assert err.value.status_code == 404

@@ -17,6 +17,7 @@ import pytest
 
 from swarmpilot_predictor.client import (
     AsyncPredictorClient,
+    InvalidRequestError,
     PredictorClient,
     PredictorClientError,
     PredictorUnavailableError,
@@ -294,8 +295,6 @@ def test_nan_and_infinity_are_refused_before_sending(trained_server):
     # orjson writes NaN as null, which the service would read as a missing feature:
     # both clients refuse such a request, naming the value's place, and send nothing.
     import httpx
-
-    from swarmpilot_predictor.client import InvalidRequestError
 
     sent = []
 
@@ -738,8 +737,6 @@ def test_requests_of_the_wrong_shape_are_refused_naming_the_field(trained_server
 
     import httpx
 
-    from swarmpilot_predictor.client import InvalidRequestError
-
     sent = []
     good = {"input_tokens": 100, "output_tokens": 50}
     cases = [
@@ -852,6 +849,21 @@ def test_the_async_client_queues_what_its_connections_cannot_carry(trained_serve
         AsyncPredictorClient(trained_server.url, max_connections=0)
 
 
+@pytest.mark.parametrize("setting, value", [("backoff", -1), ("backoff", float("nan")), ("backoff", float("inf")),
+                                            ("retries", -1), ("retries", 1.5), ("retries", True),
+                                            ("timeout", 0), ("timeout", -2.0), ("timeout", "30")])
+def test_a_client_refuses_settings_it_could_not_keep_naming_them(port, setting, value):
+    # A negative pause raised time.sleep's ValueError at the first retry, not the service's
+    # unavailability: now neither client is made.
+    for make in (PredictorClient, AsyncPredictorClient):
+        with pytest.raises(InvalidRequestError, match=f"^{setting} must be") as err:
+            make(f"http://127.0.0.1:{port}", **{setting: value})
+        assert err.value.field == setting
+    with PredictorClient(f"http://127.0.0.1:{port}", retries=2, backoff=0, timeout=None) as client:
+        with pytest.raises(PredictorUnavailableError):
+            client.list_models()
+
+
 def test_both_clients_say_why_a_connection_was_refused_alike(port):  # nothing listens on it
     # The async client's own text was "All connection attempts failed".
     with PredictorClient(f"http://127.0.0.1:{port}", retries=0) as client:
@@ -898,6 +910,8 @@ def test_trace_bytes_sent_without_a_file_name_are_named_by_what_they_hold(traine
     tasks = [{"input_tokens": 10 * i, "output_tokens": 50} for i in range(1, 6)]
     lines = b"".join(orjson.dumps(t) + b"\n" for t in tasks)
     csv = b"input_tokens,output_tokens\n" + b"".join(b"%d,50\n" % t["input_tokens"] for t in tasks)
+    long_tasks = [{**t, "note": "x" * 70_000} for t in tasks]
+    long_lines = b"".join(orjson.dumps(t) + b"\n" for t in long_tasks)
     forms = {
         "array": (orjson.dumps(tasks), "traces.json"),
         "traces object": (orjson.dumps({"traces": tasks}), "traces.json"),
@@ -906,6 +920,11 @@ def test_trace_bytes_sent_without_a_file_name_are_named_by_what_they_hold(traine
         "gzipped lines": (gzip.compress(lines), "traces.jsonl.gz"),
         "gzipped array": (gzip.compress(orjson.dumps(tasks)), "traces.json.gz"),
         "csv with a byte order mark": (b"\xef\xbb\xbf" + csv, "traces.csv"),
+        "lines after a byte order mark": (b"\xef\xbb\xbf" + lines, "traces.jsonl"),
+        # A line longer than what is first read to tell the form (64 KiB) is read whole.
+        "long lines": (long_lines, "traces.jsonl"),
+        "gzipped long lines": (gzip.compress(long_lines), "traces.jsonl.gz"),
+        "traces object on one long line": (orjson.dumps({"traces": long_tasks}), "traces.json"),
     }
     from swarmpilot_predictor.client import _trace_file_name
 

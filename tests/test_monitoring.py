@@ -180,6 +180,17 @@ def test_observation_log_survives_a_torn_line_and_rotates(tmp_path):
     assert [r["runtime_ms"] for r in log.read(IDENT, limit=2)] == [99.0, 100.0]
 
 
+def test_an_observations_folder_gone_is_not_made_again(tmp_path):
+    # (Deleted, or its volume unmounted: observations logged in a folder made again vanish at the remount.)
+    from swarmpilot_predictor.errors import PredictorError
+
+    log = ObservationLog(tmp_path / "observations")
+    (tmp_path / "observations").rmdir()
+    with pytest.raises(PredictorError, match=r"\(No such file or directory\)"):
+        log.append(IDENT, [{"ts": 1.0, "runtime_ms": 1.0, "version": 1, "q": [1.0] * 8, "trace": {}}])
+    assert not (tmp_path / "observations").exists()
+
+
 def test_the_log_rotates_past_file_999999_in_order_of_numbers(tmp_path):
     # Sorted by name, obs-1000000 came before obs-999999: every append then went to it,
     # unbounded, and readers took the newest file for the oldest.

@@ -1351,6 +1351,20 @@ def test_a_version_file_that_is_a_symbolic_link_is_not_read_through(root, tmp_pa
     assert "v0002.model.json is a symbolic link" in caplog.text
 
 
+def test_a_models_folder_gone_under_the_registry_is_not_made_again(root):
+    # A volume unmounted under the service: a version stored then went into a folder made
+    # again, empty, numbered 1, and vanished from view at the remount.
+    from swarmpilot_predictor.errors import DataDirectoryGone
+
+    registry = ModelRegistry(root)
+    root.rmdir()
+    with pytest.raises(DataDirectoryGone, match=f"the models folder {root} is gone"):
+        registry.save(*fit()[:2])
+    assert not root.exists()
+    ModelRegistry(root, scan=False, create=False)  # a training worker's registry: the service makes the folder
+    assert not root.exists()
+
+
 def test_a_version_another_process_deleted_is_gone_not_damaged(root):
     # Deleted between this process's index and its read of the file: a 404, or the version
     # that serves now, never "missing or damaged".

@@ -145,6 +145,20 @@ def test_a_retraining_that_cannot_be_stored_says_so(tmp_path):
     assert svc.retrain(pattern)["to_version"] == 2  # with room again
 
 
+def test_a_retraining_under_way_when_the_data_directory_goes_makes_no_folder_again(tmp_path):
+    # It made data/observations/<model>/ again (its lock), then failed with a bare FileNotFoundError.
+    import shutil
+
+    svc = _service(tmp_path)
+    svc.observe(IDENTITY, _shifted(300, 1.6, seed=5))
+    shutil.rmtree(tmp_path / "data")
+    with pytest.raises(PredictorError, match=r"cannot write the retraining lock .* \(No such file or directory\)"):
+        svc.retrainer.retrain(ModelIdentity.from_parts(IDENTITY))
+    with pytest.raises(PredictorError, match=r"\(No such file or directory\)"):
+        svc.retrainer.decisions.append(ModelIdentity.from_parts(IDENTITY), {"status": "kept"})
+    assert not (tmp_path / "data").exists()
+
+
 def test_a_retrained_version_is_judged_on_observations_it_was_not_fitted_on(tmp_path):
     svc = _service(tmp_path)
     pattern = IdentityPattern.from_parts(IDENTITY)

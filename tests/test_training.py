@@ -115,6 +115,11 @@ def test_a_copy_of_the_data_directory_reads_the_jobs_it_holds_unfinished_as_fail
     import subprocess
     import sys
 
+    import orjson
+
+    from swarmpilot_predictor.processes import started
+    from swarmpilot_predictor.training import landing_note
+
     original, copy = tmp_path / "original", tmp_path / "copy"
     original.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", (
@@ -123,6 +128,11 @@ def test_a_copy_of_the_data_directory_reads_the_jobs_it_holds_unfinished_as_fail
         "'submitted_at': 1.0}); print('stored', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "stored"
+        # Caught as its worker (the holder too, here) had noted the first of two versions: in
+        # the copy it read `running` while that worker lived, which stores into the original.
+        landing_note(original / "jobs", "0123456789abcdef").write_bytes(orjson.dumps(
+            {"model_key": "k", "version": 1, "identity": IDENTITY, "of": 2, "worker": holder.pid,
+             "worker_started": started(holder.pid)}) + b"\n")
         assert TrainingJobs(original).get("0123456789abcdef")["status"] == "running"
         shutil.copytree(original, copy)
         record = TrainingJobs(copy).get("0123456789abcdef")
@@ -152,6 +162,7 @@ def test_a_job_whose_process_stopped_after_storing_its_version_reads_succeeded(t
     from swarmpilot_predictor.training import _train_job
 
     config = TrainConfig(model=IDENTITY, traces=make_llm_traces(100), algorithm="linear").model_dump(mode="json")
+    (tmp_path / "models").mkdir()  # (the service made it)
     out = _train_job(str(tmp_path), config, None, None, "0123456789abcdef")  # the worker's part, in this process
     assert out["ok"] and out["result"]["version"] == 1
     _orphan(tmp_path, "0123456789abcdef")
@@ -191,6 +202,7 @@ def test_a_group_by_job_stopped_midway_names_the_versions_it_stored(tmp_path):
     traces = [{**t, "hardware": "a" if i % 2 else "b"} for i, t in enumerate(make_llm_traces(200))]
     model = {k: v for k, v in IDENTITY.items() if k != "hardware"}
     config = TrainConfig(model=model, group_by=["hardware"], traces=traces, algorithm="linear").model_dump(mode="json")
+    (tmp_path / "models").mkdir()
     out = _train_job(str(tmp_path), config, None, None, "0123456789abcdef")
     assert [m["version"] for m in out["result"]["models"]] == [1, 1]
     landing = tmp_path / "jobs" / "0123456789abcdef.landing"
@@ -219,10 +231,24 @@ def test_a_worker_whose_service_is_gone_stores_no_version(tmp_path, monkeypatch)
 
     monkeypatch.setattr(training, "_server_pid", 2**22 + 12345)  # not this process's parent
     config = TrainConfig(model=IDENTITY, traces=make_llm_traces(100), algorithm="linear").model_dump(mode="json")
+    (tmp_path / "models").mkdir()
     out = training._train_job(str(tmp_path), config, None, None, "0123456789abcdef")
     assert not out["ok"] and out["error"]["message"] == "the service stopped before the job finished"
     assert ModelRegistry(tmp_path / "models").identities() == []
     assert list((tmp_path / "models").glob("*/v*")) == []
+
+
+def test_a_job_whose_data_directory_went_away_stores_nothing_and_makes_no_folder(tmp_path):
+    # Queued before the data directory went (deleted, or its volume unmounted): the worker
+    # made data/ and data/models/ again, stored version 1 there and reported success.
+    from swarmpilot_predictor.training import _train_job
+
+    data = tmp_path / "data"
+    config = TrainConfig(model=IDENTITY, traces=make_llm_traces(100), algorithm="linear").model_dump(mode="json")
+    out = _train_job(str(data), config, None, None, "0123456789abcdef")
+    assert not out["ok"] and out["error"]["status_code"] == 503
+    assert out["error"]["message"].startswith(f"the models folder {data / 'models'} is gone")
+    assert not data.exists()
 
 
 def test_a_config_json_cannot_carry_is_refused_at_submission(tmp_path):

@@ -390,6 +390,12 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
 
     @app.exception_handler(PredictorError)
     async def _predictor_error(request: Request, exc: PredictorError):
+        if exc.status_code == 404:
+            # Not found where nothing stored can be read (a table not loaded yet, another
+            # worker's job): unknown, not absent. A client gives up on a 404, not on a 503.
+            gone = service.data_dir_gone()
+            if gone is not None:
+                exc = gone
         response = error_response(exc.status_code, exc.message, exc.field, **exc.extra)
         response.headers.update(exc.headers)
         return response

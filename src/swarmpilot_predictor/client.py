@@ -307,24 +307,56 @@ def _trace_file_name(data: bytes) -> str:
     a file by its name: gzip adds ``.gz``; an array, or an object that spans lines or holds
     ``traces``, is ``traces.json``; other objects, one a line, ``traces.jsonl``; else CSV."""
     suffix = ""
-    head = data[:_NAME_HEAD_BYTES]
-    if head[:2] == b"\x1f\x8b":
+    gz = data[:2] == b"\x1f\x8b"
+    if gz:
         suffix = ".gz"
         try:
             head = zlib.decompressobj(wbits=31).decompress(data[: 16 * _NAME_HEAD_BYTES], _NAME_HEAD_BYTES)
         except zlib.error:
             return "traces.jsonl.gz"  # the service says it is not gzip, naming this file
-    head = head.removeprefix(b"\xef\xbb\xbf").lstrip()
+    else:
+        head = data[:_NAME_HEAD_BYTES]
+    head = head.removeprefix(_BOM).lstrip()
     if head[:1] == b"[":
         return "traces.json" + suffix
     if head[:1] != b"{":
         return "traces.csv" + suffix
     try:
-        first = orjson.loads(head.split(b"\n", 1)[0])
+        # The whole first line, however long (a row holding a long text; a whole
+        # {"traces": [...]} written on one line).
+        first = orjson.loads(_first_line(data, gz))
     except orjson.JSONDecodeError:
-        return "traces.json" + suffix  # pretty-printed, or one line longer than the head read
+        return "traces.json" + suffix  # pretty-printed
     return ("traces.json" if isinstance(first, dict) and isinstance(first.get("traces"), list)
             else "traces.jsonl") + suffix
+
+
+def _first_line(data: bytes, gz: bool) -> bytes:
+    """The first non-blank line of ``data`` (gzipped where ``gz``), without a byte order mark
+    or its newline; only that line is copied (or decompressed)."""
+    if not gz:
+        start = len(_BOM) if data.startswith(_BOM) else 0
+        while start < len(data) and data[start] in b" \t\r\n":
+            start += 1
+        end = data.find(b"\n", start)
+        return data[start:end if end >= 0 else len(data)]
+    inflate = zlib.decompressobj(wbits=31)
+    parts: list[bytes] = []
+    for start in range(0, len(data), 1 << 20):
+        try:
+            part = inflate.decompress(data[start:start + (1 << 20)])
+        except zlib.error:
+            break  # cut short: what was read is the line (the service says what is wrong)
+        if not parts:  # still before the line
+            part = part.removeprefix(_BOM).lstrip()
+        if part:
+            parts.append(part)
+            if b"\n" in part:
+                break
+    return b"".join(parts).split(b"\n", 1)[0]
+
+
+_BOM = b"\xef\xbb\xbf"
 
 
 class _Calls:
@@ -643,9 +675,23 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _MAYBE_SENT = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
+def _non_negative(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
+
+
 class _Base:
     def __init__(self, base_url: str = "http://localhost:8200", timeout: float = 30.0, retries: int = 3, backoff: float = 0.1,
                  api_key: str | None = None):
+        # Refused here, not at the first retry (a negative pause raised ValueError from
+        # time.sleep in place of the service's unavailability).
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise InvalidRequestError(f"retries must be a whole number of at least 0, got {retries!r}", field="retries")
+        if not _non_negative(backoff):
+            raise InvalidRequestError(f"backoff must be a finite number of seconds, at least 0, got {backoff!r}",
+                                      field="backoff")
+        if timeout is not None and not (_non_negative(timeout) and timeout > 0):
+            raise InvalidRequestError(f"timeout must be a finite number of seconds over 0, or None (no limit), "
+                                      f"got {timeout!r}", field="timeout")
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.retries = retries
@@ -917,7 +963,8 @@ class AsyncPredictorClient(_Base):
                  api_key: str | None = None):
         super().__init__(base_url, timeout, retries, backoff, api_key)
         if max_connections < 1:
-            raise ValueError("max_connections must be at least 1")
+            raise InvalidRequestError(f"max_connections must be at least 1, got {max_connections!r}",
+                                      field="max_connections")
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport, headers=self._headers,
                                        limits=httpx.Limits(max_connections=max_connections,
                                                            max_keepalive_connections=min(20, max_connections),

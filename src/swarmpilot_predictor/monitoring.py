@@ -154,7 +154,7 @@ class ObservationLog:
         bodies = [dumps_json(r, orjson.OPT_SERIALIZE_NUMPY) for r in records]
         with self._lock, writing(f"the observations of {identity.key}"):
             d = self._dir(identity)
-            d.mkdir(parents=True, exist_ok=True)
+            d.mkdir(exist_ok=True)  # (not the observations folder: see ModelRegistry.save)
             files = self._files(identity)
             active = files[-1] if files else d / "obs-000001.jsonl"
             if active.exists() and active.stat().st_size >= self.max_file_bytes:

@@ -30,7 +30,7 @@ import orjson
 
 from .atomic import (NotRegularFile, atomic_file, atomic_write_bytes, read_regular, regular_file_fd, remove_stale_temps,
                      temp_beside)
-from .errors import (AmbiguousModel, InvalidInput, ModelNotFound, ModelUnreadable, NotFound, StorageError,
+from .errors import (AmbiguousModel, DataDirectoryGone, InvalidInput, ModelNotFound, ModelUnreadable, NotFound, StorageError,
                      VersionConflict, json_kind, writing)
 from .features import FeatureSchema
 from .identity import IdentityPattern, ModelIdentity
@@ -297,9 +297,13 @@ def _lock_abandoned(lock: os.DirEntry | Path) -> bool:
 class ModelRegistry:
     """All models of one data directory: index of metadata, LRU of loaded models."""
 
-    def __init__(self, root: Path, max_loaded: int = 256, scan: bool = True):
+    def __init__(self, root: Path, max_loaded: int = 256, scan: bool = True, create: bool = True):
+        """``create``: make ``root`` (and its parents) where it is not there; a training
+        worker's registry, which stores into the service's, does not (a models folder gone
+        under the service is not made again, empty, for a version to be numbered 1 there)."""
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
         self.max_loaded = max_loaded
         self._lock = threading.RLock()
         # One re-read of the disk at a time (taken before _lock): two request threads catching
@@ -767,7 +771,13 @@ class ModelRegistry:
         with writing(f"model {meta.identity.key}"):
             # Not its parents: a models folder gone under the service (a volume unmounted) is
             # not made again, empty, for a version to be numbered 1 there.
-            model_dir.mkdir(exist_ok=True)
+            try:
+                model_dir.mkdir(exist_ok=True)
+            except FileNotFoundError:
+                if self.root.is_dir():
+                    raise
+                raise DataDirectoryGone(f"model {meta.identity.key} cannot be stored: the models folder {self.root} "
+                                        "is gone (deleted, or its volume unmounted)") from None
             if model_dir.is_symlink():
                 # Written through, it stored (and a delete removed) files wherever the link led.
                 raise StorageError(f"model {meta.identity.key} cannot be stored: its folder {model_dir.name} in the "

@@ -224,7 +224,7 @@ class DecisionLog:
         path = self._path(identity)
         line = dumps_json(decision) + b"\n"
         with writing(f"the retraining decisions of {identity.key}"):
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(exist_ok=True)  # (not the observations folder: see ModelRegistry.save)
             while True:
                 fd = open_regular(path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
                 try:
@@ -287,7 +287,7 @@ class DecisionLog:
         Without ``wait``, it yields False at once if another holds it."""
         path = self._path(identity, self.LOCK)
         with writing(f"the retraining lock of {identity.key}"):
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(exist_ok=True)  # (not the observations folder: see ModelRegistry.save)
             fd = open_regular(path, os.O_RDWR | os.O_CREAT)
         try:
             try:

@@ -7,6 +7,7 @@ training never competes with predictions for the interpreter or the CPU.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import logging
@@ -29,7 +30,7 @@ import numpy as np
 import orjson
 
 from .atomic import atomic_write_bytes, read_regular
-from .errors import InvalidInput, NotFound, PredictorError, TooBusy, shown, storage_error, validation_message
+from .errors import DataDirectoryGone, InvalidInput, NotFound, PredictorError, TooBusy, shown, storage_error, validation_message
 from .features import DataReport, FeatureSchema, row_counters
 from .identity import BOOLEAN_PART_NAMES, IDENTITY_KEYS, ModelIdentity, identity_part_problem
 from .modeling import QuantileModel, check_params, lightgbm_errors, params_not_used, per_feature_param_problem
@@ -421,7 +422,11 @@ def _train_job(data_dir: str, config: dict[str, Any] | None, raw_body: bytes | N
                 return failed(exc, exc.field)
         else:
             cfg = TrainConfig.model_validate(config)
-        registry = ModelRegistry(Path(data_dir) / "models", scan=False)
+        models = Path(data_dir) / "models"
+        if not models.is_dir():  # gone since the job was queued: nothing trained could be stored
+            return failed(DataDirectoryGone(f"the models folder {models} is gone (deleted, or its volume "
+                                            "unmounted): the model could not be stored"), None)
+        registry = ModelRegistry(models, scan=False, create=False)
         trainer = Trainer(Path(data_dir), registry)
         paths = {k: Path(v) for k, v in (uploads or {}).items()}
         result = trainer.train(cfg, paths or None, before_commit=record_landing)
@@ -481,6 +486,10 @@ class TrainingJobs:
                  on_failure: Callable[[dict[str, Any]], None] | None = None, keep: int = 1000,
                  max_pending: int = 16, on_pending: Callable[[int], None] | None = None):
         self.data_dir = Path(data_dir)
+        # Made here, once, as the service's registry makes it; never by a job, which finds a
+        # models folder gone since (an unmounted volume) and stores nothing.
+        with contextlib.suppress(OSError):  # (a read-only copy: its trainings fail, saying why)
+            (self.data_dir / "models").mkdir(parents=True, exist_ok=True)
         self.max_pending = max_pending
         self.on_pending = on_pending  # told how many jobs are queued or running, at each change
         self.on_success = on_success
@@ -678,8 +687,10 @@ class TrainingJobs:
         held = (still_running(pid, worker_started) and not (pid == os.getpid() and token != self._token)
                 and home in (None, self._home))
         if record.get("status") in ("queued", "running") and not held:
+            # A record copied from another data directory (a backup restored) names a worker
+            # that stores into that one, never into this one: settled as it reads now.
             out = self._cut_short(job_id, 503, "the service process that held this job stopped before it finished",
-                                  worker_may_run=True)
+                                  worker_may_run=home in (None, self._home))
             if out.get("storing"):  # its worker, orphaned, is still storing a version it noted
                 return record
             if out["ok"]:
@@ -707,7 +718,7 @@ class TrainingJobs:
                 except orjson.JSONDecodeError:  # the last line, cut short: its version was not stored
                     break
             if self._registry is None:
-                self._registry = ModelRegistry(self.data_dir / "models", scan=False)
+                self._registry = ModelRegistry(self.data_dir / "models", scan=False, create=False)
             # Asked first: once the worker is known gone, what is stored stays so.
             running = worker_may_run and bool(entries) and still_running(entries[-1].get("worker"),
                                                                          entries[-1].get("worker_started"))
