@@ -795,6 +795,29 @@ def test_autotuned_first_runs_are_answered_by_a_model_of_their_own(tmp_path):
     again.close()
 
 
+def test_a_first_run_flag_the_traces_carry_gets_a_model_for_each_kind_of_run_too(tmp_path):
+    # A scheduler that knows which runs were first sends the flag itself (no timestamps):
+    # it was an ordinary feature, and the model of all rows gave repeats the tail of the
+    # first runs (a real vision trace: q0.999 of a 5 ms repeat 3 s, its mean above its q0.99).
+    traces, firsts = autotuned_traces(80, 2080, seed=1)
+    own = [{"batch_size": t["batch_size"], "image_size": t["image_size"], "first_of_shape": f,
+            "runtime_ms": t["runtime_ms"]} for t, f in zip(traces, firsts)]
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    m = svc.train(config(own, algorithm="auto"))["metrics"]
+    assert m["data"]["columns_not_derived"]["first_of_shape"] == "the traces hold a 'first_of_shape' feature of their own"
+    split = m["regime_split"]
+    assert split["split"] is True and split["column"] == 2 and split["rows"][1] == 80
+    probe = [{"batch_size": 1, "image_size": 128, "first_of_shape": True},
+             {"batch_size": 64, "image_size": 576, "first_of_shape": False}]
+    q = svc.predict(PATTERN, probe, quantiles=[0.5, 0.99, 0.999]).quantiles
+    assert 700 < q[0, 0] < 1200
+    assert q[1, 0] == pytest.approx(0.003 * 64 * 576, rel=0.1) and q[1, 2] < 2 * q[1, 0]  # a repeat's own tail
+    svc.close()
+    again = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    np.testing.assert_array_equal(again.predict(PATTERN, probe, quantiles=[0.5, 0.99, 0.999]).quantiles, q)
+    again.close()
+
+
 def test_a_restarted_service_predicts_identically(two_models):
     before = predict(two_models).quantiles
     again = PredictorService(PredictorSettings(data_dir=two_models.settings.data_dir))

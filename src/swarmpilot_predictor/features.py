@@ -420,9 +420,13 @@ class FeatureSchema:
 
     @property
     def regime_column(self) -> int | None:
-        """The column of the derived ``first_of_shape`` flag (the last), if any: the model may
-        answer first runs and repeats with a model each (``QuantileModel.regime_column``)."""
-        return len(self.features) if self.history is not None else None
+        """The column of the ``first_of_shape`` flag, if any: the derived one (the last), or
+        the traces' own, 0 or 1; the model may answer first runs and repeats with a model
+        each (``QuantileModel.regime_column``)."""
+        if self.history is not None:
+            return len(self.features)
+        return next((j for j, f in enumerate(self.features) if f.name == FIRST_OF_SHAPE and f.kind == "numeric"
+                     and (f.low, f.high) == (0.0, 1.0)), None)
 
     def describe(self, detail: bool = False) -> list[dict[str, Any]]:
         """The model's columns as the API shows them: name and kind (with ``detail``, the
