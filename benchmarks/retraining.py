@@ -17,6 +17,7 @@ stream that does not change makes.
 
     uv run python benchmarks/retraining.py --churn        # retrainings of an unchanging stream
     uv run python benchmarks/retraining.py --unobserved   # what a retraining keeps where nothing was observed
+    uv run python benchmarks/retraining.py --uniform      # a uniform slowdown observed across the inputs
 
 ``--churn``: 6 models of 300 LLM requests, each then observed 5 times 200 more requests
 from the same distribution and retrained after each; how many retrainings store a version,
@@ -160,6 +161,47 @@ def unobserved(seeds: tuple[int, ...] = (0, 10, 20)) -> None:
                   flush=True)
 
 
+def uniform(factors: tuple[float, ...] = (1.2, 1.5), seeds: tuple[int, ...] = (20, 21, 22)) -> None:
+    """A uniform slowdown observed across the inputs: LLM requests of 16 to 4,096 input and 1
+    to 1,024 output tokens (log-uniform), lognormal noise of 0.3; 1,500 training rows, then
+    600 observations ``factor`` times slower from the same distribution; the new version's
+    medians against the true ones, and its coverage, on 400 fresh requests."""
+    def requests(n: int, seed: int) -> tuple[list[dict], np.ndarray]:
+        rng = np.random.default_rng(seed)
+        inp = np.exp(rng.uniform(np.log(16), np.log(4096), n)).astype(int)
+        out = np.exp(rng.uniform(0.0, np.log(1024), n)).astype(int)
+        typical = 25.0 + 0.04 * inp + 12.0 * out
+        return [{"input_tokens": int(i), "output_tokens": int(o)} for i, o in zip(inp, out)], typical
+
+    pattern = IdentityPattern.from_parts(IDENT)
+    print("| slowdown | seed | candidate | training rows kept | new medians / true medians | coverage at 0.1 / 0.5 / 0.9 |")
+    print("|---|---|---|---|---|---|")
+    for factor in factors:
+        for seed in seeds:
+            noise = np.random.default_rng(seed + 1000)
+            train, t_train = requests(1500, seed)
+            observed, t_observed = requests(600, seed + 100)
+            fresh, t_fresh = requests(400, seed + 200)
+            for t, m in zip(train, t_train):
+                t["runtime_ms"] = float(m * noise.lognormal(0, 0.3))
+            for t, m in zip(observed, t_observed):
+                t["runtime_ms"] = float(factor * m * noise.lognormal(0, 0.3))
+            y = factor * t_fresh * noise.lognormal(0, 0.3, len(fresh))
+            with tempfile.TemporaryDirectory() as tmp:
+                svc = PredictorService(PredictorSettings(data_dir=Path(tmp)))
+                try:
+                    svc.train(TrainConfig(model=IDENT, traces=train))
+                    svc.observe(IDENT, observed)
+                    d = svc.retrain(pattern)
+                    q = svc.predict(pattern, fresh, quantiles=[0.1, 0.5, 0.9]).quantiles
+                finally:
+                    svc.close()
+            kept = (d.get("training_rows") or {}).get(d.get("candidate"), "-")
+            cover = " / ".join(f"{np.mean(y <= q[:, k]):.2f}" for k in range(3))
+            print(f"| {factor}x | {seed} | {d.get('candidate', d['status'])} | {kept} | "
+                  f"{np.median(q[:, 1] / (factor * t_fresh)):.3f} | {cover} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shift", type=float, default=1.5)
@@ -167,7 +209,11 @@ def main() -> None:
     ap.add_argument("--min-observations", type=int, default=10**9)
     ap.add_argument("--churn", action="store_true", help="only: how many retrainings of an unchanging stream store a version")
     ap.add_argument("--unobserved", action="store_true", help="only: what a retraining keeps where nothing was observed")
+    ap.add_argument("--uniform", action="store_true", help="only: a uniform slowdown observed across the inputs")
     args = ap.parse_args()
+    if args.uniform:
+        uniform()
+        return
     if args.churn:
         churn()
         return
