@@ -462,6 +462,20 @@ def without(traces, *keys):
     return [{k: v for k, v in t.items() if k not in keys} for t in traces]
 
 
+def test_fields_dropped_as_constant_are_kept_with_their_value():
+    traces = [{"batch_size": b, "max_tokens": 512, "gpu": "H20", "runtime_ms": 1.0 + b} for b in (1, 2, 4, 8) * 10]
+    schema, X, _, report = prepare(traces)
+    assert schema.names == ["batch_size"] and X.shape[1] == 1
+    assert schema.constants == (("max_tokens", 512.0), ("gpu", "H20"))
+    stored = schema.to_json()
+    assert stored["constants"] == [["max_tokens", 512.0], ["gpu", "H20"]]
+    assert FeatureSchema.from_json(json.loads(json.dumps(stored))) == schema
+    assert isinstance(FeatureSchema(schema.features).to_json(), list)  # none: stored as before
+    for bad in ([["gpu"]], [["gpu", None]], [["batch_size", 1]], [["gpu", "a"], ["gpu", "b"]], "gpu", [[1, 2]]):
+        with pytest.raises(ValueError, match="constants"):
+            FeatureSchema.from_json({**stored, "constants": bad})
+
+
 def test_timestamps_and_repeated_shapes_derive_the_first_run_of_each_shape():
     traces, firsts = cold_start_traces()
     schema, X, y, report = prepare(traces)

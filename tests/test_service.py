@@ -683,6 +683,32 @@ def test_an_answer_names_the_features_whose_value_training_never_saw(service):
         fresh.close()
 
 
+def test_an_answer_names_a_field_training_saw_one_value_of_when_a_trace_gives_another(service):
+    # Trained where max_tokens was always 512 (dropped as constant: no column reads it), a
+    # trace asking 4,096 was answered as any other, saying nothing (a real LLM trace's case).
+    traces = [{**t, "max_tokens": 512, "gpu": "H20"} for t in make_llm_traces(200)]
+    m = service.train(config(traces))["metrics"]
+    assert m["data"]["columns_dropped"] == {"max_tokens": "constant", "gpu": "constant"}
+    probe = [{"input_tokens": 100, "output_tokens": 50, "max_tokens": 512, "gpu": "H20"},
+             {"input_tokens": 100, "output_tokens": 50, "max_tokens": 4096, "gpu": "H20"},
+             {"input_tokens": 100, "output_tokens": 50, "max_tokens": "512", "gpu": "A100"},
+             {"input_tokens": 100, "output_tokens": 50}]  # not given: nothing to say
+    want = [None, ["max_tokens"], ["gpu"], None]
+    batch = predict(service, traces=probe, with_total=True).batch_response()
+    assert [r.get("outside_training") for r in batch["results"]] == want
+    # The same median whatever max_tokens says (no column reads it), alone and from the cache too.
+    assert len({r["quantile_predictions"][1] for r in batch["results"]}) == 1
+    for _ in range(2):
+        assert [predict(service, traces=[t]).single_response()["results"].get("outside_training")
+                for t in probe] == want
+    assert [p.single_response()["results"].get("outside_training") for p in service.predict_each(PATTERN, probe)] == want
+    fresh = PredictorService(service.settings)  # stored with the version
+    try:
+        assert [r.get("outside_training") for r in fresh.predict(PATTERN, probe).batch_response()["results"]] == want
+    finally:
+        fresh.close()
+
+
 def test_default_quantiles_come_from_the_training_config(service):
     service.train(config(make_llm_traces(100), quantiles=[0.99, 0.5, 0.5]))
     pred = predict(service)

@@ -385,6 +385,10 @@ class FeatureSchema:
 
     features: tuple[FeatureSpec, ...]
     history: ShapeHistory | None = None
+    # The fields training dropped as constant, with their one value (a number, or a category's
+    # text): a trace that gives another is outside what training saw (``outside_training``),
+    # though no column reads it.
+    constants: tuple[tuple[str, float | str], ...] = ()
 
     @property
     def names(self) -> list[str]:
@@ -396,9 +400,10 @@ class FeatureSchema:
         """Every trace field a prediction depends on: the features, and with a shape
         history every timestamp field :meth:`ShapeHistory.time_of` reads (the one
         training read, then the other accepted names) and a stated ``FIRST_OF_SHAPE``."""
+        constant = tuple(name for name, _ in self.constants)  # (the answer names them when they differ)
         if self.history is None:
-            return tuple(self.names)
-        return (*self.names, *self.history.timestamp_fields, FIRST_OF_SHAPE)
+            return (*self.names, *constant)
+        return (*self.names, *self.history.timestamp_fields, FIRST_OF_SHAPE, *constant)
 
     @property
     def column_names(self) -> list[str]:
@@ -440,17 +445,22 @@ class FeatureSchema:
 
     def to_json(self) -> list[dict[str, Any]] | dict[str, Any]:
         specs = [f.to_json() for f in self.features]
-        if self.history is None:
-            return specs
-        return {"features": specs, FIRST_OF_SHAPE: self.history.to_json(self.names)}
+        if self.history is None and not self.constants:
+            return specs  # as every version before 2026-12-01 stored it
+        out: dict[str, Any] = {"features": specs}
+        if self.history is not None:
+            out[FIRST_OF_SHAPE] = self.history.to_json(self.names)
+        if self.constants:
+            out[CONSTANTS] = [[name, value] for name, value in self.constants]
+        return out
 
     @classmethod
     def from_json(cls, d: list[dict[str, Any]] | dict[str, Any]) -> "FeatureSchema":
         if isinstance(d, list):
             return cls(_distinct(tuple(FeatureSpec.from_json(item) for item in d)))
         features = _distinct(tuple(FeatureSpec.from_json(item) for item in d["features"]))
-        history = ShapeHistory.from_json(d[FIRST_OF_SHAPE], [f.name for f in features])
-        return cls(features, history)
+        history = ShapeHistory.from_json(d[FIRST_OF_SHAPE], [f.name for f in features]) if FIRST_OF_SHAPE in d else None
+        return cls(features, history, _constants_from_json(d.get(CONSTANTS, []), {f.name for f in features}))
 
     # ------------------------------------------------------------------ training side
 
@@ -523,6 +533,7 @@ class FeatureSchema:
 
         specs: list[FeatureSpec] = []
         columns: list[np.ndarray] = []
+        constants: list[tuple[str, float | str]] = []
         rows = np.flatnonzero(keep)
         for name in candidates:
             col = table.columns[name]
@@ -533,6 +544,8 @@ class FeatureSchema:
                 counts = Counter(present.tolist())
                 if len(counts) <= 1 and len(present) == len(values):
                     report.columns_dropped[name] = "constant"
+                    if counts:
+                        constants.append((name, str(next(iter(counts)))))
                     continue
                 if len(present) == 0:
                     report.columns_dropped[name] = "no values"
@@ -565,6 +578,7 @@ class FeatureSchema:
                 # Gaps are filled with the median, so one distinct value means a constant column.
                 if fin.min() == fin.max():
                     report.columns_dropped[name] = "constant"
+                    constants.append((name, float(fin.min())))
                     continue
                 if features is None and (name in row_counters or _is_row_counter(table.numeric(name))):
                     report.columns_dropped[name] = "a row counter (an index, not a feature)"
@@ -605,7 +619,7 @@ class FeatureSchema:
                              "what its features predict", int(gross.sum()))
             report.rows_used -= int(gross.sum())
             X, y = X[~gross], y[~gross]
-        return cls(tuple(specs), history), X, y, report
+        return cls(tuple(specs), history, tuple(constants)), X, y, report
 
     # ------------------------------------------------------------------ prediction side
 
@@ -700,6 +714,14 @@ class FeatureSchema:
                     flagged = {}
                 for i in np.flatnonzero(out).tolist():
                     flagged.setdefault(i, []).append(spec.name)
+        for name, value in self.constants:
+            values = [t.get(name) for t in traces]
+            differs = _differs_from_constant(values, value)
+            if differs is not None:
+                if flagged is None:
+                    flagged = {}
+                for i in differs:
+                    flagged.setdefault(i, []).append(name)
         return flagged
 
     def outside_training_row(self, x: Sequence[float], trace: dict[str, Any]) -> list[str]:
@@ -711,6 +733,9 @@ class FeatureSchema:
                     out.append(spec.name)
             elif v != v and trace.get(spec.name) is not None:
                 out.append(spec.name)
+        for name, value in self.constants:
+            if _differs_from_constant([trace.get(name)], value):
+                out.append(name)
         return out
 
     def row(self, trace: dict[str, Any]) -> tuple[list[float], str | None]:
@@ -920,6 +945,57 @@ def stated_flag(v: Any) -> float | str:
 def _boolean_word(v: Any) -> float | None:
     """1.0 or 0.0 for a boolean spelled as text (a CSV file's ``true``), else None."""
     return BOOLEAN_WORDS.get(v) if v.__class__ is str else None
+
+
+CONSTANTS = "constants"  # the key of a schema's constant fields in a version's stored features
+
+
+def _constants_from_json(items: Any, feature_names: set[str]) -> tuple[tuple[str, float | str], ...]:
+    if not isinstance(items, list):
+        raise ValueError(f"'{CONSTANTS}' must be a list of [name, value] pairs")
+    out: list[tuple[str, float | str]] = []
+    for item in items:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+                and item[0] not in feature_names and (isinstance(item[1], str) or (
+                    isinstance(item[1], (int, float)) and not isinstance(item[1], bool) and math.isfinite(item[1])))):
+            raise ValueError(f"'{CONSTANTS}' holds {shown(item)}, not a [name, value] pair of a field that is no feature")
+        out.append((item[0], item[1] if isinstance(item[1], str) else float(item[1])))
+    if len({name for name, _ in out}) < len(out):
+        raise ValueError(f"'{CONSTANTS}' names a field twice")
+    return tuple(out)
+
+
+def _differs_from_constant(values: list[Any], constant: float | str) -> list[int] | None:
+    """The places of ``values`` (a field's, trace by trace) that give another value than
+    ``constant``, the one training saw (a number, or a category's text); None where none
+    does. A missing value (None) differs from nothing."""
+    if isinstance(constant, str):
+        codes = {constant: 0}
+
+        def other(v: Any) -> bool:
+            return v is not None and (not isinstance(v, (str, int, float)) or category_code(codes, v) is None)
+
+        try:
+            if set(values) <= {constant, None}:  # the common batch: told in C
+                return None
+        except TypeError:
+            pass
+        keyed = list(zip(map(type, values), values))  # (True and 1 are one key, and may read apart)
+        try:
+            distinct = set(keyed)  # each value judged once: a batch holds few
+        except TypeError:  # a list or an object among them: value by value
+            return [i for i, v in enumerate(values) if other(v)] or None
+        bad = {key for key in distinct if other(key[1])}
+        return [i for i, key in enumerate(keyed) if key in bad] if bad else None
+    numbers = _plain_numbers(values, set(map(type, values)))
+    if numbers is None:
+        numbers = np.fromiter((math.nan if v is None else feature_number(v) for v in values), dtype=np.float64,
+                              count=len(values))
+        given = np.array([v is not None for v in values], dtype=bool)
+    else:
+        given = np.ones(len(values), dtype=bool)
+    differs = np.flatnonzero(given & ~(numbers == constant))
+    return differs.tolist() or None
 
 
 def category_code(codes: dict[str, int], v: Any) -> int | None:

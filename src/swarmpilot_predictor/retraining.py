@@ -61,7 +61,7 @@ def observation_matrix(features: FeatureSchema, records: list[dict[str, Any]]) -
         history, flags = features.history.extend(X[:, :-1], np.where(np.isnan(order), observed_at, order))
         stated = np.array([t.get(FIRST_OF_SHAPE) is not None for t in kept], dtype=bool)
         X[:, -1] = np.where(stated, X[:, -1], flags)
-        features = FeatureSchema(features.features, history)
+        features = FeatureSchema(features.features, history, features.constants)
     return features, X, y
 
 
