@@ -135,6 +135,19 @@ def test_queue_wait_and_instance_choice(trained_server):
             client.queue_wait(IDENTITY, broken)
         part = client.queue_wait(IDENTITY, broken, quantiles=[0.5, 0.9, 0.99], partial=True)
         assert (part.tasks, part.failed) == (5, 1) and part.expect == pytest.approx(est.expect, rel=1e-9)
+        # The version that answered, and a lookup table's wait, as predict_batch gives it.
+        assert est.model_version == client.get_model(IDENTITY)["latest_version"]
+        client.generate_table(IDENTITY, b'{"input_tokens": 200, "output_tokens": 100}\n', table_name="wait.json")
+        table = client.predict_batch(IDENTITY, queue, 0.9, [0.5, 0.9, 0.99], lookup_table_name="wait.json")
+        for waited in (client.queue_wait(IDENTITY, queue, lookup_table_name="wait.json"),
+                       asyncio.run(_async_queue_wait(trained_server.url, queue, "wait.json"))):
+            assert (waited.expect, waited.quantile_predictions) == (table.expect, table.total_quantiles)
+        assert client.queue_wait(IDENTITY, []).model_version is None
+
+
+async def _async_queue_wait(url: str, queue: list[dict], table: str) -> QueueWaitEstimate:
+    async with AsyncPredictorClient(url) as client:
+        return await client.queue_wait(IDENTITY, queue, lookup_table_name=table)
 
 
 def test_errors_carry_status_and_message(trained_server):

@@ -85,6 +85,9 @@ class QueueWaitEstimate(BaseModel):
     quantile_predictions: list[float]
     interval: list[float]
     confidence_level: float
+    # The model version that answered (its tasks', the newest if they differ); None for an
+    # empty queue, and for a lookup table's answer that names none.
+    model_version: int | None = None
 
     def quantile(self, level: float) -> float:
         for q, v in zip(self.quantiles, self.quantile_predictions):
@@ -617,7 +620,9 @@ class _Calls:
                 f"{len(failures)} of {batch.summary.total} queued tasks could not be predicted, and the wait "
                 "would leave them out (partial=True accepts that): " + "; ".join(failures[:5])
                 + ("; ..." if len(failures) > 5 else ""))
+        versions = [r.model_version for r in batch.results if r.status == "success" and r.model_version is not None]
         return QueueWaitEstimate(
+            model_version=max(versions, default=None),
             tasks=batch.summary.success,
             failed=batch.summary.failed,
             expect=batch.expect,
@@ -920,16 +925,20 @@ class PredictorClient(_Base):
 
     def queue_wait(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]],
                    quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9,
-                   partial: bool = False, shared_factor: bool = False) -> QueueWaitEstimate:
+                   partial: bool = False, shared_factor: bool = False, lookup_table_name: str | None = None,
+                   lookup_table: bool = False) -> QueueWaitEstimate:
         """Distribution of the time until the tasks queued on one instance all finish.
 
         A task that cannot be predicted raises :class:`PredictorClientError` naming it,
         since the wait would leave it out; ``partial=True`` returns the wait of the
         others instead (``failed`` counts those left out). The tasks are summed as
         independent; ``shared_factor=True`` adds the model's own uncertainty about the
-        runtimes' level, one error for the whole queue (README, Modelling).
+        runtimes' level, one error for the whole queue (README, Modelling). With
+        ``lookup_table_name`` (or ``lookup_table``: the default table) a lookup table answers,
+        as in :meth:`predict_batch`.
         """
-        batch = self.predict_batch(identity, traces, confidence_level, quantiles, shared_factor=shared_factor)
+        batch = self.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name, lookup_table,
+                                   shared_factor=shared_factor)
         return self._calls.queue_wait(batch, confidence_level, partial)
 
     # -------------------------------------------------------------- the seed's API
@@ -1089,8 +1098,10 @@ class AsyncPredictorClient(_Base):
 
     async def queue_wait(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]],
                          quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9,
-                         partial: bool = False, shared_factor: bool = False) -> QueueWaitEstimate:
-        batch = await self.predict_batch(identity, traces, confidence_level, quantiles, shared_factor=shared_factor)
+                         partial: bool = False, shared_factor: bool = False, lookup_table_name: str | None = None,
+                         lookup_table: bool = False) -> QueueWaitEstimate:
+        batch = await self.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name, lookup_table,
+                                         shared_factor=shared_factor)
         return self._calls.queue_wait(batch, confidence_level, partial)
 
     async def predict(self, model_type: str, metadata: Mapping[str, Any], confidence_level: float = 0.95,
