@@ -587,6 +587,41 @@ def section_registry(tmp: Path) -> None:
     svc.close()
 
 
+def section_accesslog(data_dir: Path) -> None:
+    """A single prediction with uvicorn's line per request and without (`serve --access-log`
+    or `--no-access-log`), the servers started alternately, each written to a file."""
+    body = orjson.dumps({"trace": {"input_tokens": 512, "output_tokens": 128}})
+    got: dict[str, list[float]] = {}
+    pin(1)
+    for _ in range(2):
+        for flag in ("--access-log", "--no-access-log"):
+            port = free_port()
+            with tempfile.TemporaryFile() as log:
+                proc = subprocess.Popen(
+                    ["taskset", "-c", "0", sys.executable, "-m", "swarmpilot_predictor.cli", "serve", "--host", "127.0.0.1",
+                     "--port", str(port), "--data-dir", str(data_dir), flag],
+                    env={**os.environ, "PREDICTOR_CACHE_SIZE": "0"}, stdout=log, stderr=log)
+                try:
+                    deadline = time.monotonic() + 60
+                    while True:
+                        try:
+                            c = RawClient(port)
+                            if c.request("GET", "/health")[0] == 200:
+                                break
+                        except OSError:
+                            if time.monotonic() > deadline:
+                                raise RuntimeError("server did not start") from None
+                            time.sleep(0.2)
+                    t = timed(c, "POST", f"/predict/single/{SEG}", body, 3000, warmup=500)
+                    got.setdefault(flag, []).append(float(np.percentile(t, 50)) * 1e3)
+                    c.close()
+                finally:
+                    proc.terminate()
+                    proc.wait()
+    for flag, p50 in got.items():
+        print(f"| single prediction, serve {flag}, p50 of each round | {', '.join(f'{v:.3f}' for v in p50)} ms | |")
+
+
 def section_preload(tmp: Path) -> None:
     """A LightGBM model's first prediction in a fresh server: loaded on demand, or preloaded."""
     data = tmp / "preload"
@@ -852,7 +887,7 @@ def main() -> None:
     ap.add_argument("--algorithm", default="auto")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--skip-registry", action="store_true")
-    ap.add_argument("--only", default="", help="comma-separated sections: http,loop,batch,client,cache,coalesce,isolation,training,registry,metrics,preload,atoms,observe,boosted")
+    ap.add_argument("--only", default="", help="comma-separated sections: http,loop,batch,client,cache,coalesce,isolation,training,registry,metrics,preload,accesslog,atoms,observe,boosted")
     ap.add_argument("--baseline", help="the src folder of another checkout: batches against its code and this (section versus)")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
@@ -888,6 +923,8 @@ def main() -> None:
             section_metrics(Path(tmp))
         if want("preload"):
             section_preload(Path(tmp))
+        if want("accesslog"):
+            section_accesslog(data_dir)
         if want("atoms"):
             section_atoms(data_dir)
         if want("boosted"):

@@ -824,3 +824,37 @@ def test_a_data_directory_whose_jobs_folder_cannot_be_made_is_still_served(tmp_p
     problems = settings.unwritable_dirs()
     assert len(problems) == 1 and problems[0].startswith(f"{data / 'jobs'} is not writable (")
     assert not [p for p in data.rglob(".write-check-*")]  # the probes leave nothing behind
+
+
+@pytest.mark.parametrize("flag, env, logged", [(None, {}, True), ("--no-access-log", {}, False),
+                                               (None, {"PREDICTOR_ACCESS_LOG": "false"}, False),
+                                               ("--access-log", {"PREDICTOR_ACCESS_LOG": "false"}, True)])
+def test_serve_writes_a_line_per_request_unless_told_not_to(tmp_path, port, flag, env, logged):
+    # At high request rates uvicorn's access log took about half a single prediction's time.
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    base = {k: v for k, v in os.environ.items() if not k.upper().startswith("PREDICTOR_")}
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "swarmpilot_predictor", "serve", "--host", "127.0.0.1",
+                                 "--port", str(port), "--data-dir", str(tmp_path / "data"), *([flag] if flag else [])],
+                                env={**base, **env}, stdout=out, stderr=out)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+                    time.sleep(0.2)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    text = log.read_text()
+    assert "startup complete" in text
+    assert ('"GET /ping HTTP/1.1" 200' in text) is logged, text

@@ -29,4 +29,5 @@ if __name__ == "__main__":
     if settings.workers > 1:  # uvicorn runs an app object in one process only
         print(f"warning: PREDICTOR_WORKERS={settings.workers} is ignored here: this runs one process; "
               "`swarmpilot-predictor serve` runs that many workers", file=sys.stderr)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                access_log=settings.access_log)

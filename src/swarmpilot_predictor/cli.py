@@ -151,6 +151,8 @@ def serve(
     workers: Optional[int] = typer.Option(None, help="Worker processes sharing the data directory."),
     default_lookup_table: Optional[str] = typer.Option(None, help="Lookup table loaded at start."),
     log_level: Optional[str] = typer.Option(None, help="uvicorn log level (default $PREDICTOR_LOG_LEVEL or info)."),
+    access_log: Optional[bool] = typer.Option(None, "--access-log/--no-access-log",
+                                              help="uvicorn's line per request (default $PREDICTOR_ACCESS_LOG or on)."),
 ):
     """Start the HTTP service."""
     import uvicorn
@@ -161,7 +163,8 @@ def serve(
     for name, flag, value in (("PREDICTOR_HOST", "--host", host), ("PREDICTOR_PORT", "--port", port),
                               ("PREDICTOR_DATA_DIR", "--data-dir", data_dir), ("PREDICTOR_WORKERS", "--workers", workers),
                               ("DEFAULT_LOOKUP_TABLE", "--default-lookup-table", default_lookup_table),
-                              ("PREDICTOR_LOG_LEVEL", "--log-level", log_level)):
+                              ("PREDICTOR_LOG_LEVEL", "--log-level", log_level),
+                              ("PREDICTOR_ACCESS_LOG", "--access-log", access_log)):
         if value is not None:
             os.environ[name] = str(value)
             flags[name] = flag
@@ -197,6 +200,7 @@ def serve(
             port=settings.port,
             workers=settings.workers,
             log_level=settings.log_level,
+            access_log=settings.access_log,
             # A worker first imports the service (seconds on a loaded machine): uvicorn's 5 s
             # start-up health check killed workers before they could answer it.
             timeout_worker_healthcheck=60,

@@ -60,6 +60,10 @@ class PredictorSettings(BaseSettings):
     # table it answers from in memory: a 39 MB CSV of 5 million traces made a 2.4 GB table.
     max_table_rows: int = Field(default=1_000_000, ge=0, le=MAX_COUNT)
     log_level: str = "info"
+    # uvicorn's line per request (serve and the seed's entry point; a `uvicorn` command's own
+    # flag governs there). Off, a single prediction's p50 was 0.14 to 0.28 ms, on 0.31 to 0.46
+    # (benchmarks/latency.py --only accesslog); requests are counted in /metrics either way.
+    access_log: bool = True
     # Prediction cache entries (0 turns it off); see the README for when it pays.
     cache_size: int = Field(default=10_000, ge=0, le=MAX_COUNT)
     # Batch predictions worked on at once, each in a thread of its own (the others wait their
