@@ -957,6 +957,22 @@ def test_trace_bytes_sent_without_a_file_name_are_named_by_what_they_hold(traine
         assert err.value.status_code == 422 and err.value.message.startswith("mine.jsonl: line 1")
 
 
+def test_naming_gzipped_bytes_decompresses_their_first_line_only():
+    # Each megabyte of gzip was inflated whole: this one to 50 MB, to read a 9-byte line.
+    import gzip
+    import tracemalloc
+
+    from swarmpilot_predictor.client import _trace_file_name
+
+    data = gzip.compress(b'{"a": 1}\n' + b"x" * 50_000_000)
+    tracemalloc.start()
+    try:
+        assert _trace_file_name(data) == "traces.jsonl.gz"
+        assert tracemalloc.get_traced_memory()[1] < 5_000_000
+    finally:
+        tracemalloc.stop()
+
+
 def test_a_config_in_its_envelope_trains_with_or_without_files(trained_server, tmp_path):
     traces = make_llm_traces(120, seed=4)
     ident = {**IDENTITY, "software_version": "envelope"}

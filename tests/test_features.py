@@ -467,13 +467,27 @@ def test_fields_dropped_as_constant_are_kept_with_their_value():
     schema, X, _, report = prepare(traces)
     assert schema.names == ["batch_size"] and X.shape[1] == 1
     assert schema.constants == (("max_tokens", 512.0), ("gpu", "H20"))
-    stored = schema.to_json()
-    assert stored["constants"] == [["max_tokens", 512.0], ["gpu", "H20"]]
-    assert FeatureSchema.from_json(json.loads(json.dumps(stored))) == schema
-    assert isinstance(FeatureSchema(schema.features).to_json(), list)  # none: stored as before
+    # Stored beside the features, whose form stays as a service older than them reads it.
+    stored, constants = schema.to_json(), schema.constants_json()
+    assert isinstance(stored, list) and constants == [["max_tokens", 512.0], ["gpu", "H20"]]
+    assert FeatureSchema.from_json(json.loads(json.dumps(stored)), json.loads(json.dumps(constants))) == schema
+    assert FeatureSchema.from_json(stored).constants == ()
     for bad in ([["gpu"]], [["gpu", None]], [["batch_size", 1]], [["gpu", "a"], ["gpu", "b"]], "gpu", [[1, 2]]):
         with pytest.raises(ValueError, match="constants"):
-            FeatureSchema.from_json({**stored, "constants": bad})
+            FeatureSchema.from_json(stored, bad)
+    # A flag stated alike on every training trace is no field of the model's: a cold start's
+    # "first_of_shape": true is taken at its word, not named as unseen.
+    flagged = [{**t, "first_of_shape": False, "ts": float(i)} for i, t in enumerate(traces)]
+    schema, X, _, _ = prepare(flagged)
+    assert schema.constants == (("max_tokens", 512.0), ("gpu", "H20"))
+    cold = [{"batch_size": 2, "ts": 100.0, "first_of_shape": True}]
+    X, errors = schema.matrix(cold)
+    assert errors == [None] and schema.outside_training(X, cold) is None
+    # A boolean's word is the number a numeric feature reads it as.
+    streaming = [{"x": i % 3, "streaming": True, "runtime_ms": 1.0 + i % 3} for i in range(30)]
+    schema, X, _, _ = prepare(streaming)
+    probe = [{"x": 1, "streaming": v} for v in (True, "true", 1, False, "no")]
+    assert schema.outside_training(schema.matrix(probe)[0], probe) == {3: ["streaming"], 4: ["streaming"]}
 
 
 def test_timestamps_and_repeated_shapes_derive_the_first_run_of_each_shape():

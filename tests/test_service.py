@@ -702,7 +702,10 @@ def test_an_answer_names_a_field_training_saw_one_value_of_when_a_trace_gives_an
         assert [predict(service, traces=[t]).single_response()["results"].get("outside_training")
                 for t in probe] == want
     assert [p.single_response()["results"].get("outside_training") for p in service.predict_each(PATTERN, probe)] == want
-    fresh = PredictorService(service.settings)  # stored with the version
+    # Stored with the version, beside its features (whose form a service older than this reads).
+    meta = orjson.loads(next((service.settings.data_dir / "models").glob("*/v0001.meta.json")).read_bytes())
+    assert isinstance(meta["features"], list) and meta["constants"] == [["max_tokens", 512.0], ["gpu", "H20"]]
+    fresh = PredictorService(service.settings)
     try:
         assert [r.get("outside_training") for r in fresh.predict(PATTERN, probe).batch_response()["results"]] == want
     finally:
@@ -838,9 +841,27 @@ def test_a_first_run_flag_the_traces_carry_gets_a_model_for_each_kind_of_run_too
     q = svc.predict(PATTERN, probe, quantiles=[0.5, 0.99, 0.999]).quantiles
     assert 700 < q[0, 0] < 1200
     assert q[1, 0] == pytest.approx(0.003 * 64 * 576, rel=0.1) and q[1, 2] < 2 * q[1, 0]  # a repeat's own tail
+    # Read as a stated flag is: 1 or 0, true or false; not stated, a repeat (as a lookup table
+    # made from the model reads it); anything else an error naming the field.
+    asked = [{"batch_size": 64, "image_size": 576}, {"batch_size": 64, "image_size": 576, "first_of_shape": 0.51}]
+    got = svc.predict(PATTERN, asked, quantiles=[0.5])
+    assert got.quantiles[0, 0] == q[1, 0]
+    assert got.errors[1] == "'first_of_shape' must be true or false, got 0.51"
+    assert predict(svc, traces=[asked[1]]).errors == [got.errors[1]]  # alone too
+    path = tmp_path / "probe.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(t) for t in [*probe, asked[0]]))
+    svc.generate_table(PATTERN, path, 0.9, "own.json")
+    table = svc.predict(PATTERN, [*probe, asked[0]], quantiles=[0.5], lookup_table=True, lookup_table_name="own.json")
+    np.testing.assert_allclose([r["quantile_predictions"][0] for r in table.results()], [*q[:, 0], q[1, 0]], rtol=1e-6)
     svc.close()
     again = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
     np.testing.assert_array_equal(again.predict(PATTERN, probe, quantiles=[0.5, 0.99, 0.999]).quantiles, q)
+    # From a CSV file, where the flag is a word.
+    (tmp_path / "data" / "own.csv").write_text("batch_size,image_size,first_of_shape,runtime_ms\n" + "".join(
+        f"{t['batch_size']},{t['image_size']},{str(t['first_of_shape']).lower()},{t['runtime_ms']!r}\n" for t in own))
+    m = again.train(TrainConfig.model_validate({"model": {**IDENTITY, "software_version": "csv"}, "traces": "own.csv",
+                                                "algorithm": "auto"}))["metrics"]
+    assert m["regime_split"]["split"] is True and m["regime_split"]["column"] == 2
     again.close()
 
 

@@ -11,6 +11,7 @@ import asyncio
 import math
 import operator
 import os
+import re
 import time
 import zlib
 from collections.abc import Iterable, Mapping, Sequence, Sized
@@ -324,10 +325,12 @@ def _trace_file_name(data: bytes) -> str:
         return "traces.json" + suffix
     if head[:1] != b"{":
         return "traces.csv" + suffix
+    if _TRACES_FIRST.match(head):  # {"traces": [...]}, on one line or more: not read whole to tell
+        return "traces.json" + suffix
+    line = _first_line(data, gz)
     try:
-        # The whole first line, however long (a row holding a long text; a whole
-        # {"traces": [...]} written on one line).
-        first = orjson.loads(_first_line(data, gz))
+        # The whole first line, however long (a row holding a long text).
+        first = orjson.loads(line)
     except orjson.JSONDecodeError:
         return "traces.json" + suffix  # pretty-printed
     return ("traces.json" if isinstance(first, dict) and isinstance(first.get("traces"), list)
@@ -345,9 +348,16 @@ def _first_line(data: bytes, gz: bool) -> bytes:
         return data[start:end if end >= 0 else len(data)]
     inflate = zlib.decompressobj(wbits=31)
     parts: list[bytes] = []
-    for start in range(0, len(data), 1 << 20):
+    read = 0
+    while not inflate.eof:
+        # 64 KiB out at a time: a megabyte of gzip may hold hundreds of megabytes of text.
+        source = inflate.unconsumed_tail or data[read:read + _NAME_HEAD_BYTES]
+        if not inflate.unconsumed_tail:
+            read += len(source)
+        if not source:
+            break
         try:
-            part = inflate.decompress(data[start:start + (1 << 20)])
+            part = inflate.decompress(source, _NAME_HEAD_BYTES)
         except zlib.error:
             break  # cut short: what was read is the line (the service says what is wrong)
         if not parts:  # still before the line
@@ -360,6 +370,7 @@ def _first_line(data: bytes, gz: bool) -> bytes:
 
 
 _BOM = b"\xef\xbb\xbf"
+_TRACES_FIRST = re.compile(rb'\{\s*"traces"\s*:\s*\[')
 
 
 class _Calls:
@@ -1081,7 +1092,10 @@ class AsyncPredictorClient(_Base):
     async def generate_table(self, identity: IdentityLike, trace_file: Path | str | bytes, confidence_level: float = 0.95,
                              table_name: str | None = None, format: str | None = None, filename: str | None = None,
                              timeout: float | None = None) -> dict[str, Any]:
-        return await self._send(await _built_off_loop(not isinstance(trace_file, bytes), self._calls.generate_table, identity,
+        # Bytes are named by what they hold (a gzip file's first line decompressed): off the
+        # loop too where there are many.
+        off_loop = not isinstance(trace_file, bytes) or len(trace_file) > _LARGE_ANSWER_BYTES
+        return await self._send(await _built_off_loop(off_loop, self._calls.generate_table, identity,
                                                       trace_file, confidence_level, table_name, format, filename, timeout))
 
     async def list_tables(self) -> list[dict[str, Any]]:

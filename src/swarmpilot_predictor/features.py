@@ -424,6 +424,13 @@ class FeatureSchema:
             [0.0] if self.history is not None else [])
 
     @property
+    def stated_flag_column(self) -> int | None:
+        """The column of the traces' own ``first_of_shape`` flag where it is the model's
+        first-run column (see :attr:`regime_column`): a trace's value there is read as
+        :func:`stated_flag` reads it, and one not stated is a repeat."""
+        return self.regime_column if self.history is None else None
+
+    @property
     def regime_column(self) -> int | None:
         """The column of the ``first_of_shape`` flag, if any: the derived one (the last), or
         the traces' own, 0 or 1; the model may answer first runs and repeats with a model
@@ -444,23 +451,27 @@ class FeatureSchema:
         return out
 
     def to_json(self) -> list[dict[str, Any]] | dict[str, Any]:
+        """The features' stored form; the constants are stored beside it (:meth:`constants_json`),
+        where a service older than them, which reads this form, does not look."""
         specs = [f.to_json() for f in self.features]
-        if self.history is None and not self.constants:
-            return specs  # as every version before 2026-12-01 stored it
-        out: dict[str, Any] = {"features": specs}
-        if self.history is not None:
-            out[FIRST_OF_SHAPE] = self.history.to_json(self.names)
-        if self.constants:
-            out[CONSTANTS] = [[name, value] for name, value in self.constants]
-        return out
+        if self.history is None:
+            return specs
+        return {"features": specs, FIRST_OF_SHAPE: self.history.to_json(self.names)}
+
+    def constants_json(self) -> list[list[Any]]:
+        return [[name, value] for name, value in self.constants]
 
     @classmethod
-    def from_json(cls, d: list[dict[str, Any]] | dict[str, Any]) -> "FeatureSchema":
+    def from_json(cls, d: list[dict[str, Any]] | dict[str, Any], constants: Any = None) -> "FeatureSchema":
+        """The stored form read back, with the stored constants (:meth:`constants_json`)."""
         if isinstance(d, list):
-            return cls(_distinct(tuple(FeatureSpec.from_json(item) for item in d)))
-        features = _distinct(tuple(FeatureSpec.from_json(item) for item in d["features"]))
-        history = ShapeHistory.from_json(d[FIRST_OF_SHAPE], [f.name for f in features]) if FIRST_OF_SHAPE in d else None
-        return cls(features, history, _constants_from_json(d.get(CONSTANTS, []), {f.name for f in features}))
+            features = _distinct(tuple(FeatureSpec.from_json(item) for item in d))
+            history = None
+        else:
+            features = _distinct(tuple(FeatureSpec.from_json(item) for item in d["features"]))
+            history = ShapeHistory.from_json(d[FIRST_OF_SHAPE], [f.name for f in features])
+        return cls(features, history, _constants_from_json([] if constants is None else constants,
+                                                           {f.name for f in features}))
 
     # ------------------------------------------------------------------ training side
 
@@ -538,13 +549,28 @@ class FeatureSchema:
         for name in candidates:
             col = table.columns[name]
             words = _few_words_among_numbers(col, rows)
-            if col.is_categorical and words is None:
+            if name == FIRST_OF_SHAPE and (flags := _stated_flags(table, rows)) is not None:
+                # The traces' own first-run flag (1 / 0, true / false, a CSV file's words too):
+                # the model's first-run column (FeatureSchema.regime_column), a trace that does
+                # not state it a repeat, as a lookup table reads it.
+                given = np.isfinite(flags)
+                if not given.any():
+                    report.columns_dropped[name] = "no values"
+                    continue
+                if flags[given].min() == flags[given].max():
+                    report.columns_dropped[name] = "constant"
+                    continue
+                if not given.all():
+                    report.values_imputed[name] = int((~given).sum())
+                spec = FeatureSpec(name, "numeric", fill=0.0, optional=True, low=0.0, high=1.0)
+                columns.append(np.where(given, flags, 0.0))
+            elif col.is_categorical and words is None:
                 values = table.strings(name)[rows]
                 present = values[values != None]  # noqa: E711 - elementwise on object array
                 counts = Counter(present.tolist())
                 if len(counts) <= 1 and len(present) == len(values):
                     report.columns_dropped[name] = "constant"
-                    if counts:
+                    if counts and name != FIRST_OF_SHAPE:  # (a flag, not a field: see matrix)
                         constants.append((name, str(next(iter(counts)))))
                     continue
                 if len(present) == 0:
@@ -578,7 +604,8 @@ class FeatureSchema:
                 # Gaps are filled with the median, so one distinct value means a constant column.
                 if fin.min() == fin.max():
                     report.columns_dropped[name] = "constant"
-                    constants.append((name, float(fin.min())))
+                    if name != FIRST_OF_SHAPE:  # (a flag, not a field: see matrix)
+                        constants.append((name, float(fin.min())))
                     continue
                 if features is None and (name in row_counters or _is_row_counter(table.numeric(name))):
                     report.columns_dropped[name] = "a row counter (an index, not a feature)"
@@ -632,10 +659,19 @@ class FeatureSchema:
         n = len(traces)
         errors: list[str | None] = [None] * n
         X = np.empty((n, len(self.column_names)), dtype=np.float64)
+        flag_j = self.stated_flag_column
         for j, spec in enumerate(self.features):
             name = spec.name
             values = [t.get(name) for t in traces]
             kinds = set(map(type, values))
+            if j == flag_j:
+                # Read as stated_flag reads it (0.51 was a first run); not stated, a repeat.
+                flags = np.fromiter((0.0 if v is None else float(v) if v.__class__ in _FLAG_TYPES and v in (0, 1)
+                                     else math.nan for v in values), dtype=np.float64, count=n)
+                for i in np.flatnonzero(np.isnan(flags)).tolist():
+                    errors[i] = errors[i] or stated_flag(values[i])
+                X[:, j] = np.nan_to_num(flags, nan=0.0)
+                continue
             if spec.kind == "numeric":
                 col = _plain_numbers(values, kinds)
                 if col is None:
@@ -741,8 +777,15 @@ class FeatureSchema:
     def row(self, trace: dict[str, Any]) -> tuple[list[float], str | None]:
         """One trace encoded like a row of :meth:`matrix`, in plain floats; (values, error or None)."""
         values: list[float] = []
-        for spec in self.features:
+        flag_j = self.stated_flag_column
+        for j, spec in enumerate(self.features):
             v = trace.get(spec.name)
+            if j == flag_j:
+                flag = 0.0 if v is None else stated_flag(v)
+                if isinstance(flag, str):
+                    return values, flag
+                values.append(flag)
+                continue
             if spec.kind == "numeric":
                 x = feature_number(v)
                 if math.isfinite(x):
@@ -801,6 +844,8 @@ class FeatureSchema:
                 good = np.isfinite(col)
                 X[:, j] = np.where(good, col, spec.fill)
                 ok &= (good | table.columns[spec.name].missing_rows()) if spec.optional else good
+                if j == self.stated_flag_column:  # as in matrix(): 1 or 0 (or a boolean's word), or none
+                    ok &= ~good | (col == 0.0) | (col == 1.0)
             else:
                 values = table.strings(spec.name)
                 if not spec.optional:
@@ -942,12 +987,34 @@ def stated_flag(v: Any) -> float | str:
     return f"'{FIRST_OF_SHAPE}' must be true or false, got {shown(v)}"
 
 
+_FLAG_TYPES = (bool, int, float)
+
+
+def _stated_flags(table: TraceTable, rows: np.ndarray) -> np.ndarray | None:
+    """The training traces' own ``first_of_shape`` on ``rows``: 1.0 or 0.0 (a boolean, 1 or 0,
+    or their word), NaN where not stated; None where a value is none of these (the column is
+    then an ordinary feature, as before 2026-12-01)."""
+    column = table.columns[FIRST_OF_SHAPE]
+    flags = column.as_numeric(spelled=True)[rows]
+    if column.is_categorical:
+        strings = table.strings(FIRST_OF_SHAPE)[rows]
+        for i in np.flatnonzero(np.isnan(flags) & (strings != None)):  # noqa: E711
+            word = _boolean_word(strings[i].strip().lower())
+            if word is None:
+                return None
+            flags[i] = word
+    given = np.isfinite(flags)
+    if not np.isin(flags[given], (0.0, 1.0)).all():
+        return None
+    return flags
+
+
 def _boolean_word(v: Any) -> float | None:
     """1.0 or 0.0 for a boolean spelled as text (a CSV file's ``true``), else None."""
     return BOOLEAN_WORDS.get(v) if v.__class__ is str else None
 
 
-CONSTANTS = "constants"  # the key of a schema's constant fields in a version's stored features
+CONSTANTS = "constants"  # the key of a schema's constant fields in a version's stored metadata
 
 
 def _constants_from_json(items: Any, feature_names: set[str]) -> tuple[tuple[str, float | str], ...]:
@@ -988,14 +1055,21 @@ def _differs_from_constant(values: list[Any], constant: float | str) -> list[int
         bad = {key for key in distinct if other(key[1])}
         return [i for i, key in enumerate(keyed) if key in bad] if bad else None
     numbers = _plain_numbers(values, set(map(type, values)))
-    if numbers is None:
-        numbers = np.fromiter((math.nan if v is None else feature_number(v) for v in values), dtype=np.float64,
+    if numbers is None:  # read as a numeric feature reads them (a boolean's word too)
+        numbers = np.fromiter((math.nan if v is None else _as_feature_reads(v) for v in values), dtype=np.float64,
                               count=len(values))
         given = np.array([v is not None for v in values], dtype=bool)
     else:
         given = np.ones(len(values), dtype=bool)
     differs = np.flatnonzero(given & ~(numbers == constant))
     return differs.tolist() or None
+
+
+def _as_feature_reads(v: Any) -> float:
+    x = feature_number(v)
+    if x != x and (word := _boolean_word(v)) is not None:
+        return word
+    return x
 
 
 def category_code(codes: dict[str, int], v: Any) -> int | None:

@@ -32,7 +32,7 @@ from .atomic import (NotRegularFile, atomic_file, atomic_write_bytes, read_regul
                      temp_beside)
 from .errors import (AmbiguousModel, DataDirectoryGone, InvalidInput, ModelNotFound, ModelUnreadable, NotFound, StorageError,
                      VersionConflict, json_kind, writing)
-from .features import FeatureSchema
+from .features import CONSTANTS, FeatureSchema
 from .identity import IdentityPattern, ModelIdentity
 from .modeling import QuantileModel
 from .processes import boot_id, pid_space, started, still_running
@@ -78,7 +78,12 @@ class ModelVersion:
 
     def to_json(self) -> dict[str, Any]:
         """The stored form."""
-        return self._json(self.features.to_json())
+        out = self._json(self.features.to_json())
+        if self.features.constants:
+            # Beside the features, not in them: a service older than these (2026-12-01) reads
+            # the features' form as it knows it, and ignores this key.
+            out[CONSTANTS] = self.features.constants_json()
+        return out
 
     def public_json(self, detail: bool = False) -> dict[str, Any]:
         """What the API shows: the stored form with the features described (a shape
@@ -146,7 +151,7 @@ class ModelVersion:
         if not isinstance(data_hash, str):
             raise ValueError(f"'data_hash' must be a string, got {json_kind(data_hash)}")
         try:
-            features = FeatureSchema.from_json(d["features"])
+            features = FeatureSchema.from_json(d["features"], d.get(CONSTANTS, []))
         except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
             raise ValueError(f"'features' is malformed ({type(exc).__name__}: {exc})") from None
         return cls(
