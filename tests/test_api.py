@@ -1513,6 +1513,31 @@ def test_a_data_directory_that_goes_away_is_a_503_naming_it_until_it_is_back(tmp
         assert client.train({"model": IDENTITY, "traces": traces, "algorithm": "linear"}).version == 2
 
 
+def test_a_write_whose_folder_went_while_its_body_came_is_the_503(tmp_path):
+    # The observations folder went while the body was sent: the outage's 503, whichever step
+    # finds it (the route's check, or a write that fails after it: a 500 StorageError once),
+    # and the folder is not made again.
+    import shutil
+
+    from swarmpilot_predictor.client import PredictorClient
+
+    data = tmp_path / "data"
+    traces = make_llm_traces(50, seed=3)
+    sent = orjson.dumps({"model": IDENTITY, "traces": traces})
+
+    def body():
+        yield sent[:100]
+        shutil.rmtree(data / "observations")
+        yield sent[100:]
+
+    with run_server(data) as server, PredictorClient(server.url, retries=0) as client:
+        client.train({"model": IDENTITY, "traces": make_llm_traces(120), "algorithm": "linear"})
+        r = httpx.post(f"{server.url}/observe", content=body(), timeout=60, headers={"content-type": "application/json"})
+        assert r.status_code == 503, r.text
+        assert r.json()["message"].startswith(f"the data directory's folder {data / 'observations'} is gone")
+        assert not (data / "observations").exists()
+
+
 def test_what_a_gone_data_directory_holds_is_unknown_not_absent(tmp_path):
     # A table this process had not loaded yet, a job another process held: both were 404s
     # while the directory was gone, which a client reads as for good (wait_for_job gave up).

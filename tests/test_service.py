@@ -194,6 +194,21 @@ def test_a_table_past_its_record_limit_is_a_413_and_no_table(tmp_path):
         svc.close()
 
 
+def test_a_tables_folder_gone_under_the_service_is_not_made_again(service, tmp_path):
+    # (Deleted, or its volume unmounted: a table written into a folder made again vanishes at the remount.)
+    import shutil
+
+    service.train(config(make_llm_traces(60)))
+    traces = write_jsonl_gz(tmp_path / "t.jsonl.gz", make_llm_traces(20, seed=1))
+    shutil.rmtree(service.settings.tables_dir)
+    with pytest.raises(PredictorError, match=r"cannot write lookup table gone.json .*\(No such file or directory\)"):
+        service.generate_table(PATTERN, traces, table_name="gone.json")
+    assert not service.settings.tables_dir.exists()
+    # A table written where the CLI's --output says has its folder made.
+    out = tmp_path / "new" / "folder" / "t.json"
+    assert service.generate_table(PATTERN, traces, out_path=out)["rows"] == 20 and out.is_file()
+
+
 def test_an_empty_batch_totals_zero_from_a_model_and_from_a_table(service):
     from swarmpilot_predictor.lookup import TablePrediction
 

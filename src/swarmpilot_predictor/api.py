@@ -390,9 +390,10 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
 
     @app.exception_handler(PredictorError)
     async def _predictor_error(request: Request, exc: PredictorError):
-        if exc.status_code == 404:
+        if exc.status_code in (404, 500):
             # Not found where nothing stored can be read (a table not loaded yet, another
             # worker's job): unknown, not absent. A client gives up on a 404, not on a 503.
+            # A write that failed as the folder went (past the route's check) is that outage too.
             gone = service.data_dir_gone()
             if gone is not None:
                 exc = gone

@@ -695,6 +695,8 @@ class PredictorService:
             # A model type that starts with '.' must not make a hidden file (refused as a name).
             name = table_name or f"{identity.dirname.lstrip('.')}.{fmt or 'json'}"
             out_path = self.tables.output_path(name)
+        else:
+            out_path.parent.mkdir(parents=True, exist_ok=True)  # the CLI's --output folder
         name_fmt = table_format(out_path.name)
         if name_fmt not in WRITABLE_FORMATS:
             raise InvalidInput(f"table name {shown(out_path.name)} must end in .json or .csv (optionally .gz)", field="table_name")

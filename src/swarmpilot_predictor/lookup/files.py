@@ -184,7 +184,8 @@ class _TableWriter:
 
     def __init__(self, path: Path):
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Its folder is there (the tables folder, or the CLI's --output folder, made by the CLI):
+        # a tables folder gone under the service (an unmounted volume) is not made again.
         fd, tmp = temp_beside(path)
         self.tmp = Path(tmp)
         raw = os.fdopen(fd, "wb")

@@ -59,7 +59,7 @@ def save_index(table: LookupTable, dest: Path, source_signature: tuple) -> None:
         arrays[f"column_{j}"] = column.values
     if table.task_hashes is not None:
         arrays["task_hashes"] = table.task_hashes
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.parent.mkdir(exist_ok=True)  # not the tables folder: one gone (an unmounted volume) is not made again
     with atomic_file(dest) as fh:
         np.savez(fh, **arrays)
 
