@@ -145,6 +145,39 @@ def test_queue_wait_and_instance_choice(trained_server):
         assert client.queue_wait(IDENTITY, []).model_version is None
 
 
+def test_a_prediction_may_name_the_stored_version_that_answers(trained_server):
+    # A rollback or a comparison needed a delete: any stored version now answers when named.
+    ident = {**IDENTITY, "software_version": "versions"}
+    task = {"input_tokens": 200, "output_tokens": 100}
+    slow = [{**t, "runtime_ms": 3 * t["runtime_ms"]} for t in make_llm_traces(120, seed=5)]
+    with PredictorClient(trained_server.url) as client:
+        client.train({"model": ident, "traces": make_llm_traces(120, seed=5), "algorithm": "linear"})
+        first = client.predict_single(ident, task, quantiles=[0.5]).results.quantile_predictions[0]
+        assert client.train({"model": ident, "traces": slow, "algorithm": "linear"}).version == 2
+        latest = client.predict_single(ident, task, quantiles=[0.5]).results
+        old = client.predict_single(ident, task, quantiles=[0.5], version=1).results
+        assert (latest.model_version, old.model_version) == (2, 1)
+        assert old.quantile_predictions[0] == first and latest.quantile_predictions[0] > 2 * first
+        batch = client.predict_batch(ident, [task] * 3, quantiles=[0.5], version=1)
+        assert [r.quantile_predictions[0] for r in batch.results] == pytest.approx([first] * 3, rel=1e-12)
+        waited = client.queue_wait(ident, [task] * 3, version=1)
+        assert waited.model_version == 1 and waited.expect == pytest.approx(batch.expect)
+        assert asyncio.run(_async_single(trained_server.url, ident, task, 1)) == first
+        for kw, status in (({"version": 9}, 404), ({"version": 0}, 422), ({"version": "1"}, 422), ({"version": True}, 422),
+                           ({"version": 1, "lookup_table": True}, 422)):
+            with pytest.raises(PredictorClientError) as err:
+                client.predict_single(ident, task, **kw)
+            assert (err.value.status_code, err.value.field) == (status, "version"), err.value.message
+        with pytest.raises(PredictorClientError, match="has no version 9") as err:
+            client.predict_batch(ident, [task], version=9)
+        assert err.value.field == "version"
+
+
+async def _async_single(url: str, ident: dict, task: dict, version: int) -> float:
+    async with AsyncPredictorClient(url) as client:
+        return (await client.predict_single(ident, task, quantiles=[0.5], version=version)).results.quantile_predictions[0]
+
+
 async def _async_queue_wait(url: str, queue: list[dict], table: str) -> QueueWaitEstimate:
     async with AsyncPredictorClient(url) as client:
         return await client.queue_wait(IDENTITY, queue, lookup_table_name=table)

@@ -602,6 +602,9 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         if req.lookup_table:  # a table may need loading first: off the event loop
             pred = await run_in_threadpool(service.predict, pattern, [req.trace], req.confidence_level, req.quantiles,
                                            lookup_table=True, lookup_table_name=req.lookup_table_name)
+        elif req.version is not None:  # a version asked for by number (it may need loading): alone, off the loop
+            pred = await run_in_threadpool(service.predict, pattern, [req.trace], req.confidence_level, req.quantiles,
+                                           version=req.version)
         else:
             if names_a_model([req.trace]):
                 # Where the URL's '*' parts match several models, the trace's identity fields pick one.
@@ -615,7 +618,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
 
     def batch_answer(pattern: IdentityPattern, req: PredictBatchRequest) -> dict[str, Any]:
         return service.predict(pattern, req.trace, req.confidence_level, req.quantiles, with_total=True,
-                               lookup_table=req.lookup_table, lookup_table_name=req.lookup_table_name,
+                               version=req.version, lookup_table=req.lookup_table, lookup_table_name=req.lookup_table_name,
                                shared_factor=req.shared_factor, total_distribution=req.total_distribution,
                                ).batch_response(req.total_distribution)
 
@@ -657,7 +660,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         # table may need loading: off the event loop (numpy releases the GIL for most of the
         # work), its answer written there too.
         values = len(req.trace) * (len(req.quantiles) if req.quantiles else INLINE_DEFAULT_LEVELS)
-        if req.lookup_table or values > INLINE_VALUES_MAX or service.is_cold(pattern):
+        if req.lookup_table or req.version is not None or values > INLINE_VALUES_MAX or service.is_cold(pattern):
             def answer() -> bytes:
                 with collector_paused(len(req.trace) >= PAUSED_COLLECTOR_TASKS):
                     return orjson.dumps(batch_answer(pattern, req), option=orjson.OPT_SERIALIZE_NUMPY)

@@ -503,8 +503,10 @@ class _Calls:
 
     @staticmethod
     def _options(confidence_level: float, quantiles: Sequence[float] | None, lookup_table_name: str | None,
-                 lookup_table: bool) -> dict[str, Any]:
+                 lookup_table: bool, version: int | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"confidence_level": confidence_level}
+        if version is not None:  # sent only when asked: a service that predates it still answers the rest
+            body["version"] = version
         if quantiles is not None:
             body["quantiles"] = _levels(quantiles)
         if lookup_table_name is not None:
@@ -516,15 +518,18 @@ class _Calls:
 
     def predict_single(self, identity: IdentityLike, trace: Mapping[str, Any], confidence_level: float = 0.95,
                        quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
-                       lookup_table: bool = False) -> _Request:
-        body = {"trace": _trace(trace, "trace"), **self._options(confidence_level, quantiles, lookup_table_name, lookup_table)}
+                       lookup_table: bool = False, version: int | None = None) -> _Request:
+        body = {"trace": _trace(trace, "trace"),
+                **self._options(confidence_level, quantiles, lookup_table_name, lookup_table, version)}
         return _Request("POST", "/predict/single/" + "/".join(identity_segments(identity)), json=body,
                         response=SinglePredictionResponse, idempotent=True)
 
     def predict_batch(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]], confidence_level: float = 0.95,
                       quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
-                      lookup_table: bool = False, shared_factor: bool = False, total_distribution: bool = True) -> _Request:
-        body = {"trace": _traces(traces, "trace"), **self._options(confidence_level, quantiles, lookup_table_name, lookup_table)}
+                      lookup_table: bool = False, shared_factor: bool = False, total_distribution: bool = True,
+                      version: int | None = None) -> _Request:
+        body = {"trace": _traces(traces, "trace"),
+                **self._options(confidence_level, quantiles, lookup_table_name, lookup_table, version)}
         # Each sent only when asked: a service that predates it still answers the rest.
         if shared_factor:
             body["shared_factor"] = True
@@ -865,15 +870,16 @@ class PredictorClient(_Base):
 
     def predict_single(self, identity: IdentityLike, trace: Mapping[str, Any], confidence_level: float = 0.95,
                        quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
-                       lookup_table: bool = False) -> SinglePredictionResponse:
-        return self._send(self._calls.predict_single(identity, trace, confidence_level, quantiles, lookup_table_name, lookup_table))
+                       lookup_table: bool = False, version: int | None = None) -> SinglePredictionResponse:
+        return self._send(self._calls.predict_single(identity, trace, confidence_level, quantiles, lookup_table_name,
+                                                     lookup_table, version))
 
     def predict_batch(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]], confidence_level: float = 0.95,
                       quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
                       lookup_table: bool = False, shared_factor: bool = False,
-                      total_distribution: bool = True) -> BatchPredictionResponse:
+                      total_distribution: bool = True, version: int | None = None) -> BatchPredictionResponse:
         return self._send(self._calls.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name,
-                                                    lookup_table, shared_factor, total_distribution))
+                                                    lookup_table, shared_factor, total_distribution, version))
 
     def train_background(self, config: Mapping[str, Any] | TrainConfig,
                          files: Mapping[str, Path | str | bytes] | None = None) -> dict[str, Any]:
@@ -937,7 +943,7 @@ class PredictorClient(_Base):
     def queue_wait(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]],
                    quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9,
                    partial: bool = False, shared_factor: bool = False, lookup_table_name: str | None = None,
-                   lookup_table: bool = False) -> QueueWaitEstimate:
+                   lookup_table: bool = False, version: int | None = None) -> QueueWaitEstimate:
         """Distribution of the time until the tasks queued on one instance all finish.
 
         A task that cannot be predicted raises :class:`PredictorClientError` naming it,
@@ -946,10 +952,10 @@ class PredictorClient(_Base):
         independent; ``shared_factor=True`` adds the model's own uncertainty about the
         runtimes' level, one error for the whole queue (README, Modelling). With
         ``lookup_table_name`` (or ``lookup_table``: the default table) a lookup table answers,
-        as in :meth:`predict_batch`.
+        as in :meth:`predict_batch`; with ``version``, that stored version of the model.
         """
         batch = self.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name, lookup_table,
-                                   shared_factor=shared_factor)
+                                   shared_factor=shared_factor, version=version)
         return self._calls.queue_wait(batch, confidence_level, partial)
 
     # -------------------------------------------------------------- the seed's API
@@ -1046,17 +1052,18 @@ class AsyncPredictorClient(_Base):
 
     async def predict_single(self, identity: IdentityLike, trace: Mapping[str, Any], confidence_level: float = 0.95,
                              quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
-                       lookup_table: bool = False) -> SinglePredictionResponse:
-        return await self._send(self._calls.predict_single(identity, trace, confidence_level, quantiles, lookup_table_name, lookup_table))
+                             lookup_table: bool = False, version: int | None = None) -> SinglePredictionResponse:
+        return await self._send(self._calls.predict_single(identity, trace, confidence_level, quantiles, lookup_table_name,
+                                                           lookup_table, version))
 
     async def predict_batch(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]], confidence_level: float = 0.95,
                             quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
                             lookup_table: bool = False, shared_factor: bool = False,
-                            total_distribution: bool = True) -> BatchPredictionResponse:
+                            total_distribution: bool = True, version: int | None = None) -> BatchPredictionResponse:
         # (Checked in a worker thread where long: every value of every trace is looked at.)
         return await self._send(await _built_off_loop(
             isinstance(traces, Sized) and len(traces) > _LARGE_BATCH_TRACES, self._calls.predict_batch, identity, traces,
-            confidence_level, quantiles, lookup_table_name, lookup_table, shared_factor, total_distribution))
+            confidence_level, quantiles, lookup_table_name, lookup_table, shared_factor, total_distribution, version))
 
     async def train_background(self, config: Mapping[str, Any] | TrainConfig,
                                files: Mapping[str, Path | str | bytes] | None = None) -> dict[str, Any]:
@@ -1113,9 +1120,9 @@ class AsyncPredictorClient(_Base):
     async def queue_wait(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]],
                          quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9,
                          partial: bool = False, shared_factor: bool = False, lookup_table_name: str | None = None,
-                         lookup_table: bool = False) -> QueueWaitEstimate:
+                         lookup_table: bool = False, version: int | None = None) -> QueueWaitEstimate:
         batch = await self.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name, lookup_table,
-                                         shared_factor=shared_factor)
+                                         shared_factor=shared_factor, version=version)
         return self._calls.queue_wait(batch, confidence_level, partial)
 
     async def predict(self, model_type: str, metadata: Mapping[str, Any], confidence_level: float = 0.95,

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import numpy as np
 import orjson
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationInfo, field_validator
 
 from .errors import InvalidInput, cut, dotted, json_kind, listed, shown
 from .identity import IDENTITY_KEYS, identity_part_problem
@@ -152,6 +152,8 @@ class PredictOptions(BaseModel):
     quantiles: list[StrictFloat] | None = None
     lookup_table: StrictBool = False
     lookup_table_name: str | None = None
+    # A stored version of the model to answer (a rollback, a comparison); default its latest.
+    version: StrictInt | None = Field(None, ge=1)
 
     @field_validator("quantiles")
     @classmethod
@@ -165,6 +167,14 @@ class PredictOptions(BaseModel):
         if v is not None and info.data.get("lookup_table") is False:
             raise ValueError("names a table, but 'lookup_table' is false: the model would answer; "
                              "send \"lookup_table\": true for the table's answer, or leave the name out")
+        return v
+
+    @field_validator("version")
+    @classmethod
+    def _version_of_a_model(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and info.data.get("lookup_table"):
+            raise ValueError("names a model's version, but a lookup table answers (from the records it holds): "
+                             "leave one of them out")
         return v
 
 

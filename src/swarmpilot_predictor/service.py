@@ -23,7 +23,7 @@ from . import __version__
 from .atomic import remove_stale_temps
 from .cache import PredictionCache
 from .distribution import interval_levels
-from .errors import AmbiguousModel, DataDirectoryGone, InvalidInput, ModelNotFound, PredictorError, shown
+from .errors import AmbiguousModel, DataDirectoryGone, InvalidInput, ModelNotFound, NotFound, PredictorError, shown
 from .identity import (IDENTITY_KEYS, IdentityPattern, ModelIdentity, describe_stated, fields_naming_a_model, identity_conflicts,
                        named_by_traces, stated_keys)
 from .lookup import WRITABLE_FORMATS, LookupTableStore, TablePrediction, generate_table, table_format
@@ -389,7 +389,12 @@ class PredictorService:
             identity = self._named_by_traces(pattern, traces) if traces else None
             if identity is None:
                 raise
-        return identity, self.registry.load(identity, version)
+        try:
+            return identity, self.registry.load(identity, version)
+        except NotFound as exc:
+            if version is None:
+                raise
+            raise NotFound(exc.message, field="version") from None
 
     def _report_loaded(self) -> None:
         """Set the model versions in memory in the metrics when their number changed: kept
