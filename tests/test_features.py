@@ -462,6 +462,21 @@ def without(traces, *keys):
     return [{k: v for k, v in t.items() if k not in keys} for t in traces]
 
 
+def test_a_first_run_flag_the_traces_state_is_the_models_first_run_column(tmp_path):
+    # In a CSV file the flag is a word: it was a category, and no model for each kind of run was fitted.
+    from swarmpilot_predictor.traces import iter_trace_file
+
+    path = tmp_path / "own.csv"
+    path.write_text("batch_size,first_of_shape,runtime_ms\n" + "".join(
+        f"{b},{'true' if i < 4 else 'False'},{(60.0 if i < 4 else 1.0) * b}\n" for i, b in enumerate((1, 2, 4, 8) * 10)))
+    schema, X, _, report = FeatureSchema.prepare_training(TraceTable.from_traces(list(iter_trace_file(path))))
+    assert schema.names == ["batch_size", "first_of_shape"] and schema.regime_column == schema.stated_flag_column == 1
+    assert X[:, 1].tolist() == [1.0] * 4 + [0.0] * 36
+    # Other values make an ordinary feature, as before.
+    other = [{"batch_size": b, "first_of_shape": b % 3, "runtime_ms": 1.0 + b} for b in range(40)]
+    assert FeatureSchema.prepare_training(TraceTable.from_traces(other))[0].regime_column is None
+
+
 def test_fields_dropped_as_constant_are_kept_with_their_value():
     traces = [{"batch_size": b, "max_tokens": 512, "gpu": "H20", "runtime_ms": 1.0 + b} for b in (1, 2, 4, 8) * 10]
     schema, X, _, report = prepare(traces)

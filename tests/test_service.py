@@ -871,12 +871,6 @@ def test_a_first_run_flag_the_traces_carry_gets_a_model_for_each_kind_of_run_too
     svc.close()
     again = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
     np.testing.assert_array_equal(again.predict(PATTERN, probe, quantiles=[0.5, 0.99, 0.999]).quantiles, q)
-    # From a CSV file, where the flag is a word.
-    (tmp_path / "data" / "own.csv").write_text("batch_size,image_size,first_of_shape,runtime_ms\n" + "".join(
-        f"{t['batch_size']},{t['image_size']},{str(t['first_of_shape']).lower()},{t['runtime_ms']!r}\n" for t in own))
-    m = again.train(TrainConfig.model_validate({"model": {**IDENTITY, "software_version": "csv"}, "traces": "own.csv",
-                                                "algorithm": "auto"}))["metrics"]
-    assert m["regime_split"]["split"] is True and m["regime_split"]["column"] == 2
     again.close()
 
 

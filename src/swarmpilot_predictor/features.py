@@ -423,14 +423,14 @@ class FeatureSchema:
         return [f.fill if f.kind == "numeric" else 0.0 for f in self.features] + (
             [0.0] if self.history is not None else [])
 
-    @property
+    @functools.cached_property  # (asked by every prediction)
     def stated_flag_column(self) -> int | None:
         """The column of the traces' own ``first_of_shape`` flag where it is the model's
         first-run column (see :attr:`regime_column`): a trace's value there is read as
         :func:`stated_flag` reads it, and one not stated is a repeat."""
         return self.regime_column if self.history is None else None
 
-    @property
+    @functools.cached_property
     def regime_column(self) -> int | None:
         """The column of the ``first_of_shape`` flag, if any: the derived one (the last), or
         the traces' own, 0 or 1; the model may answer first runs and repeats with a model
