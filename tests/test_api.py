@@ -1545,14 +1545,25 @@ def test_what_a_gone_data_directory_holds_is_unknown_not_absent(tmp_path):
 
     from swarmpilot_predictor.client import PredictorClient, PredictorClientError
 
+    from swarmpilot_predictor.identity import IdentityPattern
+    from swarmpilot_predictor.schemas import TrainConfig
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
     data, aside = tmp_path / "data", tmp_path / "aside"
     task = {"input_tokens": 1, "output_tokens": 2}
+    earlier = PredictorService(PredictorSettings(data_dir=data))  # another process, before the server's start
+    try:
+        earlier.train(TrainConfig.model_validate({"model": IDENTITY, "traces": make_llm_traces(120), "algorithm": "linear"}))
+        (tmp_path / "t.jsonl").write_bytes(b'{"input_tokens": 1, "output_tokens": 2}\n')
+        earlier.generate_table(IdentityPattern.from_parts(IDENTITY), tmp_path / "t.jsonl", table_name="t1.json")
+        job_id, done = earlier.jobs.submit(TrainConfig.model_validate(
+            {"model": IDENTITY, "traces": make_llm_traces(120, seed=1), "algorithm": "linear"}))
+        done.result(timeout=120)
+        job = {"job_id": job_id}
+    finally:
+        earlier.close()
     with run_server(data) as server, PredictorClient(server.url, retries=0) as client:
-        client.train({"model": IDENTITY, "traces": make_llm_traces(120), "algorithm": "linear"})
-        client.generate_table(IDENTITY, b'{"input_tokens": 1, "output_tokens": 2}\n', table_name="t1.json")
-        job = client.train_background({"model": IDENTITY, "traces": make_llm_traces(120, seed=1), "algorithm": "linear"})
-        client.wait_for_job(job["job_id"])
-    with run_server(data) as server, PredictorClient(server.url, retries=0) as client:  # restarted
         shutil.move(data, aside)
         for call in (lambda: client.predict_single(IDENTITY, task, lookup_table_name="t1.json"),
                      lambda: client.train_job(job["job_id"]), lambda: client.download_table("t1.json")):

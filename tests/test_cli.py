@@ -369,14 +369,15 @@ def test_the_seed_entry_point_says_a_bad_setting_in_one_line(tmp_path):
     assert done.stderr.strip() == "error: PREDICTOR_CACHE_SIZE: Input should be greater than or equal to 0 (got '-1')"
     # An empty data directory variable is no directory (it read as the working one), and a
     # typo of a few zeros in the workers is no plan to fork that many processes.
-    for name, value, said in (("PREDICTOR_DATA_DIR", "", "must name a directory; empty, it would be the working"),
-                              ("PREDICTOR_WORKERS", "100000", "less than or equal to 256")):
+    # (Each entry point once: the CLI's command with the one, the seed's with the other.)
+    for name, value, said, command in (
+            ("PREDICTOR_DATA_DIR", "", "must name a directory; empty, it would be the working", ["swarmpilot_predictor", "models"]),
+            ("PREDICTOR_WORKERS", "100000", "less than or equal to 256", ["src.scheduler.predictor_api"])):
         env = {**os.environ, "PREDICTOR_DATA_DIR": str(tmp_path / "data"), name: value}
-        for command in (["src.scheduler.predictor_api"], ["swarmpilot_predictor", "models"]):
-            done = subprocess.run([sys.executable, "-m", *command], env=env, capture_output=True, text=True,
-                                  timeout=60, cwd=Path(__file__).resolve().parents[1])
-            assert done.returncode == 1 and done.stderr.startswith(f"error: {name}: ") and said in done.stderr
-            assert len(done.stderr.strip().splitlines()) == 1
+        done = subprocess.run([sys.executable, "-m", *command], env=env, capture_output=True, text=True,
+                              timeout=60, cwd=Path(__file__).resolve().parents[1])
+        assert done.returncode == 1 and done.stderr.startswith(f"error: {name}: ") and said in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
 
 
 def test_the_seed_entry_point_says_it_runs_one_process_when_asked_for_more(tmp_path, port):
@@ -661,9 +662,11 @@ def test_offline_commands_count_nothing_into_a_services_metrics_directory(tmp_pa
     traces.write_text(json.dumps(make_llm_traces(3, seed=1)))
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    for metrics_dir in (shared, blocker):
+    # (A directory of the service's, where counts would land; a file, where writing them would fail.)
+    for metrics_dir, commands in ((shared, (["train", cfg], ["predict", ENCODED, traces])),
+                                  (blocker, (["predict", ENCODED, traces],))):
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-        for args in (["train", cfg], ["predict", ENCODED, traces], ["models"]):
+        for args in commands:
             done = subprocess.run([sys.executable, "-m", "swarmpilot_predictor", *map(str, args),
                                    "--data-dir", str(tmp_path / "data")], env=env, capture_output=True, text=True,
                                   timeout=120)
