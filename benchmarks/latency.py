@@ -136,13 +136,19 @@ def pct(a: np.ndarray) -> str:
 
 
 class Server:
-    def __init__(self, data_dir: Path, workers: int = 1, env: dict | None = None):
+    """The service on a free port, on core 0 (cores 0 and 1 with workers), once it answers
+    /health. ``command``: the module and arguments to run instead of uvicorn's (``{port}``
+    stands for the port); ``output``: where its output goes."""
+
+    def __init__(self, data_dir: Path, workers: int = 1, env: dict | None = None, command: list[str] | None = None,
+                 output=None):
         self.port = free_port()
-        cmd = ["taskset", "-c", "0" if workers == 1 else "0-1", sys.executable, "-m", "uvicorn",
-               "swarmpilot_predictor.api:app_from_env", "--factory", "--host", "127.0.0.1", "--port", str(self.port),
-               "--log-level", "warning", "--no-access-log", "--workers", str(workers)]
+        command = command or ["uvicorn", "swarmpilot_predictor.api:app_from_env", "--factory", "--host", "127.0.0.1",
+                              "--port", "{port}", "--log-level", "warning", "--no-access-log", "--workers", str(workers)]
+        cmd = ["taskset", "-c", "0" if workers == 1 else "0-1", sys.executable, "-m",
+               *(c.replace("{port}", str(self.port)) for c in command)]
         full_env = {**os.environ, "PREDICTOR_DATA_DIR": str(data_dir), **(env or {})}
-        self.proc = subprocess.Popen(cmd, env=full_env)
+        self.proc = subprocess.Popen(cmd, env=full_env, stdout=output, stderr=output)
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -595,29 +601,16 @@ def section_accesslog(data_dir: Path) -> None:
     pin(1)
     for _ in range(2):
         for flag in ("--access-log", "--no-access-log"):
-            port = free_port()
             with tempfile.TemporaryFile() as log:
-                proc = subprocess.Popen(
-                    ["taskset", "-c", "0", sys.executable, "-m", "swarmpilot_predictor.cli", "serve", "--host", "127.0.0.1",
-                     "--port", str(port), "--data-dir", str(data_dir), flag],
-                    env={**os.environ, "PREDICTOR_CACHE_SIZE": "0"}, stdout=log, stderr=log)
+                srv = Server(data_dir, env={"PREDICTOR_CACHE_SIZE": "0"}, output=log,
+                             command=["swarmpilot_predictor", "serve", "--host", "127.0.0.1", "--port", "{port}", flag])
                 try:
-                    deadline = time.monotonic() + 60
-                    while True:
-                        try:
-                            c = RawClient(port)
-                            if c.request("GET", "/health")[0] == 200:
-                                break
-                        except OSError:
-                            if time.monotonic() > deadline:
-                                raise RuntimeError("server did not start") from None
-                            time.sleep(0.2)
+                    c = RawClient(srv.port)
                     t = timed(c, "POST", f"/predict/single/{SEG}", body, 3000, warmup=500)
                     got.setdefault(flag, []).append(float(np.percentile(t, 50)) * 1e3)
                     c.close()
                 finally:
-                    proc.terminate()
-                    proc.wait()
+                    srv.stop()
     for flag, p50 in got.items():
         print(f"| single prediction, serve {flag}, p50 of each round | {', '.join(f'{v:.3f}' for v in p50)} ms | |")
 

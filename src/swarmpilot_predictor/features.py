@@ -664,13 +664,8 @@ class FeatureSchema:
             name = spec.name
             values = [t.get(name) for t in traces]
             kinds = set(map(type, values))
-            if j == flag_j:
-                # Read as stated_flag reads it (0.51 was a first run); not stated, a repeat.
-                flags = np.fromiter((0.0 if v is None else float(v) if v.__class__ in _FLAG_TYPES and v in (0, 1)
-                                     else math.nan for v in values), dtype=np.float64, count=n)
-                for i in np.flatnonzero(np.isnan(flags)).tolist():
-                    errors[i] = errors[i] or stated_flag(values[i])
-                X[:, j] = np.nan_to_num(flags, nan=0.0)
+            if j == flag_j:  # (0.51 was a first run); not stated, a repeat
+                X[:, j] = np.nan_to_num(_stated_flags_of(values, errors), nan=0.0)
                 continue
             if spec.kind == "numeric":
                 col = _plain_numbers(values, kinds)
@@ -717,13 +712,8 @@ class FeatureSchema:
                 X[:, j] = codes
         if self.history is not None:
             X[:, -1] = self.history.flags(X[:, :-1], self.history.order_of(traces))
-            stated = [t.get(FIRST_OF_SHAPE) for t in traces]
-            for i in (i for i, v in enumerate(stated) if v is not None):
-                flag = stated_flag(stated[i])
-                if isinstance(flag, str):
-                    errors[i] = errors[i] or flag
-                else:
-                    X[i, -1] = flag
+            stated = _stated_flags_of([t.get(FIRST_OF_SHAPE) for t in traces], errors)
+            X[:, -1] = np.where(np.isnan(stated), X[:, -1], stated)  # a trace that states its flag keeps it
         return X, errors
 
     def outside_training(self, X: np.ndarray, traces: Sequence[dict[str, Any]]) -> dict[int, list[str]] | None:
@@ -988,6 +978,22 @@ def stated_flag(v: Any) -> float | str:
 
 
 _FLAG_TYPES = (bool, int, float)
+
+
+def _stated_flags_of(values: list[Any], errors: list[str | None]) -> np.ndarray:
+    """Each trace's stated ``first_of_shape`` as :func:`stated_flag` reads it: 1.0 or 0.0, NaN
+    where it states none, or one that is no flag (whose error is set in ``errors``)."""
+    flags = np.fromiter((float(v) if v.__class__ in _FLAG_TYPES and v in (0, 1) else math.nan for v in values),
+                        dtype=np.float64, count=len(values))
+    for i in np.flatnonzero(np.isnan(flags)).tolist():
+        if values[i] is None:
+            continue
+        flag = stated_flag(values[i])  # (a subclass of a number, say)
+        if isinstance(flag, str):
+            errors[i] = errors[i] or flag
+        else:
+            flags[i] = flag
+    return flags
 
 
 def _stated_flags(table: TraceTable, rows: np.ndarray) -> np.ndarray | None:

@@ -81,11 +81,7 @@ def stated_keys(traces: list) -> frozenset[str]:
     if len(traces) == 1:  # a lone prediction's path: no set built
         t = traces[0]
         return _IDENTITY_SET.intersection(t) if isinstance(t, dict) and not _IDENTITY_SET.isdisjoint(t) else frozenset()
-    try:  # every trace's keys in one pass in C
-        keys = set().union(*traces)
-    except TypeError:  # a trace that is not an object (its error is the prediction's to give)
-        keys = set().union(*(t for t in traces if isinstance(t, dict)))
-    return _IDENTITY_SET.intersection(keys)
+    return _IDENTITY_SET.intersection(_keys_of(traces))
 
 
 _NAMING_KEYS = _IDENTITY_SET | {"input_feature"}
@@ -93,12 +89,16 @@ _NAMING_KEYS = _IDENTITY_SET | {"input_feature"}
 
 def names_a_model(traces: list) -> bool:
     """Whether any of these traces states an identity field, also inside SwarmPilot's
-    structured form (``input_feature``): one pass in C over every trace's keys."""
+    structured form (``input_feature``)."""
+    return not _NAMING_KEYS.isdisjoint(_keys_of(traces))
+
+
+def _keys_of(traces: list) -> set:
+    """Every key of these traces (dicts), in one pass in C."""
     try:
-        keys = set().union(*traces)
+        return set().union(*traces)
     except TypeError:  # a trace that is not an object (its error is the prediction's to give)
-        keys = set().union(*(t for t in traces if isinstance(t, dict)))
-    return not _NAMING_KEYS.isdisjoint(keys)
+        return set().union(*(t for t in traces if isinstance(t, dict)))
 
 
 def identity_conflicts(traces: list, identity: "ModelIdentity") -> list[str | None] | None:

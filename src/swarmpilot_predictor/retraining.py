@@ -13,6 +13,7 @@ waits for new evidence (:meth:`Retrainer.backoff_step`).
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 import math
@@ -61,7 +62,7 @@ def observation_matrix(features: FeatureSchema, records: list[dict[str, Any]]) -
         history, flags = features.history.extend(X[:, :-1], np.where(np.isnan(order), observed_at, order))
         stated = np.array([t.get(FIRST_OF_SHAPE) is not None for t in kept], dtype=bool)
         X[:, -1] = np.where(stated, X[:, -1], flags)
-        features = FeatureSchema(features.features, history, features.constants)
+        features = dataclasses.replace(features, history=history)
     return features, X, y
 
 

@@ -88,23 +88,22 @@ class Prediction(RenderedPredictions):
             self.rendered = self._render()
         return self.rendered
 
-    def timed(self, seconds: float) -> "Prediction":
-        """This prediction as answered again (from the cache) in ``seconds``."""
+    def _with(self, **changes: Any) -> "Prediction":
         # A shallow copy: dataclasses.replace costs several times more on the cache-hit path.
         out = object.__new__(Prediction)
-        out.__dict__.update(self.__dict__)
-        out.duration_seconds = seconds
+        out.__dict__.update(self.__dict__, **changes)
         return out
+
+    def timed(self, seconds: float) -> "Prediction":
+        """This prediction as answered again (from the cache) in ``seconds``."""
+        return self._with(duration_seconds=seconds)
 
     def as_queue(self, total_distribution: bool = True) -> "Prediction":
         """This one task's prediction as a batch's: a queue of one totals that task's runtime,
         its distribution (with a shared factor too: there is no other task to share it)."""
-        out = object.__new__(Prediction)
-        out.__dict__.update(self.__dict__)
-        out.total = {"expect": float(self.mean[0]), "error": float(self.std[0]),
-                     "total_quantiles": self.quantiles[0].tolist() if total_distribution else None,
-                     "total_interval": self.interval[0].tolist() if total_distribution else None}
-        return out
+        return self._with(total={"expect": float(self.mean[0]), "error": float(self.std[0]),
+                                 "total_quantiles": self.quantiles[0].tolist() if total_distribution else None,
+                                 "total_interval": self.interval[0].tolist() if total_distribution else None})
 
     def split(self) -> list["Prediction"]:
         """One Prediction per trace, each as if that trace had been predicted alone."""
