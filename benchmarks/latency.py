@@ -5,7 +5,7 @@ The server runs on one core (taskset -c 0), the load generator on the other
 (httpx costs ~1 ms a request here, more than the server), throughput with wrk
 (Debian package `wrk`) with 16 connections.
 
-    uv run python benchmarks/latency.py [--quick] [--skip-training] [--skip-registry] [--only http,coalesce,metrics,observe,boosted,...]
+    uv run python benchmarks/latency.py [--quick] [--skip-training] [--skip-registry] [--only http,coalesce,metrics,observe,boosted,elapsed,...]
     uv run python benchmarks/latency.py --baseline /path/to/older/checkout/src --only none  # batches: that code against this
 """
 
@@ -771,6 +771,34 @@ def section_observe(data_dir: Path) -> None:
     svc.close()
 
 
+def section_elapsed(data_dir: Path) -> None:
+    """What a running task's time left costs in-process against its whole runtime: one task
+    alone, and a queue of 100 whose first task is running (with its total)."""
+    from swarmpilot_predictor.identity import IdentityPattern
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    svc = PredictorService(PredictorSettings(data_dir=data_dir, cache_size=0))
+    pattern = IdentityPattern.from_parts(IDENT)
+    queue = [{k: v for k, v in t.items() if k != "runtime_ms"} for t in llm_traces(100, seed=13)]
+    whole_one, running_one = [queue[0]], [{**queue[0], "elapsed_ms": 100.0}]
+    running_queue = [running_one[0], *queue[1:]]
+    for label, traces, total in (("one task, whole runtime", whole_one, False),
+                                 ("one task running (elapsed_ms), time left", running_one, False),
+                                 ("queue of 100 with its total, none running", queue, True),
+                                 ("queue of 100 with its total, the first running", running_queue, True)):
+        for _ in range(50):
+            svc.predict(pattern, traces, with_total=total)
+        took = []
+        for _ in range(500):
+            t0 = time.perf_counter()
+            svc.predict(pattern, traces, with_total=total)
+            took.append(time.perf_counter() - t0)
+        print(f"| in-process prediction: {label} | median {statistics.median(took) * 1e3:.3f} ms, "
+              f"p99 {np.percentile(took, 99) * 1e3:.3f} ms |")
+    svc.close()
+
+
 def _loop_requests(port: int, method: str, path: str, body: bytes, until: float, every: float, core: int,
                    out) -> None:
     """In a process of its own on ``core``: ``method path`` every ``every`` seconds (or back to
@@ -889,7 +917,7 @@ def main() -> None:
     ap.add_argument("--algorithm", default="auto")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--skip-registry", action="store_true")
-    ap.add_argument("--only", default="", help="comma-separated sections: http,loop,batch,client,cache,coalesce,isolation,training,registry,metrics,preload,accesslog,atoms,observe,boosted")
+    ap.add_argument("--only", default="", help="comma-separated sections: http,loop,batch,client,cache,coalesce,isolation,training,registry,metrics,preload,accesslog,atoms,observe,boosted,elapsed")
     ap.add_argument("--baseline", help="the src folder of another checkout: batches against its code and this (section versus)")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
@@ -933,6 +961,8 @@ def main() -> None:
             section_boosted()
         if want("observe"):
             section_observe(data_dir)
+        if want("elapsed"):
+            section_elapsed(data_dir)
     print(f"\n(maxrss of this driver: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
 
 

@@ -3,7 +3,8 @@
 A scheduler placing a new task asks, for every candidate instance, how long
 until that instance's queue (plus the new task) drains, and takes the one
 with the lowest p90 completion time: a tail-aware choice that a mean-only
-estimate cannot make.
+estimate cannot make. The task an instance is running counts by its time left:
+its trace states ``elapsed_ms``, how long it has run.
 
     uv run python examples/scheduler_queue_wait.py [http://localhost:8200]
 """
@@ -11,6 +12,7 @@ estimate cannot make.
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 
 from swarmpilot_predictor.client import PredictorClient, QueueWaitEstimate
@@ -21,12 +23,20 @@ class Instance:
     name: str
     identity: dict[str, str]  # which runtime model describes this instance
     queue: list[dict] = field(default_factory=list)  # traces of the tasks waiting on it
+    running: dict | None = None  # the trace of the task it is running, if any
+    started: float = 0.0  # when that task started, time.monotonic()
+
+    def tasks_left(self) -> list[dict]:
+        """The queue, after the running task stated with the milliseconds it has run."""
+        if self.running is None:
+            return list(self.queue)
+        return [{**self.running, "elapsed_ms": 1000.0 * (time.monotonic() - self.started)}, *self.queue]
 
 
 def completion_estimate(client: PredictorClient, instance: Instance, task: dict, level: float) -> QueueWaitEstimate:
     # shared_factor: the model's own error about the runtimes' level is one error for the
     # whole queue; without it a long queue's tail is too sure (README, Modelling).
-    return client.queue_wait(instance.identity, [*instance.queue, task], quantiles=[0.5, level], shared_factor=True)
+    return client.queue_wait(instance.identity, [*instance.tasks_left(), task], quantiles=[0.5, level], shared_factor=True)
 
 
 def choose_instance(client: PredictorClient, instances: list[Instance], task: dict, level: float = 0.9) -> tuple[Instance, dict[str, float]]:
@@ -40,7 +50,8 @@ def main(url: str) -> None:
     identity = {"model_type": "gpt-3.5-turbo", "model_name": "turbo", "hardware": "A100",
                 "software_name": "vllm", "software_version": "0.1.0"}
     instances = [
-        Instance("a100-0", identity, [{"input_tokens": 500, "output_tokens": 400}] * 3),
+        Instance("a100-0", identity, [{"input_tokens": 500, "output_tokens": 400}] * 3,
+                 running={"input_tokens": 800, "output_tokens": 600}, started=time.monotonic() - 2.0),
         Instance("a100-1", identity, [{"input_tokens": 100, "output_tokens": 50}] * 6),
         Instance("a100-2", identity, []),
     ]

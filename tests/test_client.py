@@ -1080,3 +1080,31 @@ def test_an_error_carries_the_wait_the_service_asks_for():
     import pickle
 
     assert pickle.loads(pickle.dumps(err.value)).retry_after is None
+
+
+def test_a_running_tasks_time_left_counts_in_the_wait_through_both_clients(trained_server):
+    example = _load_example("scheduler_queue_wait")
+    queue = [{"input_tokens": 200, "output_tokens": 100}] * 3
+    running = {"input_tokens": 500, "output_tokens": 400}  # about 4,830 ms
+    late = {**running, "elapsed_ms": 4000.0}
+    with PredictorClient(trained_server.url) as client:
+        whole, left = client.predict_single(IDENTITY, running).results, client.predict_single(IDENTITY, late).results
+        assert whole.elapsed_level is None and 0.01 < left.elapsed_level < 0.5
+        assert 0 < left.quantile_predictions[0] < left.quantile_predictions[-1] < whole.quantile_predictions[-1] - 3000
+        full, waited = client.queue_wait(IDENTITY, [running, *queue]), client.queue_wait(IDENTITY, [late, *queue])
+        assert waited.expect == pytest.approx(full.expect - whole.expect + left.expect, rel=1e-9)
+        assert waited.quantile(0.5) < full.quantile(0.5) - 3000
+        with pytest.raises(PredictorClientError, match=r"422: trace: elapsed_ms must be the milliseconds .* got -1"):
+            client.predict_single(IDENTITY, {**running, "elapsed_ms": -1})
+        # The example scheduler states the running task's time so far.
+        busy = example.Instance("busy", IDENTITY, queue, running=running, started=time.monotonic() - 4.0)
+        stated = busy.tasks_left()
+        assert stated[1:] == queue and 4000 <= stated[0]["elapsed_ms"] < 60_000
+        assert example.completion_estimate(client, busy, queue[0], 0.9).tasks == 5
+
+    async def both() -> tuple:
+        async with AsyncPredictorClient(trained_server.url) as client:
+            return (await client.predict_single(IDENTITY, late)).results, await client.queue_wait(IDENTITY, [late, *queue])
+
+    got_left, got_wait = asyncio.run(both())
+    assert got_left == left and got_wait.quantile_predictions == waited.quantile_predictions

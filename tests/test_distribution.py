@@ -795,3 +795,107 @@ def test_a_total_of_constant_tasks_is_exact_and_warns_of_nothing():
         warnings.simplefilter("error")
         total = model.predict_distribution(x[:3]).total()
         np.testing.assert_allclose(total.quantiles([0.01, 0.5, 0.99]), [9.0, 9.0, 9.0], rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- running tasks' time left
+
+
+def test_a_running_tasks_time_left_is_its_runtime_given_what_it_has_run():
+    # Lognormal tasks, closed forms: T - e given T > e.
+    from swarmpilot_predictor.distribution import RemainingDistribution
+
+    m, s = np.log(np.array([100.0, 100.0, 200.0, 50.0])), np.array([0.5, 0.5, 0.3, 0.8])
+    dist = RuntimeDistribution(m, s, normal_score())
+    elapsed = np.array([0.0, 150.0, 100.0, 60.0])
+    left = RemainingDistribution.of(dist, elapsed)
+    z_e = (np.log(np.maximum(elapsed, 1e-300)) - m) / s
+    p = ndtr(z_e)
+    np.testing.assert_allclose(left.reached, p, atol=2e-4)
+    assert left.reached[0] == 0.0
+    taus = np.array([0.9, 0.05, 0.5, 0.99])  # any order
+    true = np.exp(m[:, None] + s[:, None] * ndtri(p[:, None] + taus[None, :] * (1 - p[:, None]))) - elapsed[:, None]
+    np.testing.assert_allclose(left.quantiles(taus), true, rtol=2e-3)
+    # A task not started is its model's own, exactly.
+    np.testing.assert_array_equal(left.quantiles(taus)[0], dist.quantiles(taus)[0])
+    # Moments: E[T 1{T > e}] = exp(m + s^2/2) Phi(s - z_e), E[T^2 1{T > e}] = exp(2m + 2s^2) Phi(2s - z_e).
+    tail = 1 - p
+    first = np.exp(m + s**2 / 2) * ndtr(s - z_e) / tail
+    second = np.exp(2 * m + 2 * s**2) * ndtr(2 * s - z_e) / tail
+    mean, sd = left.mean_std()
+    np.testing.assert_allclose(mean, first - elapsed, rtol=3e-3)
+    np.testing.assert_allclose(sd, np.sqrt(second - first**2), rtol=1e-2)
+    assert mean[0] == dist.mean_std()[0][0]
+
+
+def test_a_queue_with_a_running_task_totals_its_time_left_and_the_others_runtimes():
+    from swarmpilot_predictor.distribution import RemainingDistribution
+
+    m, s = np.log(np.array([100.0, 100.0, 200.0, 50.0])), np.array([0.5, 0.5, 0.3, 0.8])
+    elapsed = np.array([0.0, 150.0, 0.0, 60.0])
+    left = RemainingDistribution.of(RuntimeDistribution(m, s, normal_score()), elapsed)
+    rng = np.random.default_rng(3)
+    total = np.zeros(400_000)
+    for i in range(4):
+        t = np.exp(m[i] + s[i] * rng.standard_normal(4_000_000))
+        total += t[t > elapsed[i]][:400_000] - elapsed[i]
+    levels = [0.05, 0.5, 0.95, 0.99]
+    got = left.total()
+    np.testing.assert_allclose(got.quantiles(levels), np.quantile(total, levels), rtol=0.01)
+    assert got.mean == pytest.approx(left.mean_std()[0].sum()) and got.mean == pytest.approx(total.mean(), rel=0.005)
+    # A long queue (binned tasks) too, its running tasks among them.
+    n = 300
+    long = RemainingDistribution.of(RuntimeDistribution(np.full(n, np.log(100.0)), np.full(n, 0.5), normal_score()),
+                                    np.where(np.arange(n) % 50 == 0, 150.0, 0.0))
+    draws = np.exp(np.log(100.0) + 0.5 * rng.standard_normal((20_000, n)))
+    running = np.arange(n) % 50 == 0
+    cond = np.exp(np.log(100.0) + 0.5 * rng.standard_normal(2_000_000))
+    cond = cond[cond > 150.0] - 150.0
+    draws[:, running] = rng.choice(cond, size=(20_000, int(running.sum())))
+    np.testing.assert_allclose(long.total().quantiles([0.05, 0.5, 0.95]), np.quantile(draws.sum(axis=1), [0.05, 0.5, 0.95]),
+                               rtol=0.005)
+
+
+def test_a_task_past_all_its_model_reaches_has_no_time_left_it_can_tell():
+    from swarmpilot_predictor.distribution import RemainingDistribution
+
+    dist = RuntimeDistribution(np.log(np.array([100.0])), np.array([0.5]), normal_score(), log_bounds=(0.0, np.log(1e4)))
+    left = RemainingDistribution.of(dist, np.array([2e4]))  # past the runtime bound
+    assert left.reached[0] == 1.0
+    np.testing.assert_array_equal(left.quantiles([0.1, 0.5, 0.99]), [[0.0, 0.0, 0.0]])
+    assert left.mean_std()[0][0] == 0.0
+
+
+def test_tasks_of_two_models_and_stored_quantiles_take_levels_of_their_own():
+    # task_quantiles, which the time left reads, agrees with quantiles where every task has the same levels.
+    from swarmpilot_predictor.distribution import RemainingDistribution
+
+    mixed, kinds = first_runs_and_repeats(3, 4)
+    levels = np.array([0.01, 0.3, 0.5, 0.97])
+    same = np.broadcast_to(levels, (len(mixed), len(levels)))
+    np.testing.assert_allclose(mixed.task_quantiles(same), mixed.quantiles(levels), rtol=1e-12)
+    own = np.sort(np.random.default_rng(0).random((len(mixed), 3)), axis=1)
+    for i in range(len(mixed)):
+        np.testing.assert_allclose(mixed.task_quantiles(own)[i], mixed.subset(np.array([i])).quantiles(own[i])[0],
+                                   rtol=1e-12)
+    # A first run that has run past its fast mode (as fast as a repeat, one time in three) has
+    # only its slow mode left (800 to 1000 ms, and a spread of 0.2 in log); a repeat, its little.
+    first, repeat = kinds.index(1), kinds.index(0)
+    left = RemainingDistribution.of(mixed, np.where(np.arange(len(mixed)) == first, 50.0, 0.0))
+    assert left.reached[first] == pytest.approx(1 / 3, abs=0.03)
+    q = left.quantiles([0.05, 0.5])
+    assert q[first, 0] > 400 and q[first, 1] > 600
+    np.testing.assert_array_equal(q[repeat], mixed.quantiles([0.05, 0.5])[repeat])
+
+
+def test_the_level_reached_is_found_alike_for_one_task_and_for_many():
+    from swarmpilot_predictor.distribution import levels_reached
+
+    rng = np.random.default_rng(0)
+    n = 50  # past the few tasks searched on a fine grid: many are searched on coarser ones, more times
+    m, s = np.log(rng.uniform(50, 500, n)), rng.uniform(0.1, 1.0, n)
+    elapsed = np.exp(m + s * rng.normal(0.0, 1.5, n))
+    dist = RuntimeDistribution(m, s, normal_score())
+    many = levels_reached(dist, elapsed)
+    one_by_one = np.concatenate([levels_reached(dist.subset(np.array([i])), elapsed[i:i + 1]) for i in range(n)])
+    np.testing.assert_allclose(many, one_by_one, atol=1e-12)
+    np.testing.assert_allclose(many, ndtr((np.log(elapsed) - m) / s), atol=1e-5)

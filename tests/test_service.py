@@ -1295,3 +1295,74 @@ def test_a_batch_of_one_is_that_task_and_its_total_is_the_task(service, algorith
     # A trace that cannot be predicted: the batch's error, and no total, as before.
     bad = service.predict(PATTERN, [{"input_tokens": "many"}], with_total=True).batch_response()
     assert bad["results"][0]["status"] == "error" and bad["total_quantiles"] is None
+
+
+# --------------------------------------------------------------------------- running tasks
+
+
+def test_a_running_task_is_answered_by_its_time_left(service):
+    traces = [{**t, "elapsed_ms": 1.0} for t in make_llm_traces(300)]  # a field training does not learn
+    service.train(config(traces))
+    assert [f["name"] for f in service.model_detail(PATTERN)["features"]] == ["input_tokens", "output_tokens"]
+    task = {"input_tokens": 500, "output_tokens": 200}  # about 2,430 ms
+    levels = [0.1, 0.5, 0.9]
+    whole = predict(service, traces=[task], quantiles=levels).results()[0]
+    # Not started (0, or none): the whole runtime, as before (in the batch path's last digit).
+    started = predict(service, traces=[{**task, "elapsed_ms": 0}], quantiles=levels).results()[0]
+    assert started.keys() == whole.keys()
+    assert started["quantile_predictions"] == pytest.approx(whole["quantile_predictions"], rel=1e-12)
+    for elapsed in (1000.0, 2500.0, 3500.0):
+        left = predict(service, traces=[{**task, "elapsed_ms": elapsed}], quantiles=levels).results()[0]
+        p = left["elapsed_level"]
+        assert 0 < p < 1 and "elapsed_level" not in whole
+        # The runtime given that it is past `elapsed`: its quantiles at levels p + tau (1 - p), less elapsed.
+        given = predict(service, traces=[task], quantiles=[p + t * (1 - p) for t in levels]).results()[0]
+        np.testing.assert_allclose(np.array(left["quantile_predictions"]) + elapsed, given["quantile_predictions"],
+                                   rtol=1e-6)
+        assert 0 < left["expect"] < whole["expect"] and left["error"] > 0
+        assert left["interval"][0] < left["quantile_predictions"][1] < left["interval"][1]
+    assert predict(service, traces=[{**task, "elapsed_ms": 1000.0}]).results()[0]["elapsed_level"] < 0.01
+    # A batch's total is of what is left: the running task's time left and the others' runtimes.
+    queue = [{**task, "elapsed_ms": 2500.0}, task, task]
+    batch = predict(service, traces=queue, quantiles=levels, with_total=True)
+    body = batch.batch_response()
+    assert body["expect"] == pytest.approx(sum(r["expect"] for r in body["results"]), rel=1e-9)
+    full = predict(service, traces=[task] * 3, quantiles=levels, with_total=True).batch_response()
+    assert all(a < b for a, b in zip(body["total_quantiles"], full["total_quantiles"]))
+    assert body["total_quantiles"][1] == pytest.approx(2 * whole["quantile_predictions"][1]
+                                                       + body["results"][0]["quantile_predictions"][1], rel=0.1)
+    # predict_each (concurrent single requests) answers each as alone.
+    each = service.predict_each(PATTERN, queue * 5, quantiles=levels)
+    alone = [predict(service, traces=[t], quantiles=levels).results()[0] for t in queue]
+    for got, want in zip([e.results()[0] for e in each[:3]], alone):
+        assert got.keys() == want.keys() and got["expect"] == pytest.approx(want["expect"], rel=1e-12)
+
+
+def test_a_cached_answer_is_never_a_running_tasks(tmp_path):
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", cache_size=100))
+    try:
+        svc.train(config(make_llm_traces(200)))
+        task = {"input_tokens": 500, "output_tokens": 200}
+        whole = svc.predict(PATTERN, [task]).results()[0]
+        left = svc.predict(PATTERN, [{**task, "elapsed_ms": 2000.0}]).results()[0]
+        assert left["expect"] < whole["expect"] - 1500
+        assert svc.predict(PATTERN, [task]).results()[0] == whole
+        assert svc.predict(PATTERN, [{**task, "elapsed_ms": 2100.0}]).results()[0]["expect"] < left["expect"]
+    finally:
+        svc.close()
+
+
+def test_a_bad_elapsed_time_fails_its_trace_and_a_table_refuses_one(service, tmp_path):
+    service.train(config(make_llm_traces(200)))
+    task = {"input_tokens": 500, "output_tokens": 200}
+    pred = predict(service, traces=[task, {**task, "elapsed_ms": -5}, {**task, "elapsed_ms": "soon"}], with_total=True)
+    assert pred.ok.tolist() == [True, False, False]
+    assert all(e.startswith("elapsed_ms must be the milliseconds the task has already run") for e in pred.errors[1:])
+    assert "-5" in pred.errors[1] and "'soon'" in pred.errors[2]
+    service.generate_table(PATTERN, write_jsonl_gz(tmp_path / "t.jsonl.gz", [task]), table_name="t.json")
+    with pytest.raises(InvalidInput, match="elapsed_ms asks for a running task's time left") as info:
+        predict(service, traces=[{**task, "elapsed_ms": 10.0}], lookup_table=True, lookup_table_name="t.json")
+    assert info.value.field == "elapsed_ms"
+    # Not started, a table answers it.
+    got = predict(service, traces=[{**task, "elapsed_ms": 0}], lookup_table=True, lookup_table_name="t.json")
+    assert got.ok.tolist() == [True]

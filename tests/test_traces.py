@@ -18,6 +18,7 @@ from swarmpilot_predictor.traces import (
     TraceError,
     TraceTable,
     category_text,
+    elapsed_times,
     iter_json_array,
     iter_trace_file,
     iter_trace_stream,
@@ -91,6 +92,19 @@ def test_model_id_is_reserved_not_a_feature():
         assert k in keys
     assert "input_tokens" not in keys
     assert "latency" in reserved_keys("latency") and "runtime_ms" not in reserved_keys("latency")
+    assert "elapsed_ms" in keys  # a prediction's time already run, never a feature
+
+
+def test_elapsed_times_read_a_running_tasks_milliseconds_and_name_a_bad_value():
+    assert elapsed_times([{"x": 1}, {"x": 2, "elapsed_ms": None}]) == (None, None)
+    elapsed, errors = elapsed_times([{"x": 1}, {"elapsed_ms": 250}, {"elapsed_ms": 0.5}, {"elapsed_ms": 0},
+                                     {"elapsed_ms": -1}, {"elapsed_ms": "9"}, {"elapsed_ms": True},
+                                     {"elapsed_ms": float("nan")}, {"elapsed_ms": 10**400}, {"elapsed_ms": 2e15}])
+    assert elapsed.tolist() == [0.0, 250.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    assert errors[:4] == [None] * 4
+    for bad, shown in zip(errors[4:], ["-1", "'9'", "True", "nan", "1000000", "2000000000000000.0"]):
+        assert bad.startswith("elapsed_ms must be the milliseconds the task has already run, a number in [0, 1e+15]")
+        assert shown in bad
 
 
 @pytest.mark.parametrize(

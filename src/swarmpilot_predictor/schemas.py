@@ -259,6 +259,9 @@ class PredictionResult(_Response):
     # The features whose value training never saw (a number past its range, a category it
     # did not learn): sent only where there is one.
     outside_training: list[str] | None = None
+    # Of a running task (its trace states elapsed_ms, and the answer is its time left): the
+    # level of its runtime distribution that its elapsed time has reached.
+    elapsed_level: float | None = None
 
 
 class PredictionSummary(_Response):

@@ -22,7 +22,7 @@ import numpy as np
 from . import __version__
 from .atomic import remove_stale_temps
 from .cache import PredictionCache
-from .distribution import interval_levels
+from .distribution import RemainingDistribution, interval_levels
 from .errors import AmbiguousModel, DataDirectoryGone, InvalidInput, ModelNotFound, NotFound, PredictorError, shown
 from .identity import (IDENTITY_KEYS, IdentityPattern, ModelIdentity, describe_stated, fields_naming_a_model, identity_conflicts,
                        named_by_traces, stated_keys)
@@ -36,7 +36,9 @@ from .training import ProgressFn, Trainer, TrainingJobs
 from .settings import PredictorSettings
 from .traces import (
     DEFAULT_TARGET,
+    ELAPSED_KEY,
     RUNTIME_RANGE,
+    elapsed_times,
     TraceError,
     is_runtime,
     iter_trace_file,
@@ -80,6 +82,9 @@ class Prediction(RenderedPredictions):
     # The features whose value training never saw, by place among the predicted traces, of
     # those that have any (None: none has).
     outside: dict[int, list[str]] | None = None
+    # Of running tasks (a trace stating elapsed_ms), by place among the predicted traces, the
+    # level of its runtime distribution that time has reached (None: no task is running).
+    elapsed_levels: dict[int, float] | None = None
     # Rendered results, kept so that a cached prediction is rendered only once.
     rendered: list[dict[str, Any]] | None = dataclasses.field(default=None, repr=False)
 
@@ -115,6 +120,8 @@ class Prediction(RenderedPredictions):
                 self, ok=self.ok[i:i + 1], errors=self.errors[i:i + 1], quantiles=self.quantiles[rows],
                 mean=self.mean[rows], std=self.std[rows], interval=self.interval[rows], total=None, rendered=None,
                 outside={0: self.outside[k]} if good and self.outside and k in self.outside else None,
+                elapsed_levels=({0: self.elapsed_levels[k]} if good and self.elapsed_levels and k in self.elapsed_levels
+                                else None),
             ))
             k += good
         return out
@@ -123,7 +130,7 @@ class Prediction(RenderedPredictions):
         info = self.identity.model_info()
         out: list[dict[str, Any]] = []
         qs, means, stds, ivs = self.quantiles.tolist(), self.mean.tolist(), self.std.tolist(), self.interval.tolist()
-        outside = self.outside
+        outside, reached = self.outside, self.elapsed_levels
         k = 0
         for good, err in zip(self.ok.tolist(), self.errors):
             if good:
@@ -139,6 +146,8 @@ class Prediction(RenderedPredictions):
                 })
                 if outside is not None and k in outside:
                     out[-1]["outside_training"] = outside[k]
+                if reached is not None and k in reached:
+                    out[-1]["elapsed_level"] = reached[k]
                 k += 1
             else:
                 out.append({"status": "error", "message": err, "model_info": info})
@@ -324,6 +333,11 @@ class PredictorService:
             if shared_factor:
                 raise InvalidInput("shared_factor needs a model: a lookup table's records hold each task's own "
                                    "distribution, not the model's shared factor", field="shared_factor")
+            elapsed, elapsed_errors = elapsed_times(normalize_traces(traces)[0])
+            if elapsed is not None and ((elapsed > 0).any() or elapsed_errors.count(None) < len(elapsed_errors)):
+                raise InvalidInput(f"{ELAPSED_KEY} asks for a running task's time left, which a model answers: a lookup "
+                                   "table's records hold whole runtimes (send the batch with lookup_table false)",
+                                   field=ELAPSED_KEY)
             # Answered from a pre-computed table (no model needed); without a name, the default table.
             table = self.tables.get(lookup_table_name)
             if with_total and not quantiles:  # answered at the table's levels
@@ -517,6 +531,10 @@ class PredictorService:
         X, errors = loaded.meta.features.matrix(flat)
         if pre_errors.count(None) < len(pre_errors):
             errors = [p or e for p, e in zip(pre_errors, errors)]
+        # (A model trained before elapsed_ms was reserved may have it as a feature.)
+        elapsed, elapsed_errors = (None, None) if ELAPSED_KEY in loaded.meta.features.names else elapsed_times(flat)
+        if elapsed_errors is not None:
+            errors = [e or p for e, p in zip(errors, elapsed_errors)]
         # (The common batch, with no error, is told in C.)
         ok = np.ones(len(errors), dtype=bool) if errors.count(None) == len(errors) else \
             np.array([e is None for e in errors], dtype=bool)
@@ -524,6 +542,10 @@ class PredictorService:
         Xok = X[rows] if len(rows) < len(X) else X
         outside = loaded.meta.features.outside_training(Xok, flat if len(rows) == len(X) else [flat[i] for i in rows])
         dist = loaded.model.predict_distribution(Xok)
+        reached = None
+        if elapsed is not None and (elapsed[rows] > 0).any():
+            dist = RemainingDistribution.of(dist, elapsed[rows])
+            reached = {int(i): float(dist.reached[i]) for i in np.flatnonzero(dist.elapsed > 0)}
         # The interval's two levels ride along with the requested ones: one evaluation.
         both = dist.quantiles([*levels, *interval_levels(confidence_level)])
         q, interval = both[:, : len(levels)], both[:, len(levels):]
@@ -555,6 +577,7 @@ class PredictorService:
             total=total,
             duration_seconds=time.perf_counter() - t0,
             outside=outside,
+            elapsed_levels=reached,
         )
         if cache_key is not None and ok.all():
             self.cache.put(cache_key, prediction)
@@ -574,6 +597,8 @@ class PredictorService:
             return None
         if flat is not trace and (identity_conflicts([flat], identity) or [None])[0] is not None:
             return None  # identity fields inside a structured trace's input_feature
+        if flat.get(ELAPSED_KEY) is not None:
+            return None  # a running task: its time left
         x, error = loaded.meta.features.row(flat)
         if error is not None:
             return None
@@ -647,8 +672,8 @@ class PredictorService:
 
     @staticmethod
     def _cache_key(identity: ModelIdentity, meta: ModelVersion, trace: Any, levels: list[float], confidence: float):
-        if not isinstance(trace, dict) or "input_feature" in trace:
-            return None
+        if not isinstance(trace, dict) or "input_feature" in trace or trace.get(ELAPSED_KEY) is not None:
+            return None  # (a running task's time left is answered afresh: its elapsed time changes)
         values = tuple(trace.get(name) for name in meta.features.prediction_fields)
         # Only plain scalars make a key; anything else takes the normal path. The cache is
         # bounded by entries, so an entry must be small: long strings (an unseen category

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import itertools
 import json
 import math
 import re
@@ -40,6 +41,9 @@ def is_runtime(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and MIN_RUNTIME <= v <= MAX_RUNTIME
 ID_KEYS = frozenset({"task_id", "req_id", "model_id", "request_id"})
 TIMESTAMP_KEYS = frozenset({"ts", "timestamp"})
+# In a prediction's trace, how long the task has already run (ms): the answer is its time left.
+ELAPSED_KEY = "elapsed_ms"
+_NUMBER_OR_NONE = frozenset({int, float, type(None)})
 TRACE_FILE_SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv")
 UTF8_BOM = b"\xef\xbb\xbf"
 
@@ -57,7 +61,30 @@ class TraceError(ValueError):
 
 
 def reserved_keys(target: str = DEFAULT_TARGET) -> frozenset[str]:
-    return frozenset({target, *ID_KEYS, *TIMESTAMP_KEYS, *IDENTITY_KEYS})
+    return frozenset({target, ELAPSED_KEY, *ID_KEYS, *TIMESTAMP_KEYS, *IDENTITY_KEYS})
+
+
+def elapsed_times(traces: list[dict[str, Any]]) -> tuple[np.ndarray | None, list[str | None] | None]:
+    """Each trace's ``elapsed_ms`` (0 where it has none: not started), and an error naming
+    the field for each trace whose value is not a number of milliseconds at least 0; (None,
+    None) where no trace states one (told in C: a batch of queued tasks costs a list)."""
+    values = list(map(dict.get, traces, itertools.repeat(ELAPSED_KEY)))
+    if values.count(None) == len(values):
+        return None, None
+    try:  # (None reads as NaN)
+        col = np.array(values, dtype=np.float64) if set(map(type, values)) <= _NUMBER_OR_NONE else None
+    except OverflowError:  # an int past the float range
+        col = None
+    if col is None:
+        col = np.array([float(v) if type(v) in (int, float) and abs(v) <= MAX_RUNTIME else math.nan for v in values])
+    good = (col >= 0) & (col <= MAX_RUNTIME)
+    errors: list[str | None] = [None] * len(values)
+    for i in np.flatnonzero(~good).tolist():
+        if values[i] is not None:
+            errors[i] = (f"{ELAPSED_KEY} must be the milliseconds the task has already run, a number in "
+                         f"[0, {MAX_RUNTIME:g}]; got {shown(values[i])}")
+    elapsed = np.where(good, col, 0.0)
+    return elapsed, errors
 
 
 def normalize_trace(obj: Any) -> dict[str, Any]:
