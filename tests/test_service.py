@@ -1352,17 +1352,36 @@ def test_a_cached_answer_is_never_a_running_tasks(tmp_path):
         svc.close()
 
 
-def test_a_bad_elapsed_time_fails_its_trace_and_a_table_refuses_one(service, tmp_path):
+def test_a_bad_elapsed_time_fails_its_trace_and_a_table_answers_a_running_task(service, tmp_path):
     service.train(config(make_llm_traces(200)))
     task = {"input_tokens": 500, "output_tokens": 200}
     pred = predict(service, traces=[task, {**task, "elapsed_ms": -5}, {**task, "elapsed_ms": "soon"}], with_total=True)
     assert pred.ok.tolist() == [True, False, False]
     assert all(e.startswith("elapsed_ms must be the milliseconds the task has already run") for e in pred.errors[1:])
     assert "-5" in pred.errors[1] and "'soon'" in pred.errors[2]
+    # A lookup table answers a running task from its record's distribution, as the model does from its own.
     service.generate_table(PATTERN, write_jsonl_gz(tmp_path / "t.jsonl.gz", [task]), table_name="t.json")
-    with pytest.raises(InvalidInput, match="elapsed_ms asks for a running task's time left") as info:
-        predict(service, traces=[{**task, "elapsed_ms": 10.0}], lookup_table=True, lookup_table_name="t.json")
-    assert info.value.field == "elapsed_ms"
-    # Not started, a table answers it.
-    got = predict(service, traces=[{**task, "elapsed_ms": 0}], lookup_table=True, lookup_table_name="t.json")
-    assert got.ok.tolist() == [True]
+    running = {**task, "elapsed_ms": 2600.0}
+    queue = [running, task, {**task, "elapsed_ms": -5}]
+    table = predict(service, traces=queue, with_total=True, lookup_table=True, lookup_table_name="t.json")
+    model = predict(service, traces=queue, with_total=True)
+    assert table.ok.tolist() == model.ok.tolist() == [True, True, False]
+    assert table.errors[2] == model.errors[2]
+    got, want = table.results()[0], model.results()[0]
+    assert got["elapsed_level"] == pytest.approx(want["elapsed_level"], abs=0.02)
+    # Read off the record's few stored levels (its distribution as the table's totals sum it),
+    # the time left is coarser than the model's: off by a few percent of the whole runtime
+    # (about 2,430 ms), which is much of what is left; more in the tail (the time left's 0.99
+    # is the whole runtime's 0.997, past the record's highest level: 1,110 ms against 1,518).
+    whole_expect = table.results()[1]["expect"]
+    assert abs(got["expect"] - want["expect"]) < 0.05 * whole_expect and got["expect"] < 0.2 * whole_expect
+    assert got["quantiles"] == want["quantiles"] == [0.25, 0.5, 0.75, 0.99]
+    for a, b, off in zip(got["quantile_predictions"], want["quantile_predictions"], [0.1, 0.1, 0.1, 0.2]):
+        assert abs(a - b) < off * whole_expect
+    assert "elapsed_level" not in table.results()[1]
+    body = table.batch_response()
+    assert body["expect"] == pytest.approx(got["expect"] + table.results()[1]["expect"], rel=1e-9)
+    assert body["total_quantiles"] == pytest.approx(model.batch_response()["total_quantiles"], rel=0.05)
+    # Not started, a table answers the whole runtime.
+    whole = predict(service, traces=[{**task, "elapsed_ms": 0}], lookup_table=True, lookup_table_name="t.json")
+    assert whole.results()[0]["expect"] == table.results()[1]["expect"] and "elapsed_level" not in whole.results()[0]

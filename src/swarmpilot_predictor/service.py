@@ -333,11 +333,6 @@ class PredictorService:
             if shared_factor:
                 raise InvalidInput("shared_factor needs a model: a lookup table's records hold each task's own "
                                    "distribution, not the model's shared factor", field="shared_factor")
-            elapsed, elapsed_errors = elapsed_times(normalize_traces(traces)[0])
-            if elapsed is not None and ((elapsed > 0).any() or elapsed_errors.count(None) < len(elapsed_errors)):
-                raise InvalidInput(f"{ELAPSED_KEY} asks for a running task's time left, which a model answers: a lookup "
-                                   "table's records hold whole runtimes (send the batch with lookup_table false)",
-                                   field=ELAPSED_KEY)
             # Answered from a pre-computed table (no model needed); without a name, the default table.
             table = self.tables.get(lookup_table_name)
             if with_total and not quantiles:  # answered at the table's levels

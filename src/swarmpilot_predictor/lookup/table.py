@@ -26,7 +26,7 @@ import orjson
 from scipy.spatial import cKDTree
 from scipy.special import fdtri
 
-from ..distribution import StoredQuantileDistribution, interval_levels
+from ..distribution import RemainingDistribution, StoredQuantileDistribution, interval_levels
 from ..errors import AmbiguousModel, NotFound, shown
 from ..features import FIRST_OF_SHAPE, stated_flag
 from ..identity import (IDENTITY_KEYS, IdentityPattern, describe_stated, fields_naming_a_model, join_key, named_by_traces,
@@ -37,6 +37,7 @@ from ..traces import (
     TraceError,
     as_number,
     category_text,
+    elapsed_times,
     finite_number_in_text,
     normalize_traces,
     reserved_keys,
@@ -956,6 +957,12 @@ class LookupTable:
         """
         t0 = time.perf_counter()
         res = self.lookup(traces, pattern)
+        elapsed, elapsed_errors = elapsed_times(normalize_traces(traces if isinstance(traces, list) else list(traces))[0])
+        if elapsed_errors is not None and elapsed_errors.count(None) < len(elapsed_errors):
+            res.rows = res.rows.copy()
+            for i, error in enumerate(elapsed_errors):
+                if error is not None and res.rows[i] >= 0:
+                    res.rows[i], res.errors[i] = -1, error
         levels = sorted(map(float, quantiles)) if quantiles else None
         rows_l = res.rows.tolist()
         ok_rows = [r for r in rows_l if r >= 0]
@@ -971,6 +978,18 @@ class LookupTable:
             answers = self._answer_many(idx, levels, confidence_level)
             expect, error = self.expect[idx].tolist(), self.error[idx].tolist()
             ident, versions = self.row_identity[idx].tolist(), self.versions[idx].tolist()
+        # Running tasks (a trace stating elapsed_ms): their time left, from their records' distributions.
+        left, reached = None, {}
+        if elapsed is not None and n_ok and (elapsed[res.rows >= 0] > 0).any():
+            left = RemainingDistribution.of(self.task_distributions(np.asarray(ok_rows, dtype=np.int64)),
+                                            elapsed[res.rows >= 0])
+            mean, sd = left.mean_std()
+            ends = interval_levels(confidence_level)
+            for k in np.flatnonzero(left.elapsed > 0).tolist():
+                out_levels = answers[k][0]
+                q = left.subset(np.array([k])).quantiles([*out_levels, *ends])[0].tolist()
+                answers[k] = (out_levels, q[:len(out_levels)], q[len(out_levels):])
+                expect[k], error[k], reached[k] = float(mean[k]), float(sd[k]), float(left.reached[k])
         match_l, dist_l = res.match.tolist(), res.distance.tolist()
         infos = [g.model_info(pattern) for g in self.groups]
         stale: dict[tuple[int, int], bool | None] = {}  # per identity and version, asked once a request
@@ -1007,6 +1026,8 @@ class LookupTable:
                 item["distance"] = dist_l[i]
             if i in res.kind_mismatch:  # its answer may be ten times off the model's
                 item["kind_mismatch"] = True
+            if k in reached:
+                item["elapsed_level"] = reached[k]
             results.append(item)
             k += 1
         # An empty queue, or one none of whose traces was found, answers the levels its tasks
@@ -1016,7 +1037,7 @@ class LookupTable:
         total = None
         if with_total and n_ok:
             total = self._total(np.asarray(ok_rows, dtype=np.int64), np.asarray(expect), np.asarray(error),
-                                total_levels, confidence_level, answers)
+                                total_levels, confidence_level, answers, left)
         return TablePrediction(
             table=self.name,
             levels=total_levels,
@@ -1029,7 +1050,8 @@ class LookupTable:
         )
 
     def _total(self, rows: np.ndarray, expect: np.ndarray, error: np.ndarray, levels: list[float] | None,
-               confidence_level: float, answers: list[tuple[list[float], list[float], list[float]]]) -> dict[str, Any]:
+               confidence_level: float, answers: list[tuple[list[float], list[float], list[float]]],
+               tasks: RemainingDistribution | None = None) -> dict[str, Any]:
         """The total of independent tasks answered by the records ``rows`` (``answers``: each
         task's levels, quantiles and interval): the sum of their distributions, each read off
         its stored quantiles as a task's answer is, convolved as a model's tasks are.
@@ -1038,11 +1060,14 @@ class LookupTable:
         its own answer. (A normal law from those two moments, as tables answered until
         2026-12-01, put the median of two tasks of a model with a rare slow mode at 2.2 times
         the model's total's, and a 10-task queue's 5% quantile at half the model's.)
+
+        ``tasks``, where some of them are running, are their distributions with those tasks'
+        time left (``expect`` and ``error`` are then the time left's).
         """
         mu, sd = float(expect.sum()), float(np.sqrt(np.square(error).sum()))
         if len(answers) == 1:
             return {"expect": mu, "error": sd, "total_quantiles": list(answers[0][1]), "total_interval": list(answers[0][2])}
-        total = self.task_distributions(rows, expect, error).total()
+        total = (tasks if tasks is not None else self.task_distributions(rows, expect, error)).total()
         tq = total.quantiles(np.asarray(levels, dtype=np.float64)).tolist() if levels else []
         return {"expect": mu, "error": sd, "total_quantiles": tq, "total_interval": total.interval(confidence_level).tolist()}
 
