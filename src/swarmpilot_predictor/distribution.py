@@ -1313,16 +1313,15 @@ class MixedDistribution(TaskDistributions):
         return blocks
 
 
-
 # The level a running task's elapsed time has reached is searched for on the probit axis
 # within +-_REACH_PROBIT (where quantile functions stop: 1e-12 and 1 - 1e-12): each pass
 # evaluates a grid of points across the bracket at once and keeps the cell the time falls
 # in, to 6.7e-6 on that axis in all, then it is interpolated there, linearly in log runtime
-# (exact for a lognormal task). A few tasks (at most _REACH_FEW) in 3 passes of 129 points:
-# the call's own cost is what counts (halving the bracket 36 times took 1.6 ms of a single
-# prediction's 1.7; this, 0.6 ms of 0.64 less); more in 7 passes of 9 points, 63 values a
-# task rather than 387 (a batch of 2,895 running tasks 8 µs a task, against 54). Tasks
-# _REACH_CHUNK at a time.
+# (exact for a lognormal task). A few tasks (at most _REACH_FEW) in 3 passes of 129 points,
+# where each call's own cost is what counts (halving the bracket 20 times, a call a halving,
+# a single running task's prediction took a median 1.63 ms; so, 0.64 ms); more in 7 passes
+# of 9 points, 63 values a task rather than 387 (2,895 running tasks at once took 9 µs a
+# task, against 54). Tasks _REACH_CHUNK at a time.
 _REACH_PROBIT = 7.035
 _REACH_FEW = 16
 _REACH_CHUNK = 4096

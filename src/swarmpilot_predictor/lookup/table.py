@@ -980,9 +980,8 @@ class LookupTable:
             ident, versions = self.row_identity[idx].tolist(), self.versions[idx].tolist()
         # Running tasks (a trace stating elapsed_ms): their time left, from their records' distributions.
         left, reached = None, {}
-        if elapsed is not None and n_ok and (elapsed[res.rows >= 0] > 0).any():
-            left = RemainingDistribution.of(self.task_distributions(np.asarray(ok_rows, dtype=np.int64)),
-                                            elapsed[res.rows >= 0])
+        if elapsed is not None and n_ok and ((elapsed_ok := elapsed[res.rows >= 0]) > 0).any():
+            left = RemainingDistribution.of(self.task_distributions(np.asarray(ok_rows, dtype=np.int64)), elapsed_ok)
             mean, sd = left.mean_std()
             ends = interval_levels(confidence_level)
             for k in np.flatnonzero(left.elapsed > 0).tolist():
