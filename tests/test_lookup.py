@@ -1711,3 +1711,55 @@ def test_a_record_without_a_stored_error_still_spreads_its_queues_total():
         low, mid, high = body["total_quantiles"]
         assert low < mid < high and high - low > 0.5 * mid
         assert body["error"] == 0.0  # the records' own moments, as stored
+
+
+# --------------------------------------------------------------------------- running tasks
+
+
+def test_a_table_whose_model_learned_elapsed_ms_reads_it_as_that_feature(tmp_path: Path):
+    import json
+
+    # A model stored before elapsed_ms was reserved, that learned it, made this table: as the
+    # model does (README), the table reads it as a feature and answers whole runtimes.
+    def record(elapsed: float, median: float) -> dict:
+        return {"status": "success", "quantiles": [0.25, 0.5, 0.75], "quantile_predictions": [median * 0.9, median, median * 1.1],
+                "expect": median, "error": median * 0.1, "model_type": "llm",
+                "model_info": {"type": "llm", "name": "m", "hardware": "h", "software_name": "s", "software_version": "1"},
+                "features": {"input_tokens": 500, "elapsed_ms": elapsed}}
+
+    path = tmp_path / "legacy.json"
+    path.write_text(json.dumps([record(0.0, 1000.0), record(500.0, 3000.0)]))
+    table = LookupTable.load(path)
+    got = table.predict(None, [{"input_tokens": 500, "elapsed_ms": 500.0}]).items[0]
+    assert got["status"] == "success" and got["match"] == "exact"
+    assert got["expect"] == 3000.0 and "elapsed_level" not in got
+
+
+def test_a_tables_running_tasks_are_answered_together_not_one_by_one(tmp_path: Path, monkeypatch):
+    import json
+
+    from swarmpilot_predictor.distribution import RemainingDistribution
+
+    # 10,000 running tasks took 13.4 s on the table path (the model's: 0.5 s): a Python loop
+    # that took a one-task subset of the distributions and its quantiles per running task.
+    def record(tokens: int) -> dict:
+        m = 10.0 * tokens
+        return {"status": "success", "quantiles": [0.25, 0.5, 0.75, 0.99], "expect": m, "error": 0.2 * m,
+                "quantile_predictions": [0.85 * m, m, 1.15 * m, 1.6 * m], "model_type": "llm",
+                "model_info": {"type": "llm", "name": "m", "hardware": "h", "software_name": "s", "software_version": "1"},
+                "features": {"input_tokens": tokens}}
+
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps([record(t) for t in range(100, 600, 10)]))
+    table = LookupTable.load(path)
+    traces = [{"input_tokens": 100 + 10 * (i % 50), "elapsed_ms": 500.0 + i} for i in range(300)]
+    alone = [table.predict(None, [t]).items[0] for t in traces[:5]]
+    calls = []
+    subset = RemainingDistribution.subset
+    monkeypatch.setattr(RemainingDistribution, "subset", lambda self, rows: calls.append(len(rows)) or subset(self, rows))
+    got = table.predict(None, traces, with_total=True).items
+    assert len(calls) <= 2  # one set of levels: its running tasks at once
+    for a, b in zip(got, alone):
+        np.testing.assert_allclose(a["quantile_predictions"] + a["interval"], b["quantile_predictions"] + b["interval"],
+                                   rtol=1e-9)
+        assert a["elapsed_level"] == pytest.approx(b["elapsed_level"], abs=1e-9)

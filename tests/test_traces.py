@@ -677,3 +677,9 @@ def test_a_trace_file_read_in_part_leaves_no_file_to_the_collector(tmp_path):
             del traces
             gc.collect()
         assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+def test_a_number_of_a_numeric_subclass_is_an_elapsed_time():
+    # As a feature's value is (numpy's float64 is a float): in-process callers pass them.
+    elapsed, errors = elapsed_times([{"elapsed_ms": np.float64(250.0)}, {"elapsed_ms": 3}])
+    assert errors == [None, None] and elapsed.tolist() == [250.0, 3.0]

@@ -470,13 +470,21 @@ class TaskDistributions:
     def quantiles(self, levels: np.ndarray | list[float]) -> np.ndarray:
         raise NotImplementedError
 
-    def task_quantiles(self, levels: np.ndarray) -> np.ndarray:
+    def task_quantiles(self, levels: np.ndarray, spread_levels: np.ndarray | None = None) -> np.ndarray:
         """Each task's runtimes at levels of its own: ``levels`` is (tasks, k), each row
-        increasing and within [0, 1]; so is the answer."""
+        increasing and within [0, 1]; so is the answer. ``spread_levels`` (as ``levels``, at
+        least them), where given, are the levels a task's spread term is taken at (see
+        :class:`RuntimeDistribution`): its moments keep its score within the observed
+        range, not that normal term."""
         raise NotImplementedError
 
     def moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         raise NotImplementedError
+
+    def moment_levels(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each task's levels (of its own distribution) between which ``moments`` take it (the
+        mass beyond sits on them): every level, unless a subclass says otherwise."""
+        return np.zeros(len(self)), np.ones(len(self))
 
     def _node_values(self, rows: np.ndarray, atoms: int = _SUM_ATOMS, stratum: np.ndarray | None = None,
                      strata: np.ndarray | None = None) -> list["_SumBlock"]:
@@ -916,13 +924,30 @@ class RuntimeDistribution(TaskDistributions):
         out[:, order] = q
         return snap_to_atoms(out, self.atoms)
 
-    def task_quantiles(self, levels: np.ndarray) -> np.ndarray:
+    def task_quantiles(self, levels: np.ndarray, spread_levels: np.ndarray | None = None) -> np.ndarray:
         levels = np.asarray(levels, dtype=np.float64)
         z = np.maximum.accumulate(self.score_quantiles(levels), axis=1)
-        log_q = self.score.log_runtimes(self.location[:, None], self.scale[:, None], z) + self._spread_at(levels)
+        log_q = (self.score.log_runtimes(self.location[:, None], self.scale[:, None], z)
+                 + self._spread_at(levels if spread_levels is None else spread_levels))
         return snap_to_atoms(np.exp(np.clip(log_q, *self.log_bounds)), self.atoms)
 
     # ------------------------------------------------------------------ moments
+
+    def moment_levels(self) -> tuple[np.ndarray, np.ndarray]:
+        """The observed scores' range (``segment_nodes`` keeps the moments' nodes within it), as
+        levels of each task's own distribution (through its shape's map, where it has one)."""
+        ends = (float(self.score.levels[0]), float(self.score.levels[-1]))
+        n = len(self)
+        if self.cdf is None:
+            return np.full(n, ends[0]), np.full(n, ends[1])
+        lk = np.concatenate([[0.0], np.asarray(self.knots, dtype=np.float64), [1.0]])
+        Fp = np.concatenate([np.zeros((n, 1)), self.cdf, np.ones((n, 1))], axis=1)
+        out = []
+        for level in ends:  # Z's level in segment k: the task's by the segment's linear map
+            k = int(np.clip(np.searchsorted(lk, level, side="right") - 1, 0, len(lk) - 2))
+            f = (level - lk[k]) / (lk[k + 1] - lk[k])
+            out.append(Fp[:, k] + f * (Fp[:, k + 1] - Fp[:, k]))
+        return out[0], out[1]
 
     def _segment_masses(self) -> np.ndarray:
         if self.cdf is None:
@@ -1207,7 +1232,7 @@ class StoredQuantileDistribution(TaskDistributions):
         u = np.asarray(levels, dtype=np.float64)
         return self._brought(self.quantile(self.rows, u, self.bend), u[None, :])
 
-    def task_quantiles(self, levels: np.ndarray) -> np.ndarray:
+    def task_quantiles(self, levels: np.ndarray, spread_levels: np.ndarray | None = None) -> np.ndarray:
         assert self.stretch is not None
         return self._brought(self.quantile(self.rows, levels, self.bend), levels)
 
@@ -1280,12 +1305,19 @@ class MixedDistribution(TaskDistributions):
                 out[at] = self.parts[p].quantiles(levels)
         return out
 
-    def task_quantiles(self, levels: np.ndarray) -> np.ndarray:
+    def task_quantiles(self, levels: np.ndarray, spread_levels: np.ndarray | None = None) -> np.ndarray:
         out = np.empty(np.shape(levels))
         for p, at in self._members():
             if len(at):
-                out[at] = self.parts[p].task_quantiles(levels[at])
+                out[at] = self.parts[p].task_quantiles(levels[at], None if spread_levels is None else spread_levels[at])
         return out
+
+    def moment_levels(self) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = np.zeros(len(self)), np.ones(len(self))
+        for p, at in self._members():
+            if len(at):
+                lo[at], hi[at] = self.parts[p].moment_levels()
+        return lo, hi
 
     def moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         if self._moments is None:
@@ -1342,7 +1374,9 @@ def levels_reached(tasks: TaskDistributions, elapsed: np.ndarray) -> np.ndarray:
     for stage in range(stages):
         t = lo[:, None] + grid[None, :] * (hi - lo)[:, None]
         q = tasks.task_quantiles(ndtr(t))  # non-decreasing along each row
-        passed = (q < elapsed[:, None]).sum(axis=1)
+        # F(e) = P(T <= e): a runtime the model repeats (an atom) that equals the time run is
+        # one such tasks would have finished by now (T > e rules it out).
+        passed = (q <= elapsed[:, None]).sum(axis=1)
         if stage == 0:
             none, every = passed == 0, passed == points
         below, above = np.clip(passed - 1, 0, points - 1), np.clip(passed, 0, points - 1)
@@ -1393,11 +1427,18 @@ class RemainingDistribution(TaskDistributions):
         started = self.elapsed > 0 if rows is None else self.elapsed[rows] > 0
         return np.flatnonzero(~started), np.flatnonzero(started)
 
-    def _left(self, rows: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    def _left(self, rows: np.ndarray, levels: np.ndarray, lo: np.ndarray | None = None,
+              hi: np.ndarray | None = None) -> np.ndarray:
         """The time left of the running tasks ``rows`` at levels of their own (rows, k): each
-        row increasing, within [0, 1]."""
+        row increasing, within [0, 1]; with ``lo`` and ``hi`` (per task), its score's levels
+        kept within them (a spread term's are not, as a whole runtime's moments take it)."""
         p = self.reached[rows][:, None]
-        x = self.tasks.subset(rows).task_quantiles(np.minimum(p + levels * (1.0 - p), 1.0))
+        v = np.minimum(p + levels * (1.0 - p), 1.0)
+        if lo is None or hi is None:
+            x = self.tasks.subset(rows).task_quantiles(v)
+        else:
+            kept = np.minimum(p + np.clip(levels, lo[:, None], hi[:, None]) * (1.0 - p), 1.0)
+            x = self.tasks.subset(rows).task_quantiles(kept, spread_levels=v)
         return np.maximum(x - self.elapsed[rows][:, None], 0.0)
 
     def quantiles(self, levels: np.ndarray | list[float]) -> np.ndarray:
@@ -1410,8 +1451,8 @@ class RemainingDistribution(TaskDistributions):
             out[np.ix_(running, order)] = self._left(running, np.broadcast_to(levels[order], (len(running), len(levels))))
         return out
 
-    def task_quantiles(self, levels: np.ndarray) -> np.ndarray:
-        out = self.tasks.task_quantiles(levels)
+    def task_quantiles(self, levels: np.ndarray, spread_levels: np.ndarray | None = None) -> np.ndarray:
+        out = self.tasks.task_quantiles(levels, spread_levels)
         _, running = self._running()
         if len(running):
             out[running] = self._left(running, levels[running])
@@ -1419,14 +1460,22 @@ class RemainingDistribution(TaskDistributions):
 
     def moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """As ``tasks``' for tasks not started; of a running task's time left, a quadrature
-        over the probability bins a total discretises a lone task with (fine in the tails)."""
+        over the probability bins a total discretises a lone task with (fine in the tails),
+        within the levels ``tasks``' own moments take (see ``moment_levels``)."""
         if self._moments is None:
             out = tuple(np.array(m, dtype=np.float64, copy=True) for m in self.tasks.moments())
             _, running = self._running()
-            u, w, _ = _sum_nodes(_SUM_ATOMS, fine_tails=True)
+            # Run less than the least it takes (nothing ruled out): its runtime less the time run.
+            unmoved = running[self.reached[running] == 0]
+            out[0][unmoved] -= self.elapsed[unmoved]
+            running = running[self.reached[running] > 0]
+            u0, w0, _ = _sum_nodes(_SUM_ATOMS, fine_tails=True)
             for a in range(0, len(running), _QUADRATURE_CHUNK):
                 rows = running[a:a + _QUADRATURE_CHUNK]
-                x = self._left(rows, np.broadcast_to(u, (len(rows), len(u))))
+                # Within the levels the task's own moments take it to (the observed scores'
+                # range: the mass beyond sits on its ends), so that they move continuously from
+                # the whole runtime's as it starts.
+                u, w, x = self._left_nodes(rows, u0, w0, *self.tasks.subset(rows).moment_levels())
                 mean = x @ w
                 d = x - mean[:, None]
                 d2 = d * d
@@ -1451,12 +1500,46 @@ class RemainingDistribution(TaskDistributions):
             u, w, e = _sum_nodes(atoms, fine_tails=stratum is None)
             reach = _sum_nodes()[0][[0, -1]]
             if stratum is None or strata is None:
-                levels = np.broadcast_to(np.clip(u, *reach), (len(running), len(u)))
+                u, w, x = self._left_nodes(rows[running], u, w, reach=reach)
             else:  # each task at its own stratum of every bin
                 share = (stratum[running] + 0.5) / strata[running]
-                levels = np.clip(e[None, :-1] + w[None, :] * share[:, None], *reach)
-            blocks.append(_SumBlock(u, w, self._left(rows[running], levels), running))
+                x = self._left(rows[running], np.clip(e[None, :-1] + w[None, :] * share[:, None], *reach))
+            blocks.append(_SumBlock(u, w, x, running))
         return blocks
+
+    def _left_nodes(self, rows: np.ndarray, u: np.ndarray, w: np.ndarray, lo: np.ndarray | None = None,
+                    hi: np.ndarray | None = None, reach: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The time left of the running tasks ``rows`` at the probability nodes ``u`` (the
+        middles of bins of widths ``w``) of its own distribution (within ``reach``, where
+        given), each task's score kept within its levels [``lo``, ``hi``] as :meth:`_left`
+        keeps it: (nodes, widths, values). A bin next to which some task's
+        runtime jumps (a slow mode's start) is split in ``_JUMP_SPLIT``, as
+        :meth:`RuntimeDistribution._node_values` splits its own (a rare slow mode's start
+        in the middle of a bin put a running task's mean up to 5% off)."""
+        def at(u: np.ndarray) -> np.ndarray:
+            levels = np.broadcast_to(u if reach is None else np.clip(u, *reach), (len(rows), len(u)))
+            return self._left(rows, levels, lo, hi)
+
+        x = at(u)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rise = np.diff(np.log(x + self.elapsed[rows][:, None]), axis=1)
+        rise = np.nan_to_num(rise, nan=0.0).max(axis=0) if len(rows) else np.zeros(len(u) - 1)
+        steep = np.flatnonzero(rise > _JUMP_LOG_RATIO)
+        if not len(steep):
+            return u, w, x
+        if len(steep) > _JUMP_MAX_BINS // 2:  # the steepest
+            steep = np.sort(np.argsort(rise)[-(_JUMP_MAX_BINS // 2):])
+        split = np.zeros(len(u), dtype=bool)
+        split[steep] = split[steep + 1] = True  # the jump lies in one of the two bins about it
+        start = u - w / 2
+        start = np.concatenate([start[~split], (start[split][:, None] + w[split][:, None]
+                                                * np.arange(_JUMP_SPLIT) / _JUMP_SPLIT).ravel()])
+        width = np.concatenate([w[~split], np.repeat(w[split] / _JUMP_SPLIT, _JUMP_SPLIT)])
+        order = np.argsort(start, kind="stable")
+        w = width[order]
+        u = start[order] + w / 2
+        return u, w, at(u)
 
 
 def _bins(log_mean: np.ndarray, log_cv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

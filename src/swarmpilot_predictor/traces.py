@@ -76,7 +76,8 @@ def elapsed_times(traces: list[dict[str, Any]]) -> tuple[np.ndarray | None, list
     except OverflowError:  # an int past the float range
         col = None
     if col is None:
-        col = np.array([float(v) if type(v) in (int, float) and abs(v) <= MAX_RUNTIME else math.nan for v in values])
+        col = np.array([float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= MAX_RUNTIME
+                        else math.nan for v in values])
     good = (col >= 0) & (col <= MAX_RUNTIME)
     errors: list[str | None] = [None] * len(values)
     for i in np.flatnonzero(~good).tolist():

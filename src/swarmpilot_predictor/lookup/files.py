@@ -27,6 +27,7 @@ from ..errors import InvalidInput, PayloadTooLarge, shown, storage_error
 from ..features import FIRST_OF_SHAPE
 from ..identity import IDENTITY_KEYS, ModelIdentity, identity_conflicts
 from ..traces import (
+    ELAPSED_KEY,
     ID_KEYS,
     TIMESTAMP_KEYS,
     NotAnArray,
@@ -114,7 +115,7 @@ def _csv_records(text: IO[str], name: str) -> Iterator[tuple[str, Any]]:
         for needed in ("expect", "error"):
             if needed not in pos:
                 raise TraceError(f"{name}: the CSV table has no {needed!r} column")
-        reserved = reserved_keys()
+        reserved = reserved_keys() - {ELAPSED_KEY}  # (a feature of a model stored before it was reserved)
         feat = [(h, i) for i, h in enumerate(header) if not _csv_column_taken(h) and h not in reserved]
         i_shape = pos.get(SHAPE_FEATURES)
         shape_cells: dict[str, Any] = {}  # the same cell on every row: parsed once
