@@ -1094,11 +1094,7 @@ class RuntimeDistribution(TaskDistributions):
             if jump.sum() > _JUMP_MAX_BINS:  # tasks whose slow modes start at many levels: the steepest
                 jump &= rise >= np.partition(rise, -_JUMP_MAX_BINS)[-_JUMP_MAX_BINS]
             if jump.any():
-                start = np.concatenate([e[:-1][~jump], (e[:-1][jump][:, None] + w[jump][:, None]
-                                                         * np.arange(_JUMP_SPLIT) / _JUMP_SPLIT).ravel()])
-                order = np.argsort(start, kind="stable")
-                w = np.concatenate([w[~jump], np.repeat(w[jump] / _JUMP_SPLIT, _JUMP_SPLIT)])[order]
-                u = start[order] + w / 2
+                u, w = _split_bins(e[:-1], w, jump)
             levels = np.clip(u, *reach)
             z = part.score_quantiles(levels)  # (tasks, nodes), non-decreasing: tails included
         x = np.exp(np.clip(part.score.log_runtimes(part.location[:, None], part.scale[:, None], z) + part._spread_at(levels),
@@ -1532,14 +1528,18 @@ class RemainingDistribution(TaskDistributions):
             steep = np.sort(np.argsort(rise)[-(_JUMP_MAX_BINS // 2):])
         split = np.zeros(len(u), dtype=bool)
         split[steep] = split[steep + 1] = True  # the jump lies in one of the two bins about it
-        start = u - w / 2
-        start = np.concatenate([start[~split], (start[split][:, None] + w[split][:, None]
-                                                * np.arange(_JUMP_SPLIT) / _JUMP_SPLIT).ravel()])
-        width = np.concatenate([w[~split], np.repeat(w[split] / _JUMP_SPLIT, _JUMP_SPLIT)])
-        order = np.argsort(start, kind="stable")
-        w = width[order]
-        u = start[order] + w / 2
+        u, w = _split_bins(u - w / 2, w, split)
         return u, w, at(u)
+
+
+def _split_bins(start: np.ndarray, w: np.ndarray, split: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Probability bins (their starts and widths) with those marked ``split`` cut in
+    ``_JUMP_SPLIT`` equal parts, in order: (middles, widths)."""
+    start = np.concatenate([start[~split], (start[split][:, None] + w[split][:, None]
+                                            * np.arange(_JUMP_SPLIT) / _JUMP_SPLIT).ravel()])
+    order = np.argsort(start, kind="stable")
+    w = np.concatenate([w[~split], np.repeat(w[split] / _JUMP_SPLIT, _JUMP_SPLIT)])[order]
+    return start[order] + w / 2, w
 
 
 def _bins(log_mean: np.ndarray, log_cv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

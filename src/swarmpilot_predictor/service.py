@@ -114,14 +114,17 @@ class Prediction(RenderedPredictions):
         """One Prediction per trace, each as if that trace had been predicted alone."""
         out = []
         k = 0
+
+        def own(by_place: dict[int, Any] | None) -> dict[int, Any] | None:
+            """A by-place annotation (outside, elapsed_levels) of the k-th predicted trace, as its own."""
+            return {0: by_place[k]} if by_place and k in by_place else None
+
         for i, good in enumerate(self.ok.tolist()):
             rows = slice(k, k + 1) if good else slice(k, k)
             out.append(dataclasses.replace(
                 self, ok=self.ok[i:i + 1], errors=self.errors[i:i + 1], quantiles=self.quantiles[rows],
                 mean=self.mean[rows], std=self.std[rows], interval=self.interval[rows], total=None, rendered=None,
-                outside={0: self.outside[k]} if good and self.outside and k in self.outside else None,
-                elapsed_levels=({0: self.elapsed_levels[k]} if good and self.elapsed_levels and k in self.elapsed_levels
-                                else None),
+                outside=own(self.outside) if good else None, elapsed_levels=own(self.elapsed_levels) if good else None,
             ))
             k += good
         return out
@@ -526,8 +529,7 @@ class PredictorService:
         X, errors = loaded.meta.features.matrix(flat)
         if pre_errors.count(None) < len(pre_errors):
             errors = [p or e for p, e in zip(pre_errors, errors)]
-        # (A model trained before elapsed_ms was reserved may have it as a feature.)
-        elapsed, elapsed_errors = (None, None) if ELAPSED_KEY in loaded.meta.features.names else elapsed_times(flat)
+        elapsed, elapsed_errors = elapsed_times(flat, loaded.meta.features.names)
         if elapsed_errors is not None:
             errors = [e or p for e, p in zip(errors, elapsed_errors)]
         # (The common batch, with no error, is told in C.)

@@ -14,7 +14,7 @@ import json
 import math
 import re
 from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,10 +64,19 @@ def reserved_keys(target: str = DEFAULT_TARGET) -> frozenset[str]:
     return frozenset({target, ELAPSED_KEY, *ID_KEYS, *TIMESTAMP_KEYS, *IDENTITY_KEYS})
 
 
-def elapsed_times(traces: list[dict[str, Any]]) -> tuple[np.ndarray | None, list[str | None] | None]:
+# The fields of a lookup table's records that are not features: ``elapsed_ms`` is one, where
+# a model stored before it was reserved learned it and made the table.
+TABLE_RESERVED_KEYS = reserved_keys() - {ELAPSED_KEY}
+
+
+def elapsed_times(traces: list[dict[str, Any]], features: Sequence[str] = ()
+                  ) -> tuple[np.ndarray | None, list[str | None] | None]:
     """Each trace's ``elapsed_ms`` (0 where it has none: not started), and an error naming
     the field for each trace whose value is not a number of milliseconds at least 0; (None,
-    None) where no trace states one (told in C: a batch of queued tasks costs a list)."""
+    None) where no trace states one (told in C: a batch of queued tasks costs a list), or
+    where it is one of ``features`` (a model, or its table, stored before it was reserved)."""
+    if ELAPSED_KEY in features:
+        return None, None
     values = list(map(dict.get, traces, itertools.repeat(ELAPSED_KEY)))
     if values.count(None) == len(values):
         return None, None

@@ -27,10 +27,10 @@ from ..errors import InvalidInput, PayloadTooLarge, shown, storage_error
 from ..features import FIRST_OF_SHAPE
 from ..identity import IDENTITY_KEYS, ModelIdentity, identity_conflicts
 from ..traces import (
-    ELAPSED_KEY,
     ID_KEYS,
     TIMESTAMP_KEYS,
     NotAnArray,
+    TABLE_RESERVED_KEYS,
     TraceError,
     blank_cells,
     csv_header,
@@ -39,7 +39,6 @@ from ..traces import (
     csv_value,
     dumps_json,
     iter_json_array,
-    reserved_keys,
     text_view,
 )
 from .names import CSV_PREDICTION_COLUMNS, QUANTILE_PREFIX, SHAPE_FEATURES, WRITABLE_FORMATS
@@ -115,8 +114,7 @@ def _csv_records(text: IO[str], name: str) -> Iterator[tuple[str, Any]]:
         for needed in ("expect", "error"):
             if needed not in pos:
                 raise TraceError(f"{name}: the CSV table has no {needed!r} column")
-        reserved = reserved_keys() - {ELAPSED_KEY}  # (a feature of a model stored before it was reserved)
-        feat = [(h, i) for i, h in enumerate(header) if not _csv_column_taken(h) and h not in reserved]
+        feat = [(h, i) for i, h in enumerate(header) if not _csv_column_taken(h) and h not in TABLE_RESERVED_KEYS]
         i_shape = pos.get(SHAPE_FEATURES)
         shape_cells: dict[str, Any] = {}  # the same cell on every row: parsed once
         ids = [(h, pos[h]) for h in ID_KEYS if h in pos]

@@ -33,15 +33,14 @@ from ..identity import (IDENTITY_KEYS, IdentityPattern, describe_stated, fields_
                         names_a_model, names_part)
 from ..traces import (
     BOOLEAN_WORDS,
-    ELAPSED_KEY,
     LineModeError,
+    TABLE_RESERVED_KEYS,
     TraceError,
     as_number,
     category_text,
     elapsed_times,
     finite_number_in_text,
     normalize_traces,
-    reserved_keys,
     skip_bom,
 )
 from .files import _PLAIN_INTEGER, _iter_csv_records, _iter_json_records, _iter_jsonl_records
@@ -958,9 +957,8 @@ class LookupTable:
         """
         t0 = time.perf_counter()
         res = self.lookup(traces, pattern)
-        # (A table made by a model stored before elapsed_ms was reserved, that learned it, reads it as that feature.)
-        elapsed, elapsed_errors = (None, None) if ELAPSED_KEY in self.feature_names else \
-            elapsed_times(normalize_traces(traces if isinstance(traces, list) else list(traces))[0])
+        elapsed, elapsed_errors = elapsed_times(normalize_traces(traces if isinstance(traces, list) else list(traces))[0],
+                                                self.feature_names)
         if elapsed_errors is not None and elapsed_errors.count(None) < len(elapsed_errors):
             res.rows = res.rows.copy()
             for i, error in enumerate(elapsed_errors):
@@ -1304,10 +1302,9 @@ class _Builder:
             raise TraceError(f"{self.name}: success record {int(bad[0])}: 'interval' must be [low, high] with "
                              f"0 <= low <= high <= {MAX_TABLE_RUNTIME:g}")
         self._check_intervals(values, interval, confidence, stated)
-        reserved = reserved_keys() - {ELAPSED_KEY}  # (a feature of a model stored before it was reserved)
         columns = []
         for fname, vals in self.features.items():
-            if fname in reserved:
+            if fname in TABLE_RESERVED_KEYS:
                 continue
             if len(vals) < n:
                 vals.extend([None] * (n - len(vals)))
