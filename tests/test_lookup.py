@@ -1763,3 +1763,30 @@ def test_a_tables_running_tasks_are_answered_together_not_one_by_one(tmp_path: P
         np.testing.assert_allclose(a["quantile_predictions"] + a["interval"], b["quantile_predictions"] + b["interval"],
                                    rtol=1e-9)
         assert a["elapsed_level"] == pytest.approx(b["elapsed_level"], abs=1e-9)
+
+
+def test_a_running_tasks_error_from_a_table_starts_from_the_stored_one(tmp_path: Path):
+    import json
+
+    # The stored error is the model's, the time left's quadrature runs over the record's few
+    # stored quantiles: without bringing one to the other a task's error jumped from 200 to
+    # 227 ms as it started (and 250 to 221 for a record of six levels).
+    rec = {"status": "success", "quantiles": [0.25, 0.5, 0.75, 0.99], "expect": 1000.0, "error": 200.0,
+           "quantile_predictions": [850.0, 1000.0, 1150.0, 1600.0], "model_type": "llm",
+           "model_info": {"type": "llm", "name": "m", "hardware": "h", "software_name": "s", "software_version": "1"},
+           "features": {"input_tokens": 100}}
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps([rec]))
+    table = LookupTable.load(path)
+
+    def answer(elapsed: float) -> dict:
+        return table.predict(None, [{"input_tokens": 100, "elapsed_ms": elapsed}]).items[0]
+
+    started = answer(425.0)
+    assert 0 < started["elapsed_level"] < 0.001
+    assert started["expect"] + 425.0 == pytest.approx(1000.0, rel=0.001)
+    assert started["error"] == pytest.approx(200.0, rel=0.005)
+    # Further on, the spread left shrinks, and never jumps back up.
+    errors = [answer(e)["error"] for e in (425.0, 849.0, 851.0, 900.0, 1100.0, 1400.0)]
+    assert all(a > b for a, b in zip(errors, errors[1:]))
+    assert errors[-1] < 0.75 * 200.0
