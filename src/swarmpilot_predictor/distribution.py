@@ -460,6 +460,9 @@ class TaskDistributions:
     """
 
     shared_log_sd: float
+    # Whether ``moments`` are those of the tasks' own quantile functions (a model's), not
+    # figures stored beside a few of their quantiles (a lookup table's records).
+    moments_are_own = True
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -1154,6 +1157,7 @@ class StoredQuantileDistribution(TaskDistributions):
     body_spread: np.ndarray | None = None
     bend: np.ndarray | None = None  # per task: the power of the interpolation between its stored levels
     stretch: np.ndarray | None = None  # per task: what its whole quantile function is then multiplied by
+    moments_are_own = False  # the stored mean and error are the model's
 
     def __post_init__(self) -> None:
         n = len(self.rows)
@@ -1457,9 +1461,9 @@ class RemainingDistribution(TaskDistributions):
     def moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """As ``tasks``' for tasks not started; of a running task's time left, a quadrature
         over the probability bins a total discretises a lone task with (fine in the tails),
-        within the levels ``tasks``' own moments take (see ``moment_levels``), its spread
-        brought to the whole runtime's by the ratio of the whole runtime's own variance to
-        the same quadrature's of it (see :meth:`_spread_ratio`)."""
+        within the levels ``tasks``' own moments take (see ``moment_levels``); where those
+        are stored figures, not the quantile function's own, its spread is brought to
+        theirs (see :meth:`_spread_ratio`)."""
         if self._moments is None:
             base = self.tasks.moments()
             out = tuple(np.array(m, dtype=np.float64, copy=True) for m in base)
@@ -1479,7 +1483,7 @@ class RemainingDistribution(TaskDistributions):
                 mean = x @ w
                 d = x - mean[:, None]
                 d2 = d * d
-                r = self._spread_ratio(rows, u0, w0, levels, base[1][rows])
+                r = 1.0 if self.tasks.moments_are_own else self._spread_ratio(rows, u0, w0, levels, base[1][rows])
                 for o, got in zip(out, (mean, r * (d2 @ w), r**1.5 * ((d2 * d) @ w), r * r * ((d2 * d2) @ w))):
                     o[rows] = got
             self._moments = out  # type: ignore[assignment]
@@ -1492,8 +1496,7 @@ class RemainingDistribution(TaskDistributions):
         or not finite). A lookup table's stored ``error`` is its model's, while the
         quadrature runs over the table's few stored quantiles, interpolated: their spread
         differs, and a task's ``error`` jumped by 12 to 14% as it started. Brought by this
-        ratio, the time left's moments start from the whole runtime's (a model's own
-        quantile function: within 2% of 1)."""
+        ratio, the time left's moments start from the whole runtime's."""
         whole = RemainingDistribution(self.tasks.subset(rows), np.zeros(len(rows)), np.zeros(len(rows)))
         _, w0, x0 = whole._left_nodes(np.arange(len(rows)), u, w, *levels)
         own = np.square(x0 - (x0 @ w0)[:, None]) @ w0
