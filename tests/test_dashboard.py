@@ -43,6 +43,11 @@ def test_dashboard_shows_models_accuracy_and_plots(tmp_path):
             table = page.inner_text("#models")
             assert "llm/Qwen%2FQwen2.5-7B/" in table and "llama-3-8b" in table  # models by their keys
             assert "drifted" in table and "ok" in table
+            # The observed model's runtimes were 1.8 times the training's: so is their sum to the expects'.
+            ratio = client.accuracy(IDENTITY)["expect_ratio"]
+            assert 1.6 < ratio < 2.0
+            cells = [rows.nth(i).locator("td").all_inner_texts() for i in range(2)]
+            assert sorted(c[7] for c in cells) == sorted([f"{ratio:.3f}", "–"])
             (split,) = [m["first_run_split"] for entry in client.list_models_raw() for m in entry["models"]
                         if "first_run_split" in m]
             assert f"{split['repeats']} (repeats) / {split['first_runs']} (first runs)" in table

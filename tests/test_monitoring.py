@@ -71,6 +71,35 @@ def test_a_report_gives_its_windows_figures():
     assert report["interval_coverage"]["0.9"] == 0.5  # the two runs on the median
 
 
+def test_a_report_gives_the_observed_runtimes_sum_over_the_expects(tmp_path):
+    # A queue's wait is a sum of expects: the report says how far the runtimes' sum is from
+    # theirs, over the observations whose expect is known (a log written before expects
+    # were stored has none, and its observations count in the other figures all the same).
+    levels = np.asarray(MONITOR_LEVELS)
+    q = np.tile(np.linspace(50.0, 150.0, len(levels)), (4, 1))
+    y = np.array([100.0, 120.0, 90.0, 300.0])
+    tracker = RollingAccuracy(window=1000)
+    tracker.add(y[:1], q[:1])  # no expect known
+    assert "expect_ratio" not in tracker.report(1e-3, 30)
+    tracker.add(y[1:], q[1:], expect=np.array([100.0, 100.0, np.nan]))
+    report = tracker.report(1e-3, 30)
+    assert report["expect_ratio"] == pytest.approx((120.0 + 90.0) / 200.0, rel=1e-12)
+    assert report["expect_observations"] == 2 and report["window"] == 4
+    assert tracker.recent()["expect"] == [None, 100.0, 100.0, None]
+    # Stored with each observation and read back, by another process or after a restart;
+    # an expect no model answers (a log edited by hand) is not known, the observation counts.
+    log = ObservationLog(tmp_path)
+    AccuracyMonitor(log).record(IDENT, 1, [{"x": 1}] * 3, y[1:], q[1:], expect=np.array([100.0, 100.0, 250.0]))
+    log.append(IDENT, [{"ts": 2e9, "runtime_ms": 80.0, "version": 1, "q": q[0].tolist(), "e": -1.0, "trace": {}}])
+    fresh = AccuracyMonitor(ObservationLog(tmp_path)).report(IDENT, 1)
+    assert fresh["observations"] == 4 and fresh["expect_observations"] == 3
+    assert fresh["expect_ratio"] == pytest.approx((120.0 + 90.0 + 300.0) / 450.0, rel=1e-12)
+    # The window's: older observations leave it, and the figure with them.
+    small = RollingAccuracy(window=2)
+    small.add(y, q, expect=np.array([1000.0, 1000.0, 100.0, 100.0]))
+    assert small.report(1e-3, 30)["expect_ratio"] == pytest.approx(390.0 / 200.0, rel=1e-12)
+
+
 def test_drift_is_tested_on_enough_observations_at_a_corrected_level():
     y, q = _lognormal_quantiles(400, shift=1.3, seed=1)
     tracker = RollingAccuracy()

@@ -39,6 +39,12 @@ def test_observe_accuracy_drift_and_metrics(tmp_path):
         assert set(acc["interval_coverage"]) == {"0.5", "0.8", "0.9"}
         assert len(acc["recent"]["runtime_ms"]) == 150 and len(acc["recent"]["quantile_predictions"][0]) == 8
         assert len(client.accuracy(IDENTITY, recent=5)["recent"]["runtime_ms"]) == 5
+        # Runtimes drawn as the training's: their sum is close to the sum of the predicted expects.
+        assert acc["expect_observations"] == 150 and 0.9 < acc["expect_ratio"] < 1.1
+        recent = acc["recent"]
+        assert acc["expect_ratio"] == pytest.approx(sum(recent["runtime_ms"]) / sum(recent["expect"]), rel=1e-12)
+        one = client.predict_single(IDENTITY, {k: v for k, v in make_llm_traces(150, seed=2)[0].items() if k != "runtime_ms"})
+        assert recent["expect"][0] == pytest.approx(one.results.expect, rel=1e-9)  # what the serving model answers
         with pytest.raises(PredictorClientError, match="recent must be at least 0"):
             client.accuracy(IDENTITY, recent=-1)
 
@@ -53,7 +59,7 @@ def test_observe_accuracy_drift_and_metrics(tmp_path):
         text = client.metrics()
         assert _metric(text, "predictor_model_drifted", model=key) == 1.0
         assert _metric(text, "predictor_observations_total", model=key) == 450.0
-        assert _metric(text, "predictor_predictions_total", model=key, source="model") == 7.0
+        assert _metric(text, "predictor_predictions_total", model=key, source="model") == 8.0  # a batch of 7, one single
         assert _metric(text, "predictor_training_runs_total", status="success") == 1.0
         assert _metric(text, "predictor_http_requests_total", route="/observe", method="POST", status="200") == 2.0
         # The bare ASGI prediction routes are labelled by their template too, errors by their status.
@@ -62,6 +68,8 @@ def test_observe_accuracy_drift_and_metrics(tmp_path):
         single_route = batch_route.replace("batch", "single")
         assert _metric(text, "predictor_http_requests_total", route=single_route, method="POST", status="422") == 1.0
         assert 0.0 < _metric(text, "predictor_model_coverage_ratio", model=key, level="0.5") < 0.4
+        # 150 runtimes as trained, then 300 at 1.7 times: (150 + 300 * 1.7) / 450 = 1.47.
+        assert 1.35 < _metric(text, "predictor_model_expect_ratio", model=key) < 1.6
         assert "predictor_http_request_duration_seconds_bucket" in text
 
         path = "/models/" + "/".join(quote(v, safe="") for v in IDENTITY.values()) + "/retrain"
@@ -80,7 +88,7 @@ def test_observe_accuracy_drift_and_metrics(tmp_path):
         assert _metric(text, "predictor_model_drifted", model=key) == 0.0
         for name, labels in (("predictor_model_coverage_ratio", {"level": "0.5"}),
                              ("predictor_model_interval_coverage_ratio", {"interval": "0.9"}),
-                             ("predictor_model_relative_pinball_loss", {})):
+                             ("predictor_model_relative_pinball_loss", {}), ("predictor_model_expect_ratio", {})):
             with pytest.raises(KeyError):
                 _metric(text, name, model=key, **labels)
         client.observe(IDENTITY, _shifted(40, 1.7, seed=4))
@@ -115,6 +123,8 @@ def test_accuracy_gauges_are_there_after_a_restart(tmp_path):
         # A model never observed reads 0 after the restart as before it.
         assert _metric(text, "predictor_model_drifted", model=ModelIdentity.from_parts(quiet).key) == 0.0
         assert 0.0 < _metric(text, "predictor_model_coverage_ratio", model=key, level="0.5") < 0.4
+        # Its runtimes were 1.7 times the training's, read back from the log after the restart.
+        assert 1.55 < _metric(text, "predictor_model_expect_ratio", model=key) < 1.85
         # ?recent=0 asks for no recent observations, not for the whole window.
         path = "/".join(quote(part, safe="") for part in IDENTITY.values())
         r = httpx.get(f"{srv.url}/models/{path}/accuracy", params={"recent": 0})

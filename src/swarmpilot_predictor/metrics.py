@@ -49,6 +49,8 @@ _ACCURACY_GAUGES = (
      "relative_pinball_loss"),
     ("predictor_model_median_mape_ratio", "Rolling mean absolute percentage error of the median.", ("model",),
      "median_mape"),
+    ("predictor_model_expect_ratio", "Rolling sum of observed runtimes over the sum of their predicted expects "
+     "(1: unbiased; 1.1: runtimes 10% longer than predicted).", ("model",), "expect_ratio"),
     ("predictor_model_drifted", "1 when the drift test (an exact binomial test of each level's coverage over the "
      "rolling window, at PREDICTOR_DRIFT_ALPHA) rejects the model's calibration.", ("model",), "drifted"),
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import math
 import os
 import re
 import threading
@@ -62,6 +63,13 @@ def _usable(record: Any) -> bool:
         # Its place in its /observe batch (logs written before it was stored have none).
         and (type(i := record.get("i", 0)) is int and 0 <= i < 2**62)
     )
+
+
+def _expect(record: dict[str, Any]) -> float:
+    """An observation's predicted mean, NaN where its record holds none (a log written
+    before it was stored) or one no model answers: the observation counts all the same."""
+    e = record.get("e")
+    return float(e) if _is_quantile(e) else math.nan
 
 
 # A model's log files are numbered from 1, six digits at least (obs-000001.jsonl): in order of
@@ -272,6 +280,7 @@ class RollingAccuracy:
     window: int = 1000
     y: deque = field(default_factory=deque)
     q: deque = field(default_factory=deque)
+    e: deque = field(default_factory=deque)  # the predicted expect of each (NaN: not stored, an older log's)
     ts: deque = field(default_factory=deque)  # when each was stamped (0: not known)
     total: int = 0
     # How many observations came after the batch stamped with each of a few times asked
@@ -287,16 +296,19 @@ class RollingAccuracy:
     # three quarters of an /observe request's time when run on every one (3.7 ms a report).
     _pvalues: tuple[tuple[int, np.ndarray, int], dict[str, float]] | None = field(default=None, repr=False)
 
-    def add(self, y: np.ndarray, q: np.ndarray, ts: np.ndarray | None = None, index: np.ndarray | None = None) -> None:
+    def add(self, y: np.ndarray, q: np.ndarray, ts: np.ndarray | None = None, index: np.ndarray | None = None,
+            expect: np.ndarray | None = None) -> None:
         """Observations ``y`` with their predicted quantiles ``q``, the times they were
         observed ``ts`` and their places in their ``/observe`` batches ``index`` (without
-        them, their positions in this tracker's stream stand in)."""
+        them, their positions in this tracker's stream stand in), and their predicted
+        means ``expect`` (NaN, or none: not known)."""
         self._report.clear()
         y = np.asarray(y, dtype=np.float64)
         if ts is None or index is None:
             ts = np.zeros(len(y))
             index = np.arange(self.total, self.total + len(y))
         y_l, q_l = y.tolist(), np.asarray(q).tolist()
+        e_l = [math.nan] * len(y_l) if expect is None else np.asarray(expect, dtype=np.float64).tolist()
         for t in self._since:  # after the last observation stamped t, in the log's order
             again = np.flatnonzero(ts == t)  # (a coarse clock may stamp a later batch alike)
             self._since[t] = len(y_l) - 1 - int(again[-1]) if len(again) else self._since[t] + len(y_l)
@@ -304,20 +316,22 @@ class RollingAccuracy:
         # The last checkpoint of this batch: the window is counted there, then the rest added.
         marks = np.flatnonzero(drift_checkpoints(y, ts, index))
         cut = int(marks[-1]) + 1 if len(marks) else 0
-        self._extend(y_l[:cut], q_l[:cut], ts_l[:cut])
+        self._extend(y_l[:cut], q_l[:cut], ts_l[:cut], e_l[:cut])
         if cut:
             hits = (np.asarray(self.y)[:, None] <= np.asarray(self.q)).sum(axis=0)
             self._checkpoint = (self.total, hits, len(self.y))
-        self._extend(y_l[cut:], q_l[cut:], ts_l[cut:])
+        self._extend(y_l[cut:], q_l[cut:], ts_l[cut:], e_l[cut:])
 
-    def _extend(self, ys: list[float], qs: list[list[float]], ts: list[float]) -> None:
+    def _extend(self, ys: list[float], qs: list[list[float]], ts: list[float], es: list[float]) -> None:
         self.y.extend(ys)
         self.q.extend(qs)
         self.ts.extend(ts)
+        self.e.extend(es)
         while len(self.y) > self.window:
             self.y.popleft()
             self.q.popleft()
             self.ts.popleft()
+            self.e.popleft()
         self.total += len(ys)
 
     @property
@@ -379,6 +393,12 @@ class RollingAccuracy:
         out["pinball_loss"] = float(pin.mean())
         out["relative_pinball_loss"] = float(pin.mean() / y.mean())
         out["median_mape"] = float(np.mean(np.abs(q[:, idx[0.5]] - y) / y))
+        e = np.asarray(self.e)
+        known = ~np.isnan(e)
+        if known.any():
+            # A queue's wait is a sum of expects: how far the sum of what ran is from it.
+            out["expect_ratio"] = float(y[known].sum() / e[known].sum())
+            out["expect_observations"] = int(known.sum())
         per_check = alpha * min(1.0, DRIFT_CHECK_EVERY / self.window)
         if self._checkpoint is None:
             out["drifted"] = False
@@ -416,7 +436,8 @@ class RollingAccuracy:
         start = max(len(self.y) - max(limit, 0), 0)  # [-0:] would be the whole window
         ys = list(self.y)[start:]
         qs = list(self.q)[start:]
-        return {"levels": list(MONITOR_LEVELS), "runtime_ms": ys, "quantile_predictions": qs}
+        es = [None if v != v else v for v in list(self.e)[start:]]
+        return {"levels": list(MONITOR_LEVELS), "runtime_ms": ys, "quantile_predictions": qs, "expect": es}
 
 
 @dataclass
@@ -495,7 +516,8 @@ class AccuracyMonitor:
             self._tracker(state, version).add(np.array([r["runtime_ms"] for r in rs], dtype=np.float64),
                                               np.array([r["q"] for r in rs], dtype=np.float64),
                                               np.array([r["ts"] for r in rs], dtype=np.float64),
-                                              np.array([r.get("i", 0) for r in rs], dtype=np.int64))
+                                              np.array([r.get("i", 0) for r in rs], dtype=np.int64),
+                                              np.array([_expect(r) for r in rs], dtype=np.float64))
 
     def _sync(self, identity: ModelIdentity, state: _Followed, own: Appended | None = None,
               own_records: list[dict[str, Any]] | None = None) -> None:
@@ -565,9 +587,15 @@ class AccuracyMonitor:
             self._sync(identity, state)
             return self._tracker(state, version)
 
-    def record(self, identity: ModelIdentity, version: int, traces: list[dict[str, Any]], y: np.ndarray, q: np.ndarray) -> None:
+    def record(self, identity: ModelIdentity, version: int, traces: list[dict[str, Any]], y: np.ndarray, q: np.ndarray,
+               expect: np.ndarray | None = None) -> None:
+        """Store the observations ``y`` of ``version`` with their predicted quantiles ``q``
+        (at ``MONITOR_LEVELS``) and means ``expect`` (where known), and count them."""
         records = [{"i": i, "version": version, "runtime_ms": yi, "q": qi, "trace": t}
                    for i, (t, yi, qi) in enumerate(zip(traces, y.tolist(), q.tolist()))]
+        if expect is not None:
+            for r, e in zip(records, expect.tolist()):
+                r["e"] = e
         appended = self.log.append(identity, records, stamp=self.clock)  # each gets its "ts"
         if appended is None:
             return

@@ -877,9 +877,10 @@ class PredictorService:
         if len(rows) == 0:
             raise InvalidInput("no usable observation: " + "; ".join(
                 f"traces[{i}]: {e}" for i, e in enumerate(errors[:5])), field="traces")
-        q = loaded.model.predict_quantiles(X[rows], list(MONITOR_LEVELS))
+        dist = loaded.model.predict_distribution(X[rows])
+        q = dist.quantiles(list(MONITOR_LEVELS))
         version = loaded.meta.version
-        self.monitor.record(identity, version, [flat[i] for i in rows], y[rows], q)
+        self.monitor.record(identity, version, [flat[i] for i in rows], y[rows], q, dist.mean_std()[0])
         self.registry.maybe_refresh()
         if not self.registry.versions(identity):
             # Deleted (by another worker) while these were recorded: its observations go with
