@@ -69,10 +69,12 @@ def test_single_and_batch_predictions_from_the_table(live):
     assert body["quantiles"] == [0.5, 0.9] and len(body["total_quantiles"]) == 2
     assert body["expect"] == pytest.approx(sum(x["expect"] for x in body["results"][:3]))
     assert body["source"] == "lookup_table"
+    assert body["total_method"] == "convolution"  # (what tables answered before said "normal approximation")
     lean = httpx.post(f"{url}/predict/batch/{SEGMENTS}", json={
         "trace": batch, "lookup_table": True, "lookup_table_name": "gen.json", "quantiles": [0.5, 0.9],
         "total_distribution": False}).json()
     assert (lean["total_quantiles"], lean["total_interval"]) == (None, None)
+    assert "total_method" not in lean
     assert (lean["expect"], lean["error"], lean["results"]) == (body["expect"], body["error"], body["results"])
 
     # A trace the table cannot answer on the single endpoint: 422 naming the feature.

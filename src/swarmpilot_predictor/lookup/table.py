@@ -1070,11 +1070,14 @@ class LookupTable:
         time left (``expect`` and ``error`` are then the time left's).
         """
         mu, sd = float(expect.sum()), float(np.sqrt(np.square(error).sum()))
+        # ``total_method`` stays for the clients of tables that answered "normal approximation".
         if len(answers) == 1:
-            return {"expect": mu, "error": sd, "total_quantiles": list(answers[0][1]), "total_interval": list(answers[0][2])}
+            return {"expect": mu, "error": sd, "total_quantiles": list(answers[0][1]), "total_interval": list(answers[0][2]),
+                    "total_method": "convolution"}
         total = (tasks if tasks is not None else self.task_distributions(rows, expect, error)).total()
         tq = total.quantiles(np.asarray(levels, dtype=np.float64)).tolist() if levels else []
-        return {"expect": mu, "error": sd, "total_quantiles": tq, "total_interval": total.interval(confidence_level).tolist()}
+        return {"expect": mu, "error": sd, "total_quantiles": tq, "total_interval": total.interval(confidence_level).tolist(),
+                "total_method": "convolution"}
 
     def task_distributions(self, rows: np.ndarray, expect: np.ndarray | None = None,
                            error: np.ndarray | None = None) -> StoredQuantileDistribution:
