@@ -5,7 +5,7 @@ The server runs on one core (taskset -c 0), the load generator on the other
 (httpx costs ~1 ms a request here, more than the server), throughput with wrk
 (Debian package `wrk`) with 16 connections.
 
-    uv run python benchmarks/latency.py [--quick] [--skip-training] [--skip-registry] [--only http,coalesce,metrics,observe,boosted,elapsed,...]
+    uv run python benchmarks/latency.py [--quick] [--skip-training] [--skip-registry] [--only http,coalesce,metrics,observe,boosted,elapsed,queues,...]
     uv run python benchmarks/latency.py --baseline /path/to/older/checkout/src --only none  # batches: that code against this
 """
 
@@ -799,6 +799,40 @@ def section_elapsed(data_dir: Path) -> None:
     svc.close()
 
 
+def section_queues(data_dir: Path) -> None:
+    """A scheduler's placement question over HTTP: the waits of 16 instances' queues (10
+    tasks each, the first running), as 16 batch requests one after the other and as one
+    request to /predict/queues, alternately."""
+    srv = Server(data_dir, env={"PREDICTOR_CACHE_SIZE": "0", "PREDICTOR_ACCESS_LOG": "false"})
+    try:
+        c = RawClient(srv.port)
+        traces = [{k: v for k, v in t.items() if k != "runtime_ms"} for t in llm_traces(160, seed=21)]
+        queues = {f"gpu-{i}": [{**traces[10 * i], "elapsed_ms": 500.0}, *traces[10 * i + 1:10 * i + 10]] for i in range(16)}
+        levels = [0.5, 0.9]
+        batches = [orjson.dumps({"trace": q, "quantiles": levels, "confidence_level": 0.9}) for q in queues.values()]
+        one = orjson.dumps({"queues": queues, "quantiles": levels, "confidence_level": 0.9})
+        answer = orjson.loads(c.request("POST", f"/predict/queues/{SEG}", one)[1])["queues"]
+        for body, name in zip(batches, queues):  # the same waits either way
+            alone = orjson.loads(c.request("POST", f"/predict/batch/{SEG}", body)[1])
+            assert abs(alone["total_quantiles"][1] / answer[name]["total_quantiles"][1] - 1) < 1e-9
+        each, once = [], []
+        for _ in range(100):
+            t0 = time.perf_counter()
+            for body in batches:
+                status, _ = c.request("POST", f"/predict/batch/{SEG}", body)
+                assert status == 200
+            each.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            status, _ = c.request("POST", f"/predict/queues/{SEG}", one)
+            assert status == 200
+            once.append(time.perf_counter() - t0)
+        c.close()
+        print(f"| 16 queues' waits (10 tasks each, the first running): 16 batch requests | {pct(np.array(each))} |")
+        print(f"| the same 16 waits: one /predict/queues request | {pct(np.array(once))} |")
+    finally:
+        srv.stop()
+
+
 def _loop_requests(port: int, method: str, path: str, body: bytes, until: float, every: float, core: int,
                    out) -> None:
     """In a process of its own on ``core``: ``method path`` every ``every`` seconds (or back to
@@ -917,7 +951,7 @@ def main() -> None:
     ap.add_argument("--algorithm", default="auto")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--skip-registry", action="store_true")
-    ap.add_argument("--only", default="", help="comma-separated sections: http,loop,batch,client,cache,coalesce,isolation,training,registry,metrics,preload,accesslog,atoms,observe,boosted,elapsed")
+    ap.add_argument("--only", default="", help="comma-separated sections: http,loop,batch,client,cache,coalesce,isolation,training,registry,metrics,preload,accesslog,atoms,observe,boosted,elapsed,queues")
     ap.add_argument("--baseline", help="the src folder of another checkout: batches against its code and this (section versus)")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
@@ -963,6 +997,8 @@ def main() -> None:
             section_observe(data_dir)
         if want("elapsed"):
             section_elapsed(data_dir)
+        if want("queues"):
+            section_queues(data_dir)
     print(f"\n(maxrss of this driver: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
 
 

@@ -1,8 +1,8 @@
 """Pick the instance whose queue finishes first, at a chosen quantile.
 
 A scheduler placing a new task asks, for every candidate instance, how long
-until that instance's queue (plus the new task) drains, and takes the one
-with the lowest p90 completion time: a tail-aware choice that a mean-only
+until that instance's queue (plus the new task) drains (all of a model's
+instances in one request), and takes the one with the lowest p90 completion time: a tail-aware choice that a mean-only
 estimate cannot make. The task an instance is running counts by its time left:
 its trace states ``elapsed_ms``, how long it has run.
 
@@ -33,15 +33,20 @@ class Instance:
         return [{**self.running, "elapsed_ms": 1000.0 * (time.monotonic() - self.started)}, *self.queue]
 
 
-def completion_estimate(client: PredictorClient, instance: Instance, task: dict, level: float) -> QueueWaitEstimate:
-    # shared_factor: the model's own error about the runtimes' level is one error for the
-    # whole queue; without it a long queue's tail is too sure (README, Modelling).
-    return client.queue_wait(instance.identity, [*instance.tasks_left(), task], quantiles=[0.5, level], shared_factor=True)
-
-
 def choose_instance(client: PredictorClient, instances: list[Instance], task: dict, level: float = 0.9) -> tuple[Instance, dict[str, float]]:
-    """The instance with the lowest ``level`` quantile of completion time for ``task``."""
-    scores = {inst.name: completion_estimate(client, inst, task, level).quantile(level) for inst in instances}
+    """The instance with the lowest ``level`` quantile of completion time for ``task``: each
+    instance's queue with the task at its end, the instances of a model in one request."""
+    by_model: dict[tuple, list[Instance]] = {}
+    for inst in instances:
+        by_model.setdefault(tuple(sorted(inst.identity.items())), []).append(inst)
+    scores: dict[str, float] = {}
+    for group in by_model.values():
+        # shared_factor: the model's own error about the runtimes' level is one error for the
+        # whole queue; without it a long queue's tail is too sure (README, Modelling).
+        waits: dict[str, QueueWaitEstimate] = client.queue_waits(
+            group[0].identity, {inst.name: [*inst.tasks_left(), task] for inst in group},
+            quantiles=[0.5, level], shared_factor=True)
+        scores.update({name: wait.quantile(level) for name, wait in waits.items()})
     best = min(instances, key=lambda inst: scores[inst.name])
     return best, scores
 

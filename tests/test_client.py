@@ -145,6 +145,47 @@ def test_queue_wait_and_instance_choice(trained_server):
         assert client.queue_wait(IDENTITY, []).model_version is None
 
 
+def test_several_queues_waits_in_one_request_through_both_clients(trained_server):
+    queues = {"gpu-0": [{"input_tokens": 500, "output_tokens": 400, "elapsed_ms": 1000.0},
+                        *[{"input_tokens": 200, "output_tokens": 100}] * 3],
+              "gpu-1": [{"input_tokens": 100, "output_tokens": 50}] * 6, "gpu-2": []}
+    with PredictorClient(trained_server.url) as client:
+        waits = client.queue_waits(IDENTITY, queues, quantiles=[0.5, 0.9], shared_factor=True)
+        assert list(waits) == list(queues)
+        for name, traces in queues.items():  # each as its own queue_wait answers it
+            alone = client.queue_wait(IDENTITY, traces, quantiles=[0.5, 0.9], shared_factor=True)
+            got, want = waits[name].model_dump(), alone.model_dump()
+            for key in ("quantile_predictions", "interval", "expect", "error"):
+                assert got.pop(key) == pytest.approx(want.pop(key), rel=1e-12)
+            assert got == want
+        assert waits["gpu-2"].expect == 0 and waits["gpu-0"].tasks == 4
+        # A task that cannot be predicted is named by queue and place, unless partial waits are asked for.
+        broken = {**queues, "gpu-1": [*queues["gpu-1"], {"input_tokens": 10}]}
+        with pytest.raises(PredictorClientError, match=r"1 of 11 queued tasks .*queue 'gpu-1' trace\[6\]: .*output_tokens"):
+            client.queue_waits(IDENTITY, broken)
+        part = client.queue_waits(IDENTITY, broken, quantiles=[0.5, 0.9], partial=True)
+        assert (part["gpu-1"].tasks, part["gpu-1"].failed) == (6, 1)
+        assert part["gpu-1"].expect == pytest.approx(waits["gpu-1"].expect, rel=1e-9)
+        with pytest.raises(PredictorClientError, match="no task of queue 'x' could be predicted"):
+            client.queue_waits(IDENTITY, {"x": [{"input_tokens": 10}]}, partial=True)
+        # Mistakes are named before sending, or by the service's 422.
+        with pytest.raises(InvalidRequestError, match="queues must be a mapping") as err:
+            client.queue_waits(IDENTITY, [queues["gpu-1"]])
+        assert err.value.field == "queues"
+        with pytest.raises(InvalidRequestError, match=r"queues\['gpu-1'\] must be a list of traces"):
+            client.queue_waits(IDENTITY, {"gpu-1": 5})
+        for body, field in (({}, "queues"), ({"a": [{"input_tokens": 1, "output_tokens": 1}]}, "quantiles")):
+            with pytest.raises(PredictorClientError) as err:
+                client.queue_waits(IDENTITY, body, quantiles=[1.5] if field == "quantiles" else [0.5])
+            assert err.value.status_code == 422 and err.value.field == field
+
+    async def both() -> dict:
+        async with AsyncPredictorClient(trained_server.url) as client:
+            return await client.queue_waits(IDENTITY, queues, quantiles=[0.5, 0.9], shared_factor=True)
+
+    assert asyncio.run(both()) == waits
+
+
 def test_a_prediction_may_name_the_stored_version_that_answers(trained_server):
     # A rollback or a comparison needed a delete: any stored version now answers when named.
     ident = {**IDENTITY, "software_version": "versions"}
@@ -1100,7 +1141,8 @@ def test_a_running_tasks_time_left_counts_in_the_wait_through_both_clients(train
         busy = example.Instance("busy", IDENTITY, queue, running=running, started=time.monotonic() - 4.0)
         stated = busy.tasks_left()
         assert stated[1:] == queue and 4000 <= stated[0]["elapsed_ms"] < 60_000
-        assert example.completion_estimate(client, busy, queue[0], 0.9).tasks == 5
+        best, scores = example.choose_instance(client, [busy, example.Instance("idle", IDENTITY)], queue[0])
+        assert best.name == "idle" and scores["busy"] > client.queue_wait(IDENTITY, [*stated, queue[0]]).quantile(0.9) - 1000
 
     async def both() -> tuple:
         async with AsyncPredictorClient(trained_server.url) as client:

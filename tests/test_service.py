@@ -1385,3 +1385,50 @@ def test_a_bad_elapsed_time_fails_its_trace_and_a_table_answers_a_running_task(s
     # Not started, a table answers the whole runtime.
     whole = predict(service, traces=[{**task, "elapsed_ms": 0}], lookup_table=True, lookup_table_name="t.json")
     assert whole.results()[0]["expect"] == table.results()[1]["expect"] and "elapsed_level" not in whole.results()[0]
+
+
+# --------------------------------------------------------------------------- several queues
+
+
+def test_several_queues_are_answered_as_their_batches(service):
+    service.train(config(make_llm_traces(300)))
+    service.train(config(make_llm_traces(300, seed=9)))  # version 2 serves; version 1 may be asked for
+    queued = [{k: v for k, v in t.items() if k != "runtime_ms"} for t in make_llm_traces(12, seed=4)]
+    queues = {
+        "gpu-0": [{**queued[0], "elapsed_ms": 800.0}, *queued[1:4]],  # its first task running
+        "gpu-1": queued[4:10],
+        "gpu-2": [queued[10], {"input_tokens": "many"}, queued[11]],  # one task not predictable
+        "idle": [],
+        "broken": [{"output_tokens": 5}],
+    }
+    for kw in ({}, {"shared_factor": True}, {"version": 1}):
+        got = service.predict_queues(PATTERN, queues, 0.9, [0.9, 0.5], **kw)
+        assert list(got["queues"]) == list(queues) and got["quantiles"] == [0.5, 0.9]
+        assert got["model_version"] == kw.get("version", 2)
+        for name in ("gpu-0", "gpu-1", "gpu-2"):
+            batch = service.predict(PATTERN, queues[name], 0.9, [0.5, 0.9], with_total=True, **kw).batch_response()
+            answer = got["queues"][name]
+            assert answer["expect"] == pytest.approx(batch["expect"], rel=1e-12)
+            assert answer["error"] == pytest.approx(batch["error"], rel=1e-12)
+            np.testing.assert_allclose(answer["total_quantiles"] + answer["total_interval"],
+                                       batch["total_quantiles"] + batch["total_interval"], rtol=1e-12)
+            assert answer["tasks"] == batch["summary"]["success"] and answer["failed"] == batch["summary"]["failed"]
+    # The running task counts by its time left: the queue waits less than with it not started.
+    started = service.predict_queues(PATTERN, {"a": queues["gpu-0"], "b": queued[0:4]}, 0.9, [0.5])["queues"]
+    assert started["a"]["expect"] < started["b"]["expect"] - 700
+    # A task that cannot be predicted is named by its place in its queue; the others are summed.
+    assert got["queues"]["gpu-2"]["errors"] == [{"index": 1, "message": "feature 'input_tokens' must be a number, got str 'many'"}]
+    assert got["queues"]["idle"] == {"tasks": 0, "failed": 0, "errors": [], "expect": 0.0, "error": 0.0,
+                                     "total_quantiles": [0.0, 0.0], "total_interval": [0.0, 0.0]}
+    broken = got["queues"]["broken"]
+    assert broken["tasks"] == 0 and broken["failed"] == 1 and "input_tokens" in broken["errors"][0]["message"]
+    assert broken["expect"] is None and broken["total_quantiles"] is None
+    assert got["summary"] == {**got["summary"], "queues": 5, "total": 14, "success": 12, "failed": 2}
+    # At the model's own levels where none are asked for; a model not stored is a 404.
+    assert service.predict_queues(PATTERN, {"a": queued[:2]})["quantiles"] == service.registry.latest(
+        ModelIdentity.from_parts(IDENTITY)).quantiles
+    with pytest.raises(ModelNotFound):
+        service.predict_queues(IdentityPattern.from_parts({**IDENTITY, "model_name": "other"}), {"a": queued[:2]})
+    with pytest.raises(NotFound, match="no version 7") as err:
+        service.predict_queues(PATTERN, {"a": queued[:2]}, version=7)
+    assert err.value.field == "version"

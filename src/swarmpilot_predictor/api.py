@@ -55,7 +55,9 @@ from .schemas import (
     ModelsResponse,
     ObserveRequest,
     PredictBatchRequest,
+    PredictQueuesRequest,
     PredictSingleRequest,
+    QueuesPredictionResponse,
     RetrainRequest,
     SinglePredictionResponse,
     TrainConfig,
@@ -668,10 +670,22 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
             return await in_batch_thread(answer, client)
         return batch_answer(pattern, req)
 
+    async def predict_queues(scope: dict[str, Any], body: bytes, client: ClientWatch) -> bytes:
+        pattern = _identity_from(scope, 2)
+
+        def answer() -> bytes:  # each queue's total is a convolution: off the event loop
+            req = _parse_body(body, PredictQueuesRequest)
+            return orjson.dumps(service.predict_queues(pattern, req.queues, req.confidence_level, req.quantiles,
+                                                       req.shared_factor, req.version), option=orjson.OPT_SERIALIZE_NUMPY)
+
+        return await in_batch_thread(answer, client, large_batches if len(body) > LARGE_BODY_BYTES else None)
+
     _lean_route(app, "/predict/single/" + IDENTITY_PATH, predict_single, PredictSingleRequest,
                 SinglePredictionResponse, "Predict the runtime distribution of one task")
     _lean_route(app, "/predict/batch/" + IDENTITY_PATH, predict_batch, PredictBatchRequest,
                 BatchPredictionResponse, "Predict a batch of tasks and the distribution of their total")
+    _lean_route(app, "/predict/queues/" + IDENTITY_PATH, predict_queues, PredictQueuesRequest,
+                QueuesPredictionResponse, "The wait of each of several queues of tasks (a scheduler's instances)")
 
     # ------------------------------------------------------------------ lookup tables
 

@@ -34,6 +34,7 @@ from .schemas import (
     ModelInfo,
     ModelsResponse,
     PredictionResult,
+    QueuesPredictionResponse,
     SinglePredictionResponse,
     TrainConfig,
     TrainResult,
@@ -538,6 +539,23 @@ class _Calls:
         return _Request("POST", "/predict/batch/" + "/".join(identity_segments(identity)), json=body,
                         response=BatchPredictionResponse, idempotent=True)
 
+    def predict_queues(self, identity: IdentityLike, queues: Mapping[str, Iterable[Mapping[str, Any]]],
+                       confidence_level: float = 0.9, quantiles: Sequence[float] | None = (0.5, 0.9, 0.99),
+                       shared_factor: bool = False, version: int | None = None) -> _Request:
+        if not isinstance(queues, Mapping):
+            raise InvalidRequestError(f"queues must be a mapping of queue names to lists of traces, got {_shown(queues)}",
+                                      field="queues")
+        named = {}
+        for name, traces in queues.items():
+            if not isinstance(name, str):
+                raise InvalidRequestError(f"a queue's name must be a string, got {_shown(name)}", field="queues")
+            named[name] = _traces(traces, f"queues[{name!r}]")
+        body = {"queues": named, **self._options(confidence_level, quantiles, None, False, version)}
+        if shared_factor:
+            body["shared_factor"] = True
+        return _Request("POST", "/predict/queues/" + "/".join(identity_segments(identity)), json=body,
+                        response=QueuesPredictionResponse, idempotent=True)
+
     @staticmethod
     def seed_identity(model_type: str, metadata: Mapping[str, Any]) -> tuple[list[str | None], dict[str, Any]]:
         """Split the seed's ``metadata`` into identity parts and trace features."""
@@ -649,6 +667,31 @@ class _Calls:
             confidence_level=confidence_level,
         )
 
+    @staticmethod
+    def queue_waits(answer: QueuesPredictionResponse, partial: bool = False) -> dict[str, QueueWaitEstimate]:
+        failures = [f"queue {name!r} trace[{e.get('index')}]: {e.get('message') or ''}"
+                    for name, q in answer.queues.items() for e in q.errors]
+        empty = [name for name, q in answer.queues.items() if q.expect is None or q.total_quantiles is None
+                 or q.total_interval is None]
+        if empty:
+            raise PredictorClientError(f"no task of queue {empty[0]!r} could be predicted: " + "; ".join(failures[:5]))
+        if failures and not partial:
+            raise PredictorClientError(
+                f"{len(failures)} of {answer.summary.get('total')} queued tasks could not be predicted, and the waits "
+                "would leave them out (partial=True accepts that): " + "; ".join(failures[:5])
+                + ("; ..." if len(failures) > 5 else ""))
+        return {name: QueueWaitEstimate(
+            model_version=answer.model_version if q.tasks else None,
+            tasks=q.tasks,
+            failed=q.failed,
+            expect=q.expect,
+            error=q.error or 0.0,
+            quantiles=answer.quantiles,
+            quantile_predictions=q.total_quantiles,
+            interval=q.total_interval,
+            confidence_level=answer.confidence_level,
+        ) for name, q in answer.queues.items()}
+
 
 # An answer this large makes enough objects that Python's cyclic collector ran several times
 # while they were made, each time walking all of them: more than half of the parsing time.
@@ -661,6 +704,9 @@ def _traces_in(req: _Request) -> int:
     """How many traces a request's JSON body carries (a batch's or observations')."""
     if not isinstance(req.json, dict):
         return 0
+    queues = req.json.get("queues")
+    if isinstance(queues, dict):
+        return sum(len(traces) for traces in queues.values())
     traces = req.json.get("trace", req.json.get("traces"))
     return len(traces) if isinstance(traces, list) else 0
 
@@ -958,6 +1004,19 @@ class PredictorClient(_Base):
                                    shared_factor=shared_factor, version=version)
         return self._calls.queue_wait(batch, confidence_level, partial)
 
+    def queue_waits(self, identity: IdentityLike, queues: Mapping[str, Iterable[Mapping[str, Any]]],
+                    quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9,
+                    partial: bool = False, shared_factor: bool = False,
+                    version: int | None = None) -> dict[str, QueueWaitEstimate]:
+        """:meth:`queue_wait` of several queues of one model's tasks (a scheduler's instances,
+        by name) in one request: ``{name: QueueWaitEstimate}``, in the order given. A task
+        that cannot be predicted raises :class:`PredictorClientError` naming its queue and
+        place, unless ``partial=True``; a queue none of whose tasks can be predicted raises
+        either way."""
+        answer = self._send(self._calls.predict_queues(identity, queues, confidence_level, quantiles, shared_factor,
+                                                       version))
+        return self._calls.queue_waits(answer, partial)
+
     # -------------------------------------------------------------- the seed's API
 
     def predict(self, model_type: str, metadata: Mapping[str, Any], confidence_level: float = 0.95,
@@ -1124,6 +1183,16 @@ class AsyncPredictorClient(_Base):
         batch = await self.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name, lookup_table,
                                          shared_factor=shared_factor, version=version)
         return self._calls.queue_wait(batch, confidence_level, partial)
+
+    async def queue_waits(self, identity: IdentityLike, queues: Mapping[str, Iterable[Mapping[str, Any]]],
+                          quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9,
+                          partial: bool = False, shared_factor: bool = False,
+                          version: int | None = None) -> dict[str, QueueWaitEstimate]:
+        many = isinstance(queues, Mapping) and sum(len(t) if isinstance(t, Sized) else 0
+                                                    for t in queues.values()) > _LARGE_BATCH_TRACES
+        answer = await self._send(await _built_off_loop(many, self._calls.predict_queues, identity, queues,
+                                                        confidence_level, quantiles, shared_factor, version))
+        return self._calls.queue_waits(answer, partial)
 
     async def predict(self, model_type: str, metadata: Mapping[str, Any], confidence_level: float = 0.95,
                       quantiles: Sequence[float] | None = None) -> PredictionResult:

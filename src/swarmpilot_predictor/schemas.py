@@ -216,6 +216,44 @@ class PredictBatchRequest(PredictOptions):
         return v
 
 
+# The most queues, and traces in all, one request may ask about.
+MAX_QUEUES = 10_000
+MAX_QUEUED_TRACES = 100_000
+
+
+class PredictQueuesRequest(BaseModel):
+    """Several queues of one model's tasks (a scheduler's instances), each answered its total."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    confidence_level: StrictFloat = Field(0.95, gt=0.0, lt=1.0)
+    quantiles: list[StrictFloat] | None = None
+    version: StrictInt | None = Field(None, ge=1)
+    shared_factor: StrictBool = False
+    # Queue name (an instance's, say) -> its traces, in the queue's order.
+    queues: dict[str, list[dict[str, Any]]] = Field(min_length=1, max_length=MAX_QUEUES)
+
+    @field_validator("quantiles")
+    @classmethod
+    def _levels(cls, v: list[float] | None) -> list[float] | None:
+        return check_levels(v, "quantiles")
+
+    @field_validator("queues")
+    @classmethod
+    def _bounded(cls, v: dict[str, list[dict[str, Any]]], info: ValidationInfo) -> dict[str, list[dict[str, Any]]]:
+        for name in v:
+            if not 1 <= len(name) <= 200:
+                raise ValueError(f"a queue's name must be 1 to 200 characters, got {shown(cut(name))}")
+        n = sum(map(len, v.values()))
+        if n > MAX_QUEUED_TRACES:
+            raise ValueError(f"{n:,} traces in all is more than {MAX_QUEUED_TRACES:,}; send fewer queues per request")
+        quantiles = info.data.get("quantiles")
+        problem = batch_values_problem(len(v), len(quantiles)) if quantiles else None
+        if problem:
+            raise ValueError(problem.replace("traces", "queues"))
+        return v
+
+
 class ObserveRequest(BaseModel):
     model_config = ConfigDict(protected_namespaces=(), extra="forbid")
 
@@ -275,6 +313,28 @@ class PredictionSummary(_Response):
 class SinglePredictionResponse(_Response):
     summary: PredictionSummary
     results: PredictionResult
+
+
+class QueueTotal(_Response):
+    """One queue's wait: its total over the tasks predicted (null where none could be)."""
+
+    tasks: int
+    failed: int
+    errors: list[dict[str, Any]]
+    expect: float | None = None
+    error: float | None = None
+    total_quantiles: list[float] | None = None
+    total_interval: list[float] | None = None
+
+
+class QueuesPredictionResponse(_Response):
+    status: str
+    model_key: str
+    model_version: int
+    quantiles: list[float]
+    confidence_level: float
+    queues: dict[str, QueueTotal]
+    summary: dict[str, Any]
 
 
 class BatchPredictionResponse(_Response):

@@ -22,7 +22,7 @@ import numpy as np
 from . import __version__
 from .atomic import remove_stale_temps
 from .cache import PredictionCache
-from .distribution import RemainingDistribution, interval_levels
+from .distribution import RemainingDistribution, TaskDistributions, interval_levels
 from .errors import AmbiguousModel, DataDirectoryGone, InvalidInput, ModelNotFound, NotFound, PredictorError, shown
 from .identity import (IDENTITY_KEYS, IdentityPattern, ModelIdentity, describe_stated, fields_naming_a_model, identity_conflicts,
                        named_by_traces, stated_keys)
@@ -522,27 +522,8 @@ class PredictorService:
                 if cache_key is not None:
                     self.cache.put(cache_key, prediction)
                 return prediction.as_queue(total_distribution) if with_total else prediction
-        flat, pre_errors = normalize_traces(traces)
-        conflicts = identity_conflicts(flat, identity)  # a trace whose identity fields name another model
-        if conflicts is not None:
-            pre_errors = [p or c for p, c in zip(pre_errors, conflicts)]
-        X, errors = loaded.meta.features.matrix(flat)
-        if pre_errors.count(None) < len(pre_errors):
-            errors = [p or e for p, e in zip(pre_errors, errors)]
-        elapsed, elapsed_errors = elapsed_times(flat, loaded.meta.features.names)
-        if elapsed_errors is not None:
-            errors = [e or p for e, p in zip(errors, elapsed_errors)]
-        # (The common batch, with no error, is told in C.)
-        ok = np.ones(len(errors), dtype=bool) if errors.count(None) == len(errors) else \
-            np.array([e is None for e in errors], dtype=bool)
+        errors, ok, dist, outside, reached = self._distributions(identity, loaded, traces)
         rows = np.flatnonzero(ok)
-        Xok = X[rows] if len(rows) < len(X) else X
-        outside = loaded.meta.features.outside_training(Xok, flat if len(rows) == len(X) else [flat[i] for i in rows])
-        dist = loaded.model.predict_distribution(Xok)
-        reached = None
-        if elapsed is not None and (elapsed[rows] > 0).any():
-            dist = RemainingDistribution.of(dist, elapsed[rows])
-            reached = {int(i): float(dist.reached[i]) for i in np.flatnonzero(dist.elapsed > 0)}
         # The interval's two levels ride along with the requested ones: one evaluation.
         both = dist.quantiles([*levels, *interval_levels(confidence_level)])
         q, interval = both[:, : len(levels)], both[:, len(levels):]
@@ -579,6 +560,35 @@ class PredictorService:
         if cache_key is not None and ok.all():
             self.cache.put(cache_key, prediction)
         return prediction
+
+    def _distributions(self, identity: ModelIdentity, loaded: LoadedModel, traces: Sequence[dict[str, Any]]
+                       ) -> tuple[list[str | None], np.ndarray, TaskDistributions, dict[int, list[str]] | None,
+                                  dict[int, float] | None]:
+        """The traces' distributions, all at once: each trace's error (None: predicted), which
+        were predicted, their distributions (a running task's time left), and, by place among
+        those, the features outside training and the levels running tasks have reached."""
+        flat, pre_errors = normalize_traces(traces)
+        conflicts = identity_conflicts(flat, identity)  # a trace whose identity fields name another model
+        if conflicts is not None:
+            pre_errors = [p or c for p, c in zip(pre_errors, conflicts)]
+        X, errors = loaded.meta.features.matrix(flat)
+        if pre_errors.count(None) < len(pre_errors):
+            errors = [p or e for p, e in zip(pre_errors, errors)]
+        elapsed, elapsed_errors = elapsed_times(flat, loaded.meta.features.names)
+        if elapsed_errors is not None:
+            errors = [e or p for e, p in zip(errors, elapsed_errors)]
+        # (The common batch, with no error, is told in C.)
+        ok = np.ones(len(errors), dtype=bool) if errors.count(None) == len(errors) else \
+            np.array([e is None for e in errors], dtype=bool)
+        rows = np.flatnonzero(ok)
+        Xok = X[rows] if len(rows) < len(X) else X
+        outside = loaded.meta.features.outside_training(Xok, flat if len(rows) == len(X) else [flat[i] for i in rows])
+        dist = loaded.model.predict_distribution(Xok)
+        reached = None
+        if elapsed is not None and (elapsed[rows] > 0).any():
+            dist = RemainingDistribution.of(dist, elapsed[rows])
+            reached = {int(i): float(dist.reached[i]) for i in np.flatnonzero(dist.elapsed > 0)}
+        return errors, ok, dist, outside, reached
 
     def _predict_one(self, identity: ModelIdentity, loaded: LoadedModel, trace: Any, levels: list[float],
                      confidence_level: float, t0: float) -> Prediction | None:
@@ -683,6 +693,48 @@ class PredictorService:
         if any(isinstance(v, bool) for v in values):
             values = tuple((bool, v) if isinstance(v, bool) else v for v in values)
         return (identity, meta.version, values, tuple(levels), confidence)
+
+    def predict_queues(self, pattern: IdentityPattern, queues: dict[str, Sequence[dict[str, Any]]],
+                       confidence_level: float = 0.95, quantiles: Sequence[float] | None = None,
+                       shared_factor: bool = False, version: int | None = None) -> dict[str, Any]:
+        """The wait of each of several queues of one model's tasks (a scheduler's instances):
+        each queue's total as a batch of its traces answers it, all traces predicted at once.
+
+        A queue's ``tasks`` counts its traces predicted, ``failed`` the others, listed in
+        ``errors`` by their place in the queue; its total is over the tasks predicted (an
+        empty queue's is 0; one none of whose tasks could be predicted has none: null)."""
+        names = list(queues)
+        traces = [t for name in names for t in queues[name]]
+        t0 = time.perf_counter()
+        identity, loaded = self._serving(pattern, version, traces)
+        levels = sorted(map(float, quantiles)) if quantiles else loaded.meta.quantiles
+        _check_batch_values(len(names), len(levels))
+        ok = np.zeros(0, dtype=bool)
+        if traces:
+            errors, ok, dist, _, _ = self._distributions(identity, loaded, traces)
+        place = np.cumsum(ok) - 1  # a predicted trace's place among the distributions
+        ends = np.cumsum([len(queues[name]) for name in names])
+        answers: dict[str, Any] = {}
+        for name, end in zip(names, ends.tolist()):  # a loop over queues: each sums its own tasks
+            start = end - len(queues[name])
+            mine = np.flatnonzero(ok[start:end])
+            failed = [{"index": i, "message": errors[start + i]} for i in np.flatnonzero(~ok[start:end]).tolist()]
+            answer: dict[str, Any] = {"tasks": len(mine), "failed": len(failed), "errors": failed}
+            if len(mine):
+                total = dist.subset(place[start + mine]).total(shared_factor)
+                answer.update(expect=float(total.mean), error=total.std, total_quantiles=total.quantiles(levels).tolist(),
+                              total_interval=total.interval(confidence_level).tolist())
+            elif end == start:  # an empty queue drains at once
+                answer.update(expect=0.0, error=0.0, total_quantiles=[0.0] * len(levels), total_interval=[0.0, 0.0])
+            else:
+                answer.update(expect=None, error=None, total_quantiles=None, total_interval=None)
+            answers[name] = answer
+        n_ok = int(ok.sum())
+        self._count(identity, n_ok, len(traces) - n_ok)
+        return {"status": "success", "model_key": identity.key, "model_version": loaded.meta.version,
+                "quantiles": levels, "confidence_level": confidence_level, "queues": answers,
+                "summary": {"queues": len(names), "total": len(traces), "success": n_ok, "failed": len(traces) - n_ok,
+                            "duration_seconds": time.perf_counter() - t0}}
 
     def _count(self, identity: ModelIdentity, n_ok: int, n_failed: int) -> None:
         with self._count_lock:
