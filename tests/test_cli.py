@@ -222,7 +222,11 @@ def test_predict_a_trace_file(tmp_path, trained, suffix):
 @pytest.mark.parametrize("model, trace, message", [
     ("llm/*/TPU/*/*", '{"input_tokens": 1, "output_tokens": 1}', "no trained model matches llm/*/TPU/*/*"),
     ("llm/only-three/parts", '{"input_tokens": 1}', "MODEL is five parts"),
-    ("llm/*/*/*/*", "not json and not a file", "neither a file nor a JSON"),
+    # A file's name that is not one says so, not why it is no JSON; so do stdin and a directory.
+    ("llm/*/*/*/*", "nosuch.jsonl", "TRACE 'nosuch.jsonl': there is no such file (nor is it a JSON object or array)"),
+    ("llm/*/*/*/*", "-", "TRACE '-': traces are not read from stdin"),
+    ("llm/*/*/*/*", "/", "TRACE '/' is a directory, not a trace file"),
+    ("llm/*/*/*/*", "[1, 2", "neither a file nor a JSON"),
     # Why it is not JSON is said: it read as a mere "not a file nor JSON".
     ("llm/*/*/*/*", '{"input_tokens": 1e400, "output_tokens": 1}', "(as JSON: number is infinity when parsed as double"),
     # A mistyped '//' would widen the match to any value.
@@ -236,6 +240,48 @@ def test_predict_errors_are_reported(trained, model, trace, message):
     result = invoke("predict", model, trace, "--data-dir", trained, ok=False)
     assert result.exit_code == 1
     assert message in " ".join(result.output.split())
+
+
+def test_many_predictions_print_as_lines_not_a_drawn_table(trained):
+    # A drawn table of 100,000 rows took minutes to print (7 s with --json).
+    traces = [{"input_tokens": 10 + i, "output_tokens": 5} for i in range(1500)] + [{"input_tokens": 1}]
+    result = invoke("predict", "llm/*/*/*/*", json.dumps(traces), "--data-dir", trained, "--quantiles", "0.5,0.9", ok=False)
+    out = result.stdout
+    lines = out.splitlines()
+    assert lines[0] == "1500/1501 predicted" and lines[1] == "#\tp50\tp90\tmean\tstd\t0.95 low\t0.95 high"
+    as_json = json_out(invoke("predict", "llm/*/*/*/*", json.dumps(traces[:3]), "--data-dir", trained, "--quantiles", "0.5,0.9",
+                              "--json"))
+    first = as_json["results"][0]
+    values = [*first["quantile_predictions"], first["expect"], first["error"], *first["interval"]]
+    assert lines[2] == "\t".join(["0", *(f"{v:.2f}" for v in values)])
+    assert lines[1502].startswith("1500\terror: ") and "output_tokens" in lines[1502]
+    assert lines[1503].startswith("total: mean ")
+
+
+def test_output_that_cannot_be_written_is_one_line_of_error(trained):
+    import subprocess
+    import sys
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "swarmpilot_predictor", "models", "-d", str(trained), "--json"],
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == "error: No space left on device (writing the output)"
+
+
+def test_a_data_directory_that_is_a_file_is_said_to_be_one(tmp_path):
+    path = tmp_path / "passwd"
+    path.write_text("root:x:0:0\n")
+    for args in (["models"], ["predict", "llm/*/*/*/*", "{}"]):
+        result = runner.invoke(cli.app, [*args, "--data-dir", str(path)])
+        assert one_error_line(result) == f"error: cannot use {path} as the data directory: {path} is a file, not a directory"
+
+
+def test_models_says_when_there_are_none(data):
+    data.mkdir()
+    assert invoke("models", "--data-dir", data).stdout.strip() == "no models: train one first (`train CONFIG`)"
 
 
 def test_predict_an_empty_trace_file_is_an_error(tmp_path, trained):
@@ -483,6 +529,33 @@ def test_arguments_that_are_not_utf8_are_one_line_over_http_too(tmp_path):
     trace.write_text('{"input_tokens": 1, "output_tokens": 1}\n')
     result = runner.invoke(cli.app, ["table", "llm/*/*/*/*", str(trace), "--url", "http://127.0.0.1:1", "-o", "\udcff.json"])
     assert "not UTF-8" in one_error_line(result) or "not valid Unicode" in one_error_line(result)
+
+
+def test_table_output_names_that_no_request_could_name_are_refused_offline(tmp_path, trained):
+    trace = tmp_path / "t.jsonl"
+    trace.write_text('{"input_tokens": 1, "output_tokens": 1}\n')
+    # Written as tables/t\udcff.json, listed by /tables, but no request could name it to use or delete it.
+    result = runner.invoke(cli.app, ["table", "llm/*/*/*/*", str(trace), "--data-dir", str(trained), "-o", "t\udcff.json"])
+    assert "is not a valid file name" in one_error_line(result) and result.exit_code == 1
+    assert not (trained / "tables").exists() or not list((trained / "tables").glob("t*.json"))
+    # A directory is no table file: said so, not that its name lacks .json or .csv.
+    result = runner.invoke(cli.app, ["table", "llm/*/*/*/*", str(trace), "--data-dir", str(trained), "-o", str(tmp_path)])
+    assert f"--output '{tmp_path}' is a directory" in one_error_line(result)
+    out = invoke("table", "llm/*/*/*/*", trace, "--data-dir", trained, "-o", "one.json").stdout
+    assert out.startswith("wrote 1 record to ") and "records" not in out
+
+
+def test_train_names_a_trace_file_missing_next_to_its_config(tmp_path, data):
+    # '..' is fine relative to the config: the file is what is missing, not a rule broken.
+    folder = tmp_path / "cfg"
+    folder.mkdir()
+    cfg = folder / "x.yaml"
+    cfg.write_text(yaml.safe_dump({"model": IDENTITY, "traces": "../nosuch.jsonl", "algorithm": "linear"}))
+    result = runner.invoke(cli.app, ["train", str(cfg), "--data-dir", str(data)])
+    line = one_error_line(result)
+    assert f"there is no file '{folder / '../nosuch.jsonl'}' (next to the config)" in line
+    (tmp_path / "nosuch.jsonl").write_bytes(b"".join(orjson.dumps(t) + b"\n" for t in make_llm_traces(60)))
+    invoke("train", cfg, "--data-dir", data)  # there now
 
 
 def test_an_error_answer_of_the_service_is_one_line(tmp_path, server):

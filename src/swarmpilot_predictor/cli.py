@@ -301,6 +301,13 @@ def train(
         local = (config.parent / cfg.traces)
         if _is_file(local):
             uploads = {cfg.traces: local}
+        elif not _is_file(service.settings.data_dir / cfg.traces):
+            # The service would name a '..' it refuses in the data directory, of a path that is
+            # fine here (relative to the config file): say what is missing, and where it looked.
+            stated = Path(cfg.traces)
+            there = ("; a path in the data directory must be relative to it, without '..'"
+                     if stated.is_absolute() or ".." in stated.parts else f", nor in the data directory {service.settings.data_dir}")
+            _fail(f"{config}: traces {cfg.traces!r}: there is no file {str(local)!r} (next to the config){there}")
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,} traces"),
                   TimeElapsedColumn(), console=err_console, transient=True,
                   disable=not err_console.is_terminal) as progress:
@@ -379,6 +386,13 @@ def _read_trace_arg(trace: str) -> list[dict[str, Any]]:
     try:
         data = orjson.loads(trace)
     except orjson.JSONDecodeError as exc:
+        if trace == "-":
+            _fail("TRACE '-': traces are not read from stdin; give a .json, .jsonl or .csv file, or inline JSON")
+        with contextlib.suppress(OSError):
+            if path.is_dir():
+                _fail(f"TRACE {trace!r} is a directory, not a trace file")
+        if not trace.lstrip().startswith(("{", "[")):  # a file's name, most likely
+            _fail(f"TRACE {trace!r}: there is no such file (nor is it a JSON object or array)")
         # Say why it is not JSON: a number beyond a float's range reads as "not a file nor JSON" otherwise.
         _fail(f"TRACE is neither a file nor a JSON object/array (as JSON: {exc})")
     traces = data if isinstance(data, list) else [data]
@@ -427,7 +441,15 @@ def predict(
         raise typer.Exit(1)  # a script can tell that a trace failed (the answer is printed first)
 
 
+# A drawn table of more rows than this took minutes (100,000 traces: 163 s, against 7 s with
+# --json): more are printed as tab-separated lines.
+_TABLE_ROWS_MAX = 1_000
+
+
 def _print_predictions(body: dict[str, Any], confidence_level: float) -> None:
+    if len(body["results"]) > _TABLE_ROWS_MAX:
+        _print_prediction_lines(body, confidence_level)
+        return
     table = Table(title=f"{body['summary']['success']}/{body['summary']['total']} predicted")
     table.add_column("#")
     for q in body.get("quantiles") or []:
@@ -442,13 +464,35 @@ def _print_predictions(body: dict[str, Any], confidence_level: float) -> None:
         else:
             table.add_row(str(i), f"[red]{escape(r['message'])}[/]")
     console.print(table)
+    _print_total(body, confidence_level)
+
+
+def _print_total(body: dict[str, Any], confidence_level: float) -> None:
     if body.get("expect") is not None and len(body["results"]) > 1:
         lo, hi = body["total_interval"]
         console.print(f"total: mean {body['expect']:.2f} ms, std {body['error']:.2f} ms, {confidence_level:g} interval {lo:.2f} - {hi:.2f} ms")
 
 
+def _print_prediction_lines(body: dict[str, Any], confidence_level: float) -> None:
+    """The predictions as tab-separated lines, a header first: a failed trace's line holds
+    its message after its number."""
+    levels = body.get("quantiles") or []
+    head = ["#", *(f"p{q * 100:g}" for q in levels), "mean", "std", f"{confidence_level:g} low", f"{confidence_level:g} high"]
+    lines = [f"{body['summary']['success']}/{body['summary']['total']} predicted", "\t".join(head)]
+    for i, r in enumerate(body["results"]):
+        if r["status"] == "success":
+            values = [*r["quantile_predictions"], r["expect"], r["error"], *r["interval"]]
+            lines.append("\t".join([str(i), *(f"{v:.2f}" for v in values)]))
+        else:
+            lines.append(f"{i}\terror: {r['message']}")
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
+    _print_total(body, confidence_level)
+
+
 @app.command()
-def models(data_dir: Optional[str] = DataDirOpt, url: Optional[str] = UrlOpt, as_json: bool = typer.Option(False, "--json")):
+def models(data_dir: Optional[str] = DataDirOpt, url: Optional[str] = UrlOpt,
+           as_json: bool = typer.Option(False, "--json", help="Print the raw JSON list.")):
     """List trained models."""
     if url:
         with _remote(url) as client:
@@ -461,6 +505,9 @@ def models(data_dir: Optional[str] = DataDirOpt, url: Optional[str] = UrlOpt, as
             _fail(exc.message)
     if as_json:
         sys.stdout.write(orjson.dumps(entries, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    if not entries:
+        console.print("no models: train one first (`train CONFIG`)")
         return
     table = Table(title="models")
     for col in ("model", "versions", "algorithm", "samples", "rel. pinball", "90% interval", "predictions"):
@@ -501,6 +548,8 @@ def table_cmd(
         if output and ("/" in output or os.sep in output):
             out_path = Path(output)
             name = None
+            if output.endswith(("/", os.sep)) or out_path.is_dir():
+                _fail(f"--output {output!r} is a directory: name the table file in it ({str(out_path / 'table.csv')!r})")
         service = _service(data_dir, existing=True)
         _predict_on_one_blas_thread()
         total = _count_records(trace_file)
@@ -518,11 +567,16 @@ def table_cmd(
     if as_json:
         sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
-    console.print(f"wrote {result['rows']:,} records to {escape(str(result['path']))} in {result.get('duration_seconds', 0):.1f}s"
-                  + (f" ({result['failed']:,} traces could not be predicted)" if result.get("failed") else ""),
+    console.print(f"wrote {_count(result['rows'], 'record')} to {escape(str(result['path']))} in "
+                  f"{result.get('duration_seconds', 0):.1f}s"
+                  + (f" ({_count(result['failed'], 'trace')} could not be predicted)" if result.get("failed") else ""),
                   soft_wrap=True)
     for line in result.get("errors") or []:
-        err_console.print(f"  [yellow]{escape(line)}[/]")
+        err_console.print(f"  [yellow]{escape(line)}[/]", soft_wrap=True)  # one line each, piped too
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 def _as_created_here(path: Path) -> None:
@@ -552,8 +606,17 @@ def _count_records(path: Path) -> int | None:
     return max(n - (1 if name.endswith(".csv") else 0), 0)
 
 
-def main() -> None:  # pragma: no cover
-    app()
+def main() -> None:
+    """The command, whose output written to a full disk (``> /dev/full``) or a closed file is
+    one line of error, not a traceback."""
+    try:
+        app()
+    except OSError as exc:
+        where = f"writing {exc.filename}" if exc.filename else "writing the output"
+        err_console.print(f"[bold red]error:[/] {escape(exc.strerror or str(exc))} ({escape(where)})", soft_wrap=True)
+        with contextlib.suppress(OSError):  # the interpreter's last flush of stdout would fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -152,6 +152,9 @@ class PredictorSettings(BaseSettings):
         for d in self.state_dirs:
             try:
                 d.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:  # a file (or a link to one) where the folder goes
+                raise StorageError(f"cannot use {self.data_dir} as the data directory: {d} is a file, not a directory",
+                                   field="data_dir") from None
             except OSError as exc:
                 raise StorageError(f"cannot use {self.data_dir} as the data directory: cannot create {d} "
                                    f"({exc.strerror or exc})", field="data_dir") from None

@@ -44,6 +44,9 @@ def check_table_name(name: Any, field: str = "lookup_table_name", writing: bool 
     if not isinstance(name, str) or not name.strip():
         raise InvalidInput(f"{field} must be a non-empty file name", field=field)
     try:
+        # Strictly UTF-8: a byte that is not (surrogate-escaped from a command line's argument)
+        # makes a file no request, nor a JSON answer, can name.
+        name.encode("utf-8")
         size = len(os.fsencode(name))
     except UnicodeEncodeError:
         raise InvalidInput(f"{field} {shown(name)} is not a valid file name (it holds a lone surrogate)", field=field) from None
