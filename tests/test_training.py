@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
+import time
+
+import orjson
 
 import pytest
 
@@ -423,6 +427,38 @@ def test_a_server_that_trained_stops_cleanly(tmp_path):
         out, _ = server.process.communicate(timeout=30)
     # (uvicorn re-raises the SIGTERM once it has shut down: the exit status says "terminated")
     assert b"leaked" not in out and b"Traceback" not in out, out.decode()
+
+
+def test_a_training_whose_upload_ends_after_sigterm_is_refused_not_taken_and_cut_short(tmp_path):
+    # The server finishes the requests it holds when told to stop, a slow upload among them:
+    # a background training was answered 202 and then read failed after the restart.
+    import socket
+
+    from .conftest import run_server
+
+    body = orjson.dumps({"config": {"model": IDENTITY, "traces": make_llm_traces(60), "algorithm": "linear"}})
+    with run_server(tmp_path / "data") as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(b"POST /train?background=true HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:100])
+            time.sleep(0.5)  # the request is the server's now
+            server.process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            sock.sendall(body[100:])
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        head, _, payload = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503"), answer
+        assert b"retry-after: 5" in head.lower()
+        assert orjson.loads(payload)["message"] == ("the service is stopping: send the training to another instance, "
+                                                    "or again once this one has restarted")
+        assert server.process.wait(timeout=30) is not None
+    assert not list((tmp_path / "data" / "models").glob("*/v0001.meta.json"))
 
 
 def test_lightgbm_without_a_usable_feature_says_why_each_column_is_not_one(tmp_path):

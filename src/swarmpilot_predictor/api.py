@@ -344,6 +344,27 @@ def api_key_guard(key: SecretStr | None) -> list[Any]:
     return [Depends(require_api_key)]
 
 
+def _refuse_trainings_once_told_to_stop(service: PredictorService) -> None:
+    """From SIGTERM (or SIGINT) on, refuse new trainings, then let the server's own handler
+    begin its graceful stop: the server finishes the requests it holds, a slow upload among
+    them, and a training taken then was answered (202, for one in the background) only to be
+    cut short by the stop. The server (uvicorn) installs its handlers before the app starts
+    and puts back the ones it found when it stops, so this one goes with them. Signals are
+    the main thread's: an app served from another thread (a test's) keeps the server's."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        server_handler = signal.getsignal(sig)
+        if not callable(server_handler):  # no server listening for it: the default stays
+            continue
+
+        def told_to_stop(signum: int, frame: Any, server_handler: Callable[..., Any] = server_handler) -> None:
+            service.jobs.stop_accepting()
+            server_handler(signum, frame)
+
+        signal.signal(sig, told_to_stop)
+
+
 def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     settings = settings or PredictorSettings()
     service = PredictorService(settings)
@@ -363,6 +384,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         if settings.preload_models:
             # In the background: the service answers (and is healthy) meanwhile, loading on demand.
             threading.Thread(target=service.preload, name="preload-models", daemon=True).start()
+        _refuse_trainings_once_told_to_stop(service)
         yield
         service.close()
 

@@ -120,6 +120,13 @@ class InsufficientStorage(PredictorError):
     status_code = 507
 
 
+class ServiceStopping(PredictorError):
+    """The service has been told to stop (SIGTERM): work that would outlast it is not taken."""
+
+    status_code = 503
+    headers = {"Retry-After": "5"}  # a restarted instance, or another behind the balancer
+
+
 class DataDirectoryGone(PredictorError):
     """A folder of the data directory is no longer there (deleted, or its volume unmounted)
     while the service runs: nothing it stores can be read or written until it is back."""

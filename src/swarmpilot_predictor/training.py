@@ -30,7 +30,7 @@ import numpy as np
 import orjson
 
 from .atomic import atomic_write_bytes, read_regular
-from .errors import DataDirectoryGone, InvalidInput, NotFound, PredictorError, TooBusy, shown, storage_error, validation_message
+from .errors import DataDirectoryGone, InvalidInput, NotFound, PredictorError, ServiceStopping, TooBusy, shown, storage_error, validation_message
 from .features import DataReport, FeatureSchema, row_counters
 from .identity import BOOLEAN_PART_NAMES, IDENTITY_KEYS, ModelIdentity, identity_part_problem
 from .modeling import QuantileModel, check_params, lightgbm_errors, params_not_used, per_feature_param_problem
@@ -512,6 +512,9 @@ class TrainingJobs:
         self._pending: list[str] = []
         # Set when the service stops: the jobs it cuts short read "stopped" (503), not "died" (500).
         self._closing = False
+        # Set when it is told to stop (stop_accepting): it finishes what it holds, and takes no
+        # new training, which its stop would cut short.
+        self._stopping = False
         # Pools whose worker died, with the job it ran.
         self._lost_pools: dict[ProcessPoolExecutor, str] = {}
         # Reads whether a version a stopped job was storing is there (see _cut_short).
@@ -544,6 +547,11 @@ class TrainingJobs:
         job_id = uuid.uuid4().hex[:16]
         record: dict[str, Any] = {"job_id": job_id, "status": "queued", "submitted_at": time.time()}
         with self._lock:
+            if self._stopping or self._closing:
+                # Taken, it would be cut short by the stop under way and read failed after it
+                # (a background job after an answer of 202): refused now, it can go elsewhere.
+                raise ServiceStopping("the service is stopping: send the training to another instance, or "
+                                      "again once this one has restarted")
             if len(self._pending) >= self.max_pending:
                 # Each queued job holds its body (up to the upload limit) until it runs.
                 raise TooBusy(f"{len(self._pending)} trainings are already queued or running in this worker, "
@@ -762,6 +770,11 @@ class TrainingJobs:
             while len(self._lost_pools) > 64:
                 self._lost_pools.pop(next(iter(self._lost_pools)))
             return True
+
+    def stop_accepting(self) -> None:
+        """The service has been told to stop: trainings submitted from now on are refused
+        (503), those already taken go on until the stop cuts them short."""
+        self._stopping = True
 
     def shutdown(self) -> None:
         """Stop the worker now, for good; a training in progress is abandoned (its version is
