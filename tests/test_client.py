@@ -178,6 +178,17 @@ def test_several_queues_waits_in_one_request_through_both_clients(trained_server
             with pytest.raises(PredictorClientError) as err:
                 client.queue_waits(IDENTITY, body, quantiles=[1.5] if field == "quantiles" else [0.5])
             assert err.value.status_code == 422 and err.value.field == field
+        # A lookup table answers them as it answers each queue's own wait.
+        client.generate_table(IDENTITY, b'{"input_tokens": 200, "output_tokens": 100}\n{"input_tokens": 100, '
+                                        b'"output_tokens": 50}\n', table_name="queues.json")
+        tabled = {"gpu-1": queues["gpu-1"], "gpu-3": queues["gpu-0"][1:]}
+        from_table = client.queue_waits(IDENTITY, tabled, quantiles=[0.5, 0.9], lookup_table_name="queues.json")
+        for name, traces in tabled.items():
+            alone = client.queue_wait(IDENTITY, traces, quantiles=[0.5, 0.9], lookup_table_name="queues.json")
+            assert from_table[name].model_dump() == {**alone.model_dump(), "model_version": None}
+        with pytest.raises(PredictorClientError) as err:
+            client.queue_waits(IDENTITY, tabled, lookup_table_name="queues.json", version=1)
+        assert err.value.status_code == 422 and err.value.field == "version"
 
     async def both() -> dict:
         async with AsyncPredictorClient(trained_server.url) as client:

@@ -1432,3 +1432,29 @@ def test_several_queues_are_answered_as_their_batches(service):
     with pytest.raises(NotFound, match="no version 7") as err:
         service.predict_queues(PATTERN, {"a": queued[:2]}, version=7)
     assert err.value.field == "version"
+
+
+def test_several_queues_are_answered_from_a_lookup_table_as_their_batches(service, tmp_path):
+    service.train(config(make_llm_traces(300), quantiles=[0.25, 0.5, 0.9]))
+    queued = [{k: v for k, v in t.items() if k != "runtime_ms"} for t in make_llm_traces(8, seed=4)]
+    path = tmp_path / "queued.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(t) + b"\n" for t in queued))
+    service.generate_table(PATTERN, path, 0.9, "queued.json")
+    queues = {"gpu-0": [{**queued[0], "elapsed_ms": 500.0}, *queued[1:4]], "gpu-1": queued[4:],
+              "gpu-2": [queued[0], {"task_id": "nowhere"}], "idle": []}
+    for levels in ([0.9, 0.5], None):  # none named: the table's own
+        got = service.predict_queues(PATTERN, queues, 0.9, levels, lookup_table=True, lookup_table_name="queued.json")
+        assert (got["source"], got["table"], got["model_key"]) == ("lookup_table", "queued.json", None)
+        assert got["quantiles"] == ([0.5, 0.9] if levels else [0.25, 0.5, 0.9])
+        for name in ("gpu-0", "gpu-1", "gpu-2"):
+            batch = service.predict(PATTERN, queues[name], 0.9, got["quantiles"], with_total=True, lookup_table=True,
+                                    lookup_table_name="queued.json").batch_response()
+            answer = got["queues"][name]
+            assert [answer[k] for k in ("expect", "error", "total_quantiles", "total_interval")] == [
+                batch[k] for k in ("expect", "error", "total_quantiles", "total_interval")]
+            assert (answer["tasks"], answer["failed"]) == (batch["summary"]["success"], batch["summary"]["failed"])
+        assert got["queues"]["gpu-2"]["errors"][0]["index"] == 1
+        assert got["queues"]["idle"]["total_quantiles"] == [0.0] * len(got["quantiles"])
+    with pytest.raises(InvalidInput, match="shared_factor needs a model") as err:
+        service.predict_queues(PATTERN, queues, lookup_table=True, lookup_table_name="queued.json", shared_factor=True)
+    assert err.value.field == "shared_factor"

@@ -541,7 +541,8 @@ class _Calls:
 
     def predict_queues(self, identity: IdentityLike, queues: Mapping[str, Iterable[Mapping[str, Any]]],
                        confidence_level: float = 0.9, quantiles: Sequence[float] | None = (0.5, 0.9, 0.99),
-                       shared_factor: bool = False, version: int | None = None) -> _Request:
+                       shared_factor: bool = False, version: int | None = None, lookup_table_name: str | None = None,
+                       lookup_table: bool = False) -> _Request:
         if not isinstance(queues, Mapping):
             raise InvalidRequestError(f"queues must be a mapping of queue names to lists of traces, got {_shown(queues)}",
                                       field="queues")
@@ -550,7 +551,7 @@ class _Calls:
             if not isinstance(name, str):
                 raise InvalidRequestError(f"a queue's name must be a string, got {_shown(name)}", field="queues")
             named[name] = _traces(traces, f"queues[{name!r}]")
-        body = {"queues": named, **self._options(confidence_level, quantiles, None, False, version)}
+        body = {"queues": named, **self._options(confidence_level, quantiles, lookup_table_name, lookup_table, version)}
         if shared_factor:
             body["shared_factor"] = True
         return _Request("POST", "/predict/queues/" + "/".join(identity_segments(identity)), json=body,
@@ -1006,15 +1007,15 @@ class PredictorClient(_Base):
 
     def queue_waits(self, identity: IdentityLike, queues: Mapping[str, Iterable[Mapping[str, Any]]],
                     quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9,
-                    partial: bool = False, shared_factor: bool = False,
-                    version: int | None = None) -> dict[str, QueueWaitEstimate]:
+                    partial: bool = False, shared_factor: bool = False, lookup_table_name: str | None = None,
+                    lookup_table: bool = False, version: int | None = None) -> dict[str, QueueWaitEstimate]:
         """:meth:`queue_wait` of several queues of one model's tasks (a scheduler's instances,
-        by name) in one request: ``{name: QueueWaitEstimate}``, in the order given. A task
-        that cannot be predicted raises :class:`PredictorClientError` naming its queue and
-        place, unless ``partial=True``; a queue none of whose tasks can be predicted raises
-        either way."""
+        by name) in one request: ``{name: QueueWaitEstimate}``, in the order given, with the
+        same options. A task that cannot be predicted raises :class:`PredictorClientError`
+        naming its queue and place, unless ``partial=True``; a queue none of whose tasks can be
+        predicted raises either way."""
         answer = self._send(self._calls.predict_queues(identity, queues, confidence_level, quantiles, shared_factor,
-                                                       version))
+                                                       version, lookup_table_name, lookup_table))
         return self._calls.queue_waits(answer, partial)
 
     # -------------------------------------------------------------- the seed's API
@@ -1186,12 +1187,13 @@ class AsyncPredictorClient(_Base):
 
     async def queue_waits(self, identity: IdentityLike, queues: Mapping[str, Iterable[Mapping[str, Any]]],
                           quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9,
-                          partial: bool = False, shared_factor: bool = False,
-                          version: int | None = None) -> dict[str, QueueWaitEstimate]:
+                          partial: bool = False, shared_factor: bool = False, lookup_table_name: str | None = None,
+                          lookup_table: bool = False, version: int | None = None) -> dict[str, QueueWaitEstimate]:
         many = isinstance(queues, Mapping) and sum(len(t) if isinstance(t, Sized) else 0
                                                     for t in queues.values()) > _LARGE_BATCH_TRACES
         answer = await self._send(await _built_off_loop(many, self._calls.predict_queues, identity, queues,
-                                                        confidence_level, quantiles, shared_factor, version))
+                                                        confidence_level, quantiles, shared_factor, version,
+                                                        lookup_table_name, lookup_table))
         return self._calls.queue_waits(answer, partial)
 
     async def predict(self, model_type: str, metadata: Mapping[str, Any], confidence_level: float = 0.95,

@@ -221,22 +221,12 @@ MAX_QUEUES = 10_000
 MAX_QUEUED_TRACES = 100_000
 
 
-class PredictQueuesRequest(BaseModel):
+class PredictQueuesRequest(PredictOptions):
     """Several queues of one model's tasks (a scheduler's instances), each answered its total."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    confidence_level: StrictFloat = Field(0.95, gt=0.0, lt=1.0)
-    quantiles: list[StrictFloat] | None = None
-    version: StrictInt | None = Field(None, ge=1)
     shared_factor: StrictBool = False
     # Queue name (an instance's, say) -> its traces, in the queue's order.
     queues: dict[str, list[dict[str, Any]]] = Field(min_length=1, max_length=MAX_QUEUES)
-
-    @field_validator("quantiles")
-    @classmethod
-    def _levels(cls, v: list[float] | None) -> list[float] | None:
-        return check_levels(v, "quantiles")
 
     @field_validator("queues")
     @classmethod
@@ -247,7 +237,7 @@ class PredictQueuesRequest(BaseModel):
         n = sum(map(len, v.values()))
         if n > MAX_QUEUED_TRACES:
             raise ValueError(f"{n:,} traces in all is more than {MAX_QUEUED_TRACES:,}; send fewer queues per request")
-        quantiles = info.data.get("quantiles")
+        quantiles = info.data.get("quantiles")  # validated before: PredictOptions' fields come first
         problem = batch_values_problem(len(v), len(quantiles)) if quantiles else None
         if problem:
             raise ValueError(problem.replace("traces", "queues"))
@@ -329,8 +319,8 @@ class QueueTotal(_Response):
 
 class QueuesPredictionResponse(_Response):
     status: str
-    model_key: str
-    model_version: int
+    model_key: str | None = None  # (None: a lookup table answered, ``table``)
+    model_version: int | None = None
     quantiles: list[float]
     confidence_level: float
     queues: dict[str, QueueTotal]

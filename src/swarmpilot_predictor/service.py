@@ -334,8 +334,7 @@ class PredictorService:
     ) -> Prediction | TablePrediction:
         if lookup_table:
             if shared_factor:
-                raise InvalidInput("shared_factor needs a model: a lookup table's records hold each task's own "
-                                   "distribution, not the model's shared factor", field="shared_factor")
+                raise InvalidInput(_TABLE_SHARED_FACTOR, field="shared_factor")
             # Answered from a pre-computed table (no model needed); without a name, the default table.
             table = self.tables.get(lookup_table_name)
             if with_total and not quantiles:  # answered at the table's levels
@@ -696,19 +695,24 @@ class PredictorService:
 
     def predict_queues(self, pattern: IdentityPattern, queues: dict[str, Sequence[dict[str, Any]]],
                        confidence_level: float = 0.95, quantiles: Sequence[float] | None = None,
-                       shared_factor: bool = False, version: int | None = None) -> dict[str, Any]:
+                       shared_factor: bool = False, version: int | None = None, lookup_table: bool = False,
+                       lookup_table_name: str | None = None) -> dict[str, Any]:
         """The wait of each of several queues of one model's tasks (a scheduler's instances):
-        each queue's total as a batch of its traces answers it, all traces predicted at once.
+        each queue's total as a batch of its traces answers it, all traces predicted at once
+        (with ``lookup_table``, a table's records answer, a queue at a time).
 
         A queue's ``tasks`` counts its traces predicted, ``failed`` the others, listed in
         ``errors`` by their place in the queue; its total is over the tasks predicted (an
         empty queue's is 0; one none of whose tasks could be predicted has none: null)."""
+        if lookup_table:
+            return self._table_queues(pattern, queues, confidence_level, quantiles, shared_factor, lookup_table_name)
         names = list(queues)
         traces = [t for name in names for t in queues[name]]
         t0 = time.perf_counter()
         identity, loaded = self._serving(pattern, version, traces)
         levels = sorted(map(float, quantiles)) if quantiles else loaded.meta.quantiles
         _check_batch_values(len(names), len(levels))
+        errors: list[str | None] = []
         ok = np.zeros(0, dtype=bool)
         if traces:
             errors, ok, dist, _, _ = self._distributions(identity, loaded, traces)
@@ -718,22 +722,40 @@ class PredictorService:
         for name, end in zip(names, ends.tolist()):  # a loop over queues: each sums its own tasks
             start = end - len(queues[name])
             mine = np.flatnonzero(ok[start:end])
-            failed = [{"index": i, "message": errors[start + i]} for i in np.flatnonzero(~ok[start:end]).tolist()]
-            answer: dict[str, Any] = {"tasks": len(mine), "failed": len(failed), "errors": failed}
+            total = None
             if len(mine):
-                total = dist.subset(place[start + mine]).total(shared_factor)
-                answer.update(expect=float(total.mean), error=total.std, total_quantiles=total.quantiles(levels).tolist(),
-                              total_interval=total.interval(confidence_level).tolist())
-            elif end == start:  # an empty queue drains at once
-                answer.update(expect=0.0, error=0.0, total_quantiles=[0.0] * len(levels), total_interval=[0.0, 0.0])
-            else:
-                answer.update(expect=None, error=None, total_quantiles=None, total_interval=None)
-            answers[name] = answer
+                tot = dist.subset(place[start + mine]).total(shared_factor)
+                total = {"expect": float(tot.mean), "error": tot.std, "total_quantiles": tot.quantiles(levels).tolist(),
+                         "total_interval": tot.interval(confidence_level).tolist()}
+            answers[name] = _queue_answer(ok[start:end], errors[start:end], total, len(levels))
         n_ok = int(ok.sum())
         self._count(identity, n_ok, len(traces) - n_ok)
         return {"status": "success", "model_key": identity.key, "model_version": loaded.meta.version,
                 "quantiles": levels, "confidence_level": confidence_level, "queues": answers,
                 "summary": {"queues": len(names), "total": len(traces), "success": n_ok, "failed": len(traces) - n_ok,
+                            "duration_seconds": time.perf_counter() - t0}}
+
+    def _table_queues(self, pattern: IdentityPattern, queues: dict[str, Sequence[dict[str, Any]]],
+                      confidence_level: float, quantiles: Sequence[float] | None, shared_factor: bool,
+                      lookup_table_name: str | None) -> dict[str, Any]:
+        """:meth:`predict_queues` from a lookup table (the default one without a name): each
+        queue as a batch of it answers, at the levels asked for or the table's first records'."""
+        if shared_factor:
+            raise InvalidInput(_TABLE_SHARED_FACTOR, field="shared_factor")
+        t0 = time.perf_counter()
+        table = self.tables.get(lookup_table_name)
+        levels = sorted(map(float, quantiles)) if quantiles else list(table.levelset_lists[0] if table.levelset_lists else ())
+        _check_batch_values(len(queues), len(levels))
+        answers: dict[str, Any] = {}
+        n, n_ok = 0, 0
+        for name, traces in queues.items():  # a loop over queues: each a batch of its own
+            pred = table.predict(pattern, traces, confidence_level, levels or None, True, staleness=self._staleness)
+            answers[name] = _queue_answer(pred.ok, pred.errors, pred.total, len(levels))
+            n, n_ok = n + len(traces), n_ok + int(pred.ok.sum())
+        self.metrics.count_predictions(table_label(table.name), "lookup_table", n_ok, n - n_ok)
+        return {"status": "success", "model_key": None, "model_version": None, "source": "lookup_table",
+                "table": table.name, "quantiles": levels, "confidence_level": confidence_level, "queues": answers,
+                "summary": {"queues": len(queues), "total": n, "success": n_ok, "failed": n - n_ok,
                             "duration_seconds": time.perf_counter() - t0}}
 
     def _count(self, identity: ModelIdentity, n_ok: int, n_failed: int) -> None:
@@ -1037,6 +1059,26 @@ class PredictorService:
 def _headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     keys = ("pinball_loss", "relative_pinball_loss", "mean_abs_coverage_error", "interval_coverage", "median_mape", "rows_used", "rows_dropped")
     return {k: metrics[k] for k in keys if k in metrics}
+
+
+_TABLE_SHARED_FACTOR = ("shared_factor needs a model: a lookup table's records hold each task's own distribution, "
+                        "not the model's shared factor")
+
+
+def _queue_answer(ok: np.ndarray, errors: Sequence[str | None], total: dict[str, Any] | None,
+                  n_levels: int) -> dict[str, Any]:
+    """One queue's part of :meth:`PredictorService.predict_queues`: its tasks predicted
+    (``ok``), the others' ``errors`` by their place in it, and its ``total`` (None where no
+    task was predicted: an empty queue's is 0, another's unknown)."""
+    failed = [{"index": i, "message": errors[i]} for i in np.flatnonzero(~ok).tolist()]
+    answer: dict[str, Any] = {"tasks": int(ok.sum()), "failed": len(failed), "errors": failed}
+    if total is not None:
+        answer.update({k: total[k] for k in ("expect", "error", "total_quantiles", "total_interval")})
+    elif not len(ok):  # an empty queue drains at once
+        answer.update(expect=0.0, error=0.0, total_quantiles=[0.0] * n_levels, total_interval=[0.0, 0.0])
+    else:
+        answer.update(expect=None, error=None, total_quantiles=None, total_interval=None)
+    return answer
 
 
 def _check_batch_values(n_traces: int, n_levels: int) -> None:
