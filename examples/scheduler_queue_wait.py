@@ -1,10 +1,11 @@
 """Pick the instance whose queue finishes first, at a chosen quantile.
 
 A scheduler placing a new task asks, for every candidate instance, how long
-until that instance's queue (plus the new task) drains (all of a model's
-instances in one request), and takes the one with the lowest p90 completion time: a tail-aware choice that a mean-only
-estimate cannot make. The task an instance is running counts by its time left:
-its trace states ``elapsed_ms``, how long it has run.
+until that instance's queue (plus the new task) drains (a model's instances
+in one request), and takes the one with the lowest p90 completion time: a
+tail-aware choice that a mean-only estimate cannot make. The task an instance
+is running counts by its time left: its trace states ``elapsed_ms``, how long
+it has run.
 
     uv run python examples/scheduler_queue_wait.py [http://localhost:8200]
 """
@@ -35,10 +36,12 @@ class Instance:
 
 def choose_instance(client: PredictorClient, instances: list[Instance], task: dict, level: float = 0.9) -> tuple[Instance, dict[str, float]]:
     """The instance with the lowest ``level`` quantile of completion time for ``task``: each
-    instance's queue with the task at its end, the instances of a model in one request."""
+    instance's queue with the task at its end, the instances of a model in one request
+    (one named by a ``*`` pattern alone: its traces may resolve it to another model)."""
     by_model: dict[tuple, list[Instance]] = {}
     for inst in instances:
-        by_model.setdefault(tuple(sorted(inst.identity.items())), []).append(inst)
+        named = "*" not in inst.identity.values()
+        by_model.setdefault(tuple(sorted(inst.identity.items())) if named else (inst.name,), []).append(inst)
     scores: dict[str, float] = {}
     for group in by_model.values():
         # shared_factor: the model's own error about the runtimes' level is one error for the

@@ -226,6 +226,7 @@ def test_predict_a_trace_file(tmp_path, trained, suffix):
     ("llm/*/*/*/*", "nosuch.jsonl", "TRACE 'nosuch.jsonl': there is no such file (nor is it a JSON object or array)"),
     ("llm/*/*/*/*", "-", "TRACE '-': traces are not read from stdin"),
     ("llm/*/*/*/*", "/", "TRACE '/' is a directory, not a trace file"),
+    ("llm/*/*/*/*", "/dev/null", "TRACE '/dev/null' is not a regular file: pipes and devices are not read"),
     ("llm/*/*/*/*", "[1, 2", "neither a file nor a JSON"),
     # Why it is not JSON is said: it read as a mere "not a file nor JSON".
     ("llm/*/*/*/*", '{"input_tokens": 1e400, "output_tokens": 1}', "(as JSON: number is infinity when parsed as double"),
@@ -541,6 +542,9 @@ def test_table_output_names_that_no_request_could_name_are_refused_offline(tmp_p
     # A directory is no table file: said so, not that its name lacks .json or .csv.
     result = runner.invoke(cli.app, ["table", "llm/*/*/*/*", str(trace), "--data-dir", str(trained), "-o", str(tmp_path)])
     assert f"--output '{tmp_path}' is a directory" in one_error_line(result)
+    result = runner.invoke(cli.app, ["table", "llm/*/*/*/*", str(trace), "--data-dir", str(trained),
+                                     "-o", str(trace / "x.csv")])  # a folder on the path that is a file
+    assert one_error_line(result) == f"error: --output '{trace / 'x.csv'}': cannot write it (File exists: {trace})"
     out = invoke("table", "llm/*/*/*/*", trace, "--data-dir", trained, "-o", "one.json").stdout
     assert out.startswith("wrote 1 record to ") and "records" not in out
 

@@ -1400,12 +1400,13 @@ def test_several_queues_are_answered_as_their_batches(service):
         "gpu-2": [queued[10], {"input_tokens": "many"}, queued[11]],  # one task not predictable
         "idle": [],
         "broken": [{"output_tokens": 5}],
+        "one": queued[3:4],  # a batch of one is answered by the single-row path
     }
     for kw in ({}, {"shared_factor": True}, {"version": 1}):
         got = service.predict_queues(PATTERN, queues, 0.9, [0.9, 0.5], **kw)
         assert list(got["queues"]) == list(queues) and got["quantiles"] == [0.5, 0.9]
         assert got["model_version"] == kw.get("version", 2)
-        for name in ("gpu-0", "gpu-1", "gpu-2"):
+        for name in ("gpu-0", "gpu-1", "gpu-2", "one"):
             batch = service.predict(PATTERN, queues[name], 0.9, [0.5, 0.9], with_total=True, **kw).batch_response()
             answer = got["queues"][name]
             assert answer["expect"] == pytest.approx(batch["expect"], rel=1e-12)
@@ -1423,7 +1424,7 @@ def test_several_queues_are_answered_as_their_batches(service):
     broken = got["queues"]["broken"]
     assert broken["tasks"] == 0 and broken["failed"] == 1 and "input_tokens" in broken["errors"][0]["message"]
     assert broken["expect"] is None and broken["total_quantiles"] is None
-    assert got["summary"] == {**got["summary"], "queues": 5, "total": 14, "success": 12, "failed": 2}
+    assert got["summary"] == {**got["summary"], "queues": 6, "total": 15, "success": 13, "failed": 2}
     # At the model's own levels where none are asked for; a model not stored is a 404.
     assert service.predict_queues(PATTERN, {"a": queued[:2]})["quantiles"] == service.registry.latest(
         ModelIdentity.from_parts(IDENTITY)).quantiles
@@ -1432,6 +1433,10 @@ def test_several_queues_are_answered_as_their_batches(service):
     with pytest.raises(NotFound, match="no version 7") as err:
         service.predict_queues(PATTERN, {"a": queued[:2]}, version=7)
     assert err.value.field == "version"
+    # A value per queue and level, at the model's own levels too: at most 1,000,000 of them.
+    with pytest.raises(InvalidInput, match=r"^10,000 queues at 101 quantile levels is more than 1,000,000") as err:
+        service.predict_queues(PATTERN, {f"q{i}": [] for i in range(10_000)}, quantiles=np.linspace(0.005, 0.995, 101).tolist())
+    assert err.value.field == "queues"
 
 
 def test_several_queues_are_answered_from_a_lookup_table_as_their_batches(service, tmp_path):

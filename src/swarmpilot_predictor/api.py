@@ -696,10 +696,11 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         pattern = _identity_from(scope, 2)
 
         def answer() -> bytes:  # each queue's total is a convolution: off the event loop
-            req = _parse_body(body, PredictQueuesRequest)
-            return orjson.dumps(service.predict_queues(pattern, req.queues, req.confidence_level, req.quantiles,
-                                                       req.shared_factor, req.version, req.lookup_table,
-                                                       req.lookup_table_name), option=orjson.OPT_SERIALIZE_NUMPY)
+            with collector_paused(len(body) > LARGE_BODY_BYTES):  # (as a large batch's)
+                req = _parse_body(body, PredictQueuesRequest)
+                return orjson.dumps(service.predict_queues(pattern, req.queues, req.confidence_level, req.quantiles,
+                                                           req.shared_factor, req.version, req.lookup_table,
+                                                           req.lookup_table_name), option=orjson.OPT_SERIALIZE_NUMPY)
 
         return await in_batch_thread(answer, client, large_batches if len(body) > LARGE_BODY_BYTES else None)
 

@@ -391,6 +391,8 @@ def _read_trace_arg(trace: str) -> list[dict[str, Any]]:
         with contextlib.suppress(OSError):
             if path.is_dir():
                 _fail(f"TRACE {trace!r} is a directory, not a trace file")
+            if path.exists():  # a pipe (<(...), /dev/stdin), a device
+                _fail(f"TRACE {trace!r} is not a regular file: pipes and devices are not read")
         if not trace.lstrip().startswith(("{", "[")):  # a file's name, most likely
             _fail(f"TRACE {trace!r}: there is no such file (nor is it a JSON object or array)")
         # Say why it is not JSON: a number beyond a float's range reads as "not a file nor JSON" otherwise.
@@ -562,6 +564,8 @@ def table_cmd(
                                                 progress=lambda n: progress.advance(task, n), out_path=out_path)
             except PredictorError as exc:
                 _fail(exc.message)
+            except OSError as exc:  # a path of one's own: a folder on it that is a file, no permission
+                _fail(f"--output {output!r}: cannot write it ({exc.strerror or exc}: {exc.filename})")
         if out_path is not None:
             _as_created_here(Path(result["path"]))
     if as_json:
@@ -611,8 +615,8 @@ def main() -> None:
     one line of error, not a traceback."""
     try:
         app()
-    except OSError as exc:
-        where = f"writing {exc.filename}" if exc.filename else "writing the output"
+    except OSError as exc:  # (a file the command names is in the error: stdout is none)
+        where = str(exc.filename) if exc.filename else "writing the output"
         err_console.print(f"[bold red]error:[/] {escape(exc.strerror or str(exc))} ({escape(where)})", soft_wrap=True)
         with contextlib.suppress(OSError):  # the interpreter's last flush of stdout would fail again
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -674,8 +674,10 @@ class _Calls:
                     for name, q in answer.queues.items() for e in q.errors]
         empty = [name for name, q in answer.queues.items() if q.expect is None or q.total_quantiles is None
                  or q.total_interval is None]
-        if empty:
-            raise PredictorClientError(f"no task of queue {empty[0]!r} could be predicted: " + "; ".join(failures[:5]))
+        if empty:  # its own tasks' errors say why
+            own = [f"trace[{e.get('index')}]: {e.get('message') or ''}" for e in answer.queues[empty[0]].errors]
+            raise PredictorClientError(f"no task of queue {empty[0]!r} could be predicted: " + "; ".join(own[:5])
+                                       + ("; ..." if len(own) > 5 else ""))
         if failures and not partial:
             raise PredictorClientError(
                 f"{len(failures)} of {answer.summary.get('total')} queued tasks could not be predicted, and the waits "

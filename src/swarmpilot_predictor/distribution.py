@@ -489,6 +489,13 @@ class TaskDistributions:
         mass beyond sits on them): every level, unless a subclass says otherwise."""
         return np.zeros(len(self)), np.ones(len(self))
 
+    def distinct(self) -> tuple[np.ndarray, np.ndarray]:
+        """Tasks of one distribution, told apart where that is cheap: the places of the
+        distinct ones, and each task's among them (every task its own, unless a subclass
+        says otherwise)."""
+        every = np.arange(len(self))
+        return every, every
+
     def _node_values(self, rows: np.ndarray, atoms: int = _SUM_ATOMS, stratum: np.ndarray | None = None,
                      strata: np.ndarray | None = None) -> list["_SumBlock"]:
         raise NotImplementedError
@@ -1225,6 +1232,15 @@ class StoredQuantileDistribution(TaskDistributions):
                        body_spread=None if self.body_spread is None else self.body_spread[rows],
                        bend=self.bend[rows], stretch=self.stretch[rows])
 
+    def distinct(self) -> tuple[np.ndarray, np.ndarray]:
+        """Tasks of the same record, mean and variance are one distribution (a queue's
+        tasks often share a few records)."""
+        if len(self) <= 1:
+            return super().distinct()
+        key = np.column_stack([self.rows.astype(np.float64), self.mean, self.var])
+        _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
+        return first, np.ravel(inverse)
+
     def quantiles(self, levels: np.ndarray | list[float]) -> np.ndarray:
         """Each task's quantiles, brought to its mean as it is summed (so that they bound the sum)."""
         check_levels_in_unit_interval(levels)
@@ -1473,6 +1489,7 @@ class RemainingDistribution(TaskDistributions):
             out[0][unmoved] -= self.elapsed[unmoved]
             running = running[self.reached[running] > 0]
             u0, w0, _ = _sum_nodes(_SUM_ATOMS, fine_tails=True)
+            ratio = None if self.tasks.moments_are_own else self._spread_ratio(running, u0, w0, base[1][running])
             for a in range(0, len(running), _QUADRATURE_CHUNK):
                 rows = running[a:a + _QUADRATURE_CHUNK]
                 # Within the levels the task's own moments take it to (the observed scores'
@@ -1483,26 +1500,34 @@ class RemainingDistribution(TaskDistributions):
                 mean = x @ w
                 d = x - mean[:, None]
                 d2 = d * d
-                r = 1.0 if self.tasks.moments_are_own else self._spread_ratio(rows, u0, w0, levels, base[1][rows])
+                r = 1.0 if ratio is None else ratio[a:a + _QUADRATURE_CHUNK]
                 for o, got in zip(out, (mean, r * (d2 @ w), r**1.5 * ((d2 * d) @ w), r * r * ((d2 * d2) @ w))):
                     o[rows] = got
             self._moments = out  # type: ignore[assignment]
         return self._moments  # type: ignore[return-value]
 
-    def _spread_ratio(self, rows: np.ndarray, u: np.ndarray, w: np.ndarray, levels: tuple[np.ndarray, np.ndarray],
-                      var: np.ndarray) -> np.ndarray:
+    def _spread_ratio(self, rows: np.ndarray, u: np.ndarray, w: np.ndarray, var: np.ndarray) -> np.ndarray:
         """Per running task of ``rows``, its whole runtime's variance ``var`` over that of the
         quadrature its time left's moments take, of the whole runtime (1 where either is 0
         or not finite). A lookup table's stored ``error`` is its model's, while the
         quadrature runs over the table's few stored quantiles, interpolated: their spread
         differs, and a task's ``error`` jumped by 12 to 14% as it started. Brought by this
-        ratio, the time left's moments start from the whole runtime's."""
-        whole = RemainingDistribution(self.tasks.subset(rows), np.zeros(len(rows)), np.zeros(len(rows)))
-        _, w0, x0 = whole._left_nodes(np.arange(len(rows)), u, w, *levels)
-        own = np.square(x0 - (x0 @ w0)[:, None]) @ w0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = var / own
-        return np.where((own > 0) & (var > 0) & np.isfinite(ratio), ratio, 1.0)
+        ratio, the time left's moments start from the whole runtime's. It does not depend on
+        the time run: worked out once per distinct task (per chunk, 20,000 running tasks of
+        200 records took half as long again)."""
+        first, inverse = self.tasks.subset(rows).distinct()
+        tasks, var = self.tasks.subset(rows[first]), var[first]
+        out = np.ones(len(first))
+        for a in range(0, len(first), _QUADRATURE_CHUNK):
+            chunk = np.arange(a, min(a + _QUADRATURE_CHUNK, len(first)))
+            part = tasks.subset(chunk)
+            whole = RemainingDistribution(part, np.zeros(len(chunk)), np.zeros(len(chunk)))
+            _, w0, x0 = whole._left_nodes(np.arange(len(chunk)), u, w, *part.moment_levels())
+            own = np.square(x0 - (x0 @ w0)[:, None]) @ w0
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = var[chunk] / own
+            out[chunk] = np.where((own > 0) & (var[chunk] > 0) & np.isfinite(ratio), ratio, 1.0)
+        return out[inverse]
 
     def _node_values(self, rows: np.ndarray, atoms: int = _SUM_ATOMS, stratum: np.ndarray | None = None,
                      strata: np.ndarray | None = None) -> list["_SumBlock"]:

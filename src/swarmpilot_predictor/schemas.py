@@ -399,7 +399,6 @@ class RenderedPredictions:
             body.update(self._NO_TOTAL)
         if not total_distribution:
             body.update(total_quantiles=None, total_interval=None)
-            body.pop("total_method", None)  # (a table's: how its total's distribution was made)
         return body
 
     def batch_extra(self) -> dict[str, Any]:

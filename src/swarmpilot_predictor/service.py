@@ -711,7 +711,7 @@ class PredictorService:
         t0 = time.perf_counter()
         identity, loaded = self._serving(pattern, version, traces)
         levels = sorted(map(float, quantiles)) if quantiles else loaded.meta.quantiles
-        _check_batch_values(len(names), len(levels))
+        _check_queue_values(len(names), len(levels))
         errors: list[str | None] = []
         ok = np.zeros(0, dtype=bool)
         if traces:
@@ -745,7 +745,7 @@ class PredictorService:
         t0 = time.perf_counter()
         table = self.tables.get(lookup_table_name)
         levels = sorted(map(float, quantiles)) if quantiles else list(table.levelset_lists[0] if table.levelset_lists else ())
-        _check_batch_values(len(queues), len(levels))
+        _check_queue_values(len(queues), len(levels))
         answers: dict[str, Any] = {}
         n, n_ok = 0, 0
         for name, traces in queues.items():  # a loop over queues: each a batch of its own
@@ -1079,6 +1079,13 @@ def _queue_answer(ok: np.ndarray, errors: Sequence[str | None], total: dict[str,
     else:
         answer.update(expect=None, error=None, total_quantiles=None, total_interval=None)
     return answer
+
+
+def _check_queue_values(n_queues: int, n_levels: int) -> None:
+    """As :func:`_check_batch_values`, of several queues' totals (a value per queue and level)."""
+    problem = batch_values_problem(n_queues, n_levels)
+    if problem:
+        raise InvalidInput(problem.replace("traces", "queues"), field="queues")
 
 
 def _check_batch_values(n_traces: int, n_levels: int) -> None:
