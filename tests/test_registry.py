@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -761,11 +762,21 @@ print(json.dumps(out))
 """
 
 
-def _save_two_boosted(root: Path) -> None:
-    """Two LightGBM models, IDENT's and OTHER's, stored under ``root``."""
+@pytest.fixture(scope="module")
+def two_boosted(tmp_path_factory) -> Path:
+    """Two LightGBM models, IDENT's and OTHER's, stored once for the tests that damage a copy."""
+    root = tmp_path_factory.mktemp("boosted") / "models"
     reg = ModelRegistry(root)
     for identity in (IDENT, OTHER):
         reg.save(*fit(identity, algorithm="lightgbm", params={"num_boost_round": 25, "num_leaves": 7})[:2])
+    return root
+
+
+@pytest.fixture
+def boosted_root(two_boosted: Path, root: Path) -> Path:
+    """A copy of the two LightGBM models' registry of its own, under ``root``."""
+    shutil.copytree(two_boosted, root)
+    return root
 
 
 def _load_in_a_fresh_interpreter(root: Path) -> tuple[dict[str, str], str]:
@@ -819,8 +830,8 @@ def _without_model_digest(model_path: Path) -> None:
 
 @pytest.mark.parametrize("damage", ["digit lost", "digit changed", "sizes rewritten"])
 @pytest.mark.parametrize("legacy", [False, True])
-def test_a_damaged_lightgbm_booster_is_a_clean_error_for_that_model_only(root, legacy, damage):
-    _save_two_boosted(root)
+def test_a_damaged_lightgbm_booster_is_a_clean_error_for_that_model_only(boosted_root, legacy, damage):
+    root = boosted_root
     if not legacy:
         assert "booster_sha256" in orjson.loads((root / IDENT.dirname / "v0001.model.json").read_bytes())["location"]
     _damage_booster(root / IDENT.dirname / "v0001.model.json", legacy, damage)
@@ -873,8 +884,8 @@ def _rewrite_booster(path: Path, edit) -> None:
     ("leaf_value", lambda v: ["nan", *v[1:]], "leaf_value holds a value that is not a finite number"),
     ("leaf_value", lambda v: v[1:], "leaf_value holds"),
 ])
-def test_a_lightgbm_tree_lightgbm_cannot_walk_is_refused_for_that_model_only(root, field, edit, why):
-    _save_two_boosted(root)
+def test_a_lightgbm_tree_lightgbm_cannot_walk_is_refused_for_that_model_only(boosted_root, field, edit, why):
+    root = boosted_root
     _rewrite_tree_field(root / IDENT.dirname / "v0001.model.json", field, edit)
     # In a fresh interpreter: LightGBM read such a tree out of bounds (the process died) or for ever.
     got, log = _load_in_a_fresh_interpreter(root)
@@ -902,8 +913,8 @@ def _with_line_in_tree_0(line: str, before: str):
     (lambda text: text.replace("\nshrinkage=", "\nzz=1\n\nleft_child=0\nshrinkage=", 1),
      "tree 0: it has lines after its end (an empty line)"),
 ])
-def test_a_booster_text_lightgbm_would_read_otherwise_than_it_looks_is_refused(root, edit, why):
-    _save_two_boosted(root)
+def test_a_booster_text_lightgbm_would_read_otherwise_than_it_looks_is_refused(boosted_root, edit, why):
+    root = boosted_root
     _rewrite_booster(root / IDENT.dirname / "v0001.model.json", edit)
     got, log = _load_in_a_fresh_interpreter(root)
     assert got[OTHER.key] == "loaded"
