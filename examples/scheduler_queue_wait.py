@@ -7,6 +7,7 @@ tail-aware choice that a mean-only estimate cannot make. The task an instance
 is running counts by its time left: its trace states ``elapsed_ms``, how long
 it has run.
 
+    uv run python examples/train_seed_example_model.py [http://localhost:8200]   # its model, first
     uv run python examples/scheduler_queue_wait.py [http://localhost:8200]
 """
 

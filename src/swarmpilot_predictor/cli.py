@@ -551,7 +551,8 @@ def table_cmd(
             out_path = Path(output)
             name = None
             if output.endswith(("/", os.sep)) or out_path.is_dir():
-                _fail(f"--output {output!r} is a directory: name the table file in it ({str(out_path / 'table.csv')!r})")
+                _fail(f"--output {output!r} is a directory: name the table file in it "
+                      f"({str(out_path / ('table.' + (fmt or 'csv')))!r})")
         service = _service(data_dir, existing=True)
         _predict_on_one_blas_thread()
         total = _count_records(trace_file)
