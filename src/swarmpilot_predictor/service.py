@@ -22,7 +22,7 @@ import numpy as np
 from . import __version__
 from .atomic import remove_stale_temps
 from .cache import PredictionCache
-from .distribution import RemainingDistribution, TaskDistributions, interval_levels
+from .distribution import RemainingDistribution, TaskDistributions, TotalDistribution, interval_levels
 from .errors import AmbiguousModel, DataDirectoryGone, InvalidInput, ModelNotFound, NotFound, PredictorError, shown
 from .identity import (IDENTITY_KEYS, IdentityPattern, ModelIdentity, describe_stated, fields_naming_a_model, identity_conflicts,
                        named_by_traces, stated_keys)
@@ -532,13 +532,7 @@ class PredictorService:
             k1, k2 = dist.total_moments(shared_factor)
             total = {"expect": k1, "error": math.sqrt(k2), "total_quantiles": None, "total_interval": None}
         elif with_total and len(rows):
-            tot = dist.total(shared_factor)
-            total = {
-                "expect": float(tot.mean),
-                "error": tot.std,
-                "total_quantiles": tot.quantiles(levels).tolist(),
-                "total_interval": tot.interval(confidence_level).tolist(),
-            }
+            total = _total_answer(dist.total(shared_factor), levels, confidence_level)
         self._count(identity, len(rows), len(errors) - len(rows))
         prediction = Prediction(
             identity=identity,
@@ -724,9 +718,7 @@ class PredictorService:
             mine = np.flatnonzero(ok[start:end])
             total = None
             if len(mine):
-                tot = dist.subset(place[start + mine]).total(shared_factor)
-                total = {"expect": float(tot.mean), "error": tot.std, "total_quantiles": tot.quantiles(levels).tolist(),
-                         "total_interval": tot.interval(confidence_level).tolist()}
+                total = _total_answer(dist.subset(place[start + mine]).total(shared_factor), levels, confidence_level)
             answers[name] = _queue_answer(ok[start:end], errors[start:end], total, len(levels))
         n_ok = int(ok.sum())
         self._count(identity, n_ok, len(traces) - n_ok)
@@ -1059,6 +1051,14 @@ class PredictorService:
 def _headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     keys = ("pinball_loss", "relative_pinball_loss", "mean_abs_coverage_error", "interval_coverage", "median_mape", "rows_used", "rows_dropped")
     return {k: metrics[k] for k in keys if k in metrics}
+
+
+def _total_answer(total: TotalDistribution, levels: list[float], confidence_level: float) -> dict[str, Any]:
+    """A batch's (a queue's) total as its answer gives it: its quantiles and central interval
+    read off in one evaluation (each evaluation bounds the total by its tasks' quantiles)."""
+    both = total.quantiles([*levels, *interval_levels(confidence_level)]).tolist()
+    return {"expect": float(total.mean), "error": total.std, "total_quantiles": both[:len(levels)],
+            "total_interval": both[len(levels):]}
 
 
 _TABLE_SHARED_FACTOR = ("shared_factor needs a model: a lookup table's records hold each task's own distribution, "
