@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import quote, unquote
 
 import httpx
@@ -651,10 +651,7 @@ class _Calls:
         if batch.expect is None or batch.total_quantiles is None or batch.total_interval is None:
             raise PredictorClientError("no task in the queue could be predicted: " + "; ".join(failures))
         if failures and not partial:
-            raise PredictorClientError(
-                f"{len(failures)} of {batch.summary.total} queued tasks could not be predicted, and the wait "
-                "would leave them out (partial=True accepts that): " + "; ".join(failures[:5])
-                + ("; ..." if len(failures) > 5 else ""))
+            _refuse_partial(failures, batch.summary.total, "wait")
         versions = [r.model_version for r in batch.results if r.status == "success" and r.model_version is not None]
         return QueueWaitEstimate(
             model_version=max(versions, default=None),
@@ -676,13 +673,9 @@ class _Calls:
                  or q.total_interval is None]
         if empty:  # its own tasks' errors say why
             own = [f"trace[{e.get('index')}]: {e.get('message') or ''}" for e in answer.queues[empty[0]].errors]
-            raise PredictorClientError(f"no task of queue {empty[0]!r} could be predicted: " + "; ".join(own[:5])
-                                       + ("; ..." if len(own) > 5 else ""))
+            raise PredictorClientError(f"no task of queue {empty[0]!r} could be predicted: " + _first_few(own))
         if failures and not partial:
-            raise PredictorClientError(
-                f"{len(failures)} of {answer.summary.get('total')} queued tasks could not be predicted, and the waits "
-                "would leave them out (partial=True accepts that): " + "; ".join(failures[:5])
-                + ("; ..." if len(failures) > 5 else ""))
+            _refuse_partial(failures, answer.summary.get("total"), "waits")
         return {name: QueueWaitEstimate(
             model_version=answer.model_version if q.tasks else None,
             tasks=q.tasks,
@@ -694,6 +687,17 @@ class _Calls:
             interval=q.total_interval,
             confidence_level=answer.confidence_level,
         ) for name, q in answer.queues.items()}
+
+
+def _first_few(messages: list[str]) -> str:
+    return "; ".join(messages[:5]) + ("; ..." if len(messages) > 5 else "")
+
+
+def _refuse_partial(failures: list[str], total: Any, waits: str) -> NoReturn:
+    """Tasks that could not be predicted would be left out of a queue's wait: an error,
+    unless ``partial=True`` accepts that."""
+    raise PredictorClientError(f"{len(failures)} of {total} queued tasks could not be predicted, and the {waits} "
+                               "would leave them out (partial=True accepts that): " + _first_few(failures))
 
 
 # An answer this large makes enough objects that Python's cyclic collector ran several times

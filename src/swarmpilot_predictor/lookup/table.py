@@ -179,6 +179,8 @@ class LookupResult:
     errors: list[str | None]
     # Where a record of the other kind of run answered (the table held none of the trace's).
     kind_mismatch: set[int] = field(default_factory=set)
+    # How long each task has run, 0 where it has not started (None: no trace states it).
+    elapsed: np.ndarray | None = None
 
     @property
     def ok(self) -> np.ndarray:
@@ -444,7 +446,8 @@ class LookupTable:
         answers only traces of its own flag. (In a table that does not say which features
         make a shape, the flag is a repeat's where a repeat record has the trace's
         features, else that of the nearer record of either kind.) Identity fields a trace
-        states pick among the table's identities.
+        states pick among the table's identities. A trace's ``elapsed_ms`` (a running task)
+        is read too: one that is no number of milliseconds fails the trace.
         """
         rows = traces if isinstance(traces, list) else list(traces)
         flat, errors = normalize_traces(rows)  # once: the steps below take flat traces
@@ -454,9 +457,14 @@ class LookupTable:
             # (A trace that could not be read still names its model by its own fields.)
             naming = [f if e is None else fields_naming_a_model(t) for t, f, e in zip(rows, flat, errors)] if named else []
             groups = self._one_model(groups, pattern, naming)
-        if named:
-            return self._lookup_by_stated_identity(flat, errors, pattern, groups)
-        return self._lookup(flat, errors, groups)
+        res = self._lookup_by_stated_identity(flat, errors, pattern, groups) if named else self._lookup(flat, errors, groups)
+        res.elapsed, elapsed_errors = elapsed_times(flat, self.feature_names)
+        if elapsed_errors is not None and elapsed_errors.count(None) < len(elapsed_errors):
+            res.rows = res.rows.copy()
+            for i, error in enumerate(elapsed_errors):
+                if error is not None and res.rows[i] >= 0:
+                    res.rows[i], res.errors[i] = -1, error
+        return res
 
     def _one_model(self, groups: list[_Group], pattern: IdentityPattern | None,
                    flat: list[dict[str, Any]]) -> list[_Group]:
@@ -957,13 +965,7 @@ class LookupTable:
         """
         t0 = time.perf_counter()
         res = self.lookup(traces, pattern)
-        elapsed, elapsed_errors = elapsed_times(normalize_traces(traces if isinstance(traces, list) else list(traces))[0],
-                                                self.feature_names)
-        if elapsed_errors is not None and elapsed_errors.count(None) < len(elapsed_errors):
-            res.rows = res.rows.copy()
-            for i, error in enumerate(elapsed_errors):
-                if error is not None and res.rows[i] >= 0:
-                    res.rows[i], res.errors[i] = -1, error
+        elapsed = res.elapsed
         levels = sorted(map(float, quantiles)) if quantiles else None
         rows_l = res.rows.tolist()
         ok_rows = [r for r in rows_l if r >= 0]
