@@ -220,6 +220,25 @@ def test_an_observations_folder_gone_is_not_made_again(tmp_path):
     assert not (tmp_path / "observations").exists()
 
 
+def test_a_log_folder_that_was_away_is_read_on_from_where_it_was(tmp_path):
+    # Unmounted, moved away and back, restored: while it could not be listed its files were
+    # forgotten, and read again from their start once back: every look counted them once more.
+    root = tmp_path / "observations"
+    a = AccuracyMonitor(ObservationLog(root))
+    b = AccuracyMonitor(ObservationLog(root))
+    y, q = _lognormal_quantiles(41, seed=7)
+    a.record(IDENT, 1, [{"x": 1}] * 40, y[:40], q[:40])
+    assert b.report(IDENT, 1)["observations"] == 40  # each has read the log
+    for _ in range(3):
+        root.rename(tmp_path / "away")
+        assert a.report(IDENT, 1)["observations"] == b.report(IDENT, 1)["observations"] == 40
+        (tmp_path / "away").rename(root)
+        assert a.report(IDENT, 1)["observations"] == b.report(IDENT, 1)["observations"] == 40
+    b.record(IDENT, 1, [{"x": 1}], y[40:], q[40:])
+    assert a.report(IDENT, 1)["observations"] == b.report(IDENT, 1)["observations"] == 41
+    assert list(a.tracker(IDENT, 1).y) == y.tolist()
+
+
 def test_the_log_rotates_past_file_999999_in_order_of_numbers(tmp_path):
     # Sorted by name, obs-1000000 came before obs-999999: every append then went to it,
     # unbounded, and readers took the newest file for the oldest.

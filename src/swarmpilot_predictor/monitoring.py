@@ -532,7 +532,8 @@ class AccuracyMonitor:
                 own = None
         seen = set()
         listed_key = state.listed_key
-        files = self._files(state)
+        listed = self._list(state)
+        files = state.files
         # Where the folder changed (a file made or removed), a file that kept its name and
         # inode number may still be another: its first bytes say.
         relisted = listed_key is None or state.listed_key != listed_key
@@ -556,13 +557,18 @@ class AccuracyMonitor:
             if offset and not head:
                 head = _head(path, min(offset, _HEAD_BYTES))
             state.cursor[name] = (inode, offset, head)
-        for name in [n for n in state.cursor if n not in seen]:
-            del state.cursor[name]
+        if listed:
+            for name in [n for n in state.cursor if n not in seen]:
+                del state.cursor[name]
         if own is not None and own_records is not None:  # its file was rotated away before this look
             self._add(state, own_records)
 
-    def _files(self, state: _Followed) -> list[tuple[str, str]]:
-        """The log's files (name, path), oldest first; listed again only when the directory changed."""
+    def _list(self, state: _Followed) -> bool:
+        """Bring ``state.files``, the log's files (name, path) oldest first, up to date: the
+        folder is listed again only when it changed. False where it could not be listed
+        (gone, or unreadable): then none are known, and what has been read of them is kept,
+        so that a folder back again (remounted, restored) is read on from where it was,
+        not counted twice."""
         try:
             st = os.stat(state.directory)
             key = (st.st_ino, st.st_mtime_ns)
@@ -573,12 +579,13 @@ class AccuracyMonitor:
                 state.listed_key = key if listed_at - st.st_mtime_ns > _RACY_NS else None
         except FileNotFoundError:
             state.files, state.listed_key = [], None
+            return False
         except OSError as exc:  # not a folder (a file, a link loop, no permission)
             self.log.cannot_list(state.directory, exc)
             state.files, state.listed_key = [], None
-            return state.files
+            return False
         self.log.listed(state.directory)
-        return state.files
+        return True
 
     def tracker(self, identity: ModelIdentity, version: int) -> RollingAccuracy:
         """``version``'s accuracy, up to date with every worker's observations."""
