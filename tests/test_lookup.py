@@ -921,6 +921,29 @@ def test_a_tables_records_say_when_another_model_version_serves(tmp_path):
         assert ident["model_versions"] == [1] and ident["serving_version"] is None and ident["stale"] is None
     finally:
         other.close()
+    # Nor where that service holds versions of the same model, but never held the table's:
+    # its versions are numbered on their own (the table here names version 3).
+    (tmp_path / "e" / "tables" / "t3.json").write_bytes(
+        (tmp_path / "e" / "tables" / "t.json").read_bytes().replace(b'"model_version":1,', b'"model_version":3,'))
+    other = PredictorService(PredictorSettings(data_dir=tmp_path / "e"))
+    try:
+        for _ in range(2):
+            other.train(TrainConfig(model=IDENTITY, traces=traces, algorithm="linear"))
+        result = other.predict(PATTERN, [task], lookup_table=True, lookup_table_name="t3.json").single_response()["results"]
+        assert result["model_version"] == 3 and "stale" not in result
+        (entry,) = [t for t in other.list_tables() if t["name"] == "t3.json"]
+        (ident,) = entry["identities"]
+        assert ident["model_versions"] == [3] and ident["serving_version"] == 2 and ident["stale"] is None
+        # One it held: stored and not serving, or deleted, is stale; the serving one is not.
+        other.delete_model(PATTERN, version=2)
+        (tmp_path / "e" / "tables" / "t1.json").write_bytes((tmp_path / "e" / "tables" / "t.json").read_bytes())
+        (tmp_path / "e" / "tables" / "t2.json").write_bytes(
+            (tmp_path / "e" / "tables" / "t.json").read_bytes().replace(b'"model_version":1,', b'"model_version":2,'))
+        for name, stale in (("t1.json", False), ("t2.json", True), ("t3.json", None)):
+            got = other.predict(PATTERN, [task], lookup_table=True, lookup_table_name=name).single_response()["results"]
+            assert got.get("stale") is stale, name
+    finally:
+        other.close()
 
 
 # --------------------------------------------------------------------------- CLI

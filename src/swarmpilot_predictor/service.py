@@ -366,10 +366,14 @@ class PredictorService:
     def _stale(self, parts: tuple[str | None, ...], version: int, serving: int | None) -> bool | None:
         """Whether records made by ``version`` are stale when ``serving`` serves (None: none
         does): another version serves, or that one was deleted here; None where this
-        registry never held it (a table made by another service: not for this one to say)."""
-        if serving is not None:
-            return serving != version
-        return True if self.registry.was_deleted(ModelIdentity(*parts), version) else None  # type: ignore[arg-type]
+        registry never held it (a table made by another service, whose versions are numbered
+        on their own: not for this one to say)."""
+        if serving == version:
+            return False
+        identity = ModelIdentity(*parts)  # type: ignore[arg-type]
+        if self.registry.was_deleted(identity, version) or (serving is not None and self.registry.is_stored(identity, version)):
+            return True
+        return None
 
     def list_tables(self) -> list[dict[str, Any]]:
         """The lookup tables; for each model a loaded table holds records of, whether a version
