@@ -263,6 +263,15 @@ def test_model_version_detail(http, trained):
     assert [f["name"] for f in meta["features"]] == ["input_tokens", "output_tokens"]
     failed(http.get(f"/models/{SEGMENTS}/versions/9"), 404, "no version 9")
     assert http.get(f"/models/{SEGMENTS}/versions/latest").status_code == 422
+    # Written otherwise than in digits, a number is refused, not read as the version it rounds to.
+    for loose in ("1.0", "%201", "1%20", "+1", "1e0", "%C2%B9"):
+        failed(http.get(f"/models/{SEGMENTS}/versions/{loose}"), 422, "path.version")
+        failed(http.delete(f"/models/{SEGMENTS}/versions/{loose}"), 422, "path.version")
+        failed(http.get(f"/models/{SEGMENTS}/accuracy?version={loose}"), 422, "query.version")
+        failed(http.get(f"/models/{SEGMENTS}/accuracy?recent={loose}"), 422, "query.recent")
+    failed(http.delete(f"/models/{SEGMENTS}/versions/1.0"), 422, "path.version: must be a whole number, written in digits, got '1.0'")
+    assert ok(http.get(f"/models/{SEGMENTS}/versions/01"))["model"]["version"] == 1
+    assert ok(http.get(f"/models/{SEGMENTS}/accuracy?version=1&recent=0"))["recent"]["runtime_ms"] == []
 
 
 def test_versions_and_deletion(http):
