@@ -181,6 +181,10 @@ def test_a_training_error_names_the_config_key_at_fault(http):
     body = failed(http.post("/train", json={"config": {"model": ident("named"), "traces": 5}}),
                   422, "a list of traces", "or the name of a trace file")
     assert body["field"] == "config.traces"
+    # The config unwrapped, as the client and the CLI take it: the message shows the wrapping.
+    body = failed(http.post("/train", json={"model": ident("named"), "traces": traces}), 422,
+                  'a training body is {"config": {"model": ..., "traces": ...}}')
+    assert body["field"] == "config"
     ok(http.get("/models"))
     failed(http.get("/models/named/*/*/*/*"), 404)
 
@@ -1040,6 +1044,13 @@ def test_training_errors_name_the_uploaded_file_not_the_servers_copy(http):
                                    ("f", ("mine.jsonl", b'{"x": 1, "runtime_ms": 2}\n{broken\n', "x"))])
     body = failed(r, 422, "mine.jsonl: line 2")
     assert "0.jsonl" not in body["message"]
+    # A config written for the CLI names a path; the upload is named by its file name, which the message gives.
+    r = http.post("/train", files=[("config", ("c.json", orjson.dumps({"model": ident("names"), "traces": "data/mine.jsonl"}), "x")),
+                                   ("trace_file", ("mine.jsonl", jsonl_bytes(make_llm_traces(20)), "x")),
+                                   ("more", ("other.csv", b"x,runtime_ms\n1,2\n", "x"))])
+    body = failed(r, 422, "traces file 'data/mine.jsonl' not found in the data directory or the upload "
+                          "(the upload holds 'mine.jsonl', 'other.csv': name one of them by its file name)")
+    assert body["field"] == "config.traces"
 
 
 def table_failed(r: httpx.Response, status: int, field: str, *needles: str) -> dict:

@@ -70,6 +70,17 @@ def safe_child(root: Path, name: str, what: str = "path") -> Path:
     return resolved
 
 
+def _uploaded_names(uploads: dict[str, Path] | None) -> str:
+    """What a request uploaded, for a message saying a file it names is not among them:
+    each file by its name, which ``traces`` must give (a config written for the CLI names
+    a path, "data/traces.jsonl", where the upload's name is "traces.jsonl")."""
+    if not uploads:
+        return ""
+    names = list({p: name for name, p in reversed(list(uploads.items()))}.values())[::-1]
+    shown_names = ", ".join(shown(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return f" (the upload holds {shown_names}: name one of them by its file name)"
+
+
 class Trainer:
     def __init__(self, data_dir: Path, registry: ModelRegistry):
         self.data_dir = Path(data_dir)
@@ -97,7 +108,8 @@ class Trainer:
             except OSError as exc:  # a path too long as a whole, say: is_file only swallows "not there"
                 raise InvalidInput(f"traces file {shown(source)} cannot be opened ({exc.strerror})", field="traces") from None
             if not found:
-                raise InvalidInput(f"traces file {shown(source)} not found in the data directory or the upload", field="traces")
+                raise InvalidInput(f"traces file {shown(source)} not found in the data directory or the upload"
+                                   + _uploaded_names(uploads), field="traces")
             if not path.name.lower().removesuffix(".gz").endswith(TRACE_FILE_SUFFIXES):
                 raise InvalidInput(f"traces file {shown(source)} must be .json, .jsonl or .csv (optionally .gz)", field="traces")
             return TraceTable.from_file(path, progress=progress)
@@ -457,6 +469,10 @@ def _parse_train_request(raw: bytes) -> TrainConfig:
         raise InvalidInput(f"body is not valid JSON: {exc}", field="body") from None
     if isinstance(data, dict) and "config" in data:
         check_envelope(data)
+    elif isinstance(data, dict) and "model" in data:
+        # The config itself, as the client and the CLI take it: over HTTP it comes wrapped.
+        raise InvalidInput("config: Field required: a training body is {\"config\": {\"model\": ..., \"traces\": ...}}, "
+                           "the training config wrapped in 'config'", field="config")
     try:
         return TrainRequest.model_validate(data).config
     except ValidationError as exc:
