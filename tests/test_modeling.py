@@ -876,6 +876,29 @@ def test_an_unseen_category_learned_from_rare_training_values_is_not_widened_aga
     assert high / low < 3
 
 
+def test_one_training_row_of_a_value_seen_once_leaves_the_known_categories_noise_alone():
+    """Its held-out score measured how far an unseen value lies (no other fold had it), not
+    the noise: pooled, one row at 1000 ms among categories of 10 to 100 ms made every
+    category's 0.999 quantile 16 times the truth and its sd 8 times. The new value is
+    answered among the known ones and the lone one, as widely as they lie apart."""
+    rng = np.random.default_rng(1)
+    kind = rng.integers(0, 3, 300).astype(float)
+    y = np.array([10.0, 30.0, 100.0])[kind.astype(int)] * np.exp(0.25 * rng.standard_normal(300))
+    levels = [0.05, 0.5, 0.95, 0.999]
+    without = QuantileModel(["categorical"], [3], "linear").fit(kind[:, None], y)
+    model = QuantileModel(["categorical"], [3], "linear").fit(np.append(kind, np.nan)[:, None], np.append(y, 1000.0))
+    known = np.array([[0.0], [1.0], [2.0]])
+    np.testing.assert_allclose(model.predict_quantiles(known, levels), without.predict_quantiles(known, levels), rtol=0.05)
+    mean, sd = model.predict_distribution(known).mean_std()
+    np.testing.assert_allclose(sd, without.predict_distribution(known).mean_std()[1], rtol=0.05)
+    assert sd[0] == pytest.approx(10.3 * np.sqrt(np.exp(0.25**2) - 1), rel=0.1)  # the truth: 2.6 ms
+    # A new value (or the lone one's): among the four levels, log 10 to log 1000 ms, as widely as they lie.
+    low, median, high, _ = model.predict_quantiles(np.array([[np.nan]]), levels)[0]
+    assert low < 10.0 and high > 1000.0 and 30.0 < median < 300.0
+    assert model.unseen_categories()[0]["log_sd"] == pytest.approx(
+        np.std(np.log([10.0, 30.0, 100.0, 1000.0]), ddof=1) * np.sqrt(1.25), rel=0.1)
+
+
 def test_an_unseen_category_keeps_the_gap_to_a_slow_mode_and_its_moments_are_its_distribution_s():
     rng = np.random.default_rng(3)
     n = 900
