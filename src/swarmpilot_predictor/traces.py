@@ -291,14 +291,39 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"not valid JSON ({name} is not a JSON value)")
 
 
+# Bytes read at a time by content_lines.
+_LINES_BLOCK = 1 << 20
+
+
+def content_lines(raw: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    """(number, from 1, and line) of each line of ``raw`` that holds more than whitespace,
+    without a UTF-8 byte order mark at the start, read a megabyte at a time: blank lines are
+    passed over without a step of Python each (a 20 KB gzip upload of 20 million blank
+    lines held the training worker 8.8 s, read line by line)."""
+    lineno = 0
+    pending: list[bytes] = []  # the start of a line that runs past the blocks read so far
+    first = True
+    while block := raw.read(_LINES_BLOCK):
+        if first:
+            block, first = block.removeprefix(UTF8_BOM), False
+        cut = block.rfind(b"\n")
+        if cut < 0:
+            pending.append(block)
+            continue
+        pending.append(block[:cut])
+        lines = b"".join(pending).split(b"\n")
+        pending = [block[cut + 1:]]
+        yield from itertools.compress(zip(itertools.count(lineno + 1), lines), map(bytes.strip, lines))
+        lineno += len(lines)
+    last = b"".join(pending)
+    if last.strip():
+        yield lineno + 1, last
+
+
 def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Iterator[dict[str, Any]]:
     try:
         if fmt == "jsonl":
-            for lineno, line in enumerate(raw, 1):
-                if lineno == 1:
-                    line = line.removeprefix(UTF8_BOM)
-                if not line.strip():
-                    continue
+            for lineno, line in content_lines(raw):
                 try:
                     obj = _json_loads(line)
                 except orjson.JSONDecodeError as exc:
@@ -434,10 +459,8 @@ def _first_line_record(head: bytes) -> bool:
 
 def _iter_lines(stream: IO[bytes], source: str) -> Iterator[Any]:
     opened = closed = False
-    for lineno, line in enumerate(stream, 1):
+    for lineno, line in content_lines(stream):
         s = line.strip()
-        if not s:
-            continue
         if closed:
             raise TraceError(f"{source}: line {lineno}: unexpected data after the closing ']'")
         if not opened:
