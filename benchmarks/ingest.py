@@ -6,14 +6,18 @@ resident memory. Formats: ``jsonl``; ``json``, an array with a record a line (wh
 ``json.dump`` of a list with ``indent=None`` per record, and the table writer, produce);
 ``json-indented``, an array pretty-printed over several lines per record (read by the
 incremental decoder); ``json-object``, an object ``{"source": ..., "traces": [...]}``
-with a record a line (the incremental decoder too); ``csv``.
+with a record a line (the incremental decoder too); ``csv``. ``--gzip`` writes each file
+gzipped; ``--blank-lines N`` reads instead a gzipped JSON lines file of N blank lines and
+one trace (what a training worker does with such an upload).
 
-    uv run python benchmarks/ingest.py [--rows 1000000] [--formats jsonl,json,json-indented,json-object,csv]
+    uv run python benchmarks/ingest.py [--rows 1000000] [--formats jsonl,json,json-indented,json-object,csv] [--gzip]
+    uv run python benchmarks/ingest.py --blank-lines 20000000
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import subprocess
 import sys
 import tempfile
@@ -66,7 +70,18 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--formats", default="jsonl", help=f"comma-separated, of {', '.join(FORMATS)}")
+    ap.add_argument("--gzip", action="store_true", help="write each file gzipped")
+    ap.add_argument("--blank-lines", type=int, default=0, help="read a gzipped file of this many blank lines and one trace instead")
     args = ap.parse_args()
+    if args.blank_lines:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "blank.jsonl.gz"
+            path.write_bytes(gzip.compress(b"\n" * args.blank_lines + b'{"x": 1, "runtime_ms": 2.0}\n'))
+            result = subprocess.run([sys.executable, "-c", READER, str(path)], capture_output=True, text=True, check=True)
+            rows, secs, _, _ = result.stdout.split()
+            print(f"| read {int(rows)} trace after {args.blank_lines:,} blank lines (gzip, {path.stat().st_size / 1024:.0f} KB "
+                  f"file) | {float(secs):.2f} s |")
+        return
     formats = args.formats.split(",")
     if unknown := sorted(set(formats) - set(FORMATS)):
         ap.error(f"unknown formats: {', '.join(unknown)}")
@@ -74,11 +89,16 @@ def main() -> None:
         for fmt in formats:
             path = Path(tmp) / f"traces{SUFFIX[fmt]}"
             write(path, fmt, args.rows)
+            if args.gzip:
+                zipped = path.with_name(path.name + ".gz")
+                zipped.write_bytes(gzip.compress(path.read_bytes(), compresslevel=6))
+                path.unlink()
+                path = zipped
             result = subprocess.run([sys.executable, "-c", READER, str(path)], capture_output=True, text=True, check=True)
             rows, secs, base, peak = result.stdout.split()
             size = path.stat().st_size / 2**20
             path.unlink()
-            print(f"| read {int(rows):,} rows of {fmt} ({size:.0f} MB file) | {float(secs):.1f} s | peak RSS "
+            print(f"| read {int(rows):,} rows of {fmt}{' (gzip)' if args.gzip else ''} ({size:.0f} MB file) | {float(secs):.1f} s | peak RSS "
                   f"{float(peak):.0f} MB ({float(peak) - float(base):.0f} MB above the interpreter with the package "
                   "imported) |", flush=True)
 
