@@ -10,6 +10,11 @@ distribution, as the model sees it) the loss falls, and each quantile covers its
 value: coverage rises above the level by up to that value's share of the runs.
 
     uv run python benchmarks/discrete_runtimes.py [--seeds 4]
+    uv run python benchmarks/discrete_runtimes.py --single-values
+
+``--single-values`` measures instead a task whose smallest batches always take the same
+whole millisecond: each level's coverage as cross-validation reports it, and on 20,000
+new traces.
 """
 
 from __future__ import annotations
@@ -42,11 +47,42 @@ def whole_ms_traces(n: int, seed: int) -> accuracy.TraceSet:
     return accuracy.TraceSet(f"whole_ms_seed{seed}", traces)
 
 
+def single_values(rows: int, seed: int = 1) -> None:
+    """``round(2 + 0.1 batch LogNormal(0, 0.3))`` ms, batch 1-64: batches 1 to 4 run 2 ms
+    (nearly) every time, so a quantile a hair below 2 ms covers none of their runs, one a hair
+    above all of them, and which side each level falls on moves coverage more than the model."""
+    from swarmpilot_predictor.modeling import EVAL_LEVELS, QuantileModel
+
+    def draw(n: int, s: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(s)
+        batch = rng.integers(1, 65, n).astype(float)
+        return batch[:, None], np.round(2 + 0.1 * batch * np.exp(0.3 * rng.standard_normal(n)))
+
+    X, y = draw(rows, seed)
+    model = QuantileModel(["numeric"], [0]).fit(X, y)
+    Xn, yn = draw(20_000, seed + 100)
+    q = model.predict_quantiles(Xn, EVAL_LEVELS)
+    cv = model.cv_summary()
+    print(f"{rows} traces, {len(np.unique(y))} distinct runtimes; chose {cv['algorithm']} ({cv.get('variant', '')}); "
+          f"batch 1 answered {np.round(model.predict_quantiles(np.array([[1.0]]), EVAL_LEVELS)[0], 4).tolist()}\n")
+    print("| level | " + " | ".join(f"{t:g}" for t in EVAL_LEVELS) + " | mean abs. error |")
+    print("|---|" + "---:|" * (len(EVAL_LEVELS) + 1))
+    cv_cov = np.array([cv["coverage"][f"{t:g}"] for t in EVAL_LEVELS])
+    new_cov = (yn[:, None] <= q).mean(axis=0)
+    for label, cov in (("coverage, cross-validated", cv_cov), ("coverage on 20,000 new traces", new_cov)):
+        err = np.abs(cov - np.asarray(EVAL_LEVELS)).mean()
+        print(f"| {label} | " + " | ".join(f"{c:.3f}" for c in cov) + f" | {err:.3f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--rows", type=int, default=2000)
+    ap.add_argument("--single-values", action="store_true", help="the task whose small batches always run the same whole ms")
     args = ap.parse_args()
+    if args.single_values:
+        single_values(args.rows)
+        return
     results: dict[str, list[tuple[float, float, float]]] = {}
     for seed in range(1, args.seeds + 1):
         ts = whole_ms_traces(args.rows, seed)
