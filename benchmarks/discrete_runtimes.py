@@ -48,7 +48,7 @@ def whole_ms_traces(n: int, seed: int) -> accuracy.TraceSet:
 
 
 def single_values(rows: int, seed: int = 1) -> None:
-    """``round(2 + 0.1 batch LogNormal(0, 0.3))`` ms, batch 1-64: batches 1 to 4 run 2 ms
+    """``round(2 + 0.1 batch LogNormal(0, 0.3))`` ms, batch 1-64: batches 1 to 3 run 2 ms
     (nearly) every time, so a quantile a hair below 2 ms covers none of their runs, one a hair
     above all of them, and which side each level falls on moves coverage more than the model."""
     from swarmpilot_predictor.modeling import EVAL_LEVELS, QuantileModel
