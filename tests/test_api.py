@@ -226,6 +226,15 @@ def test_train_group_by_over_http(http):
                                                                           {**TRACE, "hardware": "A100"}]}),
                  409, "the traces name different models")
     assert err["candidates"] == ["grouped/grouped-m/A100/sglang/0.4.0", "grouped/grouped-m/H100/sglang/0.4.0"]
+    # None matching: the models one named part away are named (a typo, another version).
+    err = failed(http.post("/predict/single/grouped/grouped-m/*/sglang/0.5.0", json={"trace": TRACE}), 404,
+                 "no trained model matches grouped/grouped-m/*/sglang/0.5.0; did you mean "
+                 "grouped/grouped-m/A100/sglang/0.4.0, grouped/grouped-m/H100/sglang/0.4.0?")
+    assert err["candidates"] == ["grouped/grouped-m/A100/sglang/0.4.0", "grouped/grouped-m/H100/sglang/0.4.0"]
+    err = failed(http.get("/models/grouped/grouped-x/A100/sglang/0.4.0"), 404, "did you mean grouped/grouped-m/A100/sglang/0.4.0?")
+    assert err["candidates"] == ["grouped/grouped-m/A100/sglang/0.4.0"]
+    err = failed(http.get("/models/grouped/grouped-x/A100/vllm/0.4.0"), 404)  # two parts away: not a near miss
+    assert "did you mean" not in err["message"] and "candidates" not in err
 
     # Requests arriving together are evaluated together; each still gets its own answer.
     async def together():

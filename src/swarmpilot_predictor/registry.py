@@ -669,7 +669,10 @@ class ModelRegistry:
             else:
                 matches = [i for i in self._index if pattern.matches(i)]
         if not matches:
-            raise ModelNotFound(f"no trained model matches {pattern.describe()}")
+            near = self._near_misses(key)
+            said = f"; did you mean {', '.join(near)}?" if near else ""
+            raise ModelNotFound(f"no trained model matches {pattern.describe()}{said}",
+                                extra={"candidates": near} if near else None)
         if len(matches) > 1:
             names = sorted(m.key for m in matches)
             raise AmbiguousModel(
@@ -681,6 +684,18 @@ class ModelRegistry:
                 self._resolved.clear()
             self._resolved[key] = matches[0]
         return matches[0]
+
+    def _near_misses(self, key: tuple[str | None, ...], most: int = 5) -> list[str]:
+        """The keys of the stored models that a pattern matching none misses by one part it
+        names (a typo in the model's name, another software version): at most ``most``, none
+        where more are (a pattern that names one part, a model type no model has)."""
+        named = [(j, part) for j, part in enumerate(key) if part is not None]
+        if len(named) < 2:
+            return []
+        with self._lock:
+            near = [i.key for i in self._index
+                    if sum(i.as_tuple()[j] != part for j, part in named) == 1]
+        return sorted(near) if len(near) <= most else []
 
     # ------------------------------------------------------------------ load / save
 
