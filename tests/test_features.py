@@ -191,6 +191,13 @@ def test_custom_target_field():
 def test_missing_target_field_is_an_error():
     with pytest.raises(TraceError, match="target field 'duration'"):
         prepare(base_traces(), target="duration")
+    # The traces' own fields are named: a runtime under another name is the likely mistake.
+    traces = [{"runtime": t.pop("runtime_ms"), **t} for t in base_traces()]
+    fields = ", ".join(repr(f) for f in sorted(traces[0]))
+    with pytest.raises(TraceError) as err:
+        prepare(traces)
+    assert str(err.value) == (f"target field 'runtime_ms' is not present in the traces (their fields: {fields}; "
+                              "'target' names another)")
 
 
 def test_words_among_numeric_targets_are_dropped_and_a_column_of_words_is_an_error():
