@@ -70,8 +70,10 @@ def test_train_with_a_json_config(tmp_path, data):
     result = invoke("train", cfg, "--data-dir", data)
     assert KEY in result.stdout and "linear" in result.stdout and "150" in result.stdout
     assert len(list((data / "models").glob("*/v0001.meta.json"))) == 1
-    # training again makes version 2
-    invoke("train", cfg, "--data-dir", data)
+    # training again makes version 2; --json prints the answer as the API gives it
+    body = json_out(invoke("train", cfg, "--data-dir", data, "--json"))
+    assert body["status"] == "success" and body["model_key"] == KEY and body["version"] == 2
+    assert body["metrics"]["algorithm"] == "linear" and 0.8 < body["metrics"]["interval_coverage"]["0.9"] <= 1.0
     assert len(list((data / "models").glob("*/v0002.meta.json"))) == 1
 
 
@@ -565,7 +567,8 @@ def test_train_names_a_trace_file_missing_next_to_its_config(tmp_path, data):
 def test_an_error_answer_of_the_service_is_one_line(tmp_path, server):
     cfg = tmp_path / "train.json"
     cfg.write_text(json.dumps({"model": IDENTITY, "traces": make_llm_traces(60), "algorithm": "linear"}))
-    invoke("train", cfg, "--url", server.url)
+    body = json_out(invoke("train", cfg, "--url", server.url, "--json"))
+    assert body["model_key"] == KEY and body["metrics"]["algorithm"] == "linear" and body["metrics"]["rows_used"] == 60
     result = runner.invoke(cli.app, ["predict", "llm/*/TPU/*/*", '{"input_tokens": 5}', "--url", server.url])
     assert "404: no trained model matches llm/*/TPU/*/*" in one_error_line(result)
     cfg.write_text(json.dumps({"model": IDENTITY, "traces": make_llm_traces(60), "algorithm": "linear",

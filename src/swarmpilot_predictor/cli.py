@@ -273,6 +273,7 @@ def train(
     config: Path = typer.Argument(..., exists=True, dir_okay=False, help="Training config (JSON or YAML)."),
     data_dir: Optional[str] = DataDirOpt,
     url: Optional[str] = UrlOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the raw JSON answer (its metrics in full)."),
 ):
     """Train a model (or one per group) from a config file."""
     from pydantic import ValidationError
@@ -288,7 +289,7 @@ def train(
             raw = {**raw, "traces": Path(traces).name}
         with _remote(url) as client:
             result = client.train(raw, files=files)
-        _print_train(result.model_dump())
+        _print_train(result.model_dump(mode="json"), as_json)
         return
     try:
         cfg = TrainConfig.model_validate(raw)
@@ -316,7 +317,7 @@ def train(
             result = service.train(cfg, uploads, progress=lambda n: progress.advance(task, n))
         except PredictorError as exc:
             _fail(exc.message)
-    _print_train(result)
+    _print_train(result, as_json)
 
 
 def _algorithm(algorithm: Any, first_run_split: dict[str, Any] | None) -> str:
@@ -326,7 +327,10 @@ def _algorithm(algorithm: Any, first_run_split: dict[str, Any] | None) -> str:
     return str(algorithm)
 
 
-def _print_train(result: dict[str, Any]) -> None:
+def _print_train(result: dict[str, Any], as_json: bool = False) -> None:
+    if as_json:
+        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
+        return
     entries = result.get("models") or [{"model_key": result["model_key"], "version": result.get("version"), "metrics": result["metrics"]}]
     table = Table(title=f"trained in {result['duration_seconds']:.2f}s")
     for col in ("model", "version", "algorithm", "rows", "rel. pinball", "coverage err", "90% interval", "median MAPE"):
