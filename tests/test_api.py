@@ -214,7 +214,7 @@ def test_train_group_by_over_http(http):
     assert [m["metrics"]["rows_used"] for m in body["models"]] == [80, 80]
     # now 'grouped/*/*/*/*' is ambiguous and names both
     err = failed(http.post("/predict/single/grouped/*/*/*/*", json={"trace": TRACE}), 409, "A100", "H100")
-    assert len(err["candidates"]) == 2
+    assert len(err["candidates"]) == 2 and err["field"] == "identity"
     # A trace that says its hardware picks the model; one that contradicts the URL is refused.
     single = ok(http.post("/predict/single/grouped/*/*/*/*", json={"trace": {**TRACE, "hardware": "A100"}}))
     assert single["results"]["model_info"]["hardware"] == "A100"
@@ -232,7 +232,7 @@ def test_train_group_by_over_http(http):
                  "grouped/grouped-m/A100/sglang/0.4.0, grouped/grouped-m/H100/sglang/0.4.0?")
     assert err["candidates"] == ["grouped/grouped-m/A100/sglang/0.4.0", "grouped/grouped-m/H100/sglang/0.4.0"]
     err = failed(http.get("/models/grouped/grouped-x/A100/sglang/0.4.0"), 404, "did you mean grouped/grouped-m/A100/sglang/0.4.0?")
-    assert err["candidates"] == ["grouped/grouped-m/A100/sglang/0.4.0"]
+    assert err["candidates"] == ["grouped/grouped-m/A100/sglang/0.4.0"] and err["field"] == "identity"
     err = failed(http.get("/models/grouped/grouped-x/A100/vllm/0.4.0"), 404)  # two parts away: not a near miss
     assert "did you mean" not in err["message"] and "candidates" not in err
 
@@ -485,11 +485,11 @@ BATCH = f"/predict/batch/{SEGMENTS}"
     (BATCH, b'{"trace": [{"input_tokens": 1, "output_tokens": 1}], "quantiles": [1.5]}', 422, 'quantiles', ["quantiles"]),
     (BATCH, b'{"trace": [{"input_tokens": 1, "output_tokens": 1}], "shared_factor": "yes"}', 422, 'shared_factor', ["shared_factor"]),
     (BATCH, b'{"trace": [{"input_tokens": 1, "output_tokens": 1}], "lookup_table": true, "shared_factor": true}', 422, 'shared_factor', ["shared_factor needs a model"]),
-    ("/predict/single/llm/*/TPU/*/*", b'{"trace": {"input_tokens": 1}}', 404, None, ["llm/*/TPU/*/*"]),
-    ("/predict/batch/nothing/a/b/c/d", b'{"trace": []}', 404, None, ["nothing/a/b/c/d"]),
-    ("/predict/single/twin/*/*/*/*", b'{"trace": {"input_tokens": 1}}', 409, None, ["twin/twin-m/A100/sglang/0.4.0",
+    ("/predict/single/llm/*/TPU/*/*", b'{"trace": {"input_tokens": 1}}', 404, "identity", ["llm/*/TPU/*/*"]),
+    ("/predict/batch/nothing/a/b/c/d", b'{"trace": []}', 404, "identity", ["nothing/a/b/c/d"]),
+    ("/predict/single/twin/*/*/*/*", b'{"trace": {"input_tokens": 1}}', 409, "identity", ["twin/twin-m/A100/sglang/0.4.0",
                                                                             "twin/twin-m/H100/sglang/0.4.0"]),
-    ("/predict/batch/twin/*/*/*/*", b'{"trace": []}', 409, None, ["A100", "H100"]),
+    ("/predict/batch/twin/*/*/*/*", b'{"trace": []}', 409, "identity", ["A100", "H100"]),
     # A malformed trace still names its model: its own error, not the pattern's ambiguity.
     ("/predict/single/twin/*/*/*/*", b'{"trace": {"hardware": "A100", "input_feature": "x"}}', 422, 'trace', ["input_feature"]),
 ])

@@ -671,13 +671,13 @@ class ModelRegistry:
         if not matches:
             near = self._near_misses(key)
             said = f"; did you mean {', '.join(near)}?" if near else ""
-            raise ModelNotFound(f"no trained model matches {pattern.describe()}{said}",
+            raise ModelNotFound(f"no trained model matches {pattern.describe()}{said}", field="identity",
                                 extra={"candidates": near} if near else None)
         if len(matches) > 1:
             names = sorted(m.key for m in matches)
             raise AmbiguousModel(
                 f"{len(matches)} models match {pattern.describe()}: {', '.join(names)}; specify more of the identity",
-                extra={"candidates": names},
+                field="identity", extra={"candidates": names},
             )
         with self._lock:
             if len(self._resolved) > 10_000:
