@@ -1053,7 +1053,9 @@ class QuantileModel:
         levels = np.asarray(EVAL_LEVELS)
         q = np.empty((n, len(levels)))
         pooled = np.ones(n, dtype=bool) if alone is None else ~alone
-        scores = [ScoreDistribution.from_scores(z[(fold != k) & pooled]) for k in range(n_folds)]
+        # (A fold whose training rows are all left out, as few folds of few rows may be, keeps them.)
+        scores = [ScoreDistribution.from_scores(z[(fold != k) & pooled] if np.any((fold != k) & pooled) else z[fold != k])
+                  for k in range(n_folds)]
         ylog = oof + s * z
         bounds = _log_bounds(float(ylog.min()), float(ylog.max()))  # as the fitted model's
         if not shaped:
