@@ -1095,11 +1095,11 @@ whose flag explains clearly more of the runtime than the alternatives (README, "
 of an input shape"); here `(batch_size, seq_len)`. Later modelling changes were scored on
 these traces too, so they are no longer untouched data, and the ratios below are today's,
 not those of that first scoring. Two of the three get the derived `first_of_shape`
-column (all three carry timestamps): given that column, `qrf` beats the service on the vision traces by 1.4% (the summary's
+column (all three carry timestamps): given that column, `qrf` beats the service on the vision traces by 2.4% (the summary's
 last column); on the text encoder the service is ahead of every method given it. Where
 `qrf`'s lead comes from is under the vision set's table ("Where `qrf+derived` gains"):
-all of it on the 16 first runs among the 3,829 test rows (+0.0009 of the +0.0007 in
-relative pinball; the repeats -0.0001), and nearly all on one of them, of 965 ms. Until 2026-11-30 every method here read the row
+all of it on the 16 first runs among the 3,829 test rows (+0.0013 in relative pinball; the
+repeats +0.0000), and much of it on one of them, of 829 ms. Until 2026-11-30 every method here read the row
 counter `seq`, and the forest found by it the training rows a few milliseconds on either
 side of each test row, whose runtimes follow a state of the machine that drifts between
 consecutive tasks and is gone within a second; given the derived column it then beat the
@@ -1201,10 +1201,10 @@ column too, so the table shows how much of the service's lead there is the colum
 much the model. They are not the "best baseline" of the issue's figures, but the summary's
 last column, its checks and their geometric mean also compare the service with the best of
 all of them: the stricter comparison, which the service does not pass everywhere (`qrf`
-given the column beats it on the H200 vision traces by 1.4%, on their first runs, see the
+given the column beats it on the H200 vision traces by 2.4%, on their first runs, see the
 H200 section). Nor can its geometric mean reach 0.90: with every synthetic set scored at
-its floor (the line under the summary), the nine sets' would be 0.921 against the service's
-0.924, so only the real sets could take it there, by some 20% between them. The summaries also
+its floor (the line under the summary), the nine sets' would be 0.916 against the service's
+0.919, so only the real sets could take it there, by some 20% between them. The summaries also
 give the geometric mean over the sets without timestamps, where no column can be derived.
 
 Row counters. The H100 and H200 traces number their rows (`seq`: 0, 1, 2, ...), a column the
@@ -1256,10 +1256,10 @@ predictions are close: at the 0.05 level the service's quantiles are 14% off in 
 in probability (187% and 0.003 with seed+1000, `--seed-offset 1000`); each set's block gives
 both per level. The converse holds at the floor of `heavy_tailed`, where nearly all the
 probability sits just above the base time: its 0.1 quantile is within 1.1% in time and 0.065
-off in probability. On `h100_resnet50_vision` the 90% interval holds 0.927 of the 439 test
-runtimes (binomial standard error 0.014 at the nominal 0.90): 0.921 of the 242 repeats and 0.934 of the 197
+off in probability. On `h100_resnet50_vision` the 90% interval holds 0.929 of the 439 test
+runtimes (binomial standard error 0.014 at the nominal 0.90): 0.926 of the 242 repeats and 0.934 of the 197
 first runs, where the training rows' cross-validated coverage of the two serving models is
-0.057 and 0.953 at the 0.05 and 0.95 levels (repeats) and 0.043 and 0.941 (first runs). It
+0.053 and 0.950 at the 0.05 and 0.95 levels (repeats) and 0.043 and 0.939 (first runs). It
 held 0.932 until 2026-11-30, when the shape models of `linear` and `power` locations began
 to learn the scores around their own location (README, "Modelling"): the first runs' model
 is now LightGBM's, chosen on the folds, where it was the linear family's.
