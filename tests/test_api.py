@@ -284,6 +284,8 @@ def test_model_version_detail(http, trained):
         failed(http.get(f"/models/{SEGMENTS}/accuracy?recent={loose}"), 422, "query.recent")
     failed(http.delete(f"/models/{SEGMENTS}/versions/1.0"), 422, "path.version: must be a whole number, written in digits, got '1.0'")
     assert ok(http.get(f"/models/{SEGMENTS}/versions/01"))["model"]["version"] == 1
+    # A query a route does not read is not its to refuse.
+    assert ok(http.get(f"/models/{SEGMENTS}/versions/1?version=latest&recent=all"))["model"]["version"] == 1
     assert ok(http.get(f"/models/{SEGMENTS}/accuracy?version=1&recent=0"))["recent"]["runtime_ms"] == []
 
 

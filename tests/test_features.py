@@ -196,8 +196,8 @@ def test_missing_target_field_is_an_error():
     fields = ", ".join(repr(f) for f in sorted(traces[0]))
     with pytest.raises(TraceError) as err:
         prepare(traces)
-    assert str(err.value) == (f"target field 'runtime_ms' is not present in the traces (their fields: {fields}; "
-                              "'target' names another)")
+    assert str(err.value) == (f"target field 'runtime_ms' is not present in the traces (they hold {fields}: "
+                              "set 'target' to the one that is the runtime)")
 
 
 def test_words_among_numeric_targets_are_dropped_and_a_column_of_words_is_an_error():

@@ -899,6 +899,23 @@ def test_one_training_row_of_a_value_seen_once_leaves_the_known_categories_noise
         np.std(np.log([10.0, 30.0, 100.0, 1000.0]), ddof=1) * np.sqrt(1.25), rel=0.1)
 
 
+def test_which_rows_no_other_fold_shares_a_value_with():
+    model = QuantileModel(["categorical", "numeric"], [3, 0])
+    code = np.array([0, 1, 2] * 10 + [np.nan, np.nan, 2.5])  # two missing, one past the known: all unseen
+    X = np.column_stack([code, np.arange(33.0)])
+    fold = np.arange(33) % 5
+    alone, unknown = model._fold_alone(X, fold, model.kinds)
+    assert alone is None and unknown == ()  # the unseen rows are in every fold: their level is learned
+    fold[30:] = 1  # all three unseen rows in one fold: each alone, a level of three rows, kept as learned
+    alone, unknown = model._fold_alone(X, fold, model.kinds)
+    assert np.flatnonzero(alone).tolist() == [30, 31, 32] and unknown == ()
+    alone, unknown = model._fold_alone(X[:31], fold[:31], model.kinds)  # one unseen row: its level unlearned
+    assert np.flatnonzero(alone).tolist() == [30] and unknown == (0,)
+    code[:30] = np.repeat([0, 1, 2], 10)  # each known value in one fold of its own too: more than half alone
+    assert model._fold_alone(np.column_stack([code, np.arange(33.0)]), np.repeat([0, 1, 2, 1], [10, 10, 10, 3]),
+                             model.kinds) == (None, ())
+
+
 def test_an_unseen_category_keeps_the_gap_to_a_slow_mode_and_its_moments_are_its_distribution_s():
     rng = np.random.default_rng(3)
     n = 900

@@ -501,7 +501,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
 
     @app.get("/models/" + IDENTITY_PATH + "/versions/{version}", tags=["models"], summary="One version's full metadata")
     async def model_version_detail(request: Request, version: int):
-        _refuse_loose_numbers(request)
+        _refuse_loose_numbers(request, "path.version")
         pattern = _identity_from(request.scope, 1)
         return JSONResponse({"status": "success", "model": await run_in_threadpool(service.model_detail, pattern, version)})
 
@@ -509,7 +509,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
              summary="Rolling accuracy of the serving version against observed runtimes")
     async def model_accuracy(request: Request, version: int | None = None, recent: int = 200):
         _refuse_repeated_query(request)
-        _refuse_loose_numbers(request)
+        _refuse_loose_numbers(request, "query.version", "query.recent")
         pattern = _identity_from(request.scope, 1)
         return JSONResponse(await run_in_threadpool(service.accuracy, pattern, version, recent))
 
@@ -529,7 +529,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
 
     @app.delete("/models/" + IDENTITY_PATH + "/versions/{version}", tags=["models"], dependencies=writes, summary="Delete one version")
     async def model_version_delete(request: Request, version: int):
-        _refuse_loose_numbers(request)
+        _refuse_loose_numbers(request, "path.version")
         pattern = _identity_from(request.scope, 1)
         return JSONResponse(service.delete_model(pattern, version))
 
@@ -827,18 +827,16 @@ def _is_multipart(request: Request) -> bool:
     return request.headers.get("content-type", "").lower().startswith("multipart/form-data")
 
 
-_WHOLE_NUMBER_PARAMS = (("path", "version"), ("query", "version"), ("query", "recent"))
-
-
-def _refuse_loose_numbers(request: Request) -> None:
-    """A 422 for a URL's ``version`` or ``recent`` not written in digits: read as the routes
-    declare them (integers, loosely), "1.0" and " 1" were version 1, on a route that deletes
-    it too, where a body's ``version`` must be a JSON whole number."""
-    for where, name in _WHOLE_NUMBER_PARAMS:
+def _refuse_loose_numbers(request: Request, *params: str) -> None:
+    """A 422 for a number of the URL's ``params`` ("path.version", "query.recent") not
+    written in digits: read as the routes declare them (integers, loosely), "1.0" and " 1"
+    were version 1, on a route that deletes it too, where a body's ``version`` must be a
+    JSON whole number."""
+    for param in params:
+        where, name = param.split(".")
         raw = (request.path_params if where == "path" else request.query_params).get(name)
         if raw is not None and re.fullmatch(r"-?[0-9]+", raw) is None:
-            field = f"{where}.{name}"
-            raise InvalidInput(f"{field}: must be a whole number, written in digits, got {shown(raw)}", field=field)
+            raise InvalidInput(f"{param}: must be a whole number, written in digits, got {shown(raw)}", field=param)
 
 
 def _refuse_repeated_query(request: Request) -> None:

@@ -501,7 +501,8 @@ class FeatureSchema:
             fields = sorted(table.columns)
             named = ", ".join(shown(f) for f in fields[:10]) + (f" and {len(fields) - 10} more" if len(fields) > 10 else "")
             raise TraceError(f"target field {shown(target)} is not present in the traces"
-                             + (f" (their fields: {named}; 'target' names another)" if fields else ""), field="target")
+                             + (f" (they hold {named}: set 'target' to the one that is the runtime)" if fields else ""),
+                             field="target")
         # true/false is no measurement (a feature reads it as 1 or 0; a runtime of 1 ms it is not).
         booleans = table.columns[target].boolean_rows()
         words = 0

@@ -76,7 +76,10 @@ def _uploaded_names(uploads: dict[str, Path] | None) -> str:
     a path, "data/traces.jsonl", where the upload's name is "traces.jsonl")."""
     if not uploads:
         return ""
-    names = list({p: name for name, p in reversed(list(uploads.items()))}.values())[::-1]
+    first: dict[Path, str] = {}
+    for name, path in uploads.items():  # a file under its first key, its own name (its part's may follow)
+        first.setdefault(path, name)
+    names = list(first.values())
     shown_names = ", ".join(shown(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
     return f" (the upload holds {shown_names}: name one of them by its file name)"
 

@@ -33,6 +33,7 @@ from ..traces import (
     TABLE_RESERVED_KEYS,
     TraceError,
     blank_cells,
+    content_lines,
     csv_header,
     csv_problem,
     csv_reader,
@@ -56,12 +57,11 @@ def _iter_json_records(raw: IO[bytes], name: str, line_mode: bool = True) -> Ite
 
 def _iter_jsonl_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
     try:
-        for lineno, line in enumerate(raw, 1):
-            if line.strip():
-                try:
-                    yield f"line {lineno}", orjson.loads(line)
-                except orjson.JSONDecodeError as exc:
-                    raise TraceError(f"{name}: line {lineno}: not a valid JSON record ({exc}); the file may be truncated") from None
+        for lineno, line in content_lines(raw):
+            try:
+                yield f"line {lineno}", orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise TraceError(f"{name}: line {lineno}: not a valid JSON record ({exc}); the file may be truncated") from None
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise TraceError(f"{name}: cannot read the file ({exc}); it may be truncated") from None
 

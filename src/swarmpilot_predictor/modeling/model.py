@@ -491,16 +491,18 @@ class QuantileModel:
 
     def _fold_alone(self, X: np.ndarray, fold: np.ndarray, kinds: Sequence[str]) -> tuple[np.ndarray | None, tuple[int, ...]]:
         """The rows whose value of a categorical feature the location reads is on no row of the
-        other folds (a value seen once, read as an unseen one where it is the only such row),
-        and the columns all of whose unseen-coded rows are such rows.
+        other folds (a value seen once, read as an unseen one; a value of two rows that fell in
+        one fold), and the columns whose unseen-coded rows are one row, so left out.
 
         Such a row's held-out score measures how far an unseen category lies from the
         location, not the noise about a known category's: pooled with the others' scores, one
         training row of a value seen once (at 1000 ms among categories of 10 to 100 ms) made
         every category's 0.999 quantile 16 times the truth and its sd 8 times. Its scores are
-        left out of the pool, and a new value is widened instead (:meth:`_learn_unseen_categories`).
-        None where that would leave out more than half the rows (two rows for each of many
-        values, say): the pool is then all there is."""
+        left out of the pool. An unknown level learned from one row alone says nothing of its
+        spread: a new value is widened instead (:meth:`_learn_unseen_categories`); one learned
+        from more rows keeps their level, as learned. None where leaving them out would leave
+        out more than half the rows (two rows for each of many values, say): the pool is then
+        all there is."""
         alone = np.zeros(len(X), dtype=bool)
         unknown: list[int] = []
         n_folds = int(fold.max()) + 1
@@ -517,7 +519,7 @@ class QuantileModel:
             per_code = np.bincount(code, minlength=k + 1)
             here = per_code[code] == per_pair[pair]
             alone |= here
-            if (~known).any() and here[~known].all():
+            if (~known).sum() == 1 and here[~known].all():
                 unknown.append(j)
         if not alone.any() or (~alone).sum() < len(X) / 2:
             return None, ()
@@ -533,9 +535,9 @@ class QuantileModel:
         Taken over up to ``UNSEEN_SAMPLE_ROWS`` training rows, each answered with every known
         value in turn. A column with unseen-coded training rows (rare values, missing ones)
         has had its unknown level, and that level's spread, learned from them: it gets none,
-        unless all of them were left out of the scores (``unknown_alone``, see
-        :meth:`_fold_alone`): then the unknown level, as learned, counts as one more value
-        of the population a new one is drawn from."""
+        unless that was one row, left out of the scores (``unknown_alone``, see
+        :meth:`_fold_alone`): then the unknown level, as learned from it, counts as one more
+        value of the population a new one is drawn from."""
         self.unseen_shift_ = [0.0] * len(self.kinds)
         self.unseen_sd_ = [0.0] * len(self.kinds)
         self._widening_cache = None
@@ -1053,9 +1055,12 @@ class QuantileModel:
         levels = np.asarray(EVAL_LEVELS)
         q = np.empty((n, len(levels)))
         pooled = np.ones(n, dtype=bool) if alone is None else ~alone
-        # (A fold whose training rows are all left out, as few folds of few rows may be, keeps them.)
-        scores = [ScoreDistribution.from_scores(z[(fold != k) & pooled] if np.any((fold != k) & pooled) else z[fold != k])
-                  for k in range(n_folds)]
+        scores = []
+        for k in range(n_folds):
+            rows = (fold != k) & pooled
+            if not rows.any():  # every training row of the fold left out (few folds of few rows): all of them
+                rows = fold != k
+            scores.append(ScoreDistribution.from_scores(z[rows]))
         ylog = oof + s * z
         bounds = _log_bounds(float(ylog.min()), float(ylog.max()))  # as the fitted model's
         if not shaped:
