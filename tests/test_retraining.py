@@ -112,6 +112,23 @@ def test_after_an_abrupt_shift_the_new_version_learns_the_new_level_alone(tmp_pa
     assert 0.95 < ratio < 1.05
 
 
+def test_a_shift_newer_than_the_holdout_is_learned_from_its_older_half(tmp_path):
+    # 1,000 observations at the trained level, then 80 at 1.5x, as drift is flagged soon after
+    # a shift: the newest quarter held out held every shifted one, the candidates were fitted
+    # on the old level alone, and the drifted version took one of them (a scheduler
+    # simulation's new version covered 16% of runtimes with its median).
+    svc = _service(tmp_path)
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    svc.observe(IDENTITY, _shifted(1000, 1.0, seed=30))
+    assert svc.observe(IDENTITY, _shifted(80, 1.5, seed=31))["drifted"] is True
+    decision = svc.retrain(pattern)
+    assert decision["status"] == "retrained" and decision["candidate"] == "since the shift"
+    assert 75 <= decision["shift"]["observations_since"] <= 85 and decision["heldout_rows"] == decision["shift"]["held_out"]
+    fresh = _shifted(2000, 1.5, seed=32)
+    median = svc.predict(pattern, fresh, 0.9, [0.5]).quantiles[:, 0]
+    assert 0.9 < float(np.median(np.array([t["runtime_ms"] for t in fresh]) / median)) < 1.1
+
+
 RETRAIN = """
 import itertools
 import json
