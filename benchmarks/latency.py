@@ -771,6 +771,31 @@ def section_observe(data_dir: Path) -> None:
     svc.close()
 
 
+def section_first_observe(data_dir: Path) -> None:
+    """The first ``/observe`` a freshly started server answers, against the next ones (three
+    servers in turn, each on a copy of the data directory without observations): the first
+    one's drift report loaded what it needed on the request (scipy.stats: over a second)."""
+    first, later = [], []
+    for k in range(3):
+        copy = data_dir.parent / f"first-observe-{k}"
+        shutil.copytree(data_dir / "models", copy / "models")
+        srv = Server(copy, env={"PREDICTOR_ACCESS_LOG": "false"})
+        try:
+            c = RawClient(srv.port)
+            traces = llm_traces(60, seed=40 + k)
+            for i in range(0, 60, 10):
+                body = orjson.dumps({"model": IDENT, "traces": traces[i:i + 10]})
+                t0 = time.perf_counter()
+                status, resp = c.request("POST", "/observe", body)
+                assert status == 200, resp[:300]
+                (first if i == 0 else later).append(time.perf_counter() - t0)
+            c.close()
+        finally:
+            srv.stop()
+    print(f"| the first /observe (10 runtimes) of a fresh server | {', '.join(f'{t * 1e3:.1f}' for t in first)} ms "
+          f"(3 servers); the next ones median {statistics.median(later) * 1e3:.1f} ms |")
+
+
 def section_elapsed(data_dir: Path) -> None:
     """What a running task's time left costs in-process against its whole runtime: one task
     alone, and a queue of 100 whose first task is running (with its total)."""
@@ -951,7 +976,7 @@ def main() -> None:
     ap.add_argument("--algorithm", default="auto")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--skip-registry", action="store_true")
-    ap.add_argument("--only", default="", help="comma-separated sections: http,loop,batch,client,cache,coalesce,isolation,training,registry,metrics,preload,accesslog,atoms,observe,boosted,elapsed,queues")
+    ap.add_argument("--only", default="", help="comma-separated sections: http,loop,batch,client,cache,coalesce,isolation,training,registry,metrics,preload,accesslog,atoms,observe,boosted,elapsed,queues,firstobserve")
     ap.add_argument("--baseline", help="the src folder of another checkout: batches against its code and this (section versus)")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
@@ -997,6 +1022,8 @@ def main() -> None:
             section_observe(data_dir)
         if want("elapsed"):
             section_elapsed(data_dir)
+        if want("firstobserve"):
+            section_first_observe(data_dir)
         if want("queues"):
             section_queues(data_dir)
     print(f"\n(maxrss of this driver: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")

@@ -123,7 +123,21 @@ def test_drift_is_tested_on_enough_observations_at_a_corrected_level():
     tied.add(y, q)
     drift = tied.report(1e-3, 30)["drift"]
     n = drift["checked_window"]
-    assert drift["p_values"]["0.75"] == binomtest(int((y[:n] <= q[:n, at]).sum()), n, 0.75).pvalue
+    assert drift["p_values"]["0.75"] == pytest.approx(binomtest(int((y[:n] <= q[:n, at]).sum()), n, 0.75).pvalue, rel=1e-9)
+
+
+def test_the_binomial_test_is_scipys_without_its_import():
+    # scipy.stats took over a second to import, in the first /observe after each start.
+    from scipy.stats import binomtest
+
+    from swarmpilot_predictor.monitoring import binomial_test
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 7, 30, 31, 200, 1000, 5000):
+        for p in MONITOR_LEVELS:
+            for k in {0, n, int(n * p), int(n * p) + 1, *rng.integers(0, n + 1, 6).tolist()}:
+                assert binomial_test(k, n, p) == pytest.approx(binomtest(k, n, p).pvalue, rel=1e-9, abs=1e-300), (k, n, p)
+    assert binomial_test(3, 4, 0.75) == 1.0  # the expected count itself
 
 
 def test_looking_often_at_a_calibrated_stream_raises_no_false_alarm():
