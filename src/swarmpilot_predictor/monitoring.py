@@ -439,23 +439,21 @@ class RollingAccuracy:
         return {"levels": list(MONITOR_LEVELS), "runtime_ms": ys, "quantile_predictions": qs, "expect": es}
 
 
-
 def binomial_test(k: int, n: int, p: float) -> float:
     """The two-sided p-value of ``k`` successes in ``n`` trials of probability ``p``: the
     probability of every count no more likely than ``k`` (as ``scipy.stats.binomtest``
     reckons it, likelihoods within a relative 1e-7 counted equal). Summed over the ``n + 1``
     counts: scipy.stats took 1.2 to 1.8 s to import, in the first /observe after each start,
     which held other requests meanwhile (a scheduler simulation's waits up to 209 ms)."""
-    if n <= 0:
+    if n <= 0 or k == p * n:
         return 1.0
     x = np.arange(n + 1, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         log_pmf = (gammaln(n + 1.0) - gammaln(x + 1.0) - gammaln(n - x + 1.0)
                    + np.where(x > 0, x * np.log(p), 0.0) + np.where(x < n, (n - x) * np.log1p(-p), 0.0))
     pmf = np.exp(log_pmf)
-    if k == p * n:
-        return 1.0
     return float(min(1.0, pmf[pmf <= pmf[k] * (1 + 1e-7)].sum()))
+
 
 @dataclass
 class _Followed:
