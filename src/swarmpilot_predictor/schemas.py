@@ -363,14 +363,26 @@ class ModelsResponse(_Response):
     models: list[dict[str, Any]]
 
 
+TOTAL_KEYS = ("expect", "error", "total_quantiles", "total_interval")
+
+
+def total_fields(total: dict[str, Any] | None, traces: int, n_levels: int) -> dict[str, Any]:
+    """A batch's (a queue's) total as its answer gives it: ``total``, where a task of its
+    ``traces`` was predicted; an empty queue's, exactly 0 (a scheduler asks about idle
+    instances too); else unknown, null."""
+    if total:
+        return total
+    if not traces:
+        return {"expect": 0.0, "error": 0.0, "total_quantiles": [0.0] * n_levels, "total_interval": [0.0, 0.0]}
+    return dict.fromkeys(TOTAL_KEYS)
+
+
 class RenderedPredictions:
     """The contract's JSON for a set of predictions, from the model or from a lookup table.
 
     Subclasses (dataclasses) provide ``ok``, ``errors``, ``levels``,
     ``confidence_level``, ``total``, ``duration_seconds`` and ``results()``.
     """
-
-    _NO_TOTAL = {"expect": None, "error": None, "total_quantiles": None, "total_interval": None}
 
     def summary(self) -> dict[str, Any]:
         n_ok = int(np.count_nonzero(self.ok))
@@ -390,13 +402,7 @@ class RenderedPredictions:
         deviation alone (its quantiles and interval null, a table's and an empty queue's too)."""
         body: dict[str, Any] = {"summary": self.summary(), "results": self.results(), "quantiles": self.levels}
         body.update(self.batch_extra())
-        if self.total:
-            body.update(self.total)
-        elif not self.errors:
-            # An empty queue: its total is exactly 0 (a scheduler asks about idle instances too).
-            body.update(expect=0.0, error=0.0, total_quantiles=[0.0] * len(self.levels or ()), total_interval=[0.0, 0.0])
-        else:  # no trace of the batch could be predicted: its total is unknown
-            body.update(self._NO_TOTAL)
+        body.update(total_fields(self.total, len(self.errors), len(self.levels or ())))
         if not total_distribution:
             body.update(total_quantiles=None, total_interval=None)
         return body

@@ -31,7 +31,7 @@ from .metrics import TABLE_LABEL, PredictorMetrics, table_label
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog
 from .registry import LoadedModel, ModelRegistry, ModelVersion
 from .retraining import Retrainer
-from .schemas import RenderedPredictions, TrainConfig, batch_values_problem, first_run_split
+from .schemas import TOTAL_KEYS, RenderedPredictions, TrainConfig, batch_values_problem, first_run_split, total_fields
 from .training import ProgressFn, Trainer, TrainingJobs
 from .settings import PredictorSettings
 from .traces import (
@@ -1075,14 +1075,8 @@ def _queue_answer(ok: np.ndarray, errors: Sequence[str | None], total: dict[str,
     (``ok``), the others' ``errors`` by their place in it, and its ``total`` (None where no
     task was predicted: an empty queue's is 0, another's unknown)."""
     failed = [{"index": i, "message": errors[i]} for i in np.flatnonzero(~ok).tolist()]
-    answer: dict[str, Any] = {"tasks": int(ok.sum()), "failed": len(failed), "errors": failed}
-    if total is not None:
-        answer.update({k: total[k] for k in ("expect", "error", "total_quantiles", "total_interval")})
-    elif not len(ok):  # an empty queue drains at once
-        answer.update(expect=0.0, error=0.0, total_quantiles=[0.0] * n_levels, total_interval=[0.0, 0.0])
-    else:
-        answer.update(expect=None, error=None, total_quantiles=None, total_interval=None)
-    return answer
+    fields = total_fields(total, len(ok), n_levels)  # (a table's total says its method too: not here)
+    return {"tasks": int(ok.sum()), "failed": len(failed), "errors": failed, **{k: fields[k] for k in TOTAL_KEYS}}
 
 
 def _check_queue_values(n_queues: int, n_levels: int) -> None:
