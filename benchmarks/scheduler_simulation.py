@@ -20,9 +20,9 @@ behind tasks from before it is in no phase.
 
     uv run python benchmarks/scheduler_simulation.py [--seed 7] [--arrivals 6000] [--drift 1.35] [--onset 0.4] [--load 0.65]
 
-Two things make runs of one seed differ: retraining runs in the server's background thread
-while the simulated clock goes on without waiting for it, so where each new version begins
-depends on this machine's speed (the simulation runs several times faster than real time:
+Two things make runs of one seed differ: retraining runs in the background (in the
+server's retraining worker process) while the simulated clock goes on without waiting for
+it, so where each new version begins depends on this machine's speed (the simulation runs several times faster than real time:
 a retraining's seconds are more tasks here than they would be in service); and the drift
 test's checkpoints are picked by a hash that includes each observation's time.
 """
@@ -247,7 +247,7 @@ def decisions_table(sim: Simulation, data_dir: Path) -> list[dict]:
 
 
 def latency_table(sim: Simulation, decisions: list[dict]) -> None:
-    # Retraining fits its candidates in the server's process: the requests it slowed, apart
+    # The requests served while a retraining fitted its candidates, apart
     # (only a decision that stored a version says how long it took).
     busy = [(d["at"], d["at"] + d["seconds"]) for d in decisions if "seconds" in d]
     print("| request | count | p50 ms | p90 ms | p99 ms | max ms |\n|---|---|---|---|---|---|")

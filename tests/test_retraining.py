@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -33,6 +35,9 @@ def _close_services():
 
 
 def _service(tmp_path, **kw) -> PredictorService:
+    # The retraining's logic, in this process, where a test can look into it and change it;
+    # the worker process that serves by default is tested below (test_..._worker_...).
+    kw.setdefault("retrain_in_worker", False)
     svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", **kw))
     _opened.append(svc)
     svc.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(300), algorithm="linear"))
@@ -264,7 +269,7 @@ def test_no_shift_keeps_the_serving_model(tmp_path):
 
 
 def test_auto_retrain_runs_in_the_background(tmp_path):
-    svc = _service(tmp_path, auto_retrain=True, retrain_min_observations=10_000)
+    svc = _service(tmp_path, auto_retrain=True, retrain_min_observations=10_000, retrain_in_worker=True)
     result = svc.observe(IDENTITY, _shifted(200, 2.0, seed=30))
     assert result["retraining_scheduled"] is True
     identity = svc.registry.resolve(IdentityPattern.from_parts(IDENTITY))
@@ -745,3 +750,109 @@ def test_only_the_newest_versions_are_kept_where_a_limit_is_set(tmp_path, caplog
     for seed in (1, 2):
         svc_all.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(300, seed=seed), algorithm="linear"))
     assert [v.version for v in svc_all.registry.versions(identity)] == [1, 2, 3]
+
+
+# ---------------------------------------------------------------- the retraining worker process
+# Stand-ins for the worker's job, named by module and name, as the worker process imports them.
+
+
+def _dies_in_worker(*_args):
+    import os
+
+    os._exit(1)  # as the kernel's OOM killer would end it: no answer, no decision logged
+
+
+def _sleeps_in_worker(*_args):
+    import time
+
+    time.sleep(60)
+
+
+def _worker_service(tmp_path) -> PredictorService:
+    return _service(tmp_path, retrain_in_worker=True)
+
+
+def test_a_retraining_fits_in_the_worker_process_and_its_version_serves_at_once(tmp_path, monkeypatch):
+    svc = _worker_service(tmp_path)
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    identity = svc.registry.resolve(pattern)
+    svc.observe(IDENTITY, _shifted(200, 2.0, seed=40))
+
+    def not_here(*_a, **_k):
+        raise AssertionError("fitted in the serving process")
+
+    monkeypatch.setattr(type(svc.retrainer), "_retrain", not_here)  # the worker, spawned, has its own
+    decision = svc.retrain(pattern)
+    assert decision["status"] == "retrained" and decision["to_version"] == 2
+    (worker,) = svc.retrainer.worker._pool._processes.values()
+    assert worker.pid != os.getpid() and worker.is_alive()
+    # Served from the next request on, as if stored here; logged once (by the worker), counted once (here).
+    assert svc.registry.latest(identity).version == 2
+    assert svc.predict(pattern, make_llm_traces(3, seed=41)).version == 2
+    assert [d["status"] for d in svc.accuracy(pattern)["retraining"]] == ["retrained"]
+    assert svc.metrics.retraining_runs.labels("retrained")._value.get() == 1
+    # The worker stays for the next one, which reads the observations made since.
+    svc.observe(IDENTITY, _shifted(200, 2.0, seed=42))
+    assert svc.retrain(pattern)["from_version"] == 2
+    assert list(svc.retrainer.worker._pool._processes.values()) == [worker]
+
+
+def test_a_retraining_whose_worker_dies_fails_waits_for_new_evidence_and_the_next_gets_a_new_worker(tmp_path, monkeypatch):
+    from swarmpilot_predictor import retraining
+
+    svc = _worker_service(tmp_path)
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    identity = svc.registry.resolve(pattern)
+    svc.observe(IDENTITY, _shifted(200, 2.0, seed=43))
+    monkeypatch.setattr(retraining, "_retrain_job", _dies_in_worker)
+    with pytest.raises(PredictorError) as died:
+        svc.retrain(pattern)
+    assert died.value.status_code == 500 and "retraining worker process died" in died.value.message
+    (failed,) = svc.accuracy(pattern)["retraining"]
+    assert failed["status"] == "failed" and failed["from_version"] == 1
+    # Not tried again at the next /observe: a worker killed for its memory at each try would be.
+    assert failed["next_try"]["observations"] > 200
+    assert svc.retrainer.due(identity, 1) is None
+    assert svc.metrics.retraining_runs.labels("failed")._value.get() == 1
+    monkeypatch.undo()
+    assert svc.retrain(pattern)["status"] == "retrained"
+    assert [v.version for v in svc.registry.versions(identity)] == [1, 2]
+
+
+def test_an_error_in_the_worker_is_answered_as_in_the_serving_process(tmp_path):
+    svc = _worker_service(tmp_path)
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    identity = svc.registry.resolve(pattern)
+    svc.observe(IDENTITY, _shifted(200, 2.0, seed=44))
+    (svc.registry.root / identity.dirname / "v0001.model.json").write_text("{damaged")
+    with pytest.raises(PredictorError) as damaged:
+        svc.retrain(pattern)
+    assert damaged.value.status_code == 500 and "v0001" in damaged.value.message
+    (failed,) = svc.accuracy(pattern)["retraining"]
+    assert failed["status"] == "failed" and failed["message"] == damaged.value.message
+    assert svc.metrics.retraining_runs.labels("failed")._value.get() == 1
+    assert svc.registry.versions(identity)[-1].version == 1
+
+
+def test_a_retraining_under_way_when_the_service_stops_is_answered_503_and_its_worker_goes(tmp_path, monkeypatch):
+    from swarmpilot_predictor import retraining
+    from swarmpilot_predictor.errors import ServiceStopping
+
+    svc = _worker_service(tmp_path)
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    svc.observe(IDENTITY, _shifted(200, 2.0, seed=45))
+    monkeypatch.setattr(retraining, "_retrain_job", _sleeps_in_worker)
+    with ThreadPoolExecutor(1) as pool:
+        asked = pool.submit(svc.retrain, pattern)
+        deadline = time.monotonic() + 30
+        while not getattr(svc.retrainer.worker._pool, "_processes", None):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        (worker,) = svc.retrainer.worker._pool._processes.values()
+        time.sleep(0.5)
+        svc.close()
+        with pytest.raises(ServiceStopping):
+            asked.result(timeout=30)
+    worker.join(timeout=10)
+    assert not worker.is_alive()
+    assert svc.accuracy(pattern)["retraining"] == []  # nothing decided: no decision, no wait

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import gc
 import logging
 import math
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,14 +32,15 @@ import numpy as np
 from scipy.special import ndtr, ndtri
 
 from .atomic import atomic_write_bytes, open_regular, read_regular
-from .errors import ModelNotFound, PredictorError, VersionConflict, writing
+from .errors import ModelNotFound, PredictorError, ServiceStopping, VersionConflict, writing
 from .features import FIRST_OF_SHAPE, FeatureSchema, gross_outliers
 from .identity import ModelIdentity
 from .modeling import SELECTION_SE, QuantileModel, clearly_lower, pinball_losses
 from .modeling.stored import _finite_number
-from .monitoring import MONITOR_LEVELS, AccuracyMonitor
+from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog
 from .registry import ModelRegistry, ModelVersion
 from .traces import dumps_json, read_json_lines
+from .training import _spawning, stop_worker_pool, worker_pool
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +316,11 @@ class Retrainer:
         on_decision: Callable[[dict[str, Any]], None] | None = None,
         max_observations: int = 20_000,
         on_new_version: Callable[[ModelIdentity], Any] | None = None,
+        in_worker: bool = False,
     ):
+        """``in_worker``: fit in a separate low-priority process (:class:`RetrainingWorker`),
+        not in this one's threads, where the candidates' fits took the CPU and the GIL from
+        the requests served meanwhile."""
         self.on_decision = on_decision
         self.on_new_version = on_new_version  # told of each version a retraining stores
         self.registry = registry
@@ -325,6 +332,7 @@ class Retrainer:
         self.training_weight = training_weight
         self.max_observations = max_observations
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrain")
+        self.worker = RetrainingWorker(self.worker_config()) if in_worker else None
         self._running: dict[ModelIdentity, Future] = {}
         self._model_locks: dict[ModelIdentity, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -396,6 +404,20 @@ class Retrainer:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.worker is not None:
+            self.worker.shutdown()
+
+    def worker_config(self) -> dict[str, Any]:
+        """What a worker process needs to build this retrainer's twin (see :func:`_retrain_job`)."""
+        log_store = self.monitor.log
+        return {
+            "models": str(self.registry.root), "max_loaded": self.registry.max_loaded,
+            "observations": str(log_store.root), "max_file_bytes": log_store.max_file_bytes,
+            "max_files": log_store.max_files, "window": self.monitor.window, "alpha": self.monitor.alpha,
+            "min_observations": self.monitor.min_observations, "min_new_observations": self.min_new_observations,
+            "holdout_fraction": self.holdout_fraction, "training_weight": self.training_weight,
+            "max_observations": self.max_observations,
+        }
 
     # ------------------------------------------------------------------ the work
 
@@ -419,6 +441,8 @@ class Retrainer:
             decision.update(status="skipped", message="a retraining of this model is under way")
             return decision
         try:
+            if self.worker is not None:
+                return self._retrain_in_worker(identity, asked, decision)
             with self.decisions.exclusive(identity, wait=False) as mine:
                 if not mine:
                     decision.update(status="skipped", message="a retraining of this model is under way in another "
@@ -448,19 +472,53 @@ class Retrainer:
             raise
         finally:
             if decision.get("status") != "retrained":
-                # The version still serves: the next automatic try waits for enough new evidence,
-                # observations logged after the newest it saw.
-                n, drifted = int(seen["observations"]), bool(seen.get("drifted"))
-                step = self.backoff_step(n, drifted)
-                if drifted and "shift" in decision:
-                    # It held out fewer, those since the shift: as many more make the next try's
-                    # (a quarter of 2,450 left a version kept after a shift serving 612 more slow runtimes).
-                    step = min(step, max(MIN_HOLDOUT, int(decision["shift"]["held_out"])))
-                decision["next_try"] = {"observations": n + step, "drifted_then": drifted}
-                if newest is not None:
-                    decision["next_try"].update(after=newest, more=step)
+                self._wait_after(decision, seen, newest)
             decision.setdefault("seconds", time.perf_counter() - t0)  # a kept or failed one's too
             self._done(identity, decision)
+        return decision
+
+    def _wait_after(self, decision: dict[str, Any], seen: dict[str, Any], newest: Any) -> None:
+        """The version still serves: the next automatic try waits for enough new evidence,
+        observations logged after the newest this one saw (``seen``: its accuracy report)."""
+        n, drifted = int(seen["observations"]), bool(seen.get("drifted"))
+        step = self.backoff_step(n, drifted)
+        if drifted and "shift" in decision:
+            # It held out fewer, those since the shift: as many more make the next try's
+            # (a quarter of 2,450 left a version kept after a shift serving 612 more slow runtimes).
+            step = min(step, max(MIN_HOLDOUT, int(decision["shift"]["held_out"])))
+        decision["next_try"] = {"observations": n + step, "drifted_then": drifted}
+        if newest is not None:
+            decision["next_try"].update(after=newest, more=step)
+
+    def _retrain_in_worker(self, identity: ModelIdentity, asked: int, decision: dict[str, Any]) -> dict[str, Any]:
+        """``retrain`` in the worker process, with this process's lock of the model held; the
+        worker's decisions are counted here (the worker logged them)."""
+        assert self.worker is not None
+        seen = self.monitor.report(identity, asked)
+        newest = self.monitor.newest_observed(identity, asked)
+        t0 = time.perf_counter()
+        try:
+            out = self.worker.run(identity, decision["reason"], asked)
+        except WorkerLost as exc:
+            if exc.stopping:
+                raise ServiceStopping("the service stopped before the retraining finished") from None
+            # It logged nothing: the decision is this process's to log, with the wait after it
+            # (a worker killed for its memory at each try would otherwise be tried at each /observe).
+            decision.update(status="failed", message=exc.message, seconds=time.perf_counter() - t0)
+            self._wait_after(decision, seen, newest)
+            self._done(identity, decision)
+            raise
+        for made in out["decisions"]:
+            self._counted(made)
+        if out["error"] is not None:
+            error = PredictorError(out["error"]["message"], out["error"]["field"])
+            error.status_code = out["error"]["status_code"]
+            raise error
+        decision = out["decision"]
+        if decision["status"] == "retrained":
+            self.registry.maybe_refresh()  # served from the next request on, its cache entries gone
+            if self.on_new_version is not None:
+                self.on_new_version(identity)
         return decision
 
     def _retrain(self, identity: ModelIdentity, decision: dict[str, Any]) -> None:
@@ -479,8 +537,8 @@ class Retrainer:
             through = meta.created_at
         records = [r for r in records if r["ts"] > through]
         if len(records) > self.max_observations:
-            # Each candidate is fitted on them, in the serving process: 100,000 observations
-            # took 45 s to 140 s a retraining, the newest 20,000 about 7 s.
+            # Each candidate is fitted on them: 100,000 observations took 45 s to 140 s a
+            # retraining, the newest 20,000 about 7 s.
             decision["older_observations_left_out"] = len(records) - self.max_observations
             records = records[-self.max_observations:]
         decision.update(from_version=meta.version, observations=len(records))
@@ -696,3 +754,114 @@ class Retrainer:
         except PredictorError as exc:
             log.warning("cannot store a retraining decision of %s: %s", identity.key, exc.message)
         return decision
+
+
+class WorkerLost(PredictorError):
+    """The retraining worker process died (or was stopped) before it answered."""
+
+    status_code = 500
+
+    def __init__(self, message: str, stopping: bool = False):
+        super().__init__(message)
+        self.stopping = stopping
+
+
+class RetrainingWorker:
+    """Retrainings run in one separate, low-priority process, one at a time: spawned on first
+    use, as the training worker is (:func:`worker_pool`), and replaced if it dies.
+
+    Its registry, observation log and decision log are the service's folders, read and
+    written as another worker process of the service would; its retrainer is built once
+    and kept, so that each retraining reads on from where the last one read.
+    """
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def run(self, identity: ModelIdentity, reason: str, version: int) -> dict[str, Any]:
+        """Retrain ``version`` of ``identity`` in the worker and wait for it: ``decision``
+        (``retrain``'s answer), ``decisions`` (those it logged), ``error`` (where it raised,
+        as ``status_code``, ``message`` and ``field``; else None)."""
+        args = (_retrain_job, self.config, identity.as_dict(), reason, version)
+        for attempt in (1, 2):
+            pool = self._executor()
+            try:
+                with _spawning():
+                    future = pool.submit(*args)
+            except (BrokenProcessPool, RuntimeError):  # its worker died just now (or it was shut down)
+                self._stop(pool)
+                if attempt == 2 or self._closed:
+                    raise WorkerLost("the retraining worker process could not be started", self._closed) from None
+                continue
+            try:
+                return future.result()
+            except (BrokenProcessPool, CancelledError):
+                self._stop(pool)
+                raise WorkerLost("the retraining worker process died (out of memory?)", self._closed) from None
+        raise AssertionError("unreachable")
+
+    def _executor(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("shut down")
+            if self._pool is None:
+                self._pool = worker_pool()
+            return self._pool
+
+    def _stop(self, pool: ProcessPoolExecutor | None = None) -> None:
+        with self._lock:
+            if pool is None:
+                pool, self._pool = self._pool, None
+            elif self._pool is pool:
+                self._pool = None
+        if pool is not None:
+            stop_worker_pool(pool)
+            del pool
+            gc.collect()
+
+    def shutdown(self) -> None:
+        """Stop the worker now; a retraining under way is abandoned, storing nothing."""
+        with self._lock:
+            self._closed = True
+        self._stop()
+
+
+# The retrainer of this retraining worker process, built by its first job.
+_worker_retrainer: Retrainer | None = None
+
+
+def _retrain_job(config: dict[str, Any], identity: dict[str, str], reason: str, version: int) -> dict[str, Any]:
+    """Runs in the retraining worker; errors travel back as data, not as pickled exceptions."""
+    global _worker_retrainer
+    made: list[dict[str, Any]] = []
+    if _worker_retrainer is None:
+        monitor = AccuracyMonitor(
+            ObservationLog(Path(config["observations"]), config["max_file_bytes"], config["max_files"]),
+            config["window"], config["alpha"], config["min_observations"],
+        )
+        # Nor made nor tidied: the service made its folder and tidies it; one gone under
+        # it is not made again here, empty (see ModelRegistry).
+        registry = ModelRegistry(Path(config["models"]), config["max_loaded"], scan=False, create=False)
+        _worker_retrainer = Retrainer(
+            registry, monitor, min_new_observations=config["min_new_observations"],
+            holdout_fraction=config["holdout_fraction"], training_weight=config["training_weight"],
+            max_observations=config["max_observations"],
+        )
+    retrainer = _worker_retrainer
+    retrainer.on_decision = made.append
+    try:
+        decision = retrainer.retrain(ModelIdentity.from_parts(identity), reason, version)
+    except PredictorError as exc:
+        return {"decision": None, "decisions": made,
+                "error": {"status_code": exc.status_code, "message": exc.message, "field": exc.field}}
+    except Exception as exc:  # noqa: BLE001 - as a 500 in the service, with what it was
+        log.exception("retraining %s failed", identity)
+        return {"decision": None, "decisions": made,
+                "error": {"status_code": 500, "message": f"retraining failed: {type(exc).__name__}: {exc}",
+                          "field": None}}
+    finally:
+        retrainer.on_decision = None
+    return {"decision": decision, "decisions": made, "error": None}

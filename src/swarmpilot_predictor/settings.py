@@ -78,6 +78,9 @@ class PredictorSettings(BaseSettings):
     retrain_min_observations: int = Field(default=200, ge=1, le=MAX_COUNT)
     # A retraining fits its candidates on at most this many of the newest observations.
     retrain_max_observations: int = Field(default=20_000, ge=50, le=MAX_COUNT)
+    # Retrainings fit in a separate low-priority process (one per service process, started
+    # at the first retraining); off, in a thread of the serving process, beside the requests.
+    retrain_in_worker: bool = True
     observations_max_file_mb: float = Field(default=8.0, gt=0, le=MAX_MB, allow_inf_nan=False)
     observations_max_files: int = Field(default=8, ge=1, le=MAX_COUNT)
     # FastAPI's native OpenTelemetry (traces, metrics, logs through the globally

@@ -388,6 +388,31 @@ def _init_worker(server_pid: int | None = None) -> None:
     when_parent_dies(lambda: os._exit(0), server_pid)
 
 
+def worker_pool() -> ProcessPoolExecutor:
+    """A pool of one low-priority worker process (see :func:`_init_worker`), spawned on
+    first use: forked, it would inherit the server's threads and sockets."""
+    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(os.getpid(),))
+
+
+def stop_worker_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop ``pool`` now: its worker is killed, whatever it was doing (a version it was
+    storing is never half-written), and its futures fail."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        proc.kill()  # it ignores SIGTERM (see _init_worker)
+    for proc in processes:
+        proc.join(timeout=5)
+    # With its worker gone the pool's manager thread ends at once; then its queues are
+    # collected here. uvicorn ends by re-raising SIGTERM, so no exit handler would ever
+    # release their semaphores, which the resource tracker then reported as leaked.
+    # (The caller then drops its reference and runs gc.collect(): the pool is in cycles.)
+    if manager is not None and manager is not threading.current_thread():
+        manager.join(timeout=5)
+
+
 def when_parent_dies(action: Callable[[], None], parent: int | None = None) -> None:
     """Run ``action`` (in a daemon thread, within a second) once this process's parent is gone:
     ``parent`` (the pid it was started by), else whichever process is its parent now."""
@@ -542,10 +567,7 @@ class TrainingJobs:
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
             if self._pool is None:
-                self._pool = ProcessPoolExecutor(
-                    max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                    initargs=(os.getpid(),),
-                )
+                self._pool = worker_pool()
             return self._pool
 
     def submit(self, config: TrainConfig, uploads: dict[str, Path] | None = None,
@@ -808,20 +830,8 @@ class TrainingJobs:
                 pool, self._pool = self._pool, None
             elif self._pool is pool:
                 self._pool = None
-        if pool is None:
-            return
-        processes = list(getattr(pool, "_processes", {}).values())
-        manager = getattr(pool, "_executor_manager_thread", None)
-        pool.shutdown(wait=False, cancel_futures=True)
-        for proc in processes:
-            proc.kill()  # it ignores SIGTERM (see _init_worker)
-        for proc in processes:
-            proc.join(timeout=5)
-        # With its worker gone the pool's manager thread ends at once; then its queues are
-        # collected here. uvicorn ends by re-raising SIGTERM, so no exit handler would ever
-        # release their semaphores, which the resource tracker then reported as leaked.
-        if manager is not None and manager is not threading.current_thread():
-            manager.join(timeout=5)
-        del pool, manager, processes
-        gc.collect()
+        if pool is not None:
+            stop_worker_pool(pool)
+            del pool
+            gc.collect()
 

@@ -1,0 +1,176 @@
+"""What a retraining costs the requests served meanwhile.
+
+A real server (uvicorn, on a free port) holds an LLM-like model trained on 2,000 tasks,
+runtime = (25 + 0.03 input_tokens + 1.8 output_tokens) ms x LogNormal(0, 0.3), and
+``--observations`` observed runtimes 1.3x slower. One client thread sends
+``client.queue_waits`` requests back to back (16 queues of 0 to 7 tasks, as a scheduler of
+8 instances asks before each placement) for ``--idle`` seconds, then again while
+``POST /models/{identity}/retrain`` runs, ``--retrains`` times, each after as many new
+observations at the same level: the first stores a version, the later ones mostly keep it. Printed: the
+latency of those requests with no retraining running and while one runs, each
+retraining's seconds, and the resident memory of the server and its worker processes.
+
+    uv run python benchmarks/retraining_load.py [--observations 5000] [--retrains 3] [--in-process]
+
+``--in-process`` sets ``PREDICTOR_RETRAIN_IN_WORKER=false``: the retraining's fitting then
+runs in the serving process, beside the requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from swarmpilot_predictor.client import PredictorClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scheduler_simulation import IDENT, INSTANCES, draw, free_port  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+LEVELS = [0.5, 0.9, 0.99]
+
+
+def start_server(data_dir: Path, log, in_process: bool) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "uvicorn", "swarmpilot_predictor.api:app_from_env", "--factory",
+           "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+    env = {**os.environ, "PREDICTOR_DATA_DIR": str(data_dir), "PREDICTOR_AUTO_RETRAIN": "false",
+           "PREDICTOR_RETRAIN_IN_WORKER": "false" if in_process else "true"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    with PredictorClient(url, retries=0) as probe:
+        while not probe.is_available():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("the server did not start")
+            time.sleep(0.2)
+    return proc, url
+
+
+def queues(rng: np.random.Generator) -> dict[str, list[dict]]:
+    out = {}
+    for k in range(INSTANCES):
+        ahead, _, _ = draw(int(rng.integers(0, 7)), rng)
+        new, _, _ = draw(1, rng)
+        if ahead:
+            ahead[0]["elapsed_ms"] = float(rng.uniform(0, 300))
+        out[f"{k}/wait"], out[f"{k}/done"] = ahead, ahead + new
+    return out
+
+
+def hammer(client: PredictorClient, rng: np.random.Generator, until) -> list[float]:
+    """queue_waits requests back to back until ``until()``; their latencies in ms."""
+    ms = []
+    asks = [queues(rng) for _ in range(50)]
+    while not until():
+        t0 = time.perf_counter()
+        client.queue_waits(IDENT, asks[len(ms) % len(asks)], quantiles=LEVELS)
+        ms.append((time.perf_counter() - t0) * 1000)
+    return ms
+
+
+def observe(client: PredictorClient, rng: np.random.Generator, n: int) -> None:
+    seen, _, runtimes = draw(n, rng)
+    for i in range(0, n, 500):
+        client.observe(IDENT, [{**t, "runtime_ms": float(r) * 1.3} for t, r in zip(seen[i:i + 500], runtimes[i:i + 500])])
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def workers(server: int) -> list[int]:
+    """The server's worker processes (multiprocessing's spawned children, not its resource
+    tracker), oldest first: the training worker (the model was trained over HTTP), then the
+    retraining worker."""
+    kids = []
+    for task in Path(f"/proc/{server}/task").iterdir():
+        kids += [int(k) for k in (task / "children").read_text().split()]
+    spawned = [k for k in kids if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()]
+    return sorted(spawned, key=lambda k: int(Path(f"/proc/{k}/stat").read_text().rsplit(")", 1)[1].split()[19]))
+
+
+def row(label: str, ms: list[float]) -> str:
+    a = np.array(ms)
+    return (f"| {label} | {len(a)} | " + " | ".join(f"{np.percentile(a, p):.1f}" for p in (50, 90, 99))
+            + f" | {a.max():.1f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--observations", type=int, default=5000)
+    ap.add_argument("--retrains", type=int, default=3)
+    ap.add_argument("--idle", type=float, default=5.0, help="seconds of requests with no retraining running")
+    ap.add_argument("--in-process", action="store_true", help="fit in the serving process (PREDICTOR_RETRAIN_IN_WORKER=false)")
+    ap.add_argument("--seed", type=int, default=3)
+    args = ap.parse_args()
+    rng = np.random.default_rng(args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        log = open(Path(tmp) / "server.log", "wb")
+        proc = None
+        try:
+            proc, url = start_server(Path(tmp) / "data", log, args.in_process)
+            with PredictorClient(url, timeout=600, retries=0) as client:
+                train, _, runtimes = draw(2000, rng)
+                client.train({"model": IDENT, "first_of_shape": False,
+                              "traces": [{**t, "runtime_ms": float(r)} for t, r in zip(train, runtimes)]})
+                observe(client, rng, args.observations)
+                hammer(client, rng, lambda t=time.monotonic() + 1: time.monotonic() > t)  # warm
+                idle = hammer(client, rng, lambda t=time.monotonic() + args.idle: time.monotonic() > t)
+                during, decisions = [], []
+                for k in range(args.retrains):
+                    if k:  # a retrained version is retrained on what was observed after it
+                        observe(client, rng, args.observations)
+                    done = threading.Event()
+
+                    def retrain() -> None:
+                        with PredictorClient(url, timeout=600, retries=0) as other:
+                            t0 = time.perf_counter()
+                            d = other.retrain(IDENT)
+                            decisions.append((d, time.perf_counter() - t0))
+                        done.set()
+
+                    worker = threading.Thread(target=retrain)
+                    worker.start()
+                    during += hammer(client, rng, done.is_set)
+                    worker.join()
+                memory = [("server", rss_mb(proc.pid))] + [(f"{name} worker", rss_mb(k)) for name, k in
+                                                           zip(("training", "retraining"), workers(proc.pid))]
+        except BaseException:
+            log.flush()
+            sys.stderr.write((Path(tmp) / "server.log").read_text()[-3000:])
+            raise
+        finally:
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            log.close()
+    where = "in the serving process" if args.in_process else "in the retraining worker (the default)"
+    print(f"Retraining {where}; {args.observations} observations, {os.cpu_count()} CPUs.\n")
+    print(f"| queue_waits ({2 * INSTANCES} queues) | requests | p50 ms | p90 ms | p99 ms | max ms |\n|---|---|---|---|---|---|")
+    print(row("no retraining running", idle))
+    print(row("while a retraining runs", during))
+    print("\n| retraining | status | candidate | seconds (request) |\n|---|---|---|---|")
+    for k, (d, s) in enumerate(decisions, 1):
+        print(f"| {k} | {d['status']} | {d.get('candidate') or '-'} | {s:.1f} |")
+    print("\nResident memory after the retrainings: " + ", ".join(f"{name} {mb:.0f} MB" for name, mb in memory) + ".")
+
+
+if __name__ == "__main__":
+    main()
