@@ -858,6 +858,59 @@ def section_queues(data_dir: Path) -> None:
         srv.stop()
 
 
+def section_queues_in_process(data_dir: Path) -> None:
+    """A queues request's cost in-process, with each task's quantiles worked out once for
+    the request (``TaskDistributions.for_totals``, as the service does) and, interleaved,
+    once per queue a task is in (the same call made to return the tasks as they are, as
+    before 2026-12-02): 40 requests of each kind, six rounds, medians. The scheduler's
+    shape: 8 instances' waits (a running task, then up to 6 queued) and completion times
+    (the same and a new task), each task in two queues; then 16 queues of 10 tasks, the
+    first running, each task in one."""
+    from swarmpilot_predictor import distribution
+    from swarmpilot_predictor.identity import IdentityPattern
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    svc = PredictorService(PredictorSettings(data_dir=data_dir, cache_size=0))
+    pattern = IdentityPattern.from_parts(IDENT)
+    rng = np.random.default_rng(31)
+    pool = [{k: v for k, v in t.items() if k != "runtime_ms"} for t in llm_traces(4000, seed=31)]
+
+    def tasks(n: int) -> list[dict]:
+        return [dict(pool[i]) for i in rng.integers(0, len(pool), n)]
+
+    def instances() -> dict[str, list[dict]]:
+        out = {}
+        for k in range(8):
+            ahead = tasks(int(rng.integers(0, 7)))
+            if ahead:
+                ahead[0]["elapsed_ms"] = float(rng.uniform(0, 300))
+            out[f"{k}/wait"], out[f"{k}/done"] = ahead, ahead + tasks(1)
+        return out
+
+    def sixteen() -> dict[str, list[dict]]:
+        return {f"gpu-{k}": [{**q[0], "elapsed_ms": 500.0}, *q[1:]] for k, q in enumerate(tasks(10) for _ in range(16))}
+
+    remembering = distribution.TaskDistributions.for_totals
+    try:
+        for label, make in (("8 instances' wait and completion (16 queues, 0 to 7 tasks)", instances),
+                            ("16 queues of 10 tasks, the first running", sixteen)):
+            asks = [make() for _ in range(40)]
+            took: dict[bool, list[float]] = {True: [], False: []}
+            for rnd in range(6):
+                for once in (True, False) if rnd % 2 else (False, True):
+                    distribution.TaskDistributions.for_totals = remembering if once else (lambda self, levels: self)
+                    for queues in asks:
+                        t0 = time.perf_counter()
+                        svc.predict_queues(pattern, queues, quantiles=[0.5, 0.9, 0.99])
+                        took[once].append(time.perf_counter() - t0)
+            print(f"| in-process /predict/queues, {label}: each task's quantiles once a request / once a queue | "
+                  f"median {statistics.median(took[True]) * 1e3:.2f} / {statistics.median(took[False]) * 1e3:.2f} ms |")
+    finally:
+        distribution.TaskDistributions.for_totals = remembering
+        svc.close()
+
+
 def _loop_requests(port: int, method: str, path: str, body: bytes, until: float, every: float, core: int,
                    out) -> None:
     """In a process of its own on ``core``: ``method path`` every ``every`` seconds (or back to
@@ -1026,6 +1079,7 @@ def main() -> None:
             section_first_observe(data_dir)
         if want("queues"):
             section_queues(data_dir)
+            section_queues_in_process(data_dir)
     print(f"\n(maxrss of this driver: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
 
 

@@ -984,3 +984,37 @@ def test_a_running_tasks_moments_resolve_a_rare_slow_modes_start():
     np.testing.assert_allclose(RemainingDistribution.of(queue, np.full(100, 1e-9)).total().quantiles(levels),
                                queue.total().quantiles(levels), rtol=0.01)
     assert RemainingDistribution.of(queue, np.full(100, 1e-9)).total().mean == pytest.approx(queue.total().mean, rel=0.005)
+
+
+# --------------------------------------------------------------------------- many totals of one batch
+
+
+@pytest.mark.parametrize("shared_factor", [False, True])
+def test_totals_of_subsets_with_quantiles_worked_out_once_are_the_subsets_own(monkeypatch, shared_factor):
+    # A request's queues: subsets of one batch, sharing tasks (a queue and the same with one task more).
+    from swarmpilot_predictor.distribution import RemainingDistribution
+
+    rng = np.random.default_rng(5)
+    n = 40
+    whole = RuntimeDistribution(np.log(rng.uniform(20, 400, n)), rng.uniform(0.2, 0.7, n), normal_score(), shared_log_sd=0.1)
+    elapsed = np.where(np.arange(n) % 5 == 0, rng.uniform(10, 300, n), 0.0)  # some running
+    first_runs = RuntimeDistribution(np.log(rng.uniform(1000, 3000, 14)), np.full(14, 0.3), normal_score(), shared_log_sd=0.1)
+    batches = {"runtimes": whole, "time left": RemainingDistribution.of(whole, elapsed),
+               "two kinds of run": MixedDistribution.of((whole.subset(np.arange(n - 14)), first_runs),
+                                                        np.r_[np.zeros(n - 14, np.int64), np.ones(14, np.int64)], 0.1)}
+    levels = [0.5, 0.9, 0.99, 0.025, 0.975]
+    queues = [np.arange(a, a + k) for a, k in ((0, 1), (0, 2), (3, 7), (3, 8), (10, 30), (25, 15))]
+    for name, dist in batches.items():
+        remembered = dist.for_totals(levels)
+        for rows in queues:
+            own, fast = dist.subset(rows).total(shared_factor), remembered.subset(rows).total(shared_factor)
+            assert (fast.mean, fast.variance) == (own.mean, own.variance), name
+            np.testing.assert_array_equal(fast.quantiles(levels), own.quantiles(levels), err_msg=name)
+        # What the totals read at those levels was worked out once, for the whole batch.
+        asked = []
+        real = type(dist).quantiles
+        monkeypatch.setattr(type(dist), "quantiles", lambda self, lv: asked.append(list(np.ravel(lv))) or real(self, lv))
+        for rows in queues:
+            remembered.subset(rows).total(shared_factor).quantiles(levels)
+        monkeypatch.undo()
+        assert [lv for lv in asked if lv in ([1.0], [1e-12], levels)] == [], name

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -89,6 +89,9 @@ _SUM_ATOMS = 512
 _SUM_NODES: dict[tuple[int, bool], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 # With a shared factor, the widest tasks (at most this many) bound the low end of the sum.
 _BOUND_TASKS = 8
+# The level a total's lower bound takes each task's least value at: where quantile functions stop.
+_LEAST_LEVEL = 1e-12
+_MOST = [1.0]  # the level of the most a task can take, which bounds a total from above
 _BOUND_LEVELS: np.ndarray | None = None
 # Lower bounds of a total's quantiles with the shared factor: shares of a level's budget
 # (-log(1 - p)) left to the factor, the rest to one task.
@@ -555,7 +558,7 @@ class TaskDistributions:
         edges, at_edges, cells = self._convolve(self._sum_rows(own, order[len(own):]), float(np.sqrt(k2)))
         # Rounding to cells may carry the top of the sum past the most it can be (0.1% where
         # two tasks reach the runtime bound).
-        edges = np.minimum(edges, float(self.quantiles([1.0]).sum()))
+        edges = np.minimum(edges, float(self.quantiles(_MOST).sum()))
         tau = self.shared_log_sd if shared_factor else 0.0
         if tau > 0:
             # S is at least each task: the widest tasks' CDFs bound S's where the grid is coarse.
@@ -564,6 +567,15 @@ class TaskDistributions:
             k2 = _variance_times_shared_factor(k1, k2, tau)
             return TotalDistribution(k1, k2, edges=edges, edge_cdf=at_edges, tasks=self, shared_log_sd=tau)
         return TotalDistribution(k1, k2, edges=edges, edge_cdf=at_edges, tasks=self)
+
+    def for_totals(self, levels: Sequence[float]) -> "TaskDistributions":
+        """These tasks, for the totals of many subsets of them (a request's queues), each
+        total read at ``levels`` (``TotalDistribution.quantiles``): the tasks' own quantiles
+        that such a total reads are worked out here once, for all of them at once, rather
+        than for each total a task is in (a request of 16 queues took 7 to 19% less time:
+        ``benchmarks/latency.py --only queues``). Each total is the one the subset alone makes."""
+        return RememberedQuantiles(self, {_levels_key(asked): self.quantiles(asked)
+                                          for asked in (_MOST, [_LEAST_LEVEL], list(levels))})
 
     def total_moments(self, shared_factor: bool = False) -> tuple[float, float]:
         """The mean and variance of ``total(shared_factor)``, without its distribution: the
@@ -836,6 +848,51 @@ class TaskDistributions:
         # squared per unit of mass as well, and gives more back further out.
         lost = float(np.where(spread < 1.0, body, 0.0) @ rows.count)
         return lost if math.isfinite(lost) and lost > 0 else 0.0
+
+
+def _levels_key(levels: Any) -> tuple[float, ...] | None:
+    """``levels`` as a key of :class:`RememberedQuantiles` (None: a list of levels it cannot be)."""
+    a = np.asarray(levels, dtype=np.float64)
+    return tuple(a.tolist()) if a.ndim == 1 else None
+
+
+class RememberedQuantiles(TaskDistributions):
+    """``tasks`` with their quantiles at a few sets of levels already worked out
+    (``known``: each set's levels as a tuple, and every task's quantiles there), and so
+    are the subsets made of it: see :meth:`TaskDistributions.for_totals`. Every other
+    question is the tasks' own (a task's quantiles do not depend on the others asked with it)."""
+
+    def __init__(self, tasks: TaskDistributions, known: dict[tuple[float, ...] | None, np.ndarray]):
+        self.tasks = tasks
+        self.known = known
+        self.shared_log_sd = tasks.shared_log_sd
+        self.moments_are_own = tasks.moments_are_own
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def subset(self, rows: np.ndarray) -> "RememberedQuantiles":
+        return RememberedQuantiles(self.tasks.subset(rows), {k: v[rows] for k, v in self.known.items()})
+
+    def quantiles(self, levels: np.ndarray | list[float]) -> np.ndarray:
+        known = self.known.get(_levels_key(levels))
+        return self.tasks.quantiles(levels) if known is None else known.copy()
+
+    def task_quantiles(self, levels: np.ndarray, spread_levels: np.ndarray | None = None) -> np.ndarray:
+        return self.tasks.task_quantiles(levels, spread_levels)
+
+    def moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return self.tasks.moments()
+
+    def moment_levels(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.tasks.moment_levels()
+
+    def distinct(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.tasks.distinct()
+
+    def _node_values(self, rows: np.ndarray, atoms: int = _SUM_ATOMS, stratum: np.ndarray | None = None,
+                     strata: np.ndarray | None = None) -> list["_SumBlock"]:
+        return self.tasks._node_values(rows, atoms, stratum, strata)
 
 
 @dataclass
@@ -2013,7 +2070,7 @@ class TotalDistribution:
         tau = self.shared_log_sd
         p = levels  # (checked to lie in [0, 1] by quantiles)
         if self._floor_parts is None:
-            least = tasks.quantiles([1e-12])[:, 0]  # the quantile function stops there
+            least = tasks.quantiles([_LEAST_LEVEL])[:, 0]
             cand = None
             if tau > 0:
                 mean, var = tasks.moments()[:2]

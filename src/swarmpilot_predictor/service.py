@@ -714,6 +714,7 @@ class PredictorService:
         ok = np.zeros(0, dtype=bool)
         if traces:
             errors, ok, dist, _, _ = self._distributions(identity, loaded, traces)
+            dist = dist.for_totals([*levels, *interval_levels(confidence_level)])
         place = np.cumsum(ok) - 1  # a predicted trace's place among the distributions
         ends = np.cumsum([len(queues[name]) for name in names])
         answers: dict[str, Any] = {}
