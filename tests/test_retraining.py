@@ -161,7 +161,7 @@ from swarmpilot_predictor.errors import PredictorError
 from swarmpilot_predictor.identity import IdentityPattern
 from swarmpilot_predictor.service import PredictorService
 from swarmpilot_predictor.settings import PredictorSettings
-svc = PredictorService(PredictorSettings(data_dir=Path({data!r})))
+svc = PredictorService(PredictorSettings(data_dir=Path({data!r}), retrain_in_worker=False))
 pattern = IdentityPattern.from_parts({identity!r})
 try:
     out = svc.retrain(pattern)
@@ -331,7 +331,7 @@ def test_retraining_learns_which_new_shapes_have_run(tmp_path):
     traces, _ = cold_start_traces(700, seed=3)
     before = [t for t in traces[:400] if t["batch_size"] != 16]
     after = [{**t, "runtime_ms": 1.5 * t["runtime_ms"]} for t in traces[400:]]
-    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", retrain_in_worker=False))
     svc.train(TrainConfig(model=IDENTITY, traces=before, algorithm="linear"))
     pattern = IdentityPattern.from_parts(IDENTITY)
     probe = [{"batch_size": 16, "image_size": 448, "load": 0.5}]
@@ -375,7 +375,7 @@ def test_observations_of_one_batch_size_do_not_erase_the_others(tmp_path):
     rng = np.random.default_rng(0)
     bs = rng.integers(1, 65, 1000)
     train = [{"batch_size": int(b), "runtime_ms": float((1 + 2 * b) * rng.lognormal(0, 0.2))} for b in bs]
-    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", retrain_in_worker=False))
     svc.train(TrainConfig(model=IDENTITY, traces=train, algorithm="linear"))
     pattern = IdentityPattern.from_parts(IDENTITY)
     probe = [{"batch_size": 64}, {"batch_size": 32}, {"batch_size": 4}]
@@ -408,7 +408,7 @@ def test_a_retraining_keeps_a_jump_just_past_what_was_observed(tmp_path):
             out.append({"input_tokens": i, "output_tokens": o, "runtime_ms": float(base * rng.lognormal(0, 0.15) * factor)})
         return out
 
-    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", retrain_in_worker=False))
     _opened.append(svc)
     svc.train(TrainConfig(model=IDENTITY, traces=traces(1000, 1.0, 1), algorithm="linear"))
     pattern = IdentityPattern.from_parts(IDENTITY)
@@ -462,7 +462,7 @@ def test_auto_retrain_waits_for_new_evidence_after_a_decision(tmp_path):
 
 def test_two_workers_agree_on_accuracy_drift_and_what_is_due(tmp_path):
     a = _service(tmp_path, auto_retrain=False, retrain_min_observations=10_000)
-    b = PredictorService(PredictorSettings(data_dir=tmp_path / "data", retrain_min_observations=10_000))
+    b = PredictorService(PredictorSettings(data_dir=tmp_path / "data", retrain_in_worker=False, retrain_min_observations=10_000))
     pattern = IdentityPattern.from_parts(IDENTITY)
     identity = a.registry.resolve(pattern)
     a.observe(IDENTITY, make_llm_traces(10, seed=60))
@@ -483,7 +483,7 @@ def test_workers_share_retraining_decisions_and_the_wait_after_them(tmp_path):
     # Each worker process has its own Retrainer: what one decided, the others must see and
     # respect, or each would retrain the model once more on the same evidence.
     a = _service(tmp_path, retrain_min_observations=20)
-    b = PredictorService(PredictorSettings(data_dir=tmp_path / "data", retrain_min_observations=20))
+    b = PredictorService(PredictorSettings(data_dir=tmp_path / "data", retrain_in_worker=False, retrain_min_observations=20))
     pattern = IdentityPattern.from_parts(IDENTITY)
     identity = a.registry.resolve(pattern)
     a.observe(IDENTITY, make_llm_traces(25, seed=70))  # due (20 observations), too few to retrain on
@@ -536,8 +536,8 @@ def test_the_wait_after_a_decision_holds_in_a_process_started_after_the_log_rota
     assert restarted.monitor.count_since(identity, 1, after, 20) == 21
     # Asked about a batch before its window, a process reads the log to count (a wait longer
     # than the window); what it reads later adds to that count.
-    small = PredictorService(PredictorSettings(data_dir=tmp_path / "data", accuracy_window=5, drift_min_observations=5,
-                                             **settings))
+    small = PredictorService(PredictorSettings(data_dir=tmp_path / "data", retrain_in_worker=False, accuracy_window=5,
+                                               drift_min_observations=5, **settings))
     _opened.append(small)
     assert small.monitor.count_since(identity, 1, decision["next_try"]["after"], 20) == 21
     small.observe(IDENTITY, make_llm_traces(3, seed=103))
@@ -607,7 +607,7 @@ def test_the_decision_log_keeps_the_newest_decisions_and_skips_torn_lines(tmp_pa
 
 def test_a_model_without_features_retrains_on_a_shift(tmp_path):
     # Its observations cover every training row (there is nothing else to tell them apart).
-    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", retrain_in_worker=False))
     rng = np.random.default_rng(0)
     svc.train(TrainConfig(model=IDENTITY, traces=[{"runtime_ms": float(v)} for v in rng.lognormal(3, 0.1, 200)]))
     svc.observe(IDENTITY, [{"runtime_ms": float(v)} for v in rng.lognormal(3.5, 0.1, 100)])
@@ -768,55 +768,53 @@ def _sleeps_in_worker(*_args):
     time.sleep(60)
 
 
+def _dies_retraining_the_first_model(config, identity, reason, version):
+    import os
+    import time
+
+    from swarmpilot_predictor.retraining import _retrain_job
+
+    if identity["model_name"] != "other":
+        time.sleep(1.0)
+        os._exit(1)
+    return _retrain_job(config, identity, reason, version)
+
+
 def _worker_service(tmp_path) -> PredictorService:
     return _service(tmp_path, retrain_in_worker=True)
 
 
-def test_a_retraining_fits_in_the_worker_process_and_its_version_serves_at_once(tmp_path, monkeypatch):
+def test_a_retraining_fits_in_the_worker_process_and_its_version_serves_at_once(tmp_path, monkeypatch, caplog):
     svc = _worker_service(tmp_path)
     pattern = IdentityPattern.from_parts(IDENTITY)
     identity = svc.registry.resolve(pattern)
     svc.observe(IDENTITY, _shifted(200, 2.0, seed=40))
+    for trace in make_llm_traces(5, seed=39):  # cached answers of version 1
+        svc.predict(pattern, [trace])
+    assert svc.cache.stats()["entries"] == 5
 
     def not_here(*_a, **_k):
         raise AssertionError("fitted in the serving process")
 
     monkeypatch.setattr(type(svc.retrainer), "_retrain", not_here)  # the worker, spawned, has its own
-    decision = svc.retrain(pattern)
+    with caplog.at_level(logging.INFO, logger="swarmpilot_predictor.retraining"):
+        decision = svc.retrain(pattern)
     assert decision["status"] == "retrained" and decision["to_version"] == 2
     (worker,) = svc.retrainer.worker._pool._processes.values()
     assert worker.pid != os.getpid() and worker.is_alive()
-    # Served from the next request on, as if stored here; logged once (by the worker), counted once (here).
+    # Served from the next request on, as if stored here; logged once (by the worker), counted
+    # once (here); its line in this process's log; version 1's cache entries gone.
     assert svc.registry.latest(identity).version == 2
     assert svc.predict(pattern, make_llm_traces(3, seed=41)).version == 2
     assert [d["status"] for d in svc.accuracy(pattern)["retraining"]] == ["retrained"]
     assert svc.metrics.retraining_runs.labels("retrained")._value.get() == 1
+    assert [r.getMessage() for r in caplog.records if r.name == "swarmpilot_predictor.retraining"] == [
+        f"retraining {identity.key}: retrained"]
+    assert svc.cache.stats()["entries"] == 0
     # The worker stays for the next one, which reads the observations made since.
     svc.observe(IDENTITY, _shifted(200, 2.0, seed=42))
     assert svc.retrain(pattern)["from_version"] == 2
     assert list(svc.retrainer.worker._pool._processes.values()) == [worker]
-
-
-def test_a_retraining_whose_worker_dies_fails_waits_for_new_evidence_and_the_next_gets_a_new_worker(tmp_path, monkeypatch):
-    from swarmpilot_predictor import retraining
-
-    svc = _worker_service(tmp_path)
-    pattern = IdentityPattern.from_parts(IDENTITY)
-    identity = svc.registry.resolve(pattern)
-    svc.observe(IDENTITY, _shifted(200, 2.0, seed=43))
-    monkeypatch.setattr(retraining, "_retrain_job", _dies_in_worker)
-    with pytest.raises(PredictorError) as died:
-        svc.retrain(pattern)
-    assert died.value.status_code == 500 and "retraining worker process died" in died.value.message
-    (failed,) = svc.accuracy(pattern)["retraining"]
-    assert failed["status"] == "failed" and failed["from_version"] == 1
-    # Not tried again at the next /observe: a worker killed for its memory at each try would be.
-    assert failed["next_try"]["observations"] > 200
-    assert svc.retrainer.due(identity, 1) is None
-    assert svc.metrics.retraining_runs.labels("failed")._value.get() == 1
-    monkeypatch.undo()
-    assert svc.retrain(pattern)["status"] == "retrained"
-    assert [v.version for v in svc.registry.versions(identity)] == [1, 2]
 
 
 def test_an_error_in_the_worker_is_answered_as_in_the_serving_process(tmp_path):
@@ -856,3 +854,38 @@ def test_a_retraining_under_way_when_the_service_stops_is_answered_503_and_its_w
     worker.join(timeout=10)
     assert not worker.is_alive()
     assert svc.accuracy(pattern)["retraining"] == []  # nothing decided: no decision, no wait
+    with pytest.raises(ServiceStopping) as again:  # nor is one asked for once it has stopped
+        svc.retrain(pattern)
+    assert again.value.status_code == 503
+
+
+def test_a_worker_that_dies_fails_the_retraining_it_ran_alone_which_waits_and_a_fresh_worker_follows(tmp_path,
+                                                                                                     monkeypatch):
+    from swarmpilot_predictor import retraining
+
+    svc = _worker_service(tmp_path)
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    identity = svc.registry.resolve(pattern)
+    other = {**IDENTITY, "model_name": "other"}
+    svc.train(TrainConfig(model=other, traces=make_llm_traces(300), algorithm="linear"))
+    svc.observe(IDENTITY, _shifted(200, 2.0, seed=43))
+    svc.observe(other, _shifted(200, 2.0, seed=47))
+    monkeypatch.setattr(retraining, "_retrain_job", _dies_retraining_the_first_model)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(svc.retrain, pattern)
+        time.sleep(0.3)
+        second = pool.submit(svc.retrain, IdentityPattern.from_parts(other))  # waits for the first
+        with pytest.raises(PredictorError) as died:
+            first.result(timeout=60)
+        # The other model's was not failed with it: it ran on a fresh worker.
+        assert second.result(timeout=60)["status"] == "retrained"
+    assert died.value.status_code == 500 and "retraining worker process died" in died.value.message
+    (failed,) = svc.accuracy(pattern)["retraining"]
+    assert failed["status"] == "failed" and failed["from_version"] == 1
+    # Not tried again at the next /observe: a worker killed for its memory at each try would be.
+    assert failed["next_try"]["observations"] > 200
+    assert svc.retrainer.due(identity, 1) is None
+    assert svc.metrics.retraining_runs.labels("failed")._value.get() == 1
+    monkeypatch.undo()
+    assert svc.retrain(pattern)["status"] == "retrained"
+    assert [v.version for v in svc.registry.versions(identity)] == [1, 2]

@@ -110,11 +110,14 @@ class ObservationLog:
     rotated, and only the newest ``max_files`` files are kept.
     """
 
-    def __init__(self, root: Path, max_file_bytes: int = 8 * 1024 * 1024, max_files: int = 8):
+    def __init__(self, root: Path, max_file_bytes: int = 8 * 1024 * 1024, max_files: int = 8, create: bool = True):
+        """``create``: make ``root`` where it is not there (not a retraining worker's, which
+        reads the service's: a folder gone under the service is not made again, empty)."""
         if max_files < 1:  # none would delete each observation right after storing it
             raise ValueError(f"the observation log keeps at least one file (max_files={max_files})")
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
         self.max_file_bytes = max_file_bytes
         self.max_files = max_files
         self._lock = threading.Lock()

@@ -21,6 +21,7 @@ import math
 import os
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -333,6 +334,8 @@ class Retrainer:
         self.max_observations = max_observations
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrain")
         self.worker = RetrainingWorker(self.worker_config()) if in_worker else None
+        # Called just before a retraining stores its version (a worker's: whether its service still runs).
+        self.before_save: Callable[[], None] | None = None
         self._running: dict[ModelIdentity, Future] = {}
         self._model_locks: dict[ModelIdentity, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -411,7 +414,7 @@ class Retrainer:
         """What a worker process needs to build this retrainer's twin (see :func:`_retrain_job`)."""
         log_store = self.monitor.log
         return {
-            "models": str(self.registry.root), "max_loaded": self.registry.max_loaded,
+            "models": str(self.registry.root),
             "observations": str(log_store.root), "max_file_bytes": log_store.max_file_bytes,
             "max_files": log_store.max_files, "window": self.monitor.window, "alpha": self.monitor.alpha,
             "min_observations": self.monitor.min_observations, "min_new_observations": self.min_new_observations,
@@ -502,12 +505,30 @@ class Retrainer:
         except WorkerLost as exc:
             if exc.stopping:
                 raise ServiceStopping("the service stopped before the retraining finished") from None
+            self.registry.maybe_refresh()
+            last = self.decisions.last(identity, asked)
+            if last is not None and last.get("at", -math.inf) >= decision["at"]:
+                # It died after logging its decision: that decision answers.
+                self._counted(last)
+                if last.get("status") == "retrained":
+                    self._stored_by_worker(identity)
+                return last
             # It logged nothing: the decision is this process's to log, with the wait after it
             # (a worker killed for its memory at each try would otherwise be tried at each /observe).
             decision.update(status="failed", message=exc.message, seconds=time.perf_counter() - t0)
-            self._wait_after(decision, seen, newest)
+            try:
+                serving = self.registry.latest(identity).version
+            except ModelNotFound:
+                serving = asked
+            if serving != asked:  # it had stored its version: served, if not described
+                decision["message"] += f"; version {serving} was stored meanwhile and serves now"
+                self._stored_by_worker(identity)
+            else:
+                self._wait_after(decision, seen, newest)
             self._done(identity, decision)
             raise
+        for name, level, text in out["log"]:  # its lines, in this process's log (the worker has none)
+            logging.getLogger(name).log(level, "%s", text)
         for made in out["decisions"]:
             self._counted(made)
         if out["error"] is not None:
@@ -516,10 +537,18 @@ class Retrainer:
             raise error
         decision = out["decision"]
         if decision["status"] == "retrained":
-            self.registry.maybe_refresh()  # served from the next request on, its cache entries gone
-            if self.on_new_version is not None:
-                self.on_new_version(identity)
+            self._stored_by_worker(identity)
         return decision
+
+    def _stored_by_worker(self, identity: ModelIdentity) -> None:
+        """What storing a version does in this process, for a version the worker stored: it
+        serves from the next request on, the older versions' cache entries go, and the
+        newest versions alone are kept (``on_new_version``)."""
+        self.registry.maybe_refresh()
+        if self.registry.on_change is not None:
+            self.registry.on_change(identity)
+        if self.on_new_version is not None:
+            self.on_new_version(identity)
 
     def _retrain(self, identity: ModelIdentity, decision: dict[str, Any]) -> None:
         """Fill ``decision`` in: kept, skipped or retrained (the new version stored)."""
@@ -711,6 +740,8 @@ class Retrainer:
                             message=f"version {serving} was stored meanwhile and serves now")
             return
         decision["candidate"] = best  # a full disk, say, fails the save: the decision names what failed
+        if self.before_save is not None:
+            self.before_save()
         try:
             # Only as the successor of the version it was built from: a training may have taken
             # the next number and still be writing its files, which `latest` above cannot see.
@@ -779,34 +810,43 @@ class RetrainingWorker:
         self.config = config
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._job_lock = threading.Lock()
         self._closed = False
 
     def run(self, identity: ModelIdentity, reason: str, version: int) -> dict[str, Any]:
         """Retrain ``version`` of ``identity`` in the worker and wait for it: ``decision``
         (``retrain``'s answer), ``decisions`` (those it logged), ``error`` (where it raised,
-        as ``status_code``, ``message`` and ``field``; else None)."""
+        as ``status_code``, ``message`` and ``field``; else None) and ``log``, its log lines
+        (logger name, level, text)."""
         args = (_retrain_job, self.config, identity.as_dict(), reason, version)
-        for attempt in (1, 2):
-            pool = self._executor()
-            try:
-                with _spawning():
-                    future = pool.submit(*args)
-            except (BrokenProcessPool, RuntimeError):  # its worker died just now (or it was shut down)
-                self._stop(pool)
-                if attempt == 2 or self._closed:
+        # One job in the pool at a time, so that a worker that dies was running the job that
+        # learns of it: one queued behind it, never started, failed with it (and waited, as
+        # after a failed try, for new evidence it did not need).
+        with self._job_lock:
+            for attempt in (1, 2):
+                pool = None
+                try:
+                    pool = self._executor()
+                    with _spawning():
+                        future = pool.submit(*args)
+                except BrokenProcessPool:  # its idle worker died: a fresh one takes the job
+                    self._stop(pool)
+                    if attempt == 1 and not self._closed:
+                        continue
                     raise WorkerLost("the retraining worker process could not be started", self._closed) from None
-                continue
-            try:
-                return future.result()
-            except (BrokenProcessPool, CancelledError):
-                self._stop(pool)
-                raise WorkerLost("the retraining worker process died (out of memory?)", self._closed) from None
+                except RuntimeError:  # shut down meanwhile
+                    raise WorkerLost("the service is stopping", stopping=True) from None
+                try:
+                    return future.result()
+                except (BrokenProcessPool, CancelledError):
+                    self._stop(pool)
+                    raise WorkerLost("the retraining worker process died (out of memory?)", self._closed) from None
         raise AssertionError("unreachable")
 
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
             if self._closed:
-                raise RuntimeError("shut down")
+                raise WorkerLost("the service is stopping", stopping=True)
             if self._pool is None:
                 self._pool = worker_pool()
             return self._pool
@@ -829,39 +869,76 @@ class RetrainingWorker:
         self._stop()
 
 
-# The retrainer of this retraining worker process, built by its first job.
+class _KeptLog(logging.Handler):
+    """A worker's log lines, kept for its service to log: the worker has no log of its own
+    (the service's decisions were never seen in its log otherwise)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[tuple[str, int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        self.lines.append((record.name, record.levelno, text))
+
+
+# The retrainer of this retraining worker process, and its kept log, made by its first job.
 _worker_retrainer: Retrainer | None = None
+_worker_log: _KeptLog | None = None
+
+
+def _orphaned() -> None:
+    """Refuse to store a version once the service that asked for it is gone (it was killed:
+    it could not stop this process first); the version would serve a restarted service with
+    no decision that says where it came from."""
+    from . import training
+
+    if training._server_pid is not None and os.getppid() != training._server_pid:
+        raise PredictorError("the service stopped before the retraining finished")
 
 
 def _retrain_job(config: dict[str, Any], identity: dict[str, str], reason: str, version: int) -> dict[str, Any]:
     """Runs in the retraining worker; errors travel back as data, not as pickled exceptions."""
-    global _worker_retrainer
+    global _worker_retrainer, _worker_log
+    if _worker_log is None:
+        _worker_log = _KeptLog()
+        package = logging.getLogger(__name__.rsplit(".", 1)[0])
+        package.addHandler(_worker_log)
+        package.setLevel(logging.DEBUG)  # the service's own level filters the lines it logs
+        package.propagate = False
+    _worker_log.lines = []
     made: list[dict[str, Any]] = []
-    if _worker_retrainer is None:
-        monitor = AccuracyMonitor(
-            ObservationLog(Path(config["observations"]), config["max_file_bytes"], config["max_files"]),
-            config["window"], config["alpha"], config["min_observations"],
-        )
-        # Nor made nor tidied: the service made its folder and tidies it; one gone under
-        # it is not made again here, empty (see ModelRegistry).
-        registry = ModelRegistry(Path(config["models"]), config["max_loaded"], scan=False, create=False)
-        _worker_retrainer = Retrainer(
-            registry, monitor, min_new_observations=config["min_new_observations"],
-            holdout_fraction=config["holdout_fraction"], training_weight=config["training_weight"],
-            max_observations=config["max_observations"],
-        )
-    retrainer = _worker_retrainer
-    retrainer.on_decision = made.append
+    model = ModelIdentity.from_parts(identity)
+    out: dict[str, Any] = {"decision": None, "decisions": made, "error": None, "log": _worker_log.lines}
     try:
-        decision = retrainer.retrain(ModelIdentity.from_parts(identity), reason, version)
+        if _worker_retrainer is None:
+            monitor = AccuracyMonitor(
+                ObservationLog(Path(config["observations"]), config["max_file_bytes"], config["max_files"], create=False),
+                config["window"], config["alpha"], config["min_observations"],
+            )
+            # Nor made nor tidied: the service made its folder and tidies it; one gone under
+            # it is not made again here, empty (see ModelRegistry). One model loaded at a
+            # time: the service holds its models; this process, the one it retrains.
+            registry = ModelRegistry(Path(config["models"]), 1, scan=False, create=False)
+            _worker_retrainer = Retrainer(
+                registry, monitor, min_new_observations=config["min_new_observations"],
+                holdout_fraction=config["holdout_fraction"], training_weight=config["training_weight"],
+                max_observations=config["max_observations"],
+            )
+            _worker_retrainer.before_save = _orphaned
+        retrainer = _worker_retrainer
+        retrainer.on_decision = made.append
+        try:
+            out["decision"] = retrainer.retrain(model, reason, version)
+        finally:
+            retrainer.on_decision = None
+            # Read again from the log by the next job: the service may delete the model meanwhile.
+            retrainer.monitor.forget(model)
     except PredictorError as exc:
-        return {"decision": None, "decisions": made,
-                "error": {"status_code": exc.status_code, "message": exc.message, "field": exc.field}}
+        out["error"] = {"status_code": exc.status_code, "message": exc.message, "field": exc.field}
     except Exception as exc:  # noqa: BLE001 - as a 500 in the service, with what it was
-        log.exception("retraining %s failed", identity)
-        return {"decision": None, "decisions": made,
-                "error": {"status_code": 500, "message": f"retraining failed: {type(exc).__name__}: {exc}",
-                          "field": None}}
-    finally:
-        retrainer.on_decision = None
-    return {"decision": decision, "decisions": made, "error": None}
+        log.exception("retraining %s failed", model.key)
+        out["error"] = {"status_code": 500, "message": f"retraining failed: {type(exc).__name__}: {exc}", "field": None}
+    return out
