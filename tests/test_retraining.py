@@ -796,6 +796,15 @@ def _sleeps_in_worker(*_args):
     time.sleep(60)
 
 
+def _dies_after_its_job(config, identity, reason, version):
+    import os
+
+    from swarmpilot_predictor.retraining import _retrain_job
+
+    _retrain_job(config, identity, reason, version)
+    os._exit(1)  # after it stored its version and logged its decision, before it answered
+
+
 def _dies_retraining_the_first_model(config, identity, reason, version):
     import os
     import time
@@ -917,3 +926,36 @@ def test_a_worker_that_dies_fails_the_retraining_it_ran_alone_which_waits_and_a_
     monkeypatch.undo()
     assert svc.retrain(pattern)["status"] == "retrained"
     assert [v.version for v in svc.registry.versions(identity)] == [1, 2]
+
+
+def test_a_worker_that_dies_after_its_decision_is_answered_by_that_decision(tmp_path, monkeypatch):
+    from swarmpilot_predictor import retraining
+
+    svc = _worker_service(tmp_path)
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    svc.observe(IDENTITY, _shifted(200, 2.0, seed=49))
+    monkeypatch.setattr(retraining, "_retrain_job", _dies_after_its_job)
+    decision = svc.retrain(pattern)
+    assert decision["status"] == "retrained" and decision["to_version"] == 2
+    # Logged once (no failure beside it), counted once, and served.
+    assert [d["status"] for d in svc.accuracy(pattern)["retraining"]] == ["retrained"]
+    assert svc.metrics.retraining_runs.labels("retrained")._value.get() == 1
+    assert svc.metrics.retraining_runs.labels("failed")._value.get() == 0
+    assert svc.predict(pattern, make_llm_traces(2, seed=50)).version == 2
+
+
+def test_a_worker_whose_service_is_gone_stores_no_version(tmp_path, monkeypatch):
+    # The check a worker's retrainer makes just before it stores (its service is its parent),
+    # made here by this process's retrainer.
+    from swarmpilot_predictor import retraining, training
+
+    monkeypatch.setattr(training, "_server_pid", os.getppid())
+    retraining._orphaned()  # its service: still its parent
+    svc = _service(tmp_path)
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    svc.observe(IDENTITY, _shifted(200, 2.0, seed=51))
+    svc.retrainer.before_save = retraining._orphaned
+    monkeypatch.setattr(training, "_server_pid", 2**22 + 12345)  # not this process's parent
+    with pytest.raises(PredictorError, match="the service stopped before the retraining finished"):
+        svc.retrain(pattern)
+    assert [v.version for v in svc.registry.versions(svc.registry.resolve(pattern))] == [1]
