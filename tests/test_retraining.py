@@ -14,7 +14,7 @@ import pytest
 from swarmpilot_predictor.errors import PredictorError
 from swarmpilot_predictor.features import FeatureSchema
 from swarmpilot_predictor.identity import IdentityPattern, ModelIdentity
-from swarmpilot_predictor.retraining import RESCALED, DecisionLog, level_shift, observation_matrix
+from swarmpilot_predictor.retraining import DecisionLog, level_shift, observation_matrix
 from swarmpilot_predictor.schemas import TrainConfig
 from swarmpilot_predictor.service import PredictorService
 from swarmpilot_predictor.settings import PredictorSettings
@@ -127,16 +127,11 @@ def test_a_shift_newer_than_the_holdout_is_learned_from_its_older_half(tmp_path)
     svc.observe(IDENTITY, _shifted(1000, 1.0, seed=30))
     assert svc.observe(IDENTITY, _shifted(80, 1.5, seed=31))["drifted"] is True
     decision = svc.retrain(pattern)
-    # The change is alike over the inputs: the training rows moved by the factor told by the
-    # older half of the 80 beat a model of those 40 alone on the newer half.
-    assert decision["status"] == "retrained" and decision["candidate"] == "training, rescaled", decision
+    assert decision["status"] == "retrained" and decision["candidate"] == "since the shift"
     assert 75 <= decision["shift"]["observations_since"] <= 85 and decision["heldout_rows"] == decision["shift"]["held_out"]
-    assert 1.4 < decision["rescaled_by"] < 1.6
-    losses = decision["heldout_log_pinball"]
-    assert losses["training, rescaled"] < losses["since the shift"] < losses["current"]
     fresh = _shifted(2000, 1.5, seed=32)
     median = svc.predict(pattern, fresh, 0.9, [0.5]).quantiles[:, 0]
-    assert 0.95 < float(np.median(np.array([t["runtime_ms"] for t in fresh]) / median)) < 1.05
+    assert 0.9 < float(np.median(np.array([t["runtime_ms"] for t in fresh]) / median)) < 1.1
 
 
 def test_after_a_try_that_held_out_those_since_a_shift_the_next_waits_for_as_many(tmp_path):
@@ -269,31 +264,8 @@ def test_no_shift_keeps_the_serving_model(tmp_path):
     svc.observe(IDENTITY, make_llm_traces(120, seed=20))
     decision = svc.retrain(IdentityPattern.from_parts(IDENTITY))
     assert decision["status"] in ("kept", "retrained")
-    assert "rescaled_by" not in decision and RESCALED not in decision["heldout_log_pinball"]  # no drift: no new level
     if decision["status"] == "kept":
         assert [v.version for v in svc.registry.versions(svc.registry.resolve(IdentityPattern.from_parts(IDENTITY)))] == [1]
-
-
-def test_a_slowdown_alike_over_the_inputs_moves_the_inputs_no_one_observed_too(tmp_path):
-    # The observations since a 1.5x slowdown are all short requests (at most 150 output
-    # tokens, where training spanned 8 to 512): the training rows moved to the new level
-    # carry the long requests there too.
-    svc = _service(tmp_path)
-    pattern = IdentityPattern.from_parts(IDENTITY)
-    short = [t for t in _shifted(900, 1.5, seed=33) if t["output_tokens"] <= 150][:150]
-    assert svc.observe(IDENTITY, short)["drifted"] is True
-    decision = svc.retrain(pattern)
-    assert decision["status"] == "retrained" and decision["candidate"] == RESCALED, decision
-    assert decision["training_rows"][RESCALED] == 300
-    long = [t for t in _shifted(2000, 1.5, seed=34) if t["output_tokens"] >= 400]
-    median = svc.predict(pattern, long, 0.9, [0.5]).quantiles[:, 0]
-    assert 0.95 < float(np.median(np.array([t["runtime_ms"] for t in long]) / median)) < 1.05
-    # Its training rows are those it was fitted on: the next retraining starts from the new level.
-    identity = svc.registry.resolve(pattern)
-    _, y1 = svc.registry.training_data(identity, 1)
-    _, y2 = svc.registry.training_data(identity, 2)
-    np.testing.assert_allclose(y2[:300], y1 * decision["rescaled_by"], rtol=1e-12)
-    assert 300 + decision["heldout_rows"] < len(y2) <= 300 + len(short)  # with the observations
 
 
 def test_auto_retrain_runs_in_the_background(tmp_path):

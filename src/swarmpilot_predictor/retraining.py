@@ -199,8 +199,6 @@ def _keeps_or_follows(candidate: QuantileModel, serving: QuantileModel, obs_X: n
 
 # A retrained version's metadata ("extra") notes the newest observation it was fitted on.
 OBSERVED_THROUGH = "observed_through"
-# The candidate fitted on the training rows moved to the level observed since a drift.
-RESCALED = "training, rescaled"
 
 # Observations held out to judge candidates: the newest quarter, at least this many.
 MIN_HOLDOUT = 10
@@ -630,19 +628,6 @@ class Retrainer:
             observed["since the shift"] = (fit_X[start:], fit_y[start:], np.ones(len(fit_y) - start))
         if X0 is not None:
             observed["training+observations"] = observed["observations"]
-        drifted = bool(self.monitor.report(identity, meta.version).get("drifted"))
-        level = self._new_level(ratio[:len(fit_y)], start, n_recent) if drifted and X0 is not None else None
-        if level is not None:
-            # The training rows at the observations' new level, with the observations since it
-            # moved: after a drift flagged soon after a slowdown, the few observations since
-            # fit no model of their own (a scheduler simulation's first drift retraining kept
-            # the old version, 29 held out), where one factor, their median ratio to the
-            # serving model's medians, is well told by them. Judged on the held-out rows as
-            # every candidate: where the change is not alike over the inputs, it loses.
-            since = len(fit_y) - level[1]
-            observed[RESCALED] = (np.vstack([X0, fit_X[since:]]), np.concatenate([y0 * level[0], fit_y[since:]]),
-                                  np.ones(len(y0) + level[1]))
-            decision["rescaled_by"] = float(level[0])
         levels = list(MONITOR_LEVELS)
 
         def heldout_loss(model: QuantileModel) -> np.ndarray:
@@ -660,11 +645,7 @@ class Retrainer:
         unseen_of: dict[str, np.ndarray] = {}  # a candidate's uncovered training rows
         x0_median: np.ndarray | None = None  # the serving model's medians of the training rows
         for name, (X, y, w) in observed.items():
-            if name == RESCALED:
-                remembers[name] = "rescaled"
-                model = self._new_model(meta).fit(X, y, sample_weight=w)
-                training_rows[name] = len(y0)
-            elif name == "training+observations":
+            if name == "training+observations":
                 remembers[name] = "all"
                 X, y, w = with_training(X, y, w, np.ones(len(y0), dtype=bool))
                 model = self._new_model(meta).fit(X, y, sample_weight=w)
@@ -707,7 +688,8 @@ class Retrainer:
         # on fresh runtimes, with the plain rule and up to four candidates: benchmarks/retraining.py --churn).
         candidates = len(row_losses) - 1
         margin = float(ndtri(1.0 - ndtr(-SELECTION_SE) / max(candidates, 1)))
-        if not clearly_lower(row_losses[best] - row_losses["current"], margin) and not drifted:
+        if (not clearly_lower(row_losses[best] - row_losses["current"], margin)
+                and not self.monitor.report(identity, meta.version).get("drifted")):
             # Any candidate beats the serving model on some draw of a few dozen held-out rows:
             # on a stream that had not changed, a version every few hundred observations (16
             # versions from 3,000 runtimes, each kept on disk), each better than the last by
@@ -770,16 +752,6 @@ class Retrainer:
         decision.update(status="retrained", to_version=saved.version, seconds=time.perf_counter() - t0)
         if self.on_new_version is not None:
             self.on_new_version(identity)
-
-    @staticmethod
-    def _new_level(ratio: np.ndarray, start: int | None, n_recent: int) -> tuple[float, int] | None:
-        """The factor the runtimes moved by against the serving model, and over how many of
-        the newest observations it was told: those since the level shift (``start``), else
-        the newest ``n_recent``; None with fewer than ``MIN_HOLDOUT`` of them."""
-        n = len(ratio) - start if start is not None and start < len(ratio) else n_recent
-        if n < MIN_HOLDOUT:
-            return None
-        return math.exp(float(np.median(ratio[len(ratio) - n:]))), int(n)
 
     @staticmethod
     def _new_model(meta: ModelVersion) -> QuantileModel:
