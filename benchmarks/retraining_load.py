@@ -32,28 +32,9 @@ import numpy as np
 from swarmpilot_predictor.client import PredictorClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scheduler_simulation import IDENT, INSTANCES, draw, free_port  # noqa: E402
+from scheduler_simulation import IDENT, INSTANCES, draw, start_server  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 LEVELS = [0.5, 0.9, 0.99]
-
-
-def start_server(data_dir: Path, log, in_process: bool) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "uvicorn", "swarmpilot_predictor.api:app_from_env", "--factory",
-           "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
-    env = {**os.environ, "PREDICTOR_DATA_DIR": str(data_dir), "PREDICTOR_AUTO_RETRAIN": "false",
-           "PREDICTOR_RETRAIN_IN_WORKER": "false" if in_process else "true"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    with PredictorClient(url, retries=0) as probe:
-        while not probe.is_available():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("the server did not start")
-            time.sleep(0.2)
-    return proc, url
 
 
 def queues(rng: np.random.Generator) -> dict[str, list[dict]]:
@@ -121,7 +102,8 @@ def main() -> None:
         log = open(Path(tmp) / "server.log", "wb")
         proc = None
         try:
-            proc, url = start_server(Path(tmp) / "data", log, args.in_process)
+            proc, url = start_server(Path(tmp) / "data", log, {
+                "PREDICTOR_AUTO_RETRAIN": "false", "PREDICTOR_RETRAIN_IN_WORKER": "false" if args.in_process else "true"})
             with PredictorClient(url, timeout=600, retries=0) as client:
                 train, _, runtimes = draw(2000, rng)
                 client.train({"model": IDENT, "first_of_shape": False,

@@ -78,11 +78,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(data_dir: Path, log) -> tuple[subprocess.Popen, str]:
+def start_server(data_dir: Path, log, settings: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """The real server on a free port, on ``data_dir``, with ``settings`` (default: this
+    simulation's ``SERVER_ENV``); its output to ``log``."""
     port = free_port()
     cmd = [sys.executable, "-m", "uvicorn", "swarmpilot_predictor.api:app_from_env", "--factory",
            "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
-    env = {**os.environ, "PREDICTOR_DATA_DIR": str(data_dir), **SERVER_ENV}
+    env = {**os.environ, "PREDICTOR_DATA_DIR": str(data_dir), **(SERVER_ENV if settings is None else settings)}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

@@ -809,7 +809,7 @@ def test_a_retraining_fits_in_the_worker_process_and_its_version_serves_at_once(
     with caplog.at_level(logging.INFO, logger="swarmpilot_predictor.retraining"):
         decision = svc.retrain(pattern)
     assert decision["status"] == "retrained" and decision["to_version"] == 2
-    (worker,) = svc.retrainer.worker._pool._processes.values()
+    (worker,) = svc.retrainer.worker.pool._processes.values()
     assert worker.pid != os.getpid() and worker.is_alive()
     # Served from the next request on, as if stored here; logged once (by the worker), counted
     # once (here); its line in this process's log; version 1's cache entries gone.
@@ -823,7 +823,7 @@ def test_a_retraining_fits_in_the_worker_process_and_its_version_serves_at_once(
     # The worker stays for the next one, which reads the observations made since.
     svc.observe(IDENTITY, _shifted(200, 2.0, seed=42))
     assert svc.retrain(pattern)["from_version"] == 2
-    assert list(svc.retrainer.worker._pool._processes.values()) == [worker]
+    assert list(svc.retrainer.worker.pool._processes.values()) == [worker]
 
 
 def test_an_error_in_the_worker_is_answered_as_in_the_serving_process(tmp_path):
@@ -852,10 +852,10 @@ def test_a_retraining_under_way_when_the_service_stops_is_answered_503_and_its_w
     with ThreadPoolExecutor(1) as pool:
         asked = pool.submit(svc.retrain, pattern)
         deadline = time.monotonic() + 30
-        while not getattr(svc.retrainer.worker._pool, "_processes", None):
+        while not getattr(svc.retrainer.worker.pool, "_processes", None):
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        (worker,) = svc.retrainer.worker._pool._processes.values()
+        (worker,) = svc.retrainer.worker.pool._processes.values()
         time.sleep(0.5)
         svc.close()
         with pytest.raises(ServiceStopping):

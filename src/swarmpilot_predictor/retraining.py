@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import gc
 import logging
 import math
 import os
@@ -41,7 +40,7 @@ from .modeling.stored import _finite_number
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog
 from .registry import ModelRegistry, ModelVersion
 from .traces import dumps_json, read_json_lines
-from .training import _spawning, stop_worker_pool, worker_pool
+from .training import WorkerPool, _spawning
 
 log = logging.getLogger(__name__)
 
@@ -799,7 +798,7 @@ class WorkerLost(PredictorError):
 
 class RetrainingWorker:
     """Retrainings run in one separate, low-priority process, one at a time: spawned on first
-    use, as the training worker is (:func:`worker_pool`), and replaced if it dies.
+    use, as the training worker is (:class:`WorkerPool`), and replaced if it dies.
 
     Its registry, observation log and decision log are the service's folders, read and
     written as another worker process of the service would; its retrainer is built once
@@ -808,7 +807,7 @@ class RetrainingWorker:
 
     def __init__(self, config: dict[str, Any]):
         self.config = config
-        self._pool: ProcessPoolExecutor | None = None
+        self._workers = WorkerPool()
         self._lock = threading.Lock()
         self._job_lock = threading.Lock()
         self._closed = False
@@ -843,24 +842,19 @@ class RetrainingWorker:
                     raise WorkerLost("the retraining worker process died (out of memory?)", self._closed) from None
         raise AssertionError("unreachable")
 
+    @property
+    def pool(self) -> ProcessPoolExecutor | None:
+        """The worker's pool (None before the first retraining and once stopped)."""
+        return self._workers.pool
+
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
             if self._closed:
                 raise WorkerLost("the service is stopping", stopping=True)
-            if self._pool is None:
-                self._pool = worker_pool()
-            return self._pool
+            return self._workers.get()
 
     def _stop(self, pool: ProcessPoolExecutor | None = None) -> None:
-        with self._lock:
-            if pool is None:
-                pool, self._pool = self._pool, None
-            elif self._pool is pool:
-                self._pool = None
-        if pool is not None:
-            stop_worker_pool(pool)
-            del pool
-            gc.collect()
+        self._workers.stop(pool)
 
     def shutdown(self) -> None:
         """Stop the worker now; a retraining under way is abandoned, storing nothing."""

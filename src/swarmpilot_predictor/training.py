@@ -413,6 +413,33 @@ def stop_worker_pool(pool: ProcessPoolExecutor) -> None:
         manager.join(timeout=5)
 
 
+class WorkerPool:
+    """One low-priority worker process (:func:`worker_pool`), started on first use: the pool
+    in use (``pool``, None until then and once stopped), and its stop."""
+
+    def __init__(self) -> None:
+        self.pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self.pool is None:
+                self.pool = worker_pool()
+            return self.pool
+
+    def stop(self, pool: ProcessPoolExecutor | None = None) -> None:
+        """Stop ``pool`` (default: the one in use); the next :meth:`get` starts a fresh one."""
+        with self._lock:
+            if pool is None:
+                pool, self.pool = self.pool, None
+            elif self.pool is pool:
+                self.pool = None
+        if pool is not None:
+            stop_worker_pool(pool)
+            del pool
+            gc.collect()
+
+
 def when_parent_dies(action: Callable[[], None], parent: int | None = None) -> None:
     """Run ``action`` (in a daemon thread, within a second) once this process's parent is gone:
     ``parent`` (the pid it was started by), else whichever process is its parent now."""
@@ -539,7 +566,7 @@ class TrainingJobs:
         self.on_success = on_success
         self.on_failure = on_failure
         self.keep = keep
-        self._pool: ProcessPoolExecutor | None = None
+        self._workers = WorkerPool()
         self._lock = threading.Lock()
         self.jobs: dict[str, dict[str, Any]] = {}
         # Each record is also written to this folder, so that any worker process can answer for
@@ -564,11 +591,12 @@ class TrainingJobs:
         # Reads whether a version a stopped job was storing is there (see _cut_short).
         self._registry: ModelRegistry | None = None
 
+    @property
+    def _pool(self) -> ProcessPoolExecutor | None:
+        return self._workers.pool
+
     def _executor(self) -> ProcessPoolExecutor:
-        with self._lock:
-            if self._pool is None:
-                self._pool = worker_pool()
-            return self._pool
+        return self._workers.get()
 
     def submit(self, config: TrainConfig, uploads: dict[str, Path] | None = None,
                cleanup: Callable[[], None] | None = None) -> tuple[str, Future]:
@@ -825,13 +853,5 @@ class TrainingJobs:
 
     def _stop_pool(self, pool: ProcessPoolExecutor | None = None) -> None:
         """Stop ``pool`` (default: the current one); a later job starts a fresh one."""
-        with self._lock:
-            if pool is None:
-                pool, self._pool = self._pool, None
-            elif self._pool is pool:
-                self._pool = None
-        if pool is not None:
-            stop_worker_pool(pool)
-            del pool
-            gc.collect()
+        self._workers.stop(pool)
 
