@@ -931,3 +931,32 @@ def test_a_worker_whose_service_is_gone_stores_no_version(tmp_path, monkeypatch)
     with pytest.raises(PredictorError, match="the service stopped before the retraining finished"):
         svc.retrain(pattern)
     assert [v.version for v in svc.registry.versions(svc.registry.resolve(pattern))] == [1]
+
+
+def test_the_worker_holds_one_model_and_forgets_each_ones_accuracy_after_its_job(tmp_path, monkeypatch):
+    # The worker's job, run here on the service's data directory: after each retraining it
+    # holds the model it retrained alone, and no model's accuracy state (a worker that kept
+    # every model it retrained held a second copy of the service's models).
+    from swarmpilot_predictor import retraining
+
+    svc = _service(tmp_path)
+    other = {**IDENTITY, "model_name": "other"}
+    svc.train(TrainConfig(model=other, traces=make_llm_traces(300), algorithm="linear"))
+    for seed, model in ((52, IDENTITY), (53, other)):
+        svc.observe(model, _shifted(200, 2.0, seed=seed))
+    package = logging.getLogger("swarmpilot_predictor")
+    handlers, level, propagate = list(package.handlers), package.level, package.propagate
+    monkeypatch.setattr(retraining, "_worker_retrainer", None)
+    monkeypatch.setattr(retraining, "_worker_log", None)
+    try:
+        for model in (IDENTITY, other):
+            out = retraining._retrain_job(svc.retrainer.worker_config(), ModelIdentity.from_parts(model).as_dict(),
+                                          "test", 1)
+            assert out["error"] is None and out["decision"]["status"] == "retrained"
+            assert [line for line in out["log"] if line[2].endswith(": retrained")]  # for the service to log
+            worker = retraining._worker_retrainer
+            assert len(worker.registry._loaded) <= 1 and worker.monitor._followed == {}
+    finally:
+        package.handlers[:] = handlers
+        package.setLevel(level)
+        package.propagate = propagate
