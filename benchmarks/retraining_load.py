@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,7 +31,7 @@ import numpy as np
 from swarmpilot_predictor.client import PredictorClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scheduler_simulation import IDENT, INSTANCES, draw, start_server  # noqa: E402
+from scheduler_simulation import IDENT, INSTANCES, draw, running_server  # noqa: E402
 
 LEVELS = [0.5, 0.9, 0.99]
 
@@ -98,51 +97,34 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=3)
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        log = open(Path(tmp) / "server.log", "wb")
-        proc = None
-        try:
-            proc, url = start_server(Path(tmp) / "data", log, {
-                "PREDICTOR_AUTO_RETRAIN": "false", "PREDICTOR_RETRAIN_IN_WORKER": "false" if args.in_process else "true"})
-            with PredictorClient(url, timeout=600, retries=0) as client:
-                train, _, runtimes = draw(2000, rng)
-                client.train({"model": IDENT, "first_of_shape": False,
-                              "traces": [{**t, "runtime_ms": float(r)} for t, r in zip(train, runtimes)]})
+    settings = {"PREDICTOR_AUTO_RETRAIN": "false", "PREDICTOR_RETRAIN_IN_WORKER": "false" if args.in_process else "true"}
+    with (tempfile.TemporaryDirectory() as tmp, running_server(Path(tmp) / "data", settings) as (proc, url),
+          PredictorClient(url, timeout=600, retries=0) as client):
+        train, _, runtimes = draw(2000, rng)
+        client.train({"model": IDENT, "first_of_shape": False,
+                      "traces": [{**t, "runtime_ms": float(r)} for t, r in zip(train, runtimes)]})
+        observe(client, rng, args.observations)
+        hammer(client, rng, lambda t=time.monotonic() + 1: time.monotonic() > t)  # warm
+        idle = hammer(client, rng, lambda t=time.monotonic() + args.idle: time.monotonic() > t)
+        during, decisions = [], []
+        for k in range(args.retrains):
+            if k:  # a retrained version is retrained on what was observed after it
                 observe(client, rng, args.observations)
-                hammer(client, rng, lambda t=time.monotonic() + 1: time.monotonic() > t)  # warm
-                idle = hammer(client, rng, lambda t=time.monotonic() + args.idle: time.monotonic() > t)
-                during, decisions = [], []
-                for k in range(args.retrains):
-                    if k:  # a retrained version is retrained on what was observed after it
-                        observe(client, rng, args.observations)
-                    done = threading.Event()
+            done = threading.Event()
 
-                    def retrain() -> None:
-                        with PredictorClient(url, timeout=600, retries=0) as other:
-                            t0 = time.perf_counter()
-                            d = other.retrain(IDENT)
-                            decisions.append((d, time.perf_counter() - t0))
-                        done.set()
+            def retrain() -> None:
+                with PredictorClient(url, timeout=600, retries=0) as other:
+                    t0 = time.perf_counter()
+                    d = other.retrain(IDENT)
+                    decisions.append((d, time.perf_counter() - t0))
+                done.set()
 
-                    worker = threading.Thread(target=retrain)
-                    worker.start()
-                    during += hammer(client, rng, done.is_set)
-                    worker.join()
-                memory = [("server", rss_mb(proc.pid))] + [(f"{name} worker", rss_mb(k)) for name, k in
-                                                           zip(("training", "retraining"), workers(proc.pid))]
-        except BaseException:
-            log.flush()
-            sys.stderr.write((Path(tmp) / "server.log").read_text()[-3000:])
-            raise
-        finally:
-            if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            log.close()
+            worker = threading.Thread(target=retrain)
+            worker.start()
+            during += hammer(client, rng, done.is_set)
+            worker.join()
+        memory = [("server", rss_mb(proc.pid))] + [(f"{name} worker", rss_mb(k)) for name, k in
+                                                   zip(("training", "retraining"), workers(proc.pid))]
     where = "in the serving process" if args.in_process else "in the retraining worker (the default)"
     print(f"Retraining {where}; {args.observations} observations, {os.cpu_count()} CPUs.\n")
     print(f"| queue_waits ({2 * INSTANCES} queues) | requests | p50 ms | p90 ms | p99 ms | max ms |\n|---|---|---|---|---|---|")

@@ -40,6 +40,8 @@ import tempfile
 import time
 from bisect import bisect_right
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from statistics import NormalDist
 
@@ -95,6 +97,31 @@ def start_server(data_dir: Path, log, settings: dict[str, str] | None = None) ->
                 raise RuntimeError("the server did not start")
             time.sleep(0.2)
     return proc, url
+
+
+@contextmanager
+def running_server(data_dir: Path, settings: dict[str, str] | None = None) -> Iterator[tuple[subprocess.Popen, str]]:
+    """:func:`start_server` on ``data_dir``, its output to a log beside it (the tail printed
+    where the block fails), stopped at the end."""
+    log_path = data_dir.parent / "server.log"
+    log = open(log_path, "wb")
+    proc = None
+    try:
+        proc, url = start_server(data_dir, log, settings)
+        yield proc, url
+    except BaseException:
+        log.flush()
+        sys.stderr.write(log_path.read_text()[-3000:])
+        raise
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
 
 
 class Simulation:
@@ -277,33 +304,16 @@ def main() -> None:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
-        log = open(Path(tmp) / "server.log", "wb")
-        proc = None
-        try:
-            proc, url = start_server(data_dir, log)
-            with PredictorClient(url, timeout=120, retries=0) as client:
-                rng = np.random.default_rng(args.seed + 1000)
-                train, _, runtimes = draw(2000, rng)
-                result = client.train({"model": IDENT, "first_of_shape": False,
-                                       "traces": [{**t, "runtime_ms": float(r)} for t, r in zip(train, runtimes)]})
-                fresh, typical, fresh_rt = draw(1000, rng)
-                answer = client.predict_batch(IDENT, fresh, quantiles=LEVELS)
-                q = np.array([r.quantile_predictions for r in answer.results])
-                sim = Simulation(client, args)
-                sim.run()
-        except BaseException:
-            log.flush()
-            sys.stderr.write((Path(tmp) / "server.log").read_text()[-3000:])
-            raise
-        finally:
-            if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            log.close()
+        with running_server(data_dir) as (_, url), PredictorClient(url, timeout=120, retries=0) as client:
+            rng = np.random.default_rng(args.seed + 1000)
+            train, _, runtimes = draw(2000, rng)
+            result = client.train({"model": IDENT, "first_of_shape": False,
+                                   "traces": [{**t, "runtime_ms": float(r)} for t, r in zip(train, runtimes)]})
+            fresh, typical, fresh_rt = draw(1000, rng)
+            answer = client.predict_batch(IDENT, fresh, quantiles=LEVELS)
+            q = np.array([r.quantile_predictions for r in answer.results])
+            sim = Simulation(client, args)
+            sim.run()
         truth = typical[:, None] * np.exp(SIGMA * np.array([NormalDist().inv_cdf(p) for p in LEVELS]))
         print(f"{args.arrivals} arrivals at {sim.rate * 1000:.2f}/s on {INSTANCES} instances (load {args.load}), "
               f"seed {args.seed}; runtimes x{args.drift} from arrival {sim.onset} (simulated "
