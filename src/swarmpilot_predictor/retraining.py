@@ -829,7 +829,7 @@ class RetrainingWorker:
                     with _spawning():
                         future = pool.submit(*args)
                 except BrokenProcessPool:  # its idle worker died: a fresh one takes the job
-                    self._stop(pool)
+                    self._workers.stop(pool)
                     if attempt == 1 and not self._closed:
                         continue
                     raise WorkerLost("the retraining worker process could not be started", self._closed) from None
@@ -838,7 +838,7 @@ class RetrainingWorker:
                 try:
                     return future.result()
                 except (BrokenProcessPool, CancelledError):
-                    self._stop(pool)
+                    self._workers.stop(pool)
                     raise WorkerLost("the retraining worker process died (out of memory?)", self._closed) from None
         raise AssertionError("unreachable")
 
@@ -853,14 +853,11 @@ class RetrainingWorker:
                 raise WorkerLost("the service is stopping", stopping=True)
             return self._workers.get()
 
-    def _stop(self, pool: ProcessPoolExecutor | None = None) -> None:
-        self._workers.stop(pool)
-
     def shutdown(self) -> None:
         """Stop the worker now; a retraining under way is abandoned, storing nothing."""
         with self._lock:
             self._closed = True
-        self._stop()
+        self._workers.stop()
 
 
 class _KeptLog(logging.Handler):

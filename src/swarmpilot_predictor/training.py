@@ -388,34 +388,10 @@ def _init_worker(server_pid: int | None = None) -> None:
     when_parent_dies(lambda: os._exit(0), server_pid)
 
 
-def worker_pool() -> ProcessPoolExecutor:
-    """A pool of one low-priority worker process (see :func:`_init_worker`), spawned on
-    first use: forked, it would inherit the server's threads and sockets."""
-    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker, initargs=(os.getpid(),))
-
-
-def stop_worker_pool(pool: ProcessPoolExecutor) -> None:
-    """Stop ``pool`` now: its worker is killed, whatever it was doing (a version it was
-    storing is never half-written), and its futures fail."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())
-    manager = getattr(pool, "_executor_manager_thread", None)
-    pool.shutdown(wait=False, cancel_futures=True)
-    for proc in processes:
-        proc.kill()  # it ignores SIGTERM (see _init_worker)
-    for proc in processes:
-        proc.join(timeout=5)
-    # With its worker gone the pool's manager thread ends at once; then its queues are
-    # collected here. uvicorn ends by re-raising SIGTERM, so no exit handler would ever
-    # release their semaphores, which the resource tracker then reported as leaked.
-    # (The caller then drops its reference and runs gc.collect(): the pool is in cycles.)
-    if manager is not None and manager is not threading.current_thread():
-        manager.join(timeout=5)
-
-
 class WorkerPool:
-    """One low-priority worker process (:func:`worker_pool`), started on first use: the pool
-    in use (``pool``, None until then and once stopped), and its stop."""
+    """One low-priority worker process (see :func:`_init_worker`), spawned on first use
+    (forked, it would inherit the server's threads and sockets): the pool in use
+    (``pool``, None until then and once stopped), and its stop."""
 
     def __init__(self) -> None:
         self.pool: ProcessPoolExecutor | None = None
@@ -424,20 +400,35 @@ class WorkerPool:
     def get(self) -> ProcessPoolExecutor:
         with self._lock:
             if self.pool is None:
-                self.pool = worker_pool()
+                self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_init_worker, initargs=(os.getpid(),))
             return self.pool
 
     def stop(self, pool: ProcessPoolExecutor | None = None) -> None:
-        """Stop ``pool`` (default: the one in use); the next :meth:`get` starts a fresh one."""
+        """Stop ``pool`` (default: the one in use) now: its worker is killed, whatever it was
+        doing (a version it was storing is never half-written), and its futures fail; the
+        next :meth:`get` starts a fresh one."""
         with self._lock:
             if pool is None:
                 pool, self.pool = self.pool, None
             elif self.pool is pool:
                 self.pool = None
-        if pool is not None:
-            stop_worker_pool(pool)
-            del pool
-            gc.collect()
+        if pool is None:
+            return
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        manager = getattr(pool, "_executor_manager_thread", None)
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            proc.kill()  # it ignores SIGTERM (see _init_worker)
+        for proc in processes:
+            proc.join(timeout=5)
+        # With its worker gone the pool's manager thread ends at once; then its queues are
+        # collected here. uvicorn ends by re-raising SIGTERM, so no exit handler would ever
+        # release their semaphores, which the resource tracker then reported as leaked.
+        if manager is not None and manager is not threading.current_thread():
+            manager.join(timeout=5)
+        del pool, manager, processes
+        gc.collect()
 
 
 def when_parent_dies(action: Callable[[], None], parent: int | None = None) -> None:
