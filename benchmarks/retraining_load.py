@@ -31,7 +31,7 @@ import numpy as np
 from swarmpilot_predictor.client import PredictorClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scheduler_simulation import IDENT, INSTANCES, draw, running_server  # noqa: E402
+from scheduler_simulation import IDENT, INSTANCES, draw, latency_row, running_server  # noqa: E402
 
 LEVELS = [0.5, 0.9, 0.99]
 
@@ -82,12 +82,6 @@ def workers(server: int) -> list[int]:
     return sorted(spawned, key=lambda k: int(Path(f"/proc/{k}/stat").read_text().rsplit(")", 1)[1].split()[19]))
 
 
-def row(label: str, ms: list[float]) -> str:
-    a = np.array(ms)
-    return (f"| {label} | {len(a)} | " + " | ".join(f"{np.percentile(a, p):.1f}" for p in (50, 90, 99))
-            + f" | {a.max():.1f} |")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--observations", type=int, default=5000)
@@ -128,8 +122,8 @@ def main() -> None:
     where = "in the serving process" if args.in_process else "in the retraining worker (the default)"
     print(f"Retraining {where}; {args.observations} observations, {os.cpu_count()} CPUs.\n")
     print(f"| queue_waits ({2 * INSTANCES} queues) | requests | p50 ms | p90 ms | p99 ms | max ms |\n|---|---|---|---|---|---|")
-    print(row("no retraining running", idle))
-    print(row("while a retraining runs", during))
+    print(latency_row("no retraining running", idle))
+    print(latency_row("while a retraining runs", during))
     print("\n| retraining | status | candidate | seconds (request) |\n|---|---|---|---|")
     for k, (d, s) in enumerate(decisions, 1):
         print(f"| {k} | {d['status']} | {d.get('candidate') or '-'} | {s:.1f} |")

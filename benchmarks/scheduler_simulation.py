@@ -289,8 +289,13 @@ def latency_table(sim: Simulation, decisions: list[dict]) -> None:
                      (f"{name}, otherwise", ms[~during])]
         for label, a in rows:
             if len(a):
-                print(f"| {label} | {len(a)} | " + " | ".join(f"{np.percentile(a, p):.1f}" for p in (50, 90, 99))
-                      + f" | {a.max():.1f} |")
+                print(latency_row(label, a))
+
+
+def latency_row(label: str, ms) -> str:
+    """A latency table's row: the count, p50, p90, p99 and the most, in ms."""
+    a = np.asarray(ms)
+    return f"| {label} | {len(a)} | " + " | ".join(f"{np.percentile(a, p):.1f}" for p in (50, 90, 99)) + f" | {a.max():.1f} |"
 
 
 def main() -> None:
