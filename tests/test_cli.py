@@ -74,6 +74,9 @@ def test_train_with_a_json_config(tmp_path, data):
     body = json_out(invoke("train", cfg, "--data-dir", data, "--json"))
     assert body["status"] == "success" and body["model_key"] == KEY and body["version"] == 2
     assert body["metrics"]["algorithm"] == "linear" and 0.8 < body["metrics"]["interval_coverage"]["0.9"] <= 1.0
+    # The same data and algorithm: the same held-out figures as the table gave, runtime / expect among them.
+    assert "runtime/expect" in result.stdout
+    assert f"{body['metrics']['expect_ratio']:.4f}" in result.stdout
     assert len(list((data / "models").glob("*/v0002.meta.json"))) == 1
 
 

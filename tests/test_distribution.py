@@ -139,6 +139,24 @@ def test_mean_std_match_analytic_lognormal_per_task_scale():
     np.testing.assert_allclose(std, es, rtol=5e-3)
 
 
+@pytest.mark.parametrize("n", [50, 400])
+def test_moments_asked_once_are_the_moments(n):
+    # A cross-validation fold's tasks: fewer than the log-scale grid's points are summed
+    # over the moment nodes task by task, more read the table; the same moments either way.
+    m = np.linspace(-2, 8, n)
+    s = np.geomspace(0.01, 1.0, n)
+    dist = RuntimeDistribution(m, s, normal_score())
+    mean, std = dist.mean_std_once()
+    assert (dist._moments is None) == (n < 301)  # the table's moments are kept, a quadrature's not
+    em, es = lognormal_moments(m, s)
+    np.testing.assert_allclose(mean, em, rtol=5e-4)
+    np.testing.assert_allclose(std, es, rtol=5e-3)
+    np.testing.assert_allclose(mean, dist.mean_std()[0], rtol=6e-4)
+    np.testing.assert_allclose(std, dist.mean_std()[1], rtol=5e-3)
+    same = shaped()  # one scale: the segments' moments, which cost little, as mean_std gives them
+    np.testing.assert_array_equal(same.mean_std_once()[0], same.mean_std()[0])
+
+
 def test_moments_of_shaped_tasks_match_monte_carlo():
     dist = shaped()
     rng = np.random.default_rng(3)

@@ -22,6 +22,7 @@ from swarmpilot_predictor.modeling import (
     check_params,
     common_rounds,
     location_weights,
+    moment_metrics,
     pinball_losses,
     quantile_metrics,
 )
@@ -384,6 +385,30 @@ def test_mean_std_and_total_come_from_the_distribution(llm_model):
     lo, hi = tot.interval(0.9)
     assert lo < tot.mean < hi
     assert hi < dist.quantiles([0.95])[:, 0].sum()  # not the sum of the tasks' quantiles
+
+
+def test_moment_metrics_compare_a_sum_of_runtimes_with_its_expect_and_error():
+    y, expect = np.array([120.0, 90.0]), np.array([100.0, 100.0])
+    m = moment_metrics(y, expect, np.array([10.0, 10.0]))
+    assert m["expect_ratio"] == pytest.approx(210 / 200, rel=1e-12)
+    assert m["error_ratio"] == pytest.approx(math.sqrt((20**2 + 10**2) / (10**2 + 10**2)), rel=1e-12)
+    assert moment_metrics(y, expect, np.array([20.0, 10.0]))["error_ratio"] == pytest.approx(1.0, rel=1e-12)
+
+
+def test_the_held_out_expect_and_error_read_what_new_data_shows(llm_model):
+    # Each training row's mean and sd from models that never saw its fold, as monitoring
+    # compares observations' runtimes with their expects: on new data the same figures.
+    summary = llm_model.cv_summary()
+    assert 0.98 < summary["expect_ratio"] < 1.02 and 0.9 < summary["error_ratio"] < 1.1
+    Xt, yt, _ = llm_like(4000, seed=7)
+    mean, std = llm_model.predict_distribution(Xt).mean_std()
+    new = moment_metrics(yt, mean, std)
+    assert abs(new["expect_ratio"] - summary["expect_ratio"]) < 0.02
+    assert abs(new["error_ratio"] - summary["error_ratio"]) < 0.08
+    for metrics in llm_model.cv_.values():  # every family's, as its other held-out figures
+        assert metrics["expect_ratio"] > 0 and metrics["error_ratio"] > 0
+    # Runtimes 30% longer than the model was trained on read 1.3 on the same predictions.
+    assert moment_metrics(1.3 * yt, mean, std)["expect_ratio"] == pytest.approx(1.3 * new["expect_ratio"])
 
 
 # --------------------------------------------------------------------------- choosing a family
@@ -1623,6 +1648,10 @@ def test_first_runs_get_a_model_of_their_own_when_it_predicts_better(split_model
     assert summary["rows"] == len(y) and "heldout" not in cv
     assert summary["algorithm"] == model.family_ and summary["variant"] == model.cv_[model.family_]["variant"]
     assert abs(summary["interval_coverage"]["0.9"] - 0.9) < 0.03 and summary["mean_abs_coverage_error"] < 0.03
+    # So are the held-out expect and error, each row's from its own kind's model: close to 1
+    # where the model of all rows (a first run a repeat stretched by a factor) reads 1.24 and 1.43.
+    assert 0.95 < summary["expect_ratio"] < 1.05 and 0.8 < summary["error_ratio"] < 1.25
+    assert model.cv_[model.family_]["expect_ratio"] > 1.15 and model.cv_[model.family_]["error_ratio"] > 1.3
     first = Xt[:, 2] == 1
     loss = {name: pinball_losses(yt, q, LEVELS).mean(axis=1)
             for name, q in (("pooled", pooled.predict_quantiles(Xt, LEVELS)), ("split", model.predict_quantiles(Xt, LEVELS)),

@@ -43,6 +43,11 @@ def test_observe_accuracy_drift_and_metrics(tmp_path):
         assert acc["expect_observations"] == 150 and 0.9 < acc["expect_ratio"] < 1.1
         recent = acc["recent"]
         assert acc["expect_ratio"] == pytest.approx(sum(recent["runtime_ms"]) / sum(recent["expect"]), rel=1e-12)
+        # Beside them, the same figures held out at training time: what the live ones should read.
+        held = acc["heldout_at_training"]
+        assert 0.97 < held["expect_ratio"] < 1.03 and 0.85 < held["error_ratio"] < 1.15
+        trained = client.get_model(IDENTITY)["metrics"]
+        assert held == {k: trained[k] for k in held} and held["mean_abs_coverage_error"] < 0.05
         one = client.predict_single(IDENTITY, {k: v for k, v in make_llm_traces(150, seed=2)[0].items() if k != "runtime_ms"})
         assert recent["expect"][0] == pytest.approx(one.results.expect, rel=1e-9)  # what the serving model answers
         with pytest.raises(PredictorClientError, match="recent must be at least 0"):

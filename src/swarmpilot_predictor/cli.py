@@ -333,7 +333,8 @@ def _print_train(result: dict[str, Any], as_json: bool = False) -> None:
         return
     entries = result.get("models") or [{"model_key": result["model_key"], "version": result.get("version"), "metrics": result["metrics"]}]
     table = Table(title=f"trained in {result['duration_seconds']:.2f}s")
-    for col in ("model", "version", "algorithm", "rows", "rel. pinball", "coverage err", "90% interval", "median MAPE"):
+    for col in ("model", "version", "algorithm", "rows", "rel. pinball", "coverage err", "90% interval", "median MAPE",
+                "runtime/expect"):
         table.add_column(col)
     for e in entries:
         m = e["metrics"]
@@ -341,7 +342,7 @@ def _print_train(result: dict[str, Any], as_json: bool = False) -> None:
             escape(e["model_key"]), str(e.get("version")), escape(_algorithm(m.get("algorithm"), first_run_split(m))),
             str(m.get("rows_used")),
             _fmt(m.get("relative_pinball_loss")), _fmt(m.get("mean_abs_coverage_error")),
-            _fmt((m.get("interval_coverage") or {}).get("0.9")), _fmt(m.get("median_mape")),
+            _fmt((m.get("interval_coverage") or {}).get("0.9")), _fmt(m.get("median_mape")), _fmt(m.get("expect_ratio")),
         )
     console.print(table)
 

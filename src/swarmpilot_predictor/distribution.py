@@ -111,8 +111,11 @@ _SPREAD_NODES = 512
 # µs, not 32), and at the level 0.001 of the lower cap.
 _SPREAD_TOP = 4.75
 _SPREAD_LOW = -3.1
-# Heteroscedastic moments: segment tables on a log-scale grid with this step.
+# Heteroscedastic moments: segment tables on a log-scale grid with this step, over
+# log s in [-_LOG_SCALE_REACH, _LOG_SCALE_REACH].
 _LOG_SCALE_STEP = 0.02
+_LOG_SCALE_REACH = 3.0
+_LOG_SCALE_POINTS = int(round(2 * _LOG_SCALE_REACH / _LOG_SCALE_STEP)) + 1
 _EPS = 1e-9
 # Log-runtimes a quantile may take when nothing narrower is known: exp stays finite.
 LOG_BOUNDS = (-700.0, 700.0)
@@ -362,8 +365,7 @@ class ScoreDistribution:
         z, w, seg = self.segment_nodes(knots)
         d = np.expm1(scale * (z - self.center()))
         powers = np.stack([d, d * d, d * d * d, (d * d) * (d * d)], axis=1) * w[:, None]
-        out = np.zeros((len(knots) + 1, 4))
-        np.add.at(out, seg, powers)
+        out = np.stack([np.bincount(seg, weights=p, minlength=len(knots) + 1) for p in powers.T], axis=1)
         if len(self._cache) < 64:
             self._cache[key] = out
         return out
@@ -388,7 +390,7 @@ class ScoreDistribution:
         key = ("table", knots)
         got = self._cache.get(key)
         if got is None:
-            grid = np.arange(-3.0, 3.0 + _LOG_SCALE_STEP / 2, _LOG_SCALE_STEP)
+            grid = np.arange(-_LOG_SCALE_REACH, _LOG_SCALE_REACH + _LOG_SCALE_STEP / 2, _LOG_SCALE_STEP)
             z, w, seg = self.segment_nodes(knots)
             s = np.exp(grid)[:, None]
             d = np.expm1(s * (z - self.center())[None, :]) / s  # (grid, nodes), ~ Z - z0 for small s
@@ -1028,6 +1030,18 @@ class RuntimeDistribution(TaskDistributions):
         if self._moments is None:
             self._moments = self._compute_moments()
         return self._moments
+
+    def mean_std_once(self) -> tuple[np.ndarray, np.ndarray]:
+        """``mean_std`` of tasks whose score distribution answers nothing else (a
+        cross-validation fold's): where their scales differ and they are fewer than the
+        points of the log-scale grid, each task's quadrature over the moment nodes, which
+        costs less than the grid's table (the same nodes: the table interpolates between
+        them in log s); otherwise ``mean_std``."""
+        s = self.scale
+        if self.spread is None and 0 < len(self) < _LOG_SCALE_POINTS and (self.scale_varies or not np.all(s == s[0])):
+            mean, var, _, _ = self._capped_moments()
+            return mean, np.sqrt(var)
+        return self.mean_std()
 
     def _compute_moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         moments = self._uncapped_moments()

@@ -1054,7 +1054,8 @@ class PredictorService:
 
 
 def _headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    keys = ("pinball_loss", "relative_pinball_loss", "mean_abs_coverage_error", "interval_coverage", "median_mape", "rows_used", "rows_dropped")
+    keys = ("pinball_loss", "relative_pinball_loss", "mean_abs_coverage_error", "interval_coverage", "median_mape",
+            "expect_ratio", "error_ratio", "rows_used", "rows_dropped")
     return {k: metrics[k] for k in keys if k in metrics}
 
 

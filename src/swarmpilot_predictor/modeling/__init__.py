@@ -97,6 +97,7 @@ from .scale import (
 )
 from .scoring import (
     EVAL_LEVELS,
+    moment_metrics,
     pinball_loss,
     pinball_losses,
     quantile_metrics,
@@ -182,6 +183,7 @@ __all__ = [
     "common_rounds",
     "lightgbm_errors",
     "location_weights",
+    "moment_metrics",
     "params_not_used",
     "per_feature_param_problem",
     "pinball_loss",

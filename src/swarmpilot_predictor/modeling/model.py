@@ -25,7 +25,7 @@ from .locations import (FAMILIES, MAX_BOOST_ROUNDS, EmpiricalLocation, LightGBML
                         PowerLocation, _regime_flags)
 from .params import ALGORITHMS, MODEL_PARAMS, _params_without_column, lightgbm_errors
 from .scale import SCALE_MIN_ROWS, ScaleModel
-from .scoring import EVAL_LEVELS, pinball_losses, quantile_metrics
+from .scoring import EVAL_LEVELS, moment_metrics, pinball_losses, quantile_metrics
 from .shape import (QUANTILE_SHAPE, SHAPE_MODELS, SHAPE_SUFFIX, QuantileShapeModel, ShapeModel, _increasing,
                     _shape_from_json, recalibration_map)
 from .stored import _atoms_from_json, _finite_number
@@ -101,6 +101,26 @@ class _FoldLocations(NamedTuple):
 
     oof: np.ndarray
     own: list[np.ndarray] | None
+
+
+class HeldOut(NamedTuple):
+    """A candidate's predictions of every training row by models that never saw its fold
+    (:meth:`QuantileModel._heldout`): quantiles at ``EVAL_LEVELS``, the probability
+    integral transforms its shape was recalibrated with (None without a shape), and each
+    fold's rows with their distributions."""
+
+    q: np.ndarray
+    pits: np.ndarray | None
+    folds: tuple[tuple[np.ndarray, RuntimeDistribution], ...]
+
+    def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's mean and sd: what its ``expect`` and ``error`` would have been. Worked
+        out only for the candidates the metrics describe (a few of the dozens tried)."""
+        n = len(self.q)
+        mean, sd = np.empty(n), np.empty(n)
+        for rows, dist in self.folds:
+            mean[rows], sd[rows] = dist.mean_std_once()
+        return mean, sd
 
 
 def common_rounds(curves: Sequence[np.ndarray]) -> int:
@@ -661,6 +681,7 @@ class QuantileModel:
         pooled[sel] = best["row_loss"]
         split = np.full(n, np.nan)
         heldout_q = np.full((n, len(EVAL_LEVELS)), np.nan)  # the pair's held-out quantiles
+        heldout_mean, heldout_sd = np.full(n, np.nan), np.full(n, np.nan)  # and means and sds
         models, parts = [], []
         params = _params_without_column(self.params, j)
         for mask in (~flag, flag):
@@ -676,6 +697,7 @@ class QuantileModel:
             sub_sel, sub_best = sub_chosen
             split[rows[sub_sel]] = sub_best["row_loss"]
             heldout_q[rows[sub_sel]] = sub_best["q"]
+            heldout_mean[rows[sub_sel]], heldout_sd[rows[sub_sel]] = sub_best["held"].mean_std()
             models.append(sub)
             parts.append((part, sub_chosen))
         both = np.isfinite(pooled) & np.isfinite(split)
@@ -698,7 +720,8 @@ class QuantileModel:
             # What serves is the pair: its held-out figures head the metrics (cv_summary),
             # which monitoring compares live accuracy with.
             scored = np.isfinite(split)
-            self.regime_cv_["heldout"] = quantile_metrics(y[scored], heldout_q[scored], EVAL_LEVELS)
+            self.regime_cv_["heldout"] = (quantile_metrics(y[scored], heldout_q[scored], EVAL_LEVELS)
+                                          | moment_metrics(y[scored], heldout_mean[scored], heldout_sd[scored]))
         else:
             self.regime_cv_["reason"] = "not better on held-out rows than one model of all rows"
 
@@ -800,14 +823,14 @@ class QuantileModel:
             self.cv_[best["family"]] = self._describe(best, y) | family_figures[best["family"]]
         for c in candidates:
             if c is not best:  # the chosen one's held-out quantiles may score a split (_fit_regimes)
-                c.pop("q", None)
-                c.pop("oof", None)
+                for key in ("q", "oof", "held"):
+                    c.pop(key, None)
         return best
 
     @staticmethod
     def _describe(candidate: dict[str, Any], y: np.ndarray) -> dict[str, Any]:
         """A candidate's held-out figures and what it is."""
-        metrics = quantile_metrics(y, candidate["q"], EVAL_LEVELS)
+        metrics = quantile_metrics(y, candidate["q"], EVAL_LEVELS) | moment_metrics(y, *candidate["held"].mean_std())
         metrics["heteroscedastic"] = candidate["hetero"]
         if candidate["hetero"]:
             # Which features the noise's size depends on, the scale's ridge penalty and hinges.
@@ -860,13 +883,15 @@ class QuantileModel:
             zfit = None
             if shaped and own is not None:
                 zfit = [(ylog[fold != k] - m) / s[fold != k] for k, m in enumerate(own)]
-            q, pits = twin if twin is not None else self._heldout(Xs, fold_atoms, oof, s, z, fold, shaped, w, kinds_s,
-                                                                  zfit=zfit, alone=alone)
-            heldout[(hetero, shaped)] = (q, pits)
+            held = twin if twin is not None else self._heldout(Xs, fold_atoms, oof, s, z, fold, shaped, w, kinds_s,
+                                                               zfit=zfit, alone=alone)
+            heldout[(hetero, shaped)] = held
+            q, pits = held.q, held.pits
             fam.append({
                 "family": family, "hetero": hetero, "shaped": shaped, "scale": scale, "z": z, "weighted": weighted,
                 "reads_location": reads_location, "oof": oof,
-                "pits": pits, "tuned": tuned, "q": q, "kinds": kinds, "rank": rank, "own_scores": zfit is not None,
+                "pits": pits, "tuned": tuned, "q": q, "held": held, "kinds": kinds, "rank": rank,
+                "own_scores": zfit is not None,
                 "alone": alone, "unknown_alone": unknown_alone,
                 "name": ("hetero" if hetero else "const") + SHAPE_SUFFIX[shaped],
                 "row_loss": pinball_losses(y, q, EVAL_LEVELS).mean(axis=1),
@@ -1038,8 +1063,8 @@ class QuantileModel:
         return out
 
     def _heldout(self, X, fold_atoms, oof, s, z, fold, shaped, w, kinds=None, zfit=None,
-                 alone=None) -> tuple[np.ndarray, np.ndarray | None]:
-        """Quantiles at EVAL_LEVELS for every row, from models that never saw its fold.
+                 alone=None) -> HeldOut:
+        """Quantiles at EVAL_LEVELS, mean and sd for every row, from models that never saw its fold.
 
         Each fold is calibrated only with the other folds' scores, so these
         metrics are measured on rows that neither fitted nor calibrated the model.
@@ -1063,13 +1088,15 @@ class QuantileModel:
             scores.append(ScoreDistribution.from_scores(z[rows]))
         ylog = oof + s * z
         bounds = _log_bounds(float(ylog.min()), float(ylog.max()))  # as the fitted model's
+        folds = []
         if not shaped:
             for k in range(n_folds):
                 te = fold == k
                 zq = scores[k].quantile(levels)
                 q[te] = snap_to_atoms(np.exp(np.clip(scores[k].log_runtimes(oof[te, None], s[te, None], zq[None, :]),
                                                      *bounds)), fold_atoms[k])
-            return q, None
+                folds.append((te, RuntimeDistribution(oof[te], s[te], scores[k], None, None, bounds, atoms=fold_atoms[k])))
+            return HeldOut(q, None, tuple(folds))
         pits = np.empty(n)
         fitted = []
         for k in range(n_folds):
@@ -1087,7 +1114,8 @@ class QuantileModel:
             dist = RuntimeDistribution(oof[te], s[te], scores[k], shape.knots_, Fc, bounds,
                                        atoms=fold_atoms[k])
             q[te] = dist.quantiles(levels)
-        return q, pits
+            folds.append((te, dist))
+        return HeldOut(q, pits, tuple(folds))
 
     # ------------------------------------------------------------------ prediction
 

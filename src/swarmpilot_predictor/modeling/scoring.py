@@ -55,5 +55,20 @@ def quantile_metrics(y: np.ndarray, q: np.ndarray, levels: Sequence[float]) -> d
     return out
 
 
+def moment_metrics(y: np.ndarray, expect: np.ndarray, error: np.ndarray) -> dict[str, float]:
+    """Held-out quality of predicted means ``expect`` and standard deviations ``error``, as a
+    queue's total reads them: its mean is a sum of expects, its variance (tasks independent)
+    a sum of squared errors.
+
+    ``expect_ratio`` is the sum of the runtimes over the sum of their expects (1: unbiased;
+    1.1: a queue of such tasks takes 10% longer than its expect), as monitoring measures it
+    on observations; ``error_ratio`` is the root of the summed squared deviations from the
+    expects over the root of the summed squared errors (1: the errors are the deviations'
+    size; 1.2: deviations 20% wider than stated, a total's interval too narrow)."""
+    dev = y - expect
+    return {"expect_ratio": float(y.sum() / expect.sum()),
+            "error_ratio": float(np.sqrt((dev * dev).sum() / max(float((error * error).sum()), 1e-300)))}
+
+
 def _lvl(t: float) -> str:
     return f"{t:g}"
