@@ -48,6 +48,8 @@ def test_dashboard_shows_models_accuracy_and_plots(tmp_path):
             assert 1.6 < ratio < 2.0
             cells = [rows.nth(i).locator("td").all_inner_texts() for i in range(2)]
             assert sorted(c[7] for c in cells) == sorted([f"{ratio:.3f}", "–"])
+            error_ratio = client.accuracy(IDENTITY)["error_ratio"]
+            assert error_ratio > 2.0 and sorted(c[8] for c in cells) == sorted([f"{error_ratio:.3f}", "–"])
             (split,) = [m["first_run_split"] for entry in client.list_models_raw() for m in entry["models"]
                         if "first_run_split" in m]
             assert f"{split['repeats']} (repeats) / {split['first_runs']} (first runs)" in table

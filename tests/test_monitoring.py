@@ -100,6 +100,32 @@ def test_a_report_gives_the_observed_runtimes_sum_over_the_expects(tmp_path):
     assert small.report(1e-3, 30)["expect_ratio"] == pytest.approx(390.0 / 200.0, rel=1e-12)
 
 
+
+def test_the_rolling_error_ratio_compares_deviations_from_the_expects_with_the_errors(tmp_path):
+    # A queue's total has the sum of its tasks' squared errors for variance: the report says
+    # how the runtimes' squared deviations from their expects compare, where both are known.
+    levels = np.asarray(MONITOR_LEVELS)
+    q = np.tile(np.linspace(50.0, 150.0, len(levels)), (4, 1))
+    y = np.array([120.0, 90.0, 300.0, 100.0])
+    tracker = RollingAccuracy(window=1000)
+    tracker.add(y[:1], q[:1], expect=np.array([100.0]))  # an expect, no error: not in the ratio
+    assert "error_ratio" not in tracker.report(1e-3, 30)
+    tracker.add(y[1:], q[1:], expect=np.array([100.0, 250.0, np.nan]), error=np.array([5.0, 10.0, 10.0]))
+    report = tracker.report(1e-3, 30)
+    assert report["error_ratio"] == pytest.approx(np.sqrt((10.0**2 + 50.0**2) / (5.0**2 + 10.0**2)), rel=1e-12)
+    assert report["error_observations"] == 2 and report["expect_observations"] == 3
+    assert tracker.recent()["error"] == [None, 5.0, 10.0, 10.0]
+    # Stored with each observation: another process reads the same; a negative one is not known.
+    log = ObservationLog(tmp_path)
+    AccuracyMonitor(log).record(IDENT, 1, [{"x": 1}] * 2, y[1:3], q[1:3], expect=np.array([100.0, 250.0]),
+                                error=np.array([5.0, 10.0]))
+    log.append(IDENT, [{"ts": 2e9, "runtime_ms": 80.0, "version": 1, "q": q[0].tolist(), "e": 90.0, "s": -1.0,
+                        "trace": {}}])
+    fresh = AccuracyMonitor(ObservationLog(tmp_path)).report(IDENT, 1)
+    assert fresh["error_observations"] == 2 and fresh["expect_observations"] == 3
+    assert fresh["error_ratio"] == pytest.approx(report["error_ratio"], rel=1e-12)
+
+
 def test_drift_is_tested_on_enough_observations_at_a_corrected_level():
     y, q = _lognormal_quantiles(400, shift=1.3, seed=1)
     tracker = RollingAccuracy()

@@ -46,10 +46,16 @@ def test_observe_accuracy_drift_and_metrics(tmp_path):
         # Beside them, the same figures held out at training time: what the live ones should read.
         held = acc["heldout_at_training"]
         assert 0.97 < held["expect_ratio"] < 1.03 and 0.85 < held["error_ratio"] < 1.15
+        # And live: the deviations from the expects against the predicted errors, as at training.
+        assert acc["error_observations"] == 150 and 0.75 < acc["error_ratio"] < 1.25
+        dev = [y - e for y, e in zip(recent["runtime_ms"], recent["expect"])]
+        assert acc["error_ratio"] == pytest.approx((sum(d * d for d in dev) / sum(s * s for s in recent["error"])) ** 0.5,
+                                                   rel=1e-9)
         trained = client.get_model(IDENTITY)["metrics"]
         assert held == {k: trained[k] for k in held} and held["mean_abs_coverage_error"] < 0.05
         one = client.predict_single(IDENTITY, {k: v for k, v in make_llm_traces(150, seed=2)[0].items() if k != "runtime_ms"})
         assert recent["expect"][0] == pytest.approx(one.results.expect, rel=1e-9)  # what the serving model answers
+        assert recent["error"][0] == pytest.approx(one.results.error, rel=1e-9)
         with pytest.raises(PredictorClientError, match="recent must be at least 0"):
             client.accuracy(IDENTITY, recent=-1)
 
@@ -75,6 +81,10 @@ def test_observe_accuracy_drift_and_metrics(tmp_path):
         assert 0.0 < _metric(text, "predictor_model_coverage_ratio", model=key, level="0.5") < 0.4
         # 150 runtimes as trained, then 300 at 1.7 times: (150 + 300 * 1.7) / 450 = 1.47.
         assert 1.35 < _metric(text, "predictor_model_expect_ratio", model=key) < 1.6
+        # Runtimes 1.7 times their expects deviate far more than the predicted errors say.
+        assert _metric(text, "predictor_model_error_ratio", model=key) == pytest.approx(
+            client.accuracy(IDENTITY)["error_ratio"], rel=1e-9)
+        assert _metric(text, "predictor_model_error_ratio", model=key) > 2.0
         assert "predictor_http_request_duration_seconds_bucket" in text
 
         path = "/models/" + "/".join(quote(v, safe="") for v in IDENTITY.values()) + "/retrain"
@@ -93,7 +103,8 @@ def test_observe_accuracy_drift_and_metrics(tmp_path):
         assert _metric(text, "predictor_model_drifted", model=key) == 0.0
         for name, labels in (("predictor_model_coverage_ratio", {"level": "0.5"}),
                              ("predictor_model_interval_coverage_ratio", {"interval": "0.9"}),
-                             ("predictor_model_relative_pinball_loss", {}), ("predictor_model_expect_ratio", {})):
+                             ("predictor_model_relative_pinball_loss", {}), ("predictor_model_expect_ratio", {}),
+                             ("predictor_model_error_ratio", {})):
             with pytest.raises(KeyError):
                 _metric(text, name, model=key, **labels)
         client.observe(IDENTITY, _shifted(40, 1.7, seed=4))

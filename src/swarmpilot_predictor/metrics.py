@@ -51,6 +51,9 @@ _ACCURACY_GAUGES = (
      "median_mape"),
     ("predictor_model_expect_ratio", "Rolling sum of observed runtimes over the sum of their predicted expects "
      "(1: unbiased; 1.1: runtimes 10% longer than predicted).", ("model",), "expect_ratio"),
+    ("predictor_model_error_ratio", "Rolling root of the summed squared deviations of observed runtimes from their "
+     "expects over the root of the summed squared predicted errors (1: errors the deviations' size; 1.3: deviations "
+     "30% wider than predicted).", ("model",), "error_ratio"),
     ("predictor_model_drifted", "1 when the drift test (an exact binomial test of each level's coverage over the "
      "rolling window, at PREDICTOR_DRIFT_ALPHA) rejects the model's calibration.", ("model",), "drifted"),
 )

@@ -73,6 +73,13 @@ def _expect(record: dict[str, Any]) -> float:
     return float(e) if _is_quantile(e) else math.nan
 
 
+def _error(record: dict[str, Any]) -> float:
+    """An observation's predicted standard deviation, NaN where its record holds none (a
+    log written before it was stored) or one no model answers."""
+    s = record.get("s")
+    return float(s) if isinstance(s, (int, float)) and not isinstance(s, bool) and 0 <= s <= MAX_RUNTIME * 101 else math.nan
+
+
 # A model's log files are numbered from 1, six digits at least (obs-000001.jsonl): in order of
 # their numbers, not of their names, or obs-1000000 would pass for older than obs-999999.
 _LOG_FILE = re.compile(r"obs-([0-9]{1,18})\.jsonl")
@@ -285,6 +292,7 @@ class RollingAccuracy:
     y: deque = field(default_factory=deque)
     q: deque = field(default_factory=deque)
     e: deque = field(default_factory=deque)  # the predicted expect of each (NaN: not stored, an older log's)
+    s: deque = field(default_factory=deque)  # and its predicted error (NaN: not stored)
     ts: deque = field(default_factory=deque)  # when each was stamped (0: not known)
     total: int = 0
     # How many observations came after the batch stamped with each of a few times asked
@@ -301,11 +309,11 @@ class RollingAccuracy:
     _pvalues: tuple[tuple[int, np.ndarray, int], dict[str, float]] | None = field(default=None, repr=False)
 
     def add(self, y: np.ndarray, q: np.ndarray, ts: np.ndarray | None = None, index: np.ndarray | None = None,
-            expect: np.ndarray | None = None) -> None:
+            expect: np.ndarray | None = None, error: np.ndarray | None = None) -> None:
         """Observations ``y`` with their predicted quantiles ``q``, the times they were
         observed ``ts`` and their places in their ``/observe`` batches ``index`` (without
         them, their positions in this tracker's stream stand in), and their predicted
-        means ``expect`` (NaN, or none: not known)."""
+        means ``expect`` and standard deviations ``error`` (NaN, or none: not known)."""
         self._report.clear()
         y = np.asarray(y, dtype=np.float64)
         if ts is None or index is None:
@@ -313,6 +321,7 @@ class RollingAccuracy:
             index = np.arange(self.total, self.total + len(y))
         y_l, q_l = y.tolist(), np.asarray(q).tolist()
         e_l = [math.nan] * len(y_l) if expect is None else np.asarray(expect, dtype=np.float64).tolist()
+        s_l = [math.nan] * len(y_l) if error is None else np.asarray(error, dtype=np.float64).tolist()
         for t in self._since:  # after the last observation stamped t, in the log's order
             again = np.flatnonzero(ts == t)  # (a coarse clock may stamp a later batch alike)
             self._since[t] = len(y_l) - 1 - int(again[-1]) if len(again) else self._since[t] + len(y_l)
@@ -320,22 +329,25 @@ class RollingAccuracy:
         # The last checkpoint of this batch: the window is counted there, then the rest added.
         marks = np.flatnonzero(drift_checkpoints(y, ts, index))
         cut = int(marks[-1]) + 1 if len(marks) else 0
-        self._extend(y_l[:cut], q_l[:cut], ts_l[:cut], e_l[:cut])
+        self._extend(y_l[:cut], q_l[:cut], ts_l[:cut], e_l[:cut], s_l[:cut])
         if cut:
             hits = (np.asarray(self.y)[:, None] <= np.asarray(self.q)).sum(axis=0)
             self._checkpoint = (self.total, hits, len(self.y))
-        self._extend(y_l[cut:], q_l[cut:], ts_l[cut:], e_l[cut:])
+        self._extend(y_l[cut:], q_l[cut:], ts_l[cut:], e_l[cut:], s_l[cut:])
 
-    def _extend(self, ys: list[float], qs: list[list[float]], ts: list[float], es: list[float]) -> None:
+    def _extend(self, ys: list[float], qs: list[list[float]], ts: list[float], es: list[float],
+                ss: list[float]) -> None:
         self.y.extend(ys)
         self.q.extend(qs)
         self.ts.extend(ts)
         self.e.extend(es)
+        self.s.extend(ss)
         while len(self.y) > self.window:
             self.y.popleft()
             self.q.popleft()
             self.ts.popleft()
             self.e.popleft()
+            self.s.popleft()
         self.total += len(ys)
 
     @property
@@ -403,6 +415,13 @@ class RollingAccuracy:
             # A queue's wait is a sum of expects: how far the sum of what ran is from it.
             out["expect_ratio"] = float(y[known].sum() / e[known].sum())
             out["expect_observations"] = int(known.sum())
+        sd = np.asarray(self.s)
+        both = known & ~np.isnan(sd)
+        if both.any() and (sd[both] ** 2).sum() > 0:
+            # Its variance is a sum of squared errors: how the deviations from the expects compare.
+            dev = y[both] - e[both]
+            out["error_ratio"] = float(np.sqrt((dev * dev).sum() / (sd[both] ** 2).sum()))
+            out["error_observations"] = int(both.sum())
         per_check = alpha * min(1.0, DRIFT_CHECK_EVERY / self.window)
         if self._checkpoint is None:
             out["drifted"] = False
@@ -439,7 +458,8 @@ class RollingAccuracy:
         ys = list(self.y)[start:]
         qs = list(self.q)[start:]
         es = [None if v != v else v for v in list(self.e)[start:]]
-        return {"levels": list(MONITOR_LEVELS), "runtime_ms": ys, "quantile_predictions": qs, "expect": es}
+        ss = [None if v != v else v for v in list(self.s)[start:]]
+        return {"levels": list(MONITOR_LEVELS), "runtime_ms": ys, "quantile_predictions": qs, "expect": es, "error": ss}
 
 
 def binomial_test(k: int, n: int, p: float) -> float:
@@ -535,7 +555,8 @@ class AccuracyMonitor:
                                               np.array([r["q"] for r in rs], dtype=np.float64),
                                               np.array([r["ts"] for r in rs], dtype=np.float64),
                                               np.array([r.get("i", 0) for r in rs], dtype=np.int64),
-                                              np.array([_expect(r) for r in rs], dtype=np.float64))
+                                              np.array([_expect(r) for r in rs], dtype=np.float64),
+                                              np.array([_error(r) for r in rs], dtype=np.float64))
 
     def _sync(self, identity: ModelIdentity, state: _Followed, own: Appended | None = None,
               own_records: list[dict[str, Any]] | None = None) -> None:
@@ -613,14 +634,16 @@ class AccuracyMonitor:
             return self._tracker(state, version)
 
     def record(self, identity: ModelIdentity, version: int, traces: list[dict[str, Any]], y: np.ndarray, q: np.ndarray,
-               expect: np.ndarray | None = None) -> None:
+               expect: np.ndarray | None = None, error: np.ndarray | None = None) -> None:
         """Store the observations ``y`` of ``version`` with their predicted quantiles ``q``
-        (at ``MONITOR_LEVELS``) and means ``expect`` (where known), and count them."""
+        (at ``MONITOR_LEVELS``), means ``expect`` and standard deviations ``error`` (where
+        known), and count them."""
         records = [{"i": i, "version": version, "runtime_ms": yi, "q": qi, "trace": t}
                    for i, (t, yi, qi) in enumerate(zip(traces, y.tolist(), q.tolist()))]
-        if expect is not None:
-            for r, e in zip(records, expect.tolist()):
-                r["e"] = e
+        for key, values in (("e", expect), ("s", error)):
+            if values is not None:
+                for r, v in zip(records, values.tolist()):
+                    r[key] = v
         appended = self.log.append(identity, records, stamp=self.clock)  # each gets its "ts"
         if appended is None:
             return

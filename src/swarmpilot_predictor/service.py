@@ -951,7 +951,7 @@ class PredictorService:
         dist = loaded.model.predict_distribution(X[rows])
         q = dist.quantiles(list(MONITOR_LEVELS))
         version = loaded.meta.version
-        self.monitor.record(identity, version, [flat[i] for i in rows], y[rows], q, dist.mean_std()[0])
+        self.monitor.record(identity, version, [flat[i] for i in rows], y[rows], q, *dist.mean_std())
         self.registry.maybe_refresh()
         if not self.registry.versions(identity):
             # Deleted (by another worker) while these were recorded: its observations go with
