@@ -393,6 +393,10 @@ def test_moment_metrics_compare_a_sum_of_runtimes_with_its_expect_and_error():
     assert m["expect_ratio"] == pytest.approx(210 / 200, rel=1e-12)
     assert m["error_ratio"] == pytest.approx(math.sqrt((20**2 + 10**2) / (10**2 + 10**2)), rel=1e-12)
     assert moment_metrics(y, expect, np.array([20.0, 10.0]))["error_ratio"] == pytest.approx(1.0, rel=1e-12)
+    # Runtimes that never vary: errors of 0 and deviations of rounding, no ratio to give.
+    same = QuantileModel(["numeric"], [0]).fit(np.arange(40.0)[:, None], np.full(40, 10.0)).cv_summary()
+    assert same["expect_ratio"] == pytest.approx(1.0, rel=1e-12) and "error_ratio" not in same
+    assert "error_ratio" not in moment_metrics(y, expect, np.zeros(2))
 
 
 def test_the_held_out_expect_and_error_read_what_new_data_shows(llm_model):

@@ -115,6 +115,9 @@ def test_the_rolling_error_ratio_compares_deviations_from_the_expects_with_the_e
     assert report["error_ratio"] == pytest.approx(np.sqrt((10.0**2 + 50.0**2) / (5.0**2 + 10.0**2)), rel=1e-12)
     assert report["error_observations"] == 2 and report["expect_observations"] == 3
     assert tracker.recent()["error"] == [None, 5.0, 10.0, 10.0]
+    constant = RollingAccuracy(window=1000)  # errors of 0 (runtimes that never varied): no ratio
+    constant.add(y[:2], q[:2], expect=y[:2] * (1 + 1e-15), error=np.zeros(2))
+    assert "error_ratio" not in constant.report(1e-3, 30) and "expect_ratio" in constant.report(1e-3, 30)
     # Stored with each observation: another process reads the same; a negative one is not known.
     log = ObservationLog(tmp_path)
     AccuracyMonitor(log).record(IDENT, 1, [{"x": 1}] * 2, y[1:3], q[1:3], expect=np.array([100.0, 250.0]),

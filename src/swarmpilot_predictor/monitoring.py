@@ -28,7 +28,7 @@ from scipy.special import gammaln  # scipy.special: loaded by the service anyway
 from .atomic import NotRegularFile, open_regular, read_regular, regular_file_fd
 from .errors import writing
 from .identity import ModelIdentity
-from .modeling import EVAL_LEVELS, pinball_loss
+from .modeling import EVAL_LEVELS, error_ratio, pinball_loss
 from .traces import MAX_RUNTIME, MIN_RUNTIME, dumps_json, is_runtime, read_json_lines
 
 log = logging.getLogger(__name__)
@@ -417,10 +417,9 @@ class RollingAccuracy:
             out["expect_observations"] = int(known.sum())
         sd = np.asarray(self.s)
         both = known & ~np.isnan(sd)
-        if both.any() and (sd[both] ** 2).sum() > 0:
-            # Its variance is a sum of squared errors: how the deviations from the expects compare.
-            dev = y[both] - e[both]
-            out["error_ratio"] = float(np.sqrt((dev * dev).sum() / (sd[both] ** 2).sum()))
+        # Its variance is a sum of squared errors: how the deviations from the expects compare.
+        if both.any() and (ratio := error_ratio(y[both], e[both], sd[both])) is not None:
+            out["error_ratio"] = ratio
             out["error_observations"] = int(both.sum())
         per_check = alpha * min(1.0, DRIFT_CHECK_EVERY / self.window)
         if self._checkpoint is None:

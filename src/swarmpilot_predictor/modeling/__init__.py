@@ -97,6 +97,7 @@ from .scale import (
 )
 from .scoring import (
     EVAL_LEVELS,
+    error_ratio,
     moment_metrics,
     pinball_loss,
     pinball_losses,
@@ -181,6 +182,7 @@ __all__ = [
     "check_params",
     "clearly_lower",
     "common_rounds",
+    "error_ratio",
     "lightgbm_errors",
     "location_weights",
     "moment_metrics",

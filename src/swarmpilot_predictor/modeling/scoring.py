@@ -6,6 +6,7 @@ they depend on nothing else in the package, so they sit apart from the models.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,12 +63,26 @@ def moment_metrics(y: np.ndarray, expect: np.ndarray, error: np.ndarray) -> dict
 
     ``expect_ratio`` is the sum of the runtimes over the sum of their expects (1: unbiased;
     1.1: a queue of such tasks takes 10% longer than its expect), as monitoring measures it
-    on observations; ``error_ratio`` is the root of the summed squared deviations from the
-    expects over the root of the summed squared errors (1: the errors are the deviations'
-    size; 1.2: deviations 20% wider than stated, a total's interval too narrow)."""
-    dev = y - expect
-    return {"expect_ratio": float(y.sum() / expect.sum()),
-            "error_ratio": float(np.sqrt((dev * dev).sum() / max(float((error * error).sum()), 1e-300)))}
+    on observations; ``error_ratio`` (:func:`error_ratio`; absent where it is not defined)
+    compares the deviations from the expects with the errors."""
+    out = {"expect_ratio": float(y.sum() / expect.sum())}
+    ratio = error_ratio(y, expect, error)
+    if ratio is not None:
+        out["error_ratio"] = ratio
+    return out
+
+
+def error_ratio(y: np.ndarray, expect: np.ndarray, error: np.ndarray) -> float | None:
+    """The root of the summed squared deviations of ``y`` from ``expect`` over the root of the
+    summed squared ``error``s (1: the errors are the deviations' size; 1.2: deviations 20%
+    wider than stated, a total's interval too narrow). None where the errors are nothing next
+    to the runtimes (a billionth of their mean, root mean square): runtimes that never vary,
+    whose deviations are rounding, leave nothing to compare."""
+    dev2 = float(((y - expect) ** 2).sum())
+    err2 = float((error * error).sum())
+    if not err2 > len(y) * (1e-9 * float(np.abs(y).mean())) ** 2:
+        return None
+    return math.sqrt(dev2 / err2)
 
 
 def _lvl(t: float) -> str:
