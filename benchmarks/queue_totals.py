@@ -32,6 +32,7 @@ fell below the predicted total's median (0.5 when the total is unbiased).
     uv run python benchmarks/queue_totals.py --tables   # a lookup table's totals against its model's
     uv run python benchmarks/queue_totals.py --scaling  # a total's cost from 100 to 100,000 tasks
     uv run python benchmarks/queue_totals.py --moments  # tasks' expect and error against their quantiles' moments
+    uv run python benchmarks/queue_totals.py --heldout-ratios  # training's held-out expect/error ratios against new data
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from swarmpilot_predictor.features import FeatureSchema
-from swarmpilot_predictor.modeling import EVAL_LEVELS, QuantileModel, pinball_loss
+from swarmpilot_predictor.modeling import EVAL_LEVELS, QuantileModel, moment_metrics, pinball_loss
 from swarmpilot_predictor.traces import TraceTable, iter_trace_file
 
 QUEUES = (5, 50, 500)
@@ -143,6 +144,54 @@ def moment_agreement(seeds: int = 8, queue: int = 50) -> None:
             ratios = np.concatenate(got)
             g = [f"{np.exp(np.log(r).mean()):.3f}" if (r > 0).all() else "(the true sd is infinite)" for r in ratios.T]
             print(f"| {kind} | {rows} | {' | '.join(g)} |", flush=True)
+
+def heldout_ratios(seeds: int = 12, new_tasks: int = 20_000) -> None:
+    """Whether the training metrics' held-out ``expect_ratio`` and ``error_ratio`` (README,
+    "Training config") tell what new tasks will show: each model's figures against the same
+    figures on ``new_tasks`` fresh tasks from its generator, over ``seeds`` trainings (mean,
+    min-max); then on the real trace files, trained on the first 70% in time order and
+    measured on the last 30%."""
+    print("| noise | training rows | `expect_ratio` held out | on new tasks | `error_ratio` held out | on new tasks "
+          "| mean abs. difference (expect, error) |")
+    print("|---|---:|---|---|---|---|---|")
+
+    def spread(v: np.ndarray) -> str:
+        return f"{v.mean():.3f} ({v.min():.3f}-{v.max():.3f})"
+
+    for kind in ("lognormal", "slow_mode", "heteroscedastic", "lognormal_sigma1", "pareto2.5"):
+        for rows in (30, 300, 2000):
+            got = []
+            for seed in range(seeds):
+                rng = np.random.default_rng(400 + seed)
+                X = features(rows, rng)
+                model = QuantileModel(["numeric", "numeric"], [0, 0]).fit(X, runtimes(kind, X, rng))
+                held = model.cv_summary()
+                Xn = features(new_tasks, rng)
+                new = moment_metrics(runtimes(kind, Xn, rng), *model.predict_distribution(Xn).mean_std())
+                got.append([held["expect_ratio"], new["expect_ratio"], held.get("error_ratio", np.nan),
+                            new.get("error_ratio", np.nan)])
+            g = np.array(got)
+            print(f"| {kind} | {rows} | {spread(g[:, 0])} | {spread(g[:, 1])} | {spread(g[:, 2])} | {spread(g[:, 3])} "
+                  f"| {np.abs(g[:, 0] - g[:, 1]).mean():.3f}, {np.abs(g[:, 2] - g[:, 3]).mean():.3f} |", flush=True)
+    print("\n| trace set | training rows | test rows | `expect_ratio` held out | test rows | `error_ratio` held out | test rows |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, names in REAL_SETS.items():
+        traces = sorted(iter_trace_file(EXAMPLES / f"{name}.jsonl"), key=lambda t: t["ts"])
+        cut = int(round(0.7 * len(traces)))
+        schema, X, y, _ = FeatureSchema.prepare_training(TraceTable.from_traces(traces[:cut]), features=names)
+        test = TraceTable.from_traces(traces[cut:])
+        Xt, ok = schema.matrix_from_table(test)
+        yt = test.numeric("runtime_ms")
+        ok &= np.isfinite(yt) & (yt > 0)
+        Xt, yt = Xt[ok], yt[ok]
+        if schema.history is not None:  # as real_coverage: only a shape's first test task is cold
+            Xt[:, -1] = schema.history.extend(Xt[:, :-1], test.numeric(schema.history.order_field)[ok])[1]
+        model = QuantileModel(schema.kinds, schema.n_categories, regime_column=schema.regime_column).fit(X, y)
+        held = model.cv_summary()
+        new = moment_metrics(yt, *model.predict_distribution(Xt).mean_std())
+        print(f"| {name} | {len(y)} | {len(yt)} | {held['expect_ratio']:.3f} | {new['expect_ratio']:.3f} "
+              f"| {held.get('error_ratio', np.nan):.3f} | {new.get('error_ratio', np.nan):.3f} |", flush=True)
+
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "data"
 # Each file's task features, as a training config would name them: not the request counter
@@ -471,11 +520,14 @@ def main() -> None:
                     help="only the tasks' expect and error against their quantiles' moments and the truth's")
     ap.add_argument("--tables", action="store_true",
                     help="only a lookup table's queue totals against its model's (the README's H100 example)")
+    ap.add_argument("--heldout-ratios", action="store_true",
+                    help="only the training's held-out expect_ratio and error_ratio against new tasks' and test rows'")
     ap.add_argument("--scaling", action="store_true",
                     help="only how a total's cost grows from 100 to 100,000 synthetic tasks, and its grid")
     args = ap.parse_args()
     # The sections run alone, each followed by its run time.
-    alone = {"scaling": total_scaling, "tables": table_totals, "long": long_queues, "moments": moment_agreement, "sampled": lambda: sampled_totals(sums=args.sums, short=args.short)}
+    alone = {"scaling": total_scaling, "tables": table_totals, "long": long_queues, "moments": moment_agreement,
+             "heldout_ratios": lambda: heldout_ratios(args.seeds), "sampled": lambda: sampled_totals(sums=args.sums, short=args.short)}
     for flag, section in alone.items():
         if getattr(args, flag):
             t0 = time.perf_counter()
