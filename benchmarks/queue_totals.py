@@ -145,6 +145,84 @@ def moment_agreement(seeds: int = 8, queue: int = 50) -> None:
             g = [f"{np.exp(np.log(r).mean()):.3f}" if (r > 0).all() else "(the true sd is infinite)" for r in ratios.T]
             print(f"| {kind} | {rows} | {' | '.join(g)} |", flush=True)
 
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "data"
+# Each file's task features, as a training config would name them: not the request counter
+# `seq`, which in a time-ordered split only tells the model which stretch of the run a
+# trace came from, nor the constant `workload`.
+REAL_SETS = {
+    "h100_resnet50_vision": ["batch_size", "image_size"],
+    "h200_resnet50_vision": ["batch_size", "image_size"],
+    "h200_text_encoder": ["batch_size", "seq_len", "tokens"],
+    "h200_llm_decode": ["input_tokens", "max_tokens"],
+}
+REAL_QUEUES = (1, 5, 50, 200)
+REAL_DRAWS = 1000
+
+
+def real_coverage(split: bool = True) -> None:
+    """With ``split`` False, the model is trained without a model for each kind of run (as
+    before 2026-11-29, 19:00 UTC), for comparison. The last column is the test tasks' own
+    relative pinball loss (over ``EVAL_LEVELS``), each task alone."""
+    print("| trace set | test rows | queue | 90% coverage, independent | 90% coverage, shared factor | below median (shared factor) "
+          "| measured / predicted total, training rows | the same, test rows | tasks' rel. pinball |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, features in REAL_SETS.items():
+        schema, X, y, Xt, yt = past_and_later(name, features)
+        model = QuantileModel(schema.kinds, schema.n_categories,
+                              regime_column=schema.regime_column if split else None).fit(X, y)
+        # Whether the level of the runtimes held: all rows' measured total over the predicted one.
+        levels = [float(ys.sum() / model.predict_distribution(Xs).mean_std()[0].sum()) for Xs, ys in ((X, y), (Xt, yt))]
+        task_loss = float(pinball_loss(yt, model.predict_quantiles(Xt, EVAL_LEVELS), EVAL_LEVELS).mean() / yt.mean())
+        rng = np.random.default_rng(7)
+        for q in REAL_QUEUES:
+            if q > len(yt) // 2:
+                continue
+            inside = np.zeros((REAL_DRAWS, 2), dtype=bool)
+            below = np.zeros(REAL_DRAWS, dtype=bool)
+            for k in range(REAL_DRAWS):
+                rows = rng.choice(len(yt), q, replace=False)
+                truth = yt[rows].sum()
+                dist = model.predict_distribution(Xt[rows])
+                for j, shared in enumerate((False, True)):
+                    total = dist.total(shared_factor=shared)
+                    lo, hi = total.interval(0.9)
+                    inside[k, j] = lo <= truth <= hi
+                below[k] = truth < total.quantiles([0.5])[0]
+            print(f"| {name} | {len(yt)} | {q} | {inside[:, 0].mean():.3f} | {inside[:, 1].mean():.3f} | "
+                  f"{below.mean():.3f} | {levels[0]:.3f} | {levels[1]:.3f} | {task_loss:.4f} |", flush=True)
+
+
+def past_and_later(name: str, features: list[str]) -> tuple[FeatureSchema, np.ndarray, np.ndarray, np.ndarray,
+                                                            np.ndarray]:
+    """A real trace file's first 70% in time order, encoded as the service trains on it, and
+    its last 30% (rows with a usable runtime): schema, X, y, the later rows' features and runtimes."""
+    traces = sorted(iter_trace_file(EXAMPLES / f"{name}.jsonl"), key=lambda t: t["ts"])
+    cut = int(round(0.7 * len(traces)))
+    schema, X, y, _ = FeatureSchema.prepare_training(TraceTable.from_traces(traces[:cut]), features=features)
+    test = TraceTable.from_traces(traces[cut:])
+    Xt, ok = schema.matrix_from_table(test)
+    yt = test.numeric("runtime_ms")
+    ok &= np.isfinite(yt) & (yt > 0)
+    Xt, yt = Xt[ok], yt[ok]
+    if schema.history is not None:
+        # A scheduler knows what its instance has run since training and states it
+        # (README, "First runs of an input shape"): only a shape's first test task is cold.
+        order = test.numeric(schema.history.order_field)[ok]
+        Xt[:, -1] = schema.history.extend(Xt[:, :-1], order)[1]
+    return schema, X, y, Xt, yt
+
+
+def trained_on_the_past(name: str, features: list[str]) -> tuple[QuantileModel, np.ndarray]:
+    """The model trained on the first 70% of a real trace file in time order, and the
+    feature rows of the last 30%."""
+    traces = sorted(iter_trace_file(EXAMPLES / f"{name}.jsonl"), key=lambda t: t["ts"])
+    cut = int(round(0.7 * len(traces)))
+    schema, X, y, _ = FeatureSchema.prepare_training(TraceTable.from_traces(traces[:cut]), features=features)
+    Xt, _ = schema.matrix(traces[cut:])
+    return QuantileModel(schema.kinds, schema.n_categories, regime_column=schema.regime_column).fit(X, y), Xt
+
+
 def heldout_ratios(seeds: int = 12, new_tasks: int = 20_000) -> None:
     """Whether the training metrics' held-out ``expect_ratio`` and ``error_ratio`` (README,
     "Training config") tell what new tasks will show: each model's figures against the same
@@ -176,91 +254,12 @@ def heldout_ratios(seeds: int = 12, new_tasks: int = 20_000) -> None:
     print("\n| trace set | training rows | test rows | `expect_ratio` held out | test rows | `error_ratio` held out | test rows |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, names in REAL_SETS.items():
-        traces = sorted(iter_trace_file(EXAMPLES / f"{name}.jsonl"), key=lambda t: t["ts"])
-        cut = int(round(0.7 * len(traces)))
-        schema, X, y, _ = FeatureSchema.prepare_training(TraceTable.from_traces(traces[:cut]), features=names)
-        test = TraceTable.from_traces(traces[cut:])
-        Xt, ok = schema.matrix_from_table(test)
-        yt = test.numeric("runtime_ms")
-        ok &= np.isfinite(yt) & (yt > 0)
-        Xt, yt = Xt[ok], yt[ok]
-        if schema.history is not None:  # as real_coverage: only a shape's first test task is cold
-            Xt[:, -1] = schema.history.extend(Xt[:, :-1], test.numeric(schema.history.order_field)[ok])[1]
+        schema, X, y, Xt, yt = past_and_later(name, names)
         model = QuantileModel(schema.kinds, schema.n_categories, regime_column=schema.regime_column).fit(X, y)
         held = model.cv_summary()
         new = moment_metrics(yt, *model.predict_distribution(Xt).mean_std())
         print(f"| {name} | {len(y)} | {len(yt)} | {held['expect_ratio']:.3f} | {new['expect_ratio']:.3f} "
               f"| {held.get('error_ratio', np.nan):.3f} | {new.get('error_ratio', np.nan):.3f} |", flush=True)
-
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "data"
-# Each file's task features, as a training config would name them: not the request counter
-# `seq`, which in a time-ordered split only tells the model which stretch of the run a
-# trace came from, nor the constant `workload`.
-REAL_SETS = {
-    "h100_resnet50_vision": ["batch_size", "image_size"],
-    "h200_resnet50_vision": ["batch_size", "image_size"],
-    "h200_text_encoder": ["batch_size", "seq_len", "tokens"],
-    "h200_llm_decode": ["input_tokens", "max_tokens"],
-}
-REAL_QUEUES = (1, 5, 50, 200)
-REAL_DRAWS = 1000
-
-
-def real_coverage(split: bool = True) -> None:
-    """With ``split`` False, the model is trained without a model for each kind of run (as
-    before 2026-11-29, 19:00 UTC), for comparison. The last column is the test tasks' own
-    relative pinball loss (over ``EVAL_LEVELS``), each task alone."""
-    print("| trace set | test rows | queue | 90% coverage, independent | 90% coverage, shared factor | below median (shared factor) "
-          "| measured / predicted total, training rows | the same, test rows | tasks' rel. pinball |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, features in REAL_SETS.items():
-        traces = list(iter_trace_file(EXAMPLES / f"{name}.jsonl"))
-        traces.sort(key=lambda t: t["ts"])
-        cut = int(round(0.7 * len(traces)))
-        schema, X, y, _ = FeatureSchema.prepare_training(TraceTable.from_traces(traces[:cut]), features=features)
-        test = TraceTable.from_traces(traces[cut:])
-        Xt, ok = schema.matrix_from_table(test)
-        yt = test.numeric("runtime_ms")
-        ok &= np.isfinite(yt) & (yt > 0)
-        Xt, yt = Xt[ok], yt[ok]
-        if schema.history is not None:
-            # A scheduler knows what its instance has run since training and states it
-            # (README, "First runs of an input shape"): only a shape's first test task is cold.
-            order = test.numeric(schema.history.order_field)[ok]
-            Xt[:, -1] = schema.history.extend(Xt[:, :-1], order)[1]
-        model = QuantileModel(schema.kinds, schema.n_categories,
-                              regime_column=schema.regime_column if split else None).fit(X, y)
-        # Whether the level of the runtimes held: all rows' measured total over the predicted one.
-        levels = [float(ys.sum() / model.predict_distribution(Xs).mean_std()[0].sum()) for Xs, ys in ((X, y), (Xt, yt))]
-        task_loss = float(pinball_loss(yt, model.predict_quantiles(Xt, EVAL_LEVELS), EVAL_LEVELS).mean() / yt.mean())
-        rng = np.random.default_rng(7)
-        for q in REAL_QUEUES:
-            if q > len(yt) // 2:
-                continue
-            inside = np.zeros((REAL_DRAWS, 2), dtype=bool)
-            below = np.zeros(REAL_DRAWS, dtype=bool)
-            for k in range(REAL_DRAWS):
-                rows = rng.choice(len(yt), q, replace=False)
-                truth = yt[rows].sum()
-                dist = model.predict_distribution(Xt[rows])
-                for j, shared in enumerate((False, True)):
-                    total = dist.total(shared_factor=shared)
-                    lo, hi = total.interval(0.9)
-                    inside[k, j] = lo <= truth <= hi
-                below[k] = truth < total.quantiles([0.5])[0]
-            print(f"| {name} | {len(yt)} | {q} | {inside[:, 0].mean():.3f} | {inside[:, 1].mean():.3f} | "
-                  f"{below.mean():.3f} | {levels[0]:.3f} | {levels[1]:.3f} | {task_loss:.4f} |", flush=True)
-
-
-def trained_on_the_past(name: str, features: list[str]) -> tuple[QuantileModel, np.ndarray]:
-    """The model trained on the first 70% of a real trace file in time order, and the
-    feature rows of the last 30%."""
-    traces = sorted(iter_trace_file(EXAMPLES / f"{name}.jsonl"), key=lambda t: t["ts"])
-    cut = int(round(0.7 * len(traces)))
-    schema, X, y, _ = FeatureSchema.prepare_training(TraceTable.from_traces(traces[:cut]), features=features)
-    Xt, _ = schema.matrix(traces[cut:])
-    return QuantileModel(schema.kinds, schema.n_categories, regime_column=schema.regime_column).fit(X, y), Xt
 
 
 def error_departure() -> None:
