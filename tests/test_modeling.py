@@ -396,7 +396,8 @@ def test_moment_metrics_compare_a_sum_of_runtimes_with_its_expect_and_error():
     # Runtimes that never vary: errors of 0 and deviations of rounding, no ratio to give.
     same = QuantileModel(["numeric"], [0]).fit(np.arange(40.0)[:, None], np.full(40, 10.0)).cv_summary()
     assert same["expect_ratio"] == pytest.approx(1.0, rel=1e-12) and "error_ratio" not in same
-    assert "error_ratio" not in moment_metrics(y, expect, np.zeros(2))
+    assert moment_metrics(y, expect, np.zeros(2))["error_ratio"] > 1e8  # errors of 0, runtimes that vary
+    assert "error_ratio" not in moment_metrics(expect, expect * (1 + 1e-15), np.zeros(2))
 
 
 def test_the_held_out_expect_and_error_read_what_new_data_shows(llm_model):
@@ -409,8 +410,8 @@ def test_the_held_out_expect_and_error_read_what_new_data_shows(llm_model):
     new = moment_metrics(yt, mean, std)
     assert abs(new["expect_ratio"] - summary["expect_ratio"]) < 0.02
     assert abs(new["error_ratio"] - summary["error_ratio"]) < 0.08
-    for metrics in llm_model.cv_.values():  # every family's, as its other held-out figures
-        assert metrics["expect_ratio"] > 0 and metrics["error_ratio"] > 0
+    # The served candidate's alone: its rows' moments cost a table of the scale per fold.
+    assert [f for f, m in llm_model.cv_.items() if "expect_ratio" in m] == [llm_model.family_]
     # Runtimes 30% longer than the model was trained on read 1.3 on the same predictions.
     assert moment_metrics(1.3 * yt, mean, std)["expect_ratio"] == pytest.approx(1.3 * new["expect_ratio"])
 

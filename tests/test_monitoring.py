@@ -118,6 +118,9 @@ def test_the_rolling_error_ratio_compares_deviations_from_the_expects_with_the_e
     constant = RollingAccuracy(window=1000)  # errors of 0 (runtimes that never varied): no ratio
     constant.add(y[:2], q[:2], expect=y[:2] * (1 + 1e-15), error=np.zeros(2))
     assert "error_ratio" not in constant.report(1e-3, 30) and "expect_ratio" in constant.report(1e-3, 30)
+    # Errors of 0 against runtimes that do vary: as wrong as errors can be, a finite ratio all the same.
+    constant.add(np.array([100.0, 200.0]), q[:2], expect=np.array([150.0, 150.0]), error=np.zeros(2))
+    assert constant.report(1e-3, 30)["error_ratio"] > 1e8
     # Stored with each observation: another process reads the same; a negative one is not known.
     log = ObservationLog(tmp_path)
     AccuracyMonitor(log).record(IDENT, 1, [{"x": 1}] * 2, y[1:3], q[1:3], expect=np.array([100.0, 250.0]),

@@ -103,23 +103,48 @@ class _FoldLocations(NamedTuple):
     own: list[np.ndarray] | None
 
 
+# Held-out figures a model for each kind of run gives as a pair, where the metrics head with it
+# (cv_summary): each the pair's, or absent, never the model of all rows'.
+_PAIR_FIGURES = ("expect_ratio", "error_ratio")
+
+
 class HeldOut(NamedTuple):
     """A candidate's predictions of every training row by models that never saw its fold
     (:meth:`QuantileModel._heldout`): quantiles at ``EVAL_LEVELS``, the probability
-    integral transforms its shape was recalibrated with (None without a shape), and each
-    fold's rows with their distributions."""
+    integral transforms its shape was recalibrated with (None without a shape), and what
+    each fold's distributions are made of, to work out the rows' moments if the candidate
+    serves: the rows' locations, scales and folds (the candidate's own arrays, not copies),
+    each fold's scores and, with a shape, the shape's inputs and each fold's shape model and
+    recalibration map (their CDFs, kept for every candidate tried, held a fifth more memory)."""
 
     q: np.ndarray
     pits: np.ndarray | None
-    folds: tuple[tuple[np.ndarray, RuntimeDistribution], ...]
+    oof: np.ndarray
+    scale: np.ndarray
+    fold: np.ndarray
+    scores: tuple[ScoreDistribution, ...]
+    shape_inputs: np.ndarray | None
+    shapes: tuple[tuple[ShapeModel | QuantileShapeModel, np.ndarray, np.ndarray], ...] | None
+    bounds: tuple[float, float]
+    atoms: Sequence[np.ndarray | None]
+
+    def fold_distribution(self, k: int, rows: np.ndarray) -> RuntimeDistribution:
+        """The distributions of fold ``k``'s ``rows`` (a mask of the training rows)."""
+        knots, cdf = None, None
+        if self.shapes is not None:
+            shape, x, yk = self.shapes[k]
+            knots, cdf = shape.knots_, _increasing(np.interp(shape.raw_cdf(self.shape_inputs[rows]), x, yk))
+        return RuntimeDistribution(self.oof[rows], self.scale[rows], self.scores[k], knots, cdf, self.bounds,
+                                   atoms=self.atoms[k])
 
     def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
-        """Each row's mean and sd: what its ``expect`` and ``error`` would have been. Worked
-        out only for the candidates the metrics describe (a few of the dozens tried)."""
+        """Each row's mean and sd: what its ``expect`` and ``error`` would have been (worked
+        out for the candidate that serves, not for the dozens tried)."""
         n = len(self.q)
         mean, sd = np.empty(n), np.empty(n)
-        for rows, dist in self.folds:
-            mean[rows], sd[rows] = dist.mean_std_once()
+        for k in range(len(self.scores)):
+            rows = self.fold == k
+            mean[rows], sd[rows] = self.fold_distribution(k, rows).mean_std_once()
         return mean, sd
 
 
@@ -697,7 +722,7 @@ class QuantileModel:
             sub_sel, sub_best = sub_chosen
             split[rows[sub_sel]] = sub_best["row_loss"]
             heldout_q[rows[sub_sel]] = sub_best["q"]
-            heldout_mean[rows[sub_sel]], heldout_sd[rows[sub_sel]] = sub_best["held"].mean_std()
+            heldout_mean[rows[sub_sel]], heldout_sd[rows[sub_sel]] = sub_best["mean_std"]
             models.append(sub)
             parts.append((part, sub_chosen))
         both = np.isfinite(pooled) & np.isfinite(split)
@@ -821,6 +846,10 @@ class QuantileModel:
             # Another variant of the family won against every family: the figures are the
             # served one's, not those of the variant the elimination reduced.
             self.cv_[best["family"]] = self._describe(best, y) | family_figures[best["family"]]
+        # The served candidate's held-out expect and error (a queue total's centre and width):
+        # its rows' moments, worked out for it alone (each fold's cost a table of the scale).
+        best["mean_std"] = best.pop("held").mean_std()
+        self.cv_[best["family"]] |= moment_metrics(y, *best["mean_std"])
         for c in candidates:
             if c is not best:  # the chosen one's held-out quantiles may score a split (_fit_regimes)
                 for key in ("q", "oof", "held"):
@@ -830,7 +859,7 @@ class QuantileModel:
     @staticmethod
     def _describe(candidate: dict[str, Any], y: np.ndarray) -> dict[str, Any]:
         """A candidate's held-out figures and what it is."""
-        metrics = quantile_metrics(y, candidate["q"], EVAL_LEVELS) | moment_metrics(y, *candidate["held"].mean_std())
+        metrics = quantile_metrics(y, candidate["q"], EVAL_LEVELS)
         metrics["heteroscedastic"] = candidate["hetero"]
         if candidate["hetero"]:
             # Which features the noise's size depends on, the scale's ridge penalty and hinges.
@@ -1088,15 +1117,13 @@ class QuantileModel:
             scores.append(ScoreDistribution.from_scores(z[rows]))
         ylog = oof + s * z
         bounds = _log_bounds(float(ylog.min()), float(ylog.max()))  # as the fitted model's
-        folds = []
         if not shaped:
             for k in range(n_folds):
                 te = fold == k
                 zq = scores[k].quantile(levels)
                 q[te] = snap_to_atoms(np.exp(np.clip(scores[k].log_runtimes(oof[te, None], s[te, None], zq[None, :]),
                                                      *bounds)), fold_atoms[k])
-                folds.append((te, RuntimeDistribution(oof[te], s[te], scores[k], None, None, bounds, atoms=fold_atoms[k])))
-            return HeldOut(q, None, tuple(folds))
+            return HeldOut(q, None, oof, s, fold, tuple(scores), None, None, bounds, fold_atoms)
         pits = np.empty(n)
         fitted = []
         for k in range(n_folds):
@@ -1107,6 +1134,7 @@ class QuantileModel:
             F = shape.raw_cdf(X[te])
             pits[te] = shape.pit(F, z[te], scores[k])
             fitted.append((shape, F))
+        shapes = []
         for k, (shape, F) in enumerate(fitted):
             te = fold == k
             x, yk = recalibration_map(pits[fold != k])
@@ -1114,8 +1142,8 @@ class QuantileModel:
             dist = RuntimeDistribution(oof[te], s[te], scores[k], shape.knots_, Fc, bounds,
                                        atoms=fold_atoms[k])
             q[te] = dist.quantiles(levels)
-            folds.append((te, dist))
-        return HeldOut(q, pits, tuple(folds))
+            shapes.append((shape, x, yk))
+        return HeldOut(q, pits, oof, s, fold, tuple(scores), X, tuple(shapes), bounds, fold_atoms)
 
     # ------------------------------------------------------------------ prediction
 
@@ -1131,11 +1159,13 @@ class QuantileModel:
         chosen = self.cv_[self.family_]
         split = dict(self.regime_cv_) if self.regime_cv_ is not None else None
         heldout = split.pop("heldout", None) if split is not None else None
+        pair = self.regimes_ is not None and heldout is not None
         return {
             "algorithm": self.family_,
             "validation": "cross-validated (out-of-fold, calibrated without the held-out fold)",
-            **{k: v for k, v in chosen.items() if k != "seconds"},
-            **(heldout if self.regimes_ is not None and heldout is not None else {}),
+            # (The pair's held-out figures replace the model of all rows', those it lacks too.)
+            **{k: v for k, v in chosen.items() if k != "seconds" and not (pair and k in _PAIR_FIGURES)},
+            **(heldout if pair else {}),
             "cv_scores": {
                 f: {k: m[k] for k in ("pinball_loss", "mean_abs_coverage_error", "variant") if k in m}
                 for f, m in self.cv_.items()

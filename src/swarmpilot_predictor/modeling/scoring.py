@@ -75,14 +75,19 @@ def moment_metrics(y: np.ndarray, expect: np.ndarray, error: np.ndarray) -> dict
 def error_ratio(y: np.ndarray, expect: np.ndarray, error: np.ndarray) -> float | None:
     """The root of the summed squared deviations of ``y`` from ``expect`` over the root of the
     summed squared ``error``s (1: the errors are the deviations' size; 1.2: deviations 20%
-    wider than stated, a total's interval too narrow). None where the errors are nothing next
-    to the runtimes (a billionth of their mean, root mean square): runtimes that never vary,
-    whose deviations are rounding, leave nothing to compare."""
+    wider than stated, a total's interval too narrow).
+
+    Sizes under a billionth of the runtimes' mean count as that (an error of 0 would make
+    any deviation an infinite ratio, which JSON cannot carry: errors of 0 against runtimes
+    that vary read about a billion times their spread). None where the deviations and the
+    errors are both that small: runtimes that never vary, whose deviations are rounding,
+    leave nothing to compare."""
+    floor = len(y) * (1e-9 * float(np.abs(y).mean())) ** 2
     dev2 = float(((y - expect) ** 2).sum())
     err2 = float((error * error).sum())
-    if not err2 > len(y) * (1e-9 * float(np.abs(y).mean())) ** 2:
+    if not (dev2 > floor or err2 > floor):
         return None
-    return math.sqrt(dev2 / err2)
+    return math.sqrt(dev2 / max(err2, floor))
 
 
 def _lvl(t: float) -> str:
