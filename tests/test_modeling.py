@@ -799,14 +799,35 @@ def test_bad_input_is_rejected():
 @pytest.mark.parametrize("weights, message", [
     (np.ones(5), r"one weight per row \(40\), got shape \(5,\)"),
     (np.ones((40, 1)), r"one weight per row \(40\), got shape \(40, 1\)"),
-    (np.r_[np.nan, np.ones(39)], "finite, at least 0, and not all 0"),  # was fitted, and served far-off quantiles
-    (-np.ones(40), "finite, at least 0, and not all 0"),
-    (np.zeros(40), "finite, at least 0, and not all 0"),
+    (np.r_[np.nan, np.ones(39)], "finite, at least 0, and above 0 on at least 2 rows"),  # was fitted, and served far-off quantiles
+    (-np.ones(40), "finite, at least 0, and above 0 on at least 2 rows"),
+    (np.zeros(40), "finite, at least 0, and above 0 on at least 2 rows"),
+    (np.r_[1.0, np.zeros(39)], "above 0 on at least 2 rows"),  # was a LinAlgError of the ridge's penalty search
 ])
 def test_sample_weights_are_checked(weights, message):
     X = np.arange(1.0, 41.0)[:, None]
     with pytest.raises(ValueError, match=message):
         QuantileModel(["numeric"], [0], "empirical").fit(X, 5 * X[:, 0], sample_weight=weights)
+
+
+@pytest.mark.parametrize("weighted", [2, 3, 12])
+def test_rows_of_weight_0_leave_every_fold_something_to_fit(weighted):
+    rng = np.random.default_rng(0)
+    X = rng.uniform(1, 100, (40, 1))
+    y = 5 + X[:, 0] * rng.lognormal(0, 0.2, 40)
+    w = np.zeros(40)
+    w[:weighted] = 1.0  # the first rows alone: a random deal put them in one fold (LinAlgError)
+    model = QuantileModel(["numeric"], [0]).fit(X, y, sample_weight=w)
+    q = model.predict_quantiles(X[:3], [0.05, 0.5, 0.95])
+    assert np.all(np.isfinite(q)) and np.all(np.diff(q, axis=1) >= 0) and np.all(q > 0)
+    # The rows of weight above 0 are dealt over the folds in turn; where every row weighs
+    # something (the service's fits), the folds are those drawn.
+    fold = np.arange(40) % 5
+    assert QuantileModel._weighted_folds(fold, np.ones(40)) is fold
+    w = np.zeros(40)
+    w[[0, 5, 10]] = 1.0  # all three in fold 0
+    dealt = QuantileModel._weighted_folds(fold, w)
+    assert sorted(dealt[[0, 5, 10]].tolist()) == [0, 1, 2] and np.array_equal(dealt[w == 0], fold[w == 0])
 
 
 @pytest.mark.parametrize("level", [math.nan, -0.1, 1.5])

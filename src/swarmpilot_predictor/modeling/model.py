@@ -355,6 +355,22 @@ class QuantileModel:
         fold[order] = deal
         return fold
 
+    @staticmethod
+    def _weighted_folds(fold: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+        """``fold``, with the rows of weight above 0 dealt out over the folds in turn where
+        some rows weigh 0 (a caller's forgotten ones): a fold whose other folds all weigh 0
+        leaves its fits nothing to learn from (one weighted row among 40 failed in the ridge's
+        penalty search). Unchanged where every row weighs something, as the service's fits do."""
+        if w is None or (w > 0).all():
+            return fold
+        k = int(fold.max()) + 1
+        weighted = np.flatnonzero(w > 0)
+        out = fold.copy()
+        # In the folds' own order of those rows, so a stratified deal keeps its spread.
+        ranked = weighted[np.argsort(fold[weighted], kind="stable")]
+        out[ranked] = np.arange(len(ranked)) % k
+        return out
+
     def _oof_location(self, family, X, ylog, fold, w, kinds=None) -> tuple[np.ndarray, dict[str, int], list[np.ndarray] | None]:
         """Out-of-fold location predictions, what was tuned on the folds (``rounds``, ``hinges``),
         and each fold's location on its own rows (:class:`_FoldLocations`)."""
@@ -465,9 +481,10 @@ class QuantileModel:
         w = np.asarray(sample_weight, dtype=np.float64)
         if w.shape != y.shape:
             raise ValueError(f"sample_weight must hold one weight per row ({len(y)}), got shape {w.shape}")
-        if not (np.all(np.isfinite(w) & (w >= 0)) and w.sum() > 0):
-            # (A NaN weight was fitted without a word, and served quantiles far from the data.)
-            raise ValueError("sample weights must be finite, at least 0, and not all 0")
+        if not (np.all(np.isfinite(w) & (w >= 0)) and int((w > 0).sum()) >= 2):
+            # (A NaN weight was fitted without a word, and served quantiles far from the data.
+            # One row of weight above 0 leaves the cross-validation a fold with nothing to fit.)
+            raise ValueError("sample weights must be finite, at least 0, and above 0 on at least 2 rows")
         return X, y, w
 
     def _choose(self, X: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> tuple[np.ndarray, dict[str, Any]]:
@@ -785,7 +802,7 @@ class QuantileModel:
     def _select(self, X: np.ndarray, y: np.ndarray, ylog: np.ndarray, w: np.ndarray | None) -> dict[str, Any]:
         """Cross-fit every candidate; fill ``cv_``; return the chosen one with its OOF scores."""
         n = len(y)
-        fold = self._folds(X, ylog)
+        fold = self._weighted_folds(self._folds(X, ylog), w)
         # Each fold's held-out quantiles go on the other folds' repeated runtimes (_heldout).
         fold_atoms = [data_atoms(y[fold != k]) for k in range(int(fold.max()) + 1)]
         self.cv_: dict[str, dict[str, Any]] = {}
