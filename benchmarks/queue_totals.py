@@ -72,6 +72,12 @@ def runtimes(kind: str, X: np.ndarray, rng: np.random.Generator, reps: int | Non
     return base * np.exp((0.05 + 0.55 * X[:, 1]) * rng.standard_normal(shape))  # noise grows with the load
 
 
+def fitted(kind: str, rows: int, rng: np.random.Generator) -> QuantileModel:
+    """The service's model (``algorithm: auto``) of ``rows`` tasks drawn from ``kind``'s generator."""
+    X = features(rows, rng)
+    return QuantileModel(["numeric", "numeric"], [0, 0]).fit(X, runtimes(kind, X, rng))
+
+
 TAIL_KINDS = ("lognormal_sigma1", "pareto2.5", "pareto1.5")
 
 
@@ -86,8 +92,7 @@ def tail_coverage(seeds: int, rows: int = 1000, queue: int = 500) -> None:
         above, cover = [], []
         for seed in range(seeds):
             rng = np.random.default_rng(200 + seed)
-            X = features(rows, rng)
-            model = QuantileModel(["numeric", "numeric"], [0, 0]).fit(X, runtimes(kind, X, rng))
+            model = fitted(kind, rows, rng)
             Xq = features(queue, rng)
             truth = np.concatenate([runtimes(kind, Xq, np.random.default_rng([seed, k]), 2000).sum(axis=1)
                                     for k in range(SUMS // 2000)])
@@ -130,8 +135,7 @@ def moment_agreement(seeds: int = 8, queue: int = 50) -> None:
             got = []
             for seed in range(seeds):
                 rng = np.random.default_rng(300 + seed)
-                X = features(rows, rng)
-                model = QuantileModel(["numeric", "numeric"], [0, 0]).fit(X, runtimes(kind, X, rng))
+                model = fitted(kind, rows, rng)
                 Xq = features(queue, rng)
                 dist = model.predict_distribution(Xq)
                 expect, error = dist.mean_std()
@@ -241,8 +245,7 @@ def heldout_ratios(seeds: int = 12, new_tasks: int = 20_000) -> None:
             got = []
             for seed in range(seeds):
                 rng = np.random.default_rng(400 + seed)
-                X = features(rows, rng)
-                model = QuantileModel(["numeric", "numeric"], [0, 0]).fit(X, runtimes(kind, X, rng))
+                model = fitted(kind, rows, rng)
                 held = model.cv_summary()
                 Xn = features(new_tasks, rng)
                 new = moment_metrics(runtimes(kind, Xn, rng), *model.predict_distribution(Xn).mean_std())
@@ -558,8 +561,7 @@ def main() -> None:
         taus = []
         for seed in range(args.seeds):
             rng = np.random.default_rng(100 + seed)
-            X = features(args.rows, rng)
-            model = QuantileModel(["numeric", "numeric"], [0, 0]).fit(X, runtimes(kind, X, rng))
+            model = fitted(kind, args.rows, rng)
             taus.append(model.shared_log_sd_)
             for q in QUEUES:
                 Xq = features(q, rng)
