@@ -128,12 +128,14 @@ class HeldOut(NamedTuple):
     bounds: tuple[float, float]
     atoms: Sequence[np.ndarray | None]
 
-    def fold_distribution(self, k: int, rows: np.ndarray) -> RuntimeDistribution:
-        """The distributions of fold ``k``'s ``rows`` (a mask of the training rows)."""
+    def fold_distribution(self, k: int, rows: np.ndarray, raw_cdf: np.ndarray | None = None) -> RuntimeDistribution:
+        """The distributions of fold ``k``'s ``rows`` (a mask of the training rows); with a
+        shape, ``raw_cdf`` is its CDF of them before recalibration, where already known."""
         knots, cdf = None, None
         if self.shapes is not None:
             shape, x, yk = self.shapes[k]
-            knots, cdf = shape.knots_, _increasing(np.interp(shape.raw_cdf(self.shape_inputs[rows]), x, yk))
+            F = shape.raw_cdf(self.shape_inputs[rows]) if raw_cdf is None else raw_cdf
+            knots, cdf = shape.knots_, _increasing(np.interp(F, x, yk))
         return RuntimeDistribution(self.oof[rows], self.scale[rows], self.scores[k], knots, cdf, self.bounds,
                                    atoms=self.atoms[k])
 
@@ -1151,16 +1153,12 @@ class QuantileModel:
             F = shape.raw_cdf(X[te])
             pits[te] = shape.pit(F, z[te], scores[k])
             fitted.append((shape, F))
-        shapes = []
-        for k, (shape, F) in enumerate(fitted):
+        shapes = tuple((shape, *recalibration_map(pits[fold != k])) for k, (shape, _) in enumerate(fitted))
+        held = HeldOut(q, pits, oof, s, fold, tuple(scores), X, shapes, bounds, fold_atoms)
+        for k, (_, F) in enumerate(fitted):
             te = fold == k
-            x, yk = recalibration_map(pits[fold != k])
-            Fc = _increasing(np.interp(F, x, yk))
-            dist = RuntimeDistribution(oof[te], s[te], scores[k], shape.knots_, Fc, bounds,
-                                       atoms=fold_atoms[k])
-            q[te] = dist.quantiles(levels)
-            shapes.append((shape, x, yk))
-        return HeldOut(q, pits, oof, s, fold, tuple(scores), X, tuple(shapes), bounds, fold_atoms)
+            q[te] = held.fold_distribution(k, te, F).quantiles(levels)
+        return held
 
     # ------------------------------------------------------------------ prediction
 
