@@ -416,6 +416,57 @@ def test_the_held_out_expect_and_error_read_what_new_data_shows(llm_model):
     assert moment_metrics(1.3 * yt, mean, std)["expect_ratio"] == pytest.approx(1.3 * new["expect_ratio"])
 
 
+def _answers_in_every_batch(make, n: int) -> dict[str, int]:
+    """How many tasks' quantiles, means or sds differ by any bit between the batch of all
+    ``n`` tasks and batches of 1 to 33 of them from several places (``make(rows)``: those
+    tasks' distributions)."""
+    levels = [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99]
+    whole = make(np.arange(n))
+    q, (mean, std) = whole.quantiles(levels), whole.mean_std()
+    differ = {"quantiles": 0, "mean": 0, "std": 0}
+    for size in (1, 2, 3, 7, 9, 10, 16, 17, 33):
+        for start in (0, 5, 11):
+            rows = np.arange(start, min(start + size, n))
+            part = make(rows)
+            m, s = part.mean_std()
+            differ["quantiles"] += int((part.quantiles(levels) != q[rows]).any(axis=1).sum())
+            differ["mean"] += int((m != mean[rows]).sum())
+            differ["std"] += int((s != std[rows]).sum())
+    return differ
+
+
+@pytest.mark.parametrize("algorithm", ["empirical", "linear", "power", "lightgbm"])
+def test_a_tasks_answer_does_not_depend_on_the_batch_it_came_in(algorithm):
+    # BLAS sums a row differently by where it falls in the batch (AVX-512: a task's
+    # quantiles moved by an ulp between batches of 10 and 16 tasks): row by row instead.
+    X, y, _ = llm_like(400, seed=3)
+    rng = np.random.default_rng(4)
+    group = rng.integers(0, 5, len(y))
+    model = QuantileModel(["categorical", "numeric", "numeric"], [5, 0, 0], algorithm=algorithm).fit(
+        np.column_stack([group, X[:, :2]]), y * (1 + group))
+    Xt, _, _ = llm_like(50, seed=4)
+    Xt[::7, 1] *= 40  # far past training: quantiles and moments capped at the model's bounds
+    Xt = np.column_stack([rng.integers(0, 7, len(Xt)), Xt[:, :2]])  # categories 5 and 6 are new
+    assert _answers_in_every_batch(lambda rows: model.predict_distribution(Xt[rows]), len(Xt)) == dict.fromkeys(
+        ["quantiles", "mean", "std"], 0)
+
+
+def test_a_task_of_a_split_model_has_one_answer_in_any_batch_and_a_running_one_nearly(split_model):
+    from swarmpilot_predictor.distribution import RemainingDistribution
+
+    Xt, _ = autotuned(40, 60, seed=2)
+    same = dict.fromkeys(["quantiles", "mean", "std"], 0)
+    assert _answers_in_every_batch(lambda rows: split_model.predict_distribution(Xt[rows]), len(Xt)) == same
+    # A running task's time left is a quadrature whose bins are split where any task of its
+    # batch jumps (a slow mode's start): its moments can move by rounding between batches.
+    elapsed = np.where(np.arange(len(Xt)) % 2 == 0, 0.0, 300.0)
+    whole = RemainingDistribution.of(split_model.predict_distribution(Xt), elapsed)
+    part = RemainingDistribution.of(split_model.predict_distribution(Xt[5:15]), elapsed[5:15])
+    np.testing.assert_array_equal(part.quantiles([0.1, 0.5, 0.9]), whole.quantiles([0.1, 0.5, 0.9])[5:15])
+    np.testing.assert_allclose(np.column_stack(part.mean_std()), np.column_stack(whole.mean_std())[5:15],
+                               rtol=1e-12)
+
+
 # --------------------------------------------------------------------------- choosing a family
 
 

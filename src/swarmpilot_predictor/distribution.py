@@ -133,6 +133,25 @@ _TAIL_POINTS = 8
 _TAIL_SLOPE_MAX = 0.5
 
 
+
+def row_dot(a: Any, b: np.ndarray) -> np.ndarray:
+    """``a @ b``, each row of ``a`` summed on its own, in the same order whatever the other rows.
+
+    BLAS takes a row through kernels that depend on how many rows there are and where it
+    falls among them: on an AVX-512 machine a task's quantiles moved by an ulp between a
+    batch of 10 and one of 16. A task's answer must not depend on the batch it came in.
+    (A SciPy CSR matrix already sums each row on its own.)"""
+    if not isinstance(a, np.ndarray):
+        return a @ b
+    return np.einsum("ij,j...->i...", np.ascontiguousarray(a), b)
+
+
+def row_inner(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Each row's ``a[i] @ b[i]``, as :func:`row_dot` sums it. einsum walks the arrays in
+    their memory's order, and a fancy-indexed array of two rows came out column-major: the
+    row's sum went in another order (a task's capped mean moved by an ulp)."""
+    return np.einsum("ij,ij->i", np.ascontiguousarray(a), np.ascontiguousarray(b))
+
 def _robust_slope(x: np.ndarray, z: np.ndarray) -> float:
     """Siegel's repeated-median slope of |z| on |x|: for each point the median of its
     slopes to the others, then the median of those. Half the points can be outliers."""
@@ -1108,11 +1127,10 @@ class RuntimeDistribution(TaskDistributions):
                 u = below + (u - lk[seg])[None, :] * weights / w[None, :]
             log_x = log_x + self._spread_at(u)
         x = np.exp(np.clip(log_x, *self.log_bounds))
-        mean = np.einsum("nk,nk->n", weights, x)
+        mean = row_inner(weights, x)
         d = x - mean[:, None]
         d2 = d * d
-        return (mean, np.einsum("nk,nk->n", weights, d2), np.einsum("nk,nk->n", weights, d2 * d),
-                np.einsum("nk,nk->n", weights, d2 * d2))
+        return mean, row_inner(weights, d2), row_inner(weights, d2 * d), row_inner(weights, d2 * d2)
 
     def _uncapped_moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         n = len(self)
@@ -1132,14 +1150,14 @@ class RuntimeDistribution(TaskDistributions):
             return e, e, e, e
         if not self.scale_varies and np.all(s == s[0]):
             per_seg = self.score.segment_moments(knots, float(s[0]))  # (segments, 4)
-            raw = weights @ per_seg  # raw moments of D, (n, 4)
+            raw = row_dot(weights, per_seg)  # raw moments of D, (n, 4)
         else:
             grid, table = self.score.segment_moment_table(knots)
             t = (np.log(np.maximum(s, 1e-12)) - grid[0]) / _LOG_SCALE_STEP
             i0 = np.clip(np.floor(t).astype(np.int64), 0, len(grid) - 2)
             f = np.clip(t - i0, 0.0, 1.0)[:, None, None]
             tab = table[i0] * (1 - f) + table[i0 + 1] * f  # (n, segments, 4)
-            raw = np.einsum("ns,nsj->nj", weights, tab) * (s[:, None] ** np.arange(1, 5)[None, :])
+            raw = np.einsum("ns,nsj->nj", np.ascontiguousarray(weights), np.ascontiguousarray(tab)) * (s[:, None] ** np.arange(1, 5)[None, :])
         mu = raw[:, 0]
         c2 = np.maximum(raw[:, 1] - mu**2, 0.0)
         c3 = raw[:, 2] - 3 * mu * raw[:, 1] + 2 * mu**3
@@ -1251,10 +1269,10 @@ class StoredQuantileDistribution(TaskDistributions):
 
             def flat(x: np.ndarray, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
                 """The mean with the tail above the top level flat."""
-                return np.where(tail[rows], top_value[rows], x) @ w
+                return row_dot(np.where(tail[rows], top_value[rows], x), w)
 
             base = flat(x)
-            excess = np.where(tail, x - top_value, 0.0) @ w
+            excess = row_dot(np.where(tail, x - top_value, 0.0), w)
             mean = self.mean[first]
             with np.errstate(divide="ignore", invalid="ignore"):
                 scale = np.clip((mean - base) / excess, 0.0, _MAX_TAIL_SCALE)
@@ -1283,7 +1301,7 @@ class StoredQuantileDistribution(TaskDistributions):
             # own variance stands in for it there.
             flat_var = (self.var <= 0) & np.isfinite(self.var)
             if flat_var.any():
-                spread_var = np.maximum((x * x) @ w - np.square(x @ w), 0.0) * np.square(stretch)
+                spread_var = np.maximum(row_dot(x * x, w) - np.square(row_dot(x, w)), 0.0) * np.square(stretch)
                 self.var = np.where(flat_var, spread_var[at], self.var)
 
     def _brought(self, x: np.ndarray, u: np.ndarray, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
@@ -1568,11 +1586,11 @@ class RemainingDistribution(TaskDistributions):
                 # the whole runtime's as it starts.
                 levels = self.tasks.subset(rows).moment_levels()
                 u, w, x = self._left_nodes(rows, u0, w0, *levels)
-                mean = x @ w
+                mean = row_dot(x, w)
                 d = x - mean[:, None]
                 d2 = d * d
                 r = 1.0 if ratio is None else ratio[a:a + _QUADRATURE_CHUNK]
-                for o, got in zip(out, (mean, r * (d2 @ w), r**1.5 * ((d2 * d) @ w), r * r * ((d2 * d2) @ w))):
+                for o, got in zip(out, (mean, r * row_dot(d2, w), r**1.5 * row_dot(d2 * d, w), r * r * row_dot(d2 * d2, w))):
                     o[rows] = got
             self._moments = out  # type: ignore[assignment]
         return self._moments  # type: ignore[return-value]
@@ -1594,7 +1612,7 @@ class RemainingDistribution(TaskDistributions):
             part = tasks.subset(chunk)
             whole = RemainingDistribution(part, np.zeros(len(chunk)), np.zeros(len(chunk)))
             _, w0, x0 = whole._left_nodes(np.arange(len(chunk)), u, w, *part.moment_levels())
-            own = np.square(x0 - (x0 @ w0)[:, None]) @ w0
+            own = row_dot(np.square(x0 - row_dot(x0, w0)[:, None]), w0)
             with np.errstate(divide="ignore", invalid="ignore"):
                 ratio = var[chunk] / own
             out[chunk] = np.where((own > 0) & (var[chunk] > 0) & np.isfinite(ratio), ratio, 1.0)

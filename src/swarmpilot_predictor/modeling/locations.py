@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..distribution import row_dot
 from ..errors import shown
 from .design import (LEVEL_MIN_ROWS, UNUSED, LogLinearDesign, _categorical_positions, _design_matrix, _gcv_alpha,
                      _infinite_as_missing, _is_sparse, _numeric_positions, _ridge, _slog, _sparse_lu, _sparse_view,
@@ -206,9 +207,9 @@ class LinearLocation(LocationModel):
 
     def predict(self, X):
         A = self.design_.transform(X, sparse=True)
-        out = self.intercept_ + A @ self.main_
+        out = self.intercept_ + row_dot(A, self.main_)
         for (j, share), c in zip(self.flags_, self.flag_coefs_):
-            out += _flag_values(X[:, j], share) * (A @ c)
+            out += _flag_values(X[:, j], share) * row_dot(A, c)
         return out
 
     def predict_row(self, x):
@@ -406,7 +407,7 @@ class PowerLocation(LocationModel):
 
     # -- prediction
     def predict(self, X):
-        return np.logaddexp(self.log_overhead_, self.intercept_ + self._design(X) @ self.coef_)
+        return np.logaddexp(self.log_overhead_, self.intercept_ + row_dot(self._design(X), self.coef_))
 
     def predict_row(self, x):
         if self._row_plan is None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..distribution import row_dot
 from .design import LogLinearDesign, _is_sparse, _sparse_lu, _sparse_view, _wgram, _with_intercept
 from .stored import _stored_finite_numbers
 
@@ -155,7 +156,7 @@ class ScaleModel:
     def predict(self, X: np.ndarray) -> np.ndarray:
         if self.is_constant:
             return np.ones(len(X))
-        lin = self.design_.transform(X, sparse=True) @ self.coef_
+        lin = row_dot(self.design_.transform(X, sparse=True), self.coef_)
         # Keep the learned spread within a sane range of the average noise.
         if self.link == "identity":
             return np.minimum(_soft_floor(1.0 + lin)[0], SCALE_RANGE[1])

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..distribution import ScoreDistribution
+from ..distribution import ScoreDistribution, row_dot
 from ..errors import shown
 from .design import (LogLinearDesign, _categorical_positions, _is_sparse, _sparse_solve, _sparse_view, _wgram, _wgrams,
                      _with_intercept)
@@ -199,7 +199,7 @@ class ShapeModel:
         from scipy.special import expit
 
         A = self.design_.transform(X, sparse=True)
-        F = expit(self.coef_[0][None, :] + A @ self.coef_[1:])
+        F = expit(self.coef_[0][None, :] + row_dot(A, self.coef_[1:]))
         return _increasing(F)
 
     def cdf(self, X: np.ndarray) -> np.ndarray:
@@ -388,7 +388,7 @@ class QuantileShapeModel(ShapeModel):
 
     def raw_cdf(self, X: np.ndarray) -> np.ndarray:
         A = self.design_.transform(X, sparse=True)
-        return self._from_quantiles(self.coef_[0][None, :] + A @ self.coef_[1:])
+        return self._from_quantiles(self.coef_[0][None, :] + row_dot(A, self.coef_[1:]))
 
     def cdf_row(self, x: Sequence[float]) -> list[float]:
         """``cdf`` of one row, in plain floats: ``_from_quantiles`` step by step."""
