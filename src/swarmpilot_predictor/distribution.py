@@ -143,6 +143,10 @@ def row_dot(a: Any, b: np.ndarray) -> np.ndarray:
     (A SciPy CSR matrix already sums each row on its own.)"""
     if not isinstance(a, np.ndarray):
         return a @ b
+    if a.ndim != 2 or np.ndim(b) not in (1, 2) or a.shape[1] != np.shape(b)[0]:
+        # As matmul refuses them: einsum would broadcast a length of 1 (a damaged model's
+        # one coefficient times every column).
+        raise ValueError(f"row_dot: shapes {a.shape} and {np.shape(b)} do not match")
     return np.einsum("ij,j...->i...", np.ascontiguousarray(a), b)
 
 
@@ -150,6 +154,8 @@ def row_inner(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Each row's ``a[i] @ b[i]``, as :func:`row_dot` sums it. einsum walks the arrays in
     their memory's order, and a fancy-indexed array of two rows came out column-major: the
     row's sum went in another order (a task's capped mean moved by an ulp)."""
+    if a.ndim != 2 or a.shape != b.shape:
+        raise ValueError(f"row_inner: shapes {a.shape} and {b.shape} differ")
     return np.einsum("ij,ij->i", np.ascontiguousarray(a), np.ascontiguousarray(b))
 
 def _robust_slope(x: np.ndarray, z: np.ndarray) -> float:
