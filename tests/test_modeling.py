@@ -451,17 +451,28 @@ def test_a_tasks_answer_does_not_depend_on_the_batch_it_came_in(algorithm):
         ["quantiles", "mean", "std"], 0)
 
 
-def test_a_task_of_a_split_model_has_one_answer_in_any_batch_and_a_running_one_nearly(split_model):
-    from swarmpilot_predictor.distribution import RemainingDistribution
+def test_a_task_of_a_batch_that_two_models_answer_has_one_answer_in_any_batch_and_a_running_one_nearly():
+    # As a model split by first runs answers: each part's tasks by its own model.
+    from swarmpilot_predictor.distribution import MixedDistribution, RemainingDistribution
 
-    Xt, _ = autotuned(40, 60, seed=2)
+    X, y, _ = llm_like(300, seed=3)
+    models = [QuantileModel(["numeric"] * 3, [0] * 3, algorithm=a).fit(X, y * f) for a, f in (("power", 1), ("empirical", 8))]
+    Xt, _, _ = llm_like(50, seed=4)
+    part_of = (np.arange(len(Xt)) % 3 == 0).astype(np.int64)
+
+    def batch(rows):
+        mine = part_of[rows]
+        return MixedDistribution.of(tuple(m.predict_distribution(Xt[rows][mine == p]) for p, m in enumerate(models)),
+                                    mine, 0.0)
+
+    assert isinstance(batch(np.arange(len(Xt))), MixedDistribution)
     same = dict.fromkeys(["quantiles", "mean", "std"], 0)
-    assert _answers_in_every_batch(lambda rows: split_model.predict_distribution(Xt[rows]), len(Xt)) == same
+    assert _answers_in_every_batch(batch, len(Xt)) == same
     # A running task's time left is a quadrature whose bins are split where any task of its
     # batch jumps (a slow mode's start): its moments can move by rounding between batches.
-    elapsed = np.where(np.arange(len(Xt)) % 2 == 0, 0.0, 300.0)
-    whole = RemainingDistribution.of(split_model.predict_distribution(Xt), elapsed)
-    part = RemainingDistribution.of(split_model.predict_distribution(Xt[5:15]), elapsed[5:15])
+    elapsed = np.where(np.arange(len(Xt)) % 2 == 0, 0.0, models[0].predict_quantiles(Xt, [0.3])[:, 0])
+    whole = RemainingDistribution.of(batch(np.arange(len(Xt))), elapsed)
+    part = RemainingDistribution.of(batch(np.arange(5, 15)), elapsed[5:15])
     np.testing.assert_array_equal(part.quantiles([0.1, 0.5, 0.9]), whole.quantiles([0.1, 0.5, 0.9])[5:15])
     np.testing.assert_allclose(np.column_stack(part.mean_std()), np.column_stack(whole.mean_std())[5:15],
                                rtol=1e-12)
