@@ -552,10 +552,11 @@ def test_an_idle_connection_is_dropped_before_the_server_would_drop_it():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
 
-    async def async_calls():
+    async def async_calls(paused: threading.Event):
         async with AsyncPredictorClient(url) as client:
             await client.ping()
             await client.ping()
+            paused.set()
             await asyncio.sleep(3)
             await client.ping()
 
@@ -564,11 +565,15 @@ def test_an_idle_connection_is_dropped_before_the_server_would_drop_it():
             client.ping()
             client.ping()
             assert len(connections) == 1  # one connection for calls in quick succession
+            # The async client pauses meanwhile, in a thread of its own: one wait for both.
+            paused = threading.Event()
+            other = threading.Thread(target=lambda: asyncio.run(async_calls(paused)))
+            other.start()
+            assert paused.wait(10) and len(connections) == 2  # its own connection
             time.sleep(3)  # well under the server's 5 s
             client.ping()
-            assert len(connections) == 2  # after a pause, a fresh one
-        asyncio.run(async_calls())
-        assert len(connections) == 4
+            other.join()
+        assert len(connections) == 4  # after a pause, each client a fresh one
     finally:
         server.shutdown()
         server.server_close()
