@@ -12,11 +12,42 @@ from .conftest import IDENTITY, autotuned_traces, make_llm_traces, run_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+LONG_NAME = "Q" * 200  # the longest identity part there is
 
 
-def test_dashboard_shows_models_accuracy_and_plots(tmp_path):
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium for the module (a launch is a second or more); each test opens
+    a context of its own."""
     from playwright.sync_api import sync_playwright
 
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def context(browser):
+    context = browser.new_context()
+    yield context
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def three_models(tmp_path_factory):
+    """A service with three small models, one of them named by the longest part there is;
+    the tests that read it change nothing on it."""
+    with run_server(tmp_path_factory.mktemp("dashboard") / "data") as srv, PredictorClient(srv.url) as client:
+        for i, name in enumerate(["alpha", "beta", LONG_NAME]):
+            client.train({"model": {**IDENTITY, "model_name": name}, "traces": make_llm_traces(100, seed=i),
+                          "algorithm": "linear"})
+        yield srv
+
+
+def test_dashboard_shows_models_accuracy_and_plots(tmp_path, context):
     other = {**IDENTITY, "model_name": "llama-3-8b"}
     with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
         client.train({"model": IDENTITY, "traces": make_llm_traces(200), "algorithm": "linear"})
@@ -27,114 +58,93 @@ def test_dashboard_shows_models_accuracy_and_plots(tmp_path):
             t["runtime_ms"] *= 1.8
         client.observe(IDENTITY, shifted)
 
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run"])
-            page = browser.new_page(viewport={"width": 1200, "height": 1400})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            # A console error too (a resource that failed to load, such as a missing icon).
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.goto(srv.url + "/dashboard")
-            page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
-            rows = page.locator("tr.model-row")
-            assert rows.count() == 2
-            table = page.inner_text("#models")
-            assert "llm/Qwen%2FQwen2.5-7B/" in table and "llama-3-8b" in table  # models by their keys
-            assert "drifted" in table and "ok" in table
-            # The observed model's runtimes were 1.8 times the training's: so is their sum to the expects'.
-            ratio = client.accuracy(IDENTITY)["expect_ratio"]
-            assert 1.6 < ratio < 2.0
-            cells = [rows.nth(i).locator("td").all_inner_texts() for i in range(2)]
-            assert sorted(c[7] for c in cells) == sorted([f"{ratio:.3f}", "–"])
-            error_ratio = client.accuracy(IDENTITY)["error_ratio"]
-            assert error_ratio > 2.0 and sorted(c[8] for c in cells) == sorted([f"{error_ratio:.3f}", "–"])
-            (split,) = [m["first_run_split"] for entry in client.list_models_raw() for m in entry["models"]
-                        if "first_run_split" in m]
-            assert f"{split['repeats']} (repeats) / {split['first_runs']} (first runs)" in table
-            assert "drifted: " + "/".join(v.replace("/", "%2F") for v in IDENTITY.values()) in page.inner_text("#health")
-            # The observed model has a calibration plot (8 levels) and its observations drawn.
-            assert page.locator("circle.cal-point").count() == 8
-            assert page.locator("circle.obs-point").count() == 150
-            assert "no observations yet" in page.inner_text("#details")
-            shot = tmp_path / "dashboard.png"
-            page.screenshot(path=str(shot), full_page=True)
-            browser.close()
+        page = context.new_page()
+        page.set_viewport_size({"width": 1200, "height": 1400})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        # A console error too (a resource that failed to load, such as a missing icon).
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(srv.url + "/dashboard")
+        page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+        rows = page.locator("tr.model-row")
+        assert rows.count() == 2
+        table = page.inner_text("#models")
+        assert "llm/Qwen%2FQwen2.5-7B/" in table and "llama-3-8b" in table  # models by their keys
+        assert "drifted" in table and "ok" in table
+        # The observed model's runtimes were 1.8 times the training's: so is their sum to the expects'.
+        ratio = client.accuracy(IDENTITY)["expect_ratio"]
+        assert 1.6 < ratio < 2.0
+        cells = [rows.nth(i).locator("td").all_inner_texts() for i in range(2)]
+        assert sorted(c[7] for c in cells) == sorted([f"{ratio:.3f}", "–"])
+        error_ratio = client.accuracy(IDENTITY)["error_ratio"]
+        assert error_ratio > 2.0 and sorted(c[8] for c in cells) == sorted([f"{error_ratio:.3f}", "–"])
+        (split,) = [m["first_run_split"] for entry in client.list_models_raw() for m in entry["models"]
+                    if "first_run_split" in m]
+        assert f"{split['repeats']} (repeats) / {split['first_runs']} (first runs)" in table
+        assert "drifted: " + "/".join(v.replace("/", "%2F") for v in IDENTITY.values()) in page.inner_text("#health")
+        # The observed model has a calibration plot (8 levels) and its observations drawn.
+        assert page.locator("circle.cal-point").count() == 8
+        assert page.locator("circle.obs-point").count() == 150
+        assert "no observations yet" in page.inner_text("#details")
+        shot = tmp_path / "dashboard.png"
+        page.screenshot(path=str(shot), full_page=True)
         assert errors == []
         # The screenshot is a real rendering: a PNG of the full page with many colours in it.
         data = shot.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 30_000
 
 
-def test_dashboard_a_failed_request_costs_only_its_own_part(tmp_path):
+def test_dashboard_a_failed_request_costs_only_its_own_part(three_models, context):
     """A model deleted while the page loads (its accuracy answers an error), or a failing
     /health, leaves every other model on the page."""
-    from playwright.sync_api import sync_playwright
-
-    names = ["alpha", "beta", "gamma"]
-    with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
-        for i, name in enumerate(names):
-            client.train({"model": {**IDENTITY, "model_name": name}, "traces": make_llm_traces(100, seed=i),
-                          "algorithm": "linear"})
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page()
-            page.route("**/models/llm/beta/**/accuracy", lambda route: route.fulfill(status=500, body="boom"))
-            page.route("**/health", lambda route: route.fulfill(status=503, body="down"))
-            page.goto(srv.url + "/dashboard")
-            page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
-            assert page.locator("tr.model-row").count() == 3
-            table = page.inner_text("#models")
-            assert all(name in table for name in names)
-            assert page.inner_text("#health").startswith("health unavailable: health: 503")
-            errors = page.locator("#details p.error")
-            assert errors.count() == 1 and "accuracy unavailable" in errors.inner_text() and "500" in errors.inner_text()
-            assert page.locator("#details p.empty").count() == 2  # the others: no observations yet
-            assert page.evaluate("document.body.dataset.failed") == "2"
-            # Without the model list there is nothing to show: the page says which request failed.
-            page = browser.new_page()
-            page.route("**/models", lambda route: route.abort())
-            page.goto(srv.url + "/dashboard")
-            page.wait_for_function("document.body.dataset.ready === 'error'", timeout=15000)
-            assert page.inner_text("#health").startswith("error: models: ")
-            browser.close()
+    page = context.new_page()
+    page.route("**/models/llm/beta/**/accuracy", lambda route: route.fulfill(status=500, body="boom"))
+    page.route("**/health", lambda route: route.fulfill(status=503, body="down"))
+    page.goto(three_models.url + "/dashboard")
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+    assert page.locator("tr.model-row").count() == 3
+    table = page.inner_text("#models")
+    assert all(name in table for name in ["alpha", "beta", LONG_NAME])
+    assert page.inner_text("#health").startswith("health unavailable: health: 503")
+    errors = page.locator("#details p.error")
+    assert errors.count() == 1 and "accuracy unavailable" in errors.inner_text() and "500" in errors.inner_text()
+    assert page.locator("#details p.empty").count() == 2  # the others: no observations yet
+    assert page.evaluate("document.body.dataset.failed") == "2"
+    # Without the model list there is nothing to show: the page says which request failed.
+    page = context.new_page()
+    page.route("**/models", lambda route: route.abort())
+    page.goto(three_models.url + "/dashboard")
+    page.wait_for_function("document.body.dataset.ready === 'error'", timeout=15000)
+    assert page.inner_text("#health").startswith("error: models: ")
 
 
-def test_dashboard_behind_a_proxy_under_a_path_prefix(tmp_path):
+def test_dashboard_behind_a_proxy_under_a_path_prefix(three_models, context):
     """A gateway that serves the service under /predictor/ (an ingress, nginx's location
     /predictor/): the page asks for its data under the same prefix, and a long name wraps."""
-    from playwright.sync_api import sync_playwright
+    url = three_models.url
+    page = context.new_page()
+    page.set_viewport_size({"width": 1200, "height": 900})
+    asked: list[str] = []
 
-    long_name = "Q" * 200  # the longest identity part there is
-    with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
-        client.train({"model": IDENTITY, "traces": make_llm_traces(100), "algorithm": "linear"})
-        client.train({"model": {**IDENTITY, "model_name": long_name}, "traces": make_llm_traces(100, seed=1),
-                      "algorithm": "linear"})
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            asked: list[str] = []
+    def gateway(route):
+        path = route.request.url[len(url):]
+        asked.append(path)
+        if not path.startswith("/predictor/"):
+            return route.fulfill(status=404, body="no such app")
+        route.fulfill(response=route.fetch(url=url + path[len("/predictor"):]))
 
-            def gateway(route):
-                path = route.request.url[len(srv.url):]
-                asked.append(path)
-                if not path.startswith("/predictor/"):
-                    return route.fulfill(status=404, body="no such app")
-                route.fulfill(response=route.fetch(url=srv.url + path[len("/predictor"):]))
-
-            page.route(srv.url + "/**", gateway)
-            page.goto(srv.url + "/predictor/dashboard")
-            page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
-            assert page.locator("tr.model-row").count() == 2 and page.evaluate("document.body.dataset.failed") == "0"
-            assert all(a.startswith("/predictor/") for a in asked) and "/predictor/models" in asked
-            # Every column stays on screen: the long key wraps in its cell and its card's heading.
-            assert page.evaluate("document.documentElement.scrollWidth") <= 1200
-            # A 200 that is no JSON (a proxy's sign-in page) names the request it answered.
-            page = browser.new_page()
-            page.route("**/models", lambda route: route.fulfill(status=200, content_type="text/html",
-                                                                body="<html>Sign in</html>"))
-            page.goto(srv.url + "/dashboard")
-            page.wait_for_function("document.body.dataset.ready === 'error'", timeout=15000)
-            assert page.inner_text("#health").startswith("error: models: not JSON")
-            browser.close()
+    page.route(url + "/**", gateway)
+    page.goto(url + "/predictor/dashboard")
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+    assert page.locator("tr.model-row").count() == 3 and page.evaluate("document.body.dataset.failed") == "0"
+    assert all(a.startswith("/predictor/") for a in asked) and "/predictor/models" in asked
+    assert LONG_NAME in page.inner_text("#models")
+    # Every column stays on screen: the long key wraps in its cell and its card's heading.
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1200
+    # A 200 that is no JSON (a proxy's sign-in page) names the request it answered.
+    page = context.new_page()
+    page.route("**/models", lambda route: route.fulfill(status=200, content_type="text/html",
+                                                        body="<html>Sign in</html>"))
+    page.goto(url + "/dashboard")
+    page.wait_for_function("document.body.dataset.ready === 'error'", timeout=15000)
+    assert page.inner_text("#health").startswith("error: models: not JSON")
