@@ -56,6 +56,16 @@ def data(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A live service for the commands that reach one with --url; each test trains the
+    version it reads (the newest) first."""
+    from .conftest import run_server
+
+    with run_server(tmp_path_factory.mktemp("cli") / "data") as srv:
+        yield srv
+
+
 @pytest.fixture
 def trained(tmp_path: Path, data: Path) -> Path:
     cfg = tmp_path / "train.json"
