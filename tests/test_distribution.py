@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -208,13 +209,23 @@ def test_total_of_mixed_shaped_tasks_matches_monte_carlo():
     assert tot.mean == pytest.approx(ref.mean(), rel=5e-3)
 
 
+@functools.cache
+def sums_of_iid_tasks(n_tasks: int) -> np.ndarray:
+    """200,000 draws (mc_total) of the sum of ``n_tasks`` tasks of log location 3 and log sd
+    0.6, read-only. A task alone holds no shared factor: the draws are the same whatever the
+    factor, so each queue's are drawn once (400 tasks take seconds)."""
+    s = mc_total(RuntimeDistribution(np.full(n_tasks, 3.0), np.full(n_tasks, 0.6), normal_score()), 200_000)
+    s.flags.writeable = False
+    return s
+
+
 @pytest.mark.parametrize("n_tasks, shared", [(5, 0.02), (400, 0.02), (400, 0.3)])
 def test_a_shared_factor_multiplies_the_total(n_tasks, shared):
     # The model's uncertainty about the level is one lognormal factor (mean 1) for the whole
     # queue: the total is M * S, S the sum of the tasks' independent runtimes.
     dist = RuntimeDistribution(np.full(n_tasks, 3.0), np.full(n_tasks, 0.6), normal_score(), shared_log_sd=shared)
     tot = dist.total(shared_factor=True)
-    s = mc_total(dist, 200_000)
+    s = sums_of_iid_tasks(n_tasks)
     m = np.exp(shared * np.random.default_rng(9).standard_normal(len(s)) - shared**2 / 2)
     ref = m * s
     assert tot.mean == pytest.approx(s.mean(), rel=2e-3)  # E[M] = 1: the same mean
@@ -693,15 +704,29 @@ def test_moments_are_those_of_the_runtime_the_quantiles_cap():
     assert mu == pytest.approx(mu_b[0], rel=1e-3) and sd == pytest.approx(sd_b[0], rel=1e-2)
 
 
+def one_wide_task_and_fifty_small(shared: float) -> RuntimeDistribution:
+    """A 1000 ms task of log sd 2 and fifty 1 ms tasks of log sd 0.1."""
+    return RuntimeDistribution(np.log(np.r_[1000.0, np.full(50, 1.0)]), np.r_[2.0, np.full(50, 0.1)], normal_score(),
+                               shared_log_sd=shared)
+
+
+@functools.cache
+def sums_of_one_wide_task_and_fifty_small() -> np.ndarray:
+    """Their sum's draws (mc_sum) without the shared factor, the same for every factor: drawn
+    once, read-only."""
+    s = mc_sum(one_wide_task_and_fifty_small(0.0), 200_000, 7)
+    s.flags.writeable = False
+    return s
+
+
 @pytest.mark.parametrize("shared", [0.0, 0.02])
 def test_low_quantiles_of_a_total_dominated_by_one_wide_task_count_the_small_ones(shared):
     # One 1000 ms task of log sd 2 sets the grid's cells far wider than fifty ~1 ms tasks;
     # their 50 ms must still show in the total's low quantiles.
-    loc = np.log(np.r_[1000.0, np.full(50, 1.0)])
-    dist = RuntimeDistribution(loc, np.r_[2.0, np.full(50, 0.1)], normal_score(), shared_log_sd=shared)
-    s = mc_sum(dist, 200_000, 7)
+    dist = one_wide_task_and_fifty_small(shared)
+    s = sums_of_one_wide_task_and_fifty_small()
     if shared:
-        s *= np.exp(shared * np.random.default_rng(8).standard_normal(len(s)) - shared**2 / 2)
+        s = s * np.exp(shared * np.random.default_rng(8).standard_normal(len(s)) - shared**2 / 2)
     levels = [0.01, 0.05, 0.25, 0.5]
     np.testing.assert_allclose(dist.total(shared_factor=True).quantiles(levels), np.quantile(s, levels), rtol=0.03)
 
