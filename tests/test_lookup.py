@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -1506,16 +1507,46 @@ def test_levels_near_the_stored_interval_come_from_it(batch):
     np.testing.assert_allclose(other["interval"], [12.0 + 8.0 * 0.25, 25.0 + 15.0 * 0.75])
 
 
+def _trained_on_cold_starts(tmp_path_factory, **config) -> Path:
+    from .conftest import cold_start_traces
+
+    data = tmp_path_factory.mktemp("cold_starts") / "data"
+    service = PredictorService(PredictorSettings(data_dir=data))
+    try:
+        service.train(TrainConfig(model=IDENTITY, traces=cold_start_traces(400)[0], **config))
+    finally:
+        service.close()
+    return data
+
+
+@pytest.fixture(scope="module")
+def shapes_model(tmp_path_factory) -> Path:
+    """A data folder whose model of ``cold_start_traces(400)`` reads the shape alone (batch
+    and image size), trained once: the tests below each serve a copy (:func:`serving_a_copy`)."""
+    return _trained_on_cold_starts(tmp_path_factory, features=["batch_size", "image_size"])
+
+
+@pytest.fixture(scope="module")
+def every_feature_model(tmp_path_factory) -> Path:
+    """As :func:`shapes_model`, the model reading every feature of the traces (their load too)."""
+    return _trained_on_cold_starts(tmp_path_factory)
+
+
+def serving_a_copy(data: Path, tmp_path: Path) -> PredictorService:
+    """A service of a copy of the data folder ``data``: the tables a test makes are its own."""
+    shutil.copytree(data, tmp_path / "data")
+    return PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+
+
 @pytest.mark.parametrize("fmt", ["json", "csv"])
-def test_tables_of_a_model_with_first_runs_tell_first_runs_from_repeats(tmp_path, fmt):
+def test_tables_of_a_model_with_first_runs_tell_first_runs_from_repeats(shapes_model, tmp_path, fmt):
     """The table stores the first-run flag each record was predicted with and matches on it;
     a trace that does not state it is a repeat run, as for the model on a shape it has seen."""
     from .conftest import cold_start_traces
 
     traces, _ = cold_start_traces(400)
-    service = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    service = serving_a_copy(shapes_model, tmp_path)
     try:
-        service.train(TrainConfig(model=IDENTITY, traces=traces, features=["batch_size", "image_size"]))
         src = tmp_path / "traces.jsonl"
         src.write_bytes(b"\n".join(orjson.dumps(t) for t in traces))
         name = f"shapes.{fmt}"
@@ -1543,16 +1574,15 @@ def test_tables_of_a_model_with_first_runs_tell_first_runs_from_repeats(tmp_path
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv"])
-def test_a_shape_the_table_holds_only_as_a_first_run_is_answered_as_the_model_answers_a_repeat(tmp_path, fmt):
+def test_a_shape_the_table_holds_only_as_a_first_run_is_answered_as_the_model_answers_a_repeat(shapes_model, tmp_path, fmt):
     """A table made from each shape's first run (its timestamp says so) also stores the repeat
     the model answers when neither a flag nor a timestamp is stated, for the shapes the model
     ran in training: a scheduler's trace that states neither gets the model's answer."""
     from .conftest import cold_start_traces
 
     traces, _ = cold_start_traces(400)
-    service = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    service = serving_a_copy(shapes_model, tmp_path)
     try:
-        service.train(TrainConfig(model=IDENTITY, traces=traces, features=["batch_size", "image_size"]))
         firsts: dict[tuple, dict] = {}
         for t in sorted(traces, key=lambda t: t["ts"]):
             firsts.setdefault((t["batch_size"], t["image_size"]), t)
@@ -1583,16 +1613,12 @@ def test_a_shape_the_table_holds_only_as_a_first_run_is_answered_as_the_model_an
         service.close()
 
 
-def test_a_table_answers_its_own_traces_of_shapes_its_model_never_saw(tmp_path):
+def test_a_table_answers_its_own_traces_of_shapes_its_model_never_saw(shapes_model, tmp_path):
     """Made from traces without timestamps, a table holds first runs of the shapes the model
     never saw, as the model answers them: a trace that does not state first_of_shape finds
     that record, and a new shape near one of them is answered by the nearest first run."""
-    from .conftest import cold_start_traces
-
-    traces, _ = cold_start_traces(400)
-    service = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    service = serving_a_copy(shapes_model, tmp_path)
     try:
-        service.train(TrainConfig(model=IDENTITY, traces=traces, features=["batch_size", "image_size"]))
         queries = [{"batch_size": b, "image_size": i} for b in (8, 64) for i in (224, 640)]  # 64 and 640 are new
         src = tmp_path / "queries.jsonl"
         src.write_bytes(b"\n".join(orjson.dumps(q) for q in queries))
@@ -1613,7 +1639,7 @@ def test_a_table_answers_its_own_traces_of_shapes_its_model_never_saw(tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv"])
-def test_a_shape_the_model_never_saw_is_answered_as_a_first_run_as_by_the_model(tmp_path, fmt):
+def test_a_shape_the_model_never_saw_is_answered_as_a_first_run_as_by_the_model(every_feature_model, tmp_path, fmt):
     """The table records which features make a shape: a trace of a shape no repeat record has
     (so the model never saw it) is a first run, the nearest first run answers it; a seen
     shape with other features (its load) is a repeat. The nearest of the other kind never
@@ -1621,9 +1647,8 @@ def test_a_shape_the_model_never_saw_is_answered_as_a_first_run_as_by_the_model(
     from .conftest import cold_start_traces
 
     traces, _ = cold_start_traces(400)
-    service = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    service = serving_a_copy(every_feature_model, tmp_path)
     try:
-        service.train(TrainConfig(model=IDENTITY, traces=traces))
         src = tmp_path / "traces.jsonl"
         src.write_bytes(b"\n".join(orjson.dumps(t) for t in traces))
         name = f"shapes.{fmt}"
@@ -1660,15 +1685,14 @@ def test_a_shape_the_model_never_saw_is_answered_as_a_first_run_as_by_the_model(
         service.close()
 
 
-def test_a_table_of_repeats_only_answers_a_new_shape_with_its_nearest_repeat(tmp_path):
+def test_a_table_of_repeats_only_answers_a_new_shape_with_its_nearest_repeat(every_feature_model, tmp_path):
     """Made from traces of shapes the model saw, without timestamps, a table holds repeats
     only: a new shape, a first run for the model, gets the nearest repeat, not an error."""
     from .conftest import cold_start_traces
 
     traces, _ = cold_start_traces(400)
-    service = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    service = serving_a_copy(every_feature_model, tmp_path)
     try:
-        service.train(TrainConfig(model=IDENTITY, traces=traces))
         src = tmp_path / "repeats.jsonl"
         src.write_bytes(b"\n".join(orjson.dumps({k: v for k, v in t.items() if k != "ts"}) for t in traces[:60]))
         service.generate_table(PATTERN, src, 0.9, "repeats.json")
