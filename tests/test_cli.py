@@ -162,7 +162,7 @@ def test_models_lists_trained_models(trained):
 
 def test_a_model_for_each_kind_of_run_is_named_by_both_families(tmp_path, data):
     traces = tmp_path / "vision.jsonl"
-    traces.write_bytes(b"".join(orjson.dumps(t) + b"\n" for t in autotuned_traces(80, 2080, seed=1)[0]))
+    traces.write_bytes(b"".join(orjson.dumps(t) + b"\n" for t in autotuned_traces(40, 600, seed=1)[0]))
     cfg = tmp_path / "train.json"
     cfg.write_text(json.dumps({"model": IDENTITY, "traces": str(traces)}))
     trained = invoke("train", cfg, "--data-dir", data).stdout

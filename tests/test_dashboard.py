@@ -52,7 +52,7 @@ def test_dashboard_shows_models_accuracy_and_plots(tmp_path, context):
     with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
         client.train({"model": IDENTITY, "traces": make_llm_traces(200), "algorithm": "linear"})
         # A vision model with a model for each kind of run (first runs of a shape, repeats).
-        client.train({"model": other, "traces": autotuned_traces(80, 2080, seed=1)[0]})
+        client.train({"model": other, "traces": autotuned_traces(40, 600, seed=1)[0]})
         shifted = make_llm_traces(150, seed=2)
         for t in shifted:
             t["runtime_ms"] *= 1.8

@@ -806,11 +806,11 @@ def test_first_runs_of_an_input_shape_are_predicted_slow_and_repeats_fast(tmp_pa
 def test_autotuned_first_runs_are_answered_by_a_model_of_their_own(tmp_path):
     # A shape's first run takes what the autotuner takes, 700 to 1,200 ms whatever the
     # shape (or as fast as a repeat): the first runs get their own model, chosen on held-out rows.
-    traces, _ = autotuned_traces(80, 2080, seed=1)
+    traces, _ = autotuned_traces(40, 600, seed=1)
     svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
     m = svc.train(config(traces, algorithm="auto"))["metrics"]
     split = m["regime_split"]
-    assert split["split"] is True and split["column"] == 2 and split["rows"][1] == 80
+    assert split["split"] is True and split["column"] == 2 and split["rows"][1] == 40
     assert split["pinball_loss"] < split["pooled_pinball_loss"]
     # Model listings name each kind's family beside the model of all rows'.
     entry = svc.describe_model(ModelIdentity.from_parts(IDENTITY))
@@ -843,14 +843,14 @@ def test_a_first_run_flag_the_traces_carry_gets_a_model_for_each_kind_of_run_too
     # A scheduler that knows which runs were first sends the flag itself (no timestamps):
     # it was an ordinary feature, and the model of all rows gave repeats the tail of the
     # first runs (a real vision trace: q0.999 of a 5 ms repeat 3 s, its mean above its q0.99).
-    traces, firsts = autotuned_traces(80, 2080, seed=1)
+    traces, firsts = autotuned_traces(40, 600, seed=1)
     own = [{"batch_size": t["batch_size"], "image_size": t["image_size"], "first_of_shape": f,
             "runtime_ms": t["runtime_ms"]} for t, f in zip(traces, firsts)]
     svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
     m = svc.train(config(own, algorithm="auto"))["metrics"]
     assert m["data"]["columns_not_derived"]["first_of_shape"] == "the traces hold a 'first_of_shape' feature of their own"
     split = m["regime_split"]
-    assert split["split"] is True and split["column"] == 2 and split["rows"][1] == 80
+    assert split["split"] is True and split["column"] == 2 and split["rows"][1] == 40
     probe = [{"batch_size": 1, "image_size": 128, "first_of_shape": True},
              {"batch_size": 64, "image_size": 576, "first_of_shape": False}]
     q = svc.predict(PATTERN, probe, quantiles=[0.5, 0.99, 0.999]).quantiles
