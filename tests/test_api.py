@@ -1322,11 +1322,22 @@ def test_limits_of_a_small_service_gzip_expansion_and_the_training_queue(tmp_pat
 
 
 def test_a_service_started_with_preload_loads_its_models_before_any_request(tmp_path):
+    from swarmpilot_predictor.schemas import TrainConfig
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
     data = tmp_path / "data"
-    with run_server(data) as first, httpx.Client(base_url=first.url, timeout=60) as client:
+    # Trained here, as another process of the service would: a server's training worker
+    # (a second's start) is no part of what is tested.
+    earlier = PredictorService(PredictorSettings(data_dir=data))
+    try:
         for hw in ("A", "B"):
-            ok(client.post("/train", json={"config": {"model": {**IDENTITY, "hardware": hw}, "traces": make_llm_traces(60),
-                                                      "algorithm": "linear"}}))
+            earlier.train(TrainConfig(model={**IDENTITY, "hardware": hw}, traces=make_llm_traces(60), algorithm="linear"))
+    finally:
+        earlier.close()
+    with run_server(data) as first, httpx.Client(base_url=first.url, timeout=60) as client:
+        health = client.get("/health").json()
+        assert health["models_registered"] == 2 and health["models_loaded"] == 0  # lazily, by default
     with run_server(data, extra_env={"PREDICTOR_PRELOAD_MODELS": "true"}) as second, \
             httpx.Client(base_url=second.url, timeout=60) as client:
         deadline = time.monotonic() + 30
@@ -1334,8 +1345,6 @@ def test_a_service_started_with_preload_loads_its_models_before_any_request(tmp_
             assert time.monotonic() < deadline, health
             time.sleep(0.1)
         assert health["models_registered"] == 2 and health["models_loaded"] == 2
-    with run_server(data) as third, httpx.Client(base_url=third.url, timeout=60) as client:
-        assert client.get("/health").json()["models_loaded"] == 0  # lazily, by default
 
 
 BROKEN_SERVER = """
@@ -1550,7 +1559,9 @@ def test_a_write_whose_folder_went_while_its_body_came_is_the_503(tmp_path):
     # and the folder is not made again.
     import shutil
 
-    from swarmpilot_predictor.client import PredictorClient
+    from swarmpilot_predictor.schemas import TrainConfig
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
 
     data = tmp_path / "data"
     traces = make_llm_traces(50, seed=3)
@@ -1561,8 +1572,13 @@ def test_a_write_whose_folder_went_while_its_body_came_is_the_503(tmp_path):
         shutil.rmtree(data / "observations")
         yield sent[100:]
 
-    with run_server(data) as server, PredictorClient(server.url, retries=0) as client:
-        client.train({"model": IDENTITY, "traces": make_llm_traces(120), "algorithm": "linear"})
+    # The model observed, trained here before the server starts (no training worker to start there).
+    earlier = PredictorService(PredictorSettings(data_dir=data))
+    try:
+        earlier.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(120), algorithm="linear"))
+    finally:
+        earlier.close()
+    with run_server(data) as server:
         r = httpx.post(f"{server.url}/observe", content=body(), timeout=60, headers={"content-type": "application/json"})
         assert r.status_code == 503, r.text
         assert r.json()["message"].startswith(f"the data directory's folder {data / 'observations'} is gone")
