@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from urllib.parse import quote
 
 import httpx
@@ -10,6 +11,9 @@ import pytest
 
 from swarmpilot_predictor.client import PredictorClient, PredictorClientError
 from swarmpilot_predictor.identity import ModelIdentity
+from swarmpilot_predictor.schemas import TrainConfig
+from swarmpilot_predictor.service import PredictorService
+from swarmpilot_predictor.settings import PredictorSettings
 
 from .conftest import IDENTITY, make_llm_traces, run_server
 from .conftest import metric_value as _metric
@@ -20,6 +24,18 @@ def _shifted(n: int, factor: float, seed: int) -> list[dict]:
     for t in traces:
         t["runtime_ms"] *= factor
     return traces
+
+
+def _trained_before_the_start(data: Path, *configs: dict) -> None:
+    """Train in this process, as another process of the service would, before a server starts
+    on ``data``: for tests of what follows a training, a server's training worker (a second
+    to start) is no part of what they test."""
+    service = PredictorService(PredictorSettings(data_dir=data))
+    try:
+        for config in configs:
+            service.train(TrainConfig.model_validate(config))
+    finally:
+        service.close()
 
 
 
@@ -128,9 +144,9 @@ def test_accuracy_gauges_are_there_after_a_restart(tmp_path):
     # observes the model again.
     key = ModelIdentity.from_parts(IDENTITY).key
     quiet = {**IDENTITY, "model_name": "never-observed"}
+    _trained_before_the_start(tmp_path / "data", {"model": IDENTITY, "traces": make_llm_traces(300), "algorithm": "linear"},
+                              {"model": quiet, "traces": make_llm_traces(100), "algorithm": "linear"})
     with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
-        client.train({"model": IDENTITY, "traces": make_llm_traces(300), "algorithm": "linear"})
-        client.train({"model": quiet, "traces": make_llm_traces(100), "algorithm": "linear"})
         assert client.observe(IDENTITY, _shifted(300, 1.7, seed=3))["drifted"] is True
         assert _metric(client.metrics(), "predictor_model_drifted", model=ModelIdentity.from_parts(quiet).key) == 0.0
     with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
@@ -158,9 +174,17 @@ def test_accuracy_gauges_are_there_after_a_restart(tmp_path):
         assert r.status_code == 422 and r.json()["field"] == "recent" and "more than once" in r.json()["message"]
 
 
+def _in_seconds(traces: list[dict]) -> list[dict]:
+    """The traces measured in another unit, under another target name."""
+    return [{**{k: v for k, v in t.items() if k != "runtime_ms"}, "latency_s": t["runtime_ms"] / 1000} for t in traces]
+
+
 def test_observe_bad_input_is_a_clear_4xx(tmp_path):
+    other = {**IDENTITY, "model_name": "latency-target"}
+    _trained_before_the_start(tmp_path / "data", {"model": IDENTITY, "traces": make_llm_traces(100), "algorithm": "linear"},
+                              {"model": other, "algorithm": "linear", "target": "latency_s",
+                               "traces": _in_seconds(make_llm_traces(100))})
     with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
-        client.train({"model": IDENTITY, "traces": make_llm_traces(100), "algorithm": "linear"})
         with pytest.raises(PredictorClientError) as none_usable:
             client.observe(IDENTITY, [{"input_tokens": 1, "output_tokens": 2}])
         assert none_usable.value.status_code == 422 and "runtime_ms" in none_usable.value.message
@@ -176,26 +200,19 @@ def test_observe_bad_input_is_a_clear_4xx(tmp_path):
         assert r.status_code == 422 and r.json()["field"] == "model.hardware"
         # A model trained on another target reads its observations there: a runtime_ms beside
         # it is not taken for it (its unit may differ), and the message says so.
-        def in_seconds(traces: list[dict]) -> list[dict]:
-            return [{**{k: v for k, v in t.items() if k != "runtime_ms"}, "latency_s": t["runtime_ms"] / 1000}
-                    for t in traces]
-
-        other = {**IDENTITY, "model_name": "latency-target"}
-        client.train({"model": other, "algorithm": "linear", "target": "latency_s",
-                      "traces": in_seconds(make_llm_traces(100))})
         with pytest.raises(PredictorClientError) as other_target:
             client.observe(other, make_llm_traces(3))
         assert other_target.value.status_code == 422
         assert "missing measured 'latency_s'" in other_target.value.message
         assert "trained on the target 'latency_s'" in other_target.value.message
-        assert client.observe(other, in_seconds(make_llm_traces(3, seed=2)))["accepted"] == 3
+        assert client.observe(other, _in_seconds(make_llm_traces(3, seed=2)))["accepted"] == 3
 
 
 def test_auto_retrain_recovers_after_a_shift(tmp_path):
     env = {"PREDICTOR_AUTO_RETRAIN": "1", "PREDICTOR_RETRAIN_MIN_OBSERVATIONS": "100000"}
+    _trained_before_the_start(tmp_path / "data", {"model": IDENTITY, "traces": make_llm_traces(300), "algorithm": "linear"})
     with run_server(tmp_path / "data", extra_env=env) as srv, PredictorClient(srv.url) as client:
         assert client.health().model_dump().get("auto_retrain") is True
-        client.train({"model": IDENTITY, "traces": make_llm_traces(300), "algorithm": "linear"})
         result = client.observe(IDENTITY, _shifted(200, 2.0, seed=5))
         assert result["drifted"] is True and result["retraining_scheduled"] is True
         deadline = time.monotonic() + 60
