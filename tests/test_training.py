@@ -434,6 +434,8 @@ def test_a_training_whose_upload_ends_after_sigterm_is_refused_not_taken_and_cut
     # a background training was answered 202 and then read failed after the restart.
     import socket
 
+    import httpx
+
     from .conftest import run_server
 
     body = orjson.dumps({"config": {"model": IDENTITY, "traces": make_llm_traces(60), "algorithm": "linear"}})
@@ -442,9 +444,20 @@ def test_a_training_whose_upload_ends_after_sigterm_is_refused_not_taken_and_cut
         with socket.create_connection((host, int(port)), timeout=30) as sock:
             sock.sendall(b"POST /train?background=true HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                          + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:100])
-            time.sleep(0.5)  # the request is the server's now
+            # The request is the server's now: it reads its connections in the order they came,
+            # and has answered one that came after it.
+            assert httpx.get(server.url + "/health", timeout=30).status_code == 200
             server.process.send_signal(signal.SIGTERM)
-            time.sleep(0.5)
+            # Told to stop once it listens no more: its handler refuses new trainings before
+            # it lets the server stop listening.
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    socket.create_connection((host, int(port)), timeout=1).close()
+                except ConnectionRefusedError:
+                    break
+                assert time.monotonic() < deadline, "the server still listens after SIGTERM"
+                time.sleep(0.02)
             sock.sendall(body[100:])
             answer = b""
             while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
