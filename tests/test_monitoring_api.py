@@ -38,7 +38,6 @@ def _trained_before_the_start(data: Path, *configs: dict) -> None:
         service.close()
 
 
-
 def test_observe_accuracy_drift_and_metrics(tmp_path):
     key = ModelIdentity.from_parts(IDENTITY).key
     with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
