@@ -209,6 +209,23 @@ def serve_trained(data_dir: Path, models: list[tuple[dict[str, str], int]]) -> I
         yield srv
 
 
+def trained_in_process(data_dir: Path, *configs: dict) -> Path:
+    """``data_dir`` with a model trained on each training config, here, as another process
+    of the service would before a server starts on it: for tests of what follows a
+    training, the server's training worker (a second to start) is no part of what they test."""
+    from swarmpilot_predictor.schemas import TrainConfig
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    service = PredictorService(PredictorSettings(data_dir=data_dir))
+    try:
+        for config in configs:
+            service.train(TrainConfig.model_validate(config))
+    finally:
+        service.close()
+    return data_dir
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[LiveServer]:
     with run_server(tmp_path / "data") as srv:

@@ -19,7 +19,7 @@ import yaml
 
 from swarmpilot_predictor.identity import ModelIdentity
 
-from .conftest import IDENTITY, LiveServer, make_llm_traces, metric_value, run_server
+from .conftest import IDENTITY, LiveServer, make_llm_traces, metric_value, run_server, trained_in_process
 
 KEY = ModelIdentity.from_parts(IDENTITY).key
 # The identity as URL segments: a space and a slash inside segments, percent-encoded.
@@ -1322,19 +1322,8 @@ def test_limits_of_a_small_service_gzip_expansion_and_the_training_queue(tmp_pat
 
 
 def test_a_service_started_with_preload_loads_its_models_before_any_request(tmp_path):
-    from swarmpilot_predictor.schemas import TrainConfig
-    from swarmpilot_predictor.service import PredictorService
-    from swarmpilot_predictor.settings import PredictorSettings
-
-    data = tmp_path / "data"
-    # Trained here, as another process of the service would: a server's training worker
-    # (a second's start) is no part of what is tested.
-    earlier = PredictorService(PredictorSettings(data_dir=data))
-    try:
-        for hw in ("A", "B"):
-            earlier.train(TrainConfig(model={**IDENTITY, "hardware": hw}, traces=make_llm_traces(60), algorithm="linear"))
-    finally:
-        earlier.close()
+    data = trained_in_process(tmp_path / "data", *({"model": {**IDENTITY, "hardware": hw}, "traces": make_llm_traces(60),
+                                                    "algorithm": "linear"} for hw in ("A", "B")))
     with run_server(data) as first, httpx.Client(base_url=first.url, timeout=60) as client:
         health = client.get("/health").json()
         assert health["models_registered"] == 2 and health["models_loaded"] == 0  # lazily, by default
@@ -1559,10 +1548,6 @@ def test_a_write_whose_folder_went_while_its_body_came_is_the_503(tmp_path):
     # and the folder is not made again.
     import shutil
 
-    from swarmpilot_predictor.schemas import TrainConfig
-    from swarmpilot_predictor.service import PredictorService
-    from swarmpilot_predictor.settings import PredictorSettings
-
     data = tmp_path / "data"
     traces = make_llm_traces(50, seed=3)
     sent = orjson.dumps({"model": IDENTITY, "traces": traces})
@@ -1572,12 +1557,7 @@ def test_a_write_whose_folder_went_while_its_body_came_is_the_503(tmp_path):
         shutil.rmtree(data / "observations")
         yield sent[100:]
 
-    # The model observed, trained here before the server starts (no training worker to start there).
-    earlier = PredictorService(PredictorSettings(data_dir=data))
-    try:
-        earlier.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(120), algorithm="linear"))
-    finally:
-        earlier.close()
+    trained_in_process(data, {"model": IDENTITY, "traces": make_llm_traces(120), "algorithm": "linear"})
     with run_server(data) as server:
         r = httpx.post(f"{server.url}/observe", content=body(), timeout=60, headers={"content-type": "application/json"})
         assert r.status_code == 503, r.text

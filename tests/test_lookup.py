@@ -1508,15 +1508,10 @@ def test_levels_near_the_stored_interval_come_from_it(batch):
 
 
 def _trained_on_cold_starts(tmp_path_factory, **config) -> Path:
-    from .conftest import cold_start_traces
+    from .conftest import cold_start_traces, trained_in_process
 
-    data = tmp_path_factory.mktemp("cold_starts") / "data"
-    service = PredictorService(PredictorSettings(data_dir=data))
-    try:
-        service.train(TrainConfig(model=IDENTITY, traces=cold_start_traces(400)[0], **config))
-    finally:
-        service.close()
-    return data
+    return trained_in_process(tmp_path_factory.mktemp("cold_starts") / "data",
+                              {"model": IDENTITY, "traces": cold_start_traces(400)[0], **config})
 
 
 @pytest.fixture(scope="module")

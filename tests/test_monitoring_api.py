@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from urllib.parse import quote
 
 import httpx
@@ -11,11 +10,8 @@ import pytest
 
 from swarmpilot_predictor.client import PredictorClient, PredictorClientError
 from swarmpilot_predictor.identity import ModelIdentity
-from swarmpilot_predictor.schemas import TrainConfig
-from swarmpilot_predictor.service import PredictorService
-from swarmpilot_predictor.settings import PredictorSettings
 
-from .conftest import IDENTITY, make_llm_traces, run_server
+from .conftest import IDENTITY, make_llm_traces, run_server, trained_in_process
 from .conftest import metric_value as _metric
 
 
@@ -24,18 +20,6 @@ def _shifted(n: int, factor: float, seed: int) -> list[dict]:
     for t in traces:
         t["runtime_ms"] *= factor
     return traces
-
-
-def _trained_before_the_start(data: Path, *configs: dict) -> None:
-    """Train in this process, as another process of the service would, before a server starts
-    on ``data``: for tests of what follows a training, a server's training worker (a second
-    to start) is no part of what they test."""
-    service = PredictorService(PredictorSettings(data_dir=data))
-    try:
-        for config in configs:
-            service.train(TrainConfig.model_validate(config))
-    finally:
-        service.close()
 
 
 def test_observe_accuracy_drift_and_metrics(tmp_path):
@@ -143,7 +127,7 @@ def test_accuracy_gauges_are_there_after_a_restart(tmp_path):
     # observes the model again.
     key = ModelIdentity.from_parts(IDENTITY).key
     quiet = {**IDENTITY, "model_name": "never-observed"}
-    _trained_before_the_start(tmp_path / "data", {"model": IDENTITY, "traces": make_llm_traces(300), "algorithm": "linear"},
+    trained_in_process(tmp_path / "data", {"model": IDENTITY, "traces": make_llm_traces(300), "algorithm": "linear"},
                               {"model": quiet, "traces": make_llm_traces(100), "algorithm": "linear"})
     with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
         assert client.observe(IDENTITY, _shifted(300, 1.7, seed=3))["drifted"] is True
@@ -180,7 +164,7 @@ def _in_seconds(traces: list[dict]) -> list[dict]:
 
 def test_observe_bad_input_is_a_clear_4xx(tmp_path):
     other = {**IDENTITY, "model_name": "latency-target"}
-    _trained_before_the_start(tmp_path / "data", {"model": IDENTITY, "traces": make_llm_traces(100), "algorithm": "linear"},
+    trained_in_process(tmp_path / "data", {"model": IDENTITY, "traces": make_llm_traces(100), "algorithm": "linear"},
                               {"model": other, "algorithm": "linear", "target": "latency_s",
                                "traces": _in_seconds(make_llm_traces(100))})
     with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
@@ -209,7 +193,7 @@ def test_observe_bad_input_is_a_clear_4xx(tmp_path):
 
 def test_auto_retrain_recovers_after_a_shift(tmp_path):
     env = {"PREDICTOR_AUTO_RETRAIN": "1", "PREDICTOR_RETRAIN_MIN_OBSERVATIONS": "100000"}
-    _trained_before_the_start(tmp_path / "data", {"model": IDENTITY, "traces": make_llm_traces(300), "algorithm": "linear"})
+    trained_in_process(tmp_path / "data", {"model": IDENTITY, "traces": make_llm_traces(300), "algorithm": "linear"})
     with run_server(tmp_path / "data", extra_env=env) as srv, PredictorClient(srv.url) as client:
         assert client.health().model_dump().get("auto_retrain") is True
         result = client.observe(IDENTITY, _shifted(200, 2.0, seed=5))
