@@ -632,11 +632,18 @@ def test_bad_multipart_training_requests(http):
                      data={"algorithm": "linear"}), 422, "'algorithm' is not read")
 
 
-def test_unknown_model_endpoints(http):
-    failed(http.get("/models/none/a/b/c/d"), 404, "none/a/b/c/d")
-    failed(http.get("/models/none/a/b/c/d/versions/1"), 404)
-    failed(http.delete("/models/none/a/b/c/d"), 404)
-    failed(http.delete("/models/none/a/b/c/d/versions/1"), 404)
+def test_unknown_model_endpoints(http, trained):
+    # Each 404 names what the request got wrong: the identity in the path, the version, or
+    # an observation's model.
+    for r in (http.get("/models/none/a/b/c/d"), http.get("/models/none/a/b/c/d/versions/1"),
+              http.delete("/models/none/a/b/c/d"), http.delete("/models/none/a/b/c/d/versions/1"),
+              http.get("/models/none/a/b/c/d/accuracy")):
+        assert failed(r, 404, "none/a/b/c/d")["field"] == "identity", r.text
+    for r in (http.get(f"/models/{SEGMENTS}/versions/99"), http.delete(f"/models/{SEGMENTS}/versions/99"),
+              http.get(f"/models/{SEGMENTS}/accuracy", params={"version": 99})):
+        assert failed(r, 404, "has no version 99")["field"] == "version", r.text
+    r = http.post("/observe", json={"model": {**IDENTITY, "hardware": "TPU"}, "traces": [{**TRACE, "runtime_ms": 5.0}]})
+    assert failed(r, 404, "no model")["field"] == "model"
 
 
 # --------------------------------------------------------------------------- restarts and the seed's commands
@@ -994,6 +1001,12 @@ def test_yaml_configs_json_could_not_hold_are_422_naming_the_path(http, yaml_tex
     assert failed(multipart_train(http, "c.yaml", wrapped.encode(), {"t.jsonl": traces}), 422)["field"] == field
 
 
+def test_a_yaml_syntax_error_says_where_in_one_line(http):
+    body = failed(multipart_train(http, "c.yaml", b"model: [a, b\ntraces: t.jsonl\n", {}), 422,
+                  "line 2, column 7: expected ',' or ']', but got ':' (while parsing a flow sequence at line 1, column 8)")
+    assert body["field"] == "config" and "\n" not in body["message"] and "unicode string" not in body["message"]
+
+
 def test_yaml_aliases_cannot_expand_a_config_without_bound(http):
     bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
     for name, prev in zip("bcdefgh", "abcdefg"):
@@ -1164,6 +1177,45 @@ def test_a_value_nested_a_thousand_deep_or_ten_megabytes_long_is_a_short_422(htt
                   headers={"content-type": "application/json"})
     failed(r, 422, "alpha")
     assert len(r.content) < 2000
+
+
+def test_a_number_of_more_digits_than_python_reads_is_infinite_not_a_server_error(http, trained):
+    """Python reads an integer from at most 4300 digits, and int() raised past that: a 500 on
+    every route that reads a number from a string. Such a number lies far past the float
+    range, so it is read as infinite, as one of 400 digits is: refused where a finite number
+    belongs, naming the field, and in a batch, a queue or an observation by itself."""
+    digits = "1" * 5000
+    body = failed(http.post(SINGLE, json={"trace": {**TRACE, "input_tokens": digits}}), 422, "input_tokens")
+    assert body["field"] == "trace"
+    results = ok(http.post(BATCH, json={"trace": [TRACE, {**TRACE, "output_tokens": f" -{digits} "}]}))["results"]
+    assert [r["status"] for r in results] == ["success", "error"] and "output_tokens" in results[1]["message"]
+    queue = ok(http.post(f"/predict/queues/{SEGMENTS}", json={"queues": {"a": [{**TRACE, "input_tokens": digits}, TRACE]}}))
+    assert (queue["queues"]["a"]["tasks"], queue["queues"]["a"]["errors"][0]["index"]) == (1, 0)
+    observed = ok(http.post("/observe", json={"model": IDENTITY, "traces": [
+        {**TRACE, "runtime_ms": 1230.0}, {**TRACE, "runtime_ms": digits}, {**TRACE, "input_tokens": digits, "runtime_ms": 1.0}]}))
+    assert [r["index"] for r in observed["rejected"]] == [1, 2] and "runtime_ms" in observed["rejected"][0]["message"]
+    # Training copes with such a value as with any non-finite one: a runtime's trace is
+    # dropped, a feature's value imputed, and the request succeeds.
+    traces = make_llm_traces(120, seed=5)
+    traces[0] = {**traces[0], "runtime_ms": digits}
+    traces[1] = {**traces[1], "input_tokens": digits}
+    answer = ok(http.post("/train", json={"config": {"model": ident("digits"), "traces": traces, "algorithm": "linear"}}))
+    data = answer["metrics"]["data"]
+    assert (data["rows_used"], data["rows_dropped"], data["values_imputed"]) == (
+        119, {"target missing or not finite": 1}, {"input_tokens": 1}), data
+    # A trace file's cell (CSV) and value (JSON) too, and a table's confidence level.
+    header, rows = csv_bytes(make_llm_traces(60)).split(b"\n", 1)
+    files = {"t": ("t.csv", header + b"\nx," + digits.encode() + b",5,100\ny,5,5," + digits.encode() + b"\n" + rows, "text/csv")}
+    config = orjson.dumps({"model": ident("digits-csv"), "traces": "t.csv", "algorithm": "linear"})
+    assert ok(http.post("/train", files={"config": ("c.json", config, "application/json"), **files}))["metrics"]["rows_used"] == 61
+    table = http.post(f"/predict/table/{SEGMENTS}", files={"trace_file": ("t.jsonl", b'{"input_tokens": ' + digits.encode() + b', "output_tokens": 5}\n{"input_tokens": 5, "output_tokens": 5}\n', "x")})
+    assert table.status_code == 200 and table.json()["status"] == "successful", table.text
+    table_failed(http.post(f"/predict/table/{SEGMENTS}", data={"confidence_level": digits},
+                           files={"trace_file": ("t.jsonl", b'{"input_tokens": 5, "output_tokens": 5}\n', "x")}),
+                 422, "confidence_level")
+    # A YAML config's integer that long is named as such, without Python's advice to its operator.
+    body = failed(http.post("/train", files={"config": ("c.yaml", f"model: {digits}\n".encode(), "x")}), 422, "4300 digits")
+    assert body["field"] == "config" and "sys." not in body["message"]
 
 
 def test_names_and_errors_a_request_sends_by_the_thousand_are_quoted_short(http, trained):

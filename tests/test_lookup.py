@@ -1103,13 +1103,15 @@ def test_tables_with_integers_beyond_float_range_load(tmp_path):
     (tmp_path / "wide.json").write_text(json.dumps(recs, indent=2))
     table = LookupTable.load(tmp_path / "wide.json")
     assert table.lookup([{"x": 1, "c": str(huge)}, {"task_id": "t1"}]).kinds() == ["exact", "task_id"]
-    # Past the digits Python converts, a clear error naming the item.
-    (tmp_path / "digits.json").write_text('[{"quantiles": [0.5], "expect": ' + "1" * 5000 + "}]")
-    with pytest.raises(TraceError, match=r"digits\.json: item 0: .*4300"):
-        LookupTable.load(tmp_path / "digits.json")
-    (tmp_path / "digits-traces.json").write_text('[{"x": ' + "1" * 5000 + "}]")
-    with pytest.raises(TraceError, match=r"digits-traces\.json: item 0: .*4300"):
-        list(iter_trace_file(tmp_path / "digits-traces.json"))
+    # Past the digits Python reads an integer from (4300), as far past the float range: infinite.
+    digits = "1" * 5000
+    text = json.dumps([record(0, features={"x": 1}), record(1, features={"x": 2})], indent=2)
+    (tmp_path / "digits.json").write_text(text.replace('"x": 2', f'"x": {digits}'))
+    assert LookupTable.load(tmp_path / "digits.json").columns[0].values.tolist() == [1.0, math.inf]
+    (tmp_path / "digits.csv").write_text(f"x,expect,error,quantile_0.5\n1,2,1,2\n{digits},3,1,3\n")
+    assert LookupTable.load(tmp_path / "digits.csv").columns[0].values.tolist() == [1.0, math.inf]
+    (tmp_path / "digits-traces.json").write_text('[\n{"x": ' + digits + ', "y": "' + digits + '"},\n{"x": -' + digits + "}\n]")
+    assert list(iter_trace_file(tmp_path / "digits-traces.json")) == [{"x": math.inf, "y": digits}, {"x": -math.inf}]
 
 
 def test_a_table_whose_sidecar_cannot_be_written_is_still_served(tmp_path, caplog):

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import orjson
 
 import pytest
@@ -508,6 +509,39 @@ def test_a_per_feature_lightgbm_list_is_checked_against_the_columns_derived_ones
     result = trainer.train(TrainConfig(model=IDENTITY, traces=traces, algorithm="lightgbm", first_of_shape=False,
                                        params={"monotone_constraints": [1, 1]}))
     assert result["metrics"]["columns"] == ["batch_size", "image_size"]
+
+
+def test_per_feature_values_lightgbm_cannot_take_are_a_422_before_it_runs(tmp_path):
+    # LightGBM's own refusal ("The output cannot be monotone with respect to categorical
+    # features") is fatal: it aborted the training worker, a 500 saying "out of memory?".
+    rng = np.random.default_rng(0)
+    traces = [{"a": int(a), "c": str(c), "runtime_ms": float(r)}
+              for a, c, r in zip(rng.integers(1, 64, 300), rng.choice(list("xyz"), 300), rng.uniform(1, 10, 300))]
+    trainer = Trainer(tmp_path, ModelRegistry(tmp_path / "models"))
+    for algorithm, params in (("lightgbm", {"monotone_constraints": [1, 1]}), ("auto", {"mc": [0, -1]}),
+                              ("lightgbm", {"monotone_constraint": [1, 1.0]})):
+        name = next(iter(params))
+        with pytest.raises(PredictorError) as err:
+            trainer.train(TrainConfig(model=IDENTITY, traces=traces, algorithm=algorithm, params=params))
+        assert err.value.status_code == 422 and err.value.field == f"params.{name}"
+        assert f"'{name}' asks for a runtime monotone in 'c', a categorical column" in err.value.message
+    # Zero there (as a number or a float) is no constraint: it trains.
+    for params in ({"monotone_constraints": [1, 0]}, {"monotone_constraints": [-1, 0.0]}):
+        result = trainer.train(TrainConfig(model=IDENTITY, traces=traces, algorithm="lightgbm", params=params))
+        assert result["metrics"]["columns"] == ["a", "c"] and result["metrics"]["algorithm"] == "lightgbm"
+    # A feature of one bin, or none, was LightGBM's "Check failed: ... at /__w/LightGBM/...cpp, line 624".
+    with pytest.raises(PredictorError) as err:
+        trainer.train(TrainConfig(model=IDENTITY, traces=traces, algorithm="lightgbm",
+                                  params={"max_bin_by_feature": [63, 1]}))
+    assert err.value.field == "params.max_bin_by_feature"
+    assert err.value.message.endswith("'max_bin_by_feature' gives 'c' 1 bins: each feature needs more than 1")
+
+
+def test_lightgbm_s_errors_are_said_without_its_source_files():
+    from swarmpilot_predictor.modeling import lightgbm_message
+
+    exc = ValueError("Check failed: (num_leaves) > (1) at /__w/LightGBM/LightGBM/src/io/config.cpp, line 341 .\n")
+    assert lightgbm_message(exc) == "Check failed: (num_leaves) > (1)"
 
 
 def test_auto_says_which_parameters_only_families_it_did_not_try_would_use(tmp_path):

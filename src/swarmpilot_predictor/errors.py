@@ -31,6 +31,13 @@ def cut(text: str, most: int = 80) -> str:
     return text if len(text) <= most else f"{text[:most - 3]}..."
 
 
+def too_many_digits(exc: BaseException) -> bool:
+    """Whether ``exc`` is Python's refusal to read an integer from more digits than
+    ``sys.get_int_max_str_digits()`` (4,300 by default), whose message advises raising
+    that limit: advice for the service's operator, not for a request's sender."""
+    return isinstance(exc, ValueError) and "integer string conversion" in str(exc)
+
+
 def dotted(parts: Iterable[Any]) -> str:
     """A field's path (``config.params.num_leaves``) for a message, its keys cut short, and
     the whole too: a config nested a thousand deep names a field a thousand keys long."""

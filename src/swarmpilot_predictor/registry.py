@@ -652,7 +652,7 @@ class ModelRegistry:
         with self._lock:
             meta = self._index.get(identity, {}).get(version)
         if meta is None:
-            raise NotFound(f"model {identity.key} has no version {version}")
+            raise NotFound(f"model {identity.key} has no version {version}", field="version")
         return meta
 
     def resolve(self, pattern: IdentityPattern) -> ModelIdentity:

@@ -839,7 +839,8 @@ class RetrainingWorker:
                     return future.result()
                 except (BrokenProcessPool, CancelledError):
                     self._workers.stop(pool)
-                    raise WorkerLost("the retraining worker process died (out of memory?)", self._closed) from None
+                    raise WorkerLost("the retraining worker process died (out of memory, or a crash in a native "
+                                     "library: see the service's log)", self._closed) from None
         raise AssertionError("unreachable")
 
     @property

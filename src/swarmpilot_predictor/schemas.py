@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import sys
 from collections import Counter
 from typing import Any, Literal
 
@@ -12,7 +13,7 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationInfo, field_validator
 
-from .errors import InvalidInput, cut, dotted, json_kind, listed, shown
+from .errors import InvalidInput, cut, dotted, json_kind, listed, shown, too_many_digits
 from .identity import IDENTITY_KEYS, identity_part_problem
 
 DEFAULT_QUANTILES = [0.25, 0.5, 0.75, 0.99]
@@ -440,7 +441,10 @@ def config_from_text(text: str) -> dict[str, Any]:
             raise InvalidInput("config is nested too deeply", field="config") from None
         except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
             # ValueError: a YAML value of a well-formed shape that cannot be, such as the date 2024-02-30.
-            raise InvalidInput(f"config is neither valid JSON nor YAML: {exc}", field="config") from None
+            if too_many_digits(exc):
+                raise InvalidInput(f"config holds an integer of more than {sys.get_int_max_str_digits()} digits, "
+                                   "which no setting takes", field="config") from None
+            raise InvalidInput(f"config is neither valid JSON nor YAML: {_yaml_problem(exc)}", field="config") from None
         from_yaml = True
     if isinstance(data, dict) and "config" in data and isinstance(data["config"], dict):
         check_envelope(data)
@@ -452,6 +456,22 @@ def config_from_text(text: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidInput("config must be a JSON or YAML object", field="config")
     return data
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """What is wrong with a config's YAML, in one line: where and what, without the parser's
+    name for the text (``in "<unicode string>"``) or its caret drawings."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return str(exc)
+
+    def at(mark: Any) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+
+    said = f"{at(exc.problem_mark)}: " if exc.problem_mark is not None else ""
+    said += exc.problem or "not valid YAML"
+    if exc.context:
+        said += f" ({exc.context}" + (f" at {at(exc.context_mark)}" if exc.context_mark is not None else "") + ")"
+    return said
 
 
 _YAML_TYPE_NAMES = {bytes: "binary data (!!binary)", set: "a set (!!set)", tuple: "a tuple",

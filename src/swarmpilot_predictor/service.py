@@ -923,7 +923,10 @@ class PredictorService:
         """Record measured runtimes; compare them with what the serving model predicts."""
         identity = ModelIdentity.from_parts(model)
         self.registry.maybe_refresh()
-        loaded = self.registry.load(identity)
+        try:
+            loaded = self.registry.load(identity)
+        except ModelNotFound as exc:
+            raise ModelNotFound(exc.message, field="model") from None
         target = loaded.meta.target
         flat, errors = normalize_traces(traces)
         conflicts = identity_conflicts(flat, identity)  # observed on another model: not this one's evidence
@@ -959,7 +962,7 @@ class PredictorService:
             # the two always sees the other.)
             self.observations.delete(identity)
             self.monitor.forget(identity)
-            raise ModelNotFound(f"no model {identity.key}: it was deleted")
+            raise ModelNotFound(f"no model {identity.key}: it was deleted", field="model")
         self.metrics.observations.labels(identity.key).inc(len(rows))
         report = self.monitor.report(identity, version)
         self.metrics.set_accuracy(identity.key, version, report)

@@ -23,7 +23,7 @@ from typing import IO, Any
 import numpy as np
 import orjson
 
-from .errors import shown
+from .errors import shown, too_many_digits
 from .identity import IDENTITY_KEYS
 
 DEFAULT_TARGET = "runtime_ms"
@@ -282,7 +282,7 @@ def _json_loads(data: bytes) -> Any:
         if "infinity" not in str(exc):
             raise
         try:
-            return json.loads(data, parse_constant=_no_constant)
+            return json.loads(data, parse_constant=_no_constant, parse_int=_integer_in_text)
         except ValueError:
             raise exc from None
 
@@ -485,6 +485,10 @@ class _JsonCursor:
         self._text = text
         self._source = source
         self.decode = (json.JSONDecoder() if constants else json.JSONDecoder(parse_constant=_no_constant)).raw_decode
+        # Past an integer of more digits than int() reads, a decoder that reads such integers
+        # as infinite, as a CSV file's are; the standard one raises there, and is faster.
+        self._wide_decode = json.JSONDecoder(parse_int=_integer_in_text,
+                                             parse_constant=None if constants else _no_constant).raw_decode
         self.buf, self.pos, self.eof = "", 0, False
 
     def _more(self) -> None:
@@ -524,7 +528,10 @@ class _JsonCursor:
                     where = "the file is truncated" if self.eof and near_end else "malformed"
                     raise TraceError(f"{self._source}: {_what(what)}: not valid JSON ({exc.msg}; {where})") from None
                 self._more()
-            except ValueError as exc:  # an integer of more digits than Python converts (4300); NaN refused
+            except ValueError as exc:  # NaN refused; or an integer of more digits than int() reads
+                if self.decode is not self._wide_decode and too_many_digits(exc):
+                    self.decode = self._wide_decode
+                    continue
                 raise TraceError(f"{self._source}: {_what(what)}: {exc}") from None
 
 
@@ -686,7 +693,7 @@ def number_in_text(text: str) -> int | float | None:
     if not text.isascii() or "_" in text:
         return None
     if text.isdigit():
-        return int(text)
+        return _integer_in_text(text)
     # Then float(): a raised exception is what a cell costs (int() first failed on every
     # decimal, and both on every word: 1.7 and 2.5 µs a cell, against 0.2 for an integer).
     try:
@@ -694,7 +701,18 @@ def number_in_text(text: str) -> int | float | None:
     except ValueError:
         return None
     # Where float() reads it, int() does exactly when it is digits with one sign at most.
-    return int(text) if text.strip().lstrip("+-").isdigit() else number
+    return _integer_in_text(text) if text.strip().lstrip("+-").isdigit() else number
+
+
+def _integer_in_text(text: str) -> int | float:
+    """``int(text)`` for digits (a sign and spaces around them allowed), or the infinity
+    of that sign past Python's limit on the digits an integer is read from (4,300 by
+    default): such a number lies far past the float range, where every reader takes an
+    integer as infinite, and ``int()`` would raise instead."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 def finite_number_in_text(text: str) -> float | None:

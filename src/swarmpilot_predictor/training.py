@@ -33,7 +33,8 @@ from .atomic import atomic_write_bytes, read_regular
 from .errors import DataDirectoryGone, InvalidInput, NotFound, PredictorError, ServiceStopping, TooBusy, shown, storage_error, validation_message
 from .features import DataReport, FeatureSchema, row_counters
 from .identity import BOOLEAN_PART_NAMES, IDENTITY_KEYS, ModelIdentity, identity_part_problem
-from .modeling import QuantileModel, check_params, lightgbm_errors, params_not_used, per_feature_param_problem
+from .modeling import (QuantileModel, check_params, lightgbm_errors, lightgbm_message, params_not_used,
+                       per_feature_param_problem)
 from .processes import started, still_running
 from .registry import ModelRegistry, ModelVersion
 from .settings import JOBS_FOLDER
@@ -266,7 +267,7 @@ class Trainer:
             raise InvalidInput(f"{identity.key}: algorithm 'lightgbm' needs a feature, and none of the traces' "
                                f"columns can be one{f' ({dropped})' if dropped else ''}; 'auto' or 'empirical' "
                                "model the runtimes alone", field="algorithm")
-        if (problem := per_feature_param_problem(config.params, schema.column_names)) is not None:
+        if (problem := per_feature_param_problem(config.params, schema.column_names, schema.kinds)) is not None:
             raise InvalidInput(f"{identity.key}: params: {problem[1]}", field=f"params.{problem[0]}")
         return identity, schema, X, y, report
 
@@ -279,7 +280,8 @@ class Trainer:
             model = QuantileModel(schema.kinds, schema.n_categories, config.algorithm, params=config.params,
                                   regime_column=schema.regime_column).fit(X, y)
         except (TypeError, ValueError, *lightgbm_errors()) as exc:
-            raise InvalidInput(f"{identity.key}: training failed: {exc}", field="params") from None
+            said = lightgbm_message(exc) if isinstance(exc, lightgbm_errors()) else str(exc)
+            raise InvalidInput(f"{identity.key}: training failed: {said}", field="params") from None
         metrics = {
             **model.cv_summary(),
             "columns": schema.column_names,
@@ -655,7 +657,8 @@ class TrainingJobs:
                     # (this one is the pool's own manager thread, which cannot wait for itself).
                     threading.Thread(target=self._stop_pool, args=(pool,), name="training-pool-reset",
                                      daemon=True).start()
-                    out = self._cut_short(job_id, 500, "the training worker process died (out of memory?)")
+                    out = self._cut_short(job_id, 500, "the training worker process died (out of memory, or a "
+                                                       "crash in a native library: see the service's log)")
                 else:
                     # Queued behind the job that took the worker down, never started: a fresh
                     # worker takes it, in its turn.

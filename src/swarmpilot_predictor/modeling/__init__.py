@@ -85,6 +85,7 @@ from .params import (
     MODEL_PARAMS,
     check_params,
     lightgbm_errors,
+    lightgbm_message,
     params_not_used,
     per_feature_param_problem,
 )
@@ -187,6 +188,7 @@ __all__ = [
     "location_weights",
     "moment_metrics",
     "params_not_used",
+    "lightgbm_message",
     "per_feature_param_problem",
     "pinball_loss",
     "pinball_losses",

@@ -169,8 +169,14 @@ def _check_lightgbm_params(params: dict[str, Any], algorithm: str) -> None:
         with _native_stderr_silenced():
             lgb.train(trial, lgb.Dataset(X, X[:, 0], params={"verbosity": -1}), 1)
     except (lgb.basic.LightGBMError, TypeError, ValueError) as exc:
-        message = str(exc).split(" at /")[0].strip()  # LightGBM's checks end with a source file path
-        raise ValueError(f"LightGBM refuses {', '.join(map(repr, scalar))}: {message}") from None
+        raise ValueError(f"LightGBM refuses {', '.join(map(repr, scalar))}: {lightgbm_message(exc)}") from None
+
+
+def lightgbm_message(exc: BaseException) -> str:
+    """LightGBM's error in a line, without the source file its checks end with (``at
+    /__w/LightGBM/.../dataset_loader.cpp, line 624``): where its C++ failed, not what the
+    request got wrong."""
+    return str(exc).split(" at /")[0].strip()
 
 
 @contextlib.contextmanager
@@ -207,13 +213,16 @@ def _lightgbm_value(v: Any, depth: int = 0) -> bool:
     return False
 
 
-def per_feature_param_problem(params: dict[str, Any], columns: Sequence[str]) -> tuple[str, str] | None:
+def per_feature_param_problem(params: dict[str, Any], columns: Sequence[str],
+                              kinds: Sequence[str] = ()) -> tuple[str, str] | None:
     """The first of LightGBM's per-feature lists in ``params`` (``monotone_constraints`` and
-    the like) whose length is not the model's number of columns, or an
-    ``interaction_constraints`` naming a column the model does not have, with what is
-    wrong; None if none. Derived columns count: a list for the traces' own features alone was a
-    "Check failed" from LightGBM's C++, which did not say that a derived column was the
-    one it missed."""
+    the like) whose length is not the model's number of columns, an
+    ``interaction_constraints`` naming a column the model does not have, or a
+    ``monotone_constraints`` asking a categorical column (``kinds``) for a monotone
+    runtime, with what is wrong; None if none. Derived columns count: a list for the
+    traces' own features alone was a "Check failed" from LightGBM's C++, which did not say
+    that a derived column was the one it missed. LightGBM's refusal of a monotone category
+    is fatal: it aborted the training worker's process."""
     for name, value in params.items():
         canonical = None if name in MODEL_PARAMS else _lightgbm_aliases().get(name, name)
         if canonical not in _PER_FEATURE_LGB_PARAMS:
@@ -238,7 +247,26 @@ def per_feature_param_problem(params: dict[str, Any], columns: Sequence[str]) ->
                        "in the config leaves it out)" if "first_of_shape" in columns else "")
             return name, (f"'{name}' has {size} value(s), one per feature column, and the model has "
                           f"{len(columns)} ({shown_columns}){derived}")
+        if canonical == "max_bin_by_feature" and isinstance(value, list):
+            for column, v in zip(columns, value):
+                if isinstance(v, (int, float)) and v <= 1:
+                    return name, f"'{name}' gives {shown(column)} {shown(v)} bins: each feature needs more than 1"
+        if canonical == "monotone_constraints" and size is not None:
+            values = value if isinstance(value, list) else value.split(",") if isinstance(value, str) else [value]
+            for column, kind, v in zip(columns, kinds, values):
+                if kind == "categorical" and _nonzero(v):
+                    return name, (f"'{name}' asks for a runtime monotone in {shown(column)}, a categorical column, "
+                                  "which LightGBM cannot give: set 0 there")
     return None
+
+
+def _nonzero(v: Any) -> bool:
+    """Whether a ``monotone_constraints`` entry (a number, or a number's text in a
+    comma-separated list) asks for a constraint: anything but zero, as LightGBM reads it."""
+    try:
+        return float(v) != 0
+    except (TypeError, ValueError):
+        return False  # not a number: LightGBM's own refusal says so
 
 
 def _params_without_column(params: dict[str, Any], j: int) -> dict[str, Any]:
