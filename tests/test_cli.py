@@ -559,7 +559,7 @@ def test_table_output_names_that_no_request_could_name_are_refused_offline(tmp_p
     assert f"--output '{tmp_path}' is a directory" in one_error_line(result)
     result = runner.invoke(cli.app, ["table", "llm/*/*/*/*", str(trace), "--data-dir", str(trained),
                                      "-o", str(trace / "x.csv")])  # a folder on the path that is a file
-    assert one_error_line(result) == f"error: --output '{trace / 'x.csv'}': cannot write it (File exists: {trace})"
+    assert one_error_line(result) == f"error: --output '{trace / 'x.csv'}': cannot write it ({trace} is not a directory)"
     out = invoke("table", "llm/*/*/*/*", trace, "--data-dir", trained, "-o", "one.json").stdout
     assert out.startswith("wrote 1 record to ") and "records" not in out
 
@@ -954,3 +954,54 @@ def test_serve_writes_a_line_per_request_unless_told_not_to(tmp_path, port, flag
     text = log.read_text()
     assert "startup complete" in text
     assert ('"GET /ping HTTP/1.1" 200' in text) is logged, text
+
+
+def test_a_closed_stdout_drops_the_output_without_a_traceback(trained):
+    import subprocess
+    import sys
+
+    for extra in ("", " --json"):  # rich's console, and a plain write
+        done = subprocess.run(["sh", "-c", f'"{sys.executable}" -m swarmpilot_predictor models -d "{trained}"{extra} >&-'],
+                              capture_output=True, text=True, timeout=120)
+        assert (done.returncode, done.stderr) == (0, ""), done.stderr
+
+
+def test_messages_name_the_flag_that_gave_the_value(tmp_path, trained, server):
+    trace = tmp_path / "t.jsonl"
+    trace.write_text('{"input_tokens": 1, "output_tokens": 1}\n')
+    for where in (["--data-dir", str(trained)], ["--url", server.url]):
+        result = runner.invoke(cli.app, ["table", "llm/*/*/*/*", str(trace), *where, "-o", "foo.txt"])
+        assert "--output 'foo.txt' must end in .json or .csv" in one_error_line(result), where
+    for url, said in (("http://", "it names no host"), ("http://localhost:99999", "its port 99999 is not between"),
+                      ("localhost:8200", "its scheme is not http or https")):
+        result = runner.invoke(cli.app, ["models", "--url", url])
+        assert one_error_line(result).startswith(f"error: --url {url!r} is not the URL of a service"), url
+        assert said in one_error_line(result)
+
+
+def test_a_confidence_level_is_labelled_as_given(trained):
+    out = invoke("predict", "llm/*/*/*/*", '{"input_tokens": 100, "output_tokens": 50}', "--data-dir", trained,
+                 "-c", "0.999999999999", "--quantiles", "0.5,0.9999999").stdout
+    assert "0.999999999999 interval" in out and "p99.99999 " in out  # ":g" said "1 interval" and "p100"
+
+
+def test_training_on_an_empty_trace_file_names_it(tmp_path, data):
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(yaml.safe_dump({"model": IDENTITY, "traces": "empty.jsonl", "algorithm": "linear"}))
+    result = runner.invoke(cli.app, ["train", str(cfg), "--data-dir", str(data)])
+    assert one_error_line(result) == "error: traces file 'empty.jsonl' holds no traces"
+
+
+def test_interrupting_a_training_over_http_says_the_service_may_finish_it(tmp_path, monkeypatch):
+    from swarmpilot_predictor.client import PredictorClient
+
+    def interrupted(self, *args, **kwargs):  # Ctrl-C while the service trains
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PredictorClient, "train", interrupted)
+    cfg = tmp_path / "train.json"
+    cfg.write_text(json.dumps({"model": IDENTITY, "traces": make_llm_traces(20), "algorithm": "linear"}))
+    result = runner.invoke(cli.app, ["train", str(cfg), "--url", "http://127.0.0.1:1"])
+    assert result.exit_code == 130 and result.output.startswith("error: interrupted: the service may still finish "
+                                                                "this training and store its version")

@@ -217,8 +217,9 @@ def test_a_prediction_may_name_the_stored_version_that_answers(trained_server):
         waited = client.queue_wait(ident, [task] * 3, version=1)
         assert waited.model_version == 1 and waited.expect == pytest.approx(batch.expect)
         assert asyncio.run(_async_single(trained_server.url, ident, task, 1)) == first
-        for kw, status in (({"version": 9}, 404), ({"version": 0}, 422), ({"version": "1"}, 422), ({"version": True}, 422),
-                           ({"version": 1, "lookup_table": True}, 422)):
+        # A version that is no integer is refused before sending, as get_model's is (None: no status).
+        for kw, status in (({"version": 9}, 404), ({"version": 0}, 422), ({"version": "1"}, None), ({"version": True}, None),
+                           ({"version": 1.0}, None), ({"version": 1, "lookup_table": True}, 422)):
             with pytest.raises(PredictorClientError) as err:
                 client.predict_single(ident, task, **kw)
             assert (err.value.status_code, err.value.field) == (status, "version"), err.value.message
@@ -1168,3 +1169,133 @@ def test_a_running_tasks_time_left_counts_in_the_wait_through_both_clients(train
 
     got_left, got_wait = asyncio.run(both())
     assert got_left == left and got_wait.quantile_predictions == waited.quantile_predictions
+
+
+def test_arguments_the_client_cannot_use_are_refused_naming_them(trained_server, tmp_path):
+    # Each was an httpx, OS or type error (or a request to ".../None", or a poll without pause).
+    import httpx
+
+    for url in ("http://[::1", "http://localhost:abc", "http://localhost:99999", "http://", "localhost:8200",
+                "ftp://host", None):
+        for make in (PredictorClient, AsyncPredictorClient):
+            with pytest.raises(InvalidRequestError) as err:
+                make(url)
+            assert err.value.field == "base_url", err.value.message
+    for setting, value in (("api_key", "two words"), ("api_key", 7), ("max_connections", None),
+                           ("max_connections", "5"), ("max_connections", 0)):
+        with pytest.raises(InvalidRequestError) as err:
+            (AsyncPredictorClient if setting == "max_connections" else PredictorClient)(trained_server.url,
+                                                                                        **{setting: value})
+        assert err.value.field == setting and "two words" not in err.value.message
+    sent = []
+    cases = [
+        (lambda c: c.get_model(None), "identity"),
+        (lambda c: c.predict_single(42, {"input_tokens": 1}), "identity"),
+        (lambda c: c.observe(None, [{"input_tokens": 1, "runtime_ms": 2}]), "identity"),
+        (lambda c: c.get_model(("llm", "m")), "identity"),
+        (lambda c: c.get_model({**IDENTITY, "model_name": " "}), "identity.model_name"),
+        (lambda c: c.get_model({**IDENTITY, "hw": "x"}), "identity.hw"),
+        (lambda c: c.predict_batch(IDENTITY, [{"input_tokens": 1}], version="1"), "version"),
+        (lambda c: c.queue_wait(IDENTITY, [{"input_tokens": 1}], version=1.5), "version"),
+        (lambda c: c.queue_waits(IDENTITY, {"a": [{"input_tokens": 1}]}, version=True), "version"),
+        (lambda c: c.generate_table(IDENTITY, b"{}\n", timeout=-1), "timeout"),
+        (lambda c: c.generate_table(IDENTITY, b"{}\n", timeout=float("nan")), "timeout"),
+        (lambda c: c.generate_table(IDENTITY, None), "trace_file"),
+        (lambda c: c.generate_table(IDENTITY, 123), "trace_file"),
+        (lambda c: c.wait_for_job("abc", poll=-1), "poll"),
+        (lambda c: c.wait_for_job("abc", poll=float("nan")), "poll"),
+        (lambda c: c.wait_for_job("abc", timeout=float("nan")), "timeout"),
+        (lambda c: c.train_job(None), "job_id"),
+        (lambda c: c.download_table(None), "name"),
+        (lambda c: c.delete_table(""), "name"),
+        (lambda c: c.download_table("t.json", dest=123), "dest"),
+    ]
+    with PredictorClient(trained_server.url, transport=httpx.MockTransport(sent.append)) as client:
+        for call, field in cases:
+            with pytest.raises(InvalidRequestError) as err:
+                call(client)
+            assert err.value.field == field, (field, err.value.message)
+
+    async def refused_by_the_async_client():
+        async with AsyncPredictorClient(trained_server.url, transport=httpx.MockTransport(sent.append)) as client:
+            for call, field in cases:
+                with pytest.raises(InvalidRequestError) as err:
+                    await call(client)
+                assert err.value.field == field, (field, err.value.message)
+
+    asyncio.run(refused_by_the_async_client())
+    assert sent == []
+    # A file the client cannot read is the OSError that open() raises, naming it.
+    with PredictorClient(trained_server.url) as client, pytest.raises(FileNotFoundError) as err:
+        client.train({"model": IDENTITY, "traces": "runs.jsonl"}, files={"runs.jsonl": tmp_path / "absent.jsonl"})
+    assert err.value.filename == str(tmp_path / "absent.jsonl")
+
+
+def test_a_closed_client_and_an_async_client_in_a_second_event_loop_say_so(trained_server):
+    client = PredictorClient(trained_server.url)
+    assert client.ping() == {"status": "ok"}
+    client.close()
+    with pytest.raises(InvalidRequestError, match="closed"):
+        client.ping()
+    aclient = AsyncPredictorClient(trained_server.url)
+    assert asyncio.run(aclient.ping()) == {"status": "ok"}
+    # Its connections belong to the first loop: httpx failed at random ("Event loop is closed").
+    with pytest.raises(InvalidRequestError, match="another event loop"):
+        asyncio.run(aclient.ping())
+
+    async def closed():
+        async with AsyncPredictorClient(trained_server.url) as c:
+            pass
+        await c.ping()
+
+    with pytest.raises(InvalidRequestError, match="closed"):
+        asyncio.run(closed())
+
+
+def test_answers_of_the_wrong_kind_are_client_errors_not_values():
+    import httpx
+
+    replies = {
+        "/tables/t.json": httpx.Response(204),
+        "/tables/moved.json": httpx.Response(307, headers={"location": "http://elsewhere/t.json"}),
+        "/cache/stats": httpx.Response(200, json=[1, 2]),
+        "/observe": httpx.Response(200, json="ok"),
+        "/tables": httpx.Response(200, json={"tables": {"a": 1}}),
+        # A body whose encoding is broken: the request did reach the service.
+        "/cache/clear": httpx.Response(200, stream=httpx.ByteStream(b"not gzip"), headers={"content-encoding": "gzip"}),
+    }
+    with PredictorClient("http://127.0.0.1:9", retries=0,
+                         transport=httpx.MockTransport(lambda r: replies[r.url.path])) as client:
+        for call, said in ((lambda: client.download_table("t.json"), "204"),
+                           (lambda: client.download_table("moved.json"), "a redirect to 'http://elsewhere/t.json'"),
+                           (client.cache_stats, "not a JSON object"),
+                           (lambda: client.observe(IDENTITY, [{"input_tokens": 1, "runtime_ms": 2}]), "not a JSON object"),
+                           (client.list_tables, "not a JSON array"),
+                           (client.clear_cache, "could not be decoded")):
+            with pytest.raises(PredictorClientError) as err:
+                call()
+            assert type(err.value) is PredictorClientError and said in err.value.message, err.value.message
+        assert "may have carried it out" in err.value.message  # clear_cache is not repeated
+
+
+def test_a_queue_of_many_failed_tasks_is_said_in_a_bounded_message(trained_server):
+    with PredictorClient(trained_server.url) as client:
+        with pytest.raises(PredictorClientError) as err:
+            client.queue_wait(IDENTITY, [{"input_tokens": "many"}] * 3000)
+    assert err.value.message.startswith("no task in the queue could be predicted: trace[0]: ")
+    assert err.value.message.endswith("; ...") and len(err.value.message) < 2000
+
+
+def test_the_readmes_client_example_runs_as_written(tmp_path, monkeypatch):
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("\n## Python client\n", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert 'PredictorClient("http://localhost:8200"' in code
+    monkeypatch.chdir(REPO_ROOT)  # its paths are the repository's
+    with run_server(tmp_path / "data") as srv:
+        scope: dict = {}
+        exec(compile(code.replace("http://localhost:8200", srv.url), "README.md", "exec"), scope)
+    waits, wait = scope["waits"], scope["wait"]
+    assert list(waits) == ["gpu-0", "gpu-1"] and waits["gpu-1"].tasks == 0 and waits["gpu-1"].expect == 0
+    assert waits["gpu-0"].tasks == 46 and waits["gpu-0"].expect == pytest.approx(wait.expect, rel=1e-9)
+    assert wait.quantile(0.5) < wait.quantile(0.9) < wait.quantile(0.99)

@@ -29,7 +29,8 @@ from .settings import METRICS_DIR, MULTIPROC_ENV, PredictorSettings, listen_prob
 app = typer.Typer(help="SwarmPilot Predictor: runtime distributions for ML inference tasks.", no_args_is_help=True)
 # Piped or redirected, a line is not cut to a terminal's 80 columns: a script reads whole
 # model keys and paths (a table's lines were truncated with "…", a written path broken in three).
-console = Console(width=None if sys.stdout.isatty() else 100_000)
+# (No stdout at all, `>&-`: what would be printed is dropped, as rich does.)
+console = Console(width=None if sys.stdout is not None and sys.stdout.isatty() else 100_000)
 err_console = Console(stderr=True)
 
 
@@ -98,20 +99,30 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _as_flag(message: str, field: Optional[str], flags: dict[str, str]) -> str:
+    """An error about a field that a flag gave, in the flag's name (``--output``, not ``table_name``)."""
+    if field in flags and message.startswith(field):
+        return flags[field] + message[len(field):]
+    return message
+
+
 @contextlib.contextmanager
-def _remote(url: str) -> Iterator[Any]:
+def _remote(url: str, flags: dict[str, str] | None = None) -> Iterator[Any]:
     """A client of the service at ``url``, sending ``$PREDICTOR_API_KEY`` where set (from the
     environment only: a flag would show the key in the process list and the shell's history);
-    its errors (unreachable, an error answer) end the command with one line."""
+    its errors (unreachable, an error answer) end the command with one line, naming the
+    flag (``flags``: field to flag) that gave a field the service refused."""
     import httpx
 
     from .client import PredictorClient, PredictorClientError
 
+    flags = {"base_url": "--url", **(flags or {})}
     try:
         with PredictorClient(url, api_key=os.environ.get(API_KEY_ENV) or None) as client:
             yield client
     except PredictorClientError as exc:
-        _fail(f"{exc.status_code}: {exc.message}" if exc.status_code else exc.message)
+        message = _as_flag(exc.message, exc.field, flags)
+        _fail(f"{exc.status_code}: {message}" if exc.status_code else message)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:  # a URL httpx cannot use
         _fail(f"cannot talk to the predictor at {url}: {exc}")
     except OSError as exc:  # a trace file to upload that cannot be read
@@ -287,8 +298,13 @@ def train(
         if isinstance(traces, str) and _is_file(config.parent / traces):
             files = {Path(traces).name: config.parent / traces}
             raw = {**raw, "traces": Path(traces).name}
-        with _remote(url) as client:
-            result = client.train(raw, files=files)
+        try:
+            with _remote(url) as client:
+                result = client.train(raw, files=files)
+        except KeyboardInterrupt:
+            # The request was sent: the service trains on and stores the version all the same.
+            _fail(f"interrupted: the service may still finish this training and store its version "
+                  f"(see `models --url {url}`)", code=130)
         _print_train(result.model_dump(mode="json"), as_json)
         return
     try:
@@ -460,10 +476,10 @@ def _print_predictions(body: dict[str, Any], confidence_level: float) -> None:
     table = Table(title=f"{body['summary']['success']}/{body['summary']['total']} predicted")
     table.add_column("#")
     for q in body.get("quantiles") or []:
-        table.add_column(f"p{q * 100:g}")
+        table.add_column(f"p{_level(q * 100)}")
     table.add_column("mean")
     table.add_column("std")
-    table.add_column(f"{confidence_level:g} interval")
+    table.add_column(f"{_level(confidence_level)} interval")
     for i, r in enumerate(body["results"]):
         if r["status"] == "success":
             table.add_row(str(i), *[f"{v:.2f}" for v in r["quantile_predictions"]], f"{r['expect']:.2f}",
@@ -474,17 +490,25 @@ def _print_predictions(body: dict[str, Any], confidence_level: float) -> None:
     _print_total(body, confidence_level)
 
 
+def _level(value: float) -> str:
+    """A level as given, to 12 digits: ``:g``'s 6 labelled 0.999999999999 "1 interval", and
+    quantile 0.9999999 "p100"; 12 still drop float noise (0.07 * 100 is 7.000000000000001)."""
+    return f"{value:.12g}"
+
+
 def _print_total(body: dict[str, Any], confidence_level: float) -> None:
     if body.get("expect") is not None and len(body["results"]) > 1:
         lo, hi = body["total_interval"]
-        console.print(f"total: mean {body['expect']:.2f} ms, std {body['error']:.2f} ms, {confidence_level:g} interval {lo:.2f} - {hi:.2f} ms")
+        console.print(f"total: mean {body['expect']:.2f} ms, std {body['error']:.2f} ms, {_level(confidence_level)} "
+                      f"interval {lo:.2f} - {hi:.2f} ms")
 
 
 def _print_prediction_lines(body: dict[str, Any], confidence_level: float) -> None:
     """The predictions as tab-separated lines, a header first: a failed trace's line holds
     its message after its number."""
     levels = body.get("quantiles") or []
-    head = ["#", *(f"p{q * 100:g}" for q in levels), "mean", "std", f"{confidence_level:g} low", f"{confidence_level:g} high"]
+    head = ["#", *(f"p{_level(q * 100)}" for q in levels), "mean", "std", f"{_level(confidence_level)} low",
+            f"{_level(confidence_level)} high"]
     lines = [f"{body['summary']['success']}/{body['summary']['total']} predicted", "\t".join(head)]
     for i, r in enumerate(body["results"]):
         if r["status"] == "success":
@@ -547,7 +571,7 @@ def table_cmd(
         _fail("--format is json or csv")
     _confidence_arg(confidence_level)
     if url:
-        with _remote(url) as client:
+        with _remote(url, {"table_name": "--output", "format": "--format"}) as client:
             result = client.generate_table(pattern.as_tuple(), trace_file, confidence_level, output, fmt)
     else:
         out_path = None
@@ -569,8 +593,10 @@ def table_cmd(
                 result = service.generate_table(pattern, trace_file, confidence_level, name, fmt,
                                                 progress=lambda n: progress.advance(task, n), out_path=out_path)
             except PredictorError as exc:
-                _fail(exc.message)
-            except OSError as exc:  # a path of one's own: a folder on it that is a file, no permission
+                _fail(_as_flag(exc.message, exc.field, {"table_name": "--output", "format": "--format"}))
+            except (FileExistsError, NotADirectoryError) as exc:  # a folder on the path is a file (/dev/null/x.csv)
+                _fail(f"--output {output!r}: cannot write it ({exc.filename} is not a directory)")
+            except OSError as exc:  # a path of one's own: no permission, a full disk
                 _fail(f"--output {output!r}: cannot write it ({exc.strerror or exc}: {exc.filename})")
         if out_path is not None:
             _as_created_here(Path(result["path"]))
@@ -619,6 +645,8 @@ def _count_records(path: Path) -> int | None:
 def main() -> None:
     """The command, whose output written to a full disk (``> /dev/full``) or a closed file is
     one line of error, not a traceback."""
+    if sys.stdout is None:  # started with stdout closed (`>&-`): its output is dropped, as rich drops its own
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the process's stdout, open until it ends
     try:
         app()
     except OSError as exc:  # (a file the command names is in the error: stdout is none)

@@ -202,6 +202,7 @@ class _Request:
     raw: bool = False  # answer is text, not JSON
     binary: bool = False  # answer is a file's bytes (table downloads)
     require: tuple[str, ...] = ()  # keys a JSON object answer must hold
+    list_answer: bool = False  # the answer (its extracted key) is a JSON array, not an object
     timeout: float | None = None  # replaces the client's timeout (a table generation's own)
     timeout_at_least: float | None = None  # the client's timeout, but never less (a synchronous /train)
 
@@ -220,6 +221,9 @@ def identity_parts(identity: IdentityLike) -> list[Any]:
     """
     if isinstance(identity, (ModelIdentity, IdentityPattern)):
         return list(identity.as_tuple())
+    if not isinstance(identity, (BaseModel, str, Mapping, Iterable)) or isinstance(identity, (bytes, bytearray)):
+        raise InvalidRequestError(f"identity must be a model's identity (\"type/name/hardware/software/version\", "
+                                  f"a mapping of its parts, or five parts), got {_shown(identity)}", field="identity")
     if isinstance(identity, BaseModel):
         identity = identity.model_dump()
     if isinstance(identity, str):
@@ -230,15 +234,18 @@ def identity_parts(identity: IdentityLike) -> list[Any]:
             k in identity for k in _SHORT_KEYS[:2]) else _SHORT_KEYS
         unknown = [k for k in identity if k not in keys]
         if unknown:
-            raise ValueError(f"unknown identity key(s) {unknown}; an identity's keys are {list(keys)}")
+            raise InvalidRequestError(f"unknown identity key(s) {unknown}; an identity's keys are {list(keys)}",
+                                      field=f"identity.{unknown[0]}")
         parts = [identity.get(k) for k in keys]
     else:
         parts = list(identity)
     if len(parts) != 5:
-        raise ValueError("an identity has five parts: model_type, model_name, hardware, software_name, software_version")
+        raise InvalidRequestError("an identity has five parts: model_type, model_name, hardware, software_name, "
+                                  f"software_version; got {len(parts)}", field="identity")
     for key, part in zip(IDENTITY_KEYS, parts):
         if isinstance(part, str) and not part.strip():
-            raise ValueError(f"identity part {key} is empty; leave it unspecified with None or '*'")
+            raise InvalidRequestError(f"identity part {key} is empty; leave it unspecified with None or '*'",
+                                      field=f"identity.{key}")
     return [None if p in (None, "*") else p for p in parts]
 
 
@@ -255,6 +262,13 @@ def _segment(value: Any, field_name: str) -> str:
     except UnicodeEncodeError:
         raise InvalidRequestError(f"{field_name} {ascii(text)} is not valid Unicode (it holds a lone surrogate)",
                                   field=field_name) from None
+
+
+def _name_segment(value: Any, field_name: str) -> str:
+    """A table's name or a job's id as a URL segment: text, not None or a number sent as ``"None"``."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequestError(f"{field_name} must be a non-empty string, got {_shown(value)}", field=field_name)
+    return _segment(value, field_name)
 
 
 def identity_segments(identity: IdentityLike) -> list[str]:
@@ -432,7 +446,7 @@ class _Calls:
 
     @staticmethod
     def train_job(job_id: str) -> _Request:
-        return _Request("GET", f"/train/jobs/{_segment(job_id, 'job_id')}", idempotent=True)
+        return _Request("GET", f"/train/jobs/{_name_segment(job_id, 'job_id')}", idempotent=True)
 
     @staticmethod
     def cache_stats() -> _Request:
@@ -473,6 +487,10 @@ class _Calls:
     def generate_table(identity: IdentityLike, trace_file: Path | str | bytes, confidence_level: float = 0.95,
                        table_name: str | None = None, format: str | None = None, filename: str | None = None,
                        timeout: float | None = None) -> _Request:
+        if not isinstance(trace_file, (bytes, str, PathLike)):
+            raise InvalidRequestError(f"trace_file must be a path or bytes, got {_shown(trace_file)}", field="trace_file")
+        if timeout is not None:
+            _check_timeout(timeout, "timeout")
         if isinstance(trace_file, bytes):
             data, name = trace_file, filename or _trace_file_name(trace_file)
         else:
@@ -492,22 +510,24 @@ class _Calls:
 
     @staticmethod
     def list_tables() -> _Request:
-        return _Request("GET", "/tables", extract="tables", idempotent=True)
+        return _Request("GET", "/tables", extract="tables", idempotent=True, list_answer=True)
 
     @staticmethod
-    def download_table(name: str) -> _Request:
-        return _Request("GET", "/tables/" + _segment(name, "name"), idempotent=True, binary=True)
+    def download_table(name: str, dest: Any = None) -> _Request:
+        if dest is not None and not isinstance(dest, (str, PathLike)):
+            raise InvalidRequestError(f"dest must be a path, or None, got {_shown(dest)}", field="dest")
+        return _Request("GET", "/tables/" + _name_segment(name, "name"), idempotent=True, binary=True)
 
     @staticmethod
     def delete_table(name: str) -> _Request:
-        return _Request("DELETE", "/tables/" + _segment(name, "name"))
+        return _Request("DELETE", "/tables/" + _name_segment(name, "name"))
 
     @staticmethod
     def _options(confidence_level: float, quantiles: Sequence[float] | None, lookup_table_name: str | None,
                  lookup_table: bool, version: int | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"confidence_level": confidence_level}
         if version is not None:  # sent only when asked: a service that predates it still answers the rest
-            body["version"] = version
+            body["version"] = _whole(version, "version", noun="an integer")
         if quantiles is not None:
             body["quantiles"] = _levels(quantiles)
         if lookup_table_name is not None:
@@ -569,10 +589,14 @@ class _Calls:
 
     @staticmethod
     def parse(req: _Request, response: httpx.Response) -> Any:
+        if 300 <= response.status_code < 400:  # the service never redirects; httpx does not follow one
+            raise _unexpected(response, f"a redirect to {response.headers.get('location')!r}")
         if (req.binary or req.raw) and response.status_code < 400:
             # A proxy's or a login page's HTML is not a table nor metrics; the service never sends HTML there.
             if response.headers.get("content-type", "").lower().startswith("text/html"):
                 raise _unexpected(response, "an HTML page")
+            if response.status_code != 200:  # a 204's empty body is no table
+                raise _unexpected(response, "not the file's content")
             return response.content if req.binary else response.text
         if response.status_code < 400 and req.response is not None and req.extract is None:
             # Parsed and validated in one pass, by pydantic's own JSON parser, without the
@@ -607,8 +631,8 @@ class _Calls:
                 return req.response.model_validate(body)
             except ValidationError as exc:
                 raise _unexpected(response, _invalid(exc)) from exc
-        if not isinstance(body, (dict, list)):
-            raise _unexpected(response, "not a JSON object")
+        if not isinstance(body, list if req.list_answer else dict):
+            raise _unexpected(response, "not a JSON " + ("array" if req.list_answer else "object"))
         missing = [k for k in req.require if not isinstance(body, dict) or k not in body]
         if missing:
             raise _unexpected(response, f"no {', '.join(map(repr, missing))} in it")
@@ -649,7 +673,7 @@ class _Calls:
                                      confidence_level=confidence_level)
         failures = [f"trace[{i}]: {r.message or ''}" for i, r in enumerate(batch.results) if r.status != "success"]
         if batch.expect is None or batch.total_quantiles is None or batch.total_interval is None:
-            raise PredictorClientError("no task in the queue could be predicted: " + "; ".join(failures))
+            raise PredictorClientError("no task in the queue could be predicted: " + _first_few(failures))
         if failures and not partial:
             _refuse_partial(failures, batch.summary.total, "wait")
         versions = [r.model_version for r in batch.results if r.status == "success" and r.model_version is not None]
@@ -763,10 +787,9 @@ class _Base:
         if not _non_negative(backoff):
             raise InvalidRequestError(f"backoff must be a finite number of seconds, at least 0, got {backoff!r}",
                                       field="backoff")
-        if timeout is not None and not (_non_negative(timeout) and timeout > 0):
-            raise InvalidRequestError(f"timeout must be a finite number of seconds over 0, or None (no limit), "
-                                      f"got {timeout!r}", field="timeout")
-        self.base_url = base_url.rstrip("/")
+        if timeout is not None:
+            _check_timeout(timeout, "timeout")
+        self.base_url = _base_url(base_url)
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
@@ -803,7 +826,12 @@ class _Base:
         MAX_BACKOFF (20 retries would otherwise wait some 29 hours in all)."""
         return min(self.backoff * 2.0**min(attempt, 64), MAX_BACKOFF)
 
-    def _unavailable(self, req: _Request, exc: Exception) -> PredictorUnavailableError:
+    def _unavailable(self, req: _Request, exc: Exception) -> PredictorClientError:
+        if isinstance(exc, httpx.DecodingError):
+            # The answer arrived (its body's encoding is broken): the service was reached, and acted.
+            return PredictorClientError(f"the answer to {req.method} {req.path} from {self.base_url} could not be "
+                                        f"decoded ({_cause(exc)}); the request reached the service"
+                                        + ("" if req.idempotent else ", which may have carried it out"))
         if isinstance(exc, httpx.TimeoutException):
             # Waiting for the answer, the request was sent: the service may carry it out still.
             sent = "" if req.idempotent or isinstance(exc, _NOT_SENT) else (
@@ -819,6 +847,42 @@ class _Base:
         return PredictorUnavailableError(f"cannot reach the predictor at {self.base_url}: {_cause(exc)}")
 
 
+def _wait_options(timeout: Any, poll: Any) -> None:
+    """``wait_for_job``'s: a NaN pause never ended, and a negative one polled without pause."""
+    if not _non_negative(timeout):
+        raise InvalidRequestError(f"timeout must be a finite number of seconds, at least 0, got {timeout!r}",
+                                  field="timeout")
+    if not (_non_negative(poll) and poll > 0):
+        raise InvalidRequestError(f"poll must be a finite number of seconds over 0, got {poll!r}", field="poll")
+
+
+def _check_timeout(timeout: Any, field_name: str) -> None:
+    if not (_non_negative(timeout) and timeout > 0):
+        raise InvalidRequestError(f"{field_name} must be a finite number of seconds over 0, or None (no limit), "
+                                  f"got {timeout!r}", field=field_name)
+
+
+def _base_url(value: Any) -> str:
+    """The service's URL, checked when the client is made: httpx took ``http://host:99999``
+    (the blocking client then sent to port 34463, its value modulo 65536) and raised its own
+    errors from the constructor for others."""
+    if not isinstance(value, str):
+        raise InvalidRequestError(f"base_url must be the service's URL, such as http://localhost:8200, got "
+                                  f"{_shown(value)}", field="base_url")
+    try:
+        url = httpx.URL(value)
+        problem = ("its scheme is not http or https" if url.scheme not in ("http", "https")
+                   else "it names no host" if not url.host
+                   else f"its port {url.port} is not between 1 and 65535" if url.port is not None
+                   and not 1 <= url.port <= 65535 else None)
+    except httpx.InvalidURL as exc:
+        problem = str(exc)
+    if problem:
+        raise InvalidRequestError(f"base_url {value!r} is not the URL of a service, such as http://localhost:8200: "
+                                  f"{problem}", field="base_url")
+    return value.rstrip("/")
+
+
 def _auth_headers(api_key: str | None) -> dict[str, str]:
     """The header that carries the service's API key (``PREDICTOR_API_KEY``), sent with every
     request; none without a key."""
@@ -826,7 +890,8 @@ def _auth_headers(api_key: str | None) -> dict[str, str]:
         return {}
     if not isinstance(api_key, str) or not api_key or not visible_ascii(api_key):
         # Never quoted: it is a secret, and a wrong one may be another service's.
-        raise ValueError("api_key must be a non-empty string of visible ASCII characters (the service's PREDICTOR_API_KEY)")
+        raise InvalidRequestError("api_key must be a non-empty string of visible ASCII characters (the service's "
+                                  "PREDICTOR_API_KEY)", field="api_key")
     return {"authorization": f"Bearer {api_key}"}
 
 
@@ -879,6 +944,8 @@ class PredictorClient(_Base):
         self._http.close()
 
     def _send(self, req: _Request) -> Any:
+        if self._http.is_closed:  # httpx's RuntimeError said it in its own terms
+            raise InvalidRequestError("this PredictorClient is closed (by close() or its with block): make a new one")
         attempt = 0
         while True:
             try:
@@ -945,6 +1012,7 @@ class PredictorClient(_Base):
 
     def wait_for_job(self, job_id: str, timeout: float = 600.0, poll: float = 0.2) -> TrainResult:
         """Poll a background training job until it ends; raise its error if it failed."""
+        _wait_options(timeout, poll)
         deadline = time.monotonic() + timeout
         while (result := self._calls.job_outcome(job_id, self.train_job(job_id), deadline, timeout)) is None:
             time.sleep(poll)
@@ -985,7 +1053,7 @@ class PredictorClient(_Base):
 
     def download_table(self, name: str, dest: Path | str | None = None) -> bytes:
         """A table file's bytes; also written to ``dest`` when given."""
-        data = self._send(self._calls.download_table(name))
+        data = self._send(self._calls.download_table(name, dest))
         if dest is not None:
             Path(dest).write_bytes(data)
         return data
@@ -1054,14 +1122,13 @@ class AsyncPredictorClient(_Base):
                  transport: httpx.AsyncBaseTransport | None = None, max_connections: int = 100,
                  api_key: str | None = None):
         super().__init__(base_url, timeout, retries, backoff, api_key)
-        if max_connections < 1:
-            raise InvalidRequestError(f"max_connections must be at least 1, got {max_connections!r}",
-                                      field="max_connections")
+        max_connections = _whole(max_connections, "max_connections", minimum=1)
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport, headers=self._headers,
                                        limits=httpx.Limits(max_connections=max_connections,
                                                            max_keepalive_connections=min(20, max_connections),
                                                            keepalive_expiry=KEEPALIVE_EXPIRY))
         self._in_flight = asyncio.Semaphore(max_connections)
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __aenter__(self) -> "AsyncPredictorClient":
         return self
@@ -1072,7 +1139,21 @@ class AsyncPredictorClient(_Base):
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    def _check_usable(self) -> None:
+        if self._http.is_closed:
+            raise InvalidRequestError("this AsyncPredictorClient is closed (by aclose() or its async with block): "
+                                      "make a new one")
+        # Its pooled connections belong to the event loop that opened them: used from another
+        # (a second asyncio.run), httpx failed at random with "Event loop is closed".
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise InvalidRequestError("this AsyncPredictorClient was first used in another event loop, whose "
+                                      "connections it holds: make one client in each loop (each asyncio.run)")
+
     async def _send(self, req: _Request) -> Any:
+        self._check_usable()
         attempt = 0
         # A long batch's body is written in a worker thread (its answer is parsed here: pydantic
         # holds the GIL throughout, so a thread would not free the event loop; see the README).
@@ -1139,6 +1220,7 @@ class AsyncPredictorClient(_Base):
         return await self._send(self._calls.train_job(job_id))
 
     async def wait_for_job(self, job_id: str, timeout: float = 600.0, poll: float = 0.2) -> TrainResult:
+        _wait_options(timeout, poll)
         deadline = time.monotonic() + timeout
         while (result := self._calls.job_outcome(job_id, await self.train_job(job_id), deadline, timeout)) is None:
             await asyncio.sleep(poll)
@@ -1175,7 +1257,7 @@ class AsyncPredictorClient(_Base):
         return await self._send(self._calls.list_tables())
 
     async def download_table(self, name: str, dest: Path | str | None = None) -> bytes:
-        data = await self._send(self._calls.download_table(name))
+        data = await self._send(self._calls.download_table(name, dest))
         if dest is not None:
             await asyncio.to_thread(Path(dest).write_bytes, data)
         return data

@@ -141,7 +141,8 @@ class Trainer:
             raise InvalidInput(f"params: {exc}", field="params") from None
         table = self.read_traces(config.traces, uploads, progress)
         if len(table) == 0:
-            raise InvalidInput("no traces given", field="traces")
+            raise InvalidInput(f"traces file {shown(config.traces)} holds no traces" if isinstance(config.traces, str)
+                               else "no traces given (traces is an empty list)", field="traces")
         groups, ungrouped = self._split_groups(table, config)
         counters = row_counters(table) if config.features is None else frozenset()
         # Every group is fitted before any is stored: one that cannot be (too few rows, say)
