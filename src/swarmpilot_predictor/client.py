@@ -828,7 +828,7 @@ class _Base:
 
     def _unavailable(self, req: _Request, exc: Exception) -> PredictorClientError:
         if isinstance(exc, httpx.DecodingError):
-            # The answer arrived (its body's encoding is broken): the service was reached, and acted.
+            # An answer arrived (its body's encoding is broken): the service was reached, and may have acted.
             return PredictorClientError(f"the answer to {req.method} {req.path} from {self.base_url} could not be "
                                         f"decoded ({_cause(exc)}); the request reached the service"
                                         + ("" if req.idempotent else ", which may have carried it out"))
