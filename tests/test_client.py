@@ -838,6 +838,28 @@ def test_a_calls_own_timeout_is_the_one_waited_and_reported():
         assert "timed out after 0.3s" in err.value.message and "/predict/table/" in err.value.message
 
 
+def assert_refused_by_both_clients(url: str, cases) -> None:
+    """Each ``(call, field)``: an InvalidRequestError naming ``field`` from both clients, nothing sent."""
+    import httpx
+
+    sent: list = []
+    with PredictorClient(url, transport=httpx.MockTransport(sent.append)) as client:
+        for call, field in cases:
+            with pytest.raises(InvalidRequestError) as err:
+                call(client)
+            assert err.value.field == field, (field, err.value.message)
+
+    async def refused_by_the_async_client():
+        async with AsyncPredictorClient(url, transport=httpx.MockTransport(sent.append)) as client:
+            for call, field in cases:
+                with pytest.raises(InvalidRequestError) as err:
+                    await call(client)
+                assert err.value.field == field, (field, err.value.message)
+
+    asyncio.run(refused_by_the_async_client())
+    assert sent == []
+
+
 def test_requests_of_the_wrong_shape_are_refused_naming_the_field(trained_server):
     import decimal
 
@@ -865,22 +887,9 @@ def test_requests_of_the_wrong_shape_are_refused_naming_the_field(trained_server
         (lambda c: c.get_median_prediction("llm", [("hardware", "A100")]), "metadata"),
         (lambda c: c.get_prediction_range("llm", "hardware=A100"), "metadata"),
     ]
-    with PredictorClient(trained_server.url, transport=httpx.MockTransport(lambda r: sent.append(r))) as client:
-        for call, field in cases:
-            with pytest.raises(InvalidRequestError) as err:
-                call(client)
-            assert err.value.field == field, (field, err.value.message)
-
-    async def refused_by_the_async_client():
-        # The same errors (a list of files was an AttributeError there, read before the check).
-        async with AsyncPredictorClient(trained_server.url, transport=httpx.MockTransport(sent.append)) as client:
-            for call, field in cases:
-                with pytest.raises(InvalidRequestError) as err:
-                    await call(client)
-                assert err.value.field == field, (field, err.value.message)
-
-    asyncio.run(refused_by_the_async_client())
-    assert sent == []
+    # The same errors from both clients (a list of files was an AttributeError in the async
+    # one, read before the check).
+    assert_refused_by_both_clients(trained_server.url, cases)
     # What orjson writes is sent, a null beside it or not (a datetime, a UUID).
     import datetime
     import uuid
@@ -1173,8 +1182,6 @@ def test_a_running_tasks_time_left_counts_in_the_wait_through_both_clients(train
 
 def test_arguments_the_client_cannot_use_are_refused_naming_them(trained_server, tmp_path):
     # Each was an httpx, OS or type error (or a request to ".../None", or a poll without pause).
-    import httpx
-
     for url in ("http://[::1", "http://localhost:abc", "http://localhost:99999", "http://", "localhost:8200",
                 "ftp://host", None):
         for make in (PredictorClient, AsyncPredictorClient):
@@ -1187,7 +1194,6 @@ def test_arguments_the_client_cannot_use_are_refused_naming_them(trained_server,
             (AsyncPredictorClient if setting == "max_connections" else PredictorClient)(trained_server.url,
                                                                                         **{setting: value})
         assert err.value.field == setting and "two words" not in err.value.message
-    sent = []
     cases = [
         (lambda c: c.get_model(None), "identity"),
         (lambda c: c.predict_single(42, {"input_tokens": 1}), "identity"),
@@ -1210,21 +1216,7 @@ def test_arguments_the_client_cannot_use_are_refused_naming_them(trained_server,
         (lambda c: c.delete_table(""), "name"),
         (lambda c: c.download_table("t.json", dest=123), "dest"),
     ]
-    with PredictorClient(trained_server.url, transport=httpx.MockTransport(sent.append)) as client:
-        for call, field in cases:
-            with pytest.raises(InvalidRequestError) as err:
-                call(client)
-            assert err.value.field == field, (field, err.value.message)
-
-    async def refused_by_the_async_client():
-        async with AsyncPredictorClient(trained_server.url, transport=httpx.MockTransport(sent.append)) as client:
-            for call, field in cases:
-                with pytest.raises(InvalidRequestError) as err:
-                    await call(client)
-                assert err.value.field == field, (field, err.value.message)
-
-    asyncio.run(refused_by_the_async_client())
-    assert sent == []
+    assert_refused_by_both_clients(trained_server.url, cases)
     # A file the client cannot read is the OSError that open() raises, naming it.
     with PredictorClient(trained_server.url) as client, pytest.raises(FileNotFoundError) as err:
         client.train({"model": IDENTITY, "traces": "runs.jsonl"}, files={"runs.jsonl": tmp_path / "absent.jsonl"})
