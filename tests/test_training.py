@@ -243,6 +243,36 @@ def test_a_worker_whose_service_is_gone_stores_no_version(tmp_path, monkeypatch)
     assert list((tmp_path / "models").glob("*/v*")) == []
 
 
+def test_a_job_stopped_before_storing_its_version_does_not_claim_the_next_trainings(tmp_path, monkeypatch):
+    # Its worker noted version 1, then stopped (its service killed) before storing it: the
+    # number stayed free, the next training stored its own version 1 there, and the job read
+    # succeeded, with that version's number and its own metrics.
+    import json
+
+    from swarmpilot_predictor import training
+
+    (tmp_path / "models").mkdir()
+    config = TrainConfig(model=IDENTITY, traces=make_llm_traces(100), algorithm="linear").model_dump(mode="json")
+    monkeypatch.setattr(training, "_server_pid", 2**22 + 12345)  # not this process's parent
+    assert not training._train_job(str(tmp_path), config, None, None, "0123456789abcdef")["ok"]
+    monkeypatch.setattr(training, "_server_pid", None)
+    other = TrainConfig(model=IDENTITY, traces=make_llm_traces(120, seed=3), algorithm="linear").model_dump(mode="json")
+    assert training._train_job(str(tmp_path), other, None, None, "0123456789abcdee")["result"]["version"] == 1
+    landing = tmp_path / "jobs" / "0123456789abcdef.landing"
+    noted = json.loads(landing.read_text())
+    assert noted["version"] == 1
+    landing.write_text(json.dumps({**noted, "worker": 2**22 + 12345}) + "\n")  # its worker is gone too
+    _orphan(tmp_path, "0123456789abcdef")
+    record = TrainingJobs(tmp_path).get("0123456789abcdef")
+    assert record["status"] == "failed" and record["error"]["status_code"] == 503
+    assert record["error"]["message"] == "the service process that held this job stopped before it finished"
+    # The job that stored version 1 still reads it as its own.
+    _orphan(tmp_path, "0123456789abcdee")
+    record = TrainingJobs(tmp_path).get("0123456789abcdee")
+    assert record["status"] == "succeeded" and record["result"]["version"] == 1
+    assert record["result"]["metrics"]["rows_used"] == 120
+
+
 def test_a_job_whose_data_directory_went_away_stores_nothing_and_makes_no_folder(tmp_path):
     # Queued before the data directory went (deleted, or its volume unmounted): the worker
     # made data/ and data/models/ again, stored version 1 there and reported success.

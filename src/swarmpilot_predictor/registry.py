@@ -977,6 +977,19 @@ class ModelRegistry:
         except (OSError, ValueError):  # a version number past what a file name holds
             return False
 
+    def is_stored_as(self, identity: ModelIdentity, version: int, created_at: Any, digest: Any) -> bool:
+        """Whether ``version`` of ``identity`` is stored now as the version made at
+        ``created_at`` whose model file has that ``digest``: a writer killed before its meta
+        file was written leaves its number free, and another training may since have
+        stored its own version under it."""
+        try:
+            stored = orjson.loads(read_regular(self.root / identity.dirname / _meta_file(version)))
+        except (OSError, ValueError):  # not there (a number past what a file name holds), or damaged
+            return False
+        extra = stored.get("extra") if isinstance(stored, dict) else None
+        return (stored.get("created_at") == created_at and isinstance(extra, dict)
+                and extra.get(MODEL_DIGEST) == digest)
+
     def was_deleted(self, identity: ModelIdentity, version: int) -> bool:
         """Whether ``version`` of ``identity`` was stored here and deleted since (its tombstone
         stays: a number is never given twice)."""

@@ -36,7 +36,7 @@ from .identity import BOOLEAN_PART_NAMES, IDENTITY_KEYS, ModelIdentity, identity
 from .modeling import (QuantileModel, check_params, lightgbm_errors, lightgbm_message, params_not_used,
                        per_feature_param_problem)
 from .processes import started, still_running
-from .registry import ModelRegistry, ModelVersion
+from .registry import MODEL_DIGEST, ModelRegistry, ModelVersion
 from .settings import JOBS_FOLDER
 from .schemas import TrainConfig
 from .traces import RUNTIME_RANGE, TRACE_FILE_SUFFIXES, TraceError, TraceTable, dumps_json
@@ -158,8 +158,10 @@ class Trainer:
 
         def committing(meta: ModelVersion) -> None:
             if before_commit is not None:
+                # (when it was made and its model's digest: see TrainingJobs._cut_short)
                 before_commit({**_entry(meta), "of": len(fitted), "group_by": bool(config.group_by),
-                               "rows_in_no_group": ungrouped, "duration_seconds": time.perf_counter() - t0})
+                               "rows_in_no_group": ungrouped, "duration_seconds": time.perf_counter() - t0,
+                               "created_at": meta.created_at, "model_sha256": meta.extra.get(MODEL_DIGEST)})
 
         try:
             for meta, model, data in fitted:
@@ -794,7 +796,7 @@ class TrainingJobs:
             # Asked first: once the worker is known gone, what is stored stays so.
             running = worker_may_run and bool(entries) and still_running(entries[-1].get("worker"),
                                                                          entries[-1].get("worker_started"))
-            stored = [e for e in entries if self._registry.is_stored(ModelIdentity.from_parts(e["identity"]), e["version"])]
+            stored = [e for e in entries if self._stored_as_noted(e)]
             complete = bool(entries) and len(stored) == len(entries) == entries[-1]["of"]
             if running and not complete:
                 # Its worker still runs (its service gone, it exits within a second): it may
@@ -812,6 +814,17 @@ class TrainingJobs:
             versions = ", ".join(f"{e['model_key']} version {e['version']}" for e in stored)
             message += f"; it had stored {versions}"
         return {"ok": False, "error": {"status_code": status, "message": message}}
+
+    def _stored_as_noted(self, entry: dict[str, Any]) -> bool:
+        """Whether the version a job's landing note names is stored, and is the one the job
+        made: killed before the meta file was written, the job left its number free, and the
+        next training of the model stored its own version under it (the job then read
+        succeeded, with that version's number). A note written before 2026-12-03 names
+        neither time nor digest: its number alone is checked."""
+        identity = ModelIdentity.from_parts(entry["identity"])
+        if "created_at" not in entry:
+            return self._registry.is_stored(identity, entry["version"])
+        return self._registry.is_stored_as(identity, entry["version"], entry["created_at"], entry.get("model_sha256"))
 
     def _prune_records(self) -> None:
         try:
