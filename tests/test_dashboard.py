@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 from swarmpilot_predictor.client import PredictorClient
+from swarmpilot_predictor.identity import ModelIdentity
 
 from .conftest import IDENTITY, autotuned_traces, make_llm_traces, run_server
 
@@ -38,12 +39,15 @@ def context(browser):
 
 @pytest.fixture(scope="module")
 def three_models(tmp_path_factory):
-    """A service with three small models, one of them named by the longest part there is;
-    the tests that read it change nothing on it."""
+    """A service with three small models, one of them named by the longest part there is and
+    drifted (so the health line names it too); the tests that read it change nothing on it."""
     with run_server(tmp_path_factory.mktemp("dashboard") / "data") as srv, PredictorClient(srv.url) as client:
         for i, name in enumerate(["alpha", "beta", LONG_NAME]):
             client.train({"model": {**IDENTITY, "model_name": name}, "traces": make_llm_traces(100, seed=i),
                           "algorithm": "linear"})
+        client.observe({**IDENTITY, "model_name": LONG_NAME},
+                       [{**t, "runtime_ms": 1.8 * t["runtime_ms"]} for t in make_llm_traces(150, seed=7)])
+        assert client.health().drifted_models == [ModelIdentity.from_parts({**IDENTITY, "model_name": LONG_NAME}).key]
         yield srv
 
 
@@ -108,7 +112,7 @@ def test_dashboard_a_failed_request_costs_only_its_own_part(three_models, contex
     assert page.inner_text("#health").startswith("health unavailable: health: 503")
     errors = page.locator("#details p.error")
     assert errors.count() == 1 and "accuracy unavailable" in errors.inner_text() and "500" in errors.inner_text()
-    assert page.locator("#details p.empty").count() == 2  # the others: no observations yet
+    assert page.locator("#details p.empty").count() == 1  # alpha: no observations yet
     assert page.evaluate("document.body.dataset.failed") == "2"
     # Without the model list there is nothing to show: the page says which request failed.
     page = context.new_page()
@@ -139,7 +143,9 @@ def test_dashboard_behind_a_proxy_under_a_path_prefix(three_models, context):
     assert page.locator("tr.model-row").count() == 3 and page.evaluate("document.body.dataset.failed") == "0"
     assert all(a.startswith("/predictor/") for a in asked) and "/predictor/models" in asked
     assert LONG_NAME in page.inner_text("#models")
-    # Every column stays on screen: the long key wraps in its cell and its card's heading.
+    # Every column stays on screen: the long key wraps in its cell, its card's heading and the
+    # health line's list of drifted models (which widened the page to 1,778 px).
+    assert LONG_NAME in page.inner_text("#health")
     assert page.evaluate("document.documentElement.scrollWidth") <= 1200
     # A 200 that is no JSON (a proxy's sign-in page) names the request it answered.
     page = context.new_page()

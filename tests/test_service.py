@@ -767,6 +767,20 @@ def test_list_models_and_prediction_counts(two_models):
     assert health["status"] == "healthy" and health["models_registered"] == 2
 
 
+def test_a_model_deleted_while_models_are_listed_is_left_out_not_an_error(two_models, monkeypatch):
+    # Another request (or worker) deleted it between the listing's snapshot of identities and
+    # its description: the whole listing was a 400 "no model ...", and the dashboard empty.
+    listed = two_models.registry.identities()
+    gone = next(i for i in listed if i.model_name == "llama-3-8b")
+    two_models.delete_model(IdentityPattern.from_parts(gone.as_dict()))
+    monkeypatch.setattr(two_models.registry, "identities", lambda: listed)  # the snapshot taken before
+    entries = two_models.list_models()
+    assert [(e["model_name"], len(e["models"])) for e in entries] == [(IDENTITY["model_name"], 1)]
+    with pytest.raises(ModelNotFound) as err:  # GET /models/{id} resolved just before the delete
+        two_models.describe_model(gone)
+    assert err.value.status_code == 404 and err.value.field == "identity"
+
+
 def test_first_runs_of_an_input_shape_are_predicted_slow_and_repeats_fast(tmp_path):
     traces, _ = cold_start_traces(600)
     svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", cache_size=100))

@@ -855,8 +855,16 @@ class PredictorService:
             grouped.setdefault((identity.model_type, identity.model_name), []).append(identity)
         out = []
         shared = self.metrics.shared_prediction_counts()
-        for (mtype, mname), identities in grouped.items():
-            entries = [self.describe_model(i, shared) for i in identities]
+        for (mtype, mname), listed in grouped.items():
+            entries, identities = [], []
+            for identity in listed:
+                try:
+                    entries.append(self.describe_model(identity, shared))
+                except ModelNotFound:  # deleted since it was listed (another request, another worker)
+                    continue
+                identities.append(identity)
+            if not entries:
+                continue
             out.append({
                 "model_type": mtype,
                 "model_name": mname,
@@ -874,8 +882,8 @@ class PredictorService:
         """One model's entry of ``/models``; ``shared``: every worker's prediction counts, when
         several share the metric files (otherwise this process's own count)."""
         versions = self.registry.versions(identity)
-        if not versions:
-            raise PredictorError(f"no model {identity.key}")
+        if not versions:  # deleted since it was resolved
+            raise ModelNotFound(f"no model {identity.key}: it was deleted", field="identity")
         latest = versions[-1]
         return {
             "key": identity.key,
