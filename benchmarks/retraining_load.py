@@ -11,15 +11,21 @@ latency of those requests with no retraining running and while one runs, each
 retraining's seconds, and the resident memory of the server and its worker processes.
 
     uv run python benchmarks/retraining_load.py [--observations 5000] [--retrains 3] [--in-process]
+        [--clients 1] [--burners 0] [--priority idle|low|normal] [--give-up 600]
 
 ``--in-process`` sets ``PREDICTOR_RETRAIN_IN_WORKER=false``: the retraining's fitting then
-runs in the serving process, beside the requests.
+runs in the serving process, beside the requests. ``--clients`` sends the requests from that
+many threads at once; ``--burners`` runs that many processes spinning on the CPU (at the
+benchmark's niceness) while the retrainings run, as other work on the machine would;
+``--priority`` sets ``PREDICTOR_TRAINING_PRIORITY``. A retraining still running after
+``--give-up`` seconds is reported so, and the benchmark moves on.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -28,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from swarmpilot_predictor.client import PredictorClient
+from swarmpilot_predictor.client import PredictorClient, PredictorUnavailableError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scheduler_simulation import IDENT, INSTANCES, draw, latency_row, running_server  # noqa: E402
@@ -56,6 +62,26 @@ def hammer(client: PredictorClient, rng: np.random.Generator, until) -> list[flo
         client.queue_waits(IDENT, asks[len(ms) % len(asks)], quantiles=LEVELS)
         ms.append((time.perf_counter() - t0) * 1000)
     return ms
+
+
+def load(url: str, client: PredictorClient, rng: np.random.Generator, until, clients: int) -> list[float]:
+    """``hammer`` from ``clients`` threads at once (``client`` is the first's); all their latencies."""
+    out: list[list[float]] = [[] for _ in range(clients)]
+    seeds = rng.integers(1 << 31, size=clients)  # drawn here: the threads share no generator
+
+    def one(k: int) -> None:
+        if k == 0:
+            out[0] = hammer(client, rng, until)
+            return
+        with PredictorClient(url, timeout=600, retries=0) as other:
+            out[k] = hammer(other, np.random.default_rng(int(seeds[k])), until)
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [ms for part in out for ms in part]
 
 
 def observe(client: PredictorClient, rng: np.random.Generator, n: int) -> None:
@@ -88,10 +114,16 @@ def main() -> None:
     ap.add_argument("--retrains", type=int, default=3)
     ap.add_argument("--idle", type=float, default=5.0, help="seconds of requests with no retraining running")
     ap.add_argument("--in-process", action="store_true", help="fit in the serving process (PREDICTOR_RETRAIN_IN_WORKER=false)")
+    ap.add_argument("--clients", type=int, default=1, help="client threads sending queue_waits at once")
+    ap.add_argument("--burners", type=int, default=0, help="processes spinning on the CPU while retrainings run")
+    ap.add_argument("--priority", choices=("idle", "low", "normal"), default="idle",
+                    help="PREDICTOR_TRAINING_PRIORITY")
+    ap.add_argument("--give-up", type=float, default=600, help="seconds after which a retraining is reported unfinished")
     ap.add_argument("--seed", type=int, default=3)
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
-    settings = {"PREDICTOR_AUTO_RETRAIN": "false", "PREDICTOR_RETRAIN_IN_WORKER": "false" if args.in_process else "true"}
+    settings = {"PREDICTOR_AUTO_RETRAIN": "false", "PREDICTOR_RETRAIN_IN_WORKER": "false" if args.in_process else "true",
+                "PREDICTOR_TRAINING_PRIORITY": args.priority}
     with (tempfile.TemporaryDirectory() as tmp, running_server(Path(tmp) / "data", settings) as (proc, url),
           PredictorClient(url, timeout=600, retries=0) as client):
         train, _, runtimes = draw(2000, rng)
@@ -99,7 +131,7 @@ def main() -> None:
                       "traces": [{**t, "runtime_ms": float(r)} for t, r in zip(train, runtimes)]})
         observe(client, rng, args.observations)
         hammer(client, rng, lambda t=time.monotonic() + 1: time.monotonic() > t)  # warm
-        idle = hammer(client, rng, lambda t=time.monotonic() + args.idle: time.monotonic() > t)
+        idle = load(url, client, rng, lambda t=time.monotonic() + args.idle: time.monotonic() > t, args.clients)
         during, decisions = [], []
         for k in range(args.retrains):
             if k:  # a retrained version is retrained on what was observed after it
@@ -107,20 +139,31 @@ def main() -> None:
             done = threading.Event()
 
             def retrain() -> None:
-                with PredictorClient(url, timeout=600, retries=0) as other:
+                with PredictorClient(url, timeout=args.give_up, retries=0) as other:
                     t0 = time.perf_counter()
-                    d = other.retrain(IDENT)
+                    try:
+                        d = other.retrain(IDENT)
+                    except PredictorUnavailableError:  # the client's timeout: still running
+                        d = {"status": f"unfinished after {args.give_up:g} s"}
                     decisions.append((d, time.perf_counter() - t0))
                 done.set()
 
-            worker = threading.Thread(target=retrain)
-            worker.start()
-            during += hammer(client, rng, done.is_set)
-            worker.join()
+            burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.burners)]
+            try:
+                worker = threading.Thread(target=retrain)
+                worker.start()
+                during += load(url, client, rng, done.is_set, args.clients)
+                worker.join()
+            finally:
+                for b in burners:
+                    b.kill()
+                    b.wait()
         memory = [("server", rss_mb(proc.pid))] + [(f"{name} worker", rss_mb(k)) for name, k in
                                                    zip(("training", "retraining"), workers(proc.pid))]
-    where = "in the serving process" if args.in_process else "in the retraining worker (the default)"
-    print(f"Retraining {where}; {args.observations} observations, {os.cpu_count()} CPUs.\n")
+    where = ("in the serving process" if args.in_process else
+             f"in the retraining worker (the default), PREDICTOR_TRAINING_PRIORITY={args.priority}")
+    print(f"Retraining {where}; {args.observations} observations, {os.cpu_count()} CPUs, {args.clients} client "
+          f"thread(s), {args.burners} process(es) spinning meanwhile.\n")
     print(f"| queue_waits ({2 * INSTANCES} queues) | requests | p50 ms | p90 ms | p99 ms | max ms |\n|---|---|---|---|---|---|")
     print(latency_row("no retraining running", idle))
     print(latency_row("while a retraining runs", during))

@@ -345,6 +345,7 @@ def test_a_bad_setting_or_an_unusable_data_directory_is_one_clear_line(tmp_path,
     ("PREDICTOR_MAX_LOADED_MODELS", "0", "Input should be greater than or equal to 1 (got '0')"),
     ("PREDICTOR_PORT", "70000", "Input should be less than or equal to 65535 (got '70000')"),
     ("PREDICTOR_MAX_UPLOAD_MB", "inf", "Input should be a finite number (got 'inf')"),
+    ("PREDICTOR_TRAINING_PRIORITY", "urgent", "Input should be 'idle', 'low' or 'normal' (got 'urgent')"),
     ("PREDICTOR_OBSERVATIONS_MAX_FILE_MB", "inf", "Input should be a finite number (got 'inf')"),
     # Past any count the service could hold: such values started it, and then the answers that
     # carry them failed (a 500: JSON integers stop at 64 bits).
@@ -970,8 +971,14 @@ def test_messages_name_the_flag_that_gave_the_value(tmp_path, trained, server):
     trace = tmp_path / "t.jsonl"
     trace.write_text('{"input_tokens": 1, "output_tokens": 1}\n')
     for where in (["--data-dir", str(trained)], ["--url", server.url]):
-        result = runner.invoke(cli.app, ["table", "llm/*/*/*/*", str(trace), *where, "-o", "foo.txt"])
+        # Said before the model is looked up: the service holds none that matches.
+        result = runner.invoke(cli.app, ["table", "nomodel/*/*/*/*", str(trace), *where, "-o", "foo.txt"])
         assert "--output 'foo.txt' must end in .json or .csv" in one_error_line(result), where
+    # A path of one's own that is refused makes no folder for it.
+    result = runner.invoke(cli.app, ["table", "llm/*/*/*/*", str(trace), "-d", str(trained),
+                                     "-o", str(tmp_path / "new" / "foo.txt")])
+    assert "--output 'foo.txt' must end in .json or .csv" in one_error_line(result)
+    assert not (tmp_path / "new").exists()
     for url, said in (("http://", "it names no host"), ("http://localhost:99999", "its port 99999 is not between"),
                       ("localhost:8200", "its scheme is not http or https")):
         result = runner.invoke(cli.app, ["models", "--url", url])

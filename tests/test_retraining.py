@@ -826,6 +826,26 @@ def test_a_retraining_fits_in_the_worker_process_and_its_version_serves_at_once(
     assert list(svc.retrainer.worker.pool._processes.values()) == [worker]
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
+@pytest.mark.parametrize("priority, policy, nicer", [("idle", "SCHED_IDLE", 0), ("low", "SCHED_BATCH", 10),
+                                                     ("normal", "SCHED_BATCH", 0)])
+def test_the_training_and_retraining_workers_run_at_the_cpu_priority_set(tmp_path, priority, policy, nicer):
+    # idle (the default) yields the CPU to any other work; low and normal take a share of a
+    # busy one, so that a machine kept busy does not hold a retraining back indefinitely.
+    svc = _service(tmp_path, retrain_in_worker=True, training_priority=priority)
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    _, job = svc.jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(100, seed=3), algorithm="linear"))
+    assert job.result(timeout=120)["version"] == 2
+    svc.observe(IDENTITY, _shifted(200, 2.0, seed=40))
+    assert svc.retrain(pattern)["status"] == "retrained"
+    (trainer,) = svc.jobs._pool._processes
+    (retrainer,) = svc.retrainer.worker.pool._processes
+    server_nice = os.getpriority(os.PRIO_PROCESS, 0)
+    for worker in (trainer, retrainer):
+        assert os.sched_getscheduler(worker) == getattr(os, policy)
+        assert os.getpriority(os.PRIO_PROCESS, worker) == min(server_nice + nicer, 19)
+
+
 def test_an_error_in_the_worker_is_answered_as_in_the_serving_process(tmp_path):
     svc = _worker_service(tmp_path)
     pattern = IdentityPattern.from_parts(IDENTITY)

@@ -317,10 +317,11 @@ class Retrainer:
         max_observations: int = 20_000,
         on_new_version: Callable[[ModelIdentity], Any] | None = None,
         in_worker: bool = False,
+        worker_priority: str = "idle",
     ):
-        """``in_worker``: fit in a separate low-priority process (:class:`RetrainingWorker`),
-        not in this one's threads, where the candidates' fits took the CPU and the GIL from
-        the requests served meanwhile."""
+        """``in_worker``: fit in a separate low-priority process (:class:`RetrainingWorker`,
+        at ``worker_priority``, see ``training.WORKER_PRIORITIES``), not in this one's threads,
+        where the candidates' fits took the CPU and the GIL from the requests served meanwhile."""
         self.on_decision = on_decision
         self.on_new_version = on_new_version  # told of each version a retraining stores
         self.registry = registry
@@ -332,7 +333,7 @@ class Retrainer:
         self.training_weight = training_weight
         self.max_observations = max_observations
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrain")
-        self.worker = RetrainingWorker(self.worker_config()) if in_worker else None
+        self.worker = RetrainingWorker(self.worker_config(), worker_priority) if in_worker else None
         # Called just before a retraining stores its version (a worker's: whether its service still runs).
         self.before_save: Callable[[], None] | None = None
         self._running: dict[ModelIdentity, Future] = {}
@@ -805,9 +806,9 @@ class RetrainingWorker:
     and kept, so that each retraining reads on from where the last one read.
     """
 
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: dict[str, Any], priority: str = "idle"):
         self.config = config
-        self._workers = WorkerPool()
+        self._workers = WorkerPool(priority)
         self._lock = threading.Lock()
         self._job_lock = threading.Lock()
         self._closed = False

@@ -186,6 +186,17 @@ def _trained_models(result: dict[str, Any]) -> list[dict[str, Any]]:
     return result.get("models") or [{"identity": result["identity"]}]
 
 
+def _written_format(name: str, fmt: str | None) -> str:
+    """The format a table named ``name`` is written in: its suffix's, which must be writable
+    and agree with ``fmt`` where that is given."""
+    name_fmt = table_format(name)
+    if name_fmt not in WRITABLE_FORMATS:
+        raise InvalidInput(f"table_name {shown(name)} must end in .json or .csv (optionally .gz)", field="table_name")
+    if fmt is not None and fmt != name_fmt:
+        raise InvalidInput(f"format {shown(fmt)} does not match the table name {shown(name)}", field="format")
+    return name_fmt
+
+
 class PredictorService:
     def __init__(self, settings: PredictorSettings):
         self.settings = settings
@@ -196,7 +207,8 @@ class PredictorService:
         self.jobs = TrainingJobs(settings.data_dir, on_success=self._trained_in_worker,
                                  on_failure=lambda error: self.metrics.training_runs.labels("error").inc(),
                                  max_pending=settings.max_queued_trainings,
-                                 on_pending=lambda n: self.metrics.trainings_pending.set(n))
+                                 on_pending=lambda n: self.metrics.trainings_pending.set(n),
+                                 priority=settings.training_priority)
         self.prediction_counts: Counter[ModelIdentity] = Counter()
         self._loaded_reported = -1  # the model versions in memory as the metrics last said
         self._closed = False
@@ -218,6 +230,7 @@ class PredictorService:
             on_decision=lambda decision: self.metrics.retraining_runs.labels(decision["status"]).inc(),
             on_new_version=self.keep_newest_versions,
             max_observations=settings.retrain_max_observations, in_worker=settings.retrain_in_worker,
+            worker_priority=settings.training_priority,
         )
         # Lookup tables; DEFAULT_LOOKUP_TABLE is loaded now (a bad file is logged and reported by /health).
         self.tables = LookupTableStore(settings.tables_dir, default=settings.default_lookup_table)
@@ -785,20 +798,21 @@ class PredictorService:
                                field="table_name")
         if fmt is not None and fmt not in WRITABLE_FORMATS:
             raise InvalidInput(f"format must be one of {', '.join(WRITABLE_FORMATS)}, got {shown(fmt)}", field="format")
+        # A name given is checked before the model is looked up: its error does not depend on
+        # which models the service holds, and no folder is made for a table refused.
+        own_path = out_path is not None
+        if not own_path and table_name is not None:
+            out_path = self.tables.output_path(table_name)
+        name_fmt = _written_format(out_path.name, fmt) if out_path is not None else None
         self.registry.maybe_refresh()
         identity = self.registry.resolve(pattern)
         loaded = self.registry.load(identity)
         if out_path is None:
             # A model type that starts with '.' must not make a hidden file (refused as a name).
-            name = table_name or f"{identity.dirname.lstrip('.')}.{fmt or 'json'}"
-            out_path = self.tables.output_path(name)
-        else:
+            out_path = self.tables.output_path(f"{identity.dirname.lstrip('.')}.{fmt or 'json'}")
+            name_fmt = _written_format(out_path.name, fmt)
+        elif own_path:
             out_path.parent.mkdir(parents=True, exist_ok=True)  # the CLI's --output folder
-        name_fmt = table_format(out_path.name)
-        if name_fmt not in WRITABLE_FORMATS:
-            raise InvalidInput(f"table name {shown(out_path.name)} must end in .json or .csv (optionally .gz)", field="table_name")
-        if fmt is not None and fmt != name_fmt:
-            raise InvalidInput(f"format {shown(fmt)} does not match the table name {shown(out_path.name)}", field="format")
         result = generate_table(
             traces=iter_trace_file(trace_file, source_name),
             schema=loaded.meta.features,

@@ -7,6 +7,7 @@ import os
 import stat
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -54,6 +55,10 @@ class PredictorSettings(BaseSettings):
     # Trainings queued or running in one worker process at a time (each queued one holds its
     # request body); more get a 429.
     max_queued_trainings: int = Field(default=16, ge=1, le=MAX_COUNT)
+    # The CPU priority of the worker processes that train and retrain (see training.py's
+    # WORKER_PRIORITIES): idle yields to all other work, so on a machine kept busy it can wait
+    # indefinitely; low and normal get a share of a busy CPU.
+    training_priority: Literal["idle", "low", "normal"] = "idle"
     # Largest request body accepted (JSON or uploaded files), in MB; larger ones get a 413; 0: no limit.
     max_upload_mb: float = Field(default=512, ge=0, le=MAX_MB, allow_inf_nan=False)
     # Records in a lookup table that generation writes (0: no limit). Every worker holds a

@@ -361,7 +361,29 @@ def _spawning() -> Iterator[None]:
 _server_pid: int | None = None
 
 
-def _init_worker(server_pid: int | None = None) -> None:
+# What each PREDICTOR_TRAINING_PRIORITY gives the worker: (Linux scheduling policy, niceness
+# added to the server's). SCHED_IDLE runs it only on CPU time nothing else wants, and lets a
+# waking server preempt it at once, but on a machine kept busy by other work (at nice 0) it
+# gets about 0.3% of a core: a retraining of 6 s alone had not finished after 180 s
+# (benchmarks/retraining_load.py --burners 2). SCHED_BATCH shares the CPU by niceness, as
+# the normal policy does, but never preempts a task that wakes (the server's requests).
+WORKER_PRIORITIES = {"idle": ("SCHED_IDLE", 0), "low": ("SCHED_BATCH", 10), "normal": ("SCHED_BATCH", 0)}
+
+
+def _set_priority(priority: str) -> None:
+    policy, nice = WORKER_PRIORITIES[priority]
+    try:
+        os.sched_setscheduler(0, getattr(os, policy), os.sched_param(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux: niceness alone
+        nice = 19 if priority == "idle" else nice
+    if nice:
+        try:
+            os.nice(nice)
+        except OSError:  # pragma: no cover
+            pass
+
+
+def _init_worker(server_pid: int | None = None, priority: str = "idle") -> None:
     # A stop signal sent to the whole process group (systemd's stop, Ctrl-C) is the server's
     # to act on: it lets the request in flight finish its training, then stops this worker
     # (TrainingJobs.shutdown). Dying here at once answered that request 500, "out of memory?".
@@ -370,15 +392,8 @@ def _init_worker(server_pid: int | None = None) -> None:
     # Blocked since the server started this process (see _spawning): a signal that came
     # while it imported is pending, and now discarded, being ignored.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-    # Predictions first: SCHED_IDLE runs the worker only on otherwise idle CPU time and
-    # lets a waking server preempt it at once; nice 19 where that policy is missing.
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        try:
-            os.nice(19)
-        except OSError:
-            pass
+    # Predictions first (see WORKER_PRIORITIES).
+    _set_priority(priority)
     # A server pinned to one core (taskset) should not pin its training there too:
     # let the worker use any core, where it only takes what others leave idle.
     if hasattr(os, "sched_setaffinity"):
@@ -398,7 +413,10 @@ class WorkerPool:
     (forked, it would inherit the server's threads and sockets): the pool in use
     (``pool``, None until then and once stopped), and its stop."""
 
-    def __init__(self) -> None:
+    def __init__(self, priority: str = "idle") -> None:
+        if priority not in WORKER_PRIORITIES:
+            raise ValueError(f"priority must be one of {', '.join(WORKER_PRIORITIES)}, not {priority!r}")
+        self.priority = priority
         self.pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -406,7 +424,7 @@ class WorkerPool:
         with self._lock:
             if self.pool is None:
                 self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=_init_worker, initargs=(os.getpid(),))
+                                                initializer=_init_worker, initargs=(os.getpid(), self.priority))
             return self.pool
 
     def stop(self, pool: ProcessPoolExecutor | None = None) -> None:
@@ -551,7 +569,8 @@ class TrainingJobs:
 
     def __init__(self, data_dir: Path, on_success: Callable[[dict[str, Any]], None] | None = None,
                  on_failure: Callable[[dict[str, Any]], None] | None = None, keep: int = 1000,
-                 max_pending: int = 16, on_pending: Callable[[int], None] | None = None):
+                 max_pending: int = 16, on_pending: Callable[[int], None] | None = None,
+                 priority: str = "idle"):
         self.data_dir = Path(data_dir)
         # Made here, once, as the service's registry makes it; never by a job, which finds a
         # models folder gone since (an unmounted volume) and stores nothing.
@@ -562,7 +581,7 @@ class TrainingJobs:
         self.on_success = on_success
         self.on_failure = on_failure
         self.keep = keep
-        self._workers = WorkerPool()
+        self._workers = WorkerPool(priority)
         self._lock = threading.Lock()
         self.jobs: dict[str, dict[str, Any]] = {}
         # Each record is also written to this folder, so that any worker process can answer for
