@@ -239,3 +239,14 @@ def metric_value(text: str, name: str, **labels: str) -> float:
             if all(f'{k}="{v}"' in line for k, v in labels.items()):
                 return float(line.rsplit(" ", 1)[1])
     raise KeyError(f"{name} {labels} not in metrics")
+
+
+def wait_until_dead(pid: int) -> None:
+    """Return once process ``pid`` has ended (a zombie, or reaped), not once its parent knows."""
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    return
+        except OSError:  # reaped: gone
+            return

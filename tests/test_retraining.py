@@ -20,7 +20,8 @@ from swarmpilot_predictor.service import PredictorService
 from swarmpilot_predictor.settings import PredictorSettings
 from swarmpilot_predictor.traces import TraceTable
 
-from .conftest import IDENTITY, clock_checking_at, cold_start_traces, make_llm_traces, run_with_file_size_limit
+from .conftest import (IDENTITY, clock_checking_at, cold_start_traces, make_llm_traces, run_with_file_size_limit,
+                       wait_until_dead)
 
 
 _opened: list[PredictorService] = []
@@ -908,7 +909,8 @@ def test_a_worker_that_dies_fails_the_retraining_it_ran_alone_which_waits_and_a_
             first.result(timeout=60)
         # The other model's was not failed with it: it ran on a fresh worker.
         assert second.result(timeout=60)["status"] == "retrained"
-    assert died.value.status_code == 500 and "retraining worker process died" in died.value.message
+    assert died.value.status_code == 500 and died.value.message.startswith(
+        "the retraining worker process died (exited with status 1: out of memory, say,")
     (failed,) = svc.accuracy(pattern)["retraining"]
     assert failed["status"] == "failed" and failed["from_version"] == 1
     # Not tried again at the next /observe: a worker killed for its memory at each try would be.
@@ -918,6 +920,26 @@ def test_a_worker_that_dies_fails_the_retraining_it_ran_alone_which_waits_and_a_
     monkeypatch.undo()
     assert svc.retrain(pattern)["status"] == "retrained"
     assert [v.version for v in svc.registry.versions(identity)] == [1, 2]
+
+
+def test_a_retraining_sent_to_a_worker_that_just_died_idle_runs_on_a_fresh_one(tmp_path):
+    # Killed between two retrainings (say, for its memory), the worker had taken the next one
+    # down with it: a 500 and a failed decision with its wait, though nothing had run.
+    import signal
+
+    svc = _worker_service(tmp_path)
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    svc.observe(IDENTITY, _shifted(200, 2.0, seed=40))
+    assert svc.retrain(pattern)["status"] == "retrained"
+    svc.observe(IDENTITY, _shifted(200, 2.0, seed=42))
+    (pid,) = svc.retrainer.worker.pool._processes
+    os.kill(pid, signal.SIGKILL)
+    wait_until_dead(pid)
+    decision = svc.retrain(pattern)
+    assert decision["status"] in ("retrained", "kept") and decision["from_version"] == 2
+    assert [d["status"] for d in svc.accuracy(pattern)["retraining"]] == ["retrained", decision["status"]]
+    (fresh,) = svc.retrainer.worker.pool._processes
+    assert fresh != pid
 
 
 def test_a_worker_that_dies_after_its_decision_is_answered_by_that_decision(tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ from swarmpilot_predictor.registry import ModelRegistry
 from swarmpilot_predictor.schemas import TrainConfig
 from swarmpilot_predictor.training import Trainer, TrainingJobs, when_parent_dies
 
-from .conftest import IDENTITY, autotuned_traces, make_llm_traces
+from .conftest import IDENTITY, autotuned_traces, make_llm_traces, wait_until_dead
 
 
 def test_trainer_stores_a_version_with_its_training_rows(tmp_path):
@@ -363,13 +363,14 @@ def test_a_job_whose_worker_dies_fails_and_the_next_one_runs(tmp_path):
         queued = [jobs.submit(TrainConfig(model={**IDENTITY, "hardware": f"gpu{k}"}, traces=make_llm_traces(100),
                                           algorithm="linear")) for k in range(2)]
         deadline = time.monotonic() + 60
-        while not getattr(jobs._pool, "_processes", None) and time.monotonic() < deadline:
+        while not jobs._pool.ran(1) and time.monotonic() < deadline:  # (killed before, it would run on a fresh one)
             time.sleep(0.05)
         for pid in list(jobs._pool._processes):
             os.kill(pid, signal.SIGKILL)  # say, the kernel's out-of-memory killer
         with pytest.raises(PredictorError) as err:
             future.result(timeout=60)
-        assert err.value.status_code == 500 and "worker process died" in err.value.message
+        assert err.value.status_code == 500 and err.value.message.startswith(
+            "the training worker process died (killed by SIGKILL: out of memory, say,")
         assert jobs.get(job_id)["status"] == "failed"
         for k, (other, result) in enumerate(queued):
             assert result.result(timeout=120)["identity"]["hardware"] == f"gpu{k}"
@@ -416,6 +417,25 @@ def test_jobs_cut_short_by_a_stop_read_stopped_not_died(tmp_path):
     # The queued job never ran: it must not read as started when the running one was cut short.
     assert "started_at" in jobs.get(running) and "started_at" not in jobs.get(queued)
     assert "started_at" not in TrainingJobs(tmp_path).get(queued)
+
+
+def test_a_job_given_to_a_worker_that_just_died_idle_runs_on_a_fresh_one(tmp_path):
+    # The pool learns of its idle worker's death only when its manager thread wakes: a job
+    # sent in between read failed, "the worker process died", though it never ran.
+    import os
+
+    jobs = TrainingJobs(tmp_path)
+    try:
+        for before in (1, 3, 5):
+            _, done = jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(100), algorithm="linear"))
+            assert done.result(timeout=120)["version"] == before
+            (pid,) = jobs._pool._processes
+            os.kill(pid, signal.SIGKILL)
+            wait_until_dead(pid)
+            job_id, after = jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(100), algorithm="linear"))
+            assert after.result(timeout=120)["version"] == before + 1 and jobs.get(job_id)["status"] == "succeeded"
+    finally:
+        jobs.shutdown()
 
 
 def test_a_stop_signal_while_the_worker_starts_does_not_kill_it(tmp_path):

@@ -40,7 +40,7 @@ from .modeling.stored import _finite_number
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog
 from .registry import ModelRegistry, ModelVersion
 from .traces import dumps_json, read_json_lines
-from .training import WorkerPool, _spawning
+from .training import WorkerExecutor, WorkerPool, _spawning, worker_died
 
 log = logging.getLogger(__name__)
 
@@ -828,7 +828,7 @@ class RetrainingWorker:
                 try:
                     pool = self._executor()
                     with _spawning():
-                        future = pool.submit(*args)
+                        future, number = pool.submit_numbered(*args)
                 except BrokenProcessPool:  # its idle worker died: a fresh one takes the job
                     self._workers.stop(pool)
                     if attempt == 1 and not self._closed:
@@ -839,9 +839,14 @@ class RetrainingWorker:
                 try:
                     return future.result()
                 except (BrokenProcessPool, CancelledError):
+                    ran = pool.ran(number)
+                    message = worker_died("retraining", pool) if ran and not self._closed else ""
                     self._workers.stop(pool)
-                    raise WorkerLost("the retraining worker process died (out of memory, or a crash in a native "
-                                     "library: see the service's log)", self._closed) from None
+                    if self._closed:  # stopped with the service, not dead
+                        raise WorkerLost("the service is stopping", stopping=True) from None
+                    if not ran and attempt == 1:  # it died idle, before it took the job: a fresh one takes it
+                        continue
+                    raise WorkerLost(message or worker_died("retraining", pool)) from None
         raise AssertionError("unreachable")
 
     @property
@@ -849,7 +854,7 @@ class RetrainingWorker:
         """The worker's pool (None before the first retraining and once stopped)."""
         return self._workers.pool
 
-    def _executor(self) -> ProcessPoolExecutor:
+    def _executor(self) -> WorkerExecutor:
         with self._lock:
             if self._closed:
                 raise WorkerLost("the service is stopping", stopping=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import itertools
 import logging
 import math
 import multiprocessing
@@ -383,7 +384,7 @@ def _set_priority(priority: str) -> None:
             pass
 
 
-def _init_worker(server_pid: int | None = None, priority: str = "idle") -> None:
+def _init_worker(server_pid: int | None = None, priority: str = "idle", last_started: Any = None) -> None:
     # A stop signal sent to the whole process group (systemd's stop, Ctrl-C) is the server's
     # to act on: it lets the request in flight finish its training, then stops this worker
     # (TrainingJobs.shutdown). Dying here at once answered that request 500, "out of memory?".
@@ -403,9 +404,54 @@ def _init_worker(server_pid: int | None = None, priority: str = "idle") -> None:
             pass
     # If the server dies without shutting the pool down, do not outlive it: also if it died
     # while this process was still importing (its parent is then already init, not the server).
-    global _server_pid
+    global _server_pid, _last_started
     _server_pid = server_pid
+    _last_started = last_started
     when_parent_dies(lambda: os._exit(0), server_pid)
+
+
+# In a worker process: the number its pool gave the job it started last (see WorkerExecutor).
+_last_started: Any = None
+
+
+def _run_numbered(number: int, fn: Callable[..., Any], *args: Any) -> Any:
+    _last_started.value = number
+    return fn(*args)
+
+
+class WorkerExecutor(ProcessPoolExecutor):
+    """The pool of one worker process, which knows which of its jobs the worker started.
+
+    A worker that dies fails every job the pool holds, those it never started too: one
+    sent to an idle worker killed a moment before (the pool learns of a death only when
+    its manager thread wakes) read "the worker process died", though it never ran. Each
+    job is numbered, and the worker writes the number of the one it starts in shared
+    memory: :meth:`ran` tells the job it was running from those it can give a fresh worker.
+    """
+
+    def __init__(self, priority: str):
+        context = multiprocessing.get_context("spawn")
+        self._started = context.Value("q", 0, lock=False)  # one writer: the worker
+        self._numbers = itertools.count(1)
+        super().__init__(max_workers=1, mp_context=context, initializer=_init_worker,
+                         initargs=(os.getpid(), priority, self._started))
+
+    def submit_numbered(self, fn: Callable[..., Any], *args: Any) -> tuple[Future, int]:
+        """``submit(fn, *args)``, and the job's number for :meth:`ran`."""
+        number = next(self._numbers)
+        return self.submit(_run_numbered, number, fn, *args), number
+
+    def ran(self, number: int) -> bool:
+        """Whether the job numbered ``number`` was the one the worker started last."""
+        return self._started.value == number
+
+
+def worker_died(kind: str, pool: ProcessPoolExecutor) -> str:
+    """What a job whose ``kind`` worker died running it answers (and the service logs)."""
+    how = WorkerPool.how_it_died(pool) or "its end unknown"
+    message = f"the {kind} worker process died ({how}: out of memory, say, or a crash in a native library)"
+    log.warning("%s", message)
+    return message
 
 
 class WorkerPool:
@@ -417,15 +463,31 @@ class WorkerPool:
         if priority not in WORKER_PRIORITIES:
             raise ValueError(f"priority must be one of {', '.join(WORKER_PRIORITIES)}, not {priority!r}")
         self.priority = priority
-        self.pool: ProcessPoolExecutor | None = None
+        self.pool: WorkerExecutor | None = None
         self._lock = threading.Lock()
 
-    def get(self) -> ProcessPoolExecutor:
+    def get(self) -> "WorkerExecutor":
         with self._lock:
             if self.pool is None:
-                self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=_init_worker, initargs=(os.getpid(), self.priority))
+                self.pool = WorkerExecutor(self.priority)
             return self.pool
+
+    @staticmethod
+    def how_it_died(pool: ProcessPoolExecutor, wait: float = 1.0) -> str:
+        """How ``pool``'s dead worker ended ("killed by SIGKILL", "exited with status 1"),
+        waiting up to ``wait`` seconds for it to be gone; "" if it was not."""
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.join(wait)  # its pipe closes as it exits, a moment before its status is there
+            code = proc.exitcode
+            if code is None:
+                continue
+            if code < 0:
+                try:
+                    return f"killed by {signal.Signals(-code).name}"
+                except ValueError:
+                    return f"killed by signal {-code}"
+            return f"exited with status {code}"
+        return ""
 
     def stop(self, pool: ProcessPoolExecutor | None = None) -> None:
         """Stop ``pool`` (default: the one in use) now: its worker is killed, whatever it was
@@ -601,16 +663,14 @@ class TrainingJobs:
         # Set when it is told to stop (stop_accepting): it finishes what it holds, and takes no
         # new training, which its stop would cut short.
         self._stopping = False
-        # Pools whose worker died, with the job it ran.
-        self._lost_pools: dict[ProcessPoolExecutor, str] = {}
         # Reads whether a version a stopped job was storing is there (see _cut_short).
         self._registry: ModelRegistry | None = None
 
     @property
-    def _pool(self) -> ProcessPoolExecutor | None:
+    def _pool(self) -> WorkerExecutor | None:
         return self._workers.pool
 
-    def _executor(self) -> ProcessPoolExecutor:
+    def _executor(self) -> WorkerExecutor:
         return self._workers.get()
 
     def submit(self, config: TrainConfig, uploads: dict[str, Path] | None = None,
@@ -658,15 +718,15 @@ class TrainingJobs:
             pool = self._executor()
             try:
                 with _spawning():
-                    inner = pool.submit(*args)
+                    inner, number = pool.submit_numbered(*args)
             except BrokenProcessPool:  # its worker died just now: a fresh one takes the job
                 self._stop_pool(pool)
                 pool = self._executor()
                 with _spawning():
-                    inner = pool.submit(*args)
-            inner.add_done_callback(lambda f: finish(f, pool))
+                    inner, number = pool.submit_numbered(*args)
+            inner.add_done_callback(lambda f: finish(f, pool, number))
 
-        def finish(f: Future, pool: ProcessPoolExecutor) -> None:
+        def finish(f: Future, pool: WorkerExecutor, number: int) -> None:
             # Runs on the pool's manager thread: whatever happens, the job must end here
             # (or be queued again on a fresh worker).
             try:
@@ -674,16 +734,17 @@ class TrainingJobs:
             except (BrokenProcessPool, CancelledError):
                 if self._closing:
                     out = self._cut_short(job_id, 503, "the service stopped before the job finished")
-                elif self._first_loss(pool, job_id):
-                    # The worker died running this job; the pool is stopped from another thread
-                    # (this one is the pool's own manager thread, which cannot wait for itself).
+                elif pool.ran(number):
+                    # The worker died running this job (how, read before the stop reaps it); the
+                    # pool is stopped from another thread (this one is the pool's own manager
+                    # thread, which cannot wait for itself).
+                    message = worker_died("training", pool)
                     threading.Thread(target=self._stop_pool, args=(pool,), name="training-pool-reset",
                                      daemon=True).start()
-                    out = self._cut_short(job_id, 500, "the training worker process died (out of memory, or a "
-                                                       "crash in a native library: see the service's log)")
+                    out = self._cut_short(job_id, 500, message)
                 else:
-                    # Queued behind the job that took the worker down, never started: a fresh
-                    # worker takes it, in its turn.
+                    # Never started (queued behind the job that took the worker down, or sent
+                    # to a worker that had just died idle): a fresh worker takes it, in its turn.
                     run()
                     return
             except Exception as exc:  # noqa: BLE001 - reported to the caller, never raised in the pool thread
@@ -853,19 +914,6 @@ class TrainingJobs:
         for old in files[: max(0, len(files) - self.keep)]:
             old.unlink(missing_ok=True)
             landing_note(self.records_dir, old.stem).unlink(missing_ok=True)
-
-    def _first_loss(self, pool: ProcessPoolExecutor, job_id: str) -> bool:
-        """Whether ``job_id`` is the first job of ``pool`` to learn that its worker died.
-
-        A dead worker fails its futures in submission order: the first is the job it ran.
-        """
-        with self._lock:
-            if pool in self._lost_pools:
-                return False
-            self._lost_pools[pool] = job_id  # the pool itself, not its id(): ids are reused
-            while len(self._lost_pools) > 64:
-                self._lost_pools.pop(next(iter(self._lost_pools)))
-            return True
 
     def stop_accepting(self) -> None:
         """The service has been told to stop: trainings submitted from now on are refused
