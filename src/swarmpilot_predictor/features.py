@@ -217,12 +217,16 @@ class ShapeHistory:
         return (found_at >= t).astype(np.float64)
 
     def extend(self, X: np.ndarray, order: np.ndarray) -> tuple["ShapeHistory", np.ndarray]:
-        """Take in rows that ran after training, in the order they ran; return the
-        history that includes them and their flags (only a shape's first row is a first run)."""
+        """Take in rows that ran after training, at the times ``order``, in any order;
+        return the history that includes them and their flags (of a shape's rows only the
+        oldest, the first of those as old, can be a first run)."""
         V = self._values(X, self.key)
-        _, first_row = np.unique(V, axis=0, return_index=True)
+        # Not the first row of a shape as given: observations are logged as they are
+        # reported, and two instances reporting in batches log a repeat before its first run.
+        by_time = np.argsort(order, kind="stable")
+        _, first_row = np.unique(V[by_time], axis=0, return_index=True)
         earliest_here = np.zeros(len(X), dtype=bool)
-        earliest_here[first_row] = True
+        earliest_here[by_time[first_row]] = True
         flags = self.flags(X, order) * earliest_here
         merged = self._tabulate(self.key, self.order_field, np.vstack([self.shapes, V]),
                                 np.concatenate([self.first_seen, order]))
