@@ -622,6 +622,9 @@ def test_the_shape_history_survives_the_json_round_trip():
     ("every shape once", "400 first runs and 0 repeats: at least 10 of each are needed"),
     ("no repeated field", "no feature repeats as an input shape does (a category, a whole-number size)"),
     ("turned off", "turned off by the config ('first_of_shape': false)"),
+    # The flags stated in the traces, but the config's features leave them out.
+    ("stated, not listed", "the traces have no timestamp (ts or timestamp); they state 'first_of_shape', which is "
+                           "not among the config's features: list it there to use it"),
 ])
 def test_no_first_of_shape_column_where_it_could_not_tell_anything(case, why_not):
     traces = cold_start_traces()[0]
@@ -634,7 +637,10 @@ def test_no_first_of_shape_column_where_it_could_not_tell_anything(case, why_not
             t["batch_size"], t["image_size"] = i // 20, i % 20
     elif case == "no repeated field":
         traces = without(traces, "batch_size", "image_size")
-    schema, X, _, report = prepare(traces, first_of_shape=case != "turned off")
+    elif case == "stated, not listed":
+        traces = [{**t, "first_of_shape": first} for t, first in zip(without(traces, "ts"), cold_start_traces()[1])]
+    features = ["batch_size", "image_size", "load"] if case == "stated, not listed" else None
+    schema, X, _, report = prepare(traces, first_of_shape=case != "turned off", features=features)
     assert schema.history is None and "first_of_shape" not in schema.column_names
     assert X.shape[1] == len(schema.names) and report.columns_derived == {}
     assert report.to_json()["columns_not_derived"] == {"first_of_shape": why_not}  # the metrics say why

@@ -883,7 +883,10 @@ def _shape_history(table: TraceTable, rows: np.ndarray, specs: list[FeatureSpec]
     if FIRST_OF_SHAPE in (s.name for s in specs):
         return None, None, f"the traces hold a '{FIRST_OF_SHAPE}' feature of their own"
     if order_field is None or n == 0:
-        return None, None, f"the traces have no timestamp ({' or '.join(sorted(TIMESTAMP_KEYS, key=len))})"
+        why = f"the traces have no timestamp ({' or '.join(sorted(TIMESTAMP_KEYS, key=len))})"
+        if FIRST_OF_SHAPE in table.columns:  # stated, and left out by the config's features
+            why += f"; they state '{FIRST_OF_SHAPE}', which is not among the config's features: list it there to use it"
+        return None, None, why
     order = table.numeric(order_field)[rows]
     if not np.isfinite(order).all():
         return None, None, f"some traces' '{order_field}' is missing or not a number"
