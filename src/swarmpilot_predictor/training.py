@@ -384,7 +384,7 @@ def _set_priority(priority: str) -> None:
             pass
 
 
-def _init_worker(server_pid: int | None = None, priority: str = "idle", last_started: Any = None) -> None:
+def _init_worker(server_pid: int | None = None, priority: str = "idle", jobs_started: Any = None) -> None:
     # A stop signal sent to the whole process group (systemd's stop, Ctrl-C) is the server's
     # to act on: it lets the request in flight finish its training, then stops this worker
     # (TrainingJobs.shutdown). Dying here at once answered that request 500, "out of memory?".
@@ -404,18 +404,18 @@ def _init_worker(server_pid: int | None = None, priority: str = "idle", last_sta
             pass
     # If the server dies without shutting the pool down, do not outlive it: also if it died
     # while this process was still importing (its parent is then already init, not the server).
-    global _server_pid, _last_started
+    global _server_pid, _jobs_started
     _server_pid = server_pid
-    _last_started = last_started
+    _jobs_started = jobs_started
     when_parent_dies(lambda: os._exit(0), server_pid)
 
 
-# In a worker process: the number its pool gave the job it started last (see WorkerExecutor).
-_last_started: Any = None
+# In a worker process: the semaphore it counts the jobs it starts on (see WorkerExecutor).
+_jobs_started: Any = None
 
 
-def _run_numbered(number: int, fn: Callable[..., Any], *args: Any) -> Any:
-    _last_started.value = number
+def _run_counted(fn: Callable[..., Any], *args: Any) -> Any:
+    _jobs_started.release()
     return fn(*args)
 
 
@@ -424,26 +424,28 @@ class WorkerExecutor(ProcessPoolExecutor):
 
     A worker that dies fails every job the pool holds, those it never started too: one
     sent to an idle worker killed a moment before (the pool learns of a death only when
-    its manager thread wakes) read "the worker process died", though it never ran. Each
-    job is numbered, and the worker writes the number of the one it starts in shared
-    memory: :meth:`ran` tells the job it was running from those it can give a fresh worker.
+    its manager thread wakes) read "the worker process died", though it never ran. The
+    worker counts each job it starts on a semaphore (which the pool's own queues use
+    already: a shared-memory value needs a file of a page, which a full disk refuses), and
+    runs them in the order given: :meth:`ran` tells the job it was running from those it
+    can give a fresh worker.
     """
 
     def __init__(self, priority: str):
         context = multiprocessing.get_context("spawn")
-        self._started = context.Value("q", 0, lock=False)  # one writer: the worker
+        self._started = context.Semaphore(0)
         self._numbers = itertools.count(1)
         super().__init__(max_workers=1, mp_context=context, initializer=_init_worker,
                          initargs=(os.getpid(), priority, self._started))
 
     def submit_numbered(self, fn: Callable[..., Any], *args: Any) -> tuple[Future, int]:
-        """``submit(fn, *args)``, and the job's number for :meth:`ran`."""
+        """``submit(fn, *args)``, and the job's number for :meth:`ran` (1, 2, ... in order)."""
         number = next(self._numbers)
-        return self.submit(_run_numbered, number, fn, *args), number
+        return self.submit(_run_counted, fn, *args), number
 
     def ran(self, number: int) -> bool:
         """Whether the job numbered ``number`` was the one the worker started last."""
-        return self._started.value == number
+        return self._started.get_value() == number
 
 
 def worker_died(kind: str, pool: ProcessPoolExecutor) -> str:
