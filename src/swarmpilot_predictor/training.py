@@ -365,7 +365,7 @@ _server_pid: int | None = None
 # What each PREDICTOR_TRAINING_PRIORITY gives the worker: (Linux scheduling policy, niceness
 # added to the server's). SCHED_IDLE runs it only on CPU time nothing else wants, and lets a
 # waking server preempt it at once, but on a machine kept busy by other work (at nice 0) it
-# gets about 0.3% of a core: a retraining of 6 s alone had not finished after 180 s
+# gets about 0.3% of a core: a retraining of 6 s alone had not finished after 120 s
 # (benchmarks/retraining_load.py --burners 2). SCHED_BATCH shares the CPU by niceness, as
 # the normal policy does, but never preempts a task that wakes (the server's requests).
 WORKER_PRIORITIES = {"idle": ("SCHED_IDLE", 0), "low": ("SCHED_BATCH", 10), "normal": ("SCHED_BATCH", 0)}
@@ -435,13 +435,15 @@ class WorkerExecutor(ProcessPoolExecutor):
         context = multiprocessing.get_context("spawn")
         self._started = context.Semaphore(0)
         self._numbers = itertools.count(1)
+        self._numbering = threading.Lock()  # numbers in the order the jobs are queued
         super().__init__(max_workers=1, mp_context=context, initializer=_init_worker,
                          initargs=(os.getpid(), priority, self._started))
 
     def submit_numbered(self, fn: Callable[..., Any], *args: Any) -> tuple[Future, int]:
         """``submit(fn, *args)``, and the job's number for :meth:`ran` (1, 2, ... in order)."""
-        number = next(self._numbers)
-        return self.submit(_run_counted, fn, *args), number
+        with self._numbering:
+            number = next(self._numbers)
+            return self.submit(_run_counted, fn, *args), number
 
     def ran(self, number: int) -> bool:
         """Whether the job numbered ``number`` was the one the worker started last."""
