@@ -322,6 +322,27 @@ def test_numbers_and_strings_do_not_mix_up():
         assert res.kinds() == [None] and res.errors == ["feature 'x' must be a number"], word
 
 
+def test_a_word_among_a_columns_numbers_makes_it_categorical_and_the_miss_says_why(tmp_path):
+    # A table edited by hand with one typo: the column is categorical (a model's categorical
+    # feature may mix 3 and "fast"), so 60 finds no nearest record; the answer says why.
+    records = [record(0, features={"batch_size": 1}), record(1, features={"batch_size": 64}),
+               record(2, features={"batch_size": "abc"})]
+    table = LookupTable.from_records(records)
+    assert table.lookup([{"batch_size": 64}]).kinds() == ["exact"]
+    res = table.lookup([{"batch_size": 60}])
+    assert res.kinds() == [None] and res.errors[0].endswith(
+        "(categorical features must match exactly; the table's 'batch_size' is categorical because it holds 'abc' "
+        "beside numbers)")
+    # Loaded again from its index beside the tables, it still says so.
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "edited.json").write_bytes(orjson.dumps(records))
+    for _ in range(2):
+        store = LookupTableStore(tmp_path / "tables")
+        assert "because it holds 'abc' beside numbers" in store.get("edited.json").lookup([{"batch_size": 60}]).errors[0]
+    # Numbers alone (or strings that spell them) stay numeric: 60 gets its nearest record.
+    assert LookupTable.from_records(records[:2]).lookup([{"batch_size": 60}]).kinds() == ["nearest"]
+
+
 def test_values_near_the_float_limit_find_the_farthest_record_on_their_side(mixed_table):
     import warnings
 

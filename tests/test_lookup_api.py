@@ -318,6 +318,17 @@ def test_table_names_levels_and_values_at_the_edges(live):
             with pytest.raises(PredictorClientError) as err:
                 client.generate_table(IDENTITY, jsonl(TRACES[:3]), table_name=blank)
             assert err.value.status_code == 422 and err.value.field == "table_name"
+        # Nor is " gen.json" gen.json: generation read it so (replacing that table), where the
+        # other routes did not find it.
+        before = (srv.data_dir / "tables" / "gen.json").read_bytes()
+        with pytest.raises(PredictorClientError) as err:
+            client.generate_table(IDENTITY, jsonl(TRACES[:3]), table_name=" gen.json")
+        assert (err.value.status_code, err.value.field) == (422, "table_name")
+        assert err.value.message == "table_name ' gen.json' must not begin or end with white space"
+        assert (srv.data_dir / "tables" / "gen.json").read_bytes() == before
+        with pytest.raises(PredictorClientError) as err:
+            client.predict_single(IDENTITY, TRACES[0], lookup_table_name="gen.json ")
+        assert (err.value.status_code, err.value.field) == (422, "lookup_table_name")
         # NaN is refused before sending, as it is in a JSON body (the form carried "nan").
         with pytest.raises(ValueError) as err:
             client.generate_table(IDENTITY, jsonl(TRACES[:3]), confidence_level=float("nan"))

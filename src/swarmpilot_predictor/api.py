@@ -739,7 +739,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
                 confidence = _form_float(form.get("confidence_level"), 0.95, "confidence_level")
                 # Given but blank is the service's to refuse (it would name no table), not a default.
                 raw_name = form.get("table_name")
-                table_name = None if raw_name is None or isinstance(raw_name, UploadFile) else str(raw_name).strip()
+                table_name = None if raw_name is None or isinstance(raw_name, UploadFile) else str(raw_name)
                 fmt = _form_str(form.get("format"))
                 dest = tmpdir / f"traces{_suffix(name)}"  # the client's file name never touches the disk
                 await run_in_threadpool(_save_upload, upload, dest, name, "trace_file", settings.max_upload_mb)

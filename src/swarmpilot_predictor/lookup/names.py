@@ -43,6 +43,8 @@ def check_table_name(name: Any, field: str = "lookup_table_name", writing: bool 
     one that generation can write, which is JSON or CSV)."""
     if not isinstance(name, str) or not name.strip():
         raise InvalidInput(f"{field} must be a non-empty file name", field=field)
+    if name != name.strip():  # " r.json" is not "r.json": read as one, it replaced that table
+        raise InvalidInput(f"{field} {shown(name)} must not begin or end with white space", field=field)
     try:
         # Strictly UTF-8: a byte that is not (surrogate-escaped from a command line's argument)
         # makes a file no request, nor a JSON answer, can name.

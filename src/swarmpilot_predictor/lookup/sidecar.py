@@ -42,8 +42,8 @@ def save_index(table: LookupTable, dest: Path, source_signature: tuple) -> None:
         "skipped": table.skipped,
         "identities": [list(i) for i in table.identities],
         "levelsets": len(table.levelsets),
-        "columns": [{"name": c.name, "kind": c.kind, "vocab": c.vocab, "mean": c.mean, "scale": c.scale}
-                    for c in table.columns],
+        "columns": [{"name": c.name, "kind": c.kind, "vocab": c.vocab, "mean": c.mean, "scale": c.scale,
+                     "word_among_numbers": c.word_among_numbers} for c in table.columns],
         "task_hashes": table.task_hashes is not None,
         "shape_features": {str(g): list(v) for g, v in table.shape_features.items()},
     }
@@ -74,7 +74,8 @@ def load_index(src: Path, path: Path, name: str, source_signature: tuple, seed: 
                 return None
             columns = [
                 _FeatureColumn(c["name"], c["kind"], z[f"column_{j}"], vocab={k: int(v) for k, v in c["vocab"].items()},
-                               mean=float(c["mean"]), scale=float(c["scale"]))
+                               mean=float(c["mean"]), scale=float(c["scale"]),
+                               word_among_numbers=c.get("word_among_numbers"))
                 for j, c in enumerate(meta["columns"])
             ]
             levelsets = [z[f"levels_{s}"] for s in range(meta["levelsets"])]

@@ -74,6 +74,9 @@ class _FeatureColumn:
     vocab: dict[str, int] = field(default_factory=dict)
     mean: float = 0.0
     scale: float = 1.0
+    # Of a categorical column that also holds numbers, its first string that spells no finite
+    # number: why it is not numeric (an edited table's typo makes a numeric column categorical).
+    word_among_numbers: str | None = None
     # A query trace that does not state this feature reads it as this value (None:
     # it is missing). Only ``first_of_shape`` has one: not stating it means a repeat
     # run, the usual case for a shape a table holds.
@@ -821,7 +824,11 @@ class LookupTable:
             if code == -1:
                 return f"missing required feature '{name}'"
             if code == -2:
-                return f"no record in lookup table {self.name!r} has this value of '{name}' (categorical features must match exactly)"
+                word = self.columns[j].word_among_numbers
+                why = "" if word is None else (
+                    f"; the table's '{name}' is categorical because it holds {shown(word)} beside numbers")
+                return (f"no record in lookup table {self.name!r} has this value of '{name}' "
+                        f"(categorical features must match exactly{why})")
         return f"no record in lookup table {self.name!r} has this combination of {', '.join(self.columns[j].name for j in g.part_cols)}"
 
     def _query_column(self, j: int, flat: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -1187,9 +1194,11 @@ def _column_from_values(name: str, values: list[Any]) -> _FeatureColumn:
     its strings all spell finite numbers beside numbers (a numeric feature's ``"1744"``, as
     the model reads it); categorical otherwise (strings alone, ``"8"`` and ``"16"`` too)."""
     n = len(values)
+    word = None
     if any(v.__class__ is str for v in values) and any(v.__class__ in (int, float) for v in values):
         spelled = [finite_number_in_text(v) if v.__class__ is str else v for v in values]
-        if all(x is not None for x, v in zip(spelled, values) if v.__class__ is str):
+        word = next((v for x, v in zip(spelled, values) if v.__class__ is str and x is None), None)
+        if word is None:
             values = spelled
     if not any(v.__class__ is str for v in values):
         try:
@@ -1212,7 +1221,7 @@ def _column_from_values(name: str, values: list[Any]) -> _FeatureColumn:
         (-1 if v is None or isinstance(v, (dict, list)) else vocab.setdefault(category_text(v), len(vocab)) for v in values),
         dtype=np.int64, count=n,
     )
-    return _FeatureColumn(name, "categorical", codes, vocab=vocab)
+    return _FeatureColumn(name, "categorical", codes, vocab=vocab, word_among_numbers=word)
 
 
 def _task_id_keys(value: Any) -> tuple[int, int]:
