@@ -867,6 +867,14 @@ def test_a_default_table_generated_later_or_again_is_served(tmp_path):
     assert store.default_state()[1] is False
     (root / "later.json").write_text(SEED_TABLE)  # generated again
     assert store.get(None).n_rows == 1
+    # Replaced by a file that cannot be read: the copy loaded before serves, and says why.
+    (root / "later.json").write_text("[{")
+    os.utime(root / "later.json", ns=(1, 1))  # another version, whatever the clock's resolution
+    assert store.get(None).n_rows == 1
+    name, loaded, error = store.default_state()
+    assert (name, loaded) == ("later.json", True) and error.endswith("; serving the copy loaded before")
+    (root / "later.json").write_text(SEED_TABLE)
+    assert store.get(None).n_rows == 1 and store.default_state() == ("later.json", True, None)
     # Deleted by another worker (the file went away under this one): no longer served.
     (root / "later.json").unlink()
     with pytest.raises(InvalidInput, match="no such file"):

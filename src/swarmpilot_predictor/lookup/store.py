@@ -239,6 +239,8 @@ class LookupTableStore:
                     self.default_table, self.default_error = loaded, None
                 elif table is None:
                     self.default_error = error
+                else:  # served still, from the copy loaded before: /health says why not the file's
+                    self.default_error = f"{error}; serving the copy loaded before"
                 self.default_signature = signature
                 return self.default_table
 
