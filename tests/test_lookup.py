@@ -1041,6 +1041,15 @@ def test_a_table_is_parsed_once_then_loaded_from_its_sidecar(tmp_path):
         again.predict(None, traces)
     # It really came from the sidecar: with a wrong source signature it is refused.
     assert load_index(sidecar, root / "m.json", "m.json", ("not", "this", "file")) is None
+    # A table deleted or renamed by hand leaves its sidecar: the next start removes it, and
+    # keeps the others' (an audit found 22 sidecars beside 4 tables).
+    (root / "gone.json").write_bytes(orjson.dumps(recs[:3]))
+    assert LookupTableStore(root).get("gone.json").n_rows == 3
+    orphan = first.index_path(root / "gone.json")
+    assert orphan.is_file()
+    (root / "gone.json").unlink()
+    LookupTableStore(root)
+    assert not orphan.exists() and sidecar.is_file()
 
 
 def test_a_table_opened_for_download_is_read_whole_as_it_was(tmp_path):

@@ -6,6 +6,7 @@ cache of loaded tables, listing, deleting and the paths generation writes to.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -62,6 +63,24 @@ class LookupTableStore:
         self._default_epoch = 0  # counts deletes of the default: a load begun before one is not served
         if default:
             self.load_default(default)
+        self._remove_orphan_sidecars()
+
+    def _remove_orphan_sidecars(self) -> None:
+        """Remove the sidecars of table files gone (deleted by hand, or renamed): each path a
+        table ever had kept one, for ever. A sidecar of a table made meanwhile by another
+        worker may go too; it is only written again at that table's next load."""
+        index_dir = self.root / ".index"
+        try:
+            sidecars = [e for e in os.scandir(index_dir) if e.name.endswith(".npz") and e.is_file(follow_symlinks=False)]
+        except OSError:
+            return
+        keep = {self.index_path(self.root / name).name for name in self.names()}
+        if self.default_path is not None:
+            keep.add(self.index_path(self.default_path).name)
+        for entry in sidecars:
+            if entry.name not in keep:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
 
     # ------------------------------------------------------------------ default table
 
