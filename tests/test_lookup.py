@@ -748,6 +748,10 @@ BAD_FILES = {
                                 b' "model_version": 1.5}]', "'model_version' must be a whole number"),
     "word-model-info.json": (b'[{"quantiles": [0.5], "quantile_predictions": [1], "expect": 1, "error": 0,'
                              b' "model_info": "x"}]', "'model_info' must be an object"),
+    # Read as its text, a list named a model no request could name ("['a']/m/*/*/*").
+    "list-model-type.json": (b'[{"quantiles": [0.5], "quantile_predictions": [1], "expect": 1, "error": 0,'
+                             b' "model_info": {"type": ["a"], "name": "m"}}]',
+                             "record 0: the model's 'type' must be a string or a number, got list"),
 }
 
 

@@ -1435,7 +1435,7 @@ class _Builder:
         self.interval.extend(iv)
         self.confidence.append(cl)
         self.versions.append(ver)
-        g = self._identity_of(rec)
+        g = self._identity_of(rec, where)
         self.row_identity.append(g)
         shape = rec.get(SHAPE_FEATURES)
         if shape is not None and g not in self.shape_features:
@@ -1463,7 +1463,7 @@ class _Builder:
             self.has_task_ids = True
         self.task_ids.append(tid)
 
-    def _identity_of(self, rec: dict[str, Any]) -> int:
+    def _identity_of(self, rec: dict[str, Any], where: str) -> int:
         info = rec.get("model_info")
         try:
             key = (tuple(info.items()) if info.__class__ is dict else None, rec.get("model_type"))
@@ -1473,13 +1473,12 @@ class _Builder:
         if hit is not None:
             return hit
         info = info if info.__class__ is dict else rec
-        ident = (
-            _part(info.get("type", rec.get("model_type"))),
-            _part(info.get("name", info.get("model_name"))),
-            _part(info.get("hardware")),
-            _part(info.get("software_name")),
-            _part(info.get("software_version")),
-        )
+        parts = (info.get("type", rec.get("model_type")), info.get("name", info.get("model_name")),
+                 info.get("hardware"), info.get("software_name"), info.get("software_version"))
+        for name, v in zip(("type", "name", "hardware", "software_name", "software_version"), parts):
+            if isinstance(v, (dict, list)):  # read as its text, it named a model no request can
+                raise self._fail(where, f"the model's {name!r} must be a string or a number, got {type(v).__name__}")
+        ident = tuple(_part(v) for v in parts)
         g = self.identities.get(ident)
         if g is None:
             g = self.identities[ident] = len(self.identities)
