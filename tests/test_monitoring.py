@@ -574,3 +574,43 @@ def test_a_log_file_made_again_under_its_old_inode_number_is_read_from_its_start
     b._followed[IDENT].cursor["obs-000001.jsonl"] = (new.st_ino, old[1], old[2])
     b._followed[IDENT].listed_key = None
     assert b.report(IDENT, 2)["observations"] == a.report(IDENT, 2)["observations"] == 30
+
+
+def test_first_runs_and_repeats_are_scored_apart_where_the_model_tells_them(tmp_path):
+    # Drift is tested on both pooled: first runs 5% of the stream and twice as slow as
+    # predicted read as calibrated there, and after a retraining that missed them.
+    from swarmpilot_predictor.identity import IdentityPattern
+    from swarmpilot_predictor.schemas import TrainConfig
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    from .conftest import IDENTITY, cold_start_traces
+
+    traces, firsts = cold_start_traces(400, seed=4)
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", retrain_in_worker=False))
+    try:
+        svc.train(TrainConfig(model=IDENTITY, traces=traces, algorithm="linear"))
+        later, later_firsts = cold_start_traces(400, seed=5)
+        observed = [{**{k: v for k, v in t.items() if k != "ts"}, "first_of_shape": first,
+                     "runtime_ms": t["runtime_ms"] * (2.0 if first else 1.0)} for t, first in zip(later, later_firsts)]
+        svc.observe(IDENTITY, observed)
+        pattern = IdentityPattern.from_parts(IDENTITY)
+        kinds = svc.accuracy(pattern)["by_kind"]
+        assert kinds["first_run"]["observations"] == sum(later_firsts) and kinds["repeat"]["observations"] == 400 - sum(later_firsts)
+        assert kinds["first_run"]["median_ratio"] == pytest.approx(2.0, rel=0.1)
+        assert kinds["repeat"]["median_ratio"] == pytest.approx(1.0, rel=0.05)
+        assert kinds["first_run"]["coverage"]["0.5"] < 0.2 and 0.3 < kinds["repeat"]["coverage"]["0.5"] < 0.7
+        # Read back from the log, as another worker or a restarted service reads it.
+        again = PredictorService(svc.settings)
+        try:
+            assert again.accuracy(pattern)["by_kind"] == kinds
+        finally:
+            again.close()
+        # A model without the first-run column has no kinds to tell.
+        plain = {**IDENTITY, "model_name": "plain"}
+        svc.train(TrainConfig(model=plain, traces=[{k: v for k, v in t.items() if k != "ts"} for t in traces],
+                              algorithm="linear"))
+        svc.observe(plain, observed)
+        assert "by_kind" not in svc.accuracy(IdentityPattern.from_parts(plain))
+    finally:
+        svc.close()

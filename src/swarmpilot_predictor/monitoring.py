@@ -85,6 +85,12 @@ def _error(record: dict[str, Any]) -> float:
 _LOG_FILE = re.compile(r"obs-([0-9]{1,18})\.jsonl")
 
 
+def _first_run(record: dict[str, Any]) -> float:
+    """Whether the model took the observation for its shape's first run (1 or 0; NaN: not stored)."""
+    v = record.get("f")
+    return float(v) if v.__class__ in (int, float) and v in (0, 1) else math.nan
+
+
 def _log_number(name: str) -> int:
     return int(_LOG_FILE.fullmatch(name).group(1))
 
@@ -294,6 +300,9 @@ class RollingAccuracy:
     e: deque = field(default_factory=deque)  # the predicted expect of each (NaN: not stored, an older log's)
     s: deque = field(default_factory=deque)  # and its predicted error (NaN: not stored)
     ts: deque = field(default_factory=deque)  # when each was stamped (0: not known)
+    # Whether each was its shape's first run, as the model took it (NaN: a model without the
+    # first-run column, or an older log's record).
+    f: deque = field(default_factory=deque)
     total: int = 0
     # How many observations came after the batch stamped with each of a few times asked
     # about (count_since): a retraining's wait counts from the newest observation it saw.
@@ -309,11 +318,13 @@ class RollingAccuracy:
     _pvalues: tuple[tuple[int, np.ndarray, int], dict[str, float]] | None = field(default=None, repr=False)
 
     def add(self, y: np.ndarray, q: np.ndarray, ts: np.ndarray | None = None, index: np.ndarray | None = None,
-            expect: np.ndarray | None = None, error: np.ndarray | None = None) -> None:
+            expect: np.ndarray | None = None, error: np.ndarray | None = None,
+            first_run: np.ndarray | None = None) -> None:
         """Observations ``y`` with their predicted quantiles ``q``, the times they were
         observed ``ts`` and their places in their ``/observe`` batches ``index`` (without
-        them, their positions in this tracker's stream stand in), and their predicted
-        means ``expect`` and standard deviations ``error`` (NaN, or none: not known)."""
+        them, their positions in this tracker's stream stand in), their predicted
+        means ``expect`` and standard deviations ``error``, and whether each was taken for its
+        shape's first run ``first_run`` (NaN, or none: not known)."""
         self._report.clear()
         y = np.asarray(y, dtype=np.float64)
         if ts is None or index is None:
@@ -322,6 +333,7 @@ class RollingAccuracy:
         y_l, q_l = y.tolist(), np.asarray(q).tolist()
         e_l = [math.nan] * len(y_l) if expect is None else np.asarray(expect, dtype=np.float64).tolist()
         s_l = [math.nan] * len(y_l) if error is None else np.asarray(error, dtype=np.float64).tolist()
+        f_l = [math.nan] * len(y_l) if first_run is None else np.asarray(first_run, dtype=np.float64).tolist()
         for t in self._since:  # after the last observation stamped t, in the log's order
             again = np.flatnonzero(ts == t)  # (a coarse clock may stamp a later batch alike)
             self._since[t] = len(y_l) - 1 - int(again[-1]) if len(again) else self._since[t] + len(y_l)
@@ -329,25 +341,27 @@ class RollingAccuracy:
         # The last checkpoint of this batch: the window is counted there, then the rest added.
         marks = np.flatnonzero(drift_checkpoints(y, ts, index))
         cut = int(marks[-1]) + 1 if len(marks) else 0
-        self._extend(y_l[:cut], q_l[:cut], ts_l[:cut], e_l[:cut], s_l[:cut])
+        self._extend(y_l[:cut], q_l[:cut], ts_l[:cut], e_l[:cut], s_l[:cut], f_l[:cut])
         if cut:
             hits = (np.asarray(self.y)[:, None] <= np.asarray(self.q)).sum(axis=0)
             self._checkpoint = (self.total, hits, len(self.y))
-        self._extend(y_l[cut:], q_l[cut:], ts_l[cut:], e_l[cut:], s_l[cut:])
+        self._extend(y_l[cut:], q_l[cut:], ts_l[cut:], e_l[cut:], s_l[cut:], f_l[cut:])
 
     def _extend(self, ys: list[float], qs: list[list[float]], ts: list[float], es: list[float],
-                ss: list[float]) -> None:
+                ss: list[float], fs: list[float]) -> None:
         self.y.extend(ys)
         self.q.extend(qs)
         self.ts.extend(ts)
         self.e.extend(es)
         self.s.extend(ss)
+        self.f.extend(fs)
         while len(self.y) > self.window:
             self.y.popleft()
             self.q.popleft()
             self.ts.popleft()
             self.e.popleft()
             self.s.popleft()
+            self.f.popleft()
         self.total += len(ys)
 
     @property
@@ -421,6 +435,12 @@ class RollingAccuracy:
         if both.any() and (ratio := error_ratio(y[both], e[both], sd[both])) is not None:
             out["error_ratio"] = ratio
             out["error_observations"] = int(both.sum())
+        flags = np.asarray(self.f)
+        if (~np.isnan(flags)).any():
+            # Drift is tested on both kinds pooled: first runs a few percent of the stream, too
+            # fast by half, can read as calibrated there, and after a retraining that missed them.
+            out["by_kind"] = {kind: _kind_accuracy(y[flags == value], q[flags == value])
+                              for kind, value in (("first_run", 1.0), ("repeat", 0.0))}
         per_check = alpha * min(1.0, DRIFT_CHECK_EVERY / self.window)
         if self._checkpoint is None:
             out["drifted"] = False
@@ -459,6 +479,18 @@ class RollingAccuracy:
         es = [None if v != v else v for v in list(self.e)[start:]]
         ss = [None if v != v else v for v in list(self.s)[start:]]
         return {"levels": list(MONITOR_LEVELS), "runtime_ms": ys, "quantile_predictions": qs, "expect": es, "error": ss}
+
+
+def _kind_accuracy(y: np.ndarray, q: np.ndarray) -> dict[str, Any]:
+    """The accuracy of the observations of one kind of run (first runs, or repeats)."""
+    out: dict[str, Any] = {"observations": int(len(y))}
+    if len(y):
+        coverage = (y[:, None] <= q).mean(axis=0)
+        out["coverage"] = {f"{t:g}": float(c) for t, c in zip(MONITOR_LEVELS, coverage)}
+        out["mean_abs_coverage_error"] = float(np.abs(coverage - np.asarray(MONITOR_LEVELS)).mean())
+        # How many times its predicted median a run of this kind took, at the median.
+        out["median_ratio"] = float(np.median(y / q[:, MONITOR_LEVELS.index(0.5)]))
+    return out
 
 
 def binomial_test(k: int, n: int, p: float) -> float:
@@ -555,7 +587,8 @@ class AccuracyMonitor:
                                               np.array([r["ts"] for r in rs], dtype=np.float64),
                                               np.array([r.get("i", 0) for r in rs], dtype=np.int64),
                                               np.array([_expect(r) for r in rs], dtype=np.float64),
-                                              np.array([_error(r) for r in rs], dtype=np.float64))
+                                              np.array([_error(r) for r in rs], dtype=np.float64),
+                                              np.array([_first_run(r) for r in rs], dtype=np.float64))
 
     def _sync(self, identity: ModelIdentity, state: _Followed, own: Appended | None = None,
               own_records: list[dict[str, Any]] | None = None) -> None:
@@ -633,12 +666,16 @@ class AccuracyMonitor:
             return self._tracker(state, version)
 
     def record(self, identity: ModelIdentity, version: int, traces: list[dict[str, Any]], y: np.ndarray, q: np.ndarray,
-               expect: np.ndarray | None = None, error: np.ndarray | None = None) -> None:
+               expect: np.ndarray | None = None, error: np.ndarray | None = None,
+               first_run: np.ndarray | None = None) -> None:
         """Store the observations ``y`` of ``version`` with their predicted quantiles ``q``
-        (at ``MONITOR_LEVELS``), means ``expect`` and standard deviations ``error`` (where
-        known), and count them."""
+        (at ``MONITOR_LEVELS``), means ``expect``, standard deviations ``error`` and whether
+        the model took each for its shape's first run ``first_run`` (where known), and count them."""
         records = [{"i": i, "version": version, "runtime_ms": yi, "q": qi, "trace": t}
                    for i, (t, yi, qi) in enumerate(zip(traces, y.tolist(), q.tolist()))]
+        if first_run is not None:
+            for r, v in zip(records, first_run.tolist()):
+                r["f"] = int(v)
         for key, values in (("e", expect), ("s", error)):
             if values is not None:
                 for r, v in zip(records, values.tolist()):

@@ -976,7 +976,9 @@ class PredictorService:
         dist = loaded.model.predict_distribution(X[rows])
         q = dist.quantiles(list(MONITOR_LEVELS))
         version = loaded.meta.version
-        self.monitor.record(identity, version, [flat[i] for i in rows], y[rows], q, *dist.mean_std())
+        # The first-run flag each was predicted with (the model's last column), where it has one.
+        first_run = X[rows, -1] if loaded.meta.features.history is not None else None
+        self.monitor.record(identity, version, [flat[i] for i in rows], y[rows], q, *dist.mean_std(), first_run)
         self.registry.maybe_refresh()
         if not self.registry.versions(identity):
             # Deleted (by another worker) while these were recorded: its observations go with
