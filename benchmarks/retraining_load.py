@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -65,23 +66,16 @@ def hammer(client: PredictorClient, rng: np.random.Generator, until) -> list[flo
 
 
 def load(url: str, client: PredictorClient, rng: np.random.Generator, until, clients: int) -> list[float]:
-    """``hammer`` from ``clients`` threads at once (``client`` is the first's); all their latencies."""
-    out: list[list[float]] = [[] for _ in range(clients)]
-    seeds = rng.integers(1 << 31, size=clients)  # drawn here: the threads share no generator
+    """``hammer`` from ``clients`` threads at once (``client`` and ``rng`` in this one); all their latencies."""
+    seeds = rng.integers(1 << 31, size=clients)[1:]  # drawn here: the threads share no generator
 
-    def one(k: int) -> None:
-        if k == 0:
-            out[0] = hammer(client, rng, until)
-            return
+    def another(seed: int) -> list[float]:
         with PredictorClient(url, timeout=600, retries=0) as other:
-            out[k] = hammer(other, np.random.default_rng(int(seeds[k])), until)
+            return hammer(other, np.random.default_rng(int(seed)), until)
 
-    threads = [threading.Thread(target=one, args=(k,)) for k in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return [ms for part in out for ms in part]
+    with ThreadPoolExecutor(max(clients - 1, 1)) as pool:
+        others = [pool.submit(another, seed) for seed in seeds]
+        return hammer(client, rng, until) + [ms for f in others for ms in f.result()]
 
 
 def observe(client: PredictorClient, rng: np.random.Generator, n: int) -> None:

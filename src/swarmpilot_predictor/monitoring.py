@@ -347,21 +347,15 @@ class RollingAccuracy:
             self._checkpoint = (self.total, hits, len(self.y))
         self._extend(y_l[cut:], q_l[cut:], ts_l[cut:], e_l[cut:], s_l[cut:], f_l[cut:])
 
+    def __post_init__(self) -> None:
+        # Each keeps the newest ``window`` of its own (one value per observation, in step).
+        for name in ("y", "q", "e", "s", "ts", "f"):
+            setattr(self, name, deque(getattr(self, name), maxlen=self.window))
+
     def _extend(self, ys: list[float], qs: list[list[float]], ts: list[float], es: list[float],
                 ss: list[float], fs: list[float]) -> None:
-        self.y.extend(ys)
-        self.q.extend(qs)
-        self.ts.extend(ts)
-        self.e.extend(es)
-        self.s.extend(ss)
-        self.f.extend(fs)
-        while len(self.y) > self.window:
-            self.y.popleft()
-            self.q.popleft()
-            self.ts.popleft()
-            self.e.popleft()
-            self.s.popleft()
-            self.f.popleft()
+        for column, values in ((self.y, ys), (self.q, qs), (self.ts, ts), (self.e, es), (self.s, ss), (self.f, fs)):
+            column.extend(values)
         self.total += len(ys)
 
     @property
@@ -673,10 +667,8 @@ class AccuracyMonitor:
         the model took each for its shape's first run ``first_run`` (where known), and count them."""
         records = [{"i": i, "version": version, "runtime_ms": yi, "q": qi, "trace": t}
                    for i, (t, yi, qi) in enumerate(zip(traces, y.tolist(), q.tolist()))]
-        if first_run is not None:
-            for r, v in zip(records, first_run.tolist()):
-                r["f"] = int(v)
-        for key, values in (("e", expect), ("s", error)):
+        flags = None if first_run is None else first_run.astype(np.int64)
+        for key, values in (("e", expect), ("s", error), ("f", flags)):
             if values is not None:
                 for r, v in zip(records, values.tolist()):
                     r[key] = v

@@ -40,7 +40,7 @@ from .modeling.stored import _finite_number
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog
 from .registry import ModelRegistry, ModelVersion
 from .traces import dumps_json, read_json_lines
-from .training import WorkerExecutor, WorkerPool, _spawning, worker_died
+from .training import WorkerExecutor, WorkerPool, _spawning
 
 log = logging.getLogger(__name__)
 
@@ -861,13 +861,13 @@ class RetrainingWorker:
                     return future.result()
                 except (BrokenProcessPool, CancelledError):
                     ran = pool.ran(number)
-                    message = worker_died("retraining", pool) if ran and not self._closed else ""
+                    message = pool.death("retraining") if ran and not self._closed else ""
                     self._workers.stop(pool)
                     if self._closed:  # stopped with the service, not dead
                         raise WorkerLost("the service is stopping", stopping=True) from None
                     if not ran and attempt == 1:  # it died idle, before it took the job: a fresh one takes it
                         continue
-                    raise WorkerLost(message or worker_died("retraining", pool)) from None
+                    raise WorkerLost(message or pool.death("retraining")) from None
         raise AssertionError("unreachable")
 
     @property

@@ -449,13 +449,28 @@ class WorkerExecutor(ProcessPoolExecutor):
         """Whether the job numbered ``number`` was the one the worker started last."""
         return self._started.get_value() == number
 
+    def how_it_died(self, wait: float = 1.0) -> str:
+        """How the dead worker ended ("killed by SIGKILL", "exited with status 1"), waiting up
+        to ``wait`` seconds for it to be gone; "" if it was not."""
+        for proc in list(self._processes.values()):
+            proc.join(wait)  # its pipe closes as it exits, a moment before its status is there
+            code = proc.exitcode
+            if code is None:
+                continue
+            if code < 0:
+                try:
+                    return f"killed by {signal.Signals(-code).name}"
+                except ValueError:
+                    return f"killed by signal {-code}"
+            return f"exited with status {code}"
+        return ""
 
-def worker_died(kind: str, pool: ProcessPoolExecutor) -> str:
-    """What a job whose ``kind`` worker died running it answers (and the service logs)."""
-    how = WorkerPool.how_it_died(pool) or "its end unknown"
-    message = f"the {kind} worker process died ({how}: out of memory, say, or a crash in a native library)"
-    log.warning("%s", message)
-    return message
+    def death(self, kind: str) -> str:
+        """What a job the ``kind`` worker died running answers (and the service logs)."""
+        message = (f"the {kind} worker process died ({self.how_it_died() or 'its end unknown'}: out of memory, "
+                   "say, or a crash in a native library)")
+        log.warning("%s", message)
+        return message
 
 
 class WorkerPool:
@@ -470,28 +485,11 @@ class WorkerPool:
         self.pool: WorkerExecutor | None = None
         self._lock = threading.Lock()
 
-    def get(self) -> "WorkerExecutor":
+    def get(self) -> WorkerExecutor:
         with self._lock:
             if self.pool is None:
                 self.pool = WorkerExecutor(self.priority)
             return self.pool
-
-    @staticmethod
-    def how_it_died(pool: ProcessPoolExecutor, wait: float = 1.0) -> str:
-        """How ``pool``'s dead worker ended ("killed by SIGKILL", "exited with status 1"),
-        waiting up to ``wait`` seconds for it to be gone; "" if it was not."""
-        for proc in list((getattr(pool, "_processes", None) or {}).values()):
-            proc.join(wait)  # its pipe closes as it exits, a moment before its status is there
-            code = proc.exitcode
-            if code is None:
-                continue
-            if code < 0:
-                try:
-                    return f"killed by {signal.Signals(-code).name}"
-                except ValueError:
-                    return f"killed by signal {-code}"
-            return f"exited with status {code}"
-        return ""
 
     def stop(self, pool: ProcessPoolExecutor | None = None) -> None:
         """Stop ``pool`` (default: the one in use) now: its worker is killed, whatever it was
@@ -742,7 +740,7 @@ class TrainingJobs:
                     # The worker died running this job (how, read before the stop reaps it); the
                     # pool is stopped from another thread (this one is the pool's own manager
                     # thread, which cannot wait for itself).
-                    message = worker_died("training", pool)
+                    message = pool.death("training")
                     threading.Thread(target=self._stop_pool, args=(pool,), name="training-pool-reset",
                                      daemon=True).start()
                     out = self._cut_short(job_id, 500, message)
