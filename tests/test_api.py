@@ -226,6 +226,15 @@ def test_train_group_by_over_http(http):
                                                                           {**TRACE, "hardware": "A100"}]}),
                  409, "the traces name different models")
     assert err["candidates"] == ["grouped/grouped-m/A100/sglang/0.4.0", "grouped/grouped-m/H100/sglang/0.4.0"]
+    assert err["field"] == "identity"
+    # Settled by the traces, a miss is named as the URL's would be: the models one part away.
+    err = failed(http.post("/predict/single/grouped/*/*/*/*", json={"trace": {**TRACE, "hardware": "B200"}}), 404,
+                 "no trained model matches grouped/*/*/*/* with the traces' hardware 'B200'; did you mean "
+                 "grouped/grouped-m/A100/sglang/0.4.0, grouped/grouped-m/H100/sglang/0.4.0?")
+    assert err["field"] == "identity" and len(err["candidates"]) == 2
+    err = failed(http.post("/predict/batch/grouped/*/*/*/*", json={"trace": [{**TRACE, "hardware": "B200"},
+                                                                          {**TRACE, "hardware": "T4"}]}), 404)
+    assert "did you mean" not in err["message"] and "candidates" not in err  # which of the two values is meant?
     # None matching: the models one named part away are named (a typo, another version).
     err = failed(http.post("/predict/single/grouped/grouped-m/*/sglang/0.5.0", json={"trace": TRACE}), 404,
                  "no trained model matches grouped/grouped-m/*/sglang/0.5.0; did you mean "

@@ -40,7 +40,8 @@ def test_background_training_returns_202_and_a_job_to_poll(tmp_path):
         while (state := http.get(bad.json()["status_url"]).json())["status"] not in ("failed", "succeeded"):
             time.sleep(0.1)
         assert state["status"] == "failed" and state["error"]["status_code"] == 422
-        assert http.get("/train/jobs/unknown").status_code == 404
+        unknown = http.get("/train/jobs/unknown")
+        assert unknown.status_code == 404 and unknown.json()["field"] == "job_id"
         long_id = http.get("/train/jobs/" + "x" * 5000)  # the message quotes it cut short
         assert long_id.status_code == 404 and len(long_id.json()["message"]) < 200
 

@@ -97,6 +97,10 @@ def test_seed_readme_table_loads_and_answers(tmp_path):
     # The seed's client names only model_type and hardware.
     partial = IdentityPattern.from_segments("gpt-3.5-turbo", "*", "A100", "*", "*")
     assert table.lookup([{}], partial).kinds() == ["random"]
+    # The seed's curl examples spell the type gpt-3.5 (its name turbo): what the table holds is named.
+    with pytest.raises(NotFound, match="no records for gpt-3.5/turbo/A100/vllm/0.1.0; it holds gpt-3.5-turbo/turbo/A100") as info:
+        table.lookup([{}], IdentityPattern.from_segments("gpt-3.5", "turbo", "A100", "vllm", "0.1.0"))
+    assert info.value.field == "identity"
 
 
 @pytest.mark.parametrize("name", ["t.json", "t.csv", "t.json.gz", "t.csv.gz"])
@@ -507,11 +511,13 @@ def test_identity_fields_in_a_trace_pick_the_tables_identity_as_for_the_model(co
     # both, or none, are a 409 naming the candidates (they were answered record by record).
     with pytest.raises(AmbiguousModel, match="the traces name different models") as info:
         table.lookup([{"x": 3, "hardware": "A100"}, {"x": 3, "hardware": "h"}] * copies, loose)
-    assert info.value.extra["candidates"] == ["llm/m/h/s/1", "llm/m/A100/s/2.4"]
-    with pytest.raises(AmbiguousModel, match="holds 2 models that match llm/m/\\*/\\*/\\*: llm/m/h/s/1, llm/m/A100"):
+    assert info.value.extra["candidates"] == ["llm/m/h/s/1", "llm/m/A100/s/2.4"] and info.value.field == "identity"
+    with pytest.raises(AmbiguousModel, match="holds 2 models that match llm/m/\\*/\\*/\\*: llm/m/h/s/1, llm/m/A100") as info:
         table.lookup([{"x": 3}] * copies, loose)
-    with pytest.raises(NotFound, match="has no records for llm/m/\\*/\\*/\\* with the traces' hardware 'T4'"):
+    assert info.value.field == "identity"
+    with pytest.raises(NotFound, match="has no records for llm/m/\\*/\\*/\\* with the traces' hardware 'T4'") as info:
         table.lookup([{"x": 3, "hardware": "T4"}] * copies, loose)
+    assert info.value.field == "identity"
     # Traces of which only some name a model of the table: that model answers, and the others
     # fail alone (the batch was a 404 saying A100 had no records), as does a trace that cannot
     # be read but names it by its own fields.

@@ -1390,8 +1390,9 @@ def test_a_version_another_process_deleted_is_gone_not_damaged(root):
     assert reader.load(IDENT).meta.version == 1  # the latest it knew was deleted: the one serving now
     other = ModelRegistry(root)  # its index holds version 1, not yet loaded
     writer.delete(IDENT)
-    with pytest.raises(ModelNotFound, match="has no version 1: it was deleted"):
+    with pytest.raises(ModelNotFound, match="has no version 1: it was deleted") as gone:
         other.load(IDENT, 1)
+    assert gone.value.field == "version"
     assert other.identities() == []
 
 

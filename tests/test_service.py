@@ -508,12 +508,14 @@ def test_a_traces_identity_fields_fill_the_urls_wildcards_and_must_agree_with_it
     as_structured = {"input_feature": [{"param_name": "input_tokens", "val": 500},
                                        {"param_name": "output_tokens", "val": 20}, {"param_name": "hardware", "val": "A100"}]}
     assert predict(service, anywhere, [as_structured, as_structured]).identity.hardware == "A100"
-    with pytest.raises(ModelNotFound, match="with the traces' hardware 'B200'"):
+    with pytest.raises(ModelNotFound, match="with the traces' hardware 'B200'") as missing:
         predict(service, anywhere, [{**PROBE[0], "hardware": "B200"}])
+    assert missing.value.field == "identity"
     # Traces that name two models are a conflict naming both, not a model that is missing.
     with pytest.raises(AmbiguousModel, match="the traces name different models") as conflict:
         predict(service, anywhere, [{**PROBE[0], "hardware": "A100"}, {**PROBE[1], "hardware": H100["hardware"]}])
     assert conflict.value.extra["candidates"] == sorted([ModelIdentity(**A100).key, ModelIdentity(**H100).key])
+    assert conflict.value.field == "identity"
     # One of them names no model: the model the other names answers, and it fails alone (the
     # whole batch was a 404), as does a trace that cannot be read but names it by its fields.
     some = predict(service, anywhere, [{**PROBE[0], "hardware": "A100"}, {**PROBE[1], "hardware": "B200"},

@@ -290,7 +290,8 @@ def _parse_pattern(raw: bytes, skip: int) -> IdentityPattern:
     segs = _segments(raw, skip)
     if len(segs) < 5:
         raise NotFound(
-            "the path needs five identity segments: model_type/model_name/hardware/software_name/software_version"
+            "the path needs five identity segments: model_type/model_name/hardware/software_name/software_version",
+            field="identity",
         )
     return IdentityPattern.from_segments(*segs[:5])
 

@@ -33,7 +33,7 @@ from .atomic import (NotRegularFile, atomic_file, atomic_write_bytes, read_regul
 from .errors import (AmbiguousModel, DataDirectoryGone, InvalidInput, ModelNotFound, ModelUnreadable, NotFound, StorageError,
                      VersionConflict, json_kind, writing)
 from .features import CONSTANTS, FeatureSchema
-from .identity import IdentityPattern, ModelIdentity
+from .identity import IdentityPattern, ModelIdentity, names_part
 from .modeling import QuantileModel
 from .processes import boot_id, pid_space, started, still_running
 from .schemas import regime_split_problem
@@ -640,7 +640,7 @@ class ModelRegistry:
         epoch = self._epoch
         versions = self.versions(identity)
         if not versions:
-            raise ModelNotFound(f"no model {identity.key}")
+            raise ModelNotFound(f"no model {identity.key}", field="identity")
         with self._lock:
             if self._epoch == epoch:  # not if the index changed meanwhile (a retrainer thread saving)
                 self._latest[identity] = versions[-1]
@@ -669,7 +669,7 @@ class ModelRegistry:
             else:
                 matches = [i for i in self._index if pattern.matches(i)]
         if not matches:
-            near = self._near_misses(key)
+            near = self.near_misses(key)
             said = f"; did you mean {', '.join(near)}?" if near else ""
             raise ModelNotFound(f"no trained model matches {pattern.describe()}{said}", field="identity",
                                 extra={"candidates": near} if near else None)
@@ -685,16 +685,17 @@ class ModelRegistry:
             self._resolved[key] = matches[0]
         return matches[0]
 
-    def _near_misses(self, key: tuple[str | None, ...], most: int = 5) -> list[str]:
+    def near_misses(self, key: tuple[object, ...], most: int = 5) -> list[str]:
         """The keys of the stored models that a pattern matching none misses by one part it
         names (a typo in the model's name, another software version): at most ``most``, none
-        where more are (a pattern that names one part, a model type no model has)."""
+        where more are (a pattern that names one part, a model type no model has). A part may
+        be a trace's value (a version stated as the number 2.4), compared as a trace names it."""
         named = [(j, part) for j, part in enumerate(key) if part is not None]
         if len(named) < 2:
             return []
         with self._lock:
             near = [i.key for i in self._index
-                    if sum(i.as_tuple()[j] != part for j, part in named) == 1]
+                    if sum(not names_part(part, i.as_tuple()[j]) for j, part in named) == 1]
         return sorted(near) if len(near) <= most else []
 
     # ------------------------------------------------------------------ load / save
@@ -754,7 +755,8 @@ class ModelRegistry:
                 self.refresh()
                 if version is None and _again:
                     return self.load(identity, None, _again=False)  # the version that serves now, if any
-                raise ModelNotFound(f"model {identity.key} has no version {meta.version}: it was deleted") from None
+                raise ModelNotFound(f"model {identity.key} has no version {meta.version}: it was deleted",
+                                    field="version" if version is not None else "identity") from None
             log.error("cannot load %s version %d from %s: %r", identity.key, meta.version, path, exc)
             raise ModelUnreadable(
                 f"model {identity.key} version {meta.version} cannot be loaded: its file {path.name} is missing or "
@@ -919,7 +921,7 @@ class ModelRegistry:
         model_dir = self.root / identity.dirname
         targets = [m.version for m in self.versions(identity)] if version is None else [self.get_version(identity, version).version]
         if not targets:
-            raise ModelNotFound(f"no model {identity.key}")
+            raise ModelNotFound(f"no model {identity.key}", field="identity")
         stored = list(targets)  # what the answer names: those being written were never stored
         if version is None:
             # And the versions being written now (a retraining storing its version, another

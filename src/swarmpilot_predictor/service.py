@@ -471,15 +471,28 @@ class PredictorService:
                 keys = [i.key for i in named]
                 raise AmbiguousModel(f"the traces name different models of {pattern.describe()} (their {said}): "
                                      f"{', '.join(keys)}; send each model's traces in a request of its own",
-                                     extra={"candidates": keys})
+                                     field="identity", extra={"candidates": keys})
             if named:  # the one model some traces name; those that name no model fail on their own
                 return named[0]
-            raise ModelNotFound(f"no trained model matches {pattern.describe()} with the traces' {said}")
+            near = self._near_misses_stated(pattern, stated)
+            raise ModelNotFound(f"no trained model matches {pattern.describe()} with the traces' {said}"
+                                + (f"; did you mean {', '.join(near)}?" if near else ""),
+                                field="identity", extra={"candidates": near} if near else None)
         if len(matches) > 1:
             names = [m.key for m in matches]
             raise AmbiguousModel(f"{len(matches)} models match {pattern.describe()} with the traces' {said}: "
-                                 f"{', '.join(names)}; specify more of the identity", extra={"candidates": names})
+                                 f"{', '.join(names)}; specify more of the identity", field="identity",
+                                 extra={"candidates": names})
         return matches[0]
+
+    def _near_misses_stated(self, pattern: IdentityPattern, stated: dict[str, list[object]]) -> list[str]:
+        """The models one part away from ``pattern`` with the parts the traces state, where
+        they state one value of each (as a URL naming those parts would be answered)."""
+        if any(len(values) != 1 for values in stated.values()):
+            return []
+        parts = dict(zip(IDENTITY_KEYS, pattern.as_tuple()))
+        parts.update((key, values[0]) for key, values in stated.items())
+        return self.registry.near_misses(tuple(parts[key] for key in IDENTITY_KEYS))
 
     def load_if_cold(self, pattern: IdentityPattern) -> bool:
         """Load the serving model ``pattern`` names if it is not in memory; whether it was.

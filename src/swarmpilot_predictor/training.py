@@ -809,7 +809,7 @@ class TrainingJobs:
             return dict(record)
         stored = self._stored(job_id)
         if stored is None:
-            raise NotFound(f"no training job {shown(job_id)}")  # quoted cut short: an id may be any length
+            raise NotFound(f"no training job {shown(job_id)}", field="job_id")  # quoted cut short: an id may be any length
         return stored
 
     def _store(self, record: dict[str, Any]) -> bool:

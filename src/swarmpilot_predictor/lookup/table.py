@@ -435,7 +435,7 @@ class LookupTable:
         if not groups:
             have = ", ".join(g.describe() for g in self.groups[:10]) or "no records"
             want = pattern.describe() if pattern is not None else "*"
-            raise NotFound(f"lookup table {self.name!r} has no records for {want}; it holds {have}")
+            raise NotFound(f"lookup table {self.name!r} has no records for {want}; it holds {have}", field="identity")
         return groups
 
     # ------------------------------------------------------------------ matching
@@ -484,16 +484,17 @@ class LookupTable:
                 names = [g.describe() for g in named]
                 raise AmbiguousModel(f"the traces name different models of lookup table {self.name!r} "
                                      f"(their {said}): {', '.join(names)}; send each model's traces in a "
-                                     f"request of its own", extra={"candidates": names})
+                                     f"request of its own", field="identity", extra={"candidates": names})
             if named:  # the one model some traces name; those that name none fail on their own
                 return named
-            raise NotFound(f"lookup table {self.name!r} has no records for {asked.describe()} with the traces' {said}")
+            raise NotFound(f"lookup table {self.name!r} has no records for {asked.describe()} with the traces' {said}",
+                           field="identity")
         if len(chosen) > 1 and _several_models(chosen):
             names = [g.describe() for g in chosen]
             with_traces = f" with the traces' {said}" if said else ""
             raise AmbiguousModel(f"lookup table {self.name!r} holds {len(names)} models that match "
                                  f"{asked.describe()}{with_traces}: {', '.join(names)}; specify more of the identity",
-                                 extra={"candidates": names})
+                                 field="identity", extra={"candidates": names})
         return chosen
 
     def _lookup_by_stated_identity(self, flat: list[dict[str, Any]], unreadable: list[str | None],
