@@ -1339,6 +1339,17 @@ def test_runtimes_beyond_the_training_values_go_on_as_the_fit_does(algorithm):
     ({"monotone_constraints": [1, "0 output_model=/tmp/m"]}, "lightgbm", "'monotone_constraints' must be"),
     ({"num_leaves": {"a": 1}}, "auto", "'num_leaves' must be"),
     ({"learning_rate": float("nan")}, "auto", "'learning_rate' must be"),
+    # A word LightGBM reads as a number that is not finite (inf trained a model 20 times off).
+    ({"learning_rate": "inf"}, "lightgbm", "'learning_rate' must be a finite number, got 'inf'"),
+    ({"max_delta_step": "nan"}, "auto", "'max_delta_step' must be a finite number, got 'nan'"),
+    ({"lambda_l1": "1e400"}, "lightgbm", "'lambda_l1' must be a finite number"),
+    ({"learning_rate": "0.05"}, "lightgbm", None),
+    # Dart boosting turns early stopping off: every fold would run all its rounds.
+    ({"boosting": "dart", "num_boost_round": 10_000}, "lightgbm", "'boosting': 'dart' turns off LightGBM's early stopping"),
+    ({"boosting_type": "dart"}, "auto", "'dart' turns off"),
+    ({"boosting": "goss"}, "lightgbm", None),
+    ({"shape_alpha": 1e-300}, "linear", "'shape_alpha' must be a number in [1e-6, 1e6], got 1e-300"),
+    ({"shape_alpha": 1e-6}, "empirical", None),
     ({"objective": "quantile", "interaction_constraints": [[0, 1], [1]]}, "lightgbm", None),
     # The service's threads, and regression only (the location is a regression of log-runtime).
     ({"num_threads": 10_000}, "lightgbm", "cannot set"),
@@ -1910,3 +1921,22 @@ def test_a_value_between_the_levels_seen_is_answered_between_them(algorithm):
     for x in (3.0, 33.0, 47.5):
         assert model.describe_one([x], (0.5,))[0][0] == pytest.approx(median[int(x) - 1] if x == int(x) else
                                                                       model.predict_quantiles([[x]], [0.5])[0, 0], rel=1e-12)
+
+
+def test_a_ridge_penalty_too_small_to_solve_is_raised_to_one_that_is():
+    # alpha 1e-30 left the Gram matrix of a category's one-hot columns beside the intercept
+    # singular: the training failed with "Singular matrix". The fit is now that of the least
+    # penalty that can be solved, as near the one asked for as the data allow.
+    rng = np.random.default_rng(0)
+    n = 300
+    X = np.c_[rng.choice([1.0, 2, 4, 8, 16], n), rng.integers(0, 10, n), rng.integers(0, 3, n)].astype(float)
+    y = np.exp(0.5 * np.log(X[:, 0]) + 0.1 * X[:, 1] + rng.normal(0, 0.2, n)) * 10
+
+    def medians(alpha: float) -> np.ndarray:
+        model = QuantileModel(kinds=["numeric", "numeric", "categorical"], n_categories=[0, 0, 3],
+                              algorithm="linear", params={"alpha": alpha}).fit(X, y)
+        return model.predict_quantiles(X[:20], [0.5])[:, 0]
+
+    tiny = medians(1e-300)
+    assert np.all(np.isfinite(tiny)) and np.all(tiny > 0)
+    assert tiny == pytest.approx(medians(1e-12), rel=1e-3)

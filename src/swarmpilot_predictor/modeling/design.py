@@ -674,8 +674,42 @@ def _gcv_alpha(A: np.ndarray, y: np.ndarray, w: np.ndarray | None = None, S=None
     return best[1]
 
 
+# The least penalty of a ridge solve, relative to its Gram matrix's mean diagonal: a training
+# config's alpha of 1e-30 left the Gram matrix of collinear columns (a category's one-hot
+# columns beside the intercept) singular, and the training failed with "Singular matrix".
+_MIN_RELATIVE_PENALTY = 1e-10
+
+
 def _ridge(A: np.ndarray, y: np.ndarray, alpha: float, w: np.ndarray | None = None, S=None) -> tuple[float, np.ndarray]:
-    """Weighted ridge regression with an unpenalised intercept."""
+    """Weighted ridge regression with an unpenalised intercept.
+
+    A penalty too small for the solve to be exact (singular to working precision) is
+    raised to a ten-billionth of the Gram matrix's mean diagonal, and solved again."""
+    try:
+        return _ridge_solve(A, y, alpha, w, S)
+    except (np.linalg.LinAlgError, RuntimeError):
+        w = np.ones(len(y)) if w is None else w
+        floor = _MIN_RELATIVE_PENALTY * _mean_gram_diagonal(A, w, S) * len(y) / w.sum()
+        if not alpha < floor:
+            raise
+        return _ridge_solve(A, y, floor, w, S)
+
+
+def _mean_gram_diagonal(A, w: np.ndarray, S) -> float:
+    """The mean diagonal of the weighted Gram matrix of the centred design (at least 1e-300)."""
+    M = S if S is not None else A
+    sw = w.sum()
+    if S is not None:
+        means = np.asarray(S.T @ w).ravel() / sw
+        squares = np.asarray(S.multiply(S).T @ w).ravel()
+    else:
+        means = (A * w[:, None]).sum(axis=0) / sw
+        squares = ((A * A) * w[:, None]).sum(axis=0)
+    diag = squares - sw * means**2
+    return max(float(np.mean(diag)) if M.shape[1] else 0.0, 1e-300)
+
+
+def _ridge_solve(A: np.ndarray, y: np.ndarray, alpha: float, w: np.ndarray | None = None, S=None) -> tuple[float, np.ndarray]:
     w = np.ones(len(y)) if w is None else w
     sw = w.sum()
     if S is not None:
