@@ -814,6 +814,31 @@ def test_request_bodies_over_the_limit_get_a_413(tmp_path):
             assert 'route="unmatched",status="413"' not in text
 
 
+def test_a_json_training_body_is_at_most_64_mb(http):
+    # Its traces are parsed whole into Python objects (a 138 MB body of 4 million traces took
+    # 3.6 GB across the service and its worker), where a trace file is read as a stream.
+    limit = 64 * 1024 * 1024
+    url = httpx.URL(str(http.base_url))
+    with socket.create_connection((url.host, url.port)) as s:  # declared: refused unread
+        s.sendall(f"POST /train HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  f"Content-Length: {limit + 1}\r\n\r\n".encode())
+        answer = s.recv(65536).decode()
+    assert answer.startswith("HTTP/1.1 413") and '"field":"body"' in answer
+    assert "a JSON training body is at most 67,108,864 bytes: send the traces as a trace file" in answer
+    piece = b" " * (1024 * 1024)
+
+    def chunks():  # no Content-Length: counted as it arrives
+        yield from [piece] * 64
+        yield b"{}"
+
+    failed(http.post("/train", content=chunks(), headers={"content-type": "application/json"}), 413,
+           "a JSON training body is at most 67,108,864 bytes")
+    # At the limit it is read and parsed, as before.
+    at_limit = orjson.dumps({"config": {"model": IDENTITY, "traces": []}})
+    failed(http.post("/train", content=at_limit + b" " * (limit - len(at_limit)),
+                     headers={"content-type": "application/json"}), 422, "traces")
+
+
 def test_a_client_that_leaves_before_the_answer_is_no_server_error(http, trained):
     """Counted as nginx's 499 (client closed request): a 500 would set off error alerts."""
     url = httpx.URL(str(http.base_url))

@@ -56,6 +56,20 @@ def test_constant_columns_are_dropped_and_reported():
     assert report.columns_dropped == {"const_num": "constant", "const_cat": "constant", "empty": "no values"}
 
 
+def test_a_field_with_a_name_too_long_to_store_is_dropped_or_refused_when_named():
+    # A feature's name is stored in the meta file, the metrics and every table record: a key
+    # of 23 million characters made a meta file three times that, which the registry skipped.
+    long = "k" * 5000
+    traces = [{**t, long: i % 4} for i, t in enumerate(base_traces())]
+    schema, X, _, report = prepare(traces)
+    assert schema.names == ["input_tokens", "gpu"] and X.shape[1] == 2
+    assert report.columns_dropped == {"k" * 77 + "...": "a name of 5,000 characters (a feature's is at most 1,024)"}
+    assert prepare([{**t, "k" * 1024: i % 4} for i, t in enumerate(base_traces())])[0].names[-1] == "k" * 1024
+    with pytest.raises(TraceError, match="a feature's name is at most 1,024 characters, got 5,000") as info:
+        prepare(traces, features=["input_tokens", long])
+    assert info.value.field == "features" and len(str(info.value)) < 300
+
+
 def test_column_constant_apart_from_missing_values_is_dropped():
     # Imputing the gaps with the median makes such a column constant: it carries nothing,
     # and keeping it would make every prediction require it.

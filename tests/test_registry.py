@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 import pytest
 
-from swarmpilot_predictor.errors import AmbiguousModel, ModelNotFound, ModelUnreadable, NotFound, StorageError
+from swarmpilot_predictor.errors import AmbiguousModel, ModelNotFound, ModelUnreadable, NotFound, PayloadTooLarge, StorageError
 from swarmpilot_predictor.features import FeatureSchema
 from swarmpilot_predictor.identity import IdentityPattern, ModelIdentity
 from swarmpilot_predictor.modeling import QuantileModel
@@ -1491,3 +1491,23 @@ def test_a_meta_file_in_another_models_folder_is_skipped_as_damaged(root, caplog
     np.testing.assert_array_equal(fresh.load(OTHER).model.predict_quantiles(X, LEVELS),
                                   other_model.predict_quantiles(X, LEVELS))
     assert any("names the model" in r.getMessage() for r in caplog.records)
+
+
+def test_a_version_whose_meta_file_would_be_over_its_limit_is_not_stored(root, monkeypatch):
+    # Written, it was a file the index skips unread: the training answered version 2, and
+    # version 1 went on serving (a trace's field named by 23 million characters).
+    from swarmpilot_predictor import registry as registry_module
+
+    reg = ModelRegistry(root)
+    reg.save(*fit()[:2])
+    meta, model, _ = fit()
+    size = len(orjson.dumps(meta.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    monkeypatch.setattr(registry_module, "MAX_META_BYTES", size)  # the digest added makes it larger
+    with pytest.raises(PayloadTooLarge, match=r"its metadata would take [\d,]+ bytes, over the [\d,]+ a model's meta") as info:
+        reg.save(meta, model, training_data=(np.ones((3, 2)), np.ones(3)))
+    assert info.value.status_code == 413
+    assert sorted(p.name for p in (root / IDENT.dirname).iterdir() if not p.name.startswith(".")) == [
+        "v0001.meta.json", "v0001.model.json"]
+    monkeypatch.setattr(registry_module, "MAX_META_BYTES", 64 * 1024 * 1024)
+    assert [m.version for m in ModelRegistry(root).versions(IDENT)] == [1]
+    assert reg.save(*fit()[:2]).version == 2  # the number was not taken

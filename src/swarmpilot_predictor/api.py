@@ -280,6 +280,27 @@ def _identity_from(scope: dict[str, Any], skip: int) -> IdentityPattern:
 _CACHED_PATH_BYTES = 4096
 
 
+async def _train_body(request: Request) -> bytes:
+    """A JSON training body, of at most MAX_CONFIG_BYTES (as a multipart config part is): its
+    traces are parsed whole into Python objects, where a trace file is read as a stream. A
+    138 MB body of 4 million traces took 3.6 GB across the service and its worker."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_CONFIG_BYTES:
+        raise PayloadTooLarge(_TRAIN_BODY_TOO_LARGE, field="body")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_CONFIG_BYTES:
+            raise PayloadTooLarge(_TRAIN_BODY_TOO_LARGE, field="body")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+_TRAIN_BODY_TOO_LARGE = (f"a JSON training body is at most {MAX_CONFIG_BYTES:,} bytes: send the traces as a trace "
+                         "file (a multipart upload beside the config, or a file in the data directory), which is "
+                         "read as a stream")
+
+
 # Schedulers ask about the same few models again and again: parse each path once.
 @functools.lru_cache(maxsize=4096)
 def _pattern_of(raw: bytes, skip: int) -> IdentityPattern:
@@ -552,7 +573,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         else:
             # The body is parsed and validated in the worker too: a 100k-trace
             # request never holds the event loop (or the GIL) of this process.
-            job_id, future = service.jobs.submit_raw(await request.body())
+            job_id, future = service.jobs.submit_raw(await _train_body(request))
         if background:
             return JSONResponse({"status": "accepted", "job_id": job_id, "status_url": f"/train/jobs/{job_id}"},
                                 status_code=202)

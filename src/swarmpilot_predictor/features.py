@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .errors import listed, shown
+from .errors import cut, listed, shown
 from .traces import (
     DEFAULT_TARGET, MAX_RUNTIME, MIN_RUNTIME, RUNTIME_RANGE, TIMESTAMP_KEYS, TraceError, TraceTable, as_number,
     BOOLEAN_WORDS, category_text, finite_number_in_text, number_in_text, reserved_keys,
@@ -51,6 +51,9 @@ MAX_CATEGORIES = 128
 # feature elimination a quadratic number of fits): 500 columns on 40 rows took two minutes
 # and 5,000 filled the machine's memory. More than this many is refused.
 MAX_FEATURES = 64
+# A feature's name is stored in the model's meta file, its metrics and every lookup table
+# record: a 23-million-character key made a meta file the registry could not read.
+MAX_FEATURE_NAME = 1024
 ROW_COUNTER_MIN_ROWS = 20
 
 
@@ -533,6 +536,10 @@ class FeatureSchema:
         reserved = reserved_keys(target)
         if features is None:
             candidates = [name for name in table.columns if name not in reserved]
+            for name in [c for c in candidates if len(c) > MAX_FEATURE_NAME]:
+                candidates.remove(name)
+                report.columns_dropped[cut(name)] = (f"a name of {len(name):,} characters "
+                                                     f"(a feature's is at most {MAX_FEATURE_NAME:,})")
             if target != DEFAULT_TARGET and DEFAULT_TARGET in candidates:
                 # A measured runtime beside another target is not known before the task runs:
                 # a feature only when the config names it.
@@ -545,6 +552,10 @@ class FeatureSchema:
             bad = [f for f in features if f in reserved]
             if bad:
                 raise TraceError(f"reserved field(s) cannot be features: {listed(bad)}", field="features")
+            long = [f for f in features if len(f) > MAX_FEATURE_NAME]
+            if long:
+                raise TraceError(f"a feature's name is at most {MAX_FEATURE_NAME:,} characters, got "
+                                 f"{len(long[0]):,} ({shown(cut(long[0]))})", field="features")
             candidates = list(features)
         if features is not None and len(candidates) > MAX_FEATURES:
             raise TraceError(f"'features' names {len(candidates)} columns; at most {MAX_FEATURES} can be used",

@@ -30,7 +30,7 @@ import orjson
 
 from .atomic import (NotRegularFile, atomic_file, atomic_write_bytes, read_regular, regular_file_fd, remove_stale_temps,
                      temp_beside)
-from .errors import (AmbiguousModel, DataDirectoryGone, InvalidInput, ModelNotFound, ModelUnreadable, NotFound, StorageError,
+from .errors import (AmbiguousModel, DataDirectoryGone, InvalidInput, ModelNotFound, ModelUnreadable, NotFound, PayloadTooLarge, StorageError,
                      VersionConflict, json_kind, writing)
 from .features import CONSTANTS, FeatureSchema
 from .identity import IdentityPattern, ModelIdentity, names_part
@@ -832,10 +832,17 @@ class ModelRegistry:
                 # then removes their meta files), nor the version it was built from: a
                 # retraining that was storing its version must not bring back a deleted model.
                 self._refuse_if_deleted(model_dir, meta.identity, version, after)
+                meta_body = orjson.dumps(meta.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+                if len(meta_body) > MAX_META_BYTES:
+                    # Written, it was a version the index skips unread: a training answered its
+                    # number, and the previous version went on serving.
+                    raise PayloadTooLarge(f"model {meta.identity.key} cannot be stored: its metadata would take "
+                                          f"{len(meta_body):,} bytes, over the {MAX_META_BYTES:,} a model's meta file "
+                                          "may hold (what its traces' fields are named, and which were dropped, "
+                                          "is part of it)")
                 if before_commit is not None:
                     before_commit(meta)
-                atomic_write_bytes(model_dir / _meta_file(version),
-                                   orjson.dumps(meta.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+                atomic_write_bytes(model_dir / _meta_file(version), meta_body)
                 try:
                     self._refuse_if_deleted(model_dir, meta.identity, version, None)
                 except VersionConflict:
