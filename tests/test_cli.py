@@ -346,6 +346,8 @@ def test_a_bad_setting_or_an_unusable_data_directory_is_one_clear_line(tmp_path,
     ("PREDICTOR_PORT", "70000", "Input should be less than or equal to 65535 (got '70000')"),
     ("PREDICTOR_MAX_UPLOAD_MB", "inf", "Input should be a finite number (got 'inf')"),
     ("PREDICTOR_TRAINING_PRIORITY", "urgent", "Input should be 'idle', 'low' or 'normal' (got 'urgent')"),
+    ("PREDICTOR_TRAINING_TIMEOUT_S", "-1", "Input should be greater than or equal to 0 (got '-1')"),
+    ("PREDICTOR_TRAINING_TIMEOUT_S", "nan", "Input should be a finite number (got 'nan')"),
     ("PREDICTOR_OBSERVATIONS_MAX_FILE_MB", "inf", "Input should be a finite number (got 'inf')"),
     # Past any count the service could hold: such values started it, and then the answers that
     # carry them failed (a 500: JSON integers stop at 64 bits).

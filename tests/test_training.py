@@ -438,6 +438,37 @@ def test_a_job_given_to_a_worker_that_just_died_idle_runs_on_a_fresh_one(tmp_pat
         jobs.shutdown()
 
 
+def test_a_training_that_runs_past_the_timeout_is_stopped_and_the_next_runs(tmp_path):
+    # Trainings run one at a time: one that never ends (LightGBM's dart boosting took 159 s)
+    # held every other back.
+    import time
+
+    jobs = TrainingJobs(tmp_path, timeout=600)
+    try:
+        # The worker started (its start counts in a job's time) before the limit is lowered.
+        assert jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(60), algorithm="linear"))[1].result(
+            timeout=120)["version"] == 1
+        jobs.timeout = 1.0
+        (first_worker,) = jobs._pool._processes
+        t0 = time.monotonic()
+        slow_id, slow = jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(3000), algorithm="auto"))
+        with pytest.raises(PredictorError) as err:
+            slow.result(timeout=120)
+        assert time.monotonic() - t0 < 10
+        assert err.value.status_code == 422
+        assert err.value.message.startswith("the training was stopped after 1 s, the most a training may run "
+                                            "(PREDICTOR_TRAINING_TIMEOUT_S)")
+        record = jobs.get(slow_id)
+        assert record["status"] == "failed" and record["error"]["status_code"] == 422
+        assert [m.version for m in ModelRegistry(tmp_path / "models").versions(ModelIdentity(**IDENTITY))] == [1]
+        jobs.timeout = 600
+        _, after = jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(60), algorithm="linear"))
+        assert after.result(timeout=120)["version"] == 2  # on a fresh worker
+        assert list(jobs._pool._processes) != [first_worker]
+    finally:
+        jobs.shutdown()
+
+
 def test_a_stop_signal_while_the_worker_starts_does_not_kill_it(tmp_path):
     # Before its initializer ran (the interpreter's first second) SIGTERM killed the worker.
     import os

@@ -21,6 +21,7 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvico
 # service and then failed the answers that carry it (JSON integers stop at 64 bits).
 MAX_COUNT = 10**12
 MAX_MB = 1e9  # a petabyte
+MAX_SECONDS = 1e9  # thirty years
 # A shorter key can be guessed; an API key is a random string, not a password to remember.
 API_KEY_MIN_LENGTH = 16
 
@@ -59,6 +60,9 @@ class PredictorSettings(BaseSettings):
     # WORKER_PRIORITIES): idle yields to all other work, so on a machine kept busy it can wait
     # indefinitely; low and normal get a share of a busy CPU.
     training_priority: Literal["idle", "low", "normal"] = "idle"
+    # Seconds a training (POST /train) may run before its worker is stopped and it fails
+    # (0: no limit): trainings run one at a time, so one that never ends holds all the others.
+    training_timeout_s: float = Field(default=3600, ge=0, le=MAX_SECONDS, allow_inf_nan=False)
     # Largest request body accepted (JSON or uploaded files), in MB; larger ones get a 413; 0: no limit.
     max_upload_mb: float = Field(default=512, ge=0, le=MAX_MB, allow_inf_nan=False)
     # Records in a lookup table that generation writes (0: no limit). Every worker holds a

@@ -634,8 +634,13 @@ class TrainingJobs:
     def __init__(self, data_dir: Path, on_success: Callable[[dict[str, Any]], None] | None = None,
                  on_failure: Callable[[dict[str, Any]], None] | None = None, keep: int = 1000,
                  max_pending: int = 16, on_pending: Callable[[int], None] | None = None,
-                 priority: str = "idle"):
+                 priority: str = "idle", timeout: float = 0.0):
         self.data_dir = Path(data_dir)
+        # Seconds a training may run (0: no limit); past it its worker is stopped. One
+        # training at a time runs: without a limit, one that never ends holds all the others.
+        self.timeout = float(timeout)
+        self._timed_out: set[str] = set()
+        self._watchdog: threading.Thread | None = None
         # Made here, once, as the service's registry makes it; never by a job, which finds a
         # models folder gone since (an unmounted volume) and stores nothing.
         with contextlib.suppress(OSError):  # (a read-only copy: its trainings fail, saying why)
@@ -736,6 +741,10 @@ class TrainingJobs:
             except (BrokenProcessPool, CancelledError):
                 if self._closing:
                     out = self._cut_short(job_id, 503, "the service stopped before the job finished")
+                elif job_id in self._timed_out:
+                    out = self._cut_short(job_id, 422, f"the training was stopped after {self.timeout:g} s, the most a "
+                                                       "training may run (PREDICTOR_TRAINING_TIMEOUT_S): train on "
+                                                       "fewer rows or groups, or with fewer boosting rounds")
                 elif pool.ran(number):
                     # The worker died running this job (how, read before the stop reaps it); the
                     # pool is stopped from another thread (this one is the pool's own manager
@@ -753,6 +762,7 @@ class TrainingJobs:
                 log.exception("training job %s failed", job_id)
                 out = {"ok": False, "error": {"status_code": 500, "message": f"training failed: {type(exc).__name__}: {exc}"}}
             with self._lock:
+                self._timed_out.discard(job_id)  # (marked as it finished on its own)
                 if job_id in self._pending:
                     self._pending.remove(job_id)
                     self._pending_changed()
@@ -791,7 +801,34 @@ class TrainingJobs:
                 done.set_exception(exc)
 
         run()
+        self._watch_time()
         return job_id, done
+
+    def _watch_time(self) -> None:
+        """Start the thread that stops a training running past ``timeout`` (once, if there is one)."""
+        if self.timeout <= 0:
+            return
+        with self._lock:
+            if self._watchdog is not None:
+                return
+            self._watchdog = threading.Thread(target=self._stop_overdue, name="training-timeout", daemon=True)
+        self._watchdog.start()
+
+    def _stop_overdue(self) -> None:
+        while not self._closing:
+            time.sleep(min(0.5, self.timeout / 4))
+            with self._lock:
+                running = self.jobs.get(self._pending[0]) if self._pending else None
+                overdue = (running is not None and running["status"] == "running"
+                           and running["job_id"] not in self._timed_out
+                           and time.time() - running.get("started_at", time.time()) > self.timeout)
+                if overdue:
+                    self._timed_out.add(running["job_id"])
+            if overdue:
+                log.warning("training job %s ran past %g s (PREDICTOR_TRAINING_TIMEOUT_S): stopping its worker",
+                            running["job_id"], self.timeout)
+                # The jobs queued behind it never started: a fresh worker takes them, in turn.
+                self._stop_pool()
 
     def _pending_changed(self) -> None:
         if self.on_pending is not None:
