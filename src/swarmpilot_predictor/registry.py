@@ -30,8 +30,8 @@ import orjson
 
 from .atomic import (NotRegularFile, atomic_file, atomic_write_bytes, read_regular, regular_file_fd, remove_stale_temps,
                      temp_beside)
-from .errors import (AmbiguousModel, DataDirectoryGone, InvalidInput, ModelNotFound, ModelUnreadable, NotFound, PayloadTooLarge, StorageError,
-                     VersionConflict, json_kind, writing)
+from .errors import (AmbiguousModel, DataDirectoryGone, InvalidInput, ModelNotFound, ModelUnreadable, NotFound,
+                     PayloadTooLarge, StorageError, VersionConflict, json_kind, writing)
 from .features import CONSTANTS, FeatureSchema
 from .identity import IdentityPattern, ModelIdentity, names_part
 from .modeling import QuantileModel

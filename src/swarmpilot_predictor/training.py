@@ -816,10 +816,10 @@ class TrainingJobs:
 
     def _stop_overdue(self) -> None:
         while not self._closing:
-            time.sleep(min(0.5, self.timeout / 4))
+            time.sleep(min(0.5, self.timeout / 4) if self.timeout > 0 else 0.5)
             with self._lock:
                 running = self.jobs.get(self._pending[0]) if self._pending else None
-                overdue = (running is not None and running["status"] == "running"
+                overdue = (self.timeout > 0 and running is not None and running["status"] == "running"
                            and running["job_id"] not in self._timed_out
                            and time.time() - running.get("started_at", time.time()) > self.timeout)
                 if overdue:

@@ -697,7 +697,8 @@ def _ridge(A: np.ndarray, y: np.ndarray, alpha: float, w: np.ndarray | None = No
 
 def _mean_gram_diagonal(A, w: np.ndarray, S) -> float:
     """The mean diagonal of the weighted Gram matrix of the centred design (at least 1e-300)."""
-    M = S if S is not None else A
+    if A.shape[1] == 0:
+        return 1e-300
     sw = w.sum()
     if S is not None:
         means = np.asarray(S.T @ w).ravel() / sw
@@ -706,7 +707,7 @@ def _mean_gram_diagonal(A, w: np.ndarray, S) -> float:
         means = (A * w[:, None]).sum(axis=0) / sw
         squares = ((A * A) * w[:, None]).sum(axis=0)
     diag = squares - sw * means**2
-    return max(float(np.mean(diag)) if M.shape[1] else 0.0, 1e-300)
+    return max(float(np.mean(diag)), 1e-300)
 
 
 def _ridge_solve(A: np.ndarray, y: np.ndarray, alpha: float, w: np.ndarray | None = None, S=None) -> tuple[float, np.ndarray]:
