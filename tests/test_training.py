@@ -682,3 +682,15 @@ def test_a_worker_whose_server_died_before_it_began_watching_still_exits():
     alive = threading.Event()
     when_parent_dies(alive.set)  # this process's own parent, alive throughout
     assert not alive.wait(1.5)
+
+
+def test_the_service_gives_its_trainings_the_timeout_set(tmp_path):
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    for given, timeout in (({}, 3600.0), ({"training_timeout_s": 0}, 0.0), ({"training_timeout_s": 2.5}, 2.5)):
+        service = PredictorService(PredictorSettings(data_dir=tmp_path / str(timeout), **given))
+        try:
+            assert service.jobs.timeout == timeout
+        finally:
+            service.close()
