@@ -1014,3 +1014,17 @@ def test_interrupting_a_training_over_http_says_the_service_may_finish_it(tmp_pa
     result = runner.invoke(cli.app, ["train", str(cfg), "--url", "http://127.0.0.1:1"])
     assert result.exit_code == 130 and result.output.startswith("error: interrupted: the service may still finish "
                                                                 "this training and store its version")
+
+
+def test_either_name_of_the_metrics_directory_variable_is_the_operators(monkeypatch):
+    # prometheus_client reads both names: `serve --workers` set a fresh directory of its own
+    # over an operator's lower-case one, which the start-up check had just approved.
+    from swarmpilot_predictor.settings import multiproc_variable
+
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"):
+        monkeypatch.delenv(name, raising=False)
+    assert multiproc_variable() is None
+    monkeypatch.setenv("prometheus_multiproc_dir", "/tmp/m")
+    assert multiproc_variable() == "prometheus_multiproc_dir"
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/tmp/n")
+    assert multiproc_variable() == "PROMETHEUS_MULTIPROC_DIR"  # the name prometheus_client reads first

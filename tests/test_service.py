@@ -267,7 +267,7 @@ def test_a_wildcard_group_value_is_refused(service):
 
 @pytest.mark.parametrize("name, match", [
     ("missing.jsonl", "not found"),
-    ("notes.txt", "must be .json, .jsonl or .csv"),
+    ("notes.txt", r"must be .json, .jsonl \(or .ndjson\) or .csv, optionally .gz"),
     ("bad.jsonl", r"bad\.jsonl: line 2"),
     ("", "non-empty"),
 ])

@@ -51,6 +51,7 @@ from .errors import (InvalidInput, NotFound, PayloadTooLarge, PredictorError, Un
                      storage_error, validation_message, writing)
 from .identity import IdentityPattern, names_a_model
 from .schemas import (
+    parse_json_body,
     BatchPredictionResponse,
     HealthResponse,
     ModelsResponse,
@@ -71,7 +72,7 @@ from .metrics import CLIENT_CLOSED, MetricsMiddleware
 from .service import PredictorService, predict_on_one_blas_thread
 from .settings import PredictorSettings, settings_problem, unknown_variables
 from .training import when_parent_dies
-from .traces import TRACE_FILE_SUFFIXES, finite_number_in_text
+from .traces import TRACE_FILE_KINDS, TRACE_FILE_SUFFIXES, finite_number_in_text
 
 log = logging.getLogger(__name__)
 IDENTITY_PATH = "{model_type}/{model_name}/{hardware}/{software_name}/{software_version}"
@@ -318,19 +319,7 @@ def _parse_pattern(raw: bytes, skip: int) -> IdentityPattern:
 
 
 async def _json_body(request: Request, schema: type[BaseModel]) -> Any:
-    return _parse_body(await request.body(), schema)
-
-
-def _parse_body(raw: bytes, schema: type[BaseModel]) -> Any:
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"body is not valid JSON: {exc}", field="body") from None
-    try:
-        return schema.model_validate(data)
-    except ValidationError as exc:
-        msg, field = validation_message(exc)
-        raise InvalidInput(msg, field=field) from None
+    return parse_json_body(await request.body(), schema)
 
 
 def _openapi_body(schema: type[BaseModel]) -> dict[str, Any]:
@@ -541,7 +530,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         pattern = _identity_from(request.scope, 1)
         raw = await request.body()
         if raw.strip():
-            _parse_body(raw, RetrainRequest)  # it takes no options: {} or nothing; a key is refused, named
+            parse_json_body(raw, RetrainRequest)  # it takes no options: {} or nothing; a key is refused, named
         return JSONResponse(await run_in_threadpool(service.retrain, pattern))
 
     @app.delete("/models/" + IDENTITY_PATH, tags=["models"], dependencies=writes, summary="Delete a model, every version")
@@ -559,7 +548,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
 
     @app.post("/train", response_model=TrainResult, tags=["training"], dependencies=writes,
               openapi_extra=_openapi_body(TrainRequest),
-              summary="Train (in a separate low-priority process); ?background=true answers 202 with a job id")
+              summary="Train (in a separate worker process); ?background=true answers 202 with a job id")
     async def train(request: Request, background: bool = False):
         _refuse_repeated_query(request)
         if _is_multipart(request):
@@ -619,7 +608,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
                                        field=key)
                 lower = name.lower().removesuffix(".gz")
                 if not lower.endswith(TRACE_FILE_SUFFIXES):
-                    raise InvalidInput(f"uploaded file {shown(name)} must be .json, .jsonl or .csv (optionally .gz)", field=key)
+                    raise InvalidInput(f"uploaded file {shown(name)} must be {TRACE_FILE_KINDS}", field=key)
                 # Stored under a generated name: the client's file name never touches the disk.
                 dest = tmpdir / f"{len(uploads)}{_suffix(name)}"
                 await run_in_threadpool(_save_upload, value, dest, name, key, settings.max_upload_mb)
@@ -648,7 +637,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
 
     async def predict_single(scope: dict[str, Any], body: bytes, client: ClientWatch) -> dict[str, Any]:
         pattern = _identity_from(scope, 2)
-        req = _parse_body(body, PredictSingleRequest)
+        req = parse_json_body(body, PredictSingleRequest)
         if req.lookup_table:  # a table may need loading first: off the event loop
             pred = await run_in_threadpool(service.predict, pattern, [req.trace], req.confidence_level, req.quantiles,
                                            lookup_table=True, lookup_table_name=req.lookup_table_name)
@@ -701,11 +690,11 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
             # others, and only a few such batches at a time (the rest wait their turn).
             def whole() -> bytes:
                 with collector_paused():
-                    return orjson.dumps(batch_answer(pattern, _parse_body(body, PredictBatchRequest)),
+                    return orjson.dumps(batch_answer(pattern, parse_json_body(body, PredictBatchRequest)),
                                         option=orjson.OPT_SERIALIZE_NUMPY)
 
             return await in_batch_thread(whole, client, large_batches)
-        req = _parse_body(body, PredictBatchRequest)
+        req = parse_json_body(body, PredictBatchRequest)
         # A longer batch takes milliseconds to tens of them, a model's first load seconds, and a
         # table may need loading: off the event loop (numpy releases the GIL for most of the
         # work), its answer written there too.
@@ -723,7 +712,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
 
         def answer() -> bytes:  # each queue's total is a convolution: off the event loop
             with collector_paused(len(body) > LARGE_BODY_BYTES):  # (as a large batch's)
-                req = _parse_body(body, PredictQueuesRequest)
+                req = parse_json_body(body, PredictQueuesRequest)
                 return orjson.dumps(service.predict_queues(pattern, req.queues, req.confidence_level, req.quantiles,
                                                            req.shared_factor, req.version, req.lookup_table,
                                                            req.lookup_table_name), option=orjson.OPT_SERIALIZE_NUMPY)
@@ -757,7 +746,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
                                        field="trace_file")
                 name = Path(upload.filename or "traces.json").name
                 if not name.lower().removesuffix(".gz").endswith(TRACE_FILE_SUFFIXES):
-                    raise InvalidInput(f"trace_file {shown(name)} must be .json, .jsonl or .csv (optionally .gz)", field="trace_file")
+                    raise InvalidInput(f"trace_file {shown(name)} must be {TRACE_FILE_KINDS}", field="trace_file")
                 confidence = _form_float(form.get("confidence_level"), 0.95, "confidence_level")
                 # Given but blank is the service's to refuse (it would name no table), not a default.
                 raw_name = form.get("table_name")

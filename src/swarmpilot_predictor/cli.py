@@ -24,7 +24,8 @@ from .errors import PredictorError, json_kind, validation_message
 from .identity import IDENTITY_KEYS, IdentityPattern
 from .schemas import check_levels, config_from_text, first_run_split
 from .processes import alive, pid_space
-from .settings import METRICS_DIR, MULTIPROC_ENV, PredictorSettings, listen_problem, settings_problem, startup_problem
+from .settings import (METRICS_DIR, MULTIPROC_ENV, PredictorSettings, listen_problem, multiproc_variable, settings_problem,
+                       startup_problem)
 
 app = typer.Typer(help="SwarmPilot Predictor: runtime distributions for ML inference tasks.", no_args_is_help=True)
 # Piped or redirected, a line is not cut to a terminal's 80 columns: a script reads whole
@@ -194,7 +195,7 @@ def serve(
         warn_of_unknown_variables()
 
         os.environ[SUPERVISOR_ENV] = str(os.getpid())  # its workers stop if it dies
-        if not os.environ.get(MULTIPROC_ENV):
+        if multiproc_variable() is None:  # (one set by either name is the operator's, checked at start)
             # Every worker's counters in one place, so that a scrape (whichever worker
             # takes it) counts them all; fresh per run, as prometheus_client requires.
             try:

@@ -116,7 +116,6 @@ _SPREAD_LOW = -3.1
 _LOG_SCALE_STEP = 0.02
 _LOG_SCALE_REACH = 3.0
 _LOG_SCALE_POINTS = int(round(2 * _LOG_SCALE_REACH / _LOG_SCALE_STEP)) + 1
-_EPS = 1e-9
 # Log-runtimes a quantile may take when nothing narrower is known: exp stays finite.
 LOG_BOUNDS = (-700.0, 700.0)
 

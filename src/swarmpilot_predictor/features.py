@@ -518,7 +518,7 @@ class FeatureSchema:
             # ("timeout", "n/a") are broken measurements, dropped and counted as the other
             # unusable targets are; a column with no number at all is no runtime.
             y_strings = table.strings(target)
-            numeric = [v is not None and _is_number(v) for v in y_strings]
+            numeric = [v is not None and _reads_as_number(v) for v in y_strings]
             words = sum(1 for v, ok, b in zip(y_strings, numeric, booleans) if v is not None and not ok and not b)
             if words and not any(numeric):
                 raise TraceError(f"target field {shown(target)} has {words} non-numeric value(s) and no number")
@@ -1193,5 +1193,5 @@ def _category_problem(name: str, value: Any) -> str:
     return f"feature '{name}' must be a text or a number, got {type(value).__name__} {shown(value)}"
 
 
-def _is_number(s: str) -> bool:
+def _reads_as_number(s: str) -> bool:
     return number_in_text(s) is not None

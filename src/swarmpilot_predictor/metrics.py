@@ -23,7 +23,7 @@ from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, 
 from prometheus_client.core import GaugeMetricFamily
 
 from .processes import alive
-from .settings import MULTIPROC_ENV
+from .settings import multiproc_variable
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 TRAINING_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
@@ -36,7 +36,8 @@ def multiprocess_dir() -> str | None:
     """
     if values.ValueClass is values.MutexValue:
         return None
-    return os.environ.get(MULTIPROC_ENV) or os.environ.get(MULTIPROC_ENV.lower()) or None
+    variable = multiproc_variable()
+    return os.environ[variable] if variable is not None else None
 
 
 # (metric, help, labels, key in a rolling accuracy report): the accuracy gauges, per model.

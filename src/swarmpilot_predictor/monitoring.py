@@ -584,9 +584,9 @@ class AccuracyMonitor:
                                               np.array([_error(r) for r in rs], dtype=np.float64),
                                               np.array([_first_run(r) for r in rs], dtype=np.float64))
 
-    def _sync(self, identity: ModelIdentity, state: _Followed, own: Appended | None = None,
+    def _sync(self, state: _Followed, own: Appended | None = None,
               own_records: list[dict[str, Any]] | None = None) -> None:
-        """Take in what was appended to ``identity``'s log since the last look (``state.lock`` held).
+        """Take in what was appended to ``state``'s model's log since the last look (``state.lock`` held).
 
         ``own`` is this process's append just made, whose records (``own_records``) are
         added from memory in their place in the file.
@@ -656,7 +656,7 @@ class AccuracyMonitor:
         """``version``'s accuracy, up to date with every worker's observations."""
         state = self._state(identity)
         with state.lock:
-            self._sync(identity, state)
+            self._sync(state)
             return self._tracker(state, version)
 
     def record(self, identity: ModelIdentity, version: int, traces: list[dict[str, Any]], y: np.ndarray, q: np.ndarray,
@@ -677,12 +677,12 @@ class AccuracyMonitor:
             return
         state = self._state(identity)
         with state.lock:
-            self._sync(identity, state, appended, records)
+            self._sync(state, appended, records)
 
     def report(self, identity: ModelIdentity, version: int) -> dict[str, Any]:
         state = self._state(identity)
         with state.lock:
-            self._sync(identity, state)
+            self._sync(state)
             return self._tracker(state, version).report(self.alpha, self.min_observations)
 
     def newest_observed(self, identity: ModelIdentity, version: int) -> float | None:
@@ -700,7 +700,7 @@ class AccuracyMonitor:
         """
         state = self._state(identity)
         with state.lock:
-            self._sync(identity, state)
+            self._sync(state)
             tracker = self._tracker(state, version)
             count = tracker.count_since(t, enough)
             if count is not None:
@@ -719,7 +719,7 @@ class AccuracyMonitor:
     def recent(self, identity: ModelIdentity, version: int, limit: int = 200) -> dict[str, Any]:
         state = self._state(identity)
         with state.lock:
-            self._sync(identity, state)
+            self._sync(state)
             return self._tracker(state, version).recent(limit)
 
     def forget(self, identity: ModelIdentity) -> None:

@@ -40,7 +40,7 @@ from .modeling.stored import _finite_number
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog
 from .registry import ModelRegistry, ModelVersion
 from .traces import dumps_json, read_json_lines
-from .training import WorkerExecutor, WorkerPool, _spawning
+from .training import WorkerExecutor, WorkerPool, _spawning, server_gone
 
 log = logging.getLogger(__name__)
 
@@ -319,7 +319,7 @@ class Retrainer:
         in_worker: bool = False,
         worker_priority: str = "idle",
     ):
-        """``in_worker``: fit in a separate low-priority process (:class:`RetrainingWorker`,
+        """``in_worker``: fit in a separate worker process (:class:`RetrainingWorker`,
         at ``worker_priority``, see ``training.WORKER_PRIORITIES``), not in this one's threads,
         where the candidates' fits took the CPU and the GIL from the requests served meanwhile."""
         self.on_decision = on_decision
@@ -819,8 +819,8 @@ class WorkerLost(PredictorError):
 
 
 class RetrainingWorker:
-    """Retrainings run in one separate, low-priority process, one at a time: spawned on first
-    use, as the training worker is (:class:`WorkerPool`), and replaced if it dies.
+    """Retrainings run in one separate worker process (at PREDICTOR_TRAINING_PRIORITY), one at
+    a time: spawned on first use, as the training worker is (:class:`WorkerPool`), and replaced if it dies.
 
     Its registry, observation log and decision log are the service's folders, read and
     written as another worker process of the service would; its retrainer is built once
@@ -912,9 +912,7 @@ def _orphaned() -> None:
     """Refuse to store a version once the service that asked for it is gone (it was killed:
     it could not stop this process first); the version would serve a restarted service with
     no decision that says where it came from."""
-    from . import training
-
-    if training._server_pid is not None and os.getppid() != training._server_pid:
+    if server_gone():
         raise PredictorError("the service stopped before the retraining finished")
 
 

@@ -6,15 +6,16 @@ import datetime
 import math
 import sys
 from collections import Counter
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import orjson
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationInfo, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError, ValidationInfo,
+                      field_validator)
 
-from .errors import InvalidInput, cut, dotted, json_kind, listed, shown, too_many_digits
-from .identity import IDENTITY_KEYS, identity_part_problem
+from .errors import InvalidInput, cut, dotted, json_kind, listed, shown, too_many_digits, validation_message
+from .identity import IDENTITY_KEYS, IDENTITY_PART_MAX, identity_part_problem
 
 DEFAULT_QUANTILES = [0.25, 0.5, 0.75, 0.99]
 
@@ -25,7 +26,7 @@ def check_levels(levels: list[float] | None, field: str) -> list[float] | None:
     if not levels:
         raise ValueError(f"{field} must not be empty")
     for q in levels:
-        if not (0.0 < q < 1.0) or math.isnan(q):
+        if not 0.0 < q < 1.0:  # (NaN included)
             raise ValueError(f"{field} must lie strictly between 0 and 1, got {q}")
     if len(levels) > 200:
         raise ValueError(f"{field} may hold at most 200 levels")
@@ -33,14 +34,30 @@ def check_levels(levels: list[float] | None, field: str) -> list[float] | None:
     return sorted(float(q) for q in levels)
 
 
+def parse_json_body(raw: bytes, schema: type[BaseModel], inspect: Callable[[Any], None] | None = None) -> Any:
+    """``raw``, a request's JSON body, as ``schema``; ``inspect`` sees the parsed JSON first
+    (to refuse a form the schema would misread). An InvalidInput naming the field otherwise."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"body is not valid JSON: {exc}", field="body") from None
+    if inspect is not None:
+        inspect(data)
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        msg, field = validation_message(exc)
+        raise InvalidInput(msg, field=field) from None
+
+
 class ModelIdentityBody(BaseModel):
     model_config = ConfigDict(protected_namespaces=(), extra="forbid")
 
-    model_type: str = Field(min_length=1, max_length=200)
-    model_name: str = Field(min_length=1, max_length=200)
-    hardware: str = Field(min_length=1, max_length=200)
-    software_name: str = Field(min_length=1, max_length=200)
-    software_version: str = Field(min_length=1, max_length=200)
+    model_type: str = Field(min_length=1, max_length=IDENTITY_PART_MAX)
+    model_name: str = Field(min_length=1, max_length=IDENTITY_PART_MAX)
+    hardware: str = Field(min_length=1, max_length=IDENTITY_PART_MAX)
+    software_name: str = Field(min_length=1, max_length=IDENTITY_PART_MAX)
+    software_version: str = Field(min_length=1, max_length=IDENTITY_PART_MAX)
 
     @field_validator(*IDENTITY_KEYS)
     @classmethod
@@ -59,11 +76,11 @@ class ModelPartsBody(ModelIdentityBody):
     """A training config's ``model``: the identity parts that ``group_by`` does not name
     (all five without ``group_by``; the check is the config's, which knows both)."""
 
-    model_type: str | None = Field(None, min_length=1, max_length=200)  # type: ignore[assignment]
-    model_name: str | None = Field(None, min_length=1, max_length=200)  # type: ignore[assignment]
-    hardware: str | None = Field(None, min_length=1, max_length=200)  # type: ignore[assignment]
-    software_name: str | None = Field(None, min_length=1, max_length=200)  # type: ignore[assignment]
-    software_version: str | None = Field(None, min_length=1, max_length=200)  # type: ignore[assignment]
+    model_type: str | None = Field(None, min_length=1, max_length=IDENTITY_PART_MAX)  # type: ignore[assignment]
+    model_name: str | None = Field(None, min_length=1, max_length=IDENTITY_PART_MAX)  # type: ignore[assignment]
+    hardware: str | None = Field(None, min_length=1, max_length=IDENTITY_PART_MAX)  # type: ignore[assignment]
+    software_name: str | None = Field(None, min_length=1, max_length=IDENTITY_PART_MAX)  # type: ignore[assignment]
+    software_version: str | None = Field(None, min_length=1, max_length=IDENTITY_PART_MAX)  # type: ignore[assignment]
 
 
 class TrainConfig(BaseModel):

@@ -87,7 +87,7 @@ class PredictorSettings(BaseSettings):
     retrain_min_observations: int = Field(default=200, ge=1, le=MAX_COUNT)
     # A retraining fits its candidates on at most this many of the newest observations.
     retrain_max_observations: int = Field(default=20_000, ge=50, le=MAX_COUNT)
-    # Retrainings fit in a separate low-priority process (one per service process, started
+    # Retrainings fit in a separate worker process (one per service process, started
     # at the first retraining); off, in a thread of the serving process, beside the requests.
     retrain_in_worker: bool = True
     observations_max_file_mb: float = Field(default=8.0, gt=0, le=MAX_MB, allow_inf_nan=False)
@@ -241,6 +241,12 @@ METRICS_DIR = ".metrics"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
+def multiproc_variable() -> str | None:
+    """The variable that sets prometheus_client's multi-process directory, if one is set:
+    ``PROMETHEUS_MULTIPROC_DIR``, else the older, lower-case name, which it also reads."""
+    return next((v for v in (MULTIPROC_ENV, MULTIPROC_ENV.lower()) if os.environ.get(v)), None)
+
+
 def startup_problem(settings: PredictorSettings) -> str | None:
     """Why a service with ``settings`` cannot start, in one line (the data directory cannot
     be made, or prometheus_client's multi-process directory is unusable), or None."""
@@ -248,8 +254,7 @@ def startup_problem(settings: PredictorSettings) -> str | None:
         settings.ensure_dirs()
     except StorageError as exc:
         return exc.message
-    # prometheus_client also reads the older, lower-case name.
-    variable = next((v for v in (MULTIPROC_ENV, MULTIPROC_ENV.lower()) if os.environ.get(v)), None)
+    variable = multiproc_variable()
     if variable is not None:
         multiproc = os.environ[variable]
         try:

@@ -45,6 +45,8 @@ TIMESTAMP_KEYS = frozenset({"ts", "timestamp"})
 ELAPSED_KEY = "elapsed_ms"
 _NUMBER_OR_NONE = frozenset({int, float, type(None)})
 TRACE_FILE_SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv")
+# What a message says the file names above are (trace files and lookup tables alike).
+TRACE_FILE_KINDS = ".json, .jsonl (or .ndjson) or .csv, optionally .gz"
 UTF8_BOM = b"\xef\xbb\xbf"
 
 
@@ -216,7 +218,7 @@ def _format_from_name(name: str) -> str:
         if name.endswith(suffix):
             return "jsonl" if suffix == ".ndjson" else suffix[1:]
     raise TraceError(
-        f"unsupported trace file {shown(name)}: expected .json, .jsonl or .csv, optionally .gz"
+        f"unsupported trace file {shown(name)}: expected {TRACE_FILE_KINDS}"
     )
 
 

@@ -1,8 +1,9 @@
 """Training: traces in, new model versions in the registry out.
 
 :class:`Trainer` is plain Python, used in-process by the CLI and by
-:class:`TrainingJobs`, which runs it in a separate, low-priority process so that
-training never competes with predictions for the interpreter or the CPU.
+:class:`TrainingJobs`, which runs it in a separate worker process so that training never
+holds the serving process's interpreter, nor (at PREDICTOR_TRAINING_PRIORITY's default,
+idle) the CPU that predictions want.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 import orjson
 
 from .atomic import atomic_write_bytes, read_regular
-from .errors import DataDirectoryGone, InvalidInput, NotFound, PredictorError, ServiceStopping, TooBusy, shown, storage_error, validation_message
+from .errors import DataDirectoryGone, InvalidInput, NotFound, PredictorError, ServiceStopping, TooBusy, shown, storage_error
 from .features import DataReport, FeatureSchema, row_counters
 from .identity import BOOLEAN_PART_NAMES, IDENTITY_KEYS, ModelIdentity, identity_part_problem
 from .modeling import (QuantileModel, check_params, lightgbm_errors, lightgbm_message, params_not_used,
@@ -39,8 +40,8 @@ from .modeling import (QuantileModel, check_params, lightgbm_errors, lightgbm_me
 from .processes import started, still_running
 from .registry import MODEL_DIGEST, ModelRegistry, ModelVersion
 from .settings import JOBS_FOLDER
-from .schemas import TrainConfig
-from .traces import RUNTIME_RANGE, TRACE_FILE_SUFFIXES, TraceError, TraceTable, dumps_json
+from .schemas import TrainConfig, TrainRequest, check_envelope, parse_json_body
+from .traces import RUNTIME_RANGE, TRACE_FILE_KINDS, TRACE_FILE_SUFFIXES, TraceError, TraceTable, dumps_json
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[int], None]
@@ -116,7 +117,7 @@ class Trainer:
                 raise InvalidInput(f"traces file {shown(source)} not found in the data directory or the upload"
                                    + _uploaded_names(uploads), field="traces")
             if not path.name.lower().removesuffix(".gz").endswith(TRACE_FILE_SUFFIXES):
-                raise InvalidInput(f"traces file {shown(source)} must be .json, .jsonl or .csv (optionally .gz)", field="traces")
+                raise InvalidInput(f"traces file {shown(source)} must be {TRACE_FILE_KINDS}", field="traces")
             return TraceTable.from_file(path, progress=progress)
         except TraceError as exc:
             raise InvalidInput(str(exc), field="traces") from None
@@ -362,6 +363,12 @@ def _spawning() -> Iterator[None]:
 _server_pid: int | None = None
 
 
+def server_gone() -> bool:
+    """In a worker process: whether the service that started it is gone (killed: it could
+    not stop this worker first). Outside one, False."""
+    return _server_pid is not None and os.getppid() != _server_pid
+
+
 # What each PREDICTOR_TRAINING_PRIORITY gives the worker: (Linux scheduling policy, niceness
 # added to the server's). SCHED_IDLE runs it only on CPU time nothing else wants, and lets a
 # waking server preempt it at once, but on a machine kept busy by other work (at nice 0) it
@@ -474,7 +481,7 @@ class WorkerExecutor(ProcessPoolExecutor):
 
 
 class WorkerPool:
-    """One low-priority worker process (see :func:`_init_worker`), spawned on first use
+    """One worker process at a CPU priority of WORKER_PRIORITIES (see :func:`_init_worker`), spawned on first use
     (forked, it would inherit the server's threads and sockets): the pool in use
     (``pool``, None until then and once stopped), and its stop."""
 
@@ -551,7 +558,7 @@ def _train_job(data_dir: str, config: dict[str, Any] | None, raw_body: bytes | N
                 os.fsync(fh.fileno())
         except OSError as exc:
             raise storage_error(exc, f"the record of training job {job_id}", f"in {landing.parent}") from None
-        if _server_pid is not None and os.getppid() != _server_pid:
+        if server_gone():
             # The service is gone (killed: it could not stop this process first): whatever
             # reads the job's record after a restart would find it failed, this version not there.
             raise PredictorError("the service stopped before the job finished")
@@ -592,25 +599,18 @@ def _as_in_request(field: str | None) -> str | None:
 
 
 def _parse_train_request(raw: bytes) -> TrainConfig:
-    from pydantic import ValidationError
+    """A JSON training body: the config wrapped in ``config`` (a multipart config part, and
+    the CLI's file, may also be YAML, and bare: see ``schemas.config_from_text``)."""
+    return parse_json_body(raw, TrainRequest, inspect=_check_train_envelope).config
 
-    from .schemas import TrainRequest, check_envelope
 
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"body is not valid JSON: {exc}", field="body") from None
+def _check_train_envelope(data: Any) -> None:
     if isinstance(data, dict) and "config" in data:
         check_envelope(data)
     elif isinstance(data, dict) and "model" in data:
         # The config itself, as the client and the CLI take it: over HTTP it comes wrapped.
         raise InvalidInput("config: Field required: a training body is {\"config\": {\"model\": ..., \"traces\": ...}}, "
                            "the training config wrapped in 'config'", field="config")
-    try:
-        return TrainRequest.model_validate(data).config
-    except ValidationError as exc:
-        msg, field = validation_message(exc)
-        raise InvalidInput(msg, field=field) from None
 
 
 _JOB_ID = re.compile(r"[0-9a-f]{16}")
@@ -625,7 +625,7 @@ def landing_note(records_dir: Path, job_id: str) -> Path:
 
 
 class TrainingJobs:
-    """Training in one separate, low-priority worker process, with job records.
+    """Training in one separate worker process, with job records and a time limit.
 
     The pool starts on first use (spawned, so it does not inherit the server's
     threads or sockets) and is replaced if the worker dies.

@@ -19,7 +19,7 @@ from typing import IO, Any
 from ..atomic import NotRegularFile, open_regular, remove_stale_temps
 from ..errors import InvalidInput, NotFound, PredictorError, shown
 from ..identity import IDENTITY_KEYS
-from ..traces import TraceError
+from ..traces import TRACE_FILE_KINDS, TraceError
 from .names import check_table_name, table_format
 from .sidecar import _SIDECAR_NAME_BYTES, load_index, save_index
 from .table import LookupTable
@@ -100,7 +100,7 @@ class LookupTableStore:
         error: str | None = None
         try:
             if table_format(path.name) is None:
-                raise TraceError(f"{path.name}: a lookup table is a .json, .jsonl or .csv file (optionally .gz)")
+                raise TraceError(f"{path.name}: a lookup table is a {TRACE_FILE_KINDS} file")
             signature = _signature(path)
             table = self._load(path, path.name, signature)
             log.info("default lookup table %s loaded: %d records", path, table.n_rows)

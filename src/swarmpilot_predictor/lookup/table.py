@@ -32,6 +32,7 @@ from ..features import FIRST_OF_SHAPE, stated_flag
 from ..identity import (IDENTITY_KEYS, IdentityPattern, describe_stated, fields_naming_a_model, join_key, named_by_traces,
                         names_a_model, names_part)
 from ..traces import (
+    TRACE_FILE_KINDS,
     BOOLEAN_WORDS,
     LineModeError,
     TABLE_RESERVED_KEYS,
@@ -251,12 +252,12 @@ class LookupTable:
 
     @classmethod
     def load(cls, path: Path | str, name: str | None = None, seed: int = 0) -> "LookupTable":
-        """Read a table file (.json, .jsonl, .csv, optionally .gz); TraceError when it cannot be read."""
+        """Read a table file (see TRACE_FILE_KINDS); TraceError when it cannot be read."""
         path = Path(path)
         name = name or path.name
         fmt = table_format(path.name)
         if fmt is None:
-            raise TraceError(f"{name}: a lookup table is a .json, .jsonl or .csv file (optionally .gz)")
+            raise TraceError(f"{name}: a lookup table is a {TRACE_FILE_KINDS} file")
         try:
             return cls._load(path, name, fmt, seed, line_mode=True)
         except LineModeError as first:

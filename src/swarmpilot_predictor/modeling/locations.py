@@ -878,7 +878,7 @@ class _LightGBMRowPredictor:
 
         from lightgbm.basic import _LIB, _safe_call
 
-        self._ctypes, self._lib, self._safe_call = ctypes, _LIB, _safe_call
+        self._lib, self._safe_call = _LIB, _safe_call
         self._booster = booster  # keeps the booster (and its handle) alive as long as this
         ncol = booster.num_feature()
         self._config = ctypes.c_void_p()

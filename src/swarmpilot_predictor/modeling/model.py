@@ -549,7 +549,6 @@ class QuantileModel:
             shape.fit(Xs, zs, self.score_, None if w is None else w[sel], self.random_state)
             shape.set_recalibration(best["pits"])
             self.shape_ = shape
-        self.n_rows_ = n
         self.log_range_ = (float(ylog.min()), float(ylog.max()))
         self._learn_unseen_categories(X, best.get("unknown_alone", ()))
 
