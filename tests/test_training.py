@@ -451,7 +451,10 @@ def test_a_training_that_runs_past_the_timeout_is_stopped_and_the_next_runs(tmp_
         jobs.timeout = 1.0
         (first_worker,) = jobs._pool._processes
         t0 = time.monotonic()
-        slow_id, slow = jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(3000), algorithm="auto"))
+        # A hundred groups, each chosen among the families by cross-validation: 23 s alone.
+        grouped = [{**t, "hardware": f"h{i % 100}"} for i, t in enumerate(make_llm_traces(4000))]
+        slow_id, slow = jobs.submit(TrainConfig(model={k: v for k, v in IDENTITY.items() if k != "hardware"},
+                                                group_by=["hardware"], traces=grouped, algorithm="auto"))
         with pytest.raises(PredictorError) as err:
             slow.result(timeout=120)
         assert time.monotonic() - t0 < 10
