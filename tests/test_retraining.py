@@ -979,6 +979,43 @@ def test_a_worker_that_dies_fails_the_retraining_it_ran_alone_which_waits_and_a_
     assert [v.version for v in svc.registry.versions(identity)] == [1, 2]
 
 
+def test_a_retraining_that_runs_past_the_timeout_is_stopped_and_waits_and_the_next_runs(tmp_path, monkeypatch):
+    # One worker runs every retraining, one at a time: one that never ended held all later
+    # ones of every model. The limit is the trainings' (PREDICTOR_TRAINING_TIMEOUT_S).
+    from swarmpilot_predictor import retraining
+
+    svc = _service(tmp_path, retrain_in_worker=True, training_timeout_s=600)
+    assert svc.retrainer.worker.timeout == 600
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    identity = svc.registry.resolve(pattern)
+    svc.observe(IDENTITY, _shifted(200, 2.0, seed=40))
+    assert svc.retrain(pattern)["status"] == "retrained"  # the worker started, before the limit is lowered
+    (first_worker,) = svc.retrainer.worker.pool._processes
+    svc.observe(IDENTITY, _shifted(200, 2.0, seed=42))
+    svc.retrainer.worker.timeout = 1.0
+    monkeypatch.setattr(retraining, "_retrain_job", _sleeps_in_worker)
+    t0 = time.monotonic()
+    with pytest.raises(PredictorError) as err:
+        svc.retrain(pattern)
+    assert time.monotonic() - t0 < 10
+    assert err.value.status_code == 422
+    assert err.value.message.startswith("the retraining was stopped after 1 s, the most a training may run "
+                                        "(PREDICTOR_TRAINING_TIMEOUT_S)")
+    wait_until_dead(first_worker)
+    assert svc.retrainer.worker.pool is None
+    # Logged and counted as a failed try, which waits for new evidence as any failed one does.
+    retrained, failed = svc.accuracy(pattern)["retraining"]
+    assert failed["status"] == "failed" and failed["message"] == err.value.message and failed["from_version"] == 2
+    assert failed["next_try"]["observations"] > 200
+    assert svc.retrainer.due(identity, 2) is None
+    assert svc.metrics.retraining_runs.labels("failed")._value.get() == 1
+    assert svc.registry.latest(identity).version == 2
+    monkeypatch.undo()
+    svc.retrainer.worker.timeout = 600
+    assert svc.retrain(pattern)["status"] in ("retrained", "kept")  # on a fresh worker
+    assert list(svc.retrainer.worker.pool._processes) != [first_worker]
+
+
 def test_a_retraining_sent_to_a_worker_that_just_died_idle_runs_on_a_fresh_one(tmp_path):
     # Killed between two retrainings (say, for its memory), the worker had taken the next one
     # down with it: a 500 and a failed decision with its wait, though nothing had run.

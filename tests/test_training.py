@@ -472,6 +472,32 @@ def test_a_training_that_runs_past_the_timeout_is_stopped_and_the_next_runs(tmp_
         jobs.shutdown()
 
 
+def test_a_job_begun_as_the_one_before_it_was_stopped_for_its_time_runs_again(tmp_path):
+    # The worker starts the next job as soon as the last one returns, before the service
+    # reads that it has: a limit reached in between stops the worker the next job runs on.
+    # That job is not the one that ran too long, nor did its worker die: it runs anew.
+    import time
+
+    jobs = TrainingJobs(tmp_path)
+    try:
+        first_id, first = jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(60), algorithm="linear"))
+        assert first.result(timeout=120)["version"] == 1
+        pool = jobs._pool
+        (first_worker,) = pool._processes
+        next_id, after = jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(3000), algorithm="auto"))
+        deadline = time.monotonic() + 60
+        while not pool.ran(2):  # the worker has begun it
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        pool.stopped_for = first_id  # as the timeout's watchdog does, for the job it stops
+        jobs._stop_pool(pool)
+        assert after.result(timeout=300)["version"] == 2
+        assert jobs.get(next_id)["status"] == "succeeded"
+        assert list(jobs._pool._processes) != [first_worker]
+    finally:
+        jobs.shutdown()
+
+
 def test_a_stop_signal_while_the_worker_starts_does_not_kill_it(tmp_path):
     # Before its initializer ran (the interpreter's first second) SIGTERM killed the worker.
     import os

@@ -318,10 +318,12 @@ class Retrainer:
         on_new_version: Callable[[ModelIdentity], Any] | None = None,
         in_worker: bool = False,
         worker_priority: str = "idle",
+        worker_timeout: float = 0.0,
     ):
         """``in_worker``: fit in a separate worker process (:class:`RetrainingWorker`,
         at ``worker_priority``, see ``training.WORKER_PRIORITIES``), not in this one's threads,
-        where the candidates' fits took the CPU and the GIL from the requests served meanwhile."""
+        where the candidates' fits took the CPU and the GIL from the requests served meanwhile;
+        there a retraining is stopped after ``worker_timeout`` seconds (0: never)."""
         self.on_decision = on_decision
         self.on_new_version = on_new_version  # told of each version a retraining stores
         self.registry = registry
@@ -333,7 +335,7 @@ class Retrainer:
         self.training_weight = training_weight
         self.max_observations = max_observations
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrain")
-        self.worker = RetrainingWorker(self.worker_config(), worker_priority) if in_worker else None
+        self.worker = RetrainingWorker(self.worker_config(), worker_priority, worker_timeout) if in_worker else None
         # Called just before a retraining stores its version (a worker's: whether its service still runs).
         self.before_save: Callable[[], None] | None = None
         self._running: dict[ModelIdentity, Future] = {}
@@ -818,6 +820,12 @@ class WorkerLost(PredictorError):
         self.stopping = stopping
 
 
+class RetrainingTimedOut(WorkerLost):
+    """The retraining ran past the time limit, and its worker was stopped (as a training's is)."""
+
+    status_code = 422
+
+
 class RetrainingWorker:
     """Retrainings run in one separate worker process (at PREDICTOR_TRAINING_PRIORITY), one at
     a time: spawned on first use, as the training worker is (:class:`WorkerPool`), and replaced if it dies.
@@ -827,8 +835,11 @@ class RetrainingWorker:
     and kept, so that each retraining reads on from where the last one read.
     """
 
-    def __init__(self, config: dict[str, Any], priority: str = "idle"):
+    def __init__(self, config: dict[str, Any], priority: str = "idle", timeout: float = 0.0):
         self.config = config
+        # Seconds a retraining may take, from the time it is sent to the worker (0: no limit):
+        # one that never ends would hold every later retraining of every model, for good.
+        self.timeout = float(timeout)
         self._workers = WorkerPool(priority)
         self._lock = threading.Lock()
         self._job_lock = threading.Lock()
@@ -858,7 +869,17 @@ class RetrainingWorker:
                 except RuntimeError:  # shut down meanwhile
                     raise WorkerLost("the service is stopping", stopping=True) from None
                 try:
-                    return future.result()
+                    return future.result(timeout=self.timeout or None)
+                except TimeoutError:
+                    log.warning("a retraining of %s ran past %g s (PREDICTOR_TRAINING_TIMEOUT_S): stopping its worker",
+                                identity.key, self.timeout)
+                    self._workers.stop(pool)
+                    if self._closed:
+                        raise WorkerLost("the service is stopping", stopping=True) from None
+                    raise RetrainingTimedOut(
+                        f"the retraining was stopped after {self.timeout:g} s, the most a training may run "
+                        "(PREDICTOR_TRAINING_TIMEOUT_S): retrain on fewer observations "
+                        "(PREDICTOR_RETRAIN_MAX_OBSERVATIONS)") from None
                 except (BrokenProcessPool, CancelledError):
                     ran = pool.ran(number)
                     message = pool.death("retraining") if ran and not self._closed else ""

@@ -445,6 +445,9 @@ class WorkerExecutor(ProcessPoolExecutor):
         self._numbering = threading.Lock()  # numbers in the order the jobs are queued
         super().__init__(max_workers=1, mp_context=context, initializer=_init_worker,
                          initargs=(os.getpid(), priority, self._started))
+        # The job whose time limit this pool was stopped for, if it was: the worker may have
+        # started the next job a moment before, which was not what ran too long.
+        self.stopped_for: str | None = None
 
     def submit_numbered(self, fn: Callable[..., Any], *args: Any) -> tuple[Future, int]:
         """``submit(fn, *args)``, and the job's number for :meth:`ran` (1, 2, ... in order)."""
@@ -745,6 +748,15 @@ class TrainingJobs:
                     out = self._cut_short(job_id, 422, f"the training was stopped after {self.timeout:g} s, the most a "
                                                        "training may run (PREDICTOR_TRAINING_TIMEOUT_S): train on "
                                                        "fewer rows or groups, or with fewer boosting rounds")
+                elif pool.stopped_for is not None:
+                    # Stopped for the job before it, which ran too long: this one had just
+                    # started, if at all. With nothing stored, a fresh worker runs it anew.
+                    if not landing_note(self.records_dir, job_id).exists():
+                        run()
+                        return
+                    out = self._cut_short(job_id, 503, "the training worker was stopped, for the training before this "
+                                                       "one, which ran past PREDICTOR_TRAINING_TIMEOUT_S, just after "
+                                                       "this one began: send it again")
                 elif pool.ran(number):
                     # The worker died running this job (how, read before the stop reaps it); the
                     # pool is stopped from another thread (this one is the pool's own manager
@@ -822,13 +834,16 @@ class TrainingJobs:
                 overdue = (self.timeout > 0 and running is not None and running["status"] == "running"
                            and running["job_id"] not in self._timed_out
                            and time.time() - running.get("started_at", time.time()) > self.timeout)
-                if overdue:
+                pool = self._pool if overdue else None
+                if pool is not None:
                     self._timed_out.add(running["job_id"])
-            if overdue:
+                    pool.stopped_for = running["job_id"]
+            if pool is not None:
                 log.warning("training job %s ran past %g s (PREDICTOR_TRAINING_TIMEOUT_S): stopping its worker",
                             running["job_id"], self.timeout)
-                # The jobs queued behind it never started: a fresh worker takes them, in turn.
-                self._stop_pool()
+                # The jobs queued behind it never started (but for one that may have, if the
+                # overdue job ended just now): a fresh worker takes them, in turn.
+                self._stop_pool(pool)
 
     def _pending_changed(self) -> None:
         if self.on_pending is not None:
