@@ -1055,15 +1055,15 @@ def test_a_worker_that_dies_after_its_decision_is_answered_by_that_decision(tmp_
 def test_a_worker_whose_service_is_gone_stores_no_version(tmp_path, monkeypatch):
     # The check a worker's retrainer makes just before it stores (its service is its parent),
     # made here by this process's retrainer.
-    from swarmpilot_predictor import retraining, training
+    from swarmpilot_predictor import retraining, workers
 
-    monkeypatch.setattr(training, "_server_pid", os.getppid())
+    monkeypatch.setattr(workers, "_server_pid", os.getppid())
     retraining._orphaned()  # its service: still its parent
     svc = _service(tmp_path)
     pattern = IdentityPattern.from_parts(IDENTITY)
     svc.observe(IDENTITY, _shifted(200, 2.0, seed=51))
     svc.retrainer.before_save = retraining._orphaned
-    monkeypatch.setattr(training, "_server_pid", 2**22 + 12345)  # not this process's parent
+    monkeypatch.setattr(workers, "_server_pid", 2**22 + 12345)  # not this process's parent
     with pytest.raises(PredictorError, match="the service stopped before the retraining finished"):
         svc.retrain(pattern)
     assert [v.version for v in svc.registry.versions(svc.registry.resolve(pattern))] == [1]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -17,7 +16,7 @@ from swarmpilot_predictor.errors import PredictorError
 from swarmpilot_predictor.identity import ModelIdentity
 from swarmpilot_predictor.registry import ModelRegistry
 from swarmpilot_predictor.schemas import TrainConfig
-from swarmpilot_predictor.training import Trainer, TrainingJobs, when_parent_dies
+from swarmpilot_predictor.training import Trainer, TrainingJobs
 
 from .conftest import IDENTITY, autotuned_traces, make_llm_traces, wait_until_dead
 
@@ -95,7 +94,6 @@ def test_a_job_record_of_a_process_that_stopped_reads_failed(tmp_path):
          "worker_token": "an earlier run's"}))
     assert TrainingJobs(tmp_path).get("0123456789abcdee")["status"] == "failed"
     # Or the old run's pid now belongs to another live process (another worker, say).
-    import subprocess
     import sys
 
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
@@ -117,7 +115,6 @@ def test_a_copy_of_the_data_directory_reads_the_jobs_it_holds_unfinished_as_fail
     # A backup taken while a job ran, restored beside the running service: the job read
     # `running` there for as long as the original's process lived.
     import shutil
-    import subprocess
     import sys
 
     import orjson
@@ -232,9 +229,9 @@ def test_a_group_by_job_stopped_midway_names_the_versions_it_stored(tmp_path):
 def test_a_worker_whose_service_is_gone_stores_no_version(tmp_path, monkeypatch):
     # Killed, the service could not stop its worker first, which ran on for up to a second
     # and stored the version that the restarted service's job record said had failed.
-    from swarmpilot_predictor import training
+    from swarmpilot_predictor import training, workers
 
-    monkeypatch.setattr(training, "_server_pid", 2**22 + 12345)  # not this process's parent
+    monkeypatch.setattr(workers, "_server_pid", 2**22 + 12345)  # not this process's parent
     config = TrainConfig(model=IDENTITY, traces=make_llm_traces(100), algorithm="linear").model_dump(mode="json")
     (tmp_path / "models").mkdir()
     out = training._train_job(str(tmp_path), config, None, None, "0123456789abcdef")
@@ -249,13 +246,13 @@ def test_a_job_stopped_before_storing_its_version_does_not_claim_the_next_traini
     # succeeded, with that version's number and its own metrics.
     import json
 
-    from swarmpilot_predictor import training
+    from swarmpilot_predictor import training, workers
 
     (tmp_path / "models").mkdir()
     config = TrainConfig(model=IDENTITY, traces=make_llm_traces(100), algorithm="linear").model_dump(mode="json")
-    monkeypatch.setattr(training, "_server_pid", 2**22 + 12345)  # not this process's parent
+    monkeypatch.setattr(workers, "_server_pid", 2**22 + 12345)  # not this process's parent
     assert not training._train_job(str(tmp_path), config, None, None, "0123456789abcdef")["ok"]
-    monkeypatch.setattr(training, "_server_pid", None)
+    monkeypatch.setattr(workers, "_server_pid", None)
     other = TrainConfig(model=IDENTITY, traces=make_llm_traces(120, seed=3), algorithm="linear").model_dump(mode="json")
     assert training._train_job(str(tmp_path), other, None, None, "0123456789abcdee")["result"]["version"] == 1
     landing = tmp_path / "jobs" / "0123456789abcdef.landing"
@@ -526,7 +523,6 @@ def test_a_server_that_trained_stops_cleanly(tmp_path):
 
     from .conftest import run_server
 
-    import sys
 
     cli = [sys.executable, "-m", "swarmpilot_predictor.cli", "serve", "--host", "127.0.0.1", "--port", "{port}",
            "--log-level", "warning"]
@@ -697,20 +693,6 @@ def test_damaged_job_records_read_as_failed_or_unknown(tmp_path):
     with pytest.raises(PredictorError) as err:
         jobs.get("bbbbbbbbbbbbbbbb")
     assert err.value.status_code == 404
-
-
-def test_a_worker_whose_server_died_before_it_began_watching_still_exits():
-    # The training worker imports for a second or more before it watches its server: a
-    # server killed meanwhile left it running on (its parent then init, not the server),
-    # and it stored the version nobody was told of. It watches the pid it was started by.
-    server = subprocess.Popen([sys.executable, "-c", "pass"])
-    server.wait()
-    gone = threading.Event()
-    when_parent_dies(gone.set, parent=server.pid)
-    assert gone.wait(5)
-    alive = threading.Event()
-    when_parent_dies(alive.set)  # this process's own parent, alive throughout
-    assert not alive.wait(1.5)
 
 
 def test_the_service_gives_its_trainings_the_timeout_set(tmp_path):

@@ -71,7 +71,7 @@ from .collector import collector_paused
 from .metrics import CLIENT_CLOSED, MetricsMiddleware
 from .service import PredictorService, predict_on_one_blas_thread
 from .settings import PredictorSettings, settings_problem, unknown_variables
-from .training import when_parent_dies
+from .workers import when_parent_dies
 from .traces import TRACE_FILE_KINDS, TRACE_FILE_SUFFIXES, finite_number_in_text
 
 log = logging.getLogger(__name__)

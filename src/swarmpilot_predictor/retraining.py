@@ -40,7 +40,7 @@ from .modeling.stored import _finite_number
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog
 from .registry import ModelRegistry, ModelVersion
 from .traces import dumps_json, read_json_lines
-from .training import WorkerExecutor, WorkerPool, _spawning, server_gone
+from .workers import WorkerExecutor, WorkerPool, server_gone, spawning
 
 log = logging.getLogger(__name__)
 
@@ -321,7 +321,7 @@ class Retrainer:
         worker_timeout: float = 0.0,
     ):
         """``in_worker``: fit in a separate worker process (:class:`RetrainingWorker`,
-        at ``worker_priority``, see ``training.WORKER_PRIORITIES``), not in this one's threads,
+        at ``worker_priority``, see ``workers.WORKER_PRIORITIES``), not in this one's threads,
         where the candidates' fits took the CPU and the GIL from the requests served meanwhile;
         there a retraining is stopped after ``worker_timeout`` seconds (0: never)."""
         self.on_decision = on_decision
@@ -859,7 +859,7 @@ class RetrainingWorker:
                 pool = None
                 try:
                     pool = self._executor()
-                    with _spawning():
+                    with spawning():
                         future, number = pool.submit_numbered(*args)
                 except BrokenProcessPool:  # its idle worker died: a fresh one takes the job
                     self._workers.stop(pool)

@@ -1,0 +1,222 @@
+"""The worker processes that train and retrain, apart from the serving process.
+
+Each is spawned on first use (forked, it would inherit the server's threads and sockets),
+runs at a CPU priority of :data:`WORKER_PRIORITIES`, counts the jobs it starts (so that a
+death fails only the job it was running) and exits once its server is gone.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def spawning() -> Iterator[None]:
+    """Block the stop signals in this thread while it may start the worker process.
+
+    The worker inherits the mask: a group stop signal in the second or so before its
+    initializer ignores them (the interpreter's start-up) killed it, and answered the
+    training in flight 500, "out of memory?". This thread gets them once it unblocks.
+    """
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+# The service that started this training worker (None outside one).
+_server_pid: int | None = None
+
+
+def server_gone() -> bool:
+    """In a worker process: whether the service that started it is gone (killed: it could
+    not stop this worker first). Outside one, False."""
+    return _server_pid is not None and os.getppid() != _server_pid
+
+
+# What each PREDICTOR_TRAINING_PRIORITY gives the worker: (Linux scheduling policy, niceness
+# added to the server's). SCHED_IDLE runs it only on CPU time nothing else wants, and lets a
+# waking server preempt it at once, but on a machine kept busy by other work (at nice 0) it
+# gets about 0.3% of a core: a retraining of 6 s alone had not finished after 120 s
+# (benchmarks/retraining_load.py --burners 2). SCHED_BATCH shares the CPU by niceness, as
+# the normal policy does, but never preempts a task that wakes (the server's requests).
+WORKER_PRIORITIES = {"idle": ("SCHED_IDLE", 0), "low": ("SCHED_BATCH", 10), "normal": ("SCHED_BATCH", 0)}
+
+
+def _set_priority(priority: str) -> None:
+    policy, nice = WORKER_PRIORITIES[priority]
+    try:
+        os.sched_setscheduler(0, getattr(os, policy), os.sched_param(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux: niceness alone
+        nice = 19 if priority == "idle" else nice
+    if nice:
+        try:
+            os.nice(nice)
+        except OSError:  # pragma: no cover
+            pass
+
+
+def _init_worker(server_pid: int | None = None, priority: str = "idle", jobs_started: Any = None) -> None:
+    # A stop signal sent to the whole process group (systemd's stop, Ctrl-C) is the server's
+    # to act on: it lets the request in flight finish its training, then stops this worker
+    # (TrainingJobs.shutdown). Dying here at once answered that request 500, "out of memory?".
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    # Blocked since the server started this process (see spawning): a signal that came
+    # while it imported is pending, and now discarded, being ignored.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    # Predictions first (see WORKER_PRIORITIES).
+    _set_priority(priority)
+    # A server pinned to one core (taskset) should not pin its training there too:
+    # let the worker use any core, where it only takes what others leave idle.
+    if hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, range(os.cpu_count() or 1))
+        except OSError:  # pragma: no cover - restricted by a cgroup or container
+            pass
+    # If the server dies without shutting the pool down, do not outlive it: also if it died
+    # while this process was still importing (its parent is then already init, not the server).
+    global _server_pid, _jobs_started
+    _server_pid = server_pid
+    _jobs_started = jobs_started
+    when_parent_dies(lambda: os._exit(0), server_pid)
+
+
+# In a worker process: the semaphore it counts the jobs it starts on (see WorkerExecutor).
+_jobs_started: Any = None
+
+
+def _run_counted(fn: Callable[..., Any], *args: Any) -> Any:
+    _jobs_started.release()
+    return fn(*args)
+
+
+class WorkerExecutor(ProcessPoolExecutor):
+    """The pool of one worker process, which knows which of its jobs the worker started.
+
+    A worker that dies fails every job the pool holds, those it never started too: one
+    sent to an idle worker killed a moment before (the pool learns of a death only when
+    its manager thread wakes) read "the worker process died", though it never ran. The
+    worker counts each job it starts on a semaphore (which the pool's own queues use
+    already: a shared-memory value needs a file of a page, which a full disk refuses), and
+    runs them in the order given: :meth:`ran` tells the job it was running from those it
+    can give a fresh worker.
+    """
+
+    def __init__(self, priority: str):
+        context = multiprocessing.get_context("spawn")
+        self._started = context.Semaphore(0)
+        self._numbers = itertools.count(1)
+        self._numbering = threading.Lock()  # numbers in the order the jobs are queued
+        super().__init__(max_workers=1, mp_context=context, initializer=_init_worker,
+                         initargs=(os.getpid(), priority, self._started))
+        # The job whose time limit this pool was stopped for, if it was: the worker may have
+        # started the next job a moment before, which was not what ran too long.
+        self.stopped_for: str | None = None
+
+    def submit_numbered(self, fn: Callable[..., Any], *args: Any) -> tuple[Future, int]:
+        """``submit(fn, *args)``, and the job's number for :meth:`ran` (1, 2, ... in order)."""
+        with self._numbering:
+            number = next(self._numbers)
+            return self.submit(_run_counted, fn, *args), number
+
+    def ran(self, number: int) -> bool:
+        """Whether the job numbered ``number`` was the one the worker started last."""
+        return self._started.get_value() == number
+
+    def how_it_died(self, wait: float = 1.0) -> str:
+        """How the dead worker ended ("killed by SIGKILL", "exited with status 1"), waiting up
+        to ``wait`` seconds for it to be gone; "" if it was not."""
+        for proc in list(self._processes.values()):
+            proc.join(wait)  # its pipe closes as it exits, a moment before its status is there
+            code = proc.exitcode
+            if code is None:
+                continue
+            if code < 0:
+                try:
+                    return f"killed by {signal.Signals(-code).name}"
+                except ValueError:
+                    return f"killed by signal {-code}"
+            return f"exited with status {code}"
+        return ""
+
+    def death(self, kind: str) -> str:
+        """What a job the ``kind`` worker died running answers (and the service logs)."""
+        message = (f"the {kind} worker process died ({self.how_it_died() or 'its end unknown'}: out of memory, "
+                   "say, or a crash in a native library)")
+        log.warning("%s", message)
+        return message
+
+
+class WorkerPool:
+    """One worker process at a CPU priority of WORKER_PRIORITIES (see :func:`_init_worker`), spawned on first use
+    (forked, it would inherit the server's threads and sockets): the pool in use
+    (``pool``, None until then and once stopped), and its stop."""
+
+    def __init__(self, priority: str = "idle") -> None:
+        if priority not in WORKER_PRIORITIES:
+            raise ValueError(f"priority must be one of {', '.join(WORKER_PRIORITIES)}, not {priority!r}")
+        self.priority = priority
+        self.pool: WorkerExecutor | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> WorkerExecutor:
+        with self._lock:
+            if self.pool is None:
+                self.pool = WorkerExecutor(self.priority)
+            return self.pool
+
+    def stop(self, pool: ProcessPoolExecutor | None = None) -> None:
+        """Stop ``pool`` (default: the one in use) now: its worker is killed, whatever it was
+        doing (a version it was storing is never half-written), and its futures fail; the
+        next :meth:`get` starts a fresh one."""
+        with self._lock:
+            if pool is None:
+                pool, self.pool = self.pool, None
+            elif self.pool is pool:
+                self.pool = None
+        if pool is None:
+            return
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        manager = getattr(pool, "_executor_manager_thread", None)
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            proc.kill()  # it ignores SIGTERM (see _init_worker)
+        for proc in processes:
+            proc.join(timeout=5)
+        # With its worker gone the pool's manager thread ends at once; then its queues are
+        # collected here. uvicorn ends by re-raising SIGTERM, so no exit handler would ever
+        # release their semaphores, which the resource tracker then reported as leaked.
+        if manager is not None and manager is not threading.current_thread():
+            manager.join(timeout=5)
+        del pool, manager, processes
+        gc.collect()
+
+
+def when_parent_dies(action: Callable[[], None], parent: int | None = None) -> None:
+    """Run ``action`` (in a daemon thread, within a second) once this process's parent is gone:
+    ``parent`` (the pid it was started by), else whichever process is its parent now."""
+    parent = os.getppid() if parent is None else parent
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        action()
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
