@@ -36,7 +36,7 @@ from .errors import ModelNotFound, PredictorError, ServiceStopping, VersionConfl
 from .features import FIRST_OF_SHAPE, FeatureSchema, gross_outliers
 from .identity import ModelIdentity
 from .modeling import SELECTION_SE, QuantileModel, clearly_lower, pinball_losses
-from .modeling.stored import _finite_number
+from .modeling.stored import finite_number
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog
 from .registry import ModelRegistry, ModelVersion
 from .traces import dumps_json, read_json_lines
@@ -368,7 +368,7 @@ class Retrainer:
         waiting = None if last is None else last.get("next_try")
         if isinstance(waiting, dict) and not (drifted and not waiting.get("drifted_then")):
             after, more = waiting.get("after"), waiting.get("more")
-            if _finite_number(after) and _finite_number(more):
+            if finite_number(after) and finite_number(more):
                 # Counted from the newest observation the decision saw: a count to reach, in
                 # the numbering of the process that decided, was out of reach of one restarted
                 # after the log rotated (which counts only what is left of it).

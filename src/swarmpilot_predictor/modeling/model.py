@@ -28,7 +28,7 @@ from .scale import SCALE_MIN_ROWS, ScaleModel
 from .scoring import EVAL_LEVELS, moment_metrics, pinball_losses, quantile_metrics
 from .shape import (QUANTILE_SHAPE, SHAPE_MODELS, SHAPE_SUFFIX, QuantileShapeModel, ShapeModel, _increasing,
                     _shape_from_json, recalibration_map)
-from .stored import _atoms_from_json, _finite_number
+from .stored import _atoms_from_json, finite_number
 
 
 # Training rows (a random sample above this) whose ratios to their predicted means measure
@@ -1358,12 +1358,12 @@ class QuantileModel:
             raise ValueError(f"the shape model reads {len(obj.shape_.design_.kinds)} columns, not the "
                              f"{len(shape_kinds)} that shape_reads_location={reads} gives")
         lr = d.get("log_range")
-        if lr is not None and not (isinstance(lr, list) and len(lr) == 2 and all(_finite_number(v) for v in lr)
+        if lr is not None and not (isinstance(lr, list) and len(lr) == 2 and all(finite_number(v) for v in lr)
                                    and lr[0] <= lr[1]):
             raise ValueError(f"log_range is {shown(lr)}, not the least and the greatest log runtime")
         obj.log_range_ = None if lr is None else (float(lr[0]), float(lr[1]))
         sd = d.get("shared_log_sd", 0.0)  # models stored before it: none
-        if not (_finite_number(sd) and 0.0 <= sd <= 10.0):
+        if not (finite_number(sd) and 0.0 <= sd <= 10.0):
             raise ValueError(f"shared_log_sd is {shown(sd)}, not a log standard deviation in [0, 10]")
         obj.shared_log_sd_ = float(sd)
         obj._set_atoms(_atoms_from_json(d.get("atoms", [])))  # models stored before them: none
@@ -1390,7 +1390,7 @@ class QuantileModel:
         # Models stored before 2026-12-01: an unseen category with a known one's spread.
         for name in ("unseen_shift", "unseen_sd"):
             got = d.get(name, [0.0] * len(obj.kinds))
-            if not (isinstance(got, list) and len(got) == len(obj.kinds) and all(_finite_number(v) and abs(v) <= 1e3 for v in got)
+            if not (isinstance(got, list) and len(got) == len(obj.kinds) and all(finite_number(v) and abs(v) <= 1e3 for v in got)
                     and (name == "unseen_shift" or all(v >= 0 for v in got))):
                 raise ValueError(f"{name} is {shown(got)}, not a {'non-negative ' if name == 'unseen_sd' else ''}"
                                  f"number per column ({len(obj.kinds)})")

@@ -15,13 +15,13 @@ from ..distribution import MAX_ATOMS
 from ..errors import shown
 
 
-def _finite_number(v: Any) -> bool:
+def finite_number(v: Any) -> bool:
     return type(v) in (int, float) and math.isfinite(v)
 
 
 def _stored_number(v: Any, what: str) -> float:
     """A stored finite number (``float()`` reads the string "NaN" as one)."""
-    if not _finite_number(v):
+    if not finite_number(v):
         raise ValueError(f"{what} is {shown(v)}, not a finite number")
     return float(v)
 
