@@ -1,0 +1,152 @@
+"""What every route group shares: the JSON answers and the error shapes, identities read
+from the raw path, and the checks of a URL's parameters and of a request's body type.
+
+Identity segments are read from the *raw* request path and unquoted one by one,
+so an encoded slash (``Qwen%2FQwen2.5-7B``) stays inside its segment.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any
+from urllib.parse import unquote
+
+import orjson
+from fastapi import Request
+from fastapi.responses import Response
+from pydantic import BaseModel
+
+from ..errors import InvalidInput, NotFound, PredictorError, cut, shown
+from ..identity import IdentityPattern
+from ..schemas import parse_json_body
+
+IDENTITY_PATH = "{model_type}/{model_name}/{hardware}/{software_name}/{software_version}"
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+        except orjson.JSONEncodeError:
+            # A string that UTF-8 cannot encode (a lone surrogate echoed from a request):
+            # escape it rather than fail the answer, an error message above all.
+            return orjson.dumps(_encodable(content), option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _encodable(value: Any) -> Any:
+    """``value`` with every string (and dict key) made encodable: unencodable characters as ``\\uXXXX``."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_encodable(str(k)): _encodable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encodable(v) for v in value]
+    return value
+
+
+def table_failure(exc: PredictorError) -> JSONResponse:
+    """The seed's answer shape for ``/predict/table``: ``{"status": "failed", "path", "message"}``,
+    with the HTTP status of the error."""
+    message = cut(exc.message, _MOST_MESSAGE)
+    body: dict[str, Any] = {"status": "failed", "path": None, "message": message, "detail": message}
+    if exc.field:
+        body["field"] = cut(exc.field, _MOST_FIELD)
+    return JSONResponse({**body, **exc.extra}, status_code=exc.status_code)
+
+
+# Messages cut what they quote from a request (errors.shown, cut, listed); this bounds the
+# answer all the same, should one message be missed.
+_MOST_MESSAGE, _MOST_FIELD = 4000, 400
+
+
+def error_response(status: int, message: str, field: str | None = None, **extra: Any) -> JSONResponse:
+    message = cut(message, _MOST_MESSAGE)
+    body: dict[str, Any] = {"status": "error", "message": message, "detail": message}
+    if field is not None:  # a part named "" is named too
+        body["field"] = cut(field, _MOST_FIELD)
+    body.update(extra)
+    return JSONResponse(body, status_code=status)
+
+
+def raw_segments(scope: dict[str, Any], skip: int) -> list[str]:
+    return _segments(scope.get("raw_path") or scope["path"].encode(), skip)
+
+
+def _segments(raw: bytes, skip: int) -> list[str]:
+    path = raw.decode("latin-1").split("?", 1)[0]
+    segments = path.strip("/").split("/")
+    return [unquote(s) for s in segments[skip:]]
+
+
+def identity_from(scope: dict[str, Any], skip: int) -> IdentityPattern:
+    """The five identity segments after the first ``skip`` path segments (the route checked the shape)."""
+    raw = scope.get("raw_path") or scope["path"].encode()
+    # Only paths of a few KB are kept (a model's five parts are at most 200 characters each;
+    # a longer path is parsed each time): 4,096 paths of 60 KB, each a 404, held 470 MB in
+    # every worker.
+    return pattern_of(raw, skip) if len(raw) <= _CACHED_PATH_BYTES else _parse_pattern(raw, skip)
+
+
+_CACHED_PATH_BYTES = 4096
+
+
+# Schedulers ask about the same few models again and again: parse each path once.
+@functools.lru_cache(maxsize=4096)
+def pattern_of(raw: bytes, skip: int) -> IdentityPattern:
+    return _parse_pattern(raw, skip)
+
+
+def _parse_pattern(raw: bytes, skip: int) -> IdentityPattern:
+    segs = _segments(raw, skip)
+    if len(segs) < 5:
+        raise NotFound(
+            "the path needs five identity segments: model_type/model_name/hardware/software_name/software_version",
+            field="identity",
+        )
+    return IdentityPattern.from_segments(*segs[:5])
+
+
+async def json_body(request: Request, schema: type[BaseModel]) -> Any:
+    return parse_json_body(await request.body(), schema)
+
+
+def openapi_body(schema: type[BaseModel]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": schema.model_json_schema(ref_template="#/components/schemas/{model}")}},
+        }
+    }
+
+
+def is_multipart(request: Request) -> bool:
+    # Media types are case-insensitive (RFC 9110): "Multipart/Form-Data" was read as JSON.
+    return request.headers.get("content-type", "").lower().startswith("multipart/form-data")
+
+
+def refuse_loose_numbers(request: Request, *params: str) -> None:
+    """A 422 for a number of the URL's ``params`` ("path.version", "query.recent") not
+    written in digits: read as the routes declare them (integers, loosely), "1.0" and " 1"
+    were version 1, on a route that deletes it too, where a body's ``version`` must be a
+    JSON whole number."""
+    for param in params:
+        where, name = param.split(".")
+        raw = (request.path_params if where == "path" else request.query_params).get(name)
+        if raw is not None and re.fullmatch(r"-?[0-9]+", raw) is None:
+            raise InvalidInput(f"{param}: must be a whole number, written in digits, got {shown(raw)}", field=param)
+
+
+def refuse_repeated_query(request: Request) -> None:
+    """A query parameter given twice is a 422: the last one won, without a word (an invalid first one too)."""
+    seen: set[str] = set()
+    for key, _ in request.query_params.multi_items():
+        if key in seen:
+            raise InvalidInput(f"query parameter {shown(key)} is given more than once", field=key)
+        seen.add(key)

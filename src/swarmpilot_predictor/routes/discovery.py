@@ -1,0 +1,33 @@
+"""Discovery routes (``/health``, ``/ping``) and the prediction cache's (``/cache/...``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from ..schemas import HealthResponse
+from ..service import PredictorService
+from .common import JSONResponse
+
+
+def add_discovery_routes(app: FastAPI, service: PredictorService, writes: list[Any]) -> None:
+    # The routes below that report accuracy read the observation logs (64 MB a model at
+    # most) and run the drift tests: off the event loop, so that /ping and predictions go on
+    # being answered (a first /health after a restart took 3.9 s, and held every request).
+    @app.get("/health", response_model=HealthResponse, tags=["discovery"])
+    async def health():
+        return JSONResponse(await run_in_threadpool(service.health))
+
+    @app.get("/ping", tags=["discovery"], summary="Liveness: the cheapest possible answer")
+    async def ping():
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/cache/stats", tags=["cache"], summary="Prediction cache size and hit/miss counts")
+    async def cache_stats():
+        return JSONResponse(service.cache_stats())
+
+    @app.post("/cache/clear", tags=["cache"], dependencies=writes, summary="Empty the prediction cache")
+    async def cache_clear():
+        return JSONResponse(service.clear_cache())

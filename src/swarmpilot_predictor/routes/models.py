@@ -1,0 +1,59 @@
+"""Model routes: the models stored, one model's versions, its accuracy, retraining and deletion."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from starlette.concurrency import run_in_threadpool
+
+from ..schemas import ModelsResponse, RetrainRequest, parse_json_body
+from ..service import PredictorService
+from .common import IDENTITY_PATH, JSONResponse, identity_from, refuse_loose_numbers, refuse_repeated_query
+
+
+def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any]) -> None:
+    @app.get("/models", response_model=ModelsResponse, tags=["models"])
+    async def models():
+        return JSONResponse({"status": "success", "models": await run_in_threadpool(service.list_models)})
+
+    @app.get("/models/" + IDENTITY_PATH, tags=["models"], summary="One model and all its versions")
+    async def model_detail(request: Request):
+        pattern = identity_from(request.scope, 1)
+        return JSONResponse({"status": "success", "model": await run_in_threadpool(service.model_detail, pattern)})
+
+    @app.get("/models/" + IDENTITY_PATH + "/versions/{version}", tags=["models"], summary="One version's full metadata")
+    async def model_version_detail(request: Request, version: int):
+        refuse_loose_numbers(request, "path.version")
+        pattern = identity_from(request.scope, 1)
+        return JSONResponse({"status": "success", "model": await run_in_threadpool(service.model_detail, pattern, version)})
+
+    # Off the event loop, as /health is (see discovery.py): it reads the observation log and
+    # runs the drift tests.
+    @app.get("/models/" + IDENTITY_PATH + "/accuracy", tags=["monitoring"],
+             summary="Rolling accuracy of the serving version against observed runtimes")
+    async def model_accuracy(request: Request, version: int | None = None, recent: int = 200):
+        refuse_repeated_query(request)
+        refuse_loose_numbers(request, "query.version", "query.recent")
+        pattern = identity_from(request.scope, 1)
+        return JSONResponse(await run_in_threadpool(service.accuracy, pattern, version, recent))
+
+    @app.post("/models/" + IDENTITY_PATH + "/retrain", tags=["monitoring"], dependencies=writes,
+              summary="Retrain now on training data plus observations; a new version only if it is better")
+    async def model_retrain(request: Request):
+        pattern = identity_from(request.scope, 1)
+        raw = await request.body()
+        if raw.strip():
+            parse_json_body(raw, RetrainRequest)  # it takes no options: {} or nothing; a key is refused, named
+        return JSONResponse(await run_in_threadpool(service.retrain, pattern))
+
+    @app.delete("/models/" + IDENTITY_PATH, tags=["models"], dependencies=writes, summary="Delete a model, every version")
+    async def model_delete(request: Request):
+        pattern = identity_from(request.scope, 1)
+        return JSONResponse(service.delete_model(pattern))
+
+    @app.delete("/models/" + IDENTITY_PATH + "/versions/{version}", tags=["models"], dependencies=writes, summary="Delete one version")
+    async def model_version_delete(request: Request, version: int):
+        refuse_loose_numbers(request, "path.version")
+        pattern = identity_from(request.scope, 1)
+        return JSONResponse(service.delete_model(pattern, version))

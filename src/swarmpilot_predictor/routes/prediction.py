@@ -1,0 +1,204 @@
+"""Prediction routes: ``/predict/single``, ``/predict/batch`` and ``/predict/queues``, served
+as lean routes (see lean.py): the service's hot path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import orjson
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from ..collector import collector_paused
+from ..errors import InvalidInput
+from ..identity import IdentityPattern, names_a_model
+from ..schemas import (
+    BatchPredictionResponse,
+    PredictBatchRequest,
+    PredictQueuesRequest,
+    PredictSingleRequest,
+    QueuesPredictionResponse,
+    SinglePredictionResponse,
+    parse_json_body,
+)
+from ..service import PredictorService
+from ..settings import PredictorSettings
+from .common import IDENTITY_PATH, identity_from
+from .lean import ClientGone, ClientWatch, lean_route
+
+# A batch of at most this many predicted values (traces times levels, 8 levels where none
+# are named) is predicted on the event loop: it costs about as much as the hop to a thread
+# and back. Any longer one goes to a thread: 1,000 traces took 56-63 ms of a heteroscedastic
+# model on the loop, and /ping waited 50 ms behind each.
+INLINE_VALUES_MAX = 128
+INLINE_DEFAULT_LEVELS = 8
+# A batch request body over this many bytes is parsed, predicted and answered off the event
+# loop, at most LARGE_BATCHES_AT_ONCE at a time (each holds its traces, distributions and
+# answer in memory: any number at once made the server's memory grow with them).
+LARGE_BODY_BYTES = 1 << 20
+# A batch of this many tasks, or a body over LARGE_BODY_BYTES, is answered with Python's cyclic
+# collector paused (see collector.py).
+PAUSED_COLLECTOR_TASKS = 2_000
+LARGE_BATCHES_AT_ONCE = 2
+
+
+def add_prediction_routes(app: FastAPI, service: PredictorService, settings: PredictorSettings) -> None:
+    batcher = SingleRequestBatcher(service)
+
+    async def predict_single(scope: dict[str, Any], body: bytes, client: ClientWatch) -> dict[str, Any]:
+        pattern = identity_from(scope, 2)
+        req = parse_json_body(body, PredictSingleRequest)
+        if req.lookup_table:  # a table may need loading first: off the event loop
+            pred = await run_in_threadpool(service.predict, pattern, [req.trace], req.confidence_level, req.quantiles,
+                                           lookup_table=True, lookup_table_name=req.lookup_table_name)
+        elif req.version is not None:  # a version asked for by number (it may need loading): alone, off the loop
+            pred = await run_in_threadpool(service.predict, pattern, [req.trace], req.confidence_level, req.quantiles,
+                                           version=req.version)
+        else:
+            if names_a_model([req.trace]):
+                # Where the URL's '*' parts match several models, the trace's identity fields pick one.
+                pattern = service.resolve_for(pattern, [req.trace])
+            if service.is_cold(pattern):  # a model's first load takes seconds: not on the event loop
+                await run_in_threadpool(service.load_if_cold, pattern)
+            pred = await batcher.predict(pattern, req.trace, req.confidence_level, req.quantiles)
+        if not pred.ok[0]:
+            raise InvalidInput(f"trace: {pred.errors[0]}", field="trace")
+        return pred.single_response()
+
+    def batch_answer(pattern: IdentityPattern, req: PredictBatchRequest) -> dict[str, Any]:
+        return service.predict(pattern, req.trace, req.confidence_level, req.quantiles, with_total=True,
+                               version=req.version, lookup_table=req.lookup_table, lookup_table_name=req.lookup_table_name,
+                               shared_factor=req.shared_factor, total_distribution=req.total_distribution,
+                               ).batch_response(req.total_distribution)
+
+    large_batches = asyncio.Semaphore(LARGE_BATCHES_AT_ONCE)
+    # Batches are predicted in threads of their own, settings.batch_threads at once (the others
+    # wait their turn without a thread): in the thread pool that /health, /models, /observe and
+    # model loading use, 60 clients' batches held its 40 threads and /health took 18 s.
+    batch_turns = asyncio.Semaphore(settings.batch_threads)
+    batch_threads: list[anyio.CapacityLimiter] = []  # made in the event loop, on first use
+
+    async def in_batch_thread(work: Callable[[], Any], client: ClientWatch,
+                              first: asyncio.Semaphore | None = None) -> Any:
+        """``work()`` in a batch thread, in its turn (after one of ``first``'s, where given);
+        not at all for a client gone meanwhile (a scheduler's own timeout: eight abandoned
+        100,000-trace batches were all predicted, and the one still waiting took 14 s instead of 3)."""
+        with client.watched():
+            async with first or contextlib.nullcontext(), batch_turns:
+                await asyncio.sleep(0)  # the watch's turn: a client gone just now is seen gone
+                if client.gone:
+                    raise ClientGone
+                if not batch_threads:
+                    batch_threads.append(anyio.CapacityLimiter(settings.batch_threads))
+                return await anyio.to_thread.run_sync(work, limiter=batch_threads[0])
+
+    async def predict_batch(scope: dict[str, Any], body: bytes, client: ClientWatch) -> dict[str, Any] | bytes:
+        pattern = identity_from(scope, 2)
+        if len(body) > LARGE_BODY_BYTES:
+            # A batch of 100,000 traces takes a second to parse, predict and write out, and much
+            # memory while it does: all of it off the event loop, which goes on answering
+            # others, and only a few such batches at a time (the rest wait their turn).
+            def whole() -> bytes:
+                with collector_paused():
+                    return orjson.dumps(batch_answer(pattern, parse_json_body(body, PredictBatchRequest)),
+                                        option=orjson.OPT_SERIALIZE_NUMPY)
+
+            return await in_batch_thread(whole, client, large_batches)
+        req = parse_json_body(body, PredictBatchRequest)
+        # A longer batch takes milliseconds to tens of them, a model's first load seconds, and a
+        # table may need loading: off the event loop (numpy releases the GIL for most of the
+        # work), its answer written there too.
+        values = len(req.trace) * (len(req.quantiles) if req.quantiles else INLINE_DEFAULT_LEVELS)
+        if req.lookup_table or req.version is not None or values > INLINE_VALUES_MAX or service.is_cold(pattern):
+            def answer() -> bytes:
+                with collector_paused(len(req.trace) >= PAUSED_COLLECTOR_TASKS):
+                    return orjson.dumps(batch_answer(pattern, req), option=orjson.OPT_SERIALIZE_NUMPY)
+
+            return await in_batch_thread(answer, client)
+        return batch_answer(pattern, req)
+
+    async def predict_queues(scope: dict[str, Any], body: bytes, client: ClientWatch) -> bytes:
+        pattern = identity_from(scope, 2)
+
+        def answer() -> bytes:  # each queue's total is a convolution: off the event loop
+            with collector_paused(len(body) > LARGE_BODY_BYTES):  # (as a large batch's)
+                req = parse_json_body(body, PredictQueuesRequest)
+                return orjson.dumps(service.predict_queues(pattern, req.queues, req.confidence_level, req.quantiles,
+                                                           req.shared_factor, req.version, req.lookup_table,
+                                                           req.lookup_table_name), option=orjson.OPT_SERIALIZE_NUMPY)
+
+        return await in_batch_thread(answer, client, large_batches if len(body) > LARGE_BODY_BYTES else None)
+
+    lean_route(app, "/predict/single/" + IDENTITY_PATH, predict_single, PredictSingleRequest,
+               SinglePredictionResponse, "Predict the runtime distribution of one task")
+    lean_route(app, "/predict/batch/" + IDENTITY_PATH, predict_batch, PredictBatchRequest,
+               BatchPredictionResponse, "Predict a batch of tasks and the distribution of their total")
+    lean_route(app, "/predict/queues/" + IDENTITY_PATH, predict_queues, PredictQueuesRequest,
+               QueuesPredictionResponse, "The wait of each of several queues of tasks (a scheduler's instances)")
+
+
+class SingleRequestBatcher:
+    """Coalesces single predictions that arrive together into one vectorised evaluation.
+
+    Under concurrent load many requests reach their prediction in the same turn
+    of the event loop. The first of a turn is answered at once (a lone client
+    never waits for the loop); the others are queued and evaluated together
+    after that turn's other callbacks, at little more than the cost of one.
+    Requests are grouped by model pattern, confidence level and levels, so each
+    gets exactly the answer it would have had alone.
+    """
+
+    def __init__(self, service: PredictorService):
+        self.service = service
+        self._pending: dict[tuple, list[tuple[dict[str, Any], asyncio.Future]]] = {}
+        self._scheduled = False
+        self._turn_busy = False
+
+    def _turn_over(self) -> None:
+        self._turn_busy = False
+
+    async def predict(self, pattern: IdentityPattern, trace: dict[str, Any], confidence_level: float,
+                      quantiles: list[float] | None):
+        loop = asyncio.get_running_loop()
+        if not self._turn_busy:
+            # Runs after the callbacks already queued for this turn: a request that
+            # arrives before it knows others came with it, and joins a batch.
+            self._turn_busy = True
+            loop.call_soon(self._turn_over)
+            return self.service.predict(pattern, [trace], confidence_level, quantiles)
+        future = loop.create_future()
+        key = (pattern.as_tuple(), confidence_level, tuple(quantiles) if quantiles else None)
+        self._pending.setdefault(key, []).append((trace, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, {}
+        for (parts, confidence_level, levels), items in pending.items():
+            pattern, wanted = IdentityPattern(*parts), list(levels) if levels else None
+            try:
+                preds = self.service.predict_each(pattern, [t for t, _ in items], confidence_level, wanted)
+            except Exception:  # noqa: BLE001 - each request is answered alone below
+                # One request's failure must not become its neighbours': each is evaluated
+                # alone and gets its own answer or error (a missing model fails them all alike).
+                for trace, future in items:
+                    try:
+                        pred = self.service.predict_each(pattern, [trace], confidence_level, wanted)[0]
+                    except Exception as exc:  # noqa: BLE001 - delivered to that request
+                        if not future.done():
+                            future.set_exception(exc)
+                    else:
+                        if not future.done():
+                            future.set_result(pred)
+                continue
+            for (_, future), pred in zip(items, preds):
+                if not future.done():
+                    future.set_result(pred)

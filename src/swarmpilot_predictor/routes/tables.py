@@ -1,0 +1,142 @@
+"""Lookup-table routes: a table generated from an uploaded trace file, and the tables listed,
+downloaded and deleted."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
+
+from ..errors import InvalidInput, PredictorError, shown
+from ..service import PredictorService
+from ..settings import PredictorSettings
+from ..traces import TRACE_FILE_KINDS, TRACE_FILE_SUFFIXES, finite_number_in_text
+from .common import IDENTITY_PATH, JSONResponse, identity_from, is_multipart, raw_segments, table_failure
+from .uploads import read_form, save_upload, trace_suffix, upload_dir
+
+
+def add_table_routes(app: FastAPI, service: PredictorService, settings: PredictorSettings, writes: list[Any]) -> None:
+    @app.post("/predict/table/" + IDENTITY_PATH, tags=["lookup tables"], dependencies=writes,
+              summary="Predict every trace of an uploaded file and write a lookup table")
+    async def predict_table(request: Request):
+        pattern = identity_from(request.scope, 2)
+        try:
+            if not is_multipart(request):
+                raise InvalidInput("send multipart/form-data with a 'trace_file' part and a 'confidence_level' field",
+                                   field="trace_file")
+            form = await read_form(request, "trace_file", max_files=1, max_fields=16, max_part_size=64 * 1024)
+            tmpdir = upload_dir(settings.data_dir)
+            try:
+                _check_table_form(form)
+                upload = form.get("trace_file")
+                if not isinstance(upload, UploadFile):
+                    raise InvalidInput("multipart part 'trace_file' (a .json, .jsonl or .csv file, optionally .gz) is required",
+                                       field="trace_file")
+                name = Path(upload.filename or "traces.json").name
+                if not name.lower().removesuffix(".gz").endswith(TRACE_FILE_SUFFIXES):
+                    raise InvalidInput(f"trace_file {shown(name)} must be {TRACE_FILE_KINDS}", field="trace_file")
+                confidence = _form_float(form.get("confidence_level"), 0.95, "confidence_level")
+                # Given but blank is the service's to refuse (it would name no table), not a default.
+                raw_name = form.get("table_name")
+                table_name = None if raw_name is None or isinstance(raw_name, UploadFile) else str(raw_name)
+                fmt = _form_str(form.get("format"))
+                dest = tmpdir / f"traces{trace_suffix(name)}"  # the client's file name never touches the disk
+                await run_in_threadpool(save_upload, upload, dest, name, "trace_file", settings.max_upload_mb)
+                result = await run_in_threadpool(service.generate_table, pattern, dest, confidence, table_name, fmt,
+                                                 None, name)
+            finally:
+                await form.close()
+                shutil.rmtree(tmpdir, ignore_errors=True)
+        except PredictorError as exc:
+            return table_failure(exc)
+        return JSONResponse(result)
+
+    @app.get("/tables", tags=["lookup tables"], summary="Lookup tables in the table directory")
+    async def tables_list():
+        tables = await run_in_threadpool(service.list_tables)
+        default = service.tables.default_name if service.tables.default_table is not None else None
+        return JSONResponse({"status": "success", "tables": tables, "default": default})
+
+    @app.get("/tables/{name}", tags=["lookup tables"], summary="Download a lookup table file")
+    async def tables_download(request: Request):
+        name = _table_name_from(request)
+        fh, size = await run_in_threadpool(service.tables.open_table, name)
+
+        async def content() -> AsyncIterator[bytes]:
+            # From the file opened above: a table renamed over or deleted meanwhile is still
+            # sent whole, as it was, never a body longer or shorter than its Content-Length.
+            try:
+                while chunk := await run_in_threadpool(fh.read, 1 << 20):
+                    yield chunk
+            finally:
+                fh.close()
+
+        # FileResponse's header, which cannot be had without FileResponse opening the path again.
+        quoted = quote(name)
+        disposition = (f'attachment; filename="{name}"' if quoted == name
+                       else f"attachment; filename*=utf-8''{quoted}")
+        return StreamingResponse(content(), media_type=_TABLE_MEDIA.get(_table_media_key(name), "application/octet-stream"),
+                                 headers={"content-length": str(size), "content-disposition": disposition})
+
+    @app.delete("/tables/{name}", tags=["lookup tables"], dependencies=writes, summary="Delete a lookup table")
+    async def tables_delete(request: Request):
+        return JSONResponse(service.tables.delete(_table_name_from(request)))
+
+
+_TABLE_MEDIA = {"json": "application/json", "jsonl": "application/x-ndjson", "csv": "text/csv", "gz": "application/gzip"}
+
+
+def _table_media_key(name: str) -> str:
+    from ..lookup import table_format
+
+    return "gz" if name.lower().endswith(".gz") else (table_format(name) or "")
+
+
+def _table_name_from(request: Request) -> str:
+    """The table name from the raw path, so that an encoded '/' is seen (and refused), not routed."""
+    segs = raw_segments(request.scope, 1)
+    return "/".join(segs)
+
+
+TABLE_FORM_FIELDS = ("trace_file", "confidence_level", "table_name", "format")
+
+
+def _check_table_form(form: FormData) -> None:
+    """Each field of a table generation at most once, none other: a misspelt one
+    (``confidence=0.5``) was ignored, and the table made at the default."""
+    seen: set[str] = set()
+    for key, _ in form.multi_items():
+        if key not in TABLE_FORM_FIELDS:
+            raise InvalidInput(f"unknown multipart field {shown(key)}; the fields are {', '.join(TABLE_FORM_FIELDS)}",
+                               field=key)
+        if key in seen:
+            raise InvalidInput(f"multipart field {shown(key)} is given more than once", field=key)
+        seen.add(key)
+
+
+def _form_str(value: Any) -> str | None:
+    if value is None or isinstance(value, UploadFile):
+        return None
+    value = str(value).strip()
+    return value or None
+
+
+def _form_float(value: Any, default: float, field: str) -> float:
+    if value is None:
+        return default
+    text = _form_str(value)
+    if text is None:  # blank, or a file: not the default without a word
+        raise InvalidInput(f"{field} must be a number (leave the field out for {default})", field=field)
+    number = finite_number_in_text(text)  # as a number in a trace is read: "0.5_0" and "٠.٩" are not
+    if number is None:
+        raise InvalidInput(f"{field} must be a number, got {shown(text)}", field=field)
+    if not 0.0 < number < 1.0:
+        raise InvalidInput(f"{field} must lie strictly between 0 and 1, got {number}", field=field)
+    return number

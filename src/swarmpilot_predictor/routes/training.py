@@ -1,0 +1,142 @@
+"""Training routes: ``/train`` (a JSON body, or a multipart config and trace files) and its jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from ..errors import InvalidInput, PayloadTooLarge, shown, validation_message
+from ..schemas import TrainConfig, TrainRequest, TrainResult, config_from_text
+from ..service import PredictorService
+from ..settings import PredictorSettings
+from ..traces import TRACE_FILE_KINDS, TRACE_FILE_SUFFIXES
+from .common import JSONResponse, is_multipart, openapi_body, refuse_repeated_query
+from .uploads import read_form, save_upload, trace_suffix, upload_dir
+
+# A multipart training's config part (its traces belong in trace files beside it).
+MAX_CONFIG_BYTES = 64 * 1024 * 1024
+
+
+def add_training_routes(app: FastAPI, service: PredictorService, settings: PredictorSettings, writes: list[Any]) -> None:
+    @app.post("/train", response_model=TrainResult, tags=["training"], dependencies=writes,
+              openapi_extra=openapi_body(TrainRequest),
+              summary="Train (in a separate worker process); ?background=true answers 202 with a job id")
+    async def train(request: Request, background: bool = False):
+        refuse_repeated_query(request)
+        if is_multipart(request):
+            config, uploads, tmpdir = await _read_multipart(request, settings)
+            try:
+                job_id, future = service.jobs.submit(config, uploads,
+                                                     cleanup=lambda: shutil.rmtree(tmpdir, ignore_errors=True))
+            except BaseException:  # not queued: nothing else will remove the uploads
+                shutil.rmtree(tmpdir, ignore_errors=True)
+                raise
+        else:
+            # The body is parsed and validated in the worker too: a 100k-trace
+            # request never holds the event loop (or the GIL) of this process.
+            job_id, future = service.jobs.submit_raw(await _train_body(request))
+        if background:
+            return JSONResponse({"status": "accepted", "job_id": job_id, "status_url": f"/train/jobs/{job_id}"},
+                                status_code=202)
+        return JSONResponse(await asyncio.wrap_future(future))
+
+    @app.get("/train/jobs/{job_id}", tags=["training"], summary="Status and result of a training job")
+    async def train_job(job_id: str):
+        return JSONResponse(service.jobs.get(job_id))
+
+
+async def _read_multipart(request: Request, settings: PredictorSettings) -> tuple[TrainConfig, dict[str, Path], Path]:
+    # A text part may be the config (JSON or YAML as a form field): as large as a config file.
+    # Past 64 file parts the form as a whole is refused: no one part is at fault.
+    form = await read_form(request, "body", text_field="config", max_files=64, max_part_size=MAX_CONFIG_BYTES)
+    tmpdir = upload_dir(settings.data_dir)
+    try:
+        config_field = form.get("config")
+        if config_field is None:
+            raise InvalidInput("multipart training needs a 'config' part (JSON or YAML)", field="config")
+        if len(form.getlist("config")) > 1:
+            raise InvalidInput("multipart training takes one 'config' part, got several", field="config")
+        if isinstance(config_field, UploadFile):
+            if (config_field.size or 0) > MAX_CONFIG_BYTES:
+                raise PayloadTooLarge(f"the 'config' part is {config_field.size:,} bytes, more than "
+                                      f"{MAX_CONFIG_BYTES:,}: send the traces as trace files", field="config")
+            config_text = (await config_field.read()).decode("utf-8", "replace")
+        else:
+            config_text = str(config_field)
+        # Parsing YAML costs seconds per megabyte: not on the event loop.
+        config = await run_in_threadpool(_parse_config, config_text)
+        uploads: dict[str, Path] = {}
+        by_part: dict[str, list[Path]] = {}
+        for key, value in form.multi_items():
+            if key != "config" and not isinstance(value, UploadFile):
+                # Read as a setting ("algorithm=linear") it would have been ignored without a word.
+                raise InvalidInput(f"multipart field {shown(key)} is not read: training settings go in the "
+                                   "'config' part, and trace files are file parts", field=key)
+            if key == "config":
+                continue
+            name = Path(value.filename or key).name
+            if name in uploads:
+                # The config names files by name: two parts of one name would leave it to chance.
+                raise InvalidInput(f"two uploaded files are named {shown(name)}; the config names files by name",
+                                   field=key)
+            lower = name.lower().removesuffix(".gz")
+            if not lower.endswith(TRACE_FILE_SUFFIXES):
+                raise InvalidInput(f"uploaded file {shown(name)} must be {TRACE_FILE_KINDS}", field=key)
+            # Stored under a generated name: the client's file name never touches the disk.
+            dest = tmpdir / f"{len(uploads)}{trace_suffix(name)}"
+            await run_in_threadpool(save_upload, value, dest, name, key, settings.max_upload_mb)
+            uploads[name] = dest
+            by_part.setdefault(key, []).append(dest)
+        # A file may be named by its part too, where that is not another file's name (file
+        # names come first) and only one file was sent as that part: else it would be chance.
+        for key, dests in by_part.items():
+            if key in uploads:
+                continue
+            if len(dests) == 1:
+                uploads[key] = dests[0]
+            elif config.traces == key:
+                raise InvalidInput(f"{len(dests)} uploaded files were sent as part {shown(key)}, which the config "
+                                   "names: name one of them by its file name", field="config.traces")
+        return config, uploads, tmpdir
+    except BaseException:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        raise
+    finally:
+        await form.close()
+
+
+async def _train_body(request: Request) -> bytes:
+    """A JSON training body, of at most MAX_CONFIG_BYTES (as a multipart config part is): its
+    traces are parsed whole into Python objects, where a trace file is read as a stream. A
+    138 MB body of 4 million traces took 3.6 GB across the service and its worker."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_CONFIG_BYTES:
+        raise PayloadTooLarge(_TRAIN_BODY_TOO_LARGE, field="body")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_CONFIG_BYTES:
+            raise PayloadTooLarge(_TRAIN_BODY_TOO_LARGE, field="body")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+_TRAIN_BODY_TOO_LARGE = (f"a JSON training body is at most {MAX_CONFIG_BYTES:,} bytes: send the traces as a trace "
+                         "file (a multipart upload beside the config, or a file in the data directory), which is "
+                         "read as a stream")
+
+
+def _parse_config(text: str) -> TrainConfig:
+    data = config_from_text(text)
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        msg, field = validation_message(exc, prefix=("config",))
+        raise InvalidInput(msg, field=field) from None
