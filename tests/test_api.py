@@ -704,7 +704,7 @@ def test_seed_commands_serve_and_a_restart_answers_identically(tmp_path):
 def test_single_request_batcher_answers_the_first_at_once_and_batches_the_rest(tmp_path):
     import asyncio
 
-    from swarmpilot_predictor.api import SingleRequestBatcher
+    from swarmpilot_predictor.routes.prediction import SingleRequestBatcher
     from swarmpilot_predictor.identity import IdentityPattern
     from swarmpilot_predictor.schemas import TrainConfig
     from swarmpilot_predictor.service import PredictorService
@@ -870,7 +870,8 @@ def test_a_client_that_leaves_before_the_answer_is_no_server_error(http, trained
 
 def test_an_upload_limit_under_a_byte_is_a_byte_not_no_limit():
     # PREDICTOR_MAX_UPLOAD_MB=0.0000001 rounded down to 0 bytes, which means no limit.
-    from swarmpilot_predictor.api import BodySizeLimitMiddleware, upload_bytes
+    from swarmpilot_predictor.api import BodySizeLimitMiddleware
+    from swarmpilot_predictor.routes.uploads import upload_bytes
 
     assert upload_bytes(1e-7) == 1 and upload_bytes(0) == 0 and upload_bytes(1.5) == 3 * 2**19
     assert BodySizeLimitMiddleware(None, max_mb=1e-7).max_bytes == 1
@@ -1056,7 +1057,7 @@ def test_yaml_aliases_cannot_expand_a_config_without_bound(http):
 
 
 def test_error_answers_escape_what_utf8_cannot_encode():
-    from swarmpilot_predictor.api import error_response
+    from swarmpilot_predictor.routes.common import error_response
 
     body = orjson.loads(error_response(422, "features: '\ud800' not found", "features.\udcff", extra=["\ud800"]).body)
     assert body["message"] == "features: '\\ud800' not found" and body["field"] == "features.\\udcff"
@@ -1289,7 +1290,7 @@ def test_names_and_errors_a_request_sends_by_the_thousand_are_quoted_short(http,
 def test_one_request_s_unexpected_failure_is_not_its_batch_neighbours(tmp_path):
     # Single predictions of one event-loop turn are evaluated together; an exception
     # that escapes for one of them (a bug, say) fails that request alone.
-    from swarmpilot_predictor.api import SingleRequestBatcher
+    from swarmpilot_predictor.routes.prediction import SingleRequestBatcher
     from swarmpilot_predictor.identity import IdentityPattern
     from swarmpilot_predictor.schemas import TrainConfig
     from swarmpilot_predictor.service import PredictorService
@@ -1504,13 +1505,13 @@ def test_a_slow_report_does_not_hold_the_other_requests(tmp_path, route, method)
 def test_long_identity_paths_are_not_kept_in_the_path_cache():
     # Any path with identity segments was cached before a model was looked up: 4,096 paths
     # of 60 KB, each a 404, held 470 MB in every worker.
-    from swarmpilot_predictor import api
+    from swarmpilot_predictor.routes.common import identity_from, pattern_of
 
-    api._pattern_of.cache_clear()
-    short = api._identity_from({"path": "/models/llm/m/h/s/1"}, 1)
+    pattern_of.cache_clear()
+    short = identity_from({"path": "/models/llm/m/h/s/1"}, 1)
     long_path = "/models/llm/" + "m" * 60_000 + "/h/s/1"
-    pattern = api._identity_from({"path": long_path}, 1)
-    assert api._pattern_of.cache_info().currsize == 1
+    pattern = identity_from({"path": long_path}, 1)
+    assert pattern_of.cache_info().currsize == 1
     assert short.as_tuple()[1] == "m" and pattern.as_tuple()[1] == "m" * 60_000
 
 

@@ -35,11 +35,10 @@ from starlette.requests import ClientDisconnect
 from . import __version__
 from .errors import PayloadTooLarge, PredictorError, Unauthorized, UnsupportedMediaType, cut, validation_message
 from .metrics import CLIENT_CLOSED, MetricsMiddleware
-from .routes.common import error_response, identity_from, pattern_of, table_failure
+from .routes.common import error_response, table_failure
 from .routes.discovery import add_discovery_routes
 from .routes.models import add_model_routes
 from .routes.monitoring import add_monitoring_routes
-from .routes.prediction import SingleRequestBatcher as SingleRequestBatcher  # (imported from here by the tests)
 from .routes.prediction import add_prediction_routes
 from .routes.tables import add_table_routes
 from .routes.training import add_training_routes
@@ -49,8 +48,6 @@ from .settings import PredictorSettings, settings_problem, unknown_variables
 from .workers import when_parent_dies
 
 log = logging.getLogger(__name__)
-# The tests read the cache of parsed identity paths through the names these had here.
-_identity_from, _pattern_of = identity_from, pattern_of
 
 
 class EncodedSlashMiddleware:
