@@ -38,7 +38,7 @@ from .identity import ModelIdentity
 from .modeling import SELECTION_SE, QuantileModel, clearly_lower, pinball_losses
 from .modeling.stored import finite_number
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog
-from .registry import ModelRegistry, ModelVersion
+from .registry import LoadedModel, ModelRegistry, ModelVersion
 from .traces import dumps_json, read_json_lines
 from .workers import WorkerExecutor, WorkerPool, server_gone, spawning
 
@@ -304,6 +304,67 @@ class DecisionLog:
             os.close(fd)
 
 
+def _recency_weights(n: int) -> np.ndarray:
+    """The weights of ``n`` observations, oldest first."""
+    # Linear ramp: the newest observation counts three times the oldest.
+    return np.linspace(1.0, 3.0, n) if n else np.zeros(0)
+
+
+@dataclasses.dataclass
+class _Observations:
+    """The observations a retraining uses, oldest first: its candidates are fitted on the
+    older ones and judged on the newest ``held_out``."""
+
+    records: list[dict[str, Any]]  # those after the version's cutoff, the newest max_observations
+    features: FeatureSchema  # the new version's (see observation_matrix)
+    X: np.ndarray  # the usable ones, gross outliers dropped
+    y: np.ndarray
+    held_out: int
+    ratio: np.ndarray  # log runtimes over the serving model's medians
+    holdout_shift: int | None  # where the level moved, where every observation since would be held out
+
+    @property
+    def fit_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.X[:-self.held_out], self.y[:-self.held_out]
+
+    @property
+    def held_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.X[-self.held_out:], self.y[-self.held_out:]
+
+    def heldout_loss(self, model: QuantileModel) -> np.ndarray:
+        """``model``'s loss on each held-out observation."""
+        # Pinball loss of log runtimes, per held-out row: in milliseconds one observation
+        # far outside the training range (a batch of 100,000 that took 3 ms) outweighed a
+        # clear drift on every other row.
+        hold_X, hold_y = self.held_rows
+        levels = list(MONITOR_LEVELS)
+        q = model.predict_quantiles(hold_X, levels)
+        return pinball_losses(np.log(hold_y), np.log(np.maximum(q, 1e-300)), levels).mean(axis=1)
+
+
+@dataclasses.dataclass
+class _Candidates:
+    """A retraining's candidates by name, fitted on the older observations and scored on the held-out ones."""
+
+    observed: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # each one's observations (X, y, weights)
+    remembers: dict[str, str]  # the stored training rows each keeps: "all", "none" or "uncovered"
+    unseen_of: dict[str, np.ndarray]  # a candidate's uncovered training rows
+    row_losses: dict[str, np.ndarray]  # per held-out row, the serving model's ("current") too
+    scores: dict[str, float]  # their means
+    training: tuple[np.ndarray, np.ndarray] | None  # the stored training rows (X, y)
+
+
+@dataclasses.dataclass
+class _Winner:
+    """The candidate chosen to serve, refitted with the held-out observations too."""
+
+    name: str
+    model: QuantileModel
+    X: np.ndarray  # the rows it was refitted on (stored with the new version)
+    y: np.ndarray
+    fitted_at: float  # time.perf_counter() as its refit began
+
+
 class Retrainer:
     def __init__(
         self,
@@ -556,6 +617,18 @@ class Retrainer:
         """Fill ``decision`` in: kept, skipped or retrained (the new version stored)."""
         t0 = time.perf_counter()
         current = self.registry.load(identity)
+        obs = self._observations(identity, current, decision)
+        if obs is None:
+            return
+        candidates = self._candidates(identity, current, obs, decision)
+        winner = self._choose(identity, current, obs, candidates, decision)
+        if winner is not None:
+            self._store(identity, current.meta, obs, winner, t0, decision)
+
+    def _observations(self, identity: ModelIdentity, current: LoadedModel,
+                      decision: dict[str, Any]) -> _Observations | None:
+        """The observations to retrain ``current`` on and how many of them to hold out; None
+        where they are too few (``decision`` says so)."""
         meta = current.meta
         records = self.monitor.log.read(identity)
         # A retrained version was fitted on the observations up to its cutoff, and stores
@@ -593,27 +666,17 @@ class Retrainer:
             decision["shift"] = {"observations_since": int(len(y_obs) - shift_all), "held_out": int(n_hold)}
         if len(y_obs) < n_hold + 20:
             decision.update(status="skipped", message=f"too few observations ({len(y_obs)}) to retrain and validate")
-            return
-        fit_X, fit_y = X_obs[:-n_hold], y_obs[:-n_hold]
-        hold_X, hold_y = X_obs[-n_hold:], y_obs[-n_hold:]
-        stored = self.registry.training_data(identity, meta.version)
-        X0, y0 = stored if stored is not None and len(stored[1]) else (None, None)
-        kinds = meta.features.kinds
+            return None
+        return _Observations(records, features, X_obs, y_obs, n_hold, ratio, shift_all if moved else None)
 
-        def weights(n: int) -> np.ndarray:
-            # Linear ramp: the newest observation counts three times the oldest.
-            return np.linspace(1.0, 3.0, n) if n else np.zeros(0)
-
-        def with_training(X: np.ndarray, y: np.ndarray, w: np.ndarray, keep: np.ndarray,
-                          weight: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            # All training rows beside the observations count ``training_weight`` each (where
-            # both are, the observations say the present); the rows where no observation is
-            # (``weight``) count as an observation does: they alone tell the fit of that region.
-            return (np.vstack([X0[keep], X]), np.concatenate([y0[keep], y]),
-                    np.concatenate([np.full(int(keep.sum()), self.training_weight if weight is None else weight), w]))
-
+    @staticmethod
+    def _candidate_observations(obs: _Observations,
+                                training: bool) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Each candidate's observations (X, y, weights) among those fitted on, by its name;
+        with ``training``, one fitted on the stored training rows too."""
+        fit_X, fit_y = obs.fit_rows
         observed: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {
-            "observations": (fit_X, fit_y, weights(len(fit_y))),
+            "observations": (fit_X, fit_y, _recency_weights(len(fit_y))),
         }
         n_recent = len(fit_y) // 2
         if n_recent >= 20:
@@ -625,21 +688,34 @@ class Retrainer:
         # 1.5x, fresh runtimes came out 1.185 times the new version's medians).
         # (Where the holdout was moved, the rows since the shift fitted on are too few for a
         # shift to be found among them: it is where all the observations show it.)
-        start = shift_all if moved else level_shift(ratio[:len(fit_y)])
+        start = obs.holdout_shift if obs.holdout_shift is not None else level_shift(obs.ratio[:len(fit_y)])
         if start is not None and start < len(fit_y) and len(fit_y) - start != n_recent:
             observed["since the shift"] = (fit_X[start:], fit_y[start:], np.ones(len(fit_y) - start))
-        if X0 is not None:
+        if training:
             observed["training+observations"] = observed["observations"]
-        levels = list(MONITOR_LEVELS)
+        return observed
 
-        def heldout_loss(model: QuantileModel) -> np.ndarray:
-            # Pinball loss of log runtimes, per held-out row: in milliseconds one observation
-            # far outside the training range (a batch of 100,000 that took 3 ms) outweighed a
-            # clear drift on every other row.
-            q = model.predict_quantiles(hold_X, levels)
-            return pinball_losses(np.log(hold_y), np.log(np.maximum(q, 1e-300)), levels).mean(axis=1)
+    def _with_training(self, training: tuple[np.ndarray, np.ndarray], X: np.ndarray, y: np.ndarray, w: np.ndarray,
+                       keep: np.ndarray, weight: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``X``, ``y`` and their weights ``w`` after the stored training rows ``keep`` (of ``training``)."""
+        # All training rows beside the observations count ``training_weight`` each (where
+        # both are, the observations say the present); the rows where no observation is
+        # (``weight``) count as an observation does: they alone tell the fit of that region.
+        X0, y0 = training
+        return (np.vstack([X0[keep], X]), np.concatenate([y0[keep], y]),
+                np.concatenate([np.full(int(keep.sum()), self.training_weight if weight is None else weight), w]))
 
-        row_losses = {"current": heldout_loss(current.model)}
+    def _candidates(self, identity: ModelIdentity, current: LoadedModel, obs: _Observations,
+                    decision: dict[str, Any]) -> _Candidates:
+        """The candidates fitted on the older observations, and their and the serving model's
+        losses on the held-out ones (in ``decision``, with the candidates dropped)."""
+        meta = current.meta
+        stored = self.registry.training_data(identity, meta.version)
+        X0, y0 = stored if stored is not None and len(stored[1]) else (None, None)
+        training = None if X0 is None else (X0, y0)
+        kinds = meta.features.kinds
+        observed = self._candidate_observations(obs, training is not None)
+        row_losses = {"current": obs.heldout_loss(current.model)}
         # Stored training rows in each candidate: all of them, none, or (``"uncovered"``) those
         # the candidate's observations do not cover.
         training_rows: dict[str, int] = {}
@@ -649,7 +725,7 @@ class Retrainer:
         for name, (X, y, w) in observed.items():
             if name == "training+observations":
                 remembers[name] = "all"
-                X, y, w = with_training(X, y, w, np.ones(len(y0), dtype=bool))
+                X, y, w = self._with_training(training, X, y, w, np.ones(len(y0), dtype=bool))
                 model = self._new_model(meta).fit(X, y, sample_weight=w)
                 training_rows[name] = len(y0)
             else:
@@ -664,7 +740,8 @@ class Retrainer:
                         # Fitted on the observations alone it would forget what no one observed:
                         # the training rows there stay.
                         remembers[name] = "uncovered"
-                        model = self._new_model(meta).fit(*with_training(X, y, w, unseen, float(w.mean())))
+                        model = self._new_model(meta).fit(
+                            *self._with_training(training, X, y, w, unseen, float(w.mean())))
                         training_rows[name] = int(unseen.sum())
                         unseen_of[name] = unseen
                         if not _keeps_or_follows(model, current.model, X, X0[unseen]):
@@ -673,25 +750,30 @@ class Retrainer:
                                 "departs from the serving model where nothing was observed")
                             del training_rows[name]
                             continue
-            row_losses[name] = heldout_loss(model)
+            row_losses[name] = obs.heldout_loss(model)
         scores = {name: float(v.mean()) for name, v in row_losses.items()}
-        best = min(scores, key=scores.get)
         decision["heldout_log_pinball"] = scores
-        decision["heldout_rows"] = int(n_hold)
+        decision["heldout_rows"] = int(obs.held_out)
         decision["training_rows"] = training_rows
+        return _Candidates(observed, remembers, unseen_of, row_losses, scores, training)
+
+    def _choose(self, identity: ModelIdentity, current: LoadedModel, obs: _Observations, candidates: _Candidates,
+                decision: dict[str, Any]) -> _Winner | None:
+        """The candidate to serve, refitted; None where the serving version stays (``decision`` says why)."""
+        scores, row_losses = candidates.scores, candidates.row_losses
+        best = min(scores, key=scores.get)
         if best == "current":
             decision.update(status="kept", message="no candidate beat the serving model on recent observations"
                             if len(row_losses) > 1 else "every candidate was dropped (candidates_dropped)")
-            return
+            return None
         # The best of several candidates on the same held-out rows beats the serving model by
         # chance more often than one does: the margin grows with their number, so that the
         # best of k passes by chance as rarely as one candidate passes the one-standard-error
         # rule (on an unchanging stream 7 of 30 retrainings stored a version, 4 of them worse
         # on fresh runtimes, with the plain rule and up to four candidates: benchmarks/retraining.py --churn).
-        candidates = len(row_losses) - 1
-        margin = float(ndtri(1.0 - ndtr(-SELECTION_SE) / max(candidates, 1)))
+        margin = float(ndtri(1.0 - ndtr(-SELECTION_SE) / max(len(row_losses) - 1, 1)))
         if (not clearly_lower(row_losses[best] - row_losses["current"], margin)
-                and not self.monitor.report(identity, meta.version).get("drifted")):
+                and not self.monitor.report(identity, current.meta.version).get("drifted")):
             # Any candidate beats the serving model on some draw of a few dozen held-out rows:
             # on a stream that had not changed, a version every few hundred observations (16
             # versions from 3,000 runtimes, each kept on disk), each better than the last by
@@ -703,58 +785,70 @@ class Retrainer:
             decision.update(status="kept", candidate=best,
                             message=f"the best candidate ({best}) was not better than the serving model on recent "
                                     "observations by more than a standard error (and no drift is detected)")
-            return
+            return None
+        return self._refit(identity, current, obs, candidates, best, margin, decision)
+
+    def _refit(self, identity: ModelIdentity, current: LoadedModel, obs: _Observations, candidates: _Candidates,
+               best: str, margin: float, decision: dict[str, Any]) -> _Winner | None:
+        """``best`` refitted with the held-out observations too, or the next best that beats the
+        serving model by ``margin`` (or at all, under drift); None where none may serve."""
+        meta, scores, row_losses = current.meta, candidates.scores, candidates.row_losses
+        remembers, unseen_of, training = candidates.remembers, candidates.unseen_of, candidates.training
+        hold_X, hold_y = obs.held_rows
         # The winner is refitted with the held-out rows too before it serves. Refitted, one
         # that keeps only the uncovered training rows may make something of its own of them
         # after all: then the next best that beats the serving model as clearly is refitted
         # (a drifted model kept serving at a held-out loss of 0.146 beside candidates at 0.045
         # and 0.065, the best, at 0.032, having failed this check).
-        chosen, drifted = None, None
+        drifted = None
         for name in sorted((n for n in scores if n != "current" and scores[n] < scores["current"]), key=scores.get):
             if name != best and not clearly_lower(row_losses[name] - row_losses["current"], margin):
                 if drifted is None:
                     drifted = bool(self.monitor.report(identity, meta.version).get("drifted"))
                 if not drifted:
                     break
-            X, y, w = observed[name]
+            X, y, w = candidates.observed[name]
             X = np.vstack([X, hold_X])
             y = np.concatenate([y, hold_y])
             w = np.concatenate([w, np.full(len(hold_y), w[-1] if len(w) else 1.0)])
             if remembers[name] == "all":
-                X, y, w = with_training(X, y, w, np.ones(len(y0), dtype=bool))
+                X, y, w = self._with_training(training, X, y, w, np.ones(len(training[1]), dtype=bool))
             elif remembers[name] == "uncovered":
                 observed_X = X
-                X, y, w = with_training(X, y, w, unseen_of[name], float(w.mean()))
+                X, y, w = self._with_training(training, X, y, w, unseen_of[name], float(w.mean()))
             t_fit = time.perf_counter()
             model = self._new_model(meta).fit(X, y, sample_weight=w)
             if remembers[name] == "uncovered" and not _keeps_or_follows(model, current.model, observed_X,
-                                                                       X0[unseen_of[name]]):
+                                                                       training[0][unseen_of[name]]):
                 decision.setdefault("candidates_dropped", {})[name] = (
                     "refitted with the held-out observations, departs from the serving model where nothing "
                     "was observed")
                 continue
-            chosen = name
-            break
-        if chosen is None:
-            decision.update(status="kept", candidate=best,
-                            message=f"the best candidate ({best}), refitted with the held-out observations, departs "
-                                    "from the serving model where nothing was observed, and no other beat the "
-                                    "serving model as clearly")
-            return
-        best = chosen
+            return _Winner(name, model, X, y, t_fit)
+        decision.update(status="kept", candidate=best,
+                        message=f"the best candidate ({best}), refitted with the held-out observations, departs "
+                                "from the serving model where nothing was observed, and no other beat the "
+                                "serving model as clearly")
+        return None
+
+    def _store(self, identity: ModelIdentity, meta: ModelVersion, obs: _Observations, winner: _Winner, t0: float,
+               decision: dict[str, Any]) -> None:
+        """Store ``winner`` as the version after ``meta`` (retrained), unless another version
+        serves by now (skipped)."""
+        best, model, y = winner.name, winner.model, winner.y
         # The new version's own held-out figures (on the rows it was fitted on), not its parent's.
         metrics = {**model.cv_summary(), "rows_used": int(len(y)), "rows_dropped": 0,
-                   "training_seconds": time.perf_counter() - t_fit,
+                   "training_seconds": time.perf_counter() - winner.fitted_at,
                    "retrain": {k: v for k, v in decision.items() if k != "at"}}
         if "columns" in meta.metrics:
             metrics["columns"] = meta.metrics["columns"]
         new_meta = ModelVersion(
-            identity=identity, version=0, created_at=time.time(), target=meta.target, features=features,
+            identity=identity, version=0, created_at=time.time(), target=meta.target, features=obs.features,
             quantiles=meta.quantiles, algorithm=meta.algorithm, family=model.family_, params=meta.params,
-            data={**meta.data, "rows_used": int(len(y)), "observations_used": int(len(y_obs))},
+            data={**meta.data, "rows_used": int(len(y)), "observations_used": int(len(obs.y))},
             metrics=metrics,
             data_hash=meta.data_hash, extra={"retrained_from": meta.version, "candidate": best,
-                                             OBSERVED_THROUGH: max(r["ts"] for r in records)},
+                                             OBSERVED_THROUGH: max(r["ts"] for r in obs.records)},
         )
         self.registry.maybe_refresh()
         serving = self.registry.latest(identity).version
@@ -768,7 +862,7 @@ class Retrainer:
         try:
             # Only as the successor of the version it was built from: a training may have taken
             # the next number and still be writing its files, which `latest` above cannot see.
-            saved = self.registry.save(new_meta, model, training_data=(X, y), after=meta.version)
+            saved = self.registry.save(new_meta, model, training_data=(winner.X, winner.y), after=meta.version)
         except VersionConflict as exc:
             decision.update(status="skipped", message=f"{exc.message}: it serves, not this retraining")
             return
