@@ -40,7 +40,7 @@ from .modeling.stored import finite_number
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog
 from .registry import LoadedModel, ModelRegistry, ModelVersion
 from .traces import dumps_json, read_json_lines
-from .workers import WorkerExecutor, WorkerPool, server_gone, spawning
+from .workers import WorkerExecutor, WorkerPool, server_gone, spawning, stopped_for_time
 
 log = logging.getLogger(__name__)
 
@@ -970,10 +970,9 @@ class RetrainingWorker:
                     self._workers.stop(pool)
                     if self._closed:
                         raise WorkerLost("the service is stopping", stopping=True) from None
-                    raise RetrainingTimedOut(
-                        f"the retraining was stopped after {self.timeout:g} s, the most a training may run "
-                        "(PREDICTOR_TRAINING_TIMEOUT_S): retrain on fewer observations "
-                        "(PREDICTOR_RETRAIN_MAX_OBSERVATIONS)") from None
+                    raise RetrainingTimedOut(stopped_for_time(
+                        "retraining", self.timeout,
+                        "retrain on fewer observations (PREDICTOR_RETRAIN_MAX_OBSERVATIONS)")) from None
                 except (BrokenProcessPool, CancelledError):
                     ran = pool.ran(number)
                     message = pool.death("retraining") if ran and not self._closed else ""

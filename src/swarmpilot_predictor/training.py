@@ -37,7 +37,7 @@ from .registry import MODEL_DIGEST, ModelRegistry, ModelVersion
 from .settings import JOBS_FOLDER
 from .schemas import TrainConfig, TrainRequest, check_envelope, parse_json_body
 from .traces import RUNTIME_RANGE, TRACE_FILE_KINDS, TRACE_FILE_SUFFIXES, TraceError, TraceTable, dumps_json
-from .workers import WorkerExecutor, WorkerPool, server_gone, spawning
+from .workers import WorkerExecutor, WorkerPool, server_gone, spawning, stopped_for_time
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[int], None]
@@ -538,9 +538,8 @@ class TrainingJobs:
                 if self._closing:
                     out = self._cut_short(job_id, 503, "the service stopped before the job finished")
                 elif job_id in self._timed_out:
-                    out = self._cut_short(job_id, 422, f"the training was stopped after {self.timeout:g} s, the most a "
-                                                       "training may run (PREDICTOR_TRAINING_TIMEOUT_S): train on "
-                                                       "fewer rows or groups, or with fewer boosting rounds")
+                    out = self._cut_short(job_id, 422, stopped_for_time("training", self.timeout, "train on fewer rows or "
+                                                                        "groups, or with fewer boosting rounds"))
                 elif pool.stopped_for is not None:
                     # Stopped for the job before it, which ran too long: this one had just
                     # started, if at all. With nothing stored, a fresh worker runs it anew.

@@ -50,6 +50,12 @@ def server_gone() -> bool:
     return _server_pid is not None and os.getppid() != _server_pid
 
 
+def stopped_for_time(what: str, seconds: float, advice: str) -> str:
+    """What a training or retraining stopped at PREDICTOR_TRAINING_TIMEOUT_S answers."""
+    return (f"the {what} was stopped after {seconds:g} s, the most a training may run "
+            f"(PREDICTOR_TRAINING_TIMEOUT_S): {advice}")
+
+
 # What each PREDICTOR_TRAINING_PRIORITY gives the worker: (Linux scheduling policy, niceness
 # added to the server's). SCHED_IDLE runs it only on CPU time nothing else wants, and lets a
 # waking server preempt it at once, but on a machine kept busy by other work (at nice 0) it
