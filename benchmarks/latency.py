@@ -865,14 +865,21 @@ def section_queues_in_process(data_dir: Path) -> None:
     before 2026-12-02): 40 requests of each kind, six rounds, medians. The scheduler's
     shape: 8 instances' waits (a running task, then up to 6 queued) and completion times
     (the same and a new task), each task in two queues; then 16 queues of 10 tasks, the
-    first running, each task in one."""
+    first running, each task in one; then 16 queues of 10 traces of the H100 vision example
+    (``examples/data``), its model trained with ``algorithm: auto`` (slow modes: a queue's
+    tasks split probability bins), none running."""
     from swarmpilot_predictor import distribution
     from swarmpilot_predictor.identity import IdentityPattern
+    from swarmpilot_predictor.schemas import TrainConfig
     from swarmpilot_predictor.service import PredictorService
     from swarmpilot_predictor.settings import PredictorSettings
 
     svc = PredictorService(PredictorSettings(data_dir=data_dir, cache_size=0))
     pattern = IdentityPattern.from_parts(IDENT)
+    vision_rows = [json.loads(line) for line in (Path(__file__).parent.parent / "examples/data/h100_resnet50_vision.jsonl").open()]
+    vision = {**IDENT, "model_type": "vision", "model_name": "resnet50"}
+    svc.train(TrainConfig.model_validate({"model": vision, "traces": vision_rows, "features": ["batch_size", "image_size"]}))
+    vision_pool = [{k: v for k, v in t.items() if k != "runtime_ms"} for t in vision_rows]
     rng = np.random.default_rng(31)
     pool = [{k: v for k, v in t.items() if k != "runtime_ms"} for t in llm_traces(4000, seed=31)]
 
@@ -891,18 +898,23 @@ def section_queues_in_process(data_dir: Path) -> None:
     def sixteen() -> dict[str, list[dict]]:
         return {f"gpu-{k}": [{**q[0], "elapsed_ms": 500.0}, *q[1:]] for k, q in enumerate(tasks(10) for _ in range(16))}
 
+    def sixteen_vision() -> dict[str, list[dict]]:
+        return {f"gpu-{k}": [dict(vision_pool[i]) for i in rng.integers(0, len(vision_pool), 10)] for k in range(16)}
+
     remembering = distribution.TaskDistributions.for_totals
     try:
-        for label, make in (("8 instances' wait and completion (16 queues, 0 to 7 tasks)", instances),
-                            ("16 queues of 10 tasks, the first running", sixteen)):
+        for label, make, model in (("8 instances' wait and completion (16 queues, 0 to 7 tasks)", instances, pattern),
+                                   ("16 queues of 10 tasks, the first running", sixteen, pattern),
+                                   ("the H100 vision example's model, 16 queues of 10 tasks", sixteen_vision,
+                                    IdentityPattern.from_parts(vision))):
             asks = [make() for _ in range(40)]
             took: dict[bool, list[float]] = {True: [], False: []}
             for rnd in range(6):
                 for once in (True, False) if rnd % 2 else (False, True):
-                    distribution.TaskDistributions.for_totals = remembering if once else (lambda self, levels: self)
+                    distribution.TaskDistributions.for_totals = remembering if once else (lambda self, levels, subsets=(): self)
                     for queues in asks:
                         t0 = time.perf_counter()
-                        svc.predict_queues(pattern, queues, quantiles=[0.5, 0.9, 0.99])
+                        svc.predict_queues(model, queues, quantiles=[0.5, 0.9, 0.99])
                         took[once].append(time.perf_counter() - t0)
             print(f"| in-process /predict/queues, {label}: each task's quantiles once a request / once a queue | "
                   f"median {statistics.median(took[True]) * 1e3:.2f} / {statistics.median(took[False]) * 1e3:.2f} ms |")

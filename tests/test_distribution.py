@@ -1042,17 +1042,39 @@ def test_totals_of_subsets_with_quantiles_worked_out_once_are_the_subsets_own(mo
     whole = RuntimeDistribution(np.log(rng.uniform(20, 400, n)), rng.uniform(0.2, 0.7, n), normal_score(), shared_log_sd=0.1)
     elapsed = np.where(np.arange(n) % 5 == 0, rng.uniform(10, 300, n), 0.0)  # some running
     first_runs = RuntimeDistribution(np.log(rng.uniform(1000, 3000, 14)), np.full(14, 0.3), normal_score(), shared_log_sd=0.1)
+    cdf = np.sort(rng.uniform(0.01, 0.99, (n, 3)), axis=1)  # a shape model's: each task's own
+    shapes = RuntimeDistribution(whole.location, whole.scale, normal_score(), (0.1, 0.5, 0.9), cdf, shared_log_sd=0.1)
     batches = {"runtimes": whole, "time left": RemainingDistribution.of(whole, elapsed),
                "two kinds of run": MixedDistribution.of((whole.subset(np.arange(n - 14)), first_runs),
-                                                        np.r_[np.zeros(n - 14, np.int64), np.ones(14, np.int64)], 0.1)}
+                                                        np.r_[np.zeros(n - 14, np.int64), np.ones(14, np.int64)], 0.1),
+               "a shape per task": shapes, "a rare slow mode": rare_slow_mode(n, seed=3)}
     levels = [0.5, 0.9, 0.99, 0.025, 0.975]
     queues = [np.arange(a, a + k) for a, k in ((0, 1), (0, 2), (3, 7), (3, 8), (10, 30), (25, 15))]
     for name, dist in batches.items():
-        remembered = dist.for_totals(levels)
-        for rows in queues:
-            own, fast = dist.subset(rows).total(shared_factor), remembered.subset(rows).total(shared_factor)
+        unlisted = np.array([2, 39])  # a subset not named to for_totals: task 2 is in no queue
+        owns = [dist.subset(rows).total(shared_factor) for rows in [*queues, unlisted]]
+        remembered = dist.for_totals(levels, queues)
+        discretised = []
+        real_nodes = type(dist)._node_values
+        monkeypatch.setattr(type(dist), "_node_values", lambda self, *a, **k: discretised.append(1) or real_nodes(self, *a, **k))
+        for rows, own in zip([*queues, unlisted], owns):
+            fast = remembered.subset(rows).total(shared_factor)
             assert (fast.mean, fast.variance) == (own.mean, own.variance), name
             np.testing.assert_array_equal(fast.quantiles(levels), own.quantiles(levels), err_msg=name)
+        monkeypatch.undo()
+        # The values the sums take the tasks at were worked out once, for the tasks of all the
+        # queues (the unlisted subset's for it alone), and are each queue's own, value for value,
+        # where a slow mode's start splits bins too (a queue splits those of its own tasks).
+        assert len(discretised) == 1, name
+        split = 0
+        for rows in queues[1:]:
+            own, fast = dist.subset(rows)._node_values(np.arange(len(rows))), remembered.subset(rows)._node_values(np.arange(len(rows)))
+            assert len(own) == len(fast), name
+            for a, b in zip(own, fast):
+                for got, want in ((b.u, a.u), (b.w, a.w), (b.x, a.x), (b.row, a.row)):
+                    np.testing.assert_array_equal(got, want, err_msg=name)
+            split += sum(len(a.u) > 568 for a in own)
+        assert (split >= 3) if name == "a rare slow mode" else (split == 0), name
         # What the totals read at those levels was worked out once, for the whole batch.
         asked = []
         real = type(dist).quantiles
@@ -1061,3 +1083,21 @@ def test_totals_of_subsets_with_quantiles_worked_out_once_are_the_subsets_own(mo
             remembered.subset(rows).total(shared_factor).quantiles(levels)
         monkeypatch.undo()
         assert [lv for lv in asked if lv in ([1.0], [1e-12], levels)] == [], name
+
+
+def test_a_batch_too_large_to_hold_discretised_leaves_each_queue_its_own(monkeypatch):
+    from swarmpilot_predictor import distribution
+
+    rng = np.random.default_rng(6)
+    n = 30
+    dist = RuntimeDistribution(np.log(rng.uniform(20, 400, n)), rng.uniform(0.2, 0.7, n), normal_score())
+    queues = [np.arange(0, 10), np.arange(10, 30)]
+    monkeypatch.setattr(distribution, "_BATCH_NODES_MAX_TASKS", 29)
+    remembered = dist.for_totals([0.5, 0.9], queues)
+    discretised = []
+    real_nodes = RuntimeDistribution._node_values
+    monkeypatch.setattr(RuntimeDistribution, "_node_values", lambda self, *a, **k: discretised.append(len(a[0])) or real_nodes(self, *a, **k))
+    for rows in queues:
+        np.testing.assert_array_equal(remembered.subset(rows).total().quantiles([0.5, 0.9]),
+                                      dist.subset(rows).total().quantiles([0.5, 0.9]))
+    assert discretised == [10, 10, 20, 20]  # each queue its own, for the remembered total and the plain one

@@ -529,6 +529,11 @@ class TaskDistributions:
                      strata: np.ndarray | None = None) -> list["_SumBlock"]:
         raise NotImplementedError
 
+    def _sum_table(self, rows: np.ndarray) -> "_SumTable | None":
+        """The tasks ``rows`` discretised for the sums of subsets of them at once (see
+        :class:`_SumTable`), or None where a subclass cannot (then each sum discretises its own)."""
+        return None
+
     def interval(self, confidence_level: float) -> np.ndarray:
         """Central interval holding ``confidence_level`` of the mass, shape (tasks, 2)."""
         return self.quantiles(interval_levels(confidence_level))
@@ -594,14 +599,19 @@ class TaskDistributions:
             return TotalDistribution(k1, k2, edges=edges, edge_cdf=at_edges, tasks=self, shared_log_sd=tau)
         return TotalDistribution(k1, k2, edges=edges, edge_cdf=at_edges, tasks=self)
 
-    def for_totals(self, levels: Sequence[float]) -> "TaskDistributions":
-        """These tasks, for the totals of many subsets of them (a request's queues), each
-        total read at ``levels`` (``TotalDistribution.quantiles``): the tasks' own quantiles
-        that such a total reads are worked out here once, for all of them at once, rather
-        than for each total a task is in (a request of 16 queues took 7 to 19% less time:
-        ``benchmarks/latency.py --only queues``). Each total is the one the subset alone makes."""
+    def for_totals(self, levels: Sequence[float], subsets: Sequence[np.ndarray] = ()) -> "TaskDistributions":
+        """These tasks, for the totals of many subsets of them (a request's queues: their
+        rows ``subsets``), each total read at ``levels`` (``TotalDistribution.quantiles``):
+        the tasks' own quantiles that such a total reads are worked out here once, for all
+        of them at once, rather than for each total a task is in (a request of 16 queues
+        took 7 to 19% less time: ``benchmarks/latency.py --only queues``), and so, where
+        they allow it, are the values the sums of short subsets take the tasks at
+        (:class:`_BatchNodes`). Each total is the one the subset alone makes."""
+        short = [np.asarray(rows, dtype=np.int64) for rows in subsets if 1 < len(rows) <= _EXACT_SUM_MAX_TASKS]
+        summed = np.unique(np.concatenate(short)) if short else np.zeros(0, dtype=np.int64)
         return RememberedQuantiles(self, {_levels_key(asked): self.quantiles(asked)
-                                          for asked in (_MOST, [_LEAST_LEVEL], list(levels))})
+                                          for asked in (_MOST, [_LEAST_LEVEL], list(levels))},
+                                   _BatchNodes(self, summed), np.arange(len(self)))
 
     def total_moments(self, shared_factor: bool = False) -> tuple[float, float]:
         """The mean and variance of ``total(shared_factor)``, without its distribution: the
@@ -886,11 +896,16 @@ class RememberedQuantiles(TaskDistributions):
     """``tasks`` with their quantiles at a few sets of levels already worked out
     (``known``: each set's levels as a tuple, and every task's quantiles there), and so
     are the subsets made of it: see :meth:`TaskDistributions.for_totals`. Every other
-    question is the tasks' own (a task's quantiles do not depend on the others asked with it)."""
+    question is the tasks' own (a task's quantiles do not depend on the others asked with
+    it), but for the values a sum takes them at, which ``batch`` (the batch these tasks
+    are of, at ``places`` in it) may give."""
 
-    def __init__(self, tasks: TaskDistributions, known: dict[tuple[float, ...] | None, np.ndarray]):
+    def __init__(self, tasks: TaskDistributions, known: dict[tuple[float, ...] | None, np.ndarray],
+                 batch: "_BatchNodes | None" = None, places: np.ndarray | None = None):
         self.tasks = tasks
         self.known = known
+        self.batch = batch
+        self.places = places
         self.shared_log_sd = tasks.shared_log_sd
         self.moments_are_own = tasks.moments_are_own
 
@@ -898,7 +913,8 @@ class RememberedQuantiles(TaskDistributions):
         return len(self.tasks)
 
     def subset(self, rows: np.ndarray) -> "RememberedQuantiles":
-        return RememberedQuantiles(self.tasks.subset(rows), {k: v[rows] for k, v in self.known.items()})
+        return RememberedQuantiles(self.tasks.subset(rows), {k: v[rows] for k, v in self.known.items()},
+                                   self.batch, None if self.places is None else self.places[rows])
 
     def quantiles(self, levels: np.ndarray | list[float]) -> np.ndarray:
         known = self.known.get(_levels_key(levels))
@@ -918,7 +934,178 @@ class RememberedQuantiles(TaskDistributions):
 
     def _node_values(self, rows: np.ndarray, atoms: int = _SUM_ATOMS, stratum: np.ndarray | None = None,
                      strata: np.ndarray | None = None) -> list["_SumBlock"]:
+        if self.batch is not None and self.places is not None and atoms == _SUM_ATOMS and stratum is None:
+            blocks = self.batch.of(self.places[np.asarray(rows, dtype=np.int64)])
+            if blocks is not None:
+                return blocks
         return self.tasks._node_values(rows, atoms, stratum, strata)
+
+
+# The most tasks a request's batch is discretised for at once (:class:`_BatchNodes`): held
+# for the request, at 4.5 kB a task or more; a larger batch's queues work out their own.
+_BATCH_NODES_MAX_TASKS = 4096
+
+
+class _BatchNodes:
+    """The tasks ``rows`` of a batch (those of a request's queues that are short enough to
+    be summed a row per task) discretised for the sums at once, on first use, for the
+    totals of subsets of them: see :class:`_SumTable`."""
+
+    def __init__(self, tasks: TaskDistributions, rows: np.ndarray):
+        self.tasks = tasks
+        self.rows = rows
+        self._table: _SumTable | None = None
+        self._made = False
+
+    def of(self, places: np.ndarray) -> list["_SumBlock"] | None:
+        """The tasks at ``places`` of the batch as ``tasks._node_values(places)`` gives
+        them, or None where they were not discretised at once."""
+        if not self._made:
+            self._made = True
+            if 0 < len(self.rows) <= _BATCH_NODES_MAX_TASKS:
+                self._table = self.tasks._sum_table(self.rows)
+        return None if self._table is None else self._table.of(places)
+
+
+class _SumTable:
+    """Tasks discretised for the sums of subsets of them, at once: what
+    ``_node_values(places)`` gives for a subset (its tasks at ``places``, each on a row of
+    its own, at the bins of ``_sum_nodes(_SUM_ATOMS, fine_tails=True)``), value for value,
+    the subset's rows of values worked out for all the tasks together (a request of 16
+    queues of an LLM model's tasks took 9 to 21% less time in-process; one of a model with
+    a slow mode, whose queues split bins, about as long: ``benchmarks/latency.py --only
+    queues``).
+
+    A task's values depend on the others asked with it only through the bins that are
+    split, where some task's runtime jumps within one (a rare slow mode's start): a subset
+    splits a bin only where the tasks together do, so a table keeps each task's values at
+    the bins split and not."""
+
+    def of(self, places: np.ndarray) -> list["_SumBlock"] | None:
+        """The blocks of the tasks at ``places`` (among the distribution's), in the order
+        and rows ``_node_values(places)`` gives them; None where a task is not in the table."""
+        raise NotImplementedError
+
+
+# The most values a table of one model's tasks holds (64 MB): a batch with more, where a slow
+# mode's start splits many bins, has each queue work out its own.
+_SUM_TABLE_MAX_VALUES = 1 << 23
+
+
+class _RuntimeSumTable(_SumTable):
+    """A :class:`RuntimeDistribution`'s tasks ``rows``, discretised: each task's rise across
+    each bin (which bins a subset splits follows from its tasks' largest), and, each worked
+    out when first needed, its values at the bins' middles (where a subset splits none) and
+    at the nodes ``_split_bins`` makes of the bins a subset may split (where it splits some:
+    the bins the tasks together split)."""
+
+    def __init__(self, dist: "RuntimeDistribution", rows: np.ndarray):
+        self.local = np.full(len(dist), -1, dtype=np.int64)  # each task's row here
+        self.local[rows] = np.arange(len(rows))
+        self.u, self.w, self.e = _sum_nodes(_SUM_ATOMS, fine_tails=True)
+        self.reach = _sum_nodes()[0][[0, -1]]
+        self.part = dist.subset(rows)
+        self.rises = self.part._edge_rises(self.e, self.reach)
+        self.may_split = self.rises.max(axis=0) > _JUMP_LOG_RATIO
+        self._values: np.ndarray | None = None
+        self._split_values: np.ndarray | None = None
+
+    def size(self) -> int:
+        """How many values the table may come to hold."""
+        n, split = len(self.part), int(self.may_split.sum())
+        return n * (len(self.u) + (len(self.w) + (_JUMP_SPLIT - 1) * split + split if split else 0))
+
+    def of(self, places: np.ndarray) -> list["_SumBlock"] | None:
+        local = self.local[places]
+        if (local < 0).any():
+            return None
+        jump = _jumps(self.rises[local].max(axis=0))
+        if not jump.any():
+            if self._values is None:
+                self._values = self.part._values_at(np.clip(self.u, *self.reach))
+            return [_SumBlock(self.u, self.w, self._values[local], np.arange(len(places)))]
+        if self._split_values is None:
+            # Every bin a subset may split cut as _split_bins cuts it; then those bins'
+            # middles as it puts them where it splits others.
+            cut, _ = _split_bins(self.e[:-1], self.w, self.may_split)
+            whole = self.e[:-1][self.may_split] + self.w[self.may_split] / 2
+            self._split_values = self.part._values_at(np.clip(np.concatenate([cut, whole]), *self.reach))
+            parts = np.where(self.may_split, _JUMP_SPLIT, 1)
+            self._cut_at = np.cumsum(parts) - parts  # each bin's first column among ``cut``'s
+            self._whole_at = len(cut) + np.cumsum(self.may_split) - 1  # a cut bin's middle's column
+        u, w = _split_bins(self.e[:-1], self.w, jump)
+        parts = np.where(jump, _JUMP_SPLIT, 1)
+        bin_of = np.repeat(np.arange(len(jump)), parts)
+        within = np.arange(len(bin_of)) - np.repeat(np.cumsum(parts) - parts, parts)
+        columns = np.where(jump[bin_of] | ~self.may_split[bin_of], self._cut_at[bin_of] + within, self._whole_at[bin_of])
+        # C-ordered, as a subset's own are: a matrix product of another layout rounds otherwise.
+        x = np.ascontiguousarray(self._split_values[local][:, columns])
+        return [_SumBlock(u, w, x, np.arange(len(places)))]
+
+
+class _MixedSumTable(_SumTable):
+    """A :class:`MixedDistribution`'s tasks, discretised: each part's table of its tasks."""
+
+    def __init__(self, dist: "MixedDistribution", tables: list["_SumTable | None"]):
+        self.dist = dist
+        self.tables = tables
+
+    def of(self, places: np.ndarray) -> list["_SumBlock"] | None:
+        part_of = self.dist.part_of[places]
+        blocks = []
+        for p, table in enumerate(self.tables):
+            at = np.flatnonzero(part_of == p)
+            if not len(at):
+                continue
+            got = None if table is None else table.of(self.dist.index[places[at]])
+            if got is None:
+                return None
+            for block in got:
+                block.row = at[block.row]
+                blocks.append(block)
+        return blocks
+
+
+class _RemainingSumTable(_SumTable):
+    """A :class:`RemainingDistribution`'s tasks, discretised: those not started by the
+    table of their whole runtimes (``waiting``); the time left of those running (``running``)
+    at the bins' middles, where a subset's running tasks split no bin (otherwise they are
+    discretised for the subset, as :meth:`RemainingDistribution._left_nodes` splits them)."""
+
+    def __init__(self, dist: "RemainingDistribution", waiting: "_SumTable | None", running: np.ndarray):
+        self.dist = dist
+        self.waiting = waiting
+        self.local = np.full(len(dist), -1, dtype=np.int64)  # each running task's row here
+        self.local[running] = np.arange(len(running))
+        u = _sum_nodes(_SUM_ATOMS, fine_tails=True)[0]
+        reach = _sum_nodes()[0][[0, -1]]
+        self.left = dist._left(running, np.broadcast_to(np.clip(u, *reach), (len(running), len(u))))
+
+    def of(self, places: np.ndarray) -> list["_SumBlock"] | None:
+        waiting, running = self.dist._running(places)
+        blocks = []
+        if len(waiting):
+            got = None if self.waiting is None else self.waiting.of(places[waiting])
+            if got is None:
+                return None
+            for block in got:
+                block.row = waiting[block.row]
+                blocks.append(block)
+        if len(running):
+            local = self.local[places[running]]
+            if (local < 0).any():
+                return None
+            blocks.append(self.dist._running_block(places, running, x=self.left[local]))
+        return blocks
+
+
+def _jumps(rise: np.ndarray) -> np.ndarray:
+    """The bins to split, given the tasks' largest ``rise`` across each (in log runtime):
+    those over ``_JUMP_LOG_RATIO``, the steepest ``_JUMP_MAX_BINS`` of them."""
+    jump = rise > _JUMP_LOG_RATIO
+    if jump.sum() > _JUMP_MAX_BINS:  # tasks whose slow modes start at many levels: the steepest
+        jump &= rise >= np.partition(rise, -_JUMP_MAX_BINS)[-_JUMP_MAX_BINS]
+    return jump
 
 
 @dataclass
@@ -1188,24 +1375,32 @@ class RuntimeDistribution(TaskDistributions):
         part = self.subset(rows)
         if stratum is not None:
             levels = np.clip(e[None, :-1] + w[None, :] * ((stratum + 0.5) / strata)[:, None], *reach)
-            z = part.score_quantiles(levels)
         else:
             # A bin across which some task's runtime jumps (the start of a rare slow mode)
             # is split: its middle's value gave the slow mode up to a bin's mass too much
             # or too little (a 100-task total's quantiles 0.03 off in probability, a
             # 1000-task total's median 3% low). Strata do that for a bin's tasks.
-            z_edge = part.score_quantiles(np.clip(e, *reach))
-            rise = (np.diff(z_edge, axis=1) * part.scale[:, None]).max(axis=0)
-            jump = rise > _JUMP_LOG_RATIO
-            if jump.sum() > _JUMP_MAX_BINS:  # tasks whose slow modes start at many levels: the steepest
-                jump &= rise >= np.partition(rise, -_JUMP_MAX_BINS)[-_JUMP_MAX_BINS]
+            jump = _jumps(part._edge_rises(e, reach).max(axis=0))
             if jump.any():
                 u, w = _split_bins(e[:-1], w, jump)
             levels = np.clip(u, *reach)
-            z = part.score_quantiles(levels)  # (tasks, nodes), non-decreasing: tails included
-        x = np.exp(np.clip(part.score.log_runtimes(part.location[:, None], part.scale[:, None], z) + part._spread_at(levels),
-                           *self.log_bounds))
-        return [_SumBlock(u, w, x, np.arange(len(rows)))]
+        return [_SumBlock(u, w, part._values_at(levels), np.arange(len(rows)))]
+
+    def _edge_rises(self, e: np.ndarray, reach: np.ndarray) -> np.ndarray:
+        """Each task's rise in log runtime across each probability bin of edges ``e`` (within
+        ``reach``): (tasks, bins)."""
+        return np.diff(self.score_quantiles(np.clip(e, *reach)), axis=1) * self.scale[:, None]
+
+    def _values_at(self, levels: np.ndarray) -> np.ndarray:
+        """Each task's runtime at ``levels`` (the same for every task, or a row per task;
+        non-decreasing: tails included), within the log bounds: (tasks, levels)."""
+        z = self.score_quantiles(levels)
+        return np.exp(np.clip(self.score.log_runtimes(self.location[:, None], self.scale[:, None], z) + self._spread_at(levels),
+                              *self.log_bounds))
+
+    def _sum_table(self, rows: np.ndarray) -> "_SumTable | None":
+        table = _RuntimeSumTable(self, rows)
+        return table if table.size() <= _SUM_TABLE_MAX_VALUES else None
 
 
 # Probability bins on which a stored quantile function's own mean is taken (within 0.01%
@@ -1456,6 +1651,12 @@ class MixedDistribution(TaskDistributions):
                 blocks.append(block)
         return blocks
 
+    def _sum_table(self, rows: np.ndarray) -> "_SumTable | None":
+        part_of = self.part_of[rows]
+        tables = [part._sum_table(self.index[rows[part_of == p]]) if (part_of == p).any() else None
+                  for p, part in enumerate(self.parts)]
+        return _MixedSumTable(self, tables)
+
 
 # The level a running task's elapsed time has reached is searched for on the probit axis
 # within +-_REACH_PROBIT (where quantile functions stop: 1e-12 and 1 - 1e-12): each pass
@@ -1638,23 +1839,34 @@ class RemainingDistribution(TaskDistributions):
                 block.row = waiting[block.row]
                 blocks.append(block)
         if len(running):
-            u, w, e = _sum_nodes(atoms, fine_tails=stratum is None)
-            reach = _sum_nodes()[0][[0, -1]]
-            if stratum is None or strata is None:
-                u, w, x = self._left_nodes(rows[running], u, w, reach=reach)
-            else:  # each task at its own stratum of every bin
-                share = (stratum[running] + 0.5) / strata[running]
-                x = self._left(rows[running], np.clip(e[None, :-1] + w[None, :] * share[:, None], *reach))
-            blocks.append(_SumBlock(u, w, x, running))
+            blocks.append(self._running_block(rows, running, atoms, stratum, strata))
         return blocks
 
+    def _running_block(self, rows: np.ndarray, running: np.ndarray, atoms: int = _SUM_ATOMS,
+                       stratum: np.ndarray | None = None, strata: np.ndarray | None = None,
+                       x: np.ndarray | None = None) -> "_SumBlock":
+        """The block of ``_node_values(rows, ...)`` of its running tasks (their places
+        ``running`` in ``rows``); ``x``, where given, their values at the bins' middles."""
+        u, w, e = _sum_nodes(atoms, fine_tails=stratum is None)
+        reach = _sum_nodes()[0][[0, -1]]
+        if stratum is None or strata is None:
+            u, w, x = self._left_nodes(rows[running], u, w, reach=reach, x=x)
+        else:  # each task at its own stratum of every bin
+            share = (stratum[running] + 0.5) / strata[running]
+            x = self._left(rows[running], np.clip(e[None, :-1] + w[None, :] * share[:, None], *reach))
+        return _SumBlock(u, w, x, running)
+
+    def _sum_table(self, rows: np.ndarray) -> "_SumTable | None":
+        waiting, running = self._running(rows)
+        return _RemainingSumTable(self, self.tasks._sum_table(rows[waiting]) if len(waiting) else None, rows[running])
+
     def _left_nodes(self, rows: np.ndarray, u: np.ndarray, w: np.ndarray, lo: np.ndarray | None = None,
-                    hi: np.ndarray | None = None, reach: np.ndarray | None = None
+                    hi: np.ndarray | None = None, reach: np.ndarray | None = None, x: np.ndarray | None = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The time left of the running tasks ``rows`` at the probability nodes ``u`` (the
         middles of bins of widths ``w``) of its own distribution (within ``reach``, where
         given), each task's score kept within its levels [``lo``, ``hi``] as :meth:`_left`
-        keeps it: (nodes, widths, values). A bin next to which some task's
+        keeps it: (nodes, widths, values); ``x``, where given, is those at ``u``. A bin next to which some task's
         runtime jumps (a slow mode's start) is split in ``_JUMP_SPLIT``, as
         :meth:`RuntimeDistribution._node_values` splits its own (a rare slow mode's start
         in the middle of a bin put a running task's mean up to 5% off)."""
@@ -1662,7 +1874,8 @@ class RemainingDistribution(TaskDistributions):
             levels = np.broadcast_to(u if reach is None else np.clip(u, *reach), (len(rows), len(u)))
             return self._left(rows, levels, lo, hi)
 
-        x = at(u)
+        if x is None:
+            x = at(u)
         with np.errstate(divide="ignore", invalid="ignore"):
             rise = np.diff(np.log(x + self.elapsed[rows][:, None]), axis=1)
         rise = np.nan_to_num(rise, nan=0.0).max(axis=0) if len(rows) else np.zeros(len(u) - 1)

@@ -738,18 +738,19 @@ class PredictorService:
         _check_queue_values(len(names), len(levels))
         errors: list[str | None] = []
         ok = np.zeros(0, dtype=bool)
+        rows: list[np.ndarray] = []  # each queue's predicted tasks among the distributions
+        ends = np.cumsum([len(queues[name]) for name in names]).tolist()
+        starts = [end - len(queues[name]) for name, end in zip(names, ends)]
         if traces:
             errors, ok, dist, _, _ = self._distributions(identity, loaded, traces)
-            dist = dist.for_totals([*levels, *interval_levels(confidence_level)])
-        place = np.cumsum(ok) - 1  # a predicted trace's place among the distributions
-        ends = np.cumsum([len(queues[name]) for name in names])
+            place = np.cumsum(ok) - 1  # a predicted trace's place among the distributions
+            rows = [place[start + np.flatnonzero(ok[start:end])] for start, end in zip(starts, ends)]
+            dist = dist.for_totals([*levels, *interval_levels(confidence_level)], rows)
         answers: dict[str, Any] = {}
-        for name, end in zip(names, ends.tolist()):  # a loop over queues: each sums its own tasks
-            start = end - len(queues[name])
-            mine = np.flatnonzero(ok[start:end])
+        for k, (name, start, end) in enumerate(zip(names, starts, ends)):  # a loop over queues: each sums its own tasks
             total = None
-            if len(mine):
-                total = _total_answer(dist.subset(place[start + mine]).total(shared_factor), levels, confidence_level)
+            if ok[start:end].any():
+                total = _total_answer(dist.subset(rows[k]).total(shared_factor), levels, confidence_level)
             answers[name] = _queue_answer(ok[start:end], errors[start:end], total, len(levels))
         n_ok = int(ok.sum())
         self._count(identity, n_ok, len(traces) - n_ok)
