@@ -25,6 +25,7 @@ from swarmpilot_predictor.traces import (
     normalize_trace,
     normalize_traces,
     reserved_keys,
+    trace_file_format,
 )
 
 FLAT = [
@@ -314,6 +315,20 @@ def test_unsupported_suffix_is_refused(tmp_path):
     path.write_bytes(b"PAR1")
     with pytest.raises(TraceError, match="unsupported trace file"):
         list(iter_trace_file(path))
+
+
+@pytest.mark.parametrize("name, stem_required, expected", [
+    ("t.json", False, ("json", ".json", False)),
+    ("T.NDJSON.GZ", False, ("jsonl", ".ndjson", True)),
+    ("t.csv.gz", True, ("csv", ".csv", True)),
+    (".jsonl", False, ("jsonl", ".jsonl", False)),
+    (".jsonl", True, None),  # a table's name must be longer than its suffix
+    (".csv.gz", True, None),
+    ("t.parquet", False, None),
+    ("t.json.gz.gz", False, None),
+])
+def test_trace_file_format(name, stem_required, expected):
+    assert trace_file_format(name, stem_required=stem_required) == expected
 
 
 def test_malformed_jsonl_names_file_and_line(tmp_path):

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -44,7 +44,9 @@ TIMESTAMP_KEYS = frozenset({"ts", "timestamp"})
 # In a prediction's trace, how long the task has already run (ms): the answer is its time left.
 ELAPSED_KEY = "elapsed_ms"
 _NUMBER_OR_NONE = frozenset({int, float, type(None)})
-TRACE_FILE_SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv")
+# A trace file's suffixes and the formats they name; lookup tables are named the same way.
+TRACE_FILE_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+TRACE_FILE_SUFFIXES = tuple(TRACE_FILE_FORMATS)
 # What a message says the file names above are (trace files and lookup tables alike).
 TRACE_FILE_KINDS = ".json, .jsonl (or .ndjson) or .csv, optionally .gz"
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -168,11 +170,12 @@ def open_trace_file(path: Path | str, source: str | None = None) -> tuple[IO[byt
     A ``.gz`` file that is not gzip is a TraceError naming it ``source``.
     """
     path = Path(path)
-    name = path.name.lower()
-    gz = name.endswith(".gz")
-    if gz:
-        name = name[:-3]
-    fmt = _format_from_name(name)
+    parsed = trace_file_format(path.name)
+    if parsed is None:
+        raise TraceError(
+            f"unsupported trace file {shown(path.name.lower().removesuffix('.gz'))}: expected {TRACE_FILE_KINDS}"
+        )
+    fmt, gz = parsed.format, parsed.gzipped
     raw: IO[bytes] = gzip.open(path, "rb") if gz else open(path, "rb")
     try:
         skip_bom(raw)
@@ -213,13 +216,28 @@ def skip_bom(raw: Any) -> None:
             raw.seek(0)
 
 
-def _format_from_name(name: str) -> str:
-    for suffix in TRACE_FILE_SUFFIXES:
-        if name.endswith(suffix):
-            return "jsonl" if suffix == ".ndjson" else suffix[1:]
-    raise TraceError(
-        f"unsupported trace file {shown(name)}: expected {TRACE_FILE_KINDS}"
-    )
+class TraceFileFormat(NamedTuple):
+    """What a trace or table file's name says: its ``format`` (json, jsonl or csv), its
+    ``suffix`` (one of TRACE_FILE_SUFFIXES: ``.ndjson`` stays ``.ndjson``) and whether it is ``gzipped``."""
+
+    format: str
+    suffix: str
+    gzipped: bool
+
+
+def trace_file_format(name: str, stem_required: bool = False) -> TraceFileFormat | None:
+    """The format a trace or table file's name ends in (any case, optionally followed by
+    ``.gz``; see TRACE_FILE_KINDS), else None.
+
+    ``stem_required``: the name must be longer than that suffix (``.json`` alone, or
+    ``.csv.gz``, names no lookup table).
+    """
+    lower = name.lower()
+    base = lower.removesuffix(".gz")
+    for suffix, fmt in TRACE_FILE_FORMATS.items():
+        if base.endswith(suffix) and (not stem_required or len(base) > len(suffix)):
+            return TraceFileFormat(fmt, suffix, base != lower)
+    return None
 
 
 def iter_trace_file(path: Path | str, source: str | None = None) -> Iterator[dict[str, Any]]:
@@ -374,7 +392,7 @@ def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Ite
                         yield trace
                 except csv.Error as exc:
                     raise TraceError(f"{source}: line {row_line}: {csv_problem(exc)}") from None
-        else:  # pragma: no cover - guarded by _format_from_name
+        else:  # pragma: no cover - guarded by trace_file_format
             raise TraceError(f"unknown trace format {shown(fmt)}")
     except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
         # Truncated gzip streams, binary garbage and CSV fields beyond the csv module's limit.

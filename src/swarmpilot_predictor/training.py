@@ -36,7 +36,7 @@ from .processes import started, still_running
 from .registry import MODEL_DIGEST, ModelRegistry, ModelVersion
 from .settings import JOBS_FOLDER
 from .schemas import TrainConfig, TrainRequest, check_envelope, parse_json_body
-from .traces import RUNTIME_RANGE, TRACE_FILE_KINDS, TRACE_FILE_SUFFIXES, TraceError, TraceTable, dumps_json
+from .traces import RUNTIME_RANGE, TRACE_FILE_KINDS, TraceError, TraceTable, dumps_json, trace_file_format
 from .workers import WorkerExecutor, WorkerPool, server_gone, spawning, stopped_for_time
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class Trainer:
             if not found:
                 raise InvalidInput(f"traces file {shown(source)} not found in the data directory or the upload"
                                    + _uploaded_names(uploads), field="traces")
-            if not path.name.lower().removesuffix(".gz").endswith(TRACE_FILE_SUFFIXES):
+            if trace_file_format(path.name) is None:
                 raise InvalidInput(f"traces file {shown(source)} must be {TRACE_FILE_KINDS}", field="traces")
             return TraceTable.from_file(path, progress=progress)
         except TraceError as exc:

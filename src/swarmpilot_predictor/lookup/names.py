@@ -12,8 +12,9 @@ from typing import Any
 
 from ..errors import InvalidInput, shown
 from ..identity import has_control_characters
+from ..traces import TRACE_FILE_FORMATS, trace_file_format
 
-TABLE_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+TABLE_FORMATS = TRACE_FILE_FORMATS  # a table is named as a trace file is
 WRITABLE_FORMATS = ("json", "csv")
 # Keys of a record that are not features (flat-feature records put features beside them).
 RECORD_KEYS = frozenset({
@@ -30,12 +31,9 @@ QUANTILE_PREFIX = "quantile_"
 
 
 def table_format(name: str) -> str | None:
-    """``json``, ``jsonl`` or ``csv`` from a table file name (``.gz`` allowed), else None."""
-    base = name.lower().removesuffix(".gz")
-    for suffix, fmt in TABLE_FORMATS.items():
-        if base.endswith(suffix) and len(base) > len(suffix):
-            return fmt
-    return None
+    """``json``, ``jsonl`` or ``csv`` from a table file name longer than its suffix (``.gz`` allowed), else None."""
+    parsed = trace_file_format(name, stem_required=True)
+    return parsed.format if parsed else None
 
 
 def check_table_name(name: Any, field: str = "lookup_table_name", writing: bool = False) -> str:

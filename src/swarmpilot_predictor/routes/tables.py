@@ -17,7 +17,7 @@ from starlette.datastructures import FormData, UploadFile
 from ..errors import InvalidInput, PredictorError, shown
 from ..service import PredictorService
 from ..settings import PredictorSettings
-from ..traces import TRACE_FILE_KINDS, TRACE_FILE_SUFFIXES, finite_number_in_text
+from ..traces import TRACE_FILE_KINDS, finite_number_in_text, trace_file_format
 from .common import IDENTITY_PATH, JSONResponse, identity_from, is_multipart, raw_segments, table_failure
 from .uploads import read_form, save_upload, trace_suffix, upload_dir
 
@@ -40,7 +40,7 @@ def add_table_routes(app: FastAPI, service: PredictorService, settings: Predicto
                     raise InvalidInput("multipart part 'trace_file' (a .json, .jsonl or .csv file, optionally .gz) is required",
                                        field="trace_file")
                 name = Path(upload.filename or "traces.json").name
-                if not name.lower().removesuffix(".gz").endswith(TRACE_FILE_SUFFIXES):
+                if trace_file_format(name) is None:
                     raise InvalidInput(f"trace_file {shown(name)} must be {TRACE_FILE_KINDS}", field="trace_file")
                 confidence = _form_float(form.get("confidence_level"), 0.95, "confidence_level")
                 # Given but blank is the service's to refuse (it would name no table), not a default.

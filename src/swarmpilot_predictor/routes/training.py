@@ -16,7 +16,7 @@ from ..errors import InvalidInput, PayloadTooLarge, shown, validation_message
 from ..schemas import TrainConfig, TrainRequest, TrainResult, config_from_text
 from ..service import PredictorService
 from ..settings import PredictorSettings
-from ..traces import TRACE_FILE_KINDS, TRACE_FILE_SUFFIXES
+from ..traces import TRACE_FILE_KINDS, trace_file_format
 from .common import JSONResponse, is_multipart, openapi_body, refuse_repeated_query
 from .uploads import read_form, save_upload, trace_suffix, upload_dir
 
@@ -86,8 +86,7 @@ async def _read_multipart(request: Request, settings: PredictorSettings) -> tupl
                 # The config names files by name: two parts of one name would leave it to chance.
                 raise InvalidInput(f"two uploaded files are named {shown(name)}; the config names files by name",
                                    field=key)
-            lower = name.lower().removesuffix(".gz")
-            if not lower.endswith(TRACE_FILE_SUFFIXES):
+            if trace_file_format(name) is None:
                 raise InvalidInput(f"uploaded file {shown(name)} must be {TRACE_FILE_KINDS}", field=key)
             # Stored under a generated name: the client's file name never touches the disk.
             dest = tmpdir / f"{len(uploads)}{trace_suffix(name)}"

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from ..errors import PayloadTooLarge, PredictorError, shown, storage_error, writing
-from ..traces import TRACE_FILE_SUFFIXES
+from ..traces import trace_file_format
 
 
 class _WholeMultiPartParser(MultiPartParser):
@@ -107,10 +107,6 @@ def _check_expanded_size(path: Path, name: str, field: str, limit: int) -> None:
 
 
 def trace_suffix(name: str) -> str:
-    lower = name.lower()
-    gz = lower.endswith(".gz")
-    base = lower.removesuffix(".gz")
-    for s in TRACE_FILE_SUFFIXES:
-        if base.endswith(s):
-            return s + (".gz" if gz else "")
-    return ""
+    """The suffix an uploaded trace file is saved under: its own (lower case, ``.gz`` kept), else ""."""
+    parsed = trace_file_format(name)
+    return parsed.suffix + (".gz" if parsed.gzipped else "") if parsed else ""
