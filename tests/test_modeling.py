@@ -26,8 +26,8 @@ from swarmpilot_predictor.modeling import (
     pinball_losses,
     quantile_metrics,
 )
-from swarmpilot_predictor.modeling.model import _location_pinball
-from swarmpilot_predictor.modeling.shape import _quantile_regression
+from swarmpilot_predictor.modeling.model import location_pinball
+from swarmpilot_predictor.modeling.shape import quantile_regression
 
 from .conftest import autotuned_traces
 
@@ -303,7 +303,7 @@ def test_quantile_regression_reaches_the_linear_programs_loss():
     A = rng.uniform(0, 1, (n, 3))
     y = 1 + A @ [2.0, -1.0, 0.5] + (0.1 + A[:, 0]) * rng.standard_normal(n)
     levels = (0.05, 0.25, 0.5, 0.9, 0.99)
-    B = _quantile_regression(A, y, levels)
+    B = quantile_regression(A, y, levels)
     A1 = np.column_stack([np.ones(n), A])
     for k, t in enumerate(levels):
         # min t 1'u + (1 - t) 1'v  subject to  A1 b + u - v = y,  u, v >= 0.
@@ -607,12 +607,12 @@ def test_locations_are_judged_by_held_out_pinball_loss():
     x = rng.uniform(0, 3, 400)
     ylog = 1.0 + x + 0.2 * rng.standard_normal(400)
     fold = np.arange(400) % 5
-    right = _location_pinball(ylog, 1.0 + x, fold)
+    right = location_pinball(ylog, 1.0 + x, fold)
     assert right.shape == (400,) and np.all(right >= 0)
     # A constant offset is absorbed by the residuals' quantiles ...
-    np.testing.assert_allclose(_location_pinball(ylog, 3.0 + x, fold), right, rtol=1e-9)
+    np.testing.assert_allclose(location_pinball(ylog, 3.0 + x, fold), right, rtol=1e-9)
     # ... a wrong slope is not.
-    assert _location_pinball(ylog, 1.0 + 0.7 * x, fold).mean() > 1.2 * right.mean()
+    assert location_pinball(ylog, 1.0 + 0.7 * x, fold).mean() > 1.2 * right.mean()
 
 
 def test_feature_dependent_scale_does_not_flatter_itself_on_pure_noise():
@@ -1470,16 +1470,16 @@ def test_two_modes_of_equal_share_stay_within_the_runs(seed):
 
 
 def test_at_most_two_regime_flags_and_none_without_another_numeric_feature():
-    from swarmpilot_predictor.modeling.locations import _regime_flags
+    from swarmpilot_predictor.modeling.locations import regime_flags
 
     rng = np.random.default_rng(0)
     flags = (rng.random((400, 6)) < np.array([0.5, 0.1, 0.3, 0.45, 0.2, 0.05])).astype(float)
     X = np.column_stack([rng.uniform(1, 100, 400), flags])
     # Each flag copies the other features' design columns: the two most evenly split only.
-    assert [j for j, _ in _regime_flags(X, ["numeric"] * 7)] == [1, 4]
+    assert [j for j, _ in regime_flags(X, ["numeric"] * 7)] == [1, 4]
     # Flags alone have no slopes to split.
-    assert _regime_flags(flags, ["numeric"] * 6) == []
-    assert _regime_flags(X, ["categorical"] + ["numeric"] * 6) == []
+    assert regime_flags(flags, ["numeric"] * 6) == []
+    assert regime_flags(X, ["categorical"] + ["numeric"] * 6) == []
 
 
 @pytest.mark.parametrize("algorithm", ["linear", "power", "auto"])
@@ -1597,7 +1597,7 @@ def test_filled_in_sparse_systems_are_solved_dense_with_the_same_answers():
     import scipy.sparse as sp
     from scipy.sparse.linalg import splu
 
-    from swarmpilot_predictor.modeling.design import DENSE_SOLVE_SHARE, _sparse_lu
+    from swarmpilot_predictor.modeling.design import DENSE_SOLVE_SHARE, sparse_lu
 
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 20, (500, 3))
@@ -1607,14 +1607,14 @@ def test_filled_in_sparse_systems_are_solved_dense_with_the_same_answers():
     gram = (S.T @ S.multiply(rng.random(500)[:, None]).tocsr()).tocsc() + sp.diags(np.full(61, 2.0))
     assert gram.nnz > DENSE_SOLVE_SHARE * 61 * 61
     b = rng.standard_normal(61)
-    assert np.allclose(_sparse_lu(gram)(b), splu(gram).solve(b), rtol=1e-10, atol=1e-12)
+    assert np.allclose(sparse_lu(gram)(b), splu(gram).solve(b), rtol=1e-10, atol=1e-12)
     skewed = gram + sp.csc_matrix(([0.5], ([0], [5])), shape=(61, 61))  # not symmetric: LU, not Cholesky
-    assert np.allclose(skewed @ _sparse_lu(skewed)(b), b)
+    assert np.allclose(skewed @ sparse_lu(skewed)(b), b)
     singular = sp.csc_matrix(np.ones((61, 61)))
     with pytest.raises(RuntimeError):
-        _sparse_lu(singular)
+        sparse_lu(singular)
     arrow = sp.diags(np.arange(1.0, 62.0), format="csc")  # a sparse one stays with the sparse LU
-    assert np.allclose(_sparse_lu(arrow)(b), b / np.arange(1.0, 62.0))
+    assert np.allclose(sparse_lu(arrow)(b), b / np.arange(1.0, 62.0))
 
 
 def test_shape_newton_steps_by_conjugate_gradients_match_direct_solves(monkeypatch):
@@ -1623,7 +1623,7 @@ def test_shape_newton_steps_by_conjugate_gradients_match_direct_solves(monkeypat
     import scipy.sparse as sp
 
     from swarmpilot_predictor.modeling import shape as shape_module
-    from swarmpilot_predictor.modeling.shape import _logistic_ridge, _newton_steps_pcg
+    from swarmpilot_predictor.modeling.shape import logistic_ridge, newton_steps_pcg
 
     rng = np.random.default_rng(0)
     n, features, values = 1500, 4, 20
@@ -1635,7 +1635,7 @@ def test_shape_newton_steps_by_conjugate_gradients_match_direct_solves(monkeypat
     r = np.full(S.shape[1], 10.0)
     r[0] = 1e-6
     G = rng.standard_normal((S.shape[1], 3))
-    X, converged = _newton_steps_pcg(S, S.T.tocsr(), V, r, G)
+    X, converged = newton_steps_pcg(S, S.T.tocsr(), V, r, G)
     assert converged.all()
     for k in range(3):
         H = (S.T @ S.multiply(V[:, k:k + 1])).toarray() + np.diag(r)
@@ -1645,9 +1645,9 @@ def test_shape_newton_steps_by_conjugate_gradients_match_direct_solves(monkeypat
     A = S[:, 1:]
     share = (codes[:, 0] % 4 + 1) / 10
     T = (rng.random((n, 2)) < np.column_stack([share, 2 * share])).astype(float)
-    by_cg = _logistic_ridge(A, T, 10.0)
+    by_cg = logistic_ridge(A, T, 10.0)
     monkeypatch.setattr(shape_module, "PCG_MAX_ITERATIONS", 0)  # nothing converges: every step solved directly
-    direct = _logistic_ridge(A, T, 10.0)
+    direct = logistic_ridge(A, T, 10.0)
     assert np.allclose(by_cg, direct, rtol=1e-7, atol=1e-9)
     assert by_cg[1:].std() > 0.05  # the coefficients learned something
 

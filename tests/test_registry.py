@@ -926,7 +926,7 @@ def test_every_tree_lightgbm_grows_passes_the_check():
     """Categorical splits, linear leaves, single-leaf trees: LightGBM's own texts all load."""
     import lightgbm as lgb
 
-    from swarmpilot_predictor.modeling.locations import _check_trees, _tree_fields, _trees_walkable
+    from swarmpilot_predictor.modeling.locations import check_trees, tree_fields, trees_walkable
 
     rng = np.random.default_rng(0)
     X = np.column_stack([rng.integers(0, 40, 2000), rng.uniform(0, 1, 2000), rng.integers(0, 3, 2000)])
@@ -940,9 +940,9 @@ def test_every_tree_lightgbm_grows_passes_the_check():
         categorical = [0, 1] if data_x.shape[1] == 2 else [0, 2]
         text = lgb.train({**params, "verbosity": -1}, lgb.Dataset(data_x, y, categorical_feature=categorical),
                          30).model_to_string()
-        _check_trees(text)  # raises on a tree it cannot walk
-        trees = [_tree_fields(b) for b in ("\n" + text[:text.index("end of trees")]).split("\nTree=")[1:]]
-        assert _trees_walkable(trees, data_x.shape[1]), params  # the quick check of all at once agrees
+        check_trees(text)  # raises on a tree it cannot walk
+        trees = [tree_fields(b) for b in ("\n" + text[:text.index("end of trees")]).split("\nTree=")[1:]]
+        assert trees_walkable(trees, data_x.shape[1]), params  # the quick check of all at once agrees
 
 
 def test_an_old_lightgbm_booster_cut_after_its_trees_still_loads(root):

@@ -47,7 +47,7 @@ from .names import CSV_PREDICTION_COLUMNS, QUANTILE_PREFIX, SHAPE_FEATURES, WRIT
 GENERATION_CHUNK = 8192
 
 
-def _iter_json_records(raw: IO[bytes], name: str, line_mode: bool = True) -> Iterator[tuple[str, Any]]:
+def iter_json_records(raw: IO[bytes], name: str, line_mode: bool = True) -> Iterator[tuple[str, Any]]:
     try:
         for i, rec in enumerate(iter_json_array(raw, name, line_mode)):
             yield f"record {i}", rec
@@ -55,7 +55,7 @@ def _iter_json_records(raw: IO[bytes], name: str, line_mode: bool = True) -> Ite
         raise TraceError(f"{name}: a .json lookup table is a JSON array of records") from None
 
 
-def _iter_jsonl_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
+def iter_jsonl_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
     try:
         for lineno, line in content_lines(raw):
             try:
@@ -66,7 +66,7 @@ def _iter_jsonl_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
         raise TraceError(f"{name}: cannot read the file ({exc}); it may be truncated") from None
 
 
-def _iter_csv_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
+def iter_csv_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
     with text_view(raw) as text:
         yield from _csv_records(text, name)
 
@@ -74,7 +74,7 @@ def _iter_csv_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
 
 # An integer written plainly (no sign but minus, no leading zero): a CSV id cell, or a queried
 # task_id string, that spells one (see _csv_id and LookupTable's task ids).
-_PLAIN_INTEGER = re.compile(r"-?[1-9][0-9]*")
+PLAIN_INTEGER = re.compile(r"-?[1-9][0-9]*")
 
 
 def _csv_id(cell: str) -> Any:
@@ -83,7 +83,7 @@ def _csv_id(cell: str) -> Any:
     so), where the CSV keeps every digit, and the trace did not find its record. (Others
     keep their text; a request's integer finds such a cell by its digits, see
     ``LookupTable``'s task ids.)"""
-    if len(cell) > 19 and _PLAIN_INTEGER.fullmatch(cell) and not -(2**63) <= int(cell) < 2**64:
+    if len(cell) > 19 and PLAIN_INTEGER.fullmatch(cell) and not -(2**63) <= int(cell) < 2**64:
         try:
             return float(int(cell))
         except OverflowError:  # past the float range: its digits, as a JSON table keeps it

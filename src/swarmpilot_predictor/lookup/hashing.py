@@ -1,9 +1,9 @@
 """Hashing helpers of the table's indexes, vectorised and on Python scalars.
 
-splitmix64 over feature values' bits (:func:`_mix`, :func:`_hash_parts`; :func:`_mix_int`
+splitmix64 over feature values' bits (:func:`_mix`, :func:`hash_parts`; :func:`mix_int`
 hashes one trace exactly as the vectorised path does), the stable hash of task ids, the
 sorted indexes and their probes, and the readers of a query value that is hashed
-(:func:`_vocab_code`).
+(:func:`vocab_code`).
 """
 
 from __future__ import annotations
@@ -30,51 +30,51 @@ def _mix(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> _U(31))
 
 
-def _float_bits(x: np.ndarray) -> np.ndarray:
+def float_bits(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64) + 0.0  # -0.0 -> 0.0
     bits = x.view(np.uint64)
     bits[np.isnan(x)] = _NAN_BITS
     return bits
 
 
-def _code_bits(codes: np.ndarray) -> np.ndarray:
+def code_bits(codes: np.ndarray) -> np.ndarray:
     return np.asarray(codes, dtype=np.int64).view(np.uint64)
 
 
-def _hash_parts(parts: Sequence[np.ndarray], n: int) -> np.ndarray:
+def hash_parts(parts: Sequence[np.ndarray], n: int) -> np.ndarray:
     h = np.full(n, _SEED, dtype=np.uint64)
     for p in parts:
         h = _mix(h ^ p)
     return h
 
 
-_MASK = (1 << 64) - 1
-_SEED_INT = int(_SEED)
-_NAN_INT = int(_NAN_BITS)
+MASK = (1 << 64) - 1
+SEED_INT = int(_SEED)
+NAN_INT = int(_NAN_BITS)
 _DOUBLE = struct.Struct("<d")
 
 
-def _mix_int(h: int) -> int:
+def mix_int(h: int) -> int:
     """:func:`_mix` on one Python int (the scalar path must hash exactly as the vectorised one)."""
-    h = (h + 0x9E3779B97F4A7C15) & _MASK
-    h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
-    h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK
+    h = (h + 0x9E3779B97F4A7C15) & MASK
+    h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+    h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & MASK
     return h ^ (h >> 31)
 
 
-def _float_int(f: float) -> int:
+def float_int(f: float) -> int:
     f = f + 0.0
-    return _NAN_INT if f != f else int.from_bytes(_DOUBLE.pack(f), "little")
+    return NAN_INT if f != f else int.from_bytes(_DOUBLE.pack(f), "little")
 
 
-def _vocab_code(vocab: dict[str, int], v: Any) -> int:
+def vocab_code(vocab: dict[str, int], v: Any) -> int:
     """A categorical query value's code (-2 where no record has it); booleans as the model
     reads them, whichever format made the table (see :func:`~.features.category_code`)."""
     code = category_code(vocab, v)
     return -2 if code is None else code
 
 
-def _probe_one(keys: np.ndarray, rows: np.ndarray, key: int) -> int:
+def probe_one(keys: np.ndarray, rows: np.ndarray, key: int) -> int:
     n = len(keys)
     if n == 0:
         return -1
@@ -82,18 +82,18 @@ def _probe_one(keys: np.ndarray, rows: np.ndarray, key: int) -> int:
     return int(rows[pos]) if pos < n and int(keys[pos]) == key else -1
 
 
-def _str_hash(s: str) -> int:
+def str_hash(s: str) -> int:
     """Stable 63-bit hash of a string (task ids), the same in every process."""
     return int.from_bytes(hashlib.blake2b(s.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little") >> 1
 
 
-def _sorted_index(keys: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def sorted_index(keys: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sorted unique keys and, for each, the first row (in table order) holding it."""
     uniq, first = np.unique(keys, return_index=True)
     return uniq, rows[first]
 
 
-def _probe(index_keys: np.ndarray, index_rows: np.ndarray, keys: np.ndarray) -> np.ndarray:
+def probe(index_keys: np.ndarray, index_rows: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """Row for each key, or -1 (vectorised binary search)."""
     if len(index_keys) == 0 or len(keys) == 0:
         return np.full(len(keys), -1, dtype=np.int64)

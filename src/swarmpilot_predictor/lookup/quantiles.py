@@ -1,8 +1,8 @@
 """A record's quantile function, and the answers of a table rendered as the model's.
 
 :func:`quantile_function` reads values at any levels off a record's stored quantiles
-(vectorised over records; :func:`_quantiles_one` on Python floats for one record), with
-the interval's ends merged in as knots (:func:`_merge_interval_knots`) and log-slope
+(vectorised over records; :func:`quantiles_one` on Python floats for one record), with
+the interval's ends merged in as knots (:func:`merge_interval_knots`) and log-slope
 tails beyond the stored levels. :class:`TablePrediction` holds a table's answers.
 """
 
@@ -24,7 +24,7 @@ from ..schemas import RenderedPredictions
 _STD_NORMAL = NormalDist()
 
 
-def _merge_interval_knots(levels: list[float], values: list[float], cl: float, lo: float, hi: float) -> tuple[list[float], list[float]]:
+def merge_interval_knots(levels: list[float], values: list[float], cl: float, lo: float, hi: float) -> tuple[list[float], list[float]]:
     """A record's stored quantiles plus the ends of its stored central interval, as quantiles
     at (1 - cl) / 2 and (1 + cl) / 2: the interval is a pair of quantiles the model computed,
     so levels near it are interpolated from it rather than extrapolated past the stored ones."""
@@ -40,9 +40,9 @@ def _merge_interval_knots(levels: list[float], values: list[float], cl: float, l
     return L, V
 
 
-def _merge_interval_knots_many(levels: np.ndarray, values: np.ndarray, cl: float,
-                               interval: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_merge_interval_knots` for rows sharing their stored levels and confidence level."""
+def merge_interval_knots_many(levels: np.ndarray, values: np.ndarray, cl: float,
+                              interval: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`merge_interval_knots` for rows sharing their stored levels and confidence level."""
     extra = [(k, lv) for k, lv in enumerate(interval_levels(cl)) if not np.any(np.abs(levels - lv) < 1e-9)]
     if not extra:
         return levels, values
@@ -146,7 +146,7 @@ def _log_slope_one(L: list[float], V: list[float], outer: int, inner: int, t: fl
     return V[outer] * math.exp(math.log(V[outer] / V[inner]) / (z_out - inv(L[inner])) * (inv(t) - z_out))
 
 
-def _quantiles_one(L: list[float], V: list[float], mu: float, sd: float, taus: Sequence[float]) -> list[float]:
+def quantiles_one(L: list[float], V: list[float], mu: float, sd: float, taus: Sequence[float]) -> list[float]:
     """:func:`quantile_function` for one record, on Python floats."""
     out = []
     inv = _STD_NORMAL.inv_cdf

@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 
 from ..atomic import atomic_file
-from .table import LookupTable, _FeatureColumn
+from .table import FeatureColumn, LookupTable
 
 # The package's logger: records keep the name they had before the split (swarmpilot_predictor.lookup).
 log = logging.getLogger(__package__)
@@ -25,7 +25,7 @@ log = logging.getLogger(__package__)
 # ignored and rewritten (a table parsed under older rules is parsed again).
 INDEX_FORMAT = 5
 # Bytes of the table's name kept in its sidecar's name (see LookupTableStore.index_path).
-_SIDECAR_NAME_BYTES = 200
+SIDECAR_NAME_BYTES = 200
 
 
 def save_index(table: LookupTable, dest: Path, source_signature: tuple) -> None:
@@ -73,9 +73,9 @@ def load_index(src: Path, path: Path, name: str, source_signature: tuple, seed: 
             if meta.get("format") != INDEX_FORMAT or tuple(meta.get("source", ())) != tuple(source_signature):
                 return None
             columns = [
-                _FeatureColumn(c["name"], c["kind"], z[f"column_{j}"], vocab={k: int(v) for k, v in c["vocab"].items()},
-                               mean=float(c["mean"]), scale=float(c["scale"]),
-                               word_among_numbers=c.get("word_among_numbers"))
+                FeatureColumn(c["name"], c["kind"], z[f"column_{j}"], vocab={k: int(v) for k, v in c["vocab"].items()},
+                              mean=float(c["mean"]), scale=float(c["scale"]),
+                              word_among_numbers=c.get("word_among_numbers"))
                 for j, c in enumerate(meta["columns"])
             ]
             levelsets = [z[f"levels_{s}"] for s in range(meta["levelsets"])]

@@ -21,7 +21,7 @@ from ..errors import InvalidInput, NotFound, PredictorError, shown
 from ..identity import IDENTITY_KEYS
 from ..traces import TRACE_FILE_KINDS, TraceError
 from .names import check_table_name, table_format
-from .sidecar import _SIDECAR_NAME_BYTES, load_index, save_index
+from .sidecar import SIDECAR_NAME_BYTES, load_index, save_index
 from .table import LookupTable
 
 # The package's logger: records keep the name they had before the split (swarmpilot_predictor.lookup).
@@ -279,7 +279,7 @@ class LookupTableStore:
         digest = hashlib.sha256(os.fsencode(path.resolve())).hexdigest()[:12]
         # The digest tells files apart; the name is only for people, so it is cut to leave room
         # for the digest within the file system's 255 bytes.
-        short = os.fsencode(path.name)[:_SIDECAR_NAME_BYTES].decode("utf-8", "ignore")
+        short = os.fsencode(path.name)[:SIDECAR_NAME_BYTES].decode("utf-8", "ignore")
         return self.root / ".index" / f"{short}.{digest}.npz"
 
     def _load(self, path: Path, name: str, signature: tuple) -> LookupTable:

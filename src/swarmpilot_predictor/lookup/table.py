@@ -1,6 +1,6 @@
 """The in-memory table: :class:`LookupTable`, its parts and indexes, matching and answers.
 
-:class:`LookupTable` holds a table column-wise (:class:`_FeatureColumn`) with its
+:class:`LookupTable` holds a table column-wise (:class:`FeatureColumn`) with its
 indexes per identity (:class:`_Group`, :class:`_Partition`), matches traces to records
 (:class:`LookupResult`) and answers them. :class:`_Builder` makes one from records:
 ``LookupTable.load`` and ``from_records`` build through it and it builds a
@@ -44,11 +44,11 @@ from ..traces import (
     normalize_traces,
     skip_bom,
 )
-from .files import _PLAIN_INTEGER, _iter_csv_records, _iter_json_records, _iter_jsonl_records
-from .hashing import (_MASK, _NAN_INT, _SEED_INT, _code_bits, _float_bits, _float_int, _hash_parts, _mix_int, _probe,
-                      _probe_one, _sorted_index, _str_hash, _vocab_code)
+from .files import PLAIN_INTEGER, iter_csv_records, iter_json_records, iter_jsonl_records
+from .hashing import (MASK, NAN_INT, SEED_INT, code_bits, float_bits, float_int, hash_parts, mix_int, probe,
+                      probe_one, sorted_index, str_hash, vocab_code)
 from .names import RECORD_KEYS, SHAPE_FEATURES, table_format
-from .quantiles import TablePrediction, _merge_interval_knots, _merge_interval_knots_many, _quantiles_one, quantile_function
+from .quantiles import TablePrediction, merge_interval_knots, merge_interval_knots_many, quantile_function, quantiles_one
 
 MATCH_KINDS = ("exact", "task_id", "nearest", "random")
 _EXACT, _TASK, _NEAREST, _RANDOM = range(4)
@@ -68,7 +68,7 @@ _NOT_LOOKED_UP = -3
 
 
 @dataclass
-class _FeatureColumn:
+class FeatureColumn:
     name: str
     kind: str  # "numeric" | "categorical"
     values: np.ndarray  # float64 (numeric, NaN = missing) or int64 codes (-1 = missing)
@@ -211,7 +211,7 @@ class LookupTable:
         interval: np.ndarray,
         confidence: np.ndarray,
         versions: np.ndarray,
-        columns: list["_FeatureColumn"],
+        columns: list["FeatureColumn"],
         task_hashes: np.ndarray | None,
         skipped: int = 0,
         path: Path | None = None,
@@ -281,11 +281,11 @@ class LookupTable:
             except (OSError, EOFError) as exc:  # a damaged gzip stream
                 raise TraceError(f"{name}: cannot read the file ({exc})") from None
             if fmt == "csv":
-                records = _iter_csv_records(raw, name)
+                records = iter_csv_records(raw, name)
             elif fmt == "jsonl":
-                records = _iter_jsonl_records(raw, name)
+                records = iter_jsonl_records(raw, name)
             else:
-                records = _iter_json_records(raw, name, line_mode)
+                records = iter_json_records(raw, name, line_mode)
             return _Builder(name).build(records, path=path, fmt=fmt, seed=seed)
 
     @classmethod
@@ -307,10 +307,10 @@ class LookupTable:
         partitions: dict[int, _Partition] = {}
         weights = np.ones(len(num))
         if cols:
-            keys = _hash_parts([self._bits(j, rows) for j in cols], len(rows))
-            exact_keys, exact_rows = _sorted_index(keys, rows)
+            keys = hash_parts([self._bits(j, rows) for j in cols], len(rows))
+            exact_keys, exact_rows = sorted_index(keys, rows)
             unique_rows = np.sort(exact_rows)
-            cat_keys = _hash_parts([self._bits(j, unique_rows) for j in part_cols], len(unique_rows))
+            cat_keys = hash_parts([self._bits(j, unique_rows) for j in part_cols], len(unique_rows))
             order = np.argsort(cat_keys, kind="stable")
             sorted_keys = cat_keys[order]
             bounds = np.flatnonzero(np.diff(sorted_keys)) + 1
@@ -327,14 +327,14 @@ class LookupTable:
         if self.task_hashes is not None:
             th = self.task_hashes[rows]
             has = th >= 0
-            task_keys, task_rows = _sorted_index(th[has], rows[has])
+            task_keys, task_rows = sorted_index(th[has], rows[has])
         optional = frozenset(j for j in num if not self.columns[j].present(rows).all())
         shape_cols, seen = None, (None, None)
         names = {self.columns[j].name: j for j in cols}
         if flag is not None and (shape := self.shape_features.get(g)) and all(n in names for n in shape):
             shape_cols = [names[n] for n in shape]
             repeats = rows[self.columns[flag].values[rows] == 0.0]
-            seen = _sorted_index(_hash_parts([self._bits(j, repeats) for j in shape_cols], len(repeats)), repeats)
+            seen = sorted_index(hash_parts([self._bits(j, repeats) for j in shape_cols], len(repeats)), repeats)
         # Only where the table holds one model: in a table of several, a column none of this
         # model's records hold may be another model's feature, which this one never reads.
         present = set(cols)
@@ -395,7 +395,7 @@ class LookupTable:
 
     def _bits(self, j: int, rows: np.ndarray) -> np.ndarray:
         c = self.columns[j]
-        return _float_bits(c.values[rows]) if c.kind == "numeric" else _code_bits(c.values[rows])
+        return float_bits(c.values[rows]) if c.kind == "numeric" else code_bits(c.values[rows])
 
     def _standardised(self, cols: list[int], rows: np.ndarray) -> np.ndarray:
         Z = np.empty((len(rows), len(cols)))
@@ -602,7 +602,7 @@ class LookupTable:
             shape = g.shape_cols or []
             parts = [self._query_bits(j, values[j] if j in values else values.setdefault(j, self._query_column(j, flat)[0]))
                      for j in shape]
-            seen |= _probe(g.seen_keys, g.seen_rows, _hash_parts(parts, len(flat))) >= 0
+            seen |= probe(g.seen_keys, g.seen_rows, hash_parts(parts, len(flat))) >= 0
         return seen
 
     def _query_number(self, v: str) -> Any:
@@ -618,9 +618,9 @@ class LookupTable:
 
     def _query_bits(self, j: int, values: np.ndarray) -> np.ndarray:
         """:meth:`_bits` of query values of column ``j`` (from :meth:`_query_column`)."""
-        return _float_bits(values) if self.columns[j].kind == "numeric" else _code_bits(values)
+        return float_bits(values) if self.columns[j].kind == "numeric" else code_bits(values)
 
-    def _scalar_query(self, c: _FeatureColumn, v: Any) -> tuple[float | int, int] | None:
+    def _scalar_query(self, c: FeatureColumn, v: Any) -> tuple[float | int, int] | None:
         """One query value as :meth:`_query_column` reads it, and its hash bits: a number (NaN
         when missing) or a category code (-1 missing, -2 no record has it); None for a value
         of a numeric column that is no number."""
@@ -628,23 +628,23 @@ class LookupTable:
             if v.__class__ is str:
                 v = self._query_number(v)
             if v is None:
-                return math.nan, _NAN_INT
+                return math.nan, NAN_INT
             if isinstance(v, (int, float)):
                 q = float(v)
-                return q, _float_int(q)
+                return q, float_int(q)
             return None
-        q = -1 if v is None else _vocab_code(c.vocab, v)
-        return q, q & _MASK
+        q = -1 if v is None else vocab_code(c.vocab, v)
+        return q, q & MASK
 
     def _shape_hash(self, t: dict[str, Any], g: _Group) -> int | None:
-        """:func:`_hash_parts` of one trace's shape values, as :meth:`_query_column` reads them."""
-        h = _SEED_INT
+        """:func:`hash_parts` of one trace's shape values, as :meth:`_query_column` reads them."""
+        h = SEED_INT
         for j in g.shape_cols:  # type: ignore[union-attr]
             c = self.columns[j]
             got = self._scalar_query(c, t.get(c.name))
             if got is None:
                 return None  # not a number: its match fails on it
-            h = _mix_int(h ^ got[1])
+            h = mix_int(h ^ got[1])
         return h
 
     def _match(self, flat: list[dict[str, Any]], errors: list[str | None], groups: list[_Group]) -> LookupResult:
@@ -684,7 +684,7 @@ class LookupTable:
             for j in g.absent_cols:  # stated (anything but null) where no record holds it: not exact
                 name = self.columns[j].name
                 usable &= np.fromiter((flat[i].get(name) is None for i in todo.tolist()), dtype=bool, count=len(todo))
-            found = _probe(g.exact_keys, g.exact_rows, _hash_parts(parts, len(todo)))
+            found = probe(g.exact_keys, g.exact_rows, hash_parts(parts, len(todo)))
             found[~usable] = -1
             hit = found >= 0
             if hit.any():
@@ -709,7 +709,7 @@ class LookupTable:
                     keys = np.array([k[pick] for k in both], dtype=np.int64)
                     idx = np.asarray(todo, dtype=np.int64)
                     for g in groups:
-                        found = _probe(g.task_keys, g.task_rows, keys)
+                        found = probe(g.task_keys, g.task_rows, keys)
                         hit = (found >= 0) & (rows[idx] < 0)
                         rows[idx[hit]] = found[hit]
                         match[idx[hit]] = _TASK
@@ -741,7 +741,7 @@ class LookupTable:
         for g in featured:  # 1. exact
             if g.absent_cols and any(t.get(columns[j].name) is not None for j in g.absent_cols):
                 continue  # a feature no record of g holds, stated: none is the trace's exact record
-            h = _SEED_INT
+            h = SEED_INT
             query: list[Any] = []
             for j in g.cols:
                 c = columns[j]
@@ -749,16 +749,16 @@ class LookupTable:
                 if got is None or (c.kind == "categorical" and got[0] == -2):  # no number; a category no record has
                     break
                 query.append(got[0])
-                h = _mix_int(h ^ got[1])
+                h = mix_int(h ^ got[1])
             else:
-                row = _probe_one(g.exact_keys, g.exact_rows, h)
+                row = probe_one(g.exact_keys, g.exact_rows, h)
                 if row >= 0 and self._same_row(row, g.cols, query):
                     return row, _EXACT, 0.0, None
         tid = t.get("task_id")  # 2. task id
         if tid is not None and self.task_hashes is not None:
             for key in dict.fromkeys(_task_id_keys(tid)):
                 for g in groups:
-                    row = _probe_one(g.task_keys, g.task_rows, key)
+                    row = probe_one(g.task_keys, g.task_rows, key)
                     if row >= 0:
                         return row, _TASK, math.nan, None
         best_d, best_row, error = math.inf, -1, None  # 3. nearest
@@ -778,18 +778,18 @@ class LookupTable:
                                       else f"feature '{c.name}' must be a number")
                     break
             else:
-                h = _SEED_INT
+                h = SEED_INT
                 codes = []
                 for j in g.part_cols:
                     c = columns[j]
                     if c.kind == "numeric":  # the first-run flag
                         v = c.query_value(t)
-                        h = _mix_int(h ^ _float_int(float(v) if isinstance(v, (int, float)) else math.nan))
+                        h = mix_int(h ^ float_int(float(v) if isinstance(v, (int, float)) else math.nan))
                         continue
                     v = t.get(c.name)
-                    code = -1 if v is None else _vocab_code(c.vocab, v)
+                    code = -1 if v is None else vocab_code(c.vocab, v)
                     codes.append(code)
-                    h = _mix_int(h ^ (code & _MASK))
+                    h = mix_int(h ^ (code & MASK))
                 part = g.partitions.get(h)
                 if part is None:
                     error = error or self._category_message(g, codes)
@@ -868,7 +868,7 @@ class LookupTable:
             codes = np.full(n, _NOT_LOOKED_UP, dtype=np.int64)
         for i in np.flatnonzero(codes == _NOT_LOOKED_UP).tolist():
             v = raw[i]
-            codes[i] = -1 if v is None else _vocab_code(vocab, v)
+            codes[i] = -1 if v is None else vocab_code(vocab, v)
         return codes, codes == -1, np.zeros(n, dtype=bool)
 
     def _nearest(self, groups, todo, column, rows, match, dist, errors) -> None:
@@ -891,7 +891,7 @@ class LookupTable:
             if not usable.any():
                 continue
             sel = todo[usable]
-            cat_keys = _hash_parts([self._query_bits(j, column(j)[0][sel]) for j in g.part_cols], len(sel))
+            cat_keys = hash_parts([self._query_bits(j, column(j)[0][sel]) for j in g.part_cols], len(sel))
             Z = None
             if g.num_cols:
                 Z = np.empty((len(sel), len(g.num_cols)))
@@ -940,12 +940,12 @@ class LookupTable:
         if has_interval and abs(cl - confidence_level) <= 1e-12:
             interval = [lo, hi]
         else:
-            L, V = _merge_interval_knots(stored_levels, stored, cl, lo, hi) if has_interval else (stored_levels, stored)
-            interval = _quantiles_one(L, V, mu, sd, interval_levels(confidence_level))
+            L, V = merge_interval_knots(stored_levels, stored, cl, lo, hi) if has_interval else (stored_levels, stored)
+            interval = quantiles_one(L, V, mu, sd, interval_levels(confidence_level))
         if levels is None:
             return stored_levels, stored, interval
-        L, V = _merge_interval_knots(stored_levels, stored, cl, lo, hi) if has_interval else (stored_levels, stored)
-        return levels, _quantiles_one(L, V, mu, sd, levels), interval
+        L, V = merge_interval_knots(stored_levels, stored, cl, lo, hi) if has_interval else (stored_levels, stored)
+        return levels, quantiles_one(L, V, mu, sd, levels), interval
 
     def _pick(self, trace: dict[str, Any], n: int) -> int:
         try:
@@ -1136,7 +1136,7 @@ class LookupTable:
                 r = rows[sel]
                 L, V = self.levelsets[s], self.values[s][self.row_position[r]]
                 if cl > 0:
-                    L, V = _merge_interval_knots_many(L, V, cl, self.interval[r])
+                    L, V = merge_interval_knots_many(L, V, cl, self.interval[r])
                 yield sel, r, s, cl, L, V
 
     def _answer_many(self, rows: np.ndarray, levels: list[float] | None,
@@ -1191,7 +1191,7 @@ def _binned_effect(z: np.ndarray, t: np.ndarray, max_bins: int = 16) -> float:
 _NUMBERS = (int, float)
 
 
-def _column_from_values(name: str, values: list[Any]) -> _FeatureColumn:
+def _column_from_values(name: str, values: list[Any]) -> FeatureColumn:
     """A feature column from one value per row: numeric unless it holds a string, or where
     its strings all spell finite numbers beside numbers (a numeric feature's ``"1744"``, as
     the model reads it); categorical otherwise (strings alone, ``"8"`` and ``"16"`` too)."""
@@ -1216,14 +1216,14 @@ def _column_from_values(name: str, values: list[Any]) -> _FeatureColumn:
         if not (math.isfinite(mean) and math.isfinite(std)):
             # Values near the float limit: the column is too wide to measure distances on.
             mean, std = 0.0, float(np.finfo(np.float64).max)
-        return _FeatureColumn(name, "numeric", nums, mean=mean, scale=std if std > 0 else 1.0)
+        return FeatureColumn(name, "numeric", nums, mean=mean, scale=std if std > 0 else 1.0)
     # Strings (and numbers beside them, compared as their text): codes into a vocabulary.
     vocab: dict[str, int] = {}
     codes = np.fromiter(
         (-1 if v is None or isinstance(v, (dict, list)) else vocab.setdefault(category_text(v), len(vocab)) for v in values),
         dtype=np.int64, count=n,
     )
-    return _FeatureColumn(name, "categorical", codes, vocab=vocab, word_among_numbers=word)
+    return FeatureColumn(name, "categorical", codes, vocab=vocab, word_among_numbers=word)
 
 
 def _task_id_keys(value: Any) -> tuple[int, int]:
@@ -1231,19 +1231,19 @@ def _task_id_keys(value: Any) -> tuple[int, int]:
     other spelling: an integer's digits (a CSV table keeps an id as written, while a
     category reads an integer past 2**53 as the nearest float), a string of digits as the
     number (a JSON table keeps a number as one). The two are one where there is none."""
-    first = _str_hash(category_text(value))
+    first = str_hash(category_text(value))
     if isinstance(value, int) and not isinstance(value, bool):
-        return first, _str_hash(str(value))
-    if isinstance(value, str) and _PLAIN_INTEGER.fullmatch(value):
+        return first, str_hash(str(value))
+    if isinstance(value, str) and PLAIN_INTEGER.fullmatch(value):
         try:
-            return first, _str_hash(category_text(int(value)))
+            return first, str_hash(category_text(int(value)))
         except ValueError:  # more digits than int() reads
             pass
     return first, first
 
 
 def _task_hashes(values: list[Any]) -> np.ndarray:
-    return np.fromiter((-1 if v is None else _str_hash(category_text(v)) for v in values), dtype=np.int64, count=len(values))
+    return np.fromiter((-1 if v is None else str_hash(category_text(v)) for v in values), dtype=np.int64, count=len(values))
 
 
 class _Builder:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .stored import _standardisation, _stored_kinds, _stored_numbers
+from .stored import standardisation, stored_kinds, stored_numbers
 
 
 LEVEL_MIN_ROWS = 5
@@ -50,12 +50,12 @@ def single_threaded_blas() -> Iterator[None]:
         yield
 
 
-def _numeric_positions(kinds: Sequence[str]) -> list[int]:
+def numeric_positions(kinds: Sequence[str]) -> list[int]:
     """Columns of the numeric features a design uses."""
     return [j for j, k in enumerate(kinds) if k == "numeric"]
 
 
-def _categorical_positions(kinds: Sequence[str], n_categories: Sequence[int]) -> list[tuple[int, int]]:
+def categorical_positions(kinds: Sequence[str], n_categories: Sequence[int]) -> list[tuple[int, int]]:
     """(column, number of categories) of the categorical features a design uses."""
     return [(j, k) for j, (kind, k) in enumerate(zip(kinds, n_categories)) if kind == "categorical" and k > 0]
 
@@ -65,11 +65,11 @@ def _one_hot(X: np.ndarray, cats: Sequence[tuple[int, int]]) -> list[np.ndarray]
     return [(X[:, j:j + 1] == np.arange(k)[None, :]).astype(np.float64) for j, k in cats]
 
 
-def _design_matrix(dense: np.ndarray, X: np.ndarray, cats: Sequence[tuple[int, int]], sparse: bool):
+def design_matrix(dense: np.ndarray, X: np.ndarray, cats: Sequence[tuple[int, int]], sparse: bool):
     """The columns ``dense`` followed by the one-hot columns of ``cats``.
 
     With ``sparse``, a CSR matrix built from the category codes where the whole would be
-    wide and mostly zeros (:func:`_sparse_view`'s rule), so that neither the one-hot
+    wide and mostly zeros (:func:`sparse_view`'s rule), so that neither the one-hot
     columns nor their zeros are ever materialised densely: for a 2000-value categorical
     on 100k rows the dense design alone is 1.6 GB, and building it and finding its
     non-zeros cost more than the fits it fed. Otherwise a dense array.
@@ -100,16 +100,16 @@ def _design_matrix(dense: np.ndarray, X: np.ndarray, cats: Sequence[tuple[int, i
     return np.concatenate([dense] + _one_hot(X, cats), axis=1)
 
 
-def _with_intercept(A):
+def with_intercept(A):
     """``A`` with a column of ones in front, kept sparse when ``A`` is."""
-    if _is_sparse(A):
+    if is_sparse(A):
         import scipy.sparse as sp
 
         return sp.hstack([np.ones((A.shape[0], 1)), A], format="csr")
     return np.concatenate([np.ones((A.shape[0], 1)), A], axis=1)
 
 
-def _is_sparse(A) -> bool:
+def is_sparse(A) -> bool:
     return not isinstance(A, np.ndarray)
 
 
@@ -145,16 +145,16 @@ class LogLinearDesign:
 
     @property
     def _num(self) -> list[int]:
-        return _numeric_positions(self.kinds)
+        return numeric_positions(self.kinds)
 
     @property
     def width(self) -> int:
         """Columns of ``transform``: the numeric ones, then one per learned category."""
-        return len(self.center_) + sum(k for _, k in _categorical_positions(self.kinds, self.n_categories))
+        return len(self.center_) + sum(k for _, k in categorical_positions(self.kinds, self.n_categories))
 
     def fit(self, X: np.ndarray) -> "LogLinearDesign":
         num = self._num
-        L = _slog(X[:, num])
+        L = slog(X[:, num])
         self.knots_ = []
         for j in range(L.shape[1]):
             col = L[:, j][np.isfinite(L[:, j])]
@@ -231,7 +231,7 @@ class LogLinearDesign:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             R = self._numeric_raw(rows)
             R = np.where(np.isnan(R), self.center_, R)  # a missing value sits at the training mean
-            L = _slog(probe)[:, self._owners()]
+            L = slog(probe)[:, self._owners()]
             whole = (R[2] - R[0]) / (L[2] - L[0])
             slopes = np.stack([np.where(L[1] > L[0], (R[1] - R[0]) / (L[1] - L[0]), whole),
                                np.where(L[2] > L[1], (R[2] - R[1]) / (L[2] - L[1]), whole)])
@@ -241,18 +241,18 @@ class LogLinearDesign:
         num = self._num
         if not num:
             return np.zeros((len(X), 0))
-        Xn = _infinite_as_missing(X[:, num])
+        Xn = infinite_as_missing(X[:, num])
         edges = getattr(self, "edges_", None)
         if edges is None:  # a model stored before edges: raw values capped, the rest as they are
             rng = getattr(self, "raw_range_", None)
-            L = _slog(Xn)
+            L = slog(Xn)
             return self._columns(Xn if rng is None else np.minimum(np.maximum(Xn, rng[0]), rng[1]), L, Xn)
         # minimum/maximum rather than np.clip: same result, a fraction of the per-call cost.
         inside = np.minimum(np.maximum(Xn, edges[0]), edges[1])
-        Lc = _slog(inside)
+        Lc = slog(inside)
         R = self._columns(inside, Lc, inside)
         if self.slopes_.shape[1] and ((Xn < edges[0]) | (Xn > edges[1])).any():
-            D = (_slog(Xn) - Lc)[:, self._owners()]
+            D = (slog(Xn) - Lc)[:, self._owners()]
             R += np.where(D > 0, D * self.slopes_[1], np.where(D < 0, D * self.slopes_[0], 0.0))
         return R
 
@@ -276,7 +276,7 @@ class LogLinearDesign:
             Z[~np.isfinite(Z)] = 0.0
         else:
             Z = np.zeros((len(X), 0))
-        return _design_matrix(Z, X, _categorical_positions(self.kinds, self.n_categories), sparse)
+        return design_matrix(Z, X, categorical_positions(self.kinds, self.n_categories), sparse)
 
     def row(self, x: Sequence[float]) -> list[float]:
         """``transform`` of one row, in plain floats.
@@ -447,10 +447,10 @@ class LogLinearDesign:
         lows = highs = None
         if rng is not None and num:
             lows, highs = rng[0].tolist(), rng[1].tolist()
-        cats = _categorical_positions(self.kinds, self.n_categories)
+        cats = categorical_positions(self.kinds, self.n_categories)
         center = self.center_.tolist() if num else []
         spread = self.spread_.tolist() if num else []
-        levels = [(j, list(v), _slog(np.asarray(v)).tolist()) for j, v in zip(num, self.levels_) if v]
+        levels = [(j, list(v), slog(np.asarray(v)).tolist()) for j, v in zip(num, self.levels_) if v]
         return num, lows, highs, [list(k) for k in self.knots_], center, spread, cats, levels
 
     def to_json(self) -> dict[str, Any]:
@@ -468,16 +468,16 @@ class LogLinearDesign:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "LogLinearDesign":
-        obj = cls(_stored_kinds(d["kinds"], d["n_categories"]), d["n_categories"], int(d.get("hinges", 0)))
+        obj = cls(stored_kinds(d["kinds"], d["n_categories"]), d["n_categories"], int(d.get("hinges", 0)))
         obj.knots_ = [list(map(float, k)) for k in d.get("knots", [[] for k in d["kinds"] if k == "numeric"])]
         obj.levels_ = [list(map(float, v)) for v in d.get("levels", [[] for k in d["kinds"] if k == "numeric"])]
         obj.levels = max((len(v) for v in obj.levels_), default=0)
-        obj.center_, obj.spread_ = _standardisation(d, len(obj._owners()))
+        obj.center_, obj.spread_ = standardisation(d, len(obj._owners()))
         if "edges" in d:
-            obj.edges_ = _stored_numbers(d["edges"], "edges", ndim=2).reshape(2, -1)
-            obj.slopes_ = _stored_numbers(d["edge_slopes"], "edge_slopes", ndim=2).reshape(2, -1)
+            obj.edges_ = stored_numbers(d["edges"], "edges", ndim=2).reshape(2, -1)
+            obj.slopes_ = stored_numbers(d["edge_slopes"], "edge_slopes", ndim=2).reshape(2, -1)
         elif "raw_range" in d:  # stored before edges: predicts as it did
-            obj.raw_range_ = _stored_numbers(d["raw_range"], "raw_range", ndim=2).reshape(2, -1)
+            obj.raw_range_ = stored_numbers(d["raw_range"], "raw_range", ndim=2).reshape(2, -1)
         return obj
 
 
@@ -486,8 +486,8 @@ def _level_weights(v: np.ndarray, levels: np.ndarray) -> np.ndarray:
     value between two levels shares 1 between them by where it lies on the log scale (hat
     functions), one beyond them takes the nearest; a missing value is NaN (the training mean,
     once standardised)."""
-    sl = _slog(levels)
-    sv = _slog(np.minimum(np.maximum(v, levels[0]), levels[-1]))
+    sl = slog(levels)
+    sv = slog(np.minimum(np.maximum(v, levels[0]), levels[-1]))
     i = np.clip(np.searchsorted(sl, sv, side="right") - 1, 0, len(levels) - 2)
     with np.errstate(invalid="ignore"):
         t = np.clip((sv - sl[i]) / (sl[i + 1] - sl[i]), 0.0, 1.0)
@@ -519,14 +519,14 @@ def _discrete_levels(col: np.ndarray, max_levels: int) -> list[float]:
     return [float(v) for v in values]
 
 
-def _infinite_as_missing(Xn: np.ndarray) -> np.ndarray:
+def infinite_as_missing(Xn: np.ndarray) -> np.ndarray:
     """Numeric feature values with the infinite ones missing (NaN): no runtime follows from
     them, and the single-row paths read them so (a power law's floor made -inf finite)."""
     inf = np.isinf(Xn)
     return np.where(inf, np.nan, Xn) if inf.any() else Xn
 
 
-def _slog(x: np.ndarray) -> np.ndarray:
+def slog(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.log1p(np.abs(x))
 
 
@@ -537,9 +537,9 @@ def _slog(x: np.ndarray) -> np.ndarray:
 SPARSE_MIN_WIDTH = 64
 
 
-def _sparse_view(A: np.ndarray):
+def sparse_view(A: np.ndarray):
     """A CSR copy of a wide design that is mostly zeros (one-hot columns), else None; a sparse ``A`` itself."""
-    if _is_sparse(A):
+    if is_sparse(A):
         return A
     n, d = A.shape
     if not (_wants_sparse(n, d, None) and _wants_sparse(n, d, np.count_nonzero(A))):
@@ -555,7 +555,7 @@ def _wants_sparse(n: int, d: int, nnz: int | None) -> bool:
     return d >= SPARSE_MIN_WIDTH and n >= 1000 and (nnz is None or nnz <= 0.25 * n * d)
 
 
-def _wgram(A: np.ndarray, w: np.ndarray, S=None, dense: bool = True):
+def wgram(A: np.ndarray, w: np.ndarray, S=None, dense: bool = True):
     """``A.T @ (A * w[:, None])``; through the sparse view when there is one."""
     if S is None:
         return A.T @ (A * w[:, None])
@@ -565,7 +565,7 @@ def _wgram(A: np.ndarray, w: np.ndarray, S=None, dense: bool = True):
     return G.toarray() if dense else G
 
 
-def _wgrams(A: np.ndarray, V: np.ndarray, block: int = 1_000_000) -> np.ndarray:
+def wgrams(A: np.ndarray, V: np.ndarray, block: int = 1_000_000) -> np.ndarray:
     """``A.T @ (A * V[:, k, None])`` for every column ``k`` of ``V``, shape (columns, d, d).
 
     One matrix product per block of rows for all the columns at once: about 1.4 times
@@ -592,7 +592,7 @@ DENSE_SOLVE_SHARE = 0.1
 DENSE_SOLVE_MAX_SIZE = 4096
 
 
-def _sparse_lu(M):
+def sparse_lu(M):
     """The solve function of a factorisation of the square sparse matrix ``M``.
 
     Dense (Cholesky, else LU) where ``M`` is filled in enough that the sparse LU would
@@ -623,11 +623,11 @@ def _sparse_lu(M):
     return splu(M).solve
 
 
-def _sparse_solve(G, diag: np.ndarray, b: np.ndarray) -> np.ndarray:
+def sparse_solve(G, diag: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``(G + diag(diag))^-1 b`` for a sparse symmetric positive definite ``G``."""
     import scipy.sparse as sp
 
-    return _sparse_lu(G + sp.diags(diag))(b)
+    return sparse_lu(G + sp.diags(diag))(b)
 
 
 def _wsum(A: np.ndarray, w: np.ndarray, S=None) -> np.ndarray:
@@ -635,8 +635,8 @@ def _wsum(A: np.ndarray, w: np.ndarray, S=None) -> np.ndarray:
     return A.T @ w if S is None else S.T @ w
 
 
-def _gcv_alpha(A: np.ndarray, y: np.ndarray, w: np.ndarray | None = None, S=None) -> float:
-    """Ridge penalty (as taken by :func:`_ridge`) minimising generalised cross-validation error."""
+def gcv_alpha(A: np.ndarray, y: np.ndarray, w: np.ndarray | None = None, S=None) -> float:
+    """Ridge penalty (as taken by :func:`ridge_regression`) minimising generalised cross-validation error."""
     n, d = A.shape
     if d == 0 or n < 3:
         return 1.0
@@ -654,7 +654,7 @@ def _gcv_alpha(A: np.ndarray, y: np.ndarray, w: np.ndarray | None = None, S=None
     else:
         # Eigen-decomposition of the centred weighted Gram matrix (d x d) instead of an
         # SVD of the n x d design: the same spectrum, and (V' Ac' W yc)^2 = s^2 (U' yc)^2.
-        G = _wgram(A, w, S) - sw * np.outer(a_mean, a_mean)
+        G = wgram(A, w, S) - sw * np.outer(a_mean, a_mean)
         lam, V = np.linalg.eigh(G)
         lam, V = np.maximum(lam[::-1], 0.0), V[:, ::-1]
         beta2 = (V.T @ _wsum(A, w * (y - y_mean), S)) ** 2
@@ -680,7 +680,7 @@ def _gcv_alpha(A: np.ndarray, y: np.ndarray, w: np.ndarray | None = None, S=None
 _MIN_RELATIVE_PENALTY = 1e-10
 
 
-def _ridge(A: np.ndarray, y: np.ndarray, alpha: float, w: np.ndarray | None = None, S=None) -> tuple[float, np.ndarray]:
+def ridge_regression(A: np.ndarray, y: np.ndarray, alpha: float, w: np.ndarray | None = None, S=None) -> tuple[float, np.ndarray]:
     """Weighted ridge regression with an unpenalised intercept.
 
     A penalty too small for the solve to be exact (singular to working precision) is
@@ -720,9 +720,9 @@ def _ridge_solve(A: np.ndarray, y: np.ndarray, alpha: float, w: np.ndarray | Non
 
         d = A.shape[1]
         s = S.T @ w
-        G = _wgram(A, w, S, dense=False) + sp.diags(np.full(d, alpha * sw / len(y)))
+        G = wgram(A, w, S, dense=False) + sp.diags(np.full(d, alpha * sw / len(y)))
         K = sp.bmat([[sp.csr_matrix([[sw]]), sp.csr_matrix(s[None, :])], [sp.csr_matrix(s[:, None]), G]])
-        sol = _sparse_lu(K)(np.concatenate([[float(w @ y)], S.T @ (w * y)]))
+        sol = sparse_lu(K)(np.concatenate([[float(w @ y)], S.T @ (w * y)]))
         return float(sol[0]), sol[1:]
     a_mean = (A * w[:, None]).sum(axis=0) / sw
     y_mean = float((y * w).sum() / sw)

@@ -22,10 +22,10 @@ import numpy as np
 
 from ..distribution import row_dot
 from ..errors import shown
-from .design import (LEVEL_MIN_ROWS, UNUSED, LogLinearDesign, _categorical_positions, _design_matrix, _gcv_alpha,
-                     _infinite_as_missing, _is_sparse, _numeric_positions, _ridge, _slog, _sparse_lu, _sparse_view,
-                     _wgram)
-from .stored import _standardisation, _stored_finite_numbers, _stored_kinds, _stored_number
+from .design import (LEVEL_MIN_ROWS, UNUSED, LogLinearDesign, categorical_positions, design_matrix, gcv_alpha,
+                     infinite_as_missing, is_sparse, numeric_positions, ridge_regression, slog, sparse_lu, sparse_view,
+                     wgram)
+from .stored import standardisation, stored_finite_numbers, stored_kinds, stored_number
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class EmpiricalLocation(LocationModel):
 MAX_REGIME_FLAGS = 2
 
 
-def _regime_flags(X: np.ndarray, kinds: Sequence[str]) -> list[tuple[int, float]]:
+def regime_flags(X: np.ndarray, kinds: Sequence[str]) -> list[tuple[int, float]]:
     """Numeric features that take only the values 0 and 1, each on at least
     :data:`LEVEL_MIN_ROWS` rows (``first_of_shape``, a boolean): (column, share of ones).
 
@@ -98,7 +98,7 @@ def _regime_flags(X: np.ndarray, kinds: Sequence[str]) -> list[tuple[int, float]
     numeric feature is there to have slopes: each flag copies the other features' design
     columns (40 flags beside 20 features made a linear fit take 311 s instead of 9).
     """
-    numeric = _numeric_positions(kinds)
+    numeric = numeric_positions(kinds)
     flags = []
     for j in numeric:
         col = X[:, j][np.isfinite(X[:, j])]
@@ -168,13 +168,13 @@ class LinearLocation(LocationModel):
         self.design_ = LogLinearDesign(self.kinds, self.n_categories, hinges=self.hinges, levels=self.max_levels).fit(X)
         A = self.design_.transform(X, sparse=True)
         width = A.shape[1]
-        self.flags_ = _regime_flags(X, self.kinds) if self.regimes else []
+        self.flags_ = regime_flags(X, self.kinds) if self.regimes else []
         if self.flags_:
             keep = self._interacting()
             if len(keep):
-                flagged = [(A[:, keep].toarray() if _is_sparse(A) else A[:, keep]) * _flag_values(X[:, j], share)[:, None]
+                flagged = [(A[:, keep].toarray() if is_sparse(A) else A[:, keep]) * _flag_values(X[:, j], share)[:, None]
                            for j, share in self.flags_]
-                if _is_sparse(A):
+                if is_sparse(A):
                     import scipy.sparse as sp
 
                     A = sp.hstack([A] + flagged, format="csr")
@@ -184,11 +184,11 @@ class LinearLocation(LocationModel):
                 self.flags_ = []
         base_w = np.ones(len(y)) if w is None else w
         weights = base_w
-        S = _sparse_view(A)
-        alpha = self.alpha if self.alpha is not None else _gcv_alpha(A, y, base_w, S)
+        S = sparse_view(A)
+        alpha = self.alpha if self.alpha is not None else gcv_alpha(A, y, base_w, S)
         self.alpha_ = float(alpha)
         for it in range(4 + 4 * self.redescend):
-            b, coef = _ridge(A, y, alpha, weights, S)
+            b, coef = ridge_regression(A, y, alpha, weights, S)
             r = y - b - (A @ coef if S is None else S @ coef)
             mad = np.median(np.abs(r - np.median(r))) * 1.4826 + 1e-9
             if it < 4:
@@ -238,11 +238,11 @@ class LinearLocation(LocationModel):
         obj.alpha_ = float(d["alpha"])
         obj.design_ = LogLinearDesign.from_json(d["design"])
         obj.hinges = obj.design_.hinges
-        obj.intercept_ = _stored_number(d["intercept"], "intercept")
+        obj.intercept_ = stored_number(d["intercept"], "intercept")
         # Stored before regime flags: none, and the coefficients are the main effects.
         obj.flags_ = [(int(j), float(share)) for j, share in d.get("flags", [])]
         obj.regimes = bool(obj.flags_)
-        obj._split(_stored_finite_numbers(d["coef"], "coef"), obj.design_.width)
+        obj._split(stored_finite_numbers(d["coef"], "coef"), obj.design_.width)
         return obj
 
 
@@ -291,7 +291,7 @@ def _fit_overhead_power(B: np.ndarray, y: np.ndarray, w: np.ndarray, th: np.ndar
             H[:2, :2] = J2.T @ (J2 * v[:, None])
             H[:2, 2:] = (S.T @ (J2 * (v * q)[:, None])).T
             H[2:, :2] = H[:2, 2:].T
-            H[2:, 2:] = _wgram(B, v * q * q, S)
+            H[2:, 2:] = wgram(B, v * q * q, S)
             H += np.diag(penalty)
             g = np.concatenate([J2.T @ (v * r), S.T @ (v * q * r)]) - penalty * th
         if S is not None:
@@ -301,7 +301,7 @@ def _fit_overhead_power(B: np.ndarray, y: np.ndarray, w: np.ndarray, th: np.ndar
         for _ in range(20):
             D = H + lam * np.diag(np.diag(H) + 1e-12) if S is None else Hs + sp.diags(lam * (np.diag(H) + 1e-12), format="csc")
             try:
-                step = np.linalg.solve(D, g) if S is None else _sparse_lu(D)(g)
+                step = np.linalg.solve(D, g) if S is None else sparse_lu(D)(g)
                 if not bounds[0] < th[0] + step[0] < bounds[1]:
                     # The overhead at its bound: the other parameters step with it held
                     # there (a clipped full step would not descend, and the fit stalls).
@@ -309,7 +309,7 @@ def _fit_overhead_power(B: np.ndarray, y: np.ndarray, w: np.ndarray, th: np.ndar
                     if S is None:
                         step[1:] = np.linalg.solve(D[1:, 1:], g[1:] - D[1:, 0] * step[0])
                     else:
-                        step[1:] = _sparse_lu(D[1:, 1:])(g[1:] - D[1:, 0].toarray().ravel() * step[0])
+                        step[1:] = sparse_lu(D[1:, 1:])(g[1:] - D[1:, 0].toarray().ravel() * step[0])
             except (np.linalg.LinAlgError, RuntimeError):
                 step = np.zeros_like(th)
             new = th + step
@@ -363,23 +363,23 @@ class PowerLocation(LocationModel):
         """Per numeric feature: log, floored at half the smallest training value, or signed log1p."""
         floor = np.asarray(self.floor_)
         pos = floor > 0
-        out = _slog(Xn)
+        out = slog(Xn)
         if pos.any():
             with np.errstate(invalid="ignore"):
                 out[:, pos] = np.log(np.maximum(Xn[:, pos], floor[pos]))
         return out
 
     def _design(self, X: np.ndarray, sparse: bool = True):
-        num = _numeric_positions(self.kinds)
+        num = numeric_positions(self.kinds)
         Z = np.zeros((len(X), 0))
         if num:
-            Z = (self._logs(_infinite_as_missing(X[:, num])) - self.center_) / self.spread_
+            Z = (self._logs(infinite_as_missing(X[:, num])) - self.center_) / self.spread_
             Z[~np.isfinite(Z)] = 0.0  # a missing value sits at the training mean
-        return _design_matrix(Z, X, _categorical_positions(self.kinds, self.n_categories), sparse)
+        return design_matrix(Z, X, categorical_positions(self.kinds, self.n_categories), sparse)
 
     # -- fitting
     def fit(self, X, y, w=None):
-        num = _numeric_positions(self.kinds)
+        num = numeric_positions(self.kinds)
         Xn = X[:, num]
         floor = []
         for j in range(Xn.shape[1]):
@@ -394,8 +394,8 @@ class PowerLocation(LocationModel):
         w = np.ones(len(y)) if w is None else np.asarray(w, dtype=np.float64)
         # Start from the log-linear fit, its runtimes split evenly between an overhead
         # (half the fastest runtimes) and the work.
-        S = _sparse_view(B)
-        c0, c = _ridge(B, y, self.RIDGE, w, S)
+        S = sparse_view(B)
+        c0, c = ridge_regression(B, y, self.RIDGE, w, S)
         r = y - c0 - B @ c
         f_scale = max(float(np.median(np.abs(r - np.median(r)))) * 1.4826, 1e-6)
         bounds = (float(y.min()) - 12.0, float(y.max()))
@@ -428,12 +428,12 @@ class PowerLocation(LocationModel):
 
     def _make_row_plan(self) -> tuple:
         """What predict_row needs, as plain floats: made once per fit."""
-        num = _numeric_positions(self.kinds)
+        num = numeric_positions(self.kinds)
         coef = self.coef_.tolist()
         numeric = [(j, float(f), float(m), coef[i] / float(sd))
                    for i, (j, f, m, sd) in enumerate(zip(num, self.floor_, self.center_, self.spread_))]
         cats, col = [], len(num)
-        for j, k in _categorical_positions(self.kinds, self.n_categories):
+        for j, k in categorical_positions(self.kinds, self.n_categories):
             cats.append((j, coef[col:col + k]))
             col += k
         return self.intercept_, numeric, cats
@@ -446,15 +446,15 @@ class PowerLocation(LocationModel):
 
     @classmethod
     def from_json(cls, d, kinds, n_categories):
-        obj = cls(_stored_kinds(d["kinds"], d["n_categories"]), d["n_categories"])
-        p = len(_numeric_positions(obj.kinds))
-        obj.floor_ = _stored_finite_numbers(d["floor"], "floor").tolist()
+        obj = cls(stored_kinds(d["kinds"], d["n_categories"]), d["n_categories"])
+        p = len(numeric_positions(obj.kinds))
+        obj.floor_ = stored_finite_numbers(d["floor"], "floor").tolist()
         if len(obj.floor_) != p:
             raise ValueError(f"floor holds {len(obj.floor_)} values for {p} numeric features")
-        obj.center_, obj.spread_ = _standardisation(d, p)
-        obj.log_overhead_ = _stored_number(d["log_overhead"], "log_overhead")
-        obj.intercept_ = _stored_number(d["intercept"], "intercept")
-        obj.coef_ = _stored_finite_numbers(d["coef"], "coef")
+        obj.center_, obj.spread_ = standardisation(d, p)
+        obj.log_overhead_ = stored_number(d["log_overhead"], "log_overhead")
+        obj.intercept_ = stored_number(d["intercept"], "intercept")
+        obj.coef_ = stored_finite_numbers(d["coef"], "coef")
         return obj
 
 
@@ -535,10 +535,10 @@ class LightGBMLocation(LocationModel):
                 r = y - init
                 mad = float(np.median(np.abs(r - np.median(r)))) * 1.4826
                 params["alpha"] = float(np.clip(1.345 * mad, 0.05, 1.0))
-        _check_interaction_constraints(params.get("interaction_constraints"), X.shape[1])
+        check_interaction_constraints(params.get("interaction_constraints"), X.shape[1])
         # The threads are the service's (a model stored when a request could set them keeps
         # its parameter, unused); OpenMP's default is far slower than one thread on small data.
-        aliases = _lightgbm_aliases()
+        aliases = lightgbm_aliases()
         params = {k: v for k, v in params.items() if aliases.get(k, k) != "num_threads"}
         self.params_used_ = dict(params)
         params["num_threads"] = 1 if len(y) < 50_000 else (os.cpu_count() or 1)
@@ -630,7 +630,7 @@ def _booster_text(text: Any, digest: Any) -> tuple[str, int]:
     trees = len(_TREE_HEADER.findall(raw))
     if digest is not None and (not isinstance(digest, str) or hashlib.sha256(raw).hexdigest() != digest):
         raise ValueError("the LightGBM booster text does not match its SHA-256 digest: the file is damaged")
-    _check_trees(text)
+    check_trees(text)
     m = _TREE_SIZES.search(text)
     if m is None:
         return _through_trees(text), trees
@@ -656,7 +656,7 @@ def _booster_text(text: Any, digest: Any) -> tuple[str, int]:
 _MAX_FEATURE_IDX = re.compile(r"^max_feature_idx=(-?\d+)$", re.MULTILINE)
 
 
-def _check_trees(text: str) -> None:
+def check_trees(text: str) -> None:
     """Raise ValueError unless every tree of a booster text is one LightGBM can walk.
 
     LightGBM's parser takes a tree's arrays as they are: a child index past the tree, a
@@ -681,11 +681,11 @@ def _check_trees(text: str) -> None:
     trees = []
     for k, block in enumerate(blocks):
         try:
-            trees.append(_tree_fields(block))
+            trees.append(tree_fields(block))
         except ValueError as exc:
             raise ValueError(f"the LightGBM booster text is damaged: tree {k}: {exc}") from None
     with contextlib.suppress(ValueError, KeyError, IndexError, OverflowError):
-        if _trees_walkable(trees, n_features):
+        if trees_walkable(trees, n_features):
             return
     # Damaged, or so the check of all at once says: tree by tree, to say which and why (all at
     # once, 2,000 trees of 63 leaves, an 11.7 MB text, are checked in about 0.2 s, LightGBM's
@@ -703,7 +703,7 @@ def _check_trees(text: str) -> None:
 _TREE_LINES = 22
 
 
-def _tree_fields(block: str) -> dict[str, str]:
+def tree_fields(block: str) -> dict[str, str]:
     """A tree's ``key=value`` lines (after its ``Tree=k`` line), as LightGBM reads them; a
     ValueError where LightGBM would read them otherwise than they look."""
     lines = block.splitlines()[1:]
@@ -724,7 +724,7 @@ def _tree_fields(block: str) -> dict[str, str]:
     return fields
 
 
-def _trees_walkable(trees: list[dict[str, str]], n_features: int) -> bool:
+def trees_walkable(trees: list[dict[str, str]], n_features: int) -> bool:
     """What :func:`_check_tree` checks, for every tree at once: True where all pass."""
     if not trees:
         return True
@@ -911,7 +911,7 @@ FAMILIES: dict[str, type[LocationModel]] = {
 }
 
 
-def _check_interaction_constraints(groups: Any, n_features: int) -> None:
+def check_interaction_constraints(groups: Any, n_features: int) -> None:
     """LightGBM aborts the process on a feature number beyond the data's: refused here instead."""
     if groups is None:
         return
@@ -924,7 +924,7 @@ def _check_interaction_constraints(groups: Any, n_features: int) -> None:
                                  f"feature column(s), numbered 0 to {n_features - 1}")
 
 
-def _lightgbm_aliases() -> dict[str, str]:
+def lightgbm_aliases() -> dict[str, str]:
     """Every LightGBM parameter name and alias, mapped to its canonical name."""
     global _LGB_ALIASES
     if _LGB_ALIASES is None:

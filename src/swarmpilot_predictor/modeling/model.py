@@ -22,13 +22,13 @@ from ..errors import shown
 from ..traces import MAX_RUNTIME, MIN_RUNTIME, RUNTIME_RANGE
 from .design import UNUSED, single_threaded_blas
 from .locations import (FAMILIES, MAX_BOOST_ROUNDS, EmpiricalLocation, LightGBMLocation, LinearLocation, LocationModel,
-                        PowerLocation, _regime_flags)
-from .params import ALGORITHMS, MODEL_PARAMS, _params_without_column, lightgbm_errors
+                        PowerLocation, regime_flags)
+from .params import ALGORITHMS, MODEL_PARAMS, lightgbm_errors, params_without_column
 from .scale import SCALE_MIN_ROWS, ScaleModel
 from .scoring import EVAL_LEVELS, moment_metrics, pinball_losses, quantile_metrics
-from .shape import (QUANTILE_SHAPE, SHAPE_MODELS, SHAPE_SUFFIX, QuantileShapeModel, ShapeModel, _increasing,
-                    _shape_from_json, recalibration_map)
-from .stored import _atoms_from_json, finite_number
+from .shape import (QUANTILE_SHAPE, SHAPE_MODELS, SHAPE_SUFFIX, QuantileShapeModel, ShapeModel, increasing,
+                    recalibration_map, shape_from_json)
+from .stored import atoms_from_json, finite_number
 
 
 # Training rows (a random sample above this) whose ratios to their predicted means measure
@@ -135,7 +135,7 @@ class HeldOut(NamedTuple):
         if self.shapes is not None:
             shape, x, yk = self.shapes[k]
             F = shape.raw_cdf(self.shape_inputs[rows]) if raw_cdf is None else raw_cdf
-            knots, cdf = shape.knots_, _increasing(np.interp(F, x, yk))
+            knots, cdf = shape.knots_, increasing(np.interp(F, x, yk))
         return RuntimeDistribution(self.oof[rows], self.scale[rows], self.scores[k], knots, cdf, self.bounds,
                                    atoms=self.atoms[k])
 
@@ -199,7 +199,7 @@ def clearly_lower(d: np.ndarray, se: float = SELECTION_SE) -> bool:
     return bool(d.mean() < -se * _mean_se(d))
 
 
-def _location_pinball(ylog: np.ndarray, oof: np.ndarray, fold: np.ndarray) -> np.ndarray:
+def location_pinball(ylog: np.ndarray, oof: np.ndarray, fold: np.ndarray) -> np.ndarray:
     """Per-row pinball loss (over ``EVAL_LEVELS``) of out-of-fold locations with a constant scale.
 
     Each fold's quantiles add the other folds' residual quantiles to its location:
@@ -232,7 +232,7 @@ def _pays_off(richer: np.ndarray, plainer: np.ndarray, ylog: np.ndarray, fold: n
     """Whether the richer of two out-of-fold locations lowers the held-out pinball loss of a
     constant-scale fit by more than ``SELECTION_SE`` standard errors (the one-standard-error
     rule, as in :func:`_choose`)."""
-    return clearly_lower(_location_pinball(ylog, richer, fold) - _location_pinball(ylog, plainer, fold))
+    return clearly_lower(location_pinball(ylog, richer, fold) - location_pinball(ylog, plainer, fold))
 
 
 def _choose(candidates: list[dict[str, Any]]) -> dict[str, Any]:
@@ -381,7 +381,7 @@ class QuantileModel:
                 oof, tuned = self._oof_boosted(X, ylog, fold, w, kinds, bool(self.params["regimes"]))
                 return oof, {**tuned, "regimes": bool(self.params["regimes"])}, None
             oof, tuned = self._oof_boosted(X, ylog, fold, w, kinds, False)
-            if self.params.get("lgb_linear_base", True) and _regime_flags(X, self.kinds if kinds is None else kinds):
+            if self.params.get("lgb_linear_base", True) and regime_flags(X, self.kinds if kinds is None else kinds):
                 # The linear base with each regime's own slopes (LinearLocation): kept
                 # where the folds say so, as for the linear family. (It made the boosted
                 # fit far worse on the H200 vision traces, and better on the H100 ones.)
@@ -399,7 +399,7 @@ class QuantileModel:
             # Each regime's own slopes (LinearLocation) are kept where they lower the
             # held-out loss by more than a standard error: on 12,000 H200 runs with a
             # row counter among the features they cost more than they brought.
-            if _regime_flags(X, self.kinds if kinds is None else kinds):
+            if regime_flags(X, self.kinds if kinds is None else kinds):
                 regimes = tuned["regimes"] = True
         if "hinges" not in self.params:
             # Hinges bend the power law (fixed overheads plus per-unit costs); on a
@@ -726,7 +726,7 @@ class QuantileModel:
         heldout_q = np.full((n, len(EVAL_LEVELS)), np.nan)  # the pair's held-out quantiles
         heldout_mean, heldout_sd = np.full(n, np.nan), np.full(n, np.nan)  # and means and sds
         models, parts = [], []
-        params = _params_without_column(self.params, j)
+        params = params_without_column(self.params, j)
         for mask in (~flag, flag):
             rows = np.flatnonzero(mask)
             sub = QuantileModel(kinds, ncats, "auto", self.n_folds, params, self.random_state)
@@ -1352,7 +1352,7 @@ class QuantileModel:
             raise ValueError(f"shape_reads_location is {shown(reads)}, not true or false")
         obj.shape_reads_location_ = reads
         shape_kinds = obj.kinds + ["numeric"] if reads else obj.kinds
-        obj.shape_ = None if shape is None else _shape_from_json(shape, shape_kinds, obj._categories_for(shape_kinds), obj.score_)
+        obj.shape_ = None if shape is None else shape_from_json(shape, shape_kinds, obj._categories_for(shape_kinds), obj.score_)
         if obj.shape_ is not None and len(obj.shape_.design_.kinds) != len(shape_kinds):
             # The shape's design reads the columns its flag says: one more, the location, or none.
             raise ValueError(f"the shape model reads {len(obj.shape_.design_.kinds)} columns, not the "
@@ -1366,7 +1366,7 @@ class QuantileModel:
         if not (finite_number(sd) and 0.0 <= sd <= 10.0):
             raise ValueError(f"shared_log_sd is {shown(sd)}, not a log standard deviation in [0, 10]")
         obj.shared_log_sd_ = float(sd)
-        obj._set_atoms(_atoms_from_json(d.get("atoms", [])))  # models stored before them: none
+        obj._set_atoms(atoms_from_json(d.get("atoms", [])))  # models stored before them: none
         obj.cv_ = d.get("cv", {})
         obj.features_used_ = d.get("features_used") or [True] * len(obj.kinds)
         # Models stored before regimes: none.

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import cut, shown
-from .locations import FAMILIES, LightGBMLocation, _check_interaction_constraints, _lightgbm_aliases
+from .locations import FAMILIES, LightGBMLocation, check_interaction_constraints, lightgbm_aliases
 
 
 ALGORITHMS = ("auto", "empirical", "linear", "power", "lightgbm")
@@ -119,7 +119,7 @@ def check_params(params: dict[str, Any], algorithm: str) -> None:
             raise ValueError(f"'{name}' must be {what}, got {shown(value)}")
     if foreign:
         _check_lightgbm_params(foreign, algorithm)
-        canonical = _lightgbm_aliases()
+        canonical = lightgbm_aliases()
         boosting = [v for k, v in foreign.items() if canonical.get(k) == "boosting"]
         if any(v == "dart" for v in boosting):
             # Without early stopping every fold runs all its rounds: 3,000 rows at 10,000
@@ -137,7 +137,7 @@ def check_params(params: dict[str, Any], algorithm: str) -> None:
 def _check_lightgbm_params(params: dict[str, Any], algorithm: str) -> None:
     import lightgbm as lgb
 
-    canonical = _lightgbm_aliases()
+    canonical = lightgbm_aliases()
     for name in params:
         base = canonical.get(name)
         if base is None:
@@ -243,14 +243,14 @@ def per_feature_param_problem(params: dict[str, Any], columns: Sequence[str],
     that a derived column was the one it missed. LightGBM's refusal of a monotone category
     is fatal: it aborted the training worker's process."""
     for name, value in params.items():
-        canonical = None if name in MODEL_PARAMS else _lightgbm_aliases().get(name, name)
+        canonical = None if name in MODEL_PARAMS else lightgbm_aliases().get(name, name)
         if canonical not in _PER_FEATURE_LGB_PARAMS:
             continue
         if canonical == "interaction_constraints":
             # Checked here too, whichever family fits: 'auto' on 40 rows, which tries no
             # LightGBM, took feature 7 of a model of 2 columns, which 250 rows refused.
             try:
-                _check_interaction_constraints(value, len(columns))
+                check_interaction_constraints(value, len(columns))
             except ValueError as exc:
                 return name, f"{exc} ({', '.join(columns[:20])}{', ...' if len(columns) > 20 else ''})"
             continue
@@ -288,13 +288,13 @@ def _nonzero(v: Any) -> bool:
         return False  # not a number: LightGBM's own refusal says so
 
 
-def _params_without_column(params: dict[str, Any], j: int) -> dict[str, Any]:
+def params_without_column(params: dict[str, Any], j: int) -> dict[str, Any]:
     """``params`` for a model of the same columns but column ``j``: LightGBM's per-feature
     lists lose their entry ``j``, and ``interaction_constraints`` lose feature ``j`` and
     number the features after it one lower."""
     out = dict(params)
     for name, value in params.items():
-        canonical = None if name in MODEL_PARAMS else _lightgbm_aliases().get(name, name)
+        canonical = None if name in MODEL_PARAMS else lightgbm_aliases().get(name, name)
         if canonical == "interaction_constraints":
             if isinstance(value, list):
                 groups = []

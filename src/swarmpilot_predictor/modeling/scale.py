@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from ..distribution import row_dot
-from .design import LogLinearDesign, _is_sparse, _sparse_lu, _sparse_view, _wgram, _with_intercept
-from .stored import _stored_finite_numbers
+from .design import LogLinearDesign, is_sparse, sparse_lu, sparse_view, wgram, with_intercept
+from .stored import stored_finite_numbers
 
 
 # Residuals a feature-dependent scale needs: on fewer it is the constant one.
@@ -84,11 +84,11 @@ class ScaleModel:
         return self
 
     def _fit_log(self, A, a: np.ndarray, w: np.ndarray) -> np.ndarray:
-        A1 = _with_intercept(A)
+        A1 = with_intercept(A)
         R = self.alpha * np.eye(A1.shape[1])
         R[0, 0] = 0.0
         # Fisher scoring: the expected Hessian is A1' W A1 at every step.
-        S1 = _sparse_view(A1)
+        S1 = sparse_view(A1)
         if S1 is None:
             M, H = A1, (A1 * w[:, None]).T @ A1 + R
             solve = lambda g: np.linalg.solve(H, g)  # noqa: E731
@@ -96,7 +96,7 @@ class ScaleModel:
             # Wide one-hot design: one sparse LU of the (fixed) Fisher matrix for every step.
             import scipy.sparse as sp
 
-            M, solve = S1, _sparse_lu(_wgram(A1, w, S1, dense=False) + sp.diags(np.diag(R)))
+            M, solve = S1, sparse_lu(wgram(A1, w, S1, dense=False) + sp.diags(np.diag(R)))
         b = np.zeros(A1.shape[1])
         b[0] = np.log(max(float((w * a).sum() / w.sum()), 1e-12))
         for _ in range(50):
@@ -120,7 +120,7 @@ class ScaleModel:
         linear link is chosen only for scales of numeric features (see
         ``QuantileModel._scale_design``), a few columns each.
         """
-        M = A.toarray() if _is_sparse(A) else A
+        M = A.toarray() if is_sparse(A) else A
 
         def deviance(t: float, c: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
             eta, slope = _soft_floor(1.0 + M @ c)
@@ -136,7 +136,7 @@ class ScaleModel:
             g = np.concatenate([[u.sum()], M.T @ (u * v) + self.alpha * c])
             # The expected Hessian of the Laplace deviance in log s is w: D' W D, D = [1, A v].
             cross = M.T @ (w * v)
-            block = _wgram(M, w * v**2) + self.alpha * np.eye(len(c))
+            block = wgram(M, w * v**2) + self.alpha * np.eye(len(c))
             H = np.block([[np.array([[w.sum()]]), cross[None, :]], [cross[:, None], block]])
             step = np.linalg.solve(H, g)
             for _ in range(20):
@@ -194,5 +194,5 @@ class ScaleModel:
         obj = cls(kinds, n_categories, d["alpha"], design.hinges, link)
         obj.design_ = design
         obj.intercept_ = 0.0
-        obj.coef_ = _stored_finite_numbers(d["coef"], "coef")
+        obj.coef_ = stored_finite_numbers(d["coef"], "coef")
         return obj

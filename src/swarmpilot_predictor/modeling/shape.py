@@ -17,9 +17,9 @@ import numpy as np
 
 from ..distribution import ScoreDistribution, row_dot
 from ..errors import shown
-from .design import (LogLinearDesign, _categorical_positions, _is_sparse, _sparse_solve, _sparse_view, _wgram, _wgrams,
-                     _with_intercept)
-from .stored import _stored_finite_numbers
+from .design import (LogLinearDesign, categorical_positions, is_sparse, sparse_solve, sparse_view, wgram, wgrams,
+                     with_intercept)
+from .stored import stored_finite_numbers
 
 
 # Knots of the shape model: levels of the shared Z where per-task CDFs are modelled.
@@ -31,7 +31,7 @@ PCG_TOLERANCE = 1e-10  # relative residual of each Newton step's system
 PCG_MAX_ITERATIONS = 300
 
 
-def _newton_steps_pcg(S, St, V: np.ndarray, r: np.ndarray, G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def newton_steps_pcg(S, St, V: np.ndarray, r: np.ndarray, G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Solve ``(S' diag(V[:, k]) S + diag(r)) x_k = G[:, k]`` for every column at once by
     conjugate gradients, preconditioned by the diagonal; returns the solutions and which converged.
 
@@ -69,7 +69,7 @@ def _newton_steps_pcg(S, St, V: np.ndarray, r: np.ndarray, G: np.ndarray) -> tup
     return X, done
 
 
-def _logistic_ridge(A: np.ndarray, T: np.ndarray, alpha: float, w: np.ndarray | None = None, iters: int = 30) -> np.ndarray:
+def logistic_ridge(A: np.ndarray, T: np.ndarray, alpha: float, w: np.ndarray | None = None, iters: int = 30) -> np.ndarray:
     """Independent ridge logistic regressions of each column of ``T`` on ``A``.
 
     Newton's method for all columns at once, with step halving per column so
@@ -78,7 +78,7 @@ def _logistic_ridge(A: np.ndarray, T: np.ndarray, alpha: float, w: np.ndarray | 
     """
     n, d = A.shape
     K = T.shape[1]
-    A1 = _with_intercept(A)
+    A1 = with_intercept(A)
     D = d + 1
     w = np.ones(n) if w is None else np.asarray(w, dtype=np.float64)
     sw = w.sum()
@@ -90,8 +90,8 @@ def _logistic_ridge(A: np.ndarray, T: np.ndarray, alpha: float, w: np.ndarray | 
     r = np.full(D, float(alpha))
     r[0] = 1e-6
     # Outer products of the rows, to form every column's Hessian in one product.
-    outer = (A1[:, :, None] * A1[:, None, :]).reshape(n, D * D) if n * D * D <= 4_000_000 and not _is_sparse(A1) else None
-    S1 = None if outer is not None else _sparse_view(A1)
+    outer = (A1[:, :, None] * A1[:, None, :]).reshape(n, D * D) if n * D * D <= 4_000_000 and not is_sparse(A1) else None
+    S1 = None if outer is not None else sparse_view(A1)
     S1t = None  # its transpose, made for the first Newton step
     M = A1 if S1 is None else S1  # the products below through the sparse view where there is one
 
@@ -115,15 +115,15 @@ def _logistic_ridge(A: np.ndarray, T: np.ndarray, alpha: float, w: np.ndarray | 
             # seen) is solved directly.
             if S1t is None:
                 S1t = S1.T.tocsr()
-            found, converged = _newton_steps_pcg(S1, S1t, V[:, live], r, G[:, live])
+            found, converged = newton_steps_pcg(S1, S1t, V[:, live], r, G[:, live])
             step[:, live] = found
             for k in live[~converged]:
-                step[:, k] = _sparse_solve(_wgram(A1, V[:, k], S1, dense=False), r, G[:, k])
+                step[:, k] = sparse_solve(wgram(A1, V[:, k], S1, dense=False), r, G[:, k])
         else:
             if outer is not None:
                 H = (V[:, live].T @ outer).reshape(len(live), D, D)
             else:
-                H = _wgrams(A1, V[:, live])
+                H = wgrams(A1, V[:, live])
             H += np.diag(r)[None, :, :]
             step[:, live] = np.linalg.solve(H, G[:, live].T[:, :, None])[:, :, 0].T
         size = np.ones(K)
@@ -192,7 +192,7 @@ class ShapeModel:
         """(1 + columns, knots): each knot's ridge logistic regression of ``Z <= Q(l_k)``."""
         c = score.quantile(np.asarray(self.knots_))
         T = (z[:, None] <= c[None, :]).astype(np.float64)
-        return _logistic_ridge(A, T, self.alpha, w)
+        return logistic_ridge(A, T, self.alpha, w)
 
     def raw_cdf(self, X: np.ndarray) -> np.ndarray:
         """Uncalibrated CDF at the knots, (rows, knots), increasing along knots."""
@@ -200,7 +200,7 @@ class ShapeModel:
 
         A = self.design_.transform(X, sparse=True)
         F = expit(self.coef_[0][None, :] + row_dot(A, self.coef_[1:]))
-        return _increasing(F)
+        return increasing(F)
 
     def cdf(self, X: np.ndarray) -> np.ndarray:
         return self._recalibrate(self.raw_cdf(X))
@@ -222,7 +222,7 @@ class ShapeModel:
 
     def _recalibrate(self, F: np.ndarray) -> np.ndarray:
         if self.recal_ is not None:
-            F = _increasing(np.interp(F, *self.recal_))
+            F = increasing(np.interp(F, *self.recal_))
         return F
 
     def pit(self, F: np.ndarray, z: np.ndarray, score: ScoreDistribution) -> np.ndarray:
@@ -255,14 +255,14 @@ class ShapeModel:
         obj = cls(kinds, n_categories, d["alpha"], int(d.get("hinges", 0)))
         obj.knots_ = tuple(float(t) for t in d["knots"])
         obj.design_ = LogLinearDesign.from_json(d["design"])
-        obj.coef_ = _stored_finite_numbers(d["coef"], "coef", ndim=2).reshape(-1, len(obj.knots_))
+        obj.coef_ = stored_finite_numbers(d["coef"], "coef", ndim=2).reshape(-1, len(obj.knots_))
         rc = d.get("recalibration")
-        obj.recal_ = None if rc is None else (_stored_finite_numbers(rc[0], "recalibration"), _stored_finite_numbers(rc[1], "recalibration"))
+        obj.recal_ = None if rc is None else (stored_finite_numbers(rc[0], "recalibration"), stored_finite_numbers(rc[1], "recalibration"))
         return obj
 
 
 # Iterations of the quantile regression's MM algorithm, and its smoothing floor relative
-# to the scores' spread (see _quantile_regression).
+# to the scores' spread (see quantile_regression).
 QR_ITERATIONS = 100
 QR_MIN_SMOOTHING = 1e-6
 QR_TOLERANCE = 1e-4  # a level is done when no coefficient moves more than this (relative)
@@ -274,7 +274,7 @@ QR_MAX_ROWS = 5_000
 QR_MAX_WIDTH = 32
 
 
-def _quantile_regression(A: np.ndarray, y: np.ndarray, levels: Sequence[float], w: np.ndarray | None = None) -> np.ndarray:
+def quantile_regression(A: np.ndarray, y: np.ndarray, levels: Sequence[float], w: np.ndarray | None = None) -> np.ndarray:
     """Linear quantile regression of ``y`` on ``A`` (with an intercept) at every level at once.
 
     Returns coefficients (1 + columns, levels), the intercepts in row 0. Each level
@@ -352,7 +352,7 @@ class QuantileShapeModel(ShapeModel):
     @staticmethod
     def fits(kinds: Sequence[str], n_categories: Sequence[int]) -> bool:
         """Whether the design (no hinges) is narrow enough for this shape (:data:`QR_MAX_WIDTH`)."""
-        width = 2 * sum(k == "numeric" for k in kinds) + sum(k for _, k in _categorical_positions(kinds, n_categories))
+        width = 2 * sum(k == "numeric" for k in kinds) + sum(k for _, k in categorical_positions(kinds, n_categories))
         return 0 < width <= QR_MAX_WIDTH
 
     def fit(self, X, z, score, w=None, random_state=0):
@@ -361,7 +361,7 @@ class QuantileShapeModel(ShapeModel):
 
     def _coefficients(self, A, z, score, w):
         """(1 + columns, knots): each knot level's linear quantile regression of ``Z``."""
-        return _quantile_regression(A if isinstance(A, np.ndarray) else A.toarray(), z, self.knots_, w)
+        return quantile_regression(A if isinstance(A, np.ndarray) else A.toarray(), z, self.knots_, w)
 
     def attach(self, score: ScoreDistribution) -> None:
         """The pooled scores this shape reads its knots against (the model's ``score_``)."""
@@ -384,7 +384,7 @@ class QuantileShapeModel(ShapeModel):
             j = np.clip((U <= lv).sum(axis=1) - 1, 0, K)
             u0, u1 = U[rows, j], U[rows, j + 1]
             F[:, k] = T[j] + (lv - u0) / np.maximum(u1 - u0, 1e-12) * (T[j + 1] - T[j])
-        return _increasing(F)
+        return increasing(F)
 
     def raw_cdf(self, X: np.ndarray) -> np.ndarray:
         A = self.design_.transform(X, sparse=True)
@@ -406,7 +406,7 @@ class QuantileShapeModel(ShapeModel):
         return _increasing_row([_interp1(v, *self._recal_lists()) for v in F])
 
 
-def _shape_from_json(d: dict[str, Any], kinds, n_categories, score: ScoreDistribution) -> ShapeModel:
+def shape_from_json(d: dict[str, Any], kinds, n_categories, score: ScoreDistribution) -> ShapeModel:
     """The shape model ``to_json`` wrote, of either kind (one stored without a kind is logistic)."""
     if not isinstance(d, dict):
         raise ValueError(f"the shape model is {shown(d)}, not an object")
@@ -421,7 +421,7 @@ def _shape_from_json(d: dict[str, Any], kinds, n_categories, score: ScoreDistrib
     return shape
 
 
-def _increasing(F: np.ndarray) -> np.ndarray:
+def increasing(F: np.ndarray) -> np.ndarray:
     """Clip into (0, 1) and make strictly increasing along the last axis."""
     k = F.shape[-1]
     F = np.clip(F, 1e-6, 1 - 1e-6 - k * 1e-9)
@@ -429,7 +429,7 @@ def _increasing(F: np.ndarray) -> np.ndarray:
 
 
 def _increasing_row(F: list[float]) -> list[float]:
-    """``_increasing`` of one row of plain floats."""
+    """``increasing`` of one row of plain floats."""
     k = len(F)
     hi = 1 - 1e-6 - k * 1e-9
     out = []

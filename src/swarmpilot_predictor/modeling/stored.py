@@ -19,14 +19,14 @@ def finite_number(v: Any) -> bool:
     return type(v) in (int, float) and math.isfinite(v)
 
 
-def _stored_number(v: Any, what: str) -> float:
+def stored_number(v: Any, what: str) -> float:
     """A stored finite number (``float()`` reads the string "NaN" as one)."""
     if not finite_number(v):
         raise ValueError(f"{what} is {shown(v)}, not a finite number")
     return float(v)
 
 
-def _stored_numbers(values: Any, what: str, ndim: int = 1) -> np.ndarray:
+def stored_numbers(values: Any, what: str, ndim: int = 1) -> np.ndarray:
     """A stored array of numbers, as floats; a null (NaN, as orjson writes it) reads as NaN.
 
     numpy alone reads the strings "NaN" or "1e9" as numbers: a damaged file was served.
@@ -44,17 +44,17 @@ def _stored_numbers(values: Any, what: str, ndim: int = 1) -> np.ndarray:
     return a.astype(np.float64)
 
 
-def _stored_finite_numbers(values: Any, what: str, ndim: int = 1) -> np.ndarray:
-    """``_stored_numbers`` that must all be finite: a fitted coefficient is never null (a null
+def stored_finite_numbers(values: Any, what: str, ndim: int = 1) -> np.ndarray:
+    """``stored_numbers`` that must all be finite: a fitted coefficient is never null (a null
     one made every location NaN, which is answered as the middle of the training runtimes:
     a damaged model served one runtime whatever the task)."""
-    a = _stored_numbers(values, what, ndim)
+    a = stored_numbers(values, what, ndim)
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{what} holds a value that is not a finite number")
     return a
 
 
-def _stored_kinds(kinds: Any, n_categories: Any) -> list[str]:
+def stored_kinds(kinds: Any, n_categories: Any) -> list[str]:
     """A stored design's column kinds, checked against its category counts."""
     if not (isinstance(kinds, list) and all(k in ("numeric", "categorical", "unused") for k in kinds)):
         raise ValueError(f"kinds is {shown(kinds)}, not a list of numeric, categorical and unused")
@@ -64,14 +64,14 @@ def _stored_kinds(kinds: Any, n_categories: Any) -> list[str]:
     return kinds
 
 
-def _standardisation(d: dict[str, Any], width: int) -> tuple[np.ndarray, np.ndarray]:
+def standardisation(d: dict[str, Any], width: int) -> tuple[np.ndarray, np.ndarray]:
     """A stored design's centres and spreads, ``width`` of each, the spreads positive (one
     of 0 divided by zero; a negative one turned every effect round).
 
     A null (NaN) is a statistic that overflowed in a model stored before 2026-11-28, for a
     feature near the float limit: read as training now writes it (centre 0, the largest
     spread), a column about zero."""
-    center, spread = _stored_numbers(d["center"], "center"), _stored_numbers(d["spread"], "spread")
+    center, spread = stored_numbers(d["center"], "center"), stored_numbers(d["spread"], "spread")
     if not len(center) == len(spread) == width:
         raise ValueError(f"center and spread hold {len(center)} and {len(spread)} values for {width} columns")
     overflowed = np.isnan(center) | np.isnan(spread)
@@ -83,7 +83,7 @@ def _standardisation(d: dict[str, Any], width: int) -> tuple[np.ndarray, np.ndar
     return center, spread
 
 
-def _atoms_from_json(values: Any) -> np.ndarray:
+def atoms_from_json(values: Any) -> np.ndarray:
     # Numbers only: numpy would read true as 1.0 and "3" as 3.0, and serve a damaged file.
     if not (isinstance(values, list) and len(values) <= MAX_ATOMS
             and all(type(v) in (int, float) for v in values)):
