@@ -867,7 +867,8 @@ def section_queues_in_process(data_dir: Path) -> None:
     (the same and a new task), each task in two queues; then 16 queues of 10 tasks, the
     first running, each task in one; then 16 queues of 10 traces of the H100 vision example
     (``examples/data``), its model trained with ``algorithm: auto`` (slow modes: a queue's
-    tasks split probability bins), none running."""
+    tasks split probability bins), none running; then 1,000 queues of 10 tasks, the first
+    running (2 requests of each kind, four rounds)."""
     from swarmpilot_predictor import distribution
     from swarmpilot_predictor.identity import IdentityPattern
     from swarmpilot_predictor.schemas import TrainConfig
@@ -901,15 +902,19 @@ def section_queues_in_process(data_dir: Path) -> None:
     def sixteen_vision() -> dict[str, list[dict]]:
         return {f"gpu-{k}": [dict(vision_pool[i]) for i in rng.integers(0, len(vision_pool), 10)] for k in range(16)}
 
+    def thousand() -> dict[str, list[dict]]:
+        return {f"gpu-{k}": [{**q[0], "elapsed_ms": 500.0}, *q[1:]] for k, q in enumerate(tasks(10) for _ in range(1000))}
+
     remembering = distribution.TaskDistributions.for_totals
     try:
-        for label, make, model in (("8 instances' wait and completion (16 queues, 0 to 7 tasks)", instances, pattern),
-                                   ("16 queues of 10 tasks, the first running", sixteen, pattern),
-                                   ("the H100 vision example's model, 16 queues of 10 tasks", sixteen_vision,
-                                    IdentityPattern.from_parts(vision))):
-            asks = [make() for _ in range(40)]
+        for label, make, model, requests, rounds in (
+                ("8 instances' wait and completion (16 queues, 0 to 7 tasks)", instances, pattern, 40, 6),
+                ("16 queues of 10 tasks, the first running", sixteen, pattern, 40, 6),
+                ("the H100 vision example's model, 16 queues of 10 tasks", sixteen_vision, IdentityPattern.from_parts(vision), 40, 6),
+                ("1,000 queues of 10 tasks, the first running", thousand, pattern, 2, 4)):
+            asks = [make() for _ in range(requests)]
             took: dict[bool, list[float]] = {True: [], False: []}
-            for rnd in range(6):
+            for rnd in range(rounds):
                 for once in (True, False) if rnd % 2 else (False, True):
                     distribution.TaskDistributions.for_totals = remembering if once else (lambda self, levels, subsets=(): self)
                     for queues in asks:

@@ -1101,3 +1101,27 @@ def test_a_batch_too_large_to_hold_discretised_leaves_each_queue_its_own(monkeyp
         np.testing.assert_array_equal(remembered.subset(rows).total().quantiles([0.5, 0.9]),
                                       dist.subset(rows).total().quantiles([0.5, 0.9]))
     assert discretised == [10, 10, 20, 20]  # each queue its own, for the remembered total and the plain one
+
+
+@pytest.mark.parametrize("shared_factor", [False, True])
+def test_the_totals_of_many_subsets_taken_a_few_at_a_time_are_each_subsets_own(monkeypatch, shared_factor):
+    from swarmpilot_predictor import distribution
+    from swarmpilot_predictor.distribution import RemainingDistribution
+
+    rng = np.random.default_rng(7)
+    n = 60
+    whole = RuntimeDistribution(np.log(rng.uniform(20, 400, n)), rng.uniform(0.2, 0.7, n), normal_score(), shared_log_sd=0.1)
+    batch = RemainingDistribution.of(whole, np.where(np.arange(n) % 7 == 0, 50.0, 0.0))
+    # Queues of 1 to 20 tasks, some sharing tasks, one longer than a chunk may hold.
+    subsets = [rng.choice(n, int(k), replace=False) for k in rng.integers(1, 21, 12)] + [np.arange(n)]
+    monkeypatch.setattr(distribution, "_BATCH_NODES_MAX_TASKS", 25)
+    chunks = []
+    real = RemainingDistribution.for_totals
+    monkeypatch.setattr(RemainingDistribution, "for_totals", lambda self, levels, rows=(): chunks.append(len(self)) or real(self, levels, rows))
+    levels = [0.05, 0.5, 0.95]
+    got = batch.subset_totals(subsets, levels, shared_factor)
+    assert len(got) == len(subsets) and len(chunks) > 3 and max(chunks[:-1]) <= 25 and chunks[-1] == n
+    for rows, total in zip(subsets, got):
+        own = batch.subset(rows).total(shared_factor)
+        assert (total.mean, total.variance) == (own.mean, own.variance)
+        np.testing.assert_array_equal(total.quantiles(levels), own.quantiles(levels))

@@ -613,6 +613,28 @@ class TaskDistributions:
                                           for asked in (_MOST, [_LEAST_LEVEL], list(levels))},
                                    _BatchNodes(self, summed), np.arange(len(self)))
 
+    def subset_totals(self, subsets: Sequence[np.ndarray], levels: Sequence[float],
+                      shared_factor: bool = False) -> list["TotalDistribution"]:
+        """The total of each of ``subsets`` of these tasks (their rows: a request's queues,
+        none empty), each the one the subset alone makes, read at ``levels``: the subsets
+        taken a few at a time (:meth:`for_totals` of the tasks of at most
+        ``_BATCH_NODES_MAX_TASKS`` of theirs, one subset at least), so that what is worked
+        out once for them is held for a bounded number of tasks."""
+        out: list[TotalDistribution] = []
+        start = 0
+        while start < len(subsets):
+            end, size = start + 1, len(subsets[start])
+            while end < len(subsets) and size + len(subsets[end]) <= _BATCH_NODES_MAX_TASKS:
+                size += len(subsets[end])
+                end += 1
+            rows = [np.asarray(r, dtype=np.int64) for r in subsets[start:end]]
+            tasks = np.unique(np.concatenate(rows))
+            local = [np.searchsorted(tasks, r) for r in rows]
+            these = self.subset(tasks).for_totals(levels, local)
+            out.extend(these.subset(r).total(shared_factor) for r in local)
+            start = end
+        return out
+
     def total_moments(self, shared_factor: bool = False) -> tuple[float, float]:
         """The mean and variance of ``total(shared_factor)``, without its distribution: the
         tasks' moments summed, at a small part of the cost."""
@@ -941,8 +963,10 @@ class RememberedQuantiles(TaskDistributions):
         return self.tasks._node_values(rows, atoms, stratum, strata)
 
 
-# The most tasks a request's batch is discretised for at once (:class:`_BatchNodes`): held
-# for the request, at 4.5 kB a task or more; a larger batch's queues work out their own.
+# The most tasks discretised for sums at once (:class:`_BatchNodes`; held while their subsets'
+# totals are worked out, 9 kB a task or more): ``subset_totals`` takes a request's queues in
+# groups of at most this many tasks; a larger batch given to ``for_totals`` has each
+# subset work out its own.
 _BATCH_NODES_MAX_TASKS = 4096
 
 
@@ -1079,7 +1103,8 @@ class _RemainingSumTable(_SumTable):
         self.local[running] = np.arange(len(running))
         u = _sum_nodes(_SUM_ATOMS, fine_tails=True)[0]
         reach = _sum_nodes()[0][[0, -1]]
-        self.left = dist._left(running, np.broadcast_to(np.clip(u, *reach), (len(running), len(u))))
+        self.left = (dist._left(running, np.broadcast_to(np.clip(u, *reach), (len(running), len(u))))
+                     if len(running) else np.zeros((0, len(u))))
 
     def of(self, places: np.ndarray) -> list["_SumBlock"] | None:
         waiting, running = self.dist._running(places)

@@ -738,20 +738,19 @@ class PredictorService:
         _check_queue_values(len(names), len(levels))
         errors: list[str | None] = []
         ok = np.zeros(0, dtype=bool)
-        rows: list[np.ndarray] = []  # each queue's predicted tasks among the distributions
         ends = np.cumsum([len(queues[name]) for name in names]).tolist()
         starts = [end - len(queues[name]) for name, end in zip(names, ends)]
+        totals: dict[int, dict[str, Any]] = {}  # of each queue with a task predicted
         if traces:
             errors, ok, dist, _, _ = self._distributions(identity, loaded, traces)
             place = np.cumsum(ok) - 1  # a predicted trace's place among the distributions
-            rows = [place[start + np.flatnonzero(ok[start:end])] for start, end in zip(starts, ends)]
-            dist = dist.for_totals([*levels, *interval_levels(confidence_level)], rows)
+            summed = [k for k, (start, end) in enumerate(zip(starts, ends)) if ok[start:end].any()]
+            rows = [place[starts[k] + np.flatnonzero(ok[starts[k]:ends[k]])] for k in summed]
+            got = dist.subset_totals(rows, [*levels, *interval_levels(confidence_level)], shared_factor)
+            totals = {k: _total_answer(total, levels, confidence_level) for k, total in zip(summed, got)}
         answers: dict[str, Any] = {}
-        for k, (name, start, end) in enumerate(zip(names, starts, ends)):  # a loop over queues: each sums its own tasks
-            total = None
-            if ok[start:end].any():
-                total = _total_answer(dist.subset(rows[k]).total(shared_factor), levels, confidence_level)
-            answers[name] = _queue_answer(ok[start:end], errors[start:end], total, len(levels))
+        for k, (name, start, end) in enumerate(zip(names, starts, ends)):
+            answers[name] = _queue_answer(ok[start:end], errors[start:end], totals.get(k), len(levels))
         n_ok = int(ok.sum())
         self._count(identity, n_ok, len(traces) - n_ok)
         return {"status": "success", "model_key": identity.key, "model_version": loaded.meta.version,
