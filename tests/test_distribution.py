@@ -1125,3 +1125,19 @@ def test_the_totals_of_many_subsets_taken_a_few_at_a_time_are_each_subsets_own(m
         own = batch.subset(rows).total(shared_factor)
         assert (total.mean, total.variance) == (own.mean, own.variance)
         np.testing.assert_array_equal(total.quantiles(levels), own.quantiles(levels))
+
+
+def test_a_long_queue_beside_short_ones_sharing_its_tasks_totals_as_its_own():
+    # A queue long enough to be binned: its widest tasks keep rows of their own, which may
+    # be tasks the short queues' table holds (a rare slow mode: bins split).
+    from swarmpilot_predictor.distribution import RemainingDistribution
+
+    n = 300
+    batch = RemainingDistribution.of(rare_slow_mode(n, seed=4, scale=(0.5, 3.0)), np.where(np.arange(n) % 50 == 0, 5.0, 0.0))
+    rng = np.random.default_rng(8)
+    subsets = [np.arange(0, 200), *(rng.choice(200, 8, replace=False) for _ in range(10)), np.arange(195, 205)]
+    levels = [0.05, 0.5, 0.95]
+    for rows, total in zip(subsets, batch.subset_totals(subsets, levels)):
+        own = batch.subset(rows).total()
+        assert (total.mean, total.variance) == (own.mean, own.variance)
+        np.testing.assert_array_equal(total.quantiles(levels), own.quantiles(levels))
