@@ -31,8 +31,9 @@ formats), :mod:`.hashing` (hashing helpers of the indexes), :mod:`.quantiles` (a
 record's quantile function, :class:`TablePrediction`), :mod:`.files` (reading table
 files, writing tables, :func:`generate_table`), :mod:`.table` (:class:`LookupTable`,
 its parts and indexes, and building one from records), :mod:`.sidecar` (parsed-table
-sidecars) and :mod:`.store` (:class:`LookupTableStore`). Their public names are
-re-exported here.
+sidecars) and :mod:`.store` (:class:`LookupTableStore`). The names the rest of the
+package uses are re-exported here; the others without an underscore are the modules' API
+to each other.
 """
 
 from __future__ import annotations

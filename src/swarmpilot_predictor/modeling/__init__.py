@@ -30,7 +30,8 @@ The code is split by concern, one module each: :mod:`.scoring` (pinball loss, qu
 metrics), :mod:`.stored` (readers of stored JSON), :mod:`.design` (design matrices, linear
 algebra), :mod:`.locations` (location families), :mod:`.scale` (the scale model),
 :mod:`.shape` (shape models), :mod:`.params` (parameter checks) and :mod:`.model`
-(:class:`QuantileModel` and its model selection). Their public names are re-exported here.
+(:class:`QuantileModel` and its model selection). The names the rest of the package uses
+are re-exported here; the others without an underscore are the modules' API to each other.
 """
 
 from __future__ import annotations
