@@ -70,8 +70,11 @@ def test_one_process_keeps_its_own_registry_and_removes_a_deleted_model_s_series
     a, b = PredictorMetrics(), PredictorMetrics()
     assert a.multiprocess_dir is None
     a.count_predictions("llm/a", "model", 3)
-    a.set_accuracy("llm/a", 1, {"coverage": {"0.9": 0.875}, "relative_pinball_loss": 0.05, "drifted": True})
+    a.set_accuracy("llm/a", 1, {"coverage": {"0.9": 0.875}, "relative_pinball_loss": 0.05, "drifted": True,
+                                "drifted_by_kind": {"first_run": True, "repeat": False}})
     got = _samples(a.render()[0].decode())
+    assert got[("predictor_model_kind_drifted", (("kind", "first_run"), ("model", "llm/a")))] == 1.0
+    assert got[("predictor_model_kind_drifted", (("kind", "repeat"), ("model", "llm/a")))] == 0.0
     assert got[("predictor_predictions_total", (("model", "llm/a"), ("source", "model")))] == 3.0
     assert got[("predictor_model_coverage_ratio", (("level", "0.9"), ("model", "llm/a")))] == 0.875
     assert got[("predictor_model_relative_pinball_loss", (("model", "llm/a"),))] == 0.05

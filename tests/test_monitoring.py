@@ -576,9 +576,46 @@ def test_a_log_file_made_again_under_its_old_inode_number_is_read_from_its_start
     assert b.report(IDENT, 2)["observations"] == a.report(IDENT, 2)["observations"] == 30
 
 
+def test_first_runs_off_among_calibrated_repeats_are_flagged_by_their_own_test():
+    # 31 first runs in 1,000 twice as slow as predicted: all of them pooled, the drift test
+    # reads 0.972 of them below the 0.99 quantile (p 1.4e-5 corrected, short of the 1e-5 a
+    # check needs); the first runs alone, none of them below their median.
+    y, q = _lognormal_quantiles(1000, seed=11)
+    first = np.zeros(1000)
+    first[::33] = 1.0
+    y = np.where(first == 1.0, 2.0 * y, y)
+    tracker = RollingAccuracy(window=1000)
+    tracker.add(y, q, first_run=first)
+    report = tracker.report(1e-3, 30)
+    drift = report["drift"]
+    # Reported, not acted on: ``drifted`` (retraining's cue) is the pooled test's.
+    assert report["drifted"] is False and drift["corrected_p_value"] > drift["alpha_per_check"]
+    assert report["drifted_by_kind"] == {"first_run": True, "repeat": False}
+    kinds = drift["by_kind"]
+    assert kinds["first_run"]["checked_window"] + kinds["repeat"]["checked_window"] == drift["checked_window"]
+    assert kinds["first_run"]["checked_window"] == 31 and kinds["first_run"]["tested"] is True
+    # Bonferroni over both kinds' levels.
+    for got in kinds.values():
+        assert got["corrected_p_value"] == min(1.0, 2 * len(MONITOR_LEVELS) * got["p_values"][got["worst_level"]])
+    assert kinds["first_run"]["corrected_p_value"] < 1e-20
+    # A kind with too few observations is not tested, and not counted in the other's correction.
+    few = tracker.report(1e-3, 32)
+    assert few["drifted_by_kind"] == {"first_run": False, "repeat": False} and few["drift"]["by_kind"]["first_run"]["tested"] is False
+    repeat = few["drift"]["by_kind"]["repeat"]
+    assert repeat["corrected_p_value"] == min(1.0, len(MONITOR_LEVELS) * repeat["p_values"][repeat["worst_level"]])
+    # Calibrated runs of both kinds: neither flagged.
+    y, _ = _lognormal_quantiles(1000, seed=12)
+    calibrated = RollingAccuracy(window=1000)
+    calibrated.add(y, q, first_run=first)
+    assert calibrated.report(1e-3, 30)["drifted_by_kind"] == {"first_run": False, "repeat": False}
+    # A model that does not tell them apart: no kinds in the report.
+    plain = RollingAccuracy(window=1000)
+    plain.add(y, q)
+    assert "by_kind" not in plain.report(1e-3, 30)["drift"] and "drifted_by_kind" not in plain.report(1e-3, 30)
+
+
 def test_first_runs_and_repeats_are_scored_apart_where_the_model_tells_them(tmp_path):
-    # Drift is tested on both pooled: first runs 5% of the stream and twice as slow as
-    # predicted read as calibrated there, and after a retraining that missed them.
+    # Scored apart, and each kind with enough observations tested apart too (below: too few).
     from swarmpilot_predictor.identity import IdentityPattern
     from swarmpilot_predictor.schemas import TrainConfig
     from swarmpilot_predictor.service import PredictorService
@@ -600,6 +637,11 @@ def test_first_runs_and_repeats_are_scored_apart_where_the_model_tells_them(tmp_
         assert kinds["first_run"]["median_ratio"] == pytest.approx(2.0, rel=0.1)
         assert kinds["repeat"]["median_ratio"] == pytest.approx(1.0, rel=0.05)
         assert kinds["first_run"]["coverage"]["0.5"] < 0.2 and 0.3 < kinds["repeat"]["coverage"]["0.5"] < 0.7
+        # Each kind tested on its own where it has enough observations: not the 20 first runs here.
+        report = svc.accuracy(pattern)
+        assert report["drift"]["by_kind"]["first_run"]["checked_window"] == 20 == sum(later_firsts)
+        assert report["drift"]["by_kind"]["first_run"]["tested"] is False and report["drift"]["by_kind"]["repeat"]["tested"] is True
+        assert report["drifted_by_kind"] == {"first_run": False, "repeat": False}
         # Read back from the log, as another worker or a restarted service reads it.
         again = PredictorService(svc.settings)
         try:
