@@ -98,6 +98,26 @@ def test_dashboard_shows_models_accuracy_and_plots(tmp_path, context):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 30_000
 
 
+def test_dashboard_says_a_kind_of_run_that_drifted_on_its_own(tmp_path, context):
+    vision = {**IDENTITY, "model_type": "vision", "model_name": "first-runs"}
+    with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
+        traces, _ = autotuned_traces(40, 600, seed=1)
+        client.train({"model": vision, "traces": traces})
+        later, firsts = autotuned_traces(40, 600, seed=3)
+        # The repeats as the model learnt them; 40 first runs far slower than any it saw.
+        observed = [{"batch_size": t["batch_size"], "image_size": t["image_size"], "first_of_shape": first,
+                     "runtime_ms": 5000.0 if first else t["runtime_ms"]} for t, first in zip(later, firsts)]
+        client.observe(vision, observed[:400])
+        assert client.accuracy(vision)["drifted_by_kind"]["first_run"] is True
+
+        page = context.new_page()
+        page.goto(srv.url + "/dashboard")
+        page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+        status = page.locator("tr.model-row td").last
+        assert "first runs drifted" in status.inner_text() and "repeats" not in status.inner_text()
+        assert status.get_attribute("class") == "drift"
+
+
 def test_dashboard_a_failed_request_costs_only_its_own_part(three_models, context):
     """A model deleted while the page loads (its accuracy answers an error), or a failing
     /health, leaves every other model on the page."""
