@@ -614,6 +614,30 @@ def test_first_runs_off_among_calibrated_repeats_are_flagged_by_their_own_test()
     assert "by_kind" not in plain.report(1e-3, 30)["drift"] and "drifted_by_kind" not in plain.report(1e-3, 30)
 
 
+def test_a_version_with_a_model_per_kind_of_run_drifts_with_either_kind(tmp_path):
+    # The observations above, made of a version with a model for each kind of run (each
+    # calibrated on its own kind): its first runs' drift is its own, and decides.
+    y, q = _lognormal_quantiles(1000, seed=11)
+    first = np.zeros(1000)
+    first[::33] = 1.0
+    y = np.where(first == 1.0, 2.0 * y, y)
+    monitor = AccuracyMonitor(ObservationLog(tmp_path), window=1000)
+    monitor.record(IDENT, 1, [{"x": 1}] * 1000, y, q, first_run=first, kinds_apart=True)
+    report = monitor.report(IDENT, 1)
+    drift = report["drift"]
+    assert report["drifted"] is True and drift["kinds_decide"] is True and drift["worst_kind"] == "first_run"
+    # Bonferroni over every test run: all the runs and both kinds, eight levels each.
+    worst = drift["by_kind"]["first_run"]["p_values"][drift["worst_level"]]
+    assert drift["corrected_p_value"] == min(1.0, 3 * len(MONITOR_LEVELS) * worst)
+    # Read back from the log (another worker, a restart): the same decision.
+    assert AccuracyMonitor(ObservationLog(tmp_path), window=1000).report(IDENT, 1)["drifted"] is True
+    # The same observations of one model for both kinds: reported, not decided on.
+    other = AccuracyMonitor(ObservationLog(tmp_path / "other"), window=1000)
+    other.record(IDENT, 1, [{"x": 1}] * 1000, y, q, first_run=first)
+    assert other.report(IDENT, 1)["drifted"] is False and other.report(IDENT, 1)["drift"]["kinds_decide"] is False
+    assert other.report(IDENT, 1)["drifted_by_kind"]["first_run"] is True
+
+
 def test_first_runs_and_repeats_are_scored_apart_where_the_model_tells_them(tmp_path):
     # Scored apart, and each kind with enough observations tested apart too (below: too few).
     from swarmpilot_predictor.identity import IdentityPattern

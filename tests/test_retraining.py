@@ -95,6 +95,69 @@ def test_a_drifted_serving_version_takes_a_better_candidate_without_the_margin(t
     svc.close()
 
 
+def test_first_runs_off_under_a_model_of_their_own_are_its_drift_and_retrained(tmp_path):
+    # A model for each kind of run, each calibrated on its own kind: first runs now 1.5 times
+    # as slow (the repeats as before; 35 of 1,000 runs) are the version's drift, which the
+    # pooled test alone misses, and a retraining refits the first runs' model on what was observed.
+    from .conftest import autotuned_traces
+
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", retrain_in_worker=False))
+    _opened.append(svc)
+    vision = {**IDENTITY, "model_type": "vision", "model_name": "autotuned"}
+    pattern = IdentityPattern.from_parts(vision)
+    traces, _ = autotuned_traces(40, 600, seed=1)
+    svc.train(TrainConfig.model_validate({"model": vision, "traces": traces}))
+    assert "first_run_split" in svc.list_models()[0]["models"][0]
+    later, firsts = autotuned_traces(35, 1000, seed=3)
+    observed = [{"batch_size": t["batch_size"], "image_size": t["image_size"], "first_of_shape": first,
+                 "runtime_ms": t["runtime_ms"] * (1.5 if first else 1.0)} for t, first in zip(later, firsts)]
+    probe = [{"batch_size": 8, "image_size": 224, "first_of_shape": True}]
+    before = svc.predict(pattern, probe, quantiles=[0.5]).batch_response()["results"][0]["quantile_predictions"][0]
+    svc.observe(vision, observed)
+    report = svc.accuracy(pattern)
+    drift = report["drift"]
+    assert drift["kinds_decide"] is True and report["drifted"] is True and drift["worst_kind"] == "first_run"
+    assert drift["by_kind"]["first_run"]["checked_window"] >= 30
+    # The pooled test alone would not have called it (the decision above counts it and both kinds).
+    assert min(drift["p_values"].values()) * 3 * 8 > drift["alpha_per_check"]
+    assert svc.retrainer.due(svc.registry.identities()[0], 1) == "drift"
+    decision = svc.retrain(pattern)
+    assert decision["status"] == "retrained" and decision["to_version"] == 2
+    after = svc.predict(pattern, probe, quantiles=[0.5]).batch_response()["results"][0]["quantile_predictions"][0]
+    assert after > 1.3 * before
+    repeat = [{**probe[0], "first_of_shape": False}]
+    assert svc.predict(pattern, repeat, quantiles=[0.5]).batch_response()["results"][0]["quantile_predictions"][0] \
+        == pytest.approx(svc.predict(pattern, repeat, quantiles=[0.5], version=1).batch_response()["results"][0]
+                         ["quantile_predictions"][0], rel=0.05)
+
+
+def test_a_retraining_on_observations_without_first_runs_keeps_the_first_runs_predictions(tmp_path):
+    # Repeats 1.6 times as slow, and no first run among the observations: a candidate fitted
+    # on them alone predicted the training data's first runs as repeats (864 ms to 5 ms), and
+    # passed as following the serving model where nothing was observed, first runs 7% of
+    # those rows. Each kind of run is judged on its own now.
+    from .conftest import autotuned_traces
+
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", retrain_in_worker=False))
+    _opened.append(svc)
+    vision = {**IDENTITY, "model_type": "vision", "model_name": "autotuned"}
+    pattern = IdentityPattern.from_parts(vision)
+    traces, firsts = autotuned_traces(40, 600, seed=1)
+    svc.train(TrainConfig.model_validate({"model": vision, "traces": traces}))
+    later = [t for t, first in zip(*autotuned_traces(40, 700, seed=5)) if not first]
+    svc.observe(vision, [{"batch_size": t["batch_size"], "image_size": t["image_size"], "first_of_shape": False,
+                          "runtime_ms": 1.6 * t["runtime_ms"]} for t in later])
+    decision = svc.retrain(pattern)
+    assert decision["status"] == "retrained"
+    shapes = [{"batch_size": t["batch_size"], "image_size": t["image_size"], "first_of_shape": True}
+              for t, first in zip(traces, firsts) if first]
+    old = np.array([r["quantile_predictions"][0] for r in svc.predict(pattern, shapes, quantiles=[0.5], version=1)
+                    .batch_response()["results"]])
+    new = np.array([r["quantile_predictions"][0] for r in svc.predict(pattern, shapes, quantiles=[0.5])
+                    .batch_response()["results"]])
+    assert np.median(new / old) > 0.6  # kept (or moved as the repeats did), not collapsed to a repeat's
+
+
 def test_a_level_shift_is_found_where_it_happened():
     rng = np.random.default_rng(0)
     r = np.concatenate([rng.normal(0.0, 0.2, 1000), rng.normal(np.log(1.5), 0.2, 500)])
@@ -433,11 +496,11 @@ def test_a_best_candidate_that_departs_once_refitted_gives_way_to_the_next_best(
         refitting.append(True)
         return real_lower(*args, **kw)
 
-    def check(candidate, serving, obs_X, unseen_X):
+    def check(candidate, serving, obs_X, unseen_X, first_run=False):
         if refitting and not refused:
             refused.append(candidate)
             return False
-        return real_check(candidate, serving, obs_X, unseen_X)
+        return real_check(candidate, serving, obs_X, unseen_X, first_run)
 
     monkeypatch.setattr(retraining, "clearly_lower", lower)
     monkeypatch.setattr(retraining, "_keeps_or_follows", check)

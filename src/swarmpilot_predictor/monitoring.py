@@ -305,6 +305,9 @@ class RollingAccuracy:
     # Whether each was its shape's first run, as the model took it (NaN: a model without the
     # first-run column, or an older log's record).
     f: deque = field(default_factory=deque)
+    # Whether the version has a model for each kind of run, each calibrated on its own kind:
+    # then a kind's drift is the version's (see _compute_report).
+    kinds_apart: bool = False
     total: int = 0
     # How many observations came after the batch stamped with each of a few times asked
     # about (count_since): a retraining's wait counts from the newest observation it saw.
@@ -322,13 +325,15 @@ class RollingAccuracy:
 
     def add(self, y: np.ndarray, q: np.ndarray, ts: np.ndarray | None = None, index: np.ndarray | None = None,
             expect: np.ndarray | None = None, error: np.ndarray | None = None,
-            first_run: np.ndarray | None = None) -> None:
+            first_run: np.ndarray | None = None, kinds_apart: bool = False) -> None:
         """Observations ``y`` with their predicted quantiles ``q``, the times they were
         observed ``ts`` and their places in their ``/observe`` batches ``index`` (without
         them, their positions in this tracker's stream stand in), their predicted
         means ``expect`` and standard deviations ``error``, and whether each was taken for its
-        shape's first run ``first_run`` (NaN, or none: not known)."""
+        shape's first run ``first_run`` (NaN, or none: not known); ``kinds_apart``: they were
+        predicted by a model for each kind of run."""
         self._report.clear()
+        self.kinds_apart = self.kinds_apart or kinds_apart
         y = np.asarray(y, dtype=np.float64)
         if ts is None or index is None:
             ts = np.zeros(len(y))
@@ -472,21 +477,32 @@ class RollingAccuracy:
         if kinds:
             # Each kind of run with enough observations is tested on its own too (Bonferroni
             # over both kinds' levels): first runs a few percent of the stream, twice as slow
-            # as predicted, read as calibrated among all the runs. Reported, not acted on: a
-            # model can be off for one kind from its training on (one model for both, its
-            # calibration theirs together), which a retraining would not mend, and would
-            # run again for at every new batch of observations.
+            # as predicted, read as calibrated among all the runs.
             by_kind: dict[str, Any] = {}
-            tested_kinds = sum(n >= min_observations for _, n in kinds.values())
+            tested_kinds = [kind for kind, (_, n) in kinds.items() if n >= min_observations]
             for kind, (_, n) in kinds.items():
                 own = dict(self._pvalues[1][kind])
                 own_worst = min(own, key=own.get)
-                own_corrected = min(1.0, own[own_worst] * len(own) * max(tested_kinds, 1))
+                own_corrected = min(1.0, own[own_worst] * len(own) * max(len(tested_kinds), 1))
                 by_kind[kind] = {"tested": n >= min_observations, "checked_window": n, "p_values": own,
                                  "worst_level": own_worst, "corrected_p_value": own_corrected,
                                  "drifted": bool(n >= min_observations and own_corrected < per_check)}
             out["drift"]["by_kind"] = by_kind
             out["drifted_by_kind"] = {kind: got["drifted"] for kind, got in by_kind.items()}
+            out["drift"]["kinds_decide"] = self.kinds_apart
+            if self.kinds_apart and tested:
+                # A model for each kind, each calibrated on its own kind: one that is off is the
+                # version's drift, which a retraining (refitting that kind's model on what was
+                # observed) can mend. Decided on every test run, Bonferroni over all of them.
+                groups = [None, *tested_kinds]
+                p_of = {g: self._pvalues[1][g] for g in groups}
+                worst_kind, level = min(((g, lv) for g in groups for lv in p_of[g]), key=lambda gl: p_of[gl[0]][gl[1]])
+                corrected = min(1.0, p_of[worst_kind][level] * len(MONITOR_LEVELS) * len(groups))
+                out["drifted"] = corrected < per_check
+                out["drift"].update(corrected_p_value=corrected, worst_kind=worst_kind, worst_level=level)
+            # Otherwise reported, not acted on: one model for both kinds is calibrated on them
+            # together, and can be off for one kind from its training on, which a retraining
+            # would not mend (and would run again for at every new batch of observations).
         return out
 
     def recent(self, limit: int = 200) -> dict[str, Any]:
@@ -605,7 +621,8 @@ class AccuracyMonitor:
                                               np.array([r.get("i", 0) for r in rs], dtype=np.int64),
                                               np.array([_expect(r) for r in rs], dtype=np.float64),
                                               np.array([_error(r) for r in rs], dtype=np.float64),
-                                              np.array([_first_run(r) for r in rs], dtype=np.float64))
+                                              np.array([_first_run(r) for r in rs], dtype=np.float64),
+                                              kinds_apart=any(r.get("k") == 1 for r in rs))
 
     def _sync(self, state: _Followed, own: Appended | None = None,
               own_records: list[dict[str, Any]] | None = None) -> None:
@@ -684,11 +701,13 @@ class AccuracyMonitor:
 
     def record(self, identity: ModelIdentity, version: int, traces: list[dict[str, Any]], y: np.ndarray, q: np.ndarray,
                expect: np.ndarray | None = None, error: np.ndarray | None = None,
-               first_run: np.ndarray | None = None) -> None:
+               first_run: np.ndarray | None = None, kinds_apart: bool = False) -> None:
         """Store the observations ``y`` of ``version`` with their predicted quantiles ``q``
         (at ``MONITOR_LEVELS``), means ``expect``, standard deviations ``error`` and whether
-        the model took each for its shape's first run ``first_run`` (where known), and count them."""
-        records = [{"i": i, "version": version, "runtime_ms": yi, "q": qi, "trace": t}
+        the model took each for its shape's first run ``first_run`` (where known), and count
+        them; ``kinds_apart``: the version has a model for each kind of run (its drift is
+        decided on each kind too, see :class:`RollingAccuracy`)."""
+        records = [{"i": i, "version": version, "runtime_ms": yi, "q": qi, "trace": t, **({"k": 1} if kinds_apart else {})}
                    for i, (t, yi, qi) in enumerate(zip(traces, y.tolist(), q.tolist()))]
         flags = None if first_run is None else first_run.astype(np.int64)
         for key, values in (("e", expect), ("s", error), ("f", flags)):

@@ -991,7 +991,8 @@ class PredictorService:
         version = loaded.meta.version
         # The first-run flag each was predicted with (the model's last column), where it has one.
         first_run = X[rows, -1] if loaded.meta.features.history is not None else None
-        self.monitor.record(identity, version, [flat[i] for i in rows], y[rows], q, *dist.mean_std(), first_run)
+        self.monitor.record(identity, version, [flat[i] for i in rows], y[rows], q, *dist.mean_std(), first_run,
+                            kinds_apart=first_run_split(loaded.meta.metrics) is not None)
         self.registry.maybe_refresh()
         if not self.registry.versions(identity):
             # Deleted (by another worker) while these were recorded: its observations go with
