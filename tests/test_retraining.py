@@ -20,8 +20,8 @@ from swarmpilot_predictor.service import PredictorService
 from swarmpilot_predictor.settings import PredictorSettings
 from swarmpilot_predictor.traces import TraceTable
 
-from .conftest import (IDENTITY, clock_checking_at, cold_start_traces, make_llm_traces, run_with_file_size_limit,
-                       wait_until_dead)
+from .conftest import (IDENTITY, autotuned_traces, clock_checking_at, cold_start_traces, make_llm_traces,
+                       run_with_file_size_limit, wait_until_dead)
 
 
 _opened: list[PredictorService] = []
@@ -95,18 +95,24 @@ def test_a_drifted_serving_version_takes_a_better_candidate_without_the_margin(t
     svc.close()
 
 
+def _first_runs_model(tmp_path) -> tuple[PredictorService, dict[str, str], list[dict], list[bool]]:
+    """A service with a model of autotuned vision-like runs, a model for each kind of run
+    (the first runs' median 864 ms, the repeats' a few ms), its identity, traces and which
+    of them were first runs."""
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", retrain_in_worker=False))
+    _opened.append(svc)
+    vision = {**IDENTITY, "model_type": "vision", "model_name": "autotuned"}
+    traces, firsts = autotuned_traces(40, 600, seed=1)
+    svc.train(TrainConfig.model_validate({"model": vision, "traces": traces}))
+    return svc, vision, traces, firsts
+
+
 def test_first_runs_off_under_a_model_of_their_own_are_its_drift_and_retrained(tmp_path):
     # A model for each kind of run, each calibrated on its own kind: first runs now 1.5 times
     # as slow (the repeats as before; 35 of 1,000 runs) are the version's drift, which the
     # pooled test alone misses, and a retraining refits the first runs' model on what was observed.
-    from .conftest import autotuned_traces
-
-    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", retrain_in_worker=False))
-    _opened.append(svc)
-    vision = {**IDENTITY, "model_type": "vision", "model_name": "autotuned"}
+    svc, vision, _, _ = _first_runs_model(tmp_path)
     pattern = IdentityPattern.from_parts(vision)
-    traces, _ = autotuned_traces(40, 600, seed=1)
-    svc.train(TrainConfig.model_validate({"model": vision, "traces": traces}))
     assert "first_run_split" in svc.list_models()[0]["models"][0]
     later, firsts = autotuned_traces(35, 1000, seed=3)
     observed = [{"batch_size": t["batch_size"], "image_size": t["image_size"], "first_of_shape": first,
@@ -136,14 +142,8 @@ def test_a_retraining_on_observations_without_first_runs_keeps_the_first_runs_pr
     # on them alone predicted the training data's first runs as repeats (864 ms to 5 ms), and
     # passed as following the serving model where nothing was observed, first runs 7% of
     # those rows. Each kind of run is judged on its own now.
-    from .conftest import autotuned_traces
-
-    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", retrain_in_worker=False))
-    _opened.append(svc)
-    vision = {**IDENTITY, "model_type": "vision", "model_name": "autotuned"}
+    svc, vision, traces, firsts = _first_runs_model(tmp_path)
     pattern = IdentityPattern.from_parts(vision)
-    traces, firsts = autotuned_traces(40, 600, seed=1)
-    svc.train(TrainConfig.model_validate({"model": vision, "traces": traces}))
     later = [t for t, first in zip(*autotuned_traces(40, 700, seed=5)) if not first]
     svc.observe(vision, [{"batch_size": t["batch_size"], "image_size": t["image_size"], "first_of_shape": False,
                           "runtime_ms": 1.6 * t["runtime_ms"]} for t in later])
