@@ -36,6 +36,7 @@ summed the same way.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -978,16 +979,14 @@ class _BatchNodes:
     def __init__(self, tasks: TaskDistributions, rows: np.ndarray):
         self.tasks = tasks
         self.rows = rows
-        self._table: _SumTable | None = None
-        self._made = False
+
+    @functools.cached_property
+    def _table(self) -> "_SumTable | None":
+        return self.tasks._sum_table(self.rows) if 0 < len(self.rows) <= _BATCH_NODES_MAX_TASKS else None
 
     def of(self, places: np.ndarray) -> list["_SumBlock"] | None:
         """The tasks at ``places`` of the batch as ``tasks._node_values(places)`` gives
         them, or None where they were not discretised at once."""
-        if not self._made:
-            self._made = True
-            if 0 < len(self.rows) <= _BATCH_NODES_MAX_TASKS:
-                self._table = self.tasks._sum_table(self.rows)
         return None if self._table is None else self._table.of(places)
 
 
@@ -1084,9 +1083,7 @@ class _MixedSumTable(_SumTable):
             got = None if table is None else table.of(self.dist.index[places[at]])
             if got is None:
                 return None
-            for block in got:
-                block.row = at[block.row]
-                blocks.append(block)
+            blocks += _moved(got, at)
         return blocks
 
 
@@ -1113,15 +1110,21 @@ class _RemainingSumTable(_SumTable):
             got = None if self.waiting is None else self.waiting.of(places[waiting])
             if got is None:
                 return None
-            for block in got:
-                block.row = waiting[block.row]
-                blocks.append(block)
+            blocks += _moved(got, waiting)
         if len(running):
             local = self.local[places[running]]
             if (local < 0).any():
                 return None
             blocks.append(self.dist._running_block(places, running, x=self.left[local]))
         return blocks
+
+
+def _moved(blocks: list["_SumBlock"], places: np.ndarray) -> list["_SumBlock"]:
+    """``blocks`` of some of the tasks asked for, each task's row made its place among them
+    (``places[row]``)."""
+    for block in blocks:
+        block.row = places[block.row]
+    return blocks
 
 
 def _jumps(rise: np.ndarray) -> np.ndarray:
@@ -1670,10 +1673,8 @@ class MixedDistribution(TaskDistributions):
             at = np.flatnonzero(part_of == p)
             if not len(at):
                 continue
-            for block in part._node_values(self.index[rows[at]], atoms, None if stratum is None else stratum[at],
-                                           None if strata is None else strata[at]):
-                block.row = at[block.row]
-                blocks.append(block)
+            blocks += _moved(part._node_values(self.index[rows[at]], atoms, None if stratum is None else stratum[at],
+                                               None if strata is None else strata[at]), at)
         return blocks
 
     def _sum_table(self, rows: np.ndarray) -> "_SumTable | None":
@@ -1859,10 +1860,8 @@ class RemainingDistribution(TaskDistributions):
         waiting, running = self._running(rows)
         blocks = []
         if len(waiting):
-            for block in self.tasks._node_values(rows[waiting], atoms, None if stratum is None else stratum[waiting],
-                                                 None if strata is None else strata[waiting]):
-                block.row = waiting[block.row]
-                blocks.append(block)
+            blocks += _moved(self.tasks._node_values(rows[waiting], atoms, None if stratum is None else stratum[waiting],
+                                                     None if strata is None else strata[waiting]), waiting)
         if len(running):
             blocks.append(self._running_block(rows, running, atoms, stratum, strata))
         return blocks

@@ -458,9 +458,9 @@ class RollingAccuracy:
             self._pvalues = (self._checkpoint, {
                 group: {f"{t:g}": binomial_test(int(k), n, t) for t, k in zip(MONITOR_LEVELS, h.tolist())}
                 for group, (h, n) in groups.items()})
-        pvalues = dict(self._pvalues[1][None])
-        worst = min(pvalues, key=pvalues.get)
-        corrected = min(1.0, pvalues[worst] * len(pvalues))
+        tests = self._pvalues[1]
+        _, worst, p = _worst_test(tests, [None])
+        corrected = min(1.0, p * len(MONITOR_LEVELS))
         tested = n_checked >= min_observations
         out["drifted"] = bool(tested and corrected < per_check)
         out["drift"] = {
@@ -470,7 +470,7 @@ class RollingAccuracy:
             "min_observations": min_observations,
             "alpha": alpha,
             "alpha_per_check": per_check,
-            "p_values": pvalues,
+            "p_values": dict(tests[None]),
             "worst_level": worst,
             "corrected_p_value": corrected,
         }
@@ -481,10 +481,9 @@ class RollingAccuracy:
             by_kind: dict[str, Any] = {}
             tested_kinds = [kind for kind, (_, n) in kinds.items() if n >= min_observations]
             for kind, (_, n) in kinds.items():
-                own = dict(self._pvalues[1][kind])
-                own_worst = min(own, key=own.get)
-                own_corrected = min(1.0, own[own_worst] * len(own) * max(len(tested_kinds), 1))
-                by_kind[kind] = {"tested": n >= min_observations, "checked_window": n, "p_values": own,
+                _, own_worst, own_p = _worst_test(tests, [kind])
+                own_corrected = min(1.0, own_p * len(MONITOR_LEVELS) * max(len(tested_kinds), 1))
+                by_kind[kind] = {"tested": n >= min_observations, "checked_window": n, "p_values": dict(tests[kind]),
                                  "worst_level": own_worst, "corrected_p_value": own_corrected,
                                  "drifted": bool(n >= min_observations and own_corrected < per_check)}
             out["drift"]["by_kind"] = by_kind
@@ -494,10 +493,9 @@ class RollingAccuracy:
                 # A model for each kind, each calibrated on its own kind: one that is off is the
                 # version's drift, which a retraining (refitting that kind's model on what was
                 # observed) can mend. Decided on every test run, Bonferroni over all of them.
-                groups = [None, *tested_kinds]
-                p_of = {g: self._pvalues[1][g] for g in groups}
-                worst_kind, level = min(((g, lv) for g in groups for lv in p_of[g]), key=lambda gl: p_of[gl[0]][gl[1]])
-                corrected = min(1.0, p_of[worst_kind][level] * len(MONITOR_LEVELS) * len(groups))
+                decided_on = [None, *tested_kinds]
+                worst_kind, level, p = _worst_test(tests, decided_on)
+                corrected = min(1.0, p * len(MONITOR_LEVELS) * len(decided_on))
                 out["drifted"] = corrected < per_check
                 out["drift"].update(corrected_p_value=corrected, worst_kind=worst_kind, worst_level=level)
             # Otherwise reported, not acted on: one model for both kinds is calibrated on them
@@ -512,6 +510,12 @@ class RollingAccuracy:
         es = [None if v != v else v for v in list(self.e)[start:]]
         ss = [None if v != v else v for v in list(self.s)[start:]]
         return {"levels": list(MONITOR_LEVELS), "runtime_ms": ys, "quantile_predictions": qs, "expect": es, "error": ss}
+
+
+def _worst_test(pvalues: dict[str | None, dict[str, float]], groups: list[str | None]) -> tuple[str | None, str, float]:
+    """The smallest of ``groups``' p-values (each group's per level; the group None: every
+    observation): its group, level and value, the first of equals."""
+    return min(((group, level, p) for group in groups for level, p in pvalues[group].items()), key=lambda t: t[2])
 
 
 def _kind_accuracy(y: np.ndarray, q: np.ndarray) -> dict[str, Any]:

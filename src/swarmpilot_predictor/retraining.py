@@ -168,6 +168,17 @@ def _run_kinds(X: np.ndarray, first_run: bool) -> tuple[np.ndarray, ...]:
     return ~first, first
 
 
+def _changes_by_kind(on_obs: np.ndarray, obs_X: np.ndarray, unseen_X: np.ndarray,
+                     first_run: bool) -> Iterator[tuple[np.ndarray, float]]:
+    """For each kind of run among ``unseen_X`` (one kind without ``first_run``): its rows,
+    and the change of log median the candidate made on the observations of that kind
+    (``on_obs``; of all of them, where none of its kind was observed)."""
+    learned_all = float(np.median(on_obs))
+    for seen, unseen in zip(_run_kinds(obs_X, first_run), _run_kinds(unseen_X, first_run)):
+        if unseen.any():
+            yield unseen, float(np.median(on_obs[seen])) if seen.any() else learned_all
+
+
 def _follows(candidate: QuantileModel, serving: QuantileModel, obs_X: np.ndarray, unseen_X: np.ndarray,
              first_run: bool = False) -> bool:
     """Whether ``candidate`` changes the median on ``unseen_X`` as it does on ``obs_X``.
@@ -186,17 +197,11 @@ def _follows(candidate: QuantileModel, serving: QuantileModel, obs_X: np.ndarray
         return np.where(np.isfinite(r), r, np.inf)
 
     on_obs, on_unseen = log_ratio(obs_X), log_ratio(unseen_X)
-    learned_all = float(np.median(on_obs))
-    if not np.isfinite(learned_all):
+    if not np.isfinite(np.median(on_obs)):
         return False
-    for seen, unseen in zip(_run_kinds(obs_X, first_run), _run_kinds(unseen_X, first_run)):
-        if not unseen.any():
-            continue
-        learned = float(np.median(on_obs[seen])) if seen.any() else learned_all
-        if not (np.isfinite(learned)
-                and float(np.quantile(np.abs(on_unseen[unseen] - learned), 0.9)) <= np.log(FOLLOW_TOLERANCE)):
-            return False
-    return True
+    return all(np.isfinite(learned)
+               and float(np.quantile(np.abs(on_unseen[rows] - learned), 0.9)) <= np.log(FOLLOW_TOLERANCE)
+               for rows, learned in _changes_by_kind(on_obs, obs_X, unseen_X, first_run))
 
 
 def _median_log_ratio(candidate: QuantileModel, serving: QuantileModel, X: np.ndarray) -> np.ndarray:
@@ -215,19 +220,12 @@ def _keeps_or_follows(candidate: QuantileModel, serving: QuantileModel, obs_X: n
     With ``first_run``, each kind of run on its own, as :func:`_follows` judges them."""
     r = _median_log_ratio(candidate, serving, unseen_X)
     on_obs = _median_log_ratio(candidate, serving, obs_X)
-    learned_all = float(np.median(on_obs))
-    if not (np.isfinite(learned_all) and np.isfinite(r).all()):
+    if not (np.isfinite(np.median(on_obs)) and np.isfinite(r).all()):
         return False
-    for seen, unseen in zip(_run_kinds(obs_X, first_run), _run_kinds(unseen_X, first_run)):
-        if not unseen.any():
-            continue
-        learned = float(np.median(on_obs[seen])) if seen.any() else learned_all
-        if not np.isfinite(learned):
-            return False
-        near = np.minimum(np.abs(r[unseen]), np.abs(r[unseen] - learned))
-        if float(np.quantile(near, 0.9)) > np.log(FOLLOW_TOLERANCE):
-            return False
-    return True
+    return all(np.isfinite(learned)
+               and float(np.quantile(np.minimum(np.abs(r[rows]), np.abs(r[rows] - learned)), 0.9))
+               <= np.log(FOLLOW_TOLERANCE)
+               for rows, learned in _changes_by_kind(on_obs, obs_X, unseen_X, first_run))
 
 
 # A retrained version's metadata ("extra") notes the newest observation it was fitted on.
@@ -386,6 +384,7 @@ class _Candidates:
     row_losses: dict[str, np.ndarray]  # per held-out row, the serving model's ("current") too
     scores: dict[str, float]  # their means
     training: tuple[np.ndarray, np.ndarray] | None  # the stored training rows (X, y)
+    first_run: bool  # the models' last column is the first-run flag (each kind of run judged apart)
 
 
 @dataclasses.dataclass
@@ -790,7 +789,7 @@ class Retrainer:
         decision["heldout_log_pinball"] = scores
         decision["heldout_rows"] = int(obs.held_out)
         decision["training_rows"] = training_rows
-        return _Candidates(observed, remembers, unseen_of, row_losses, scores, training)
+        return _Candidates(observed, remembers, unseen_of, row_losses, scores, training, first_run)
 
     def _choose(self, identity: ModelIdentity, current: LoadedModel, obs: _Observations, candidates: _Candidates,
                 decision: dict[str, Any]) -> _Winner | None:
@@ -855,7 +854,7 @@ class Retrainer:
             model = self._new_model(meta).fit(X, y, sample_weight=w)
             if remembers[name] == "uncovered" and not _keeps_or_follows(model, current.model, observed_X,
                                                                        training[0][unseen_of[name]],
-                                                                       meta.features.history is not None):
+                                                                       candidates.first_run):
                 decision.setdefault("candidates_dropped", {})[name] = (
                     "refitted with the held-out observations, departs from the serving model where nothing "
                     "was observed")
