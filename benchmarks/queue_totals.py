@@ -33,6 +33,7 @@ fell below the predicted total's median (0.5 when the total is unbiased).
     uv run python benchmarks/queue_totals.py --scaling  # a total's cost from 100 to 100,000 tasks
     uv run python benchmarks/queue_totals.py --moments  # tasks' expect and error against their quantiles' moments
     uv run python benchmarks/queue_totals.py --heldout-ratios  # training's held-out expect/error ratios against new data
+    uv run python benchmarks/queue_totals.py --stretches  # runs whose level moves between stretches
 """
 
 from __future__ import annotations
@@ -148,6 +149,48 @@ def moment_agreement(seeds: int = 8, queue: int = 50) -> None:
             ratios = np.concatenate(got)
             g = [f"{np.exp(np.log(r).mean()):.3f}" if (r > 0).all() else "(the true sd is infinite)" for r in ratios.T]
             print(f"| {kind} | {rows} | {' | '.join(g)} |", flush=True)
+
+
+STRETCH_SPREADS = (0.0, 0.03, 0.06)
+STRETCHES = 10
+
+
+def stretch_coverage(seeds: int, rows: int = 2000) -> None:
+    """Runs whose level moves from one stretch to the next (a log sd of 0, 0.03 or 0.06
+    between stretches): the model is trained on 10 stretches of the run, and each of a
+    queue's 20,000 true sums is run in a new stretch at a level of its own. "found" is the
+    share of trainings whose test told the stretches apart (``stretch_levels``), "log sd
+    found" its mean estimate of the levels' log sd (0 where it told none)."""
+    print("| set | level log sd | found | log sd found | queue | 90% coverage, independent | 90% coverage, shared factor "
+          "| worst training (shared factor) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for kind in ("lognormal", "slow_mode"):
+        for spread in STRETCH_SPREADS:
+            cover: dict[int, list[tuple[float, float]]] = {q: [] for q in QUEUES}
+            found = []
+            for seed in range(seeds):
+                rng = np.random.default_rng(300 + seed)
+                X = features(rows, rng)
+                levels = np.exp(spread * rng.standard_normal(STRETCHES))
+                y = runtimes(kind, X, rng) * np.repeat(levels, -(-rows // STRETCHES))[:rows]
+                model = QuantileModel(["numeric", "numeric"], [0, 0]).fit(X, y)
+                found.append(model.stretch_levels_["log_sd"])
+                for q in QUEUES:
+                    Xq = features(q, rng)
+                    sums = np.concatenate([runtimes(kind, Xq, np.random.default_rng([seed, q, k]), 2000).sum(axis=1)
+                                           for k in range(SUMS // 2000)])
+                    truth = sums * np.exp(spread * np.random.default_rng([seed, q]).standard_normal(len(sums)))
+                    dist = model.predict_distribution(Xq)
+                    got = []
+                    for shared in (False, True):
+                        lo, hi = dist.total(shared_factor=shared).interval(0.9)
+                        got.append(float(((truth >= lo) & (truth <= hi)).mean()))
+                    cover[q].append((got[0], got[1]))
+            f = np.array(found)
+            for q in QUEUES:
+                c = np.array(cover[q])
+                print(f"| {kind} | {spread} | {(f > 0).mean():.2f} | {f.mean():.4f} | {q} | {c[:, 0].mean():.3f} "
+                      f"| {c[:, 1].mean():.3f} | {c[:, 1].min():.2f} |", flush=True)
 
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "data"
@@ -524,12 +567,14 @@ def main() -> None:
                     help="only a lookup table's queue totals against its model's (the README's H100 example)")
     ap.add_argument("--heldout-ratios", action="store_true",
                     help="only the training's held-out expect_ratio and error_ratio against new tasks' and test rows'")
+    ap.add_argument("--stretches", action="store_true",
+                    help="only runs whose level moves between stretches: totals of queues run in a new stretch")
     ap.add_argument("--scaling", action="store_true",
                     help="only how a total's cost grows from 100 to 100,000 synthetic tasks, and its grid")
     args = ap.parse_args()
     # The sections run alone, each followed by its run time.
     alone = {"scaling": total_scaling, "tables": table_totals, "long": long_queues, "moments": moment_agreement,
-             "heldout_ratios": lambda: heldout_ratios(args.seeds), "sampled": lambda: sampled_totals(sums=args.sums, short=args.short)}
+             "heldout_ratios": lambda: heldout_ratios(args.seeds), "stretches": lambda: stretch_coverage(args.seeds), "sampled": lambda: sampled_totals(sums=args.sums, short=args.short)}
     for flag, section in alone.items():
         if getattr(args, flag):
             t0 = time.perf_counter()

@@ -95,6 +95,30 @@ def test_train_json_answer(trained):
     assert m["pinball_loss"] > 0 and 0 < m["median_mape"] < 0.5
     assert set(m["coverage"]) >= {"0.5", "0.9"}
     assert abs(m["interval_coverage"]["0.9"] - 0.9) < 0.08
+    # Runs of one level throughout: ten stretches of 30 tell no level of their own.
+    assert m["stretch_levels"]["stretches"] == 10 and m["stretch_levels"]["p_value"] > 1e-3
+    assert m["stretch_levels"]["log_sd"] == 0.0 and m["shared_log_sd"] < 0.02
+
+
+def test_a_run_whose_level_moved_gives_long_queues_that_share_it(http):
+    # The second half of the run 20% slower than the first: a scheduler's queue runs in a
+    # stretch of its own, at a level the model cannot know, and its total shares it.
+    traces = make_llm_traces(600, seed=8)
+    for t in traces[300:]:
+        t["runtime_ms"] *= 1.2
+    model = ident("stretches")
+    m = ok(http.post("/train", json={"config": {"model": model, "traces": traces, "algorithm": "linear"}}))["metrics"]
+    levels = m["stretch_levels"]
+    assert levels["stretches"] == 10 and levels["p_value"] < 1e-6
+    # Five stretches at one level and five at 1.2 times it: a log sd of log(1.2) / 2 * sqrt(10 / 9).
+    assert levels["log_sd"] == pytest.approx(math.log(1.2) / 2 * math.sqrt(10 / 9), rel=0.2)
+    assert m["shared_log_sd"] == pytest.approx(levels["log_sd"], rel=0.1)
+    queue = [{"input_tokens": t["input_tokens"], "output_tokens": t["output_tokens"]} for t in traces[:200]]
+    body = {"trace": queue, "quantiles": [0.05, 0.95]}
+    alone = ok(http.post(f"/predict/batch/{'/'.join(model.values())}", json=body))
+    shared = ok(http.post(f"/predict/batch/{'/'.join(model.values())}", json=body | {"shared_factor": True}))
+    lo, hi = shared["total_quantiles"]
+    assert hi / lo > 1.2 > alone["total_quantiles"][1] / alone["total_quantiles"][0]
 
 
 def multipart_train(http, config_name: str, config_bytes: bytes, files: dict[str, bytes]) -> httpx.Response:

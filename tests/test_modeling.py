@@ -1390,6 +1390,70 @@ def test_the_shared_uncertainty_is_that_of_a_mean_over_the_training_rows(n):
                                model.predict_distribution(Xq).total().quantiles([0.05, 0.95]))
 
 
+def _stretches_of_a_run(levels: np.ndarray, rows: int, seed: int):
+    """LLM-like runs in stretches of ``rows``, each stretch's runtimes at its own level."""
+    X, y, base = llm_like(len(levels) * rows, seed=seed, sigma=0.2)
+    return X, y * np.repeat(levels, rows), base
+
+
+def test_a_level_that_moves_between_stretches_of_the_run_is_shared_by_a_queue():
+    # Ten stretches of 300 runs, each at a level of its own (a log sd of 0.06: clocks, heat,
+    # neighbours). The stretches' spread is ten times the error about the level, and the
+    # shared factor carries it; the same rows out of order tell no stretch apart.
+    z = np.array([0.3, -1.2, 0.8, 1.5, -0.4, -0.9, 0.1, 1.1, -1.6, 0.3])
+    levels = np.exp(0.06 * (z - z.mean()) / z.std(ddof=1))
+    X, y, _ = _stretches_of_a_run(levels, 300, seed=4)
+    model = QuantileModel(["numeric"] * 3, [0] * 3, algorithm="linear").fit(X, y)
+    drift = model.stretch_levels_
+    assert drift["stretches"] == 10 and drift["p_value"] < 1e-10
+    assert drift["log_sd"] == pytest.approx(0.06, rel=0.25)
+    assert model.shared_log_sd_ == pytest.approx(math.hypot(drift["log_sd"], 0.2 / math.sqrt(3000)), rel=0.01)
+    assert model.cv_summary()["stretch_levels"] == drift
+    again = QuantileModel.from_json(json.loads(json.dumps(model.to_json())))
+    assert again.stretch_levels_ == drift and again.shared_log_sd_ == model.shared_log_sd_
+
+    order = np.random.default_rng(5).permutation(len(y))
+    shuffled = QuantileModel(["numeric"] * 3, [0] * 3, algorithm="linear").fit(X[order], y[order])
+    assert shuffled.stretch_levels_["log_sd"] == 0.0 and shuffled.stretch_levels_["p_value"] > 1e-3
+    assert shuffled.shared_log_sd_ < 0.01
+
+    # Queues of 100 new tasks, each run in a new stretch at a level of its own: with the
+    # factor their 90% intervals hold the measured total about 90% of the time; the tasks'
+    # sum alone (and the factor without the stretches) is far too sure.
+    rng = np.random.default_rng(6)
+    held = {"drift": [], "no drift": [], "independent": []}
+    for k in range(60):
+        Xq, yq, _ = llm_like(100, seed=100 + k, sigma=0.2)
+        truth = float((yq * np.exp(0.06 * rng.standard_normal())).sum())
+        for name, m, shared in (("drift", model, True), ("no drift", shuffled, True), ("independent", model, False)):
+            lo, hi = m.predict_distribution(Xq).total(shared_factor=shared).interval(0.9)
+            held[name].append(lo <= truth <= hi)
+    assert 0.8 <= np.mean(held["drift"]) <= 0.99
+    assert np.mean(held["no drift"]) < 0.6 and np.mean(held["independent"]) < 0.6
+
+
+def test_a_run_of_few_rows_is_not_cut_into_stretches():
+    # 90 rows make 3 stretches of 30, too few to tell a level's spread from chance.
+    levels = np.array([1.0, 1.5, 0.7])
+    X, y, _ = _stretches_of_a_run(levels, 30, seed=7)
+    model = QuantileModel(["numeric"] * 3, [0] * 3, algorithm="linear").fit(X, y)
+    assert model.stretch_levels_ is None and model.cv_summary()["stretch_levels"] is None
+
+
+@pytest.mark.parametrize("log_ratio, expected", [
+    # Runs as exact as a clock's tick: nothing to tell apart.
+    (np.zeros(300), {"stretches": 10, "p_value": 1.0, "log_sd": 0.0}),
+    # Two levels without noise: the stretches' own spread, with nothing to take off it.
+    (np.repeat([0.0, 0.2], 150), {"stretches": 10, "p_value": 0.0, "log_sd": pytest.approx(0.1 * np.sqrt(10 / 9))}),
+    # Too few rows to cut, or a ratio that overflowed: no test.
+    (np.zeros(119), None),
+    (np.r_[np.zeros(299), np.inf], None),
+])
+def test_stretch_levels_of_runs_without_noise(log_ratio, expected):
+    from swarmpilot_predictor.modeling.model import stretch_levels
+    assert stretch_levels(log_ratio) == expected
+
+
 def test_a_slow_mode_of_few_rows_is_part_of_the_shared_uncertainty():
     # Of 30 runs, 3 are 8x slower: the model knows that share (and so the mean) as badly as
     # 3 runs tell it, an error common to every task of a queue. Capping the ten highest
@@ -1671,6 +1735,9 @@ def test_a_stored_model_with_damaged_atoms_is_refused(atoms):
     (lambda d: d.update(shared_log_sd=1e308), "shared_log_sd is"),  # overflowed a total at request time
     (lambda d: d.update(shared_log_sd=-1), "shared_log_sd is"),  # turned the factor off
     (lambda d: d.update(shared_log_sd="0.1"), "shared_log_sd is"),
+    (lambda d: d.update(stretch_levels={"stretches": 10, "p_value": 0.5}), "stretch_levels is"),
+    (lambda d: d.update(stretch_levels={"stretches": 10, "p_value": 2.0, "log_sd": 0.0}), "stretch_levels is"),
+    (lambda d: d.update(stretch_levels=[10, 0.5, 0.0]), "stretch_levels is"),
     # A null coefficient made every location NaN, answered as the middle of the training runtimes.
     (lambda d: d["location"]["coef"].__setitem__(0, None), "coef holds a value that is not a finite number"),
     (lambda d: d["scale"]["coef"].append(None), "coef holds a value that is not a finite number"),

@@ -1071,7 +1071,8 @@ class PredictorClient(_Base):
         since the wait would leave it out; ``partial=True`` returns the wait of the
         others instead (``failed`` counts those left out). The tasks are summed as
         independent; ``shared_factor=True`` adds the model's own uncertainty about the
-        runtimes' level, one error for the whole queue (README, Modelling). With
+        runtimes' level, and how far that level moved between stretches of its training
+        run, one error for the whole queue (README, Modelling). With
         ``lookup_table_name`` (or ``lookup_table``: the default table) a lookup table answers,
         as in :meth:`predict_batch`; with ``version``, that stored version of the model.
         """

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+from scipy.special import chdtrc
 
 from ..distribution import (LOG_BOUNDS, MixedDistribution, RuntimeDistribution, ScoreDistribution, TaskDistributions,
                             check_levels_in_unit_interval, data_atoms, describe_one, snap_to_atoms)
@@ -28,7 +29,7 @@ from .scale import SCALE_MIN_ROWS, ScaleModel
 from .scoring import EVAL_LEVELS, moment_metrics, pinball_losses, quantile_metrics
 from .shape import (QUANTILE_SHAPE, SHAPE_MODELS, SHAPE_SUFFIX, QuantileShapeModel, ShapeModel, increasing,
                     recalibration_map, shape_from_json)
-from .stored import atoms_from_json, finite_number
+from .stored import atoms_from_json, finite_number, stretch_levels_from_json
 
 
 # Training rows (a random sample above this) whose ratios to their predicted means measure
@@ -38,6 +39,17 @@ SHARED_SD_ROWS = 20_000
 # but one at least (see QuantileModel._shared_log_sd).
 SHARED_SD_TAIL_ROWS = 10
 SHARED_SD_TAIL_SHARE = 0.01
+# The level of the runtimes wanders between stretches of a run (clocks, heat, neighbours):
+# the training rows, in the order given, are cut into this many stretches of this many
+# rows at least (fewer stretches of few rows; none below the least number), and their
+# levels compared (stretch_levels); below this p-value the shared factor carries their spread.
+LEVEL_STRETCHES = 10
+LEVEL_STRETCH_MIN_ROWS = 30
+LEVEL_MIN_STRETCHES = 4
+LEVEL_P_VALUE = 1e-3
+# A stretch's level is the mean of its log ratios less this share at either end: a slow
+# mode of one run in ten (or a heavy tail) left in made a mean's error hide levels 6% apart.
+LEVEL_TRIM = 0.25
 
 
 # Above this many rows, candidates are compared and calibrated on a random subsample.
@@ -247,6 +259,47 @@ def _choose(candidates: list[dict[str, Any]]) -> dict[str, Any]:
     return min(eligible, key=lambda c: (c["complexity"], c["row_loss"].mean()))
 
 
+def stretch_levels(log_ratio: np.ndarray) -> dict[str, Any] | None:
+    """How far the runtimes' level moved between stretches of the run, from the training
+    rows' log ratios to their predicted means in the order given (a trace file's: a
+    collector writes traces as their tasks end): ``{"stretches", "p_value", "log_sd"}``,
+    ``log_sd`` 0 where the stretches' levels differ no more than their rows' noise makes
+    them (p at or above ``LEVEL_P_VALUE``); None for too few rows to cut.
+
+    Each stretch's level is a trimmed mean of its log ratios, with Yuen's standard error
+    (from the winsorized variance); the levels are compared by a chi-square test of
+    heterogeneity, and their spread beyond their standard errors (the method of moments'
+    estimate of a random effect) is the level's. Where the level moves so (clocks, heat,
+    other tenants) a later stretch's may differ as much, and every task of a queue, run in
+    one stretch, shares it: the shared factor carries it. On the real traces of
+    ``examples/data`` it was ten to thirty times the model's error about the level.
+    """
+    n = len(log_ratio)
+    k = min(LEVEL_STRETCHES, n // LEVEL_STRETCH_MIN_ROWS)
+    if k < LEVEL_MIN_STRETCHES or not np.isfinite(log_ratio).all():
+        return None
+    levels, errors = np.empty(k), np.empty(k)
+    for b, part in enumerate(np.array_split(log_ratio, k)):
+        m = len(part)
+        g = int(LEVEL_TRIM * m)
+        ordered = np.sort(part)
+        levels[b] = ordered[g:m - g].mean()
+        winsorized = np.clip(ordered, ordered[g], ordered[m - g - 1])
+        h = m - 2 * g
+        errors[b] = float(winsorized.var(ddof=1)) * (m - 1) / (h * (h - 1))
+    spread = float(levels.var(ddof=1))
+    if spread == 0.0:  # runtimes of one level throughout (as exact as a clock's tick)
+        p_value = 1.0
+    elif (errors == 0.0).any():  # stretches without noise at different levels
+        p_value = 0.0
+    else:
+        w = 1.0 / errors
+        q = float(w @ (levels - (w @ levels) / w.sum()) ** 2)
+        p_value = float(chdtrc(k - 1, q))
+    var = max(0.0, spread - float(errors.mean())) if p_value < LEVEL_P_VALUE else 0.0
+    return {"stretches": k, "p_value": p_value, "log_sd": math.sqrt(var)}
+
+
 class QuantileModel:
     """Calibrated runtime distribution model with a scikit-learn-like interface.
 
@@ -287,6 +340,7 @@ class QuantileModel:
         self.regime_column = regime_column
         self.log_range_: tuple[float, float] | None = None
         self.shared_log_sd_ = 0.0
+        self.stretch_levels_: dict[str, Any] | None = None
         self.regimes_: tuple[QuantileModel, QuantileModel] | None = None
         self.regime_cv_: dict[str, Any] | None = None
         self.shape_reads_location_ = False
@@ -773,13 +827,15 @@ class QuantileModel:
 
         The mean runtime the model predicts is, in effect, estimated from the training
         rows' ratios to it: its relative standard error is the ratios' coefficient of
-        variation over the square root of the (effective) number of rows. One task's
-        calibrated distribution already holds it; the tasks of a queue share it.
+        variation over the square root of the (effective) number of rows. To it is added
+        how far the level moved between stretches of the training run (stretch_levels).
+        One task's calibrated distribution already holds both; the tasks of a queue share them.
         """
         n = len(y)
         rows = np.arange(n)
         if n > SHARED_SD_ROWS:
-            rows = np.random.default_rng(self.random_state).choice(n, SHARED_SD_ROWS, replace=False)
+            # Sorted: the rows' order is the run's (stretch_levels).
+            rows = np.sort(np.random.default_rng(self.random_state).choice(n, SHARED_SD_ROWS, replace=False))
         mean, _ = self.predict_distribution(X[rows]).mean_std()
         ratio = y[rows] / mean
         # A handful of far outliers (one warm-up run 1000x slower among a thousand) would set
@@ -797,7 +853,9 @@ class QuantileModel:
         mu = float(np.average(ratio, weights=ww))
         cv2 = float(np.average((ratio - mu) ** 2, weights=ww)) / (mu * mu)
         n_eff = n if w is None else float(w.sum() ** 2 / (w * w).sum())
-        out = math.sqrt(math.log1p(cv2 / n_eff))
+        self.stretch_levels_ = stretch_levels(np.log(ratio))
+        spread = 0.0 if self.stretch_levels_ is None else self.stretch_levels_["log_sd"]
+        out = math.sqrt(math.log1p(cv2 / n_eff) + spread * spread)
         return out if math.isfinite(out) else 0.0
 
     def _select(self, X: np.ndarray, y: np.ndarray, ylog: np.ndarray, w: np.ndarray | None) -> dict[str, Any]:
@@ -1185,6 +1243,7 @@ class QuantileModel:
                 for f, m in self.cv_.items()
             },
             "shared_log_sd": self.shared_log_sd_,
+            "stretch_levels": self.stretch_levels_,
             **({"regime_split": split} if split is not None else {}),
         }
 
@@ -1320,6 +1379,7 @@ class QuantileModel:
             "shape_reads_location": self.shape_reads_location_,
             "log_range": None if self.log_range_ is None else list(self.log_range_),
             "shared_log_sd": self.shared_log_sd_,
+            "stretch_levels": self.stretch_levels_,
             "atoms": self.atoms_.tolist(),
             "features_used": getattr(self, "features_used_", None),
             "cv": self.cv_,
@@ -1366,6 +1426,7 @@ class QuantileModel:
         if not (finite_number(sd) and 0.0 <= sd <= 10.0):
             raise ValueError(f"shared_log_sd is {shown(sd)}, not a log standard deviation in [0, 10]")
         obj.shared_log_sd_ = float(sd)
+        obj.stretch_levels_ = stretch_levels_from_json(d.get("stretch_levels"))  # models stored before it: none
         obj._set_atoms(atoms_from_json(d.get("atoms", [])))  # models stored before them: none
         obj.cv_ = d.get("cv", {})
         obj.features_used_ = d.get("features_used") or [True] * len(obj.kinds)

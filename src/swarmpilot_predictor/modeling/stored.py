@@ -92,3 +92,16 @@ def atoms_from_json(values: Any) -> np.ndarray:
     if not (np.all(np.isfinite(atoms)) and np.all(atoms > 0) and np.all(np.diff(atoms) > 0)):
         raise ValueError("atoms must be increasing positive runtimes")
     return atoms
+
+
+def stretch_levels_from_json(d: Any) -> dict[str, Any] | None:
+    """A stored model's test of its runtimes' level across stretches of the run (null: none
+    was made, as in a model stored before it): reported, never read for an answer."""
+    if d is None:
+        return None
+    if not (isinstance(d, dict) and set(d) == {"stretches", "p_value", "log_sd"}
+            and type(d["stretches"]) is int and d["stretches"] > 1
+            and finite_number(d["p_value"]) and 0 <= d["p_value"] <= 1
+            and finite_number(d["log_sd"]) and d["log_sd"] >= 0):
+        raise ValueError(f"stretch_levels is {shown(d)}, not the stretches, p_value and log_sd of a test of the level")
+    return {"stretches": d["stretches"], "p_value": float(d["p_value"]), "log_sd": float(d["log_sd"])}
