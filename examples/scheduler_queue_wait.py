@@ -45,8 +45,9 @@ def choose_instance(client: PredictorClient, instances: list[Instance], task: di
         by_model.setdefault(tuple(sorted(inst.identity.items())) if named else (inst.name,), []).append(inst)
     scores: dict[str, float] = {}
     for group in by_model.values():
-        # shared_factor: the model's own error about the runtimes' level is one error for the
-        # whole queue; without it a long queue's tail is too sure (README, Modelling).
+        # shared_factor: the model's own error about the runtimes' level, and how far that
+        # level moves between stretches of a run, are one error for the whole queue; without
+        # it a long queue's tail is too sure (README, Modelling).
         waits: dict[str, QueueWaitEstimate] = client.queue_waits(
             group[0].identity, {inst.name: [*inst.tasks_left(), task] for inst in group},
             quantiles=[0.5, level], shared_factor=True)
