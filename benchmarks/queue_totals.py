@@ -574,7 +574,8 @@ def main() -> None:
     args = ap.parse_args()
     # The sections run alone, each followed by its run time.
     alone = {"scaling": total_scaling, "tables": table_totals, "long": long_queues, "moments": moment_agreement,
-             "heldout_ratios": lambda: heldout_ratios(args.seeds), "stretches": lambda: stretch_coverage(args.seeds), "sampled": lambda: sampled_totals(sums=args.sums, short=args.short)}
+             "heldout_ratios": lambda: heldout_ratios(args.seeds), "stretches": lambda: stretch_coverage(args.seeds),
+             "sampled": lambda: sampled_totals(sums=args.sums, short=args.short)}
     for flag, section in alone.items():
         if getattr(args, flag):
             t0 = time.perf_counter()

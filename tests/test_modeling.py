@@ -1404,13 +1404,13 @@ def test_a_level_that_moves_between_stretches_of_the_run_is_shared_by_a_queue():
     levels = np.exp(0.06 * (z - z.mean()) / z.std(ddof=1))
     X, y, _ = _stretches_of_a_run(levels, 300, seed=4)
     model = QuantileModel(["numeric"] * 3, [0] * 3, algorithm="linear").fit(X, y)
-    drift = model.stretch_levels_
-    assert drift["stretches"] == 10 and drift["p_value"] < 1e-10
-    assert drift["log_sd"] == pytest.approx(0.06, rel=0.25)
-    assert model.shared_log_sd_ == pytest.approx(math.hypot(drift["log_sd"], 0.2 / math.sqrt(3000)), rel=0.01)
-    assert model.cv_summary()["stretch_levels"] == drift
+    found = model.stretch_levels_
+    assert found["stretches"] == 10 and found["p_value"] < 1e-10
+    assert found["log_sd"] == pytest.approx(0.06, rel=0.25)
+    assert model.shared_log_sd_ == pytest.approx(math.hypot(found["log_sd"], 0.2 / math.sqrt(3000)), rel=0.01)
+    assert model.cv_summary()["stretch_levels"] == found
     again = QuantileModel.from_json(json.loads(json.dumps(model.to_json())))
-    assert again.stretch_levels_ == drift and again.shared_log_sd_ == model.shared_log_sd_
+    assert again.stretch_levels_ == found and again.shared_log_sd_ == model.shared_log_sd_
 
     order = np.random.default_rng(5).permutation(len(y))
     shuffled = QuantileModel(["numeric"] * 3, [0] * 3, algorithm="linear").fit(X[order], y[order])
@@ -1421,15 +1421,15 @@ def test_a_level_that_moves_between_stretches_of_the_run_is_shared_by_a_queue():
     # factor their 90% intervals hold the measured total about 90% of the time; the tasks'
     # sum alone (and the factor without the stretches) is far too sure.
     rng = np.random.default_rng(6)
-    held = {"drift": [], "no drift": [], "independent": []}
+    held = {"stretches": [], "shuffled": [], "independent": []}
     for k in range(60):
         Xq, yq, _ = llm_like(100, seed=100 + k, sigma=0.2)
         truth = float((yq * np.exp(0.06 * rng.standard_normal())).sum())
-        for name, m, shared in (("drift", model, True), ("no drift", shuffled, True), ("independent", model, False)):
+        for name, m, shared in (("stretches", model, True), ("shuffled", shuffled, True), ("independent", model, False)):
             lo, hi = m.predict_distribution(Xq).total(shared_factor=shared).interval(0.9)
             held[name].append(lo <= truth <= hi)
-    assert 0.8 <= np.mean(held["drift"]) <= 0.99
-    assert np.mean(held["no drift"]) < 0.6 and np.mean(held["independent"]) < 0.6
+    assert 0.8 <= np.mean(held["stretches"]) <= 0.99
+    assert np.mean(held["shuffled"]) < 0.6 and np.mean(held["independent"]) < 0.6
 
 
 def test_a_run_of_few_rows_is_not_cut_into_stretches():
