@@ -25,6 +25,19 @@ def base_traces(n=20):
     ]
 
 
+def test_training_rows_are_taken_in_the_order_their_tasks_ran():
+    # Traces gathered from two workers' logs, one after the other: by their timestamps the
+    # run interleaves them (the stretches of the run, modeling.model.stretch_levels).
+    traces = [{"size": float(i % 5), "ts": 1000.0 + 2 * i + (i >= 10), "runtime_ms": 1.0 + i} for i in range(20)]
+    traces = traces[::2] + traces[1::2]
+    _, _, y, _ = prepare(traces)
+    assert y.tolist() == [1.0 + i for i in range(20)]
+    # A file already in order, ties, or a trace without a timestamp: the order given.
+    for given in (traces[:10], [{**t, "ts": 5.0} for t in traces], [*traces[:-1], {"size": 1.0, "runtime_ms": 99.0}]):
+        _, _, y, _ = prepare(given)
+        assert y.tolist() == [t["runtime_ms"] for t in given]
+
+
 def test_reserved_fields_are_not_features():
     traces = [
         {**t, "task_id": f"t{i}", "req_id": i, "model_id": "turbo", "ts": 1000 + i, "timestamp": 2000 + i,

@@ -81,6 +81,22 @@ def test_train_inline_traces_reports_metrics(service):
     assert 200 < low < 400 and 3500 < high < 6500  # truth: 270 and 4830
 
 
+def test_a_run_sent_out_of_order_is_cut_into_stretches_by_its_timestamps(service):
+    # Ten stretches of 60 runs, each at its own level; sent shuffled, the timestamps put
+    # them back in the order they ran, and the stretches' spread is found as in that order.
+    traces = make_llm_traces(600, seed=3)
+    levels = np.exp(0.1 * np.array([0.3, -1.2, 0.8, 1.5, -0.4, -0.9, 0.1, 1.1, -1.6, 0.3]))
+    for k, t in enumerate(traces):
+        t.update(ts=1.7e9 + k, runtime_ms=t["runtime_ms"] * levels[k // 60])
+    shuffled = [traces[k] for k in np.random.default_rng(4).permutation(len(traces))]
+    in_order = service.train(config(traces))["metrics"]["stretch_levels"]
+    sent_shuffled = service.train(config(shuffled))["metrics"]["stretch_levels"]
+    assert in_order["p_value"] < 1e-6 and in_order["log_sd"] > 0.05
+    assert sent_shuffled == in_order
+    without_ts = service.train(config([{k: v for k, v in t.items() if k != "ts"} for t in shuffled]))
+    assert without_ts["metrics"]["stretch_levels"]["log_sd"] == 0.0
+
+
 def test_train_reports_what_it_dropped(service):
     traces = make_llm_traces(200)
     for i, t in enumerate(traces):

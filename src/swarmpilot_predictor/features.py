@@ -564,7 +564,7 @@ class FeatureSchema:
         specs: list[FeatureSpec] = []
         columns: list[np.ndarray] = []
         constants: list[tuple[str, float | str]] = []
-        rows = np.flatnonzero(keep)
+        rows = _in_run_order(table, np.flatnonzero(keep))
         for name in candidates:
             col = table.columns[name]
             words = _few_words_among_numbers(col, rows)
@@ -885,12 +885,31 @@ class FeatureSchema:
         return [f.name for f in self.features if f.name not in table.columns and not f.optional]
 
 
+def _timestamp_field(table: TraceTable) -> str | None:
+    return next((k for k in sorted(TIMESTAMP_KEYS, key=len) if k in table.columns), None)
+
+
+def _in_run_order(table: TraceTable, rows: np.ndarray) -> np.ndarray:
+    """``rows`` in the order their tasks ran, by the traces' timestamp where every one of
+    them has one (ties and a file already in order keep the file's order); else as given.
+    The model reads how the runtimes' level moved between stretches of the run from the
+    rows' order (modeling.model.stretch_levels): traces gathered from several workers'
+    logs, one log after the other, would make each log a stretch of its own."""
+    order_field = _timestamp_field(table)
+    if order_field is None or len(rows) < 2:
+        return rows
+    ts = table.numeric(order_field)[rows]
+    if not np.isfinite(ts).all() or (np.diff(ts) >= 0).all():
+        return rows
+    return rows[np.argsort(ts, kind="stable")]
+
+
 def _shape_history(table: TraceTable, rows: np.ndarray, specs: list[FeatureSpec], X: np.ndarray,
                    y: np.ndarray) -> tuple[ShapeHistory, np.ndarray, None] | tuple[None, None, str]:
     """The history of input shapes and the training rows' flags, where the traces'
     timestamps and features make one useful; else (None, None, why not)."""
     n = len(rows)
-    order_field = next((k for k in sorted(TIMESTAMP_KEYS, key=len) if k in table.columns), None)
+    order_field = _timestamp_field(table)
     if FIRST_OF_SHAPE in (s.name for s in specs):
         return None, None, f"the traces hold a '{FIRST_OF_SHAPE}' feature of their own"
     if order_field is None or n == 0:

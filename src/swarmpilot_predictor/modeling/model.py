@@ -261,8 +261,9 @@ def _choose(candidates: list[dict[str, Any]]) -> dict[str, Any]:
 
 def stretch_levels(log_ratio: np.ndarray) -> dict[str, Any] | None:
     """How far the runtimes' level moved between stretches of the run, from the training
-    rows' log ratios to their predicted means in the order given (a trace file's: a
-    collector writes traces as their tasks end): ``{"stretches", "p_value", "log_sd"}``,
+    rows' log ratios to their predicted means in the order given (the order their tasks
+    ran: training sorts by the traces' timestamps, features._in_run_order):
+    ``{"stretches", "p_value", "log_sd"}``,
     ``log_sd`` 0 where the stretches' levels differ no more than their rows' noise makes
     them (p at or above ``LEVEL_P_VALUE``); None for too few rows to cut.
 
