@@ -79,6 +79,23 @@ def fitted(kind: str, rows: int, rng: np.random.Generator) -> QuantileModel:
     return QuantileModel(["numeric", "numeric"], [0, 0]).fit(X, runtimes(kind, X, rng))
 
 
+def true_sums(kind: str, Xq: np.ndarray, key: list[int]) -> np.ndarray:
+    """``SUMS`` sums of fresh runtimes of the tasks ``Xq`` from ``kind``'s generator, drawn
+    in batches of 2,000 seeded by ``key`` and the batch's number."""
+    return np.concatenate([runtimes(kind, Xq, np.random.default_rng([*key, k]), 2000).sum(axis=1)
+                           for k in range(SUMS // 2000)])
+
+
+def coverage_90(dist, truth: np.ndarray) -> list[float]:
+    """The share of ``truth`` in the 90% interval of ``dist``'s total, independent then with
+    the shared factor."""
+    got = []
+    for shared in (False, True):
+        lo, hi = dist.total(shared_factor=shared).interval(0.9)
+        got.append(float(((truth >= lo) & (truth <= hi)).mean()))
+    return got
+
+
 TAIL_KINDS = ("lognormal_sigma1", "pareto2.5", "pareto1.5")
 
 
@@ -95,8 +112,7 @@ def tail_coverage(seeds: int, rows: int = 1000, queue: int = 500) -> None:
             rng = np.random.default_rng(200 + seed)
             model = fitted(kind, rows, rng)
             Xq = features(queue, rng)
-            truth = np.concatenate([runtimes(kind, Xq, np.random.default_rng([seed, k]), 2000).sum(axis=1)
-                                    for k in range(SUMS // 2000)])
+            truth = true_sums(kind, Xq, [seed])
             total = model.predict_distribution(Xq).total()
             lo, hi = total.interval(0.9)
             above.append(float((truth > total.quantiles([0.99])[0]).mean()))
@@ -177,15 +193,9 @@ def stretch_coverage(seeds: int, rows: int = 2000) -> None:
                 found.append(model.stretch_levels_["log_sd"])
                 for q in QUEUES:
                     Xq = features(q, rng)
-                    sums = np.concatenate([runtimes(kind, Xq, np.random.default_rng([seed, q, k]), 2000).sum(axis=1)
-                                           for k in range(SUMS // 2000)])
+                    sums = true_sums(kind, Xq, [seed, q])
                     truth = sums * np.exp(spread * np.random.default_rng([seed, q]).standard_normal(len(sums)))
-                    dist = model.predict_distribution(Xq)
-                    got = []
-                    for shared in (False, True):
-                        lo, hi = dist.total(shared_factor=shared).interval(0.9)
-                        got.append(float(((truth >= lo) & (truth <= hi)).mean()))
-                    cover[q].append((got[0], got[1]))
+                    cover[q].append(tuple(coverage_90(model.predict_distribution(Xq), truth)))
             f = np.array(found)
             for q in QUEUES:
                 c = np.array(cover[q])
@@ -611,13 +621,9 @@ def main() -> None:
             taus.append(model.shared_log_sd_)
             for q in QUEUES:
                 Xq = features(q, rng)
-                truth = np.concatenate([runtimes(kind, Xq, np.random.default_rng([seed, q, k]), 2000).sum(axis=1)
-                                        for k in range(SUMS // 2000)])
+                truth = true_sums(kind, Xq, [seed, q])
                 dist = model.predict_distribution(Xq)
-                got = []
-                for shared in (False, True):
-                    lo, hi = dist.total(shared_factor=shared).interval(0.9)
-                    got.append(float(((truth >= lo) & (truth <= hi)).mean()))
+                got = coverage_90(dist, truth)
                 median = dist.total().quantiles([0.5])[0]
                 cover[q].append((got[0], got[1], median / np.median(truth), dist.mean_std()[0].sum() / truth.mean()))
         for q in QUEUES:

@@ -516,7 +516,7 @@ class QuantileModel:
             if self.regime_column is not None and self.algorithm == "auto":
                 self._fit_regimes(X, y, w, chosen)
             self.shared_log_sd_ = 0.0
-            self.shared_log_sd_ = self._shared_log_sd(X, y, w)
+            self.shared_log_sd_, self.stretch_levels_ = self._shared_log_sd(X, y, w)
         return self
 
     def _checked(self, X: Any, y: Any, sample_weight: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -823,7 +823,7 @@ class QuantileModel:
         else:
             self.regime_cv_["reason"] = "not better on held-out rows than one model of all rows"
 
-    def _shared_log_sd(self, X: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> float:
+    def _shared_log_sd(self, X: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> tuple[float, dict[str, Any] | None]:
         """Log sd of the model's error about the level of the runtimes, common to all its predictions.
 
         The mean runtime the model predicts is, in effect, estimated from the training
@@ -831,6 +831,7 @@ class QuantileModel:
         variation over the square root of the (effective) number of rows. To it is added
         how far the level moved between stretches of the training run (stretch_levels).
         One task's calibrated distribution already holds both; the tasks of a queue share them.
+        Returns the log sd and the stretches' test.
         """
         n = len(y)
         rows = np.arange(n)
@@ -854,10 +855,10 @@ class QuantileModel:
         mu = float(np.average(ratio, weights=ww))
         cv2 = float(np.average((ratio - mu) ** 2, weights=ww)) / (mu * mu)
         n_eff = n if w is None else float(w.sum() ** 2 / (w * w).sum())
-        self.stretch_levels_ = stretch_levels(np.log(ratio))
-        spread = 0.0 if self.stretch_levels_ is None else self.stretch_levels_["log_sd"]
+        stretches = stretch_levels(np.log(ratio))
+        spread = 0.0 if stretches is None else stretches["log_sd"]
         out = math.sqrt(math.log1p(cv2 / n_eff) + spread * spread)
-        return out if math.isfinite(out) else 0.0
+        return (out if math.isfinite(out) else 0.0), stretches
 
     def _select(self, X: np.ndarray, y: np.ndarray, ylog: np.ndarray, w: np.ndarray | None) -> dict[str, Any]:
         """Cross-fit every candidate; fill ``cv_``; return the chosen one with its OOF scores."""
