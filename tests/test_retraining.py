@@ -95,25 +95,34 @@ def test_a_drifted_serving_version_takes_a_better_candidate_without_the_margin(t
     svc.close()
 
 
-def _first_runs_model(tmp_path) -> tuple[PredictorService, dict[str, str], list[dict], list[bool]]:
+def _first_runs_model(tmp_path, stated: bool = False) -> tuple[PredictorService, dict[str, str], list[dict], list[bool]]:
     """A service with a model of autotuned vision-like runs, a model for each kind of run
     (the first runs' median 864 ms, the repeats' a few ms), its identity, traces and which
-    of them were first runs."""
+    of them were first runs. The first-run flag is derived from the traces' timestamps, or
+    with ``stated`` the traces' own (and they have no timestamp)."""
     svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", retrain_in_worker=False))
     _opened.append(svc)
     vision = {**IDENTITY, "model_type": "vision", "model_name": "autotuned"}
     traces, firsts = autotuned_traces(40, 600, seed=1)
-    svc.train(TrainConfig.model_validate({"model": vision, "traces": traces}))
+    config: dict = {"model": vision, "traces": traces}
+    if stated:
+        traces = [{"batch_size": t["batch_size"], "image_size": t["image_size"], "first_of_shape": first,
+                   "runtime_ms": t["runtime_ms"]} for t, first in zip(traces, firsts)]
+        config = {"model": vision, "traces": traces, "features": ["batch_size", "image_size", "first_of_shape"]}
+    svc.train(TrainConfig.model_validate(config))
+    assert "first_run_split" in svc.list_models()[0]["models"][0]
     return svc, vision, traces, firsts
 
 
-def test_first_runs_off_under_a_model_of_their_own_are_its_drift_and_retrained(tmp_path):
+@pytest.mark.parametrize("stated", [False, True], ids=["derived_flags", "stated_flags"])
+def test_first_runs_off_under_a_model_of_their_own_are_its_drift_and_retrained(tmp_path, stated):
     # A model for each kind of run, each calibrated on its own kind: first runs now 1.5 times
     # as slow (the repeats as before; 35 of 1,000 runs) are the version's drift, which the
-    # pooled test alone misses, and a retraining refits the first runs' model on what was observed.
-    svc, vision, _, _ = _first_runs_model(tmp_path)
+    # pooled test alone misses, and a retraining refits the first runs' model on what was
+    # observed; whether the flag is derived or the traces' own (whose observations were
+    # recorded without their kind until 2026-12-04, and the drift not found).
+    svc, vision, _, _ = _first_runs_model(tmp_path, stated)
     pattern = IdentityPattern.from_parts(vision)
-    assert "first_run_split" in svc.list_models()[0]["models"][0]
     later, firsts = autotuned_traces(35, 1000, seed=3)
     observed = [{"batch_size": t["batch_size"], "image_size": t["image_size"], "first_of_shape": first,
                  "runtime_ms": t["runtime_ms"] * (1.5 if first else 1.0)} for t, first in zip(later, firsts)]
@@ -137,12 +146,14 @@ def test_first_runs_off_under_a_model_of_their_own_are_its_drift_and_retrained(t
                          ["quantile_predictions"][0], rel=0.05)
 
 
-def test_a_retraining_on_observations_without_first_runs_keeps_the_first_runs_predictions(tmp_path):
+@pytest.mark.parametrize("stated", [False, True], ids=["derived_flags", "stated_flags"])
+def test_a_retraining_on_observations_without_first_runs_keeps_the_first_runs_predictions(tmp_path, stated):
     # Repeats 1.6 times as slow, and no first run among the observations: a candidate fitted
     # on them alone predicted the training data's first runs as repeats (864 ms to 5 ms), and
     # passed as following the serving model where nothing was observed, first runs 7% of
-    # those rows. Each kind of run is judged on its own now.
-    svc, vision, traces, firsts = _first_runs_model(tmp_path)
+    # those rows. Each kind of run is judged on its own now, whether the flag is derived or
+    # the traces' own (judged pooled until 2026-12-04: the first runs' median fell to 0.017 times).
+    svc, vision, traces, firsts = _first_runs_model(tmp_path, stated)
     pattern = IdentityPattern.from_parts(vision)
     later = [t for t, first in zip(*autotuned_traces(40, 700, seed=5)) if not first]
     svc.observe(vision, [{"batch_size": t["batch_size"], "image_size": t["image_size"], "first_of_shape": False,
@@ -496,11 +507,11 @@ def test_a_best_candidate_that_departs_once_refitted_gives_way_to_the_next_best(
         refitting.append(True)
         return real_lower(*args, **kw)
 
-    def check(candidate, serving, obs_X, unseen_X, first_run=False):
+    def check(candidate, serving, obs_X, unseen_X, flag_column=None):
         if refitting and not refused:
             refused.append(candidate)
             return False
-        return real_check(candidate, serving, obs_X, unseen_X, first_run)
+        return real_check(candidate, serving, obs_X, unseen_X, flag_column)
 
     monkeypatch.setattr(retraining, "clearly_lower", lower)
     monkeypatch.setattr(retraining, "_keeps_or_follows", check)

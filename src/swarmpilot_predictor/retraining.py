@@ -159,34 +159,35 @@ COVER_RATIO = 1.25
 FOLLOW_TOLERANCE = 1.5
 
 
-def _run_kinds(X: np.ndarray, first_run: bool) -> tuple[np.ndarray, ...]:
-    """The rows of ``X`` of each kind of run (repeats, first runs), where its last column is
-    the first-run flag (``first_run``); else all of them, as one kind."""
-    if not first_run:
+def _run_kinds(X: np.ndarray, flag_column: int | None) -> tuple[np.ndarray, ...]:
+    """The rows of ``X`` of each kind of run (repeats, first runs), where the models have a
+    first-run flag (column ``flag_column``: derived, or the traces' own); else all of them,
+    as one kind."""
+    if flag_column is None:
         return (np.ones(len(X), dtype=bool),)
-    first = X[:, -1] > 0.5
+    first = X[:, flag_column] > 0.5
     return ~first, first
 
 
 def _changes_by_kind(on_obs: np.ndarray, obs_X: np.ndarray, unseen_X: np.ndarray,
-                     first_run: bool) -> Iterator[tuple[np.ndarray, float]]:
-    """For each kind of run among ``unseen_X`` (one kind without ``first_run``): its rows,
+                     flag_column: int | None) -> Iterator[tuple[np.ndarray, float]]:
+    """For each kind of run among ``unseen_X`` (one kind without ``flag_column``): its rows,
     and the change of log median the candidate made on the observations of that kind
     (``on_obs``; of all of them, where none of its kind was observed)."""
     learned_all = float(np.median(on_obs))
-    for seen, unseen in zip(_run_kinds(obs_X, first_run), _run_kinds(unseen_X, first_run)):
+    for seen, unseen in zip(_run_kinds(obs_X, flag_column), _run_kinds(unseen_X, flag_column)):
         if unseen.any():
             yield unseen, float(np.median(on_obs[seen])) if seen.any() else learned_all
 
 
 def _follows(candidate: QuantileModel, serving: QuantileModel, obs_X: np.ndarray, unseen_X: np.ndarray,
-             first_run: bool = False) -> bool:
+             flag_column: int | None = None) -> bool:
     """Whether ``candidate`` changes the median on ``unseen_X`` as it does on ``obs_X``.
 
     A model fitted on one batch size's observations predicts that batch size's runtime
     for every batch size: it does not follow. One fitted after a uniform 1.5x slowdown
     predicts 1.5x the serving model's runtimes on unobserved inputs too: it does. With
-    ``first_run`` (the models' last column the first-run flag), each kind of run is judged
+    ``flag_column`` (the models' first-run flag), each kind of run is judged
     on its own, against the change on the observations of its kind (or of all, where
     none was observed): a candidate fitted on recent observations, none of them a first
     run, predicted the training data's first runs as repeats (864 ms to 5 ms), and passed
@@ -201,7 +202,7 @@ def _follows(candidate: QuantileModel, serving: QuantileModel, obs_X: np.ndarray
         return False
     return all(np.isfinite(learned)
                and float(np.quantile(np.abs(on_unseen[rows] - learned), 0.9)) <= np.log(FOLLOW_TOLERANCE)
-               for rows, learned in _changes_by_kind(on_obs, obs_X, unseen_X, first_run))
+               for rows, learned in _changes_by_kind(on_obs, obs_X, unseen_X, flag_column))
 
 
 def _median_log_ratio(candidate: QuantileModel, serving: QuantileModel, X: np.ndarray) -> np.ndarray:
@@ -212,12 +213,12 @@ def _median_log_ratio(candidate: QuantileModel, serving: QuantileModel, X: np.nd
 
 
 def _keeps_or_follows(candidate: QuantileModel, serving: QuantileModel, obs_X: np.ndarray, unseen_X: np.ndarray,
-                      first_run: bool = False) -> bool:
+                      flag_column: int | None = None) -> bool:
     """Whether, where nothing was observed, ``candidate`` keeps the serving model's median or
     changes it as it does on the observations, to within :data:`FOLLOW_TOLERANCE`, for 90%
     of those rows: a candidate fitted with the training rows there may do either, not
     something of its own (a third of the rows' runtimes where they were not observed).
-    With ``first_run``, each kind of run on its own, as :func:`_follows` judges them."""
+    With ``flag_column``, each kind of run on its own, as :func:`_follows` judges them."""
     r = _median_log_ratio(candidate, serving, unseen_X)
     on_obs = _median_log_ratio(candidate, serving, obs_X)
     if not (np.isfinite(np.median(on_obs)) and np.isfinite(r).all()):
@@ -225,7 +226,7 @@ def _keeps_or_follows(candidate: QuantileModel, serving: QuantileModel, obs_X: n
     return all(np.isfinite(learned)
                and float(np.quantile(np.minimum(np.abs(r[rows]), np.abs(r[rows] - learned)), 0.9))
                <= np.log(FOLLOW_TOLERANCE)
-               for rows, learned in _changes_by_kind(on_obs, obs_X, unseen_X, first_run))
+               for rows, learned in _changes_by_kind(on_obs, obs_X, unseen_X, flag_column))
 
 
 # A retrained version's metadata ("extra") notes the newest observation it was fitted on.
@@ -384,7 +385,7 @@ class _Candidates:
     row_losses: dict[str, np.ndarray]  # per held-out row, the serving model's ("current") too
     scores: dict[str, float]  # their means
     training: tuple[np.ndarray, np.ndarray] | None  # the stored training rows (X, y)
-    first_run: bool  # the models' last column is the first-run flag (each kind of run judged apart)
+    flag_column: int | None  # the models' first-run flag, if any (each kind of run judged apart)
 
 
 @dataclasses.dataclass
@@ -747,7 +748,9 @@ class Retrainer:
         X0, y0 = stored if stored is not None and len(stored[1]) else (None, None)
         training = None if X0 is None else (X0, y0)
         kinds = meta.features.kinds
-        first_run = meta.features.history is not None  # the models' last column: the first-run flag
+        # Derived or stated by the traces, the flag is a column of its own: judged pooled, first
+        # runs of a model of stated flags were forgotten as those of a derived one were.
+        flag_column = meta.features.regime_column
         observed = self._candidate_observations(obs, training is not None)
         row_losses = {"current": obs.heldout_loss(current.model)}
         # Stored training rows in each candidate: all of them, none, or (``"uncovered"``) those
@@ -770,7 +773,7 @@ class Retrainer:
                     if x0_median is None:  # once per retraining, for every candidate
                         x0_median = current.model.predict_quantiles(X0, [0.5])[:, 0]
                     unseen = uncovered_rows(X0, X, kinds, current.model, x0_median)
-                    if unseen.any() and not _follows(model, current.model, X, X0[unseen], first_run):
+                    if unseen.any() and not _follows(model, current.model, X, X0[unseen], flag_column):
                         # Fitted on the observations alone it would forget what no one observed:
                         # the training rows there stay.
                         remembers[name] = "uncovered"
@@ -778,7 +781,7 @@ class Retrainer:
                             *self._with_training(training, X, y, w, unseen, float(w.mean())))
                         training_rows[name] = int(unseen.sum())
                         unseen_of[name] = unseen
-                        if not _keeps_or_follows(model, current.model, X, X0[unseen], first_run):
+                        if not _keeps_or_follows(model, current.model, X, X0[unseen], flag_column):
                             # Even so it makes something of its own of what no one observed.
                             decision.setdefault("candidates_dropped", {})[name] = (
                                 "departs from the serving model where nothing was observed")
@@ -789,7 +792,7 @@ class Retrainer:
         decision["heldout_log_pinball"] = scores
         decision["heldout_rows"] = int(obs.held_out)
         decision["training_rows"] = training_rows
-        return _Candidates(observed, remembers, unseen_of, row_losses, scores, training, first_run)
+        return _Candidates(observed, remembers, unseen_of, row_losses, scores, training, flag_column)
 
     def _choose(self, identity: ModelIdentity, current: LoadedModel, obs: _Observations, candidates: _Candidates,
                 decision: dict[str, Any]) -> _Winner | None:
@@ -854,7 +857,7 @@ class Retrainer:
             model = self._new_model(meta).fit(X, y, sample_weight=w)
             if remembers[name] == "uncovered" and not _keeps_or_follows(model, current.model, observed_X,
                                                                        training[0][unseen_of[name]],
-                                                                       candidates.first_run):
+                                                                       candidates.flag_column):
                 decision.setdefault("candidates_dropped", {})[name] = (
                     "refitted with the held-out observations, departs from the serving model where nothing "
                     "was observed")

@@ -989,8 +989,9 @@ class PredictorService:
         dist = loaded.model.predict_distribution(X[rows])
         q = dist.quantiles(list(MONITOR_LEVELS))
         version = loaded.meta.version
-        # The first-run flag each was predicted with (the model's last column), where it has one.
-        first_run = X[rows, -1] if loaded.meta.features.history is not None else None
+        # The first-run flag each was predicted with (derived, or the traces' own), where the model has one.
+        flag = loaded.meta.features.regime_column
+        first_run = X[rows, flag] if flag is not None else None
         self.monitor.record(identity, version, [flat[i] for i in rows], y[rows], q, *dist.mean_std(), first_run,
                             kinds_apart=first_run_split(loaded.meta.metrics) is not None)
         self.registry.maybe_refresh()
