@@ -75,6 +75,11 @@ def test_one_process_keeps_its_own_registry_and_removes_a_deleted_model_s_series
     got = _samples(a.render()[0].decode())
     assert got[("predictor_model_kind_drifted", (("kind", "first_run"), ("model", "llm/a")))] == 1.0
     assert got[("predictor_model_kind_drifted", (("kind", "repeat"), ("model", "llm/a")))] == 0.0
+    # Its HELP says what the README's table does: a version with a model for each kind of
+    # run drifts with either kind (retraining follows), any other reports the kinds only.
+    help_line = next(line for line in a.render()[0].decode().splitlines()
+                     if line.startswith("# HELP predictor_model_kind_drifted "))
+    assert "where it has a model for each kind of run, reported only otherwise" in help_line
     assert got[("predictor_predictions_total", (("model", "llm/a"), ("source", "model")))] == 3.0
     assert got[("predictor_model_coverage_ratio", (("level", "0.9"), ("model", "llm/a")))] == 0.875
     assert got[("predictor_model_relative_pinball_loss", (("model", "llm/a"),))] == 0.05

@@ -58,8 +58,9 @@ _ACCURACY_GAUGES = (
     ("predictor_model_drifted", "1 when the drift test (an exact binomial test of each level's coverage over the "
      "rolling window, at PREDICTOR_DRIFT_ALPHA) rejects the model's calibration.", ("model",), "drifted"),
     ("predictor_model_kind_drifted", "1 when the drift test of one kind of run's observations alone (first_run, "
-     "repeat: a model with the derived first-run column) rejects their calibration; reported only: retraining "
-     "follows predictor_model_drifted.", ("model", "kind"), "drifted_by_kind"),
+     "repeat: a model that tells first runs from repeats) rejects their calibration: the version's drift "
+     "(predictor_model_drifted, which retraining follows) where it has a model for each kind of run, reported "
+     "only otherwise.", ("model", "kind"), "drifted_by_kind"),
 )
 
 
