@@ -34,6 +34,7 @@ fell below the predicted total's median (0.5 when the total is unbiased).
     uv run python benchmarks/queue_totals.py --moments  # tasks' expect and error against their quantiles' moments
     uv run python benchmarks/queue_totals.py --heldout-ratios  # training's held-out expect/error ratios against new data
     uv run python benchmarks/queue_totals.py --stretches  # runs whose level moves between stretches
+    uv run python benchmarks/queue_totals.py --false-spread  # the stretch test's level and power
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ import numpy as np
 
 from swarmpilot_predictor.features import FeatureSchema
 from swarmpilot_predictor.modeling import EVAL_LEVELS, QuantileModel, moment_metrics, pinball_loss
+from swarmpilot_predictor.modeling.model import LEVEL_P_VALUE, LEVEL_STRETCHES, stretch_levels
 from swarmpilot_predictor.traces import TraceTable, iter_trace_file
 
 QUEUES = (5, 50, 500)
@@ -201,6 +203,39 @@ def stretch_coverage(seeds: int, rows: int = 2000) -> None:
                 c = np.array(cover[q])
                 print(f"| {kind} | {spread} | {(f > 0).mean():.2f} | {f.mean():.4f} | {q} | {c[:, 0].mean():.3f} "
                       f"| {c[:, 1].mean():.3f} | {c[:, 1].min():.2f} |", flush=True)
+
+
+# Log ratios of runs of one level, to the predicted means: the noise forms the stretch test meets.
+FALSE_SPREAD_NOISE = {
+    "normal, sd 0.2": lambda rng, n: rng.normal(0.0, 0.2, n),
+    "normal, sd 1": lambda rng, n: rng.normal(0.0, 1.0, n),
+    "Student t, 3 df": lambda rng, n: 0.1 * rng.standard_t(3, n),
+    "slow mode 3x, one run in ten": lambda rng, n: rng.normal(0.0, 0.05, n) + np.log(np.where(rng.random(n) < 0.1, 3.0, 1.0)),
+    "log of an exponential": lambda rng, n: np.log(rng.exponential(1.0, n)),
+}
+
+
+def false_spread(draws: int = 4000) -> None:
+    """The stretch test (``stretch_levels``) on runs of one level: the share of ``draws`` runs
+    of each length it calls spread at ``LEVEL_P_VALUE`` (and at 0.01), which should be about
+    that p-value; then its power on runs of 10 stretches whose levels differ by a log sd of
+    0.03 or 0.06 (500 runs each)."""
+    rng = np.random.default_rng(11)
+    print(f"| noise | rows | called spread at p < {LEVEL_P_VALUE:g} | at p < 0.01 |")
+    print("|---|---:|---:|---:|")
+    for name, noise in FALSE_SPREAD_NOISE.items():
+        for n in (120, 300, 600, 2000):
+            p = np.array([stretch_levels(noise(rng, n))["p_value"] for _ in range(draws)])
+            print(f"| {name} | {n} | {np.mean(p < LEVEL_P_VALUE):.4f} | {np.mean(p < 0.01):.4f} |", flush=True)
+    print(f"\n| noise | rows | level log sd | called spread at p < {LEVEL_P_VALUE:g} |")
+    print("|---|---:|---:|---:|")
+    for name in ("normal, sd 0.2", "slow mode 3x, one run in ten"):
+        for n in (300, 600, 2000):
+            for spread in STRETCH_SPREADS[1:]:
+                found = [stretch_levels(FALSE_SPREAD_NOISE[name](rng, n) + np.repeat(
+                    spread * rng.standard_normal(LEVEL_STRETCHES), n // LEVEL_STRETCHES))["p_value"] < LEVEL_P_VALUE
+                    for _ in range(500)]
+                print(f"| {name} | {n} | {spread} | {np.mean(found):.3f} |", flush=True)
 
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "data"
@@ -579,12 +614,15 @@ def main() -> None:
                     help="only the training's held-out expect_ratio and error_ratio against new tasks' and test rows'")
     ap.add_argument("--stretches", action="store_true",
                     help="only runs whose level moves between stretches: totals of queues run in a new stretch")
+    ap.add_argument("--false-spread", action="store_true",
+                    help="only the stretch test on runs of one level (how often it calls them spread) and its power")
     ap.add_argument("--scaling", action="store_true",
                     help="only how a total's cost grows from 100 to 100,000 synthetic tasks, and its grid")
     args = ap.parse_args()
     # The sections run alone, each followed by its run time.
     alone = {"scaling": total_scaling, "tables": table_totals, "long": long_queues, "moments": moment_agreement,
              "heldout_ratios": lambda: heldout_ratios(args.seeds), "stretches": lambda: stretch_coverage(args.seeds),
+             "false_spread": false_spread,
              "sampled": lambda: sampled_totals(sums=args.sums, short=args.short)}
     for flag, section in alone.items():
         if getattr(args, flag):
