@@ -1443,6 +1443,7 @@ def test_a_run_of_few_rows_is_not_cut_into_stretches():
 @pytest.mark.parametrize("log_ratio, expected", [
     # Runs as exact as a clock's tick: nothing to tell apart.
     (np.zeros(300), {"stretches": 10, "p_value": 1.0, "log_sd": 0.0}),
+    (np.r_[np.zeros(150), np.full(150, 2e-16)], {"stretches": 10, "p_value": 1.0, "log_sd": 0.0}),  # rounding
     # Two levels without noise: the stretches' own spread, with nothing to take off it.
     (np.repeat([0.0, 0.2], 150), {"stretches": 10, "p_value": 0.0, "log_sd": pytest.approx(0.1 * np.sqrt(10 / 9))}),
     # Too few rows to cut, or a ratio that overflowed: no test.
