@@ -532,6 +532,38 @@ def test_workers_follow_the_log_through_rotation_and_torn_lines(tmp_path):
     assert b.report(IDENT, 2)["observations"] == 4 and b.report(IDENT, 1)["observations"] == 42
 
 
+def test_a_request_s_observations_cut_short_by_a_crash_are_never_counted(tmp_path):
+    # kill -9 during a large /observe's write: the kernel stops the write at a page, and the log
+    # held the request's first 11,219 of 50,000 observations as whole lines, which a restart
+    # counted, and a client retrying the unanswered request then counted twice.
+    y, q = _lognormal_quantiles(300, seed=6)
+    monitor = AccuracyMonitor(ObservationLog(tmp_path))
+    monitor.record(IDENT, 1, [{"x": 1}] * 100, y[:100], q[:100])
+    active = sorted((tmp_path / IDENT.dirname).glob("obs-*.jsonl"))[-1]
+    whole = active.stat().st_size
+    monitor.record(IDENT, 1, [{"x": 2}] * 100, y[100:200], q[100:200])
+    lines = active.read_bytes()[whole:].splitlines(keepends=True)
+    for kept in (lines[:40], lines[:40] + [lines[40][:25]]):  # cut at a line's end, or within one
+        with open(active, "r+b") as fh:
+            fh.truncate(whole)
+            fh.seek(whole)
+            fh.write(b"".join(kept))
+        assert AccuracyMonitor(ObservationLog(tmp_path)).report(IDENT, 1)["observations"] == 100
+        assert len(ObservationLog(tmp_path).read(IDENT)) == 100
+    # The next request's observations count, however that crash left the log.
+    reader = AccuracyMonitor(ObservationLog(tmp_path))
+    assert reader.report(IDENT, 1)["observations"] == 100
+    AccuracyMonitor(ObservationLog(tmp_path)).record(IDENT, 1, [{"x": 3}] * 100, y[200:], q[200:])
+    assert reader.report(IDENT, 1)["observations"] == 200
+    assert list(reader.tracker(IDENT, 1).y) == y[:100].tolist() + y[200:].tolist()
+    assert [r["trace"]["x"] for r in ObservationLog(tmp_path).read(IDENT)] == [1] * 100 + [3] * 100
+    # A log written before requests were counted (records without "n") reads as it did.
+    with open(active, "ab") as fh:
+        fh.write(b"".join(orjson.dumps({"ts": 5.0, "runtime_ms": 100.0, "version": 1, "q": q[0].tolist(), "trace": {},
+                                        "i": i}) + b"\n" for i in range(3)))
+    assert reader.report(IDENT, 1)["observations"] == 203
+
+
 def test_an_observation_log_that_keeps_no_file_is_refused(tmp_path, monkeypatch):
     import pytest
     from pydantic import ValidationError

@@ -101,7 +101,39 @@ def _log_names(names: Iterable[str]) -> list[str]:
 
 
 def _parse(data: bytes) -> list[dict[str, Any]]:
-    return read_json_lines(data, _usable)
+    return _whole_appends(read_json_lines(data, _usable))
+
+
+def _whole_appends(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``records`` less those of an append cut short by a crash.
+
+    An append's first record says how many it holds (``n``; see :meth:`AccuracyMonitor.record`).
+    One write to a regular file is not atomic against a kill: the kernel stops it at a page,
+    and the log kept the first 11,219 of a request's 50,000 observations as whole lines,
+    counted after the restart (and again when the client retried the unanswered request).
+    Readers wait for appends under way (see :meth:`ObservationLog.read_span`), so an append
+    whose last record is missing is one that will never end: it is skipped whole. Records
+    logged before appends were counted have no ``n`` and are read as they are.
+    """
+    out: list[dict[str, Any]] = []
+    append: list[dict[str, Any]] | None = None
+    size = last = 0
+    for r in records:
+        n, i = r.get("n"), r.get("i", 0)
+        if append is not None and (n is not None or i <= last):
+            append = None  # another append began: the open one was cut short
+        if append is None:
+            if type(n) is int and n > 1 and i == 0:
+                append, size, last = [r], n, i
+            else:
+                out.append(r)
+            continue
+        append.append(r)
+        last = i
+        if i >= size - 1:
+            out += append
+            append = None
+    return out
 
 
 @dataclass(frozen=True)
@@ -118,7 +150,8 @@ class ObservationLog:
     """Append-only JSONL per model, rotated to bound disk use.
 
     Each request's records are written with one ``write`` and fsynced, so a
-    crash loses at most the request in flight; a torn last line is skipped
+    crash loses at most the request in flight (its records are read back whole or
+    not at all, see _whole_appends); a torn last line is skipped
     when reading. When the active file passes ``max_file_bytes`` it is
     rotated, and only the newest ``max_files`` files are kept.
     """
@@ -713,6 +746,8 @@ class AccuracyMonitor:
         decided on each kind too, see :class:`RollingAccuracy`)."""
         records = [{"i": i, "version": version, "runtime_ms": yi, "q": qi, "trace": t, **({"k": 1} if kinds_apart else {})}
                    for i, (t, yi, qi) in enumerate(zip(traces, y.tolist(), q.tolist()))]
+        if records:
+            records[0]["n"] = len(records)  # read back only whole (see _whole_appends)
         flags = None if first_run is None else first_run.astype(np.int64)
         for key, values in (("e", expect), ("s", error), ("f", flags)):
             if values is not None:
