@@ -602,7 +602,14 @@ def test_with_url_the_api_key_comes_from_the_environment(tmp_path, monkeypatch):
     with run_server(tmp_path / "data", {"PREDICTOR_API_KEY": key}) as srv:
         monkeypatch.delenv("PREDICTOR_API_KEY", raising=False)
         result = runner.invoke(cli.app, ["train", str(cfg), "--url", srv.url])
-        assert one_error_line(result).startswith("error: 401: this route changes the service's state and needs its API key")
+        said = one_error_line(result)
+        assert said.startswith("error: 401: this route changes the service's state and needs its API key")
+        # A CLI user sends no header of their own: what to set is said.
+        assert said.endswith("(PREDICTOR_API_KEY is not set here: the CLI sends it as the key)")
+        monkeypatch.setenv("PREDICTOR_API_KEY", "not-the-" + key)
+        said = one_error_line(runner.invoke(cli.app, ["train", str(cfg), "--url", srv.url]))
+        assert said == "error: 401: the API key sent is not this service's (the CLI sent PREDICTOR_API_KEY)"
+        assert key not in said
         monkeypatch.setenv("PREDICTOR_API_KEY", key)
         invoke("train", cfg, "--url", srv.url)
         monkeypatch.delenv("PREDICTOR_API_KEY")  # reading needs no key

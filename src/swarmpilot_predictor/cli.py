@@ -123,6 +123,10 @@ def _remote(url: str, flags: dict[str, str] | None = None) -> Iterator[Any]:
             yield client
     except PredictorClientError as exc:
         message = _as_flag(exc.message, exc.field, flags)
+        if exc.status_code == 401 and exc.field == "authorization":
+            # The service says which header to send; a CLI user sends it by the variable alone.
+            message += (f" ({API_KEY_ENV} is not set here: the CLI sends it as the key)" if not os.environ.get(API_KEY_ENV)
+                        else f" (the CLI sent {API_KEY_ENV})")
         _fail(f"{exc.status_code}: {message}" if exc.status_code else message)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:  # a URL httpx cannot use
         _fail(f"cannot talk to the predictor at {url}: {exc}")
