@@ -884,6 +884,28 @@ def test_only_the_newest_versions_are_kept_where_a_limit_is_set(tmp_path, caplog
     assert [v.version for v in svc_all.registry.versions(identity)] == [1, 2, 3]
 
 
+def test_the_accuracy_of_versions_deleted_to_keep_the_newest_is_let_go(tmp_path):
+    # Each observed version's window (up to PREDICTOR_ACCURACY_WINDOW observations) stayed in
+    # memory until its model was deleted: a soak with automatic retraining and
+    # PREDICTOR_KEEP_VERSIONS=3 held one per version ever stored, 3 of them on disk.
+    svc = _service(tmp_path, keep_versions=2)
+    identity = ModelIdentity.from_parts(IDENTITY)
+    scraper = PredictorService(svc.settings)  # another worker, which only answers scrapes
+    _opened.append(scraper)
+    for seed in range(1, 6):
+        svc.observe(IDENTITY, make_llm_traces(50, seed=100 + seed))
+        scraper.render_metrics()
+        svc.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(300, seed=seed), algorithm="linear"))
+    svc.observe(IDENTITY, make_llm_traces(50, seed=200))
+    scraper.render_metrics()
+    assert [v.version for v in svc.registry.versions(identity)] == [5, 6]
+    assert sorted(svc.monitor._followed[identity].trackers) == [5, 6]
+    assert sorted(scraper.monitor._followed[identity].trackers) == [5, 6]
+    # What is still stored keeps its figures.
+    assert svc.accuracy(IdentityPattern.from_parts(IDENTITY), version=5)["observations"] == 50
+    assert scraper.accuracy(IdentityPattern.from_parts(IDENTITY))["observations"] == 50
+
+
 # ---------------------------------------------------------------- the retraining worker process
 # Stand-ins for the worker's job, named by module and name, as the worker process imports them.
 

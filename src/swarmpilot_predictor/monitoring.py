@@ -19,7 +19,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Collection, Iterable
 
 import numpy as np
 import orjson
@@ -806,3 +806,21 @@ class AccuracyMonitor:
     def forget(self, identity: ModelIdentity) -> None:
         with self._lock:
             self._followed.pop(identity, None)
+
+    def forget_deleted_versions(self, identity: ModelIdentity, stored: Collection[int]) -> None:
+        """Let go of the accuracy of ``identity``'s versions that were deleted: those older than
+        its newest ``stored`` version and not among them. Each held up to ``window``
+        observations until the whole model was deleted, and with PREDICTOR_KEEP_VERSIONS and
+        automatic retraining one is deleted every few hundred observations. (Numbers are never
+        given twice, so one below the newest that is not stored is gone for good; a newer one,
+        stored by another worker since ``stored`` was read, is kept.)"""
+        if not stored:
+            return
+        with self._lock:
+            state = self._followed.get(identity)
+        if state is None:
+            return
+        newest = max(stored)
+        with state.lock:
+            for version in [v for v in state.trackers if v < newest and v not in stored]:
+                del state.trackers[version]

@@ -995,13 +995,16 @@ class PredictorService:
         self.monitor.record(identity, version, [flat[i] for i in rows], y[rows], q, *dist.mean_std(), first_run,
                             kinds_apart=first_run_split(loaded.meta.metrics) is not None)
         self.registry.maybe_refresh()
-        if not self.registry.versions(identity):
+        stored = [v.version for v in self.registry.versions(identity)]
+        if not stored:
             # Deleted (by another worker) while these were recorded: its observations go with
             # it, these too. (The delete removes the model before its observations, so one of
             # the two always sees the other.)
             self.observations.delete(identity)
             self.monitor.forget(identity)
             raise ModelNotFound(f"no model {identity.key}: it was deleted", field="model")
+        # Versions deleted since (PREDICTOR_KEEP_VERSIONS, by any worker) leave their windows here.
+        self.monitor.forget_deleted_versions(identity, stored)
         self.metrics.observations.labels(identity.key).inc(len(rows))
         report = self.monitor.report(identity, version)
         self.metrics.set_accuracy(identity.key, version, report)
@@ -1071,6 +1074,9 @@ class PredictorService:
             except ModelNotFound:  # deleted meanwhile
                 continue
             live.add(identity.key)
+            # A worker that serves no /observe still reads the others' observations: the windows
+            # of versions deleted since go here.
+            self.monitor.forget_deleted_versions(identity, [v.version for v in self.registry.versions(identity)])
             try:
                 report = self.monitor.report(identity, serving)
             except OSError as exc:  # one unreadable log must not fail the whole scrape
