@@ -820,7 +820,8 @@ class AccuracyMonitor:
             state = self._followed.get(identity)
         if state is None:
             return
-        newest = max(stored)
+        kept = set(stored)
+        newest = max(kept)
         with state.lock:
-            for version in [v for v in state.trackers if v < newest and v not in stored]:
+            for version in [v for v in state.trackers if v < newest and v not in kept]:
                 del state.trackers[version]
