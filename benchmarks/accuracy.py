@@ -106,6 +106,9 @@ GPU_SETS = {
     "h200_resnet50_vision": "real H200 traces: ResNet-50 fp16, cuDNN autotuner on, 42 shapes",
     "h200_llm_decode": "real H200 traces: 0.44B decoder, output length hidden (lognormal, 3% aborted)",
     "h200_text_encoder": "real H200 traces: BERT-base-sized encoder, padded batches",
+    "h200_t2img_diffusion": "real H200 traces: DiT text-to-image, 7 sizes, 10-50 steps, guidance doubles the batch",
+    "h200_asr_speech": "real H200 traces: Whisper-base-sized speech recognition, speech rate and loops hidden",
+    "h200_ocr_document": "real H200 traces: page detection and line recognition, lines per page hidden",
 }
 
 
