@@ -106,15 +106,22 @@ GPU_SETS = {
     "h200_resnet50_vision": "real H200 traces: ResNet-50 fp16, cuDNN autotuner on, 42 shapes",
     "h200_llm_decode": "real H200 traces: 0.44B decoder, output length hidden (lognormal, 3% aborted)",
     "h200_text_encoder": "real H200 traces: BERT-base-sized encoder, padded batches",
+}
+# Workloads measured later (2026-12-04) on other H200 machines, and scored the day they were
+# measured, with the modelling as it stood: see FRESH_GPU_NOTE.
+FRESH_GPU_SETS = {
     "h200_t2img_diffusion": "real H200 traces: DiT text-to-image, 7 sizes, 10-50 steps, guidance doubles the batch",
     "h200_asr_speech": "real H200 traces: Whisper-base-sized speech recognition, speech rate and loops hidden",
     "h200_ocr_document": "real H200 traces: page detection and line recognition, lines per page hidden",
+    "h200_tts_speech": "real H200 traces: Tacotron-style text-to-speech and vocoder, sentences and pace hidden",
+    "h200_llm_serving": "real H200 traces: the 0.44B decoder batching requests as they arrive, load varies",
+    "h200_llm_serving_saturated": "real H200 traces: the same decoder served past its capacity, slots always full",
 }
 
 
-def gpu_sets() -> list[TraceSet]:
+def gpu_sets(sets: dict[str, str] = GPU_SETS) -> list[TraceSet]:
     return [TraceSet(name, list(iter_trace_file(GPU_DIR / f"{name}.jsonl")), description=desc)
-            for name, desc in GPU_SETS.items()]
+            for name, desc in sets.items()]
 
 
 def _normal_q(levels: np.ndarray) -> np.ndarray:
@@ -1032,6 +1039,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-unseen", action="store_true",
                     help=f"skip the synthetic sets regenerated with the seed offsets {', '.join(map(str, UNSEEN_OFFSETS))} "
                          "and the H200 traces")
+    ap.add_argument("--resplits", type=int, default=0, metavar="N",
+                    help="score the sets of --sets (default: the real ones) over N other random 70/30 splits "
+                         "(prints it; README untouched)")
     ap.add_argument("--tail-study", action="store_true",
                     help="run only the heavy-tailed set over 8 seeds: error to the true quantiles per level (prints it)")
     args = ap.parse_args(argv)
@@ -1044,9 +1054,14 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(seed_study()))
         return 0
     sets = real_sets() + synthetic_sets(args.synthetic_rows, args.seed_offset)
+    if args.resplits and not args.sets:
+        args.sets = ",".join([s.name for s in real_sets()] + list(GPU_SETS) + list(FRESH_GPU_SETS))
     if args.sets:
         wanted = args.sets.split(",")
-        sets = [s for s in sets + gpu_sets() if any(w in s.name for w in wanted)]
+        sets = [s for s in sets + gpu_sets() + gpu_sets(FRESH_GPU_SETS) if any(w in s.name for w in wanted)]
+    if args.resplits:
+        print("\n".join(resplit_study(sets, args.resplits)))
+        return 0
     res = run_sets(sets)
     summ = summary_lines(res, "### Summary")
     full = not args.sets and args.seed_offset == 0 and args.synthetic_rows == SYNTH_ROWS
@@ -1069,7 +1084,11 @@ def main(argv: list[str] | None = None) -> int:
         summ += ["", *summary_lines(gres, "### Real traces measured on an H200 after the modelling was settled"),
                  "", GPU_NOTE]
         # A level-3 heading: write_readme ends the accuracy section at the next "## ".
-        gpu_blocks = ["### Per-set tables: the H200 traces", "", *gres["blocks"]]
+        print("(real H200 traces of three workloads measured later)", file=sys.stderr, flush=True)
+        fres = run_sets(gpu_sets(FRESH_GPU_SETS))
+        summ += ["", *summary_lines(fres, "### Real traces of three more workloads, scored the day they were measured"),
+                 "", FRESH_GPU_NOTE]
+        gpu_blocks = ["### Per-set tables: the H200 traces", "", *gres["blocks"], *fres["blocks"]]
     if full and not args.no_study:
         print("(many-seeds study)", file=sys.stderr, flush=True)
         summ += ["", *seed_study()]
@@ -1108,6 +1127,57 @@ side of each test row, whose runtimes follow a state of the machine that drifts 
 consecutive tasks and is gone within a second; given the derived column it then beat the
 service on both sets, by 3% (vision) and 15% (text encoder).
 The LLM set's 104 test rows are under the 200 the calibration figures need."""
+
+
+FRESH_GPU_NOTE = """\
+Three more workloads, measured on 2026-12-04 on another H200 machine of the same kind (same
+driver, PyTorch, CUDA and cuDNN; `examples/data/h200_collection.json`, third run) with
+`benchmarks/collect_gpu_traces.py`, whose docstring says what each is: text-to-image
+diffusion, speech recognition and document OCR. Nothing in the modelling was written or
+tuned for them: they were scored the day they were measured, and the figures above are that
+first scoring (no modelling change has followed). Two figures are not met, both on the
+speech traces (99 test rows): the service is 5.7% behind `qrf`, and 8.6% behind it given the
+derived columns (the text-to-image traces are the other set with such a column); without the
+one test row that weighs most the ratio is 1.028 (see that set's table). That set's three
+slowest traces (5.3 to 9.8 s, 50 to 100 times a repeat's 5 ms per second of audio) are among
+its first 73 requests and none later: every new decoder length paid for its kernels the
+first time it ran, a warm-up no feature tells. Which of them a split puts in the training
+rows sets the service's 0.99 quantile, which then sits among them or below them. Over 12 other
+random 70/30 splits (`--resplits 12`, below) the service is ahead of every baseline on 10 of
+them, and behind by 12% and 20% on the two whose training rows hold the warm-up's slowest
+traces (at the 0.99 level alone; below it, ahead of every baseline on both). The
+text-to-image set's first split gave a 90% coverage of 0.971 on its 138 test rows; over the
+12 other splits it averages 0.903 (MACE 0.023)."""
+
+
+RESPLIT_SEEDS = 12
+
+
+def resplit_study(sets: list[TraceSet], n: int) -> list[str]:
+    """Each set over ``n`` other random 70/30 splits: how much of a ratio is the one split's luck."""
+    out = [f"### The sets over {n} other random 70/30 splits (seeds {SPLIT_SEED + 1} to {SPLIT_SEED + n})", "",
+           "| set | service / best baseline per split | geometric mean | splits the service leads | "
+           "the same given the derived columns, per split | geometric mean | mean MACE | mean cov. 90% |",
+           "|---|---|---:|---:|---|---:|---:|---:|"]
+    for ts in sets:
+        ratios, given, mace, cov = [], [], [], []
+        for k in range(1, n + 1):
+            perm = np.random.default_rng(SPLIT_SEED + k).permutation(len(ts.traces))
+            cut = int(round(0.7 * len(ts.traces)))
+            rows, _ = evaluate(ts, (np.sort(perm[:cut]), np.sort(perm[cut:])))
+            svc = rows[0].metrics["rel_pinball"]
+            base = [r.metrics["rel_pinball"] for r in rows[1:] if not r.reference]
+            refs = [r.metrics["rel_pinball"] for r in rows[1:] if r.method.endswith("+derived")]
+            ratios.append(svc / min(base))
+            given.append(svc / min(base + refs))
+            mace.append(rows[0].metrics["mace"])
+            cov.append(rows[0].metrics["cov90"])
+            print(f"{ts.name} split {k}: ratio {ratios[-1]:.3f}", file=sys.stderr, flush=True)
+        out.append(f"| {ts.name} | {' '.join(f'{r:.3f}' for r in ratios)} | {math.exp(np.mean(np.log(ratios))):.3f} "
+                   f"| {sum(r <= 1 for r in ratios)} of {n} | {' '.join(f'{r:.3f}' for r in given)} "
+                   f"| {math.exp(np.mean(np.log(given))):.3f} "
+                   f"| {np.mean(mace):.4f} | {np.mean(cov):.3f} |")
+    return out
 
 
 def write_readme(body: list[str]) -> None:

@@ -4,7 +4,7 @@ Not part of the service, and not run by the tests: it needs a CUDA GPU, PyTorch 
 torchvision, which the service does not depend on. Weights are random (the machine that
 ran it had no network); a forward pass costs the same whatever the weights hold.
 
-Six workloads, each run for a fixed wall-clock budget, one trace per request, written
+Eight workloads, each run for a fixed wall-clock budget, one trace per request, written
 to ``OUT/<gpu>_<workload>.jsonl`` as soon as it is measured (a run starts each file anew):
 
 * ``resnet50_vision``: torchvision's ResNet-50 in fp16, channels-last, with cuDNN's
@@ -47,7 +47,28 @@ Three more, measured later on a fresh machine as trace sets the modelling had ne
   dense tables: 1 to 80 lines each), which sets the recognition work; ``file_kb`` follows
   the ink loosely, as a scanned file's size does.
 
-cuDNN's autotuner is on for every workload (it is switched on before the first runs; when the
+Two more, measured after those on a fresh machine:
+
+* ``tts_speech``: text-to-speech, a Tacotron-style model (4 + 4 layers, 512 wide, bf16:
+  a text encoder, a decoder emitting 4 mel frames a step with its stop flag read back every
+  step) and a HiFi-GAN-style vocoder (fp16), sentence by sentence. The trace has
+  ``text_chars``, ``voice`` (four, each its own pace) and ``speed``. Hidden: how the text
+  splits into sentences (at most 200 characters each), the utterance's own pace (lognormal,
+  log-sd 0.12) and the 1% of sentences whose attention fails to stop before the decoder's
+  500-step cap. The vocoder's lengths vary with every request, so cuDNN's autotuner is off
+  for this workload, as a server serving such shapes leaves it.
+* ``llm_serving``: the LLM decoder above serving many requests at once (continuous batching,
+  48 KV-cache slots): every step decodes one token for all running requests, a new request's
+  prompt is prefilled as it is admitted, holding the others up meanwhile. Requests arrive at
+  random (Poisson) at a rate that swings between 0.2 and 1.8 times ``--serving-rate`` (25 a
+  second; the H200 served about 50 a second with all slots busy) over 40 s, with the LLM
+  workload's prompt, cap, hidden output length and aborts. A request's runtime runs from its
+  admission to its last token; the trace has ``input_tokens``, ``max_tokens`` and
+  ``running``, the requests already running when it was admitted (what a scheduler placing
+  it knows of the instance's load). Masked attention is kept off cuDNN here: it would build
+  kernels for every step's shape.
+
+cuDNN's autotuner is on for every other workload (it is switched on before the first runs; when the
 first three files were made it was switched on by the vision workload, which ran first), and
 PyTorch 2.11 runs the LLM decoder and the encoder partly
 through cuDNN on that GPU (attention, most likely). Their
@@ -357,7 +378,44 @@ def collect_diffusion(writer: TraceWriter, seconds: float, seed: int) -> None:
 # ------------------------------------------------------------------------ speech
 
 
-class SpeechRecognizer:
+class _Heads:
+    """Multi-head attention's reshaping and layer norm, shared by the speech models."""
+
+    heads: int
+    head_dim: int
+    width: int
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
+
+    def _merge(self, x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], self.width)
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (self.width,))
+
+    def _encode(self, x: torch.Tensor, blocks: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        for b in blocks:
+            q, k, v = F.linear(self._norm(x), b["qkv"]).chunk(3, dim=-1)
+            x = x + F.linear(self._merge(F.scaled_dot_product_attention(*map(self._heads, (q, k, v)))), b["out"])
+            x = x + F.linear(F.gelu(F.linear(self._norm(x), b["up"])), b["down"])
+        return self._norm(x)
+
+    def _decode(self, x: torch.Tensor, pos: int, blocks: list[dict[str, torch.Tensor]],
+                cross: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """One position through decoder blocks with a KV cache (``self.k``, ``self.v``) and cross-attention."""
+        for i, b in enumerate(blocks):
+            q, k, v = map(self._heads, F.linear(self._norm(x), b["qkv"]).chunk(3, dim=-1))
+            self.k[i, :, :, pos:pos + 1], self.v[i, :, :, pos:pos + 1] = k, v
+            a = F.scaled_dot_product_attention(q, self.k[i, :, :, :pos + 1], self.v[i, :, :, :pos + 1])
+            x = x + F.linear(self._merge(a), b["out"])
+            a = F.scaled_dot_product_attention(self._heads(F.linear(self._norm(x), b["xq"])), *cross[i])
+            x = x + F.linear(self._merge(a), b["xout"])
+            x = x + F.linear(F.gelu(F.linear(self._norm(x), b["up"])), b["down"])
+        return self._norm(x)
+
+
+class SpeechRecognizer(_Heads):
     """A Whisper-base-sized encoder-decoder (bf16): 30-second windows of log-mel frames, greedy decoding."""
 
     def __init__(self, encoder_layers: int = 6, decoder_layers: int = 6, width: int = 512, heads: int = 8,
@@ -380,37 +438,16 @@ class SpeechRecognizer:
         self.k = torch.zeros(decoder_layers, 1, heads, max_tokens, self.head_dim, device=dev, dtype=dt)
         self.v = torch.zeros_like(self.k)
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
-
-    def _merge(self, x: torch.Tensor) -> torch.Tensor:
-        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], self.width)
-
-    def _norm(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, (self.width,))
-
     def encode(self, mel: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The decoder layers' cross-attention keys and values for one window."""
         x = F.gelu(F.conv1d(mel, self.conv1, padding=1))
         x = F.gelu(F.conv1d(x, self.conv2, stride=2, padding=1)).transpose(1, 2) + self.enc_pos
-        for b in self.encoder:
-            q, k, v = F.linear(self._norm(x), b["qkv"]).chunk(3, dim=-1)
-            x = x + F.linear(self._merge(F.scaled_dot_product_attention(*map(self._heads, (q, k, v)))), b["out"])
-            x = x + F.linear(F.gelu(F.linear(self._norm(x), b["up"])), b["down"])
-        x = self._norm(x)
+        x = self._encode(x, self.encoder)
         return [tuple(map(self._heads, F.linear(x, b["xkv"]).chunk(2, dim=-1))) for b in self.decoder]
 
     def step(self, token: torch.Tensor, pos: int, cross: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        x = self.embed[token] + self.dec_pos[pos]
-        for i, b in enumerate(self.decoder):
-            q, k, v = map(self._heads, F.linear(self._norm(x), b["qkv"]).chunk(3, dim=-1))
-            self.k[i, :, :, pos:pos + 1], self.v[i, :, :, pos:pos + 1] = k, v
-            a = F.scaled_dot_product_attention(q, self.k[i, :, :, :pos + 1], self.v[i, :, :, :pos + 1])
-            x = x + F.linear(self._merge(a), b["out"])
-            a = F.scaled_dot_product_attention(self._heads(F.linear(self._norm(x), b["xq"])), *cross[i])
-            x = x + F.linear(self._merge(a), b["xout"])
-            x = x + F.linear(F.gelu(F.linear(self._norm(x), b["up"])), b["down"])
-        return F.linear(self._norm(x), self.embed).argmax(-1)
+        x = self._decode(self.embed[token] + self.dec_pos[pos], pos, self.decoder, cross)
+        return F.linear(x, self.embed).argmax(-1)
 
     @torch.inference_mode()
     def transcribe(self, tokens_per_window: list[int]) -> list[int]:
@@ -525,10 +562,226 @@ def collect_ocr(writer: TraceWriter, seconds: float, seed: int) -> None:
         seq += 1
 
 
+# ---------------------------------------------------------------- text-to-speech
+
+
+class SpeechSynthesizer(_Heads):
+    """A Tacotron-style text-to-speech model (bf16) and a HiFi-GAN-style vocoder (fp16).
+
+    Each sentence: a text encoder, then an autoregressive decoder that attends to the text
+    and emits 4 mel frames a step, its stop flag read back every step, then the vocoder
+    (256 audio samples a frame).
+    """
+
+    def __init__(self, layers: int = 4, width: int = 512, heads: int = 8, ffn: int = 2048, vocab: int = 256,
+                 mels: int = 80, frames: int = 4, max_steps: int = 500, max_chars: int = 256) -> None:
+        torch.manual_seed(5)
+        dev, dt = "cuda", torch.bfloat16
+
+        def w(*shape: int) -> torch.Tensor:
+            return torch.randn(*shape, device=dev, dtype=dt) * 0.02
+
+        self.heads, self.head_dim, self.width, self.vocab = heads, width // heads, width, vocab
+        self.mels, self.frames, self.max_steps = mels, frames, max_steps
+        self.embed, self.text_pos, self.dec_pos = w(vocab, width), w(max_chars, width), w(max_steps, width)
+        self.prenet, self.mel_out, self.stop = w(width, mels * frames), w(mels * frames, width), w(1, width)
+        self.encoder = [{"qkv": w(3 * width, width), "out": w(width, width), "up": w(ffn, width),
+                         "down": w(width, ffn)} for _ in range(layers)]
+        self.decoder = [{"qkv": w(3 * width, width), "out": w(width, width), "xq": w(width, width),
+                         "xkv": w(2 * width, width), "xout": w(width, width), "up": w(ffn, width),
+                         "down": w(width, ffn)} for _ in range(layers)]
+        self.k = torch.zeros(layers, 1, heads, max_steps, self.head_dim, device=dev, dtype=dt)
+        self.v = torch.zeros_like(self.k)
+        nn = torch.nn
+        self.vocoder = nn.Sequential(
+            nn.Conv1d(mels, 256, 7, padding=3), nn.LeakyReLU(0.1),
+            nn.ConvTranspose1d(256, 128, 16, stride=8, padding=4), nn.LeakyReLU(0.1),
+            nn.ConvTranspose1d(128, 64, 16, stride=8, padding=4), nn.LeakyReLU(0.1),
+            nn.ConvTranspose1d(64, 32, 4, stride=2, padding=1), nn.LeakyReLU(0.1),
+            nn.ConvTranspose1d(32, 16, 4, stride=2, padding=1), nn.LeakyReLU(0.1),
+            nn.Conv1d(16, 1, 7, padding=3), nn.Tanh(),
+        ).cuda().half().eval()
+
+    @torch.inference_mode()
+    def synthesize(self, sentences: list[int], steps: list[int]) -> list[torch.Tensor]:
+        """Sentences of the given characters in turn, each decoded for its number of steps."""
+        audio = []
+        for chars, n in zip(sentences, steps, strict=True):
+            ids = torch.randint(0, self.vocab, (1, chars), device="cuda")
+            text = self._encode(self.embed[ids] + self.text_pos[:chars], self.encoder)
+            cross = [tuple(map(self._heads, F.linear(text, b["xkv"]).chunk(2, dim=-1))) for b in self.decoder]
+            frame = torch.zeros(1, 1, self.mels * self.frames, device="cuda", dtype=torch.bfloat16)
+            out = []
+            for step in range(min(n, self.max_steps)):
+                h = self._decode(F.linear(frame, self.prenet) + self.dec_pos[step], step, self.decoder, cross)
+                frame = F.linear(h, self.mel_out)
+                out.append(frame)
+                float(F.linear(h, self.stop).item())  # the stop flag, read back as a server must
+            mel = torch.cat(out, 1).reshape(1, len(out) * self.frames, self.mels).transpose(1, 2)
+            audio.append(self.vocoder(mel.half()).float().cpu())
+        return audio
+
+
+# Decoder steps (4 mel frames each) per character of text at speed 1, by voice.
+TTS_STEPS_PER_CHAR = {"alloy": 1.35, "breeze": 1.5, "cedar": 1.6, "dune": 1.75}
+
+
+def collect_tts(writer: TraceWriter, seconds: float, seed: int) -> None:
+    model = SpeechSynthesizer()
+    rng = np.random.default_rng(seed)
+    voices = list(TTS_STEPS_PER_CHAR)
+    # Variable-length convolutions: a new length would be a new shape for the autotuner, which
+    # a server serving such shapes leaves off.
+    autotune = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        model.synthesize([12], [8])
+        deadline = time.monotonic() + seconds
+        seq = 0
+        while time.monotonic() < deadline:
+            chars = int(np.clip(round(math.exp(rng.normal(math.log(150), 0.8))), 10, 2000))
+            voice = voices[rng.choice(len(voices), p=[0.4, 0.3, 0.2, 0.1])]
+            speed = float(rng.choice([0.8, 1.0, 1.2], p=[0.15, 0.7, 0.15]))
+            # Hidden: how the text splits into sentences (each encoded and decoded on its own),
+            # the utterance's own pace, and the sentences whose attention fails to stop before
+            # the decoder's cap of 500 steps (a known failure of such models, here 1 in 100).
+            sentences: list[int] = []
+            while sum(sentences) < chars:
+                sentences.append(int(min(chars - sum(sentences), np.clip(rng.lognormal(math.log(80), 0.5), 5, 200))))
+            pace = math.exp(rng.normal(0, 0.12))
+            steps = [model.max_steps if rng.random() < 0.01
+                     else max(1, round(c * TTS_STEPS_PER_CHAR[voice] * pace / speed)) for c in sentences]
+            ts = time.time()
+            ms = _timed(lambda: model.synthesize(sentences, steps))
+            writer.write({"workload": "tts", "seq": seq, "ts": ts, "text_chars": chars, "voice": voice,
+                          "speed": speed, "runtime_ms": ms})
+            seq += 1
+    finally:
+        torch.backends.cudnn.benchmark = autotune
+
+
+# -------------------------------------------------------------- LLM, batched serving
+
+
+class BatchedDecoder:
+    """The LLM decoder serving many requests at once (continuous batching).
+
+    Each running request holds a slot of the KV cache; every step decodes one token for all
+    of them together, and a newly admitted request's prompt is prefilled on its own first,
+    which holds up the others meanwhile.
+    """
+
+    def __init__(self, slots: int = 48, max_len: int = 2048) -> None:
+        self.m = Decoder(max_len=max_len)
+        m = self.m
+        m.k = m.v = None  # the one-request cache: this one has a slot per request instead
+        self.k = torch.zeros(len(m.blocks), slots, m.heads, max_len, m.head_dim, device="cuda", dtype=torch.bfloat16)
+        self.v = torch.zeros_like(self.k)
+        self.slots = slots
+
+    @torch.inference_mode()
+    def prefill(self, slot: int, prompt: int) -> int:
+        m = self.m
+        ids = torch.randint(0, m.vocab, (1, prompt), device="cuda")
+        x = m.embed[ids] + m.pos[:prompt]
+        for i, b in enumerate(m.blocks):
+            q, k, v = (t.transpose(1, 2) for t in
+                       F.linear(m._rms(x, b["n1"]), b["qkv"]).view(1, prompt, 3, m.heads, m.head_dim).unbind(2))
+            self.k[i, slot, :, :prompt], self.v[i, slot, :, :prompt] = k[0], v[0]
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + F.linear(a.transpose(1, 2).reshape(1, prompt, m.width), b["out"])
+            gate, up = F.linear(m._rms(x, b["n2"]), b["up"]).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, b["down"])
+        return int(F.linear(m._rms(x[:, -1:], m.norm), m.head).argmax(-1).item())  # the first token, streamed
+
+    @torch.inference_mode()
+    def step(self, slots: list[int], positions: list[int], tokens: list[int]) -> list[int]:
+        """The next token of every running request; request r's last token sits at ``positions[r]``."""
+        m = self.m
+        n, length = len(slots), max(positions) + 1
+        s = torch.tensor(slots, device="cuda")
+        p = torch.tensor(positions, device="cuda")
+        x = m.embed[torch.tensor(tokens, device="cuda")][:, None] + m.pos[p][:, None]
+        mask = (torch.arange(length, device="cuda")[None, :] <= p[:, None])[:, None, None, :]
+        for i, b in enumerate(m.blocks):
+            q, k, v = F.linear(m._rms(x, b["n1"]), b["qkv"]).view(n, 1, 3, m.heads, m.head_dim).unbind(2)
+            self.k[i, s, :, p], self.v[i, s, :, p] = k[:, 0], v[:, 0]
+            a = F.scaled_dot_product_attention(q.transpose(1, 2), self.k[i, s, :, :length], self.v[i, s, :, :length],
+                                               attn_mask=mask)
+            x = x + F.linear(a.transpose(1, 2).reshape(n, 1, m.width), b["out"])
+            gate, up = F.linear(m._rms(x, b["n2"]), b["up"]).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, b["down"])
+        return F.linear(m._rms(x, m.norm), m.head).argmax(-1)[:, 0].tolist()  # streamed: one read-back a step
+
+
+def collect_llm_serving(writer: TraceWriter, seconds: float, seed: int, rate: float = 25.0) -> None:
+    # PyTorch may run masked attention through cuDNN, which builds its kernels per shape, and
+    # every step here has a shape of its own (running requests, longest context).
+    cudnn_sdp = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    try:
+        _serve(BatchedDecoder(), writer, seconds, np.random.default_rng(seed), rate)
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(cudnn_sdp)
+
+
+def _serve(server: BatchedDecoder, writer: TraceWriter, seconds: float, rng: np.random.Generator,
+           mean_rate: float) -> None:
+    """Requests arrive at a rate that swings between 0.2 and 1.8 times ``mean_rate`` a second over 40 s;
+    each one's runtime is from its admission (the end of its wait for a free slot) to its last token."""
+    first = server.prefill(0, 16)
+    server.step([0], [16], [first])
+    free = list(range(server.slots))
+    running: dict[int, dict] = {}
+    pending: list[dict] = []
+    start = time.monotonic()
+    deadline = start + seconds
+    arrival = start
+    seq = 0
+    while True:
+        now = time.monotonic()
+        while arrival <= now and arrival < deadline:
+            prompt = int(np.clip(round(math.exp(rng.normal(math.log(400), 0.9))), 8, 1500))
+            cap = int(rng.choice([64, 128, 256, 512], p=[0.2, 0.3, 0.3, 0.2]))
+            produced = min(cap, max(1, round(math.exp(rng.normal(math.log(50), 0.9)))))
+            if rng.random() < 0.03:
+                produced = int(rng.integers(1, 9))  # aborted by the client
+            pending.append({"prompt": prompt, "cap": cap, "produced": produced})
+            rate = mean_rate * (1 + 0.8 * math.sin(2 * math.pi * (arrival - start) / 40))
+            arrival += rng.exponential(1 / rate)
+        if now >= deadline and not running:
+            return  # requests still waiting then are dropped: none of them started
+        while pending and free and now < deadline:
+            req, slot = pending.pop(0), free.pop()
+            req.update(slot=slot, started=time.monotonic(), ts=time.time(), running=len(running))
+            req["token"] = server.prefill(slot, req["prompt"])
+            req["pos"], req["left"], req["finished"] = req["prompt"], req["produced"] - 1, time.monotonic()
+            running[slot] = req
+        done = [r for r in running.values() if r["left"] == 0]
+        if running.keys() - {r["slot"] for r in done}:
+            live = [r for r in running.values() if r["left"] > 0]
+            tokens = server.step([r["slot"] for r in live], [r["pos"] for r in live], [r["token"] for r in live])
+            stepped = time.monotonic()
+            for r, token in zip(live, tokens, strict=True):
+                r["token"], r["pos"], r["left"], r["finished"] = token, r["pos"] + 1, r["left"] - 1, stepped
+                if r["left"] == 0:
+                    done.append(r)
+        elif not running and not pending:
+            time.sleep(max(0.0, min(arrival, deadline) - time.monotonic()))
+        for r in done:
+            writer.write({"workload": "llm_serving", "seq": seq, "ts": r["ts"], "input_tokens": r["prompt"],
+                          "max_tokens": r["cap"], "running": r["running"],
+                          "runtime_ms": (r["finished"] - r["started"]) * 1e3})
+            seq += 1
+            del running[r["slot"]]
+            free.append(r["slot"])
+
+
 # ------------------------------------------------------------------------------ main
 
 WORKLOADS = {"resnet50_vision": collect_vision, "llm_decode": collect_llm, "text_encoder": collect_encoder,
-             "t2img_diffusion": collect_diffusion, "asr_speech": collect_speech, "ocr_document": collect_ocr}
+             "t2img_diffusion": collect_diffusion, "asr_speech": collect_speech, "ocr_document": collect_ocr,
+             "tts_speech": collect_tts, "llm_serving": collect_llm_serving}
 
 
 def _gpu_tag(name: str) -> str:
@@ -546,6 +799,10 @@ def main() -> int:
     ap.add_argument("--diffusion-seconds", type=float, default=90)
     ap.add_argument("--speech-seconds", type=float, default=90)
     ap.add_argument("--ocr-seconds", type=float, default=70)
+    ap.add_argument("--tts-seconds", type=float, default=80)
+    ap.add_argument("--serving-seconds", type=float, default=100)
+    ap.add_argument("--serving-rate", type=float, default=25.0,
+                    help="llm_serving's mean arrival rate, requests a second (its capacity on an H200: about 50)")
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -564,8 +821,10 @@ def main() -> int:
             "args": {k: str(v) for k, v in vars(args).items()}, "workloads": {}}
     budgets = {"resnet50_vision": args.vision_seconds, "llm_decode": args.llm_seconds,
                "text_encoder": args.encoder_seconds, "t2img_diffusion": args.diffusion_seconds,
-               "asr_speech": args.speech_seconds, "ocr_document": args.ocr_seconds}
+               "asr_speech": args.speech_seconds, "ocr_document": args.ocr_seconds,
+               "tts_speech": args.tts_seconds, "llm_serving": args.serving_seconds}
     failed = 0
+    options = {"llm_serving": {"rate": args.serving_rate}}
     for offset, (name, collect) in enumerate(WORKLOADS.items()):
         if budgets[name] <= 0:
             continue
@@ -573,7 +832,7 @@ def main() -> int:
         started = time.monotonic()
         error = None
         try:
-            collect(writer, budgets[name], args.seed + offset)
+            collect(writer, budgets[name], args.seed + offset, **options.get(name, {}))
         except Exception:  # one workload's failure must not cost the others' device time
             error = traceback.format_exc()
             failed += 1
