@@ -255,6 +255,36 @@ def test_observation_log_survives_a_torn_line_and_rotates(tmp_path):
     assert [r["runtime_ms"] for r in log.read(IDENT, limit=2)] == [99.0, 100.0]
 
 
+def test_a_read_after_a_cutoff_parses_only_the_lines_after_it(tmp_path, monkeypatch):
+    # A retraining reads the observations after its version's cutoff: the whole log, parsed
+    # into records (26 MB per 8 MB of log), was what the retraining worker's memory kept.
+    from swarmpilot_predictor import monitoring
+
+    times = iter(float(t) for t in range(1, 100))
+    log = ObservationLog(tmp_path)
+    monitor = AccuracyMonitor(log, clock=lambda: next(times))
+    q = np.tile(np.linspace(50.0, 150.0, len(MONITOR_LEVELS)), (3, 1))
+    for k in range(6):  # stamped 1 to 6, three records an append
+        monitor.record(IDENT, 1, [{"x": k}] * 3, np.full(3, 100.0 + k), q)
+    path = next((tmp_path / IDENT.dirname).glob("obs-*.jsonl"))
+    lines = path.read_bytes().splitlines(keepends=True)
+    with open(path, "wb") as fh:  # an append cut short after the cutoff, and lines not stamped first
+        fh.writelines(lines[:-1])
+        fh.write(b'{"runtime_ms":80.0,"version":1,"q":' + orjson.dumps(q[0].tolist()) + b',"trace":{},"ts":5.5}\n')
+        fh.write(b'{"ts":true,"runtime_ms":81.0,"version":1,"q":' + orjson.dumps(q[0].tolist()) + b',"trace":{}}\n')
+        fh.write(lines[-1][:40])
+    parsed = []
+    real = monitoring.read_json_lines
+    monkeypatch.setattr(monitoring, "read_json_lines", lambda data, keep: parsed.append(data) or real(data, keep))
+    everything = log.read(IDENT)
+    for cutoff in (0.0, 2.0, 4.5, 6.0, 99.0):
+        parsed.clear()
+        after = log.read(IDENT, after=cutoff)
+        assert [r for r in after if r["ts"] > cutoff] == [r for r in everything if r["ts"] > cutoff]
+        assert (b'{"ts":2.0,' in parsed[0]) == (cutoff < 2) and (b'{"ts":5.0,' in parsed[0]) == (cutoff < 5)
+    assert [r["runtime_ms"] for r in log.read(IDENT, after=4.0)] == [104.0] * 3 + [80.0, 81.0]
+
+
 def test_an_observations_folder_gone_is_not_made_again(tmp_path):
     # (Deleted, or its volume unmounted: observations logged in a folder made again vanish at the remount.)
     from swarmpilot_predictor.errors import PredictorError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -154,6 +155,23 @@ def test_a_worker_that_indexes_its_own_training_late_still_sees_a_newer_version(
     a.refresh_identity(IDENT)
     a.maybe_refresh()
     assert a.latest(IDENT).version == 2 and [v.version for v in a.versions(IDENT)] == [1, 2]
+
+
+def test_a_process_following_the_change_log_lets_go_of_deleted_versions_metadata(root):
+    # A soak with automatic retraining and PREDICTOR_KEEP_VERSIONS: the retraining worker
+    # follows the change log, and every version stored and then deleted stayed in its cache
+    # of metadata read, one more per retraining, until a full rescan (which it never made).
+    writer, follower = ModelRegistry(root), ModelRegistry(root, scan=False)
+    meta, model = fit()[:2]
+    for k in range(6):
+        writer.save(dataclasses.replace(meta, extra={}), model)
+        if k >= 2:
+            writer.delete(IDENT, k - 1)  # the newest two kept
+        follower.maybe_refresh()
+        assert follower._log_read is not None or k == 0  # followed through the change log, after the first scan
+    assert [v.version for v in follower.versions(IDENT)] == [5, 6]
+    cached = sorted(Path(p).name for p in follower._meta_cache)
+    assert cached == ["v0005.meta.json", "v0006.meta.json"]
 
 
 def _many_models(root: Path, n: int) -> list[ModelIdentity]:

@@ -485,8 +485,13 @@ class ModelRegistry:
                 del self._index[identity]
             for meta in found:
                 self._index.setdefault(meta.identity, {})[meta.version] = meta
-            # (A deleted version's entry stays until the next full scan: numbers are never
-            # given twice, so no other file takes its path, and a full scan starts afresh.)
+            # The metadata read of those folders' deleted versions goes with them: kept, each
+            # version a retraining stored and PREDICTOR_KEEP_VERSIONS then deleted stayed in
+            # memory in every process that follows the change log (the retraining worker, a
+            # server between trainings), one ModelVersion more per retraining, for good.
+            prefixes = tuple(os.fspath(self.root / name) + os.sep for name in folders)
+            for path in [p for p in self._meta_cache if p.startswith(prefixes) and p not in seen]:
+                del self._meta_cache[path]
             self._meta_cache.update(seen)
 
         self._apply_scan(apply, generation, read)
