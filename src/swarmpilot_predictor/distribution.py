@@ -418,12 +418,23 @@ class ScoreDistribution:
             grid = np.arange(-_LOG_SCALE_REACH, _LOG_SCALE_REACH + _LOG_SCALE_STEP / 2, _LOG_SCALE_STEP)
             z, w, seg = self.segment_nodes(knots)
             s = np.exp(grid)[:, None]
-            d = np.expm1(s * (z - self.center())[None, :]) / s  # (grid, nodes), ~ Z - z0 for small s
             table = np.zeros((len(grid), len(knots) + 1, 4))
-            for j in range(4):
-                contrib = d ** (j + 1) * w[None, :]
-                for k in range(len(knots) + 1):
-                    table[:, k, j] = contrib[:, seg == k].sum(axis=1)
+            # The grid reaches s = e^3: with scores 9 past the center (a heavy tail, t(3)
+            # residuals), d**4 passes 1e308 from s = 18 on, and further out d**3, d**2 and d
+            # do. Those entries are infinite, as the moments are (d**j <= (s d)**j, the raw
+            # moment, for s >= 1). The mean and variance read only d and d**2, which
+            # overflow where a task's highest score lies e^354 times past its median (such
+            # a task of a model reaches past the model's log bounds, and takes the
+            # quadrature's moments); the third and fourth moments feed no answer; and the
+            # table is built whole, every scale, however few are asked (the warning came
+            # from models whose tasks' scales are all below 1). So they are left infinite,
+            # without a RuntimeWarning.
+            with np.errstate(over="ignore"):
+                d = np.expm1(s * (z - self.center())[None, :]) / s  # (grid, nodes), ~ Z - z0 for small s
+                for j in range(4):
+                    contrib = d ** (j + 1) * w[None, :]
+                    for k in range(len(knots) + 1):
+                        table[:, k, j] = contrib[:, seg == k].sum(axis=1)
             got = self._cache[key] = (grid, table)
         return got
 
