@@ -1040,7 +1040,7 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"skip the synthetic sets regenerated with the seed offsets {', '.join(map(str, UNSEEN_OFFSETS))} "
                          "and the H200 traces")
     ap.add_argument("--resplits", type=int, default=0, metavar="N",
-                    help="score the sets of --sets (default: the real ones) over N other random 70/30 splits "
+                    help="score the sets of --sets (default: every real one) over N other random 70/30 splits "
                          "(prints it; README untouched)")
     ap.add_argument("--tail-study", action="store_true",
                     help="run only the heavy-tailed set over 8 seeds: error to the true quantiles per level (prints it)")
@@ -1084,7 +1084,7 @@ def main(argv: list[str] | None = None) -> int:
         summ += ["", *summary_lines(gres, "### Real traces measured on an H200 after the modelling was settled"),
                  "", GPU_NOTE]
         # A level-3 heading: write_readme ends the accuracy section at the next "## ".
-        print("(real H200 traces of three workloads measured later)", file=sys.stderr, flush=True)
+        print("(real H200 traces of five workloads measured later)", file=sys.stderr, flush=True)
         fres = run_sets(gpu_sets(FRESH_GPU_SETS))
         summ += ["", *summary_lines(fres, "### Real traces of five more workloads, scored the day they were measured"),
                  "", FRESH_GPU_NOTE]
@@ -1154,7 +1154,7 @@ its ratio is the most a split's luck.
 
 How much of each ratio is the split's luck, over 12 other random 70/30 splits (seeds 12346 to
 12357, `uv run python benchmarks/accuracy.py --sets t2img,asr,ocr,tts --resplits 12`, 6
-minutes; not run on the two LLM serving sets, 13 minutes more):
+minutes, and `--sets llm_serving --resplits 12`, 11 minutes):
 
 | set | service / best baseline: geometric mean over the 12 | splits where the service leads | given the derived columns | mean MACE | mean 90% coverage |
 |---|---:|---:|---:|---:|---:|
@@ -1162,6 +1162,8 @@ minutes; not run on the two LLM serving sets, 13 minutes more):
 | h200_asr_speech | 0.964 | 10 (1.031 and 1.132 on the others) | same | 0.0289 | 0.912 |
 | h200_ocr_document | 0.711 | 12 | **1.021** | 0.0180 | 0.898 |
 | h200_tts_speech | **1.039** | 7 (0.665 to 1.877 over the 12) | same | 0.0696 | 0.902 |
+| h200_llm_serving | 0.980 | 12 (0.966 to 0.996) | 0.981 | 0.0085 | 0.897 |
+| h200_llm_serving_saturated | 0.982 | 12 (0.964 to 0.990) | same | 0.0092 | 0.903 |
 
 On the OCR traces the baselines given the derived `first_of_shape` column come out 2.1% ahead
 on average over the 12 (0.954 on the benchmark's own split), as on the first H200 vision
@@ -1169,8 +1171,6 @@ traces: the first runs of a shape (24 of the 956 traces) are where they gain. Th
 text-to-image set's 90% coverage of 0.971 on its 138 test rows is the split's: 0.898 over the
 12."""
 
-
-RESPLIT_SEEDS = 12
 
 
 def resplit_study(sets: list[TraceSet], n: int) -> list[str]:
