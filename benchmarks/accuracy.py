@@ -1163,7 +1163,7 @@ minutes, and `--sets llm_serving --resplits 12`, 11 minutes):
 | h200_ocr_document | 0.711 | 12 | **1.021** | 0.0180 | 0.898 |
 | h200_tts_speech | **1.039** | 7 (0.665 to 1.877 over the 12) | same | 0.0696 | 0.902 |
 | h200_llm_serving | 0.980 | 12 (0.966 to 0.996) | 0.981 | 0.0085 | 0.897 |
-| h200_llm_serving_saturated | 0.982 | 12 (0.964 to 0.990) | same | 0.0092 | 0.903 |
+| h200_llm_serving_saturated | 0.982 | 12 (0.964 to 0.990) | 0.982 | 0.0092 | 0.903 |
 
 On the OCR traces the baselines given the derived `first_of_shape` column come out 2.1% ahead
 on average over the 12 (0.954 on the benchmark's own split), as on the first H200 vision
