@@ -682,7 +682,10 @@ def test_a_version_with_a_model_per_kind_of_run_drifts_with_either_kind(tmp_path
     y, q = _lognormal_quantiles(1000, seed=11)
     first = np.zeros(1000)
     first[::33] = 1.0
-    y = np.where(first == 1.0, 2.0 * y, y)
+    # 1.7 times slower: the first runs' own test drifts by a factor of 1e9 past its level, the
+    # pooled one stays 1,000 times above it, wherever the checkpoint falls (it hangs on the
+    # observations' times). At 2 times the pooled test drifted on 3 of 12 tries.
+    y = np.where(first == 1.0, 1.7 * y, y)
     monitor = AccuracyMonitor(ObservationLog(tmp_path), window=1000)
     monitor.record(IDENT, 1, [{"x": 1}] * 1000, y, q, first_run=first, kinds_apart=True)
     report = monitor.report(IDENT, 1)
