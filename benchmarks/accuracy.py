@@ -503,8 +503,8 @@ def ratio_interval(a: np.ndarray, b: np.ndarray, reps: int = 2000) -> tuple[floa
     return float(np.quantile(r, 0.05)), float(np.quantile(r, 0.95))
 
 
-def split(n: int) -> tuple[np.ndarray, np.ndarray]:
-    perm = np.random.default_rng(SPLIT_SEED).permutation(n)
+def split(n: int, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng(seed).permutation(n)
     k = int(round(0.7 * n))
     return np.sort(perm[:k]), np.sort(perm[k:])
 
@@ -1182,9 +1182,7 @@ def resplit_study(sets: list[TraceSet], n: int) -> list[str]:
     for ts in sets:
         ratios, given, mace, cov = [], [], [], []
         for k in range(1, n + 1):
-            perm = np.random.default_rng(SPLIT_SEED + k).permutation(len(ts.traces))
-            cut = int(round(0.7 * len(ts.traces)))
-            rows, _ = evaluate(ts, (np.sort(perm[:cut]), np.sort(perm[cut:])))
+            rows, _ = evaluate(ts, split(len(ts.traces), SPLIT_SEED + k))
             svc = rows[0].metrics["rel_pinball"]
             base = [r.metrics["rel_pinball"] for r in rows[1:] if not r.reference]
             refs = [r.metrics["rel_pinball"] for r in rows[1:] if r.method.endswith("+derived")]

@@ -99,6 +99,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,65 @@ class TraceWriter:
 
     def close(self) -> None:
         self._file.close()
+
+
+DEVICE, DTYPE = "cuda", torch.bfloat16
+
+
+def _weights(seed: int) -> Callable[..., torch.Tensor]:
+    """A maker of random bf16 weights on the GPU (scale 0.02), seeded, for the models below:
+    a forward pass costs the same whatever they hold."""
+    torch.manual_seed(seed)
+
+    def w(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device=DEVICE, dtype=DTYPE) * 0.02
+
+    return w
+
+
+class _Attention:
+    """Multi-head attention's reshaping and layer norm, shared by the models below."""
+
+    heads: int
+    head_dim: int
+    width: int
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
+
+    def _merge(self, x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], self.width)
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (self.width,))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention of ``q`` over ``k``, ``v``, all (batch, tokens, width)."""
+        return self._merge(F.scaled_dot_product_attention(*map(self._heads, (q, k, v))))
+
+    def _cross(self, x: torch.Tensor, blocks: list[dict[str, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each decoder block's cross-attention keys and values of the encoded ``x``, split into heads."""
+        return [tuple(map(self._heads, F.linear(x, b["xkv"]).chunk(2, dim=-1))) for b in blocks]
+
+    def _encode(self, x: torch.Tensor, blocks: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        for b in blocks:
+            q, k, v = F.linear(self._norm(x), b["qkv"]).chunk(3, dim=-1)
+            x = x + F.linear(self._attend(q, k, v), b["out"])
+            x = x + F.linear(F.gelu(F.linear(self._norm(x), b["up"])), b["down"])
+        return self._norm(x)
+
+    def _decode(self, x: torch.Tensor, pos: int, blocks: list[dict[str, torch.Tensor]],
+                cross: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """One position through decoder blocks with a KV cache (``self.k``, ``self.v``) and cross-attention."""
+        for i, b in enumerate(blocks):
+            q, k, v = map(self._heads, F.linear(self._norm(x), b["qkv"]).chunk(3, dim=-1))
+            self.k[i, :, :, pos:pos + 1], self.v[i, :, :, pos:pos + 1] = k, v
+            a = F.scaled_dot_product_attention(q, self.k[i, :, :, :pos + 1], self.v[i, :, :, :pos + 1])
+            x = x + F.linear(self._merge(a), b["out"])
+            a = F.scaled_dot_product_attention(self._heads(F.linear(self._norm(x), b["xq"])), *cross[i])
+            x = x + F.linear(self._merge(a), b["xout"])
+            x = x + F.linear(F.gelu(F.linear(self._norm(x), b["up"])), b["down"])
+        return self._norm(x)
 
 
 def _timed(fn) -> float:
@@ -172,21 +232,16 @@ class Decoder:
 
     def __init__(self, layers: int = 6, width: int = 2048, heads: int = 16, ffn: int = 5632,
                  vocab: int = 32000, max_len: int = 4096) -> None:
-        torch.manual_seed(0)
-        dev, dt = "cuda", torch.bfloat16
-
-        def w(*shape: int) -> torch.Tensor:
-            return torch.randn(*shape, device=dev, dtype=dt) * 0.02
-
+        w = _weights(0)
         self.heads, self.head_dim, self.width, self.vocab = heads, width // heads, width, vocab
         self.embed, self.pos, self.head = w(vocab, width), w(max_len, width), w(vocab, width)
-        self.norm = torch.ones(width, device=dev, dtype=dt)
+        self.norm = torch.ones(width, device=DEVICE, dtype=DTYPE)
         self.blocks = [
             {"qkv": w(3 * width, width), "out": w(width, width), "up": w(2 * ffn, width), "down": w(width, ffn),
-             "n1": torch.ones(width, device=dev, dtype=dt), "n2": torch.ones(width, device=dev, dtype=dt)}
+             "n1": torch.ones(width, device=DEVICE, dtype=DTYPE), "n2": torch.ones(width, device=DEVICE, dtype=DTYPE)}
             for _ in range(layers)
         ]
-        self.k = torch.zeros(layers, 1, heads, max_len, self.head_dim, device=dev, dtype=dt)
+        self.k = torch.zeros(layers, 1, heads, max_len, self.head_dim, device=DEVICE, dtype=DTYPE)
         self.v = torch.zeros_like(self.k)
 
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -245,12 +300,7 @@ class Encoder:
 
     def __init__(self, layers: int = 12, width: int = 768, heads: int = 12, ffn: int = 3072,
                  vocab: int = 30522, max_len: int = 512) -> None:
-        torch.manual_seed(1)
-        dev, dt = "cuda", torch.bfloat16
-
-        def w(*shape: int) -> torch.Tensor:
-            return torch.randn(*shape, device=dev, dtype=dt) * 0.02
-
+        w = _weights(1)
         self.heads, self.head_dim, self.width, self.vocab = heads, width // heads, width, vocab
         self.embed, self.pos = w(vocab, width), w(max_len, width)
         self.blocks = [{"qkv": w(3 * width, width), "out": w(width, width), "up": w(ffn, width),
@@ -292,7 +342,7 @@ def collect_encoder(writer: TraceWriter, seconds: float, seed: int) -> None:
 # ------------------------------------------------------------------ text-to-image
 
 
-class DiffusionTransformer:
+class DiffusionTransformer(_Attention):
     """A DiT-style latent denoiser (self- and cross-attention, bf16) and a convolutional VAE decoder (fp16).
 
     Random weights; the latents are 8x smaller than the image and patched 2x2, so a 1024x1024
@@ -301,12 +351,7 @@ class DiffusionTransformer:
 
     def __init__(self, layers: int = 12, width: int = 768, heads: int = 12, ffn: int = 3072,
                  text_tokens: int = 77, max_steps: int = 64) -> None:
-        torch.manual_seed(2)
-        dev, dt = "cuda", torch.bfloat16
-
-        def w(*shape: int) -> torch.Tensor:
-            return torch.randn(*shape, device=dev, dtype=dt) * 0.02
-
+        w = _weights(2)
         self.heads, self.head_dim, self.width, self.text_tokens = heads, width // heads, width, text_tokens
         self.patch_in, self.patch_out, self.time = w(width, 16), w(16, width), w(max_steps, width)
         self.blocks = [{"qkv": w(3 * width, width), "out": w(width, width), "xq": w(width, width),
@@ -320,22 +365,17 @@ class DiffusionTransformer:
             nn.Conv2d(128, 64, 3, padding=1), nn.SiLU(), nn.Conv2d(64, 3, 3, padding=1),
         ).cuda().half().eval().to(memory_format=torch.channels_last)
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        n, t = q.shape[0], q.shape[1]
-        split = [x.view(n, x.shape[1], self.heads, self.head_dim).transpose(1, 2) for x in (q, k, v)]
-        return F.scaled_dot_product_attention(*split).transpose(1, 2).reshape(n, t, self.width)
-
     def _denoise(self, x: torch.Tensor, text: torch.Tensor, step: int) -> torch.Tensor:
         n, _, lh, lw = x.shape
         t = (lh // 2) * (lw // 2)
         h = x.view(n, 4, lh // 2, 2, lw // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(n, t, 16).to(torch.bfloat16)
         h = F.linear(h, self.patch_in) + self.time[step]
         for b in self.blocks:
-            q, k, v = F.linear(F.layer_norm(h, (self.width,)), b["qkv"]).chunk(3, dim=-1)
+            q, k, v = F.linear(self._norm(h), b["qkv"]).chunk(3, dim=-1)
             h = h + F.linear(self._attend(q, k, v), b["out"])
             xk, xv = F.linear(text, b["xkv"]).chunk(2, dim=-1)
-            h = h + F.linear(self._attend(F.linear(F.layer_norm(h, (self.width,)), b["xq"]), xk, xv), b["xout"])
-            h = h + F.linear(F.gelu(F.linear(F.layer_norm(h, (self.width,)), b["up"])), b["down"])
+            h = h + F.linear(self._attend(F.linear(self._norm(h), b["xq"]), xk, xv), b["xout"])
+            h = h + F.linear(F.gelu(F.linear(self._norm(h), b["up"])), b["down"])
         eps = F.linear(h, self.patch_out).float()
         return eps.view(n, lh // 2, lw // 2, 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(n, 4, lh, lw)
 
@@ -378,54 +418,12 @@ def collect_diffusion(writer: TraceWriter, seconds: float, seed: int) -> None:
 # ------------------------------------------------------------------------ speech
 
 
-class _Heads:
-    """Multi-head attention's reshaping and layer norm, shared by the speech models."""
-
-    heads: int
-    head_dim: int
-    width: int
-
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
-
-    def _merge(self, x: torch.Tensor) -> torch.Tensor:
-        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], self.width)
-
-    def _norm(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, (self.width,))
-
-    def _encode(self, x: torch.Tensor, blocks: list[dict[str, torch.Tensor]]) -> torch.Tensor:
-        for b in blocks:
-            q, k, v = F.linear(self._norm(x), b["qkv"]).chunk(3, dim=-1)
-            x = x + F.linear(self._merge(F.scaled_dot_product_attention(*map(self._heads, (q, k, v)))), b["out"])
-            x = x + F.linear(F.gelu(F.linear(self._norm(x), b["up"])), b["down"])
-        return self._norm(x)
-
-    def _decode(self, x: torch.Tensor, pos: int, blocks: list[dict[str, torch.Tensor]],
-                cross: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """One position through decoder blocks with a KV cache (``self.k``, ``self.v``) and cross-attention."""
-        for i, b in enumerate(blocks):
-            q, k, v = map(self._heads, F.linear(self._norm(x), b["qkv"]).chunk(3, dim=-1))
-            self.k[i, :, :, pos:pos + 1], self.v[i, :, :, pos:pos + 1] = k, v
-            a = F.scaled_dot_product_attention(q, self.k[i, :, :, :pos + 1], self.v[i, :, :, :pos + 1])
-            x = x + F.linear(self._merge(a), b["out"])
-            a = F.scaled_dot_product_attention(self._heads(F.linear(self._norm(x), b["xq"])), *cross[i])
-            x = x + F.linear(self._merge(a), b["xout"])
-            x = x + F.linear(F.gelu(F.linear(self._norm(x), b["up"])), b["down"])
-        return self._norm(x)
-
-
-class SpeechRecognizer(_Heads):
+class SpeechRecognizer(_Attention):
     """A Whisper-base-sized encoder-decoder (bf16): 30-second windows of log-mel frames, greedy decoding."""
 
     def __init__(self, encoder_layers: int = 6, decoder_layers: int = 6, width: int = 512, heads: int = 8,
                  ffn: int = 2048, vocab: int = 51865, mels: int = 80, max_tokens: int = 448) -> None:
-        torch.manual_seed(3)
-        dev, dt = "cuda", torch.bfloat16
-
-        def w(*shape: int) -> torch.Tensor:
-            return torch.randn(*shape, device=dev, dtype=dt) * 0.02
-
+        w = _weights(3)
         self.heads, self.head_dim, self.width, self.vocab, self.mels = heads, width // heads, width, vocab, mels
         self.max_tokens = max_tokens
         self.conv1, self.conv2 = w(width, mels, 3), w(width, width, 3)
@@ -435,7 +433,7 @@ class SpeechRecognizer(_Heads):
         self.decoder = [{"qkv": w(3 * width, width), "out": w(width, width), "xq": w(width, width),
                          "xkv": w(2 * width, width), "xout": w(width, width), "up": w(ffn, width),
                          "down": w(width, ffn)} for _ in range(decoder_layers)]
-        self.k = torch.zeros(decoder_layers, 1, heads, max_tokens, self.head_dim, device=dev, dtype=dt)
+        self.k = torch.zeros(decoder_layers, 1, heads, max_tokens, self.head_dim, device=DEVICE, dtype=DTYPE)
         self.v = torch.zeros_like(self.k)
 
     def encode(self, mel: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -443,7 +441,7 @@ class SpeechRecognizer(_Heads):
         x = F.gelu(F.conv1d(mel, self.conv1, padding=1))
         x = F.gelu(F.conv1d(x, self.conv2, stride=2, padding=1)).transpose(1, 2) + self.enc_pos
         x = self._encode(x, self.encoder)
-        return [tuple(map(self._heads, F.linear(x, b["xkv"]).chunk(2, dim=-1))) for b in self.decoder]
+        return self._cross(x, self.decoder)
 
     def step(self, token: torch.Tensor, pos: int, cross: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         x = self._decode(self.embed[token] + self.dec_pos[pos], pos, self.decoder, cross)
@@ -565,7 +563,7 @@ def collect_ocr(writer: TraceWriter, seconds: float, seed: int) -> None:
 # ---------------------------------------------------------------- text-to-speech
 
 
-class SpeechSynthesizer(_Heads):
+class SpeechSynthesizer(_Attention):
     """A Tacotron-style text-to-speech model (bf16) and a HiFi-GAN-style vocoder (fp16).
 
     Each sentence: a text encoder, then an autoregressive decoder that attends to the text
@@ -575,12 +573,7 @@ class SpeechSynthesizer(_Heads):
 
     def __init__(self, layers: int = 4, width: int = 512, heads: int = 8, ffn: int = 2048, vocab: int = 256,
                  mels: int = 80, frames: int = 4, max_steps: int = 500, max_chars: int = 256) -> None:
-        torch.manual_seed(5)
-        dev, dt = "cuda", torch.bfloat16
-
-        def w(*shape: int) -> torch.Tensor:
-            return torch.randn(*shape, device=dev, dtype=dt) * 0.02
-
+        w = _weights(5)
         self.heads, self.head_dim, self.width, self.vocab = heads, width // heads, width, vocab
         self.mels, self.frames, self.max_steps = mels, frames, max_steps
         self.embed, self.text_pos, self.dec_pos = w(vocab, width), w(max_chars, width), w(max_steps, width)
@@ -590,7 +583,7 @@ class SpeechSynthesizer(_Heads):
         self.decoder = [{"qkv": w(3 * width, width), "out": w(width, width), "xq": w(width, width),
                          "xkv": w(2 * width, width), "xout": w(width, width), "up": w(ffn, width),
                          "down": w(width, ffn)} for _ in range(layers)]
-        self.k = torch.zeros(layers, 1, heads, max_steps, self.head_dim, device=dev, dtype=dt)
+        self.k = torch.zeros(layers, 1, heads, max_steps, self.head_dim, device=DEVICE, dtype=DTYPE)
         self.v = torch.zeros_like(self.k)
         nn = torch.nn
         self.vocoder = nn.Sequential(
@@ -609,7 +602,7 @@ class SpeechSynthesizer(_Heads):
         for chars, n in zip(sentences, steps, strict=True):
             ids = torch.randint(0, self.vocab, (1, chars), device="cuda")
             text = self._encode(self.embed[ids] + self.text_pos[:chars], self.encoder)
-            cross = [tuple(map(self._heads, F.linear(text, b["xkv"]).chunk(2, dim=-1))) for b in self.decoder]
+            cross = self._cross(text, self.decoder)
             frame = torch.zeros(1, 1, self.mels * self.frames, device="cuda", dtype=torch.bfloat16)
             out = []
             for step in range(min(n, self.max_steps)):

@@ -121,9 +121,9 @@ def _lines_after(data: bytes, after: float) -> bytes:
     kept = []
     for line in data.split(b"\n"):
         if line.startswith(_STAMPED):
-            end = line.find(b",", 6)
+            end = line.find(b",", len(_STAMPED))
             try:
-                if end > 0 and float(line[6:end]) <= after:
+                if end > 0 and float(line[len(_STAMPED):end]) <= after:
                     continue
             except ValueError:  # not a number there: parsed, and judged, as any line is
                 pass
