@@ -5,7 +5,7 @@ The server runs on one core (taskset -c 0), the load generator on the other
 (httpx costs ~1 ms a request here, more than the server), throughput with wrk
 (Debian package `wrk`) with 16 connections.
 
-    uv run python benchmarks/latency.py [--quick] [--skip-training] [--skip-registry] [--only http,coalesce,metrics,observe,boosted,elapsed,queues,...]
+    uv run python benchmarks/latency.py [--quick] [--skip-training] [--skip-registry] [--only http,coalesce,metrics,observe,boosted,momenttable,elapsed,queues,...]
     uv run python benchmarks/latency.py --baseline /path/to/older/checkout/src --only none  # batches: that code against this
 """
 
@@ -704,6 +704,27 @@ def section_boosted() -> None:
               f"1,000 rows {np.median(batch) * 1e3:.1f} ms (quantiles), {size:.2f} MB stored | in-process |", flush=True)
 
 
+def section_moment_table() -> None:
+    """The table of a score distribution's moments per segment and scale, built the first
+    time a model with a shape answers a mean or a queue total (then cached), and at the end
+    of every training: 199 score levels, 11 knots, each build on a fresh distribution."""
+    from scipy.stats import t as student
+
+    from swarmpilot_predictor.distribution import ScoreDistribution
+
+    levels = np.linspace(0.005, 0.995, 199)
+    knots = tuple(np.round(np.linspace(0.05, 0.95, 11), 4))
+    times = []
+    for _ in range(21):
+        score = ScoreDistribution(levels, student.ppf(levels, 5.0))
+        score.segment_nodes(knots)  # (the nodes are a cache of their own)
+        t0 = time.perf_counter()
+        score.segment_moment_table(knots)
+        times.append(time.perf_counter() - t0)
+    print(f"| moment table of a score distribution (11 knots) | median {np.median(times) * 1e3:.1f} ms a build "
+          "| in-process |", flush=True)
+
+
 def section_atoms(data_dir: Path) -> None:
     """Repeated runtimes (atoms) cost a search of every quantile among them: a model of
     20,000 traces whose runtimes are rounded to 50 ms (about 240 heavy atoms), in-process,
@@ -1046,7 +1067,7 @@ def main() -> None:
     ap.add_argument("--algorithm", default="auto")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--skip-registry", action="store_true")
-    ap.add_argument("--only", default="", help="comma-separated sections: http,loop,batch,client,cache,coalesce,isolation,training,registry,metrics,preload,accesslog,atoms,observe,boosted,elapsed,queues,firstobserve")
+    ap.add_argument("--only", default="", help="comma-separated sections: http,loop,batch,client,cache,coalesce,isolation,training,registry,metrics,preload,accesslog,atoms,observe,boosted,momenttable,elapsed,queues,firstobserve")
     ap.add_argument("--baseline", help="the src folder of another checkout: batches against its code and this (section versus)")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
@@ -1088,6 +1109,8 @@ def main() -> None:
             section_atoms(data_dir)
         if want("boosted"):
             section_boosted()
+        if want("momenttable"):
+            section_moment_table()
         if want("observe"):
             section_observe(data_dir)
         if want("elapsed"):

@@ -1165,3 +1165,22 @@ def test_the_moment_table_of_a_heavy_tailed_score_distribution_builds_without_ov
         mean, var, _, _ = RuntimeDistribution(np.zeros(300), np.exp(np.linspace(-3, 3, 300)), score,
                                               scale_varies=True).moments()
     assert np.isfinite(mean).all() and np.isfinite(var).all()
+
+
+@pytest.mark.parametrize("knots", [(0.1, 0.5, 0.9), (0.2, 0.2, 0.7), ()])
+def test_the_moment_table_holds_each_segment_s_sums_of_the_powers_of_the_scores(knots):
+    # Each entry is the quadrature's sum over one segment's nodes of w * d**j; a segment
+    # between equal knots has no node and sums to 0.
+    levels = np.linspace(0.01, 0.99, 99)
+    score = ScoreDistribution(levels, ndtri(levels) * 0.4 + 0.3 * levels**3)
+    grid, table = score.segment_moment_table(knots)
+    z, w, seg = score.segment_nodes(knots)
+    d = np.expm1(np.exp(grid)[:, None] * (z - score.center())[None, :]) / np.exp(grid)[:, None]
+    for k in range(len(knots) + 1):
+        for j in range(4):
+            np.testing.assert_allclose(table[:, k, j], (d[:, seg == k] ** (j + 1) * w[seg == k]).sum(axis=1),
+                                       rtol=1e-12, atol=1e-300)
+    if len(knots) == 3 and knots[0] == knots[1]:
+        assert not (seg == 1).any() and (table[:, 1] == 0).all()
+    # The segments together are the whole distribution's: the first power's sum is the mean of d.
+    np.testing.assert_allclose(table[:, :, 0].sum(axis=1), d @ w, rtol=1e-12)

@@ -431,10 +431,17 @@ class ScoreDistribution:
             # without a RuntimeWarning.
             with np.errstate(over="ignore"):
                 d = np.expm1(s * (z - self.center())[None, :]) / s  # (grid, nodes), ~ Z - z0 for small s
+                # The nodes come segment by segment (segment_nodes): each segment's sum is one
+                # slice's, all of them in one reduceat (a masked sum per segment and moment
+                # took 85 ms of a model's first prediction, and of every training's end).
+                # (A segment between equal knots has no node: its sums stay 0.)
+                present = np.bincount(seg, minlength=len(knots) + 1) > 0
+                starts = np.searchsorted(seg, np.flatnonzero(present))
+                power = w[None, :] * d
                 for j in range(4):
-                    contrib = d ** (j + 1) * w[None, :]
-                    for k in range(len(knots) + 1):
-                        table[:, k, j] = contrib[:, seg == k].sum(axis=1)
+                    if j:
+                        power = power * d
+                    table[:, present, j] = np.add.reduceat(power, starts, axis=1)
             got = self._cache[key] = (grid, table)
         return got
 
