@@ -60,6 +60,10 @@ UNSEEN_SAMPLE_ROWS = 200
 # Simpler candidates win unless a more complex one is clearly better on held-out rows.
 FAMILY_COMPLEXITY = {"empirical": 0, "linear": 1, "power": 1, "lightgbm": 2}
 SELECTION_SE = 1.0
+# The logistic shape's penalty and hinges per feature where its folds prefer them to its
+# defaults (ShapeModel: 10 and 3), on at most SHAPE_TUNE_MAX_ROWS rows (see QuantileModel._variants).
+FLEXIBLE_SHAPE = {"alpha": 1.0, "hinges": 6}
+SHAPE_TUNE_MAX_ROWS = 2_000
 # Ridge penalties the feature-dependent scale chooses from (see QuantileModel._scale_design).
 SCALE_ALPHAS = (2.0, 8.0, 32.0, 128.0)
 # Rows the scale's forward selection of features looks at, at most.
@@ -607,7 +611,7 @@ class QuantileModel:
         if best["shaped"]:
             # The held-out locations, as the scores the shape model learns from are held out.
             Xs, kinds_s = self._shape_inputs(X[sel], best.get("oof"), kinds, self.shape_reads_location_)
-            shape = self._shape_model(best["shaped"], kinds_s)
+            shape = self._shape_model(best["shaped"], kinds_s, best.get("shape_params"))
             zs = best["z"]
             if best.get("own_scores"):
                 # The scores around the final location, as each fold's shape learnt them around its own.
@@ -959,6 +963,9 @@ class QuantileModel:
         metrics["shape"] = bool(candidate["shaped"])
         if candidate["shaped"]:
             metrics["shape_model"] = SHAPE_MODELS[candidate["shaped"]].kind
+            if candidate.get("shape_params"):  # the flexible logistic shape (FLEXIBLE_SHAPE)
+                metrics["shape_alpha"] = candidate["shape_params"]["alpha"]
+                metrics["shape_hinges"] = candidate["shape_params"]["hinges"]
         metrics["variant"] = candidate["name"]
         return metrics
 
@@ -1001,12 +1008,26 @@ class QuantileModel:
             zfit = None
             if shaped and own is not None:
                 zfit = [(ylog[fold != k] - m) / s[fold != k] for k, m in enumerate(own)]
-            held = twin if twin is not None else self._heldout(Xs, fold_atoms, oof, s, z, fold, shaped, w, kinds_s,
-                                                               zfit=zfit, alone=alone)
-            heldout[(hetero, shaped)] = held
+            if twin is not None:
+                held, shape_params = twin
+            else:
+                held = self._heldout(Xs, fold_atoms, oof, s, z, fold, shaped, w, kinds_s, zfit=zfit, alone=alone)
+                shape_params = None
+                if shaped is True and self._tunes_shape(len(y)):
+                    # A penalty of 10 and 3 hinges smooth a step in the share of a slow or a
+                    # fast mode (aborted requests from 430 input tokens on, none below: the
+                    # real sglang traces, where a forest beat the service by 12% over twelve
+                    # splits): the flexible shape serves where its folds show it clearly better.
+                    flexible = self._heldout(Xs, fold_atoms, oof, s, z, fold, shaped, w, kinds_s, zfit=zfit,
+                                             alone=alone, shape_params=FLEXIBLE_SHAPE)
+                    if clearly_lower(pinball_losses(y, flexible.q, EVAL_LEVELS).mean(axis=1)
+                                     - pinball_losses(y, held.q, EVAL_LEVELS).mean(axis=1)):
+                        held, shape_params = flexible, FLEXIBLE_SHAPE
+            heldout[(hetero, shaped)] = (held, shape_params)
             q, pits = held.q, held.pits
             fam.append({
-                "family": family, "hetero": hetero, "shaped": shaped, "scale": scale, "z": z, "weighted": weighted,
+                "family": family, "hetero": hetero, "shaped": shaped, "shape_params": shape_params,
+                "scale": scale, "z": z, "weighted": weighted,
                 "reads_location": reads_location, "oof": oof,
                 "pits": pits, "tuned": tuned, "q": q, "held": held, "kinds": kinds, "rank": rank,
                 "own_scores": zfit is not None,
@@ -1166,11 +1187,18 @@ class QuantileModel:
                 return best
             best = trial
 
-    def _shape_model(self, shaped: bool | str, kinds: Sequence[str]) -> ShapeModel:
-        """An unfitted shape model of the kind a candidate's ``shaped`` names."""
+    def _shape_model(self, shaped: bool | str, kinds: Sequence[str], params: dict[str, Any] | None = None) -> ShapeModel:
+        """An unfitted shape model of the kind a candidate's ``shaped`` names (a logistic one
+        with ``params``, where its folds chose them, see :meth:`_variants`)."""
         if shaped == QUANTILE_SHAPE:  # (unpenalised, no hinges: shape_alpha and shape_hinges are the logistic one's)
             return QuantileShapeModel(kinds, self._categories_for(kinds))
-        return ShapeModel(kinds, self._categories_for(kinds), **self._shape_params())
+        return ShapeModel(kinds, self._categories_for(kinds), **(params or self._shape_params()))
+
+    def _tunes_shape(self, n: int) -> bool:
+        """Whether the logistic shape's folds also try :data:`FLEXIBLE_SHAPE`: not where the
+        config sets its penalty or hinges, nor above :data:`SHAPE_TUNE_MAX_ROWS` rows, where
+        a penalty of 10 weighs little against the rows' likelihood (and the trial's time would)."""
+        return n <= SHAPE_TUNE_MAX_ROWS and not ({"shape_alpha", "shape_hinges"} & set(self.params))
 
     def _shape_params(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -1181,7 +1209,7 @@ class QuantileModel:
         return out
 
     def _heldout(self, X, fold_atoms, oof, s, z, fold, shaped, w, kinds=None, zfit=None,
-                 alone=None) -> HeldOut:
+                 alone=None, shape_params: dict[str, Any] | None = None) -> HeldOut:
         """Quantiles at EVAL_LEVELS, mean and sd for every row, from models that never saw its fold.
 
         Each fold is calibrated only with the other folds' scores, so these
@@ -1218,7 +1246,7 @@ class QuantileModel:
         for k in range(n_folds):
             tr, te = fold != k, fold == k
             kinds_k = self.kinds if kinds is None else kinds
-            shape = self._shape_model(shaped, kinds_k)
+            shape = self._shape_model(shaped, kinds_k, shape_params)
             shape.fit(X[tr], z[tr] if zfit is None else zfit[k], scores[k], None if w is None else w[tr], self.random_state)
             F = shape.raw_cdf(X[te])
             pits[te] = shape.pit(F, z[te], scores[k])
