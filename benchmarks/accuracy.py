@@ -1065,6 +1065,8 @@ def main(argv: list[str] | None = None) -> int:
     res = run_sets(sets)
     summ = summary_lines(res, "### Summary")
     full = not args.sets and args.seed_offset == 0 and args.synthetic_rows == SYNTH_ROWS
+    if full:
+        summ += ["", MAIN_RESPLIT_NOTE]
     if full and not args.no_unseen:
         unseen = [ts for off in UNSEEN_OFFSETS for ts in synthetic_sets(args.synthetic_rows, off)]
         print("(synthetic sets with unseen seeds)", file=sys.stderr, flush=True)
@@ -1103,6 +1105,33 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+MAIN_RESPLIT_NOTE = """\
+How much of each real set's ratio is the split's luck, over 12 other random 70/30 splits
+(seeds 12346 to 12357; `uv run python benchmarks/accuracy.py --sets h100,h20_ --resplits 12`,
+2026-12-04: 239 s at commit `0b45f72`, 320 s at `a3b0948`, the flexible logistic shape's
+commit, README "Modelling"), as the geometric mean of the service's ratios to each split's
+best baseline, how many splits it leads, and its ratio to the one baseline best over all 12
+(each split's best is the lowest of four noisy losses: on 60 test rows that favours the
+baselines by luck alone):
+
+| set | before: geometric mean | leads | to the one best | now: geometric mean | leads | to the one best | mean MACE / cov. 90% now |
+|---|---:|---:|---:|---:|---:|---:|---:|
+| h100_resnet50_vision | 0.486 | 12 | 0.484 (qrf) | 0.486 | 12 | 0.485 (qrf) | 0.0134 / 0.903 |
+| h100_resnet50_vision, given the derived columns | 0.963 | 9 | 0.954 (qrf+derived) | 0.965 | 9 | 0.955 (qrf+derived) | |
+| h20_sglang_llm | **1.128** | 2 | 1.120 (qrf) | 1.004 | 6 | 0.996 (qrf) | 0.0450 / 0.907 |
+| h20_diffusers_t2vid | 0.720 | 12 | 0.720 (qrf) | 0.720 | 12 | 0.720 (qrf) | 0.0691 / 0.889 |
+
+The sglang traces' fixed split, 0.992 before, was the lucky one: over the other 12 the
+quantile forest led by 12%. Nearly every request of 529 to 593 input tokens there was
+aborted (about 70 ms against 3.7 s) and almost none outside, a share that the logistic
+shape at its default penalty spread over every length; the folds now choose a penalty of 1
+and 6 hinges for it. On the fixed split the service now scores 1.129 against `linear_qr`
+(0.0572 against 0.0506): its one test row that weighs most, an abort at 657 tokens, outside
+the band, costs 0.0042 of the 0.0066 (the flexible shape puts a 657-token request's 0.05
+quantile among the completed requests, 3.8 s, where the default put it at 73 ms). Other penalties and hinges (3 and 6, 1 and 4, 10 and 6) gave the fixed split
+1.05 to 1.12 and the other 12 splits 1.000 to 1.012: the fixed split is not met by any of them."""
+
+
 GPU_NOTE = """\
 Three trace sets from `examples/data`, measured on an H200 with `benchmarks/collect_gpu_traces.py`
 once this benchmark's modelling was otherwise settled (its docstring says what each workload
@@ -1137,12 +1166,14 @@ capacity. They were measured on 2026-12-04 with `benchmarks/collect_gpu_traces.p
 docstring says what each workload is and what it hides from the trace) on three H200
 machines of the same kind as the first (same driver, PyTorch, CUDA and cuDNN;
 `examples/data/h200_collection.json`, runs three to five), and scored the day they were
-measured. No modelling change has followed, so the figures above are that first scoring.
+measured. One modelling change has followed, the logistic shape's flexible penalty (README,
+"Modelling"); of these sets it moved the OCR set's row alone (0.615 → 0.602; given the
+derived columns 0.954 → 0.935), so the other rows above are that first scoring.
 
 Not met: on the speech recognition set (99 test rows) the service is 5.7% behind `qrf`
 (without the one test row that weighs most, 1.028; see its table), and the geometric mean
-against the baselines given the derived columns is 0.922 (against the baselines as they are,
-0.856: met). On the two LLM serving sets the service is only 2 to 3% ahead of `linear_qr`
+against the baselines given the derived columns is 0.918 (0.922 at the first scoring;
+against the baselines as they are, 0.853: met). On the two LLM serving sets the service is only 2 to 3% ahead of `linear_qr`
 (bootstrap intervals under 1): what the features leave of their runtimes is how long each
 request's hidden output runs and what else the server ran meanwhile. The speech
 recognition set's three slowest traces (5.3 to 9.8 s, 26 to 79 times their language's
@@ -1153,23 +1184,31 @@ against a median of 3.9. The text-to-speech set has 58 traces (41 training, 17 t
 its ratio is the most a split's luck.
 
 How much of each ratio is the split's luck, over 12 other random 70/30 splits (seeds 12346 to
-12357, `uv run python benchmarks/accuracy.py --sets t2img,asr,ocr,tts --resplits 12`, 6
-minutes, and `--sets llm_serving --resplits 12`, 11 minutes):
+12357, `uv run python benchmarks/accuracy.py --sets t2img,asr,ocr,tts --resplits 12`, 373 s,
+and `--sets llm_serving --resplits 12`, 946 s, at commit `a3b0948`): the geometric mean of
+the service's ratios to each split's best baseline, the splits it leads, and its ratio to
+the one baseline best over all 12 (each split's best is the lowest of four noisy losses,
+which on a small test set favours the baselines by luck alone):
 
-| set | service / best baseline: geometric mean over the 12 | splits where the service leads | given the derived columns | mean MACE | mean 90% coverage |
-|---|---:|---:|---:|---:|---:|
-| h200_t2img_diffusion | 0.803 | 12 | 0.816 | 0.0246 | 0.898 |
-| h200_asr_speech | 0.964 | 10 (1.031 and 1.132 on the others) | same | 0.0289 | 0.912 |
-| h200_ocr_document | 0.711 | 12 | **1.021** | 0.0180 | 0.898 |
-| h200_tts_speech | **1.039** | 7 (0.665 to 1.877 over the 12) | same | 0.0696 | 0.902 |
-| h200_llm_serving | 0.980 | 12 (0.966 to 0.996) | 0.981 | 0.0085 | 0.897 |
-| h200_llm_serving_saturated | 0.982 | 12 (0.964 to 0.990) | 0.982 | 0.0092 | 0.903 |
+| set | geometric mean over the 12 | splits led | to the one best over all 12 | given the derived columns | to the one best given them | mean MACE | mean 90% coverage |
+|---|---:|---:|---:|---:|---:|---:|---:|
+| h200_t2img_diffusion | 0.803 | 12 | 0.767 (lgbm_q) | 0.816 | 0.767 (lgbm_q) | 0.0246 | 0.898 |
+| h200_asr_speech | 0.964 | 10 (1.031 and 1.132 on the others) | 0.960 (lgbm_q) | same | same | 0.0289 | 0.912 |
+| h200_ocr_document | 0.703 | 12 | 0.696 (linear_qr) | **1.010** | 0.988 (lgbm_q+derived) | 0.0179 | 0.904 |
+| h200_tts_speech | **1.039** | 7 (0.665 to 1.877 over the 12) | 0.945 (linear_qr) | same | same | 0.0696 | 0.902 |
+| h200_llm_serving | 0.980 | 12 (0.966 to 0.996) | 0.977 (linear_qr) | 0.981 | 0.977 (linear_qr) | 0.0085 | 0.897 |
+| h200_llm_serving_saturated | 0.982 | 12 (0.964 to 0.990) | 0.982 (linear_qr) | 0.982 | 0.982 (linear_qr) | 0.0092 | 0.903 |
 
-On the OCR traces the baselines given the derived `first_of_shape` column come out 2.1% ahead
-on average over the 12 (0.954 on the benchmark's own split), as on the first H200 vision
-traces: the first runs of a shape (24 of the 956 traces) are where they gain. The
-text-to-image set's 90% coverage of 0.971 on its 138 test rows is the split's: 0.898 over the
-12."""
+Before the flexible shape (the previous run, at commit `b6ca776`, the same commands without
+the columns of the one best baseline) every figure was the same but the OCR set's: 0.711,
+given the derived columns **1.021**. On the OCR traces the
+baselines given the derived `first_of_shape` column come out 1.0% ahead on average over the
+12 (0.935 on the benchmark's own split), as on the first H200 vision traces: the first runs
+of a shape (24 of the 956 traces) are where they gain; no one of them is ahead over all 12
+(`lgbm_q+derived`, the closest, 1.2% behind). The text-to-speech set's 1.039 is the
+lowest of four noisy losses on 17 test rows each time: against `linear_qr`, the baseline
+best over all 12, the service is 5.5% ahead (the geometric mean of its ratios). The text-to-image set's 90% coverage of 0.971 on its 138 test
+rows is the split's: 0.898 over the 12."""
 
 
 
@@ -1309,8 +1348,8 @@ last column, its checks and their geometric mean also compare the service with t
 all of them: the stricter comparison, which the service does not pass everywhere (`qrf`
 given the column beats it on the H200 vision traces by 2.4%, on their first runs, see the
 H200 section). Nor can its geometric mean reach 0.90: with every synthetic set scored at
-its floor (the line under the summary), the nine sets' would be 0.916 against the service's
-0.919, so only the real sets could take it there, by some 20% between them. The summaries also
+its floor (the line under the summary), the nine sets' would be 0.930 against the service's
+0.932, so only the real sets could take it there, by some 20% between them. The summaries also
 give the geometric mean over the sets without timestamps, where no column can be derived.
 
 Row counters. The H100 and H200 traces number their rows (`seq`: 0, 1, 2, ...), a column the

@@ -1014,10 +1014,11 @@ class QuantileModel:
                 held = self._heldout(Xs, fold_atoms, oof, s, z, fold, shaped, w, kinds_s, zfit=zfit, alone=alone)
                 shape_params = None
                 if shaped is True and self._tunes_shape(len(y)):
-                    # A penalty of 10 and 3 hinges smooth a step in the share of a slow or a
-                    # fast mode (aborted requests from 430 input tokens on, none below: the
-                    # real sglang traces, where a forest beat the service by 12% over twelve
-                    # splits): the flexible shape serves where its folds show it clearly better.
+                    # A penalty of 10 and 3 hinges smooth away a share of a slow or a fast mode
+                    # that rises and falls along a feature (the real sglang traces: nearly every
+                    # request of 529 to 593 input tokens aborted, almost none elsewhere, where a
+                    # forest beat the service by 12% over twelve splits): the flexible shape
+                    # serves where its folds show it clearly better.
                     flexible = self._heldout(Xs, fold_atoms, oof, s, z, fold, shaped, w, kinds_s, zfit=zfit,
                                              alone=alone, shape_params=FLEXIBLE_SHAPE)
                     if clearly_lower(pinball_losses(y, flexible.q, EVAL_LEVELS).mean(axis=1)
