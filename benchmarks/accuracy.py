@@ -1108,8 +1108,8 @@ def main(argv: list[str] | None = None) -> int:
 MAIN_RESPLIT_NOTE = """\
 How much of each real set's ratio is the split's luck, over 12 other random 70/30 splits
 (seeds 12346 to 12357; `uv run python benchmarks/accuracy.py --sets h100,h20_ --resplits 12`,
-2026-12-04: 239 s at commit `0b45f72`, 320 s at `a3b0948`, the flexible logistic shape's
-commit, README "Modelling"), as the geometric mean of the service's ratios to each split's
+2026-12-04: 239 s with the modelling of `b6ca776`, 320 s at `a3b0948`, the flexible logistic
+shape's commit, README "Modelling"), as the geometric mean of the service's ratios to each split's
 best baseline, how many splits it leads, and its ratio to the one baseline best over all 12
 (each split's best is the lowest of four noisy losses: on 60 test rows that favours the
 baselines by luck alone):
