@@ -1238,13 +1238,13 @@ def resplit_study(sets: list[TraceSet], n: int) -> list[str]:
         for k in range(1, n + 1):
             rows, _ = evaluate(ts, split(len(ts.traces), SPLIT_SEED + k))
             svc = rows[0].metrics["rel_pinball"]
-            base = [r.metrics["rel_pinball"] for r in rows[1:] if not r.reference]
-            refs = [r.metrics["rel_pinball"] for r in rows[1:] if r.method.endswith("+derived")]
-            for r in rows[1:]:
-                if not r.reference or r.method.endswith("+derived"):
-                    logs.setdefault(r.method, []).append(math.log(svc / r.metrics["rel_pinball"]))
-            ratios.append(svc / min(base))
-            given.append(svc / min(base + refs))
+            # The baselines, and the baselines given the derived columns (reference rows).
+            losses = {r.method: r.metrics["rel_pinball"] for r in rows[1:]
+                      if not r.reference or r.method.endswith("+derived")}
+            for method, loss in losses.items():
+                logs.setdefault(method, []).append(math.log(svc / loss))
+            ratios.append(svc / min(v for m, v in losses.items() if not m.endswith("+derived")))
+            given.append(svc / min(losses.values()))
             mace.append(rows[0].metrics["mace"])
             cov.append(rows[0].metrics["cov90"])
             print(f"{ts.name} split {k}: ratio {ratios[-1]:.3f}", file=sys.stderr, flush=True)

@@ -1009,10 +1009,11 @@ class QuantileModel:
             if shaped and own is not None:
                 zfit = [(ylog[fold != k] - m) / s[fold != k] for k, m in enumerate(own)]
             if twin is not None:
-                held, shape_params = twin
+                held, shape_params, row_loss = twin
             else:
                 held = self._heldout(Xs, fold_atoms, oof, s, z, fold, shaped, w, kinds_s, zfit=zfit, alone=alone)
                 shape_params = None
+                row_loss = pinball_losses(y, held.q, EVAL_LEVELS).mean(axis=1)
                 if shaped is True and self._tunes_shape(len(y)):
                     # A penalty of 10 and 3 hinges smooth away a share of a slow or a fast mode
                     # that rises and falls along a feature (the real sglang traces: nearly every
@@ -1021,10 +1022,10 @@ class QuantileModel:
                     # serves where its folds show it clearly better.
                     flexible = self._heldout(Xs, fold_atoms, oof, s, z, fold, shaped, w, kinds_s, zfit=zfit,
                                              alone=alone, shape_params=FLEXIBLE_SHAPE)
-                    if clearly_lower(pinball_losses(y, flexible.q, EVAL_LEVELS).mean(axis=1)
-                                     - pinball_losses(y, held.q, EVAL_LEVELS).mean(axis=1)):
-                        held, shape_params = flexible, FLEXIBLE_SHAPE
-            heldout[(hetero, shaped)] = (held, shape_params)
+                    flexible_loss = pinball_losses(y, flexible.q, EVAL_LEVELS).mean(axis=1)
+                    if clearly_lower(flexible_loss - row_loss):
+                        held, shape_params, row_loss = flexible, FLEXIBLE_SHAPE, flexible_loss
+            heldout[(hetero, shaped)] = (held, shape_params, row_loss)
             q, pits = held.q, held.pits
             fam.append({
                 "family": family, "hetero": hetero, "shaped": shaped, "shape_params": shape_params,
@@ -1034,7 +1035,7 @@ class QuantileModel:
                 "own_scores": zfit is not None,
                 "alone": alone, "unknown_alone": unknown_alone,
                 "name": ("hetero" if hetero else "const") + SHAPE_SUFFIX[shaped],
-                "row_loss": pinball_losses(y, q, EVAL_LEVELS).mean(axis=1),
+                "row_loss": row_loss,
                 "complexity": FAMILY_COMPLEXITY.get(family, rank) + int(hetero) + int(bool(shaped)),
             })
         return fam
