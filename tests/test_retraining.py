@@ -1112,6 +1112,55 @@ def test_a_retraining_that_runs_past_the_timeout_is_stopped_and_waits_and_the_ne
     assert list(svc.retrainer.worker.pool._processes) != [first_worker]
 
 
+def test_a_retraining_in_a_serving_thread_stops_at_its_first_fit_past_the_timeout(tmp_path, monkeypatch):
+    # A thread cannot be stopped from outside: it had no limit at all, and one that ran for
+    # hours held every later retraining of every model. It looks at the limit before each
+    # fit and before it stores its version, and stores nothing once past it.
+    from swarmpilot_predictor import retraining
+
+    svc = _service(tmp_path, training_timeout_s=600)
+    assert svc.retrainer.worker is None and svc.retrainer.timeout == 600
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    identity = svc.registry.resolve(pattern)
+    svc.observe(IDENTITY, _shifted(200, 2.0, seed=40))
+    fits: list[float] = []
+    real_fit = retraining.QuantileModel.fit
+
+    def slow_first_fit(model, *args, **kwargs):
+        fits.append(time.monotonic())
+        if len(fits) == 1:
+            time.sleep(1.5)  # a fit that runs past the limit
+        return real_fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(retraining.QuantileModel, "fit", slow_first_fit)
+    svc.retrainer.timeout = 1.0
+    t0 = time.monotonic()
+    with pytest.raises(PredictorError) as err:
+        svc.retrain(pattern)
+    assert len(fits) == 1 and fits[0] - t0 < 1.0  # the first began in time; no other after it
+    assert err.value.status_code == 422
+    assert err.value.message == ("the retraining was stopped after 1 s, the most a training may run "
+                                 "(PREDICTOR_TRAINING_TIMEOUT_S): retrain on fewer observations "
+                                 "(PREDICTOR_RETRAIN_MAX_OBSERVATIONS)")
+    assert [v.version for v in svc.registry.versions(identity)] == [1]
+    (failed,) = svc.accuracy(pattern)["retraining"]
+    assert failed["status"] == "failed" and failed["message"] == err.value.message and failed["from_version"] == 1
+    assert failed["next_try"]["observations"] > 200 and svc.retrainer.due(identity, 1) is None
+    assert svc.metrics.retraining_runs.labels("failed")._value.get() == 1
+
+    # Past the limit before its first fit, it fits nothing.
+    fits.clear()
+    svc.retrainer.timeout = 1e-9
+    with pytest.raises(PredictorError) as err:
+        svc.retrain(pattern)
+    assert fits == [] and err.value.status_code == 422
+
+    monkeypatch.undo()
+    svc.retrainer.timeout = 600
+    assert svc.retrain(pattern)["status"] == "retrained"
+    assert [v.version for v in svc.registry.versions(identity)] == [1, 2]
+
+
 def test_a_retraining_sent_to_a_worker_that_just_died_idle_runs_on_a_fresh_one(tmp_path):
     # Killed between two retrainings (say, for its memory), the worker had taken the next one
     # down with it: a 500 and a failed decision with its wait, though nothing had run.

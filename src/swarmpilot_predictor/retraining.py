@@ -399,6 +399,25 @@ class _Winner:
     fitted_at: float  # time.perf_counter() as its refit began
 
 
+@dataclasses.dataclass(frozen=True)
+class _Deadline:
+    """When a retraining fitted in a thread of this process must stop: a thread cannot be
+    stopped from outside, so the retraining looks before each fit (and before it stores its
+    version) and stops there; it may run past the limit by one fit, and stores nothing then."""
+
+    at: float  # time.monotonic()
+    seconds: float  # the limit
+
+    @classmethod
+    def after(cls, seconds: float) -> _Deadline:
+        """``seconds`` from now (0: never)."""
+        return cls(time.monotonic() + seconds if seconds > 0 else math.inf, seconds)
+
+    def check(self) -> None:
+        if time.monotonic() > self.at:
+            raise RetrainingTimedOut.after(self.seconds)
+
+
 class Retrainer:
     def __init__(
         self,
@@ -413,12 +432,14 @@ class Retrainer:
         on_new_version: Callable[[ModelIdentity], Any] | None = None,
         in_worker: bool = False,
         worker_priority: str = "idle",
-        worker_timeout: float = 0.0,
+        timeout: float = 0.0,
     ):
         """``in_worker``: fit in a separate worker process (:class:`RetrainingWorker`,
         at ``worker_priority``, see ``workers.WORKER_PRIORITIES``), not in this one's threads,
-        where the candidates' fits took the CPU and the GIL from the requests served meanwhile;
-        there a retraining is stopped after ``worker_timeout`` seconds (0: never)."""
+        where the candidates' fits took the CPU and the GIL from the requests served meanwhile.
+        ``timeout``: the seconds a retraining may run (0: no limit). The worker is stopped
+        there; a thread cannot be, so one fitted in this process stops at its next fit
+        after the limit (:class:`_Deadline`), storing nothing."""
         self.on_decision = on_decision
         self.on_new_version = on_new_version  # told of each version a retraining stores
         self.registry = registry
@@ -430,7 +451,8 @@ class Retrainer:
         self.training_weight = training_weight
         self.max_observations = max_observations
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrain")
-        self.worker = RetrainingWorker(self.worker_config(), worker_priority, worker_timeout) if in_worker else None
+        self.timeout = float(timeout)
+        self.worker = RetrainingWorker(self.worker_config(), worker_priority, self.timeout) if in_worker else None
         # Called just before a retraining stores its version (a worker's: whether its service still runs).
         self.before_save: Callable[[], None] | None = None
         self._running: dict[ModelIdentity, Future] = {}
@@ -565,7 +587,7 @@ class Retrainer:
         newest = self.monitor.newest_observed(identity, serving)
         t0 = time.perf_counter()
         try:
-            self._retrain(identity, decision)
+            self._retrain(identity, decision, _Deadline.after(self.timeout))
         except BaseException as exc:
             decision["status"] = "failed"
             decision.setdefault("message", exc.message if isinstance(exc, PredictorError) else repr(exc))
@@ -647,16 +669,18 @@ class Retrainer:
         if self.on_new_version is not None:
             self.on_new_version(identity)
 
-    def _retrain(self, identity: ModelIdentity, decision: dict[str, Any]) -> None:
-        """Fill ``decision`` in: kept, skipped or retrained (the new version stored)."""
+    def _retrain(self, identity: ModelIdentity, decision: dict[str, Any], deadline: _Deadline) -> None:
+        """Fill ``decision`` in: kept, skipped or retrained (the new version stored); past
+        ``deadline``, raise :class:`RetrainingTimedOut` before the next fit or the store."""
         t0 = time.perf_counter()
         current = self.registry.load(identity)
         obs = self._observations(identity, current, decision)
         if obs is None:
             return
-        candidates = self._candidates(identity, current, obs, decision)
-        winner = self._choose(identity, current, obs, candidates, decision)
+        candidates = self._candidates(identity, current, obs, decision, deadline)
+        winner = self._choose(identity, current, obs, candidates, decision, deadline)
         if winner is not None:
+            deadline.check()
             self._store(identity, current.meta, obs, winner, t0, decision)
 
     def _observations(self, identity: ModelIdentity, current: LoadedModel,
@@ -739,7 +763,7 @@ class Retrainer:
                 np.concatenate([np.full(int(keep.sum()), self.training_weight if weight is None else weight), w]))
 
     def _candidates(self, identity: ModelIdentity, current: LoadedModel, obs: _Observations,
-                    decision: dict[str, Any]) -> _Candidates:
+                    decision: dict[str, Any], deadline: _Deadline) -> _Candidates:
         """The candidates fitted on the older observations, and their and the serving model's
         losses on the held-out ones (in ``decision``, with the candidates dropped)."""
         meta = current.meta
@@ -759,6 +783,7 @@ class Retrainer:
         unseen_of: dict[str, np.ndarray] = {}  # a candidate's uncovered training rows
         x0_median: np.ndarray | None = None  # the serving model's medians of the training rows
         for name, (X, y, w) in observed.items():
+            deadline.check()
             if name == "training+observations":
                 remembers[name] = "all"
                 X, y, w = self._with_training(training, X, y, w, np.ones(len(y0), dtype=bool))
@@ -776,6 +801,7 @@ class Retrainer:
                         # Fitted on the observations alone it would forget what no one observed:
                         # the training rows there stay.
                         remembers[name] = "uncovered"
+                        deadline.check()
                         model = self._new_model(meta).fit(
                             *self._with_training(training, X, y, w, unseen, float(w.mean())))
                         training_rows[name] = int(unseen.sum())
@@ -794,7 +820,7 @@ class Retrainer:
         return _Candidates(observed, remembers, unseen_of, row_losses, scores, training, flag_column)
 
     def _choose(self, identity: ModelIdentity, current: LoadedModel, obs: _Observations, candidates: _Candidates,
-                decision: dict[str, Any]) -> _Winner | None:
+                decision: dict[str, Any], deadline: _Deadline) -> _Winner | None:
         """The candidate to serve, refitted; None where the serving version stays (``decision`` says why)."""
         scores, row_losses = candidates.scores, candidates.row_losses
         best = min(scores, key=scores.get)
@@ -822,10 +848,10 @@ class Retrainer:
                             message=f"the best candidate ({best}) was not better than the serving model on recent "
                                     "observations by more than a standard error (and no drift is detected)")
             return None
-        return self._refit(identity, current, obs, candidates, best, margin, decision)
+        return self._refit(identity, current, obs, candidates, best, margin, decision, deadline)
 
     def _refit(self, identity: ModelIdentity, current: LoadedModel, obs: _Observations, candidates: _Candidates,
-               best: str, margin: float, decision: dict[str, Any]) -> _Winner | None:
+               best: str, margin: float, decision: dict[str, Any], deadline: _Deadline) -> _Winner | None:
         """``best`` refitted with the held-out observations too, or the next best that beats the
         serving model by ``margin`` (or at all, under drift); None where none may serve."""
         meta, scores, row_losses = current.meta, candidates.scores, candidates.row_losses
@@ -852,6 +878,7 @@ class Retrainer:
             elif remembers[name] == "uncovered":
                 observed_X = X
                 X, y, w = self._with_training(training, X, y, w, unseen_of[name], float(w.mean()))
+            deadline.check()
             t_fit = time.perf_counter()
             model = self._new_model(meta).fit(X, y, sample_weight=w)
             if remembers[name] == "uncovered" and not _keeps_or_follows(model, current.model, observed_X,
@@ -952,9 +979,15 @@ class WorkerLost(PredictorError):
 
 
 class RetrainingTimedOut(WorkerLost):
-    """The retraining ran past the time limit, and its worker was stopped (as a training's is)."""
+    """The retraining ran past the time limit, and was stopped (its worker, as a training's
+    is, or at its next fit in a thread of the serving process)."""
 
     status_code = 422
+
+    @classmethod
+    def after(cls, seconds: float) -> RetrainingTimedOut:
+        return cls(stopped_for_time("retraining", seconds,
+                                    "retrain on fewer observations (PREDICTOR_RETRAIN_MAX_OBSERVATIONS)"))
 
 
 class RetrainingWorker:
@@ -1007,9 +1040,7 @@ class RetrainingWorker:
                     self._workers.stop(pool)
                     if self._closed:
                         raise WorkerLost("the service is stopping", stopping=True) from None
-                    raise RetrainingTimedOut(stopped_for_time(
-                        "retraining", self.timeout,
-                        "retrain on fewer observations (PREDICTOR_RETRAIN_MAX_OBSERVATIONS)")) from None
+                    raise RetrainingTimedOut.after(self.timeout) from None
                 except (BrokenProcessPool, CancelledError):
                     ran = pool.ran(number)
                     message = pool.death("retraining") if ran and not self._closed else ""

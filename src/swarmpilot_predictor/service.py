@@ -230,7 +230,7 @@ class PredictorService:
             on_decision=lambda decision: self.metrics.retraining_runs.labels(decision["status"]).inc(),
             on_new_version=self.keep_newest_versions,
             max_observations=settings.retrain_max_observations, in_worker=settings.retrain_in_worker,
-            worker_priority=settings.training_priority, worker_timeout=settings.training_timeout_s,
+            worker_priority=settings.training_priority, timeout=settings.training_timeout_s,
         )
         # Lookup tables; DEFAULT_LOOKUP_TABLE is loaded now (a bad file is logged and reported by /health).
         self.tables = LookupTableStore(settings.tables_dir, default=settings.default_lookup_table)
