@@ -220,11 +220,11 @@ def test_after_a_try_that_held_out_those_since_a_shift_the_next_waits_for_as_man
     def kept(identity, decision, shift=None):
         decision.update(status="kept", message="(stood in for a retraining)", **({"shift": shift} if shift else {}))
 
-    svc.retrainer._retrain = lambda identity, decision: kept(identity, decision)
+    svc.retrainer._retrain = lambda identity, decision, deadline: kept(identity, decision)
     plain = svc.retrainer.retrain(identity, "drift")
     assert plain["next_try"]["more"] == svc.retrainer.backoff_step(460, True) == 115
     assert plain["seconds"] >= 0  # every decision says how long it took
-    svc.retrainer._retrain = lambda identity, decision: kept(identity, decision, {"observations_since": 58, "held_out": 29})
+    svc.retrainer._retrain = lambda identity, decision, deadline: kept(identity, decision, {"observations_since": 58, "held_out": 29})
     assert svc.retrainer.retrain(identity, "drift")["next_try"]["more"] == 29
 
 
