@@ -1,0 +1,206 @@
+"""Random requests at the live service: a 5xx, an answer that is not JSON, a number that is
+not finite, a crossing or negative quantile, or a service that stops answering is a finding.
+
+The service (uvicorn, a fresh data directory) is trained on the H100 vision example, then
+sent two kinds of request, each drawn from a seeded generator:
+
+- ``mangled``: a valid body of each prediction route, ``/observe`` and ``/train`` with
+  one to three random changes (a value replaced by another type or an odd one, a field
+  removed or added, a list grown) and now and then its JSON cut short;
+- ``edge``: bodies of the right shape whose numbers are at the edges of what JSON holds
+  (0, -0, 5e-324, 1.7e308, 2**63, ...), levels at and past 0 and 1, queues of 0 to 100
+  tasks, running tasks' ``elapsed_ms`` among them.
+
+    uv run python benchmarks/fuzz_api.py [--seed 0] [--requests 10000]
+
+It prints the answers' status codes and each finding (the request, what was wrong) and
+exits 1 where there was one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from latency import Server  # noqa: E402
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+IDENTITY = {"model_type": "vision", "model_name": "resnet50", "hardware": "NVIDIA H100 80GB HBM3",
+            "software_name": "torch", "software_version": "2.4"}
+PATH = "vision/resnet50/NVIDIA%20H100%2080GB%20HBM3/torch/2.4"
+TRACE = {"batch_size": 8, "image_size": 224}
+VALID = [
+    ("/predict/single/" + PATH, {"trace": TRACE, "confidence_level": 0.9, "quantiles": [0.5, 0.9]}),
+    ("/predict/batch/" + PATH, {"trace": [TRACE, {"batch_size": 64, "image_size": 512, "elapsed_ms": 3}],
+                                "quantiles": [0.5, 0.9, 0.99], "shared_factor": True}),
+    ("/predict/queues/" + PATH, {"queues": {"a": [TRACE], "b": [TRACE, dict(TRACE, elapsed_ms=2.0)]},
+                                 "quantiles": [0.5], "confidence_level": 0.95}),
+    ("/observe", {"model": IDENTITY, "traces": [dict(TRACE, runtime_ms=4.0)]}),
+    ("/predict/table/" + PATH, {"trace": [TRACE]}),
+    ("/train", {"model": IDENTITY, "traces": [dict(TRACE, runtime_ms=4.0 + i % 3) for i in range(40)]}),
+]
+ODD = [None, True, False, 0, -1, 1e308, -1e308, 1e-320, "NaN", "inf", "", "x" * 5000, "\u0000", "é", [], {}, [[]],
+       [None], {"a": None}, 2**64, -2**63, 0.5, "1e5", [1, 2, 3], {"batch_size": []}, "../../etc/passwd", 1.5]
+FIELDS = ["quantiles", "trace", "version", "lookup_table", "lookup_table_name", "confidence_level", "elapsed_ms",
+          "first_of_shape", "group_by", "features", "params", "total_distribution", "shared_factor", "extra"]
+NUMBERS = [0, 1, -1, 1e-320, 5e-324, 1e-300, 1e300, 1.7e308, 2**53 + 1, 2**63, 10**30, 0.5, 3, 224, 64, 1e6, -0.0]
+LEVELS = [0.0, 1.0, 1e-300, 1e-12, 0.5, 1 - 1e-12, 1 - 1e-16, 0.9999999, 1e-9, 0.25, 2, -0.1]
+
+
+def mangle(value: Any, rng: random.Random) -> Any:
+    """``value`` with one random change somewhere in it."""
+    if isinstance(value, dict):
+        out, keys = dict(value), list(value)
+        act = rng.random()
+        if keys and act < 0.5:
+            k = rng.choice(keys)
+            out[k] = mangle(out[k], rng) if rng.random() < 0.5 else rng.choice(ODD)
+        elif keys and act < 0.65:
+            del out[rng.choice(keys)]
+        else:
+            out[rng.choice(FIELDS)] = rng.choice(ODD)
+        return out
+    if isinstance(value, list):
+        out = list(value)
+        act = rng.random()
+        if out and act < 0.5:
+            i = rng.randrange(len(out))
+            out[i] = mangle(out[i], rng) if rng.random() < 0.6 else rng.choice(ODD)
+        elif act < 0.7:
+            out.append(rng.choice(ODD))
+        elif out:
+            out = out * rng.choice([2, 50])
+        return out
+    return rng.choice(ODD)
+
+
+def mangled(rng: random.Random) -> tuple[str, str]:
+    path, body = rng.choice(VALID)
+    while path == "/train" and rng.random() < 0.7:  # trainings take longer: fewer of them
+        path, body = rng.choice(VALID)
+    for _ in range(rng.choice([1, 1, 2, 3])):
+        body = mangle(body, rng)
+    raw = json.dumps(body)
+    if rng.random() < 0.03:
+        raw = raw[:rng.randrange(len(raw) + 1)]
+    return path, raw
+
+
+def edge(rng: random.Random) -> tuple[str, str]:
+    def trace() -> dict[str, Any]:
+        t: dict[str, Any] = {"batch_size": rng.choice(NUMBERS + [8, 16]), "image_size": rng.choice(NUMBERS + [224, 512])}
+        if rng.random() < 0.3:
+            t["elapsed_ms"] = rng.choice(NUMBERS)
+        if rng.random() < 0.2:
+            t["first_of_shape"] = rng.choice([True, False])
+        return t
+
+    def options(body: dict[str, Any]) -> dict[str, Any]:
+        if rng.random() < 0.5:  # mostly in order, now and then not
+            levels = rng.sample(LEVELS, rng.randint(1, 4))
+            body["quantiles"] = sorted(set(levels)) if rng.random() < 0.9 else levels
+        if rng.random() < 0.5:
+            body["confidence_level"] = rng.choice(LEVELS)
+        if rng.random() < 0.3:
+            body["shared_factor"] = True
+        return body
+
+    kind = rng.choice(["single", "batch", "queues", "observe"])
+    if kind == "single":
+        path, body = "/predict/single/" + PATH, options({"trace": trace()})
+    elif kind == "batch":
+        path, body = "/predict/batch/" + PATH, options({"trace": [trace() for _ in range(rng.choice([0, 1, 2, 10, 100]))]})
+        if rng.random() < 0.2:
+            body["total_distribution"] = False
+    elif kind == "queues":
+        queues = {f"q{j}": [trace() for _ in range(rng.choice([0, 1, 3, 20]))] for j in range(rng.choice([1, 2, 5]))}
+        path, body = "/predict/queues/" + PATH, options({"queues": queues})
+    else:
+        path = "/observe"
+        body = {"model": IDENTITY, "traces": [dict(trace(), runtime_ms=rng.choice(NUMBERS + [4.0, 12.0]))
+                                              for _ in range(rng.choice([1, 5, 50]))]}
+    return path, json.dumps(body)
+
+
+def wrong_in(answer: Any, where: str = "") -> list[str]:
+    """What is wrong in a successful answer: numbers that are not finite, crossing or negative quantiles."""
+    found = []
+    if isinstance(answer, float) and not math.isfinite(answer):
+        found.append(f"{where}: {answer}")
+    elif isinstance(answer, dict):
+        for key in ("quantile_predictions", "total_quantiles"):
+            q = answer.get(key)
+            if isinstance(q, list) and all(isinstance(v, (int, float)) for v in q):
+                if any(b < a for a, b in zip(q, q[1:])):
+                    found.append(f"{where}.{key} crosses: {q}")
+                if any(v < 0 for v in q):
+                    found.append(f"{where}.{key} is negative: {q}")
+        for key, value in answer.items():
+            found += wrong_in(value, f"{where}.{key}")
+    elif isinstance(answer, list):
+        for i, value in enumerate(answer):
+            found += wrong_in(value, f"{where}[{i}]")
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--requests", type=int, default=10_000, help="of each kind (default 10,000)")
+    args = ap.parse_args(argv)
+    rng = random.Random(args.seed)
+    findings: list[tuple[str, str, str]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        server = Server(Path(tmp))
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=120) as client:
+                with open(EXAMPLES / "train_vision.json", "rb") as config, \
+                        open(EXAMPLES / "data" / "h100_resnet50_vision.jsonl", "rb") as traces:
+                    trained = client.post("/train", files={"config": config, "trace_file": traces})
+                if trained.status_code != 200:
+                    raise RuntimeError(f"training the example failed: {trained.text}")
+                for name, make in (("mangled", mangled), ("edge", edge)):
+                    codes: dict[int, int] = {}
+                    t0 = time.perf_counter()
+                    for _ in range(args.requests):
+                        path, raw = make(rng)
+                        try:
+                            r = client.post(path, content=raw, headers={"content-type": "application/json"})
+                        except httpx.HTTPError as exc:
+                            findings.append((path, raw, f"no answer: {exc!r}"))
+                            continue
+                        codes[r.status_code] = codes.get(r.status_code, 0) + 1
+                        try:
+                            answer = r.json()
+                        except ValueError:
+                            findings.append((path, raw, f"{r.status_code}, not JSON: {r.text[:200]}"))
+                            continue
+                        if r.status_code >= 500:
+                            findings.append((path, raw, f"{r.status_code}: {r.text[:200]}"))
+                        elif r.status_code == 200:
+                            findings += [(path, raw, wrong) for wrong in wrong_in(answer)]
+                    print(f"{name}: {args.requests} requests in {time.perf_counter() - t0:.0f} s, answers "
+                          + ", ".join(f"{code}: {n}" for code, n in sorted(codes.items())), flush=True)
+                for route in ("/health", "/models"):
+                    if client.get(route).status_code != 200:
+                        findings.append((route, "", "the service no longer answers"))
+        finally:
+            server.stop()
+    for path, raw, what in findings[:20]:
+        print(f"FINDING {path} {raw[:300]}\n    {what}")
+    print(f"findings: {len(findings)}")
+    return 1 if findings else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
