@@ -13,6 +13,14 @@ sent two kinds of request, each drawn from a seeded generator:
 
     uv run python benchmarks/fuzz_api.py [--seed 0] [--requests 10000]
 
+``--concurrent SECONDS`` does something else: two LLM models on a service of two workers
+(``serve --workers 2``, automatic retraining after 60 observations, 3 versions kept), and six
+clients that for that long predict (single, batch, queues), observe, train, retrain, delete
+versions and now and then a whole model, and read the models, their accuracy and
+``/metrics``, all at random. A 5xx or no answer is a finding; so is an error in the
+service's log (its warnings are listed), and, once the clients stop, a stored version that
+does not answer a prediction, there or after the service restarts.
+
 It prints the answers' status codes and each finding (the request, what was wrong) and
 exits 1 where there was one.
 """
@@ -25,6 +33,7 @@ import math
 import random
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -153,11 +162,156 @@ def wrong_in(answer: Any, where: str = "") -> list[str]:
     return found
 
 
+def llm_identity(k: int) -> dict[str, str]:
+    return {"model_type": "llm", "model_name": f"m{k}", "hardware": "h100", "software_name": "vllm",
+            "software_version": "1"}
+
+
+def llm_path(k: int) -> str:
+    return "/".join(llm_identity(k).values())
+
+
+def llm_traces(n: int, rng: random.Random, factor: float = 1.0) -> list[dict[str, Any]]:
+    out = []
+    for _ in range(n):
+        i, o = rng.randint(16, 2048), rng.randint(8, 512)
+        out.append({"input_tokens": i, "output_tokens": o,
+                    "runtime_ms": (20 + 0.02 * i + 12 * o) * factor * math.exp(rng.gauss(0, 0.2))})
+    return out
+
+
+CONCURRENT_ENV = {"PREDICTOR_AUTO_RETRAIN": "true", "PREDICTOR_RETRAIN_MIN_OBSERVATIONS": "60",
+                  "PREDICTOR_KEEP_VERSIONS": "3", "PREDICTOR_DRIFT_MIN_OBSERVATIONS": "20"}
+# Operations and how often each is drawn.
+OPERATIONS = {"single": 10, "batch": 10, "queues": 5, "observe": 15, "train": 2, "retrain": 3, "delete version": 1,
+              "delete model": 0.3, "models": 3, "metrics": 2, "accuracy": 3, "model": 3}
+
+
+def one_operation(client: httpx.Client, rng: random.Random) -> tuple[str, httpx.Response | None]:
+    k = rng.randrange(2)
+    op = rng.choices(list(OPERATIONS), list(OPERATIONS.values()))[0]
+    path = llm_path(k)
+    if op == "single":
+        return op, client.post(f"/predict/single/{path}", json={"trace": llm_traces(1, rng)[0]})
+    if op == "batch":
+        return op, client.post(f"/predict/batch/{path}", json={"trace": llm_traces(rng.choice([1, 20, 200]), rng)})
+    if op == "queues":
+        return op, client.post(f"/predict/queues/{path}",
+                               json={"queues": {"a": llm_traces(5, rng), "b": llm_traces(3, rng)}})
+    if op == "observe":  # now and then 1.5x slower: drift, and retrainings
+        return op, client.post("/observe", json={"model": llm_identity(k),
+                                                 "traces": llm_traces(20, rng, rng.choice([1.0, 1.5]))})
+    if op == "train":
+        return op, client.post("/train", json={"config": {"model": llm_identity(k),
+                                                          "traces": llm_traces(rng.choice([100, 300]), rng)}})
+    if op == "retrain":
+        return op, client.post(f"/models/{path}/retrain")
+    if op == "delete version":
+        model = client.get(f"/models/{path}")
+        versions = [v["version"] for v in model.json()["model"]["version_details"]] if model.status_code == 200 else []
+        if not versions:
+            return op, None
+        return op, client.delete(f"/models/{path}/versions/{rng.choice(versions)}")
+    if op == "delete model":
+        return op, client.delete(f"/models/{path}")
+    if op == "models":
+        return op, client.get("/models")
+    if op == "metrics":
+        return op, client.get("/metrics")
+    if op == "accuracy":
+        return op, client.get(f"/models/{path}/accuracy")
+    return op, client.get(f"/models/{path}")
+
+
+def stored_versions_answer(client: httpx.Client, label: str) -> list[tuple[str, str, str]]:
+    """Findings: each stored version of the two models must answer a prediction."""
+    findings = []
+    for k in range(2):
+        path = llm_path(k)
+        model = client.get(f"/models/{path}")
+        if model.status_code == 404:
+            print(f"{label}: {path} deleted")
+            continue
+        versions = [v["version"] for v in model.json()["model"]["version_details"]]
+        for version in [None, *versions]:
+            body = {"trace": {"input_tokens": 100, "output_tokens": 50}, **({"version": version} if version else {})}
+            r = client.post(f"/predict/single/{path}", json=body)
+            if r.status_code != 200:
+                findings.append((path, json.dumps(body), f"{label}: version {version} answered {r.status_code}: "
+                                                         f"{r.text[:200]}"))
+        print(f"{label}: {path} versions {versions} each answered")
+    return findings
+
+
+def concurrent(seconds: float, seed: int) -> list[tuple[str, str, str]]:
+    findings: list[tuple[str, str, str]] = []
+    codes: dict[tuple[str, int], int] = {}
+    lock = threading.Lock()
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile("w+") as log:
+        server = Server(Path(tmp), workers=2, env=CONCURRENT_ENV, output=log)
+        try:
+            base = f"http://127.0.0.1:{server.port}"
+            with httpx.Client(base_url=base, timeout=300) as client:
+                for k in range(2):
+                    client.post("/train", json={"config": {"model": llm_identity(k),
+                                                           "traces": llm_traces(300, random.Random(k))}}
+                                ).raise_for_status()
+            stop = time.monotonic() + seconds
+
+            def run(worker_seed: int) -> None:
+                rng = random.Random(worker_seed)
+                with httpx.Client(base_url=base, timeout=300) as client:
+                    while time.monotonic() < stop:
+                        try:
+                            op, r = one_operation(client, rng)
+                        except httpx.HTTPError as exc:
+                            with lock:
+                                findings.append(("?", "", f"no answer: {exc!r}"))
+                            continue
+                        if r is None:
+                            continue
+                        with lock:
+                            codes[(op, r.status_code)] = codes.get((op, r.status_code), 0) + 1
+                            if r.status_code >= 500:
+                                findings.append((op, "", f"{r.status_code}: {r.text[:200]}"))
+
+            threads = [threading.Thread(target=run, args=(seed * 100 + i,)) for i in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            print(f"{sum(codes.values())} requests in {seconds:g} s: "
+                  + ", ".join(f"{op} {code}: {n}" for (op, code), n in sorted(codes.items())), flush=True)
+            time.sleep(3)  # the retrainings under way land
+            with httpx.Client(base_url=base, timeout=300) as client:
+                findings += stored_versions_answer(client, "after the load")
+        finally:
+            server.stop()
+        restarted = Server(Path(tmp), workers=2, env=CONCURRENT_ENV, output=log)
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{restarted.port}", timeout=300) as client:
+                findings += stored_versions_answer(client, "restarted")
+        finally:
+            restarted.stop()
+        log.seek(0)
+        said = [line.rstrip() for line in log if line.startswith(("WARNING", "ERROR", "CRITICAL", "Traceback"))]
+    # What the service warned of, each kind once (the paths differ): an operator reads these.
+    kinds = sorted({" ".join(line.split()[:6]) for line in said})
+    print(f"the service's log: {len(said)} warnings or errors" + "".join(f"\n    {k} ..." for k in kinds))
+    # Nothing here is an operator's error to look into: one logged is a false alarm, or a bug.
+    findings += [("log", "", line) for line in said if not line.startswith("WARNING")]
+    return findings
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--requests", type=int, default=10_000, help="of each kind (default 10,000)")
+    ap.add_argument("--concurrent", type=float, metavar="SECONDS",
+                    help="only: six clients at once on two workers for this long (see above)")
     args = ap.parse_args(argv)
+    if args.concurrent:
+        return report(concurrent(args.concurrent, args.seed))
     rng = random.Random(args.seed)
     findings: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -196,6 +350,10 @@ def main(argv: list[str] | None = None) -> int:
                         findings.append((route, "", "the service no longer answers"))
         finally:
             server.stop()
+    return report(findings)
+
+
+def report(findings: list[tuple[str, str, str]]) -> int:
     for path, raw, what in findings[:20]:
         print(f"FINDING {path} {raw[:300]}\n    {what}")
     print(f"findings: {len(findings)}")

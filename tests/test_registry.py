@@ -1085,6 +1085,54 @@ def test_metadata_that_is_not_an_object_of_fields_is_skipped(root, caplog, text)
     assert fresh.identities() == [OTHER]
 
 
+def test_a_version_deleted_while_the_folder_is_read_is_no_warning_and_not_listed(root, caplog, monkeypatch):
+    # Under load (two workers, versions deleted and let go as others are stored), the scans
+    # warned of "unreadable model metadata ... No such file or directory" a few times a minute.
+    from swarmpilot_predictor import registry as registry_module
+
+    reg = ModelRegistry(root)
+    reg.save(*fit()[:2])
+    reg.save(*fit(seed=1)[:2])
+    gone = root / IDENT.dirname / "v0002.meta.json"
+    real_read = registry_module.read_regular
+
+    def deleted_first(path, *args, **kwargs):  # another worker's DELETE, just after the listing
+        if Path(path) == gone:
+            gone.unlink()
+        return real_read(path, *args, **kwargs)
+
+    monkeypatch.setattr(registry_module, "read_regular", deleted_first)
+    with caplog.at_level("WARNING", logger="swarmpilot_predictor.registry"):
+        fresh = ModelRegistry(root)
+    assert [m.version for m in fresh.versions(IDENT)] == [1]
+    assert "unreadable" not in caplog.text
+
+    # Deleted just after its meta file was read: its model file is gone too, and that is no
+    # error ("its model file ... is missing") either.
+    reg.save(*fit(seed=2)[:2])
+    read_then_deleted = root / IDENT.dirname / "v0003.meta.json"
+
+    def deleted_after(path, *args, **kwargs):
+        raw = real_read(path, *args, **kwargs)
+        if Path(path) == read_then_deleted:
+            read_then_deleted.unlink()
+            (root / IDENT.dirname / "v0003.model.json").unlink()
+        return raw
+
+    monkeypatch.setattr(registry_module, "read_regular", deleted_after)
+    with caplog.at_level("WARNING", logger="swarmpilot_predictor.registry"):
+        fresh = ModelRegistry(root)
+    assert [m.version for m in fresh.versions(IDENT)] == [1]
+    assert "unreadable" not in caplog.text and "missing" not in caplog.text
+    monkeypatch.undo()
+    # A link to nothing under a version's name is still said.
+    gone.symlink_to(root / "nowhere")
+    with caplog.at_level("WARNING", logger="swarmpilot_predictor.registry"):
+        again = ModelRegistry(root)
+    assert [m.version for m in again.versions(IDENT)] == [1]
+    assert f"skipping unreadable model metadata {gone}: a link to nothing" in caplog.text
+
+
 def test_unreadable_metadata_is_read_once_until_it_changes_and_never_past_its_limit(root, caplog, monkeypatch):
     # A 2 GiB file there took 4 GB and 20 s at every scan, and was said again at each.
     from swarmpilot_predictor import registry as registry_module

@@ -602,6 +602,15 @@ class ModelRegistry:
                         # made the model it names answer 404 ("deleted") for every prediction.
                         raise ValueError(f"it names the model {meta.identity.key}, whose folder is "
                                          f"{meta.identity.dirname}")
+            except FileNotFoundError:
+                if not os.path.lexists(entry.path):
+                    # Deleted since the folder was listed (another worker's DELETE, or the
+                    # versions PREDICTOR_KEEP_VERSIONS lets go): no damage to warn of. Under
+                    # load two workers logged it a few times a minute.
+                    log.debug("model metadata %s was deleted while the folder was read", entry.path)
+                    continue
+                log.warning("skipping unreadable model metadata %s: a link to nothing", entry.path)
+                continue
             except Exception as exc:  # one damaged file costs its own version, never the scan
                 log.warning("skipping unreadable model metadata %s: %s", entry.path, exc)
                 if mtime is not None and (not isinstance(exc, OSError) or isinstance(exc, NotRegularFile)):
@@ -611,6 +620,11 @@ class ModelRegistry:
                     seen[entry.path] = (mtime, None)
                 continue
             if not (model_dir / _model_file(meta.version)).exists():
+                if not os.path.lexists(entry.path):
+                    # Deleted since it was read (a delete removes the meta file first, then the
+                    # model file): gone, not damaged.
+                    log.debug("model version %s was deleted while the folder was read", entry.path)
+                    continue
                 # Still listed: loading it answers a 500 naming the missing file (and DELETE can
                 # remove it), rather than an older version serving as if it were the latest.
                 log.error("%s: its model file %s is missing", entry.path, _model_file(meta.version))
