@@ -605,8 +605,8 @@ class ModelRegistry:
             except FileNotFoundError:
                 if not os.path.lexists(entry.path):
                     # Deleted since the folder was listed (another worker's DELETE, or the
-                    # versions PREDICTOR_KEEP_VERSIONS lets go): no damage to warn of. Under
-                    # load two workers logged it a few times a minute.
+                    # versions PREDICTOR_KEEP_VERSIONS lets go): no damage to warn of (two
+                    # workers under load warned of it, benchmarks/fuzz_api.py --concurrent).
                     log.debug("model metadata %s was deleted while the folder was read", entry.path)
                     continue
                 log.warning("skipping unreadable model metadata %s: a link to nothing", entry.path)
