@@ -14,9 +14,10 @@ sent two kinds of request, each drawn from a seeded generator:
     uv run python benchmarks/fuzz_api.py [--seed 0] [--requests 10000]
 
 ``--concurrent SECONDS`` does something else: two LLM models on a service of two workers
-(``serve --workers 2``, automatic retraining after 60 observations, 3 versions kept), and six
-clients that for that long predict (single, batch, queues), observe, train, retrain, delete
-versions and now and then a whole model, and read the models, their accuracy and
+(``serve --workers 2``, automatic retraining after 60 observations, 3 versions kept, the
+observation logs rotated every 64 KB), and six clients that for that long predict (single,
+batch, queues), observe, train, retrain, delete versions and now and then a whole model,
+make, read, answer from and delete lookup tables, and read the models, their accuracy and
 ``/metrics``, all at random. A 5xx or no answer is a finding; so is an error in the
 service's log (its warnings are listed), and, once the clients stop, a stored version that
 does not answer a prediction, there or after the service restarts.
@@ -180,11 +181,15 @@ def llm_traces(n: int, rng: random.Random, factor: float = 1.0) -> list[dict[str
     return out
 
 
+# The observation logs rotate every 64 KB (about 150 observations), three files kept: the
+# workers follow each other's appends across rotations.
 CONCURRENT_ENV = {"PREDICTOR_AUTO_RETRAIN": "true", "PREDICTOR_RETRAIN_MIN_OBSERVATIONS": "60",
-                  "PREDICTOR_KEEP_VERSIONS": "3", "PREDICTOR_DRIFT_MIN_OBSERVATIONS": "20"}
+                  "PREDICTOR_KEEP_VERSIONS": "3", "PREDICTOR_DRIFT_MIN_OBSERVATIONS": "20",
+                  "PREDICTOR_OBSERVATIONS_MAX_FILE_MB": "0.0625", "PREDICTOR_OBSERVATIONS_MAX_FILES": "3"}
 # Operations and how often each is drawn.
 OPERATIONS = {"single": 10, "batch": 10, "queues": 5, "observe": 15, "train": 2, "retrain": 3, "delete version": 1,
-              "delete model": 0.3, "models": 3, "metrics": 2, "accuracy": 3, "model": 3}
+              "delete model": 0.3, "models": 3, "metrics": 2, "accuracy": 3, "model": 3, "make table": 1,
+              "table batch": 3, "tables": 1, "delete table": 0.3}
 
 
 def one_operation(client: httpx.Client, rng: random.Random) -> tuple[str, httpx.Response | None]:
@@ -214,6 +219,17 @@ def one_operation(client: httpx.Client, rng: random.Random) -> tuple[str, httpx.
         return op, client.delete(f"/models/{path}/versions/{rng.choice(versions)}")
     if op == "delete model":
         return op, client.delete(f"/models/{path}")
+    if op == "make table":  # rewritten over the one of the same name
+        rows = "".join(json.dumps({k: v for k, v in t.items() if k != "runtime_ms"}) + "\n" for t in llm_traces(5, rng))
+        return op, client.post(f"/predict/table/{path}", files={"trace_file": ("t.jsonl", rows.encode())},
+                               data={"table_name": f"t{k}.json", "confidence_level": "0.9"})
+    if op == "table batch":
+        return op, client.post(f"/predict/batch/{path}", json={"trace": llm_traces(3, rng), "lookup_table": True,
+                                                              "lookup_table_name": f"t{k}.json"})
+    if op == "tables":
+        return op, client.get("/tables")
+    if op == "delete table":
+        return op, client.delete(f"/tables/t{k}.json")
     if op == "models":
         return op, client.get("/models")
     if op == "metrics":

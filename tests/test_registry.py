@@ -641,6 +641,26 @@ def test_damaged_training_rows_read_as_none(root):
     assert got == [None]
 
 
+def test_training_rows_deleted_as_they_are_read_are_none_without_a_warning(root, caplog, monkeypatch):
+    # A retraining reads them while another worker deletes the version: "ignoring the
+    # unreadable training rows" was a false alarm there.
+    from swarmpilot_predictor import registry as registry_module
+
+    reg = ModelRegistry(root)
+    meta, model, X = fit()
+    reg.save(meta, model, training_data=(X, np.ones(len(X))))
+    real_open = registry_module.regular_file_fd
+
+    def deleted_first(path, *args, **kwargs):
+        Path(path).unlink()
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(registry_module, "regular_file_fd", deleted_first)
+    with caplog.at_level("WARNING", logger="swarmpilot_predictor.registry"):
+        assert reg.training_data(IDENT, 1) is None
+    assert caplog.text == ""
+
+
 def test_model_files_are_json_and_loading_needs_no_pickle(root, monkeypatch):
     reg = ModelRegistry(root)
     meta, model, X = fit(algorithm="lightgbm", params={"num_boost_round": 10, "num_leaves": 4})

@@ -938,6 +938,8 @@ class ModelRegistry:
             with regular_file_fd(path) as fd, os.fdopen(fd, "rb", closefd=False) as fh, \
                     np.load(fh, allow_pickle=False) as data:
                 return data["X"], data["y"]
+        except FileNotFoundError:  # deleted since it was looked for (the version, by another worker): no damage
+            return None
         except Exception as exc:  # damaged on disk: retraining goes on with the observations alone
             log.warning("ignoring the unreadable training rows of %s version %d (%s): %r", identity.key, version, path, exc)
             return None
