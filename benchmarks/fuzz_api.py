@@ -9,9 +9,12 @@ sent two kinds of request, each drawn from a seeded generator:
   removed or added, a list grown) and now and then its JSON cut short;
 - ``edge``: bodies of the right shape whose numbers are at the edges of what JSON holds
   (0, -0, 5e-324, 1.7e308, 2**63, ...), levels at and past 0 and 1, queues of 0 to 100
-  tasks, running tasks' ``elapsed_ms`` among them.
+  tasks, running tasks' ``elapsed_ms`` among them;
+- ``files``: trainings (multipart, a config naming the file) and lookup tables made from
+  small trace files (JSONL, JSON, CSV, gzip) with bytes flipped, cut, repeated or odd ones
+  put in.
 
-    uv run python benchmarks/fuzz_api.py [--seed 0] [--requests 10000]
+    uv run python benchmarks/fuzz_api.py [--seed 0] [--requests 10000] [--files 1000]
 
 ``--concurrent SECONDS`` does something else: two LLM models on a service of two workers
 (``serve --workers 2``, automatic retraining after 60 observations, 3 versions kept, the
@@ -140,6 +143,52 @@ def edge(rng: random.Random) -> tuple[str, str]:
         body = {"model": IDENTITY, "traces": [dict(trace(), runtime_ms=rng.choice(NUMBERS + [4.0, 12.0]))
                                               for _ in range(rng.choice([1, 5, 50]))]}
     return path, json.dumps(body)
+
+
+def trace_file(rng: random.Random) -> tuple[str, bytes]:
+    """A small trace file (JSONL, JSON, CSV, or gzip of JSONL) of the vision model's
+    features, with its bytes damaged now and then: flipped, cut, repeated or odd ones put in."""
+    rows = [{"batch_size": rng.choice([1, 8, 64]), "image_size": rng.choice([224, 512]),
+             "runtime_ms": rng.uniform(2, 20)} for _ in range(rng.randint(1, 60))]
+    kind = rng.choice(["jsonl", "json", "csv", "jsonl.gz"])
+    if kind == "csv":
+        data = ("batch_size,image_size,runtime_ms\n"
+                + "".join(f"{r['batch_size']},{r['image_size']},{r['runtime_ms']}\n" for r in rows)).encode()
+    elif kind == "json":
+        data = json.dumps(rows).encode()
+    else:
+        data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    for _ in range(rng.choice([0, 1, 1, 2, 4])):
+        act, at = rng.random(), rng.randrange(len(data) + 1)
+        if act < 0.3 and data:
+            i = rng.randrange(len(data))
+            data = data[:i] + bytes([data[i] ^ (1 << rng.randrange(8))]) + data[i + 1:]
+        elif act < 0.5:
+            data = data[:at]
+        elif act < 0.7:
+            data = data[:at] + rng.choice([b"\x00", b"\xef\xbb\xbf", b"\r\n", b"\xff\xfe", b'"', b",,,",
+                                           b"NaN", b"1e999", b"-0", b"{}", b"[", b"\n\n", b"\u0000"]) + data[at:]
+        else:
+            data = data + data[at:] * rng.choice([1, 20])
+    if kind == "jsonl.gz":
+        import gzip
+        data = gzip.compress(data)
+        if rng.random() < 0.3:  # a damaged archive
+            data = data[:rng.randrange(len(data) + 1)]
+    return f"t.{kind}", data
+
+
+def files(rng: random.Random) -> tuple[str, dict[str, Any]]:
+    """A training of the vision model, or a lookup table made of it, from a damaged trace file."""
+    name, data = trace_file(rng)
+    if rng.random() < 0.25:
+        return "/predict/table/" + PATH, {"files": {"trace_file": (name, data)},
+                                          "data": {"table_name": "fuzz.json", "confidence_level": "0.9"}}
+    config = {"model": IDENTITY, "traces": name, "features": ["batch_size", "image_size"]}
+    if rng.random() < 0.2:
+        config["algorithm"] = rng.choice(["auto", "linear", "lightgbm", "empirical"])
+    return "/train", {"files": {"config": ("config.json", json.dumps({"config": config}).encode()),
+                                "trace_file": (name, data)}}
 
 
 def wrong_in(answer: Any, where: str = "") -> list[str]:
@@ -322,7 +371,8 @@ def concurrent(seconds: float, seed: int) -> list[tuple[str, str, str]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--requests", type=int, default=10_000, help="of each kind (default 10,000)")
+    ap.add_argument("--requests", type=int, default=10_000, help="of each JSON kind (default 10,000)")
+    ap.add_argument("--files", type=int, default=1_000, help="trainings and tables from damaged files (default 1,000)")
     ap.add_argument("--concurrent", type=float, metavar="SECONDS",
                     help="only: six clients at once on two workers for this long (see above)")
     args = ap.parse_args(argv)
@@ -339,13 +389,18 @@ def main(argv: list[str] | None = None) -> int:
                     trained = client.post("/train", files={"config": config, "trace_file": traces})
                 if trained.status_code != 200:
                     raise RuntimeError(f"training the example failed: {trained.text}")
-                for name, make in (("mangled", mangled), ("edge", edge)):
+                for name, make, count in (("mangled", mangled, args.requests), ("edge", edge, args.requests),
+                                          ("files", files, args.files)):
                     codes: dict[int, int] = {}
                     t0 = time.perf_counter()
-                    for _ in range(args.requests):
-                        path, raw = make(rng)
+                    for _ in range(count):
+                        path, body = make(rng)
+                        raw = body if isinstance(body, str) else repr(body)[:300]
                         try:
-                            r = client.post(path, content=raw, headers={"content-type": "application/json"})
+                            if isinstance(body, str):
+                                r = client.post(path, content=body, headers={"content-type": "application/json"})
+                            else:
+                                r = client.post(path, **body)
                         except httpx.HTTPError as exc:
                             findings.append((path, raw, f"no answer: {exc!r}"))
                             continue
@@ -359,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
                             findings.append((path, raw, f"{r.status_code}: {r.text[:200]}"))
                         elif r.status_code == 200:
                             findings += [(path, raw, wrong) for wrong in wrong_in(answer)]
-                    print(f"{name}: {args.requests} requests in {time.perf_counter() - t0:.0f} s, answers "
+                    print(f"{name}: {count} requests in {time.perf_counter() - t0:.0f} s, answers "
                           + ", ".join(f"{code}: {n}" for code, n in sorted(codes.items())), flush=True)
                 for route in ("/health", "/models"):
                     if client.get(route).status_code != 200:
