@@ -25,6 +25,10 @@ make, read, answer from and delete lookup tables, and read the models, their acc
 service's log (its warnings are listed), and, once the clients stop, a stored version that
 does not answer a prediction, there or after the service restarts.
 
+``--cli RUNS`` runs the command line's ``train``, ``predict`` and ``table`` on such damaged
+trace files instead (and now and then a damaged config): a traceback, or an exit status
+other than 0, 1 or 2, is a finding.
+
 It prints the answers' status codes and each finding (the request, what was wrong) and
 exits 1 where there was one.
 """
@@ -189,6 +193,44 @@ def files(rng: random.Random) -> tuple[str, dict[str, Any]]:
         config["algorithm"] = rng.choice(["auto", "linear", "lightgbm", "empirical"])
     return "/train", {"files": {"config": ("config.json", json.dumps({"config": config}).encode()),
                                 "trace_file": (name, data)}}
+
+
+def cli(runs: int, seed: int) -> list[tuple[str, str, str]]:
+    """The command line's ``train``, ``predict`` and ``table`` on damaged trace files (and,
+    one time in three, a config with a flipped bit), each in a process of its own, all on
+    one data directory: a traceback, or an exit status other than 0, 1 or 2, is a finding."""
+    import shutil
+    import subprocess
+
+    rng = random.Random(seed)
+    command = shutil.which("swarmpilot-predictor") or "swarmpilot-predictor"
+    findings: list[tuple[str, str, str]] = []
+    codes: dict[tuple[str, int], int] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = str(Path(tmp) / "data")
+        for i in range(runs):
+            folder = Path(tmp) / f"run{i}"
+            folder.mkdir()
+            name, data = trace_file(rng)
+            (folder / name).write_bytes(data)
+            config = json.dumps({"config": {"model": IDENTITY, "traces": name,
+                                            "features": ["batch_size", "image_size"]}}).encode()
+            if rng.random() < 1 / 3:
+                flipped = bytearray(config)
+                flipped[rng.randrange(len(flipped))] ^= 1 << rng.randrange(8)
+                config = bytes(flipped)
+            (folder / "config.json").write_bytes(config)
+            op = rng.choice(["train", "predict", "table"])
+            args = ([op, str(folder / "config.json")] if op == "train"
+                    else [op, "vision/*/*/*/*", str(folder / name)])
+            done = subprocess.run([command, *args, "--data-dir", data_dir], capture_output=True,
+                                  text=True, errors="replace")
+            codes[(op, done.returncode)] = codes.get((op, done.returncode), 0) + 1
+            said = done.stdout + done.stderr
+            if "Traceback" in said or done.returncode not in (0, 1, 2):
+                findings.append((" ".join(args), repr(data[:200]), f"exit {done.returncode}: {said[-300:]}"))
+    print(f"{runs} commands: " + ", ".join(f"{op} exit {code}: {n}" for (op, code), n in sorted(codes.items())))
+    return findings
 
 
 def wrong_in(answer: Any, where: str = "") -> list[str]:
@@ -375,9 +417,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--files", type=int, default=1_000, help="trainings and tables from damaged files (default 1,000)")
     ap.add_argument("--concurrent", type=float, metavar="SECONDS",
                     help="only: six clients at once on two workers for this long (see above)")
+    ap.add_argument("--cli", type=int, metavar="RUNS",
+                    help="only: this many commands of the command line on damaged trace files (see cli())")
     args = ap.parse_args(argv)
     if args.concurrent:
         return report(concurrent(args.concurrent, args.seed))
+    if args.cli:
+        return report(cli(args.cli, args.seed))
     rng = random.Random(args.seed)
     findings: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
