@@ -1,5 +1,6 @@
-"""Random requests at the live service: a 5xx, an answer that is not JSON, a number that is
-not finite, a crossing or negative quantile, or a service that stops answering is a finding.
+"""Random requests at the live service: a 5xx, a 4xx that does not name the field at fault,
+an answer that is not JSON, a number that is not finite, a crossing or negative quantile, or
+a service that stops answering is a finding.
 
 The service (uvicorn, a fresh data directory) is trained on the H100 vision example, then
 sent two kinds of request, each drawn from a seeded generator:
@@ -458,6 +459,10 @@ def main(argv: list[str] | None = None) -> int:
                             continue
                         if r.status_code >= 500:
                             findings.append((path, raw, f"{r.status_code}: {r.text[:200]}"))
+                        elif r.status_code >= 400 and not (isinstance(answer, dict) and answer.get("message")
+                                                           and answer.get("field")):
+                            # Bad input is answered with what is wrong and where (the field).
+                            findings.append((path, raw, f"{r.status_code} naming no field: {r.text[:200]}"))
                         elif r.status_code == 200:
                             findings += [(path, raw, wrong) for wrong in wrong_in(answer)]
                     print(f"{name}: {count} requests in {time.perf_counter() - t0:.0f} s, answers "
