@@ -24,7 +24,8 @@ batch, queues), observe, train, retrain, delete versions and now and then a whol
 make, read, answer from and delete lookup tables, and read the models, their accuracy and
 ``/metrics``, all at random. A 5xx or no answer is a finding; so is an error in the
 service's log (its warnings are listed), and, once the clients stop, a stored version that
-does not answer a prediction, there or after the service restarts.
+does not answer a prediction, or a prediction naming no version that another than the
+newest answers, there or after the service restarts.
 
 ``--cli RUNS`` runs the command line's ``train``, ``predict`` and ``table`` on such damaged
 trace files instead (and now and then a damaged config): a traceback, or an exit status
@@ -332,8 +333,11 @@ def one_operation(client: httpx.Client, rng: random.Random) -> tuple[str, httpx.
 
 
 def stored_versions_answer(client: httpx.Client, label: str) -> list[tuple[str, str, str]]:
-    """Findings: each stored version of the two models must answer a prediction."""
+    """Findings: each stored version of the two models must answer a prediction, and a
+    prediction that names no version must be the newest one's, the same numbers, from
+    whichever worker answers (a stale cache or registry in one would answer an older one's)."""
     findings = []
+    trace = {"input_tokens": 100, "output_tokens": 50}
     for k in range(2):
         path = llm_path(k)
         model = client.get(f"/models/{path}")
@@ -341,13 +345,24 @@ def stored_versions_answer(client: httpx.Client, label: str) -> list[tuple[str, 
             print(f"{label}: {path} deleted")
             continue
         versions = [v["version"] for v in model.json()["model"]["version_details"]]
-        for version in [None, *versions]:
-            body = {"trace": {"input_tokens": 100, "output_tokens": 50}, **({"version": version} if version else {})}
+        answers = {}
+        for version in versions:
+            body = {"trace": trace, "version": version}
             r = client.post(f"/predict/single/{path}", json=body)
             if r.status_code != 200:
                 findings.append((path, json.dumps(body), f"{label}: version {version} answered {r.status_code}: "
                                                          f"{r.text[:200]}"))
-        print(f"{label}: {path} versions {versions} each answered")
+            else:
+                answers[version] = r.json()["results"]["quantile_predictions"]
+        # Several times, on fresh connections: the two workers take them in turn, as it falls.
+        for _ in range(8):
+            r = httpx.post(f"{client.base_url}/predict/single/{path}", json={"trace": trace}, timeout=300)
+            result = r.json().get("results", {}) if r.status_code == 200 else {}
+            if r.status_code != 200 or result.get("model_version") != max(versions) or \
+                    result.get("quantile_predictions") != answers.get(max(versions)):
+                findings.append((path, json.dumps({"trace": trace}), f"{label}: answered {r.status_code}, version "
+                                 f"{result.get('model_version')} of {versions}: {r.text[:200]}"))
+        print(f"{label}: {path} versions {versions} each answered; the newest answers without one named")
     return findings
 
 
