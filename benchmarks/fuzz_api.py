@@ -20,9 +20,11 @@ sent two kinds of request, each drawn from a seeded generator:
 ``--concurrent SECONDS`` does something else: two LLM models on a service of two workers
 (``serve --workers 2``, automatic retraining after 60 observations, 3 versions kept, the
 observation logs rotated every 64 KB), and six clients that for that long predict (single,
-batch, queues), observe, train, retrain, delete versions and now and then a whole model,
+batch, queues), observe, train (now and then both models in one background ``group_by``
+job, whose status they read), retrain, delete versions and now and then a whole model,
 make, read, answer from and delete lookup tables, and read the models, their accuracy and
-``/metrics``, all at random. A 5xx or no answer is a finding; so is an error in the
+``/metrics``, all at random. A background training that has not ended within 300 s of the
+load, or failed without a status code and message, is a finding. A 5xx or no answer is a finding; so is an error in the
 service's log (its warnings are listed), and, once the clients stop, a stored version that
 does not answer a prediction, or a prediction naming no version that another than the
 newest answers, there or after the service restarts.
@@ -282,10 +284,11 @@ CONCURRENT_ENV = {"PREDICTOR_AUTO_RETRAIN": "true", "PREDICTOR_RETRAIN_MIN_OBSER
 # Operations and how often each is drawn.
 OPERATIONS = {"single": 10, "batch": 10, "queues": 5, "observe": 15, "train": 2, "retrain": 3, "delete version": 1,
               "delete model": 0.3, "models": 3, "metrics": 2, "accuracy": 3, "model": 3, "make table": 1,
-              "table batch": 3, "tables": 1, "delete table": 0.3}
+              "table batch": 3, "tables": 1, "delete table": 0.3, "group training": 0.5, "job": 2}
 
 
-def one_operation(client: httpx.Client, rng: random.Random) -> tuple[str, httpx.Response | None]:
+def one_operation(client: httpx.Client, rng: random.Random, jobs: list[str]) -> tuple[str, httpx.Response | None]:
+    """One random request; ``jobs``: the background trainings' job ids (shared by the clients)."""
     k = rng.randrange(2)
     op = rng.choices(list(OPERATIONS), list(OPERATIONS.values()))[0]
     path = llm_path(k)
@@ -321,6 +324,19 @@ def one_operation(client: httpx.Client, rng: random.Random) -> tuple[str, httpx.
                                                               "lookup_table_name": f"t{k}.json"})
     if op == "tables":
         return op, client.get("/tables")
+    if op == "group training":  # both models in one background job, one group each
+        traces = [dict(t, model_name=f"m{i % 2}") for i, t in enumerate(llm_traces(400, rng))]
+        model = {key: value for key, value in llm_identity(0).items() if key != "model_name"}
+        r = client.post("/train", params={"background": "true"},
+                        json={"config": {"model": model, "group_by": ["model_name"], "traces": traces}})
+        if r.status_code == 202:
+            jobs.append(r.json()["job_id"])
+        return op, r
+    if op == "job":
+        if not jobs:
+            return op, None
+        r = client.get(f"/train/jobs/{rng.choice(jobs)}")
+        return op, r
     if op == "delete table":
         return op, client.delete(f"/tables/t{k}.json")
     if op == "models":
@@ -366,10 +382,40 @@ def stored_versions_answer(client: httpx.Client, label: str) -> list[tuple[str, 
     return findings
 
 
+def jobs_ended(client: httpx.Client, jobs: list[str], wait: float = 300.0) -> list[tuple[str, str, str]]:
+    """Findings: a background training still queued or running ``wait`` seconds after the
+    load stopped, or one that failed without a status code and message."""
+    findings: list[tuple[str, str, str]] = []
+    deadline = time.monotonic() + wait
+    ended: dict[str, dict[str, Any]] = {}
+    while len(ended) < len(jobs) and time.monotonic() < deadline:
+        for job in jobs:
+            if job not in ended:
+                record = client.get(f"/train/jobs/{job}").json()
+                if record.get("status") in ("succeeded", "failed"):
+                    ended[job] = record
+        time.sleep(0.5)
+    outcomes: dict[str, int] = {}
+    for job in jobs:
+        record = ended.get(job)
+        if record is None:
+            findings.append((f"/train/jobs/{job}", "", f"still not ended {wait:g} s after the load"))
+            continue
+        error = record.get("error") or {}
+        outcome = record["status"] + (f" ({error.get('status_code')}: {str(error.get('message'))[:60]})"
+                                      if record["status"] == "failed" else "")
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        if record["status"] == "failed" and not (error.get("status_code") and error.get("message")):
+            findings.append((f"/train/jobs/{job}", "", f"failed without a status code and message: {record}"))
+    print(f"{len(jobs)} background trainings: " + "; ".join(f"{o}: {n}" for o, n in sorted(outcomes.items())))
+    return findings
+
+
 def concurrent(seconds: float, seed: int) -> list[tuple[str, str, str]]:
     findings: list[tuple[str, str, str]] = []
     codes: dict[tuple[str, int], int] = {}
     lock = threading.Lock()
+    jobs: list[str] = []
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile("w+") as log:
         server = Server(Path(tmp), workers=2, env=CONCURRENT_ENV, output=log)
         try:
@@ -386,7 +432,7 @@ def concurrent(seconds: float, seed: int) -> list[tuple[str, str, str]]:
                 with httpx.Client(base_url=base, timeout=300) as client:
                     while time.monotonic() < stop:
                         try:
-                            op, r = one_operation(client, rng)
+                            op, r = one_operation(client, rng, jobs)
                         except httpx.HTTPError as exc:
                             with lock:
                                 findings.append(("?", "", f"no answer: {exc!r}"))
@@ -405,8 +451,9 @@ def concurrent(seconds: float, seed: int) -> list[tuple[str, str, str]]:
                 t.join()
             print(f"{sum(codes.values())} requests in {seconds:g} s: "
                   + ", ".join(f"{op} {code}: {n}" for (op, code), n in sorted(codes.items())), flush=True)
-            time.sleep(3)  # the retrainings under way land
             with httpx.Client(base_url=base, timeout=300) as client:
+                findings += jobs_ended(client, jobs)
+                time.sleep(3)  # the retrainings under way land
                 findings += stored_versions_answer(client, "after the load")
         finally:
             server.stop()
