@@ -3,7 +3,7 @@ an answer that is not JSON, a number that is not finite, a crossing or negative 
 a service that stops answering is a finding.
 
 The service (uvicorn, a fresh data directory) is trained on the H100 vision example, then
-sent two kinds of request, each drawn from a seeded generator:
+sent three kinds of request, each drawn from a seeded generator:
 
 - ``mangled``: a valid body of each prediction route, ``/observe`` and ``/train`` with
   one to three random changes (a value replaced by another type or an odd one, a field
@@ -23,11 +23,11 @@ observation logs rotated every 64 KB), and six clients that for that long predic
 batch, queues), observe, train (now and then both models in one background ``group_by``
 job, whose status they read), retrain, delete versions and now and then a whole model,
 make, read, answer from and delete lookup tables, and read the models, their accuracy and
-``/metrics``, all at random. A background training that has not ended within 300 s of the
-load, or failed without a status code and message, is a finding. A 5xx or no answer is a finding; so is an error in the
-service's log (its warnings are listed), and, once the clients stop, a stored version that
-does not answer a prediction, or a prediction naming no version that another than the
-newest answers, there or after the service restarts.
+``/metrics``, all at random. A 5xx or no answer is a finding; so is an error in the
+service's log (its warnings are listed), a background training that has not ended within
+300 s of the load or failed without a status code and message, and, once the clients
+stop, a stored version that does not answer a prediction, or a prediction naming no
+version that another than the newest answers, there or after the service restarts.
 
 ``--cli RUNS`` runs the command line's ``train``, ``predict`` and ``table`` on such damaged
 trace files instead (and now and then a damaged config): a traceback, or an exit status
@@ -68,7 +68,7 @@ VALID = [
                                  "quantiles": [0.5], "confidence_level": 0.95}),
     ("/observe", {"model": IDENTITY, "traces": [dict(TRACE, runtime_ms=4.0)]}),
     ("/predict/table/" + PATH, {"trace": [TRACE]}),
-    ("/train", {"model": IDENTITY, "traces": [dict(TRACE, runtime_ms=4.0 + i % 3) for i in range(40)]}),
+    ("/train", {"config": {"model": IDENTITY, "traces": [dict(TRACE, runtime_ms=4.0 + i % 3) for i in range(40)]}}),
 ]
 ODD = [None, True, False, 0, -1, 1e308, -1e308, 1e-320, "NaN", "inf", "", "x" * 5000, "\u0000", "é", [], {}, [[]],
        [None], {"a": None}, 2**64, -2**63, 0.5, "1e5", [1, 2, 3], {"batch_size": []}, "../../etc/passwd", 1.5]
