@@ -3,7 +3,7 @@ an answer that is not JSON, a number that is not finite, a crossing or negative 
 a service that stops answering is a finding.
 
 The service (uvicorn, a fresh data directory) is trained on the H100 vision example, then
-sent three kinds of request, each drawn from a seeded generator:
+sent four kinds of request, each drawn from a seeded generator:
 
 - ``mangled``: a valid body of each prediction route, ``/observe`` and ``/train`` with
   one to three random changes (a value replaced by another type or an odd one, a field
@@ -13,9 +13,10 @@ sent three kinds of request, each drawn from a seeded generator:
   tasks, running tasks' ``elapsed_ms`` among them;
 - ``files``: trainings (multipart, a config naming the file) and lookup tables made from
   small trace files (JSONL, JSON, CSV, gzip) with bytes flipped, cut, repeated or odd ones
-  put in.
+  put in;
+- ``tables``: lookups in tables the service made, damaged on disk the same way.
 
-    uv run python benchmarks/fuzz_api.py [--seed 0] [--requests 10000] [--files 1000]
+    uv run python benchmarks/fuzz_api.py [--seed 0] [--requests 10000] [--files 1000] [--tables 400]
 
 ``--concurrent SECONDS`` does something else: two LLM models on a service of two workers
 (``serve --workers 2``, automatic retraining after 60 observations, 3 versions kept, the
@@ -40,6 +41,7 @@ exits 1 where there was one.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import random
@@ -47,6 +49,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +238,37 @@ def cli(runs: int, seed: int) -> list[tuple[str, str, str]]:
                 findings.append((" ".join(args), repr(data[:200]), f"exit {done.returncode}: {said[-300:]}"))
     print(f"{runs} commands: " + ", ".join(f"{op} exit {code}: {n}" for (op, code), n in sorted(codes.items())))
     return findings
+
+
+def damaged_tables(client: httpx.Client, folder: Path) -> Callable[[random.Random], tuple[str, str]]:
+    """The ``tables`` kind: a lookup table of the vision model (JSON or CSV) made by the
+    service, damaged on disk (bytes flipped, cut or put in) under a new name, then asked
+    to answer a batch."""
+    base = {}
+    for fmt in ("json", "csv"):
+        rows = b'{"batch_size": 8, "image_size": 224}\n{"batch_size": 64, "image_size": 512}\n'
+        client.post("/predict/table/" + PATH, files={"trace_file": ("t.jsonl", rows)},
+                    data={"table_name": f"base.{fmt}", "format": fmt, "confidence_level": "0.9"}).raise_for_status()
+        base[fmt] = (folder / f"base.{fmt}").read_bytes()
+    made = itertools.count()
+
+    def make(rng: random.Random) -> tuple[str, str]:
+        fmt = rng.choice(["json", "csv"])
+        data = bytearray(base[fmt])
+        for _ in range(rng.choice([1, 2, 5])):
+            act, at = rng.random(), rng.randrange(len(data) + 1)
+            if act < 0.4 and data:
+                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+            elif act < 0.6:
+                del data[at:]
+            else:
+                data[at:at] = rng.choice([b"\x00", b"NaN", b"1e999", b"-1", b'"', b",", b"{}", b"[]", b"null"])
+        name = f"damaged{next(made)}.{fmt}"
+        (folder / name).write_bytes(bytes(data))
+        return "/predict/batch/" + PATH, json.dumps({"trace": [TRACE], "lookup_table": True,
+                                                     "lookup_table_name": name, "quantiles": [0.5, 0.9]})
+
+    return make
 
 
 def wrong_in(answer: Any, where: str = "") -> list[str]:
@@ -478,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--requests", type=int, default=10_000, help="of each JSON kind (default 10,000)")
     ap.add_argument("--files", type=int, default=1_000, help="trainings and tables from damaged files (default 1,000)")
+    ap.add_argument("--tables", type=int, default=400, help="lookups in tables damaged on disk (default 400)")
     ap.add_argument("--concurrent", type=float, metavar="SECONDS",
                     help="only: six clients at once on two workers for this long (see above)")
     ap.add_argument("--cli", type=int, metavar="RUNS",
@@ -498,8 +533,9 @@ def main(argv: list[str] | None = None) -> int:
                     trained = client.post("/train", files={"config": config, "trace_file": traces})
                 if trained.status_code != 200:
                     raise RuntimeError(f"training the example failed: {trained.text}")
-                for name, make, count in (("mangled", mangled, args.requests), ("edge", edge, args.requests),
-                                          ("files", files, args.files)):
+                kinds = (("mangled", mangled, args.requests), ("edge", edge, args.requests),
+                         ("files", files, args.files), ("tables", damaged_tables(client, Path(tmp) / "tables"), args.tables))
+                for name, make, count in kinds:
                     codes: dict[int, int] = {}
                     t0 = time.perf_counter()
                     for _ in range(count):
