@@ -30,6 +30,13 @@ service's log (its warnings are listed), a background training that has not ende
 stop, a stored version that does not answer a prediction, or a prediction naming no
 version that another than the newest answers, there or after the service restarts.
 
+With ``--kill-every SECONDS`` one of the service's processes (a server worker, a training or
+retraining worker, a resource tracker) is SIGKILLed that often during the load, as the
+out-of-memory killer would: answers cut short, 5xx and errors in the log are then expected,
+and what must hold is what was stored (every version answers, the newest by default, every
+training job ends, with a status code and message where it failed), there and after a
+restart.
+
 ``--cli RUNS`` runs the command line's ``train``, ``predict`` and ``table`` on such damaged
 trace files instead (and now and then a damaged config): a traceback, or an exit status
 other than 0, 1 or 2, is a finding.
@@ -445,11 +452,54 @@ def jobs_ended(client: httpx.Client, jobs: list[str], wait: float = 300.0) -> li
     return findings
 
 
-def concurrent(seconds: float, seed: int) -> list[tuple[str, str, str]]:
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux: /proc/PID/task/*/children)."""
+    out: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for child in children:
+            out += [child, *descendants(child)]
+    return out
+
+
+def kill_now_and_then(root: int, every: float, stop: float, rng: random.Random, killed: list[str]) -> None:
+    """SIGKILL one process below ``root`` (a server worker, a training or retraining worker)
+    every ``every`` seconds until ``stop``: what the out-of-memory killer, or a crash, does."""
+    import os
+    import signal
+
+    while time.monotonic() + every < stop:
+        time.sleep(every)
+        below = descendants(root)
+        if not below:
+            continue
+        pid = rng.choice(below)
+        try:
+            name = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:60]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(name)
+        except OSError:
+            pass
+
+
+def concurrent(seconds: float, seed: int, kill_every: float = 0.0) -> list[tuple[str, str, str]]:
+    """The ``--concurrent`` load; with ``kill_every``, a process of the service SIGKILLed that
+    often, and then answers cut short, 5xx and errors in the log are expected, not findings:
+    what must hold is what was stored (every version answers, the newest by default, every
+    training job ends), there and after a restart."""
     findings: list[tuple[str, str, str]] = []
     codes: dict[tuple[str, int], int] = {}
     lock = threading.Lock()
     jobs: list[str] = []
+    killed: list[str] = []
+    cut_short = 0
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile("w+") as log:
         server = Server(Path(tmp), workers=2, env=CONCURRENT_ENV, output=log)
         try:
@@ -462,6 +512,7 @@ def concurrent(seconds: float, seed: int) -> list[tuple[str, str, str]]:
             stop = time.monotonic() + seconds
 
             def run(worker_seed: int) -> None:
+                nonlocal cut_short
                 rng = random.Random(worker_seed)
                 with httpx.Client(base_url=base, timeout=300) as client:
                     while time.monotonic() < stop:
@@ -469,22 +520,31 @@ def concurrent(seconds: float, seed: int) -> list[tuple[str, str, str]]:
                             op, r = one_operation(client, rng, jobs)
                         except httpx.HTTPError as exc:
                             with lock:
-                                findings.append(("?", "", f"no answer: {exc!r}"))
+                                cut_short += 1
+                                if not kill_every:
+                                    findings.append(("?", "", f"no answer: {exc!r}"))
                             continue
                         if r is None:
                             continue
                         with lock:
                             codes[(op, r.status_code)] = codes.get((op, r.status_code), 0) + 1
-                            if r.status_code >= 500:
+                            if r.status_code >= 500 and not kill_every:
                                 findings.append((op, "", f"{r.status_code}: {r.text[:200]}"))
 
             threads = [threading.Thread(target=run, args=(seed * 100 + i,)) for i in range(6)]
+            if kill_every:
+                threads.append(threading.Thread(target=kill_now_and_then, args=(
+                    server.proc.pid, kill_every, stop, random.Random(seed), killed)))
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
             print(f"{sum(codes.values())} requests in {seconds:g} s: "
-                  + ", ".join(f"{op} {code}: {n}" for (op, code), n in sorted(codes.items())), flush=True)
+                  + ", ".join(f"{op} {code}: {n}" for (op, code), n in sorted(codes.items()))
+                  + f"; {cut_short} cut short", flush=True)
+            if kill_every:
+                print(f"{len(killed)} processes killed: " + "; ".join(sorted(set(killed))), flush=True)
+                time.sleep(10)  # uvicorn starts a fresh worker for each one killed
             with httpx.Client(base_url=base, timeout=300) as client:
                 findings += jobs_ended(client, jobs)
                 time.sleep(3)  # the retrainings under way land
@@ -498,12 +558,19 @@ def concurrent(seconds: float, seed: int) -> list[tuple[str, str, str]]:
         finally:
             restarted.stop()
         log.seek(0)
-        said = [line.rstrip() for line in log if line.startswith(("WARNING", "ERROR", "CRITICAL", "Traceback"))]
+        lines = log.read().splitlines()
+        said = [line for line in lines if line.startswith(("WARNING", "ERROR", "CRITICAL", "Traceback"))]
+        tracebacks = [i for i, line in enumerate(lines) if line.startswith("Traceback")]
+        for i in tracebacks[:3]:  # where each ended: its last lines
+            end = next((j for j in range(i + 1, len(lines)) if lines[j] and not lines[j].startswith(" ")), i)
+            print("a traceback in the service's log, ending:\n    " + "\n    ".join(lines[max(i, end - 4):end + 1]))
     # What the service warned of, each kind once (the paths differ): an operator reads these.
     kinds = sorted({" ".join(line.split()[:6]) for line in said})
     print(f"the service's log: {len(said)} warnings or errors" + "".join(f"\n    {k} ..." for k in kinds))
-    # Nothing here is an operator's error to look into: one logged is a false alarm, or a bug.
-    findings += [("log", "", line) for line in said if not line.startswith("WARNING")]
+    # Nothing here is an operator's error to look into: one logged is a false alarm, or a bug
+    # (unless processes were killed: then the service says so).
+    if not kill_every:
+        findings += [("log", "", line) for line in said if not line.startswith("WARNING")]
     return findings
 
 
@@ -517,9 +584,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="only: six clients at once on two workers for this long (see above)")
     ap.add_argument("--cli", type=int, metavar="RUNS",
                     help="only: this many commands of the command line on damaged trace files (see cli())")
+    ap.add_argument("--kill-every", type=float, default=0.0, metavar="SECONDS",
+                    help="with --concurrent: SIGKILL one of the service's processes this often")
     args = ap.parse_args(argv)
     if args.concurrent:
-        return report(concurrent(args.concurrent, args.seed))
+        return report(concurrent(args.concurrent, args.seed, args.kill_every))
     if args.cli:
         return report(cli(args.cli, args.seed))
     rng = random.Random(args.seed)
