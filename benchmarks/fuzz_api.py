@@ -48,6 +48,7 @@ exits 1 where there was one.
 from __future__ import annotations
 
 import argparse
+import gzip
 import itertools
 import json
 import math
@@ -116,6 +117,7 @@ def mangle(value: Any, rng: random.Random) -> Any:
 
 
 def mangled(rng: random.Random) -> tuple[str, str]:
+    """The ``mangled`` kind: a route and a valid body of it, changed (see the module's text)."""
     path, body = rng.choice(VALID)
     while path == "/train" and rng.random() < 0.7:  # trainings take longer: fewer of them
         path, body = rng.choice(VALID)
@@ -128,6 +130,8 @@ def mangled(rng: random.Random) -> tuple[str, str]:
 
 
 def edge(rng: random.Random) -> tuple[str, str]:
+    """The ``edge`` kind: a route and a body of the right shape with numbers at JSON's edges."""
+
     def trace() -> dict[str, Any]:
         t: dict[str, Any] = {"batch_size": rng.choice(NUMBERS + [8, 16]), "image_size": rng.choice(NUMBERS + [224, 512])}
         if rng.random() < 0.3:
@@ -189,7 +193,6 @@ def trace_file(rng: random.Random) -> tuple[str, bytes]:
         else:
             data = data + data[at:] * rng.choice([1, 20])
     if kind == "jsonl.gz":
-        import gzip
         data = gzip.compress(data)
         if rng.random() < 0.3:  # a damaged archive
             data = data[:rng.randrange(len(data) + 1)]
