@@ -167,6 +167,28 @@ def edge(rng: random.Random) -> tuple[str, str]:
     return path, json.dumps(body)
 
 
+# Bytes put into a damaged file: what breaks a JSON, CSV or text reader.
+ODD_BYTES = [b"\x00", b"\xef\xbb\xbf", b"\r\n", b"\xff\xfe", b'"', b",,,", b"NaN", b"1e999", b"-0", b"-1",
+             b"{}", b"[", b"[]", b"null", b"\n\n", b"\\u0000"]
+
+
+def damage(data: bytes, rng: random.Random, times: int) -> bytes:
+    """``data`` damaged ``times`` times: a bit flipped, the rest cut off, odd bytes put in,
+    or a stretch repeated."""
+    out = bytearray(data)
+    for _ in range(times):
+        act, at = rng.random(), rng.randrange(len(out) + 1)
+        if act < 0.3 and out:
+            out[rng.randrange(len(out))] ^= 1 << rng.randrange(8)
+        elif act < 0.5:
+            del out[at:]
+        elif act < 0.75:
+            out[at:at] = rng.choice(ODD_BYTES)
+        else:
+            out += out[at:] * rng.choice([1, 20])
+    return bytes(out)
+
+
 def trace_file(rng: random.Random) -> tuple[str, bytes]:
     """A small trace file (JSONL, JSON, CSV, or gzip of JSONL) of the vision model's
     features, with its bytes damaged now and then: flipped, cut, repeated or odd ones put in."""
@@ -180,18 +202,7 @@ def trace_file(rng: random.Random) -> tuple[str, bytes]:
         data = json.dumps(rows).encode()
     else:
         data = "".join(json.dumps(r) + "\n" for r in rows).encode()
-    for _ in range(rng.choice([0, 1, 1, 2, 4])):
-        act, at = rng.random(), rng.randrange(len(data) + 1)
-        if act < 0.3 and data:
-            i = rng.randrange(len(data))
-            data = data[:i] + bytes([data[i] ^ (1 << rng.randrange(8))]) + data[i + 1:]
-        elif act < 0.5:
-            data = data[:at]
-        elif act < 0.7:
-            data = data[:at] + rng.choice([b"\x00", b"\xef\xbb\xbf", b"\r\n", b"\xff\xfe", b'"', b",,,",
-                                           b"NaN", b"1e999", b"-0", b"{}", b"[", b"\n\n", b"\u0000"]) + data[at:]
-        else:
-            data = data + data[at:] * rng.choice([1, 20])
+    data = damage(data, rng, rng.choice([0, 1, 1, 2, 4]))
     if kind == "jsonl.gz":
         data = gzip.compress(data)
         if rng.random() < 0.3:  # a damaged archive
@@ -214,7 +225,7 @@ def files(rng: random.Random) -> tuple[str, dict[str, Any]]:
 
 def cli(runs: int, seed: int) -> list[tuple[str, str, str]]:
     """The command line's ``train``, ``predict`` and ``table`` on damaged trace files (and,
-    one time in three, a config with a flipped bit), each in a process of its own, all on
+    one time in three, a damaged config), each in a process of its own, all on
     one data directory: a traceback, or an exit status other than 0, 1 or 2, is a finding."""
     import shutil
     import subprocess
@@ -233,9 +244,7 @@ def cli(runs: int, seed: int) -> list[tuple[str, str, str]]:
             config = json.dumps({"config": {"model": IDENTITY, "traces": name,
                                             "features": ["batch_size", "image_size"]}}).encode()
             if rng.random() < 1 / 3:
-                flipped = bytearray(config)
-                flipped[rng.randrange(len(flipped))] ^= 1 << rng.randrange(8)
-                config = bytes(flipped)
+                config = damage(config, rng, 1)
             (folder / "config.json").write_bytes(config)
             op = rng.choice(["train", "predict", "table"])
             args = ([op, str(folder / "config.json")] if op == "train"
@@ -252,8 +261,7 @@ def cli(runs: int, seed: int) -> list[tuple[str, str, str]]:
 
 def damaged_tables(client: httpx.Client, folder: Path) -> Callable[[random.Random], tuple[str, str]]:
     """The ``tables`` kind: a lookup table of the vision model (JSON or CSV) made by the
-    service, damaged on disk (bytes flipped, cut or put in) under a new name, then asked
-    to answer a batch."""
+    service, damaged on disk (:func:`damage`) under a new name, then asked to answer a batch."""
     base = {}
     for fmt in ("json", "csv"):
         rows = b'{"batch_size": 8, "image_size": 224}\n{"batch_size": 64, "image_size": 512}\n'
@@ -264,17 +272,8 @@ def damaged_tables(client: httpx.Client, folder: Path) -> Callable[[random.Rando
 
     def make(rng: random.Random) -> tuple[str, str]:
         fmt = rng.choice(["json", "csv"])
-        data = bytearray(base[fmt])
-        for _ in range(rng.choice([1, 2, 5])):
-            act, at = rng.random(), rng.randrange(len(data) + 1)
-            if act < 0.4 and data:
-                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
-            elif act < 0.6:
-                del data[at:]
-            else:
-                data[at:at] = rng.choice([b"\x00", b"NaN", b"1e999", b"-1", b'"', b",", b"{}", b"[]", b"null"])
         name = f"damaged{next(made)}.{fmt}"
-        (folder / name).write_bytes(bytes(data))
+        (folder / name).write_bytes(damage(base[fmt], rng, rng.choice([1, 2, 5])))
         return "/predict/batch/" + PATH, json.dumps({"trace": [TRACE], "lookup_table": True,
                                                      "lookup_table_name": name, "quantiles": [0.5, 0.9]})
 

@@ -228,6 +228,16 @@ def _create_lock(lock: Path) -> None:
         os.close(fd)
 
 
+def _deleted_meanwhile(meta_path: str) -> bool:
+    """Whether a version's meta file, listed by a scan, is gone since (another worker's
+    DELETE, or the versions PREDICTOR_KEEP_VERSIONS lets go): gone, not damaged, and nothing
+    to warn of (two workers under load warned of it, benchmarks/fuzz_api.py --concurrent)."""
+    if os.path.lexists(meta_path):
+        return False
+    log.debug("model version %s was deleted while its folder was read", meta_path)
+    return True
+
+
 def _remove_orphans(model_dir: Path) -> None:
     """Remove the model and training-data files of versions that have neither a meta file nor
     a lock: a writer holds its lock from before its first file until its meta file is
@@ -603,13 +613,8 @@ class ModelRegistry:
                         raise ValueError(f"it names the model {meta.identity.key}, whose folder is "
                                          f"{meta.identity.dirname}")
             except FileNotFoundError:
-                if not os.path.lexists(entry.path):
-                    # Deleted since the folder was listed (another worker's DELETE, or the
-                    # versions PREDICTOR_KEEP_VERSIONS lets go): no damage to warn of (two
-                    # workers under load warned of it, benchmarks/fuzz_api.py --concurrent).
-                    log.debug("model metadata %s was deleted while the folder was read", entry.path)
-                    continue
-                log.warning("skipping unreadable model metadata %s: a link to nothing", entry.path)
+                if not _deleted_meanwhile(entry.path):
+                    log.warning("skipping unreadable model metadata %s: a link to nothing", entry.path)
                 continue
             except Exception as exc:  # one damaged file costs its own version, never the scan
                 log.warning("skipping unreadable model metadata %s: %s", entry.path, exc)
@@ -620,10 +625,7 @@ class ModelRegistry:
                     seen[entry.path] = (mtime, None)
                 continue
             if not (model_dir / _model_file(meta.version)).exists():
-                if not os.path.lexists(entry.path):
-                    # Deleted since it was read (a delete removes the meta file first, then the
-                    # model file): gone, not damaged.
-                    log.debug("model version %s was deleted while the folder was read", entry.path)
+                if _deleted_meanwhile(entry.path):  # (a delete removes the meta file, then the model file)
                     continue
                 # Still listed: loading it answers a 500 naming the missing file (and DELETE can
                 # remove it), rather than an older version serving as if it were the latest.
