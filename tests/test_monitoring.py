@@ -703,6 +703,39 @@ def test_a_version_with_a_model_per_kind_of_run_drifts_with_either_kind(tmp_path
     assert other.report(IDENT, 1)["drifted_by_kind"]["first_run"] is True
 
 
+def test_an_observation_is_a_first_run_or_a_repeat_as_its_prediction_would_be(tmp_path):
+    # README, POST /observe: its own first_of_shape, else its ts; without either, a first
+    # run only of a shape training never ran.
+    from swarmpilot_predictor.identity import IdentityPattern
+    from swarmpilot_predictor.schemas import TrainConfig
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    from .conftest import IDENTITY, cold_start_traces
+
+    traces, firsts = cold_start_traces(400, seed=4)
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", retrain_in_worker=False))
+    try:
+        svc.train(TrainConfig(model=IDENTITY, traces=traces, algorithm="linear"))
+
+        def counts() -> tuple[int, int]:
+            kinds = svc.accuracy(pattern)["by_kind"]
+            return kinds["first_run"]["observations"], kinds["repeat"]["observations"]
+
+        svc.observe(IDENTITY, traces)  # with their ts: the first runs they were
+        assert sum(firsts) == 20 and counts() == (20, 380)
+        svc.observe(IDENTITY, [{k: v for k, v in t.items() if k != "ts"} for t in traces])
+        assert counts() == (20, 780)  # without: every shape ran in training, all repeats
+        unseen = {"batch_size": 32, "image_size": 224, "load": 0.5, "runtime_ms": 700.0}
+        svc.observe(IDENTITY, [unseen])
+        assert counts() == (21, 780)
+        svc.observe(IDENTITY, [{**traces[-1], "first_of_shape": True}, {**traces[0], "first_of_shape": False}])
+        assert counts() == (22, 781)  # a stated flag over the ts
+    finally:
+        svc.close()
+
+
 def test_first_runs_and_repeats_are_scored_apart_where_the_model_tells_them(tmp_path):
     # Scored apart, and each kind with enough observations tested apart too (below: too few).
     from swarmpilot_predictor.identity import IdentityPattern
