@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -352,6 +353,30 @@ def test_auto_retrain_runs_in_the_background(tmp_path):
     assert [v.version for v in svc.registry.versions(identity)] == [1, 2]
     assert svc.registry.latest(identity).extra["retrained_from"] == 1
     svc.close()
+
+
+def test_observations_while_a_retraining_runs_join_it_rather_than_start_another(tmp_path):
+    # README, POST /observe: retraining_scheduled is true while one is on its way, and a
+    # drifted model observed again meanwhile is retrained once.
+    svc = _service(tmp_path, auto_retrain=True, retrain_min_observations=100)
+    identity = svc.registry.resolve(IdentityPattern.from_parts(IDENTITY))
+    release, calls = threading.Event(), []
+    real = svc.retrainer.retrain
+
+    def held(*args, **kw):
+        calls.append(args)
+        assert release.wait(60)
+        return real(*args, **kw)
+
+    svc.retrainer.retrain = held
+    assert svc.observe(IDENTITY, _shifted(200, 2.0, seed=32))["retraining_scheduled"] is True
+    running = svc.retrainer._running[identity]
+    assert svc.observe(IDENTITY, _shifted(50, 2.0, seed=33))["retraining_scheduled"] is True
+    assert svc.retrainer._running[identity] is running and len(calls) == 1
+    release.set()
+    assert running.result(timeout=60)["status"] == "retrained"
+    assert len(calls) == 1 and len(svc.retrainer.decisions.read(identity)) == 1
+    assert [v.version for v in svc.registry.versions(identity)] == [1, 2]
 
 
 def test_a_request_answered_by_an_older_version_does_not_retrain_the_newer_one(tmp_path):
