@@ -360,17 +360,19 @@ def test_observations_while_a_retraining_runs_join_it_rather_than_start_another(
     # drifted model observed again meanwhile is retrained once.
     svc = _service(tmp_path, auto_retrain=True, retrain_min_observations=100)
     identity = svc.registry.resolve(IdentityPattern.from_parts(IDENTITY))
-    release, calls = threading.Event(), []
+    started, release, calls = threading.Event(), threading.Event(), []
     real = svc.retrainer.retrain
 
     def held(*args, **kw):
         calls.append(args)
+        started.set()
         assert release.wait(60)
         return real(*args, **kw)
 
     svc.retrainer.retrain = held
     assert svc.observe(IDENTITY, _shifted(200, 2.0, seed=32))["retraining_scheduled"] is True
     running = svc.retrainer._running[identity]
+    assert started.wait(60)
     assert svc.observe(IDENTITY, _shifted(50, 2.0, seed=33))["retraining_scheduled"] is True
     assert svc.retrainer._running[identity] is running and len(calls) == 1
     release.set()
