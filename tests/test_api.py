@@ -1425,7 +1425,7 @@ def test_limits_of_a_small_service_gzip_expansion_and_the_training_queue(tmp_pat
         first = client.post("/train?background=true", json=slow)
         assert first.status_code == 202
         second = client.post("/train?background=true", json=slow)
-        failed(second, 429, "PREDICTOR_MAX_QUEUED_TRAININGS")
+        failed(second, 429, "1 training is already queued or running", "PREDICTOR_MAX_QUEUED_TRAININGS")
         assert second.headers["retry-after"] == "10"
         job = first.json()["status_url"]
         deadline = time.monotonic() + 120

@@ -18,6 +18,7 @@ import pytest
 from swarmpilot_predictor.client import (
     AsyncPredictorClient,
     InvalidRequestError,
+    JobTimeoutError,
     PredictorClient,
     PredictorClientError,
     PredictorUnavailableError,
@@ -416,6 +417,8 @@ def test_nan_and_infinity_are_refused_before_sending(trained_server):
         (lambda c: c.train({"model": IDENTITY, "traces": [{"x": float("nan")}], "target": "x"}, files={"t.jsonl": b""}),
          "config.traces[0].x"),
         (lambda c: c.predict_single(IDENTITY, {**good, "note": "\ud800"}), "trace.note"),  # no JSON text holds it
+        # ... nor a key: named escaped, so that the error can be printed and logged
+        (lambda c: c.predict_single(IDENTITY, {**good, "\ud800": 1}), "trace.\\ud800"),
     ]
     with PredictorClient(trained_server.url, transport=httpx.MockTransport(record)) as client:
         for call, field in cases:
@@ -424,6 +427,7 @@ def test_nan_and_infinity_are_refused_before_sending(trained_server):
             assert isinstance(err.value, ValueError) and isinstance(err.value, PredictorClientError)
             assert err.value.field == field and err.value.message.startswith(f"{field} is ")
             assert err.value.status_code is None
+            str(err.value).encode("utf-8")  # printable
 
     async def run():
         async with AsyncPredictorClient(trained_server.url, transport=httpx.MockTransport(record)) as client:
@@ -814,7 +818,7 @@ def test_a_job_record_of_an_unexpected_shape_is_a_client_error():
     cases = [(b'{"status": "failed", "error": "worker crashed"}', PredictorClientError, "training failed: worker crashed"),
              (b'{"status": "failed", "error": {"message": null, "status_code": true}}', PredictorClientError, "training failed"),
              (b'{"status": "failed", "error": {"message": "x", "status_code": "500"}}', PredictorClientError, "x"),
-             (b'{"status": "running"}', PredictorUnavailableError, "training job abc still running")]
+             (b'{"status": "running"}', JobTimeoutError, "training job abc still running")]
     for record, kind, message in cases:
         with RawServer(answer(record)) as srv:
             with PredictorClient(srv.url, retries=0) as client, pytest.raises(kind) as err:
@@ -891,6 +895,9 @@ def test_requests_of_the_wrong_shape_are_refused_naming_the_field(trained_server
     # The same errors from both clients (a list of files was an AttributeError in the async
     # one, read before the check).
     assert_refused_by_both_clients(trained_server.url, cases)
+    with PredictorClient(trained_server.url) as client, pytest.raises(InvalidRequestError) as err:
+        client.predict_single(IDENTITY, {**good, "input_tokens": 2**70})
+    assert "is an int (1180591620717411303424)" in err.value.message
     # What orjson writes is sent, a null beside it or not (a datetime, a UUID).
     import datetime
     import uuid
@@ -963,6 +970,22 @@ def test_the_async_client_queues_what_its_connections_cannot_carry(trained_serve
     assert {a.results.status for a in answers} == {"success"}
     with pytest.raises(ValueError, match="max_connections"):
         AsyncPredictorClient(trained_server.url, max_connections=0)
+
+
+def test_both_clients_take_their_connection_options_by_name_alike():
+    # The async client's max_connections sat before api_key: one positional call set the
+    # key on one client and failed on the other. Past backoff, both take names only.
+    import inspect
+
+    for make in (PredictorClient, AsyncPredictorClient):
+        params = inspect.signature(make).parameters
+        assert [p for p, v in params.items() if v.kind is v.POSITIONAL_OR_KEYWORD] == \
+            ["base_url", "timeout", "retries", "backoff"]
+        with pytest.raises(TypeError):
+            make("http://127.0.0.1:9", 30, 3, 0.1, None, "abcdefghijklmnop1234")
+        client = make("http://127.0.0.1:9", api_key="abcdefghijklmnop1234")
+        assert client._http.headers["Authorization"] == "Bearer abcdefghijklmnop1234"
+        asyncio.run(client.aclose()) if isinstance(client, AsyncPredictorClient) else client.close()
 
 
 @pytest.mark.parametrize("setting, value", [("backoff", -1), ("backoff", float("nan")), ("backoff", float("inf")),

@@ -3,6 +3,7 @@
 from swarmpilot_predictor.client import (
     AsyncPredictorClient,
     InvalidRequestError,
+    JobTimeoutError,
     PredictorClient,
     PredictorClientError,
     PredictorUnavailableError,
@@ -15,5 +16,6 @@ __all__ = [
     "PredictorClientError",
     "PredictorUnavailableError",
     "InvalidRequestError",
+    "JobTimeoutError",
     "QueueWaitEstimate",
 ]

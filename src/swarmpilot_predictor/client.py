@@ -76,6 +76,14 @@ class PredictorUnavailableError(PredictorClientError):
     """No connection to the service after every retry, or the request timed out."""
 
 
+class JobTimeoutError(PredictorClientError, TimeoutError):
+    """A training job still queued or running when ``wait_for_job``'s timeout ran out.
+
+    The service answered: the job may still end, and ``train_job`` tells how. Not a
+    :class:`PredictorUnavailableError`, which a scheduler may take for a service that is down.
+    """
+
+
 class QueueWaitEstimate(BaseModel):
     """Distribution of the time until a queue of independent tasks drains, in ms."""
 
@@ -129,7 +137,8 @@ def _dumps(body: Any, root: str = "") -> bytes:
 
 def _shown(value: Any) -> str:
     text = repr(value)
-    return f"a {type(value).__name__} ({text[:60] + '...' if len(text) > 60 else text})"
+    kind = type(value).__name__
+    return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind} ({text[:60] + '...' if len(text) > 60 else text})"
 
 
 _INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
@@ -157,8 +166,8 @@ def _unsendable(value: Any, path: str, any_type: bool) -> tuple[str, Any] | None
         elif isinstance(value, Mapping):
             for k in value:  # orjson writes str keys only
                 if any_type and not (isinstance(k, str) and valid_unicode(k)):
-                    return (f"{path}.{k}" if path else str(k)), k
-            stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in reversed(list(value.items())))
+                    return _joined(path, k), k
+            stack.extend((v, _joined(path, k)) for k, v in reversed(list(value.items())))
         elif isinstance(value, (list, tuple)):
             stack.extend((value[i], f"{path}[{i}]") for i in range(len(value) - 1, -1, -1))
         elif isinstance(value, np.ndarray):
@@ -177,6 +186,13 @@ def _unsendable(value: Any, path: str, any_type: bool) -> tuple[str, Any] | None
         elif any_type:
             return path, value
     return None
+
+
+def _joined(path: str, key: Any) -> str:
+    # A lone surrogate in a key is escaped (\ud800): raw, the error naming it could be
+    # neither printed nor logged to a UTF-8 stream.
+    name = str(key).encode("utf-8", "backslashreplace").decode("utf-8")
+    return f"{path}.{name}" if path else name
 
 
 def _json_default(value: Any) -> Any:
@@ -660,7 +676,7 @@ class _Calls:
                                        status if isinstance(status, int) and not isinstance(status, bool) else None,
                                        err.get("field") if isinstance(err.get("field"), str) else None, job)
         if time.monotonic() > deadline:
-            raise PredictorUnavailableError(f"training job {job_id} still {job['status']} after {timeout}s")
+            raise JobTimeoutError(f"training job {job_id} still {job['status']} after {timeout}s")
         return None
 
     @staticmethod
@@ -928,7 +944,7 @@ class PredictorClient(_Base):
     """Blocking client. Use as a context manager, or call :meth:`close`."""
 
     def __init__(self, base_url: str = "http://localhost:8200", timeout: float = 30.0, retries: int = 3, backoff: float = 0.1,
-                 transport: httpx.BaseTransport | None = None, api_key: str | None = None):
+                 *, transport: httpx.BaseTransport | None = None, api_key: str | None = None):
         super().__init__(base_url, timeout, retries, backoff, api_key)
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport, headers=self._headers,
                                   limits=httpx.Limits(max_connections=100, max_keepalive_connections=20,
@@ -1120,7 +1136,7 @@ class AsyncPredictorClient(_Base):
     """
 
     def __init__(self, base_url: str = "http://localhost:8200", timeout: float = 30.0, retries: int = 3, backoff: float = 0.1,
-                 transport: httpx.AsyncBaseTransport | None = None, max_connections: int = 100,
+                 *, transport: httpx.AsyncBaseTransport | None = None, max_connections: int = 100,
                  api_key: str | None = None):
         super().__init__(base_url, timeout, retries, backoff, api_key)
         max_connections = _whole(max_connections, "max_connections", minimum=1)

@@ -501,7 +501,8 @@ class TrainingJobs:
                                       "again once this one has restarted")
             if len(self._pending) >= self.max_pending:
                 # Each queued job holds its body (up to the upload limit) until it runs.
-                raise TooBusy(f"{len(self._pending)} trainings are already queued or running in this worker, "
+                n = len(self._pending)
+                raise TooBusy(f"{n} training{' is' if n == 1 else 's are'} already queued or running in this worker, "
                               "the most it takes (PREDICTOR_MAX_QUEUED_TRAININGS): retry when one has finished")
             self.jobs[job_id] = record
             for old in list(self.jobs)[: max(0, len(self.jobs) - self.keep)]:
