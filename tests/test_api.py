@@ -1722,3 +1722,18 @@ def test_what_a_gone_data_directory_holds_is_unknown_not_absent(tmp_path):
         with pytest.raises(PredictorClientError) as err:  # what is not there is a 404 again
             client.train_job("0123456789abcdef")
         assert err.value.status_code == 404
+
+
+def test_a_gzip_upload_past_the_limit_is_refused_quoting_the_limit_as_set(tmp_path):
+    # The expansion check quoted the limit from its bytes (0.0500002 MB for 0.05), where the
+    # request body's 413 quotes the setting.
+    from swarmpilot_predictor.errors import PredictorError
+    from swarmpilot_predictor.routes.uploads import _check_expanded_size
+
+    path = tmp_path / "t.jsonl.gz"
+    path.write_bytes(gzip.compress(b'{"input_tokens": 1}\n' * 5000))  # 100,000 bytes expanded
+    with pytest.raises(PredictorError) as err:
+        _check_expanded_size(path, "t.jsonl.gz", "trace_file", 0.05)  # 52,429 bytes
+    assert err.value.status_code == 413 and err.value.field == "trace_file"
+    assert "expands to more than 0.05 MB (PREDICTOR_MAX_UPLOAD_MB" in err.value.message
+    _check_expanded_size(path, "t.jsonl.gz", "trace_file", 0.1)  # 104,858 bytes: within

@@ -695,6 +695,24 @@ def test_damaged_job_records_read_as_failed_or_unknown(tmp_path):
     assert err.value.status_code == 404
 
 
+def test_a_job_record_damaged_on_disk_is_told_apart_from_an_unknown_job(tmp_path, caplog):
+    # A truncated record read as "no training job", with nothing logged, for a job the same
+    # service had just answered for.
+    jobs = TrainingJobs(tmp_path)
+    jobs.records_dir.mkdir(parents=True, exist_ok=True)
+    (jobs.records_dir / "cccccccccccccccc.json").write_text('{"job_id": "cccccccccccccccc", "sta')
+    (jobs.records_dir / "dddddddddddddddd.json").write_text('[1, 2]')
+    for job_id in ("cccccccccccccccc", "dddddddddddddddd"):
+        with caplog.at_level("WARNING", logger="swarmpilot_predictor"), pytest.raises(PredictorError) as err:
+            jobs.get(job_id)
+        assert err.value.status_code == 404 and err.value.field == "job_id"
+        assert err.value.message.startswith(f"training job {job_id}'s record cannot be read (damaged on disk)")
+        assert any(job_id in r.getMessage() and "cannot be read" in r.getMessage() for r in caplog.records)
+    with pytest.raises(PredictorError) as err:
+        jobs.get("eeeeeeeeeeeeeeee")
+    assert err.value.status_code == 404 and err.value.message == "no training job 'eeeeeeeeeeeeeeee'"
+
+
 def test_the_service_gives_its_trainings_the_timeout_set(tmp_path):
     from swarmpilot_predictor.service import PredictorService
     from swarmpilot_predictor.settings import PredictorSettings

@@ -85,7 +85,8 @@ class JobTimeoutError(PredictorClientError, TimeoutError):
 
 
 class QueueWaitEstimate(BaseModel):
-    """Distribution of the time until a queue of independent tasks drains, in ms."""
+    """Distribution of the time until a queue of tasks drains, in ms (of independent tasks, or
+    with ``shared_factor`` of tasks sharing their run's level)."""
 
     tasks: int
     failed: int
@@ -108,7 +109,9 @@ class QueueWaitEstimate(BaseModel):
 
 
 class InvalidRequestError(PredictorClientError, ValueError):
-    """A request the client refuses to send (a NaN or an infinity, which JSON cannot carry); ``.field`` names it."""
+    """A request the client refuses to send, or a client it cannot make or use: a value JSON cannot
+    carry (a NaN, an infinity), a bad identity, argument or setting, a closed client, an async
+    client used from a second event loop. ``.field`` names what is wrong."""
 
 
 def _dumps(body: Any, root: str = "") -> bytes:
@@ -957,6 +960,7 @@ class PredictorClient(_Base):
         self.close()
 
     def close(self) -> None:
+        """Close the client's connections; a closed client refuses further calls."""
         self._http.close()
 
     def _send(self, req: _Request) -> Any:
@@ -976,6 +980,7 @@ class PredictorClient(_Base):
     # -------------------------------------------------------------- endpoints
 
     def health(self) -> HealthResponse:
+        """The service's ``GET /health``: status, mode, models registered and loaded, drifted models."""
         return self._send(self._calls.health())
 
     def ping(self) -> dict[str, Any]:
@@ -990,23 +995,30 @@ class PredictorClient(_Base):
             return False
 
     def list_models(self) -> ModelsResponse:
+        """Every stored model (``GET /models``): identity, versions, features, training metrics."""
         return self._send(self._calls.models())
 
     def list_models_raw(self) -> list[dict[str, Any]]:
+        """The models of :meth:`list_models` as plain dicts, as the seed's client returned them."""
         return [dict(m) for m in self.list_models().models]
 
     def get_model(self, identity: IdentityLike, version: int | None = None) -> dict[str, Any]:
+        """One model's metadata (the newest version, or ``version``); a wildcard must match one model."""
         return self._send(self._calls.model(identity, version))
 
     def delete_model(self, identity: IdentityLike, version: int | None = None) -> dict[str, Any]:
+        """Delete a model, or one ``version`` of it; the others keep serving."""
         return self._send(self._calls.delete_model(identity, version))
 
     def train(self, config: Mapping[str, Any] | TrainConfig, files: Mapping[str, Path | str | bytes] | None = None) -> TrainResult:
+        """Train a model and wait for it (``POST /train``); ``files`` maps the config's trace names to paths or bytes."""
         return self._send(self._calls.train(config, files))
 
     def predict_single(self, identity: IdentityLike, trace: Mapping[str, Any], confidence_level: float = 0.95,
                        quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
                        lookup_table: bool = False, version: int | None = None) -> SinglePredictionResponse:
+        """The runtime distribution of one task: quantiles at ``quantiles`` (any in (0, 1)), mean,
+        standard deviation and the central ``confidence_level`` interval, in ms."""
         return self._send(self._calls.predict_single(identity, trace, confidence_level, quantiles, lookup_table_name,
                                                      lookup_table, version))
 
@@ -1014,6 +1026,8 @@ class PredictorClient(_Base):
                       quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
                       lookup_table: bool = False, shared_factor: bool = False,
                       total_distribution: bool = True, version: int | None = None) -> BatchPredictionResponse:
+        """:meth:`predict_single` of every task, in one request, and the distribution of their total
+        (the sum of independent tasks, or with ``shared_factor`` a level they share)."""
         return self._send(self._calls.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name,
                                                     lookup_table, shared_factor, total_distribution, version))
 
@@ -1035,13 +1049,16 @@ class PredictorClient(_Base):
         return result
 
     def cache_stats(self) -> dict[str, Any]:
+        """The prediction cache of the worker that answers: entries, hits, misses, hit rate."""
         return self._send(self._calls.cache_stats())
 
     def clear_cache(self) -> dict[str, Any]:
+        """Empty the prediction cache (of the worker that answers)."""
         return self._send(self._calls.clear_cache())
 
     def observe(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-        """Report measured runtimes (traces carrying ``runtime_ms``) for accuracy tracking and retraining."""
+        """Report measured runtimes (traces carrying the model's target, ``runtime_ms`` unless its
+        training config named another) for accuracy tracking and retraining."""
         return self._send(self._calls.observe(identity, traces))
 
     def accuracy(self, identity: IdentityLike, version: int | None = None, recent: int | None = None) -> dict[str, Any]:
@@ -1049,9 +1066,12 @@ class PredictorClient(_Base):
         return self._send(self._calls.accuracy(identity, version, recent))
 
     def retrain(self, identity: IdentityLike) -> dict[str, Any]:
+        """Retrain a model now on its training data plus observations; the decision (a new version
+        only if it beats the serving one on recent observations)."""
         return self._send(self._calls.retrain(identity))
 
     def metrics(self) -> str:
+        """The Prometheus exposition text of ``GET /metrics``."""
         return self._send(self._calls.metrics())
 
     def generate_table(self, identity: IdentityLike, trace_file: Path | str | bytes, confidence_level: float = 0.95,
@@ -1065,6 +1085,7 @@ class PredictorClient(_Base):
         return self._send(self._calls.generate_table(identity, trace_file, confidence_level, table_name, format, filename, timeout))
 
     def list_tables(self) -> list[dict[str, Any]]:
+        """The lookup tables in the service's table directory."""
         return self._send(self._calls.list_tables())
 
     def download_table(self, name: str, dest: Path | str | None = None) -> bytes:
@@ -1075,6 +1096,7 @@ class PredictorClient(_Base):
         return data
 
     def delete_table(self, name: str) -> dict[str, Any]:
+        """Delete a lookup table from the service's table directory."""
         return self._send(self._calls.delete_table(name))
 
     def queue_wait(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]],
@@ -1113,14 +1135,18 @@ class PredictorClient(_Base):
 
     def predict(self, model_type: str, metadata: Mapping[str, Any], confidence_level: float = 0.95,
                 quantiles: Sequence[float] | None = None) -> PredictionResult:
+        """The seed's call: ``model_type`` plus ``metadata`` holding the other identity parts and the
+        features; the prediction's ``results``."""
         parts, trace = self._calls.seed_identity(model_type, metadata)
         return self.predict_single(parts, trace, confidence_level, quantiles).results
 
     def get_median_prediction(self, model_type: str, metadata: Mapping[str, Any]) -> float:
+        """The seed's call: the predicted median runtime, in ms."""
         result = self.predict(model_type, metadata, quantiles=[0.5])
         return result.quantile_predictions[0]
 
     def get_prediction_range(self, model_type: str, metadata: Mapping[str, Any], confidence_level: float = 0.95) -> tuple[float, float]:
+        """The seed's call: the central ``confidence_level`` interval, ``(low, high)`` in ms."""
         result = self.predict(model_type, metadata, confidence_level=confidence_level)
         low, high = result.interval
         return low, high
@@ -1154,6 +1180,7 @@ class AsyncPredictorClient(_Base):
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the client's connections; a closed client refuses further calls."""
         await self._http.aclose()
 
     def _check_usable(self) -> None:
@@ -1312,3 +1339,12 @@ class AsyncPredictorClient(_Base):
     async def get_prediction_range(self, model_type: str, metadata: Mapping[str, Any], confidence_level: float = 0.95) -> tuple[float, float]:
         low, high = (await self.predict(model_type, metadata, confidence_level=confidence_level)).interval
         return low, high
+
+
+# The async methods say what their blocking twins say (one text to keep true, and help() on
+# either shows it).
+for _name, _method in vars(AsyncPredictorClient).items():
+    _twin = getattr(PredictorClient, _name, None)
+    if callable(_method) and not _method.__doc__ and _twin is not None and _twin.__doc__:
+        _method.__doc__ = _twin.__doc__
+del _name, _method, _twin

@@ -652,7 +652,7 @@ class TrainingJobs:
                 if stored is not None and "result" in stored:
                     return stored
             return dict(record)
-        stored = self._stored(job_id)
+        stored = self._stored(job_id, damaged_is_error=True)
         if stored is None:
             raise NotFound(f"no training job {shown(job_id)}", field="job_id")  # quoted cut short: an id may be any length
         return stored
@@ -670,15 +670,27 @@ class TrainingJobs:
             return False
         return True
 
-    def _stored(self, job_id: str) -> dict[str, Any] | None:
+    def _stored(self, job_id: str, damaged_is_error: bool = False) -> dict[str, Any] | None:
+        """A job's record as its file holds it; None where there is none (or, without
+        ``damaged_is_error``, it cannot be read)."""
         if not _JOB_ID.fullmatch(job_id):  # the id names a file: nothing else reaches the file system
             return None
+        path = self.records_dir / f"{job_id}.json"
         try:
-            record = orjson.loads(read_regular(self.records_dir / f"{job_id}.json"))
-        except (OSError, orjson.JSONDecodeError):
+            record = orjson.loads(read_regular(path))
+        except FileNotFoundError:
             return None
+        except (OSError, orjson.JSONDecodeError) as exc:
+            record, why = None, exc
+        else:
+            why = f"a JSON {type(record).__name__}, not an object"
         if not isinstance(record, dict):
-            return None
+            if not damaged_is_error:
+                return None
+            # Told apart from an unknown id: the job was taken, and what became of it is lost.
+            log.warning("training job %s's record %s cannot be read (%s)", job_id, path, why)
+            raise NotFound(f"training job {job_id}'s record cannot be read (damaged on disk): what became "
+                           "of it is unknown; GET /models tells whether it stored a version", field="job_id")
         pid, token = record.pop("worker_pid", None), record.pop("worker_token", None)
         worker_started = record.pop("worker_started", None)
         home = record.pop("data_dir", None)  # (records written before 2026-12-01 name none)

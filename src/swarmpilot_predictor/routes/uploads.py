@@ -84,23 +84,23 @@ def save_upload(upload: UploadFile, dest: Path, name: str, field: str, max_mb: f
     with writing(f"the uploaded file {shown(name)}"), dest.open("wb") as fh:
         shutil.copyfileobj(upload.file, fh, 1 << 20)
     if max_mb and name.lower().endswith(".gz"):
-        _check_expanded_size(dest, name, field, upload_bytes(max_mb))
+        _check_expanded_size(dest, name, field, max_mb)
 
 
-def _check_expanded_size(path: Path, name: str, field: str, limit: int) -> None:
+def _check_expanded_size(path: Path, name: str, field: str, max_mb: float) -> None:
     """Refuse a gzip upload that expands past the size limit a plain upload has.
 
     Otherwise compression is a way around it: a 99 KB file of a million identical
     traces made a 518 MB lookup table. (A file that is not gzip, or is cut short, is
     left to the trace reader, whose message names what is wrong with it.)
     """
-    total = 0
+    limit, total = upload_bytes(max_mb), 0
     try:
         with gzip.open(path, "rb") as gz:
             while chunk := gz.read(1 << 20):
                 total += len(chunk)
                 if total > limit:
-                    raise PayloadTooLarge(f"{field} {shown(name)} expands to more than {limit / 2**20:g} MB "
+                    raise PayloadTooLarge(f"{field} {shown(name)} expands to more than {max_mb:g} MB "
                                           "(PREDICTOR_MAX_UPLOAD_MB, which a plain upload has too)", field=field)
     except (OSError, EOFError, zlib.error):
         return
