@@ -580,6 +580,16 @@ def test_train_names_a_trace_file_missing_next_to_its_config(tmp_path, data):
     invoke("train", cfg, "--data-dir", data)  # there now
 
 
+def test_train_with_url_says_where_it_looked_for_a_missing_trace_file(tmp_path, server):
+    # Not next to the config, the name goes as a path in the service's data directory; the
+    # service's answer spoke of "the upload" where nothing was uploaded.
+    cfg = tmp_path / "x.yaml"
+    cfg.write_text(yaml.safe_dump({"model": IDENTITY, "traces": "nothere.jsonl", "algorithm": "linear"}))
+    line = one_error_line(runner.invoke(cli.app, ["train", str(cfg), "--url", server.url]))
+    assert "422: traces file 'nothere.jsonl' not found in the data directory (no file was uploaded)" in line
+    assert f"there is no file '{tmp_path / 'nothere.jsonl'}' next to the config either, to upload" in line
+
+
 def test_an_error_answer_of_the_service_is_one_line(tmp_path, server):
     cfg = tmp_path / "train.json"
     cfg.write_text(json.dumps({"model": IDENTITY, "traces": make_llm_traces(60), "algorithm": "linear"}))

@@ -294,6 +294,7 @@ def train(
     """Train a model (or one per group) from a config file."""
     from pydantic import ValidationError
 
+    from .client import PredictorClientError
     from .schemas import TrainConfig
 
     raw = _load_config_file(config)
@@ -305,7 +306,15 @@ def train(
             raw = {**raw, "traces": Path(traces).name}
         try:
             with _remote(url) as client:
-                result = client.train(raw, files=files)
+                try:
+                    result = client.train(raw, files=files)
+                except PredictorClientError as exc:
+                    if files is None and isinstance(traces, str) and exc.field in ("traces", "config.traces"):
+                        # The name went as a path in the service's data directory: say where
+                        # the CLI looked first, and that nothing was uploaded.
+                        exc.message += (f"; there is no file {str(config.parent / traces)!r} next to the config "
+                                        "either, to upload")
+                    raise
         except KeyboardInterrupt:
             # The request was sent: the service trains on and stores the version all the same.
             _fail(f"interrupted: the service may still finish this training and store its version "

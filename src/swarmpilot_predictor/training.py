@@ -110,8 +110,9 @@ class Trainer:
             except OSError as exc:  # a path too long as a whole, say: is_file only swallows "not there"
                 raise InvalidInput(f"traces file {shown(source)} cannot be opened ({exc.strerror})", field="traces") from None
             if not found:
-                raise InvalidInput(f"traces file {shown(source)} not found in the data directory or the upload"
-                                   + _uploaded_names(uploads), field="traces")
+                raise InvalidInput(f"traces file {shown(source)} not found in the data directory "
+                                   + ("or the upload" + _uploaded_names(uploads) if uploads else "(no file was uploaded)"),
+                                   field="traces")
             if trace_file_format(path.name) is None:
                 raise InvalidInput(f"traces file {shown(source)} must be {TRACE_FILE_KINDS}", field="traces")
             return TraceTable.from_file(path, progress=progress)
