@@ -1045,3 +1045,14 @@ def test_either_name_of_the_metrics_directory_variable_is_the_operators(monkeypa
     assert multiproc_variable() == "prometheus_multiproc_dir"
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/tmp/n")
     assert multiproc_variable() == "PROMETHEUS_MULTIPROC_DIR"  # the name prometheus_client reads first
+
+
+def test_every_option_of_every_command_says_what_it_is():
+    # --confidence-level had no help text in `predict` or `table`.
+    import typer
+
+    group = typer.main.get_command(cli.app)
+    missing = [f"{name} {param.opts[0]}" for name, command in group.commands.items() for param in command.params
+               if param.opts[0].startswith("-") and not param.help]
+    assert missing == []
+    assert len(group.commands) >= 5
