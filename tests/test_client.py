@@ -883,6 +883,8 @@ def test_requests_of_the_wrong_shape_are_refused_naming_the_field(trained_server
         (lambda c: c.predict_single(IDENTITY, {**good, "input_tokens": 2**70}), "trace.input_tokens"),
         (lambda c: c.observe(IDENTITY, {"runtime_ms": 3}), "traces"),
         (lambda c: c.get_model(IDENTITY, 1.9), "version"),
+        (lambda c: c.predict_single(("llm", {"a": 1}, "*", "*", "*"), good), "identity.model_name"),
+        (lambda c: c.predict_single({**IDENTITY, "hardware": True}, good), "identity.hardware"),
         (lambda c: c.accuracy(IDENTITY, version="2"), "version"),
         (lambda c: c.train({"model": IDENTITY}, files=["traces.jsonl"]), "files"),
         (lambda c: c.train({"model": IDENTITY}, files={"traces.jsonl": 7}), "files['traces.jsonl']"),
