@@ -1737,3 +1737,18 @@ def test_a_gzip_upload_past_the_limit_is_refused_quoting_the_limit_as_set(tmp_pa
     assert err.value.status_code == 413 and err.value.field == "trace_file"
     assert "expands to more than 0.05 MB (PREDICTOR_MAX_UPLOAD_MB" in err.value.message
     _check_expanded_size(path, "t.jsonl.gz", "trace_file", 0.1)  # 104,858 bytes: within
+
+
+def test_a_background_training_of_a_config_that_does_not_validate(http):
+    # JSON is validated in the worker: accepted, then the job's error names the field. A
+    # multipart config is read before the answer: refused at once.
+    r = http.post("/train?background=true", json={"config": {"model": ident("nobody")}})
+    assert r.status_code == 202
+    job = r.json()["status_url"]
+    deadline = time.monotonic() + 60
+    while (record := http.get(job).json())["status"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert record["status"] == "failed"
+    assert record["error"]["status_code"] == 422 and record["error"]["field"] == "config.traces"
+    r = http.post("/train?background=true", files={"config": ("c.json", orjson.dumps({"model": ident("nobody")}), "x")})
+    assert failed(r, 422)["field"] == "config.traces"
