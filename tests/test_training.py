@@ -78,6 +78,36 @@ def test_jobs_train_in_another_process_and_report(tmp_path):
     assert jobs._pool is None
 
 
+def test_a_training_whose_worker_cannot_be_started_ends_and_frees_its_place(tmp_path, monkeypatch):
+    # A spawn refused (EAGAIN under load) left the job queued, "running", for good: after
+    # PREDICTOR_MAX_QUEUED_TRAININGS such, every training was refused with a 429.
+    from swarmpilot_predictor import workers
+
+    real_get = workers.WorkerPool.get
+
+    def refused(self):
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(workers.WorkerPool, "get", refused)
+    jobs = TrainingJobs(tmp_path, max_pending=2)
+    try:
+        for _ in range(3):
+            job_id, future = jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(60), algorithm="linear"))
+            with pytest.raises(PredictorError) as err:
+                future.result(timeout=5)
+            assert err.value.status_code == 503
+            assert err.value.message.startswith("the training worker could not be started (BlockingIOError: [Errno 11]")
+            record = jobs.get(job_id)
+            assert record["status"] == "failed" and record["error"]["status_code"] == 503
+            assert jobs._pending == []
+        # The worker can be started again: the next training runs.
+        monkeypatch.setattr(workers.WorkerPool, "get", real_get)
+        job_id, future = jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(60), algorithm="linear"))
+        assert future.result(timeout=120)["version"] == 1 and jobs.get(job_id)["status"] == "succeeded"
+    finally:
+        jobs.shutdown()
+
+
 def test_a_job_record_of_a_process_that_stopped_reads_failed(tmp_path):
     import json
     import os

@@ -524,12 +524,27 @@ class TrainingJobs:
             try:
                 with spawning():
                     inner, number = pool.submit_numbered(*args)
-            except BrokenProcessPool:  # its worker died just now: a fresh one takes the job
+            except (BrokenProcessPool, RuntimeError):
+                # Its worker died just now, or the pool was shut down meanwhile (the timeout's
+                # watchdog, a reset after a crash): a fresh one takes the job.
                 self._stop_pool(pool)
                 pool = self._executor()
                 with spawning():
                     inner, number = pool.submit_numbered(*args)
             inner.add_done_callback(lambda f: finish(f, pool, number))
+
+        def start() -> None:
+            # A job that cannot be started must still end: left in the queue it held a place
+            # for good (past PREDICTOR_MAX_QUEUED_TRAININGS such, every training was a 429), and
+            # read "running" until the timeout's watchdog stopped the worker of the job behind it.
+            try:
+                run()
+            except Exception as exc:  # noqa: BLE001 - the job's error, answered to its caller
+                log.warning("training job %s: its worker could not be started: %s: %s", job_id, type(exc).__name__, exc)
+                conclude({"ok": False, "error": {
+                    "status_code": 503,
+                    "message": f"the training worker could not be started ({type(exc).__name__}: {exc}): send the "
+                               "training again, or to another instance"}})
 
         def finish(f: Future, pool: WorkerExecutor, number: int) -> None:
             # Runs on the pool's manager thread: whatever happens, the job must end here
@@ -546,7 +561,7 @@ class TrainingJobs:
                     # Stopped for the job before it, which ran too long: this one had just
                     # started, if at all. With nothing stored, a fresh worker runs it anew.
                     if not landing_note(self.records_dir, job_id).exists():
-                        run()
+                        start()
                         return
                     out = self._cut_short(job_id, 503, "the training worker was stopped, for the training before this "
                                                        "one, which ran past PREDICTOR_TRAINING_TIMEOUT_S, just after "
@@ -562,11 +577,15 @@ class TrainingJobs:
                 else:
                     # Never started (queued behind the job that took the worker down, or sent
                     # to a worker that had just died idle): a fresh worker takes it, in its turn.
-                    run()
+                    start()
                     return
             except Exception as exc:  # noqa: BLE001 - reported to the caller, never raised in the pool thread
                 log.exception("training job %s failed", job_id)
                 out = {"ok": False, "error": {"status_code": 500, "message": f"training failed: {type(exc).__name__}: {exc}"}}
+            conclude(out)
+
+        def conclude(out: dict[str, Any]) -> None:
+            """End the job with ``out``: its record, its place in the queue, its caller's answer."""
             with self._lock:
                 self._timed_out.discard(job_id)  # (marked as it finished on its own)
                 if job_id in self._pending:
@@ -606,7 +625,7 @@ class TrainingJobs:
                 exc.status_code = err["status_code"]
                 done.set_exception(exc)
 
-        run()
+        start()
         self._watch_time()
         return job_id, done
 
