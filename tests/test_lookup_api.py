@@ -360,3 +360,45 @@ def test_table_names_levels_and_values_at_the_edges(live):
         model = httpx.post(f"{srv.url}/predict/batch/{SEGMENTS}", json={"trace": [{"input_tokens": 1}]}).json()
         assert r["summary"]["success"] == 0 and r["quantiles"] == levels and r["total_quantiles"] is None
         assert model["summary"]["success"] == 0 and model["quantiles"] and model["total_quantiles"] is None
+
+
+def test_a_head_of_a_table_reads_none_of_it(tmp_path):
+    # A HEAD was served as the GET with its body dropped: a load balancer's probe read a
+    # table of gigabytes whole each time.
+    from swarmpilot_predictor.api import create_app
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    app = create_app(PredictorSettings(data_dir=tmp_path / "data"))
+    tables = tmp_path / "data" / "tables"
+    tables.mkdir(parents=True, exist_ok=True)
+    (tables / "big.jsonl").write_bytes(b'{"x": 1}\n' * 300_000)  # 2.7 MB
+    store, read = app.state.service.tables, []
+    real_open = store.open_table
+
+    def counted(name):
+        fh, size = real_open(name)
+        real_read = fh.read
+
+        class Counted:
+            def read(self, n=-1):
+                chunk = real_read(n)
+                read.append(len(chunk))
+                return chunk
+
+            def close(self):
+                fh.close()
+
+        return Counted(), size
+
+    store.open_table = counted
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://predictor") as client:
+            return await client.head("/tables/big.jsonl"), await client.get("/tables/big.jsonl")
+
+    head, get = asyncio.run(scenario())
+    assert head.status_code == 200 and head.content == b"" and head.headers["content-length"] == "2700000"
+    assert head.headers["content-disposition"] == get.headers["content-disposition"] == 'attachment; filename="big.jsonl"'
+    assert head.headers["content-type"] == get.headers["content-type"]
+    assert len(get.content) == 2_700_000 and sum(read) == 2_700_000  # the GET's reads alone
+    app.state.service.close()

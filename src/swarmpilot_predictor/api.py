@@ -35,7 +35,7 @@ from starlette.requests import ClientDisconnect
 from . import __version__
 from .errors import PayloadTooLarge, PredictorError, Unauthorized, UnsupportedMediaType, cut, validation_message
 from .metrics import CLIENT_CLOSED, MetricsMiddleware
-from .routes.common import error_response, table_failure
+from .routes.common import HEAD_ONLY, error_response, table_failure
 from .routes.discovery import add_discovery_routes
 from .routes.models import add_model_routes
 from .routes.monitoring import add_monitoring_routes
@@ -93,7 +93,8 @@ class HeadAsGetMiddleware:
                 message = {"type": "http.response.body", "body": b"", "more_body": False}
             await send(message)
 
-        as_get = dict(scope, method="GET")
+        # HEAD_ONLY tells a route that streams a file (a table) to leave the body unread.
+        as_get = dict(scope, method="GET", **{HEAD_ONLY: True})
         try:
             await self.app(as_get, receive, headers_only)
         finally:

@@ -22,6 +22,9 @@ from ..identity import IdentityPattern
 from ..schemas import parse_json_body
 
 IDENTITY_PATH = "{model_type}/{model_name}/{hardware}/{software_name}/{software_version}"
+# Set in the scope of a HEAD request that the app (api.HeadAsGetMiddleware) serves as a GET:
+# a route that streams a file answers its headers without reading it.
+HEAD_ONLY = "swarmpilot.head_only"
 
 
 class JSONResponse(Response):

@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
@@ -18,7 +18,7 @@ from ..errors import InvalidInput, PredictorError, shown
 from ..service import PredictorService
 from ..settings import PredictorSettings
 from ..traces import TRACE_FILE_KINDS, finite_number_in_text, trace_file_format
-from .common import IDENTITY_PATH, JSONResponse, identity_from, is_multipart, raw_segments, table_failure
+from .common import HEAD_ONLY, IDENTITY_PATH, JSONResponse, identity_from, is_multipart, raw_segments, table_failure
 from .uploads import read_form, save_upload, trace_suffix, upload_dir
 
 
@@ -68,6 +68,16 @@ def add_table_routes(app: FastAPI, service: PredictorService, settings: Predicto
     async def tables_download(request: Request):
         name = _table_name_from(request)
         fh, size = await run_in_threadpool(service.tables.open_table, name)
+        # FileResponse's header, which cannot be had without FileResponse opening the path again.
+        quoted = quote(name)
+        disposition = (f'attachment; filename="{name}"' if quoted == name
+                       else f"attachment; filename*=utf-8''{quoted}")
+        headers = {"content-length": str(size), "content-disposition": disposition}
+        media_type = _TABLE_MEDIA.get(_table_media_key(name), "application/octet-stream")
+        if request.scope.get(HEAD_ONLY):
+            # A HEAD (a load balancer's probe) read a table of gigabytes whole, to send none of it.
+            fh.close()
+            return Response(b"", media_type=media_type, headers=headers)
 
         async def content() -> AsyncIterator[bytes]:
             # From the file opened above: a table renamed over or deleted meanwhile is still
@@ -78,12 +88,7 @@ def add_table_routes(app: FastAPI, service: PredictorService, settings: Predicto
             finally:
                 fh.close()
 
-        # FileResponse's header, which cannot be had without FileResponse opening the path again.
-        quoted = quote(name)
-        disposition = (f'attachment; filename="{name}"' if quoted == name
-                       else f"attachment; filename*=utf-8''{quoted}")
-        return StreamingResponse(content(), media_type=_TABLE_MEDIA.get(_table_media_key(name), "application/octet-stream"),
-                                 headers={"content-length": str(size), "content-disposition": disposition})
+        return StreamingResponse(content(), media_type=media_type, headers=headers)
 
     @app.delete("/tables/{name}", tags=["lookup tables"], dependencies=writes, summary="Delete a lookup table")
     async def tables_delete(request: Request):
