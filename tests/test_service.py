@@ -1495,3 +1495,23 @@ def test_several_queues_are_answered_from_a_lookup_table_as_their_batches(servic
     with pytest.raises(InvalidInput, match="shared_factor needs a model") as err:
         service.predict_queues(PATTERN, queues, lookup_table=True, lookup_table_name="queued.json", shared_factor=True)
     assert err.value.field == "shared_factor"
+
+
+def test_coalesced_predictions_answered_from_the_cache_report_their_own_time(service):
+    # A hit kept the duration of the request that filled the entry; the one-trace path
+    # reported its own.
+    service.train(config(make_llm_traces(80), algorithm="linear"))
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    traces = [{"input_tokens": 100 + i, "output_tokens": 20} for i in range(20)]
+    first = service.predict_each(pattern, traces)
+    started = time.perf_counter()
+    again = service.predict_each(pattern, traces)
+    took = time.perf_counter() - started
+    assert service.cache.stats()["hits"] >= 20
+    for a, b in zip(first, again):
+        assert np.array_equal(a.quantiles, b.quantiles)
+        assert b.duration_seconds != a.duration_seconds and 0 <= b.duration_seconds <= took
+    from swarmpilot_predictor.errors import PredictorError
+
+    with pytest.raises(TypeError):  # one dict shared by every error: read-only
+        PredictorError("x").headers["Retry-After"] = "1"

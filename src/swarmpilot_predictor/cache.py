@@ -11,8 +11,9 @@ from typing import Any
 class PredictionCache:
     """Bounded LRU; a key includes the model version, so a new version never sees old entries.
 
-    Entries of superseded versions are dropped eagerly by :meth:`invalidate`
-    so they do not crowd out live ones.
+    Entries of a model whose versions changed (a new one trained, one deleted) are dropped
+    eagerly by :meth:`invalidate`, the serving version's too, so that stale ones do not
+    crowd out live ones.
     """
 
     def __init__(self, max_entries: int = 10_000):
@@ -45,14 +46,16 @@ class PredictionCache:
             while len(self._data) > self.max_entries:
                 self._data.popitem(last=False)
 
-    def invalidate(self, model_key: Hashable | None = None) -> int:
-        """Drop every entry (or those whose key starts with ``model_key``); returns how many."""
+    def invalidate(self, model: Hashable | None = None) -> int:
+        """Drop every entry, or every entry of one model, whichever its version: those whose
+        key is a tuple beginning with ``model`` (the service's begin with the model's
+        ``ModelIdentity``, not its key string). Returns how many."""
         with self._lock:
-            if model_key is None:
+            if model is None:
                 n = len(self._data)
                 self._data.clear()
                 return n
-            doomed = [k for k in self._data if isinstance(k, tuple) and k and k[0] == model_key]
+            doomed = [k for k in self._data if isinstance(k, tuple) and k and k[0] == model]
             for k in doomed:
                 del self._data[k]
             return len(doomed)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import errno
 import reprlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from types import MappingProxyType
 from typing import Any
 
 
@@ -59,7 +60,9 @@ def json_kind(value: Any) -> str:
 
 class PredictorError(Exception):
     status_code = 400
-    headers: dict[str, str] = {}  # HTTP headers its answer carries
+    # HTTP headers its answer carries; read-only where a class gives none (one dict shared
+    # by every such error, which a write would have changed for all).
+    headers: Mapping[str, str] = MappingProxyType({})
 
     def __init__(self, message: str, field: str | None = None, extra: dict | None = None):
         super().__init__(message)

@@ -428,10 +428,12 @@ class PredictorService:
         current as models load (for a prediction, an observation, a retraining, a table) and
         are evicted, not only when this worker takes a scrape (with several workers a scrape
         adds up every worker's last value; models an observation loaded went uncounted)."""
-        count = self.registry.loaded_count
-        if count != self._loaded_reported:
-            self._loaded_reported = count
-            self.metrics.models_loaded.set(count)
+        # Under the lock: loading threads and a scrape interleaved could leave the older count set.
+        with self._count_lock:
+            count = self.registry.loaded_count
+            if count != self._loaded_reported:
+                self._loaded_reported = count
+                self.metrics.models_loaded.set(count)
 
     def resolve_for(self, pattern: IdentityPattern, traces: Sequence[Any]) -> IdentityPattern:
         """``pattern``, or the full identity of the one model its matches that the traces'
@@ -673,6 +675,7 @@ class PredictorService:
             return self._predict_with(identity, loaded, traces, confidence_level, quantiles, False,
                                       time.perf_counter()).split()
         # Cached traces are answered from the cache, the others evaluated together.
+        t0 = time.perf_counter()
         meta = loaded.meta
         levels = sorted(map(float, quantiles)) if quantiles else meta.quantiles
         out: list[Prediction | None] = [None] * len(traces)
@@ -682,7 +685,8 @@ class PredictorService:
         for i, key in enumerate(keys):
             hit = self.cache.get(key) if key is not None else None
             if hit is not None:
-                out[i] = hit
+                # Its own time, as on the one-trace path, not that of the request that filled the entry.
+                out[i] = hit.timed(time.perf_counter() - t0)
         self.metrics.cache_hits.inc(sum(p is not None for p in out))
         misses = [i for i, p in enumerate(out) if p is None]
         if misses:

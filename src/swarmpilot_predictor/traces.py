@@ -46,7 +46,6 @@ ELAPSED_KEY = "elapsed_ms"
 _NUMBER_OR_NONE = frozenset({int, float, type(None)})
 # A trace file's suffixes and the formats they name; lookup tables are named the same way.
 TRACE_FILE_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
-TRACE_FILE_SUFFIXES = tuple(TRACE_FILE_FORMATS)
 # What a message says the file names above are (trace files and lookup tables alike).
 TRACE_FILE_KINDS = ".json, .jsonl (or .ndjson) or .csv, optionally .gz"
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -218,7 +217,7 @@ def skip_bom(raw: Any) -> None:
 
 class TraceFileFormat(NamedTuple):
     """What a trace or table file's name says: its ``format`` (json, jsonl or csv), its
-    ``suffix`` (one of TRACE_FILE_SUFFIXES: ``.ndjson`` stays ``.ndjson``) and whether it is ``gzipped``."""
+    ``suffix`` (a key of TRACE_FILE_FORMATS: ``.ndjson`` stays ``.ndjson``) and whether it is ``gzipped``."""
 
     format: str
     suffix: str

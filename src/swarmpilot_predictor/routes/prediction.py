@@ -31,8 +31,9 @@ from ..settings import PredictorSettings
 from .common import IDENTITY_PATH, identity_from
 from .lean import ClientGone, ClientWatch, lean_route
 
-# A batch of at most this many predicted values (traces times levels, 8 levels where none
-# are named) is predicted on the event loop: it costs about as much as the hop to a thread
+# A batch of at most this many predicted values (traces times levels; where none are named,
+# 8 a trace, a bound above a model's 4 default levels and its interval's 2) is predicted on
+# the event loop: it costs about as much as the hop to a thread
 # and back. Any longer one goes to a thread: 1,000 traces took 56-63 ms of a heteroscedastic
 # model on the loop, and /ping waited 50 ms behind each.
 INLINE_VALUES_MAX = 128
