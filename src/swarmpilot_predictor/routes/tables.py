@@ -32,8 +32,10 @@ def add_table_routes(app: FastAPI, service: PredictorService, settings: Predicto
                 raise InvalidInput("send multipart/form-data with a 'trace_file' part and a 'confidence_level' field",
                                    field="trace_file")
             form = await read_form(request, "trace_file", max_files=1, max_fields=16, max_part_size=64 * 1024)
-            tmpdir = upload_dir(settings.data_dir)
+            tmpdir = None
             try:
+                # In here: a folder that cannot be made (a full disk) still closes the form's spooled files.
+                tmpdir = upload_dir(settings.data_dir)
                 _check_table_form(form)
                 upload = form.get("trace_file")
                 if not isinstance(upload, UploadFile):
@@ -53,7 +55,8 @@ def add_table_routes(app: FastAPI, service: PredictorService, settings: Predicto
                                                  None, name)
             finally:
                 await form.close()
-                shutil.rmtree(tmpdir, ignore_errors=True)
+                if tmpdir is not None:
+                    shutil.rmtree(tmpdir, ignore_errors=True)
         except PredictorError as exc:
             return table_failure(exc)
         return JSONResponse(result)

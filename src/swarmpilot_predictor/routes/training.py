@@ -56,8 +56,10 @@ async def _read_multipart(request: Request, settings: PredictorSettings) -> tupl
     # A text part may be the config (JSON or YAML as a form field): as large as a config file.
     # Past 64 file parts the form as a whole is refused: no one part is at fault.
     form = await read_form(request, "body", text_field="config", max_files=64, max_part_size=MAX_CONFIG_BYTES)
-    tmpdir = upload_dir(settings.data_dir)
+    tmpdir = None
     try:
+        # In here: a folder that cannot be made (a full disk) still closes the form's spooled files.
+        tmpdir = upload_dir(settings.data_dir)
         config_field = form.get("config")
         if config_field is None:
             raise InvalidInput("multipart training needs a 'config' part (JSON or YAML)", field="config")
@@ -105,7 +107,8 @@ async def _read_multipart(request: Request, settings: PredictorSettings) -> tupl
                                    "names: name one of them by its file name", field="config.traces")
         return config, uploads, tmpdir
     except BaseException:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
         raise
     finally:
         await form.close()
