@@ -1489,13 +1489,18 @@ def test_an_unexpected_error_is_a_500_that_closes_its_connection_and_says_so(tmp
 MODEL_ROUTE = "/models/" + "/".join(v.replace("/", "%2F") for v in IDENTITY.values())
 
 
-@pytest.mark.parametrize("route, method", [
-    ("/health", "health"), ("/models", "list_models"), ("/metrics", "render_metrics"),
-    (MODEL_ROUTE, "model_detail"), (MODEL_ROUTE + "/versions/1", "model_detail"), (MODEL_ROUTE + "/accuracy", "accuracy")])
-def test_a_slow_report_does_not_hold_the_other_requests(tmp_path, route, method):
-    # These routes read observation logs and run drift tests: a first /health after a
-    # restart with a full log took 3.9 s, and /ping waited for it. A report held until
-    # /ping has been answered shows that it is worked on off the event loop.
+@pytest.mark.parametrize("verb, route, method, status", [
+    ("GET", "/health", "health", 200), ("GET", "/models", "list_models", 200), ("GET", "/metrics", "render_metrics", 200),
+    ("GET", MODEL_ROUTE, "model_detail", 200), ("GET", MODEL_ROUTE + "/versions/1", "model_detail", 200),
+    ("GET", MODEL_ROUTE + "/accuracy", "accuracy", 200), ("GET", "/tables", "list_tables", 200),
+    # Writes unlink files and fsync; a job's record is read from disk, a new one written.
+    ("DELETE", MODEL_ROUTE, "delete_model", 200), ("DELETE", MODEL_ROUTE + "/versions/1", "delete_model", 200),
+    ("DELETE", "/tables/t.json", "delete_table", 404), ("GET", "/train/jobs/0123456789abcdef", "jobs.get", 404),
+    ("POST", "/train?background=true", "jobs.submit_raw", 202)])
+def test_a_slow_report_or_write_does_not_hold_the_other_requests(tmp_path, verb, route, method, status):
+    # These routes read observation logs and run drift tests, or write to disk: a first
+    # /health after a restart with a full log took 3.9 s, and /ping waited for it. A request
+    # held until /ping has been answered shows that it is worked on off the event loop.
     from swarmpilot_predictor.api import create_app
     from swarmpilot_predictor.settings import PredictorSettings
 
@@ -1504,26 +1509,32 @@ def test_a_slow_report_does_not_hold_the_other_requests(tmp_path, route, method)
     app = create_app(PredictorSettings(data_dir=tmp_path / "data"))
     service, release = app.state.service, threading.Event()
     service.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(60), algorithm="linear"))
-    real = getattr(service, method)
+    owner, _, name = (service, "", method) if "." not in method else (getattr(service, method.split(".")[0]), ".",
+                                                                      method.split(".")[1])
+    real = getattr(owner, name)
 
     def held(*args):
         release.wait(10)
         return real(*args)
 
-    setattr(service, method, held)
+    setattr(owner, name, held)
+    body = orjson.dumps({"config": {"model": IDENTITY, "traces": make_llm_traces(30), "algorithm": "linear"}})
 
     async def scenario():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://predictor") as client:
-            report = asyncio.create_task(client.get(route))
-            await asyncio.sleep(0.05)  # the report's request is under way
+            report = asyncio.create_task(client.request(verb, route, content=body if verb == "POST" else None))
+            await asyncio.sleep(0.05)  # the request is under way
             ping = await client.get("/ping")
             answered_first = not report.done()
             release.set()
             return ping, answered_first, await report
 
-    ping, answered_first, report = asyncio.run(scenario())
+    try:
+        ping, answered_first, report = asyncio.run(scenario())
+    finally:
+        service.close()
     assert ping.status_code == 200 and answered_first
-    assert report.status_code == 200
+    assert report.status_code == status, report.text
 
 
 def test_long_identity_paths_are_not_kept_in_the_path_cache():

@@ -388,9 +388,10 @@ class PredictorService:
             return True
         return None
 
-    def list_tables(self) -> list[dict[str, Any]]:
-        """The lookup tables; for each model a loaded table holds records of, whether a version
-        other than the one that made them serves now (or none: the model was deleted)."""
+    def list_tables(self) -> dict[str, Any]:
+        """The lookup tables, and the default table's name (None where none is loaded); for each
+        model a loaded table holds records of, whether a version other than the one that made
+        them serves now (or none: the model was deleted)."""
         tables = self.tables.list()
         for entry in tables:
             for ident in entry.get("identities", ()):
@@ -404,7 +405,12 @@ class PredictorService:
                 each = [self._stale(parts, v, serving) for v in ident["model_versions"]]
                 # Stale if any of its versions is; unknown (null) if none is and one is unknown.
                 ident["stale"] = True if True in each else None if None in each else False
-        return tables
+        default_name, default_loaded, _ = self.tables.default_state()
+        return {"status": "success", "tables": tables, "default": default_name if default_loaded else None}
+
+    def delete_table(self, name: str) -> dict[str, Any]:
+        """Delete the lookup table file ``name`` (and its parsed sidecar)."""
+        return self.tables.delete(name)
 
     def _serving(self, pattern: IdentityPattern, version: int | None = None,
                  traces: Sequence[Any] | None = None) -> tuple[ModelIdentity, LoadedModel]:

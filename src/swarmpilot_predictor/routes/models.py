@@ -47,13 +47,15 @@ def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any])
             parse_json_body(raw, RetrainRequest)  # it takes no options: {} or nothing; a key is refused, named
         return JSONResponse(await run_in_threadpool(service.retrain, pattern))
 
+    # Deleting unlinks files and writes (and fsyncs) the registry's generation: off the event
+    # loop, which a slow disk held for every request meanwhile.
     @app.delete("/models/" + IDENTITY_PATH, tags=["models"], dependencies=writes, summary="Delete a model, every version")
     async def model_delete(request: Request):
         pattern = identity_from(request.scope, 1)
-        return JSONResponse(service.delete_model(pattern))
+        return JSONResponse(await run_in_threadpool(service.delete_model, pattern))
 
     @app.delete("/models/" + IDENTITY_PATH + "/versions/{version}", tags=["models"], dependencies=writes, summary="Delete one version")
     async def model_version_delete(request: Request, version: int):
         refuse_loose_numbers(request, "path.version")
         pattern = identity_from(request.scope, 1)
-        return JSONResponse(service.delete_model(pattern, version))
+        return JSONResponse(await run_in_threadpool(service.delete_model, pattern, version))

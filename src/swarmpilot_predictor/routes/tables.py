@@ -63,9 +63,7 @@ def add_table_routes(app: FastAPI, service: PredictorService, settings: Predicto
 
     @app.get("/tables", tags=["lookup tables"], summary="Lookup tables in the table directory")
     async def tables_list():
-        tables = await run_in_threadpool(service.list_tables)
-        default = service.tables.default_name if service.tables.default_table is not None else None
-        return JSONResponse({"status": "success", "tables": tables, "default": default})
+        return JSONResponse(await run_in_threadpool(service.list_tables))
 
     @app.get("/tables/{name}", tags=["lookup tables"], summary="Download a lookup table file")
     async def tables_download(request: Request):
@@ -93,9 +91,10 @@ def add_table_routes(app: FastAPI, service: PredictorService, settings: Predicto
 
         return StreamingResponse(content(), media_type=media_type, headers=headers)
 
+    # Off the event loop: unlinking a table of gigabytes and its sidecar takes a while on some file systems.
     @app.delete("/tables/{name}", tags=["lookup tables"], dependencies=writes, summary="Delete a lookup table")
     async def tables_delete(request: Request):
-        return JSONResponse(service.tables.delete(_table_name_from(request)))
+        return JSONResponse(await run_in_threadpool(service.delete_table, _table_name_from(request)))
 
 
 _TABLE_MEDIA = {"json": "application/json", "jsonl": "application/x-ndjson", "csv": "text/csv", "gz": "application/gzip"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +31,25 @@ def add_training_routes(app: FastAPI, service: PredictorService, settings: Predi
               summary="Train (in a separate worker process); ?background=true answers 202 with a job id")
     async def train(request: Request, background: bool = False):
         refuse_repeated_query(request)
+        # Queuing prunes old job records and writes (and fsyncs) the new one, and a first
+        # training starts the worker process: off the event loop.
         if is_multipart(request):
             config, uploads, tmpdir = await _read_multipart(request, settings)
-            try:
-                job_id, future = service.jobs.submit(config, uploads,
-                                                     cleanup=lambda: shutil.rmtree(tmpdir, ignore_errors=True))
-            except BaseException:  # not queued: nothing else will remove the uploads
-                shutil.rmtree(tmpdir, ignore_errors=True)
-                raise
+
+            def submit() -> tuple[str, Future]:
+                # Cleaned up here, in the thread: a client gone meanwhile (the request cancelled)
+                # must neither leave the uploads of a job not queued nor remove those of one queued.
+                try:
+                    return service.jobs.submit(config, uploads, cleanup=lambda: shutil.rmtree(tmpdir, ignore_errors=True))
+                except BaseException:  # not queued: nothing else will remove the uploads
+                    shutil.rmtree(tmpdir, ignore_errors=True)
+                    raise
+
+            job_id, future = await run_in_threadpool(submit)
         else:
             # The body is parsed and validated in the worker too: a 100k-trace
             # request never holds the event loop (or the GIL) of this process.
-            job_id, future = service.jobs.submit_raw(await _train_body(request))
+            job_id, future = await run_in_threadpool(service.jobs.submit_raw, await _train_body(request))
         if background:
             return JSONResponse({"status": "accepted", "job_id": job_id, "status_url": f"/train/jobs/{job_id}"},
                                 status_code=202)
@@ -49,7 +57,8 @@ def add_training_routes(app: FastAPI, service: PredictorService, settings: Predi
 
     @app.get("/train/jobs/{job_id}", tags=["training"], summary="Status and result of a training job")
     async def train_job(job_id: str):
-        return JSONResponse(service.jobs.get(job_id))
+        # A record is read from disk (up to megabytes), and a job cut short is settled there.
+        return JSONResponse(await run_in_threadpool(service.jobs.get, job_id))
 
 
 async def _read_multipart(request: Request, settings: PredictorSettings) -> tuple[TrainConfig, dict[str, Path], Path]:
