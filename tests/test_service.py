@@ -1468,7 +1468,7 @@ def test_several_queues_are_answered_as_their_batches(service):
     # A value per queue and level, at the model's own levels too: at most 1,000,000 of them.
     with pytest.raises(InvalidInput, match=r"^10,000 queues at 101 quantile levels is more than 1,000,000") as err:
         service.predict_queues(PATTERN, {f"q{i}": [] for i in range(10_000)}, quantiles=np.linspace(0.005, 0.995, 101).tolist())
-    assert err.value.field == "queues"
+    assert err.value.field == "queues" and str(err.value).endswith("send fewer queues per request or fewer levels")
 
 
 def test_several_queues_are_answered_from_a_lookup_table_as_their_batches(service, tmp_path):

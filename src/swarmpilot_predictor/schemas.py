@@ -205,12 +205,13 @@ class PredictSingleRequest(PredictOptions):
 MAX_BATCH_VALUES = 1_000_000
 
 
-def batch_values_problem(n_traces: int, n_levels: int) -> str | None:
-    """Why a batch of ``n_traces`` answered at ``n_levels`` levels is too large to answer, or None."""
-    if n_traces * n_levels <= MAX_BATCH_VALUES:
+def batch_values_problem(n_items: int, n_levels: int, what: str = "traces") -> str | None:
+    """Why ``n_items`` (``what``: traces of a batch, or queues) answered at ``n_levels`` levels
+    each is too large to answer, or None."""
+    if n_items * n_levels <= MAX_BATCH_VALUES:
         return None
-    return (f"{n_traces:,} traces at {n_levels} quantile levels is more than {MAX_BATCH_VALUES:,} predicted values "
-            "in one answer; send fewer traces per batch or fewer levels")
+    return (f"{n_items:,} {what} at {n_levels} quantile levels is more than {MAX_BATCH_VALUES:,} predicted values "
+            f"in one answer; send fewer {what} per {'request' if what == 'queues' else 'batch'} or fewer levels")
 
 
 class PredictBatchRequest(PredictOptions):
@@ -256,9 +257,9 @@ class PredictQueuesRequest(PredictOptions):
         if n > MAX_QUEUED_TRACES:
             raise ValueError(f"{n:,} traces in all is more than {MAX_QUEUED_TRACES:,}; send fewer queues per request")
         quantiles = info.data.get("quantiles")  # validated before: PredictOptions' fields come first
-        problem = batch_values_problem(len(v), len(quantiles)) if quantiles else None
+        problem = batch_values_problem(len(v), len(quantiles), "queues") if quantiles else None
         if problem:
-            raise ValueError(problem.replace("traces", "queues"))
+            raise ValueError(problem)
         return v
 
 

@@ -535,7 +535,7 @@ class PredictorService:
                       confidence_level: float, quantiles: Sequence[float] | None, with_total: bool,
                       t0: float, cached: bool = True, shared_factor: bool = False,
                       total_distribution: bool = True) -> Prediction:
-        levels = sorted(map(float, quantiles)) if quantiles else loaded.meta.quantiles
+        levels = requested_levels(quantiles, loaded.meta.quantiles)
         cache_key = None
         # One trace, alone or a batch of one (whose total is that task: no convolution, and the
         # single-row path, at a third of the cost).
@@ -683,7 +683,7 @@ class PredictorService:
         # Cached traces are answered from the cache, the others evaluated together.
         t0 = time.perf_counter()
         meta = loaded.meta
-        levels = sorted(map(float, quantiles)) if quantiles else meta.quantiles
+        levels = requested_levels(quantiles, meta.quantiles)
         out: list[Prediction | None] = [None] * len(traces)
         # A trace stating identity fields is checked against the model on the way: never from the cache.
         keys = [None if stated_keys([t]) else self._cache_key(identity, meta, t, levels, confidence_level)
@@ -744,7 +744,7 @@ class PredictorService:
         traces = [t for name in names for t in queues[name]]
         t0 = time.perf_counter()
         identity, loaded = self._serving(pattern, version, traces)
-        levels = sorted(map(float, quantiles)) if quantiles else loaded.meta.quantiles
+        levels = requested_levels(quantiles, loaded.meta.quantiles)
         _check_queue_values(len(names), len(levels))
         errors: list[str | None] = []
         ok = np.zeros(0, dtype=bool)
@@ -777,7 +777,7 @@ class PredictorService:
             raise InvalidInput(_TABLE_SHARED_FACTOR, field="shared_factor")
         t0 = time.perf_counter()
         table = self.tables.get(lookup_table_name)
-        levels = sorted(map(float, quantiles)) if quantiles else list(table.levelset_lists[0] if table.levelset_lists else ())
+        levels = requested_levels(quantiles, table.levelset_lists[0] if table.levelset_lists else [])
         _check_queue_values(len(queues), len(levels))
         answers: dict[str, Any] = {}
         n, n_ok = 0, 0
@@ -1139,11 +1139,16 @@ def _queue_answer(ok: np.ndarray, errors: Sequence[str | None], total: dict[str,
     return {"tasks": int(ok.sum()), "failed": len(failed), "errors": failed, **{k: fields[k] for k in TOTAL_KEYS}}
 
 
+def requested_levels(quantiles: Sequence[float] | None, default: Sequence[float]) -> list[float]:
+    """The levels a prediction answers: those asked for, in ascending order, else ``default``'s."""
+    return sorted(map(float, quantiles)) if quantiles else list(default)
+
+
 def _check_queue_values(n_queues: int, n_levels: int) -> None:
     """As :func:`_check_batch_values`, of several queues' totals (a value per queue and level)."""
-    problem = batch_values_problem(n_queues, n_levels)
+    problem = batch_values_problem(n_queues, n_levels, "queues")
     if problem:
-        raise InvalidInput(problem.replace("traces", "queues"), field="queues")
+        raise InvalidInput(problem, field="queues")
 
 
 def _check_batch_values(n_traces: int, n_levels: int) -> None:
