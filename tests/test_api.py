@@ -725,52 +725,6 @@ def test_seed_commands_serve_and_a_restart_answers_identically(tmp_path):
     assert np.all(np.diff(before[0]["results"]["quantile_predictions"]) > 0)
 
 
-def test_single_request_batcher_answers_the_first_at_once_and_batches_the_rest(tmp_path):
-    import asyncio
-
-    from swarmpilot_predictor.routes.prediction import SingleRequestBatcher
-    from swarmpilot_predictor.identity import IdentityPattern
-    from swarmpilot_predictor.schemas import TrainConfig
-    from swarmpilot_predictor.service import PredictorService
-    from swarmpilot_predictor.settings import PredictorSettings
-
-    class RecordingService(PredictorService):
-        """The real service, noting how many traces each evaluation got."""
-
-        calls: list[tuple[str, int]] = []
-
-        def predict(self, pattern, traces, *args, **kwargs):
-            self.calls.append(("predict", len(traces)))
-            return super().predict(pattern, traces, *args, **kwargs)
-
-        def predict_each(self, pattern, traces, *args, **kwargs):
-            self.calls.append(("predict_each", len(traces)))
-            return super().predict_each(pattern, traces, *args, **kwargs)
-
-    svc = RecordingService(PredictorSettings(data_dir=tmp_path / "data", cache_size=0))
-    svc.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(150), algorithm="linear"))
-    pattern = IdentityPattern.from_parts(IDENTITY)
-    traces = [{"input_tokens": 10 * i + 1, "output_tokens": i + 1} for i in range(6)]
-
-    async def scenario():
-        batcher = SingleRequestBatcher(svc)
-        alone = await batcher.predict(pattern, traces[0], 0.95, None)
-        await asyncio.sleep(0)  # a later loop turn: a lone request again
-        svc.calls.clear()
-        together = await asyncio.gather(*(batcher.predict(pattern, t, 0.95, None) for t in traces))
-        return alone, together
-
-    alone, together = asyncio.run(scenario())
-    # The first of the turn is evaluated at once; the five others in one batch.
-    assert svc.calls[0] == ("predict", 1)
-    assert ("predict_each", 5) in svc.calls
-    for trace, pred in zip(traces, together):
-        want = svc.predict(pattern, [trace])
-        assert pred.quantiles[0] == pytest.approx(want.quantiles[0], rel=1e-9)
-    assert alone.quantiles[0] == pytest.approx(together[0].quantiles[0], rel=1e-12)
-    svc.close()
-
-
 def test_fastapi_native_telemetry_is_opt_in(tmp_path):
     from swarmpilot_predictor.api import create_app
     from swarmpilot_predictor.settings import PredictorSettings
@@ -1309,43 +1263,6 @@ def test_names_and_errors_a_request_sends_by_the_thousand_are_quoted_short(http,
     many = cases[1][0].json()
     assert many["field"] == "trace.0" and many["message"].endswith("; and 99994 more")
     assert many["message"].count("Input should be a valid dictionary") == 6
-
-
-def test_one_request_s_unexpected_failure_is_not_its_batch_neighbours(tmp_path):
-    # Single predictions of one event-loop turn are evaluated together; an exception
-    # that escapes for one of them (a bug, say) fails that request alone.
-    from swarmpilot_predictor.routes.prediction import SingleRequestBatcher
-    from swarmpilot_predictor.identity import IdentityPattern
-    from swarmpilot_predictor.schemas import TrainConfig
-    from swarmpilot_predictor.service import PredictorService
-    from swarmpilot_predictor.settings import PredictorSettings
-
-    service = PredictorService(PredictorSettings(data_dir=tmp_path / "data", cache_size=0))
-    try:
-        service.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(150), algorithm="linear"))
-        real = service.predict_each
-
-        def predict_each(pattern, traces, *args):
-            if any("boom" in t for t in traces):
-                raise RuntimeError("boom")
-            return real(pattern, traces, *args)
-
-        service.predict_each = predict_each
-        batcher = SingleRequestBatcher(service)
-        pattern = IdentityPattern.from_parts(IDENTITY)
-        traces = [{"input_tokens": 10 * i + 1, "output_tokens": i + 1} for i in range(6)]
-        traces[3]["boom"] = 1
-
-        async def together():
-            return await asyncio.gather(*(batcher.predict(pattern, t, 0.9, None) for t in traces), return_exceptions=True)
-
-        answers = asyncio.run(together())
-        assert isinstance(answers[3], RuntimeError)
-        for i in (0, 1, 2, 4, 5):
-            want = service.predict(pattern, [traces[i]], 0.9).quantiles[0]
-            assert np.allclose(answers[i].quantiles[0], want, rtol=1e-6)
-    finally:
-        service.close()
 
 
 @pytest.mark.parametrize("value, needle", [("L" * 201, "at most 200 characters"), ("L" * 1_000_000, "got 1,000,000")])

@@ -12,11 +12,11 @@ import anyio
 import anyio.to_thread
 import orjson
 from fastapi import FastAPI
-from starlette.concurrency import run_in_threadpool
 
 from ..collector import collector_paused
 from ..errors import InvalidInput
-from ..identity import IdentityPattern, names_a_model
+from ..batching import SingleRequestBatcher
+from ..identity import IdentityPattern
 from ..schemas import (
     BatchPredictionResponse,
     PredictBatchRequest,
@@ -52,21 +52,7 @@ def add_prediction_routes(app: FastAPI, service: PredictorService, settings: Pre
     batcher = SingleRequestBatcher(service)
 
     async def predict_single(scope: dict[str, Any], body: bytes, client: ClientWatch) -> dict[str, Any]:
-        pattern = identity_from(scope, 2)
-        req = parse_json_body(body, PredictSingleRequest)
-        if req.lookup_table:  # a table may need loading first: off the event loop
-            pred = await run_in_threadpool(service.predict, pattern, [req.trace], req.confidence_level, req.quantiles,
-                                           lookup_table=True, lookup_table_name=req.lookup_table_name)
-        elif req.version is not None:  # a version asked for by number (it may need loading): alone, off the loop
-            pred = await run_in_threadpool(service.predict, pattern, [req.trace], req.confidence_level, req.quantiles,
-                                           version=req.version)
-        else:
-            if names_a_model([req.trace]):
-                # Where the URL's '*' parts match several models, the trace's identity fields pick one.
-                pattern = service.resolve_for(pattern, [req.trace])
-            if service.is_cold(pattern):  # a model's first load takes seconds: not on the event loop
-                await run_in_threadpool(service.load_if_cold, pattern)
-            pred = await batcher.predict(pattern, req.trace, req.confidence_level, req.quantiles)
+        pred = await batcher.answer(identity_from(scope, 2), parse_json_body(body, PredictSingleRequest))
         if not pred.ok[0]:
             raise InvalidInput(f"trace: {pred.errors[0]}", field="trace")
         return pred.single_response()
@@ -141,65 +127,3 @@ def add_prediction_routes(app: FastAPI, service: PredictorService, settings: Pre
                BatchPredictionResponse, "Predict a batch of tasks and the distribution of their total")
     lean_route(app, "/predict/queues/" + IDENTITY_PATH, predict_queues, PredictQueuesRequest,
                QueuesPredictionResponse, "The wait of each of several queues of tasks (a scheduler's instances)")
-
-
-class SingleRequestBatcher:
-    """Coalesces single predictions that arrive together into one vectorised evaluation.
-
-    Under concurrent load many requests reach their prediction in the same turn
-    of the event loop. The first of a turn is answered at once (a lone client
-    never waits for the loop); the others are queued and evaluated together
-    after that turn's other callbacks, at little more than the cost of one.
-    Requests are grouped by model pattern, confidence level and levels, so each
-    gets exactly the answer it would have had alone.
-    """
-
-    def __init__(self, service: PredictorService):
-        self.service = service
-        self._pending: dict[tuple, list[tuple[dict[str, Any], asyncio.Future]]] = {}
-        self._scheduled = False
-        self._turn_busy = False
-
-    def _turn_over(self) -> None:
-        self._turn_busy = False
-
-    async def predict(self, pattern: IdentityPattern, trace: dict[str, Any], confidence_level: float,
-                      quantiles: list[float] | None):
-        loop = asyncio.get_running_loop()
-        if not self._turn_busy:
-            # Runs after the callbacks already queued for this turn: a request that
-            # arrives before it knows others came with it, and joins a batch.
-            self._turn_busy = True
-            loop.call_soon(self._turn_over)
-            return self.service.predict(pattern, [trace], confidence_level, quantiles)
-        future = loop.create_future()
-        key = (pattern.as_tuple(), confidence_level, tuple(quantiles) if quantiles else None)
-        self._pending.setdefault(key, []).append((trace, future))
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
-        return await future
-
-    def _flush(self) -> None:
-        self._scheduled = False
-        pending, self._pending = self._pending, {}
-        for (parts, confidence_level, levels), items in pending.items():
-            pattern, wanted = IdentityPattern(*parts), list(levels) if levels else None
-            try:
-                preds = self.service.predict_each(pattern, [t for t, _ in items], confidence_level, wanted)
-            except Exception:  # noqa: BLE001 - each request is answered alone below
-                # One request's failure must not become its neighbours': each is evaluated
-                # alone and gets its own answer or error (a missing model fails them all alike).
-                for trace, future in items:
-                    try:
-                        pred = self.service.predict_each(pattern, [trace], confidence_level, wanted)[0]
-                    except Exception as exc:  # noqa: BLE001 - delivered to that request
-                        if not future.done():
-                            future.set_exception(exc)
-                    else:
-                        if not future.done():
-                            future.set_result(pred)
-                continue
-            for (_, future), pred in zip(items, preds):
-                if not future.done():
-                    future.set_result(pred)
