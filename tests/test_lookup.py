@@ -140,6 +140,22 @@ def test_json_records_are_the_seeds_format_plus_features(trained):
     assert "runtime_ms" not in first["features"]
 
 
+def test_a_record_holds_its_trace_s_ids_in_one_order_whatever_the_string_hashing(trained, tmp_path):
+    # The ids were written in a set's order, which changes with each process's hash seed:
+    # the same traces made a table of other bytes from one run to the next.
+    from swarmpilot_predictor.lookup.files import _ID_COLUMNS
+    from swarmpilot_predictor.traces import ID_KEYS
+
+    service, traces, _ = trained
+    ids = {"model_id": "m", "request_id": "q", "req_id": "r", "task_id": "t"}
+    path = tmp_path / "ids.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps({**t, **ids}) for t in traces[:3]))
+    service.generate_table(PATTERN, path, 0.9, "ids.json")
+    records = orjson.loads((service.settings.tables_dir / "ids.json").read_bytes())
+    assert [list(r)[-4:] for r in records] == [["task_id", "req_id", "request_id", "model_id"]] * 3
+    assert set(_ID_COLUMNS) == ID_KEYS  # every id key a trace may carry is written
+
+
 def test_a_number_written_as_a_string_is_stored_as_the_model_read_it(trained, tmp_path):
     # One trace of the file spells its tokens as text: the record stores the number (stored
     # as given, the column turned categorical, and every trace not among its values found no
@@ -926,7 +942,7 @@ def test_a_tables_records_say_when_another_model_version_serves(tmp_path):
             return service.predict(PATTERN, [task], lookup_table=True, lookup_table_name="t.json").single_response()["results"]
 
         def listed() -> dict:
-            (entry,) = [t for t in service.list_tables() if t["name"] == "t.json"]
+            (entry,) = [t for t in service.list_tables()["tables"] if t["name"] == "t.json"]
             (ident,) = entry["identities"]
             return ident
 
@@ -942,7 +958,7 @@ def test_a_tables_records_say_when_another_model_version_serves(tmp_path):
         seed = service.predict(SEED, [{"x": 1}], lookup_table=True, lookup_table_name="seed.json").single_response()
         assert "stale" not in seed["results"]
         service.predict(SEED, [{"x": 1}], lookup_table=True, lookup_table_name="seed.json")  # loaded: listed in full
-        (entry,) = [t for t in service.list_tables() if t["name"] == "seed.json"]
+        (entry,) = [t for t in service.list_tables()["tables"] if t["name"] == "seed.json"]
         # Listed with every key an entry has, null: a client reads each entry alike.
         assert entry["identities"][0]["model_versions"] == []
         assert entry["identities"][0]["stale"] is None and entry["identities"][0]["serving_version"] is None
@@ -956,7 +972,7 @@ def test_a_tables_records_say_when_another_model_version_serves(tmp_path):
     try:
         result = other.predict(PATTERN, [task], lookup_table=True, lookup_table_name="t.json").single_response()["results"]
         assert result["model_version"] == 1 and "stale" not in result
-        (entry,) = [t for t in other.list_tables() if t["name"] == "t.json"]
+        (entry,) = [t for t in other.list_tables()["tables"] if t["name"] == "t.json"]
         (ident,) = entry["identities"]
         assert ident["model_versions"] == [1] and ident["serving_version"] is None and ident["stale"] is None
     finally:
@@ -971,7 +987,7 @@ def test_a_tables_records_say_when_another_model_version_serves(tmp_path):
             other.train(TrainConfig(model=IDENTITY, traces=traces, algorithm="linear"))
         result = other.predict(PATTERN, [task], lookup_table=True, lookup_table_name="t3.json").single_response()["results"]
         assert result["model_version"] == 3 and "stale" not in result
-        (entry,) = [t for t in other.list_tables() if t["name"] == "t3.json"]
+        (entry,) = [t for t in other.list_tables()["tables"] if t["name"] == "t3.json"]
         (ident,) = entry["identities"]
         assert ident["model_versions"] == [3] and ident["serving_version"] == 2 and ident["stale"] is None
         # One it held: stored and not serving, or deleted, is stale; the serving one is not.

@@ -45,6 +45,9 @@ from ..traces import (
 from .names import CSV_PREDICTION_COLUMNS, QUANTILE_PREFIX, SHAPE_FEATURES, WRITABLE_FORMATS
 
 GENERATION_CHUNK = 8192
+# A table's id keys, in the order its records hold them: the same bytes from the same traces
+# whatever the process's string hashing (ID_KEYS, a set, is iterated in its own order).
+_ID_COLUMNS = ("task_id", "req_id", "request_id", "model_id")
 
 
 def iter_json_records(raw: IO[bytes], name: str, line_mode: bool = True) -> Iterator[tuple[str, Any]]:
@@ -289,176 +292,218 @@ def generate_table(
     counted; the table is renamed into place only when every chunk is written.
     More than ``max_rows`` records (0: no limit) is a PayloadTooLarge, and no table.
     """
-    if fmt not in WRITABLE_FORMATS:
-        raise InvalidInput(f"format must be one of {', '.join(WRITABLE_FORMATS)}", field="format")
     t0 = time.perf_counter()
-    names = list(schema.names)
-    if fmt == "csv" and (taken := [n for n in names if _csv_column_taken(n)]):
-        # A CSV table's features are columns beside its own: one named like those could not
-        # be read back (a column named twice), or was read as the record's, not a feature.
-        raise InvalidInput(f"feature(s) {', '.join(map(shown, taken))} have the name of a CSV table's own column "
-                           f"(status, expect, error, message, quantile_<level>...): make a JSON table", field="format")
-    # A numeric feature's string is stored as the number the model read it as ("1744" is
-    # 1744; a word it read as missing, nothing): stored as given, one string made the whole
-    # column categorical, and every trace not among its values found no record.
-    specs = list(schema.features)
-
-    def feature_values(t: dict[str, Any]) -> list[Any]:
-        return [_as_read(spec, t.get(spec.name)) if spec.kind == "numeric" else t.get(spec.name) for spec in specs]
-
-    # With a shape history the prediction also depends on whether the trace was its
-    # shape's first run: the record stores the flag it was predicted with, as a feature,
-    # so that a lookup tells a first run from a repeat of the same shape.
-    flagged = schema.history is not None
-    shape_names = [names[j] for j in schema.history.key] if flagged else None
-    shape_cell = orjson.dumps(shape_names).decode() if flagged else None
-    levels = [float(q) for q in levels]
-    info = dict(model_info)
-    identity_row = [info["type"], info["name"], info["hardware"], info["software_name"], info["software_version"]]
-    identity = ModelIdentity(*identity_row)
-    writer: JsonTableWriter | CsvTableWriter | None = None
-    failed = 0
-    seen = 0
-    samples: list[str] = []
-    id_cols: list[str] = []
-    repeats_stored: set[bytes] = set()  # the feature rows whose repeat answer was added
-    added_repeats = 0
-    q_header = [QUANTILE_PREFIX + repr(q) for q in levels]
+    generation = _TableGeneration(schema, model, levels, model_info, model_version, out_path, fmt, confidence_level)
     try:
-        if fmt == "json":
-            writer = JsonTableWriter(out_path)
         for chunk in _chunks(traces, chunk_size):
-            seen += len(chunk)
-            X, errors = schema.matrix(chunk)
-            # A trace whose identity fields name another model is not this model's to
-            # answer, as in a prediction (training leaves such traces out too).
-            for i, why in enumerate(identity_conflicts(chunk, identity) or ()):
-                if why is not None and errors[i] is None:
-                    errors[i] = why
-            ok_rows = [i for i, e in enumerate(errors) if e is None]
-            if len(ok_rows) < len(chunk):
-                failed += len(chunk) - len(ok_rows)
-                for i, e in enumerate(errors):
-                    if e is not None and len(samples) < 5:
-                        samples.append(f"trace {seen - len(chunk) + i}: {e}")
-            if fmt == "csv" and writer is None:
-                id_cols = [k for k in ("task_id", "req_id", "request_id", "model_id") if any(k in t for t in chunk)]
-                writer = CsvTableWriter(out_path, names + [FIRST_OF_SHAPE, SHAPE_FEATURES] * flagged + id_cols
-                                        + list(IDENTITY_KEYS)
-                                        + list(CSV_PREDICTION_COLUMNS) + q_header)
-            if ok_rows:
-                good = [chunk[i] for i in ok_rows]
-                n_own = len(good)  # the traces' own records; added repeats follow them
-                Xg = X[ok_rows]
-                if flagged:
-                    # A trace predicted as its shape's first run (by its timestamp) whose
-                    # shape ran in training is, asked without a timestamp or a flag, what the
-                    # model answers as a repeat: that answer is stored too (once per row of
-                    # features), so that a lookup that states no flag finds it, as the model
-                    # would answer. (A shape the model never saw has no repeat to store.)
-                    firsts = np.flatnonzero(Xg[:, -1] == 1.0).tolist()
-                    X0, _ = schema.matrix([{k: v for k, v in good[i].items() if k not in TIMESTAMP_KEYS} for i in firsts])
-                    extra = []
-                    for j, i in enumerate(firsts):
-                        row = X0[j].tobytes()
-                        if X0[j, -1] == 0.0 and row not in repeats_stored:
-                            repeats_stored.add(row)
-                            extra.append((i, j))
-                    if extra:
-                        Xg = np.concatenate([Xg, X0[[j for _, j in extra]]])
-                        good += [good[i] for i, _ in extra]
-                        added_repeats += len(extra)
-                dist = model.predict_distribution(Xg)
-                q = dist.quantiles(levels).tolist()
-                mean, std = dist.mean_std()
-                iv = dist.interval(confidence_level).tolist()
-                mean_l, std_l = mean.tolist(), std.tolist()
-                first = Xg[:, -1].astype(bool).tolist() if flagged else None
-                if fmt == "json":
-                    out = []
-                    for k, t in enumerate(good):
-                        rec = {
-                            "status": "success",
-                            "model_type": info["type"],
-                            "quantiles": levels,
-                            "quantile_predictions": q[k],
-                            "expect": mean_l[k],
-                            "error": std_l[k],
-                            "interval": iv[k],
-                            "confidence_level": confidence_level,
-                            "model_info": info,
-                            "model_version": model_version,
-                            "features": dict(zip(names, feature_values(t))),
-                        }
-                        if first is not None:
-                            rec["features"][FIRST_OF_SHAPE] = first[k]
-                            rec[SHAPE_FEATURES] = shape_names
-                        for idk in ID_KEYS if k < n_own else ():  # an added repeat is no trace's
-                            if idk in t:
-                                rec[idk] = t[idk]
-                        try:
-                            out.append(dumps_json(rec))
-                        except TypeError as exc:  # a string with a lone surrogate, say (Python's json reads one)
-                            if k < n_own:  # (an added repeat fails with its trace, counted once)
-                                failed += 1
-                                if len(samples) < 5:
-                                    samples.append(f"trace {seen - len(chunk) + ok_rows[k]}: cannot be written as JSON ({exc})")
-                    writer.write(out)  # type: ignore[union-attr]
-                else:
-                    rows = []
-                    for k, t in enumerate(good):
-                        feats = [_csv_out(v) for v in feature_values(t)]
-                        if first is not None:
-                            feats += [int(first[k]), shape_cell]
-                        ids = [_csv_out(t.get(c)) if k < n_own else None for c in id_cols]
-                        lo, hi = iv[k]
-                        rows.append(feats + ids + identity_row + ["success", model_version, mean_l[k], std_l[k], confidence_level, lo, hi] + q[k])
-                    for k, reason in writer.write(rows):  # type: ignore[union-attr]
-                        if k < n_own:
-                            failed += 1
-                            if len(samples) < 5:
-                                samples.append(f"trace {seen - len(chunk) + ok_rows[k]}: cannot be written as CSV ({reason})")
-            if max_rows and writer is not None and writer.rows > max_rows:
+            generation.add(chunk)
+            if max_rows and generation.rows > max_rows:
                 raise PayloadTooLarge(
                     f"the table would hold more than {max_rows:,} records (PREDICTOR_MAX_TABLE_ROWS; every worker "
-                    f"holds a table it answers from in memory): {seen:,} traces read so far; a table needs one "
-                    "trace per distinct row of features", field="trace_file")
+                    f"holds a table it answers from in memory): {generation.seen:,} traces read so far; a table "
+                    "needs one trace per distinct row of features", field="trace_file")
             if progress is not None:
                 progress(len(chunk))
-        if seen == 0:
-            raise InvalidInput("the trace file holds no traces", field="trace_file")
-        if writer is None or writer.rows == 0:
-            raise InvalidInput(
-                f"none of the {seen} trace(s) could be predicted: {samples[0] if samples else 'unknown reason'}",
-                field="trace_file",
-            )
-        writer.commit()
+        generation.commit()
     except TraceError as exc:
-        if writer is not None:
-            writer.abort()
+        generation.abort()
         raise InvalidInput(str(exc), field="trace_file") from None
     except OSError as exc:  # reading the traces raises TraceError: this is the table's own file
-        if writer is not None:
-            writer.abort()
+        generation.abort()
         raise storage_error(exc, f"lookup table {out_path.name}", f"in {out_path.parent}") from exc
     except BaseException:
-        if writer is not None:
-            writer.abort()
+        generation.abort()
         raise
     return {
         "status": "successful",
         "path": str(out_path.resolve()),
         "table_name": out_path.name,
         "format": fmt,
-        "rows": writer.rows,
-        "repeats_added": added_repeats,
-        "failed": failed,
-        "errors": samples,
-        "quantiles": levels,
+        "rows": generation.rows,
+        "repeats_added": generation.added_repeats,
+        "failed": generation.failed,
+        "errors": generation.samples,
+        "quantiles": generation.levels,
         "confidence_level": confidence_level,
         "model_version": model_version,
         "duration_seconds": time.perf_counter() - t0,
     }
+
+
+class _TableGeneration:
+    """One table being written by :func:`generate_table`: its writer, and what it has counted
+    (traces read, traces failed with the first five reasons, repeats added) over the chunks."""
+
+    MAX_SAMPLES = 5
+
+    def __init__(self, schema, model, levels: Sequence[float], model_info: dict[str, str], model_version: int,
+                 out_path: Path, fmt: str, confidence_level: float):
+        if fmt not in WRITABLE_FORMATS:
+            raise InvalidInput(f"format must be one of {', '.join(WRITABLE_FORMATS)}", field="format")
+        self.names = list(schema.names)
+        if fmt == "csv" and (taken := [n for n in self.names if _csv_column_taken(n)]):
+            # A CSV table's features are columns beside its own: one named like those could not
+            # be read back (a column named twice), or was read as the record's, not a feature.
+            raise InvalidInput(f"feature(s) {', '.join(map(shown, taken))} have the name of a CSV table's own column "
+                               f"(status, expect, error, message, quantile_<level>...): make a JSON table",
+                               field="format")
+        self.schema, self.model, self.fmt, self.out_path = schema, model, fmt, out_path
+        self.levels = [float(q) for q in levels]
+        self.model_version, self.confidence_level = model_version, confidence_level
+        # A numeric feature's string is stored as the number the model read it as ("1744" is
+        # 1744; a word it read as missing, nothing): stored as given, one string made the whole
+        # column categorical, and every trace not among its values found no record.
+        self.specs = list(schema.features)
+        # With a shape history the prediction also depends on whether the trace was its
+        # shape's first run: the record stores the flag it was predicted with, as a feature,
+        # so that a lookup tells a first run from a repeat of the same shape.
+        self.flagged = schema.history is not None
+        self.shape_names = [self.names[j] for j in schema.history.key] if self.flagged else None
+        self.shape_cell = orjson.dumps(self.shape_names).decode() if self.flagged else None
+        self.info = dict(model_info)
+        info = self.info
+        self.identity_row = [info["type"], info["name"], info["hardware"], info["software_name"],
+                             info["software_version"]]
+        self.identity = ModelIdentity(*self.identity_row)
+        self.writer: JsonTableWriter | CsvTableWriter | None = JsonTableWriter(out_path) if fmt == "json" else None
+        self.id_cols: list[str] = []  # a CSV table's: the id keys its first chunk's traces hold
+        self.seen = self.failed = self.added_repeats = 0
+        self.samples: list[str] = []
+        self.repeats_stored: set[bytes] = set()  # the feature rows whose repeat answer was added
+
+    @property
+    def rows(self) -> int:
+        return self.writer.rows if self.writer is not None else 0
+
+    def _fail(self, index: int, why: str) -> None:
+        self.failed += 1
+        if len(self.samples) < self.MAX_SAMPLES:
+            self.samples.append(f"trace {index}: {why}")
+
+    def _feature_values(self, t: dict[str, Any]) -> list[Any]:
+        return [_as_read(spec, t.get(spec.name)) if spec.kind == "numeric" else t.get(spec.name) for spec in self.specs]
+
+    def add(self, chunk: list[dict[str, Any]]) -> None:
+        """Predict a chunk of traces and write their records."""
+        start = self.seen
+        self.seen += len(chunk)
+        X, errors = self.schema.matrix(chunk)
+        # A trace whose identity fields name another model is not this model's to
+        # answer, as in a prediction (training leaves such traces out too).
+        for i, why in enumerate(identity_conflicts(chunk, self.identity) or ()):
+            if why is not None and errors[i] is None:
+                errors[i] = why
+        ok_rows = [i for i, e in enumerate(errors) if e is None]
+        for i, e in enumerate(errors):
+            if e is not None:
+                self._fail(start + i, e)
+        if self.fmt == "csv" and self.writer is None:
+            self.id_cols = [k for k in _ID_COLUMNS if any(k in t for t in chunk)]
+            self.writer = CsvTableWriter(self.out_path, self.names + [FIRST_OF_SHAPE, SHAPE_FEATURES] * self.flagged
+                                         + self.id_cols + list(IDENTITY_KEYS) + list(CSV_PREDICTION_COLUMNS)
+                                         + [QUANTILE_PREFIX + repr(q) for q in self.levels])
+        if not ok_rows:
+            return
+        good = [chunk[i] for i in ok_rows]
+        n_own = len(good)  # the traces' own records; added repeats follow them
+        good, Xg = self._with_repeats(good, X[ok_rows])
+        dist = self.model.predict_distribution(Xg)
+        answers = _RecordValues(dist, self.levels, self.confidence_level,
+                                Xg[:, -1].astype(bool).tolist() if self.flagged else None)
+        if self.fmt == "json":
+            self._write_json(good, n_own, answers, [start + i for i in ok_rows])
+        else:
+            self._write_csv(good, n_own, answers, [start + i for i in ok_rows])
+
+    def _with_repeats(self, good: list[dict[str, Any]], Xg: np.ndarray) -> tuple[list[dict[str, Any]], np.ndarray]:
+        """The traces, and after them the repeats to store of their shapes' first runs.
+
+        A trace predicted as its shape's first run (by its timestamp) whose shape ran in
+        training is, asked without a timestamp or a flag, what the model answers as a repeat:
+        that answer is stored too (once per row of features), so that a lookup that states no
+        flag finds it, as the model would answer. (A shape the model never saw has no repeat
+        to store.)
+        """
+        if not self.flagged:
+            return good, Xg
+        firsts = np.flatnonzero(Xg[:, -1] == 1.0).tolist()
+        X0, _ = self.schema.matrix([{k: v for k, v in good[i].items() if k not in TIMESTAMP_KEYS} for i in firsts])
+        extra = []
+        for j, i in enumerate(firsts):
+            row = X0[j].tobytes()
+            if X0[j, -1] == 0.0 and row not in self.repeats_stored:
+                self.repeats_stored.add(row)
+                extra.append((i, j))
+        if not extra:
+            return good, Xg
+        self.added_repeats += len(extra)
+        return good + [good[i] for i, _ in extra], np.concatenate([Xg, X0[[j for _, j in extra]]])
+
+    def _write_json(self, good: list[dict[str, Any]], n_own: int, a: _RecordValues, indexes: list[int]) -> None:
+        info, out = self.info, []
+        for k, t in enumerate(good):
+            rec = {
+                "status": "success",
+                "model_type": info["type"],
+                "quantiles": self.levels,
+                "quantile_predictions": a.quantiles[k],
+                "expect": a.mean[k],
+                "error": a.std[k],
+                "interval": a.interval[k],
+                "confidence_level": self.confidence_level,
+                "model_info": info,
+                "model_version": self.model_version,
+                "features": dict(zip(self.names, self._feature_values(t))),
+            }
+            if a.first is not None:
+                rec["features"][FIRST_OF_SHAPE] = a.first[k]
+                rec[SHAPE_FEATURES] = self.shape_names
+            for idk in _ID_COLUMNS if k < n_own else ():  # an added repeat is no trace's
+                if idk in t:
+                    rec[idk] = t[idk]
+            try:
+                out.append(dumps_json(rec))
+            except TypeError as exc:  # a string with a lone surrogate, say (Python's json reads one)
+                if k < n_own:  # (an added repeat fails with its trace, counted once)
+                    self._fail(indexes[k], f"cannot be written as JSON ({exc})")
+        self.writer.write(out)  # type: ignore[union-attr]
+
+    def _write_csv(self, good: list[dict[str, Any]], n_own: int, a: _RecordValues, indexes: list[int]) -> None:
+        rows = []
+        for k, t in enumerate(good):
+            feats = [_csv_out(v) for v in self._feature_values(t)]
+            if a.first is not None:
+                feats += [int(a.first[k]), self.shape_cell]
+            ids = [_csv_out(t.get(c)) if k < n_own else None for c in self.id_cols]
+            lo, hi = a.interval[k]
+            rows.append(feats + ids + self.identity_row
+                        + ["success", self.model_version, a.mean[k], a.std[k], self.confidence_level, lo, hi] + a.quantiles[k])
+        for k, reason in self.writer.write(rows):  # type: ignore[union-attr]
+            if k < n_own:
+                self._fail(indexes[k], f"cannot be written as CSV ({reason})")
+
+    def commit(self) -> None:
+        if self.seen == 0:
+            raise InvalidInput("the trace file holds no traces", field="trace_file")
+        if self.writer is None or self.writer.rows == 0:
+            raise InvalidInput(f"none of the {self.seen} trace(s) could be predicted: "
+                               f"{self.samples[0] if self.samples else 'unknown reason'}", field="trace_file")
+        self.writer.commit()
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+
+
+class _RecordValues:
+    """A chunk's predicted values as Python lists, a row per record (the writers' input)."""
+
+    def __init__(self, dist, levels: list[float], confidence_level: float, first: list[bool] | None):
+        self.quantiles = dist.quantiles(levels).tolist()
+        mean, std = dist.mean_std()
+        self.mean, self.std = mean.tolist(), std.tolist()
+        self.interval = dist.interval(confidence_level).tolist()
+        self.first = first
 
 
 def _csv_column_taken(name: str) -> bool:
