@@ -382,6 +382,156 @@ def _distinct(features: tuple[FeatureSpec, ...]) -> tuple[FeatureSpec, ...]:
     return features
 
 
+def _clean_target(table: TraceTable, target: str, report: DataReport) -> tuple[np.ndarray, np.ndarray]:
+    """The target column as numbers, and which rows keep it (a runtime in ``RUNTIME_RANGE``);
+    the others are counted in ``report``, by why."""
+    if target not in table.columns:
+        fields = sorted(table.columns)
+        named = ", ".join(shown(f) for f in fields[:10]) + (f" and {len(fields) - 10} more" if len(fields) > 10 else "")
+        raise TraceError(f"target field {shown(target)} is not present in the traces"
+                         + (f" (they hold {named}: set 'target' to the one that is the runtime)" if fields else ""),
+                         field="target")
+    # true/false is no measurement (a feature reads it as 1 or 0; a runtime of 1 ms it is not).
+    booleans = table.columns[target].boolean_rows()
+    words = 0
+    if table.columns[target].is_categorical:
+        # Runtimes written as strings ("12.5") are numbers. A few words among numbers
+        # ("timeout", "n/a") are broken measurements, dropped and counted as the other
+        # unusable targets are; a column with no number at all is no runtime.
+        y_strings = table.strings(target)
+        numeric = [v is not None and _reads_as_number(v) for v in y_strings]
+        words = sum(1 for v, ok, b in zip(y_strings, numeric, booleans) if v is not None and not ok and not b)
+        if words and not any(numeric):
+            raise TraceError(f"target field {shown(target)} has {words} non-numeric value(s) and no number")
+        y = np.array([float(v) if ok else math.nan for v, ok in zip(y_strings, numeric)], dtype=np.float64)
+    else:
+        y = table.numeric(target)
+    y[booleans] = math.nan
+    report.drop_rows("target is a boolean", int(booleans.sum()))
+    report.drop_rows("target is not a number", words)
+    keep = (y >= MIN_RUNTIME) & (y <= MAX_RUNTIME)
+    report.drop_rows("target missing or not finite", int((~np.isfinite(y)).sum() - booleans.sum() - words))
+    report.drop_rows("target not positive", int((np.isfinite(y) & (y <= 0)).sum()))
+    report.drop_rows(f"target outside {RUNTIME_RANGE}", int((np.isfinite(y) & (y > 0) & ~keep).sum()))
+    return y, keep
+
+
+def _candidate_features(table: TraceTable, target: str, features: Sequence[str] | None,
+                        report: DataReport) -> list[str]:
+    """The columns that may become features: those ``features`` names (each checked), else
+    every column but the reserved ones, a measured runtime beside another target and names
+    too long to be a feature's (counted in ``report``)."""
+    reserved = reserved_keys(target)
+    if features is None:
+        candidates = [name for name in table.columns if name not in reserved]
+        for name in [c for c in candidates if len(c) > MAX_FEATURE_NAME]:
+            candidates.remove(name)
+            report.columns_dropped[cut(name)] = (f"a name of {len(name):,} characters "
+                                                 f"(a feature's is at most {MAX_FEATURE_NAME:,})")
+        if target != DEFAULT_TARGET and DEFAULT_TARGET in candidates:
+            # A measured runtime beside another target is not known before the task runs:
+            # a feature only when the config names it.
+            candidates.remove(DEFAULT_TARGET)
+            report.columns_dropped[DEFAULT_TARGET] = "a measured runtime (name it in 'features' to use it)"
+        return candidates
+    missing = [f for f in features if f not in table.columns]
+    if missing:
+        raise TraceError(f"feature(s) not found in the traces: {listed(missing)}", field="features")
+    bad = [f for f in features if f in reserved]
+    if bad:
+        raise TraceError(f"reserved field(s) cannot be features: {listed(bad)}", field="features")
+    long = [f for f in features if len(f) > MAX_FEATURE_NAME]
+    if long:
+        raise TraceError(f"a feature's name is at most {MAX_FEATURE_NAME:,} characters, got "
+                         f"{len(long[0]):,} ({shown(cut(long[0]))})", field="features")
+    if len(features) > MAX_FEATURES:
+        raise TraceError(f"'features' names {len(features)} columns; at most {MAX_FEATURES} can be used",
+                         field="features")
+    return list(features)
+
+
+def _flag_column(name: str, flags: np.ndarray, report: DataReport) -> tuple[FeatureSpec, np.ndarray] | None:
+    """The traces' own first-run flag (1 / 0, true / false, a CSV file's words too): the
+    model's first-run column (FeatureSchema.regime_column), a trace that does not state it a
+    repeat, as a lookup table reads it. None where it cannot be one (said in ``report``)."""
+    given = np.isfinite(flags)
+    if not given.any():
+        report.columns_dropped[name] = "no values"
+        return None
+    if flags[given].min() == flags[given].max():
+        report.columns_dropped[name] = "constant"
+        return None
+    if not given.all():
+        report.values_imputed[name] = int((~given).sum())
+    return FeatureSpec(name, "numeric", fill=0.0, optional=True, low=0.0, high=1.0), np.where(given, flags, 0.0)
+
+
+def _categorical_column(table: TraceTable, name: str, rows: np.ndarray, report: DataReport,
+                        constants: list[tuple[str, float | str]]) -> tuple[FeatureSpec, np.ndarray] | None:
+    """A column of words as a categorical feature (its frequent values learned), or None
+    where it is constant (noted in ``constants``), empty or an identifier."""
+    values = table.strings(name)[rows]
+    present = values[values != None]  # noqa: E711 - elementwise on object array
+    counts = Counter(present.tolist())
+    if len(counts) <= 1 and len(present) == len(values):
+        report.columns_dropped[name] = "constant"
+        if counts and name != FIRST_OF_SHAPE:  # (a flag, not a field: see matrix)
+            constants.append((name, str(next(iter(counts)))))
+        return None
+    if len(present) == 0:
+        report.columns_dropped[name] = "no values"
+        return None
+    # A value seen once teaches nothing about a runtime, and each learned value is a
+    # column of the linear model's design (whose solves grow with its cube): at most
+    # MAX_CATEGORIES values seen on CATEGORY_MIN_ROWS rows or more are learned, the
+    # most frequent; the others are read as an unseen value, in training and after.
+    frequent = sorted((c for c, k in counts.items() if k >= CATEGORY_MIN_ROWS),
+                      key=lambda c: (-counts[c], c))[:MAX_CATEGORIES]
+    if not frequent:
+        report.columns_dropped[name] = "no value repeats (an identifier, not a feature)"
+        return None
+    cats = tuple(sorted(frequent))
+    rare = len(present) - sum(counts[c] for c in cats)
+    if rare:
+        report.rare_categories[name] = rare
+    n_missing = len(values) - len(present)
+    if n_missing:  # read as an unseen value, in training and after
+        report.values_imputed[name] = n_missing
+    return FeatureSpec(name, "categorical", cats, optional=n_missing > 0), _encode_categories(values, cats)
+
+
+def _numeric_column(table: TraceTable, name: str, rows: np.ndarray, words: int | None,
+                    row_counters: Collection[str] | None, report: DataReport,
+                    constants: list[tuple[str, float | str]]) -> tuple[FeatureSpec, np.ndarray] | None:
+    """A column of numbers (a few words among them read as missing) as a numeric feature, gaps
+    filled with its median; or None where it is empty, constant (noted in ``constants``) or,
+    unless ``row_counters`` is None (a column the config named), a row counter."""
+    values = table.columns[name].as_numeric(spelled=True)[rows]
+    finite = np.isfinite(values)
+    if not finite.any():
+        report.columns_dropped[name] = "no values"
+        return None
+    fin = values[finite]
+    # Gaps are filled with the median, so one distinct value means a constant column.
+    if fin.min() == fin.max():
+        report.columns_dropped[name] = "constant"
+        if name != FIRST_OF_SHAPE:  # (a flag, not a field: see matrix)
+            constants.append((name, float(fin.min())))
+        return None
+    if row_counters is not None and (name in row_counters or _is_row_counter(table.numeric(name))):
+        report.columns_dropped[name] = "a row counter (an index, not a feature)"
+        return None
+    fill = float(np.median(fin))
+    n_missing = int((~finite).sum())
+    if n_missing:
+        report.values_imputed[name] = n_missing
+        values = np.where(finite, values, fill)
+    if words:
+        report.words_read_as_missing[name] = words
+    return (FeatureSpec(name, "numeric", fill=fill, optional=n_missing > 0, words_missing=bool(words),
+                        low=float(fin.min()), high=float(fin.max())), values)
+
+
 @dataclass(frozen=True)
 class FeatureSchema:
     """The trace fields a model reads and, optionally, the column derived from their history.
@@ -504,63 +654,8 @@ class FeatureSchema:
         as the ones that number ``table``'s own rows are.
         """
         report = DataReport(rows_total=len(table))
-        if target not in table.columns:
-            fields = sorted(table.columns)
-            named = ", ".join(shown(f) for f in fields[:10]) + (f" and {len(fields) - 10} more" if len(fields) > 10 else "")
-            raise TraceError(f"target field {shown(target)} is not present in the traces"
-                             + (f" (they hold {named}: set 'target' to the one that is the runtime)" if fields else ""),
-                             field="target")
-        # true/false is no measurement (a feature reads it as 1 or 0; a runtime of 1 ms it is not).
-        booleans = table.columns[target].boolean_rows()
-        words = 0
-        if table.columns[target].is_categorical:
-            # Runtimes written as strings ("12.5") are numbers. A few words among numbers
-            # ("timeout", "n/a") are broken measurements, dropped and counted as the other
-            # unusable targets are; a column with no number at all is no runtime.
-            y_strings = table.strings(target)
-            numeric = [v is not None and _reads_as_number(v) for v in y_strings]
-            words = sum(1 for v, ok, b in zip(y_strings, numeric, booleans) if v is not None and not ok and not b)
-            if words and not any(numeric):
-                raise TraceError(f"target field {shown(target)} has {words} non-numeric value(s) and no number")
-            y = np.array([float(v) if ok else math.nan for v, ok in zip(y_strings, numeric)], dtype=np.float64)
-        else:
-            y = table.numeric(target)
-        y[booleans] = math.nan
-        report.drop_rows("target is a boolean", int(booleans.sum()))
-        report.drop_rows("target is not a number", words)
-        keep = (y >= MIN_RUNTIME) & (y <= MAX_RUNTIME)
-        report.drop_rows("target missing or not finite", int((~np.isfinite(y)).sum() - booleans.sum() - words))
-        report.drop_rows("target not positive", int((np.isfinite(y) & (y <= 0)).sum()))
-        report.drop_rows(f"target outside {RUNTIME_RANGE}", int((np.isfinite(y) & (y > 0) & ~keep).sum()))
-
-        reserved = reserved_keys(target)
-        if features is None:
-            candidates = [name for name in table.columns if name not in reserved]
-            for name in [c for c in candidates if len(c) > MAX_FEATURE_NAME]:
-                candidates.remove(name)
-                report.columns_dropped[cut(name)] = (f"a name of {len(name):,} characters "
-                                                     f"(a feature's is at most {MAX_FEATURE_NAME:,})")
-            if target != DEFAULT_TARGET and DEFAULT_TARGET in candidates:
-                # A measured runtime beside another target is not known before the task runs:
-                # a feature only when the config names it.
-                candidates.remove(DEFAULT_TARGET)
-                report.columns_dropped[DEFAULT_TARGET] = "a measured runtime (name it in 'features' to use it)"
-        else:
-            missing = [f for f in features if f not in table.columns]
-            if missing:
-                raise TraceError(f"feature(s) not found in the traces: {listed(missing)}", field="features")
-            bad = [f for f in features if f in reserved]
-            if bad:
-                raise TraceError(f"reserved field(s) cannot be features: {listed(bad)}", field="features")
-            long = [f for f in features if len(f) > MAX_FEATURE_NAME]
-            if long:
-                raise TraceError(f"a feature's name is at most {MAX_FEATURE_NAME:,} characters, got "
-                                 f"{len(long[0]):,} ({shown(cut(long[0]))})", field="features")
-            candidates = list(features)
-        if features is not None and len(candidates) > MAX_FEATURES:
-            raise TraceError(f"'features' names {len(candidates)} columns; at most {MAX_FEATURES} can be used",
-                             field="features")
-
+        y, keep = _clean_target(table, target, report)
+        candidates = _candidate_features(table, target, features, report)
         specs: list[FeatureSpec] = []
         columns: list[np.ndarray] = []
         constants: list[tuple[str, float | str]] = []
@@ -569,77 +664,16 @@ class FeatureSchema:
             col = table.columns[name]
             words = _few_words_among_numbers(col, rows)
             if name == FIRST_OF_SHAPE and (flags := _stated_flags(table, rows)) is not None:
-                # The traces' own first-run flag (1 / 0, true / false, a CSV file's words too):
-                # the model's first-run column (FeatureSchema.regime_column), a trace that does
-                # not state it a repeat, as a lookup table reads it.
-                given = np.isfinite(flags)
-                if not given.any():
-                    report.columns_dropped[name] = "no values"
-                    continue
-                if flags[given].min() == flags[given].max():
-                    report.columns_dropped[name] = "constant"
-                    continue
-                if not given.all():
-                    report.values_imputed[name] = int((~given).sum())
-                spec = FeatureSpec(name, "numeric", fill=0.0, optional=True, low=0.0, high=1.0)
-                columns.append(np.where(given, flags, 0.0))
+                typed = _flag_column(name, flags, report)
             elif col.is_categorical and words is None:
-                values = table.strings(name)[rows]
-                present = values[values != None]  # noqa: E711 - elementwise on object array
-                counts = Counter(present.tolist())
-                if len(counts) <= 1 and len(present) == len(values):
-                    report.columns_dropped[name] = "constant"
-                    if counts and name != FIRST_OF_SHAPE:  # (a flag, not a field: see matrix)
-                        constants.append((name, str(next(iter(counts)))))
-                    continue
-                if len(present) == 0:
-                    report.columns_dropped[name] = "no values"
-                    continue
-                # A value seen once teaches nothing about a runtime, and each learned value is a
-                # column of the linear model's design (whose solves grow with its cube): at most
-                # MAX_CATEGORIES values seen on CATEGORY_MIN_ROWS rows or more are learned, the
-                # most frequent; the others are read as an unseen value, in training and after.
-                frequent = sorted((c for c, k in counts.items() if k >= CATEGORY_MIN_ROWS),
-                                  key=lambda c: (-counts[c], c))[:MAX_CATEGORIES]
-                if not frequent:
-                    report.columns_dropped[name] = "no value repeats (an identifier, not a feature)"
-                    continue
-                cats = tuple(sorted(frequent))
-                rare = len(present) - sum(counts[c] for c in cats)
-                if rare:
-                    report.rare_categories[name] = rare
-                n_missing = len(values) - len(present)
-                if n_missing:  # read as an unseen value, in training and after
-                    report.values_imputed[name] = n_missing
-                spec = FeatureSpec(name, "categorical", cats, optional=n_missing > 0)
-                columns.append(_encode_categories(values, cats))
+                typed = _categorical_column(table, name, rows, report, constants)
             else:
-                values = table.columns[name].as_numeric(spelled=True)[rows]
-                finite = np.isfinite(values)
-                if not finite.any():
-                    report.columns_dropped[name] = "no values"
-                    continue
-                fin = values[finite]
-                # Gaps are filled with the median, so one distinct value means a constant column.
-                if fin.min() == fin.max():
-                    report.columns_dropped[name] = "constant"
-                    if name != FIRST_OF_SHAPE:  # (a flag, not a field: see matrix)
-                        constants.append((name, float(fin.min())))
-                    continue
-                if features is None and (name in row_counters or _is_row_counter(table.numeric(name))):
-                    report.columns_dropped[name] = "a row counter (an index, not a feature)"
-                    continue
-                fill = float(np.median(fin))
-                n_missing = int((~finite).sum())
-                if n_missing:
-                    report.values_imputed[name] = n_missing
-                    values = np.where(finite, values, fill)
-                if words:
-                    report.words_read_as_missing[name] = words
-                spec = FeatureSpec(name, "numeric", fill=fill, optional=n_missing > 0, words_missing=bool(words),
-                                   low=float(fin.min()), high=float(fin.max()))
-                columns.append(values)
-            specs.append(spec)
+                counters = row_counters if features is None else None  # a column named is kept
+                typed = _numeric_column(table, name, rows, words, counters, report, constants)
+            if typed is None:
+                continue
+            specs.append(typed[0])
+            columns.append(typed[1])
             if len(specs) > MAX_FEATURES:
                 # At once: each kept column is a dense array, and a wide sparse file has thousands.
                 raise TraceError(f"the traces have more than {MAX_FEATURES} columns that could be features "
