@@ -736,19 +736,65 @@ class TaskDistributions:
         add up over the tasks: neither does it blur the total, as splitting each value's
         mass between two cells would.
         """
-        G = _SUM_GRID
         count = rows.count
         R = len(count)
+        mult = [rows.multiplicity(b) for b in rows.blocks]
+        G, h, low, floor, least = self._window(rows, mult, sd)
+        # A task whose spread is about a cell's is rounded into one or two cells: its share of
+        # the total's variance grows or shrinks (identical tasks: the spread of 20,000 of them
+        # came out 12% too wide, of 100,000 30% too narrow). The cells are halved (more of
+        # them, the same window) until the rounded tasks' variance is within
+        # _ROUNDING_VAR_ERROR of theirs.
+        medians = [b.at(0.5) for b in rows.blocks]
+        while True:
+            offset, base, cells, rounding_error = self._cells(rows, h, medians)
+            if G >= _SUM_GRID_RESOLVE_MAX or not rounding_error > _ROUNDING_VAR_ERROR:
+                break
+            G, h = 2 * G, h / 2
+        lost = self._rounding_loss(rows, h, base, cells)
+        shift = float(offset @ count)  # in cells: a sum of labels j stands for the value (j + shift) * h
+        flat, weights = [], []
+        for b, k, (t, cell) in zip(rows.blocks, mult, cells):
+            # Rounding's mean error per task; none where a value's cell number is beyond
+            # exact floats. Each of a bin's c draws makes its tasks' mean error: c in all.
+            err = cell - t
+            beyond = t >= 2.0**50
+            if beyond.any():
+                err[beyond] = 0.0
+            shift -= float((err @ b.w) @ k)
+            # The residue is taken in floating point (exact, G a power of 2): a far-tail
+            # value's cell number may not fit an integer.
+            idx = (cell - G * np.floor(cell / G)).astype(np.int64)
+            flat.append((b.row[:, None] * G + idx).ravel())
+            weights.append(rows.mixture_weights(b).ravel())
+        pmf = np.bincount(np.concatenate(flat), weights=np.concatenate(weights), minlength=R * G).reshape(R, G)
+        total = self._summed(pmf, count, lost, G)
+        # Cell j holds the labels j + (any multiple of G); unwrap into the window.
+        k0 = int(np.floor(low / h - shift))
+        total = np.maximum(np.roll(total, -(k0 % G)), 0.0)
+        cdf = np.cumsum(total)
+        cdf /= cdf[-1]
+        # Mass is spread evenly within each cell: the CDF is linear between cell edges.
+        edges = (k0 + np.arange(G + 1) - 0.5 + shift) * h
+        c = np.concatenate([[0.0], cdf])
+        edges, c = self._low_end_refined(rows, least, floor, h, edges, c)
+        return edges, c, G
+
+    @staticmethod
+    def _window(rows: "_SumRows", mult: list[np.ndarray], sd: float) -> tuple[int, float, float, float, np.ndarray]:
+        """The grid of the sum of ``rows``: its number of cells, their width, where it starts,
+        the least the sum can be, and each row's least value (see :meth:`_convolve`)."""
+        G = _SUM_GRID
+        R = len(rows.count)
         # The window is placed about the mean of the sum as discretised (the tasks' far tails included).
         node_mean = [b.x @ b.w for b in rows.blocks]
-        mult = [rows.multiplicity(b) for b in rows.blocks]
         mean = float(sum(m @ k for m, k in zip(node_mean, mult)))
         # The sum's mass starts at the sum of the rows' lowest values (all c draws of a bin
         # may take its lowest).
         least = np.full(R, np.inf)
         for b in rows.blocks:
             np.minimum.at(least, b.row, b.x[:, 0])
-        floor = float(least @ count)
+        floor = float(least @ rows.count)
         reach = max(float((b.x[:, -1] - m).max()) for b, m in zip(rows.blocks, node_mean))  # the furthest one task lies above its mean
         # ``sd`` comes from the moments, which leave out tails extrapolated past the
         # observed scores; the nodes do not. Where such a tail is heavy, their mean lies
@@ -781,68 +827,43 @@ class TaskDistributions:
                 if widen == 4.0 or not wraps(G * h * widen):
                     h *= widen
                     break
-        # A task whose spread is about a cell's is rounded into one or two cells: its share of
-        # the total's variance grows or shrinks (identical tasks: the spread of 20,000 of them
-        # came out 12% too wide, of 100,000 30% too narrow). The cells are halved (more of
-        # them, the same window) until the rounded tasks' variance is within
-        # _ROUNDING_VAR_ERROR of theirs.
-        medians = [b.at(0.5) for b in rows.blocks]
-        while True:
-            offset, base, cells, rounding_error = self._cells(rows, h, medians)
-            if G >= _SUM_GRID_RESOLVE_MAX or not rounding_error > _ROUNDING_VAR_ERROR:
-                break
-            G, h = 2 * G, h / 2
-        lost = self._rounding_loss(rows, h, base, cells)
-        shift = float(offset @ count)  # in cells: a sum of labels j stands for the value (j + shift) * h
-        flat, weights = [], []
-        for b, k, (t, cell) in zip(rows.blocks, mult, cells):
-            # Rounding's mean error per task; none where a value's cell number is beyond
-            # exact floats. Each of a bin's c draws makes its tasks' mean error: c in all.
-            err = cell - t
-            beyond = t >= 2.0**50
-            if beyond.any():
-                err[beyond] = 0.0
-            shift -= float((err @ b.w) @ k)
-            # The residue is taken in floating point (exact, G a power of 2): a far-tail
-            # value's cell number may not fit an integer.
-            idx = (cell - G * np.floor(cell / G)).astype(np.int64)
-            flat.append((b.row[:, None] * G + idx).ravel())
-            weights.append(rows.mixture_weights(b).ravel())
-        pmf = np.bincount(np.concatenate(flat), weights=np.concatenate(weights), minlength=R * G).reshape(R, G)
-        if R == 1 and count[0] == 1:
-            total = pmf[0]
-        else:
-            f = np.fft.rfft(pmf, axis=1)
-            # A bin's row to the power of its draws, by squaring in place, all such rows at
-            # once (in polar form, or row by row, it cost several times the FFT).
-            product = np.prod(f, axis=0, where=(count == 1)[:, None])
-            more = np.where(count > 1, count, 0)
-            while more.any():
-                odd = (more & 1) == 1
-                if odd.any():
-                    product *= np.prod(f, axis=0, where=odd[:, None])
-                more = more >> 1
-                if more.any():
-                    np.multiply(f, f, out=f, where=(more > 0)[:, None])
-            if lost > 0:
-                # What rounding took from the tasks' bodies, given back as a blur of the sum:
-                # where most of each task's mass fell in one cell (a rare slow mode set the
-                # cells: 5,000 tasks' 1% quantile was 0.13 off in probability), the sum of so
-                # many bodies is about normal. The blur is a distribution on the cells of
-                # that variance (the difference of two Poisson counts), never negative: a
-                # normal's characteristic function cut at the grid's top frequency rang, and
-                # the ringing, clipped at 0, put up to 0.7% of the mass far up the tail (a
-                # 10-task total's 0.999 quantile at 4 times the truth).
-                product *= np.exp(-lost * (1.0 - np.cos(2.0 * np.pi * np.arange(len(product)) / G)))
-            total = np.fft.irfft(product, n=G)
-        # Cell j holds the labels j + (any multiple of G); unwrap into the window.
-        k0 = int(np.floor(low / h - shift))
-        total = np.maximum(np.roll(total, -(k0 % G)), 0.0)
-        cdf = np.cumsum(total)
-        cdf /= cdf[-1]
-        # Mass is spread evenly within each cell: the CDF is linear between cell edges.
-        edges = (k0 + np.arange(G + 1) - 0.5 + shift) * h
-        c = np.concatenate([[0.0], cdf])
+        return G, h, low, floor, least
+
+    @staticmethod
+    def _summed(pmf: np.ndarray, count: np.ndarray, lost: float, G: int) -> np.ndarray:
+        """The sum's mass on the ``G`` cells (circular): each row's ``pmf`` to the power of its
+        ``count`` of draws, all multiplied, blurred by what rounding took (``lost``)."""
+        if len(count) == 1 and count[0] == 1:
+            return pmf[0]
+        f = np.fft.rfft(pmf, axis=1)
+        # A bin's row to the power of its draws, by squaring in place, all such rows at
+        # once (in polar form, or row by row, it cost several times the FFT).
+        product = np.prod(f, axis=0, where=(count == 1)[:, None])
+        more = np.where(count > 1, count, 0)
+        while more.any():
+            odd = (more & 1) == 1
+            if odd.any():
+                product *= np.prod(f, axis=0, where=odd[:, None])
+            more = more >> 1
+            if more.any():
+                np.multiply(f, f, out=f, where=(more > 0)[:, None])
+        if lost > 0:
+            # What rounding took from the tasks' bodies, given back as a blur of the sum:
+            # where most of each task's mass fell in one cell (a rare slow mode set the
+            # cells: 5,000 tasks' 1% quantile was 0.13 off in probability), the sum of so
+            # many bodies is about normal. The blur is a distribution on the cells of
+            # that variance (the difference of two Poisson counts), never negative: a
+            # normal's characteristic function cut at the grid's top frequency rang, and
+            # the ringing, clipped at 0, put up to 0.7% of the mass far up the tail (a
+            # 10-task total's 0.999 quantile at 4 times the truth).
+            product *= np.exp(-lost * (1.0 - np.cos(2.0 * np.pi * np.arange(len(product)) / G)))
+        return np.fft.irfft(product, n=G)
+
+    @staticmethod
+    def _low_end_refined(rows: "_SumRows", least: np.ndarray, floor: float, h: float, edges: np.ndarray,
+                         c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The sum's CDF (``c`` at ``edges``, found on cells of width ``h``) with its low end
+        found again on finer grids, where the cells were too coarse for it."""
         # Where the total's low quantiles lie within a few cells of the least it can be
         # (one task's spread dwarfs the others'), or of its median (one task's far tail
         # stretched the grid: a 200-task total's 5% quantile was 0.03 off in probability),
@@ -871,7 +892,7 @@ class TaskDistributions:
             keep = edges > low_x[-1]
             edges = np.concatenate([low_x, edges[keep]])
             c = np.concatenate([low_c, np.maximum(c[keep], low_c[-1])])
-        return edges, c, G
+        return edges, c
 
     @staticmethod
     def _cells(rows: "_SumRows", h: float, medians: list[np.ndarray]
