@@ -915,9 +915,6 @@ class FeatureSchema:
                     ok &= column.code_array() < 0
         return X, ok
 
-    def missing_in(self, table: TraceTable) -> list[str]:
-        return [f.name for f in self.features if f.name not in table.columns and not f.optional]
-
 
 def _timestamp_field(table: TraceTable) -> str | None:
     return next((k for k in sorted(TIMESTAMP_KEYS, key=len) if k in table.columns), None)

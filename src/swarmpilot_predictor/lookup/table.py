@@ -1116,7 +1116,7 @@ class LookupTable:
         own, increasing along each row."""
         taus = np.clip(taus, 1e-12, 1.0 - 1e-12)
         out = np.empty((len(rows), taus.shape[-1]))
-        for sel, r, s, cl, L, V in self._knot_groups(rows):
+        for sel, r, _, _, L, V in self._knot_groups(rows):
             out[sel] = quantile_function(L, V, self.expect[r], self.error[r], taus[sel] if taus.ndim == 2 else taus,
                                          None if bend is None else bend[sel])
         return out
