@@ -194,6 +194,19 @@ class LookupResult:
         return [MATCH_KINDS[m] if m >= 0 else None for m in self.match.tolist()]
 
 
+@dataclass
+class _RowAnswers:
+    """The answers of the records found, in the traces' order: each one's (levels, values,
+    interval), mean, standard deviation, identity (an index into the table's) and model
+    version (-1: none). A running task's are made its time left's in place."""
+
+    answers: list[tuple[list[float], list[float], list[float]]]
+    expect: list[float]
+    error: list[float]
+    ident: list[int]
+    versions: list[int]
+
+
 class LookupTable:
     """An immutable, indexed lookup table held column-wise."""
 
@@ -974,66 +987,98 @@ class LookupTable:
         """
         t0 = time.perf_counter()
         res = self.lookup(traces, pattern)
-        elapsed = res.elapsed
         levels = sorted(map(float, quantiles)) if quantiles else None
-        rows_l = res.rows.tolist()
-        ok_rows = [r for r in rows_l if r >= 0]
-        n_ok = len(ok_rows)
-        if n_ok <= SCALAR_MAX:
-            answers = [self._answer_one(r, levels, confidence_level) for r in ok_rows]
-            expect = [float(self.expect[r]) for r in ok_rows]
-            error = [float(self.error[r]) for r in ok_rows]
-            ident = [int(self.row_identity[r]) for r in ok_rows]
-            versions = [int(self.versions[r]) for r in ok_rows]
-        else:
-            idx = np.asarray(ok_rows, dtype=np.int64)
-            answers = self._answer_many(idx, levels, confidence_level)
-            expect, error = self.expect[idx].tolist(), self.error[idx].tolist()
-            ident, versions = self.row_identity[idx].tolist(), self.versions[idx].tolist()
+        ok_rows = res.rows[res.rows >= 0]
+        a = self._answers(ok_rows, levels, confidence_level)
         # Running tasks (a trace stating elapsed_ms): their time left, from their records' distributions.
         left, reached = None, {}
-        if elapsed is not None and n_ok and ((elapsed_ok := elapsed[res.rows >= 0]) > 0).any():
-            left = RemainingDistribution.of(self.task_distributions(np.asarray(ok_rows, dtype=np.int64)), elapsed_ok)
-            mean, sd = left.mean_std()
-            ends = interval_levels(confidence_level)
-            # The running tasks of each set of levels at once (a task at a time, 10,000 took 13 s).
-            by_levels: dict[tuple[float, ...], list[int]] = {}
-            for k in np.flatnonzero(left.elapsed > 0).tolist():
-                by_levels.setdefault(tuple(answers[k][0]), []).append(k)
-            for out_levels, ks in by_levels.items():
-                m = len(out_levels)
-                qs = left.subset(np.array(ks)).quantiles([*out_levels, *ends]).tolist()
-                for k, q in zip(ks, qs):
-                    answers[k] = (answers[k][0], q[:m], q[m:])
-                    expect[k], error[k], reached[k] = float(mean[k]), float(sd[k]), float(left.reached[k])
+        if res.elapsed is not None and len(ok_rows) and ((elapsed_ok := res.elapsed[res.rows >= 0]) > 0).any():
+            left, reached = self._time_left(ok_rows, elapsed_ok, confidence_level, a)
+        results = self._rendered(res, pattern, a, reached, staleness)
+        # An empty queue, or one none of whose traces was found, answers the levels its tasks
+        # would have had: the table's first records' (a model answers its default levels).
+        total_levels = levels if levels is not None else (
+            a.answers[0][0] if len(ok_rows) else (list(self.levelset_lists[0]) if self.levelset_lists else None))
+        total = None
+        if with_total and len(ok_rows):
+            total = self._total(ok_rows.astype(np.int64), np.asarray(a.expect), np.asarray(a.error),
+                                total_levels, confidence_level, a.answers, left)
+        return TablePrediction(
+            table=self.name,
+            levels=total_levels,
+            confidence_level=confidence_level,
+            ok=res.rows >= 0,
+            errors=res.errors,
+            items=results,
+            total=total,
+            duration_seconds=time.perf_counter() - t0,
+        )
+
+    def _answers(self, rows: np.ndarray, levels: list[float] | None, confidence_level: float) -> _RowAnswers:
+        """The records ``rows``' answers (their levels, values and interval), their mean, spread,
+        identity and model version: one at a time for a few, vectorised for more."""
+        if len(rows) <= SCALAR_MAX:
+            ok_rows = rows.tolist()
+            return _RowAnswers([self._answer_one(r, levels, confidence_level) for r in ok_rows],
+                               [float(self.expect[r]) for r in ok_rows], [float(self.error[r]) for r in ok_rows],
+                               [int(self.row_identity[r]) for r in ok_rows], [int(self.versions[r]) for r in ok_rows])
+        idx = rows.astype(np.int64)
+        return _RowAnswers(self._answer_many(idx, levels, confidence_level), self.expect[idx].tolist(),
+                           self.error[idx].tolist(), self.row_identity[idx].tolist(), self.versions[idx].tolist())
+
+    def _time_left(self, rows: np.ndarray, elapsed: np.ndarray, confidence_level: float,
+                   a: _RowAnswers) -> tuple[RemainingDistribution, dict[int, float]]:
+        """The running tasks' time left (those of ``elapsed`` > 0): their answers in ``a`` made
+        theirs, and the level of its distribution each has reached, by place."""
+        left = RemainingDistribution.of(self.task_distributions(rows.astype(np.int64)), elapsed)
+        mean, sd = left.mean_std()
+        ends = interval_levels(confidence_level)
+        reached: dict[int, float] = {}
+        # The running tasks of each set of levels at once (a task at a time, 10,000 took 13 s).
+        by_levels: dict[tuple[float, ...], list[int]] = {}
+        for k in np.flatnonzero(left.elapsed > 0).tolist():
+            by_levels.setdefault(tuple(a.answers[k][0]), []).append(k)
+        for out_levels, ks in by_levels.items():
+            m = len(out_levels)
+            qs = left.subset(np.array(ks)).quantiles([*out_levels, *ends]).tolist()
+            for k, q in zip(ks, qs):
+                a.answers[k] = (a.answers[k][0], q[:m], q[m:])
+                a.expect[k], a.error[k], reached[k] = float(mean[k]), float(sd[k]), float(left.reached[k])
+        return left, reached
+
+    def _rendered(self, res: LookupResult, pattern: IdentityPattern | None, a: _RowAnswers,
+                  reached: dict[int, float],
+                  staleness: Callable[[tuple[str | None, ...], int], bool | None] | None) -> list[dict[str, Any]]:
+        """Each trace's answer as the model's are written (an error where no record was found)."""
         match_l, dist_l = res.match.tolist(), res.distance.tolist()
         infos = [g.model_info(pattern) for g in self.groups]
         stale: dict[tuple[int, int], bool | None] = {}  # per identity and version, asked once a request
         results: list[dict[str, Any]] = []
         k = 0
-        for i, row in enumerate(rows_l):
+        for i, row in enumerate(res.rows.tolist()):
             if row < 0:
                 results.append({"status": "error", "message": res.errors[i], "model_info": infos[0] if len(infos) == 1 else None,
                                 "source": "lookup_table", "table": self.name})
                 continue
-            out_levels, values, interval = answers[k]
+            out_levels, values, interval = a.answers[k]
             kind = MATCH_KINDS[match_l[i]]
             item = {
                 "status": "success",
                 "quantiles": out_levels,
                 "quantile_predictions": values,
-                "expect": expect[k],
-                "error": error[k],
+                "expect": a.expect[k],
+                "error": a.error[k],
                 "interval": interval,
-                "model_info": infos[ident[k]],
+                "model_info": infos[a.ident[k]],
                 "source": "lookup_table",
                 "table": self.name,
                 "match": kind,
             }
-            if versions[k] >= 0:
-                item["model_version"] = versions[k]
-                if staleness is not None and None not in self.identities[ident[k]]:
-                    key = (ident[k], versions[k])
+            version = a.versions[k]
+            if version >= 0:
+                item["model_version"] = version
+                if staleness is not None and None not in self.identities[a.ident[k]]:
+                    key = (a.ident[k], version)
                     if key not in stale:
                         stale[key] = staleness(self.identities[key[0]], key[1])
                     if stale[key] is not None:
@@ -1046,24 +1091,7 @@ class LookupTable:
                 item["elapsed_level"] = reached[k]
             results.append(item)
             k += 1
-        # An empty queue, or one none of whose traces was found, answers the levels its tasks
-        # would have had: the table's first records' (a model answers its default levels).
-        total_levels = levels if levels is not None else (
-            answers[0][0] if n_ok else (list(self.levelset_lists[0]) if self.levelset_lists else None))
-        total = None
-        if with_total and n_ok:
-            total = self._total(np.asarray(ok_rows, dtype=np.int64), np.asarray(expect), np.asarray(error),
-                                total_levels, confidence_level, answers, left)
-        return TablePrediction(
-            table=self.name,
-            levels=total_levels,
-            confidence_level=confidence_level,
-            ok=res.rows >= 0,
-            errors=res.errors,
-            items=results,
-            total=total,
-            duration_seconds=time.perf_counter() - t0,
-        )
+        return results
 
     def _total(self, rows: np.ndarray, expect: np.ndarray, error: np.ndarray, levels: list[float] | None,
                confidence_level: float, answers: list[tuple[list[float], list[float], list[float]]],
