@@ -810,65 +810,12 @@ class ModelRegistry:
         meta file is written, just before the version becomes visible; if it raises, nothing
         is stored.
         """
-        model_dir = self.root / meta.identity.dirname
         with writing(f"model {meta.identity.key}"):
-            # Not its parents: a models folder gone under the service (a volume unmounted) is
-            # not made again, empty, for a version to be numbered 1 there.
-            try:
-                model_dir.mkdir(exist_ok=True)
-            except FileNotFoundError:
-                if self.root.is_dir():
-                    raise
-                raise DataDirectoryGone(f"model {meta.identity.key} cannot be stored: the models folder {self.root} "
-                                        "is gone (deleted, or its volume unmounted)") from None
-            if model_dir.is_symlink():
-                # Written through, it stored (and a delete removed) files wherever the link led.
-                raise StorageError(f"model {meta.identity.key} cannot be stored: its folder {model_dir.name} in the "
-                                   "data directory is a symbolic link, which the service does not follow")
-            version = self._reserve_version(model_dir)
-            if after is not None:
-                newer = next(_claimed_versions(model_dir, after, version), None)
-                if newer is not None:
-                    (model_dir / _lock_file(version)).unlink(missing_ok=True)
-                    raise VersionConflict(f"version {newer} of {meta.identity.key} was stored (or is being stored) "
-                                          f"after version {after}")
-            other = self._other_identity_in(model_dir, meta.identity)
-            if other is not None:
-                (model_dir / _lock_file(version)).unlink(missing_ok=True)
-                raise InvalidInput(f"model {meta.identity.key} cannot be stored: its directory {model_dir.name} holds "
-                                   f"the model {other.key}, whose name hashes alike (a part holding the character "
-                                   "\\x1f); change a part of the name", field="model")
+            model_dir = self._model_folder(meta.identity)
+            version = self._claim_version(model_dir, meta.identity, after)
             meta.version = version
             try:
-                body = orjson.dumps(model.to_json(), option=orjson.OPT_SERIALIZE_NUMPY)
-                atomic_write_bytes(model_dir / _model_file(version), body)
-                # Any change to the model file on disk (a bad copy, a hand edit) is then found at load.
-                meta.extra[MODEL_DIGEST] = hashlib.sha256(body).hexdigest()
-                if training_data is not None:
-                    with atomic_file(model_dir / _data_file(version)) as fh:
-                        np.savez_compressed(fh, X=np.asarray(training_data[0], dtype=np.float64),
-                                            y=np.asarray(training_data[1], dtype=np.float64))
-                # The meta file goes last: the version exists once it is there, complete. Not if
-                # the model was deleted meanwhile (a delete tombstones versions being written,
-                # then removes their meta files), nor the version it was built from: a
-                # retraining that was storing its version must not bring back a deleted model.
-                self._refuse_if_deleted(model_dir, meta.identity, version, after)
-                meta_body = orjson.dumps(meta.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
-                if len(meta_body) > MAX_META_BYTES:
-                    # Written, it was a version the index skips unread: a training answered its
-                    # number, and the previous version went on serving.
-                    raise PayloadTooLarge(f"model {meta.identity.key} cannot be stored: its metadata would take "
-                                          f"{len(meta_body):,} bytes, over the {MAX_META_BYTES:,} a model's meta file "
-                                          "may hold (what its traces' fields are named, and which were dropped, "
-                                          "is part of it)")
-                if before_commit is not None:
-                    before_commit(meta)
-                atomic_write_bytes(model_dir / _meta_file(version), meta_body)
-                try:
-                    self._refuse_if_deleted(model_dir, meta.identity, version, None)
-                except VersionConflict:
-                    (model_dir / _meta_file(version)).unlink(missing_ok=True)  # the delete came between: it wins
-                    raise
+                self._write_version(model_dir, meta, model, training_data, after, before_commit)
             except BaseException:
                 # A version that could not be written whole is not left half there (nor its space taken).
                 (model_dir / _model_file(version)).unlink(missing_ok=True)
@@ -889,6 +836,77 @@ class ModelRegistry:
         if self.on_loaded_change is not None:
             self.on_loaded_change()
         return meta
+
+    def _model_folder(self, identity: ModelIdentity) -> Path:
+        """The folder of ``identity``'s versions, made if need be (in an existing models folder)."""
+        model_dir = self.root / identity.dirname
+        # Not its parents: a models folder gone under the service (a volume unmounted) is
+        # not made again, empty, for a version to be numbered 1 there.
+        try:
+            model_dir.mkdir(exist_ok=True)
+        except FileNotFoundError:
+            if self.root.is_dir():
+                raise
+            raise DataDirectoryGone(f"model {identity.key} cannot be stored: the models folder {self.root} "
+                                    "is gone (deleted, or its volume unmounted)") from None
+        if model_dir.is_symlink():
+            # Written through, it stored (and a delete removed) files wherever the link led.
+            raise StorageError(f"model {identity.key} cannot be stored: its folder {model_dir.name} in the "
+                               "data directory is a symbolic link, which the service does not follow")
+        return model_dir
+
+    def _claim_version(self, model_dir: Path, identity: ModelIdentity, after: int | None) -> int:
+        """The next version's number, claimed (its lock file made) for ``identity``: with
+        ``after``, only if no version above that one is stored or being stored."""
+        version = self._reserve_version(model_dir)
+        if after is not None:
+            newer = next(_claimed_versions(model_dir, after, version), None)
+            if newer is not None:
+                (model_dir / _lock_file(version)).unlink(missing_ok=True)
+                raise VersionConflict(f"version {newer} of {identity.key} was stored (or is being stored) "
+                                      f"after version {after}")
+        other = self._other_identity_in(model_dir, identity)
+        if other is not None:
+            (model_dir / _lock_file(version)).unlink(missing_ok=True)
+            raise InvalidInput(f"model {identity.key} cannot be stored: its directory {model_dir.name} holds "
+                               f"the model {other.key}, whose name hashes alike (a part holding the character "
+                               "\\x1f); change a part of the name", field="model")
+        return version
+
+    def _write_version(self, model_dir: Path, meta: ModelVersion, model: QuantileModel,
+                       training_data: tuple[np.ndarray, np.ndarray] | None, after: int | None,
+                       before_commit: Callable[[ModelVersion], None] | None) -> None:
+        """Write the claimed version ``meta.version``'s files, its meta file last (it exists once
+        that is there, complete)."""
+        version = meta.version
+        body = orjson.dumps(model.to_json(), option=orjson.OPT_SERIALIZE_NUMPY)
+        atomic_write_bytes(model_dir / _model_file(version), body)
+        # Any change to the model file on disk (a bad copy, a hand edit) is then found at load.
+        meta.extra[MODEL_DIGEST] = hashlib.sha256(body).hexdigest()
+        if training_data is not None:
+            with atomic_file(model_dir / _data_file(version)) as fh:
+                np.savez_compressed(fh, X=np.asarray(training_data[0], dtype=np.float64),
+                                    y=np.asarray(training_data[1], dtype=np.float64))
+        # Not if the model was deleted meanwhile (a delete tombstones versions being written,
+        # then removes their meta files), nor the version it was built from: a retraining
+        # that was storing its version must not bring back a deleted model.
+        self._refuse_if_deleted(model_dir, meta.identity, version, after)
+        meta_body = orjson.dumps(meta.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+        if len(meta_body) > MAX_META_BYTES:
+            # Written, it was a version the index skips unread: a training answered its
+            # number, and the previous version went on serving.
+            raise PayloadTooLarge(f"model {meta.identity.key} cannot be stored: its metadata would take "
+                                  f"{len(meta_body):,} bytes, over the {MAX_META_BYTES:,} a model's meta file "
+                                  "may hold (what its traces' fields are named, and which were dropped, "
+                                  "is part of it)")
+        if before_commit is not None:
+            before_commit(meta)
+        atomic_write_bytes(model_dir / _meta_file(version), meta_body)
+        try:
+            self._refuse_if_deleted(model_dir, meta.identity, version, None)
+        except VersionConflict:
+            (model_dir / _meta_file(version)).unlink(missing_ok=True)  # the delete came between: it wins
+            raise
 
     @staticmethod
     def _refuse_if_deleted(model_dir: Path, identity: ModelIdentity, version: int, after: int | None) -> None:
