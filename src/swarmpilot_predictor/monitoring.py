@@ -476,6 +476,14 @@ class RollingAccuracy:
         if n == 0:
             out.update(drifted=False, drift={"tested": False, "reason": "no observations yet"})
             return out
+        out.update(self._accuracy())
+        out.update(self._drift(alpha, min_observations))
+        return out
+
+    def _accuracy(self) -> dict[str, Any]:
+        """The window's coverage, interval coverage, pinball loss and median error; how the
+        sum of what ran compares with the expects and their errors; each kind of run's."""
+        out: dict[str, Any] = {}
         y = np.asarray(self.y)
         q = np.asarray(self.q)
         levels = np.asarray(MONITOR_LEVELS)
@@ -506,6 +514,12 @@ class RollingAccuracy:
         flags = np.asarray(self.f)
         if (~np.isnan(flags)).any():
             out["by_kind"] = {kind: _kind_accuracy(y[flags == value], q[flags == value]) for kind, value in RUN_KINDS}
+        return out
+
+    def _drift(self, alpha: float, min_observations: int) -> dict[str, Any]:
+        """The drift test's answer at the last checkpoint: ``drifted``, ``drift`` (its p-values,
+        each kind of run's where the window holds both) and ``drifted_by_kind``."""
+        out: dict[str, Any] = {}
         per_check = alpha * min(1.0, DRIFT_CHECK_EVERY / self.window)
         if self._checkpoint is None:
             out["drifted"] = False
