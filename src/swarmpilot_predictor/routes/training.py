@@ -17,9 +17,8 @@ from ..errors import InvalidInput, PayloadTooLarge, shown, validation_message
 from ..schemas import TrainConfig, TrainRequest, TrainResult, config_from_text
 from ..service import PredictorService
 from ..settings import PredictorSettings
-from ..traces import TRACE_FILE_KINDS, trace_file_format
 from .common import JSONResponse, is_multipart, openapi_body, refuse_repeated_query
-from .uploads import read_form, save_upload, trace_suffix, upload_dir
+from .uploads import UploadedTraceFiles, read_form, save_upload, upload_dir
 
 # A multipart training's config part (its traces belong in trace files beside it).
 MAX_CONFIG_BYTES = 64 * 1024 * 1024
@@ -83,8 +82,7 @@ async def _read_multipart(request: Request, settings: PredictorSettings) -> tupl
             config_text = str(config_field)
         # Parsing YAML costs seconds per megabyte: not on the event loop.
         config = await run_in_threadpool(_parse_config, config_text)
-        uploads: dict[str, Path] = {}
-        by_part: dict[str, list[Path]] = {}
+        files = UploadedTraceFiles(tmpdir)
         for key, value in form.multi_items():
             if key != "config" and not isinstance(value, UploadFile):
                 # Read as a setting ("algorithm=linear") it would have been ignored without a word.
@@ -92,28 +90,9 @@ async def _read_multipart(request: Request, settings: PredictorSettings) -> tupl
                                    "'config' part, and trace files are file parts", field=key)
             if key == "config":
                 continue
-            name = Path(value.filename or key).name
-            if name in uploads:
-                # The config names files by name: two parts of one name would leave it to chance.
-                raise InvalidInput(f"two uploaded files are named {shown(name)}; the config names files by name",
-                                   field=key)
-            if trace_file_format(name) is None:
-                raise InvalidInput(f"uploaded file {shown(name)} must be {TRACE_FILE_KINDS}", field=key)
-            # Stored under a generated name: the client's file name never touches the disk.
-            dest = tmpdir / f"{len(uploads)}{trace_suffix(name)}"
+            name, dest = files.place(key, value.filename)
             await run_in_threadpool(save_upload, value, dest, name, key, settings.max_upload_mb)
-            uploads[name] = dest
-            by_part.setdefault(key, []).append(dest)
-        # A file may be named by its part too, where that is not another file's name (file
-        # names come first) and only one file was sent as that part: else it would be chance.
-        for key, dests in by_part.items():
-            if key in uploads:
-                continue
-            if len(dests) == 1:
-                uploads[key] = dests[0]
-            elif config.traces == key:
-                raise InvalidInput(f"{len(dests)} uploaded files were sent as part {shown(key)}, which the config "
-                                   "names: name one of them by its file name", field="config.traces")
+        uploads = files.by_name(config.traces)
         return config, uploads, tmpdir
     except BaseException:
         if tmpdir is not None:

@@ -17,8 +17,8 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from ..errors import PayloadTooLarge, PredictorError, shown, storage_error, writing
-from ..traces import trace_file_format
+from ..errors import InvalidInput, PayloadTooLarge, PredictorError, shown, storage_error, writing
+from ..traces import TRACE_FILE_KINDS, trace_file_format
 
 
 class _WholeMultiPartParser(MultiPartParser):
@@ -110,3 +110,43 @@ def trace_suffix(name: str) -> str:
     """The suffix an uploaded trace file is saved under: its own (lower case, ``.gz`` kept), else ""."""
     parsed = trace_file_format(name)
     return parsed.suffix + (".gz" if parsed.gzipped else "") if parsed else ""
+
+
+class UploadedTraceFiles:
+    """The trace files of a multipart training, stored under generated names in ``folder``,
+    by the names its config may call them: each file's own name, or the part it was sent as
+    where that is no file's name and only one file was sent as it (else it would be chance)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._by_name: dict[str, Path] = {}
+        self._by_part: dict[str, list[Path]] = {}
+
+    def place(self, part: str, filename: str | None) -> tuple[str, Path]:
+        """Where the file sent as ``part`` under ``filename`` is to be saved, and its name."""
+        name = Path(filename or part).name
+        if name in self._by_name:
+            # The config names files by name: two parts of one name would leave it to chance.
+            raise InvalidInput(f"two uploaded files are named {shown(name)}; the config names files by name",
+                               field=part)
+        if trace_file_format(name) is None:
+            raise InvalidInput(f"uploaded file {shown(name)} must be {TRACE_FILE_KINDS}", field=part)
+        # A generated name: the client's file name never touches the disk.
+        dest = self.folder / f"{len(self._by_name)}{trace_suffix(name)}"
+        self._by_name[name] = dest
+        self._by_part.setdefault(part, []).append(dest)
+        return name, dest
+
+    def by_name(self, config_traces: object = None) -> dict[str, Path]:
+        """Every file by each name it may be called; ``config_traces`` (the config's
+        ``traces``) naming a part that several files were sent as is refused."""
+        named = dict(self._by_name)
+        for part, dests in self._by_part.items():
+            if part in named:
+                continue  # file names come first
+            if len(dests) == 1:
+                named[part] = dests[0]
+            elif config_traces == part:
+                raise InvalidInput(f"{len(dests)} uploaded files were sent as part {shown(part)}, which the config "
+                                   "names: name one of them by its file name", field="config.traces")
+        return named
