@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from swarmpilot_predictor.errors import PredictorError
+from swarmpilot_predictor.errors import InvalidInput, PredictorError
 from swarmpilot_predictor.features import FeatureSchema
 from swarmpilot_predictor.identity import IdentityPattern, ModelIdentity
 from swarmpilot_predictor.retraining import DecisionLog, level_shift, observation_matrix
@@ -411,6 +411,11 @@ def test_observe_rejects_traces_without_runtime_or_features(tmp_path):
     # A null runtime of a model trained on runtime_ms: no hint about another target.
     assert svc.observe(IDENTITY, good + [{**good[0], "runtime_ms": None}])["rejected"] == [
         {"index": 5, "message": "missing measured 'runtime_ms'"}]
+    # None usable: a 422 giving the first five reasons and how many more there were.
+    with pytest.raises(InvalidInput, match=r"^no usable observation: traces\[0\]: 'runtime_ms' must be a number") as err:
+        svc.observe(IDENTITY, [{**good[0], "runtime_ms": -1}] * 1_200)
+    assert err.value.field == "traces" and str(err.value).endswith("traces[4]: 'runtime_ms' must be a number in "
+                                                                    "[1e-12, 1e+15]; and 1,195 more")
 
 
 def test_observe_reads_runtimes_written_as_strings_as_training_does(tmp_path):

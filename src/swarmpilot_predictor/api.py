@@ -35,7 +35,7 @@ from starlette.requests import ClientDisconnect
 from . import __version__
 from .errors import PayloadTooLarge, PredictorError, Unauthorized, UnsupportedMediaType, cut, validation_message
 from .metrics import CLIENT_CLOSED, MetricsMiddleware
-from .routes.common import HEAD_ONLY, error_response, table_failure
+from .routes.common import HEAD_ONLY, error_response, log_client_left, table_failure
 from .routes.discovery import add_discovery_routes
 from .routes.models import add_model_routes
 from .routes.monitoring import add_monitoring_routes
@@ -305,7 +305,7 @@ def _add_exception_handlers(app: FastAPI, service: PredictorService) -> None:
         # The client left while its body was read (/observe, /train, an upload): nothing went
         # wrong here, and no one is there to answer. Not the server error (and two logged
         # tracebacks) the catch-all below would make of it; /metrics counts it as 499.
-        log.info("client left during %s %s before its body was read", request.method, cut(request.url.path, 200))
+        log_client_left(request.method, request.url.path)
         return Response(status_code=CLIENT_CLOSED)
 
     @app.exception_handler(OSError)

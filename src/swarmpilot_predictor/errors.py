@@ -189,7 +189,10 @@ def validation_message(exc: Any, prefix: tuple = ()) -> tuple[str, str]:
     errors = exc.errors()
     parts, first = [], ""
     for err in errors[:_MOST_ERRORS]:
-        name = dotted(p for p in (*prefix, *err.get("loc", ())) if p != "body") or "body"
+        loc = err.get("loc", ())
+        if loc and loc[0] in ("query", "path"):
+            loc = loc[1:]  # a URL's parameter by its name, as a body's field is (and as the service names it)
+        name = dotted(p for p in (*prefix, *loc) if p != "body") or "body"
         first = first or name
         msg = err.get("msg", "invalid").removeprefix("Value error, ")
         if err.get("type") in _NOT_AN_OBJECT:

@@ -359,6 +359,7 @@ class BatchPredictionResponse(_Response):
 class TrainResult(_Response):
     status: str
     model_key: str
+    identity: dict[str, str] | None = None
     version: int | None = None
     metrics: dict[str, Any]
     duration_seconds: float
@@ -371,6 +372,8 @@ class HealthResponse(_Response):
     version: str
     mode: Literal["default", "lookup_table"]
     lookup_predictor_loaded: bool
+    lookup_table: str | None = None  # the default table's name, once loaded
+    lookup_table_error: str | None = None  # sent only where a configured default table could not be loaded
     models_loaded: int | None = None
     models_registered: int | None = None
     drifted_models: list[str] | None = None

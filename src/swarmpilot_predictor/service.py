@@ -994,8 +994,9 @@ class PredictorService:
         ok = np.array([e is None for e in errors], dtype=bool)
         rows = np.flatnonzero(ok)
         if len(rows) == 0:
+            more = f"; and {len(errors) - 5:,} more" if len(errors) > 5 else ""
             raise InvalidInput("no usable observation: " + "; ".join(
-                f"traces[{i}]: {e}" for i, e in enumerate(errors[:5])), field="traces")
+                f"traces[{i}]: {e}" for i, e in enumerate(errors[:5])) + more, field="traces")
         dist = loaded.model.predict_distribution(X[rows])
         q = dist.quantiles(list(MONITOR_LEVELS))
         version = loaded.meta.version

@@ -8,6 +8,7 @@ so an encoded slash (``Qwen%2FQwen2.5-7B``) stays inside its segment.
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from typing import Any
 from urllib.parse import unquote
@@ -136,14 +137,14 @@ def is_multipart(request: Request) -> bool:
 
 def refuse_loose_numbers(request: Request, *params: str) -> None:
     """A 422 for a number of the URL's ``params`` ("path.version", "query.recent") not
-    written in digits: read as the routes declare them (integers, loosely), "1.0" and " 1"
-    were version 1, on a route that deletes it too, where a body's ``version`` must be a
-    JSON whole number."""
+    written in digits, naming it ("version"): read as the routes declare them (integers,
+    loosely), "1.0" and " 1" were version 1, on a route that deletes it too, where a body's
+    ``version`` must be a JSON whole number."""
     for param in params:
         where, name = param.split(".")
         raw = (request.path_params if where == "path" else request.query_params).get(name)
         if raw is not None and re.fullmatch(r"-?[0-9]+", raw) is None:
-            raise InvalidInput(f"{param}: must be a whole number, written in digits, got {shown(raw)}", field=param)
+            raise InvalidInput(f"{name}: must be a whole number, written in digits, got {shown(raw)}", field=name)
 
 
 def refuse_repeated_query(request: Request) -> None:
@@ -153,3 +154,12 @@ def refuse_repeated_query(request: Request) -> None:
         if key in seen:
             raise InvalidInput(f"query parameter {shown(key)} is given more than once", field=key)
         seen.add(key)
+
+
+_log = logging.getLogger(__package__.rpartition(".")[0] + ".api")  # where the app's own lines are logged
+
+
+def log_client_left(method: str, path: str) -> None:
+    """Note (at info level) a client that left while it sent its body: nothing went wrong
+    here, and no one is there to answer (``/metrics`` counts it as 499)."""
+    _log.info("client left during %s %s before its body was read", method, cut(path, 200))

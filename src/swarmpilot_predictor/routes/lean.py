@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.routing import Route
 
-from .common import JSONResponse, openapi_body
+from .common import JSONResponse, log_client_left, openapi_body
 
 
 class ClientGone(Exception):
@@ -70,6 +70,7 @@ class LeanEndpoint:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
+                log_client_left(scope["method"], scope["path"])
                 return
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
