@@ -177,6 +177,33 @@ def test_models_on_an_empty_data_directory(data):
     assert json_out(invoke("models", "--data-dir", data, "--json")) == []
 
 
+def test_reading_a_folder_that_holds_no_models_leaves_it_as_it_was(tmp_path):
+    # `models -d .` in a project's own folder left the service's four folders there.
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    assert json_out(invoke("models", "--data-dir", folder, "--json")) == []
+    assert "no models" in invoke("models", "--data-dir", folder).stdout
+    trace = json.dumps({"input_tokens": 10, "output_tokens": 5})
+    said = one_error_line(invoke("predict", ENCODED, trace, "--data-dir", folder, ok=False))
+    assert said == f"error: data directory {folder} holds no models (it has no models folder): train one into it first, or give --url"
+    traces = tmp_path / "t.jsonl"
+    traces.write_text(trace + "\n")
+    assert one_error_line(invoke("table", ENCODED, traces, "--data-dir", folder, ok=False)) == said
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("command, needle", [("predict", "MODEL is model_type/model_name/hardware/software_name/software_version."),
+                                             ("table", "MODEL is model_type/model_name/hardware/software_name/software_version."),
+                                             ("train", "{CONFIG}"), ("models", "--json ")])
+def test_help_at_80_columns_shows_flags_as_flags_and_the_model_s_five_parts_whole(command, needle):
+    # typer's panels gave every flag a "<bool>" (as if it took a value) and cut the five
+    # parts with "…" at 80 columns.
+    text = runner.invoke(cli.app, [command, "--help"], terminal_width=80, env={"COLUMNS": "80"}).stdout
+    assert needle in text and "<bool>" not in text and "…" not in text
+    assert all(len(line) <= 80 for line in text.splitlines())
+
+
 def test_predict_a_json_trace(trained):
     body = json_out(invoke("predict", "llm/*/*/*/*", '{"input_tokens": 500, "output_tokens": 100}',
                            "--data-dir", trained, "--json", "--quantiles", "0.1,0.5,0.9", "-c", "0.8"))
@@ -406,6 +433,28 @@ def test_serve_flags_are_checked_as_the_variables_are(tmp_path, monkeypatch):
     monkeypatch.setenv("PREDICTOR_HOST", "no-such-host.invalid")  # named as the variable when it came from one
     said = one_error_line(invoke("serve", "--data-dir", tmp_path / "data", ok=False))
     assert said.startswith("error: PREDICTOR_HOST 'no-such-host.invalid' cannot be resolved")
+
+
+def test_a_default_table_no_file_could_be_is_refused_at_start_naming_where_it_came_from(tmp_path, monkeypatch):
+    # It was logged under DEFAULT_LOOKUP_TABLE, whatever set it, and the service ran without it.
+    for name in ("DEFAULT_LOOKUP_TABLE", "PREDICTOR_DEFAULT_LOOKUP_TABLE"):
+        monkeypatch.delenv(name, raising=False)
+    kinds = "a lookup table is a .json, .jsonl (or .ndjson) or .csv, optionally .gz file"
+    said = one_error_line(invoke("serve", "--data-dir", tmp_path / "data", "--default-lookup-table", "../x", ok=False))
+    assert said == f"error: --default-lookup-table: 'x': {kinds} (got '../x')"
+    monkeypatch.delenv("DEFAULT_LOOKUP_TABLE")  # (serve hands its flags on through the environment)
+    monkeypatch.setenv("PREDICTOR_DEFAULT_LOOKUP_TABLE", "table.parquet")
+    said = one_error_line(invoke("serve", "--data-dir", tmp_path / "data", ok=False))
+    assert said == f"error: PREDICTOR_DEFAULT_LOOKUP_TABLE: 'table.parquet': {kinds} (got 'table.parquet')"
+    monkeypatch.setenv("DEFAULT_LOOKUP_TABLE", " ")
+    said = one_error_line(invoke("serve", "--data-dir", tmp_path / "data", ok=False))
+    assert said.startswith("error: DEFAULT_LOOKUP_TABLE: is empty: name a table file")
+    assert not (tmp_path / "data").exists()
+    # A table that is not there yet may be generated later: no reason not to start.
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    monkeypatch.setenv("DEFAULT_LOOKUP_TABLE", "later.json.gz")
+    assert PredictorSettings().default_lookup_table == "later.json.gz"
 
 
 def test_a_bad_api_key_is_never_printed_by_any_entry_point(tmp_path):
@@ -1056,3 +1105,25 @@ def test_every_option_of_every_command_says_what_it_is():
                if param.opts[0].startswith("-") and not param.help]
     assert missing == []
     assert len(group.commands) >= 5
+
+
+@pytest.mark.parametrize("unbuffered", [False, True])
+@pytest.mark.parametrize("args", [[], ["--json"]])
+def test_a_reader_that_stops_early_ends_the_command_quietly_as_sigpipe_would(trained, tmp_path, args, unbuffered):
+    # `predict ... | head -1` ended with status 1 and no word, read as a failed prediction;
+    # under PYTHONUNBUFFERED (many container images) a JSON answer cut off went unnoticed.
+    import signal
+    import subprocess
+    import sys
+
+    traces = tmp_path / "many.jsonl"
+    traces.write_bytes(b"".join(orjson.dumps({"input_tokens": 10 + i, "output_tokens": 1 + i % 50}) + b"\n"
+                                for i in range(20_000)))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"} | ({"PYTHONUNBUFFERED": "1"} if unbuffered else {})
+    proc = subprocess.Popen([sys.executable, "-m", "swarmpilot_predictor", "predict", ENCODED, str(traces), "-d", str(trained),
+                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 128 + signal.SIGPIPE
+    assert first.strip() and err == b""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import stat
 import sys
 import tempfile
@@ -27,11 +28,44 @@ from .processes import alive, pid_space
 from .settings import (METRICS_DIR, MULTIPROC_ENV, PredictorSettings, listen_problem, multiproc_variable, settings_problem,
                        startup_problem)
 
-app = typer.Typer(help="SwarmPilot Predictor: runtime distributions for ML inference tasks.", no_args_is_help=True)
+# Click's plain help: typer's rich panels gave every flag a "<bool>" as if it took a value, and
+# cut the MODEL argument's help, the one place that spells out its five parts, at 80 columns.
+app = typer.Typer(help="SwarmPilot Predictor: runtime distributions for ML inference tasks.", no_args_is_help=True,
+                  rich_markup_mode=None)
 # Piped or redirected, a line is not cut to a terminal's 80 columns: a script reads whole
 # model keys and paths (a table's lines were truncated with "…", a written path broken in three).
 # (No stdout at all, `>&-`: what would be printed is dropped, as rich does.)
-console = Console(width=None if sys.stdout is not None and sys.stdout.isatty() else 100_000)
+class _ReaderGone(Exception):
+    """The reader of the command's output closed it (``| head``): the rest is for no one."""
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:  # rich's own exits 1, with no word: read as a failure
+        self.quiet = True
+        raise _ReaderGone
+
+
+def _out(text: str | bytes) -> None:
+    """Write ``text`` to stdout now: a closed pipe is noticed here, not at the exit's flush.
+
+    Written until all of it is taken: under PYTHONUNBUFFERED (set in many container images)
+    stdout's bytes are written unbuffered, a write to a pipe closed midway takes part of
+    them without an error, and the text layer drops the rest without a word (a JSON answer
+    cut off read as whole, and the command ended 0).
+    """
+    data = text if isinstance(text, bytes) else text.encode(sys.stdout.encoding or "utf-8", sys.stdout.errors or "strict")
+    try:
+        sys.stdout.flush()
+        out, view = sys.stdout.buffer, memoryview(data)
+        while view:
+            taken = out.write(view)
+            view = view[taken or 0:]
+        out.flush()
+    except BrokenPipeError:
+        raise _ReaderGone from None
+
+
+console = _Console(width=None if sys.stdout is not None and sys.stdout.isatty() else 100_000)
 err_console = Console(stderr=True)
 
 
@@ -65,7 +99,9 @@ def _service(data_dir: Optional[str], existing: bool = False):
     """The service on a local data directory, or a clear error if it cannot be used.
 
     ``existing``: for commands that read models, the directory must be there already: a
-    mistyped ``--data-dir`` would otherwise be created, empty, and read as "no models".
+    mistyped ``--data-dir`` would otherwise be created, empty, and read as "no models". And
+    one that holds no ``models`` folder holds no model: None, and nothing is made in it (a
+    listing of a project's own folder, ``-d .``, left the service's four folders there).
     """
     # An offline command is no worker of a running service: counted into that service's
     # multi-process metrics directory, its predictions and trainings would show in the
@@ -82,10 +118,18 @@ def _service(data_dir: Optional[str], existing: bool = False):
             _fail(f"data directory {settings.data_dir} does not exist (train a model into it first, or give --url)")
         except OSError:
             pass  # unusable otherwise (a file on its path, say): the service says how
+        else:
+            if settings.data_dir.is_dir() and not settings.models_dir.is_dir():
+                return None  # (a file in its place: the service says so)
     try:
         return PredictorService(settings)
     except PredictorError as exc:
         _fail(exc.message)
+
+
+def _no_models(data_dir: Optional[str]) -> NoReturn:
+    _fail(f"data directory {_settings(data_dir).data_dir} holds no models (it has no models folder): "
+          "train one into it first, or give --url")
 
 
 def _predict_on_one_blas_thread() -> None:
@@ -286,7 +330,7 @@ def _load_config_file(path: Path) -> dict[str, Any]:
 
 @app.command()
 def train(
-    config: Path = typer.Argument(..., exists=True, dir_okay=False, help="Training config (JSON or YAML)."),
+    config: Path = typer.Argument(..., exists=True, dir_okay=False, metavar="CONFIG", help="Training config (JSON or YAML)."),
     data_dir: Optional[str] = DataDirOpt,
     url: Optional[str] = UrlOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the raw JSON answer (its metrics in full)."),
@@ -359,7 +403,7 @@ def _algorithm(algorithm: Any, first_run_split: dict[str, Any] | None) -> str:
 
 def _print_train(result: dict[str, Any], as_json: bool = False) -> None:
     if as_json:
-        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
+        _out(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n")
         return
     entries = result.get("models") or [{"model_key": result["model_key"], "version": result.get("version"), "metrics": result["metrics"]}]
     table = Table(title=f"trained in {result['duration_seconds']:.2f}s")
@@ -443,8 +487,8 @@ def _read_trace_arg(trace: str) -> list[dict[str, Any]]:
 
 @app.command()
 def predict(
-    model: str = typer.Argument(..., help="model_type/model_name/hardware/software_name/software_version ('*' for any part)."),
-    trace: str = typer.Argument(..., help="A trace file, or one trace (or an array) as JSON."),
+    model: str = typer.Argument(..., metavar="MODEL", help="The model's five parts (above); '*' for any part."),
+    trace: str = typer.Argument(..., metavar="TRACE", help="A trace file, or one trace (or an array) as JSON."),
     quantiles: Optional[str] = typer.Option(None, help="Comma-separated levels, e.g. 0.5,0.9,0.99."),
     confidence_level: float = typer.Option(0.95, "--confidence-level", "-c", help="Level of the central interval, in (0, 1)."),
     data_dir: Optional[str] = DataDirOpt,
@@ -453,7 +497,10 @@ def predict(
     shared_factor: bool = typer.Option(False, "--shared-factor",
                                        help="Multiply the total by the model's shared factor (README, Modelling)."),
 ):
-    """Predict runtime distributions for traces."""
+    """Predict runtime distributions for traces.
+
+    MODEL is model_type/model_name/hardware/software_name/software_version.
+    """
     pattern = _parse_key(model)
     levels = _levels_arg(quantiles)
     _confidence_arg(confidence_level)
@@ -463,7 +510,7 @@ def predict(
             body = client.predict_batch(pattern.as_tuple(), traces, confidence_level=confidence_level, quantiles=levels,
                                         shared_factor=shared_factor).model_dump(exclude_unset=True)  # the answer as sent
     else:
-        service = _service(data_dir, existing=True)
+        service = _service(data_dir, existing=True) or _no_models(data_dir)
         _predict_on_one_blas_thread()
         try:
             body = service.predict(pattern, traces, confidence_level, levels, with_total=True,
@@ -471,7 +518,7 @@ def predict(
         except PredictorError as exc:
             _fail(exc.message)
     if as_json:
-        sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
+        _out(orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n")
     else:
         _print_predictions(body, confidence_level)
     if int(body["summary"]["failed"]) > 0:
@@ -530,7 +577,7 @@ def _print_prediction_lines(body: dict[str, Any], confidence_level: float) -> No
             lines.append("\t".join([str(i), *(f"{v:.2f}" for v in values)]))
         else:
             lines.append(f"{i}\terror: {r['message']}")
-    sys.stdout.write("\n".join(lines) + "\n")
+    _out("\n".join(lines) + "\n")
     sys.stdout.flush()
     _print_total(body, confidence_level)
 
@@ -545,11 +592,11 @@ def models(data_dir: Optional[str] = DataDirOpt, url: Optional[str] = UrlOpt,
     else:
         service = _service(data_dir, existing=True)
         try:
-            entries = service.list_models()
+            entries = service.list_models() if service is not None else []
         except PredictorError as exc:
             _fail(exc.message)
     if as_json:
-        sys.stdout.write(orjson.dumps(entries, option=orjson.OPT_INDENT_2).decode() + "\n")
+        _out(orjson.dumps(entries, option=orjson.OPT_INDENT_2) + b"\n")
         return
     if not entries:
         console.print("no models: train one first (`train CONFIG`)")
@@ -569,8 +616,9 @@ def models(data_dir: Optional[str] = DataDirOpt, url: Optional[str] = UrlOpt,
 
 @app.command("table")
 def table_cmd(
-    model: str = typer.Argument(..., help="model_type/model_name/hardware/software_name/software_version ('*' for any part)."),
-    trace_file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Traces (.json, .jsonl or .csv, optionally .gz)."),
+    model: str = typer.Argument(..., metavar="MODEL", help="The model's five parts (above); '*' for any part."),
+    trace_file: Path = typer.Argument(..., exists=True, dir_okay=False, metavar="TRACE_FILE",
+                                      help="Traces (.json, .jsonl or .csv, optionally .gz)."),
     output: Optional[str] = typer.Option(None, "--output", "-o",
                                          help="Table name in the data directory's tables folder; offline, one holding a '/' is a path (./out.csv); default: from the model."),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="json or csv (default: from --output's suffix, which must be .json or .csv, optionally .gz; json without --output)."),
@@ -579,7 +627,10 @@ def table_cmd(
     url: Optional[str] = UrlOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the raw JSON answer."),
 ):
-    """Predict every trace of a file and write a lookup table."""
+    """Predict every trace of a file and write a lookup table.
+
+    MODEL is model_type/model_name/hardware/software_name/software_version.
+    """
     pattern = _parse_key(model)
     if fmt is not None and fmt not in ("json", "csv"):
         _fail("--format is json or csv")
@@ -596,7 +647,7 @@ def table_cmd(
             if output.endswith(("/", os.sep)) or out_path.is_dir():
                 _fail(f"--output {output!r} is a directory: name the table file in it "
                       f"({str(out_path / ('table.' + (fmt or 'csv')))!r})")
-        service = _service(data_dir, existing=True)
+        service = _service(data_dir, existing=True) or _no_models(data_dir)
         _predict_on_one_blas_thread()
         total = _count_records(trace_file)
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} traces" if total else "{task.completed:,} traces"),
@@ -615,7 +666,7 @@ def table_cmd(
         if out_path is not None:
             _as_created_here(Path(result["path"]))
     if as_json:
-        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+        _out(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
         return
     console.print(f"wrote {_count(result['rows'], 'record')} to {escape(str(result['path']))} in "
                   f"{result.get('duration_seconds', 0):.1f}s"
@@ -663,6 +714,12 @@ def main() -> None:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the process's stdout, open until it ends
     try:
         app()
+    except _ReaderGone:
+        # As a Unix tool killed by SIGPIPE (`seq 1000000 | head -1`): no message, and the
+        # status 128 + SIGPIPE, where the reader's own decides a pipeline's without pipefail.
+        with contextlib.suppress(OSError):  # the interpreter's last flush of stdout would fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(128 + signal.SIGPIPE) from None
     except OSError as exc:  # (a file the command names is in the error: stdout is none)
         where = str(exc.filename) if exc.filename else "writing the output"
         err_console.print(f"[bold red]error:[/] {escape(exc.strerror or str(exc))} ({escape(where)})", soft_wrap=True)

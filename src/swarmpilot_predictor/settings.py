@@ -107,6 +107,21 @@ class PredictorSettings(BaseSettings):
             raise ValueError("must name a directory; empty, it would be the working directory")
         return v
 
+    @field_validator("default_lookup_table")
+    @classmethod
+    def _default_table_can_be_a_table(cls, v: str | None) -> str | None:
+        # A file that is missing yet may be generated later (and is then loaded); a name that
+        # no table file can have is a mistake now, refused at start as other wrong values are.
+        if v is None:
+            return v
+        from .traces import TRACE_FILE_KINDS, trace_file_format  # (numpy: not for every command's start)
+
+        if not v.strip():
+            raise ValueError("is empty: name a table file, or unset the variable to serve without a default")
+        if trace_file_format(Path(v).name, stem_required=True) is None:
+            raise ValueError(f"{Path(v).name!r}: a lookup table is a {TRACE_FILE_KINDS} file")
+        return v
+
     @field_validator("log_level")
     @classmethod
     def _log_level(cls, v: str) -> str:
@@ -304,8 +319,10 @@ def settings_problem(exc: ValidationError, named: Mapping[str, str] | None = Non
     """One line naming each bad variable, for a service that cannot start; ``named`` renames
     variables (to the command-line flag that set one)."""
     def name(loc: tuple) -> str:
-        field = str(loc[0]) if loc else "settings"
-        variable = "DEFAULT_LOOKUP_TABLE" if field == "default_lookup_table" else "PREDICTOR_" + field.upper()
+        field = str(loc[0]).lower() if loc else "settings"  # (an alias's error is located by the alias)
+        variable = "PREDICTOR_" + field.upper()
+        if field == "default_lookup_table" and ("DEFAULT_LOOKUP_TABLE" in os.environ or variable not in os.environ):
+            variable = "DEFAULT_LOOKUP_TABLE"  # the seed's name, read first
         return (named or {}).get(variable, variable)
 
     def got(e: dict) -> str:
