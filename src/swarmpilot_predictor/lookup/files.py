@@ -295,6 +295,7 @@ def generate_table(
     t0 = time.perf_counter()
     generation = _TableGeneration(schema, model, levels, model_info, model_version, out_path, fmt, confidence_level)
     try:
+        generation.start()
         for chunk in _chunks(traces, chunk_size):
             generation.add(chunk)
             if max_rows and generation.rows > max_rows:
@@ -365,11 +366,17 @@ class _TableGeneration:
         self.identity_row = [info["type"], info["name"], info["hardware"], info["software_name"],
                              info["software_version"]]
         self.identity = ModelIdentity(*self.identity_row)
-        self.writer: JsonTableWriter | CsvTableWriter | None = JsonTableWriter(out_path) if fmt == "json" else None
+        # Opened by start(), in generate_table's try: a folder gone is a StorageError there.
+        self.writer: JsonTableWriter | CsvTableWriter | None = None
         self.id_cols: list[str] = []  # a CSV table's: the id keys its first chunk's traces hold
         self.seen = self.failed = self.added_repeats = 0
         self.samples: list[str] = []
         self.repeats_stored: set[bytes] = set()  # the feature rows whose repeat answer was added
+
+    def start(self) -> None:
+        """Open a JSON table's file (a CSV table's waits for its first chunk: its id columns)."""
+        if self.fmt == "json":
+            self.writer = JsonTableWriter(self.out_path)
 
     @property
     def rows(self) -> int:
