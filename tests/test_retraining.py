@@ -1273,3 +1273,19 @@ def test_the_worker_holds_one_model_and_forgets_each_ones_accuracy_after_its_job
         package.handlers[:] = handlers
         package.setLevel(level)
         package.propagate = propagate
+
+
+def test_a_deleted_model_is_forgotten_by_the_retrainer(tmp_path):
+    # Its lock and its last retraining stayed, one entry for every model ever retrained.
+    svc = _service(tmp_path, min_new_observations=10)
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    identity = svc.registry.identities()[0]
+    svc.observe(IDENTITY, _shifted(60, 1.6, seed=3))
+    svc.retrain(pattern)
+    assert identity in svc.retrainer._model_locks
+    svc.delete_model(pattern)
+    assert identity not in svc.retrainer._model_locks and identity not in svc.retrainer._running
+    # Trained again under the name, it retrains as a new model would.
+    svc.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(300), algorithm="linear"))
+    svc.observe(IDENTITY, _shifted(60, 1.6, seed=4))
+    assert svc.retrain(pattern)["status"] != "skipped"

@@ -524,6 +524,18 @@ class Retrainer:
             self._running[identity] = future
             return future
 
+    def forget(self, identity: ModelIdentity) -> None:
+        """Drop what is kept per model for ``identity``, deleted: an entry a model ever
+        retrained, which a service that trains and deletes many models accumulated.
+
+        A retraining of it under way keeps the lock it holds and runs on; it cannot store a
+        version of the deleted model (the registry refuses a version built from a deleted one),
+        and a model trained again under the name starts with a lock of its own.
+        """
+        with self._lock:
+            self._running.pop(identity, None)
+            self._model_locks.pop(identity, None)
+
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
         if self.worker is not None:

@@ -956,6 +956,7 @@ class PredictorService:
             self.observations.delete(identity)
             self.monitor.forget(identity)
             self.retrainer.decisions.delete(identity)
+            self.retrainer.forget(identity)
             self.metrics.forget_model(identity.key)
             with self._count_lock:
                 self.prediction_counts.pop(identity, None)
