@@ -135,12 +135,17 @@ class WorkerExecutor(ProcessPoolExecutor):
         # The job whose time limit this pool was stopped for, if it was: the worker may have
         # started the next job a moment before, which was not what ran too long.
         self.stopped_for: str | None = None
+        # The worker processes started, kept here: the pool forgets a broken one's as it
+        # cleans up, which raced how_it_died ("its end unknown" for a worker that exited 1).
+        self._workers: dict[int, multiprocessing.process.BaseProcess] = {}
 
     def submit_numbered(self, fn: Callable[..., Any], *args: Any) -> tuple[Future, int]:
         """``submit(fn, *args)``, and the job's number for :meth:`ran` (1, 2, ... in order)."""
         with self._numbering:
             number = next(self._numbers)
-            return self.submit(_run_counted, fn, *args), number
+            future = self.submit(_run_counted, fn, *args)
+            self._workers.update(self._processes or {})  # (started by submit, the pool's first)
+            return future, number
 
     def ran(self, number: int) -> bool:
         """Whether the job numbered ``number`` was the one the worker started last."""
@@ -149,7 +154,7 @@ class WorkerExecutor(ProcessPoolExecutor):
     def how_it_died(self, wait: float = 1.0) -> str:
         """How the dead worker ended ("killed by SIGKILL", "exited with status 1"), waiting up
         to ``wait`` seconds for it to be gone; "" if it was not."""
-        for proc in list(self._processes.values()):
+        for proc in list({**self._workers, **(self._processes or {})}.values()):
             proc.join(wait)  # its pipe closes as it exits, a moment before its status is there
             code = proc.exitcode
             if code is None:
