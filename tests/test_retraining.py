@@ -1289,3 +1289,80 @@ def test_a_deleted_model_is_forgotten_by_the_retrainer(tmp_path):
     svc.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(300), algorithm="linear"))
     svc.observe(IDENTITY, _shifted(60, 1.6, seed=4))
     assert svc.retrain(pattern)["status"] != "skipped"
+def test_a_retraining_whose_worker_cannot_be_started_fails_503_logged_and_waits_and_the_next_runs(tmp_path,
+                                                                                                  monkeypatch):
+    # As a training's does (test_training): a spawn refused under load escaped as a bare
+    # OSError, a 500 with no decision logged, and the next /observe tried again at once.
+    from swarmpilot_predictor import workers
+
+    svc = _worker_service(tmp_path)
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    identity = svc.registry.resolve(pattern)
+    svc.observe(IDENTITY, _shifted(200, 2.0, seed=40))
+
+    def refused(self):
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(workers.WorkerPool, "get", refused)
+    with pytest.raises(PredictorError) as err:
+        svc.retrain(pattern)
+    assert err.value.status_code == 503
+    assert err.value.message.startswith("the retraining worker could not be started (BlockingIOError: [Errno 11]")
+    (failed,) = svc.accuracy(pattern)["retraining"]
+    assert failed["status"] == "failed" and failed["message"] == err.value.message and failed["from_version"] == 1
+    assert failed["next_try"]["observations"] > 200 and svc.retrainer.due(identity, 1) is None
+    assert svc.metrics.retraining_runs.labels("failed")._value.get() == 1
+    monkeypatch.undo()
+    assert svc.retrain(pattern)["status"] == "retrained"  # nothing left "under way"
+
+
+def test_a_retraining_sent_to_a_pool_shut_down_under_it_runs_on_a_fresh_worker(tmp_path):
+    # A pool shut down between a caller's taking it and its job (a time limit's stop, a reset
+    # after a crash) read "the service is stopping", a 503, though the service was not.
+    svc = _worker_service(tmp_path)
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    svc.observe(IDENTITY, _shifted(200, 2.0, seed=40))
+    assert svc.retrain(pattern)["status"] == "retrained"
+    old = svc.retrainer.worker.pool
+    (pid,) = old._processes
+    old.shutdown(wait=True)
+    svc.observe(IDENTITY, _shifted(200, 2.0, seed=42))
+    decision = svc.retrain(pattern)
+    assert decision["status"] in ("retrained", "kept") and decision["from_version"] == 2
+    assert svc.retrainer.worker.pool is not old and list(svc.retrainer.worker.pool._processes) != [pid]
+
+
+def test_forgetting_a_model_drops_its_retraining_state_without_breaking_one_under_way(tmp_path, monkeypatch):
+    # A model deleted (PredictorService.delete_model) left its lock and its last retraining in
+    # the retrainer for good: an entry for every model ever retrained.
+    from swarmpilot_predictor import retraining
+
+    svc = _service(tmp_path, auto_retrain=True)
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    identity = svc.registry.resolve(pattern)
+    fitting, go_on = threading.Event(), threading.Event()
+    real_fit = retraining.QuantileModel.fit
+
+    def held_fit(model, *args, **kwargs):
+        fitting.set()
+        assert go_on.wait(60)
+        return real_fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(retraining.QuantileModel, "fit", held_fit)
+    svc.observe(IDENTITY, _shifted(200, 2.0, seed=40))
+    running = svc.retrainer._running[identity]
+    assert fitting.wait(60)
+    assert identity in svc.retrainer._model_locks and svc.retrainer.decisions.last(identity) is None
+    svc.retrainer.forget(identity)
+    assert identity not in svc.retrainer._model_locks and identity not in svc.retrainer._running
+    go_on.set()
+    # The retraining under way ends as it would have, releasing the lock it took.
+    assert running.result(timeout=60)["status"] == "retrained"
+    assert identity not in svc.retrainer._model_locks
+    assert svc.retrainer.decisions.last(identity)["status"] == "retrained"
+    assert identity in svc.retrainer.decisions._last
+    svc.retrainer.forget(identity)
+    assert identity not in svc.retrainer.decisions._last
+    monkeypatch.undo()
+    svc.observe(IDENTITY, _shifted(200, 2.0, seed=42))
+    assert svc.retrain(pattern)["from_version"] == 2  # a retraining after it makes a lock of its own

@@ -22,8 +22,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,8 @@ from .modeling.stored import finite_number
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog
 from .registry import LoadedModel, ModelRegistry, ModelVersion
 from .traces import dumps_json, read_json_lines
-from .workers import WorkerExecutor, WorkerPool, server_gone, spawning, stopped_for_time
+from .workers import (CouldNotStart, Failed, Finished, ShutDown, TimedOut, WorkerDied, WorkerPool, server_gone,
+                      stopped_for_time)
 
 log = logging.getLogger(__name__)
 
@@ -316,6 +316,10 @@ class DecisionLog:
 
     def delete(self, identity: ModelIdentity) -> None:
         self._path(identity).unlink(missing_ok=True)
+        self.forget(identity)
+
+    def forget(self, identity: ModelIdentity) -> None:
+        """Let go of the newest decisions of ``identity`` kept in memory (its file stays)."""
         self._last.pop(identity, None)
 
     @contextmanager
@@ -525,16 +529,21 @@ class Retrainer:
             return future
 
     def forget(self, identity: ModelIdentity) -> None:
-        """Drop what is kept per model for ``identity``, deleted: an entry a model ever
-        retrained, which a service that trains and deletes many models accumulated.
-
-        A retraining of it under way keeps the lock it holds and runs on; it cannot store a
-        version of the deleted model (the registry refuses a version built from a deleted one),
-        and a model trained again under the name starts with a lock of its own.
-        """
+        """Let go of what this retrainer keeps of ``identity`` (its lock, its last scheduled
+        retraining, its newest decisions): for a deleted model, so that they do not keep an
+        entry for every model ever retrained. Safe while a retraining of it runs."""
+        # The lock is dropped even while held: the retraining under way keeps its own reference
+        # and releases it as it ends. Kept until then, the entry would stay for good where the
+        # model is never asked again, the growth this is for. A retraining asked meanwhile makes
+        # a lock of its own instead of answering "under way" at once; it is still kept from
+        # running beside the first by what holds across processes (the decision log's file lock,
+        # the one retraining worker), and where the model was deleted the two cannot land over
+        # each other: the deleted model's numbers are never given again (the registry's
+        # tombstones), and a version is stored only as its parent's successor (``after``).
         with self._lock:
-            self._running.pop(identity, None)
             self._model_locks.pop(identity, None)
+            self._running.pop(identity, None)
+        self.decisions.forget(identity)
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -981,13 +990,21 @@ class Retrainer:
 
 
 class WorkerLost(PredictorError):
-    """The retraining worker process died (or was stopped) before it answered."""
+    """The retraining worker's answer never came: it died, was stopped, could not be started,
+    or its answer could not be read."""
 
     status_code = 500
 
     def __init__(self, message: str, stopping: bool = False):
         super().__init__(message)
         self.stopping = stopping
+
+
+class WorkerNotStarted(WorkerLost):
+    """No retraining worker could be started (a spawn refused under load): a 503, as a
+    training's is, logged as a failed try that waits as any does."""
+
+    status_code = 503
 
 
 class RetrainingTimedOut(WorkerLost):
@@ -1016,70 +1033,45 @@ class RetrainingWorker:
         # Seconds a retraining may take, from the time it is sent to the worker (0: no limit):
         # one that never ends would hold every later retraining of every model, for good.
         self.timeout = float(timeout)
-        self._workers = WorkerPool(priority)
-        self._lock = threading.Lock()
+        self._workers = WorkerPool("retraining", priority)
         self._job_lock = threading.Lock()
-        self._closed = False
 
     def run(self, identity: ModelIdentity, reason: str, version: int) -> dict[str, Any]:
         """Retrain ``version`` of ``identity`` in the worker and wait for it: ``decision``
         (``retrain``'s answer), ``decisions`` (those it logged), ``error`` (where it raised,
         as ``status_code``, ``message`` and ``field``; else None) and ``log``, its log lines
-        (logger name, level, text)."""
-        args = (_retrain_job, self.config, identity.as_dict(), reason, version)
+        (logger name, level, text). Raises :class:`WorkerLost` where no answer came back."""
         # One job in the pool at a time, so that a worker that dies was running the job that
         # learns of it: one queued behind it, never started, failed with it (and waited, as
         # after a failed try, for new evidence it did not need).
         with self._job_lock:
-            for attempt in (1, 2):
-                pool = None
-                try:
-                    pool = self._executor()
-                    with spawning():
-                        future, number = pool.submit_numbered(*args)
-                except BrokenProcessPool:  # its idle worker died: a fresh one takes the job
-                    self._workers.stop(pool)
-                    if attempt == 1 and not self._closed:
-                        continue
-                    raise WorkerLost("the retraining worker process could not be started", self._closed) from None
-                except RuntimeError:  # shut down meanwhile
-                    raise WorkerLost("the service is stopping", stopping=True) from None
-                try:
-                    return future.result(timeout=self.timeout or None)
-                except TimeoutError:
-                    log.warning("a retraining of %s ran past %g s (PREDICTOR_TRAINING_TIMEOUT_S): stopping its worker",
-                                identity.key, self.timeout)
-                    self._workers.stop(pool)
-                    if self._closed:
-                        raise WorkerLost("the service is stopping", stopping=True) from None
-                    raise RetrainingTimedOut.after(self.timeout) from None
-                except (BrokenProcessPool, CancelledError):
-                    ran = pool.ran(number)
-                    message = pool.death("retraining") if ran and not self._closed else ""
-                    self._workers.stop(pool)
-                    if self._closed:  # stopped with the service, not dead
-                        raise WorkerLost("the service is stopping", stopping=True) from None
-                    if not ran and attempt == 1:  # it died idle, before it took the job: a fresh one takes it
-                        continue
-                    raise WorkerLost(message or pool.death("retraining")) from None
-        raise AssertionError("unreachable")
+            outcome = self._workers.call(_retrain_job, self.config, identity.as_dict(), reason, version,
+                                         timeout=self.timeout)
+        match outcome:
+            case Finished(value=out):
+                return out
+            case TimedOut():
+                log.warning("a retraining of %s ran past %g s (PREDICTOR_TRAINING_TIMEOUT_S): its worker was stopped",
+                            identity.key, self.timeout)
+                raise RetrainingTimedOut.after(self.timeout)
+            case ShutDown():
+                raise WorkerLost("the service is stopping", stopping=True)
+            case WorkerDied(message=message):
+                raise WorkerLost(message)
+            case CouldNotStart(reason=why):
+                raise WorkerNotStarted(f"the retraining worker could not be started ({why}): retry later")
+            case Failed(error=exc):
+                raise WorkerLost(f"retraining failed: {type(exc).__name__}: {exc}")
+        raise AssertionError(f"unexpected outcome {outcome!r}")  # (call gives a fresh worker what was not started)
 
     @property
     def pool(self) -> ProcessPoolExecutor | None:
         """The worker's pool (None before the first retraining and once stopped)."""
         return self._workers.pool
 
-    def _executor(self) -> WorkerExecutor:
-        with self._lock:
-            if self._closed:
-                raise WorkerLost("the service is stopping", stopping=True)
-            return self._workers.get()
-
     def shutdown(self) -> None:
         """Stop the worker now; a retraining under way is abandoned, storing nothing."""
-        with self._lock:
-            self._closed = True
-        self._workers.stop()
+        self._workers.close()
 
 
 class _KeptLog(logging.Handler):
@@ -1147,6 +1139,7 @@ def _retrain_job(config: dict[str, Any], identity: dict[str, str], reason: str, 
             retrainer.on_decision = None
             # Read again from the log by the next job: the service may delete the model meanwhile.
             retrainer.monitor.forget(model)
+            retrainer.forget(model)  # (one job at a time here: none runs beside it)
     except PredictorError as exc:
         out["error"] = {"status_code": exc.status_code, "message": exc.message, "field": exc.field}
     except Exception as exc:  # noqa: BLE001 - as a 500 in the service, with what it was

@@ -9,6 +9,7 @@ idle) the CPU that predictions want.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import math
@@ -18,8 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,8 @@ from .registry import MODEL_DIGEST, ModelRegistry, ModelVersion
 from .settings import JOBS_FOLDER
 from .schemas import TrainConfig, TrainRequest, check_envelope, parse_json_body
 from .traces import RUNTIME_RANGE, TRACE_FILE_KINDS, TraceError, TraceTable, dumps_json, trace_file_format
-from .workers import WorkerExecutor, WorkerPool, server_gone, spawning, stopped_for_time
+from .workers import (CouldNotStart, Failed, Finished, NotStarted, Outcome, ShutDown, StoppedForAnother, Submitted,
+                      TimedOut, WorkerDied, WorkerExecutor, WorkerPool, server_gone, stopped_for_time)
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[int], None]
@@ -421,6 +422,23 @@ def landing_note(records_dir: Path, job_id: str) -> Path:
     return records_dir / f"{job_id}{_LANDING}"
 
 
+def _failure(status: int, message: str) -> dict[str, Any]:
+    """A job's outcome as its worker reports a failure (see :func:`_train_job`)."""
+    return {"ok": False, "error": {"status_code": status, "message": message}}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """A training taken: its record (kept up to date, and stored), what its worker is given,
+    what to run once it ends, and its caller's answer."""
+
+    id: str
+    record: dict[str, Any]
+    args: tuple[Any, ...]  # _train_job's
+    cleanup: Callable[[], None] | None
+    done: Future
+
+
 class TrainingJobs:
     """Training in one separate worker process, with job records and a time limit.
 
@@ -447,7 +465,7 @@ class TrainingJobs:
         self.on_success = on_success
         self.on_failure = on_failure
         self.keep = keep
-        self._workers = WorkerPool(priority)
+        self._workers = WorkerPool("training", priority)
         self._lock = threading.Lock()
         self.jobs: dict[str, dict[str, Any]] = {}
         # Each record is also written to this folder, so that any worker process can answer for
@@ -474,9 +492,6 @@ class TrainingJobs:
     def _pool(self) -> WorkerExecutor | None:
         return self._workers.pool
 
-    def _executor(self) -> WorkerExecutor:
-        return self._workers.get()
-
     def submit(self, config: TrainConfig, uploads: dict[str, Path] | None = None,
                cleanup: Callable[[], None] | None = None) -> tuple[str, Future]:
         """Queue a training; returns the job id and a future of its result dict (or PredictorError)."""
@@ -494,6 +509,18 @@ class TrainingJobs:
                 cleanup: Callable[[], None] | None) -> tuple[str, Future]:
         job_id = uuid.uuid4().hex[:16]
         record: dict[str, Any] = {"job_id": job_id, "status": "queued", "submitted_at": time.time()}
+        self._take(record)
+        self._prune_records()
+        args = (str(self.data_dir), payload, raw, {k: str(v) for k, v in (uploads or {}).items()}, job_id)
+        job = _Job(job_id, record, args, cleanup, Future())
+        self._enqueue(job)
+        self._start(job)
+        self._watch_time()
+        return job_id, job.done
+
+    def _take(self, record: dict[str, Any]) -> None:
+        """Keep ``record`` among the jobs, or refuse the training (503 while stopping, 429 with
+        the queue full)."""
         with self._lock:
             if self._stopping or self._closing:
                 # Taken, it would be cut short by the stop under way and read failed after it
@@ -505,129 +532,124 @@ class TrainingJobs:
                 n = len(self._pending)
                 raise TooBusy(f"{n} training{' is' if n == 1 else 's are'} already queued or running in this worker, "
                               "the most it takes (PREDICTOR_MAX_QUEUED_TRAININGS): retry when one has finished")
-            self.jobs[job_id] = record
+            self.jobs[record["job_id"]] = record
             for old in list(self.jobs)[: max(0, len(self.jobs) - self.keep)]:
                 if self.jobs[old]["status"] in ("succeeded", "failed"):
                     del self.jobs[old]
-        self._prune_records()
-        done: Future = Future()
-        args = (_train_job, str(self.data_dir), payload, raw, {k: str(v) for k, v in (uploads or {}).items()}, job_id)
+
+    def _enqueue(self, job: _Job) -> None:
         with self._lock:
-            self._pending.append(job_id)
+            self._pending.append(job.id)
             self._pending_changed()
-            if self._pending[0] == job_id:
-                record.update(status="running", started_at=time.time())
-            self._store(record)
+            if self._pending[0] == job.id:
+                job.record.update(status="running", started_at=time.time())
+            self._store(job.record)
 
-        def run() -> None:
-            pool = self._executor()
+    def _start(self, job: _Job, resent: bool = False) -> None:
+        """Give ``job`` to the worker; it ends in :meth:`_ended`, on the pool's manager thread
+        (at once, in this one, if it could not be given)."""
+        sent = self._workers.submit(_train_job, *job.args, resent=resent)
+        if isinstance(sent, Submitted):
+            sent.future.add_done_callback(lambda _: self._ended(job, sent))
+        else:
+            self._ended(job, sent)
+
+    def _ended(self, job: _Job, sent: Submitted | Outcome) -> None:
+        """End ``job`` (or give it to a fresh worker) by what became of its call: whatever
+        happens, here, for a job left in the queue held a place for good (past
+        PREDICTOR_MAX_QUEUED_TRAININGS such, every training was a 429) and read "running"."""
+        try:
+            outcome = (self._workers.outcome(sent, timed_out=job.id in self._timed_out)
+                       if isinstance(sent, Submitted) else sent)
+            out = self._answer(job, outcome)
+        except Exception as exc:  # noqa: BLE001 - reported to the caller, never raised in the pool thread
+            log.exception("training job %s failed", job.id)
+            out = _failure(500, f"training failed: {type(exc).__name__}: {exc}")
+        if out is not None:
+            self._conclude(job, out)
+
+    def _answer(self, job: _Job, outcome: Outcome) -> dict[str, Any] | None:
+        """What ``job`` answers for ``outcome``; None where it was given to a fresh worker."""
+        match outcome:
+            case Finished(value=out):
+                return out
+            case Failed(error=exc):
+                log.error("training job %s failed", job.id, exc_info=exc)
+                return _failure(500, f"training failed: {type(exc).__name__}: {exc}")
+            case ShutDown():
+                return self._cut_short(job.id, 503, "the service stopped before the job finished")
+            case TimedOut():
+                return self._cut_short(job.id, 422, stopped_for_time("training", self.timeout, "train on fewer rows or "
+                                                                     "groups, or with fewer boosting rounds"))
+            case StoppedForAnother() if landing_note(self.records_dir, job.id).exists():
+                return self._cut_short(job.id, 503, "the training worker was stopped, for the training before this "
+                                                    "one, which ran past PREDICTOR_TRAINING_TIMEOUT_S, just after "
+                                                    "this one began: send it again")
+            case WorkerDied(message=message):
+                return self._cut_short(job.id, 500, message)
+            case CouldNotStart(reason=reason):
+                log.warning("training job %s: its worker could not be started: %s", job.id, reason)
+                return _failure(503, f"the training worker could not be started ({reason}): send the training "
+                                     "again, or to another instance")
+            case NotStarted() | StoppedForAnother():
+                # Never started (queued behind the job that took the worker down, or sent to a
+                # worker that had just died idle), or begun just as its worker was stopped for the
+                # job before it, with nothing stored: a fresh worker runs it, in its turn. A job
+                # queued behind several that die is given again after each: no count of tries
+                # limits it (the pool gives up on workers that die before they begin anything).
+                self._start(job, resent=True)
+                return None
+        raise AssertionError(f"unknown outcome {outcome!r}")
+
+    def _conclude(self, job: _Job, out: dict[str, Any]) -> None:
+        """End ``job`` with ``out``: its record, its place in the queue, its caller's answer."""
+        self._leave_queue(job.id)
+        if job.cleanup is not None:
+            job.cleanup()
+        job.record["finished_at"] = time.time()
+        if out["ok"]:
+            self._succeeded(job, out["result"])
+        else:
+            self._failed(job, out["error"])
+
+    def _leave_queue(self, job_id: str) -> None:
+        """Take the ended ``job_id`` out of the queue; the next job, if any, reads running."""
+        with self._lock:
+            self._timed_out.discard(job_id)  # (marked as it finished on its own)
+            if job_id in self._pending:
+                self._pending.remove(job_id)
+                self._pending_changed()
+            # Once the service is stopping, the queued jobs never start: they keep no started_at.
+            nxt = self.jobs.get(self._pending[0]) if self._pending and not self._closing else None
+            if nxt is not None and nxt["status"] == "queued":
+                nxt.update(status="running", started_at=time.time())
+                self._store(nxt)
+
+    def _succeeded(self, job: _Job, result: dict[str, Any]) -> None:
+        record = job.record
+        record["model_key"] = result["model_key"]
+        if self.on_success is not None:
             try:
-                with spawning():
-                    inner, number = pool.submit_numbered(*args)
-            except (BrokenProcessPool, RuntimeError):
-                # Its worker died just now, or the pool was shut down meanwhile (the timeout's
-                # watchdog, a reset after a crash): a fresh one takes the job.
-                self._stop_pool(pool)
-                pool = self._executor()
-                with spawning():
-                    inner, number = pool.submit_numbered(*args)
-            inner.add_done_callback(lambda f: finish(f, pool, number))
+                self.on_success(result)
+            except Exception:  # noqa: BLE001 - the version is stored; the caller still gets its answer
+                log.exception("training job %s: indexing the new version failed", job.id)
+        record.update(status="succeeded", result=result)
+        if self._store(record):
+            # Read back from its file when asked: a group_by job's result lists every
+            # model (9 MB for 2,000 groups), and a thousand such records were kept here.
+            del record["result"]
+            landing_note(self.records_dir, job.id).unlink(missing_ok=True)  # the record says it all now
+        job.done.set_result(result)
 
-        def start() -> None:
-            # A job that cannot be started must still end: left in the queue it held a place
-            # for good (past PREDICTOR_MAX_QUEUED_TRAININGS such, every training was a 429), and
-            # read "running" until the timeout's watchdog stopped the worker of the job behind it.
-            try:
-                run()
-            except Exception as exc:  # noqa: BLE001 - the job's error, answered to its caller
-                log.warning("training job %s: its worker could not be started: %s: %s", job_id, type(exc).__name__, exc)
-                conclude({"ok": False, "error": {
-                    "status_code": 503,
-                    "message": f"the training worker could not be started ({type(exc).__name__}: {exc}): send the "
-                               "training again, or to another instance"}})
-
-        def finish(f: Future, pool: WorkerExecutor, number: int) -> None:
-            # Runs on the pool's manager thread: whatever happens, the job must end here
-            # (or be queued again on a fresh worker).
-            try:
-                out = f.result()
-            except (BrokenProcessPool, CancelledError):
-                if self._closing:
-                    out = self._cut_short(job_id, 503, "the service stopped before the job finished")
-                elif job_id in self._timed_out:
-                    out = self._cut_short(job_id, 422, stopped_for_time("training", self.timeout, "train on fewer rows or "
-                                                                        "groups, or with fewer boosting rounds"))
-                elif pool.stopped_for is not None:
-                    # Stopped for the job before it, which ran too long: this one had just
-                    # started, if at all. With nothing stored, a fresh worker runs it anew.
-                    if not landing_note(self.records_dir, job_id).exists():
-                        start()
-                        return
-                    out = self._cut_short(job_id, 503, "the training worker was stopped, for the training before this "
-                                                       "one, which ran past PREDICTOR_TRAINING_TIMEOUT_S, just after "
-                                                       "this one began: send it again")
-                elif pool.ran(number):
-                    # The worker died running this job (how, read before the stop reaps it); the
-                    # pool is stopped from another thread (this one is the pool's own manager
-                    # thread, which cannot wait for itself).
-                    message = pool.death("training")
-                    threading.Thread(target=self._stop_pool, args=(pool,), name="training-pool-reset",
-                                     daemon=True).start()
-                    out = self._cut_short(job_id, 500, message)
-                else:
-                    # Never started (queued behind the job that took the worker down, or sent
-                    # to a worker that had just died idle): a fresh worker takes it, in its turn.
-                    start()
-                    return
-            except Exception as exc:  # noqa: BLE001 - reported to the caller, never raised in the pool thread
-                log.exception("training job %s failed", job_id)
-                out = {"ok": False, "error": {"status_code": 500, "message": f"training failed: {type(exc).__name__}: {exc}"}}
-            conclude(out)
-
-        def conclude(out: dict[str, Any]) -> None:
-            """End the job with ``out``: its record, its place in the queue, its caller's answer."""
-            with self._lock:
-                self._timed_out.discard(job_id)  # (marked as it finished on its own)
-                if job_id in self._pending:
-                    self._pending.remove(job_id)
-                    self._pending_changed()
-                # Once the service is stopping, the queued jobs never start: they keep no started_at.
-                nxt = self.jobs.get(self._pending[0]) if self._pending and not self._closing else None
-                if nxt is not None and nxt["status"] == "queued":
-                    nxt.update(status="running", started_at=time.time())
-                    self._store(nxt)
-            if cleanup is not None:
-                cleanup()
-            record["finished_at"] = time.time()
-            if out["ok"]:
-                result = out["result"]
-                record["model_key"] = result["model_key"]
-                if self.on_success is not None:
-                    try:
-                        self.on_success(result)
-                    except Exception:  # noqa: BLE001 - the version is stored; the caller still gets its answer
-                        log.exception("training job %s: indexing the new version failed", job_id)
-                record.update(status="succeeded", result=result)
-                if self._store(record):
-                    # Read back from its file when asked: a group_by job's result lists every
-                    # model (9 MB for 2,000 groups), and a thousand such records were kept here.
-                    del record["result"]
-                    landing_note(self.records_dir, job_id).unlink(missing_ok=True)  # the record says it all now
-                done.set_result(result)
-            else:
-                err = out["error"]
-                if self.on_failure is not None:
-                    self.on_failure(err)
-                record.update(status="failed", error=err)
-                if self._store(record):
-                    landing_note(self.records_dir, job_id).unlink(missing_ok=True)
-                exc = PredictorError(err["message"], err.get("field"))
-                exc.status_code = err["status_code"]
-                done.set_exception(exc)
-
-        start()
-        self._watch_time()
-        return job_id, done
+    def _failed(self, job: _Job, err: dict[str, Any]) -> None:
+        if self.on_failure is not None:
+            self.on_failure(err)
+        job.record.update(status="failed", error=err)
+        if self._store(job.record):
+            landing_note(self.records_dir, job.id).unlink(missing_ok=True)
+        exc = PredictorError(err["message"], err.get("field"))
+        exc.status_code = err["status_code"]
+        job.done.set_exception(exc)
 
     def _watch_time(self) -> None:
         """Start the thread that stops a training running past ``timeout`` (once, if there is one)."""
@@ -803,7 +825,7 @@ class TrainingJobs:
         """Stop the worker now, for good; a training in progress is abandoned (its version is
         never half-written), and it and the queued jobs read failed with a 503."""
         self._closing = True
-        self._stop_pool()
+        self._workers.close()
 
     def _stop_pool(self, pool: ProcessPoolExecutor | None = None) -> None:
         """Stop ``pool`` (default: the current one); a later job starts a fresh one."""

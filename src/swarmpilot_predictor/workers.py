@@ -7,6 +7,7 @@ death fails only the job it was running) and exits once its server is gone.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import itertools
 import logging
@@ -16,7 +17,8 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import Any
 
@@ -151,6 +153,10 @@ class WorkerExecutor(ProcessPoolExecutor):
         """Whether the job numbered ``number`` was the one the worker started last."""
         return self._started.get_value() == number
 
+    def started_none(self) -> bool:
+        """Whether the worker has started no job yet."""
+        return self._started.get_value() == 0
+
     def how_it_died(self, wait: float = 1.0) -> str:
         """How the dead worker ended ("killed by SIGKILL", "exited with status 1"), waiting up
         to ``wait`` seconds for it to be gone; "" if it was not."""
@@ -175,23 +181,195 @@ class WorkerExecutor(ProcessPoolExecutor):
         return message
 
 
+@dataclasses.dataclass(frozen=True)
+class Submitted:
+    """A call given to the worker: the pool it went to, its future there and its number
+    (see :meth:`WorkerExecutor.ran`); ``resent``: given again, after a worker lost it
+    before it began."""
+
+    pool: WorkerExecutor
+    future: Future
+    number: int
+    resent: bool = False
+
+
+# What became of a call (see WorkerPool.outcome), one class each, to match on.
+
+@dataclasses.dataclass(frozen=True)
+class Finished:
+    """The call returned ``value``."""
+
+    value: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Failed:
+    """The call raised ``error``, or its answer could not come back (it could not be pickled)."""
+
+    error: BaseException
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerDied:
+    """The worker died running the call; ``message`` says how (:meth:`WorkerExecutor.death`)."""
+
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class NotStarted:
+    """The worker was lost before it began the call (it died running an earlier one, or idle):
+    a fresh one may run it, given it again (``resent``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TimedOut:
+    """The worker was stopped because the call ran past its time limit."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StoppedForAnother:
+    """The worker was stopped for the time limit of the call before this one, which it may
+    have begun just before."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ShutDown:
+    """The pool was closed (the service is stopping) before the call ended."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CouldNotStart:
+    """No worker could be started to take the call; ``reason`` says why (``OSError: ...``)."""
+
+    reason: str
+
+
+Outcome = Finished | Failed | WorkerDied | NotStarted | TimedOut | StoppedForAnother | ShutDown | CouldNotStart
+
+
 class WorkerPool:
     """One worker process at a CPU priority of WORKER_PRIORITIES (see :func:`_init_worker`), spawned on first use
     (forked, it would inherit the server's threads and sockets): the pool in use
-    (``pool``, None until then and once stopped), and its stop."""
+    (``pool``, None until then and once stopped), its stop, and the calls sent to it
+    (:meth:`submit`, :meth:`outcome`, :meth:`call`), which the trainings and the
+    retrainings share so that both tell the same ends apart the same way.
 
-    def __init__(self, priority: str = "idle") -> None:
+    ``kind`` names the worker in what a call's failure says ("the training worker ...")."""
+
+    def __init__(self, kind: str, priority: str = "idle") -> None:
         if priority not in WORKER_PRIORITIES:
             raise ValueError(f"priority must be one of {', '.join(WORKER_PRIORITIES)}, not {priority!r}")
+        self.kind = kind
         self.priority = priority
         self.pool: WorkerExecutor | None = None
         self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called: no call is sent from then on."""
+        return self._closed
 
     def get(self) -> WorkerExecutor:
         with self._lock:
+            if self._closed:  # a fresh worker now would outlive the service's stop
+                raise RuntimeError(f"the {self.kind} worker is stopped for good")
             if self.pool is None:
                 self.pool = WorkerExecutor(self.priority)
             return self.pool
+
+    def submit(self, fn: Callable[..., Any], *args: Any, resent: bool = False) -> Submitted | CouldNotStart | ShutDown:
+        """Give ``fn(*args)`` to the worker; to a fresh one if the pool in use is broken (its
+        idle worker died just now) or was shut down meanwhile (a time limit's stop, a reset
+        after a crash)."""
+        error: BaseException | None = None
+        for _ in range(2):
+            if self._closed:
+                return ShutDown()
+            pool = None
+            try:
+                pool = self.get()
+                with spawning():
+                    future, number = pool.submit_numbered(fn, *args)
+                return Submitted(pool, future, number, resent)
+            except (BrokenProcessPool, RuntimeError) as exc:
+                error = exc
+                if pool is not None:
+                    self.stop(pool)
+            except Exception as exc:  # noqa: BLE001 - a spawn refused (EAGAIN, ENOMEM), a full disk's semaphore
+                error = exc
+                if pool is not None:
+                    # Its job is queued already: a later spawn that succeeded would run it,
+                    # for a caller told it failed.
+                    self.stop(pool)
+                break
+        return ShutDown() if self._closed else CouldNotStart(f"{type(error).__name__}: {error}")
+
+    def outcome(self, sent: Submitted, timed_out: bool = False) -> Outcome:
+        """What became of ``sent``, whose future is done. ``timed_out``: its caller stopped
+        the worker for this call's time limit (the training's watchdog)."""
+        try:
+            return Finished(sent.future.result(timeout=0))
+        except (BrokenProcessPool, CancelledError):
+            return self._lost(sent, timed_out)
+        except Exception as exc:  # noqa: BLE001 - told to the caller, never raised in the pool's thread
+            return Failed(exc)
+
+    def _lost(self, sent: Submitted, timed_out: bool) -> Outcome:
+        """Why the worker of ``sent`` was lost before it answered (see :meth:`outcome`)."""
+        pool = sent.pool
+        if self._closed:  # stopped with the service: not dead
+            return ShutDown()
+        if timed_out:
+            return TimedOut()
+        if pool.stopped_for is not None:
+            return StoppedForAnother()
+        if pool.ran(sent.number):
+            message = pool.death(self.kind)  # how, read before the stop reaps it
+            self._discard(pool)
+            return WorkerDied(message)
+        if sent.resent and pool.started_none():
+            # A second worker lost before it began anything: one that dies as it starts (its
+            # imports fail, say) would otherwise be replaced for good, the call never answered.
+            reason = f"its process {pool.how_it_died() or 'ended'} before it began the {self.kind}"
+            self._discard(pool)
+            return CouldNotStart(reason)
+        return NotStarted()
+
+    def _discard(self, pool: WorkerExecutor) -> None:
+        """Stop ``pool``: from another thread where this is its manager thread, which cannot
+        wait for itself (a call's done callback runs there)."""
+        if threading.current_thread() is getattr(pool, "_executor_manager_thread", None):
+            threading.Thread(target=self.stop, args=(pool,), name=f"{self.kind}-pool-reset", daemon=True).start()
+        else:
+            self.stop(pool)
+
+    def call(self, fn: Callable[..., Any], *args: Any, timeout: float = 0.0) -> Outcome:
+        """``fn(*args)`` run in the worker, waited for: at most ``timeout`` seconds from the
+        time it is sent (0: no limit), past which the worker is stopped (:class:`TimedOut`).
+        For a caller that sends one call at a time: one a worker lost before it began is given
+        to a fresh worker (given up on, :class:`CouldNotStart`, if that one too is lost
+        before it begins anything), so that :class:`NotStarted` never comes back."""
+        resent = False
+        while True:
+            sent = self.submit(fn, *args, resent=resent)
+            if not isinstance(sent, Submitted):
+                return sent
+            done, _ = wait([sent.future], timeout=timeout or None)
+            if not done:
+                self.stop(sent.pool)
+                return ShutDown() if self._closed else TimedOut()
+            outcome = self.outcome(sent)
+            if not isinstance(outcome, NotStarted):
+                return outcome
+            resent = True
+
+    def close(self) -> None:
+        """Stop the worker for good: a call under way ends :class:`ShutDown`, and none is sent after."""
+        with self._lock:
+            self._closed = True
+        self.stop()
 
     def stop(self, pool: ProcessPoolExecutor | None = None) -> None:
         """Stop ``pool`` (default: the one in use) now: its worker is killed, whatever it was
