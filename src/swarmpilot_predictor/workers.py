@@ -12,6 +12,7 @@ import gc
 import itertools
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import threading
@@ -137,8 +138,7 @@ class WorkerExecutor(ProcessPoolExecutor):
         # The job whose time limit this pool was stopped for, if it was: the worker may have
         # started the next job a moment before, which was not what ran too long.
         self.stopped_for: str | None = None
-        # The worker processes started, kept here: the pool forgets a broken one's as it
-        # cleans up, which raced how_it_died ("its end unknown" for a worker that exited 1).
+        # The worker processes started, kept here: the pool forgets them as it shuts down.
         self._workers: dict[int, multiprocessing.process.BaseProcess] = {}
 
     def submit_numbered(self, fn: Callable[..., Any], *args: Any) -> tuple[Future, int]:
@@ -161,8 +161,15 @@ class WorkerExecutor(ProcessPoolExecutor):
         """How the dead worker ended ("killed by SIGKILL", "exited with status 1"), waiting up
         to ``wait`` seconds for it to be gone; "" if it was not."""
         for proc in list({**self._workers, **(self._processes or {})}.values()):
+            deadline = time.monotonic() + wait
             proc.join(wait)  # its pipe closes as it exits, a moment before its status is there
             code = proc.exitcode
+            # The pool's manager thread joins it too: where that thread's waitpid reaped it
+            # first, this one's found no child and left the status unset, which that thread
+            # sets a moment later ("its end unknown" for a worker that exited 1).
+            while code is None and multiprocessing.connection.wait([proc.sentinel], 0) and time.monotonic() < deadline:
+                time.sleep(0.005)
+                code = proc.exitcode
             if code is None:
                 continue
             if code < 0:
