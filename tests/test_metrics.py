@@ -123,6 +123,39 @@ def test_models_in_memory_are_reported_as_they_load_not_only_at_a_scrape(tmp_pat
         service.close()
 
 
+def test_a_model_deleted_by_another_worker_leaves_this_ones_memory_at_its_next_scrape(tmp_path):
+    # Only the deleting worker let go of a model's windows of observations: every other worker
+    # a scrape had reached kept them (up to PREDICTOR_ACCURACY_WINDOW each) for good.
+    from swarmpilot_predictor.identity import IdentityPattern
+    from swarmpilot_predictor.schemas import TrainConfig
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    from .conftest import IDENTITY, make_llm_traces
+
+    data = tmp_path / "data"
+    deleting = PredictorService(PredictorSettings(data_dir=data))
+    other = PredictorService(PredictorSettings(data_dir=data, retrain_in_worker=False))
+    try:
+        deleting.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(80), algorithm="linear"))
+        deleting.observe(IDENTITY, make_llm_traces(40, seed=2))
+        other.render_metrics()  # follows the model's log, as every scrape does
+        pattern = IdentityPattern.from_parts(IDENTITY)
+        identity = other.registry.identities()[0]
+        assert other.monitor.followed() == [identity]
+        assert len(other.monitor.tracker(identity, 1).y) == 40
+        assert other.retrain(pattern)["status"] in {"success", "kept"}  # its lock, its decisions read back
+        other.retrainer.decisions.last(identity)
+        assert other.retrainer.kept() == {identity}
+        deleting.delete_model(pattern)
+        assert deleting.monitor.followed() == [] and deleting.retrainer.kept() == set()
+        other.render_metrics()
+        assert other.monitor.followed() == [] and other.retrainer.kept() == set()
+    finally:
+        other.close()
+        deleting.close()
+
+
 def test_models_loaded_by_an_observation_or_a_table_are_reported_too(tmp_path):
     # Only the prediction path reported its loads: a worker that loaded a model for an
     # observation said 0 until a scrape reached it, and a scrape of another worker undercounted.

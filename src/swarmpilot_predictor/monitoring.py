@@ -851,6 +851,11 @@ class AccuracyMonitor:
         with self._lock:
             self._followed.pop(identity, None)
 
+    def followed(self) -> list[ModelIdentity]:
+        """The models whose observations this process holds in memory."""
+        with self._lock:
+            return list(self._followed)
+
     def forget_deleted_versions(self, identity: ModelIdentity, stored: Collection[int]) -> None:
         """Let go of the accuracy of ``identity``'s versions that were deleted: those older than
         its newest ``stored`` version and not among them. Each held up to ``window``

@@ -322,6 +322,9 @@ class DecisionLog:
         """Let go of the newest decisions of ``identity`` kept in memory (its file stays)."""
         self._last.pop(identity, None)
 
+    def kept(self) -> set[ModelIdentity]:
+        return set(self._last)
+
     @contextmanager
     def exclusive(self, identity: ModelIdentity, wait: bool = True) -> Iterator[bool]:
         """Held while a process retrains the model: one at a time, across worker processes.
@@ -544,6 +547,12 @@ class Retrainer:
             self._model_locks.pop(identity, None)
             self._running.pop(identity, None)
         self.decisions.forget(identity)
+
+    def kept(self) -> set[ModelIdentity]:
+        """The models this retrainer keeps anything of in memory (see :meth:`forget`)."""
+        with self._lock:
+            held = self._model_locks.keys() | self._running.keys()
+        return held | self.decisions.kept()
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1080,7 +1080,14 @@ class PredictorService:
         """
         described = self.metrics.accuracy_versions()
         live: set[str] = set()
-        for identity in self.registry.identities():
+        registered = self.registry.identities()
+        # A model deleted through another worker: what this one keeps of it in memory (each
+        # version's window of observations, the retrainer's lock and decisions) goes here,
+        # as its series do below; the deleting worker let go of its own at the delete.
+        for identity in {*self.monitor.followed(), *self.retrainer.kept()} - set(registered):
+            self.monitor.forget(identity)
+            self.retrainer.forget(identity)
+        for identity in registered:
             try:
                 serving = self.registry.latest(identity).version
             except ModelNotFound:  # deleted meanwhile
