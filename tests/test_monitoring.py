@@ -49,6 +49,57 @@ def test_a_shift_is_flagged_once_the_evidence_is_significant():
     assert report["coverage"]["0.5"] < 0.3  # runtimes 30% slower than predicted
 
 
+def _whole_millisecond_stream(n: int, shift: float = 1.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Runtimes of about 3 ms timed to whole milliseconds (``shift`` times slower), and a
+    model's quantiles of the unshifted ones, each a hair off the value it stands for, as a
+    model of such runtimes answers (2.997 ms, 3.004 ms)."""
+    rng = np.random.default_rng(seed)
+    levels = np.asarray(MONITOR_LEVELS)
+    truth = np.quantile(np.round(3.0 * rng.lognormal(0.0, 0.15, 200_000)), levels, method="inverted_cdf")
+    q = truth + np.where(levels < 0.5, -0.003, 0.004)
+    y = np.round(shift * 3.0 * rng.lognormal(0.0, 0.15, n))
+    return y, np.tile(q, (n, 1))
+
+
+def test_runtimes_on_a_clocks_ticks_tie_with_quantiles_a_hair_off_them_and_do_not_drift():
+    # Read strictly (2.997 < 3), the quantiles below the runs' 3 ms cover next to none of
+    # them, those above all: a stationary stream was called drifted (p 4e-46 through HTTP).
+    y, q = _whole_millisecond_stream(1000)
+    assert list(np.unique(np.round(q[0] - np.round(q[0]), 6))) == [-0.003, 0.004]
+    tracker = RollingAccuracy(window=1000)
+    tracker.add(y, q)
+    report = tracker.report(1e-3, 30)
+    assert report["clock_tick_ms"] == 1.0
+    assert report["drift"]["tested"] and report["drifted"] is False
+    assert report["drift"]["corrected_p_value"] == 1.0  # each level's coverage is where a tie-break puts it
+    assert report["coverage"] == {f"{t:g}": t for t in MONITOR_LEVELS}
+    strictly = (y[:, None] <= q).mean(axis=0)
+    assert strictly[MONITOR_LEVELS.index(0.25)] < 0.15 and strictly[MONITOR_LEVELS.index(0.5)] > 0.8  # as it read before
+
+
+def test_a_shift_of_whole_millisecond_runtimes_by_more_than_the_tie_is_still_flagged():
+    for shift in (1.2, 3.0):
+        y, q = _whole_millisecond_stream(1000, shift=shift, seed=1)
+        tracker = RollingAccuracy(window=1000)
+        tracker.add(y, q)
+        report = tracker.report(1e-3, 30)
+        assert report["drifted"] is True and report["drift"]["corrected_p_value"] < 1e-20
+        assert report["coverage"]["0.5"] < 0.45
+
+
+def test_the_clock_tick_is_the_coarsest_every_runtime_is_a_whole_number_of():
+    from swarmpilot_predictor.monitoring import clock_tick
+
+    rng = np.random.default_rng(0)
+    runtimes = rng.lognormal(np.log(300.0), 0.5, 200)
+    assert clock_tick(runtimes) is None
+    assert clock_tick(np.round(runtimes)) == 1.0
+    assert clock_tick(np.round(runtimes / 50) * 50) == 50.0
+    assert clock_tick(np.round(runtimes, 1)) == 0.1  # 0.1 * 3 is 0.30000000000000004
+    assert clock_tick(np.round(runtimes[:19])) is None  # too few to tell
+    assert clock_tick(np.append(np.round(runtimes), 12.5)) == 0.5
+
+
 def test_a_report_gives_its_windows_figures():
     # A runtime equal to its predicted quantile is covered by it (whole-millisecond runtimes
     # often are); the figures are those of the window, computed here by hand.

@@ -37,6 +37,55 @@ MONITOR_LEVELS = EVAL_LEVELS  # 0.05 ... 0.99
 # Central intervals formed by symmetric pairs of the monitored levels.
 MONITOR_INTERVALS = {"0.5": (0.25, 0.75), "0.8": (0.1, 0.9), "0.9": (0.05, 0.95)}
 
+# The clock ticks runtimes may be recorded to, coarsest first (ms).
+CLOCK_TICKS = tuple(m * 10.0 ** k for k in range(3, -4, -1) for m in (5.0, 2.0, 1.0))
+# A window of fewer observations is not taken to be on a clock's ticks: three runtimes of
+# 2000 ms and 3000 ms would read as a clock of a second.
+MIN_TICK_OBSERVATIONS = 20
+# A quantile within this share of the tick of an observed runtime on the tick is taken as
+# that value: a model of runtimes on the ticks answers a value that many runs take (3 ms)
+# a hair below or above it (2.997 ms, 3.004 ms), so whether it covers those runs is a tie.
+TIE_TICKS = 0.05
+
+
+def clock_tick(y: np.ndarray) -> float | None:
+    """The coarsest of :data:`CLOCK_TICKS` that every runtime of ``y`` is a whole number of,
+    or None: runtimes not on a clock's ticks (or fewer than :data:`MIN_TICK_OBSERVATIONS`)."""
+    y = np.asarray(y, dtype=np.float64)
+    if len(y) < MIN_TICK_OBSERVATIONS:
+        return None
+    for tick in CLOCK_TICKS:
+        ticks = y / tick
+        if np.all(np.abs(ticks - np.rint(ticks)) <= 1e-9 * np.maximum(ticks, 1.0)):
+            return tick
+    return None
+
+
+def covered(y: np.ndarray, q: np.ndarray, tick: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Whether each quantile (``q``: observations by levels) surely covers its observation,
+    and whether it may: the two differ only where the runtimes are on a clock's ``tick``
+    and a quantile lies within :data:`TIE_TICKS` of a tick of its runtime (a tie)."""
+    hair = 0.0 if tick is None else TIE_TICKS * tick
+    y = np.asarray(y, dtype=np.float64)[:, None]
+    return y + hair <= q, y - hair <= q
+
+
+def tie_broken_coverage(sure: np.ndarray, maybe: np.ndarray, levels: Any) -> np.ndarray:
+    """The coverage, per level, as near the level as breaking the ties allows: between the
+    share surely covered and the share that may be."""
+    return np.clip(np.asarray(levels, dtype=np.float64), sure, maybe)
+
+
+def coverage_p_value(sure: int, maybe: int, n: int, level: float) -> float:
+    """The binomial test of a level's coverage where ``sure`` of ``n`` observations are
+    covered for sure and ``maybe`` may be (ties): a coverage is off only where no way of
+    breaking the ties makes it the level's, tested at the count nearest it."""
+    if sure > level * n:
+        return binomial_test(sure, n, level)
+    if maybe < level * n:
+        return binomial_test(maybe, n, level)
+    return 1.0
+
 
 def _is_quantile(v: Any) -> bool:
     """A runtime a model may answer: within 100 times the runtimes training accepts (101 times:
@@ -377,6 +426,7 @@ class RollingAccuracy:
     _since: dict[float, int] = field(default_factory=dict, repr=False)
     # The window as it stood at the last checkpoint: (observations then, hits per level, its size,
     # and the hits and size of each kind of run in it); the report's binomial tests are run on it.
+    # Hits are counted twice (rows): those surely covered, and those that may be (see covered).
     _checkpoint: tuple[int, np.ndarray, int, dict[str, tuple[np.ndarray, int]]] | None = field(default=None, repr=False)
     # /health and /models ask for every model's drift on each call: the report (eight
     # binomial tests) is computed once per change of the window, not per request.
@@ -414,11 +464,13 @@ class RollingAccuracy:
         cut = int(marks[-1]) + 1 if len(marks) else 0
         self._extend(y_l[:cut], q_l[:cut], ts_l[:cut], e_l[:cut], s_l[:cut], f_l[:cut])
         if cut:
-            below = np.asarray(self.y)[:, None] <= np.asarray(self.q)
+            y_w = np.asarray(self.y)
+            sure, maybe = covered(y_w, np.asarray(self.q), clock_tick(y_w))
+            hits = np.stack([sure, maybe])  # (2, observations, levels)
             flags = np.asarray(self.f)
-            kinds = {kind: (below[flags == value].sum(axis=0), int((flags == value).sum()))
+            kinds = {kind: (hits[:, flags == value].sum(axis=1), int((flags == value).sum()))
                      for kind, value in RUN_KINDS if (flags == value).any()}
-            self._checkpoint = (self.total, below.sum(axis=0), len(self.y), kinds)
+            self._checkpoint = (self.total, hits.sum(axis=1), len(self.y), kinds)
         self._extend(y_l[cut:], q_l[cut:], ts_l[cut:], e_l[cut:], s_l[cut:], f_l[cut:])
 
     def __post_init__(self) -> None:
@@ -487,14 +539,18 @@ class RollingAccuracy:
         y = np.asarray(self.y)
         q = np.asarray(self.q)
         levels = np.asarray(MONITOR_LEVELS)
-        below = y[:, None] <= q
-        coverage = below.mean(axis=0)
+        tick = clock_tick(y)
+        sure, maybe = covered(y, q, tick)
+        coverage = tie_broken_coverage(sure.mean(axis=0), maybe.mean(axis=0), levels)
         pin = pinball_loss(y, q, MONITOR_LEVELS)
         idx = {lvl: i for i, lvl in enumerate(MONITOR_LEVELS)}
         out["coverage"] = {f"{t:g}": float(c) for t, c in zip(MONITOR_LEVELS, coverage)}
         out["interval_coverage"] = {
-            name: float(((y >= q[:, idx[lo]]) & (y <= q[:, idx[hi]])).mean()) for name, (lo, hi) in MONITOR_INTERVALS.items()
+            name: _interval_coverage(y, q[:, idx[lo]], q[:, idx[hi]], tick, float(name))
+            for name, (lo, hi) in MONITOR_INTERVALS.items()
         }
+        if tick is not None:
+            out["clock_tick_ms"] = tick
         out["mean_abs_coverage_error"] = float(np.abs(coverage - levels).mean())
         out["pinball_loss"] = float(pin.mean())
         out["relative_pinball_loss"] = float(pin.mean() / y.mean())
@@ -513,7 +569,8 @@ class RollingAccuracy:
             out["error_observations"] = int(both.sum())
         flags = np.asarray(self.f)
         if (~np.isnan(flags)).any():
-            out["by_kind"] = {kind: _kind_accuracy(y[flags == value], q[flags == value]) for kind, value in RUN_KINDS}
+            out["by_kind"] = {kind: _kind_accuracy(y[flags == value], q[flags == value], tick)
+                              for kind, value in RUN_KINDS}
         return out
 
     def _drift(self, alpha: float, min_observations: int) -> dict[str, Any]:
@@ -533,7 +590,8 @@ class RollingAccuracy:
         if self._pvalues is None or self._pvalues[0] is not self._checkpoint:
             groups: dict[str | None, tuple[np.ndarray, int]] = {None: (hits, n_checked), **kinds}
             self._pvalues = (self._checkpoint, {
-                group: {f"{t:g}": binomial_test(int(k), n, t) for t, k in zip(MONITOR_LEVELS, h.tolist())}
+                group: {f"{t:g}": coverage_p_value(int(k), int(m), n, t)
+                        for t, k, m in zip(MONITOR_LEVELS, h[0].tolist(), h[1].tolist())}
                 for group, (h, n) in groups.items()})
         tests = self._pvalues[1]
         _, worst, p = _worst_test(tests, [None])
@@ -595,11 +653,22 @@ def _worst_test(pvalues: dict[str | None, dict[str, float]], groups: list[str | 
     return min(((group, level, p) for group in groups for level, p in pvalues[group].items()), key=lambda t: t[2])
 
 
-def _kind_accuracy(y: np.ndarray, q: np.ndarray) -> dict[str, Any]:
-    """The accuracy of the observations of one kind of run (first runs, or repeats)."""
+def _interval_coverage(y: np.ndarray, low: np.ndarray, high: np.ndarray, tick: float | None, size: float) -> float:
+    """The share of ``y`` within [``low``, ``high``], as near ``size`` as breaking ties allows
+    (see :func:`covered`)."""
+    hair = 0.0 if tick is None else TIE_TICKS * tick
+    sure = ((y - hair >= low) & (y + hair <= high)).mean()
+    maybe = ((y + hair >= low) & (y - hair <= high)).mean()
+    return float(np.clip(size, sure, maybe))
+
+
+def _kind_accuracy(y: np.ndarray, q: np.ndarray, tick: float | None) -> dict[str, Any]:
+    """The accuracy of the observations of one kind of run (first runs, or repeats), with
+    ties at the window's clock ``tick`` (see :func:`covered`)."""
     out: dict[str, Any] = {"observations": int(len(y))}
     if len(y):
-        coverage = (y[:, None] <= q).mean(axis=0)
+        sure, maybe = covered(y, q, tick)
+        coverage = tie_broken_coverage(sure.mean(axis=0), maybe.mean(axis=0), MONITOR_LEVELS)
         out["coverage"] = {f"{t:g}": float(c) for t, c in zip(MONITOR_LEVELS, coverage)}
         out["mean_abs_coverage_error"] = float(np.abs(coverage - np.asarray(MONITOR_LEVELS)).mean())
         # How many times its predicted median a run of this kind took, at the median.
