@@ -671,6 +671,33 @@ def test_a_table_total_is_the_sum_of_its_tasks_distributions():
     assert body["total_interval"][0] >= 3.7 and body["total_quantiles"][2] >= 60.0
 
 
+def test_a_table_total_is_never_below_one_of_its_tasks_answers_between_the_stored_levels():
+    # A record of a model with a rare slow mode: asked between its stored 0.75 quantile and
+    # its interval's 0.95 end, its answer is read off the straight line between them (1,795
+    # ms at 0.9), while the total sums its distribution bent toward the stored mean (420 ms):
+    # two tasks totalled 839 ms at 0.9 and 3,287 at 0.999, under the first task's own answers.
+    def slow(x: int, scale: float) -> dict:
+        return {**record(0, levels=(0.25, 0.5, 0.75, 0.99)), "features": {"x": x},
+                "quantile_predictions": [scale * v for v in (200.0, 250.3, 764.0, 3217.1)],
+                "expect": 420.0 * scale, "error": 700.0 * scale,
+                "interval": [160.0 * scale, 2139.2 * scale], "confidence_level": 0.9}
+
+    table = LookupTable.from_records([slow(1, 1.0), slow(2, 0.1)])
+    levels = [0.5, 0.9, 0.95, 0.99, 0.999]
+    body = table.predict(None, [{"x": 1}, {"x": 2}], 0.9, levels, with_total=True).batch_response()
+    first = body["results"][0]
+    assert first["quantile_predictions"][1] > 1700.0  # the straight line's 0.9 point
+    assert all(t >= q for t, q in zip(body["total_quantiles"], first["quantile_predictions"])), body["total_quantiles"]
+    assert body["total_interval"][1] >= first["interval"][1]
+    assert body["total_quantiles"][0] > first["quantile_predictions"][0]  # the median: the sum's own
+    # Without levels of its own, a queue of records of different stored levels is answered
+    # at the first's, and bounded by the answers at those levels only.
+    other = {**record(5, levels=(0.5, 0.9)), "features": {"x": 3}}
+    mixed = LookupTable.from_records([slow(1, 1.0), other])
+    body = mixed.predict(None, [{"x": 1}, {"x": 3}], 0.9, None, with_total=True).batch_response()
+    assert len(body["total_quantiles"]) == 4 and body["total_quantiles"][3] >= 3217.1
+
+
 def test_a_records_extrapolated_tail_takes_the_difference_to_its_mean_not_its_body():
     # A warm run of a model with a rare first-run mode: its two outermost stored levels, the
     # interval's 0.975 end and the 0.99 quantile, straddle that mode's start (8.3 and 58.5 ms),

@@ -1114,8 +1114,18 @@ class LookupTable:
             return {"expect": mu, "error": sd, "total_quantiles": list(answers[0][1]), "total_interval": list(answers[0][2]),
                     "total_method": "convolution"}
         total = (tasks if tasks is not None else self.task_distributions(rows, expect, error)).total()
-        tq = total.quantiles(np.asarray(levels, dtype=np.float64)).tolist() if levels else []
-        return {"expect": mu, "error": sd, "total_quantiles": tq, "total_interval": total.interval(confidence_level).tolist(),
+        tq = total.quantiles(np.asarray(levels, dtype=np.float64)) if levels else np.zeros(0)
+        iv = total.interval(confidence_level)
+        # A sum of positive independent tasks is never below one of them at a level. The
+        # total is bounded by the distributions it sums, brought to the records' means (bent
+        # and stretched), which can lie below the tasks' answers, read off the stored levels
+        # as they are: a total of two tasks was half one task's 0.9 quantile. So the answers
+        # bound it too.
+        at_levels = [answer[1] for answer in answers if list(answer[0]) == list(levels or ())]
+        if levels and at_levels:  # (without levels asked, records of other stored levels have others)
+            tq = np.maximum(tq, np.max(at_levels, axis=0))
+        iv = np.maximum(iv, np.max([answer[2] for answer in answers], axis=0))
+        return {"expect": mu, "error": sd, "total_quantiles": tq.tolist(), "total_interval": iv.tolist(),
                 "total_method": "convolution"}
 
     def task_distributions(self, rows: np.ndarray, expect: np.ndarray | None = None,
