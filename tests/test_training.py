@@ -499,6 +499,79 @@ def test_a_training_that_runs_past_the_timeout_is_stopped_and_the_next_runs(tmp_
         jobs.shutdown()
 
 
+def test_the_jobs_queued_behind_one_stopped_for_its_time_run_after_it_in_their_order(tmp_path):
+    # The stopped worker failed the jobs it held in an order of its own (those not handed to
+    # its process yet first), and the fresh one was given them in that order: the third and
+    # fourth ran while the second read "running", its clock running, until the watchdog
+    # stopped the job then running and the second failed for a time it never ran.
+    import time
+
+    jobs = TrainingJobs(tmp_path, timeout=600)
+    try:
+        assert jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(60), algorithm="linear"))[1].result(
+            timeout=120)["version"] == 1
+        jobs.timeout = 1.5
+        grouped = [{**t, "hardware": f"h{i % 100}"} for i, t in enumerate(make_llm_traces(4000))]
+        slow_id, slow = jobs.submit(TrainConfig(model={k: v for k, v in IDENTITY.items() if k != "hardware"},
+                                                group_by=["hardware"], traces=grouped, algorithm="auto"))
+        queued = [jobs.submit(TrainConfig(model={**IDENTITY, "hardware": f"q{k}"}, traces=make_llm_traces(60),
+                                          algorithm="linear")) for k in range(3)]
+        assert [jobs.get(job_id)["status"] for job_id, _ in queued] == ["queued"] * 3
+        with pytest.raises(PredictorError) as err:
+            slow.result(timeout=120)
+        jobs.timeout = 600  # (a fresh worker's start counts in the next job's time)
+        assert err.value.status_code == 422
+        for job_id, future in queued:
+            assert future.result(timeout=120)["version"] == 1, job_id
+        records = [jobs.get(job_id) for job_id, _ in queued]
+        assert [r["status"] for r in records] == ["succeeded"] * 3
+        started = [r["started_at"] for r in records]
+        finished = [r["finished_at"] for r in records]
+        assert started == sorted(started) and all(f <= s for f, s in zip(finished, started[1:]))
+        assert jobs.get(slow_id)["finished_at"] <= started[0] < time.time()
+    finally:
+        jobs.shutdown()
+
+
+def test_trainings_sent_at_once_take_no_more_places_than_the_queue_has(tmp_path, monkeypatch):
+    # The place was taken only once the job was queued, after the records were pruned (a
+    # listing and a stat of each): every request that passed the count meanwhile was taken,
+    # 17 of 40 where 2 were allowed.
+    import threading
+    import time
+
+    from swarmpilot_predictor.errors import TooBusy
+
+    jobs = TrainingJobs(tmp_path, max_pending=2)
+    prune = jobs._prune_records
+    monkeypatch.setattr(jobs, "_prune_records", lambda: (time.sleep(0.2), prune()))
+    taken, refused = [], []
+    lock = threading.Lock()
+
+    def send(k: int) -> None:
+        try:
+            out = jobs.submit(TrainConfig(model={**IDENTITY, "hardware": f"g{k}"}, traces=make_llm_traces(60),
+                                          algorithm="linear"))
+        except TooBusy:
+            with lock:
+                refused.append(k)
+        else:
+            with lock:
+                taken.append(out)
+
+    try:
+        threads = [threading.Thread(target=send, args=(k,)) for k in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(taken) == 2 and len(refused) == 10
+        assert all(future.result(timeout=120)["version"] == 1 for _, future in taken)
+        assert jobs._reserved == 0 and jobs._pending == []
+    finally:
+        jobs.shutdown()
+
+
 def test_a_job_begun_as_the_one_before_it_was_stopped_for_its_time_runs_again(tmp_path):
     # The worker starts the next job as soon as the last one returns, before the service
     # reads that it has: a limit reached in between stops the worker the next job runs on.

@@ -478,8 +478,16 @@ class TrainingJobs:
         # the process that held them still runs, serving the original.
         self._home = str(self.data_dir.resolve())
         # Unfinished jobs in submission order: the one worker runs them one at a time, in
-        # this order, so the first is running and the others are queued.
+        # this order, so the first is running and the others are queued. Only the first is
+        # given to the worker, the next once it ends: a worker stopped with several in its
+        # queue failed them in an order of its own (those not yet handed to its process
+        # first), and they were given to the fresh one in that order, the queue's running
+        # job's clock running meanwhile (the watchdog then stopped the job running).
         self._pending: list[str] = []
+        self._queued: dict[str, _Job] = {}  # the jobs of _pending
+        self._sent: set[str] = set()  # those of them given to the worker
+        # Places taken in the queue by submissions not in it yet (see _take).
+        self._reserved = 0
         # Set when the service stops: the jobs it cuts short read "stopped" (503), not "died" (500).
         self._closing = False
         # Set when it is told to stop (stop_accepting): it finishes what it holds, and takes no
@@ -510,11 +518,16 @@ class TrainingJobs:
         job_id = uuid.uuid4().hex[:16]
         record: dict[str, Any] = {"job_id": job_id, "status": "queued", "submitted_at": time.time()}
         self._take(record)
-        self._prune_records()
-        args = (str(self.data_dir), payload, raw, {k: str(v) for k, v in (uploads or {}).items()}, job_id)
-        job = _Job(job_id, record, args, cleanup, Future())
-        self._enqueue(job)
-        self._start(job)
+        try:
+            self._prune_records()
+            args = (str(self.data_dir), payload, raw, {k: str(v) for k, v in (uploads or {}).items()}, job_id)
+            job = _Job(job_id, record, args, cleanup, Future())
+        except BaseException:
+            with self._lock:
+                self._reserved -= 1
+            raise
+        if self._enqueue(job):
+            self._start(job)
         self._watch_time()
         return job_id, job.done
 
@@ -527,23 +540,34 @@ class TrainingJobs:
                 # (a background job after an answer of 202): refused now, it can go elsewhere.
                 raise ServiceStopping("the service is stopping: send the training to another instance, or "
                                       "again once this one has restarted")
-            if len(self._pending) >= self.max_pending:
-                # Each queued job holds its body (up to the upload limit) until it runs.
-                n = len(self._pending)
+            if len(self._pending) + self._reserved >= self.max_pending:
+                # Each queued job holds its body (up to the upload limit) until it runs. The
+                # place is taken here, under the lock that counts them: taken only as the job
+                # was queued, after its records were pruned, 17 of 40 trainings sent at once
+                # were queued where 2 were allowed.
+                n = len(self._pending) + self._reserved
                 raise TooBusy(f"{n} training{' is' if n == 1 else 's are'} already queued or running in this worker, "
                               "the most it takes (PREDICTOR_MAX_QUEUED_TRAININGS): retry when one has finished")
+            self._reserved += 1
             self.jobs[record["job_id"]] = record
             for old in list(self.jobs)[: max(0, len(self.jobs) - self.keep)]:
                 if self.jobs[old]["status"] in ("succeeded", "failed"):
                     del self.jobs[old]
 
-    def _enqueue(self, job: _Job) -> None:
+    def _enqueue(self, job: _Job) -> bool:
+        """Queue ``job`` in the place :meth:`_take` kept; whether it is first, to be given to
+        the worker now."""
         with self._lock:
+            self._reserved -= 1
             self._pending.append(job.id)
+            self._queued[job.id] = job
             self._pending_changed()
-            if self._pending[0] == job.id:
+            first = self._pending[0] == job.id
+            if first:
                 job.record.update(status="running", started_at=time.time())
+                self._sent.add(job.id)
             self._store(job.record)
+            return first
 
     def _start(self, job: _Job, resent: bool = False) -> None:
         """Give ``job`` to the worker; it ends in :meth:`_ended`, on the pool's manager thread
@@ -602,28 +626,39 @@ class TrainingJobs:
         raise AssertionError(f"unknown outcome {outcome!r}")
 
     def _conclude(self, job: _Job, out: dict[str, Any]) -> None:
-        """End ``job`` with ``out``: its record, its place in the queue, its caller's answer."""
-        self._leave_queue(job.id)
-        if job.cleanup is not None:
-            job.cleanup()
-        job.record["finished_at"] = time.time()
-        if out["ok"]:
-            self._succeeded(job, out["result"])
-        else:
-            self._failed(job, out["error"])
+        """End ``job`` with ``out``: its record, its place in the queue, its caller's answer;
+        then give the next job to the worker."""
+        job.record["finished_at"] = time.time()  # (before the next one's start)
+        nxt = self._leave_queue(job.id)
+        try:
+            if job.cleanup is not None:
+                job.cleanup()
+            if out["ok"]:
+                self._succeeded(job, out["result"])
+            else:
+                self._failed(job, out["error"])
+        finally:
+            if nxt is not None:
+                self._start(nxt)
 
-    def _leave_queue(self, job_id: str) -> None:
-        """Take the ended ``job_id`` out of the queue; the next job, if any, reads running."""
+    def _leave_queue(self, job_id: str) -> _Job | None:
+        """Take the ended ``job_id`` out of the queue; the next job, if any, reads running, and
+        is returned, to be given to the worker."""
         with self._lock:
             self._timed_out.discard(job_id)  # (marked as it finished on its own)
+            self._queued.pop(job_id, None)
+            self._sent.discard(job_id)
             if job_id in self._pending:
                 self._pending.remove(job_id)
                 self._pending_changed()
             # Once the service is stopping, the queued jobs never start: they keep no started_at.
-            nxt = self.jobs.get(self._pending[0]) if self._pending and not self._closing else None
-            if nxt is not None and nxt["status"] == "queued":
-                nxt.update(status="running", started_at=time.time())
-                self._store(nxt)
+            if not self._pending or self._closing or self._pending[0] in self._sent:
+                return None
+            nxt = self._queued[self._pending[0]]
+            self._sent.add(nxt.id)
+            nxt.record.update(status="running", started_at=time.time())
+            self._store(nxt.record)
+            return nxt
 
     def _succeeded(self, job: _Job, result: dict[str, Any]) -> None:
         record = job.record
@@ -826,6 +861,11 @@ class TrainingJobs:
         never half-written), and it and the queued jobs read failed with a 503."""
         self._closing = True
         self._workers.close()
+        # The jobs queued behind the one the worker had were never given to it.
+        with self._lock:
+            unsent = [self._queued[j] for j in self._pending if j not in self._sent]
+        for job in unsent:
+            self._conclude(job, self._cut_short(job.id, 503, "the service stopped before the job finished"))
 
     def _stop_pool(self, pool: ProcessPoolExecutor | None = None) -> None:
         """Stop ``pool`` (default: the current one); a later job starts a fresh one."""
