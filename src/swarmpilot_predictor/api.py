@@ -206,6 +206,11 @@ def _refuse_trainings_once_told_to_stop(service: PredictorService) -> None:
 
         def told_to_stop(signum: int, frame: Any, server_handler: Callable[..., Any] = server_handler) -> None:
             service.jobs.stop_accepting()
+            # A requested retraining under way holds its request, which the server waits for
+            # (up to PREDICTOR_TRAINING_TIMEOUT_S): its worker is stopped now, so it answers a
+            # 503, storing nothing, as one asked for from now on does. In a thread: the handler
+            # runs between the main thread's bytecodes, and the stop waits for the worker's end.
+            threading.Thread(target=service.retrainer.shutdown, name="retraining-stop", daemon=True).start()
             server_handler(signum, frame)
 
         signal.signal(sig, told_to_stop)
