@@ -639,6 +639,45 @@ def test_a_server_that_trained_stops_cleanly(tmp_path):
     assert b"leaked" not in out and b"Traceback" not in out, out.decode()
 
 
+def test_sigterm_stops_a_requested_retraining_under_way_storing_nothing(tmp_path):
+    # The server waits for the requests it holds before the app's own stop: a requested
+    # retraining ran on, up to its time limit, stored its version and answered 200.
+    import threading
+    import time
+    import urllib.parse
+
+    import httpx
+
+    from .conftest import run_server
+
+    config = {"model": IDENTITY, "traces": make_llm_traces(60), "algorithm": "lightgbm",
+              "params": {"num_boost_round": 10000, "learning_rate": 0.001, "min_child_samples": 2}}
+    path = "/".join(urllib.parse.quote(IDENTITY[k], safe="") for k in
+                    ("model_type", "model_name", "hardware", "software_name", "software_version"))
+    with run_server(tmp_path / "data") as server:
+        assert httpx.post(server.url + "/train", json={"config": config}, timeout=120).status_code == 200
+        slower = [{**t, "runtime_ms": 1.6 * t["runtime_ms"]} for t in make_llm_traces(6000, seed=4)]
+        for i in range(0, len(slower), 2000):
+            assert httpx.post(server.url + "/observe", json={"model": IDENTITY, "traces": slower[i:i + 2000]},
+                              timeout=120).status_code == 200
+        answer: dict = {}
+        asked = threading.Thread(target=lambda: answer.update(
+            r=httpx.post(f"{server.url}/models/{path}/retrain", timeout=300)))
+        asked.start()
+        time.sleep(1.5)
+        assert not answer  # still under way
+        t0 = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        server.process.communicate(timeout=60)
+        stopped_in = time.monotonic() - t0
+        asked.join(timeout=60)
+    assert answer["r"].status_code == 503, answer["r"].text
+    assert answer["r"].json()["message"] == "the service stopped before the retraining finished"
+    assert stopped_in < 15
+    stored = sorted(p.name for p in (tmp_path / "data" / "models").rglob("v*.meta.json"))
+    assert stored == ["v0001.meta.json"]
+
+
 def test_a_training_whose_upload_ends_after_sigterm_is_refused_not_taken_and_cut_short(tmp_path):
     # The server finishes the requests it holds when told to stop, a slow upload among them:
     # a background training was answered 202 and then read failed after the restart.
