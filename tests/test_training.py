@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from concurrent.futures import Future
 import subprocess
 import sys
 import time
@@ -465,6 +466,22 @@ def test_a_job_given_to_a_worker_that_just_died_idle_runs_on_a_fresh_one(tmp_pat
         jobs.shutdown()
 
 
+def _warm_with_a_limit(jobs: TrainingJobs, limit: float) -> None:
+    """One training on ``jobs``' worker, then the time limit lowered to ``limit``: the
+    worker started (its start counts in a job's time) before."""
+    assert jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(60), algorithm="linear"))[1].result(
+        timeout=120)["version"] == 1
+    jobs.timeout = limit
+
+
+def _submit_overdue(jobs: TrainingJobs) -> tuple[str, Future]:
+    """A training of a hundred groups, each chosen among the families by cross-validation:
+    23 s alone, past any limit of a few seconds."""
+    grouped = [{**t, "hardware": f"h{i % 100}"} for i, t in enumerate(make_llm_traces(4000))]
+    return jobs.submit(TrainConfig(model={k: v for k, v in IDENTITY.items() if k != "hardware"},
+                                   group_by=["hardware"], traces=grouped, algorithm="auto"))
+
+
 def test_a_training_that_runs_past_the_timeout_is_stopped_and_the_next_runs(tmp_path):
     # Trainings run one at a time: one that never ends (LightGBM's dart boosting took 159 s)
     # held every other back.
@@ -472,16 +489,10 @@ def test_a_training_that_runs_past_the_timeout_is_stopped_and_the_next_runs(tmp_
 
     jobs = TrainingJobs(tmp_path, timeout=600)
     try:
-        # The worker started (its start counts in a job's time) before the limit is lowered.
-        assert jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(60), algorithm="linear"))[1].result(
-            timeout=120)["version"] == 1
-        jobs.timeout = 1.0
+        _warm_with_a_limit(jobs, 1.0)
         (first_worker,) = jobs._pool._processes
         t0 = time.monotonic()
-        # A hundred groups, each chosen among the families by cross-validation: 23 s alone.
-        grouped = [{**t, "hardware": f"h{i % 100}"} for i, t in enumerate(make_llm_traces(4000))]
-        slow_id, slow = jobs.submit(TrainConfig(model={k: v for k, v in IDENTITY.items() if k != "hardware"},
-                                                group_by=["hardware"], traces=grouped, algorithm="auto"))
+        slow_id, slow = _submit_overdue(jobs)
         with pytest.raises(PredictorError) as err:
             slow.result(timeout=120)
         assert time.monotonic() - t0 < 10
@@ -508,12 +519,8 @@ def test_the_jobs_queued_behind_one_stopped_for_its_time_run_after_it_in_their_o
 
     jobs = TrainingJobs(tmp_path, timeout=600)
     try:
-        assert jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(60), algorithm="linear"))[1].result(
-            timeout=120)["version"] == 1
-        jobs.timeout = 1.5
-        grouped = [{**t, "hardware": f"h{i % 100}"} for i, t in enumerate(make_llm_traces(4000))]
-        slow_id, slow = jobs.submit(TrainConfig(model={k: v for k, v in IDENTITY.items() if k != "hardware"},
-                                                group_by=["hardware"], traces=grouped, algorithm="auto"))
+        _warm_with_a_limit(jobs, 1.5)
+        slow_id, slow = _submit_overdue(jobs)
         queued = [jobs.submit(TrainConfig(model={**IDENTITY, "hardware": f"q{k}"}, traces=make_llm_traces(60),
                                           algorithm="linear")) for k in range(3)]
         assert [jobs.get(job_id)["status"] for job_id, _ in queued] == ["queued"] * 3
