@@ -1283,8 +1283,12 @@ def test_a_deleted_model_is_forgotten_by_the_retrainer(tmp_path):
     svc.observe(IDENTITY, _shifted(60, 1.6, seed=3))
     svc.retrain(pattern)
     assert identity in svc.retrainer._model_locks
+    folder = svc.settings.data_dir / "observations" / identity.dirname
+    assert {"retraining.lock", "retraining.jsonl"} <= {p.name for p in folder.iterdir()}
     svc.delete_model(pattern)
     assert identity not in svc.retrainer._model_locks and identity not in svc.retrainer._running
+    # Nor is its lock file, nor its folder, left behind.
+    assert not folder.exists()
     # Trained again under the name, it retrains as a new model would.
     svc.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(300), algorithm="linear"))
     svc.observe(IDENTITY, _shifted(60, 1.6, seed=4))

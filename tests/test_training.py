@@ -620,6 +620,24 @@ def test_a_stop_signal_while_the_worker_starts_does_not_kill_it(tmp_path):
         jobs.shutdown()
 
 
+def test_a_failure_whose_counting_raises_is_still_answered_and_the_next_job_runs(tmp_path):
+    # on_failure (the service's metrics) raising left the job unanswered: a synchronous
+    # /train waited for good, and the job queued behind it never ran.
+    def count(error: dict) -> None:
+        raise RuntimeError("a metrics backend that fails")
+
+    jobs = TrainingJobs(tmp_path, on_failure=count)
+    try:
+        bad_id, bad = jobs.submit_raw(b'{"config": {"model": {"model_type": "x"}, "traces": []}}')
+        _, good = jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(60), algorithm="linear"))
+        with pytest.raises(PredictorError) as err:
+            bad.result(timeout=60)
+        assert err.value.status_code == 422 and jobs.get(bad_id)["status"] == "failed"
+        assert good.result(timeout=120)["version"] == 1
+    finally:
+        jobs.shutdown()
+
+
 def test_unknown_job_is_404(tmp_path):
     with pytest.raises(PredictorError) as err:
         TrainingJobs(tmp_path).get("nope")

@@ -678,7 +678,10 @@ class TrainingJobs:
 
     def _failed(self, job: _Job, err: dict[str, Any]) -> None:
         if self.on_failure is not None:
-            self.on_failure(err)
+            try:
+                self.on_failure(err)
+            except Exception:  # noqa: BLE001 - raised, it left the job unanswered and its caller waiting
+                log.exception("training job %s: counting its failure failed", job.id)
         job.record.update(status="failed", error=err)
         if self._store(job.record):
             landing_note(self.records_dir, job.id).unlink(missing_ok=True)
