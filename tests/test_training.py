@@ -510,6 +510,43 @@ def test_a_training_that_runs_past_the_timeout_is_stopped_and_the_next_runs(tmp_
         jobs.shutdown()
 
 
+def _slow_worker_start(*args) -> None:
+    """A worker's start as slow as a loaded machine's (a spawned worker imports this)."""
+    import time
+
+    from swarmpilot_predictor import workers
+
+    time.sleep(3.0)
+    workers._init_worker(*args)
+
+
+def test_a_fresh_workers_start_does_not_count_in_its_first_jobs_time(tmp_path, monkeypatch):
+    # The limit counted from the job's giving to the worker: a fresh worker's start (its
+    # imports, at idle priority) took a 1.5 s limit's first job, which runs in 0.6 s.
+    from swarmpilot_predictor import training, workers
+
+    monkeypatch.setattr(workers, "_init_worker", _slow_worker_start)
+    jobs = TrainingJobs(tmp_path, timeout=1.5)
+    try:
+        job_id, future = jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(60), algorithm="linear"))
+        assert future.result(timeout=120)["version"] == 1
+        record = jobs.get(job_id)
+        assert record["finished_at"] - record["started_at"] > 3.0  # its start, beyond the limit
+    finally:
+        jobs.shutdown()
+    # Nor does a worker that never begins the job hold it for good: past the allowance, the
+    # limit counts from the giving.
+    monkeypatch.setattr(training, "START_ALLOWANCE_S", 0.0)
+    jobs = TrainingJobs(tmp_path, timeout=1.5)
+    try:
+        _, future = jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(60), algorithm="linear"))
+        with pytest.raises(PredictorError) as err:
+            future.result(timeout=120)
+        assert err.value.status_code == 422
+    finally:
+        jobs.shutdown()
+
+
 def test_the_jobs_queued_behind_one_stopped_for_its_time_run_after_it_in_their_order(tmp_path):
     # The stopped worker failed the jobs it held in an order of its own (those not handed to
     # its process yet first), and the fresh one was given them in that order: the third and

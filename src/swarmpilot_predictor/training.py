@@ -417,6 +417,10 @@ _JOB_ID = re.compile(r"[0-9a-f]{16}")
 # reads succeeded, not failed, after which a client would have trained again.
 _LANDING = ".landing"
 
+# Seconds a worker may take to begin a job given to it (a fresh worker's start: its imports
+# took 2 s on a loaded machine) before the job's time limit counts from the giving.
+START_ALLOWANCE_S = 60.0
+
 
 def landing_note(records_dir: Path, job_id: str) -> Path:
     return records_dir / f"{job_id}{_LANDING}"
@@ -427,7 +431,7 @@ def _failure(status: int, message: str) -> dict[str, Any]:
     return {"ok": False, "error": {"status_code": status, "message": message}}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(eq=False)
 class _Job:
     """A training taken: its record (kept up to date, and stored), what its worker is given,
     what to run once it ends, and its caller's answer."""
@@ -437,6 +441,8 @@ class _Job:
     args: tuple[Any, ...]  # _train_job's
     cleanup: Callable[[], None] | None
     done: Future
+    sent: Submitted | None = None  # where it was given last
+    begun_at: float | None = None  # when the watchdog saw that worker begin it
 
 
 class TrainingJobs:
@@ -574,6 +580,7 @@ class TrainingJobs:
         (at once, in this one, if it could not be given)."""
         sent = self._workers.submit(_train_job, *job.args, resent=resent)
         if isinstance(sent, Submitted):
+            job.sent, job.begun_at = sent, None
             sent.future.add_done_callback(lambda _: self._ended(job, sent))
         else:
             self._ended(job, sent)
@@ -704,9 +711,10 @@ class TrainingJobs:
             time.sleep(min(0.5, self.timeout / 4) if self.timeout > 0 else 0.5)
             with self._lock:
                 running = self.jobs.get(self._pending[0]) if self._pending else None
-                overdue = (self.timeout > 0 and running is not None and running["status"] == "running"
-                           and running["job_id"] not in self._timed_out
-                           and time.time() - running.get("started_at", time.time()) > self.timeout)
+                job = self._queued.get(self._pending[0]) if self._pending else None
+                overdue = (self.timeout > 0 and running is not None and job is not None
+                           and running["status"] == "running" and running["job_id"] not in self._timed_out
+                           and time.time() - self._clock_start(job) > self.timeout)
                 pool = self._pool if overdue else None
                 if pool is not None:
                     self._timed_out.add(running["job_id"])
@@ -717,6 +725,17 @@ class TrainingJobs:
                 # The jobs queued behind it never started (but for one that may have, if the
                 # overdue job ended just now): a fresh worker takes them, in turn.
                 self._stop_pool(pool)
+
+    def _clock_start(self, job: _Job) -> float:
+        """When ``job``'s time limit began: when its worker began it, as the watchdog saw (a
+        fresh worker's start, its imports among it, took a 1.5 s limit's job that ran 0.6 s);
+        until then, :data:`START_ALLOWANCE_S` after it was given to the worker."""
+        sent = job.sent
+        if job.begun_at is None and sent is not None and sent.pool.ran(sent.number):
+            job.begun_at = time.time()
+        if job.begun_at is not None:
+            return job.begun_at
+        return job.record.get("started_at", time.time()) + START_ALLOWANCE_S
 
     def _pending_changed(self) -> None:
         if self.on_pending is not None:
