@@ -675,6 +675,23 @@ def test_a_failure_whose_counting_raises_is_still_answered_and_the_next_job_runs
         jobs.shutdown()
 
 
+def test_a_record_that_cannot_be_pruned_does_not_refuse_the_training(tmp_path):
+    # An unlink that failed (here a folder in a record's name) escaped the training's submit.
+    import os
+
+    jobs = TrainingJobs(tmp_path, keep=1)
+    try:
+        junk = jobs.records_dir / "0123456789abcdef.json"
+        junk.mkdir(parents=True)
+        os.utime(junk, (1, 1))
+        (jobs.records_dir / "fedcba9876543210.json").write_text("{}")
+        job_id, future = jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(60), algorithm="linear"))
+        assert future.result(timeout=120)["version"] == 1 and jobs.get(job_id)["status"] == "succeeded"
+        assert junk.is_dir()
+    finally:
+        jobs.shutdown()
+
+
 def test_unknown_job_is_404(tmp_path):
     with pytest.raises(PredictorError) as err:
         TrainingJobs(tmp_path).get("nope")

@@ -870,8 +870,11 @@ class TrainingJobs:
         except OSError:
             return
         for old in files[: max(0, len(files) - self.keep)]:
-            old.unlink(missing_ok=True)
-            landing_note(self.records_dir, old.stem).unlink(missing_ok=True)
+            try:
+                old.unlink(missing_ok=True)
+                landing_note(self.records_dir, old.stem).unlink(missing_ok=True)
+            except OSError as exc:  # one that cannot go (a read-only file system) is no reason to refuse a training
+                log.warning("cannot prune training job record %s: %s", old.name, exc)
 
     def stop_accepting(self) -> None:
         """The service has been told to stop: trainings submitted from now on are refused
