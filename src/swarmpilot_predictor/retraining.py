@@ -14,7 +14,6 @@ waits for new evidence (:meth:`Retrainer.backoff_step`).
 from __future__ import annotations
 
 import contextlib
-
 import dataclasses
 import fcntl
 import logging

@@ -531,6 +531,7 @@ class TrainingJobs:
         except BaseException:
             with self._lock:
                 self._reserved -= 1
+                self.jobs.pop(job_id, None)
             raise
         if self._enqueue(job):
             self._start(job)
@@ -571,9 +572,12 @@ class TrainingJobs:
             first = self._pending[0] == job.id
             if first:
                 job.record.update(status="running", started_at=time.time())
+            if first or self._closing:
+                # (Queued as the service stops, after its stop failed the jobs not given to
+                # the worker: given now, it is answered as they were, never run.)
                 self._sent.add(job.id)
             self._store(job.record)
-            return first
+            return job.id in self._sent
 
     def _start(self, job: _Job, resent: bool = False) -> None:
         """Give ``job`` to the worker; it ends in :meth:`_ended`, on the pool's manager thread
@@ -636,6 +640,9 @@ class TrainingJobs:
         """End ``job`` with ``out``: its record, its place in the queue, its caller's answer;
         then give the next job to the worker."""
         job.record["finished_at"] = time.time()  # (before the next one's start)
+        # Its call, which holds its worker's pool: kept, a stopped pool's queues and semaphore
+        # outlived the service's stop, reported as leaked at its exit.
+        job.sent = None
         nxt = self._leave_queue(job.id)
         try:
             if job.cleanup is not None:
