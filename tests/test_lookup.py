@@ -1069,6 +1069,26 @@ def test_model_info_parts_a_record_leaves_out_come_from_the_request():
 # --------------------------------------------------------------------------- parsed-table sidecars
 
 
+def test_a_table_deleted_while_its_first_lookup_writes_the_sidecar_leaves_no_sidecar(tmp_path, monkeypatch):
+    # The delete, between the first lookup's look at the file and the sidecar's rename, found
+    # no sidecar to delete; the rename then put one there for good (2.2 MB for 20,000 rows).
+    from swarmpilot_predictor.lookup import store as store_module
+
+    root = tmp_path / "tables"
+    root.mkdir()
+    (root / "m.json").write_bytes(orjson.dumps([record(i, features={"x": i}) for i in range(50)]))
+    tables = LookupTableStore(root)
+    real_save = store_module.save_index
+
+    def deleted_meanwhile(table, dest, source):
+        assert tables.delete("m.json")["deleted"] == "m.json"
+        real_save(table, dest, source)
+
+    monkeypatch.setattr(store_module, "save_index", deleted_meanwhile)
+    tables.get("m.json")  # (answers the table it parsed)
+    assert not list((root / ".index").iterdir())
+
+
 def test_a_table_is_parsed_once_then_loaded_from_its_sidecar(tmp_path):
     from swarmpilot_predictor.lookup import load_index
 

@@ -289,6 +289,27 @@ def test_window_keeps_the_newest_observations():
     assert list(tracker.y) == y[-50:].tolist()
 
 
+def test_an_append_whose_folder_a_delete_removes_meanwhile_is_recorded_not_an_error(tmp_path, monkeypatch):
+    # The delete of the model removes its folder: between the append's mkdir and its open,
+    # the open failed ("No such file or directory"), a 500 where the delete answers 404.
+    log_store = ObservationLog(tmp_path)
+    folder = log_store._dir(IDENT)
+    real_files = ObservationLog._files
+    removed = []
+
+    def racing(self, identity):
+        if not removed:
+            folder.rmdir()  # as the delete does, just after the append made it
+            removed.append(True)
+        return real_files(self, identity)
+
+    monkeypatch.setattr(ObservationLog, "_files", racing)
+    log_store.append(IDENT, [{"ts": 1.0, "runtime_ms": 5.0, "version": 1, "q": [1.0] * 8, "trace": {"x": 1}}])
+    assert removed and len(log_store.read(IDENT)) == 1
+    log_store.delete(IDENT)
+    assert not folder.exists()
+
+
 def test_observation_log_survives_a_torn_line_and_rotates(tmp_path):
     log = ObservationLog(tmp_path, max_file_bytes=2000, max_files=3)
     for i in range(100):

@@ -9,6 +9,7 @@ the accuracy, drift and retraining of all of them.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import math
@@ -288,12 +289,20 @@ class ObservationLog:
         bodies = [dumps_json(r, orjson.OPT_SERIALIZE_NUMPY) for r in records]
         with self._lock, writing(f"the observations of {identity.key}"):
             d = self._dir(identity)
-            d.mkdir(exist_ok=True)  # (not the observations folder: see ModelRegistry.save)
-            files = self._files(identity)
-            active = files[-1] if files else d / "obs-000001.jsonl"
-            if active.exists() and active.stat().st_size >= self.max_file_bytes:
-                active = d / f"obs-{_log_number(active.name) + 1:06d}.jsonl"
-            fd = open_regular(active, os.O_RDWR | os.O_CREAT | os.O_APPEND)
+            for attempt in range(3):
+                d.mkdir(exist_ok=True)  # (not the observations folder: see ModelRegistry.save)
+                files = self._files(identity)
+                active = files[-1] if files else d / "obs-000001.jsonl"
+                if active.exists() and active.stat().st_size >= self.max_file_bytes:
+                    active = d / f"obs-{_log_number(active.name) + 1:06d}.jsonl"
+                try:
+                    fd = open_regular(active, os.O_RDWR | os.O_CREAT | os.O_APPEND)
+                    break
+                except FileNotFoundError:
+                    # The folder removed meanwhile, by a delete of the model: made again here,
+                    # these are recorded, and the caller, finding the model gone, deletes them.
+                    if attempt == 2:
+                        raise
             try:
                 # Workers share the file: one append at a time, so that undoing a failed one
                 # (truncating back to ``size``) cannot cut another worker's records.
@@ -367,8 +376,12 @@ class ObservationLog:
         return out
 
     def delete(self, identity: ModelIdentity) -> None:
+        """Delete the model's observations, and its folder where nothing else is left in it
+        (its retraining decisions go first where the whole model is deleted)."""
         for p in self._files(identity):
             p.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty, or gone
+            self._dir(identity).rmdir()
 
 
 # The drift test runs at one observation in DRIFT_CHECK_EVERY of a version, not at every look

@@ -297,6 +297,11 @@ class LookupTableStore:
         try:
             if (*_signature(path), _fingerprint(path)) == source:  # not if the file changed while it was parsed
                 save_index(table, index, source)
+                # A delete of the table between that look and the sidecar's rename found no
+                # sidecar to delete: this one would stay for good (2.2 MB for 20,000 rows).
+                # Deleted after the rename, the delete removes it itself.
+                if not path.exists():
+                    index.unlink(missing_ok=True)
         except Exception as exc:  # noqa: BLE001 - the sidecar only saves time: the parsed table is served regardless
             log.warning("lookup table %s: cannot write its sidecar %s: %s", name, index, exc)
         return table
