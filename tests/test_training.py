@@ -692,6 +692,31 @@ def test_a_record_that_cannot_be_pruned_does_not_refuse_the_training(tmp_path):
         jobs.shutdown()
 
 
+def test_pruning_keeps_the_records_of_jobs_still_queued_or_running(tmp_path):
+    # Pruned by age (kept: the newest PREDICTOR_... 1000), a training of hours lost its record
+    # and landing note to the thousand trainings after it, in other workers too.
+    jobs = TrainingJobs(tmp_path, keep=2)
+    try:
+        slow_id, slow = jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(3000), algorithm="auto"))
+        other = TrainingJobs(tmp_path, keep=2)  # another worker of the service
+        try:
+            done_ids = []
+            for k in range(4):
+                job_id, done = other.submit(TrainConfig(model={**IDENTITY, "hardware": f"o{k}"},
+                                                        traces=make_llm_traces(60), algorithm="linear"))
+                done.result(timeout=120)
+                done_ids.append(job_id)
+            assert jobs.get(slow_id)["status"] in ("queued", "running")  # its record is there
+            assert other.get(slow_id)["status"] in ("queued", "running")  # and read from the other worker
+            # The finished ones beyond the newest two (and the one just queued) are pruned.
+            assert {p.stem for p in jobs.records_dir.glob("*.json")} == {slow_id, *done_ids[1:]}
+        finally:
+            other.shutdown()
+        slow.result(timeout=300)
+    finally:
+        jobs.shutdown()
+
+
 def test_unknown_job_is_404(tmp_path):
     with pytest.raises(PredictorError) as err:
         TrainingJobs(tmp_path).get("nope")

@@ -417,6 +417,9 @@ _JOB_ID = re.compile(r"[0-9a-f]{16}")
 # reads succeeded, not failed, after which a client would have trained again.
 _LANDING = ".landing"
 
+# The tokens of the TrainingJobs alive in this process (see TrainingJobs._earlier_run).
+_LIVE_TOKENS: set[str] = set()
+
 # Seconds a worker may take to begin a job given to it (a fresh worker's start: its imports
 # took 2 s on a loaded machine) before the job's time limit counts from the giving.
 START_ALLOWANCE_S = 60.0
@@ -479,6 +482,7 @@ class TrainingJobs:
         # be the same, in a container say, and its records of the last run must read failed).
         self.records_dir = self.data_dir / JOBS_FOLDER
         self._token = uuid.uuid4().hex
+        _LIVE_TOKENS.add(self._token)
         # Where this process's records live, also written in them: a copy of the data directory
         # (a backup restored) names another place, so its unfinished jobs read failed there while
         # the process that held them still runs, serving the original.
@@ -803,7 +807,7 @@ class TrainingJobs:
         # Held by a live process, and the same one: a pid may have been given to another
         # process since (another worker after a restart), or to this one (PID 1 in a container);
         # and a process serving this data directory, not the one this was copied from.
-        held = (still_running(pid, worker_started) and not (pid == os.getpid() and token != self._token)
+        held = (still_running(pid, worker_started) and not self._earlier_run(pid, token)
                 and home in (None, self._home))
         if record.get("status") in ("queued", "running") and not held:
             # A record copied from another data directory (a backup restored) names a worker
@@ -877,11 +881,36 @@ class TrainingJobs:
         except OSError:
             return
         for old in files[: max(0, len(files) - self.keep)]:
+            if self._unfinished_elsewhere(old):
+                continue
             try:
                 old.unlink(missing_ok=True)
                 landing_note(self.records_dir, old.stem).unlink(missing_ok=True)
             except OSError as exc:  # one that cannot go (a read-only file system) is no reason to refuse a training
                 log.warning("cannot prune training job record %s: %s", old.name, exc)
+
+    def _unfinished_elsewhere(self, path: Path) -> bool:
+        """Whether the record ``path`` is of a job that a live process (another worker, or
+        this one) still holds, queued or running: pruned for its age (a training of hours,
+        and a thousand others since), it and its landing note were gone, and the job read
+        404 everywhere but in its own process."""
+        if path.stem in self.jobs and self.jobs[path.stem].get("status") in ("queued", "running"):
+            return True
+        try:
+            record = orjson.loads(read_regular(path))
+        except (OSError, orjson.JSONDecodeError):
+            return False
+        if not isinstance(record, dict) or record.get("status") not in ("queued", "running"):
+            return False
+        pid = record.get("worker_pid")
+        return (record.get("data_dir") in (None, self._home) and still_running(pid, record.get("worker_started"))
+                and not self._earlier_run(pid, record.get("worker_token")))
+
+    def _earlier_run(self, pid: Any, token: Any) -> bool:
+        """Whether a record written by process ``pid`` with ``token`` is of an earlier run of
+        this process (PID 1 in a container, restarted), not of a live one: this process's
+        id, and none of the tokens of the TrainingJobs alive in it."""
+        return pid == os.getpid() and token not in _LIVE_TOKENS
 
     def stop_accepting(self) -> None:
         """The service has been told to stop: trainings submitted from now on are refused
@@ -892,6 +921,7 @@ class TrainingJobs:
         """Stop the worker now, for good; a training in progress is abandoned (its version is
         never half-written), and it and the queued jobs read failed with a 503."""
         self._closing = True
+        _LIVE_TOKENS.discard(self._token)
         self._workers.close()
         # The jobs queued behind the one the worker had were never given to it.
         with self._lock:
