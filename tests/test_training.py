@@ -717,6 +717,23 @@ def test_pruning_keeps_the_records_of_jobs_still_queued_or_running(tmp_path):
         jobs.shutdown()
 
 
+def test_a_training_queued_as_the_service_stops_is_answered_not_left_waiting(tmp_path, monkeypatch):
+    # Taken just before the stop, queued just after it: answered 503 as the job the stop cut
+    # short. (Where the stop's end of the running job comes after this one is queued, this
+    # one, behind it, was never given to a worker nor answered: that order is not forced here.)
+    jobs = TrainingJobs(tmp_path)
+    _, running = jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(3000), algorithm="auto"))
+    prune = jobs._prune_records
+    monkeypatch.setattr(jobs, "_prune_records", lambda: (prune(), jobs.shutdown()))
+    _, late = jobs.submit(TrainConfig(model={**IDENTITY, "hardware": "late"}, traces=make_llm_traces(60),
+                                      algorithm="linear"))
+    for future in (running, late):
+        with pytest.raises(PredictorError) as err:
+            future.result(timeout=60)
+        assert err.value.status_code == 503 and "the service stopped" in err.value.message
+    assert jobs._pending == []
+
+
 def test_unknown_job_is_404(tmp_path):
     with pytest.raises(PredictorError) as err:
         TrainingJobs(tmp_path).get("nope")
