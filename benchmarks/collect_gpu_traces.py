@@ -103,8 +103,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:  # not a dependency of the service: installed on the GPU machine only
+    sys.exit("collect_gpu_traces.py needs PyTorch (and torchvision) with CUDA, on a GPU machine: "
+             "pip install torch torchvision there, then run it again (see the docstring)")
 
 
 class TraceWriter:
