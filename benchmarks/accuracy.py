@@ -925,6 +925,8 @@ STUDY_SEED_BASE = 17
 
 def geometric_mean(logs: list[float]) -> tuple[float, float]:
     """The geometric mean of ratios given by their logs, and its standard error (in logs)."""
+    if len(logs) < 2:  # (one seed: no spread to tell)
+        return math.exp(np.mean(logs)), float("nan")
     return math.exp(np.mean(logs)), float(np.std(logs, ddof=1) / math.sqrt(len(logs)))
 
 

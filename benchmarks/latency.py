@@ -171,6 +171,7 @@ def wrk(port: int, path: str, body: bytes | None, seconds: int = 10, connections
     """Requests per second that wrk sustains: a POST of ``body``, or a GET where it is None.
     A run with any answer other than 2xx or 3xx is an error, not a figure."""
     if not shutil.which("wrk"):
+        print(f"(wrk is not installed: the throughput of {path} is not measured, shown as nan)", file=sys.stderr)
         return float("nan")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
         if body is not None:
