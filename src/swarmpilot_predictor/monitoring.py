@@ -53,28 +53,38 @@ def clock_tick(y: np.ndarray) -> float | None:
     """The coarsest of :data:`CLOCK_TICKS` that every runtime of ``y`` is a whole number of,
     or None: runtimes not on a clock's ticks (or fewer than :data:`MIN_TICK_OBSERVATIONS`)."""
     y = np.asarray(y, dtype=np.float64)
-    if len(y) < MIN_TICK_OBSERVATIONS:
-        return None
-    for tick in CLOCK_TICKS:
+
+    def whole(tick: float) -> bool:
         ticks = y / tick
-        if np.all(np.abs(ticks - np.rint(ticks)) <= 1e-9 * np.maximum(ticks, 1.0)):
-            return tick
-    return None
+        return bool(np.all(np.abs(ticks - np.rint(ticks)) <= 1e-9 * np.maximum(ticks, 1.0)))
+
+    # Every tick is a whole number of the finest: runtimes off it (a clock's continuous
+    # readings, the common case) are told in one pass, not one per tick.
+    if len(y) < MIN_TICK_OBSERVATIONS or not whole(CLOCK_TICKS[-1]):
+        return None
+    return next(tick for tick in CLOCK_TICKS if whole(tick))
+
+
+def _hair(tick: float | None) -> float:
+    """How near a runtime on the clock's ``tick`` a quantile ties with it (0: no clock)."""
+    return 0.0 if tick is None else TIE_TICKS * tick
 
 
 def covered(y: np.ndarray, q: np.ndarray, tick: float | None) -> tuple[np.ndarray, np.ndarray]:
     """Whether each quantile (``q``: observations by levels) surely covers its observation,
     and whether it may: the two differ only where the runtimes are on a clock's ``tick``
     and a quantile lies within :data:`TIE_TICKS` of a tick of its runtime (a tie)."""
-    hair = 0.0 if tick is None else TIE_TICKS * tick
+    hair = _hair(tick)
     y = np.asarray(y, dtype=np.float64)[:, None]
     return y + hair <= q, y - hair <= q
 
 
-def tie_broken_coverage(sure: np.ndarray, maybe: np.ndarray, levels: Any) -> np.ndarray:
-    """The coverage, per level, as near the level as breaking the ties allows: between the
-    share surely covered and the share that may be."""
-    return np.clip(np.asarray(levels, dtype=np.float64), sure, maybe)
+def tie_broken_coverage(y: np.ndarray, q: np.ndarray, tick: float | None) -> np.ndarray:
+    """The coverage of each monitored level (``q``: observations by levels), as near the
+    level as breaking the ties allows: between the share surely covered and the share that
+    may be (see :func:`covered`)."""
+    sure, maybe = covered(y, q, tick)
+    return np.clip(np.asarray(MONITOR_LEVELS, dtype=np.float64), sure.mean(axis=0), maybe.mean(axis=0))
 
 
 def coverage_p_value(sure: int, maybe: int, n: int, level: float) -> float:
@@ -376,8 +386,8 @@ class ObservationLog:
         return out
 
     def delete(self, identity: ModelIdentity) -> None:
-        """Delete the model's observations, and its folder where nothing else is left in it
-        (its retraining decisions go first where the whole model is deleted)."""
+        """Delete the model's observations, and their folder where nothing else is left in
+        it (where the whole model is deleted, its retraining decisions and lock go first)."""
         for p in self._files(identity):
             p.unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # not empty, or gone
@@ -553,8 +563,7 @@ class RollingAccuracy:
         q = np.asarray(self.q)
         levels = np.asarray(MONITOR_LEVELS)
         tick = clock_tick(y)
-        sure, maybe = covered(y, q, tick)
-        coverage = tie_broken_coverage(sure.mean(axis=0), maybe.mean(axis=0), levels)
+        coverage = tie_broken_coverage(y, q, tick)
         pin = pinball_loss(y, q, MONITOR_LEVELS)
         idx = {lvl: i for i, lvl in enumerate(MONITOR_LEVELS)}
         out["coverage"] = {f"{t:g}": float(c) for t, c in zip(MONITOR_LEVELS, coverage)}
@@ -669,7 +678,7 @@ def _worst_test(pvalues: dict[str | None, dict[str, float]], groups: list[str | 
 def _interval_coverage(y: np.ndarray, low: np.ndarray, high: np.ndarray, tick: float | None, size: float) -> float:
     """The share of ``y`` within [``low``, ``high``], as near ``size`` as breaking ties allows
     (see :func:`covered`)."""
-    hair = 0.0 if tick is None else TIE_TICKS * tick
+    hair = _hair(tick)
     sure = ((y - hair >= low) & (y + hair <= high)).mean()
     maybe = ((y + hair >= low) & (y - hair <= high)).mean()
     return float(np.clip(size, sure, maybe))
@@ -680,8 +689,7 @@ def _kind_accuracy(y: np.ndarray, q: np.ndarray, tick: float | None) -> dict[str
     ties at the window's clock ``tick`` (see :func:`covered`)."""
     out: dict[str, Any] = {"observations": int(len(y))}
     if len(y):
-        sure, maybe = covered(y, q, tick)
-        coverage = tie_broken_coverage(sure.mean(axis=0), maybe.mean(axis=0), MONITOR_LEVELS)
+        coverage = tie_broken_coverage(y, q, tick)
         out["coverage"] = {f"{t:g}": float(c) for t, c in zip(MONITOR_LEVELS, coverage)}
         out["mean_abs_coverage_error"] = float(np.abs(coverage - np.asarray(MONITOR_LEVELS)).mean())
         # How many times its predicted median a run of this kind took, at the median.

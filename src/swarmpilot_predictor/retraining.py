@@ -13,7 +13,6 @@ waits for new evidence (:meth:`Retrainer.backoff_step`).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import fcntl
 import logging
@@ -316,14 +315,12 @@ class DecisionLog:
         return cached[1].get(from_version)
 
     def delete(self, identity: ModelIdentity) -> None:
-        """Delete the model's decisions and its retraining lock, then its folder if nothing
-        else is left in it (its observations are deleted first). A retraining of the deleted
-        model that holds the lock keeps it until it ends (a lock on the unlinked file), and
-        can store nothing then: the deleted model's numbers are never given again."""
+        """Delete the model's decisions and its retraining lock (their folder, the model's
+        observations', goes with those: :meth:`ObservationLog.delete`). A retraining of the
+        deleted model that holds the lock keeps it until it ends (a lock on the unlinked
+        file), and can store nothing then: the deleted model's numbers are never given again."""
         self._path(identity).unlink(missing_ok=True)
         self._path(identity, self.LOCK).unlink(missing_ok=True)
-        with contextlib.suppress(OSError):  # not empty (an /observe that raced the delete), or gone
-            self._path(identity).parent.rmdir()
         self.forget(identity)
 
     def forget(self, identity: ModelIdentity) -> None:

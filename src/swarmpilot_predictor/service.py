@@ -953,9 +953,9 @@ class PredictorService:
         identity = self._resolve(pattern)
         deleted = self.registry.delete(identity, version)
         if version is None:
+            self.retrainer.decisions.delete(identity)  # first: the observations' delete takes their folder
             self.observations.delete(identity)
             self.monitor.forget(identity)
-            self.retrainer.decisions.delete(identity)
             self.retrainer.forget(identity)
             self.metrics.forget_model(identity.key)
             with self._count_lock:

@@ -721,18 +721,17 @@ class TrainingJobs:
         while not self._closing:
             time.sleep(min(0.5, self.timeout / 4) if self.timeout > 0 else 0.5)
             with self._lock:
-                running = self.jobs.get(self._pending[0]) if self._pending else None
-                job = self._queued.get(self._pending[0]) if self._pending else None
-                overdue = (self.timeout > 0 and running is not None and job is not None
-                           and running["status"] == "running" and running["job_id"] not in self._timed_out
+                job = self._queued[self._pending[0]] if self._pending else None
+                overdue = (self.timeout > 0 and job is not None
+                           and job.record["status"] == "running" and job.id not in self._timed_out
                            and time.time() - self._clock_start(job) > self.timeout)
                 pool = self._pool if overdue else None
                 if pool is not None:
-                    self._timed_out.add(running["job_id"])
-                    pool.stopped_for = running["job_id"]
+                    self._timed_out.add(job.id)
+                    pool.stopped_for = job.id
             if pool is not None:
                 log.warning("training job %s ran past %g s (PREDICTOR_TRAINING_TIMEOUT_S): stopping its worker",
-                            running["job_id"], self.timeout)
+                            job.id, self.timeout)
                 # The jobs queued behind it never started (but for one that may have, if the
                 # overdue job ended just now): a fresh worker takes them, in turn.
                 self._stop_pool(pool)
@@ -894,8 +893,6 @@ class TrainingJobs:
         this one) still holds, queued or running: pruned for its age (a training of hours,
         and a thousand others since), it and its landing note were gone, and the job read
         404 everywhere but in its own process."""
-        if path.stem in self.jobs and self.jobs[path.stem].get("status") in ("queued", "running"):
-            return True
         try:
             record = orjson.loads(read_regular(path))
         except (OSError, orjson.JSONDecodeError):
