@@ -1660,10 +1660,54 @@ def test_a_wide_design_built_sparse_has_the_dense_design_s_values():
     assert isinstance(dense, np.ndarray)
     np.testing.assert_array_equal(built.toarray(), dense)
     assert built[:3, dense.shape[1] - k:].nnz == 0
-    # Few rows or a narrow design stay dense.
+    # Few rows or a narrow design stay dense ...
     assert isinstance(design.transform(X[:999], sparse=True), np.ndarray)
     narrow = LogLinearDesign(["numeric", "categorical"], [0, 5]).fit(X % [1e9, 5])
     assert isinstance(narrow.transform(X % [1e9, 5], sparse=True), np.ndarray)
+    # ... but a very wide one is sparse on few rows too (its dense Gram matrices cost rows x width^2).
+    few = np.column_stack([rng.integers(1, 64, 300).astype(float), rng.integers(0, 400, 300).astype(float)])
+    wide = LogLinearDesign(["numeric", "categorical"], [0, 400]).fit(few)
+    built = wide.transform(few, sparse=True)
+    assert sp.issparse(built) and built.shape[1] >= 400
+    np.testing.assert_array_equal(built.toarray(), wide.transform(few))
+
+
+@pytest.mark.parametrize("rows, values, missing, p", [(1200, 400, 0.0, 4), (1600, 2000, 0.0, 4), (3000, 300, 0.1, 4),
+                                                     (1500, 300, 0.0, 0)])
+def test_gcv_through_a_categorical_s_diagonal_block_matches_the_eigen_decomposition(monkeypatch, rows, values, missing, p):
+    """A wide categorical's one-hot columns make a diagonal block of the Gram matrix: GCV's
+    statistics come from a solve through it, not an eigen-decomposition, to the same penalty
+    (values absent from the rows, rows without a value, and no other column included)."""
+    import scipy.sparse as sp
+
+    from swarmpilot_predictor.modeling import design
+
+    rng = np.random.default_rng(values)
+    codes = rng.integers(0, values, rows)
+    numeric = rng.normal(size=(rows, p))
+    valid = rng.random(rows) >= missing
+    S = sp.hstack([sp.csr_matrix(numeric),
+                   sp.csr_matrix((np.ones(valid.sum()), (np.flatnonzero(valid), codes[valid])), shape=(rows, values))],
+                  format="csr")
+    y = numeric @ rng.normal(size=p) + rng.normal(0, 0.5, values)[codes] + rng.normal(size=rows)
+    w = rng.uniform(0.2, 1.0, rows)
+    block = design._diagonal_block(design.wgram(S, w, S, dense=False).tocsr())
+    assert block[p:].all() and not block[:p].any()  # the one-hot columns, none of the numeric ones
+    eigen_calls = []
+    real_eigh = np.linalg.eigh
+    monkeypatch.setattr(np.linalg, "eigh", lambda *a, **k: eigen_calls.append(1) or real_eigh(*a, **k))
+    through_block = design.gcv_alpha(S, y, w, S)
+    assert not eigen_calls
+    monkeypatch.setattr(design, "ARROW_MIN_WIDTH", 10**9)
+    assert design.gcv_alpha(S, y, w, S) == pytest.approx(through_block, rel=1e-9)
+    assert eigen_calls
+    yc = y - (w @ y) / w.sum()
+    lam_eigen, eigen = design._sparse_gcv(S, w, yc, S)
+    monkeypatch.setattr(design, "ARROW_MIN_WIDTH", 256)
+    lam_block, block_stats = design._sparse_gcv(S, w, yc, S)
+    assert lam_block == pytest.approx(lam_eigen, rel=1e-10)
+    for c in (1e-6, 1e-2, 1.0, 1e3):
+        assert block_stats(c * lam_eigen) == pytest.approx(eigen(c * lam_eigen), rel=1e-9)
 
 
 # --------------------------------------------------------------------------- repeated runtimes

@@ -535,6 +535,11 @@ def slog(x: np.ndarray) -> np.ndarray:
 # matrices and solves scaled with the number of categories squared or cubed (a training
 # on 100k rows with a 500-value categorical took four minutes of CPU, and 15 s this way).
 SPARSE_MIN_WIDTH = 64
+# ... on a thousand rows or more; on fewer, only from this width. A narrower design is
+# as fast dense on few rows; a wider one cost its dense Gram matrices rows x width^2 per
+# knot and Newton step: 8 categorical features of 100 values (801 columns) on 1,200 rows
+# took 131 s to train, 86 of them in the shape model's Hessians.
+SPARSE_ALWAYS_WIDTH = 256
 
 
 def sparse_view(A: np.ndarray):
@@ -551,8 +556,9 @@ def sparse_view(A: np.ndarray):
 
 def _wants_sparse(n: int, d: int, nnz: int | None) -> bool:
     """Whether a design of ``n`` rows, ``d`` columns and ``nnz`` non-zeros (not yet counted:
-    None) is handled sparse: wide, at least a thousand rows, at most a quarter non-zero."""
-    return d >= SPARSE_MIN_WIDTH and n >= 1000 and (nnz is None or nnz <= 0.25 * n * d)
+    None) is handled sparse: wide (very wide on fewer than a thousand rows), at most a quarter non-zero."""
+    wide = d >= SPARSE_MIN_WIDTH if n >= 1000 else d >= SPARSE_ALWAYS_WIDTH
+    return wide and (nnz is None or nnz <= 0.25 * n * d)
 
 
 def wgram(A: np.ndarray, w: np.ndarray, S=None, dense: bool = True):
@@ -586,9 +592,10 @@ def wgrams(A: np.ndarray, V: np.ndarray, block: int = 1_000_000) -> np.ndarray:
 # DENSE_SOLVE_MAX_SIZE wide) is factorised dense. One categorical feature's Gram matrix is
 # an arrow (a diagonal block per value), which a sparse LU factorises fast; several
 # categorical features fill in a block for every pair of them, and the sparse LU fills in
-# the rest: 8 features of 100 values (801 columns, a third stored) took 49 ms a factorisation
-# sparse, 16 ms dense, and the shape model makes one per knot and Newton step.
-DENSE_SOLVE_SHARE = 0.1
+# the rest: 8 features of 100 values (801 columns) took 37 to 44 ms a factorisation sparse
+# and 5 to 7 ms dense, on 600 to 2,000 rows (6% to 16% stored), and the power model makes
+# one per Levenberg-Marquardt step.
+DENSE_SOLVE_SHARE = 0.05
 DENSE_SOLVE_MAX_SIZE = 4096
 
 
@@ -630,9 +637,8 @@ def sparse_solve(G, diag: np.ndarray, b: np.ndarray) -> np.ndarray:
     return sparse_lu(G + sp.diags(diag))(b)
 
 
-def _wsum(A: np.ndarray, w: np.ndarray, S=None) -> np.ndarray:
-    """``A.T @ w``."""
-    return A.T @ w if S is None else S.T @ w
+# The penalties GCV weighs: 10^x times the largest eigenvalue of the centred Gram matrix per row.
+GCV_GRID = np.arange(-6.0, 4.01, 0.5)
 
 
 def gcv_alpha(A: np.ndarray, y: np.ndarray, w: np.ndarray | None = None, S=None) -> float:
@@ -642,36 +648,143 @@ def gcv_alpha(A: np.ndarray, y: np.ndarray, w: np.ndarray | None = None, S=None)
         return 1.0
     w = np.ones(n) if w is None else w
     sw = w.sum()
-    a_mean = _wsum(A, w, S) / sw
     y_mean = float((y * w).sum() / sw)
-    r = np.sqrt(w)
-    yc = (y - y_mean) * r
+    yc = (y - y_mean) * np.sqrt(w)
     total = float(yc @ yc)
-    if S is None:
-        U, sv, _ = np.linalg.svd((A - a_mean) * r[:, None], full_matrices=False)
-        lam = sv**2
-        beta2 = lam * (U.T @ yc) ** 2
-    else:
-        # Eigen-decomposition of the centred weighted Gram matrix (d x d) instead of an
-        # SVD of the n x d design: the same spectrum, and (V' Ac' W yc)^2 = s^2 (U' yc)^2.
-        G = wgram(A, w, S) - sw * np.outer(a_mean, a_mean)
-        lam, V = np.linalg.eigh(G)
-        lam, V = np.maximum(lam[::-1], 0.0), V[:, ::-1]
-        beta2 = (V.T @ _wsum(A, w * (y - y_mean), S)) ** 2
+    lam_max, fit_stats = _spectral_gcv(A, w, yc) if S is None else _sparse_gcv(A, w, y - y_mean, S)
     best = (np.inf, 1.0)
     scale = sw / n
-    for log_a in np.arange(-6.0, 4.01, 0.5):
-        a = 10.0**log_a * max(float(lam[0]), 1e-12) / n
-        c = a * scale
-        f = lam / (lam + c)
-        rss = total - float((beta2 * (lam + 2 * c) / (lam + c) ** 2).sum())
-        df = float(f.sum()) + 1.0
+    for log_a in GCV_GRID:
+        a = 10.0**log_a * max(lam_max, 1e-12) / n
+        explained, dof = fit_stats(a * scale)
+        rss = total - explained
+        df = dof + 1.0
         if df >= n - 0.5:
             continue
         gcv = max(rss, 0.0) / (1.0 - df / n) ** 2
         if gcv < best[0]:
             best = (gcv, a)
     return best[1]
+
+
+def _spectral(lam: np.ndarray, beta2: np.ndarray):
+    """The ridge fit's statistics from the centred Gram matrix's spectrum ``lam`` and the
+    squared projections ``beta2`` of ``A'Wy`` on its eigenvectors: at penalty ``c``, the
+    sum of squares the fit explains and its degrees of freedom (the intercept's aside)."""
+    def fit_stats(c: float) -> tuple[float, float]:
+        return float((beta2 * (lam + 2 * c) / (lam + c) ** 2).sum()), float((lam / (lam + c)).sum())
+
+    return fit_stats
+
+
+def _spectral_gcv(A: np.ndarray, w: np.ndarray, yc: np.ndarray):
+    r = np.sqrt(w)
+    a_mean = (A.T @ w) / w.sum()
+    U, sv, _ = np.linalg.svd((A - a_mean) * r[:, None], full_matrices=False)
+    lam = sv**2
+    return float(lam[0]), _spectral(lam, lam * (U.T @ yc) ** 2)
+
+
+# A design whose Gram matrix has a diagonal block this wide or wider (the one-hot columns
+# of one categorical feature) and a rest narrow enough has its GCV scores computed through
+# that block's Schur complement instead of an eigen-decomposition: for a 2,000-value
+# categorical on 2,000 rows, 40 eigen-decompositions of a 2,000-wide matrix took 34 of a
+# training's 89 s.
+ARROW_MIN_WIDTH = 256
+
+
+def _sparse_gcv(A, w: np.ndarray, centred: np.ndarray, S):
+    """:func:`gcv_alpha`'s largest eigenvalue and fit statistics for a sparse design ``S``
+    (``centred``: the targets less their weighted mean)."""
+    G0 = wgram(A, w, S, dense=False).tocsr()
+    s = np.asarray(S.T @ w).ravel()
+    sw = float(w.sum())
+    b = np.asarray(S.T @ (w * centred)).ravel()
+    d = G0.shape[0]
+    block = _diagonal_block(G0) if d >= ARROW_MIN_WIDTH else None
+    if block is not None:
+        k = int(block.sum())
+        r = d - k
+        # The Schur path costs about k r^2 + r^3 flops per penalty tried, the eigen-decomposition d^3.
+        if len(GCV_GRID) * (k * r * r + r**3) < d**3:
+            return _largest_eigenvalue(G0, s, sw), _arrow_stats(G0, s, sw, b, block)
+    a_mean = s / sw
+    G = G0.toarray() - sw * np.outer(a_mean, a_mean)
+    lam, V = np.linalg.eigh(G)
+    lam, V = np.maximum(lam[::-1], 0.0), V[:, ::-1]
+    return float(lam[0]), _spectral(lam, (V.T @ b) ** 2)
+
+
+def _diagonal_block(G) -> np.ndarray:
+    """A set of columns (a mask) whose Gram matrix ``G`` block is diagonal: a greedy
+    independent set of its graph, the columns with the fewest non-zeros first (so a
+    categorical's one-hot columns, each beside the few dense columns only, fill it)."""
+    d = G.shape[0]
+    degree = np.diff(G.indptr)
+    block = np.zeros(d, dtype=bool)
+    taken = np.zeros(d, dtype=bool)
+    for j in np.argsort(degree, kind="stable").tolist():
+        if not taken[j]:
+            block[j] = True
+            taken[G.indices[G.indptr[j]:G.indptr[j + 1]]] = True
+    return block
+
+
+def _largest_eigenvalue(G0, s: np.ndarray, sw: float) -> float:
+    """The largest eigenvalue of the centred Gram matrix ``G0 - s s' / sw`` (Lanczos, to working precision)."""
+    from scipy.sparse.linalg import ArpackError, LinearOperator, eigsh
+
+    d = G0.shape[0]
+    op = LinearOperator((d, d), matvec=lambda x: G0 @ x - s * (s @ x) / sw, dtype=np.float64)
+    # A fixed start, so that a training is repeatable; not all ones, which a categorical's
+    # one-hot columns (they sum to the intercept, which centring removes) may send to zero.
+    start = np.random.default_rng(0).standard_normal(d)
+    try:
+        top = float(eigsh(op, k=1, which="LA", v0=start, tol=0)[0][0])
+    except ArpackError:  # no convergence (ArpackNoConvergence is one): the whole spectrum
+        top = float(np.linalg.eigvalsh(G0.toarray() - np.outer(s, s) / sw)[-1])
+    return max(top, 0.0)
+
+
+def _arrow_stats(G0, s: np.ndarray, sw: float, b: np.ndarray, block: np.ndarray):
+    """:func:`_spectral`'s statistics without a spectrum, for a Gram matrix with the diagonal ``block``.
+
+    The penalised centred Gram matrix ``G0 - s s'/sw + cI`` is the Schur complement of
+    the unpenalised intercept in ``M = [[sw, s'], [s, G0 + cI]]``; with the block's
+    columns first, ``M`` is an arrow (a diagonal, then a narrow dense rest), whose inverse
+    is the diagonal's plus a term of the rest's own Schur complement. So the ridge
+    coefficients ``beta`` and ``tr((G + cI)^-1)`` cost a solve of the narrow rest.
+    """
+    d = len(b)
+    rest = np.flatnonzero(~block)
+    inner = np.flatnonzero(block)
+    diagonal = G0.diagonal()[inner]
+    # The rest with the intercept in front: its own block F, and the arrow's E (block x rest).
+    F = np.empty((len(rest) + 1, len(rest) + 1))
+    F[0, 0] = sw
+    F[0, 1:] = F[1:, 0] = s[rest]
+    F[1:, 1:] = G0[rest][:, rest].toarray()
+    E = np.empty((len(inner), len(rest) + 1))
+    E[:, 0] = s[inner]
+    E[:, 1:] = G0[inner][:, rest].toarray()
+    b_inner, b_rest = b[inner], np.concatenate([[0.0], b[rest]])
+
+    def fit_stats(c: float) -> tuple[float, float]:
+        D = diagonal + c
+        Ed = E / D[:, None]
+        penalised = F.copy()
+        penalised[1:, 1:] += c * np.eye(len(rest))
+        schur_inv = np.linalg.inv(penalised - E.T @ Ed)
+        z = schur_inv @ (b_rest - Ed.T @ b_inner)
+        beta = np.empty(d)
+        beta[rest] = z[1:]
+        beta[inner] = (b_inner - E @ z) / D
+        # tr((G + cI)^-1): the block's diagonal of M^-1, then the rest's (the intercept's aside).
+        trace = (float((1.0 / D).sum()) + float(np.einsum("ij,ji->", schur_inv, Ed.T @ Ed))
+                 + float(np.trace(schur_inv)) - schur_inv[0, 0])
+        return float(beta @ b) + c * float(beta @ beta), d - c * trace
+
+    return fit_stats
 
 
 # The least penalty of a ridge solve, relative to its Gram matrix's mean diagonal: a training

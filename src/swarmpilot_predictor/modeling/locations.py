@@ -285,21 +285,21 @@ def _fit_overhead_power(B: np.ndarray, y: np.ndarray, w: np.ndarray, th: np.ndar
             g = Jv.T @ r - penalty * th
         else:
             # J = [p, 1-p, (1-p) B] with B sparse: the B block of J'VJ is B' diag(v (1-p)^2) B.
-            q = 1.0 - p
-            J2 = np.column_stack([p, q])
-            H = np.empty((d + 2, d + 2))
-            H[:2, :2] = J2.T @ (J2 * v[:, None])
-            H[:2, 2:] = (S.T @ (J2 * (v * q)[:, None])).T
-            H[2:, :2] = H[:2, 2:].T
-            H[2:, 2:] = wgram(B, v * q * q, S)
-            H += np.diag(penalty)
-            g = np.concatenate([J2.T @ (v * r), S.T @ (v * q * r)]) - penalty * th
-        if S is not None:
+            # Built sparse: a dense (d + 2)-square H, and finding its non-zeros again, took
+            # most of a fit's time with a 2,000-value categorical.
             import scipy.sparse as sp
 
-            Hs = sp.csc_matrix(H)
+            q = 1.0 - p
+            J2 = np.column_stack([p, q])
+            side = (S.T @ (J2 * (v * q)[:, None])).T
+            H = sp.bmat([[J2.T @ (J2 * v[:, None]), side], [side.T, wgram(B, v * q * q, S, dense=False)]], format="csc")
+            H = (H + sp.diags(penalty, format="csc")).tocsc()
+            H.eliminate_zeros()
+            H.sort_indices()
+            g = np.concatenate([J2.T @ (v * r), S.T @ (v * q * r)]) - penalty * th
+        diagonal = np.diag(H) if S is None else H.diagonal()
         for _ in range(20):
-            D = H + lam * np.diag(np.diag(H) + 1e-12) if S is None else Hs + sp.diags(lam * (np.diag(H) + 1e-12), format="csc")
+            D = H + lam * np.diag(diagonal + 1e-12) if S is None else H + sp.diags(lam * (diagonal + 1e-12), format="csc")
             try:
                 step = np.linalg.solve(D, g) if S is None else sparse_lu(D)(g)
                 if not bounds[0] < th[0] + step[0] < bounds[1]:
