@@ -1007,6 +1007,41 @@ def test_a_category_training_never_saw_is_answered_among_the_known_ones_and_as_w
                                rtol=1e-12)
 
 
+def test_an_unseen_value_of_many_valued_columns_is_learned_from_fewer_rows_to_the_same_figures(monkeypatch):
+    """Every known value (and the unseen one) answers each sampled row: with many values the
+    rows are fewer, within UNSEEN_PROBE_BUDGET answers, and the figures from 30 rows those of 200."""
+    from swarmpilot_predictor.modeling import model as model_module
+
+    rng = np.random.default_rng(5)
+    n, k = 2000, 150
+    device, other = rng.integers(0, k, n), rng.integers(0, k, n)
+    size = rng.integers(1, 64, n).astype(float)
+    effect = rng.normal(0, 0.5, (2, k))
+    y = (2 + size) * np.exp(effect[0][device] + effect[1][other] + 0.1 * size / 64 * effect[0][device]
+                            + rng.normal(0, 0.2, n))
+    X = np.column_stack([size, device, other]).astype(float)
+    model = QuantileModel(["numeric", "categorical", "categorical"], [0, k, k], "lightgbm").fit(X, y)
+    answered = []
+    real = model.location_.predict
+    monkeypatch.setattr(model.location_, "predict", lambda A: answered.append(len(A)) or real(A))
+    model._learn_unseen_categories(X)
+    assert sum(answered) <= model_module.UNSEEN_PROBE_BUDGET
+    assert sum(answered) == 2 * (k + 1) * (model_module.UNSEEN_PROBE_BUDGET // (2 * (k + 1)))  # 165 rows
+    monkeypatch.setattr(model_module, "UNSEEN_PROBE_BUDGET", 30 * 2 * (k + 1))  # as 16 columns of 100 values have
+    answered.clear()
+    model._learn_unseen_categories(X)
+    assert sum(answered) == 30 * 2 * (k + 1)
+    fewer = model.unseen_categories()
+    monkeypatch.setattr(model_module, "UNSEEN_PROBE_BUDGET", 10**9)
+    answered.clear()
+    model._learn_unseen_categories(X)
+    assert sum(answered) == 2 * (k + 1) * 200
+    full = model.unseen_categories()
+    for j in (1, 2):
+        assert fewer[j]["log_sd"] == pytest.approx(full[j]["log_sd"], rel=0.01)
+        assert abs(fewer[j]["shift"] - full[j]["shift"]) < 0.01 * full[j]["log_sd"]
+
+
 def test_with_a_model_for_each_kind_of_run_each_kind_reports_its_own_unseen_figures():
     rng = np.random.default_rng(1)
     n = 1500

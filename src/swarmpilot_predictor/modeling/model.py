@@ -57,6 +57,12 @@ SELECT_MAX_ROWS = 50_000
 # Training rows on which the known values of a categorical column are compared, to answer
 # a value training never saw (see QuantileModel._learn_unseen_categories).
 UNSEEN_SAMPLE_ROWS = 200
+# ... fewer (down to UNSEEN_MIN_ROWS) where the columns' values (and the unseen one) times
+# the rows would pass this many predictions: a boosted model of 2,000 trees spent 38 s of
+# a 102 s training answering 16 columns x 101 values x 200 rows. Many values make each
+# row's answer an average over many already.
+UNSEEN_PROBE_BUDGET = 50_000
+UNSEEN_MIN_ROWS = 25
 # Simpler candidates win unless a more complex one is clearly better on held-out rows.
 FAMILY_COMPLEXITY = {"empirical": 0, "linear": 1, "power": 1, "lightgbm": 2}
 SELECTION_SE = 1.0
@@ -665,8 +671,8 @@ class QuantileModel:
         device is not more like the commonest one), and ``unseen_sd_``, the log sd of a new
         value's location about that mean (where among them it lies is not known: the known
         values' sample sd, times sqrt(1 + 1/k) for their mean's own error).
-        Taken over up to ``UNSEEN_SAMPLE_ROWS`` training rows, each answered with every known
-        value in turn. A column with unseen-coded training rows (rare values, missing ones)
+        Taken over up to ``UNSEEN_SAMPLE_ROWS`` training rows (fewer where the columns have
+        many values: see ``UNSEEN_PROBE_BUDGET``), each answered with every known value in turn. A column with unseen-coded training rows (rare values, missing ones)
         has had its unknown level, and that level's spread, learned from them: it gets none,
         unless that was one row, left out of the scores (``unknown_alone``, see
         :meth:`_fold_alone`): then the unknown level, as learned from it, counts as one more
@@ -679,7 +685,9 @@ class QuantileModel:
         if not columns:
             return
         rng = np.random.default_rng(self.random_state)
-        rows = X[np.sort(rng.choice(len(X), min(len(X), UNSEEN_SAMPLE_ROWS), replace=False))]
+        answers = sum(k + 1 for _, k in columns)
+        sample = min(len(X), UNSEEN_SAMPLE_ROWS, max(UNSEEN_MIN_ROWS, UNSEEN_PROBE_BUDGET // answers))
+        rows = X[np.sort(rng.choice(len(X), sample, replace=False))]
         bounds = self._bounds()
         for j, k in columns:
             probe = np.repeat(rows[None, :, :], k + 1, axis=0)  # (known values + the unseen one, rows, columns)
