@@ -672,7 +672,8 @@ class QuantileModel:
         value's location about that mean (where among them it lies is not known: the known
         values' sample sd, times sqrt(1 + 1/k) for their mean's own error).
         Taken over up to ``UNSEEN_SAMPLE_ROWS`` training rows (fewer where the columns have
-        many values: see ``UNSEEN_PROBE_BUDGET``), each answered with every known value in turn. A column with unseen-coded training rows (rare values, missing ones)
+        many values: see ``UNSEEN_PROBE_BUDGET``), each answered with every known value in
+        turn. A column with unseen-coded training rows (rare values, missing ones)
         has had its unknown level, and that level's spread, learned from them: it gets none,
         unless that was one row, left out of the scores (``unknown_alone``, see
         :meth:`_fold_alone`): then the unknown level, as learned from it, counts as one more
