@@ -1737,9 +1737,9 @@ def test_gcv_through_a_categorical_s_diagonal_block_matches_the_eigen_decomposit
     assert design.gcv_alpha(S, y, w, S) == pytest.approx(through_block, rel=1e-9)
     assert eigen_calls
     yc = y - (w @ y) / w.sum()
-    lam_eigen, eigen = design._sparse_gcv(S, w, yc, S)
+    lam_eigen, eigen = design._sparse_gcv(S, w, yc)
     monkeypatch.setattr(design, "ARROW_MIN_WIDTH", 256)
-    lam_block, block_stats = design._sparse_gcv(S, w, yc, S)
+    lam_block, block_stats = design._sparse_gcv(S, w, yc)
     assert lam_block == pytest.approx(lam_eigen, rel=1e-10)
     for c in (1e-6, 1e-2, 1.0, 1e3):
         assert block_stats(c * lam_eigen) == pytest.approx(eigen(c * lam_eigen), rel=1e-9)

@@ -417,7 +417,7 @@ _JOB_ID = re.compile(r"[0-9a-f]{16}")
 # reads succeeded, not failed, after which a client would have trained again.
 _LANDING = ".landing"
 
-# The tokens of the TrainingJobs alive in this process (see TrainingJobs._earlier_run).
+# The tokens of the TrainingJobs alive in this process (see TrainingJobs._held).
 _LIVE_TOKENS: set[str] = set()
 
 # Seconds a worker may take to begin a job given to it (a fresh worker's start: its imports
@@ -800,14 +800,10 @@ class TrainingJobs:
             log.warning("training job %s's record %s cannot be read (%s)", job_id, path, why)
             raise NotFound(f"training job {job_id}'s record cannot be read (damaged on disk): what became "
                            "of it is unknown; GET /models tells whether it stored a version", field="job_id")
-        pid, token = record.pop("worker_pid", None), record.pop("worker_token", None)
-        worker_started = record.pop("worker_started", None)
+        held = self._held(record)
+        for key in ("worker_pid", "worker_token", "worker_started"):
+            record.pop(key, None)
         home = record.pop("data_dir", None)  # (records written before 2026-12-01 name none)
-        # Held by a live process, and the same one: a pid may have been given to another
-        # process since (another worker after a restart), or to this one (PID 1 in a container);
-        # and a process serving this data directory, not the one this was copied from.
-        held = (still_running(pid, worker_started) and not self._earlier_run(pid, token)
-                and home in (None, self._home))
         if record.get("status") in ("queued", "running") and not held:
             # A record copied from another data directory (a backup restored) names a worker
             # that stores into that one, never into this one: settled as it reads now.
@@ -897,17 +893,18 @@ class TrainingJobs:
             record = orjson.loads(read_regular(path))
         except (OSError, orjson.JSONDecodeError):
             return False
-        if not isinstance(record, dict) or record.get("status") not in ("queued", "running"):
-            return False
-        pid = record.get("worker_pid")
-        return (record.get("data_dir") in (None, self._home) and still_running(pid, record.get("worker_started"))
-                and not self._earlier_run(pid, record.get("worker_token")))
+        return isinstance(record, dict) and record.get("status") in ("queued", "running") and self._held(record)
 
-    def _earlier_run(self, pid: Any, token: Any) -> bool:
-        """Whether a record written by process ``pid`` with ``token`` is of an earlier run of
-        this process (PID 1 in a container, restarted), not of a live one: this process's
-        id, and none of the tokens of the TrainingJobs alive in it."""
-        return pid == os.getpid() and token not in _LIVE_TOKENS
+    def _held(self, record: dict[str, Any]) -> bool:
+        """Whether the job of ``record`` is held by a live process, and the same one: a pid may
+        have been given to another process since (another worker after a restart), or to this
+        one (PID 1 in a container, restarted: then none of the tokens of the TrainingJobs alive
+        in it is the record's); and a process serving this data directory, not the one this
+        was copied from (records written before 2026-12-01 name none)."""
+        pid = record.get("worker_pid")
+        earlier_run = pid == os.getpid() and record.get("worker_token") not in _LIVE_TOKENS
+        return (still_running(pid, record.get("worker_started")) and not earlier_run
+                and record.get("data_dir") in (None, self._home))
 
     def stop_accepting(self) -> None:
         """The service has been told to stop: trainings submitted from now on are refused

@@ -651,7 +651,7 @@ def gcv_alpha(A: np.ndarray, y: np.ndarray, w: np.ndarray | None = None, S=None)
     y_mean = float((y * w).sum() / sw)
     yc = (y - y_mean) * np.sqrt(w)
     total = float(yc @ yc)
-    lam_max, fit_stats = _spectral_gcv(A, w, yc) if S is None else _sparse_gcv(A, w, y - y_mean, S)
+    lam_max, fit_stats = _spectral_gcv(A, w, yc) if S is None else _sparse_gcv(S, w, y - y_mean)
     best = (np.inf, 1.0)
     scale = sw / n
     for log_a in GCV_GRID:
@@ -693,10 +693,10 @@ def _spectral_gcv(A: np.ndarray, w: np.ndarray, yc: np.ndarray):
 ARROW_MIN_WIDTH = 256
 
 
-def _sparse_gcv(A, w: np.ndarray, centred: np.ndarray, S):
+def _sparse_gcv(S, w: np.ndarray, centred: np.ndarray):
     """:func:`gcv_alpha`'s largest eigenvalue and fit statistics for a sparse design ``S``
     (``centred``: the targets less their weighted mean)."""
-    G0 = wgram(A, w, S, dense=False).tocsr()
+    G0 = wgram(S, w, S, dense=False).tocsr()
     s = np.asarray(S.T @ w).ravel()
     sw = float(w.sum())
     b = np.asarray(S.T @ (w * centred)).ravel()
@@ -708,9 +708,7 @@ def _sparse_gcv(A, w: np.ndarray, centred: np.ndarray, S):
         # The Schur path costs about k r^2 + r^3 flops per penalty tried, the eigen-decomposition d^3.
         if len(GCV_GRID) * (k * r * r + r**3) < d**3:
             return _largest_eigenvalue(G0, s, sw), _arrow_stats(G0, s, sw, b, block)
-    a_mean = s / sw
-    G = G0.toarray() - sw * np.outer(a_mean, a_mean)
-    lam, V = np.linalg.eigh(G)
+    lam, V = np.linalg.eigh(_centred_gram(G0, s, sw))
     lam, V = np.maximum(lam[::-1], 0.0), V[:, ::-1]
     return float(lam[0]), _spectral(lam, (V.T @ b) ** 2)
 
@@ -742,8 +740,15 @@ def _largest_eigenvalue(G0, s: np.ndarray, sw: float) -> float:
     try:
         top = float(eigsh(op, k=1, which="LA", v0=start, tol=0)[0][0])
     except ArpackError:  # no convergence (ArpackNoConvergence is one): the whole spectrum
-        top = float(np.linalg.eigvalsh(G0.toarray() - np.outer(s, s) / sw)[-1])
+        top = float(np.linalg.eigvalsh(_centred_gram(G0, s, sw))[-1])
     return max(top, 0.0)
+
+
+def _centred_gram(G0, s: np.ndarray, sw: float) -> np.ndarray:
+    """The centred weighted Gram matrix, dense, from the uncentred one ``G0``, the weighted
+    column sums ``s`` and the weights' sum ``sw``."""
+    a_mean = s / sw
+    return G0.toarray() - sw * np.outer(a_mean, a_mean)
 
 
 def _arrow_stats(G0, s: np.ndarray, sw: float, b: np.ndarray, block: np.ndarray):
