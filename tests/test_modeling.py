@@ -12,6 +12,7 @@ from scipy.special import ndtri
 from swarmpilot_predictor.modeling import (
     ALGORITHMS,
     EVAL_LEVELS,
+    LINEAR_HINGES,
     LinearLocation,
     LogLinearDesign,
     MAX_BOOST_ROUNDS,
@@ -26,6 +27,7 @@ from swarmpilot_predictor.modeling import (
     pinball_losses,
     quantile_metrics,
 )
+from swarmpilot_predictor.modeling.locations import bounded_step
 from swarmpilot_predictor.modeling.model import location_pinball
 from swarmpilot_predictor.modeling.shape import quantile_regression
 
@@ -575,6 +577,31 @@ def test_auto_chooses_the_power_law_where_runtimes_are_overhead_plus_power_law()
     assert np.mean(np.abs(med / base_t - 1)) < 0.03
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+def test_a_power_law_step_that_would_cross_the_overhead_s_bound_holds_it_there(sparse):
+    # The other parameters then solve the system without the overhead's row and column,
+    # its step fixed: found through the one factorisation of the whole system.
+    import scipy.sparse as sp
+
+    from swarmpilot_predictor.modeling.design import dense_factor, sparse_lu
+
+    rng = np.random.default_rng(0)
+    J = rng.standard_normal((300, 40))
+    D = J.T @ J + np.diag(rng.uniform(0.1, 1.0, 40))
+    solve = sparse_lu(sp.csc_matrix(D), symmetric=True) if sparse else dense_factor(D, symmetric=True)
+    for overhead, bounds, held in [(2.0, (-5.0, 5.0), None), (2.0, (-5.0, 1.0), 1.0), (-2.0, (-0.5, 5.0), -0.5)]:
+        free = np.r_[overhead, rng.standard_normal(39)]
+        g = D @ free
+        step = bounded_step(solve, g, 0.0, bounds)
+        if held is None:
+            np.testing.assert_allclose(step, free, rtol=1e-9)
+            continue
+        assert step[0] == held
+        rest = np.linalg.solve(D[1:, 1:], g[1:] - D[1:, 0] * held)
+        np.testing.assert_allclose(step[1:], rest, rtol=1e-9, atol=1e-12)
+        assert np.abs(step[1:] - free[1:]).max() > 1e-3  # held, the others step elsewhere
+
+
 def test_power_law_with_a_dropped_feature_survives_json():
     X, y, _ = overhead_and_power(200, seed=4)
     X = np.column_stack([X, np.random.default_rng(5).uniform(0, 1, len(y))])  # a useless third feature
@@ -648,6 +675,32 @@ def test_the_folds_choose_whether_the_linear_design_has_hinges():
     assert bent == [3] * 8, bent
     forced = QuantileModel(["numeric"], [0], algorithm="linear", params={"hinges": 1}).fit(x[:, None], y)
     assert "hinges" not in forced.cv_["linear"] and forced.location_.hinges == 1
+
+
+def test_categorical_features_alone_are_not_fitted_again_with_hinges(monkeypatch):
+    # Hinges bend numeric features: without one, the hinged designs of the linear location
+    # and of the scale are the plain ones, and fitting them twice only cost time.
+    from swarmpilot_predictor.modeling import model as model_module
+
+    made = []
+    for cls in (LinearLocation, ScaleModel):
+        def recording(*args, cls=cls, **kwargs):
+            made.append(instance := cls(*args, **kwargs))
+            return instance
+        monkeypatch.setattr(model_module, cls.__name__, recording)
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 6, (600, 2))
+    # Each value of the first feature its own level and noise, so that the scale uses it.
+    y = np.exp(rng.normal(0, 0.5, 6)[codes[:, 0]] + rng.uniform(0.05, 0.6, 6)[codes[:, 0]] * rng.standard_normal(600))
+    model = QuantileModel(["categorical"] * 2, [6, 6], algorithm="linear").fit(codes.astype(float), y)
+    assert model.cv_["linear"]["hinges"] == 0 and model.cv_["linear"]["scale_features"] == [0]
+    assert {m.hinges for m in made if isinstance(m, LinearLocation)} == {0}
+    assert {m.hinges for m in made if isinstance(m, ScaleModel) and m.kinds} == {0}  # (not the constant scale)
+    # A numeric feature beside them: both are compared again.
+    made.clear()
+    X = np.column_stack([codes, rng.uniform(1, 100, 600)])
+    QuantileModel(["categorical"] * 2 + ["numeric"], [6, 6, 0], algorithm="linear").fit(X, y * X[:, 2] ** 0.5)
+    assert {m.hinges for m in made if isinstance(m, LinearLocation)} == {0, LINEAR_HINGES}
 
 
 def test_locations_are_judged_by_held_out_pinball_loss():
@@ -1819,6 +1872,19 @@ def test_filled_in_sparse_systems_are_solved_dense_with_the_same_answers():
     assert np.allclose(sparse_lu(gram)(b), splu(gram).solve(b), rtol=1e-10, atol=1e-12)
     skewed = gram + sp.csc_matrix(([0.5], ([0], [5])), shape=(61, 61))  # not symmetric: LU, not Cholesky
     assert np.allclose(skewed @ sparse_lu(skewed)(b), b)
+    # Symmetric but for rounding, as a sparse product can leave a Gram matrix: Cholesky when
+    # the caller says so (it reads the upper triangle), LU otherwise; the same answer.
+    import scipy.linalg as sl
+
+    rounded = gram.toarray()
+    rounded[5, 0] *= 1 + 2e-16
+    assert not np.array_equal(rounded, rounded.T)
+    cholesky = sl.cho_solve(sl.cho_factor(rounded), b)
+    lu = sl.lu_solve(sl.lu_factor(rounded), b)
+    assert not np.array_equal(cholesky, lu)
+    assert np.array_equal(sparse_lu(sp.csc_matrix(rounded), symmetric=True)(b), cholesky)
+    assert np.array_equal(sparse_lu(sp.csc_matrix(rounded))(b), lu)
+    assert np.allclose(cholesky, lu, rtol=1e-12, atol=1e-14)
     singular = sp.csc_matrix(np.ones((61, 61)))
     with pytest.raises(RuntimeError):
         sparse_lu(singular)

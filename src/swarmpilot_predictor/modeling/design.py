@@ -599,42 +599,55 @@ DENSE_SOLVE_SHARE = 0.05
 DENSE_SOLVE_MAX_SIZE = 4096
 
 
-def sparse_lu(M):
+def sparse_lu(M, symmetric: bool = False):
     """The solve function of a factorisation of the square sparse matrix ``M``.
 
     Dense (Cholesky, else LU) where ``M`` is filled in enough that the sparse LU would
     only be slower; singular matrices raise RuntimeError either way, as ``splu`` does.
+    ``symmetric`` as for :func:`dense_factor`.
     """
     import scipy.sparse as sp
 
     M = sp.csc_matrix(M)
     d = M.shape[0]
     if d <= DENSE_SOLVE_MAX_SIZE and M.nnz > DENSE_SOLVE_SHARE * d * d:
-        import scipy.linalg as sl
-
-        dense = M.toarray()
-        try:
-            if not np.array_equal(dense, dense.T):  # Cholesky reads one triangle only
-                raise np.linalg.LinAlgError("not symmetric")
-            factor = sl.cho_factor(dense, check_finite=False)
-            return lambda b: sl.cho_solve(factor, b, check_finite=False)
-        except np.linalg.LinAlgError:  # not symmetric, or not positive definite
-            with warnings.catch_warnings():  # a singular one: the RuntimeError below says it
-                warnings.simplefilter("ignore", sl.LinAlgWarning)
-                lu, piv = sl.lu_factor(dense, check_finite=False)
-            if not np.all(np.isfinite(lu)) or np.any(np.diag(lu) == 0):
-                raise RuntimeError("Factor is exactly singular") from None
-            return lambda b: sl.lu_solve((lu, piv), b, check_finite=False)
+        return dense_factor(M.toarray(), symmetric)
     from scipy.sparse.linalg import splu
 
     return splu(M).solve
+
+
+def dense_factor(M: np.ndarray, symmetric: bool = False):
+    """The solve function of a factorisation of the square matrix ``M``.
+
+    Cholesky where ``M`` is symmetric positive definite, else LU; a singular ``M``
+    raises RuntimeError, as ``splu`` does. ``symmetric`` says that ``M`` is symmetric
+    but for rounding (a weighted Gram matrix plus a diagonal), so that Cholesky, which
+    reads one triangle, serves even where a sparse product summed ``M[i, j]`` and
+    ``M[j, i]`` in different orders: those matrices of the power model's fit on sixteen
+    100-value features were factorised by LU at 67 ms each, where Cholesky takes 40.
+    """
+    import scipy.linalg as sl
+
+    try:
+        if not symmetric and not np.array_equal(M, M.T):  # Cholesky reads one triangle only
+            raise np.linalg.LinAlgError("not symmetric")
+        factor = sl.cho_factor(M, check_finite=False)
+        return lambda b: sl.cho_solve(factor, b, check_finite=False)
+    except np.linalg.LinAlgError:  # not symmetric, or not positive definite
+        with warnings.catch_warnings():  # a singular one: the RuntimeError below says it
+            warnings.simplefilter("ignore", sl.LinAlgWarning)
+            lu, piv = sl.lu_factor(M, check_finite=False)
+        if not np.all(np.isfinite(lu)) or np.any(np.diag(lu) == 0):
+            raise RuntimeError("Factor is exactly singular") from None
+        return lambda b: sl.lu_solve((lu, piv), b, check_finite=False)
 
 
 def sparse_solve(G, diag: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``(G + diag(diag))^-1 b`` for a sparse symmetric positive definite ``G``."""
     import scipy.sparse as sp
 
-    return sparse_lu(G + sp.diags(diag))(b)
+    return sparse_lu(G + sp.diags(diag), symmetric=True)(b)
 
 
 # The penalties GCV weighs: 10^x times the largest eigenvalue of the centred Gram matrix per row.
@@ -840,7 +853,7 @@ def _ridge_solve(A: np.ndarray, y: np.ndarray, alpha: float, w: np.ndarray | Non
         s = S.T @ w
         G = wgram(A, w, S, dense=False) + sp.diags(np.full(d, alpha * sw / len(y)))
         K = sp.bmat([[sp.csr_matrix([[sw]]), sp.csr_matrix(s[None, :])], [sp.csr_matrix(s[:, None]), G]])
-        sol = sparse_lu(K)(np.concatenate([[float(w @ y)], S.T @ (w * y)]))
+        sol = sparse_lu(K, symmetric=True)(np.concatenate([[float(w @ y)], S.T @ (w * y)]))
         return float(sol[0]), sol[1:]
     a_mean = (A * w[:, None]).sum(axis=0) / sw
     y_mean = float((y * w).sum() / sw)

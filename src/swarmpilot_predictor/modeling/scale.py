@@ -98,7 +98,7 @@ class ScaleModel:
             # Wide one-hot design: one sparse LU of the (fixed) Fisher matrix for every step.
             import scipy.sparse as sp
 
-            M, solve = S1, sparse_lu(wgram(A1, w, S1, dense=False) + sp.diags(R))
+            M, solve = S1, sparse_lu(wgram(A1, w, S1, dense=False) + sp.diags(R), symmetric=True)
         b = np.zeros(A1.shape[1])
         b[0] = np.log(max(float((w * a).sum() / w.sum()), 1e-12))
         for _ in range(50):
