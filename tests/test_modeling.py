@@ -1892,6 +1892,23 @@ def test_filled_in_sparse_systems_are_solved_dense_with_the_same_answers():
     assert np.allclose(sparse_lu(arrow)(b), b / np.arange(1.0, 62.0))
 
 
+def test_the_shape_s_hessians_per_knot_are_the_weighted_gram_matrices():
+    """All knots' Hessians at once, by symmetric products in blocks of rows (the last one
+    short), are each knot's weighted Gram matrix, and exactly symmetric."""
+    from swarmpilot_predictor.modeling.design import wgrams
+
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((1000, 37))
+    V = rng.uniform(0.0, 0.25, (1000, 5))
+    V[:, 2] = 0.0  # a knot no row weighs
+    H = wgrams(A, V, block=37 * 300)
+    assert H.shape == (5, 37, 37)
+    for k in range(5):
+        np.testing.assert_allclose(H[k], A.T @ (A * V[:, k, None]), rtol=1e-12, atol=1e-12)
+        assert np.array_equal(H[k], H[k].T)
+    assert not H[2].any()
+
+
 def test_shape_newton_steps_by_conjugate_gradients_match_direct_solves(monkeypatch):
     """Through a sparse design every knot's Newton step is found by preconditioned
     conjugate gradients, all knots at once; a step that does not converge is solved directly."""

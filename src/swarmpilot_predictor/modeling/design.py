@@ -571,21 +571,27 @@ def wgram(A: np.ndarray, w: np.ndarray, S=None, dense: bool = True):
     return G.toarray() if dense else G
 
 
-def wgrams(A: np.ndarray, V: np.ndarray, block: int = 1_000_000) -> np.ndarray:
-    """``A.T @ (A * V[:, k, None])`` for every column ``k`` of ``V``, shape (columns, d, d).
+def wgrams(A: np.ndarray, V: np.ndarray, block: int = 131_072) -> np.ndarray:
+    """``A.T @ (A * V[:, k, None])`` for every column ``k`` of ``V`` (non-negative), shape (columns, d, d).
 
-    One matrix product per block of rows for all the columns at once: about 1.4 times
-    as fast as a product per column (single-threaded, 121 design columns, 9 knots), and
-    the block (``block`` entries of rows x columns x d) bounds the memory it takes.
+    Per block of rows and column of ``V``, the product of ``A * sqrt(V[:, k])`` with itself,
+    which BLAS computes as a symmetric rank-k update (half the multiplications of a
+    general product), the block (``block`` entries of rows x d) small enough to stay in
+    cache. On one thread, 1,200 rows of 151 columns with 15 columns of ``V`` took 13 ms,
+    10,000 rows of 241 columns 245 ms, where one general product per block of rows for
+    all the columns at once took 29 and 430.
     """
     n, d = A.shape
     K = V.shape[1]
-    out = np.zeros((d, K * d))
-    rows = max(1, block // max(1, K * d))
+    out = np.zeros((K, d, d))
+    root = np.sqrt(V)
+    rows = max(1, block // max(1, d))
     for s in range(0, n, rows):
         a = A[s : s + rows]
-        out += a.T @ (V[s : s + rows, :, None] * a[:, None, :]).reshape(len(a), K * d)
-    return out.reshape(d, K, d).transpose(1, 0, 2)
+        for k in range(K):
+            b = a * root[s : s + rows, k, None]
+            out[k] += b.T @ b
+    return out
 
 
 # A sparse matrix with more than this share of its entries stored (and at most
