@@ -452,12 +452,13 @@ class QuantileModel:
     def _oof_location(self, family, X, ylog, fold, w, kinds=None) -> tuple[np.ndarray, dict[str, int], list[np.ndarray] | None]:
         """Out-of-fold location predictions, what was tuned on the folds (``rounds``, ``hinges``),
         and each fold's location on its own rows (:class:`_FoldLocations`)."""
+        kinds_used = self.kinds if kinds is None else kinds
         if family == "lightgbm":
             if "regimes" in self.params:
                 oof, tuned = self._oof_boosted(X, ylog, fold, w, kinds, bool(self.params["regimes"]))
                 return oof, {**tuned, "regimes": bool(self.params["regimes"])}, None
             oof, tuned = self._oof_boosted(X, ylog, fold, w, kinds, False)
-            if self.params.get("lgb_linear_base", True) and regime_flags(X, self.kinds if kinds is None else kinds):
+            if self.params.get("lgb_linear_base", True) and regime_flags(X, kinds_used):
                 # The linear base with each regime's own slopes (LinearLocation): kept
                 # where the folds say so, as for the linear family. (It made the boosted
                 # fit far worse on the H200 vision traces, and better on the H100 ones.)
@@ -475,13 +476,15 @@ class QuantileModel:
             # Each regime's own slopes (LinearLocation) are kept where they lower the
             # held-out loss by more than a standard error: on 12,000 H200 runs with a
             # row counter among the features they cost more than they brought.
-            if regime_flags(X, self.kinds if kinds is None else kinds):
+            if regime_flags(X, kinds_used):
                 regimes = tuned["regimes"] = True
-        if "hinges" not in self.params and not numeric_positions(self.kinds if kinds is None else kinds):
+        if "hinges" in self.params:
+            fits = self._oof_fit(family, X, ylog, fold, w, kinds, None, regimes)
+        elif not numeric_positions(kinds_used):
             # No numeric feature, no hinge: the hinged design is the plain one (sixteen
             # 100-value features on 2,000 rows fitted each fold's 1,601 columns twice).
             fits, tuned["hinges"] = self._oof_fit(family, X, ylog, fold, w, kinds, 0, regimes), 0
-        elif "hinges" not in self.params:
+        else:
             # Hinges bend the power law (fixed overheads plus per-unit costs); on a
             # hundred noisy rows their extra columns cost more than they bring. They
             # are kept when they lower the held-out pinball loss by more than a
@@ -490,8 +493,6 @@ class QuantileModel:
             plain = self._oof_fit(family, X, ylog, fold, w, kinds, 0, regimes)
             hinges = LINEAR_HINGES if _pays_off(bent.oof, plain.oof, ylog, fold) else 0
             fits, tuned["hinges"] = (bent if hinges else plain), hinges
-        else:
-            fits = self._oof_fit(family, X, ylog, fold, w, kinds, None, regimes)
         if regimes:
             shared = self._oof_fit(family, X, ylog, fold, w, kinds, tuned.get("hinges"), False)
             if not _pays_off(fits.oof, shared.oof, ylog, fold):
@@ -1136,7 +1137,7 @@ class QuantileModel:
         # design (300 values, 20,000 rows) it took twelve times as long to fit.
         links = ScaleModel.LINKS if all(kinds[j] == "numeric" for j in chosen) else ("log",)
         best = min((best_penalty(0, link) for link in links), key=lambda f: f[0].mean())
-        if any(kinds[j] == "numeric" for j in chosen):  # (hinges bend numeric features only)
+        if numeric_positions(kinds):  # (hinges bend numeric features only)
             bent = best_penalty(LINEAR_HINGES, "log")
             if clearly_lower(bent[0] - best[0]):
                 best = bent
