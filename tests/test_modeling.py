@@ -567,6 +567,27 @@ def test_power_law_with_overhead_recovers_the_overhead_and_the_exponents():
     np.testing.assert_allclose(robust.coef_ / robust.spread_, [1.0, 2.0], rtol=0.1)
 
 
+def test_the_power_law_reads_the_noise_s_scale_from_a_fit_that_does_not_interpolate():
+    # Eight categorical features of 50 values (401 columns) on 400 rows. The soft-L1
+    # loss's scale was read from the starting log-linear fit alone, whose light fixed
+    # penalty let it go through every row: the scale read was far too small, and the power
+    # fit missed the true log mean of new rows by 1.45 (root mean square). Where the fit
+    # whose penalty generalised cross-validation chooses leaves larger residuals, the
+    # scale is theirs: 0.98.
+    rng = np.random.default_rng(2)
+    effects = rng.normal(0.0, 0.5, (8, 50))
+
+    def draw(n):
+        codes = rng.integers(0, 50, (n, 8))
+        mean = 1.0 + effects[np.arange(8), codes].sum(axis=1)
+        return codes.astype(float), mean + 0.25 * rng.standard_normal(n), mean
+
+    X, ylog, _ = draw(400)
+    X_new, _, mean_new = draw(2000)
+    loc = PowerLocation(["categorical"] * 8, [50] * 8).fit(X, ylog)
+    assert np.sqrt(np.mean((loc.predict(X_new) - mean_new) ** 2)) < 1.2
+
+
 def test_auto_chooses_the_power_law_where_runtimes_are_overhead_plus_power_law():
     X, y, base = overhead_and_power(140, seed=2)
     model = QuantileModel(*NUM2).fit(X, y)
