@@ -327,6 +327,28 @@ def test_model_version_detail(http, trained):
     assert ok(http.get(f"/models/{SEGMENTS}/accuracy?version=1&recent=0"))["recent"]["runtime_ms"] == []
 
 
+def test_a_route_that_acts_refuses_a_query_parameter_it_does_not_take(http, trained):
+    # Ignored, each was answered as if it had not been sent: every version deleted, the latest
+    # version's prediction, a training the client waited for.
+    versions = ok(http.get(f"/models/{SEGMENTS}"))["model"]["versions"]
+    body = failed(http.delete(f"/models/{SEGMENTS}?version=1"), 422, "query parameter 'version' is not one this route takes (it takes none)")
+    assert body["field"] == "version"
+    assert ok(http.get(f"/models/{SEGMENTS}"))["model"]["versions"] == versions
+    for kind, body in (("single", {"trace": TRACE}), ("batch", {"trace": [TRACE]}), ("queues", {"queues": {"a": [TRACE]}})):
+        assert failed(http.post(f"/predict/{kind}/{SEGMENTS}?version=1", json=body), 422, "'version'")["field"] == "version"
+    assert failed(http.post("/train?backgroud=true", json={}), 422,
+                  "query parameter 'backgroud' is not one this route takes (it takes 'background')")["field"] == "backgroud"
+    assert failed(http.get(f"/models/{SEGMENTS}/accuracy?verison=1"), 422, "it takes 'version', 'recent'")["field"] == "verison"
+    for r in (http.post("/observe?x=1", json={}), http.post("/cache/clear?x=1"), http.post(f"/models/{SEGMENTS}/retrain?x=1"),
+              http.delete(f"/models/{SEGMENTS}/versions/99?x=1"), http.delete("/tables/none.json?x=1"),
+              http.post(f"/predict/table/{SEGMENTS}?x=1", files={"trace_file": ("t.jsonl", b"{}")})):
+        assert failed(r, 422, "query parameter 'x' is not one this route takes")["field"] == "x"
+    # A parameter with no name is named as it came; a read that takes none ignores any (probes add their own).
+    assert failed(http.get(f"/models/{SEGMENTS}/accuracy?=&="), 422, "query parameter ''")["field"] == ""
+    assert ok(http.get("/health?_=1"))["status"] == "healthy"
+    assert ok(http.post(f"/predict/single/{SEGMENTS}", json={"trace": TRACE}))["results"]["model_version"] == versions[-1]
+
+
 def test_versions_and_deletion(http):
     who = ident("deltest", model_name="org/name v1")
     path = "deltest/org%2Fname%20v1/deltest-hw/sglang/0.4.0"
@@ -955,9 +977,9 @@ def test_random_malformed_requests_never_get_a_server_error(http, trained):
 
 def test_unknown_paths_and_methods_answer_in_the_error_format(http):
     body = failed(http.get("/no/such/thing"), 404, "no endpoint GET /no/such/thing")
-    assert body["status"] == "error"
+    assert (body["status"], body["field"]) == ("error", "path")
     r = http.delete("/health")
-    failed(r, 405, "method DELETE is not allowed on /health")
+    assert failed(r, 405, "method DELETE is not allowed on /health")["field"] == "method"
     assert "GET" in r.headers["allow"]
     # A trailing slash is no redirect to follow (a bodiless 307 before).
     failed(http.post(f"/predict/single/{SEGMENTS}/", json={"trace": TRACE}), 404, "no endpoint POST /predict/single/")

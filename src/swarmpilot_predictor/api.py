@@ -294,9 +294,10 @@ def _add_exception_handlers(app: FastAPI, service: PredictorService) -> None:
     async def _http_error(request: Request, exc: StarletteHTTPException):
         # The router's own 404 and 405 (no such path, wrong method), in the service's error format.
         path = cut(request.url.path, 200)
-        message = {404: f"no endpoint {request.method} {path} (see /docs)",
-                   405: f"method {request.method} is not allowed on {path}"}.get(exc.status_code, str(exc.detail))
-        response = error_response(exc.status_code, message)
+        message, field = {404: (f"no endpoint {request.method} {path} (see /docs)", "path"),
+                          405: (f"method {request.method} is not allowed on {path}", "method")
+                          }.get(exc.status_code, (str(exc.detail), None))
+        response = error_response(exc.status_code, message, field)
         response.headers.update(exc.headers or {})
         return response
 

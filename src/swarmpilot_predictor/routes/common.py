@@ -16,6 +16,7 @@ from urllib.parse import unquote
 import orjson
 from fastapi import Request
 from fastapi.responses import Response
+from starlette.datastructures import QueryParams
 from pydantic import BaseModel
 
 from ..errors import InvalidInput, NotFound, PredictorError, cut, shown
@@ -147,13 +148,29 @@ def refuse_loose_numbers(request: Request, *params: str) -> None:
             raise InvalidInput(f"{name}: must be a whole number, written in digits, got {shown(raw)}", field=name)
 
 
-def refuse_repeated_query(request: Request) -> None:
-    """A query parameter given twice is a 422: the last one won, without a word (an invalid first one too)."""
+def refuse_unknown_query(query_string: bytes, known: tuple[str, ...] = ()) -> None:
+    """A query parameter the route does not take, or one given twice, is a 422 naming it.
+
+    Read as routes read a query, an unknown parameter was ignored and the later of two won,
+    without a word: ``DELETE /models/...?version=3`` deleted every version, ``?verison=1``
+    answered the serving version's accuracy, ``?backgroud=true`` trained while the client
+    waited (the reason a body's unknown keys are refused).
+    """
+    if not query_string:
+        return
     seen: set[str] = set()
-    for key, _ in request.query_params.multi_items():
+    for key, _ in QueryParams(query_string).multi_items():
+        if key not in known:
+            takes = f"it takes {', '.join(map(repr, known))}" if known else "it takes none"
+            raise InvalidInput(f"query parameter {shown(key)} is not one this route takes ({takes})", field=key)
         if key in seen:
             raise InvalidInput(f"query parameter {shown(key)} is given more than once", field=key)
         seen.add(key)
+
+
+def no_query(request: Request) -> None:
+    """A dependency of the routes that change state and take no query parameters."""
+    refuse_unknown_query(request.scope["query_string"])
 
 
 _log = logging.getLogger(__package__.rpartition(".")[0] + ".api")  # where the app's own lines are logged

@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.routing import Route
 
-from .common import JSONResponse, log_client_left, openapi_body
+from .common import JSONResponse, log_client_left, openapi_body, refuse_unknown_query
 
 
 class ClientGone(Exception):
@@ -94,16 +94,21 @@ def lean_route(app: FastAPI, path: str, handler: LeanHandler, body: type[BaseMod
     FastAPI's per-request machinery (dependency solving, response-model
     handling) costs as much as a whole prediction. The bare route, placed
     first, answers every request; the FastAPI route on the same path is there
-    for the OpenAPI schema and /docs. Both call the same handler.
+    for the OpenAPI schema and /docs. Both call the same handler, which takes no query
+    parameters.
     """
+
+    def checked(scope: dict[str, Any], body: bytes, client: ClientWatch) -> Awaitable[dict[str, Any] | bytes]:
+        refuse_unknown_query(scope["query_string"])  # (?version=2 was answered by the latest version)
+        return handler(scope, body, client)
 
     async def documented(request: Request) -> Response:
         try:
-            answer = await handler(request.scope, await request.body(), ClientWatch(request.receive))
+            answer = await checked(request.scope, await request.body(), ClientWatch(request.receive))
         except ClientGone:
             return Response(status_code=499)  # (nginx's "client closed request": no one reads it)
         return Response(answer, media_type="application/json") if isinstance(answer, bytes) else JSONResponse(answer)
 
     app.add_api_route(path, documented, methods=["POST"], response_model=response, tags=["prediction"],
                       summary=summary, openapi_extra=openapi_body(body))
-    app.router.routes.insert(0, Route(path, LeanEndpoint(handler, path), methods=["POST"]))
+    app.router.routes.insert(0, Route(path, LeanEndpoint(checked, path), methods=["POST"]))

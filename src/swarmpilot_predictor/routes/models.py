@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
 from ..schemas import ModelsResponse, RetrainRequest, parse_json_body
 from ..service import PredictorService
-from .common import IDENTITY_PATH, JSONResponse, identity_from, refuse_loose_numbers, refuse_repeated_query
+from .common import IDENTITY_PATH, JSONResponse, identity_from, no_query, refuse_loose_numbers, refuse_unknown_query
 
 
 def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any]) -> None:
@@ -33,12 +33,12 @@ def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any])
     @app.get("/models/" + IDENTITY_PATH + "/accuracy", tags=["monitoring"],
              summary="Rolling accuracy of the serving version against observed runtimes")
     async def model_accuracy(request: Request, version: int | None = None, recent: int = 200):
-        refuse_repeated_query(request)
+        refuse_unknown_query(request.scope["query_string"], ("version", "recent"))
         refuse_loose_numbers(request, "query.version", "query.recent")
         pattern = identity_from(request.scope, 1)
         return JSONResponse(await run_in_threadpool(service.accuracy, pattern, version, recent))
 
-    @app.post("/models/" + IDENTITY_PATH + "/retrain", tags=["monitoring"], dependencies=writes,
+    @app.post("/models/" + IDENTITY_PATH + "/retrain", tags=["monitoring"], dependencies=[*writes, Depends(no_query)],
               summary="Retrain now on training data plus observations; a new version only if it is better")
     async def model_retrain(request: Request):
         pattern = identity_from(request.scope, 1)
@@ -49,12 +49,13 @@ def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any])
 
     # Deleting unlinks files and writes (and fsyncs) the registry's generation: off the event
     # loop, which a slow disk held for every request meanwhile.
-    @app.delete("/models/" + IDENTITY_PATH, tags=["models"], dependencies=writes, summary="Delete a model, every version")
+    @app.delete("/models/" + IDENTITY_PATH, tags=["models"], dependencies=[*writes, Depends(no_query)], summary="Delete a model, every version")
     async def model_delete(request: Request):
         pattern = identity_from(request.scope, 1)
         return JSONResponse(await run_in_threadpool(service.delete_model, pattern))
 
-    @app.delete("/models/" + IDENTITY_PATH + "/versions/{version}", tags=["models"], dependencies=writes, summary="Delete one version")
+    @app.delete("/models/" + IDENTITY_PATH + "/versions/{version}", tags=["models"],
+                dependencies=[*writes, Depends(no_query)], summary="Delete one version")
     async def model_version_delete(request: Request, version: int):
         refuse_loose_numbers(request, "path.version")
         pattern = identity_from(request.scope, 1)
