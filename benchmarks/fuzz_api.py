@@ -45,7 +45,7 @@ trace files instead (and now and then a damaged config): a traceback, or an exit
 other than 0, 1 or 2, is a finding.
 
 The service's workers train at the "normal" CPU priority (``SERVICE_ENV``), so that a run
-beside other busy work does not wait on trainings the default "idle" priority holds back.
+beside other busy work does not wait on trainings the default "low" priority slows down.
 
 It prints the answers' status codes and each finding (the request, what was wrong) and
 exits 1 where there was one.
@@ -75,11 +75,11 @@ from latency import Server  # noqa: E402
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 IDENTITY = {"model_type": "vision", "model_name": "resnet50", "hardware": "NVIDIA H100 80GB HBM3",
             "software_name": "torch", "software_version": "2.4"}
-# Trainings at the workers' "normal" CPU priority, not the default "idle" (settings.py): beside
-# other work that keeps both cores busy an idle training gets next to no CPU, as documented,
-# and a /train that waits for it is not answered within the client's time. That is the
-# setting doing its job, not a finding (a 6.7 s training of --seed 11, beside two busy
-# loops: no answer in 120 s at idle, 103 s at low).
+# Trainings at the workers' "normal" CPU priority, not the default "low" (settings.py): beside
+# other work that keeps both cores busy a training at "low" gets a small share of a core (at
+# "idle", the default until 2026-12-06, none), and a /train that waits for it is not answered
+# within the client's time. That is the setting doing its job, not a finding (a 6.7 s training
+# of --seed 11, beside two busy loops: no answer in 120 s at idle, 103 s at low).
 SERVICE_ENV = {"PREDICTOR_TRAINING_PRIORITY": "normal"}
 PATH = "vision/resnet50/NVIDIA%20H100%2080GB%20HBM3/torch/2.4"
 TRACE = {"batch_size": 8, "image_size": 224}

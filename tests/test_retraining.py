@@ -1014,11 +1014,11 @@ def test_a_retraining_fits_in_the_worker_process_and_its_version_serves_at_once(
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
 @pytest.mark.parametrize("priority, policy, nicer", [("idle", "SCHED_IDLE", 0), ("low", "SCHED_BATCH", 10),
-                                                     ("normal", "SCHED_BATCH", 0)])
+                                                     ("normal", "SCHED_BATCH", 0), (None, "SCHED_BATCH", 10)])
 def test_the_training_and_retraining_workers_run_at_the_cpu_priority_set(tmp_path, priority, policy, nicer):
-    # idle (the default) yields the CPU to any other work; low and normal take a share of a
-    # busy one, so that a machine kept busy does not hold a retraining back indefinitely.
-    svc = _service(tmp_path, retrain_in_worker=True, training_priority=priority)
+    # idle yields the CPU to any other work; low (the default, None here) and normal take a
+    # share of a busy one, so that a machine kept busy does not hold a retraining back indefinitely.
+    svc = _service(tmp_path, retrain_in_worker=True, **({} if priority is None else {"training_priority": priority}))
     pattern = IdentityPattern.from_parts(IDENTITY)
     _, job = svc.jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(100, seed=3), algorithm="linear"))
     assert job.result(timeout=120)["version"] == 2

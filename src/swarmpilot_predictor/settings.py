@@ -56,10 +56,12 @@ class PredictorSettings(BaseSettings):
     # Trainings queued or running in one worker process at a time (each queued one holds its
     # request body); more get a 429.
     max_queued_trainings: int = Field(default=16, ge=1, le=MAX_COUNT)
-    # The CPU priority of the worker processes that train and retrain (see training.py's
+    # The CPU priority of the worker processes that train and retrain (see workers.py's
     # WORKER_PRIORITIES): idle yields to all other work, so on a machine kept busy it can wait
-    # indefinitely; low and normal get a share of a busy CPU.
-    training_priority: Literal["idle", "low", "normal"] = "idle"
+    # indefinitely; low and normal get a share of a busy CPU. Low by default: beside the
+    # requests it cost them no more than idle did (benchmarks/retraining_load.py), and a
+    # training or retraining on a busy machine ends, late, rather than never.
+    training_priority: Literal["idle", "low", "normal"] = "low"
     # Seconds a training (POST /train) may run before its worker is stopped and it fails
     # (0: no limit): trainings run one at a time, so one that never ends holds all the others.
     training_timeout_s: float = Field(default=3600, ge=0, le=MAX_SECONDS, allow_inf_nan=False)

@@ -458,7 +458,7 @@ class TrainingJobs:
     def __init__(self, data_dir: Path, on_success: Callable[[dict[str, Any]], None] | None = None,
                  on_failure: Callable[[dict[str, Any]], None] | None = None, keep: int = 1000,
                  max_pending: int = 16, on_pending: Callable[[int], None] | None = None,
-                 priority: str = "idle", timeout: float = 0.0):
+                 priority: str = "low", timeout: float = 0.0):
         self.data_dir = Path(data_dir)
         # Seconds a training may run (0: no limit); past it its worker is stopped. One
         # training at a time runs: without a limit, one that never ends holds all the others.

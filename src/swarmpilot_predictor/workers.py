@@ -81,7 +81,7 @@ def _set_priority(priority: str) -> None:
             pass
 
 
-def _init_worker(server_pid: int | None = None, priority: str = "idle", jobs_started: Any = None) -> None:
+def _init_worker(server_pid: int | None = None, priority: str = "low", jobs_started: Any = None) -> None:
     # A stop signal sent to the whole process group (systemd's stop, Ctrl-C) is the server's
     # to act on: it lets the request in flight finish its training, then stops this worker
     # (TrainingJobs.shutdown). Dying here at once answered that request 500, "out of memory?".
@@ -264,7 +264,7 @@ class WorkerPool:
 
     ``kind`` names the worker in what a call's failure says ("the training worker ...")."""
 
-    def __init__(self, kind: str, priority: str = "idle") -> None:
+    def __init__(self, kind: str, priority: str = "low") -> None:
         if priority not in WORKER_PRIORITIES:
             raise ValueError(f"priority must be one of {', '.join(WORKER_PRIORITIES)}, not {priority!r}")
         self.kind = kind

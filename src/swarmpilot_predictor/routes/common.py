@@ -168,9 +168,13 @@ def refuse_unknown_query(query_string: bytes, known: tuple[str, ...] = ()) -> No
         seen.add(key)
 
 
-def no_query(request: Request) -> None:
-    """A dependency of the routes that change state and take no query parameters."""
-    refuse_unknown_query(request.scope["query_string"])
+async def declared_query_only(request: Request) -> None:
+    """A dependency: :func:`refuse_unknown_query` with the query parameters the route declares
+    (async, so that FastAPI runs it on the loop rather than in a thread)."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    refuse_unknown_query(request.scope["query_string"],
+                         tuple(p.alias for p in dependant.query_params) if dependant is not None else ())
 
 
 _log = logging.getLogger(__package__.rpartition(".")[0] + ".api")  # where the app's own lines are logged

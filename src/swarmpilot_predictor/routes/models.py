@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..schemas import ModelsResponse, RetrainRequest, parse_json_body
 from ..service import PredictorService
-from .common import IDENTITY_PATH, JSONResponse, identity_from, no_query, refuse_loose_numbers, refuse_unknown_query
+from .common import IDENTITY_PATH, JSONResponse, declared_query_only, identity_from, refuse_loose_numbers
 
 
 def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any]) -> None:
@@ -30,15 +30,14 @@ def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any])
 
     # Off the event loop, as /health is (see discovery.py): it reads the observation log and
     # runs the drift tests.
-    @app.get("/models/" + IDENTITY_PATH + "/accuracy", tags=["monitoring"],
+    @app.get("/models/" + IDENTITY_PATH + "/accuracy", tags=["monitoring"], dependencies=[Depends(declared_query_only)],
              summary="Rolling accuracy of the serving version against observed runtimes")
     async def model_accuracy(request: Request, version: int | None = None, recent: int = 200):
-        refuse_unknown_query(request.scope["query_string"], ("version", "recent"))
         refuse_loose_numbers(request, "query.version", "query.recent")
         pattern = identity_from(request.scope, 1)
         return JSONResponse(await run_in_threadpool(service.accuracy, pattern, version, recent))
 
-    @app.post("/models/" + IDENTITY_PATH + "/retrain", tags=["monitoring"], dependencies=[*writes, Depends(no_query)],
+    @app.post("/models/" + IDENTITY_PATH + "/retrain", tags=["monitoring"], dependencies=writes,
               summary="Retrain now on training data plus observations; a new version only if it is better")
     async def model_retrain(request: Request):
         pattern = identity_from(request.scope, 1)
@@ -49,13 +48,13 @@ def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any])
 
     # Deleting unlinks files and writes (and fsyncs) the registry's generation: off the event
     # loop, which a slow disk held for every request meanwhile.
-    @app.delete("/models/" + IDENTITY_PATH, tags=["models"], dependencies=[*writes, Depends(no_query)], summary="Delete a model, every version")
+    @app.delete("/models/" + IDENTITY_PATH, tags=["models"], dependencies=writes, summary="Delete a model, every version")
     async def model_delete(request: Request):
         pattern = identity_from(request.scope, 1)
         return JSONResponse(await run_in_threadpool(service.delete_model, pattern))
 
     @app.delete("/models/" + IDENTITY_PATH + "/versions/{version}", tags=["models"],
-                dependencies=[*writes, Depends(no_query)], summary="Delete one version")
+                dependencies=writes, summary="Delete one version")
     async def model_version_delete(request: Request, version: int):
         refuse_loose_numbers(request, "path.version")
         pattern = identity_from(request.scope, 1)

@@ -5,19 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from ..schemas import ObserveRequest
 from ..service import PredictorService
-from .common import JSONResponse, json_body, no_query, openapi_body
+from .common import JSONResponse, json_body, openapi_body
 
 _DASHBOARD = Path(__file__).parent.parent / "static" / "dashboard.html"
 
 
 def add_monitoring_routes(app: FastAPI, service: PredictorService, writes: list[Any]) -> None:
-    @app.post("/observe", tags=["monitoring"], dependencies=[*writes, Depends(no_query)], openapi_extra=openapi_body(ObserveRequest),
+    @app.post("/observe", tags=["monitoring"], dependencies=writes, openapi_extra=openapi_body(ObserveRequest),
               summary="Record measured runtimes for accuracy tracking and retraining")
     async def observe(request: Request):
         req = await json_body(request, ObserveRequest)

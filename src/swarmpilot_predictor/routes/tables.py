@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
@@ -18,12 +18,12 @@ from ..errors import InvalidInput, PredictorError, shown
 from ..service import PredictorService
 from ..settings import PredictorSettings
 from ..traces import TRACE_FILE_KINDS, finite_number_in_text, trace_file_format
-from .common import HEAD_ONLY, IDENTITY_PATH, JSONResponse, identity_from, is_multipart, no_query, raw_segments, table_failure
+from .common import HEAD_ONLY, IDENTITY_PATH, JSONResponse, identity_from, is_multipart, raw_segments, table_failure
 from .uploads import read_form, save_upload, trace_suffix, upload_dir
 
 
 def add_table_routes(app: FastAPI, service: PredictorService, settings: PredictorSettings, writes: list[Any]) -> None:
-    @app.post("/predict/table/" + IDENTITY_PATH, tags=["lookup tables"], dependencies=[*writes, Depends(no_query)],
+    @app.post("/predict/table/" + IDENTITY_PATH, tags=["lookup tables"], dependencies=writes,
               summary="Predict every trace of an uploaded file and write a lookup table")
     async def predict_table(request: Request):
         pattern = identity_from(request.scope, 2)
@@ -92,7 +92,7 @@ def add_table_routes(app: FastAPI, service: PredictorService, settings: Predicto
         return StreamingResponse(content(), media_type=media_type, headers=headers)
 
     # Off the event loop: unlinking a table of gigabytes and its sidecar takes a while on some file systems.
-    @app.delete("/tables/{name}", tags=["lookup tables"], dependencies=[*writes, Depends(no_query)], summary="Delete a lookup table")
+    @app.delete("/tables/{name}", tags=["lookup tables"], dependencies=writes, summary="Delete a lookup table")
     async def tables_delete(request: Request):
         return JSONResponse(await run_in_threadpool(service.delete_table, _table_name_from(request)))
 

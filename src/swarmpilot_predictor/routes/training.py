@@ -17,7 +17,7 @@ from ..errors import InvalidInput, PayloadTooLarge, shown, validation_message
 from ..schemas import TrainConfig, TrainRequest, TrainResult, config_from_text
 from ..service import PredictorService
 from ..settings import PredictorSettings
-from .common import JSONResponse, is_multipart, openapi_body, refuse_unknown_query
+from .common import JSONResponse, is_multipart, openapi_body
 from .uploads import UploadedTraceFiles, read_form, save_upload, upload_dir
 
 # A multipart training's config part (its traces belong in trace files beside it).
@@ -29,7 +29,6 @@ def add_training_routes(app: FastAPI, service: PredictorService, settings: Predi
               openapi_extra=openapi_body(TrainRequest),
               summary="Train (in a separate worker process); ?background=true answers 202 with a job id")
     async def train(request: Request, background: bool = False):
-        refuse_unknown_query(request.scope["query_string"], ("background",))
         # Queuing prunes old job records and writes (and fsyncs) the new one, and a first
         # training starts the worker process: off the event loop.
         if is_multipart(request):
