@@ -17,7 +17,8 @@ sent five kinds of request, each drawn from a seeded generator:
 - ``tables``: lookups in tables the service made, damaged on disk the same way;
 - ``paths``: requests of every method with odd identity parts, table names, versions and
   query strings (``..``, ``%00``, an encoded slash, a parameter given twice or unknown),
-  the real identity's parts among them; a ``HEAD`` answer must only not be a 5xx.
+  now and then a body where the route takes none, the real identity's parts among them; a
+  ``HEAD`` answer must only not be a 5xx.
 
     uv run python benchmarks/fuzz_api.py [--seed 0] [--requests 10000] [--files 1000] [--tables 400] [--paths 3000]
 
@@ -261,6 +262,8 @@ def paths(rng: random.Random) -> tuple[str, dict[str, Any]]:
     body: dict[str, Any] = {"method": method}
     if route.startswith("/predict/single"):
         body["json"] = {"trace": TRACE}
+    elif rng.random() < 0.2:  # a body where the route takes none (a deletion's "version", say)
+        body["json"] = rng.choice([{}, {"version": 1}, [1], "x", None, {"": 0}])
     return path, body
 
 

@@ -327,7 +327,7 @@ def test_model_version_detail(http, trained):
     assert ok(http.get(f"/models/{SEGMENTS}/accuracy?version=1&recent=0"))["recent"]["runtime_ms"] == []
 
 
-def test_a_route_that_acts_refuses_a_query_parameter_it_does_not_take(http, trained):
+def test_a_route_that_acts_refuses_a_query_parameter_or_body_it_does_not_take(http, trained):
     # Ignored, each was answered as if it had not been sent: every version deleted, the latest
     # version's prediction, a training the client waited for.
     versions = ok(http.get(f"/models/{SEGMENTS}"))["model"]["versions"]
@@ -343,6 +343,14 @@ def test_a_route_that_acts_refuses_a_query_parameter_it_does_not_take(http, trai
               http.delete(f"/models/{SEGMENTS}/versions/99?x=1"), http.delete("/tables/none.json?x=1"),
               http.post(f"/predict/table/{SEGMENTS}?x=1", files={"trace_file": ("t.jsonl", b"{}")})):
         assert failed(r, 422, "query parameter 'x' is not one this route takes")["field"] == "x"
+    # Nor is a body ignored where a route takes none ({} or nothing).
+    body = failed(http.request("DELETE", f"/models/{SEGMENTS}", json={"version": 1}), 422, "Extra inputs are not permitted")
+    assert body["field"] == "version"
+    assert ok(http.get(f"/models/{SEGMENTS}"))["model"]["versions"] == versions
+    assert failed(http.request("DELETE", f"/models/{SEGMENTS}/versions/99", json=[1]), 422)["field"] == "body"
+    assert failed(http.request("DELETE", "/tables/none.json", content=b"none"), 422, "not valid JSON")["field"] == "body"
+    assert failed(http.post("/cache/clear", json={"all": True}), 422)["field"] == "all"
+    assert ok(http.post("/cache/clear", json={}))["status"] == "success"
     # A parameter with no name is named as it came; a read that takes none ignores any (probes add their own).
     assert failed(http.get(f"/models/{SEGMENTS}/accuracy?=&="), 422, "query parameter ''")["field"] == ""
     assert ok(http.get("/health?_=1"))["status"] == "healthy"

@@ -270,8 +270,9 @@ class ObserveRequest(BaseModel):
     traces: list[dict[str, Any]] = Field(min_length=1, max_length=100_000)
 
 
-class RetrainRequest(BaseModel):
-    """A retraining takes no options: its body is empty or ``{}``."""
+class NoOptions(BaseModel):
+    """The body of a route that takes no options (a retraining, a deletion, the cache's
+    clearing): empty or ``{}``."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -14,14 +14,14 @@ from typing import Any
 from urllib.parse import unquote
 
 import orjson
-from fastapi import Request
+from fastapi import Depends, Request
 from fastapi.responses import Response
 from starlette.datastructures import QueryParams
 from pydantic import BaseModel
 
 from ..errors import InvalidInput, NotFound, PredictorError, cut, shown
 from ..identity import IdentityPattern
-from ..schemas import parse_json_body
+from ..schemas import NoOptions, parse_json_body
 
 IDENTITY_PATH = "{model_type}/{model_name}/{hardware}/{software_name}/{software_version}"
 # Set in the scope of a HEAD request that the app (api.HeadAsGetMiddleware) serves as a GET:
@@ -166,6 +166,17 @@ def refuse_unknown_query(query_string: bytes, known: tuple[str, ...] = ()) -> No
         if key in seen:
             raise InvalidInput(f"query parameter {shown(key)} is given more than once", field=key)
         seen.add(key)
+
+
+async def no_options_body(request: Request) -> None:
+    """A dependency of the routes that take no body: nothing, or ``{}``; anything else is a
+    422 naming it. Ignored, ``DELETE /models/...`` with ``{"version": 3}`` deleted every version."""
+    raw = await request.body()
+    if raw.strip():
+        parse_json_body(raw, NoOptions)
+
+
+NO_BODY = Depends(no_options_body)
 
 
 async def declared_query_only(request: Request) -> None:

@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..schemas import HealthResponse
 from ..service import PredictorService
-from .common import JSONResponse
+from .common import NO_BODY, JSONResponse
 
 
 def add_discovery_routes(app: FastAPI, service: PredictorService, writes: list[Any]) -> None:
@@ -28,6 +28,6 @@ def add_discovery_routes(app: FastAPI, service: PredictorService, writes: list[A
     async def cache_stats():
         return JSONResponse(service.cache_stats())
 
-    @app.post("/cache/clear", tags=["cache"], dependencies=writes, summary="Empty the prediction cache")
+    @app.post("/cache/clear", tags=["cache"], dependencies=[*writes, NO_BODY], summary="Empty the prediction cache")
     async def cache_clear():
         return JSONResponse(service.clear_cache())

@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
-from ..schemas import ModelsResponse, RetrainRequest, parse_json_body
+from ..schemas import ModelsResponse
 from ..service import PredictorService
-from .common import IDENTITY_PATH, JSONResponse, declared_query_only, identity_from, refuse_loose_numbers
+from .common import IDENTITY_PATH, NO_BODY, JSONResponse, declared_query_only, identity_from, refuse_loose_numbers
 
 
 def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any]) -> None:
@@ -37,24 +37,21 @@ def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any])
         pattern = identity_from(request.scope, 1)
         return JSONResponse(await run_in_threadpool(service.accuracy, pattern, version, recent))
 
-    @app.post("/models/" + IDENTITY_PATH + "/retrain", tags=["monitoring"], dependencies=writes,
+    @app.post("/models/" + IDENTITY_PATH + "/retrain", tags=["monitoring"], dependencies=[*writes, NO_BODY],
               summary="Retrain now on training data plus observations; a new version only if it is better")
     async def model_retrain(request: Request):
         pattern = identity_from(request.scope, 1)
-        raw = await request.body()
-        if raw.strip():
-            parse_json_body(raw, RetrainRequest)  # it takes no options: {} or nothing; a key is refused, named
         return JSONResponse(await run_in_threadpool(service.retrain, pattern))
 
     # Deleting unlinks files and writes (and fsyncs) the registry's generation: off the event
     # loop, which a slow disk held for every request meanwhile.
-    @app.delete("/models/" + IDENTITY_PATH, tags=["models"], dependencies=writes, summary="Delete a model, every version")
+    @app.delete("/models/" + IDENTITY_PATH, tags=["models"], dependencies=[*writes, NO_BODY], summary="Delete a model, every version")
     async def model_delete(request: Request):
         pattern = identity_from(request.scope, 1)
         return JSONResponse(await run_in_threadpool(service.delete_model, pattern))
 
     @app.delete("/models/" + IDENTITY_PATH + "/versions/{version}", tags=["models"],
-                dependencies=writes, summary="Delete one version")
+                dependencies=[*writes, NO_BODY], summary="Delete one version")
     async def model_version_delete(request: Request, version: int):
         refuse_loose_numbers(request, "path.version")
         pattern = identity_from(request.scope, 1)

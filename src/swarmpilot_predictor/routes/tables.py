@@ -18,7 +18,7 @@ from ..errors import InvalidInput, PredictorError, shown
 from ..service import PredictorService
 from ..settings import PredictorSettings
 from ..traces import TRACE_FILE_KINDS, finite_number_in_text, trace_file_format
-from .common import HEAD_ONLY, IDENTITY_PATH, JSONResponse, identity_from, is_multipart, raw_segments, table_failure
+from .common import HEAD_ONLY, IDENTITY_PATH, NO_BODY, JSONResponse, identity_from, is_multipart, raw_segments, table_failure
 from .uploads import read_form, save_upload, trace_suffix, upload_dir
 
 
@@ -92,7 +92,7 @@ def add_table_routes(app: FastAPI, service: PredictorService, settings: Predicto
         return StreamingResponse(content(), media_type=media_type, headers=headers)
 
     # Off the event loop: unlinking a table of gigabytes and its sidecar takes a while on some file systems.
-    @app.delete("/tables/{name}", tags=["lookup tables"], dependencies=writes, summary="Delete a lookup table")
+    @app.delete("/tables/{name}", tags=["lookup tables"], dependencies=[*writes, NO_BODY], summary="Delete a lookup table")
     async def tables_delete(request: Request):
         return JSONResponse(await run_in_threadpool(service.delete_table, _table_name_from(request)))
 
