@@ -35,7 +35,7 @@ from starlette.requests import ClientDisconnect
 from . import __version__
 from .errors import PayloadTooLarge, PredictorError, Unauthorized, UnsupportedMediaType, cut, validation_message
 from .metrics import CLIENT_CLOSED, MetricsMiddleware
-from .routes.common import HEAD_ONLY, declared_query_only, error_response, log_client_left, table_failure
+from .routes.common import DECLARED_QUERY, HEAD_ONLY, error_response, log_client_left, table_failure
 from .routes.discovery import add_discovery_routes
 from .routes.models import add_model_routes
 from .routes.monitoring import add_monitoring_routes
@@ -263,7 +263,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
             raise gone
 
     # (The query check after the key's: a request without the key learns nothing more.)
-    writes = [*api_key_guard(settings.api_key), Depends(data_dir_present), Depends(declared_query_only)]
+    writes = [*api_key_guard(settings.api_key), Depends(data_dir_present), DECLARED_QUERY]
     _add_exception_handlers(app, service)
 
     # Starlette tries routes in the order they were added: keep this one (the lean prediction

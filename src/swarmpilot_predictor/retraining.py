@@ -39,7 +39,7 @@ from .modeling.stored import finite_number
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog
 from .registry import LoadedModel, ModelRegistry, ModelVersion
 from .traces import dumps_json, read_json_lines
-from .workers import (CouldNotStart, Failed, Finished, ShutDown, TimedOut, WorkerDied, WorkerPool, server_gone,
+from .workers import (DEFAULT_PRIORITY, CouldNotStart, Failed, Finished, ShutDown, TimedOut, WorkerDied, WorkerPool, server_gone,
                       stopped_for_time)
 
 log = logging.getLogger(__name__)
@@ -443,7 +443,7 @@ class Retrainer:
         max_observations: int = 20_000,
         on_new_version: Callable[[ModelIdentity], Any] | None = None,
         in_worker: bool = False,
-        worker_priority: str = "low",
+        worker_priority: str = DEFAULT_PRIORITY,
         timeout: float = 0.0,
     ):
         """``in_worker``: fit in a separate worker process (:class:`RetrainingWorker`,
@@ -1042,7 +1042,7 @@ class RetrainingWorker:
     and kept, so that each retraining reads on from where the last one read.
     """
 
-    def __init__(self, config: dict[str, Any], priority: str = "low", timeout: float = 0.0):
+    def __init__(self, config: dict[str, Any], priority: str = DEFAULT_PRIORITY, timeout: float = 0.0):
         self.config = config
         # Seconds a retraining may take, from the time it is sent to the worker (0: no limit):
         # one that never ends would hold every later retraining of every model, for good.

@@ -13,6 +13,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, Validation
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import StorageError, shown
+from .workers import DEFAULT_PRIORITY
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
 
@@ -61,7 +62,7 @@ class PredictorSettings(BaseSettings):
     # indefinitely; low and normal get a share of a busy CPU. Low by default: beside the
     # requests it cost them no more than idle did (benchmarks/retraining_load.py), and a
     # training or retraining on a busy machine ends, late, rather than never.
-    training_priority: Literal["idle", "low", "normal"] = "low"
+    training_priority: Literal["idle", "low", "normal"] = DEFAULT_PRIORITY
     # Seconds a training (POST /train) may run before its worker is stopped and it fails
     # (0: no limit): trainings run one at a time, so one that never ends holds all the others.
     training_timeout_s: float = Field(default=3600, ge=0, le=MAX_SECONDS, allow_inf_nan=False)

@@ -37,7 +37,7 @@ from .registry import MODEL_DIGEST, ModelRegistry, ModelVersion
 from .settings import JOBS_FOLDER
 from .schemas import TrainConfig, TrainRequest, check_envelope, parse_json_body
 from .traces import RUNTIME_RANGE, TRACE_FILE_KINDS, TraceError, TraceTable, dumps_json, trace_file_format
-from .workers import (CouldNotStart, Failed, Finished, NotStarted, Outcome, ShutDown, StoppedForAnother, Submitted,
+from .workers import (DEFAULT_PRIORITY, CouldNotStart, Failed, Finished, NotStarted, Outcome, ShutDown, StoppedForAnother, Submitted,
                       TimedOut, WorkerDied, WorkerExecutor, WorkerPool, server_gone, stopped_for_time)
 
 log = logging.getLogger(__name__)
@@ -458,7 +458,7 @@ class TrainingJobs:
     def __init__(self, data_dir: Path, on_success: Callable[[dict[str, Any]], None] | None = None,
                  on_failure: Callable[[dict[str, Any]], None] | None = None, keep: int = 1000,
                  max_pending: int = 16, on_pending: Callable[[int], None] | None = None,
-                 priority: str = "low", timeout: float = 0.0):
+                 priority: str = DEFAULT_PRIORITY, timeout: float = 0.0):
         self.data_dir = Path(data_dir)
         # Seconds a training may run (0: no limit); past it its worker is stopped. One
         # training at a time runs: without a limit, one that never ends holds all the others.

@@ -66,6 +66,8 @@ def stopped_for_time(what: str, seconds: float, advice: str) -> str:
 # (benchmarks/retraining_load.py --burners 2). SCHED_BATCH shares the CPU by niceness, as
 # the normal policy does, but never preempts a task that wakes (the server's requests).
 WORKER_PRIORITIES = {"idle": ("SCHED_IDLE", 0), "low": ("SCHED_BATCH", 10), "normal": ("SCHED_BATCH", 0)}
+# PREDICTOR_TRAINING_PRIORITY's default, and every worker's where none is given (see settings.py).
+DEFAULT_PRIORITY = "low"
 
 
 def _set_priority(priority: str) -> None:
@@ -81,7 +83,7 @@ def _set_priority(priority: str) -> None:
             pass
 
 
-def _init_worker(server_pid: int | None = None, priority: str = "low", jobs_started: Any = None) -> None:
+def _init_worker(server_pid: int | None = None, priority: str = DEFAULT_PRIORITY, jobs_started: Any = None) -> None:
     # A stop signal sent to the whole process group (systemd's stop, Ctrl-C) is the server's
     # to act on: it lets the request in flight finish its training, then stops this worker
     # (TrainingJobs.shutdown). Dying here at once answered that request 500, "out of memory?".
@@ -264,7 +266,7 @@ class WorkerPool:
 
     ``kind`` names the worker in what a call's failure says ("the training worker ...")."""
 
-    def __init__(self, kind: str, priority: str = "low") -> None:
+    def __init__(self, kind: str, priority: str = DEFAULT_PRIORITY) -> None:
         if priority not in WORKER_PRIORITIES:
             raise ValueError(f"priority must be one of {', '.join(WORKER_PRIORITIES)}, not {priority!r}")
         self.kind = kind

@@ -188,6 +188,9 @@ async def declared_query_only(request: Request) -> None:
                          tuple(p.alias for p in dependant.query_params) if dependant is not None else ())
 
 
+DECLARED_QUERY = Depends(declared_query_only)
+
+
 _log = logging.getLogger(__package__.rpartition(".")[0] + ".api")  # where the app's own lines are logged
 
 

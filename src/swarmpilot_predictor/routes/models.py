@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
 from ..schemas import ModelsResponse
 from ..service import PredictorService
-from .common import IDENTITY_PATH, NO_BODY, JSONResponse, declared_query_only, identity_from, refuse_loose_numbers
+from .common import DECLARED_QUERY, IDENTITY_PATH, NO_BODY, JSONResponse, identity_from, refuse_loose_numbers
 
 
 def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any]) -> None:
@@ -30,7 +30,7 @@ def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any])
 
     # Off the event loop, as /health is (see discovery.py): it reads the observation log and
     # runs the drift tests.
-    @app.get("/models/" + IDENTITY_PATH + "/accuracy", tags=["monitoring"], dependencies=[Depends(declared_query_only)],
+    @app.get("/models/" + IDENTITY_PATH + "/accuracy", tags=["monitoring"], dependencies=[DECLARED_QUERY],
              summary="Rolling accuracy of the serving version against observed runtimes")
     async def model_accuracy(request: Request, version: int | None = None, recent: int = 200):
         refuse_loose_numbers(request, "query.version", "query.recent")
