@@ -662,16 +662,21 @@ GCV_GRID = np.arange(-6.0, 4.01, 0.5)
 
 def gcv_alpha(A: np.ndarray, y: np.ndarray, w: np.ndarray | None = None, S=None) -> float:
     """Ridge penalty (as taken by :func:`ridge_regression`) minimising generalised cross-validation error."""
+    return gcv_choice(A, y, w, S)[0]
+
+
+def gcv_choice(A: np.ndarray, y: np.ndarray, w: np.ndarray | None = None, S=None) -> tuple[float, float]:
+    """:func:`gcv_alpha`'s penalty and the degrees of freedom of the fit at it, the intercept's included."""
     n, d = A.shape
     if d == 0 or n < 3:
-        return 1.0
+        return 1.0, float(min(d + 1, n))
     w = np.ones(n) if w is None else w
     sw = w.sum()
     y_mean = float((y * w).sum() / sw)
     yc = (y - y_mean) * np.sqrt(w)
     total = float(yc @ yc)
     lam_max, fit_stats = _spectral_gcv(A, w, yc) if S is None else _sparse_gcv(S, w, y - y_mean)
-    best = (np.inf, 1.0)
+    best = (np.inf, 1.0, float(min(d + 1, n)))
     scale = sw / n
     for log_a in GCV_GRID:
         a = 10.0**log_a * max(lam_max, 1e-12) / n
@@ -682,8 +687,8 @@ def gcv_alpha(A: np.ndarray, y: np.ndarray, w: np.ndarray | None = None, S=None)
             continue
         gcv = max(rss, 0.0) / (1.0 - df / n) ** 2
         if gcv < best[0]:
-            best = (gcv, a)
-    return best[1]
+            best = (gcv, a, df)
+    return best[1], best[2]
 
 
 def _spectral(lam: np.ndarray, beta2: np.ndarray):
