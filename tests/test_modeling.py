@@ -1837,6 +1837,61 @@ def test_a_wide_design_built_sparse_has_the_dense_design_s_values():
     np.testing.assert_array_equal(built.toarray(), wide.transform(few))
 
 
+@pytest.mark.parametrize("values, features, rows, goes_dense", [(100, 8, 480, True), (500, 1, 1000, False)])
+def test_a_run_of_factorisations_goes_dense_once_the_sparse_lu_fills_in(values, features, rows, goes_dense):
+    """Eight 100-value features' Gram matrix is 4% stored, but its sparse LU fills in most of
+    the dense matrix; one 500-value feature's (an arrow) does not. The solves agree either way."""
+    import scipy.sparse as sp
+
+    from swarmpilot_predictor.modeling import design
+
+    rng = np.random.default_rng(values)
+    S = sp.hstack([sp.csr_matrix(rng.normal(size=(rows, 1)))]
+                  + [sp.csr_matrix((np.ones(rows), (np.arange(rows), rng.integers(0, values, rows))), shape=(rows, values))
+                     for _ in range(features)], format="csr")
+    G = design.wgram(S, rng.uniform(0.2, 1.0, rows), S, dense=False) + sp.identity(S.shape[1])
+    assert G.nnz < design.DENSE_SOLVE_SHARE * G.shape[0] ** 2  # the stored share alone says sparse
+    b = rng.normal(size=G.shape[0])
+    factorise = design.Factoriser()
+    first = factorise(G, symmetric=True)(b)
+    assert factorise.dense_ is goes_dense
+    second = factorise(G * 2.0, symmetric=True)(b)
+    np.testing.assert_allclose(G @ first, b, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(2.0 * first, 4.0 * second, rtol=1e-9)
+    np.testing.assert_allclose(design.sparse_lu(G, symmetric=True)(b), first, rtol=1e-9)
+
+
+def test_gcv_on_fewer_rows_than_columns_takes_the_kernel_matrix_to_the_same_statistics(monkeypatch):
+    """Eight 50-value categoricals and a numeric column on 300 rows (401 columns, no block
+    wide enough for the Schur path): GCV's spectrum comes from the 300-square kernel matrix,
+    to the Gram matrix's statistics."""
+    import scipy.sparse as sp
+
+    from swarmpilot_predictor.modeling import design
+
+    rng = np.random.default_rng(8)
+    rows = 300
+    codes = rng.integers(0, 50, (rows, 8))
+    S = sp.hstack([sp.csr_matrix(rng.normal(size=(rows, 1)))]
+                  + [sp.csr_matrix((np.ones(rows), (np.arange(rows), codes[:, j])), shape=(rows, 50)) for j in range(8)],
+                  format="csr")
+    y = rng.normal(0, 0.5, (8, 50))[np.arange(8), codes].sum(axis=1) + rng.normal(size=rows)
+    w = rng.uniform(0.2, 1.0, rows)
+    yc = y - (w @ y) / w.sum()
+    kernel_calls = []
+    real_kernel = design._kernel_gcv
+    monkeypatch.setattr(design, "_kernel_gcv", lambda *a: kernel_calls.append(1) or real_kernel(*a))
+    lam_kernel, kernel = design._sparse_gcv(S, w, yc)
+    assert kernel_calls
+    G0 = design.wgram(S, w, S, dense=False)
+    lam, V = np.linalg.eigh(design._centred_gram(G0, np.asarray(S.T @ w).ravel(), float(w.sum())))
+    lam, V = np.maximum(lam[::-1], 0.0), V[:, ::-1]
+    gram = design._spectral(lam, (V.T @ np.asarray(S.T @ (w * yc)).ravel()) ** 2)
+    assert lam_kernel == pytest.approx(lam[0], rel=1e-10)
+    for c in (1e-6, 1e-2, 1.0, 1e3):
+        assert kernel(c * lam[0]) == pytest.approx(gram(c * lam[0]), rel=1e-8)
+
+
 @pytest.mark.parametrize("rows, values, missing, p", [(1200, 400, 0.0, 4), (1600, 2000, 0.0, 4), (3000, 300, 0.1, 4),
                                                      (1500, 300, 0.0, 0)])
 def test_gcv_through_a_categorical_s_diagonal_block_matches_the_eigen_decomposition(monkeypatch, rows, values, missing, p):

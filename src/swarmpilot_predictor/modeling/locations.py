@@ -23,8 +23,8 @@ import numpy as np
 
 from ..distribution import row_dot
 from ..errors import shown
-from .design import (LEVEL_MIN_ROWS, UNUSED, LogLinearDesign, categorical_positions, design_matrix, gcv_alpha, gcv_choice,
-                     infinite_as_missing, is_sparse, numeric_positions, ridge_regression, slog, sparse_lu, sparse_view,
+from .design import (LEVEL_MIN_ROWS, UNUSED, Factoriser, LogLinearDesign, categorical_positions, design_matrix, gcv_alpha,
+                     gcv_choice, infinite_as_missing, is_sparse, numeric_positions, ridge_regression, slog, sparse_view,
                      wgram)
 from .stored import standardisation, stored_finite_numbers, stored_kinds, stored_number
 
@@ -223,8 +223,9 @@ class LinearLocation(LocationModel):
         # of sixteen 100-value features (1,600 rows, df 1,360), and the weights below then
         # dropped good rows (13.6% of them on one fold without outliers).
         inflate = dof_inflation(len(y), df)
+        factorise = Factoriser()
         for it in range(4 + 4 * self.redescend):
-            b, coef = ridge_regression(A, y, alpha, weights, S)
+            b, coef = ridge_regression(A, y, alpha, weights, S, factorise)
             r = y - b - (A @ coef if S is None else S @ coef)
             mad = _robust_sd(r) * inflate + 1e-9
             if it < 4:
@@ -336,6 +337,7 @@ def _fit_overhead_power(B: np.ndarray, y: np.ndarray, w: np.ndarray, th: np.ndar
         return loss / sw * n + alpha * float(t[2:] @ t[2:]), r
 
     obj, r = objective(th)
+    factorise = Factoriser()
     lam = 1e-3
     penalty = np.zeros(d + 2)
     penalty[2:] = alpha
@@ -371,7 +373,7 @@ def _fit_overhead_power(B: np.ndarray, y: np.ndarray, w: np.ndarray, th: np.ndar
             try:
                 # A few columns: numpy's solve (3 us for 3 parameters, a scipy factorisation 37).
                 # A sparse H is symmetric but for rounding (each pair summed in its own order).
-                solve = functools.partial(np.linalg.solve, D) if S is None else sparse_lu(D, symmetric=True)
+                solve = functools.partial(np.linalg.solve, D) if S is None else factorise(D, symmetric=True)
                 step = bounded_step(solve, g, th[0], bounds)
             except (np.linalg.LinAlgError, RuntimeError):
                 step = np.zeros_like(th)
@@ -458,14 +460,15 @@ class PowerLocation(LocationModel):
         # Start from the log-linear fit, its runtimes split evenly between an overhead
         # (half the fastest runtimes) and the work.
         S = sparse_view(B)
-        c0, c = ridge_regression(B, y, self.RIDGE, w, S)
+        factorise = Factoriser()
+        c0, c = ridge_regression(B, y, self.RIDGE, w, S, factorise)
         # The soft-L1 loss's scale (the ridge's unit too) is the noise's, read from residuals.
         # Those of a light penalty understate it where the design has about as many columns
         # as rows, which that fit interpolates: then the fit whose penalty generalised
         # cross-validation chooses leaves the larger ones. On sixteen 100-value features and
         # 1,600 rows (noise 0.25) the light penalty's read 0.033, the chosen penalty's 0.106,
         # and the power fit's held-out error of log runtime went from 1.26 to 0.88.
-        g0, g = ridge_regression(B, y, gcv_alpha(B, y, w, S), w, S)
+        g0, g = ridge_regression(B, y, gcv_alpha(B, y, w, S), w, S, factorise)
         f_scale = max(_robust_sd(y - c0 - B @ c), _robust_sd(y - g0 - B @ g), 1e-6)
         bounds = (float(y.min()) - 12.0, float(y.max()))
         start = np.concatenate([[float(np.quantile(y, 0.05)) + math.log(0.5), c0 + math.log(0.5)], c])
