@@ -695,9 +695,17 @@ def test_a_record_that_cannot_be_pruned_does_not_refuse_the_training(tmp_path):
 def test_pruning_keeps_the_records_of_jobs_still_queued_or_running(tmp_path):
     # Pruned by age (kept: the newest PREDICTOR_... 1000), a training of hours lost its record
     # and landing note to the thousand trainings after it, in other workers too.
+    # The long training reads its traces from a pipe that the test fills at the end, so it
+    # runs until then (a 3,000-row training once ended before the four short ones beside
+    # other work on this machine).
+    import os
+
+    pipe = tmp_path / "held.jsonl"
+    os.mkfifo(pipe)
     jobs = TrainingJobs(tmp_path, keep=2)
     try:
-        slow_id, slow = jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(3000), algorithm="auto"))
+        slow_id, slow = jobs.submit(TrainConfig(model=IDENTITY, traces="held.jsonl", algorithm="linear"),
+                                    uploads={"held.jsonl": pipe})
         other = TrainingJobs(tmp_path, keep=2)  # another worker of the service
         try:
             done_ids = []
@@ -712,7 +720,18 @@ def test_pruning_keeps_the_records_of_jobs_still_queued_or_running(tmp_path):
             assert {p.stem for p in jobs.records_dir.glob("*.json")} == {slow_id, *done_ids[1:]}
         finally:
             other.shutdown()
-        slow.result(timeout=300)
+        deadline = time.monotonic() + 60
+        while True:  # opened for writing once the training has opened it for reading
+            try:
+                fd = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the training never opened its traces"
+                time.sleep(0.05)
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "wb") as out:
+            out.write(b"".join(orjson.dumps(t) + b"\n" for t in make_llm_traces(60)))
+        assert slow.result(timeout=120)["version"] == 1 and jobs.get(slow_id)["status"] == "succeeded"
     finally:
         jobs.shutdown()
 
