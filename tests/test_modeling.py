@@ -595,6 +595,29 @@ def test_the_power_law_reads_the_noise_s_scale_from_a_fit_that_does_not_interpol
     assert np.sqrt(np.mean((loc.predict(X_new) - mean_new) ** 2)) < 1.2
 
 
+def test_the_power_model_s_dual_step_solves_its_levenberg_marquardt_system():
+    """Fewer rows than columns: the step through the n-square dual matrix is the step of
+    the (d + 2)-square system, down to an overhead whose damping is ~1e-9."""
+    import scipy.sparse as sp
+
+    from swarmpilot_predictor.modeling.locations import _dual_step_solver
+
+    rng = np.random.default_rng(5)
+    n, d = 60, 150
+    Jb = sp.random(n, d, density=0.05, random_state=5, format="csr") + sp.csr_matrix(
+        (np.ones(n), (np.arange(n), rng.integers(0, d, n))), shape=(n, d))
+    J2 = np.column_stack([rng.uniform(0, 1e-4, n), rng.uniform(0.5, 1.0, n)])
+    v = rng.uniform(0.1, 1.0, n)
+    damp2 = np.array([1e-9, 1e-3])
+    diag_b = rng.uniform(0.01, 1.0, d)
+    J = np.hstack([J2, Jb.toarray()])
+    D = J.T @ (J * v[:, None]) + np.diag(np.concatenate([damp2, diag_b]))
+    side = J2.T @ (Jb.toarray() * v[:, None])
+    solve = _dual_step_solver(J2.T @ (J2 * v[:, None]), side, Jb, v, damp2, diag_b)
+    for g in (rng.normal(size=d + 2), np.eye(d + 2)[0]):
+        np.testing.assert_allclose(solve(g), np.linalg.solve(D, g), rtol=1e-7, atol=1e-9 * np.abs(np.linalg.solve(D, g)).max())
+
+
 def test_the_robust_linear_fit_reads_the_noise_s_scale_corrected_for_its_degrees_of_freedom():
     # The same design. The fit GCV picks spends most of its 400 rows on the 401 columns,
     # so its residuals read the noise's scale short, and Tukey's weights then dropped good
@@ -2368,25 +2391,3 @@ def test_a_ridge_penalty_too_small_to_solve_is_raised_to_one_that_is():
     assert np.all(np.isfinite(tiny)) and np.all(tiny > 0)
     assert tiny == pytest.approx(medians(1e-12), rel=1e-3)
 
-
-def test_the_power_model_s_dual_step_solves_its_levenberg_marquardt_system():
-    """Fewer rows than columns: the step through the n-square dual matrix is the step of
-    the (d + 2)-square system, down to an overhead whose damping is ~1e-9."""
-    import scipy.sparse as sp
-
-    from swarmpilot_predictor.modeling.locations import _dual_step_solver
-
-    rng = np.random.default_rng(5)
-    n, d = 60, 150
-    Jb = sp.random(n, d, density=0.05, random_state=5, format="csr") + sp.csr_matrix(
-        (np.ones(n), (np.arange(n), rng.integers(0, d, n))), shape=(n, d))
-    J2 = np.column_stack([rng.uniform(0, 1e-4, n), rng.uniform(0.5, 1.0, n)])
-    v = rng.uniform(0.1, 1.0, n)
-    damp2 = np.array([1e-9, 1e-3])
-    diag_b = rng.uniform(0.01, 1.0, d)
-    J = np.hstack([J2, Jb.toarray()])
-    D = J.T @ (J * v[:, None]) + np.diag(np.concatenate([damp2, diag_b]))
-    side = J2.T @ (Jb.toarray() * v[:, None])
-    solve = _dual_step_solver(J2.T @ (J2 * v[:, None]), side, Jb, v, damp2, diag_b)
-    for g in (rng.normal(size=d + 2), np.eye(d + 2)[0]):
-        np.testing.assert_allclose(solve(g), np.linalg.solve(D, g), rtol=1e-7, atol=1e-9 * np.abs(np.linalg.solve(D, g)).max())

@@ -750,10 +750,8 @@ def _sparse_gcv(S, w: np.ndarray, centred: np.ndarray):
     b = np.asarray(S.T @ (w * centred)).ravel()
     n, d = S.shape
     # Flops, roughly: the eigen-decomposition of the d-square Gram matrix d^3; that of the
-    # n-square kernel matrix n^3, twice over for building it (on sixteen 100-value features
-    # and 1,600 rows, 1,601 columns, it was no faster); the Schur path k r^2 + r^3 per
-    # penalty tried.
-    kernel_cost = 2 * n**3 if n < d else math.inf
+    # n-square kernel matrix dual_cost; the Schur path k r^2 + r^3 per penalty tried.
+    kernel_cost = dual_cost(n, d)
     block = _diagonal_block(G0) if d >= ARROW_MIN_WIDTH else None
     if block is not None:
         k = int(block.sum())
@@ -761,22 +759,31 @@ def _sparse_gcv(S, w: np.ndarray, centred: np.ndarray):
         if len(GCV_GRID) * (k * r * r + r**3) < min(d**3, kernel_cost):
             return _largest_eigenvalue(G0, s, sw), _arrow_stats(G0, s, sw, b, block)
     if kernel_cost < d**3:
-        return _kernel_gcv(S, w, centred)
+        return _kernel_gcv(S, w, centred, s, sw)
     lam, V = np.linalg.eigh(_centred_gram(G0, s, sw))
     lam, V = np.maximum(lam[::-1], 0.0), V[:, ::-1]
     return float(lam[0]), _spectral(lam, (V.T @ b) ** 2)
 
 
-def _kernel_gcv(S, w: np.ndarray, centred: np.ndarray):
+def dual_cost(n: int, d: int) -> float:
+    """About the flops of a factorisation (or eigen-decomposition) through the n-square
+    matrix of the dual, for ``n`` rows of ``d`` columns, against ``d^3`` through the Gram
+    matrix: twice ``n^3``, for building it too (on sixteen 100-value features, 1,601
+    columns, and 1,600 rows GCV's was no faster); infinite where rows are not fewer."""
+    return 2.0 * n**3 if n < d else math.inf
+
+
+def _kernel_gcv(S, w: np.ndarray, centred: np.ndarray, s: np.ndarray, sw: float):
     """:func:`_sparse_gcv`'s results from the n-square kernel matrix ``Xc Xc'`` of the
-    weighted, centred design ``Xc``, for designs with fewer rows than columns.
+    weighted, centred design ``Xc``, for designs with fewer rows than columns (``s``: the
+    weighted column sums, ``sw``: the weights' sum).
 
     Its eigenvalues are the Gram matrix's non-zero ones, and its eigenvectors ``Xc``'s left
     singular vectors, which is all :func:`_spectral` needs: on sixteen 100-value features
     (1,601 columns) and 800 rows an eigen-decomposition of the Gram matrix took 0.66 s."""
     r = np.sqrt(w)
-    u = np.asarray(S @ (np.asarray(S.T @ w).ravel() / float(w.sum()))).ravel()  # each row's dot with the column means
-    m2 = float(u @ w) / float(w.sum())  # the column means' squared norm
+    u = np.asarray(S @ (s / sw)).ravel()  # each row's dot with the column means
+    m2 = float(u @ w) / sw  # the column means' squared norm
     K = np.asarray((S @ S.T).todense()) - u[:, None] - u[None, :] + m2
     K *= r[:, None]
     K *= r[None, :]

@@ -23,8 +23,8 @@ import numpy as np
 
 from ..distribution import row_dot
 from ..errors import shown
-from .design import (LEVEL_MIN_ROWS, UNUSED, Factoriser, LogLinearDesign, categorical_positions, design_matrix, gcv_alpha,
-                     gcv_choice, infinite_as_missing, is_sparse, numeric_positions, ridge_regression, slog, sparse_view,
+from .design import (LEVEL_MIN_ROWS, UNUSED, Factoriser, LogLinearDesign, categorical_positions, design_matrix, dual_cost,
+                     gcv_alpha, gcv_choice, infinite_as_missing, is_sparse, numeric_positions, ridge_regression, slog, sparse_view,
                      wgram)
 from .stored import standardisation, stored_finite_numbers, stored_kinds, stored_number
 
@@ -340,8 +340,9 @@ def _fit_overhead_power(B: np.ndarray, y: np.ndarray, w: np.ndarray, th: np.ndar
     factorise = Factoriser()
     # Fewer rows than parameters (a wide design on few rows): each step solves through the
     # n-square matrix of the dual instead of the (d + 2)-square one (_dual_step_solver),
-    # where that is at least twice cheaper (as GCV's kernel matrix, design._sparse_gcv).
-    dual = S is not None and 2 * n**3 < d**3
+    # where that is cheaper, as GCV's kernel matrix is (design._sparse_gcv).
+    dual = S is not None and dual_cost(n, d) < d**3
+    squares = S.multiply(S).T.tocsr() if dual else None  # for the diagonal of B' V B
     lam = 1e-3
     penalty = np.zeros(d + 2)
     penalty[2:] = alpha
@@ -370,7 +371,7 @@ def _fit_overhead_power(B: np.ndarray, y: np.ndarray, w: np.ndarray, th: np.ndar
             if dual:
                 H = None
                 Jb = sp.diags(q) @ S
-                diagonal = np.concatenate([np.diag(H2), np.asarray(S.multiply(S).T @ (v * q * q)).ravel()]) + penalty
+                diagonal = np.concatenate([np.diag(H2), np.asarray(squares @ (v * q * q)).ravel()]) + penalty
             else:
                 H = sp.bmat([[H2, side], [side.T, wgram(B, v * q * q, S, dense=False)]], format="csc")
                 H = (H + sp.diags(penalty, format="csc")).tocsc()
