@@ -207,7 +207,10 @@ def test_bad_names_files_and_requests(live):
                         # Numbers as a trace's are read: Python's float() took these as 0.5 and 0.9.
                         ({"confidence_level": "0.5_0"}, "confidence_level"),
                         ({"confidence_level": "\u0660.\u0669"}, "confidence_level"),
-                        ({"table_name": ["a.json", "b.json"]}, "table_name")):
+                        ({"table_name": ["a.json", "b.json"]}, "table_name"),
+                        # How many further levels (knots) each record stores: 0 to 64.
+                        ({"knots": "-1"}, "knots"), ({"knots": "65"}, "knots"), ({"knots": "2.5"}, "knots"),
+                        ({"knots": ""}, "knots"), ({"knots": "\u0663"}, "knots")):
         r = httpx.post(f"{url}/predict/table/{SEGMENTS}", files={"trace_file": ("t.jsonl", jsonl(TRACES[:3]))}, data=data)
         assert r.status_code == 422 and r.json()["field"] == field and r.json()["status"] == "failed", r.text
     assert {t["name"] for t in httpx.get(f"{url}/tables").json()["tables"]} == before
@@ -223,8 +226,8 @@ def test_clients_cover_the_table_endpoints(live, tmp_path):
     src.write_text("input_tokens,output_tokens,task_id\n" + "".join(
         f"{t['input_tokens']},{t['output_tokens']},{t['task_id']}\n" for t in TRACES[:20]))
     with PredictorClient(srv.url) as client:
-        result = client.generate_table(IDENTITY, src, 0.8, table_name="client.json")
-        assert result["status"] == "successful" and result["rows"] == 20
+        result = client.generate_table(IDENTITY, src, 0.8, table_name="client.json", knots=3)
+        assert result["status"] == "successful" and result["rows"] == 20 and 0 < len(result["knot_levels"]) <= 3
         assert "client.json" in {t["name"] for t in client.list_tables()}
         data = client.download_table("client.json", tmp_path / "copy.json")
         assert (tmp_path / "copy.json").read_bytes() == data and len(orjson.loads(data)) == 20
@@ -240,7 +243,8 @@ def test_clients_cover_the_table_endpoints(live, tmp_path):
 
     async def run():
         async with AsyncPredictorClient(srv.url) as aclient:
-            res = await aclient.generate_table(IDENTITY, jsonl(TRACES[:10]), table_name="async.csv", filename="t.jsonl")
+            res = await aclient.generate_table(IDENTITY, jsonl(TRACES[:10]), table_name="async.csv", filename="t.jsonl",
+                                               knots=0)
             names = {t["name"] for t in await aclient.list_tables()}
             data = await aclient.download_table("async.csv")
             await aclient.delete_table("async.csv")
@@ -248,6 +252,7 @@ def test_clients_cover_the_table_endpoints(live, tmp_path):
 
     res, names, data = asyncio.run(run())
     assert res["rows"] == 10 and "async.csv" in names and data.startswith(b"input_tokens,output_tokens")
+    assert res["knot_levels"] == [] and b"knot_" not in data.split(b"\n")[0]  # knots=0: none, as tables were before
 
 
 def test_default_lookup_table_at_start(tmp_path):

@@ -623,6 +623,8 @@ def table_cmd(
                                          help="Table name in the data directory's tables folder; offline, one holding a '/' is a path (./out.csv); default: from the model."),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="json or csv (default: from --output's suffix, which must be .json or .csv, optionally .gz; json without --output)."),
     confidence_level: float = typer.Option(0.95, "--confidence-level", "-c", help="Level of each trace's central interval, in (0, 1)."),
+    knots: int = typer.Option(24, "--knots", min=0, max=64,
+                              help="Further levels each record stores at most, so that answers at levels it does not store follow the model (0: none)."),
     data_dir: Optional[str] = DataDirOpt,
     url: Optional[str] = UrlOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the raw JSON answer."),
@@ -637,7 +639,7 @@ def table_cmd(
     _confidence_arg(confidence_level)
     if url:
         with _remote(url, {"table_name": "--output", "format": "--format"}) as client:
-            result = client.generate_table(pattern.as_tuple(), trace_file, confidence_level, output, fmt)
+            result = client.generate_table(pattern.as_tuple(), trace_file, confidence_level, output, fmt, knots=knots)
     else:
         out_path = None
         name = output
@@ -656,7 +658,8 @@ def table_cmd(
             task = progress.add_task("predicting", total=total)
             try:
                 result = service.generate_table(pattern, trace_file, confidence_level, name, fmt,
-                                                progress=lambda n: progress.advance(task, n), out_path=out_path)
+                                                progress=lambda n: progress.advance(task, n), out_path=out_path,
+                                                knots=knots)
             except PredictorError as exc:
                 _fail(_as_flag(exc.message, exc.field, {"table_name": "--output", "format": "--format"}))
             except (FileExistsError, NotADirectoryError) as exc:  # a folder on the path is a file (/dev/null/x.csv)

@@ -509,7 +509,7 @@ class _Calls:
     @staticmethod
     def generate_table(identity: IdentityLike, trace_file: Path | str | bytes, confidence_level: float = 0.95,
                        table_name: str | None = None, format: str | None = None, filename: str | None = None,
-                       timeout: float | None = None) -> _Request:
+                       timeout: float | None = None, knots: int | None = None) -> _Request:
         if not isinstance(trace_file, (bytes, str, PathLike)):
             raise InvalidRequestError(f"trace_file must be a path or bytes, got {_shown(trace_file)}", field="trace_file")
         if timeout is not None:
@@ -527,6 +527,10 @@ class _Calls:
             form["table_name"] = table_name
         if format:
             form["format"] = format
+        if knots is not None:
+            if isinstance(knots, bool) or not isinstance(knots, int):
+                raise InvalidRequestError(f"knots must be a whole number, got {_shown(knots)}", field="knots")
+            form["knots"] = str(knots)
         return _Request("POST", "/predict/table/" + "/".join(identity_segments(identity)),
                         files=[("trace_file", (name, data, "application/octet-stream"))], data=form, timeout=timeout,
                         timeout_at_least=_TABLE_TIMEOUT, require=("status", "table_name", "rows"))
@@ -1080,13 +1084,15 @@ class PredictorClient(_Base):
 
     def generate_table(self, identity: IdentityLike, trace_file: Path | str | bytes, confidence_level: float = 0.95,
                        table_name: str | None = None, format: str | None = None, filename: str | None = None,
-                       timeout: float | None = None) -> dict[str, Any]:
+                       timeout: float | None = None, knots: int | None = None) -> dict[str, Any]:
         """Upload a trace file; the service predicts every trace and writes a lookup table.
 
         ``timeout`` is this call's own; ``None``: the client's, but at least 10 minutes (a large file takes a while).
-        Returns ``{"status": "successful", "path", "table_name", "rows", "failed", ...}``.
+        ``knots``: how many further levels each record stores at most (0 to 64; ``None``: the service's 24).
+        Returns ``{"status": "successful", "path", "table_name", "rows", "failed", "knot_levels", ...}``.
         """
-        return self._send(self._calls.generate_table(identity, trace_file, confidence_level, table_name, format, filename, timeout))
+        return self._send(self._calls.generate_table(identity, trace_file, confidence_level, table_name, format, filename,
+                                                     timeout, knots))
 
     def list_tables(self) -> list[dict[str, Any]]:
         """The lookup tables in the service's table directory."""
@@ -1294,12 +1300,12 @@ class AsyncPredictorClient(_Base):
 
     async def generate_table(self, identity: IdentityLike, trace_file: Path | str | bytes, confidence_level: float = 0.95,
                              table_name: str | None = None, format: str | None = None, filename: str | None = None,
-                             timeout: float | None = None) -> dict[str, Any]:
+                             timeout: float | None = None, knots: int | None = None) -> dict[str, Any]:
         # Bytes are named by what they hold (a gzip file's first line decompressed): off the
         # loop too where there are many.
         off_loop = not isinstance(trace_file, bytes) or len(trace_file) > _LARGE_ANSWER_BYTES
-        return await self._send(await _built_off_loop(off_loop, self._calls.generate_table, identity,
-                                                      trace_file, confidence_level, table_name, format, filename, timeout))
+        return await self._send(await _built_off_loop(off_loop, self._calls.generate_table, identity, trace_file,
+                                                      confidence_level, table_name, format, filename, timeout, knots))
 
     async def list_tables(self) -> list[dict[str, Any]]:
         return await self._send(self._calls.list_tables())

@@ -1479,6 +1479,10 @@ _STRETCH_ATOMS = 32
 _MAX_TAIL_SCALE = 1e3
 # The bend of a stored quantile function that is all but a step (see StoredQuantileDistribution).
 _STEP_BEND = 1e3
+# Gauss-Legendre nodes over the normal score of a stored quantile function's tails, out to
+# the levels 1e-12 and 1 - 1e-12 within which it is read (see StoredQuantileDistribution).
+_TAIL_GAUSS = np.polynomial.legendre.leggauss(12)
+_TAIL_SCORE = float(-ndtri(1e-12))
 
 
 @dataclass
@@ -1520,6 +1524,13 @@ class StoredQuantileDistribution(TaskDistributions):
     # stretch, sum((upper level - lower level) * (upper value - lower value)) up to top_level
     # (None: no bend). Bent by ``bend`` the stretches' mean falls by body_spread * (1/2 - 1/(bend + 1)).
     body_spread: np.ndarray | None = None
+    # Per task: its lowest stored level and the integral of its stored quantile function from
+    # there to top_level (linear between stored levels: exact by trapezoids). With both, the
+    # mean with a flat tail is that plus the tails' integrals over their normal scores (None:
+    # a 32-bin quadrature of the whole, which a steep step between two close stored levels,
+    # a slow mode's start, threw off by a tenth of the mean).
+    bottom_level: np.ndarray | None = None
+    body_mean: np.ndarray | None = None
     bend: np.ndarray | None = None  # per task: the power of the interpolation between its stored levels
     stretch: np.ndarray | None = None  # per task: what its whole quantile function is then multiplied by
     moments_are_own = False  # the stored mean and error are the model's
@@ -1532,16 +1543,19 @@ class StoredQuantileDistribution(TaskDistributions):
             u, w, _ = _sum_nodes(_STRETCH_ATOMS)
             # Once per record: a queue often holds many tasks of one.
             records, first, back = np.unique(self.rows, return_index=True, return_inverse=True)
-            x = self.quantile(records, u) if n else np.zeros((0, len(u)))
-            top_level, top_value = self.top_level[first][:, None], self.top_value[first][:, None]
-            tail = u[None, :] > top_level
 
-            def flat(x: np.ndarray, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
-                """The mean with the tail above the top level flat."""
-                return row_dot(np.where(tail[rows], top_value[rows], x), w)
+            @functools.cache
+            def quadrature_values() -> np.ndarray:
+                return self.quantile(records, u) if n else np.zeros((0, len(u)))
 
-            base = flat(x)
-            excess = row_dot(np.where(tail, x - top_value, 0.0), w)
+            if self.body_mean is not None and self.bottom_level is not None:
+                base, excess = self._flat_mean_and_excess(records, first)
+            else:
+                x = quadrature_values()
+                top_level, top_value = self.top_level[first][:, None], self.top_value[first][:, None]
+                tail = u[None, :] > top_level
+                base = row_dot(np.where(tail, top_value, x), w)
+                excess = row_dot(np.where(tail, x - top_value, 0.0), w)
             mean = self.mean[first]
             with np.errstate(divide="ignore", invalid="ignore"):
                 scale = np.clip((mean - base) / excess, 0.0, _MAX_TAIL_SCALE)
@@ -1570,8 +1584,26 @@ class StoredQuantileDistribution(TaskDistributions):
             # own variance stands in for it there.
             flat_var = (self.var <= 0) & np.isfinite(self.var)
             if flat_var.any():
+                x = quadrature_values()
                 spread_var = np.maximum(row_dot(x * x, w) - np.square(row_dot(x, w)), 0.0) * np.square(stretch)
                 self.var = np.where(flat_var, spread_var[at], self.var)
+
+    def _flat_mean_and_excess(self, records: np.ndarray, first: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per record: its mean with the tail above ``top_level`` flat (the body's exact
+        integral, the lower tail's and the flat tail's), and the tail's excess over it."""
+        assert self.body_mean is not None and self.bottom_level is not None and self.top_level is not None
+        assert self.top_value is not None
+        t, g = _TAIL_GAUSS
+        bottom, top = ndtri(self.bottom_level[first]), ndtri(self.top_level[first])
+        top_value, top_mass = self.top_value[first], 1.0 - self.top_level[first]
+        # Both tails' nodes at once, increasing along each row: the lower's, then the upper's.
+        lo = np.column_stack([np.full(len(records), -_TAIL_SCORE), top])
+        half = np.maximum(np.column_stack([bottom, np.full(len(records), _TAIL_SCORE)]) - lo, 0.0) / 2.0
+        z = (lo[:, :, None] + half[:, :, None] * (t + 1.0)).reshape(len(records), -1)
+        weights = (half[:, :, None] * g).reshape(len(records), -1) * np.exp(-z * z / 2.0) / math.sqrt(2.0 * math.pi)
+        parts = (self.quantile(records, np.clip(ndtr(z), 1e-12, 1.0 - 1e-12), None) * weights).reshape(len(records), 2, -1)
+        lower, upper = parts.sum(axis=2).T
+        return lower + self.body_mean[first] + top_value * top_mass, upper - top_value * top_mass
 
     def _brought(self, x: np.ndarray, u: np.ndarray, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
         """Values ``x`` of the tasks ``rows`` at levels ``u`` (shared, or one row per task) as
@@ -1588,6 +1620,8 @@ class StoredQuantileDistribution(TaskDistributions):
         return replace(self, rows=self.rows[rows], mean=self.mean[rows], var=self.var[rows],
                        top_level=self.top_level[rows], top_value=self.top_value[rows], tail_scale=self.tail_scale[rows],
                        body_spread=None if self.body_spread is None else self.body_spread[rows],
+                       bottom_level=None if self.bottom_level is None else self.bottom_level[rows],
+                       body_mean=None if self.body_mean is None else self.body_mean[rows],
                        bend=self.bend[rows], stretch=self.stretch[rows])
 
     def distinct(self) -> tuple[np.ndarray, np.ndarray]:

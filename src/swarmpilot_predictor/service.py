@@ -27,6 +27,7 @@ from .errors import AmbiguousModel, DataDirectoryGone, InvalidInput, ModelNotFou
 from .identity import (IDENTITY_KEYS, IdentityPattern, ModelIdentity, describe_stated, fields_naming_a_model, identity_conflicts,
                        named_by_traces, stated_keys)
 from .lookup import WRITABLE_FORMATS, LookupTableStore, TablePrediction, generate_table, table_format
+from .lookup.quantiles import KNOT_LIMIT, KNOT_MOST
 from .metrics import TABLE_LABEL, PredictorMetrics, table_label
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog
 from .registry import LoadedModel, ModelRegistry, ModelVersion
@@ -808,14 +809,18 @@ class PredictorService:
         progress: ProgressFn | None = None,
         source_name: str | None = None,
         out_path: Path | None = None,
+        knots: int = KNOT_MOST,
     ) -> dict[str, Any]:
         """Predict every trace of ``trace_file`` with the latest model and write a lookup table.
 
         The table goes into the table directory under ``table_name`` (a file
-        name; default: the model's directory name), or to ``out_path`` (CLI only).
+        name; default: the model's directory name), or to ``out_path`` (CLI only). Each
+        record also stores the model's quantiles at up to ``knots`` further levels.
         """
         if not 0.0 < confidence_level < 1.0:
             raise InvalidInput("confidence_level must lie strictly between 0 and 1", field="confidence_level")
+        if isinstance(knots, bool) or not isinstance(knots, int) or not 0 <= knots <= KNOT_LIMIT:
+            raise InvalidInput(f"knots must be a whole number from 0 to {KNOT_LIMIT}, got {shown(knots)}", field="knots")
         if table_name is not None and not table_name.strip():
             raise InvalidInput("table_name must be a non-empty file name (leave it out for the model's default name)",
                                field="table_name")
@@ -848,6 +853,7 @@ class PredictorService:
             confidence_level=confidence_level,
             progress=progress,
             max_rows=self.settings.max_table_rows,
+            knots=knots,
         )
         result["model_key"] = identity.key
         self.metrics.predictions.labels(identity.key, "table_generation").inc(result["rows"])

@@ -5,14 +5,18 @@ A table is written by :func:`generate_table` (``POST /predict/table/...`` or the
 
     {"status": "success", "model_type": .., "quantiles": [..], "quantile_predictions": [..],
      "expect": .., "error": .., "interval": [lo, hi], "confidence_level": .., "model_info": {..},
-     "model_version": .., "features": {"input_tokens": 100, ..}, "task_id": ..}
+     "model_version": .., "features": {"input_tokens": 100, ..}, "task_id": ..,
+     "knot_levels": [..], "knot_predictions": [..]}
 
 as a JSON array (one record per line) or as CSV (feature columns first, then ids,
-identity and predictions; quantiles as ``quantile_<level>`` columns). Tables in
-the seed's own format, without ``features``, load too; a record without a
-``features`` object may also carry its features as plain top-level keys.
+identity and predictions; quantiles as ``quantile_<level>`` columns, knots as
+``knot_<level>`` ones). The knots are the model's quantiles at further levels, shared by
+the table's records and chosen where answers read off the stored levels would miss the
+model most (:func:`.quantiles.choose_knot_levels`). Tables in the seed's own format,
+without ``features`` or knots, load too; a record without a ``features`` object may also
+carry its features as plain top-level keys.
 
-:class:`LookupTable` keeps a table column-wise (about 100 bytes a row) with an
+:class:`LookupTable` keeps a table column-wise (about 100 bytes a row, and 4 a knot) with an
 index built once: a sorted 64-bit hash of every row's feature values (exact
 match, vectorised ``searchsorted``), the same for task ids, and per identity and
 combination of categorical values a k-d tree over the numeric features

@@ -42,7 +42,8 @@ from ..traces import (
     iter_json_array,
     text_view,
 )
-from .names import CSV_PREDICTION_COLUMNS, QUANTILE_PREFIX, SHAPE_FEATURES, WRITABLE_FORMATS
+from .names import CSV_PREDICTION_COLUMNS, KNOT_PREFIX, QUANTILE_PREFIX, SHAPE_FEATURES, WRITABLE_FORMATS, knot_column_level
+from .quantiles import KNOT_MOST, choose_knot_levels, round_significant
 
 GENERATION_CHUNK = 8192
 # A table's id keys, in the order its records hold them: the same bytes from the same traces
@@ -113,6 +114,9 @@ def _csv_records(text: IO[str], name: str) -> Iterator[tuple[str, Any]]:
         q_cols.sort()
         levels = [lv for lv, _ in q_cols]
         q_idx = [i for _, i in q_cols]
+        k_cols = sorted((lv, i) for i, h in enumerate(header) if (lv := knot_column_level(h)) is not None)
+        knot_levels = [lv for lv, _ in k_cols]
+        k_idx = [i for _, i in k_cols]
         pos = {h: i for i, h in enumerate(header)}
         for needed in ("expect", "error"):
             if needed not in pos:
@@ -151,6 +155,9 @@ def _csv_records(text: IO[str], name: str) -> Iterator[tuple[str, Any]]:
                     rec["confidence_level"] = float(row[i_cl])
                 if i_ver is not None and row[i_ver] != "":
                     rec["model_version"] = int(row[i_ver])
+                if k_idx:
+                    rec["knot_levels"] = knot_levels
+                    rec["knot_predictions"] = [float(row[i]) for i in k_idx]
             except ValueError as exc:
                 if _rec_status_failed(row, i_status):
                     yield where, {"status": "error"}
@@ -284,8 +291,12 @@ def generate_table(
     progress: Callable[[int], None] | None = None,
     chunk_size: int = GENERATION_CHUNK,
     max_rows: int = 0,
+    knots: int = KNOT_MOST,
 ) -> dict[str, Any]:
     """Predict every trace in vectorised chunks and stream the records to ``out_path``.
+
+    Each record also stores the model's quantiles at up to ``knots`` further levels (see
+    :func:`~.quantiles.choose_knot_levels`; 0: none).
 
     Memory stays bounded by the chunk size whatever the number of traces.
     Traces that cannot be predicted (a missing feature, say) are left out and
@@ -293,7 +304,7 @@ def generate_table(
     More than ``max_rows`` records (0: no limit) is a PayloadTooLarge, and no table.
     """
     t0 = time.perf_counter()
-    generation = _TableGeneration(schema, model, levels, model_info, model_version, out_path, fmt, confidence_level)
+    generation = _TableGeneration(schema, model, levels, model_info, model_version, out_path, fmt, confidence_level, knots)
     try:
         generation.start()
         for chunk in _chunks(traces, chunk_size):
@@ -325,6 +336,7 @@ def generate_table(
         "failed": generation.failed,
         "errors": generation.samples,
         "quantiles": generation.levels,
+        "knot_levels": generation.knot_levels or [],
         "confidence_level": confidence_level,
         "model_version": model_version,
         "duration_seconds": time.perf_counter() - t0,
@@ -338,7 +350,7 @@ class _TableGeneration:
     MAX_SAMPLES = 5
 
     def __init__(self, schema, model, levels: Sequence[float], model_info: dict[str, str], model_version: int,
-                 out_path: Path, fmt: str, confidence_level: float):
+                 out_path: Path, fmt: str, confidence_level: float, knots: int = KNOT_MOST):
         if fmt not in WRITABLE_FORMATS:
             raise InvalidInput(f"format must be one of {', '.join(WRITABLE_FORMATS)}", field="format")
         self.names = list(schema.names)
@@ -346,7 +358,7 @@ class _TableGeneration:
             # A CSV table's features are columns beside its own: one named like those could not
             # be read back (a column named twice), or was read as the record's, not a feature.
             raise InvalidInput(f"feature(s) {', '.join(map(shown, taken))} have the name of a CSV table's own column "
-                               f"(status, expect, error, message, quantile_<level>...): make a JSON table",
+                               f"(status, expect, error, message, quantile_<level>, knot_<level>...): make a JSON table",
                                field="format")
         self.schema, self.model, self.fmt, self.out_path = schema, model, fmt, out_path
         self.levels = [float(q) for q in levels]
@@ -368,7 +380,11 @@ class _TableGeneration:
         self.identity = ModelIdentity(*self.identity_row)
         # Opened by start(), in generate_table's try: a folder gone is a StorageError there.
         self.writer: JsonTableWriter | CsvTableWriter | None = None
-        self.id_cols: list[str] = []  # a CSV table's: the id keys its first chunk's traces hold
+        self.id_cols: list[str] | None = None  # a CSV table's: the id keys its first chunk's traces hold
+        # The further levels every record stores (see choose_knot_levels): chosen on the first
+        # chunk that has a trace to predict, so that all records share them.
+        self.knot_levels: list[float] | None = None
+        self.knots = knots
         self.seen = self.failed = self.added_repeats = 0
         self.samples: list[str] = []
         self.repeats_stored: set[bytes] = set()  # the feature rows whose repeat answer was added
@@ -404,19 +420,23 @@ class _TableGeneration:
         for i, e in enumerate(errors):
             if e is not None:
                 self._fail(start + i, e)
-        if self.fmt == "csv" and self.writer is None:
+        if self.id_cols is None:
             self.id_cols = [k for k in _ID_COLUMNS if any(k in t for t in chunk)]
-            self.writer = CsvTableWriter(self.out_path, self.names + [FIRST_OF_SHAPE, SHAPE_FEATURES] * self.flagged
-                                         + self.id_cols + list(IDENTITY_KEYS) + list(CSV_PREDICTION_COLUMNS)
-                                         + [QUANTILE_PREFIX + repr(q) for q in self.levels])
         if not ok_rows:
             return
         good = [chunk[i] for i in ok_rows]
         n_own = len(good)  # the traces' own records; added repeats follow them
         good, Xg = self._with_repeats(good, X[ok_rows])
         dist = self.model.predict_distribution(Xg)
+        if self.knot_levels is None:
+            self.knot_levels = choose_knot_levels(dist, self.levels, self.confidence_level, most=self.knots)
+        if self.fmt == "csv" and self.writer is None:
+            self.writer = CsvTableWriter(self.out_path, self.names + [FIRST_OF_SHAPE, SHAPE_FEATURES] * self.flagged
+                                         + self.id_cols + list(IDENTITY_KEYS) + list(CSV_PREDICTION_COLUMNS)
+                                         + [QUANTILE_PREFIX + repr(q) for q in self.levels]
+                                         + [KNOT_PREFIX + repr(q) for q in self.knot_levels])
         answers = _RecordValues(dist, self.levels, self.confidence_level,
-                                Xg[:, -1].astype(bool).tolist() if self.flagged else None)
+                                Xg[:, -1].astype(bool).tolist() if self.flagged else None, self.knot_levels)
         if self.fmt == "json":
             self._write_json(good, n_own, answers, [start + i for i in ok_rows])
         else:
@@ -462,6 +482,9 @@ class _TableGeneration:
                 "model_version": self.model_version,
                 "features": dict(zip(self.names, self._feature_values(t))),
             }
+            if self.knot_levels:
+                rec["knot_levels"] = self.knot_levels
+                rec["knot_predictions"] = a.knots[k]
             if a.first is not None:
                 rec["features"][FIRST_OF_SHAPE] = a.first[k]
                 rec[SHAPE_FEATURES] = self.shape_names
@@ -481,10 +504,11 @@ class _TableGeneration:
             feats = [_csv_out(v) for v in self._feature_values(t)]
             if a.first is not None:
                 feats += [int(a.first[k]), self.shape_cell]
-            ids = [_csv_out(t.get(c)) if k < n_own else None for c in self.id_cols]
+            ids = [_csv_out(t.get(c)) if k < n_own else None for c in self.id_cols or ()]
             lo, hi = a.interval[k]
             rows.append(feats + ids + self.identity_row
-                        + ["success", self.model_version, a.mean[k], a.std[k], self.confidence_level, lo, hi] + a.quantiles[k])
+                        + ["success", self.model_version, a.mean[k], a.std[k], self.confidence_level, lo, hi] + a.quantiles[k]
+                        + a.knots[k])
         for k, reason in self.writer.write(rows):  # type: ignore[union-attr]
             if k < n_own:
                 self._fail(indexes[k], f"cannot be written as CSV ({reason})")
@@ -505,8 +529,10 @@ class _TableGeneration:
 class _RecordValues:
     """A chunk's predicted values as Python lists, a row per record (the writers' input)."""
 
-    def __init__(self, dist, levels: list[float], confidence_level: float, first: list[bool] | None):
+    def __init__(self, dist, levels: list[float], confidence_level: float, first: list[bool] | None,
+                 knot_levels: list[float]):
         self.quantiles = dist.quantiles(levels).tolist()
+        self.knots = round_significant(dist.quantiles(knot_levels)).tolist() if knot_levels else [[]] * len(dist)
         mean, std = dist.mean_std()
         self.mean, self.std = mean.tolist(), std.tolist()
         self.interval = dist.interval(confidence_level).tolist()
@@ -515,7 +541,8 @@ class _RecordValues:
 
 def _csv_column_taken(name: str) -> bool:
     """Whether a CSV table's own columns include ``name`` (so no feature can be named so)."""
-    return name.startswith(QUANTILE_PREFIX) or name in CSV_PREDICTION_COLUMNS or name in ("message", SHAPE_FEATURES)
+    return (name.startswith(QUANTILE_PREFIX) or knot_column_level(name) is not None or name in CSV_PREDICTION_COLUMNS
+            or name in ("message", SHAPE_FEATURES))
 
 
 def _as_read(spec: Any, v: Any) -> Any:

@@ -20,7 +20,7 @@ WRITABLE_FORMATS = ("json", "csv")
 RECORD_KEYS = frozenset({
     "status", "model_type", "quantiles", "quantile_predictions", "expect", "error", "interval",
     "confidence_level", "model_info", "model_version", "features", "message", "source", "match",
-    "distance", "table", "shape_features", "stale", "kind_mismatch",
+    "distance", "table", "shape_features", "stale", "kind_mismatch", "knot_levels", "knot_predictions",
 })
 # Which features make an input shape (the model's, where it derives first_of_shape): with
 # it a lookup tells a shape the model saw (answered as a repeat) from one it never saw (as
@@ -28,6 +28,21 @@ RECORD_KEYS = frozenset({
 SHAPE_FEATURES = "shape_features"
 CSV_PREDICTION_COLUMNS = ("status", "model_version", "expect", "error", "confidence_level", "interval_low", "interval_high")
 QUANTILE_PREFIX = "quantile_"
+# A CSV table's columns of the further levels its records store (JSON: ``knot_levels`` and
+# ``knot_predictions``), ``knot_<level>``; a column so named whose suffix is no level
+# strictly between 0 and 1 is a feature (tables made before the knots may have one).
+KNOT_PREFIX = "knot_"
+
+
+def knot_column_level(name: str) -> float | None:
+    """The level of a CSV table's ``knot_<level>`` column (None: the column is no knot's)."""
+    if not name.startswith(KNOT_PREFIX):
+        return None
+    try:
+        level = float(name[len(KNOT_PREFIX):])
+    except ValueError:
+        return None
+    return level if 0.0 < level < 1.0 else None
 
 
 def table_format(name: str) -> str | None:

@@ -3,7 +3,9 @@
 :func:`quantile_function` reads values at any levels off a record's stored quantiles
 (vectorised over records; :func:`quantiles_one` on Python floats for one record), with
 the interval's ends merged in as knots (:func:`merge_interval_knots`) and log-slope
-tails beyond the stored levels. :class:`TablePrediction` holds a table's answers.
+tails beyond the stored levels. :func:`choose_knot_levels` picks the further levels a
+generated table stores so that those readings follow the model. :class:`TablePrediction`
+holds a table's answers.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from statistics import NormalDist
 from typing import Any
 
 import numpy as np
-from scipy.special import ndtri
+from scipy.special import ndtr, ndtri
 
 from ..distribution import interval_levels
 from ..schemas import RenderedPredictions
@@ -171,6 +173,79 @@ def quantiles_one(L: list[float], V: list[float], mu: float, sd: float, taus: Se
     run = -math.inf
     for k in order:
         run = out[k] = max(run, out[k])
+    return out
+
+
+# The levels a generated table's records may store beyond the model's (``knot_levels``):
+# even in normal score from 1e-4 to 1 - 1e-4 and in steps of 0.005, so that a mode's
+# start (a jump of the quantile function) is bracketed to within a few thousandths.
+KNOT_CANDIDATES = np.unique(np.round(np.concatenate([ndtr(np.linspace(-3.72, 3.72, 241)), np.arange(1, 200) * 0.005]), 6))
+# What a candidate's miss counts for in the choice: the fourth root of its distance from the
+# nearer end. Counted alike, a model with first-run tails spent 20 of its 24 knots above
+# 0.98 and none in a body of several modes (the records' 90th percentile of the miss, over
+# levels from 0.003 to 0.9999: 1.09% on average, 0.94% so; on a slow mode 1.25% and 1.00%).
+KNOT_WEIGHTS = np.minimum(KNOT_CANDIDATES, 1.0 - KNOT_CANDIDATES) ** 0.25
+# At most this many knots; fewer where the answers between them are already this close to
+# the model's (the mean relative difference over the sampled records, at every candidate).
+KNOT_MOST = 24
+# The most a table generation may ask for (``knots``).
+KNOT_LIMIT = 64
+KNOT_TOLERANCE = 0.002
+# Records the choice is made on (evenly spaced among the first chunk's).
+KNOT_SAMPLE = 512
+
+
+def choose_knot_levels(dist: Any, levels: Sequence[float], confidence_level: float, most: int = KNOT_MOST,
+                       tolerance: float = KNOT_TOLERANCE, sample: int = KNOT_SAMPLE) -> list[float]:
+    """The further levels a table's records store, beside ``levels`` and the interval's ends:
+    greedily, the candidate where a record read off the knots so far (as its answers are,
+    :func:`quantile_function`) is furthest from the model's distribution ``dist``, relatively
+    and on average over a sample of its tasks, weighted by :data:`KNOT_WEIGHTS`; until
+    ``most`` are chosen or none is off by ``tolerance``.
+
+    Read off the model's levels alone, a table answered a 0.9 quantile of 1,667 ms where the
+    model answers 364 (a slow mode that starts between its stored 0.75 and 0.99), and the
+    H100 example's 0.999 quantiles 80% off at the median record.
+    """
+    n = len(dist)
+    if n == 0 or most <= 0:
+        return []
+    d = dist.subset(np.unique(np.linspace(0, n - 1, min(n, sample)).astype(np.int64)))
+    mean, std = d.mean_std()
+    truth = d.quantiles(KNOT_CANDIDATES)
+    base = np.array(sorted(set(map(float, levels)) | set(interval_levels(confidence_level))))
+    base_values = d.quantiles(base)
+    chosen: list[int] = []
+    free = np.ones(len(KNOT_CANDIDATES), dtype=bool)
+    free &= np.abs(KNOT_CANDIDATES[:, None] - base[None, :]).min(axis=1) >= 1e-9
+    scale = np.maximum(truth, 1e-300)
+    for _ in range(most):
+        L = np.concatenate([base, KNOT_CANDIDATES[chosen]])
+        order = np.argsort(L)
+        V = np.concatenate([base_values, truth[:, chosen]], axis=1)[:, order]
+        off = (np.abs(quantile_function(L[order], V, mean, std, KNOT_CANDIDATES) - truth) / scale).mean(axis=0)
+        off[~free] = 0.0
+        if off.max() < tolerance:
+            break
+        k = int(np.argmax(off * KNOT_WEIGHTS))
+        chosen.append(k)
+        free[k] = False
+    return sorted(float(KNOT_CANDIDATES[k]) for k in chosen)
+
+
+def round_significant(values: np.ndarray, digits: int = 7) -> np.ndarray:
+    """``values`` (at least 0) to ``digits`` significant digits: a knot's value needs no more
+    (the table's interpolation between knots is far coarser) and is written in half the bytes."""
+    v = np.asarray(values, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        exp = np.where(v > 0, digits - 1 - np.floor(np.log10(np.where(v > 0, v, 1.0))), 0)
+    exp = np.minimum(exp, 300).astype(np.int64)  # (10 ** 308 is the float limit: under 1e-294 ms, fewer digits)
+    out = v.copy()
+    up, down = exp >= 0, exp < 0
+    # Divided (or multiplied) by an exact power of ten, the rounded integer gives the double
+    # nearest the short decimal, which JSON then writes as that decimal.
+    out[up] = np.round(v[up] * 10.0 ** exp[up]) / 10.0 ** exp[up]
+    out[down] = np.round(v[down] / 10.0 ** -exp[down]) * 10.0 ** -exp[down]
     return out
 
 

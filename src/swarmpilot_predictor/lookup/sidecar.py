@@ -21,9 +21,10 @@ log = logging.getLogger(__package__)
 # Version of the sidecar layout, or of what parsing makes of a table (2: crossing quantiles
 # rearranged, intervals checked; 3: the shape features, the flag a partition key; 4: numeric
 # strings beside numbers read as numbers; 5: runtimes over 1e100 ms and malformed intervals,
-# confidence levels, versions and model_info refused); a sidecar of another version is
+# confidence levels, versions and model_info refused; 6: the records' knots, knot_levels
+# and knot_predictions); a sidecar of another version is
 # ignored and rewritten (a table parsed under older rules is parsed again).
-INDEX_FORMAT = 5
+INDEX_FORMAT = 6
 # Bytes of the table's name kept in its sidecar's name (see LookupTableStore.index_path).
 SIDECAR_NAME_BYTES = 200
 
@@ -55,6 +56,7 @@ def save_index(table: LookupTable, dest: Path, source_signature: tuple) -> None:
     }
     for s, (levels, values) in enumerate(zip(table.levelsets, table.values)):
         arrays[f"levels_{s}"], arrays[f"values_{s}"] = levels, values
+        arrays[f"knot_levels_{s}"], arrays[f"knot_values_{s}"] = table.knot_levels[s], table.knot_values[s]
     for j, column in enumerate(table.columns):
         arrays[f"column_{j}"] = column.values
     if table.task_hashes is not None:
@@ -80,6 +82,8 @@ def load_index(src: Path, path: Path, name: str, source_signature: tuple, seed: 
             ]
             levelsets = [z[f"levels_{s}"] for s in range(meta["levelsets"])]
             values = [z[f"values_{s}"] for s in range(meta["levelsets"])]
+            knot_levels = [z[f"knot_levels_{s}"] for s in range(meta["levelsets"])]
+            knot_values = [z[f"knot_values_{s}"] for s in range(meta["levelsets"])]
             return LookupTable(
                 name=name,
                 identities=[tuple(i) for i in meta["identities"]],
@@ -89,6 +93,7 @@ def load_index(src: Path, path: Path, name: str, source_signature: tuple, seed: 
                 task_hashes=z["task_hashes"] if meta["task_hashes"] else None, skipped=int(meta["skipped"]),
                 path=path, fmt=meta["table_format"], seed=seed,
                 shape_features={int(g): tuple(v) for g, v in meta["shape_features"].items()},
+                knot_levels=knot_levels, knot_values=knot_values,
             )
     except FileNotFoundError:
         return None

@@ -231,6 +231,8 @@ class LookupTable:
         fmt: str | None = None,
         seed: int = 0,
         shape_features: dict[int, tuple[str, ...]] | None = None,
+        knot_levels: list[np.ndarray] | None = None,
+        knot_values: list[np.ndarray] | None = None,
     ):
         self.name = name
         self.shape_features = dict(shape_features or {})
@@ -246,6 +248,16 @@ class LookupTable:
         self.row_levelset = row_levelset
         self.row_position = row_position
         self.values = values
+        # Per set of stored levels: the further levels its records store (knot_levels; none in
+        # a table made before 2026-12-06, or by another writer) and their values, (records, knots).
+        self.knot_levels = knot_levels if knot_levels is not None else [np.zeros(0) for _ in levelsets]
+        self.knot_values = knot_values if knot_values is not None else [np.zeros((len(v), 0)) for v in values]
+        # Per set of stored levels, for one record's answer on Python floats: the stored and
+        # further levels in increasing order, and where each comes from among the two's values.
+        self._merged_lists = []
+        for L, K in zip(levelsets, self.knot_levels):
+            order = np.argsort(np.concatenate([L, K]), kind="stable")
+            self._merged_lists.append((np.concatenate([L, K])[order].tolist(), order.tolist()))
         self.expect = expect
         self.error = error
         self.interval = interval
@@ -433,6 +445,7 @@ class LookupTable:
             "features": [{"name": c.name, "kind": c.kind} for c in self.columns],
             "identities": [dict(zip(IDENTITY_KEYS, g.identity)) for g in self.groups],
             "quantiles": [ls.tolist() for ls in self.levelsets],
+            "knot_levels": [ks.tolist() for ks in self.knot_levels],
             "index_seconds": self.index_seconds,
         }
 
@@ -943,21 +956,27 @@ class LookupTable:
 
     def _answer_one(self, row: int, levels: list[float] | None, confidence_level: float) -> tuple[list[float], list[float], list[float]]:
         """(levels, values, interval) of one record, as :func:`quantile_function` computes them."""
-        s = int(self.row_levelset[row])
+        s, pos = int(self.row_levelset[row]), int(self.row_position[row])
         stored_levels = self.levelset_lists[s]
-        stored = self.values[s][int(self.row_position[row])].tolist()
+        stored = self.values[s][pos].tolist()
         mu, sd = float(self.expect[row]), float(self.error[row])
         cl = float(self.confidence[row])
         lo, hi = self.interval[row].tolist()
         has_interval = 0.0 < cl < 1.0 and math.isfinite(lo) and math.isfinite(hi)
-        if has_interval and abs(cl - confidence_level) <= 1e-12:
-            interval = [lo, hi]
+        exact_interval = has_interval and abs(cl - confidence_level) <= 1e-12
+        if levels is None and exact_interval:
+            return stored_levels, stored, [lo, hi]
+        L, order = self._merged_lists[s]
+        if len(order) > len(stored):
+            both = stored + self.knot_values[s][pos].tolist()
+            V = [both[i] for i in order]
         else:
-            L, V = merge_interval_knots(stored_levels, stored, cl, lo, hi) if has_interval else (stored_levels, stored)
-            interval = quantiles_one(L, V, mu, sd, interval_levels(confidence_level))
+            V = stored
+        if has_interval:
+            L, V = merge_interval_knots(L, V, cl, lo, hi)
+        interval = [lo, hi] if exact_interval else quantiles_one(L, V, mu, sd, interval_levels(confidence_level))
         if levels is None:
             return stored_levels, stored, interval
-        L, V = merge_interval_knots(stored_levels, stored, cl, lo, hi) if has_interval else (stored_levels, stored)
         return levels, quantiles_one(L, V, mu, sd, levels), interval
 
     def _pick(self, trace: dict[str, Any], n: int) -> int:
@@ -1136,15 +1155,21 @@ class LookupTable:
         extrapolated part) brought to the record's mean."""
         expect = self.expect[rows] if expect is None else expect
         error = self.error[rows] if error is None else error
-        if self._tops is None:  # once per table: every record's highest knot and its body's spread
-            tops = np.empty((3, self.n_rows))
-            for sel, _, _, _, L, V in self._knot_groups(np.arange(self.n_rows)):
-                tops[0, sel], tops[1, sel], tops[2, sel] = L[-1], V[:, -1], np.diff(V, axis=1) @ np.diff(L)
+        if self._tops is None:
+            # Once per table (in slices: a million records of 30 knots are 240 MB at once):
+            # every record's highest knot and its value, its body's spread, its lowest knot and
+            # the integral of its quantile function between the two.
+            tops = np.empty((5, self.n_rows))
+            for part in np.array_split(np.arange(self.n_rows), max(1, self.n_rows // 65536)):
+                for sel, _, _, _, L, V in self._knot_groups(part):
+                    at, dL = part[sel], np.diff(L)
+                    tops[0, at], tops[1, at], tops[2, at] = L[-1], V[:, -1], np.diff(V, axis=1) @ dL
+                    tops[3, at], tops[4, at] = L[0], (V[:, :-1] + V[:, 1:]) @ dL / 2.0
             self._tops = tops
-        top_level, top_value, spread = self._tops[:, rows]
+        top_level, top_value, spread, bottom_level, body_mean = self._tops[:, rows]
         return StoredQuantileDistribution(self._quantiles_at, rows, np.asarray(expect, dtype=np.float64),
                                           np.square(error, dtype=np.float64), top_level=top_level, top_value=top_value,
-                                          body_spread=spread)
+                                          body_spread=spread, bottom_level=bottom_level, body_mean=body_mean)
 
     def _quantiles_at(self, rows: np.ndarray, taus: np.ndarray, bend: np.ndarray | None = None) -> np.ndarray:
         """The records ``rows``' values at ``taus``, (rows, taus), as their answers read them
@@ -1172,10 +1197,16 @@ class LookupTable:
             for cl in np.unique(cl_key[ls_of == s]).tolist():
                 sel = np.flatnonzero((ls_of == s) & (cl_key == cl))
                 r = rows[sel]
-                L, V = self.levelsets[s], self.values[s][self.row_position[r]]
+                L, V = self._record_knots(s, self.row_position[r])
                 if cl > 0:
                     L, V = merge_interval_knots_many(L, V, cl, self.interval[r])
                 yield sel, r, s, cl, L, V
+
+    def _record_knots(self, s: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The quantile function of the records at ``positions`` of the set of stored levels
+        ``s``: its levels (the stored and the further ones, increasing) and values, (records, levels)."""
+        return _merged_knots(self.levelsets[s], self.values[s][positions], self.knot_levels[s],
+                             self.knot_values[s][positions])
 
     def _answer_many(self, rows: np.ndarray, levels: list[float] | None,
                      confidence_level: float) -> list[tuple[list[float], list[float], list[float]]]:
@@ -1293,6 +1324,9 @@ class _Builder:
         self.level_arrays: list[np.ndarray] = []
         self.level_values: list[array] = []
         self.level_counts: list[int] = []
+        # Per set of levels: the further levels its records store (knot_levels), and their values.
+        self.knot_arrays: list[np.ndarray] = []
+        self.knot_values: list[array] = []
         self.row_levelset = array("i")
         self.row_position = array("q")
         self.expect = array("d")
@@ -1334,16 +1368,12 @@ class _Builder:
             v = np.frombuffer(lv, dtype=np.float64).reshape(self.level_counts[s], -1).copy()
             order = np.argsort(self.level_arrays[s])
             v = v[:, order]
-            if not np.isfinite(v).all():
-                raise TraceError(f"{self.name}: a record's quantile_predictions hold a value that is not a finite number")
-            if (v < 0).any():
-                raise TraceError(f"{self.name}: a record's quantile_predictions hold a negative runtime")
-            if (v > MAX_TABLE_RUNTIME).any():
-                raise TraceError(f"{self.name}: a record's quantile_predictions hold a runtime over {MAX_TABLE_RUNTIME:g} ms")
+            self._check_runtimes(v, "quantile_predictions")
             # Quantiles that cross (a seed model's, fitted one level at a time) are rearranged
             # into increasing order: the rearranged curve is at least as close to the true one.
             values.append(np.sort(v, axis=1))
             self.level_arrays[s] = self.level_arrays[s][order]
+        knot_values = [self._knots(s, values[s]) for s in range(len(values))]
         interval = np.frombuffer(self.interval, dtype=np.float64).reshape(n, 2).copy()
         confidence = np.frombuffer(self.confidence, dtype=np.float64).copy()
         stated = ~np.isnan(confidence)  # records without an interval have none to check
@@ -1355,7 +1385,8 @@ class _Builder:
         if len(bad):
             raise TraceError(f"{self.name}: success record {int(bad[0])}: 'interval' must be [low, high] with "
                              f"0 <= low <= high <= {MAX_TABLE_RUNTIME:g}")
-        self._check_intervals(values, interval, confidence, stated)
+        self._check_intervals([_merged_knots(self.level_arrays[s], values[s], self.knot_arrays[s], knot_values[s])
+                               for s in range(len(values))], interval, confidence, stated)
         columns = []
         for fname, vals in self.features.items():
             if fname in TABLE_RESERVED_KEYS:
@@ -1374,6 +1405,8 @@ class _Builder:
             row_levelset=np.frombuffer(self.row_levelset, dtype=np.int32).copy(),
             row_position=np.frombuffer(self.row_position, dtype=np.int64).copy(),
             values=values,
+            knot_levels=self.knot_arrays,
+            knot_values=knot_values,
             expect=expect,
             error=error,
             interval=interval,
@@ -1388,20 +1421,55 @@ class _Builder:
             shape_features=self.shape_features,
         )
 
-    def _check_intervals(self, values: list[np.ndarray], interval: np.ndarray, confidence: np.ndarray,
-                         stated: np.ndarray) -> None:
+    def _check_runtimes(self, v: np.ndarray, key: str) -> None:
+        """Runtimes a record holds under ``key`` are finite, at least 0 and at most MAX_TABLE_RUNTIME."""
+        if not np.isfinite(v).all():
+            raise TraceError(f"{self.name}: a record's {key} hold a value that is not a finite number")
+        if (v < 0).any():
+            raise TraceError(f"{self.name}: a record's {key} hold a negative runtime")
+        if (v > MAX_TABLE_RUNTIME).any():
+            raise TraceError(f"{self.name}: a record's {key} hold a runtime over {MAX_TABLE_RUNTIME:g} ms")
+
+    def _knots(self, s: int, stored: np.ndarray) -> np.ndarray:
+        """The values of the set of levels ``s``'s knots, (records, knots), in the order of
+        their levels, checked against the records' stored quantiles ``stored``; knots at a
+        stored level are left out (the stored quantile answers there)."""
+        K = self.knot_arrays[s]
+        k = np.frombuffer(self.knot_values[s], dtype=np.float64).reshape(self.level_counts[s], -1)
+        if not len(K):
+            return k.copy()
+        order = np.argsort(K)
+        keep = np.abs(K[order][:, None] - self.level_arrays[s][None, :]).min(axis=1) >= 1e-9
+        K, k = K[order][keep], k[:, order][:, keep]
+        self.knot_arrays[s] = K
+        self._check_runtimes(k, "knot_predictions")
+        k = np.sort(k, axis=1)
+        L, U = _merged_knots(self.level_arrays[s], stored, K, k)
+        slack = U * 1e-6 + 1e-9  # rounding in a written table (knots are written to 7 digits)
+        bad = (U[:, :-1] > U[:, 1:] + slack[:, 1:]).any(axis=1)
+        if bad.any():
+            i = int(np.flatnonzero(np.frombuffer(self.row_levelset, dtype=np.int32) == s)[np.argmax(bad)])
+            raise TraceError(f"{self.name}: success record {i}: its 'knot_predictions' contradict its "
+                             "'quantile_predictions' (a record's quantiles rise with the level)")
+        # Held in single precision where they fit (a knot is written to 7 digits): a million
+        # records of 24 knots take 96 MB, not 192.
+        return k.astype(np.float32) if k.size and k.max() < 1e38 else k
+
+    def _check_intervals(self, knots: list[tuple[np.ndarray, np.ndarray]], interval: np.ndarray,
+                         confidence: np.ndarray, stated: np.ndarray) -> None:
         """A record's interval ends are its quantiles at ``(1 ± confidence_level) / 2``: one
-        that contradicts its stored quantiles (a stored quantile above the low end at a lower
-        level, or below it at a higher one; the same for the high end) is damaged. Answered,
-        it gave a median below the record's own interval when asked for the stored levels,
-        and other values when asked for the same levels by name."""
+        that contradicts its stored quantiles or knots ``knots`` (per set of levels: the levels
+        and the records' values; a stored quantile above the low end at a lower level, or below
+        it at a higher one; the same for the high end) is damaged. Answered, it gave a median
+        below the record's own interval when asked for the stored levels, and other values when
+        asked for the same levels by name."""
         row_levelset = np.frombuffer(self.row_levelset, dtype=np.int32)
-        for s, v in enumerate(values):
+        for s, (levels, v) in enumerate(knots):
             rows = np.flatnonzero(row_levelset == s)  # in order of their positions in v
             check = stated[rows]
             if not check.any():
                 continue
-            r, V, L = rows[check], v[check], self.level_arrays[s][None, :]
+            r, V, L = rows[check], v[check], levels[None, :]
             edge = (1.0 - confidence[r]) / 2.0
             bad = np.zeros(len(r), dtype=bool)
             for level, end in ((edge, interval[r, 0]), (1.0 - edge, interval[r, 1])):
@@ -1428,11 +1496,17 @@ class _Builder:
         values = rec.get("quantile_predictions")
         if levels.__class__ is not list or values.__class__ is not list or not levels or len(levels) != len(values):
             raise self._fail(where, "'quantiles' and 'quantile_predictions' must be non-empty lists of the same length")
+        knot_levels = rec.get("knot_levels")
+        knots = rec.get("knot_predictions")
+        if knot_levels is None and knots is None:
+            knot_levels = knots = _NO_KNOTS
+        elif knot_levels.__class__ is not list or knots.__class__ is not list or len(knot_levels) != len(knots):
+            raise self._fail(where, "'knot_levels' and 'knot_predictions' must be lists of the same length")
         try:
-            key = tuple(levels)
+            key = (tuple(levels), tuple(knot_levels))
             s = self.levelsets.get(key)
         except TypeError:
-            raise self._fail(where, "'quantiles' must hold numbers") from None
+            raise self._fail(where, "'quantiles' and 'knot_levels' must hold numbers") from None
         if s is None:
             s = self._new_levelset(key, where)
         expect = rec.get("expect")
@@ -1466,6 +1540,10 @@ class _Builder:
             self.level_values[s].extend(values)
         except TypeError:
             raise self._fail(where, "'quantile_predictions' must hold numbers") from None
+        try:
+            self.knot_values[s].extend(knots)
+        except TypeError:
+            raise self._fail(where, "'knot_predictions' must hold numbers") from None
         n = len(self.expect)
         self.row_levelset.append(s)
         self.row_position.append(self.level_counts[s])
@@ -1527,20 +1605,26 @@ class _Builder:
         return g
 
     def _new_levelset(self, key: tuple, where: str) -> int:
-        try:
-            arr = np.array(key, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise self._fail(where, "'quantiles' must hold numbers") from None
-        if arr.ndim != 1 or not np.all((arr > 0) & (arr < 1)) or len(set(arr.tolist())) != len(arr):
-            raise self._fail(where, "'quantiles' must be distinct levels strictly between 0 and 1")
+        arrays = []
+        for name, levels in zip(("quantiles", "knot_levels"), key):
+            try:
+                arr = np.array(levels, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise self._fail(where, f"'{name}' must hold numbers") from None
+            if arr.ndim != 1 or not np.all((arr > 0) & (arr < 1)) or len(set(arr.tolist())) != len(arr):
+                raise self._fail(where, f"'{name}' must be distinct levels strictly between 0 and 1")
+            arrays.append(arr)
         s = self.levelsets[key] = len(self.level_arrays)
-        self.level_arrays.append(arr)
+        self.level_arrays.append(arrays[0])
+        self.knot_arrays.append(arrays[1])
         self.level_values.append(array("d"))
+        self.knot_values.append(array("d"))
         self.level_counts.append(0)
         return s
 
 
 _NO_INTERVAL = (math.nan, math.nan)
+_NO_KNOTS: tuple[float, ...] = ()
 _INT64_MAX = (1 << 63) - 1
 # Past 1e154 ms a queue's total overflows (its sum of squares): a table of 1e160 ms answered
 # nulls in a 200. The bound is far above any runtime a model predicts: 1e17 ms at most
@@ -1551,6 +1635,17 @@ MAX_TABLE_RUNTIME = 1e100
 def _runtimes(values: np.ndarray) -> np.ndarray:
     """Which of ``values`` a table may hold as a runtime, in ms (NaN is none)."""
     return (values >= 0) & (values <= MAX_TABLE_RUNTIME)
+
+
+def _merged_knots(levels: np.ndarray, values: np.ndarray, knot_levels: np.ndarray,
+                  knots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Records' stored quantiles and knots as one quantile function: (levels, (records, levels))
+    in increasing order of level (no knot lies at a stored level)."""
+    if not len(knot_levels):
+        return levels, values
+    L = np.concatenate([levels, knot_levels])
+    order = np.argsort(L, kind="stable")
+    return L[order], np.concatenate([values, knots], axis=1)[:, order]
 
 
 def _part(v: Any) -> str | None:

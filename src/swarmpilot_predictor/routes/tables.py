@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from ..errors import InvalidInput, PredictorError, shown
+from ..lookup.quantiles import KNOT_LIMIT, KNOT_MOST
 from ..service import PredictorService
 from ..settings import PredictorSettings
 from ..traces import TRACE_FILE_KINDS, finite_number_in_text, trace_file_format
@@ -49,10 +50,11 @@ def add_table_routes(app: FastAPI, service: PredictorService, settings: Predicto
                 raw_name = form.get("table_name")
                 table_name = None if raw_name is None or isinstance(raw_name, UploadFile) else str(raw_name)
                 fmt = _form_str(form.get("format"))
+                knots = _form_count(form.get("knots"), KNOT_MOST, "knots", KNOT_LIMIT)
                 dest = tmpdir / f"traces{trace_suffix(name)}"  # the client's file name never touches the disk
                 await run_in_threadpool(save_upload, upload, dest, name, "trace_file", settings.max_upload_mb)
                 result = await run_in_threadpool(service.generate_table, pattern, dest, confidence, table_name, fmt,
-                                                 None, name)
+                                                 None, name, knots=knots)
             finally:
                 await form.close()
                 if tmpdir is not None:
@@ -112,7 +114,7 @@ def _table_name_from(request: Request) -> str:
     return "/".join(segs)
 
 
-TABLE_FORM_FIELDS = ("trace_file", "confidence_level", "table_name", "format")
+TABLE_FORM_FIELDS = ("trace_file", "confidence_level", "table_name", "format", "knots")
 
 
 def _check_table_form(form: FormData) -> None:
@@ -133,6 +135,17 @@ def _form_str(value: Any) -> str | None:
         return None
     value = str(value).strip()
     return value or None
+
+
+def _form_count(value: Any, default: int, field: str, most: int) -> int:
+    """A whole number from 0 to ``most`` given as a form field (``default`` where left out)."""
+    if value is None:
+        return default
+    text = _form_str(value)
+    if text is None or not text.isascii() or not text.isdigit() or int(text) > most:
+        raise InvalidInput(f"{field} must be a whole number from 0 to {most} (leave the field out for {default}), "
+                           f"got {shown(text) if text is not None else 'a blank field or a file'}", field=field)
+    return int(text)
 
 
 def _form_float(value: Any, default: float, field: str) -> float:
