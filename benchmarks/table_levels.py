@@ -16,10 +16,12 @@ same config); a smooth lognormal LLM model (two token counts, log sd 0.2, the le
 0.5, 0.9, 0.99).
 
     uv run python benchmarks/table_levels.py
+    uv run python benchmarks/table_levels.py --knots 0     # the stored levels alone
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import tempfile
@@ -78,6 +80,10 @@ def cell(errs: np.ndarray, spread: str = "worst") -> str:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--knots", type=int, default=None, help="the generation's knots (default: the service's)")
+    args = ap.parse_args()
+    knots = {} if args.knots is None else {"knots": args.knots}
     level_rows, total_rows, file_rows, worst = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         service = PredictorService(PredictorSettings(data_dir=Path(tmp), cache_size=0))
@@ -88,7 +94,7 @@ def main() -> None:
                 path = Path(tmp) / "traces.jsonl"
                 path.write_bytes(b"\n".join(orjson.dumps(t) for t in config["traces"]))
                 table = f"{config['model']['model_name']}.json"
-                service.generate_table(pattern, path, table_name=table)
+                service.generate_table(pattern, path, table_name=table, **knots)
                 table_path = Path(tmp) / "tables" / table
                 records = orjson.loads(table_path.read_bytes())
                 t0 = time.perf_counter()

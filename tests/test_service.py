@@ -1401,15 +1401,17 @@ def test_a_bad_elapsed_time_fails_its_trace_and_a_table_answers_a_running_task(s
     assert table.errors[2] == model.errors[2]
     got, want = table.results()[0], model.results()[0]
     assert got["elapsed_level"] == pytest.approx(want["elapsed_level"], abs=0.02)
-    # Read off the record's few stored levels (its distribution as the table's totals sum it),
-    # the time left is coarser than the model's: off by a few percent of the whole runtime
-    # (about 2,430 ms), which is much of what is left; more in the tail (the time left's 0.99
-    # is the whole runtime's 0.997, past the record's highest level: 1,110 ms against 1,518).
+    # Read off the record's stored levels and knots (its distribution as the table's totals
+    # sum it), the time left is close to the model's, though a small difference of large
+    # runtimes (the whole runtime is about 2,430 ms). Read off the four stored levels alone,
+    # as tables were until 2026-12-06, its mean was 396 ms where the model's is 325, its
+    # median 314 where the model's is 207, and its 0.99 quantile (the whole runtime's 0.997,
+    # past the highest stored level) 1,110 ms against 1,518.
     whole_expect = table.results()[1]["expect"]
-    assert abs(got["expect"] - want["expect"]) < 0.05 * whole_expect and got["expect"] < 0.2 * whole_expect
+    assert abs(got["expect"] - want["expect"]) < 0.01 * whole_expect and got["expect"] < 0.2 * whole_expect
     assert got["quantiles"] == want["quantiles"] == [0.25, 0.5, 0.75, 0.99]
-    for a, b, off in zip(got["quantile_predictions"], want["quantile_predictions"], [0.1, 0.1, 0.1, 0.2]):
-        assert abs(a - b) < off * whole_expect
+    for a, b, off in zip(got["quantile_predictions"], want["quantile_predictions"], [0.01, 0.01, 0.01, 0.03]):
+        assert abs(a - b) < off * whole_expect, (got["quantile_predictions"], want["quantile_predictions"])
     assert "elapsed_level" not in table.results()[1]
     body = table.batch_response()
     assert body["expect"] == pytest.approx(got["expect"] + table.results()[1]["expect"], rel=1e-9)
