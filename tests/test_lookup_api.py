@@ -136,8 +136,8 @@ def test_csv_generation_list_download_delete(live):
     r = httpx.post(f"{srv.url}/predict/table/{SEGMENTS}", files={"trace_file": ("t.json.gz", gz)},
                    data={"confidence_level": "0.95", "format": "csv"})
     assert r.status_code == 200, r.text
-    name = r.json()["table_name"]
-    assert name.endswith(".csv") and r.json()["rows"] == 50
+    name, r_knots = r.json()["table_name"], r.json()["knot_levels"]
+    assert name.endswith(".csv") and r.json()["rows"] == 50 and 0 < len(r_knots) <= 24
     listing = httpx.get(f"{srv.url}/tables").json()
     assert listing["status"] == "success" and listing["default"] is None
     entry = {t["name"]: t for t in listing["tables"]}[name]
@@ -152,6 +152,9 @@ def test_csv_generation_list_download_delete(live):
     r = httpx.post(f"{srv.url}/predict/single/{SEGMENTS}",
                    json={"trace": TRACES[10], "lookup_table": True, "lookup_table_name": name})
     assert r.json()["results"]["match"] == "exact"
+    # Loaded now, the listing says which levels its records store, and their knots.
+    entry = {t["name"]: t for t in httpx.get(f"{srv.url}/tables").json()["tables"]}[name]
+    assert entry["quantiles"] == [[0.25, 0.5, 0.75, 0.99]] and entry["knot_levels"] == [r_knots]
     assert httpx.delete(f"{srv.url}/tables/{name}").json() == {"status": "success", "deleted": name}
     assert httpx.get(f"{srv.url}/tables/{name}").status_code == 404
     r = httpx.post(f"{srv.url}/predict/single/{SEGMENTS}",

@@ -356,6 +356,9 @@ class LookupTableStore:
             if table is not None:
                 entry["rows"] = table.n_rows
                 entry["features"] = table.feature_names
+                # The levels its records store (a set per kind of record), and their knots.
+                entry["quantiles"] = [levels.tolist() for levels in table.levelsets]
+                entry["knot_levels"] = [knots.tolist() for knots in table.knot_levels]
                 entry["identities"] = [{**dict(zip(IDENTITY_KEYS, g.identity)), "model_versions": table.versions_of(g)}
                                        for g in table.groups]
             with self._lock:
