@@ -638,7 +638,7 @@ def table_cmd(
         _fail("--format is json or csv")
     _confidence_arg(confidence_level)
     if url:
-        with _remote(url, {"table_name": "--output", "format": "--format"}) as client:
+        with _remote(url, {"table_name": "--output", "format": "--format", "knots": "--knots"}) as client:
             result = client.generate_table(pattern.as_tuple(), trace_file, confidence_level, output, fmt, knots=knots)
     else:
         out_path = None
@@ -661,7 +661,7 @@ def table_cmd(
                                                 progress=lambda n: progress.advance(task, n), out_path=out_path,
                                                 knots=knots)
             except PredictorError as exc:
-                _fail(_as_flag(exc.message, exc.field, {"table_name": "--output", "format": "--format"}))
+                _fail(_as_flag(exc.message, exc.field, {"table_name": "--output", "format": "--format", "knots": "--knots"}))
             except (FileExistsError, NotADirectoryError) as exc:  # a folder on the path is a file (/dev/null/x.csv)
                 _fail(f"--output {output!r}: cannot write it ({exc.filename} is not a directory)")
             except OSError as exc:  # a path of one's own: no permission, a full disk

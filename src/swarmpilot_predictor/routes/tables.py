@@ -142,7 +142,8 @@ def _form_count(value: Any, default: int, field: str, most: int) -> int:
     if value is None:
         return default
     text = _form_str(value)
-    if text is None or not text.isascii() or not text.isdigit() or int(text) > most:
+    # (Checked by length first: Python refuses to read an integer of over 4,300 digits.)
+    if text is None or not text.isascii() or not text.isdigit() or len(text) > 6 or int(text) > most:
         raise InvalidInput(f"{field} must be a whole number from 0 to {most} (leave the field out for {default}), "
                            f"got {shown(text) if text is not None else 'a blank field or a file'}", field=field)
     return int(text)
