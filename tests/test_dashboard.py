@@ -6,7 +6,9 @@ import shutil
 
 import pytest
 
-from swarmpilot_predictor.client import PredictorClient
+import orjson
+
+from swarmpilot_predictor.client import PredictorClient, PredictorClientError
 from swarmpilot_predictor.identity import ModelIdentity
 
 from .conftest import IDENTITY, autotuned_traces, make_llm_traces, run_server
@@ -124,6 +126,7 @@ def test_dashboard_a_failed_request_costs_only_its_own_part(three_models, contex
     page = context.new_page()
     page.route("**/models/llm/beta/**/accuracy", lambda route: route.fulfill(status=500, body="boom"))
     page.route("**/health", lambda route: route.fulfill(status=503, body="down"))
+    page.route("**/tables", lambda route: route.fulfill(status=500, body="boom"))
     page.goto(three_models.url + "/dashboard")
     page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
     assert page.locator("tr.model-row").count() == 3
@@ -133,7 +136,8 @@ def test_dashboard_a_failed_request_costs_only_its_own_part(three_models, contex
     errors = page.locator("#details p.error")
     assert errors.count() == 1 and "accuracy unavailable" in errors.inner_text() and "500" in errors.inner_text()
     assert page.locator("#details p.empty").count() == 1  # alpha: no observations yet
-    assert page.evaluate("document.body.dataset.failed") == "2"
+    assert page.inner_text("#tables tbody") == "tables unavailable: tables: 500"
+    assert page.evaluate("document.body.dataset.failed") == "3"
     # Without the model list there is nothing to show: the page says which request failed.
     page = context.new_page()
     page.route("**/models", lambda route: route.abort())
@@ -174,3 +178,45 @@ def test_dashboard_behind_a_proxy_under_a_path_prefix(three_models, context):
     page.goto(url + "/dashboard")
     page.wait_for_function("document.body.dataset.ready === 'error'", timeout=15000)
     assert page.inner_text("#health").startswith("error: models: not JSON")
+
+
+def test_dashboard_lists_lookup_tables_and_says_which_are_stale(tmp_path, context):
+    """The lookup tables: their levels and knots, the models and versions that made them,
+    the version serving now, and which are stale (made by a version that no longer serves),
+    not loaded yet, or unreadable."""
+    traces = make_llm_traces(30, seed=3)
+    src = tmp_path / "traces.jsonl"
+    src.write_bytes(b"\n".join(orjson.dumps(t) for t in traces))
+    with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
+        client.train({"model": IDENTITY, "traces": make_llm_traces(200), "algorithm": "linear"})
+        page = context.new_page()
+        page.goto(srv.url + "/dashboard")
+        page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+        assert page.inner_text("#tables tbody") == "no lookup tables: POST /predict/table to make one"
+
+        client.generate_table(IDENTITY, src, table_name="old.csv", knots=0)  # by version 1
+        client.predict_single(IDENTITY, traces[0], lookup_table_name="old.csv")  # loaded
+        client.train({"model": IDENTITY, "traces": make_llm_traces(200, seed=8), "algorithm": "linear"})
+        fresh = client.generate_table(IDENTITY, src, table_name="fresh.json")  # by version 2, which serves
+        client.predict_single(IDENTITY, traces[0], lookup_table_name="fresh.json")
+        client.generate_table(IDENTITY, src, table_name="unused.json")
+        (srv.data_dir / "tables" / "bad.json").write_bytes(b"[{")
+        with pytest.raises(PredictorClientError):
+            client.predict_single(IDENTITY, traces[0], lookup_table_name="bad.json")
+
+        page.reload()
+        page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+        assert page.evaluate("document.body.dataset.failed") == "0"
+        rows = {r.locator("td").first.inner_text(): r.locator("td").all_inner_texts()
+                for r in page.locator("tr.table-row").all()}
+        assert sorted(rows) == ["bad.json", "fresh.json", "old.csv", "unused.json"]
+        key = ModelIdentity.from_parts(IDENTITY).key  # as the models are named
+        assert rows["old.csv"][1:] == ["csv", rows["old.csv"][2], "30", "0.25, 0.5, 0.75, 0.99", key, "v1", "v2",
+                                       "stale: generate it again"]
+        knots = len(fresh["knot_levels"])
+        assert knots > 0 and rows["fresh.json"][4:] == [f"0.25, 0.5, 0.75, 0.99 + {knots} knots", key, "v2", "v2", "current"]
+        assert rows["unused.json"][3:] == ["–", "–", "–", "–", "–", "not loaded"]
+        assert rows["bad.json"][-1].startswith("unreadable: lookup table cannot be read: bad.json: item 0")
+        status = {name: r.locator("td").last.get_attribute("class") for name, r in
+                  zip(rows, page.locator("tr.table-row").all())}
+        assert status == {"bad.json": "drift", "fresh.json": "ok", "old.csv": "drift", "unused.json": ""}
