@@ -212,6 +212,9 @@ FALSE_SPREAD_NOISE = {
     "Student t, 3 df": lambda rng, n: 0.1 * rng.standard_t(3, n),
     "slow mode 3x, one run in ten": lambda rng, n: rng.normal(0.0, 0.05, n) + np.log(np.where(rng.random(n) < 0.1, 3.0, 1.0)),
     "log of an exponential": lambda rng, n: np.log(rng.exponential(1.0, n)),
+    # Runs of about 5 ms timed in whole milliseconds: few distinct values (since 2026-12-06).
+    "5 ms runs in whole ms": lambda rng, n: np.log(np.maximum(1.0, np.round(5.0 * np.exp(0.2 * rng.standard_normal(n)))) / 5.0),
+    "two modes, half and half": lambda rng, n: np.where(rng.random(n) < 0.5, 0.0, 1.0) + rng.normal(0.0, 0.05, n),
 }
 
 

@@ -1682,8 +1682,10 @@ def test_a_run_of_few_rows_is_not_cut_into_stretches():
     # Runs as exact as a clock's tick: nothing to tell apart.
     (np.zeros(300), {"stretches": 10, "p_value": 1.0, "log_sd": 0.0}),
     (np.r_[np.zeros(150), np.full(150, 2e-16)], {"stretches": 10, "p_value": 1.0, "log_sd": 0.0}),  # rounding
-    # Two levels without noise: the stretches' own spread, with nothing to take off it.
-    (np.repeat([0.0, 0.2], 150), {"stretches": 10, "p_value": 0.0, "log_sd": pytest.approx(0.1 * np.sqrt(10 / 9))}),
+    # Two levels without noise: the stretches' own spread, with nothing to take off it (none
+    # of the 4,999 permutations of the rows across the stretches is as far from one level).
+    (np.repeat([0.0, 0.2], 150), {"stretches": 10, "p_value": pytest.approx(1 / 5000),
+                                  "log_sd": pytest.approx(0.1 * np.sqrt(10 / 9))}),
     # Too few rows to cut, or a ratio that overflowed: no test.
     (np.zeros(119), None),
     (np.r_[np.zeros(299), np.inf], None),
@@ -1706,6 +1708,37 @@ def test_runs_of_one_level_are_called_spread_about_as_rarely_as_the_p_value_says
     p = np.array([stretch_levels(draw())["p_value"] for _ in range(2000)])
     assert np.mean(p < 0.01) < 0.03
     assert np.mean(p < 0.5) == pytest.approx(0.5, abs=0.05)  # and not by calling everything one level
+
+
+def test_runs_of_one_level_in_whole_milliseconds_are_not_called_spread():
+    # Runs of about 5 ms timed in whole milliseconds: a stretch's middle half is often one
+    # value, whose error is then 0, and Welch's test called any other stretch's level
+    # "spread" (p = 0) in 21% of runs of 300 rows. A permutation of the rows across the
+    # stretches decides now, whatever the noise.
+    from swarmpilot_predictor.modeling.model import stretch_levels
+
+    rng = np.random.default_rng(9)
+    p = np.array([stretch_levels(np.log(np.maximum(1.0, np.round(5.0 * np.exp(0.2 * rng.standard_normal(300))))
+                                        / 5.0))["p_value"] for _ in range(200)])
+    assert np.sum(p < 1e-3) <= 1, np.sort(p)[:5]
+    # A level that does move is still found, timed so too: half the runs 5 ms, half 6.
+    moved = np.log(np.round(np.repeat([5.0, 6.0], 150) * np.exp(0.05 * rng.standard_normal(300))) / 5.5)
+    found = stretch_levels(moved)
+    assert found["p_value"] < 1e-3 and found["log_sd"] > 0.05
+
+
+def test_stretch_means_cut_a_run_as_array_split_does():
+    from swarmpilot_predictor.modeling.model import LEVEL_TRIM, _stretch_means
+
+    run = np.random.default_rng(3).standard_normal(457)  # stretches of 46 and 45 rows
+    means, errors, kept = _stretch_means(run[None, :], 10)
+    for b, part in enumerate(np.array_split(run, 10)):
+        m, ordered = len(part), np.sort(part)
+        g = int(LEVEL_TRIM * m)
+        h = m - 2 * g
+        winsorized = np.clip(ordered, ordered[g], ordered[m - g - 1])
+        assert means[0, b] == pytest.approx(ordered[g:m - g].mean(), rel=1e-12) and kept[b] == h
+        assert errors[0, b] == pytest.approx(winsorized.var(ddof=1) * (m - 1) / (h * (h - 1)), rel=1e-12)
 
 
 def test_a_slow_mode_of_few_rows_is_part_of_the_shared_uncertainty():

@@ -91,7 +91,8 @@ def test_a_run_sent_out_of_order_is_cut_into_stretches_by_its_timestamps(service
     shuffled = [traces[k] for k in np.random.default_rng(4).permutation(len(traces))]
     in_order = service.train(config(traces))["metrics"]["stretch_levels"]
     sent_shuffled = service.train(config(shuffled))["metrics"]["stretch_levels"]
-    assert in_order["p_value"] < 1e-6 and in_order["log_sd"] > 0.05
+    # (600 rows: a permutation test decides, and stops once its p-value is plainly below 1e-3)
+    assert in_order["p_value"] < 1e-3 and in_order["log_sd"] > 0.05
     assert sent_shuffled == in_order
     without_ts = service.train(config([{k: v for k, v in t.items() if k != "ts"} for t in shuffled]))
     assert without_ts["metrics"]["stretch_levels"]["log_sd"] == 0.0

@@ -50,6 +50,24 @@ LEVEL_P_VALUE = 1e-3
 # A stretch's level is the mean of its log ratios less this share at either end: a slow
 # mode of one run in ten (or a heavy tail) left in made a mean's error hide levels 6% apart.
 LEVEL_TRIM = 0.25
+# Welch's F is 2 to 3 times too ready to call runs of one level spread where the stretches
+# are short (300 to 600 rows), and far more where the runtimes are few distinct values
+# (whole milliseconds of 5 ms runs: a stretch's middle half all one value has no error, and
+# any other level is "spread"): where its p-value is below LEVEL_PERMUTE_BELOW, a
+# permutation test of the rows across the stretches decides, exact whatever the noise
+# (on this many rows at most, evenly spaced within each stretch); this many permutations,
+# in batches, stopped once the p-value is plainly not below LEVEL_P_VALUE. (Stopped early
+# also where it plainly is, after 2,000 without one as far from one level, it said so of 1
+# run in 2,001 of one level: half as often again.) Not where Welch's p is below
+# LEVEL_WELCH_SURE on this many rows or more, every stretch with some noise and most rows
+# of a value of their own: it is sure then (runs in whole milliseconds, few values, were
+# called spread at p < 1e-6 by it once in a thousand at 2,000 rows).
+LEVEL_PERMUTE_BELOW = 5e-3
+LEVEL_PERMUTE_MAX_ROWS = 2000
+LEVEL_PERMUTATIONS = 4999
+LEVEL_PERMUTATION_BATCH = 1000
+LEVEL_WELCH_SURE = 1e-6
+LEVEL_WELCH_SURE_ROWS = 1000
 
 
 # Above this many rows, candidates are compared and calibrated on a random subsample.
@@ -289,37 +307,99 @@ def stretch_levels(log_ratio: np.ndarray) -> dict[str, Any] | None:
     k = min(LEVEL_STRETCHES, n // LEVEL_STRETCH_MIN_ROWS)
     if k < LEVEL_MIN_STRETCHES or not np.isfinite(log_ratio).all():
         return None
-    levels, errors, kept = np.empty(k), np.empty(k), np.empty(k)
-    for b, part in enumerate(np.array_split(log_ratio, k)):
-        m = len(part)
-        g = int(LEVEL_TRIM * m)
-        ordered = np.sort(part)
-        levels[b] = ordered[g:m - g].mean()
-        winsorized = np.clip(ordered, ordered[g], ordered[m - g - 1])
-        kept[b] = h = m - 2 * g
-        errors[b] = float(winsorized.var(ddof=1)) * (m - 1) / (h * (h - 1))
+    means, squared_errors, kept = _stretch_means(log_ratio[None, :], k)
+    levels, errors = means[0], squared_errors[0]
     spread = float(levels.var(ddof=1))
     if spread <= 1e-24:
         # Runtimes of one level throughout (as exact as a clock's tick): their log ratios
         # differ by rounding alone (a model of 300 runs of 5 ms found levels 1e-16 apart
         # at p = 0, the stretches' errors 0).
         p_value = 1.0
-    elif (errors == 0.0).any():  # stretches without noise at different levels
-        p_value = 0.0
     else:
         # The errors are estimated from a few rows each (16 of a stretch of 30): taken as
         # known (a chi-square test of heterogeneity), runs of one level of 300 rows were
         # called spread 9 to 14 times as often as LEVEL_P_VALUE says; Welch's F, its
         # denominator's degrees of freedom from the rows kept, 2 to 3 times at most
         # (benchmarks/queue_totals.py --false-spread).
-        w = 1.0 / errors
-        share = w / w.sum()
-        between = float(w @ (levels - share @ levels) ** 2) / (k - 1)
-        unsure = float(((1.0 - share) ** 2 / (kept - 1)).sum())
-        statistic = between / (1.0 + 2.0 * (k - 2) / (k * k - 1) * unsure)
-        p_value = float(fdtrc(k - 1, (k * k - 1) / (3.0 * unsure), statistic))
+        p_value = float(_welch_test(levels[None, :], errors[None, :], kept)[1][0])
+        sure = (p_value < LEVEL_WELCH_SURE and n >= LEVEL_WELCH_SURE_ROWS and (errors > 0).all()
+                and len(np.unique(log_ratio)) > n / 2)
+        if p_value < LEVEL_PERMUTE_BELOW and not sure:
+            p_value = _permutation_p_value(_evenly_within_stretches(log_ratio, k, LEVEL_PERMUTE_MAX_ROWS), k)
     var = max(0.0, spread - float(errors.mean())) if p_value < LEVEL_P_VALUE else 0.0
     return {"stretches": k, "p_value": p_value, "log_sd": math.sqrt(var)}
+
+
+def _stretch_means(runs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Of each run (a row of ``runs``) cut into ``k`` stretches as ``np.array_split`` cuts
+    it: each stretch's trimmed mean and its Yuen standard error's square, (runs, k), and the
+    rows each mean rests on, (k,)."""
+    n = runs.shape[1]
+    size = np.full(k, n // k)
+    size[: n % k] += 1  # as np.array_split: the first stretches one row longer
+    means, errors, kept = np.empty((len(runs), k)), np.empty((len(runs), k)), np.empty(k)
+    start = 0
+    for m in np.unique(size)[::-1].tolist():  # the stretches of each length at once
+        count = int((size == m).sum())
+        g = int(LEVEL_TRIM * m)
+        # The g-th lowest and highest in place, the middle between them (in no order): all a
+        # trimmed mean and a winsorized variance need, in linear time.
+        ordered = np.partition(runs[:, start:start + count * m].reshape(len(runs), count, m), [g, m - g - 1], axis=2)
+        cols = np.flatnonzero(size == m)
+        means[:, cols] = ordered[:, :, g:m - g].mean(axis=2)
+        winsorized = np.clip(ordered, ordered[:, :, g:g + 1], ordered[:, :, m - g - 1:m - g])
+        kept[cols] = h = m - 2 * g
+        errors[:, cols] = winsorized.var(axis=2, ddof=1) * (m - 1) / (h * (h - 1))
+        start += count * m
+    return means, errors, kept
+
+
+def _welch_test(levels: np.ndarray, errors: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Welch's heteroscedastic F test (on trimmed means: Wilcox's) of each row's stretch
+    levels with these errors: its statistic and p-value (inf and 0 for a row with a stretch
+    without noise: at different levels, nothing else can make them differ)."""
+    k = levels.shape[1]
+    quiet = (errors == 0.0).any(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = 1.0 / np.where(quiet[:, None], 1.0, errors)
+        share = w / w.sum(axis=1, keepdims=True)
+        centre = (share * levels).sum(axis=1, keepdims=True)
+        between = (w * (levels - centre) ** 2).sum(axis=1) / (k - 1)
+        unsure = ((1.0 - share) ** 2 / (kept - 1)).sum(axis=1)
+        statistic = between / (1.0 + 2.0 * (k - 2) / (k * k - 1) * unsure)
+        p = fdtrc(k - 1, (k * k - 1) / (3.0 * unsure), statistic)
+    return np.where(quiet, np.inf, statistic), np.where(quiet, 0.0, p)
+
+
+def _evenly_within_stretches(log_ratio: np.ndarray, k: int, most: int) -> np.ndarray:
+    """``log_ratio`` itself if it has at most ``most`` rows, else about ``most`` of them,
+    as many from each of its ``k`` stretches, evenly spaced within it, in the run's order."""
+    if len(log_ratio) <= most:
+        return log_ratio
+    each = most // k
+    return np.concatenate([part[np.linspace(0, len(part) - 1, each).round().astype(np.int64)]
+                           for part in np.array_split(log_ratio, k)])
+
+
+def _permutation_p_value(log_ratio: np.ndarray, k: int) -> float:
+    """The share of permutations of the rows across the ``k`` stretches whose Welch statistic
+    is at least the run's own (the run counted in): exact for runs of one level, whatever
+    their noise. Each stretch's error is taken as at least a ten-thousandth of what all the
+    rows make one: a stretch without noise has no statistic, and leaves any other run as far
+    from one level as any other. Seeded, so a training gives the same answer every time."""
+    floor = max(1e-4 * k * float(_stretch_means(log_ratio[None, :], 1)[1][0, 0]), 1e-300)
+    means, errors, kept = _stretch_means(log_ratio[None, :], k)
+    observed = float(_welch_test(means, np.maximum(errors, floor), kept)[0][0])
+    rng = np.random.default_rng(0)
+    at_least = int(math.ceil(LEVEL_P_VALUE * (LEVEL_PERMUTATIONS + 1)))  # as many and it is not below
+    as_far = done = 0
+    while done < LEVEL_PERMUTATIONS and as_far < at_least:
+        batch = min(LEVEL_PERMUTATION_BATCH, LEVEL_PERMUTATIONS - done)
+        runs = rng.permuted(np.broadcast_to(log_ratio, (batch, len(log_ratio))), axis=1)
+        levels, errors, kept = _stretch_means(runs, k)
+        as_far += int((_welch_test(levels, np.maximum(errors, floor), kept)[0] >= observed).sum())
+        done += batch
+    return (as_far + 1) / (done + 1)
 
 
 class QuantileModel:
