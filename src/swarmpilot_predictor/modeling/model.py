@@ -52,20 +52,16 @@ LEVEL_P_VALUE = 1e-3
 LEVEL_TRIM = 0.25
 # Welch's F is 2 to 3 times too ready to call runs of one level spread where the stretches
 # are short (300 to 600 rows), and far more where the runtimes are few distinct values
-# (whole milliseconds of 5 ms runs: a stretch's middle half all one value has no error, and
-# any other level is "spread"): where its p-value is below LEVEL_PERMUTE_BELOW, a
-# permutation test of the rows across the stretches decides, exact whatever the noise
-# (on this many rows at most, evenly spaced within each stretch); this many permutations,
-# in batches, stopped once the p-value is plainly not below LEVEL_P_VALUE. (Stopped early
-# also where it plainly is, after 2,000 without one as far from one level, it said so of 1
-# run in 2,001 of one level: half as often again.) Not where Welch's p is below
-# LEVEL_WELCH_SURE on this many rows or more, every stretch with some noise and most rows
-# of a value of their own: it is sure then (runs in whole milliseconds, few values, were
-# called spread at p < 1e-6 by it once in a thousand at 2,000 rows). Not on fewer rows:
-# runs of two modes, half and half, of 300 rows of one level had p < 1e-12 once in a
-# thousand. 2,000 permutations: one as far from one level at most is p = 2/2,001, below
-# LEVEL_P_VALUE, a test of that level exactly (4,999 made a training whose level moved
-# take 0.1 to 0.4 s more; 1,999, where none may be as far, a test of half the level).
+# (5 ms runs in whole milliseconds: a stretch's middle half all one value has no error, and
+# any other level "differs"; 23% of runs of 300 rows). So where its p-value is below
+# LEVEL_PERMUTE_BELOW, a permutation test of the rows across the stretches decides, exact
+# whatever the noise: LEVEL_PERMUTATIONS of them (at most one as far from one level is
+# p = 2/2,001, below LEVEL_P_VALUE: a test of exactly that level; 4,999 made a training
+# whose level moved 0.1 to 0.4 s slower), in batches, stopped once the p-value is plainly
+# not below LEVEL_P_VALUE; on at most LEVEL_PERMUTE_MAX_ROWS rows, evenly spaced within
+# each stretch. Welch's p decides alone only below LEVEL_WELCH_SURE on LEVEL_WELCH_SURE_ROWS
+# rows or more, every stretch with some noise and most rows of a value of their own: runs
+# of two modes, half and half, of 300 rows of one level had p < 1e-12 once in a thousand.
 LEVEL_PERMUTE_BELOW = 5e-3
 LEVEL_PERMUTE_MAX_ROWS = 2000
 LEVEL_PERMUTATIONS = 2000
