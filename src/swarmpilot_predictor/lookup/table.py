@@ -1373,7 +1373,10 @@ class _Builder:
             # into increasing order: the rearranged curve is at least as close to the true one.
             values.append(np.sort(v, axis=1))
             self.level_arrays[s] = self.level_arrays[s][order]
-        knot_values = [self._knots(s, values[s]) for s in range(len(values))]
+        # Each set of levels' knots as held, and its records' stored quantiles and knots as one
+        # quantile function (levels, values), which the intervals are checked against.
+        knots = [self._knots(s, values[s]) for s in range(len(values))]
+        knot_values = [held for held, _ in knots]
         interval = np.frombuffer(self.interval, dtype=np.float64).reshape(n, 2).copy()
         confidence = np.frombuffer(self.confidence, dtype=np.float64).copy()
         stated = ~np.isnan(confidence)  # records without an interval have none to check
@@ -1385,8 +1388,8 @@ class _Builder:
         if len(bad):
             raise TraceError(f"{self.name}: success record {int(bad[0])}: 'interval' must be [low, high] with "
                              f"0 <= low <= high <= {MAX_TABLE_RUNTIME:g}")
-        self._check_intervals([_merged_knots(self.level_arrays[s], values[s], self.knot_arrays[s], knot_values[s])
-                               for s in range(len(values))], interval, confidence, stated)
+        self._check_intervals([merged for _, merged in knots], interval, confidence, stated)
+        del knots
         columns = []
         for fname, vals in self.features.items():
             if fname in TABLE_RESERVED_KEYS:
@@ -1430,14 +1433,15 @@ class _Builder:
         if (v > MAX_TABLE_RUNTIME).any():
             raise TraceError(f"{self.name}: a record's {key} hold a runtime over {MAX_TABLE_RUNTIME:g} ms")
 
-    def _knots(self, s: int, stored: np.ndarray) -> np.ndarray:
+    def _knots(self, s: int, stored: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """The values of the set of levels ``s``'s knots, (records, knots), in the order of
         their levels, checked against the records' stored quantiles ``stored``; knots at a
-        stored level are left out (the stored quantile answers there)."""
+        stored level are left out (the stored quantile answers there). With them, the stored
+        quantiles and knots merged (:func:`_merged_knots`), in double precision."""
         K = self.knot_arrays[s]
         k = np.frombuffer(self.knot_values[s], dtype=np.float64).reshape(self.level_counts[s], -1)
         if not len(K):
-            return k.copy()
+            return k.copy(), (self.level_arrays[s], stored)
         order = np.argsort(K)
         keep = np.abs(K[order][:, None] - self.level_arrays[s][None, :]).min(axis=1) >= 1e-9
         K, k = K[order][keep], k[:, order][:, keep]
@@ -1453,7 +1457,7 @@ class _Builder:
                              "'quantile_predictions' (a record's quantiles rise with the level)")
         # Held in single precision where they fit (a knot is written to 7 digits): a million
         # records of 24 knots take 96 MB, not 192.
-        return k.astype(np.float32) if k.size and k.max() < 1e38 else k
+        return (k.astype(np.float32) if k.size and k.max() < 1e38 else k), (L, U)
 
     def _check_intervals(self, knots: list[tuple[np.ndarray, np.ndarray]], interval: np.ndarray,
                          confidence: np.ndarray, stated: np.ndarray) -> None:
