@@ -594,6 +594,10 @@ def test_missing_feature_in_single_is_422_naming_it(http, trained):
     body = failed(http.post(SINGLE, json={"trace": {"input_tokens": 3, "other": 1}}), 422,
                   "missing required feature 'output_tokens'")
     assert body["field"] == "trace"
+    # A field spelt close to it is named: the likely mistake.
+    body = failed(http.post(SINGLE, json={"trace": {"input_tokens": 3, "output_token": 1}}), 422)
+    assert body["message"] == ("trace: missing required feature 'output_tokens' (the trace has 'output_token', "
+                               "which the model does not read: a misspelling?)"), body
 
 
 def test_an_unknown_request_key_is_refused_not_ignored(http, trained):
@@ -712,7 +716,13 @@ def test_unknown_model_endpoints(http, trained):
               http.get(f"/models/{SEGMENTS}/accuracy", params={"version": 99})):
         assert failed(r, 404, "has no version 99")["field"] == "version", r.text
     r = http.post("/observe", json={"model": {**IDENTITY, "hardware": "TPU"}, "traces": [{**TRACE, "runtime_ms": 5.0}]})
-    assert failed(r, 404, "no model")["field"] == "model"
+    # An observation's model one part off is named, as a prediction's URL names it.
+    err = failed(r, 404, f"no model {ModelIdentity.from_parts({**IDENTITY, 'hardware': 'TPU'}).key}; ")
+    assert err["field"] == "model" and err["candidates"] == [KEY], err
+    assert err["message"].endswith(f"; did you mean {KEY}?"), err
+    r = http.post("/observe", json={"model": {**IDENTITY, "hardware": "TPU", "model_name": "other"},
+                                    "traces": [{**TRACE, "runtime_ms": 5.0}]})
+    assert "candidates" not in failed(r, 404, "no model")  # two parts off: not a near miss
 
 
 # --------------------------------------------------------------------------- restarts and the seed's commands

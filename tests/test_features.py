@@ -421,6 +421,22 @@ def test_matrix_missing_feature_names_it():
     np.testing.assert_array_equal(X[2], [4, 0])
 
 
+def test_a_missing_feature_names_a_field_spelt_close_to_it():
+    _, errors = SCHEMA.matrix([{"input_token": 5, "gpu": "h100"}, {"input_tokens": 5, "GPU": "h100"},
+                               {"inputtokens": 5, "gpu": "h100", "runtime_ms": 3.0},
+                               {"output_tokens": 5, "gpu": "h100"}, {"gpu": "h100", "input_tokens_x": None}])
+    hint = " which the model does not read: a misspelling?)"
+    assert errors[0] == "missing required feature 'input_tokens' (the trace has 'input_token'," + hint
+    assert errors[2] == "missing required feature 'input_tokens' (the trace has 'inputtokens'," + hint
+    # Case differs too much in a short name; another feature's name is not a misspelling of this one.
+    assert errors[1] == "missing required feature 'gpu'"
+    assert errors[3] == "missing required feature 'input_tokens'"
+    assert errors[4] == "missing required feature 'input_tokens' (the trace has 'input_tokens_x'," + hint
+    # The one-trace path says the same.
+    assert [SCHEMA.row(t)[1] for t in ({"input_token": 5, "gpu": "h100"}, {"input_tokens": 5, "gpu_": "h"})] == [
+        errors[0], "missing required feature 'gpu' (the trace has 'gpu_'," + hint]
+
+
 def test_matrix_wrong_types_name_the_feature():
     _, errors = SCHEMA.matrix([
         {"input_tokens": "many", "gpu": "h100"},

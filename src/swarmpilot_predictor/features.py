@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import itertools
 import math
@@ -737,7 +738,7 @@ class FeatureSchema:
                     if (word := _boolean_word(values[i])) is not None:
                         X[i, j] = word
                     elif errors[i] is None:
-                        errors[i] = _numeric_problem(name, values[i])
+                        errors[i] = self._problem(name, values[i], traces[i])
             elif kinds == {str}:
                 # Each text looked up in C; only one training did not learn (an unseen
                 # category, or a boolean's word) goes by the general rule.
@@ -752,7 +753,7 @@ class FeatureSchema:
                 for i, v in enumerate(values):
                     if v is None:
                         if errors[i] is None and not spec.optional:
-                            errors[i] = f"missing required feature '{name}'"
+                            errors[i] = self._problem(name, None, traces[i])
                         codes[i] = math.nan
                     elif not isinstance(v, (str, int, float)):
                         # A list or an object is not a category (training read it as missing).
@@ -817,6 +818,19 @@ class FeatureSchema:
                 out.append(name)
         return out
 
+    def _problem(self, name: str, value: Any, trace: dict[str, Any]) -> str:
+        """What is wrong with a trace's value of the feature ``name``; where it is missing and
+        the trace holds a field of a name close to it that the model does not read
+        (``img_size`` for ``image_size``), that field is named too."""
+        message = _numeric_problem(name, value)
+        if value is None:
+            known = self.prediction_fields
+            close = difflib.get_close_matches(
+                name, [k for k in trace if k.__class__ is str and k not in known], n=1, cutoff=0.85)
+            if close:
+                message += f" (the trace has {shown(close[0])}, which the model does not read: a misspelling?)"
+        return message
+
     def row(self, trace: dict[str, Any]) -> tuple[list[float], str | None]:
         """One trace encoded like a row of :meth:`matrix`, in plain floats; (values, error or None)."""
         values: list[float] = []
@@ -838,10 +852,10 @@ class FeatureSchema:
                 elif (word := _boolean_word(v)) is not None:
                     values.append(word)
                 else:
-                    return values, _numeric_problem(spec.name, v)
+                    return values, self._problem(spec.name, v, trace)
             elif v is None:
                 if not spec.optional:
-                    return values, f"missing required feature '{spec.name}'"
+                    return values, self._problem(spec.name, None, trace)
                 values.append(math.nan)
             elif not isinstance(v, (str, int, float)):
                 return values, _category_problem(spec.name, v)

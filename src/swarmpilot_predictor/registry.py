@@ -661,7 +661,9 @@ class ModelRegistry:
         epoch = self._epoch
         versions = self.versions(identity)
         if not versions:
-            raise ModelNotFound(f"no model {identity.key}", field="identity")
+            near = self.near_misses(identity.as_tuple())
+            raise ModelNotFound(f"no model {identity.key}" + (f"; did you mean {', '.join(near)}?" if near else ""),
+                                field="identity", extra={"candidates": near} if near else None)
         with self._lock:
             if self._epoch == epoch:  # not if the index changed meanwhile (a retrainer thread saving)
                 self._latest[identity] = versions[-1]

@@ -978,7 +978,7 @@ class PredictorService:
         try:
             loaded = self.registry.load(identity)
         except ModelNotFound as exc:
-            raise ModelNotFound(exc.message, field="model") from None
+            raise ModelNotFound(exc.message, field="model", extra=exc.extra) from None
         target = loaded.meta.target
         flat, errors = normalize_traces(traces)
         conflicts = identity_conflicts(flat, identity)  # observed on another model: not this one's evidence
