@@ -22,6 +22,7 @@ call per trace (mean over ``--single`` calls).
 
     uv run python benchmarks/lookup.py                    # 10k and 1M rows, JSON tables
     uv run python benchmarks/lookup.py --rows 10000 --format csv
+    uv run python benchmarks/lookup.py --rows 300000 --gzip    # the table written as .json.gz
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", default="10000,1000000", help="comma-separated table sizes")
     ap.add_argument("--format", default="json", choices=["json", "csv"])
+    ap.add_argument("--gzip", action="store_true", help="write the table gzip-compressed (.json.gz, .csv.gz)")
     ap.add_argument("--queries", type=int, default=10_000)
     ap.add_argument("--single", type=int, default=2_000, help="single-trace calls timed per case")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (traces, model, tables)")
@@ -148,7 +150,7 @@ def main() -> None:
     for n in sizes:
         traces_path = work / f"traces_{n}.jsonl"
         write_trace_file(traces_path, n)
-        name = f"bench_{n}.{args.format}"
+        name = f"bench_{n}.{args.format}" + (".gz" if args.gzip else "")
         cmd = [sys.executable, "-c", CLI_WITH_PEAK, "table", MODEL, str(traces_path), "--output", name,
                "--data-dir", str(data), "--json"]
         t0 = time.perf_counter()
@@ -229,10 +231,10 @@ def main() -> None:
 
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
-    print("\n| rows | generation rows/s | CLI wall s | peak RSS MB | load s (parse / sidecar) | exact µs (batch / single) | nearest µs (batch / single) | answer exact µs (batch / single) | nearest error (median / p90 / max) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("\n| rows | file MB | generation rows/s | CLI wall s | peak RSS MB | load s (parse / sidecar) | exact µs (batch / single) | nearest µs (batch / single) | answer exact µs (batch / single) | nearest error (median / p90 / max) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows_out:
-        print(f"| {r['rows']:,} | {r['gen_rows_per_s']:,.0f} | {r['gen_wall_s']:.1f} | {r['gen_peak_mb']:.0f} | {r['load_s']:.2f} / {r['sidecar_s']:.2f} | "
+        print(f"| {r['rows']:,} | {r['size_mb']:.0f} | {r['gen_rows_per_s']:,.0f} | {r['gen_wall_s']:.1f} | {r['gen_peak_mb']:.0f} | {r['load_s']:.2f} / {r['sidecar_s']:.2f} | "
               f"{r['exact'][0]:.2f} / {r['exact'][1]:.1f} | {r['nearest'][0]:.2f} / {r['nearest'][1]:.1f} | "
               f"{r['answer_exact'][0]:.2f} / {r['answer_exact'][1]:.1f} | "
               f"{' / '.join(f'{e:.3f}' for e in r['nearest_error'])} |")
