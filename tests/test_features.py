@@ -432,6 +432,14 @@ def test_a_missing_feature_names_a_field_spelt_close_to_it():
     assert errors[1] == "missing required feature 'gpu'"
     assert errors[3] == "missing required feature 'input_tokens'"
     assert errors[4] == "missing required feature 'input_tokens' (the trace has 'input_tokens_x'," + hint
+    # A batch searches each set of fields once, and at most 64 different sets.
+    many = [{"input_token": 5, "gpu": "h100", f"other_{k}": 1} for k in range(100)] + [{"input_token": 5, "gpu": "h100"}] * 3
+    _, errors_many = SCHEMA.matrix(many)
+    assert errors_many[:64] == [errors[0]] * 64
+    assert errors_many[64:100] == ["missing required feature 'input_tokens'"] * 36
+    assert errors_many[100:] == ["missing required feature 'input_tokens'"] * 3  # (a 65th set of fields)
+    _, errors_same = SCHEMA.matrix([{"input_token": 5, "gpu": "h100"}] * 100)
+    assert errors_same == [errors[0]] * 100
     # The one-trace path says the same.
     assert [SCHEMA.row(t)[1] for t in ({"input_token": 5, "gpu": "h100"}, {"input_tokens": 5, "gpu_": "h"})] == [
         errors[0], "missing required feature 'gpu' (the trace has 'gpu_'," + hint]
