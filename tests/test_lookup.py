@@ -1442,6 +1442,58 @@ def test_trace_files_with_records_over_several_lines_are_read_whole(trained, tmp
         list(iter_trace_file(path))
 
 
+def _csv_cells(path: Path) -> list[list[str | float]]:
+    """A CSV table's cells, those that spell a number as that number (however it is spelt)."""
+    import csv
+
+    from swarmpilot_predictor.traces import finite_number_in_text
+
+    with path.open(newline="") as fh:
+        return [[x if (x := finite_number_in_text(c)) is not None else c for c in row] for row in csv.reader(fh)]
+
+
+def test_csv_tables_write_their_predicted_numbers_in_one_pass(trained, tmp_path, monkeypatch):
+    """A chunk's numbers are written by orjson, the other cells by the csv module around a
+    marker cell; the table reads as the one written cell by cell, and a trace that holds the
+    marker (never, but for a test) sends its chunk the cell-by-cell way."""
+    from swarmpilot_predictor.lookup import files
+
+    service, traces, _ = trained
+    rows = [{**t, "task_id": f"t{k}", "input_tokens": t["input_tokens"] * 1e-9 if k == 0 else t["input_tokens"]}
+            for k, t in enumerate(traces)]
+    path = tmp_path / "ids.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(t) for t in rows))
+    marked_writes = []
+    write_marked = files.CsvTableWriter.write_marked
+    monkeypatch.setattr(files.CsvTableWriter, "write_marked",
+                        lambda self, r, t: marked_writes.append(write_marked(self, r, t)) or marked_writes[-1])
+    fast = service.generate_table(PATTERN, path, 0.9, "fast.csv")
+    assert marked_writes == [[]]  # the one chunk, written in one pass
+    monkeypatch.setattr(files._RecordValues, "csv_numbers", lambda self, cl: None)
+    slow = service.generate_table(PATTERN, path, 0.9, "slow.csv")
+    monkeypatch.undo()
+    assert fast["rows"] == slow["rows"] == len(rows) and fast["knot_levels"] == slow["knot_levels"]
+    cells = _csv_cells(service.settings.tables_dir / "fast.csv")
+    assert cells == _csv_cells(service.settings.tables_dir / "slow.csv")
+    assert len(cells) == len(rows) + 1 and cells[1][cells[0].index("status")] == "success"
+    # The marker in a trace: that chunk is written cell by cell, the same table.
+    import uuid
+
+    fixed = uuid.UUID(int=12345)
+    monkeypatch.setattr(files.uuid, "uuid4", lambda: fixed)
+    rows[7]["task_id"] = "M" + fixed.hex
+    path.write_bytes(b"\n".join(orjson.dumps(t) for t in rows))
+    monkeypatch.setattr(files.CsvTableWriter, "write_marked",
+                        lambda self, r, t: marked_writes.append(write_marked(self, r, t)) or marked_writes[-1])
+    marked = service.generate_table(PATTERN, path, 0.9, "marked.csv")
+    assert marked["rows"] == len(rows) and marked["failed"] == 0 and marked_writes[-1] is None
+    got = _csv_cells(service.settings.tables_dir / "marked.csv")
+    assert got[8][cells[0].index("task_id")] == "M" + fixed.hex
+    assert got[:8] == cells[:8] and got[9:] == cells[9:]
+    table = service.tables.get("marked.csv")
+    assert table.lookup([{"task_id": "M" + fixed.hex}]).rows.tolist() == [7]
+
+
 def test_generation_writes_integers_beyond_64_bits(trained, tmp_path):
     service, traces, _ = trained
     big = 2**70 + 1
