@@ -257,8 +257,10 @@ class CsvTableWriter(_TableWriter):
 
     def write_marked(self, rows: list[Sequence[Any]], tails: list[str]) -> list[tuple[int, str]] | None:
         """Write ``rows``, each ending with the cell :attr:`marker`, that cell replaced by the
-        text of the row's ``tails`` (cells already written); as :meth:`write` returns. None,
-        writing nothing, where the marker is found elsewhere than at the rows' ends."""
+        text of the row's ``tails`` (cells already written); as :meth:`write` returns (no row
+        left out: a chunk with one to leave out is not written here). None, writing nothing,
+        where the marker is found elsewhere than at the rows' ends or a cell is not valid
+        UTF-8 (which :meth:`write` leaves out row by row)."""
         parts = self._text_of(rows).split(self.marker)
         if len(parts) != len(rows) + 1:
             return None
@@ -268,7 +270,7 @@ class CsvTableWriter(_TableWriter):
         try:
             data = "".join(out).encode("utf-8")
         except UnicodeEncodeError:
-            return None  # (a lone surrogate: the cell-by-cell path leaves its row out, as write does)
+            return None
         self.fh.write(data)
         self.rows += len(rows)
         return []
@@ -530,40 +532,29 @@ class _TableGeneration:
         self.writer.write(out)  # type: ignore[union-attr]
 
     def _write_csv(self, good: list[dict[str, Any]], n_own: int, a: _RecordValues, indexes: list[int]) -> None:
+        # Each row's cells up to its identity's: features, first-run flag, ids.
+        heads = []
+        for k, t in enumerate(good):
+            feats = [_csv_out(v) for v in self._feature_values(t)]
+            if a.first is not None:
+                feats += [int(a.first[k]), self.shape_cell]
+            heads.append(feats + [_csv_out(t.get(c)) if k < n_own else None for c in self.id_cols or ()]
+                         + self.identity_row)
         # The predicted numbers, 30 or more cells a row, are written by orjson for the whole
         # chunk (Python's csv module formatted each float by repr: half a CSV table's
         # generation); the csv module writes the rest of each row, ended by a marker cell that
         # the numbers then replace. orjson's shortest decimals read back as the same floats
         # (0.00001 for 1e-05).
         numbers = a.csv_numbers(self.confidence_level)
+        writer: CsvTableWriter = self.writer  # type: ignore[assignment]
         if numbers is not None:
-            marker = self.writer.marker  # type: ignore[union-attr]
-            head = f"success,{self.model_version},"
-            rows = []
-            for k, t in enumerate(good):
-                feats = [_csv_out(v) for v in self._feature_values(t)]
-                if a.first is not None:
-                    feats += [int(a.first[k]), self.shape_cell]
-                ids = [_csv_out(t.get(c)) if k < n_own else None for c in self.id_cols or ()]
-                rows.append(feats + ids + self.identity_row + [marker])
-            written = self.writer.write_marked(rows, [head + n for n in numbers])  # type: ignore[union-attr]
-            if written is not None:
-                for k, reason in written:
-                    if k < n_own:
-                        self._fail(indexes[k], f"cannot be written as CSV ({reason})")
+            front = f"success,{self.model_version},"
+            if writer.write_marked([head + [writer.marker] for head in heads], [front + n for n in numbers]) is not None:
                 return
-        rows = []
         quantiles, knots, intervals = a.lists()
-        for k, t in enumerate(good):
-            feats = [_csv_out(v) for v in self._feature_values(t)]
-            if a.first is not None:
-                feats += [int(a.first[k]), self.shape_cell]
-            ids = [_csv_out(t.get(c)) if k < n_own else None for c in self.id_cols or ()]
-            lo, hi = intervals[k]
-            rows.append(feats + ids + self.identity_row
-                        + ["success", self.model_version, a.mean[k], a.std[k], self.confidence_level, lo, hi] + quantiles[k]
-                        + knots[k])
-        for k, reason in self.writer.write(rows):  # type: ignore[union-attr]
+        rows = [head + ["success", self.model_version, a.mean[k], a.std[k], self.confidence_level, *intervals[k]]
+                + quantiles[k] + knots[k] for k, head in enumerate(heads)]
+        for k, reason in writer.write(rows):
             if k < n_own:
                 self._fail(indexes[k], f"cannot be written as CSV ({reason})")
 
