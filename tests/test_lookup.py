@@ -335,6 +335,24 @@ def test_categorical_features_must_match_and_errors_name_the_feature(mixed_table
     assert res.errors[2] == "feature 'x' must be a number"
 
 
+
+
+def test_a_missing_feature_names_a_field_spelt_close_to_it():
+    recs = [record(i, features={"image_size": i, "color_mode": "rgb" if i % 2 else "gray"}) for i in range(20)]
+    table = LookupTable.from_records(recs, name="vision.json")
+    hint = ", which the table does not read: a misspelling?)"
+    size = "missing required feature 'image_size' (the trace has 'img_size'" + hint
+    mode = "missing required feature 'color_mode' (the trace has 'colour_mode'" + hint
+    traces = [{"img_size": 3, "color_mode": "rgb"}, {"image_size": 3, "colour_mode": "rgb"},
+              {"image_size": 3}, {"image_size": math.nan, "img_size": 3, "color_mode": "rgb"}]
+    expected = [size, mode, "missing required feature 'color_mode'",
+                "missing required feature 'image_size'"]  # a NaN is stated, not misspelt
+    # One trace at a time (small batches) and vectorised (large ones) alike, numeric and categorical.
+    assert table.lookup(traces).errors == expected
+    assert table.lookup(traces * 10).errors == expected * 10
+    # A large batch searches each set of fields once, and at most 64 different sets.
+    many = [{"img_size": 3, "color_mode": "rgb", f"other_{k}": 1} for k in range(100)]
+    assert table.lookup(many).errors == [size] * 64 + ["missing required feature 'image_size'"] * 36
 def test_numbers_and_strings_do_not_mix_up():
     table = LookupTable.from_records([record(0, features={"x": 1, "c": "1"}), record(1, features={"x": 2, "c": 2})])
     # A column holding strings is categorical: numbers there compare as their text; and a

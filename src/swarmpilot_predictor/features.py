@@ -828,17 +828,7 @@ class FeatureSchema:
         searched once, and at most ``_HINTS_PER_BATCH`` different ones)."""
         message = _numeric_problem(name, value)
         if value is None:
-            key = (name, *trace)
-            if searched is None:
-                close = _close_field(name, trace, self.prediction_fields)
-            elif key in searched:
-                close = searched[key]
-            elif len(searched) < _HINTS_PER_BATCH:
-                close = searched[key] = _close_field(name, trace, self.prediction_fields)
-            else:
-                close = None
-            if close is not None:
-                message += f" (the trace has {shown(close)}, which the model does not read: a misspelling?)"
+            message += misspelling_hint(name, trace, self.prediction_fields, searched)
         return message
 
     def row(self, trace: dict[str, Any]) -> tuple[list[float], str | None]:
@@ -1233,7 +1223,25 @@ _HINTS_PER_BATCH = 64
 _HINT_FIELDS = 64
 
 
-def _close_field(name: str, fields: Iterable[Any], known: tuple[str, ...]) -> str | None:
+def misspelling_hint(name: str, trace: dict[str, Any], known: Collection[str],
+                     searched: dict[tuple[Any, ...], str | None] | None = None, reader: str = "model") -> str:
+    """What to add to "missing required feature ``name``" where ``trace`` holds a field of a
+    close name (see :func:`_close_field`) that the ``reader`` does not read (its fields:
+    ``known``); else "". ``searched``: a batch's fields found so far, by feature and fields
+    (traces of the same fields are searched once, and at most ``_HINTS_PER_BATCH`` ones)."""
+    key = (name, *trace)
+    if searched is None:
+        close = _close_field(name, trace, known)
+    elif key in searched:
+        close = searched[key]
+    elif len(searched) < _HINTS_PER_BATCH:
+        close = searched[key] = _close_field(name, trace, known)
+    else:
+        close = None
+    return "" if close is None else f" (the trace has {shown(close)}, which the {reader} does not read: a misspelling?)"
+
+
+def _close_field(name: str, fields: Iterable[Any], known: Collection[str]) -> str | None:
     """The field among ``fields`` (a trace's, not in ``known``) whose name is closest to the
     feature ``name``, where one is close (difflib's ratio 0.85 or more: ``img_size`` for
     ``image_size``, not ``output_tokens`` for ``input_tokens``)."""

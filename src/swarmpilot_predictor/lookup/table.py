@@ -28,7 +28,7 @@ from scipy.special import fdtri
 
 from ..distribution import RemainingDistribution, StoredQuantileDistribution, interval_levels
 from ..errors import AmbiguousModel, NotFound, shown
-from ..features import FIRST_OF_SHAPE, stated_flag
+from ..features import FIRST_OF_SHAPE, misspelling_hint, stated_flag
 from ..identity import (IDENTITY_KEYS, IdentityPattern, describe_stated, fields_naming_a_model, join_key, named_by_traces,
                         names_a_model, names_part)
 from ..traces import (
@@ -677,8 +677,10 @@ class LookupTable:
         """:meth:`lookup` with every feature as the flat trace states it (or its default);
         ``errors`` (why a trace could not be read, or None) becomes the result's."""
         n = len(flat)
+        searched: dict[tuple[Any, ...], str | None] = {}  # fields spelt like a missing feature (_missing)
         if n <= SCALAR_MAX:
-            found = [(-1, -1, math.nan, e) if e is not None else self._lookup_one(t, groups) for t, e in zip(flat, errors)]
+            found = [(-1, -1, math.nan, e) if e is not None else self._lookup_one(t, groups, searched)
+                     for t, e in zip(flat, errors)]
             return LookupResult(
                 np.array([f[0] for f in found], dtype=np.int64),
                 np.array([f[1] for f in found], dtype=np.int8),
@@ -744,7 +746,7 @@ class LookupTable:
         if featured:
             todo = np.flatnonzero((rows < 0) & ~bad)
             if len(todo):
-                self._nearest(featured, todo, column, rows, match, dist, errors)
+                self._nearest(featured, todo, column, rows, match, dist, errors, flat, searched)
 
         # 4. a seeded pseudo-random record of a featureless (seed-format) identity
         plain = [g for g in groups if g.featureless]
@@ -760,7 +762,8 @@ class LookupTable:
                 errors[i] = f"no record in lookup table {self.name!r} matches this trace"
         return LookupResult(rows, match, dist, errors)
 
-    def _lookup_one(self, t: dict[str, Any], groups: list[_Group]) -> tuple[int, int, float, str | None]:
+    def _lookup_one(self, t: dict[str, Any], groups: list[_Group],
+                    searched: dict[tuple[Any, ...], str | None] | None = None) -> tuple[int, int, float, str | None]:
         """One flat trace, in plain Python on scalars: (row, match kind, distance, error)."""
         columns = self.columns
         featured = [g for g in groups if g.cols]
@@ -800,7 +803,7 @@ class LookupTable:
                 elif v is None and j in g.optional_cols:
                     z.append(0.0)  # where the records lacking it sit
                 else:
-                    error = error or (f"missing required feature '{c.name}'" if v is None or v != v
+                    error = error or (self._missing(c.name, t, searched) if v is None or v != v
                                       else f"feature '{c.name}' must be a number")
                     break
             else:
@@ -818,7 +821,7 @@ class LookupTable:
                     h = mix_int(h ^ (code & MASK))
                 part = g.partitions.get(h)
                 if part is None:
-                    error = error or self._category_message(g, codes)
+                    error = error or self._category_message(g, codes, t, searched)
                     continue
                 if part.tree is None:
                     d, row = 0.0, int(part.rows[0])
@@ -846,11 +849,25 @@ class LookupTable:
                 return False
         return True
 
-    def _category_message(self, g: _Group, codes: list[int]) -> str:
+    def _missing(self, name: str, trace: dict[str, Any], searched: dict[tuple[Any, ...], str | None] | None) -> str:
+        """"missing required feature", and where the trace holds a field spelt like it that the
+        table does not read (``img_size`` for ``image_size``), that field."""
+        message = f"missing required feature '{name}'"
+        if trace.get(name) is None:  # (not where it is NaN)
+            message += misspelling_hint(name, trace, self._fields_read, searched, reader="table")
+        return message
+
+    @functools.cached_property
+    def _fields_read(self) -> frozenset[str]:
+        """The trace fields a lookup reads: the features, the model's identity and ``task_id``."""
+        return frozenset([c.name for c in self.columns] + list(IDENTITY_KEYS) + ["task_id"])
+
+    def _category_message(self, g: _Group, codes: list[int], trace: dict[str, Any],
+                          searched: dict[tuple[Any, ...], str | None] | None) -> str:
         for j, code in zip(g.cat_cols, codes):
             name = self.columns[j].name
             if code == -1:
-                return f"missing required feature '{name}'"
+                return self._missing(name, trace, searched)
             if code == -2:
                 word = self.columns[j].word_among_numbers
                 why = "" if word is None else (
@@ -897,7 +914,7 @@ class LookupTable:
             codes[i] = -1 if v is None else vocab_code(vocab, v)
         return codes, codes == -1, np.zeros(n, dtype=bool)
 
-    def _nearest(self, groups, todo, column, rows, match, dist, errors) -> None:
+    def _nearest(self, groups, todo, column, rows, match, dist, errors, flat, searched) -> None:
         best = np.full(len(todo), np.inf)
         best_row = np.full(len(todo), -1, dtype=np.int64)
         first_error: list[str | None] = [None] * len(todo)
@@ -910,9 +927,8 @@ class LookupTable:
                     bad = ((missing & (j not in g.optional_cols)) | invalid)[todo] & usable
                     for k in np.flatnonzero(bad).tolist():
                         if first_error[k] is None:
-                            first_error[k] = (
-                                f"feature '{c.name}' must be a number" if invalid[todo[k]] else f"missing required feature '{c.name}'"
-                            )
+                            first_error[k] = (f"feature '{c.name}' must be a number" if invalid[todo[k]]
+                                              else self._missing(c.name, flat[todo[k]], searched))
                     usable &= ~bad
             if not usable.any():
                 continue
@@ -933,7 +949,8 @@ class LookupTable:
                 if part is None:
                     for p, q in zip(pos.tolist(), sel[part_idx].tolist()):
                         if first_error[p] is None:
-                            first_error[p] = self._category_problem(g, q, column)
+                            first_error[p] = self._category_message(
+                                g, [int(column(j)[0][q]) for j in g.cat_cols], flat[q], searched)
                     continue
                 if part.tree is None:
                     d = np.zeros(len(part_idx))
@@ -950,9 +967,6 @@ class LookupTable:
         dist[todo[found]] = best[found]
         for k in np.flatnonzero(~found).tolist():
             errors[todo[k]] = first_error[k]
-
-    def _category_problem(self, g: _Group, i: int, column) -> str:
-        return self._category_message(g, [int(column(j)[0][i]) for j in g.cat_cols])
 
     def _answer_one(self, row: int, levels: list[float] | None, confidence_level: float) -> tuple[list[float], list[float], list[float]]:
         """(levels, values, interval) of one record, as :func:`quantile_function` computes them."""
