@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import orjson
@@ -614,6 +615,7 @@ def test_table_output_names_that_no_request_could_name_are_refused_offline(tmp_p
     assert one_error_line(result) == f"error: --output '{trace / 'x.csv'}': cannot write it ({trace} is not a directory)"
     out = invoke("table", "llm/*/*/*/*", trace, "--data-dir", trained, "-o", "one.json").stdout
     assert out.startswith("wrote 1 record to ") and "records" not in out
+    assert re.search(r"in \d+\.\ds, read for serving in \d+\.\ds\n", out)
 
 
 def test_train_names_a_trace_file_missing_next_to_its_config(tmp_path, data):

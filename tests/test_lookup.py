@@ -110,6 +110,8 @@ def test_generated_tables_round_trip_to_the_models_answers(trained, name):
     result = service.generate_table(PATTERN, path, 0.9, name)
     assert result["status"] == "successful" and result["rows"] == len(traces) and result["failed"] == 0
     assert Path(result["path"]) == service.settings.tables_dir / name
+    # Read for serving before the generation answers: parsed, and its sidecar written.
+    assert result["load_seconds"] >= 0 and service.tables.index_path(Path(result["path"])).is_file()
     table = service.tables.get(name)
     assert table.n_rows == len(traces)
     assert table.feature_names == ["input_tokens", "output_tokens"]

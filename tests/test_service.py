@@ -223,7 +223,10 @@ def test_a_tables_folder_gone_under_the_service_is_not_made_again(service, tmp_p
     assert not service.settings.tables_dir.exists()
     # A table written where the CLI's --output says has its folder made.
     out = tmp_path / "new" / "folder" / "t.json"
-    assert service.generate_table(PATTERN, traces, out_path=out)["rows"] == 20 and out.is_file()
+    result = service.generate_table(PATTERN, traces, out_path=out)
+    assert result["rows"] == 20 and out.is_file()
+    # Not the service's to serve: not read back, and no sidecar for it.
+    assert "load_seconds" not in result and not service.tables.index_path(out).exists()
 
 
 def test_an_empty_batch_totals_zero_from_a_model_and_from_a_table(service):

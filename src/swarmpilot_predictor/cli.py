@@ -671,8 +671,10 @@ def table_cmd(
     if as_json:
         _out(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
         return
+    ready = result.get("load_seconds")
     console.print(f"wrote {_count(result['rows'], 'record')} to {escape(str(result['path']))} in "
                   f"{result.get('duration_seconds', 0):.1f}s"
+                  + (f", read for serving in {ready:.1f}s" if ready is not None else "")
                   + (f" ({_count(result['failed'], 'trace')} could not be predicted)" if result.get("failed") else ""),
                   soft_wrap=True)
     for line in result.get("errors") or []:

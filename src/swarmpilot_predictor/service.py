@@ -857,7 +857,22 @@ class PredictorService:
         )
         result["model_key"] = identity.key
         self.metrics.predictions.labels(identity.key, "table_generation").inc(result["rows"])
+        if not own_path:
+            result["load_seconds"] = self._ready_to_serve(out_path.name)
         return result
+
+    def _ready_to_serve(self, name: str) -> float | None:
+        """Read a table just written as lookups will (its parsed columns kept in memory and
+        in its sidecar): a million records take about 15 s to parse, which the first lookup
+        paid otherwise, and which a scheduler's request may not wait for. The seconds it
+        took; None if it could not be read (logged: lookups name the fault)."""
+        t0 = time.perf_counter()
+        try:
+            self.tables.get(name, field="table_name")
+        except (PredictorError, OSError) as exc:  # deleted meanwhile by another request, say
+            log.warning("lookup table %s was written but could not be read back for serving: %s", name, exc)
+            return None
+        return time.perf_counter() - t0
 
     # ------------------------------------------------------------------ discovery
 
