@@ -529,6 +529,10 @@ def test_identity_filtering():
     assert table.predict(a100, [{"x": 3}]).results()[0]["model_info"]["hardware"] == "A100"
     with pytest.raises(NotFound, match="has no records for llm/m/T4"):
         table.lookup([{"x": 3}], IdentityPattern.from_segments("llm", "m", "T4", "*", "*"))
+    # Records of the two models interleaved (each read against the last record's model first).
+    mixed = LookupTable.from_records([r for pair in zip(recs[:10], recs[10:]) for r in pair])
+    assert mixed.lookup([{"x": 3}], h).rows.tolist() == [6] and mixed.lookup([{"x": 3}], a100).rows.tolist() == [7]
+    assert mixed.row_identity.tolist() == [0, 1] * 10
     # A record that leaves an identity part out matches any value of it.
     loose = LookupTable.from_records([{**record(0), "model_info": {"type": "llm"}}])
     assert loose.lookup([{}], IdentityPattern.from_segments("llm", "x", "y", "z", "w")).kinds() == ["random"]
@@ -780,6 +784,44 @@ def test_a_steep_step_between_two_close_levels_is_summed_at_its_own_mean():
 def test_knot_values_are_written_to_seven_significant_digits():
     values = np.array([0.0, 1.23456789, 12345.678901, 1.2345678e9, 3.3e-5, 99999.995, 7.0])
     assert orjson.dumps(round_significant(values).tolist()) == b"[0.0,1.234568,12345.68,1234568000.0,0.000033,100000.0,7.0]"
+
+
+def test_knots_written_out_of_order_or_at_a_stored_level_are_read_in_order():
+    # A writer other than the service's may list knots in any order, one at a stored level
+    # (the stored quantile answers there), and values that cross (put in increasing order).
+    recs = [{**record(i, levels=(0.5,)), "quantile_predictions": [10.0 + i], "features": {"a": i},
+             "knot_levels": [0.9, 0.5, 0.1, 0.2], "knot_predictions": [12.0 + i, 99.0, 9.0 + i, 8.0 + i]}
+            for i in range(3)]
+    table = LookupTable.from_records(recs)
+    assert table.knot_levels[0].tolist() == [0.1, 0.2, 0.9]
+    np.testing.assert_allclose(table.knot_values[0], [[8, 9, 12], [9, 10, 13], [10, 11, 14]])
+    np.testing.assert_allclose(table._quantiles_at(np.array([1]), np.array([0.1, 0.2, 0.5, 0.9]))[0], [9, 10, 11, 13])
+    # Only the records that state an interval are checked against it: the second one's fails.
+    stated = [recs[0], {**recs[1], "interval": [1.0, 2.0], "confidence_level": 0.8}, recs[2]]
+    with pytest.raises(TraceError, match=r"success record 1: its 'interval' \[1, 2\] contradicts"):
+        LookupTable.from_records(stated)
+    assert LookupTable.from_records([{**recs[1], "interval": [9.0, 13.0], "confidence_level": 0.8}]).n_rows == 1
+
+
+def test_records_are_checked_a_block_at_a_time_and_the_first_fault_named(monkeypatch):
+    # (A million records' quantile functions are checked 65,536 at a time: here, 4.)
+    from swarmpilot_predictor.lookup import table as table_module
+
+    monkeypatch.setattr(table_module, "_CHECK_BLOCK", 4)
+    recs = [{**record(i, levels=(0.5,)), "quantile_predictions": [10.0 + i], "features": {"a": i},
+             "knot_levels": [0.1, 0.9], "knot_predictions": [9.0 + i, 11.0 + i],
+             "interval": [8.0 + i, 12.0 + i], "confidence_level": 0.9} for i in range(10)]
+    assert LookupTable.from_records(recs).n_rows == 10
+    with pytest.raises(TraceError, match="success record 6: its 'knot_predictions' contradict"):
+        LookupTable.from_records([*recs[:6], {**recs[6], "knot_predictions": [20.0, 30.0]}, *recs[7:]])
+    skewed = [{**recs[k], "interval": [20.0, 30.0]} if k in (7, 9) else recs[k] for k in range(10)]
+    with pytest.raises(TraceError, match=r"success record 7: its 'interval' \[20, 30\] contradicts"):
+        LookupTable.from_records(skewed)
+    # Records without an interval beside them, in the same block, are not checked against one.
+    loose = [{k: v for k, v in r.items() if k not in ("interval", "confidence_level")} if i < 9 else r
+             for i, r in enumerate(skewed)]
+    with pytest.raises(TraceError, match=r"success record 9: its 'interval' \[20, 30\] contradicts"):
+        LookupTable.from_records(loose)
 
 
 def test_a_csv_column_named_knot_without_a_level_is_a_feature(tmp_path):

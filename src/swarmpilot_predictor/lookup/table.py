@@ -1301,7 +1301,15 @@ def _column_from_values(name: str, values: list[Any]) -> FeatureColumn:
             mean, std = 0.0, float(np.finfo(np.float64).max)
         return FeatureColumn(name, "numeric", nums, mean=mean, scale=std if std > 0 else 1.0)
     # Strings (and numbers beside them, compared as their text): codes into a vocabulary.
-    vocab: dict[str, int] = {}
+    try:
+        distinct = dict.fromkeys(values)
+    except TypeError:  # a list or an object among them (no category: -1, below)
+        distinct = {}
+    if distinct and all(v.__class__ is str for v in distinct):  # (the usual column: its codes looked up in C)
+        vocab = {v: code for code, v in enumerate(distinct)}
+        return FeatureColumn(name, "categorical", np.fromiter(map(vocab.__getitem__, values), dtype=np.int64, count=n),
+                             vocab=vocab, word_among_numbers=word)
+    vocab = {}
     codes = np.fromiter(
         (-1 if v is None or isinstance(v, (dict, list)) else vocab.setdefault(category_text(v), len(vocab)) for v in values),
         dtype=np.int64, count=n,
@@ -1326,7 +1334,8 @@ def _task_id_keys(value: Any) -> tuple[int, int]:
 
 
 def _task_hashes(values: list[Any]) -> np.ndarray:
-    return np.fromiter((-1 if v is None else str_hash(category_text(v)) for v in values), dtype=np.int64, count=len(values))
+    return np.fromiter((-1 if v is None else str_hash(v if v.__class__ is str else category_text(v)) for v in values),
+                       dtype=np.int64, count=len(values))
 
 
 class _Builder:
@@ -1350,6 +1359,7 @@ class _Builder:
         self.versions = array("q")
         self.identities: dict[tuple, int] = {}
         self._identity_cache: dict[Any, int] = {}
+        self._last_identity: tuple[dict[str, Any], Any, int] | None = None
         self.row_identity = array("i")
         self.features: dict[str, list[Any]] = {}
         self.task_ids: list[Any] = []
@@ -1387,10 +1397,7 @@ class _Builder:
             # into increasing order: the rearranged curve is at least as close to the true one.
             values.append(np.sort(v, axis=1))
             self.level_arrays[s] = self.level_arrays[s][order]
-        # Each set of levels' knots as held, and its records' stored quantiles and knots as one
-        # quantile function (levels, values), which the intervals are checked against.
         knots = [self._knots(s, values[s]) for s in range(len(values))]
-        knot_values = [held for held, _ in knots]
         interval = np.frombuffer(self.interval, dtype=np.float64).reshape(n, 2).copy()
         confidence = np.frombuffer(self.confidence, dtype=np.float64).copy()
         stated = ~np.isnan(confidence)  # records without an interval have none to check
@@ -1402,8 +1409,15 @@ class _Builder:
         if len(bad):
             raise TraceError(f"{self.name}: success record {int(bad[0])}: 'interval' must be [low, high] with "
                              f"0 <= low <= high <= {MAX_TABLE_RUNTIME:g}")
-        self._check_intervals([merged for _, merged in knots], interval, confidence, stated)
+        self._check_intervals(values, knots, interval, confidence, stated)
+        # Held in single precision where they fit (a knot is written to 7 digits): a million
+        # records of 24 knots take 96 MB, not 192.
+        knot_values = [k.astype(np.float32) if k.size and k.max() < 1e38 else k.copy() for k in knots]
+        # The values as read go before the table is indexed: with a million records' knots
+        # held twice, the parse's peak was 207 MB higher (937 MB against 730).
         del knots
+        self.level_values = self.knot_values = []
+        self.expect = self.error = self.interval = self.confidence = array("d")
         columns = []
         for fname, vals in self.features.items():
             if fname in TABLE_RESERVED_KEYS:
@@ -1440,6 +1454,8 @@ class _Builder:
 
     def _check_runtimes(self, v: np.ndarray, key: str) -> None:
         """Runtimes a record holds under ``key`` are finite, at least 0 and at most MAX_TABLE_RUNTIME."""
+        if ((v >= 0) & (v <= MAX_TABLE_RUNTIME)).all():  # (one pass over a million records' knots, not three)
+            return
         if not np.isfinite(v).all():
             raise TraceError(f"{self.name}: a record's {key} hold a value that is not a finite number")
         if (v < 0).any():
@@ -1447,58 +1463,72 @@ class _Builder:
         if (v > MAX_TABLE_RUNTIME).any():
             raise TraceError(f"{self.name}: a record's {key} hold a runtime over {MAX_TABLE_RUNTIME:g} ms")
 
-    def _knots(self, s: int, stored: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    def _knots(self, s: int, stored: np.ndarray) -> np.ndarray:
         """The values of the set of levels ``s``'s knots, (records, knots), in the order of
-        their levels, checked against the records' stored quantiles ``stored``; knots at a
-        stored level are left out (the stored quantile answers there). With them, the stored
-        quantiles and knots merged (:func:`_merged_knots`), in double precision."""
+        their levels, in double precision, checked against the records' stored quantiles
+        ``stored``; knots at a stored level are left out (the stored quantile answers there)."""
         K = self.knot_arrays[s]
         k = np.frombuffer(self.knot_values[s], dtype=np.float64).reshape(self.level_counts[s], -1)
         if not len(K):
-            return k.copy(), (self.level_arrays[s], stored)
+            return k
         order = np.argsort(K)
         keep = np.abs(K[order][:, None] - self.level_arrays[s][None, :]).min(axis=1) >= 1e-9
-        K, k = K[order][keep], k[:, order][:, keep]
+        if not (keep.all() and (order == np.arange(len(K))).all()):  # (a written table's are in order)
+            K, k = K[order][keep], np.take(k, order[keep], axis=1)
         self.knot_arrays[s] = K
         self._check_runtimes(k, "knot_predictions")
-        k = np.sort(k, axis=1)
-        L, U = _merged_knots(self.level_arrays[s], stored, K, k)
-        slack = U * 1e-6 + 1e-9  # rounding in a written table (knots are written to 7 digits)
-        bad = (U[:, :-1] > U[:, 1:] + slack[:, 1:]).any(axis=1)
-        if bad.any():
-            i = int(np.flatnonzero(np.frombuffer(self.row_levelset, dtype=np.int32) == s)[np.argmax(bad)])
-            raise TraceError(f"{self.name}: success record {i}: its 'knot_predictions' contradict its "
-                             "'quantile_predictions' (a record's quantiles rise with the level)")
-        # Held in single precision where they fit (a knot is written to 7 digits): a million
-        # records of 24 knots take 96 MB, not 192.
-        return (k.astype(np.float32) if k.size and k.max() < 1e38 else k), (L, U)
+        if not (k[:, 1:] >= k[:, :-1]).all():
+            k = np.sort(k, axis=1)
+        for start, _, U in self._merged_blocks(s, stored, k):
+            below, above = U[:, :-1], U[:, 1:]
+            # Rounding in a written table (knots are written to 7 digits) is no contradiction.
+            bad = (below > above + (above * 1e-6 + 1e-9)).any(axis=1)
+            if bad.any():
+                i = int(np.flatnonzero(np.frombuffer(self.row_levelset, dtype=np.int32) == s)[start + np.argmax(bad)])
+                raise TraceError(f"{self.name}: success record {i}: its 'knot_predictions' contradict its "
+                                 "'quantile_predictions' (a record's quantiles rise with the level)")
+        return k
 
-    def _check_intervals(self, knots: list[tuple[np.ndarray, np.ndarray]], interval: np.ndarray,
+    def _merged_blocks(self, s: int, stored: np.ndarray, knots: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """The set of levels ``s``'s records' stored quantiles and knots as one quantile function
+        (:func:`_merged_knots`), ``_CHECK_BLOCK`` records at a time: (first record's position,
+        levels, values). Whole, a million records' took 224 MB, and as much again to check."""
+        for start in range(0, len(stored), _CHECK_BLOCK):
+            stop = start + _CHECK_BLOCK
+            L, U = _merged_knots(self.level_arrays[s], stored[start:stop], self.knot_arrays[s], knots[start:stop])
+            yield start, L, U
+
+    def _check_intervals(self, values: list[np.ndarray], knots: list[np.ndarray], interval: np.ndarray,
                          confidence: np.ndarray, stated: np.ndarray) -> None:
         """A record's interval ends are its quantiles at ``(1 ± confidence_level) / 2``: one
-        that contradicts its stored quantiles or knots ``knots`` (per set of levels: the levels
-        and the records' values; a stored quantile above the low end at a lower level, or below
-        it at a higher one; the same for the high end) is damaged. Answered, it gave a median
-        below the record's own interval when asked for the stored levels, and other values when
-        asked for the same levels by name."""
+        that contradicts its stored quantiles ``values`` or knots ``knots`` (per set of levels;
+        a stored quantile above the low end at a lower level, or below it at a higher one; the
+        same for the high end) is damaged. Answered, it gave a median below the record's own
+        interval when asked for the stored levels, and other values when asked for the same
+        levels by name."""
         row_levelset = np.frombuffer(self.row_levelset, dtype=np.int32)
-        for s, (levels, v) in enumerate(knots):
-            rows = np.flatnonzero(row_levelset == s)  # in order of their positions in v
-            check = stated[rows]
-            if not check.any():
+        for s in range(len(values)):
+            rows = np.flatnonzero(row_levelset == s)  # in order of their positions in values[s]
+            if not stated[rows].any():
                 continue
-            r, V, L = rows[check], v[check], levels[None, :]
-            edge = (1.0 - confidence[r]) / 2.0
-            bad = np.zeros(len(r), dtype=bool)
-            for level, end in ((edge, interval[r, 0]), (1.0 - edge, interval[r, 1])):
-                slack = end * 1e-6 + 1e-9  # rounding in a written table
-                bad |= ((L < level[:, None]) & (V > (end + slack)[:, None])).any(axis=1)
-                bad |= ((L > level[:, None]) & (V < (end - slack)[:, None])).any(axis=1)
-            if bad.any():
-                i = int(r[np.argmax(bad)])
-                raise TraceError(f"{self.name}: success record {i}: its 'interval' [{interval[i, 0]:g}, "
-                                 f"{interval[i, 1]:g}] contradicts its 'quantile_predictions' (the interval's ends "
-                                 f"are its quantiles at (1 ± confidence_level) / 2)")
+            for start, levels, V in self._merged_blocks(s, values[s], knots[s]):
+                r = rows[start:start + len(V)]
+                check = stated[r]
+                if not check.any():
+                    continue
+                if not check.all():
+                    r, V = r[check], V[check]
+                L, edge = levels[None, :], (1.0 - confidence[r]) / 2.0
+                bad = np.zeros(len(r), dtype=bool)
+                for level, end in ((edge, interval[r, 0]), (1.0 - edge, interval[r, 1])):
+                    slack = end * 1e-6 + 1e-9  # rounding in a written table
+                    bad |= ((L < level[:, None]) & (V > (end + slack)[:, None])).any(axis=1)
+                    bad |= ((L > level[:, None]) & (V < (end - slack)[:, None])).any(axis=1)
+                if bad.any():
+                    i = int(r[np.argmax(bad)])
+                    raise TraceError(f"{self.name}: success record {i}: its 'interval' [{interval[i, 0]:g}, "
+                                     f"{interval[i, 1]:g}] contradicts its 'quantile_predictions' (the interval's ends "
+                                     f"are its quantiles at (1 ± confidence_level) / 2)")
 
     def _fail(self, where: str, message: str) -> TraceError:
         return TraceError(f"{self.name}: {where}: {message}")
@@ -1601,12 +1631,18 @@ class _Builder:
 
     def _identity_of(self, rec: dict[str, Any], where: str) -> int:
         info = rec.get("model_info")
+        last = self._last_identity
+        # A table's records name one model, or a few in long runs: the last record's is
+        # compared as it is, before a key is made of this one.
+        if last is not None and info.__class__ is dict and info == last[0] and rec.get("model_type") == last[1]:
+            return last[2]
         try:
             key = (tuple(info.items()) if info.__class__ is dict else None, rec.get("model_type"))
             hit = self._identity_cache.get(key)
         except TypeError:  # an unhashable value inside model_info
             key, hit = None, None
         if hit is not None:
+            self._last_identity = (info, key[1], hit)
             return hit
         info = info if info.__class__ is dict else rec
         parts = (info.get("type", rec.get("model_type")), info.get("name", info.get("model_name")),
@@ -1620,6 +1656,7 @@ class _Builder:
             g = self.identities[ident] = len(self.identities)
         if key is not None and key[0] is not None:
             self._identity_cache[key] = g
+            self._last_identity = (info, key[1], g)
         return g
 
     def _new_levelset(self, key: tuple, where: str) -> int:
@@ -1641,6 +1678,7 @@ class _Builder:
         return s
 
 
+_CHECK_BLOCK = 65536  # records whose quantile functions are checked at once (15 MB with 24 knots)
 _NO_INTERVAL = (math.nan, math.nan)
 _NO_KNOTS: tuple[float, ...] = ()
 _INT64_MAX = (1 << 63) - 1
@@ -1663,7 +1701,7 @@ def _merged_knots(levels: np.ndarray, values: np.ndarray, knot_levels: np.ndarra
         return levels, values
     L = np.concatenate([levels, knot_levels])
     order = np.argsort(L, kind="stable")
-    return L[order], np.concatenate([values, knots], axis=1)[:, order]
+    return L[order], np.take(np.concatenate([values, knots], axis=1), order, axis=1)
 
 
 def _part(v: Any) -> str | None:
