@@ -12,6 +12,7 @@ import csv
 import gzip
 import io
 import math
+import operator
 import os
 import re
 import time
@@ -123,6 +124,9 @@ def _csv_records(text: IO[str], name: str) -> Iterator[tuple[str, Any]]:
             if needed not in pos:
                 raise TraceError(f"{name}: the CSV table has no {needed!r} column")
         feat = [(h, i) for i, h in enumerate(header) if not _csv_column_taken(h) and h not in TABLE_RESERVED_KEYS]
+        # A feature's cells repeat (token counts, a dtype): each text is read once a column.
+        feat_memo: list[dict[str, Any]] = [{} for _ in feat]
+        q_cells, k_cells = _cells_getter(q_idx), _cells_getter(k_idx)
         i_shape = pos.get(SHAPE_FEATURES)
         shape_cells: dict[str, Any] = {}  # the same cell on every row: parsed once
         ids = [(h, pos[h]) for h in ID_KEYS if h in pos]
@@ -145,11 +149,11 @@ def _csv_records(text: IO[str], name: str) -> Iterator[tuple[str, Any]]:
                 rec: dict[str, Any] = {
                     "status": (row[i_status] or "success") if i_status is not None else "success",
                     "quantiles": levels,
-                    "quantile_predictions": [float(row[i]) for i in q_idx],
+                    "quantile_predictions": list(map(float, q_cells(row))),
                     "expect": float(row[i_exp]),
                     "error": float(row[i_err]),
                     "model_info": {ik: (row[i] if i is not None else None) for ik, (_, i) in zip(info_keys, ident)},
-                    "features": {h: csv_value(row[i]) for h, i in feat},
+                    "features": {h: _memo_value(memo, row[i]) for (h, i), memo in zip(feat, feat_memo)},
                 }
                 if i_lo is not None and i_hi is not None and i_cl is not None and row[i_lo] != "":
                     rec["interval"] = [float(row[i_lo]), float(row[i_hi])]
@@ -158,7 +162,7 @@ def _csv_records(text: IO[str], name: str) -> Iterator[tuple[str, Any]]:
                     rec["model_version"] = int(row[i_ver])
                 if k_idx:
                     rec["knot_levels"] = knot_levels
-                    rec["knot_predictions"] = [float(row[i]) for i in k_idx]
+                    rec["knot_predictions"] = list(map(float, k_cells(row)))
             except ValueError as exc:
                 if _rec_status_failed(row, i_status):
                     yield where, {"status": "error"}
@@ -180,6 +184,26 @@ def _csv_records(text: IO[str], name: str) -> Iterator[tuple[str, Any]]:
         raise TraceError(f"{name}: line {row_line}: {csv_problem(exc, '; the file may be truncated')}") from None
     except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as exc:
         raise TraceError(f"{name}: cannot read the CSV table ({exc}); it may be truncated") from None
+
+
+def _cells_getter(idx: list[int]) -> Callable[[list[str]], Sequence[str]]:
+    """The cells of a row at ``idx``, taken in C (itemgetter gives one cell bare)."""
+    if len(idx) == 1:
+        only = idx[0]
+        return lambda row: (row[only],)
+    return operator.itemgetter(*idx) if idx else (lambda row: ())
+
+
+_MEMO_MOST = 4096  # texts remembered a column (a column of ids reads each once anyway)
+
+
+def _memo_value(memo: dict[str, Any], cell: str) -> Any:
+    value = memo.get(cell, memo)  # (the memo itself: no value is)
+    if value is memo:
+        value = csv_value(cell)
+        if len(memo) < _MEMO_MOST:
+            memo[cell] = value
+    return value
 
 
 def _rec_status_failed(row: list[str], i_status: int | None) -> bool:
