@@ -199,7 +199,9 @@ def test_dashboard_lists_lookup_tables_and_says_which_are_stale(tmp_path, contex
         client.train({"model": IDENTITY, "traces": make_llm_traces(200, seed=8), "algorithm": "linear"})
         fresh = client.generate_table(IDENTITY, src, table_name="fresh.json")  # by version 2, which serves
         client.predict_single(IDENTITY, traces[0], lookup_table_name="fresh.json")
-        client.generate_table(IDENTITY, src, table_name="unused.json")
+        client.generate_table(IDENTITY, src, table_name="ready.json")  # read back at once: loaded, unused
+        # A table put there by hand is not loaded until a lookup needs it.
+        shutil.copyfile(srv.data_dir / "tables" / "ready.json", srv.data_dir / "tables" / "unused.json")
         (srv.data_dir / "tables" / "bad.json").write_bytes(b"[{")
         with pytest.raises(PredictorClientError):
             client.predict_single(IDENTITY, traces[0], lookup_table_name="bad.json")
@@ -209,14 +211,15 @@ def test_dashboard_lists_lookup_tables_and_says_which_are_stale(tmp_path, contex
         assert page.evaluate("document.body.dataset.failed") == "0"
         rows = {r.locator("td").first.inner_text(): r.locator("td").all_inner_texts()
                 for r in page.locator("tr.table-row").all()}
-        assert sorted(rows) == ["bad.json", "fresh.json", "old.csv", "unused.json"]
+        assert sorted(rows) == ["bad.json", "fresh.json", "old.csv", "ready.json", "unused.json"]
         key = ModelIdentity.from_parts(IDENTITY).key  # as the models are named
         assert rows["old.csv"][1:] == ["csv", rows["old.csv"][2], "30", "0.25, 0.5, 0.75, 0.99", key, "v1", "v2",
                                        "stale: generate it again"]
         knots = len(fresh["knot_levels"])
         assert knots > 0 and rows["fresh.json"][4:] == [f"0.25, 0.5, 0.75, 0.99 + {knots} knots", key, "v2", "v2", "current"]
         assert rows["unused.json"][3:] == ["–", "–", "–", "–", "–", "not loaded"]
+        assert rows["ready.json"][3:] == rows["fresh.json"][3:]
         assert rows["bad.json"][-1].startswith("unreadable: lookup table cannot be read: bad.json: item 0")
         status = {name: r.locator("td").last.get_attribute("class") for name, r in
                   zip(rows, page.locator("tr.table-row").all())}
-        assert status == {"bad.json": "drift", "fresh.json": "ok", "old.csv": "drift", "unused.json": ""}
+        assert status == {"bad.json": "drift", "fresh.json": "ok", "old.csv": "drift", "ready.json": "ok", "unused.json": ""}
