@@ -621,7 +621,7 @@ def concurrent(seconds: float, seed: int, kill_every: float = 0.0) -> list[tuple
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--requests", type=int, default=10_000, help="of each JSON kind (default 10,000)")
     ap.add_argument("--files", type=int, default=1_000, help="trainings and tables from damaged files (default 1,000)")

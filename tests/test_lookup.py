@@ -926,7 +926,7 @@ def test_good_table_names(name):
 
 BAD_FILES = {
     "truncated-lines.json": (b'[\n{"status":"success","quantiles":[0.5],"quantile_predictions":[1],"expect":1,"error":0},\n{"status":"succ',
-                             "line 3"),
+                             r"line 3: not valid JSON \(unexpected end of data at column 16\); the file may be truncated$"),
     "unclosed.json": (b'[\n{"status":"success","quantiles":[0.5],"quantile_predictions":[1],"expect":1,"error":0},\n',
                       "truncated"),
     "truncated-pretty.json": (SEED_TABLE.encode()[:200], "truncated"),
@@ -1006,6 +1006,14 @@ BAD_FILES = {
                            b' "knot_levels": [0.1], "knot_predictions": [-1]}]', "knot_predictions hold a negative runtime"),
     "knot-1e160.json": (b'[{"quantiles": [0.5], "quantile_predictions": [1], "expect": 1, "error": 0,'
                         b' "knot_levels": [0.9], "knot_predictions": [1e160]}]', "knot_predictions hold a runtime over"),
+    # The first record that holds a runtime out of range is named (counted among the successful ones).
+    "second-negative.json": (b'[{"quantiles": [0.5], "quantile_predictions": [1], "expect": 1, "error": 0},\n'
+                             b'{"status": "error"},\n'
+                             b'{"quantiles": [0.5], "quantile_predictions": [-2], "expect": 1, "error": 0},\n'
+                             b'{"quantiles": [0.5], "quantile_predictions": [1e160], "expect": 1, "error": 0}]',
+                             "success record 1: its quantile_predictions hold a negative runtime"),
+    "second-knot-over.csv": (b"x,expect,error,quantile_0.5,knot_0.9\n1,2,3,4,5\n2,2,3,4,1e160\n3,2,3,4,-1\n",
+                             "success record 1: its knot_predictions hold a runtime over 1e\\+100 ms"),
     "knot-contradicts.json": (b'[{"quantiles": [0.5], "quantile_predictions": [10], "expect": 10, "error": 1,'
                               b' "knot_levels": [0.9], "knot_predictions": [5]}]',
                               "record 0: its 'knot_predictions' contradict its 'quantile_predictions'"),
@@ -1077,7 +1085,9 @@ def test_store_caches_reloads_and_remembers_failures(tmp_path):
     for _ in range(2):
         with pytest.raises(InvalidInput, match="cannot be read"):
             store.get("p.json")
-    assert "cannot be read" in store.list()[0]["error"]
+    listed = store.list()[0]
+    # The copy of the file before is not served: not listed as loaded, nor its records.
+    assert "cannot be read" in listed["error"] and listed["loaded"] is False and "rows" not in listed
     with pytest.raises(NotFound, match="available: p.json"):
         store.get("nope.json")
     with pytest.raises(InvalidInput):

@@ -306,6 +306,12 @@ def _json_loads(data: bytes) -> Any:
             raise exc from None
 
 
+def line_json_problem(exc: json.JSONDecodeError) -> str:
+    """What is wrong with one line of JSON, placed by its column: orjson's own place says
+    "line 1" of the one line it was given, beside the file's line number."""
+    return f"{exc.msg} at column {exc.colno}"
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"not valid JSON ({name} is not a JSON value)")
 
@@ -346,7 +352,7 @@ def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Ite
                 try:
                     obj = _json_loads(line)
                 except orjson.JSONDecodeError as exc:
-                    raise TraceError(f"{source}: line {lineno} is not valid JSON ({exc})") from None
+                    raise TraceError(f"{source}: line {lineno} is not valid JSON ({line_json_problem(exc)})") from None
                 yield _normalize_at(obj, source, f"line {lineno}")
         elif fmt == "json":
             try:
@@ -491,7 +497,8 @@ def _iter_lines(stream: IO[bytes], source: str) -> Iterator[Any]:
         try:
             yield orjson.loads(s.removesuffix(b","))
         except orjson.JSONDecodeError as exc:
-            raise LineModeError(f"{source}: line {lineno}: not valid JSON ({exc}); the file may be truncated") from None
+            raise LineModeError(f"{source}: line {lineno}: not valid JSON ({line_json_problem(exc)}); "
+                                "the file may be truncated") from None
     if not closed:
         raise LineModeError(f"{source}: ends before the closing ']'; the file is truncated")
 

@@ -42,6 +42,7 @@ from ..traces import (
     csv_value,
     dumps_json,
     iter_json_array,
+    line_json_problem,
     text_view,
 )
 from .names import CSV_PREDICTION_COLUMNS, KNOT_PREFIX, QUANTILE_PREFIX, SHAPE_FEATURES, WRITABLE_FORMATS, knot_column_level
@@ -67,7 +68,8 @@ def iter_jsonl_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
             try:
                 yield f"line {lineno}", orjson.loads(line)
             except orjson.JSONDecodeError as exc:
-                raise TraceError(f"{name}: line {lineno}: not a valid JSON record ({exc}); the file may be truncated") from None
+                raise TraceError(f"{name}: line {lineno}: not a valid JSON record ({line_json_problem(exc)}); "
+                                 "the file may be truncated") from None
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise TraceError(f"{name}: cannot read the file ({exc}); it may be truncated") from None
 

@@ -339,12 +339,15 @@ class LookupTableStore:
             try:
                 path = self.path_of(name)
                 st = path.stat()
+                signature = _signature(path)
             except (PredictorError, OSError):
                 continue
             with self._lock:
                 cached = self._cache.get(name)
+            # A copy of a file since replaced is not served (the next lookup reads the file again):
+            # not loaded. (The default table's copy serves until a new version reads.)
             table = self.default_table if name == self.default_name and self.default_table is not None else (
-                cached.table if cached is not None else None)
+                cached.table if cached is not None and cached.signature == signature else None)
             entry: dict[str, Any] = {
                 "name": name,
                 "format": table_format(name),
@@ -363,7 +366,7 @@ class LookupTableStore:
                                        for g in table.groups]
             with self._lock:
                 failed = self._failed.get(name)
-            if failed is not None and failed[0] == _signature(path):
+            if failed is not None and failed[0] == signature:
                 entry["error"] = failed[1]
             out.append(entry)
         return out

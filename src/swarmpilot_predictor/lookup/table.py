@@ -1392,7 +1392,7 @@ class _Builder:
             v = np.frombuffer(lv, dtype=np.float64).reshape(self.level_counts[s], -1).copy()
             order = np.argsort(self.level_arrays[s])
             v = v[:, order]
-            self._check_runtimes(v, "quantile_predictions")
+            self._check_runtimes(v, "quantile_predictions", s)
             # Quantiles that cross (a seed model's, fitted one level at a time) are rearranged
             # into increasing order: the rearranged curve is at least as close to the true one.
             values.append(np.sort(v, axis=1))
@@ -1452,16 +1452,19 @@ class _Builder:
             shape_features=self.shape_features,
         )
 
-    def _check_runtimes(self, v: np.ndarray, key: str) -> None:
-        """Runtimes a record holds under ``key`` are finite, at least 0 and at most MAX_TABLE_RUNTIME."""
-        if ((v >= 0) & (v <= MAX_TABLE_RUNTIME)).all():  # (one pass over a million records' knots, not three)
+    def _check_runtimes(self, v: np.ndarray, key: str, s: int) -> None:
+        """Runtimes the records of the set of levels ``s`` hold under ``key`` (``v``: a row a
+        record) are finite, at least 0 and at most MAX_TABLE_RUNTIME; else the first record
+        that holds one is named."""
+        fine = (v >= 0) & (v <= MAX_TABLE_RUNTIME)
+        if fine.all():  # (one pass over a million records' knots, not three)
             return
-        if not np.isfinite(v).all():
-            raise TraceError(f"{self.name}: a record's {key} hold a value that is not a finite number")
-        if (v < 0).any():
-            raise TraceError(f"{self.name}: a record's {key} hold a negative runtime")
-        if (v > MAX_TABLE_RUNTIME).any():
-            raise TraceError(f"{self.name}: a record's {key} hold a runtime over {MAX_TABLE_RUNTIME:g} ms")
+        pos = int(np.argmax(~fine.all(axis=1)))
+        i = int(np.flatnonzero(np.frombuffer(self.row_levelset, dtype=np.int32) == s)[pos])
+        row = v[pos]
+        why = ("a value that is not a finite number" if not np.isfinite(row).all() else
+               "a negative runtime" if (row < 0).any() else f"a runtime over {MAX_TABLE_RUNTIME:g} ms")
+        raise TraceError(f"{self.name}: success record {i}: its {key} hold {why}")
 
     def _knots(self, s: int, stored: np.ndarray) -> np.ndarray:
         """The values of the set of levels ``s``'s knots, (records, knots), in the order of
@@ -1476,7 +1479,7 @@ class _Builder:
         if not (keep.all() and (order == np.arange(len(K))).all()):  # (a written table's are in order)
             K, k = K[order][keep], np.take(k, order[keep], axis=1)
         self.knot_arrays[s] = K
-        self._check_runtimes(k, "knot_predictions")
+        self._check_runtimes(k, "knot_predictions", s)
         if not (k[:, 1:] >= k[:, :-1]).all():
             k = np.sort(k, axis=1)
         for start, _, U in self._merged_blocks(s, stored, k):
