@@ -1006,14 +1006,19 @@ BAD_FILES = {
                            b' "knot_levels": [0.1], "knot_predictions": [-1]}]', "knot_predictions hold a negative runtime"),
     "knot-1e160.json": (b'[{"quantiles": [0.5], "quantile_predictions": [1], "expect": 1, "error": 0,'
                         b' "knot_levels": [0.9], "knot_predictions": [1e160]}]', "knot_predictions hold a runtime over"),
-    # The first record that holds a runtime out of range is named (counted among the successful ones).
+    # The first record that holds a runtime out of range is named, as the file places it.
     "second-negative.json": (b'[{"quantiles": [0.5], "quantile_predictions": [1], "expect": 1, "error": 0},\n'
                              b'{"status": "error"},\n'
                              b'{"quantiles": [0.5], "quantile_predictions": [-2], "expect": 1, "error": 0},\n'
                              b'{"quantiles": [0.5], "quantile_predictions": [1e160], "expect": 1, "error": 0}]',
-                             "success record 1: its quantile_predictions hold a negative runtime"),
+                             r"second-negative\.json: record 2: its quantile_predictions hold a negative runtime$"),
+    "second-interval.jsonl": (b'{"quantiles": [0.5], "quantile_predictions": [1], "expect": 1, "error": 0}\n\n'
+                              b'{"status": "error"}\n'
+                              b'{"quantiles": [0.5], "quantile_predictions": [9], "expect": 9, "error": 1,'
+                              b' "interval": [1, 2], "confidence_level": 0.9}\n',
+                              r"second-interval\.jsonl: line 4: its 'interval' \[1, 2\] contradicts"),
     "second-knot-over.csv": (b"x,expect,error,quantile_0.5,knot_0.9\n1,2,3,4,5\n2,2,3,4,1e160\n3,2,3,4,-1\n",
-                             "success record 1: its knot_predictions hold a runtime over 1e\\+100 ms"),
+                             r"second-knot-over\.csv: line 3: its knot_predictions hold a runtime over 1e\+100 ms$"),
     "knot-contradicts.json": (b'[{"quantiles": [0.5], "quantile_predictions": [10], "expect": 10, "error": 1,'
                               b' "knot_levels": [0.9], "knot_predictions": [5]}]',
                               "record 0: its 'knot_predictions' contradict its 'quantile_predictions'"),

@@ -9,6 +9,7 @@ indexes per identity (:class:`_Group`, :class:`_Partition`), matches traces to r
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import hashlib
@@ -295,23 +296,20 @@ class LookupTable:
 
     @classmethod
     def _load(cls, path: Path, name: str, fmt: str, seed: int, line_mode: bool) -> "LookupTable":
-        gz = path.name.lower().endswith(".gz")
         try:
-            raw: IO[bytes] = gzip.open(path, "rb") if gz else open(path, "rb")
-        except OSError as exc:
-            raise TraceError(f"{name}: cannot open ({exc.strerror or exc})") from None
-        with raw:
-            try:
-                skip_bom(raw)  # which spreadsheet programs write before a CSV file's header
-            except (OSError, EOFError) as exc:  # a damaged gzip stream
-                raise TraceError(f"{name}: cannot read the file ({exc})") from None
-            if fmt == "csv":
-                records = iter_csv_records(raw, name)
-            elif fmt == "jsonl":
-                records = iter_jsonl_records(raw, name)
-            else:
-                records = iter_json_records(raw, name, line_mode)
-            return _Builder(name).build(records, path=path, fmt=fmt, seed=seed)
+            with _file_records(path, name, fmt, line_mode) as records:
+                return _Builder(name).build(records, path=path, fmt=fmt, seed=seed)
+        except _RecordFault as fault:
+            # Found once every record was read: the record is placed as the file places it
+            # (a line, an item), read again up to it, rather than by its count among the
+            # successful ones, which a file's reader could not find.
+            where = None
+            with contextlib.suppress(TraceError), _file_records(path, name, fmt, line_mode) as records:
+                successes = (w for w, rec in records if rec.__class__ is dict and rec.get("status") in (None, "success"))
+                where = next(itertools.islice(successes, fault.index, None), None)
+            if where is None:
+                raise
+            raise TraceError(f"{name}: {where}: {fault.detail}") from None
 
     @classmethod
     def from_records(cls, records: Iterable[dict[str, Any]], name: str = "<records>", seed: int = 0) -> "LookupTable":
@@ -1338,6 +1336,35 @@ def _task_hashes(values: list[Any]) -> np.ndarray:
                        dtype=np.int64, count=len(values))
 
 
+@contextlib.contextmanager
+def _file_records(path: Path, name: str, fmt: str, line_mode: bool) -> Iterator[Iterator[tuple[str, Any]]]:
+    """A table file's records, each with where it lies in the file (see :mod:`.files`)."""
+    gz = path.name.lower().endswith(".gz")
+    try:
+        raw: IO[bytes] = gzip.open(path, "rb") if gz else open(path, "rb")
+    except OSError as exc:
+        raise TraceError(f"{name}: cannot open ({exc.strerror or exc})") from None
+    with raw:
+        try:
+            skip_bom(raw)  # which spreadsheet programs write before a CSV file's header
+        except (OSError, EOFError) as exc:  # a damaged gzip stream
+            raise TraceError(f"{name}: cannot read the file ({exc})") from None
+        if fmt == "csv":
+            yield iter_csv_records(raw, name)
+        elif fmt == "jsonl":
+            yield iter_jsonl_records(raw, name)
+        else:
+            yield iter_json_records(raw, name, line_mode)
+
+
+class _RecordFault(TraceError):
+    """A fault of the successful record ``index`` (counted from 0), found once all are read."""
+
+    def __init__(self, name: str, index: int, detail: str):
+        super().__init__(f"{name}: success record {index}: {detail}")
+        self.index, self.detail = index, detail
+
+
 class _Builder:
     """Accumulates validated records column-wise (plain lists and arrays, a few µs a record)."""
 
@@ -1385,8 +1412,7 @@ class _Builder:
         for label, arr in (("expect", expect), ("error", error)):
             bad = np.flatnonzero(~_runtimes(arr))
             if len(bad):
-                raise TraceError(f"{self.name}: success record {int(bad[0])}: '{label}' must be a number from 0 to "
-                                 f"{MAX_TABLE_RUNTIME:g} ms")
+                raise _RecordFault(self.name, int(bad[0]), f"'{label}' must be a number from 0 to {MAX_TABLE_RUNTIME:g} ms")
         values = []
         for s, lv in enumerate(self.level_values):
             v = np.frombuffer(lv, dtype=np.float64).reshape(self.level_counts[s], -1).copy()
@@ -1403,12 +1429,12 @@ class _Builder:
         stated = ~np.isnan(confidence)  # records without an interval have none to check
         bad = np.flatnonzero(stated & ~((confidence > 0) & (confidence < 1)))
         if len(bad):
-            raise TraceError(f"{self.name}: success record {int(bad[0])}: 'confidence_level' must lie strictly between 0 and 1")
+            raise _RecordFault(self.name, int(bad[0]), "'confidence_level' must lie strictly between 0 and 1")
         lo, hi = interval[:, 0], interval[:, 1]
         bad = np.flatnonzero(stated & ~(_runtimes(lo) & _runtimes(hi) & (lo <= hi)))
         if len(bad):
-            raise TraceError(f"{self.name}: success record {int(bad[0])}: 'interval' must be [low, high] with "
-                             f"0 <= low <= high <= {MAX_TABLE_RUNTIME:g}")
+            raise _RecordFault(self.name, int(bad[0]), f"'interval' must be [low, high] with "
+                                                       f"0 <= low <= high <= {MAX_TABLE_RUNTIME:g}")
         self._check_intervals(values, knots, interval, confidence, stated)
         # Held in single precision where they fit (a knot is written to 7 digits): a million
         # records of 24 knots take 96 MB, not 192.
@@ -1464,7 +1490,7 @@ class _Builder:
         row = v[pos]
         why = ("a value that is not a finite number" if not np.isfinite(row).all() else
                "a negative runtime" if (row < 0).any() else f"a runtime over {MAX_TABLE_RUNTIME:g} ms")
-        raise TraceError(f"{self.name}: success record {i}: its {key} hold {why}")
+        raise _RecordFault(self.name, i, f"its {key} hold {why}")
 
     def _knots(self, s: int, stored: np.ndarray) -> np.ndarray:
         """The values of the set of levels ``s``'s knots, (records, knots), in the order of
@@ -1488,8 +1514,8 @@ class _Builder:
             bad = (below > above + (above * 1e-6 + 1e-9)).any(axis=1)
             if bad.any():
                 i = int(np.flatnonzero(np.frombuffer(self.row_levelset, dtype=np.int32) == s)[start + np.argmax(bad)])
-                raise TraceError(f"{self.name}: success record {i}: its 'knot_predictions' contradict its "
-                                 "'quantile_predictions' (a record's quantiles rise with the level)")
+                raise _RecordFault(self.name, i, "its 'knot_predictions' contradict its "
+                                   "'quantile_predictions' (a record's quantiles rise with the level)")
         return k
 
     def _merged_blocks(self, s: int, stored: np.ndarray, knots: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
@@ -1529,9 +1555,9 @@ class _Builder:
                     bad |= ((L > level[:, None]) & (V < (end - slack)[:, None])).any(axis=1)
                 if bad.any():
                     i = int(r[np.argmax(bad)])
-                    raise TraceError(f"{self.name}: success record {i}: its 'interval' [{interval[i, 0]:g}, "
-                                     f"{interval[i, 1]:g}] contradicts its 'quantile_predictions' (the interval's ends "
-                                     f"are its quantiles at (1 ± confidence_level) / 2)")
+                    raise _RecordFault(self.name, i, f"its 'interval' [{interval[i, 0]:g}, {interval[i, 1]:g}] contradicts "
+                                       "its 'quantile_predictions' (the interval's ends are its quantiles at "
+                                       "(1 ± confidence_level) / 2)")
 
     def _fail(self, where: str, message: str) -> TraceError:
         return TraceError(f"{self.name}: {where}: {message}")
