@@ -1478,6 +1478,11 @@ class _Builder:
             shape_features=self.shape_features,
         )
 
+    def _records_of(self, s: int) -> np.ndarray:
+        """The records (counted among the successful ones) of the set of levels ``s``, in the
+        order of their rows in its arrays."""
+        return np.flatnonzero(np.frombuffer(self.row_levelset, dtype=np.int32) == s)
+
     def _check_runtimes(self, v: np.ndarray, key: str, s: int) -> None:
         """Runtimes the records of the set of levels ``s`` hold under ``key`` (``v``: a row a
         record) are finite, at least 0 and at most MAX_TABLE_RUNTIME; else the first record
@@ -1486,7 +1491,7 @@ class _Builder:
         if fine.all():  # (one pass over a million records' knots, not three)
             return
         pos = int(np.argmax(~fine.all(axis=1)))
-        i = int(np.flatnonzero(np.frombuffer(self.row_levelset, dtype=np.int32) == s)[pos])
+        i = int(self._records_of(s)[pos])
         row = v[pos]
         why = ("a value that is not a finite number" if not np.isfinite(row).all() else
                "a negative runtime" if (row < 0).any() else f"a runtime over {MAX_TABLE_RUNTIME:g} ms")
@@ -1513,7 +1518,7 @@ class _Builder:
             # Rounding in a written table (knots are written to 7 digits) is no contradiction.
             bad = (below > above + (above * 1e-6 + 1e-9)).any(axis=1)
             if bad.any():
-                i = int(np.flatnonzero(np.frombuffer(self.row_levelset, dtype=np.int32) == s)[start + np.argmax(bad)])
+                i = int(self._records_of(s)[start + np.argmax(bad)])
                 raise _RecordFault(self.name, i, "its 'knot_predictions' contradict its "
                                    "'quantile_predictions' (a record's quantiles rise with the level)")
         return k
@@ -1535,9 +1540,8 @@ class _Builder:
         same for the high end) is damaged. Answered, it gave a median below the record's own
         interval when asked for the stored levels, and other values when asked for the same
         levels by name."""
-        row_levelset = np.frombuffer(self.row_levelset, dtype=np.int32)
         for s in range(len(values)):
-            rows = np.flatnonzero(row_levelset == s)  # in order of their positions in values[s]
+            rows = self._records_of(s)
             if not stated[rows].any():
                 continue
             for start, levels, V in self._merged_blocks(s, values[s], knots[s]):
