@@ -322,6 +322,12 @@ def test_model_version_detail(http, trained):
     assert failed(http.get(f"/models/{SEGMENTS}/accuracy?recent=5001"), 422, "recent must be")["field"] == "recent"
     assert failed(http.post("/train?background=maybe", json={}), 422, "background: ")["field"] == "background"
     failed(http.delete(f"/models/{SEGMENTS}/versions/1.0"), 422, "version: must be a whole number, written in digits, got '1.0'")
+    # Versions count from 1, as a prediction's `version` does: 0 or -1 is a 422 on the field
+    # (it was a 404, "has no version -1", beside the 422 for 1.0).
+    for below in ("0", "-1"):
+        assert failed(http.get(f"/models/{SEGMENTS}/versions/{below}"), 422, "greater than or equal to 1")["field"] == "version"
+        assert failed(http.delete(f"/models/{SEGMENTS}/versions/{below}"), 422, "greater than or equal to 1")["field"] == "version"
+        assert failed(http.get(f"/models/{SEGMENTS}/accuracy?version={below}"), 422, "greater than or equal to 1")["field"] == "version"
     assert ok(http.get(f"/models/{SEGMENTS}/versions/01"))["model"]["version"] == 1
     # A query a route does not read is not its to refuse.
     assert ok(http.get(f"/models/{SEGMENTS}/versions/1?version=latest&recent=all"))["model"]["version"] == 1
@@ -454,7 +460,8 @@ def test_predict_batch_totals(http, trained):
     # Asked for, the model's factor common to all of them (README, Modelling) widens the total.
     shared = ok(http.post(f"/predict/batch/{SEGMENTS}", json={"trace": traces, "quantiles": [0.1, 0.5, 0.9],
                                                               "confidence_level": 0.8, "shared_factor": True}))
-    tau = trained["metrics"]["shared_log_sd"]
+    shares = [r["expect"] / body["expect"] for r in results]  # the factor, less what the tasks hold of it
+    tau = trained["metrics"]["shared_log_sd"] * math.sqrt(1 - sum(w * w for w in shares))
     var = math.exp(tau**2) * sum(r["error"] ** 2 for r in results) + math.expm1(tau**2) * body["expect"] ** 2
     assert shared["error"] == pytest.approx(math.sqrt(var), rel=1e-6) and shared["error"] > body["error"]
     assert shared["expect"] == pytest.approx(body["expect"], rel=1e-9) and shared["results"] == results
@@ -1100,6 +1107,19 @@ def test_a_wildcard_cannot_name_an_identity_part_at_training(http, part):
     config = yaml.safe_dump({"model": {**ident("star"), part: "*"}, "traces": "t.jsonl"}).encode()
     body = failed(multipart_train(http, "c.yaml", config, {"t.jsonl": jsonl_bytes(make_llm_traces(20))}), 422, part)
     assert body["field"] == f"config.model.{part}"
+
+
+def test_an_unquoted_yaml_version_is_refused_with_the_way_out(http):
+    # software_version: 1.10 is the number 1.1 once YAML has read it: taken as text it would
+    # have named version "1.1"; pydantic's "Input should be a valid string" did not say why.
+    config = b"model: {model_type: llm, model_name: y, hardware: h, software_name: s, software_version: 1.10}\n" \
+             b"traces: t.jsonl\n"
+    body = failed(multipart_train(http, "c.yaml", config, {"t.jsonl": jsonl_bytes(make_llm_traces(20))}), 422,
+                  'got the number 1.1: quote it ("1.10", not 1.10')
+    assert body["field"] == "config.model.software_version"
+    body = failed(http.post("/train", json={"config": {"model": {**ident("y"), "hardware": True},
+                                                      "traces": make_llm_traces(20)}}), 422, "got true: quote it")
+    assert body["field"] == "config.model.hardware"
 
 
 @pytest.mark.parametrize("value", [" ", "H100\n"])

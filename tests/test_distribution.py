@@ -250,11 +250,36 @@ def test_a_shared_factor_multiplies_the_total(n_tasks, shared):
 ])
 def test_the_shared_factor_at_the_edges(location, scale, shared):
     dist = RuntimeDistribution(np.array(location), np.array(scale), normal_score(), shared_log_sd=shared)
+    tau = dist.factor_log_sd(dist.mean_std()[0])  # what the tasks' own distributions do not hold
     s = mc_total(dist, 100_000)
     rng = np.random.default_rng(9)
-    ref = s[rng.integers(0, len(s), 400_000)] * np.exp(shared * rng.standard_normal(400_000) - shared**2 / 2)
+    ref = s[rng.integers(0, len(s), 400_000)] * np.exp(tau * rng.standard_normal(400_000) - tau**2 / 2)
     levels = [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99]
     np.testing.assert_allclose(dist.total(shared_factor=True).quantiles(levels), np.quantile(ref, levels), rtol=0.03)
+
+
+def test_the_factor_a_total_takes_is_what_its_tasks_do_not_hold_already():
+    # Each task's calibrated distribution holds the model's error about the level, as if it
+    # were its own: the sum holds it by the squares of the tasks' shares of the mean, and
+    # the factor supplies the rest, so that the total's log variance has it once.
+    score = normal_score()
+    one = RuntimeDistribution(np.array([3.0]), np.array([0.3]), score, shared_log_sd=0.2)
+    assert one.factor_log_sd(one.mean_std()[0]) == 0.0  # a single task's total is the task
+    np.testing.assert_allclose(one.total(shared_factor=True).quantiles([0.05, 0.95]), one.quantiles([0.05, 0.95])[0])
+    for n in (2, 5, 500):
+        alike = RuntimeDistribution(np.full(n, 3.0), np.full(n, 0.3), score, shared_log_sd=0.2)
+        assert alike.factor_log_sd(alike.mean_std()[0]) == pytest.approx(0.2 * np.sqrt(1 - 1 / n))
+    # A task that dwarfs the others leaves the factor nearly nothing: two tasks' total is
+    # about the large one (it was the large one times the whole factor, twice as wide).
+    pair = RuntimeDistribution(np.array([0.0, 8.0]), np.array([0.3, 0.3]), score, shared_log_sd=0.2)
+    assert pair.factor_log_sd(pair.mean_std()[0]) < 0.01
+    levels = [0.05, 0.5, 0.95]
+    np.testing.assert_allclose(pair.total(shared_factor=True).quantiles(levels), pair.total().quantiles(levels), rtol=0.01)
+    big = pair.subset(np.array([1])).quantiles(levels)[0]
+    np.testing.assert_allclose(pair.total(shared_factor=True).quantiles(levels), big, rtol=0.01)
+    # The total's moments take the same factor.
+    mean, var = pair.total_moments(shared_factor=True)
+    assert var == pytest.approx(pair.total(shared_factor=True).variance) and var < 1.001 * pair.total_moments()[1]
 
 
 def test_the_shared_factor_keeps_the_mass_of_a_total_spanning_decades():
@@ -658,6 +683,7 @@ def test_far_quantiles_of_a_total_are_not_cut_off(shared):
                                log_bounds=(np.log(0.01), np.log(3e4)), shared_log_sd=shared)
     levels = np.array([0.99, 0.999, 0.99999, 1 - 1e-7])
     q = dist.total(shared_factor=True).quantiles(levels)
+    shared = dist.factor_log_sd(dist.mean_std()[0])  # the factor the sum is multiplied by
     assert np.all(np.diff(q) >= 0)
     # P(M X_1 <= v): Gauss-Hermite over log M, X_1's CDF from its quantiles.
     lv = np.concatenate([np.linspace(1e-4, 0.999, 2000), 1 - np.geomspace(1e-3, 1e-11, 400)[1:]])

@@ -574,11 +574,20 @@ def test_identity_fields_in_a_trace_pick_the_tables_identity_as_for_the_model(co
     assert res.errors[2] == "input_feature must be a list of {param_name, val} objects"
     with pytest.raises(NotFound, match=r"hardware 'g0' and 'g1' and 'g2' and 'g3' and 'g4' and 995 more$"):
         table.lookup([{"x": 3, "hardware": f"g{i}"} for i in range(1000)], loose)
-    # A table of one model answers a trace that names another with that trace's error.
+    # A table of one model is answered alike: traces that name none of its models are a 404
+    # (they were each that trace's error while the table held one model, a 404 with two),
+    # and where some name it, it answers and the others fail alone.
     one = LookupTable.from_records(recs[:10], name="one.json")
-    res = one.lookup([{"x": 3, "hardware": "T4"}, {"x": 4}] * copies, loose)
-    assert res.rows.tolist() == [-1, 4] * copies
+    with pytest.raises(NotFound, match="has no records for llm/m/\\*/\\*/\\* with the traces' hardware 'T4'") as info:
+        one.lookup([{"x": 3, "hardware": "T4"}, {"x": 4}] * copies, loose)
+    assert info.value.field == "identity"
+    res = one.lookup([{"x": 3, "hardware": "T4"}, {"x": 4, "hardware": "h"}, {"x": 5}] * copies, loose)
+    assert res.rows.tolist() == [-1, 4, 5] * copies
     assert res.errors[0] == "lookup table 'one.json' has no records for the trace's hardware 'T4'"
+    # A URL that names the hardware: the trace that states another fails alone.
+    res = one.lookup([{"x": 3, "hardware": "T4"}, {"x": 4}] * copies, IdentityPattern.from_segments("llm", "m", "h", "*", "*"))
+    assert res.rows.tolist() == [-1, 4] * copies
+    assert res.errors[0] == "the trace's hardware 'T4' names another model than llm/m/h/*/*"
 
 
 def test_a_record_that_leaves_identity_parts_out_answers_beside_the_model_a_request_names():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import pickle
 import re
@@ -465,23 +466,34 @@ def test_stray_files_and_corrupted_metadata_do_not_break_start_up(root):
 
 
 @pytest.mark.parametrize("damage", [b'{"format": 1, "loc', b"[1, 2]", b"{}", None])
-def test_a_damaged_model_file_is_a_clear_error_and_other_versions_still_load(root, damage):
+def test_a_damaged_model_file_is_a_clear_error_and_other_versions_still_load(root, damage, caplog):
     from swarmpilot_predictor.errors import ModelUnreadable
 
     reg = ModelRegistry(root)
     meta, model, X = fit()
     reg.save(meta, model)
     reg.save(*fit(seed=1)[:2])
-    fresh = ModelRegistry(root)
     path = root / IDENT.dirname / "v0002.model.json"
+    good = path.read_bytes()
+    fresh = ModelRegistry(root)
     if damage is None:  # gone after the registry listed it
         path.unlink()
     else:
         path.write_bytes(damage)
-    with pytest.raises(ModelUnreadable, match="version 2 cannot be loaded: its file v0002.model.json") as err:
-        fresh.load(IDENT)
+    with caplog.at_level(logging.ERROR, logger="swarmpilot_predictor.registry"):
+        with pytest.raises(ModelUnreadable, match="version 2 cannot be loaded: its file v0002.model.json") as err:
+            fresh.load(IDENT)
+        # Asked again, the file as it was: the same answer, logged once (each request of a
+        # damaged model logged it again, twice for a single prediction).
+        with pytest.raises(ModelUnreadable) as again:
+            fresh.load(IDENT)
+    assert again.value.message == err.value.message
+    assert [r.getMessage().startswith("cannot load") for r in caplog.records] == [True]
     assert err.value.status_code == 500
     np.testing.assert_array_equal(fresh.load(IDENT, 1).model.predict(X), model.predict(X))
+    # The file put right (restored from a backup) is read again and loads.
+    path.write_bytes(good)
+    assert fresh.load(IDENT).meta.version == 2
 
 
 def test_a_model_file_changed_on_disk_is_found_by_its_digest(root):

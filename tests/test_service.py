@@ -550,6 +550,33 @@ def test_a_traces_identity_fields_fill_the_urls_wildcards_and_must_agree_with_it
     assert seen["accepted"] == 1 and "names another model" in seen["rejected"][0]["message"]
 
 
+def test_a_traces_identity_fields_settle_a_wildcard_that_one_model_matches_as_one_that_several_do(service):
+    # With one model stored, a trace naming hardware no model has was that trace's own error
+    # (a 422 for a single prediction), and a 404 once a second model was trained: the answer
+    # depended on what else the registry held.
+    service.train(config(make_llm_traces(120, seed=4)))
+    anywhere = IdentityPattern.from_parts({**IDENTITY, "hardware": "*"})
+    with pytest.raises(ModelNotFound, match="no trained model matches .* with the traces' hardware 'A100'") as missing:
+        predict(service, anywhere, [{**PROBE[0], "hardware": "A100"}])
+    assert missing.value.field == "identity" and missing.value.status_code == 404
+    assert service.resolve_for(anywhere, [PROBE[0]]) == anywhere  # no identity field: nothing to settle
+    with pytest.raises(ModelNotFound, match="with the traces' hardware 'A100'"):
+        service.resolve_for(anywhere, [{**PROBE[0], "hardware": "A100"}])
+    # Traces of which some name the one model: it answers, the others fail alone.
+    some = predict(service, anywhere, [{**PROBE[0], "hardware": H100["hardware"]}, {**PROBE[1], "hardware": "A100"}],
+                   with_total=True)
+    assert some.identity.hardware == H100["hardware"] and some.ok.tolist() == [True, False]
+    assert "'A100' names another model" in some.errors[1]
+    assert service.resolve_for(anywhere, [{**PROBE[0], "hardware": H100["hardware"]}]).hardware == H100["hardware"]
+    # A URL that names the hardware is answered by that model: the trace fails on its own.
+    alone = predict(service, PATTERN, [{**PROBE[0], "hardware": "A100"}])
+    assert alone.ok.tolist() == [False] and "names another model" in alone.errors[0]
+    # The same answers once a second model matches the wildcard.
+    service.train(config(make_llm_traces(120, seed=5), model={**IDENTITY, "hardware": "B200"}))
+    with pytest.raises(ModelNotFound, match="with the traces' hardware 'A100'"):
+        predict(service, anywhere, [{**PROBE[0], "hardware": "A100"}])
+
+
 def test_training_and_prediction_read_a_boolean_identity_field_alike(service):
     traces = [{**t, "hardware": True} for t in make_llm_traces(60)]
     result = service.train(TrainConfig.model_validate({"model": {**IDENTITY, "hardware": "true"}, "traces": traces,
@@ -655,9 +682,12 @@ def test_prediction_shapes_and_order(service):
     assert body["expect"] == pytest.approx(sum(r["expect"] for r in ok))
     # The variance of the sum of independent tasks (the contract's)...
     assert body["error"] == pytest.approx(np.sqrt(sum(r["error"] ** 2 for r in ok)), rel=1e-6)
-    # ... or, asked for, times the model's factor common to all of them.
+    # ... or, asked for, times the model's factor common to all of them, less the part of it
+    # that the tasks' own distributions already hold (the squares of their shares of the mean).
     tau = service.registry.load(pred.identity).model.shared_log_sd_
     assert 0 < tau < 0.05
+    shares = np.array([r["expect"] for r in ok]) / body["expect"]
+    tau *= np.sqrt(1 - shares @ shares)
     shared = predict(service, traces=traces, quantiles=[0.9, 0.1, 0.5], confidence_level=0.8, with_total=True,
                      shared_factor=True).batch_response()
     var = np.exp(tau**2) * sum(r["error"] ** 2 for r in ok) + np.expm1(tau**2) * body["expect"] ** 2

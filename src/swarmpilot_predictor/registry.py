@@ -309,6 +309,16 @@ def _lock_abandoned(lock: os.DirEntry | Path) -> bool:
         return False
 
 
+def _file_state(path: Path) -> tuple[Any, ...]:
+    """What changes when a file is replaced or edited: its inode, size and modification time
+    (none where it is not there)."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return (None,)
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 class ModelRegistry:
     """All models of one data directory: index of metadata, LRU of loaded models."""
 
@@ -329,6 +339,10 @@ class ModelRegistry:
         self._loaded: OrderedDict[tuple[ModelIdentity, int], LoadedModel] = OrderedDict()
         # A lock per version being loaded: its other askers wait for it (see load).
         self._loading: dict[tuple[ModelIdentity, int], threading.RLock] = {}
+        # Versions whose file failed to load, by the file's state then and the answer: asked
+        # again with the file as it was, the same answer, without reading and hashing it again
+        # or logging the error once more (a request logged it twice, every request re-read it).
+        self._unreadable: dict[tuple[ModelIdentity, int], tuple[tuple[Any, ...], str]] = {}
         self._generation_file = self.root / ".generation"
         self._generation_path = os.fspath(self._generation_file)
         self._seen_generation: int | None = None
@@ -754,6 +768,12 @@ class ModelRegistry:
                     _again: bool) -> LoadedModel:
         key = (identity, meta.version)
         path = self.root / identity.dirname / _model_file(meta.version)
+        state = _file_state(path) + (meta.extra.get(MODEL_DIGEST),)
+        with self._lock:
+            failed = self._unreadable.get(key)
+        # (Its meta file gone, it was deleted since: that is said below.)
+        if failed is not None and failed[0] == state and (path.parent / _meta_file(meta.version)).exists():
+            raise ModelUnreadable(failed[1])
         try:
             raw = read_regular(path, follow_links=False)
             digest = meta.extra.get(MODEL_DIGEST)
@@ -781,12 +801,14 @@ class ModelRegistry:
                 raise ModelNotFound(f"model {identity.key} has no version {meta.version}: it was deleted",
                                     field="version" if version is not None else "identity") from None
             log.error("cannot load %s version %d from %s: %r", identity.key, meta.version, path, exc)
-            raise ModelUnreadable(
-                f"model {identity.key} version {meta.version} cannot be loaded: its file {path.name} is missing or "
-                f"damaged ({type(exc).__name__}); retrain the model or delete this version"
-            ) from None
+            message = (f"model {identity.key} version {meta.version} cannot be loaded: its file {path.name} is "
+                       f"missing or damaged ({type(exc).__name__}); retrain the model or delete this version")
+            with self._lock:
+                self._unreadable[key] = (state, message)
+            raise ModelUnreadable(message) from None
         loaded = LoadedModel(meta, model)
         with self._lock:
+            self._unreadable.pop(key, None)
             self._loaded[key] = loaded
             while len(self._loaded) > self.max_loaded:
                 self._loaded.popitem(last=False)

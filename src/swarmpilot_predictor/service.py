@@ -25,7 +25,7 @@ from .cache import PredictionCache
 from .distribution import RemainingDistribution, TaskDistributions, TotalDistribution, interval_levels
 from .errors import AmbiguousModel, DataDirectoryGone, InvalidInput, ModelNotFound, NotFound, PredictorError, shown
 from .identity import (IDENTITY_KEYS, IdentityPattern, ModelIdentity, describe_stated, fields_naming_a_model, identity_conflicts,
-                       named_by_traces, stated_keys)
+                       named_by_traces, names_a_model, stated_keys)
 from .lookup import WRITABLE_FORMATS, LookupTableStore, TablePrediction, generate_table, table_format
 from .lookup.quantiles import KNOT_LIMIT, KNOT_MOST
 from .metrics import TABLE_LABEL, PredictorMetrics, table_label
@@ -417,12 +417,7 @@ class PredictorService:
                  traces: Sequence[Any] | None = None) -> tuple[ModelIdentity, LoadedModel]:
         """The model ``pattern`` names (its latest version unless ``version``), after noticing
         other workers' changes; where several match, the one the traces' identity fields name."""
-        try:
-            identity = self._resolve(pattern)
-        except AmbiguousModel:
-            identity = self._named_by_traces(pattern, traces) if traces else None
-            if identity is None:
-                raise
+        identity = self._resolve_with(pattern, traces)
         try:
             return identity, self.registry.load(identity, version)
         except NotFound as exc:
@@ -442,20 +437,35 @@ class PredictorService:
                 self._loaded_reported = count
                 self.metrics.models_loaded.set(count)
 
+    def _resolve_with(self, pattern: IdentityPattern, traces: Sequence[Any] | None) -> ModelIdentity:
+        """The model ``pattern`` names; where it leaves parts to ``*``, the one of its matches
+        that the traces' identity fields name, however many match: a trace naming hardware
+        no model has is a 404 whether one model matches or two (it was a 422, that trace's
+        own error, while one did)."""
+        try:
+            identity = self._resolve(pattern)
+        except AmbiguousModel:
+            identity = self._named_by_traces(pattern, traces) if traces else None
+            if identity is None:
+                raise
+            return identity
+        if traces and not pattern.is_complete() and names_a_model(list(traces)):
+            identity = self._named_by_traces(pattern, traces) or identity
+        return identity
+
     def resolve_for(self, pattern: IdentityPattern, traces: Sequence[Any]) -> IdentityPattern:
-        """``pattern``, or the full identity of the one model its matches that the traces'
+        """``pattern``, or the full identity of the model its matches that the traces'
         identity fields name (for requests answered by pattern, such as coalesced single
-        predictions). Errors are left to the prediction."""
+        predictions). A 404 or 409 naming the traces' values is that request's answer, alone
+        or not; other errors are left to the prediction."""
         try:
             self._resolve(pattern)
         except AmbiguousModel:
-            # A 404 or 409 naming the traces' values is that request's answer, alone or not.
-            identity = self._named_by_traces(pattern, traces)
-            if identity is not None:
-                return IdentityPattern.from_parts(identity.as_dict())
+            pass
         except PredictorError:
-            pass  # the prediction gives it
-        return pattern
+            return pattern  # the prediction gives it
+        identity = None if pattern.is_complete() else self._named_by_traces(pattern, traces)
+        return pattern if identity is None else IdentityPattern.from_parts(identity.as_dict())
 
     def _named_by_traces(self, pattern: IdentityPattern, traces: Sequence[Any]) -> ModelIdentity | None:
         """Among the models ``pattern`` matches, the one whose unspecified parts every trace

@@ -481,7 +481,9 @@ class LookupTable:
         flat, errors = normalize_traces(rows)  # once: the steps below take flat traces
         named = names_a_model(rows)
         groups = self.groups_for(pattern)
-        if len(groups) > 1 and _several_models(groups):
+        # Traces naming a model pick it however many the table holds: naming one it lacks is a
+        # 404 with one model's records as with two.
+        if groups and (named or (len(groups) > 1 and _several_models(groups))):
             # (A trace that could not be read still names its model by its own fields.)
             naming = [f if e is None else fields_naming_a_model(t) for t, f, e in zip(rows, flat, errors)] if named else []
             groups = self._one_model(groups, pattern, naming)

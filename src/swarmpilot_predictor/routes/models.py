@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from ..schemas import ModelsResponse
@@ -23,7 +23,7 @@ def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any])
         return JSONResponse({"status": "success", "model": await run_in_threadpool(service.model_detail, pattern)})
 
     @app.get("/models/" + IDENTITY_PATH + "/versions/{version}", tags=["models"], summary="One version's full metadata")
-    async def model_version_detail(request: Request, version: int):
+    async def model_version_detail(request: Request, version: Annotated[int, Path(ge=1)]):
         refuse_loose_numbers(request, "path.version")
         pattern = identity_from(request.scope, 1)
         return JSONResponse({"status": "success", "model": await run_in_threadpool(service.model_detail, pattern, version)})
@@ -32,7 +32,7 @@ def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any])
     # runs the drift tests.
     @app.get("/models/" + IDENTITY_PATH + "/accuracy", tags=["monitoring"], dependencies=[DECLARED_QUERY],
              summary="Rolling accuracy of the serving version against observed runtimes")
-    async def model_accuracy(request: Request, version: int | None = None, recent: int = 200):
+    async def model_accuracy(request: Request, version: Annotated[int | None, Query(ge=1)] = None, recent: int = 200):
         refuse_loose_numbers(request, "query.version", "query.recent")
         pattern = identity_from(request.scope, 1)
         return JSONResponse(await run_in_threadpool(service.accuracy, pattern, version, recent))
@@ -52,7 +52,7 @@ def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any])
 
     @app.delete("/models/" + IDENTITY_PATH + "/versions/{version}", tags=["models"],
                 dependencies=[*writes, NO_BODY], summary="Delete one version")
-    async def model_version_delete(request: Request, version: int):
+    async def model_version_delete(request: Request, version: Annotated[int, Path(ge=1)]):
         refuse_loose_numbers(request, "path.version")
         pattern = identity_from(request.scope, 1)
         return JSONResponse(await run_in_threadpool(service.delete_model, pattern, version))
