@@ -529,9 +529,14 @@ BATCH = f"/predict/batch/{SEGMENTS}"
 @pytest.mark.parametrize("path, content, status, field, needles", [
     (SINGLE, b'{"trace": {"input_tokens": 1', 422, 'body', ["not valid JSON"]),
     (SINGLE, b"", 422, 'body', ["not valid JSON"]),
-    (SINGLE, b'{"trace": {"input_tokens": NaN, "output_tokens": 1}}', 422, 'body', ["not valid JSON", "line 1 column"]),
-    (SINGLE, b'{"trace": {"input_tokens": Infinity, "output_tokens": 1}}', 422, 'body', ["not valid JSON", "line 1 column"]),
-    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "confidence_level": NaN}', 422, 'body', ["not valid JSON", "line 1 column"]),
+    # NaN and the infinities are no JSON numbers: refused, the field named (it was "body", at a column).
+    (SINGLE, b'{"trace": {"input_tokens": NaN, "output_tokens": 1}}', 422, 'trace.input_tokens',
+     ["trace.input_tokens: NaN is not a number JSON allows"]),
+    (SINGLE, b'{"trace": {"input_tokens": Infinity, "output_tokens": 1}}', 422, 'trace.input_tokens', ["Infinity is not"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "confidence_level": NaN}', 422, 'confidence_level', ["NaN"]),
+    (BATCH, b'{"trace": [{"input_tokens": 1, "output_tokens": 1}, {"input_tokens": 2, "output_tokens": -Infinity}]}',
+     422, 'trace[1].output_tokens', ["trace[1].output_tokens: -Infinity is not a number JSON allows"]),
+    (BATCH, b'{"trace": [{"input_tokens": NaN, "output_tokens": 1}', 422, 'body', ["not valid JSON"]),  # and truncated
     (SINGLE, b'[1, 2]', 422, 'body', ["body: Input should be an object"]),
     (SINGLE, b'{"trace": "input_tokens=5"}', 422, 'trace', ["trace"]),
     (SINGLE, b'{"traces": {"input_tokens": 5}}', 422, 'trace', ["trace"]),
@@ -1107,6 +1112,14 @@ def test_a_wildcard_cannot_name_an_identity_part_at_training(http, part):
     config = yaml.safe_dump({"model": {**ident("star"), part: "*"}, "traces": "t.jsonl"}).encode()
     body = failed(multipart_train(http, "c.yaml", config, {"t.jsonl": jsonl_bytes(make_llm_traces(20))}), 422, part)
     assert body["field"] == f"config.model.{part}"
+
+
+def test_a_training_body_that_spells_nan_names_the_trace_and_field(http):
+    body = b'{"config": {"model": {"model_type": "llm", "model_name": "n", "hardware": "h", "software_name": "s", ' \
+           b'"software_version": "1"}, "traces": [{"x": 1, "runtime_ms": 2.0}, {"x": 2, "runtime_ms": NaN}]}}'
+    got = failed(http.post("/train", content=body, headers={"content-type": "application/json"}), 422,
+                 "config.traces[1].runtime_ms: NaN is not a number JSON allows")
+    assert got["field"] == "config.traces[1].runtime_ms"
 
 
 def test_an_unquoted_yaml_version_is_refused_with_the_way_out(http):

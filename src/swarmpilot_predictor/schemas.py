@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import sys
 from collections import Counter
@@ -40,6 +41,11 @@ def parse_json_body(raw: bytes, schema: type[BaseModel], inspect: Callable[[Any]
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        spelt = non_finite_place(raw)
+        if spelt is not None:
+            place, token = spelt
+            raise InvalidInput(f"{place}: {token} is not a number JSON allows (send a finite number, or leave "
+                               "the field out)", field=place) from None
         raise InvalidInput(f"body is not valid JSON: {exc}", field="body") from None
     if inspect is not None:
         inspect(data)
@@ -457,6 +463,31 @@ def check_envelope(data: dict[str, Any]) -> None:
     if beside:
         raise InvalidInput(f"{listed(map(shown, beside))}: not allowed beside 'config' in a "
                            "{\"config\": ...} body: put every setting inside 'config'", field=cut(str(beside[0])))
+
+
+class _Constant(str):
+    """NaN, Infinity or -Infinity where a body spelt one (JSON has none of them)."""
+
+
+def non_finite_place(raw: bytes) -> tuple[str, str] | None:
+    """Where a body orjson refused spells NaN, Infinity or -Infinity (as Python's json and
+    JavaScript write them), the first in the text (``trace[2].batch_size``) and which; None
+    where it is not valid JSON even so. Said as a JSON syntax error at a character, the
+    field went unnamed (the Python client names it before sending)."""
+    try:
+        data = json.loads(raw, parse_constant=_Constant)
+    except (ValueError, RecursionError):  # (UnicodeDecodeError too)
+        return None
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, _Constant):
+            return path or "body", str(value)
+        if isinstance(value, dict):
+            stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in reversed(list(value.items())))
+        elif isinstance(value, list):
+            stack.extend((value[i], f"{path}[{i}]") for i in range(len(value) - 1, -1, -1))
+    return None
 
 
 def config_from_text(text: str) -> dict[str, Any]:
