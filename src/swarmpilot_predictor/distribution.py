@@ -104,7 +104,7 @@ _QUADRATURE_CHUNK = 256
 # The moments take at least the levels from this to 1 minus it, extrapolated past the
 # training scores where those stop short (fewer than 19 of them): with 4 or 8 rows, the
 # mass beyond the extreme scores (1/(n+1) a side) laid on them left `error` a third of
-# the spread the quantiles give, and 4 trainings in 8 answered moments that no
+# the spread the quantiles give, and up to all of a model's tasks answered moments that no
 # distribution with those quantiles has (benchmarks/queue_totals.py --moments).
 _MOMENT_BODY = 0.05
 # Nodes of a task with a spread, whose moments are a quadrature per task where its scale or
@@ -688,8 +688,8 @@ class TaskDistributions:
         independently for each task, where it is one error for all. Multiplying the sum by
         the whole factor counted that part twice: all of it for one task (which a single
         task's total is left without, as it is), half for two alike, nothing in the limit of
-        many (5-task queues of the real traces held the truth up to 0.995 of the time for
-        0.9)."""
+        many (5-task totals of runs whose level moves between stretches held the truth up to
+        0.918 of the time for 0.9; 0.907 now: benchmarks/queue_totals.py --stretches)."""
         tau = self.shared_log_sd
         total = float(mean.sum())
         if tau <= 0 or not 0 < total < math.inf:

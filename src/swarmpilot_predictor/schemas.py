@@ -70,11 +70,12 @@ class ModelIdentityBody(BaseModel):
     def _not_a_number(cls, v: Any) -> Any:
         # A YAML config's software_version: 1.10 is the number 1.1 by the time it is read:
         # taken as text, it would name another version, so it is refused with the way out.
-        if isinstance(v, (bool, int, float)):
-            spelt = str(v).lower() if isinstance(v, bool) else repr(v)
-            raise ValueError(f"must be a string, got the number {spelt}: quote it (\"1.10\", not 1.10, which YAML "
-                             "and JSON read as 1.1)" if not isinstance(v, bool) else
-                             f"must be a string, got {spelt}: quote it (YAML reads yes, no, on and off as true and false)")
+        if isinstance(v, bool):
+            raise ValueError(f"must be a string, got {str(v).lower()}: quote it (YAML reads yes, no, on and off "
+                             "as true and false)")
+        if isinstance(v, (int, float)):
+            raise ValueError(f"must be a string, got the number {v!r}: quote it (\"1.10\", not 1.10, which YAML "
+                             "and JSON read as 1.1)")
         return v
 
     @field_validator(*IDENTITY_KEYS)

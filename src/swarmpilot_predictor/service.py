@@ -416,7 +416,8 @@ class PredictorService:
     def _serving(self, pattern: IdentityPattern, version: int | None = None,
                  traces: Sequence[Any] | None = None) -> tuple[ModelIdentity, LoadedModel]:
         """The model ``pattern`` names (its latest version unless ``version``), after noticing
-        other workers' changes; where several match, the one the traces' identity fields name."""
+        other workers' changes; where it leaves parts to ``*``, the one the traces' identity
+        fields name (:meth:`_resolve_with`)."""
         identity = self._resolve_with(pattern, traces)
         try:
             return identity, self.registry.load(identity, version)
