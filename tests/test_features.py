@@ -604,6 +604,16 @@ def test_a_trace_is_a_first_run_when_no_older_training_trace_had_its_shape():
     assert [schema.row(t)[0][-1] for t in both] == want[:3]
     # A time past the float range is later than any training trace (not a crash).
     assert schema.row({**probe[0], "ts": 10**400})[0][-1] == 0.0
+    # A boolean is no time: `true` read as the time 1, before every training trace, and made
+    # the trace a first run. It fails that trace, naming the field, unless the trace states
+    # its flag (which needs no time).
+    untimed = {k: v for k, v in probe[0].items() if k != "ts"}
+    flagged = [{**untimed, "ts": True}, {**untimed, "timestamp": False}, {**untimed, "ts": True, "first_of_shape": 0}]
+    Xb, errors = schema.matrix(flagged)
+    assert errors[0] == "'ts' must be a number, when the task starts (as training read 'ts'), got true"
+    assert errors[1] == "'timestamp' must be a number, when the task starts (as training read 'ts'), got false"
+    assert errors[2] is None and Xb[2, -1] == 0.0
+    assert [schema.row(t)[1] for t in flagged] == errors
     # The training rows get the same answer as any trace would.
     np.testing.assert_array_equal(schema.matrix(traces)[0], X)
 

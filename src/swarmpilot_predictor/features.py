@@ -257,6 +257,21 @@ class ShapeHistory:
                 break
         return t
 
+    def read_time(self, trace: dict[str, Any]) -> tuple[float, str | None]:
+        """:meth:`time_of`, and what is wrong where a timestamp field holds a boolean: ``true``
+        read as the time 1, before any training trace, and made the task a first run (a
+        ResNet-50 task's median 61.6 ms, not 4.3). Another value that is no number is no
+        timestamp, as documented (README, Traces)."""
+        for name in self.timestamp_fields:
+            v = trace.get(name)
+            if v.__class__ is bool:
+                return math.nan, (f"'{name}' must be a number, when the task starts (as training read "
+                                  f"{self.order_field!r}), got {str(v).lower()}")
+            t = as_number(v)
+            if t == t:
+                return t, None
+        return math.nan, None
+
     def order_of(self, traces: Sequence[dict[str, Any]]) -> np.ndarray:
         return np.fromiter((self.time_of(t) for t in traces), dtype=np.float64, count=len(traces))
 
@@ -766,8 +781,13 @@ class FeatureSchema:
                         codes[i] = math.nan if code is None else code
                 X[:, j] = codes
         if self.history is not None:
-            X[:, -1] = self.history.flags(X[:, :-1], self.history.order_of(traces))
             stated = _stated_flags_of([t.get(FIRST_OF_SHAPE) for t in traces], errors)
+            order = np.empty(n)
+            for i, t in enumerate(traces):
+                order[i], problem = self.history.read_time(t)
+                if problem is not None and errors[i] is None and np.isnan(stated[i]):
+                    errors[i] = problem  # (a trace that states its flag needs no time)
+            X[:, -1] = self.history.flags(X[:, :-1], order)
             X[:, -1] = np.where(np.isnan(stated), X[:, -1], stated)  # a trace that states its flag keeps it
         return X, errors
 
@@ -865,7 +885,10 @@ class FeatureSchema:
         if self.history is not None:
             stated = trace.get(FIRST_OF_SHAPE)
             if stated is None:
-                values.append(self.history.flag_row(values, self.history.time_of(trace)))
+                order, problem = self.history.read_time(trace)
+                if problem is not None:
+                    return values, problem
+                values.append(self.history.flag_row(values, order))
             else:
                 flag = stated_flag(stated)
                 if isinstance(flag, str):
