@@ -94,6 +94,25 @@ def test_column_constant_apart_from_missing_values_is_dropped():
     assert report.columns_dropped["batch"] == "constant"
 
 
+def test_a_missing_feature_of_one_learned_value_says_what_to_send():
+    # The H100 example's 'phase': 1,461 'clean' and one 'warmup' (read as unseen). Trained
+    # without a features list it is a feature, and a trace without it was told only that.
+    traces = base_traces(40)
+    for i, t in enumerate(traces):
+        t["phase"] = "warmup" if i == 5 else "clean"
+    schema, _, _, report = prepare(traces)
+    assert "phase" in schema.names and report.rare_categories == {"phase": 1}
+    probe = [{"input_tokens": 100, "gpu": "h100"}, {"input_tokens": 100, "gpu": "h100", "phase": "clean"}]
+    want = ("missing required feature 'phase' (the model learned one value of it, 'clean': state it, "
+            "or train with 'features' leaving it out)")
+    assert schema.matrix(probe)[1] == [want, None]
+    assert schema.row(probe[0])[1] == want
+    # A field of a close name is the likelier mistake: it is named instead.
+    assert "the trace has 'phases'" in schema.row({**probe[0], "phases": "clean"})[1]
+    # A feature of several learned values gets no such line.
+    assert schema.row({"input_tokens": 100})[1] == "missing required feature 'gpu'"
+
+
 def test_an_identifier_like_categorical_column_is_dropped():
     """A value seen once teaches nothing about a runtime (and a one-hot column per row would
     make the linear model's training grow with the cube of the rows)."""

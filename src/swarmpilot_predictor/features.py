@@ -848,7 +848,14 @@ class FeatureSchema:
         searched once, and at most ``_HINTS_PER_BATCH`` different ones)."""
         message = _numeric_problem(name, value)
         if value is None:
-            message += misspelling_hint(name, trace, self.prediction_fields, searched)
+            hint = misspelling_hint(name, trace, self.prediction_fields, searched)
+            spec = next((f for f in self.features if f.name == name), None)
+            if not hint and spec is not None and spec.kind == "categorical" and len(spec.categories) == 1:
+                # A column of one value but on a row or two (the H100 example's 'phase') is a
+                # feature all the same: say what to send, or how to train without it.
+                hint = (f" (the model learned one value of it, {shown(spec.categories[0])}: state it, or "
+                        "train with 'features' leaving it out)")
+            message += hint
         return message
 
     def row(self, trace: dict[str, Any]) -> tuple[list[float], str | None]:
