@@ -782,9 +782,10 @@ class FeatureSchema:
                 X[:, j] = codes
         if self.history is not None:
             stated = _stated_flags_of([t.get(FIRST_OF_SHAPE) for t in traces], errors)
-            order = np.empty(n)
-            for i, t in enumerate(traces):
-                order[i], problem = self.history.read_time(t)
+            order = self.history.order_of(traces)
+            # A boolean reads as the time 1 or 0: only those traces are looked at again.
+            for i in np.flatnonzero((order == 1.0) | (order == 0.0)).tolist():
+                problem = self.history.read_time(traces[i])[1]
                 if problem is not None and errors[i] is None and np.isnan(stated[i]):
                     errors[i] = problem  # (a trace that states its flag needs no time)
             X[:, -1] = self.history.flags(X[:, :-1], order)

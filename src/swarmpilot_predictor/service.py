@@ -450,7 +450,7 @@ class PredictorService:
             if identity is None:
                 raise
             return identity
-        if traces and not pattern.is_complete() and names_a_model(list(traces)):
+        if traces and not pattern.is_complete() and names_a_model(traces if isinstance(traces, list) else list(traces)):
             identity = self._named_by_traces(pattern, traces) or identity
         return identity
 
