@@ -471,8 +471,8 @@ class _Constant(str):
 
 
 def non_finite_place(raw: bytes) -> tuple[str, str] | None:
-    """Where a body orjson refused spells NaN, Infinity or -Infinity (as Python's json and
-    JavaScript write them), the first in the text (``trace[2].batch_size``) and which; None
+    """Where a body orjson refused spells NaN, Infinity or -Infinity (as Python's json writes
+    them by default), the first in the text (``trace[2].batch_size``) and which; None
     where it is not valid JSON even so. Said as a JSON syntax error at a character, the
     field went unnamed (the Python client names it before sending)."""
     try:
