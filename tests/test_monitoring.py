@@ -566,7 +566,8 @@ def test_a_model_s_quantiles_at_its_runtime_bounds_are_read_back(tmp_path):
 
 def test_monitor_rebuilds_accuracy_from_the_log(tmp_path):
     y, q = _lognormal_quantiles(200, shift=1.5)
-    monitor = AccuracyMonitor(ObservationLog(tmp_path), min_observations=30)
+    # (The last observation a drift checkpoint, not left to the wall clock.)
+    monitor = AccuracyMonitor(ObservationLog(tmp_path), min_observations=30, clock=clock_checking_at(y, 199))
     monitor.record(IDENT, 1, [{"x": 1}] * 200, y, q)
     before = monitor.report(IDENT, 1)
     assert before["drifted"] is True and before["observations"] == 200
@@ -758,7 +759,10 @@ def test_a_version_with_a_model_per_kind_of_run_drifts_with_either_kind(tmp_path
     # pooled one stays 1,000 times above it, wherever the checkpoint falls (it hangs on the
     # observations' times). At 2 times the pooled test drifted on 3 of 12 tries.
     y = np.where(first == 1.0, 1.7 * y, y)
-    monitor = AccuracyMonitor(ObservationLog(tmp_path), window=1000)
+    # The last observation a checkpoint: left to the wall clock, one time in about 300 the
+    # last checkpoint fell where too few first runs were in, and nothing was tested.
+    clock = clock_checking_at(y, len(y) - 1)
+    monitor = AccuracyMonitor(ObservationLog(tmp_path), window=1000, clock=clock)
     monitor.record(IDENT, 1, [{"x": 1}] * 1000, y, q, first_run=first, kinds_apart=True)
     report = monitor.report(IDENT, 1)
     drift = report["drift"]
@@ -769,7 +773,7 @@ def test_a_version_with_a_model_per_kind_of_run_drifts_with_either_kind(tmp_path
     # Read back from the log (another worker, a restart): the same decision.
     assert AccuracyMonitor(ObservationLog(tmp_path), window=1000).report(IDENT, 1)["drifted"] is True
     # The same observations of one model for both kinds: reported, not decided on.
-    other = AccuracyMonitor(ObservationLog(tmp_path / "other"), window=1000)
+    other = AccuracyMonitor(ObservationLog(tmp_path / "other"), window=1000, clock=clock)
     other.record(IDENT, 1, [{"x": 1}] * 1000, y, q, first_run=first)
     assert other.report(IDENT, 1)["drifted"] is False and other.report(IDENT, 1)["drift"]["kinds_decide"] is False
     assert other.report(IDENT, 1)["drifted_by_kind"]["first_run"] is True
