@@ -18,6 +18,14 @@ from typing import IO
 _TEMP_NAME_BYTES = 255 - len("..12345678.tmp")
 
 
+def file_stamp(path: Path | str) -> tuple[int, int, int]:
+    """What changes when a file is edited or replaced: its modification time, size and inode
+    (``OSError`` where it cannot be looked at). A lookup table's sidecar stores it, in this
+    order, to tell whether the file it was parsed from is still the same."""
+    st = os.stat(path)
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
 def temp_beside(path: Path) -> tuple[int, str]:
     """A new temporary file in ``path``'s directory, named after it (hidden, cut to fit a
     name of up to 255 bytes): an open descriptor and its path, as ``tempfile.mkstemp``."""

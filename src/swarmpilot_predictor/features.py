@@ -257,20 +257,20 @@ class ShapeHistory:
                 break
         return t
 
-    def read_time(self, trace: dict[str, Any]) -> tuple[float, str | None]:
-        """:meth:`time_of`, and what is wrong where a timestamp field holds a boolean: ``true``
-        read as the time 1, before any training trace, and made the task a first run (a
-        ResNet-50 task's median 61.6 ms, not 4.3). Another value that is no number is no
-        timestamp, as documented (README, Traces)."""
+    def time_problem(self, trace: dict[str, Any]) -> str | None:
+        """What is wrong where the field :meth:`time_of` reads holds a boolean: ``true`` read
+        as the time 1, before any training trace, and made the task a first run (a ResNet-50
+        task's median 61.6 ms, not 4.3). Another value that is no number is no timestamp, as
+        documented (README, Traces)."""
         for name in self.timestamp_fields:
             v = trace.get(name)
-            if v.__class__ is bool:
-                return math.nan, (f"'{name}' must be a number, when the task starts (as training read "
-                                  f"{self.order_field!r}), got {str(v).lower()}")
             t = as_number(v)
             if t == t:
-                return t, None
-        return math.nan, None
+                if v.__class__ is not bool:
+                    return None
+                return (f"'{name}' must be a number, when the task starts (as training read "
+                        f"{self.order_field!r}), got {str(v).lower()}")
+        return None
 
     def order_of(self, traces: Sequence[dict[str, Any]]) -> np.ndarray:
         return np.fromiter((self.time_of(t) for t in traces), dtype=np.float64, count=len(traces))
@@ -785,7 +785,7 @@ class FeatureSchema:
             order = self.history.order_of(traces)
             # A boolean reads as the time 1 or 0: only those traces are looked at again.
             for i in np.flatnonzero((order == 1.0) | (order == 0.0)).tolist():
-                problem = self.history.read_time(traces[i])[1]
+                problem = self.history.time_problem(traces[i])
                 if problem is not None and errors[i] is None and np.isnan(stated[i]):
                     errors[i] = problem  # (a trace that states its flag needs no time)
             X[:, -1] = self.history.flags(X[:, :-1], order)
@@ -893,10 +893,10 @@ class FeatureSchema:
         if self.history is not None:
             stated = trace.get(FIRST_OF_SHAPE)
             if stated is None:
-                order, problem = self.history.read_time(trace)
+                problem = self.history.time_problem(trace)
                 if problem is not None:
                     return values, problem
-                values.append(self.history.flag_row(values, order))
+                values.append(self.history.flag_row(values, self.history.time_of(trace)))
             else:
                 flag = stated_flag(stated)
                 if isinstance(flag, str):

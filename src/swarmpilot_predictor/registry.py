@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .atomic import (NotRegularFile, atomic_file, atomic_write_bytes, read_regular, regular_file_fd, remove_stale_temps,
-                     temp_beside)
+from .atomic import (NotRegularFile, atomic_file, atomic_write_bytes, file_stamp, read_regular, regular_file_fd,
+                     remove_stale_temps, temp_beside)
 from .errors import (AmbiguousModel, DataDirectoryGone, InvalidInput, ModelNotFound, ModelUnreadable, NotFound,
                      PayloadTooLarge, StorageError, VersionConflict, json_kind, writing)
 from .features import CONSTANTS, FeatureSchema
@@ -309,16 +309,6 @@ def _lock_abandoned(lock: os.DirEntry | Path) -> bool:
         return False
 
 
-def _file_state(path: Path) -> tuple[Any, ...]:
-    """What changes when a file is replaced or edited: its inode, size and modification time
-    (none where it is not there)."""
-    try:
-        st = os.stat(path, follow_symlinks=False)
-    except OSError:
-        return (None,)
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
 class ModelRegistry:
     """All models of one data directory: index of metadata, LRU of loaded models."""
 
@@ -342,7 +332,7 @@ class ModelRegistry:
         # Versions whose file failed to load, by the file's state then and the answer: asked
         # again with the file as it was, the same answer, without reading and hashing it again
         # or logging the error once more (a request logged it twice, every request re-read it).
-        self._unreadable: dict[tuple[ModelIdentity, int], tuple[tuple[Any, ...], str]] = {}
+        self._unreadable: dict[tuple[ModelIdentity, int], tuple[tuple[Any, Any], str]] = {}
         self._generation_file = self.root / ".generation"
         self._generation_path = os.fspath(self._generation_file)
         self._seen_generation: int | None = None
@@ -768,7 +758,11 @@ class ModelRegistry:
                     _again: bool) -> LoadedModel:
         key = (identity, meta.version)
         path = self.root / identity.dirname / _model_file(meta.version)
-        state = _file_state(path) + (meta.extra.get(MODEL_DIGEST),)
+        digest = meta.extra.get(MODEL_DIGEST)
+        try:
+            state = (file_stamp(path), digest)
+        except OSError:  # (gone: its failure is keyed so too)
+            state = (None, digest)
         with self._lock:
             failed = self._unreadable.get(key)
         # (Its meta file gone, it was deleted since: that is said below.)
@@ -776,7 +770,6 @@ class ModelRegistry:
             raise ModelUnreadable(failed[1])
         try:
             raw = read_regular(path, follow_links=False)
-            digest = meta.extra.get(MODEL_DIGEST)
             if digest is not None and hashlib.sha256(raw).hexdigest() != digest:
                 raise ValueError("the file does not match the SHA-256 digest its meta file holds")
             model = QuantileModel.from_json(orjson.loads(raw))

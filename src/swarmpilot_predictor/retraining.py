@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from scipy.special import ndtr, ndtri
 
-from .atomic import atomic_write_bytes, open_regular, read_regular
+from .atomic import atomic_write_bytes, file_stamp, open_regular, read_regular
 from .errors import ModelNotFound, PredictorError, ServiceStopping, VersionConflict, writing
 from .features import FIRST_OF_SHAPE, FeatureSchema, gross_outliers
 from .identity import ModelIdentity
@@ -302,10 +302,9 @@ class DecisionLog:
         """The newest decision (about ``from_version``, when given); read again only when the
         file changed (it is asked on every observation)."""
         try:
-            st = self._path(identity).stat()
+            stamp = file_stamp(self._path(identity))
         except FileNotFoundError:
             return None
-        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
         cached = self._last.get(identity)
         if cached is None or cached[0] != stamp:
             newest: dict[int | None, dict[str, Any]] = {}

@@ -446,13 +446,11 @@ class PredictorService:
         try:
             identity = self._resolve(pattern)
         except AmbiguousModel:
-            identity = self._named_by_traces(pattern, traces) if traces else None
-            if identity is None:
+            named = self._named_by_traces(pattern, traces or ())
+            if named is None:
                 raise
-            return identity
-        if traces and not pattern.is_complete() and names_a_model(traces if isinstance(traces, list) else list(traces)):
-            identity = self._named_by_traces(pattern, traces) or identity
-        return identity
+            return named
+        return self._named_by_traces(pattern, traces or ()) or identity
 
     def resolve_for(self, pattern: IdentityPattern, traces: Sequence[Any]) -> IdentityPattern:
         """``pattern``, or the full identity of the model its matches that the traces'
@@ -465,12 +463,15 @@ class PredictorService:
             pass
         except PredictorError:
             return pattern  # the prediction gives it
-        identity = None if pattern.is_complete() else self._named_by_traces(pattern, traces)
+        identity = self._named_by_traces(pattern, traces)
         return pattern if identity is None else IdentityPattern.from_parts(identity.as_dict())
 
     def _named_by_traces(self, pattern: IdentityPattern, traces: Sequence[Any]) -> ModelIdentity | None:
         """Among the models ``pattern`` matches, the one whose unspecified parts every trace
         stating them names (None if the traces state none of those parts)."""
+        # Most requests name the model whole, or send traces that name none: no trace is read.
+        if pattern.is_complete() or not names_a_model(traces if isinstance(traces, list) else list(traces)):
+            return None
         flat = []
         for t in traces:
             try:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from ..atomic import NotRegularFile, open_regular, remove_stale_temps
+from ..atomic import NotRegularFile, file_stamp, open_regular, remove_stale_temps
 from ..errors import InvalidInput, NotFound, PredictorError, shown
 from ..identity import IDENTITY_KEYS
 from ..traces import TRACE_FILE_KINDS, TraceError
@@ -101,7 +101,7 @@ class LookupTableStore:
         try:
             if table_format(path.name) is None:
                 raise TraceError(f"{path.name}: a lookup table is a {TRACE_FILE_KINDS} file")
-            signature = _signature(path)
+            signature = file_stamp(path)
             table = self._load(path, path.name, signature)
             log.info("default lookup table %s loaded: %d records", path, table.n_rows)
         except FileNotFoundError:
@@ -172,7 +172,7 @@ class LookupTableStore:
                 return default
         try:
             path = self.path_of(name, field)
-            signature = _signature(path)
+            signature = file_stamp(path)
         except (NotFound, FileNotFoundError) as exc:  # (deleted since path_of looked)
             # Deleted, maybe by another worker: what this one holds of it goes too.
             self._forget(name)
@@ -224,7 +224,7 @@ class LookupTableStore:
         if path is None:
             return None
         try:
-            signature = _signature(path)
+            signature = file_stamp(path)
         except FileNotFoundError:
             if table is not None:
                 with self._lock:
@@ -295,7 +295,7 @@ class LookupTableStore:
             return table
         table = LookupTable.load(path, name=name)
         try:
-            if (*_signature(path), _fingerprint(path)) == source:  # not if the file changed while it was parsed
+            if (*file_stamp(path), _fingerprint(path)) == source:  # not if the file changed while it was parsed
                 save_index(table, index, source)
                 # A delete of the table between that look and the sidecar's rename found no
                 # sidecar to delete: this one would stay for good (2.2 MB for 20,000 rows).
@@ -339,7 +339,7 @@ class LookupTableStore:
             try:
                 path = self.path_of(name)
                 st = path.stat()
-                signature = _signature(path)
+                signature = file_stamp(path)
             except (PredictorError, OSError):
                 continue
             with self._lock:
@@ -418,11 +418,6 @@ class LookupTableStore:
                                f"{self.default_path} outside the table directory; choose another name",
                                field="table_name")
         return self.root / name
-
-
-def _signature(path: Path) -> tuple:
-    st = path.stat()
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def _fingerprint(path: Path, span: int = 1 << 16) -> str:
