@@ -14,8 +14,10 @@ true sum's median and the sum of the tasks' ``expect`` over the true sum's mean 
 
 Then the same on real traces, where the truth is the one measured runtime per task: the
 model is trained as the service trains (derived columns included) on the first 70% of
-each trace file of ``examples/data`` in time order, as a scheduler's model is trained on
-the past, and 1000 queues of each length (1, 5, 50, 200; none longer than half the test rows) are
+each trace file of ``examples/data`` in time order (and of the public SGLang and diffusion
+traces of ``../shared/data`` in their files' order, where present), as a scheduler's model is
+trained on the past, and 1000 queues of each length (1, 5, 20, 50, 200; none longer than half
+the test rows) are
 drawn from the last 30%; a queue's truth is
 the sum of its tasks' measured runtimes. A test task is a first run only if its shape ran
 neither in training nor earlier among the test tasks, as a scheduler that states
@@ -269,7 +271,15 @@ REAL_SETS = {
     "h200_text_encoder": ["batch_size", "seq_len", "tokens"],
     "h200_llm_decode": ["input_tokens", "max_tokens"],
 }
-REAL_QUEUES = (1, 5, 50, 200)
+# The public traces of ../shared/data (never copied into the repository; skipped where
+# absent), in real_coverage alone: without timestamps, their lines are in the order the
+# requests ran. The SGLang run's share of aborted requests moves from stretch to stretch.
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+SHARED_SETS = {
+    "h20_sglang_llm": ["token_length", "max_tokens"],
+    "h20_diffusers_t2vid": ["positive_prompt_length", "negative_prompt_length", "frames"],
+}
+REAL_QUEUES = (1, 5, 20, 50, 200)
 REAL_DRAWS = 1000
 
 
@@ -280,8 +290,15 @@ def real_coverage(split: bool = True) -> None:
     print("| trace set | test rows | queue | 90% coverage, independent | 90% coverage, shared factor | below median (shared factor) "
           "| measured / predicted total, training rows | the same, test rows | tasks' rel. pinball |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for name, features in REAL_SETS.items():
-        schema, X, y, Xt, yt = past_and_later(name, features)
+    sets = [(EXAMPLES / f"{name}.jsonl", features) for name, features in REAL_SETS.items()]
+    for name, features in SHARED_SETS.items():
+        if (SHARED_DATA / f"{name}.jsonl").exists():
+            sets.append((SHARED_DATA / f"{name}.jsonl", features))
+        else:
+            print(f"(skipping {name}: not found in {SHARED_DATA})", file=sys.stderr)
+    for path, features in sets:
+        name = path.stem
+        schema, X, y, Xt, yt = past_and_later(path, features)
         model = QuantileModel(schema.kinds, schema.n_categories,
                               regime_column=schema.regime_column if split else None).fit(X, y)
         # Whether the level of the runtimes held: all rows' measured total over the predicted one.
@@ -306,11 +323,12 @@ def real_coverage(split: bool = True) -> None:
                   f"{below.mean():.3f} | {levels[0]:.3f} | {levels[1]:.3f} | {task_loss:.4f} |", flush=True)
 
 
-def past_and_later(name: str, features: list[str]) -> tuple[FeatureSchema, np.ndarray, np.ndarray, np.ndarray,
+def past_and_later(path: Path, features: list[str]) -> tuple[FeatureSchema, np.ndarray, np.ndarray, np.ndarray,
                                                             np.ndarray]:
-    """A real trace file's first 70% in time order, encoded as the service trains on it, and
-    its last 30% (rows with a usable runtime): schema, X, y, the later rows' features and runtimes."""
-    traces = sorted(iter_trace_file(EXAMPLES / f"{name}.jsonl"), key=lambda t: t["ts"])
+    """A real trace file's first 70% in time order (in the file's order where its traces have
+    no ``ts``), encoded as the service trains on it, and its last 30% (rows with a usable
+    runtime): schema, X, y, the later rows' features and runtimes."""
+    traces = sorted(iter_trace_file(path), key=lambda t: t.get("ts", 0.0))
     cut = int(round(0.7 * len(traces)))
     schema, X, y, _ = FeatureSchema.prepare_training(TraceTable.from_traces(traces[:cut]), features=features)
     test = TraceTable.from_traces(traces[cut:])
@@ -366,7 +384,7 @@ def heldout_ratios(seeds: int = 12, new_tasks: int = 20_000) -> None:
     print("\n| trace set | training rows | test rows | `expect_ratio` held out | test rows | `error_ratio` held out | test rows |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, names in REAL_SETS.items():
-        schema, X, y, Xt, yt = past_and_later(name, names)
+        schema, X, y, Xt, yt = past_and_later(EXAMPLES / f"{name}.jsonl", names)
         model = QuantileModel(schema.kinds, schema.n_categories, regime_column=schema.regime_column).fit(X, y)
         held = model.cv_summary()
         new = moment_metrics(yt, *model.predict_distribution(Xt).mean_std())

@@ -537,6 +537,13 @@ BATCH = f"/predict/batch/{SEGMENTS}"
     (BATCH, b'{"trace": [{"input_tokens": 1, "output_tokens": 1}, {"input_tokens": 2, "output_tokens": -Infinity}]}',
      422, 'trace[1].output_tokens', ["trace[1].output_tokens: -Infinity is not a number JSON allows"]),
     (BATCH, b'{"trace": [{"input_tokens": NaN, "output_tokens": 1}', 422, 'body', ["not valid JSON"]),  # and truncated
+    # Numbers past a double's range: the field named too (it was "body", "number is infinity").
+    (SINGLE, b'{"trace": {"input_tokens": 1e999, "output_tokens": 1}}', 422, 'trace.input_tokens',
+     ["trace.input_tokens: 1e999 is beyond the largest number a double holds"]),
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 1}, "confidence_level": -1E+400}', 422, 'confidence_level',
+     ["confidence_level: -1E+400 is beyond"]),
+    (BATCH, b'{"trace": [{"input_tokens": 1, "output_tokens": 1}, {"input_tokens": 1' + b'0' * 400 + b', "output_tokens": 1}]}',
+     422, 'trace[1].input_tokens', ["trace[1].input_tokens: 10000000000000000000... (401 characters) is beyond"]),
     (SINGLE, b'[1, 2]', 422, 'body', ["body: Input should be an object"]),
     (SINGLE, b'{"trace": "input_tokens=5"}', 422, 'trace', ["trace"]),
     (SINGLE, b'{"traces": {"input_tokens": 5}}', 422, 'trace', ["trace"]),

@@ -44,6 +44,9 @@ def parse_json_body(raw: bytes, schema: type[BaseModel], inspect: Callable[[Any]
         spelt = non_finite_place(raw)
         if spelt is not None:
             place, token = spelt
+            if isinstance(token, _TooLarge):
+                raise InvalidInput(f"{place}: {token} is beyond the largest number a double holds (about 1.8e308): "
+                                   "send a finite number in range, or leave the field out", field=place) from None
             raise InvalidInput(f"{place}: {token} is not a number JSON allows (send a finite number, or leave "
                                "the field out)", field=place) from None
         raise InvalidInput(f"body is not valid JSON: {exc}", field="body") from None
@@ -470,20 +473,33 @@ class _Constant(str):
     """NaN, Infinity or -Infinity where a body spelt one (JSON has none of them)."""
 
 
+class _TooLarge(_Constant):
+    """A number a body spelt that no double holds (1e999, an integer of 400 digits)."""
+
+
+def _number(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def read(text: str) -> Any:
+        value = parse(text)
+        return _TooLarge(text if len(text) <= 24 else f"{text[:20]}... ({len(text)} characters)") \
+            if abs(value) > sys.float_info.max else value
+    return read
+
+
 def non_finite_place(raw: bytes) -> tuple[str, str] | None:
     """Where a body orjson refused spells NaN, Infinity or -Infinity (as Python's json writes
-    them by default), the first in the text (``trace[2].batch_size``) and which; None
-    where it is not valid JSON even so. Said as a JSON syntax error at a character, the
-    field went unnamed (the Python client names it before sending)."""
+    them by default) or a number beyond a double's range (a ``_TooLarge``), the first in
+    the text (``trace[2].batch_size``) and which; None where it is not valid JSON even so.
+    Said as a JSON syntax error at a character, the field went unnamed (the Python client
+    names NaN and the infinities before sending)."""
     try:
-        data = json.loads(raw, parse_constant=_Constant)
+        data = json.loads(raw, parse_constant=_Constant, parse_float=_number(float), parse_int=_number(int))
     except (ValueError, RecursionError):  # (UnicodeDecodeError too)
         return None
     stack: list[tuple[Any, str]] = [(data, "")]
     while stack:
         value, path = stack.pop()
         if isinstance(value, _Constant):
-            return path or "body", str(value)
+            return path or "body", value
         if isinstance(value, dict):
             stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in reversed(list(value.items())))
         elif isinstance(value, list):
