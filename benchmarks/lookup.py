@@ -25,6 +25,13 @@ call per trace (mean over ``--single`` calls).
     uv run python benchmarks/lookup.py                    # 10k and 1M rows, JSON tables
     uv run python benchmarks/lookup.py --rows 10000 --format csv
     uv run python benchmarks/lookup.py --rows 300000 --gzip    # the table written as .json.gz
+    uv run python benchmarks/lookup.py --outliers   # nearest error of a table with one far record
+
+``--outliers``: tables of 2,000 such traces (the model's answers for them), as they are and
+with one more trace whose ``input_tokens`` or ``output_tokens`` lies far outside (a typo, a
+unit mistake: 10^5, 10^15), each asked about the 2,000 fresh tasks of ``nearest error``;
+then the same with two real trace files of ``examples/data``. One record should change
+the answers of the tasks near it alone, not how every other task finds its nearest.
 """
 
 from __future__ import annotations
@@ -129,6 +136,65 @@ def nearest_error(service: PredictorService, table: LookupTable, pattern: Identi
     return float(np.median(err)), float(np.quantile(err, 0.9)), float(err.max())
 
 
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "data"
+# Real trace files of examples/data for --outliers, with the features a table keys on.
+OUTLIER_REAL_SETS = {"h200_llm_decode": ["input_tokens", "max_tokens"],
+                     "h200_text_encoder": ["batch_size", "seq_len", "tokens"]}
+
+
+def _error_with_far_records(service: PredictorService, pattern: IdentityPattern, traces: list[dict],
+                            tasks: list[dict], far: list[tuple[str | None, dict]], work: Path,
+                            label: str) -> None:
+    """Print the nearest error of tables of ``traces``, as they are and with each ``far`` record added."""
+    model = service.predict(pattern, tasks, 0.95, [0.5]).quantiles[:, 0]
+    for k, (what, extra) in enumerate(far):
+        path = work / "traces.jsonl"
+        path.write_bytes(b"\n".join(orjson.dumps(t) for t in traces + ([extra] if extra else [])) + b"\n")
+        name = f"far_{k}.json"
+        service.generate_table(pattern, path, table_name=name)
+        answers = LookupTable.load(work / "data" / "tables" / name).predict(pattern, tasks, 0.95, [0.5]).results()
+        near = np.array([a["match"] == "nearest" for a in answers])
+        err = np.abs(np.array([a["quantile_predictions"][0] for a in answers]) / model - 1)[near]
+        print(f"| {label} | {what or 'as made'} | {near.sum()} | {np.median(err):.4f} | {np.quantile(err, 0.9):.4f} "
+              f"| {err.max():.4f} |", flush=True)
+
+
+def outlier_tables(rows: int = 2000) -> None:
+    """Nearest error of tables with and without one far record (``--outliers``): of ``rows``
+    synthetic traces, asked about ``nearest_error``'s 2,000 fresh tasks; then of the real
+    trace files of ``OUTLIER_REAL_SETS``, whole, asked about 400 tasks of features drawn
+    uniformly (whole numbers) between each feature's least and largest value in the file."""
+    work = Path(tempfile.mkdtemp(prefix="lookup-outliers-"))
+    try:
+        service = PredictorService(PredictorSettings(data_dir=work / "data"))
+        print("| table | far record | tasks answered by a nearest record | error: median | p90 | max |")
+        print("|---|---|---:|---:|---:|---:|")
+        service.train(TrainConfig(model=IDENTITY, traces=make_traces(5000, seed=7), algorithm="lightgbm"))
+        traces = [{k: v for k, v in t.items() if k not in ("runtime_ms", "task_id")} for t in make_traces(rows, seed=99)]
+        tasks = [{k: v for k, v in t.items() if k not in ("runtime_ms", "task_id")}
+                 for t in make_traces(2000, seed=424242)]
+        typical = {"input_tokens": 1000, "output_tokens": 100, "dtype": "fp16"}
+        far = [(None, None)] + [(f"{feature} {value:g}", {**typical, feature: value})
+                                for feature in ("input_tokens", "output_tokens") for value in (1e5, 1e15)]
+        _error_with_far_records(service, IdentityPattern.from_parts(IDENTITY), traces, tasks, far, work,
+                                f"synthetic LLM, {rows:,} traces")
+        rng = np.random.default_rng(2)
+        for name, features in OUTLIER_REAL_SETS.items():
+            identity = {**IDENTITY, "model_name": name}
+            records = [orjson.loads(line) for line in (EXAMPLES / f"{name}.jsonl").read_bytes().splitlines() if line.strip()]
+            service.train(TrainConfig.model_validate({"model": identity, "traces": records, "features": features}))
+            # The file's traces as a table is made from them: their features and times.
+            traces = [{k: r[k] for k in (*features, "ts") if k in r} for r in records]
+            low = {f: min(r[f] for r in records) for f in features}
+            high = {f: max(r[f] for r in records) for f in features}
+            tasks = [{f: int(rng.integers(low[f], high[f] + 1)) for f in features} for _ in range(400)]
+            far = [(None, None), (f"{features[0]} 1e15", {**low, features[0]: 1e15})]
+            _error_with_far_records(service, IdentityPattern.from_parts(identity), traces, tasks, far, work, name)
+        service.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", default="10000,1000000", help="comma-separated table sizes")
@@ -137,7 +203,11 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=10_000)
     ap.add_argument("--single", type=int, default=2_000, help="single-trace calls timed per case")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (traces, model, tables)")
+    ap.add_argument("--outliers", action="store_true", help="only the nearest error of tables with one far record")
     args = ap.parse_args()
+    if args.outliers:
+        outlier_tables()
+        return
     sizes = [int(s) for s in args.rows.split(",")]
 
     work = Path(tempfile.mkdtemp(prefix="lookup-bench-"))

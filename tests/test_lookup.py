@@ -505,6 +505,33 @@ def test_a_feature_the_answers_follow_up_and_down_keeps_its_weight():
     assert np.median(err) < 0.06 and np.quantile(err, 0.9) < 0.2, (np.median(err), np.quantile(err, 0.9))
 
 
+@pytest.mark.parametrize("feature, far", [("x", 1e15), ("x", 1e5), ("w", 1e15)])
+def test_one_far_record_does_not_move_the_other_queries_nearest_records(feature, far):
+    # A typo's 10^15 in a trace file: the distances were measured in standard deviations,
+    # which it set, and every query's records in x lay as near as the next (and the fit
+    # that weights the features tilted to it): errors of 55% at the median.
+    rng = np.random.default_rng(3)
+    xw = rng.uniform(0, 100, (400, 2))
+
+    def rec(x: float, w: float) -> dict:
+        value = 10 + 3 * x + 0.5 * w
+        return {**record(0), "features": {"x": x, "w": w}, "expect": value, "quantile_predictions": [value] * 2}
+
+    clean = LookupTable.from_records([rec(x, w) for x, w in xw.tolist()], name="clean.json")
+    far_rec = {"x": 50.0, "w": 50.0, feature: far}
+    with_far = LookupTable.from_records([rec(x, w) for x, w in xw.tolist()] + [rec(far_rec["x"], far_rec["w"])],
+                                        name="far.json")
+    queries = [{"x": x, "w": w} for x, w in rng.uniform(0, 100, (200, 2)).tolist()]
+    assert with_far.lookup(queries[:1]).rows.tolist() == clean.lookup(queries[:1]).rows.tolist()  # the scalar path
+    # (One more record moves the features' median and quartiles a little: a near tie may fall the other way.)
+    assert np.mean(with_far.lookup(queries).rows == clean.lookup(queries).rows) >= 0.98
+    truth = np.array([10 + 3 * q["x"] + 0.5 * q["w"] for q in queries])
+    got = np.array([r["expect"] for r in with_far.predict(None, queries).results()])
+    assert np.median(np.abs(got / truth - 1)) < 0.02
+    # The far record still answers a query as far out as itself.
+    assert with_far.lookup([far_rec]).rows.tolist() == [400]
+
+
 def test_random_fallback_is_seeded_and_spread():
     table = LookupTable.from_records([record(i) for i in range(50)], name="seed-style.json")
     traces = [{"input_tokens": i} for i in range(200)]

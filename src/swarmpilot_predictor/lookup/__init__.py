@@ -19,8 +19,8 @@ carry its features as plain top-level keys.
 :class:`LookupTable` keeps a table column-wise (about 100 bytes a row, and 4 a knot) with an
 index built once: a sorted 64-bit hash of every row's feature values (exact
 match, vectorised ``searchsorted``), the same for task ids, and per identity and
-combination of categorical values a k-d tree over the numeric features
-standardised by the table's mean and standard deviation (nearest match).
+combination of categorical values a k-d tree over the numeric features,
+centred on the table's median and scaled by its interquartile range (nearest match).
 A trace is answered by, in order: exact feature match, task id, nearest record
 (categorical features must match exactly), and, for identities whose records
 carry no features (the seed's format), a pseudo-random record chosen by a hash

@@ -22,9 +22,10 @@ log = logging.getLogger(__package__)
 # rearranged, intervals checked; 3: the shape features, the flag a partition key; 4: numeric
 # strings beside numbers read as numbers; 5: runtimes over 1e100 ms and malformed intervals,
 # confidence levels, versions and model_info refused; 6: the records' knots, knot_levels
-# and knot_predictions); a sidecar of another version is
+# and knot_predictions; 7: numeric features centred on their median, scaled by their
+# interquartile range); a sidecar of another version is
 # ignored and rewritten (a table parsed under older rules is parsed again).
-INDEX_FORMAT = 6
+INDEX_FORMAT = 7
 # Bytes of the table's name kept in its sidecar's name (see LookupTableStore.index_path).
 SIDECAR_NAME_BYTES = 200
 

@@ -61,6 +61,10 @@ SCALAR_MAX = 8
 # squared distance would otherwise overflow and the k-d tree answer "no neighbour". (A
 # million standard deviations out, the records' differences still show in the distances.)
 _Z_MAX = 1e6
+# Records further than this many (robust) standard deviations out on a feature do not set
+# the features' weights (LookupTable._relevance): of lognormal token counts of sigma 1, one
+# in a thousand.
+_FIT_Z_MAX = 20.0
 # The least weight of a nearest-record coordinate (see LookupTable._relevance): a feature
 # the answers do not follow still tells records apart that are otherwise alike.
 _MIN_WEIGHT = 1e-3
@@ -380,6 +384,12 @@ class LookupTable:
         curve follows: numeric codes of zones, say).
         """
         n, p = Z.shape
+        # Records far outside on a feature (a typo's 10^15 tokens) are left out of the fit:
+        # one of them tilted it, and the weights, for every other record.
+        inside = (np.abs(Z) <= _FIT_Z_MAX).all(axis=1)
+        if inside.sum() >= p + 3:
+            Z, rows, parts = Z[inside], rows[inside], parts[inside]
+            n = len(Z)
         if n < p + 3:
             return np.ones(p)
         t = np.log(np.maximum(self.expect[rows], 1e-300))
@@ -1274,6 +1284,26 @@ def _binned_effect(z: np.ndarray, t: np.ndarray, max_bins: int = 16) -> float:
 _NUMBERS = (int, float)
 
 
+def _centre_and_scale(values: np.ndarray) -> tuple[float, float]:
+    """A numeric feature's origin and unit as a nearest-record coordinate, from its finite
+    values: their median and interquartile range over 1.349 (normal values' standard
+    deviation), so that one far record (a typo's 10^15 tokens) moves no other's distances:
+    a mean and standard deviation it set made every other record as near as the next, and
+    the nearest error's median 0.006 of the model's answer became 0.55 (``benchmarks/lookup.py
+    --outliers``). The standard deviation where the middle half is one value, else 1."""
+    if not len(values):
+        return 0.0, 1.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        low, centre, high = np.quantile(values, [0.25, 0.5, 0.75]).tolist()
+        scale = (high - low) / 1.349
+        if not scale > 0:
+            scale = float(values.std())
+    if not (math.isfinite(centre) and math.isfinite(scale)):
+        # Values near the float limit: the column is too wide to measure distances on.
+        return 0.0, float(np.finfo(np.float64).max)
+    return centre, scale if scale > 0 else 1.0
+
+
 def _column_from_values(name: str, values: list[Any]) -> FeatureColumn:
     """A feature column from one value per row: numeric unless it holds a string, or where
     its strings all spell finite numbers beside numbers (a numeric feature's ``"1744"``, as
@@ -1292,14 +1322,8 @@ def _column_from_values(name: str, values: list[Any]) -> FeatureColumn:
                 raise ValueError
         except (TypeError, ValueError, OverflowError):
             nums = np.array([as_number(v) for v in values], dtype=np.float64)
-        fin = nums[np.isfinite(nums)]
-        with np.errstate(over="ignore", invalid="ignore"):
-            mean = float(fin.mean()) if len(fin) else 0.0
-            std = float(fin.std()) if len(fin) else 0.0
-        if not (math.isfinite(mean) and math.isfinite(std)):
-            # Values near the float limit: the column is too wide to measure distances on.
-            mean, std = 0.0, float(np.finfo(np.float64).max)
-        return FeatureColumn(name, "numeric", nums, mean=mean, scale=std if std > 0 else 1.0)
+        centre, scale = _centre_and_scale(nums[np.isfinite(nums)])
+        return FeatureColumn(name, "numeric", nums, mean=centre, scale=scale)
     # Strings (and numbers beside them, compared as their text): codes into a vocabulary.
     try:
         distinct = dict.fromkeys(values)
