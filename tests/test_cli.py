@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 import yaml
@@ -861,6 +862,47 @@ def test_predict_over_http_prints_the_services_answer_as_offline_does(tmp_path, 
         outputs.append(body)
     assert outputs[0] == outputs[1]
     assert "message" not in outputs[0]["results"][0] and "quantiles" not in outputs[0]["results"][1]
+
+
+def test_a_table_missing_traces_it_could_not_predict_exits_1_and_is_written(tmp_path, server):
+    # As predict: exit status 0 with 30 of 31 traces left out read as success to a script.
+    cfg = tmp_path / "train.json"
+    cfg.write_text(json.dumps({"model": IDENTITY, "traces": make_llm_traces(100), "algorithm": "linear"}))
+    invoke("train", cfg, "--url", server.url)
+    traces = tmp_path / "t.jsonl"
+    traces.write_bytes(b"".join(orjson.dumps({"input_tokens": f"x{i}", "output_tokens": 5}) + b"\n" for i in range(3))
+                       + orjson.dumps({"input_tokens": 7, "output_tokens": 5}) + b"\n")
+    for name, where in (("remote.json", ["--url", server.url]), ("offline.json", ["--data-dir", server.data_dir])):
+        result = invoke("table", ENCODED, traces, "-o", name, *where, ok=False)
+        assert result.exit_code == 1 and "wrote 1 record to " in result.stdout, result.output
+        assert "(3 traces could not be predicted)" in result.stdout
+        result = invoke("table", ENCODED, traces, "-o", name, *where, "--json", ok=False)
+        assert result.exit_code == 1 and json_out(result)["failed"] == 3 and json_out(result)["rows"] == 1
+        assert (server.data_dir / "tables" / name).exists()
+
+
+def test_predict_answers_from_a_lookup_table_offline_and_over_http(tmp_path, server):
+    cfg = tmp_path / "train.json"
+    cfg.write_text(json.dumps({"model": IDENTITY, "traces": make_llm_traces(100), "algorithm": "linear"}))
+    invoke("train", cfg, "--url", server.url)
+    traces = tmp_path / "t.jsonl"
+    traces.write_bytes(b"".join(orjson.dumps({"input_tokens": 100 * i, "output_tokens": 50}) + b"\n" for i in range(1, 6)))
+    invoke("table", ENCODED, traces, "-o", "asked.json", "--url", server.url)
+    asked = '[{"input_tokens": 200, "output_tokens": 50}, {"input_tokens": 330, "output_tokens": 50}]'
+    sent = httpx.post(f"{server.url}/predict/batch/{ENCODED}", json={
+        "trace": orjson.loads(asked), "lookup_table": True, "lookup_table_name": "asked.json"}).json()
+    for where in (["--url", server.url], ["--data-dir", server.data_dir]):
+        body = json_out(invoke("predict", ENCODED, asked, "--lookup-table", "asked.json", *where, "--json"))
+        assert [r["match"] for r in body["results"]] == ["exact", "nearest"]
+        assert [r["quantile_predictions"] for r in body["results"]] == [r["quantile_predictions"] for r in sent["results"]]
+        assert body["total_quantiles"] == pytest.approx(sent["total_quantiles"])
+        out = invoke("predict", ENCODED, asked, "--lookup-table", "asked.json", *where).stdout
+        assert "2/2 predicted from lookup table asked.json" in out and "nearest" in out
+        # Its errors name the flags.
+        result = invoke("predict", ENCODED, asked, "--lookup-table", "../asked.json", *where, ok=False)
+        assert "--lookup-table '../asked.json' must be a file name" in one_error_line(result)
+        result = invoke("predict", ENCODED, asked, "--lookup-table", "asked.json", "--shared-factor", *where, ok=False)
+        assert "--shared-factor needs a model" in one_error_line(result)
 
 
 def test_a_table_made_offline_is_the_one_the_service_makes(tmp_path, server):

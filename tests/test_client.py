@@ -890,6 +890,16 @@ def test_requests_of_the_wrong_shape_are_refused_naming_the_field(trained_server
         (lambda c: c.train({"model": IDENTITY}, files=["traces.jsonl"]), "files"),
         (lambda c: c.train({"model": IDENTITY}, files={"traces.jsonl": 7}), "files['traces.jsonl']"),
         (lambda c: c.train_background([("model", IDENTITY)]), "config"),
+        # A table's name with lookup_table=False: the service refuses it (the model would
+        # answer); the client asked the table.
+        (lambda c: c.predict_single(IDENTITY, good, lookup_table_name="t.json", lookup_table=False), "lookup_table_name"),
+        (lambda c: c.queue_wait(IDENTITY, [good], lookup_table_name="t.json", lookup_table=False), "lookup_table_name"),
+        # A table generation's form fields are text: True was sent as "True", b"x.json" as a name.
+        (lambda c: c.generate_table(IDENTITY, b'{"input_tokens": 1}', confidence_level=True), "confidence_level"),
+        (lambda c: c.generate_table(IDENTITY, b'{"input_tokens": 1}', confidence_level="0.9"), "confidence_level"),
+        (lambda c: c.generate_table(IDENTITY, b'{"input_tokens": 1}', table_name=5), "table_name"),
+        (lambda c: c.generate_table(IDENTITY, b'{"input_tokens": 1}', table_name=b"x.json"), "table_name"),
+        (lambda c: c.generate_table(IDENTITY, b'{"input_tokens": 1}', format=1), "format"),
         # The seed's methods: metadata of another kind was an AttributeError.
         (lambda c: c.predict("llm", None), "metadata"),
         (lambda c: c.get_median_prediction("llm", [("hardware", "A100")]), "metadata"),

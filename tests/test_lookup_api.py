@@ -197,6 +197,11 @@ def test_bad_names_files_and_requests(live):
     assert r.status_code == 422 and r.json()["field"] == "confidence_level"
     r = httpx.post(f"{url}/predict/table/{SEGMENTS}", files={"trace_file": ("t.exe", b"MZ")})
     assert r.status_code == 422 and r.json()["field"] == "trace_file"
+    # Refused before the route runs (a query parameter it does not take), in its own shape
+    # all the same (it was {"status": "error"}, without "path").
+    r = httpx.post(f"{url}/predict/table/{SEGMENTS}?version=1", files={"trace_file": ("t.jsonl", jsonl(TRACES[:3]))})
+    assert r.status_code == 422 and r.json()["field"] == "version"
+    assert r.json()["status"] == "failed" and r.json()["path"] is None, r.text
     r = httpx.post(f"{url}/predict/table/{SEGMENTS}", files={"trace_file": ("t.jsonl", b'{"input_tokens": 1,')})
     assert r.status_code == 422 and "line 1" in r.json()["message"]
     r = httpx.post(f"{url}/predict/table/{SEGMENTS}", files={"trace_file": ("t.jsonl", jsonl(TRACES[:3]))},

@@ -287,7 +287,12 @@ def _add_exception_handlers(app: FastAPI, service: PredictorService) -> None:
             gone = service.data_dir_gone()
             if gone is not None:
                 exc = gone
-        response = error_response(exc.status_code, exc.message, exc.field, **exc.extra)
+        if request.method == "POST" and request.url.path.startswith("/predict/table/"):
+            # Refused before the route ran (its key, a query parameter it does not take, the
+            # data directory gone): in the answer shape of its own failures, as the seed's.
+            response = table_failure(exc)
+        else:
+            response = error_response(exc.status_code, exc.message, exc.field, **exc.extra)
         response.headers.update(exc.headers)
         return response
 

@@ -496,6 +496,8 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="Print the raw JSON answer."),
     shared_factor: bool = typer.Option(False, "--shared-factor",
                                        help="Multiply the total by the model's shared factor (README, Modelling)."),
+    lookup_table: Optional[str] = typer.Option(None, "--lookup-table", metavar="NAME",
+                                               help="Answer from this lookup table of the tables folder (the service's, with --url), not the model."),
 ):
     """Predict runtime distributions for traces.
 
@@ -505,18 +507,20 @@ def predict(
     levels = _levels_arg(quantiles)
     _confidence_arg(confidence_level)
     traces = _read_trace_arg(trace)
+    flags = {"lookup_table_name": "--lookup-table", "shared_factor": "--shared-factor"}
     if url:
-        with _remote(url) as client:
+        with _remote(url, flags) as client:
             body = client.predict_batch(pattern.as_tuple(), traces, confidence_level=confidence_level, quantiles=levels,
-                                        shared_factor=shared_factor).model_dump(exclude_unset=True)  # the answer as sent
+                                        lookup_table_name=lookup_table, shared_factor=shared_factor
+                                        ).model_dump(exclude_unset=True)  # the answer as sent
     else:
         service = _service(data_dir, existing=True) or _no_models(data_dir)
         _predict_on_one_blas_thread()
         try:
-            body = service.predict(pattern, traces, confidence_level, levels, with_total=True,
-                                   shared_factor=shared_factor).batch_response()
+            body = service.predict(pattern, traces, confidence_level, levels, with_total=True, shared_factor=shared_factor,
+                                   lookup_table=lookup_table is not None, lookup_table_name=lookup_table).batch_response()
         except PredictorError as exc:
-            _fail(exc.message)
+            _fail(_as_flag(exc.message, exc.field, flags))
     if as_json:
         _out(orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n")
     else:
@@ -534,19 +538,23 @@ def _print_predictions(body: dict[str, Any], confidence_level: float) -> None:
     if len(body["results"]) > _TABLE_ROWS_MAX:
         _print_prediction_lines(body, confidence_level)
         return
-    table = Table(title=f"{body['summary']['success']}/{body['summary']['total']} predicted")
+    tabled = bool(body["results"]) and body["results"][0].get("source") == "lookup_table"
+    table = Table(title=escape(_predicted(body)))
     table.add_column("#")
+    if tabled:
+        table.add_column("match")  # exact, task_id or nearest: how far a record is from the trace
     for q in body.get("quantiles") or []:
         table.add_column(f"p{_level(q * 100)}")
     table.add_column("mean")
     table.add_column("std")
     table.add_column(f"{_level(confidence_level)} interval")
     for i, r in enumerate(body["results"]):
+        match = [str(r.get("match") or "")] if tabled else []
         if r["status"] == "success":
-            table.add_row(str(i), *[f"{v:.2f}" for v in r["quantile_predictions"]], f"{r['expect']:.2f}",
+            table.add_row(str(i), *match, *[f"{v:.2f}" for v in r["quantile_predictions"]], f"{r['expect']:.2f}",
                           f"{r['error']:.2f}", f"{r['interval'][0]:.2f} - {r['interval'][1]:.2f}")
         else:
-            table.add_row(str(i), f"[red]{escape(r['message'])}[/]")
+            table.add_row(str(i), *match, f"[red]{escape(r['message'])}[/]")
     console.print(table)
     _print_total(body, confidence_level)
 
@@ -555,6 +563,13 @@ def _level(value: float) -> str:
     """A level as given, to 12 digits: ``:g``'s 6 labelled 0.999999999999 "1 interval", and
     quantile 0.9999999 "p100"; 12 still drop float noise (0.07 * 100 is 7.000000000000001)."""
     return f"{value:.12g}"
+
+
+def _predicted(body: dict[str, Any]) -> str:
+    """``2/3 predicted``, and from which lookup table where one answered."""
+    said = f"{body['summary']['success']}/{body['summary']['total']} predicted"
+    first = body["results"][0] if body["results"] else {}
+    return said + (f" from lookup table {first.get('table')}" if first.get("source") == "lookup_table" else "")
 
 
 def _print_total(body: dict[str, Any], confidence_level: float) -> None:
@@ -570,7 +585,7 @@ def _print_prediction_lines(body: dict[str, Any], confidence_level: float) -> No
     levels = body.get("quantiles") or []
     head = ["#", *(f"p{_level(q * 100)}" for q in levels), "mean", "std", f"{_level(confidence_level)} low",
             f"{_level(confidence_level)} high"]
-    lines = [f"{body['summary']['success']}/{body['summary']['total']} predicted", "\t".join(head)]
+    lines = [_predicted(body), "\t".join(head)]
     for i, r in enumerate(body["results"]):
         if r["status"] == "success":
             values = [*r["quantile_predictions"], r["expect"], r["error"], *r["interval"]]
@@ -670,7 +685,14 @@ def table_cmd(
             _as_created_here(Path(result["path"]))
     if as_json:
         _out(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
-        return
+    else:
+        _print_table_result(result)
+    if result.get("failed"):
+        # As predict: a script can tell that traces are missing from the table (written all the same).
+        raise typer.Exit(1)
+
+
+def _print_table_result(result: dict[str, Any]) -> None:
     ready = result.get("load_seconds")
     console.print(f"wrote {_count(result['rows'], 'record')} to {escape(str(result['path']))} in "
                   f"{result.get('duration_seconds', 0):.1f}s"

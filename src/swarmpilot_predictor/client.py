@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import numbers
 import operator
 import os
 import re
@@ -518,11 +519,19 @@ class _Calls:
             data, name = trace_file, filename or _trace_file_name(trace_file)
         else:
             data, name = Path(trace_file).read_bytes(), filename or Path(trace_file).name
-        if isinstance(confidence_level, (int, float)) and not math.isfinite(confidence_level):
+        # Checked as the prediction routes' JSON bodies are (strict types): a form field is
+        # text, and True or b"x.json" would be sent as "True" and "b'x.json'", or as the name.
+        if isinstance(confidence_level, bool) or not isinstance(confidence_level, numbers.Real):
+            raise InvalidRequestError(f"confidence_level must be a number, got {_shown(confidence_level)}",
+                                      field="confidence_level")
+        if not math.isfinite(confidence_level):
             # As in a JSON body: refused before sending (the form would carry the text "nan").
             raise InvalidRequestError(f"confidence_level is {confidence_level}, which cannot be sent",
                                       field="confidence_level")
         form = {"confidence_level": str(confidence_level)}
+        for key, value in (("table_name", table_name), ("format", format)):
+            if value is not None and not isinstance(value, str):
+                raise InvalidRequestError(f"{key} must be a string, got {_shown(value)}", field=key)
         if table_name is not None:  # a blank name is the server's to refuse, not a default to fall back to
             form["table_name"] = table_name
         if format:
@@ -551,7 +560,14 @@ class _Calls:
 
     @staticmethod
     def _options(confidence_level: float, quantiles: Sequence[float] | None, lookup_table_name: str | None,
-                 lookup_table: bool, version: int | None = None) -> dict[str, Any]:
+                 lookup_table: bool | None, version: int | None = None) -> dict[str, Any]:
+        """A prediction's options as its body holds them. A ``lookup_table_name`` alone asks
+        that table (``lookup_table`` left out: implied); with ``lookup_table=False`` it is
+        refused, as the service refuses a name without the flag (the model would answer)."""
+        if lookup_table_name is not None and lookup_table is False:
+            raise InvalidRequestError("lookup_table_name names a table, but lookup_table is False: the model would "
+                                      "answer; leave lookup_table out (or True) to ask the table",
+                                      field="lookup_table_name")
         body: dict[str, Any] = {"confidence_level": confidence_level}
         if version is not None:  # sent only when asked: a service that predates it still answers the rest
             body["version"] = _whole(version, "version", noun="an integer")
@@ -566,7 +582,7 @@ class _Calls:
 
     def predict_single(self, identity: IdentityLike, trace: Mapping[str, Any], confidence_level: float = 0.95,
                        quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
-                       lookup_table: bool = False, version: int | None = None) -> _Request:
+                       lookup_table: bool | None = None, version: int | None = None) -> _Request:
         body = {"trace": _trace(trace, "trace"),
                 **self._options(confidence_level, quantiles, lookup_table_name, lookup_table, version)}
         return _Request("POST", "/predict/single/" + "/".join(identity_segments(identity)), json=body,
@@ -574,7 +590,7 @@ class _Calls:
 
     def predict_batch(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]], confidence_level: float = 0.95,
                       quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
-                      lookup_table: bool = False, shared_factor: bool = False, total_distribution: bool = True,
+                      lookup_table: bool | None = None, shared_factor: bool = False, total_distribution: bool = True,
                       version: int | None = None) -> _Request:
         body = {"trace": _traces(traces, "trace"),
                 **self._options(confidence_level, quantiles, lookup_table_name, lookup_table, version)}
@@ -589,7 +605,7 @@ class _Calls:
     def predict_queues(self, identity: IdentityLike, queues: Mapping[str, Iterable[Mapping[str, Any]]],
                        confidence_level: float = 0.9, quantiles: Sequence[float] | None = (0.5, 0.9, 0.99),
                        shared_factor: bool = False, version: int | None = None, lookup_table_name: str | None = None,
-                       lookup_table: bool = False) -> _Request:
+                       lookup_table: bool | None = None) -> _Request:
         if not isinstance(queues, Mapping):
             raise InvalidRequestError(f"queues must be a mapping of queue names to lists of traces, got {_shown(queues)}",
                                       field="queues")
@@ -1024,7 +1040,7 @@ class PredictorClient(_Base):
 
     def predict_single(self, identity: IdentityLike, trace: Mapping[str, Any], confidence_level: float = 0.95,
                        quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
-                       lookup_table: bool = False, version: int | None = None) -> SinglePredictionResponse:
+                       lookup_table: bool | None = None, version: int | None = None) -> SinglePredictionResponse:
         """The runtime distribution of one task: quantiles at ``quantiles`` (any in (0, 1)), mean,
         standard deviation and the central ``confidence_level`` interval, in ms."""
         return self._send(self._calls.predict_single(identity, trace, confidence_level, quantiles, lookup_table_name,
@@ -1032,7 +1048,7 @@ class PredictorClient(_Base):
 
     def predict_batch(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]], confidence_level: float = 0.95,
                       quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
-                      lookup_table: bool = False, shared_factor: bool = False,
+                      lookup_table: bool | None = None, shared_factor: bool = False,
                       total_distribution: bool = True, version: int | None = None) -> BatchPredictionResponse:
         """:meth:`predict_single` of every task, in one request, and the distribution of their total
         (the sum of independent tasks, or with ``shared_factor`` a level they share)."""
@@ -1112,7 +1128,7 @@ class PredictorClient(_Base):
     def queue_wait(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]],
                    quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9,
                    partial: bool = False, shared_factor: bool = False, lookup_table_name: str | None = None,
-                   lookup_table: bool = False, version: int | None = None) -> QueueWaitEstimate:
+                   lookup_table: bool | None = None, version: int | None = None) -> QueueWaitEstimate:
         """Distribution of the time until the tasks queued on one instance all finish.
 
         A task that cannot be predicted raises :class:`PredictorClientError` naming it,
@@ -1131,7 +1147,7 @@ class PredictorClient(_Base):
     def queue_waits(self, identity: IdentityLike, queues: Mapping[str, Iterable[Mapping[str, Any]]],
                     quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9,
                     partial: bool = False, shared_factor: bool = False, lookup_table_name: str | None = None,
-                    lookup_table: bool = False, version: int | None = None) -> dict[str, QueueWaitEstimate]:
+                    lookup_table: bool | None = None, version: int | None = None) -> dict[str, QueueWaitEstimate]:
         """:meth:`queue_wait` of several queues of one model's tasks (a scheduler's instances,
         by name) in one request: ``{name: QueueWaitEstimate}``, in the order given, with the
         same options. A task that cannot be predicted raises :class:`PredictorClientError`
@@ -1253,13 +1269,13 @@ class AsyncPredictorClient(_Base):
 
     async def predict_single(self, identity: IdentityLike, trace: Mapping[str, Any], confidence_level: float = 0.95,
                              quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
-                             lookup_table: bool = False, version: int | None = None) -> SinglePredictionResponse:
+                             lookup_table: bool | None = None, version: int | None = None) -> SinglePredictionResponse:
         return await self._send(self._calls.predict_single(identity, trace, confidence_level, quantiles, lookup_table_name,
                                                            lookup_table, version))
 
     async def predict_batch(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]], confidence_level: float = 0.95,
                             quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
-                            lookup_table: bool = False, shared_factor: bool = False,
+                            lookup_table: bool | None = None, shared_factor: bool = False,
                             total_distribution: bool = True, version: int | None = None) -> BatchPredictionResponse:
         # (Checked in a worker thread where long: every value of every trace is looked at.)
         return await self._send(await _built_off_loop(
@@ -1322,7 +1338,7 @@ class AsyncPredictorClient(_Base):
     async def queue_wait(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]],
                          quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9,
                          partial: bool = False, shared_factor: bool = False, lookup_table_name: str | None = None,
-                         lookup_table: bool = False, version: int | None = None) -> QueueWaitEstimate:
+                         lookup_table: bool | None = None, version: int | None = None) -> QueueWaitEstimate:
         batch = await self.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name, lookup_table,
                                          shared_factor=shared_factor, version=version)
         return self._calls.queue_wait(batch, confidence_level, partial)
@@ -1330,7 +1346,7 @@ class AsyncPredictorClient(_Base):
     async def queue_waits(self, identity: IdentityLike, queues: Mapping[str, Iterable[Mapping[str, Any]]],
                           quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9,
                           partial: bool = False, shared_factor: bool = False, lookup_table_name: str | None = None,
-                          lookup_table: bool = False, version: int | None = None) -> dict[str, QueueWaitEstimate]:
+                          lookup_table: bool | None = None, version: int | None = None) -> dict[str, QueueWaitEstimate]:
         many = isinstance(queues, Mapping) and sum(len(t) if isinstance(t, Sized) else 0
                                                     for t in queues.values()) > _LARGE_BATCH_TRACES
         answer = await self._send(await _built_off_loop(many, self._calls.predict_queues, identity, queues,

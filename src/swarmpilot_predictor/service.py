@@ -27,6 +27,7 @@ from .errors import AmbiguousModel, DataDirectoryGone, InvalidInput, ModelNotFou
 from .identity import (IDENTITY_KEYS, IdentityPattern, ModelIdentity, describe_stated, fields_naming_a_model, identity_conflicts,
                        named_by_traces, names_a_model, stated_keys)
 from .lookup import WRITABLE_FORMATS, LookupTableStore, TablePrediction, generate_table, table_format
+from .lookup.names import WRITABLE_TABLE_KINDS
 from .lookup.quantiles import KNOT_LIMIT, KNOT_MOST
 from .metrics import TABLE_LABEL, PredictorMetrics, table_label
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog
@@ -192,7 +193,7 @@ def _written_format(name: str, fmt: str | None) -> str:
     and agree with ``fmt`` where that is given."""
     name_fmt = table_format(name)
     if name_fmt not in WRITABLE_FORMATS:
-        raise InvalidInput(f"table_name {shown(name)} must end in .json or .csv (optionally .gz)", field="table_name")
+        raise InvalidInput(f"table_name {shown(name)} must end in {WRITABLE_TABLE_KINDS}", field="table_name")
     if fmt is not None and fmt != name_fmt:
         raise InvalidInput(f"format {shown(fmt)} does not match the table name {shown(name)}", field="format")
     return name_fmt

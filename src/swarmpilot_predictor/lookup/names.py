@@ -12,10 +12,12 @@ from typing import Any
 
 from ..errors import InvalidInput, shown
 from ..identity import has_control_characters
-from ..traces import TRACE_FILE_FORMATS, trace_file_format
+from ..traces import TRACE_FILE_FORMATS, TRACE_FILE_KINDS, trace_file_format
 
 TABLE_FORMATS = TRACE_FILE_FORMATS  # a table is named as a trace file is
 WRITABLE_FORMATS = ("json", "csv")
+# The endings of a table generation writes, in messages (the endings it reads: TRACE_FILE_KINDS).
+WRITABLE_TABLE_KINDS = ".json or .csv (optionally .gz): a table is written as JSON or CSV"
 # Keys of a record that are not features (flat-feature records put features beside them).
 RECORD_KEYS = frozenset({
     "status", "model_type", "quantiles", "quantile_predictions", "expect", "error", "interval",
@@ -75,6 +77,6 @@ def check_table_name(name: Any, field: str = "lookup_table_name", writing: bool 
         )
     fmt = table_format(name)
     if fmt is None or (writing and fmt not in WRITABLE_FORMATS):
-        endings = ".json or .csv" if writing else ".json, .jsonl or .csv"
-        raise InvalidInput(f"{field} {shown(name)} must end in {endings} (optionally .gz)", field=field)
+        endings = WRITABLE_TABLE_KINDS if writing else TRACE_FILE_KINDS
+        raise InvalidInput(f"{field} {shown(name)} must end in {endings}", field=field)
     return name
