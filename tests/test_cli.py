@@ -653,6 +653,11 @@ def test_an_error_answer_of_the_service_is_one_line(tmp_path, server):
                                "params": {"num_leaves": 7}}))
     result = runner.invoke(cli.app, ["train", str(cfg), "--url", server.url])
     assert "'num_leaves' is a LightGBM parameter" in one_error_line(result)
+    # A config that does not validate is named after the file's path, as offline.
+    cfg.write_text(json.dumps({"model": IDENTITY, "traces": make_llm_traces(60), "features": ["input_tokens"] * 2}))
+    for where in (["--url", server.url], ["--data-dir", str(tmp_path / "offline")]):
+        result = runner.invoke(cli.app, ["train", str(cfg), *where])
+        assert f"{cfg}: config.features: features names 'input_tokens' more than once" in one_error_line(result), where
 
 
 def test_with_url_the_api_key_comes_from_the_environment(tmp_path, monkeypatch):

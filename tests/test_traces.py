@@ -338,6 +338,15 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
         list(iter_trace_file(path))  # (the column within the line: not orjson's "line 1" of the line alone)
 
 
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+def test_a_jsonl_line_that_spells_nan_says_so(tmp_path, token):
+    # Python's json writes them by default; the line was "unexpected character ... at column 35".
+    path = tmp_path / "nan.jsonl"
+    path.write_bytes(as_jsonl(FLAT[:2]) + b'{"input_tokens": 5, "runtime_ms": ' + token.encode() + b"}\n")
+    with pytest.raises(TraceError, match=rf"nan\.jsonl: line 3 is not valid JSON \({token} is not a JSON value: write null"):
+        list(iter_trace_file(path))
+
+
 def test_jsonl_line_that_is_not_an_object_names_the_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_bytes(as_jsonl(FLAT[:1]) + b"[1, 2]\n")

@@ -358,6 +358,8 @@ def train(
                         # the CLI looked first, and that nothing was uploaded.
                         exc.message += (f"; there is no file {str(config.parent / traces)!r} next to the config "
                                         "either, to upload")
+                    if exc.field == "config" or (exc.field or "").startswith(("config.", "config[")):
+                        exc.message = f"{config}: {exc.message}"  # which file, as offline
                     raise
         except KeyboardInterrupt:
             # The request was sent: the service trains on and stores the version all the same.

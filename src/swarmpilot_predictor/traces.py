@@ -316,6 +316,26 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"not valid JSON ({name} is not a JSON value)")
 
 
+class _Constant(Exception):
+    pass
+
+
+def _raise_constant(name: str) -> Any:
+    raise _Constant(name)
+
+
+def _constant_in(line: bytes) -> str | None:
+    """Why a line orjson refused is not JSON where it spells NaN or an infinity (Python's
+    json writes them by default), as a JSON array's item is told; None otherwise."""
+    try:
+        json.loads(line, parse_constant=_raise_constant)
+    except _Constant as exc:
+        return f"{exc.args[0]} is not a JSON value: write null for a missing value"
+    except (ValueError, RecursionError):
+        pass
+    return None
+
+
 # Bytes read at a time by content_lines.
 _LINES_BLOCK = 1 << 20
 
@@ -352,7 +372,8 @@ def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Ite
                 try:
                     obj = _json_loads(line)
                 except orjson.JSONDecodeError as exc:
-                    raise TraceError(f"{source}: line {lineno} is not valid JSON ({line_json_problem(exc)})") from None
+                    said = _constant_in(line) or line_json_problem(exc)
+                    raise TraceError(f"{source}: line {lineno} is not valid JSON ({said})") from None
                 yield _normalize_at(obj, source, f"line {lineno}")
         elif fmt == "json":
             try:
