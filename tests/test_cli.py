@@ -559,12 +559,13 @@ def test_what_the_client_refuses_before_sending_is_one_line(tmp_path):
     assert "model_name" in one_error_line(result) and result.exit_code == 1
 
 
-@pytest.mark.parametrize("command", ["predict", "models", "table"])
+@pytest.mark.parametrize("command", ["predict", "models", "table", "tables"])
 def test_a_mistyped_data_directory_is_an_error_not_an_empty_one(tmp_path, command):
     missing = tmp_path / "typo"
     traces = tmp_path / "t.jsonl"
     traces.write_bytes(orjson.dumps({"input_tokens": 1, "output_tokens": 2}))
-    args = {"predict": ["llm/*/*/*/*", str(traces)], "models": [], "table": ["llm/*/*/*/*", str(traces)]}[command]
+    args = {"predict": ["llm/*/*/*/*", str(traces)], "models": [], "table": ["llm/*/*/*/*", str(traces)],
+            "tables": []}[command]
     result = runner.invoke(cli.app, [command, *args, "--data-dir", str(missing)])
     assert f"data directory {missing} does not exist" in one_error_line(result)
     assert not missing.exists()
@@ -638,7 +639,7 @@ def test_train_with_url_says_where_it_looked_for_a_missing_trace_file(tmp_path, 
     cfg = tmp_path / "x.yaml"
     cfg.write_text(yaml.safe_dump({"model": IDENTITY, "traces": "nothere.jsonl", "algorithm": "linear"}))
     line = one_error_line(runner.invoke(cli.app, ["train", str(cfg), "--url", server.url]))
-    assert "422: traces file 'nothere.jsonl' not found in the data directory (no file was uploaded)" in line
+    assert f"422: {cfg}: traces file 'nothere.jsonl' not found in the data directory (no file was uploaded)" in line
     assert f"there is no file '{tmp_path / 'nothere.jsonl'}' next to the config either, to upload" in line
 
 
@@ -908,6 +909,17 @@ def test_predict_answers_from_a_lookup_table_offline_and_over_http(tmp_path, ser
         assert "--lookup-table '../asked.json' must be a file name" in one_error_line(result)
         result = invoke("predict", ENCODED, asked, "--lookup-table", "asked.json", "--shared-factor", *where, ok=False)
         assert "--shared-factor needs a model" in one_error_line(result)
+        # And the tables there: the service's as GET /tables lists them; offline, the folder's files.
+        listed = {t["name"]: t for t in json_out(invoke("tables", *where, "--json"))}
+        assert listed["asked.json"]["size_bytes"] == (server.data_dir / "tables" / "asked.json").stat().st_size
+        out = invoke("tables", *where).stdout
+        assert "asked.json" in out and "KB" in out
+    # The service generated it, so holds it: its records and model are known.
+    assert {t["name"]: t for t in httpx.get(f"{server.url}/tables").json()["tables"]}["asked.json"]["rows"] == 5
+    assert "llm/" in invoke("tables", "--url", server.url).stdout
+    empty = tmp_path / "empty"
+    (empty / "models").mkdir(parents=True)
+    assert invoke("tables", "--data-dir", empty).stdout.startswith("no lookup tables")
 
 
 def test_a_table_made_offline_is_the_one_the_service_makes(tmp_path, server):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import shutil
 import signal
@@ -629,6 +630,48 @@ def models(data_dir: Optional[str] = DataDirOpt, url: Optional[str] = UrlOpt,
                           _fmt(met.get("relative_pinball_loss")), _fmt((met.get("interval_coverage") or {}).get("0.9")),
                           str(m.get("total_predictions", 0)))
     console.print(table)
+
+
+@app.command("tables")
+def tables_cmd(data_dir: Optional[str] = DataDirOpt, url: Optional[str] = UrlOpt,
+               as_json: bool = typer.Option(False, "--json", help="Print the raw JSON list.")):
+    """List lookup tables (the data directory's tables folder, or the service's)."""
+    if url:
+        with _remote(url) as client:
+            entries = client.list_tables()
+    else:
+        service = _service(data_dir, existing=True)
+        try:
+            entries = service.list_tables()["tables"] if service is not None else []
+        except PredictorError as exc:
+            _fail(exc.message)
+    if as_json:
+        _out(orjson.dumps(entries, option=orjson.OPT_INDENT_2) + b"\n")
+        return
+    if not entries:
+        console.print("no lookup tables: make one with `table MODEL TRACE_FILE`")
+        return
+    table = Table(title="lookup tables")
+    for col in ("name", "size", "modified", "records", "models"):
+        table.add_column(col)
+    for t in entries:
+        # Rows and models are known of a table the service holds in memory (with --url: one it
+        # generated or answered from); a file's own stat otherwise.
+        models = ", ".join("/".join(str(i.get(k) or "*") for k in IDENTITY_KEYS) for i in t.get("identities") or [])
+        when = datetime.datetime.fromtimestamp(t["modified_at"], datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        table.add_row(escape(t["name"]), _size(t["size_bytes"]), when, f"{t['rows']:,}" if "rows" in t else "-",
+                      escape(models) or ("[red]" + escape(t["error"]) + "[/]" if t.get("error") else "-"))
+    console.print(table)
+
+
+def _size(n: float) -> str:
+    """Bytes as a person reads them: ``912 B``, ``1.5 MB``."""
+    unit = "B"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            break
+        n /= 1024
+    return f"{n:,.0f} B" if unit == "B" else f"{n:,.1f} {unit}"
 
 
 @app.command("table")
