@@ -478,10 +478,13 @@ class _TooLarge(_Constant):
 
 
 def _number(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse`` (``float`` or ``int``) for ``json.loads``, a ``_TooLarge`` where the number
+    is past a double's range (quoted cut short: an integer may have thousands of digits)."""
     def read(text: str) -> Any:
         value = parse(text)
-        return _TooLarge(text if len(text) <= 24 else f"{text[:20]}... ({len(text)} characters)") \
-            if abs(value) > sys.float_info.max else value
+        if abs(value) <= sys.float_info.max:
+            return value
+        return _TooLarge(text if len(text) <= 24 else f"{text[:20]}... ({len(text)} characters)")
     return read
 
 

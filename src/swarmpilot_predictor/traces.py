@@ -316,12 +316,12 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"not valid JSON ({name} is not a JSON value)")
 
 
-class _Constant(Exception):
-    pass
+class _SpeltConstant(Exception):
+    """NaN, Infinity or -Infinity, found by :func:`_constant_in` (its name the argument)."""
 
 
 def _raise_constant(name: str) -> Any:
-    raise _Constant(name)
+    raise _SpeltConstant(name)
 
 
 def _constant_in(line: bytes) -> str | None:
@@ -329,7 +329,7 @@ def _constant_in(line: bytes) -> str | None:
     json writes them by default), as a JSON array's item is told; None otherwise."""
     try:
         json.loads(line, parse_constant=_raise_constant)
-    except _Constant as exc:
+    except _SpeltConstant as exc:
         return f"{exc.args[0]} is not a JSON value: write null for a missing value"
     except (ValueError, RecursionError):
         pass

@@ -44,7 +44,7 @@ def save_index(table: LookupTable, dest: Path, source_signature: tuple) -> None:
         "skipped": table.skipped,
         "identities": [list(i) for i in table.identities],
         "levelsets": len(table.levelsets),
-        "columns": [{"name": c.name, "kind": c.kind, "vocab": c.vocab, "mean": c.mean, "scale": c.scale,
+        "columns": [{"name": c.name, "kind": c.kind, "vocab": c.vocab, "centre": c.centre, "scale": c.scale,
                      "word_among_numbers": c.word_among_numbers} for c in table.columns],
         "task_hashes": table.task_hashes is not None,
         "shape_features": {str(g): list(v) for g, v in table.shape_features.items()},
@@ -77,7 +77,7 @@ def load_index(src: Path, path: Path, name: str, source_signature: tuple, seed: 
                 return None
             columns = [
                 FeatureColumn(c["name"], c["kind"], z[f"column_{j}"], vocab={k: int(v) for k, v in c["vocab"].items()},
-                              mean=float(c["mean"]), scale=float(c["scale"]),
+                              centre=float(c["centre"]), scale=float(c["scale"]),
                               word_among_numbers=c.get("word_among_numbers"))
                 for j, c in enumerate(meta["columns"])
             ]

@@ -78,7 +78,8 @@ class FeatureColumn:
     kind: str  # "numeric" | "categorical"
     values: np.ndarray  # float64 (numeric, NaN = missing) or int64 codes (-1 = missing)
     vocab: dict[str, int] = field(default_factory=dict)
-    mean: float = 0.0
+    # A numeric feature's origin and unit as a nearest-record coordinate (_centre_and_scale).
+    centre: float = 0.0
     scale: float = 1.0
     # Of a categorical column that also holds numbers, its first string that spells no finite
     # number: why it is not numeric (an edited table's typo makes a numeric column categorical).
@@ -102,7 +103,7 @@ class FeatureColumn:
 
     def standardised(self, v: np.ndarray) -> np.ndarray:
         """Numeric values as nearest-record coordinates (NaN stays NaN)."""
-        return np.clip((v - self.mean) / self.scale, -_Z_MAX, _Z_MAX)
+        return np.clip((v - self.centre) / self.scale, -_Z_MAX, _Z_MAX)
 
 
 @dataclass
@@ -809,7 +810,7 @@ class LookupTable:
                 if v.__class__ is str:
                     v = self._query_number(v)
                 if isinstance(v, (int, float)) and v == v:
-                    z.append(weight * min(max((float(v) - c.mean) / c.scale, -_Z_MAX), _Z_MAX))
+                    z.append(weight * min(max((float(v) - c.centre) / c.scale, -_Z_MAX), _Z_MAX))
                 elif v is None and j in g.optional_cols:
                     z.append(0.0)  # where the records lacking it sit
                 else:
@@ -1323,7 +1324,7 @@ def _column_from_values(name: str, values: list[Any]) -> FeatureColumn:
         except (TypeError, ValueError, OverflowError):
             nums = np.array([as_number(v) for v in values], dtype=np.float64)
         centre, scale = _centre_and_scale(nums[np.isfinite(nums)])
-        return FeatureColumn(name, "numeric", nums, mean=centre, scale=scale)
+        return FeatureColumn(name, "numeric", nums, centre=centre, scale=scale)
     # Strings (and numbers beside them, compared as their text): codes into a vocabulary.
     try:
         distinct = dict.fromkeys(values)
