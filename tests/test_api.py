@@ -546,6 +546,9 @@ BATCH = f"/predict/batch/{SEGMENTS}"
      ["confidence_level: -1E+400 is beyond"]),
     (BATCH, b'{"trace": [{"input_tokens": 1, "output_tokens": 1}, {"input_tokens": 1' + b'0' * 400 + b', "output_tokens": 1}]}',
      422, 'trace[1].input_tokens', ["trace[1].input_tokens: 10000000000000000000... (401 characters) is beyond"]),
+    # Past Python's int() limit of 4,300 digits too (it was "body" still).
+    (SINGLE, b'{"trace": {"input_tokens": 1, "output_tokens": 9' + b'9' * 5000 + b'}}', 422, 'trace.output_tokens',
+     ["trace.output_tokens: 99999999999999999999... (5001 characters) is beyond"]),
     (SINGLE, b'[1, 2]', 422, 'body', ["body: Input should be an object"]),
     (SINGLE, b'{"trace": "input_tokens=5"}', 422, 'trace', ["trace"]),
     (SINGLE, b'{"traces": {"input_tokens": 5}}', 422, 'trace', ["trace"]),
@@ -1561,6 +1564,29 @@ def test_long_identity_paths_are_not_kept_in_the_path_cache():
 # --------------------------------------------------------------------------- the API key
 
 API_KEY = "test-key-" + "0123456789abcdef"
+
+
+def test_a_table_generation_refused_before_its_route_answers_in_its_shape_under_a_root_path(tmp_path):
+    # Mounted under a proxy's prefix, the path the check read held it: the general shape came back.
+    from swarmpilot_predictor.api import create_app
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    app = create_app(PredictorSettings(data_dir=tmp_path / "data", api_key=API_KEY))
+    table = {"trace_file": ("t.jsonl", b'{"input_tokens": 1, "output_tokens": 1}\n')}
+
+    async def scenario(root: str) -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app, root_path=root)
+        async with httpx.AsyncClient(transport=transport, base_url="http://predictor") as http:
+            return [await http.post(f"{root}/predict/table/{SEGMENTS}", files=table),
+                    await http.post(f"{root}/predict/table/{SEGMENTS}?x=1", files=table,
+                                    headers={"authorization": f"Bearer {API_KEY}"}),
+                    await http.post(f"{root}/train", json={})]
+
+    for root in ("", "/api"):
+        keyless, unknown, train = asyncio.run(scenario(root))
+        table_failed(keyless, 401, "authorization", "API key")
+        table_failed(unknown, 422, "x", "query parameter 'x'")
+        failed(train, 401, "API key")  # other routes: the general shape
 
 
 def test_with_an_api_key_the_routes_that_change_state_need_it_and_the_others_do_not(tmp_path):

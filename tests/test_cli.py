@@ -920,6 +920,22 @@ def test_predict_answers_from_a_lookup_table_offline_and_over_http(tmp_path, ser
     empty = tmp_path / "empty"
     (empty / "models").mkdir(parents=True)
     assert invoke("tables", "--data-dir", empty).stdout.startswith("no lookup tables")
+    # A data directory of tables alone (the seed's need no model) lists and answers them, and
+    # nothing is made in it; offline the default table is not parsed to list the files.
+    alone = tmp_path / "alone"
+    (alone / "tables").mkdir(parents=True)
+    (alone / "tables" / "asked.json").write_bytes((server.data_dir / "tables" / "asked.json").read_bytes())
+    assert [t["name"] for t in json_out(invoke("tables", "--data-dir", alone, "--json"))] == ["asked.json"]
+    body = json_out(invoke("predict", ENCODED, asked, "--lookup-table", "asked.json", "--data-dir", alone, "--json"))
+    assert [r["quantile_predictions"] for r in body["results"]] == [r["quantile_predictions"] for r in sent["results"]]
+    result = invoke("predict", ENCODED, asked, "--data-dir", alone, ok=False)  # the model is asked: there is none
+    assert "holds no models" in one_error_line(result)
+    assert sorted(p.name for p in alone.iterdir()) == ["tables"]
+    many = tmp_path / "many.jsonl"  # over 1,000: tab-separated lines, the match among them
+    many.write_bytes(b"".join(orjson.dumps({"input_tokens": 200, "output_tokens": 50}) + b"\n" for _ in range(1001)))
+    lines = invoke("predict", ENCODED, many, "--lookup-table", "asked.json", "--data-dir", alone).stdout.splitlines()
+    assert lines[0] == "1001/1001 predicted from lookup table asked.json"
+    assert lines[1].split("\t")[:2] == ["#", "match"] and lines[2].split("\t")[:2] == ["0", "exact"]
 
 
 def test_a_table_made_offline_is_the_one_the_service_makes(tmp_path, server):

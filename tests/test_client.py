@@ -894,6 +894,9 @@ def test_requests_of_the_wrong_shape_are_refused_naming_the_field(trained_server
         # answer); the client asked the table.
         (lambda c: c.predict_single(IDENTITY, good, lookup_table_name="t.json", lookup_table=False), "lookup_table_name"),
         (lambda c: c.queue_wait(IDENTITY, [good], lookup_table_name="t.json", lookup_table=False), "lookup_table_name"),
+        (lambda c: c.predict_batch(IDENTITY, [good], lookup_table_name="t.json", lookup_table=np.False_), "lookup_table_name"),
+        (lambda c: c.predict_batch(IDENTITY, [good], lookup_table_name="t.json", lookup_table=0), "lookup_table"),
+        (lambda c: c.predict_single(IDENTITY, good, lookup_table="no"), "lookup_table"),
         # A table generation's form fields are text: True was sent as "True", b"x.json" as a name.
         (lambda c: c.generate_table(IDENTITY, b'{"input_tokens": 1}', confidence_level=True), "confidence_level"),
         (lambda c: c.generate_table(IDENTITY, b'{"input_tokens": 1}', confidence_level="0.9"), "confidence_level"),

@@ -537,7 +537,7 @@ def test_integers_past_the_float_range_in_json_files_are_infinite_too(tmp_path, 
     if suffix == ".json":  # in each of the array reader's layouts: a record a line, and pretty-printed
         for text, item in (('[\n{"x": 1, "y": 2},\n{"x": NaN, "y": 3}\n]\n', 1), ('[\n  {\n    "x": NaN\n  }\n]', 0)):
             path.write_text(text)
-            with pytest.raises(TraceError, match=rf"t\.json: item {item}: not valid JSON \(NaN is not a JSON value\)"):
+            with pytest.raises(TraceError, match=rf"t\.json: item {item}: not valid JSON \(NaN is not a JSON value: write null for a missing value\)"):
                 TraceTable.from_file(path)
 
 

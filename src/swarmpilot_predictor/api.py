@@ -35,7 +35,7 @@ from starlette.requests import ClientDisconnect
 from . import __version__
 from .errors import PayloadTooLarge, PredictorError, Unauthorized, UnsupportedMediaType, cut, validation_message
 from .metrics import CLIENT_CLOSED, MetricsMiddleware
-from .routes.common import DECLARED_QUERY, HEAD_ONLY, error_response, log_client_left, table_failure
+from .routes.common import DECLARED_QUERY, HEAD_ONLY, error_response, generates_table, log_client_left, table_failure
 from .routes.discovery import add_discovery_routes
 from .routes.models import add_model_routes
 from .routes.monitoring import add_monitoring_routes
@@ -155,7 +155,7 @@ class BodySizeLimitMiddleware:
 
     @staticmethod
     async def _refuse(exc: PredictorError, scope, receive, send) -> None:
-        if scope["path"].startswith("/predict/table/"):  # that route's own answer shape
+        if generates_table(scope):  # that route's own answer shape
             await table_failure(exc)(scope, receive, send)
         else:
             await error_response(exc.status_code, exc.message, exc.field)(scope, receive, send)
@@ -287,7 +287,7 @@ def _add_exception_handlers(app: FastAPI, service: PredictorService) -> None:
             gone = service.data_dir_gone()
             if gone is not None:
                 exc = gone
-        if request.method == "POST" and request.url.path.startswith("/predict/table/"):
+        if generates_table(request.scope):
             # Refused before the route ran (its key, a query parameter it does not take, the
             # data directory gone): in the answer shape of its own failures, as the seed's.
             response = table_failure(exc)

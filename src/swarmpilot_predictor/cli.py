@@ -111,21 +111,40 @@ def _service(data_dir: Optional[str], existing: bool = False):
         os.environ.pop(name, None)
     from .service import PredictorService
 
-    settings = _settings(data_dir)
-    if existing:
-        try:
-            settings.data_dir.stat()
-        except FileNotFoundError:
-            _fail(f"data directory {settings.data_dir} does not exist (train a model into it first, or give --url)")
-        except OSError:
-            pass  # unusable otherwise (a file on its path, say): the service says how
-        else:
-            if settings.data_dir.is_dir() and not settings.models_dir.is_dir():
-                return None  # (a file in its place: the service says so)
+    settings = _existing_settings(data_dir) if existing else _settings(data_dir)
+    if existing and settings.data_dir.is_dir() and not settings.models_dir.is_dir():
+        return None  # (a file in its place: the service says so)
     try:
         return PredictorService(settings)
     except PredictorError as exc:
         _fail(exc.message)
+
+
+def _existing_settings(data_dir: Optional[str]) -> PredictorSettings:
+    """The settings of a data directory a command reads, which must be there already (one
+    unusable otherwise, a file on its path say, is left for the service to say how)."""
+    settings = _settings(data_dir)
+    try:
+        settings.data_dir.stat()
+    except FileNotFoundError:
+        _fail(f"data directory {settings.data_dir} does not exist (train a model into it first, or give --url)")
+    except OSError:
+        pass
+    return settings
+
+
+def _table_store(data_dir: Optional[str]):
+    """The data directory's tables folder, opened with no model and no default table (a
+    listing parses none; the seed's tables need no model); None where it has none."""
+    root = _existing_settings(data_dir).data_dir / "tables"
+    if not root.is_dir():
+        return None
+    from .lookup import LookupTableStore
+
+    try:
+        return LookupTableStore(root)
+    except OSError as exc:
+        _fail(f"tables folder {root}: cannot read it ({exc.strerror or exc})")
 
 
 def _no_models(data_dir: Optional[str]) -> NoReturn:
@@ -517,11 +536,22 @@ def predict(
                                         lookup_table_name=lookup_table, shared_factor=shared_factor
                                         ).model_dump(exclude_unset=True)  # the answer as sent
     else:
-        service = _service(data_dir, existing=True) or _no_models(data_dir)
+        service = _service(data_dir, existing=True)
+        store = _table_store(data_dir) if service is None and lookup_table is not None else None
+        if service is None and store is None:
+            _no_models(data_dir)
         _predict_on_one_blas_thread()
         try:
-            body = service.predict(pattern, traces, confidence_level, levels, with_total=True, shared_factor=shared_factor,
-                                   lookup_table=lookup_table is not None, lookup_table_name=lookup_table).batch_response()
+            if service is not None:
+                answer = service.predict(pattern, traces, confidence_level, levels, with_total=True,
+                                         shared_factor=shared_factor, lookup_table=lookup_table is not None,
+                                         lookup_table_name=lookup_table)
+            else:  # tables, and no model
+                from .service import predict_from_table
+
+                answer = predict_from_table(store, lookup_table, pattern, traces, confidence_level, levels,
+                                            with_total=True, shared_factor=shared_factor)
+            body = answer.batch_response()
         except PredictorError as exc:
             _fail(_as_flag(exc.message, exc.field, flags))
     if as_json:
@@ -541,7 +571,7 @@ def _print_predictions(body: dict[str, Any], confidence_level: float) -> None:
     if len(body["results"]) > _TABLE_ROWS_MAX:
         _print_prediction_lines(body, confidence_level)
         return
-    tabled = bool(body["results"]) and body["results"][0].get("source") == "lookup_table"
+    tabled = _from_table(body)
     table = Table(title=escape(_predicted(body)))
     table.add_column("#")
     if tabled:
@@ -568,11 +598,15 @@ def _level(value: float) -> str:
     return f"{value:.12g}"
 
 
+def _from_table(body: dict[str, Any]) -> bool:
+    """Whether a lookup table answered (each result then says how its trace found its record)."""
+    return bool(body["results"]) and body["results"][0].get("source") == "lookup_table"
+
+
 def _predicted(body: dict[str, Any]) -> str:
     """``2/3 predicted``, and from which lookup table where one answered."""
     said = f"{body['summary']['success']}/{body['summary']['total']} predicted"
-    first = body["results"][0] if body["results"] else {}
-    return said + (f" from lookup table {first.get('table')}" if first.get("source") == "lookup_table" else "")
+    return said + (f" from lookup table {body['results'][0].get('table')}" if _from_table(body) else "")
 
 
 def _print_total(body: dict[str, Any], confidence_level: float) -> None:
@@ -586,15 +620,17 @@ def _print_prediction_lines(body: dict[str, Any], confidence_level: float) -> No
     """The predictions as tab-separated lines, a header first: a failed trace's line holds
     its message after its number."""
     levels = body.get("quantiles") or []
-    head = ["#", *(f"p{_level(q * 100)}" for q in levels), "mean", "std", f"{_level(confidence_level)} low",
-            f"{_level(confidence_level)} high"]
+    tabled = _from_table(body)
+    head = ["#", *(["match"] if tabled else []), *(f"p{_level(q * 100)}" for q in levels), "mean", "std",
+            f"{_level(confidence_level)} low", f"{_level(confidence_level)} high"]
     lines = [_predicted(body), "\t".join(head)]
     for i, r in enumerate(body["results"]):
+        match = [str(r.get("match") or "")] if tabled else []
         if r["status"] == "success":
             values = [*r["quantile_predictions"], r["expect"], r["error"], *r["interval"]]
-            lines.append("\t".join([str(i), *(f"{v:.2f}" for v in values)]))
+            lines.append("\t".join([str(i), *match, *(f"{v:.2f}" for v in values)]))
         else:
-            lines.append(f"{i}\terror: {r['message']}")
+            lines.append("\t".join([str(i), *match, f"error: {r['message']}"]))
     _out("\n".join(lines) + "\n")
     sys.stdout.flush()
     _print_total(body, confidence_level)
@@ -640,11 +676,9 @@ def tables_cmd(data_dir: Optional[str] = DataDirOpt, url: Optional[str] = UrlOpt
         with _remote(url) as client:
             entries = client.list_tables()
     else:
-        service = _service(data_dir, existing=True)
-        try:
-            entries = service.list_tables()["tables"] if service is not None else []
-        except PredictorError as exc:
-            _fail(exc.message)
+        # The files alone: no service, so no default table parsed (a million records: 15 s).
+        store = _table_store(data_dir)
+        entries = store.list() if store is not None else []
     if as_json:
         _out(orjson.dumps(entries, option=orjson.OPT_INDENT_2) + b"\n")
         return

@@ -564,7 +564,11 @@ class _Calls:
         """A prediction's options as its body holds them. A ``lookup_table_name`` alone asks
         that table (``lookup_table`` left out: implied); with ``lookup_table=False`` it is
         refused, as the service refuses a name without the flag (the model would answer)."""
-        if lookup_table_name is not None and lookup_table is False:
+        if lookup_table is not None and not isinstance(lookup_table, (bool, np.bool_)):
+            # As the service's strict boolean: "no" was sent as true.
+            raise InvalidRequestError(f"lookup_table must be True, False or None, got {_shown(lookup_table)}",
+                                      field="lookup_table")
+        if lookup_table_name is not None and lookup_table is not None and not lookup_table:
             raise InvalidRequestError("lookup_table_name names a table, but lookup_table is False: the model would "
                                       "answer; leave lookup_table out (or True) to ask the table",
                                       field="lookup_table_name")

@@ -477,15 +477,13 @@ class _TooLarge(_Constant):
     """A number a body spelt that no double holds (1e999, an integer of 400 digits)."""
 
 
-def _number(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """``parse`` (``float`` or ``int``) for ``json.loads``, a ``_TooLarge`` where the number
-    is past a double's range (quoted cut short: an integer may have thousands of digits)."""
-    def read(text: str) -> Any:
-        value = parse(text)
-        if abs(value) <= sys.float_info.max:
-            return value
-        return _TooLarge(text if len(text) <= 24 else f"{text[:20]}... ({len(text)} characters)")
-    return read
+def _number(text: str) -> Any:
+    """A JSON number's text as a float for ``json.loads``, a ``_TooLarge`` where it is past a
+    double's range (quoted cut short: an integer may have thousands of digits)."""
+    value = float(text)
+    if abs(value) <= sys.float_info.max:
+        return value
+    return _TooLarge(text if len(text) <= 24 else f"{text[:20]}... ({len(text)} characters)")
 
 
 def non_finite_place(raw: bytes) -> tuple[str, str] | None:
@@ -495,7 +493,9 @@ def non_finite_place(raw: bytes) -> tuple[str, str] | None:
     Said as a JSON syntax error at a character, the field went unnamed (the Python client
     names NaN and the infinities before sending)."""
     try:
-        data = json.loads(raw, parse_constant=_Constant, parse_float=_number(float), parse_int=_number(int))
+        # Integers read as floats: only the place matters here, and int() refuses more than
+        # 4,300 digits, which left such a number's field unnamed.
+        data = json.loads(raw, parse_constant=_Constant, parse_float=_number, parse_int=_number)
     except (ValueError, RecursionError):  # (UnicodeDecodeError too)
         return None
     stack: list[tuple[Any, str]] = [(data, "")]

@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -348,14 +348,9 @@ class PredictorService:
         total_distribution: bool = True,
     ) -> Prediction | TablePrediction:
         if lookup_table:
-            if shared_factor:
-                raise InvalidInput(_TABLE_SHARED_FACTOR, field="shared_factor")
             # Answered from a pre-computed table (no model needed); without a name, the default table.
-            table = self.tables.get(lookup_table_name)
-            if with_total and not quantiles:  # answered at the table's levels
-                _check_batch_values(len(traces), max((len(ls) for ls in table.levelsets), default=0))
-            pred = table.predict(pattern, traces, confidence_level, quantiles, with_total,
-                                 staleness=self._staleness)
+            pred = predict_from_table(self.tables, lookup_table_name, pattern, traces, confidence_level, quantiles,
+                                      with_total, shared_factor, staleness=self._staleness)
             n_ok = int(pred.ok.sum())
             self.metrics.count_predictions(table_label(pred.table), "lookup_table", n_ok, len(pred.errors) - n_ok)
             return pred
@@ -1192,6 +1187,22 @@ def _check_queue_values(n_queues: int, n_levels: int) -> None:
     problem = batch_values_problem(n_queues, n_levels, "queues")
     if problem:
         raise InvalidInput(problem, field="queues")
+
+
+def predict_from_table(tables: LookupTableStore, name: str | None, pattern: IdentityPattern,
+                       traces: Sequence[Any], confidence_level: float = 0.95,
+                       quantiles: Sequence[float] | None = None, with_total: bool = False,
+                       shared_factor: bool = False,
+                       staleness: Callable[[tuple[str | None, ...], int], bool | None] | None = None) -> TablePrediction:
+    """:meth:`PredictorService.predict` from the lookup table ``name`` of ``tables`` (the
+    default one without a name): the service's, or the CLI's of a data directory that
+    holds tables and no model (the seed's tables need none)."""
+    if shared_factor:
+        raise InvalidInput(_TABLE_SHARED_FACTOR, field="shared_factor")
+    table = tables.get(name)
+    if with_total and not quantiles:  # answered at the table's levels
+        _check_batch_values(len(traces), max((len(ls) for ls in table.levelsets), default=0))
+    return table.predict(pattern, traces, confidence_level, quantiles, with_total, staleness=staleness)
 
 
 def _check_batch_values(n_traces: int, n_levels: int) -> None:

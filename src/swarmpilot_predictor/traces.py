@@ -312,8 +312,13 @@ def line_json_problem(exc: json.JSONDecodeError) -> str:
     return f"{exc.msg} at column {exc.colno}"
 
 
+def _constant_said(name: str) -> str:
+    """Why NaN or an infinity in a trace file is refused, and the way out."""
+    return f"{name} is not a JSON value: write null for a missing value"
+
+
 def _no_constant(name: str) -> Any:
-    raise ValueError(f"not valid JSON ({name} is not a JSON value)")
+    raise ValueError(f"not valid JSON ({_constant_said(name)})")
 
 
 class _SpeltConstant(Exception):
@@ -330,7 +335,7 @@ def _constant_in(line: bytes) -> str | None:
     try:
         json.loads(line, parse_constant=_raise_constant)
     except _SpeltConstant as exc:
-        return f"{exc.args[0]} is not a JSON value: write null for a missing value"
+        return _constant_said(exc.args[0])
     except (ValueError, RecursionError):
         pass
     return None

@@ -62,9 +62,11 @@ SCALAR_MAX = 8
 # million standard deviations out, the records' differences still show in the distances.)
 _Z_MAX = 1e6
 # Records further than this many (robust) standard deviations out on a feature do not set
-# the features' weights (LookupTable._relevance): of lognormal token counts of sigma 1, one
-# in a thousand.
-_FIT_Z_MAX = 20.0
+# the features' weights (LookupTable._relevance): of lognormal token counts of sigma 1, none
+# in ten thousand, of sigma 2, 7 in a thousand; a typo's 10^5 tokens among 16 to 4,096 (64
+# out) is left out. (At 20, 2% of the sigma-2 records were, and the answers came a little
+# further from the model's.)
+_FIT_Z_MAX = 50.0
 # The least weight of a nearest-record coordinate (see LookupTable._relevance): a feature
 # the answers do not follow still tells records apart that are otherwise alike.
 _MIN_WEIGHT = 1e-3
@@ -125,7 +127,7 @@ class _Group:
     # first run's answer is ten times a repeat's: never the nearest of the other kind).
     part_cols: list[int]
     # Numeric columns some of the group's records lack: the model read them as optional (a
-    # trace without one is answered), and a record lacking the value sits at the mean.
+    # trace without one is answered), and a record lacking the value sits at the centre (the median).
     optional_cols: frozenset[int]
     exact_keys: np.ndarray
     exact_rows: np.ndarray
@@ -436,7 +438,7 @@ class LookupTable:
         for k, j in enumerate(cols):
             c = self.columns[j]
             z = c.standardised(c.values[rows])
-            Z[:, k] = np.where(np.isnan(z), 0.0, z)  # a record lacking the value sits at the mean
+            Z[:, k] = np.where(np.isnan(z), 0.0, z)  # a record lacking the value sits at the centre (the median)
         return Z
 
     # ------------------------------------------------------------------ description
@@ -950,7 +952,7 @@ class LookupTable:
                 Z = np.empty((len(sel), len(g.num_cols)))
                 for k, j in enumerate(g.num_cols):
                     z = self.columns[j].standardised(column(j)[0][sel])
-                    Z[:, k] = g.weights[k] * np.where(np.isnan(z), 0.0, z)  # an optional value not stated: at the mean
+                    Z[:, k] = g.weights[k] * np.where(np.isnan(z), 0.0, z)  # an optional value not stated: at the centre (the median)
             positions = np.flatnonzero(usable)
             order = np.argsort(cat_keys, kind="stable")
             sk = cat_keys[order]
@@ -1285,20 +1287,35 @@ def _binned_effect(z: np.ndarray, t: np.ndarray, max_bins: int = 16) -> float:
 _NUMBERS = (int, float)
 
 
+# Central ranges a numeric feature's unit is read from, the first that is not empty, each
+# over the width it has for normal values: most of a column may be one value (a batch
+# size of 1 in four records of five), and its quartiles then tell nothing.
+_SCALE_RANGES = ((0.25, 0.75, 1.349), (0.1, 0.9, 2.563), (0.05, 0.95, 3.290), (0.01, 0.99, 4.653))
+
+
 def _centre_and_scale(values: np.ndarray) -> tuple[float, float]:
     """A numeric feature's origin and unit as a nearest-record coordinate, from its finite
-    values: their median and interquartile range over 1.349 (normal values' standard
-    deviation), so that one far record (a typo's 10^15 tokens) moves no other's distances:
+    values: their median, and their interquartile range over 1.349 (normal values' standard
+    deviation), or a wider central range where that is empty (_SCALE_RANGES), or the median
+    distance from the median of the values off it where even the central 98% are one value;
+    1 where all are. So one far record (a typo's 10^15 tokens) moves no other's distances:
     a mean and standard deviation it set made every other record as near as the next, and
     the nearest error's median 0.006 of the model's answer became 0.55 (``benchmarks/lookup.py
-    --outliers``). The standard deviation where the middle half is one value, else 1."""
+    --outliers``)."""
     if not len(values):
         return 0.0, 1.0
     with np.errstate(over="ignore", invalid="ignore"):
-        low, centre, high = np.quantile(values, [0.25, 0.5, 0.75]).tolist()
-        scale = (high - low) / 1.349
-        if not scale > 0:
-            scale = float(values.std())
+        centre = float(np.median(values))
+        scale = 0.0
+        for low, high, width in _SCALE_RANGES:
+            lo, hi = np.quantile(values, [low, high]).tolist()
+            scale = (hi - lo) / width
+            if scale > 0 or not math.isfinite(scale):
+                break
+        else:
+            off = np.abs(values - centre)
+            off = off[off > 0]
+            scale = float(np.median(off)) if len(off) else 0.0
     if not (math.isfinite(centre) and math.isfinite(scale)):
         # Values near the float limit: the column is too wide to measure distances on.
         return 0.0, float(np.finfo(np.float64).max)

@@ -56,6 +56,16 @@ def _encodable(value: Any) -> Any:
     return value
 
 
+def generates_table(scope: Any) -> bool:
+    """Whether a request is a table's generation (``POST /predict/table/...``), whose every
+    failure answers in :func:`table_failure`'s shape: read as the router reads the path, past
+    a ``root_path`` the service is mounted under (a proxy's ``/api``)."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    return scope.get("method") == "POST" and path.startswith("/predict/table/")
+
+
 def table_failure(exc: PredictorError) -> JSONResponse:
     """The seed's answer shape for ``/predict/table``: ``{"status": "failed", "path", "message"}``,
     with the HTTP status of the error."""
