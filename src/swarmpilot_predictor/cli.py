@@ -636,6 +636,17 @@ def _print_prediction_lines(body: dict[str, Any], confidence_level: float) -> No
     _print_total(body, confidence_level)
 
 
+def _listed(entries: list[Any], as_json: bool, none_said: str) -> bool:
+    """A listing's JSON (``--json``), or, where it is empty, what to do: whether that said all."""
+    if as_json:
+        _out(orjson.dumps(entries, option=orjson.OPT_INDENT_2) + b"\n")
+        return True
+    if not entries:
+        console.print(none_said)
+        return True
+    return False
+
+
 @app.command()
 def models(data_dir: Optional[str] = DataDirOpt, url: Optional[str] = UrlOpt,
            as_json: bool = typer.Option(False, "--json", help="Print the raw JSON list.")):
@@ -649,11 +660,7 @@ def models(data_dir: Optional[str] = DataDirOpt, url: Optional[str] = UrlOpt,
             entries = service.list_models() if service is not None else []
         except PredictorError as exc:
             _fail(exc.message)
-    if as_json:
-        _out(orjson.dumps(entries, option=orjson.OPT_INDENT_2) + b"\n")
-        return
-    if not entries:
-        console.print("no models: train one first (`train CONFIG`)")
+    if _listed(entries, as_json, "no models: train one first (`train CONFIG`)"):
         return
     table = Table(title="models")
     for col in ("model", "versions", "algorithm", "samples", "rel. pinball", "90% interval", "predictions"):
@@ -679,11 +686,7 @@ def tables_cmd(data_dir: Optional[str] = DataDirOpt, url: Optional[str] = UrlOpt
         # The files alone: no service, so no default table parsed (a million records: 15 s).
         store = _table_store(data_dir)
         entries = store.list() if store is not None else []
-    if as_json:
-        _out(orjson.dumps(entries, option=orjson.OPT_INDENT_2) + b"\n")
-        return
-    if not entries:
-        console.print("no lookup tables: make one with `table MODEL TRACE_FILE`")
+    if _listed(entries, as_json, "no lookup tables: make one with `table MODEL TRACE_FILE`"):
         return
     table = Table(title="lookup tables")
     for col in ("name", "size", "modified", "records", "models"):
