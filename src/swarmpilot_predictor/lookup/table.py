@@ -62,9 +62,9 @@ SCALAR_MAX = 8
 # million standard deviations out, the records' differences still show in the distances.)
 _Z_MAX = 1e6
 # Records further than this many (robust) standard deviations out on a feature do not set
-# the features' weights (LookupTable._relevance): of lognormal token counts of sigma 1, none
-# in ten thousand, of sigma 2, 7 in a thousand; a typo's 10^5 tokens among 16 to 4,096 (64
-# out) is left out. (At 20, 2% of the sigma-2 records were, and the answers came a little
+# the features' weights (LookupTable._relevance): of lognormal token counts of sigma 1, 3 in
+# a hundred thousand, of sigma 2, 7 in a thousand; a typo's 10^5 tokens among 16 to 4,096
+# (64 out) is left out. (At 20, 2% of the sigma-2 records were, and the answers came a little
 # further from the model's.)
 _FIT_Z_MAX = 50.0
 # The least weight of a nearest-record coordinate (see LookupTable._relevance): a feature
