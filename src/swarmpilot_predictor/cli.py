@@ -678,7 +678,10 @@ def models(data_dir: Optional[str] = DataDirOpt, url: Optional[str] = UrlOpt,
 @app.command("tables")
 def tables_cmd(data_dir: Optional[str] = DataDirOpt, url: Optional[str] = UrlOpt,
                as_json: bool = typer.Option(False, "--json", help="Print the raw JSON list.")):
-    """List lookup tables (the data directory's tables folder, or the service's)."""
+    """List lookup tables.
+
+    Offline, the data directory's tables folder (its files, none parsed); with --url, the service's.
+    """
     if url:
         with _remote(url) as client:
             entries = client.list_tables()
