@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import sys
 from collections import Counter
@@ -17,6 +16,7 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Str
 
 from .errors import InvalidInput, cut, dotted, json_kind, listed, shown, too_many_digits, validation_message
 from .identity import IDENTITY_KEYS, IDENTITY_PART_MAX, identity_part_problem
+from .traces import TooLargeNumber, non_finite_place
 
 DEFAULT_QUANTILES = [0.25, 0.5, 0.75, 0.99]
 
@@ -44,7 +44,7 @@ def parse_json_body(raw: bytes, schema: type[BaseModel], inspect: Callable[[Any]
         spelt = non_finite_place(raw)
         if spelt is not None:
             place, token = spelt
-            if isinstance(token, _TooLarge):
+            if isinstance(token, TooLargeNumber):
                 raise InvalidInput(f"{place}: {token} is beyond the largest number a double holds (about 1.8e308): "
                                    "send a finite number in range, or leave the field out", field=place) from None
             raise InvalidInput(f"{place}: {token} is not a number JSON allows (send a finite number, or leave "
@@ -467,47 +467,6 @@ def check_envelope(data: dict[str, Any]) -> None:
     if beside:
         raise InvalidInput(f"{listed(map(shown, beside))}: not allowed beside 'config' in a "
                            "{\"config\": ...} body: put every setting inside 'config'", field=cut(str(beside[0])))
-
-
-class _Constant(str):
-    """NaN, Infinity or -Infinity where a body spelt one (JSON has none of them)."""
-
-
-class _TooLarge(_Constant):
-    """A number a body spelt that no double holds (1e999, an integer of 400 digits)."""
-
-
-def _number(text: str) -> Any:
-    """A JSON number's text as a float for ``json.loads``, a ``_TooLarge`` where it is past a
-    double's range (quoted cut short: an integer may have thousands of digits)."""
-    value = float(text)
-    if abs(value) <= sys.float_info.max:
-        return value
-    return _TooLarge(text if len(text) <= 24 else f"{text[:20]}... ({len(text)} characters)")
-
-
-def non_finite_place(raw: bytes) -> tuple[str, str] | None:
-    """Where a body orjson refused spells NaN, Infinity or -Infinity (as Python's json writes
-    them by default) or a number beyond a double's range (a ``_TooLarge``), the first in
-    the text (``trace[2].batch_size``) and which; None where it is not valid JSON even so.
-    Said as a JSON syntax error at a character, the field went unnamed (the Python client
-    names NaN and the infinities before sending)."""
-    try:
-        # Integers read as floats: only the place matters here, and int() refuses more than
-        # 4,300 digits, which left such a number's field unnamed.
-        data = json.loads(raw, parse_constant=_Constant, parse_float=_number, parse_int=_number)
-    except (ValueError, RecursionError):  # (UnicodeDecodeError too)
-        return None
-    stack: list[tuple[Any, str]] = [(data, "")]
-    while stack:
-        value, path = stack.pop()
-        if isinstance(value, _Constant):
-            return path or "body", value
-        if isinstance(value, dict):
-            stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in reversed(list(value.items())))
-        elif isinstance(value, list):
-            stack.extend((value[i], f"{path}[{i}]") for i in range(len(value) - 1, -1, -1))
-    return None
 
 
 def config_from_text(text: str) -> dict[str, Any]:

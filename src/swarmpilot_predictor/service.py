@@ -26,7 +26,7 @@ from .distribution import RemainingDistribution, TaskDistributions, TotalDistrib
 from .errors import AmbiguousModel, DataDirectoryGone, InvalidInput, ModelNotFound, NotFound, PredictorError, shown
 from .identity import (IDENTITY_KEYS, IdentityPattern, ModelIdentity, describe_stated, fields_naming_a_model, identity_conflicts,
                        named_by_traces, names_a_model, stated_keys)
-from .lookup import WRITABLE_FORMATS, LookupTableStore, TablePrediction, generate_table, table_format
+from .lookup import WRITABLE_FORMATS, LookupTable, LookupTableStore, TablePrediction, generate_table, table_format
 from .lookup.names import WRITABLE_TABLE_KINDS
 from .lookup.quantiles import KNOT_LIMIT, KNOT_MOST
 from .metrics import TABLE_LABEL, PredictorMetrics, table_label
@@ -782,10 +782,8 @@ class PredictorService:
                       lookup_table_name: str | None) -> dict[str, Any]:
         """:meth:`predict_queues` from a lookup table (the default one without a name): each
         queue as a batch of it answers, at the levels asked for or the table's first records'."""
-        if shared_factor:
-            raise InvalidInput(_TABLE_SHARED_FACTOR, field="shared_factor")
         t0 = time.perf_counter()
-        table = self.tables.get(lookup_table_name)
+        table = _answering_table(self.tables, lookup_table_name, shared_factor)
         levels = requested_levels(quantiles, table.levelset_lists[0] if table.levelset_lists else [])
         _check_queue_values(len(queues), len(levels))
         answers: dict[str, Any] = {}
@@ -1189,6 +1187,14 @@ def _check_queue_values(n_queues: int, n_levels: int) -> None:
         raise InvalidInput(problem, field="queues")
 
 
+def _answering_table(tables: LookupTableStore, name: str | None, shared_factor: bool) -> LookupTable:
+    """The table ``name`` of ``tables`` (the default one without a name) that is to answer;
+    a 422 where the factor only a model has is asked for beside it."""
+    if shared_factor:
+        raise InvalidInput(_TABLE_SHARED_FACTOR, field="shared_factor")
+    return tables.get(name)
+
+
 def predict_from_table(tables: LookupTableStore, name: str | None, pattern: IdentityPattern,
                        traces: Sequence[Any], confidence_level: float = 0.95,
                        quantiles: Sequence[float] | None = None, with_total: bool = False,
@@ -1197,9 +1203,7 @@ def predict_from_table(tables: LookupTableStore, name: str | None, pattern: Iden
     """:meth:`PredictorService.predict` from the lookup table ``name`` of ``tables`` (the
     default one without a name): the service's, or the CLI's of a data directory that
     holds tables and no model (the seed's tables need none)."""
-    if shared_factor:
-        raise InvalidInput(_TABLE_SHARED_FACTOR, field="shared_factor")
-    table = tables.get(name)
+    table = _answering_table(tables, name, shared_factor)
     if with_total and not quantiles:  # answered at the table's levels
         _check_batch_values(len(traces), max((len(ls) for ls in table.levelsets), default=0))
     return table.predict(pattern, traces, confidence_level, quantiles, with_total, staleness=staleness)

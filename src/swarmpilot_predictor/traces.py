@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import re
+import sys
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -321,24 +322,54 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"not valid JSON ({_constant_said(name)})")
 
 
-class _SpeltConstant(Exception):
-    """NaN, Infinity or -Infinity, found by :func:`_constant_in` (its name the argument)."""
+class SpeltConstant(str):
+    """NaN, Infinity or -Infinity where a request's body or a trace line spelt one (JSON has none of them)."""
 
 
-def _raise_constant(name: str) -> Any:
-    raise _SpeltConstant(name)
+class TooLargeNumber(SpeltConstant):
+    """A number spelt that no double holds (1e999, an integer of 400 digits)."""
+
+
+def _number(text: str) -> Any:
+    """A JSON number's text as a float for ``json.loads``, a ``TooLargeNumber`` where it is past a
+    double's range (quoted cut short: an integer may have thousands of digits)."""
+    value = float(text)
+    if abs(value) <= sys.float_info.max:
+        return value
+    return TooLargeNumber(text if len(text) <= 24 else f"{text[:20]}... ({len(text)} characters)")
+
+
+def non_finite_place(raw: bytes) -> tuple[str, SpeltConstant] | None:
+    """Where JSON orjson refused (a request's body, a trace line) spells NaN, Infinity or -Infinity (as Python's json writes
+    them by default) or a number beyond a double's range (a ``TooLargeNumber``), the first in
+    the text (``trace[2].batch_size``) and which; None where it is not valid JSON even so.
+    Said as a JSON syntax error at a character, the field went unnamed (the Python client
+    names NaN and the infinities before sending)."""
+    try:
+        # Integers read as floats: only the place matters here, and int() refuses more than
+        # 4,300 digits, which left such a number's field unnamed.
+        data = json.loads(raw, parse_constant=SpeltConstant, parse_float=_number, parse_int=_number)
+    except (ValueError, RecursionError):  # (UnicodeDecodeError too)
+        return None
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, SpeltConstant):
+            return path or "body", value
+        if isinstance(value, dict):
+            stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in reversed(list(value.items())))
+        elif isinstance(value, list):
+            stack.extend((value[i], f"{path}[{i}]") for i in range(len(value) - 1, -1, -1))
+    return None
 
 
 def _constant_in(line: bytes) -> str | None:
     """Why a line orjson refused is not JSON where it spells NaN or an infinity (Python's
     json writes them by default), as a JSON array's item is told; None otherwise."""
-    try:
-        json.loads(line, parse_constant=_raise_constant)
-    except _SpeltConstant as exc:
-        return _constant_said(exc.args[0])
-    except (ValueError, RecursionError):
-        pass
-    return None
+    spelt = non_finite_place(line)
+    if spelt is None or isinstance(spelt[1], TooLargeNumber):
+        return None
+    return _constant_said(spelt[1])
 
 
 # Bytes read at a time by content_lines.
