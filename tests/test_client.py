@@ -844,6 +844,35 @@ def test_a_calls_own_timeout_is_the_one_waited_and_reported():
         assert "timed out after 0.3s" in err.value.message and "/predict/table/" in err.value.message
 
 
+def test_a_requested_retraining_waits_as_long_as_a_training_not_the_clients_timeout():
+    # POST .../retrain answers when the retraining is done: on 20,000 observations that took
+    # over 30 s on a 2-core machine, and the client's default 30 s read timeout gave up on a
+    # retraining that then stored its version. It waits at least as long as a synchronous
+    # /train does, in both clients; a longer timeout of the client's own holds.
+    import httpx
+
+    waited: list[tuple[str, float | None]] = []
+
+    def answer(request):
+        waited.append((request.url.path, request.extensions["timeout"]["read"]))
+        return httpx.Response(200, json={"model_key": "m", "status": "skipped"})
+
+    with PredictorClient("http://127.0.0.1:9", timeout=30, transport=httpx.MockTransport(answer)) as client:
+        client.retrain(IDENTITY)
+        client.cache_stats()
+    with PredictorClient("http://127.0.0.1:9", timeout=4000, transport=httpx.MockTransport(answer)) as client:
+        client.retrain(IDENTITY)
+
+    async def through_the_async_client():
+        async with AsyncPredictorClient("http://127.0.0.1:9", timeout=30,
+                                        transport=httpx.MockTransport(answer)) as client:
+            await client.retrain(IDENTITY)
+
+    asyncio.run(through_the_async_client())
+    assert [t for _, t in waited] == [1800.0, 30, 4000, 1800.0]
+    assert waited[0][0].endswith("/retrain") and waited[1][0] == "/cache/stats"
+
+
 def assert_refused_by_both_clients(url: str, cases) -> None:
     """Each ``(call, field)``: an InvalidRequestError naming ``field`` from both clients, nothing sent."""
     import httpx

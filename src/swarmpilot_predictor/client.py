@@ -47,7 +47,7 @@ T = TypeVar("T", bound=BaseModel)
 IdentityLike = ModelIdentity | IdentityPattern | ModelInfo | Mapping[str, Any] | Sequence[str | None] | str
 
 
-# A synchronous /train answers when training ends: give it far longer than a prediction.
+# A synchronous /train (and a requested retraining) answers when it ends: give it far longer than a prediction.
 _TRAIN_TIMEOUT = 1800.0
 _TABLE_TIMEOUT = 600.0
 # An idle connection is dropped well before the server drops it (uvicorn: after 5 s): a
@@ -501,7 +501,10 @@ class _Calls:
 
     @staticmethod
     def retrain(identity: IdentityLike) -> _Request:
-        return _Request("POST", _model_path(identity) + "/retrain")
+        # Answered when the retraining is done, which may take as long as a training (a
+        # fresh worker's start, candidates fitted on up to 20,000 observations): a client's
+        # 30 s gave up on one that then stored its version.
+        return _Request("POST", _model_path(identity) + "/retrain", timeout_at_least=_TRAIN_TIMEOUT)
 
     @staticmethod
     def metrics() -> _Request:
