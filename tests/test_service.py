@@ -1482,6 +1482,17 @@ def test_several_queues_are_answered_as_their_batches(service):
             np.testing.assert_allclose(answer["total_quantiles"] + answer["total_interval"],
                                        batch["total_quantiles"] + batch["total_interval"], rtol=1e-12)
             assert answer["tasks"] == batch["summary"]["success"] and answer["failed"] == batch["summary"]["failed"]
+    # Past 16 running tasks in one request, whose levels reached are searched for on coarser
+    # grids than a queue's few: the same bits all the same (they had been an ulp apart, which
+    # the shared factor made 1e-10 of a total).
+    elapsed = np.random.default_rng(3).uniform(50, 1500, 40)
+    many = {f"gpu-{k}": [{**queued[k % 12], "elapsed_ms": float(elapsed[k])}, *queued[(k + 1) % 12:(k + 1) % 12 + 3]]
+            for k in range(40)}
+    keys = ("expect", "error", "total_quantiles", "total_interval")
+    got_many = service.predict_queues(PATTERN, many, 0.9, [0.5, 0.9, 0.99], shared_factor=True)["queues"]
+    for name, queue in many.items():
+        batch = service.predict(PATTERN, queue, 0.9, [0.5, 0.9, 0.99], with_total=True, shared_factor=True).batch_response()
+        assert [got_many[name][k] for k in keys] == [batch[k] for k in keys], name
     # The running task counts by its time left: the queue waits less than with it not started.
     started = service.predict_queues(PATTERN, {"a": queues["gpu-0"], "b": queued[0:4]}, 0.9, [0.5])["queues"]
     assert started["a"]["expect"] < started["b"]["expect"] - 700

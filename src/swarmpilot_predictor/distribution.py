@@ -1791,15 +1791,21 @@ class MixedDistribution(TaskDistributions):
 
 
 # The level a running task's elapsed time has reached is searched for on the probit axis
-# within +-_REACH_PROBIT (where quantile functions stop: 1e-12 and 1 - 1e-12): each pass
-# evaluates a grid of points across the bracket at once and keeps the cell the time falls
-# in, to 6.7e-6 on that axis in all, then it is interpolated there, linearly in log runtime
-# (exact for a lognormal task). A few tasks (at most _REACH_FEW) in 3 passes of 129 points,
-# where each call's own cost is what counts (halving the bracket 20 times, a call a halving,
-# a single running task's prediction took a median 1.63 ms; so, 0.64 ms); more in 7 passes
-# of 9 points, 63 values a task rather than 387 (2,895 running tasks at once took 9 µs a
-# task, against 54). Tasks _REACH_CHUNK at a time.
+# within +-_REACH_PROBIT (where quantile functions stop: 1e-12 and 1 - 1e-12), cut into
+# _REACH_CELLS cells: each pass evaluates a grid of points across the bracket at once and
+# keeps the cell the time falls in, to one cell (6.7e-6 on that axis) in all, then it is
+# interpolated there, linearly in log runtime (exact for a lognormal task). A few tasks
+# (at most _REACH_FEW) in 3 passes of 129 points, where each call's own cost is what counts
+# (halving the bracket 20 times, a call a halving, a single running task's prediction took
+# a median 1.63 ms; so, 0.64 ms); more in 7 passes of 9 points, 63 values a task rather
+# than 387 (2,895 running tasks at once took 9 µs a task, against 54). Tasks _REACH_CHUNK
+# at a time. Every point is a whole number of cells from the bracket's start, its probit
+# worked out from that number alone: both ways end in the same cell, read at the same
+# points, so a task's level does not depend on how many others were asked with it (the
+# bracket's ends, interpolated pass by pass, had differed in the last bits, and a queue's
+# total within a request of many queues moved by 1e-10 from its batch's).
 _REACH_PROBIT = 7.035
+_REACH_CELLS = 1 << 21  # 128 ** 3 and 8 ** 7: both ways' passes end on single cells
 _REACH_FEW = 16
 _REACH_CHUNK = 4096
 
@@ -1814,21 +1820,23 @@ def levels_reached(tasks: TaskDistributions, elapsed: np.ndarray) -> np.ndarray:
                                               elapsed[a:a + _REACH_CHUNK]) for a in range(0, n, _REACH_CHUNK)])
     rows = np.arange(n)
     points, stages = (129, 3) if n <= _REACH_FEW else (9, 7)
-    grid = np.linspace(0.0, 1.0, points)
-    lo, hi = np.full(n, -_REACH_PROBIT), np.full(n, _REACH_PROBIT)
+    steps = np.arange(points, dtype=np.int64)
+    cell = 2.0 * _REACH_PROBIT / _REACH_CELLS
+    lo, hi = np.zeros(n, dtype=np.int64), np.full(n, _REACH_CELLS, dtype=np.int64)  # in cells
     for stage in range(stages):
-        t = lo[:, None] + grid[None, :] * (hi - lo)[:, None]
-        q = tasks.task_quantiles(ndtr(t))  # non-decreasing along each row
+        at = lo[:, None] + steps[None, :] * ((hi - lo) // (points - 1))[:, None]
+        q = tasks.task_quantiles(ndtr(at * cell - _REACH_PROBIT))  # non-decreasing along each row
         # F(e) = P(T <= e): a runtime the model repeats (an atom) that equals the time run is
         # one such tasks would have finished by now (T > e rules it out).
         passed = (q <= elapsed[:, None]).sum(axis=1)
         if stage == 0:
             none, every = passed == 0, passed == points
         below, above = np.clip(passed - 1, 0, points - 1), np.clip(passed, 0, points - 1)
-        lo, hi, q_lo, q_hi = t[rows, below], t[rows, above], q[rows, below], q[rows, above]
+        lo, hi, q_lo, q_hi = at[rows, below], at[rows, above], q[rows, below], q[rows, above]
     with np.errstate(divide="ignore", invalid="ignore"):
         share = np.log(elapsed / q_lo) / np.log(q_hi / q_lo)
-    reached = ndtr(lo + np.clip(np.nan_to_num(share, nan=0.5), 0.0, 1.0) * (hi - lo))
+    t_lo = lo * cell - _REACH_PROBIT
+    reached = ndtr(t_lo + np.clip(np.nan_to_num(share, nan=0.5), 0.0, 1.0) * ((hi * cell - _REACH_PROBIT) - t_lo))
     # Not even the lowest quantile passed: none of such tasks would have finished; every one: all.
     return np.where(none, 0.0, np.where(every, 1.0, reached))
 
