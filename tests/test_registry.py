@@ -962,6 +962,20 @@ def _with_line_in_tree_0(line: str, before: str):
      "it has 2 max_feature_idx lines, not one"),
     (lambda text: text.replace("\nshrinkage=", "\nzz=1\n\nleft_child=0\nshrinkage=", 1),
      "tree 0: it has lines after its end (an empty line)"),
+    # LightGBM sizes a prediction's output by these and trusts them: 0 was SIGFPE, 100 (or a
+    # multiclass objective) a corrupted heap at a batch prediction, 2 other runtimes served.
+    (lambda text: text.replace("\nnum_tree_per_iteration=1\n", "\nnum_tree_per_iteration=0\n", 1),
+     "its num_tree_per_iteration lines are ['0'], not one line of 1"),
+    (lambda text: text.replace("\nnum_tree_per_iteration=1\n", "\nnum_tree_per_iteration=100\n", 1),
+     "its num_tree_per_iteration lines are ['100'], not one line of 1"),
+    (lambda text: text.replace("\nnum_tree_per_iteration=1\n", "\nnum_tree_per_iteration=2\n", 1),
+     "its num_tree_per_iteration lines are ['2'], not one line of 1"),
+    (lambda text: text.replace("\nnum_class=1\n", "\nnum_class=3\n", 1), "its num_class lines are ['3']"),
+    (lambda text: re.sub(r"(?m)^objective=.*$", "objective=multiclass num_class:3", text, count=1),
+     "its objective lines are ['multiclass num_class:3'], not one regression objective"),
+    # LightGBM ends a line at a carriage return too: one line to the check, two to LightGBM.
+    (lambda text: text.replace("\nobjective=", "\nzz=1\rnum_tree_per_iteration=100\nobjective=", 1),
+     "it holds a carriage return"),
 ])
 def test_a_booster_text_lightgbm_would_read_otherwise_than_it_looks_is_refused(boosted_root, edit, why):
     root = boosted_root

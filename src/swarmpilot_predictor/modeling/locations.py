@@ -775,6 +775,36 @@ def _booster_text(text: Any, digest: Any) -> tuple[str, int]:
 
 
 _MAX_FEATURE_IDX = re.compile(r"^max_feature_idx=(-?\d+)$", re.MULTILINE)
+# The objectives LightGBM writes for the regression ones the service fits with (its aliases
+# are written by these names; "sqrt" may follow, for reg_sqrt).
+_STORED_OBJECTIVES = frozenset({"regression", "regression_l1", "huber", "fair", "quantile", "mape"})
+
+
+def _header_values(head: str, key: str) -> list[str]:
+    return [line[len(key) + 1:].strip() for line in head.split("\n") if line.startswith(key + "=")]
+
+
+def _check_one_output(head: str) -> None:
+    """Raise ValueError unless a booster's header describes one regression output per row.
+
+    LightGBM sizes a prediction's output by ``num_tree_per_iteration`` (and a multiclass
+    objective's by its own ``num_class``) and trusts both: a text rewritten with its digests
+    to ``num_tree_per_iteration=0`` killed the server with SIGFPE at its first prediction,
+    ``=100`` or ``objective=multiclass num_class:3`` corrupted its heap (SIGABRT or SIGSEGV at
+    a batch prediction), and ``=2`` served other runtimes without a word.
+    """
+    classes = _header_values(head, "num_class")
+    if classes != ["1"]:
+        raise ValueError(f"the LightGBM booster text is damaged: its num_class lines are {shown(classes)}, "
+                         "not one line of 1")
+    per_iteration = _header_values(head, "num_tree_per_iteration")
+    if per_iteration not in ([], ["1"]):  # (left out, LightGBM takes num_class)
+        raise ValueError("the LightGBM booster text is damaged: its num_tree_per_iteration lines are "
+                         f"{shown(per_iteration)}, not one line of 1")
+    objectives = _header_values(head, "objective")
+    if len(objectives) > 1 or (objectives and objectives[0].split(" ")[0] not in _STORED_OBJECTIVES):
+        raise ValueError(f"the LightGBM booster text is damaged: its objective lines are {shown(objectives)}, "
+                         "not one regression objective")
 
 
 def check_trees(text: str) -> None:
@@ -789,6 +819,10 @@ def check_trees(text: str) -> None:
     internal node but the root the child of exactly one node numbered below it, every leaf
     the child of exactly one, features, categorical splits and linear leaves within range.
     """
+    if "\r" in text:
+        # LightGBM ends a line at a carriage return too, and writes none: "x=1\rnum_class=3"
+        # is one line to the checks here, two to LightGBM.
+        raise ValueError("the LightGBM booster text is damaged: it holds a carriage return")
     end = text.find("end of trees")
     # (Cut at each "\nTree=": its number ends the line; str.split is 10 times a regex's speed.)
     head, *blocks = ("\n" + text[:end if end >= 0 else len(text)]).split("\nTree=")
@@ -799,6 +833,7 @@ def check_trees(text: str) -> None:
     if len(found) != 1:
         raise ValueError(f"the LightGBM booster text is damaged: it has {len(found)} max_feature_idx lines, not one")
     n_features = int(found[0]) + 1
+    _check_one_output(head)
     trees = []
     for k, block in enumerate(blocks):
         try:
