@@ -237,6 +237,25 @@ def test_predict_a_long_json_array_of_traces(trained):
     assert shared["expect"] == pytest.approx(body["expect"]) and shared["error"] > body["error"]
 
 
+def test_predict_says_which_traces_were_running_tasks_and_the_level_they_reached(trained, monkeypatch):
+    # A running task's numbers are its time left: its row says so, by the level its elapsed
+    # time reached (elapsed_level), in the table and in the tab-separated lines.
+    traces = json.dumps([{"input_tokens": 500, "output_tokens": 100, "elapsed_ms": 1000.0},
+                         {"input_tokens": 500, "output_tokens": 100}, {"input_tokens": "x", "output_tokens": 1}])
+    body = json_out(invoke("predict", "llm/*/*/*/*", traces, "--data-dir", trained, "--json", ok=False))
+    level = body["results"][0]["elapsed_level"]
+    assert 0 < level < 1 and "elapsed_level" not in body["results"][1]
+    out = invoke("predict", "llm/*/*/*/*", traces, "--data-dir", trained, ok=False).stdout
+    assert "reached" in out and f"{level:.3f}" in out
+    monkeypatch.setattr(cli, "_TABLE_ROWS_MAX", 1)
+    lines = invoke("predict", "llm/*/*/*/*", traces, "--data-dir", trained, ok=False).stdout.splitlines()
+    assert lines[1].split("\t")[:2] == ["#", "reached"]
+    assert lines[2].split("\t")[1] == f"{level:.3f}" and lines[3].split("\t")[1] == ""
+    assert lines[4].startswith("2\terror: ")
+    # Without a running task, no such column.
+    assert "reached" not in invoke("predict", "llm/*/*/*/*", json.dumps(json.loads(traces)[1:2]), "--data-dir", trained).stdout
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])
 def test_predict_a_trace_file(tmp_path, trained, suffix):
     traces = [{"input_tokens": 100, "output_tokens": 10}, {"input_tokens": 100, "output_tokens": 300},

@@ -572,22 +572,25 @@ def _print_predictions(body: dict[str, Any], confidence_level: float) -> None:
         _print_prediction_lines(body, confidence_level)
         return
     tabled = _from_table(body)
+    running = _running(body)
     table = Table(title=escape(_predicted(body)))
     table.add_column("#")
     if tabled:
         table.add_column("match")  # exact, task_id or nearest: how far a record is from the trace
+    if running:
+        table.add_column("reached")  # a running task's elapsed_level: its numbers are its time left
     for q in body.get("quantiles") or []:
         table.add_column(f"p{_level(q * 100)}")
     table.add_column("mean")
     table.add_column("std")
     table.add_column(f"{_level(confidence_level)} interval")
     for i, r in enumerate(body["results"]):
-        match = [str(r.get("match") or "")] if tabled else []
+        first = [*_match_column(r, tabled), *_reached_column(r, running)]
         if r["status"] == "success":
-            table.add_row(str(i), *match, *[f"{v:.2f}" for v in r["quantile_predictions"]], f"{r['expect']:.2f}",
+            table.add_row(str(i), *first, *[f"{v:.2f}" for v in r["quantile_predictions"]], f"{r['expect']:.2f}",
                           f"{r['error']:.2f}", f"{r['interval'][0]:.2f} - {r['interval'][1]:.2f}")
         else:
-            table.add_row(str(i), *match, f"[red]{escape(r['message'])}[/]")
+            table.add_row(str(i), *first, f"[red]{escape(r['message'])}[/]")
     console.print(table)
     _print_total(body, confidence_level)
 
@@ -601,6 +604,23 @@ def _level(value: float) -> str:
 def _from_table(body: dict[str, Any]) -> bool:
     """Whether a lookup table answered (each result then says how its trace found its record)."""
     return bool(body["results"]) and body["results"][0].get("source") == "lookup_table"
+
+
+def _running(body: dict[str, Any]) -> bool:
+    """Whether some trace was a running task (its result gives ``elapsed_level``, and its
+    numbers are its time left)."""
+    return any("elapsed_level" in r for r in body["results"])
+
+
+def _match_column(result: dict[str, Any], tabled: bool) -> list[str]:
+    return [str(result.get("match") or "")] if tabled else []
+
+
+def _reached_column(result: dict[str, Any], running: bool) -> list[str]:
+    if not running:
+        return []
+    level = result.get("elapsed_level")
+    return [f"{level:.3f}" if level is not None else ""]
 
 
 def _predicted(body: dict[str, Any]) -> str:
@@ -621,16 +641,18 @@ def _print_prediction_lines(body: dict[str, Any], confidence_level: float) -> No
     its message after its number."""
     levels = body.get("quantiles") or []
     tabled = _from_table(body)
-    head = ["#", *(["match"] if tabled else []), *(f"p{_level(q * 100)}" for q in levels), "mean", "std",
+    running = _running(body)
+    head = ["#", *(["match"] if tabled else []), *(["reached"] if running else []),
+            *(f"p{_level(q * 100)}" for q in levels), "mean", "std",
             f"{_level(confidence_level)} low", f"{_level(confidence_level)} high"]
     lines = [_predicted(body), "\t".join(head)]
     for i, r in enumerate(body["results"]):
-        match = [str(r.get("match") or "")] if tabled else []
         if r["status"] == "success":
             values = [*r["quantile_predictions"], r["expect"], r["error"], *r["interval"]]
-            lines.append("\t".join([str(i), *match, *(f"{v:.2f}" for v in values)]))
+            lines.append("\t".join([str(i), *_match_column(r, tabled), *_reached_column(r, running),
+                                    *(f"{v:.2f}" for v in values)]))
         else:
-            lines.append("\t".join([str(i), *match, f"error: {r['message']}"]))
+            lines.append("\t".join([str(i), *_match_column(r, tabled), f"error: {r['message']}"]))
     _out("\n".join(lines) + "\n")
     sys.stdout.flush()
     _print_total(body, confidence_level)
