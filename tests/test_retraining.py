@@ -1144,6 +1144,39 @@ def test_a_retraining_that_runs_past_the_timeout_is_stopped_and_waits_and_the_ne
     assert list(svc.retrainer.worker.pool._processes) != [first_worker]
 
 
+def _slow_worker_start(*args) -> None:
+    """A worker's start as slow as a loaded machine's (a spawned worker imports this)."""
+    import time
+
+    from swarmpilot_predictor import workers
+
+    time.sleep(4.0)
+    workers._init_worker(*args)
+
+
+def test_a_fresh_retraining_workers_start_does_not_count_in_the_retrainings_time(tmp_path, monkeypatch):
+    # The limit counted from the retraining's giving to the worker: a fresh worker's start
+    # (its imports, at low priority) took a 2 s limit's retraining, which ran in 0.6 s, and
+    # answered 422 "retrain on fewer observations". Trainings count from the worker's begin.
+    from swarmpilot_predictor import workers
+
+    svc = _service(tmp_path, retrain_in_worker=True, training_timeout_s=3.0)
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    svc.observe(IDENTITY, _shifted(200, 2.0, seed=40))
+    monkeypatch.setattr(workers, "_init_worker", _slow_worker_start)
+    t0 = time.monotonic()
+    assert svc.retrain(pattern)["status"] == "retrained"
+    assert time.monotonic() - t0 > 4.0  # its worker's start, beyond the limit
+    # Nor does a worker that never begins a retraining hold it for good: past the allowance,
+    # the limit counts from the giving.
+    svc.retrainer.worker._workers.stop()
+    svc.observe(IDENTITY, _shifted(200, 2.0, seed=42))
+    monkeypatch.setattr(workers, "START_ALLOWANCE_S", 0.0)
+    with pytest.raises(PredictorError) as err:
+        svc.retrain(pattern)
+    assert err.value.status_code == 422
+
+
 def test_a_retraining_in_a_serving_thread_stops_at_its_first_fit_past_the_timeout(tmp_path, monkeypatch):
     # A thread cannot be stopped from outside: it had no limit at all, and one that ran for
     # hours held every later retraining of every model. It looks at the limit before each

@@ -1043,8 +1043,8 @@ class RetrainingWorker:
 
     def __init__(self, config: dict[str, Any], priority: str = DEFAULT_PRIORITY, timeout: float = 0.0):
         self.config = config
-        # Seconds a retraining may take, from the time it is sent to the worker (0: no limit):
-        # one that never ends would hold every later retraining of every model, for good.
+        # Seconds a retraining may take, from the time the worker begins it (0: no limit; see
+        # WorkerPool.call): one that never ends would hold every later retraining of every model.
         self.timeout = float(timeout)
         self._workers = WorkerPool("retraining", priority)
         self._job_lock = threading.Lock()

@@ -37,8 +37,9 @@ from .registry import MODEL_DIGEST, ModelRegistry, ModelVersion
 from .settings import JOBS_FOLDER
 from .schemas import TrainConfig, TrainRequest, check_envelope, parse_json_body
 from .traces import RUNTIME_RANGE, TRACE_FILE_KINDS, TraceError, TraceTable, dumps_json, trace_file_format
-from .workers import (DEFAULT_PRIORITY, CouldNotStart, Failed, Finished, NotStarted, Outcome, ShutDown, StoppedForAnother, Submitted,
-                      TimedOut, WorkerDied, WorkerExecutor, WorkerPool, server_gone, stopped_for_time)
+from .workers import (DEFAULT_PRIORITY, START_ALLOWANCE_S, CouldNotStart, Failed, Finished, NotStarted, Outcome, ShutDown,
+                      StoppedForAnother, Submitted, TimedOut, WorkerDied, WorkerExecutor, WorkerPool, server_gone,
+                      stopped_for_time)
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[int], None]
@@ -419,10 +420,6 @@ _LANDING = ".landing"
 
 # The tokens of the TrainingJobs alive in this process (see TrainingJobs._held).
 _LIVE_TOKENS: set[str] = set()
-
-# Seconds a worker may take to begin a job given to it (a fresh worker's start: its imports
-# took 2 s on a loaded machine) before the job's time limit counts from the giving.
-START_ALLOWANCE_S = 60.0
 
 
 def landing_note(records_dir: Path, job_id: str) -> Path:
