@@ -873,6 +873,30 @@ def test_an_empty_data_directory_flag_is_refused_not_read_as_the_working_directo
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_empty_host_is_refused_not_bound_to_every_interface(tmp_path):
+    # Empty, uvicorn listened on every IPv4 and IPv6 interface ("Uvicorn running on
+    # http://:8200"), wider than the default 0.0.0.0, and said nothing of it.
+    import subprocess
+    import sys
+
+    from pydantic import ValidationError
+
+    from swarmpilot_predictor.settings import PredictorSettings, settings_problem
+
+    with pytest.raises(ValidationError) as err:
+        PredictorSettings(host="", data_dir=tmp_path / "data")
+    assert settings_problem(err.value).startswith("PREDICTOR_HOST: is empty: name the address to bind")
+    base = {k: v for k, v in os.environ.items() if k.upper() != "PREDICTOR_HOST"}
+    for args, env, name in ((["--host", ""], {}, "--host"), ([], {"PREDICTOR_HOST": " "}, "PREDICTOR_HOST")):
+        done = subprocess.run([sys.executable, "-m", "swarmpilot_predictor", "serve", "--port", "0",
+                               "--data-dir", str(tmp_path / "data"), *args], env={**base, **env},
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.startswith(f"error: {name}: is empty: name the address to bind"), done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "data").exists()
+
+
 def test_predict_over_http_prints_the_services_answer_as_offline_does(tmp_path, server):
     # --json is the raw answer: through the client it gained nulls (a success's "message",
     # a failure's quantiles), so the two outputs of one prediction differed.

@@ -110,6 +110,16 @@ class PredictorSettings(BaseSettings):
             raise ValueError("must name a directory; empty, it would be the working directory")
         return v
 
+    @field_validator("host")
+    @classmethod
+    def _host_named(cls, v: str) -> str:
+        # Empty, uvicorn bound every interface, IPv6 ones too: wider than the default 0.0.0.0,
+        # from a variable set by a template whose value was missing, say.
+        if not v.strip():
+            raise ValueError("is empty: name the address to bind (0.0.0.0 for every IPv4 interface, :: for every "
+                             "IPv6 one too), or unset the variable for the default, 0.0.0.0")
+        return v
+
     @field_validator("default_lookup_table")
     @classmethod
     def _default_table_can_be_a_table(cls, v: str | None) -> str | None:
