@@ -259,6 +259,24 @@ def test_words_among_numeric_targets_are_dropped_and_a_column_of_words_is_an_err
         prepare(traces)
 
 
+def test_a_target_of_mostly_words_is_an_error_not_a_training_on_the_few_numbers():
+    # A spreadsheet's thousands separators ("1,234.5"): the runtimes from 1,000 ms on were
+    # words, dropped, and the model trained on the small runtimes left, without a word.
+    traces = base_traces(20)
+    for i, t in enumerate(traces):
+        t["runtime_ms"] = f"{(i + 1) * 600.5:,.1f}"
+    with pytest.raises(TraceError) as err:
+        prepare(traces)
+    assert err.value.field == "target"
+    assert str(err.value) == ("target field 'runtime_ms' has 19 values that are no number (such as '1,201.0') "
+                              "and 1 numbers: runtimes are plain numbers, without thousands separators or units")
+    # As many words as numbers: still read, the words dropped.
+    traces = base_traces(4)
+    traces[0]["runtime_ms"] = traces[1]["runtime_ms"] = "timeout"
+    _, _, y, report = prepare(traces)
+    assert len(y) == 2 and report.rows_dropped == {"target is not a number": 2}
+
+
 def test_numeric_strings_in_the_target_are_read_as_numbers():
     traces = base_traces(5)
     traces[1]["runtime_ms"] = "6.5"

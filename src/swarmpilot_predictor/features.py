@@ -419,6 +419,15 @@ def _clean_target(table: TraceTable, target: str, report: DataReport) -> tuple[n
         words = sum(1 for v, ok, b in zip(y_strings, numeric, booleans) if v is not None and not ok and not b)
         if words and not any(numeric):
             raise TraceError(f"target field {shown(target)} has {words} non-numeric value(s) and no number")
+        numbers = sum(1 for ok, b in zip(numeric, booleans) if ok and not b)
+        if words > numbers:
+            # Most runtimes unread is a column misread ("1,234.5" with a thousands separator,
+            # "12.5ms" with a unit), not a few broken measurements: training on the numbers
+            # left (those under 1,000) would model a biased few rows without a word.
+            example = next(v for v, ok, b in zip(y_strings, numeric, booleans) if v is not None and not ok and not b)
+            raise TraceError(f"target field {shown(target)} has {words} values that are no number (such as "
+                             f"{shown(example)}) and {numbers} numbers: runtimes are plain numbers, without "
+                             "thousands separators or units", field="target")
         y = np.array([float(v) if ok else math.nan for v, ok in zip(y_strings, numeric)], dtype=np.float64)
     else:
         y = table.numeric(target)
