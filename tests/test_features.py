@@ -950,3 +950,45 @@ def test_a_flag_explains_none_of_constant_runtimes():
         assert _share_explained(values, flags) == 0.0
     values = np.log(np.where(np.arange(90) % 3 == 0, 40.0, 4.0))  # a first run 10x slower: all of it
     assert _share_explained(values, (np.arange(90) % 3 == 0).astype(float)) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("spelling", ["pandas csv", "iso json", "number as text"])
+def test_timestamps_written_as_dates_or_numbers_in_text_order_the_rows_and_derive_first_runs(tmp_path, spelling):
+    # pandas writes a datetime column as "2026-11-28 03:07:46.500000000" in CSV (and ISO text
+    # in JSON with date_format="iso"): such a 'ts' was no number, so the rows kept the file's
+    # order and no first_of_shape was derived, said only as "missing or not a number".
+    from datetime import datetime, timezone
+    traces, firsts = cold_start_traces()
+    epoch = 1_795_835_266.0
+
+    def spelt(t: float) -> str:
+        when = datetime.fromtimestamp(epoch + t, tz=timezone.utc)
+        if spelling == "pandas csv":
+            return when.strftime("%Y-%m-%d %H:%M:%S.%f") + "000"
+        if spelling == "iso json":
+            return when.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        return f"{epoch + t:.3f}"
+
+    shuffled = [traces[i] for i in np.random.default_rng(1).permutation(len(traces))]
+    path = tmp_path / "t.csv"
+    path.write_text("ts,batch_size,image_size,load,runtime_ms\n" + "".join(
+        f"{spelt(t['ts'])},{t['batch_size']},{t['image_size']},{t['load']!r},{t['runtime_ms']!r}\n" for t in shuffled))
+    schema, X, y, report = FeatureSchema.prepare_training(TraceTable.from_file(path))
+    assert report.columns_derived.get("first_of_shape", "").endswith("by 'ts'"), report.columns_not_derived
+    numbers, Xn, yn, _ = FeatureSchema.prepare_training(
+        TraceTable.from_traces([{**t, "ts": epoch + t["ts"]} for t in shuffled]))
+    np.testing.assert_array_equal(y, yn)  # rows in the order the tasks ran
+    np.testing.assert_array_equal(X[:, -1], Xn[:, -1])
+    assert X[:, -1].sum() == sum(firsts)
+    # A prediction's timestamp is read alike: before a shape's first run, a first run.
+    probe = {"batch_size": traces[0]["batch_size"], "image_size": traces[0]["image_size"], "load": 0.5}
+    assert schema.matrix([{**probe, "ts": spelt(traces[0]["ts"] - 1)}])[0][0, -1] == 1.0
+    assert schema.matrix([{**probe, "ts": spelt(traces[-1]["ts"])}])[0][0, -1] == 0.0
+
+
+def test_a_timestamp_that_is_no_number_nor_a_date_is_named_in_why_no_first_runs_were_derived():
+    traces = cold_start_traces()[0]
+    traces[7]["ts"] = "yesterday"
+    _, _, _, report = FeatureSchema.prepare_training(TraceTable.from_traces(traces))
+    assert report.columns_not_derived["first_of_shape"] == (
+        "some traces' 'ts' is missing or not a number nor an ISO 8601 date and time ('yesterday')")

@@ -16,7 +16,7 @@ import numpy as np
 from .errors import cut, listed, shown
 from .traces import (
     DEFAULT_TARGET, MAX_RUNTIME, MIN_RUNTIME, RUNTIME_RANGE, TIMESTAMP_KEYS, TraceError, TraceTable, as_number,
-    BOOLEAN_WORDS, category_text, finite_number_in_text, number_in_text, reserved_keys,
+    timestamp_number, timestamps, BOOLEAN_WORDS, category_text, finite_number_in_text, number_in_text, reserved_keys,
 )
 
 FeatureKind = Literal["numeric", "categorical"]
@@ -252,7 +252,7 @@ class ShapeHistory:
         """A trace's timestamp: the first of :attr:`timestamp_fields` that holds a number."""
         t = math.nan
         for name in self.timestamp_fields:
-            t = as_number(trace.get(name))
+            t = timestamp_number(trace.get(name))
             if t == t:
                 break
         return t
@@ -264,7 +264,7 @@ class ShapeHistory:
         documented (README, Traces)."""
         for name in self.timestamp_fields:
             v = trace.get(name)
-            t = as_number(v)
+            t = timestamp_number(v)
             if t == t:
                 if v.__class__ is not bool:
                     return None
@@ -280,7 +280,7 @@ class ShapeHistory:
         order = np.full(len(table), math.nan)
         for name in self.timestamp_fields:
             if name in table.columns:
-                order = np.where(np.isnan(order), table.numeric(name), order)
+                order = np.where(np.isnan(order), timestamps(table, name), order)
         return order
 
     def to_json(self, names: Sequence[str]) -> dict[str, Any]:
@@ -983,7 +983,7 @@ def _in_run_order(table: TraceTable, rows: np.ndarray) -> np.ndarray:
     order_field = _timestamp_field(table)
     if order_field is None or len(rows) < 2:
         return rows
-    ts = table.numeric(order_field)[rows]
+    ts = timestamps(table, order_field)[rows]
     if not np.isfinite(ts).all() or (np.diff(ts) >= 0).all():
         return rows
     return rows[np.argsort(ts, kind="stable")]
@@ -1002,9 +1002,12 @@ def _shape_history(table: TraceTable, rows: np.ndarray, specs: list[FeatureSpec]
         if FIRST_OF_SHAPE in table.columns:  # stated, and left out by the config's features
             why += f"; they state '{FIRST_OF_SHAPE}', which is not among the config's features: list it there to use it"
         return None, None, why
-    order = table.numeric(order_field)[rows]
+    order = timestamps(table, order_field)[rows]
     if not np.isfinite(order).all():
-        return None, None, f"some traces' '{order_field}' is missing or not a number"
+        unread = table.strings(order_field)[rows][~np.isfinite(order)]
+        said = next((v for v in unread if v is not None), None)
+        return None, None, (f"some traces' '{order_field}' is missing or not a number"
+                            + (f" nor an ISO 8601 date and time ({shown(cut(said))})" if said is not None else ""))
     distinct = [len(np.unique(X[:, j])) for j in range(len(specs))]
     key = [j for j, spec in enumerate(specs) if _is_shape_feature(X[:, j], spec, distinct[j])]
     if not key:

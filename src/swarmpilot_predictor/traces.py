@@ -18,6 +18,7 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -1013,6 +1014,45 @@ def as_number(v: Any) -> float:
         except OverflowError:
             return math.inf if v > 0 else -math.inf
     return math.nan
+
+
+def timestamp_number(v: Any) -> float:
+    """A trace's timestamp as a number: a number as it is (a boolean too, which the callers
+    refuse), a string that spells a finite number (``"1795835266.5"``) that number, and an
+    ISO 8601 date and time (``2026-11-28T03:07:46.369``, ``2026-11-28 03:07:46.369999886``:
+    pandas writes datetimes so in CSV and in JSON with ``date_format="iso"``) its seconds
+    since the Unix epoch, UTC where it names no offset; NaN for anything else."""
+    if isinstance(v, str):
+        number = finite_number_in_text(v)
+        if number is not None:
+            return number
+        return _iso_seconds(v.strip())
+    return as_number(v)
+
+
+def _iso_seconds(text: str) -> float:
+    # A date alone (2026-11-28) is a day, not a time a task started: no timestamp.
+    if len(text) < 13 or not text[:4].isdigit() or text[4:5] != "-":
+        return math.nan
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return math.nan
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
+
+
+def timestamps(table: "TraceTable", name: str) -> np.ndarray:
+    """:func:`timestamp_number` of column ``name`` for every row of ``table`` (NaN where none)."""
+    col = table.columns[name]
+    out = col.as_numeric()
+    if col.is_categorical:
+        codes = col.code_array()
+        has = codes >= 0
+        seconds = np.array([timestamp_number(s) for s in col.vocab], dtype=np.float64)
+        out[has] = seconds[codes[has]]
+    return out
 
 
 def category_text(v: Any) -> str:
