@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 
 import pytest
 
@@ -178,6 +179,38 @@ def test_dashboard_behind_a_proxy_under_a_path_prefix(three_models, context):
     page.goto(url + "/dashboard")
     page.wait_for_function("document.body.dataset.ready === 'error'", timeout=15000)
     assert page.inner_text("#health").startswith("error: models: not JSON")
+
+
+def test_dashboard_under_uvicorns_root_path(tmp_path, context):
+    """A service started with ``uvicorn --root-path /predictor`` behind a gateway that strips
+    the prefix: uvicorn puts the root in front of the raw path too, and the identity read from
+    it was one segment off, so every model's accuracy (and every identity route) was a 404."""
+    src = tmp_path / "traces.jsonl"
+    src.write_bytes(b"\n".join(orjson.dumps(t) for t in make_llm_traces(20, seed=3)))
+    args = [sys.executable, "-m", "uvicorn", "swarmpilot_predictor.api:app_from_env", "--factory", "--host",
+            "127.0.0.1", "--port", "{port}", "--log-level", "warning", "--root-path", "/predictor"]
+    with run_server(tmp_path / "data", args=args) as srv, PredictorClient(srv.url) as client:
+        client.train({"model": IDENTITY, "traces": make_llm_traces(100), "algorithm": "linear"})
+        client.observe(IDENTITY, make_llm_traces(40, seed=5))
+        client.generate_table(IDENTITY, src, table_name="t.json")
+        assert client.accuracy(IDENTITY)["observations"] == 40
+        assert client.download_table("t.json")
+        page = context.new_page()
+        url = srv.url
+
+        def gateway(route):
+            path = route.request.url[len(url):]
+            if not path.startswith("/predictor/"):
+                return route.fulfill(status=404, body="no such app")
+            route.fulfill(response=route.fetch(url=url + path[len("/predictor"):]))
+
+        page.route(url + "/**", gateway)
+        page.goto(url + "/predictor/dashboard")
+        page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+        assert page.evaluate("document.body.dataset.failed") == "0"
+        assert page.locator("#details p.error").count() == 0
+        assert page.locator("circle.obs-point").count() == 40
+        assert page.locator("tr.table-row td").last.inner_text() == "current"
 
 
 def test_dashboard_lists_lookup_tables_and_says_which_are_stale(tmp_path, context):

@@ -90,8 +90,26 @@ def error_response(status: int, message: str, field: str | None = None, **extra:
     return JSONResponse(body, status_code=status)
 
 
+def route_raw_path(scope: dict[str, Any]) -> bytes:
+    """The raw path as the router reads it: past a ``root_path`` the service is mounted under.
+
+    uvicorn's ``--root-path /predictor`` puts the root in front of both ``path`` and
+    ``raw_path`` (``/predictor/models/...``); Starlette's router strips it from ``path``, and
+    the identity and table name read from the raw path must skip it too, or every segment
+    is read one place off (the model ``llm/m/H/s/1`` read as ``models/llm/m/H/s``: a 404)."""
+    raw = scope.get("raw_path") or scope["path"].encode()
+    root = scope.get("root_path", "").rstrip("/")
+    # Only where the router stripped it from ``path`` (Starlette's get_route_path): a server
+    # that hands over the path without the root leaves both as they are.
+    if root and scope.get("path", "").startswith(root + "/"):
+        prefix = root.encode("latin-1", "replace")
+        if raw.startswith(prefix) and raw[len(prefix):len(prefix) + 1] == b"/":
+            return raw[len(prefix):]
+    return raw
+
+
 def raw_segments(scope: dict[str, Any], skip: int) -> list[str]:
-    return _segments(scope.get("raw_path") or scope["path"].encode(), skip)
+    return _segments(route_raw_path(scope), skip)
 
 
 def _segments(raw: bytes, skip: int) -> list[str]:
@@ -102,7 +120,7 @@ def _segments(raw: bytes, skip: int) -> list[str]:
 
 def identity_from(scope: dict[str, Any], skip: int) -> IdentityPattern:
     """The five identity segments after the first ``skip`` path segments (the route checked the shape)."""
-    raw = scope.get("raw_path") or scope["path"].encode()
+    raw = route_raw_path(scope)
     # Only paths of a few KB are kept (a model's five parts are at most 200 characters each;
     # a longer path is parsed each time): 4,096 paths of 60 KB, each a 404, held 470 MB in
     # every worker.
