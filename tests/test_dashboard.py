@@ -213,6 +213,34 @@ def test_dashboard_under_uvicorns_root_path(tmp_path, context):
         assert page.locator("tr.table-row td").last.inner_text() == "current"
 
 
+def test_dashboard_a_long_name_in_a_message_wraps(three_models, context):
+    """A message that quotes a long name wraps as the name does in its row: the card of a
+    long-named model whose accuracy failed ("accuracy unavailable: models/QQQ.../accuracy:
+    404" had widened the page to 1,844 px), and a long-named table that cannot be read (its
+    status, "unreadable: ...", to 2,886 px), or a long-named model in a table's models."""
+    long_table = "T" * 200 + ".json"
+    tables = {"status": "success", "tables": [
+        {"name": long_table, "format": "json", "size_bytes": 2, "modified_at": 0, "default": False, "loaded": False,
+         "error": f"lookup table cannot be read: {long_table}: item 0: unexpected end of data"},
+        {"name": "t.json", "format": "json", "size_bytes": 2000, "modified_at": 0, "default": False, "loaded": True,
+         "rows": 3, "quantiles": [[0.5]], "knot_levels": [[]],
+         "identities": [{**IDENTITY, "model_name": LONG_NAME, "model_versions": [1], "serving_version": 1,
+                         "stale": False}]}]}
+    page = context.new_page()
+    page.set_viewport_size({"width": 1200, "height": 900})
+    page.route(f"**/models/llm/{LONG_NAME}/**/accuracy", lambda route: route.fulfill(status=404, body="gone"))
+    page.route("**/tables", lambda route: route.fulfill(status=200, content_type="application/json",
+                                                       body=orjson.dumps(tables)))
+    page.goto(three_models.url + "/dashboard")
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+    assert page.evaluate("document.body.dataset.failed") == "1"
+    assert LONG_NAME in page.inner_text("#details p.error") and long_table in page.inner_text("#tables")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1200
+    # Short cells stay whole.
+    row = page.locator("tr.table-row").nth(1).locator("td").all_inner_texts()
+    assert row[1] == "json" and row[-1] == "current"
+
+
 def test_dashboard_lists_lookup_tables_and_says_which_are_stale(tmp_path, context):
     """The lookup tables: their levels and knots, the models and versions that made them,
     the version serving now, and which are stale (made by a version that no longer serves),
