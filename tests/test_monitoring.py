@@ -854,3 +854,28 @@ def test_first_runs_and_repeats_are_scored_apart_where_the_model_tells_them(tmp_
         assert "by_kind" not in svc.accuracy(IdentityPattern.from_parts(plain))
     finally:
         svc.close()
+
+
+def test_an_append_read_by_another_thread_and_rotated_away_before_its_own_look_counts_once(tmp_path, monkeypatch):
+    # Between a thread's append and its own look, another thread of the process read the
+    # append from the file, another worker's append rotated that file away, and another look
+    # forgot the file: the appending thread then added its records from memory a second time.
+    mine = AccuracyMonitor(ObservationLog(tmp_path, max_file_bytes=1, max_files=1))
+    other = AccuracyMonitor(ObservationLog(tmp_path, max_file_bytes=1, max_files=1))
+    y, q = _lognormal_quantiles(2)
+    real_sync = AccuracyMonitor._sync
+    raced = []
+
+    def racing(self, state, own=None, own_records=None):
+        if own is not None and not raced:
+            raced.append(True)
+            real_sync(self, state)  # another thread's look
+            other.record(IDENT, 1, [{"x": 2}], y[1:], q[1:])  # rotates the file away
+            real_sync(self, state)  # and another look
+        return real_sync(self, state, own, own_records)
+
+    monkeypatch.setattr(AccuracyMonitor, "_sync", racing)
+    mine.record(IDENT, 1, [{"x": 1}], y[:1], q[:1])
+    monkeypatch.setattr(AccuracyMonitor, "_sync", real_sync)
+    assert raced and mine.report(IDENT, 1)["observations"] == 2
+    assert list(mine.tracker(IDENT, 1).y) == y.tolist()

@@ -726,7 +726,15 @@ class _Followed:
     # The log's files (name, path), listed when the directory's (inode, mtime) was ``listed_key``.
     files: list[tuple[str, str]] = field(default_factory=list)
     listed_key: tuple[int, int] | None = None
+    # Files rotated away since they were read: file name -> (inode, bytes read), the newest few.
+    # An append of this process's whose file another thread read and then saw rotated away
+    # before the appending thread's own look is known read here, not added a second time.
+    gone: dict[str, tuple[int, int]] = field(default_factory=dict)
 
+
+# Files rotated away whose read extent a model's state keeps (see _Followed.gone): an append's
+# file is rotated away before its own look only where this many files were made meanwhile.
+_GONE_KEPT = 16
 
 # The first bytes of a log file that tell it from another file of its name and inode
 # number: its first record's time stamp among them.
@@ -803,7 +811,7 @@ class AccuracyMonitor:
         added from memory in their place in the file.
         """
         if own is not None:
-            inode, offset, _ = state.cursor.get(own.name, (None, 0, b""))
+            inode, offset, _ = state.cursor.get(own.name, (*state.gone.get(own.name, (None, 0)), b""))
             if inode == own.inode and offset > own.start:  # another thread's look read them from the file
                 own = None
         seen = set()
@@ -835,7 +843,12 @@ class AccuracyMonitor:
             state.cursor[name] = (inode, offset, head)
         if listed:
             for name in [n for n in state.cursor if n not in seen]:
-                del state.cursor[name]
+                inode, offset, _ = state.cursor.pop(name)
+                state.gone[name] = (inode, offset)
+                while len(state.gone) > _GONE_KEPT:
+                    state.gone.pop(next(iter(state.gone)))
+        else:  # the folder gone (the model deleted): a file made again under a known name is another
+            state.gone.clear()
         if own is not None and own_records is not None:  # its file was rotated away before this look
             self._add(state, own_records)
 
