@@ -1403,3 +1403,25 @@ def test_forgetting_a_model_drops_its_retraining_state_without_breaking_one_unde
     monkeypatch.undo()
     svc.observe(IDENTITY, _shifted(200, 2.0, seed=42))
     assert svc.retrain(pattern)["from_version"] == 2  # a retraining after it makes a lock of its own
+
+
+def test_a_training_stored_as_a_retraining_begins_is_not_retrained_in_the_asked_version_s_place(tmp_path):
+    # The retraining checked that version 1 serves, then loaded whichever served by the time it
+    # began its work: a version a training stored meanwhile, retrained unasked, its decision
+    # (from_version 2, "too few observations") carrying version 1's wait and drift.
+    svc = _service(tmp_path)
+    svc.observe(IDENTITY, _shifted(300, 1.6, seed=5))
+    real = svc.monitor.newest_observed
+
+    def racing(identity, version):
+        out = real(identity, version)
+        svc.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(300, seed=9), algorithm="linear"))
+        return out
+
+    svc.monitor.newest_observed = racing
+    decision = svc.retrain(IdentityPattern.from_parts(IDENTITY))
+    svc.monitor.newest_observed = real
+    assert decision["status"] == "skipped" and decision["from_version"] == 1
+    assert "version 2 was stored meanwhile" in decision["message"]
+    assert svc.retrainer.decisions.last(ModelIdentity.from_parts(IDENTITY), 2) is None
+    assert [v.version for v in svc.registry.versions(ModelIdentity.from_parts(IDENTITY))] == [1, 2]

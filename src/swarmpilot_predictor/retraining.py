@@ -704,10 +704,13 @@ class Retrainer:
             self.on_new_version(identity)
 
     def _retrain(self, identity: ModelIdentity, decision: dict[str, Any], deadline: _Deadline) -> None:
-        """Fill ``decision`` in: kept, skipped or retrained (the new version stored); past
-        ``deadline``, raise :class:`RetrainingTimedOut` before the next fit or the store."""
+        """Fill ``decision`` in about its ``from_version``: kept, skipped or retrained (the new
+        version stored); past ``deadline``, raise :class:`RetrainingTimedOut` before the next fit or the store."""
         t0 = time.perf_counter()
-        current = self.registry.load(identity)
+        # The version asked about and found serving, not whichever serves by now: a version
+        # stored meanwhile (a training) was retrained in its place, unasked, and its decision
+        # carried the asked version's wait (see _store, which answers skipped then).
+        current = self.registry.load(identity, decision["from_version"])
         obs = self._observations(identity, current, decision)
         if obs is None:
             return
