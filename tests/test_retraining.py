@@ -1425,3 +1425,13 @@ def test_a_training_stored_as_a_retraining_begins_is_not_retrained_in_the_asked_
     assert "version 2 was stored meanwhile" in decision["message"]
     assert svc.retrainer.decisions.last(ModelIdentity.from_parts(IDENTITY), 2) is None
     assert [v.version for v in svc.registry.versions(ModelIdentity.from_parts(IDENTITY))] == [1, 2]
+
+
+def test_runtimes_that_never_vary_against_one_median_hold_no_level_shift():
+    # log(runtime / median) the same for every observation (a task timed to the millisecond that
+    # always took 8 ms, one median for it): the two sides' means differ only by rounding, over
+    # no spread, which read as a shift (at observation 56 of 200 here, 544 of 1,000 at 1.6x).
+    for ratio in np.log([8.0 / 6.000785478517696, 1.1, 1.6, 2.0]):
+        assert all(level_shift(np.full(n, ratio)) is None for n in (150, 200, 1000))
+    # A step between two levels that never vary is a shift still.
+    assert level_shift(np.r_[np.full(100, 0.1), np.full(60, 0.5)]) == 100

@@ -91,7 +91,11 @@ def level_shift(r: np.ndarray) -> int | None:
     s2, q2 = c1[-1] - s1, c2[-1] - q1
     m1, m2 = s1 / k, s2 / (n - k)
     within = np.maximum((q1 - k * m1 * m1) + (q2 - (n - k) * m2 * m2), 0.0) / (n - 2)
-    t = np.abs(m2 - m1) / np.sqrt(np.maximum(within, 1e-300) * (1.0 / k + 1.0 / (n - k)))
+    # A spread no smaller than rounding's: the means of identical values differ in their last
+    # bits, and over no spread at all (runtimes timed to the millisecond, all the same, against
+    # one median) that read as a shift of 1e14 standard errors, at a place of rounding's choosing.
+    floor = max((1e-9 * float(np.abs(r).max())) ** 2, 1e-300)
+    t = np.abs(m2 - m1) / np.sqrt(np.maximum(within, floor) * (1.0 / k + 1.0 / (n - k)))
     best = int(np.argmax(t))
     return int(k[best]) if t[best] > SHIFT_MIN_T else None
 
