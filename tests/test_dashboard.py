@@ -147,12 +147,9 @@ def test_dashboard_a_failed_request_costs_only_its_own_part(three_models, contex
     assert page.inner_text("#health").startswith("error: models: ")
 
 
-def test_dashboard_behind_a_proxy_under_a_path_prefix(three_models, context):
-    """A gateway that serves the service under /predictor/ (an ingress, nginx's location
-    /predictor/): the page asks for its data under the same prefix, and a long name wraps."""
-    url = three_models.url
-    page = context.new_page()
-    page.set_viewport_size({"width": 1200, "height": 900})
+def behind_gateway(page, url: str) -> list[str]:
+    """Route ``page``'s requests to ``url`` through a gateway that serves the service under
+    /predictor/ and strips the prefix (anything else is its 404); returns the paths asked."""
     asked: list[str] = []
 
     def gateway(route):
@@ -163,6 +160,16 @@ def test_dashboard_behind_a_proxy_under_a_path_prefix(three_models, context):
         route.fulfill(response=route.fetch(url=url + path[len("/predictor"):]))
 
     page.route(url + "/**", gateway)
+    return asked
+
+
+def test_dashboard_behind_a_proxy_under_a_path_prefix(three_models, context):
+    """A gateway that serves the service under /predictor/ (an ingress, nginx's location
+    /predictor/): the page asks for its data under the same prefix, and a long name wraps."""
+    url = three_models.url
+    page = context.new_page()
+    page.set_viewport_size({"width": 1200, "height": 900})
+    asked = behind_gateway(page, url)
     page.goto(url + "/predictor/dashboard")
     page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
     assert page.locator("tr.model-row").count() == 3 and page.evaluate("document.body.dataset.failed") == "0"
@@ -196,16 +203,8 @@ def test_dashboard_under_uvicorns_root_path(tmp_path, context):
         assert client.accuracy(IDENTITY)["observations"] == 40
         assert client.download_table("t.json")
         page = context.new_page()
-        url = srv.url
-
-        def gateway(route):
-            path = route.request.url[len(url):]
-            if not path.startswith("/predictor/"):
-                return route.fulfill(status=404, body="no such app")
-            route.fulfill(response=route.fetch(url=url + path[len("/predictor"):]))
-
-        page.route(url + "/**", gateway)
-        page.goto(url + "/predictor/dashboard")
+        behind_gateway(page, srv.url)
+        page.goto(srv.url + "/predictor/dashboard")
         page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
         assert page.evaluate("document.body.dataset.failed") == "0"
         assert page.locator("#details p.error").count() == 0
