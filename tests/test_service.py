@@ -1562,3 +1562,27 @@ def test_coalesced_predictions_answered_from_the_cache_report_their_own_time(ser
 
     with pytest.raises(TypeError):  # one dict shared by every error: read-only
         PredictorError("x").headers["Retry-After"] = "1"
+
+
+@pytest.mark.parametrize("n", [1, 13])
+def test_a_callers_changes_to_its_answer_never_reach_the_cache(service, n):
+    # The answer's rendered dicts and lists were the cached entry's own: a caller that
+    # changed them (or the levels) changed every later answer from the cache.
+    service.train(config(make_llm_traces(150)))
+    traces = [{"input_tokens": 100 + i, "output_tokens": 20} for i in range(n)]
+    want = [service.predict_each(PATTERN, [t])[0].results()[0] for t in traces]
+    want = [{k: v.copy() if isinstance(v, (list, dict)) else v for k, v in r.items()} for r in want]
+    for answer in ([predict(service, traces=[t]) for t in traces], service.predict_each(PATTERN, traces),
+                   [predict(service, traces=[t]) for t in traces]):
+        for pred, expected in zip(answer, want):
+            assert pred.results()[0] == expected
+            pred.levels.append(0.999)
+            result = pred.results()[0]
+            result["expect"] = -1.0
+            result["quantiles"].append(0.999)
+            result["quantile_predictions"][0] = -1.0
+            result["interval"].clear()
+            result["model_info"]["name"] = "changed"
+    for t, expected in zip(traces, want):
+        again = predict(service, traces=[t])
+        assert again.results()[0] == expected and again.levels == expected["quantiles"]

@@ -102,8 +102,13 @@ class Prediction(RenderedPredictions):
         return out
 
     def timed(self, seconds: float) -> "Prediction":
-        """This prediction as answered again (from the cache) in ``seconds``."""
-        return self._with(duration_seconds=seconds)
+        """This prediction as answered again (from the cache) in ``seconds``, with rendered
+        results and levels of its own: a caller that changes its answer's dicts or lists
+        changes no other caller's, nor the cached entry (rendered once, on the entry)."""
+        rendered = self.results()
+        return self._with(duration_seconds=seconds, levels=list(self.levels),
+                          rendered=[{k: v.copy() if isinstance(v, (list, dict)) else v for k, v in r.items()}
+                                    for r in rendered])
 
     def as_queue(self, total_distribution: bool = True) -> "Prediction":
         """This one task's prediction as a batch's: a queue of one totals that task's runtime,
@@ -567,6 +572,7 @@ class PredictorService:
             if prediction is not None:
                 if cache_key is not None:
                     self.cache.put(cache_key, prediction)
+                    prediction = prediction.timed(prediction.duration_seconds)  # the caller's own copy
                 return prediction.as_queue(total_distribution) if with_total else prediction
         errors, ok, dist, outside, reached = self._distributions(identity, loaded, traces)
         rows = np.flatnonzero(ok)
@@ -599,6 +605,7 @@ class PredictorService:
         )
         if cache_key is not None and ok.all():
             self.cache.put(cache_key, prediction)
+            prediction = prediction.timed(prediction.duration_seconds)  # the caller's own copy
         return prediction
 
     def _distributions(self, identity: ModelIdentity, loaded: LoadedModel, traces: Sequence[dict[str, Any]]
@@ -714,6 +721,7 @@ class PredictorService:
                 out[i] = pred
                 if keys[i] is not None and pred.ok[0]:
                     self.cache.put(keys[i], pred)
+                    out[i] = pred.timed(pred.duration_seconds)  # the caller's own copy
         n_hits = len(traces) - len(misses)
         if n_hits:
             self._count(identity, n_hits, 0)
