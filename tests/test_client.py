@@ -873,6 +873,39 @@ def test_a_requested_retraining_waits_as_long_as_a_training_not_the_clients_time
     assert waited[0][0].endswith("/retrain") and waited[1][0] == "/cache/stats"
 
 
+def test_only_the_wait_for_a_long_calls_answer_is_long_connecting_keeps_the_clients_timeout():
+    # train, retrain and generate_table wait 30 (10) minutes for their answer; connecting to a
+    # host that drops connections waited as long (a train() with retries=3 hung two hours).
+    import httpx
+
+    waited: list[dict] = []
+
+    def answer(request):
+        waited.append(request.extensions["timeout"])
+        raise httpx.ConnectTimeout("timed out", request=request)
+
+    calls = [lambda c: c.train({"model": IDENTITY, "traces": make_llm_traces(5)}), lambda c: c.retrain(IDENTITY),
+             lambda c: c.generate_table(IDENTITY, b'{"input_tokens": 1}\n')]
+    with PredictorClient("http://127.0.0.1:9", timeout=2, retries=1, backoff=0,
+                         transport=httpx.MockTransport(answer)) as client:
+        for call in calls:
+            with pytest.raises(PredictorUnavailableError) as err:
+                call(client)
+            assert "timed out after 2s (ConnectTimeout)" in err.value.message
+
+    async def through_the_async_client():
+        async with AsyncPredictorClient("http://127.0.0.1:9", timeout=2, retries=0,
+                                        transport=httpx.MockTransport(answer)) as client:
+            with pytest.raises(PredictorUnavailableError) as err:
+                await client.train({"model": IDENTITY, "traces": make_llm_traces(5)})
+            assert "timed out after 2s (ConnectTimeout)" in err.value.message
+
+    asyncio.run(through_the_async_client())
+    assert len(waited) == 3 * 2 + 1
+    assert all(t["connect"] == t["pool"] == t["write"] == 2 for t in waited)
+    assert [t["read"] for t in waited] == [1800.0] * 4 + [600.0] * 2 + [1800.0]
+
+
 def assert_refused_by_both_clients(url: str, cases) -> None:
     """Each ``(call, field)``: an InvalidRequestError naming ``field`` from both clients, nothing sent."""
     import httpx

@@ -857,12 +857,26 @@ class _Base:
         kw["timeout"] = self._timeout(req)
         return kw
 
-    def _timeout(self, req: _Request) -> float | None:
+    def _timeout(self, req: _Request) -> httpx.Timeout:
         if req.timeout is not None:
-            return req.timeout
+            return httpx.Timeout(req.timeout)
         if req.timeout_at_least is not None and self.timeout is not None:
-            return max(req.timeout_at_least, self.timeout)
-        return self.timeout
+            # Only the wait for the answer is long (the handler trains, or makes a table):
+            # connecting, waiting for a pooled connection and writing the request keep the
+            # client's timeout, or a host that drops connections held a train() for 30 minutes a try.
+            return httpx.Timeout(self.timeout, read=max(req.timeout_at_least, self.timeout))
+        return httpx.Timeout(self.timeout)
+
+    def _waited(self, req: _Request, exc: httpx.TimeoutException) -> float | None:
+        """The timeout that ran out: the one of the wait ``exc`` ended."""
+        timeout = self._timeout(req)
+        if isinstance(exc, httpx.ConnectTimeout):
+            return timeout.connect
+        if isinstance(exc, httpx.PoolTimeout):
+            return timeout.pool
+        if isinstance(exc, httpx.WriteTimeout):
+            return timeout.write
+        return timeout.read
 
     def _should_retry(self, req: _Request, exc: Exception, attempt: int) -> bool:
         if attempt >= self.retries:
@@ -887,7 +901,7 @@ class _Base:
             sent = "" if req.idempotent or isinstance(exc, _NOT_SENT) else (
                 ": it was sent, and may still be carried out; check before sending it again")
             return PredictorUnavailableError(f"{req.method} {req.path} to {self.base_url} timed out after "
-                                             f"{self._timeout(req)}s ({type(exc).__name__}){sent}")
+                                             f"{self._waited(req, exc)}s ({type(exc).__name__}){sent}")
         if isinstance(exc, _MAYBE_SENT) and not req.idempotent:
             # Sent, then the connection dropped: the service may have acted on it (a training
             # stored, observations counted); a blind retry could do it twice.
