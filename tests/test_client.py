@@ -1346,6 +1346,36 @@ def test_a_closed_client_and_an_async_client_in_a_second_event_loop_say_so(train
         asyncio.run(closed())
 
 
+def test_a_client_closed_while_a_call_waits_to_retry_says_it_is_closed(port):  # nothing listens on it
+    # close() from another thread (aclose() from another task) while a call pauses between
+    # tries: the next try raised httpx's RuntimeError, not the closed client's error.
+    client = PredictorClient(f"http://127.0.0.1:{port}", retries=3, backoff=0.5)
+    raised: list[BaseException] = []
+
+    def call():
+        try:
+            client.health()
+        except BaseException as exc:
+            raised.append(exc)
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    time.sleep(0.2)
+    client.close()
+    worker.join()
+    assert isinstance(raised[0], InvalidRequestError) and "closed" in str(raised[0])
+
+    async def through_the_async_client():
+        async with AsyncPredictorClient(f"http://127.0.0.1:{port}", retries=3, backoff=0.5) as client:
+            task = asyncio.create_task(client.health())
+            await asyncio.sleep(0.2)
+            await client.aclose()
+            with pytest.raises(InvalidRequestError, match="closed"):
+                await task
+
+    asyncio.run(through_the_async_client())
+
+
 def test_answers_of_the_wrong_kind_are_client_errors_not_values():
     import httpx
 

@@ -1009,10 +1009,12 @@ class PredictorClient(_Base):
         self._http.close()
 
     def _send(self, req: _Request) -> Any:
-        if self._http.is_closed:  # httpx's RuntimeError said it in its own terms
-            raise InvalidRequestError("this PredictorClient is closed (by close() or its with block): make a new one")
         attempt = 0
         while True:
+            # Before each try: a client closed while a call waited to retry (from another
+            # thread) raised httpx's RuntimeError, in its own terms.
+            if self._http.is_closed:
+                raise InvalidRequestError("this PredictorClient is closed (by close() or its with block): make a new one")
             try:
                 response = self._http.request(req.method, req.path, **self._kwargs(req))
                 return self._calls.parse(req, response)
@@ -1251,6 +1253,8 @@ class AsyncPredictorClient(_Base):
         large = _traces_in(req) > _LARGE_BATCH_TRACES
         kwargs = await asyncio.to_thread(self._kwargs, req) if large else self._kwargs(req)
         while True:
+            if attempt:
+                self._check_usable()  # closed (aclose() in another task) while it waited to retry
             try:
                 async with self._in_flight:
                     response = await self._http.request(req.method, req.path, **kwargs)
