@@ -1152,6 +1152,25 @@ def test_store_caches_reloads_and_remembers_failures(tmp_path):
         store.delete("t0.json")
 
 
+def test_a_table_deleted_between_its_fingerprint_and_its_parse_is_not_found(tmp_path, monkeypatch):
+    # A DELETE in that window (another worker's): the parse cannot open the file, which is
+    # gone, not damaged: a 404, not a 500 nor the 422 of a table that cannot be read.
+    from swarmpilot_predictor.lookup import store as store_module
+
+    store = LookupTableStore(tmp_path / "tables")
+    path = store.root / "p.json"
+    path.write_text(SEED_TABLE)
+    parse = store_module.LookupTable.load
+
+    def deleted_first(p, *args, **kwargs):
+        Path(p).unlink()
+        return parse(p, *args, **kwargs)
+
+    monkeypatch.setattr(store_module.LookupTable, "load", staticmethod(deleted_first))
+    with pytest.raises(NotFound, match="it was deleted"):
+        store.get("p.json")
+
+
 def test_default_table_from_a_path_and_bad_defaults(tmp_path):
     outside = tmp_path / "predictions.json"
     outside.write_text(SEED_TABLE)
