@@ -1005,3 +1005,18 @@ def test_the_service_gives_its_trainings_the_timeout_set(tmp_path):
             assert service.jobs.timeout == timeout
         finally:
             service.close()
+
+
+@pytest.mark.parametrize("params", [
+    {"boosting": "DART"},
+    {"boosting_type": "Dart", "num_boost_round": 30},
+    {"boosting": "RF", "bagging_fraction": 0.5, "bagging_freq": 1},
+    {"boosting": "Random_Forest", "bagging_fraction": 0.5, "bagging_freq": 1},
+])
+def test_boosting_refusals_read_the_word_in_any_case(params):
+    # LightGBM reads "DART" as dart and "RF" as rf: "DART" trained a dart model (every fold
+    # ran all its rounds), and "RF" with the linear base failed at the fit, after the traces.
+    from swarmpilot_predictor.modeling.params import check_params
+
+    with pytest.raises(ValueError, match="'dart' turns off|takes no starting score"):
+        check_params(params, "lightgbm")

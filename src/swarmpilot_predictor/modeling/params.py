@@ -120,7 +120,8 @@ def check_params(params: dict[str, Any], algorithm: str) -> None:
     if foreign:
         _check_lightgbm_params(foreign, algorithm)
         canonical = lightgbm_aliases()
-        boosting = [v for k, v in foreign.items() if canonical.get(k) == "boosting"]
+        # LightGBM reads the word in any case ("DART" is dart): compared as it reads it.
+        boosting = [v.lower() if isinstance(v, str) else v for k, v in foreign.items() if canonical.get(k) == "boosting"]
         if any(v == "dart" for v in boosting):
             # Without early stopping every fold runs all its rounds: 3,000 rows at 10,000
             # rounds took 159 s, and held every other training back meanwhile.
