@@ -571,8 +571,7 @@ class PredictorService:
             prediction = self._predict_one(identity, loaded, traces[0], levels, confidence_level, t0)
             if prediction is not None:
                 if cache_key is not None:
-                    self.cache.put(cache_key, prediction)
-                    prediction = prediction.timed(prediction.duration_seconds)  # the caller's own copy
+                    prediction = self._kept(cache_key, prediction)
                 return prediction.as_queue(total_distribution) if with_total else prediction
         errors, ok, dist, outside, reached = self._distributions(identity, loaded, traces)
         rows = np.flatnonzero(ok)
@@ -604,9 +603,14 @@ class PredictorService:
             elapsed_levels=reached,
         )
         if cache_key is not None and ok.all():
-            self.cache.put(cache_key, prediction)
-            prediction = prediction.timed(prediction.duration_seconds)  # the caller's own copy
+            prediction = self._kept(cache_key, prediction)
         return prediction
+
+    def _kept(self, key: Any, prediction: Prediction) -> Prediction:
+        """``prediction`` put in the cache under ``key``; the caller's own copy of it back (see
+        :meth:`Prediction.timed`: what the caller changes never reaches the entry)."""
+        self.cache.put(key, prediction)
+        return prediction.timed(prediction.duration_seconds)
 
     def _distributions(self, identity: ModelIdentity, loaded: LoadedModel, traces: Sequence[dict[str, Any]]
                        ) -> tuple[list[str | None], np.ndarray, TaskDistributions, dict[int, list[str]] | None,
@@ -720,8 +724,7 @@ class PredictorService:
             for i, pred in zip(misses, fresh):
                 out[i] = pred
                 if keys[i] is not None and pred.ok[0]:
-                    self.cache.put(keys[i], pred)
-                    out[i] = pred.timed(pred.duration_seconds)  # the caller's own copy
+                    out[i] = self._kept(keys[i], pred)
         n_hits = len(traces) - len(misses)
         if n_hits:
             self._count(identity, n_hits, 0)

@@ -1046,12 +1046,13 @@ def _iso_seconds(text: str) -> float:
 def timestamps(table: "TraceTable", name: str) -> np.ndarray:
     """:func:`timestamp_number` of column ``name`` for every row of ``table`` (NaN where none)."""
     col = table.columns[name]
-    out = col.as_numeric()
+    out = col.as_numeric(spelled=True)  # numbers, and strings that spell one (read once per string)
     if col.is_categorical:
         codes = col.code_array()
-        has = codes >= 0
-        seconds = np.array([timestamp_number(s) for s in col.vocab], dtype=np.float64)
-        out[has] = seconds[codes[has]]
+        dated = (codes >= 0) & np.isnan(out)
+        if dated.any():
+            seconds = np.array([_iso_seconds(s.strip()) for s in col.vocab], dtype=np.float64)
+            out[dated] = seconds[codes[dated]]
     return out
 
 

@@ -56,13 +56,19 @@ def _encodable(value: Any) -> Any:
     return value
 
 
+def _mounted_root(scope: Any) -> str:
+    """The ``root_path`` the service is mounted under (a proxy's ``/api``, uvicorn's
+    ``--root-path``) where the router reads the path past it, as Starlette's get_route_path
+    does: where ``path`` begins with it; else "" (a server that hands over the path without
+    the root)."""
+    path, root = scope.get("path", ""), scope.get("root_path", "").rstrip("/")
+    return root if root and path.startswith(root + "/") else ""
+
+
 def generates_table(scope: Any) -> bool:
     """Whether a request is a table's generation (``POST /predict/table/...``), whose every
-    failure answers in :func:`table_failure`'s shape: read as the router reads the path, past
-    a ``root_path`` the service is mounted under (a proxy's ``/api``)."""
-    path, root = scope.get("path", ""), scope.get("root_path", "")
-    if root and path.startswith(root):
-        path = path[len(root):]
+    failure answers in :func:`table_failure`'s shape: read as the router reads the path."""
+    path = scope.get("path", "")[len(_mounted_root(scope)):]
     return scope.get("method") == "POST" and path.startswith("/predict/table/")
 
 
@@ -98,10 +104,8 @@ def route_raw_path(scope: dict[str, Any]) -> bytes:
     the identity and table name read from the raw path must skip it too, or every segment
     is read one place off (the model ``llm/m/H/s/1`` read as ``models/llm/m/H/s``: a 404)."""
     raw = scope.get("raw_path") or scope["path"].encode()
-    root = scope.get("root_path", "").rstrip("/")
-    # Only where the router stripped it from ``path`` (Starlette's get_route_path): a server
-    # that hands over the path without the root leaves both as they are.
-    if root and scope.get("path", "").startswith(root + "/"):
+    root = _mounted_root(scope)
+    if root:
         prefix = root.encode("latin-1", "replace")
         if raw.startswith(prefix) and raw[len(prefix):len(prefix) + 1] == b"/":
             return raw[len(prefix):]
