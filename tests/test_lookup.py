@@ -1761,6 +1761,15 @@ def test_a_csv_table_as_a_spreadsheet_saves_it(tmp_path):
     assert LookupTable.load(bom_json).n_rows == 1
 
 
+def test_a_table_saved_as_utf16_says_so(tmp_path):
+    # As a spreadsheet's "Unicode text" writes it; it was a codec's or orjson's words about a byte.
+    text = "x,expect,error,quantile_0.5,quantile_0.9\n1,10,1,10,12\n"
+    path = tmp_path / "sheet.csv"
+    path.write_bytes(text.encode("utf-16"))
+    with pytest.raises(TraceError, match=r"sheet\.csv: the file is UTF-16 text .*; save it as UTF-8$"):
+        LookupTable.load(path)
+
+
 def test_a_csv_table_with_spaces_after_its_commas(tmp_path):
     path = tmp_path / "spaced.csv"
     path.write_text("x, gpu, expect, error, quantile_0.5, quantile_0.9\n1, a100, 10, 1, 10, 12\n2, h100, 20, 2, 20, 23\n")

@@ -338,6 +338,31 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
         list(iter_trace_file(path))  # (the column within the line: not orjson's "line 1" of the line alone)
 
 
+@pytest.mark.parametrize(("name", "content", "said"), [
+    # Excel's "Unicode text" and PowerShell's `>` write UTF-16: each was "line 1 is not valid
+    # JSON (str is not valid UTF-8: surrogates not allowed ...)" or a codec's error.
+    ("t.jsonl", "utf-16", r"the file is UTF-16 text \(it starts with a UTF-16 byte order mark\); save it as UTF-8$"),
+    ("t.csv", "utf-16", r"the file is UTF-16 text \(it starts with a UTF-16 byte order mark\)"),
+    ("t.json", "utf-32", r"the file is UTF-32 text"),
+    ("t.jsonl", "utf-16-le", r"the file reads as UTF-16 text without a byte order mark; save it as UTF-8$"),
+    ("t.jsonl", "utf-16-be", r"the file reads as UTF-16 text without a byte order mark"),
+    ("t.jsonl", "latin-1", r"line 2: byte 0xe9 at column 33 is not UTF-8 text \(is the file latin-1 or Windows-1252\?\)"),
+    ("t.csv", "latin-1", r"t\.csv: byte 0xe9 is not UTF-8 text \(is the file latin-1"),
+    ("t.jsonl", "gzip", r"t\.jsonl: the file is gzip-compressed; name it with \.gz at the end$"),
+    ("t.jsonl.gz", "gzip", r"t\.jsonl\.gz: the file is gzip-compressed twice; decompress it once more$"),
+])
+def test_a_file_in_another_encoding_is_named_so(tmp_path, name, content, said):
+    text = ('runtime_ms,name\n1.5,a\n2.5,caf\u00e9\n' if name.startswith("t.csv") else
+            '[{"runtime_ms": 1.5, "name": "caf\u00e9"}]' if name == "t.json" else
+            '{"runtime_ms": 1.5, "name": "a"}\n{"runtime_ms": 2.5, "name": "caf\u00e9"}\n')
+    data = gzip.compress(text.encode()) if content == "gzip" else text.encode(content)
+    if name.endswith(".gz"):  # (around what is already gzip, a second compression)
+        data = gzip.compress(data)
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(TraceError, match=said):
+        list(iter_trace_file(tmp_path / name))
+
+
 @pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
 def test_a_jsonl_line_that_spells_nan_says_so(tmp_path, token):
     # Python's json writes them by default; the line was "unexpected character ... at column 35".

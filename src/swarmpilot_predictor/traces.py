@@ -180,6 +180,8 @@ def open_trace_file(path: Path | str, source: str | None = None) -> tuple[IO[byt
     raw: IO[bytes] = gzip.open(path, "rb") if gz else open(path, "rb")
     try:
         skip_bom(raw)
+        if problem := encoding_problem(raw.peek(4)[:4], gz):
+            raise TraceError(f"{source or path.name}: {problem}")
     except (OSError, EOFError) as exc:
         raw.close()
         if gz:  # (read as text it was "empty", or a JSON error at its first byte)
@@ -224,6 +226,29 @@ class TraceFileFormat(NamedTuple):
     format: str
     suffix: str
     gzipped: bool
+
+
+# Byte order marks of the encodings other than UTF-8 that a trace file comes in (Excel's
+# "Unicode text" and PowerShell's `>` write UTF-16): read as UTF-8, such a file was refused
+# for its first line's bytes, in words that did not name the encoding.
+_OTHER_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
+               (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"))
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def encoding_problem(head: bytes, gzipped: bool) -> str | None:
+    """Why a trace file whose (decompressed) content starts with ``head``, its first bytes
+    past a UTF-8 byte order mark, cannot be read as UTF-8 text; None where it may be."""
+    for bom, name in _OTHER_BOMS:
+        if head.startswith(bom):
+            return f"the file is {name} text (it starts with a {name} byte order mark); save it as UTF-8"
+    if head.startswith(GZIP_MAGIC):
+        return ("the file is gzip-compressed twice; decompress it once more" if gzipped
+                else "the file is gzip-compressed; name it with .gz at the end")
+    # Every text format here starts with an ASCII character: in UTF-16, each beside a NUL byte.
+    if len(head) == 4 and any(all(head[i::2]) and not any(head[1 - i::2]) for i in (0, 1)):
+        return "the file reads as UTF-16 text without a byte order mark; save it as UTF-8"
+    return None
 
 
 def trace_file_format(name: str, stem_required: bool = False) -> TraceFileFormat | None:
@@ -312,6 +337,20 @@ def line_json_problem(exc: json.JSONDecodeError) -> str:
     """What is wrong with one line of JSON, placed by its column: orjson's own place says
     "line 1" of the one line it was given, beside the file's line number."""
     return f"{exc.msg} at column {exc.colno}"
+
+
+def _not_utf8(exc: UnicodeDecodeError, where: str = "") -> str:
+    return (f"byte 0x{exc.object[exc.start]:02x}{where} is not UTF-8 text (is the file latin-1 or "
+            "Windows-1252?); save it as UTF-8")
+
+
+def _not_utf8_in(line: bytes) -> str | None:
+    """Where a line that does not parse is not UTF-8 (orjson says "surrogates not allowed")."""
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _not_utf8(exc, f" at column {exc.start + 1}")
+    return None
 
 
 def _constant_said(name: str) -> str:
@@ -409,6 +448,8 @@ def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Ite
                 try:
                     obj = _json_loads(line)
                 except orjson.JSONDecodeError as exc:
+                    if not_utf8 := _not_utf8_in(line):
+                        raise TraceError(f"{source}: line {lineno}: {not_utf8}") from None
                     said = _constant_in(line) or line_json_problem(exc)
                     raise TraceError(f"{source}: line {lineno} is not valid JSON ({said})") from None
                 yield _normalize_at(obj, source, f"line {lineno}")
@@ -457,7 +498,9 @@ def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Ite
                     raise TraceError(f"{source}: line {row_line}: {csv_problem(exc)}") from None
         else:  # pragma: no cover - guarded by trace_file_format
             raise TraceError(f"unknown trace format {shown(fmt)}")
-    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
+    except UnicodeDecodeError as exc:  # (its position counts from a block's start, not the file's)
+        raise TraceError(f"{source}: {_not_utf8(exc)}") from None
+    except (OSError, EOFError, csv.Error) as exc:
         # Truncated gzip streams, binary garbage and CSV fields beyond the csv module's limit.
         raise TraceError(f"{source}: cannot read the file ({exc}); it may be truncated or not what its name says") from None
 

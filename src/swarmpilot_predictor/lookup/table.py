@@ -41,6 +41,7 @@ from ..traces import (
     as_number,
     category_text,
     elapsed_times,
+    encoding_problem,
     finite_number_in_text,
     normalize_traces,
     skip_bom,
@@ -1392,8 +1393,11 @@ def _file_records(path: Path, name: str, fmt: str, line_mode: bool) -> Iterator[
     with raw:
         try:
             skip_bom(raw)  # which spreadsheet programs write before a CSV file's header
+            problem = encoding_problem(raw.peek(4)[:4], gz)
         except (OSError, EOFError) as exc:  # a damaged gzip stream
             raise TraceError(f"{name}: cannot read the file ({exc})") from None
+        if problem:
+            raise TraceError(f"{name}: {problem}")
         if fmt == "csv":
             yield iter_csv_records(raw, name)
         elif fmt == "jsonl":
