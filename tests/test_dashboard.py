@@ -77,7 +77,11 @@ def test_dashboard_shows_models_accuracy_and_plots(tmp_path, context):
         assert rows.count() == 2
         table = page.inner_text("#models")
         assert "llm/Qwen%2FQwen2.5-7B/" in table and "llama-3-8b" in table  # models by their keys
-        assert "drifted" in table and "ok" in table
+        # Each model's status: the observed one drifted; the other, never observed, is not called ok.
+        status = {rows.nth(i).locator("td").first.inner_text(): rows.nth(i).locator("td").last
+                  for i in range(2)}
+        assert sorted((s.inner_text(), s.get_attribute("class")) for s in status.values()) == [
+            ("drifted", "drift"), ("no observations", "")]
         # The observed model's runtimes were 1.8 times the training's: so is their sum to the expects'.
         ratio = client.accuracy(IDENTITY)["expect_ratio"]
         assert 1.6 < ratio < 2.0
@@ -99,6 +103,23 @@ def test_dashboard_shows_models_accuracy_and_plots(tmp_path, context):
         # The screenshot is a real rendering: a PNG of the full page with many colours in it.
         data = shot.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 30_000
+
+
+def test_dashboard_calls_a_model_ok_once_observations_agree_with_it(tmp_path, context):
+    with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
+        client.train({"model": IDENTITY, "traces": make_llm_traces(200), "algorithm": "linear"})
+        page = context.new_page()
+
+        def status() -> tuple[str, str | None]:
+            page.goto(srv.url + "/dashboard")
+            page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+            cell = page.locator("tr.model-row td").last
+            return cell.inner_text(), cell.get_attribute("class")
+
+        assert status() == ("no observations", "")
+        client.observe(IDENTITY, make_llm_traces(100, seed=5))  # runtimes as the training's
+        assert client.accuracy(IDENTITY)["observations"] == 100
+        assert status() == ("ok", "ok")
 
 
 def test_dashboard_says_a_kind_of_run_that_drifted_on_its_own(tmp_path, context):
