@@ -261,6 +261,19 @@ def test_dashboard_a_long_name_in_a_message_wraps(three_models, context):
     assert row[1] == "json" and row[-1] == "current"
 
 
+def test_dashboard_says_the_default_table_did_not_load(tmp_path, context):
+    # /health said so; the page listed no table, as though none had been configured.
+    broken = tmp_path / "broken.json"
+    broken.write_bytes(b'[{"expect": 1')
+    with run_server(tmp_path / "data", extra_env={"DEFAULT_LOOKUP_TABLE": str(broken)}) as srv:
+        page = context.new_page()
+        page.goto(srv.url + "/dashboard")
+        page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+        first = page.locator("#tables tbody td").first
+        assert first.inner_text().startswith("default table not loaded: DEFAULT_LOOKUP_TABLE ")
+        assert "broken.json" in first.inner_text() and first.get_attribute("class") == "error"
+
+
 def test_dashboard_lists_lookup_tables_and_says_which_are_stale(tmp_path, context):
     """The lookup tables: their levels and knots, the models and versions that made them,
     the version serving now, and which are stale (made by a version that no longer serves),
