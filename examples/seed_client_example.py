@@ -5,6 +5,11 @@ Run it from the repository root against a service that has a model for
 (``examples/train_seed_example_model.py`` trains one). The only changes from the
 seed: ``metadata`` is bound to a name before use (the seed's text uses it
 without defining it), and the URL may come from ``PREDICTOR_URL``.
+
+    PYTHONPATH=. uv run python examples/seed_client_example.py
+
+(``PYTHONPATH=.``: the seed imports ``src.scheduler.predictor_client``, a path from the
+repository root, and Python puts the script's own folder, ``examples/``, on the path instead.)
 """
 
 import os
