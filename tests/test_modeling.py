@@ -733,6 +733,26 @@ def test_every_fold_is_scored_with_one_number_of_boosting_rounds():
     assert tuned["rounds"] >= 1
 
 
+def test_a_fold_s_boosting_rounds_are_not_tuned_on_the_rows_it_scores():
+    # A step in x that every fold but one shows: the one fold's own rows, flat, would stop
+    # its boosting at once. Its held-out predictions are those of the rounds the other
+    # folds chose, the step learnt from them; LightGBM cut each fold's booster at its own
+    # best round, and this fold's predictions missed the step by 0.105 on average (in log
+    # runtime), fitted towards its own rows, against 0.026 now.
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 10, 400)
+    step = 3.0 + np.where(x > 5, 1.0, 0.0) + 0.5 * np.sin(2 * x)
+    ylog = step + 0.05 * rng.standard_normal(400)
+    model = QuantileModel(["numeric"], [0], algorithm="lightgbm")
+    X = x[:, None]
+    fold = model._folds(X, ylog)
+    own = fold == 0
+    ylog[own] = 3.5 + 0.05 * rng.standard_normal(int(own.sum()))
+    oof, tuned = model._oof_boosted(X, ylog, fold, None, model.kinds)
+    assert tuned["rounds"] > 10
+    assert np.abs(oof[own] - step[own]).mean() < 0.05
+
+
 def padding_buckets(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """An embedding model's runs: sequences padded to buckets, batches not a multiple of 8 slower."""
     rng = np.random.default_rng(seed)

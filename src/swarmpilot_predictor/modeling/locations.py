@@ -667,7 +667,9 @@ class LightGBMLocation(LocationModel):
         if valid is not None:
             vset = self._dataset(valid[0], valid[1], init=self._base(valid[0]), reference=train)
             evals: dict[str, Any] = {}
-            booster = lgb.train(params, train, self.num_boost_round, valid_sets=[vset],
+            # Kept for training on (boost_to): LightGBM would otherwise cut the booster at the
+            # best round on ``valid``, the rows this fold's fit then scores.
+            booster = lgb.train(params, train, self.num_boost_round, valid_sets=[vset], keep_training_booster=True,
                                 callbacks=[lgb.early_stopping(30, verbose=False), lgb.record_evaluation(evals)])
             self.best_iteration_ = booster.best_iteration or self.num_boost_round
             curve = next(iter(evals.get("valid_0", {}).values()), [])
@@ -677,6 +679,13 @@ class LightGBMLocation(LocationModel):
             self.best_iteration_ = self.num_boost_round
         self.booster_ = booster
         return self
+
+    def boost_to(self, rounds: int) -> None:
+        """Predict with ``rounds`` trees, boosting on where a fit with ``valid`` stopped
+        sooner (until no split is left to make)."""
+        while self.booster_.current_iteration() < rounds and not self.booster_.update():
+            pass
+        self.best_iteration_ = rounds
 
     def predict(self, X):
         # One thread: OpenMP's start-up costs milliseconds, far more than a batch's trees.

@@ -603,15 +603,18 @@ class QuantileModel:
             model = self._make("lightgbm", kinds, regimes=regimes)
             model.fit(X[tr], ylog[tr], None if w is None else w[tr], valid=(X[te], ylog[te]))
             boosted.append((te, model))
-        # One number of rounds for every fold, where the folds' mean validation loss is
-        # lowest: stopping each fold where its own held-out loss is lowest would tune
-        # that fold's trees on the rows that then score them, and make LightGBM look
-        # better than it is on small data.
-        rounds = common_rounds([m.valid_curve_ for _, m in boosted])
-        for te, model in boosted:
-            model.best_iteration_ = rounds
+        # The final model's rounds: where the folds' mean validation loss is lowest. Each
+        # fold's own are where the other folds' mean loss is lowest, its trees boosted on
+        # past its early stop where needed: stopping a fold where its own held-out loss is
+        # lowest (or taking that loss into the mean) tunes its trees on the rows that then
+        # score them, and makes LightGBM look better than it is on small data. (Until
+        # 2026-12-06 LightGBM cut each fold's booster at its own best round, and a fold
+        # whose best came before the common number was scored with its own.)
+        curves = [m.valid_curve_ for _, m in boosted]
+        for k, (te, model) in enumerate(boosted):
+            model.boost_to(common_rounds(curves[:k] + curves[k + 1:]))
             oof[te] = _within_range(model.predict(X[te]), ylog[~te])
-        return oof, {"rounds": rounds}
+        return oof, {"rounds": common_rounds(curves)}
 
     def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> "QuantileModel":
         with single_threaded_blas():
