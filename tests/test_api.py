@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -294,6 +295,21 @@ def test_models_listing(http, trained):
     (model,) = entry["models"]
     assert model["key"] == KEY and model["versions"] == [1] and model["samples"] == 300
     assert model["metrics"]["rows_used"] == 300
+
+
+def test_models_listing_keeps_software_stacks_with_a_slash_apart(http):
+    # software vllm/cuda at 0.4 and vllm at cuda/0.4 are two stacks: joined as they are, both
+    # read "vllm/cuda/0.4", and the listing showed one.
+    stacks = [("vllm/cuda", "0.4"), ("vllm", "cuda/0.4"), ("v%2F", "1")]
+    models = [{"model_type": "stacks", "model_name": "stacked", "hardware": "stack-gpu", "software_name": software_name,
+               "software_version": software_version} for software_name, software_version in stacks]
+    for model in models:
+        ok(http.post("/train", json={"config": {"model": model, "traces": make_llm_traces(60), "algorithm": "linear"}}))
+    entry = next(m for m in ok(http.get("/models"))["models"] if m["model_type"] == "stacks")
+    assert entry["software_versions"] == ["v%252F/1", "vllm%2Fcuda/0.4", "vllm/cuda%2F0.4"]
+    assert len(entry["models"]) == 3
+    for model in models:  # (the module's other tests ask for '*' parts the three would match)
+        ok(http.delete("/models/" + "/".join(quote(model[k], safe="") for k in IDENTITY)))
 
 
 @pytest.mark.parametrize("path", [SEGMENTS, "llm/*/*/*/*", "*/Qwen%2FQwen2.5-7B/*/*/*", "llm/*/NVIDIA%20H100%2080GB%20HBM3/*/*"])

@@ -25,7 +25,7 @@ from .cache import PredictionCache
 from .distribution import RemainingDistribution, TaskDistributions, TotalDistribution, interval_levels
 from .errors import AmbiguousModel, DataDirectoryGone, InvalidInput, ModelNotFound, NotFound, PredictorError, shown
 from .identity import (IDENTITY_KEYS, IdentityPattern, ModelIdentity, describe_stated, fields_naming_a_model, identity_conflicts,
-                       named_by_traces, names_a_model, stated_keys)
+                       join_key, named_by_traces, names_a_model, stated_keys)
 from .lookup import WRITABLE_FORMATS, LookupTable, LookupTableStore, TablePrediction, generate_table, table_format
 from .lookup.names import WRITABLE_TABLE_KINDS
 from .lookup.quantiles import KNOT_LIMIT, KNOT_MOST
@@ -945,7 +945,9 @@ class PredictorService:
                 "model_name": mname,
                 "total_predictions": sum(e["total_predictions"] for e in entries),
                 "hardware_types": sorted({i.hardware for i in identities}),
-                "software_versions": sorted({f"{i.software_name}/{i.software_version}" for i in identities}),
+                # Joined as a key's parts are ('%' and '/' in a part percent-encoded): joined as
+                # they are, software vllm/cuda at 0.4 and vllm at cuda/0.4 were one entry.
+                "software_versions": sorted({join_key((i.software_name, i.software_version)) for i in identities}),
                 # The contract gives each entry a boolean drifted: whether any of its models drifted.
                 "drifted": any(e["drifted"] for e in entries),
                 "samples": sum(e["samples"] or 0 for e in entries),
