@@ -1044,6 +1044,17 @@ def test_unknown_paths_and_methods_answer_in_the_error_format(http):
     failed(http.post(f"/predict/single/{SEGMENTS}/", json={"trace": TRACE}), 404, "no endpoint POST /predict/single/")
 
 
+def test_a_405_allows_every_method_the_path_takes(http, trained):
+    # RFC 9110: a 405's Allow lists the path's methods. Starlette named the first route's
+    # alone: GET for a model's and a table's paths, whose DELETE it left out, and never HEAD.
+    cases = {("DELETE", "/health"): "GET, HEAD", ("POST", f"/models/{SEGMENTS}"): "DELETE, GET, HEAD",
+             ("PUT", "/tables/t.json"): "DELETE, GET, HEAD", ("GET", f"/predict/single/{SEGMENTS}"): "POST",
+             ("HEAD", "/train"): "POST", ("PATCH", f"/models/{SEGMENTS}/versions/1"): "DELETE, GET, HEAD"}
+    for (method, path), allow in cases.items():
+        r = http.request(method, path)
+        assert (r.status_code, r.headers["allow"]) == (405, allow), (method, path)
+
+
 def test_made_up_methods_share_one_metrics_label(tmp_path):
     # h11 (uvicorn --http h11) hands any token on as the method: one series each would grow
     # the exposition, and the process's memory, without bound.

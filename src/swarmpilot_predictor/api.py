@@ -31,6 +31,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from . import __version__
 from .errors import PayloadTooLarge, PredictorError, Unauthorized, UnsupportedMediaType, cut, validation_message
@@ -102,6 +103,19 @@ class HeadAsGetMiddleware:
             for key in ("route", "endpoint"):
                 if key in as_get:
                     scope[key] = as_get[key]
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods a 405's ``Allow`` lists (RFC 9110: every method the path takes): those of
+    every route on the path, and ``HEAD`` beside ``GET`` (HeadAsGetMiddleware). Starlette
+    names the first route's alone: ``GET`` for ``/tables/{name}``, whose ``DELETE`` it left out."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if route.matches(request.scope)[0] is not Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
 
 
 class BodySizeLimitMiddleware:
@@ -305,6 +319,8 @@ def _add_exception_handlers(app: FastAPI, service: PredictorService) -> None:
                           }.get(exc.status_code, (str(exc.detail), None))
         response = error_response(exc.status_code, message, field)
         response.headers.update(exc.headers or {})
+        if exc.status_code == 405:
+            response.headers["allow"] = ", ".join(allowed_methods(request))
         return response
 
     @app.exception_handler(RequestValidationError)
