@@ -1683,6 +1683,20 @@ def test_the_openapi_schema_names_every_field_of_the_health_and_training_answers
     assert "identity" in trained and set(trained) <= set(schemas["TrainResult"]["properties"])
 
 
+def test_the_openapi_schema_documents_the_multipart_forms(http):
+    # The routes read their forms themselves: /docs showed /predict/table with no body at all
+    # (no way to send its trace file) and /train as JSON only.
+    paths = ok(http.get("/openapi.json"))["paths"]
+    table = paths["/predict/table/{model_type}/{model_name}/{hardware}/{software_name}/{software_version}"]["post"]
+    form = table["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert set(form["properties"]) == {"trace_file", "confidence_level", "table_name", "format", "knots"}
+    assert form["required"] == ["trace_file"] and form["properties"]["trace_file"]["format"] == "binary"
+    assert form["properties"]["knots"]["default"] == 24 and form["properties"]["format"]["enum"] == ["json", "csv"]
+    train = paths["/train"]["post"]["requestBody"]["content"]
+    assert set(train) == {"application/json", "multipart/form-data"}
+    assert train["multipart/form-data"]["schema"]["required"] == ["config"]
+
+
 def test_without_an_api_key_no_route_asks_for_one(http):
     spec = ok(http.get("/openapi.json"))
     assert "securitySchemes" not in spec.get("components", {})

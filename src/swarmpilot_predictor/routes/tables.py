@@ -23,8 +23,28 @@ from .common import HEAD_ONLY, IDENTITY_PATH, NO_BODY, JSONResponse, identity_fr
 from .uploads import read_form, save_upload, trace_suffix, upload_dir
 
 
+# The form /predict/table reads, for the OpenAPI schema: the route reads the form itself, so
+# FastAPI saw no body, and /docs offered no way to send the trace file.
+TABLE_FORM_SCHEMA = {
+    "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["trace_file"],
+        "properties": {
+            "trace_file": {"type": "string", "format": "binary",
+                           "description": "the traces: a .json, .jsonl (.ndjson) or .csv file, optionally .gz"},
+            "confidence_level": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "default": 0.95},
+            "table_name": {"type": "string", "description": "a file name in the table directory (.json or .csv, "
+                                                            "optionally .gz); default: the model's folder name"},
+            "format": {"type": "string", "enum": ["json", "csv"]},
+            "knots": {"type": "integer", "minimum": 0, "maximum": KNOT_LIMIT, "default": KNOT_MOST},
+        },
+        "additionalProperties": False,
+    }}}},
+}
+
+
 def add_table_routes(app: FastAPI, service: PredictorService, settings: PredictorSettings, writes: list[Any]) -> None:
     @app.post("/predict/table/" + IDENTITY_PATH, tags=["lookup tables"], dependencies=writes,
+              openapi_extra=TABLE_FORM_SCHEMA,
               summary="Predict every trace of an uploaded file and write a lookup table")
     async def predict_table(request: Request):
         pattern = identity_from(request.scope, 2)

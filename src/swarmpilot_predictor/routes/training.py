@@ -24,9 +24,26 @@ from .uploads import UploadedTraceFiles, read_form, save_upload, upload_dir
 MAX_CONFIG_BYTES = 64 * 1024 * 1024
 
 
+def _train_body_schema() -> dict[str, Any]:
+    """/train's body for the OpenAPI schema: JSON, or a multipart form (which the route reads
+    itself, so FastAPI saw the JSON alone) of a config part and the trace files it names."""
+    schema = openapi_body(TrainRequest)
+    schema["requestBody"]["content"]["multipart/form-data"] = {"schema": {
+        "type": "object", "required": ["config"],
+        "properties": {"config": {"type": "string", "format": "binary",
+                                  "description": "the training config, JSON or YAML ({\"config\": {...}} or the config itself)"}},
+        "additionalProperties": {"type": "string", "format": "binary",
+                                 "description": "a trace file, named by the config's traces (by its file name or its part's)"},
+    }}
+    return schema
+
+
+TRAIN_BODY_SCHEMA = _train_body_schema()
+
+
 def add_training_routes(app: FastAPI, service: PredictorService, settings: PredictorSettings, writes: list[Any]) -> None:
     @app.post("/train", response_model=TrainResult, tags=["training"], dependencies=writes,
-              openapi_extra=openapi_body(TrainRequest),
+              openapi_extra=TRAIN_BODY_SCHEMA,
               summary="Train (in a separate worker process); ?background=true answers 202 with a job id")
     async def train(request: Request, background: bool = False):
         # Queuing prunes old job records and writes (and fsyncs) the new one, and a first
