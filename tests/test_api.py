@@ -1697,6 +1697,23 @@ def test_the_openapi_schema_documents_the_multipart_forms(http):
     assert train["multipart/form-data"]["schema"]["required"] == ["config"]
 
 
+def test_the_openapi_schema_declares_every_path_parameter(http):
+    # The identity and a table's name are read from the raw path, so FastAPI declared none of
+    # them: invalid OpenAPI (a template's parameters must be declared), and /docs sent
+    # "{model_type}" as it is.
+    import re
+
+    paths = ok(http.get("/openapi.json"))["paths"]
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            declared = [p["name"] for p in operation.get("parameters", []) if p["in"] == "path"]
+            assert declared == re.findall(r"{(\w+)}", path), (method, path)
+    accuracy = paths["/models/{model_type}/{model_name}/{hardware}/{software_name}/{software_version}/accuracy"]
+    assert [p["name"] for p in accuracy["get"]["parameters"]] == [
+        "model_type", "model_name", "hardware", "software_name", "software_version", "version", "recent"]
+    assert paths["/tables/{name}"]["delete"]["parameters"][0]["required"] is True
+
+
 def test_without_an_api_key_no_route_asks_for_one(http):
     spec = ok(http.get("/openapi.json"))
     assert "securitySchemes" not in spec.get("components", {})

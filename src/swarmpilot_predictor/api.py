@@ -36,7 +36,8 @@ from starlette.routing import Match
 from . import __version__
 from .errors import PayloadTooLarge, PredictorError, Unauthorized, UnsupportedMediaType, cut, validation_message
 from .metrics import CLIENT_CLOSED, MetricsMiddleware
-from .routes.common import DECLARED_QUERY, HEAD_ONLY, error_response, generates_table, log_client_left, table_failure
+from .routes.common import (DECLARED_QUERY, HEAD_ONLY, declare_path_parameters, error_response, generates_table,
+                            log_client_left, table_failure)
 from .routes.discovery import add_discovery_routes
 from .routes.models import add_model_routes
 from .routes.monitoring import add_monitoring_routes
@@ -288,6 +289,13 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     add_prediction_routes(app, service, settings)
     add_table_routes(app, service, settings, writes)
     add_monitoring_routes(app, service, writes)
+    openapi = app.openapi
+
+    def openapi_with_path_parameters() -> dict[str, Any]:
+        # FastAPI builds the schema once and keeps it (app.openapi_schema): completed then, in place.
+        return app.openapi_schema or declare_path_parameters(openapi())
+
+    app.openapi = openapi_with_path_parameters  # type: ignore[method-assign]
     return app
 
 

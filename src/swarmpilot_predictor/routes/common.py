@@ -163,6 +163,29 @@ def openapi_body(schema: type[BaseModel]) -> dict[str, Any]:
     }
 
 
+_PATH_PARAMETER = re.compile(r"{(\w+)}")
+_IDENTITY_PART_DOC = ("an identity part, URL-encoded (NVIDIA%20H100%2080GB%20HBM3, Qwen%2FQwen2.5-7B); '*' leaves it "
+                      "unspecified where the route resolves a model")
+_PATH_PARAMETER_DOC = {"name": "a table's file name in the table directory"}  # the others: identity parts
+
+
+def declare_path_parameters(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` (an OpenAPI schema) with every ``{name}`` of a path template declared as a path
+    parameter. The routes read the identity (and a table's name) from the raw path, so FastAPI
+    declared none of them: the schema was invalid OpenAPI (a template's parameters must be
+    declared), and /docs sent ``{model_type}`` as it is."""
+    for path, operations in spec.get("paths", {}).items():
+        names = _PATH_PARAMETER.findall(path)
+        for operation in operations.values():
+            declared = {p["name"] for p in operation.get("parameters", []) if p.get("in") == "path"}
+            missing = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"},
+                        "description": _PATH_PARAMETER_DOC.get(name, _IDENTITY_PART_DOC)}
+                       for name in names if name not in declared]
+            if missing:
+                operation["parameters"] = missing + operation.get("parameters", [])
+    return spec
+
+
 def is_multipart(request: Request) -> bool:
     # Media types are case-insensitive (RFC 9110): "Multipart/Form-Data" was read as JSON.
     return request.headers.get("content-type", "").lower().startswith("multipart/form-data")
