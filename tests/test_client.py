@@ -965,6 +965,10 @@ def test_requests_of_the_wrong_shape_are_refused_naming_the_field(trained_server
         (lambda c: c.generate_table(IDENTITY, b'{"input_tokens": 1}', table_name=5), "table_name"),
         (lambda c: c.generate_table(IDENTITY, b'{"input_tokens": 1}', table_name=b"x.json"), "table_name"),
         (lambda c: c.generate_table(IDENTITY, b'{"input_tokens": 1}', format=1), "format"),
+        # Longer than any name the service holds: httpx's InvalidURL past 65,536 characters.
+        (lambda c: c.predict_single(("llm", "m" * 70_000, "*", "*", "*"), good), "model_name"),
+        (lambda c: c.download_table("t" * 70_000 + ".json"), "name"),
+        (lambda c: c.train_job("j" * 70_000), "job_id"),
         # The seed's methods: metadata of another kind was an AttributeError.
         (lambda c: c.predict("llm", None), "metadata"),
         (lambda c: c.get_median_prediction("llm", [("hardware", "A100")]), "metadata"),

@@ -273,19 +273,31 @@ def identity_parts(identity: IdentityLike) -> list[Any]:
     return [None if p in (None, "*") else p for p in parts]
 
 
+# The longest path segment sent, percent-encoded: no name the service holds comes near it (an
+# identity part is at most 200 characters, 2,400 encoded; a table's name at most 255 bytes).
+# A longer one raised httpx's InvalidURL (a URL holds at most 65,536 characters), not a client
+# error naming it.
+_MOST_SEGMENT_CHARS = 4096
+
+
 def _segment(value: Any, field_name: str) -> str:
     """One URL path segment, percent-encoded. ``.`` and ``..`` are refused: HTTP clients
     resolve them away, so the request would reach another endpoint (``download_table(".")``
-    read the table list as if it were the table); so is text that cannot be UTF-8."""
+    read the table list as if it were the table); so is text that cannot be UTF-8, and text
+    longer than any name the service holds."""
     text = str(value)
     if text in (".", ".."):
         raise InvalidRequestError(f"{field_name} {text!r} cannot be sent in a URL (it would be resolved away)",
                                   field=field_name)
     try:
-        return quote(text, safe="")
+        segment = quote(text, safe="")
     except UnicodeEncodeError:
         raise InvalidRequestError(f"{field_name} {ascii(text)} is not valid Unicode (it holds a lone surrogate)",
                                   field=field_name) from None
+    if len(segment) > _MOST_SEGMENT_CHARS:
+        raise InvalidRequestError(f"{field_name} is {len(text):,} characters long: no model, table or job of the "
+                                  "service has a name that long", field=field_name)
+    return segment
 
 
 def _name_segment(value: Any, field_name: str) -> str:
