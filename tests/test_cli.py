@@ -256,6 +256,23 @@ def test_predict_says_which_traces_were_running_tasks_and_the_level_they_reached
     assert "reached" not in invoke("predict", "llm/*/*/*/*", json.dumps(json.loads(traces)[1:2]), "--data-dir", trained).stdout
 
 
+def test_predict_lines_keep_a_message_quoting_a_tab_or_line_break_in_one_cell(tmp_path, data, monkeypatch):
+    # A feature's name is a trace's key, tabs and line breaks allowed: a failed trace's message
+    # quotes it, and written as it was it split its line into more cells and more lines.
+    traces = [{"in\ttokens": t["input_tokens"], "out\ntokens": t["output_tokens"], "runtime_ms": t["runtime_ms"]}
+              for t in make_llm_traces(200)]
+    cfg = tmp_path / "train.json"
+    cfg.write_text(json.dumps({"model": IDENTITY, "traces": traces, "algorithm": "linear"}))
+    invoke("train", cfg, "--data-dir", data)
+    monkeypatch.setattr(cli, "_TABLE_ROWS_MAX", 1)
+    asked = json.dumps([{"in\ttokens": 100, "out\ntokens": 10}, {"out\ntokens": 10}, {"in\ttokens": 100}])
+    lines = invoke("predict", "llm/*/*/*/*", asked, "--data-dir", data, ok=False).stdout.split("\n")
+    assert lines[0] == "1/3 predicted" and len(lines[2].split("\t")) == len(lines[1].split("\t"))
+    assert lines[3].split("\t") == ["1", "error: missing required feature 'in\\ttokens'"]
+    assert lines[4].split("\t") == ["2", "error: missing required feature 'out\\ntokens'"]
+    assert lines[5].startswith("total: ") and lines[6:] == [""]  # no line of a message's own
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])
 def test_predict_a_trace_file(tmp_path, trained, suffix):
     traces = [{"input_tokens": 100, "output_tokens": 10}, {"input_tokens": 100, "output_tokens": 300},

@@ -652,10 +652,20 @@ def _print_prediction_lines(body: dict[str, Any], confidence_level: float) -> No
             lines.append("\t".join([str(i), *_match_column(r, tabled), *_reached_column(r, running),
                                     *(f"{v:.2f}" for v in values)]))
         else:
-            lines.append("\t".join([str(i), *_match_column(r, tabled), f"error: {r['message']}"]))
+            lines.append("\t".join([str(i), *_match_column(r, tabled), f"error: {_cell(r['message'])}"]))
     _out("\n".join(lines) + "\n")
     sys.stdout.flush()
     _print_total(body, confidence_level)
+
+
+# A message quotes names a trace or a model gave (a feature named "input\ttokens"): written
+# as they are, a tab made a cell of its own and a line break a line of its own.
+_CELL_ESCAPES = str.maketrans({"\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _cell(text: str) -> str:
+    """``text`` as one cell of a tab-separated line: its tabs and line breaks written as escapes."""
+    return text.translate(_CELL_ESCAPES)
 
 
 def _listed(entries: list[Any], as_json: bool, none_said: str) -> bool:
