@@ -684,6 +684,9 @@ def test_an_error_answer_of_the_service_is_one_line(tmp_path, server):
     cfg.write_text(json.dumps({"model": IDENTITY, "traces": make_llm_traces(60), "algorithm": "linear"}))
     body = json_out(invoke("train", cfg, "--url", server.url, "--json"))
     assert body["model_key"] == KEY and body["metrics"]["algorithm"] == "linear" and body["metrics"]["rows_used"] == 60
+    # The answer as the service sent it, as offline: no "models": null it never sent.
+    offline = json_out(invoke("train", cfg, "--data-dir", tmp_path / "offline", "--json"))
+    assert sorted(body) == sorted(offline) == ["duration_seconds", "identity", "metrics", "model_key", "status", "version"]
     result = runner.invoke(cli.app, ["predict", "llm/*/TPU/*/*", '{"input_tokens": 5}', "--url", server.url])
     assert "404: no trained model matches llm/*/TPU/*/*" in one_error_line(result)
     cfg.write_text(json.dumps({"model": IDENTITY, "traces": make_llm_traces(60), "algorithm": "linear",

@@ -385,7 +385,7 @@ def train(
             # The request was sent: the service trains on and stores the version all the same.
             _fail(f"interrupted: the service may still finish this training and store its version "
                   f"(see `models --url {url}`)", code=130)
-        _print_train(result.model_dump(mode="json"), as_json)
+        _print_train(result.model_dump(mode="json", exclude_unset=True), as_json)  # the answer as sent
         return
     try:
         cfg = TrainConfig.model_validate(raw)
