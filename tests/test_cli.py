@@ -352,6 +352,28 @@ def test_output_that_cannot_be_written_is_one_line_of_error(trained):
     assert done.stderr.strip() == "error: No space left on device (writing the output)"
 
 
+def test_ctrl_c_while_the_command_imports_its_modules_ends_it_quietly():
+    # The command's imports (numpy, pydantic, rich) take 2 to 3 s on a loaded machine: Ctrl-C
+    # then printed a traceback of numpy's import, and the process died of the signal, not 130
+    # as once the command runs. The interrupt here comes as the command imports its schemas.
+    import subprocess
+    import sys
+
+    interrupt_at_import = """
+import os, signal, sys
+class Interrupt:
+    def find_spec(self, name, path=None, target=None):
+        if name == "swarmpilot_predictor.schemas":
+            os.kill(os.getpid(), signal.SIGINT)
+sys.meta_path.insert(0, Interrupt())
+sys.argv = ["swarmpilot-predictor", "--help"]
+from swarmpilot_predictor.cli import main
+main()
+"""
+    done = subprocess.run([sys.executable, "-c", interrupt_at_import], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout, done.stderr) == (130, "", "")
+
+
 def test_a_data_directory_that_is_a_file_is_said_to_be_one(tmp_path):
     path = tmp_path / "passwd"
     path.write_text("root:x:0:0\n")

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+
+
+def _interrupted_while_importing(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signal.SIGINT)  # quiet, with the status an interrupted command has (typer's)
+
+
+# Ctrl-C while the imports below run (numpy, pydantic, rich: 2 to 3 s on a loaded machine)
+# ends the command as it does once it runs, not with a traceback of numpy's import; Python's
+# handler is back once they are done. (Only where it is Python's: not one ignoring SIGINT, as
+# a job started in the background has, nor one of the importer's own; only the main thread may set one.)
+_QUIET_IMPORT = (threading.current_thread() is threading.main_thread()
+                 and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+if _QUIET_IMPORT:
+    signal.signal(signal.SIGINT, _interrupted_while_importing)
+
 import contextlib
 import datetime
 import os
 import shutil
-import signal
 import stat
 import sys
 import tempfile
@@ -28,6 +44,9 @@ from .schemas import check_levels, config_from_text, first_run_split
 from .processes import alive, pid_space
 from .settings import (METRICS_DIR, MULTIPROC_ENV, PredictorSettings, listen_problem, multiproc_variable, settings_problem,
                        startup_problem)
+
+if _QUIET_IMPORT:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Click's plain help: typer's rich panels gave every flag a "<bool>" as if it took a value, and
 # cut the MODEL argument's help, the one place that spells out its five parts, at 80 columns.
