@@ -377,9 +377,20 @@ main()
 def test_a_data_directory_that_is_a_file_is_said_to_be_one(tmp_path):
     path = tmp_path / "passwd"
     path.write_text("root:x:0:0\n")
-    for args in (["models"], ["predict", "llm/*/*/*/*", "{}"]):
+    for args in (["models"], ["predict", "llm/*/*/*/*", "{}"], ["tables"]):  # tables read it as none
         result = runner.invoke(cli.app, [*args, "--data-dir", str(path)])
         assert one_error_line(result) == f"error: cannot use {path} as the data directory: {path} is a file, not a directory"
+    if os.path.exists("/dev/null"):  # nor is a device one
+        said = one_error_line(runner.invoke(cli.app, ["tables", "--data-dir", "/dev/null"]))
+        assert said == "error: cannot use /dev/null as the data directory: /dev/null is a file, not a directory"
+    # A file where its models folder goes: not "no models", nor "it has no models folder".
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "models").write_text("")
+    for args in (["models"], ["predict", "llm/*/*/*/*", "{}"]):
+        said = one_error_line(runner.invoke(cli.app, [*args, "--data-dir", str(folder)]))
+        assert said == f"error: cannot use {folder} as the data directory: {folder / 'models'} is a file, not a directory"
+    assert sorted(p.name for p in folder.iterdir()) == ["models"]
 
 
 def test_models_says_when_there_are_none(data):

@@ -131,7 +131,7 @@ def _service(data_dir: Optional[str], existing: bool = False):
     from .service import PredictorService
 
     settings = _existing_settings(data_dir) if existing else _settings(data_dir)
-    if existing and settings.data_dir.is_dir() and not settings.models_dir.is_dir():
+    if existing and settings.data_dir.is_dir() and not settings.models_dir.exists():
         return None  # (a file in its place: the service says so)
     try:
         return PredictorService(settings)
@@ -140,15 +140,17 @@ def _service(data_dir: Optional[str], existing: bool = False):
 
 
 def _existing_settings(data_dir: Optional[str]) -> PredictorSettings:
-    """The settings of a data directory a command reads, which must be there already (one
-    unusable otherwise, a file on its path say, is left for the service to say how)."""
+    """The settings of a data directory a command reads, which must be there already, and be
+    a directory (one unusable otherwise, a file on its path say, is left for the service to say how)."""
     settings = _settings(data_dir)
     try:
-        settings.data_dir.stat()
+        is_dir = stat.S_ISDIR(settings.data_dir.stat().st_mode)
     except FileNotFoundError:
         _fail(f"data directory {settings.data_dir} does not exist (train a model into it first, or give --url)")
     except OSError:
-        pass
+        return settings
+    if not is_dir:  # as the service says it (a listing of its tables read it as none)
+        _fail(f"cannot use {settings.data_dir} as the data directory: {settings.data_dir} is a file, not a directory")
     return settings
 
 
