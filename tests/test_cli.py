@@ -323,6 +323,21 @@ def test_predict_errors_are_reported(trained, model, trace, message):
     assert message in " ".join(result.output.split())
 
 
+def test_an_error_names_a_file_with_its_spaces(tmp_path, trained, monkeypatch):
+    # The error is one line, but a name it quotes keeps its spaces: 'two  spaces.jsonl' was
+    # said as 'two spaces.jsonl', a file that is not there.
+    monkeypatch.chdir(tmp_path)
+    Path("two  spaces.jsonl").write_text("")
+    said = one_error_line(runner.invoke(cli.app, ["predict", "llm/*/*/*/*", "two  spaces.jsonl", "--data-dir", str(trained)]))
+    assert said == "error: two  spaces.jsonl: the file holds no traces"
+    said = one_error_line(runner.invoke(cli.app, ["predict", "llm/*/*/*/*", "no  such.jsonl", "--data-dir", str(trained)]))
+    assert said == "error: TRACE 'no  such.jsonl': there is no such file (nor is it a JSON object or array)"
+    # A message of several lines (YAML's) is still one.
+    Path("bad.yaml").write_text("model: [\n")
+    said = one_error_line(runner.invoke(cli.app, ["train", "bad.yaml", "--data-dir", str(trained)]))
+    assert said.startswith("error: bad.yaml: config is neither valid JSON nor YAML: line 2, column 1: expected the node")
+
+
 def test_many_predictions_print_as_lines_not_a_drawn_table(trained):
     # A drawn table of 100,000 rows took minutes to print (7 s with --json).
     traces = [{"input_tokens": 10 + i, "output_tokens": 5} for i in range(1500)] + [{"input_tokens": 1}]

@@ -180,8 +180,11 @@ def _predict_on_one_blas_thread() -> None:
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    # One line, whatever the terminal's width; the message is text, not rich markup.
-    err_console.print(f"[bold red]error:[/] {escape(' '.join(str(message).split()))}", soft_wrap=True)
+    # One line, whatever the terminal's width; the message is text, not rich markup. Only line
+    # breaks (and the indents around them) are joined: a name it quotes keeps its spaces (a
+    # file 'two  spaces.jsonl' was named 'two spaces.jsonl', which is not there).
+    line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    err_console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
