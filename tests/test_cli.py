@@ -389,6 +389,23 @@ main()
     assert (done.returncode, done.stdout, done.stderr) == (130, "", "")
 
 
+def test_a_name_stdout_cannot_encode_is_printed_escaped(tmp_path, data):
+    # Under PYTHONIOENCODING=ascii (or a Latin-1 locale) a model on "Grace Hopper ü" ended
+    # `models` in a traceback.
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "train.json"
+    cfg.write_text(json.dumps({"model": {**IDENTITY, "hardware": "GH200 \u00fc"}, "traces": make_llm_traces(100),
+                               "algorithm": "linear"}))
+    invoke("train", cfg, "--data-dir", data)
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    done = subprocess.run([sys.executable, "-m", "swarmpilot_predictor", "models", "-d", str(data)], env=env,
+                          capture_output=True, text=True, encoding="ascii", timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert "/GH200 \\xfc/" in done.stdout
+
+
 def test_a_data_directory_that_is_a_file_is_said_to_be_one(tmp_path):
     path = tmp_path / "passwd"
     path.write_text("root:x:0:0\n")

@@ -880,6 +880,10 @@ def main() -> None:
     one line of error, not a traceback."""
     if sys.stdout is None:  # started with stdout closed (`>&-`): its output is dropped, as rich drops its own
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the process's stdout, open until it ends
+    if getattr(sys.stdout, "errors", None) == "strict":
+        # A stdout whose encoding cannot write a name (PYTHONIOENCODING=ascii, a Latin-1
+        # locale) writes it escaped, as stderr does: a model on "A\xa0100" ended `models` in a traceback.
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         app()
     except _ReaderGone:
