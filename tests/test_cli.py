@@ -271,6 +271,15 @@ def test_predict_lines_keep_a_message_quoting_a_tab_or_line_break_in_one_cell(tm
     assert lines[3].split("\t") == ["1", "error: missing required feature 'in\\ttokens'"]
     assert lines[4].split("\t") == ["2", "error: missing required feature 'out\\ntokens'"]
     assert lines[5].startswith("total: ") and lines[6:] == [""]  # no line of a message's own
+    # In a drawn table too (rich drew a tab as spaces: another name).
+    monkeypatch.setattr(cli, "_TABLE_ROWS_MAX", 1_000)
+    drawn = invoke("predict", "llm/*/*/*/*", asked, "--data-dir", data, ok=False).stdout
+    assert "missing required feature 'in\\ttokens'" in drawn and "missing required feature 'out\\ntokens'" in drawn
+    # The messages of the traces a table skipped, on stderr: one line each too.
+    (tmp_path / "asked.json").write_text(asked)
+    result = invoke("table", "llm/*/*/*/*", tmp_path / "asked.json", "-o", "asked.json", "--data-dir", data, ok=False)
+    assert result.stderr.splitlines() == ["  trace 1: missing required feature 'in\\ttokens'",
+                                          "  trace 2: missing required feature 'out\\ntokens'"]
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])

@@ -614,7 +614,7 @@ def _print_predictions(body: dict[str, Any], confidence_level: float) -> None:
             table.add_row(str(i), *first, *[f"{v:.2f}" for v in r["quantile_predictions"]], f"{r['expect']:.2f}",
                           f"{r['error']:.2f}", f"{r['interval'][0]:.2f} - {r['interval'][1]:.2f}")
         else:
-            table.add_row(str(i), *first, f"[red]{escape(r['message'])}[/]")
+            table.add_row(str(i), *first, f"[red]{escape(_cell(r['message']))}[/]")
     console.print(table)
     _print_total(body, confidence_level)
 
@@ -683,12 +683,14 @@ def _print_prediction_lines(body: dict[str, Any], confidence_level: float) -> No
 
 
 # A message quotes names a trace or a model gave (a feature named "input\ttokens"): written
-# as they are, a tab made a cell of its own and a line break a line of its own.
+# as they are, a tab made a cell of its own and a line break a line of its own (drawn by
+# rich, a tab was spaces: another name).
 _CELL_ESCAPES = str.maketrans({"\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
 def _cell(text: str) -> str:
-    """``text`` as one cell of a tab-separated line: its tabs and line breaks written as escapes."""
+    """``text`` as one cell on one line (of a tab-separated line, a drawn table, stderr): its
+    tabs and line breaks written as escapes."""
     return text.translate(_CELL_ESCAPES)
 
 
@@ -841,7 +843,7 @@ def _print_table_result(result: dict[str, Any]) -> None:
                   + (f" ({_count(result['failed'], 'trace')} could not be predicted)" if result.get("failed") else ""),
                   soft_wrap=True)
     for line in result.get("errors") or []:
-        err_console.print(f"  [yellow]{escape(line)}[/]", soft_wrap=True)  # one line each, piped too
+        err_console.print(f"  [yellow]{escape(_cell(line))}[/]", soft_wrap=True)  # one line each, piped too
 
 
 def _count(n: int, noun: str) -> str:
