@@ -473,6 +473,8 @@ class Retrainer:
         self._running: dict[ModelIdentity, Future] = {}
         self._model_locks: dict[ModelIdentity, threading.Lock] = {}
         self._lock = threading.Lock()
+        # Set by shutdown (SIGTERM): an /observe still held by the stopping server schedules nothing.
+        self._stopped = False
 
     def backoff_step(self, observations: int, drifted: bool) -> int:
         """New observations to wait for after a try at ``observations`` left the version serving.
@@ -532,6 +534,10 @@ class Retrainer:
         if reason is None:
             return None
         with self._lock:
+            if self._stopped:
+                # Its observations are recorded: a 500 here made a client send them again, to
+                # be counted twice; the model is still due at the next start.
+                return None
             running = self._running.get(identity)
             if running is not None and not running.done():
                 return running
@@ -563,7 +569,9 @@ class Retrainer:
         return held | self.decisions.kept()
 
     def shutdown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._lock:  # (one being scheduled is submitted first, and then cancelled or stopped)
+            self._stopped = True
+            self._executor.shutdown(wait=False, cancel_futures=True)
         if self.worker is not None:
             self.worker.shutdown()
 
