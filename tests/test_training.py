@@ -818,6 +818,43 @@ def test_sigterm_stops_a_requested_retraining_under_way_storing_nothing(tmp_path
     assert stored == ["v0001.meta.json"]
 
 
+def test_a_synchronous_training_past_uvicorns_graceful_shutdown_timeout_is_a_503_without_a_traceback(tmp_path):
+    # uvicorn's --timeout-graceful-shutdown cancels the requests it still holds: the /train
+    # waiting for its training answered uvicorn's bare 500, logged as "Exception in ASGI
+    # application", and the job's end then raised InvalidStateError on the cancelled answer.
+    import threading
+
+    import httpx
+
+    from .conftest import run_server
+
+    config = {"model": IDENTITY, "traces": make_llm_traces(20000, seed=3), "algorithm": "lightgbm",
+              "params": {"num_boost_round": 10000, "learning_rate": 0.001}}
+    args = [sys.executable, "-m", "uvicorn", "swarmpilot_predictor.api:app_from_env", "--factory", "--host",
+            "127.0.0.1", "--port", "{port}", "--log-level", "warning", "--timeout-graceful-shutdown", "1"]
+    with run_server(tmp_path / "data", args=args) as server:
+        answer: dict = {}
+        asked = threading.Thread(target=lambda: answer.update(
+            r=httpx.post(server.url + "/train", json={"config": config}, timeout=300)))
+        asked.start()
+        jobs = tmp_path / "data" / "jobs"
+        deadline = time.monotonic() + 60
+        while not any(b'"running"' in f.read_bytes() for f in jobs.glob("*.json")):
+            assert time.monotonic() < deadline, "the training did not begin"
+            time.sleep(0.1)
+        time.sleep(1.0)
+        assert not answer  # still training
+        server.process.send_signal(signal.SIGTERM)
+        out, _ = server.process.communicate(timeout=60)
+        asked.join(timeout=60)
+    assert answer["r"].status_code == 503, answer["r"].text
+    assert answer["r"].json()["message"] == "the service stopped before the job finished"
+    assert b"Traceback" not in out and b"InvalidStateError" not in out, out.decode()
+    (record,) = [orjson.loads(f.read_bytes()) for f in jobs.glob("*.json")]
+    assert record["status"] == "failed" and record["error"]["status_code"] == 503
+    assert not list((tmp_path / "data" / "models").glob("*/v0001.meta.json"))
+
+
 def test_a_training_whose_upload_ends_after_sigterm_is_refused_not_taken_and_cut_short(tmp_path):
     # The server finishes the requests it holds when told to stop, a slow upload among them:
     # a background training was answered 202 and then read failed after the restart.

@@ -431,6 +431,18 @@ def _failure(status: int, message: str) -> dict[str, Any]:
     return {"ok": False, "error": {"status_code": status, "message": message}}
 
 
+def _answer_caller(done: Future, result: Any = None, error: BaseException | None = None) -> None:
+    """Give a job's caller its answer, unless the caller stopped waiting: a synchronous
+    /train cancelled by uvicorn's --timeout-graceful-shutdown cancels ``done`` with it, and
+    setting it then raised InvalidStateError, logged with a traceback at the service's stop."""
+    if not done.set_running_or_notify_cancel():
+        return
+    if error is not None:
+        done.set_exception(error)
+    else:
+        done.set_result(result)
+
+
 @dataclasses.dataclass(eq=False)
 class _Job:
     """A training taken: its record (kept up to date, and stored), what its worker is given,
@@ -689,7 +701,7 @@ class TrainingJobs:
             # model (9 MB for 2,000 groups), and a thousand such records were kept here.
             del record["result"]
             landing_note(self.records_dir, job.id).unlink(missing_ok=True)  # the record says it all now
-        job.done.set_result(result)
+        _answer_caller(job.done, result=result)
 
     def _failed(self, job: _Job, err: dict[str, Any]) -> None:
         if self.on_failure is not None:
@@ -702,7 +714,7 @@ class TrainingJobs:
             landing_note(self.records_dir, job.id).unlink(missing_ok=True)
         exc = PredictorError(err["message"], err.get("field"))
         exc.status_code = err["status_code"]
-        job.done.set_exception(exc)
+        _answer_caller(job.done, error=exc)
 
     def _watch_time(self) -> None:
         """Start the thread that stops a training running past ``timeout`` (once, if there is one)."""

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from ..errors import InvalidInput, PayloadTooLarge, shown, validation_message
+from ..errors import InvalidInput, PayloadTooLarge, ServiceStopping, shown, validation_message
 from ..schemas import TrainConfig, TrainRequest, TrainResult, config_from_text
 from ..service import PredictorService
 from ..settings import PredictorSettings
@@ -68,7 +68,14 @@ def add_training_routes(app: FastAPI, service: PredictorService, settings: Predi
         if background:
             return JSONResponse({"status": "accepted", "job_id": job_id, "status_url": f"/train/jobs/{job_id}"},
                                 status_code=202)
-        return JSONResponse(await asyncio.wrap_future(future))
+        try:
+            result = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            # The server gave up waiting for it (uvicorn's --timeout-graceful-shutdown ran out),
+            # and its stop cuts the training short, as its job's record says: a 503 saying so,
+            # not uvicorn's bare 500 with a traceback in the log.
+            raise ServiceStopping("the service stopped before the job finished") from None
+        return JSONResponse(result)
 
     @app.get("/train/jobs/{job_id}", tags=["training"], summary="Status and result of a training job")
     async def train_job(job_id: str):
