@@ -282,6 +282,27 @@ def test_predict_lines_keep_a_message_quoting_a_tab_or_line_break_in_one_cell(tm
                                           "  trace 2: missing required feature 'out\\ntokens'"]
 
 
+def test_predict_prints_runtimes_under_a_millisecond_to_three_significant_digits(tmp_path, data, monkeypatch):
+    # A kernel's model: runtimes of about 1e-4 ms. Two decimals printed every number as 0.00.
+    traces = [{"x": float(x), "runtime_ms": 1e-4 * (1 + x / 100) * (1 + (x % 7) / 50)} for x in range(1, 201)]
+    cfg = tmp_path / "train.json"
+    cfg.write_text(json.dumps({"model": IDENTITY, "traces": traces, "algorithm": "linear"}))
+    invoke("train", cfg, "--data-dir", data)
+    probe = json.dumps([{"x": 50}, {"x": 150}])
+    body = json_out(invoke("predict", "llm/*/*/*/*", probe, "--data-dir", data, "--json", "--quantiles", "0.5,0.9"))
+    rows = [[*r["quantile_predictions"], r["expect"], r["error"], *r["interval"]] for r in body["results"]]
+    assert all(0 < v < 1e-3 for row in rows for v in row)
+    shown = [[f"{v:#.3g}" for v in row] for row in rows]
+    table = invoke("predict", "llm/*/*/*/*", probe, "--data-dir", data, "--quantiles", "0.5,0.9").stdout
+    cells = [[c.strip() for c in line.split("│")[2:-1]] for line in table.splitlines() if line.startswith("│")]
+    assert cells == [[*row[:4], f"{row[4]} - {row[5]}"] for row in shown]
+    lo, hi = body["total_interval"]
+    assert f"total: mean {body['expect']:#.3g} ms, std {body['error']:#.3g} ms, 0.95 interval {lo:#.3g} - {hi:#.3g} ms" in table
+    monkeypatch.setattr(cli, "_TABLE_ROWS_MAX", 1)
+    lines = invoke("predict", "llm/*/*/*/*", probe, "--data-dir", data, "--quantiles", "0.5,0.9").stdout.splitlines()
+    assert [line.split("\t")[1:] for line in lines[2:4]] == shown
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])
 def test_predict_a_trace_file(tmp_path, trained, suffix):
     traces = [{"input_tokens": 100, "output_tokens": 10}, {"input_tokens": 100, "output_tokens": 300},

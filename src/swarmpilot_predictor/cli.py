@@ -611,12 +611,18 @@ def _print_predictions(body: dict[str, Any], confidence_level: float) -> None:
     for i, r in enumerate(body["results"]):
         first = [*_match_column(r, tabled), *_reached_column(r, running)]
         if r["status"] == "success":
-            table.add_row(str(i), *first, *[f"{v:.2f}" for v in r["quantile_predictions"]], f"{r['expect']:.2f}",
-                          f"{r['error']:.2f}", f"{r['interval'][0]:.2f} - {r['interval'][1]:.2f}")
+            table.add_row(str(i), *first, *[_ms(v) for v in r["quantile_predictions"]], _ms(r["expect"]),
+                          _ms(r["error"]), f"{_ms(r['interval'][0])} - {_ms(r['interval'][1])}")
         else:
             table.add_row(str(i), *first, f"[red]{escape(_cell(r['message']))}[/]")
     console.print(table)
     _print_total(body, confidence_level)
+
+
+def _ms(value: float) -> str:
+    """A runtime in ms, to two decimals, or under 1 ms to three significant digits: two
+    decimals printed a model of 1e-4 ms runtimes (a kernel's) as 0.00 everywhere."""
+    return f"{value:.2f}" if value >= 1 or value == 0 else f"{value:#.3g}"
 
 
 def _level(value: float) -> str:
@@ -656,8 +662,8 @@ def _predicted(body: dict[str, Any]) -> str:
 def _print_total(body: dict[str, Any], confidence_level: float) -> None:
     if body.get("expect") is not None and len(body["results"]) > 1:
         lo, hi = body["total_interval"]
-        console.print(f"total: mean {body['expect']:.2f} ms, std {body['error']:.2f} ms, {_level(confidence_level)} "
-                      f"interval {lo:.2f} - {hi:.2f} ms")
+        console.print(f"total: mean {_ms(body['expect'])} ms, std {_ms(body['error'])} ms, {_level(confidence_level)} "
+                      f"interval {_ms(lo)} - {_ms(hi)} ms")
 
 
 def _print_prediction_lines(body: dict[str, Any], confidence_level: float) -> None:
@@ -674,7 +680,7 @@ def _print_prediction_lines(body: dict[str, Any], confidence_level: float) -> No
         if r["status"] == "success":
             values = [*r["quantile_predictions"], r["expect"], r["error"], *r["interval"]]
             lines.append("\t".join([str(i), *_match_column(r, tabled), *_reached_column(r, running),
-                                    *(f"{v:.2f}" for v in values)]))
+                                    *(_ms(v) for v in values)]))
         else:
             lines.append("\t".join([str(i), *_match_column(r, tabled), f"error: {_cell(r['message'])}"]))
     _out("\n".join(lines) + "\n")
