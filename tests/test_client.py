@@ -455,6 +455,25 @@ def test_nan_and_infinity_are_refused_before_sending(trained_server):
         assert err.value.status_code == 422 and "input_tokens" in err.value.message
 
 
+def test_a_waits_quantile_is_read_at_the_level_asked_for_even_far_in_a_tail(trained_server):
+    # Levels the service answers apart: a bare tolerance of 1e-12 read 5e-13 as 1e-13, and
+    # 1 - 1e-13 as 1 - 5e-13.
+    queue = [{"input_tokens": 500, "output_tokens": 200}] * 2
+    with PredictorClient(trained_server.url) as client:
+        low = client.queue_wait(IDENTITY, queue, quantiles=[1e-13, 5e-13, 0.5])
+        high = client.queue_wait(IDENTITY, queue, quantiles=[1 - 5e-13, 1 - 1e-13])
+    assert low.quantile_predictions[0] < low.quantile_predictions[1]
+    assert [low.quantile(q) for q in (1e-13, 5e-13, 0.5)] == low.quantile_predictions
+    assert [high.quantile(q) for q in (1 - 5e-13, 1 - 1e-13)] == high.quantile_predictions
+    # A level between two, or next to one, was not asked for.
+    for level in (3e-13, 1e-13 + 1e-16, 1 - 3e-13):
+        with pytest.raises(KeyError):
+            (high if level > 0.5 else low).quantile(level)
+    # Rounding is no other level: 0.5 computed, or 1 - 5e-13 written another way.
+    assert low.quantile(0.1 * 5) == low.quantile(0.5)
+    assert high.quantile(1 - 0.5e-12) == high.quantile_predictions[0]
+
+
 def test_the_wait_of_an_empty_queue_is_zero(trained_server):
     with PredictorClient(trained_server.url) as client:
         est = client.queue_wait(IDENTITY, [], quantiles=[0.5, 0.9])

@@ -102,9 +102,14 @@ class QueueWaitEstimate(BaseModel):
     model_version: int | None = None
 
     def quantile(self, level: float) -> float:
-        for q, v in zip(self.quantiles, self.quantile_predictions):
-            if abs(q - level) < 1e-12:
-                return v
+        # The level asked for up to rounding (0.1 * 7 for 0.7): the nearest, within 1e-12 and
+        # within a millionth of its tail (its distance from 0 or 1), or a few ulps. A bare 1e-12
+        # read 5e-13 as 1e-13 and 1 - 1e-13 as 1 - 5e-13, levels the service answers apart.
+        if self.quantiles:
+            k = min(range(len(self.quantiles)), key=lambda i: abs(self.quantiles[i] - level))
+            q = self.quantiles[k]
+            if abs(q - level) <= max(min(1e-12, 1e-6 * min(q, 1.0 - q)), 4 * math.ulp(q)):
+                return self.quantile_predictions[k]
         raise KeyError(f"level {level} was not requested; have {self.quantiles}")
 
 
