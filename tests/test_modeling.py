@@ -1631,6 +1631,10 @@ def test_runtimes_beyond_the_training_values_go_on_as_the_fit_does(algorithm):
     ({"boosting_type": "dart"}, "auto", "'dart' turns off"),
     ({"boosting": "goss"}, "lightgbm", None),
     ({"shape_alpha": 1e-300}, "linear", "'shape_alpha' must be a number in [1e-6, 1e6], got 1e-300"),
+    # A Huber threshold that underflows to 0 made every robust weight NaN.
+    ({"huber_delta": 5e-324}, "linear", "'huber_delta' must be a number in [1e-6, 100], got 5e-324"),
+    ({"huber_delta": 0.0}, "auto", "'huber_delta' must be a number in [1e-6, 100], got 0.0"),
+    ({"huber_delta": 1e-6}, "auto", None),
     ({"shape_alpha": 1e-6}, "empirical", None),
     ({"objective": "quantile", "interaction_constraints": [[0, 1], [1]]}, "lightgbm", None),
     # The service's threads, and regression only (the location is a regression of log-runtime).
