@@ -1455,6 +1455,25 @@ def test_a_bad_elapsed_time_fails_its_trace_and_a_table_answers_a_running_task(s
     assert whole.results()[0]["expect"] == table.results()[1]["expect"] and "elapsed_level" not in whole.results()[0]
 
 
+def test_a_running_tasks_time_left_is_never_negative(service, tmp_path):
+    # A runtime that never varies: the model stores a mean an ulp under it, and a table's
+    # record keeps that mean. Run exactly that long, the table read the task as not yet at
+    # its least runtime and answered its mean less the time run: -8.9e-16 ms.
+    service.train(config([{"x": float(i % 50), "runtime_ms": 5.0} for i in range(300)], algorithm="auto"))
+    task = {"x": 7.0}
+    service.generate_table(PATTERN, write_jsonl_gz(tmp_path / "t.jsonl.gz", [task]), table_name="t.json")
+    for elapsed in (4.999999, 5.0, 5.000001):
+        for source in ({}, {"lookup_table": True, "lookup_table_name": "t.json"}):
+            pred = predict(service, traces=[{**task, "elapsed_ms": elapsed}, task], quantiles=[0.01, 0.5, 0.99],
+                           with_total=True, **source)
+            got = pred.results()[0]
+            assert got["expect"] >= 0 and got["error"] >= 0, (elapsed, source, got)
+            assert min(got["quantile_predictions"]) >= 0 and got["interval"][0] >= 0
+            assert pred.batch_response()["expect"] >= pred.results()[1]["expect"]
+            if elapsed == 5.0:
+                assert got["expect"] == 0.0
+
+
 # --------------------------------------------------------------------------- several queues
 
 
