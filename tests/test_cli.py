@@ -303,6 +303,22 @@ def test_predict_prints_runtimes_under_a_millisecond_to_three_significant_digits
     assert [line.split("\t")[1:] for line in lines[2:4]] == shown
 
 
+def test_predict_tells_a_task_running_long_from_one_the_model_can_tell_nothing_of(trained, monkeypatch):
+    # Far into the tail, and past all the model reaches (elapsed_level 1: every number 0).
+    traces = json.dumps([{"input_tokens": 500, "output_tokens": 100, "elapsed_ms": 3000.0},
+                         {"input_tokens": 500, "output_tokens": 100, "elapsed_ms": 1e9}])
+    body = json_out(invoke("predict", "llm/*/*/*/*", traces, "--data-dir", trained, "--json"))
+    long_run, stuck = body["results"]
+    assert 0.9995 <= long_run["elapsed_level"] < 1 and long_run["expect"] > 0
+    assert stuck["elapsed_level"] == 1 and stuck["expect"] == 0
+    table = invoke("predict", "llm/*/*/*/*", traces, "--data-dir", trained).stdout
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in table.splitlines() if line.startswith("│")]
+    assert [row[1] for row in rows] == [">0.999", "1.000"]
+    monkeypatch.setattr(cli, "_TABLE_ROWS_MAX", 1)
+    lines = invoke("predict", "llm/*/*/*/*", traces, "--data-dir", trained).stdout.splitlines()
+    assert [line.split("\t")[1] for line in lines[2:4]] == [">0.999", "1.000"]
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])
 def test_predict_a_trace_file(tmp_path, trained, suffix):
     traces = [{"input_tokens": 100, "output_tokens": 10}, {"input_tokens": 100, "output_tokens": 300},

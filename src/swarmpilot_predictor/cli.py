@@ -650,7 +650,12 @@ def _reached_column(result: dict[str, Any], running: bool) -> list[str]:
     if not running:
         return []
     level = result.get("elapsed_level")
-    return [f"{level:.3f}" if level is not None else ""]
+    if level is None:
+        return [""]
+    # 1 says the model can tell nothing of what is left (every number 0: stuck); a task
+    # running long, at 0.99999999993 with 265 ms left, printed 1.000 all the same.
+    shown = f"{level:.3f}"
+    return [">0.999" if shown == "1.000" and level < 1 else shown]
 
 
 def _predicted(body: dict[str, Any]) -> str:
