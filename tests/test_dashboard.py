@@ -122,6 +122,25 @@ def test_dashboard_calls_a_model_ok_once_observations_agree_with_it(tmp_path, co
         assert status() == ("ok", "ok")
 
 
+def test_dashboard_plots_runtimes_under_a_millisecond_to_three_significant_digits(tmp_path, context):
+    # A kernel's model, runtimes of about 1e-4 ms: the plot's axis read "0.0 ms" at both ends.
+    traces = [{"x": float(x), "runtime_ms": 1e-4 * (1 + x / 100) * (1 + (x % 7) / 50)} for x in range(1, 201)]
+    with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
+        client.train({"model": IDENTITY, "traces": traces, "algorithm": "linear"})
+        client.observe(IDENTITY, traces[::4])
+        recent = client.accuracy(IDENTITY)["recent"]
+        page = context.new_page()
+        page.goto(srv.url + "/dashboard")
+        page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+        plot = page.locator('svg[aria-label="predicted quantile bands"]')
+        plot.wait_for(timeout=15000)
+        top, bottom = [t for t in plot.locator("text").all_text_contents() if t.endswith(" ms")]
+    levels = recent["levels"]
+    plotted = recent["runtime_ms"] + [q[levels.index(level)] for q in recent["quantile_predictions"] for level in (0.05, 0.95)]
+    assert float(top.split()[0]) == float(f"{max(plotted):.3g}") and float(bottom.split()[0]) == float(f"{min(plotted):.3g}")
+    assert 0 < float(bottom.split()[0]) < float(top.split()[0]) < 1e-3
+
+
 def test_dashboard_says_a_kind_of_run_that_drifted_on_its_own(tmp_path, context):
     vision = {**IDENTITY, "model_type": "vision", "model_name": "first-runs"}
     with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
