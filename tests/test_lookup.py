@@ -1706,6 +1706,30 @@ def test_a_csv_table_answers_the_categorical_traces_it_was_made_from(tmp_path):
         service.close()
 
 
+def test_a_csv_table_keeps_a_category_that_starts_with_a_space(tmp_path):
+    # The reader skips spaces after a comma (a hand-written table's ", "): a category " a100"
+    # written bare read back as "a100", whose traces that record then answered (at half the
+    # model's runtime), while the traces of " a100" found no record.
+    rng = np.random.default_rng(2)
+    gpus = [" a100", "a100", "h100"]
+    traces = [{"gpu": gpus[k % 3], "runtime_ms": (10.0, 20.0, 40.0)[k % 3] * float(rng.lognormal(0, 0.05))}
+              for k in range(90)]
+    service = PredictorService(PredictorSettings(data_dir=tmp_path / "d"))
+    try:
+        service.train(TrainConfig(model=IDENTITY, traces=traces, algorithm="linear"))
+        src = tmp_path / "gpus.jsonl"
+        src.write_bytes(b"\n".join(orjson.dumps({"gpu": g}) for g in gpus))
+        service.generate_table(PATTERN, src, 0.9, "gpus.csv")
+        queries = [{"gpu": g} for g in gpus]
+        model = service.predict(PATTERN, queries, quantiles=[0.5])
+        table = service.predict(PATTERN, queries, quantiles=[0.5], lookup_table=True, lookup_table_name="gpus.csv")
+        assert [r.get("match") for r in table.results()] == ["exact"] * 3
+        assert [r["quantile_predictions"] for r in table.results()] == [r["quantile_predictions"] for r in model.results()]
+        assert service.tables.get("gpus.csv").lookup(queries).rows.tolist() == [0, 1, 2]
+    finally:
+        service.close()
+
+
 # --------------------------------------------------------------------------- deleting, and the default under load
 
 

@@ -276,6 +276,9 @@ class CsvTableWriter(_TableWriter):
         super().__init__(path)
         self._text = io.StringIO()
         self.csv = csv.writer(self._text)
+        # For rows with a text cell that starts with a space: the reader skips spaces after a
+        # comma (hand-written headers), so such a cell is quoted, as this writer quotes text.
+        self.csv_quoting_text = csv.writer(self._text, quoting=csv.QUOTE_NONNUMERIC)
         self.fh.write(self._encode([header]))
         # A cell no trace holds (letters and digits: the csv module writes it as it is),
         # which write_marked replaces.
@@ -301,29 +304,30 @@ class CsvTableWriter(_TableWriter):
         self.rows += len(rows)
         return []
 
-    def _text_of(self, rows: list[Sequence[Any]]) -> str:
+    def _text_of(self, rows: list[Sequence[Any]], quote_text: bool = False) -> str:
         self._text.seek(0)
         self._text.truncate()
-        self.csv.writerows(rows)
+        (self.csv_quoting_text if quote_text else self.csv).writerows(rows)
         return self._text.getvalue()
 
-    def _encode(self, rows: list[Sequence[Any]]) -> bytes:
-        return self._text_of(rows).encode("utf-8")
+    def _encode(self, rows: list[Sequence[Any]], quote_text: bool = False) -> bytes:
+        return self._text_of(rows, quote_text).encode("utf-8")
 
-    def write(self, rows: list[Sequence[Any]]) -> list[tuple[int, str]]:
-        """Write ``rows``; return (index, reason) for each that cannot be written, which is left out.
+    def write(self, rows: list[Sequence[Any]], quote_text: bool = False) -> list[tuple[int, str]]:
+        """Write ``rows`` (``quote_text``: every text cell quoted); return (index, reason) for
+        each that cannot be written, which is left out.
 
         A chunk is encoded whole before anything is written, so a row that cannot be
         (a string with a lone surrogate, which Python's json reads) leaves no part behind.
         """
         try:
-            data = self._encode(rows)
+            data = self._encode(rows, quote_text)
             bad: list[tuple[int, str]] = []
         except UnicodeEncodeError:
             parts, bad = [], []
             for k, row in enumerate(rows):
                 try:
-                    parts.append(self._encode([row]))
+                    parts.append(self._encode([row], quote_text))
                 except UnicodeEncodeError as exc:
                     bad.append((k, f"a string is not valid UTF-8: {exc.reason}"))
             data = b"".join(parts)
@@ -573,14 +577,19 @@ class _TableGeneration:
         # (0.00001 for 1e-05).
         numbers = a.csv_numbers(self.confidence_level)
         writer: CsvTableWriter = self.writer  # type: ignore[assignment]
-        if numbers is not None:
+        # A category " a100" written bare read back as "a100": that record answered the
+        # traces of "a100", and " a100" found none. Such a chunk's text cells are quoted.
+        own = len(heads[0]) - len(self.identity_row) if heads else 0  # the identity's cells are every row's
+        spaced = any(c.__class__ is str and c[:1].isspace() for c in self.identity_row) or any(
+            c.__class__ is str and c[:1].isspace() for head in heads for c in head[:own])
+        if numbers is not None and not spaced:
             front = f"success,{self.model_version},"
             if writer.write_marked([head + [writer.marker] for head in heads], [front + n for n in numbers]) is not None:
                 return
         quantiles, knots, intervals = a.lists()
         rows = [head + ["success", self.model_version, a.mean[k], a.std[k], self.confidence_level, *intervals[k]]
                 + quantiles[k] + knots[k] for k, head in enumerate(heads)]
-        for k, reason in writer.write(rows):
+        for k, reason in writer.write(rows, quote_text=spaced):
             if k < n_own:
                 self._fail(indexes[k], f"cannot be written as CSV ({reason})")
 
