@@ -241,6 +241,36 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     raise KeyError(f"{name} {labels} not in metrics")
 
 
+def post_across_sigterm(server: LiveServer, target: str, body: bytes) -> tuple[bytes, bytes]:
+    """POST ``body`` to ``target`` as an upload the server holds when told to stop: the head and
+    100 bytes, then SIGTERM, the rest once the server listens no more. (Its handler has run by
+    then; the server reads its connections in the order they came, and answered one after it.)
+    Returns the answer's head and payload."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(f"POST {target} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:100])
+        assert httpx.get(server.url + "/health", timeout=30).status_code == 200
+        server.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection((host, int(port)), timeout=1).close()
+            except ConnectionRefusedError:
+                break
+            assert time.monotonic() < deadline, "the server still listens after SIGTERM"
+            time.sleep(0.02)
+        sock.sendall(body[100:])
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    return head, payload
+
+
 def wait_until_dead(pid: int) -> None:
     """Return once process ``pid`` has ended (a zombie, or reaped), not once its parent knows."""
     while True:

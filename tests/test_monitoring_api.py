@@ -11,7 +11,7 @@ import pytest
 from swarmpilot_predictor.client import PredictorClient, PredictorClientError
 from swarmpilot_predictor.identity import ModelIdentity
 
-from .conftest import IDENTITY, make_llm_traces, run_server, trained_in_process
+from .conftest import IDENTITY, make_llm_traces, post_across_sigterm, run_server, trained_in_process
 from .conftest import metric_value as _metric
 
 
@@ -212,39 +212,14 @@ def test_an_observation_whose_upload_ends_after_sigterm_is_recorded_and_schedule
     # An /observe the stopping server still holds (its body still being received) that makes
     # a retraining due: the retrainer was shut down at the signal, and scheduling one there
     # answered a 500 after the observations were recorded (a client's retry counted them twice).
-    import signal
-    import socket
-
     import orjson
 
     env = {"PREDICTOR_AUTO_RETRAIN": "1", "PREDICTOR_RETRAIN_MIN_OBSERVATIONS": "50"}
     trained_in_process(tmp_path / "data", {"model": IDENTITY, "traces": make_llm_traces(300), "algorithm": "linear"})
     body = orjson.dumps({"model": IDENTITY, "traces": make_llm_traces(60, seed=5)})
     with run_server(tmp_path / "data", extra_env=env) as srv:
-        host, port = srv.url.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port)), timeout=30) as sock:
-            sock.sendall(b"POST /observe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:100])
-            # The request is the server's now: it has answered one that came after it.
-            assert httpx.get(srv.url + "/health", timeout=30).status_code == 200
-            srv.process.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + 30
-            while True:  # told to stop once it listens no more (its handler ran first)
-                try:
-                    socket.create_connection((host, int(port)), timeout=1).close()
-                except ConnectionRefusedError:
-                    break
-                assert time.monotonic() < deadline, "the server still listens after SIGTERM"
-                time.sleep(0.02)
-            sock.sendall(body[100:])
-            answer = b""
-            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                answer += chunk
-        head, _, payload = answer.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200"), answer
+        head, payload = post_across_sigterm(srv, "/observe", body)
+        assert head.startswith(b"HTTP/1.1 200"), head + payload
         result = orjson.loads(payload)
         assert result["accepted"] == 60 and result["retraining_scheduled"] is False
         assert srv.process.wait(timeout=30) is not None

@@ -858,41 +858,12 @@ def test_a_synchronous_training_past_uvicorns_graceful_shutdown_timeout_is_a_503
 def test_a_training_whose_upload_ends_after_sigterm_is_refused_not_taken_and_cut_short(tmp_path):
     # The server finishes the requests it holds when told to stop, a slow upload among them:
     # a background training was answered 202 and then read failed after the restart.
-    import socket
-
-    import httpx
-
-    from .conftest import run_server
+    from .conftest import post_across_sigterm, run_server
 
     body = orjson.dumps({"config": {"model": IDENTITY, "traces": make_llm_traces(60), "algorithm": "linear"}})
     with run_server(tmp_path / "data") as server:
-        host, port = server.url.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port)), timeout=30) as sock:
-            sock.sendall(b"POST /train?background=true HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:100])
-            # The request is the server's now: it reads its connections in the order they came,
-            # and has answered one that came after it.
-            assert httpx.get(server.url + "/health", timeout=30).status_code == 200
-            server.process.send_signal(signal.SIGTERM)
-            # Told to stop once it listens no more: its handler refuses new trainings before
-            # it lets the server stop listening.
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    socket.create_connection((host, int(port)), timeout=1).close()
-                except ConnectionRefusedError:
-                    break
-                assert time.monotonic() < deadline, "the server still listens after SIGTERM"
-                time.sleep(0.02)
-            sock.sendall(body[100:])
-            answer = b""
-            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                answer += chunk
-        head, _, payload = answer.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 503"), answer
+        head, payload = post_across_sigterm(server, "/train?background=true", body)
+        assert head.startswith(b"HTTP/1.1 503"), head + payload
         assert b"retry-after: 5" in head.lower()
         assert orjson.loads(payload)["message"] == ("the service is stopping: send the training to another instance, "
                                                     "or again once this one has restarted")
