@@ -402,6 +402,18 @@ def test_versions_and_deletion(http):
     assert all(m["model_type"] != "deltest" for m in ok(http.get("/models"))["models"])
 
 
+def test_a_model_whose_observations_folder_is_a_file_is_deleted_with_a_200(http, srv, trained):
+    # A file put by hand where the model's observations folder goes: the DELETE deleted the
+    # model's versions, then answered "internal error: NotADirectoryError" (500).
+    who = ident("obsfile")
+    path = "obsfile/obsfile-m/obsfile-hw/sglang/0.4.0"
+    train_json(http, who)
+    (srv.data_dir / "observations" / ModelIdentity.from_parts(who).dirname).write_bytes(b"not a folder")
+    assert ok(http.delete(f"/models/{path}"))["deleted_versions"] == [1]
+    failed(http.get(f"/models/{path}"), 404)
+    assert ok(http.post(f"/predict/single/{SEGMENTS}", json={"trace": TRACE}))["results"]["status"] == "success"
+
+
 # --------------------------------------------------------------------------- prediction
 
 

@@ -322,8 +322,14 @@ class DecisionLog:
         observations', goes with those: :meth:`ObservationLog.delete`). A retraining of the
         deleted model that holds the lock keeps it until it ends (a lock on the unlinked
         file), and can store nothing then: the deleted model's numbers are never given again."""
-        self._path(identity).unlink(missing_ok=True)
-        self._path(identity, self.LOCK).unlink(missing_ok=True)
+        for path in (self._path(identity), self._path(identity, self.LOCK)):
+            try:
+                path.unlink(missing_ok=True)
+            except NotADirectoryError:
+                # A file in their folder's place (put there by hand) holds neither: the model's
+                # versions were deleted by then, and its DELETE answered a 500 saying only
+                # "internal error: NotADirectoryError".
+                pass
         self.forget(identity)
 
     def forget(self, identity: ModelIdentity) -> None:
