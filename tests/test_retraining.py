@@ -791,6 +791,20 @@ def test_a_trained_version_is_retrained_on_what_was_observed_after_it(tmp_path):
     assert decision["from_version"] == 2 and decision["observations"] == 40 and decision["heldout_rows"] == 10
 
 
+def test_a_version_observed_after_the_clock_went_back_is_retrained_on_its_observations(tmp_path):
+    # The clock set back an hour after version 1 was trained (or the version trained on a host
+    # whose clock was ahead): every observation of it is stamped before its creation, and a
+    # drifted model was skipped with "too few observations (0)" until the clock caught up.
+    svc = _service(tmp_path)
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    created = svc.registry.latest(svc.registry.resolve(pattern)).created_at
+    svc.monitor.clock = lambda: created - 3600.0
+    assert svc.observe(IDENTITY, _shifted(200, 1.6, seed=10))["drifted"] is True
+    decision = svc.retrain(pattern)
+    assert decision["observations"] == 200 and decision["heldout_rows"] == 50
+    assert decision["status"] == "retrained" and decision["to_version"] == 2
+
+
 def test_a_retraining_fits_on_the_newest_observations_up_to_its_limit(tmp_path):
     # Every candidate is fitted on them in the serving process: 100,000 took minutes.
     svc = _service(tmp_path, retrain_max_observations=60)

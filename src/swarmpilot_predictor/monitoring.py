@@ -167,9 +167,10 @@ def _parse(data: bytes) -> list[dict[str, Any]]:
 _STAMPED = b'{"ts":'
 
 
-def _lines_after(data: bytes, after: float) -> bytes:
+def _lines_after(data: bytes, after: float, version: int | None = None) -> bytes:
     """The lines of ``data`` less those stamped at or before ``after`` (``{"ts":<time>,`` first,
-    as :meth:`ObservationLog.append` stamps them), unparsed.
+    as :meth:`ObservationLog.append` stamps them), unparsed; with ``version``, less only
+    those of an older version (:func:`_of_version`).
 
     A retraining reads the observations after its version's cutoff; the rest of the log,
     parsed whole into records, held 26 MB per 8 MB of log at the peak (192,000 records at the
@@ -183,12 +184,33 @@ def _lines_after(data: bytes, after: float) -> bytes:
         if line.startswith(_STAMPED):
             end = line.find(b",", len(_STAMPED))
             try:
-                if end > 0 and float(line[len(_STAMPED):end]) <= after:
+                if end > 0 and float(line[len(_STAMPED):end]) <= after and not _of_version(line, version):
                     continue
             except ValueError:  # not a number there: parsed, and judged, as any line is
                 pass
         kept.append(line)
     return b"\n".join(kept)
+
+
+_VERSION_KEY = b',"version":'
+
+
+def _of_version(line: bytes, version: int | None) -> bool:
+    """Whether a stamped line may be an observation of ``version`` or a later one (kept to be
+    parsed and judged; False without ``version``). Its version comes right after its stamp
+    and its place in its batch (``{"ts":<time>,"i":<i>,"version":<n>,``, as
+    :meth:`AccuracyMonitor.record` writes it); a line that does not say it there is kept."""
+    if version is None:
+        return False
+    start = line.find(_VERSION_KEY, 0, 96)
+    if start < 0:
+        return True
+    start += len(_VERSION_KEY)
+    end = line.find(b",", start, start + 24)
+    try:
+        return int(line[start:end]) >= version
+    except ValueError:
+        return True
 
 
 def _whole_appends(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -366,15 +388,17 @@ class ObservationLog:
         cut = data.rfind(b"\n") + 1
         return _parse(data[:cut]), start + cut
 
-    def read(self, identity: ModelIdentity, limit: int | None = None, after: float | None = None) -> list[dict[str, Any]]:
+    def read(self, identity: ModelIdentity, limit: int | None = None, after: float | None = None,
+             version: int | None = None) -> list[dict[str, Any]]:
         """Stored observations, oldest first (the newest ``limit`` when given); with ``after``,
         those stamped at or before it may be left out (the caller drops them): they are
-        passed over unparsed where their line says its time first, as stamped ones do."""
+        passed over unparsed where their line says its time first, as stamped ones do. With
+        ``version`` too, those of that version or a later one are read however they are stamped."""
         out: list[dict[str, Any]] = []
         for path in reversed(self._files(identity)):
             try:
                 data = read_regular(path)
-                batch = _parse(data if after is None else _lines_after(data, after))
+                batch = _parse(data if after is None else _lines_after(data, after, version))
             except FileNotFoundError:  # rotated away by another worker meanwhile
                 continue
             except OSError as exc:  # not a regular file (a FIFO, a device): not an observation log

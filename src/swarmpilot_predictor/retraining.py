@@ -751,7 +751,12 @@ class Retrainer:
         through = meta.extra.get(OBSERVED_THROUGH)
         if not isinstance(through, (int, float)) or isinstance(through, bool):
             through = meta.created_at
-        records = [r for r in self.monitor.log.read(identity, after=through) if r["ts"] > through]
+        # And every observation of this version (or a later one), however it is stamped: each
+        # came after it was stored, and a clock set back since (or a version stored on a host
+        # whose clock was ahead) stamped them all earlier than its creation: a drifted model
+        # was skipped with "too few observations (0)" until the clock caught up again.
+        records = [r for r in self.monitor.log.read(identity, after=through, version=meta.version)
+                   if r["ts"] > through or r["version"] >= meta.version]
         if len(records) > self.max_observations:
             # Each candidate is fitted on them: 100,000 observations took 45 s to 140 s a
             # retraining, the newest 20,000 about 7 s.
