@@ -21,6 +21,7 @@ from swarmpilot_predictor.errors import (
     ModelNotFound,
     NotFound,
     PredictorError,
+    StorageError,
 )
 from swarmpilot_predictor.identity import IdentityPattern, ModelIdentity
 from swarmpilot_predictor.schemas import TrainConfig
@@ -802,6 +803,33 @@ def test_versions_and_deletion(service):
     assert service.delete_model(PATTERN)["deleted_versions"] == [2]
     with pytest.raises(ModelNotFound):
         predict(service)
+
+
+def test_a_delete_that_cannot_remove_the_observations_says_what_was_deleted(service, monkeypatch):
+    # A read-only observations folder (which a test cannot mount): the model's versions were
+    # deleted, and the answer was a 500 "internal error: PermissionError".
+    import errno
+
+    service.train(config(make_llm_traces(100)))
+    service.observe(IDENTITY, make_llm_traces(20, seed=3))
+    logs = sorted((service.settings.data_dir / "observations").rglob("obs-*.jsonl"))
+    assert len(logs) == 1
+    real_unlink = Path.unlink
+
+    def unlink(self, missing_ok=False):
+        if self.name.startswith("obs-"):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(StorageError, match=r"model .*0\.4\.0 was deleted \(versions 1\), but not its observations "
+                                           r".*\(Read-only file system\)") as info:
+        service.delete_model(PATTERN)
+    assert info.value.status_code == 500
+    monkeypatch.undo()
+    with pytest.raises(ModelNotFound):
+        predict(service)
+    assert logs[0].exists()  # left, as the answer says
 
 
 def test_list_models_and_prediction_counts(two_models):

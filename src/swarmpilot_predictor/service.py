@@ -23,7 +23,8 @@ from . import __version__
 from .atomic import remove_stale_temps
 from .cache import PredictionCache
 from .distribution import RemainingDistribution, TaskDistributions, TotalDistribution, interval_levels
-from .errors import AmbiguousModel, DataDirectoryGone, InvalidInput, ModelNotFound, NotFound, PredictorError, shown
+from .errors import (AmbiguousModel, DataDirectoryGone, InvalidInput, ModelNotFound, NotFound, PredictorError, StorageError,
+                     shown)
 from .identity import (IDENTITY_KEYS, IdentityPattern, ModelIdentity, describe_stated, fields_naming_a_model, identity_conflicts,
                        join_key, named_by_traces, names_a_model, stated_keys)
 from .lookup import WRITABLE_FORMATS, LookupTable, LookupTableStore, TablePrediction, generate_table, table_format
@@ -993,13 +994,23 @@ class PredictorService:
         identity = self._resolve(pattern)
         deleted = self.registry.delete(identity, version)
         if version is None:
-            self.retrainer.decisions.delete(identity)  # first: the observations' delete takes their folder
-            self.observations.delete(identity)
+            left: OSError | None = None
+            try:
+                self.retrainer.decisions.delete(identity)  # first: the observations' delete takes their folder
+                self.observations.delete(identity)
+            except OSError as exc:  # a read-only observations folder, say: the versions are gone all the same
+                left = exc
             self.monitor.forget(identity)
             self.retrainer.forget(identity)
             self.metrics.forget_model(identity.key)
             with self._count_lock:
                 self.prediction_counts.pop(identity, None)
+            if left is not None:
+                # Said as the registry says a delete it could not finish (it was a 500 "internal
+                # error: PermissionError", the versions deleted all the same).
+                raise StorageError(f"model {identity.key} was deleted (versions {', '.join(map(str, deleted))}), but "
+                                   f"not its observations and retraining decisions in {self.observations.root} "
+                                   f"({left.strerror or type(left).__name__})") from left
         return {"status": "success", "model_key": identity.key, "deleted_versions": deleted}
 
 
