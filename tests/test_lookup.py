@@ -14,7 +14,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from swarmpilot_predictor.errors import AmbiguousModel, InvalidInput, NotFound
+from swarmpilot_predictor.errors import AmbiguousModel, InvalidInput, NotFound, StorageError
 from swarmpilot_predictor.identity import IdentityPattern
 from swarmpilot_predictor.lookup import (
     LookupTable,
@@ -1877,6 +1877,32 @@ def test_deleting_a_symlinked_table_removes_its_sidecar_and_tolerates_a_stuck_on
     assert store.loaded_count == 0 and not (root / "p.json").exists()
     with pytest.raises(NotFound):
         store.get("p.json")
+
+
+def test_a_table_the_file_system_will_not_delete_is_a_clear_error_and_still_served(tmp_path, monkeypatch):
+    # A read-only table directory (which a test cannot mount): the delete was a 500 "internal
+    # error: PermissionError".
+    import errno
+
+    root = tmp_path / "tables"
+    root.mkdir()
+    (root / "p.json").write_text(SEED_TABLE)
+    store = LookupTableStore(root)
+    assert store.get("p.json").n_rows == 1
+    real_unlink = Path.unlink
+
+    def unlink(self, missing_ok=False):
+        if self.name == "p.json":
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(StorageError, match=r"cannot delete lookup table 'p.json' in .*tables \(Read-only file system\): "
+                                           "it was not deleted") as info:
+        store.delete("p.json")
+    assert info.value.status_code == 500
+    monkeypatch.undo()
+    assert store.names() == ["p.json"] and store.get("p.json").n_rows == 1
 
 
 def test_a_table_linked_to_a_file_outside_the_data_directory_is_not_served(tmp_path):

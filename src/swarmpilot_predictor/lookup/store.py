@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..atomic import NotRegularFile, file_stamp, open_regular, remove_stale_temps
-from ..errors import InvalidInput, NotFound, PredictorError, shown
+from ..errors import InvalidInput, NotFound, PredictorError, StorageError, shown
 from ..identity import IDENTITY_KEYS
 from ..traces import TRACE_FILE_KINDS, TraceError
 from .names import check_table_name, table_format
@@ -392,6 +392,9 @@ class LookupTableStore:
             path.unlink()
         except FileNotFoundError:
             raise NotFound(f"lookup table {shown(name)} not found", field="name") from None
+        except OSError as exc:  # a read-only table directory, say: the table stays (a 500 "internal error" until 2026-12-06)
+            raise StorageError(f"cannot delete lookup table {shown(name)} in {self.root} "
+                               f"({exc.strerror or type(exc).__name__}): it was not deleted") from exc
         finally:
             self._forget(name)
         try:
