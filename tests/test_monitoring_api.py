@@ -191,6 +191,36 @@ def test_observe_bad_input_is_a_clear_4xx(tmp_path):
         assert client.observe(other, _in_seconds(make_llm_traces(3, seed=2)))["accepted"] == 3
 
 
+def test_an_observations_folder_that_is_a_symbolic_link_is_neither_written_nor_deleted_through(tmp_path):
+    # Followed, /observe appended to a file wherever the link led, outside the data directory,
+    # and deleting the model removed the files there.
+    other = {**IDENTITY, "model_name": "unlinked"}
+    trained_in_process(tmp_path / "data", {"model": IDENTITY, "traces": make_llm_traces(100), "algorithm": "linear"},
+                       {"model": other, "traces": make_llm_traces(100), "algorithm": "linear"})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "obs-000001.jsonl").write_bytes(b"not the service's\n")
+    (elsewhere / "retraining.jsonl").write_bytes(b"nor this\n")
+    folder = tmp_path / "data" / "observations" / ModelIdentity.from_parts(IDENTITY).dirname
+    folder.parent.mkdir(exist_ok=True)
+    folder.symlink_to(elsewhere, target_is_directory=True)
+    path = "/".join(quote(IDENTITY[k], safe="") for k in ("model_type", "model_name", "hardware", "software_name",
+                                                          "software_version"))
+    with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
+        with pytest.raises(PredictorClientError) as refused:
+            client.observe(IDENTITY, make_llm_traces(5, seed=1))
+        assert refused.value.status_code == 500
+        assert "is a symbolic link, which the service does not follow" in refused.value.message
+        assert ModelIdentity.from_parts(IDENTITY).key in refused.value.message
+        assert client.accuracy(IDENTITY)["observations"] == 0
+        assert httpx.post(f"{srv.url}/models/{path}/retrain").status_code == 500
+        assert client.observe(other, make_llm_traces(5, seed=1))["accepted"] == 5
+        assert client.delete_model(IDENTITY)["deleted_versions"] == [1]
+    assert (elsewhere / "obs-000001.jsonl").read_bytes() == b"not the service's\n"
+    assert (elsewhere / "retraining.jsonl").read_bytes() == b"nor this\n"
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["obs-000001.jsonl", "retraining.jsonl"]
+
+
 def test_auto_retrain_recovers_after_a_shift(tmp_path):
     env = {"PREDICTOR_AUTO_RETRAIN": "1", "PREDICTOR_RETRAIN_MIN_OBSERVATIONS": "100000"}
     trained_in_process(tmp_path / "data", {"model": IDENTITY, "traces": make_llm_traces(300), "algorithm": "linear"})

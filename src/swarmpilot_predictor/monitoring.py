@@ -10,6 +10,7 @@ the accuracy, drift and retraining of all of them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import math
@@ -27,7 +28,7 @@ import orjson
 from scipy.special import gammaln  # scipy.special: loaded by the service anyway
 
 from .atomic import NotRegularFile, open_regular, read_regular, regular_file_fd
-from .errors import writing
+from .errors import StorageError, writing
 from .identity import ModelIdentity
 from .modeling import EVAL_LEVELS, error_ratio, pinball_loss
 from .traces import MAX_RUNTIME, MIN_RUNTIME, dumps_json, is_runtime, read_json_lines
@@ -160,6 +161,15 @@ def _log_names(names: Iterable[str]) -> list[str]:
     return sorted(filter(_LOG_FILE.fullmatch, names), key=_log_number)
 
 
+def refuse_linked_folder(d: Path, what: str) -> None:
+    """Raise :class:`StorageError` where ``d``, a model's folder of observations, is a symbolic
+    link: written through, it appended to (and a delete of the model removed) files wherever
+    the link led, outside the data directory. ``what``: what could not be stored."""
+    if d.is_symlink():
+        raise StorageError(f"{what} cannot be stored: their folder {d.name} in the data directory is a symbolic "
+                           "link, which the service does not follow")
+
+
 def _parse(data: bytes) -> list[dict[str, Any]]:
     return _whole_appends(read_json_lines(data, _usable))
 
@@ -283,6 +293,9 @@ class ObservationLog:
 
     def _files(self, identity: ModelIdentity) -> list[Path]:
         d = self._dir(identity)
+        if d.is_symlink():  # not read, nor deleted, through (see refuse_linked_folder)
+            self.cannot_list(d, OSError(errno.ELOOP, "it is a symbolic link, which the service does not follow"))
+            return []
         try:
             names = os.listdir(d)
         except (FileNotFoundError, NotADirectoryError):  # none logged yet, or deleted meanwhile
@@ -323,6 +336,7 @@ class ObservationLog:
             d = self._dir(identity)
             for attempt in range(3):
                 d.mkdir(exist_ok=True)  # (not the observations folder: see ModelRegistry.save)
+                refuse_linked_folder(d, f"the observations of {identity.key}")
                 files = self._files(identity)
                 active = files[-1] if files else d / "obs-000001.jsonl"
                 if active.exists() and active.stat().st_size >= self.max_file_bytes:
@@ -883,6 +897,8 @@ class AccuracyMonitor:
         so that a folder back again (remounted, restored) is read on from where it was,
         not counted twice."""
         try:
+            if os.path.islink(state.directory):  # not read through (see refuse_linked_folder)
+                raise OSError(errno.ELOOP, "it is a symbolic link, which the service does not follow")
             st = os.stat(state.directory)
             key = (st.st_ino, st.st_mtime_ns)
             if key != state.listed_key:

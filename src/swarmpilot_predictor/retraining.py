@@ -36,7 +36,7 @@ from .features import FIRST_OF_SHAPE, FeatureSchema, gross_outliers
 from .identity import ModelIdentity
 from .modeling import SELECTION_SE, QuantileModel, clearly_lower, pinball_losses
 from .modeling.stored import finite_number
-from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog
+from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog, refuse_linked_folder
 from .registry import LoadedModel, ModelRegistry, ModelVersion
 from .traces import dumps_json, read_json_lines
 from .workers import (DEFAULT_PRIORITY, CouldNotStart, Failed, Finished, ShutDown, TimedOut, WorkerDied, WorkerPool, server_gone,
@@ -266,6 +266,7 @@ class DecisionLog:
         line = dumps_json(decision) + b"\n"
         with writing(f"the retraining decisions of {identity.key}"):
             path.parent.mkdir(exist_ok=True)  # (not the observations folder: see ModelRegistry.save)
+            refuse_linked_folder(path.parent, f"the retraining decisions of {identity.key}")
             while True:
                 fd = open_regular(path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
                 try:
@@ -322,6 +323,9 @@ class DecisionLog:
         observations', goes with those: :meth:`ObservationLog.delete`). A retraining of the
         deleted model that holds the lock keeps it until it ends (a lock on the unlinked
         file), and can store nothing then: the deleted model's numbers are never given again."""
+        if self._path(identity).parent.is_symlink():  # nothing deleted through it (see refuse_linked_folder)
+            self.forget(identity)
+            return
         for path in (self._path(identity), self._path(identity, self.LOCK)):
             try:
                 path.unlink(missing_ok=True)
@@ -346,6 +350,7 @@ class DecisionLog:
         path = self._path(identity, self.LOCK)
         with writing(f"the retraining lock of {identity.key}"):
             path.parent.mkdir(exist_ok=True)  # (not the observations folder: see ModelRegistry.save)
+            refuse_linked_folder(path.parent, f"the retraining lock of {identity.key}")
             fd = open_regular(path, os.O_RDWR | os.O_CREAT)
         try:
             try:
