@@ -1305,6 +1305,24 @@ def test_a_running_tasks_time_left_counts_in_the_wait_through_both_clients(train
     assert got_left == left and got_wait.quantile_predictions == waited.quantile_predictions
 
 
+def test_a_base_url_with_a_query_is_refused_and_a_trailing_slash_is_not(server):
+    # httpx appends each request's path after a base URL's query: with "?x=1" every call
+    # went to GET / (a 404 "no endpoint GET /" for health, ping, everything).
+    for url in (server.url + "?x=1", server.url + "/?x=1", server.url + "/?"):
+        for make in (PredictorClient, AsyncPredictorClient):
+            with pytest.raises(InvalidRequestError, match="has a query") as err:
+                make(url)
+            assert err.value.field == "base_url"
+    with PredictorClient(server.url + "/") as client:
+        assert client.ping() == {"status": "ok"} and client.health().status == "healthy"
+
+    async def ping() -> dict:
+        async with AsyncPredictorClient(server.url + "/") as client:
+            return await client.ping()
+
+    assert asyncio.run(ping()) == {"status": "ok"}
+
+
 def test_arguments_the_client_cannot_use_are_refused_naming_them(trained_server, tmp_path):
     # Each was an httpx, OS or type error (or a request to ".../None", or a poll without pause).
     for url in ("http://[::1", "http://localhost:abc", "http://localhost:99999", "http://", "localhost:8200",

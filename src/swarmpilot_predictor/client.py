@@ -955,7 +955,11 @@ def _base_url(value: Any) -> str:
         problem = ("its scheme is not http or https" if url.scheme not in ("http", "https")
                    else "it names no host" if not url.host
                    else f"its port {url.port} is not between 1 and 65535" if url.port is not None
-                   and not 1 <= url.port <= 65535 else None)
+                   and not 1 <= url.port <= 65535
+                   # httpx appends each request's path after the query: every call went to the
+                   # base path ("http://host:8200?x=1": GET /?x=1/health, a 404 "no endpoint GET /").
+                   else "it has a query (?...), which every request's path would be appended to"
+                   if b"?" in url.raw_path else None)
     except httpx.InvalidURL as exc:
         problem = str(exc)
     if problem:
