@@ -305,6 +305,17 @@ def test_both_clients_send_the_api_key_the_service_asks_for(tmp_path):
         assert str(bad) not in str(said.value) or bad == ""
 
 
+def test_an_api_key_beside_a_password_in_the_base_url_is_refused_naming_it(port):
+    # httpx sends a URL's user:password as the Authorization header in place of the key's:
+    # the service answered 401 "send the header 'Authorization: Bearer ...'" to a client given the key.
+    key = "client-key-0123456789abcdef"
+    for make in (PredictorClient, AsyncPredictorClient):
+        with pytest.raises(InvalidRequestError, match="api_key and a user and password") as err:
+            make(f"http://user:s3cret@127.0.0.1:{port}", api_key=key)
+        assert err.value.field == "api_key" and key not in err.value.message and "s3cret" not in err.value.message
+        make(f"http://user:s3cret@127.0.0.1:{port}")  # a proxy's basic auth alone is the URL's to send
+
+
 def test_the_walk_through_vision_model_knows_first_runs(trained_server):
     # The README's walk-through: the shipped ResNet-50 trace and config, uploaded together.
     import orjson

@@ -862,6 +862,12 @@ class _Base:
         self.backoff = backoff
         self._calls = _Calls()
         self._headers = _auth_headers(api_key)
+        if self._headers and httpx.URL(self.base_url).userinfo:
+            # httpx sends a URL's user and password as the Authorization header, in place of
+            # the key's: the service answered 401, "send the header", to a client given one.
+            raise InvalidRequestError("api_key and a user and password in base_url (user:password@host) are both "
+                                      "sent as the Authorization header, and the key was dropped: give one or "
+                                      "the other", field="api_key")
 
     def _kwargs(self, req: _Request) -> dict[str, Any]:
         kw: dict[str, Any] = {"params": req.params}
