@@ -316,6 +316,27 @@ def test_an_api_key_beside_a_password_in_the_base_url_is_refused_naming_it(port)
         make(f"http://user:s3cret@127.0.0.1:{port}")  # a proxy's basic auth alone is the URL's to send
 
 
+def test_errors_never_quote_a_password_in_the_base_url(port):
+    # A proxy's basic auth in the URL (http://user:password@host): "cannot reach the
+    # predictor at http://user:s3cret@..." put the password in every log of the error.
+    url = f"http://user:s3cret@127.0.0.1:{port}/pre"
+    with PredictorClient(url, retries=0) as client, pytest.raises(PredictorUnavailableError) as sync_err:
+        client.ping()
+
+    async def ping() -> None:
+        async with AsyncPredictorClient(url, retries=0) as client:
+            await client.ping()
+
+    with pytest.raises(PredictorUnavailableError) as async_err:
+        asyncio.run(ping())
+    for err in (sync_err, async_err):
+        assert err.value.message == (f"cannot reach the predictor at http://user:***@127.0.0.1:{port}/pre: "
+                                     "ConnectError: [Errno 111] Connection refused")
+    with pytest.raises(InvalidRequestError) as refused:
+        PredictorClient("http://user:s3cret@127.0.0.1:99999")
+    assert refused.value.field == "base_url" and "'http://user:***@127.0.0.1:99999'" in refused.value.message
+
+
 def test_the_walk_through_vision_model_knows_first_runs(trained_server):
     # The README's walk-through: the shipped ResNet-50 trace and config, uploaded together.
     import orjson

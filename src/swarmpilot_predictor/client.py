@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import httpx
 import numpy as np
@@ -857,6 +857,7 @@ class _Base:
         if timeout is not None:
             _check_timeout(timeout, "timeout")
         self.base_url = _base_url(base_url)
+        self._shown_url = _shown_url(self.base_url)
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
@@ -916,22 +917,22 @@ class _Base:
     def _unavailable(self, req: _Request, exc: Exception) -> PredictorClientError:
         if isinstance(exc, httpx.DecodingError):
             # An answer arrived (its body's encoding is broken): the service was reached, and may have acted.
-            return PredictorClientError(f"the answer to {req.method} {req.path} from {self.base_url} could not be "
+            return PredictorClientError(f"the answer to {req.method} {req.path} from {self._shown_url} could not be "
                                         f"decoded ({_cause(exc)}); the request reached the service"
                                         + ("" if req.idempotent else ", which may have carried it out"))
         if isinstance(exc, httpx.TimeoutException):
             # Waiting for the answer, the request was sent: the service may carry it out still.
             sent = "" if req.idempotent or isinstance(exc, _NOT_SENT) else (
                 ": it was sent, and may still be carried out; check before sending it again")
-            return PredictorUnavailableError(f"{req.method} {req.path} to {self.base_url} timed out after "
+            return PredictorUnavailableError(f"{req.method} {req.path} to {self._shown_url} timed out after "
                                              f"{self._waited(req, exc)}s ({type(exc).__name__}){sent}")
         if isinstance(exc, _MAYBE_SENT) and not req.idempotent:
             # Sent, then the connection dropped: the service may have acted on it (a training
             # stored, observations counted); a blind retry could do it twice.
             return PredictorUnavailableError(
-                f"{req.method} {req.path} was sent to the predictor at {self.base_url}, but the connection dropped "
+                f"{req.method} {req.path} was sent to the predictor at {self._shown_url}, but the connection dropped "
                 f"before an answer ({_cause(exc)}): it may have been carried out; check before sending it again")
-        return PredictorUnavailableError(f"cannot reach the predictor at {self.base_url}: {_cause(exc)}")
+        return PredictorUnavailableError(f"cannot reach the predictor at {self._shown_url}: {_cause(exc)}")
 
 
 def _wait_options(timeout: Any, poll: Any) -> None:
@@ -969,9 +970,22 @@ def _base_url(value: Any) -> str:
     except httpx.InvalidURL as exc:
         problem = str(exc)
     if problem:
-        raise InvalidRequestError(f"base_url {value!r} is not the URL of a service, such as http://localhost:8200: "
+        raise InvalidRequestError(f"base_url {_shown_url(value)!r} is not the URL of a service, such as http://localhost:8200: "
                                   f"{problem}", field="base_url")
     return value.rstrip("/")
+
+
+def _shown_url(url: str) -> str:
+    """``url`` as errors show it: a password in it (``http://user:password@host``, a proxy's
+    basic auth) as ``***``, since errors are logged (the api_key is never quoted either)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:  # not a URL (refused, quoted as it is)
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{userinfo.split(':', 1)[0]}:***@{host}"))
 
 
 def _auth_headers(api_key: str | None) -> dict[str, str]:
