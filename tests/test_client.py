@@ -1121,6 +1121,23 @@ def test_both_clients_take_their_connection_options_by_name_alike():
         asyncio.run(client.aclose()) if isinstance(client, AsyncPredictorClient) else client.close()
 
 
+def test_both_clients_take_a_timeout_of_none_and_say_so_in_their_hints(server):
+    # None (no limit) is a timeout both clients take, as the README says; their hints said
+    # float alone, so a type checker refused PredictorClient(url, timeout=None).
+    import typing
+
+    for make in (PredictorClient, AsyncPredictorClient):
+        assert typing.get_type_hints(make.__init__)["timeout"] == float | None
+    with PredictorClient(server.url, timeout=None) as client:
+        assert client.ping() == {"status": "ok"}
+
+    async def ping() -> dict:
+        async with AsyncPredictorClient(server.url, timeout=None) as client:
+            return await client.ping()
+
+    assert asyncio.run(ping()) == {"status": "ok"}
+
+
 @pytest.mark.parametrize("setting, value", [("backoff", -1), ("backoff", float("nan")), ("backoff", float("inf")),
                                             ("retries", -1), ("retries", 1.5), ("retries", True),
                                             ("timeout", 0), ("timeout", -2.0), ("timeout", "30")])

@@ -845,7 +845,7 @@ def _non_negative(value: Any) -> bool:
 
 
 class _Base:
-    def __init__(self, base_url: str = "http://localhost:8200", timeout: float = 30.0, retries: int = 3, backoff: float = 0.1,
+    def __init__(self, base_url: str = "http://localhost:8200", timeout: float | None = 30.0, retries: int = 3, backoff: float = 0.1,
                  api_key: str | None = None):
         # Refused here, not at the first retry (a negative pause raised ValueError from
         # time.sleep in place of the service's unavailability).
@@ -1032,7 +1032,7 @@ async def _built_off_loop(off_loop: bool, build, *args):
 class PredictorClient(_Base):
     """Blocking client. Use as a context manager, or call :meth:`close`."""
 
-    def __init__(self, base_url: str = "http://localhost:8200", timeout: float = 30.0, retries: int = 3, backoff: float = 0.1,
+    def __init__(self, base_url: str = "http://localhost:8200", timeout: float | None = 30.0, retries: int = 3, backoff: float = 0.1,
                  *, transport: httpx.BaseTransport | None = None, api_key: str | None = None):
         super().__init__(base_url, timeout, retries, backoff, api_key)
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport, headers=self._headers,
@@ -1251,7 +1251,7 @@ class AsyncPredictorClient(_Base):
     async pool does more work per waiting request the more there are.
     """
 
-    def __init__(self, base_url: str = "http://localhost:8200", timeout: float = 30.0, retries: int = 3, backoff: float = 0.1,
+    def __init__(self, base_url: str = "http://localhost:8200", timeout: float | None = 30.0, retries: int = 3, backoff: float = 0.1,
                  *, transport: httpx.AsyncBaseTransport | None = None, max_connections: int = 100,
                  api_key: str | None = None):
         super().__init__(base_url, timeout, retries, backoff, api_key)
