@@ -1138,6 +1138,32 @@ def test_both_clients_take_a_timeout_of_none_and_say_so_in_their_hints(server):
     assert asyncio.run(ping()) == {"status": "ok"}
 
 
+def test_a_subclass_of_either_client_is_typed_as_itself_in_its_with_block(server):
+    # __enter__ was hinted "PredictorClient": `with Mine(url) as c: c.own_method()` was a
+    # type checker's error, where httpx's own clients give the subclass.
+    import typing
+
+    assert typing.get_type_hints(PredictorClient.__enter__)["return"] is typing.Self
+    assert typing.get_type_hints(AsyncPredictorClient.__aenter__)["return"] is typing.Self
+
+    class Mine(PredictorClient):
+        def status(self) -> str:
+            return self.ping()["status"]
+
+    class AsyncMine(AsyncPredictorClient):
+        async def status(self) -> str:
+            return (await self.ping())["status"]
+
+    with Mine(server.url) as client:
+        assert client.status() == "ok"
+
+    async def status() -> str:
+        async with AsyncMine(server.url) as client:
+            return await client.status()
+
+    assert asyncio.run(status()) == "ok"
+
+
 @pytest.mark.parametrize("setting, value", [("backoff", -1), ("backoff", float("nan")), ("backoff", float("inf")),
                                             ("retries", -1), ("retries", 1.5), ("retries", True),
                                             ("timeout", 0), ("timeout", -2.0), ("timeout", "30")])

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, Self, TypeVar
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import httpx
@@ -1039,7 +1039,7 @@ class PredictorClient(_Base):
                                   limits=httpx.Limits(max_connections=100, max_keepalive_connections=20,
                                                       keepalive_expiry=KEEPALIVE_EXPIRY))
 
-    def __enter__(self) -> "PredictorClient":
+    def __enter__(self) -> Self:  # a subclass's own type, as httpx's Client does
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -1263,7 +1263,7 @@ class AsyncPredictorClient(_Base):
         self._in_flight = asyncio.Semaphore(max_connections)
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def __aenter__(self) -> "AsyncPredictorClient":
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
