@@ -1492,6 +1492,26 @@ def test_a_client_closed_while_a_call_waits_to_retry_says_it_is_closed(port):  #
     asyncio.run(through_the_async_client())
 
 
+def test_calls_waiting_for_their_turn_when_the_async_client_is_closed_say_it_is_closed():
+    # Past max_connections, calls wait in the client for a turn; aclose() meanwhile made each
+    # raise httpx's RuntimeError ("Cannot send a request, as the client has been closed").
+    with socket.socket() as silent:  # accepts, never answers: the first call holds the one turn
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+
+        async def closed_while_queued():
+            client = AsyncPredictorClient(f"http://127.0.0.1:{silent.getsockname()[1]}", timeout=2, retries=0,
+                                          max_connections=1)
+            calls = [asyncio.create_task(client.ping()) for _ in range(3)]
+            await asyncio.sleep(0.2)
+            await client.aclose()
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+        first, *queued = asyncio.run(closed_while_queued())
+    assert [type(exc) for exc in queued] == [InvalidRequestError, InvalidRequestError]
+    assert all("AsyncPredictorClient is closed" in str(exc) for exc in queued)
+
+
 def test_answers_of_the_wrong_kind_are_client_errors_not_values():
     import httpx
 

@@ -1294,10 +1294,12 @@ class AsyncPredictorClient(_Base):
         large = _traces_in(req) > _LARGE_BATCH_TRACES
         kwargs = await asyncio.to_thread(self._kwargs, req) if large else self._kwargs(req)
         while True:
-            if attempt:
-                self._check_usable()  # closed (aclose() in another task) while it waited to retry
             try:
                 async with self._in_flight:
+                    # Closed (aclose() in another task) while it waited to retry, or for its turn
+                    # among max_connections: httpx raised its own RuntimeError for the latter.
+                    if self._http.is_closed:
+                        self._check_usable()  # says so
                     response = await self._http.request(req.method, req.path, **kwargs)
                 return self._calls.parse(req, response)
             except httpx.HTTPError as exc:
