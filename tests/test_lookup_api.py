@@ -11,7 +11,7 @@ import pytest
 
 from swarmpilot_predictor.client import AsyncPredictorClient, PredictorClient, PredictorClientError
 
-from .conftest import IDENTITY, make_llm_traces, run_server
+from .conftest import IDENTITY, make_llm_traces, metric_value, run_server
 from .test_lookup import SEED_TABLE
 
 SEGMENTS = "llm/Qwen%2FQwen2.5-7B/NVIDIA%20H100%2080GB%20HBM3/sglang/0.4.0"
@@ -289,6 +289,25 @@ def test_default_lookup_table_at_start(tmp_path):
             assert answer.results.expect == 150.0 and answer.results.match == "random"
             assert [t["name"] for t in client.list_tables() if t["default"]] == ["predictions.json"]
             assert client.download_table("predictions.json") == seed.read_bytes()
+
+
+def test_health_and_metrics_let_go_of_a_default_table_whose_file_is_gone(tmp_path):
+    # Deleted by another worker (or by hand): lookups of it were refused, while /health said
+    # "lookup_table" and /metrics kept its series until a lookup in this worker noticed.
+    tables = tmp_path / "data" / "tables"
+    tables.mkdir(parents=True)
+    (tables / "d.json").write_text(SEED_TABLE)
+    with run_server(tmp_path / "data", extra_env={"DEFAULT_LOOKUP_TABLE": "d.json"}) as srv:
+        r = httpx.post(f"{srv.url}/predict/single/{SEED_PATH}", json={"trace": {"input_tokens": 1}, "lookup_table": True})
+        assert r.status_code == 200
+        assert metric_value(httpx.get(f"{srv.url}/metrics").text, "predictor_predictions_total", model="table:d.json") == 1
+        (tables / "d.json").unlink()
+        health = httpx.get(f"{srv.url}/health").json()
+        assert (health["mode"], health["lookup_table"], health["lookup_predictor_loaded"]) == ("default", None, False)
+        assert health["lookup_table_error"].endswith("d.json': no such file")
+        assert 'model="table:d.json"' not in httpx.get(f"{srv.url}/metrics").text
+        r = httpx.post(f"{srv.url}/predict/single/{SEED_PATH}", json={"trace": {"input_tokens": 1}, "lookup_table": True})
+        assert r.status_code == 422 and "no default lookup table is loaded" in r.json()["message"]
 
 
 def test_bad_default_lookup_table_leaves_the_service_running(tmp_path):

@@ -226,11 +226,7 @@ class LookupTableStore:
         try:
             signature = file_stamp(path)
         except FileNotFoundError:
-            if table is not None:
-                with self._lock:
-                    if self.default_table is table:
-                        self.default_table = self.default_signature = None
-                        self.default_error = f"DEFAULT_LOOKUP_TABLE {str(path)!r}: no such file"
+            self._let_go_of_default(table, path)
             return None
         except OSError:
             return table
@@ -263,14 +259,39 @@ class LookupTableStore:
                 self.default_signature = signature
                 return self.default_table
 
+    def _let_go_of_default(self, table: LookupTable | None, path: Path) -> None:
+        """The default ``table``, loaded from ``path``, whose file is gone: no longer served."""
+        if table is not None:
+            with self._lock:
+                if self.default_table is table:
+                    self.default_table = self.default_signature = None
+                    self.default_error = f"DEFAULT_LOOKUP_TABLE {str(path)!r}: no such file"
+
     def default_state(self) -> tuple[str | None, bool, str | None]:
         """``(name, loaded, error)`` of the default table, read together.
 
         Nothing is loaded here: ``/health`` answers at once, and a table file that
-        appeared or changed is loaded by the first lookup that needs it.
+        appeared or changed is loaded by the first lookup that needs it. A default whose
+        file is gone (deleted by another worker, or by hand) is let go here, at the cost of
+        a stat: ``/health`` went on saying ``mode: "lookup_table"`` while every lookup of
+        it was a 422, until a lookup in this worker noticed.
         """
+        self._let_go_of_default_if_gone()
         with self._lock:
             return self.default_name, self.default_table is not None, self.default_error
+
+    def _let_go_of_default_if_gone(self) -> None:
+        """Let go of the default table if its file is gone (a stat; nothing is loaded)."""
+        with self._lock:
+            table, path = self.default_table, self.default_path
+        if table is None or path is None:
+            return
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            self._let_go_of_default(table, path)
+        except OSError:
+            pass  # not to be looked at: a lookup serves the copy loaded, as it would
 
     # ------------------------------------------------------------------ loading through the sidecar
 
@@ -318,6 +339,7 @@ class LookupTableStore:
 
     def served_names(self) -> list[str]:
         """The names a prediction can ask for now: the tables' files, then the default table's."""
+        self._let_go_of_default_if_gone()  # (its series in /metrics go with it)
         names = self.names()
         if self.default_name and self.default_table is not None and self.default_name not in names:
             names.append(self.default_name)
