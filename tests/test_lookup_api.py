@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+from urllib.parse import quote
 
 import httpx
 import orjson
 import pytest
 
 from swarmpilot_predictor.client import AsyncPredictorClient, PredictorClient, PredictorClientError
+from swarmpilot_predictor.identity import ModelIdentity
 
 from .conftest import IDENTITY, make_llm_traces, metric_value, run_server
 from .test_lookup import SEED_TABLE
@@ -262,6 +264,27 @@ def test_clients_cover_the_table_endpoints(live, tmp_path):
     res, names, data = asyncio.run(run())
     assert res["rows"] == 10 and "async.csv" in names and data.startswith(b"input_tokens,output_tokens")
     assert res["knot_levels"] == [] and b"knot_" not in data.split(b"\n")[0]  # knots=0: none, as tables were before
+
+
+def test_a_generation_counts_its_traces_and_their_failures_in_the_metrics(tmp_path):
+    # The repeat records added beside first runs were counted as traces predicted (78 for
+    # 60 traces here), and the traces that could not be predicted as no error at all.
+    from .conftest import cold_start_traces, trained_in_process
+
+    vision = {**IDENTITY, "model_type": "vision"}
+    data = trained_in_process(tmp_path / "data", {"model": vision, "traces": cold_start_traces(400)[0]})
+    later = [{k: v for k, v in t.items() if k != "runtime_ms"} for t in cold_start_traces(60, seed=3)[0]]
+    later += [{"batch_size": 2}] * 4  # no image_size: not predicted
+    path = "/".join(quote(vision[k], safe="") for k in IDENTITY)
+    with run_server(data) as srv:
+        r = httpx.post(f"{srv.url}/predict/table/{path}", files={"trace_file": ("later.jsonl", jsonl(later))},
+                       data={"table_name": "later.json"}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert (r.json()["rows"], r.json()["repeats_added"], r.json()["failed"]) == (78, 18, 4)
+        text = httpx.get(f"{srv.url}/metrics").text
+    key = ModelIdentity.from_parts(vision).key
+    assert metric_value(text, "predictor_predictions_total", model=key, source="table_generation") == 60
+    assert metric_value(text, "predictor_prediction_errors_total", model=key) == 4
 
 
 def test_default_lookup_table_at_start(tmp_path):

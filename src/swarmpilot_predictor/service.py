@@ -874,7 +874,11 @@ class PredictorService:
             knots=knots,
         )
         result["model_key"] = identity.key
-        self.metrics.predictions.labels(identity.key, "table_generation").inc(result["rows"])
+        # Traces, as the other sources count: not the repeat records added beside first runs
+        # (counted with them until 2026-12-07), and those that failed are errors, as a batch's are.
+        self.metrics.predictions.labels(identity.key, "table_generation").inc(result["rows"] - result["repeats_added"])
+        if result["failed"]:
+            self.metrics.prediction_errors.labels(identity.key).inc(result["failed"])
         if not own_path:
             result["load_seconds"] = self._ready_to_serve(out_path.name)
         return result
