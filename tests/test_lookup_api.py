@@ -333,6 +333,22 @@ def test_health_and_metrics_let_go_of_a_default_table_whose_file_is_gone(tmp_pat
         assert r.status_code == 422 and "no default lookup table is loaded" in r.json()["message"]
 
 
+def test_health_lets_go_of_a_named_table_whose_file_is_gone(tmp_path):
+    # Deleted by another worker (or by hand), the only table still counted as loaded here:
+    # lookup_predictor_loaded stayed true until a lookup or /tables in this worker noticed.
+    tables = tmp_path / "data" / "tables"
+    tables.mkdir(parents=True)
+    (tables / "t.json").write_text(SEED_TABLE)
+    with run_server(tmp_path / "data") as srv:
+        assert httpx.get(f"{srv.url}/health").json()["lookup_predictor_loaded"] is False
+        r = httpx.post(f"{srv.url}/predict/single/{SEED_PATH}",
+                       json={"trace": {"input_tokens": 1}, "lookup_table": True, "lookup_table_name": "t.json"})
+        assert r.status_code == 200
+        assert httpx.get(f"{srv.url}/health").json()["lookup_predictor_loaded"] is True
+        (tables / "t.json").unlink()
+        assert httpx.get(f"{srv.url}/health").json()["lookup_predictor_loaded"] is False
+
+
 def test_bad_default_lookup_table_leaves_the_service_running(tmp_path):
     bad = tmp_path / "broken.json"
     bad.write_text(SEED_TABLE[:120])

@@ -117,6 +117,20 @@ class LookupTableStore:
 
     @property
     def loaded_count(self) -> int:
+        """The tables held in memory that can still serve: those whose file is gone (deleted
+        by another worker, or by hand) are let go first (a stat each, of at most
+        ``max_loaded`` and the default), or ``/health``'s ``lookup_predictor_loaded`` stayed
+        true with no table left, until a lookup or ``/tables`` in this worker noticed."""
+        self._let_go_of_default_if_gone()
+        with self._lock:
+            held = list(self._cache)
+        for name in held:
+            try:
+                os.stat(self.root / name)
+            except FileNotFoundError:
+                self._forget(name)
+            except OSError:
+                pass  # not to be looked at: kept, as a lookup would keep it
         with self._lock:
             return len(self._cache) + (1 if self.default_table is not None else 0)
 
