@@ -1333,6 +1333,21 @@ def test_interrupting_a_training_over_http_says_the_service_may_finish_it(tmp_pa
                                                                 "this training and store its version")
 
 
+def test_interrupting_a_table_over_http_says_the_service_may_write_it(tmp_path, monkeypatch):
+    # It ended quietly with 130, while the service went on and wrote the table.
+    from swarmpilot_predictor.client import PredictorClient
+
+    def interrupted(self, *args, **kwargs):  # Ctrl-C while the service predicts the file
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PredictorClient, "generate_table", interrupted)
+    (tmp_path / "traces.jsonl").write_bytes(b'{"input_tokens": 1}\n')
+    result = runner.invoke(cli.app, ["table", "llm/m/h/s/v", str(tmp_path / "traces.jsonl"),
+                                     "--url", "http://127.0.0.1:1"])
+    assert result.exit_code == 130 and result.output == (
+        "error: interrupted: the service may still write this table (see `tables --url http://127.0.0.1:1`)\n")
+
+
 def test_either_name_of_the_metrics_directory_variable_is_the_operators(monkeypatch):
     # prometheus_client reads both names: `serve --workers` set a fresh directory of its own
     # over an operator's lower-case one, which the start-up check had just approved.

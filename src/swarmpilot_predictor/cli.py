@@ -807,8 +807,14 @@ def table_cmd(
         _fail("--format is json or csv")
     _confidence_arg(confidence_level)
     if url:
-        with _remote(url, {"table_name": "--output", "format": "--format", "knots": "--knots"}) as client:
-            result = client.generate_table(pattern.as_tuple(), trace_file, confidence_level, output, fmt, knots=knots)
+        try:
+            with _remote(url, {"table_name": "--output", "format": "--format", "knots": "--knots"}) as client:
+                result = client.generate_table(pattern.as_tuple(), trace_file, confidence_level, output, fmt,
+                                               knots=knots)
+        except KeyboardInterrupt:
+            # The upload was sent (or being sent): the service writes the table all the same, as
+            # an interrupted `train --url` says of its version.
+            _fail(f"interrupted: the service may still write this table (see `tables --url {url}`)", code=130)
     else:
         out_path = None
         name = output
