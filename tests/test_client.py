@@ -1571,3 +1571,30 @@ def test_every_public_method_of_both_clients_says_what_it_does():
         assert {name for name, m in methods.items() if not inspect.getdoc(m)} == set()
     for name in ("predict_single", "queue_wait", "train", "observe", "get_prediction_range"):
         assert getattr(AsyncPredictorClient, name).__doc__ == getattr(PredictorClient, name).__doc__
+
+
+def test_a_refused_base_url_never_quotes_its_password(port):
+    # A password with a '/', '?' or '#' not percent-encoded ends the host part where urlsplit
+    # looks (no password found), and an unclosed '[' is urlsplit's ValueError: the refusal
+    # quoted the URL whole, password and all, and httpx's "Invalid port: 's3c'" a piece of it.
+    for url, shown in ((f"http://user:s3c/ret@127.0.0.1:{port}", f"'http://user:***@127.0.0.1:{port}'"),
+                       (f"http://user:s3c?ret@127.0.0.1:{port}", f"'http://user:***@127.0.0.1:{port}'"),
+                       (f"http://user:s3c#ret@127.0.0.1:{port}/pre", f"'http://user:***@127.0.0.1:{port}/pre'"),
+                       ("http://user:s3cret@[::1:8200", "'http://user:***@[::1:8200'")):
+        for make in (PredictorClient, AsyncPredictorClient):
+            with pytest.raises(InvalidRequestError) as refused:
+                make(url)
+            message = refused.value.message
+            assert refused.value.field == "base_url" and f"base_url {shown} is not the URL" in message, message
+            assert "s3c" not in message and "ret@" not in message, message
+    with pytest.raises(InvalidRequestError) as refused:
+        PredictorClient(f"http://user:s3c/ret@127.0.0.1:{port}")
+    assert refused.value.message.endswith("a '/', '?', '#' or '@' in a password must be percent-encoded)")
+    with pytest.raises(InvalidRequestError) as refused:  # a port misread with no password: httpx's words kept
+        PredictorClient("http://user@localhost:abc")
+    assert refused.value.message.endswith("Invalid port: 'abc'")
+    # The same password percent-encoded is a URL the client takes, and errors show it as ***.
+    with PredictorClient(f"http://user:s3c%2Fret@127.0.0.1:{port}", retries=0) as client, \
+            pytest.raises(PredictorUnavailableError) as err:
+        client.ping()
+    assert err.value.message.startswith(f"cannot reach the predictor at http://user:***@127.0.0.1:{port}:")

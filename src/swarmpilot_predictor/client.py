@@ -970,9 +970,27 @@ def _base_url(value: Any) -> str:
     except httpx.InvalidURL as exc:
         problem = str(exc)
     if problem:
-        raise InvalidRequestError(f"base_url {_shown_url(value)!r} is not the URL of a service, such as http://localhost:8200: "
+        shown_url, hidden = _shown_refused_url(value)
+        if hidden and any(quoted and quoted in hidden for quoted in re.findall(r"'([^']*)'", problem)):
+            # httpx's words quote what it misread, a piece of the password ("Invalid port: 's3c'").
+            problem = "it is not a valid URL (a '/', '?', '#' or '@' in a password must be percent-encoded)"
+        raise InvalidRequestError(f"base_url {shown_url!r} is not the URL of a service, such as http://localhost:8200: "
                                   f"{problem}", field="base_url")
     return value.rstrip("/")
+
+
+def _shown_refused_url(url: str) -> tuple[str, str]:
+    """A refused ``url`` as its error shows it, and the text hidden. A URL that does not parse
+    may still hold a password (``http://user:pa/ss@host``: a '/', '?' or '#' in it ends the
+    host part where urlsplit and httpx look, and an unclosed ``[`` is a ValueError): all from
+    the first ':' after ``//`` to the last '@' is shown as ``***``, as :func:`_shown_url` does."""
+    shown = _shown_url(url)
+    head, sep, rest = url.partition("//")
+    at = rest.rfind("@")
+    colon = rest.find(":", 0, at) if sep and at >= 0 else -1
+    if shown != url or colon < 0:
+        return shown, ""
+    return f"{head}//{rest[:colon]}:***{rest[at:]}", rest[colon + 1:at]
 
 
 def _shown_url(url: str) -> str:
