@@ -1598,3 +1598,19 @@ def test_a_refused_base_url_never_quotes_its_password(port):
             pytest.raises(PredictorUnavailableError) as err:
         client.ping()
     assert err.value.message.startswith(f"cannot reach the predictor at http://user:***@127.0.0.1:{port}:")
+
+
+def test_a_base_url_whose_host_is_no_domain_name_is_refused_naming_it():
+    # "xn--a-" raised idna's IDNAError from the constructor; a label over 63 characters or an
+    # empty one was taken, and every call raised UnicodeError ("encoding with 'idna' codec failed").
+    for url, said in (("http://xn--invalid-.com:8200", "A-label must not end with a hyphen"),
+                      ("http://" + "a" * 64 + ".example:8200", "label empty or too long"),
+                      ("http://a..b:8200", "label empty or too long")):
+        for make in (PredictorClient, AsyncPredictorClient):
+            with pytest.raises(InvalidRequestError) as refused:
+                make(url)
+            assert refused.value.field == "base_url"
+            assert refused.value.message.endswith(f"its host is not a valid domain name ({said})"), refused.value.message
+    host = "a" * 63  # the longest label, an IPv6 address and a trailing dot are names all the same
+    for url in (f"http://{host}.example:8200", "http://[::1]:8200", "http://localhost.:8200"):
+        PredictorClient(url).close()

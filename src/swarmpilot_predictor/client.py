@@ -961,6 +961,9 @@ def _base_url(value: Any) -> str:
         url = httpx.URL(value)
         problem = ("its scheme is not http or https" if url.scheme not in ("http", "https")
                    else "it names no host" if not url.host
+                   # (connecting, the socket layer raised UnicodeError for such a host)
+                   else f"its host is not a valid domain name ({_cause_of_idna(url.raw_host)})"
+                   if _cause_of_idna(url.raw_host)
                    else f"its port {url.port} is not between 1 and 65535" if url.port is not None
                    and not 1 <= url.port <= 65535
                    # httpx appends each request's path after the query: every call went to the
@@ -969,6 +972,8 @@ def _base_url(value: Any) -> str:
                    if b"?" in url.raw_path else None)
     except httpx.InvalidURL as exc:
         problem = str(exc)
+    except UnicodeError as exc:  # url.host decodes an A-label ("xn--a-"): idna's IDNAError
+        problem = f"its host is not a valid domain name ({exc})"
     if problem:
         shown_url, hidden = _shown_refused_url(value)
         if hidden and any(quoted and quoted in hidden for quoted in re.findall(r"'([^']*)'", problem)):
@@ -977,6 +982,16 @@ def _base_url(value: Any) -> str:
         raise InvalidRequestError(f"base_url {shown_url!r} is not the URL of a service, such as http://localhost:8200: "
                                   f"{problem}", field="base_url")
     return value.rstrip("/")
+
+
+def _cause_of_idna(host: bytes) -> str | None:
+    """Why ``host`` (a URL's, as sent) cannot be looked up, as the socket layer encodes it
+    (a label empty or over 63 characters); None where it can."""
+    try:
+        host.decode("ascii").encode("idna")
+    except UnicodeError as exc:
+        return str(exc.__cause__ or exc)
+    return None
 
 
 def _shown_refused_url(url: str) -> tuple[str, str]:
