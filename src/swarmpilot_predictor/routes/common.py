@@ -77,7 +77,7 @@ def table_failure(exc: PredictorError) -> JSONResponse:
     with the HTTP status of the error."""
     message = cut(exc.message, _MOST_MESSAGE)
     body: dict[str, Any] = {"status": "failed", "path": None, "message": message, "detail": message}
-    if exc.field:
+    if exc.field is not None:  # a part named "" is named too, as error_response names it
         body["field"] = cut(exc.field, _MOST_FIELD)
     return JSONResponse({**body, **exc.extra}, status_code=exc.status_code)
 
