@@ -193,14 +193,16 @@ def test_observe_bad_input_is_a_clear_4xx(tmp_path):
 
 def test_an_observations_folder_that_is_a_symbolic_link_is_neither_written_nor_deleted_through(tmp_path):
     # Followed, /observe appended to a file wherever the link led, outside the data directory,
-    # and deleting the model removed the files there.
+    # and deleting the model removed the files there; /accuracy (a read open without the API
+    # key) answered the retraining decisions of a file there.
+    decision = b'{"status":"kept","from_version":1,"at":1.0,"message":"not the service\'s"}\n'
     other = {**IDENTITY, "model_name": "unlinked"}
     trained_in_process(tmp_path / "data", {"model": IDENTITY, "traces": make_llm_traces(100), "algorithm": "linear"},
                        {"model": other, "traces": make_llm_traces(100), "algorithm": "linear"})
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "obs-000001.jsonl").write_bytes(b"not the service's\n")
-    (elsewhere / "retraining.jsonl").write_bytes(b"nor this\n")
+    (elsewhere / "retraining.jsonl").write_bytes(decision)
     folder = tmp_path / "data" / "observations" / ModelIdentity.from_parts(IDENTITY).dirname
     folder.parent.mkdir(exist_ok=True)
     folder.symlink_to(elsewhere, target_is_directory=True)
@@ -212,12 +214,13 @@ def test_an_observations_folder_that_is_a_symbolic_link_is_neither_written_nor_d
         assert refused.value.status_code == 500
         assert "is a symbolic link, which the service does not follow" in refused.value.message
         assert ModelIdentity.from_parts(IDENTITY).key in refused.value.message
-        assert client.accuracy(IDENTITY)["observations"] == 0
+        accuracy = client.accuracy(IDENTITY)
+        assert accuracy["observations"] == 0 and accuracy["retraining"] == []
         assert httpx.post(f"{srv.url}/models/{path}/retrain").status_code == 500
         assert client.observe(other, make_llm_traces(5, seed=1))["accepted"] == 5
         assert client.delete_model(IDENTITY)["deleted_versions"] == [1]
     assert (elsewhere / "obs-000001.jsonl").read_bytes() == b"not the service's\n"
-    assert (elsewhere / "retraining.jsonl").read_bytes() == b"nor this\n"
+    assert (elsewhere / "retraining.jsonl").read_bytes() == decision
     assert sorted(p.name for p in elsewhere.iterdir()) == ["obs-000001.jsonl", "retraining.jsonl"]
 
 

@@ -291,9 +291,14 @@ class DecisionLog:
 
     def read(self, identity: ModelIdentity, limit: int | None = None) -> list[dict[str, Any]]:
         """The stored decisions, oldest first (the newest ``limit`` when given); lines that are
-        not a decision (torn by a crash, edited by hand) are skipped."""
+        not a decision (torn by a crash, edited by hand) are skipped. Their folder, the model's
+        observations', is not read through where it is a symbolic link (see refuse_linked_folder):
+        /accuracy answered the decisions of a file wherever it led, outside the data directory."""
+        path = self._path(identity)
+        if path.parent.is_symlink():  # (ObservationLog warns of the folder once)
+            return []
         try:
-            data = read_regular(self._path(identity))
+            data = read_regular(path)
         except FileNotFoundError:
             return []
         except OSError as exc:  # not a regular file (a FIFO, a device): no decisions to read
