@@ -474,3 +474,29 @@ def test_a_head_of_a_table_reads_none_of_it(tmp_path):
     assert head.headers["content-type"] == get.headers["content-type"]
     assert len(get.content) == 2_700_000 and sum(read) == 2_700_000  # the GET's reads alone
     app.state.service.close()
+
+
+def test_a_sidecar_folder_that_is_a_symbolic_link_is_neither_written_nor_cleaned_through(tmp_path):
+    # tables/.index linked elsewhere: the start's clean-up removed every .npz file (and every
+    # stale ".*.tmp") wherever it led, outside the data directory, and loads wrote sidecars there.
+    import os
+    import time
+
+    tables = tmp_path / "data" / "tables"
+    tables.mkdir(parents=True)
+    (tables / "t.json").write_text(SEED_TABLE)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "experiment.npz").write_bytes(b"not the service's")
+    (elsewhere / ".draft.tmp").write_bytes(b"nor this")
+    an_hour_ago = time.time() - 3600
+    os.utime(elsewhere / ".draft.tmp", (an_hour_ago, an_hour_ago))
+    (tables / ".index").symlink_to(elsewhere, target_is_directory=True)
+    with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
+        for _ in range(2):  # loaded (parsed: no sidecar), then from the cache
+            answer = client.predict_single(("gpt-3.5-turbo", None, "A100", None, None), {"input_tokens": 1},
+                                           lookup_table_name="t.json")
+            assert answer.results.expect == 150.0
+        assert client.delete_table("t.json") == {"status": "success", "deleted": "t.json"}
+    assert sorted(p.name for p in elsewhere.iterdir()) == [".draft.tmp", "experiment.npz"]
+    assert (elsewhere / "experiment.npz").read_bytes() == b"not the service's"

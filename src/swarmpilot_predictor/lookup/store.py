@@ -47,8 +47,12 @@ class LookupTableStore:
     def __init__(self, root: Path, default: str | None = None, max_loaded: int = 8):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        if self._sidecars_linked():
+            log.warning("lookup tables: their sidecar folder %s is a symbolic link, which the service does not follow: "
+                        "tables are parsed at each load, and nothing there is written or deleted", self.root / ".index")
         for d in (self.root, self.root / ".index"):  # what a generation or sidecar killed midway left
-            remove_stale_temps(d)
+            if d == self.root or not self._sidecars_linked():
+                remove_stale_temps(d)
         self.max_loaded = max_loaded
         self._lock = threading.RLock()
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
@@ -65,11 +69,20 @@ class LookupTableStore:
             self.load_default(default)
         self._remove_orphan_sidecars()
 
+    def _sidecars_linked(self) -> bool:
+        """Whether the sidecar folder (``.index``) is a symbolic link: it is then neither read,
+        written nor deleted through (the start's clean-up removed every ``.npz`` and stale
+        temporary file wherever it led, outside the data directory). The table directory itself
+        may be one (to a larger disk): its ``.index`` is the service's own folder inside it."""
+        return (self.root / ".index").is_symlink()
+
     def _remove_orphan_sidecars(self) -> None:
         """Remove the sidecars of table files gone (deleted by hand, or renamed): each path a
         table ever had kept one, for ever. A sidecar of a table made meanwhile by another
         worker may go too; it is only written again at that table's next load."""
         index_dir = self.root / ".index"
+        if self._sidecars_linked():
+            return
         try:
             sidecars = [e for e in os.scandir(index_dir) if e.name.endswith(".npz") and e.is_file(follow_symlinks=False)]
         except OSError:
@@ -318,6 +331,8 @@ class LookupTableStore:
         return self.root / ".index" / f"{short}.{digest}.npz"
 
     def _load(self, path: Path, name: str, signature: tuple) -> LookupTable:
+        if self._sidecars_linked():
+            return LookupTable.load(path, name=name)
         index = self.index_path(path)
         # The sidecar must match the file's stat signature and the bytes at both of its ends:
         # a file rewritten in place with the same size and time is still noticed.
@@ -434,7 +449,8 @@ class LookupTableStore:
         finally:
             self._forget(name)
         try:
-            index.unlink(missing_ok=True)
+            if not self._sidecars_linked():
+                index.unlink(missing_ok=True)
         except OSError as exc:  # the table is gone; a sidecar left behind is only disk space
             log.warning("lookup table %s deleted, but not its sidecar %s: %s", name, index, exc)
         if name == self.default_name:
