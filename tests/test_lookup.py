@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -1791,6 +1792,23 @@ def test_a_table_saved_as_utf16_says_so(tmp_path):
     path = tmp_path / "sheet.csv"
     path.write_bytes(text.encode("utf-16"))
     with pytest.raises(TraceError, match=r"sheet\.csv: the file is UTF-16 text .*; save it as UTF-8$"):
+        LookupTable.load(path)
+
+
+@pytest.mark.parametrize(("name", "text", "said"), [
+    ("sheet.csv", "x,expect,error,quantile_0.5,quantile_0.9\ncaf\u00e9,10,1,10,12\n", "byte 0xe9"),
+    ("t.jsonl", '{"x": "caf\u00e9", "expect": 10, "error": 1, "quantiles": [0.5, 0.9], "quantile_predictions": [10, 12]}\n',
+     "line 1: byte 0xe9 at column 11"),
+    ("t.json", '[{"x": "caf\u00e9", "expect": 10, "error": 1, "quantiles": [0.5, 0.9], "quantile_predictions": [10, 12]}]',
+     "byte 0xe9"),
+])
+def test_a_table_saved_as_latin1_names_the_byte(tmp_path, name, text, said):
+    # Read the same way as trace files: it was the codec's words ("it may be truncated"), or
+    # orjson's about surrogates.
+    path = tmp_path / name
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(TraceError, match=rf"^{re.escape(name)}: {said} is not UTF-8 text \(is the file latin-1 or "
+                                         r"Windows-1252\?\); save it as UTF-8$"):
         LookupTable.load(path)
 
 

@@ -363,6 +363,19 @@ def test_a_file_in_another_encoding_is_named_so(tmp_path, name, content, said):
         list(iter_trace_file(tmp_path / name))
 
 
+@pytest.mark.parametrize("text", [
+    '[{"runtime_ms": 1.5, "name": "caf\u00e9"}]',  # read by the incremental decoder
+    '[\n{"runtime_ms": 1.5, "name": "a"},\n{"runtime_ms": 2.5, "name": "caf\u00e9"}\n]\n',  # one record a line
+    '{"traces": [{"runtime_ms": 1.5, "name": "caf\u00e9"}]}',
+])
+def test_a_json_file_in_latin1_names_the_byte(tmp_path, text):
+    # Said for .jsonl and .csv files; a .json file's was the codec's error, "it may be truncated".
+    (tmp_path / "t.json").write_bytes(text.encode("latin-1"))
+    with pytest.raises(TraceError, match=r"^t\.json: byte 0xe9 is not UTF-8 text \(is the file latin-1 or "
+                                         r"Windows-1252\?\); save it as UTF-8$"):
+        list(iter_trace_file(tmp_path / "t.json"))
+
+
 @pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
 def test_a_jsonl_line_that_spells_nan_says_so(tmp_path, token):
     # Python's json writes them by default; the line was "unexpected character ... at column 35".

@@ -339,17 +339,18 @@ def line_json_problem(exc: json.JSONDecodeError) -> str:
     return f"{exc.msg} at column {exc.colno}"
 
 
-def _not_utf8(exc: UnicodeDecodeError, where: str = "") -> str:
+def not_utf8(exc: UnicodeDecodeError, where: str = "") -> str:
+    """Why a file that ``exc`` stopped is refused, naming the byte (and ``where`` it is)."""
     return (f"byte 0x{exc.object[exc.start]:02x}{where} is not UTF-8 text (is the file latin-1 or "
             "Windows-1252?); save it as UTF-8")
 
 
-def _not_utf8_in(line: bytes) -> str | None:
+def not_utf8_in(line: bytes) -> str | None:
     """Where a line that does not parse is not UTF-8 (orjson says "surrogates not allowed")."""
     try:
         line.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return _not_utf8(exc, f" at column {exc.start + 1}")
+        return not_utf8(exc, f" at column {exc.start + 1}")
     return None
 
 
@@ -448,8 +449,8 @@ def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Ite
                 try:
                     obj = _json_loads(line)
                 except orjson.JSONDecodeError as exc:
-                    if not_utf8 := _not_utf8_in(line):
-                        raise TraceError(f"{source}: line {lineno}: {not_utf8}") from None
+                    if said := not_utf8_in(line):
+                        raise TraceError(f"{source}: line {lineno}: {said}") from None
                     said = _constant_in(line) or line_json_problem(exc)
                     raise TraceError(f"{source}: line {lineno} is not valid JSON ({said})") from None
                 yield _normalize_at(obj, source, f"line {lineno}")
@@ -499,7 +500,7 @@ def iter_trace_stream(raw: IO[bytes], fmt: str, source: str = "<upload>") -> Ite
         else:  # pragma: no cover - guarded by trace_file_format
             raise TraceError(f"unknown trace format {shown(fmt)}")
     except UnicodeDecodeError as exc:  # (its position counts from a block's start, not the file's)
-        raise TraceError(f"{source}: {_not_utf8(exc)}") from None
+        raise TraceError(f"{source}: {not_utf8(exc)}") from None
     except (OSError, EOFError, csv.Error) as exc:
         # Truncated gzip streams, binary garbage and CSV fields beyond the csv module's limit.
         raise TraceError(f"{source}: cannot read the file ({exc}); it may be truncated or not what its name says") from None
@@ -564,7 +565,9 @@ def iter_json_array(raw: IO[bytes], source: str, line_mode: bool = True, constan
         else:
             with text_view(stream, newline=None) as text:
                 yield from _iter_incremental(text, source, constants, member)
-    except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as exc:
+    except UnicodeDecodeError as exc:  # a latin-1 byte, say: named, as in a .jsonl or .csv file
+        raise TraceError(f"{source}: {not_utf8(exc)}") from None
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise TraceError(f"{source}: cannot read the file ({exc}); it may be truncated or not what its name says") from None
 
 

@@ -43,6 +43,8 @@ from ..traces import (
     dumps_json,
     iter_json_array,
     line_json_problem,
+    not_utf8,
+    not_utf8_in,
     text_view,
 )
 from .names import CSV_PREDICTION_COLUMNS, KNOT_PREFIX, QUANTILE_PREFIX, SHAPE_FEATURES, WRITABLE_FORMATS, knot_column_level
@@ -68,6 +70,8 @@ def iter_jsonl_records(raw: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
             try:
                 yield f"line {lineno}", orjson.loads(line)
             except orjson.JSONDecodeError as exc:
+                if said := not_utf8_in(line):  # (orjson says "surrogates not allowed")
+                    raise TraceError(f"{name}: line {lineno}: {said}") from None
                 raise TraceError(f"{name}: line {lineno}: not a valid JSON record ({line_json_problem(exc)}); "
                                  "the file may be truncated") from None
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
@@ -184,7 +188,9 @@ def _csv_records(text: IO[str], name: str) -> Iterator[tuple[str, Any]]:
     except csv.Error as exc:
         # (an unclosed quote took every row after it into one cell, without a word, before strict)
         raise TraceError(f"{name}: line {row_line}: {csv_problem(exc, '; the file may be truncated')}") from None
-    except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as exc:
+    except UnicodeDecodeError as exc:  # a latin-1 byte, say: named, as in a CSV trace file
+        raise TraceError(f"{name}: {not_utf8(exc)}") from None
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise TraceError(f"{name}: cannot read the CSV table ({exc}); it may be truncated") from None
 
 
