@@ -202,6 +202,29 @@ def test_a_word_the_model_read_as_missing_is_stored_as_missing(tmp_path):
         service.close()
 
 
+@pytest.mark.parametrize("feature", [" gpu", "gpu ", "gpu\t"])
+def test_a_feature_named_with_spaces_around_it_makes_a_json_table_only(tmp_path, feature):
+    # A CSV table's header names are read without the spaces around them (a hand-written
+    # "x, gpu"): the table the service wrote for a feature " gpu" read it as "gpu", and
+    # every lookup failed with "missing required feature 'gpu'".
+    rng = np.random.default_rng(3)
+    traces = [{"input_tokens": int(rng.integers(10, 500)), feature: ["a100", "h100"][k % 2],
+               "runtime_ms": float(rng.uniform(5, 9)) * (3 if k % 2 else 1)} for k in range(80)]
+    service = PredictorService(PredictorSettings(data_dir=tmp_path / "d"))
+    try:
+        service.train(TrainConfig(model=IDENTITY, traces=traces, algorithm="linear"))
+        path = tmp_path / "d" / "t.jsonl"
+        path.write_bytes(b"\n".join(orjson.dumps(t) for t in traces[:10]))
+        with pytest.raises(InvalidInput, match=r"start or end with whitespace, .*: make a JSON table") as info:
+            service.generate_table(PATTERN, path, 0.9, "t.csv")
+        assert info.value.field == "format" and not (tmp_path / "d" / "tables" / "t.csv").exists()
+        service.generate_table(PATTERN, path, 0.9, "t.json")
+        got = service.predict(PATTERN, traces[:2], 0.9, lookup_table=True, lookup_table_name="t.json").results()
+        assert [r["match"] for r in got] == ["exact", "exact"]
+    finally:
+        service.close()
+
+
 @pytest.mark.parametrize("feature", ["message", "status", "error", "quantile_bits", "knot_0.5"])
 def test_a_feature_named_like_a_csv_tables_own_column_makes_a_json_table_only(tmp_path, feature):
     # A CSV table's features are columns beside its own: a feature "status" or "error" made

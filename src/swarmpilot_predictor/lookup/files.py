@@ -425,6 +425,12 @@ class _TableGeneration:
             raise InvalidInput(f"feature(s) {', '.join(map(shown, taken))} have the name of a CSV table's own column "
                                f"(status, expect, error, message, quantile_<level>, knot_<level>...): make a JSON table",
                                field="format")
+        if fmt == "csv" and (spaced := [n for n in self.names if n != n.strip()]):
+            # A CSV table's header names are read without the spaces around them (a hand-written
+            # 'x, gpu'): a feature ' gpu' was read back as 'gpu', and every lookup of the table
+            # failed with "missing required feature 'gpu'".
+            raise InvalidInput(f"feature(s) {', '.join(map(shown, spaced))} start or end with whitespace, which a CSV "
+                               "table's header does not keep: make a JSON table", field="format")
         self.schema, self.model, self.fmt, self.out_path = schema, model, fmt, out_path
         self.levels = [float(q) for q in levels]
         self.model_version, self.confidence_level = model_version, confidence_level
