@@ -435,6 +435,26 @@ main()
     assert (done.returncode, done.stdout, done.stderr) == (130, "", "")
 
 
+def test_an_import_of_the_cli_that_fails_leaves_python_its_ctrl_c():
+    # The quiet handler is set while the module's imports run: where one failed and the
+    # importer went on without the module, the handler stayed, and a later Ctrl-C ended the
+    # importer with SystemExit(130), past its own KeyboardInterrupt handling.
+    import subprocess
+    import sys
+
+    importer = """
+import signal, sys
+sys.modules["rich.markup"] = None  # an import that fails
+try:
+    import swarmpilot_predictor.cli
+except ImportError:
+    pass
+print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+"""
+    done = subprocess.run([sys.executable, "-c", importer], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout.strip()) == (0, "True"), done.stderr
+
+
 def test_a_name_stdout_cannot_encode_is_printed_escaped(tmp_path, data):
     # Under PYTHONIOENCODING=ascii (or a Latin-1 locale) a model on "Grace Hopper ü" ended
     # `models` in a traceback.

@@ -19,34 +19,37 @@ _QUIET_IMPORT = (threading.current_thread() is threading.main_thread()
 if _QUIET_IMPORT:
     signal.signal(signal.SIGINT, _interrupted_while_importing)
 
-import contextlib
-import datetime
-import os
-import shutil
-import stat
-import sys
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any, NoReturn, Optional
-from urllib.parse import unquote
+try:
+    import contextlib
+    import datetime
+    import os
+    import shutil
+    import stat
+    import sys
+    import tempfile
+    from collections.abc import Iterator
+    from pathlib import Path
+    from typing import Any, NoReturn, Optional
+    from urllib.parse import unquote
 
-import orjson
-import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+    import orjson
+    import typer
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
 
-from .errors import PredictorError, json_kind, validation_message
-from .identity import IDENTITY_KEYS, IdentityPattern
-from .schemas import check_levels, config_from_text, first_run_split
-from .processes import alive, pid_space
-from .settings import (METRICS_DIR, MULTIPROC_ENV, PredictorSettings, listen_problem, multiproc_variable, settings_problem,
-                       startup_problem)
-
-if _QUIET_IMPORT:
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    from .errors import PredictorError, json_kind, validation_message
+    from .identity import IDENTITY_KEYS, IdentityPattern
+    from .schemas import check_levels, config_from_text, first_run_split
+    from .processes import alive, pid_space
+    from .settings import (METRICS_DIR, MULTIPROC_ENV, PredictorSettings, listen_problem, multiproc_variable, settings_problem,
+                           startup_problem)
+finally:
+    # Also where an import failed (an importer that goes on without this module kept the
+    # handler, and its Ctrl-C then ended it with SystemExit, past its own KeyboardInterrupt handling).
+    if _QUIET_IMPORT and signal.getsignal(signal.SIGINT) is _interrupted_while_importing:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Click's plain help: typer's rich panels gave every flag a "<bool>" as if it took a value, and
 # cut the MODEL argument's help, the one place that spells out its five parts, at 80 columns.
