@@ -1614,3 +1614,11 @@ def test_a_base_url_whose_host_is_no_domain_name_is_refused_naming_it():
     host = "a" * 63  # the longest label, an IPv6 address and a trailing dot are names all the same
     for url in (f"http://{host}.example:8200", "http://[::1]:8200", "http://localhost.:8200"):
         PredictorClient(url).close()
+    # Bytes of another encoding in its path or password (lone surrogates, as Python reads
+    # them) are no host's fault, and not quoted: they were said to be the host's.
+    for url in ("http://127.0.0.1:1/\udcff", "http://user:pa\udcffss@127.0.0.1:1"):
+        with pytest.raises(InvalidRequestError) as refused:
+            PredictorClient(url)
+        assert refused.value.field == "base_url" and refused.value.message.endswith(
+            ": it holds a lone surrogate (bytes of another encoding), which is not UTF-8 text")
+    assert refused.value.message.startswith("base_url 'http://user:***@127.0.0.1:1' is not the URL")

@@ -972,6 +972,9 @@ def _base_url(value: Any) -> str:
                    if b"?" in url.raw_path else None)
     except httpx.InvalidURL as exc:
         problem = str(exc)
+    except UnicodeEncodeError:  # a lone surrogate (bytes of another encoding, as Python reads them)
+        # (not quoted: it may lie in the password)
+        problem = "it holds a lone surrogate (bytes of another encoding), which is not UTF-8 text"
     except UnicodeError as exc:  # url.host decodes an A-label ("xn--a-"): idna's IDNAError
         problem = f"its host is not a valid domain name ({exc})"
     if problem:
