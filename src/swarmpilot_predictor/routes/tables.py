@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from ..errors import InvalidInput, PredictorError, shown
+from ..lookup.names import WRITABLE_FORMATS
 from ..lookup.quantiles import KNOT_LIMIT, KNOT_MOST
 from ..service import PredictorService
 from ..settings import PredictorSettings
@@ -34,12 +35,14 @@ TABLE_FORM_SCHEMA = {
             "confidence_level": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "default": 0.95},
             "table_name": {"type": "string", "description": "a file name in the table directory (.json or .csv, "
                                                             "optionally .gz); default: the model's folder name"},
-            "format": {"type": "string", "enum": ["json", "csv"]},
+            "format": {"type": "string", "enum": list(WRITABLE_FORMATS)},
             "knots": {"type": "integer", "minimum": 0, "maximum": KNOT_LIMIT, "default": KNOT_MOST},
         },
         "additionalProperties": False,
     }}}},
 }
+# The fields the route reads: those the schema documents, one list of them.
+TABLE_FORM_FIELDS = tuple(TABLE_FORM_SCHEMA["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"])
 
 
 def add_table_routes(app: FastAPI, service: PredictorService, settings: PredictorSettings, writes: list[Any]) -> None:
@@ -133,8 +136,6 @@ def _table_name_from(request: Request) -> str:
     segs = raw_segments(request.scope, 1)
     return "/".join(segs)
 
-
-TABLE_FORM_FIELDS = ("trace_file", "confidence_level", "table_name", "format", "knots")
 
 
 def _check_table_form(form: FormData) -> None:
