@@ -1368,6 +1368,21 @@ def test_interrupting_a_table_over_http_says_the_service_may_write_it(tmp_path, 
         "error: interrupted: the service may still write this table (see `tables --url http://127.0.0.1:1`)\n")
 
 
+def test_a_password_in_the_url_is_not_printed(tmp_path, monkeypatch):
+    # The client's errors said it as ***; the CLI's own hints quoted --url as typed.
+    from swarmpilot_predictor.client import PredictorClient
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PredictorClient, "generate_table", interrupted)
+    (tmp_path / "traces.jsonl").write_bytes(b'{"input_tokens": 1}\n')
+    result = runner.invoke(cli.app, ["table", "llm/m/h/s/v", str(tmp_path / "traces.jsonl"),
+                                     "--url", "http://ops:s3cret@127.0.0.1:1"])
+    assert result.exit_code == 130 and "s3cret" not in result.output
+    assert "(see `tables --url http://ops:***@127.0.0.1:1`)" in result.output
+
+
 def test_either_name_of_the_metrics_directory_variable_is_the_operators(monkeypatch):
     # prometheus_client reads both names: `serve --workers` set a fresh directory of its own
     # over an operator's lower-case one, which the start-up check had just approved.

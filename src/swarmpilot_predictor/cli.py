@@ -198,6 +198,14 @@ def _as_flag(message: str, field: Optional[str], flags: dict[str, str]) -> str:
     return message
 
 
+def _shown(url: str) -> str:
+    """``--url`` as messages show it: a password in it as ``***``, as the client's errors do
+    (messages end up in logs; the client's own said it so, these quoted it)."""
+    from .client import shown_url
+
+    return shown_url(url)
+
+
 @contextlib.contextmanager
 def _remote(url: str, flags: dict[str, str] | None = None) -> Iterator[Any]:
     """A client of the service at ``url``, sending ``$PREDICTOR_API_KEY`` where set (from the
@@ -220,12 +228,12 @@ def _remote(url: str, flags: dict[str, str] | None = None) -> Iterator[Any]:
                         else f" (the CLI sent {API_KEY_ENV})")
         _fail(f"{exc.status_code}: {message}" if exc.status_code else message)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:  # a URL httpx cannot use
-        _fail(f"cannot talk to the predictor at {url}: {exc}")
+        _fail(f"cannot talk to the predictor at {_shown(url)}: {exc}")
     except OSError as exc:  # a trace file to upload that cannot be read
         _fail(f"{exc.filename or 'a file'}: cannot read it ({exc.strerror or exc})")
     except UnicodeError as exc:  # an argument of bytes that are not UTF-8 (a name, the URL): no request can carry it
         bad = ascii(exc.object[exc.start:exc.end]) if isinstance(exc, UnicodeEncodeError) else str(exc)
-        _fail(f"an argument holds {bad}, which is not UTF-8 text: it cannot be sent to {ascii(url)}")
+        _fail(f"an argument holds {bad}, which is not UTF-8 text: it cannot be sent to {ascii(_shown(url))}")
     except ValueError as exc:  # what the client refuses before sending (an identity part of blanks, say)
         _fail(str(exc))
 
@@ -411,7 +419,7 @@ def train(
         except KeyboardInterrupt:
             # The request was sent: the service trains on and stores the version all the same.
             _fail(f"interrupted: the service may still finish this training and store its version "
-                  f"(see `models --url {url}`)", code=130)
+                  f"(see `models --url {_shown(url)}`)", code=130)
         _print_train(result.model_dump(mode="json", exclude_unset=True), as_json)  # the answer as sent
         return
     try:
@@ -817,7 +825,7 @@ def table_cmd(
         except KeyboardInterrupt:
             # The upload was sent (or being sent): the service writes the table all the same, as
             # an interrupted `train --url` says of its version.
-            _fail(f"interrupted: the service may still write this table (see `tables --url {url}`)", code=130)
+            _fail(f"interrupted: the service may still write this table (see `tables --url {_shown(url)}`)", code=130)
     else:
         out_path = None
         name = output

@@ -857,7 +857,7 @@ class _Base:
         if timeout is not None:
             _check_timeout(timeout, "timeout")
         self.base_url = _base_url(base_url)
-        self._shown_url = _shown_url(self.base_url)
+        self._shown_url = shown_url(self.base_url)
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
@@ -978,11 +978,11 @@ def _base_url(value: Any) -> str:
     except UnicodeError as exc:  # url.host decodes an A-label ("xn--a-"): idna's IDNAError
         problem = f"its host is not a valid domain name ({exc})"
     if problem:
-        shown_url, hidden = _shown_refused_url(value)
+        shown, hidden = _shown_refused_url(value)
         if hidden and any(quoted and quoted in hidden for quoted in re.findall(r"'([^']*)'", problem)):
             # httpx's words quote what it misread, a piece of the password ("Invalid port: 's3c'").
             problem = "it is not a valid URL (a '/', '?', '#' or '@' in a password must be percent-encoded)"
-        raise InvalidRequestError(f"base_url {shown_url!r} is not the URL of a service, such as http://localhost:8200: "
+        raise InvalidRequestError(f"base_url {shown!r} is not the URL of a service, such as http://localhost:8200: "
                                   f"{problem}", field="base_url")
     return value.rstrip("/")
 
@@ -1001,8 +1001,8 @@ def _shown_refused_url(url: str) -> tuple[str, str]:
     """A refused ``url`` as its error shows it, and the text hidden. A URL that does not parse
     may still hold a password (``http://user:pa/ss@host``: a '/', '?' or '#' in it ends the
     host part where urlsplit and httpx look, and an unclosed ``[`` is a ValueError): all from
-    the first ':' after ``//`` to the last '@' is shown as ``***``, as :func:`_shown_url` does."""
-    shown = _shown_url(url)
+    the first ':' after ``//`` to the last '@' is shown as ``***``, as :func:`shown_url` does."""
+    shown = shown_url(url)
     head, sep, rest = url.partition("//")
     at = rest.rfind("@")
     colon = rest.find(":", 0, at) if sep and at >= 0 else -1
@@ -1011,7 +1011,7 @@ def _shown_refused_url(url: str) -> tuple[str, str]:
     return f"{head}//{rest[:colon]}:***{rest[at:]}", rest[colon + 1:at]
 
 
-def _shown_url(url: str) -> str:
+def shown_url(url: str) -> str:
     """``url`` as errors show it: a password in it (``http://user:password@host``, a proxy's
     basic auth) as ``***``, since errors are logged (the api_key is never quoted either)."""
     try:
