@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,6 +269,21 @@ def post_across_sigterm(server: LiveServer, target: str, body: bytes) -> tuple[b
             answer += chunk
     head, _, payload = answer.partition(b"\r\n\r\n")
     return head, payload
+
+
+def refuse_unlink(monkeypatch, refused: Callable[[Path], bool]) -> None:
+    """Make ``Path.unlink`` fail as a read-only file system does (which a test cannot mount)
+    for the paths ``refused`` picks; the others are unlinked as usual."""
+    import errno
+
+    real_unlink = Path.unlink
+
+    def unlink(self, missing_ok=False):
+        if refused(self):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
 
 
 def wait_until_dead(pid: int) -> None:

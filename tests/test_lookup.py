@@ -29,7 +29,7 @@ from swarmpilot_predictor.service import PredictorService
 from swarmpilot_predictor.settings import PredictorSettings
 from swarmpilot_predictor.traces import TraceError, iter_trace_file
 
-from .conftest import IDENTITY, make_llm_traces
+from .conftest import IDENTITY, make_llm_traces, refuse_unlink
 
 # The example table of the seed's PREDICTOR_SERVICE.md, verbatim.
 SEED_TABLE = """[
@@ -1910,21 +1910,12 @@ def test_deleting_a_symlinked_table_removes_its_sidecar_and_tolerates_a_stuck_on
 def test_a_table_the_file_system_will_not_delete_is_a_clear_error_and_still_served(tmp_path, monkeypatch):
     # A read-only table directory (which a test cannot mount): the delete was a 500 "internal
     # error: PermissionError".
-    import errno
-
     root = tmp_path / "tables"
     root.mkdir()
     (root / "p.json").write_text(SEED_TABLE)
     store = LookupTableStore(root)
     assert store.get("p.json").n_rows == 1
-    real_unlink = Path.unlink
-
-    def unlink(self, missing_ok=False):
-        if self.name == "p.json":
-            raise OSError(errno.EROFS, "Read-only file system", str(self))
-        return real_unlink(self, missing_ok=missing_ok)
-
-    monkeypatch.setattr(Path, "unlink", unlink)
+    refuse_unlink(monkeypatch, lambda path: path.name == "p.json")
     with pytest.raises(StorageError, match=r"cannot delete lookup table 'p.json' in .*tables \(Read-only file system\): "
                                            "it was not deleted") as info:
         store.delete("p.json")

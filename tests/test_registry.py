@@ -32,7 +32,7 @@ from swarmpilot_predictor.registry import (
 )
 from swarmpilot_predictor.traces import TraceTable
 
-from .conftest import make_llm_traces, run_with_file_size_limit
+from .conftest import make_llm_traces, refuse_unlink, run_with_file_size_limit
 
 IDENT = ModelIdentity("llm", "Qwen/Qwen2.5-7B", "NVIDIA H100 80GB HBM3", "sglang", "0.4.0")
 OTHER = ModelIdentity("llm", "llama-3-8b", "A100", "vllm", "0.4.0")
@@ -350,19 +350,10 @@ def test_delete_every_version(root):
 
 def test_a_delete_the_file_system_refuses_is_a_clear_error_and_loses_nothing(root, monkeypatch):
     # A read-only file system (which a test cannot mount) refuses the second version's meta file.
-    import errno
-
     reg = ModelRegistry(root)
     for seed in range(3):
         reg.save(*fit(seed=seed)[:2])
-    real_unlink = Path.unlink
-
-    def unlink(self, missing_ok=False):
-        if self.name == "v0002.meta.json":
-            raise OSError(errno.EROFS, "Read-only file system", str(self))
-        return real_unlink(self, missing_ok=missing_ok)
-
-    monkeypatch.setattr(Path, "unlink", unlink)
+    refuse_unlink(monkeypatch, lambda path: path.name == "v0002.meta.json")
     with pytest.raises(StorageError, match=r"cannot delete version 2 of .*\(Read-only file system\): version 1 was deleted"):
         reg.delete(IDENT)
     assert [v.version for v in reg.versions(IDENT)] == [2, 3]

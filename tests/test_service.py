@@ -30,7 +30,7 @@ from swarmpilot_predictor.training import safe_child
 from swarmpilot_predictor.traces import TraceTable
 from swarmpilot_predictor.settings import PredictorSettings
 
-from .conftest import IDENTITY, autotuned_traces, cold_start_traces, make_llm_traces
+from .conftest import IDENTITY, autotuned_traces, cold_start_traces, make_llm_traces, refuse_unlink
 
 PATTERN = IdentityPattern.from_parts(IDENTITY)
 PROBE = [{"input_tokens": 500, "output_tokens": 20}, {"input_tokens": 500, "output_tokens": 400}]
@@ -808,20 +808,11 @@ def test_versions_and_deletion(service):
 def test_a_delete_that_cannot_remove_the_observations_says_what_was_deleted(service, monkeypatch):
     # A read-only observations folder (which a test cannot mount): the model's versions were
     # deleted, and the answer was a 500 "internal error: PermissionError".
-    import errno
-
     service.train(config(make_llm_traces(100)))
     service.observe(IDENTITY, make_llm_traces(20, seed=3))
     logs = sorted((service.settings.data_dir / "observations").rglob("obs-*.jsonl"))
     assert len(logs) == 1
-    real_unlink = Path.unlink
-
-    def unlink(self, missing_ok=False):
-        if self.name.startswith("obs-"):
-            raise OSError(errno.EROFS, "Read-only file system", str(self))
-        return real_unlink(self, missing_ok=missing_ok)
-
-    monkeypatch.setattr(Path, "unlink", unlink)
+    refuse_unlink(monkeypatch, lambda path: path.name.startswith("obs-"))
     with pytest.raises(StorageError, match=r"model .*0\.4\.0 was deleted \(versions 1\), but not its observations "
                                            r".*\(Read-only file system\)") as info:
         service.delete_model(PATTERN)
