@@ -12,6 +12,7 @@ The server runs on one core (taskset -c 0), the load generator on the other
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -793,6 +794,28 @@ def section_observe(data_dir: Path) -> None:
     svc.close()
 
 
+def section_store(data_dir: Path) -> None:
+    """Storing a version in the registry (its model, training data and meta files, each written
+    under a temporary name, fsynced and renamed, and their folder fsynced after each rename):
+    the disk's part of a training's answer."""
+    from swarmpilot_predictor.identity import ModelIdentity
+    from swarmpilot_predictor.registry import ModelRegistry
+
+    loaded = ModelRegistry(data_dir / "models").load(ModelIdentity.from_parts(IDENT))
+    X = np.zeros((2000, len(loaded.meta.features.features)))
+    y = np.ones(2000)
+    for with_data in (False, True):
+        reg = ModelRegistry(data_dir.parent / f"store-{with_data}")
+        took = []
+        for _ in range(60):
+            meta = dataclasses.replace(loaded.meta, extra=dict(loaded.meta.extra))
+            t0 = time.perf_counter()
+            reg.save(meta, loaded.model, training_data=(X, y) if with_data else None)
+            took.append(time.perf_counter() - t0)
+        print(f"| a version stored{' with 2,000 training rows' if with_data else ''} (60 in a row) | median "
+              f"{statistics.median(took) * 1e3:.2f} ms, p90 {np.percentile(took, 90) * 1e3:.2f} ms |")
+
+
 def section_first_observe(data_dir: Path) -> None:
     """The first ``/observe`` a freshly started server answers, against the next ones (three
     servers in turn, each on a copy of the data directory without observations): the first
@@ -1068,7 +1091,7 @@ def main() -> None:
     ap.add_argument("--algorithm", default="auto")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--skip-registry", action="store_true")
-    ap.add_argument("--only", default="", help="comma-separated sections: http,loop,batch,client,cache,coalesce,isolation,training,registry,metrics,preload,accesslog,atoms,observe,boosted,momenttable,elapsed,queues,firstobserve")
+    ap.add_argument("--only", default="", help="comma-separated sections: http,loop,batch,client,cache,coalesce,isolation,training,registry,metrics,preload,accesslog,atoms,observe,boosted,momenttable,elapsed,queues,firstobserve,store")
     ap.add_argument("--baseline", help="the src folder of another checkout: batches against its code and this (section versus)")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
@@ -1116,6 +1139,8 @@ def main() -> None:
             section_observe(data_dir)
         if want("elapsed"):
             section_elapsed(data_dir)
+        if want("store"):
+            section_store(data_dir)
         if want("firstobserve"):
             section_first_observe(data_dir)
         if want("queues"):

@@ -286,6 +286,32 @@ def refuse_unlink(monkeypatch, refused: Callable[[Path], bool]) -> None:
     monkeypatch.setattr(Path, "unlink", unlink)
 
 
+@dataclass
+class Fsync:
+    """One ``os.fsync`` call: what it synced, and, for a folder, the names in it then."""
+
+    path: Path
+    names: frozenset[str] | None  # None: a file
+
+
+def record_fsyncs(monkeypatch) -> list[Fsync]:
+    """The ``os.fsync`` calls made from now on in this process, in order (each still syncs):
+    what a power loss would keep cannot be observed by a test, only what was asked for."""
+    import stat
+
+    calls: list[Fsync] = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        names = frozenset(os.listdir(path)) if stat.S_ISDIR(os.fstat(fd).st_mode) else None
+        calls.append(Fsync(path, names))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return calls
+
+
 def wait_until_dead(pid: int) -> None:
     """Return once process ``pid`` has ended (a zombie, or reaped), not once its parent knows."""
     while True:

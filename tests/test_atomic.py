@@ -12,10 +12,14 @@ from swarmpilot_predictor.atomic import (
     NotRegularFile,
     atomic_file,
     atomic_write_bytes,
+    make_folder,
     read_regular,
     remove_stale_temps,
+    sync_folder,
     temp_beside,
 )
+
+from .conftest import record_fsyncs
 
 
 def test_a_write_replaces_the_file_whole_and_leaves_no_temporary_file(tmp_path):
@@ -76,3 +80,35 @@ def test_only_old_temporary_files_are_removed(tmp_path):
     assert remove_stale_temps(tmp_path, older_than=600) == 1
     assert not old.exists() and fresh.exists() and all(p.exists() for p in kept)
     assert remove_stale_temps(tmp_path / "missing") == 0
+
+
+def test_a_write_syncs_its_folder_once_the_new_name_is_in_place(tmp_path, monkeypatch):
+    # A file's fsync keeps its bytes, not its name: after a power loss the rename could be
+    # gone, or there before the bytes it names.
+    path = tmp_path / "model.json"
+    atomic_write_bytes(path, b"old")
+    fsyncs = record_fsyncs(monkeypatch)
+    atomic_write_bytes(path, b"new")
+    assert len(fsyncs) == 2
+    assert fsyncs[0].path.parent == tmp_path and fsyncs[0].path.name.endswith(".tmp") and fsyncs[0].names is None
+    assert fsyncs[1].path == tmp_path and fsyncs[1].names == {"model.json"}  # renamed: no temporary name left
+    assert path.read_bytes() == b"new"
+
+
+def test_a_new_folder_is_synced_in_its_parent_and_an_existing_one_is_left(tmp_path, monkeypatch):
+    fsyncs = record_fsyncs(monkeypatch)
+    make_folder(tmp_path / "models")
+    assert [(f.path, f.names) for f in fsyncs] == [(tmp_path, frozenset({"models"}))]
+    make_folder(tmp_path / "models")
+    assert len(fsyncs) == 1 and (tmp_path / "models").is_dir()
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(FileExistsError):
+        make_folder(tmp_path / "file")
+    with pytest.raises(FileNotFoundError):  # not its parents
+        make_folder(tmp_path / "missing" / "models")
+
+
+def test_a_folder_its_file_system_cannot_sync_is_left_as_it_is():
+    sync_folder("/proc/self")  # procfs answers a folder's fsync with EINVAL, as some FUSE and network ones do
+    with pytest.raises(NotADirectoryError):
+        sync_folder("/proc/self/status")

@@ -29,7 +29,7 @@ from swarmpilot_predictor.service import PredictorService
 from swarmpilot_predictor.settings import PredictorSettings
 from swarmpilot_predictor.traces import TraceError, iter_trace_file
 
-from .conftest import IDENTITY, make_llm_traces, refuse_unlink
+from .conftest import IDENTITY, make_llm_traces, record_fsyncs, refuse_unlink
 
 # The example table of the seed's PREDICTOR_SERVICE.md, verbatim.
 SEED_TABLE = """[
@@ -307,6 +307,16 @@ def test_a_table_name_of_255_bytes_is_written_through_a_temporary_name_that_fits
     assert result["status"] == "successful" and result["rows"] == len(traces)
     assert service.tables.get(name).n_rows == len(traces)
     assert not [p for p in service.settings.tables_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_generated_table_s_name_is_synced_in_its_folder(trained, monkeypatch):
+    # Its bytes were synced, but not the rename that names them: a power loss could lose it.
+    service, traces, path = trained
+    fsyncs = record_fsyncs(monkeypatch)
+    service.generate_table(PATTERN, path, 0.9, "synced.csv.gz")
+    tables = service.settings.tables_dir
+    synced = next(i for i, f in enumerate(fsyncs) if f.path == tables and f.names is not None and "synced.csv.gz" in f.names)
+    assert fsyncs[synced - 1].path.name.startswith(".synced.csv.gz.") and fsyncs[synced - 1].names is None
 
 
 def test_default_table_name_comes_from_the_model(trained):

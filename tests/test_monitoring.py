@@ -9,7 +9,7 @@ import pytest
 from swarmpilot_predictor.identity import ModelIdentity
 from swarmpilot_predictor.monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog, RollingAccuracy
 
-from .conftest import clock_checking_at, run_with_file_size_limit
+from .conftest import clock_checking_at, record_fsyncs, run_with_file_size_limit
 
 IDENT = ModelIdentity("llm", "m", "H100", "vllm", "0.4")
 
@@ -308,6 +308,25 @@ def test_an_append_whose_folder_a_delete_removes_meanwhile_is_recorded_not_an_er
     assert removed and len(log_store.read(IDENT)) == 1
     log_store.delete(IDENT)
     assert not folder.exists()
+
+
+def test_a_new_log_s_name_is_synced_with_its_first_records_and_not_after(tmp_path, monkeypatch):
+    # Each append is fsynced; a new log file's name (and a new folder's) must be too, or a
+    # power loss drops the records with it.
+    log_store = ObservationLog(tmp_path, max_file_bytes=400)
+    record = {"ts": 1.0, "runtime_ms": 5.0, "version": 1, "q": [1.0] * 8, "trace": {"x": 1}}
+    fsyncs = record_fsyncs(monkeypatch)
+    log_store.append(IDENT, [record])
+    folder = tmp_path / IDENT.dirname
+    assert [(f.path, f.names) for f in fsyncs] == [
+        (tmp_path, frozenset({IDENT.dirname})), (folder / "obs-000001.jsonl", None), (folder, frozenset({"obs-000001.jsonl"}))]
+    fsyncs.clear()
+    log_store.append(IDENT, [record])
+    assert [f.path for f in fsyncs] == [folder / "obs-000001.jsonl"]
+    fsyncs.clear()
+    log_store.append(IDENT, [record] * 4)  # past 400 bytes: the next append opens a new file
+    log_store.append(IDENT, [record])
+    assert [f.path for f in fsyncs][-2:] == [folder / "obs-000002.jsonl", folder]
 
 
 def test_observation_log_survives_a_torn_line_and_rotates(tmp_path):

@@ -32,7 +32,7 @@ from swarmpilot_predictor.registry import (
 )
 from swarmpilot_predictor.traces import TraceTable
 
-from .conftest import make_llm_traces, refuse_unlink, run_with_file_size_limit
+from .conftest import make_llm_traces, record_fsyncs, refuse_unlink, run_with_file_size_limit
 
 IDENT = ModelIdentity("llm", "Qwen/Qwen2.5-7B", "NVIDIA H100 80GB HBM3", "sglang", "0.4.0")
 OTHER = ModelIdentity("llm", "llama-3-8b", "A100", "vllm", "0.4.0")
@@ -99,6 +99,27 @@ def test_versions_increment_and_latest_is_newest(root):
     assert {f"v000{v}.{kind}.json" for v in (1, 2, 3) for kind in ("meta", "model")} <= names
     assert not [n for n in names if n.endswith((".lock", ".tmp")) or n.startswith(".")]
     assert [v.version for v in ModelRegistry(root).versions(IDENT)] == [1, 2, 3]
+
+
+def test_a_stored_version_survives_a_power_loss_in_the_order_it_was_written(root, monkeypatch):
+    # A file's fsync keeps its bytes, not its name: each folder that got a new name is synced,
+    # the model's folder in the models folder first, and the meta file (the version's
+    # existence) only after the model file's name is kept.
+    reg = ModelRegistry(root)
+    meta, model, _ = fit()
+    fsyncs = record_fsyncs(monkeypatch)
+    reg.save(meta, model, training_data=(np.zeros((3, 2)), np.ones(3)))
+    model_dir = root / IDENT.dirname
+    folders = [(f.path, f.names) for f in fsyncs if f.names is not None]
+    assert folders[0] == (root, folders[0][1]) and IDENT.dirname in folders[0][1]
+    in_model_dir = [names for path, names in folders if path == model_dir]
+    assert [("v0001.model.json" in n, "v0001.data.npz" in n, "v0001.meta.json" in n) for n in in_model_dir] == [
+        (True, False, False), (True, True, False), (True, True, True)]
+    fsyncs.clear()
+    meta, model, _ = fit(seed=1)
+    reg.save(meta, model)  # its folder is there: the models folder is not synced again
+    assert [f.path for f in fsyncs if f.names is not None] == [model_dir, model_dir]
+    assert fsyncs[-1].names >= {"v0002.model.json", "v0002.meta.json"}
 
 
 def test_unknown_model_and_version_errors(root):

@@ -1,5 +1,5 @@
-"""Files that readers see whole: the old content or the new, never half of either; and reads
-that only take regular files."""
+"""Files that readers see whole: the old content or the new, never half of either, and kept
+across a power loss once written; and reads that only take regular files."""
 
 from __future__ import annotations
 
@@ -33,12 +33,45 @@ def temp_beside(path: Path) -> tuple[int, str]:
     return tempfile.mkstemp(dir=path.parent, prefix=f".{stem}.", suffix=".tmp")
 
 
+def sync_folder(path: Path | str) -> None:
+    """Make the names in folder ``path`` (a file renamed into it, a file or folder made in it)
+    survive a power loss or a kernel crash: a file's fsync keeps its bytes, not the name that
+    leads to them, so a rename could be lost, or land before the file it names was whole
+    on disk. A process killed after the rename needs none of this; a machine that stopped does."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except PermissionError:
+        return  # a folder that may be written (-wx) but not read: nothing more can be done for it
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        # Some file systems (network and FUSE ones) cannot sync a folder and say so (EINVAL):
+        # names there are as durable as that file system makes them.
+        if exc.errno != errno.EINVAL:
+            raise
+    finally:
+        os.close(fd)
+
+
+def make_folder(path: Path) -> None:
+    """``path.mkdir(exist_ok=True)`` (not its parents), the parent synced when the folder was
+    made, so that the files synced in it are not lost with its name (see :func:`sync_folder`)."""
+    try:
+        path.mkdir()
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+        return
+    sync_folder(path.parent)
+
+
 @contextmanager
 def atomic_file(path: Path) -> Iterator[IO[bytes]]:
     """A binary file to write; on a clean exit it replaces ``path`` in one rename.
 
     It is written beside ``path`` (same file system) and synced before the
-    rename; on an error the temporary file is removed and ``path`` is untouched.
+    rename, and its folder after it (see :func:`sync_folder`); on an error the
+    temporary file is removed and ``path`` is untouched.
     """
     fd, tmp = temp_beside(path)
     try:
@@ -50,6 +83,7 @@ def atomic_file(path: Path) -> Iterator[IO[bytes]]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    sync_folder(path.parent)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

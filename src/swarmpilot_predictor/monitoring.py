@@ -27,7 +27,7 @@ import numpy as np
 import orjson
 from scipy.special import gammaln  # scipy.special: loaded by the service anyway
 
-from .atomic import NotRegularFile, open_regular, read_regular, regular_file_fd
+from .atomic import NotRegularFile, make_folder, open_regular, read_regular, regular_file_fd, sync_folder
 from .errors import StorageError, writing
 from .identity import ModelIdentity
 from .modeling import EVAL_LEVELS, error_ratio, pinball_loss
@@ -335,7 +335,7 @@ class ObservationLog:
         with self._lock, writing(f"the observations of {identity.key}"):
             d = self._dir(identity)
             for attempt in range(3):
-                d.mkdir(exist_ok=True)  # (not the observations folder: see ModelRegistry.save)
+                make_folder(d)  # (not the observations folder: see ModelRegistry.save)
                 refuse_linked_folder(d, f"the observations of {identity.key}")
                 files = self._files(identity)
                 active = files[-1] if files else d / "obs-000001.jsonl"
@@ -370,6 +370,8 @@ class ObservationLog:
                     while view:  # a write to a nearly full disk may be short; the next one says why
                         view = view[os.write(fd, view):]
                     os.fsync(fd)
+                    if not size:
+                        sync_folder(d)  # a new log's name, or its records would go with it at a power loss
                 except OSError:
                     os.ftruncate(fd, size)  # all of a request's records, or none (truncating needs no space)
                     raise

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .atomic import (NotRegularFile, atomic_file, atomic_write_bytes, file_stamp, read_regular, regular_file_fd,
-                     remove_stale_temps, temp_beside)
+from .atomic import (NotRegularFile, atomic_file, atomic_write_bytes, file_stamp, make_folder, read_regular,
+                     regular_file_fd, remove_stale_temps, temp_beside)
 from .errors import (AmbiguousModel, DataDirectoryGone, InvalidInput, ModelNotFound, ModelUnreadable, NotFound,
                      PayloadTooLarge, StorageError, VersionConflict, json_kind, writing)
 from .features import CONSTANTS, FeatureSchema
@@ -860,7 +860,7 @@ class ModelRegistry:
         # Not its parents: a models folder gone under the service (a volume unmounted) is
         # not made again, empty, for a version to be numbered 1 there.
         try:
-            model_dir.mkdir(exist_ok=True)
+            make_folder(model_dir)
         except FileNotFoundError:
             if self.root.is_dir():
                 raise

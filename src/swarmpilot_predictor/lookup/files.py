@@ -24,7 +24,7 @@ from typing import IO, Any
 import numpy as np
 import orjson
 
-from ..atomic import temp_beside
+from ..atomic import sync_folder, temp_beside
 from ..errors import InvalidInput, PayloadTooLarge, shown, storage_error
 from ..features import FIRST_OF_SHAPE
 from ..identity import IDENTITY_KEYS, ModelIdentity, identity_conflicts
@@ -245,6 +245,7 @@ class _TableWriter:
         os.fsync(self._raw.fileno())
         self._raw.close()
         os.replace(self.tmp, self.path)
+        sync_folder(self.path.parent)
 
     def abort(self) -> None:
         try:
