@@ -1444,6 +1444,46 @@ def test_a_table_is_parsed_once_then_loaded_from_its_sidecar(tmp_path):
     assert not orphan.exists() and sidecar.is_file()
 
 
+def test_a_sidecar_of_format_7_is_parsed_again(tmp_path, caplog):
+    """Sidecars of format 7 were written under two other rules for a numeric feature's unit
+    (2026-12-06, 18:46 to 19:51): the standard deviation where the middle half is one value,
+    and until 19:32 the centre kept as 'mean'. An upgraded service reused the first (its
+    nearest records were not those of the same table parsed) and warned of the second as
+    unreadable. Both are parsed again, without a word."""
+    root = tmp_path / "tables"
+    root.mkdir()
+    rng = np.random.default_rng(3)
+    # Four records in five of batch 1: the interquartile range of batch is empty.
+    batch = [1 if rng.random() < 0.8 else int(rng.choice([2, 4, 8])) for _ in range(200)]
+    recs = [record(i, features={"batch": b, "tokens": int(rng.integers(8, 512))}) for i, b in enumerate(batch)]
+    (root / "m.json").write_bytes(orjson.dumps(recs))
+    store = LookupTableStore(root)
+    fresh = store.get("m.json")
+    sidecar = store.index_path(root / "m.json")
+    queries = [{"batch": b, "tokens": t} for b in (1, 2, 3, 5, 6, 8) for t in range(10, 520, 25)]
+    want = fresh.predict(None, queries, 0.9, [0.5]).results()
+    with np.load(sidecar, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = orjson.loads(arrays["meta"].tobytes())
+    for old in ("stale unit", "mean"):
+        columns = [dict(c) for c in meta["columns"]]
+        for c in columns:
+            if c["name"] == "batch":  # the unit a service of 19:32 to 19:51 kept
+                c["scale"] = float(np.std(np.array(batch, dtype=np.float64)))
+            if old == "mean":  # and the name one of 18:46 to 19:32 kept the centre under
+                c["mean"] = c.pop("centre")
+        arrays["meta"] = np.frombuffer(orjson.dumps({**meta, "format": 7, "columns": columns}), dtype=np.uint8)
+        with open(sidecar, "wb") as fh:
+            np.savez(fh, **arrays)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="swarmpilot_predictor.lookup"):
+            again = LookupTableStore(root).get("m.json")
+        assert again.predict(None, queries, 0.9, [0.5]).results() == want, old
+        assert "sidecar" not in caplog.text, old
+    # and the sidecar written in their place is of this version's format, and read as such
+    assert LookupTableStore(root).get("m.json").predict(None, queries, 0.9, [0.5]).results() == want
+
+
 def test_a_table_opened_for_download_is_read_whole_as_it_was(tmp_path):
     """A download reads the file it opened: the table renamed over (regenerated) or deleted
     meanwhile is still sent whole, as it was, never cut or mixed with the new one."""

@@ -23,9 +23,11 @@ log = logging.getLogger(__package__)
 # strings beside numbers read as numbers; 5: runtimes over 1e100 ms and malformed intervals,
 # confidence levels, versions and model_info refused; 6: the records' knots, knot_levels
 # and knot_predictions; 7: numeric features centred on their median, scaled by their
-# interquartile range); a sidecar of another version is
+# interquartile range; 8: where that range is empty, by a wider central range, not the
+# standard deviation that services of 2026-12-06 from 18:46 to 19:51 kept in sidecars of
+# format 7, until 19:32 with the centre as 'mean'); a sidecar of another version is
 # ignored and rewritten (a table parsed under older rules is parsed again).
-INDEX_FORMAT = 7
+INDEX_FORMAT = 8
 # Bytes of the table's name kept in its sidecar's name (see LookupTableStore.index_path).
 SIDECAR_NAME_BYTES = 200
 
