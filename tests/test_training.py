@@ -1028,3 +1028,27 @@ def test_boosting_refusals_read_the_word_in_any_case(params):
 
     with pytest.raises(ValueError, match="'dart' turns off|takes no starting score"):
         check_params(params, "lightgbm")
+
+
+def test_a_wall_clock_stepped_forward_does_not_stop_a_training_within_its_time(tmp_path, monkeypatch):
+    # The limit counted on the wall clock: stepped an hour forward while a training ran (NTP,
+    # a host's clock set), a 600 s limit's training was stopped 2.6 s in, a 422 "stopped
+    # after 600 s".
+    jobs = TrainingJobs(tmp_path, timeout=600)
+    try:
+        _warm_with_a_limit(jobs, 600)
+        grouped = [{**t, "hardware": f"h{i % 6}"} for i, t in enumerate(make_llm_traces(600))]
+        job_id, future = jobs.submit(TrainConfig(model={k: v for k, v in IDENTITY.items() if k != "hardware"},
+                                                 group_by=["hardware"], traces=grouped, algorithm="auto"))
+        deadline = time.monotonic() + 60
+        while jobs._queued[job_id].begun_at is None:  # the watchdog saw the worker begin it
+            assert time.monotonic() < deadline, "the training did not begin"
+            time.sleep(0.01)
+        wall = time.time
+        monkeypatch.setattr(time, "time", lambda: wall() + 3600.0)
+        t0 = time.monotonic()
+        result = future.result(timeout=120)
+        assert time.monotonic() - t0 > 1.0  # it ran past the watchdog's look (every 0.5 s)
+        assert len(result["models"]) == 6 and jobs.get(job_id)["status"] == "succeeded"
+    finally:
+        jobs.shutdown()

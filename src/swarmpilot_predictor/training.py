@@ -454,6 +454,9 @@ class _Job:
     cleanup: Callable[[], None] | None
     done: Future
     sent: Submitted | None = None  # where it was given last
+    # Both on the monotonic clock, as the time limit counts: on the wall clock, a step of an
+    # hour forward (NTP, a host's clock set) stopped a 600 s limit's training 2.6 s in.
+    started: float | None = None  # when it read "running" (its record's started_at)
     begun_at: float | None = None  # when the watchdog saw that worker begin it
 
 
@@ -585,6 +588,7 @@ class TrainingJobs:
             first = self._pending[0] == job.id
             if first:
                 job.record.update(status="running", started_at=time.time())
+                job.started = time.monotonic()
             if first or self._closing:
                 # (Queued as the service stops, after its stop failed the jobs not given to
                 # the worker: given now, it is answered as they were, never run.)
@@ -684,6 +688,7 @@ class TrainingJobs:
             nxt = self._queued[self._pending[0]]
             self._sent.add(nxt.id)
             nxt.record.update(status="running", started_at=time.time())
+            nxt.started = time.monotonic()
             self._store(nxt.record)
             return nxt
 
@@ -733,7 +738,7 @@ class TrainingJobs:
                 job = self._queued[self._pending[0]] if self._pending else None
                 overdue = (self.timeout > 0 and job is not None
                            and job.record["status"] == "running" and job.id not in self._timed_out
-                           and time.time() - self._clock_start(job) > self.timeout)
+                           and time.monotonic() - self._clock_start(job) > self.timeout)
                 pool = self._pool if overdue else None
                 if pool is not None:
                     self._timed_out.add(job.id)
@@ -751,10 +756,10 @@ class TrainingJobs:
         until then, :data:`START_ALLOWANCE_S` after it was given to the worker."""
         sent = job.sent
         if job.begun_at is None and sent is not None and sent.pool.ran(sent.number):
-            job.begun_at = time.time()
+            job.begun_at = time.monotonic()
         if job.begun_at is not None:
             return job.begun_at
-        return job.record.get("started_at", time.time()) + START_ALLOWANCE_S
+        return (job.started if job.started is not None else time.monotonic()) + START_ALLOWANCE_S
 
     def _pending_changed(self) -> None:
         if self.on_pending is not None:
