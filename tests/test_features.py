@@ -986,6 +986,42 @@ def test_timestamps_written_as_dates_or_numbers_in_text_order_the_rows_and_deriv
     assert schema.matrix([{**probe, "ts": spelt(traces[-1]["ts"])}])[0][0, -1] == 0.0
 
 
+def test_a_unix_time_in_another_unit_or_as_a_date_is_read_as_the_same_instant():
+    # Numbers were read in any unit and an ISO date and time in seconds: a model trained on
+    # milliseconds since the epoch took a prediction's ISO 'ts' (or seconds) for a time before
+    # all its training, a first run (a median 10x a repeat's), and a file of both, or of two
+    # loggers' seconds and milliseconds, was ordered and flagged at random.
+    from datetime import datetime, timezone
+    traces, firsts = cold_start_traces()
+    epoch = 1_795_835_266.0
+
+    def iso(t: float) -> str:
+        return datetime.fromtimestamp(epoch + t, tz=timezone.utc).isoformat()
+
+    ms = FeatureSchema.prepare_training(TraceTable.from_traces([{**t, "ts": (epoch + t["ts"]) * 1e3} for t in traces]))
+    assert ms[1][:, -1].sum() == sum(firsts)
+    mixes = {"ms and dates": lambda i, t: (epoch + t) * 1e3 if i % 2 else iso(t),
+             "seconds and ms": lambda i, t: (epoch + t) * (1e3 if i % 3 == 0 else 1.0),
+             "microseconds as text": lambda i, t: f"{(epoch + t) * 1e6:.0f}"}
+    for name, spelt in mixes.items():
+        schema, X, y, _ = FeatureSchema.prepare_training(
+            TraceTable.from_traces([{**t, "ts": spelt(i, t["ts"])} for i, t in enumerate(traces)]))
+        np.testing.assert_array_equal(y, ms[2], err_msg=name)  # rows in the order the tasks ran
+        np.testing.assert_array_equal(X[:, -1], ms[1][:, -1], err_msg=name)
+        assert X[:, -1].sum() == sum(firsts), name
+    # A prediction's time in any of them, against the model of milliseconds.
+    probe = {"batch_size": traces[0]["batch_size"], "image_size": traces[0]["image_size"], "load": 0.5}
+    before, after = traces[0]["ts"] - 1, traces[-1]["ts"] + 1
+    for t, first in ((before, 1.0), (after, 0.0)):
+        spellings = [iso(t), (epoch + t) * 1e3, epoch + t, f"{epoch + t}", (epoch + t) * 1e6, (epoch + t) * 1e9]
+        X = ms[0].matrix([{**probe, "ts": v} for v in spellings])[0]
+        np.testing.assert_array_equal(X[:, -1], first, err_msg=str(t))
+        assert all(ms[0].history.flag_row(ms[0].matrix([{**probe, "ts": v}])[0][0, :-1], ms[0].history.time_of(
+            {"ts": v})) == first for v in spellings)
+        table = TraceTable.from_traces([{**probe, "ts": v} for v in spellings])
+        np.testing.assert_array_equal(ms[0].history.order_of_table(table), (epoch + t) * 1e3)
+
+
 def test_a_timestamp_that_is_no_number_nor_a_date_is_named_in_why_no_first_runs_were_derived():
     traces = cold_start_traces()[0]
     traces[7]["ts"] = "yesterday"

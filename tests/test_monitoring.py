@@ -831,6 +831,33 @@ def test_an_observation_is_a_first_run_or_a_repeat_as_its_prediction_would_be(tm
         svc.close()
 
 
+def test_an_observations_time_as_a_date_is_read_in_the_unit_of_the_models_timestamps(tmp_path):
+    # Trained on milliseconds since the epoch, the same traces observed with their 'ts' as ISO
+    # dates and times (seconds) were all first runs: (400, 0), the repeats' accuracy unknown.
+    from datetime import datetime, timezone
+
+    from swarmpilot_predictor.identity import IdentityPattern
+    from swarmpilot_predictor.schemas import TrainConfig
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    from .conftest import IDENTITY, cold_start_traces
+
+    traces, firsts = cold_start_traces(400, seed=4)
+    epoch = 1_795_835_266.0
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", retrain_in_worker=False))
+    try:
+        svc.train(TrainConfig(model=IDENTITY, traces=[{**t, "ts": (epoch + t["ts"]) * 1e3} for t in traces],
+                              algorithm="linear"))
+        svc.observe(IDENTITY, [{**t, "ts": datetime.fromtimestamp(epoch + t["ts"], tz=timezone.utc).isoformat()}
+                               for t in traces])
+        kinds = svc.accuracy(pattern)["by_kind"]
+        assert (kinds["first_run"]["observations"], kinds["repeat"]["observations"]) == (sum(firsts), 400 - sum(firsts))
+    finally:
+        svc.close()
+
+
 def test_first_runs_and_repeats_are_scored_apart_where_the_model_tells_them(tmp_path):
     # Scored apart, and each kind with enough observations tested apart too (below: too few).
     from swarmpilot_predictor.identity import IdentityPattern

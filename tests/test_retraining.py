@@ -476,6 +476,25 @@ def test_observations_extend_the_history_unless_they_state_their_first_runs():
     np.testing.assert_array_equal(features.matrix(probe)[0][:, -1], [1.0, 0.0, 0.0])
 
 
+def test_an_observation_without_a_timestamp_is_placed_in_the_unit_of_the_models_timestamps():
+    # Placed by when it was observed, the service's seconds, among training times in
+    # milliseconds since the epoch: a time before all of them, a repeat read as a first run.
+    traces, _ = cold_start_traces(300, seed=4)
+    epoch = 1_795_835_266.0
+    schema = FeatureSchema.prepare_training(
+        TraceTable.from_traces([{**t, "ts": (epoch + t["ts"]) * 1e3} for t in traces]))[0]
+    end = epoch + traces[-1]["ts"]
+    old = {k: traces[0][k] for k in ("batch_size", "image_size", "load")}
+    new = {"batch_size": 3, "image_size": 224, "load": 0.1}
+    records = [{"ts": end + 100, "runtime_ms": 4.0, "trace": dict(old)},  # its shape ran in training: a repeat
+               {"ts": end + 101, "runtime_ms": 70.0, "trace": dict(new)},  # the first run of a new shape
+               {"ts": end + 102, "runtime_ms": 7.0, "trace": {**new, "ts": (end + 103) * 1e3}}]  # its repeat
+    features, X, y = observation_matrix(schema, records)
+    np.testing.assert_array_equal(X[:, -1], [0.0, 1.0, 0.0])
+    probe = [{**new, "ts": (end + 100) * 1e3}, {**new, "ts": (end + 102) * 1e3}]
+    np.testing.assert_array_equal(features.matrix(probe)[0][:, -1], [1.0, 0.0])
+
+
 def test_a_new_shapes_first_run_is_its_oldest_observation_not_the_first_logged():
     # Two instances reporting in batches: a repeat is logged before the first run it followed.
     traces, _ = cold_start_traces(300, seed=4)

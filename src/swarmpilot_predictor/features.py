@@ -16,7 +16,8 @@ import numpy as np
 from .errors import cut, listed, shown
 from .traces import (
     DEFAULT_TARGET, MAX_RUNTIME, MIN_RUNTIME, RUNTIME_RANGE, TIMESTAMP_KEYS, TraceError, TraceTable, as_number,
-    timestamp_number, timestamps, BOOLEAN_WORDS, category_text, finite_number_in_text, number_in_text, reserved_keys,
+    epoch_unit_of, timestamp_in, timestamp_number, timestamps, BOOLEAN_WORDS, category_text, finite_number_in_text,
+    number_in_text, reserved_keys,
 )
 
 FeatureKind = Literal["numeric", "categorical"]
@@ -248,14 +249,25 @@ class ShapeHistory:
         then the other accepted names (``ts``, ``timestamp``)."""
         return (self.order_field, *sorted(TIMESTAMP_KEYS - {self.order_field}))
 
+    @functools.cached_property
+    def unit(self) -> float | None:
+        """The unit of Unix time (per second) that training's timestamps were in, where they
+        were Unix times (see traces.EPOCH_UNITS): a trace's time in another (an ISO date and
+        time, in seconds, where training's were milliseconds) is read in this one."""
+        return epoch_unit_of(self.first_seen)
+
     def time_of(self, trace: dict[str, Any]) -> float:
         """A trace's timestamp: the first of :attr:`timestamp_fields` that holds a number."""
         t = math.nan
         for name in self.timestamp_fields:
-            t = timestamp_number(trace.get(name))
+            t = timestamp_in(trace.get(name), self.unit)
             if t == t:
                 break
         return t
+
+    def seconds_in_unit(self, t: np.ndarray) -> np.ndarray:
+        """Unix times in seconds (when observations were made) in training's :attr:`unit`."""
+        return t * self.unit if self.unit is not None else t
 
     def time_problem(self, trace: dict[str, Any]) -> str | None:
         """What is wrong where the field :meth:`time_of` reads holds a boolean: ``true`` read
@@ -280,7 +292,7 @@ class ShapeHistory:
         order = np.full(len(table), math.nan)
         for name in self.timestamp_fields:
             if name in table.columns:
-                order = np.where(np.isnan(order), timestamps(table, name), order)
+                order = np.where(np.isnan(order), timestamps(table, name, self.unit), order)
         return order
 
     def to_json(self, names: Sequence[str]) -> dict[str, Any]:

@@ -62,6 +62,7 @@ def observation_matrix(features: FeatureSchema, records: list[dict[str, Any]]) -
         kept = [t for t, k in zip(traces, keep) if k]
         order = features.history.order_of(kept)
         observed_at = np.array([r["ts"] for r in records], dtype=np.float64)[keep]
+        observed_at = features.history.seconds_in_unit(observed_at)  # (the service's clock, in seconds)
         history, flags = features.history.extend(X[:, :-1], np.where(np.isnan(order), observed_at, order))
         stated = np.array([t.get(FIRST_OF_SHAPE) is not None for t in kept], dtype=bool)
         X[:, -1] = np.where(stated, X[:, -1], flags)

@@ -1089,16 +1089,66 @@ def _iso_seconds(text: str) -> float:
     return when.timestamp()
 
 
-def timestamps(table: "TraceTable", name: str) -> np.ndarray:
-    """:func:`timestamp_number` of column ``name`` for every row of ``table`` (NaN where none)."""
+# A number from 1e8 to 1e10 is a Unix time in seconds (1973 to 2286), and so is one in the
+# same span times 1e3, 1e6 or 1e9 in milliseconds, microseconds or nanoseconds: one instant
+# in two of these units is read as one (an ISO date and time reads in seconds).
+EPOCH_SPAN = (1e8, 1e10)
+EPOCH_UNITS = (1.0, 1e3, 1e6, 1e9)
+
+
+def epoch_units(t: np.ndarray) -> np.ndarray:
+    """Per value, the unit (per second: 1, 1e3, 1e6, 1e9) in which it is a Unix time of
+    :data:`EPOCH_SPAN`; NaN where none."""
+    t = np.asarray(t, dtype=np.float64)
+    out = np.full(t.shape, np.nan)
+    for unit in EPOCH_UNITS:
+        out[(t >= EPOCH_SPAN[0] * unit) & (t < EPOCH_SPAN[1] * unit)] = unit
+    return out
+
+
+def epoch_unit_of(t: np.ndarray) -> float | None:
+    """The unit most of the Unix times among ``t`` are in (the smallest of those as many); None
+    where none is one."""
+    units = epoch_units(t)
+    counts = [int((units == u).sum()) for u in EPOCH_UNITS]
+    return EPOCH_UNITS[counts.index(max(counts))] if max(counts) else None
+
+
+def timestamp_in(v: Any, unit: float | None) -> float:
+    """:func:`timestamp_number` of ``v``, a Unix time in another of :data:`EPOCH_UNITS` (an ISO
+    date and time, in seconds) moved to ``unit`` where one is given."""
+    t = timestamp_number(v)
+    if unit is None or t != t:
+        return t
+    if isinstance(v, str) and finite_number_in_text(v) is None:
+        own: float | None = 1.0  # an ISO date and time
+    else:  # (in plain Python: a single prediction reads one)
+        own = next((u for u in EPOCH_UNITS if EPOCH_SPAN[0] * u <= t < EPOCH_SPAN[1] * u), None)
+    return t if own is None or own == unit else t * (unit / own)
+
+
+def timestamps(table: "TraceTable", name: str, unit: float | None = None) -> np.ndarray:
+    """:func:`timestamp_number` of column ``name`` for every row of ``table`` (NaN where none).
+
+    Unix times (see :data:`EPOCH_UNITS`) are moved to ``unit``, by default the one most of the
+    column's numbers are in (none: ISO dates and times stay in seconds): an ISO date and time
+    among milliseconds since the epoch read as a time 1,000 times older, and so first.
+    """
     col = table.columns[name]
     out = col.as_numeric(spelled=True)  # numbers, and strings that spell one (read once per string)
+    own = epoch_units(out)
+    if unit is None:
+        unit = epoch_unit_of(out)
     if col.is_categorical:
         codes = col.code_array()
         dated = (codes >= 0) & np.isnan(out)
         if dated.any():
             seconds = np.array([_iso_seconds(s.strip()) for s in col.vocab], dtype=np.float64)
             out[dated] = seconds[codes[dated]]
+            own[dated & np.isfinite(out)] = 1.0
+    if unit is not None:
+        moved = np.isfinite(own) & (own != unit)
+        out[moved] *= unit / own[moved]
     return out
 
 
