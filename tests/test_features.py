@@ -1022,6 +1022,32 @@ def test_a_unix_time_in_another_unit_or_as_a_date_is_read_as_the_same_instant():
         np.testing.assert_array_equal(ms[0].history.order_of_table(table), (epoch + t) * 1e3)
 
 
+def test_a_trace_logged_in_a_leap_second_has_its_time():
+    # datetime cannot hold 23:59:60: one trace logged in the leap second of 2016-12-31 had no
+    # time, and no first_of_shape was derived for the whole file ("not a number nor an ISO
+    # 8601 date and time ('2016-12-31T23:59:60Z')").
+    from datetime import datetime, timezone
+    traces, firsts = cold_start_traces()
+    epoch = 1_483_228_800.0 - traces[-1]["ts"]  # the last one at 2017-01-01T00:00:00 by a Unix clock
+
+    def iso(t: float) -> str:
+        return datetime.fromtimestamp(epoch + t, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    spelt = [{**t, "ts": iso(t["ts"])} for t in traces[:-1]] + [{**traces[-1], "ts": "2016-12-31T23:59:60Z"}]
+    assert spelt[-2]["ts"] == "2016-12-31T23:59:59.500000Z"
+    schema, X, y, report = FeatureSchema.prepare_training(TraceTable.from_traces(spelt))
+    assert report.columns_derived.get("first_of_shape", "").endswith("by 'ts'"), report.columns_not_derived
+    _, Xn, _, _ = FeatureSchema.prepare_training(TraceTable.from_traces([{**t, "ts": epoch + t["ts"]} for t in traces]))
+    np.testing.assert_array_equal(X[:, -1], Xn[:, -1])
+    assert X[:, -1].sum() == sum(firsts)
+    # In a prediction too, and with a fraction or an offset: the second after 23:59:59.
+    probe = {"batch_size": 64, "image_size": 96, "load": 0.5}  # a shape that never ran: its time decides nothing
+    for leap, seconds in (("2016-12-31T23:59:60.25Z", 1_483_228_800.25), ("2017-01-01 05:29:60+05:30", 1_483_228_800.0),
+                          ("2016-12-31T23:59:60", 1_483_228_800.0)):
+        assert schema.history.time_of({**probe, "ts": leap}) == seconds, leap
+    assert np.isnan(schema.history.time_of({**probe, "ts": "2016-12-31T23:59:61Z"}))
+
+
 def test_a_timestamp_that_is_no_number_nor_a_date_is_named_in_why_no_first_runs_were_derived():
     traces = cold_start_traces()[0]
     traces[7]["ts"] = "yesterday"

@@ -1076,17 +1076,26 @@ def timestamp_number(v: Any) -> float:
     return as_number(v)
 
 
+# The seconds of a leap second (23:59:60 UTC, or as another offset writes it), which datetime
+# cannot hold: read as the second after 23:59:59, as a Unix clock reads it (the next day's
+# first), so that a trace logged in one still has its time.
+_LEAP_SECOND = re.compile(r"(?<=[T ]\d\d:\d\d:)60(?=$|[.,]\d|[Zz+-])")
+
+
 def _iso_seconds(text: str) -> float:
     # A date alone (2026-11-28) is a day, not a time a task started: no timestamp.
     if len(text) < 13 or not text[:4].isdigit() or text[4:5] != "-":
         return math.nan
     try:
-        when = datetime.fromisoformat(text)
+        when, leap = datetime.fromisoformat(text), 0.0
     except ValueError:
-        return math.nan
+        try:
+            when, leap = datetime.fromisoformat(_LEAP_SECOND.sub("59", text, count=1)), 1.0
+        except ValueError:
+            return math.nan
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
-    return when.timestamp()
+    return when.timestamp() + leap
 
 
 # A number from 1e8 to 1e10 is a Unix time in seconds (1973 to 2286), and so is one in the
