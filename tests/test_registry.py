@@ -1331,6 +1331,29 @@ def test_what_a_killed_writer_leaves_does_not_hold_a_successor_off(root):
         reg.save(copy.deepcopy(meta), model, after=5)
 
 
+def test_a_lock_dated_in_the_future_is_waited_out_as_an_old_one_is(root):
+    # Its age, now - mtime, was negative: a killed writer's lock an hour ahead (a host whose
+    # clock was ahead, or this one's set back) held every successor off, a VersionConflict,
+    # until the clock had caught up with it and ten minutes more.
+    import copy
+    import os
+
+    from swarmpilot_predictor.errors import VersionConflict
+
+    reg = ModelRegistry(root)
+    meta, model, _ = fit()
+    reg.save(copy.deepcopy(meta), model)
+    lock = root / IDENT.dirname / "v0002.lock"
+    lock.write_text("elsewhere boot 4026531836 1234 -")  # a writer of another host: left to age
+    for ahead in (300.0, 3600.0):
+        os.utime(lock, (time.time() + ahead, time.time() + ahead))
+        if ahead < 600:  # within the ten minutes either way: a writer at work
+            with pytest.raises(VersionConflict, match="version 2"):
+                reg.save(copy.deepcopy(meta), model, after=1)
+        else:
+            assert reg.save(copy.deepcopy(meta), model, after=1).version == 3
+
+
 def test_files_a_killed_writer_left_go_at_start_and_with_the_model(root):
     # Each left a training set behind (a model and data file without a meta file), and
     # neither a restart nor deleting the model removed them.

@@ -178,7 +178,9 @@ class LoadedModel:
 
 # A version's lock older than this is a writer's that was killed: storing a version takes
 # seconds (a 200,000-row model's training data about one). A lock names its writer: one
-# whose process this process can see is gone is stale at once.
+# whose process this process can see is gone is stale at once. One dated this much in the
+# future is stale too (a host's clock ahead, or this one's set back: such a lock of a killed
+# writer held retraining off with a VersionConflict until the clock caught up with it).
 STALE_LOCK_SECONDS = 600
 
 
@@ -289,7 +291,7 @@ def _claimed_versions(model_dir: Path, low: float = 0, high: float = math.inf) -
             continue
         lock = kinds.get("lock")
         try:
-            if lock is not None and now - lock.stat().st_mtime < STALE_LOCK_SECONDS and not _lock_abandoned(lock):
+            if lock is not None and abs(now - lock.stat().st_mtime) < STALE_LOCK_SECONDS and not _lock_abandoned(lock):
                 yield number
         except FileNotFoundError:  # let go of just now: its meta file is there, or it failed
             if (model_dir / _meta_file(number)).exists():
