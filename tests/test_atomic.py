@@ -112,3 +112,15 @@ def test_a_folder_its_file_system_cannot_sync_is_left_as_it_is():
     sync_folder("/proc/self")  # procfs answers a folder's fsync with EINVAL, as some FUSE and network ones do
     with pytest.raises(NotADirectoryError):
         sync_folder("/proc/self/status")
+
+
+def test_a_temporary_file_dated_in_the_future_is_stale_as_an_old_one_is(tmp_path):
+    # A killed writer's, of a host whose clock was an hour ahead (or this one's set back since):
+    # its age was negative, and it stayed, start after start, until the clock caught up.
+    ahead = tmp_path / ".v0001.data.npz.abcdefgh.tmp"
+    near = tmp_path / ".v0002.data.npz.abcdefgh.tmp"  # a few minutes ahead: a writer at work
+    for p, seconds in ((ahead, 3600), (near, 300)):
+        p.write_bytes(b"x")
+        os.utime(p, (time.time() + seconds, time.time() + seconds))
+    assert remove_stale_temps(tmp_path, older_than=600) == 1
+    assert not ahead.exists() and near.exists()

@@ -149,7 +149,9 @@ def remove_stale_temps(directory: Path, older_than: float = STALE_TEMP_SECONDS) 
     """Remove the temporary files that :func:`temp_beside` made in ``directory`` and that
     have not been written for ``older_than`` seconds: a writer killed midway (a kill -9
     while a version or a table was stored) left them, and nothing else would. Returns
-    how many went; a file that cannot be removed is left."""
+    how many went; a file that cannot be removed is left. One dated more than
+    ``older_than`` in the future goes too (a host's clock ahead, or this one's set back: it
+    stayed, start after start, until the clock caught up with it)."""
     removed = 0
     now = time.time()
     try:
@@ -160,7 +162,7 @@ def remove_stale_temps(directory: Path, older_than: float = STALE_TEMP_SECONDS) 
         if not (e.name.startswith(".") and e.name.endswith(".tmp")):
             continue
         try:
-            if e.is_file(follow_symlinks=False) and now - e.stat(follow_symlinks=False).st_mtime > older_than:
+            if e.is_file(follow_symlinks=False) and abs(now - e.stat(follow_symlinks=False).st_mtime) > older_than:
                 os.unlink(e.path)
                 removed += 1
         except OSError:
