@@ -1306,14 +1306,17 @@ def test_upload_folders_left_by_a_killed_server_are_removed_at_start(tmp_path):
 
     data = tmp_path / "data"
     old, fresh = data / "upload-left-behind", data / "upload-in-flight"
-    for folder in (old, fresh):
+    # Dated two days ahead (a host whose clock was ahead, or this one's set back since): its
+    # age was negative, and it stayed, start after start, until the clock caught up.
+    ahead, near = data / "upload-from-ahead", data / "upload-an-hour-ahead"
+    for folder in (old, fresh, ahead, near):
         folder.mkdir(parents=True)
         (folder / "traces.jsonl").write_text("{}\n")
-    two_days_ago = time.time() - 2 * 86400
-    os.utime(old, (two_days_ago, two_days_ago))
+    for folder, seconds in ((old, -2 * 86400), (ahead, 2 * 86400), (near, 3600)):
+        os.utime(folder, (time.time() + seconds, time.time() + seconds))
     with run_server(data):
-        assert not old.exists()
-        assert fresh.exists()  # another worker's request may still be reading it
+        assert not old.exists() and not ahead.exists()
+        assert fresh.exists() and near.exists()  # another worker's request may still be reading it
 
 
 def test_a_value_nested_a_thousand_deep_or_ten_megabytes_long_is_a_short_422(http, trained):

@@ -366,14 +366,17 @@ def _add_exception_handlers(app: FastAPI, service: PredictorService) -> None:
 
 # An upload folder this old belongs to no request in flight, nor to a training job waiting
 # in a queue: a process that received it was killed (a request, or the job it queued,
-# removes its own folder, even when it fails).
+# removes its own folder, even when it fails). So does one dated this much in the future (a
+# host's clock ahead, or this one's set back: it stayed, start after start, until the clock
+# caught up with it).
 STALE_UPLOAD_SECONDS = 24 * 3600
 
 
 def _remove_stale_uploads(data_dir: Path) -> None:
-    cutoff = time.time() - STALE_UPLOAD_SECONDS
+    now = time.time()
     try:
-        folders = [p for p in Path(data_dir).glob("upload-*") if p.is_dir() and p.stat().st_mtime < cutoff]
+        folders = [p for p in Path(data_dir).glob("upload-*")
+                   if p.is_dir() and abs(now - p.stat().st_mtime) > STALE_UPLOAD_SECONDS]
     except OSError:
         return
     for folder in folders:
