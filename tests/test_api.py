@@ -1732,6 +1732,141 @@ def test_the_openapi_schema_declares_every_path_parameter(http):
     assert paths["/tables/{name}"]["delete"]["parameters"][0]["required"] is True
 
 
+def _schema_problems(value, schema: dict, spec: dict, at: str = "") -> list[str]:
+    """Where ``value`` breaks ``schema``: the JSON Schema (2020-12) that FastAPI and pydantic
+    write, enough of it to check answers against /openapi.json with no validator installed."""
+    if "$ref" in schema:
+        _, _, name = schema["$ref"].rpartition("/")
+        return _schema_problems(value, spec["components"]["schemas"][name], spec, at)
+    if "anyOf" in schema:
+        tries = [_schema_problems(value, option, spec, at) for option in schema["anyOf"]]
+        return [] if [] in tries else [f"{at}: {value!r:.80} is none of anyOf"]
+    if "const" in schema and value != schema["const"]:
+        return [f"{at}: {value!r:.80} is not {schema['const']!r}"]
+    if "enum" in schema and value not in schema["enum"]:
+        return [f"{at}: {value!r:.80} is not one of {schema['enum']}"]
+    kinds = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None),
+             "integer": int, "number": (int, float)}
+    kind = schema.get("type")
+    if kind is not None and (not isinstance(value, kinds[kind]) or (kind in ("integer", "number")
+                                                                    and isinstance(value, bool))):
+        return [f"{at}: {value!r:.80} is not of type {kind}"]
+    problems = []
+    if isinstance(value, dict):
+        problems += [f"{at}: {name!r} is required" for name in schema.get("required", []) if name not in value]
+        properties, others = schema.get("properties", {}), schema.get("additionalProperties", True)
+        for name, item in value.items():
+            if name in properties:
+                problems += _schema_problems(item, properties[name], spec, f"{at}.{name}")
+            elif others is False:
+                problems.append(f"{at}: {name!r} is not a property")
+            elif isinstance(others, dict):
+                problems += _schema_problems(item, others, spec, f"{at}.{name}")
+    if isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            problems += _schema_problems(item, schema["items"], spec, f"{at}[{i}]")
+    return problems
+
+
+def _undocumented(r: httpx.Response, spec: dict) -> list[str]:
+    """How the answer ``r`` differs from what ``spec`` (/openapi.json) says of its route: a status
+    code it does not list (nor its range, ``4XX``), a media type, a body its schema refuses."""
+    import re
+
+    method, path = r.request.method.lower(), r.request.url.raw_path.decode().split("?")[0]
+    where = f"{method.upper()} {path} -> {r.status_code}"
+    for template, operations in spec["paths"].items():
+        if re.fullmatch(re.sub(r"{\w+}", "[^/]+", template), path) and method in operations:
+            responses = operations[method]["responses"]
+            break
+    else:
+        return [f"{where}: no such operation"]
+    key = next((k for k in (str(r.status_code), f"{r.status_code // 100}XX", "default") if k in responses), None)
+    if key is None:
+        return [f"{where}: not among {sorted(responses)}"]
+    media = r.headers.get("content-type", "").split(";")[0]
+    content = responses[key].get("content", {})
+    if media not in content:
+        return [f"{where}: {media} is not among {sorted(content)}"]
+    if media != "application/json":
+        return []
+    return [f"{where}: {problem}" for problem in _schema_problems(r.json(), content[media]["schema"], spec)]
+
+
+def test_every_answer_is_the_one_the_openapi_schema_documents(http, trained):
+    # Errors were documented nowhere but a 422 in FastAPI's own shape ({"detail": [{"loc", ...}]}),
+    # which the service never sends: a 404, a 409 or a 413 was not in the schema at all, nor a
+    # 202 of ?background=true; /metrics was said to answer JSON, and a CSV table too.
+    spec = ok(http.get("/openapi.json"))
+    trace = {"trace": TRACE}
+    table = {"trace_file": ("t.jsonl", b"".join(orjson.dumps(t) + b"\n" for t in make_llm_traces(20, seed=5)))}
+    observed = {"model": IDENTITY, "traces": [{**TRACE, "runtime_ms": 1200.0}, {"input_tokens": 3}]}
+    other = ident("openapi")
+    train_json(http, other)
+    answers = [
+        http.get("/health"), http.get("/ping"), http.get("/cache/stats"), http.post("/cache/clear"),
+        http.post("/cache/clear", json={"x": 1}), http.get("/models"), http.get(f"/models/{SEGMENTS}"),
+        http.get("/models/*/*/*/*/*"), http.get("/models/llm/nope/x/y/z"), http.get(f"/models/{SEGMENTS}/versions/1"),
+        http.get(f"/models/{SEGMENTS}/versions/99"), http.get(f"/models/{SEGMENTS}/versions/0"),
+        http.post(f"/predict/single/{SEGMENTS}", json=trace),
+        http.post(f"/predict/single/{SEGMENTS}", json={"trace": {**TRACE, "elapsed_ms": 5.0}}),
+        http.post(f"/predict/single/{SEGMENTS}", json={"trace": {"input_tokens": 3}}),
+        http.post(f"/predict/single/{SEGMENTS}", content=b"{", headers={"content-type": "application/json"}),
+        http.post(f"/predict/single/{SEGMENTS}", json={**trace, "version": 99}),
+        http.post("/predict/single/*/*/*/*/*", json=trace),
+        http.post(f"/predict/single/{SEGMENTS}", content=b"{}", headers={"content-encoding": "gzip"}),
+        http.post(f"/predict/batch/{SEGMENTS}", json={"trace": [TRACE, {"input_tokens": 3}], "quantiles": [0.5, 0.9]}),
+        http.post(f"/predict/batch/{SEGMENTS}", json={"trace": []}),
+        http.post(f"/predict/batch/{SEGMENTS}", json={"trace": [{"input_tokens": 3}]}),
+        http.post(f"/predict/batch/{SEGMENTS}", json={"trace": [TRACE], "total_distribution": False}),
+        http.post(f"/predict/queues/{SEGMENTS}", json={"queues": {"a": [TRACE], "b": [], "c": [{"x": 1}]}}),
+        http.post(f"/predict/queues/{SEGMENTS}", json={"queues": {}}),
+        http.post("/observe", json=observed), http.post("/observe", json={**observed, "traces": [{"x": 1}]}),
+        http.post("/observe", json={**observed, "model": other | {"model_name": "nope"}}),
+        http.get(f"/models/{SEGMENTS}/accuracy"), http.get(f"/models/{SEGMENTS}/accuracy?recent=-1"),
+        http.post(f"/models/{SEGMENTS}/retrain", json={"x": 1}),
+        http.post("/train?background=true", json={"config": {}}), http.post("/train", json={"config": {}}),
+        http.post("/train", headers={"content-type": "multipart/form-data"}, content=b"junk"),
+        http.get("/train/jobs/nope"),
+        http.post(f"/predict/table/{SEGMENTS}", files=table, data={"table_name": "o.json"}),
+        http.post(f"/predict/table/{SEGMENTS}", files=table, data={"table_name": "o.csv", "format": "csv"}),
+        http.post(f"/predict/table/{SEGMENTS}", files=table, data={"confidence_level": "2"}),
+        http.post("/predict/table/*/*/*/*/*", files=table),
+        http.post(f"/predict/single/{SEGMENTS}", json={**trace, "lookup_table": True, "lookup_table_name": "o.json"}),
+        http.post(f"/predict/single/{SEGMENTS}", json={**trace, "lookup_table": True, "lookup_table_name": "x.json"}),
+        http.get("/tables"), http.get("/tables/o.json"), http.get("/tables/o.csv"), http.get("/tables/x.txt"),
+        http.delete("/tables/o.csv"), http.delete("/tables/o.csv"), http.get("/metrics"), http.get("/dashboard"),
+        http.delete(f"/models/{'/'.join(other.values())}/versions/9"), http.delete("/models/*/*/*/*/*"),
+        http.delete(f"/models/{'/'.join(other.values())}"),
+    ]
+    job = next(r for r in answers if r.status_code == 202).json()["job_id"]
+    answers.append(http.get(f"/train/jobs/{job}"))
+    assert {r.status_code for r in answers} >= {200, 202, 400, 404, 409, 415, 422}
+    assert [problem for r in answers for problem in _undocumented(r, spec)] == []
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+
+
+def test_the_openapi_schema_documents_the_401_of_every_route_that_needs_the_key(tmp_path):
+    from swarmpilot_predictor.api import create_app
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    app = create_app(PredictorSettings(data_dir=tmp_path / "data", api_key=API_KEY))
+
+    async def scenario() -> tuple[dict, list[httpx.Response]]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://predictor") as http:
+            spec = (await http.get("/openapi.json")).json()
+            secured = [(m, p) for p, ops in spec["paths"].items() for m, op in ops.items() if op.get("security")]
+            return spec, [await http.request(m, p.replace("{version}", "1").replace("{name}", "t.json"))
+                          for m, p in secured]
+
+    spec, refused = asyncio.run(scenario())
+    assert len(refused) == 8 and {r.status_code for r in refused} == {401}
+    assert [problem for r in refused for problem in _undocumented(r, spec)] == []
+    assert all(r.headers["www-authenticate"] == "Bearer" for r in refused)
+    secured = [op["responses"] for ops in spec["paths"].values() for op in ops.values() if op.get("security")]
+    assert all("WWW-Authenticate" in responses["401"]["headers"] for responses in secured)
+
+
 def test_without_an_api_key_no_route_asks_for_one(http):
     spec = ok(http.get("/openapi.json"))
     assert "securitySchemes" not in spec.get("components", {})

@@ -408,6 +408,44 @@ class ModelsResponse(_Response):
     models: list[dict[str, Any]]
 
 
+class TrainAccepted(_Response):
+    """``POST /train?background=true``'s 202: the job to follow at ``status_url``."""
+
+    status: Literal["accepted"]
+    job_id: str
+    status_url: str
+
+
+class TableResult(_Response):
+    status: Literal["successful"]
+    path: str
+    table_name: str | None = None
+    format: str | None = None
+    rows: int | None = None
+
+
+class ErrorResponse(_Response):
+    """Every error's answer, a 4xx or a 5xx (``detail`` repeats ``message``, where FastAPI's
+    clients read it)."""
+
+    status: Literal["error"]
+    message: str
+    detail: str
+    field: str | None = None  # sent where one input is at fault ("identity", "trace", "body", ...)
+    candidates: list[str] | None = None  # a 409's matching models; a 404's models one part away
+
+
+class TableFailure(_Response):
+    """``POST /predict/table``'s errors, in the seed's answer shape (with the error's HTTP status)."""
+
+    status: Literal["failed"]
+    path: None
+    message: str
+    detail: str
+    field: str | None = None
+    candidates: list[str] | None = None
+
+
 TOTAL_KEYS = ("expect", "error", "total_quantiles", "total_interval")
 
 

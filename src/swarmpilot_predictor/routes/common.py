@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from ..errors import InvalidInput, NotFound, PredictorError, cut, shown
 from ..identity import IdentityPattern
-from ..schemas import NoOptions, parse_json_body
+from ..schemas import ErrorResponse, NoOptions, parse_json_body
 
 IDENTITY_PATH = "{model_type}/{model_name}/{hardware}/{software_name}/{software_version}"
 # Set in the scope of a HEAD request that the app (api.HeadAsGetMiddleware) serves as a GET:
@@ -163,6 +163,34 @@ def openapi_body(schema: type[BaseModel]) -> dict[str, Any]:
     }
 
 
+_ERRORS = {
+    400: "A multipart form that cannot be read (no boundary, cut short, too many parts)",
+    401: "No API key, or another, where the service has one (PREDICTOR_API_KEY)",
+    404: "Not there: no model matches, no such version, table or job (`field` names which)",
+    409: "Several models match a `*` in the identity (listed in `candidates`), or a retraining's version was "
+         "overtaken by another stored meanwhile",
+    413: "The body is larger than PREDICTOR_MAX_UPLOAD_MB (or a table than PREDICTOR_MAX_TABLE_ROWS)",
+    415: "A compressed body (Content-Encoding)",
+    422: "Invalid input: a body, trace, form field or query parameter (`field` names it)",
+    429: "As many trainings queued as the service takes: retry later",
+    "5XX": "The server's fault: an internal error or a model file damaged on disk (500), the data directory "
+           "gone or the service stopping (503), a full disk (507)",
+}
+
+
+def error_responses(*codes: int, model: type[BaseModel] = ErrorResponse,
+                    answers_json: bool = True) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of a route's errors: ``codes`` and any 5xx, each answered in
+    ``model``'s shape. (FastAPI documented none but a 422 in the shape of its own validation
+    errors, ``{"detail": [...]}``, which the service never sends.) For a route whose own
+    answer is not JSON (``answers_json=False``), FastAPI would give its errors that media
+    type: they name the schema instead (which a JSON route's use of ``model`` defines)."""
+    if answers_json:
+        return {code: {"model": model, "description": _ERRORS[code]} for code in (*codes, "5XX")}
+    content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}
+    return {code: {"description": _ERRORS[code], "content": content} for code in (*codes, "5XX")}
+
+
 _PATH_PARAMETER = re.compile(r"{(\w+)}")
 _IDENTITY_PART_DOC = ("an identity part, URL-encoded (NVIDIA%20H100%2080GB%20HBM3, Qwen%2FQwen2.5-7B); '*' leaves it "
                       "unspecified where the route resolves a model")
@@ -183,6 +211,22 @@ def declare_path_parameters(spec: dict[str, Any]) -> dict[str, Any]:
                        for name in names if name not in declared]
             if missing:
                 operation["parameters"] = missing + operation.get("parameters", [])
+    return spec
+
+
+def declare_unauthorized(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with the 401 of every route that asks for the API key (those with ``security``,
+    where the service has one), in the shape of the route's other errors (its 422's)."""
+    for operations in spec.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.get("responses", {})
+            if operation.get("security") and "422" in responses:
+                responses.setdefault("401", {"description": _ERRORS[401], "content": responses["422"]["content"],
+                                             "headers": {"WWW-Authenticate": {
+                                                 "schema": {"type": "string"},
+                                                 "description": 'Bearer; Bearer error="invalid_token" for another key'}}})
+                # In the order of their codes, as /docs lists them.
+                operation["responses"] = dict(sorted(responses.items()))
     return spec
 
 

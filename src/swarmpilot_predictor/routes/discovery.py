@@ -9,25 +9,27 @@ from starlette.concurrency import run_in_threadpool
 
 from ..schemas import HealthResponse
 from ..service import PredictorService
-from .common import NO_BODY, JSONResponse
+from .common import NO_BODY, JSONResponse, error_responses
 
 
 def add_discovery_routes(app: FastAPI, service: PredictorService, writes: list[Any]) -> None:
     # The routes below that report accuracy read the observation logs (64 MB a model at
     # most) and run the drift tests: off the event loop, so that /ping and predictions go on
     # being answered (a first /health after a restart took 3.9 s, and held every request).
-    @app.get("/health", response_model=HealthResponse, tags=["discovery"])
+    @app.get("/health", response_model=HealthResponse, tags=["discovery"], responses=error_responses())
     async def health():
         return JSONResponse(await run_in_threadpool(service.health))
 
-    @app.get("/ping", tags=["discovery"], summary="Liveness: the cheapest possible answer")
+    @app.get("/ping", tags=["discovery"], responses=error_responses(), summary="Liveness: the cheapest possible answer")
     async def ping():
         return JSONResponse({"status": "ok"})
 
-    @app.get("/cache/stats", tags=["cache"], summary="Prediction cache size and hit/miss counts")
+    @app.get("/cache/stats", tags=["cache"], responses=error_responses(),
+             summary="Prediction cache size and hit/miss counts")
     async def cache_stats():
         return JSONResponse(service.cache_stats())
 
-    @app.post("/cache/clear", tags=["cache"], dependencies=[*writes, NO_BODY], summary="Empty the prediction cache")
+    @app.post("/cache/clear", tags=["cache"], dependencies=[*writes, NO_BODY], responses=error_responses(413, 415, 422),
+               summary="Empty the prediction cache")
     async def cache_clear():
         return JSONResponse(service.clear_cache())

@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.routing import Route
 
-from .common import JSONResponse, log_client_left, openapi_body, refuse_unknown_query
+from .common import JSONResponse, error_responses, log_client_left, openapi_body, refuse_unknown_query
 
 
 class ClientGone(Exception):
@@ -110,5 +110,6 @@ def lean_route(app: FastAPI, path: str, handler: LeanHandler, body: type[BaseMod
         return Response(answer, media_type="application/json") if isinstance(answer, bytes) else JSONResponse(answer)
 
     app.add_api_route(path, documented, methods=["POST"], response_model=response, tags=["prediction"],
-                      summary=summary, openapi_extra=openapi_body(body))
+                      summary=summary, openapi_extra=openapi_body(body),
+                      responses=error_responses(404, 409, 413, 415, 422))
     app.router.routes.insert(0, Route(path, LeanEndpoint(checked, path), methods=["POST"]))

@@ -9,20 +9,23 @@ from starlette.concurrency import run_in_threadpool
 
 from ..schemas import ModelsResponse
 from ..service import PredictorService
-from .common import DECLARED_QUERY, IDENTITY_PATH, NO_BODY, JSONResponse, identity_from, refuse_loose_numbers
+from .common import (DECLARED_QUERY, IDENTITY_PATH, NO_BODY, JSONResponse, error_responses, identity_from,
+                     refuse_loose_numbers)
 
 
 def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any]) -> None:
-    @app.get("/models", response_model=ModelsResponse, tags=["models"])
+    @app.get("/models", response_model=ModelsResponse, tags=["models"], responses=error_responses())
     async def models():
         return JSONResponse({"status": "success", "models": await run_in_threadpool(service.list_models)})
 
-    @app.get("/models/" + IDENTITY_PATH, tags=["models"], summary="One model and all its versions")
+    @app.get("/models/" + IDENTITY_PATH, tags=["models"], responses=error_responses(404, 409),
+             summary="One model and all its versions")
     async def model_detail(request: Request):
         pattern = identity_from(request.scope, 1)
         return JSONResponse({"status": "success", "model": await run_in_threadpool(service.model_detail, pattern)})
 
-    @app.get("/models/" + IDENTITY_PATH + "/versions/{version}", tags=["models"], summary="One version's full metadata")
+    @app.get("/models/" + IDENTITY_PATH + "/versions/{version}", tags=["models"],
+             responses=error_responses(404, 409, 422), summary="One version's full metadata")
     async def model_version_detail(request: Request, version: Annotated[int, Path(ge=1)]):
         refuse_loose_numbers(request, "path.version")
         pattern = identity_from(request.scope, 1)
@@ -31,6 +34,7 @@ def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any])
     # Off the event loop, as /health is (see discovery.py): it reads the observation log and
     # runs the drift tests.
     @app.get("/models/" + IDENTITY_PATH + "/accuracy", tags=["monitoring"], dependencies=[DECLARED_QUERY],
+             responses=error_responses(404, 409, 422),
              summary="Rolling accuracy of the serving version against observed runtimes")
     async def model_accuracy(request: Request, version: Annotated[int | None, Query(ge=1)] = None, recent: int = 200):
         refuse_loose_numbers(request, "query.version", "query.recent")
@@ -38,6 +42,7 @@ def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any])
         return JSONResponse(await run_in_threadpool(service.accuracy, pattern, version, recent))
 
     @app.post("/models/" + IDENTITY_PATH + "/retrain", tags=["monitoring"], dependencies=[*writes, NO_BODY],
+              responses=error_responses(404, 409, 413, 415, 422),
               summary="Retrain now on training data plus observations; a new version only if it is better")
     async def model_retrain(request: Request):
         pattern = identity_from(request.scope, 1)
@@ -45,13 +50,14 @@ def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any])
 
     # Deleting unlinks files and writes (and fsyncs) the registry's generation: off the event
     # loop, which a slow disk held for every request meanwhile.
-    @app.delete("/models/" + IDENTITY_PATH, tags=["models"], dependencies=[*writes, NO_BODY], summary="Delete a model, every version")
+    @app.delete("/models/" + IDENTITY_PATH, tags=["models"], dependencies=[*writes, NO_BODY],
+                responses=error_responses(404, 413, 422), summary="Delete a model, every version")
     async def model_delete(request: Request):
         pattern = identity_from(request.scope, 1)
         return JSONResponse(await run_in_threadpool(service.delete_model, pattern))
 
     @app.delete("/models/" + IDENTITY_PATH + "/versions/{version}", tags=["models"],
-                dependencies=[*writes, NO_BODY], summary="Delete one version")
+                dependencies=[*writes, NO_BODY], responses=error_responses(404, 413, 422), summary="Delete one version")
     async def model_version_delete(request: Request, version: Annotated[int, Path(ge=1)]):
         refuse_loose_numbers(request, "path.version")
         pattern = identity_from(request.scope, 1)

@@ -6,29 +6,35 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ..schemas import ObserveRequest
 from ..service import PredictorService
-from .common import JSONResponse, json_body, openapi_body
+from .common import JSONResponse, error_responses, json_body, openapi_body
 
 _DASHBOARD = Path(__file__).parent.parent / "static" / "dashboard.html"
 
 
 def add_monitoring_routes(app: FastAPI, service: PredictorService, writes: list[Any]) -> None:
     @app.post("/observe", tags=["monitoring"], dependencies=writes, openapi_extra=openapi_body(ObserveRequest),
+              responses=error_responses(404, 413, 415, 422),
               summary="Record measured runtimes for accuracy tracking and retraining")
     async def observe(request: Request):
         req = await json_body(request, ObserveRequest)
         result = await run_in_threadpool(service.observe, req.model.model_dump(), req.traces)
         return JSONResponse(result)
 
-    @app.get("/metrics", tags=["monitoring"], summary="Prometheus metrics")
+    # (response_class: what the schema says the answer is, Prometheus' text format or a page)
+    @app.get("/metrics", tags=["monitoring"], response_class=PlainTextResponse,
+             responses=error_responses(answers_json=False),
+             summary="Prometheus metrics")
     async def metrics():
         body, ctype = await run_in_threadpool(service.render_metrics)
         return Response(body, media_type=ctype)
 
-    @app.get("/dashboard", tags=["monitoring"], summary="Models, accuracy and drift for people", include_in_schema=True)
+    @app.get("/dashboard", tags=["monitoring"], response_class=HTMLResponse,
+             responses=error_responses(answers_json=False),
+             summary="Models, accuracy and drift for people", include_in_schema=True)
     async def dashboard():
         return Response(_DASHBOARD.read_bytes(), media_type="text/html; charset=utf-8")

@@ -18,9 +18,11 @@ from ..errors import InvalidInput, PredictorError, shown
 from ..lookup.names import WRITABLE_FORMATS
 from ..lookup.quantiles import KNOT_LIMIT, KNOT_MOST
 from ..service import PredictorService
+from ..schemas import TableFailure, TableResult
 from ..settings import PredictorSettings
 from ..traces import TRACE_FILE_KINDS, finite_number_in_text, trace_file_format
-from .common import HEAD_ONLY, IDENTITY_PATH, NO_BODY, JSONResponse, identity_from, is_multipart, raw_segments, table_failure
+from .common import (HEAD_ONLY, IDENTITY_PATH, NO_BODY, JSONResponse, error_responses, identity_from, is_multipart,
+                     raw_segments, table_failure)
 from .uploads import read_form, save_upload, trace_suffix, upload_dir
 
 
@@ -47,7 +49,8 @@ TABLE_FORM_FIELDS = tuple(TABLE_FORM_SCHEMA["requestBody"]["content"]["multipart
 
 def add_table_routes(app: FastAPI, service: PredictorService, settings: PredictorSettings, writes: list[Any]) -> None:
     @app.post("/predict/table/" + IDENTITY_PATH, tags=["lookup tables"], dependencies=writes,
-              openapi_extra=TABLE_FORM_SCHEMA,
+              openapi_extra=TABLE_FORM_SCHEMA, response_model=TableResult,
+              responses=error_responses(400, 404, 409, 413, 415, 422, model=TableFailure),
               summary="Predict every trace of an uploaded file and write a lookup table")
     async def predict_table(request: Request):
         pattern = identity_from(request.scope, 2)
@@ -86,11 +89,14 @@ def add_table_routes(app: FastAPI, service: PredictorService, settings: Predicto
             return table_failure(exc)
         return JSONResponse(result)
 
-    @app.get("/tables", tags=["lookup tables"], summary="Lookup tables in the table directory")
+    @app.get("/tables", tags=["lookup tables"], responses=error_responses(),
+             summary="Lookup tables in the table directory")
     async def tables_list():
         return JSONResponse(await run_in_threadpool(service.list_tables))
 
-    @app.get("/tables/{name}", tags=["lookup tables"], summary="Download a lookup table file")
+    @app.get("/tables/{name}", tags=["lookup tables"], response_class=Response,
+             responses={200: {"description": "The table's file, as stored", "content": _TABLE_CONTENT},
+                        **error_responses(404, 422, answers_json=False)}, summary="Download a lookup table file")
     async def tables_download(request: Request):
         name = _table_name_from(request)
         fh, size = await run_in_threadpool(service.tables.open_table, name)
@@ -117,12 +123,16 @@ def add_table_routes(app: FastAPI, service: PredictorService, settings: Predicto
         return StreamingResponse(content(), media_type=media_type, headers=headers)
 
     # Off the event loop: unlinking a table of gigabytes and its sidecar takes a while on some file systems.
-    @app.delete("/tables/{name}", tags=["lookup tables"], dependencies=[*writes, NO_BODY], summary="Delete a lookup table")
+    @app.delete("/tables/{name}", tags=["lookup tables"], dependencies=[*writes, NO_BODY],
+                responses=error_responses(404, 413, 422), summary="Delete a lookup table")
     async def tables_delete(request: Request):
         return JSONResponse(await run_in_threadpool(service.delete_table, _table_name_from(request)))
 
 
 _TABLE_MEDIA = {"json": "application/json", "jsonl": "application/x-ndjson", "csv": "text/csv", "gz": "application/gzip"}
+# (a .json table is an array of records; the others' bytes, as stored)
+_TABLE_CONTENT = {media: {"schema": {"type": "array", "items": {"type": "object"}} if media == "application/json"
+                          else {"type": "string", "format": "binary"}} for media in _TABLE_MEDIA.values()}
 
 
 def _table_media_key(name: str) -> str:

@@ -14,10 +14,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from ..errors import InvalidInput, PayloadTooLarge, ServiceStopping, shown, validation_message
-from ..schemas import TrainConfig, TrainRequest, TrainResult, config_from_text
+from ..schemas import TrainAccepted, TrainConfig, TrainRequest, TrainResult, config_from_text
 from ..service import PredictorService
 from ..settings import PredictorSettings
-from .common import JSONResponse, is_multipart, openapi_body
+from .common import JSONResponse, error_responses, is_multipart, openapi_body
 from .uploads import UploadedTraceFiles, read_form, save_upload, upload_dir
 
 # A multipart training's config part (its traces belong in trace files beside it).
@@ -44,6 +44,8 @@ TRAIN_BODY_SCHEMA = _train_body_schema()
 def add_training_routes(app: FastAPI, service: PredictorService, settings: PredictorSettings, writes: list[Any]) -> None:
     @app.post("/train", response_model=TrainResult, tags=["training"], dependencies=writes,
               openapi_extra=TRAIN_BODY_SCHEMA,
+              responses={202: {"model": TrainAccepted, "description": "?background=true: the job, queued"},
+                         **error_responses(400, 413, 415, 422, 429)},
               summary="Train (in a separate worker process); ?background=true answers 202 with a job id")
     async def train(request: Request, background: bool = False):
         # Queuing prunes old job records and writes (and fsyncs) the new one, and a first
@@ -77,10 +79,13 @@ def add_training_routes(app: FastAPI, service: PredictorService, settings: Predi
             raise ServiceStopping("the service stopped before the job finished") from None
         return JSONResponse(result)
 
-    @app.get("/train/jobs/{job_id}", tags=["training"], summary="Status and result of a training job")
-    async def train_job(job_id: str):
+    # (job_id read from the path, not a parameter FastAPI checks: any text is a job's id or a
+    # 404, and FastAPI documented a 422 in its own shape for it)
+    @app.get("/train/jobs/{job_id}", tags=["training"], responses=error_responses(404),
+             summary="Status and result of a training job")
+    async def train_job(request: Request):
         # A record is read from disk (up to megabytes), and a job cut short is settled there.
-        return JSONResponse(await run_in_threadpool(service.jobs.get, job_id))
+        return JSONResponse(await run_in_threadpool(service.jobs.get, request.path_params["job_id"]))
 
 
 async def _read_multipart(request: Request, settings: PredictorSettings) -> tuple[TrainConfig, dict[str, Path], Path]:
