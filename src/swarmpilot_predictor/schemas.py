@@ -408,6 +408,90 @@ class ModelsResponse(_Response):
     models: list[dict[str, Any]]
 
 
+class Ping(_Response):
+    status: Literal["ok"]
+
+
+class CacheStats(_Response):
+    status: Literal["success"]
+    enabled: bool
+    entries: int
+    max_entries: int
+    hits: int
+    misses: int
+    hit_rate: float
+
+
+class CacheCleared(_Response):
+    status: Literal["success"]
+    cleared: int
+
+
+class ModelDetailResponse(_Response):
+    status: Literal["success"]
+    model: dict[str, Any]  # the model and each version's metadata (one version's, under /versions/{n})
+
+
+class ModelDeleted(_Response):
+    status: Literal["success"]
+    model_key: str
+    deleted_versions: list[int]
+
+
+class AccuracyResponse(_Response):
+    status: Literal["success"]
+    model_key: str
+    version: int
+    observations: int
+    drifted: bool
+    drift: dict[str, Any]
+    heldout_at_training: dict[str, Any]
+    recent: dict[str, Any]
+    retraining: list[dict[str, Any]]
+
+
+class RetrainDecision(_Response):
+    """A retraining's decision (a failed one is answered as an error)."""
+
+    status: Literal["retrained", "kept", "skipped", "failed"]
+    model_key: str
+    reason: str
+    from_version: int
+    to_version: int | None = None  # a retrained one's new version
+    message: str | None = None
+
+
+class ObserveResponse(_Response):
+    status: Literal["success"]
+    model_key: str
+    model_version: int
+    accepted: int
+    rejected: list[dict[str, Any]]  # {"index", "message"} of each trace not recorded
+    drifted: bool
+    retraining_scheduled: bool
+
+
+class TrainJob(_Response):
+    job_id: str
+    status: Literal["queued", "running", "succeeded", "failed"]
+    submitted_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: dict[str, Any] | None = None  # a succeeded job's, the answer /train gives
+    error: dict[str, Any] | None = None  # a failed job's: status_code, message, field
+
+
+class TablesResponse(_Response):
+    status: Literal["success"]
+    tables: list[dict[str, Any]]  # name, format, size_bytes, modified_at, default, loaded, ...
+    default: str | None
+
+
+class TableDeleted(_Response):
+    status: Literal["success"]
+    deleted: str
+
+
 class TrainAccepted(_Response):
     """``POST /train?background=true``'s 202: the job to follow at ``status_url``."""
 

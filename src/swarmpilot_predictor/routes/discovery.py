@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from ..schemas import HealthResponse
+from ..schemas import CacheCleared, CacheStats, HealthResponse, Ping
 from ..service import PredictorService
 from .common import NO_BODY, JSONResponse, error_responses
 
@@ -20,16 +20,17 @@ def add_discovery_routes(app: FastAPI, service: PredictorService, writes: list[A
     async def health():
         return JSONResponse(await run_in_threadpool(service.health))
 
-    @app.get("/ping", tags=["discovery"], responses=error_responses(), summary="Liveness: the cheapest possible answer")
+    @app.get("/ping", tags=["discovery"], response_model=Ping, responses=error_responses(),
+             summary="Liveness: the cheapest possible answer")
     async def ping():
         return JSONResponse({"status": "ok"})
 
-    @app.get("/cache/stats", tags=["cache"], responses=error_responses(),
+    @app.get("/cache/stats", tags=["cache"], response_model=CacheStats, responses=error_responses(),
              summary="Prediction cache size and hit/miss counts")
     async def cache_stats():
         return JSONResponse(service.cache_stats())
 
-    @app.post("/cache/clear", tags=["cache"], dependencies=[*writes, NO_BODY], responses=error_responses(413, 415, 422),
-               summary="Empty the prediction cache")
+    @app.post("/cache/clear", tags=["cache"], dependencies=[*writes, NO_BODY], response_model=CacheCleared,
+               responses=error_responses(413, 415, 422), summary="Empty the prediction cache")
     async def cache_clear():
         return JSONResponse(service.clear_cache())

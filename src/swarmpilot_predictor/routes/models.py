@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from ..schemas import ModelsResponse
+from ..schemas import AccuracyResponse, ModelDeleted, ModelDetailResponse, ModelsResponse, RetrainDecision
 from ..service import PredictorService
 from .common import (DECLARED_QUERY, IDENTITY_PATH, NO_BODY, JSONResponse, error_responses, identity_from,
                      refuse_loose_numbers)
@@ -18,13 +18,14 @@ def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any])
     async def models():
         return JSONResponse({"status": "success", "models": await run_in_threadpool(service.list_models)})
 
-    @app.get("/models/" + IDENTITY_PATH, tags=["models"], responses=error_responses(404, 409),
+    @app.get("/models/" + IDENTITY_PATH, tags=["models"], response_model=ModelDetailResponse,
+             responses=error_responses(404, 409),
              summary="One model and all its versions")
     async def model_detail(request: Request):
         pattern = identity_from(request.scope, 1)
         return JSONResponse({"status": "success", "model": await run_in_threadpool(service.model_detail, pattern)})
 
-    @app.get("/models/" + IDENTITY_PATH + "/versions/{version}", tags=["models"],
+    @app.get("/models/" + IDENTITY_PATH + "/versions/{version}", tags=["models"], response_model=ModelDetailResponse,
              responses=error_responses(404, 409, 422), summary="One version's full metadata")
     async def model_version_detail(request: Request, version: Annotated[int, Path(ge=1)]):
         refuse_loose_numbers(request, "path.version")
@@ -34,7 +35,7 @@ def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any])
     # Off the event loop, as /health is (see discovery.py): it reads the observation log and
     # runs the drift tests.
     @app.get("/models/" + IDENTITY_PATH + "/accuracy", tags=["monitoring"], dependencies=[DECLARED_QUERY],
-             responses=error_responses(404, 409, 422),
+             response_model=AccuracyResponse, responses=error_responses(404, 409, 422),
              summary="Rolling accuracy of the serving version against observed runtimes")
     async def model_accuracy(request: Request, version: Annotated[int | None, Query(ge=1)] = None, recent: int = 200):
         refuse_loose_numbers(request, "query.version", "query.recent")
@@ -42,7 +43,7 @@ def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any])
         return JSONResponse(await run_in_threadpool(service.accuracy, pattern, version, recent))
 
     @app.post("/models/" + IDENTITY_PATH + "/retrain", tags=["monitoring"], dependencies=[*writes, NO_BODY],
-              responses=error_responses(404, 409, 413, 415, 422),
+              response_model=RetrainDecision, responses=error_responses(404, 409, 413, 415, 422),
               summary="Retrain now on training data plus observations; a new version only if it is better")
     async def model_retrain(request: Request):
         pattern = identity_from(request.scope, 1)
@@ -51,13 +52,15 @@ def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any])
     # Deleting unlinks files and writes (and fsyncs) the registry's generation: off the event
     # loop, which a slow disk held for every request meanwhile.
     @app.delete("/models/" + IDENTITY_PATH, tags=["models"], dependencies=[*writes, NO_BODY],
-                responses=error_responses(404, 413, 422), summary="Delete a model, every version")
+                response_model=ModelDeleted, responses=error_responses(404, 413, 422),
+                summary="Delete a model, every version")
     async def model_delete(request: Request):
         pattern = identity_from(request.scope, 1)
         return JSONResponse(await run_in_threadpool(service.delete_model, pattern))
 
     @app.delete("/models/" + IDENTITY_PATH + "/versions/{version}", tags=["models"],
-                dependencies=[*writes, NO_BODY], responses=error_responses(404, 413, 422), summary="Delete one version")
+                dependencies=[*writes, NO_BODY], response_model=ModelDeleted, responses=error_responses(404, 413, 422),
+                summary="Delete one version")
     async def model_version_delete(request: Request, version: Annotated[int, Path(ge=1)]):
         refuse_loose_numbers(request, "path.version")
         pattern = identity_from(request.scope, 1)

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from ..schemas import ObserveRequest
+from ..schemas import ObserveRequest, ObserveResponse
 from ..service import PredictorService
 from .common import JSONResponse, error_responses, json_body, openapi_body
 
@@ -18,7 +18,7 @@ _DASHBOARD = Path(__file__).parent.parent / "static" / "dashboard.html"
 
 def add_monitoring_routes(app: FastAPI, service: PredictorService, writes: list[Any]) -> None:
     @app.post("/observe", tags=["monitoring"], dependencies=writes, openapi_extra=openapi_body(ObserveRequest),
-              responses=error_responses(404, 413, 415, 422),
+              response_model=ObserveResponse, responses=error_responses(404, 413, 415, 422),
               summary="Record measured runtimes for accuracy tracking and retraining")
     async def observe(request: Request):
         req = await json_body(request, ObserveRequest)

@@ -18,7 +18,7 @@ from ..errors import InvalidInput, PredictorError, shown
 from ..lookup.names import WRITABLE_FORMATS
 from ..lookup.quantiles import KNOT_LIMIT, KNOT_MOST
 from ..service import PredictorService
-from ..schemas import TableFailure, TableResult
+from ..schemas import TableDeleted, TableFailure, TableResult, TablesResponse
 from ..settings import PredictorSettings
 from ..traces import TRACE_FILE_KINDS, finite_number_in_text, trace_file_format
 from .common import (HEAD_ONLY, IDENTITY_PATH, NO_BODY, JSONResponse, error_responses, identity_from, is_multipart,
@@ -89,7 +89,7 @@ def add_table_routes(app: FastAPI, service: PredictorService, settings: Predicto
             return table_failure(exc)
         return JSONResponse(result)
 
-    @app.get("/tables", tags=["lookup tables"], responses=error_responses(),
+    @app.get("/tables", tags=["lookup tables"], response_model=TablesResponse, responses=error_responses(),
              summary="Lookup tables in the table directory")
     async def tables_list():
         return JSONResponse(await run_in_threadpool(service.list_tables))
@@ -124,7 +124,7 @@ def add_table_routes(app: FastAPI, service: PredictorService, settings: Predicto
 
     # Off the event loop: unlinking a table of gigabytes and its sidecar takes a while on some file systems.
     @app.delete("/tables/{name}", tags=["lookup tables"], dependencies=[*writes, NO_BODY],
-                responses=error_responses(404, 413, 422), summary="Delete a lookup table")
+                response_model=TableDeleted, responses=error_responses(404, 413, 422), summary="Delete a lookup table")
     async def tables_delete(request: Request):
         return JSONResponse(await run_in_threadpool(service.delete_table, _table_name_from(request)))
 

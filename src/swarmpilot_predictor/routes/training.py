@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from ..errors import InvalidInput, PayloadTooLarge, ServiceStopping, shown, validation_message
-from ..schemas import TrainAccepted, TrainConfig, TrainRequest, TrainResult, config_from_text
+from ..schemas import TrainAccepted, TrainConfig, TrainJob, TrainRequest, TrainResult, config_from_text
 from ..service import PredictorService
 from ..settings import PredictorSettings
 from .common import JSONResponse, error_responses, is_multipart, openapi_body
@@ -81,7 +81,7 @@ def add_training_routes(app: FastAPI, service: PredictorService, settings: Predi
 
     # (job_id read from the path, not a parameter FastAPI checks: any text is a job's id or a
     # 404, and FastAPI documented a 422 in its own shape for it)
-    @app.get("/train/jobs/{job_id}", tags=["training"], responses=error_responses(404),
+    @app.get("/train/jobs/{job_id}", tags=["training"], response_model=TrainJob, responses=error_responses(404),
              summary="Status and result of a training job")
     async def train_job(request: Request):
         # A record is read from disk (up to megabytes), and a job cut short is settled there.
