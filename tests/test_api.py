@@ -1860,6 +1860,19 @@ def test_the_openapi_schema_describes_every_json_answer(http):
     assert job["properties"]["status"]["enum"] == ["queued", "running", "succeeded", "failed"]
 
 
+def test_every_reference_in_the_openapi_schema_leads_to_a_schema_it_holds(http):
+    # /train's and /observe's bodies (which the routes read themselves) named TrainConfig,
+    # ModelPartsBody and ModelIdentityBody among the components, which held none of them.
+    import re
+
+    text = http.get("/openapi.json").text
+    spec = orjson.loads(text)
+    named = set(re.findall(r'"\$ref":"#/components/schemas/([^"]+)"', text))
+    assert {"TrainConfig", "ModelPartsBody", "ModelIdentityBody", "ErrorResponse"} <= named
+    assert named <= set(spec["components"]["schemas"]) and "$defs" not in text
+    assert not re.findall(r'"\$ref":"(?!#/components/schemas/)', text)
+
+
 def test_the_openapi_schema_documents_the_401_of_every_route_that_needs_the_key(tmp_path):
     from swarmpilot_predictor.api import create_app
     from swarmpilot_predictor.settings import PredictorSettings

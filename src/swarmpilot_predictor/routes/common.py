@@ -214,6 +214,27 @@ def declare_path_parameters(spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+def hoist_definitions(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with the models that the request bodies of :func:`openapi_body` nest (pydantic's
+    ``$defs``: a training's config, an observation's model) among its components, where their
+    ``$ref`` points: FastAPI did not see those bodies, and the references led nowhere."""
+    components = spec.setdefault("components", {}).setdefault("schemas", {})
+
+    def hoist(node: Any) -> None:
+        if isinstance(node, dict):
+            for name, schema in node.pop("$defs", {}).items():
+                components.setdefault(name, schema)
+                hoist(schema)
+            for value in node.values():
+                hoist(value)
+        elif isinstance(node, list):
+            for value in node:
+                hoist(value)
+
+    hoist(spec.get("paths", {}))
+    return spec
+
+
 def declare_unauthorized(spec: dict[str, Any]) -> dict[str, Any]:
     """``spec`` with the 401 of every route that asks for the API key (those with ``security``,
     where the service has one), in the shape of the route's other errors (its 422's)."""
