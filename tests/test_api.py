@@ -1611,6 +1611,24 @@ def test_long_identity_paths_are_not_kept_in_the_path_cache():
 API_KEY = "test-key-" + "0123456789abcdef"
 
 
+def test_a_background_trainings_status_url_is_under_uvicorns_root_path(tmp_path):
+    # Behind a gateway that serves the service under /predictor (uvicorn --root-path /predictor),
+    # status_url was /train/jobs/<id>: followed there, it left the service's prefix.
+    args = [sys.executable, "-m", "uvicorn", "swarmpilot_predictor.api:app_from_env", "--factory", "--host",
+            "127.0.0.1", "--port", "{port}", "--log-level", "warning", "--root-path", "/predictor"]
+    config = {"config": {"model": IDENTITY, "traces": make_llm_traces(100), "algorithm": "linear"}}
+    with run_server(tmp_path / "data", args=args) as srv, httpx.Client(base_url=srv.url, timeout=60) as http:
+        accepted = http.post("/train?background=true", json=config)  # as the gateway forwards it: prefix stripped
+        assert accepted.status_code == 202, accepted.text
+        job_id, status_url = accepted.json()["job_id"], accepted.json()["status_url"]
+        assert status_url == f"/predictor/train/jobs/{job_id}"
+        deadline = time.monotonic() + 60
+        while (job := ok(http.get(status_url.removeprefix("/predictor"))))["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.2)
+        assert job["status"] == "succeeded" and job["job_id"] == job_id
+
+
 def test_a_table_generation_refused_before_its_route_answers_in_its_shape_under_a_root_path(tmp_path):
     # Mounted under a proxy's prefix, the path the check read held it: the general shape came back.
     from swarmpilot_predictor.api import create_app

@@ -68,8 +68,10 @@ def add_training_routes(app: FastAPI, service: PredictorService, settings: Predi
             # request never holds the event loop (or the GIL) of this process.
             job_id, future = await run_in_threadpool(service.jobs.submit_raw, await _train_body(request))
         if background:
-            return JSONResponse({"status": "accepted", "job_id": job_id, "status_url": f"/train/jobs/{job_id}"},
-                                status_code=202)
+            # Where the client finds the job: under the root path the service is mounted at (a
+            # gateway's prefix, uvicorn's --root-path), which the route's own path leaves out.
+            status_url = f"{request.scope.get('root_path', '').rstrip('/')}/train/jobs/{job_id}"
+            return JSONResponse({"status": "accepted", "job_id": job_id, "status_url": status_url}, status_code=202)
         try:
             result = await asyncio.wrap_future(future)
         except asyncio.CancelledError:
