@@ -1195,6 +1195,25 @@ def test_both_clients_say_why_a_connection_was_refused_alike(port):  # nothing l
     assert sync_err.value.message.endswith(f"127.0.0.1:{port}: ConnectError: [Errno 111] Connection refused")
 
 
+def test_a_tls_failure_is_said_in_tls_words_not_as_a_system_error(server):
+    # https:// to the plain-HTTP service: ssl.SSLError is an OSError whose errno is OpenSSL's
+    # code (1), and both clients said "[Errno 1] Operation not permitted".
+    url = server.url.replace("http://", "https://")
+    with PredictorClient(url, retries=0) as client:
+        with pytest.raises(PredictorUnavailableError) as sync_err:
+            client.health()
+
+    async def ask():
+        async with AsyncPredictorClient(url, retries=0) as client:
+            await client.health()
+
+    with pytest.raises(PredictorUnavailableError) as async_err:
+        asyncio.run(ask())
+    assert sync_err.value.message == async_err.value.message
+    assert "[SSL: WRONG_VERSION_NUMBER] wrong version number" in sync_err.value.message
+    assert "Errno" not in sync_err.value.message
+
+
 def test_an_error_page_that_is_not_the_predictors_is_said_short_by_both_clients():
     import httpx
 

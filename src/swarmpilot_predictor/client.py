@@ -13,6 +13,7 @@ import numbers
 import operator
 import os
 import re
+import ssl
 import time
 import zlib
 from collections.abc import Iterable, Mapping, Sequence, Sized
@@ -1041,12 +1042,15 @@ def _cause(exc: Exception) -> str:
 
     The system's error where one is behind it, said the same for both clients: the async
     one's own text was "All connection attempts failed" where the sync one said "[Errno 111]
-    Connection refused".
+    Connection refused". A TLS error is said in its own words: its errno is OpenSSL's code,
+    not the system's (``https://`` to a plain-HTTP service read "[Errno 1] Operation not permitted").
     """
     inner: BaseException | None = exc
     seen = set()
     while inner is not None and id(inner) not in seen:
         seen.add(id(inner))
+        if isinstance(inner, ssl.SSLError):
+            return f"{type(exc).__name__}: {inner.args[1] if len(inner.args) > 1 else inner}"
         if isinstance(inner, OSError) and isinstance(inner.errno, int) and inner.errno > 0:
             return f"{type(exc).__name__}: [Errno {inner.errno}] {os.strerror(inner.errno)}"
         inner = inner.__cause__ or inner.__context__
