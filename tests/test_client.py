@@ -580,6 +580,44 @@ def test_timeout_raises_unavailable():
         listener.close()
 
 
+def test_a_request_that_could_not_be_written_whole_is_said_not_carried_out():
+    # A server that accepts and never reads: a 40 MB upload fills the socket's buffers, and
+    # the write times out. The service holds part of the request, which it cannot act on;
+    # the client said "it was sent, and may still be carried out; check before sending it again".
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    accepted = []
+    thread = threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    upload = b'{"input_tokens": 1, "output_tokens": 1, "runtime_ms": 5.0}\n' * 700_000
+    config = {"model": IDENTITY, "traces": "runs.jsonl"}
+    try:
+        with PredictorClient(url, timeout=0.5, retries=0) as client:
+            with pytest.raises(PredictorUnavailableError) as sync_err:
+                client.train(config, files={"runs.jsonl": upload})
+
+        async def send():
+            async with AsyncPredictorClient(url, timeout=0.5, retries=0) as client:
+                await client.train(config, files={"runs.jsonl": upload})
+
+        thread.join()
+        thread = threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True)
+        thread.start()
+        with pytest.raises(PredictorUnavailableError) as async_err:
+            asyncio.run(send())
+    finally:
+        thread.join(timeout=5)
+        for conn in accepted:
+            conn.close()
+        listener.close()
+    for err in (sync_err, async_err):
+        assert "timed out after 0.5s (WriteTimeout)" in err.value.message
+        assert "it was not sent whole, so the service has not carried it out" in err.value.message
+        assert "may still be carried out" not in err.value.message
+
+
 def test_an_idle_connection_is_dropped_before_the_server_would_drop_it():
     # uvicorn closes a connection idle for 5 s; httpx kept one 5 s, and a call sent on it as
     # the server closed it was lost (observe: 4 of 240 calls failed, never having arrived).

@@ -923,8 +923,11 @@ class _Base:
                                         + ("" if req.idempotent else ", which may have carried it out"))
         if isinstance(exc, httpx.TimeoutException):
             # Waiting for the answer, the request was sent: the service may carry it out still.
+            # Waiting to write it (a service that does not read), it was not sent whole: the
+            # service has part of it, which it cannot carry out.
             sent = "" if req.idempotent or isinstance(exc, _NOT_SENT) else (
-                ": it was sent, and may still be carried out; check before sending it again")
+                ": it was not sent whole, so the service has not carried it out" if isinstance(exc, httpx.WriteTimeout)
+                else ": it was sent, and may still be carried out; check before sending it again")
             return PredictorUnavailableError(f"{req.method} {req.path} to {self._shown_url} timed out after "
                                              f"{self._waited(req, exc)}s ({type(exc).__name__}){sent}")
         if isinstance(exc, _MAYBE_SENT) and not req.idempotent:
