@@ -848,6 +848,48 @@ class RawServer:
         self._listener.close()
 
 
+def test_a_call_in_flight_when_its_client_is_closed_says_so_not_that_the_connection_dropped():
+    # The server holds the requests unanswered; the client is closed from another thread or
+    # task. Both said "POST /observe was sent ... but the connection dropped before an answer
+    # (ReadError)", a PredictorUnavailableError: the service taken for down, for the client's own close.
+    trace = {"input_tokens": 1, "output_tokens": 1, "runtime_ms": 5.0}
+    with RawServer(None) as srv:
+        for call, sent in ((lambda c: c.observe(IDENTITY, [trace]), "POST /observe"),
+                           (lambda c: c.health(), "GET /health")):
+            client = PredictorClient(srv.url, timeout=1, retries=3, backoff=0.01)
+            errors = []
+
+            def send():
+                try:
+                    call(client)
+                except Exception as exc:  # noqa: BLE001 - what the caller sees
+                    errors.append(exc)
+
+            thread = threading.Thread(target=send)
+            thread.start()
+            while len(srv.requests) < 1:
+                time.sleep(0.01)
+            client.close()
+            thread.join()  # (when its wait ends: a blocking read is not woken by the close)
+
+            async def run():
+                client = AsyncPredictorClient(srv.url, timeout=30, retries=3, backoff=0.01)
+                task = asyncio.create_task(call(client))
+                while len(srv.requests) < 2:
+                    await asyncio.sleep(0.01)
+                await client.aclose()
+                with pytest.raises(InvalidRequestError) as err:
+                    await asyncio.wait_for(task, 5)  # at once, not after its 30 s
+                return err.value
+
+            async_err = asyncio.run(run())
+            for err, name in ((errors[0], "PredictorClient"), (async_err, "AsyncPredictorClient")):
+                assert isinstance(err, InvalidRequestError), err
+                assert f"this {name} was closed" in err.message and f"while {sent} was in flight" in err.message
+                assert ("may have been carried out" in err.message) == sent.startswith("POST")
+            srv.requests.clear()
+
+
 def test_a_dropped_connection_repeats_only_requests_that_may_be_repeated():
     # The server read the request, then closed without answering (a worker that died
     # mid-request): a prediction is sent again, an observation or a training is not,

@@ -915,6 +915,14 @@ class _Base:
         MAX_BACKOFF (20 retries would otherwise wait some 29 hours in all)."""
         return min(self.backoff * 2.0**min(attempt, 64), MAX_BACKOFF)
 
+    def _closed_in_flight(self, req: _Request, closer: str) -> InvalidRequestError:
+        """A call whose connection the client's own close() cut: not the network's fault, as
+        "the connection dropped" said (a PredictorUnavailableError, the service taken for down)."""
+        return InvalidRequestError(
+            f"this {type(self).__name__} was closed (by {closer}) while {req.method} {req.path} "
+            "was in flight" + ("" if req.idempotent else ": it was sent, and may have been carried out; check "
+                               "before sending it again"))
+
     def _unavailable(self, req: _Request, exc: Exception) -> PredictorClientError:
         if isinstance(exc, httpx.DecodingError):
             # An answer arrived (its body's encoding is broken): the service was reached, and may have acted.
@@ -1103,6 +1111,8 @@ class PredictorClient(_Base):
                 response = self._http.request(req.method, req.path, **self._kwargs(req))
                 return self._calls.parse(req, response)
             except httpx.HTTPError as exc:
+                if self._http.is_closed:  # by close() in another thread (the call ends when its wait does)
+                    raise self._closed_in_flight(req, "close() or its with block") from exc
                 if not self._should_retry(req, exc, attempt):
                     raise self._unavailable(req, exc) from exc
                 time.sleep(self._pause(attempt))
@@ -1346,6 +1356,8 @@ class AsyncPredictorClient(_Base):
                     response = await self._http.request(req.method, req.path, **kwargs)
                 return self._calls.parse(req, response)
             except httpx.HTTPError as exc:
+                if self._http.is_closed:  # by aclose() in another task
+                    raise self._closed_in_flight(req, "aclose() or its async with block") from exc
                 if not self._should_retry(req, exc, attempt):
                     raise self._unavailable(req, exc) from exc
                 await asyncio.sleep(self._pause(attempt))
