@@ -153,10 +153,11 @@ class LiveServer:
 
 @contextmanager
 def run_server(data_dir: Path, extra_env: dict[str, str] | None = None, args: list[str] | None = None,
-               preexec_fn=None) -> Iterator[LiveServer]:
-    """Start ``uvicorn`` with the app factory on a free port; stop it on exit."""
+               preexec_fn=None, port: int | None = None) -> Iterator[LiveServer]:
+    """Start ``uvicorn`` with the app factory on a free port (or ``port``, one the test holds:
+    a server restarted where its clients look); stop it on exit."""
     with ExitStack() as stack:
-        port = stack.enter_context(reserved_port())
+        port = port or stack.enter_context(reserved_port())
         env = {**os.environ, "PREDICTOR_DATA_DIR": str(data_dir), **(extra_env or {})}
         cmd = args or [sys.executable, "-m", "uvicorn", "swarmpilot_predictor.api:app_from_env", "--factory",
                        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]

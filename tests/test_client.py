@@ -765,6 +765,40 @@ def test_the_async_client_reads_upload_files_off_the_event_loop(tmp_path, traine
     assert result.version == 2 and stats["enabled"] is True  # version 1 was deleted: its number is not given again
 
 
+def test_waiting_for_a_job_outlasts_a_restart_of_the_service(tmp_path, port):
+    # A scheduler waiting on a background training while the service restarts: the job's
+    # record outlives it, but wait_for_job gave up once one poll's retries (0.3 s here) were
+    # refused, its 60 s notwithstanding.
+    from concurrent.futures import ThreadPoolExecutor
+
+    data, url = tmp_path / "data", f"http://127.0.0.1:{port}"
+    config = {"model": IDENTITY, "traces": make_llm_traces(100, seed=9), "algorithm": "linear"}
+    with run_server(data, port=port), PredictorClient(url) as client:
+        job_id = client.train_background(config)["job_id"]
+        assert client.wait_for_job(job_id, timeout=60).version == 1
+
+    def wait_sync():
+        with PredictorClient(url, retries=2, backoff=0.1) as client:
+            return client.wait_for_job(job_id, timeout=60, poll=0.1)
+
+    async def wait_async():
+        async with AsyncPredictorClient(url, retries=2, backoff=0.1) as client:
+            return await client.wait_for_job(job_id, timeout=60, poll=0.1)
+
+    with ThreadPoolExecutor(2) as pool:
+        waits = [pool.submit(wait_sync), pool.submit(asyncio.run, wait_async())]
+        time.sleep(1.0)  # refused meanwhile, poll after poll
+        assert not any(w.done() for w in waits), [w.exception() for w in waits if w.done()]
+        with run_server(data, port=port):
+            results = [w.result(timeout=60) for w in waits]
+    assert [r.version for r in results] == [1, 1]
+    # A service that does not come back within the wait's time: the poll's own error, then.
+    t0 = time.monotonic()
+    with PredictorClient(url, retries=0) as client, pytest.raises(PredictorUnavailableError):
+        client.wait_for_job(job_id, timeout=1.0, poll=0.1)
+    assert 1.0 <= time.monotonic() - t0 < 10
+
+
 def test_a_full_disk_is_a_507_that_stores_nothing(tmp_path):
     data = tmp_path / "data"
     with run_server(data) as srv, PredictorClient(srv.url) as client:

@@ -732,6 +732,17 @@ class _Calls:
         return None
 
     @staticmethod
+    def job_unreachable(exc: PredictorClientError, deadline: float) -> None:
+        """``wait_for_job``'s poll that failed: raises ``exc`` unless the service could not be
+        reached (or a proxy said it is down: 502, 503, 504) and the wait's time lasts. A service
+        restarting keeps the job's record and settles it (a job it cut short reads ``failed``,
+        503): waiting out its restart tells how the job ended, where giving up after one poll's
+        retries did not."""
+        down = isinstance(exc, PredictorUnavailableError) or exc.status_code in (502, 503, 504)
+        if not down or time.monotonic() > deadline:
+            raise exc
+
+    @staticmethod
     def queue_wait(batch: BatchPredictionResponse, confidence_level: float, partial: bool = False) -> QueueWaitEstimate:
         if batch.summary.total == 0 and batch.expect is None:
             # An empty queue drains at once (a service that predates zero totals answers null).
@@ -1182,12 +1193,19 @@ class PredictorClient(_Base):
         return self._send(self._calls.train_job(job_id))
 
     def wait_for_job(self, job_id: str, timeout: float = 600.0, poll: float = 0.2) -> TrainResult:
-        """Poll a background training job until it ends; raise its error if it failed."""
+        """Poll a background training job until it ends; raise its error if it failed. A service
+        that cannot be reached meanwhile (restarting) is polled again until ``timeout``."""
         _wait_options(timeout, poll)
         deadline = time.monotonic() + timeout
-        while (result := self._calls.job_outcome(job_id, self.train_job(job_id), deadline, timeout)) is None:
+        while True:
+            try:
+                job = self.train_job(job_id)
+            except PredictorClientError as exc:
+                self._calls.job_unreachable(exc, deadline)
+            else:
+                if (result := self._calls.job_outcome(job_id, job, deadline, timeout)) is not None:
+                    return result
             time.sleep(poll)
-        return result
 
     def cache_stats(self) -> dict[str, Any]:
         """The prediction cache of the worker that answers: entries, hits, misses, hit rate."""
@@ -1415,9 +1433,15 @@ class AsyncPredictorClient(_Base):
     async def wait_for_job(self, job_id: str, timeout: float = 600.0, poll: float = 0.2) -> TrainResult:
         _wait_options(timeout, poll)
         deadline = time.monotonic() + timeout
-        while (result := self._calls.job_outcome(job_id, await self.train_job(job_id), deadline, timeout)) is None:
+        while True:
+            try:
+                job = await self.train_job(job_id)
+            except PredictorClientError as exc:
+                self._calls.job_unreachable(exc, deadline)
+            else:
+                if (result := self._calls.job_outcome(job_id, job, deadline, timeout)) is not None:
+                    return result
             await asyncio.sleep(poll)
-        return result
 
     async def cache_stats(self) -> dict[str, Any]:
         return await self._send(self._calls.cache_stats())
