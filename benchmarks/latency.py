@@ -576,6 +576,27 @@ def section_registry(tmp: Path) -> None:
     pattern = IdentityPattern.from_parts(IDENT)
     trace = [{"input_tokens": 512, "output_tokens": 128}]
     svc.predict(pattern, trace)
+    # Requests that do not name one model whole: a model not stored (a 404, with its near
+    # misses), and a '*' that the trace's identity fields settle.
+    from swarmpilot_predictor.errors import ModelNotFound
+
+    unknown = IdentityPattern.from_parts({**IDENT, "software_version": "none"})
+    wildcard = IdentityPattern.from_parts({**IDENT, "software_version": None})
+    named = [{**trace[0], "software_version": "v2999"}]
+    misses, settled = [], []
+    for _ in range(200):
+        t0 = time.perf_counter()
+        try:
+            svc.predict(unknown, trace)
+        except ModelNotFound:
+            pass
+        t1 = time.perf_counter()
+        svc.predict(wildcard, named)
+        t2 = time.perf_counter()
+        misses.append(t1 - t0)
+        settled.append(t2 - t1)
+    print(f"| with 3,000 models: a prediction for a model not stored (404) / one whose '*' the trace settles "
+          f"(medians) | {statistics.median(misses) * 1e3:.2f} / {statistics.median(settled) * 1e3:.2f} ms |")
     deletes, nexts, noticed = [], [], []
     for i in range(200):
         t0 = time.perf_counter()

@@ -157,6 +157,47 @@ def test_resolve_sees_models_saved_by_another_worker(root):
     np.testing.assert_array_equal(b.load(IDENT).model.predict(X), model.predict(X))
 
 
+def test_matches_and_near_misses_follow_every_change_of_the_registry(root):
+    # A pattern's matches and a 404's near misses are looked up in tables by the parts named,
+    # made again after each change: a save, a delete, another worker's save.
+    a, b = ModelRegistry(root), ModelRegistry(root)
+    a.save(*fit(OTHER)[:2])
+    missing = IdentityPattern.from_parts({**OTHER.as_dict(), "software_version": "0.5.0"})
+    with pytest.raises(ModelNotFound) as info:
+        a.resolve(missing)
+    assert info.value.extra["candidates"] == [OTHER.key]
+    assert a.resolve(IdentityPattern(model_type="llm")) == OTHER
+    near = ModelIdentity("llm", "llama-3-8b", "A100", "vllm", "0.4.1")
+    b.save(*fit(near)[:2])  # another worker's
+    a.maybe_refresh()  # as the service does before each resolve
+    with pytest.raises(AmbiguousModel) as ambiguous:
+        a.resolve(IdentityPattern(model_type="llm"))
+    assert ambiguous.value.extra["candidates"] == sorted([OTHER.key, near.key])
+    with pytest.raises(ModelNotFound) as info:
+        a.resolve(missing)
+    assert info.value.extra["candidates"] == sorted([OTHER.key, near.key])
+    assert sorted(a.matching(IdentityPattern(hardware="A100")), key=lambda i: i.key) == sorted([OTHER, near], key=lambda i: i.key)
+    assert a.matching(IdentityPattern(hardware="TPU")) == []
+    # Six models one part away are too many to name.
+    for v in range(2, 6):
+        a.save(*fit(ModelIdentity("llm", "llama-3-8b", "A100", "vllm", f"0.4.{v}"))[:2])
+    with pytest.raises(ModelNotFound) as info:
+        a.resolve(missing)
+    assert not info.value.extra and "did you mean" not in info.value.message
+    for v in range(1, 6):
+        a.delete(ModelIdentity("llm", "llama-3-8b", "A100", "vllm", f"0.4.{v}"))
+    with pytest.raises(ModelNotFound) as info:
+        a.resolve(missing)
+    assert info.value.extra["candidates"] == [OTHER.key]
+    assert a.resolve(IdentityPattern(model_type="llm")) == OTHER
+    # A part a trace gave as a number is compared as a number (2.4 names "2.4"), as before.
+    numbered = ModelIdentity("llm", "llama-3-8b", "A100", "vllm", "2.4")
+    a.save(*fit(numbered)[:2])
+    assert a.near_misses(("llm", "llama-3-8b", "TPU", "vllm", 2.4)) == [numbered.key]
+    assert a.near_misses(("llm", "llama-3-8b", "TPU", "vllm", "2.4")) == [numbered.key]
+    assert a.near_misses(("llm", "llama-3-8b", "A100", "sglang", "0.4.0")) == [OTHER.key]
+
+
 def test_a_worker_that_indexes_its_own_training_late_still_sees_a_newer_version(root, monkeypatch):
     # Worker a's training stored version 1 and a scans its folder; before a indexes that scan,
     # worker b stores version 2 and one of a's request threads indexes it. a's older scan must

@@ -485,8 +485,15 @@ class PredictorService:
         if not stated:
             return None
         self.registry.maybe_refresh()
-        candidates = sorted((i for i in self.registry.identities() if pattern.matches(i)), key=lambda i: i.key)
-        matches, named = named_by_traces(stated, candidates, ModelIdentity.as_tuple)
+        if all(len(values) == 1 and isinstance(values[0], str) for values in stated.values()):
+            # One name for each part: the model the pattern names with them, a look-up (a pass
+            # over every model's parts took 28 ms a request with 3,000 models).
+            parts = dict(zip(IDENTITY_KEYS, pattern.as_tuple()))
+            parts.update((key, values[0]) for key, values in stated.items())
+            matches = named = sorted(self.registry.matching(IdentityPattern(**parts)), key=lambda i: i.key)
+        else:
+            candidates = sorted(self.registry.matching(pattern), key=lambda i: i.key)
+            matches, named = named_by_traces(stated, candidates, ModelIdentity.as_tuple)
         said = describe_stated(stated)
         if not matches:
             # Traces that disagree may each name a model: one request is answered by one model.
