@@ -632,6 +632,24 @@ def test_every_worker_sees_every_workers_observations(tmp_path):
     assert list(a.tracker(IDENT, 1).y) == list(b.tracker(IDENT, 1).y)
 
 
+def test_a_model_never_observed_is_reported_without_keeping_anything_of_it(tmp_path):
+    # /health, /models and /metrics ask every worker about every model: one never observed
+    # (no folder in the log) keeps no state (a window of six deques: 16 MB for 2,500 models),
+    # and is read from its start once another worker observes it.
+    a = AccuracyMonitor(ObservationLog(tmp_path), min_observations=30)
+    b = AccuracyMonitor(ObservationLog(tmp_path), min_observations=30)
+    for _ in range(2):
+        report = b.report(IDENT, 1)
+        assert report["observations"] == 0 and report["window"] == 0 and report["drifted"] is False
+        assert b.recent(IDENT, 1, 5)["runtime_ms"] == []
+    assert b.followed() == []
+    y, q = _lognormal_quantiles(10, seed=3)
+    a.record(IDENT, 1, [{"x": 1}] * 10, y, q)
+    assert b.report(IDENT, 1)["observations"] == 10 and b.followed() == [IDENT]
+    assert b.recent(IDENT, 1)["runtime_ms"] == y.tolist()
+    assert b.report(IDENT, 2)["observations"] == 0  # another version of an observed model
+
+
 def test_workers_follow_the_log_through_rotation_and_torn_lines(tmp_path):
     a = AccuracyMonitor(ObservationLog(tmp_path, max_file_bytes=3000, max_files=3))
     b = AccuracyMonitor(ObservationLog(tmp_path, max_file_bytes=3000, max_files=3))

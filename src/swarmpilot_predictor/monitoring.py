@@ -815,6 +815,11 @@ class AccuracyMonitor:
         self.min_observations = min_observations
         self._followed: dict[ModelIdentity, _Followed] = {}
         self._lock = threading.Lock()
+        # What a model never observed reports: /health, /models and /metrics ask about every
+        # model, and each one's state (a window of six deques, its log's cursor) was kept in
+        # every worker, observed or not (16 MB for 2,500 models never observed, and a lstat
+        # and a stat of its folder at each look).
+        self._unobserved = RollingAccuracy(window)
 
     def _state(self, identity: ModelIdentity) -> _Followed:
         with self._lock:
@@ -822,6 +827,16 @@ class AccuracyMonitor:
             if state is None:
                 state = self._followed[identity] = _Followed(directory=str(self.log._dir(identity)))
             return state
+
+    def _observed_state(self, identity: ModelIdentity) -> _Followed | None:
+        """``identity``'s state, or None for a model this process does not follow whose
+        observations folder is not there: nothing to read, so nothing is kept (a folder made
+        later is read from its start)."""
+        with self._lock:
+            state = self._followed.get(identity)
+        if state is None and not os.path.lexists(os.path.join(self.log.root, identity.dirname)):
+            return None
+        return state or self._state(identity)
 
     def _tracker(self, state: _Followed, version: int) -> RollingAccuracy:
         tr = state.trackers.get(version)
@@ -950,7 +965,9 @@ class AccuracyMonitor:
             self._sync(state, appended, records)
 
     def report(self, identity: ModelIdentity, version: int) -> dict[str, Any]:
-        state = self._state(identity)
+        state = self._observed_state(identity)
+        if state is None:
+            return self._unobserved.report(self.alpha, self.min_observations)
         with state.lock:
             self._sync(state)
             return self._tracker(state, version).report(self.alpha, self.min_observations)
@@ -987,7 +1004,9 @@ class AccuracyMonitor:
             return tracker.remember_since(t, count)
 
     def recent(self, identity: ModelIdentity, version: int, limit: int = 200) -> dict[str, Any]:
-        state = self._state(identity)
+        state = self._observed_state(identity)
+        if state is None:
+            return self._unobserved.recent(limit)
         with state.lock:
             self._sync(state)
             return self._tracker(state, version).recent(limit)

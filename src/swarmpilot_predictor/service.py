@@ -1112,8 +1112,11 @@ class PredictorService:
         }
 
     def is_drifted(self, identity: ModelIdentity) -> bool:
-        versions = self.registry.versions(identity)
-        return bool(versions) and bool(self.monitor.report(identity, versions[-1].version)["drifted"])
+        try:
+            serving = self.registry.latest(identity).version
+        except ModelNotFound:  # deleted meanwhile
+            return False
+        return bool(self.monitor.report(identity, serving)["drifted"])
 
     def retrain(self, pattern: IdentityPattern) -> dict[str, Any]:
         identity = self._resolve(pattern)
