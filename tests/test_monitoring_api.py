@@ -216,7 +216,7 @@ def test_an_observations_folder_that_is_a_symbolic_link_is_neither_written_nor_d
         assert ModelIdentity.from_parts(IDENTITY).key in refused.value.message
         accuracy = client.accuracy(IDENTITY)
         assert accuracy["observations"] == 0 and accuracy["retraining"] == []
-        assert httpx.post(f"{srv.url}/models/{path}/retrain").status_code == 500
+        assert httpx.post(f"{srv.url}/models/{path}/retrain", timeout=60).status_code == 500
         assert client.observe(other, make_llm_traces(5, seed=1))["accepted"] == 5
         assert client.delete_model(IDENTITY)["deleted_versions"] == [1]
     assert (elsewhere / "obs-000001.jsonl").read_bytes() == b"not the service's\n"
