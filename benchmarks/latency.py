@@ -837,6 +837,44 @@ def section_store(data_dir: Path) -> None:
               f"{statistics.median(took) * 1e3:.2f} ms, p90 {np.percentile(took, 90) * 1e3:.2f} ms |")
 
 
+def section_windows() -> None:
+    """What the accuracy windows hold in memory, per observation kept (every worker keeps a
+    window of up to ``PREDICTOR_ACCURACY_WINDOW`` observations per observed model version),
+    and the time of adding a batch of 10 observations and of a report on a full window."""
+    import tracemalloc
+
+    from swarmpilot_predictor.monitoring import MONITOR_LEVELS, RollingAccuracy
+
+    rng = np.random.default_rng(0)
+    n, versions = 1000, 100
+    y = rng.lognormal(3.0, 0.3, (versions, n))
+    q = np.tile(np.exp(3.0 + 0.3 * np.linspace(-2, 2, len(MONITOR_LEVELS))), (n, 1))
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    windows = []
+    for v in range(versions):
+        w = RollingAccuracy(window=n)
+        for k in range(0, n, 10):  # as /observe batches of 10 add them
+            w.add(y[v, k:k + 10], q[k:k + 10], expect=y[v, k:k + 10], error=y[v, k:k + 10] / 4,
+                  first_run=np.zeros(10))
+        windows.append(w)
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    w = windows[0]
+    adds, reports = [], []
+    for k in range(300):
+        t0 = time.perf_counter()
+        w.add(y[1, :10], q[:10], expect=y[1, :10], error=y[1, :10] / 4, first_run=np.zeros(10))
+        t1 = time.perf_counter()
+        w.report(0.01, 100)
+        reports.append(time.perf_counter() - t1)
+        adds.append(t1 - t0)
+    print(f"| accuracy windows: memory per observation kept ({versions} versions x {n:,} observations) | "
+          f"{held / (versions * n):.0f} bytes |")
+    print(f"| a full window: adding 10 observations / its report after them (medians of 300) | "
+          f"{statistics.median(adds) * 1e3:.3f} / {statistics.median(reports) * 1e3:.3f} ms |")
+
+
 def section_first_observe(data_dir: Path) -> None:
     """The first ``/observe`` a freshly started server answers, against the next ones (three
     servers in turn, each on a copy of the data directory without observations): the first
@@ -1112,7 +1150,7 @@ def main() -> None:
     ap.add_argument("--algorithm", default="auto")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--skip-registry", action="store_true")
-    ap.add_argument("--only", default="", help="comma-separated sections: http,loop,batch,client,cache,coalesce,isolation,training,registry,metrics,preload,accesslog,atoms,observe,boosted,momenttable,elapsed,queues,firstobserve,store")
+    ap.add_argument("--only", default="", help="comma-separated sections: http,loop,batch,client,cache,coalesce,isolation,training,registry,metrics,preload,accesslog,atoms,observe,boosted,momenttable,elapsed,queues,firstobserve,store,windows")
     ap.add_argument("--baseline", help="the src folder of another checkout: batches against its code and this (section versus)")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
@@ -1160,6 +1198,8 @@ def main() -> None:
             section_observe(data_dir)
         if want("elapsed"):
             section_elapsed(data_dir)
+        if want("windows"):
+            section_windows()
         if want("store"):
             section_store(data_dir)
         if want("firstobserve"):

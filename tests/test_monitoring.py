@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from swarmpilot_predictor.identity import ModelIdentity
-from swarmpilot_predictor.monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog, RollingAccuracy
+from swarmpilot_predictor.monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog, RollingAccuracy, WindowColumn
 
 from .conftest import clock_checking_at, record_fsyncs, run_with_file_size_limit
 
@@ -308,6 +308,29 @@ def test_an_append_whose_folder_a_delete_removes_meanwhile_is_recorded_not_an_er
     assert removed and len(log_store.read(IDENT)) == 1
     log_store.delete(IDENT)
     assert not folder.exists()
+
+
+def test_a_window_column_keeps_the_newest_values_in_order_as_a_deque_would():
+    # Numpy ring buffers where deques of Python floats and lists held 485 bytes an observation.
+    from collections import deque
+
+    rng = np.random.default_rng(4)
+    for size in (1, 7, 100):
+        flat, rows = WindowColumn(size), WindowColumn(size, 3)
+        want_flat, want_rows = deque(maxlen=size), deque(maxlen=size)
+        for _ in range(60):
+            batch = rng.normal(size=(int(rng.integers(0, 2 * size + 3)), 3))
+            flat.extend(batch[:, 0])
+            rows.extend(batch)
+            want_flat.extend(batch[:, 0].tolist())
+            want_rows.extend(batch.tolist())
+            assert len(flat) == len(want_flat) and flat.values().tolist() == list(want_flat)
+            assert np.asarray(rows).tolist() == list(want_rows) and len(rows) == len(want_rows)
+            if want_flat:
+                assert flat[-1] == want_flat[-1] and flat[0] == want_flat[0]
+        assert len(flat._data) <= size  # it grew to its size, no further
+    with pytest.raises(IndexError):
+        WindowColumn(5)[-1]
 
 
 def test_a_new_log_s_name_is_synced_with_its_first_records_and_not_after(tmp_path, monkeypatch):

@@ -18,7 +18,6 @@ import os
 import re
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterable
@@ -456,6 +455,59 @@ def drift_checkpoints(y: np.ndarray, ts: np.ndarray, index: np.ndarray) -> np.nd
     return h % np.uint64(DRIFT_CHECK_EVERY) == 0
 
 
+class WindowColumn:
+    """The newest ``size`` values of one column of a window (floats, or rows of ``width``
+    floats), oldest first, in a numpy ring buffer that grows to ``size`` as values come.
+
+    Deques of Python floats and lists held 485 bytes an observation (a list of eight float
+    objects for its quantiles alone): every worker keeps a window per observed model version.
+    """
+
+    __slots__ = ("size", "_data", "_start", "_len")
+
+    def __init__(self, size: int, width: int | None = None):
+        self.size = size
+        self._data = np.empty((min(size, 16),) if width is None else (min(size, 16), width))
+        self._start = 0  # where the oldest value is
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self):
+        return iter(self.values())
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self.values() if dtype is None else self.values().astype(dtype)
+
+    def __getitem__(self, i: int) -> float:
+        if not -self._len <= i < self._len:
+            raise IndexError("window index out of range")
+        return float(self._data[(self._start + i % self._len) % len(self._data)])
+
+    def values(self) -> np.ndarray:
+        """The values, oldest first (a view where they lie in order, else a copy)."""
+        end = self._start + self._len
+        if end <= len(self._data):
+            return self._data[self._start:end]
+        return np.concatenate((self._data[self._start:], self._data[:end - len(self._data)]))
+
+    def extend(self, values: Any) -> None:
+        v = np.asarray(values, dtype=np.float64).reshape((-1, *self._data.shape[1:]))[-self.size:]
+        if not len(v):
+            return
+        need = self._len + len(v)
+        if need > len(self._data) and len(self._data) < self.size:
+            grown = np.empty((min(self.size, max(need, 2 * len(self._data))), *self._data.shape[1:]))
+            grown[:self._len] = self.values()
+            self._data, self._start = grown, 0
+        cap = len(self._data)
+        at = (self._start + self._len + np.arange(len(v))) % cap
+        self._data[at] = v
+        self._start = (self._start + max(0, need - cap)) % cap
+        self._len = min(cap, need)
+
+
 @dataclass
 class RollingAccuracy:
     """The last ``window`` observations of one model version, with their predicted quantiles.
@@ -472,14 +524,15 @@ class RollingAccuracy:
     """
 
     window: int = 1000
-    y: deque = field(default_factory=deque)
-    q: deque = field(default_factory=deque)
-    e: deque = field(default_factory=deque)  # the predicted expect of each (NaN: not stored, an older log's)
-    s: deque = field(default_factory=deque)  # and its predicted error (NaN: not stored)
-    ts: deque = field(default_factory=deque)  # when each was stamped (0: not known)
+    # Each keeps the newest ``window`` of its own (one value per observation, in step).
+    y: WindowColumn = field(init=False)
+    q: WindowColumn = field(init=False)  # a row of quantiles at MONITOR_LEVELS each
+    e: WindowColumn = field(init=False)  # the predicted expect of each (NaN: not stored, an older log's)
+    s: WindowColumn = field(init=False)  # and its predicted error (NaN: not stored)
+    ts: WindowColumn = field(init=False)  # when each was stamped (0: not known)
     # Whether each was its shape's first run, as the model took it (NaN: a model without the
     # first-run column, or an older log's record).
-    f: deque = field(default_factory=deque)
+    f: WindowColumn = field(init=False)
     # Whether the version has a model for each kind of run, each calibrated on its own kind:
     # then a kind's drift is the version's (see _compute_report).
     kinds_apart: bool = False
@@ -514,14 +567,15 @@ class RollingAccuracy:
         if ts is None or index is None:
             ts = np.zeros(len(y))
             index = np.arange(self.total, self.total + len(y))
-        y_l, q_l = y.tolist(), np.asarray(q).tolist()
-        e_l = [math.nan] * len(y_l) if expect is None else np.asarray(expect, dtype=np.float64).tolist()
-        s_l = [math.nan] * len(y_l) if error is None else np.asarray(error, dtype=np.float64).tolist()
-        f_l = [math.nan] * len(y_l) if first_run is None else np.asarray(first_run, dtype=np.float64).tolist()
+        y_l, q_l = y, np.asarray(q, dtype=np.float64).reshape(len(y), len(MONITOR_LEVELS))
+        unknown = np.full(len(y), math.nan)
+        e_l = unknown if expect is None else np.asarray(expect, dtype=np.float64)
+        s_l = unknown if error is None else np.asarray(error, dtype=np.float64)
+        f_l = unknown if first_run is None else np.asarray(first_run, dtype=np.float64)
         for t in self._since:  # after the last observation stamped t, in the log's order
             again = np.flatnonzero(ts == t)  # (a coarse clock may stamp a later batch alike)
             self._since[t] = len(y_l) - 1 - int(again[-1]) if len(again) else self._since[t] + len(y_l)
-        ts_l = np.asarray(ts, dtype=np.float64).tolist()
+        ts_l = np.asarray(ts, dtype=np.float64)
         # The last checkpoint of this batch: the window is counted there, then the rest added.
         marks = np.flatnonzero(drift_checkpoints(y, ts, index))
         cut = int(marks[-1]) + 1 if len(marks) else 0
@@ -537,12 +591,12 @@ class RollingAccuracy:
         self._extend(y_l[cut:], q_l[cut:], ts_l[cut:], e_l[cut:], s_l[cut:], f_l[cut:])
 
     def __post_init__(self) -> None:
-        # Each keeps the newest ``window`` of its own (one value per observation, in step).
-        for name in ("y", "q", "e", "s", "ts", "f"):
-            setattr(self, name, deque(getattr(self, name), maxlen=self.window))
+        for name in ("y", "e", "s", "ts", "f"):
+            setattr(self, name, WindowColumn(self.window))
+        self.q = WindowColumn(self.window, len(MONITOR_LEVELS))
 
-    def _extend(self, ys: list[float], qs: list[list[float]], ts: list[float], es: list[float],
-                ss: list[float], fs: list[float]) -> None:
+    def _extend(self, ys: np.ndarray, qs: np.ndarray, ts: np.ndarray, es: np.ndarray, ss: np.ndarray,
+                fs: np.ndarray) -> None:
         for column, values in ((self.y, ys), (self.q, qs), (self.ts, ts), (self.e, es), (self.s, ss), (self.f, fs)):
             column.extend(values)
         self.total += len(ys)
@@ -552,7 +606,7 @@ class RollingAccuracy:
         """The stamp of the newest observation, in the log's order (None: none yet, or not
         known): with the observations stamped alike (one ``/observe``), it marks a place in
         the log that every process finds, whatever the clock did since."""
-        return self.ts[-1] if self.ts and self.ts[-1] > 0 else None
+        return self.ts[-1] if len(self.ts) and self.ts[-1] > 0 else None
 
     def count_since(self, t: float, enough: int) -> int | None:
         """How many of this version's observations come after the last one stamped ``t`` in
@@ -702,10 +756,10 @@ class RollingAccuracy:
 
     def recent(self, limit: int = 200) -> dict[str, Any]:
         start = max(len(self.y) - max(limit, 0), 0)  # [-0:] would be the whole window
-        ys = list(self.y)[start:]
-        qs = list(self.q)[start:]
-        es = [None if v != v else v for v in list(self.e)[start:]]
-        ss = [None if v != v else v for v in list(self.s)[start:]]
+        ys = self.y.values()[start:].tolist()
+        qs = self.q.values()[start:].tolist()
+        es = [None if v != v else v for v in self.e.values()[start:].tolist()]
+        ss = [None if v != v else v for v in self.s.values()[start:].tolist()]
         return {"levels": list(MONITOR_LEVELS), "runtime_ms": ys, "quantile_predictions": qs, "expect": es, "error": ss}
 
 
@@ -816,7 +870,7 @@ class AccuracyMonitor:
         self._followed: dict[ModelIdentity, _Followed] = {}
         self._lock = threading.Lock()
         # What a model never observed reports: /health, /models and /metrics ask about every
-        # model, and each one's state (a window of six deques, its log's cursor) was kept in
+        # model, and each one's state (a window of six columns, its log's cursor) was kept in
         # every worker, observed or not (16 MB for 2,500 models never observed, and a lstat
         # and a stat of its folder at each look).
         self._unobserved = RollingAccuracy(window)
