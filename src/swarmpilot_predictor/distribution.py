@@ -648,13 +648,18 @@ class TaskDistributions:
                                    _BatchNodes(self, summed), np.arange(len(self)))
 
     def subset_totals(self, subsets: Sequence[np.ndarray], levels: Sequence[float],
-                      shared_factor: bool = False) -> list["TotalDistribution"]:
+                      shared_factor: bool = False, read: Callable[["TotalDistribution"], Any] | None = None) -> list[Any]:
         """The total of each of ``subsets`` of these tasks (their rows: a request's queues,
         none empty), each the one the subset alone makes, read at ``levels``: the subsets
         taken a few at a time (:meth:`for_totals` of the tasks of at most
         ``_BATCH_NODES_MAX_TASKS`` of theirs, one subset at least), so that what is worked
-        out once for them is held for a bounded number of tasks."""
-        out: list[TotalDistribution] = []
+        out once for them is held for a bounded number of tasks.
+
+        With ``read``, each total is kept as what ``read`` makes of it as soon as it is made:
+        a total holds its tasks (and the table its group worked out), so that 10,000 queues
+        of 10 tasks, their totals kept, took 1.2 GB (what is worked out for a group was held
+        for every group)."""
+        out: list[Any] = []
         start = 0
         while start < len(subsets):
             end, size = start + 1, len(subsets[start])
@@ -665,7 +670,9 @@ class TaskDistributions:
             tasks = np.unique(np.concatenate(rows))
             local = [np.searchsorted(tasks, r) for r in rows]
             these = self.subset(tasks).for_totals(levels, local)
-            out.extend(these.subset(r).total(shared_factor) for r in local)
+            for r in local:
+                total = these.subset(r).total(shared_factor)
+                out.append(read(total) if read is not None else total)
             start = end
         return out
 
