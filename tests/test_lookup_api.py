@@ -473,6 +473,9 @@ def test_a_head_of_a_table_reads_none_of_it(tmp_path):
     assert head.headers["content-disposition"] == get.headers["content-disposition"] == 'attachment; filename="big.jsonl"'
     assert head.headers["content-type"] == get.headers["content-type"]
     assert len(get.content) == 2_700_000 and sum(read) == 2_700_000  # the GET's reads alone
+    # Read (and sent) 64 kB at a time, as Starlette's FileResponse does: a client that reads
+    # slowly holds about two chunks, and 300 of them held 580 MB with chunks of 1 MB.
+    assert max(read) == 1 << 16 and len(read) == 43
     app.state.service.close()
 
 
