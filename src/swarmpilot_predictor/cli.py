@@ -319,6 +319,7 @@ def serve(
             # A worker first imports the service (seconds on a loaded machine): uvicorn's 5 s
             # start-up health check killed workers before they could answer it.
             timeout_worker_healthcheck=60,
+            http="swarmpilot_predictor.protocol:BoundedHeadersProtocol",  # headers of bounded length
         )
     finally:
         if metrics_dir is not None:
