@@ -1748,6 +1748,10 @@ def test_the_openapi_schema_declares_every_path_parameter(http):
     assert [p["name"] for p in accuracy["get"]["parameters"]] == [
         "model_type", "model_name", "hardware", "software_name", "software_version", "version", "recent"]
     assert paths["/tables/{name}"]["delete"]["parameters"][0]["required"] is True
+    # A job's id is read from the path too: no identity part (it was described as one).
+    [job_id] = paths["/train/jobs/{job_id}"]["get"]["parameters"]
+    assert job_id["name"] == "job_id" and "identity" not in job_id["description"]
+    assert "training job" in job_id["description"]
 
 
 def _schema_problems(value, schema: dict, spec: dict, at: str = "") -> list[str]:

@@ -194,7 +194,8 @@ def error_responses(*codes: int, model: type[BaseModel] = ErrorResponse,
 _PATH_PARAMETER = re.compile(r"{(\w+)}")
 _IDENTITY_PART_DOC = ("an identity part, URL-encoded (NVIDIA%20H100%2080GB%20HBM3, Qwen%2FQwen2.5-7B); '*' leaves it "
                       "unspecified where the route resolves a model")
-_PATH_PARAMETER_DOC = {"name": "a table's file name in the table directory"}  # the others: identity parts
+_PATH_PARAMETER_DOC = {"name": "a table's file name in the table directory",  # the others: identity parts
+                       "job_id": "a training job's id, as POST /train?background=true answered it"}
 
 
 def declare_path_parameters(spec: dict[str, Any]) -> dict[str, Any]:
