@@ -333,6 +333,17 @@ def test_a_window_column_keeps_the_newest_values_in_order_as_a_deque_would():
         WindowColumn(5)[-1]
 
 
+def test_a_window_column_made_an_array_is_a_copy_the_next_values_leave_alone():
+    # np.array() asks for a copy (copy=True): it was the ring buffer itself, which the next
+    # observations wrote over ([1, 2, 3] read [9, 9, 3]); np.asarray may still have a view.
+    column = WindowColumn(4)
+    column.extend([1.0, 2.0, 3.0])
+    copied, typed = np.array(column), np.array(column, dtype=np.float32)
+    column.extend([9.0, 9.0, 9.0])
+    assert copied.tolist() == [1.0, 2.0, 3.0] and typed.tolist() == [1.0, 2.0, 3.0]
+    assert np.asarray(column).tolist() == [3.0, 9.0, 9.0, 9.0]
+
+
 def test_a_new_log_s_name_is_synced_with_its_first_records_and_not_after(tmp_path, monkeypatch):
     # Each append is fsynced; a new log file's name (and a new folder's) must be too, or a
     # power loss drops the records with it.

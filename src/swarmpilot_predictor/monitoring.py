@@ -478,7 +478,10 @@ class WindowColumn:
         return iter(self.values())
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        return self.values() if dtype is None else self.values().astype(dtype)
+        # (np.asarray: a view where the values lie in order; np.array, copy=True: a copy, never
+        # an array that the next observations write over)
+        out = self.values() if dtype is None else self.values().astype(dtype)
+        return out.copy() if copy else out
 
     def __getitem__(self, i: int) -> float:
         if not -self._len <= i < self._len:
