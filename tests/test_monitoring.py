@@ -363,6 +363,28 @@ def test_a_new_log_s_name_is_synced_with_its_first_records_and_not_after(tmp_pat
     assert [f.path for f in fsyncs][-2:] == [folder / "obs-000002.jsonl", folder]
 
 
+def test_a_new_log_whose_model_is_deleted_while_it_is_written_is_appended_as_before(tmp_path, monkeypatch):
+    # A delete of the model (another worker's) between the new log's opening and its
+    # folder's sync removed the folder: the sync's FileNotFoundError made the /observe a 500
+    # ("cannot write the observations ... (No such file or directory)"), where the caller,
+    # finding the model gone, answers that it was deleted (see ObservationLog.append).
+    import os
+
+    log_store = ObservationLog(tmp_path)
+    record = {"ts": 1.0, "runtime_ms": 5.0, "version": 1, "q": [1.0] * 8, "trace": {"x": 1}}
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        real_fsync(fd)
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".jsonl"):
+            log_store.delete(IDENT)  # what the deleting worker does, meanwhile
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    appended = log_store.append(IDENT, [record])
+    assert appended is not None and appended.name == "obs-000001.jsonl"
+    assert not (tmp_path / IDENT.dirname).exists()
+
+
 def test_observation_log_survives_a_torn_line_and_rotates(tmp_path):
     log = ObservationLog(tmp_path, max_file_bytes=2000, max_files=3)
     for i in range(100):

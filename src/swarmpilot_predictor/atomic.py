@@ -42,6 +42,11 @@ def sync_folder(path: Path | str) -> None:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except PermissionError:
         return  # a folder that may be written (-wx) but not read: nothing more can be done for it
+    except FileNotFoundError:
+        # Removed since the name was made in it (a model's folder, by a delete in another
+        # process): nothing of it to keep. Raised, a write that had succeeded failed (an
+        # /observe's records, their model deleted meanwhile, read as a 500).
+        return
     try:
         os.fsync(fd)
     except OSError as exc:
