@@ -844,6 +844,23 @@ def test_a_version_the_training_worker_stored_is_indexed_without_rescanning_ever
         svc.close()
 
 
+def test_a_version_the_training_worker_stored_serves_even_where_the_change_log_s_time_did_not_move(tmp_path, monkeypatch):
+    # A file system that keeps file times to the second leaves the change log's time where it
+    # was after two changes in one second: the training's answer named a version that this
+    # process would not serve until the next change.
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    try:
+        svc.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(60), algorithm="linear"))
+        svc.registry.maybe_refresh()
+        stuck = svc.registry._generation()
+        monkeypatch.setattr(svc.registry, "_generation", lambda: stuck)
+        _, job = svc.jobs.submit(TrainConfig(model=IDENTITY, traces=make_llm_traces(60, seed=1), algorithm="linear"))
+        assert job.result(timeout=120)["version"] == 2
+        assert svc.predict(IdentityPattern.from_parts(IDENTITY), make_llm_traces(1)).results()[0]["model_version"] == 2
+    finally:
+        svc.close()
+
+
 def test_list_models_and_prediction_counts(two_models):
     predict(two_models, traces=[*PROBE, {"input_tokens": 1}])  # 2 predicted, 1 failed
     entries = {(e["model_type"], e["model_name"]): e for e in two_models.list_models()}

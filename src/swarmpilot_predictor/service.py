@@ -308,7 +308,14 @@ class PredictorService:
         # request rescan every folder, 110-270 ms with 3,000 models), drop stale cache entries.
         self.registry.maybe_refresh()
         for entry in _trained_models(result):
-            self.cache.invalidate(ModelIdentity.from_parts(entry["identity"]))
+            identity = ModelIdentity.from_parts(entry["identity"])
+            version = entry.get("version", result.get("version"))
+            if version is not None and all(v.version != version for v in self.registry.versions(identity)):
+                # Not among what the change log told: its time did not move (a file system that
+                # keeps file times to the second, two trainings in one): what this process
+                # answered stored, it serves.
+                self.registry.refresh_identity(identity)
+            self.cache.invalidate(identity)
         self._trained(result)
 
     def _trained(self, result: dict[str, Any]) -> None:
