@@ -1754,6 +1754,20 @@ def test_the_openapi_schema_declares_every_path_parameter(http):
     assert "training job" in job_id["description"]
 
 
+def test_the_openapi_schema_bounds_the_accuracy_recent_as_the_service_does(http, trained):
+    # It said any integer: /docs' or a generated client's ?recent=10000 followed the schema and
+    # was a 422 ("recent must be between 0 and 5,000").
+    paths = ok(http.get("/openapi.json"))["paths"]
+    accuracy = paths["/models/{model_type}/{model_name}/{hardware}/{software_name}/{software_version}/accuracy"]["get"]
+    recent = next(p["schema"] for p in accuracy["parameters"] if p["name"] == "recent")
+    low, high = recent["minimum"], recent["maximum"]
+    assert (low, high, recent["default"]) == (0, 5000, 200)
+    for inside in (low, high):
+        assert "recent" in ok(http.get(f"/models/{SEGMENTS}/accuracy?recent={inside}"))
+    for outside in (low - 1, high + 1):
+        assert failed(http.get(f"/models/{SEGMENTS}/accuracy?recent={outside}"), 422, "recent must be")["field"] == "recent"
+
+
 def _schema_problems(value, schema: dict, spec: dict, at: str = "") -> list[str]:
     """Where ``value`` breaks ``schema``: the JSON Schema (2020-12) that FastAPI and pydantic
     write, enough of it to check answers against /openapi.json with no validator installed."""

@@ -8,9 +8,15 @@ from fastapi import FastAPI, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from ..schemas import AccuracyResponse, ModelDeleted, ModelDetailResponse, ModelsResponse, RetrainDecision
-from ..service import PredictorService
+from ..service import MAX_RECENT, PredictorService
 from .common import (DECLARED_QUERY, IDENTITY_PATH, NO_BODY, JSONResponse, error_responses, identity_from,
                      refuse_loose_numbers)
+
+
+# The bounds the service checks (in its own words), declared for /openapi.json: it said any
+# integer, and a generated client's or /docs' ?recent=10000 was a 422.
+RECENT = Query(description=f"the newest observations listed under `recent`, 0 to {MAX_RECENT:,}",
+               json_schema_extra={"minimum": 0, "maximum": MAX_RECENT})
 
 
 def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any]) -> None:
@@ -37,7 +43,8 @@ def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any])
     @app.get("/models/" + IDENTITY_PATH + "/accuracy", tags=["monitoring"], dependencies=[DECLARED_QUERY],
              response_model=AccuracyResponse, responses=error_responses(404, 409, 422),
              summary="Rolling accuracy of the serving version against observed runtimes")
-    async def model_accuracy(request: Request, version: Annotated[int | None, Query(ge=1)] = None, recent: int = 200):
+    async def model_accuracy(request: Request, version: Annotated[int | None, Query(ge=1)] = None,
+                             recent: Annotated[int, RECENT] = 200):
         refuse_loose_numbers(request, "query.version", "query.recent")
         pattern = identity_from(request.scope, 1)
         return JSONResponse(await run_in_threadpool(service.accuracy, pattern, version, recent))
