@@ -1748,6 +1748,11 @@ def test_the_openapi_schema_declares_every_path_parameter(http):
     assert [p["name"] for p in accuracy["get"]["parameters"]] == [
         "model_type", "model_name", "hardware", "software_name", "software_version", "version", "recent"]
     assert paths["/tables/{name}"]["delete"]["parameters"][0]["required"] is True
+    # An identity part was described as "URL-encoded (NVIDIA%20H100%2080GB%20HBM3, Qwen%2FQwen2.5-7B)":
+    # given so to /docs (or a generated client), which encode a value themselves, it was sent
+    # as NVIDIA%2520H100... and matched no model.
+    part = accuracy["get"]["parameters"][2]["description"]
+    assert "%20" not in part and "NVIDIA H100 80GB HBM3" in part and "Qwen/Qwen2.5-7B" in part
     # A job's id is read from the path too: no identity part (it was described as one).
     [job_id] = paths["/train/jobs/{job_id}"]["get"]["parameters"]
     assert job_id["name"] == "job_id" and "identity" not in job_id["description"]

@@ -192,8 +192,11 @@ def error_responses(*codes: int, model: type[BaseModel] = ErrorResponse,
 
 
 _PATH_PARAMETER = re.compile(r"{(\w+)}")
-_IDENTITY_PART_DOC = ("an identity part, URL-encoded (NVIDIA%20H100%2080GB%20HBM3, Qwen%2FQwen2.5-7B); '*' leaves it "
-                      "unspecified where the route resolves a model")
+# The part as it is: /docs and generated clients percent-encode a parameter's value themselves,
+# so one given encoded (as this said: NVIDIA%20H100...) was sent as NVIDIA%2520H100..., a 404.
+_IDENTITY_PART_DOC = ("an identity part, as it is (NVIDIA H100 80GB HBM3, Qwen/Qwen2.5-7B): percent-encoded in the "
+                      "path, a '/' as %2F, as /docs and generated clients do; '*' leaves it unspecified where the "
+                      "route resolves a model")
 _PATH_PARAMETER_DOC = {"name": "a table's file name in the table directory",  # the others: identity parts
                        "job_id": "a training job's id, as POST /train?background=true answered it"}
 
