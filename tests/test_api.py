@@ -1793,8 +1793,19 @@ def _schema_problems(value, schema: dict, spec: dict, at: str = "") -> list[str]
                                                                     and isinstance(value, bool))):
         return [f"{at}: {value!r:.80} is not of type {kind}"]
     problems = []
+    bounds = {"minItems": (list, len, "<"), "maxItems": (list, len, ">"), "minLength": (str, len, "<"),
+              "maxLength": (str, len, ">"), "minProperties": (dict, len, "<"), "maxProperties": (dict, len, ">"),
+              "minimum": ((int, float), float, "<"), "maximum": ((int, float), float, ">"),
+              "exclusiveMinimum": ((int, float), float, "<="), "exclusiveMaximum": ((int, float), float, ">=")}
+    for keyword, (kind, measure, beyond) in bounds.items():
+        if keyword in schema and isinstance(value, kind) and not isinstance(value, bool):
+            size, limit = measure(value), schema[keyword]
+            if {"<": size < limit, ">": size > limit, "<=": size <= limit, ">=": size >= limit}[beyond]:
+                problems.append(f"{at}: {value!r:.80} breaks {keyword} {limit}")
     if isinstance(value, dict):
         problems += [f"{at}: {name!r} is required" for name in schema.get("required", []) if name not in value]
+        if "propertyNames" in schema:
+            problems += [p for name in value for p in _schema_problems(name, schema["propertyNames"], spec, f"{at} name")]
         properties, others = schema.get("properties", {}), schema.get("additionalProperties", True)
         for name, item in value.items():
             if name in properties:
@@ -1886,6 +1897,38 @@ def test_every_answer_is_the_one_the_openapi_schema_documents(http, trained):
     assert {r.status_code for r in answers} >= {200, 202, 400, 404, 409, 415, 422}
     assert [problem for r in answers for problem in _undocumented(r, spec)] == []
     assert "HTTPValidationError" not in spec["components"]["schemas"]
+
+
+def test_a_request_body_is_refused_where_the_openapi_schema_says_and_only_there(http, trained):
+    # The bounds the service checks were not in the schema: quantile levels (0 to 1, 1 to 200 of
+    # them), a queue's name (1 to 200 characters), a blank lookup_table_name or table_name. A
+    # generated client's request that followed the schema was a 422.
+    spec = ok(http.get("/openapi.json"))
+    paths = spec["paths"]
+
+    def body_schema(route: str) -> dict:
+        operation = next(ops["post"] for path, ops in paths.items() if path.startswith(f"/{route}/"))
+        return operation["requestBody"]["content"]["application/json"]["schema"]
+
+    single, queues = body_schema("predict/single"), body_schema("predict/queues")
+    train = spec["components"]["schemas"]["TrainConfig"]
+    cases = [(single, "predict/single", {"trace": TRACE, **extra}) for extra in (
+        {"quantiles": [0.5, 0.9]}, {"quantiles": [0.1] * 200}, {"quantiles": []}, {"quantiles": [0.5, 1.0]},
+        {"quantiles": [0.0]}, {"quantiles": [0.1] * 201}, {"lookup_table": True, "lookup_table_name": ""})]
+    cases += [(queues, "predict/queues", {"queues": {name: [TRACE]}}) for name in ("a", "q" * 200, "", "q" * 201)]
+    answers = [(schema, body, http.post(f"/{route}/{SEGMENTS}", json=body)) for schema, route, body in cases]
+    for schema, body, r in answers:
+        problems = _schema_problems(body, schema, spec)
+        assert (r.status_code == 422) == bool(problems), (body, r.status_code, r.text[:200], problems)
+    assert [r.status_code for _, _, r in answers].count(422) == 7
+    for levels in ([], [1.5], [0.5] * 201):
+        assert _schema_problems({"traces": "t.jsonl", "quantiles": levels}, train, spec)
+    table = next(ops["post"] for path, ops in paths.items() if path.startswith("/predict/table/"))
+    form = table["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert _schema_problems("", form["properties"]["table_name"], spec)
+    refused = http.post(f"/predict/table/{SEGMENTS}", files={"trace_file": ("t.jsonl", orjson.dumps(TRACE))},
+                        data={"table_name": ""})
+    assert refused.status_code == 422
 
 
 def test_the_openapi_schema_describes_every_json_answer(http):

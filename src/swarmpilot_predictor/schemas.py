@@ -35,6 +35,21 @@ def check_levels(levels: list[float] | None, field: str) -> list[float] | None:
     return sorted(float(q) for q in levels)
 
 
+def declared(**bounds: Any) -> Callable[[dict[str, Any]], None]:
+    """A field's ``json_schema_extra``: ``bounds`` (``minItems``, ``items``, ``propertyNames``...)
+    on its schema's branch other than null, for /openapi.json. Its validator checks them, in the
+    service's own words; undeclared, a request that followed the schema was a 422."""
+    def extra(schema: dict[str, Any]) -> None:
+        for branch in schema.get("anyOf", [schema]):
+            if branch.get("type") != "null":
+                branch.update(bounds)
+    return extra
+
+
+# Quantile levels as check_levels takes them.
+LEVELS = declared(minItems=1, maxItems=200, items={"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1})
+
+
 def parse_json_body(raw: bytes, schema: type[BaseModel], inspect: Callable[[Any], None] | None = None) -> Any:
     """``raw``, a request's JSON body, as ``schema``; ``inspect`` sees the parsed JSON first
     (to refuse a form the schema would misread). An InvalidInput naming the field otherwise."""
@@ -116,7 +131,7 @@ class TrainConfig(BaseModel):
     target: str = "runtime_ms"
     features: list[str] | None = None
     # Strict, as prediction options are: ["0.5"] or "yes" are mistakes to name, not values to guess at.
-    quantiles: list[StrictFloat] = Field(default_factory=lambda: list(DEFAULT_QUANTILES))
+    quantiles: list[StrictFloat] = Field(default_factory=lambda: list(DEFAULT_QUANTILES), json_schema_extra=LEVELS)
     algorithm: Literal["auto", "empirical", "linear", "power", "lightgbm"] = "auto"
     params: dict[str, Any] = Field(default_factory=dict)
     first_of_shape: StrictBool = True
@@ -189,9 +204,9 @@ class PredictOptions(BaseModel):
 
     # Strict: "0.9", true or "yes" are mistakes to name, not values to guess at.
     confidence_level: StrictFloat = Field(0.95, gt=0.0, lt=1.0)
-    quantiles: list[StrictFloat] | None = None
+    quantiles: list[StrictFloat] | None = Field(None, json_schema_extra=LEVELS)
     lookup_table: StrictBool = False
-    lookup_table_name: str | None = None
+    lookup_table_name: str | None = Field(None, json_schema_extra=declared(minLength=1))
     # A stored version of the model to answer (a rollback, a comparison); default its latest.
     version: StrictInt | None = Field(None, ge=1)
 
@@ -267,7 +282,9 @@ class PredictQueuesRequest(PredictOptions):
 
     shared_factor: StrictBool = False
     # Queue name (an instance's, say) -> its traces, in the queue's order.
-    queues: dict[str, list[dict[str, Any]]] = Field(min_length=1, max_length=MAX_QUEUES)
+    queues: dict[str, list[dict[str, Any]]] = Field(min_length=1, max_length=MAX_QUEUES,
+                                                    json_schema_extra=declared(propertyNames={"minLength": 1,
+                                                                                              "maxLength": 200}))
 
     @field_validator("queues")
     @classmethod

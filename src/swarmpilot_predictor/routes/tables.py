@@ -35,7 +35,7 @@ TABLE_FORM_SCHEMA = {
             "trace_file": {"type": "string", "format": "binary",
                            "description": "the traces: a .json, .jsonl (.ndjson) or .csv file, optionally .gz"},
             "confidence_level": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "default": 0.95},
-            "table_name": {"type": "string", "description": "a file name in the table directory (.json or .csv, "
+            "table_name": {"type": "string", "minLength": 1, "description": "a file name in the table directory (.json or .csv, "
                                                             "optionally .gz); default: the model's folder name"},
             "format": {"type": "string", "enum": list(WRITABLE_FORMATS)},
             "knots": {"type": "integer", "minimum": 0, "maximum": KNOT_LIMIT, "default": KNOT_MOST},
