@@ -1731,6 +1731,15 @@ def test_the_openapi_schema_documents_the_multipart_forms(http):
     train = paths["/train"]["post"]["requestBody"]["content"]
     assert set(train) == {"application/json", "multipart/form-data"}
     assert train["multipart/form-data"]["schema"]["required"] == ["config"]
+    # Its trace files were additionalProperties alone, which /docs does not show: its form had
+    # no way to send one. A form of the parts it names trains.
+    trace_file = train["multipart/form-data"]["schema"]["properties"]["trace_file"]
+    assert trace_file["format"] == "binary"
+    config = {"config": {"model": ident("form"), "traces": "trace_file", "algorithm": "linear"}}
+    traces = b"".join(orjson.dumps(t) + b"\n" for t in make_llm_traces(120, seed=3))
+    trained = ok(http.post("/train", files={"config": ("c.json", orjson.dumps(config)), "trace_file": ("t.jsonl", traces)}))
+    assert trained["version"] == 1
+    ok(http.delete(f"/models/{'/'.join(quote(part, safe='') for part in ident('form').values())}"))
 
 
 def test_the_openapi_schema_declares_every_path_parameter(http):

@@ -30,8 +30,13 @@ def _train_body_schema() -> dict[str, Any]:
     schema = openapi_body(TrainRequest)
     schema["requestBody"]["content"]["multipart/form-data"] = {"schema": {
         "type": "object", "required": ["config"],
+        # trace_file named, so that /docs (which shows no additionalProperties) can send one.
         "properties": {"config": {"type": "string", "format": "binary",
-                                  "description": "the training config, JSON or YAML ({\"config\": {...}} or the config itself)"}},
+                                  "description": "the training config, JSON or YAML ({\"config\": {...}} or the config itself)"},
+                       "trace_file": {"type": "string", "format": "binary",
+                                      "description": "a trace file (.json, .jsonl, .csv, optionally .gz), named by the "
+                                                     "config's traces by its file name or 'trace_file'; more under "
+                                                     "other part names"}},
         "additionalProperties": {"type": "string", "format": "binary",
                                  "description": "a trace file, named by the config's traces (by its file name or its part's)"},
     }}
