@@ -1908,6 +1908,18 @@ def test_every_answer_is_the_one_the_openapi_schema_documents(http, trained):
     assert "HTTPValidationError" not in spec["components"]["schemas"]
 
 
+def test_every_operation_id_is_named_after_what_it_does(http):
+    # The three prediction routes' were their documenting wrapper's name ("documented_predict_single_
+    # _model_type_..."), and so were a generated client's functions and request models.
+    spec = ok(http.get("/openapi.json"))
+    ids = [op["operationId"] for ops in spec["paths"].values() for op in ops.values()]
+    assert len(set(ids)) == len(ids) and not [i for i in ids if i.startswith("documented")]
+    predictions = {path.split("/")[2]: ops["post"]["operationId"] for path, ops in spec["paths"].items()
+                   if path.startswith("/predict/")}
+    assert all(operation_id.startswith(f"predict_{kind}_predict_{kind}_") for kind, operation_id in predictions.items())
+    assert sorted(predictions) == ["batch", "queues", "single", "table"]
+
+
 def test_a_request_body_is_refused_where_the_openapi_schema_says_and_only_there(http, trained):
     # The bounds the service checks were not in the schema: quantile levels (0 to 1, 1 to 200 of
     # them), a queue's name (1 to 200 characters), a blank lookup_table_name or table_name. A

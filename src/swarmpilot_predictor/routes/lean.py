@@ -109,7 +109,10 @@ def lean_route(app: FastAPI, path: str, handler: LeanHandler, body: type[BaseMod
             return Response(status_code=499)  # (nginx's "client closed request": no one reads it)
         return Response(answer, media_type="application/json") if isinstance(answer, bytes) else JSONResponse(answer)
 
-    app.add_api_route(path, documented, methods=["POST"], response_model=response, tags=["prediction"],
+    # Named as the handler (predict_single): the schema's operationId, and so a generated client's
+    # function, was this wrapper's name, documented_predict_single_...
+    app.add_api_route(path, documented, name=getattr(handler, "__name__", None), methods=["POST"],
+                      response_model=response, tags=["prediction"],
                       summary=summary, openapi_extra=openapi_body(body),
                       responses=error_responses(404, 409, 413, 415, 422))
     app.router.routes.insert(0, Route(path, LeanEndpoint(checked, path), methods=["POST"]))
