@@ -540,7 +540,9 @@ class TableFailure(_Response):
     """``POST /predict/table``'s errors, in the seed's answer shape (with the error's HTTP status)."""
 
     status: Literal["failed"]
-    path: None
+    # Always null. Typed as null alone ({"type": "null"}), it stopped openapi-generator's python
+    # client ("Codegen Property not yet supported in getPydanticType").
+    path: str | None = Field(description="null: a failure writes no table")
     message: str
     detail: str
     field: str | None = None
