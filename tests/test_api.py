@@ -1952,6 +1952,47 @@ def test_a_request_body_is_refused_where_the_openapi_schema_says_and_only_there(
     assert refused.status_code == 422
 
 
+def test_the_openapi_schema_names_every_field_of_an_accuracy_a_retraining_a_table_and_a_job(http):
+    # Fields the README documents were in the answers only, not the schema: an accuracy's
+    # coverage, pinball loss, ratios and window; a retraining's candidate and its losses; a
+    # generated table's rows added, errors and levels; a job's model_key. A generated client
+    # gave them as untyped extras.
+    spec = ok(http.get("/openapi.json"))
+    schemas = spec["components"]["schemas"]
+    model = ident("fields")
+    train_json(http, model)
+    segments = "/".join(quote(part, safe="") for part in model.values())
+    observed = [{**t, "runtime_ms": t["runtime_ms"] * 1.3} for t in make_llm_traces(60, seed=7)]
+    ok(http.post("/observe", json={"model": model, "traces": observed}))
+    accepted = http.post("/train?background=true", json={"config": {"model": ident("fields", software_version="2"),
+                                                                     "traces": make_llm_traces(120), "algorithm": "linear"}})
+    assert accepted.status_code == 202, accepted.text
+    job = accepted.json()
+    table = {"trace_file": ("t.jsonl", b"".join(orjson.dumps(t) + b"\n" for t in make_llm_traces(20, seed=5)))}
+    answers = {"AccuracyResponse": ok(http.get(f"/models/{segments}/accuracy")),
+               "RetrainDecision": ok(http.post(f"/models/{segments}/retrain")),
+               "TableResult": ok(http.post(f"/predict/table/{segments}", files=table, data={"table_name": "fields.json"})),
+               "TrainJob": _job_done(http, job["job_id"])}
+    unnamed = {name: sorted(set(answer) - set(schemas[name]["properties"])) for name, answer in answers.items()}
+    assert unnamed == {name: [] for name in answers}
+    assert "coverage" in answers["AccuracyResponse"] and "candidate" in answers["RetrainDecision"]
+    assert answers["TrainJob"]["status"] == "succeeded" and "model_key" in answers["TrainJob"]
+    for name, answer in answers.items():
+        assert _schema_problems(answer, {"$ref": f"#/components/schemas/{name}"}, spec) == []
+    ok(http.delete("/tables/fields.json"))
+    for stored in (model, ident("fields", software_version="2")):
+        ok(http.delete(f"/models/{'/'.join(quote(part, safe='') for part in stored.values())}"))
+
+
+def _job_done(http, job_id: str) -> dict:
+    for _ in range(600):
+        job = ok(http.get(f"/train/jobs/{job_id}"))
+        if job["status"] in ("succeeded", "failed"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} still {job['status']}")
+
+
 def test_the_openapi_schema_describes_every_json_answer(http):
     # Thirteen operations' answers were documented as any JSON at all ({}): /observe's, a job's,
     # the tables', an accuracy report's... (their bodies are checked against it in the test above).

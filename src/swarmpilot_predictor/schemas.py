@@ -460,7 +460,23 @@ class AccuracyResponse(_Response):
     model_key: str
     version: int
     observations: int
+    window: int
+    levels: list[float]
+    # The window's accuracy, once it holds an observation (each where it can be had).
+    coverage: dict[str, float] | None = None
+    interval_coverage: dict[str, float] | None = None
+    clock_tick_ms: float | None = None
+    mean_abs_coverage_error: float | None = None
+    pinball_loss: float | None = None
+    relative_pinball_loss: float | None = None
+    median_mape: float | None = None
+    expect_ratio: float | None = None
+    expect_observations: int | None = None
+    error_ratio: float | None = None
+    error_observations: int | None = None
+    by_kind: dict[str, dict[str, Any]] | None = None  # first runs' and repeats' apart
     drifted: bool
+    drifted_by_kind: dict[str, bool] | None = None
     drift: dict[str, Any]
     heldout_at_training: dict[str, Any]
     recent: dict[str, Any]
@@ -474,8 +490,20 @@ class RetrainDecision(_Response):
     model_key: str
     reason: str
     from_version: int
+    at: float  # when it was decided (Unix seconds)
     to_version: int | None = None  # a retrained one's new version
     message: str | None = None
+    # What it weighed, as far as it went: the candidates' held-out loss on recent observations...
+    observations: int | None = None
+    candidate: str | None = None
+    heldout_log_pinball: dict[str, float] | None = None
+    heldout_rows: int | None = None
+    training_rows: dict[str, int] | None = None
+    older_observations_left_out: int | None = None
+    gross_outliers_dropped: int | None = None
+    shift: dict[str, int] | None = None
+    next_try: dict[str, Any] | None = None
+    seconds: float | None = None
 
 
 class ObserveResponse(_Response):
@@ -494,6 +522,7 @@ class TrainJob(_Response):
     submitted_at: float
     started_at: float | None = None
     finished_at: float | None = None
+    model_key: str | None = None  # a succeeded job's
     result: dict[str, Any] | None = None  # a succeeded job's, the answer /train gives
     error: dict[str, Any] | None = None  # a failed job's: status_code, message, field
 
@@ -523,6 +552,16 @@ class TableResult(_Response):
     table_name: str | None = None
     format: str | None = None
     rows: int | None = None
+    model_key: str | None = None
+    model_version: int | None = None
+    repeats_added: int | None = None  # repeat records written beside first runs
+    failed: int | None = None
+    errors: list[str] | None = None  # the first failed traces' messages
+    quantiles: list[float] | None = None
+    knot_levels: list[float] | None = None
+    confidence_level: float | None = None
+    duration_seconds: float | None = None
+    load_seconds: float | None = None  # reading it back to serve (null where that failed)
 
 
 class ErrorResponse(_Response):
