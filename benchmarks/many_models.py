@@ -214,7 +214,7 @@ def measure(data: Path, idents: list[dict], workers: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("--models", type=int, default=3000)
     ap.add_argument("--observed", type=int, default=500)
     ap.add_argument("--tables", type=int, default=100)
