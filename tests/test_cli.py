@@ -1430,9 +1430,11 @@ def test_a_reader_that_stops_early_ends_the_command_quietly_as_sigpipe_would(tra
     assert first.strip() and err == b""
 
 
-def test_serve_refuses_a_request_whose_headers_pass_64_kb(tmp_path):
+@pytest.mark.parametrize("entry", ["serve", "seed"])
+def test_serve_refuses_a_request_whose_headers_pass_64_kb(tmp_path, entry):
     # uvicorn's httptools protocol took headers of any length, gathering them on the event
     # loop: one 100 MB header held it 4.4 s (every other request waited) and peaked 196 MB.
+    # The seed's `python -m src.scheduler.predictor_api` bounds them too.
     import socket
     import sys
 
@@ -1449,6 +1451,8 @@ def test_serve_refuses_a_request_whose_headers_pass_64_kb(tmp_path):
 
     serve = [sys.executable, "-m", "swarmpilot_predictor", "serve", "--host", "127.0.0.1", "--port", "{port}",
              "--log-level", "warning"]
+    if entry == "seed":
+        serve = ["env", "PREDICTOR_PORT={port}", "PREDICTOR_HOST=127.0.0.1", sys.executable, "-m", "src.scheduler.predictor_api"]
     with run_server(tmp_path / "data", args=serve) as srv:
         port = int(srv.url.rsplit(":", 1)[1])
         long = ask(b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")

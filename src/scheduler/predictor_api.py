@@ -30,4 +30,5 @@ if __name__ == "__main__":
         print(f"warning: PREDICTOR_WORKERS={settings.workers} is ignored here: this runs one process; "
               "`swarmpilot-predictor serve` runs that many workers", file=sys.stderr)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=settings.access_log)
+                access_log=settings.access_log,
+                http="swarmpilot_predictor.protocol:BoundedHeadersProtocol")  # headers of bounded length, as serve's
