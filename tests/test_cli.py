@@ -1430,24 +1430,35 @@ def test_a_reader_that_stops_early_ends_the_command_quietly_as_sigpipe_would(tra
     assert first.strip() and err == b""
 
 
+def _raw_exchange(port: int, head: bytes, *more: bytes) -> bytes:
+    """Send ``head`` (then each of ``more`` in a read of its own) on a new connection to the
+    server at ``port``, and read its answer to the end, the connection closed."""
+    import socket
+    import time
+
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(head)
+        for part in more:  # each in its own read, as a client sending them apart has them read
+            time.sleep(0.2)
+            s.sendall(part)
+        s.settimeout(30)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+        return answer
+
+
 @pytest.mark.parametrize("entry", ["serve", "seed"])
 def test_serve_refuses_a_request_whose_headers_pass_64_kb(tmp_path, entry):
     # uvicorn's httptools protocol took headers of any length, gathering them on the event
     # loop: one 100 MB header held it 4.4 s (every other request waited) and peaked 196 MB.
     # The seed's `python -m src.scheduler.predictor_api` bounds them too.
-    import socket
     import sys
 
     from .conftest import run_server
 
-    def ask(head: bytes) -> bytes:
-        with socket.create_connection(("127.0.0.1", port)) as s:
-            s.sendall(head)
-            s.settimeout(30)
-            answer = b""
-            while chunk := s.recv(65536):
-                answer += chunk
-            return answer
+    def ask(head: bytes, *more: bytes) -> bytes:
+        return _raw_exchange(port, head, *more)
 
     serve = [sys.executable, "-m", "swarmpilot_predictor", "serve", "--host", "127.0.0.1", "--port", "{port}",
              "--log-level", "warning"]
@@ -1479,23 +1490,12 @@ def test_serve_refuses_a_chunked_body_whose_trailers_pass_64_kb(tmp_path):
     # A chunked body's trailers are headers too, after its last chunk, and httptools gathers
     # them as it gathers the others: a 100 MB trailer, on any route and without the API key,
     # held the event loop 5.3 s and peaked 310 MB, the 64 kB bound on headers notwithstanding.
-    import socket
     import sys
-    import time
 
     from .conftest import run_server
 
     def ask(head: bytes, *more: bytes) -> bytes:
-        with socket.create_connection(("127.0.0.1", port)) as s:
-            s.sendall(head)
-            for part in more:  # each in its own read, as a client sending them apart has them read
-                time.sleep(0.2)
-                s.sendall(part)
-            s.settimeout(30)
-            answer = b""
-            while chunk := s.recv(65536):
-                answer += chunk
-            return answer
+        return _raw_exchange(port, head, *more)
 
     serve = [sys.executable, "-m", "swarmpilot_predictor", "serve", "--host", "127.0.0.1", "--port", "{port}",
              "--log-level", "warning"]
