@@ -14,7 +14,6 @@ training and the first prediction after it, and deletes seen by every worker.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).parent))
-from latency import RawClient, free_port  # noqa: E402
+from latency import RawClient, copy_model_as, free_port  # noqa: E402
 
 TYPES = ["llm", "vision", "audio", "embed", "diffusion"]
 HARDWARE = ["A100", "H100", "H200", "L4", "T4", "A10G", "MI300X", "L40S", "V100", "RTX4090"]
@@ -66,18 +65,9 @@ def build(data: Path, n_models: int, n_observed: int, n_tables: int, versions: i
     src = data / "models" / ModelIdentity.from_parts(base).dirname
     files = sorted(f for f in src.iterdir() if f.is_file() and not f.name.startswith("."))
     for k, ident in enumerate(idents[1:], 1):
-        dst = data / "models" / ModelIdentity.from_parts(ident).dirname
-        dst.mkdir()
         kept = versions if k % 10 == 0 else 1  # one model in ten with every version
-        for f in files:
-            if int(f.name[1:5]) > kept:
-                continue
-            if f.name.endswith(".meta.json"):
-                meta = orjson.loads(f.read_bytes())
-                meta["identity"] = ident
-                (dst / f.name).write_bytes(orjson.dumps(meta))
-            else:
-                os.link(f, dst / f.name)
+        copy_model_as([f for f in files if int(f.name[1:5]) <= kept],
+                      data / "models" / ModelIdentity.from_parts(ident).dirname, ident)
     svc = PredictorService(PredictorSettings(data_dir=data, cache_size=0))
     trace_file = data / "table-traces.jsonl"
     trace_file.write_bytes(b"".join(orjson.dumps({k: v for k, v in t.items() if k != "runtime_ms"}) + b"\n"
