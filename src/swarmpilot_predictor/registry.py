@@ -22,7 +22,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -703,7 +703,7 @@ class ModelRegistry:
                 whole = ModelIdentity(*key)
                 matches = [whole] if whole in self._index else []
             else:
-                matches = list(self._models_by(key).get(tuple(p for p in key if p is not None), ()))
+                matches = list(self._models_matching(key))
         if not matches:
             near = self.near_misses(key)
             said = f"; did you mean {', '.join(near)}?" if near else ""
@@ -738,7 +738,7 @@ class ModelRegistry:
             for j, part in named:
                 # The models that have every other part named, and another one here.
                 others = tuple(None if k == j else p for k, p in enumerate(key))
-                for identity in self._models_by(others).get(tuple(p for p in others if p is not None), ()):
+                for identity in self._models_matching(others):
                     if identity.as_tuple()[j] != part:
                         near.append(identity.key)
                         if len(near) > most:
@@ -749,20 +749,21 @@ class ModelRegistry:
         """The stored models ``pattern`` matches (``*`` parts match anything), in no set order."""
         key = pattern.as_tuple()
         with self._lock:
-            return list(self._models_by(key).get(tuple(p for p in key if p is not None), ()))
+            return list(self._models_matching(key))
 
-    def _models_by(self, key: tuple[str | None, ...]) -> dict[tuple[str, ...], list[ModelIdentity]]:
-        """The stored models by their values of the parts ``key`` names (not None): each list
-        holds the models a pattern naming those values matches (call with the lock held)."""
-        mask = sum(1 << j for j, part in enumerate(key) if part is not None)
+    def _models_matching(self, key: tuple[str | None, ...]) -> Sequence[ModelIdentity]:
+        """The stored models that the parts ``key`` names (not None) match, looked up in a table
+        of the models by their values of those parts, made once per set of parts after each
+        change of the index (call with the lock held; the list is the table's: do not change it)."""
+        named = [j for j, part in enumerate(key) if part is not None]
+        mask = sum(1 << j for j in named)
         table = self._by_parts.get(mask)
         if table is None:
             table = self._by_parts[mask] = {}
-            named = [j for j, part in enumerate(key) if part is not None]
             for identity in self._index:
                 parts = identity.as_tuple()
                 table.setdefault(tuple(parts[j] for j in named), []).append(identity)
-        return table
+        return table.get(tuple(key[j] for j in named), ())
 
     # ------------------------------------------------------------------ load / save
 
