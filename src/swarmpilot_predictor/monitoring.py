@@ -570,19 +570,20 @@ class RollingAccuracy:
         if ts is None or index is None:
             ts = np.zeros(len(y))
             index = np.arange(self.total, self.total + len(y))
-        y_l, q_l = y, np.asarray(q, dtype=np.float64).reshape(len(y), len(MONITOR_LEVELS))
         unknown = np.full(len(y), math.nan)
-        e_l = unknown if expect is None else np.asarray(expect, dtype=np.float64)
-        s_l = unknown if error is None else np.asarray(error, dtype=np.float64)
-        f_l = unknown if first_run is None else np.asarray(first_run, dtype=np.float64)
+        # In the order _extend takes them: runtimes, quantiles, stamps, expects, errors, first runs.
+        columns = (y, np.asarray(q, dtype=np.float64).reshape(len(y), len(MONITOR_LEVELS)),
+                   np.asarray(ts, dtype=np.float64),
+                   unknown if expect is None else np.asarray(expect, dtype=np.float64),
+                   unknown if error is None else np.asarray(error, dtype=np.float64),
+                   unknown if first_run is None else np.asarray(first_run, dtype=np.float64))
         for t in self._since:  # after the last observation stamped t, in the log's order
             again = np.flatnonzero(ts == t)  # (a coarse clock may stamp a later batch alike)
-            self._since[t] = len(y_l) - 1 - int(again[-1]) if len(again) else self._since[t] + len(y_l)
-        ts_l = np.asarray(ts, dtype=np.float64)
+            self._since[t] = len(y) - 1 - int(again[-1]) if len(again) else self._since[t] + len(y)
         # The last checkpoint of this batch: the window is counted there, then the rest added.
         marks = np.flatnonzero(drift_checkpoints(y, ts, index))
         cut = int(marks[-1]) + 1 if len(marks) else 0
-        self._extend(y_l[:cut], q_l[:cut], ts_l[:cut], e_l[:cut], s_l[:cut], f_l[:cut])
+        self._extend(*(c[:cut] for c in columns))
         if cut:
             y_w = np.asarray(self.y)
             sure, maybe = covered(y_w, np.asarray(self.q), clock_tick(y_w))
@@ -591,7 +592,7 @@ class RollingAccuracy:
             kinds = {kind: (hits[:, flags == value].sum(axis=1), int((flags == value).sum()))
                      for kind, value in RUN_KINDS if (flags == value).any()}
             self._checkpoint = (self.total, hits.sum(axis=1), len(self.y), kinds)
-        self._extend(y_l[cut:], q_l[cut:], ts_l[cut:], e_l[cut:], s_l[cut:], f_l[cut:])
+        self._extend(*(c[cut:] for c in columns))
 
     def __post_init__(self) -> None:
         for name in ("y", "e", "s", "ts", "f"):
