@@ -5,6 +5,7 @@ import sys
 from pydantic import ValidationError
 
 from swarmpilot_predictor.api import create_app, log_beside_uvicorn, warn_of_unknown_variables
+from swarmpilot_predictor.request_ids import uvicorn_log_config
 from swarmpilot_predictor.settings import PredictorSettings, listen_problem, settings_problem, startup_problem
 
 try:
@@ -30,5 +31,5 @@ if __name__ == "__main__":
         print(f"warning: PREDICTOR_WORKERS={settings.workers} is ignored here: this runs one process; "
               "`swarmpilot-predictor serve` runs that many workers", file=sys.stderr)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=settings.access_log,
+                access_log=settings.access_log, log_config=uvicorn_log_config(),
                 http="swarmpilot_predictor.protocol:BoundedHeadersProtocol")  # headers of bounded length, as serve's

@@ -36,6 +36,7 @@ from starlette.routing import Match
 from . import __version__
 from .errors import PayloadTooLarge, PredictorError, Unauthorized, UnsupportedMediaType, cut, validation_message
 from .metrics import CLIENT_CLOSED, MetricsMiddleware
+from .request_ids import RequestIdFilter, RequestIdMiddleware
 from .routes.common import (DECLARED_QUERY, HEAD_ONLY, declare_path_parameters, declare_unauthorized, error_response,
                             generates_table, hoist_definitions, log_client_left, table_failure)
 from .routes.discovery import add_discovery_routes
@@ -267,6 +268,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimitMiddleware, max_mb=settings.max_upload_mb)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     app.add_middleware(EncodedSlashMiddleware)
+    app.add_middleware(RequestIdMiddleware)  # outermost of ours: every answer they make carries its id
     app.state.service = service
     app.state.settings = settings
 
@@ -358,6 +360,10 @@ def _add_exception_handlers(app: FastAPI, service: PredictorService) -> None:
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         response = error_response(500, f"internal error: {type(exc).__name__}")
+        # Made by Starlette's outermost middleware, outside RequestIdMiddleware's reach: the id
+        # the log line above gave it, for the caller to quote.
+        if "request_id" in request.scope:
+            response.headers["x-request-id"] = request.scope["request_id"]
         # Starlette raises the error on to the server once this is sent, and uvicorn then
         # closes the connection: said here, a keep-alive client does not send its next
         # request into a closing socket (it got "connection reset by peer").
@@ -423,7 +429,8 @@ def log_beside_uvicorn(level: str) -> None:
     if package.handlers or logging.getLogger().handlers:
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(uvicorn.logging.DefaultFormatter("%(levelprefix)s %(message)s"))
+    handler.setFormatter(uvicorn.logging.DefaultFormatter("%(levelprefix)s %(message)s%(request_tag)s"))
+    handler.addFilter(RequestIdFilter())
     package.addHandler(handler)
     package.setLevel(logging.getLogger("uvicorn.error").level or uvicorn.config.LOG_LEVELS[level])
     package.propagate = False

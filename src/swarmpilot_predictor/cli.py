@@ -272,6 +272,8 @@ def serve(
     """Start the HTTP service."""
     import uvicorn
 
+    from .request_ids import uvicorn_log_config
+
     # Settings travel through the environment so that every worker process sees them, and
     # flags are checked as the variables are.
     flags = {}
@@ -316,6 +318,7 @@ def serve(
             workers=settings.workers,
             log_level=settings.log_level,
             access_log=settings.access_log,
+            log_config=uvicorn_log_config(),  # the request's id on each access line
             # A worker first imports the service (seconds on a loaded machine): uvicorn's 5 s
             # start-up health check killed workers before they could answer it.
             timeout_worker_healthcheck=60,

@@ -63,7 +63,7 @@ class PredictorClientError(Exception):
     """The service answered with an error, or could not be reached."""
 
     def __init__(self, message: str, status_code: int | None = None, field: str | None = None, body: Any = None,
-                 retry_after: float | None = None):
+                 retry_after: float | None = None, request_id: str | None = None):
         super().__init__(f"{status_code}: {message}" if status_code else message)
         self.message = message
         self.status_code = status_code
@@ -72,6 +72,9 @@ class PredictorClientError(Exception):
         # Seconds the service asks to wait before sending it again (its Retry-After: a 429
         # when as many trainings are queued as it takes), or None.
         self.retry_after = retry_after
+        # The answer's X-Request-ID: the id the service's log lines about the request carry
+        # (a 500's traceback among them), or None where no answer came or it had none.
+        self.request_id = request_id
 
 
 class PredictorUnavailableError(PredictorClientError):
@@ -689,7 +692,8 @@ class _Calls:
                 message = (f"{response.status_code} {response.reason_phrase} from {response.request.method} "
                            f"{response.request.url.path}, not in the predictor's form: {response.text[:200]!r}")
             raise PredictorClientError(message, response.status_code, field_name, body,
-                                       _retry_after(response.headers.get("retry-after")))
+                                       _retry_after(response.headers.get("retry-after")),
+                                       response.headers.get("x-request-id"))
         if req.extract is not None:
             if not isinstance(body, dict) or req.extract not in body:
                 raise _unexpected(response, f"no {req.extract!r} in it")
@@ -843,7 +847,8 @@ def _invalid(exc: ValidationError) -> str:
 def _unexpected(response: httpx.Response, why: str) -> PredictorClientError:
     """A 2xx answer that is not what the service sends (a proxy's page, say)."""
     return PredictorClientError(f"unexpected answer from {response.request.method} {response.request.url.path} "
-                                f"({response.status_code}, {why}): {response.text[:200]!r}", response.status_code)
+                                f"({response.status_code}, {why}): {response.text[:200]!r}", response.status_code,
+                                request_id=response.headers.get("x-request-id"))
 
 
 # Errors before a request was sent: any request may be tried again.

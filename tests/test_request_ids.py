@@ -1,0 +1,115 @@
+"""Request ids: each answer's X-Request-ID, and the service's log lines that name it."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+
+import httpx
+import pytest
+
+from swarmpilot_predictor.client import PredictorClient, PredictorClientError
+from swarmpilot_predictor.request_ids import MAX_LENGTH, RequestIdFilter, current, request_id_of
+
+from .conftest import run_server
+
+GENERATED = re.compile(r"[0-9a-f]{32}")
+
+
+@pytest.mark.parametrize("given", ["sched-42", "a" * MAX_LENGTH, "00-4bf92f3577b34da6-00f067aa0ba902b7-01", "x/y:z=1"])
+def test_a_callers_id_of_printable_ascii_is_kept(given):
+    assert request_id_of([(b"host", b"x"), (b"x-request-id", given.encode())]) == given
+
+
+@pytest.mark.parametrize("given", [b"", b"two words", b"a" * (MAX_LENGTH + 1), "caf\u00e9".encode(), b"line\nbreak",
+                                   b"tab\there"])
+def test_an_id_of_another_form_is_replaced_by_a_new_one(given):
+    made = request_id_of([(b"x-request-id", given)])
+    assert GENERATED.fullmatch(made)
+
+
+def test_a_request_without_an_id_gets_a_new_one_each_time():
+    ids = {request_id_of([(b"host", b"x")]) for _ in range(100)}
+    assert len(ids) == 100 and all(GENERATED.fullmatch(i) for i in ids)
+
+
+def test_the_filter_names_the_request_being_worked_on_and_nothing_outside_one():
+    record = logging.LogRecord("swarmpilot_predictor.api", logging.ERROR, __file__, 1, "boom", (), None)
+    RequestIdFilter().filter(record)
+    assert (record.request_id, record.request_tag) == ("-", "")
+    token = current.set("sched-42")
+    try:
+        RequestIdFilter().filter(record)
+    finally:
+        current.reset(token)
+    assert (record.request_id, record.request_tag) == ("sched-42", " (request sched-42)")
+
+
+def test_every_answer_carries_its_request_id(server):
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        made = [http.get("/ping").headers["x-request-id"] for _ in range(3)]
+        assert len(set(made)) == 3 and all(GENERATED.fullmatch(i) for i in made)
+        assert http.get("/ping", headers={"X-Request-ID": "sched-42"}).headers["x-request-id"] == "sched-42"
+        assert GENERATED.fullmatch(http.get("/ping", headers={"X-Request-ID": "two words"}).headers["x-request-id"])
+        # Errors too: a 404 from a route, a 404 from the router, a 422 from a lean prediction route.
+        for method, path, body in (("GET", "/models/a/b/c/d/e", None), ("GET", "/nowhere", None),
+                                   ("POST", "/predict/single/a/b/c/d/e", b"{")):
+            answer = http.request(method, path, content=body, headers={"x-request-id": f"req-{path[1:6]}"})
+            assert answer.status_code in (404, 422)
+            assert answer.headers["x-request-id"] == f"req-{path[1:6]}"
+        assert http.post("/observe", content=b"x", headers={"x-request-id": "r1"}).headers.get_list("x-request-id") \
+            == ["r1"]
+
+
+def test_a_body_refused_for_its_size_is_answered_with_its_id(tmp_path):
+    # Refused by a middleware before any route runs (a 413 naming `body`).
+    with run_server(tmp_path / "data", extra_env={"PREDICTOR_MAX_UPLOAD_MB": "0.001"}) as srv, \
+            httpx.Client(base_url=srv.url, timeout=30) as http:
+        answer = http.post("/observe", content=b"[" + b"1," * 1000 + b"1]", headers={"x-request-id": "big-1"})
+    assert answer.status_code == 413 and answer.headers.get_list("x-request-id") == ["big-1"]
+
+
+def test_the_client_error_names_the_request_id(server):
+    with PredictorClient(server.url) as client:
+        with pytest.raises(PredictorClientError) as caught:
+            client.get_model({"model_type": "a", "model_name": "b", "hardware": "c", "software_name": "d",
+                              "software_version": "e"})
+    assert caught.value.status_code == 404 and GENERATED.fullmatch(caught.value.request_id)
+
+
+BROKEN_SERVER = """
+import sys, uvicorn
+from swarmpilot_predictor.api import app_from_env
+app = app_from_env()
+def broken(*args, **kwargs):
+    raise KeyError("models")
+app.state.service.cache_stats = broken  # a bug on one route
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+
+
+def test_a_500_and_its_logged_traceback_name_one_request_id(tmp_path):
+    with run_server(tmp_path / "data", args=[sys.executable, "-c", BROKEN_SERVER, "{port}"]) as srv:
+        with httpx.Client(base_url=srv.url, timeout=30) as http:
+            answer = http.get("/cache/stats", headers={"x-request-id": "sched-500"})
+            made = http.get("/cache/stats").headers["x-request-id"]
+        srv.process.terminate()
+        log = srv.process.stdout.read().decode()
+    assert answer.status_code == 500 and answer.headers["x-request-id"] == "sched-500"
+    assert "unexpected error on GET /cache/stats (request sched-500)\nTraceback" in log
+    assert GENERATED.fullmatch(made) and f"unexpected error on GET /cache/stats (request {made})\n" in log
+
+
+@pytest.mark.parametrize("entry", [["-m", "swarmpilot_predictor", "serve"], ["-m", "src.scheduler.predictor_api"]],
+                         ids=["serve", "seed"])
+def test_each_access_line_ends_with_its_request_id(tmp_path, port, entry):
+    env = {"PREDICTOR_PORT": str(port), "PREDICTOR_HOST": "127.0.0.1", "PREDICTOR_ACCESS_LOG": "true"}
+    with run_server(tmp_path / "data", extra_env=env, args=[sys.executable, *entry], port=port) as srv:
+        with httpx.Client(base_url=srv.url, timeout=30) as http:
+            http.get("/ping", headers={"x-request-id": "acc-1"})
+            made = http.get("/nowhere").headers["x-request-id"]
+        srv.process.terminate()
+        log = srv.process.stdout.read().decode()
+    assert '"GET /ping HTTP/1.1" 200 OK (request acc-1)\n' in log, log
+    assert f'"GET /nowhere HTTP/1.1" 404 Not Found (request {made})\n' in log, log
