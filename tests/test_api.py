@@ -2027,7 +2027,9 @@ def test_every_reference_in_the_openapi_schema_leads_to_a_schema_it_holds(http):
     named = set(re.findall(r'"\$ref":"#/components/schemas/([^"]+)"', text))
     assert {"TrainConfig", "ModelPartsBody", "ModelIdentityBody", "ErrorResponse"} <= named
     assert named <= set(spec["components"]["schemas"]) and "$defs" not in text
-    assert not re.findall(r'"\$ref":"(?!#/components/schemas/)', text)
+    headers = set(re.findall(r'"\$ref":"#/components/headers/([^"]+)"', text))
+    assert headers == {"X-Request-ID"} and headers <= set(spec["components"]["headers"])
+    assert not re.findall(r'"\$ref":"(?!#/components/(schemas|headers)/)', text)
 
 
 def test_the_openapi_schema_documents_the_401_of_every_route_that_needs_the_key(tmp_path):

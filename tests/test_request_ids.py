@@ -113,3 +113,15 @@ def test_each_access_line_ends_with_its_request_id(tmp_path, port, entry):
         log = srv.process.stdout.read().decode()
     assert '"GET /ping HTTP/1.1" 200 OK (request acc-1)\n' in log, log
     assert f'"GET /nowhere HTTP/1.1" 404 Not Found (request {made})\n' in log, log
+
+
+def test_the_openapi_schema_declares_the_header_on_every_answer(server):
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        spec = http.get("/openapi.json").json()
+    responses = [(path, code, response) for path, operations in spec["paths"].items()
+                 for operation in operations.values() for code, response in operation["responses"].items()]
+    assert len(responses) > 100
+    assert [(path, code) for path, code, response in responses
+            if response.get("headers", {}).get("X-Request-ID") != {"$ref": "#/components/headers/X-Request-ID"}] == []
+    assert spec["components"]["headers"]["X-Request-ID"]["schema"] == {"type": "string", "minLength": 1,
+                                                                         "maxLength": MAX_LENGTH}

@@ -37,8 +37,8 @@ from . import __version__
 from .errors import PayloadTooLarge, PredictorError, Unauthorized, UnsupportedMediaType, cut, validation_message
 from .metrics import CLIENT_CLOSED, MetricsMiddleware
 from .request_ids import RequestIdFilter, RequestIdMiddleware
-from .routes.common import (DECLARED_QUERY, HEAD_ONLY, declare_path_parameters, declare_unauthorized, error_response,
-                            generates_table, hoist_definitions, log_client_left, table_failure)
+from .routes.common import (DECLARED_QUERY, HEAD_ONLY, declare_path_parameters, declare_request_id, declare_unauthorized,
+                            error_response, generates_table, hoist_definitions, log_client_left, table_failure)
 from .routes.discovery import add_discovery_routes
 from .routes.models import add_model_routes
 from .routes.monitoring import add_monitoring_routes
@@ -295,7 +295,8 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
 
     def openapi_with_path_parameters() -> dict[str, Any]:
         # FastAPI builds the schema once and keeps it (app.openapi_schema): completed then, in place.
-        return app.openapi_schema or hoist_definitions(declare_unauthorized(declare_path_parameters(openapi())))
+        return app.openapi_schema or declare_request_id(hoist_definitions(declare_unauthorized(
+            declare_path_parameters(openapi()))))
 
     app.openapi = openapi_with_path_parameters  # type: ignore[method-assign]
     return app

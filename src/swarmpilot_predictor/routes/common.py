@@ -255,6 +255,22 @@ def declare_unauthorized(spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+REQUEST_ID_HEADER = {"description": "the request's id, on the service's log lines about it: the request's own "
+                                     "X-Request-ID where it is 1 to 128 printable ASCII characters, else 32 hex digits",
+                      "schema": {"type": "string", "minLength": 1, "maxLength": 128}}
+
+
+def declare_request_id(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with the ``X-Request-ID`` header (``request_ids.RequestIdMiddleware``) on every
+    answer of every operation, as one component each refers to."""
+    spec.setdefault("components", {}).setdefault("headers", {})["X-Request-ID"] = REQUEST_ID_HEADER
+    for operations in spec.get("paths", {}).values():
+        for operation in operations.values():
+            for response in operation.get("responses", {}).values():
+                response.setdefault("headers", {})["X-Request-ID"] = {"$ref": "#/components/headers/X-Request-ID"}
+    return spec
+
+
 def is_multipart(request: Request) -> bool:
     # Media types are case-insensitive (RFC 9110): "Multipart/Form-Data" was read as JSON.
     return request.headers.get("content-type", "").lower().startswith("multipart/form-data")
