@@ -125,3 +125,66 @@ def test_the_openapi_schema_declares_the_header_on_every_answer(server):
             if response.get("headers", {}).get("X-Request-ID") != {"$ref": "#/components/headers/X-Request-ID"}] == []
     assert spec["components"]["headers"]["X-Request-ID"]["schema"] == {"type": "string", "minLength": 1,
                                                                          "maxLength": MAX_LENGTH}
+
+
+def _closing_server(ids: list[str]):
+    """A server on a free port that reads each request's head, notes its X-Request-ID in
+    ``ids`` and closes the connection without an answer (the client's retries come back)."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head and (chunk := conn.recv(65536)):
+                    head += chunk
+                for line in head.decode("latin-1").split("\r\n"):
+                    if line.lower().startswith("x-request-id:"):
+                        ids.append(line.split(":", 1)[1].strip())
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener
+
+
+def test_a_call_that_gets_no_answer_names_the_id_it_was_sent_with_on_every_try():
+    import asyncio
+
+    from swarmpilot_predictor.client import AsyncPredictorClient, PredictorUnavailableError
+
+    ids: list[str] = []
+    listener = _closing_server(ids)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        with PredictorClient(url, retries=2, backoff=0.01) as client, pytest.raises(PredictorUnavailableError) as sync:
+            client.health()
+
+        async def call() -> None:
+            async with AsyncPredictorClient(url, retries=2, backoff=0.01) as client:
+                await client.health()
+
+        with pytest.raises(PredictorUnavailableError) as in_async:
+            asyncio.run(call())
+    finally:
+        listener.close()
+    first, second = sync.value.request_id, in_async.value.request_id
+    assert GENERATED.fullmatch(first) and GENERATED.fullmatch(second) and first != second
+    assert ids == [first] * 3 + [second] * 3  # a GET is tried again, under the same id
+
+
+def test_the_service_logs_the_id_the_client_sent(tmp_path):
+    with run_server(tmp_path / "data", args=[sys.executable, "-c", BROKEN_SERVER, "{port}"]) as srv:
+        with PredictorClient(srv.url) as client, pytest.raises(PredictorClientError) as caught:
+            client.cache_stats()
+        srv.process.terminate()
+        log = srv.process.stdout.read().decode()
+    assert caught.value.status_code == 500 and GENERATED.fullmatch(caught.value.request_id)
+    assert f"unexpected error on GET /cache/stats (request {caught.value.request_id})\n" in log

@@ -72,8 +72,9 @@ class PredictorClientError(Exception):
         # Seconds the service asks to wait before sending it again (its Retry-After: a 429
         # when as many trainings are queued as it takes), or None.
         self.retry_after = retry_after
-        # The answer's X-Request-ID: the id the service's log lines about the request carry
-        # (a 500's traceback among them), or None where no answer came or it had none.
+        # The call's id, which the service's log lines about it carry (a 500's traceback among
+        # them): the answer's X-Request-ID, or where no answer came (a timeout, a connection
+        # that dropped), the one the client sent it with, on each of its tries; else None.
         self.request_id = request_id
 
 
@@ -888,13 +889,16 @@ class _Base:
                                       "the other", field="api_key")
 
     def _kwargs(self, req: _Request) -> dict[str, Any]:
-        kw: dict[str, Any] = {"params": req.params}
+        # The call's id, the same on each of its tries: the service's log lines about it carry
+        # it, also where no answer came back (a timeout) to say what became of it.
+        headers = {"x-request-id": os.urandom(16).hex()}
+        kw: dict[str, Any] = {"params": req.params, "headers": headers}
         if req.files is not None:
             kw["files"] = req.files
             kw["data"] = req.data
         elif req.json is not None:
             kw["content"] = _dumps(req.json)
-            kw["headers"] = {"content-type": "application/json"}
+            headers["content-type"] = "application/json"
         kw["timeout"] = self._timeout(req)
         return kw
 
@@ -961,6 +965,12 @@ class _Base:
                 f"{req.method} {req.path} was sent to the predictor at {self._shown_url}, but the connection dropped "
                 f"before an answer ({_cause(exc)}): it may have been carried out; check before sending it again")
         return PredictorUnavailableError(f"cannot reach the predictor at {self._shown_url}: {_cause(exc)}")
+
+
+def _with_id(error: PredictorClientError, request_id: str | None) -> PredictorClientError:
+    """``error`` of a call that got no answer, with the id the call was sent with."""
+    error.request_id = request_id
+    return error
 
 
 def _wait_options(timeout: Any, poll: Any) -> None:
@@ -1118,19 +1128,22 @@ class PredictorClient(_Base):
 
     def _send(self, req: _Request) -> Any:
         attempt = 0
+        kwargs = None
         while True:
             # Before each try: a client closed while a call waited to retry (from another
             # thread) raised httpx's RuntimeError, in its own terms.
             if self._http.is_closed:
                 raise InvalidRequestError("this PredictorClient is closed (by close() or its with block): make a new one")
             try:
-                response = self._http.request(req.method, req.path, **self._kwargs(req))
+                kwargs = kwargs or self._kwargs(req)
+                response = self._http.request(req.method, req.path, **kwargs)
                 return self._calls.parse(req, response)
             except httpx.HTTPError as exc:
+                rid = kwargs["headers"]["x-request-id"] if kwargs else None
                 if self._http.is_closed:  # by close() in another thread (the call ends when its wait does)
-                    raise self._closed_in_flight(req, "close() or its with block") from exc
+                    raise _with_id(self._closed_in_flight(req, "close() or its with block"), rid) from exc
                 if not self._should_retry(req, exc, attempt):
-                    raise self._unavailable(req, exc) from exc
+                    raise _with_id(self._unavailable(req, exc), rid) from exc
                 time.sleep(self._pause(attempt))
                 attempt += 1
 
@@ -1379,10 +1392,11 @@ class AsyncPredictorClient(_Base):
                     response = await self._http.request(req.method, req.path, **kwargs)
                 return self._calls.parse(req, response)
             except httpx.HTTPError as exc:
+                rid = kwargs["headers"]["x-request-id"]
                 if self._http.is_closed:  # by aclose() in another task
-                    raise self._closed_in_flight(req, "aclose() or its async with block") from exc
+                    raise _with_id(self._closed_in_flight(req, "aclose() or its async with block"), rid) from exc
                 if not self._should_retry(req, exc, attempt):
-                    raise self._unavailable(req, exc) from exc
+                    raise _with_id(self._unavailable(req, exc), rid) from exc
                 await asyncio.sleep(self._pause(attempt))
                 attempt += 1
 
