@@ -249,3 +249,34 @@ def test_series_follow_the_models_and_tables_that_exist(tmp_path):
         assert service.metrics.cache_misses._value.get() == misses + 12 == service.cache.stats()["misses"] - stats + misses
     finally:
         service.close()
+
+
+def test_a_model_s_table_generation_series_go_with_the_model_whoever_deletes_it(tmp_path):
+    # Counted under the model but not as its predictions are, they stayed in this worker's
+    # scrapes for good where it had not seen the model in one before another deleted it.
+    from swarmpilot_predictor.identity import IdentityPattern, ModelIdentity
+    from swarmpilot_predictor.schemas import TrainConfig
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    from .conftest import IDENTITY, make_llm_traces
+
+    data = tmp_path / "data"
+    deleting, other = PredictorService(PredictorSettings(data_dir=data)), PredictorService(PredictorSettings(data_dir=data))
+    try:
+        deleting.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(80), algorithm="linear"))
+        source = tmp_path / "queue.jsonl"
+        traces = [*make_llm_traces(10, seed=1), {"input_tokens": "many", "output_tokens": 5}]
+        source.write_bytes(b"".join(orjson.dumps(t) + b"\n" for t in traces))
+        pattern, key = IdentityPattern.from_parts(IDENTITY), ModelIdentity.from_parts(IDENTITY).key
+        assert other.generate_table(pattern, source, table_name="t.json")["failed"] == 1
+        counted = _samples(other.metrics.render()[0].decode())  # (no scrape: it would look at the models)
+        assert counted[("predictor_predictions_total", (("model", key), ("source", "table_generation")))] == 10.0
+        assert counted[("predictor_prediction_errors_total", (("model", key),))] == 1.0
+        deleting.delete_model(pattern)
+        assert _series(other, "predictor_predictions_total") == {}
+        assert _series(other, "predictor_prediction_errors_total") == {}
+    finally:
+        other.close()
+        deleting.close()
+

@@ -893,9 +893,11 @@ class PredictorService:
         result["model_key"] = identity.key
         # Traces, as the other sources count: not the repeat records added beside first runs
         # (counted with them until 2026-12-07), and those that failed are errors, as a batch's are.
-        self.metrics.predictions.labels(identity.key, "table_generation").inc(result["rows"] - result["repeats_added"])
-        if result["failed"]:
-            self.metrics.prediction_errors.labels(identity.key).inc(result["failed"])
+        # Counted as the other sources are, so that a scrape knows this process counted under
+        # the model: its series go with it however it goes (they stayed where its last version
+        # was deleted by number before any scrape).
+        self.metrics.count_predictions(identity.key, "table_generation", result["rows"] - result["repeats_added"],
+                                       result["failed"])
         if not own_path:
             result["load_seconds"] = self._ready_to_serve(out_path.name)
         return result
