@@ -280,3 +280,35 @@ def test_a_model_s_table_generation_series_go_with_the_model_whoever_deletes_it(
         other.close()
         deleting.close()
 
+
+def test_serve_counts_from_zero_in_a_metrics_directory_an_earlier_run_left_files_in(tmp_path):
+    # prometheus_client adds up every file in the directory: an operator's, not wiped between
+    # runs, made a restarted service's first scrape say the run before's 3 trainings.
+    import httpx
+
+    from .conftest import run_server
+
+    metrics = tmp_path / "metrics"
+    earlier = "from swarmpilot_predictor.metrics import PredictorMetrics\n" \
+              "PredictorMetrics().training_runs.labels('success').inc(3)"
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
+    subprocess.run([sys.executable, "-c", earlier], env=env, check=True, timeout=60)  # an earlier run's worker
+    left = len(os.listdir(metrics))
+    args = [sys.executable, "-m", "swarmpilot_predictor", "serve", "--host", "127.0.0.1", "--port", "{port}",
+            "--workers", "1", "--log-level", "warning"]
+    with run_server(tmp_path / "data", extra_env={"PROMETHEUS_MULTIPROC_DIR": str(metrics)}, args=args) as srv:
+        text = httpx.get(srv.url + "/metrics", timeout=30).text
+        assert 'predictor_http_requests_total{method="GET",route="/health",status="200"}' in text  # this run's
+        assert "predictor_training_runs_total{" not in text
+        srv.process.terminate()
+        said = srv.process.communicate(timeout=30)[0].decode()
+    assert f"removed {left} metric file(s) of processes no longer running from PROMETHEUS_MULTIPROC_DIR" in said
+    # A file of the starting process's own id is an earlier run's too (a container's first
+    # process has the same id at each start); a running process's is left alone.
+    from swarmpilot_predictor.metrics import remove_exited_processes_files
+
+    for pid in (os.getpid(), os.getppid()):
+        (metrics / f"counter_{pid}.db").write_bytes(b"")
+    before = len(os.listdir(metrics))  # (and the stopped server's)
+    assert remove_exited_processes_files(str(metrics)) == before - 1
+    assert os.listdir(metrics) == [f"counter_{os.getppid()}.db"]

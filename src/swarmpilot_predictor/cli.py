@@ -292,6 +292,17 @@ def serve(
     if problem:
         _fail(problem)
     metrics_dir = None
+    own_metrics = multiproc_variable()
+    if own_metrics is not None:
+        # An operator's directory: what an earlier run left there would be counted as this
+        # run's (a restart's first scrape said the 5 predictions made before it).
+        from .metrics import remove_exited_processes_files
+
+        removed = remove_exited_processes_files(os.environ[own_metrics])
+        if removed:
+            err_console.print(f"removed {removed} metric file(s) of processes no longer running from {own_metrics} "
+                              f"({os.environ[own_metrics]}): an earlier run's counts, not this one's", markup=False,
+                              highlight=False, soft_wrap=True)
     if settings.workers > 1:
         from .api import SUPERVISOR_ENV, log_beside_uvicorn, warn_of_unknown_variables
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import threading
 import time
 
@@ -152,6 +153,31 @@ def _worker_pids(path: str, live: bool) -> list[int]:
         if alive(pid) == live:
             pids.add(pid)
     return sorted(pids)
+
+
+# prometheus_client's files in a multi-process directory: one per kind of value and process.
+_PROCESS_FILE = re.compile(r"(?:counter|histogram|summary|gauge_[a-z]+)_(\d+)\.db")
+
+
+def remove_exited_processes_files(path: str) -> int:
+    """Remove the files of processes no longer running from the multi-process directory
+    ``path``, as a service starts: an earlier run's, whose counts every scrape of this run
+    would add to its own (prometheus_client asks for the directory wiped before each run).
+    This process's too: it has counted nothing yet, and one of its id is an earlier run's
+    (a container's first process has the same id at each start). Returns how many were removed."""
+    removed, own = 0, os.getpid()
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return 0
+    for name in names:
+        match = _PROCESS_FILE.fullmatch(name)
+        if match is None or (int(match.group(1)) != own and alive(int(match.group(1)))):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(path, name))
+            removed += 1
+    return removed
 
 
 def _prune_dead_workers(path: str) -> None:
