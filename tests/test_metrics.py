@@ -312,3 +312,29 @@ def test_serve_counts_from_zero_in_a_metrics_directory_an_earlier_run_left_files
     before = len(os.listdir(metrics))  # (and the stopped server's)
     assert remove_exited_processes_files(str(metrics)) == before - 1
     assert os.listdir(metrics) == [f"counter_{os.getppid()}.db"]
+
+
+def test_the_training_duration_histogram_times_the_trainings_that_succeeded_as_its_help_says(tmp_path):
+    import pytest
+
+    from swarmpilot_predictor.errors import PredictorError
+    from swarmpilot_predictor.schemas import TrainConfig
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    from .conftest import IDENTITY, make_llm_traces
+
+    service = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    try:
+        result = service.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(80), algorithm="linear"))
+        with pytest.raises(PredictorError):
+            service.train(TrainConfig(model=IDENTITY, traces=[{"input_tokens": 1, "runtime_ms": -1}] * 5))
+        text = service.metrics.render()[0].decode()
+    finally:
+        service.close()
+    got = _samples(text)
+    assert got[("predictor_training_runs_total", (("status", "success"),))] == 1.0
+    assert got[("predictor_training_runs_total", (("status", "error"),))] == 1.0
+    assert got[("predictor_training_duration_seconds_count", ())] == 1.0
+    assert got[("predictor_training_duration_seconds_sum", ())] == result["duration_seconds"]
+    assert "# HELP predictor_training_duration_seconds Duration of the training runs that succeeded." in text

@@ -218,7 +218,8 @@ class PredictorMetrics:
         self.retraining_runs = Counter("predictor_retraining_runs_total",
                                        "Retraining decisions by outcome (retrained, kept, skipped, failed).",
                                        ["status"], registry=r)
-        self.training_duration = Histogram("predictor_training_duration_seconds", "Training duration.",
+        self.training_duration = Histogram("predictor_training_duration_seconds",
+                                           "Duration of the training runs that succeeded.",
                                            buckets=TRAINING_BUCKETS, registry=r)
         self.cache_hits = Counter("predictor_cache_hits_total", "Prediction cache hits.", registry=r)
         self.cache_misses = Counter("predictor_cache_misses_total", "Prediction cache misses.", registry=r)
