@@ -338,3 +338,27 @@ def test_the_training_duration_histogram_times_the_trainings_that_succeeded_as_i
     assert got[("predictor_training_duration_seconds_count", ())] == 1.0
     assert got[("predictor_training_duration_seconds_sum", ())] == result["duration_seconds"]
     assert "# HELP predictor_training_duration_seconds Duration of the training runs that succeeded." in text
+
+
+def test_a_model_whose_last_version_is_deleted_starts_counting_again_from_zero(tmp_path):
+    # Its counts stayed until a scrape noticed it gone: trained again before one, it started at 5.
+    from swarmpilot_predictor.identity import IdentityPattern, ModelIdentity
+    from swarmpilot_predictor.schemas import TrainConfig
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    from .conftest import IDENTITY, make_llm_traces
+
+    service = PredictorService(PredictorSettings(data_dir=tmp_path / "data"))
+    try:
+        pattern, identity = IdentityPattern.from_parts(IDENTITY), ModelIdentity.from_parts(IDENTITY)
+        for version in (1, 2):
+            service.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(80), algorithm="linear"))
+            assert service.describe_model(identity)["total_predictions"] == 0
+            assert not any(n == "predictor_predictions_total" for n, _ in _samples(service.metrics.render()[0].decode()))
+            for _ in range(5):
+                service.predict(pattern, [{"input_tokens": 50, "output_tokens": 5}])
+            assert service.describe_model(identity)["total_predictions"] == 5
+            assert service.delete_model(pattern, version=version)["deleted_versions"] == [version]
+    finally:
+        service.close()

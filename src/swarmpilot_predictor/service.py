@@ -894,8 +894,8 @@ class PredictorService:
         # Traces, as the other sources count: not the repeat records added beside first runs
         # (counted with them until 2026-12-07), and those that failed are errors, as a batch's are.
         # Counted as the other sources are, so that a scrape knows this process counted under
-        # the model: its series go with it however it goes (they stayed where its last version
-        # was deleted by number before any scrape).
+        # the model: its series go with it however it goes (they stayed where another process
+        # deleted it before a scrape here had seen it).
         self.metrics.count_predictions(identity.key, "table_generation", result["rows"] - result["repeats_added"],
                                        result["failed"])
         if not own_path:
@@ -1025,16 +1025,24 @@ class PredictorService:
                 left = exc
             self.monitor.forget(identity)
             self.retrainer.forget(identity)
-            self.metrics.forget_model(identity.key)
-            with self._count_lock:
-                self.prediction_counts.pop(identity, None)
+            self._forget_counts(identity)
             if left is not None:
                 # Said as the registry says a delete it could not finish (it was a 500 "internal
                 # error: PermissionError", the versions deleted all the same).
                 raise StorageError(f"model {identity.key} was deleted (versions {', '.join(map(str, deleted))}), but "
                                    f"not its observations and retraining decisions in {self.observations.root} "
                                    f"({left.strerror or type(left).__name__})") from left
+        elif not self.registry.versions(identity):
+            # Its last version: the model is gone, and so are its counts, as at its delete (a
+            # model trained again after it started at 5 predictions, or at 0 where a scrape came between).
+            self._forget_counts(identity)
         return {"status": "success", "model_key": identity.key, "deleted_versions": deleted}
+
+    def _forget_counts(self, identity: ModelIdentity) -> None:
+        """A deleted model's series in the metrics and its count of predictions in ``/models``."""
+        self.metrics.forget_model(identity.key)
+        with self._count_lock:
+            self.prediction_counts.pop(identity, None)
 
 
     # ------------------------------------------------------------------ observations
