@@ -1484,6 +1484,13 @@ def test_serve_refuses_a_request_whose_headers_pass_64_kb(tmp_path, entry):
             for _ in range(3):
                 r = client.post("/predict/batch/llm/m/H/s/1", json={"trace": [{"x": "a" * 100_000}]})
                 assert r.status_code == 404 and "no trained model" in r.json()["message"]
+            # Answered before the service, the three 431s are not in /metrics: each is in the log.
+            statuses = [line.split('status="')[1][:3] for line in client.get("/metrics").text.splitlines()
+                        if line.startswith("predictor_http_requests_total{")]
+            assert "431" not in statuses and "404" in statuses
+        srv.process.terminate()
+        said = srv.process.communicate(timeout=30)[0].decode()
+    assert said.count("Request line and headers longer than 64 kB received: answered 431.") == 3
 
 
 def test_serve_refuses_a_chunked_body_whose_trailers_pass_64_kb(tmp_path):

@@ -77,6 +77,10 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
 
     def _refuse_headers(self) -> None:
         msg = f"Request line and headers longer than {MAX_HEADER_BYTES // 1024} kB."
+        # Answered before the service sees it, so /metrics cannot count it: said in the log, as
+        # uvicorn says a request it cannot parse (a 431 left no trace anywhere).
+        self.logger.warning("Request line and headers longer than %d kB received: answered 431.",
+                            MAX_HEADER_BYTES // 1024)
         content = [b"HTTP/1.1 431 Request Header Fields Too Large\r\n"]
         for name, value in self.server_state.default_headers:
             content.extend([name, b": ", value, b"\r\n"])
