@@ -174,6 +174,10 @@ def test_dashboard_a_failed_request_costs_only_its_own_part(three_models, contex
     assert page.locator("tr.model-row").count() == 3
     table = page.inner_text("#models")
     assert all(name in table for name in ["alpha", "beta", LONG_NAME])
+    # The row of the model whose accuracy failed does not call it ok (it read "ok", in green).
+    beta = page.locator("tr.model-row", has_text="/beta/").locator("td")
+    assert beta.last.inner_text() == "accuracy unavailable" and beta.last.get_attribute("class") == "error"
+    assert beta.all_inner_texts()[5:9] == ["–"] * 4
     assert page.inner_text("#health").startswith("health unavailable: health: 503")
     errors = page.locator("#details p.error")
     assert errors.count() == 1 and "accuracy unavailable" in errors.inner_text() and "500" in errors.inner_text()
