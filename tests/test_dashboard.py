@@ -192,6 +192,41 @@ def test_dashboard_a_failed_request_costs_only_its_own_part(three_models, contex
     assert page.inner_text("#health").startswith("error: models: ")
 
 
+def test_dashboard_a_slow_accuracy_holds_back_only_its_own_row(three_models, context):
+    """A model whose accuracy does not answer: the other models are shown meanwhile (no model
+    was, until the slowest accuracy had answered), its row says it is loading, and after 60 s
+    the request is given up as failed (a hung one kept the page loading for good)."""
+    page = context.new_page()
+    page.clock.install()  # the page's 60 s, fast-forwarded
+    held: list = []
+    page.route("**/models/llm/beta/**/accuracy", lambda route: held.append(route))
+    page.goto(three_models.url + "/dashboard")
+    page.wait_for_function("""[...document.querySelectorAll('tr.model-row td:last-child')]
+                              .filter(td => td.textContent !== 'loading…').length === 2""", timeout=15000)
+    beta = page.locator("tr.model-row", has_text="/beta/").locator("td")
+    assert beta.all_inner_texts()[5:] == ["…"] * 4 + ["loading…"]
+    assert page.locator("#details .card", has_text="/beta/").locator("p").inner_text() == "loading accuracy…"
+    assert page.locator("circle.obs-point").count() == 150  # the long-named model's, already drawn
+    assert page.evaluate("document.body.dataset.ready") is None and len(held) == 1
+    page.clock.fast_forward(61_000)
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+    assert beta.last.inner_text() == "accuracy unavailable" and page.evaluate("document.body.dataset.failed") == "1"
+    assert page.inner_text("#details p.error").endswith("/accuracy: no answer in 60 s")
+
+
+def test_dashboard_says_it_is_loading_the_models_until_they_answer(three_models, context):
+    page = context.new_page()
+    held: list = []
+    page.route("**/models", lambda route: held.append(route))
+    page.goto(three_models.url + "/dashboard")
+    page.wait_for_function("document.getElementById('health').textContent.includes(' models')", timeout=15000)
+    assert page.inner_text("#models tbody") == "loading models…"
+    held[0].fulfill(status=502, body="bad gateway")
+    page.wait_for_function("document.body.dataset.ready === 'error'", timeout=15000)
+    assert page.inner_text("#models tbody") == "models unavailable: models: 502"
+    assert page.inner_text("#health") == "error: models: 502"
+
+
 def behind_gateway(page, url: str) -> list[str]:
     """Route ``page``'s requests to ``url`` through a gateway that serves the service under
     /predictor/ and strips the prefix (anything else is its 404); returns the paths asked."""
