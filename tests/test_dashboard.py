@@ -259,6 +259,7 @@ def test_dashboard_behind_a_proxy_under_a_path_prefix(three_models, context):
     # health line's list of drifted models (which widened the page to 1,778 px).
     assert LONG_NAME in page.inner_text("#health")
     assert page.evaluate("document.documentElement.scrollWidth") <= 1200
+    assert page.evaluate("[...document.querySelectorAll('.scroll')].every(e => e.scrollWidth <= e.clientWidth)")
     # A 200 that is no JSON (a proxy's sign-in page) names the request it answered.
     page = context.new_page()
     page.route("**/models", lambda route: route.fulfill(status=200, content_type="text/html",
@@ -292,6 +293,34 @@ def test_dashboard_under_uvicorns_root_path(tmp_path, context):
         assert page.locator("tr.table-row td").last.inner_text() == "current"
 
 
+def test_dashboard_on_a_narrow_screen_keeps_to_its_width(three_models, context):
+    """A phone's 375 px: the page keeps to the screen's width (the models' table widened it to
+    928 px); each table scrolls sideways in a box of its own, named by its heading, which Tab
+    reaches and the arrow keys scroll, and the plots shrink to their card."""
+    page = context.new_page()
+    page.set_viewport_size({"width": 375, "height": 800})
+    page.goto(three_models.url + "/dashboard")
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+    assert page.evaluate("document.documentElement.scrollWidth") == 375
+    boxes = page.locator("div.scroll")
+    assert [page.evaluate("e => [e.getAttribute('role'), e.tabIndex, document.getElementById("
+                          "e.getAttribute('aria-labelledby')).textContent, e.contains(e.querySelector('table'))]", b)
+            for b in boxes.element_handles()] == [["region", 0, "Models", True], ["region", 0, "Lookup tables", True]]
+    models = boxes.first
+    assert models.evaluate("e => e.scrollWidth > e.clientWidth")  # its ten columns scroll
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.getAttribute('aria-labelledby')") == "models-title"
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("document.activeElement.scrollLeft > 0", timeout=5000)
+    for svg in page.locator("svg").all():
+        box = svg.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 375
+    assert page.get_by_role("region", name="Models").locator("tr.model-row").count() == 3
+    # A laptop's 1,000 px has room for every column: nothing scrolls there.
+    page.set_viewport_size({"width": 1000, "height": 800})
+    assert page.evaluate("[...document.querySelectorAll('.scroll')].map(e => e.scrollWidth - e.clientWidth)") == [0, 0]
+
+
 def test_dashboard_a_long_name_in_a_message_wraps(three_models, context):
     """A message that quotes a long name wraps as the name does in its row: the card of a
     long-named model whose accuracy failed ("accuracy unavailable: models/QQQ.../accuracy:
@@ -315,6 +344,7 @@ def test_dashboard_a_long_name_in_a_message_wraps(three_models, context):
     assert page.evaluate("document.body.dataset.failed") == "1"
     assert LONG_NAME in page.inner_text("#details p.error") and long_table in page.inner_text("#tables")
     assert page.evaluate("document.documentElement.scrollWidth") <= 1200
+    assert page.evaluate("[...document.querySelectorAll('.scroll')].every(e => e.scrollWidth <= e.clientWidth)")
     # Short cells stay whole.
     row = page.locator("tr.table-row").nth(1).locator("td").all_inner_texts()
     assert row[1] == "json" and row[-1] == "current"
