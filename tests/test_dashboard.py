@@ -321,6 +321,33 @@ def test_dashboard_on_a_narrow_screen_keeps_to_its_width(three_models, context):
     assert page.evaluate("[...document.querySelectorAll('.scroll')].map(e => e.scrollWidth - e.clientWidth)") == [0, 0]
 
 
+def contrast(fg: str, bg: str) -> float:
+    """WCAG's contrast ratio of two computed colours ("rgb(102, 114, 127)")."""
+    def luminance(colour: str) -> float:
+        channels = [int(c) / 255 for c in colour[colour.index("(") + 1:colour.index(")")].split(",")[:3]]
+        r, g, b = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+    light, dark = sorted([luminance(fg), luminance(bg)], reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def test_dashboard_text_is_legible_against_its_background(three_models, context):
+    """Every piece of text the page writes, the greyed "no observations yet" and "no lookup
+    tables" among them (3.2:1), has WCAG's 4.5:1 against its nearest background."""
+    page = context.new_page()
+    page.goto(three_models.url + "/dashboard")
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+    pairs = page.evaluate("""() => [...document.querySelectorAll('body *:not(script):not(style)')]
+        .filter(e => [...e.childNodes].some(n => n.nodeType === 3 && n.textContent.trim()) && !e.closest('svg'))
+        .map(e => {
+          let b = e;
+          while (getComputedStyle(b).backgroundColor === 'rgba(0, 0, 0, 0)') b = b.parentElement;
+          return [e.className || e.tagName, getComputedStyle(e).color, getComputedStyle(b).backgroundColor];
+        })""")
+    assert {"empty"} <= {name for name, _, _ in pairs}
+    assert [(name, fg, bg) for name, fg, bg in pairs if contrast(fg, bg) < 4.5] == []
+
+
 def test_dashboard_a_long_name_in_a_message_wraps(three_models, context):
     """A message that quotes a long name wraps as the name does in its row: the card of a
     long-named model whose accuracy failed ("accuracy unavailable: models/QQQ.../accuracy:
