@@ -348,6 +348,30 @@ def test_dashboard_text_is_legible_against_its_background(three_models, context)
     assert [(name, fg, bg) for name, fg, bg in pairs if contrast(fg, bg) < 4.5] == []
 
 
+def test_dashboard_has_landmarks_headings_and_named_tables(three_models, context):
+    """A screen reader's ways about the page: a banner and a main landmark (there were none),
+    headings one level under another (each model's card was an h2 beside the sections'), and
+    two tables named by their headings, their column headers scoped to their columns."""
+    page = context.new_page()
+    page.goto(three_models.url + "/dashboard")
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+    assert page.get_by_role("banner").get_by_role("heading", level=1).inner_text() == "SwarmPilot Predictor"
+    main = page.get_by_role("main")
+    assert main.get_by_role("table").count() == 2 and main.locator("#details .card").count() == 3
+    outline = page.evaluate("[...document.querySelectorAll('h1, h2, h3, h4, h5, h6')]"
+                            ".map(h => [Number(h.tagName[1]), h.textContent])")
+    levels = [level for level, _ in outline]
+    assert all(b <= a + 1 for a, b in zip(levels, levels[1:]))
+    assert [text for level, text in outline if level <= 2] == [
+        "SwarmPilot Predictor", "Models", "Accuracy by model", "Lookup tables"]
+    assert sorted(text.split(" · ")[0] for level, text in outline if level == 3) == sorted(
+        page.locator("tr.model-row td.key").all_inner_texts())
+    for name, columns in [("Models", 10), ("Lookup tables", 9)]:
+        headers = page.get_by_role("table", name=name).get_by_role("columnheader")
+        assert headers.count() == columns
+        assert {h.get_attribute("scope") for h in headers.all()} == {"col"}
+
+
 def test_dashboard_a_long_name_in_a_message_wraps(three_models, context):
     """A message that quotes a long name wraps as the name does in its row: the card of a
     long-named model whose accuracy failed ("accuracy unavailable: models/QQQ.../accuracy:
