@@ -227,6 +227,32 @@ def test_dashboard_says_it_is_loading_the_models_until_they_answer(three_models,
     assert page.inner_text("#health") == "error: models: 502"
 
 
+def test_dashboard_tells_a_screen_reader_while_it_loads_and_when_it_has(three_models, context):
+    """While requests are out the main part is busy and the tables' body says it is loading (it
+    was empty); the health line is a status, read out as it changes ("loading…", then the
+    health or an error), and the page is no longer busy once every request has answered."""
+    page = context.new_page()
+    held: list = []
+    page.route("**/tables", lambda route: held.append(route))
+    page.goto(three_models.url + "/dashboard")
+    page.wait_for_function("document.querySelectorAll('tr.model-row td.drift').length === 1 && "
+                           "document.getElementById('health').textContent.includes(' models')", timeout=15000)
+    status = page.get_by_role("status")
+    assert status.get_attribute("id") == "health" and " · 3 models · drifted: " in status.inner_text()
+    assert page.get_by_role("main").get_attribute("aria-busy") == "true"
+    assert page.inner_text("#tables tbody") == "loading tables…"
+    held[0].continue_()
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+    assert page.get_by_role("main").get_attribute("aria-busy") == "false"
+    assert page.inner_text("#tables tbody") == "no lookup tables: POST /predict/table to make one"
+    page = context.new_page()
+    page.route("**/models", lambda route: route.fulfill(status=500, body="boom"))
+    page.goto(three_models.url + "/dashboard")
+    page.wait_for_function("document.body.dataset.ready === 'error'", timeout=15000)
+    assert page.get_by_role("status").inner_text() == "error: models: 500"
+    assert page.get_by_role("main").get_attribute("aria-busy") == "false"
+
+
 def behind_gateway(page, url: str) -> list[str]:
     """Route ``page``'s requests to ``url`` through a gateway that serves the service under
     /predictor/ and strips the prefix (anything else is its 404); returns the paths asked."""
