@@ -398,6 +398,32 @@ def test_dashboard_has_landmarks_headings_and_named_tables(three_models, context
         assert {h.get_attribute("scope") for h in headers.all()} == {"col"}
 
 
+def test_dashboard_plots_describe_what_they_show(three_models, context):
+    """A screen reader hears what each plot shows, as its accessible description: the observed
+    coverage at each level, and how many of the latest observations fell inside the bands (each
+    image was only its name, "calibration plot")."""
+    with PredictorClient(three_models.url) as client:
+        acc = client.accuracy({**IDENTITY, "model_name": LONG_NAME})
+    page = context.new_page()
+    page.goto(three_models.url + "/dashboard")
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+    images = {n["name"]["value"]: n.get("description", {}).get("value")
+              for n in page.context.new_cdp_session(page).send("Accessibility.getFullAXTree")["nodes"]
+              if n.get("role", {}).get("value") == "image"}
+    coverage = ", ".join(f"{level}: {c:.3f}" for level, c in acc["coverage"].items())
+    recent = acc["recent"]
+    ys, qs, levels = recent["runtime_ms"], recent["quantile_predictions"], recent["levels"]
+
+    def inside(a: float, b: float) -> int:
+        return sum(q[levels.index(a)] <= y <= q[levels.index(b)] for y, q in zip(ys, qs))
+    assert images == {
+        "calibration plot": f"observed coverage at each nominal level: {coverage}",
+        "predicted quantile bands": f"last {len(ys)} observations, from {min(ys):.1f} to {max(ys):.1f} ms: "
+                                    f"{inside(0.05, 0.95)} inside the predicted 5–95% band, "
+                                    f"{inside(0.25, 0.75)} inside the 25–75% band"}
+    assert 0 < inside(0.25, 0.75) < inside(0.05, 0.95) < len(ys)
+
+
 def test_dashboard_a_long_name_in_a_message_wraps(three_models, context):
     """A message that quotes a long name wraps as the name does in its row: the card of a
     long-named model whose accuracy failed ("accuracy unavailable: models/QQQ.../accuracy:
