@@ -424,6 +424,26 @@ def test_dashboard_plots_describe_what_they_show(three_models, context):
     assert 0 < inside(0.25, 0.75) < inside(0.05, 0.95) < len(ys)
 
 
+def test_dashboard_says_on_the_page_what_its_ratios_mean(three_models, context):
+    """What "runtime / expect", "deviation / error", "levels stored" and "made by" mean is on
+    the page under their tables, as their headers' descriptions: a title showed it on a mouse's
+    hover only, never to a keyboard or on a touch screen."""
+    page = context.new_page()
+    page.set_viewport_size({"width": 375, "height": 800})
+    page.goto(three_models.url + "/dashboard")
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+    described = {n["name"]["value"]: n["description"]["value"]
+                 for n in page.context.new_cdp_session(page).send("Accessibility.getFullAXTree")["nodes"]
+                 if n.get("role", {}).get("value") == "columnheader" and n.get("description", {}).get("value")}
+    assert sorted(described) == ["deviation / error", "levels stored", "made by", "runtime / expect"]
+    notes = page.locator("p.note")
+    assert notes.count() == 2 and all(n.is_visible() for n in notes.all())
+    text = " ".join(notes.all_inner_texts())
+    for header, meaning in described.items():
+        assert f"{header}: {meaning}." in text
+    assert "1: unbiased" in described["runtime / expect"]
+
+
 def test_dashboard_a_long_name_in_a_message_wraps(three_models, context):
     """A message that quotes a long name wraps as the name does in its row: the card of a
     long-named model whose accuracy failed ("accuracy unavailable: models/QQQ.../accuracy:
