@@ -192,6 +192,24 @@ def test_dashboard_a_failed_request_costs_only_its_own_part(three_models, contex
     assert page.inner_text("#health").startswith("error: models: ")
 
 
+def test_dashboard_an_accuracy_it_cannot_draw_fails_its_own_card(three_models, context):
+    """An accuracy answered with fields missing (a proxy's or an older service's): that card
+    says it cannot be shown, the other models are drawn (the page said "error: Cannot read
+    properties of undefined (reading 'runtime_ms')" and listed no model after that one)."""
+    page = context.new_page()
+    page.route("**/models/llm/beta/**/accuracy", lambda route: route.fulfill(
+        status=200, content_type="application/json", body=orjson.dumps({"observations": 5, "window": 5, "version": 1})))
+    page.goto(three_models.url + "/dashboard")
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+    assert page.evaluate("document.body.dataset.failed") == "1"
+    assert page.locator("tr.model-row").count() == 3
+    beta = page.locator("tr.model-row", has_text="/beta/").locator("td")
+    assert beta.all_inner_texts()[5:] == ["–"] * 4 + ["accuracy unavailable"]
+    error = page.locator("#details .card", has_text="/beta/").locator("p.error").inner_text()
+    assert error.startswith("accuracy unavailable: models/llm/beta/") and "/accuracy: cannot be shown (" in error
+    assert page.locator("circle.obs-point").count() == 150  # the long-named model's
+
+
 def test_dashboard_a_slow_accuracy_holds_back_only_its_own_row(three_models, context):
     """A model whose accuracy does not answer: the other models are shown meanwhile (no model
     was, until the slowest accuracy had answered), its row says it is loading, and after 60 s
