@@ -210,6 +210,22 @@ def test_dashboard_an_accuracy_it_cannot_draw_fails_its_own_card(three_models, c
     assert page.locator("circle.obs-point").count() == 150  # the long-named model's
 
 
+def test_dashboard_tables_it_cannot_draw_fail_their_own_section(three_models, context):
+    """A /tables answer whose fields have another shape (a table's levels a flat list): the
+    tables' section says it cannot be shown, and the rest of the page is whole (the page said
+    "error: q.join is not a function" and listed no model)."""
+    tables = {"status": "success", "tables": [{"name": "t.json", "format": "json", "size_bytes": 2, "loaded": True,
+                                               "rows": 3, "quantiles": [0.5]}]}
+    page = context.new_page()
+    page.route("**/tables", lambda route: route.fulfill(status=200, content_type="application/json",
+                                                       body=orjson.dumps(tables)))
+    page.goto(three_models.url + "/dashboard")
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+    assert page.inner_text("#tables tbody").startswith("tables unavailable: tables: cannot be shown (")
+    assert page.evaluate("document.body.dataset.failed") == "1" and page.locator("tr.model-row").count() == 3
+    assert " · 3 models · " in page.inner_text("#health")
+
+
 def test_dashboard_a_slow_accuracy_holds_back_only_its_own_row(three_models, context):
     """A model whose accuracy does not answer: the other models are shown meanwhile (no model
     was, until the slowest accuracy had answered), its row says it is loading, and after 60 s
