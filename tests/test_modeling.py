@@ -1504,6 +1504,40 @@ def test_json_round_trip_gives_identical_predictions():
         assert json.dumps(back.to_json()) == text
 
 
+@pytest.mark.parametrize("kinds, n_categories, message", [
+    (["numeric"], [], "one count per column"),  # fitted, stored, then refused by from_json
+    (["numeric"], [0, 0], "one count per column"),
+    (["categorical"], [], "one count per column"),  # an IndexError in the fit
+    (["numeric"], [1.5], "whole numbers"),
+    (["numeric"], [-1], "whole numbers"),
+    (["cat"], [0], "'numeric', 'categorical' or 'unused'"),
+])
+def test_columns_that_a_stored_model_could_not_be_read_with_are_refused_at_construction(kinds, n_categories, message):
+    with pytest.raises(ValueError, match=message):
+        QuantileModel(kinds, n_categories)
+
+
+def test_a_model_stores_what_it_was_built_with_and_loads_back():
+    X, y, _ = llm_like(120, seed=3)
+    model = QuantileModel(["numeric"], np.array([0])).fit(X[:, :1], y)  # a count as numpy gives it
+    back = QuantileModel.from_json(json.loads(json.dumps(model.to_json())))
+    np.testing.assert_array_equal(back.predict_quantiles(X[:5, :1], [0.5]), model.predict_quantiles(X[:5, :1], [0.5]))
+
+
+def test_x_of_another_width_than_kinds_is_refused():
+    X, y, _ = llm_like(120, seed=3)
+    with pytest.raises(ValueError, match="X has 3 columns, not the 2 that kinds names"):
+        QuantileModel(*NUM2).fit(X, y)  # the third column was ignored without a word
+    with pytest.raises(ValueError, match="X has 2 columns, not the 3 that kinds names"):
+        QuantileModel(["numeric"] * 3, [0] * 3).fit(X[:, :2], y)  # an IndexError
+    model = QuantileModel(*NUM2, algorithm="linear").fit(X[:, :2], y)
+    for wrong in (X[:3], X[:3, :1]):
+        with pytest.raises(ValueError, match=f"X has {wrong.shape[1]} columns, not the 2"):
+            model.predict_quantiles(wrong, [0.5])
+        with pytest.raises(ValueError, match=f"X has {wrong.shape[1]} columns, not the 2"):
+            model.describe_one(list(wrong[0]), (0.5,))
+
+
 def test_feature_values_near_the_float_limit_give_a_finite_model_in_strict_json():
     import warnings
 

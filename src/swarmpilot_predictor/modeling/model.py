@@ -431,8 +431,7 @@ class QuantileModel:
     ):
         if algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}")
-        self.kinds = list(kinds)
-        self.n_categories = list(n_categories)
+        self.kinds, self.n_categories = _checked_columns(kinds, n_categories)
         self.algorithm = algorithm
         self.n_folds = n_folds
         self.params = dict(params or {})
@@ -450,6 +449,12 @@ class QuantileModel:
         self.unseen_sd_: list[float] = [0.0] * len(self.kinds)
 
     # ------------------------------------------------------------------ fitting
+
+    def _check_width(self, width: int) -> None:
+        # A column more or fewer than the kinds was read without a word (the extra one
+        # ignored, or an IndexError deep in a fit).
+        if width != len(self.kinds):
+            raise ValueError(f"X has {width} columns, not the {len(self.kinds)} that kinds names")
 
     def _make(self, family: str, kinds: Sequence[str] | None = None, hinges: int | None = None,
               regimes: bool | None = None) -> LocationModel:
@@ -635,6 +640,7 @@ class QuantileModel:
         y = np.asarray(y, dtype=np.float64)
         if len(y) != len(X):
             raise ValueError("X and y have different numbers of rows")
+        self._check_width(X.shape[1])
         if len(y) < 2:
             raise ValueError("at least 2 rows with a positive runtime are needed to train")
         if not np.all((y >= MIN_RUNTIME) & (y <= MAX_RUNTIME)):  # NaN too
@@ -1394,6 +1400,7 @@ class QuantileModel:
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2:
             raise ValueError("X must be a 2-d array")
+        self._check_width(X.shape[1])
         if self.regimes_ is not None:
             first = X[:, self.regime_column] > 0.5
             Xr = self._without_regime_column(X)
@@ -1441,6 +1448,7 @@ class QuantileModel:
         fraction of the cost. None for a location family without a single-row
         path; the caller then uses ``predict_distribution``.
         """
+        self._check_width(len(x))
         if self.regimes_ is not None:  # (the regime's model checks the levels)
             j = self.regime_column
             return self.regimes_[int(x[j] > 0.5)].describe_one([*x[:j], *x[j + 1:]], levels)
@@ -1604,6 +1612,24 @@ class QuantileModel:
 
 
 _LOG100 = float(np.log(100.0))
+
+
+def _checked_columns(kinds: Sequence[str], n_categories: Sequence[int]) -> tuple[list[str], list[int]]:
+    """``kinds`` and ``n_categories`` as a model stores them, checked as :meth:`QuantileModel.from_json`
+    reads them back: a model built from others (an unknown kind, a count missing) was fitted
+    and stored, then could not be loaded."""
+    kinds = list(kinds)
+    if not all(isinstance(k, str) and k in ("numeric", "categorical", UNUSED) for k in kinds):
+        raise ValueError(f"kinds must each be 'numeric', 'categorical' or {UNUSED!r}, got {shown(kinds)}")
+    counts = list(n_categories)
+    if len(counts) != len(kinds):
+        raise ValueError(f"n_categories must hold one count per column of kinds ({len(kinds)}), got {shown(counts)}")
+    checked = []
+    for n in counts:
+        if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"n_categories must be whole numbers of at least 0, got {shown(counts)}")
+        checked.append(int(n))
+    return kinds, checked
 
 
 @contextlib.contextmanager
