@@ -123,6 +123,24 @@ def test_a_run_whose_level_moved_gives_long_queues_that_share_it(http):
     assert hi / lo > 1.2 > alone["total_quantiles"][1] / alone["total_quantiles"][0]
 
 
+def test_a_run_whose_unit_changed_halfway_trains_a_model_that_answers(http):
+    # The second half of the file a billion times the first (seconds, then nanoseconds):
+    # the stretches' spread measured a log sd of 10.9, over the 10 a stored model may hold,
+    # and the stored model answered every prediction with a 500 ("cannot be loaded").
+    traces = make_llm_traces(300, seed=9)
+    for t in traces[150:]:
+        t["runtime_ms"] *= 1e9
+    model = ident("unitswitch")
+    m = ok(http.post("/train", json={"config": {"model": model, "traces": traces, "algorithm": "linear"}}))["metrics"]
+    url = "/".join(model.values())
+    single = ok(http.post(f"/predict/single/{url}", json={"trace": {"input_tokens": 100, "output_tokens": 50}}))
+    assert nondecreasing(single["results"]["quantile_predictions"]) and math.isfinite(single["results"]["expect"])
+    queue = [{"input_tokens": t["input_tokens"], "output_tokens": t["output_tokens"]} for t in traces[:50]]
+    batch = ok(http.post(f"/predict/batch/{url}", json={"trace": queue, "shared_factor": True}))
+    assert all(math.isfinite(v) for v in batch["total_quantiles"]) and nondecreasing(batch["total_quantiles"])
+    assert m["stretch_levels"]["log_sd"] > 10 and m["shared_log_sd"] == 10.0
+
+
 def multipart_train(http, config_name: str, config_bytes: bytes, files: dict[str, bytes]) -> httpx.Response:
     parts = [("config", (config_name, config_bytes, "application/octet-stream"))]
     parts += [(f"file{i}", (name, data, "application/octet-stream")) for i, (name, data) in enumerate(files.items())]

@@ -39,6 +39,11 @@ SHARED_SD_ROWS = 20_000
 # but one at least (see QuantileModel._shared_log_sd).
 SHARED_SD_TAIL_ROWS = 10
 SHARED_SD_TAIL_SHARE = 0.01
+# The most that log sd may be (a factor of e**10, 22,000, in one sd): a model's file holding
+# more is refused as damaged. Runtimes that jump a billionfold between stretches of the
+# training run (a file logged in seconds, then in nanoseconds) measured 10.9, and the model
+# was stored, then every prediction of it was a 500.
+SHARED_LOG_SD_MAX = 10.0
 # The level of the runtimes wanders between stretches of a run (clocks, heat, neighbours):
 # the training rows, in the order given, are cut into this many stretches of this many
 # rows at least (fewer stretches of few rows; none below the least number), and their
@@ -976,7 +981,7 @@ class QuantileModel:
         stretches = stretch_levels(np.log(ratio))
         spread = 0.0 if stretches is None else stretches["log_sd"]
         out = math.sqrt(math.log1p(cv2 / n_eff) + spread * spread)
-        return (out if math.isfinite(out) else 0.0), stretches
+        return (min(out, SHARED_LOG_SD_MAX) if math.isfinite(out) else 0.0), stretches
 
     def _select(self, X: np.ndarray, y: np.ndarray, ylog: np.ndarray, w: np.ndarray | None) -> dict[str, Any]:
         """Cross-fit every candidate; fill ``cv_``; return the chosen one with its OOF scores."""
@@ -1574,8 +1579,8 @@ class QuantileModel:
             raise ValueError(f"log_range is {shown(lr)}, not the least and the greatest log runtime")
         obj.log_range_ = None if lr is None else (float(lr[0]), float(lr[1]))
         sd = d.get("shared_log_sd", 0.0)  # models stored before it: none
-        if not (finite_number(sd) and 0.0 <= sd <= 10.0):
-            raise ValueError(f"shared_log_sd is {shown(sd)}, not a log standard deviation in [0, 10]")
+        if not (finite_number(sd) and 0.0 <= sd <= SHARED_LOG_SD_MAX):
+            raise ValueError(f"shared_log_sd is {shown(sd)}, not a log standard deviation in [0, {SHARED_LOG_SD_MAX:g}]")
         obj.shared_log_sd_ = float(sd)
         obj.stretch_levels_ = stretch_levels_from_json(d.get("stretch_levels"))  # models stored before it: none
         obj._set_atoms(atoms_from_json(d.get("atoms", [])))  # models stored before them: none
