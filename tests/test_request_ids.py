@@ -188,3 +188,19 @@ def test_the_service_logs_the_id_the_client_sent(tmp_path):
         log = srv.process.stdout.read().decode()
     assert caught.value.status_code == 500 and GENERATED.fullmatch(caught.value.request_id)
     assert f"unexpected error on GET /cache/stats (request {caught.value.request_id})\n" in log
+
+
+def test_an_app_called_in_the_callers_task_leaves_no_id_behind(tmp_path):
+    import asyncio
+
+    from swarmpilot_predictor.api import create_app
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    app = create_app(PredictorSettings(data_dir=tmp_path / "data"))
+
+    async def scenario() -> tuple[str, str | None]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://predictor") as http:
+            answer = await http.get("/ping", headers={"x-request-id": "in-task"})
+        return answer.headers["x-request-id"], current.get()
+
+    assert asyncio.run(scenario()) == ("in-task", None)

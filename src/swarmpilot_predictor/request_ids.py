@@ -24,8 +24,9 @@ HEADER = b"x-request-id"
 MAX_LENGTH = 128
 _ACCEPTED = re.compile(rb"[\x21-\x7e]{1,%d}" % MAX_LENGTH)
 
-# The request being worked on in this task or thread (None outside a request). A batch's
-# thread runs in a copy of its request's context (see ``routes.prediction``).
+# The request being worked on in this task or thread (None outside a request). The threads
+# a request's work goes to (anyio's, as Starlette's run_in_threadpool and the batch threads
+# use them) run in a copy of its context.
 current: ContextVar[str | None] = ContextVar("swarmpilot_request_id", default=None)
 
 
@@ -65,11 +66,13 @@ class RequestIdMiddleware:
                 message = dict(message, headers=[*message.get("headers", ()), header])
             await send(message)
 
-        # Not reset afterwards: uvicorn works on each request in a task of its own, whose
-        # context goes with it, and an error raised on from here is logged by Starlette's
-        # outermost middleware, which should still name the request.
-        current.set(rid)
+        token = current.set(rid)
         await self.app(scope, receive, send_with_id)
+        # Not reset where the app raised: Starlette's outermost middleware logs that error
+        # after this, and its line should name the request. (uvicorn works on each request in
+        # a task of its own; an app called in the caller's task, as httpx's ASGITransport
+        # calls it, would otherwise leave the id set after it.)
+        current.reset(token)
 
 
 class RequestIdFilter(logging.Filter):
