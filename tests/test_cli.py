@@ -206,6 +206,20 @@ def test_help_at_80_columns_shows_flags_as_flags_and_the_model_s_five_parts_whol
     assert all(len(line) <= 80 for line in text.splitlines())
 
 
+def test_version_is_the_installed_package_s():
+    # As /health and /openapi.json report it (the command had no --version: "No such option").
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    from swarmpilot_predictor import __version__
+
+    done = subprocess.run([sys.executable, "-m", "swarmpilot_predictor", "--version"], capture_output=True, text=True,
+                          timeout=120)
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"swarmpilot-predictor {__version__}\n", "")
+    assert __version__ == version("swarmpilot-predictor")
+
+
 def test_predict_a_json_trace(trained):
     body = json_out(invoke("predict", "llm/*/*/*/*", '{"input_tokens": 500, "output_tokens": 100}',
                            "--data-dir", trained, "--json", "--quantiles", "0.1,0.5,0.9", "-c", "0.8"))

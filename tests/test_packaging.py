@@ -49,6 +49,7 @@ def test_wheel_holds_the_dashboard_and_py_typed(wheel):
     assert "swarmpilot_predictor/py.typed" in wheel_names
     assert "swarmpilot_predictor/__main__.py" in wheel_names
     assert "Classifier: Typing :: Typed" in metadata
+    assert f"Version: {swarmpilot_predictor.__version__}" in metadata  # what /health and --version report
 
 
 def test_sdist_holds_what_its_wheel_needs(sdist_names):

@@ -55,6 +55,22 @@ finally:
 # cut the MODEL argument's help, the one place that spells out its five parts, at 80 columns.
 app = typer.Typer(help="SwarmPilot Predictor: runtime distributions for ML inference tasks.", no_args_is_help=True,
                   rich_markup_mode=None)
+
+
+def _print_version(given: bool) -> None:
+    if given:
+        from . import __version__
+
+        _out(f"swarmpilot-predictor {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print the version (the one /health reports) and exit.")) -> None:
+    pass
+
+
 # Piped or redirected, a line is not cut to a terminal's 80 columns: a script reads whole
 # model keys and paths (a table's lines were truncated with "…", a written path broken in three).
 # (No stdout at all, `>&-`: what would be printed is dropped, as rich does.)
