@@ -64,3 +64,27 @@ def test_installed_package_reads_its_files():
     package = resources.files(swarmpilot_predictor)
     assert package.joinpath("py.typed").is_file()
     assert b"<html" in package.joinpath("static", "dashboard.html").read_bytes()
+
+
+def test_no_model_field_is_taken_for_pydantic_s_own():
+    # pydantic before 2.10 (the package takes 2.9, the oldest FastAPI takes) reserves the
+    # prefix model_ unless a model opts out: QueueWaitEstimate's model_version had
+    # `import swarmpilot_predictor.client` warn "Field "model_version" in QueueWaitEstimate
+    # has conflict with protected namespace "model_"", an error under -W error.
+    import importlib
+    import pkgutil
+
+    from pydantic import BaseModel
+
+    for module in pkgutil.walk_packages(swarmpilot_predictor.__path__, "swarmpilot_predictor."):
+        if module.name != "swarmpilot_predictor.__main__":
+            importlib.import_module(module.name)
+    models, seen = [BaseModel], []
+    while models:
+        for model in models.pop().__subclasses__():
+            models.append(model)
+            if model.__module__.startswith("swarmpilot_predictor.") and any(
+                    name.startswith("model_") for name in model.model_fields):
+                seen.append(model.__name__)
+                assert model.model_config.get("protected_namespaces") == (), model.__qualname__
+    assert "QueueWaitEstimate" in seen and "PredictionResult" in seen

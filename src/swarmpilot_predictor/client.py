@@ -26,7 +26,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import httpx
 import numpy as np
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .collector import collector_paused
 from .identity import IDENTITY_KEYS, IdentityPattern, ModelIdentity
@@ -93,6 +93,9 @@ class JobTimeoutError(PredictorClientError, TimeoutError):
 class QueueWaitEstimate(BaseModel):
     """Distribution of the time until a queue of tasks drains, in ms (of independent tasks, or
     with ``shared_factor`` of tasks sharing their run's level)."""
+
+    # model_version is a field, not pydantic's: pydantic before 2.10 warned of it at import.
+    model_config = ConfigDict(protected_namespaces=())
 
     tasks: int
     failed: int
