@@ -37,6 +37,22 @@ def trained_server(tmp_path_factory):
         yield srv
 
 
+def test_the_module_exports_the_clients_their_errors_and_the_types_they_take_and_answer():
+    # Type checkers (pyright, mypy --strict) take from a typed package only the names a module
+    # exports: "TrainResult" is not exported from module "swarmpilot_predictor.client".
+    import swarmpilot_predictor.client as client_module
+
+    names: dict = {}
+    exec("from swarmpilot_predictor.client import *", names)
+    for name in ("PredictorClient", "AsyncPredictorClient", "PredictorClientError", "PredictorUnavailableError",
+                 "InvalidRequestError", "JobTimeoutError", "QueueWaitEstimate", "IdentityLike", "ModelIdentity",
+                 "HealthResponse", "ModelsResponse", "TrainResult", "SinglePredictionResponse",
+                 "BatchPredictionResponse", "PredictionResult"):
+        assert names[name] is getattr(client_module, name)
+    assert names["TrainResult"] is TrainResult and names["ModelIdentity"] is ModelIdentity
+    # ... and not the modules and helpers it uses (a star import took numpy as np, httpx, os, ...)
+    assert not {"np", "httpx", "os", "orjson", "BaseModel", "identity_parts"} & names.keys()
+
 def _load_example(name: str):
     # By path: a dependency installs an unrelated top-level package called `examples`.
     spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "examples" / f"{name}.py")

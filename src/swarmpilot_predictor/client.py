@@ -44,6 +44,17 @@ from .schemas import (
 )
 from .settings import visible_ascii
 
+# What a caller imports from here, the answers' and identities' types among them: type
+# checkers take a name of a typed package that another module defines only from __all__
+# (pyright: '"TrainResult" is not exported from module "swarmpilot_predictor.client"').
+__all__ = [
+    "PredictorClient", "AsyncPredictorClient",
+    "PredictorClientError", "PredictorUnavailableError", "InvalidRequestError", "JobTimeoutError",
+    "QueueWaitEstimate", "IdentityLike", "ModelIdentity", "ModelInfo", "TrainConfig",
+    "HealthResponse", "ModelsResponse", "TrainResult", "SinglePredictionResponse", "BatchPredictionResponse",
+    "PredictionResult", "KEEPALIVE_EXPIRY", "MAX_BACKOFF",
+]
+
 T = TypeVar("T", bound=BaseModel)
 IdentityLike = ModelIdentity | IdentityPattern | ModelInfo | Mapping[str, Any] | Sequence[str | None] | str
 
