@@ -86,3 +86,30 @@ def test_no_model_field_is_taken_for_pydantic_s_own():
                 seen.append(model.__name__)
                 assert model.model_config.get("protected_namespaces") == (), model.__qualname__
     assert "QueueWaitEstimate" in seen and "PredictionResult" in seen
+
+
+def test_readme_layout_names_every_module_of_the_package():
+    # README's Layout is where a reader looks for the module that does a thing: request_ids.py
+    # (the X-Request-ID of every answer, RequestIdFilter) and protocol.py (serve's 431) were
+    # missing from it. Each module and folder of the package is named there, and each module
+    # of a folder whose modules it lists one by one (modeling/, lookup/; routes/ is described
+    # as a whole).
+    readme = (REPO_ROOT / "README.md").read_text()
+    layout = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    named, folder = set(), ""
+    for line in layout.splitlines():
+        if line.startswith("    ") and line[4:5] not in (" ", "") and folder:
+            named.add(folder + line.split()[0])  # a module of the folder named above it
+        elif line.startswith("  ") and line[2:3] not in (" ", ""):
+            name = line.split()[0]
+            named.add(name)
+            folder = name if name.endswith("/") else ""
+    package = REPO_ROOT / "src" / "swarmpilot_predictor"
+    entries = [p for p in package.iterdir() if not p.name.startswith("_") and p.name != "__pycache__"]
+    missing = [p.name for p in entries
+               if (p.name + "/" if p.is_dir() else p.name) not in named and (p.is_dir() or p.suffix in (".py", ".typed"))]
+    for folder in (p for p in entries if p.is_dir()):
+        modules = [f"{folder.name}/{m.name}" for m in folder.glob("*.py") if not m.name.startswith("_")]
+        if any(m in named for m in modules):
+            missing += [m for m in modules if m not in named]
+    assert not missing, f"README's Layout does not name {sorted(missing)}"
