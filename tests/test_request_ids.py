@@ -101,6 +101,37 @@ def test_a_500_and_its_logged_traceback_name_one_request_id(tmp_path):
     assert GENERATED.fullmatch(made) and f"unexpected error on GET /cache/stats (request {made})\n" in log
 
 
+BROKEN_SERVE = """
+import sys, uvicorn
+from swarmpilot_predictor.api import app_from_env, log_beside_uvicorn
+from swarmpilot_predictor.request_ids import uvicorn_log_config
+log_beside_uvicorn("info")
+app = app_from_env()
+def broken(*args, **kwargs):
+    raise KeyError("models")
+app.state.service.cache_stats = broken  # a bug on one route
+# The logging serve and the seed's python -m src.scheduler.predictor_api set up.
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_config=uvicorn_log_config())
+"""
+
+
+def test_uvicorns_own_traceback_of_a_500_names_the_request_too(tmp_path):
+    # Under serve's logging a 500 is logged twice: the service's line and traceback, then
+    # uvicorn's "Exception in ASGI application" and its own traceback of the error Starlette
+    # raised on to it. That second one named no request: grepping the log for a caller's id
+    # found one of the two, and the other read as a failure of its own.
+    with run_server(tmp_path / "data", args=[sys.executable, "-c", BROKEN_SERVE, "{port}"]) as srv:
+        with httpx.Client(base_url=srv.url, timeout=30) as http:
+            answer = http.get("/cache/stats", headers={"x-request-id": "sched-500"})
+        srv.process.terminate()
+        log = srv.process.stdout.read().decode()
+    assert answer.status_code == 500 and answer.headers["x-request-id"] == "sched-500"
+    assert "unexpected error on GET /cache/stats (request sched-500)\nTraceback" in log
+    assert "Exception in ASGI application (request sched-500)\nTraceback" in log, log
+    # Outside a request uvicorn's lines are as they were.
+    assert re.search(r"Application startup complete\.\n", log), log
+
+
 @pytest.mark.parametrize("entry", [["-m", "swarmpilot_predictor", "serve"], ["-m", "src.scheduler.predictor_api"]],
                          ids=["serve", "seed"])
 def test_each_access_line_ends_with_its_request_id(tmp_path, port, entry):

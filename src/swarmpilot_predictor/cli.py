@@ -345,7 +345,7 @@ def serve(
             workers=settings.workers,
             log_level=settings.log_level,
             access_log=settings.access_log,
-            log_config=uvicorn_log_config(),  # the request's id on each access line
+            log_config=uvicorn_log_config(),  # the request's id on each access line and uvicorn's lines for it
             # A worker first imports the service (seconds on a loaded machine): uvicorn's 5 s
             # start-up health check killed workers before they could answer it.
             timeout_worker_healthcheck=60,

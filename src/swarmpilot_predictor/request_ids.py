@@ -19,6 +19,7 @@ from contextvars import ContextVar
 from typing import Any
 
 import uvicorn.config
+import uvicorn.logging
 
 HEADER = b"x-request-id"
 MAX_LENGTH = 128
@@ -88,13 +89,31 @@ class RequestIdFilter(logging.Filter):
 
 def uvicorn_log_config() -> dict[str, Any]:
     """uvicorn's logging configuration with the request's id at the end of each access line
-    (``"GET /ping HTTP/1.1" 200 (request 3f0c...)``), for the entry points that run uvicorn.
+    (``"GET /ping HTTP/1.1" 200 (request 3f0c...)``), and of each of uvicorn's own lines
+    written for a request, for the entry points that run uvicorn.
 
     uvicorn writes an access line as the answer starts, from the request's own task, where
-    :data:`current` holds its id.
+    :data:`current` holds its id; so is its "Exception in ASGI application" and traceback of
+    a 500 (the error Starlette raises on to it once the answer is sent), which named no
+    request beside the service's own line and traceback of it. Its other lines are as they
+    were (the tag is empty outside a request).
     """
     config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     config.setdefault("filters", {})["request_id"] = {"()": RequestIdFilter}
     config["formatters"]["access"]["fmt"] += "%(request_tag)s"
-    config["handlers"]["access"].setdefault("filters", []).append("request_id")
+    config["formatters"]["default"]["()"] = f"{__name__}.{TaggedDefaultFormatter.__name__}"
+    for name in ("access", "default"):
+        config["handlers"][name].setdefault("filters", []).append("request_id")
     return config
+
+
+class TaggedDefaultFormatter(uvicorn.logging.DefaultFormatter):
+    """uvicorn's formatter of its own lines, with the request's tag (``request_tag``, see
+    :class:`RequestIdFilter`) at the end of the message's line: uvicorn ends some messages
+    with a line break ("Exception in ASGI application\\n", its traceback after it), where a
+    tag added by the format would stand on a line of its own."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        text = super().formatMessage(record)
+        tag = getattr(record, "request_tag", "")
+        return text.rstrip("\n") + tag if tag else text
