@@ -1484,6 +1484,8 @@ def test_serve_refuses_a_request_whose_headers_pass_64_kb(tmp_path, entry):
         port = int(srv.url.rsplit(":", 1)[1])
         long = ask(b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
         assert long.startswith(b"HTTP/1.1 431 ") and long.endswith(b"Request line and headers longer than 64 kB.")
+        # Its id, as every answer of the service has, is the one its line in the log names.
+        (long_id,) = re.findall(rb"\r\nx-request-id: ([0-9a-f]{32})\r\n", long)
         many = ask(b"GET /ping HTTP/1.1\r\nHost: x\r\n" + b"X-A: a\r\n" * 10_000 + b"\r\n")
         assert many.startswith(b"HTTP/1.1 431 ")
         path = ask(b"GET /models?" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -1506,7 +1508,9 @@ def test_serve_refuses_a_request_whose_headers_pass_64_kb(tmp_path, entry):
             assert "431" not in statuses and "404" in statuses
         srv.process.terminate()
         said = srv.process.communicate(timeout=30)[0].decode()
-    assert said.count("Request line and headers longer than 64 kB received: answered 431.") == 3
+    assert len(re.findall(r"Request line and headers longer than 64 kB received: answered 431 \(request [0-9a-f]{32}\)\.",
+                          said)) == 3
+    assert f"answered 431 (request {long_id.decode()})." in said
 
 
 def test_serve_refuses_a_chunked_body_whose_trailers_pass_64_kb(tmp_path):

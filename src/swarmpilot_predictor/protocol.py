@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .request_ids import new_request_id
+
 # Far above what a request of this service sends (its longest URL, five identity parts of
 # 200 characters, percent-encoded, is about 12 kB: a character of 4 UTF-8 bytes is 12 in the
 # URL, 2.4 kB a part).
@@ -78,12 +80,16 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
     def _refuse_headers(self) -> None:
         msg = f"Request line and headers longer than {MAX_HEADER_BYTES // 1024} kB."
         # Answered before the service sees it, so /metrics cannot count it: said in the log, as
-        # uvicorn says a request it cannot parse (a 431 left no trace anywhere).
-        self.logger.warning("Request line and headers longer than %d kB received: answered 431.",
-                            MAX_HEADER_BYTES // 1024)
+        # uvicorn says a request it cannot parse (a 431 left no trace anywhere), under an id
+        # the answer carries, as the service's answers do (its headers, the caller's id among
+        # them, are not read).
+        rid = new_request_id()
+        self.logger.warning("Request line and headers longer than %d kB received: answered 431 (request %s).",
+                            MAX_HEADER_BYTES // 1024, rid)
         content = [b"HTTP/1.1 431 Request Header Fields Too Large\r\n"]
         for name, value in self.server_state.default_headers:
             content.extend([name, b": ", value, b"\r\n"])
+        content.append(b"x-request-id: " + rid.encode("ascii") + b"\r\n")
         content.extend([b"content-type: text/plain; charset=utf-8\r\n",
                         b"content-length: " + str(len(msg)).encode("ascii") + b"\r\n",
                         b"connection: close\r\n", b"\r\n", msg.encode("ascii")])

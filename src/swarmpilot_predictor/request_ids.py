@@ -44,6 +44,11 @@ def request_id_of(headers: list[tuple[bytes, bytes]]) -> str:
             if given is not None:
                 return given
             break
+    return new_request_id()
+
+
+def new_request_id() -> str:
+    """An id the service makes: 32 hex digits."""
     return os.urandom(16).hex()  # 1.0 µs; a uuid4's hex digits took 5.7 µs, for 6 bits less
 
 
