@@ -158,9 +158,10 @@ def test_the_openapi_schema_declares_the_header_on_every_answer(server):
                                                                          "maxLength": MAX_LENGTH}
 
 
-def _closing_server(ids: list[str]):
-    """A server on a free port that reads each request's head, notes its X-Request-ID in
-    ``ids`` and closes the connection without an answer (the client's retries come back)."""
+def _gateway(answer: bytes, ids: list[str]):
+    """A server on a free port that answers each request with ``answer`` (a gateway's own
+    page, without the service's X-Request-ID; b"": none) and closes its connection, noting
+    the id each was sent with in ``ids``."""
     import socket
     import threading
 
@@ -178,9 +179,9 @@ def _closing_server(ids: list[str]):
                 head = b""
                 while b"\r\n\r\n" not in head and (chunk := conn.recv(65536)):
                     head += chunk
-                for line in head.decode("latin-1").split("\r\n"):
-                    if line.lower().startswith("x-request-id:"):
-                        ids.append(line.split(":", 1)[1].strip())
+                ids.extend(line.split(":", 1)[1].strip() for line in head.decode("latin-1").split("\r\n")
+                           if line.lower().startswith("x-request-id:"))
+                conn.sendall(answer)
 
     threading.Thread(target=serve, daemon=True).start()
     return listener
@@ -192,7 +193,7 @@ def test_a_call_that_gets_no_answer_names_the_id_it_was_sent_with_on_every_try()
     from swarmpilot_predictor.client import AsyncPredictorClient, PredictorUnavailableError
 
     ids: list[str] = []
-    listener = _closing_server(ids)
+    listener = _gateway(b"", ids)  # each connection closed without an answer: the retries come back
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
     try:
         with PredictorClient(url, retries=2, backoff=0.01) as client, pytest.raises(PredictorUnavailableError) as sync:
@@ -235,3 +236,24 @@ def test_an_app_called_in_the_callers_task_leaves_no_id_behind(tmp_path):
         return answer.headers["x-request-id"], current.get()
 
     assert asyncio.run(scenario()) == ("in-task", None)
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 504 Gateway Timeout\r\nContent-Type: text/html\r\nContent-Length: 21\r\nConnection: close\r\n\r\n"
+    b"<h1>504 timeout</h1>\n",
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 15\r\nConnection: close\r\n\r\n<h1>sign in</h1"],
+    ids=["504", "200-page"])
+def test_a_gateways_answer_without_the_id_names_the_one_the_call_was_sent_with(answer):
+    # A gateway that gave up on the service (its 504), or a sign-in page, does not echo the
+    # id: the error named none (request_id None), while the service may have logged the
+    # request under the id the client sent.
+    ids: list[str] = []
+    listener = _gateway(answer, ids)
+    try:
+        with PredictorClient(f"http://127.0.0.1:{listener.getsockname()[1]}", retries=0) as client, \
+                pytest.raises(PredictorClientError) as caught:
+            client.health()
+    finally:
+        listener.close()
+    assert caught.value.status_code in (504, 200)
+    assert ids and caught.value.request_id == ids[0] and GENERATED.fullmatch(ids[0])

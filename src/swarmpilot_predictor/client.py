@@ -85,7 +85,8 @@ class PredictorClientError(Exception):
         self.retry_after = retry_after
         # The call's id, which the service's log lines about it carry (a 500's traceback among
         # them): the answer's X-Request-ID, or where no answer came (a timeout, a connection
-        # that dropped), the one the client sent it with, on each of its tries; else None.
+        # that dropped) or a gateway's own answer came, without it, the one the client sent it
+        # with, on each of its tries; else None.
         self.request_id = request_id
 
 
@@ -707,8 +708,7 @@ class _Calls:
                 message = (f"{response.status_code} {response.reason_phrase} from {response.request.method} "
                            f"{response.request.url.path}, not in the predictor's form: {response.text[:200]!r}")
             raise PredictorClientError(message, response.status_code, field_name, body,
-                                       _retry_after(response.headers.get("retry-after")),
-                                       response.headers.get("x-request-id"))
+                                       _retry_after(response.headers.get("retry-after")), _request_id(response))
         if req.extract is not None:
             if not isinstance(body, dict) or req.extract not in body:
                 raise _unexpected(response, f"no {req.extract!r} in it")
@@ -863,7 +863,14 @@ def _unexpected(response: httpx.Response, why: str) -> PredictorClientError:
     """A 2xx answer that is not what the service sends (a proxy's page, say)."""
     return PredictorClientError(f"unexpected answer from {response.request.method} {response.request.url.path} "
                                 f"({response.status_code}, {why}): {response.text[:200]!r}", response.status_code,
-                                request_id=response.headers.get("x-request-id"))
+                                request_id=_request_id(response))
+
+
+def _request_id(response: httpx.Response) -> str | None:
+    """The id the service's log lines name the request by: its answer's ``X-Request-ID``, or
+    where the answer is a gateway's own (a 504 after it gave up on the service, a sign-in
+    page), which does not echo it, the one the call was sent with (None was said)."""
+    return response.headers.get("x-request-id") or response.request.headers.get("x-request-id")
 
 
 # Errors before a request was sent: any request may be tried again.
