@@ -151,6 +151,26 @@ class LiveServer:
     process: subprocess.Popen
 
 
+def broken_server(log_level: str = "warning", quiet: bool = False, log_config: bool = False) -> list[str]:
+    """``run_server``'s args for the service with a bug on one route (``GET /cache/stats``
+    raises KeyError: a 500), under uvicorn at ``log_level``; ``quiet``: no log at all (each
+    500's traceback would fill the test's unread pipe); ``log_config``: the entry points'
+    logging (``request_ids.uvicorn_log_config``)."""
+    script = "\n".join([
+        "import logging, sys, uvicorn",
+        "from swarmpilot_predictor.api import app_from_env",
+        "from swarmpilot_predictor.request_ids import uvicorn_log_config",
+        "app = app_from_env()",
+        "logging.disable(logging.CRITICAL)" if quiet else "",
+        "def broken(*args, **kwargs):",
+        "    raise KeyError('models')",
+        "app.state.service.cache_stats = broken",
+        f"uvicorn.run(app, host='127.0.0.1', port=int(sys.argv[1]), log_level={log_level!r}"
+        + (", log_config=uvicorn_log_config())" if log_config else ")"),
+    ])
+    return [sys.executable, "-c", script, "{port}"]
+
+
 @contextmanager
 def run_server(data_dir: Path, extra_env: dict[str, str] | None = None, args: list[str] | None = None,
                preexec_fn=None, port: int | None = None) -> Iterator[LiveServer]:

@@ -20,7 +20,7 @@ import yaml
 
 from swarmpilot_predictor.identity import ModelIdentity
 
-from .conftest import IDENTITY, LiveServer, make_llm_traces, metric_value, run_server, trained_in_process
+from .conftest import IDENTITY, LiveServer, broken_server, make_llm_traces, metric_value, run_server, trained_in_process
 
 KEY = ModelIdentity.from_parts(IDENTITY).key
 # The identity as URL segments: a space and a slash inside segments, percent-encoded.
@@ -1528,20 +1528,10 @@ def test_a_service_started_with_preload_loads_its_models_before_any_request(tmp_
         assert health["models_registered"] == 2 and health["models_loaded"] == 2
 
 
-BROKEN_SERVER = """
-import logging, sys, uvicorn
-from swarmpilot_predictor.api import app_from_env
-app = app_from_env()
-logging.disable(logging.CRITICAL)  # each 500's traceback would fill the test's unread pipe
-def broken(*args, **kwargs):
-    raise KeyError("models")
-app.state.service.cache_stats = broken  # a bug on one route
-uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="critical")
-"""
 
 
 def test_an_unexpected_error_is_a_500_that_closes_its_connection_and_says_so(tmp_path):
-    with run_server(tmp_path / "data", args=[sys.executable, "-c", BROKEN_SERVER, "{port}"]) as srv:
+    with run_server(tmp_path / "data", args=broken_server(log_level="critical", quiet=True)) as srv:
         port = int(srv.url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
             conn.sendall(b"GET /cache/stats HTTP/1.1\r\nhost: x\r\n\r\n")

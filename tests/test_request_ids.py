@@ -12,7 +12,7 @@ import pytest
 from swarmpilot_predictor.client import PredictorClient, PredictorClientError
 from swarmpilot_predictor.request_ids import MAX_LENGTH, RequestIdFilter, current, request_id_of
 
-from .conftest import run_server
+from .conftest import broken_server, run_server
 
 GENERATED = re.compile(r"[0-9a-f]{32}")
 
@@ -78,19 +78,8 @@ def test_the_client_error_names_the_request_id(server):
     assert caught.value.status_code == 404 and GENERATED.fullmatch(caught.value.request_id)
 
 
-BROKEN_SERVER = """
-import sys, uvicorn
-from swarmpilot_predictor.api import app_from_env
-app = app_from_env()
-def broken(*args, **kwargs):
-    raise KeyError("models")
-app.state.service.cache_stats = broken  # a bug on one route
-uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
-"""
-
-
 def test_a_500_and_its_logged_traceback_name_one_request_id(tmp_path):
-    with run_server(tmp_path / "data", args=[sys.executable, "-c", BROKEN_SERVER, "{port}"]) as srv:
+    with run_server(tmp_path / "data", args=broken_server()) as srv:
         with httpx.Client(base_url=srv.url, timeout=30) as http:
             answer = http.get("/cache/stats", headers={"x-request-id": "sched-500"})
             made = http.get("/cache/stats").headers["x-request-id"]
@@ -101,26 +90,12 @@ def test_a_500_and_its_logged_traceback_name_one_request_id(tmp_path):
     assert GENERATED.fullmatch(made) and f"unexpected error on GET /cache/stats (request {made})\n" in log
 
 
-BROKEN_SERVE = """
-import sys, uvicorn
-from swarmpilot_predictor.api import app_from_env, log_beside_uvicorn
-from swarmpilot_predictor.request_ids import uvicorn_log_config
-log_beside_uvicorn("info")
-app = app_from_env()
-def broken(*args, **kwargs):
-    raise KeyError("models")
-app.state.service.cache_stats = broken  # a bug on one route
-# The logging serve and the seed's python -m src.scheduler.predictor_api set up.
-uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_config=uvicorn_log_config())
-"""
-
-
 def test_uvicorns_own_traceback_of_a_500_names_the_request_too(tmp_path):
     # Under serve's logging a 500 is logged twice: the service's line and traceback, then
     # uvicorn's "Exception in ASGI application" and its own traceback of the error Starlette
     # raised on to it. That second one named no request: grepping the log for a caller's id
     # found one of the two, and the other read as a failure of its own.
-    with run_server(tmp_path / "data", args=[sys.executable, "-c", BROKEN_SERVE, "{port}"]) as srv:
+    with run_server(tmp_path / "data", args=broken_server(log_level="info", log_config=True)) as srv:
         with httpx.Client(base_url=srv.url, timeout=30) as http:
             answer = http.get("/cache/stats", headers={"x-request-id": "sched-500"})
         srv.process.terminate()
@@ -213,7 +188,7 @@ def test_a_call_that_gets_no_answer_names_the_id_it_was_sent_with_on_every_try()
 
 
 def test_the_service_logs_the_id_the_client_sent(tmp_path):
-    with run_server(tmp_path / "data", args=[sys.executable, "-c", BROKEN_SERVER, "{port}"]) as srv:
+    with run_server(tmp_path / "data", args=broken_server()) as srv:
         with PredictorClient(srv.url) as client, pytest.raises(PredictorClientError) as caught:
             client.cache_stats()
         srv.process.terminate()
