@@ -151,9 +151,10 @@ class LiveServer:
     process: subprocess.Popen
 
 
-def broken_server(log_level: str = "warning", quiet: bool = False, log_config: bool = False) -> list[str]:
-    """``run_server``'s args for the service with a bug on one route (``GET /cache/stats``
-    raises KeyError: a 500), under uvicorn at ``log_level``; ``quiet``: no log at all (each
+def broken_server(log_level: str = "warning", quiet: bool = False, log_config: bool = False,
+                  method: str = "cache_stats") -> list[str]:
+    """``run_server``'s args for the service with a bug on one route (the service's ``method``
+    raises KeyError: ``GET /cache/stats`` a 500), under uvicorn at ``log_level``; ``quiet``: no log at all (each
     500's traceback would fill the test's unread pipe); ``log_config``: the entry points'
     logging (``request_ids.uvicorn_log_config``)."""
     script = "\n".join([
@@ -164,7 +165,7 @@ def broken_server(log_level: str = "warning", quiet: bool = False, log_config: b
         "logging.disable(logging.CRITICAL)" if quiet else "",
         "def broken(*args, **kwargs):",
         "    raise KeyError('models')",
-        "app.state.service.cache_stats = broken",
+        f"app.state.service.{method} = broken",
         f"uvicorn.run(app, host='127.0.0.1', port=int(sys.argv[1]), log_level={log_level!r}"
         + (", log_config=uvicorn_log_config())" if log_config else ")"),
     ])

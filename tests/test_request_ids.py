@@ -232,3 +232,32 @@ def test_a_gateways_answer_without_the_id_names_the_one_the_call_was_sent_with(a
         listener.close()
     assert caught.value.status_code in (504, 200)
     assert ids and caught.value.request_id == ids[0] and GENERATED.fullmatch(ids[0])
+
+
+def test_a_path_cannot_write_a_log_line_of_its_own(tmp_path):
+    # A path's %0A arrives decoded: the client-left and 500 lines quoted it as it came, and
+    # any client (no API key needed to predict) began a line of its choosing, a request id
+    # of its choosing at its end ("ERROR:    forged ... (request a36a...)").
+    import socket
+    import time
+
+    forged = "/llm/a%0AERROR:%20%20%20%20forged%20(request%20sched-42)/H100/vllm/1"
+    with run_server(tmp_path / "data", args=broken_server(log_level="info", method="model_detail")) as srv:
+        url = httpx.URL(srv.url)
+        with socket.create_connection((url.host, url.port)) as s:
+            s.sendall(f"POST /predict/single{forged} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      'Content-Length: 1000\r\n\r\n{"trace":'.encode())
+            time.sleep(0.2)
+        with httpx.Client(base_url=srv.url, timeout=30) as http:
+            assert http.get(f"/models{forged}").status_code == 500
+            deadline = time.monotonic() + 30  # (the departure is noticed as the server reads next)
+            while 'status="499"' not in http.get("/metrics").text:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        srv.process.terminate()
+        log = srv.process.stdout.read().decode()
+    assert "forged" in log and not any(line.startswith("ERROR:    forged") for line in log.splitlines()), log
+    assert "client left during POST /predict/single/llm/a\\nERROR:    forged (request sched-42)/H100/vllm/1 before" in log
+    # (Starlette's request.url drops a path's line breaks: that line was whole, if not true.)
+    assert any(line.startswith("ERROR:    unexpected error on GET /models/llm/a")
+               and "forged (request sched-42)/H100/vllm/1 (request " in line for line in log.splitlines()), log

@@ -34,7 +34,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from . import __version__
-from .errors import PayloadTooLarge, PredictorError, Unauthorized, UnsupportedMediaType, cut, validation_message
+from .errors import PayloadTooLarge, PredictorError, Unauthorized, UnsupportedMediaType, cut, loggable, validation_message
 from .metrics import CLIENT_CLOSED, MetricsMiddleware
 from .request_ids import RequestIdFilter, RequestIdMiddleware
 from .routes.common import (DECLARED_QUERY, HEAD_ONLY, declare_path_parameters, declare_request_id, declare_unauthorized,
@@ -354,12 +354,12 @@ def _add_exception_handlers(app: FastAPI, service: PredictorService) -> None:
             raise exc  # to the catch-all below
         # A 503 said in one line, not a 500 and two tracebacks a request: the cause is the
         # directory's (deleted, or its volume unmounted), the same for every request.
-        log.error("%s %s: %s", request.method, cut(request.url.path, 200), gone.message)
+        log.error("%s %s: %s", request.method, loggable(request.url.path), gone.message)
         return error_response(gone.status_code, gone.message)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        log.exception("unexpected error on %s %s", request.method, loggable(request.url.path))
         response = error_response(500, f"internal error: {type(exc).__name__}")
         # Made by Starlette's outermost middleware, outside RequestIdMiddleware's reach: the id
         # the log line above gave it, for the caller to quote.

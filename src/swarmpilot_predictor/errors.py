@@ -32,6 +32,16 @@ def cut(text: str, most: int = 80) -> str:
     return text if len(text) <= most else f"{text[:most - 3]}..."
 
 
+def loggable(text: str, most: int = 200) -> str:
+    """Request input (a path, whose ``%0A`` arrives decoded) as a log line quotes it: cut short
+    (:func:`cut`), its control characters escaped. Written as it came, a line break began a
+    line of the sender's own ("ERROR:    forged ..."), a request id of its choosing at its end."""
+    text = cut(text, most)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def too_many_digits(exc: BaseException) -> bool:
     """Whether ``exc`` is Python's refusal to read an integer from more digits than
     ``sys.get_int_max_str_digits()`` (4,300 by default), whose message advises raising

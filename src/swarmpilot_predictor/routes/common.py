@@ -19,7 +19,7 @@ from fastapi.responses import Response
 from starlette.datastructures import QueryParams
 from pydantic import BaseModel
 
-from ..errors import InvalidInput, NotFound, PredictorError, cut, shown
+from ..errors import InvalidInput, NotFound, PredictorError, cut, loggable, shown
 from ..identity import IdentityPattern
 from ..schemas import ErrorResponse, NoOptions, parse_json_body
 
@@ -337,4 +337,4 @@ _log = logging.getLogger(__package__.rpartition(".")[0] + ".api")  # where the a
 def log_client_left(method: str, path: str) -> None:
     """Note (at info level) a client that left while it sent its body: nothing went wrong
     here, and no one is there to answer (``/metrics`` counts it as 499)."""
-    _log.info("client left during %s %s before its body was read", method, cut(path, 200))
+    _log.info("client left during %s %s before its body was read", method, loggable(path))
