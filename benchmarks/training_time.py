@@ -18,7 +18,11 @@ Cases: ``numK`` (K numeric features), ``catK`` (a numeric feature and a categori
 values), ``manyK`` (K categorical features of 100 values each), ``mixed``, ``firstruns``
 (batch and image size over 2,000 shapes plus the derived first-run flag, whose 2,000
 autotuned first runs take 700 to 1,200 ms whatever the shape: the model may answer first
-runs and repeats with a model each, which fits two more models).
+runs and repeats with a model each, which fits two more models), ``exact`` (batch and image
+size, the runtime 10 ms below batch 16 and 20 ms from it: an exact function of the features,
+as a constant-time kernel timed on a coarse clock gives), ``exactnoisy`` (the same rounded
+to whole milliseconds after noise of 1 ms). Where LightGBM is chosen, its boosting rounds
+are shown.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import json
 import subprocess
 import sys
 
-CASES = ("num2", "num5", "cat10", "cat100", "cat500", "mixed", "cat2000", "firstruns")
+CASES = ("num2", "num5", "cat10", "cat100", "cat500", "mixed", "cat2000", "firstruns", "exact", "exactnoisy")
 
 FIT = r"""
 import json, resource, sys, time
@@ -77,6 +81,12 @@ def draw(seed):
         X = np.column_stack([shapes[order], first])
         y = np.where(first == 1, rng.uniform(700, 1200, n), 0.003 * X[:, 0] * X[:, 1] * rng.lognormal(0, 0.05, n))
         kinds, ncat, regime = ["numeric"] * 3, [0, 0, 0], 2
+    if case.startswith("exact"):  # a two-valued runtime, a function of the batch size alone
+        X = np.column_stack([rng.integers(1, 65, n), rng.integers(64, 1025, n)]).astype(float)
+        y = np.where(X[:, 0] < 16, 10.0, 20.0)
+        if case == "exactnoisy":
+            y = np.round(y + rng.standard_normal(n))
+        kinds, ncat = ["numeric"] * 2, [0, 0]
     return X, y, kinds, ncat, regime
 
 
@@ -90,7 +100,8 @@ for seed in range(repeat):  # a model per draw: what a group_by training of many
 # The models that serve: the one of all rows, or, split by the first-run flag, one per kind of
 # run (the model of all rows, fitted first, then serves none; its shape model is not theirs).
 serving = [model] if model.regimes_ is None else list(model.regimes_)
-family = " / ".join(m.family_ + (" + shape" if m.shape_ is not None else "") for m in serving)
+family = " / ".join(m.family_ + (" + shape" if m.shape_ is not None else "")
+                    + (f" ({m.location_.best_iteration_} rounds)" if m.family_ == "lightgbm" else "") for m in serving)
 if model.regimes_ is not None:
     family = "split: " + family
 print(json.dumps({"case": case, "family": family, "cpu": cpu / repeat, "wall": wall / repeat,

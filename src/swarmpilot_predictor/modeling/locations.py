@@ -584,6 +584,15 @@ class PowerLocation(LocationModel):
 # step-like costs (padding buckets, per-hardware speeds) while their loss still fell,
 # and the spread learned from those folds' residuals was too wide for the final model.
 MAX_BOOST_ROUNDS = 2000
+# Rounds that lower the held-out loss (LightGBM's metric of the objective, on log-runtime)
+# by less than this do not count as an improvement for early stopping: the folds stop 30
+# rounds after the last that lowered it by more. It is the whole Huber loss of predictions
+# whose root-mean-square error is 1e-4 in log-runtime, 0.01% of the runtimes: what is left
+# to gain is worth no more than that to any quantile served. On runtimes that are an exact
+# function of the features (a constant-time kernel on a coarse clock, a cached lookup) the
+# folds otherwise went on finding gains of 1e-11 a round and less up to the 2,000-round cap (a
+# two-valued runtime on 100,000 rows took minutes to train, see README "Performance").
+MIN_ROUND_GAIN = 0.5 * 1e-4 ** 2
 
 
 class LightGBMLocation(LocationModel):
@@ -670,7 +679,8 @@ class LightGBMLocation(LocationModel):
             # Kept for training on (boost_to): LightGBM would otherwise cut the booster at the
             # best round on ``valid``, the rows this fold's fit then scores.
             booster = lgb.train(params, train, self.num_boost_round, valid_sets=[vset], keep_training_booster=True,
-                                callbacks=[lgb.early_stopping(30, verbose=False), lgb.record_evaluation(evals)])
+                                callbacks=[lgb.early_stopping(30, verbose=False, min_delta=MIN_ROUND_GAIN),
+                                           lgb.record_evaluation(evals)])
             self.best_iteration_ = booster.best_iteration or self.num_boost_round
             curve = next(iter(evals.get("valid_0", {}).values()), [])
             self.valid_curve_ = np.asarray(curve, dtype=np.float64)
