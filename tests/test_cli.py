@@ -1554,3 +1554,31 @@ def test_serve_refuses_a_chunked_body_whose_trailers_pass_64_kb(tmp_path):
                 r = client.post("/predict/batch/llm/m/H/s/1", headers={"Content-Type": "application/json"},
                                 content=(body[k:k + 70_000] for k in range(0, len(body), 70_000)))
                 assert r.status_code == 404 and "no trained model" in r.json()["message"]
+
+
+def test_a_431_for_a_chunked_body_s_trailers_carries_the_request_s_own_id(tmp_path):
+    # Its trailers come after its headers, which the service has read and named the request
+    # by: the 431 carried an id made for it (9c1e...), and the log named the one request by
+    # two ids, the caller's on its client-left line ("(request sched-7)"), that one on the 431's.
+    import sys
+
+    from .conftest import run_server
+
+    serve = [sys.executable, "-m", "swarmpilot_predictor", "serve", "--host", "127.0.0.1", "--port", "{port}",
+             "--log-level", "info"]
+    with run_server(tmp_path / "data", args=serve) as srv:
+        port = int(srv.url.rsplit(":", 1)[1])
+        answers = []
+        for given in (b"X-Request-ID: sched-7\r\n", b""):
+            head = (b"POST /predict/batch/llm/m/H/s/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + given
+                    + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n")
+            answers.append(_raw_exchange(port, head, b"0\r\nX-T: " + b"a" * 40_000, b"a" * 40_000, b"\r\n\r\n"))
+        srv.process.terminate()
+        said = srv.process.communicate(timeout=30)[0].decode()
+    ids = [re.findall(rb"\r\nx-request-id: ([!-~]+)\r\n", answer) for answer in answers]
+    assert all(answer.startswith(b"HTTP/1.1 431 ") for answer in answers) and ids[0] == [b"sched-7"], answers
+    made = ids[1][0].decode()
+    assert re.fullmatch("[0-9a-f]{32}", made)
+    for rid in ("sched-7", made):
+        assert f"answered 431 (request {rid})." in said, said
+        assert f"client left during POST /predict/batch/llm/m/H/s/1 before its body was read (request {rid})" in said

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .request_ids import new_request_id
+from .request_ids import new_request_id, request_id_of
 
 # Far above what a request of this service sends (its longest URL, five identity parts of
 # 200 characters, percent-encoded, is about 12 kB: a character of 4 UTF-8 bytes is 12 in the
@@ -81,9 +81,13 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
         msg = f"Request line and headers longer than {MAX_HEADER_BYTES // 1024} kB."
         # Answered before the service sees it, so /metrics cannot count it: said in the log, as
         # uvicorn says a request it cannot parse (a 431 left no trace anywhere), under an id
-        # the answer carries, as the service's answers do (its headers, the caller's id among
-        # them, are not read).
-        rid = new_request_id()
+        # the answer carries, as the service's answers do: one made here where its headers
+        # are not read, else (its trailers passed the bound) the request's own, which the
+        # service's lines about it name (its client-left line), the caller's where it sent one.
+        if self._in_body:
+            rid = self.scope.get("request_id") or request_id_of(self.scope["headers"])
+        else:
+            rid = new_request_id()
         self.logger.warning("Request line and headers longer than %d kB received: answered 431 (request %s).",
                             MAX_HEADER_BYTES // 1024, rid)
         content = [b"HTTP/1.1 431 Request Header Fields Too Large\r\n"]
