@@ -584,9 +584,10 @@ class PowerLocation(LocationModel):
 # step-like costs (padding buckets, per-hardware speeds) while their loss still fell,
 # and the spread learned from those folds' residuals was too wide for the final model.
 MAX_BOOST_ROUNDS = 2000
-# Rounds that lower the held-out loss (LightGBM's metric of the objective, on log-runtime)
-# by less than this do not count as an improvement for early stopping: the folds stop 30
-# rounds after the last that lowered it by more. It is the whole Huber loss of predictions
+# A round counts as an improvement for early stopping only where it brings the held-out loss
+# (LightGBM's metric of the objective, on log-runtime) more than this below the best counted
+# so far, not below the round before: the folds stop once 30 rounds together lower it by no
+# more (a steady 2e-10 a round, 6e-9 in 30, boosts on). It is the whole Huber loss of predictions
 # whose root-mean-square error is 1e-4 in log-runtime, 0.01% of the runtimes: what is left
 # to gain is worth no more than that to any quantile served. On runtimes that are an exact
 # function of the features (a constant-time kernel on a coarse clock, a cached lookup) the
