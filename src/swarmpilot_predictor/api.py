@@ -344,7 +344,7 @@ def _add_exception_handlers(app: FastAPI, service: PredictorService) -> None:
         # The client left while its body was read (/observe, /train, an upload): nothing went
         # wrong here, and no one is there to answer. Not the server error (and two logged
         # tracebacks) the catch-all below would make of it; /metrics counts it as 499.
-        log_client_left(request.method, request.url.path)
+        log_client_left(request.method, request.scope["path"])
         return Response(status_code=CLIENT_CLOSED)
 
     @app.exception_handler(OSError)
@@ -354,12 +354,13 @@ def _add_exception_handlers(app: FastAPI, service: PredictorService) -> None:
             raise exc  # to the catch-all below
         # A 503 said in one line, not a 500 and two tracebacks a request: the cause is the
         # directory's (deleted, or its volume unmounted), the same for every request.
-        log.error("%s %s: %s", request.method, loggable(request.url.path), gone.message)
+        log.error("%s %s: %s", request.method, loggable(request.scope["path"]), gone.message)
         return error_response(gone.status_code, gone.message)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        log.exception("unexpected error on %s %s", request.method, loggable(request.url.path))
+        # The path as sent (request.url's drops its line breaks and tabs: 'a%0Ab' read 'ab').
+        log.exception("unexpected error on %s %s", request.method, loggable(request.scope["path"]))
         response = error_response(500, f"internal error: {type(exc).__name__}")
         # Made by Starlette's outermost middleware, outside RequestIdMiddleware's reach: the id
         # the log line above gave it, for the caller to quote.
