@@ -1512,7 +1512,6 @@ def test_limits_of_a_small_service_gzip_expansion_and_the_training_queue(tmp_pat
         assert r.status_code == 422 and r.json()["field"] == "background"
 
 
-
 def test_a_service_started_with_preload_loads_its_models_before_any_request(tmp_path):
     data = trained_in_process(tmp_path / "data", *({"model": {**IDENTITY, "hardware": hw}, "traces": make_llm_traces(60),
                                                     "algorithm": "linear"} for hw in ("A", "B")))
@@ -1526,8 +1525,6 @@ def test_a_service_started_with_preload_loads_its_models_before_any_request(tmp_
             assert time.monotonic() < deadline, health
             time.sleep(0.1)
         assert health["models_registered"] == 2 and health["models_loaded"] == 2
-
-
 
 
 def test_an_unexpected_error_is_a_500_that_closes_its_connection_and_says_so(tmp_path):
