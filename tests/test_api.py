@@ -101,14 +101,21 @@ def test_train_json_answer(trained):
     assert m["stretch_levels"]["log_sd"] == 0.0 and m["shared_log_sd"] < 0.02
 
 
+def _train_on_a_run_whose_level_moved(http, name: str, n: int, seed: int, factor: float):
+    """A linear model trained on ``n`` LLM traces whose second half ran ``factor`` times the
+    first: its identity, the traces and the training's metrics."""
+    traces = make_llm_traces(n, seed=seed)
+    for t in traces[n // 2:]:
+        t["runtime_ms"] *= factor
+    model = ident(name)
+    m = ok(http.post("/train", json={"config": {"model": model, "traces": traces, "algorithm": "linear"}}))["metrics"]
+    return model, traces, m
+
+
 def test_a_run_whose_level_moved_gives_long_queues_that_share_it(http):
     # The second half of the run 20% slower than the first: a scheduler's queue runs in a
     # stretch of its own, at a level the model cannot know, and its total shares it.
-    traces = make_llm_traces(600, seed=8)
-    for t in traces[300:]:
-        t["runtime_ms"] *= 1.2
-    model = ident("stretches")
-    m = ok(http.post("/train", json={"config": {"model": model, "traces": traces, "algorithm": "linear"}}))["metrics"]
+    model, traces, m = _train_on_a_run_whose_level_moved(http, "stretches", 600, seed=8, factor=1.2)
     levels = m["stretch_levels"]
     # (600 rows: the permutation test decides, none of its 2,000 permutations as far apart)
     assert levels["stretches"] == 10 and levels["p_value"] == pytest.approx(1 / 2001)
@@ -127,11 +134,7 @@ def test_a_run_whose_unit_changed_halfway_trains_a_model_that_answers(http):
     # The second half of the file a billion times the first (seconds, then nanoseconds):
     # the stretches' spread measured a log sd of 10.9, over the 10 a stored model may hold,
     # and the stored model answered every prediction with a 500 ("cannot be loaded").
-    traces = make_llm_traces(300, seed=9)
-    for t in traces[150:]:
-        t["runtime_ms"] *= 1e9
-    model = ident("unitswitch")
-    m = ok(http.post("/train", json={"config": {"model": model, "traces": traces, "algorithm": "linear"}}))["metrics"]
+    model, traces, m = _train_on_a_run_whose_level_moved(http, "unitswitch", 300, seed=9, factor=1e9)
     url = "/".join(model.values())
     single = ok(http.post(f"/predict/single/{url}", json={"trace": {"input_tokens": 100, "output_tokens": 50}}))
     assert nondecreasing(single["results"]["quantile_predictions"]) and math.isfinite(single["results"]["expect"])

@@ -327,7 +327,7 @@ def serve(
         warn_of_unknown_variables()
 
         os.environ[SUPERVISOR_ENV] = str(os.getpid())  # its workers stop if it dies
-        if multiproc_variable() is None:  # (one set by either name is the operator's, checked at start)
+        if own_metrics is None:  # (one set by either name is the operator's, checked at start)
             # Every worker's counters in one place, so that a scrape (whichever worker
             # takes it) counts them all; fresh per run, as prometheus_client requires.
             try:

@@ -141,22 +141,25 @@ class _WorkerProcesses:
         yield from merged.values()
 
 
+# prometheus_client's files in a multi-process directory: one per kind of value and process.
+_PROCESS_FILE = re.compile(r"(?:counter|histogram|summary|gauge_[a-z]+)_(\d+)\.db")
+
+
+def _file_pid(name: str) -> int | None:
+    """The process whose values the multi-process file ``name`` holds; None for another file."""
+    match = _PROCESS_FILE.fullmatch(name)
+    return None if match is None else int(match.group(1))
+
+
 def _worker_pids(path: str, live: bool) -> list[int]:
     """The workers that count into ``path`` (each keeps a file of its per-process gauges
     there), those alive or those that exited."""
     pids = set()
     for name in glob.glob(os.path.join(path, "gauge_live*_*.db")):
-        try:
-            pid = int(os.path.basename(name)[:-3].rsplit("_", 1)[1])
-        except ValueError:
-            continue
-        if alive(pid) == live:
+        pid = _file_pid(os.path.basename(name))
+        if pid is not None and alive(pid) == live:
             pids.add(pid)
     return sorted(pids)
-
-
-# prometheus_client's files in a multi-process directory: one per kind of value and process.
-_PROCESS_FILE = re.compile(r"(?:counter|histogram|summary|gauge_[a-z]+)_(\d+)\.db")
 
 
 def remove_exited_processes_files(path: str) -> int:
@@ -171,8 +174,8 @@ def remove_exited_processes_files(path: str) -> int:
     except OSError:
         return 0
     for name in names:
-        match = _PROCESS_FILE.fullmatch(name)
-        if match is None or (int(match.group(1)) != own and alive(int(match.group(1)))):
+        pid = _file_pid(name)
+        if pid is None or (pid != own and alive(pid)):
             continue
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(path, name))

@@ -891,11 +891,11 @@ class PredictorService:
             knots=knots,
         )
         result["model_key"] = identity.key
-        # Traces, as the other sources count: not the repeat records added beside first runs
-        # (counted with them until 2026-12-07), and those that failed are errors, as a batch's are.
-        # Counted as the other sources are, so that a scrape knows this process counted under
-        # the model: its series go with it however it goes (they stayed where another process
-        # deleted it before a scrape here had seen it).
+        # Traces, counted as the other sources count them: not the repeat records added beside
+        # first runs, and those that failed are errors, as a batch's are; through
+        # count_predictions, so that a scrape knows this process counted under the model and
+        # its series go with it however it goes (they stayed where another process deleted it
+        # before a scrape here had seen it).
         self.metrics.count_predictions(identity.key, "table_generation", result["rows"] - result["repeats_added"],
                                        result["failed"])
         if not own_path:

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from ..errors import InvalidInput, NotFound, PredictorError, cut, loggable, shown
 from ..identity import IdentityPattern
+from ..request_ids import MAX_LENGTH as MAX_ID_LENGTH
 from ..schemas import ErrorResponse, NoOptions, parse_json_body
 
 IDENTITY_PATH = "{model_type}/{model_name}/{hardware}/{software_name}/{software_version}"
@@ -256,8 +257,9 @@ def declare_unauthorized(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 REQUEST_ID_HEADER = {"description": "the request's id, on the service's log lines about it: the request's own "
-                                     "X-Request-ID where it is 1 to 128 printable ASCII characters, else 32 hex digits",
-                      "schema": {"type": "string", "minLength": 1, "maxLength": 128}}
+                                     f"X-Request-ID where it is 1 to {MAX_ID_LENGTH} printable ASCII characters, "
+                                     "else 32 hex digits",
+                      "schema": {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH}}
 
 
 def declare_request_id(spec: dict[str, Any]) -> dict[str, Any]:
