@@ -5,7 +5,7 @@ The server runs on one core (taskset -c 0), the load generator on the other
 (httpx costs ~1 ms a request here, more than the server), throughput with wrk
 (Debian package `wrk`) with 16 connections.
 
-    uv run python benchmarks/latency.py [--quick] [--skip-training] [--skip-registry] [--only http,coalesce,metrics,observe,boosted,momenttable,elapsed,queues,...]
+    uv run python benchmarks/latency.py [--quick] [--skip-training] [--skip-registry] [--only http,coalesce,metrics,observe,boosted,momenttable,elapsed,queues,deadline,...]
     uv run python benchmarks/latency.py --baseline /path/to/older/checkout/src --only none  # batches: that code against this
 """
 
@@ -974,6 +974,45 @@ def section_elapsed(data_dir: Path) -> None:
     svc.close()
 
 
+def section_deadline(data_dir: Path) -> None:
+    """What a deadline's probability (deadline_ms) adds to a prediction: in-process, one task
+    and a queue of 100 with its total, with and without it (no cache either way); over HTTP,
+    one task's request with and without it, alternately (the service's cache on: the plain
+    request is a cache hit, the one with a deadline is worked out afresh)."""
+    from swarmpilot_predictor.identity import IdentityPattern
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    svc = PredictorService(PredictorSettings(data_dir=data_dir, cache_size=0))
+    pattern = IdentityPattern.from_parts(IDENT)
+    queue = [{k: v for k, v in t.items() if k != "runtime_ms"} for t in llm_traces(100, seed=17)]
+    for label, traces, total in (("one task", queue[:1], False), ("queue of 100 with its total", queue, True)):
+        for deadline in (None, 2000.0):
+            for _ in range(50):
+                svc.predict(pattern, traces, with_total=total, deadline_ms=deadline)
+            took = []
+            for _ in range(500):
+                t0 = time.perf_counter()
+                svc.predict(pattern, traces, with_total=total, deadline_ms=deadline)
+                took.append(time.perf_counter() - t0)
+            said = "without a deadline" if deadline is None else "with deadline_ms"
+            print(f"| in-process prediction: {label}, {said} | median {statistics.median(took) * 1e3:.3f} ms, "
+                  f"p99 {np.percentile(took, 99) * 1e3:.3f} ms |")
+    svc.close()
+    srv = Server(data_dir, env={"PREDICTOR_ACCESS_LOG": "false"})
+    try:
+        c = RawClient(srv.port)
+        trace = queue[0]
+        plain = ("POST", f"/predict/single/{SEG}", orjson.dumps({"trace": trace}))
+        deadline = ("POST", f"/predict/single/{SEG}", orjson.dumps({"trace": trace, "deadline_ms": 2000.0}))
+        a, b = timed_pair(c, plain, deadline, 2000)
+        c.close()
+        print(f"| HTTP single prediction, without a deadline (a cache hit) | {pct(a)} |")
+        print(f"| HTTP single prediction, with deadline_ms | {pct(b)} |")
+    finally:
+        srv.stop()
+
+
 def section_queues(data_dir: Path) -> None:
     """A scheduler's placement question over HTTP: the waits of 16 instances' queues (10
     tasks each, the first running), as 16 batch requests one after the other and as one
@@ -1196,7 +1235,7 @@ def main() -> None:
     ap.add_argument("--algorithm", default="auto")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--skip-registry", action="store_true")
-    ap.add_argument("--only", default="", help="comma-separated sections: http,loop,batch,client,cache,coalesce,isolation,training,registry,metrics,preload,accesslog,atoms,observe,boosted,momenttable,elapsed,queues,firstobserve,store,windows,requestids")
+    ap.add_argument("--only", default="", help="comma-separated sections: http,loop,batch,client,cache,coalesce,isolation,training,registry,metrics,preload,accesslog,atoms,observe,boosted,momenttable,elapsed,queues,firstobserve,store,windows,requestids,deadline")
     ap.add_argument("--baseline", help="the src folder of another checkout: batches against its code and this (section versus)")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
@@ -1252,6 +1291,8 @@ def main() -> None:
             section_store(data_dir)
         if want("firstobserve"):
             section_first_observe(data_dir)
+        if want("deadline"):
+            section_deadline(data_dir)
         if want("queues"):
             section_queues(data_dir)
             section_queues_in_process(data_dir)

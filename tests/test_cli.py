@@ -272,6 +272,31 @@ def test_predict_says_which_traces_were_running_tasks_and_the_level_they_reached
     assert "reached" not in invoke("predict", "llm/*/*/*/*", json.dumps(json.loads(traces)[1:2]), "--data-dir", trained).stdout
 
 
+def test_predict_with_a_deadline_says_each_tasks_and_the_totals_probability_of_being_done_within_it(trained,
+                                                                                                     monkeypatch):
+    traces = json.dumps([{"input_tokens": 500, "output_tokens": 100}, {"input_tokens": 500, "output_tokens": 30}])
+    plain = json_out(invoke("predict", "llm/*/*/*/*", traces, "--data-dir", trained, "--json", "--quantiles", "0.5"))
+    assert "total_deadline_probability" not in plain
+    median = plain["results"][0]["quantile_predictions"][0]
+    body = json_out(invoke("predict", "llm/*/*/*/*", traces, "--data-dir", trained, "--json", "--quantiles", "0.5",
+                           "--deadline-ms", str(median)))
+    first, second = (r["deadline_probability"] for r in body["results"])
+    assert first == pytest.approx(0.5, abs=1e-6) and second > first  # (the shorter task)
+    total = body["total_deadline_probability"]
+    assert total <= first
+    heading = f"P(<= {median:.2f} ms)"
+    out = invoke("predict", "llm/*/*/*/*", traces, "--data-dir", trained, "--quantiles", "0.5",
+                 "--deadline-ms", str(median)).stdout
+    assert heading in out and "0.500" in out and f"{heading} {total:.3f}" in " ".join(out.split())
+    monkeypatch.setattr(cli, "_TABLE_ROWS_MAX", 1)
+    lines = invoke("predict", "llm/*/*/*/*", traces, "--data-dir", trained, "--quantiles", "0.5",
+                   "--deadline-ms", str(median)).stdout.splitlines()
+    assert lines[1].split("\t")[-1] == heading and lines[2].split("\t")[-1] == "0.500"
+    for bad in ("0", "-5", "nan"):
+        result = invoke("predict", "llm/*/*/*/*", traces, "--data-dir", trained, "--deadline-ms", bad, ok=False)
+        assert "--deadline-ms must be a positive number of milliseconds" in result.output
+
+
 def test_predict_lines_keep_a_message_quoting_a_tab_or_line_break_in_one_cell(tmp_path, data, monkeypatch):
     # A feature's name is a trace's key, tabs and line breaks allowed: a failed trace's message
     # quotes it, and written as it was it split its line into more cells and more lines.

@@ -217,6 +217,47 @@ def test_several_queues_waits_in_one_request_through_both_clients(trained_server
     assert asyncio.run(both()) == waits
 
 
+def test_a_deadline_through_both_clients(trained_server):
+    # A scheduler asks how likely a task, or a queue, is done within its SLO.
+    task = {"input_tokens": 200, "output_tokens": 100}
+    queue = [task, {"input_tokens": 100, "output_tokens": 50}]
+    with PredictorClient(trained_server.url) as client:
+        median = client.predict_single(IDENTITY, task, quantiles=[0.5]).results.quantile_predictions[0]
+        one = client.predict_single(IDENTITY, task, deadline_ms=median).results
+        assert one.deadline_probability == pytest.approx(0.5, abs=1e-6)
+        batch = client.predict_batch(IDENTITY, queue, quantiles=[0.5, 0.9], deadline_ms=median)
+        assert batch.results[0].deadline_probability == one.deadline_probability
+        assert batch.total_deadline_probability <= min(r.deadline_probability for r in batch.results)
+        slo = batch.total_quantiles[1]  # the queue's own 0.9 quantile
+        wait = client.queue_wait(IDENTITY, queue, quantiles=[0.5, 0.9], deadline_ms=slo)
+        assert wait.deadline_ms == slo and wait.deadline_probability == pytest.approx(0.9, abs=1e-5)
+        waits = client.queue_waits(IDENTITY, {"gpu-0": queue, "idle": []}, quantiles=[0.5, 0.9], deadline_ms=slo)
+        assert waits["gpu-0"].deadline_probability == pytest.approx(wait.deadline_probability, rel=1e-9)
+        assert waits["idle"].deadline_probability == 1.0
+        # Without one, none is asked for or answered.
+        assert client.queue_wait(IDENTITY, queue).deadline_probability is None
+        assert client.predict_single(IDENTITY, task).results.deadline_probability is None
+        # A deadline that is no number is refused before sending; one the service refuses is its 422.
+        for bad in ("100", True, [100]):
+            with pytest.raises(InvalidRequestError, match="deadline_ms must be a number of milliseconds") as err:
+                client.predict_single(IDENTITY, task, deadline_ms=bad)
+            assert err.value.field == "deadline_ms"
+        for bad in (0, -1.5):
+            with pytest.raises(PredictorClientError) as err:
+                client.predict_batch(IDENTITY, queue, deadline_ms=bad)
+            assert (err.value.status_code, err.value.field) == (422, "deadline_ms")
+            assert "greater than 0" in err.value.message
+
+    async def both() -> tuple:
+        async with AsyncPredictorClient(trained_server.url) as client:
+            single = await client.predict_single(IDENTITY, task, deadline_ms=median)
+            waited = await client.queue_waits(IDENTITY, {"gpu-0": queue, "idle": []}, quantiles=[0.5, 0.9],
+                                              deadline_ms=slo)
+            return single.results.deadline_probability, waited
+
+    assert asyncio.run(both()) == (one.deadline_probability, waits)
+
+
 def test_a_prediction_may_name_the_stored_version_that_answers(trained_server):
     # A rollback or a comparison needed a delete: any stored version now answers when named.
     ident = {**IDENTITY, "software_version": "versions"}
@@ -460,6 +501,7 @@ def test_nan_and_infinity_are_refused_before_sending(trained_server):
         (lambda c: c.predict_batch(IDENTITY, [good, {**good, "output_tokens": np.float32("inf")}]), "trace[1].output_tokens"),
         (lambda c: c.queue_wait(IDENTITY, [good, good, {**good, "input_tokens": -np.inf}]), "trace[2].input_tokens"),
         (lambda c: c.predict_single(IDENTITY, good, quantiles=np.array([0.5, np.nan])), "quantiles[1]"),
+        (lambda c: c.queue_waits(IDENTITY, {"a": [good]}, deadline_ms=np.float64("nan")), "deadline_ms"),
         (lambda c: c.predict(model_type="llm", metadata={**good, "input_tokens": float("inf")}), "trace.input_tokens"),
         (lambda c: c.observe(IDENTITY, [{**good, "runtime_ms": float("nan")}]), "traces[0].runtime_ms"),
         (lambda c: c.train({"model": IDENTITY, "traces": [{"x": float("nan"), "runtime_ms": 1}]}), "config.traces[0].x"),

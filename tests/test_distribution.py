@@ -1212,3 +1212,44 @@ def test_the_moment_table_holds_each_segment_s_sums_of_the_powers_of_the_scores(
         assert not (seg == 1).any() and (table[:, 1] == 0).all()
     # The segments together are the whole distribution's: the first power's sum is the mean of d.
     np.testing.assert_allclose(table[:, :, 0].sum(axis=1), d @ w, rtol=1e-12)
+
+
+def test_a_totals_probability_of_a_deadline_inverts_its_quantiles():
+    rng = np.random.default_rng(3)
+    n = 40
+    m, s = np.log(rng.uniform(50, 500, n)), rng.uniform(0.1, 1.0, n)
+    total = RuntimeDistribution(m, s, normal_score()).total()
+    levels = np.array([0.001, 0.05, 0.3, 0.5, 0.9, 0.99, 0.9999])
+    q = total.quantiles(levels)
+    np.testing.assert_allclose([total.cdf(x) for x in q], levels, atol=2e-5)
+    # Below everything no task can take, none finishes; far past the total's tail, all do.
+    assert total.cdf(1e-3) == 0.0
+    assert total.cdf(q[-1] * 1e3) == 1.0
+    # The probability grows with the deadline.
+    grid = np.linspace(q[0], q[-1], 50)
+    assert np.all(np.diff([total.cdf(x) for x in grid]) >= 0)
+
+
+def test_one_tasks_total_has_that_tasks_probability_of_a_deadline():
+    from swarmpilot_predictor.distribution import levels_reached
+
+    dist = RuntimeDistribution(np.log([200.0]), np.array([0.5]), normal_score())
+    total = dist.total()
+    for deadline in (50.0, 200.0, 400.0):
+        exact = float(ndtr((np.log(deadline) - np.log(200.0)) / 0.5))
+        assert total.cdf(deadline) == pytest.approx(exact, abs=1e-5)
+        assert float(levels_reached(dist, np.array([deadline]))[0]) == pytest.approx(exact, abs=1e-5)
+
+
+def test_a_totals_probability_of_a_deadline_is_that_of_its_bounded_quantiles_everywhere():
+    from swarmpilot_predictor.distribution import _levels_at
+
+    # One task whose spread dwarfs the others' sets the grid's cell, below which the tasks'
+    # own quantiles bound the total's: the probability read off the grid must give way there.
+    m = np.log(np.r_[1e4, np.full(50, 10.0)])
+    s = np.r_[2.0, np.full(50, 0.1)]
+    total = RuntimeDistribution(m, s, normal_score()).total()
+    values = total.quantiles(np.r_[1e-9, 1e-6, 1e-4, np.linspace(0.01, 0.99, 25), 1 - 1e-6])
+    for x in np.unique(np.r_[values, values * 1.01]):
+        searched = float(_levels_at(lambda levels: total.quantiles(levels[0])[None, :], np.array([x]))[0])
+        assert total.cdf(x) == pytest.approx(searched, abs=1e-5), x

@@ -1693,3 +1693,88 @@ def test_a_callers_changes_to_its_answer_never_reach_the_cache(service, n):
     for t, expected in zip(traces, want):
         again = predict(service, traces=[t])
         assert again.results()[0] == expected and again.levels == expected["quantiles"]
+
+
+# --------------------------------------------------------------------------- deadlines
+
+
+def test_a_deadline_gives_each_task_and_the_total_its_probability_of_being_done_within_it(service):
+    service.train(config(make_llm_traces(300)))
+    levels = [0.1, 0.5, 0.9]
+    plain = predict(service, quantiles=levels, with_total=True).batch_response()
+    assert "deadline_probability" not in plain["results"][0] and "total_deadline_probability" not in plain
+    short, long = (r["quantile_predictions"] for r in plain["results"])
+    # At a task's own quantile, its probability is that quantile's level: the two agree.
+    for deadline, task, level in ((short[1], 0, 0.5), (long[2], 1, 0.9), (long[0], 1, 0.1)):
+        body = predict(service, quantiles=levels, with_total=True, deadline_ms=deadline).batch_response()
+        assert body["results"][task]["deadline_probability"] == pytest.approx(level, abs=1e-6)
+        # The quantiles are those asked without a deadline.
+        np.testing.assert_allclose([r["quantile_predictions"] for r in body["results"]], [short, long], rtol=1e-12)
+        # The total is never below either task: it is no likelier to be done than either.
+        assert body["total_deadline_probability"] <= min(r["deadline_probability"] for r in body["results"])
+        # One task asked alone answers what the batch said of it, and so does its total.
+        alone = predict(service, traces=PROBE[task:task + 1], quantiles=levels, deadline_ms=deadline).single_response()
+        assert alone["results"]["deadline_probability"] == body["results"][task]["deadline_probability"]
+        queue = predict(service, traces=PROBE[task:task + 1], with_total=True, deadline_ms=deadline).batch_response()
+        assert queue["total_deadline_probability"] == alone["results"]["deadline_probability"]
+    for shared in (False, True):
+        total = predict(service, quantiles=levels, with_total=True, shared_factor=shared).batch_response()["total_quantiles"]
+        for q, level in zip(total, levels):
+            body = predict(service, with_total=True, shared_factor=shared, deadline_ms=q).batch_response()
+            assert body["total_deadline_probability"] == pytest.approx(level, abs=1e-5)
+    # Asked about its tasks only, a batch has no total's distribution to say it from.
+    body = predict(service, with_total=True, total_distribution=False, deadline_ms=short[1]).batch_response(False)
+    assert body["total_deadline_probability"] is None
+    assert body["results"][0]["deadline_probability"] == pytest.approx(0.5, abs=1e-6)
+    # An empty batch is done at once; one of which no task was predicted is unknown.
+    assert predict(service, traces=[], with_total=True, deadline_ms=1.0).batch_response()["total_deadline_probability"] == 1.0
+    failed = predict(service, traces=[{"x": 1}], with_total=True, deadline_ms=1.0).batch_response()
+    assert failed["total_deadline_probability"] is None and "deadline_probability" not in failed["results"][0]
+    # Far past a task's tail it is done for sure, before its least runtime not at all.
+    body = predict(service, with_total=True, deadline_ms=1e9).batch_response()
+    assert [r["deadline_probability"] for r in body["results"]] == [1.0, 1.0] and body["total_deadline_probability"] == 1.0
+    body = predict(service, with_total=True, deadline_ms=1e-3).batch_response()
+    assert [r["deadline_probability"] for r in body["results"]] == [0.0, 0.0] and body["total_deadline_probability"] == 0.0
+
+
+def test_a_running_tasks_deadline_probability_is_of_its_time_left(service):
+    service.train(config(make_llm_traces(300)))
+    running = [{**PROBE[1], "elapsed_ms": 1000.0}]
+    left = predict(service, traces=running, quantiles=[0.5, 0.9]).single_response()["results"]["quantile_predictions"]
+    for q, level in zip(left, (0.5, 0.9)):
+        got = predict(service, traces=running, quantiles=[0.5, 0.9], deadline_ms=q).single_response()["results"]
+        assert got["deadline_probability"] == pytest.approx(level, abs=1e-6) and got["elapsed_level"] > 0
+
+
+def test_each_queue_says_its_probability_of_draining_within_a_deadline(service):
+    service.train(config(make_llm_traces(300)))
+    queues = {"a": PROBE, "idle": [], "broken": [{"x": 1}], "one": PROBE[1:]}
+    deadline = predict(service, with_total=True, quantiles=[0.7]).batch_response()["total_quantiles"][0]
+    answer = service.predict_queues(PATTERN, queues, deadline_ms=deadline)["queues"]
+    assert answer["a"]["total_deadline_probability"] == pytest.approx(0.7, abs=1e-5)
+    assert answer["idle"]["total_deadline_probability"] == 1.0 and answer["broken"]["total_deadline_probability"] is None
+    single = predict(service, traces=PROBE[1:], deadline_ms=deadline).single_response()["results"]
+    assert answer["one"]["total_deadline_probability"] == single["deadline_probability"]
+    assert "total_deadline_probability" not in service.predict_queues(PATTERN, queues)["queues"]["a"]
+
+
+def test_a_lookup_table_answers_a_deadline_from_its_records(service, tmp_path):
+    service.train(config(make_llm_traces(300)))
+    path = write_jsonl_gz(tmp_path / "probe.jsonl.gz", PROBE)
+    service.generate_table(PATTERN, path, 0.9, "probe.json")
+    levels = [0.25, 0.5, 0.9]
+    plain = predict(service, quantiles=levels, with_total=True, lookup_table=True,
+                    lookup_table_name="probe.json").batch_response()
+    for task in (0, 1):
+        for q, level in zip(plain["results"][task]["quantile_predictions"], levels):
+            body = predict(service, quantiles=levels, with_total=True, lookup_table=True, lookup_table_name="probe.json",
+                           deadline_ms=q).batch_response()
+            assert body["results"][task]["deadline_probability"] == pytest.approx(level, abs=1e-4)
+            assert body["total_deadline_probability"] <= min(r["deadline_probability"] for r in body["results"])
+    for q, level in zip(plain["total_quantiles"], levels):
+        body = predict(service, with_total=True, lookup_table=True, lookup_table_name="probe.json",
+                       deadline_ms=q).batch_response()
+        assert body["total_deadline_probability"] == pytest.approx(level, abs=1e-4)
+    queues = service.predict_queues(PATTERN, {"q": PROBE}, lookup_table=True, lookup_table_name="probe.json",
+                                    deadline_ms=plain["total_quantiles"][1])
+    assert queues["queues"]["q"]["total_deadline_probability"] == pytest.approx(0.5, abs=1e-4)

@@ -37,10 +37,12 @@ class SingleRequestBatcher:
         service = self.service
         if req.lookup_table:
             return await run_in_threadpool(service.predict, pattern, [req.trace], req.confidence_level, req.quantiles,
-                                           lookup_table=True, lookup_table_name=req.lookup_table_name)
-        if req.version is not None:  # alone: a batch is of one version, the serving one
+                                           lookup_table=True, lookup_table_name=req.lookup_table_name,
+                                           deadline_ms=req.deadline_ms)
+        if req.version is not None or req.deadline_ms is not None:
+            # Alone: a batch is of one version, the serving one, and of answers without a deadline.
             return await run_in_threadpool(service.predict, pattern, [req.trace], req.confidence_level, req.quantiles,
-                                           version=req.version)
+                                           version=req.version, deadline_ms=req.deadline_ms)
         if names_a_model([req.trace]):
             # Where the URL's '*' parts match several models, the trace's identity fields pick one.
             pattern = service.resolve_for(pattern, [req.trace])

@@ -22,6 +22,7 @@ if _QUIET_IMPORT:
 try:
     import contextlib
     import datetime
+    import math
     import os
     import shutil
     import stat
@@ -586,6 +587,8 @@ def predict(
                                        help="Multiply the total by the model's shared factor (README, Modelling)."),
     lookup_table: Optional[str] = typer.Option(None, "--lookup-table", metavar="NAME",
                                                help="Answer from this lookup table of the tables folder (the service's, with --url), not the model."),
+    deadline_ms: Optional[float] = typer.Option(None, "--deadline-ms", metavar="MS",
+                                                help="Also print each task's, and the total's, probability of being done within MS."),
 ):
     """Predict runtime distributions for traces.
 
@@ -594,13 +597,15 @@ def predict(
     pattern = _parse_key(model)
     levels = _levels_arg(quantiles)
     _confidence_arg(confidence_level)
+    if deadline_ms is not None and not 0.0 < deadline_ms < math.inf:  # NaN too
+        _fail(f"--deadline-ms must be a positive number of milliseconds, got {deadline_ms:g}")
     traces = _read_trace_arg(trace)
-    flags = {"lookup_table_name": "--lookup-table", "shared_factor": "--shared-factor"}
+    flags = {"lookup_table_name": "--lookup-table", "shared_factor": "--shared-factor", "deadline_ms": "--deadline-ms"}
     if url:
         with _remote(url, flags) as client:
             body = client.predict_batch(pattern.as_tuple(), traces, confidence_level=confidence_level, quantiles=levels,
-                                        lookup_table_name=lookup_table, shared_factor=shared_factor
-                                        ).model_dump(exclude_unset=True)  # the answer as sent
+                                        lookup_table_name=lookup_table, shared_factor=shared_factor,
+                                        deadline_ms=deadline_ms).model_dump(exclude_unset=True)  # the answer as sent
     else:
         service = _service(data_dir, existing=True)
         store = _table_store(data_dir) if service is None and lookup_table is not None else None
@@ -611,19 +616,19 @@ def predict(
             if service is not None:
                 answer = service.predict(pattern, traces, confidence_level, levels, with_total=True,
                                          shared_factor=shared_factor, lookup_table=lookup_table is not None,
-                                         lookup_table_name=lookup_table)
+                                         lookup_table_name=lookup_table, deadline_ms=deadline_ms)
             else:  # tables, and no model
                 from .service import predict_from_table
 
                 answer = predict_from_table(store, lookup_table, pattern, traces, confidence_level, levels,
-                                            with_total=True, shared_factor=shared_factor)
+                                            with_total=True, shared_factor=shared_factor, deadline_ms=deadline_ms)
             body = answer.batch_response()
         except PredictorError as exc:
             _fail(_as_flag(exc.message, exc.field, flags))
     if as_json:
         _out(orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n")
     else:
-        _print_predictions(body, confidence_level)
+        _print_predictions(body, confidence_level, deadline_ms)
     if int(body["summary"]["failed"]) > 0:
         raise typer.Exit(1)  # a script can tell that a trace failed (the answer is printed first)
 
@@ -633,9 +638,9 @@ def predict(
 _TABLE_ROWS_MAX = 1_000
 
 
-def _print_predictions(body: dict[str, Any], confidence_level: float) -> None:
+def _print_predictions(body: dict[str, Any], confidence_level: float, deadline_ms: float | None = None) -> None:
     if len(body["results"]) > _TABLE_ROWS_MAX:
-        _print_prediction_lines(body, confidence_level)
+        _print_prediction_lines(body, confidence_level, deadline_ms)
         return
     tabled = _from_table(body)
     running = _running(body)
@@ -650,15 +655,18 @@ def _print_predictions(body: dict[str, Any], confidence_level: float) -> None:
     table.add_column("mean")
     table.add_column("std")
     table.add_column(f"{_level(confidence_level)} interval")
+    if deadline_ms is not None:
+        table.add_column(_within(deadline_ms))
     for i, r in enumerate(body["results"]):
         first = [*_match_column(r, tabled), *_reached_column(r, running)]
         if r["status"] == "success":
             table.add_row(str(i), *first, *[_ms(v) for v in r["quantile_predictions"]], _ms(r["expect"]),
-                          _ms(r["error"]), f"{_ms(r['interval'][0])} - {_ms(r['interval'][1])}")
+                          _ms(r["error"]), f"{_ms(r['interval'][0])} - {_ms(r['interval'][1])}",
+                          *_deadline_column(r, deadline_ms))
         else:
             table.add_row(str(i), *first, f"[red]{escape(_cell(r['message']))}[/]")
     console.print(table)
-    _print_total(body, confidence_level)
+    _print_total(body, confidence_level, deadline_ms)
 
 
 def _ms(value: float) -> str:
@@ -706,14 +714,34 @@ def _predicted(body: dict[str, Any]) -> str:
     return said + (f" from lookup table {body['results'][0].get('table')}" if _from_table(body) else "")
 
 
-def _print_total(body: dict[str, Any], confidence_level: float) -> None:
+def _within(deadline_ms: float) -> str:
+    """The heading of the probabilities of being done within a deadline."""
+    return f"P(<= {_ms(deadline_ms)} ms)"
+
+
+def _probability(p: float) -> str:
+    # As a running task's level: a task almost sure to be late is not "0.000" sure.
+    shown = f"{p:.3f}"
+    return ">0.999" if shown == "1.000" and p < 1 else "<0.001" if shown == "0.000" and p > 0 else shown
+
+
+def _deadline_column(result: dict[str, Any], deadline_ms: float | None) -> list[str]:
+    if deadline_ms is None:
+        return []
+    p = result.get("deadline_probability")
+    return ["" if p is None else _probability(p)]
+
+
+def _print_total(body: dict[str, Any], confidence_level: float, deadline_ms: float | None = None) -> None:
     if body.get("expect") is not None and len(body["results"]) > 1:
         lo, hi = body["total_interval"]
+        within = body.get("total_deadline_probability")
         console.print(f"total: mean {_ms(body['expect'])} ms, std {_ms(body['error'])} ms, {_level(confidence_level)} "
-                      f"interval {_ms(lo)} - {_ms(hi)} ms")
+                      f"interval {_ms(lo)} - {_ms(hi)} ms"
+                      + ("" if deadline_ms is None or within is None else f", {_within(deadline_ms)} {_probability(within)}"))
 
 
-def _print_prediction_lines(body: dict[str, Any], confidence_level: float) -> None:
+def _print_prediction_lines(body: dict[str, Any], confidence_level: float, deadline_ms: float | None = None) -> None:
     """The predictions as tab-separated lines, a header first: a failed trace's line holds
     its message after its number."""
     levels = body.get("quantiles") or []
@@ -721,18 +749,19 @@ def _print_prediction_lines(body: dict[str, Any], confidence_level: float) -> No
     running = _running(body)
     head = ["#", *(["match"] if tabled else []), *(["reached"] if running else []),
             *(f"p{_level(q * 100)}" for q in levels), "mean", "std",
-            f"{_level(confidence_level)} low", f"{_level(confidence_level)} high"]
+            f"{_level(confidence_level)} low", f"{_level(confidence_level)} high",
+            *([] if deadline_ms is None else [_within(deadline_ms)])]
     lines = [_predicted(body), "\t".join(head)]
     for i, r in enumerate(body["results"]):
         if r["status"] == "success":
             values = [*r["quantile_predictions"], r["expect"], r["error"], *r["interval"]]
             lines.append("\t".join([str(i), *_match_column(r, tabled), *_reached_column(r, running),
-                                    *(_ms(v) for v in values)]))
+                                    *(_ms(v) for v in values), *_deadline_column(r, deadline_ms)]))
         else:
             lines.append("\t".join([str(i), *_match_column(r, tabled), f"error: {_cell(r['message'])}"]))
     _out("\n".join(lines) + "\n")
     sys.stdout.flush()
-    _print_total(body, confidence_level)
+    _print_total(body, confidence_level, deadline_ms)
 
 
 # A message quotes names a trace or a model gave (a feature named "input\ttokens"): written

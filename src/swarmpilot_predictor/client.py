@@ -120,6 +120,9 @@ class QueueWaitEstimate(BaseModel):
     # The model version that answered (its tasks', the newest if they differ); None for an
     # empty queue, and for a lookup table's answer that names none.
     model_version: int | None = None
+    # Asked with deadline_ms: the probability that the queue drains within it.
+    deadline_ms: float | None = None
+    deadline_probability: float | None = None
 
     def quantile(self, level: float) -> float:
         # The level asked for up to rounding (0.1 * 7 for 0.7): the nearest, within 1e-12 and
@@ -600,7 +603,8 @@ class _Calls:
 
     @staticmethod
     def _options(confidence_level: float, quantiles: Sequence[float] | None, lookup_table_name: str | None,
-                 lookup_table: bool | None, version: int | None = None) -> dict[str, Any]:
+                 lookup_table: bool | None, version: int | None = None,
+                 deadline_ms: float | None = None) -> dict[str, Any]:
         """A prediction's options as its body holds them. A ``lookup_table_name`` alone asks
         that table (``lookup_table`` left out: implied); with ``lookup_table=False`` it is
         refused, as the service refuses a name without the flag (the model would answer)."""
@@ -622,22 +626,28 @@ class _Calls:
             body["lookup_table_name"] = lookup_table_name
         elif lookup_table:
             body["lookup_table"] = True  # the service's default table
+        if deadline_ms is not None:
+            if isinstance(deadline_ms, bool) or not isinstance(deadline_ms, numbers.Real):
+                raise InvalidRequestError(f"deadline_ms must be a number of milliseconds, got {_shown(deadline_ms)}",
+                                          field="deadline_ms")
+            body["deadline_ms"] = float(deadline_ms)  # (a numpy number too; its range is the service's to check)
         return body
 
     def predict_single(self, identity: IdentityLike, trace: Mapping[str, Any], confidence_level: float = 0.95,
                        quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
-                       lookup_table: bool | None = None, version: int | None = None) -> _Request:
+                       lookup_table: bool | None = None, version: int | None = None,
+                       deadline_ms: float | None = None) -> _Request:
         body = {"trace": _trace(trace, "trace"),
-                **self._options(confidence_level, quantiles, lookup_table_name, lookup_table, version)}
+                **self._options(confidence_level, quantiles, lookup_table_name, lookup_table, version, deadline_ms)}
         return _Request("POST", "/predict/single/" + "/".join(identity_segments(identity)), json=body,
                         response=SinglePredictionResponse, idempotent=True)
 
     def predict_batch(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]], confidence_level: float = 0.95,
                       quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
                       lookup_table: bool | None = None, shared_factor: bool = False, total_distribution: bool = True,
-                      version: int | None = None) -> _Request:
+                      version: int | None = None, deadline_ms: float | None = None) -> _Request:
         body = {"trace": _traces(traces, "trace"),
-                **self._options(confidence_level, quantiles, lookup_table_name, lookup_table, version)}
+                **self._options(confidence_level, quantiles, lookup_table_name, lookup_table, version, deadline_ms)}
         # Each sent only when asked: a service that predates it still answers the rest.
         if shared_factor:
             body["shared_factor"] = True
@@ -649,7 +659,7 @@ class _Calls:
     def predict_queues(self, identity: IdentityLike, queues: Mapping[str, Iterable[Mapping[str, Any]]],
                        confidence_level: float = 0.9, quantiles: Sequence[float] | None = (0.5, 0.9, 0.99),
                        shared_factor: bool = False, version: int | None = None, lookup_table_name: str | None = None,
-                       lookup_table: bool | None = None) -> _Request:
+                       lookup_table: bool | None = None, deadline_ms: float | None = None) -> _Request:
         if not isinstance(queues, Mapping):
             raise InvalidRequestError(f"queues must be a mapping of queue names to lists of traces, got {_shown(queues)}",
                                       field="queues")
@@ -658,7 +668,8 @@ class _Calls:
             if not isinstance(name, str):
                 raise InvalidRequestError(f"a queue's name must be a string, got {_shown(name)}", field="queues")
             named[name] = _traces(traces, f"queues[{name!r}]")
-        body = {"queues": named, **self._options(confidence_level, quantiles, lookup_table_name, lookup_table, version)}
+        body = {"queues": named,
+                **self._options(confidence_level, quantiles, lookup_table_name, lookup_table, version, deadline_ms)}
         if shared_factor:
             body["shared_factor"] = True
         return _Request("POST", "/predict/queues/" + "/".join(identity_segments(identity)), json=body,
@@ -762,13 +773,15 @@ class _Calls:
             raise exc
 
     @staticmethod
-    def queue_wait(batch: BatchPredictionResponse, confidence_level: float, partial: bool = False) -> QueueWaitEstimate:
+    def queue_wait(batch: BatchPredictionResponse, confidence_level: float, partial: bool = False,
+                   deadline_ms: float | None = None) -> QueueWaitEstimate:
         if batch.summary.total == 0 and batch.expect is None:
             # An empty queue drains at once (a service that predates zero totals answers null).
             levels = batch.quantiles or []
             return QueueWaitEstimate(tasks=0, failed=0, expect=0.0, error=0.0, quantiles=levels,
                                      quantile_predictions=[0.0] * len(levels), interval=[0.0, 0.0],
-                                     confidence_level=confidence_level)
+                                     confidence_level=confidence_level, deadline_ms=deadline_ms,
+                                     deadline_probability=None if deadline_ms is None else 1.0)
         failures = [f"trace[{i}]: {r.message or ''}" for i, r in enumerate(batch.results) if r.status != "success"]
         if batch.expect is None or batch.total_quantiles is None or batch.total_interval is None:
             raise PredictorClientError("no task in the queue could be predicted: " + _first_few(failures))
@@ -785,10 +798,13 @@ class _Calls:
             quantile_predictions=batch.total_quantiles,
             interval=batch.total_interval,
             confidence_level=confidence_level,
+            deadline_ms=deadline_ms,
+            deadline_probability=batch.total_deadline_probability,
         )
 
     @staticmethod
-    def queue_waits(answer: QueuesPredictionResponse, partial: bool = False) -> dict[str, QueueWaitEstimate]:
+    def queue_waits(answer: QueuesPredictionResponse, partial: bool = False,
+                    deadline_ms: float | None = None) -> dict[str, QueueWaitEstimate]:
         failures = [f"queue {name!r} trace[{e.get('index')}]: {e.get('message') or ''}"
                     for name, q in answer.queues.items() for e in q.errors]
         empty = [name for name, q in answer.queues.items() if q.expect is None or q.total_quantiles is None
@@ -808,6 +824,8 @@ class _Calls:
             quantile_predictions=q.total_quantiles,
             interval=q.total_interval,
             confidence_level=answer.confidence_level,
+            deadline_ms=deadline_ms,
+            deadline_probability=q.total_deadline_probability,
         ) for name, q in answer.queues.items()}
 
 
@@ -1207,20 +1225,25 @@ class PredictorClient(_Base):
 
     def predict_single(self, identity: IdentityLike, trace: Mapping[str, Any], confidence_level: float = 0.95,
                        quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
-                       lookup_table: bool | None = None, version: int | None = None) -> SinglePredictionResponse:
+                       lookup_table: bool | None = None, version: int | None = None,
+                       deadline_ms: float | None = None) -> SinglePredictionResponse:
         """The runtime distribution of one task: quantiles at ``quantiles`` (any in (0, 1)), mean,
-        standard deviation and the central ``confidence_level`` interval, in ms."""
+        standard deviation and the central ``confidence_level`` interval, in ms; with
+        ``deadline_ms``, the probability that it takes at most that (``deadline_probability``)."""
         return self._send(self._calls.predict_single(identity, trace, confidence_level, quantiles, lookup_table_name,
-                                                     lookup_table, version))
+                                                     lookup_table, version, deadline_ms))
 
     def predict_batch(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]], confidence_level: float = 0.95,
                       quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
                       lookup_table: bool | None = None, shared_factor: bool = False,
-                      total_distribution: bool = True, version: int | None = None) -> BatchPredictionResponse:
+                      total_distribution: bool = True, version: int | None = None,
+                      deadline_ms: float | None = None) -> BatchPredictionResponse:
         """:meth:`predict_single` of every task, in one request, and the distribution of their total
-        (the sum of independent tasks, or with ``shared_factor`` a level they share)."""
+        (the sum of independent tasks, or with ``shared_factor`` a level they share); with
+        ``deadline_ms``, each task's and the total's probability of being done within it."""
         return self._send(self._calls.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name,
-                                                    lookup_table, shared_factor, total_distribution, version))
+                                                    lookup_table, shared_factor, total_distribution, version,
+                                                    deadline_ms))
 
     def train_background(self, config: Mapping[str, Any] | TrainConfig,
                          files: Mapping[str, Path | str | bytes] | None = None) -> dict[str, Any]:
@@ -1302,7 +1325,8 @@ class PredictorClient(_Base):
     def queue_wait(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]],
                    quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9,
                    partial: bool = False, shared_factor: bool = False, lookup_table_name: str | None = None,
-                   lookup_table: bool | None = None, version: int | None = None) -> QueueWaitEstimate:
+                   lookup_table: bool | None = None, version: int | None = None,
+                   deadline_ms: float | None = None) -> QueueWaitEstimate:
         """Distribution of the time until the tasks queued on one instance all finish.
 
         A task that cannot be predicted raises :class:`PredictorClientError` naming it,
@@ -1312,24 +1336,26 @@ class PredictorClient(_Base):
         runtimes' level, and how far that level moved between stretches of its training
         run, one error for the whole queue (README, Modelling). With
         ``lookup_table_name`` (or ``lookup_table``: the default table) a lookup table answers,
-        as in :meth:`predict_batch`; with ``version``, that stored version of the model.
+        as in :meth:`predict_batch`; with ``version``, that stored version of the model. With
+        ``deadline_ms``, ``deadline_probability`` is the probability that the queue drains within it.
         """
         batch = self.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name, lookup_table,
-                                   shared_factor=shared_factor, version=version)
-        return self._calls.queue_wait(batch, confidence_level, partial)
+                                   shared_factor=shared_factor, version=version, deadline_ms=deadline_ms)
+        return self._calls.queue_wait(batch, confidence_level, partial, deadline_ms)
 
     def queue_waits(self, identity: IdentityLike, queues: Mapping[str, Iterable[Mapping[str, Any]]],
                     quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9,
                     partial: bool = False, shared_factor: bool = False, lookup_table_name: str | None = None,
-                    lookup_table: bool | None = None, version: int | None = None) -> dict[str, QueueWaitEstimate]:
+                    lookup_table: bool | None = None, version: int | None = None,
+                    deadline_ms: float | None = None) -> dict[str, QueueWaitEstimate]:
         """:meth:`queue_wait` of several queues of one model's tasks (a scheduler's instances,
         by name) in one request: ``{name: QueueWaitEstimate}``, in the order given, with the
         same options. A task that cannot be predicted raises :class:`PredictorClientError`
         naming its queue and place, unless ``partial=True``; a queue none of whose tasks can be
         predicted raises either way."""
         answer = self._send(self._calls.predict_queues(identity, queues, confidence_level, quantiles, shared_factor,
-                                                       version, lookup_table_name, lookup_table))
-        return self._calls.queue_waits(answer, partial)
+                                                       version, lookup_table_name, lookup_table, deadline_ms))
+        return self._calls.queue_waits(answer, partial, deadline_ms)
 
     # -------------------------------------------------------------- the seed's API
 
@@ -1450,18 +1476,21 @@ class AsyncPredictorClient(_Base):
 
     async def predict_single(self, identity: IdentityLike, trace: Mapping[str, Any], confidence_level: float = 0.95,
                              quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
-                             lookup_table: bool | None = None, version: int | None = None) -> SinglePredictionResponse:
+                             lookup_table: bool | None = None, version: int | None = None,
+                             deadline_ms: float | None = None) -> SinglePredictionResponse:
         return await self._send(self._calls.predict_single(identity, trace, confidence_level, quantiles, lookup_table_name,
-                                                           lookup_table, version))
+                                                           lookup_table, version, deadline_ms))
 
     async def predict_batch(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]], confidence_level: float = 0.95,
                             quantiles: Sequence[float] | None = None, lookup_table_name: str | None = None,
                             lookup_table: bool | None = None, shared_factor: bool = False,
-                            total_distribution: bool = True, version: int | None = None) -> BatchPredictionResponse:
+                            total_distribution: bool = True, version: int | None = None,
+                            deadline_ms: float | None = None) -> BatchPredictionResponse:
         # (Checked in a worker thread where long: every value of every trace is looked at.)
         return await self._send(await _built_off_loop(
             isinstance(traces, Sized) and len(traces) > _LARGE_BATCH_TRACES, self._calls.predict_batch, identity, traces,
-            confidence_level, quantiles, lookup_table_name, lookup_table, shared_factor, total_distribution, version))
+            confidence_level, quantiles, lookup_table_name, lookup_table, shared_factor, total_distribution, version,
+            deadline_ms))
 
     async def train_background(self, config: Mapping[str, Any] | TrainConfig,
                                files: Mapping[str, Path | str | bytes] | None = None) -> dict[str, Any]:
@@ -1525,21 +1554,23 @@ class AsyncPredictorClient(_Base):
     async def queue_wait(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]],
                          quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9,
                          partial: bool = False, shared_factor: bool = False, lookup_table_name: str | None = None,
-                         lookup_table: bool | None = None, version: int | None = None) -> QueueWaitEstimate:
+                         lookup_table: bool | None = None, version: int | None = None,
+                         deadline_ms: float | None = None) -> QueueWaitEstimate:
         batch = await self.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name, lookup_table,
-                                         shared_factor=shared_factor, version=version)
-        return self._calls.queue_wait(batch, confidence_level, partial)
+                                         shared_factor=shared_factor, version=version, deadline_ms=deadline_ms)
+        return self._calls.queue_wait(batch, confidence_level, partial, deadline_ms)
 
     async def queue_waits(self, identity: IdentityLike, queues: Mapping[str, Iterable[Mapping[str, Any]]],
                           quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9,
                           partial: bool = False, shared_factor: bool = False, lookup_table_name: str | None = None,
-                          lookup_table: bool | None = None, version: int | None = None) -> dict[str, QueueWaitEstimate]:
+                          lookup_table: bool | None = None, version: int | None = None,
+                          deadline_ms: float | None = None) -> dict[str, QueueWaitEstimate]:
         many = isinstance(queues, Mapping) and sum(len(t) if isinstance(t, Sized) else 0
                                                     for t in queues.values()) > _LARGE_BATCH_TRACES
         answer = await self._send(await _built_off_loop(many, self._calls.predict_queues, identity, queues,
                                                         confidence_level, quantiles, shared_factor, version,
-                                                        lookup_table_name, lookup_table))
-        return self._calls.queue_waits(answer, partial)
+                                                        lookup_table_name, lookup_table, deadline_ms))
+        return self._calls.queue_waits(answer, partial, deadline_ms)
 
     async def predict(self, model_type: str, metadata: Mapping[str, Any], confidence_level: float = 0.95,
                       quantiles: Sequence[float] | None = None) -> PredictionResult:

@@ -1825,6 +1825,14 @@ def levels_reached(tasks: TaskDistributions, elapsed: np.ndarray) -> np.ndarray:
     if n > _REACH_CHUNK:
         return np.concatenate([levels_reached(tasks.subset(np.arange(a, min(a + _REACH_CHUNK, n))),
                                               elapsed[a:a + _REACH_CHUNK]) for a in range(0, n, _REACH_CHUNK)])
+    return _levels_at(tasks.task_quantiles, elapsed)
+
+
+def _levels_at(quantile_rows: Callable[[np.ndarray], np.ndarray], elapsed: np.ndarray) -> np.ndarray:
+    """``F_i(elapsed_i)`` for each row of a quantile function evaluated row by row
+    (``quantile_rows(levels)``, levels of shape (rows, k), gives the rows' values there,
+    non-decreasing along each row): see :func:`levels_reached`."""
+    n = len(elapsed)
     rows = np.arange(n)
     points, stages = (129, 3) if n <= _REACH_FEW else (9, 7)
     steps = np.arange(points, dtype=np.int64)
@@ -1832,7 +1840,7 @@ def levels_reached(tasks: TaskDistributions, elapsed: np.ndarray) -> np.ndarray:
     lo, hi = np.zeros(n, dtype=np.int64), np.full(n, _REACH_CELLS, dtype=np.int64)  # in cells
     for stage in range(stages):
         at = lo[:, None] + steps[None, :] * ((hi - lo) // (points - 1))[:, None]
-        q = tasks.task_quantiles(ndtr(at * cell - _REACH_PROBIT))  # non-decreasing along each row
+        q = quantile_rows(ndtr(at * cell - _REACH_PROBIT))  # non-decreasing along each row
         # F(e) = P(T <= e): a runtime the model repeats (an atom) that equals the time run is
         # one such tasks would have finished by now (T > e rules it out).
         passed = (q <= elapsed[:, None]).sum(axis=1)
@@ -2494,3 +2502,24 @@ class TotalDistribution:
 
     def interval(self, confidence_level: float) -> np.ndarray:
         return self.quantiles(interval_levels(confidence_level))
+
+    def cdf(self, value: float) -> float:
+        """``P(total <= value)``: the level at which the quantile function :meth:`quantiles`
+        answers (its bounds included) reaches ``value``, so that the two agree."""
+        at = np.array([float(value)])
+        if self.single is not None:
+            return float(levels_reached(self.single, at)[0])
+        assert self.edges is not None and self.edge_cdf is not None
+        xs, cs = self.edges, self.edge_cdf
+        # The grid's CDF, read at once, is the answer wherever the tasks' bound does not lift
+        # the quantile there; a search on the quantile function costs 387 evaluations of it
+        # (2 ms more on a queue of 100 tasks than its quantiles alone).
+        k = int(np.searchsorted(xs, at[0], side="right"))  # right of equal values: P(total <= value)
+        if k == 0:
+            return 0.0  # below the grid, where every quantile is (the bound only lifts them)
+        if k < len(xs):
+            width = xs[k] - xs[k - 1]
+            p = float((cs[k - 1] + (cs[k] - cs[k - 1]) * ((at[0] - xs[k - 1]) / width if width > 0 else 1.0)) / cs[-1])
+            if 0.0 < p < 1.0 and (self.tasks is None or self._floor(np.array([p]))[0] <= at[0]):
+                return p
+        return float(_levels_at(lambda levels: self.quantiles(levels[0])[None, :], at)[0])

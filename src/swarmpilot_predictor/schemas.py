@@ -209,6 +209,8 @@ class PredictOptions(BaseModel):
     lookup_table_name: str | None = Field(None, json_schema_extra=declared(minLength=1))
     # A stored version of the model to answer (a rollback, a comparison); default its latest.
     version: StrictInt | None = Field(None, ge=1)
+    # A time in ms: each answer then says how likely its task (its total) is done within it.
+    deadline_ms: StrictFloat | None = Field(None, gt=0.0, allow_inf_nan=False)
 
     @field_validator("quantiles")
     @classmethod
@@ -349,6 +351,9 @@ class PredictionResult(_Response):
     # Of a running task (its trace states elapsed_ms, and the answer is its time left): the
     # level of its runtime distribution that its elapsed time has reached.
     elapsed_level: float | None = None
+    # Asked with deadline_ms: the probability that the task's runtime (a running task's time
+    # left) is at most that.
+    deadline_probability: float | None = None
 
 
 class PredictionSummary(_Response):
@@ -374,6 +379,8 @@ class QueueTotal(_Response):
     error: float | None = None
     total_quantiles: list[float] | None = None
     total_interval: list[float] | None = None
+    # Asked with deadline_ms: the probability that the total is at most that.
+    total_deadline_probability: float | None = None
 
 
 class QueuesPredictionResponse(_Response):
@@ -394,6 +401,7 @@ class BatchPredictionResponse(_Response):
     error: float | None = None
     total_quantiles: list[float] | None = None
     total_interval: list[float] | None = None
+    total_deadline_probability: float | None = None
 
 
 class TrainResult(_Response):
@@ -589,25 +597,31 @@ class TableFailure(_Response):
 
 
 TOTAL_KEYS = ("expect", "error", "total_quantiles", "total_interval")
+DEADLINE_KEY = "total_deadline_probability"
 
 
-def total_fields(total: dict[str, Any] | None, traces: int, n_levels: int) -> dict[str, Any]:
+def total_fields(total: dict[str, Any] | None, traces: int, n_levels: int,
+                 deadline_ms: float | None = None) -> dict[str, Any]:
     """A batch's (a queue's) total as its answer gives it: ``total``, where a task of its
     ``traces`` was predicted; an empty queue's, exactly 0 (a scheduler asks about idle
-    instances too); else unknown, null."""
+    instances too); else unknown, null. Asked with ``deadline_ms``, the probability that the
+    total is within it too (an empty queue's: 1)."""
     if total:
         return total
     if not traces:
-        return {"expect": 0.0, "error": 0.0, "total_quantiles": [0.0] * n_levels, "total_interval": [0.0, 0.0]}
-    return dict.fromkeys(TOTAL_KEYS)
+        out = {"expect": 0.0, "error": 0.0, "total_quantiles": [0.0] * n_levels, "total_interval": [0.0, 0.0]}
+        return out if deadline_ms is None else {**out, DEADLINE_KEY: 1.0}
+    return dict.fromkeys(TOTAL_KEYS if deadline_ms is None else (*TOTAL_KEYS, DEADLINE_KEY))
 
 
 class RenderedPredictions:
     """The contract's JSON for a set of predictions, from the model or from a lookup table.
 
     Subclasses (dataclasses) provide ``ok``, ``errors``, ``levels``,
-    ``confidence_level``, ``total``, ``duration_seconds`` and ``results()``.
+    ``confidence_level``, ``total``, ``duration_seconds``, ``deadline_ms`` and ``results()``.
     """
+
+    deadline_ms: float | None
 
     def summary(self) -> dict[str, Any]:
         n_ok = int(np.count_nonzero(self.ok))
@@ -627,9 +641,11 @@ class RenderedPredictions:
         deviation alone (its quantiles and interval null, a table's and an empty queue's too)."""
         body: dict[str, Any] = {"summary": self.summary(), "results": self.results(), "quantiles": self.levels}
         body.update(self.batch_extra())
-        body.update(total_fields(self.total, len(self.errors), len(self.levels or ())))
+        body.update(total_fields(self.total, len(self.errors), len(self.levels or ()), self.deadline_ms))
         if not total_distribution:
             body.update(total_quantiles=None, total_interval=None)
+            if self.deadline_ms is not None:
+                body[DEADLINE_KEY] = None
         return body
 
     def batch_extra(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import numpy as np
 from . import __version__
 from .atomic import remove_stale_temps
 from .cache import PredictionCache
-from .distribution import RemainingDistribution, TaskDistributions, TotalDistribution, interval_levels
+from .distribution import RemainingDistribution, TaskDistributions, TotalDistribution, interval_levels, levels_reached
 from .errors import (AmbiguousModel, DataDirectoryGone, InvalidInput, ModelNotFound, NotFound, PredictorError, StorageError,
                      shown)
 from .identity import (IDENTITY_KEYS, IdentityPattern, ModelIdentity, describe_stated, fields_naming_a_model, identity_conflicts,
@@ -34,7 +34,7 @@ from .metrics import TABLE_LABEL, PredictorMetrics, table_label
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog
 from .registry import LoadedModel, ModelRegistry, ModelVersion
 from .retraining import Retrainer
-from .schemas import TOTAL_KEYS, RenderedPredictions, TrainConfig, batch_values_problem, first_run_split, total_fields
+from .schemas import DEADLINE_KEY, TOTAL_KEYS, RenderedPredictions, TrainConfig, batch_values_problem, first_run_split, total_fields
 from .training import ProgressFn, Trainer, TrainingJobs
 from .settings import PredictorSettings
 from .traces import (
@@ -88,6 +88,9 @@ class Prediction(RenderedPredictions):
     # Of running tasks (a trace stating elapsed_ms), by place among the predicted traces, the
     # level of its runtime distribution that time has reached (None: no task is running).
     elapsed_levels: dict[int, float] | None = None
+    # Asked with a deadline: it, and each predicted task's probability of being done within it.
+    deadline_ms: float | None = None
+    deadline_levels: np.ndarray | None = None
     # Rendered results, kept so that a cached prediction is rendered only once.
     rendered: list[dict[str, Any]] | None = dataclasses.field(default=None, repr=False)
 
@@ -114,9 +117,12 @@ class Prediction(RenderedPredictions):
     def as_queue(self, total_distribution: bool = True) -> "Prediction":
         """This one task's prediction as a batch's: a queue of one totals that task's runtime,
         its distribution (with a shared factor too: there is no other task to share it)."""
-        return self._with(total={"expect": float(self.mean[0]), "error": float(self.std[0]),
-                                 "total_quantiles": self.quantiles[0].tolist() if total_distribution else None,
-                                 "total_interval": self.interval[0].tolist() if total_distribution else None})
+        total = {"expect": float(self.mean[0]), "error": float(self.std[0]),
+                 "total_quantiles": self.quantiles[0].tolist() if total_distribution else None,
+                 "total_interval": self.interval[0].tolist() if total_distribution else None}
+        if self.deadline_levels is not None:
+            total[DEADLINE_KEY] = float(self.deadline_levels[0]) if total_distribution else None
+        return self._with(total=total)
 
     def split(self) -> list["Prediction"]:
         """One Prediction per trace, each as if that trace had been predicted alone."""
@@ -132,6 +138,7 @@ class Prediction(RenderedPredictions):
             out.append(dataclasses.replace(
                 self, ok=self.ok[i:i + 1], errors=self.errors[i:i + 1], quantiles=self.quantiles[rows],
                 mean=self.mean[rows], std=self.std[rows], interval=self.interval[rows], total=None, rendered=None,
+                deadline_levels=None if self.deadline_levels is None else self.deadline_levels[rows],
                 outside=own(self.outside) if good else None, elapsed_levels=own(self.elapsed_levels) if good else None,
             ))
             k += good
@@ -142,6 +149,7 @@ class Prediction(RenderedPredictions):
         out: list[dict[str, Any]] = []
         qs, means, stds, ivs = self.quantiles.tolist(), self.mean.tolist(), self.std.tolist(), self.interval.tolist()
         outside, reached = self.outside, self.elapsed_levels
+        deadline = None if self.deadline_levels is None else self.deadline_levels.tolist()
         k = 0
         for good, err in zip(self.ok.tolist(), self.errors):
             if good:
@@ -159,6 +167,8 @@ class Prediction(RenderedPredictions):
                     out[-1]["outside_training"] = outside[k]
                 if reached is not None and k in reached:
                     out[-1]["elapsed_level"] = reached[k]
+                if deadline is not None:
+                    out[-1]["deadline_probability"] = deadline[k]
                 k += 1
             else:
                 out.append({"status": "error", "message": err, "model_info": info})
@@ -360,11 +370,12 @@ class PredictorService:
         lookup_table_name: str | None = None,
         shared_factor: bool = False,
         total_distribution: bool = True,
+        deadline_ms: float | None = None,
     ) -> Prediction | TablePrediction:
         if lookup_table:
             # Answered from a pre-computed table (no model needed); without a name, the default table.
             pred = predict_from_table(self.tables, lookup_table_name, pattern, traces, confidence_level, quantiles,
-                                      with_total, shared_factor, staleness=self._staleness)
+                                      with_total, shared_factor, staleness=self._staleness, deadline_ms=deadline_ms)
             n_ok = int(pred.ok.sum())
             self.metrics.count_predictions(table_label(pred.table), "lookup_table", n_ok, len(pred.errors) - n_ok)
             return pred
@@ -373,7 +384,8 @@ class PredictorService:
         if with_total and not quantiles:  # answered at the model's default levels
             _check_batch_values(len(traces), len(loaded.meta.quantiles))
         return self._predict_with(identity, loaded, traces, confidence_level, quantiles, with_total, t0,
-                                  shared_factor=shared_factor, total_distribution=total_distribution)
+                                  shared_factor=shared_factor, total_distribution=total_distribution,
+                                  deadline_ms=deadline_ms)
 
     def _serving_version(self, parts: tuple[str | None, ...]) -> int | None:
         """The version of the model named by ``parts`` that serves now; None where none is stored."""
@@ -564,12 +576,13 @@ class PredictorService:
     def _predict_with(self, identity: ModelIdentity, loaded: LoadedModel, traces: Sequence[dict[str, Any]],
                       confidence_level: float, quantiles: Sequence[float] | None, with_total: bool,
                       t0: float, cached: bool = True, shared_factor: bool = False,
-                      total_distribution: bool = True) -> Prediction:
+                      total_distribution: bool = True, deadline_ms: float | None = None) -> Prediction:
         levels = requested_levels(quantiles, loaded.meta.quantiles)
         cache_key = None
         # One trace, alone or a batch of one (whose total is that task: no convolution, and the
-        # single-row path, at a third of the cost).
-        lone = len(traces) == 1
+        # single-row path, at a third of the cost). A deadline's probability is read off the
+        # distribution, which only the vectorised path keeps (nor is it cached).
+        lone = len(traces) == 1 and deadline_ms is None
         if lone:  # a trace that names another model: its error comes from the batch path
             conflict = identity_conflicts(list(traces), identity)
             lone = conflict is None or conflict[0] is None
@@ -600,7 +613,12 @@ class PredictorService:
             k1, k2 = dist.total_moments(shared_factor)
             total = {"expect": k1, "error": math.sqrt(k2), "total_quantiles": None, "total_interval": None}
         elif with_total and len(rows):
-            total = _total_answer(dist.total(shared_factor), levels, confidence_level)
+            total = _total_answer(dist.total(shared_factor), levels, confidence_level, deadline_ms)
+        if total is not None and deadline_ms is not None:
+            total.setdefault(DEADLINE_KEY, None)  # (of the total's moments alone: unknown)
+        deadline_levels = None
+        if deadline_ms is not None:
+            deadline_levels = levels_reached(dist, np.full(len(rows), float(deadline_ms))) if len(rows) else np.zeros(0)
         self._count(identity, len(rows), len(errors) - len(rows))
         prediction = Prediction(
             identity=identity,
@@ -617,6 +635,8 @@ class PredictorService:
             duration_seconds=time.perf_counter() - t0,
             outside=outside,
             elapsed_levels=reached,
+            deadline_ms=deadline_ms,
+            deadline_levels=deadline_levels,
         )
         if cache_key is not None and ok.all():
             prediction = self._kept(cache_key, prediction)
@@ -766,7 +786,7 @@ class PredictorService:
     def predict_queues(self, pattern: IdentityPattern, queues: dict[str, Sequence[dict[str, Any]]],
                        confidence_level: float = 0.95, quantiles: Sequence[float] | None = None,
                        shared_factor: bool = False, version: int | None = None, lookup_table: bool = False,
-                       lookup_table_name: str | None = None) -> dict[str, Any]:
+                       lookup_table_name: str | None = None, deadline_ms: float | None = None) -> dict[str, Any]:
         """The wait of each of several queues of one model's tasks (a scheduler's instances):
         each queue's total as a batch of its traces answers it, all traces predicted at once
         (with ``lookup_table``, a table's records answer, a queue at a time).
@@ -775,7 +795,8 @@ class PredictorService:
         ``errors`` by their place in the queue; its total is over the tasks predicted (an
         empty queue's is 0; one none of whose tasks could be predicted has none: null)."""
         if lookup_table:
-            return self._table_queues(pattern, queues, confidence_level, quantiles, shared_factor, lookup_table_name)
+            return self._table_queues(pattern, queues, confidence_level, quantiles, shared_factor, lookup_table_name,
+                                      deadline_ms)
         names = list(queues)
         traces = [t for name in names for t in queues[name]]
         t0 = time.perf_counter()
@@ -794,11 +815,11 @@ class PredictorService:
             rows = [place[starts[k] + np.flatnonzero(ok[starts[k]:ends[k]])] for k in summed]
             # Each total read as it is made: kept, each held its group's work (10,000 queues: 1.2 GB).
             got = dist.subset_totals(rows, [*levels, *interval_levels(confidence_level)], shared_factor,
-                                     read=lambda total: _total_answer(total, levels, confidence_level))
+                                     read=lambda total: _total_answer(total, levels, confidence_level, deadline_ms))
             totals = dict(zip(summed, got))
         answers: dict[str, Any] = {}
         for k, (name, start, end) in enumerate(zip(names, starts, ends)):
-            answers[name] = _queue_answer(ok[start:end], errors[start:end], totals.get(k), len(levels))
+            answers[name] = _queue_answer(ok[start:end], errors[start:end], totals.get(k), len(levels), deadline_ms)
         n_ok = int(ok.sum())
         self._count(identity, n_ok, len(traces) - n_ok)
         return {"status": "success", "model_key": identity.key, "model_version": loaded.meta.version,
@@ -808,7 +829,7 @@ class PredictorService:
 
     def _table_queues(self, pattern: IdentityPattern, queues: dict[str, Sequence[dict[str, Any]]],
                       confidence_level: float, quantiles: Sequence[float] | None, shared_factor: bool,
-                      lookup_table_name: str | None) -> dict[str, Any]:
+                      lookup_table_name: str | None, deadline_ms: float | None = None) -> dict[str, Any]:
         """:meth:`predict_queues` from a lookup table (the default one without a name): each
         queue as a batch of it answers, at the levels asked for or the table's first records'."""
         t0 = time.perf_counter()
@@ -818,8 +839,9 @@ class PredictorService:
         answers: dict[str, Any] = {}
         n, n_ok = 0, 0
         for name, traces in queues.items():  # a loop over queues: each a batch of its own
-            pred = table.predict(pattern, traces, confidence_level, levels or None, True, staleness=self._staleness)
-            answers[name] = _queue_answer(pred.ok, pred.errors, pred.total, len(levels))
+            pred = table.predict(pattern, traces, confidence_level, levels or None, True, staleness=self._staleness,
+                                 deadline_ms=deadline_ms)
+            answers[name] = _queue_answer(pred.ok, pred.errors, pred.total, len(levels), deadline_ms)
             n, n_ok = n + len(traces), n_ok + int(pred.ok.sum())
         self.metrics.count_predictions(table_label(table.name), "lookup_table", n_ok, n - n_ok)
         return {"status": "success", "model_key": None, "model_version": None, "source": "lookup_table",
@@ -1211,12 +1233,17 @@ def _headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in keys if k in metrics}
 
 
-def _total_answer(total: TotalDistribution, levels: list[float], confidence_level: float) -> dict[str, Any]:
+def _total_answer(total: TotalDistribution, levels: list[float], confidence_level: float,
+                  deadline_ms: float | None = None) -> dict[str, Any]:
     """A batch's (a queue's) total as its answer gives it: its quantiles and central interval
-    read off in one evaluation (each evaluation bounds the total by its tasks' quantiles)."""
+    read off in one evaluation (each evaluation bounds the total by its tasks' quantiles), and
+    with ``deadline_ms`` the probability that it is within that."""
     both = total.quantiles([*levels, *interval_levels(confidence_level)]).tolist()
-    return {"expect": float(total.mean), "error": total.std, "total_quantiles": both[:len(levels)],
-            "total_interval": both[len(levels):]}
+    out = {"expect": float(total.mean), "error": total.std, "total_quantiles": both[:len(levels)],
+           "total_interval": both[len(levels):]}
+    if deadline_ms is not None:
+        out[DEADLINE_KEY] = total.cdf(deadline_ms)
+    return out
 
 
 _TABLE_SHARED_FACTOR = ("shared_factor needs a model: a lookup table's records hold each task's own distribution, "
@@ -1224,13 +1251,14 @@ _TABLE_SHARED_FACTOR = ("shared_factor needs a model: a lookup table's records h
 
 
 def _queue_answer(ok: np.ndarray, errors: Sequence[str | None], total: dict[str, Any] | None,
-                  n_levels: int) -> dict[str, Any]:
+                  n_levels: int, deadline_ms: float | None = None) -> dict[str, Any]:
     """One queue's part of :meth:`PredictorService.predict_queues`: its tasks predicted
     (``ok``), the others' ``errors`` by their place in it, and its ``total`` (None where no
     task was predicted: an empty queue's is 0, another's unknown)."""
     failed = [{"index": i, "message": errors[i]} for i in np.flatnonzero(~ok).tolist()]
-    fields = total_fields(total, len(ok), n_levels)  # (a table's total says its method too: not here)
-    return {"tasks": int(ok.sum()), "failed": len(failed), "errors": failed, **{k: fields[k] for k in TOTAL_KEYS}}
+    fields = total_fields(total, len(ok), n_levels, deadline_ms)  # (a table's total says its method too: not here)
+    keys = TOTAL_KEYS if deadline_ms is None else (*TOTAL_KEYS, DEADLINE_KEY)
+    return {"tasks": int(ok.sum()), "failed": len(failed), "errors": failed, **{k: fields[k] for k in keys}}
 
 
 def requested_levels(quantiles: Sequence[float] | None, default: Sequence[float]) -> list[float]:
@@ -1257,14 +1285,16 @@ def predict_from_table(tables: LookupTableStore, name: str | None, pattern: Iden
                        traces: Sequence[Any], confidence_level: float = 0.95,
                        quantiles: Sequence[float] | None = None, with_total: bool = False,
                        shared_factor: bool = False,
-                       staleness: Callable[[tuple[str | None, ...], int], bool | None] | None = None) -> TablePrediction:
+                       staleness: Callable[[tuple[str | None, ...], int], bool | None] | None = None,
+                       deadline_ms: float | None = None) -> TablePrediction:
     """:meth:`PredictorService.predict` from the lookup table ``name`` of ``tables`` (the
     default one without a name): the service's, or the CLI's of a data directory that
     holds tables and no model (the seed's tables need none)."""
     table = _answering_table(tables, name, shared_factor)
     if with_total and not quantiles:  # answered at the table's levels
         _check_batch_values(len(traces), max((len(ls) for ls in table.levelsets), default=0))
-    return table.predict(pattern, traces, confidence_level, quantiles, with_total, staleness=staleness)
+    return table.predict(pattern, traces, confidence_level, quantiles, with_total, staleness=staleness,
+                         deadline_ms=deadline_ms)
 
 
 def _check_batch_values(n_traces: int, n_levels: int) -> None:

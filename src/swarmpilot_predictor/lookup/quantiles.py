@@ -262,6 +262,7 @@ class TablePrediction(RenderedPredictions):
     total: dict[str, Any] | None
     duration_seconds: float
     source: str = "lookup_table"
+    deadline_ms: float | None = None
 
     def results(self) -> list[dict[str, Any]]:
         return self.items

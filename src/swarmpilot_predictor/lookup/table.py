@@ -27,7 +27,8 @@ import orjson
 from scipy.spatial import cKDTree
 from scipy.special import fdtri
 
-from ..distribution import RemainingDistribution, StoredQuantileDistribution, interval_levels
+from ..distribution import (RemainingDistribution, StoredQuantileDistribution, TaskDistributions, interval_levels,
+                            levels_reached)
 from ..errors import AmbiguousModel, NotFound, shown
 from ..features import FIRST_OF_SHAPE, misspelling_hint, stated_flag
 from ..identity import (IDENTITY_KEYS, IdentityPattern, describe_stated, fields_naming_a_model, join_key, named_by_traces,
@@ -1025,12 +1026,14 @@ class LookupTable:
         quantiles: Sequence[float] | None = None,
         with_total: bool = False,
         staleness: Callable[[tuple[str | None, ...], int], bool | None] | None = None,
+        deadline_ms: float | None = None,
     ) -> "TablePrediction":
         """Answers rendered like the model's: quantiles (the record's levels, or ``quantiles``), interval, totals.
 
         With ``staleness`` (whether a version of an identity is stale: another version serves
         now, or it was deleted; None where that is unknown, as for a table made by another
-        service), a record made by a model version carries ``stale`` where it is known.
+        service), a record made by a model version carries ``stale`` where it is known. With
+        ``deadline_ms``, each answer (and the total) says how likely it is to be within that.
         """
         t0 = time.perf_counter()
         res = self.lookup(traces, pattern)
@@ -1042,6 +1045,14 @@ class LookupTable:
         if res.elapsed is not None and len(ok_rows) and ((elapsed_ok := res.elapsed[res.rows >= 0]) > 0).any():
             left, reached = self._time_left(ok_rows, elapsed_ok, confidence_level, a)
         results = self._rendered(res, pattern, a, reached, staleness)
+        tasks: TaskDistributions | None = left
+        deadline_levels = None
+        if deadline_ms is not None and len(ok_rows):
+            tasks = left if left is not None else self.task_distributions(ok_rows.astype(np.int64))
+            # Read off the distributions the answers' quantiles are read off (see task_distributions).
+            deadline_levels = levels_reached(tasks, np.full(len(ok_rows), float(deadline_ms)))
+            for item, p in zip((r for r in results if r["status"] == "success"), deadline_levels.tolist()):
+                item["deadline_probability"] = p
         # An empty queue, or one none of whose traces was found, answers the levels its tasks
         # would have had: the table's first records' (a model answers its default levels).
         total_levels = levels if levels is not None else (
@@ -1049,7 +1060,7 @@ class LookupTable:
         total = None
         if with_total and len(ok_rows):
             total = self._total(ok_rows.astype(np.int64), np.asarray(a.expect), np.asarray(a.error),
-                                total_levels, confidence_level, a.answers, left)
+                                total_levels, confidence_level, a.answers, tasks, deadline_ms, deadline_levels)
         return TablePrediction(
             table=self.name,
             levels=total_levels,
@@ -1059,6 +1070,7 @@ class LookupTable:
             items=results,
             total=total,
             duration_seconds=time.perf_counter() - t0,
+            deadline_ms=deadline_ms,
         )
 
     def _answers(self, rows: np.ndarray, levels: list[float] | None, confidence_level: float) -> _RowAnswers:
@@ -1142,7 +1154,8 @@ class LookupTable:
 
     def _total(self, rows: np.ndarray, expect: np.ndarray, error: np.ndarray, levels: list[float] | None,
                confidence_level: float, answers: list[tuple[list[float], list[float], list[float]]],
-               tasks: RemainingDistribution | None = None) -> dict[str, Any]:
+               tasks: TaskDistributions | None = None, deadline_ms: float | None = None,
+               deadline_levels: np.ndarray | None = None) -> dict[str, Any]:
         """The total of independent tasks answered by the records ``rows`` (``answers``: each
         task's levels, quantiles and interval): the sum of their distributions, each read off
         its stored quantiles as a task's answer is, convolved as a model's tasks are.
@@ -1154,12 +1167,19 @@ class LookupTable:
 
         ``tasks``, where some of them are running, are their distributions with those tasks'
         time left (``expect`` and ``error`` are then the time left's).
+
+        With ``deadline_ms``, ``deadline_levels`` are the tasks' probabilities of being done
+        within it, and the total's is read off its distribution, no higher than any task's
+        (the total is never below one of them, as its quantiles are bounded by theirs).
         """
         mu, sd = float(expect.sum()), float(np.sqrt(np.square(error).sum()))
         # ``total_method`` stays for the clients of tables that answered "normal approximation".
         if len(answers) == 1:
-            return {"expect": mu, "error": sd, "total_quantiles": list(answers[0][1]), "total_interval": list(answers[0][2]),
-                    "total_method": "convolution"}
+            out = {"expect": mu, "error": sd, "total_quantiles": list(answers[0][1]), "total_interval": list(answers[0][2]),
+                   "total_method": "convolution"}
+            if deadline_levels is not None:
+                out["total_deadline_probability"] = float(deadline_levels[0])
+            return out
         total = (tasks if tasks is not None else self.task_distributions(rows, expect, error)).total()
         tq = total.quantiles(np.asarray(levels, dtype=np.float64)) if levels else np.zeros(0)
         iv = total.interval(confidence_level)
@@ -1172,8 +1192,11 @@ class LookupTable:
         if levels and at_levels:  # (without levels asked, records of other stored levels have others)
             tq = np.maximum(tq, np.max(at_levels, axis=0))
         iv = np.maximum(iv, np.max([answer[2] for answer in answers], axis=0))
-        return {"expect": mu, "error": sd, "total_quantiles": tq.tolist(), "total_interval": iv.tolist(),
-                "total_method": "convolution"}
+        out = {"expect": mu, "error": sd, "total_quantiles": tq.tolist(), "total_interval": iv.tolist(),
+               "total_method": "convolution"}
+        if deadline_ms is not None and deadline_levels is not None:
+            out["total_deadline_probability"] = min(total.cdf(deadline_ms), float(deadline_levels.min()))
+        return out
 
     def task_distributions(self, rows: np.ndarray, expect: np.ndarray | None = None,
                            error: np.ndarray | None = None) -> StoredQuantileDistribution:

@@ -61,7 +61,7 @@ def add_prediction_routes(app: FastAPI, service: PredictorService, settings: Pre
         return service.predict(pattern, req.trace, req.confidence_level, req.quantiles, with_total=True,
                                version=req.version, lookup_table=req.lookup_table, lookup_table_name=req.lookup_table_name,
                                shared_factor=req.shared_factor, total_distribution=req.total_distribution,
-                               ).batch_response(req.total_distribution)
+                               deadline_ms=req.deadline_ms).batch_response(req.total_distribution)
 
     large_batches = asyncio.Semaphore(LARGE_BATCHES_AT_ONCE)
     # Batches are predicted in threads of their own, settings.batch_threads at once (the others
@@ -117,7 +117,8 @@ def add_prediction_routes(app: FastAPI, service: PredictorService, settings: Pre
                 req = parse_json_body(body, PredictQueuesRequest)
                 return orjson.dumps(service.predict_queues(pattern, req.queues, req.confidence_level, req.quantiles,
                                                            req.shared_factor, req.version, req.lookup_table,
-                                                           req.lookup_table_name), option=orjson.OPT_SERIALIZE_NUMPY)
+                                                           req.lookup_table_name, req.deadline_ms),
+                                    option=orjson.OPT_SERIALIZE_NUMPY)
 
         return await in_batch_thread(answer, client, large_batches if len(body) > LARGE_BODY_BYTES else None)
 
