@@ -5,7 +5,9 @@ until that instance's queue (plus the new task) drains (a model's instances
 in one request), and takes the one with the lowest p90 completion time: a
 tail-aware choice that a mean-only estimate cannot make. The task an instance
 is running counts by its time left: its trace states ``elapsed_ms``, how long
-it has run.
+it has run. A scheduler with a latency objective asks instead how likely the
+task is done within it on each instance (``deadline_ms``), and may refuse a task
+that no instance is likely to finish in time.
 
     uv run python examples/train_seed_example_model.py [http://localhost:8200]   # its model, first
     uv run python examples/scheduler_queue_wait.py [http://localhost:8200]
@@ -56,6 +58,17 @@ def choose_instance(client: PredictorClient, instances: list[Instance], task: di
     return best, scores
 
 
+def chances_within(client: PredictorClient, instances: list[Instance], task: dict, deadline_ms: float) -> dict[str, float]:
+    """Per instance, the probability that ``task``, put at the end of its queue, is done within
+    ``deadline_ms`` from now: that the queue with the task drains by then."""
+    chances: dict[str, float] = {}
+    for inst in instances:  # (instances of one model may go in one request, as choose_instance does)
+        waits = client.queue_waits(inst.identity, {inst.name: [*inst.tasks_left(), task]}, quantiles=[0.5],
+                                   shared_factor=True, deadline_ms=deadline_ms)
+        chances[inst.name] = waits[inst.name].deadline_probability or 0.0
+    return chances
+
+
 def main(url: str) -> None:
     identity = {"model_type": "gpt-3.5-turbo", "model_name": "turbo", "hardware": "A100",
                 "software_name": "vllm", "software_version": "0.1.0"}
@@ -66,10 +79,12 @@ def main(url: str) -> None:
         Instance("a100-2", identity, []),
     ]
     task = {"input_tokens": 300, "output_tokens": 200}
+    slo_ms = 20_000.0
     with PredictorClient(url) as client:
         best, scores = choose_instance(client, instances, task)
+        chances = chances_within(client, instances, task, slo_ms)
     for name, p90 in scores.items():
-        print(f"{name}: p90 completion {p90:.1f} ms")
+        print(f"{name}: p90 completion {p90:.1f} ms, done within {slo_ms:.0f} ms with probability {chances[name]:.3f}")
     print(f"place the task on {best.name}")
 
 

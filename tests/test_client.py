@@ -147,6 +147,10 @@ def test_queue_wait_and_instance_choice(trained_server):
         idle = Instance("idle", IDENTITY, [])
         best, scores = choose_instance(client, [busy, idle], {"input_tokens": 10, "output_tokens": 10})
         assert best.name == "idle" and scores["idle"] < scores["busy"]
+        # The chance to be done within an objective: the busy instance's p90 is the line.
+        chances = example.chances_within(client, [busy, idle], {"input_tokens": 10, "output_tokens": 10},
+                                         scores["busy"])
+        assert chances["busy"] == pytest.approx(0.9, abs=1e-5) and chances["idle"] > 0.999999
         # A task that cannot be predicted would be left out of the wait: an error, unless asked for.
         broken = [*queue, {"input_tokens": 10}]
         with pytest.raises(PredictorClientError, match=r"1 of 6 queued tasks .*trace\[5\]: .*output_tokens"):
