@@ -1960,6 +1960,34 @@ def test_a_request_body_is_refused_where_the_openapi_schema_says_and_only_there(
     assert refused.status_code == 422
 
 
+def test_a_deadline_is_refused_where_the_openapi_schema_says_and_its_answers_are_named_there(http, trained):
+    spec = ok(http.get("/openapi.json"))
+    ops = {route: next(o["post"] for path, o in spec["paths"].items() if path.startswith(f"/predict/{route}/"))
+           for route in ("single", "batch", "queues")}
+    schema = ops["single"]["requestBody"]["content"]["application/json"]["schema"]
+    for deadline, refused in ((1500.0, False), (1, False), (None, False), (0, True), (-2.5, True), ("5", True),
+                              (True, True)):
+        body = {"trace": TRACE, "deadline_ms": deadline}
+        r = http.post(SINGLE, json=body)
+        assert (r.status_code == 422) == refused == bool(_schema_problems(body, schema, spec)), (deadline, r.text)
+        if refused:
+            assert r.json()["field"] == "deadline_ms"
+    answers = {"single": ok(http.post(SINGLE, json={"trace": TRACE, "deadline_ms": 1500.0})),
+               "batch": ok(http.post(f"/predict/batch/{SEGMENTS}", json={"trace": [TRACE, TRACE], "deadline_ms": 1500.0})),
+               "queues": ok(http.post(f"/predict/queues/{SEGMENTS}", json={"queues": {"a": [TRACE], "idle": []},
+                                                                            "deadline_ms": 1500.0}))}
+    assert 0 < answers["single"]["results"]["deadline_probability"] < 1
+    assert answers["batch"]["total_deadline_probability"] <= answers["batch"]["results"][0]["deadline_probability"]
+    assert answers["queues"]["queues"]["idle"]["total_deadline_probability"] == 1.0
+    for route, answer in answers.items():
+        response = ops[route]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert _schema_problems(answer, response, spec) == []
+    schemas = spec["components"]["schemas"]
+    assert "deadline_probability" in schemas["PredictionResult"]["properties"]
+    assert "total_deadline_probability" in schemas["BatchPredictionResponse"]["properties"]
+    assert "total_deadline_probability" in schemas["QueueTotal"]["properties"]
+
+
 def test_the_openapi_schema_names_every_field_of_an_accuracy_a_retraining_a_table_and_a_job(http):
     # Fields the README documents were in the answers only, not the schema: an accuracy's
     # coverage, pinball loss, ratios and window; a retraining's candidate and its losses; a
