@@ -12,7 +12,7 @@ import pytest
 from swarmpilot_predictor.client import PredictorClient, PredictorClientError
 from swarmpilot_predictor.request_ids import MAX_LENGTH, RequestIdFilter, current, request_id_of
 
-from .conftest import broken_server, run_server
+from .conftest import IDENTITY, broken_server, run_server
 
 GENERATED = re.compile(r"[0-9a-f]{32}")
 
@@ -119,6 +119,23 @@ def test_each_access_line_ends_with_its_request_id(tmp_path, port, entry):
         log = srv.process.stdout.read().decode()
     assert '"GET /ping HTTP/1.1" 200 OK (request acc-1)\n' in log, log
     assert f'"GET /nowhere HTTP/1.1" 404 Not Found (request {made})\n' in log, log
+
+
+def test_a_training_jobs_record_names_the_request_that_started_it(server):
+    # A caller reports the id of its POST /train; its job's record said nothing of it, and the
+    # job's failure could not be traced back to the request the caller knows.
+    body = {"config": {"model": IDENTITY, "traces": []}}  # fails in the worker: no traces
+    with httpx.Client(base_url=server.url, timeout=60) as http, PredictorClient(server.url) as client:
+        given = http.post("/train?background=true", json=body, headers={"x-request-id": "sched-train-1"})
+        made = http.post("/train?background=true", json=body)
+        assert given.status_code == made.status_code == 202 and GENERATED.fullmatch(made.headers["x-request-id"])
+        for answer in (given, made):
+            with pytest.raises(PredictorClientError, match="no traces given"):
+                client.wait_for_job(answer.json()["job_id"])
+            assert client.train_job(answer.json()["job_id"])["request_id"] == answer.headers["x-request-id"]
+        # Its GET is another request, with an id of its own.
+        polled = http.get(f"/train/jobs/{given.json()['job_id']}", headers={"x-request-id": "poll-1"})
+        assert polled.headers["x-request-id"] == "poll-1" and polled.json()["request_id"] == "sched-train-1"
 
 
 def test_the_openapi_schema_declares_the_header_on_every_answer(server):

@@ -528,6 +528,7 @@ class TrainJob(_Response):
     job_id: str
     status: Literal["queued", "running", "succeeded", "failed"]
     submitted_at: float
+    request_id: str | None = None  # the X-Request-ID of the request that started it (null outside one)
     started_at: float | None = None
     finished_at: float | None = None
     model_key: str | None = None  # a succeeded job's

@@ -32,6 +32,7 @@ from .features import DataReport, FeatureSchema, row_counters
 from .identity import BOOLEAN_PART_NAMES, IDENTITY_KEYS, ModelIdentity, identity_part_problem
 from .modeling import (QuantileModel, check_params, lightgbm_errors, lightgbm_message, params_not_used,
                        per_feature_param_problem)
+from . import request_ids
 from .processes import started, still_running
 from .registry import MODEL_DIGEST, ModelRegistry, ModelVersion
 from .settings import JOBS_FOLDER
@@ -538,7 +539,10 @@ class TrainingJobs:
     def _submit(self, payload: dict[str, Any] | None, raw: bytes | None, uploads: dict[str, Path] | None,
                 cleanup: Callable[[], None] | None) -> tuple[str, Future]:
         job_id = uuid.uuid4().hex[:16]
-        record: dict[str, Any] = {"job_id": job_id, "status": "queued", "submitted_at": time.time()}
+        # The request that started it (None outside one: the CLI's in-process training), whose
+        # id a caller reports: its record names it.
+        record: dict[str, Any] = {"job_id": job_id, "status": "queued", "submitted_at": time.time(),
+                                  "request_id": request_ids.current.get()}
         self._take(record)
         try:
             self._prune_records()
