@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+import signal
 import sys
+import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,7 +16,7 @@ import pytest
 from swarmpilot_predictor.client import PredictorClient, PredictorClientError
 from swarmpilot_predictor.request_ids import MAX_LENGTH, RequestIdFilter, current, request_id_of
 
-from .conftest import IDENTITY, broken_server, run_server
+from .conftest import IDENTITY, broken_server, make_llm_traces, run_server
 
 GENERATED = re.compile(r"[0-9a-f]{32}")
 
@@ -136,6 +140,68 @@ def test_a_training_jobs_record_names_the_request_that_started_it(server):
         # Its GET is another request, with an id of its own.
         polled = http.get(f"/train/jobs/{given.json()['job_id']}", headers={"x-request-id": "poll-1"})
         assert polled.headers["x-request-id"] == "poll-1" and polled.json()["request_id"] == "sched-train-1"
+
+
+def _slow_training() -> dict:
+    """A training of a hundred groups, each chosen among the families by cross-validation:
+    tens of seconds, past a limit of one."""
+    grouped = [{**t, "hardware": f"h{i % 100}"} for i, t in enumerate(make_llm_traces(4000))]
+    return {"config": {"model": {k: v for k, v in IDENTITY.items() if k != "hardware"}, "group_by": ["hardware"],
+                       "traces": grouped, "algorithm": "auto"}}
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime
+
+
+def _training_worker(server_pid: int) -> int:
+    """The process of the server's training worker (started by its first training)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == server_pid and \
+                    b"spawn_main" in (stat.parent / "cmdline").read_bytes():
+                return int(stat.parent.name)
+        except (OSError, ValueError):
+            continue
+    raise AssertionError("no training worker")
+
+
+def test_the_lines_about_a_job_whose_worker_died_name_the_request_that_started_it(tmp_path):
+    # They were written by the worker pool's thread, outside any request: "the training worker
+    # process died (killed by SIGKILL ...)" named none, where the caller's 500 named its own.
+    with run_server(tmp_path / "data") as srv:
+        with PredictorClient(srv.url) as client, httpx.Client(base_url=srv.url, timeout=60) as http:
+            client.train({"model": IDENTITY, "traces": make_llm_traces(60), "algorithm": "linear"})  # its worker
+            worker = _training_worker(srv.process.pid)
+            ticks = _cpu_ticks(worker)
+            job_id = http.post("/train?background=true", json=_slow_training(),
+                               headers={"x-request-id": "sched-died"}).json()["job_id"]
+            deadline = time.monotonic() + 60
+            while _cpu_ticks(worker) < ticks + 30 and time.monotonic() < deadline:  # training it
+                time.sleep(0.05)
+            os.kill(worker, signal.SIGKILL)  # say, the kernel's out-of-memory killer
+            with pytest.raises(PredictorClientError) as caught:
+                client.wait_for_job(job_id, timeout=60)
+        srv.process.terminate()
+        log = srv.process.stdout.read().decode()
+    assert caught.value.status_code == 500 and "the training worker process died" in caught.value.message
+    assert re.search(r"WARNING:  the training worker process died \(killed by SIGKILL: .*\) \(request sched-died\)\n",
+                     log), log
+
+
+def test_the_line_about_a_job_stopped_for_its_time_names_the_request_that_started_it(tmp_path):
+    with run_server(tmp_path / "data", extra_env={"PREDICTOR_TRAINING_TIMEOUT_S": "1"}) as srv:
+        with PredictorClient(srv.url) as client, httpx.Client(base_url=srv.url, timeout=60) as http:
+            job_id = http.post("/train?background=true", json=_slow_training(),
+                               headers={"x-request-id": "sched-slow"}).json()["job_id"]
+            with pytest.raises(PredictorClientError) as caught:
+                client.wait_for_job(job_id, timeout=60)
+        srv.process.terminate()
+        log = srv.process.stdout.read().decode()
+    assert caught.value.status_code == 422
+    assert (f"WARNING:  training job {job_id} ran past 1 s (PREDICTOR_TRAINING_TIMEOUT_S): stopping its worker "
+            "(request sched-slow)\n") in log, log
 
 
 def test_the_openapi_schema_declares_the_header_on_every_answer(server):

@@ -15,6 +15,8 @@ import copy
 import logging
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -29,6 +31,18 @@ _ACCEPTED = re.compile(rb"[\x21-\x7e]{1,%d}" % MAX_LENGTH)
 # a request's work goes to (anyio's, as Starlette's run_in_threadpool and the batch threads
 # use them) run in a copy of its context.
 current: ContextVar[str | None] = ContextVar("swarmpilot_request_id", default=None)
+
+
+@contextmanager
+def working_for(rid: str | None) -> Iterator[None]:
+    """Work done for the request ``rid`` (None: for none) outside its own task and threads: a
+    training job's, in the threads that end it, so that its log lines name the request that
+    started it as that request's own lines do."""
+    token = current.set(rid)
+    try:
+        yield
+    finally:
+        current.reset(token)
 
 
 def accepted(value: bytes) -> str | None:

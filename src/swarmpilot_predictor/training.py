@@ -460,6 +460,11 @@ class _Job:
     started: float | None = None  # when it read "running" (its record's started_at)
     begun_at: float | None = None  # when the watchdog saw that worker begin it
 
+    def working_for(self) -> contextlib.AbstractContextManager[None]:
+        """The request that started it, for the log lines written about it outside that request
+        (the pool's thread that ends it, the watchdog's): they name it as the request's own do."""
+        return request_ids.working_for(self.record.get("request_id"))
+
 
 class TrainingJobs:
     """Training in one separate worker process, with job records and a time limit.
@@ -614,15 +619,16 @@ class TrainingJobs:
         """End ``job`` (or give it to a fresh worker) by what became of its call: whatever
         happens, here, for a job left in the queue held a place for good (past
         PREDICTOR_MAX_QUEUED_TRAININGS such, every training was a 429) and read "running"."""
-        try:
-            outcome = (self._workers.outcome(sent, timed_out=job.id in self._timed_out)
-                       if isinstance(sent, Submitted) else sent)
-            out = self._answer(job, outcome)
-        except Exception as exc:  # noqa: BLE001 - reported to the caller, never raised in the pool thread
-            log.exception("training job %s failed", job.id)
-            out = _failure(500, f"training failed: {type(exc).__name__}: {exc}")
-        if out is not None:
-            self._conclude(job, out)
+        with job.working_for():
+            try:
+                outcome = (self._workers.outcome(sent, timed_out=job.id in self._timed_out)
+                           if isinstance(sent, Submitted) else sent)
+                out = self._answer(job, outcome)
+            except Exception as exc:  # noqa: BLE001 - reported to the caller, never raised in the pool thread
+                log.exception("training job %s failed", job.id)
+                out = _failure(500, f"training failed: {type(exc).__name__}: {exc}")
+            if out is not None:
+                self._conclude(job, out)
 
     def _answer(self, job: _Job, outcome: Outcome) -> dict[str, Any] | None:
         """What ``job`` answers for ``outcome``; None where it was given to a fresh worker."""
@@ -693,7 +699,8 @@ class TrainingJobs:
             self._sent.add(nxt.id)
             nxt.record.update(status="running", started_at=time.time())
             nxt.started = time.monotonic()
-            self._store(nxt.record)
+            with nxt.working_for():  # (its lines, not the ending job's)
+                self._store(nxt.record)
             return nxt
 
     def _succeeded(self, job: _Job, result: dict[str, Any]) -> None:
@@ -748,8 +755,9 @@ class TrainingJobs:
                     self._timed_out.add(job.id)
                     pool.stopped_for = job.id
             if pool is not None:
-                log.warning("training job %s ran past %g s (PREDICTOR_TRAINING_TIMEOUT_S): stopping its worker",
-                            job.id, self.timeout)
+                with job.working_for():
+                    log.warning("training job %s ran past %g s (PREDICTOR_TRAINING_TIMEOUT_S): stopping its worker",
+                                job.id, self.timeout)
                 # The jobs queued behind it never started (but for one that may have, if the
                 # overdue job ended just now): a fresh worker takes them, in turn.
                 self._stop_pool(pool)
@@ -939,7 +947,8 @@ class TrainingJobs:
         with self._lock:
             unsent = [self._queued[j] for j in self._pending if j not in self._sent]
         for job in unsent:
-            self._conclude(job, self._cut_short(job.id, 503, "the service stopped before the job finished"))
+            with job.working_for():
+                self._conclude(job, self._cut_short(job.id, 503, "the service stopped before the job finished"))
 
     def _stop_pool(self, pool: ProcessPoolExecutor | None = None) -> None:
         """Stop ``pool`` (default: the current one); a later job starts a fresh one."""
