@@ -204,6 +204,22 @@ def test_the_line_about_a_job_stopped_for_its_time_names_the_request_that_starte
             "(request sched-slow)\n") in log, log
 
 
+def test_the_training_workers_lines_name_the_request_that_started_its_job(tmp_path):
+    # The worker process had no handler of its own: Python wrote its warnings bare, with no
+    # level and no request ("cannot write the registry's change log ...; every worker rescans").
+    changes = tmp_path / "data" / "models" / ".changes"
+    with run_server(tmp_path / "data") as srv:
+        changes.mkdir()  # the worker storing the version cannot write it
+        with httpx.Client(base_url=srv.url, timeout=120) as http:
+            answer = http.post("/train", json={"config": {"model": IDENTITY, "traces": make_llm_traces(60),
+                                                          "algorithm": "linear"}}, headers={"x-request-id": "sched-log-1"})
+        srv.process.terminate()
+        log = srv.process.stdout.read().decode()
+    assert answer.status_code == 200 and answer.json()["version"] == 1
+    assert (f"WARNING:  cannot write the registry's change log {changes} ([Errno 21] Is a directory: '{changes}'); "
+            "every worker rescans (request sched-log-1)\n") in log, log
+
+
 def test_the_openapi_schema_declares_the_header_on_every_answer(server):
     with httpx.Client(base_url=server.url, timeout=30) as http:
         spec = http.get("/openapi.json").json()

@@ -23,7 +23,6 @@ from typing import Any
 from urllib.parse import unquote
 
 import uvicorn.config
-import uvicorn.logging
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -36,7 +35,7 @@ from starlette.routing import Match
 from . import __version__
 from .errors import PayloadTooLarge, PredictorError, Unauthorized, UnsupportedMediaType, cut, loggable, validation_message
 from .metrics import CLIENT_CLOSED, MetricsMiddleware
-from .request_ids import RequestIdFilter, RequestIdMiddleware
+from .request_ids import RequestIdMiddleware, stderr_handler
 from .routes.common import (DECLARED_QUERY, HEAD_ONLY, declare_path_parameters, declare_request_id, declare_unauthorized,
                             error_response, generates_table, hoist_definitions, log_client_left, table_failure)
 from .routes.discovery import add_discovery_routes
@@ -430,10 +429,7 @@ def log_beside_uvicorn(level: str) -> None:
     package = logging.getLogger(__package__)
     if package.handlers or logging.getLogger().handlers:
         return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(uvicorn.logging.DefaultFormatter("%(levelprefix)s %(message)s%(request_tag)s"))
-    handler.addFilter(RequestIdFilter())
-    package.addHandler(handler)
+    package.addHandler(stderr_handler())
     package.setLevel(logging.getLogger("uvicorn.error").level or uvicorn.config.LOG_LEVELS[level])
     package.propagate = False
 

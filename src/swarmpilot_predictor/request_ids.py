@@ -15,6 +15,7 @@ import copy
 import logging
 import os
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -104,6 +105,16 @@ class RequestIdFilter(logging.Filter):
         record.request_id = rid or "-"
         record.request_tag = f" (request {rid})" if rid else ""
         return True
+
+
+def stderr_handler() -> logging.Handler:
+    """A handler writing lines to stderr as uvicorn writes its own, each ending with its
+    request's tag (``WARNING:  ... (request sched-42)``): the service's own lines, where the
+    process set up no logging of its own, and its training worker's."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(uvicorn.logging.DefaultFormatter("%(levelprefix)s %(message)s%(request_tag)s"))
+    handler.addFilter(RequestIdFilter())
+    return handler
 
 
 def uvicorn_log_config() -> dict[str, Any]:

@@ -338,9 +338,30 @@ def train_result(entries: list[dict[str, Any]], group_by: bool, ungrouped: int, 
     return result
 
 
+def _log_as_the_service(level: int) -> None:
+    """In the worker process: write this package's log lines to stderr as the service writes its
+    (:func:`.request_ids.stderr_handler`), at the service's ``level``. Without a handler Python
+    wrote warnings alone, bare: "cannot write the registry's change log ...", no level, no request."""
+    package = logging.getLogger(__package__)
+    if not package.handlers:
+        package.addHandler(request_ids.stderr_handler())
+        package.propagate = False
+    package.setLevel(level)
+
+
 def _train_job(data_dir: str, config: dict[str, Any] | None, raw_body: bytes | None,
-               uploads: dict[str, str] | None, job_id: str) -> dict[str, Any]:
-    """Runs in the worker process; errors travel back as data, not as pickled exceptions."""
+               uploads: dict[str, str] | None, job_id: str, request_id: str | None = None,
+               log_level: int | None = None) -> dict[str, Any]:
+    """Runs in the worker process; errors travel back as data, not as pickled exceptions. Its
+    log lines (at the service's ``log_level``) end with the id of the request that started it."""
+    if log_level is not None:
+        _log_as_the_service(log_level)
+    with request_ids.working_for(request_id):
+        return _run_train_job(data_dir, config, raw_body, uploads, job_id)
+
+
+def _run_train_job(data_dir: str, config: dict[str, Any] | None, raw_body: bytes | None,
+                   uploads: dict[str, str] | None, job_id: str) -> dict[str, Any]:
     landing = landing_note(Path(data_dir) / JOBS_FOLDER, job_id)
 
     def record_landing(entry: dict[str, Any]) -> None:
@@ -551,7 +572,9 @@ class TrainingJobs:
         self._take(record)
         try:
             self._prune_records()
-            args = (str(self.data_dir), payload, raw, {k: str(v) for k, v in (uploads or {}).items()}, job_id)
+            # Its worker logs as this process does, and for the request that started it.
+            args = (str(self.data_dir), payload, raw, {k: str(v) for k, v in (uploads or {}).items()}, job_id,
+                    record["request_id"], logging.getLogger(__package__).getEffectiveLevel())
             job = _Job(job_id, record, args, cleanup, Future())
         except BaseException:
             with self._lock:
