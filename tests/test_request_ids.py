@@ -220,6 +220,23 @@ def test_the_training_workers_lines_name_the_request_that_started_its_job(tmp_pa
             "every worker rescans (request sched-log-1)\n") in log, log
 
 
+def test_a_failed_jobs_error_names_the_request_that_started_it(tmp_path, port):
+    # wait_for_job's error named no request (None): the one whose lines tell of the training
+    # is the POST that started it, not one of the polls.
+    env = {"PREDICTOR_PORT": str(port), "PREDICTOR_HOST": "127.0.0.1", "PREDICTOR_ACCESS_LOG": "true"}
+    with run_server(tmp_path / "data", extra_env=env, args=[sys.executable, "-m", "swarmpilot_predictor", "serve"],
+                    port=port) as srv:
+        with PredictorClient(srv.url) as client:
+            job_id = client.train_background({"model": IDENTITY, "traces": []})["job_id"]  # fails: no traces
+            with pytest.raises(PredictorClientError) as caught:
+                client.wait_for_job(job_id)
+        srv.process.terminate()
+        log = srv.process.stdout.read().decode()
+    started_by = caught.value.request_id
+    assert caught.value.status_code == 422 and GENERATED.fullmatch(started_by)
+    assert f'"POST /train?background=true HTTP/1.1" 202 Accepted (request {started_by})\n' in log, log
+
+
 def test_the_openapi_schema_declares_the_header_on_every_answer(server):
     with httpx.Client(base_url=server.url, timeout=30) as http:
         spec = http.get("/openapi.json").json()

@@ -86,7 +86,8 @@ class PredictorClientError(Exception):
         # The call's id, which the service's log lines about it carry (a 500's traceback among
         # them): the answer's X-Request-ID, or where no answer came (a timeout, a connection
         # that dropped) or a gateway's own answer came, without it, the one the client sent it
-        # with, on each of its tries; else None.
+        # with, on each of its tries; else None. For a training job that failed (wait_for_job),
+        # the id of the request that started it.
         self.request_id = request_id
 
 
@@ -754,9 +755,13 @@ class _Calls:
             if not isinstance(err, dict):
                 err = {"message": f"training failed: {str(err)[:200]}" if err else "training failed"}
             status = err.get("status_code")
+            # The id of the request that started the job, which its lines in the service's log
+            # carry (not the poll's, whose lines say nothing of the training).
+            started_by = job.get("request_id")
             raise PredictorClientError(str(err.get("message") or "training failed"),
                                        status if isinstance(status, int) and not isinstance(status, bool) else None,
-                                       err.get("field") if isinstance(err.get("field"), str) else None, job)
+                                       err.get("field") if isinstance(err.get("field"), str) else None, job,
+                                       request_id=started_by if isinstance(started_by, str) else None)
         if time.monotonic() > deadline:
             raise JobTimeoutError(f"training job {job_id} still {job['status']} after {timeout}s")
         return None
