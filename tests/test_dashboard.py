@@ -13,7 +13,7 @@ import orjson
 from swarmpilot_predictor.client import PredictorClient, PredictorClientError
 from swarmpilot_predictor.identity import ModelIdentity
 
-from .conftest import IDENTITY, autotuned_traces, make_llm_traces, run_server
+from .conftest import IDENTITY, autotuned_traces, make_llm_traces, reserved_port, run_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
@@ -368,6 +368,8 @@ def test_dashboard_on_a_narrow_screen_keeps_to_its_width(three_models, context):
             for b in boxes.element_handles()] == [["region", 0, "Models", True], ["region", 0, "Lookup tables", True]]
     models = boxes.first
     assert models.evaluate("e => e.scrollWidth > e.clientWidth")  # its ten columns scroll
+    page.keyboard.press("Tab")  # the header's button that pauses the updates, then the models' box
+    assert page.evaluate("document.activeElement.id") == "pause"
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.getAttribute('aria-labelledby')") == "models-title"
     page.keyboard.press("ArrowRight")
@@ -589,3 +591,241 @@ def test_dashboard_asks_for_the_models_accuracy_a_few_at_a_time(tmp_path, contex
         assert page.evaluate("document.body.dataset.failed") == "0"
         assert page.locator("tr.model-row").count() == 10
         assert sum(in_flight) == 10 and 0 < max(in_flight) <= 6
+
+
+# The page updates itself (?refresh=1: every second, for the tests; 30 s by default).
+def wait_for_updates(page, count: int, timeout: float = 10000) -> None:
+    """Wait until the page has drawn ``count`` updates since it loaded."""
+    page.wait_for_function(f"Number(document.body.dataset.updates) >= {count}", timeout=timeout)
+
+
+def status_colours(page) -> tuple[str, str]:
+    """The update status' text colour and its page's background."""
+    return page.evaluate("[getComputedStyle(document.getElementById('update-status')).color, "
+                         "getComputedStyle(document.body).backgroundColor]")
+
+
+def first_request_after(page, start: str, path: str = "/models") -> float:
+    """How long after the page's moment ``window[start]`` (performance.now()) it asked for
+    ``path`` first, in ms, by the browser's own clock (the page's and the test's clocks apart)."""
+    page.wait_for_function(f"performance.getEntriesByType('resource').some(e => e.name.endsWith('{path}') && "
+                           f"e.startTime >= window.{start})", timeout=10000)
+    return page.evaluate(f"Math.min(...performance.getEntriesByType('resource').filter(e => e.name.endsWith('{path}') "
+                         f"&& e.startTime >= window.{start}).map(e => e.startTime)) - window.{start}")
+
+
+def updates_drawn(page) -> int:
+    return int(page.evaluate("document.body.dataset.updates"))
+
+
+def test_dashboard_updates_itself_in_place_without_a_reload(tmp_path, context):
+    """An observation and a model trained after the page loaded show on it without a reload
+    (the page showed its figures as of its loading until reloaded by hand); nothing blinks:
+    no row or card is rebuilt but the one whose figures changed, no "loading…" comes back,
+    and the time the figures are from moves on."""
+    alpha = {**IDENTITY, "model_name": "alpha"}
+    with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
+        client.train({"model": alpha, "traces": make_llm_traces(100), "algorithm": "linear"})
+        page = context.new_page()
+        page.goto(srv.url + "/dashboard?refresh=1")
+        page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+        row = page.locator("tr.model-row", has_text="/alpha/").locator("td")
+        assert row.all_inner_texts()[5:] == ["0", "–", "–", "–", "no observations"]
+        loaded_at = page.get_attribute("#updated-at", "datetime")
+        page.evaluate("""() => {
+            window.notReloaded = true;
+            window.changes = {removedRows: 0, removedCards: 0, loading: 0};
+            new MutationObserver(records => { for (const r of records) {
+                for (const n of r.removedNodes) {
+                    if (n.nodeName === 'TR') changes.removedRows += 1;
+                    if (n.classList && n.classList.contains('card')) changes.removedCards += 1;
+                }
+                for (const n of [...r.addedNodes, r.target])
+                    if ((n.textContent || '').includes('loading')) changes.loading += 1;
+            } }).observe(document.querySelector('main'), {childList: true, subtree: true, characterData: true});
+        }""")
+        client.observe(alpha, make_llm_traces(100, seed=5))
+        page.wait_for_function("document.querySelector('tr.model-row td:nth-child(6)').textContent === '100'",
+                               timeout=10000)
+        assert row.last.inner_text() == "ok" and page.locator("circle.obs-point").count() == 100
+        client.train({"model": {**IDENTITY, "model_name": "beta"}, "traces": make_llm_traces(100, seed=1),
+                      "algorithm": "linear"})
+        page.wait_for_function("document.querySelectorAll('tr.model-row').length === 2", timeout=10000)
+        beta = page.locator("tr.model-row", has_text="/beta/").locator("td")
+        assert beta.last.inner_text() == "no observations"  # drawn with its accuracy, never "loading…"
+        assert " · 2 models" in page.inner_text("#health") and page.locator("#details .card").count() == 2
+        assert page.evaluate("window.notReloaded") is True
+        assert page.evaluate("window.changes") == {"removedRows": 0, "removedCards": 0, "loading": 0}
+        assert page.get_attribute("#updated-at", "datetime") > loaded_at
+        assert page.inner_text("#update-plan") == " · updates every 1 s"
+
+
+def test_dashboard_an_update_keeps_the_selection_focus_and_scroll(tmp_path, context):
+    """What the reader was doing outlives an update that changes the figures around it: the
+    focus on the models' box, that box's sideways scroll, the page's scroll and a selected
+    model key."""
+    with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
+        for name in ("alpha", "beta"):
+            client.train({"model": {**IDENTITY, "model_name": name}, "traces": make_llm_traces(100),
+                          "algorithm": "linear"})
+        page = context.new_page()
+        page.set_viewport_size({"width": 375, "height": 600})
+        page.goto(srv.url + "/dashboard?refresh=1")
+        page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+        before = page.evaluate("""() => {
+            const box = document.querySelector('div.scroll');
+            box.focus();
+            box.scrollLeft = 120;
+            window.scrollTo(0, 150);
+            const range = document.createRange();
+            range.selectNodeContents(document.querySelector('tr.model-row td.key'));
+            getSelection().removeAllRanges();
+            getSelection().addRange(range);
+            return [box.scrollLeft, window.scrollY, getSelection().toString()];
+        }""")
+        assert before[0] == 120 and before[1] == 150 and "/alpha/" in before[2]
+        client.observe({**IDENTITY, "model_name": "alpha"}, make_llm_traces(100, seed=5))
+        page.wait_for_function("document.querySelector('tr.model-row td:nth-child(6)').textContent === '100'",
+                               timeout=10000)
+        assert page.evaluate("""() => [document.activeElement.getAttribute('aria-labelledby'),
+            document.querySelector('div.scroll').scrollLeft, window.scrollY, getSelection().toString()]""") == [
+            "models-title", *before]
+
+
+def test_dashboard_updates_pause_on_request_and_while_the_page_is_hidden(tmp_path, context):
+    """The header's button pauses the updates (no request while paused, the figures stay) and
+    resumes them, the page brought up to date at once; a hidden page (another tab, a minimised
+    window) asks for nothing until it shows again. Each change is said in a live region."""
+    with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
+        client.train({"model": IDENTITY, "traces": make_llm_traces(100), "algorithm": "linear"})
+        page = context.new_page()
+        asked: list[str] = []
+        page.on("request", lambda r: asked.append(r.url) if r.url.endswith("/models") else None)
+        page.goto(srv.url + "/dashboard?refresh=1")
+        page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+        wait_for_updates(page, 1)
+        status = page.locator("#update-status")
+        assert status.get_attribute("aria-live") == "polite" and status.inner_text() == ""
+        button = page.locator("header button")
+        assert button.inner_text() == "Pause updates"
+        button.click()
+        assert status.inner_text() == "Updates paused." and button.inner_text() == "Resume updates"
+        assert page.inner_text("#update-plan").endswith(" · updates paused")
+        page.wait_for_function("document.body.dataset.update === 'paused'", timeout=10000)
+        client.observe(IDENTITY, make_llm_traces(100, seed=5))
+        count = len(asked)
+        page.wait_for_timeout(2500)
+        assert len(asked) == count
+        assert page.locator("tr.model-row td").nth(5).inner_text() == "0"
+        # The moment of the click, before the page's own handler runs (capture).
+        page.evaluate("addEventListener('click', () => { window.clicked = performance.now(); }, true)")
+        button.click()  # resumed: up to date at once, not an interval (1 s) later
+        assert first_request_after(page, "clicked") < 500
+        page.wait_for_function("document.querySelector('tr.model-row td:nth-child(6)').textContent === '100'",
+                               timeout=10000)
+        assert status.inner_text() == "Updates resumed." and button.inner_text() == "Pause updates"
+
+        page.evaluate("""() => {
+            Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => 'hidden'});
+            document.dispatchEvent(new Event('visibilitychange'));
+        }""")
+        page.wait_for_function("document.body.dataset.update !== 'updating'", timeout=10000)
+        count = len(asked)
+        page.wait_for_timeout(2500)
+        assert len(asked) == count
+        page.evaluate("""() => {
+            Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => 'visible'});
+            window.shown = performance.now();
+            document.dispatchEvent(new Event('visibilitychange'));
+        }""")
+        assert first_request_after(page, "shown") < 500  # shown again: up to date at once
+
+
+def test_dashboard_a_stopped_server_keeps_the_figures_and_says_the_update_failed(tmp_path, context):
+    """The server stops: every figure stays, the update's status says so in a live region and
+    names the failed request, and when the server is back the page updates again and says so."""
+    with reserved_port() as port:
+        with run_server(tmp_path / "data", port=port) as srv, PredictorClient(srv.url) as client:
+            client.train({"model": IDENTITY, "traces": make_llm_traces(100), "algorithm": "linear"})
+            client.observe(IDENTITY, make_llm_traces(60, seed=5))
+            page = context.new_page()
+            page.goto(srv.url + "/dashboard?refresh=1")
+            page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+            wait_for_updates(page, 1)
+            shown = page.inner_text("main"), page.inner_text("#health"), page.inner_text("#updated-at")
+            assert page.locator("circle.obs-point").count() == 60
+        page.wait_for_function("document.body.dataset.update === 'failed'", timeout=10000)
+        status = page.locator("#update-status")
+        assert status.get_attribute("aria-live") == "polite" and status.get_attribute("class") == "error"
+        assert status.inner_text().startswith("Update failed: models: ")
+        assert status.inner_text().endswith(f"(and 2 more requests). Showing the figures of {shown[2]}.")
+        assert (page.inner_text("main"), page.inner_text("#health"), page.inner_text("#updated-at")) == shown
+        assert page.locator("circle.obs-point").count() == 60
+        assert " failed · updates every 1 s" in page.inner_text("#update-plan")
+        assert contrast(*status_colours(page)) >= 4.5
+        with run_server(tmp_path / "data", port=port):
+            page.wait_for_function("document.body.dataset.update === 'ok'", timeout=10000)
+            assert status.inner_text() == "Updated: every figure is current again."
+            assert contrast(*status_colours(page)) >= 4.5
+            assert page.inner_text("#update-plan") == " · updates every 1 s"
+            assert page.inner_text("#updated-at") != shown[2]
+
+
+def test_dashboard_a_failed_accuracy_keeps_its_cards_figures_on_an_update(three_models, context):
+    """An update whose request for one model's accuracy fails keeps that model's figures (its
+    row does not turn to "accuracy unavailable" on a passing failure) and says what failed."""
+    page = context.new_page()
+    page.goto(three_models.url + "/dashboard?refresh=1")
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+    row = page.locator("tr.model-row", has_text=LONG_NAME)
+    before = row.locator("td").all_inner_texts()
+    page.route(f"**/models/llm/{LONG_NAME}/**/accuracy", lambda route: route.fulfill(status=500, body="boom"))
+    page.wait_for_function("document.body.dataset.update === 'failed'", timeout=10000)
+    text = page.inner_text("#update-status")
+    assert text.startswith(f"Update failed: models/llm/{LONG_NAME}/") and text.endswith(
+        "/accuracy: 500. What failed keeps what it showed.")
+    assert row.locator("td").all_inner_texts() == before and before[-1] == "drifted"
+    assert page.locator("circle.obs-point").count() == 150 and page.locator("#details p.error").count() == 0
+
+
+def test_dashboard_asks_for_no_update_while_one_is_in_flight(three_models, context):
+    """A slow server: while an update's requests are unanswered, no other update is asked for
+    (a timer on its own would pile one up every interval), and the figures stay as they are."""
+    page = context.new_page()
+    held: list = []
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url.rsplit("/", 1)[-1]))
+    page.goto(three_models.url + "/dashboard?refresh=1")
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+    shown = page.inner_text("main")
+    page.route("**/models", lambda route: held.append(route))
+    page.wait_for_function("document.body.dataset.update === 'updating'", timeout=10000)
+    deadline = time.monotonic() + 10
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    count = len(asked)
+    page.wait_for_timeout(3500)  # three intervals and more
+    assert len(held) == 1 and len(asked) == count
+    assert page.inner_text("main") == shown and page.evaluate("document.body.dataset.update") == "updating"
+    drawn = updates_drawn(page)
+    held[0].continue_()
+    page.unroute("**/models")
+    wait_for_updates(page, drawn + 1)
+    assert page.evaluate("document.body.dataset.update") in ("ok", "updating")
+    assert page.inner_text("#update-status") == ""
+
+
+@pytest.mark.parametrize("query, plan", [
+    ("", " · updates every 30 s"),
+    ("?refresh=7", " · updates every 7 s"),
+    ("?refresh=abc", " · updates every 30 s (refresh=abc ignored: a whole number of seconds from 1 to 3600)"),
+    ("?refresh=0", " · updates every 30 s (refresh=0 ignored: a whole number of seconds from 1 to 3600)"),
+    ("?refresh=3601", " · updates every 30 s (refresh=3601 ignored: a whole number of seconds from 1 to 3600)"),
+    ("?refresh=1.5", " · updates every 30 s (refresh=1.5 ignored: a whole number of seconds from 1 to 3600)"),
+])
+def test_dashboard_says_how_often_it_updates(three_models, context, query, plan):
+    page = context.new_page()
+    page.goto(three_models.url + "/dashboard" + query)
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+    assert page.inner_text("#update-plan") == plan
+    assert page.inner_text("#updated").startswith("Updated ")
