@@ -1778,3 +1778,23 @@ def test_a_lookup_table_answers_a_deadline_from_its_records(service, tmp_path):
     queues = service.predict_queues(PATTERN, {"q": PROBE}, lookup_table=True, lookup_table_name="probe.json",
                                     deadline_ms=plain["total_quantiles"][1])
     assert queues["queues"]["q"]["total_deadline_probability"] == pytest.approx(0.5, abs=1e-4)
+
+
+@pytest.mark.parametrize("knots", [0, None])
+def test_a_lookup_table_tasks_deadline_probability_agrees_with_its_answers_quantiles(service, tmp_path, knots):
+    # A record of a skewed empirical model, whose distribution as totals sum it is brought to
+    # the stored mean (bent between its stored levels): its answer's quantiles are not.
+    tiny = [{"x": 1, "runtime_ms": v} for v in (100.0, 100.0, 120.0, 200.0, 200.0)]
+    service.train(config(tiny, algorithm="empirical"))
+    path = write_jsonl_gz(tmp_path / "one.jsonl.gz", [{"x": 1}])
+    service.generate_table(PATTERN, path, 0.9, "one.json", **({} if knots is None else {"knots": knots}))
+    table = {"lookup_table": True, "lookup_table_name": "one.json"}
+    levels = [0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 0.9]
+    answer = predict(service, traces=[{"x": 1}], quantiles=levels, **table).single_response()["results"]
+    running = {"x": 1, "elapsed_ms": 50.0}
+    for q, level in zip(answer["quantile_predictions"], levels):
+        body = predict(service, traces=[{"x": 1}, running], with_total=True, deadline_ms=q, **table).batch_response()
+        assert body["results"][0]["deadline_probability"] == pytest.approx(level, abs=1e-6)
+        one = predict(service, traces=[{"x": 1}], with_total=True, deadline_ms=q, **table).batch_response()
+        assert one["results"][0]["deadline_probability"] == one["total_deadline_probability"]
+        assert one["total_deadline_probability"] == pytest.approx(level, abs=1e-6)
