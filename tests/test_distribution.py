@@ -1253,3 +1253,30 @@ def test_a_totals_probability_of_a_deadline_is_that_of_its_bounded_quantiles_eve
     for x in np.unique(np.r_[values, values * 1.01]):
         searched = float(_levels_at(lambda levels: total.quantiles(levels[0])[None, :], np.array([x]))[0])
         assert total.cdf(x) == pytest.approx(searched, abs=1e-5), x
+
+
+def test_a_deadline_past_a_totals_far_tail_is_answered_without_a_search():
+    from swarmpilot_predictor.distribution import _levels_at
+
+    rng = np.random.default_rng(5)
+    m, s = np.log(rng.uniform(50, 500, 10)), rng.uniform(0.1, 0.6, 10)
+    total = RuntimeDistribution(m, s, normal_score()).total()
+    asked: list[int] = []
+    quantiles = total.quantiles
+
+    def counted(levels):
+        asked.append(np.size(levels))
+        return quantiles(levels)
+
+    total.quantiles = counted
+    top = float(quantiles(np.array([1 - 1e-12]))[0])
+    # Past the grid's end, where a search on the quantile function evaluated 387 levels.
+    assert top > total.edges[-1]
+    for x in (top * 1.0001, top * 10, 1e9, 1e300):
+        asked.clear()
+        assert total.cdf(x) == 1.0 and sum(asked) <= 2, (x, asked)
+    # Between the grid's end and the far tail the search still answers, as it did.
+    x = float(quantiles(np.array([1 - 1e-10]))[0])
+    if x > total.edges[-1]:
+        searched = float(_levels_at(lambda levels: quantiles(levels[0])[None, :], np.array([x]))[0])
+        assert total.cdf(x) == searched
