@@ -1817,3 +1817,22 @@ def test_a_base_url_whose_host_is_no_domain_name_is_refused_naming_it():
         assert refused.value.field == "base_url" and refused.value.message.endswith(
             ": it holds a lone surrogate (bytes of another encoding), which is not UTF-8 text")
     assert refused.value.message.startswith("base_url 'http://user:***@127.0.0.1:1' is not the URL")
+
+
+def test_a_deadline_too_large_for_a_double_is_refused_before_sending_naming_it():
+    # No server listens: the client refuses it itself, as it refuses a deadline that is no number.
+    task = {"input_tokens": 200, "output_tokens": 100}
+    with PredictorClient("http://127.0.0.1:9") as client:
+        for ask in (lambda: client.predict_single(IDENTITY, task, deadline_ms=10**400),
+                    lambda: client.queue_waits(IDENTITY, {"gpu-0": [task]}, deadline_ms=-(10**400))):
+            with pytest.raises(InvalidRequestError, match="beyond the largest number a double holds") as err:
+                ask()
+            assert err.value.field == "deadline_ms"
+
+    async def refused() -> InvalidRequestError:
+        async with AsyncPredictorClient("http://127.0.0.1:9") as client:
+            with pytest.raises(InvalidRequestError) as err:
+                await client.queue_wait(IDENTITY, [task], deadline_ms=10**400)
+            return err.value
+
+    assert asyncio.run(refused()).field == "deadline_ms"

@@ -631,7 +631,12 @@ class _Calls:
             if isinstance(deadline_ms, bool) or not isinstance(deadline_ms, numbers.Real):
                 raise InvalidRequestError(f"deadline_ms must be a number of milliseconds, got {_shown(deadline_ms)}",
                                           field="deadline_ms")
-            body["deadline_ms"] = float(deadline_ms)  # (a numpy number too; its range is the service's to check)
+            try:
+                body["deadline_ms"] = float(deadline_ms)  # (a numpy number too; its range is the service's to check)
+            except OverflowError:  # a whole number past any double's (10 ** 400)
+                raise InvalidRequestError(f"deadline_ms is {_shown(deadline_ms)}, beyond the largest number a double "
+                                          "holds (about 1.8e308): send a finite number of milliseconds",
+                                          field="deadline_ms") from None
         return body
 
     def predict_single(self, identity: IdentityLike, trace: Mapping[str, Any], confidence_level: float = 0.95,
