@@ -1798,3 +1798,31 @@ def test_a_lookup_table_tasks_deadline_probability_agrees_with_its_answers_quant
         one = predict(service, traces=[{"x": 1}], with_total=True, deadline_ms=q, **table).batch_response()
         assert one["results"][0]["deadline_probability"] == one["total_deadline_probability"]
         assert one["total_deadline_probability"] == pytest.approx(level, abs=1e-6)
+
+
+def test_a_lookup_tables_deadline_is_searched_once_a_record_not_once_a_task(service, tmp_path):
+    service.train(config(make_llm_traces(300)))
+    path = write_jsonl_gz(tmp_path / "probe.jsonl.gz", PROBE)
+    service.generate_table(PATTERN, path, 0.9, "probe.json")
+    table = service.tables.get("probe.json")
+    rows_read: list[int] = []
+    read = table._quantiles_at
+
+    def counted(rows, taus, bend=None):
+        rows_read.append(len(rows))
+        return read(rows, taus, bend)
+
+    table._quantiles_at = counted
+    traces = PROBE * 500  # 1,000 tasks of two records
+    options = {"lookup_table": True, "lookup_table_name": "probe.json"}
+    alone = [predict(service, traces=[t], deadline_ms=3000.0, **options).single_response()["results"]["deadline_probability"]
+             for t in PROBE]
+    rows_read.clear()
+    plain = predict(service, traces=traces, **options).batch_response()
+    without = sum(rows_read)
+    rows_read.clear()
+    body = predict(service, traces=traces, deadline_ms=3000.0, **options).batch_response()
+    assert [r["quantile_predictions"] for r in body["results"]] == [r["quantile_predictions"] for r in plain["results"]]
+    assert [r["deadline_probability"] for r in body["results"]] == alone * 500
+    # Each of the two records searched in 3 passes (the tasks were: 7 passes of 1,000 rows).
+    assert sum(rows_read) - without <= 2 * 7, rows_read

@@ -1080,10 +1080,15 @@ class LookupTable:
         out = np.empty(len(rows))
         running = np.zeros(len(rows), dtype=bool) if left is None else left.elapsed > 0
         idle = np.flatnonzero(~running)
-        for a in range(0, len(idle), _REACH_CHUNK):
-            at = idle[a:a + _REACH_CHUNK]
-            part = rows[at]
-            out[at] = _levels_at(lambda taus: self._quantiles_at(part, taus), np.full(len(at), deadline))
+        # A task not running has its record's probability: each record searched once (a
+        # batch of 100,000 tasks of 2,000 records searched them all, 1.2 s of its 2.4).
+        records, back = np.unique(rows[idle], return_inverse=True)
+        levels = np.empty(len(records))
+        for a in range(0, len(records), _REACH_CHUNK):
+            part = records[a:a + _REACH_CHUNK]
+            levels[a:a + _REACH_CHUNK] = _levels_at(lambda taus: self._quantiles_at(part, taus),
+                                                    np.full(len(part), deadline))
+        out[idle] = levels[np.ravel(back)]
         if left is not None and running.any():
             at = np.flatnonzero(running)
             out[at] = levels_reached(left.subset(at), np.full(len(at), deadline))
