@@ -1826,3 +1826,32 @@ def test_a_lookup_tables_deadline_is_searched_once_a_record_not_once_a_task(serv
     assert [r["deadline_probability"] for r in body["results"]] == alone * 500
     # Each of the two records searched in 3 passes (the tasks were: 7 passes of 1,000 rows).
     assert sum(rows_read) - without <= 2 * 7, rows_read
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_queues_of_one_task_have_their_deadline_searched_all_at_once(service, monkeypatch, shared):
+    from swarmpilot_predictor import distribution
+
+    service.train(config(make_llm_traces(300)))
+    tasks = [{"input_tokens": 100 + 50 * i, "output_tokens": 10 + 40 * i} for i in range(12)]
+    tasks[3] = {**tasks[3], "elapsed_ms": 200.0}  # running: its time left
+    queues = {f"gpu-{i}": [t] for i, t in enumerate(tasks)}
+    queues["two"], queues["broken"] = tasks[:2], [{"x": 1}, tasks[5]]
+    deadline = 2000.0
+    searches: list[int] = []
+    search = distribution._levels_at
+
+    def counted(quantile_rows, elapsed):
+        searches.append(len(elapsed))
+        return search(quantile_rows, elapsed)
+
+    monkeypatch.setattr(distribution, "_levels_at", counted)
+    answer = service.predict_queues(PATTERN, queues, shared_factor=shared, deadline_ms=deadline)["queues"]
+    # The running task's level reached, then the 13 queues of one predicted task in one search
+    # (there was one search a queue).
+    assert searches == [1, 13], searches
+    monkeypatch.undo()
+    for name, queue in queues.items():  # each as its own batch answers it, to the last bit
+        own = predict(service, traces=queue, with_total=True, shared_factor=shared, deadline_ms=deadline).batch_response()
+        assert answer[name]["total_deadline_probability"] == own["total_deadline_probability"], name
+    assert 0.0 < answer["gpu-5"]["total_deadline_probability"] < 1.0

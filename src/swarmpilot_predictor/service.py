@@ -814,8 +814,19 @@ class PredictorService:
             summed = [k for k, (start, end) in enumerate(zip(starts, ends)) if ok[start:end].any()]
             rows = [place[starts[k] + np.flatnonzero(ok[starts[k]:ends[k]])] for k in summed]
             # Each total read as it is made: kept, each held its group's work (10,000 queues: 1.2 GB).
+            # A queue of one task totals that task: their deadline's probabilities are searched
+            # for all of them at once, below (one search a queue: 10,000 such queues took 2.6 s
+            # with a deadline, 0.40 without).
             got = dist.subset_totals(rows, [*levels, *interval_levels(confidence_level)], shared_factor,
-                                     read=lambda total: _total_answer(total, levels, confidence_level, deadline_ms))
+                                     read=lambda total: _total_answer(total, levels, confidence_level,
+                                                                      deadline_ms if total.single is None else None))
+            if deadline_ms is not None:
+                ones = [k for k, r in enumerate(rows) if len(r) == 1]
+                if ones:
+                    alone = np.array([rows[k][0] for k in ones], dtype=np.int64)
+                    reached = levels_reached(dist.subset(alone), np.full(len(ones), float(deadline_ms))).tolist()
+                    for k, p in zip(ones, reached):
+                        got[k][DEADLINE_KEY] = p
             totals = dict(zip(summed, got))
         answers: dict[str, Any] = {}
         for k, (name, start, end) in enumerate(zip(names, starts, ends)):
