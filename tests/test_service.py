@@ -1855,3 +1855,32 @@ def test_queues_of_one_task_have_their_deadline_searched_all_at_once(service, mo
         own = predict(service, traces=queue, with_total=True, shared_factor=shared, deadline_ms=deadline).batch_response()
         assert answer[name]["total_deadline_probability"] == own["total_deadline_probability"], name
     assert 0.0 < answer["gpu-5"]["total_deadline_probability"] < 1.0
+
+
+def test_a_lookup_tables_queues_search_each_records_deadline_once_in_all(service, tmp_path, monkeypatch):
+    from swarmpilot_predictor.lookup import table as table_module
+
+    service.train(config(make_llm_traces(300)))
+    tasks = [{"input_tokens": 100 + 50 * i, "output_tokens": 10 + 40 * i} for i in range(12)]
+    path = write_jsonl_gz(tmp_path / "tasks.jsonl.gz", tasks)
+    service.generate_table(PATTERN, path, 0.9, "tasks.json")
+    queues = {f"gpu-{i}": [t] for i, t in enumerate(tasks)}
+    queues["two"], queues["running"] = tasks[:2], [{**tasks[4], "elapsed_ms": 200.0}, tasks[6]]
+    queues["broken"], queues["idle"] = [{"input_tokens": "x"}, tasks[5]], []
+    options = {"lookup_table": True, "lookup_table_name": "tasks.json"}
+    searches: list[int] = []
+    search = table_module._levels_at
+
+    def counted(quantile_rows, elapsed):
+        searches.append(len(elapsed))
+        return search(quantile_rows, elapsed)
+
+    monkeypatch.setattr(table_module, "_levels_at", counted)
+    answer = service.predict_queues(PATTERN, queues, deadline_ms=2000.0, **options)["queues"]
+    # The 12 records in one search (there was one search a queue: 16).
+    assert searches == [12], searches
+    monkeypatch.undo()
+    for name, queue in queues.items():  # each as its own batch answers it
+        own = predict(service, traces=queue, with_total=True, deadline_ms=2000.0, **options).batch_response()
+        assert answer[name]["total_deadline_probability"] == own["total_deadline_probability"], name
+    assert 0.0 < answer["gpu-5"]["total_deadline_probability"] < 1.0

@@ -1027,13 +1027,16 @@ class LookupTable:
         with_total: bool = False,
         staleness: Callable[[tuple[str | None, ...], int], bool | None] | None = None,
         deadline_ms: float | None = None,
+        record_levels: dict[int, float] | None = None,
     ) -> "TablePrediction":
         """Answers rendered like the model's: quantiles (the record's levels, or ``quantiles``), interval, totals.
 
         With ``staleness`` (whether a version of an identity is stale: another version serves
         now, or it was deleted; None where that is unknown, as for a table made by another
         service), a record made by a model version carries ``stale`` where it is known. With
-        ``deadline_ms``, each answer (and the total) says how likely it is to be within that.
+        ``deadline_ms``, each answer (and the total) says how likely it is to be within that;
+        ``record_levels`` holds records' probabilities already searched for it (see
+        :meth:`deadline_levels_of`), and takes those searched here.
         """
         t0 = time.perf_counter()
         res = self.lookup(traces, pattern)
@@ -1047,7 +1050,7 @@ class LookupTable:
         results = self._rendered(res, pattern, a, reached, staleness)
         deadline_levels = None
         if deadline_ms is not None and len(ok_rows):
-            deadline_levels = self._deadline_levels(ok_rows.astype(np.int64), left, float(deadline_ms))
+            deadline_levels = self._deadline_levels(ok_rows.astype(np.int64), left, float(deadline_ms), record_levels)
             for item, p in zip((r for r in results if r["status"] == "success"), deadline_levels.tolist()):
                 item["deadline_probability"] = p
         # An empty queue, or one none of whose traces was found, answers the levels its tasks
@@ -1070,7 +1073,19 @@ class LookupTable:
             deadline_ms=deadline_ms,
         )
 
-    def _deadline_levels(self, rows: np.ndarray, left: RemainingDistribution | None, deadline: float) -> np.ndarray:
+    def deadline_levels_of(self, pattern: IdentityPattern | None, traces: Sequence[Any], deadline: float) -> dict[int, float]:
+        """The probability of being done within ``deadline`` of each record that answers a trace
+        of ``traces`` not running, by record: for :meth:`predict`'s ``record_levels``, so that
+        a request's queues, each predicted on its own, search each record once in all."""
+        res = self.lookup(traces, pattern)
+        rows = res.rows[res.rows >= 0].astype(np.int64)
+        known: dict[int, float] = {}
+        if len(rows):
+            self._deadline_levels(rows, None, deadline, known)
+        return known
+
+    def _deadline_levels(self, rows: np.ndarray, left: RemainingDistribution | None, deadline: float,
+                         record_levels: dict[int, float] | None = None) -> np.ndarray:
         """Each task's probability of being done within ``deadline``, read off the quantile
         function its answer's quantiles come from: its record's stored quantiles interpolated
         (:meth:`_quantiles_at`, as :meth:`_answers` reads them), or a running task's time left
@@ -1083,12 +1098,14 @@ class LookupTable:
         # A task not running has its record's probability: each record searched once (a
         # batch of 100,000 tasks of 2,000 records searched them all, 1.2 s of its 2.4).
         records, back = np.unique(rows[idle], return_inverse=True)
-        levels = np.empty(len(records))
-        for a in range(0, len(records), _REACH_CHUNK):
-            part = records[a:a + _REACH_CHUNK]
-            levels[a:a + _REACH_CHUNK] = _levels_at(lambda taus: self._quantiles_at(part, taus),
-                                                    np.full(len(part), deadline))
-        out[idle] = levels[np.ravel(back)]
+        known = {} if record_levels is None else record_levels
+        ids = records.tolist()
+        todo = records[[r not in known for r in ids]] if known else records
+        for a in range(0, len(todo), _REACH_CHUNK):
+            part = todo[a:a + _REACH_CHUNK]
+            found = _levels_at(lambda taus: self._quantiles_at(part, taus), np.full(len(part), deadline))
+            known.update(zip(part.tolist(), found.tolist()))
+        out[idle] = np.array([known[r] for r in ids])[np.ravel(back)]
         if left is not None and running.any():
             at = np.flatnonzero(running)
             out[at] = levels_reached(left.subset(at), np.full(len(at), deadline))
