@@ -1884,3 +1884,23 @@ def test_a_lookup_tables_queues_search_each_records_deadline_once_in_all(service
         own = predict(service, traces=queue, with_total=True, deadline_ms=2000.0, **options).batch_response()
         assert answer[name]["total_deadline_probability"] == own["total_deadline_probability"], name
     assert 0.0 < answer["gpu-5"]["total_deadline_probability"] < 1.0
+
+
+def test_only_without_the_shared_factor_is_a_total_never_likelier_done_than_a_task(service):
+    # A factor below 1 takes a total below its largest task's own quantiles (README, Modelling),
+    # and its probability of a deadline above that task's: the README says so.
+    traces = make_llm_traces(400)
+    for i, t in enumerate(traces):  # a level that moves between stretches of the run: a shared factor
+        t["runtime_ms"] *= 1.5 if (i // 40) % 2 else 0.7
+        t["ts"] = float(i)
+    assert service.train(config(traces))["metrics"]["shared_log_sd"] > 0.3
+    batch = [{"input_tokens": 500, "output_tokens": 500}, {"input_tokens": 16, "output_tokens": 8}]
+    gaps = {}
+    for shared in (False, True):
+        gaps[shared] = []
+        for deadline in np.linspace(3000.0, 9000.0, 13):
+            body = predict(service, traces=batch, with_total=True, shared_factor=shared,
+                           deadline_ms=float(deadline)).batch_response()
+            gaps[shared].append(body["total_deadline_probability"] - min(r["deadline_probability"] for r in body["results"]))
+    assert max(gaps[False]) <= 1e-9
+    assert max(gaps[True]) > 0.005
