@@ -1744,6 +1744,16 @@ def test_a_running_tasks_deadline_probability_is_of_its_time_left(service):
     for q, level in zip(left, (0.5, 0.9)):
         got = predict(service, traces=running, quantiles=[0.5, 0.9], deadline_ms=q).single_response()["results"]
         assert got["deadline_probability"] == pytest.approx(level, abs=1e-6) and got["elapsed_level"] > 0
+    # A task run past every level its model reaches (stuck: elapsed_level 1) has nothing left
+    # that the model can tell, 0 at every level: "done" within any deadline, as the README warns,
+    # and it adds nothing to its queue's total.
+    stuck = {**PROBE[1], "elapsed_ms": 1e9}
+    body = predict(service, traces=[stuck, PROBE[0]], with_total=True, deadline_ms=5e-324).batch_response()
+    assert body["results"][0]["elapsed_level"] == 1.0 and body["results"][0]["deadline_probability"] == 1.0
+    deadline = predict(service, traces=PROBE[:1], quantiles=[0.5]).single_response()["results"]["quantile_predictions"][0]
+    body = predict(service, traces=[stuck, PROBE[0]], with_total=True, deadline_ms=deadline).batch_response()
+    assert body["results"][1]["deadline_probability"] == pytest.approx(0.5, abs=1e-6)
+    assert body["total_deadline_probability"] == pytest.approx(0.5, abs=1e-3)  # (summed on a grid)
 
 
 def test_each_queue_says_its_probability_of_draining_within_a_deadline(service):
