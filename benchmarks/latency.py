@@ -5,7 +5,7 @@ The server runs on one core (taskset -c 0), the load generator on the other
 (httpx costs ~1 ms a request here, more than the server), throughput with wrk
 (Debian package `wrk`) with 16 connections.
 
-    uv run python benchmarks/latency.py [--quick] [--skip-training] [--skip-registry] [--only http,coalesce,metrics,observe,boosted,momenttable,elapsed,queues,deadline,...]
+    uv run python benchmarks/latency.py [--quick] [--skip-training] [--skip-registry] [--only http,coalesce,metrics,observe,boosted,momenttable,elapsed,queues,deadline,deadlinemany,...]
     uv run python benchmarks/latency.py --baseline /path/to/older/checkout/src --only none  # batches: that code against this
 """
 
@@ -1013,6 +1013,47 @@ def section_deadline(data_dir: Path) -> None:
         srv.stop()
 
 
+def section_deadline_many(data_dir: Path) -> None:
+    """What a deadline adds to requests of many tasks or queues, in-process (the service's
+    cache off), three runs of each, alternately with and without it, medians: 1,000 queues
+    of 10 tasks with a deadline past every queue's far tail; 10,000 queues of one task; and
+    from a lookup table of 2,000 records, a batch of 100,000 tasks and 2,000 queues of one."""
+    import gzip
+
+    from swarmpilot_predictor.identity import IdentityPattern
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    svc = PredictorService(PredictorSettings(data_dir=data_dir, cache_size=0))
+    pattern = IdentityPattern.from_parts(IDENT)
+    tasks = [{k: v for k, v in t.items() if k != "runtime_ms"} for t in llm_traces(2000, seed=21)]
+    path = data_dir / "deadline_records.jsonl.gz"
+    path.write_bytes(gzip.compress(b"".join(orjson.dumps(t) + b"\n" for t in tasks)))
+    svc.generate_table(pattern, path, 0.9, "deadline_records.json")
+    table = {"lookup_table": True, "lookup_table_name": "deadline_records.json"}
+    tens = {f"q{i}": tasks[(10 * i) % 1990:(10 * i) % 1990 + 10] for i in range(1000)}
+    cases = [
+        ("1,000 queues of 10 tasks, deadline past every tail", 1e9,
+         lambda d: svc.predict_queues(pattern, tens, deadline_ms=d)),
+        ("10,000 queues of one task", 20_000.0,
+         lambda d: svc.predict_queues(pattern, {f"q{i}": [tasks[i % 2000]] for i in range(10_000)}, deadline_ms=d)),
+        ("table: a batch of 100,000 tasks of 2,000 records", 20_000.0,
+         lambda d: svc.predict(pattern, tasks * 50, with_total=True, deadline_ms=d, **table).batch_response()),
+        ("table: 2,000 queues of one task", 20_000.0,
+         lambda d: svc.predict_queues(pattern, {f"q{i}": [t] for i, t in enumerate(tasks)}, deadline_ms=d, **table)),
+    ]
+    for label, deadline, ask in cases:
+        took: dict[float | None, list[float]] = {None: [], deadline: []}
+        for _ in range(3):
+            for d in (None, deadline):
+                t0 = time.perf_counter()
+                ask(d)
+                took[d].append(time.perf_counter() - t0)
+        print(f"| in-process: {label} | median {statistics.median(took[deadline]):.3f} s with deadline_ms, "
+              f"{statistics.median(took[None]):.3f} s without |")
+    svc.close()
+
+
 def section_queues(data_dir: Path) -> None:
     """A scheduler's placement question over HTTP: the waits of 16 instances' queues (10
     tasks each, the first running), as 16 batch requests one after the other and as one
@@ -1235,7 +1276,7 @@ def main() -> None:
     ap.add_argument("--algorithm", default="auto")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--skip-registry", action="store_true")
-    ap.add_argument("--only", default="", help="comma-separated sections: http,loop,batch,client,cache,coalesce,isolation,training,registry,metrics,preload,accesslog,atoms,observe,boosted,momenttable,elapsed,queues,firstobserve,store,windows,requestids,deadline")
+    ap.add_argument("--only", default="", help="comma-separated sections: http,loop,batch,client,cache,coalesce,isolation,training,registry,metrics,preload,accesslog,atoms,observe,boosted,momenttable,elapsed,queues,firstobserve,store,windows,requestids,deadline,deadlinemany")
     ap.add_argument("--baseline", help="the src folder of another checkout: batches against its code and this (section versus)")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
@@ -1293,6 +1334,8 @@ def main() -> None:
             section_first_observe(data_dir)
         if want("deadline"):
             section_deadline(data_dir)
+        if want("deadlinemany"):
+            section_deadline_many(data_dir)
         if want("queues"):
             section_queues(data_dir)
             section_queues_in_process(data_dir)
