@@ -220,6 +220,26 @@ def test_the_training_workers_lines_name_the_request_that_started_its_job(tmp_pa
             "every worker rescans (request sched-log-1)\n") in log, log
 
 
+def test_the_seeds_training_worker_builds_no_service_of_its_own(tmp_path, port):
+    # Spawned, the worker ran the seed's module again as its main module's stand-in: it built
+    # a second service (its registry's lines named no request) and warned again of each
+    # misspelt variable, once a worker.
+    changes = tmp_path / "data" / "models" / ".changes"
+    env = {"PREDICTOR_PORT": str(port), "PREDICTOR_HOST": "127.0.0.1", "PREDICTOR_APIKEY": "k" * 20}
+    with run_server(tmp_path / "data", extra_env=env, args=[sys.executable, "-m", "src.scheduler.predictor_api"],
+                    port=port) as srv:
+        changes.mkdir()  # the worker storing the version cannot write it
+        with httpx.Client(base_url=srv.url, timeout=120) as http:
+            answer = http.post("/train", json={"config": {"model": IDENTITY, "traces": make_llm_traces(60),
+                                                          "algorithm": "linear"}}, headers={"x-request-id": "seed-log-1"})
+        srv.process.terminate()
+        log = srv.process.stdout.read().decode()
+    assert answer.status_code == 200 and answer.json()["version"] == 1
+    assert log.count("'PREDICTOR_APIKEY' is not a setting of this service") == 1, log
+    about_changes = [line for line in log.splitlines() if "change log" in line]
+    assert about_changes and all(line.endswith(" (request seed-log-1)") for line in about_changes), log
+
+
 def test_a_failed_jobs_error_names_the_request_that_started_it(tmp_path, port):
     # wait_for_job's error named no request (None): the one whose lines tell of the training
     # is the POST that started it, not one of the polls.

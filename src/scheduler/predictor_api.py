@@ -8,18 +8,26 @@ from swarmpilot_predictor.api import create_app, log_beside_uvicorn, warn_of_unk
 from swarmpilot_predictor.request_ids import uvicorn_log_config
 from swarmpilot_predictor.settings import PredictorSettings, listen_problem, settings_problem, startup_problem
 
-try:
-    settings = PredictorSettings()
-except ValidationError as exc:  # a bad PREDICTOR_* variable: one line, as `swarmpilot-predictor serve` says it
-    print(f"error: {settings_problem(exc)}", file=sys.stderr)
-    raise SystemExit(1) from None
-if problem := startup_problem(settings):  # a data directory that cannot be made, say
-    print(f"error: {problem}", file=sys.stderr)
-    raise SystemExit(1)
 
-log_beside_uvicorn(settings.log_level)
-warn_of_unknown_variables()
-app = create_app(settings)
+def _app():
+    """The service, its settings read and its logging set up, as the seed's entry points start it."""
+    try:
+        settings = PredictorSettings()
+    except ValidationError as exc:  # a bad PREDICTOR_* variable: one line, as `swarmpilot-predictor serve` says it
+        print(f"error: {settings_problem(exc)}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if problem := startup_problem(settings):  # a data directory that cannot be made, say
+        print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(1)
+    log_beside_uvicorn(settings.log_level)
+    warn_of_unknown_variables()
+    return settings, create_app(settings)
+
+
+# Not in the service's training and retraining worker processes: spawned, each runs the main
+# module again, as "__mp_main__", where `python -m` ran this one (it then built a second
+# service in each worker, and warned again of every misspelt PREDICTOR_ variable).
+settings, app = (None, None) if __name__ == "__mp_main__" else _app()
 
 if __name__ == "__main__":
     import uvicorn
