@@ -700,6 +700,21 @@ def test_dashboard_an_update_keeps_the_selection_focus_and_scroll(tmp_path, cont
         assert page.evaluate("""() => [document.activeElement.getAttribute('aria-labelledby'),
             document.querySelector('div.scroll').scrollLeft, window.scrollY, getSelection().toString()]""") == [
             "models-title", *before]
+        # A model's key selected in its card's heading, as its plots are drawn again (the card was
+        # built anew, heading and all: the selection went).
+        heading = page.evaluate("""() => {
+            const range = document.createRange();
+            range.selectNodeContents(document.querySelector('#details .card h3'));
+            getSelection().removeAllRanges();
+            getSelection().addRange(range);
+            return getSelection().toString();
+        }""")
+        assert "/alpha/" in heading and heading.endswith(" · v1")
+        client.observe({**IDENTITY, "model_name": "alpha"}, make_llm_traces(100, seed=6))
+        page.wait_for_function("document.querySelector('tr.model-row td:nth-child(6)').textContent === '200'",
+                               timeout=10000)
+        assert page.locator("#details .card").first.locator("circle.obs-point").count() == 200
+        assert page.evaluate("getSelection().toString()") == heading
 
 
 def test_dashboard_updates_pause_on_request_and_while_the_page_is_hidden(tmp_path, context):
