@@ -13,7 +13,7 @@ import orjson
 from swarmpilot_predictor.client import PredictorClient, PredictorClientError
 from swarmpilot_predictor.identity import ModelIdentity
 
-from .conftest import IDENTITY, autotuned_traces, make_llm_traces, reserved_port, run_server
+from .conftest import IDENTITY, autotuned_traces, make_llm_traces, reserved_port, run_server, trained_in_process
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
@@ -764,6 +764,50 @@ def test_dashboard_updates_pause_on_request_and_while_the_page_is_hidden(tmp_pat
             document.dispatchEvent(new Event('visibilitychange'));
             return """ + ASKED_WITHIN_500_MS + """;
         }""") is True  # shown again: up to date at once
+
+
+HIDE = """() => {
+    Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => 'hidden'});
+    document.dispatchEvent(new Event('visibilitychange'));
+}"""
+SHOW = HIDE.replace("'hidden'", "'visible'")
+
+
+@pytest.mark.parametrize("stop, go_on, said", [
+    (lambda page: page.locator("#pause").click(), lambda page: page.locator("#pause").click(), "Updates resumed."),
+    (lambda page: page.evaluate(HIDE), lambda page: page.evaluate(SHOW), ""),
+], ids=["paused", "hidden"])
+def test_dashboard_a_pause_or_a_hidden_page_stops_the_update_in_flight(tmp_path, context, stop, go_on, said):
+    """Paused, or hidden, while an update asks for the models' accuracy (six at a time), the page
+    asks for no more of it (it went on to ask for every model's, to draw none where paused), and
+    resumed, or shown again, it is brought up to date at once."""
+    data = trained_in_process(tmp_path / "data", *({"model": {**IDENTITY, "model_name": f"m{i}"}, "algorithm": "linear",
+                                                    "traces": make_llm_traces(60, seed=i)} for i in range(10)))
+    with run_server(data) as srv:
+        page = context.new_page()
+        asked: list[str] = []
+        page.on("request", lambda r: asked.append(r.url) if r.url.endswith("/accuracy") else None)
+        page.goto(srv.url + "/dashboard?refresh=1")
+        page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+        wait_for_updates(page, 1)
+        drawn = updates_drawn(page)
+        held: list = []
+        page.route("**/accuracy", lambda route: held.append(route))
+        deadline = time.monotonic() + 10
+        while len(held) < 6:  # an update's first six
+            assert time.monotonic() < deadline, len(held)
+            page.wait_for_timeout(50)
+        before = len(asked)
+        stop(page)
+        for route in held[:6]:
+            route.continue_()
+        page.unroute("**/accuracy")  # (continues what it held since)
+        page.wait_for_function("document.body.dataset.update !== 'updating'", timeout=10000)
+        page.wait_for_timeout(1500)
+        assert len(asked) == before and updates_drawn(page) == drawn
+        go_on(page)
+        wait_for_updates(page, drawn + 1)
+        assert len(asked) == before + 10 and page.inner_text("#update-status") == said
 
 
 def test_dashboard_a_stopped_server_keeps_the_figures_and_says_the_update_failed(tmp_path, context):
