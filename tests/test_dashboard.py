@@ -642,6 +642,8 @@ def test_dashboard_updates_itself_in_place_without_a_reload(tmp_path, context):
         row = page.locator("tr.model-row", has_text="/alpha/").locator("td")
         assert row.all_inner_texts()[5:] == ["0", "–", "–", "–", "no observations"]
         loaded_at = page.get_attribute("#updated-at", "datetime")
+        health = page.inner_text("#health")
+        assert " · 1 model" in health and " · 1 models" not in health  # ("1 models" before)
         page.evaluate("""() => {
             window.notReloaded = true;
             window.changes = {removedRows: 0, removedCards: 0, loading: 0};
