@@ -1046,12 +1046,15 @@ def test_a_job_record_of_an_unexpected_shape_is_a_client_error():
     cases = [(b'{"status": "failed", "error": "worker crashed"}', PredictorClientError, "training failed: worker crashed"),
              (b'{"status": "failed", "error": {"message": null, "status_code": true}}', PredictorClientError, "training failed"),
              (b'{"status": "failed", "error": {"message": "x", "status_code": "500"}}', PredictorClientError, "x"),
-             (b'{"status": "running"}', JobTimeoutError, "training job abc still running")]
+             (b'{"status": "running"}', JobTimeoutError, "training job abc still running"),
+             (b'{"status": "running", "request_id": "sched-9"}', JobTimeoutError, "training job abc still running")]
     for record, kind, message in cases:
         with RawServer(answer(record)) as srv:
             with PredictorClient(srv.url, retries=0) as client, pytest.raises(kind) as err:
                 client.wait_for_job("abc", timeout=0, poll=0.01)
             assert type(err.value) is kind and err.value.message.startswith(message) and err.value.status_code is None
+            # A job still running names the request that started it, as a failed one does.
+            assert err.value.request_id == ("sched-9" if b"sched-9" in record else err.value.request_id)
 
             async def run():
                 async with AsyncPredictorClient(srv.url, retries=0) as client:
@@ -1060,6 +1063,7 @@ def test_a_job_record_of_an_unexpected_shape_is_a_client_error():
             with pytest.raises(kind) as err:
                 asyncio.run(run())
             assert type(err.value) is kind and err.value.message.startswith(message) and err.value.status_code is None
+            assert err.value.request_id == ("sched-9" if b"sched-9" in record else err.value.request_id)
 
 
 def test_a_calls_own_timeout_is_the_one_waited_and_reported():

@@ -747,6 +747,9 @@ class _Calls:
         """A finished job's result (or its error, raised); None while it still runs."""
         if not isinstance(job, dict) or "status" not in job:
             raise PredictorClientError(f"unexpected answer for a training job (no status): {str(job)[:200]}", body=job)
+        # The id of the request that started the job, which its lines in the service's log carry
+        # (not the poll's, whose lines say nothing of the training): its errors name it.
+        started_by = job.get("request_id") if isinstance(job.get("request_id"), str) else None
         if job["status"] == "succeeded":
             try:
                 return TrainResult.model_validate(job.get("result"))
@@ -760,15 +763,12 @@ class _Calls:
             if not isinstance(err, dict):
                 err = {"message": f"training failed: {str(err)[:200]}" if err else "training failed"}
             status = err.get("status_code")
-            # The id of the request that started the job, which its lines in the service's log
-            # carry (not the poll's, whose lines say nothing of the training).
-            started_by = job.get("request_id")
             raise PredictorClientError(str(err.get("message") or "training failed"),
                                        status if isinstance(status, int) and not isinstance(status, bool) else None,
                                        err.get("field") if isinstance(err.get("field"), str) else None, job,
-                                       request_id=started_by if isinstance(started_by, str) else None)
+                                       request_id=started_by)
         if time.monotonic() > deadline:
-            raise JobTimeoutError(f"training job {job_id} still {job['status']} after {timeout}s")
+            raise JobTimeoutError(f"training job {job_id} still {job['status']} after {timeout}s", request_id=started_by)
         return None
 
     @staticmethod
