@@ -545,6 +545,13 @@ def split_set(ts: TraceSet, parts: tuple[np.ndarray, np.ndarray] | None = None) 
                  ts.true_quantiles(te, LEVELS) if ts.true_quantiles is not None else None, info, te, tr)
 
 
+def fit_service(sp: Split) -> tuple[QuantileModel, float]:
+    """The service's model (``algorithm`` auto) fitted on ``sp``'s training part, and the seconds it took."""
+    t0 = time.perf_counter()
+    model = QuantileModel(sp.kinds, sp.ncats, regime_column=sp.info["regime_column"]).fit(sp.X, sp.y)
+    return model, time.perf_counter() - t0
+
+
 # Probit grid for integrals over the true distribution: u = Phi(t), t evenly spaced on
 # [-7, 7], so that both tails (the Pareto tail of heavy_tailed above all) are resolved.
 _GRID_T = np.linspace(-7.0, 7.0, 1401)

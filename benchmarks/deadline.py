@@ -29,10 +29,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from accuracy import gpu_sets, real_sets, split_set, synthetic_sets  # noqa: E402
+from accuracy import fit_service, gpu_sets, real_sets, split_set, synthetic_sets  # noqa: E402
 
 from swarmpilot_predictor.distribution import levels_reached  # noqa: E402
-from swarmpilot_predictor.modeling import QuantileModel  # noqa: E402
 
 TASK_LEVELS = (0.1, 0.25, 0.5, 0.75, 0.9)
 QUEUE_LEVELS = (0.25, 0.5, 0.75, 0.9)
@@ -43,9 +42,7 @@ SEED = 11
 
 def score_set(ts) -> list[str]:
     sp = split_set(ts)
-    t0 = time.perf_counter()
-    model = QuantileModel(sp.kinds, sp.ncats, regime_column=sp.info["regime_column"]).fit(sp.X, sp.y)
-    fit_s = time.perf_counter() - t0
+    model, fit_s = fit_service(sp)
     dist = model.predict_distribution(sp.Xt)
     y, n = sp.yt, len(sp.yt)
     lines = [f"{ts.name}: {len(sp.y)} training rows, {n} held out, {model.family_} ({fit_s:.1f} s)", "tasks"]

@@ -36,10 +36,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from accuracy import LEVELS, gpu_sets, real_sets, split_set  # noqa: E402
+from accuracy import LEVELS, fit_service, gpu_sets, real_sets, split_set  # noqa: E402
 
 from swarmpilot_predictor.distribution import RemainingDistribution  # noqa: E402
-from swarmpilot_predictor.modeling import QuantileModel  # noqa: E402
 
 MOMENTS = (0.25, 0.5, 0.75, 0.9)
 QUEUES = 400
@@ -55,9 +54,7 @@ def pinball(q: np.ndarray, y: np.ndarray) -> float:
 
 def score_set(ts) -> list[str]:
     sp = split_set(ts)
-    t0 = time.perf_counter()
-    model = QuantileModel(sp.kinds, sp.ncats, regime_column=sp.info["regime_column"]).fit(sp.X, sp.y)
-    fit_s = time.perf_counter() - t0
+    model, fit_s = fit_service(sp)
     dist = model.predict_distribution(sp.Xt)
     whole = dist.quantiles(LEVELS)
     y = sp.yt

@@ -719,6 +719,13 @@ def test_dashboard_an_update_keeps_the_selection_focus_and_scroll(tmp_path, cont
         assert page.evaluate("getSelection().toString()") == heading
 
 
+HIDE = """() => {
+    Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => 'hidden'});
+    document.dispatchEvent(new Event('visibilitychange'));
+}"""
+SHOW = HIDE.replace("'hidden'", "'visible'")
+
+
 def test_dashboard_updates_pause_on_request_and_while_the_page_is_hidden(tmp_path, context):
     """The header's button pauses the updates (no request while paused, the figures stay) and
     resumes them, the page brought up to date at once; a hidden page (another tab, a minimised
@@ -753,26 +760,13 @@ def test_dashboard_updates_pause_on_request_and_while_the_page_is_hidden(tmp_pat
                                timeout=10000)
         assert status.inner_text() == "Updates resumed." and button.inner_text() == "Pause updates"
 
-        page.evaluate("""() => {
-            Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => 'hidden'});
-            document.dispatchEvent(new Event('visibilitychange'));
-        }""")
+        page.evaluate(HIDE)
         page.wait_for_function("document.body.dataset.update !== 'updating'", timeout=10000)
         count = len(asked)
         page.wait_for_timeout(2500)
         assert len(asked) == count
-        assert page.evaluate("""() => {
-            Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => 'visible'});
-            document.dispatchEvent(new Event('visibilitychange'));
-            return """ + ASKED_WITHIN_500_MS + """;
-        }""") is True  # shown again: up to date at once
-
-
-HIDE = """() => {
-    Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => 'hidden'});
-    document.dispatchEvent(new Event('visibilitychange'));
-}"""
-SHOW = HIDE.replace("'hidden'", "'visible'")
+        # shown again: up to date at once
+        assert page.evaluate("() => { (" + SHOW + ")(); return " + ASKED_WITHIN_500_MS + "; }") is True
 
 
 @pytest.mark.parametrize("stop, go_on, said", [

@@ -211,17 +211,25 @@ def test_the_line_about_a_job_stopped_for_its_time_names_the_request_that_starte
             "(request sched-slow)\n") in log, log
 
 
-def test_the_training_workers_lines_name_the_request_that_started_its_job(tmp_path):
-    # The worker process had no handler of its own: Python wrote its warnings bare, with no
-    # level and no request ("cannot write the registry's change log ...; every worker rescans").
-    changes = tmp_path / "data" / "models" / ".changes"
-    with run_server(tmp_path / "data") as srv:
+def train_beside_an_unwritable_change_log(data: Path, request_id: str, **server) -> tuple[httpx.Response, str, Path]:
+    """A training (``POST /train`` with ``request_id``) on a server of ``data`` (``server``:
+    run_server's options) whose registry's change log cannot be written, so that the training
+    worker storing the version logs a warning: the answer, the server's log and the log's path."""
+    changes = data / "models" / ".changes"
+    with run_server(data, **server) as srv:
         changes.mkdir()  # the worker storing the version cannot write it
         with httpx.Client(base_url=srv.url, timeout=120) as http:
             answer = http.post("/train", json={"config": {"model": IDENTITY, "traces": make_llm_traces(60),
-                                                          "algorithm": "linear"}}, headers={"x-request-id": "sched-log-1"})
+                                                          "algorithm": "linear"}}, headers={"x-request-id": request_id})
         srv.process.terminate()
         log = srv.process.stdout.read().decode()
+    return answer, log, changes
+
+
+def test_the_training_workers_lines_name_the_request_that_started_its_job(tmp_path):
+    # The worker process had no handler of its own: Python wrote its warnings bare, with no
+    # level and no request ("cannot write the registry's change log ...; every worker rescans").
+    answer, log, changes = train_beside_an_unwritable_change_log(tmp_path / "data", "sched-log-1")
     assert answer.status_code == 200 and answer.json()["version"] == 1
     assert (f"WARNING:  cannot write the registry's change log {changes} ([Errno 21] Is a directory: '{changes}'); "
             "every worker rescans (request sched-log-1)\n") in log, log
@@ -231,16 +239,10 @@ def test_the_seeds_training_worker_builds_no_service_of_its_own(tmp_path, port):
     # Spawned, the worker ran the seed's module again as its main module's stand-in: it built
     # a second service (its registry's lines named no request) and warned again of each
     # misspelt variable, once a worker.
-    changes = tmp_path / "data" / "models" / ".changes"
     env = {"PREDICTOR_PORT": str(port), "PREDICTOR_HOST": "127.0.0.1", "PREDICTOR_APIKEY": "k" * 20}
-    with run_server(tmp_path / "data", extra_env=env, args=[sys.executable, "-m", "src.scheduler.predictor_api"],
-                    port=port) as srv:
-        changes.mkdir()  # the worker storing the version cannot write it
-        with httpx.Client(base_url=srv.url, timeout=120) as http:
-            answer = http.post("/train", json={"config": {"model": IDENTITY, "traces": make_llm_traces(60),
-                                                          "algorithm": "linear"}}, headers={"x-request-id": "seed-log-1"})
-        srv.process.terminate()
-        log = srv.process.stdout.read().decode()
+    answer, log, _ = train_beside_an_unwritable_change_log(
+        tmp_path / "data", "seed-log-1", extra_env=env, args=[sys.executable, "-m", "src.scheduler.predictor_api"],
+        port=port)
     assert answer.status_code == 200 and answer.json()["version"] == 1
     assert log.count("'PREDICTOR_APIKEY' is not a setting of this service") == 1, log
     about_changes = [line for line in log.splitlines() if "change log" in line]

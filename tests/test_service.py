@@ -1838,6 +1838,19 @@ def test_a_lookup_tables_deadline_is_searched_once_a_record_not_once_a_task(serv
     assert sum(rows_read) - without <= 2 * 7, rows_read
 
 
+def count_searches(monkeypatch, module, name: str) -> list[int]:
+    """The sizes of the searches ``module.name`` makes from here on (the values of each call)."""
+    sizes: list[int] = []
+    search = getattr(module, name)
+
+    def counted(quantiles, values):
+        sizes.append(len(values))
+        return search(quantiles, values)
+
+    monkeypatch.setattr(module, name, counted)
+    return sizes
+
+
 @pytest.mark.parametrize("shared", [False, True])
 def test_queues_of_one_task_have_their_deadline_searched_all_at_once(service, monkeypatch, shared):
     from swarmpilot_predictor import distribution
@@ -1848,14 +1861,7 @@ def test_queues_of_one_task_have_their_deadline_searched_all_at_once(service, mo
     queues = {f"gpu-{i}": [t] for i, t in enumerate(tasks)}
     queues["two"], queues["broken"] = tasks[:2], [{"x": 1}, tasks[5]]
     deadline = 2000.0
-    searches: list[int] = []
-    search = distribution._levels_at
-
-    def counted(quantile_rows, elapsed):
-        searches.append(len(elapsed))
-        return search(quantile_rows, elapsed)
-
-    monkeypatch.setattr(distribution, "_levels_at", counted)
+    searches = count_searches(monkeypatch, distribution, "_levels_at")
     answer = service.predict_queues(PATTERN, queues, shared_factor=shared, deadline_ms=deadline)["queues"]
     # The running task's level reached, then the 13 queues of one predicted task in one search
     # (there was one search a queue).
@@ -1878,14 +1884,7 @@ def test_a_lookup_tables_queues_search_each_records_deadline_once_in_all(service
     queues["two"], queues["running"] = tasks[:2], [{**tasks[4], "elapsed_ms": 200.0}, tasks[6]]
     queues["broken"], queues["idle"] = [{"input_tokens": "x"}, tasks[5]], []
     options = {"lookup_table": True, "lookup_table_name": "tasks.json"}
-    searches: list[int] = []
-    search = table_module._levels_at
-
-    def counted(quantile_rows, elapsed):
-        searches.append(len(elapsed))
-        return search(quantile_rows, elapsed)
-
-    monkeypatch.setattr(table_module, "_levels_at", counted)
+    searches = count_searches(monkeypatch, table_module, "levels_of_rows")  # the records' own searches
     answer = service.predict_queues(PATTERN, queues, deadline_ms=2000.0, **options)["queues"]
     # The 12 records in one search (there was one search a queue: 16).
     assert searches == [12], searches

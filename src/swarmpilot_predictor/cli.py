@@ -704,8 +704,7 @@ def _reached_column(result: dict[str, Any], running: bool) -> list[str]:
         return [""]
     # 1 says the model can tell nothing of what is left (every number 0: stuck); a task
     # running long, at 0.99999999993 with 265 ms left, printed 1.000 all the same.
-    shown = f"{level:.3f}"
-    return [">0.999" if shown == "1.000" and level < 1 else shown]
+    return [_probability(level, near_zero=False)]
 
 
 def _predicted(body: dict[str, Any]) -> str:
@@ -719,10 +718,13 @@ def _within(deadline_ms: float) -> str:
     return f"P(<= {_ms(deadline_ms)} ms)"
 
 
-def _probability(p: float) -> str:
-    # As a running task's level: a task almost sure to be late is not "0.000" sure.
+def _probability(p: float, near_zero: bool = True) -> str:
+    """``p`` to three decimals, short of 1 never "1.000" (nor, with ``near_zero``, above 0 never
+    "0.000": a task almost sure to be late is not sure to be)."""
     shown = f"{p:.3f}"
-    return ">0.999" if shown == "1.000" and p < 1 else "<0.001" if shown == "0.000" and p > 0 else shown
+    if shown == "1.000" and p < 1:
+        return ">0.999"
+    return "<0.001" if near_zero and shown == "0.000" and p > 0 else shown
 
 
 def _deadline_column(result: dict[str, Any], deadline_ms: float | None) -> list[str]:

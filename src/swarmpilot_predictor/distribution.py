@@ -1822,10 +1822,20 @@ def levels_reached(tasks: TaskDistributions, elapsed: np.ndarray) -> np.ndarray:
     time has reached, the share of such tasks that would have finished by then (found on its
     quantile function, all tasks at once)."""
     n = len(tasks)
-    if n > _REACH_CHUNK:
-        return np.concatenate([levels_reached(tasks.subset(np.arange(a, min(a + _REACH_CHUNK, n))),
-                                              elapsed[a:a + _REACH_CHUNK]) for a in range(0, n, _REACH_CHUNK)])
-    return _levels_at(tasks.task_quantiles, elapsed)
+    return levels_of_rows(lambda rows, levels: (tasks if len(rows) == n else tasks.subset(rows)).task_quantiles(levels),
+                          elapsed)
+
+
+def levels_of_rows(quantiles_of: Callable[[np.ndarray, np.ndarray], np.ndarray], values: np.ndarray) -> np.ndarray:
+    """``F_i(values_i)`` for each row ``i`` of a quantile function that ``quantiles_of(rows,
+    levels)`` evaluates for the rows ``rows`` (levels of shape (len(rows), k)), found as
+    :func:`levels_reached` finds them, _REACH_CHUNK rows at a time."""
+    n = len(values)
+    out = np.empty(n)
+    for a in range(0, n, _REACH_CHUNK):
+        rows = np.arange(a, min(a + _REACH_CHUNK, n))
+        out[rows] = _levels_at(lambda levels: quantiles_of(rows, levels), values[rows])
+    return out
 
 
 def _levels_at(quantile_rows: Callable[[np.ndarray], np.ndarray], elapsed: np.ndarray) -> np.ndarray:

@@ -601,6 +601,11 @@ TOTAL_KEYS = ("expect", "error", "total_quantiles", "total_interval")
 DEADLINE_KEY = "total_deadline_probability"
 
 
+def total_keys(deadline_ms: float | None) -> tuple[str, ...]:
+    """The fields a batch's (a queue's) total is answered in: with a deadline, its probability too."""
+    return TOTAL_KEYS if deadline_ms is None else (*TOTAL_KEYS, DEADLINE_KEY)
+
+
 def total_fields(total: dict[str, Any] | None, traces: int, n_levels: int,
                  deadline_ms: float | None = None) -> dict[str, Any]:
     """A batch's (a queue's) total as its answer gives it: ``total``, where a task of its
@@ -612,7 +617,7 @@ def total_fields(total: dict[str, Any] | None, traces: int, n_levels: int,
     if not traces:
         out = {"expect": 0.0, "error": 0.0, "total_quantiles": [0.0] * n_levels, "total_interval": [0.0, 0.0]}
         return out if deadline_ms is None else {**out, DEADLINE_KEY: 1.0}
-    return dict.fromkeys(TOTAL_KEYS if deadline_ms is None else (*TOTAL_KEYS, DEADLINE_KEY))
+    return dict.fromkeys(total_keys(deadline_ms))
 
 
 class RenderedPredictions:

@@ -34,7 +34,8 @@ from .metrics import TABLE_LABEL, PredictorMetrics, table_label
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog
 from .registry import LoadedModel, ModelRegistry, ModelVersion
 from .retraining import Retrainer
-from .schemas import DEADLINE_KEY, TOTAL_KEYS, RenderedPredictions, TrainConfig, batch_values_problem, first_run_split, total_fields
+from .schemas import (DEADLINE_KEY, RenderedPredictions, TrainConfig, batch_values_problem, first_run_split, total_fields,
+                      total_keys)
 from .training import ProgressFn, Trainer, TrainingJobs
 from .settings import PredictorSettings
 from .traces import (
@@ -614,8 +615,6 @@ class PredictorService:
             total = {"expect": k1, "error": math.sqrt(k2), "total_quantiles": None, "total_interval": None}
         elif with_total and len(rows):
             total = _total_answer(dist.total(shared_factor), levels, confidence_level, deadline_ms)
-        if total is not None and deadline_ms is not None:
-            total.setdefault(DEADLINE_KEY, None)  # (of the total's moments alone: unknown)
         deadline_levels = None
         if deadline_ms is not None:
             deadline_levels = levels_reached(dist, np.full(len(rows), float(deadline_ms))) if len(rows) else np.zeros(0)
@@ -1277,8 +1276,8 @@ def _queue_answer(ok: np.ndarray, errors: Sequence[str | None], total: dict[str,
     task was predicted: an empty queue's is 0, another's unknown)."""
     failed = [{"index": i, "message": errors[i]} for i in np.flatnonzero(~ok).tolist()]
     fields = total_fields(total, len(ok), n_levels, deadline_ms)  # (a table's total says its method too: not here)
-    keys = TOTAL_KEYS if deadline_ms is None else (*TOTAL_KEYS, DEADLINE_KEY)
-    return {"tasks": int(ok.sum()), "failed": len(failed), "errors": failed, **{k: fields[k] for k in keys}}
+    return {"tasks": int(ok.sum()), "failed": len(failed), "errors": failed,
+            **{k: fields[k] for k in total_keys(deadline_ms)}}
 
 
 def requested_levels(quantiles: Sequence[float] | None, default: Sequence[float]) -> list[float]:

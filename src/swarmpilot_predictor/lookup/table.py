@@ -27,9 +27,10 @@ import orjson
 from scipy.spatial import cKDTree
 from scipy.special import fdtri
 
-from ..distribution import (_REACH_CHUNK, RemainingDistribution, StoredQuantileDistribution, _levels_at, interval_levels,
+from ..distribution import (RemainingDistribution, StoredQuantileDistribution, interval_levels, levels_of_rows,
                             levels_reached)
 from ..errors import AmbiguousModel, NotFound, shown
+from ..schemas import DEADLINE_KEY
 from ..features import FIRST_OF_SHAPE, misspelling_hint, stated_flag
 from ..identity import (IDENTITY_KEYS, IdentityPattern, describe_stated, fields_naming_a_model, join_key, named_by_traces,
                         names_a_model, names_part)
@@ -1101,10 +1102,9 @@ class LookupTable:
         known = {} if record_levels is None else record_levels
         ids = records.tolist()
         todo = records[[r not in known for r in ids]] if known else records
-        for a in range(0, len(todo), _REACH_CHUNK):
-            part = todo[a:a + _REACH_CHUNK]
-            found = _levels_at(lambda taus: self._quantiles_at(part, taus), np.full(len(part), deadline))
-            known.update(zip(part.tolist(), found.tolist()))
+        if len(todo):
+            found = levels_of_rows(lambda at, taus: self._quantiles_at(todo[at], taus), np.full(len(todo), deadline))
+            known.update(zip(todo.tolist(), found.tolist()))
         out[idle] = np.array([known[r] for r in ids])[np.ravel(back)]
         if left is not None and running.any():
             at = np.flatnonzero(running)
@@ -1216,7 +1216,7 @@ class LookupTable:
             out = {"expect": mu, "error": sd, "total_quantiles": list(answers[0][1]), "total_interval": list(answers[0][2]),
                    "total_method": "convolution"}
             if deadline_levels is not None:
-                out["total_deadline_probability"] = float(deadline_levels[0])
+                out[DEADLINE_KEY] = float(deadline_levels[0])
             return out
         total = (tasks if tasks is not None else self.task_distributions(rows, expect, error)).total()
         tq = total.quantiles(np.asarray(levels, dtype=np.float64)) if levels else np.zeros(0)
@@ -1233,7 +1233,7 @@ class LookupTable:
         out = {"expect": mu, "error": sd, "total_quantiles": tq.tolist(), "total_interval": iv.tolist(),
                "total_method": "convolution"}
         if deadline_ms is not None and deadline_levels is not None:
-            out["total_deadline_probability"] = min(total.cdf(deadline_ms), float(deadline_levels.min()))
+            out[DEADLINE_KEY] = min(total.cdf(deadline_ms), float(deadline_levels.min()))
         return out
 
     def task_distributions(self, rows: np.ndarray, expect: np.ndarray | None = None,
