@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from typing import Any
 
 import pytest
 
@@ -726,18 +727,25 @@ HIDE = """() => {
 SHOW = HIDE.replace("'hidden'", "'visible'")
 
 
+def updating_every_second(context, url: str, counted: str) -> tuple[Any, list[str]]:
+    """A dashboard of the service at ``url`` that updates every second, once it has updated
+    once, and the list of the URLs ending with ``counted`` that it asks for from its loading on."""
+    page = context.new_page()
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if r.url.endswith(counted) else None)
+    page.goto(url + "/dashboard?refresh=1")
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+    wait_for_updates(page, 1)
+    return page, asked
+
+
 def test_dashboard_updates_pause_on_request_and_while_the_page_is_hidden(tmp_path, context):
     """The header's button pauses the updates (no request while paused, the figures stay) and
     resumes them, the page brought up to date at once; a hidden page (another tab, a minimised
     window) asks for nothing until it shows again. Each change is said in a live region."""
     with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
         client.train({"model": IDENTITY, "traces": make_llm_traces(100), "algorithm": "linear"})
-        page = context.new_page()
-        asked: list[str] = []
-        page.on("request", lambda r: asked.append(r.url) if r.url.endswith("/models") else None)
-        page.goto(srv.url + "/dashboard?refresh=1")
-        page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
-        wait_for_updates(page, 1)
+        page, asked = updating_every_second(context, srv.url, "/models")
         status = page.locator("#update-status")
         assert status.get_attribute("aria-live") == "polite" and status.inner_text() == ""
         button = page.locator("header button")
@@ -780,12 +788,7 @@ def test_dashboard_a_pause_or_a_hidden_page_stops_the_update_in_flight(tmp_path,
     data = trained_in_process(tmp_path / "data", *({"model": {**IDENTITY, "model_name": f"m{i}"}, "algorithm": "linear",
                                                     "traces": make_llm_traces(60, seed=i)} for i in range(10)))
     with run_server(data) as srv:
-        page = context.new_page()
-        asked: list[str] = []
-        page.on("request", lambda r: asked.append(r.url) if r.url.endswith("/accuracy") else None)
-        page.goto(srv.url + "/dashboard?refresh=1")
-        page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
-        wait_for_updates(page, 1)
+        page, asked = updating_every_second(context, srv.url, "/accuracy")
         drawn = updates_drawn(page)
         held: list = []
         page.route("**/accuracy", lambda route: held.append(route))
