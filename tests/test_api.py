@@ -914,14 +914,13 @@ def test_request_bodies_over_the_limit_get_a_413(tmp_path):
             assert 'route="unmatched",status="413"' not in text
 
 
-def test_a_json_training_body_is_at_most_64_mb(http):
-    # Its traces are parsed whole into Python objects (a 138 MB body of 4 million traces took
-    # 3.6 GB across the service and its worker), where a trace file is read as a stream.
-    limit = 64 * 1024 * 1024
+def answer_to_declared_body(http, method: str, path: str, length: int) -> str:
+    """The whole answer (status line, headers, body) to a request that declares a body of
+    ``length`` bytes and sends none of it: one refused unread."""
     url = httpx.URL(str(http.base_url))
-    with socket.create_connection((url.host, url.port)) as s:  # declared: refused unread
-        s.sendall(f"POST /train HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  f"Content-Length: {limit + 1}\r\n\r\n".encode())
+    with socket.create_connection((url.host, url.port)) as s:
+        s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  f"Content-Length: {length}\r\n\r\n".encode())
         s.settimeout(30)
         answer = b""
         while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < int(
@@ -929,7 +928,14 @@ def test_a_json_training_body_is_at_most_64_mb(http):
             chunk = s.recv(65536)  # the headers and the body may come in separate segments
             assert chunk, answer
             answer += chunk
-        answer = answer.decode()
+    return answer.decode()
+
+
+def test_a_json_training_body_is_at_most_64_mb(http):
+    # Its traces are parsed whole into Python objects (a 138 MB body of 4 million traces took
+    # 3.6 GB across the service and its worker), where a trace file is read as a stream.
+    limit = 64 * 1024 * 1024
+    answer = answer_to_declared_body(http, "POST", "/train", limit + 1)  # declared: refused unread
     assert answer.startswith("HTTP/1.1 413") and '"field":"body"' in answer
     assert "a JSON training body is at most 67,108,864 bytes: send the traces as a trace file" in answer
     piece = b" " * (1024 * 1024)
@@ -944,6 +950,72 @@ def test_a_json_training_body_is_at_most_64_mb(http):
     at_limit = orjson.dumps({"config": {"model": IDENTITY, "traces": []}})
     failed(http.post("/train", content=at_limit + b" " * (limit - len(at_limit)),
                      headers={"content-type": "application/json"}), 422, "traces")
+
+
+def _pieces(body: bytes, size: int = 65536):
+    for i in range(0, len(body), size):
+        yield body[i:i + size]
+
+
+def test_a_single_prediction_body_is_at_most_1_mb(http, trained):
+    # Parsed whole on the event loop: one body of 32 MB (a trace of 1.4 million fields) held
+    # every other request 1.4 s (benchmarks/large_bodies.py), a 256 MB one 29.7 s.
+    limit = 1024 * 1024
+    path = f"/predict/single/{SEGMENTS}"
+    message = "a single prediction's body is at most 1,048,576 bytes: it holds one trace"
+    answer = answer_to_declared_body(http, "POST", path, limit + 1)
+    assert answer.startswith("HTTP/1.1 413") and '"field":"body"' in answer and message in answer
+    at_limit = orjson.dumps({"trace": TRACE})
+    at_limit += b" " * (limit - len(at_limit))
+    whole = ok(http.post(path, content=at_limit))["results"]
+    assert whole["expect"] == pytest.approx(1230, rel=0.2)
+    failed(http.post(path, content=at_limit + b" "), 413, message)
+    failed(http.post(path, content=_pieces(at_limit + b" ")), 413, message)  # chunked: counted as it arrives
+    assert ok(http.post(path, content=_pieces(at_limit)))["results"] == whole
+    # A trace of many fields is refused before it is parsed, the service unharmed.
+    wide = orjson.dumps({"trace": {**TRACE, **{f"extra_{i}": i for i in range(100_000)}}})
+    failed(http.post(path, content=wide), 413, message)
+    failed(http.post(path, content=_pieces(wide)), 413, message)
+    assert ok(http.post(path, json={"trace": TRACE}))["results"] == whole
+
+
+@pytest.mark.parametrize("route, what", [
+    (f"/predict/batch/{SEGMENTS}", "a batch's body is at most 67,108,864 bytes: split the traces over several batches"),
+    (f"/predict/queues/{SEGMENTS}", "a queues request's body is at most 67,108,864 bytes: split the queues over several requests"),
+    ("/observe", "an /observe body is at most 67,108,864 bytes: split the traces over several requests"),
+])
+def test_a_body_of_many_traces_is_at_most_64_mb(http, trained, route, what):
+    limit = 64 * 1024 * 1024
+    answer = answer_to_declared_body(http, "POST", route, limit + 1)
+    assert answer.startswith("HTTP/1.1 413") and '"field":"body"' in answer and what in answer
+    body = orjson.dumps({"model": IDENTITY, "traces": [{**TRACE, "runtime_ms": 1200.0}]} if route == "/observe" else
+                        {"queues": {"a": [TRACE]}} if "queues" in route else {"trace": [TRACE]})
+    padded = body + b" " * (limit - len(body))
+    answer = ok(http.post(route, content=_pieces(padded)))  # at the bound: read and answered
+    assert (answer["accepted"] if route == "/observe" else answer["queues"]["a"]["tasks"] if "queues" in route
+            else answer["summary"]["success"]) == 1
+    failed(http.post(route, content=_pieces(padded + b" ")), 413, what)
+
+
+def test_a_route_without_options_reads_at_most_64_kb(http, trained):
+    message = "the body of a route that takes no options is at most 65,536 bytes: send none, or {}"
+    path = f"/models/{SEGMENTS}/retrain"
+    answer = answer_to_declared_body(http, "POST", path, 65537)
+    assert answer.startswith("HTTP/1.1 413") and message in answer
+    failed(http.post(path, content=_pieces(b"{}" + b" " * 65535)), 413, message)
+    failed(http.post("/cache/clear", content=b" " * 65537), 413, message)
+    failed(http.request("DELETE", f"/models/{SEGMENTS}", content=b" " * 65537), 413, message)
+    assert ok(http.get(f"/models/{SEGMENTS}"))["model"]["latest_version"] >= 1  # not deleted
+
+
+def test_bodies_over_their_bounds_are_counted_under_their_routes(http, trained):
+    single = "/predict/single/{model_type}/{model_name}/{hardware}/{software_name}/{software_version}"
+    before = metric_value(http.get("/metrics").text, "predictor_http_requests_total", route=single, status="413") \
+        if f'route="{single}",status="413"' in http.get("/metrics").text else 0.0
+    failed(http.post(f"/predict/single/{SEGMENTS}", content=b" " * (1024 * 1024 + 1)), 413, "at most 1,048,576")
+    text = http.get("/metrics").text
+    assert metric_value(text, "predictor_http_requests_total", route=single, status="413") == before + 1
+    assert 'status="500"' not in text
 
 
 def test_a_client_that_leaves_before_the_answer_is_no_server_error(http, trained):

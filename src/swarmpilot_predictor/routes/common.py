@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -19,7 +20,7 @@ from fastapi.responses import Response
 from starlette.datastructures import QueryParams
 from pydantic import BaseModel
 
-from ..errors import InvalidInput, NotFound, PredictorError, cut, loggable, shown
+from ..errors import InvalidInput, NotFound, PayloadTooLarge, PredictorError, cut, loggable, shown
 from ..identity import IdentityPattern
 from ..request_ids import MAX_LENGTH as MAX_ID_LENGTH
 from ..schemas import ErrorResponse, NoOptions, parse_json_body
@@ -151,8 +152,53 @@ def _parse_pattern(raw: bytes, skip: int) -> IdentityPattern:
     return IdentityPattern.from_segments(*segs[:5])
 
 
-async def json_body(request: Request, schema: type[BaseModel]) -> Any:
-    return parse_json_body(await request.body(), schema)
+@dataclass(frozen=True)
+class BodyBound:
+    """The most bytes of a JSON body a route reads, where it parses the body whole in the
+    service's process, and what its 413 says past them.
+
+    A JSON body is parsed holding Python's interpreter lock, in one call: every other request
+    to that worker waits meanwhile, whichever thread parses it. PREDICTOR_MAX_UPLOAD_MB (512 MB
+    by default) is for trace files, which are read as streams; under it alone one
+    /predict/single body of 32 MB, a trace of 1.4 million fields, held every other request
+    1.4 s (``benchmarks/large_bodies.py``). A declared ``Content-Length`` over the bound is
+    refused unread, a chunked body as soon as it passes it.
+    """
+
+    max_bytes: int
+    what: str  # the body, as the message names it: "a single prediction's body"
+    advice: str  # what to send instead
+
+    def too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"{self.what} is at most {self.max_bytes:,} bytes: {self.advice}", field="body")
+
+    def check_declared(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """Refuse, unread, a body whose ``Content-Length`` (among an ASGI scope's ``headers``) is over the bound."""
+        for name, value in headers:
+            if name == b"content-length":
+                if value.isdigit() and int(value) > self.max_bytes:
+                    raise self.too_large()
+                return
+
+    async def read(self, request: Request) -> bytes:
+        self.check_declared(request.scope["headers"])
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise self.too_large()
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+# A request of many traces: a batch, a request's queues or an observation holds at most 100,000,
+# so this is 670 bytes a trace at the most traces; the bound of a JSON training body too. Parsing
+# 64 MB of short numeric fields (100,000 traces of 100) held the other requests 0.5 s.
+MANY_TRACES = 64 * 1024 * 1024
+# One trace: its features, and the options beside them (a trace of 40,000 short fields).
+ONE_TRACE = 1024 * 1024
+# A route that takes no body, or {}.
+NO_OPTIONS = 64 * 1024
 
 
 def openapi_body(schema: type[BaseModel]) -> dict[str, Any]:
@@ -170,7 +216,9 @@ _ERRORS = {
     404: "Not there: no model matches, no such version, table or job (`field` names which)",
     409: "Several models match a `*` in the identity (listed in `candidates`), or a retraining's version was "
          "overtaken by another stored meanwhile",
-    413: "The body is larger than PREDICTOR_MAX_UPLOAD_MB (or a table than PREDICTOR_MAX_TABLE_ROWS)",
+    413: "The body is larger than its route reads (a single prediction's 1 MB, a batch's, queues', an "
+         "observation's or a JSON training's 64 MB, a route without options' 64 kB) or PREDICTOR_MAX_UPLOAD_MB "
+         "(or a table than PREDICTOR_MAX_TABLE_ROWS)",
     415: "A compressed body (Content-Encoding)",
     422: "Invalid input: a body, trace, form field or query parameter (`field` names it)",
     429: "As many trainings queued as the service takes: retry later",
@@ -310,10 +358,13 @@ def refuse_unknown_query(query_string: bytes, known: tuple[str, ...] = ()) -> No
         seen.add(key)
 
 
+_NO_OPTIONS_BODY = BodyBound(NO_OPTIONS, "the body of a route that takes no options", "send none, or {}")
+
+
 async def no_options_body(request: Request) -> None:
     """A dependency of the routes that take no body: nothing, or ``{}``; anything else is a
     422 naming it. Ignored, ``DELETE /models/...`` with ``{"version": 3}`` deleted every version."""
-    raw = await request.body()
+    raw = await _NO_OPTIONS_BODY.read(request)
     if raw.strip():
         parse_json_body(raw, NoOptions)
 

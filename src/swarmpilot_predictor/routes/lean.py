@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.routing import Route
 
-from .common import JSONResponse, error_responses, log_client_left, openapi_body, refuse_unknown_query
+from .common import BodyBound, JSONResponse, error_responses, log_client_left, openapi_body, refuse_unknown_query
 
 
 class ClientGone(Exception):
@@ -60,19 +60,25 @@ class LeanEndpoint:
     (the app-level exception middleware catches them).
     """
 
-    def __init__(self, handler: LeanHandler, path: str):
+    def __init__(self, handler: LeanHandler, path: str, bound: BodyBound):
         self.handler = handler
         self.path = path  # the route template: metrics label requests with it
+        self.bound = bound
 
     async def __call__(self, scope, receive, send) -> None:
         scope["route"] = self  # as FastAPI's routes do; a plain Starlette route leaves it unset
-        chunks = []
+        self.bound.check_declared(scope["headers"])
+        chunks, size = [], 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 log_client_left(scope["method"], scope["path"])
                 return
-            chunks.append(message.get("body", b""))
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.bound.max_bytes:
+                raise self.bound.too_large()
+            chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -88,7 +94,7 @@ class LeanEndpoint:
 
 
 def lean_route(app: FastAPI, path: str, handler: LeanHandler, body: type[BaseModel], response: type[BaseModel],
-               summary: str) -> None:
+               summary: str, bound: BodyBound) -> None:
     """Serve ``path`` with a bare ASGI endpoint, documented through FastAPI.
 
     FastAPI's per-request machinery (dependency solving, response-model
@@ -104,7 +110,7 @@ def lean_route(app: FastAPI, path: str, handler: LeanHandler, body: type[BaseMod
 
     async def documented(request: Request) -> Response:
         try:
-            answer = await checked(request.scope, await request.body(), ClientWatch(request.receive))
+            answer = await checked(request.scope, await bound.read(request), ClientWatch(request.receive))
         except ClientGone:
             return Response(status_code=499)  # (nginx's "client closed request": no one reads it)
         return Response(answer, media_type="application/json") if isinstance(answer, bytes) else JSONResponse(answer)
@@ -115,4 +121,4 @@ def lean_route(app: FastAPI, path: str, handler: LeanHandler, body: type[BaseMod
                       response_model=response, tags=["prediction"],
                       summary=summary, openapi_extra=openapi_body(body),
                       responses=error_responses(404, 409, 413, 415, 422))
-    app.router.routes.insert(0, Route(path, LeanEndpoint(checked, path), methods=["POST"]))
+    app.router.routes.insert(0, Route(path, LeanEndpoint(checked, path, bound), methods=["POST"]))

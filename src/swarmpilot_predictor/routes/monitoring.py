@@ -9,9 +9,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from ..schemas import ObserveRequest, ObserveResponse
+from ..schemas import ObserveRequest, ObserveResponse, parse_json_body
 from ..service import PredictorService
-from .common import JSONResponse, error_responses, json_body, openapi_body
+from .common import MANY_TRACES, BodyBound, JSONResponse, error_responses, openapi_body
+
+_OBSERVE_BODY = BodyBound(MANY_TRACES, "an /observe body", "split the traces over several requests")
 
 _DASHBOARD = Path(__file__).parent.parent / "static" / "dashboard.html"
 
@@ -21,9 +23,13 @@ def add_monitoring_routes(app: FastAPI, service: PredictorService, writes: list[
               response_model=ObserveResponse, responses=error_responses(404, 413, 415, 422),
               summary="Record measured runtimes for accuracy tracking and retraining")
     async def observe(request: Request):
-        req = await json_body(request, ObserveRequest)
-        result = await run_in_threadpool(service.observe, req.model.model_dump(), req.traces)
-        return JSONResponse(result)
+        body = await _OBSERVE_BODY.read(request)
+
+        def observed() -> dict[str, Any]:  # parsed off the event loop too, as a large batch is
+            req = parse_json_body(body, ObserveRequest)
+            return service.observe(req.model.model_dump(), req.traces)
+
+        return JSONResponse(await run_in_threadpool(observed))
 
     # (response_class: what the schema says the answer is, Prometheus' text format or a page)
     @app.get("/metrics", tags=["monitoring"], response_class=PlainTextResponse,

@@ -28,7 +28,7 @@ from ..schemas import (
 )
 from ..service import PredictorService
 from ..settings import PredictorSettings
-from .common import IDENTITY_PATH, identity_from
+from .common import IDENTITY_PATH, MANY_TRACES, ONE_TRACE, BodyBound, identity_from
 from .lean import ClientGone, ClientWatch, lean_route
 
 # A batch of at most this many predicted values (traces times levels; where none are named,
@@ -123,8 +123,12 @@ def add_prediction_routes(app: FastAPI, service: PredictorService, settings: Pre
         return await in_batch_thread(answer, client, large_batches if len(body) > LARGE_BODY_BYTES else None)
 
     lean_route(app, "/predict/single/" + IDENTITY_PATH, predict_single, PredictSingleRequest,
-               SinglePredictionResponse, "Predict the runtime distribution of one task")
+               SinglePredictionResponse, "Predict the runtime distribution of one task",
+               BodyBound(ONE_TRACE, "a single prediction's body", "it holds one trace (send the features "
+                                                                 "the model was trained on)"))
     lean_route(app, "/predict/batch/" + IDENTITY_PATH, predict_batch, PredictBatchRequest,
-               BatchPredictionResponse, "Predict a batch of tasks and the distribution of their total")
+               BatchPredictionResponse, "Predict a batch of tasks and the distribution of their total",
+               BodyBound(MANY_TRACES, "a batch's body", "split the traces over several batches"))
     lean_route(app, "/predict/queues/" + IDENTITY_PATH, predict_queues, PredictQueuesRequest,
-               QueuesPredictionResponse, "The wait of each of several queues of tasks (a scheduler's instances)")
+               QueuesPredictionResponse, "The wait of each of several queues of tasks (a scheduler's instances)",
+               BodyBound(MANY_TRACES, "a queues request's body", "split the queues over several requests"))

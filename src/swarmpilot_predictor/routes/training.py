@@ -17,11 +17,11 @@ from ..errors import InvalidInput, PayloadTooLarge, ServiceStopping, shown, vali
 from ..schemas import TrainAccepted, TrainConfig, TrainJob, TrainRequest, TrainResult, config_from_text
 from ..service import PredictorService
 from ..settings import PredictorSettings
-from .common import JSONResponse, error_responses, is_multipart, openapi_body
+from .common import MANY_TRACES, BodyBound, JSONResponse, error_responses, is_multipart, openapi_body
 from .uploads import UploadedTraceFiles, read_form, save_upload, upload_dir
 
 # A multipart training's config part (its traces belong in trace files beside it).
-MAX_CONFIG_BYTES = 64 * 1024 * 1024
+MAX_CONFIG_BYTES = MANY_TRACES
 
 
 def _train_body_schema() -> dict[str, Any]:
@@ -71,7 +71,7 @@ def add_training_routes(app: FastAPI, service: PredictorService, settings: Predi
         else:
             # The body is parsed and validated in the worker too: a 100k-trace
             # request never holds the event loop (or the GIL) of this process.
-            job_id, future = await run_in_threadpool(service.jobs.submit_raw, await _train_body(request))
+            job_id, future = await run_in_threadpool(service.jobs.submit_raw, await _TRAIN_BODY.read(request))
         if background:
             # Where the client finds the job: under the root path the service is mounted at (a
             # gateway's prefix, uvicorn's --root-path), which the route's own path leaves out.
@@ -137,25 +137,12 @@ async def _read_multipart(request: Request, settings: PredictorSettings) -> tupl
         await form.close()
 
 
-async def _train_body(request: Request) -> bytes:
-    """A JSON training body, of at most MAX_CONFIG_BYTES (as a multipart config part is): its
-    traces are parsed whole into Python objects, where a trace file is read as a stream. A
-    138 MB body of 4 million traces took 3.6 GB across the service and its worker."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_CONFIG_BYTES:
-        raise PayloadTooLarge(_TRAIN_BODY_TOO_LARGE, field="body")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_CONFIG_BYTES:
-            raise PayloadTooLarge(_TRAIN_BODY_TOO_LARGE, field="body")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-_TRAIN_BODY_TOO_LARGE = (f"a JSON training body is at most {MAX_CONFIG_BYTES:,} bytes: send the traces as a trace "
-                         "file (a multipart upload beside the config, or a file in the data directory), which is "
-                         "read as a stream")
+# As a multipart config part is: its traces are parsed whole into Python objects, where a trace
+# file is read as a stream. A 138 MB body of 4 million traces took 3.6 GB across the service and
+# its worker.
+_TRAIN_BODY = BodyBound(MAX_CONFIG_BYTES, "a JSON training body",
+                        "send the traces as a trace file (a multipart upload beside the config, or a file in "
+                        "the data directory), which is read as a stream")
 
 
 def _parse_config(text: str) -> TrainConfig:
