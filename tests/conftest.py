@@ -152,22 +152,23 @@ class LiveServer:
 
 
 def broken_server(log_level: str = "warning", quiet: bool = False, log_config: bool = False,
-                  method: str = "cache_stats") -> list[str]:
+                  method: str = "cache_stats", log_format: str = "text") -> list[str]:
     """``run_server``'s args for the service with a bug on one route (the service's ``method``
     raises KeyError: ``GET /cache/stats`` a 500), under uvicorn at ``log_level``; ``quiet``: no log at all (each
     500's traceback would fill the test's unread pipe); ``log_config``: the entry points'
-    logging (``request_ids.uvicorn_log_config``)."""
+    logging (``logs.uvicorn_log_config``) in ``log_format`` (the service's own lines are in
+    ``PREDICTOR_LOG_FORMAT``'s)."""
     script = "\n".join([
         "import logging, sys, uvicorn",
         "from swarmpilot_predictor.api import app_from_env",
-        "from swarmpilot_predictor.request_ids import uvicorn_log_config",
+        "from swarmpilot_predictor.logs import uvicorn_log_config",
         "app = app_from_env()",
         "logging.disable(logging.CRITICAL)" if quiet else "",
         "def broken(*args, **kwargs):",
         "    raise KeyError('models')",
         f"app.state.service.{method} = broken",
         f"uvicorn.run(app, host='127.0.0.1', port=int(sys.argv[1]), log_level={log_level!r}"
-        + (", log_config=uvicorn_log_config())" if log_config else ")"),
+        + (f", log_config=uvicorn_log_config({log_format!r}))" if log_config else ")"),
     ])
     return [sys.executable, "-c", script, "{port}"]
 
@@ -230,6 +231,21 @@ def serve_trained(data_dir: Path, models: list[tuple[dict[str, str], int]]) -> I
             for identity, seed in models:
                 client.train({"model": identity, "traces": make_llm_traces(300, seed=seed), "algorithm": "linear"})
         yield srv
+
+
+def train_beside_an_unwritable_change_log(data: Path, request_id: str, **server) -> tuple[httpx.Response, str, Path]:
+    """A training (``POST /train`` with ``request_id``) on a server of ``data`` (``server``:
+    run_server's options) whose registry's change log cannot be written, so that the training
+    worker storing the version logs a warning: the answer, the server's log and the log's path."""
+    changes = data / "models" / ".changes"
+    with run_server(data, **server) as srv:
+        changes.mkdir()  # the worker storing the version cannot write it
+        with httpx.Client(base_url=srv.url, timeout=120) as http:
+            answer = http.post("/train", json={"config": {"model": IDENTITY, "traces": make_llm_traces(60),
+                                                          "algorithm": "linear"}}, headers={"x-request-id": request_id})
+        srv.process.terminate()
+        log = srv.process.stdout.read().decode()
+    return answer, log, changes
 
 
 def trained_in_process(data_dir: Path, *configs: dict) -> Path:

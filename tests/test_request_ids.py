@@ -17,7 +17,7 @@ from swarmpilot_predictor.client import PredictorClient, PredictorClientError
 from swarmpilot_predictor.request_ids import MAX_LENGTH, RequestIdFilter, current, request_id_of
 from swarmpilot_predictor.workers import START_ALLOWANCE_S
 
-from .conftest import IDENTITY, broken_server, make_llm_traces, run_server
+from .conftest import IDENTITY, broken_server, make_llm_traces, run_server, train_beside_an_unwritable_change_log
 
 GENERATED = re.compile(r"[0-9a-f]{32}")
 
@@ -209,21 +209,6 @@ def test_the_line_about_a_job_stopped_for_its_time_names_the_request_that_starte
     assert caught.value.status_code == 422
     assert (f"WARNING:  training job {job_id} ran past 1 s (PREDICTOR_TRAINING_TIMEOUT_S): stopping its worker "
             "(request sched-slow)\n") in log, log
-
-
-def train_beside_an_unwritable_change_log(data: Path, request_id: str, **server) -> tuple[httpx.Response, str, Path]:
-    """A training (``POST /train`` with ``request_id``) on a server of ``data`` (``server``:
-    run_server's options) whose registry's change log cannot be written, so that the training
-    worker storing the version logs a warning: the answer, the server's log and the log's path."""
-    changes = data / "models" / ".changes"
-    with run_server(data, **server) as srv:
-        changes.mkdir()  # the worker storing the version cannot write it
-        with httpx.Client(base_url=srv.url, timeout=120) as http:
-            answer = http.post("/train", json={"config": {"model": IDENTITY, "traces": make_llm_traces(60),
-                                                          "algorithm": "linear"}}, headers={"x-request-id": request_id})
-        srv.process.terminate()
-        log = srv.process.stdout.read().decode()
-    return answer, log, changes
 
 
 def test_the_training_workers_lines_name_the_request_that_started_its_job(tmp_path):

@@ -4,8 +4,8 @@ import sys
 
 from pydantic import ValidationError
 
-from swarmpilot_predictor.api import create_app, log_beside_uvicorn, warn_of_unknown_variables
-from swarmpilot_predictor.request_ids import uvicorn_log_config
+from swarmpilot_predictor.api import create_app, warn_of_unknown_variables
+from swarmpilot_predictor.logs import log_beside_uvicorn, uvicorn_log_config
 from swarmpilot_predictor.settings import PredictorSettings, listen_problem, settings_problem, startup_problem
 
 
@@ -19,7 +19,7 @@ def _app():
     if problem := startup_problem(settings):  # a data directory that cannot be made, say
         print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(1)
-    log_beside_uvicorn(settings.log_level)
+    log_beside_uvicorn(settings.log_level, settings.log_format)
     warn_of_unknown_variables()
     return settings, create_app(settings)
 
@@ -39,5 +39,5 @@ if __name__ == "__main__":
         print(f"warning: PREDICTOR_WORKERS={settings.workers} is ignored here: this runs one process; "
               "`swarmpilot-predictor serve` runs that many workers", file=sys.stderr)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=settings.access_log, log_config=uvicorn_log_config(),
+                access_log=settings.access_log, log_config=uvicorn_log_config(settings.log_format),
                 http="swarmpilot_predictor.protocol:BoundedHeadersProtocol")  # headers of bounded length, as serve's

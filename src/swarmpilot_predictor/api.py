@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-import uvicorn.config
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -35,7 +34,8 @@ from starlette.routing import Match
 from . import __version__
 from .errors import PayloadTooLarge, PredictorError, Unauthorized, UnsupportedMediaType, cut, loggable, validation_message
 from .metrics import CLIENT_CLOSED, MetricsMiddleware
-from .request_ids import RequestIdMiddleware, stderr_handler
+from .logs import log_beside_uvicorn
+from .request_ids import RequestIdMiddleware
 from .routes.common import (DECLARED_QUERY, HEAD_ONLY, declare_path_parameters, declare_request_id, declare_unauthorized,
                             error_response, generates_table, hoist_definitions, log_client_left, table_failure)
 from .routes.discovery import add_discovery_routes
@@ -404,7 +404,7 @@ def app_from_env() -> FastAPI:
     except ValidationError as exc:
         print(f"error: {settings_problem(exc)}", file=sys.stderr)
         raise SystemExit(1) from None
-    log_beside_uvicorn(settings.log_level)
+    log_beside_uvicorn(settings.log_level, settings.log_format)
     if not _serve_worker():  # (`serve` said it once, not once a worker)
         warn_of_unknown_variables()
     return create_app(settings)
@@ -415,23 +415,6 @@ def warn_of_unknown_variables() -> None:
     :func:`~.settings.unknown_variables`); for the entry points that start the service."""
     for line in unknown_variables(os.environ):
         log.warning(line)
-
-
-def log_beside_uvicorn(level: str) -> None:
-    """Write the service's own log lines to stderr as uvicorn writes its, at uvicorn's level
-    where uvicorn set one (a ``uvicorn`` command's ``--log-level``), else at ``level``
-    (``PREDICTOR_LOG_LEVEL``), where the process set up no logging of its own.
-
-    For the entry points that run the service (``serve``, the seed's commands). Without it
-    Python shows warnings only: every info line (a client that left, a default table loaded,
-    upload folders removed at start) was lost.
-    """
-    package = logging.getLogger(__package__)
-    if package.handlers or logging.getLogger().handlers:
-        return
-    package.addHandler(stderr_handler())
-    package.setLevel(logging.getLogger("uvicorn.error").level or uvicorn.config.LOG_LEVELS[level])
-    package.propagate = False
 
 
 def _serve_worker() -> bool:

@@ -283,13 +283,15 @@ def serve(
     workers: Optional[int] = typer.Option(None, help="Worker processes sharing the data directory."),
     default_lookup_table: Optional[str] = typer.Option(None, help="Lookup table loaded at start."),
     log_level: Optional[str] = typer.Option(None, help="uvicorn log level (default $PREDICTOR_LOG_LEVEL or info)."),
+    log_format: Optional[str] = typer.Option(None, help="Log lines as text or json, one JSON object a line "
+                                                        "(default $PREDICTOR_LOG_FORMAT or text)."),
     access_log: Optional[bool] = typer.Option(None, "--access-log/--no-access-log",
                                               help="uvicorn's line per request (default $PREDICTOR_ACCESS_LOG or on)."),
 ):
     """Start the HTTP service."""
     import uvicorn
 
-    from .request_ids import uvicorn_log_config
+    from .logs import uvicorn_log_config
 
     # Settings travel through the environment so that every worker process sees them, and
     # flags are checked as the variables are.
@@ -298,6 +300,7 @@ def serve(
                               ("PREDICTOR_DATA_DIR", "--data-dir", data_dir), ("PREDICTOR_WORKERS", "--workers", workers),
                               ("DEFAULT_LOOKUP_TABLE", "--default-lookup-table", default_lookup_table),
                               ("PREDICTOR_LOG_LEVEL", "--log-level", log_level),
+                              ("PREDICTOR_LOG_FORMAT", "--log-format", log_format),
                               ("PREDICTOR_ACCESS_LOG", "--access-log", access_log)):
         if value is not None:
             os.environ[name] = str(value)
@@ -321,10 +324,11 @@ def serve(
                               f"({os.environ[own_metrics]}): an earlier run's counts, not this one's", markup=False,
                               highlight=False, soft_wrap=True)
     if settings.workers > 1:
-        from .api import SUPERVISOR_ENV, log_beside_uvicorn, warn_of_unknown_variables
+        from .api import SUPERVISOR_ENV, warn_of_unknown_variables
+        from .logs import log_beside_uvicorn
 
         # Said once here, where each worker would say it again.
-        log_beside_uvicorn(settings.log_level)
+        log_beside_uvicorn(settings.log_level, settings.log_format)
         warn_of_unknown_variables()
 
         os.environ[SUPERVISOR_ENV] = str(os.getpid())  # its workers stop if it dies
@@ -346,7 +350,8 @@ def serve(
             workers=settings.workers,
             log_level=settings.log_level,
             access_log=settings.access_log,
-            log_config=uvicorn_log_config(),  # the request's id on each access line and uvicorn's lines for it
+            # In the service's form, with the request's id on each access line and uvicorn's lines for it.
+            log_config=uvicorn_log_config(settings.log_format),
             # A worker first imports the service (seconds on a loaded machine): uvicorn's 5 s
             # start-up health check killed workers before they could answer it.
             timeout_worker_healthcheck=60,

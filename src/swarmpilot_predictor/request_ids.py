@@ -11,18 +11,13 @@ line as the caller wrote it (a line break there would forge the next line).
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import re
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
 
-import uvicorn.config
-import uvicorn.logging
 
 HEADER = b"x-request-id"
 MAX_LENGTH = 128
@@ -105,45 +100,3 @@ class RequestIdFilter(logging.Filter):
         record.request_id = rid or "-"
         record.request_tag = f" (request {rid})" if rid else ""
         return True
-
-
-def stderr_handler() -> logging.Handler:
-    """A handler writing lines to stderr as uvicorn writes its own, each ending with its
-    request's tag (``WARNING:  ... (request sched-42)``): the service's own lines, where the
-    process set up no logging of its own, and its training worker's."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(uvicorn.logging.DefaultFormatter("%(levelprefix)s %(message)s%(request_tag)s"))
-    handler.addFilter(RequestIdFilter())
-    return handler
-
-
-def uvicorn_log_config() -> dict[str, Any]:
-    """uvicorn's logging configuration with the request's id at the end of each access line
-    (``"GET /ping HTTP/1.1" 200 (request 3f0c...)``), and of each of uvicorn's own lines
-    written for a request, for the entry points that run uvicorn.
-
-    uvicorn writes an access line as the answer starts, from the request's own task, where
-    :data:`current` holds its id; so is its "Exception in ASGI application" and traceback of
-    a 500 (the error Starlette raises on to it once the answer is sent), which named no
-    request beside the service's own line and traceback of it. Its other lines are as they
-    were (the tag is empty outside a request).
-    """
-    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
-    config.setdefault("filters", {})["request_id"] = {"()": RequestIdFilter}
-    config["formatters"]["access"]["fmt"] += "%(request_tag)s"
-    config["formatters"]["default"]["()"] = f"{__name__}.{TaggedDefaultFormatter.__name__}"
-    for name in ("access", "default"):
-        config["handlers"][name].setdefault("filters", []).append("request_id")
-    return config
-
-
-class TaggedDefaultFormatter(uvicorn.logging.DefaultFormatter):
-    """uvicorn's formatter of its own lines, with the request's tag (``request_tag``, see
-    :class:`RequestIdFilter`) at the end of the message's line: uvicorn ends some messages
-    with a line break ("Exception in ASGI application\\n", its traceback after it), where a
-    tag added by the format would stand on a line of its own."""
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        text = super().formatMessage(record)
-        tag = getattr(record, "request_tag", "")
-        return text.rstrip("\n") + tag if tag else text

@@ -227,7 +227,8 @@ class PredictorService:
                                  on_failure=lambda error: self.metrics.training_runs.labels("error").inc(),
                                  max_pending=settings.max_queued_trainings,
                                  on_pending=lambda n: self.metrics.trainings_pending.set(n),
-                                 priority=settings.training_priority, timeout=settings.training_timeout_s)
+                                 priority=settings.training_priority, timeout=settings.training_timeout_s,
+                                 log_format=settings.log_format)
         self.prediction_counts: Counter[ModelIdentity] = Counter()
         self._loaded_reported = -1  # the model versions in memory as the metrics last said
         self._closed = False

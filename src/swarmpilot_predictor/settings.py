@@ -16,6 +16,7 @@ from .errors import StorageError, shown
 from .workers import DEFAULT_PRIORITY
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
+LogFormat = Literal["text", "json"]
 
 
 # Counts and sizes past any the service could hold: beyond, a value such as 1e20 started the
@@ -72,6 +73,9 @@ class PredictorSettings(BaseSettings):
     # table it answers from in memory: a 39 MB CSV of 5 million traces made a 2.4 GB table.
     max_table_rows: int = Field(default=1_000_000, ge=0, le=MAX_COUNT)
     log_level: str = "info"
+    # How the log lines are written: text, as uvicorn writes its, or one JSON object a line
+    # (logs.JsonFormatter), for a log pipeline to read without patterns.
+    log_format: LogFormat = "text"
     # uvicorn's line per request (serve and the seed's entry point; a `uvicorn` command's own
     # flag governs there). Off, a single prediction's p50 was 0.14 to 0.28 ms, on 0.31 to 0.46
     # (benchmarks/latency.py --only accesslog); requests are counted in /metrics either way.
@@ -134,6 +138,11 @@ class PredictorSettings(BaseSettings):
         if trace_file_format(Path(v).name, stem_required=True) is None:
             raise ValueError(f"{Path(v).name!r}: a lookup table is a {TRACE_FILE_KINDS} file")
         return v
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _log_format_any_case(cls, v: object) -> object:
+        return v.lower() if isinstance(v, str) else v  # as the level is read: JSON is json
 
     @field_validator("log_level")
     @classmethod

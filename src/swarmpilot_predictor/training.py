@@ -35,7 +35,7 @@ from .modeling import (QuantileModel, check_params, lightgbm_errors, lightgbm_me
 from . import request_ids
 from .processes import started, still_running
 from .registry import MODEL_DIGEST, ModelRegistry, ModelVersion
-from .settings import JOBS_FOLDER
+from .settings import JOBS_FOLDER, LogFormat
 from .schemas import TrainConfig, TrainRequest, check_envelope, parse_json_body
 from .traces import RUNTIME_RANGE, TRACE_FILE_KINDS, TraceError, TraceTable, dumps_json, trace_file_format
 from .workers import (DEFAULT_PRIORITY, START_ALLOWANCE_S, CouldNotStart, Failed, Finished, NotStarted, Outcome, ShutDown,
@@ -338,24 +338,28 @@ def train_result(entries: list[dict[str, Any]], group_by: bool, ungrouped: int, 
     return result
 
 
-def _log_as_the_service(level: int) -> None:
+def _log_as_the_service(level: int, log_format: LogFormat) -> None:
     """In the worker process: write this package's log lines to stderr as the service writes its
-    (:func:`.request_ids.stderr_handler`), at the service's ``level``. Without a handler Python
-    wrote warnings alone, bare: "cannot write the registry's change log ...", no level, no request."""
+    (:func:`.logs.stderr_handler`), at the service's ``level``, in its ``log_format``. Without a
+    handler Python wrote warnings alone, bare: "cannot write the registry's change log ...", no
+    level, no request."""
+    from .logs import stderr_handler
+
     package = logging.getLogger(__package__)
     if not package.handlers:
-        package.addHandler(request_ids.stderr_handler())
+        package.addHandler(stderr_handler(log_format))
         package.propagate = False
     package.setLevel(level)
 
 
 def _train_job(data_dir: str, config: dict[str, Any] | None, raw_body: bytes | None,
                uploads: dict[str, str] | None, job_id: str, request_id: str | None = None,
-               log_level: int | None = None) -> dict[str, Any]:
+               log_level: int | None = None, log_format: LogFormat = "text") -> dict[str, Any]:
     """Runs in the worker process; errors travel back as data, not as pickled exceptions. Its
-    log lines (at the service's ``log_level``) end with the id of the request that started it."""
+    log lines (at the service's ``log_level``, in its ``log_format``) name the request that
+    started it."""
     if log_level is not None:
-        _log_as_the_service(log_level)
+        _log_as_the_service(log_level, log_format)
     with request_ids.working_for(request_id):
         return _run_train_job(data_dir, config, raw_body, uploads, job_id)
 
@@ -497,8 +501,9 @@ class TrainingJobs:
     def __init__(self, data_dir: Path, on_success: Callable[[dict[str, Any]], None] | None = None,
                  on_failure: Callable[[dict[str, Any]], None] | None = None, keep: int = 1000,
                  max_pending: int = 16, on_pending: Callable[[int], None] | None = None,
-                 priority: str = DEFAULT_PRIORITY, timeout: float = 0.0):
+                 priority: str = DEFAULT_PRIORITY, timeout: float = 0.0, log_format: LogFormat = "text"):
         self.data_dir = Path(data_dir)
+        self.log_format = log_format  # (its worker's lines are written as the service's)
         # Seconds a training may run (0: no limit); past it its worker is stopped. One
         # training at a time runs: without a limit, one that never ends holds all the others.
         self.timeout = float(timeout)
@@ -574,7 +579,7 @@ class TrainingJobs:
             self._prune_records()
             # Its worker logs as this process does, and for the request that started it.
             args = (str(self.data_dir), payload, raw, {k: str(v) for k, v in (uploads or {}).items()}, job_id,
-                    record["request_id"], logging.getLogger(__package__).getEffectiveLevel())
+                    record["request_id"], logging.getLogger(__package__).getEffectiveLevel(), self.log_format)
             job = _Job(job_id, record, args, cleanup, Future())
         except BaseException:
             with self._lock:

@@ -1,0 +1,134 @@
+"""Log lines as JSON (PREDICTOR_LOG_FORMAT=json): one object a line, uvicorn's and the
+service's alike, each naming the request it was written for."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import httpx
+import pytest
+
+from swarmpilot_predictor.logs import JsonFormatter, stderr_handler
+from swarmpilot_predictor.request_ids import RequestIdFilter, current
+
+from .conftest import broken_server, run_server, train_beside_an_unwritable_change_log
+
+
+def entries(log: str) -> list[dict]:
+    """Every line of ``log`` read as a JSON object (a line that is not one fails the test)."""
+    out = []
+    for line in log.splitlines():
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pytest.fail(f"not a JSON line: {line!r}\n{log}")
+    return out
+
+
+def formatted(name: str, msg: str, args: tuple = (), exc_info=None, request_id: str | None = None) -> dict:
+    record = logging.LogRecord(name, logging.WARNING, __file__, 1, msg, args, exc_info)
+    token = current.set(request_id)
+    try:
+        RequestIdFilter().filter(record)
+    finally:
+        current.reset(token)
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    return json.loads(line)
+
+
+def test_a_record_is_one_json_line_with_its_request():
+    entry = formatted("swarmpilot_predictor.service", "cannot read %s\nsecond line", ("x.json",), request_id="sched-7")
+    assert entry["message"] == "cannot read x.json\nsecond line" and entry["request_id"] == "sched-7"
+    assert entry["level"] == "WARNING" and entry["logger"] == "swarmpilot_predictor.service"
+    assert entry["time"].endswith("Z") and len(entry["time"]) == len("2026-12-07T09:40:25.075Z")
+    assert isinstance(entry["pid"], int) and "exception" not in entry
+    assert formatted("x", "outside a request")["request_id"] is None
+    # An id of "-" is a request's own, not the filter's "outside a request".
+    assert formatted("x", "m", request_id="-")["request_id"] == "-"
+
+
+def test_uvicorns_access_line_gives_its_parts_as_fields():
+    entry = formatted("uvicorn.access", '%s - "%s %s HTTP/%s" %d', ("127.0.0.1:5", "GET", "/ping?x=1", "1.1", 200),
+                      request_id="acc-1")
+    assert entry["message"] == '127.0.0.1:5 - "GET /ping?x=1 HTTP/1.1" 200'
+    assert (entry["client"], entry["method"], entry["path"], entry["http_version"], entry["status"],
+            entry["request_id"]) == ("127.0.0.1:5", "GET", "/ping?x=1", "1.1", 200, "acc-1")
+
+
+def test_a_traceback_and_an_unencodable_character_stay_inside_the_line():
+    try:
+        raise KeyError("models")
+    except KeyError:
+        entry = formatted("x", "unexpected error on GET /p\udcff", exc_info=sys.exc_info())
+    assert entry["message"] == "unexpected error on GET /p\udcff"
+    assert entry["exception"].startswith("Traceback (most recent call last):") and "KeyError: 'models'" in entry["exception"]
+
+
+def test_the_handler_writes_text_unless_told_json(capsys):
+    log = logging.getLogger("swarmpilot_predictor.test_logs")
+    log.propagate = False
+    try:
+        for fmt in ("text", "json"):
+            handler = stderr_handler(fmt)
+            log.addHandler(handler)
+            log.warning("disk %s", "full")
+            log.removeHandler(handler)
+    finally:
+        log.propagate = True
+    text, as_json = capsys.readouterr().err.splitlines()
+    assert text == "WARNING:  disk full"
+    assert json.loads(as_json)["message"] == "disk full"
+
+
+@pytest.mark.parametrize("entry", [["-m", "swarmpilot_predictor", "serve", "--log-format", "json"],
+                                   ["-m", "swarmpilot_predictor", "serve", "--workers", "2"],
+                                   ["-m", "src.scheduler.predictor_api"]],
+                         ids=["serve", "serve-workers", "seed"])
+def test_every_line_the_service_writes_is_json(tmp_path, port, entry):
+    env = {"PREDICTOR_PORT": str(port), "PREDICTOR_HOST": "127.0.0.1", "PREDICTOR_ACCESS_LOG": "true",
+           "PREDICTOR_NOT_A_SETTING": "1"}
+    if "--log-format" not in entry:
+        env["PREDICTOR_LOG_FORMAT"] = "JSON"  # (any case, as the level)
+    with run_server(tmp_path / "data", extra_env=env, args=[sys.executable, *entry], port=port) as srv:
+        with httpx.Client(base_url=srv.url, timeout=30) as http:
+            http.get("/ping", headers={"x-request-id": "json-1"})
+            made = http.get("/nowhere").headers["x-request-id"]
+        srv.process.terminate()
+        log = srv.process.stdout.read().decode()
+    lines = entries(log)
+    access = {e["request_id"]: e for e in lines if e["logger"] == "uvicorn.access"}
+    assert (access["json-1"]["method"], access["json-1"]["path"], access["json-1"]["status"]) == ("GET", "/ping", 200)
+    assert access[made]["status"] == 404 and access[made]["path"] == "/nowhere"
+    assert any(e["logger"] == "uvicorn.error" and e["message"] == "Application startup complete." for e in lines), log
+    unknown = [e for e in lines if "'PREDICTOR_NOT_A_SETTING' is not a setting" in e["message"]]
+    assert len(unknown) == 1 and unknown[0]["level"] == "WARNING", log  # said once, with several workers too
+    assert unknown[0]["logger"].startswith("swarmpilot_predictor")
+
+
+def test_a_500_is_logged_as_json_with_its_traceback_and_request(tmp_path):
+    args = broken_server(log_level="info", log_config=True, log_format="json")
+    with run_server(tmp_path / "data", args=args, extra_env={"PREDICTOR_LOG_FORMAT": "json"}) as srv:
+        with httpx.Client(base_url=srv.url, timeout=30) as http:
+            assert http.get("/cache/stats", headers={"x-request-id": "sched-500"}).status_code == 500
+        srv.process.terminate()
+        log = srv.process.stdout.read().decode()
+    failed = [e for e in entries(log) if e.get("exception")]
+    # The service's line and uvicorn's "Exception in ASGI application", each with its traceback.
+    assert {e["message"] for e in failed} == {"unexpected error on GET /cache/stats",
+                                              "Exception in ASGI application"}, log
+    assert all(e["request_id"] == "sched-500" and "KeyError: 'models'" in e["exception"] and e["level"] == "ERROR"
+               for e in failed), log
+
+
+def test_the_training_workers_lines_are_json_too(tmp_path):
+    answer, log, changes = train_beside_an_unwritable_change_log(
+        tmp_path / "data", "sched-json-1", extra_env={"PREDICTOR_LOG_FORMAT": "json"})
+    assert answer.status_code == 200 and answer.json()["version"] == 1
+    worker = [e for e in entries(log) if "cannot write the registry's change log" in e["message"]]
+    assert worker and all(e["request_id"] == "sched-json-1" and e["level"] == "WARNING" for e in worker), log
+    assert worker[0]["message"] == (f"cannot write the registry's change log {changes} ([Errno 21] Is a directory: "
+                                    f"'{changes}'); every worker rescans")
