@@ -1774,6 +1774,8 @@ def test_with_an_api_key_the_routes_that_change_state_need_it_and_the_others_do_
                 batch = ok(http.post(f"/predict/batch/{SEGMENTS}", json={"trace": [TRACE, TRACE]}))
                 assert batch["expect"] == pytest.approx(2 * pred["expect"])
                 assert ok(http.get(f"/models/{SEGMENTS}/accuracy"))["observations"] == 40
+                # An evaluation records nothing: a read, open too.
+                assert ok(http.post(f"/models/{SEGMENTS}/evaluate", json={"traces": observed}))["evaluated"] == 40
                 for path_read in ("/health", "/ping", "/models", f"/models/{SEGMENTS}", "/cache/stats", "/tables",
                                   "/metrics", "/dashboard", "/docs", "/openapi.json"):
                     assert http.get(path_read).status_code == 200, path_read
@@ -2313,3 +2315,32 @@ def test_a_background_training_of_a_config_that_does_not_validate(http):
     assert record["error"]["status_code"] == 422 and record["error"]["field"] == "config.traces"
     r = http.post("/train?background=true", files={"config": ("c.json", orjson.dumps({"model": ident("nobody")}), "x")})
     assert failed(r, 422)["field"] == "config.traces"
+
+
+def test_evaluate_scores_the_serving_version_over_http(http, trained):
+    fresh = make_llm_traces(600, seed=31)
+    answer = ok(http.post(f"/models/{SEGMENTS}/evaluate", json={"traces": [*fresh, {"input_tokens": 5}]}))
+    assert answer["status"] == "success" and answer["evaluated"] == 600 and answer["version"] >= 1
+    assert answer["rejected"] == [{"index": 600, "message": "missing measured 'runtime_ms'"}]
+    assert abs(answer["interval_coverage"]["0.9"] - 0.9) < 0.05 and answer["calibration"]["corrected_p_value"] > 1e-4
+    slower = [{**t, "runtime_ms": t["runtime_ms"] * 1.5} for t in fresh]
+    assert ok(http.post(f"/models/{SEGMENTS}/evaluate", json={"traces": slower}))["calibration"]["corrected_p_value"] < 1e-9
+    # Recorded nothing: the accuracy has no observation of these.
+    observed = ok(http.get(f"/models/{SEGMENTS}/accuracy"))["observations"]
+    ok(http.post(f"/models/{SEGMENTS}/evaluate", json={"traces": fresh}))
+    assert ok(http.get(f"/models/{SEGMENTS}/accuracy"))["observations"] == observed
+
+
+def test_evaluate_refuses_what_it_cannot_score_naming_the_field(http, trained):
+    path = f"/models/{SEGMENTS}/evaluate"
+    failed(http.post(path, json={"traces": []}), 422, "traces")
+    failed(http.post(path, json={"traces": [{"input_tokens": 1}]}), 422, "no usable observation")
+    failed(http.post(path, json={"traces": make_llm_traces(5), "version": 1.0}), 422, "version")
+    failed(http.post(path, json={"traces": make_llm_traces(5), "version": 0}), 422, "version")
+    assert failed(http.post(path, json={"traces": make_llm_traces(5), "version": 999}), 404, "no version 999")["field"] == "version"
+    failed(http.post(path, json={"traces": make_llm_traces(5), "lookup_table": True}), 422, "lookup_table")
+    failed(http.post(path + "?version=1", json={"traces": make_llm_traces(5)}), 422, "version")
+    assert failed(http.post("/models/llm/none/x/y/z/evaluate", json={"traces": make_llm_traces(5)}), 404)["field"] == "identity"
+    schema = ok(http.get("/openapi.json"))["paths"]["/models/{model_type}/{model_name}/{hardware}/{software_name}/"
+                                                    "{software_version}/evaluate"]["post"]
+    assert "traces" in str(schema["requestBody"]) and "200" in schema["responses"]

@@ -1608,3 +1608,46 @@ def test_a_431_for_a_chunked_body_s_trailers_carries_the_request_s_own_id(tmp_pa
     for rid in ("sched-7", made):
         assert f"answered 431 (request {rid})." in said, said
         assert f"client left during POST /predict/batch/llm/m/H/s/1 before its body was read (request {rid})" in said
+
+
+def test_evaluate_prints_each_levels_coverage_and_the_figures_held_out_at_training(tmp_path, trained):
+    measured = tmp_path / "measured.jsonl"
+    measured.write_bytes(b"".join(orjson.dumps(t) + b"\n" for t in make_llm_traces(500, seed=51)))
+    out = invoke("evaluate", "llm/*/*/*/*", measured, "--data-dir", trained).output
+    assert f"{KEY} version 1: 500 traces scored\n" in out
+    body = json_out(invoke("evaluate", "llm/*/*/*/*", measured, "--data-dir", trained, "--json"))
+    for level, got in body["coverage"].items():  # a row per level: its coverage and p-value
+        assert re.search(rf"│ {re.escape(level)} +│ {got:.3f} +│ {body['calibration']['p_values'][level]:.3g} +│", out), out
+    assert f"relative pinball loss: {body['relative_pinball_loss']:.4f} (held out at training: " \
+           f"{body['heldout_at_training']['relative_pinball_loss']:.4f})" in out
+    assert f"coverage test: worst level {body['calibration']['worst_level']}, p-value " \
+           f"{body['calibration']['corrected_p_value']:.3g} (corrected over 8 levels" in out
+    # Nothing recorded: the model has no observation.
+    assert json_out(invoke("models", "--data-dir", trained, "--json"))[0]["models"][0]["observations"] == 0
+
+
+def test_evaluate_exits_1_naming_the_traces_it_could_not_score(tmp_path, trained):
+    traces = [*make_llm_traces(40, seed=52), {"input_tokens": 3, "output_tokens": 4}]
+    result = invoke("evaluate", "llm/*/*/*/*", json.dumps(traces), "--data-dir", trained, ok=False)
+    assert result.exit_code == 1 and f"{KEY} version 1: 40 traces scored, 1 not" in result.output
+    assert "trace[40]: missing measured 'runtime_ms'" in result.output
+    line = one_error_line(runner.invoke(cli.app, ["evaluate", "llm/*/*/*/*", '{"input_tokens": 3}', "-d", str(trained)]))
+    assert line == "error: no usable observation: traces[0]: missing measured 'runtime_ms'"
+    line = one_error_line(runner.invoke(cli.app, ["evaluate", "llm/*/*/*/*", json.dumps(traces[:5]), "-d", str(trained),
+                                                  "--model-version", "4"]))
+    assert line == f"error: model {KEY} has no version 4"
+
+
+def test_evaluate_with_url_answers_as_offline(tmp_path, trained, server):
+    cfg = tmp_path / "train.json"
+    cfg.write_text(json.dumps({"model": IDENTITY, "traces": make_llm_traces(200), "algorithm": "linear"}))
+    version = json_out(invoke("train", cfg, "--url", server.url, "--json"))["version"]
+    measured = json.dumps(make_llm_traces(200, seed=53))
+    remote = json_out(invoke("evaluate", "llm/*/*/*/*", measured, "--url", server.url, "--json",
+                             "--model-version", version))
+    offline = json_out(invoke("evaluate", "llm/*/*/*/*", measured, "--data-dir", trained, "--json"))
+    assert remote["version"] == version and remote["evaluated"] == offline["evaluated"] == 200
+    assert remote["coverage"] == offline["coverage"] and remote["calibration"] == offline["calibration"]
+    line = one_error_line(runner.invoke(cli.app, ["evaluate", "llm/*/*/*/*", measured, "--url", server.url,
+                                                  "--model-version", "999"]))
+    assert line == f"error: 404: model {KEY} has no version 999"

@@ -17,6 +17,7 @@ import pytest
 
 from swarmpilot_predictor.client import (
     AsyncPredictorClient,
+    EvaluationResponse,
     InvalidRequestError,
     JobTimeoutError,
     PredictorClient,
@@ -47,7 +48,7 @@ def test_the_module_exports_the_clients_their_errors_and_the_types_they_take_and
     for name in ("PredictorClient", "AsyncPredictorClient", "PredictorClientError", "PredictorUnavailableError",
                  "InvalidRequestError", "JobTimeoutError", "QueueWaitEstimate", "IdentityLike", "ModelIdentity",
                  "HealthResponse", "ModelsResponse", "TrainResult", "SinglePredictionResponse",
-                 "BatchPredictionResponse", "PredictionResult"):
+                 "BatchPredictionResponse", "PredictionResult", "EvaluationResponse"):
         assert names[name] is getattr(client_module, name)
     assert names["TrainResult"] is TrainResult and names["ModelIdentity"] is ModelIdentity
     # ... and not the modules and helpers it uses (a star import took numpy as np, httpx, os, ...)
@@ -260,6 +261,32 @@ def test_a_deadline_through_both_clients(trained_server):
             return single.results.deadline_probability, waited
 
     assert asyncio.run(both()) == (one.deadline_probability, waits)
+
+
+def test_evaluate_through_both_clients(trained_server):
+    # A scheduler checks a model on its own instance's measured traces before trusting it.
+    measured = make_llm_traces(300, seed=41)
+    with PredictorClient(trained_server.url) as client:
+        answer = client.evaluate(IDENTITY, measured)
+        assert isinstance(answer, EvaluationResponse) and answer.evaluated == 300 and answer.rejected == []
+        assert abs(answer.interval_coverage["0.9"] - 0.9) < 0.06 and answer.model_key == KEY
+        assert client.evaluate(IDENTITY, measured, version=1).version == 1
+        slower = client.evaluate(IDENTITY, [{**t, "runtime_ms": t["runtime_ms"] * 2} for t in measured])
+        assert slower.coverage["0.5"] < 0.05 and slower.calibration["corrected_p_value"] < 1e-9
+        for bad in (1.5, "1", True):  # refused before sending
+            with pytest.raises(InvalidRequestError) as err:
+                client.evaluate(IDENTITY, measured, version=bad)
+            assert err.value.field == "version"
+        for bad, status in ((0, 422), (99, 404)):  # the service's answers
+            with pytest.raises(PredictorClientError) as err:
+                client.evaluate(IDENTITY, measured, version=bad)
+            assert (err.value.status_code, err.value.field) == (status, "version")
+
+    async def evaluated() -> EvaluationResponse:
+        async with AsyncPredictorClient(trained_server.url) as client:
+            return await client.evaluate(IDENTITY, measured)
+
+    assert asyncio.run(evaluated()) == answer
 
 
 def test_a_prediction_may_name_the_stored_version_that_answers(trained_server):

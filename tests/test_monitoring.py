@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from statistics import NormalDist
+
 import numpy as np
 import orjson
 import pytest
 
 from swarmpilot_predictor.identity import ModelIdentity
-from swarmpilot_predictor.monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog, RollingAccuracy, WindowColumn
+from swarmpilot_predictor.monitoring import (MONITOR_LEVELS, AccuracyMonitor, ObservationLog, RollingAccuracy, WindowColumn,
+                                             accuracy_of, calibration_test)
 
 from .conftest import clock_checking_at, record_fsyncs, run_with_file_size_limit
 
@@ -999,3 +1002,23 @@ def test_an_append_read_by_another_thread_and_rotated_away_before_its_own_look_c
     monkeypatch.setattr(AccuracyMonitor, "_sync", real_sync)
     assert raced and mine.report(IDENT, 1)["observations"] == 2
     assert list(mine.tracker(IDENT, 1).y) == y.tolist()
+
+
+def test_the_calibration_test_passes_runtimes_drawn_from_their_quantiles_and_fails_others():
+    rng = np.random.default_rng(5)
+    levels = np.asarray(MONITOR_LEVELS)
+    scale = rng.uniform(50, 500, 4000)
+    q = scale[:, None] * np.exp(np.array([NormalDist().inv_cdf(t) for t in levels]) * 0.3)
+    y = scale * np.exp(rng.normal(0, 0.3, 4000))
+    calibrated = calibration_test(y, q)
+    assert set(calibrated["p_values"]) == {f"{t:g}" for t in MONITOR_LEVELS}
+    assert calibrated["corrected_p_value"] > 0.01
+    assert calibrated["corrected_p_value"] == min(1.0, 8 * calibrated["p_values"][calibrated["worst_level"]])
+    slow = calibration_test(y * 1.2, q)  # a fifth slower than predicted: the median covers about 27%
+    assert slow["corrected_p_value"] < 1e-12 and slow["worst_level"] in ("0.25", "0.5", "0.75")
+    # The accuracy of the same observations is the rolling window's, for a window that holds them all.
+    window = RollingAccuracy(window=4000)
+    window.add(y, q)
+    nan = np.full(len(y), np.nan)
+    assert accuracy_of(y, q, nan, nan, nan) == {k: v for k, v in window.report(1e-3, 30).items()
+                                                if k in accuracy_of(y, q, nan, nan, nan)}

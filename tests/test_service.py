@@ -1913,3 +1913,61 @@ def test_only_without_the_shared_factor_is_a_total_never_likelier_done_than_a_ta
             gaps[shared].append(body["total_deadline_probability"] - min(r["deadline_probability"] for r in body["results"]))
     assert max(gaps[False]) <= 1e-9
     assert max(gaps[True]) > 0.005
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def test_evaluate_scores_a_version_on_measured_traces_and_records_nothing(service):
+    service.train(config(make_llm_traces(400)))
+    fresh = make_llm_traces(3000, seed=21)  # the training's distribution: calibrated
+    answer = service.evaluate(PATTERN, fresh)
+    assert answer["version"] == 1 and answer["evaluated"] == 3000 and answer["rejected"] == []
+    for level, got in answer["coverage"].items():
+        assert abs(got - float(level)) < 0.03, answer["coverage"]
+    assert abs(answer["interval_coverage"]["0.9"] - 0.9) < 0.03
+    assert answer["expect_ratio"] == pytest.approx(1.0, abs=0.03)
+    assert answer["calibration"]["corrected_p_value"] > 1e-3
+    assert answer["relative_pinball_loss"] == pytest.approx(
+        answer["heldout_at_training"]["relative_pinball_loss"], rel=0.25)
+    # Nothing recorded: no observation, no drift, nothing counted.
+    assert service.accuracy(PATTERN)["observations"] == 0
+    assert not (service.settings.data_dir / "observations").exists() or not any(
+        (service.settings.data_dir / "observations").rglob("*.jsonl"))
+    assert "predictor_observations_total{" not in service.render_metrics()[0].decode()
+
+
+def test_evaluate_tells_runtimes_that_are_not_those_predicted(service):
+    service.train(config(make_llm_traces(400)))
+    slower = [{**t, "runtime_ms": t["runtime_ms"] * 1.5} for t in make_llm_traces(1000, seed=22)]
+    answer = service.evaluate(PATTERN, slower)
+    assert answer["coverage"]["0.5"] < 0.1 and answer["expect_ratio"] == pytest.approx(1.5, rel=0.05)
+    assert answer["calibration"]["corrected_p_value"] < 1e-12
+    assert answer["calibration"]["p_values"][answer["calibration"]["worst_level"]] < 1e-12
+
+
+def test_evaluate_names_the_traces_it_could_not_score(service):
+    service.train(config(make_llm_traces(200)))
+    traces = [*make_llm_traces(50, seed=23), {"input_tokens": 10, "output_tokens": 10},
+              {**make_llm_traces(1, seed=24)[0], "hardware": "A100"}]
+    answer = service.evaluate(PATTERN, traces)
+    assert answer["evaluated"] == 50
+    assert [r["index"] for r in answer["rejected"]] == [50, 51]
+    assert answer["rejected"][0]["message"] == "missing measured 'runtime_ms'"
+    with pytest.raises(InvalidInput) as caught:
+        service.evaluate(PATTERN, [{"input_tokens": 10, "output_tokens": 10}])
+    assert caught.value.field == "traces" and "missing measured 'runtime_ms'" in caught.value.message
+
+
+def test_evaluate_scores_the_version_asked_for(service):
+    service.train(config(make_llm_traces(300)))
+    service.train(config([{**t, "runtime_ms": t["runtime_ms"] * 2} for t in make_llm_traces(300, seed=1)]))
+    doubled = [{**t, "runtime_ms": t["runtime_ms"] * 2} for t in make_llm_traces(800, seed=25)]
+    serving, first = service.evaluate(PATTERN, doubled), service.evaluate(PATTERN, doubled, version=1)
+    assert (serving["version"], first["version"]) == (2, 1)
+    assert abs(serving["coverage"]["0.5"] - 0.5) < 0.06 and first["coverage"]["0.5"] < 0.05
+    wildcard = service.evaluate(IdentityPattern.from_parts({**IDENTITY, "hardware": "*"}), doubled)
+    assert wildcard["model_key"] == serving["model_key"] and wildcard["coverage"] == serving["coverage"]
+    with pytest.raises(NotFound) as caught:
+        service.evaluate(PATTERN, doubled, version=3)
+    assert caught.value.field == "version"

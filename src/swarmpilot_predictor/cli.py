@@ -822,6 +822,82 @@ def models(data_dir: Optional[str] = DataDirOpt, url: Optional[str] = UrlOpt,
     console.print(table)
 
 
+@app.command()
+def evaluate(
+    model: str = typer.Argument(..., metavar="MODEL", help="The model's five parts (as predict's); '*' for any part."),
+    trace: str = typer.Argument(..., metavar="TRACE",
+                                help="A trace file, or traces as JSON, each with its measured runtime."),
+    model_version: Optional[int] = typer.Option(None, "--model-version", metavar="N",
+                                                help="Score this stored version (default: the serving, latest one)."),
+    data_dir: Optional[str] = DataDirOpt,
+    url: Optional[str] = UrlOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the raw JSON answer."),
+):
+    """Score a model on traces with measured runtimes, recording nothing.
+
+    Prints each level's coverage and its binomial test, the central intervals' coverage, the
+    pinball loss and median error against the version's held-out figures at training.
+    """
+    pattern = _parse_key(model)
+    if model_version is not None and model_version < 1:
+        _fail(f"--model-version counts from 1, got {model_version}")
+    traces = _read_trace_arg(trace)
+    flags = {"version": "--model-version"}
+    if url:
+        with _remote(url, flags) as client:
+            body = client.evaluate(pattern.as_tuple(), traces, model_version).model_dump(exclude_unset=True)
+    else:
+        service = _service(data_dir, existing=True)
+        if service is None:
+            _no_models(data_dir)
+        _predict_on_one_blas_thread()
+        try:
+            body = service.evaluate(pattern, traces, model_version)
+        except PredictorError as exc:
+            _fail(_as_flag(exc.message, exc.field, flags))
+    if as_json:
+        _out(orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        _print_evaluation(body)
+    if body["rejected"]:
+        raise typer.Exit(1)  # a script can tell that a trace was not scored (the figures are printed first)
+
+
+def _print_evaluation(body: dict[str, Any]) -> None:
+    rejected = len(body["rejected"])
+    title = f"{body['model_key']} version {body['version']}: {_count(body['evaluated'], 'trace')} scored"
+    # (Above the table, not as its title: a title wraps at the narrow table's width.)
+    console.print(escape(title + (f", {rejected:,} not" if rejected else "")), highlight=False)
+    table = Table()
+    for col in ("level", "coverage", "p-value"):
+        table.add_column(col)
+    p_values = body["calibration"]["p_values"]
+    for level, got in body["coverage"].items():
+        table.add_row(level, f"{got:.3f}", f"{p_values[level]:.3g}")
+    console.print(table)
+    heldout = body.get("heldout_at_training") or {}
+
+    def beside(key: str) -> str:  # the version's own figure at training, where it has one
+        return f" (held out at training: {heldout[key]:.4f})" if isinstance(heldout.get(key), (int, float)) else ""
+
+    intervals = ", ".join(f"{float(size):.0%} {got:.3f}" for size, got in body["interval_coverage"].items())
+    calibration = body["calibration"]
+    lines = [f"central intervals' coverage: {intervals}",
+             f"relative pinball loss: {body['relative_pinball_loss']:.4f}{beside('relative_pinball_loss')}",
+             f"mean absolute coverage error: {body['mean_abs_coverage_error']:.4f}{beside('mean_abs_coverage_error')}",
+             f"median's mean absolute percentage error: {body['median_mape']:.4f}{beside('median_mape')}"]
+    if body.get("expect_ratio") is not None:
+        lines.append(f"runtimes' sum / expects' sum: {body['expect_ratio']:.3f}")
+    lines.append(f"coverage test: worst level {calibration['worst_level']}, p-value {calibration['corrected_p_value']:.3g} "
+                 f"(corrected over {len(p_values)} levels; small: the runtimes are not those predicted)")
+    for i, message in ((r["index"], r["message"]) for r in body["rejected"][:5]):
+        lines.append(f"[red]trace[{i}]: {escape(_cell(message))}[/]")
+    if rejected > 5:
+        lines.append(f"[red]and {rejected - 5:,} more not scored[/]")
+    for line in lines:
+        console.print(line, highlight=False)
+
+
 @app.command("tables")
 def tables_cmd(data_dir: Optional[str] = DataDirOpt, url: Optional[str] = UrlOpt,
                as_json: bool = typer.Option(False, "--json", help="Print the raw JSON list.")):

@@ -32,6 +32,7 @@ from .collector import collector_paused
 from .identity import IDENTITY_KEYS, IdentityPattern, ModelIdentity
 from .schemas import (
     BatchPredictionResponse,
+    EvaluationResponse,
     HealthResponse,
     ModelInfo,
     ModelsResponse,
@@ -52,7 +53,7 @@ __all__ = [
     "PredictorClientError", "PredictorUnavailableError", "InvalidRequestError", "JobTimeoutError",
     "QueueWaitEstimate", "IdentityLike", "ModelIdentity", "ModelInfo", "TrainConfig",
     "HealthResponse", "ModelsResponse", "TrainResult", "SinglePredictionResponse", "BatchPredictionResponse",
-    "PredictionResult", "KEEPALIVE_EXPIRY", "MAX_BACKOFF",
+    "PredictionResult", "EvaluationResponse", "KEEPALIVE_EXPIRY", "MAX_BACKOFF",
 ]
 
 T = TypeVar("T", bound=BaseModel)
@@ -539,6 +540,15 @@ class _Calls:
         if recent is not None:
             params["recent"] = _whole(recent, "recent", minimum=0)
         return _Request("GET", _model_path(identity) + "/accuracy", params=params or None, idempotent=True)
+
+    @staticmethod
+    def evaluate(identity: IdentityLike, traces: Iterable[Mapping[str, Any]], version: int | None = None) -> _Request:
+        body: dict[str, Any] = {"traces": _traces(traces, "traces")}
+        if version is not None:
+            body["version"] = _whole(version, "version", noun="an integer")
+        # Records nothing: safe to send again where no answer came.
+        return _Request("POST", _model_path(identity) + "/evaluate", json=body, response=EvaluationResponse,
+                        idempotent=True)
 
     @staticmethod
     def retrain(identity: IdentityLike) -> _Request:
@@ -1296,6 +1306,14 @@ class PredictorClient(_Base):
         """Rolling accuracy; ``recent`` observations (at most 5,000, 200 if not given) come with it."""
         return self._send(self._calls.accuracy(identity, version, recent))
 
+    def evaluate(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]],
+                 version: int | None = None) -> EvaluationResponse:
+        """How well the model (the serving version, or ``version``) predicts ``traces`` carrying
+        measured runtimes, recording nothing: coverage per level, interval coverage, pinball
+        loss, median error, expect ratio, each level's coverage test (``calibration``), and the
+        version's held-out accuracy at training beside them."""
+        return self._send(self._calls.evaluate(identity, traces, version))
+
     def retrain(self, identity: IdentityLike) -> dict[str, Any]:
         """Retrain a model now on its training data plus observations; the decision (a new version
         only if it beats the serving one on recent observations)."""
@@ -1533,6 +1551,10 @@ class AsyncPredictorClient(_Base):
 
     async def accuracy(self, identity: IdentityLike, version: int | None = None, recent: int | None = None) -> dict[str, Any]:
         return await self._send(self._calls.accuracy(identity, version, recent))
+
+    async def evaluate(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]],
+                       version: int | None = None) -> EvaluationResponse:
+        return await self._send(self._calls.evaluate(identity, traces, version))
 
     async def retrain(self, identity: IdentityLike) -> dict[str, Any]:
         return await self._send(self._calls.retrain(identity))

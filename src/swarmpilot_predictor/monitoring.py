@@ -654,44 +654,8 @@ class RollingAccuracy:
         return out
 
     def _accuracy(self) -> dict[str, Any]:
-        """The window's coverage, interval coverage, pinball loss and median error; how the
-        sum of what ran compares with the expects and their errors; each kind of run's."""
-        out: dict[str, Any] = {}
-        y = np.asarray(self.y)
-        q = np.asarray(self.q)
-        levels = np.asarray(MONITOR_LEVELS)
-        tick = clock_tick(y)
-        coverage = tie_broken_coverage(y, q, tick)
-        pin = pinball_loss(y, q, MONITOR_LEVELS)
-        idx = {lvl: i for i, lvl in enumerate(MONITOR_LEVELS)}
-        out["coverage"] = {f"{t:g}": float(c) for t, c in zip(MONITOR_LEVELS, coverage)}
-        out["interval_coverage"] = {
-            name: _interval_coverage(y, q[:, idx[lo]], q[:, idx[hi]], tick, float(name))
-            for name, (lo, hi) in MONITOR_INTERVALS.items()
-        }
-        if tick is not None:
-            out["clock_tick_ms"] = tick
-        out["mean_abs_coverage_error"] = float(np.abs(coverage - levels).mean())
-        out["pinball_loss"] = float(pin.mean())
-        out["relative_pinball_loss"] = float(pin.mean() / y.mean())
-        out["median_mape"] = float(np.mean(np.abs(q[:, idx[0.5]] - y) / y))
-        e = np.asarray(self.e)
-        known = ~np.isnan(e)
-        if known.any():
-            # A queue's wait is a sum of expects: how far the sum of what ran is from it.
-            out["expect_ratio"] = float(y[known].sum() / e[known].sum())
-            out["expect_observations"] = int(known.sum())
-        sd = np.asarray(self.s)
-        both = known & ~np.isnan(sd)
-        # Its variance is a sum of squared errors: how the deviations from the expects compare.
-        if both.any() and (ratio := error_ratio(y[both], e[both], sd[both])) is not None:
-            out["error_ratio"] = ratio
-            out["error_observations"] = int(both.sum())
-        flags = np.asarray(self.f)
-        if (~np.isnan(flags)).any():
-            out["by_kind"] = {kind: _kind_accuracy(y[flags == value], q[flags == value], tick)
-                              for kind, value in RUN_KINDS}
-        return out
+        return accuracy_of(np.asarray(self.y), np.asarray(self.q), np.asarray(self.e), np.asarray(self.s),
+                           np.asarray(self.f))
 
     def _drift(self, alpha: float, min_observations: int) -> dict[str, Any]:
         """The drift test's answer at the last checkpoint: ``drifted``, ``drift`` (its p-values,
@@ -765,6 +729,59 @@ class RollingAccuracy:
         es = [None if v != v else v for v in self.e.values()[start:].tolist()]
         ss = [None if v != v else v for v in self.s.values()[start:].tolist()]
         return {"levels": list(MONITOR_LEVELS), "runtime_ms": ys, "quantile_predictions": qs, "expect": es, "error": ss}
+
+
+def accuracy_of(y: np.ndarray, q: np.ndarray, e: np.ndarray, sd: np.ndarray, flags: np.ndarray) -> dict[str, Any]:
+    """The accuracy of observed runtimes ``y`` against their predicted quantiles ``q`` (at
+    MONITOR_LEVELS), expects ``e`` and errors ``sd`` (NaN: not known) and first-run flags
+    ``flags`` (NaN: not known): coverage, interval coverage, pinball loss and median error;
+    how the sum of what ran compares with the expects and their errors; each kind of run's."""
+    out: dict[str, Any] = {}
+    levels = np.asarray(MONITOR_LEVELS)
+    tick = clock_tick(y)
+    coverage = tie_broken_coverage(y, q, tick)
+    pin = pinball_loss(y, q, MONITOR_LEVELS)
+    idx = {lvl: i for i, lvl in enumerate(MONITOR_LEVELS)}
+    out["coverage"] = {f"{t:g}": float(c) for t, c in zip(MONITOR_LEVELS, coverage)}
+    out["interval_coverage"] = {
+        name: _interval_coverage(y, q[:, idx[lo]], q[:, idx[hi]], tick, float(name))
+        for name, (lo, hi) in MONITOR_INTERVALS.items()
+    }
+    if tick is not None:
+        out["clock_tick_ms"] = tick
+    out["mean_abs_coverage_error"] = float(np.abs(coverage - levels).mean())
+    out["pinball_loss"] = float(pin.mean())
+    out["relative_pinball_loss"] = float(pin.mean() / y.mean())
+    out["median_mape"] = float(np.mean(np.abs(q[:, idx[0.5]] - y) / y))
+    known = ~np.isnan(e)
+    if known.any():
+        # A queue's wait is a sum of expects: how far the sum of what ran is from it.
+        out["expect_ratio"] = float(y[known].sum() / e[known].sum())
+        out["expect_observations"] = int(known.sum())
+    both = known & ~np.isnan(sd)
+    # Its variance is a sum of squared errors: how the deviations from the expects compare.
+    if both.any() and (ratio := error_ratio(y[both], e[both], sd[both])) is not None:
+        out["error_ratio"] = ratio
+        out["error_observations"] = int(both.sum())
+    if (~np.isnan(flags)).any():
+        out["by_kind"] = {kind: _kind_accuracy(y[flags == value], q[flags == value], tick)
+                          for kind, value in RUN_KINDS}
+    return out
+
+
+def calibration_test(y: np.ndarray, q: np.ndarray) -> dict[str, Any]:
+    """Whether runtimes ``y`` are consistent with their predicted quantiles ``q`` (at
+    MONITOR_LEVELS), all at once: each level's exact binomial test of its coverage (ties at a
+    clock's tick broken toward the level, see :func:`covered`), the worst, and its p-value
+    Bonferroni-corrected over the levels. The drift test's, on one set of observations
+    rather than a rolling window."""
+    sure, maybe = covered(y, q, clock_tick(y))
+    n = len(y)
+    p_values = {f"{t:g}": coverage_p_value(int(k), int(m), n, t)
+                for t, k, m in zip(MONITOR_LEVELS, sure.sum(axis=0).tolist(), maybe.sum(axis=0).tolist())}
+    worst = min(p_values, key=p_values.__getitem__)
+    return {"p_values": p_values, "worst_level": worst,
+            "corrected_p_value": min(1.0, p_values[worst] * len(MONITOR_LEVELS))}
 
 
 def _worst_test(pvalues: dict[str | None, dict[str, float]], groups: list[str | None]) -> tuple[str | None, str, float]:

@@ -311,6 +311,15 @@ class ObserveRequest(BaseModel):
     traces: list[dict[str, Any]] = Field(min_length=1, max_length=100_000)
 
 
+class EvaluateRequest(BaseModel):
+    """Traces with their measured runtimes, to score a model version on (recording nothing)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    traces: list[dict[str, Any]] = Field(min_length=1, max_length=100_000)
+    version: StrictInt | None = Field(None, ge=1)  # default the serving (latest) version
+
+
 class NoOptions(BaseModel):
     """The body of a route that takes no options (a retraining, a deletion, the cache's
     clearing): empty or ``{}``."""
@@ -489,6 +498,31 @@ class AccuracyResponse(_Response):
     heldout_at_training: dict[str, Any]
     recent: dict[str, Any]
     retraining: list[dict[str, Any]]
+
+
+class EvaluationResponse(_Response):
+    """A model version's accuracy on traces sent to ``POST /models/{identity}/evaluate``."""
+
+    status: Literal["success"]
+    model_key: str
+    version: int
+    evaluated: int  # the traces scored
+    rejected: list[dict[str, Any]]  # {"index", "message"} of each trace that could not be
+    levels: list[float]
+    coverage: dict[str, float]
+    interval_coverage: dict[str, float]
+    clock_tick_ms: float | None = None
+    mean_abs_coverage_error: float
+    pinball_loss: float
+    relative_pinball_loss: float
+    median_mape: float
+    expect_ratio: float | None = None
+    expect_observations: int | None = None
+    error_ratio: float | None = None
+    error_observations: int | None = None
+    by_kind: dict[str, dict[str, Any]] | None = None
+    calibration: dict[str, Any]  # each level's binomial test: p_values, worst_level, corrected_p_value
+    heldout_at_training: dict[str, Any]
 
 
 class RetrainDecision(_Response):

@@ -31,7 +31,7 @@ from .lookup import WRITABLE_FORMATS, LookupTable, LookupTableStore, TablePredic
 from .lookup.names import WRITABLE_TABLE_KINDS
 from .lookup.quantiles import KNOT_LIMIT, KNOT_MOST
 from .metrics import TABLE_LABEL, PredictorMetrics, table_label
-from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog
+from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog, accuracy_of, calibration_test
 from .registry import LoadedModel, ModelRegistry, ModelVersion
 from .retraining import Retrainer
 from .schemas import (DEADLINE_KEY, RenderedPredictions, TrainConfig, batch_values_problem, first_run_split, total_fields,
@@ -214,6 +214,22 @@ def _written_format(name: str, fmt: str | None) -> str:
     if fmt is not None and fmt != name_fmt:
         raise InvalidInput(f"format {shown(fmt)} does not match the table name {shown(name)}", field="format")
     return name_fmt
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Traces with measured runtimes against what a model version predicts for them."""
+
+    traces: list[dict[str, Any]]  # as sent, flattened
+    y: np.ndarray  # the usable rows' runtimes
+    rows: np.ndarray  # the places of the usable traces
+    errors: list[str | None]  # why each other trace is not (None: usable)
+    dist: TaskDistributions  # the usable rows' distributions
+    q: np.ndarray  # their quantiles at MONITOR_LEVELS
+    first_run: np.ndarray | None  # the first-run flag each was predicted with (None: no such column)
+
+    def rejected(self) -> list[dict[str, Any]]:
+        return [{"index": i, "message": e} for i, e in enumerate(self.errors) if e is not None]
 
 
 class PredictorService:
@@ -1089,17 +1105,12 @@ class PredictorService:
 
     # ------------------------------------------------------------------ observations
 
-    def observe(self, model: dict[str, str], traces: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        """Record measured runtimes; compare them with what the serving model predicts."""
-        identity = ModelIdentity.from_parts(model)
-        self.registry.maybe_refresh()
-        try:
-            loaded = self.registry.load(identity)
-        except ModelNotFound as exc:
-            raise ModelNotFound(exc.message, field="model", extra=exc.extra) from None
+    def _measured(self, identity: ModelIdentity, loaded: LoadedModel, traces: Sequence[dict[str, Any]]) -> Measured:
+        """Traces with measured runtimes against what ``loaded`` predicts for them; an
+        InvalidInput on ``traces`` where no trace is usable."""
         target = loaded.meta.target
         flat, errors = normalize_traces(traces)
-        conflicts = identity_conflicts(flat, identity)  # observed on another model: not this one's evidence
+        conflicts = identity_conflicts(flat, identity)  # measured on another model: not this one's evidence
         if conflicts is not None:
             errors = [e or c for e, c in zip(errors, conflicts)]
         X, feat_errors = loaded.meta.features.matrix(flat)
@@ -1116,19 +1127,28 @@ class PredictorService:
                                  "read as it, its unit may differ)" if target != DEFAULT_TARGET and DEFAULT_TARGET in t
                                  else ""))
         errors = [e or f for e, f in zip(errors, feat_errors)]
-        ok = np.array([e is None for e in errors], dtype=bool)
-        rows = np.flatnonzero(ok)
+        rows = np.flatnonzero([e is None for e in errors])
         if len(rows) == 0:
             more = f"; and {len(errors) - 5:,} more" if len(errors) > 5 else ""
             raise InvalidInput("no usable observation: " + "; ".join(
                 f"traces[{i}]: {e}" for i, e in enumerate(errors[:5])) + more, field="traces")
         dist = loaded.model.predict_distribution(X[rows])
-        q = dist.quantiles(list(MONITOR_LEVELS))
-        version = loaded.meta.version
-        # The first-run flag each was predicted with (derived, or the traces' own), where the model has one.
         flag = loaded.meta.features.regime_column
-        first_run = X[rows, flag] if flag is not None else None
-        self.monitor.record(identity, version, [flat[i] for i in rows], y[rows], q, *dist.mean_std(), first_run,
+        return Measured(flat, y[rows], rows, errors, dist, dist.quantiles(list(MONITOR_LEVELS)),
+                        X[rows, flag] if flag is not None else None)
+
+    def observe(self, model: dict[str, str], traces: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Record measured runtimes; compare them with what the serving model predicts."""
+        identity = ModelIdentity.from_parts(model)
+        self.registry.maybe_refresh()
+        try:
+            loaded = self.registry.load(identity)
+        except ModelNotFound as exc:
+            raise ModelNotFound(exc.message, field="model", extra=exc.extra) from None
+        measured = self._measured(identity, loaded, traces)
+        version = loaded.meta.version
+        self.monitor.record(identity, version, [measured.traces[i] for i in measured.rows], measured.y, measured.q,
+                            *measured.dist.mean_std(), measured.first_run,
                             kinds_apart=first_run_split(loaded.meta.metrics) is not None)
         self.registry.maybe_refresh()
         stored = [v.version for v in self.registry.versions(identity)]
@@ -1141,7 +1161,7 @@ class PredictorService:
             raise ModelNotFound(f"no model {identity.key}: it was deleted", field="model")
         # Versions deleted since (PREDICTOR_KEEP_VERSIONS, by any worker) leave their windows here.
         self.monitor.forget_deleted_versions(identity, stored)
-        self.metrics.observations.labels(identity.key).inc(len(rows))
+        self.metrics.observations.labels(identity.key).inc(len(measured.rows))
         report = self.monitor.report(identity, version)
         self.metrics.set_accuracy(identity.key, version, report)
         scheduled = self.retrainer.maybe_schedule(identity, version)
@@ -1149,8 +1169,8 @@ class PredictorService:
             "status": "success",
             "model_key": identity.key,
             "model_version": version,
-            "accepted": int(len(rows)),
-            "rejected": [{"index": i, "message": e} for i, e in enumerate(errors) if e is not None],
+            "accepted": int(len(measured.rows)),
+            "rejected": measured.rejected(),
             "drifted": report["drifted"],
             "retraining_scheduled": scheduled is not None,
         }
@@ -1171,6 +1191,30 @@ class PredictorService:
             "heldout_at_training": _headline_metrics(meta.metrics),
             "recent": self.monitor.recent(identity, meta.version, recent),
             "retraining": self.retrainer.decisions.read(identity, 5),
+        }
+
+    def evaluate(self, pattern: IdentityPattern, traces: Sequence[dict[str, Any]],
+                 version: int | None = None) -> dict[str, Any]:
+        """How well a model version (the serving one unless ``version``) predicts traces with
+        measured runtimes, recording nothing: the accuracy ``/observe`` would track for them,
+        each level's coverage tested at once (:func:`~.monitoring.calibration_test`), beside
+        the version's held-out accuracy at training. For a trace set the model never saw (a
+        new instance, hardware or software version) before it serves it."""
+        identity = self._resolve(pattern)
+        loaded = self.registry.load(identity, version)
+        measured = self._measured(identity, loaded, traces)
+        mean, std = measured.dist.mean_std()
+        flags = measured.first_run if measured.first_run is not None else np.full(len(measured.y), np.nan)
+        return {
+            "status": "success",
+            "model_key": identity.key,
+            "version": loaded.meta.version,
+            "evaluated": int(len(measured.rows)),
+            "rejected": measured.rejected(),
+            "levels": list(MONITOR_LEVELS),
+            **accuracy_of(measured.y, measured.q, mean, std, flags),
+            "calibration": calibration_test(measured.y, measured.q),
+            "heldout_at_training": _headline_metrics(loaded.meta.metrics),
         }
 
     def is_drifted(self, identity: ModelIdentity) -> bool:

@@ -217,7 +217,7 @@ _ERRORS = {
     409: "Several models match a `*` in the identity (listed in `candidates`), or a retraining's version was "
          "overtaken by another stored meanwhile",
     413: "The body is larger than its route reads (a single prediction's 1 MB, a batch's, queues', an "
-         "observation's or a JSON training's 64 MB, a route without options' 64 kB) or PREDICTOR_MAX_UPLOAD_MB "
+         "observation's, an evaluation's or a JSON training's 64 MB, a route without options' 64 kB) or PREDICTOR_MAX_UPLOAD_MB "
          "(or a table than PREDICTOR_MAX_TABLE_ROWS)",
     415: "A compressed body (Content-Encoding)",
     422: "Invalid input: a body, trace, form field or query parameter (`field` names it)",

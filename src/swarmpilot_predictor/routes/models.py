@@ -7,10 +7,13 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from ..schemas import AccuracyResponse, ModelDeleted, ModelDetailResponse, ModelsResponse, RetrainDecision
+from ..schemas import (AccuracyResponse, EvaluateRequest, EvaluationResponse, ModelDeleted, ModelDetailResponse,
+                       ModelsResponse, RetrainDecision, parse_json_body)
 from ..service import MAX_RECENT, PredictorService
-from .common import (DECLARED_QUERY, IDENTITY_PATH, NO_BODY, JSONResponse, error_responses, identity_from,
-                     refuse_loose_numbers)
+from .common import (DECLARED_QUERY, IDENTITY_PATH, MANY_TRACES, NO_BODY, BodyBound, JSONResponse, error_responses,
+                     identity_from, openapi_body, refuse_loose_numbers)
+
+_EVALUATE_BODY = BodyBound(MANY_TRACES, "an evaluation's body", "split the traces over several requests")
 
 
 # The bounds the service checks (in its own words), declared for /openapi.json: it said any
@@ -48,6 +51,22 @@ def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any])
         refuse_loose_numbers(request, "query.version", "query.recent")
         pattern = identity_from(request.scope, 1)
         return JSONResponse(await run_in_threadpool(service.accuracy, pattern, version, recent))
+
+    # A read: it records nothing, so it needs no key (a scheduler may check a model on its
+    # own traces). Parsed, predicted and scored off the event loop.
+    @app.post("/models/" + IDENTITY_PATH + "/evaluate", tags=["monitoring"], dependencies=[DECLARED_QUERY],
+              openapi_extra=openapi_body(EvaluateRequest), response_model=EvaluationResponse,
+              responses=error_responses(404, 409, 413, 415, 422),
+              summary="A version's accuracy on traces with measured runtimes, recording nothing")
+    async def model_evaluate(request: Request):
+        pattern = identity_from(request.scope, 1)
+        body = await _EVALUATE_BODY.read(request)
+
+        def evaluated() -> dict[str, Any]:
+            req = parse_json_body(body, EvaluateRequest)
+            return service.evaluate(pattern, req.traces, req.version)
+
+        return JSONResponse(await run_in_threadpool(evaluated))
 
     @app.post("/models/" + IDENTITY_PATH + "/retrain", tags=["monitoring"], dependencies=[*writes, NO_BODY],
               response_model=RetrainDecision, responses=error_responses(404, 409, 413, 415, 422),
