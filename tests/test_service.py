@@ -1971,3 +1971,15 @@ def test_evaluate_scores_the_version_asked_for(service):
     with pytest.raises(NotFound) as caught:
         service.evaluate(PATTERN, doubled, version=3)
     assert caught.value.field == "version"
+
+
+def test_evaluate_settles_a_star_by_the_traces_identity_fields_as_a_prediction_does(service):
+    service.train(config(make_llm_traces(200)))
+    service.train(TrainConfig.model_validate({"model": {**IDENTITY, "hardware": "A100"}, "algorithm": "linear",
+                                              "traces": make_llm_traces(200, seed=2)}))
+    anywhere = IdentityPattern.from_parts({**IDENTITY, "hardware": "*"})
+    measured = [{**t, "hardware": "A100"} for t in make_llm_traces(40, seed=26)]
+    assert service.evaluate(anywhere, measured)["model_key"] == ModelIdentity.from_parts(
+        {**IDENTITY, "hardware": "A100"}).key
+    with pytest.raises(AmbiguousModel):  # traces that name none: the '*' matches two models
+        service.evaluate(anywhere, make_llm_traces(40, seed=26))

@@ -1200,7 +1200,8 @@ class PredictorService:
         each level's coverage tested at once (:func:`~.monitoring.calibration_test`), beside
         the version's held-out accuracy at training. For a trace set the model never saw (a
         new instance, hardware or software version) before it serves it."""
-        identity = self._resolve(pattern)
+        # A '*' the traces' identity fields settle, as in a prediction.
+        identity = self._resolve(self.resolve_for(pattern, traces))
         loaded = self.registry.load(identity, version)
         measured = self._measured(identity, loaded, traces)
         mean, std = measured.dist.mean_std()
