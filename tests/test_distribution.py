@@ -972,6 +972,32 @@ def test_the_level_reached_is_the_same_bits_for_one_task_and_for_many():
     np.testing.assert_allclose(many, ndtr((np.log(elapsed) - m) / s), atol=1e-5)
 
 
+def test_a_lone_tasks_search_ends_where_a_few_tasks_search_does_to_the_last_bit():
+    from swarmpilot_predictor.distribution import RemainingDistribution, levels_reached
+
+    # One task is searched with its bookkeeping in plain numbers (a single prediction's
+    # deadline): on the levels, and with the arithmetic, of a search of a few tasks at once.
+    rng = np.random.default_rng(3)
+    m, s = np.log(rng.uniform(50, 500, 6)), rng.uniform(0.1, 1.0, 6)
+    knots = (0.1, 0.5, 0.9)
+    bent = RuntimeDistribution(m, s, normal_score(), knots, np.tile([0.05, 0.5, 0.95], (6, 1)))
+    cases = [RuntimeDistribution(m, s, normal_score()), bent, two_runtimes(),
+             RuntimeDistribution(m, s, normal_score(), spread=np.full(6, 0.4)),
+             RemainingDistribution.of(RuntimeDistribution(m, s, normal_score()), np.r_[150.0, np.zeros(5)])]
+    for dist in cases:
+        for i in range(len(dist)):
+            one = dist.subset(np.array([i]))
+            own = one.quantiles([1e-9, 0.1, 0.5, 0.9, 1 - 1e-9])[0]
+            for value in [*own, *(own * 1.001), 10.0, 20.0, 5e-324, 1e-3, 1e300]:
+                alone = levels_reached(one, np.array([value]))
+                assert alone.shape == (1,)
+                beside = levels_reached(dist.subset(np.array([i, (i + 1) % len(dist)])), np.array([value, value]))
+                assert alone[0] == beside[0], (dist, i, value)
+    # Before the least runtime none is done, past the far tail every one: 0 and 1 exactly.
+    one = cases[0].subset(np.array([0]))
+    assert levels_reached(one, np.array([1e-3]))[0] == 0.0 and levels_reached(one, np.array([1e300]))[0] == 1.0
+
+
 def two_runtimes() -> RuntimeDistribution:
     """A task that takes exactly 10 ms 60% of the time and exactly 20 ms otherwise (runtimes
     recorded in whole milliseconds: the model's atoms)."""

@@ -1815,6 +1815,12 @@ _REACH_PROBIT = 7.035
 _REACH_CELLS = 1 << 21  # 128 ** 3 and 8 ** 7: both ways' passes end on single cells
 _REACH_FEW = 16
 _REACH_CHUNK = 4096
+_REACH_CELL = 2.0 * _REACH_PROBIT / _REACH_CELLS
+_REACH_STEPS = np.arange(129, dtype=np.int64)
+# The first pass over a few tasks reads the same 129 levels whatever the time: worked out
+# once, for one task's search (a single prediction's deadline), where ndtr's cost counts.
+_REACH_FIRST_LEVELS = ndtr(_REACH_STEPS * (_REACH_CELLS // 128) * _REACH_CELL - _REACH_PROBIT)
+_REACH_FIRST_LEVELS.setflags(write=False)
 
 
 def levels_reached(tasks: TaskDistributions, elapsed: np.ndarray) -> np.ndarray:
@@ -1843,14 +1849,15 @@ def _levels_at(quantile_rows: Callable[[np.ndarray], np.ndarray], elapsed: np.nd
     (``quantile_rows(levels)``, levels of shape (rows, k), gives the rows' values there,
     non-decreasing along each row): see :func:`levels_reached`."""
     n = len(elapsed)
+    if n == 1:
+        return _level_at_one(quantile_rows, elapsed)
     rows = np.arange(n)
     points, stages = (129, 3) if n <= _REACH_FEW else (9, 7)
     steps = np.arange(points, dtype=np.int64)
-    cell = 2.0 * _REACH_PROBIT / _REACH_CELLS
     lo, hi = np.zeros(n, dtype=np.int64), np.full(n, _REACH_CELLS, dtype=np.int64)  # in cells
     for stage in range(stages):
         at = lo[:, None] + steps[None, :] * ((hi - lo) // (points - 1))[:, None]
-        q = quantile_rows(ndtr(at * cell - _REACH_PROBIT))  # non-decreasing along each row
+        q = quantile_rows(ndtr(at * _REACH_CELL - _REACH_PROBIT))  # non-decreasing along each row
         # F(e) = P(T <= e): a runtime the model repeats (an atom) that equals the time run is
         # one such tasks would have finished by now (T > e rules it out).
         passed = (q <= elapsed[:, None]).sum(axis=1)
@@ -1860,10 +1867,35 @@ def _levels_at(quantile_rows: Callable[[np.ndarray], np.ndarray], elapsed: np.nd
         lo, hi, q_lo, q_hi = at[rows, below], at[rows, above], q[rows, below], q[rows, above]
     with np.errstate(divide="ignore", invalid="ignore"):
         share = np.log(elapsed / q_lo) / np.log(q_hi / q_lo)
-    t_lo = lo * cell - _REACH_PROBIT
-    reached = ndtr(t_lo + np.clip(np.nan_to_num(share, nan=0.5), 0.0, 1.0) * ((hi * cell - _REACH_PROBIT) - t_lo))
+    t_lo = lo * _REACH_CELL - _REACH_PROBIT
+    reached = ndtr(t_lo + np.clip(np.nan_to_num(share, nan=0.5), 0.0, 1.0) * ((hi * _REACH_CELL - _REACH_PROBIT) - t_lo))
     # Not even the lowest quantile passed: none of such tasks would have finished; every one: all.
     return np.where(none, 0.0, np.where(every, 1.0, reached))
+
+
+def _level_at_one(quantile_rows: Callable[[np.ndarray], np.ndarray], elapsed: np.ndarray) -> np.ndarray:
+    """:func:`_levels_at` of one row: the same passes (of a few tasks: 129 points, 3 times),
+    its bookkeeping in plain numbers and its first pass's levels worked out once (the
+    vectorised bookkeeping cost a lone task's deadline twice its quantiles' evaluations).
+    It reads the same levels and compares alike, so it ends in the same cell: the same level."""
+    value = elapsed[0]
+    lo, hi = 0, _REACH_CELLS
+    for stage in range(3):
+        at = lo + _REACH_STEPS * ((hi - lo) // 128)
+        levels = _REACH_FIRST_LEVELS if stage == 0 else ndtr(at * _REACH_CELL - _REACH_PROBIT)
+        q = quantile_rows(levels[None, :])[0]
+        passed = int(np.count_nonzero(q <= value))
+        if stage == 0 and passed in (0, 129):
+            return np.array([0.0 if passed == 0 else 1.0])
+        below, above = max(passed - 1, 0), min(passed, 128)
+        lo, hi, q_lo, q_hi = int(at[below]), int(at[above]), q[below], q[above]
+    # The last cell read as the vectorised search reads it, operation for operation, on numpy
+    # scalars and floats (its array calls cost a lone search as much as one of its passes).
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.log(value / q_lo) / np.log(q_hi / q_lo)
+    share = 0.5 if share != share else min(max(float(share), 0.0), 1.0)
+    t_lo = lo * _REACH_CELL - _REACH_PROBIT
+    return np.array([ndtr(t_lo + share * ((hi * _REACH_CELL - _REACH_PROBIT) - t_lo))])
 
 
 @dataclass
