@@ -2062,6 +2062,23 @@ def test_a_deadline_is_refused_where_the_openapi_schema_says_and_its_answers_are
     assert "total_deadline_probability" in schemas["QueueTotal"]["properties"]
 
 
+def test_a_single_prediction_with_a_deadline_is_a_cache_hit_of_the_answer_without_one(http, trained):
+    trace = {"input_tokens": 1777, "output_tokens": 333}  # this test's own: its cache entry is made here
+    plain = ok(http.post(SINGLE, json={"trace": trace}))["results"]
+    deadline = plain["quantile_predictions"][1]
+    beside = ok(http.post(BATCH, json={"trace": [trace, TRACE], "deadline_ms": deadline}))["results"][0]
+    before = ok(http.get("/cache/stats"))
+    answers = [ok(http.post(SINGLE, json={"trace": trace, "deadline_ms": deadline}))["results"] for _ in range(2)]
+    after = ok(http.get("/cache/stats"))
+    assert (after["hits"] - before["hits"], after["misses"] - before["misses"]) == (2, 0)
+    assert after["entries"] == before["entries"]
+    # The quantiles of the answer without a deadline, the probability of the batch's answer.
+    for got in answers:
+        assert got == {**plain, "deadline_probability": beside["deadline_probability"]}
+    assert got["deadline_probability"] == pytest.approx(plain["quantiles"][1], abs=1e-6)
+    assert ok(http.post(SINGLE, json={"trace": trace}))["results"] == plain
+
+
 def test_the_openapi_schema_names_every_field_of_an_accuracy_a_retraining_a_table_and_a_job(http):
     # Fields the README documents were in the answers only, not the schema: an accuracy's
     # coverage, pinball loss, ratios and window; a retraining's candidate and its losses; a

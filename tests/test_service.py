@@ -1838,6 +1838,157 @@ def test_a_lookup_tables_deadline_is_searched_once_a_record_not_once_a_task(serv
     assert sum(rows_read) - without <= 2 * 7, rows_read
 
 
+@pytest.mark.parametrize("algorithm", ["linear", "lightgbm"])
+def test_a_single_prediction_with_a_deadline_answers_as_one_without_and_as_its_batch(tmp_path, algorithm):
+    # A lone task's deadline is read beside its single-task answer: its quantiles are those of
+    # the same request without a deadline, its probability the batch's, to the last bit, with
+    # the cache or without, worked out or read from the entry.
+    levels = [0.1, 0.5, 0.9]
+    for cache_size in (0, 100):
+        svc = PredictorService(PredictorSettings(data_dir=tmp_path / f"d{cache_size}", cache_size=cache_size))
+        svc.train(config(make_llm_traces(300), algorithm=algorithm))
+        for trace in PROBE:
+            plain = svc.predict(PATTERN, [trace], quantiles=levels).single_response()["results"]
+            own = plain["quantile_predictions"]
+            for deadline in (*own, own[1] * 1.01, 1e-3, 1e9):
+                beside = svc.predict(PATTERN, [trace, PROBE[0]], quantiles=levels, with_total=True,
+                                     deadline_ms=deadline).batch_response()["results"][0]
+                for _ in range(2):
+                    alone = svc.predict(PATTERN, [trace], quantiles=levels, deadline_ms=deadline).single_response()
+                    assert alone["results"] == {**plain, "deadline_probability": beside["deadline_probability"]}
+                    np.testing.assert_allclose(own, beside["quantile_predictions"], rtol=1e-9)
+                    queue = svc.predict(PATTERN, [trace], quantiles=levels, with_total=True,
+                                        deadline_ms=deadline).batch_response()
+                    assert queue["total_deadline_probability"] == beside["deadline_probability"]
+                    assert queue["total_quantiles"] == own
+            for deadline, level in zip(own, levels):
+                got = svc.predict(PATTERN, [trace], quantiles=levels, deadline_ms=deadline).results()[0]
+                assert got["deadline_probability"] == pytest.approx(level, abs=1e-6)
+        svc.close()
+
+
+def test_a_deadline_is_read_off_the_cached_prediction_of_its_trace(tmp_path, monkeypatch):
+    from swarmpilot_predictor import distribution
+
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", cache_size=100))
+    svc.train(config(make_llm_traces(300)))
+    model = svc.registry.load(ModelIdentity.from_parts(IDENTITY)).model
+    trace = PROBE[1]
+    plain = svc.predict(PATTERN, [trace]).single_response()["results"]
+    middle = len(plain["quantiles"]) // 2
+    deadline = plain["quantile_predictions"][middle]
+    made = []
+    monkeypatch.setattr(model, "predict_distribution", lambda X, own=model.predict_distribution: made.append(len(X)) or own(X))
+    searches = count_searches(monkeypatch, distribution, "_levels_at")
+    before = svc.cache_stats()
+    first = svc.predict(PATTERN, [trace], deadline_ms=deadline).single_response()["results"]
+    first["deadline_probability"] = -1.0  # the caller's own answer: the entry is not changed
+    again = svc.predict(PATTERN, [trace], deadline_ms=deadline).single_response()["results"]
+    later = svc.predict(PATTERN, [trace], deadline_ms=deadline * 1.5).single_response()["results"]
+    after = svc.cache_stats()
+    # Hits of the entry the request without a deadline made: its trace's distribution worked
+    # out once, each deadline searched for once.
+    assert (after["hits"] - before["hits"], after["misses"] - before["misses"], after["entries"]) == (3, 0, 1)
+    assert made == [1] and searches == [1, 1]
+    assert again == {**plain, "deadline_probability": again["deadline_probability"]}
+    assert again["deadline_probability"] == pytest.approx(plain["quantiles"][middle], abs=1e-6)
+    assert again["deadline_probability"] < later["deadline_probability"] < 1.0
+    assert svc.predict(PATTERN, [trace]).single_response()["results"] == plain
+    # A request with a deadline fills the entry that one without then reads, and the other way round.
+    svc.clear_cache()
+    assert svc.predict(PATTERN, [trace], deadline_ms=deadline).single_response()["results"] == again
+    assert svc.predict(PATTERN, [trace]).single_response()["results"] == plain
+    assert (svc.cache_stats()["hits"], svc.cache_stats()["misses"], svc.cache_stats()["entries"]) == (1, 1, 1)
+    svc.close()
+
+
+def test_a_model_without_a_single_row_path_keeps_its_deadline_answer_as_one_without(tmp_path, monkeypatch):
+    # The batch path answers a lone trace where the model has no single-row path: its entry
+    # holds the answer without the deadline, and the distribution it was read off.
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", cache_size=100))
+    svc.train(config(make_llm_traces(300)))
+    model = svc.registry.load(ModelIdentity.from_parts(IDENTITY)).model
+    monkeypatch.setattr(model, "describe_one", lambda x, levels: None)
+    trace = PROBE[1]
+    for deadline in (5000.0, 5000.0, 7000.0):
+        beside = svc.predict(PATTERN, [trace, PROBE[0]], with_total=True, deadline_ms=deadline).batch_response()
+        alone = svc.predict(PATTERN, [trace], deadline_ms=deadline).single_response()["results"]
+        assert alone["deadline_probability"] == beside["results"][0]["deadline_probability"]
+        np.testing.assert_allclose(alone["quantile_predictions"], beside["results"][0]["quantile_predictions"], rtol=1e-12)
+    stats = svc.cache_stats()
+    assert (stats["hits"], stats["misses"], stats["entries"]) == (2, 1, 1)
+    plain = svc.predict(PATTERN, [trace]).single_response()["results"]
+    assert "deadline_probability" not in plain and plain == {k: v for k, v in alone.items() if k != "deadline_probability"}
+    svc.close()
+
+
+def test_a_cached_deadline_answer_is_of_the_version_that_serves(tmp_path):
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", cache_size=100))
+    svc.train(config(make_llm_traces(300)))
+    trace, deadline = PROBE[1], 5000.0
+
+    def alone(**kw):
+        return svc.predict(PATTERN, [trace], deadline_ms=deadline, **kw).single_response()["results"]
+
+    def beside(**kw):
+        return svc.predict(PATTERN, [trace, PROBE[0]], with_total=True, deadline_ms=deadline,
+                           **kw).batch_response()["results"][0]["deadline_probability"]
+
+    first = alone()
+    # Retrained meanwhile on runs twice as long: the new version answers, not the old one's entry.
+    svc.train(config([{**t, "runtime_ms": 2 * t["runtime_ms"]} for t in make_llm_traces(300)]))
+    second = alone()
+    assert (first["model_version"], second["model_version"]) == (1, 2)
+    assert second["deadline_probability"] == beside() < first["deadline_probability"]
+    for _ in range(2):  # the first version, asked by number: its own answer, worked out or read from its entry
+        assert alone(version=1) == first and first["deadline_probability"] == beside(version=1)
+    assert alone() == second
+    svc.close()
+
+
+def test_a_running_tasks_single_deadline_is_its_batch_answer_and_is_not_cached(tmp_path):
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", cache_size=100))
+    svc.train(config(make_llm_traces(300)))
+    running = {**PROBE[1], "elapsed_ms": 1000.0}
+    for deadline in (2000.0, 5000.0):
+        alone = svc.predict(PATTERN, [running], deadline_ms=deadline).single_response()["results"]
+        beside = svc.predict(PATTERN, [running, PROBE[0]], with_total=True, deadline_ms=deadline).batch_response()
+        assert alone == beside["results"][0] and alone["elapsed_level"] > 0  # its time left's
+    assert svc.cache_stats()["entries"] == 0  # (its elapsed time changes: answered afresh)
+    svc.close()
+
+
+@pytest.mark.parametrize("cache_size", [0, 100])
+def test_single_requests_with_a_deadline_evaluated_together_answer_as_their_batch(tmp_path, monkeypatch, cache_size):
+    from swarmpilot_predictor import distribution
+    from swarmpilot_predictor.service import ROW_PATH_MAX_BATCH
+
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", cache_size=cache_size))
+    svc.train(config(make_llm_traces(300)))
+    traces = [{"input_tokens": 11 * i + 3, "output_tokens": 20 * i + 1} for i in range(ROW_PATH_MAX_BATCH + 8)]
+    traces.append({"input_tokens": 1})  # no output_tokens: its own error
+    deadline = 2500.0
+    svc.predict(PATTERN, traces[:1])  # cached without the deadline
+    svc.predict(PATTERN, traces[1:2], deadline_ms=deadline)  # and with it
+    searches = count_searches(monkeypatch, distribution, "_levels_at")
+    each = svc.predict_each(PATTERN, traces, deadline_ms=deadline)
+    # With the cache: the entry that lacks the deadline's probability searched, then the 18
+    # traces not cached, each all at once; without, the 20 traces all at once.
+    assert searches == ([1, 18] if cache_size else [20])
+    batch = svc.predict(PATTERN, traces, deadline_ms=deadline).batch_response()["results"]
+    for got, want in zip(each, batch):
+        got = got.single_response()["results"]
+        assert got.get("deadline_probability") == want.get("deadline_probability") and got["status"] == want["status"]
+        if got["status"] == "success":
+            np.testing.assert_allclose(got["quantile_predictions"], want["quantile_predictions"], rtol=1e-6)
+    assert 0.1 < batch[10]["deadline_probability"] < 0.9 and "deadline_probability" not in batch[-1]
+    if cache_size:  # asked again: all read from their entries, none searched
+        searches.clear()
+        again = svc.predict_each(PATTERN, traces, deadline_ms=deadline)
+        assert searches == [] and [p.results() for p in again] == [p.results() for p in each]
+    svc.close()
+
+
 def count_searches(monkeypatch, module, name: str) -> list[int]:
     """The sizes of the searches ``module.name`` makes from here on (the values of each call)."""
     sizes: list[int] = []

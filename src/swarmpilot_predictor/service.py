@@ -67,6 +67,42 @@ CACHE_MAX_STRING = 256
 CACHE_MAX_LEVELS = 64
 
 
+# The most deadlines whose probabilities a cached prediction keeps: a scheduler asks a few
+# latency objectives again and again; past that many, it starts afresh.
+DEADLINES_KEPT = 16
+
+
+class TaskDeadlines:
+    """One task's probabilities of being done within the deadlines asked of its prediction,
+    shared by its cache entry and the answers made from it: its distribution is worked out
+    when a deadline is first asked (a prediction never asked one never pays for it), and
+    each deadline's probability is searched for once."""
+
+    __slots__ = ("distribution", "by_deadline")
+
+    def __init__(self, distribution: TaskDistributions | None = None):
+        self.distribution = distribution
+        self.by_deadline: dict[float, float] = {}
+
+    def keep(self, deadline_ms: float, probability: float) -> None:
+        kept = self.by_deadline
+        if len(kept) >= DEADLINES_KEPT:
+            # A new dict rather than one emptied: a thread reading the old one meanwhile is unharmed.
+            kept = self.by_deadline = {}
+        kept[deadline_ms] = probability
+
+    def probability(self, deadline_ms: float, distribution_of: Callable[[], TaskDistributions]) -> float:
+        """P(T <= ``deadline_ms``), read off the distribution ``distribution_of()`` makes (once)."""
+        got = self.by_deadline.get(deadline_ms)
+        if got is None:
+            dist = self.distribution
+            if dist is None:
+                dist = self.distribution = distribution_of()
+            got = float(levels_reached(dist, np.array([deadline_ms]))[0])
+            self.keep(deadline_ms, got)
+        return got
+
+
 @dataclass
 class Prediction(RenderedPredictions):
     """Predictions for a batch of traces, ready to be rendered as the contract's JSON."""
@@ -94,6 +130,9 @@ class Prediction(RenderedPredictions):
     deadline_levels: np.ndarray | None = None
     # Rendered results, kept so that a cached prediction is rendered only once.
     rendered: list[dict[str, Any]] | None = dataclasses.field(default=None, repr=False)
+    # Of a one-task prediction answered on the single-task path or kept in the cache: what
+    # its deadlines' probabilities are read off, shared with the copies made of it.
+    deadlines: TaskDeadlines | None = dataclasses.field(default=None, repr=False)
 
     def results(self) -> list[dict[str, Any]]:
         if self.rendered is None:
@@ -114,6 +153,13 @@ class Prediction(RenderedPredictions):
         return self._with(duration_seconds=seconds, levels=list(self.levels),
                           rendered=[{k: v.copy() if isinstance(v, (list, dict)) else v for k, v in r.items()}
                                     for r in rendered])
+
+    def with_deadline(self, deadline_ms: float, probability: float) -> "Prediction":
+        """This one-task answer (the caller's own copy: see :meth:`timed`) with its
+        probability of being done within ``deadline_ms``."""
+        if self.rendered is not None:
+            self.rendered[0]["deadline_probability"] = probability
+        return self._with(deadline_ms=deadline_ms, deadline_levels=np.array([probability]))
 
     def as_queue(self, total_distribution: bool = True) -> "Prediction":
         """This one task's prediction as a batch's: a queue of one totals that task's runtime,
@@ -598,9 +644,10 @@ class PredictorService:
         levels = requested_levels(quantiles, loaded.meta.quantiles)
         cache_key = None
         # One trace, alone or a batch of one (whose total is that task: no convolution, and the
-        # single-row path, at a third of the cost). A deadline's probability is read off the
-        # distribution, which only the vectorised path keeps (nor is it cached).
-        lone = len(traces) == 1 and deadline_ms is None
+        # single-row path, at a third of the cost), with a deadline or without: the entry it is
+        # cached under is its answer without one, and a deadline's probability is read off its
+        # distribution, kept with that entry (TaskDeadlines).
+        lone = len(traces) == 1
         if lone:  # a trace that names another model: its error comes from the batch path
             conflict = identity_conflicts(list(traces), identity)
             lone = conflict is None or conflict[0] is None
@@ -611,7 +658,7 @@ class PredictorService:
                 if hit is not None:
                     self.metrics.cache_hits.inc()
                     self._count(identity, 1, 0)
-                    hit = hit.timed(time.perf_counter() - t0)
+                    hit = self._with_deadline(loaded, traces[0], hit.timed(0.0), deadline_ms, t0)
                     return hit.as_queue(total_distribution) if with_total else hit
                 self.metrics.cache_misses.inc()
         if lone:
@@ -619,6 +666,7 @@ class PredictorService:
             if prediction is not None:
                 if cache_key is not None:
                     prediction = self._kept(cache_key, prediction)
+                prediction = self._with_deadline(loaded, traces[0], prediction, deadline_ms, t0)
                 return prediction.as_queue(total_distribution) if with_total else prediction
         errors, ok, dist, outside, reached = self._distributions(identity, loaded, traces)
         rows = np.flatnonzero(ok)
@@ -655,14 +703,44 @@ class PredictorService:
             deadline_levels=deadline_levels,
         )
         if cache_key is not None and ok.all():
-            prediction = self._kept(cache_key, prediction)
+            prediction = self._kept(cache_key, prediction, TaskDeadlines(dist))
         return prediction
 
-    def _kept(self, key: Any, prediction: Prediction) -> Prediction:
-        """``prediction`` put in the cache under ``key``; the caller's own copy of it back (see
+    def _kept(self, key: Any, prediction: Prediction, deadlines: TaskDeadlines | None = None) -> Prediction:
+        """``prediction`` (of one task) put in the cache under ``key`` as it answers without a
+        deadline, so that requests with one and without share the entry; ``deadlines`` (by
+        default the prediction's own) keeps what its deadlines' probabilities are read off,
+        and its own deadline's where it has one. The caller's own copy of it back (see
         :meth:`Prediction.timed`: what the caller changes never reaches the entry)."""
-        self.cache.put(key, prediction)
+        deadlines = deadlines or prediction.deadlines or TaskDeadlines()
+        entry = prediction
+        if prediction.deadline_ms is not None:
+            deadlines.keep(float(prediction.deadline_ms), float(prediction.deadline_levels[0]))
+            entry = prediction._with(deadline_ms=None, deadline_levels=None, rendered=None)
+        entry.deadlines = deadlines
+        self.cache.put(key, entry)
         return prediction.timed(prediction.duration_seconds)
+
+    def _with_deadline(self, loaded: LoadedModel, trace: Any, prediction: Prediction, deadline_ms: float | None,
+                       t0: float) -> Prediction:
+        """A one-task answer of the single-task path or the cache (the caller's own copy),
+        timed from ``t0``, with its probability of being done within ``deadline_ms`` where one
+        is asked: read off the trace's distribution as the batch path makes it (the same bits)."""
+        if deadline_ms is None:
+            prediction.duration_seconds = time.perf_counter() - t0
+            return prediction
+        deadlines = prediction.deadlines or TaskDeadlines()
+        probability = deadlines.probability(float(deadline_ms), lambda: self._task_distribution(loaded, trace))
+        return prediction.with_deadline(deadline_ms, probability)._with(duration_seconds=time.perf_counter() - t0)
+
+    @staticmethod
+    def _task_distribution(loaded: LoadedModel, trace: Any) -> TaskDistributions:
+        """The distribution :meth:`_distributions` makes of one trace that it predicts and
+        that states no elapsed time (as the single-task path's and the cache's do): the same
+        encoding and model call, without the checks such a trace has passed (12 µs of 49)."""
+        flat, _ = normalize_traces([trace])
+        X, _ = loaded.meta.features.matrix(flat)
+        return loaded.model.predict_distribution(X)
 
     def _distributions(self, identity: ModelIdentity, loaded: LoadedModel, traces: Sequence[dict[str, Any]]
                        ) -> tuple[list[str | None], np.ndarray, TaskDistributions, dict[int, list[str]] | None,
@@ -738,7 +816,7 @@ class PredictorService:
         )
 
     def predict_each(self, pattern: IdentityPattern, traces: Sequence[dict[str, Any]], confidence_level: float = 0.95,
-                     quantiles: Sequence[float] | None = None) -> list[Prediction]:
+                     quantiles: Sequence[float] | None = None, deadline_ms: float | None = None) -> list[Prediction]:
         """Several single-trace requests with the same options, evaluated as one vectorised batch.
 
         Below :data:`ROW_PATH_MAX_BATCH` traces they are answered one by one
@@ -747,11 +825,11 @@ class PredictorService:
         """
         identity, loaded = self._serving(pattern)  # once for all of them
         if len(traces) < ROW_PATH_MAX_BATCH:
-            return [self._predict_with(identity, loaded, [t], confidence_level, quantiles, False, time.perf_counter())
-                    for t in traces]
+            return [self._predict_with(identity, loaded, [t], confidence_level, quantiles, False, time.perf_counter(),
+                                       deadline_ms=deadline_ms) for t in traces]
         if not self.cache.enabled:
             return self._predict_with(identity, loaded, traces, confidence_level, quantiles, False,
-                                      time.perf_counter()).split()
+                                      time.perf_counter(), deadline_ms=deadline_ms).split()
         # Cached traces are answered from the cache, the others evaluated together.
         t0 = time.perf_counter()
         meta = loaded.meta
@@ -767,12 +845,15 @@ class PredictorService:
                 out[i] = hit.timed(time.perf_counter() - t0)
         self.metrics.cache_hits.inc(sum(p is not None for p in out))
         misses = [i for i, p in enumerate(out) if p is None]
+        if deadline_ms is not None and len(misses) < len(traces):
+            self._with_deadlines(identity, loaded, traces, out, float(deadline_ms))
         if misses:
             # Traces no cache entry can hold were never looked up: neither hits nor misses,
             # as on the one-trace path and in /cache/stats.
             self.metrics.cache_misses.inc(sum(keys[i] is not None for i in misses))
             fresh = self._predict_with(identity, loaded, [traces[i] for i in misses], confidence_level, quantiles,
-                                       False, time.perf_counter(), cached=False).split()  # looked up above
+                                       False, time.perf_counter(), cached=False,  # looked up above
+                                       deadline_ms=deadline_ms).split()
             for i, pred in zip(misses, fresh):
                 out[i] = pred
                 if keys[i] is not None and pred.ok[0]:
@@ -781,6 +862,33 @@ class PredictorService:
         if n_hits:
             self._count(identity, n_hits, 0)
         return out  # type: ignore[return-value]
+
+    def _with_deadlines(self, identity: ModelIdentity, loaded: LoadedModel, traces: Sequence[Any],
+                       answers: list[Prediction | None], deadline_ms: float) -> None:
+        """``answers`` from the cache (None: not cached), each given its probability of being
+        done within ``deadline_ms``: those their entries have not found yet, searched for at
+        once on their traces' distributions (the same bits as one at a time)."""
+        t0 = time.perf_counter()
+        found: dict[int, float] = {}
+        unread = []
+        for i, pred in enumerate(answers):
+            if pred is not None:
+                got = pred.deadlines.by_deadline.get(deadline_ms) if pred.deadlines is not None else None
+                if got is None:
+                    unread.append(i)
+                else:
+                    found[i] = got
+        if unread:
+            _, ok, dist, _, _ = self._distributions(identity, loaded, [traces[i] for i in unread])
+            predicted = [unread[k] for k in np.flatnonzero(ok).tolist()]  # (all: each was predicted to be cached)
+            for i, p in zip(predicted, levels_reached(dist, np.full(len(predicted), deadline_ms)).tolist()):
+                found[i] = p
+                if answers[i].deadlines is not None:  # (shared with the entry)
+                    answers[i].deadlines.keep(deadline_ms, p)
+        took = time.perf_counter() - t0
+        for i, p in found.items():
+            pred = answers[i]
+            answers[i] = pred.with_deadline(deadline_ms, p)._with(duration_seconds=pred.duration_seconds + took)
 
     @staticmethod
     def _cache_key(identity: ModelIdentity, meta: ModelVersion, trace: Any, levels: list[float], confidence: float):
