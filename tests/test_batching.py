@@ -135,3 +135,50 @@ def test_a_single_request_is_answered_by_the_version_or_the_model_it_names(tmp_p
         assert not service.is_cold(exact)
     finally:
         service.close()
+
+
+def test_single_requests_with_a_deadline_are_evaluated_together_by_deadline(tmp_path):
+    # A deadline no longer sends a request off alone: requests of one turn with the same
+    # options and deadline are evaluated together, each with the answer it has alone.
+    from swarmpilot_predictor.batching import SingleRequestBatcher
+    from swarmpilot_predictor.identity import IdentityPattern
+    from swarmpilot_predictor.schemas import PredictSingleRequest, TrainConfig
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    class RecordingService(PredictorService):
+        calls: list[tuple[str, int, float | None]] = []
+
+        def predict(self, pattern, traces, *args, **kwargs):
+            self.calls.append(("predict", len(traces), kwargs.get("deadline_ms")))
+            return super().predict(pattern, traces, *args, **kwargs)
+
+        def predict_each(self, pattern, traces, *args, **kwargs):
+            self.calls.append(("predict_each", len(traces), args[2] if len(args) > 2 else kwargs.get("deadline_ms")))
+            return super().predict_each(pattern, traces, *args, **kwargs)
+
+    svc = RecordingService(PredictorSettings(data_dir=tmp_path / "data", cache_size=0))
+    try:
+        svc.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(150), algorithm="linear"))
+        pattern = IdentityPattern.from_parts(IDENTITY)
+        traces = [{"input_tokens": 10 * i + 1, "output_tokens": 40 * i + 1} for i in range(6)]
+        deadlines = [2000.0, 2000.0, 2000.0, 3000.0, 3000.0, None]
+
+        async def together():
+            batcher = SingleRequestBatcher(svc)
+            return await asyncio.gather(*(batcher.answer(pattern, PredictSingleRequest(trace=t, deadline_ms=d))
+                                          for t, d in zip(traces, deadlines)))
+
+        answers = asyncio.run(together())
+        # The first at once; the others in one evaluation for each deadline (and none).
+        assert svc.calls[0] == ("predict", 1, 2000.0)
+        assert {d: n for kind, n, d in svc.calls if kind == "predict_each"} == {2000.0: 2, 3000.0: 2, None: 1}
+        assert len(svc.calls) == 4
+        svc.calls.clear()
+        for trace, deadline, pred in zip(traces, deadlines, answers):
+            want = svc.predict(pattern, [trace], deadline_ms=deadline).single_response()["results"]
+            assert pred.single_response()["results"] == want
+        assert "deadline_probability" not in answers[-1].results()[0]
+        assert 0.0 < answers[3].results()[0]["deadline_probability"] < 1.0
+    finally:
+        svc.close()

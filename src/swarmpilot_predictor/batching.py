@@ -20,8 +20,8 @@ class SingleRequestBatcher:
     of the event loop. The first of a turn is answered at once (a lone client
     never waits for the loop); the others are queued and evaluated together
     after that turn's other callbacks, at little more than the cost of one.
-    Requests are grouped by model pattern, confidence level and levels, so each
-    gets exactly the answer it would have had alone.
+    Requests are grouped by model pattern, confidence level, levels and deadline,
+    so each gets exactly the answer it would have had alone.
     """
 
     def __init__(self, service: PredictorService):
@@ -39,8 +39,8 @@ class SingleRequestBatcher:
             return await run_in_threadpool(service.predict, pattern, [req.trace], req.confidence_level, req.quantiles,
                                            lookup_table=True, lookup_table_name=req.lookup_table_name,
                                            deadline_ms=req.deadline_ms)
-        if req.version is not None or req.deadline_ms is not None:
-            # Alone: a batch is of one version, the serving one, and of answers without a deadline.
+        if req.version is not None:
+            # Alone: a batch is of one version, the serving one.
             return await run_in_threadpool(service.predict, pattern, [req.trace], req.confidence_level, req.quantiles,
                                            version=req.version, deadline_ms=req.deadline_ms)
         if names_a_model([req.trace]):
@@ -48,22 +48,22 @@ class SingleRequestBatcher:
             pattern = service.resolve_for(pattern, [req.trace])
         if service.is_cold(pattern):  # a model's first load takes seconds
             await run_in_threadpool(service.load_if_cold, pattern)
-        return await self.predict(pattern, req.trace, req.confidence_level, req.quantiles)
+        return await self.predict(pattern, req.trace, req.confidence_level, req.quantiles, req.deadline_ms)
 
     def _turn_over(self) -> None:
         self._turn_busy = False
 
     async def predict(self, pattern: IdentityPattern, trace: dict[str, Any], confidence_level: float,
-                      quantiles: list[float] | None) -> Prediction:
+                      quantiles: list[float] | None, deadline_ms: float | None = None) -> Prediction:
         loop = asyncio.get_running_loop()
         if not self._turn_busy:
             # Runs after the callbacks already queued for this turn: a request that
             # arrives before it knows others came with it, and joins a batch.
             self._turn_busy = True
             loop.call_soon(self._turn_over)
-            return self.service.predict(pattern, [trace], confidence_level, quantiles)
+            return self.service.predict(pattern, [trace], confidence_level, quantiles, deadline_ms=deadline_ms)
         future = loop.create_future()
-        key = (pattern.as_tuple(), confidence_level, tuple(quantiles) if quantiles else None)
+        key = (pattern.as_tuple(), confidence_level, tuple(quantiles) if quantiles else None, deadline_ms)
         self._pending.setdefault(key, []).append((trace, future))
         if not self._scheduled:
             self._scheduled = True
@@ -73,16 +73,16 @@ class SingleRequestBatcher:
     def _flush(self) -> None:
         self._scheduled = False
         pending, self._pending = self._pending, {}
-        for (parts, confidence_level, levels), items in pending.items():
+        for (parts, confidence_level, levels, deadline_ms), items in pending.items():
             pattern, wanted = IdentityPattern(*parts), list(levels) if levels else None
             try:
-                preds = self.service.predict_each(pattern, [t for t, _ in items], confidence_level, wanted)
+                preds = self.service.predict_each(pattern, [t for t, _ in items], confidence_level, wanted, deadline_ms)
             except Exception:  # noqa: BLE001 - each request is answered alone below
                 # One request's failure must not become its neighbours': each is evaluated
                 # alone and gets its own answer or error (a missing model fails them all alike).
                 for trace, future in items:
                     try:
-                        pred = self.service.predict_each(pattern, [trace], confidence_level, wanted)[0]
+                        pred = self.service.predict_each(pattern, [trace], confidence_level, wanted, deadline_ms)[0]
                     except Exception as exc:  # noqa: BLE001 - delivered to that request
                         if not future.done():
                             future.set_exception(exc)
