@@ -976,9 +976,12 @@ def section_elapsed(data_dir: Path) -> None:
 
 def section_deadline(data_dir: Path) -> None:
     """What a deadline's probability (deadline_ms) adds to a prediction: in-process, one task
-    and a queue of 100 with its total, with and without it (no cache either way); over HTTP,
-    one task's request with and without it, alternately (the service's cache on: the plain
-    request is a cache hit, the one with a deadline is worked out afresh)."""
+    (with a deadline below its least runtime, 2000 ms, and one at its median, whose search
+    takes every pass) and a queue of 100 with its total, with and without it (no cache
+    either way); over HTTP, in turn, one task's request without one, with 2000 ms, with its
+    median and with a deadline new to the task each time (the service's cache on: the plain
+    request is a cache hit, and so, from the first on, are the deadlines asked again), and
+    a trace new to the cache each time, without a deadline and with one."""
     from swarmpilot_predictor.identity import IdentityPattern
     from swarmpilot_predictor.service import PredictorService
     from swarmpilot_predictor.settings import PredictorSettings
@@ -986,8 +989,10 @@ def section_deadline(data_dir: Path) -> None:
     svc = PredictorService(PredictorSettings(data_dir=data_dir, cache_size=0))
     pattern = IdentityPattern.from_parts(IDENT)
     queue = [{k: v for k, v in t.items() if k != "runtime_ms"} for t in llm_traces(100, seed=17)]
-    for label, traces, total in (("one task", queue[:1], False), ("queue of 100 with its total", queue, True)):
-        for deadline in (None, 2000.0):
+    median = float(svc.predict(pattern, queue[:1], quantiles=[0.5]).quantiles[0, 0])
+    for label, traces, total, deadlines in (("one task", queue[:1], False, (None, 2000.0, median)),
+                                            ("queue of 100 with its total", queue, True, (None, 2000.0))):
+        for deadline in deadlines:
             for _ in range(50):
                 svc.predict(pattern, traces, with_total=total, deadline_ms=deadline)
             took = []
@@ -995,7 +1000,8 @@ def section_deadline(data_dir: Path) -> None:
                 t0 = time.perf_counter()
                 svc.predict(pattern, traces, with_total=total, deadline_ms=deadline)
                 took.append(time.perf_counter() - t0)
-            said = "without a deadline" if deadline is None else "with deadline_ms"
+            said = ("without a deadline" if deadline is None else "with deadline_ms 2000" if deadline == 2000.0
+                    else f"with deadline_ms at its median ({median:.0f})")
             print(f"| in-process prediction: {label}, {said} | median {statistics.median(took) * 1e3:.3f} ms, "
                   f"p99 {np.percentile(took, 99) * 1e3:.3f} ms |")
     svc.close()
@@ -1003,12 +1009,32 @@ def section_deadline(data_dir: Path) -> None:
     try:
         c = RawClient(srv.port)
         trace = queue[0]
-        plain = ("POST", f"/predict/single/{SEG}", orjson.dumps({"trace": trace}))
-        deadline = ("POST", f"/predict/single/{SEG}", orjson.dumps({"trace": trace, "deadline_ms": 2000.0}))
-        a, b = timed_pair(c, plain, deadline, 2000)
+        path = f"/predict/single/{SEG}"
+        asked = {
+            "without a deadline (a cache hit)": lambda i: {"trace": trace},
+            "with deadline_ms 2000": lambda i: {"trace": trace, "deadline_ms": 2000.0},
+            "with deadline_ms at its median": lambda i: {"trace": trace, "deadline_ms": median},
+            # More deadlines than an entry keeps: each one's probability searched for afresh.
+            "with a deadline new to it each time": lambda i: {"trace": trace, "deadline_ms": median * (0.5 + i / 4000)},
+            # A trace new to the cache each time (its output_tokens, within the training range).
+            "of a new trace, without a deadline (a cache miss)":
+                lambda i: {"trace": {**trace, "output_tokens": 300 + (i + 200) / 16}},
+            "of a new trace, with deadline_ms at its median (a cache miss)":
+                lambda i: {"trace": {**trace, "output_tokens": 500 + (i + 200) / 16}, "deadline_ms": median},
+        }
+        n = 2000
+        took = {label: np.empty(n) for label in asked}
+        for i in range(-200, n):  # in turn, so that the machine's drifts hit them alike
+            for label, body in asked.items():
+                data = orjson.dumps(body(i))
+                t0 = time.perf_counter()
+                status, resp = c.request("POST", path, data)
+                if i >= 0:
+                    took[label][i] = time.perf_counter() - t0
+                assert status == 200, resp[:300]
         c.close()
-        print(f"| HTTP single prediction, without a deadline (a cache hit) | {pct(a)} |")
-        print(f"| HTTP single prediction, with deadline_ms | {pct(b)} |")
+        for label, a in took.items():
+            print(f"| HTTP single prediction, {label} | {pct(a)} |")
     finally:
         srv.stop()
 
