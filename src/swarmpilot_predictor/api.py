@@ -37,7 +37,7 @@ from .metrics import CLIENT_CLOSED, MetricsMiddleware
 from .logs import log_beside_uvicorn
 from .request_ids import RequestIdMiddleware
 from .routes.common import (DECLARED_QUERY, HEAD_ONLY, declare_path_parameters, declare_request_id, declare_unauthorized,
-                            error_response, generates_table, hoist_definitions, log_client_left, table_failure)
+                            declared_length, error_response, generates_table, hoist_definitions, log_client_left, table_failure)
 from .routes.discovery import add_discovery_routes
 from .routes.models import add_model_routes
 from .routes.monitoring import add_monitoring_routes
@@ -136,7 +136,6 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = None
         for name, value in scope["headers"]:
             if (name == b"content-encoding" and value.strip().lower() not in (b"", b"identity")
                     and scope["method"] in ("POST", "PUT", "PATCH")):
@@ -145,18 +144,17 @@ class BodySizeLimitMiddleware:
                     f"Content-Encoding {value.decode('latin-1')!r} is not supported: send the body uncompressed "
                     "(a trace file may be uploaded as .gz)", field="body"), scope, receive, send)
                 return
-            if name == b"content-length":
-                length = value
         if self.max_bytes <= 0:
             await self.app(scope, receive, send)
             return
+        length = declared_length(scope["headers"])
         if length is not None:
-            if length.isdigit() and int(length) > self.max_bytes:
+            if length > self.max_bytes:
                 await self._refuse(PayloadTooLarge(self._message(), field="body"), scope, receive, send)
                 return
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send)  # (the server reads no more than it declares)
             return
-        seen = 0
+        seen = 0  # chunked, or a length that is no number: counted as it arrives
 
         async def counting_receive():
             nonlocal seen

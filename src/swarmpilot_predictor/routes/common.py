@@ -152,6 +152,21 @@ def _parse_pattern(raw: bytes, skip: int) -> IdentityPattern:
     return IdentityPattern.from_segments(*segs[:5])
 
 
+def declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """A request's ``Content-Length`` (among an ASGI scope's ``headers``), or None where it has
+    none or one that is not a number (then its body must be counted as it arrives).
+
+    The whitespace around the value is no part of it (RFC 9110): uvicorn's httptools parser
+    hands on the spaces and tabs after it, so ``Content-Length: 600000000 `` read as no length
+    at all, and an upload that declared it passed PREDICTOR_MAX_UPLOAD_MB uncounted.
+    """
+    for name, value in headers:
+        if name == b"content-length":
+            value = value.strip(b" \t")
+            return int(value) if value.isdigit() else None
+    return None
+
+
 @dataclass(frozen=True)
 class BodyBound:
     """The most bytes of a JSON body a route reads, where it parses the body whole in the
@@ -174,11 +189,9 @@ class BodyBound:
 
     def check_declared(self, headers: list[tuple[bytes, bytes]]) -> None:
         """Refuse, unread, a body whose ``Content-Length`` (among an ASGI scope's ``headers``) is over the bound."""
-        for name, value in headers:
-            if name == b"content-length":
-                if value.isdigit() and int(value) > self.max_bytes:
-                    raise self.too_large()
-                return
+        length = declared_length(headers)
+        if length is not None and length > self.max_bytes:
+            raise self.too_large()
 
     async def read(self, request: Request) -> bytes:
         self.check_declared(request.scope["headers"])
