@@ -175,9 +175,9 @@ class BodyBound:
     A JSON body is parsed holding Python's interpreter lock, in one call: every other request
     to that worker waits meanwhile, whichever thread parses it. PREDICTOR_MAX_UPLOAD_MB (512 MB
     by default) is for trace files, which are read as streams; under it alone one
-    /predict/single body of 32 MB, a trace of 1.4 million fields, held every other request
-    1.4 s (``benchmarks/large_bodies.py``). A declared ``Content-Length`` over the bound is
-    refused unread, a chunked body as soon as it passes it.
+    /predict/single body of 136.5 MB, a trace of 5.6 million fields, held every other request
+    8.3 s (``benchmarks/large_bodies.py``, its figures in benchmarks/README.md). A declared
+    ``Content-Length`` over the bound is refused unread, a chunked body as soon as it passes it.
     """
 
     max_bytes: int
@@ -206,7 +206,7 @@ class BodyBound:
 
 # A request of many traces: a batch, a request's queues or an observation holds at most 100,000,
 # so this is 670 bytes a trace at the most traces; the bound of a JSON training body too. Parsing
-# 64 MB of short numeric fields (100,000 traces of 100) held the other requests 0.5 s.
+# 62 MB of short numeric fields (100,000 traces of 70) held the other requests 0.5 s.
 MANY_TRACES = 64 * 1024 * 1024
 # One trace: its features, and the options beside them (a trace of 40,000 short fields).
 ONE_TRACE = 1024 * 1024
