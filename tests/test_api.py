@@ -937,6 +937,36 @@ def answer_to_declared_body(http, method: str, path: str, length: int | str) -> 
     return answer.decode()
 
 
+def test_a_chunked_body_is_counted_whatever_length_it_declares(tmp_path):
+    # h11 (uvicorn --http h11) takes a request with both Transfer-Encoding: chunked and a
+    # Content-Length, and reads the chunks (RFC 9112): its declared 100 bytes let a 3.7 MB form
+    # past PREDICTOR_MAX_UPLOAD_MB=1 uncounted, and a small body declaring 2 MB was refused.
+    args = [sys.executable, "-m", "uvicorn", "swarmpilot_predictor.api:app_from_env", "--factory", "--http", "h11",
+            "--host", "127.0.0.1", "--port", "{port}", "--log-level", "warning"]
+    form = httpx.Request("POST", "/", files={"trace_file": ("t.jsonl", b"\n".join([orjson.dumps(TRACE)] * 3000))})
+    form.read()
+
+    def sent(path: str, body: bytes, declared: int, content_type: str) -> str:
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in _pieces(body, 8192)) + b"0\r\n\r\n"
+        with socket.create_connection((url.host, url.port), timeout=30) as s:
+            s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: "
+                      f"{declared}\r\nTransfer-Encoding: chunked\r\n\r\n".encode() + chunks)
+            answer = b""
+            while not answer.rstrip().endswith(b"}"):
+                chunk = s.recv(65536)
+                assert chunk, answer
+                answer += chunk
+        return answer.decode()
+
+    with run_server(tmp_path / "data", {"PREDICTOR_MAX_UPLOAD_MB": "0.05"}, args=args) as srv:
+        url = httpx.URL(srv.url)
+        answer = sent(f"/predict/table/{SEGMENTS}", form.content, 100, form.headers["content-type"])
+        assert answer.startswith("HTTP/1.1 413") and "larger than 0.05 MB" in answer, answer[:300]
+        answer = sent(f"/predict/single/{SEGMENTS}", orjson.dumps({"trace": TRACE}), 2 * 1024 * 1024,
+                      "application/json")
+        assert answer.startswith("HTTP/1.1 404") and "no trained model" in answer, answer[:300]  # read, not refused
+
+
 def test_a_json_training_body_is_at_most_64_mb(http):
     # Its traces are parsed whole into Python objects (a 138 MB body of 4 million traces took
     # 3.6 GB across the service and its worker), where a trace file is read as a stream.

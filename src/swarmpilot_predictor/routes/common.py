@@ -154,17 +154,23 @@ def _parse_pattern(raw: bytes, skip: int) -> IdentityPattern:
 
 def declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     """A request's ``Content-Length`` (among an ASGI scope's ``headers``), or None where it has
-    none or one that is not a number (then its body must be counted as it arrives).
+    none, one that is not a number, or a ``Transfer-Encoding`` beside it (then its body must be
+    counted as it arrives).
 
     The whitespace around the value is no part of it (RFC 9110): uvicorn's httptools parser
     hands on the spaces and tabs after it, so ``Content-Length: 600000000 `` read as no length
-    at all, and an upload that declared it passed PREDICTOR_MAX_UPLOAD_MB uncounted.
+    at all, and an upload that declared it passed PREDICTOR_MAX_UPLOAD_MB uncounted. A
+    chunked body's length is its chunks' (RFC 9112, 6.3): h11 (``uvicorn --http h11``) takes a
+    request with both headers, and one that declared 100 bytes sent a 3.7 MB form uncounted.
     """
+    length = None
     for name, value in headers:
+        if name == b"transfer-encoding":
+            return None
         if name == b"content-length":
             value = value.strip(b" \t")
-            return int(value) if value.isdigit() else None
-    return None
+            length = int(value) if value.isdigit() else None
+    return length
 
 
 @dataclass(frozen=True)
