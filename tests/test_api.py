@@ -937,6 +937,26 @@ def answer_to_declared_body(http, method: str, path: str, length: int | str) -> 
     return answer.decode()
 
 
+def test_a_length_of_many_leading_zeros_is_read_as_its_number(http, trained):
+    # uvicorn's httptools parser takes any number of leading zeros, and Python reads no number
+    # of more than 4,300 digits: 5,000 zeros and a 5 were a 500 (a ValueError and its traceback
+    # in the log), on any route, before any key was asked for.
+    zeros = "0" * 5000
+    url = httpx.URL(str(http.base_url))
+    for method, path, status in [("POST", f"/predict/single/{SEGMENTS}", 422), ("POST", "/observe", 422),
+                                 ("GET", "/ping", 200)]:
+        with socket.create_connection((url.host, url.port), timeout=30) as s:
+            s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      f"Content-Length: {zeros}5\r\n\r\nhello".encode())  # read as 5 bytes: not JSON
+            answer = s.recv(65536)
+        assert answer.startswith(f"HTTP/1.1 {status}".encode()), (path, answer[:300])
+    answer = answer_to_declared_body(http, "POST", f"/predict/single/{SEGMENTS}", f"{zeros}{2 * 1024 * 1024}")
+    assert answer.startswith("HTTP/1.1 413") and "at most 1,048,576 bytes" in answer
+    answer = answer_to_declared_body(http, "POST", "/observe", zeros + str(2**64 - 1))  # (the most httptools takes)
+    assert answer.startswith("HTTP/1.1 413") and "PREDICTOR_MAX_UPLOAD_MB" in answer
+    assert 'status="500"' not in http.get("/metrics").text
+
+
 def test_a_chunked_body_is_counted_whatever_length_it_declares(tmp_path):
     # h11 (uvicorn --http h11) takes a request with both Transfer-Encoding: chunked and a
     # Content-Length, and reads the chunks (RFC 9112): its declared 100 bytes let a 3.7 MB form
