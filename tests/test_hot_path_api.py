@@ -280,3 +280,65 @@ def test_large_batches_whose_clients_left_while_they_waited_are_not_predicted(tm
             predicted = now
             time.sleep(1.5)
         assert predicted <= 200_000  # the one that started at once, and one more at most
+
+
+# The service's observe and evaluate, wrapped to count how many of those of over 1,000 traces
+# run at once (written to a file of the data directory at each change) and to take half a second each.
+_COUNTING_SERVER = """
+import pathlib, sys, threading, time, uvicorn
+from swarmpilot_predictor.api import app_from_env
+app = app_from_env()
+service = app.state.service
+lock, running, most = threading.Lock(), [0], [0]
+out = pathlib.Path(service.settings.data_dir) / "most_at_once"
+
+def counted(work):
+    def run(model, traces, *args):
+        if len(traces) <= 1000:
+            return work(model, traces, *args)
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            out.write_text(str(most[0]))
+        try:
+            time.sleep(0.5)
+            return work(model, traces, *args)
+        finally:
+            with lock:
+                running[0] -= 1
+    return run
+
+service.observe = counted(service.observe)
+service.evaluate = counted(service.evaluate)
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+
+
+def test_large_observations_and_evaluations_take_turns_with_large_batches(tmp_path):
+    # Each holds its traces and their distributions in memory while it is worked on (100,000
+    # observed traces peaked 490 MB): any number at once, they made the server's memory grow
+    # with them, where large batches wait for one of two turns.
+    import threading
+
+    data = tmp_path / "data"
+    with run_server(data, args=[sys.executable, "-c", _COUNTING_SERVER, "{port}"]) as srv:
+        with PredictorClient(srv.url, timeout=120) as client:
+            client.train({"model": IDENTITY, "traces": make_llm_traces(200), "algorithm": "linear"})
+            measured = make_llm_traces(20_000, seed=7)  # a body of about 1.5 MB each
+            assert len(orjson.dumps({"traces": measured})) > 1 << 20
+            calls = [lambda: client.observe(IDENTITY, measured) for _ in range(3)]
+            calls += [lambda: client.evaluate(IDENTITY, measured) for _ in range(3)]
+            answers: list[Any] = []
+            threads = [threading.Thread(target=lambda call=call: answers.append((call(), time.monotonic())))
+                       for call in calls]
+            for thread in threads:
+                thread.start()
+            time.sleep(0.2)
+            small = client.observe(IDENTITY, measured[:10])  # under a megabyte: no turn to wait for
+            small_done = time.monotonic()
+            for thread in threads:
+                thread.join()
+        assert small["accepted"] == 10 and len(answers) == 6
+        assert sorted(a["accepted"] if isinstance(a, dict) else a.evaluated for a, _ in answers) == [20_000] * 6
+        assert (data / "most_at_once").read_text() == "2"  # two large ones at a time
+        assert small_done < max(done for _, done in answers)  # not queued behind them

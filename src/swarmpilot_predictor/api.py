@@ -36,7 +36,7 @@ from .errors import PayloadTooLarge, PredictorError, Unauthorized, UnsupportedMe
 from .metrics import CLIENT_CLOSED, MetricsMiddleware
 from .logs import log_beside_uvicorn
 from .request_ids import RequestIdMiddleware
-from .routes.common import (DECLARED_QUERY, HEAD_ONLY, declare_path_parameters, declare_request_id, declare_unauthorized,
+from .routes.common import (DECLARED_QUERY, HEAD_ONLY, large_body_turns, declare_path_parameters, declare_request_id, declare_unauthorized,
                             declared_length, error_response, generates_table, hoist_definitions, log_client_left, table_failure)
 from .routes.discovery import add_discovery_routes
 from .routes.models import add_model_routes
@@ -283,11 +283,13 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     # Starlette tries routes in the order they were added: keep this one (the lean prediction
     # routes put themselves before all others, see routes/lean.py).
     add_discovery_routes(app, service, writes)
-    add_model_routes(app, service, writes)
+    # Requests with large bodies (batches, queues, observations, evaluations) take turns, a few at a time.
+    large_bodies = large_body_turns()
+    add_model_routes(app, service, writes, large_bodies)
     add_training_routes(app, service, settings, writes)
-    add_prediction_routes(app, service, settings)
+    add_prediction_routes(app, service, settings, large_bodies)
     add_table_routes(app, service, settings, writes)
-    add_monitoring_routes(app, service, writes)
+    add_monitoring_routes(app, service, writes, large_bodies)
     openapi = app.openapi
 
     def openapi_with_path_parameters() -> dict[str, Any]:

@@ -7,6 +7,8 @@ so an encoded slash (``Qwen%2FQwen2.5-7B``) stays inside its segment.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import logging
 import re
@@ -213,6 +215,26 @@ class BodyBound:
                 raise self.too_large()
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+# A body over this many bytes (a batch's, queues', an observation's, an evaluation's) is parsed
+# and worked on off the event loop, and at most LARGE_BODIES_AT_ONCE such requests at a time in a
+# worker process: each holds its traces, their distributions and its answer in memory (100,000
+# observed traces of three fields peaked 490 MB), and any number at once made the server's
+# memory grow with them.
+LARGE_BODY_BYTES = 1 << 20
+LARGE_BODIES_AT_ONCE = 2
+
+
+def large_body_turns() -> asyncio.Semaphore:
+    """The turns of an app's requests with large bodies (made per app: a semaphore belongs to
+    the event loop it is first used in)."""
+    return asyncio.Semaphore(LARGE_BODIES_AT_ONCE)
+
+
+def turn_for(body: bytes, turns: asyncio.Semaphore) -> asyncio.Semaphore | contextlib.nullcontext:
+    """What a request with ``body`` waits for before its work: one of ``turns`` where the body is large."""
+    return turns if len(body) > LARGE_BODY_BYTES else contextlib.nullcontext()
 
 
 # A request of many traces: a batch, a request's queues or an observation holds at most 100,000,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Path, Query, Request
@@ -11,7 +12,7 @@ from ..schemas import (AccuracyResponse, EvaluateRequest, EvaluationResponse, Mo
                        ModelsResponse, RetrainDecision, parse_json_body)
 from ..service import MAX_RECENT, PredictorService
 from .common import (DECLARED_QUERY, IDENTITY_PATH, MANY_TRACES, NO_BODY, BodyBound, JSONResponse, error_responses,
-                     identity_from, openapi_body, refuse_loose_numbers)
+                     identity_from, openapi_body, refuse_loose_numbers, turn_for)
 
 _EVALUATE_BODY = BodyBound(MANY_TRACES, "an evaluation's body", "split the traces over several requests")
 
@@ -22,7 +23,8 @@ RECENT = Query(description=f"the newest observations listed under `recent`, 0 to
                json_schema_extra={"minimum": 0, "maximum": MAX_RECENT})
 
 
-def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any]) -> None:
+def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any],
+                     large_bodies: asyncio.Semaphore) -> None:
     @app.get("/models", response_model=ModelsResponse, tags=["models"], responses=error_responses())
     async def models():
         return JSONResponse({"status": "success", "models": await run_in_threadpool(service.list_models)})
@@ -66,7 +68,8 @@ def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any])
             req = parse_json_body(body, EvaluateRequest)
             return service.evaluate(pattern, req.traces, req.version)
 
-        return JSONResponse(await run_in_threadpool(evaluated))
+        async with turn_for(body, large_bodies):  # a large one in its turn, as a large batch
+            return JSONResponse(await run_in_threadpool(evaluated))
 
     @app.post("/models/" + IDENTITY_PATH + "/retrain", tags=["monitoring"], dependencies=[*writes, NO_BODY],
               response_model=RetrainDecision, responses=error_responses(404, 409, 413, 415, 422),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +12,15 @@ from starlette.concurrency import run_in_threadpool
 
 from ..schemas import ObserveRequest, ObserveResponse, parse_json_body
 from ..service import PredictorService
-from .common import MANY_TRACES, BodyBound, JSONResponse, error_responses, openapi_body
+from .common import MANY_TRACES, BodyBound, JSONResponse, error_responses, openapi_body, turn_for
 
 _OBSERVE_BODY = BodyBound(MANY_TRACES, "an /observe body", "split the traces over several requests")
 
 _DASHBOARD = Path(__file__).parent.parent / "static" / "dashboard.html"
 
 
-def add_monitoring_routes(app: FastAPI, service: PredictorService, writes: list[Any]) -> None:
+def add_monitoring_routes(app: FastAPI, service: PredictorService, writes: list[Any],
+                          large_bodies: asyncio.Semaphore) -> None:
     @app.post("/observe", tags=["monitoring"], dependencies=writes, openapi_extra=openapi_body(ObserveRequest),
               response_model=ObserveResponse, responses=error_responses(404, 413, 415, 422),
               summary="Record measured runtimes for accuracy tracking and retraining")
@@ -29,7 +31,8 @@ def add_monitoring_routes(app: FastAPI, service: PredictorService, writes: list[
             req = parse_json_body(body, ObserveRequest)
             return service.observe(req.model.model_dump(), req.traces)
 
-        return JSONResponse(await run_in_threadpool(observed))
+        async with turn_for(body, large_bodies):  # a large one in its turn, as a large batch
+            return JSONResponse(await run_in_threadpool(observed))
 
     # (response_class: what the schema says the answer is, Prometheus' text format or a page)
     @app.get("/metrics", tags=["monitoring"], response_class=PlainTextResponse,

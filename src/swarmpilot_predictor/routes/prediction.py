@@ -28,7 +28,7 @@ from ..schemas import (
 )
 from ..service import PredictorService
 from ..settings import PredictorSettings
-from .common import IDENTITY_PATH, MANY_TRACES, ONE_TRACE, BodyBound, identity_from
+from .common import IDENTITY_PATH, LARGE_BODY_BYTES, MANY_TRACES, ONE_TRACE, BodyBound, identity_from
 from .lean import ClientGone, ClientWatch, lean_route
 
 # A batch of at most this many predicted values (traces times levels; where none are named,
@@ -38,17 +38,13 @@ from .lean import ClientGone, ClientWatch, lean_route
 # model on the loop, and /ping waited 50 ms behind each.
 INLINE_VALUES_MAX = 128
 INLINE_DEFAULT_LEVELS = 8
-# A batch request body over this many bytes is parsed, predicted and answered off the event
-# loop, at most LARGE_BATCHES_AT_ONCE at a time (each holds its traces, distributions and
-# answer in memory: any number at once made the server's memory grow with them).
-LARGE_BODY_BYTES = 1 << 20
 # A batch of this many tasks, or a body over LARGE_BODY_BYTES, is answered with Python's cyclic
 # collector paused (see collector.py).
 PAUSED_COLLECTOR_TASKS = 2_000
-LARGE_BATCHES_AT_ONCE = 2
 
 
-def add_prediction_routes(app: FastAPI, service: PredictorService, settings: PredictorSettings) -> None:
+def add_prediction_routes(app: FastAPI, service: PredictorService, settings: PredictorSettings,
+                          large_bodies: asyncio.Semaphore) -> None:
     batcher = SingleRequestBatcher(service)
 
     async def predict_single(scope: dict[str, Any], body: bytes, client: ClientWatch) -> dict[str, Any]:
@@ -63,7 +59,6 @@ def add_prediction_routes(app: FastAPI, service: PredictorService, settings: Pre
                                shared_factor=req.shared_factor, total_distribution=req.total_distribution,
                                deadline_ms=req.deadline_ms).batch_response(req.total_distribution)
 
-    large_batches = asyncio.Semaphore(LARGE_BATCHES_AT_ONCE)
     # Batches are predicted in threads of their own, settings.batch_threads at once (the others
     # wait their turn without a thread): in the thread pool that /health, /models, /observe and
     # model loading use, 60 clients' batches held its 40 threads and /health took 18 s.
@@ -95,7 +90,7 @@ def add_prediction_routes(app: FastAPI, service: PredictorService, settings: Pre
                     return orjson.dumps(batch_answer(pattern, parse_json_body(body, PredictBatchRequest)),
                                         option=orjson.OPT_SERIALIZE_NUMPY)
 
-            return await in_batch_thread(whole, client, large_batches)
+            return await in_batch_thread(whole, client, large_bodies)
         req = parse_json_body(body, PredictBatchRequest)
         # A longer batch takes milliseconds to tens of them, a model's first load seconds, and a
         # table may need loading: off the event loop (numpy releases the GIL for most of the
@@ -120,7 +115,7 @@ def add_prediction_routes(app: FastAPI, service: PredictorService, settings: Pre
                                                            req.lookup_table_name, req.deadline_ms),
                                     option=orjson.OPT_SERIALIZE_NUMPY)
 
-        return await in_batch_thread(answer, client, large_batches if len(body) > LARGE_BODY_BYTES else None)
+        return await in_batch_thread(answer, client, large_bodies if len(body) > LARGE_BODY_BYTES else None)
 
     lean_route(app, "/predict/single/" + IDENTITY_PATH, predict_single, PredictSingleRequest,
                SinglePredictionResponse, "Predict the runtime distribution of one task",
