@@ -1671,6 +1671,67 @@ def test_a_service_started_with_preload_loads_its_models_before_any_request(tmp_
         assert health["models_registered"] == 2 and health["models_loaded"] == 2
 
 
+# The app of PREDICTOR_* settings, its registry's loading made to take a second a model.
+_SLOW_LOADING_SERVER = """
+import sys, time, uvicorn
+from swarmpilot_predictor.api import app_from_env
+app = app_from_env()
+registry = app.state.service.registry
+real_load = registry.load
+def slow_load(*args, **kwargs):
+    time.sleep(1.0)
+    return real_load(*args, **kwargs)
+registry.load = slow_load
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+
+
+def test_ready_answers_503_until_the_preloaded_models_are_in_memory(tmp_path):
+    # A readiness probe on /health let traffic in while the models loaded, each first
+    # prediction waiting for its model (1.6 s for a LightGBM one).
+    data = trained_in_process(tmp_path / "data", *({"model": {**IDENTITY, "hardware": hw}, "traces": make_llm_traces(60),
+                                                    "algorithm": "linear"} for hw in ("A", "B")))
+    with run_server(data) as lazy, httpx.Client(base_url=lazy.url, timeout=60) as client:
+        assert ok(client.get("/ready")) == {"status": "ready", "models_loaded": 0}  # nothing to wait for
+    args = [sys.executable, "-c", _SLOW_LOADING_SERVER, "{port}"]
+    with run_server(data, extra_env={"PREDICTOR_PRELOAD_MODELS": "true"}, args=args) as srv, \
+            httpx.Client(base_url=srv.url, timeout=60) as client:
+        warming = client.get("/ready")
+        assert warming.status_code == 503 and warming.headers["retry-after"] == "1"
+        assert "(PREDICTOR_PRELOAD_MODELS)" in warming.json()["message"] and " of 2 loaded" in warming.json()["message"]
+        assert ok(client.get("/ping")) == {"status": "ok"} and ok(client.get("/health"))["status"] == "healthy"
+        deadline = time.monotonic() + 30
+        while (answer := client.get("/ready")).status_code == 503:
+            assert time.monotonic() < deadline, answer.text
+            time.sleep(0.1)
+        assert ok(answer) == {"status": "ready", "models_loaded": 2}
+        assert client.head("/ready").status_code == 200
+    with run_server(data, extra_env={"PREDICTOR_PRELOAD_MODELS": "true"}, args=args) as srv:
+        # Through both clients: the 503 is an error saying why, then the typed answer.
+        from swarmpilot_predictor.client import AsyncPredictorClient, PredictorClient, PredictorClientError, Ready
+
+        with PredictorClient(srv.url) as sync_client:
+            with pytest.raises(PredictorClientError) as caught:
+                sync_client.ready()
+            assert caught.value.status_code == 503 and caught.value.retry_after == 1.0
+            assert "of 2 loaded" in caught.value.message
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    answer = sync_client.ready()
+                    break
+                except PredictorClientError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+            assert isinstance(answer, Ready) and answer.models_loaded == 2
+
+        async def ready_async() -> Ready:
+            async with AsyncPredictorClient(srv.url) as async_client:
+                return await async_client.ready()
+
+        assert asyncio.run(ready_async()) == answer
+
+
 def test_an_unexpected_error_is_a_500_that_closes_its_connection_and_says_so(tmp_path):
     with run_server(tmp_path / "data", args=broken_server(log_level="critical", quiet=True)) as srv:
         port = int(srv.url.rsplit(":", 1)[1])

@@ -30,7 +30,7 @@ from swarmpilot_predictor.training import safe_child
 from swarmpilot_predictor.traces import TraceTable
 from swarmpilot_predictor.settings import PredictorSettings
 
-from .conftest import IDENTITY, autotuned_traces, cold_start_traces, make_llm_traces, refuse_unlink
+from .conftest import IDENTITY, autotuned_traces, cold_start_traces, make_llm_traces, refuse_unlink, trained_in_process
 
 PATTERN = IdentityPattern.from_parts(IDENTITY)
 PROBE = [{"input_tokens": 500, "output_tokens": 20}, {"input_tokens": 500, "output_tokens": 400}]
@@ -1220,6 +1220,40 @@ def test_preload_loads_the_newest_models_first_up_to_the_memory_limit(tmp_path):
         assert [identity.hardware for identity, _ in busy.registry._loaded] == ["A", "C"]
     finally:
         busy.close()
+
+
+def test_the_service_is_not_ready_while_it_preloads_its_models(tmp_path, monkeypatch):
+    import threading
+
+    from swarmpilot_predictor.errors import NotReady
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    data = trained_in_process(tmp_path / "data", *({"model": {**IDENTITY, "hardware": hw}, "algorithm": "linear",
+                                                     "traces": make_llm_traces(60)} for hw in ("A", "B")))
+    fresh = PredictorService(PredictorSettings(data_dir=data, preload_models=True))
+    try:
+        assert fresh.readiness() == {"status": "ready", "models_loaded": 0}  # no preload begun: ready
+        go_on, loading = threading.Event(), threading.Event()
+        real_load = fresh.registry.load
+
+        def held_load(*args, **kwargs):
+            loading.set()
+            assert go_on.wait(30)
+            return real_load(*args, **kwargs)
+
+        monkeypatch.setattr(fresh.registry, "load", held_load)
+        thread = fresh.start_preload()
+        assert loading.wait(30)
+        with pytest.raises(NotReady) as caught:
+            fresh.readiness()
+        assert caught.value.status_code == 503 and caught.value.headers == {"Retry-After": "1"}
+        assert caught.value.message == ("loading the latest version of every model (PREDICTOR_PRELOAD_MODELS): "
+                                        "0 of 2 loaded; /ping answers for liveness meanwhile")
+        go_on.set()
+        thread.join(30)
+        assert fresh.readiness() == {"status": "ready", "models_loaded": 2}
+    finally:
+        fresh.close()
 
 
 def test_what_killed_writes_left_is_removed_at_start_once_old(tmp_path):

@@ -247,7 +247,7 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
         gc.freeze()
         if settings.preload_models:
             # In the background: the service answers (and is healthy) meanwhile, loading on demand.
-            threading.Thread(target=service.preload, name="preload-models", daemon=True).start()
+            service.start_preload()
         _refuse_trainings_once_told_to_stop(service)
         yield
         service.close()

@@ -38,6 +38,7 @@ from .schemas import (
     ModelsResponse,
     PredictionResult,
     QueuesPredictionResponse,
+    Ready,
     SinglePredictionResponse,
     TrainConfig,
     TrainResult,
@@ -53,7 +54,7 @@ __all__ = [
     "PredictorClientError", "PredictorUnavailableError", "InvalidRequestError", "JobTimeoutError",
     "QueueWaitEstimate", "IdentityLike", "ModelIdentity", "ModelInfo", "TrainConfig",
     "HealthResponse", "ModelsResponse", "TrainResult", "SinglePredictionResponse", "BatchPredictionResponse",
-    "PredictionResult", "EvaluationResponse", "KEEPALIVE_EXPIRY", "MAX_BACKOFF",
+    "PredictionResult", "EvaluationResponse", "Ready", "KEEPALIVE_EXPIRY", "MAX_BACKOFF",
 ]
 
 T = TypeVar("T", bound=BaseModel)
@@ -466,6 +467,10 @@ class _Calls:
     @staticmethod
     def ping() -> _Request:
         return _Request("GET", "/ping", idempotent=True)
+
+    @staticmethod
+    def ready() -> _Request:
+        return _Request("GET", "/ready", response=Ready, idempotent=True)
 
     @staticmethod
     def models() -> _Request:
@@ -1216,6 +1221,12 @@ class PredictorClient(_Base):
         """Liveness: ``{"status": "ok"}`` from the cheapest endpoint (``health`` reports more)."""
         return self._send(self._calls.ping())
 
+    def ready(self) -> Ready:
+        """The service's ``GET /ready``: ``status`` "ready" and ``models_loaded``, once the models
+        it preloads at start (``PREDICTOR_PRELOAD_MODELS``) are loaded; until then a
+        ``PredictorClientError`` of status 503 saying how many are (its ``retry_after`` 1 s)."""
+        return self._send(self._calls.ready())
+
     def is_available(self) -> bool:
         """True when the service answers ``/health``; never raises."""
         try:
@@ -1480,6 +1491,9 @@ class AsyncPredictorClient(_Base):
 
     async def ping(self) -> dict[str, Any]:
         return await self._send(self._calls.ping())
+
+    async def ready(self) -> Ready:
+        return await self._send(self._calls.ready())
 
     async def is_available(self) -> bool:
         try:

@@ -147,6 +147,14 @@ class ServiceStopping(PredictorError):
     headers = {"Retry-After": "5"}  # a restarted instance, or another behind the balancer
 
 
+class NotReady(PredictorError):
+    """The service answers, but is not yet what it will be: its models are still being loaded
+    (``PREDICTOR_PRELOAD_MODELS``). A readiness probe's 503: send the traffic elsewhere meanwhile."""
+
+    status_code = 503
+    headers = {"Retry-After": "1"}
+
+
 class DataDirectoryGone(PredictorError):
     """A folder of the data directory is no longer there (deleted, or its volume unmounted)
     while the service runs: nothing it stores can be read or written until it is back."""

@@ -446,6 +446,11 @@ class Ping(_Response):
     status: Literal["ok"]
 
 
+class Ready(_Response):
+    status: Literal["ready"]
+    models_loaded: int
+
+
 class CacheStats(_Response):
     status: Literal["success"]
     enabled: bool

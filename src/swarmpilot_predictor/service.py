@@ -23,8 +23,8 @@ from . import __version__
 from .atomic import remove_stale_temps
 from .cache import PredictionCache
 from .distribution import RemainingDistribution, TaskDistributions, TotalDistribution, interval_levels, levels_reached
-from .errors import (AmbiguousModel, DataDirectoryGone, InvalidInput, ModelNotFound, NotFound, PredictorError, StorageError,
-                     shown)
+from .errors import (AmbiguousModel, DataDirectoryGone, InvalidInput, ModelNotFound, NotFound, NotReady, PredictorError,
+                     StorageError, shown)
 from .identity import (IDENTITY_KEYS, IdentityPattern, ModelIdentity, describe_stated, fields_naming_a_model, identity_conflicts,
                        join_key, named_by_traces, names_a_model, stated_keys)
 from .lookup import WRITABLE_FORMATS, LookupTable, LookupTableStore, TablePrediction, generate_table, table_format
@@ -293,6 +293,9 @@ class PredictorService:
                                  log_format=settings.log_format)
         self.prediction_counts: Counter[ModelIdentity] = Counter()
         self._loaded_reported = -1  # the model versions in memory as the metrics last said
+        # While the background preload runs: (models loaded so far, models to load; None while
+        # they are listed). None otherwise: the service is ready.
+        self._preload_progress: tuple[int, int | None] | None = None
         self._closed = False
         self._count_lock = threading.Lock()
         self.metrics = PredictorMetrics()
@@ -335,10 +338,38 @@ class PredictorService:
         self.retrainer.shutdown()
         self.jobs.shutdown()
 
+    def start_preload(self) -> threading.Thread:
+        """:meth:`preload` in a thread of its own, the service answering meanwhile; until it
+        ends, :meth:`readiness` says the service is not ready."""
+        self._preload_progress = (0, None)
+        thread = threading.Thread(target=self.preload, name="preload-models", daemon=True)
+        thread.start()
+        return thread
+
+    def readiness(self) -> dict[str, Any]:
+        """Whether the service is ready for traffic: its data directory there, and the models it
+        preloads (``PREDICTOR_PRELOAD_MODELS``) loaded. A 503 (NotReady, DataDirectoryGone) otherwise."""
+        gone = self.data_dir_gone()
+        if gone is not None:
+            raise gone
+        progress = self._preload_progress
+        if progress is not None:
+            loaded, planned = progress
+            raise NotReady("loading the latest version of every model (PREDICTOR_PRELOAD_MODELS): "
+                           + (f"{loaded} of {planned} loaded" if planned is not None else "listing them")
+                           + "; /ping answers for liveness meanwhile")
+        return {"status": "ready", "models_loaded": self.registry.loaded_count}
+
     def preload(self) -> int:
         """Load the latest version of the most recently trained models, as many as there is
         room for in ``max_loaded_models``; returns how many were loaded. A model that cannot
         be loaded is logged and skipped (its requests will answer why)."""
+        try:
+            return self._preload()
+        finally:
+            self._preload_progress = None  # ready, however it ended
+
+    def _preload(self) -> int:
         latest = []
         for identity in self.registry.identities():
             try:
@@ -351,9 +382,10 @@ class PredictorService:
         latest.sort(key=lambda meta: meta.created_at, reverse=True)
         chosen = [m for m in latest if not self.registry.is_loaded(m.identity, m.version)][:room]
         loaded = 0
-        for meta in reversed(chosen):
+        for done, meta in enumerate(reversed(chosen)):
             if self._closed:
                 break
+            self._preload_progress = (done, len(chosen))
             try:
                 self.registry.load(meta.identity, meta.version)
                 loaded += 1

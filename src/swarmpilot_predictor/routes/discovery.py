@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from ..schemas import CacheCleared, CacheStats, HealthResponse, Ping
+from ..schemas import CacheCleared, CacheStats, HealthResponse, Ping, Ready
 from ..service import PredictorService
 from .common import NO_BODY, JSONResponse, error_responses
 
@@ -24,6 +24,13 @@ def add_discovery_routes(app: FastAPI, service: PredictorService, writes: list[A
              summary="Liveness: the cheapest possible answer")
     async def ping():
         return JSONResponse({"status": "ok"})
+
+    # A load balancer's or Kubernetes' readiness probe: a 503 until the models preloaded at
+    # start are in memory, so that no request waits seconds for a model's first load.
+    @app.get("/ready", tags=["discovery"], response_model=Ready, responses=error_responses(),
+             summary="Readiness: 200 once the models preloaded at start are loaded")
+    async def ready():
+        return JSONResponse(service.readiness())
 
     @app.get("/cache/stats", tags=["cache"], response_model=CacheStats, responses=error_responses(),
              summary="Prediction cache size and hit/miss counts")
