@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
+import subprocess
 import sys
 
 import httpx
@@ -13,7 +16,7 @@ import pytest
 from swarmpilot_predictor.logs import JsonFormatter, stderr_handler
 from swarmpilot_predictor.request_ids import RequestIdFilter, current
 
-from .conftest import broken_server, run_server, train_beside_an_unwritable_change_log
+from .conftest import REPO_ROOT, broken_server, run_server, train_beside_an_unwritable_change_log
 
 
 def entries(log: str) -> list[dict]:
@@ -93,6 +96,16 @@ def test_every_line_the_service_writes_is_json(tmp_path, port, entry):
            "PREDICTOR_NOT_A_SETTING": "1"}
     if "--log-format" not in entry:
         env["PREDICTOR_LOG_FORMAT"] = "JSON"  # (any case, as the level)
+    # The lines written before logging is set up were text: serve's of the metric files an
+    # earlier run left in the operator's directory, the seed's of the workers it does not run.
+    if "serve" in entry:
+        gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        (tmp_path / "metrics").mkdir()
+        (tmp_path / "metrics" / f"counter_{gone}.db").write_bytes(b"")
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")
+    else:
+        env["PREDICTOR_WORKERS"] = "2"
     with run_server(tmp_path / "data", extra_env=env, args=[sys.executable, *entry], port=port) as srv:
         with httpx.Client(base_url=srv.url, timeout=30) as http:
             http.get("/ping", headers={"x-request-id": "json-1"})
@@ -107,6 +120,23 @@ def test_every_line_the_service_writes_is_json(tmp_path, port, entry):
     unknown = [e for e in lines if "'PREDICTOR_NOT_A_SETTING' is not a setting" in e["message"]]
     assert len(unknown) == 1 and unknown[0]["level"] == "WARNING", log  # said once, with several workers too
     assert unknown[0]["logger"].startswith("swarmpilot_predictor")
+    said = "metric file(s) of processes no longer running" if "serve" in entry else "PREDICTOR_WORKERS=2 is ignored here"
+    assert [e["level"] for e in lines if said in e["message"]] == ["WARNING"], log
+
+
+@pytest.mark.parametrize("entry", [["-m", "swarmpilot_predictor", "serve", "--log-format", "json"],
+                                   ["-m", "src.scheduler.predictor_api"]], ids=["serve", "seed"])
+def test_a_start_refused_is_a_json_line_too(tmp_path, entry):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {**os.environ, "PREDICTOR_DATA_DIR": str(tmp_path / "data"), "PREDICTOR_HOST": "127.0.0.1",
+               "PREDICTOR_PORT": str(taken.getsockname()[1]), "PREDICTOR_LOG_FORMAT": "json"}
+        done = subprocess.run([sys.executable, *entry], env=env, capture_output=True, text=True, timeout=60,
+                              cwd=REPO_ROOT)
+    assert done.returncode == 1
+    (line,) = entries(done.stderr)
+    assert line["level"] == "ERROR" and "address already in use" in line["message"], done.stderr
 
 
 def test_a_500_is_logged_as_json_with_its_traceback_and_request(tmp_path):

@@ -22,6 +22,7 @@ if _QUIET_IMPORT:
 try:
     import contextlib
     import datetime
+    import logging
     import math
     import os
     import shutil
@@ -208,6 +209,17 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _fail_at_start(message: str, log_format: str) -> NoReturn:
+    """``serve``'s error that stops it before it starts: with ``PREDICTOR_LOG_FORMAT=json`` one
+    JSON line (level ERROR), as every line the run writes."""
+    if log_format == "json":
+        from .logs import json_line
+
+        print(json_line(logging.ERROR, message, __name__), file=sys.stderr, flush=True)
+        raise typer.Exit(1)
+    _fail(message)
+
+
 def _as_flag(message: str, field: Optional[str], flags: dict[str, str]) -> str:
     """An error about a field that a flag gave, in the flag's name (``--output``, not ``table_name``)."""
     if field in flags and message.startswith(field):
@@ -310,7 +322,7 @@ def serve(
     problem = listen_problem(settings.host, settings.port,
                              flags.get("PREDICTOR_HOST", "PREDICTOR_HOST")) or startup_problem(settings)
     if problem:
-        _fail(problem)
+        _fail_at_start(problem, settings.log_format)
     metrics_dir = None
     own_metrics = multiproc_variable()
     if own_metrics is not None:
@@ -320,9 +332,14 @@ def serve(
 
         removed = remove_exited_processes_files(os.environ[own_metrics])
         if removed:
-            err_console.print(f"removed {removed} metric file(s) of processes no longer running from {own_metrics} "
-                              f"({os.environ[own_metrics]}): an earlier run's counts, not this one's", markup=False,
-                              highlight=False, soft_wrap=True)
+            said = (f"removed {removed} metric file(s) of processes no longer running from {own_metrics} "
+                    f"({os.environ[own_metrics]}): an earlier run's counts, not this one's")
+            if settings.log_format == "json":  # (every line of the run in its form)
+                from .logs import json_line
+
+                print(json_line(logging.WARNING, said, __name__), file=sys.stderr, flush=True)
+            else:
+                err_console.print(said, markup=False, highlight=False, soft_wrap=True)
     if settings.workers > 1:
         from .api import SUPERVISOR_ENV, warn_of_unknown_variables
         from .logs import log_beside_uvicorn
@@ -338,8 +355,8 @@ def serve(
             try:
                 metrics_dir = _fresh_metrics_dir(settings.data_dir, MEMORY_METRICS_ROOT)
             except OSError as exc:
-                _fail(f"cannot create a directory for the workers' metrics in {settings.data_dir / METRICS_DIR} "
-                      f"({exc.strerror or exc})")
+                _fail_at_start(f"cannot create a directory for the workers' metrics in "
+                               f"{settings.data_dir / METRICS_DIR} ({exc.strerror or exc})", settings.log_format)
             os.environ[MULTIPROC_ENV] = metrics_dir
     try:
         uvicorn.run(

@@ -78,6 +78,15 @@ class TaggedDefaultFormatter(uvicorn.logging.DefaultFormatter):
         return text.rstrip("\n") + tag if tag else text
 
 
+def json_line(level: int, message: str, logger: str = "swarmpilot_predictor") -> str:
+    """``message`` as one JSON log line (:class:`JsonFormatter`) of ``logger`` at ``level``:
+    for the lines an entry point writes before logging is set up (a start refused, metric
+    files an earlier run left), so that with ``PREDICTOR_LOG_FORMAT=json`` they are JSON too."""
+    record = logging.LogRecord(logger, level, __file__, 0, "%s", (message,), None)
+    RequestIdFilter().filter(record)
+    return JsonFormatter().format(record)
+
+
 def stderr_handler(log_format: LogFormat = "text") -> logging.Handler:
     """A handler writing lines to stderr as uvicorn's are written: as text, each ending with its
     request's tag (``WARNING:  ... (request sched-42)``), or as JSON. For the service's own
