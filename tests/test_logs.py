@@ -110,6 +110,9 @@ def test_every_line_the_service_writes_is_json(tmp_path, port, entry):
         with httpx.Client(base_url=srv.url, timeout=30) as http:
             http.get("/ping", headers={"x-request-id": "json-1"})
             made = http.get("/nowhere").headers["x-request-id"]
+            # Answered before the app sees it, its line written outside the request's work.
+            refused = http.get("/ping", headers={"x-big": "a" * 70_000})
+            assert refused.status_code == 431
         srv.process.terminate()
         log = srv.process.stdout.read().decode()
     lines = entries(log)
@@ -120,6 +123,8 @@ def test_every_line_the_service_writes_is_json(tmp_path, port, entry):
     unknown = [e for e in lines if "'PREDICTOR_NOT_A_SETTING' is not a setting" in e["message"]]
     assert len(unknown) == 1 and unknown[0]["level"] == "WARNING", log  # said once, with several workers too
     assert unknown[0]["logger"].startswith("swarmpilot_predictor")
+    (too_long,) = [e for e in lines if "answered 431" in e["message"]]
+    assert too_long["request_id"] == refused.headers["x-request-id"] and too_long["level"] == "WARNING", log
     said = "metric file(s) of processes no longer running" if "serve" in entry else "PREDICTOR_WORKERS=2 is ignored here"
     assert [e["level"] for e in lines if said in e["message"]] == ["WARNING"], log
 

@@ -49,7 +49,8 @@ class JsonFormatter(logging.Formatter):
             "pid": record.process,
             "message": record.getMessage().rstrip("\n"),  # ("Exception in ASGI application\n")
             # (The filter's "-" outside a request, a request's own id of "-" apart: the tag tells them.)
-            "request_id": record.request_id if getattr(record, "request_tag", "") else None,
+            "request_id": getattr(record, "for_request", None) or (
+                record.request_id if getattr(record, "request_tag", "") else None),
         }
         if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) == len(_ACCESS_FIELDS):
             entry.update(zip(_ACCESS_FIELDS, record.args))

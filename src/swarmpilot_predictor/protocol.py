@@ -88,8 +88,9 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
             rid = self.scope.get("request_id") or request_id_of(self.scope["headers"])
         else:
             rid = new_request_id()
+        # (its id in a JSON line's request_id too: the line is written outside the request's work)
         self.logger.warning("Request line and headers longer than %d kB received: answered 431 (request %s).",
-                            MAX_HEADER_BYTES // 1024, rid)
+                            MAX_HEADER_BYTES // 1024, rid, extra={"for_request": rid})
         content = [b"HTTP/1.1 431 Request Header Fields Too Large\r\n"]
         for name, value in self.server_state.default_headers:
             content.extend([name, b": ", value, b"\r\n"])

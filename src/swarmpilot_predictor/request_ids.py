@@ -93,10 +93,14 @@ class RequestIdMiddleware:
 
 class RequestIdFilter(logging.Filter):
     """Sets ``record.request_id`` (``-`` outside a request) and ``record.request_tag`` (`` (request
-    ID)``, empty outside a request) on each record, for a handler's format to write."""
+    ID)``, empty outside a request) on each record, for a handler's format to write. A line
+    written outside its request's work that names the request in its message (``extra=
+    {"for_request": rid}``: the 431 answered before the app sees a request) gets that id, and
+    no tag (its message says it)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        rid = current.get()
+        given = getattr(record, "for_request", None)
+        rid = given or current.get()
         record.request_id = rid or "-"
-        record.request_tag = f" (request {rid})" if rid else ""
+        record.request_tag = f" (request {rid})" if rid and not given else ""
         return True
