@@ -167,3 +167,53 @@ def test_the_training_workers_lines_are_json_too(tmp_path):
     assert worker and all(e["request_id"] == "sched-json-1" and e["level"] == "WARNING" for e in worker), log
     assert worker[0]["message"] == (f"cannot write the registry's change log {changes} ([Errno 21] Is a directory: "
                                     f"'{changes}'); every worker rescans")
+
+
+def _retraining_fails_unexpectedly(config, identity, reason, version):
+    """The retraining worker's job, with a bug in the retraining: its worker logs the traceback."""
+    from swarmpilot_predictor import retraining
+
+    def broken(*args, **kwargs):
+        raise KeyError("models")
+
+    retraining.Retrainer.retrain = broken
+    return retraining._retrain_job(config, identity, reason, version)
+
+
+def test_the_retraining_workers_traceback_is_the_relayed_lines_exception(tmp_path, monkeypatch):
+    # Relayed by the service as the retraining ends, its traceback was part of the message:
+    # a JSON line with a traceback in "message" and no "exception".
+    import io
+
+    from swarmpilot_predictor import retraining
+    from swarmpilot_predictor.errors import PredictorError
+    from swarmpilot_predictor.identity import IdentityPattern
+    from swarmpilot_predictor.schemas import TrainConfig
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    from .conftest import IDENTITY, make_llm_traces
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RequestIdFilter())
+    package = logging.getLogger("swarmpilot_predictor")
+    level = package.level
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", retrain_in_worker=True))
+    try:
+        svc.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(300), algorithm="linear"))
+        svc.observe(IDENTITY, make_llm_traces(60, seed=5))
+        monkeypatch.setattr(retraining, "_retrain_job", _retraining_fails_unexpectedly)
+        with pytest.raises(PredictorError):
+            svc.retrain(IdentityPattern.from_parts(IDENTITY))
+    finally:
+        svc.close()
+        package.removeHandler(handler)
+        package.setLevel(level)
+    (failed,) = [e for e in entries(out.getvalue()) if e["message"].startswith("retraining ")
+                 and e["message"].endswith(" failed")]
+    assert failed["level"] == "ERROR" and "\n" not in failed["message"], failed
+    assert failed["exception"].startswith("Traceback (most recent call last):") and "KeyError: 'models'" in failed["exception"]

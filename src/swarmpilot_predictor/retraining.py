@@ -709,8 +709,13 @@ class Retrainer:
                 self._wait_after(decision, seen, newest)
             self._done(identity, decision)
             raise
-        for name, level, text in out["log"]:  # its lines, in this process's log (the worker has none)
-            logging.getLogger(name).log(level, "%s", text)
+        for name, level, text, trace in out["log"]:  # its lines, in this process's log (the worker has none)
+            logger = logging.getLogger(name)
+            if logger.isEnabledFor(level):
+                # A traceback as the record's own (a JSON line's "exception", not in its message).
+                record = logger.makeRecord(name, level, __file__, 0, "%s", (text,), None)
+                record.exc_text = trace
+                logger.handle(record)
         for made in out["decisions"]:
             self._counted(made)
         if out["error"] is not None:
@@ -1130,13 +1135,11 @@ class _KeptLog(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
-        self.lines: list[tuple[str, int, str]] = []
+        self.lines: list[tuple[str, int, str, str | None]] = []  # logger, level, message, traceback
 
     def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if record.exc_info:
-            text += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
-        self.lines.append((record.name, record.levelno, text))
+        trace = "".join(traceback.format_exception(*record.exc_info)).rstrip() if record.exc_info else None
+        self.lines.append((record.name, record.levelno, record.getMessage(), trace))
 
 
 # The retrainer of this retraining worker process, and its kept log, made by its first job.
