@@ -217,3 +217,22 @@ def test_the_retraining_workers_traceback_is_the_relayed_lines_exception(tmp_pat
                  and e["message"].endswith(" failed")]
     assert failed["level"] == "ERROR" and "\n" not in failed["message"], failed
     assert failed["exception"].startswith("Traceback (most recent call last):") and "KeyError: 'models'" in failed["exception"]
+
+
+def test_the_readmes_log_config_for_a_uvicorn_command_writes_every_line_as_json(tmp_path):
+    # With a --log-config of uvicorn's loggers alone, the service's own lines follow
+    # PREDICTOR_LOG_FORMAT (they stay text without it), as the README now says.
+    readme = (REPO_ROOT / "README.md").read_text()
+    config = readme.split("cat > log.json <<'EOF'\n", 1)[1].split("\nEOF\n", 1)[0]
+    (tmp_path / "log.json").write_text(config)
+    args = [sys.executable, "-m", "uvicorn", "swarmpilot_predictor.api:app_from_env", "--factory", "--host",
+            "127.0.0.1", "--port", "{port}", "--log-config", str(tmp_path / "log.json")]
+    with run_server(tmp_path / "data", args=args,
+                    extra_env={"PREDICTOR_LOG_FORMAT": "json", "PREDICTOR_NOT_A_SETTING": "1"}) as srv:
+        with httpx.Client(base_url=srv.url, timeout=30) as http:
+            http.get("/ping", headers={"x-request-id": "cfg-1"})
+        srv.process.terminate()
+        log = srv.process.stdout.read().decode()
+    lines = entries(log)
+    assert [e["status"] for e in lines if e["request_id"] == "cfg-1" and e["logger"] == "uvicorn.access"] == [200], log
+    assert any("'PREDICTOR_NOT_A_SETTING' is not a setting" in e["message"] for e in lines), log
