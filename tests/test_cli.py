@@ -1620,6 +1620,12 @@ def test_evaluate_prints_each_levels_coverage_and_the_figures_held_out_at_traini
         assert re.search(rf"│ {re.escape(level)} +│ {got:.3f} +│ {body['calibration']['p_values'][level]:.3g} +│", out), out
     assert f"relative pinball loss: {body['relative_pinball_loss']:.4f} (held out at training: " \
            f"{body['heldout_at_training']['relative_pinball_loss']:.4f})" in out
+    # The intervals' coverage and the expects' ratio beside the held-out figures too, as README says.
+    held = body["heldout_at_training"]
+    assert ("central intervals' coverage: " + ", ".join(f"{float(s):.0%} {c:.3f}" for s, c in body["interval_coverage"].items())
+            + " (held out at training: " + ", ".join(f"{float(s):.0%} {held['interval_coverage'][s]:.3f}"
+                                                     for s in body["interval_coverage"]) + ")\n") in out, out
+    assert f"runtimes' sum / expects' sum: {body['expect_ratio']:.3f} (held out at training: {held['expect_ratio']:.3f})\n" in out
     assert f"coverage test: worst level {body['calibration']['worst_level']}, p-value " \
            f"{body['calibration']['corrected_p_value']:.3g} (corrected over 8 levels" in out
     # Nothing recorded: the model has no observation.

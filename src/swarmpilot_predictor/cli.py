@@ -894,17 +894,23 @@ def _print_evaluation(body: dict[str, Any]) -> None:
     console.print(table)
     heldout = body.get("heldout_at_training") or {}
 
-    def beside(key: str) -> str:  # the version's own figure at training, where it has one
-        return f" (held out at training: {heldout[key]:.4f})" if isinstance(heldout.get(key), (int, float)) else ""
+    def beside(key: str, form: str = ".4f") -> str:  # the version's own figure at training, where it has one
+        return f" (held out at training: {heldout[key]:{form}})" if isinstance(heldout.get(key), (int, float)) else ""
 
-    intervals = ", ".join(f"{float(size):.0%} {got:.3f}" for size, got in body["interval_coverage"].items())
+    def intervals(coverage: dict[str, Any]) -> str:
+        return ", ".join(f"{float(size):.0%} {coverage[size]:.3f}" for size in body["interval_coverage"]
+                         if isinstance(coverage.get(size), (int, float)))
+
+    held = heldout.get("interval_coverage")
+    held_intervals = intervals(held) if isinstance(held, dict) else ""
     calibration = body["calibration"]
-    lines = [f"central intervals' coverage: {intervals}",
+    lines = [f"central intervals' coverage: {intervals(body['interval_coverage'])}"
+             + (f" (held out at training: {held_intervals})" if held_intervals else ""),
              f"relative pinball loss: {body['relative_pinball_loss']:.4f}{beside('relative_pinball_loss')}",
              f"mean absolute coverage error: {body['mean_abs_coverage_error']:.4f}{beside('mean_abs_coverage_error')}",
              f"median's mean absolute percentage error: {body['median_mape']:.4f}{beside('median_mape')}"]
     if body.get("expect_ratio") is not None:
-        lines.append(f"runtimes' sum / expects' sum: {body['expect_ratio']:.3f}")
+        lines.append(f"runtimes' sum / expects' sum: {body['expect_ratio']:.3f}{beside('expect_ratio', '.3f')}")
     lines.append(f"coverage test: worst level {calibration['worst_level']}, p-value {calibration['corrected_p_value']:.3g} "
                  f"(corrected over {len(p_values)} levels; small: the runtimes are not those predicted)")
     for i, message in ((r["index"], r["message"]) for r in body["rejected"][:5]):
