@@ -1657,3 +1657,25 @@ def test_evaluate_with_url_answers_as_offline(tmp_path, trained, server):
     line = one_error_line(runner.invoke(cli.app, ["evaluate", "llm/*/*/*/*", measured, "--url", server.url,
                                                   "--model-version", "999"]))
     assert line == f"error: 404: model {KEY} has no version 999"
+
+
+def test_evaluate_scores_a_lookup_table_offline_with_or_without_a_model(tmp_path, trained):
+    measured = make_llm_traces(300, seed=54)
+    shapes = tmp_path / "shapes.jsonl"
+    shapes.write_bytes(b"".join(orjson.dumps({k: t[k] for k in ("input_tokens", "output_tokens")}) + b"\n"
+                                for t in measured))
+    invoke("table", "llm/*/*/*/*", shapes, "-o", "t.json", "--data-dir", trained)
+    traces = json.dumps(measured)
+    with_model = json_out(invoke("evaluate", "llm/*/*/*/*", traces, "-d", trained, "--lookup-table", "t.json", "--json"))
+    assert (with_model["source"], with_model["table"], with_model["evaluated"]) == ("lookup_table", "t.json", 300)
+    out = invoke("evaluate", "llm/*/*/*/*", traces, "-d", trained, "--lookup-table", "t.json").output
+    assert "lookup table t.json: 300 traces scored\n" in out and "held out at training" not in out
+    # A data directory of the table alone (the seed's need no model) scores it the same.
+    alone = tmp_path / "alone"
+    (alone / "tables").mkdir(parents=True)
+    (alone / "tables" / "t.json").write_bytes((trained / "tables" / "t.json").read_bytes())
+    body = json_out(invoke("evaluate", "llm/*/*/*/*", traces, "-d", alone, "--lookup-table", "t.json", "--json"))
+    assert body["coverage"] == with_model["coverage"] and body["calibration"] == with_model["calibration"]
+    line = one_error_line(runner.invoke(cli.app, ["evaluate", "llm/*/*/*/*", traces, "-d", str(trained),
+                                                  "--lookup-table", "t.json", "--model-version", "1"]))
+    assert line.startswith("error: --model-version names a model's version, but --lookup-table")

@@ -503,3 +503,36 @@ def test_a_sidecar_folder_that_is_a_symbolic_link_is_neither_written_nor_cleaned
         assert client.delete_table("t.json") == {"status": "success", "deleted": "t.json"}
     assert sorted(p.name for p in elsewhere.iterdir()) == [".draft.tmp", "experiment.npz"]
     assert (elsewhere / "experiment.npz").read_bytes() == b"not the service's"
+
+
+def test_a_tables_answers_are_evaluated_as_the_models_are(live):
+    # TRACES carry their runtimes, and the table holds a record of each: scored as the model is.
+    srv, _ = live
+    path = f"{srv.url}/models/{SEGMENTS}/evaluate"
+    model = httpx.post(path, json={"traces": TRACES}, timeout=60).json()
+    table = httpx.post(path, json={"traces": TRACES, "lookup_table": True, "lookup_table_name": "gen.json"}, timeout=60)
+    assert table.status_code == 200, table.text
+    table = table.json()
+    assert (table["source"], table["table"], table["model_key"], table["version"]) == ("lookup_table", "gen.json",
+                                                                                        None, None)
+    assert table["evaluated"] == model["evaluated"] == 200 and table["heldout_at_training"] == {}
+    # Read off each record's stored levels and knots, interpolated: a runtime or two of 200 on
+    # the other side of a level.
+    assert table["coverage"] == pytest.approx(model["coverage"], abs=0.021)
+    assert table["relative_pinball_loss"] == pytest.approx(model["relative_pinball_loss"], rel=0.02)
+    bad = httpx.post(path, json={"traces": TRACES, "lookup_table": True, "version": 1}, timeout=60)
+    assert bad.status_code == 422 and bad.json()["field"] == "version"
+    missing = httpx.post(path, json={"traces": TRACES, "lookup_table": True, "lookup_table_name": "no.json"}, timeout=60)
+    assert missing.status_code == 404 and missing.json()["field"] == "lookup_table_name"
+    with PredictorClient(srv.url) as client:
+        answer = client.evaluate(IDENTITY, TRACES, lookup_table_name="gen.json")
+        assert answer.source == "lookup_table" and answer.coverage == table["coverage"]
+        with pytest.raises(PredictorClientError) as caught:  # refused before sending
+            client.evaluate(IDENTITY, TRACES, lookup_table_name="gen.json", lookup_table=False)
+        assert caught.value.field == "lookup_table_name"
+
+    async def evaluated():
+        async with AsyncPredictorClient(srv.url) as client:
+            return await client.evaluate(IDENTITY, TRACES, lookup_table_name="gen.json")
+
+    assert asyncio.run(evaluated()) == answer

@@ -2168,3 +2168,29 @@ def test_evaluate_settles_a_star_by_the_traces_identity_fields_as_a_prediction_d
         {**IDENTITY, "hardware": "A100"}).key
     with pytest.raises(AmbiguousModel):  # traces that name none: the '*' matches two models
         service.evaluate(anywhere, make_llm_traces(40, seed=26))
+
+
+def test_evaluate_scores_a_lookup_tables_answers_as_it_scores_the_model(service, tmp_path):
+    # A service that answers from a table (the seed's mode) is checked on measured traces too.
+    service.train(config(make_llm_traces(400)))
+    measured = make_llm_traces(600, seed=27)
+    shapes = [{k: t[k] for k in ("input_tokens", "output_tokens")} for t in measured]
+    service.generate_table(PATTERN, write_jsonl_gz(tmp_path / "shapes.jsonl.gz", shapes), table_name="t.json")
+    model = service.evaluate(PATTERN, measured)
+    table = service.evaluate(PATTERN, [*measured, {"input_tokens": 1, "output_tokens": 1, "runtime_ms": 5.0},
+                                       {**shapes[0]}], lookup_table=True, lookup_table_name="t.json")
+    assert (table["source"], table["table"], table["model_key"], table["version"]) == ("lookup_table", "t.json", None, None)
+    assert table["evaluated"] == 601 and [r["index"] for r in table["rejected"]] == [601]
+    assert table["rejected"][0]["message"] == "missing measured 'runtime_ms'"
+    # Each of the 600 traces has its own record, made by the model: the same accuracy to rounding
+    # (the one shape the table does not hold is answered by its nearest record).
+    for level, got in model["coverage"].items():
+        assert abs(table["coverage"][level] - got) <= 0.01, (level, table["coverage"], model["coverage"])
+    assert table["relative_pinball_loss"] == pytest.approx(model["relative_pinball_loss"], rel=0.05)
+    assert table["calibration"]["corrected_p_value"] > 1e-3 and table["heldout_at_training"] == {}
+    with pytest.raises(InvalidInput) as caught:  # no runtimes at all
+        service.evaluate(PATTERN, shapes[:3], lookup_table=True, lookup_table_name="t.json")
+    assert caught.value.field == "traces"
+    with pytest.raises(NotFound) as caught:
+        service.evaluate(PATTERN, measured, lookup_table=True, lookup_table_name="none.json")
+    assert caught.value.field == "lookup_table_name"

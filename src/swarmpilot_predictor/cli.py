@@ -846,11 +846,13 @@ def evaluate(
                                 help="A trace file, or traces as JSON, each with its measured runtime."),
     model_version: Optional[int] = typer.Option(None, "--model-version", metavar="N",
                                                 help="Score this stored version (default: the serving, latest one)."),
+    lookup_table: Optional[str] = typer.Option(None, "--lookup-table", metavar="NAME",
+                                               help="Score this lookup table's answers (the service's, with --url), not the model's."),
     data_dir: Optional[str] = DataDirOpt,
     url: Optional[str] = UrlOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the raw JSON answer."),
 ):
-    """Score a model on traces with measured runtimes, recording nothing.
+    """Score a model, or a lookup table, on traces with measured runtimes, recording nothing.
 
     Prints each level's coverage and its binomial test, the central intervals' coverage, the
     pinball loss and median error against the version's held-out figures at training.
@@ -858,18 +860,27 @@ def evaluate(
     pattern = _parse_key(model)
     if model_version is not None and model_version < 1:
         _fail(f"--model-version counts from 1, got {model_version}")
+    if model_version is not None and lookup_table is not None:
+        _fail("--model-version names a model's version, but --lookup-table answers from a table: leave one out")
     traces = _read_trace_arg(trace)
-    flags = {"version": "--model-version"}
+    flags = {"version": "--model-version", "lookup_table_name": "--lookup-table"}
     if url:
         with _remote(url, flags) as client:
-            body = client.evaluate(pattern.as_tuple(), traces, model_version).model_dump(exclude_unset=True)
+            body = client.evaluate(pattern.as_tuple(), traces, model_version,
+                                   lookup_table_name=lookup_table).model_dump(exclude_unset=True)
     else:
         service = _service(data_dir, existing=True)
-        if service is None:
+        store = _table_store(data_dir) if service is None and lookup_table is not None else None
+        if service is None and store is None:
             _no_models(data_dir)
         _predict_on_one_blas_thread()
         try:
-            body = service.evaluate(pattern, traces, model_version)
+            if service is not None:
+                body = service.evaluate(pattern, traces, model_version, lookup_table is not None, lookup_table)
+            else:  # tables, and no model
+                from .service import evaluate_table
+
+                body = evaluate_table(store, lookup_table, pattern, traces)
         except PredictorError as exc:
             _fail(_as_flag(exc.message, exc.field, flags))
     if as_json:
@@ -882,7 +893,9 @@ def evaluate(
 
 def _print_evaluation(body: dict[str, Any]) -> None:
     rejected = len(body["rejected"])
-    title = f"{body['model_key']} version {body['version']}: {_count(body['evaluated'], 'trace')} scored"
+    scored = (f"lookup table {body['table']}" if body.get("source") == "lookup_table"
+              else f"{body['model_key']} version {body['version']}")
+    title = f"{scored}: {_count(body['evaluated'], 'trace')} scored"
     # (Above the table, not as its title: a title wraps at the narrow table's width.)
     console.print(escape(title + (f", {rejected:,} not" if rejected else "")), highlight=False)
     table = Table()

@@ -547,10 +547,10 @@ class _Calls:
         return _Request("GET", _model_path(identity) + "/accuracy", params=params or None, idempotent=True)
 
     @staticmethod
-    def evaluate(identity: IdentityLike, traces: Iterable[Mapping[str, Any]], version: int | None = None) -> _Request:
-        body: dict[str, Any] = {"traces": _traces(traces, "traces")}
-        if version is not None:
-            body["version"] = _whole(version, "version", noun="an integer")
+    def evaluate(identity: IdentityLike, traces: Iterable[Mapping[str, Any]], version: int | None = None,
+                 lookup_table_name: str | None = None, lookup_table: bool | None = None) -> _Request:
+        body: dict[str, Any] = {"traces": _traces(traces, "traces"),
+                                **_Calls._source(lookup_table_name, lookup_table, version)}
         # Records nothing: safe to send again where no answer came.
         return _Request("POST", _model_path(identity) + "/evaluate", json=body, response=EvaluationResponse,
                         idempotent=True)
@@ -621,27 +621,11 @@ class _Calls:
     def _options(confidence_level: float, quantiles: Sequence[float] | None, lookup_table_name: str | None,
                  lookup_table: bool | None, version: int | None = None,
                  deadline_ms: float | None = None) -> dict[str, Any]:
-        """A prediction's options as its body holds them. A ``lookup_table_name`` alone asks
-        that table (``lookup_table`` left out: implied); with ``lookup_table=False`` it is
-        refused, as the service refuses a name without the flag (the model would answer)."""
-        if lookup_table is not None and not isinstance(lookup_table, (bool, np.bool_)):
-            # As the service's strict boolean: "no" was sent as true.
-            raise InvalidRequestError(f"lookup_table must be True, False or None, got {_shown(lookup_table)}",
-                                      field="lookup_table")
-        if lookup_table_name is not None and lookup_table is not None and not lookup_table:
-            raise InvalidRequestError("lookup_table_name names a table, but lookup_table is False: the model would "
-                                      "answer; leave lookup_table out (or True) to ask the table",
-                                      field="lookup_table_name")
-        body: dict[str, Any] = {"confidence_level": confidence_level}
-        if version is not None:  # sent only when asked: a service that predates it still answers the rest
-            body["version"] = _whole(version, "version", noun="an integer")
+        """A prediction's options as its body holds them (see :meth:`_source`)."""
+        body: dict[str, Any] = {"confidence_level": confidence_level,
+                                **_Calls._source(lookup_table_name, lookup_table, version)}
         if quantiles is not None:
             body["quantiles"] = _levels(quantiles)
-        if lookup_table_name is not None:
-            body["lookup_table"] = True
-            body["lookup_table_name"] = lookup_table_name
-        elif lookup_table:
-            body["lookup_table"] = True  # the service's default table
         if deadline_ms is not None:
             if isinstance(deadline_ms, bool) or not isinstance(deadline_ms, numbers.Real):
                 raise InvalidRequestError(f"deadline_ms must be a number of milliseconds, got {_shown(deadline_ms)}",
@@ -652,6 +636,31 @@ class _Calls:
                 raise InvalidRequestError(f"deadline_ms is {_shown(deadline_ms)}, beyond the largest number a double "
                                           "holds (about 1.8e308): send a finite number of milliseconds",
                                           field="deadline_ms") from None
+        return body
+
+    @staticmethod
+    def _source(lookup_table_name: str | None, lookup_table: bool | None, version: int | None) -> dict[str, Any]:
+        """Whose answers a body asks for, as it holds it: the model's (``version``, sent only
+        when asked: a service that predates it still answers the rest) or a lookup table's. A
+        ``lookup_table_name`` alone asks that table (``lookup_table`` left out: implied); with
+        ``lookup_table=False`` it is refused, as the service refuses a name without the flag
+        (the model would answer)."""
+        if lookup_table is not None and not isinstance(lookup_table, (bool, np.bool_)):
+            # As the service's strict boolean: "no" was sent as true.
+            raise InvalidRequestError(f"lookup_table must be True, False or None, got {_shown(lookup_table)}",
+                                      field="lookup_table")
+        if lookup_table_name is not None and lookup_table is not None and not lookup_table:
+            raise InvalidRequestError("lookup_table_name names a table, but lookup_table is False: the model would "
+                                      "answer; leave lookup_table out (or True) to ask the table",
+                                      field="lookup_table_name")
+        body: dict[str, Any] = {}
+        if version is not None:
+            body["version"] = _whole(version, "version", noun="an integer")
+        if lookup_table_name is not None:
+            body["lookup_table"] = True
+            body["lookup_table_name"] = lookup_table_name
+        elif lookup_table:
+            body["lookup_table"] = True  # the service's default table
         return body
 
     def predict_single(self, identity: IdentityLike, trace: Mapping[str, Any], confidence_level: float = 0.95,
@@ -1317,13 +1326,14 @@ class PredictorClient(_Base):
         """Rolling accuracy; ``recent`` observations (at most 5,000, 200 if not given) come with it."""
         return self._send(self._calls.accuracy(identity, version, recent))
 
-    def evaluate(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]],
-                 version: int | None = None) -> EvaluationResponse:
-        """How well the model (the serving version, or ``version``) predicts ``traces`` carrying
-        measured runtimes, recording nothing: coverage per level, interval coverage, pinball
-        loss, median error, expect ratio, each level's coverage test (``calibration``), and the
-        version's held-out accuracy at training beside them."""
-        return self._send(self._calls.evaluate(identity, traces, version))
+    def evaluate(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]], version: int | None = None,
+                 lookup_table_name: str | None = None, lookup_table: bool | None = None) -> EvaluationResponse:
+        """How well the model (the serving version, or ``version``), or a lookup table (as a
+        prediction names it), predicts ``traces`` carrying measured runtimes, recording
+        nothing: coverage per level, interval coverage, pinball loss, median error, expect
+        ratio, each level's coverage test (``calibration``), and the version's held-out
+        accuracy at training beside them."""
+        return self._send(self._calls.evaluate(identity, traces, version, lookup_table_name, lookup_table))
 
     def retrain(self, identity: IdentityLike) -> dict[str, Any]:
         """Retrain a model now on its training data plus observations; the decision (a new version
@@ -1566,9 +1576,9 @@ class AsyncPredictorClient(_Base):
     async def accuracy(self, identity: IdentityLike, version: int | None = None, recent: int | None = None) -> dict[str, Any]:
         return await self._send(self._calls.accuracy(identity, version, recent))
 
-    async def evaluate(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]],
-                       version: int | None = None) -> EvaluationResponse:
-        return await self._send(self._calls.evaluate(identity, traces, version))
+    async def evaluate(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]], version: int | None = None,
+                       lookup_table_name: str | None = None, lookup_table: bool | None = None) -> EvaluationResponse:
+        return await self._send(self._calls.evaluate(identity, traces, version, lookup_table_name, lookup_table))
 
     async def retrain(self, identity: IdentityLike) -> dict[str, Any]:
         return await self._send(self._calls.retrain(identity))

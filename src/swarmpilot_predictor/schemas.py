@@ -199,23 +199,16 @@ class TrainRequest(BaseModel):
     config: TrainConfig
 
 
-class PredictOptions(BaseModel):
+class AnswerSource(BaseModel):
+    """Whose answers: the model's (its latest version, or ``version``) or a lookup table's
+    (``lookup_table``: the default table, or ``lookup_table_name``)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    # Strict: "0.9", true or "yes" are mistakes to name, not values to guess at.
-    confidence_level: StrictFloat = Field(0.95, gt=0.0, lt=1.0)
-    quantiles: list[StrictFloat] | None = Field(None, json_schema_extra=LEVELS)
     lookup_table: StrictBool = False
     lookup_table_name: str | None = Field(None, json_schema_extra=declared(minLength=1))
     # A stored version of the model to answer (a rollback, a comparison); default its latest.
     version: StrictInt | None = Field(None, ge=1)
-    # A time in ms: each answer then says how likely its task (its total) is done within it.
-    deadline_ms: StrictFloat | None = Field(None, gt=0.0, allow_inf_nan=False)
-
-    @field_validator("quantiles")
-    @classmethod
-    def _levels(cls, v: list[float] | None) -> list[float] | None:
-        return check_levels(v, "quantiles")
 
     @field_validator("lookup_table_name")
     @classmethod
@@ -233,6 +226,19 @@ class PredictOptions(BaseModel):
             raise ValueError("names a model's version, but a lookup table answers (from the records it holds): "
                              "leave one of them out")
         return v
+
+
+class PredictOptions(AnswerSource):
+    # Strict: "0.9", true or "yes" are mistakes to name, not values to guess at.
+    confidence_level: StrictFloat = Field(0.95, gt=0.0, lt=1.0)
+    quantiles: list[StrictFloat] | None = Field(None, json_schema_extra=LEVELS)
+    # A time in ms: each answer then says how likely its task (its total) is done within it.
+    deadline_ms: StrictFloat | None = Field(None, gt=0.0, allow_inf_nan=False)
+
+    @field_validator("quantiles")
+    @classmethod
+    def _levels(cls, v: list[float] | None) -> list[float] | None:
+        return check_levels(v, "quantiles")
 
 
 class PredictSingleRequest(PredictOptions):
@@ -311,13 +317,11 @@ class ObserveRequest(BaseModel):
     traces: list[dict[str, Any]] = Field(min_length=1, max_length=100_000)
 
 
-class EvaluateRequest(BaseModel):
-    """Traces with their measured runtimes, to score a model version on (recording nothing)."""
-
-    model_config = ConfigDict(extra="forbid")
+class EvaluateRequest(AnswerSource):
+    """Traces with their measured runtimes, to score a model version, or a lookup table, on
+    (recording nothing)."""
 
     traces: list[dict[str, Any]] = Field(min_length=1, max_length=100_000)
-    version: StrictInt | None = Field(None, ge=1)  # default the serving (latest) version
 
 
 class NoOptions(BaseModel):
@@ -509,8 +513,10 @@ class EvaluationResponse(_Response):
     """A model version's accuracy on traces sent to ``POST /models/{identity}/evaluate``."""
 
     status: Literal["success"]
-    model_key: str
-    version: int
+    model_key: str | None  # None: a lookup table's answers were scored (source, table)
+    version: int | None
+    source: Literal["lookup_table"] | None = None
+    table: str | None = None
     evaluated: int  # the traces scored
     rejected: list[dict[str, Any]]  # {"index", "message"} of each trace that could not be
     levels: list[float]

@@ -1254,24 +1254,9 @@ class PredictorService:
         if conflicts is not None:
             errors = [e or c for e, c in zip(errors, conflicts)]
         X, feat_errors = loaded.meta.features.matrix(flat)
-        y = np.full(len(flat), np.nan)
-        for i, t in enumerate(flat):
-            v = t.get(target)
-            number = number_in_text(v) if isinstance(v, str) else v  # "12.5" is a number, as in training
-            if is_runtime(number):
-                y[i] = number
-            elif errors[i] is None:
-                errors[i] = (f"'{target}' must be a number in {RUNTIME_RANGE}" if v is not None
-                             else f"missing measured '{target}'" + (
-                                 f" (the model was trained on the target '{target}': a '{DEFAULT_TARGET}' is not "
-                                 "read as it, its unit may differ)" if target != DEFAULT_TARGET and DEFAULT_TARGET in t
-                                 else ""))
+        y = _measured_runtimes(flat, target, errors)
         errors = [e or f for e, f in zip(errors, feat_errors)]
-        rows = np.flatnonzero([e is None for e in errors])
-        if len(rows) == 0:
-            more = f"; and {len(errors) - 5:,} more" if len(errors) > 5 else ""
-            raise InvalidInput("no usable observation: " + "; ".join(
-                f"traces[{i}]: {e}" for i, e in enumerate(errors[:5])) + more, field="traces")
+        rows = _usable_rows(errors)
         dist = loaded.model.predict_distribution(X[rows])
         flag = loaded.meta.features.regime_column
         return Measured(flat, y[rows], rows, errors, dist, dist.quantiles(list(MONITOR_LEVELS)),
@@ -1333,13 +1318,16 @@ class PredictorService:
             "retraining": self.retrainer.decisions.read(identity, 5),
         }
 
-    def evaluate(self, pattern: IdentityPattern, traces: Sequence[dict[str, Any]],
-                 version: int | None = None) -> dict[str, Any]:
-        """How well a model version (the serving one unless ``version``) predicts traces with
+    def evaluate(self, pattern: IdentityPattern, traces: Sequence[dict[str, Any]], version: int | None = None,
+                 lookup_table: bool = False, lookup_table_name: str | None = None) -> dict[str, Any]:
+        """How well a model version (the serving one unless ``version``), or a lookup table
+        (``lookup_table``: the default table, or ``lookup_table_name``), predicts traces with
         measured runtimes, recording nothing: the accuracy ``/observe`` would track for them,
         each level's coverage tested at once (:func:`~.monitoring.calibration_test`), beside
         the version's held-out accuracy at training. For a trace set the model never saw (a
         new instance, hardware or software version) before it serves it."""
+        if lookup_table:
+            return evaluate_table(self.tables, lookup_table_name, pattern, traces, staleness=self._staleness)
         # A '*' the traces' identity fields settle, as in a prediction.
         identity = self._resolve(self.resolve_for(pattern, traces))
         loaded = self.registry.load(identity, version)
@@ -1432,6 +1420,34 @@ class PredictorService:
         self.metrics.set_live_models(live)
 
 
+def _measured_runtimes(flat: Sequence[dict[str, Any]], target: str, errors: list[str | None]) -> np.ndarray:
+    """Each trace's measured runtime under ``target`` (NaN where it has none), the error of
+    each that has none, or no usable one, set in ``errors`` where it holds none yet."""
+    y = np.full(len(flat), np.nan)
+    for i, t in enumerate(flat):
+        v = t.get(target)
+        number = number_in_text(v) if isinstance(v, str) else v  # "12.5" is a number, as in training
+        if is_runtime(number):
+            y[i] = number
+        elif errors[i] is None:
+            errors[i] = (f"'{target}' must be a number in {RUNTIME_RANGE}" if v is not None
+                         else f"missing measured '{target}'" + (
+                             f" (the model was trained on the target '{target}': a '{DEFAULT_TARGET}' is not "
+                             "read as it, its unit may differ)" if target != DEFAULT_TARGET and DEFAULT_TARGET in t
+                             else ""))
+    return y
+
+
+def _usable_rows(errors: list[str | None]) -> np.ndarray:
+    """The places of the traces without an error; an InvalidInput on ``traces`` where there is none."""
+    rows = np.flatnonzero([e is None for e in errors])
+    if len(rows) == 0:
+        more = f"; and {len(errors) - 5:,} more" if len(errors) > 5 else ""
+        raise InvalidInput("no usable observation: " + "; ".join(
+            f"traces[{i}]: {e}" for i, e in enumerate(errors[:5])) + more, field="traces")
+    return rows
+
+
 def _headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     keys = ("pinball_loss", "relative_pinball_loss", "mean_abs_coverage_error", "interval_coverage", "median_mape",
             "expect_ratio", "error_ratio", "rows_used", "rows_dropped")
@@ -1500,6 +1516,38 @@ def predict_from_table(tables: LookupTableStore, name: str | None, pattern: Iden
         _check_batch_values(len(traces), max((len(ls) for ls in table.levelsets), default=0))
     return table.predict(pattern, traces, confidence_level, quantiles, with_total, staleness=staleness,
                          deadline_ms=deadline_ms)
+
+
+def evaluate_table(tables: LookupTableStore, name: str | None, pattern: IdentityPattern,
+                   traces: Sequence[dict[str, Any]],
+                   staleness: Callable[[tuple[str | None, ...], int], bool | None] | None = None) -> dict[str, Any]:
+    """:meth:`PredictorService.evaluate` of the lookup table ``name`` of ``tables`` (the default
+    one without a name): each trace's answer from the table scored against its measured
+    runtime, under ``runtime_ms`` (a table knows no model's target). The service's, or the
+    CLI's of a data directory that holds tables and no model."""
+    answer = predict_from_table(tables, name, pattern, traces, quantiles=list(MONITOR_LEVELS), staleness=staleness)
+    flat, errors = normalize_traces(traces)
+    errors = [e or (None if ok else answer.errors[i] or "no answer from the table")
+              for i, (e, ok) in enumerate(zip(errors, answer.ok.tolist()))]
+    y = _measured_runtimes(flat, DEFAULT_TARGET, errors)
+    rows = _usable_rows(errors)
+    items = [answer.items[i] for i in rows]
+    q = np.array([item["quantile_predictions"] for item in items], dtype=np.float64)
+    mean = np.array([item["expect"] for item in items], dtype=np.float64)
+    std = np.array([item["error"] for item in items], dtype=np.float64)
+    return {
+        "status": "success",
+        "model_key": None,
+        "version": None,
+        "source": "lookup_table",
+        "table": answer.table,
+        "evaluated": int(len(rows)),
+        "rejected": [{"index": i, "message": e} for i, e in enumerate(errors) if e is not None],
+        "levels": list(MONITOR_LEVELS),
+        **accuracy_of(y[rows], q, mean, std, np.full(len(rows), np.nan)),
+        "calibration": calibration_test(y[rows], q),
+        "heldout_at_training": {},
+    }
 
 
 def _check_batch_values(n_traces: int, n_levels: int) -> None:

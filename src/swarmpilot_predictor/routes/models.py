@@ -66,7 +66,7 @@ def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any],
 
         def evaluated() -> dict[str, Any]:
             req = parse_json_body(body, EvaluateRequest)
-            return service.evaluate(pattern, req.traces, req.version)
+            return service.evaluate(pattern, req.traces, req.version, req.lookup_table, req.lookup_table_name)
 
         async with turn_for(body, large_bodies):  # a large one in its turn, as a large batch
             return JSONResponse(await run_in_threadpool(evaluated))
