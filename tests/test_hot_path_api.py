@@ -342,3 +342,82 @@ def test_large_observations_and_evaluations_take_turns_with_large_batches(tmp_pa
         assert sorted(a["accepted"] if isinstance(a, dict) else a.evaluated for a, _ in answers) == [20_000] * 6
         assert (data / "most_at_once").read_text() == "2"  # two large ones at a time
         assert small_done < max(done for _, done in answers)  # not queued behind them
+
+
+# The service's evaluate and observe, each large one (over 1,000 traces) taking two seconds
+# and counted, in a file of the data directory, once it is worked on.
+_SLOW_LARGE_SERVER = """
+import pathlib, sys, threading, time, uvicorn
+from swarmpilot_predictor.api import app_from_env
+app = app_from_env()
+service = app.state.service
+lock = threading.Lock()
+out = pathlib.Path(service.settings.data_dir)
+
+def slowed(work, name):
+    def run(model, traces, *args):
+        if len(traces) > 1000:
+            with lock:
+                path = out / name
+                path.write_text(str(int(path.read_text() if path.exists() else 0) + 1))
+            time.sleep(2.0)
+        return work(model, traces, *args)
+    return run
+
+service.evaluate = slowed(service.evaluate, "evaluated")
+service.observe = slowed(service.observe, "observed")
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+
+
+def _sent_whole_then_left(url: str, path: str, body: bytes) -> None:
+    """POST ``body`` to ``path`` whole, then leave without the answer (a client's own timeout)."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        time.sleep(0.3)
+        sock.settimeout(0)
+        try:
+            assert not sock.recv(1), "answered while both turns were held"
+        except BlockingIOError:
+            pass  # no answer yet: it waits for its turn
+
+
+def test_a_large_evaluation_whose_client_left_while_it_waited_its_turn_is_not_worked(tmp_path):
+    # An evaluation records nothing, and the clients send it again where no answer came (it is
+    # idempotent): abandoned while they waited for one of the two turns, each was worked on
+    # anyway, holding a turn that large batches wait for. An observation is recorded though
+    # its client left: it changes state, and its client's error says it may have been.
+    import threading
+
+    data = tmp_path / "data"
+    with run_server(data, args=[sys.executable, "-c", _SLOW_LARGE_SERVER, "{port}"]) as srv:
+        with PredictorClient(srv.url, timeout=120) as client:
+            client.train({"model": IDENTITY, "traces": make_llm_traces(200), "algorithm": "linear"})
+        measured = make_llm_traces(20_000, seed=7)
+        evaluate = orjson.dumps({"traces": measured})
+        assert len(evaluate) > 1 << 20
+        path = f"/models/{SEG}/evaluate"
+        holding = [threading.Thread(target=lambda: httpx.post(srv.url + path, content=evaluate, timeout=120,
+                                                              headers={"content-type": "application/json"}))
+                   for _ in range(2)]
+        for thread in holding:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while not (data / "evaluated").exists() or (data / "evaluated").read_text() != "2":
+            assert time.monotonic() < deadline  # both turns held, for two seconds
+            time.sleep(0.02)
+        _sent_whole_then_left(srv.url, path, evaluate)
+        _sent_whole_then_left(srv.url, path, evaluate)
+        _sent_whole_then_left(srv.url, "/observe", orjson.dumps({"model": IDENTITY, "traces": measured}))
+        for thread in holding:
+            thread.join()
+        with PredictorClient(srv.url, timeout=120) as client:
+            while client.accuracy(IDENTITY)["observations"] != 20_000:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert (data / "evaluated").read_text() == "2"  # the two whose clients stayed
+        assert (data / "observed").read_text() == "1"
