@@ -1256,6 +1256,42 @@ def test_the_service_is_not_ready_while_it_preloads_its_models(tmp_path, monkeyp
         fresh.close()
 
 
+def test_a_preload_counts_as_loaded_only_the_models_it_loaded(tmp_path, monkeypatch):
+    # A model whose file could not be read was counted among those loaded: "1 of 2 loaded"
+    # while none was.
+    import threading
+
+    from swarmpilot_predictor.errors import ModelUnreadable, NotReady
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    data = trained_in_process(tmp_path / "data", *({"model": {**IDENTITY, "hardware": hw}, "algorithm": "linear",
+                                                     "traces": make_llm_traces(60)} for hw in ("A", "B")))
+    fresh = PredictorService(PredictorSettings(data_dir=data, preload_models=True))
+    try:
+        go_on, loading = threading.Event(), threading.Event()
+        real_load, calls = fresh.registry.load, []
+
+        def first_damaged(*args, **kwargs):
+            calls.append(args)
+            if len(calls) == 1:
+                raise ModelUnreadable("damaged")
+            loading.set()
+            assert go_on.wait(30)
+            return real_load(*args, **kwargs)
+
+        monkeypatch.setattr(fresh.registry, "load", first_damaged)
+        thread = fresh.start_preload()
+        assert loading.wait(30)
+        with pytest.raises(NotReady) as caught:
+            fresh.readiness()
+        assert "0 of 2 loaded (1 could not be)" in caught.value.message
+        go_on.set()
+        thread.join(30)
+        assert fresh.readiness() == {"status": "ready", "models_loaded": 1}
+    finally:
+        fresh.close()
+
+
 def test_what_killed_writes_left_is_removed_at_start_once_old(tmp_path):
     # A job record, a retraining decision log or the registry's stamp, written aside and
     # renamed into place: a kill -9 between the two leaves the temporary file.

@@ -293,9 +293,9 @@ class PredictorService:
                                  log_format=settings.log_format)
         self.prediction_counts: Counter[ModelIdentity] = Counter()
         self._loaded_reported = -1  # the model versions in memory as the metrics last said
-        # While the background preload runs: (models loaded so far, models to load; None while
-        # they are listed). None otherwise: the service is ready.
-        self._preload_progress: tuple[int, int | None] | None = None
+        # While the background preload runs: (models loaded so far, models that could not be,
+        # models to load; None while they are listed). None otherwise: the service is ready.
+        self._preload_progress: tuple[int, int, int | None] | None = None
         self._closed = False
         self._count_lock = threading.Lock()
         self.metrics = PredictorMetrics()
@@ -341,7 +341,7 @@ class PredictorService:
     def start_preload(self) -> threading.Thread:
         """:meth:`preload` in a thread of its own, the service answering meanwhile; until it
         ends, :meth:`readiness` says the service is not ready."""
-        self._preload_progress = (0, None)
+        self._preload_progress = (0, 0, None)
         thread = threading.Thread(target=self.preload, name="preload-models", daemon=True)
         thread.start()
         return thread
@@ -354,9 +354,10 @@ class PredictorService:
             raise gone
         progress = self._preload_progress
         if progress is not None:
-            loaded, planned = progress
+            loaded, failed, planned = progress
             raise NotReady("loading the latest version of every model (PREDICTOR_PRELOAD_MODELS): "
                            + (f"{loaded} of {planned} loaded" if planned is not None else "listing them")
+                           + (f" ({failed} could not be)" if failed else "")
                            + "; /ping answers for liveness meanwhile")
         return {"status": "ready", "models_loaded": self.registry.loaded_count}
 
@@ -385,7 +386,8 @@ class PredictorService:
         for done, meta in enumerate(reversed(chosen)):
             if self._closed:
                 break
-            self._preload_progress = (done, len(chosen))
+            # (Those that could not be loaded are not counted as loaded: they are said apart.)
+            self._preload_progress = (loaded, done - loaded, len(chosen))
             try:
                 self.registry.load(meta.identity, meta.version)
                 loaded += 1
