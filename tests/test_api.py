@@ -1931,6 +1931,15 @@ def test_the_openapi_schema_names_every_field_of_the_health_and_training_answers
     assert "identity" in trained and set(trained) <= set(schemas["TrainResult"]["properties"])
 
 
+def test_the_openapi_schema_says_what_a_503_of_ready_means(http):
+    # Its one documented error was the 5XX of every route: an internal error, a damaged model
+    # file, the data directory gone or the service stopping, not the models still loading.
+    responses = ok(http.get("/openapi.json"))["paths"]["/ready"]["get"]["responses"]
+    assert "PREDICTOR_PRELOAD_MODELS" in responses["503"]["description"]
+    assert "data directory" in responses["503"]["description"]
+    assert responses["503"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
+
+
 def test_the_openapi_schema_documents_the_multipart_forms(http):
     # The routes read their forms themselves: /docs showed /predict/table with no body at all
     # (no way to send its trace file) and /train as JSON only.

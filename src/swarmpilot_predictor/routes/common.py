@@ -268,6 +268,8 @@ _ERRORS = {
     415: "A compressed body (Content-Encoding)",
     422: "Invalid input: a body, trace, form field or query parameter (`field` names it)",
     429: "As many trainings queued as the service takes: retry later",
+    503: "Not ready: the models preloaded at start (PREDICTOR_PRELOAD_MODELS) are still loading (Retry-After: 1, "
+         "the message says how many are), or a folder of the data directory is gone",
     "5XX": "The server's fault: an internal error or a model file damaged on disk (500), the data directory "
            "gone or the service stopping (503), a full disk (507)",
 }

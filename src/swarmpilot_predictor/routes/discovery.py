@@ -27,7 +27,7 @@ def add_discovery_routes(app: FastAPI, service: PredictorService, writes: list[A
 
     # A load balancer's or Kubernetes' readiness probe: a 503 until the models preloaded at
     # start are in memory, so that no request waits seconds for a model's first load.
-    @app.get("/ready", tags=["discovery"], response_model=Ready, responses=error_responses(),
+    @app.get("/ready", tags=["discovery"], response_model=Ready, responses=error_responses(503),
              summary="Readiness: 200 once the models preloaded at start are loaded")
     async def ready():
         return JSONResponse(service.readiness())
