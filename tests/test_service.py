@@ -1292,6 +1292,43 @@ def test_a_preload_counts_as_loaded_only_the_models_it_loaded(tmp_path, monkeypa
         fresh.close()
 
 
+def test_with_several_workers_ready_waits_for_every_workers_preload(tmp_path):
+    # A probe reaches one worker of serve --workers N: each answered for itself, and a pod was
+    # taken in at the first worker's 200 while the others still loaded their models.
+    import subprocess
+    import sys
+
+    from swarmpilot_predictor.errors import NotReady
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    shared = tmp_path / "metrics"  # the workers' multi-process directory
+    shared.mkdir()
+    data = trained_in_process(tmp_path / "data", {"model": IDENTITY, "algorithm": "linear",
+                                                  "traces": make_llm_traces(60)})
+    fresh = PredictorService(PredictorSettings(data_dir=data, preload_models=True, workers=2))
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # the other worker
+    try:
+        fresh.metrics.multiprocess_dir = str(shared)
+        fresh.start_preload().join(30)
+        with pytest.raises(NotReady) as caught:  # the other has not begun yet
+            fresh.readiness()
+        assert caught.value.message.startswith("1 of 2 workers have loaded the latest version of every model")
+        (shared / f"preloading_{other.pid}").touch()
+        with pytest.raises(NotReady) as caught:
+            fresh.readiness()
+        assert caught.value.message.startswith(f"worker {other.pid} is loading the latest version of every model")
+        (shared / f"preloading_{other.pid}").rename(shared / f"preloaded_{other.pid}")
+        assert fresh.readiness() == {"status": "ready", "models_loaded": 1}
+        other.kill()
+        other.wait()  # (a worker that died: one started in its place loads its models again)
+        with pytest.raises(NotReady):
+            fresh.readiness()
+    finally:
+        other.kill()
+        other.wait()
+        fresh.close()
+
+
 def test_what_killed_writes_left_is_removed_at_start_once_old(tmp_path):
     # A job record, a retraining decision log or the registry's stamp, written aside and
     # renamed into place: a kill -9 between the two leaves the temporary file.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import logging
 import os
 import re
 import threading
@@ -25,6 +26,8 @@ from prometheus_client.core import GaugeMetricFamily
 
 from .processes import alive
 from .settings import multiproc_variable
+
+log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 TRAINING_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
@@ -162,6 +165,62 @@ def _worker_pids(path: str, live: bool) -> list[int]:
     return sorted(pids)
 
 
+# A worker's preload of its models (PREDICTOR_PRELOAD_MODELS) in the multi-process directory:
+# "preloading_<pid>" while it loads, "preloaded_<pid>" once done, so that whichever worker a
+# readiness probe reaches answers for all of them (each answered for itself: a pod was taken
+# in at one worker's 200 while the others loaded).
+_PRELOAD_FILE = re.compile(r"(preloading|preloaded)_(\d+)")
+
+
+def _preload_pid(name: str) -> int | None:
+    match = _PRELOAD_FILE.fullmatch(name)
+    return None if match is None else int(match.group(2))
+
+
+def mark_preload(path: str, done: bool) -> None:
+    """Say in ``path`` that this worker's preload has begun, or (``done``) ended."""
+    own = os.getpid()
+    loading, loaded = os.path.join(path, f"preloading_{own}"), os.path.join(path, f"preloaded_{own}")
+    try:
+        if done:
+            try:
+                os.replace(loading, loaded)
+            except FileNotFoundError:  # (a preload not begun through start_preload)
+                open(loaded, "w").close()
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(loaded)  # (an earlier process of this id's)
+            open(loading, "w").close()
+    except OSError as exc:  # (the directory gone: each worker answers for itself, as without it)
+        log.warning("cannot mark this worker's preload in %s: %s", path, exc)
+
+
+def workers_not_preloaded(path: str, workers: int) -> str | None:
+    """Why not every worker of ``path`` has preloaded its models, or None: one alive is still
+    loading, or fewer than ``workers`` alive have loaded theirs (one not started yet, or one
+    started again in place of one that died). This worker's own preload is not asked here."""
+    own = os.getpid()
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return None
+    done = {own}
+    for name in names:
+        match = _PRELOAD_FILE.fullmatch(name)
+        if match is None:
+            continue
+        pid = int(match.group(2))
+        if pid == own or not alive(pid):
+            continue
+        if match.group(1) == "preloading":
+            return f"worker {pid} is loading the latest version of every model (PREDICTOR_PRELOAD_MODELS)"
+        done.add(pid)
+    if len(done) < workers:
+        return (f"{len(done)} of {workers} workers have loaded the latest version of every model "
+                "(PREDICTOR_PRELOAD_MODELS)")
+    return None
+
+
 def remove_exited_processes_files(path: str) -> int:
     """Remove the files of processes no longer running from the multi-process directory
     ``path``, as a service starts: an earlier run's, whose counts every scrape of this run
@@ -174,7 +233,7 @@ def remove_exited_processes_files(path: str) -> int:
     except OSError:
         return 0
     for name in names:
-        pid = _file_pid(name)
+        pid = _file_pid(name) or _preload_pid(name)
         if pid is None or (pid != own and alive(pid)):
             continue
         with contextlib.suppress(FileNotFoundError):

@@ -30,7 +30,7 @@ from .identity import (IDENTITY_KEYS, IdentityPattern, ModelIdentity, describe_s
 from .lookup import WRITABLE_FORMATS, LookupTable, LookupTableStore, TablePrediction, generate_table, table_format
 from .lookup.names import WRITABLE_TABLE_KINDS
 from .lookup.quantiles import KNOT_LIMIT, KNOT_MOST
-from .metrics import TABLE_LABEL, PredictorMetrics, table_label
+from .metrics import TABLE_LABEL, PredictorMetrics, mark_preload, table_label, workers_not_preloaded
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog, accuracy_of, calibration_test
 from .registry import LoadedModel, ModelRegistry, ModelVersion
 from .retraining import Retrainer
@@ -342,6 +342,8 @@ class PredictorService:
         """:meth:`preload` in a thread of its own, the service answering meanwhile; until it
         ends, :meth:`readiness` says the service is not ready."""
         self._preload_progress = (0, 0, None)
+        if self.metrics.multiprocess_dir is not None:  # several workers: each /ready answers for all
+            mark_preload(self.metrics.multiprocess_dir, done=False)
         thread = threading.Thread(target=self.preload, name="preload-models", daemon=True)
         thread.start()
         return thread
@@ -359,6 +361,10 @@ class PredictorService:
                            + (f"{loaded} of {planned} loaded" if planned is not None else "listing them")
                            + (f" ({failed} could not be)" if failed else "")
                            + "; /ping answers for liveness meanwhile")
+        if self.settings.preload_models and self.metrics.multiprocess_dir is not None:
+            others = workers_not_preloaded(self.metrics.multiprocess_dir, self.settings.workers)
+            if others is not None:  # a probe reaches one worker: it answers for them all
+                raise NotReady(others + "; /ping answers for liveness meanwhile")
         return {"status": "ready", "models_loaded": self.registry.loaded_count}
 
     def preload(self) -> int:
@@ -369,6 +375,8 @@ class PredictorService:
             return self._preload()
         finally:
             self._preload_progress = None  # ready, however it ended
+            if self.metrics.multiprocess_dir is not None:
+                mark_preload(self.metrics.multiprocess_dir, done=True)
 
     def _preload(self) -> int:
         latest = []
