@@ -1222,15 +1222,21 @@ def test_preload_loads_the_newest_models_first_up_to_the_memory_limit(tmp_path):
         busy.close()
 
 
-def test_the_service_is_not_ready_while_it_preloads_its_models(tmp_path, monkeypatch):
-    import threading
-
-    from swarmpilot_predictor.errors import NotReady
+def service_to_preload(tmp_path: Path) -> PredictorService:
+    """A fresh service with PREDICTOR_PRELOAD_MODELS on, of a data directory of two models."""
     from swarmpilot_predictor.settings import PredictorSettings
 
     data = trained_in_process(tmp_path / "data", *({"model": {**IDENTITY, "hardware": hw}, "algorithm": "linear",
                                                      "traces": make_llm_traces(60)} for hw in ("A", "B")))
-    fresh = PredictorService(PredictorSettings(data_dir=data, preload_models=True))
+    return PredictorService(PredictorSettings(data_dir=data, preload_models=True))
+
+
+def test_the_service_is_not_ready_while_it_preloads_its_models(tmp_path, monkeypatch):
+    import threading
+
+    from swarmpilot_predictor.errors import NotReady
+
+    fresh = service_to_preload(tmp_path)
     try:
         assert fresh.readiness() == {"status": "ready", "models_loaded": 0}  # no preload begun: ready
         go_on, loading = threading.Event(), threading.Event()
@@ -1262,11 +1268,8 @@ def test_a_preload_counts_as_loaded_only_the_models_it_loaded(tmp_path, monkeypa
     import threading
 
     from swarmpilot_predictor.errors import ModelUnreadable, NotReady
-    from swarmpilot_predictor.settings import PredictorSettings
 
-    data = trained_in_process(tmp_path / "data", *({"model": {**IDENTITY, "hardware": hw}, "algorithm": "linear",
-                                                     "traces": make_llm_traces(60)} for hw in ("A", "B")))
-    fresh = PredictorService(PredictorSettings(data_dir=data, preload_models=True))
+    fresh = service_to_preload(tmp_path)
     try:
         go_on, loading = threading.Event(), threading.Event()
         real_load, calls = fresh.registry.load, []

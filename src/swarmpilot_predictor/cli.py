@@ -200,6 +200,18 @@ def _predict_on_one_blas_thread() -> None:
     predict_on_one_blas_thread()
 
 
+def _service_or_tables(data_dir: Optional[str], lookup_table: Optional[str]) -> tuple[Any, Any]:
+    """The data directory's service, or where it holds no model and a lookup table is asked
+    for, its tables alone (the seed's need no model): one of the two is None; neither is
+    there, the command fails saying so. BLAS on one thread, as the server runs it."""
+    service = _service(data_dir, existing=True)
+    store = _table_store(data_dir) if service is None and lookup_table is not None else None
+    if service is None and store is None:
+        _no_models(data_dir)
+    _predict_on_one_blas_thread()
+    return service, store
+
+
 def _fail(message: str, code: int = 1) -> NoReturn:
     # One line, whatever the terminal's width; the message is text, not rich markup. Only line
     # breaks (and the indents around them) are joined: a name it quotes keeps its spaces (a
@@ -629,11 +641,7 @@ def predict(
                                         lookup_table_name=lookup_table, shared_factor=shared_factor,
                                         deadline_ms=deadline_ms).model_dump(exclude_unset=True)  # the answer as sent
     else:
-        service = _service(data_dir, existing=True)
-        store = _table_store(data_dir) if service is None and lookup_table is not None else None
-        if service is None and store is None:
-            _no_models(data_dir)
-        _predict_on_one_blas_thread()
+        service, store = _service_or_tables(data_dir, lookup_table)
         try:
             if service is not None:
                 answer = service.predict(pattern, traces, confidence_level, levels, with_total=True,
@@ -869,11 +877,7 @@ def evaluate(
             body = client.evaluate(pattern.as_tuple(), traces, model_version,
                                    lookup_table_name=lookup_table).model_dump(exclude_unset=True)
     else:
-        service = _service(data_dir, existing=True)
-        store = _table_store(data_dir) if service is None and lookup_table is not None else None
-        if service is None and store is None:
-            _no_models(data_dir)
-        _predict_on_one_blas_thread()
+        service, store = _service_or_tables(data_dir, lookup_table)
         try:
             if service is not None:
                 body = service.evaluate(pattern, traces, model_version, lookup_table is not None, lookup_table)
