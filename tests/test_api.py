@@ -1989,6 +1989,39 @@ def test_the_openapi_schema_declares_every_path_parameter(http):
     assert "training job" in job_id["description"]
 
 
+def test_a_prediction_bodys_fields_are_checked_and_named_in_their_order_since_the_answer_source_was_shared(http):
+    # The answer source (lookup_table, lookup_table_name, version) shared with the evaluation
+    # (AnswerSource) came first in the prediction bodies: a body wrong in confidence_level
+    # (or quantiles) and in lookup_table or version was named for the latter ("field":
+    # "lookup_table"), its errors listed in another order, and the OpenAPI schema's
+    # properties reordered. They are the order of the bodies before it again.
+    order = ["confidence_level", "quantiles", "lookup_table", "lookup_table_name", "version", "deadline_ms"]
+    paths = ok(http.get("/openapi.json"))["paths"]
+    for kind, base, own in (("single", {"trace": TRACE}, ["trace"]),
+                            ("batch", {"trace": [TRACE]}, ["shared_factor", "total_distribution", "trace"]),
+                            ("queues", {"queues": {"a": [TRACE]}}, ["shared_factor", "queues"])):
+        url = f"/predict/{kind}/{SEGMENTS}"
+        for wrong, first, then in (({"lookup_table": "yes", "confidence_level": 2}, "confidence_level", "lookup_table"),
+                                   ({"version": 0, "confidence_level": "0.9"}, "confidence_level", "version"),
+                                   ({"version": 0, "quantiles": [2]}, "quantiles", "version"),
+                                   ({"lookup_table": True, "version": 3, "quantiles": "x"}, "quantiles", "version"),
+                                   ({"lookup_table": False, "lookup_table_name": "t.json", "confidence_level": 1},
+                                    "confidence_level", "lookup_table_name"),
+                                   ({"deadline_ms": -1, "lookup_table_name": ""}, "lookup_table_name", "deadline_ms")):
+            body = failed(http.post(url, json={**base, **wrong}), 422)
+            assert body["field"] == first, (kind, wrong, body)
+            assert body["message"].startswith(f"{first}: ") and f"; {then}: " in body["message"], (kind, body)
+        schema = paths[f"/predict/{kind}/{{model_type}}/{{model_name}}/{{hardware}}/{{software_name}}/{{software_version}}"]
+        properties = schema["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+        assert list(properties) == order + own, kind
+    # The evaluation's traces come before its answer source, as they came before its version.
+    evaluate = f"/models/{SEGMENTS}/evaluate"
+    assert failed(http.post(evaluate, json={"version": 0, "traces": []}), 422)["field"] == "traces"
+    schema = paths["/models/{model_type}/{model_name}/{hardware}/{software_name}/{software_version}/evaluate"]
+    properties = schema["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert list(properties) == ["traces", "lookup_table", "lookup_table_name", "version"]
+
+
 def test_the_openapi_schema_bounds_the_accuracy_recent_as_the_service_does(http, trained):
     # It said any integer: /docs' or a generated client's ?recent=10000 followed the schema and
     # was a 422 ("recent must be between 0 and 5,000").

@@ -228,17 +228,29 @@ class AnswerSource(BaseModel):
         return v
 
 
-class PredictOptions(AnswerSource):
+class _AnswerLevels(BaseModel):
+    """A prediction's levels: a base of :class:`PredictOptions` ahead of :class:`AnswerSource`,
+    so that their fields come first, as they did before the answer source was shared."""
+
     # Strict: "0.9", true or "yes" are mistakes to name, not values to guess at.
     confidence_level: StrictFloat = Field(0.95, gt=0.0, lt=1.0)
     quantiles: list[StrictFloat] | None = Field(None, json_schema_extra=LEVELS)
-    # A time in ms: each answer then says how likely its task (its total) is done within it.
-    deadline_ms: StrictFloat | None = Field(None, gt=0.0, allow_inf_nan=False)
 
     @field_validator("quantiles")
     @classmethod
     def _levels(cls, v: list[float] | None) -> list[float] | None:
         return check_levels(v, "quantiles")
+
+
+# The bases' fields come in the reverse order of the bases (pydantic collects them along the
+# reversed MRO): confidence_level, quantiles, lookup_table, lookup_table_name, version, then
+# deadline_ms. The fields are validated in this order, and a 422's errors, its "field" (the
+# first error's) and the OpenAPI schema's properties follow it: the order of the prediction
+# requests before AnswerSource was shared (lookup_table first, a body with a bad
+# confidence_level and a bad lookup_table was named for the other field).
+class PredictOptions(AnswerSource, _AnswerLevels):
+    # A time in ms: each answer then says how likely its task (its total) is done within it.
+    deadline_ms: StrictFloat | None = Field(None, gt=0.0, allow_inf_nan=False)
 
 
 class PredictSingleRequest(PredictOptions):
@@ -317,11 +329,16 @@ class ObserveRequest(BaseModel):
     traces: list[dict[str, Any]] = Field(min_length=1, max_length=100_000)
 
 
-class EvaluateRequest(AnswerSource):
+class _EvaluatedTraces(BaseModel):
+    traces: list[dict[str, Any]] = Field(min_length=1, max_length=100_000)
+
+
+class EvaluateRequest(AnswerSource, _EvaluatedTraces):
     """Traces with their measured runtimes, to score a model version, or a lookup table, on
     (recording nothing)."""
 
-    traces: list[dict[str, Any]] = Field(min_length=1, max_length=100_000)
+    # (traces first, then lookup_table, lookup_table_name and version, as PredictOptions' order:
+    # traces came before version, and {"traces": [], "version": 0} is named for traces still.)
 
 
 class NoOptions(BaseModel):
