@@ -1534,8 +1534,16 @@ def evaluate_table(tables: LookupTableStore, name: str | None, pattern: Identity
     """:meth:`PredictorService.evaluate` of the lookup table ``name`` of ``tables`` (the default
     one without a name): each trace's answer from the table scored against its measured
     runtime, under ``runtime_ms`` (a table knows no model's target). The service's, or the
-    CLI's of a data directory that holds tables and no model."""
-    answer = predict_from_table(tables, name, pattern, traces, quantiles=list(MONITOR_LEVELS), staleness=staleness)
+    CLI's of a data directory that holds tables and no model.
+
+    A running trace's ``elapsed_ms`` is not read (unless the table holds it as a feature): its
+    measured runtime is the whole run's, scored against the record's whole distribution, as a
+    model's evaluation scores it. Read, the table answered the time left and the runtimes fell
+    above nearly every level (a coverage of 0.003 at 0.5 where the model's was 0.49).
+    """
+    table = _answering_table(tables, name, False)
+    asked = traces if ELAPSED_KEY in table.feature_names else _whole_runs(traces)
+    answer = table.predict(pattern, asked, quantiles=list(MONITOR_LEVELS), staleness=staleness)
     flat, errors = normalize_traces(traces)
     errors = [e or (None if ok else answer.errors[i] or "no answer from the table")
               for i, (e, ok) in enumerate(zip(errors, answer.ok.tolist()))]
@@ -1558,6 +1566,27 @@ def evaluate_table(tables: LookupTableStore, name: str | None, pattern: Identity
         "calibration": calibration_test(y[rows], q),
         "heldout_at_training": {},
     }
+
+
+def _whole_runs(traces: Sequence[Any]) -> Sequence[Any]:
+    """``traces`` without their ``elapsed_ms`` (a field of theirs, or an ``input_feature``
+    item of SwarmPilot's structured form): each as a task not yet started. The traces
+    themselves where none states one."""
+    def stated(t: Any) -> bool:
+        return isinstance(t, dict) and (ELAPSED_KEY in t or "input_feature" in t)
+
+    if not any(map(stated, traces)):
+        return traces
+    out = []
+    for t in traces:
+        if stated(t):
+            t = {k: v for k, v in t.items() if k != ELAPSED_KEY}
+            items = t.get("input_feature")
+            if isinstance(items, list):
+                t["input_feature"] = [item for item in items
+                                      if not (isinstance(item, dict) and item.get("param_name") == ELAPSED_KEY)]
+        out.append(t)
+    return out
 
 
 def _check_batch_values(n_traces: int, n_levels: int) -> None:
