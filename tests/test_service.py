@@ -8,6 +8,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -1231,32 +1232,48 @@ def service_to_preload(tmp_path: Path) -> PredictorService:
     return PredictorService(PredictorSettings(data_dir=data, preload_models=True))
 
 
-def test_the_service_is_not_ready_while_it_preloads_its_models(tmp_path, monkeypatch):
+@contextmanager
+def preload_held_at_a_load(fresh: PredictorService, monkeypatch, first_unreadable: bool = False) -> Iterator[None]:
+    """``fresh``'s preload started and held, for the block, as it loads a model (the second,
+    where ``first_unreadable``: the first's file cannot be read); let go, and ended, after it."""
     import threading
+
+    from swarmpilot_predictor.errors import ModelUnreadable
+
+    go_on, loading = threading.Event(), threading.Event()
+    real_load, calls = fresh.registry.load, []
+
+    def held_load(*args, **kwargs):
+        calls.append(args)
+        if first_unreadable and len(calls) == 1:
+            raise ModelUnreadable("damaged")
+        loading.set()
+        assert go_on.wait(30)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(fresh.registry, "load", held_load)
+    thread = fresh.start_preload()
+    assert loading.wait(30)
+    try:
+        yield
+    finally:
+        go_on.set()
+        thread.join(30)
+
+
+def test_the_service_is_not_ready_while_it_preloads_its_models(tmp_path, monkeypatch):
 
     from swarmpilot_predictor.errors import NotReady
 
     fresh = service_to_preload(tmp_path)
     try:
         assert fresh.readiness() == {"status": "ready", "models_loaded": 0}  # no preload begun: ready
-        go_on, loading = threading.Event(), threading.Event()
-        real_load = fresh.registry.load
-
-        def held_load(*args, **kwargs):
-            loading.set()
-            assert go_on.wait(30)
-            return real_load(*args, **kwargs)
-
-        monkeypatch.setattr(fresh.registry, "load", held_load)
-        thread = fresh.start_preload()
-        assert loading.wait(30)
-        with pytest.raises(NotReady) as caught:
-            fresh.readiness()
-        assert caught.value.status_code == 503 and caught.value.headers == {"Retry-After": "1"}
-        assert caught.value.message == ("loading the latest version of every model (PREDICTOR_PRELOAD_MODELS): "
-                                        "0 of 2 loaded; /ping answers for liveness meanwhile")
-        go_on.set()
-        thread.join(30)
+        with preload_held_at_a_load(fresh, monkeypatch):
+            with pytest.raises(NotReady) as caught:
+                fresh.readiness()
+            assert caught.value.status_code == 503 and caught.value.headers == {"Retry-After": "1"}
+            assert caught.value.message == ("loading the latest version of every model (PREDICTOR_PRELOAD_MODELS): "
+                                            "0 of 2 loaded; /ping answers for liveness meanwhile")
         assert fresh.readiness() == {"status": "ready", "models_loaded": 2}
     finally:
         fresh.close()
@@ -1265,31 +1282,15 @@ def test_the_service_is_not_ready_while_it_preloads_its_models(tmp_path, monkeyp
 def test_a_preload_counts_as_loaded_only_the_models_it_loaded(tmp_path, monkeypatch):
     # A model whose file could not be read was counted among those loaded: "1 of 2 loaded"
     # while none was.
-    import threading
 
-    from swarmpilot_predictor.errors import ModelUnreadable, NotReady
+    from swarmpilot_predictor.errors import NotReady
 
     fresh = service_to_preload(tmp_path)
     try:
-        go_on, loading = threading.Event(), threading.Event()
-        real_load, calls = fresh.registry.load, []
-
-        def first_damaged(*args, **kwargs):
-            calls.append(args)
-            if len(calls) == 1:
-                raise ModelUnreadable("damaged")
-            loading.set()
-            assert go_on.wait(30)
-            return real_load(*args, **kwargs)
-
-        monkeypatch.setattr(fresh.registry, "load", first_damaged)
-        thread = fresh.start_preload()
-        assert loading.wait(30)
-        with pytest.raises(NotReady) as caught:
-            fresh.readiness()
-        assert "0 of 2 loaded (1 could not be)" in caught.value.message
-        go_on.set()
-        thread.join(30)
+        with preload_held_at_a_load(fresh, monkeypatch, first_unreadable=True):
+            with pytest.raises(NotReady) as caught:
+                fresh.readiness()
+            assert "0 of 2 loaded (1 could not be)" in caught.value.message
         assert fresh.readiness() == {"status": "ready", "models_loaded": 1}
     finally:
         fresh.close()
