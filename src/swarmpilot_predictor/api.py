@@ -36,8 +36,9 @@ from .errors import PayloadTooLarge, PredictorError, Unauthorized, UnsupportedMe
 from .metrics import CLIENT_CLOSED, MetricsMiddleware
 from .logs import log_beside_uvicorn
 from .request_ids import RequestIdMiddleware
-from .routes.common import (DECLARED_QUERY, HEAD_ONLY, large_body_turns, declare_path_parameters, declare_request_id, declare_unauthorized,
-                            declared_length, error_response, generates_table, hoist_definitions, log_client_left, table_failure)
+from .routes.common import (DECLARED_QUERY, HEAD_ONLY, declare_path_parameters, declare_request_id, declare_unauthorized,
+                            declared_length, error_response, generates_table, hoist_definitions, large_body_turns,
+                            log_client_left, table_failure)
 from .routes.discovery import add_discovery_routes
 from .routes.models import add_model_routes
 from .routes.monitoring import add_monitoring_routes

@@ -5,8 +5,9 @@ request waits."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import Any
 
 import orjson
@@ -46,6 +47,20 @@ class ClientWatch:
             yield
         finally:
             task.cancel()
+
+    @asynccontextmanager
+    async def in_turn(self, *turns: AbstractAsyncContextManager[Any]) -> AsyncIterator[None]:
+        """Holds each of ``turns`` in order, watched meanwhile; ClientGone where the client has
+        left by then (its work not done: a scheduler's own timeout, or a request the client will
+        send again)."""
+        with self.watched():
+            async with contextlib.AsyncExitStack() as held:
+                for turn in turns:
+                    await held.enter_async_context(turn)
+                await asyncio.sleep(0)  # the watch's turn: a client gone just now is seen gone
+                if self.gone:
+                    raise ClientGone
+                yield
 
 
 LeanHandler = Callable[[dict[str, Any], bytes, ClientWatch], Awaitable[dict[str, Any] | bytes]]

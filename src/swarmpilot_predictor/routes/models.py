@@ -14,7 +14,7 @@ from ..schemas import (AccuracyResponse, EvaluateRequest, EvaluationResponse, Mo
 from ..service import MAX_RECENT, PredictorService
 from .common import (DECLARED_QUERY, IDENTITY_PATH, LARGE_BODY_BYTES, MANY_TRACES, NO_BODY, BodyBound, JSONResponse,
                      error_responses, identity_from, openapi_body, refuse_loose_numbers)
-from .lean import ClientWatch
+from .lean import ClientGone, ClientWatch
 
 _EVALUATE_BODY = BodyBound(MANY_TRACES, "an evaluation's body", "split the traces over several requests")
 
@@ -75,13 +75,11 @@ def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any],
         # A large one in its turn, as a large batch, and not at all for a client gone by then: it
         # records nothing, and the clients send it again where no answer came (each abandoned one
         # was worked on, holding a turn that large batches and the resent one waited for).
-        client = ClientWatch(request.receive)
-        with client.watched():
-            async with large_bodies:
-                await asyncio.sleep(0)  # the watch's turn: a client gone just now is seen gone
-                if client.gone:
-                    return Response(status_code=499)  # (nginx's "client closed request": no one reads it)
+        try:
+            async with ClientWatch(request.receive).in_turn(large_bodies):
                 return JSONResponse(await run_in_threadpool(evaluated))
+        except ClientGone:
+            return Response(status_code=499)  # (nginx's "client closed request": no one reads it)
 
     @app.post("/models/" + IDENTITY_PATH + "/retrain", tags=["monitoring"], dependencies=[*writes, NO_BODY],
               response_model=RetrainDecision, responses=error_responses(404, 409, 413, 415, 422),

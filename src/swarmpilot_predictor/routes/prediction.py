@@ -29,7 +29,7 @@ from ..schemas import (
 from ..service import PredictorService
 from ..settings import PredictorSettings
 from .common import IDENTITY_PATH, LARGE_BODY_BYTES, MANY_TRACES, ONE_TRACE, BodyBound, identity_from
-from .lean import ClientGone, ClientWatch, lean_route
+from .lean import ClientWatch, lean_route
 
 # A batch of at most this many predicted values (traces times levels; where none are named,
 # 8 a trace, a bound above a model's 4 default levels and its interval's 2) is predicted on
@@ -70,14 +70,10 @@ def add_prediction_routes(app: FastAPI, service: PredictorService, settings: Pre
         """``work()`` in a batch thread, in its turn (after one of ``first``'s, where given);
         not at all for a client gone meanwhile (a scheduler's own timeout: eight abandoned
         100,000-trace batches were all predicted, and the one still waiting took 14 s instead of 3)."""
-        with client.watched():
-            async with first or contextlib.nullcontext(), batch_turns:
-                await asyncio.sleep(0)  # the watch's turn: a client gone just now is seen gone
-                if client.gone:
-                    raise ClientGone
-                if not batch_threads:
-                    batch_threads.append(anyio.CapacityLimiter(settings.batch_threads))
-                return await anyio.to_thread.run_sync(work, limiter=batch_threads[0])
+        async with client.in_turn(first or contextlib.nullcontext(), batch_turns):
+            if not batch_threads:
+                batch_threads.append(anyio.CapacityLimiter(settings.batch_threads))
+            return await anyio.to_thread.run_sync(work, limiter=batch_threads[0])
 
     async def predict_batch(scope: dict[str, Any], body: bytes, client: ClientWatch) -> dict[str, Any] | bytes:
         pattern = identity_from(scope, 2)
