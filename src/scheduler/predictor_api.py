@@ -6,7 +6,7 @@ import sys
 from pydantic import ValidationError
 
 from swarmpilot_predictor.api import create_app, warn_of_unknown_variables
-from swarmpilot_predictor.logs import json_line, log_beside_uvicorn, uvicorn_log_config
+from swarmpilot_predictor.logs import log_beside_uvicorn, uvicorn_log_config, write_json_line
 from swarmpilot_predictor.settings import PredictorSettings, listen_problem, settings_problem, startup_problem
 
 
@@ -14,7 +14,7 @@ def _say(settings: PredictorSettings, level: int, message: str) -> None:
     """A line written before uvicorn's logging is set up: ``error: ...`` or ``warning: ...``, or
     with PREDICTOR_LOG_FORMAT=json one JSON object, as every other line of the run."""
     if settings.log_format == "json":
-        print(json_line(level, message, "src.scheduler.predictor_api"), file=sys.stderr, flush=True)
+        write_json_line(level, message, "src.scheduler.predictor_api")
     else:
         print(f"{logging.getLevelName(level).lower()}: {message}", file=sys.stderr)
 

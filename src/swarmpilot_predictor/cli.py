@@ -225,9 +225,9 @@ def _fail_at_start(message: str, log_format: str) -> NoReturn:
     """``serve``'s error that stops it before it starts: with ``PREDICTOR_LOG_FORMAT=json`` one
     JSON line (level ERROR), as every line the run writes."""
     if log_format == "json":
-        from .logs import json_line
+        from .logs import write_json_line
 
-        print(json_line(logging.ERROR, message, __name__), file=sys.stderr, flush=True)
+        write_json_line(logging.ERROR, message, __name__)
         raise typer.Exit(1)
     _fail(message)
 
@@ -347,9 +347,9 @@ def serve(
             said = (f"removed {removed} metric file(s) of processes no longer running from {own_metrics} "
                     f"({os.environ[own_metrics]}): an earlier run's counts, not this one's")
             if settings.log_format == "json":  # (every line of the run in its form)
-                from .logs import json_line
+                from .logs import write_json_line
 
-                print(json_line(logging.WARNING, said, __name__), file=sys.stderr, flush=True)
+                write_json_line(logging.WARNING, said, __name__)
             else:
                 err_console.print(said, markup=False, highlight=False, soft_wrap=True)
     if settings.workers > 1:

@@ -79,13 +79,14 @@ class TaggedDefaultFormatter(uvicorn.logging.DefaultFormatter):
         return text.rstrip("\n") + tag if tag else text
 
 
-def json_line(level: int, message: str, logger: str = "swarmpilot_predictor") -> str:
-    """``message`` as one JSON log line (:class:`JsonFormatter`) of ``logger`` at ``level``:
-    for the lines an entry point writes before logging is set up (a start refused, metric
-    files an earlier run left), so that with ``PREDICTOR_LOG_FORMAT=json`` they are JSON too."""
+def write_json_line(level: int, message: str, logger: str = "swarmpilot_predictor") -> None:
+    """Write ``message`` to stderr as one JSON log line (:class:`JsonFormatter`) of ``logger``
+    at ``level``: for the lines an entry point writes before logging is set up (a start
+    refused, metric files an earlier run left), so that with ``PREDICTOR_LOG_FORMAT=json``
+    they are JSON too."""
     record = logging.LogRecord(logger, level, __file__, 0, "%s", (message,), None)
     RequestIdFilter().filter(record)
-    return JsonFormatter().format(record)
+    print(JsonFormatter().format(record), file=sys.stderr, flush=True)
 
 
 def stderr_handler(log_format: LogFormat = "text") -> logging.Handler:
