@@ -7,7 +7,9 @@ tail-aware choice that a mean-only estimate cannot make. The task an instance
 is running counts by its time left: its trace states ``elapsed_ms``, how long
 it has run. A scheduler with a latency objective asks instead how likely the
 task is done within it on each instance (``deadline_ms``), and may refuse a task
-that no instance is likely to finish in time.
+that no instance is likely to finish in time. An instance whose running task
+has run past every runtime the model knows (``stuck``: its time left counts 0,
+so its wait says too little) is not chosen, and its chance is 0.
 
     uv run python examples/train_seed_example_model.py [http://localhost:8200]   # its model, first
     uv run python examples/scheduler_queue_wait.py [http://localhost:8200]
@@ -15,6 +17,7 @@ that no instance is likely to finish in time.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -53,7 +56,7 @@ def choose_instance(client: PredictorClient, instances: list[Instance], task: di
         waits: dict[str, QueueWaitEstimate] = client.queue_waits(
             group[0].identity, {inst.name: [*inst.tasks_left(), task] for inst in group},
             quantiles=[0.5, level], shared_factor=True)
-        scores.update({name: wait.quantile(level) for name, wait in waits.items()})
+        scores.update({name: math.inf if wait.stuck else wait.quantile(level) for name, wait in waits.items()})
     best = min(instances, key=lambda inst: scores[inst.name])
     return best, scores
 
@@ -65,7 +68,8 @@ def chances_within(client: PredictorClient, instances: list[Instance], task: dic
     for inst in instances:  # (instances of one model may go in one request, as choose_instance does)
         waits = client.queue_waits(inst.identity, {inst.name: [*inst.tasks_left(), task]}, quantiles=[0.5],
                                    shared_factor=True, deadline_ms=deadline_ms)
-        chances[inst.name] = waits[inst.name].deadline_probability or 0.0
+        wait = waits[inst.name]
+        chances[inst.name] = 0.0 if wait.stuck else wait.deadline_probability or 0.0
     return chances
 
 

@@ -152,6 +152,12 @@ def test_queue_wait_and_instance_choice(trained_server):
         chances = example.chances_within(client, [busy, idle], {"input_tokens": 10, "output_tokens": 10},
                                          scores["busy"])
         assert chances["busy"] == pytest.approx(0.9, abs=1e-5) and chances["idle"] > 0.999999
+        # An instance whose running task is past all the model knows (stuck) is not chosen,
+        # though its wait, counting that task 0, is the shortest; its chance is 0.
+        hung = Instance("hung", IDENTITY, [], running=dict(queue[0]), started=time.monotonic() - 1e6)
+        best, scores = choose_instance(client, [busy, hung], {"input_tokens": 10, "output_tokens": 10})
+        assert best.name == "busy" and scores["hung"] == float("inf")
+        assert example.chances_within(client, [hung], {"input_tokens": 10, "output_tokens": 10}, 1e9) == {"hung": 0.0}
         # A task that cannot be predicted would be left out of the wait: an error, unless asked for.
         broken = [*queue, {"input_tokens": 10}]
         with pytest.raises(PredictorClientError, match=r"1 of 6 queued tasks .*trace\[5\]: .*output_tokens"):
@@ -182,6 +188,11 @@ def test_several_queues_waits_in_one_request_through_both_clients(trained_server
                 assert got.pop(key) == pytest.approx(want.pop(key), rel=1e-12)
             assert got == want
         assert waits["gpu-2"].expect == 0 and waits["gpu-0"].tasks == 4
+        # A running task past every runtime its model reaches counts 0: the wait names it stuck.
+        stuck = {"gpu-3": [*queues["gpu-1"][:2], {**queues["gpu-0"][0], "elapsed_ms": 1e9}], "gpu-0": queues["gpu-0"]}
+        for got in (client.queue_waits(IDENTITY, stuck), {name: client.queue_wait(IDENTITY, t) for name, t in stuck.items()}):
+            assert (got["gpu-3"].stuck, got["gpu-0"].stuck, got["gpu-3"].tasks) == ([2], [], 3)
+            assert got["gpu-3"].expect == pytest.approx(client.queue_wait(IDENTITY, stuck["gpu-3"][:2]).expect, rel=1e-9)
         # A task that cannot be predicted is named by queue and place, unless partial waits are asked for.
         broken = {**queues, "gpu-1": [*queues["gpu-1"], {"input_tokens": 10}]}
         with pytest.raises(PredictorClientError, match=r"1 of 11 queued tasks .*queue 'gpu-1' trace\[6\]: .*output_tokens"):

@@ -1685,8 +1685,21 @@ def test_several_queues_are_answered_as_their_batches(service):
     assert started["a"]["expect"] < started["b"]["expect"] - 700
     # A task that cannot be predicted is named by its place in its queue; the others are summed.
     assert got["queues"]["gpu-2"]["errors"] == [{"index": 1, "message": "feature 'input_tokens' must be a number, got str 'many'"}]
-    assert got["queues"]["idle"] == {"tasks": 0, "failed": 0, "errors": [], "expect": 0.0, "error": 0.0,
-                                     "total_quantiles": [0.0, 0.0], "total_interval": [0.0, 0.0]}
+    assert got["queues"]["idle"] == {"tasks": 0, "failed": 0, "errors": [], "running": [], "expect": 0.0,
+                                     "error": 0.0, "total_quantiles": [0.0, 0.0], "total_interval": [0.0, 0.0]}
+    # Each running task is named by its place in its queue, with the level its batch answers;
+    # one run past every runtime its model reaches (stuck) is at 1, and waits 0 in its total.
+    stuck = {"a": [queued[1], {**queued[0], "elapsed_ms": 3000.0}, queued[2], {**queued[3], "elapsed_ms": 1e9}],
+             "b": [queued[1], queued[2]]}
+    answer = service.predict_queues(PATTERN, stuck, 0.9, [0.5])["queues"]
+    levels = [r.get("elapsed_level") for r in service.predict(PATTERN, stuck["a"], 0.9, [0.5]).batch_response()["results"]]
+    assert answer["a"]["running"] == [{"index": 1, "elapsed_level": levels[1]}, {"index": 3, "elapsed_level": 1.0}]
+    assert 0.0 < levels[1] < 1.0 and levels[3] == 1.0 and answer["b"]["running"] == []
+    assert answer["a"]["expect"] - answer["b"]["expect"] < service.predict(
+        PATTERN, [{**queued[0], "elapsed_ms": 3000.0}], 0.9, [0.5]).batch_response()["results"][0]["expect"] + 1e-6
+    assert [got_many[name]["running"] for name in ("gpu-0", "gpu-7")] == [
+        [{"index": 0, "elapsed_level": service.predict(PATTERN, many[name], 0.9, [0.5]).batch_response()
+          ["results"][0]["elapsed_level"]}] for name in ("gpu-0", "gpu-7")]
     broken = got["queues"]["broken"]
     assert broken["tasks"] == 0 and broken["failed"] == 1 and "input_tokens" in broken["errors"][0]["message"]
     assert broken["expect"] is None and broken["total_quantiles"] is None
@@ -1742,7 +1755,7 @@ def test_several_queues_are_answered_from_a_lookup_table_as_their_batches(servic
     path = tmp_path / "queued.jsonl"
     path.write_bytes(b"".join(orjson.dumps(t) + b"\n" for t in queued))
     service.generate_table(PATTERN, path, 0.9, "queued.json")
-    queues = {"gpu-0": [{**queued[0], "elapsed_ms": 500.0}, *queued[1:4]], "gpu-1": queued[4:],
+    queues = {"gpu-0": [{**queued[0], "elapsed_ms": 3000.0}, *queued[1:4]], "gpu-1": queued[4:],
               "gpu-2": [queued[0], {"task_id": "nowhere"}], "idle": []}
     for levels in ([0.9, 0.5], None):  # none named: the table's own
         got = service.predict_queues(PATTERN, queues, 0.9, levels, lookup_table=True, lookup_table_name="queued.json")
@@ -1757,6 +1770,11 @@ def test_several_queues_are_answered_from_a_lookup_table_as_their_batches(servic
             assert (answer["tasks"], answer["failed"]) == (batch["summary"]["success"], batch["summary"]["failed"])
         assert got["queues"]["gpu-2"]["errors"][0]["index"] == 1
         assert got["queues"]["idle"]["total_quantiles"] == [0.0] * len(got["quantiles"])
+        # A running task's level, as its batch from the table answers it.
+        level = service.predict(PATTERN, queues["gpu-0"][:1], 0.9, got["quantiles"], lookup_table=True,
+                                lookup_table_name="queued.json").batch_response()["results"][0]["elapsed_level"]
+        assert got["queues"]["gpu-0"]["running"] == [{"index": 0, "elapsed_level": level}] and 0.0 < level < 1.0
+        assert got["queues"]["gpu-1"]["running"] == got["queues"]["idle"]["running"] == []
     with pytest.raises(InvalidInput, match="shared_factor needs a model") as err:
         service.predict_queues(PATTERN, queues, lookup_table=True, lookup_table_name="queued.json", shared_factor=True)
     assert err.value.field == "shared_factor"

@@ -26,7 +26,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import httpx
 import numpy as np
 import orjson
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .collector import collector_paused
 from .identity import IDENTITY_KEYS, IdentityPattern, ModelIdentity
@@ -126,6 +126,9 @@ class QueueWaitEstimate(BaseModel):
     # Asked with deadline_ms: the probability that the queue drains within it.
     deadline_ms: float | None = None
     deadline_probability: float | None = None
+    # The places of its running tasks that the model can tell nothing more of (elapsed_level
+    # 1: past every runtime it reaches): each counts 0 in the wait, which then says too little.
+    stuck: list[int] = Field(default_factory=list)
 
     def quantile(self, level: float) -> float:
         # The level asked for up to rounding (0.1 * 7 for 0.7): the nearest, within 1e-12 and
@@ -834,6 +837,7 @@ class _Calls:
             confidence_level=confidence_level,
             deadline_ms=deadline_ms,
             deadline_probability=batch.total_deadline_probability,
+            stuck=[i for i, r in enumerate(batch.results) if r.elapsed_level == 1.0],
         )
 
     @staticmethod
@@ -860,6 +864,7 @@ class _Calls:
             confidence_level=answer.confidence_level,
             deadline_ms=deadline_ms,
             deadline_probability=q.total_deadline_probability,
+            stuck=[r.index for r in q.running if r.elapsed_level == 1.0],
         ) for name, q in answer.queues.items()}
 
 

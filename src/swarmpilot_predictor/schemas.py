@@ -399,12 +399,23 @@ class SinglePredictionResponse(_Response):
     results: PredictionResult
 
 
+class RunningTask(_Response):
+    """A queue's running task: its place in the queue, and the level of its runtime
+    distribution that its time run has reached (1: stuck, nothing left that the model can tell)."""
+
+    index: int
+    elapsed_level: float
+
+
 class QueueTotal(_Response):
     """One queue's wait: its total over the tasks predicted (null where none could be)."""
 
     tasks: int
     failed: int
     errors: list[dict[str, Any]]
+    # Its running tasks predicted (a trace stating elapsed_ms), each {"index", "elapsed_level"}:
+    # at 1 the model can tell nothing of what is left (stuck), and the total counts it as 0.
+    running: list[RunningTask] = Field(default_factory=list)
     expect: float | None = None
     error: float | None = None
     total_quantiles: list[float] | None = None

@@ -974,8 +974,10 @@ class PredictorService:
         ends = np.cumsum([len(queues[name]) for name in names]).tolist()
         starts = [end - len(queues[name]) for name, end in zip(names, ends)]
         totals: dict[int, dict[str, Any]] = {}  # of each queue with a task predicted
+        running: dict[int, list[dict[str, Any]]] = {}  # of each queue with a task running
         if traces:
-            errors, ok, dist, _, _ = self._distributions(identity, loaded, traces)
+            errors, ok, dist, _, reached = self._distributions(identity, loaded, traces)
+            running = _running_by_queue(reached, np.flatnonzero(ok), starts, ends)
             place = np.cumsum(ok) - 1  # a predicted trace's place among the distributions
             summed = [k for k, (start, end) in enumerate(zip(starts, ends)) if ok[start:end].any()]
             rows = [place[starts[k] + np.flatnonzero(ok[starts[k]:ends[k]])] for k in summed]
@@ -996,7 +998,8 @@ class PredictorService:
             totals = dict(zip(summed, got))
         answers: dict[str, Any] = {}
         for k, (name, start, end) in enumerate(zip(names, starts, ends)):
-            answers[name] = _queue_answer(ok[start:end], errors[start:end], totals.get(k), len(levels), deadline_ms)
+            answers[name] = _queue_answer(ok[start:end], errors[start:end], totals.get(k), len(levels), deadline_ms,
+                                          running.get(k, []))
         n_ok = int(ok.sum())
         self._count(identity, n_ok, len(traces) - n_ok)
         return {"status": "success", "model_key": identity.key, "model_version": loaded.meta.version,
@@ -1027,7 +1030,9 @@ class PredictorService:
         for name, traces in queues.items():  # a loop over queues: each a batch of its own
             pred = table.predict(pattern, traces, confidence_level, levels or None, True, staleness=self._staleness,
                                  deadline_ms=deadline_ms, record_levels=record_levels)
-            answers[name] = _queue_answer(pred.ok, pred.errors, pred.total, len(levels), deadline_ms)
+            answers[name] = _queue_answer(pred.ok, pred.errors, pred.total, len(levels), deadline_ms,
+                                          [{"index": i, "elapsed_level": r["elapsed_level"]}
+                                           for i, r in enumerate(pred.items) if "elapsed_level" in r])
             n, n_ok = n + len(traces), n_ok + int(pred.ok.sum())
         self.metrics.count_predictions(table_label(table.name), "lookup_table", n_ok, n - n_ok)
         return {"status": "success", "model_key": None, "model_version": None, "source": "lookup_table",
@@ -1482,14 +1487,33 @@ _TABLE_SHARED_FACTOR = ("shared_factor needs a model: a lookup table's records h
 
 
 def _queue_answer(ok: np.ndarray, errors: Sequence[str | None], total: dict[str, Any] | None,
-                  n_levels: int, deadline_ms: float | None = None) -> dict[str, Any]:
+                  n_levels: int, deadline_ms: float | None = None,
+                  running: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """One queue's part of :meth:`PredictorService.predict_queues`: its tasks predicted
-    (``ok``), the others' ``errors`` by their place in it, and its ``total`` (None where no
-    task was predicted: an empty queue's is 0, another's unknown)."""
+    (``ok``), the others' ``errors`` by their place in it, its ``total`` (None where no
+    task was predicted: an empty queue's is 0, another's unknown), and its ``running``
+    tasks' places and levels reached."""
     failed = [{"index": i, "message": errors[i]} for i in np.flatnonzero(~ok).tolist()]
     fields = total_fields(total, len(ok), n_levels, deadline_ms)  # (a table's total says its method too: not here)
-    return {"tasks": int(ok.sum()), "failed": len(failed), "errors": failed,
+    return {"tasks": int(ok.sum()), "failed": len(failed), "errors": failed, "running": running or [],
             **{k: fields[k] for k in total_keys(deadline_ms)}}
+
+
+def _running_by_queue(reached: dict[int, float] | None, predicted: np.ndarray, starts: list[int],
+                      ends: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """The running tasks of each queue (by the queue's number), each by its place in its queue
+    with the level of its runtime distribution that its time run has reached (``reached``, by
+    place among the tasks ``predicted``, the traces' places in all the queues' traces)."""
+    out: dict[int, list[dict[str, Any]]] = {}
+    if not reached:
+        return out
+    # (A loop over the running tasks alone: an instance runs one task, or a few.)
+    places = np.fromiter(reached, dtype=np.int64, count=len(reached))
+    traces = predicted[places]
+    queues = np.searchsorted(np.asarray(ends), traces, side="right")
+    for place, trace, k in zip(places.tolist(), traces.tolist(), queues.tolist()):
+        out.setdefault(k, []).append({"index": trace - starts[k], "elapsed_level": reached[place]})
+    return out
 
 
 def requested_levels(quantiles: Sequence[float] | None, default: Sequence[float]) -> list[float]:
