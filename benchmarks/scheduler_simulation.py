@@ -19,6 +19,14 @@ latencies of the requests. Wait coverage counts the tasks that found their insta
 behind tasks from before it is in no phase.
 
     uv run python benchmarks/scheduler_simulation.py [--seed 7] [--arrivals 6000] [--drift 1.35] [--onset 0.4] [--load 0.65]
+    uv run python benchmarks/scheduler_simulation.py --hang 0.3 [--hang-ms 120000] [--ignore-stuck] --drift 1 --arrivals 3000
+
+With ``--hang``, the task instance 0 starts first from that fraction of the arrivals on
+hangs: it runs ``--hang-ms`` (simulated) instead of its runtime. Once it has run past every
+runtime the model knows, its time left counts 0 in its queue's wait, and the queue's
+``QueueWaitEstimate`` names it ``stuck``: the placement then leaves that instance out
+(``--ignore-stuck`` places as before 2026-12-07, by the p90 alone). Printed too: the tasks
+placed on the hung instance while its task hung, and what they waited.
 
 Two things make runs of one seed differ: retraining runs in the background (in the
 server's retraining worker process) while the simulated clock goes on without waiting for
@@ -32,6 +40,7 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
+import math
 import os
 import socket
 import subprocess
@@ -156,6 +165,14 @@ class Simulation:
         self.mixed = np.zeros(n, dtype=bool)
         self.wait_q, self.done_q = np.zeros((n, 3)), np.zeros((n, 3))
         self.wait_e, self.done_e = np.zeros(n), np.zeros(n)
+        # --hang: instance 0's task that hangs, from when to when (simulated ms), and the
+        # tasks placed on instance 0 meanwhile, each with whether its wait named the task stuck.
+        self.hang_from = float(self.arrival[int(n * args.hang)]) if args.hang is not None else math.inf
+        self.hang_ms = args.hang_ms
+        self.ignore_stuck = args.ignore_stuck
+        self.hung: tuple[int, float, float] | None = None  # (task, start, end)
+        self.placed_on_hung: list[tuple[int, bool]] = []
+        self.stuck_seen: float | None = None  # when a wait first named the hung task stuck
 
     def timed(self, name: str, fn, *a, **kw):
         sent, t0 = time.time(), time.perf_counter()
@@ -168,6 +185,9 @@ class Simulation:
         if self.queue[k]:
             i = self.queue[k].popleft()
             self.running[k], self.start[i] = i, now
+            if k == 0 and self.hung is None and now >= self.hang_from:
+                self.runtime[i] = self.hang_ms
+                self.hung = (i, now, now + self.hang_ms)
             heapq.heappush(self.events, (now + self.runtime[i], 0, k))
         else:
             self.running[k] = None
@@ -198,8 +218,16 @@ class Simulation:
             queues[f"{k}/wait"], queues[f"{k}/done"] = ahead, ahead + [self.traces[i]]
             ahead_ids.append(([] if r is None else [r]) + list(self.queue[k]))
         w = self.timed("queue_waits", self.client.queue_waits, IDENT, queues, quantiles=LEVELS)
-        k = min(range(INSTANCES), key=lambda k: w[f"{k}/done"].quantile(0.9))
+        # An instance whose running task is past every runtime the model knows is left out:
+        # that task counts 0 in its wait, which then says too little.
+        k = min(range(INSTANCES), key=lambda k: math.inf if w[f"{k}/done"].stuck and not self.ignore_stuck
+                else w[f"{k}/done"].quantile(0.9))
         wait, done = w[f"{k}/wait"], w[f"{k}/done"]
+        if self.hung is not None and self.hung[1] <= now < self.hung[2]:
+            if w["0/done"].stuck and self.stuck_seen is None:
+                self.stuck_seen = now
+            if k == 0:
+                self.placed_on_hung.append((i, bool(w["0/done"].stuck)))
         self.version[i] = done.model_version
         self.version_seen.setdefault(done.model_version, self.observed)
         self.ahead[i] = len(ahead_ids[k])
@@ -255,6 +283,29 @@ def phase_table(sim: Simulation) -> None:
           "phase.")
 
 
+def hang_table(sim: Simulation) -> None:
+    """What the hung task of instance 0 did to the tasks placed behind it, and to all."""
+    if sim.hung is None:
+        print("\nNo task hung (instance 0 started none after the hang's arrival).")
+        return
+    task, start, end = sim.hung
+    placed = np.array([i for i, _ in sim.placed_on_hung], dtype=int)
+    after = np.array([i for i, stuck in sim.placed_on_hung if stuck], dtype=int)
+    wait, done = sim.start - sim.arrival, sim.end - sim.arrival
+    others = np.setdiff1d(np.arange(len(sim.arrival)), np.append(placed, task))
+    seen = "never" if sim.stuck_seen is None else f"after it had run {(sim.stuck_seen - start) / 1000:.1f} s"
+    print(f"\nTask {task} hung on instance 0 from {start / 1000:.1f} s to {end / 1000:.1f} s (simulated); its "
+          f"instance's wait named it stuck {seen}; placement "
+          f"{'by p90 alone (--ignore-stuck)' if sim.ignore_stuck else 'leaving out a stuck instance'}.\n")
+    print("| tasks placed on the hung instance while it hung | of them once its task was named stuck | "
+          "their mean wait s | their longest wait s | the other tasks' completion p50 / p99 s |")
+    print("|---|---|---|---|---|")
+    mean = f"{wait[placed].mean() / 1000:.1f}" if len(placed) else "-"
+    most = f"{wait[placed].max() / 1000:.1f}" if len(placed) else "-"
+    p50, p99 = np.percentile(done[others], [50, 99]) / 1000
+    print(f"| {len(placed)} | {len(after)} | {mean} | {most} | {p50:.2f} / {p99:.2f} |")
+
+
 def decisions_table(sim: Simulation, data_dir: Path) -> list[dict]:
     # From the data directory: the accuracy answer lists only the newest five decisions.
     decisions = [json.loads(line) for f in sorted(data_dir.glob("observations/*/retraining.jsonl"))
@@ -305,6 +356,11 @@ def main() -> None:
     ap.add_argument("--drift", type=float, default=1.35, help="runtime factor from the onset on")
     ap.add_argument("--onset", type=float, default=0.4, help="the drift begins at this fraction of the arrivals")
     ap.add_argument("--load", type=float, default=0.65, help="arrival rate over the instances' capacity, before the drift")
+    ap.add_argument("--hang", type=float, default=None,
+                    help="instance 0's first task started from this fraction of the arrivals on hangs")
+    ap.add_argument("--hang-ms", type=float, default=120_000.0, help="how long the hung task runs (simulated ms)")
+    ap.add_argument("--ignore-stuck", action="store_true",
+                    help="place by the p90 alone, also on an instance whose running task is stuck")
     args = ap.parse_args()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -328,6 +384,8 @@ def main() -> None:
               f"predicted / true quantile, median: "
               f"{' / '.join(f'{np.median(q[:, j] / truth[:, j]):.3f}' for j in range(3))}.\n")
         phase_table(sim)
+        if args.hang is not None:
+            hang_table(sim)
         print("\nRetraining decisions (observations counted from the start of the run):\n")
         decisions = decisions_table(sim, data_dir)
     if sim.flagged:
