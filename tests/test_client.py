@@ -192,6 +192,8 @@ def test_several_queues_waits_in_one_request_through_both_clients(trained_server
         stuck = {"gpu-3": [*queues["gpu-1"][:2], {**queues["gpu-0"][0], "elapsed_ms": 1e9}], "gpu-0": queues["gpu-0"]}
         for got in (client.queue_waits(IDENTITY, stuck), {name: client.queue_wait(IDENTITY, t) for name, t in stuck.items()}):
             assert (got["gpu-3"].stuck, got["gpu-0"].stuck, got["gpu-3"].tasks) == ([2], [], 3)
+            assert [(r.index, r.elapsed_level) for r in got["gpu-3"].running] == [(2, 1.0)]
+            assert [r.index for r in got["gpu-0"].running] == [0] and 0 < got["gpu-0"].running[0].elapsed_level < 1
             assert got["gpu-3"].expect == pytest.approx(client.queue_wait(IDENTITY, stuck["gpu-3"][:2]).expect, rel=1e-9)
         # A task that cannot be predicted is named by queue and place, unless partial waits are asked for.
         broken = {**queues, "gpu-1": [*queues["gpu-1"], {"input_tokens": 10}]}

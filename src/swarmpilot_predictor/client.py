@@ -39,6 +39,7 @@ from .schemas import (
     PredictionResult,
     QueuesPredictionResponse,
     Ready,
+    RunningTask,
     SinglePredictionResponse,
     TrainConfig,
     TrainResult,
@@ -54,7 +55,7 @@ __all__ = [
     "PredictorClientError", "PredictorUnavailableError", "InvalidRequestError", "JobTimeoutError",
     "QueueWaitEstimate", "IdentityLike", "ModelIdentity", "ModelInfo", "TrainConfig",
     "HealthResponse", "ModelsResponse", "TrainResult", "SinglePredictionResponse", "BatchPredictionResponse",
-    "PredictionResult", "EvaluationResponse", "Ready", "KEEPALIVE_EXPIRY", "MAX_BACKOFF",
+    "PredictionResult", "EvaluationResponse", "Ready", "RunningTask", "KEEPALIVE_EXPIRY", "MAX_BACKOFF",
 ]
 
 T = TypeVar("T", bound=BaseModel)
@@ -126,8 +127,10 @@ class QueueWaitEstimate(BaseModel):
     # Asked with deadline_ms: the probability that the queue drains within it.
     deadline_ms: float | None = None
     deadline_probability: float | None = None
-    # The places of its running tasks that the model can tell nothing more of (elapsed_level
-    # 1: past every runtime it reaches): each counts 0 in the wait, which then says too little.
+    # Its running tasks (a trace stating elapsed_ms), each its place and elapsed_level, and the
+    # places of those the model can tell nothing more of (elapsed_level 1: past every runtime
+    # it reaches): each of those counts 0 in the wait, which then says too little.
+    running: list[RunningTask] = Field(default_factory=list)
     stuck: list[int] = Field(default_factory=list)
 
     def quantile(self, level: float) -> float:
@@ -837,6 +840,8 @@ class _Calls:
             confidence_level=confidence_level,
             deadline_ms=deadline_ms,
             deadline_probability=batch.total_deadline_probability,
+            running=[RunningTask(index=i, elapsed_level=r.elapsed_level) for i, r in enumerate(batch.results)
+                     if r.elapsed_level is not None],
             stuck=[i for i, r in enumerate(batch.results) if r.elapsed_level == 1.0],
         )
 
@@ -864,6 +869,7 @@ class _Calls:
             confidence_level=answer.confidence_level,
             deadline_ms=deadline_ms,
             deadline_probability=q.total_deadline_probability,
+            running=q.running,
             stuck=[r.index for r in q.running if r.elapsed_level == 1.0],
         ) for name, q in answer.queues.items()}
 
