@@ -103,6 +103,25 @@ def test_the_clock_tick_is_the_coarsest_every_runtime_is_a_whole_number_of():
     assert clock_tick(np.append(np.round(runtimes), 12.5)) == 0.5
 
 
+def test_runtimes_under_a_tick_are_on_no_clock():
+    # 1e-12 ms is 2e-16 of a 5 s tick: read as a whole number of it (0), every runtime of a
+    # window of such was on a 5,000 ms clock, every quantile under 250 ms tied with it, and
+    # the coverage of runtimes below every quantile read as each level's (drift hidden).
+    from swarmpilot_predictor.monitoring import clock_tick
+
+    assert clock_tick(np.full(20, 1e-12)) is None
+    assert clock_tick(np.full(20, 1e-6)) is None
+    assert clock_tick(np.append(np.full(19, 3.0), 1e-12)) is None
+    assert clock_tick(np.full(20, 0.001)) == 0.001  # one tick of the finest clock
+    q = np.tile(np.linspace(3.0, 6.0, len(MONITOR_LEVELS)), (20, 1))
+    tracker = RollingAccuracy(window=100)
+    tracker.add(np.full(20, 1e-12), q)
+    report = tracker.report(1e-3, 20)
+    assert "clock_tick_ms" not in report
+    assert report["coverage"] == {f"{t:g}": 1.0 for t in MONITOR_LEVELS}
+    assert report["drift"]["corrected_p_value"] < 1e-9  # (it read 1.0)
+
+
 def test_a_report_gives_its_windows_figures():
     # A runtime equal to its predicted quantile is covered by it (whole-millisecond runtimes
     # often are); the figures are those of the window, computed here by hand.

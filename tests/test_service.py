@@ -2226,6 +2226,32 @@ def test_evaluate_tells_runtimes_that_are_not_those_predicted(service):
     assert answer["calibration"]["p_values"][answer["calibration"]["worst_level"]] < 1e-12
 
 
+def _figures(answer: dict) -> list[float]:
+    """Every figure of an evaluation's accuracy and calibration (NaN would be written as null)."""
+    return [*answer["coverage"].values(), *answer["interval_coverage"].values(), answer["mean_abs_coverage_error"],
+            answer["pinball_loss"], answer["relative_pinball_loss"], answer["median_mape"], answer["expect_ratio"],
+            answer["error_ratio"], *answer["calibration"]["p_values"].values(), answer["calibration"]["corrected_p_value"]]
+
+
+@pytest.mark.parametrize("runtime", [1e-12, 1e-6, 4.0, 1e12, 1e15])
+def test_evaluate_answers_finite_figures_for_one_trace_identical_runtimes_and_runtimes_far_off(service, runtime):
+    service.train(config(make_llm_traces(200)))
+    trace = {k: v for k, v in make_llm_traces(1, seed=26)[0].items() if k != "runtime_ms"}
+    for n in (1, 20, 200):
+        answer = service.evaluate(PATTERN, [{**trace, "runtime_ms": runtime}] * n)
+        figures = _figures(answer)
+        assert answer["evaluated"] == n and all(np.isfinite(figures)) and min(figures) >= 0, answer
+        assert all(0 <= answer[key][k] <= 1 for key in ("coverage", "interval_coverage") for k in answer[key])
+        if runtime not in (4.0,):  # every runtime below every quantile, or above: so scored
+            covered = 1.0 if runtime < 1 else 0.0
+            assert answer["coverage"] == {level: covered for level in answer["coverage"]}, answer
+            if n >= 20:
+                assert answer["calibration"]["corrected_p_value"] < 1e-6, answer
+            # 1e-12 ms is on no clock: read as 0 ticks of 5 s, each quantile under 250 ms tied
+            # with it, and the coverage read as each level's (the test's p-values 1).
+            assert "clock_tick_ms" not in answer or runtime >= 1
+
+
 def test_evaluate_names_the_traces_it_could_not_score(service):
     service.train(config(make_llm_traces(200)))
     traces = [*make_llm_traces(50, seed=23), {"input_tokens": 10, "output_tokens": 10},

@@ -51,12 +51,18 @@ TIE_TICKS = 0.05
 
 def clock_tick(y: np.ndarray) -> float | None:
     """The coarsest of :data:`CLOCK_TICKS` that every runtime of ``y`` is a whole number of,
-    or None: runtimes not on a clock's ticks (or fewer than :data:`MIN_TICK_OBSERVATIONS`)."""
+    at least one, or None: runtimes not on a clock's ticks (or fewer than
+    :data:`MIN_TICK_OBSERVATIONS`).
+
+    A runtime under half a tick is none of it: read as 0 ticks (1e-12 ms is 2e-16 of a 5 s
+    tick), a window of such runtimes was on a 5,000 ms clock, each quantile under 250 ms
+    tied with them, and their coverage read as each level's, however far off."""
     y = np.asarray(y, dtype=np.float64)
 
     def whole(tick: float) -> bool:
         ticks = y / tick
-        return bool(np.all(np.abs(ticks - np.rint(ticks)) <= 1e-9 * np.maximum(ticks, 1.0)))
+        counted = np.rint(ticks)
+        return bool(np.all((counted >= 1) & (np.abs(ticks - counted) <= 1e-9 * np.maximum(ticks, 1.0))))
 
     # Every tick is a whole number of the finest: runtimes off it (a clock's continuous
     # readings, the common case) are told in one pass, not one per tick.
