@@ -402,8 +402,11 @@ class ScoreDistribution:
         z, w, seg = self.segment_nodes(knots)
         # (Past the highest score, where few scores leave the body to the tail, it rises as
         # a task's quantiles do: log_runtimes.)
-        d = np.expm1(self.log_runtimes(-scale * self.center(), scale, z))
-        powers = np.stack([d, d * d, d * d * d, (d * d) * (d * d)], axis=1) * w[:, None]
+        # (Infinite where a power overflows, as segment_moment_table's entries: a task at such
+        # a scale reaches past the log bounds and takes the quadrature's moments.)
+        with np.errstate(over="ignore", invalid="ignore"):
+            d = np.expm1(self.log_runtimes(-scale * self.center(), scale, z))
+            powers = np.stack([d, d * d, d * d * d, (d * d) * (d * d)], axis=1) * w[:, None]
         out = np.stack([np.bincount(seg, weights=p, minlength=len(knots) + 1) for p in powers.T], axis=1)
         if len(self._cache) < 64:
             self._cache[key] = out
@@ -415,10 +418,11 @@ class ScoreDistribution:
         got = self._cache.get(key)
         if got is None:
             raw = self.segment_moments((), scale)[0]
-            mu = raw[0]
-            c2 = max(raw[1] - mu**2, 0.0)
-            c3 = raw[2] - 3 * mu * raw[1] + 2 * mu**3
-            c4 = max(raw[3] - 4 * mu * raw[2] + 6 * mu**2 * raw[1] - 3 * mu**4, 0.0)
+            with np.errstate(over="ignore", invalid="ignore"):  # (infinite raw moments: see above)
+                mu = raw[0]
+                c2 = max(raw[1] - mu**2, 0.0)
+                c3 = raw[2] - 3 * mu * raw[1] + 2 * mu**3
+                c4 = max(raw[3] - 4 * mu * raw[2] + 6 * mu**2 * raw[1] - 3 * mu**4, 0.0)
             got = (float(mu), float(c2), float(c3), float(c4))
             if len(self._cache) < 256:
                 self._cache[key] = got
@@ -1438,7 +1442,8 @@ class RuntimeDistribution(TaskDistributions):
             # Shared shape and scale: the moments of exp(s (Z - z0)) are constants of the model.
             mu, c2, c3, c4 = self.score.central_factors(float(s[0]))
             base = np.exp(self.location + s * self.score.center())
-            return base * (1 + mu), base**2 * c2, base**3 * c3, base**4 * c4
+            with np.errstate(over="ignore", invalid="ignore"):  # (as below)
+                return base * (1 + mu), base**2 * c2, base**3 * c3, base**4 * c4
         knots = self.knots if self.cdf is not None else ()
         lk = np.concatenate([[0.0], np.asarray(knots, dtype=np.float64), [1.0]])
         global_mass = np.diff(lk)
@@ -1455,16 +1460,27 @@ class RuntimeDistribution(TaskDistributions):
             t = (np.log(np.maximum(s, 1e-12)) - grid[0]) / _LOG_SCALE_STEP
             i0 = np.clip(np.floor(t).astype(np.int64), 0, len(grid) - 2)
             f = np.clip(t - i0, 0.0, 1.0)[:, None, None]
-            tab = table[i0] * (1 - f) + table[i0 + 1] * f  # (n, segments, 4)
+            # The table's entries are infinite where a power of the scores overflows (see
+            # segment_moment_table): a task on a grid point beside one (f 0, or 1 past the
+            # grid's end) takes the point's own, not inf * 0, a NaN.
+            lo, hi = table[i0], table[i0 + 1]
+            with np.errstate(invalid="ignore"):
+                tab = np.where(f == 0.0, lo, np.where(f == 1.0, hi, lo * (1 - f) + hi * f))  # (n, segments, 4)
             # C-ordered, as row_inner: each task's sum in one order whatever the batch.
-            raw = (np.einsum("ns,nsj->nj", np.ascontiguousarray(weights), np.ascontiguousarray(tab))
-                   * (s[:, None] ** np.arange(1, 5)[None, :]))
-        mu = raw[:, 0]
-        c2 = np.maximum(raw[:, 1] - mu**2, 0.0)
-        c3 = raw[:, 2] - 3 * mu * raw[:, 1] + 2 * mu**3
-        c4 = np.maximum(raw[:, 3] - 4 * mu * raw[:, 2] + 6 * mu**2 * raw[:, 1] - 3 * mu**4, 0.0)
-        base = np.exp(self.location + s * self.score.center())
-        return base * (1 + mu), base**2 * c2, base**3 * c3, base**4 * c4
+            with np.errstate(over="ignore", invalid="ignore"):
+                raw = (np.einsum("ns,nsj->nj", np.ascontiguousarray(weights), np.ascontiguousarray(tab))
+                       * (s[:, None] ** np.arange(1, 5)[None, :]))
+        # Infinite raw moments (and their powers) are those of tasks whose scores reach past
+        # the log bounds: _compute_moments gives them the quadrature's moments. Put together
+        # here they overflowed, or made inf - inf, with a RuntimeWarning in the service's log
+        # at every such training.
+        with np.errstate(over="ignore", invalid="ignore"):
+            mu = raw[:, 0]
+            c2 = np.maximum(raw[:, 1] - mu**2, 0.0)
+            c3 = raw[:, 2] - 3 * mu * raw[:, 1] + 2 * mu**3
+            c4 = np.maximum(raw[:, 3] - 4 * mu * raw[:, 2] + 6 * mu**2 * raw[:, 1] - 3 * mu**4, 0.0)
+            base = np.exp(self.location + s * self.score.center())
+            return base * (1 + mu), base**2 * c2, base**3 * c3, base**4 * c4
 
     # ------------------------------------------------------------------ sums
 
