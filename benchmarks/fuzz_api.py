@@ -3,7 +3,7 @@ an answer that is not JSON, a number that is not finite, a crossing or negative 
 a service that stops answering is a finding.
 
 The service (uvicorn, a fresh data directory) is trained on the H100 vision example, then
-sent five kinds of request, each drawn from a seeded generator:
+sent seven kinds of request, each drawn from a seeded generator:
 
 - ``mangled``: a valid body of each prediction route, ``/observe`` and ``/train`` with
   one to three random changes (a value replaced by another type or an odd one, a field
@@ -18,17 +18,36 @@ sent five kinds of request, each drawn from a seeded generator:
 - ``paths``: requests of every method with odd identity parts, table names, versions and
   query strings (``..``, ``%00``, an encoded slash, a parameter given twice or unknown),
   now and then a body where the route takes none, the real identity's parts among them; a
-  ``HEAD`` answer must only not be a 5xx.
+  ``HEAD`` answer must only not be a 5xx;
+- ``evaluate``: ``POST /models/{identity}/evaluate`` of the vision model, of a model with a
+  first-run column (trained on traces that state ``first_of_shape``) and of a ``*`` that
+  names both, with 0 to 300 traces whose runtimes are at and past the edges (0, -0,
+  5e-324, 1e15, 1e308, 2**64, 10**400, words, all of them one value, or far outside what
+  the model was trained on), versions stored, not stored and not numbers, ``lookup_table``
+  with and without a table's name (a table the script made, one damaged or not there), and
+  now and then the body changed as ``mangled`` changes one. A successful answer must also
+  hold its figures as numbers in their ranges (coverages and p-values in [0, 1], losses
+  not negative, ``evaluated`` and ``rejected`` adding up to the traces sent);
+- ``bodies``: each route's body bound (a single prediction's 1 MiB, the 64 MiB of a batch,
+  queues, an observation, an evaluation and a JSON training, the 64 KiB of a route without
+  options) with bodies one byte under it, at it, one byte and a few KB over it, declared
+  (``Content-Length``, now and then written with leading zeros or a space after it) or
+  chunked, and a ``Content-Length`` over the bound sent without its body: one over must be
+  a 413 naming ``body``, one within must not.
+
+``GET /ready`` is among the ``paths`` kind's routes, and after each kind ``/ready`` must
+answer 200 ``ready`` (as ``/health`` and ``/models`` must answer 200).
 
     uv run python benchmarks/fuzz_api.py [--seed 0] [--requests 10000] [--files 1000] [--tables 400] [--paths 3000]
+                                         [--evaluate 2000] [--bodies 60]
 
 ``--concurrent SECONDS`` does something else: two LLM models on a service of two workers
 (``serve --workers 2``, automatic retraining after 60 observations, 3 versions kept, the
 observation logs rotated every 64 KB), and six clients that for that long predict (single,
 batch, queues), observe, train (now and then both models in one background ``group_by``
 job, whose status they read), retrain, delete versions and now and then a whole model,
-make, read, answer from and delete lookup tables, and read the models, their accuracy and
-``/metrics``, all at random. A 5xx or no answer is a finding; so is an error in the
+make, read, answer from and delete lookup tables, evaluate a model or its table on traces,
+and read the models, their accuracy, ``/ready`` and ``/metrics``, all at random. A 5xx or no answer is a finding; so is an error in the
 service's log (its warnings are listed), a background training that has not ended within
 300 s of the load or failed without a status code and message, and, once the clients
 stop, a stored version that does not answer a prediction, or a prediction naming no
@@ -47,6 +66,9 @@ other than 0, 1 or 2, is a finding.
 
 The service's workers train at the "normal" CPU priority (``SERVICE_ENV``), so that a run
 beside other busy work does not wait on trainings the default "low" priority slows down.
+
+An error, a traceback or a Python warning (numpy's ``RuntimeWarning``) in the service's log
+is a finding too; its warnings are listed.
 
 It prints the answers' status codes and each finding (the request, what was wrong) and
 exits 1 where there was one.
@@ -247,7 +269,8 @@ ROUTES = [("GET", "/models/{id}"), ("HEAD", "/models/{id}"), ("GET", "/models/{i
           ("DELETE", "/models/{id}/versions/{n}"), ("GET", "/tables/{n}"), ("HEAD", "/tables/{n}"),
           ("DELETE", "/tables/{n}"), ("GET", "/train/jobs/{n}"), ("POST", "/predict/single/{id}"),
           ("POST", "/predict/table/{id}"), ("GET", "/models"), ("GET", "/dashboard"),
-          ("PUT", "/models/{id}"), ("GET", "/{n}")]
+          ("PUT", "/models/{id}"), ("GET", "/{n}"), ("GET", "/ready"), ("HEAD", "/ready"), ("POST", "/ready"),
+          ("POST", "/models/{id}/evaluate")]
 
 
 def paths(rng: random.Random) -> tuple[str, dict[str, Any]]:
@@ -262,9 +285,248 @@ def paths(rng: random.Random) -> tuple[str, dict[str, Any]]:
     body: dict[str, Any] = {"method": method}
     if route.startswith("/predict/single"):
         body["json"] = {"trace": TRACE}
+    elif route.endswith("/evaluate"):
+        body["json"] = {"traces": [dict(TRACE, runtime_ms=4.0)]}
     elif rng.random() < 0.2:  # a body where the route takes none (a deletion's "version", say)
         body["json"] = rng.choice([{}, {"version": 1}, [1], "x", None, {"": 0}])
     return path, body
+
+
+# Runtimes an evaluation's traces carry: in the service's range [1e-12, 1e15] and past it,
+# at what JSON holds, and not numbers at all.
+RUNTIMES = [0, -0.0, 5e-324, 1e-300, 1e-12, 1e-9, 0.001, 1, 4.0, 12.0, 250.0, 1e6, 1e12, 1e15, 1.0000001e15, 1e300,
+            1.7e308, 2**53 + 1, 2**63, 2**64, 10**30, 10**400, -1, -1e308, "12.5", "1e5", " 7 ", "NaN", "inf", "1e999",
+            "", "x", None, True, False, [], {}, [4.0]]
+VERSIONS = [1, 2, 3, 0, -1, 99, 2**31, 2**63, 2**64, 10**400, "1", 1.0, 1.5, True, None, [], {}]
+TABLE_NAMES = ["eval.json", "eval.csv", "base.json", "base.csv", "none.json", "", "..", "../eval.json", "eval",
+               "EVAL.JSON", "%00", "x" * 300, None, 1, True, []] + [f"damaged{i}.{f}" for i in range(8) for f in ("json", "csv")]
+# A model with a first-run column (traces that state ``first_of_shape``), beside the vision one.
+COLD = dict(IDENTITY, model_name="resnet50-cold")
+COLD_PATH = "/".join(COLD.values()).replace(" ", "%20")
+
+
+def evaluations(client: httpx.Client) -> Callable[[random.Random], tuple[str, str]]:
+    """The ``evaluate`` kind: trains the model with a first-run column and makes the
+    lookup tables ``eval.json`` and ``eval.csv`` of the vision model, then draws evaluations
+    (see the module's text)."""
+    rng0 = random.Random(0)
+    cold = [{"batch_size": b, "image_size": s, "first_of_shape": first,
+             "runtime_ms": (0.05 * b * s / 224) * (3.0 if first else 1.0) * math.exp(rng0.gauss(0, 0.1))}
+            for b in (1, 8, 64) for s in (224, 512) for first in (True, False, False, False) for _ in range(3)]
+    client.post("/train", json={"config": {"model": COLD, "traces": cold, "algorithm": "linear"}}).raise_for_status()
+    rows = "".join(json.dumps({"batch_size": b, "image_size": s}) + "\n" for b in (1, 8, 64) for s in (224, 512))
+    for fmt in ("json", "csv"):
+        client.post("/predict/table/" + PATH, files={"trace_file": ("t.jsonl", rows.encode())},
+                    data={"table_name": f"eval.{fmt}", "format": fmt, "confidence_level": "0.9"}).raise_for_status()
+
+    def trace(rng: random.Random, model: str, runtime: Any) -> dict[str, Any]:
+        t: dict[str, Any] = ({"batch_size": rng.choice([1, 8, 64]), "image_size": rng.choice([224, 512])}
+                             if rng.random() < 0.8 else
+                             {"batch_size": rng.choice(NUMBERS), "image_size": rng.choice(NUMBERS)})
+        if runtime is not _NONE:
+            t["runtime_ms"] = runtime
+        if model == "cold" and rng.random() < 0.7 or rng.random() < 0.1:
+            t["first_of_shape"] = rng.choice([True, False, 1, 0, 0.5, "yes", None])
+        if rng.random() < 0.1:
+            t["elapsed_ms"] = rng.choice(NUMBERS)
+        if rng.random() < 0.05:  # the trace's own identity: the model's, or another's
+            t["model_name"] = rng.choice(["resnet50", "resnet50-cold", "other"])
+        if rng.random() < 0.03:
+            del t[rng.choice(list(t))]
+        return t
+
+    def make(rng: random.Random) -> tuple[str, str]:
+        model = rng.choice(["vision", "vision", "cold", "star"])
+        path = {"vision": PATH, "cold": COLD_PATH, "star": PATH.replace("resnet50", "*")}[model]
+        n = rng.choice([0, 1, 1, 2, 3, 5, 20, 60, 300])
+        how = rng.random()
+        if how < 0.25:  # every runtime the same
+            same = rng.choice(RUNTIMES)
+            runtimes = [same] * n
+        elif how < 0.4:  # far outside what the model was trained on (2 to 60 ms)
+            far = rng.choice([1e-12, 1e-9, 1e-6, 1e6, 1e9, 1e12, 1e15])
+            runtimes = [far * rng.uniform(1, 2) if rng.random() < 0.5 else far for _ in range(n)]
+        elif how < 0.7:  # in range, as measured
+            runtimes = [rng.uniform(1, 60) for _ in range(n)]
+        else:  # any, some missing
+            runtimes = [rng.choice(RUNTIMES) if rng.random() < 0.9 else _NONE for _ in range(n)]
+        body: dict[str, Any] = {"traces": [trace(rng, model, r) for r in runtimes]}
+        if rng.random() < 0.3:
+            body["version"] = rng.choice(VERSIONS)
+        if rng.random() < 0.3:
+            body["lookup_table"] = rng.choice([True, True, True, False, "true", 1, None])
+            if rng.random() < 0.6:
+                body["lookup_table_name"] = rng.choice(TABLE_NAMES)
+        if rng.random() < 0.15:
+            for _ in range(rng.choice([1, 2])):
+                body = mangle(body, rng)
+        raw = json.dumps(body)
+        if rng.random() < 0.02:
+            raw = raw[:rng.randrange(len(raw) + 1)]
+        return f"/models/{path}/evaluate", raw
+
+    return make
+
+
+_NONE = object()  # a trace without its runtime
+
+
+def wrong_in_evaluation(answer: Any, sent: str) -> list[str]:
+    """What is wrong in an evaluation's successful answer beside :func:`wrong_in`'s: a figure
+    that is not a number (NaN is written as null), one out of its range, or counts of the
+    traces scored and rejected that do not add up to the traces ``sent``."""
+    found: list[str] = []
+
+    def number(where: str, value: Any, low: float = -math.inf, high: float = math.inf) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            found.append(f"{where} is not a number: {value!r}")
+        elif not low <= value <= high:
+            found.append(f"{where} is {value!r}, out of [{low:g}, {high:g}]")
+
+    try:
+        traces = json.loads(sent)["traces"]
+    except (ValueError, KeyError, TypeError):
+        traces = None
+    # Runtimes far below or above what the models answer for the shapes they were trained on
+    # (0.4 to 60 ms): every level covers all of them, or none.
+    shaped = isinstance(traces, list) and all(
+        isinstance(t, dict) and t.get("batch_size") in (1, 8, 64) and t.get("image_size") in (224, 512)
+        and type(t.get("runtime_ms")) in (int, float) for t in traces)
+    runtimes = [t["runtime_ms"] for t in traces] if shaped and traces else []
+    for far, covered in ((max(runtimes, default=math.inf) <= 1e-6, 1.0), (min(runtimes, default=0) >= 1e9, 0.0)):
+        coverage = answer.get("coverage") if isinstance(answer, dict) else None
+        if far and isinstance(coverage, dict) and any(v != covered for v in coverage.values()):
+            found.append(f"runtimes {min(runtimes):g} to {max(runtimes):g} ms covered {coverage}, not {covered:g}")
+    if not isinstance(answer, dict):
+        return [f"not an object: {answer!r}"[:200]]
+    evaluated, rejected = answer.get("evaluated"), answer.get("rejected")
+    number("evaluated", evaluated, 1)
+    if isinstance(traces, list) and isinstance(rejected, list) and isinstance(evaluated, int) \
+            and evaluated + len(rejected) != len(traces):
+        found.append(f"evaluated {evaluated} and rejected {len(rejected)} of {len(traces)} traces")
+    for level, value in (answer.get("coverage") or {"(none)": None}).items():
+        number(f"coverage[{level}]", value, 0, 1)
+    for size, value in (answer.get("interval_coverage") or {"(none)": None}).items():
+        number(f"interval_coverage[{size}]", value, 0, 1)
+    number("mean_abs_coverage_error", answer.get("mean_abs_coverage_error"), 0, 1)
+    for key in ("pinball_loss", "relative_pinball_loss", "median_mape"):
+        number(key, answer.get(key), 0)
+    for key in ("expect_ratio", "error_ratio"):
+        if key in answer:
+            number(key, answer[key], 0)
+    calibration = answer.get("calibration") or {}
+    for level, value in (calibration.get("p_values") or {"(none)": None}).items():
+        number(f"calibration.p_values[{level}]", value, 0, 1)
+    number("calibration.corrected_p_value", calibration.get("corrected_p_value"), 0, 1)
+    for kind, got in (answer.get("by_kind") or {}).items():
+        number(f"by_kind.{kind}.observations", got.get("observations"), 0)
+        if got.get("observations"):
+            for level, value in got.get("coverage", {"(none)": None}).items():
+                number(f"by_kind.{kind}.coverage[{level}]", value, 0, 1)
+            number(f"by_kind.{kind}.median_ratio", got.get("median_ratio"), 0)
+    return found
+
+
+# Each route's body bound (routes/common.py BodyBound) and a body it takes. The training and
+# the deletion name models of their own, and the retraining one not there: the vision model stays.
+MIB = 1 << 20
+BOUNDS = [
+    ("POST", "/predict/single/" + PATH, MIB, {"trace": TRACE}),
+    ("POST", "/predict/batch/" + PATH, 64 * MIB, {"trace": [TRACE, TRACE]}),
+    ("POST", "/predict/queues/" + PATH, 64 * MIB, {"queues": {"a": [TRACE]}}),
+    ("POST", "/observe", 64 * MIB, {"model": IDENTITY, "traces": [dict(TRACE, runtime_ms=4.0)]}),
+    ("POST", f"/models/{PATH}/evaluate", 64 * MIB, {"traces": [dict(TRACE, runtime_ms=4.0)]}),
+    ("POST", "/train", 64 * MIB, {"config": {"model": dict(IDENTITY, model_name="bounds"), "algorithm": "linear",
+                                             "traces": [dict(TRACE, runtime_ms=4.0 + i % 3) for i in range(30)]}}),
+    ("POST", "/cache/clear", 64 * 1024, {}),
+    ("POST", "/models/vision/none/h/s/1/retrain", 64 * 1024, {}),
+    ("DELETE", f"/models/{PATH}/versions/999", 64 * 1024, {}),
+]
+
+
+def bodies(port: int) -> Callable[[random.Random], tuple[str, dict[str, Any]]]:
+    """The ``bodies`` kind: a route's valid body padded (with spaces, or a long string of a
+    field the route does not take) to one byte under its bound, at it, or past it, sent
+    declared, chunked or (``raw``) with the head written by hand; now and then only a
+    ``Content-Length`` over the bound, its body never sent. ``expect``: the answer's
+    status, 413, or any but 413."""
+
+    def make(rng: random.Random) -> tuple[str, dict[str, Any]]:
+        method, path, bound, body = rng.choice(BOUNDS)
+        size = bound + rng.choice([-1, 0, 0, 1, 1, rng.randint(2, 8192)])
+        raw = json.dumps(body).encode()
+        if rng.random() < 0.3 and isinstance(body, dict):  # a string of an unknown field (a 422 within)
+            raw = raw[:-1] + (b', "pad": "' if body else b'"pad": "')
+            raw += b"x" * max(size - len(raw) - 2, 0) + b'"}'
+        else:
+            spaces = b" " * max(size - len(raw), 0)
+            raw = spaces + raw if rng.random() < 0.5 else raw + spaces
+        over = len(raw) > bound
+        how = rng.choice(["declared", "chunked", "raw", "raw", "unsent"] if over else ["declared", "chunked", "raw"])
+        out: dict[str, Any] = {"method": method, "expect": 413 if over else "not 413", "size": len(raw)}
+        if how == "declared":
+            out.update(content=raw, headers={"content-type": "application/json"})
+        elif how == "chunked":
+            step = rng.choice([1 << 12, 1 << 16, 1 << 20])
+            out.update(content=(raw[i:i + step] for i in range(0, len(raw), step)),
+                       headers={"content-type": "application/json"})
+        else:
+            length = str(len(raw)).encode()
+            length = rng.choice([length, b"000" + length, length + b" ", b"0" * 5000 + length])
+            out["raw"] = (method.encode() + b" " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                          b"Content-Type: application/json\r\nConnection: close\r\nContent-Length: " + length
+                          + b"\r\n\r\n" + (b"" if how == "unsent" else raw))
+            out["port"] = port
+        return path, out
+
+    return make
+
+
+def raw_exchange(port: int, method: str, path: str, request: bytes, timeout: float = 60) -> httpx.Response:
+    """``request`` (its head and what is sent of its body) on a connection of its own, sent
+    from a thread while the answer is read (an answer before the body's end, a 413, must
+    not be lost to a write the server no longer reads), and the answer as an httpx one."""
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    failed: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            sock.sendall(request)
+        except OSError as exc:  # the server answered and closed: read what it said
+            failed.append(exc)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    data = bytearray()
+    try:
+        while True:
+            try:
+                chunk = sock.recv(1 << 16)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            data += chunk
+            head, sep, rest = bytes(data).partition(b"\r\n\r\n")
+            if sep:
+                lengths = [line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")[1:]
+                           if line.lower().startswith(b"content-length:")]
+                if lengths and len(rest) >= int(lengths[0]):
+                    break
+    except TimeoutError as exc:
+        raise httpx.ReadTimeout(f"no answer in {timeout:g} s") from exc
+    finally:
+        sock.close()
+        sender.join(timeout=5)
+    head, _, rest = bytes(data).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    if not lines[0].startswith("HTTP/1.1 "):
+        raise httpx.RemoteProtocolError(f"no answer ({len(data)} bytes; sending: {failed})")
+    headers = [tuple(part.strip() for part in line.split(":", 1)) for line in lines[1:] if ":" in line]
+    return httpx.Response(int(lines[0].split()[1]), headers=headers, content=rest,
+                          request=httpx.Request(method, f"http://127.0.0.1:{port}{path}"))
 
 
 def cli(runs: int, seed: int) -> list[tuple[str, str, str]]:
@@ -325,11 +587,17 @@ def damaged_tables(client: httpx.Client, folder: Path) -> Callable[[random.Rando
 
 
 def wrong_in(answer: Any, where: str = "") -> list[str]:
-    """What is wrong in a successful answer: numbers that are not finite, crossing or negative quantiles."""
+    """What is wrong in a successful answer: numbers that are not finite, crossing or negative
+    quantiles, a null among quantiles or in place of an expect (the service writes a NaN as null)."""
     found = []
     if isinstance(answer, float) and not math.isfinite(answer):
         found.append(f"{where}: {answer}")
     elif isinstance(answer, dict):
+        for key in ("quantile_predictions", "total_quantiles", "interval", "total_interval"):
+            if isinstance(answer.get(key), list) and None in answer[key]:
+                found.append(f"{where}.{key} holds a null: {answer[key]}")
+        if answer.get("status") == "success" and "expect" in answer and answer["expect"] is None:
+            found.append(f"{where}.expect is null")
         for key in ("quantile_predictions", "total_quantiles"):
             q = answer.get(key)
             if isinstance(q, list) and all(isinstance(v, (int, float)) for v in q):
@@ -367,11 +635,15 @@ def llm_traces(n: int, rng: random.Random, factor: float = 1.0) -> list[dict[str
 # workers follow each other's appends across rotations.
 CONCURRENT_ENV = {**SERVICE_ENV, "PREDICTOR_AUTO_RETRAIN": "true", "PREDICTOR_RETRAIN_MIN_OBSERVATIONS": "60",
                   "PREDICTOR_KEEP_VERSIONS": "3", "PREDICTOR_DRIFT_MIN_OBSERVATIONS": "20",
-                  "PREDICTOR_OBSERVATIONS_MAX_FILE_MB": "0.0625", "PREDICTOR_OBSERVATIONS_MAX_FILES": "3"}
+                  "PREDICTOR_OBSERVATIONS_MAX_FILE_MB": "0.0625", "PREDICTOR_OBSERVATIONS_MAX_FILES": "3",
+                  # Each worker preloads the models at its start (none at the first, both at the
+                  # restart, a killed worker's successor its own): /ready answers for both.
+                  "PREDICTOR_PRELOAD_MODELS": "true"}
 # Operations and how often each is drawn.
 OPERATIONS = {"single": 10, "batch": 10, "queues": 5, "observe": 15, "train": 2, "retrain": 3, "delete version": 1,
               "delete model": 0.3, "models": 3, "metrics": 2, "accuracy": 3, "model": 3, "make table": 1,
-              "table batch": 3, "tables": 1, "delete table": 0.3, "group training": 0.5, "job": 2}
+              "table batch": 3, "tables": 1, "delete table": 0.3, "group training": 0.5, "job": 2, "evaluate": 2,
+              "evaluate table": 1, "ready": 2}
 
 
 def one_operation(client: httpx.Client, rng: random.Random, jobs: list[str]) -> tuple[str, httpx.Response | None]:
@@ -411,6 +683,16 @@ def one_operation(client: httpx.Client, rng: random.Random, jobs: list[str]) -> 
                                                               "lookup_table_name": f"t{k}.json"})
     if op == "tables":
         return op, client.get("/tables")
+    if op == "evaluate":  # the serving version, or one named (deleted meanwhile: a 404)
+        body: dict[str, Any] = {"traces": llm_traces(rng.choice([1, 20, 300]), rng, rng.choice([1.0, 1.5]))}
+        if rng.random() < 0.3:
+            body["version"] = rng.randint(1, 12)
+        return op, client.post(f"/models/{path}/evaluate", json=body)
+    if op == "evaluate table":
+        return op, client.post(f"/models/{path}/evaluate", json={"traces": llm_traces(20, rng), "lookup_table": True,
+                                                                "lookup_table_name": f"t{k}.json"})
+    if op == "ready":
+        return op, client.get("/ready")
     if op == "group training":  # both models in one background job, one group each
         traces = [dict(t, model_name=f"m{i % 2}") for i, t in enumerate(llm_traces(400, rng))]
         model = {key: value for key, value in llm_identity(0).items() if key != "model_name"}
@@ -496,6 +778,23 @@ def jobs_ended(client: httpx.Client, jobs: list[str], wait: float = 300.0) -> li
             findings.append((f"/train/jobs/{job}", "", f"failed without a status code and message: {record}"))
     print(f"{len(jobs)} background trainings: " + "; ".join(f"{o}: {n}" for o, n in sorted(outcomes.items())))
     return findings
+
+
+def ready_within(client: httpx.Client, wait: float, label: str) -> list[tuple[str, str, str]]:
+    """Findings: ``/ready`` not 200 ``ready`` on eight fresh connections (either worker)
+    within ``wait`` seconds, or a 503 without a message and ``Retry-After`` meanwhile."""
+    deadline, findings, seen = time.monotonic() + wait, [], 0
+    while time.monotonic() < deadline:
+        answers = [httpx.get(f"{client.base_url}/ready", timeout=30) for _ in range(8)]
+        for r in answers:
+            if r.status_code == 503 and not (r.json().get("message") and r.headers.get("retry-after")):
+                findings.append(("/ready", label, f"a 503 without a message or Retry-After: {r.text[:200]}"))
+        seen += sum(r.status_code == 503 for r in answers)
+        if all(r.status_code == 200 and r.json().get("status") == "ready" for r in answers):
+            print(f"{label}: /ready 200 on 8 connections ({seen} 503 before)")
+            return findings
+        time.sleep(0.5)
+    return findings + [("/ready", label, f"not ready within {wait:g} s: {[r.status_code for r in answers]}")]
 
 
 def descendants(pid: int) -> list[int]:
@@ -592,6 +891,7 @@ def concurrent(seconds: float, seed: int, kill_every: float = 0.0) -> list[tuple
                 print(f"{len(killed)} processes killed: " + "; ".join(sorted(set(killed))), flush=True)
                 time.sleep(10)  # uvicorn starts a fresh worker for each one killed
             with httpx.Client(base_url=base, timeout=300) as client:
+                findings += ready_within(client, 60.0, "after the load")
                 findings += jobs_ended(client, jobs)
                 time.sleep(3)  # the retrainings under way land
                 findings += stored_versions_answer(client, "after the load")
@@ -600,6 +900,7 @@ def concurrent(seconds: float, seed: int, kill_every: float = 0.0) -> list[tuple
         restarted = Server(Path(tmp), workers=2, env=CONCURRENT_ENV, output=log)
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{restarted.port}", timeout=300) as client:
+                findings += ready_within(client, 60.0, "restarted")
                 findings += stored_versions_answer(client, "restarted")
         finally:
             restarted.stop()
@@ -627,6 +928,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--files", type=int, default=1_000, help="trainings and tables from damaged files (default 1,000)")
     ap.add_argument("--tables", type=int, default=400, help="lookups in tables damaged on disk (default 400)")
     ap.add_argument("--paths", type=int, default=3_000, help="requests with odd paths and queries (default 3,000)")
+    ap.add_argument("--evaluate", type=int, default=2_000, help="evaluations of traces at the edges (default 2,000)")
+    ap.add_argument("--bodies", type=int, default=60, help="bodies at and past each route's bound (default 60)")
     ap.add_argument("--concurrent", type=float, metavar="SECONDS",
                     help="only: six clients at once on two workers for this long (see above)")
     ap.add_argument("--cli", type=int, metavar="RUNS",
@@ -640,8 +943,8 @@ def main(argv: list[str] | None = None) -> int:
         return report(cli(args.cli, args.seed))
     rng = random.Random(args.seed)
     findings: list[tuple[str, str, str]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        server = Server(Path(tmp), env=SERVICE_ENV)
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile("w+") as log:
+        server = Server(Path(tmp), env=SERVICE_ENV, output=log)
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=120) as client:
                 with open(EXAMPLES / "train_vision.json", "rb") as config, \
@@ -651,24 +954,35 @@ def main(argv: list[str] | None = None) -> int:
                     raise RuntimeError(f"training the example failed: {trained.text}")
                 kinds = (("mangled", mangled, args.requests), ("edge", edge, args.requests),
                          ("files", files, args.files), ("tables", damaged_tables(client, Path(tmp) / "tables"), args.tables),
-                         ("paths", paths, args.paths))
+                         ("paths", paths, args.paths), ("evaluate", evaluations(client), args.evaluate),
+                         ("bodies", bodies(server.port), args.bodies))
                 for name, make, count in kinds:
                     codes: dict[int, int] = {}
                     t0 = time.perf_counter()
                     for i in range(count):
                         path, body = make(rng)
                         # The kind and number name the request: the same seed draws it again.
-                        raw = f"[{name} {i}] " + (body if isinstance(body, str) else repr(body)[:300])
+                        raw = f"[{name} {i}] " + (body if isinstance(body, str) else repr(
+                            {k: v if k not in ("content", "raw") else f"<{body['size']:,} bytes>"
+                             for k, v in body.items()})[:300])
                         try:
                             if isinstance(body, str):
                                 r = client.post(path, content=body, headers={"content-type": "application/json"})
+                            elif "raw" in body:
+                                r = raw_exchange(body["port"], body["method"], path, body["raw"])
                             else:
                                 r = client.request(body.get("method", "POST"), path,
-                                                   **{k: v for k, v in body.items() if k != "method"})
+                                                   **{k: v for k, v in body.items() if k not in ("method", "expect", "size")})
                         except httpx.HTTPError as exc:
                             findings.append((path, raw, f"no answer: {exc!r}"))
                             continue
                         codes[r.status_code] = codes.get(r.status_code, 0) + 1
+                        expect = body.get("expect") if isinstance(body, dict) else None
+                        if expect == 413 and r.status_code != 413 or expect == "not 413" and r.status_code == 413:
+                            findings.append((path, raw, f"{r.status_code}, not {expect}: {r.text[:200]}"))
+                        elif expect == 413 and r.headers.get("content-type") == "application/json" \
+                                and r.json().get("field") != "body":
+                            findings.append((path, raw, f"a 413 naming {r.json().get('field')!r}, not the body"))
                         json_answer = r.headers.get("content-type", "").startswith("application/json")
                         if r.request.method == "HEAD" or (r.status_code < 400 and not json_answer):
                             # No body to read, or a page or a table's CSV download.
@@ -688,14 +1002,34 @@ def main(argv: list[str] | None = None) -> int:
                             findings.append((path, raw, f"{r.status_code} naming no field: {r.text[:200]}"))
                         elif r.status_code == 200:
                             findings += [(path, raw, wrong) for wrong in wrong_in(answer)]
+                            if path.endswith("/evaluate") and isinstance(body, str):
+                                findings += [(path, raw, wrong) for wrong in wrong_in_evaluation(answer, body)]
                     print(f"{name}: {count} requests in {time.perf_counter() - t0:.0f} s, answers "
                           + ", ".join(f"{code}: {n}" for code, n in sorted(codes.items())), flush=True)
+                    ready = client.get("/ready")
+                    if ready.status_code != 200 or ready.json().get("status") != "ready":
+                        findings.append(("/ready", f"after {name}", f"{ready.status_code}: {ready.text[:200]}"))
                 for route in ("/health", "/models"):
                     if client.get(route).status_code != 200:
                         findings.append((route, "", "the service no longer answers"))
         finally:
             server.stop()
+        findings += log_findings(log)
     return report(findings)
+
+
+def log_findings(log: Any) -> list[tuple[str, str, str]]:
+    """The service's log (uvicorn's at "warning", and what the processes print): its
+    warnings listed, each kind once; an error, a traceback or a Python warning (numpy's
+    "RuntimeWarning: overflow ..." of a computation that was to be silent) is a finding."""
+    import re
+
+    log.seek(0)
+    lines = log.read().splitlines()
+    warned = sorted({" ".join(line.split()[:6]) for line in lines if line.startswith("WARNING")})
+    print(f"the service's log: {len(lines)} lines" + "".join(f"\n    {k} ..." for k in warned))
+    return [("log", "", line) for line in lines
+            if line.startswith(("ERROR", "CRITICAL", "Traceback")) or re.search(r"\b\w+Warning: ", line)]
 
 
 def report(findings: list[tuple[str, str, str]]) -> int:
