@@ -1296,6 +1296,42 @@ def test_a_preload_counts_as_loaded_only_the_models_it_loaded(tmp_path, monkeypa
         fresh.close()
 
 
+@pytest.mark.parametrize("seen", [False, True])  # the deletion seen in this process's index before the load, or not
+def test_a_version_deleted_by_another_process_while_the_preload_lists_it_is_left_without_a_warning(
+        tmp_path, monkeypatch, caplog, seen):
+    # A worker started again (after a crash, an out-of-memory kill) preloads while another
+    # deletes versions: the version it chose, gone when it came to load it, was logged as a
+    # WARNING ("preloading ...: model ... has no version 2: it was deleted"), as a fault; the
+    # model's version serving now is loaded instead.
+    import logging
+
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    data = trained_in_process(tmp_path / "data", *({"model": IDENTITY, "algorithm": "linear",
+                                                     "traces": make_llm_traces(60, seed=seed)} for seed in (1, 2)))
+    fresh = PredictorService(PredictorSettings(data_dir=data, preload_models=True))
+    other = PredictorService(PredictorSettings(data_dir=data))
+    real_load = fresh.registry.load
+
+    def load_after_a_deletion(identity, version=None, *args, **kwargs):
+        if version == 2:
+            other.delete_model(IdentityPattern.from_parts(IDENTITY), 2)
+            if seen:
+                fresh.registry.refresh()
+        return real_load(identity, version, *args, **kwargs)
+
+    monkeypatch.setattr(fresh.registry, "load", load_after_a_deletion)
+    try:
+        with caplog.at_level(logging.INFO, logger="swarmpilot_predictor"):
+            assert fresh.preload() == 1
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+        assert [version for _, version in fresh.registry._loaded] == [1]
+        assert fresh.readiness() == {"status": "ready", "models_loaded": 1}
+    finally:
+        fresh.close()
+        other.close()
+
+
 def test_with_several_workers_ready_waits_for_every_workers_preload(tmp_path):
     # A probe reaches one worker of serve --workers N: each answered for itself, and a pod was
     # taken in at the first worker's 200 while the others still loaded their models.

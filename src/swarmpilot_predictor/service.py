@@ -390,16 +390,25 @@ class PredictorService:
         room = max(self.settings.max_loaded_models - self.registry.loaded_count, 0)
         latest.sort(key=lambda meta: meta.created_at, reverse=True)
         chosen = [m for m in latest if not self.registry.is_loaded(m.identity, m.version)][:room]
-        loaded = 0
-        for done, meta in enumerate(reversed(chosen)):
+        loaded = failed = 0
+        for meta in reversed(chosen):
             if self._closed:
                 break
             # (Those that could not be loaded are not counted as loaded: they are said apart.)
-            self._preload_progress = (loaded, done - loaded, len(chosen))
+            self._preload_progress = (loaded, failed, len(chosen))
             try:
-                self.registry.load(meta.identity, meta.version)
+                try:
+                    self.registry.load(meta.identity, meta.version)
+                except (ModelNotFound, NotFound):  # (NotFound: gone from this process's index too)
+                    # Deleted by another process since the listing (a worker started again
+                    # while a client deletes versions): the version serving now, if any, is
+                    # loaded instead, without a word. (Logged as a warning, it read as a fault.)
+                    self.registry.load(meta.identity)
                 loaded += 1
+            except ModelNotFound:  # the whole model deleted meanwhile: nothing to load
+                continue
             except PredictorError as exc:
+                failed += 1
                 log.warning("preloading %s: %s", meta.identity.key, exc.message)
         self._report_loaded()
         log.info("preloaded %d model(s)", loaded)
