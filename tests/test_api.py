@@ -1693,12 +1693,21 @@ def test_ready_answers_503_until_the_preloaded_models_are_in_memory(tmp_path):
                                                     "algorithm": "linear"} for hw in ("A", "B")))
     with run_server(data) as lazy, httpx.Client(base_url=lazy.url, timeout=60) as client:
         assert ok(client.get("/ready")) == {"status": "ready", "models_loaded": 0}  # nothing to wait for
+    from swarmpilot_predictor.client import AsyncPredictorClient, PredictorClient, PredictorClientError, Ready
+
+    # One server for the raw answers and the clients' (a second one to start and preload
+    # took 5 s of the test's 12.5): the loading takes 2 s, its first answers come within it.
     args = [sys.executable, "-c", _SLOW_LOADING_SERVER, "{port}"]
     with run_server(data, extra_env={"PREDICTOR_PRELOAD_MODELS": "true"}, args=args) as srv, \
-            httpx.Client(base_url=srv.url, timeout=60) as client:
+            httpx.Client(base_url=srv.url, timeout=60) as client, PredictorClient(srv.url) as sync_client:
         warming = client.get("/ready")
         assert warming.status_code == 503 and warming.headers["retry-after"] == "1"
         assert "(PREDICTOR_PRELOAD_MODELS)" in warming.json()["message"] and " of 2 loaded" in warming.json()["message"]
+        # Through the client: the 503 is an error saying why, then the typed answer.
+        with pytest.raises(PredictorClientError) as caught:
+            sync_client.ready()
+        assert caught.value.status_code == 503 and caught.value.retry_after == 1.0
+        assert "of 2 loaded" in caught.value.message
         assert ok(client.get("/ping")) == {"status": "ok"} and ok(client.get("/health"))["status"] == "healthy"
         deadline = time.monotonic() + 30
         while (answer := client.get("/ready")).status_code == 503:
@@ -1706,30 +1715,14 @@ def test_ready_answers_503_until_the_preloaded_models_are_in_memory(tmp_path):
             time.sleep(0.1)
         assert ok(answer) == {"status": "ready", "models_loaded": 2}
         assert client.head("/ready").status_code == 200
-    with run_server(data, extra_env={"PREDICTOR_PRELOAD_MODELS": "true"}, args=args) as srv:
-        # Through both clients: the 503 is an error saying why, then the typed answer.
-        from swarmpilot_predictor.client import AsyncPredictorClient, PredictorClient, PredictorClientError, Ready
-
-        with PredictorClient(srv.url) as sync_client:
-            with pytest.raises(PredictorClientError) as caught:
-                sync_client.ready()
-            assert caught.value.status_code == 503 and caught.value.retry_after == 1.0
-            assert "of 2 loaded" in caught.value.message
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    answer = sync_client.ready()
-                    break
-                except PredictorClientError:
-                    assert time.monotonic() < deadline
-                    time.sleep(0.1)
-            assert isinstance(answer, Ready) and answer.models_loaded == 2
+        typed = sync_client.ready()
+        assert isinstance(typed, Ready) and typed.models_loaded == 2
 
         async def ready_async() -> Ready:
             async with AsyncPredictorClient(srv.url) as async_client:
                 return await async_client.ready()
 
-        assert asyncio.run(ready_async()) == answer
+        assert asyncio.run(ready_async()) == typed
 
 
 def test_an_unexpected_error_is_a_500_that_closes_its_connection_and_says_so(tmp_path):
