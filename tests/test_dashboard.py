@@ -756,7 +756,9 @@ def test_dashboard_updates_pause_on_request_and_while_the_page_is_hidden(tmp_pat
         page.wait_for_function("document.body.dataset.update === 'paused'", timeout=10000)
         client.observe(IDENTITY, make_llm_traces(100, seed=5))
         count = len(asked)
-        page.wait_for_timeout(2500)
+        # An interval and a half: a page that went on updating asks within one (1 s). (2.5 s
+        # until 2026-12-07, here and hidden below.)
+        page.wait_for_timeout(1500)
         assert len(asked) == count
         assert page.locator("tr.model-row td").nth(5).inner_text() == "0"
         # From the moment of the click, before the page's own handler runs (capture).
@@ -771,7 +773,7 @@ def test_dashboard_updates_pause_on_request_and_while_the_page_is_hidden(tmp_pat
         page.evaluate(HIDE)
         page.wait_for_function("document.body.dataset.update !== 'updating'", timeout=10000)
         count = len(asked)
-        page.wait_for_timeout(2500)
+        page.wait_for_timeout(1500)
         assert len(asked) == count
         # shown again: up to date at once
         assert page.evaluate("() => { (" + SHOW + ")(); return " + ASKED_WITHIN_500_MS + "; }") is True
