@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 
 import numpy as np
 import pytest
@@ -1241,6 +1242,31 @@ def test_the_moments_of_tasks_at_the_moment_tables_largest_scales_are_put_togeth
                 mean, var, _, _ = RuntimeDistribution(np.zeros(len(scales)), scales, score,
                                                       scale_varies=varies).moments()
             assert np.isfinite(mean).all() and np.isfinite(var).all() and (var > 0).all()
+
+
+def test_a_lone_task_on_a_grid_point_beside_an_infinite_table_entry_has_its_batch_s_moments():
+    # describe_one interpolates the moment table as a batch does. A batch's task on a grid
+    # point beside an infinite entry takes the point's own (518c4b5); the lone task's
+    # (1 - 0) * a + 0 * inf was a NaN: its error was null where its batch's was a number.
+    from scipy.stats import t as student
+
+    levels = np.linspace(0.001, 0.999, 199)
+    # Scores that far out (34 t(3)'s) make the table's d**2 infinite from the grid point
+    # after s = 1 (log s = 0, a grid point) on: the mean's column is finite there.
+    score = ScoreDistribution(levels, 34.3903 * student.ppf(levels, 3.0))
+    grid, table = score.segment_moment_table(())
+    at = int(np.flatnonzero(np.isclose(grid, 0.0))[0])
+    assert np.isfinite(table[at, 0, :2]).all() and np.isinf(table[at + 1, 0, 1]) and np.isfinite(table[at + 1, 0, 0])
+    task = RuntimeDistribution(np.zeros(1), np.ones(1), score, scale_varies=True)
+    assert not task._capped_rows()[0]
+    mean, var, _, _ = task.moments()
+    _, one_mean, one_std = describe_one(0.0, 1.0, score, (0.5,), False)
+    assert np.isfinite(var[0]) and (one_mean, one_std) == (float(mean[0]), math.sqrt(var[0]))
+    # Off the grid's points, and where the table is finite, as before.
+    for scale in (1.01, 0.5):
+        mean, var, _, _ = RuntimeDistribution(np.zeros(1), np.full(1, scale), score, scale_varies=True).moments()
+        _, one_mean, one_std = describe_one(0.0, scale, score, (0.5,), False)
+        assert one_mean == pytest.approx(float(mean[0]), rel=1e-12) and one_std == pytest.approx(math.sqrt(var[0]), rel=1e-9)
 
 
 @pytest.mark.parametrize("knots", [(0.1, 0.5, 0.9), (0.2, 0.2, 0.7), ()])

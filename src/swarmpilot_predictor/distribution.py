@@ -2366,11 +2366,19 @@ def describe_one(
         i0 = min(max(math.floor(t), 0), len(table) - 2)
         f = min(max(t - i0, 0.0), 1.0)
         lo, hi = table[i0], table[i0 + 1]
-        raw1, raw2 = (
-            ((1 - f) * sum(map(float.__mul__, weights, lo[j])) + f * sum(map(float.__mul__, weights, hi[j])))
-            * scale ** (j + 1)
-            for j in (0, 1)
-        )
+
+        def interpolated(j: int) -> float:
+            # On a grid point (f 0, or 1 past the grid's end) the point's own sum, as a batch
+            # takes it: beside an infinite entry (see segment_moment_table) the other's
+            # 0 * inf was a NaN, where the batch's moments were finite. (Where both are
+            # finite, (1 - 0) * a + 0 * b is a itself: the same bits as before.)
+            if f == 0.0:
+                return sum(map(float.__mul__, weights, lo[j]))
+            if f == 1.0:
+                return sum(map(float.__mul__, weights, hi[j]))
+            return (1 - f) * sum(map(float.__mul__, weights, lo[j])) + f * sum(map(float.__mul__, weights, hi[j]))
+
+        raw1, raw2 = (interpolated(j) * scale ** (j + 1) for j in (0, 1))
     mu = raw1
     c2 = max(raw2 - mu * mu, 0.0)
     return q, base * (1 + mu), base * math.sqrt(c2)
