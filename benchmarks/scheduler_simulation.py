@@ -362,6 +362,8 @@ def main() -> None:
     ap.add_argument("--ignore-stuck", action="store_true",
                     help="place by the p90 alone, also on an instance whose running task is stuck")
     args = ap.parse_args()
+    if args.hang is not None and not 0 <= args.hang < 1:
+        ap.error(f"--hang must be a fraction of the arrivals in [0, 1), got {args.hang}")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
