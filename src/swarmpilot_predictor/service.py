@@ -275,7 +275,7 @@ class Measured:
     first_run: np.ndarray | None  # the first-run flag each was predicted with (None: no such column)
 
     def rejected(self) -> list[dict[str, Any]]:
-        return [{"index": i, "message": e} for i, e in enumerate(self.errors) if e is not None]
+        return _rejected(self.errors)
 
 
 class PredictorService:
@@ -1357,18 +1357,8 @@ class PredictorService:
         loaded = self.registry.load(identity, version)
         measured = self._measured(identity, loaded, traces)
         mean, std = measured.dist.mean_std()
-        flags = measured.first_run if measured.first_run is not None else np.full(len(measured.y), np.nan)
-        return {
-            "status": "success",
-            "model_key": identity.key,
-            "version": loaded.meta.version,
-            "evaluated": int(len(measured.rows)),
-            "rejected": measured.rejected(),
-            "levels": list(MONITOR_LEVELS),
-            **accuracy_of(measured.y, measured.q, mean, std, flags),
-            "calibration": calibration_test(measured.y, measured.q),
-            "heldout_at_training": _headline_metrics(loaded.meta.metrics),
-        }
+        return _evaluation({"model_key": identity.key, "version": loaded.meta.version}, measured.errors, measured.y,
+                           measured.q, mean, std, measured.first_run, _headline_metrics(loaded.meta.metrics))
 
     def is_drifted(self, identity: ModelIdentity) -> bool:
         try:
@@ -1588,19 +1578,31 @@ def evaluate_table(tables: LookupTableStore, name: str | None, pattern: Identity
     q = table._quantiles_at(records, np.asarray(MONITOR_LEVELS, dtype=np.float64))
     mean = np.asarray(table.expect[records], dtype=np.float64)
     std = np.asarray(table.error[records], dtype=np.float64)
+    return _evaluation({"model_key": None, "version": None, "source": "lookup_table", "table": table.name},
+                       errors, y[rows], q, mean, std, None, {})
+
+
+def _evaluation(scored: dict[str, Any], errors: list[str | None], y: np.ndarray, q: np.ndarray, mean: np.ndarray,
+                std: np.ndarray, first_run: np.ndarray | None, heldout: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation's answer, of a model version or a lookup table (``scored`` says which):
+    the usable traces' runtimes ``y`` against their quantiles at MONITOR_LEVELS ``q`` and
+    moments, each trace's error (None: scored), and ``heldout``, the figures to compare with."""
+    flags = first_run if first_run is not None else np.full(len(y), np.nan)
     return {
         "status": "success",
-        "model_key": None,
-        "version": None,
-        "source": "lookup_table",
-        "table": table.name,
-        "evaluated": int(len(rows)),
-        "rejected": [{"index": i, "message": e} for i, e in enumerate(errors) if e is not None],
+        **scored,
+        "evaluated": int(len(y)),
+        "rejected": _rejected(errors),
         "levels": list(MONITOR_LEVELS),
-        **accuracy_of(y[rows], q, mean, std, np.full(len(rows), np.nan)),
-        "calibration": calibration_test(y[rows], q),
-        "heldout_at_training": {},
+        **accuracy_of(y, q, mean, std, flags),
+        "calibration": calibration_test(y, q),
+        "heldout_at_training": heldout,
     }
+
+
+def _rejected(errors: list[str | None]) -> list[dict[str, Any]]:
+    """The traces not used, each by its place and why."""
+    return [{"index": i, "message": e} for i, e in enumerate(errors) if e is not None]
 
 
 def _whole_runs(traces: Sequence[Any]) -> Sequence[Any]:
