@@ -9,7 +9,8 @@ it has run. A scheduler with a latency objective asks instead how likely the
 task is done within it on each instance (``deadline_ms``), and may refuse a task
 that no instance is likely to finish in time. An instance whose running task
 has run past every runtime the model knows (``stuck``: its time left counts 0,
-so its wait says too little) is not chosen, and its chance is 0.
+so its wait says too little) is not chosen, and its chance is 0; where every
+instance is stuck, none is chosen and the task waits for the scheduler's next try.
 
     uv run python examples/train_seed_example_model.py [http://localhost:8200]   # its model, first
     uv run python examples/scheduler_queue_wait.py [http://localhost:8200]
@@ -40,10 +41,13 @@ class Instance:
         return [{**self.running, "elapsed_ms": 1000.0 * (time.monotonic() - self.started)}, *self.queue]
 
 
-def choose_instance(client: PredictorClient, instances: list[Instance], task: dict, level: float = 0.9) -> tuple[Instance, dict[str, float]]:
+def choose_instance(client: PredictorClient, instances: list[Instance], task: dict,
+                    level: float = 0.9) -> tuple[Instance | None, dict[str, float]]:
     """The instance with the lowest ``level`` quantile of completion time for ``task``: each
     instance's queue with the task at its end, the instances of a model in one request
-    (one named by a ``*`` pattern alone: its traces may resolve it to another model)."""
+    (one named by a ``*`` pattern alone: its traces may resolve it to another model).
+    None where every instance is stuck (each scored infinite): no wait says when any
+    will take the task, and placing it on the first would put it behind a hung task."""
     by_model: dict[tuple, list[Instance]] = {}
     for inst in instances:
         named = "*" not in inst.identity.values()
@@ -58,7 +62,7 @@ def choose_instance(client: PredictorClient, instances: list[Instance], task: di
             quantiles=[0.5, level], shared_factor=True)
         scores.update({name: math.inf if wait.stuck else wait.quantile(level) for name, wait in waits.items()})
     best = min(instances, key=lambda inst: scores[inst.name])
-    return best, scores
+    return (best if math.isfinite(scores[best.name]) else None), scores
 
 
 def chances_within(client: PredictorClient, instances: list[Instance], task: dict, deadline_ms: float) -> dict[str, float]:
@@ -89,7 +93,10 @@ def main(url: str) -> None:
         chances = chances_within(client, instances, task, slo_ms)
     for name, p90 in scores.items():
         print(f"{name}: p90 completion {p90:.1f} ms, done within {slo_ms:.0f} ms with probability {chances[name]:.3f}")
-    print(f"place the task on {best.name}")
+    if best is None:
+        print("every instance's running task is stuck: hold the task and look at the instances")
+    else:
+        print(f"place the task on {best.name}")
 
 
 if __name__ == "__main__":

@@ -157,6 +157,10 @@ def test_queue_wait_and_instance_choice(trained_server):
         hung = Instance("hung", IDENTITY, [], running=dict(queue[0]), started=time.monotonic() - 1e6)
         best, scores = choose_instance(client, [busy, hung], {"input_tokens": 10, "output_tokens": 10})
         assert best.name == "busy" and scores["hung"] == float("inf")
+        # With every instance stuck none is chosen (the first was, behind its hung task).
+        hung_too = Instance("hung-too", IDENTITY, queue, running=dict(queue[0]), started=time.monotonic() - 1e6)
+        assert choose_instance(client, [hung, hung_too], {"input_tokens": 10, "output_tokens": 10}) == (
+            None, {"hung": float("inf"), "hung-too": float("inf")})
         assert example.chances_within(client, [hung], {"input_tokens": 10, "output_tokens": 10}, 1e9) == {"hung": 0.0}
         # A task that cannot be predicted would be left out of the wait: an error, unless asked for.
         broken = [*queue, {"input_tokens": 10}]
