@@ -957,6 +957,45 @@ def test_a_length_of_many_leading_zeros_is_read_as_its_number(http, trained):
     assert 'status="500"' not in http.get("/metrics").text
 
 
+def test_a_body_that_expects_100_continue_and_is_refused_unread_closes_the_connection(http, trained):
+    # The client waits for "100 Continue" before it sends the body; refused first (its length,
+    # its encoding), it sent none, and uvicorn kept the connection waiting for those bytes: a
+    # next request sent on it was read as that body, and never answered.
+    url = httpx.URL(str(http.base_url))
+    single = f"/predict/single/{SEGMENTS}"
+    body = orjson.dumps({"trace": TRACE})
+
+    def head(path: str, length: int, more: bytes = b"") -> bytes:
+        return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {length}\r\nExpect: 100-continue\r\n").encode() + more + b"\r\n"
+
+    def read_until_closed(s: socket.socket) -> bytes:
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+        return answer
+
+    for path, length, more, status in [(single, 2 * 1024 * 1024, b"", 413), ("/observe", 2**40, b"", 413),
+                                       ("/observe", 100, b"Content-Encoding: gzip\r\n", 415)]:
+        with socket.create_connection((url.host, url.port), timeout=3) as s:
+            s.sendall(head(path, length, more))
+            # (closed at once, not at the keep-alive timeout's end: a recv past 3 s would raise)
+            answer = read_until_closed(s)
+        assert answer.startswith(f"HTTP/1.1 {status} ".encode()) and b"100 Continue" not in answer, answer[:300]
+        assert answer.lower().count(b"\r\nconnection: close\r\n") == 1, answer[:300]
+    # Asked for, the body comes after "100 Continue", and the connection carries the next request.
+    with socket.create_connection((url.host, url.port), timeout=30) as s:
+        s.sendall(head(single, len(body)))
+        assert s.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(body + b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answers = read_until_closed(s)
+    assert answers.startswith(b"HTTP/1.1 200 ") and answers.count(b"HTTP/1.1 200 ") == 2, answers[:300]
+    assert answers.lower().count(b"connection: close") == 1 and answers.endswith(b'{"status":"ok"}')
+    # Refused unread without the expectation, the body is on its way: read away, not cut off.
+    answer = answer_to_declared_body(http, "POST", single, 2 * 1024 * 1024)
+    assert answer.startswith("HTTP/1.1 413") and "connection: close" not in answer.lower()
+
+
 def test_a_chunked_body_is_counted_whatever_length_it_declares(tmp_path):
     # h11 (uvicorn --http h11) takes a request with both Transfer-Encoding: chunked and a
     # Content-Length, and reads the chunks (RFC 9112): its declared 100 bytes let a 3.7 MB form

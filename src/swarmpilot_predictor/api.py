@@ -120,6 +120,50 @@ def allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+class ExpectContinueMiddleware:
+    """Close the connection after an answer to a request that asked ``Expect: 100-continue``
+    and whose body was never asked for (refused unread: a 413 for its declared length, a 401
+    without the key, a 404 for no such model).
+
+    uvicorn sends ``100 Continue`` when the app first reads the body, so such a client has
+    sent none of it, and the connection is then in no state to carry another request:
+    uvicorn waits for the declared bytes as the refused request's, so a client that sends
+    its next request there (RFC 9110 leaves it free to) had it swallowed as that body, and
+    waited for an answer that never came. RFC 9110 (10.1.1) asks a server answering before
+    the body to say whether it will read it or close; this says close, with no body in
+    flight to be reset by it. A body refused unread without the expectation is being sent
+    already: closing on it could reset the connection before the client read the answer, so
+    uvicorn reads it away as before."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not _expects_continue(scope["headers"]):
+            await self.app(scope, receive, send)
+            return
+        asked = False
+
+        async def asking_receive():
+            nonlocal asked
+            asked = True
+            return await receive()
+
+        async def closing_send(message):
+            if message["type"] == "http.response.start" and not asked:
+                message = dict(message, headers=[*message.get("headers", ()), (b"connection", b"close")])
+            await send(message)
+
+        await self.app(scope, asking_receive, closing_send)
+
+
+def _expects_continue(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a request asks ``Expect: 100-continue`` and declares a body (a length of 0 has none to wait for)."""
+    if not any(name == b"expect" and value.strip().lower() == b"100-continue" for name, value in headers):
+        return False
+    return declared_length(headers) != 0
+
+
 class BodySizeLimitMiddleware:
     """Refuse request bodies larger than ``max_bytes`` with a 413, before they fill memory,
     and compressed ones (``Content-Encoding``) with a 415.
@@ -266,7 +310,9 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimitMiddleware, max_mb=settings.max_upload_mb)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     app.add_middleware(EncodedSlashMiddleware)
-    app.add_middleware(RequestIdMiddleware)  # outermost of ours: every answer they make carries its id
+    app.add_middleware(RequestIdMiddleware)  # every answer the middlewares inside make carries its id
+    # Outermost of ours: it must see every read of the body, whichever layer makes it.
+    app.add_middleware(ExpectContinueMiddleware)
     app.state.service = service
     app.state.settings = settings
 
