@@ -122,8 +122,8 @@ def allowed_methods(request: Request) -> list[str]:
 
 class ExpectContinueMiddleware:
     """Close the connection after an answer to a request that asked ``Expect: 100-continue``
-    and whose body was never asked for (refused unread: a 413 for its declared length, a 401
-    without the key, a 404 for no such model).
+    and whose body was never asked for (refused unread: a 413 for its declared length, a 415
+    for its encoding, a 401 without the key).
 
     uvicorn sends ``100 Continue`` when the app first reads the body, so such a client has
     sent none of it, and the connection is then in no state to carry another request:
