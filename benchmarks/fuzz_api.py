@@ -32,8 +32,10 @@ sent seven kinds of request, each drawn from a seeded generator:
   queues, an observation, an evaluation and a JSON training, the 64 KiB of a route without
   options) with bodies one byte under it, at it, one byte and a few KB over it, declared
   (``Content-Length``, now and then written with leading zeros or a space after it) or
-  chunked, and a ``Content-Length`` over the bound sent without its body: one over must be
-  a 413 naming ``body``, one within must not.
+  chunked, and a ``Content-Length`` over the bound sent without its body, or with
+  ``Expect: 100-continue`` (the body sent at once where within the bound, none past it): one
+  over must be a 413 naming ``body`` (after ``Expect``, with ``Connection: close``), one
+  within must not.
 
 ``GET /ready`` is among the ``paths`` kind's routes, and after each kind ``/ready`` must
 answer 200 ``ready`` (as ``/health`` and ``/models`` must answer 200).
@@ -466,8 +468,9 @@ def bodies(port: int) -> Callable[[random.Random], tuple[str, dict[str, Any]]]:
     """The ``bodies`` kind: a route's valid body padded (with spaces, or a long string of a
     field the route does not take) to one byte under its bound, at it, or past it, sent
     declared, chunked or (``raw``) with the head written by hand; now and then only a
-    ``Content-Length`` over the bound, its body never sent. ``expect``: the answer's
-    status, 413, or any but 413."""
+    ``Content-Length`` over the bound, its body never sent, or an ``Expect: 100-continue``
+    (``closes``: past the bound, where the answer must close the connection). ``expect``:
+    the answer's status, 413, or any but 413."""
 
     def make(rng: random.Random) -> tuple[str, dict[str, Any]]:
         method, path, bound, body = rng.choice(BOUNDS)
@@ -480,7 +483,8 @@ def bodies(port: int) -> Callable[[random.Random], tuple[str, dict[str, Any]]]:
             spaces = b" " * max(size - len(raw), 0)
             raw = spaces + raw if rng.random() < 0.5 else raw + spaces
         over = len(raw) > bound
-        how = rng.choice(["declared", "chunked", "raw", "raw", "unsent"] if over else ["declared", "chunked", "raw"])
+        how = rng.choice(["declared", "chunked", "raw", "raw", "unsent", "expect"] if over
+                         else ["declared", "chunked", "raw", "expect"])
         out: dict[str, Any] = {"method": method, "expect": 413 if over else "not 413", "size": len(raw)}
         if how == "declared":
             out.update(content=raw, headers={"content-type": "application/json"})
@@ -488,6 +492,15 @@ def bodies(port: int) -> Callable[[random.Random], tuple[str, dict[str, Any]]]:
             step = rng.choice([1 << 12, 1 << 16, 1 << 20])
             out.update(content=(raw[i:i + step] for i in range(0, len(raw), step)),
                        headers={"content-type": "application/json"})
+        elif how == "expect":
+            # Expect: 100-continue, the connection kept: within the bound the body follows at
+            # once (a client need not wait for the 100), past it none is sent, and the 413 must
+            # close the connection (it waited for the body, and read what came next as it).
+            out["raw"] = (method.encode() + b" " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                          b"Content-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: "
+                          + str(len(raw)).encode() + b"\r\n\r\n" + (b"" if over else raw))
+            out["port"] = port
+            out["closes"] = over
         else:
             length = str(len(raw)).encode()
             length = rng.choice([length, b"000" + length, length + b" ", b"0" * 5000 + length])
@@ -527,6 +540,8 @@ def raw_exchange(port: int, method: str, path: str, request: bytes, timeout: flo
             if not chunk:
                 break
             data += chunk
+            while data.startswith(b"HTTP/1.1 100 ") and b"\r\n\r\n" in data:  # an interim answer: the final one follows
+                del data[:data.index(b"\r\n\r\n") + 4]
             head, sep, rest = bytes(data).partition(b"\r\n\r\n")
             if sep:
                 lengths = [line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")[1:]
@@ -1001,6 +1016,9 @@ def main(argv: list[str] | None = None) -> int:
                         elif expect == 413 and r.headers.get("content-type") == "application/json" \
                                 and r.json().get("field") != "body":
                             findings.append((path, raw, f"a 413 naming {r.json().get('field')!r}, not the body"))
+                        elif isinstance(body, dict) and body.get("closes") and r.headers.get("connection") != "close":
+                            findings.append((path, raw, "a body refused unread after Expect: 100-continue, "
+                                                        "the connection kept"))
                         json_answer = r.headers.get("content-type", "").startswith("application/json")
                         if r.request.method == "HEAD" or (r.status_code < 400 and not json_answer):
                             # No body to read, or a page or a table's CSV download.
