@@ -241,6 +241,19 @@ def test_predict_names_a_model_with_url_encoded_segments(trained):
     assert body["results"][0]["model_info"]["name"] == "Qwen/Qwen2.5-7B"
 
 
+def test_tables_names_each_table_s_models_by_their_key_as_models_and_predict_take_it(monkeypatch):
+    # A part holding a '/' (a Hugging Face model name) is written %2F, as `models` writes the
+    # key and MODEL takes it: joined as it is, the name read as six parts, another model's.
+    from swarmpilot_predictor.client import PredictorClient
+
+    listed = [{"name": "qwen.json", "size_bytes": 912, "modified_at": 0.0, "rows": 5,
+               "identities": [{**IDENTITY, "software_version": None, "model_versions": [1]}]}]
+    monkeypatch.setattr(PredictorClient, "list_tables", lambda self: listed)
+    out = invoke("tables", "--url", "http://127.0.0.1:9").stdout
+    assert "llm/Qwen%2FQwen2.5-7B/NVIDIA H100 80GB HBM3/sglang/*" in out
+    assert "Qwen/Qwen2.5" not in out
+
+
 def test_predict_a_long_json_array_of_traces(trained):
     traces = [{"input_tokens": 10 * i, "output_tokens": 10 + i, "note": "x" * 50} for i in range(1, 8)]
     arg = json.dumps(traces)

@@ -42,7 +42,7 @@ try:
     from rich.table import Table
 
     from .errors import PredictorError, json_kind, validation_message
-    from .identity import IDENTITY_KEYS, IdentityPattern
+    from .identity import IDENTITY_KEYS, IdentityPattern, join_key
     from .schemas import check_levels, config_from_text, first_run_split
     from .processes import alive, pid_space
     from .settings import (METRICS_DIR, MULTIPROC_ENV, PredictorSettings, listen_problem, multiproc_variable, settings_problem,
@@ -960,7 +960,10 @@ def tables_cmd(data_dir: Optional[str] = DataDirOpt, url: Optional[str] = UrlOpt
     for t in entries:
         # Rows and models are known of a table the service holds in memory (with --url: one it
         # generated or answered from); a file's own stat otherwise.
-        models = ", ".join("/".join(str(i.get(k) or "*") for k in IDENTITY_KEYS) for i in t.get("identities") or [])
+        # Each by its key, as `models` writes it and MODEL takes it: a '/' in a part is %2F
+        # (joined as it was, 'llm/Qwen/Qwen2.5-7B/...' read as six parts, naming no model).
+        models = ", ".join(join_key([None if i.get(k) in (None, "") else str(i.get(k)) for k in IDENTITY_KEYS])
+                           for i in t.get("identities") or [])
         when = datetime.datetime.fromtimestamp(t["modified_at"], datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
         table.add_row(escape(t["name"]), _size(t["size_bytes"]), when, f"{t['rows']:,}" if "rows" in t else "-",
                       escape(models) or ("[red]" + escape(t["error"]) + "[/]" if t.get("error") else "-"))
