@@ -1119,6 +1119,25 @@ def test_predict_over_http_prints_the_services_answer_as_offline_does(tmp_path, 
     assert "message" not in outputs[0]["results"][0] and "quantiles" not in outputs[0]["results"][1]
 
 
+def test_a_csv_nan_or_inf_is_sent_over_http_as_a_missing_value_not_an_error_for_every_trace(tmp_path, server):
+    # CSV reads `nan` and `inf` as numbers JSON cannot carry: the client refused the whole batch
+    # ("traces[1].runtime_ms is nan, which JSON cannot carry"), where offline each trace is
+    # predicted, or scored, or not, on its own, and a column the model does not use is no matter.
+    cfg = tmp_path / "train.json"
+    cfg.write_text(json.dumps({"model": IDENTITY, "traces": make_llm_traces(100), "algorithm": "linear"}))
+    invoke("train", cfg, "--url", server.url)
+    traces = tmp_path / "t.csv"
+    traces.write_text("input_tokens,output_tokens,runtime_ms,note\n100,20,nan,nan\nnan,20,50,x\n7,5,20,inf\n")
+    bodies = []
+    for where in (["--url", server.url], ["--data-dir", server.data_dir]):
+        body = json_out(invoke("predict", ENCODED, traces, "--json", *where, ok=False))
+        assert [r["status"] for r in body["results"]] == ["success", "error", "success"]
+        bodies.append(body)
+        scored = json_out(invoke("evaluate", ENCODED, traces, "--json", *where, ok=False))
+        assert scored["evaluated"] == 1 and [r["index"] for r in scored["rejected"]] == [0, 1]
+    assert bodies[0]["total_quantiles"] == bodies[1]["total_quantiles"]
+
+
 def test_a_table_missing_traces_it_could_not_predict_exits_1_and_is_written(tmp_path, server):
     # As predict: exit status 0 with 30 of 31 traces left out read as success to a script.
     cfg = tmp_path / "train.json"

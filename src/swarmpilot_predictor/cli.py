@@ -608,6 +608,18 @@ def _read_trace_arg(trace: str) -> list[dict[str, Any]]:
     return traces
 
 
+def _json_can_carry(traces: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``traces`` as ``--url`` sends them: a CSV cell's ``nan`` or ``inf`` (JSON has neither)
+    as null, a missing value, as training reads CSV's ``nan``. The client refuses a request
+    holding one, so one such cell, in a column the model does not even use, failed every trace
+    of the file, where offline each is predicted (or scored) on its own."""
+    for t in traces:
+        for key, value in t.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                t[key] = None
+    return traces
+
+
 @app.command()
 def predict(
     model: str = typer.Argument(..., metavar="MODEL", help="The model's five parts (above); '*' for any part."),
@@ -637,7 +649,7 @@ def predict(
     flags = {"lookup_table_name": "--lookup-table", "shared_factor": "--shared-factor", "deadline_ms": "--deadline-ms"}
     if url:
         with _remote(url, flags) as client:
-            body = client.predict_batch(pattern.as_tuple(), traces, confidence_level=confidence_level, quantiles=levels,
+            body = client.predict_batch(pattern.as_tuple(), _json_can_carry(traces), confidence_level=confidence_level, quantiles=levels,
                                         lookup_table_name=lookup_table, shared_factor=shared_factor,
                                         deadline_ms=deadline_ms).model_dump(exclude_unset=True)  # the answer as sent
     else:
@@ -874,7 +886,7 @@ def evaluate(
     flags = {"version": "--model-version", "lookup_table_name": "--lookup-table"}
     if url:
         with _remote(url, flags) as client:
-            body = client.evaluate(pattern.as_tuple(), traces, model_version,
+            body = client.evaluate(pattern.as_tuple(), _json_can_carry(traces), model_version,
                                    lookup_table_name=lookup_table).model_dump(exclude_unset=True)
     else:
         service, store = _service_or_tables(data_dir, lookup_table)
