@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
+import httpx
 import numpy as np
 import orjson
 import pytest
@@ -1401,6 +1402,30 @@ def test_a_client_refuses_settings_it_could_not_keep_naming_them(port, setting, 
     with PredictorClient(f"http://127.0.0.1:{port}", retries=2, backoff=0, timeout=None) as client:
         with pytest.raises(PredictorUnavailableError):
             client.list_models()
+
+
+def test_numpy_numbers_are_numbers_for_the_clients_settings_and_their_calls_options():
+    # A numpy number is a number wherever the client takes one (a trace's value, deadline_ms,
+    # recent, max_connections), but its settings and these options refused one in words that
+    # said it was none: "retries must be a whole number of at least 0, got np.int64(2)".
+    for make in (PredictorClient, AsyncPredictorClient):
+        client = make("http://127.0.0.1:9", timeout=np.int64(5), retries=np.int64(2), backoff=np.float32(0.5))
+        assert (client.timeout, client.retries, client.backoff) == (5, 2, 0.5)
+        assert [type(v) for v in (client.timeout, client.retries, client.backoff)] == [int, int, float]
+    sent = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        if request.url.path.startswith("/train/jobs/"):
+            return httpx.Response(200, json={"status": "running"})
+        return httpx.Response(200, json={"status": "successful", "table_name": "t.json", "rows": 1})
+
+    with PredictorClient("http://127.0.0.1:9", transport=httpx.MockTransport(answer)) as client:
+        client.generate_table(IDENTITY, b'{"input_tokens": 5}\n', knots=np.int64(4), timeout=np.float32(60))
+        assert b'name="knots"\r\n\r\n4\r\n' in sent[-1].read()
+        assert sent[-1].extensions["timeout"]["read"] == 60.0
+        with pytest.raises(JobTimeoutError):
+            client.wait_for_job("j", timeout=np.int64(0), poll=np.float32(0.01))
 
 
 def test_both_clients_say_why_a_connection_was_refused_alike(port):  # nothing listens on it

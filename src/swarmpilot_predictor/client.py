@@ -580,6 +580,7 @@ class _Calls:
             raise InvalidRequestError(f"trace_file must be a path or bytes, got {_shown(trace_file)}", field="trace_file")
         if timeout is not None:
             _check_timeout(timeout, "timeout")
+            timeout = _plain(timeout)
         if isinstance(trace_file, bytes):
             data, name = trace_file, filename or _trace_file_name(trace_file)
         else:
@@ -602,9 +603,9 @@ class _Calls:
         if format:
             form["format"] = format
         if knots is not None:
-            if isinstance(knots, bool) or not isinstance(knots, int):
+            if isinstance(knots, (bool, np.bool_)) or not isinstance(knots, numbers.Integral):
                 raise InvalidRequestError(f"knots must be a whole number, got {_shown(knots)}", field="knots")
-            form["knots"] = str(knots)
+            form["knots"] = str(int(knots))
         return _Request("POST", "/predict/table/" + "/".join(identity_segments(identity)),
                         files=[("trace_file", (name, data, "application/octet-stream"))], data=form, timeout=timeout,
                         timeout_at_least=_TABLE_TIMEOUT, require=("status", "table_name", "rows"))
@@ -942,8 +943,16 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _MAYBE_SENT = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
+def _plain(value: numbers.Real) -> float:
+    """A number as Python's own (a numpy one's value), an int kept an int: it goes on to httpx,
+    time.sleep and the messages that quote it."""
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
+
+
 def _non_negative(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
+    # A numpy number is one (np.int64(5), np.float32(0.5)), as it is in a trace or deadline_ms.
+    return (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+            and 0 <= value < math.inf)
 
 
 class _Base:
@@ -951,7 +960,7 @@ class _Base:
                  api_key: str | None = None):
         # Refused here, not at the first retry (a negative pause raised ValueError from
         # time.sleep in place of the service's unavailability).
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        if isinstance(retries, (bool, np.bool_)) or not isinstance(retries, numbers.Integral) or retries < 0:
             raise InvalidRequestError(f"retries must be a whole number of at least 0, got {retries!r}", field="retries")
         if not _non_negative(backoff):
             raise InvalidRequestError(f"backoff must be a finite number of seconds, at least 0, got {backoff!r}",
@@ -960,9 +969,10 @@ class _Base:
             _check_timeout(timeout, "timeout")
         self.base_url = _base_url(base_url)
         self._shown_url = shown_url(self.base_url)
-        self.timeout = timeout
-        self.retries = retries
-        self.backoff = backoff
+        # As Python's numbers (a numpy one given): they are passed on to httpx and time.sleep.
+        self.timeout = None if timeout is None else _plain(timeout)
+        self.retries = int(retries)
+        self.backoff = _plain(backoff)
         self._calls = _Calls()
         self._headers = _auth_headers(api_key)
         if self._headers and httpx.URL(self.base_url).userinfo:
@@ -1057,13 +1067,14 @@ def _with_id(error: PredictorClientError, request_id: str | None) -> PredictorCl
     return error
 
 
-def _wait_options(timeout: Any, poll: Any) -> None:
-    """``wait_for_job``'s: a NaN pause never ended, and a negative one polled without pause."""
+def _wait_options(timeout: Any, poll: Any) -> tuple[float, float]:
+    """``wait_for_job``'s, as Python's numbers: a NaN pause never ended, and a negative one polled without pause."""
     if not _non_negative(timeout):
         raise InvalidRequestError(f"timeout must be a finite number of seconds, at least 0, got {timeout!r}",
                                   field="timeout")
     if not (_non_negative(poll) and poll > 0):
         raise InvalidRequestError(f"poll must be a finite number of seconds over 0, got {poll!r}", field="poll")
+    return _plain(timeout), _plain(poll)
 
 
 def _check_timeout(timeout: Any, field_name: str) -> None:
@@ -1196,7 +1207,7 @@ class PredictorClient(_Base):
     def __init__(self, base_url: str = "http://localhost:8200", timeout: float | None = 30.0, retries: int = 3, backoff: float = 0.1,
                  *, transport: httpx.BaseTransport | None = None, api_key: str | None = None):
         super().__init__(base_url, timeout, retries, backoff, api_key)
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport, headers=self._headers,
+        self._http = httpx.Client(base_url=self.base_url, timeout=self.timeout, transport=transport, headers=self._headers,
                                   limits=httpx.Limits(max_connections=100, max_keepalive_connections=20,
                                                       keepalive_expiry=KEEPALIVE_EXPIRY))
 
@@ -1308,7 +1319,7 @@ class PredictorClient(_Base):
     def wait_for_job(self, job_id: str, timeout: float = 600.0, poll: float = 0.2) -> TrainResult:
         """Poll a background training job until it ends; raise its error if it failed. A service
         that cannot be reached meanwhile (restarting) is polled again until ``timeout``."""
-        _wait_options(timeout, poll)
+        timeout, poll = _wait_options(timeout, poll)
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -1452,7 +1463,7 @@ class AsyncPredictorClient(_Base):
                  api_key: str | None = None):
         super().__init__(base_url, timeout, retries, backoff, api_key)
         max_connections = _whole(max_connections, "max_connections", minimum=1)
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport, headers=self._headers,
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout, transport=transport, headers=self._headers,
                                        limits=httpx.Limits(max_connections=max_connections,
                                                            max_keepalive_connections=min(20, max_connections),
                                                            keepalive_expiry=KEEPALIVE_EXPIRY))
@@ -1563,7 +1574,7 @@ class AsyncPredictorClient(_Base):
         return await self._send(self._calls.train_job(job_id))
 
     async def wait_for_job(self, job_id: str, timeout: float = 600.0, poll: float = 0.2) -> TrainResult:
-        _wait_options(timeout, poll)
+        timeout, poll = _wait_options(timeout, poll)
         deadline = time.monotonic() + timeout
         while True:
             try:
