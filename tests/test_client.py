@@ -1428,6 +1428,29 @@ def test_numpy_numbers_are_numbers_for_the_clients_settings_and_their_calls_opti
             client.wait_for_job("j", timeout=np.int64(0), poll=np.float32(0.01))
 
 
+def test_a_trace_file_whose_name_is_not_utf8_is_uploaded_under_its_name_escaped(tmp_path):
+    # A Latin-1 file name (b"caf\xe9.jsonl"), as Python reads it, holds a lone surrogate:
+    # httpx raised its UnicodeEncodeError writing the upload's header, a traceback, where the
+    # file is fine to send and the service reads it by its suffix alone.
+    import os
+
+    path = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9.jsonl"))
+    path.write_bytes(b'{"input_tokens": 5}\n')
+    sent = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request.read())
+        return httpx.Response(200, json={"status": "successful", "table_name": "t.json", "rows": 1})
+
+    with PredictorClient("http://127.0.0.1:9", transport=httpx.MockTransport(answer)) as client:
+        assert client.generate_table(IDENTITY, path)["rows"] == 1
+        head, _, body = sent[-1].partition(b'filename="caf')
+        assert body.startswith((b'\\udce9.jsonl"', b'\\\\udce9.jsonl"')) and b'{"input_tokens": 5}' in body  # (httpx doubles a \\)
+        with pytest.raises(InvalidRequestError) as err:
+            client.train({"model": IDENTITY, "traces": "a.jsonl"}, files={"caf\udce9.jsonl": b"{}"})
+        assert err.value.field == "files['caf\\udce9.jsonl']"
+
+
 def test_both_clients_say_why_a_connection_was_refused_alike(port):  # nothing listens on it
     # The async client's own text was "All connection attempts failed".
     with PredictorClient(f"http://127.0.0.1:{port}", retries=0) as client:

@@ -425,6 +425,14 @@ def _trace_file_name(data: bytes) -> str:
             else "traces.jsonl") + suffix
 
 
+def _uploaded_name(name: str) -> str:
+    """A file's name as an upload carries it: one whose bytes are not UTF-8 (a Latin-1
+    ``caf\xe9.jsonl``, which Python reads with a lone surrogate) with that written as an
+    escape, ``caf\udce9.jsonl``; the service reads the file by its suffix. (httpx raised
+    UnicodeEncodeError writing the upload's header.)"""
+    return name if valid_unicode(name) else name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _first_line(data: bytes, gz: bool) -> bytes:
     """The first non-blank line of ``data`` (gzipped where ``gz``), without a byte order mark
     or its newline; only that line is copied (or decompressed)."""
@@ -507,6 +515,9 @@ class _Calls:
             if not isinstance(name, str) or not isinstance(content, (bytes, str, PathLike)):
                 raise InvalidRequestError(f"files[{name!r}] must be a path or bytes under a name (str), got "
                                           f"{_shown(content)}", field=f"files[{name!r}]")
+            if not valid_unicode(name):  # (the config's traces name it, and cannot hold it either)
+                raise InvalidRequestError(f"files[{name!r}]: an upload's name must be text that is valid Unicode "
+                                          "(it holds a lone surrogate)", field=f"files[{name!r}]")
         parts = [("config", ("config.json", _dumps(cfg, "config"), "application/json"))]
         for name, content in files.items():
             data = content if isinstance(content, bytes) else Path(content).read_bytes()
@@ -584,7 +595,7 @@ class _Calls:
         if isinstance(trace_file, bytes):
             data, name = trace_file, filename or _trace_file_name(trace_file)
         else:
-            data, name = Path(trace_file).read_bytes(), filename or Path(trace_file).name
+            data, name = Path(trace_file).read_bytes(), filename or _uploaded_name(Path(trace_file).name)
         # Checked as the prediction routes' JSON bodies are (strict types): a form field is
         # text, and True or b"x.json" would be sent as "True" and "b'x.json'", or as the name.
         if isinstance(confidence_level, bool) or not isinstance(confidence_level, numbers.Real):
