@@ -767,6 +767,19 @@ def test_table_checks_its_confidence_level(tmp_path, trained):
     assert "--confidence-level must lie strictly between 0 and 1, got 2" in one_error_line(result)
 
 
+def test_table_refuses_a_pipe_or_a_device_as_predict_does(tmp_path, trained):
+    # exists=True let them through: `table MODEL <(zcat t.jsonl.gz)` said "unsupported trace
+    # file '63'", and a named pipe t.jsonl was read to its end to count its lines, then opened
+    # again to be read, with no one writing: the command hung.
+    fifo = tmp_path / "t.jsonl"
+    os.mkfifo(fifo)
+    for trace_file in ("/dev/null", str(fifo)):
+        for where in (["--data-dir", str(trained)], ["--url", "http://127.0.0.1:1"]):
+            result = runner.invoke(cli.app, ["table", "llm/*/*/*/*", trace_file, *where])
+            assert (f"TRACE_FILE {trace_file!r} is not a regular file: pipes and devices are not read"
+                    in one_error_line(result))
+
+
 @pytest.mark.parametrize("command", ["predict", "models", "train"])
 def test_an_unreachable_service_is_one_line(tmp_path, command):
     cfg = tmp_path / "train.json"

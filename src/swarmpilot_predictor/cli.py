@@ -1012,6 +1012,11 @@ def table_cmd(
     MODEL is model_type/model_name/hardware/software_name/software_version.
     """
     pattern = _parse_key(model)
+    if not _is_file(trace_file):
+        # (exists=True lets them through: a pipe, `<(zcat t.jsonl.gz)`, was refused as the
+        # unsupported file '63', and a named pipe read to its end to count its lines, then
+        # opened again, with no one writing: the command hung.)
+        _fail(f"TRACE_FILE {str(trace_file)!r} is not a regular file: pipes and devices are not read")
     if fmt is not None and fmt not in ("json", "csv"):
         _fail("--format is json or csv")
     _confidence_arg(confidence_level)
