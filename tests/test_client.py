@@ -1451,6 +1451,29 @@ def test_a_trace_file_whose_name_is_not_utf8_is_uploaded_under_its_name_escaped(
         assert err.value.field == "files['caf\\udce9.jsonl']"
 
 
+def test_an_identity_part_may_be_a_numpy_number_as_it_may_be_a_python_one():
+    # A version read from a numpy array or a DataFrame (np.int64(2), np.float32(2.5)) was refused
+    # as "must be a string (or None for any)", where 2 and 2.5 name the versions "2" and "2.5".
+    paths = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.raw_path.decode())
+        return httpx.Response(404, json={"status": "error", "message": "no model"})
+
+    with PredictorClient("http://127.0.0.1:9", transport=httpx.MockTransport(answer)) as client:
+        for version in (np.int64(2), np.float32(2.5), np.float64(2.5)):
+            with pytest.raises(PredictorClientError) as err:  # (the service's answer: it was sent)
+                client.predict_single(("llm", "m", None, None, version), {"input_tokens": 5})
+            assert err.value.status_code == 404
+        with pytest.raises(PredictorClientError) as err:
+            client.observe(("llm", "m", "h", "s", np.int64(3)), [{"input_tokens": 5, "runtime_ms": 1.0}])
+        assert err.value.status_code == 404
+        with pytest.raises(InvalidRequestError) as err:
+            client.predict_single(("llm", "m", None, None, np.bool_(True)), {"input_tokens": 5})
+        assert err.value.field == "identity.software_version"
+    assert paths[:3] == ["/predict/single/llm/m/*/*/2", "/predict/single/llm/m/*/*/2.5", "/predict/single/llm/m/*/*/2.5"]
+
+
 def test_both_clients_say_why_a_connection_was_refused_alike(port):  # nothing listens on it
     # The async client's own text was "All connection attempts failed".
     with PredictorClient(f"http://127.0.0.1:{port}", retries=0) as client:

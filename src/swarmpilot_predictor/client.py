@@ -300,8 +300,9 @@ def identity_parts(identity: IdentityLike) -> list[Any]:
         raise InvalidRequestError("an identity has five parts: model_type, model_name, hardware, software_name, "
                                   f"software_version; got {len(parts)}", field="identity")
     for key, part in zip(IDENTITY_KEYS, parts):
-        if not (part is None or isinstance(part, (str, int, float))) or isinstance(part, bool):
-            # Sent as its str() it named no model ("llm/{'a': 1}/*/*/*"); a number is a version.
+        if not (part is None or isinstance(part, (str, int, float, np.integer, np.floating))) or isinstance(part, bool):
+            # Sent as its str() it named no model ("llm/{'a': 1}/*/*/*"); a number is a version
+            # (numpy's too: str(np.int64(2)) is "2").
             raise InvalidRequestError(f"identity part {key} must be a string (or None for any), got {_shown(part)}",
                                       field=f"identity.{key}")
         if isinstance(part, str) and not part.strip():
