@@ -1140,7 +1140,9 @@ def test_a_csv_nan_or_inf_is_sent_over_http_as_a_missing_value_not_an_error_for_
     cfg.write_text(json.dumps({"model": IDENTITY, "traces": make_llm_traces(100), "algorithm": "linear"}))
     invoke("train", cfg, "--url", server.url)
     traces = tmp_path / "t.csv"
-    traces.write_text("input_tokens,output_tokens,runtime_ms,note\n100,20,nan,nan\nnan,20,50,x\n7,5,20,inf\n")
+    # (and one past 64 bits, which CSV keeps whole, where JSON files read it as a float)
+    traces.write_text("input_tokens,output_tokens,runtime_ms,note,id\n100,20,nan,nan,1\nnan,20,50,x,2\n"
+                      "7,5,20,inf,123456789012345678901234567890\n")
     bodies = []
     for where in (["--url", server.url], ["--data-dir", server.data_dir]):
         body = json_out(invoke("predict", ENCODED, traces, "--json", *where, ok=False))
