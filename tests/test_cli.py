@@ -789,6 +789,27 @@ def test_an_unreachable_service_is_one_line(tmp_path, command):
     assert "cannot reach the predictor at http://127.0.0.1:1" in one_error_line(result)
 
 
+def test_train_over_http_sends_a_yaml_config_s_integer_past_64_bits_as_a_json_config_s(tmp_path, monkeypatch):
+    # YAML keeps every digit of an id column's 2**70, where a JSON config reads it as a float:
+    # the client refused the config ("config.traces[0].id ... cannot be sent as JSON"), which
+    # trains offline.
+    from swarmpilot_predictor.client import PredictorClient, PredictorClientError
+
+    traces = [{**t, "id": 2**70 + i} for i, t in enumerate(make_llm_traces(20))]
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(yaml.safe_dump({"model": IDENTITY, "traces": traces, "algorithm": "linear"}))
+    sent = []
+
+    def send(self, req):
+        sent.append(orjson.loads(self._kwargs(req)["content"]))
+        raise PredictorClientError("answered", 503)
+
+    monkeypatch.setattr(PredictorClient, "_send", send)
+    result = runner.invoke(cli.app, ["train", str(cfg), "--url", "http://127.0.0.1:1"])
+    assert one_error_line(result) == "error: 503: answered"
+    assert [t["id"] for t in sent[0]["config"]["traces"][:2]] == [float(2**70), float(2**70 + 1)]
+
+
 def test_what_the_client_refuses_before_sending_is_one_line(tmp_path):
     result = runner.invoke(cli.app, ["predict", "vision/ /*/*/*", "{}", "--url", "http://127.0.0.1:1"])
     assert "model_name" in one_error_line(result) and result.exit_code == 1

@@ -465,6 +465,8 @@ def train(
     raw = _load_config_file(config)
     if url:
         traces = raw.get("traces")
+        if isinstance(traces, list):  # inline, read from YAML: sent as a JSON config's reader reads them
+            _json_can_carry([t for t in traces if isinstance(t, dict)])
         files = None
         if isinstance(traces, str) and _is_file(config.parent / traces):
             files = {Path(traces).name: config.parent / traces}
