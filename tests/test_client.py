@@ -1875,6 +1875,27 @@ def test_the_readmes_client_example_runs_as_written(tmp_path, monkeypatch):
     assert wait.quantile(0.5) < wait.quantile(0.9) < wait.quantile(0.99)
 
 
+def test_the_readme_names_every_model_the_clients_answer_with():
+    # It named six, and said "the other methods return the JSON as a dict": ready() answers a
+    # Ready, evaluate() an EvaluationResponse and the seed's predict() a PredictionResult.
+    import inspect
+    import re
+    import typing
+
+    from pydantic import BaseModel
+
+    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
+    said = re.search(r"Answers are the package's pydantic models \(([^)]*)\)", readme)
+    assert said is not None
+    for client in (PredictorClient, AsyncPredictorClient):
+        answered = set()
+        for name, method in inspect.getmembers(client, callable):
+            returns = typing.get_type_hints(method).get("return") if not name.startswith("_") else None
+            if isinstance(returns, type) and issubclass(returns, BaseModel):
+                answered.add(returns.__name__)
+        assert set(re.findall(r"`([A-Z]\w+)`", said.group(1))) == answered
+
+
 def test_every_public_method_of_both_clients_says_what_it_does():
     # help() on a method showed its signature alone for 17 of the blocking client's and
     # every one of the async client's.
