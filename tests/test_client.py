@@ -1474,6 +1474,30 @@ def test_an_identity_part_may_be_a_numpy_number_as_it_may_be_a_python_one():
     assert paths[:3] == ["/predict/single/llm/m/*/*/2", "/predict/single/llm/m/*/*/2.5", "/predict/single/llm/m/*/*/2.5"]
 
 
+def test_a_feature_named_by_a_numpy_string_is_sent_under_its_name():
+    # dict(zip(np.array(names), row)) keys a trace by np.str_, a str that orjson takes only as a
+    # value: the request was refused as "the request body is a dict ..., which cannot be sent as
+    # JSON (Dict key must be str)", naming no field, for a name that is text.
+    sent = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(orjson.loads(request.read()))
+        return httpx.Response(404, json={"status": "error", "message": "no model"})
+
+    names = np.array(["input_tokens", "output_tokens"])
+    with PredictorClient("http://127.0.0.1:9", transport=httpx.MockTransport(answer)) as client:
+        for call in (lambda: client.predict_single(IDENTITY, dict(zip(names, [5, 7]))),
+                     lambda: client.predict_batch(IDENTITY, [{"nested": {names[0]: 1}, names[1]: 2}])):
+            with pytest.raises(PredictorClientError) as err:
+                call()
+            assert err.value.status_code == 404  # sent, and answered
+        with pytest.raises(InvalidRequestError) as err:  # a key that is no text is still refused, named
+            client.predict_single(IDENTITY, {names[0]: 5, 3: 1})
+        assert err.value.field == "trace.3"
+    assert sent[0]["trace"] == {"input_tokens": 5, "output_tokens": 7}
+    assert sent[1]["trace"] == [{"nested": {"input_tokens": 1}, "output_tokens": 2}]
+
+
 def test_both_clients_say_why_a_connection_was_refused_alike(port):  # nothing listens on it
     # The async client's own text was "All connection attempts failed".
     with PredictorClient(f"http://127.0.0.1:{port}", retries=0) as client:

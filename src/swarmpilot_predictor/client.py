@@ -164,6 +164,10 @@ def _dumps(body: Any, root: str = "") -> bytes:
     try:
         data = orjson.dumps(body, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY)
     except TypeError as exc:  # orjson.JSONEncodeError
+        if _has_str_subclass_keys(body):
+            # A key that is text of a str subclass (numpy's np.str_, from dict(zip(np.array(names),
+            # row))), which orjson writes only as a value: sent under the text it holds.
+            return _dumps(_with_str_keys(body), root)
         where, value = _unsendable(body, root, any_type=True) or (root, body)
         raise InvalidRequestError(f"{where or 'the request body'} is {_shown(value)}, which cannot be sent as JSON ({exc})",
                                   field=where or None) from exc
@@ -174,6 +178,28 @@ def _dumps(body: Any, root: str = "") -> bytes:
             raise InvalidRequestError(f"{where or 'the request body'} is {value}, which JSON cannot carry "
                                       "(leave the field out, or send None, for a missing value)", field=where or None)
     return data
+
+
+def _has_str_subclass_keys(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, Mapping):
+            if any(isinstance(k, str) and type(k) is not str for k in value):
+                return True
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+    return False
+
+
+def _with_str_keys(value: Any) -> Any:
+    """``value`` with every mapping's keys that are a str subclass made str (the rest as they are)."""
+    if isinstance(value, Mapping):
+        return {(str(k) if isinstance(k, str) else k): _with_str_keys(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_with_str_keys(v) for v in value]
+    return value
 
 
 def _shown(value: Any) -> str:
