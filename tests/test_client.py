@@ -1498,6 +1498,19 @@ def test_a_feature_named_by_a_numpy_string_is_sent_under_its_name():
     assert sent[1]["trace"] == [{"nested": {"input_tokens": 1}, "output_tokens": 2}]
 
 
+@pytest.mark.parametrize("option", ["table_name", "format", "filename"])
+def test_generate_table_refuses_a_form_field_holding_a_lone_surrogate_naming_it(option):
+    # A name listed from a Latin-1 folder holds one: httpx raised its UnicodeEncodeError
+    # writing the form, a traceback, where every other text the client sends is refused so.
+    def answer(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("sent")
+
+    with PredictorClient("http://127.0.0.1:9", transport=httpx.MockTransport(answer)) as client:
+        with pytest.raises(InvalidRequestError) as err:
+            client.generate_table(IDENTITY, b'{"input_tokens": 5}\n', **{option: "caf\udce9.json"})
+    assert err.value.field == option and "lone surrogate" in err.value.message
+
+
 def test_both_clients_say_why_a_connection_was_refused_alike(port):  # nothing listens on it
     # The async client's own text was "All connection attempts failed".
     with PredictorClient(f"http://127.0.0.1:{port}", retries=0) as client:

@@ -619,6 +619,12 @@ class _Calls:
         if timeout is not None:
             _check_timeout(timeout, "timeout")
             timeout = _plain(timeout)
+        for key, value in (("table_name", table_name), ("format", format), ("filename", filename)):
+            # Form fields and a file's name, which httpx writes as UTF-8 (it raised its own
+            # UnicodeEncodeError for a name listed from a Latin-1 folder).
+            if isinstance(value, str) and not valid_unicode(value):
+                raise InvalidRequestError(f"{key} {ascii(value)} is not valid Unicode (it holds a lone surrogate)",
+                                          field=key)
         if isinstance(trace_file, bytes):
             data, name = trace_file, filename or _trace_file_name(trace_file)
         else:
