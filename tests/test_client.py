@@ -1511,6 +1511,36 @@ def test_generate_table_refuses_a_form_field_holding_a_lone_surrogate_naming_it(
     assert err.value.field == option and "lone surrogate" in err.value.message
 
 
+def test_a_timeout_longer_than_the_platform_can_wait_is_no_limit_in_both_clients(port):
+    # sys.maxsize, "forever": the blocking client raised OverflowError ("timestamp too large to
+    # convert to C _PyTime_t") at its first call, where the async one waited; past about 9.2e9 s
+    # no clock here can time a wait. Now each waits as long as it can (31 years), alike.
+    import sys
+
+    for timeout in (sys.maxsize, 1e12, 10**400):
+        with PredictorClient(f"http://127.0.0.1:{port}", timeout=timeout, retries=0) as client:
+            with pytest.raises(PredictorUnavailableError, match=r"\[Errno 111\] Connection refused"):
+                client.ping()
+
+        async def ping():
+            async with AsyncPredictorClient(f"http://127.0.0.1:{port}", timeout=timeout, retries=0) as client:
+                await client.ping()
+
+        with pytest.raises(PredictorUnavailableError, match=r"\[Errno 111\] Connection refused"):
+            asyncio.run(ping())
+
+    def job(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/predict/table/"):
+            return httpx.Response(422, json={"status": "error", "message": "no traces"})
+        return httpx.Response(200, json={"status": "failed", "error": {"message": "it failed", "status_code": 422}})
+
+    with PredictorClient("http://127.0.0.1:9", transport=httpx.MockTransport(job)) as client:
+        with pytest.raises(PredictorClientError, match="it failed"):
+            client.wait_for_job("j", timeout=10**400)
+        with pytest.raises(PredictorClientError, match="^422"):  # (the service's answer: sent)
+            client.generate_table(IDENTITY, b'{"input_tokens": 5}\n', timeout=sys.maxsize)
+
+
 def test_both_clients_say_why_a_connection_was_refused_alike(port):  # nothing listens on it
     # The async client's own text was "All connection attempts failed".
     with PredictorClient(f"http://127.0.0.1:{port}", retries=0) as client:

@@ -618,7 +618,7 @@ class _Calls:
             raise InvalidRequestError(f"trace_file must be a path or bytes, got {_shown(trace_file)}", field="trace_file")
         if timeout is not None:
             _check_timeout(timeout, "timeout")
-            timeout = _plain(timeout)
+            timeout = _seconds(timeout)
         for key, value in (("table_name", table_name), ("format", format), ("filename", filename)):
             # Form fields and a file's name, which httpx writes as UTF-8 (it raised its own
             # UnicodeEncodeError for a name listed from a Latin-1 folder).
@@ -987,6 +987,17 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _MAYBE_SENT = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
+# The longest wait the clients time (about 31 years): past about 9.2e9 s no clock here can time
+# one (its nanoseconds overflow 64 bits), and the blocking client raised OverflowError at its
+# first call given sys.maxsize, "forever", where the async one waited. A longer one waits this.
+_LONGEST_WAIT = 1e9
+
+
+def _seconds(value: numbers.Real) -> float:
+    """A timeout (or a pause) as Python's number, at most :data:`_LONGEST_WAIT`."""
+    return _plain(value) if value <= _LONGEST_WAIT else _LONGEST_WAIT
+
+
 def _plain(value: numbers.Real) -> float:
     """A number as Python's own (a numpy one's value), an int kept an int: it goes on to httpx,
     time.sleep and the messages that quote it."""
@@ -1014,7 +1025,7 @@ class _Base:
         self.base_url = _base_url(base_url)
         self._shown_url = shown_url(self.base_url)
         # As Python's numbers (a numpy one given): they are passed on to httpx and time.sleep.
-        self.timeout = None if timeout is None else _plain(timeout)
+        self.timeout = None if timeout is None else _seconds(timeout)
         self.retries = int(retries)
         self.backoff = _plain(backoff)
         self._calls = _Calls()
@@ -1118,7 +1129,7 @@ def _wait_options(timeout: Any, poll: Any) -> tuple[float, float]:
                                   field="timeout")
     if not (_non_negative(poll) and poll > 0):
         raise InvalidRequestError(f"poll must be a finite number of seconds over 0, got {poll!r}", field="poll")
-    return _plain(timeout), _plain(poll)
+    return _seconds(timeout), _seconds(poll)
 
 
 def _check_timeout(timeout: Any, field_name: str) -> None:
