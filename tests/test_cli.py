@@ -810,6 +810,20 @@ def test_train_over_http_sends_a_yaml_config_s_integer_past_64_bits_as_a_json_co
     assert [t["id"] for t in sent[0]["config"]["traces"][:2]] == [float(2**70), float(2**70 + 1)]
 
 
+def test_a_key_the_client_refuses_is_named_by_the_variable_that_gave_it(monkeypatch):
+    # The CLI takes the key from PREDICTOR_API_KEY alone; its errors named the client's
+    # arguments instead ("api_key must be ...", "api_key and a user and password in base_url").
+    monkeypatch.setenv("PREDICTOR_API_KEY", "a key with spaces in it")
+    said = one_error_line(runner.invoke(cli.app, ["models", "--url", "http://127.0.0.1:1"]))
+    assert said.startswith("error: PREDICTOR_API_KEY must be a non-empty string of visible ASCII characters")
+    assert "spaces in it" not in said
+    monkeypatch.setenv("PREDICTOR_API_KEY", "Zk3p9-real-production-key-0001")
+    said = one_error_line(runner.invoke(cli.app, ["models", "--url", "http://user:s3cret@127.0.0.1:1"]))
+    assert said == ("error: PREDICTOR_API_KEY is set, and --url http://user:***@127.0.0.1:1 holds a user and "
+                    "password: both are sent as the Authorization header; unset PREDICTOR_API_KEY, or leave "
+                    "them out of --url")
+
+
 def test_what_the_client_refuses_before_sending_is_one_line(tmp_path):
     result = runner.invoke(cli.app, ["predict", "vision/ /*/*/*", "{}", "--url", "http://127.0.0.1:1"])
     assert "model_name" in one_error_line(result) and result.exit_code == 1

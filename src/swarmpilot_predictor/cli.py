@@ -257,12 +257,16 @@ def _remote(url: str, flags: dict[str, str] | None = None) -> Iterator[Any]:
 
     from .client import PredictorClient, PredictorClientError
 
-    flags = {"base_url": "--url", **(flags or {})}
+    flags = {"base_url": "--url", "api_key": API_KEY_ENV, **(flags or {})}
     try:
         with PredictorClient(url, api_key=os.environ.get(API_KEY_ENV) or None) as client:
             yield client
     except PredictorClientError as exc:
         message = _as_flag(exc.message, exc.field, flags)
+        if exc.field == "api_key" and exc.message.startswith("api_key and a user"):
+            # (in the CLI's terms: the key is the variable's, the user and password --url's)
+            message = (f"{API_KEY_ENV} is set, and --url {_shown(url)} holds a user and password: both are sent "
+                       f"as the Authorization header; unset {API_KEY_ENV}, or leave them out of --url")
         if exc.status_code == 401 and exc.field == "authorization":
             # The service says which header to send; a CLI user sends it by the variable alone.
             message += (f" ({API_KEY_ENV} is not set here: the CLI sends it as the key)" if not os.environ.get(API_KEY_ENV)
