@@ -104,6 +104,26 @@ def test_shaped_quantiles_follow_each_tasks_cdf():
     assert med[0] < med[1] < med[2]
 
 
+def test_a_shaped_tasks_far_tail_moves_by_rounding_when_its_cdf_moves_by_an_ulp():
+    # The single-row path's CDF of a task may be an ulp off the batch's. Past the top knot a
+    # level maps onto Z's as 1 less a small share, and taking that share from 1 kept the
+    # ulp as its error: the quantile at 1 - 1e-9 moved by 2.2e-7 (relative), 3.9e-8 between
+    # describe_one and a batch of a fitted model's task, where they agree to 1e-12.
+    score = ScoreDistribution.from_scores(ndtri(np.arange(1, 80) / 80))
+    knots = (0.1, 0.5, 0.8)
+    row = [0.05, 0.1, 0.2177498299560409]
+    nudged = [*row[:-1], math.nextafter(row[-1], 1.0)]
+    levels = (0.5, 0.999, 1 - 1e-6, 1 - 1e-9)
+    batch = RuntimeDistribution(np.array([2.0]), np.array([1.0]), score, knots, np.array([row])).quantiles(list(levels))[0]
+    moved = RuntimeDistribution(np.array([2.0]), np.array([1.0]), score, knots, np.array([nudged])).quantiles(list(levels))[0]
+    np.testing.assert_allclose(moved, batch, rtol=1e-13)
+    np.testing.assert_allclose(describe_one(2.0, 1.0, score, levels, True, knots, nudged)[0], batch, rtol=1e-13)
+    # Read at the share itself, the tail is the exponential one past the top score.
+    above = (1 - levels[-1]) / (1 - row[-1]) * (1 - knots[-1])  # 1 less Z's level, as a share of the top segment
+    top_z = score.values[-1] + score._tail_slopes()[1] * (math.log(1 - score.levels[-1]) - math.log(above))
+    assert batch[-1] == pytest.approx(math.exp(2.0 + top_z), rel=1e-12)
+
+
 def test_shaped_quantiles_at_a_row_of_levels_per_task():
     dist = shaped()
     levels = np.array([[0.01, 0.3, 0.97], [0.2, 0.5, 0.6], [0.001, 0.9, 0.999]])
