@@ -1831,19 +1831,26 @@ class MixedDistribution(TaskDistributions):
 # The level a running task's elapsed time has reached is searched for on the probit axis
 # within +-_REACH_PROBIT (where quantile functions stop: 1e-12 and 1 - 1e-12), cut into
 # _REACH_CELLS cells: each pass evaluates a grid of points across the bracket at once and
-# keeps the cell the time falls in, to one cell (6.7e-6 on that axis) in all, then it is
+# keeps the cell the time falls in, to one cell (8.4e-7 on that axis) in all, then it is
 # interpolated there, linearly in log runtime (exact for a lognormal task). A few tasks
-# (at most _REACH_FEW) in 3 passes of 129 points, where each call's own cost is what counts
-# (halving the bracket 20 times, a call a halving, a single running task's prediction took
-# a median 1.63 ms; so, 0.64 ms); more in 7 passes of 9 points, 63 values a task rather
-# than 387 (2,895 running tasks at once took 9 µs a task, against 54). Tasks _REACH_CHUNK
+# (at most _REACH_FEW) in 3 passes of 129 points and one of 9, where each call's own cost is
+# what counts (halving the bracket 20 times, a call a halving, a single running task's
+# prediction took a median 1.63 ms; so, 0.64 ms); more in 8 passes of 9 points, 72 values a
+# task rather than 396 (2,895 running tasks at once took 9 µs a task, against 54). Tasks _REACH_CHUNK
 # at a time. Every point is a whole number of cells from the bracket's start, its probit
 # worked out from that number alone: both ways end in the same cell, read at the same
 # points, so a task's level does not depend on how many others were asked with it (the
 # bracket's ends, interpolated pass by pass, had differed in the last bits, and a queue's
 # total within a request of many queues moved by 1e-10 from its batch's).
 _REACH_PROBIT = 7.035
-_REACH_CELLS = 1 << 21  # 128 ** 3 and 8 ** 7: both ways' passes end on single cells
+_REACH_CELLS = 1 << 24  # 128 ** 3 * 8 and 8 ** 8: both ways' passes end on single cells
+# The points of each pass: a few tasks', then more tasks'. A cell of 1 << 21 (the last pass
+# of 9 points left out) was up to 2.7e-6 wide in probability about the median, and where a
+# task's quantile function bends inside it (a stored level of a table, a training score of a
+# model of a few rows) the level interpolated there was off by up to that: a model of runs of 10,
+# 10.1 and 1,000 ms read 0.2500012 at its own 0.25 quantile.
+_REACH_FEW_PASSES = (129, 129, 129, 9)
+_REACH_MANY_PASSES = (9,) * 8
 _REACH_FEW = 16
 _REACH_CHUNK = 4096
 _REACH_CELL = 2.0 * _REACH_PROBIT / _REACH_CELLS
@@ -1883,10 +1890,9 @@ def _levels_at(quantile_rows: Callable[[np.ndarray], np.ndarray], elapsed: np.nd
     if n == 1:
         return _level_at_one(quantile_rows, elapsed)
     rows = np.arange(n)
-    points, stages = (129, 3) if n <= _REACH_FEW else (9, 7)
-    steps = np.arange(points, dtype=np.int64)
     lo, hi = np.zeros(n, dtype=np.int64), np.full(n, _REACH_CELLS, dtype=np.int64)  # in cells
-    for stage in range(stages):
+    for stage, points in enumerate(_REACH_FEW_PASSES if n <= _REACH_FEW else _REACH_MANY_PASSES):
+        steps = np.arange(points, dtype=np.int64)
         at = lo[:, None] + steps[None, :] * ((hi - lo) // (points - 1))[:, None]
         q = quantile_rows(ndtr(at * _REACH_CELL - _REACH_PROBIT))  # non-decreasing along each row
         # F(e) = P(T <= e): a runtime the model repeats (an atom) that equals the time run is
@@ -1905,20 +1911,20 @@ def _levels_at(quantile_rows: Callable[[np.ndarray], np.ndarray], elapsed: np.nd
 
 
 def _level_at_one(quantile_rows: Callable[[np.ndarray], np.ndarray], elapsed: np.ndarray) -> np.ndarray:
-    """:func:`_levels_at` of one row: the same passes (of a few tasks: 129 points, 3 times),
+    """:func:`_levels_at` of one row: the same passes (of a few tasks: 129 points, 3 times, then 9),
     its bookkeeping in plain numbers and its first pass's levels worked out once (the
     vectorised bookkeeping cost a lone task's deadline twice its quantiles' evaluations).
     It reads the same levels and compares alike, so it ends in the same cell: the same level."""
     value = elapsed[0]
     lo, hi = 0, _REACH_CELLS
-    for stage in range(3):
-        at = lo + _REACH_STEPS * ((hi - lo) // 128)
+    for stage, points in enumerate(_REACH_FEW_PASSES):
+        at = lo + _REACH_STEPS[:points] * ((hi - lo) // (points - 1))
         levels = _REACH_FIRST_LEVELS if stage == 0 else ndtr(at * _REACH_CELL - _REACH_PROBIT)
         q = quantile_rows(levels[None, :])[0]
         passed = int(np.count_nonzero(q <= value))
-        if stage == 0 and passed in (0, 129):
+        if stage == 0 and passed in (0, points):
             return np.array([0.0 if passed == 0 else 1.0])
-        below, above = max(passed - 1, 0), min(passed, 128)
+        below, above = max(passed - 1, 0), min(passed, points - 1)
         lo, hi, q_lo, q_hi = int(at[below]), int(at[above]), q[below], q[above]
     # The last cell read as the vectorised search reads it, operation for operation, on numpy
     # scalars and floats (its array calls cost a lone search as much as one of its passes).
@@ -2607,7 +2613,7 @@ class TotalDistribution:
         assert self.edges is not None and self.edge_cdf is not None
         xs, cs = self.edges, self.edge_cdf
         # The grid's CDF, read at once, is the answer wherever the tasks' bound does not lift
-        # the quantile there; a search on the quantile function costs 387 evaluations of it
+        # the quantile there; a search on the quantile function costs 396 evaluations of it
         # (2 ms more on a queue of 100 tasks than its quantiles alone).
         k = int(np.searchsorted(xs, at[0], side="right"))  # right of equal values: P(total <= value)
         if k == 0:
