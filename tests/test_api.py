@@ -996,6 +996,21 @@ def test_a_body_that_expects_100_continue_and_is_refused_unread_closes_the_conne
     assert answer.startswith("HTTP/1.1 413") and "connection: close" not in answer.lower()
 
 
+def test_an_expect_100_continue_without_a_body_keeps_the_connection(http):
+    # A request with neither Content-Length nor Transfer-Encoding has no body (RFC 9112, 6.3):
+    # nothing is waited for, and its connection carries the next request. It was closed, and
+    # a request sent next on it (pipelined) was dropped unanswered.
+    url = httpx.URL(str(http.base_url))
+    with socket.create_connection((url.host, url.port), timeout=30) as s:
+        s.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n"
+                  b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answers = b""
+        while chunk := s.recv(65536):
+            answers += chunk
+    assert answers.count(b"HTTP/1.1 200 ") == 2, answers[:600]
+    assert answers.lower().count(b"connection: close") == 1, answers[:600]
+
+
 def test_a_chunked_body_is_counted_whatever_length_it_declares(tmp_path):
     # h11 (uvicorn --http h11) takes a request with both Transfer-Encoding: chunked and a
     # Content-Length, and reads the chunks (RFC 9112): its declared 100 bytes let a 3.7 MB form

@@ -158,8 +158,11 @@ class ExpectContinueMiddleware:
 
 
 def _expects_continue(headers: list[tuple[bytes, bytes]]) -> bool:
-    """Whether a request asks ``Expect: 100-continue`` and declares a body (a length of 0 has none to wait for)."""
+    """Whether a request asks ``Expect: 100-continue`` and declares a body (a length of 0 has none
+    to wait for, nor has a request with neither ``Content-Length`` nor ``Transfer-Encoding``)."""
     if not any(name == b"expect" and value.strip().lower() == b"100-continue" for name, value in headers):
+        return False
+    if not any(name in (b"content-length", b"transfer-encoding") for name, _ in headers):
         return False
     return declared_length(headers) != 0
 
