@@ -614,20 +614,19 @@ def _read_trace_arg(trace: str) -> list[dict[str, Any]]:
     return traces
 
 
-_INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
-
-
 def _json_can_carry(traces: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``traces`` as ``--url`` sends them: a CSV cell's ``nan`` or ``inf`` (JSON has neither)
     as null, a missing value, as training reads CSV's ``nan``, and its integer past 64 bits
     (CSV keeps every digit) as the float a JSON file's reader makes of it. The client refuses
     a request holding either, so one such cell, in a column the model does not even use,
     failed every trace of the file, where offline each is predicted (or scored) on its own."""
+    from .client import json_integer
+
     for t in traces:
         for key, value in t.items():
             if isinstance(value, float) and not math.isfinite(value):
                 t[key] = None
-            elif isinstance(value, int) and not _INT64_MIN <= value <= _UINT64_MAX:
+            elif isinstance(value, int) and not json_integer(value):
                 try:
                     t[key] = float(value)
                 except OverflowError:  # past the float range too: infinite, so missing

@@ -211,6 +211,11 @@ def _shown(value: Any) -> str:
 _INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
 
 
+def json_integer(value: int) -> bool:
+    """Whether a request may carry the integer ``value``: orjson writes 64 bits, signed or not."""
+    return _INT64_MIN <= value <= _UINT64_MAX
+
+
 def _unsendable(value: Any, path: str, any_type: bool) -> tuple[str, Any] | None:
     """The place (``trace[2].input_tokens``) and value of the first thing JSON cannot carry in ``value``, if any:
     a NaN or an infinity, and with ``any_type`` (after orjson refused the body) a value of a type
@@ -228,7 +233,7 @@ def _unsendable(value: Any, path: str, any_type: bool) -> tuple[str, Any] | None
             if not math.isfinite(value):
                 return path, value
         elif isinstance(value, int):
-            if any_type and not _INT64_MIN <= value <= _UINT64_MAX:
+            if any_type and not json_integer(value):
                 return path, value
         elif isinstance(value, Mapping):
             for k in value:  # orjson writes str keys only
