@@ -33,6 +33,7 @@ fell below the predicted total's median (0.5 when the total is unbiased).
     uv run python benchmarks/queue_totals.py --error-departure  # the shared factor's effect on ``error``
     uv run python benchmarks/queue_totals.py --tables   # a lookup table's totals against its model's
     uv run python benchmarks/queue_totals.py --scaling  # a total's cost from 100 to 100,000 tasks
+    uv run python benchmarks/queue_totals.py --completion  # when each queued task is done: cost and accuracy
     uv run python benchmarks/queue_totals.py --moments  # tasks' expect and error against their quantiles' moments
     uv run python benchmarks/queue_totals.py --heldout-ratios  # training's held-out expect/error ratios against new data
     uv run python benchmarks/queue_totals.py --stretches  # runs whose level moves between stretches
@@ -491,6 +492,54 @@ def long_queues(seed: int = 3) -> None:
                       f"| {expect_level:.3f} |", flush=True)
 
 
+def completion_times(seed: int = 3, sums: int = SUMS) -> None:
+    """When each task of a queue is done (``completion_times``: the totals of its first 1, 2,
+    ... tasks, ``TaskDistributions.prefix_totals``) against each prefix's total worked out
+    alone, as a queue of its own (what a client had to ask for before: n requests' worth of
+    convolutions), and both against ``sums`` Monte Carlo cumulative sums of the tasks' own
+    distributions. The model is trained as above on each real trace file; queues of 10, 50,
+    128, 500 and 1,000 test tasks (drawn with replacement). Time: in-process, one thread, the
+    totals and their quantiles at 5 levels and 90% interval (best of 3; prefixes one by one
+    up to 500 tasks). Accuracy: the largest ``abs(F(q) - level)`` over every prefix and
+    level (up to 128 tasks), F the sampled cumulative sum's CDF."""
+    from threadpoolctl import threadpool_limits
+
+    levels = np.array([0.01, 0.1, 0.5, 0.9, 0.99])
+    read = [*levels, 0.05, 0.95]
+    print("| trace set | queue | completion times ms | each prefix alone ms | max abs(F(q) - level): completion times "
+          "| each prefix alone |")
+    print("|---|---|---|---|---|---|")
+    with threadpool_limits(limits=1):  # as the server runs
+        for name, features in REAL_SETS.items():
+            model, Xt = trained_on_the_past(name, features)
+            rng = np.random.default_rng(seed)
+            for n in (10, 50, 128, 500, 1000):
+                dist = model.predict_distribution(Xt[rng.choice(len(Xt), n, replace=True)])
+                best, prefixes = float("inf"), []
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    prefixes = dist.for_totals(read).prefix_totals()
+                    for total in prefixes:
+                        total.quantiles(read)
+                    best = min(best, time.perf_counter() - t0)
+                alone_ms, alone = "-", []
+                if n <= 500:
+                    t0 = time.perf_counter()
+                    alone = [dist.subset(np.arange(i)).total() for i in range(1, n + 1)]
+                    for total in alone:
+                        total.quantiles(read)
+                    alone_ms = f"{(time.perf_counter() - t0) * 1e3:.0f}"
+                off = ("-", "-")
+                if n <= 128:
+                    u = rng.random((n, sums))
+                    runs = np.stack([dist.subset(np.array([i])).quantiles(np.sort(u[i]))[0][np.argsort(np.argsort(u[i]))]
+                                     for i in range(n)])
+                    cum = np.sort(np.cumsum(runs, axis=0), axis=1)
+                    off = tuple(f"{max(np.abs(np.searchsorted(cum[i], t.quantiles(levels)) / sums - levels).max() for i, t in enumerate(got)):.4f}"
+                                for got in (prefixes, alone))
+                print(f"| {name} | {n} | {best * 1e3:.0f} | {alone_ms} | {off[0]} | {off[1]} |", flush=True)
+
+
 def total_timing() -> None:
     """Milliseconds for a queue's answer in-process (the tasks' distributions, their moments
     and quantiles, the total and its quantiles and interval), best of 40, for the first
@@ -662,13 +711,15 @@ def main() -> None:
                     help="only runs whose level moves between stretches: totals of queues run in a new stretch")
     ap.add_argument("--false-spread", action="store_true",
                     help="only the stretch test on runs of one level (how often it calls them spread) and its power")
+    ap.add_argument("--completion", action="store_true",
+                    help="only when each task of a queue is done: against each prefix alone and Monte Carlo")
     ap.add_argument("--scaling", action="store_true",
                     help="only how a total's cost grows from 100 to 100,000 synthetic tasks, and its grid")
     args = ap.parse_args()
     # The sections run alone, each followed by its run time.
     alone = {"scaling": total_scaling, "tables": table_totals, "long": long_queues, "moments": moment_agreement,
              "heldout_ratios": lambda: heldout_ratios(args.seeds), "stretches": lambda: stretch_coverage(args.seeds),
-             "false_spread": false_spread,
+             "false_spread": false_spread, "completion": lambda: completion_times(sums=args.sums),
              "sampled": lambda: sampled_totals(sums=args.sums, short=args.short)}
     for flag, section in alone.items():
         if getattr(args, flag):

@@ -2046,7 +2046,7 @@ def test_a_prediction_bodys_fields_are_checked_and_named_in_their_order_since_th
     paths = ok(http.get("/openapi.json"))["paths"]
     for kind, base, own in (("single", {"trace": TRACE}, ["trace"]),
                             ("batch", {"trace": [TRACE]}, ["shared_factor", "total_distribution", "trace"]),
-                            ("queues", {"queues": {"a": [TRACE]}}, ["shared_factor", "queues"])):
+                            ("queues", {"queues": {"a": [TRACE]}}, ["shared_factor", "completion_times", "queues"])):
         url = f"/predict/{kind}/{SEGMENTS}"
         for wrong, first, then in (({"lookup_table": "yes", "confidence_level": 2}, "confidence_level", "lookup_table"),
                                    ({"version": 0, "confidence_level": "0.9"}, "confidence_level", "version"),

@@ -49,7 +49,7 @@ def test_the_module_exports_the_clients_their_errors_and_the_types_they_take_and
     for name in ("PredictorClient", "AsyncPredictorClient", "PredictorClientError", "PredictorUnavailableError",
                  "InvalidRequestError", "JobTimeoutError", "QueueWaitEstimate", "IdentityLike", "ModelIdentity",
                  "HealthResponse", "ModelsResponse", "TrainResult", "SinglePredictionResponse",
-                 "BatchPredictionResponse", "PredictionResult", "EvaluationResponse"):
+                 "BatchPredictionResponse", "PredictionResult", "EvaluationResponse", "RunningTask", "CompletionTime"):
         assert names[name] is getattr(client_module, name)
     assert names["TrainResult"] is TrainResult and names["ModelIdentity"] is ModelIdentity
     # ... and not the modules and helpers it uses (a star import took numpy as np, httpx, os, ...)
@@ -238,6 +238,45 @@ def test_several_queues_waits_in_one_request_through_both_clients(trained_server
             return await client.queue_waits(IDENTITY, queues, quantiles=[0.5, 0.9], shared_factor=True)
 
     assert asyncio.run(both()) == waits
+
+
+def test_when_each_queued_task_is_done_through_both_clients(trained_server):
+    # A scheduler asks when each task it queued on an instance will be done (each request's
+    # own latency objective), not only when the queue drains.
+    queues = {"gpu-0": [{"input_tokens": 500, "output_tokens": 400, "elapsed_ms": 1000.0},
+                        *[{"input_tokens": 200, "output_tokens": 100}] * 3, {"input_tokens": 900, "output_tokens": 50}],
+              "gpu-1": [], "gpu-2": [{"input_tokens": 100, "output_tokens": 50}]}
+    with PredictorClient(trained_server.url) as client:
+        waits = client.queue_waits(IDENTITY, queues, quantiles=[0.5, 0.9], deadline_ms=5000.0, completion_times=True)
+        done = waits["gpu-0"].completion
+        assert [c.index for c in done] == [0, 1, 2, 3, 4] and waits["gpu-1"].completion == []
+        assert (done[-1].expect, done[-1].error, done[-1].quantiles, done[-1].interval, done[-1].deadline_probability) == (
+            waits["gpu-0"].expect, waits["gpu-0"].error, waits["gpu-0"].quantile_predictions, waits["gpu-0"].interval,
+            waits["gpu-0"].deadline_probability)
+        # Each task is done when the queue of it and those ahead of it would drain.
+        for c in done:
+            ahead = client.queue_wait(IDENTITY, queues["gpu-0"][:c.index + 1], quantiles=[0.5, 0.9], deadline_ms=5000.0)
+            assert c.expect == pytest.approx(ahead.expect, rel=1e-9)
+            np.testing.assert_allclose(c.quantiles, ahead.quantile_predictions, rtol=3e-3)
+            assert c.deadline_probability == pytest.approx(ahead.deadline_probability, abs=3e-3)
+        assert [c.deadline_probability for c in done] == sorted((c.deadline_probability for c in done), reverse=True)
+        # One queue's, through queue_wait; none where not asked for.
+        alone = client.queue_wait(IDENTITY, queues["gpu-0"], quantiles=[0.5, 0.9], deadline_ms=5000.0,
+                                  completion_times=True)
+        assert alone.completion == done and client.queue_waits(IDENTITY, queues)["gpu-0"].completion is None
+        # Asked in any other form, the service names the field.
+        r = httpx.post(f"{trained_server.url}/predict/queues/{'/'.join(quote(v, safe='') for v in IDENTITY.values())}",
+                       json={"queues": queues, "completion_times": "yes"})
+        assert r.status_code == 422 and r.json()["field"] == "completion_times"
+
+    async def both() -> dict:
+        async with AsyncPredictorClient(trained_server.url) as client:
+            return (await client.queue_waits(IDENTITY, queues, quantiles=[0.5, 0.9], deadline_ms=5000.0,
+                                             completion_times=True),
+                    await client.queue_wait(IDENTITY, queues["gpu-0"], quantiles=[0.5, 0.9], deadline_ms=5000.0,
+                                            completion_times=True))
+
+    assert asyncio.run(both()) == (waits, alone)
 
 
 def test_a_deadline_through_both_clients(trained_server):

@@ -1390,3 +1390,81 @@ def test_a_deadline_past_a_totals_far_tail_is_answered_without_a_search():
     if x > total.edges[-1]:
         searched = float(_levels_at(lambda levels: quantiles(levels[0])[None, :], np.array([x]))[0])
         assert total.cdf(x) == searched
+
+
+# --------------------------------------------------------------------------- completion times
+
+
+def _queues_to_complete() -> dict[str, object]:
+    from swarmpilot_predictor.distribution import RemainingDistribution
+
+    rng = np.random.default_rng(11)
+    return {
+        "alike": RuntimeDistribution(np.full(40, 3.0), np.full(40, 0.6), normal_score()),
+        "unlike": RuntimeDistribution(rng.normal(3, 1, 30), rng.uniform(0.05, 1.5, 30), normal_score()),
+        # A narrow task ahead of a wide one, then narrow ones: prefixes whose spread grows by decades.
+        "decades": RuntimeDistribution(np.array([0.0, 8.0, 0.0, 2.0, 1.0]), np.array([0.01, 1.0, 0.02, 0.3, 0.5]),
+                                       normal_score()),
+        # Narrow tasks, then wide ones: the first prefixes are too narrow for the last one's grid.
+        "narrow_then_wide": RuntimeDistribution(np.repeat([1.0, 4.0], 20), np.repeat([0.05, 0.8], 20), normal_score()),
+        "shaped": shaped(3),
+        "running": RemainingDistribution.of(RuntimeDistribution(np.log([100.0, 100.0, 200.0, 50.0]),
+                                                                np.array([0.5, 0.5, 0.3, 0.8]), normal_score()),
+                                            np.array([150.0, 0.0, 0.0, 60.0])),
+        "shared": RuntimeDistribution(rng.normal(3, 0.3, 12), np.full(12, 0.4), normal_score(), shared_log_sd=0.2),
+    }
+
+
+@pytest.mark.parametrize("name", ["alike", "unlike", "decades", "narrow_then_wide", "shaped", "running", "shared"])
+def test_each_prefix_of_a_queue_totals_as_that_queue_alone(name):
+    dist = _queues_to_complete()[name]
+    shared = name == "shared"
+    levels = [0.001, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 0.999]
+    got = dist.prefix_totals(shared)
+    assert len(got) == len(dist)
+    for i, total in enumerate(got, start=1):
+        alone = dist.subset(np.arange(i)).total(shared)
+        # (Tasks of unlike scales have their moments interpolated between scales: asked with
+        # other tasks, a task's mean may move by 1e-5 of itself.)
+        assert (total.mean, total.variance) == pytest.approx((alone.mean, alone.variance), rel=1e-4)
+        if i in (1, len(dist)):  # the first task itself, the whole queue's own total: the same to the bit
+            np.testing.assert_array_equal(total.quantiles(levels), alone.quantiles(levels))
+        else:  # on the grid of a longer prefix: up to its rounding
+            np.testing.assert_allclose(total.quantiles(levels), alone.quantiles(levels), rtol=4e-3)
+
+
+def test_a_constant_task_ahead_of_others_is_done_at_its_runtime_and_moves_the_rest():
+    dist = RuntimeDistribution(np.array([np.log(50.0), np.log(50.0), 3.0]), np.array([0.0, 0.0, 0.5]), normal_score())
+    got = dist.prefix_totals()
+    assert got[0].quantiles([0.1, 0.9]).tolist() == pytest.approx([50.0, 50.0])
+    assert got[1].quantiles([0.1, 0.9]).tolist() == pytest.approx([100.0, 100.0])
+    third = dist.subset(np.array([2])).quantiles([0.1, 0.9])[0] + 100.0
+    np.testing.assert_allclose(got[2].quantiles([0.1, 0.9]), third, rtol=2e-3)
+    assert dist.subset(np.zeros(0, dtype=np.int64)).prefix_totals() == []
+
+
+def test_the_completion_times_of_a_long_queue_match_monte_carlo():
+    # Past _EXACT_SUM_MAX_TASKS a queue's total bins its tasks; a prefix keeps a row per task.
+    rng = np.random.default_rng(12)
+    n = 160
+    dist = RuntimeDistribution(rng.normal(3, 0.7, n), rng.uniform(0.1, 0.9, n), normal_score())
+    draws = np.cumsum(np.stack([dist.subset(np.array([i])).quantiles(rng.random(100_000))[0] for i in range(n)]), axis=0)
+    levels = np.array([0.01, 0.1, 0.5, 0.9, 0.99])
+    got = dist.prefix_totals()
+    for i in (2, 10, 80, 130, 159, 160):
+        reached = np.searchsorted(np.sort(draws[i - 1]), got[i - 1].quantiles(levels)) / draws.shape[1]
+        np.testing.assert_allclose(reached, levels, atol=0.006)
+
+
+@pytest.mark.parametrize("k", [60, 150])
+def test_the_completion_times_of_tasks_with_a_rare_slow_mode_match_monte_carlo(k):
+    # 0.5% of runs 200x slower: the low end of each prefix past the thirty-second is found on
+    # a grid it shares with the prefixes of about its length (a quantile in a gap between
+    # modes, how many tasks ran slow, may be anywhere in it: compared in probability).
+    dist = rare_slow_mode(k)
+    levels = np.array([0.01, 0.05, 0.25, 0.5, 0.95, 0.99])
+    got = dist.prefix_totals()
+    for i in (2, 33, 40, 59, 129, 140):
+        if i <= k:
+            s = mc_sum(dist.subset(np.arange(i)), 40_000, i)
+            assert off_in_probability(got[i - 1].quantiles(levels), levels, s) <= 0.01, i

@@ -1816,6 +1816,104 @@ def test_several_queues_are_answered_from_a_lookup_table_as_their_batches(servic
     assert err.value.field == "shared_factor"
 
 
+def _completion_of_prefixes(service, queue, kept, **kw):
+    """Each task's completion as the wait of a queue of it and the tasks ahead of it (``kept``: those predicted)."""
+    prefixes = {f"p{i}": [queue[j] for j in kept[:k + 1]] for k, i in enumerate(kept)}
+    return service.predict_queues(PATTERN, prefixes, 0.9, [0.5, 0.9, 0.99], **kw)["queues"]
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_each_queued_task_says_when_it_is_done(service, shared):
+    service.train(config(make_llm_traces(300)))
+    queued = [{k: v for k, v in t.items() if k != "runtime_ms"} for t in make_llm_traces(24, seed=4)]
+    queues = {"gpu-0": [{**queued[0], "elapsed_ms": 800.0}, *queued[1:8]],  # its first task running
+              "gpu-1": [queued[8], {"input_tokens": "many"}, *queued[9:20]],  # its second cannot be predicted
+              "idle": [], "broken": [{"output_tokens": 5}], "one": queued[20:21]}
+    deadline = 4000.0
+    got = service.predict_queues(PATTERN, queues, 0.9, [0.99, 0.5, 0.9], shared_factor=shared, deadline_ms=deadline,
+                                 completion_times=True)["queues"]
+    plain = service.predict_queues(PATTERN, queues, 0.9, [0.5, 0.9, 0.99], shared_factor=shared, deadline_ms=deadline)["queues"]
+    keys = ("expect", "error", "total_quantiles", "total_interval", "total_deadline_probability")
+    for name in queues:  # the queues' own answers as without completion times
+        assert {k: v for k, v in got[name].items() if k != "completion"} == plain[name]
+    assert got["idle"]["completion"] == [] and got["broken"]["completion"] == []
+    for name, kept in (("gpu-0", list(range(8))), ("gpu-1", [0, *range(2, 13)]), ("one", [0])):
+        completion = got[name]["completion"]
+        assert [c["index"] for c in completion] == kept  # the task not predicted has none, nor counts
+        # The last task is done when the queue drains: its completion is the queue's total, to the bit.
+        last = completion[-1]
+        assert [last[k] for k in ("expect", "error", "quantiles", "interval", "deadline_probability")] == [
+            got[name][k] for k in keys]
+        # Each is the wait of a queue of it and those ahead of it, up to the grids' rounding.
+        alone = _completion_of_prefixes(service, queues[name], kept, shared_factor=shared, deadline_ms=deadline)
+        for c, k in zip(completion, kept):
+            want = alone[f"p{k}"]
+            assert c["expect"] == pytest.approx(want["expect"], rel=1e-12)
+            assert c["error"] == pytest.approx(want["error"], rel=1e-12)
+            np.testing.assert_allclose(c["quantiles"] + c["interval"], want["total_quantiles"] + want["total_interval"],
+                                       rtol=3e-3)
+            assert c["deadline_probability"] == pytest.approx(want["total_deadline_probability"], abs=3e-3)
+        # A task is never done before the one ahead of it.
+        q = np.array([c["quantiles"] + c["interval"] for c in completion])
+        assert (np.diff(q, axis=0) >= 0).all() and (np.diff([c["expect"] for c in completion]) > 0).all()
+        assert (np.diff([c["deadline_probability"] for c in completion]) <= 0).all()
+    # The first task's completion is its own runtime (a running one's: its time left).
+    first = service.predict(PATTERN, queues["gpu-0"][:1], 0.9, [0.5, 0.9, 0.99], deadline_ms=deadline).batch_response()["results"][0]
+    c0 = got["gpu-0"]["completion"][0]
+    np.testing.assert_allclose(c0["quantiles"] + c0["interval"], first["quantile_predictions"] + first["interval"], rtol=1e-12)
+    assert c0["deadline_probability"] == pytest.approx(first["deadline_probability"], abs=1e-12)
+
+
+def test_completion_times_are_bounded_and_not_answered_unasked(service):
+    service.train(config(make_llm_traces(300)))
+    queued = [{k: v for k, v in t.items() if k != "runtime_ms"} for t in make_llm_traces(3, seed=4)]
+    assert "completion" not in service.predict_queues(PATTERN, {"a": queued})["queues"]["a"]
+    with pytest.raises(InvalidInput, match=r"^completion_times answers at most 10,000 traces in all, got 10,002") as err:
+        service.predict_queues(PATTERN, {"a": queued[:1] * 5001, "b": queued[:1] * 5001}, completion_times=True)
+    assert err.value.field == "queues"
+    # A value per task and level, at the model's own levels too: at most 1,000,000 of them.
+    with pytest.raises(InvalidInput, match=r"^10,000 traces at 101 quantile levels is more than 1,000,000") as err:
+        service.predict_queues(PATTERN, {"a": queued[:1] * 10_000}, quantiles=np.linspace(0.005, 0.995, 101).tolist(),
+                               completion_times=True)
+    assert err.value.field == "queues" and str(err.value).endswith("send fewer traces per request or fewer levels")
+
+
+def test_a_lookup_table_says_when_each_queued_task_is_done(service, tmp_path):
+    service.train(config(make_llm_traces(300), quantiles=[0.25, 0.5, 0.9]))
+    queued = [{k: v for k, v in t.items() if k != "runtime_ms"} for t in make_llm_traces(8, seed=4)]
+    path = tmp_path / "queued.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(t) + b"\n" for t in queued))
+    service.generate_table(PATTERN, path, 0.9, "queued.json")
+    queues = {"gpu-0": [{**queued[0], "elapsed_ms": 3000.0}, *queued[1:6]], "gpu-1": [queued[6], {"task_id": "nowhere"}, queued[7]],
+              "idle": []}
+    table = {"lookup_table": True, "lookup_table_name": "queued.json"}
+    for levels in ([0.9, 0.5], None):  # none named: the table's own
+        got = service.predict_queues(PATTERN, queues, 0.9, levels, deadline_ms=5000.0, completion_times=True, **table)
+        keys = ("expect", "error", "total_quantiles", "total_interval", "total_deadline_probability")
+        for name, kept in (("gpu-0", list(range(6))), ("gpu-1", [0, 2])):
+            answer = got["queues"][name]
+            completion = answer["completion"]
+            assert [c["index"] for c in completion] == kept
+            assert [completion[-1][k] for k in ("expect", "error", "quantiles", "interval", "deadline_probability")] == [
+                answer[k] for k in keys]
+            # The first task's completion is its answer from the table.
+            first = service.predict(PATTERN, queues[name][:1], 0.9, got["quantiles"], deadline_ms=5000.0,
+                                    **table).batch_response()["results"][0]
+            np.testing.assert_allclose(completion[0]["quantiles"] + completion[0]["interval"],
+                                       first["quantile_predictions"] + first["interval"], rtol=1e-9)
+            prefixes = service.predict_queues(PATTERN, {f"p{k}": [queues[name][j] for j in kept[:i + 1]]
+                                                        for i, k in enumerate(kept)}, 0.9, got["quantiles"],
+                                              deadline_ms=5000.0, **table)["queues"]
+            for c, k in zip(completion, kept):
+                want = prefixes[f"p{k}"]
+                assert c["expect"] == pytest.approx(want["expect"], rel=1e-12)
+                np.testing.assert_allclose(c["quantiles"] + c["interval"], want["total_quantiles"] + want["total_interval"],
+                                           rtol=3e-3)
+                assert c["deadline_probability"] == pytest.approx(want["total_deadline_probability"], abs=3e-3)
+            assert (np.diff([c["quantiles"] for c in completion], axis=0) >= 0).all()
+        assert got["queues"]["idle"]["completion"] == []
+
+
 def test_coalesced_predictions_answered_from_the_cache_report_their_own_time(service):
     # A hit kept the duration of the request that filled the entry; the one-trace path
     # reported its own.

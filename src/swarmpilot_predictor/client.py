@@ -32,6 +32,7 @@ from .collector import collector_paused
 from .identity import IDENTITY_KEYS, IdentityPattern, ModelIdentity
 from .schemas import (
     BatchPredictionResponse,
+    CompletionTime,
     EvaluationResponse,
     HealthResponse,
     ModelInfo,
@@ -55,7 +56,8 @@ __all__ = [
     "PredictorClientError", "PredictorUnavailableError", "InvalidRequestError", "JobTimeoutError",
     "QueueWaitEstimate", "IdentityLike", "ModelIdentity", "ModelInfo", "TrainConfig",
     "HealthResponse", "ModelsResponse", "TrainResult", "SinglePredictionResponse", "BatchPredictionResponse",
-    "PredictionResult", "EvaluationResponse", "Ready", "RunningTask", "KEEPALIVE_EXPIRY", "MAX_BACKOFF",
+    "PredictionResult", "EvaluationResponse", "Ready", "RunningTask", "CompletionTime", "KEEPALIVE_EXPIRY",
+    "MAX_BACKOFF",
 ]
 
 T = TypeVar("T", bound=BaseModel)
@@ -132,6 +134,10 @@ class QueueWaitEstimate(BaseModel):
     # it reaches): each of those counts 0 in the wait, which then says too little.
     running: list[RunningTask] = Field(default_factory=list)
     stuck: list[int] = Field(default_factory=list)
+    # Asked with completion_times: when each task predicted is done, the queue run in its
+    # order (a CompletionTime each: its place, and its completion's expect, error, quantiles
+    # at the same levels, interval and deadline_probability); None where not asked.
+    completion: list[CompletionTime] | None = None
 
     def quantile(self, level: float) -> float:
         # The level asked for up to rounding (0.1 * 7 for 0.7): the nearest, within 1e-12 and
@@ -745,7 +751,8 @@ class _Calls:
     def predict_queues(self, identity: IdentityLike, queues: Mapping[str, Iterable[Mapping[str, Any]]],
                        confidence_level: float = 0.9, quantiles: Sequence[float] | None = (0.5, 0.9, 0.99),
                        shared_factor: bool = False, version: int | None = None, lookup_table_name: str | None = None,
-                       lookup_table: bool | None = None, deadline_ms: float | None = None) -> _Request:
+                       lookup_table: bool | None = None, deadline_ms: float | None = None,
+                       completion_times: bool = False) -> _Request:
         if not isinstance(queues, Mapping):
             raise InvalidRequestError(f"queues must be a mapping of queue names to lists of traces, got {_shown(queues)}",
                                       field="queues")
@@ -758,6 +765,8 @@ class _Calls:
                 **self._options(confidence_level, quantiles, lookup_table_name, lookup_table, version, deadline_ms)}
         if shared_factor:
             body["shared_factor"] = True
+        if completion_times:
+            body["completion_times"] = True
         return _Request("POST", "/predict/queues/" + "/".join(identity_segments(identity)), json=body,
                         response=QueuesPredictionResponse, idempotent=True)
 
@@ -896,6 +905,11 @@ class _Calls:
         )
 
     @staticmethod
+    def only_queue(waits: dict[str, QueueWaitEstimate]) -> QueueWaitEstimate:
+        """The wait of the one queue :meth:`queue_wait` sent as a queues request."""
+        return waits[_ONE_QUEUE]
+
+    @staticmethod
     def queue_waits(answer: QueuesPredictionResponse, partial: bool = False,
                     deadline_ms: float | None = None) -> dict[str, QueueWaitEstimate]:
         failures = [f"queue {name!r} trace[{e.get('index')}]: {e.get('message') or ''}"
@@ -921,7 +935,12 @@ class _Calls:
             deadline_probability=q.total_deadline_probability,
             running=q.running,
             stuck=[r.index for r in q.running if r.elapsed_level == 1.0],
+            completion=q.completion,
         ) for name, q in answer.queues.items()}
+
+
+# The name queue_wait gives its queue where it asks as a queues request.
+_ONE_QUEUE = "queue"
 
 
 def _first_few(messages: list[str]) -> str:
@@ -1457,7 +1476,7 @@ class PredictorClient(_Base):
                    quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9,
                    partial: bool = False, shared_factor: bool = False, lookup_table_name: str | None = None,
                    lookup_table: bool | None = None, version: int | None = None,
-                   deadline_ms: float | None = None) -> QueueWaitEstimate:
+                   deadline_ms: float | None = None, completion_times: bool = False) -> QueueWaitEstimate:
         """Distribution of the time until the tasks queued on one instance all finish.
 
         A task that cannot be predicted raises :class:`PredictorClientError` naming it,
@@ -1469,7 +1488,13 @@ class PredictorClient(_Base):
         ``lookup_table_name`` (or ``lookup_table``: the default table) a lookup table answers,
         as in :meth:`predict_batch`; with ``version``, that stored version of the model. With
         ``deadline_ms``, ``deadline_probability`` is the probability that the queue drains within it.
+        With ``completion_times``, ``completion`` says when each task is done (asked as a
+        queue of :meth:`queue_waits`).
         """
+        if completion_times:
+            return self._calls.only_queue(self.queue_waits(identity, {_ONE_QUEUE: traces}, quantiles, confidence_level,
+                                                           partial, shared_factor, lookup_table_name, lookup_table,
+                                                           version, deadline_ms, completion_times=True))
         batch = self.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name, lookup_table,
                                    shared_factor=shared_factor, version=version, deadline_ms=deadline_ms)
         return self._calls.queue_wait(batch, confidence_level, partial, deadline_ms)
@@ -1478,14 +1503,16 @@ class PredictorClient(_Base):
                     quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9,
                     partial: bool = False, shared_factor: bool = False, lookup_table_name: str | None = None,
                     lookup_table: bool | None = None, version: int | None = None,
-                    deadline_ms: float | None = None) -> dict[str, QueueWaitEstimate]:
+                    deadline_ms: float | None = None, completion_times: bool = False) -> dict[str, QueueWaitEstimate]:
         """:meth:`queue_wait` of several queues of one model's tasks (a scheduler's instances,
         by name) in one request: ``{name: QueueWaitEstimate}``, in the order given, with the
         same options. A task that cannot be predicted raises :class:`PredictorClientError`
         naming its queue and place, unless ``partial=True``; a queue none of whose tasks can be
-        predicted raises either way."""
+        predicted raises either way. With ``completion_times``, each estimate's ``completion``
+        says when each of its tasks is done, the queue run in its order (README, For schedulers)."""
         answer = self._send(self._calls.predict_queues(identity, queues, confidence_level, quantiles, shared_factor,
-                                                       version, lookup_table_name, lookup_table, deadline_ms))
+                                                       version, lookup_table_name, lookup_table, deadline_ms,
+                                                       completion_times))
         return self._calls.queue_waits(answer, partial, deadline_ms)
 
     # -------------------------------------------------------------- the seed's API
@@ -1693,7 +1720,12 @@ class AsyncPredictorClient(_Base):
                          quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9,
                          partial: bool = False, shared_factor: bool = False, lookup_table_name: str | None = None,
                          lookup_table: bool | None = None, version: int | None = None,
-                         deadline_ms: float | None = None) -> QueueWaitEstimate:
+                         deadline_ms: float | None = None, completion_times: bool = False) -> QueueWaitEstimate:
+        if completion_times:
+            return self._calls.only_queue(await self.queue_waits(identity, {_ONE_QUEUE: traces}, quantiles,
+                                                                 confidence_level, partial, shared_factor,
+                                                                 lookup_table_name, lookup_table, version, deadline_ms,
+                                                                 completion_times=True))
         batch = await self.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name, lookup_table,
                                          shared_factor=shared_factor, version=version, deadline_ms=deadline_ms)
         return self._calls.queue_wait(batch, confidence_level, partial, deadline_ms)
@@ -1702,12 +1734,13 @@ class AsyncPredictorClient(_Base):
                           quantiles: Sequence[float] = (0.5, 0.9, 0.99), confidence_level: float = 0.9,
                           partial: bool = False, shared_factor: bool = False, lookup_table_name: str | None = None,
                           lookup_table: bool | None = None, version: int | None = None,
-                          deadline_ms: float | None = None) -> dict[str, QueueWaitEstimate]:
+                          deadline_ms: float | None = None, completion_times: bool = False) -> dict[str, QueueWaitEstimate]:
         many = isinstance(queues, Mapping) and sum(len(t) if isinstance(t, Sized) else 0
                                                     for t in queues.values()) > _LARGE_BATCH_TRACES
         answer = await self._send(await _built_off_loop(many, self._calls.predict_queues, identity, queues,
                                                         confidence_level, quantiles, shared_factor, version,
-                                                        lookup_table_name, lookup_table, deadline_ms))
+                                                        lookup_table_name, lookup_table, deadline_ms,
+                                                        completion_times))
         return self._calls.queue_waits(answer, partial, deadline_ms)
 
     async def predict(self, model_type: str, metadata: Mapping[str, Any], confidence_level: float = 0.95,

@@ -301,6 +301,8 @@ class PredictQueuesRequest(PredictOptions):
     """Several queues of one model's tasks (a scheduler's instances), each answered its total."""
 
     shared_factor: StrictBool = False
+    # True: each queue also says when each of its tasks is done, the queue run in its order.
+    completion_times: StrictBool = False
     # Queue name (an instance's, say) -> its traces, in the queue's order.
     queues: dict[str, list[dict[str, Any]]] = Field(min_length=1, max_length=MAX_QUEUES,
                                                     json_schema_extra=declared(propertyNames={"minLength": 1,
@@ -407,6 +409,19 @@ class RunningTask(_Response):
     elapsed_level: float
 
 
+class CompletionTime(_Response):
+    """When a queue's task is done (the queue run in its order): the total of its runtime and
+    those of the tasks predicted ahead of it."""
+
+    index: int  # its place in the queue
+    expect: float
+    error: float
+    quantiles: list[float]  # at the answer's levels
+    interval: list[float]  # central, at its confidence_level
+    # Asked with deadline_ms: the probability that the task is done by then.
+    deadline_probability: float | None = None
+
+
 class QueueTotal(_Response):
     """One queue's wait: its total over the tasks predicted (null where none could be)."""
 
@@ -422,6 +437,8 @@ class QueueTotal(_Response):
     total_interval: list[float] | None = None
     # Asked with deadline_ms: the probability that the total is at most that.
     total_deadline_probability: float | None = None
+    # Asked with completion_times: when each task predicted is done, in the queue's order.
+    completion: list[CompletionTime] | None = None
 
 
 class QueuesPredictionResponse(_Response):
@@ -672,6 +689,7 @@ class TableFailure(_Response):
 
 TOTAL_KEYS = ("expect", "error", "total_quantiles", "total_interval")
 DEADLINE_KEY = "total_deadline_probability"
+COMPLETION_DEADLINE_KEY = "deadline_probability"  # of a task's completion, as of a task's own runtime
 
 
 def total_keys(deadline_ms: float | None) -> tuple[str, ...]:

@@ -29,12 +29,12 @@ from .identity import (IDENTITY_KEYS, IdentityPattern, ModelIdentity, describe_s
                        join_key, named_by_traces, names_a_model, stated_keys)
 from .lookup import WRITABLE_FORMATS, LookupTable, LookupTableStore, TablePrediction, generate_table, table_format
 from .lookup.names import WRITABLE_TABLE_KINDS
-from .lookup.quantiles import KNOT_LIMIT, KNOT_MOST
+from .lookup.quantiles import KNOT_LIMIT, KNOT_MOST, TableCompletion
 from .metrics import TABLE_LABEL, PredictorMetrics, mark_preload, table_label, workers_not_preloaded
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog, accuracy_of, calibration_test
 from .registry import LoadedModel, ModelRegistry, ModelVersion
 from .retraining import Retrainer
-from .schemas import (DEADLINE_KEY, RenderedPredictions, TrainConfig, batch_values_problem, first_run_split, total_fields,
+from .schemas import (COMPLETION_DEADLINE_KEY, DEADLINE_KEY, RenderedPredictions, TrainConfig, batch_values_problem, first_run_split, total_fields,
                       total_keys)
 from .training import ProgressFn, Trainer, TrainingJobs
 from .settings import PredictorSettings
@@ -961,23 +961,32 @@ class PredictorService:
     def predict_queues(self, pattern: IdentityPattern, queues: dict[str, Sequence[dict[str, Any]]],
                        confidence_level: float = 0.95, quantiles: Sequence[float] | None = None,
                        shared_factor: bool = False, version: int | None = None, lookup_table: bool = False,
-                       lookup_table_name: str | None = None, deadline_ms: float | None = None) -> dict[str, Any]:
+                       lookup_table_name: str | None = None, deadline_ms: float | None = None,
+                       completion_times: bool = False) -> dict[str, Any]:
         """The wait of each of several queues of one model's tasks (a scheduler's instances):
         each queue's total as a batch of its traces answers it, all traces predicted at once
         (with ``lookup_table``, a table's records answer, a queue at a time).
 
         A queue's ``tasks`` counts its traces predicted, ``failed`` the others, listed in
         ``errors`` by their place in the queue; its total is over the tasks predicted (an
-        empty queue's is 0; one none of whose tasks could be predicted has none: null)."""
+        empty queue's is 0; one none of whose tasks could be predicted has none: null).
+
+        With ``completion_times``, each queue also says when each of its tasks predicted is
+        done, the queue run in its order: the total of that task and those predicted ahead
+        of it (``completion``, :func:`completion_answers`)."""
+        if completion_times:
+            _check_completion_traces(queues, quantiles)
         if lookup_table:
             return self._table_queues(pattern, queues, confidence_level, quantiles, shared_factor, lookup_table_name,
-                                      deadline_ms)
+                                      deadline_ms, completion_times)
         names = list(queues)
         traces = [t for name in names for t in queues[name]]
         t0 = time.perf_counter()
         identity, loaded = self._serving(pattern, version, traces)
         levels = requested_levels(quantiles, loaded.meta.quantiles)
         _check_queue_values(len(names), len(levels))
+        if completion_times:
+            _check_completion_traces(queues, levels)
         errors: list[str | None] = []
         ok = np.zeros(0, dtype=bool)
         ends = np.cumsum([len(queues[name]) for name in names]).tolist()
@@ -1005,10 +1014,18 @@ class PredictorService:
                     for k, p in zip(ones, reached):
                         got[k][DEADLINE_KEY] = p
             totals = dict(zip(summed, got))
+        completion: dict[int, list[dict[str, Any]]] = {}
+        if completion_times:
+            read = [*levels, *interval_levels(confidence_level)]
+            for k, r in zip(summed, rows):
+                # (each prefix's total is bounded by its tasks' quantiles where they are read: worked out once)
+                completion[k] = completion_answers(dist.subset(r).for_totals(read).prefix_totals(shared_factor),
+                                                   np.flatnonzero(ok[starts[k]:ends[k]]), levels, confidence_level,
+                                                   deadline_ms)
         answers: dict[str, Any] = {}
         for k, (name, start, end) in enumerate(zip(names, starts, ends)):
             answers[name] = _queue_answer(ok[start:end], errors[start:end], totals.get(k), len(levels), deadline_ms,
-                                          running.get(k, []))
+                                          running.get(k, []), completion.get(k, []) if completion_times else None)
         n_ok = int(ok.sum())
         self._count(identity, n_ok, len(traces) - n_ok)
         return {"status": "success", "model_key": identity.key, "model_version": loaded.meta.version,
@@ -1018,13 +1035,16 @@ class PredictorService:
 
     def _table_queues(self, pattern: IdentityPattern, queues: dict[str, Sequence[dict[str, Any]]],
                       confidence_level: float, quantiles: Sequence[float] | None, shared_factor: bool,
-                      lookup_table_name: str | None, deadline_ms: float | None = None) -> dict[str, Any]:
+                      lookup_table_name: str | None, deadline_ms: float | None = None,
+                      completion_times: bool = False) -> dict[str, Any]:
         """:meth:`predict_queues` from a lookup table (the default one without a name): each
         queue as a batch of it answers, at the levels asked for or the table's first records'."""
         t0 = time.perf_counter()
         table = _answering_table(self.tables, lookup_table_name, shared_factor)
         levels = requested_levels(quantiles, table.levelset_lists[0] if table.levelset_lists else [])
         _check_queue_values(len(queues), len(levels))
+        if completion_times:
+            _check_completion_traces(queues, levels)
         answers: dict[str, Any] = {}
         n, n_ok = 0, 0
         record_levels: dict[int, float] | None = None
@@ -1038,10 +1058,15 @@ class PredictorService:
                 pass  # (a queue's own lookup says what is wrong)
         for name, traces in queues.items():  # a loop over queues: each a batch of its own
             pred = table.predict(pattern, traces, confidence_level, levels or None, True, staleness=self._staleness,
-                                 deadline_ms=deadline_ms, record_levels=record_levels)
+                                 deadline_ms=deadline_ms, record_levels=record_levels, completion=completion_times)
+            completion = None
+            if completion_times:
+                completion = [] if pred.completion is None else completion_answers(
+                    pred.completion.totals, np.flatnonzero(pred.ok), pred.levels or [], confidence_level, deadline_ms,
+                    pred.completion)
             answers[name] = _queue_answer(pred.ok, pred.errors, pred.total, len(levels), deadline_ms,
                                           [{"index": i, "elapsed_level": r["elapsed_level"]}
-                                           for i, r in enumerate(pred.items) if "elapsed_level" in r])
+                                           for i, r in enumerate(pred.items) if "elapsed_level" in r], completion)
             n, n_ok = n + len(traces), n_ok + int(pred.ok.sum())
         self.metrics.count_predictions(table_label(table.name), "lookup_table", n_ok, n - n_ok)
         return {"status": "success", "model_key": None, "model_version": None, "source": "lookup_table",
@@ -1487,15 +1512,68 @@ _TABLE_SHARED_FACTOR = ("shared_factor needs a model: a lookup table's records h
 
 def _queue_answer(ok: np.ndarray, errors: Sequence[str | None], total: dict[str, Any] | None,
                   n_levels: int, deadline_ms: float | None = None,
-                  running: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                  running: list[dict[str, Any]] | None = None,
+                  completion: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """One queue's part of :meth:`PredictorService.predict_queues`: its tasks predicted
     (``ok``), the others' ``errors`` by their place in it, its ``total`` (None where no
-    task was predicted: an empty queue's is 0, another's unknown), and its ``running``
-    tasks' places and levels reached."""
+    task was predicted: an empty queue's is 0, another's unknown), its ``running``
+    tasks' places and levels reached, and, where asked, its tasks' ``completion``."""
     failed = [{"index": i, "message": errors[i]} for i in np.flatnonzero(~ok).tolist()]
     fields = total_fields(total, len(ok), n_levels, deadline_ms)  # (a table's total says its method too: not here)
-    return {"tasks": int(ok.sum()), "failed": len(failed), "errors": failed, "running": running or [],
-            **{k: fields[k] for k in total_keys(deadline_ms)}}
+    out = {"tasks": int(ok.sum()), "failed": len(failed), "errors": failed, "running": running or [],
+           **{k: fields[k] for k in total_keys(deadline_ms)}}
+    if completion is not None:
+        out["completion"] = completion
+    return out
+
+
+def completion_answers(totals: Sequence[TotalDistribution], places: np.ndarray, levels: list[float],
+                       confidence_level: float, deadline_ms: float | None = None,
+                       table: TableCompletion | None = None) -> list[dict[str, Any]]:
+    """When each task of a queue is done: ``totals``, the totals of the queue's first 1, 2,
+    ... tasks predicted (``TaskDistributions.prefix_totals``), read as a total is, each
+    named by its task's place in the queue (``places``).
+
+    A task is never done before the one ahead of it, so no quantile of a task's completion
+    is above the next task's, nor its probability of being done by ``deadline_ms`` below
+    it: the totals are found on grids of their own, whose rounding may differ by about
+    0.1%, and each answer is brought to the next one's where it is past it (the last, the
+    queue's own total, as it is). From a lookup ``table``, its bounds are put on each total
+    first, and the means and standard deviations are its records' (as its queue total's)."""
+    both = np.array([t.quantiles([*levels, *interval_levels(confidence_level)]) for t in totals]).reshape(len(totals), -1)
+    if table is not None:
+        both = np.maximum(both, np.concatenate(table.bounds, axis=1))
+        moments = zip(table.expect.tolist(), table.error.tolist())
+    else:
+        moments = ((float(t.mean), t.std) for t in totals)
+    both = np.minimum.accumulate(both[::-1], axis=0)[::-1]
+    n = len(levels)
+    out = [{"index": place, "expect": mean, "error": sd, "quantiles": row[:n], "interval": row[n:]}
+           for place, (mean, sd), row in zip(places.tolist(), moments, both.tolist())]
+    if deadline_ms is not None:
+        reached = np.array([t.cdf(deadline_ms) for t in totals])
+        if table is not None and table.deadline_bound is not None:
+            reached = np.minimum(reached, table.deadline_bound)
+        for item, p in zip(out, np.maximum.accumulate(reached[::-1])[::-1].tolist()):
+            item[COMPLETION_DEADLINE_KEY] = p
+    return out
+
+
+# With completion times, the most traces in all of a request's queues: each task's completion is
+# a total of its own (a queue of 1,000 tasks took 0.43 to 0.75 s: benchmarks/queue_totals.py --completion).
+MAX_COMPLETION_TRACES = 10_000
+
+
+def _check_completion_traces(queues: dict[str, Sequence[Any]], levels: Sequence[float] | None) -> None:
+    """Whether ``queues`` are few enough tasks for their completion times, at ``levels``
+    (None: not known yet): a 422 naming ``queues`` where they are not."""
+    n = sum(map(len, queues.values()))
+    if n > MAX_COMPLETION_TRACES:
+        raise InvalidInput(f"completion_times answers at most {MAX_COMPLETION_TRACES:,} traces in all, got {n:,}; "
+                           "send fewer queues per request", field="queues")
+    problem = batch_values_problem(n, len(levels), "traces") if levels else None
+    if problem:
+        raise InvalidInput(problem.replace("per batch", "per request"), field="queues")
 
 
 def _running_by_queue(reached: dict[int, float] | None, predicted: np.ndarray, starts: list[int],

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from scipy.special import ndtr, ndtri
 
-from ..distribution import interval_levels
+from ..distribution import TotalDistribution, interval_levels
 from ..schemas import RenderedPredictions
 
 _STD_NORMAL = NormalDist()
@@ -250,6 +250,20 @@ def round_significant(values: np.ndarray, digits: int = 7) -> np.ndarray:
 
 
 @dataclass
+class TableCompletion:
+    """When each task of a queue answered by a table is done: the totals of its first 1, 2,
+    ... tasks found, their means and standard deviations (the records'), and the bounds the
+    tasks' own answers put on them (``completion_answers``' ``bounds`` and
+    ``deadline_bound``)."""
+
+    totals: list[TotalDistribution]
+    expect: np.ndarray
+    error: np.ndarray
+    bounds: tuple[np.ndarray, np.ndarray]
+    deadline_bound: np.ndarray | None
+
+
+@dataclass
 class TablePrediction(RenderedPredictions):
     """Answers from a lookup table, rendered like the model's :class:`~.service.Prediction`."""
 
@@ -263,6 +277,7 @@ class TablePrediction(RenderedPredictions):
     duration_seconds: float
     source: str = "lookup_table"
     deadline_ms: float | None = None
+    completion: TableCompletion | None = None
 
     def results(self) -> list[dict[str, Any]]:
         return self.items

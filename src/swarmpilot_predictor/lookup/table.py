@@ -52,7 +52,7 @@ from .files import PLAIN_INTEGER, iter_csv_records, iter_json_records, iter_json
 from .hashing import (MASK, NAN_INT, SEED_INT, code_bits, float_bits, float_int, hash_parts, mix_int, probe,
                       probe_one, sorted_index, str_hash, vocab_code)
 from .names import RECORD_KEYS, SHAPE_FEATURES, table_format
-from .quantiles import TablePrediction, merge_interval_knots, merge_interval_knots_many, quantile_function, quantiles_one
+from .quantiles import TableCompletion, TablePrediction, merge_interval_knots, merge_interval_knots_many, quantile_function, quantiles_one
 
 MATCH_KINDS = ("exact", "task_id", "nearest", "random")
 _EXACT, _TASK, _NEAREST, _RANDOM = range(4)
@@ -1029,6 +1029,7 @@ class LookupTable:
         staleness: Callable[[tuple[str | None, ...], int], bool | None] | None = None,
         deadline_ms: float | None = None,
         record_levels: dict[int, float] | None = None,
+        completion: bool = False,
     ) -> "TablePrediction":
         """Answers rendered like the model's: quantiles (the record's levels, or ``quantiles``), interval, totals.
 
@@ -1037,7 +1038,9 @@ class LookupTable:
         service), a record made by a model version carries ``stale`` where it is known. With
         ``deadline_ms``, each answer (and the total) says how likely it is to be within that;
         ``record_levels`` holds records' probabilities already searched for it (see
-        :meth:`deadline_levels_of`), and takes those searched here.
+        :meth:`deadline_levels_of`), and takes those searched here. With ``completion``, the
+        totals of the first 1, 2, ... tasks found, and what bounds them
+        (:class:`TableCompletion`), for the time each is done (``completion_answers``).
         """
         t0 = time.perf_counter()
         res = self.lookup(traces, pattern)
@@ -1062,6 +1065,10 @@ class LookupTable:
         if with_total and len(ok_rows):
             total = self._total(ok_rows.astype(np.int64), np.asarray(a.expect), np.asarray(a.error),
                                 total_levels, confidence_level, a.answers, left, deadline_ms, deadline_levels)
+        prefixes = None
+        if completion and len(ok_rows):
+            prefixes = self._prefixes(ok_rows.astype(np.int64), np.asarray(a.expect), np.asarray(a.error), total_levels,
+                                      confidence_level, a.answers, left, deadline_levels)
         return TablePrediction(
             table=self.name,
             levels=total_levels,
@@ -1072,6 +1079,7 @@ class LookupTable:
             total=total,
             duration_seconds=time.perf_counter() - t0,
             deadline_ms=deadline_ms,
+            completion=prefixes,
         )
 
     def deadline_levels_of(self, pattern: IdentityPattern | None, traces: Sequence[Any], deadline: float) -> dict[int, float]:
@@ -1235,6 +1243,23 @@ class LookupTable:
         if deadline_ms is not None and deadline_levels is not None:
             out[DEADLINE_KEY] = min(total.cdf(deadline_ms), float(deadline_levels.min()))
         return out
+
+    def _prefixes(self, rows: np.ndarray, expect: np.ndarray, error: np.ndarray, levels: list[float] | None,
+                  confidence_level: float, answers: list[tuple[list[float], list[float], list[float]]],
+                  tasks: RemainingDistribution | None, deadline_levels: np.ndarray | None) -> "TableCompletion":
+        """The totals of the first 1, 2, ... of the tasks answered by the records ``rows``,
+        summed as :meth:`_total` sums them all, and the bounds it puts on a total: each
+        prefix's quantiles (at ``levels``, where its tasks answered them) and interval are at
+        least its tasks' answers, its probability of a deadline at most theirs."""
+        summed = tasks if tasks is not None else self.task_distributions(rows, expect, error)
+        totals = summed.for_totals([*(levels or ()), *interval_levels(confidence_level)]).prefix_totals()
+        n_levels = len(levels or ())
+        asked = [list(answer[1]) if list(answer[0]) == list(levels or ()) else [0.0] * n_levels for answer in answers]
+        quantile_floor = np.maximum.accumulate(np.array(asked, dtype=np.float64).reshape(len(answers), n_levels), axis=0)
+        interval_floor = np.maximum.accumulate(np.array([answer[2] for answer in answers], dtype=np.float64), axis=0)
+        return TableCompletion(totals, np.cumsum(expect), np.sqrt(np.cumsum(np.square(error))),
+                               (quantile_floor, interval_floor),
+                               None if deadline_levels is None else np.minimum.accumulate(deadline_levels))
 
     def task_distributions(self, rows: np.ndarray, expect: np.ndarray | None = None,
                            error: np.ndarray | None = None) -> StoredQuantileDistribution:

@@ -108,7 +108,8 @@ def add_prediction_routes(app: FastAPI, service: PredictorService, settings: Pre
                 req = parse_json_body(body, PredictQueuesRequest)
                 return orjson.dumps(service.predict_queues(pattern, req.queues, req.confidence_level, req.quantiles,
                                                            req.shared_factor, req.version, req.lookup_table,
-                                                           req.lookup_table_name, req.deadline_ms),
+                                                           req.lookup_table_name, req.deadline_ms,
+                                                           req.completion_times),
                                     option=orjson.OPT_SERIALIZE_NUMPY)
 
         return await in_batch_thread(answer, client, large_bodies if len(body) > LARGE_BODY_BYTES else None)
