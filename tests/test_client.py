@@ -1979,6 +1979,9 @@ def test_the_readmes_client_example_runs_as_written(tmp_path, monkeypatch):
     assert list(waits) == ["gpu-0", "gpu-1"] and waits["gpu-1"].tasks == 0 and waits["gpu-1"].expect == 0
     assert waits["gpu-0"].tasks == 46 and waits["gpu-0"].expect == pytest.approx(wait.expect, rel=1e-9)
     assert wait.quantile(0.5) < wait.quantile(0.9) < wait.quantile(0.99)
+    done = scope["done"]
+    assert [task.index for task in done.completion] == list(range(46))
+    assert done.completion[-1].quantiles == done.quantile_predictions and done.expect == pytest.approx(wait.expect, rel=1e-9)
 
 
 def test_the_readme_names_every_model_the_clients_answer_with():

@@ -22,7 +22,8 @@ import numpy as np
 from . import __version__
 from .atomic import remove_stale_temps
 from .cache import PredictionCache
-from .distribution import RemainingDistribution, TaskDistributions, TotalDistribution, interval_levels, levels_reached
+from .distribution import (RemainingDistribution, TaskDistributions, TotalDistribution, TotalReading, interval_levels,
+                           levels_reached)
 from .errors import (AmbiguousModel, DataDirectoryGone, InvalidInput, ModelNotFound, NotFound, NotReady, PredictorError,
                      StorageError, shown)
 from .identity import (IDENTITY_KEYS, IdentityPattern, ModelIdentity, describe_stated, fields_naming_a_model, identity_conflicts,
@@ -1019,9 +1020,9 @@ class PredictorService:
             read = [*levels, *interval_levels(confidence_level)]
             for k, r in zip(summed, rows):
                 # (each prefix's total is bounded by its tasks' quantiles where they are read: worked out once)
-                completion[k] = completion_answers(dist.subset(r).for_totals(read).prefix_totals(shared_factor),
-                                                   np.flatnonzero(ok[starts[k]:ends[k]]), levels, confidence_level,
-                                                   deadline_ms)
+                readings = dist.subset(r).for_totals(read).prefix_totals(
+                    shared_factor, read=lambda total: TotalReading.of(total, read, deadline_ms))
+                completion[k] = completion_answers(readings, np.flatnonzero(ok[starts[k]:ends[k]]), len(levels))
         answers: dict[str, Any] = {}
         for k, (name, start, end) in enumerate(zip(names, starts, ends)):
             answers[name] = _queue_answer(ok[start:end], errors[start:end], totals.get(k), len(levels), deadline_ms,
@@ -1062,8 +1063,7 @@ class PredictorService:
             completion = None
             if completion_times:
                 completion = [] if pred.completion is None else completion_answers(
-                    pred.completion.totals, np.flatnonzero(pred.ok), pred.levels or [], confidence_level, deadline_ms,
-                    pred.completion)
+                    pred.completion.readings, np.flatnonzero(pred.ok), len(pred.levels or ()), pred.completion)
             answers[name] = _queue_answer(pred.ok, pred.errors, pred.total, len(levels), deadline_ms,
                                           [{"index": i, "elapsed_level": r["elapsed_level"]}
                                            for i, r in enumerate(pred.items) if "elapsed_level" in r], completion)
@@ -1527,31 +1527,29 @@ def _queue_answer(ok: np.ndarray, errors: Sequence[str | None], total: dict[str,
     return out
 
 
-def completion_answers(totals: Sequence[TotalDistribution], places: np.ndarray, levels: list[float],
-                       confidence_level: float, deadline_ms: float | None = None,
+def completion_answers(readings: Sequence[TotalReading], places: np.ndarray, n_levels: int,
                        table: TableCompletion | None = None) -> list[dict[str, Any]]:
-    """When each task of a queue is done: ``totals``, the totals of the queue's first 1, 2,
-    ... tasks predicted (``TaskDistributions.prefix_totals``), read as a total is, each
-    named by its task's place in the queue (``places``).
+    """When each task of a queue is done: ``readings`` of the totals of the queue's first 1,
+    2, ... tasks predicted (``TaskDistributions.prefix_totals``) at the answer's ``n_levels``
+    levels and its interval's two, each named by its task's place in the queue (``places``).
 
     A task is never done before the one ahead of it, so no quantile of a task's completion
-    is above the next task's, nor its probability of being done by ``deadline_ms`` below
-    it: the totals are found on grids of their own, whose rounding may differ by about
-    0.1%, and each answer is brought to the next one's where it is past it (the last, the
+    is above the next task's, nor its probability of being done by a deadline below it:
+    the totals are found on grids of their own, whose rounding may differ by up to about
+    0.25%, and each answer is brought to the next one's where it is past it (the last, the
     queue's own total, as it is). From a lookup ``table``, its bounds are put on each total
     first, and the means and standard deviations are its records' (as its queue total's)."""
-    both = np.array([t.quantiles([*levels, *interval_levels(confidence_level)]) for t in totals]).reshape(len(totals), -1)
+    both = np.array([r.quantiles for r in readings]).reshape(len(readings), -1)
     if table is not None:
         both = np.maximum(both, np.concatenate(table.bounds, axis=1))
         moments = zip(table.expect.tolist(), table.error.tolist())
     else:
-        moments = ((float(t.mean), t.std) for t in totals)
+        moments = ((r.mean, r.std) for r in readings)
     both = np.minimum.accumulate(both[::-1], axis=0)[::-1]
-    n = len(levels)
-    out = [{"index": place, "expect": mean, "error": sd, "quantiles": row[:n], "interval": row[n:]}
+    out = [{"index": place, "expect": mean, "error": sd, "quantiles": row[:n_levels], "interval": row[n_levels:]}
            for place, (mean, sd), row in zip(places.tolist(), moments, both.tolist())]
-    if deadline_ms is not None:
-        reached = np.array([t.cdf(deadline_ms) for t in totals])
+    if readings and readings[0].deadline_probability is not None:
+        reached = np.array([r.deadline_probability for r in readings], dtype=np.float64)
         if table is not None and table.deadline_bound is not None:
             reached = np.minimum(reached, table.deadline_bound)
         for item, p in zip(out, np.maximum.accumulate(reached[::-1])[::-1].tolist()):
@@ -1560,7 +1558,8 @@ def completion_answers(totals: Sequence[TotalDistribution], places: np.ndarray, 
 
 
 # With completion times, the most traces in all of a request's queues: each task's completion is
-# a total of its own (a queue of 1,000 tasks took 0.43 to 0.75 s: benchmarks/queue_totals.py --completion).
+# a total of its own (a queue of 1,000 tasks took 0.43 to 0.75 s: benchmarks/queue_totals.py
+# --completion; one of 10,000 of the H100 vision model 9.1 s, peaking 389 MB: README).
 MAX_COMPLETION_TRACES = 10_000
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from scipy.special import ndtr, ndtri
 
-from ..distribution import TotalDistribution, interval_levels
+from ..distribution import TotalReading, interval_levels
 from ..schemas import RenderedPredictions
 
 _STD_NORMAL = NormalDist()
@@ -251,12 +251,11 @@ def round_significant(values: np.ndarray, digits: int = 7) -> np.ndarray:
 
 @dataclass
 class TableCompletion:
-    """When each task of a queue answered by a table is done: the totals of its first 1, 2,
-    ... tasks found, their means and standard deviations (the records'), and the bounds the
-    tasks' own answers put on them (``completion_answers``' ``bounds`` and
-    ``deadline_bound``)."""
+    """When each task of a queue answered by a table is done: what its answer reads of the
+    totals of its first 1, 2, ... tasks found, their means and standard deviations (the
+    records'), and the bounds the tasks' own answers put on them (``completion_answers``)."""
 
-    totals: list[TotalDistribution]
+    readings: list[TotalReading]
     expect: np.ndarray
     error: np.ndarray
     bounds: tuple[np.ndarray, np.ndarray]

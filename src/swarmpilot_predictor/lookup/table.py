@@ -27,7 +27,7 @@ import orjson
 from scipy.spatial import cKDTree
 from scipy.special import fdtri
 
-from ..distribution import (RemainingDistribution, StoredQuantileDistribution, interval_levels, levels_of_rows,
+from ..distribution import (RemainingDistribution, StoredQuantileDistribution, TotalReading, interval_levels, levels_of_rows,
                             levels_reached)
 from ..errors import AmbiguousModel, NotFound, shown
 from ..schemas import DEADLINE_KEY
@@ -1068,7 +1068,7 @@ class LookupTable:
         prefixes = None
         if completion and len(ok_rows):
             prefixes = self._prefixes(ok_rows.astype(np.int64), np.asarray(a.expect), np.asarray(a.error), total_levels,
-                                      confidence_level, a.answers, left, deadline_levels)
+                                      confidence_level, a.answers, left, deadline_ms, deadline_levels)
         return TablePrediction(
             table=self.name,
             levels=total_levels,
@@ -1246,18 +1246,20 @@ class LookupTable:
 
     def _prefixes(self, rows: np.ndarray, expect: np.ndarray, error: np.ndarray, levels: list[float] | None,
                   confidence_level: float, answers: list[tuple[list[float], list[float], list[float]]],
-                  tasks: RemainingDistribution | None, deadline_levels: np.ndarray | None) -> "TableCompletion":
+                  tasks: RemainingDistribution | None, deadline_ms: float | None,
+                  deadline_levels: np.ndarray | None) -> "TableCompletion":
         """The totals of the first 1, 2, ... of the tasks answered by the records ``rows``,
         summed as :meth:`_total` sums them all, and the bounds it puts on a total: each
         prefix's quantiles (at ``levels``, where its tasks answered them) and interval are at
         least its tasks' answers, its probability of a deadline at most theirs."""
         summed = tasks if tasks is not None else self.task_distributions(rows, expect, error)
-        totals = summed.for_totals([*(levels or ()), *interval_levels(confidence_level)]).prefix_totals()
+        read = [*(levels or ()), *interval_levels(confidence_level)]
+        readings = summed.for_totals(read).prefix_totals(read=lambda total: TotalReading.of(total, read, deadline_ms))
         n_levels = len(levels or ())
         asked = [list(answer[1]) if list(answer[0]) == list(levels or ()) else [0.0] * n_levels for answer in answers]
         quantile_floor = np.maximum.accumulate(np.array(asked, dtype=np.float64).reshape(len(answers), n_levels), axis=0)
         interval_floor = np.maximum.accumulate(np.array([answer[2] for answer in answers], dtype=np.float64), axis=0)
-        return TableCompletion(totals, np.cumsum(expect), np.sqrt(np.cumsum(np.square(error))),
+        return TableCompletion(readings, np.cumsum(expect), np.sqrt(np.cumsum(np.square(error))),
                                (quantile_floor, interval_floor),
                                None if deadline_levels is None else np.minimum.accumulate(deadline_levels))
 
