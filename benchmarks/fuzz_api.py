@@ -114,6 +114,8 @@ VALID = [
                                 "quantiles": [0.5, 0.9, 0.99], "shared_factor": True}),
     ("/predict/queues/" + PATH, {"queues": {"a": [TRACE], "b": [TRACE, dict(TRACE, elapsed_ms=2.0)]},
                                  "quantiles": [0.5], "confidence_level": 0.95}),
+    ("/predict/queues/" + PATH, {"queues": {"a": [TRACE, TRACE], "b": [dict(TRACE, elapsed_ms=2.0), TRACE]},
+                                 "completion_times": True, "deadline_ms": 50.0}),
     ("/observe", {"model": IDENTITY, "traces": [dict(TRACE, runtime_ms=4.0)]}),
     ("/predict/table/" + PATH, {"trace": [TRACE]}),
     ("/train", {"config": {"model": IDENTITY, "traces": [dict(TRACE, runtime_ms=4.0 + i % 3) for i in range(40)]}}),
@@ -121,7 +123,8 @@ VALID = [
 ODD = [None, True, False, 0, -1, 1e308, -1e308, 1e-320, "NaN", "inf", "", "x" * 5000, "\u0000", "é", [], {}, [[]],
        [None], {"a": None}, 2**64, -2**63, 0.5, "1e5", [1, 2, 3], {"batch_size": []}, "../../etc/passwd", 1.5]
 FIELDS = ["quantiles", "trace", "version", "lookup_table", "lookup_table_name", "confidence_level", "elapsed_ms",
-          "first_of_shape", "group_by", "features", "params", "total_distribution", "shared_factor", "extra"]
+          "first_of_shape", "group_by", "features", "params", "total_distribution", "shared_factor", "completion_times",
+          "deadline_ms", "extra"]
 NUMBERS = [0, 1, -1, 1e-320, 5e-324, 1e-300, 1e300, 1.7e308, 2**53 + 1, 2**63, 10**30, 0.5, 3, 224, 64, 1e6, -0.0]
 LEVELS = [0.0, 1.0, 1e-300, 1e-12, 0.5, 1 - 1e-12, 1 - 1e-16, 0.9999999, 1e-9, 0.25, 2, -0.1]
 
@@ -197,6 +200,8 @@ def edge(rng: random.Random) -> tuple[str, str]:
     elif kind == "queues":
         queues = {f"q{j}": [trace() for _ in range(rng.choice([0, 1, 3, 20]))] for j in range(rng.choice([1, 2, 5]))}
         path, body = "/predict/queues/" + PATH, options({"queues": queues})
+        if rng.random() < 0.4:
+            body["completion_times"] = True
     else:
         path = "/observe"
         body = {"model": IDENTITY, "traces": [dict(trace(), runtime_ms=rng.choice(NUMBERS + [4.0, 12.0]))

@@ -1868,6 +1868,9 @@ def test_completion_times_are_bounded_and_not_answered_unasked(service):
     service.train(config(make_llm_traces(300)))
     queued = [{k: v for k, v in t.items() if k != "runtime_ms"} for t in make_llm_traces(3, seed=4)]
     assert "completion" not in service.predict_queues(PATTERN, {"a": queued})["queues"]["a"]
+    # Queues that are all empty have none to say (the API fuzzer's: a 500).
+    empty = service.predict_queues(PATTERN, {"a": [], "b": []}, completion_times=True)["queues"]
+    assert empty["a"]["completion"] == empty["b"]["completion"] == [] and empty["a"]["expect"] == 0.0
     with pytest.raises(InvalidInput, match=r"^completion_times answers at most 10,000 traces in all, got 10,002") as err:
         service.predict_queues(PATTERN, {"a": queued[:1] * 5001, "b": queued[:1] * 5001}, completion_times=True)
     assert err.value.field == "queues"

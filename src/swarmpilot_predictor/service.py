@@ -1016,7 +1016,7 @@ class PredictorService:
                         got[k][DEADLINE_KEY] = p
             totals = dict(zip(summed, got))
         completion: dict[int, list[dict[str, Any]]] = {}
-        if completion_times:
+        if completion_times and traces:
             read = [*levels, *interval_levels(confidence_level)]
             for k, r in zip(summed, rows):
                 # (each prefix's total is bounded by its tasks' quantiles where they are read: worked out once)
