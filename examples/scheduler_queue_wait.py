@@ -11,6 +11,8 @@ that no instance is likely to finish in time. An instance whose running task
 has run past every runtime the model knows (``stuck``: its time left counts 0,
 so its wait says too little) is not chosen, and its chance is 0; where every
 instance is stuck, none is chosen and the task waits for the scheduler's next try.
+Once the task is placed, the tasks of that queue likely to miss the objective are
+named by their completion times (``completion_times``: when each queued task is done).
 
     uv run python examples/train_seed_example_model.py [http://localhost:8200]   # its model, first
     uv run python examples/scheduler_queue_wait.py [http://localhost:8200]
@@ -77,6 +79,15 @@ def chances_within(client: PredictorClient, instances: list[Instance], task: dic
     return chances
 
 
+def tasks_at_risk(client: PredictorClient, inst: Instance, deadline_ms: float, below: float = 0.5) -> list[int]:
+    """The places in ``inst``'s queue (its running task first) of the tasks less than ``below``
+    likely to be done within ``deadline_ms`` from now, each counting the tasks ahead of it:
+    candidates to move to another instance, or to tell their clients."""
+    wait = client.queue_wait(inst.identity, inst.tasks_left(), quantiles=[0.5], shared_factor=True,
+                             deadline_ms=deadline_ms, completion_times=True)
+    return [done.index for done in wait.completion or [] if (done.deadline_probability or 0.0) < below]
+
+
 def main(url: str) -> None:
     identity = {"model_type": "gpt-3.5-turbo", "model_name": "turbo", "hardware": "A100",
                 "software_name": "vllm", "software_version": "0.1.0"}
@@ -91,12 +102,16 @@ def main(url: str) -> None:
     with PredictorClient(url) as client:
         best, scores = choose_instance(client, instances, task)
         chances = chances_within(client, instances, task, slo_ms)
-    for name, p90 in scores.items():
-        print(f"{name}: p90 completion {p90:.1f} ms, done within {slo_ms:.0f} ms with probability {chances[name]:.3f}")
-    if best is None:
-        print("every instance's running task is stuck: hold the task and look at the instances")
-    else:
+        for name, p90 in scores.items():
+            print(f"{name}: p90 completion {p90:.1f} ms, done within {slo_ms:.0f} ms with probability {chances[name]:.3f}")
+        if best is None:
+            print("every instance's running task is stuck: hold the task and look at the instances")
+            return
         print(f"place the task on {best.name}")
+        best.queue.append(task)
+        late = tasks_at_risk(client, best, slo_ms)
+        print(f"{best.name}: tasks at places {late} are less than even odds to be done within {slo_ms:.0f} ms"
+              if late else f"{best.name}: every task is likelier than not done within {slo_ms:.0f} ms")
 
 
 if __name__ == "__main__":

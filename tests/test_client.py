@@ -163,6 +163,10 @@ def test_queue_wait_and_instance_choice(trained_server):
         assert choose_instance(client, [hung, hung_too], {"input_tokens": 10, "output_tokens": 10}) == (
             None, {"hung": float("inf"), "hung-too": float("inf")})
         assert example.chances_within(client, [hung], {"input_tokens": 10, "output_tokens": 10}, 1e9) == {"hung": 0.0}
+        # The queued tasks likely to miss an objective: those whose completion passes it at their median.
+        line = client.queue_wait(IDENTITY, queue[:3], quantiles=[0.5]).quantile(0.5)
+        assert example.tasks_at_risk(client, busy, line * 0.99) == [2, 3, 4]
+        assert example.tasks_at_risk(client, busy, line * 0.99, below=0.0) == []
         # A task that cannot be predicted would be left out of the wait: an error, unless asked for.
         broken = [*queue, {"input_tokens": 10}]
         with pytest.raises(PredictorClientError, match=r"1 of 6 queued tasks .*trace\[5\]: .*output_tokens"):
