@@ -1541,6 +1541,25 @@ def test_a_feature_named_by_a_numpy_string_is_sent_under_its_name():
     assert sent[1]["trace"] == [{"nested": {"input_tokens": 1}, "output_tokens": 2}]
 
 
+def test_a_trace_that_holds_itself_is_refused_not_searched_forever():
+    # orjson refuses a container that holds itself ("Recursion limit reached"); the client's
+    # search for what it could not write then walked the cycle forever, and the call hung.
+    trace: dict = {"input_tokens": 5}
+    trace["self"] = trace
+    tags: list = ["a"]
+    tags.append(tags)
+    batch = [{"input_tokens": 5}, {"input_tokens": 5, "tags": tags}]
+    shared = {"input_tokens": 5}
+    with PredictorClient("http://127.0.0.1:9") as client:
+        for call in (lambda: client.predict_single(IDENTITY, trace), lambda: client.predict_batch(IDENTITY, batch),
+                     lambda: client.predict_batch(IDENTITY, [{names: 1 for names in np.array(["a"])}, trace])):
+            with pytest.raises(InvalidRequestError, match="cannot be sent as JSON .*Recursion limit reached"):
+                call()
+        # The same trace twice is no cycle: it is sent (here, to no service: unavailable).
+        with pytest.raises(PredictorUnavailableError):
+            client.predict_batch(IDENTITY, [shared, shared])
+
+
 @pytest.mark.parametrize("option", ["table_name", "format", "filename"])
 def test_generate_table_refuses_a_form_field_holding_a_lone_surrogate_naming_it(option):
     # A name listed from a Latin-1 folder holds one: httpx raised its UnicodeEncodeError

@@ -188,8 +188,13 @@ def _dumps(body: Any, root: str = "") -> bytes:
 
 def _has_str_subclass_keys(value: Any) -> bool:
     stack = [value]
+    seen: set[int] = set()  # a container that holds itself (orjson refuses it) is walked once
     while stack:
         value = stack.pop()
+        if isinstance(value, (Mapping, list, tuple)):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
         if isinstance(value, Mapping):
             if any(isinstance(k, str) and type(k) is not str for k in value):
                 return True
@@ -199,12 +204,21 @@ def _has_str_subclass_keys(value: Any) -> bool:
     return False
 
 
-def _with_str_keys(value: Any) -> Any:
-    """``value`` with every mapping's keys that are a str subclass made str (the rest as they are)."""
+def _with_str_keys(value: Any, made: dict[int, Any] | None = None) -> Any:
+    """``value`` with every mapping's keys that are a str subclass made str (the rest as they
+    are). A container met again is its copy made before (``made``, by the original's id), so
+    that one that holds itself is copied as holding its copy, which orjson then refuses."""
+    made = {} if made is None else made
+    if isinstance(value, (Mapping, list, tuple)) and id(value) in made:
+        return made[id(value)]
     if isinstance(value, Mapping):
-        return {(str(k) if isinstance(k, str) else k): _with_str_keys(v) for k, v in value.items()}
+        out: dict[Any, Any] = made.setdefault(id(value), {})
+        out.update({(str(k) if isinstance(k, str) else k): _with_str_keys(v, made) for k, v in value.items()})
+        return out
     if isinstance(value, (list, tuple)):
-        return [_with_str_keys(v) for v in value]
+        copied: list[Any] = made.setdefault(id(value), [])
+        copied.extend(_with_str_keys(v, made) for v in value)
+        return copied
     return value
 
 
@@ -227,8 +241,13 @@ def _unsendable(value: Any, path: str, any_type: bool) -> tuple[str, Any] | None
     a NaN or an infinity, and with ``any_type`` (after orjson refused the body) a value of a type
     it does not write; otherwise such values (a datetime, a UUID: orjson writes them) are left be."""
     stack: list[tuple[Any, str]] = [(value, path)]
+    seen: set[int] = set()  # a container held twice is looked into once (one that holds itself: not forever)
     while stack:
         value, path = stack.pop()
+        if isinstance(value, (Mapping, list, tuple)):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
         if isinstance(value, str):
             if any_type and not valid_unicode(value):  # a lone surrogate: no JSON text can hold it
                 return path, value
