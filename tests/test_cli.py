@@ -406,6 +406,9 @@ def test_predict_a_trace_file(tmp_path, trained, suffix):
     ("llm/*/*/*/*", "nosuch.jsonl", "TRACE 'nosuch.jsonl': there is no such file (nor is it a JSON object or array)"),
     ("llm/*/*/*/*", "-", "TRACE '-': traces are not read from stdin"),
     ("llm/*/*/*/*", "/", "TRACE '/' is a directory, not a trace file"),
+    # An empty one is no file: it read as "TRACE '' is a directory" (Path("") is ".").
+    ("llm/*/*/*/*", "", "TRACE is empty: give a .json, .jsonl or .csv file, or inline JSON"),
+    ("llm/*/*/*/*", "  ", "TRACE is empty: give a .json, .jsonl or .csv file, or inline JSON"),
     ("llm/*/*/*/*", "/dev/null", "TRACE '/dev/null' is not a regular file: pipes and devices are not read"),
     ("llm/*/*/*/*", "[1, 2", "neither a file nor a JSON"),
     # Why it is not JSON is said: it read as a mere "not a file nor JSON".

@@ -578,6 +578,8 @@ def _is_file(path: Path) -> bool:
 def _read_trace_arg(trace: str) -> list[dict[str, Any]]:
     """The traces TRACE names (a file) or is (JSON): at least one, each an object, whether a
     local service or ``--url``'s answers (the client refuses the others before sending)."""
+    if not trace.strip():  # Path("") is ".", which read as "TRACE '' is a directory"
+        _fail("TRACE is empty: give a .json, .jsonl or .csv file, or inline JSON")
     path = Path(trace)
     if _is_file(path):
         from .traces import TraceError, iter_trace_file
