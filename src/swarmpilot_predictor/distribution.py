@@ -752,6 +752,7 @@ class TaskDistributions:
         lows = np.maximum(means - 8.0 * sds, floors)
         most = np.cumsum(self.quantiles(_MOST)[:R, 0])
         low_ends = _PrefixLowEnds(blocks, least)
+        bounds = _PrefixBounds(self.subset(np.arange(R)), mean[:R], var[:R], shared_factor)
         start = 0
         while start < len(regular):
             a = regular[start]
@@ -762,17 +763,16 @@ class TaskDistributions:
             sums = self._prefix_sums(blocks, group, least, floors, lows, float(np.sqrt(k2[group[-1] - 1])), low_ends)
             for i, (edges, c, cells) in zip(group, sums):
                 edges = np.minimum(edges, float(most[i - 1]))
-                tasks = self.subset(np.arange(i))
-                tau = tasks.factor_log_sd(mean[:i]) if shared_factor else 0.0
+                tau = self.factor_log_sd(mean[:i]) if shared_factor else 0.0
                 if tau > 0:
                     widest = np.argsort(var[:i])[::-1][:_BOUND_TASKS]
                     edges, c = _times_shared_factor(edges, c, tau, self.subset(widest).quantiles(_bound_levels()), cells)
-                    out[i - 1] = kept(TotalDistribution(
+                    total = TotalDistribution(
                         float(k1[i - 1]), _variance_times_shared_factor(float(k1[i - 1]), float(k2[i - 1]), tau),
-                        edges=edges, edge_cdf=c, tasks=tasks, shared_log_sd=tau))
+                        edges=edges, edge_cdf=c, shared_log_sd=tau)
                 else:
-                    out[i - 1] = kept(TotalDistribution(float(k1[i - 1]), float(k2[i - 1]), edges=edges, edge_cdf=c,
-                                                        tasks=tasks))
+                    total = TotalDistribution(float(k1[i - 1]), float(k2[i - 1]), edges=edges, edge_cdf=c)
+                out[i - 1] = kept(bounds.bound(total, i, tau > 0))
             start = end + 1
         return out
 
@@ -2367,6 +2367,50 @@ class _SumRows:
     def mixture_weights(self, block: _SumBlock) -> np.ndarray:
         """Each node's probability in its row (a bin's row is its tasks' mixture): (tasks, nodes)."""
         return block.w[None, :] / self.size[block.row][:, None]
+
+
+class _PrefixBounds:
+    """What bounds the total of each prefix of a queue's ``tasks`` (``TotalDistribution._floor``)
+    without reading every task of each prefix: the bound is the most, over the prefix's
+    tasks, of a task's quantile above its least value (and, with the shared factor, over its
+    largest tasks by mean and variance), so only the tasks that lead it at some level count.
+    A prefix's total is given those (the tasks leading it at one of ``_bound_levels()``, the
+    most of ``_BOUND_TASKS`` by mean and by variance) and its tasks' least values' sum.
+    Given all of a prefix's tasks, each prefix's quantiles and deadline read its tasks
+    anew: the completion times of a queue of 10,000 tasks took 19 s, 84 s with the shared
+    factor (the square of its length)."""
+
+    def __init__(self, tasks: "TaskDistributions", mean: np.ndarray, var: np.ndarray, shared: bool):
+        self.tasks, self.mean, self.var, self.shared = tasks, mean, var, shared
+        self.least = tasks.quantiles([_LEAST_LEVEL])[:, 0]
+        self.sum_least = np.cumsum(self.least)
+        n = len(tasks)
+        leader = np.zeros(len(_bound_levels()), dtype=np.int64)
+        best = np.full(len(_bound_levels()), -np.inf)
+        self.leaders: list[np.ndarray] = []
+        # (each task's quantiles above its least value, a slice of tasks at a time)
+        for lo in range(0, n, 1024):
+            hi = min(n, lo + 1024)
+            gain = tasks.subset(np.arange(lo, hi)).quantiles(_bound_levels()) - self.least[lo:hi, None]
+            for j in range(hi - lo):
+                ahead = gain[j] >= best
+                best = np.where(ahead, gain[j], best)
+                leader = np.where(ahead, lo + j, leader)
+                self.leaders.append(np.unique(leader))
+
+    def bound(self, total: "TotalDistribution", i: int, shared: bool) -> "TotalDistribution":
+        """``total``, the sum of the first ``i`` tasks, bounded by them as its own total is."""
+        lead = self.leaders[i - 1]
+        top = None
+        if shared:
+            k = min(_BOUND_TASKS, i)
+            top = np.unique(np.concatenate([np.argpartition(self.mean[:i], -k)[-k:],
+                                            np.argpartition(self.var[:i], -k)[-k:]]))
+            lead = np.union1d(lead, top)
+        total.tasks = self.tasks.subset(lead)
+        total._floor_parts = (self.least[lead], float(self.sum_least[i - 1]),
+                              None if top is None else (self.tasks.subset(top), self.least[top]))
+        return total
 
 
 def _first_rows(blocks: list[_SumBlock], i: int, start: int = 0) -> _SumRows:
