@@ -283,6 +283,40 @@ def test_when_each_queued_task_is_done_through_both_clients(trained_server):
     assert asyncio.run(both()) == (waits, alone)
 
 
+def test_a_queue_asked_for_its_completion_times_is_refused_as_any_queue(trained_server):
+    # queue_wait asks for completion times as the one queue of a queues request: its
+    # refusals named that queue ('queue', which the caller never named) and its traces
+    # "queues['queue'][1]", where the same call without them says "trace[1]".
+    task = {"input_tokens": 200, "output_tokens": 100}
+    cases = ([task, {"output_tokens": 5}], [{"output_tokens": 5}], [task, 5], "not traces")
+
+    def refusals(wait) -> list:
+        out = []
+        for traces in cases:
+            with pytest.raises(PredictorClientError) as err:
+                wait(traces)
+            out.append((type(err.value), str(err.value), getattr(err.value, "field", None)))
+        return out
+
+    with PredictorClient(trained_server.url) as client:
+        plain = refusals(lambda traces: client.queue_wait(IDENTITY, traces))
+        assert refusals(lambda traces: client.queue_wait(IDENTITY, traces, completion_times=True)) == plain
+        assert all("'queue'" not in message for _, message, _ in plain), plain
+        kept = client.queue_wait(IDENTITY, cases[0], partial=True, completion_times=True)
+        assert kept.failed == 1 and [c.index for c in kept.completion] == [0]
+
+    async def both() -> list:
+        async with AsyncPredictorClient(trained_server.url) as client:
+            out = []
+            for traces in cases:
+                with pytest.raises(PredictorClientError) as err:
+                    await client.queue_wait(IDENTITY, traces, completion_times=True)
+                out.append((type(err.value), str(err.value), getattr(err.value, "field", None)))
+            return out
+
+    assert asyncio.run(both()) == plain
+
+
 def test_a_deadline_through_both_clients(trained_server):
     # A scheduler asks how likely a task, or a queue, is done within its SLO.
     task = {"input_tokens": 200, "output_tokens": 100}

@@ -789,6 +789,29 @@ class _Calls:
         return _Request("POST", "/predict/queues/" + "/".join(identity_segments(identity)), json=body,
                         response=QueuesPredictionResponse, idempotent=True)
 
+    def predict_one_queue(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]], confidence_level: float,
+                          quantiles: Sequence[float] | None, shared_factor: bool, version: int | None,
+                          lookup_table_name: str | None, lookup_table: bool | None,
+                          deadline_ms: float | None) -> _Request:
+        """``queue_wait`` with completion times: its traces (named as a batch's, ``trace[i]``)
+        asked as the one queue of a queues request."""
+        return self.predict_queues(identity, {_ONE_QUEUE: _traces(traces, "trace")}, confidence_level, quantiles,
+                                   shared_factor, version, lookup_table_name, lookup_table, deadline_ms, True)
+
+    @staticmethod
+    def one_queue_wait(answer: QueuesPredictionResponse, partial: bool = False,
+                       deadline_ms: float | None = None) -> QueueWaitEstimate:
+        """The wait of the one queue :meth:`predict_one_queue` asked for, refused as
+        :meth:`queue_wait` refuses a batch's (its tasks named ``trace[i]``, not by a queue
+        the caller never named)."""
+        q = answer.queues[_ONE_QUEUE]
+        failures = [f"trace[{e.get('index')}]: {e.get('message') or ''}" for e in q.errors]
+        if q.expect is None or q.total_quantiles is None or q.total_interval is None:
+            raise PredictorClientError("no task in the queue could be predicted: " + _first_few(failures))
+        if failures and not partial:
+            _refuse_partial(failures, answer.summary.get("total"), "wait")
+        return _Calls.queue_waits(answer, True, deadline_ms)[_ONE_QUEUE]
+
     @staticmethod
     def seed_identity(model_type: str, metadata: Mapping[str, Any]) -> tuple[list[str | None], dict[str, Any]]:
         """Split the seed's ``metadata`` into identity parts and trace features."""
@@ -922,11 +945,6 @@ class _Calls:
                      if r.elapsed_level is not None],
             stuck=[i for i, r in enumerate(batch.results) if r.elapsed_level == 1.0],
         )
-
-    @staticmethod
-    def only_queue(waits: dict[str, QueueWaitEstimate]) -> QueueWaitEstimate:
-        """The wait of the one queue :meth:`queue_wait` sent as a queues request."""
-        return waits[_ONE_QUEUE]
 
     @staticmethod
     def queue_waits(answer: QueuesPredictionResponse, partial: bool = False,
@@ -1511,9 +1529,9 @@ class PredictorClient(_Base):
         queue of :meth:`queue_waits`).
         """
         if completion_times:
-            return self._calls.only_queue(self.queue_waits(identity, {_ONE_QUEUE: traces}, quantiles, confidence_level,
-                                                           partial, shared_factor, lookup_table_name, lookup_table,
-                                                           version, deadline_ms, completion_times=True))
+            answer = self._send(self._calls.predict_one_queue(identity, traces, confidence_level, quantiles, shared_factor,
+                                                              version, lookup_table_name, lookup_table, deadline_ms))
+            return self._calls.one_queue_wait(answer, partial, deadline_ms)
         batch = self.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name, lookup_table,
                                    shared_factor=shared_factor, version=version, deadline_ms=deadline_ms)
         return self._calls.queue_wait(batch, confidence_level, partial, deadline_ms)
@@ -1741,10 +1759,11 @@ class AsyncPredictorClient(_Base):
                          lookup_table: bool | None = None, version: int | None = None,
                          deadline_ms: float | None = None, completion_times: bool = False) -> QueueWaitEstimate:
         if completion_times:
-            return self._calls.only_queue(await self.queue_waits(identity, {_ONE_QUEUE: traces}, quantiles,
-                                                                 confidence_level, partial, shared_factor,
-                                                                 lookup_table_name, lookup_table, version, deadline_ms,
-                                                                 completion_times=True))
+            many = isinstance(traces, Sized) and len(traces) > _LARGE_BATCH_TRACES
+            answer = await self._send(await _built_off_loop(many, self._calls.predict_one_queue, identity, traces,
+                                                            confidence_level, quantiles, shared_factor, version,
+                                                            lookup_table_name, lookup_table, deadline_ms))
+            return self._calls.one_queue_wait(answer, partial, deadline_ms)
         batch = await self.predict_batch(identity, traces, confidence_level, quantiles, lookup_table_name, lookup_table,
                                          shared_factor=shared_factor, version=version, deadline_ms=deadline_ms)
         return self._calls.queue_wait(batch, confidence_level, partial, deadline_ms)
