@@ -1785,12 +1785,18 @@ def test_several_queues_hold_one_group_of_tasks_worked_out_at_a_time(service, mo
     assert got == expected
 
 
-def test_several_queues_are_answered_from_a_lookup_table_as_their_batches(service, tmp_path):
+def _queued_in_a_table(service, tmp_path) -> list[dict]:
+    """Eight tasks of a model trained at levels 0.25, 0.5 and 0.9, in the table queued.json."""
     service.train(config(make_llm_traces(300), quantiles=[0.25, 0.5, 0.9]))
     queued = [{k: v for k, v in t.items() if k != "runtime_ms"} for t in make_llm_traces(8, seed=4)]
     path = tmp_path / "queued.jsonl"
     path.write_bytes(b"".join(orjson.dumps(t) + b"\n" for t in queued))
     service.generate_table(PATTERN, path, 0.9, "queued.json")
+    return queued
+
+
+def test_several_queues_are_answered_from_a_lookup_table_as_their_batches(service, tmp_path):
+    queued = _queued_in_a_table(service, tmp_path)
     queues = {"gpu-0": [{**queued[0], "elapsed_ms": 3000.0}, *queued[1:4]], "gpu-1": queued[4:],
               "gpu-2": [queued[0], {"task_id": "nowhere"}], "idle": []}
     for levels in ([0.9, 0.5], None):  # none named: the table's own
@@ -1873,7 +1879,7 @@ def test_completion_times_are_bounded_and_not_answered_unasked(service):
     assert empty["a"]["completion"] == empty["b"]["completion"] == [] and empty["a"]["expect"] == 0.0
     with pytest.raises(InvalidInput, match=r"^completion_times answers at most 10,000 traces in all, got 10,002") as err:
         service.predict_queues(PATTERN, {"a": queued[:1] * 5001, "b": queued[:1] * 5001}, completion_times=True)
-    assert err.value.field == "queues"
+    assert err.value.field == "queues" and str(err.value).endswith("send fewer traces per request (fewer queues, or shorter ones)")
     # A value per task and level, at the model's own levels too: at most 1,000,000 of them.
     with pytest.raises(InvalidInput, match=r"^10,000 traces at 101 quantile levels is more than 1,000,000") as err:
         service.predict_queues(PATTERN, {"a": queued[:1] * 10_000}, quantiles=np.linspace(0.005, 0.995, 101).tolist(),
@@ -1882,11 +1888,7 @@ def test_completion_times_are_bounded_and_not_answered_unasked(service):
 
 
 def test_a_lookup_table_says_when_each_queued_task_is_done(service, tmp_path):
-    service.train(config(make_llm_traces(300), quantiles=[0.25, 0.5, 0.9]))
-    queued = [{k: v for k, v in t.items() if k != "runtime_ms"} for t in make_llm_traces(8, seed=4)]
-    path = tmp_path / "queued.jsonl"
-    path.write_bytes(b"".join(orjson.dumps(t) + b"\n" for t in queued))
-    service.generate_table(PATTERN, path, 0.9, "queued.json")
+    queued = _queued_in_a_table(service, tmp_path)
     queues = {"gpu-0": [{**queued[0], "elapsed_ms": 3000.0}, *queued[1:6]], "gpu-1": [queued[6], {"task_id": "nowhere"}, queued[7]],
               "idle": []}
     table = {"lookup_table": True, "lookup_table_name": "queued.json"}

@@ -1559,7 +1559,8 @@ def completion_answers(readings: Sequence[TotalReading], places: np.ndarray, n_l
 
 # With completion times, the most traces in all of a request's queues: each task's completion is
 # a total of its own (a queue of 1,000 tasks took 0.43 to 0.75 s: benchmarks/queue_totals.py
-# --completion; one of 10,000 of the H100 vision model 9.1 s, peaking 389 MB: README).
+# --completion; one of 10,000 of the H100 vision model 3.9 s, peaking 396 MB, 21 s with the
+# shared factor: README).
 MAX_COMPLETION_TRACES = 10_000
 
 
@@ -1569,7 +1570,7 @@ def _check_completion_traces(queues: dict[str, Sequence[Any]], levels: Sequence[
     n = sum(map(len, queues.values()))
     if n > MAX_COMPLETION_TRACES:
         raise InvalidInput(f"completion_times answers at most {MAX_COMPLETION_TRACES:,} traces in all, got {n:,}; "
-                           "send fewer queues per request", field="queues")
+                           "send fewer traces per request (fewer queues, or shorter ones)", field="queues")
     problem = batch_values_problem(n, len(levels), "traces") if levels else None
     if problem:
         raise InvalidInput(problem.replace("per batch", "per request"), field="queues")
