@@ -262,13 +262,14 @@ class PredictSingleRequest(PredictOptions):
 MAX_BATCH_VALUES = 1_000_000
 
 
-def batch_values_problem(n_items: int, n_levels: int, what: str = "traces") -> str | None:
-    """Why ``n_items`` (``what``: traces of a batch, or queues) answered at ``n_levels`` levels
-    each is too large to answer, or None."""
+def batch_values_problem(n_items: int, n_levels: int, what: str = "traces", per: str | None = None) -> str | None:
+    """Why ``n_items`` (``what``: traces of a batch, or queues; sent ``per`` request or batch)
+    answered at ``n_levels`` levels each is too large to answer, or None."""
     if n_items * n_levels <= MAX_BATCH_VALUES:
         return None
+    per = per or ("request" if what == "queues" else "batch")
     return (f"{n_items:,} {what} at {n_levels} quantile levels is more than {MAX_BATCH_VALUES:,} predicted values "
-            f"in one answer; send fewer {what} per {'request' if what == 'queues' else 'batch'} or fewer levels")
+            f"in one answer; send fewer {what} per {per} or fewer levels")
 
 
 class PredictBatchRequest(PredictOptions):

@@ -35,8 +35,8 @@ from .metrics import TABLE_LABEL, PredictorMetrics, mark_preload, table_label, w
 from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog, accuracy_of, calibration_test
 from .registry import LoadedModel, ModelRegistry, ModelVersion
 from .retraining import Retrainer
-from .schemas import (COMPLETION_DEADLINE_KEY, DEADLINE_KEY, RenderedPredictions, TrainConfig, batch_values_problem, first_run_split, total_fields,
-                      total_keys)
+from .schemas import (COMPLETION_DEADLINE_KEY, DEADLINE_KEY, RenderedPredictions, TrainConfig, batch_values_problem,
+                      first_run_split, total_fields, total_keys)
 from .training import ProgressFn, Trainer, TrainingJobs
 from .settings import PredictorSettings
 from .traces import (
@@ -1558,7 +1558,7 @@ def completion_answers(readings: Sequence[TotalReading], places: np.ndarray, n_l
 
 
 # With completion times, the most traces in all of a request's queues: each task's completion is
-# a total of its own (a queue of 1,000 tasks took 0.43 to 0.75 s: benchmarks/queue_totals.py
+# a total of its own (a queue of 1,000 tasks took 0.40 to 0.69 s: benchmarks/queue_totals.py
 # --completion; one of 10,000 of the H100 vision model 3.9 s, peaking 396 MB, 21 s with the
 # shared factor: README).
 MAX_COMPLETION_TRACES = 10_000
@@ -1571,9 +1571,9 @@ def _check_completion_traces(queues: dict[str, Sequence[Any]], levels: Sequence[
     if n > MAX_COMPLETION_TRACES:
         raise InvalidInput(f"completion_times answers at most {MAX_COMPLETION_TRACES:,} traces in all, got {n:,}; "
                            "send fewer traces per request (fewer queues, or shorter ones)", field="queues")
-    problem = batch_values_problem(n, len(levels), "traces") if levels else None
+    problem = batch_values_problem(n, len(levels), "traces", per="request") if levels else None
     if problem:
-        raise InvalidInput(problem.replace("per batch", "per request"), field="queues")
+        raise InvalidInput(problem, field="queues")
 
 
 def _running_by_queue(reached: dict[int, float] | None, predicted: np.ndarray, starts: list[int],

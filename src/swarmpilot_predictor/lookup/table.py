@@ -27,8 +27,8 @@ import orjson
 from scipy.spatial import cKDTree
 from scipy.special import fdtri
 
-from ..distribution import (RemainingDistribution, StoredQuantileDistribution, TotalReading, interval_levels, levels_of_rows,
-                            levels_reached)
+from ..distribution import (RemainingDistribution, StoredQuantileDistribution, TotalReading, interval_levels,
+                            levels_of_rows, levels_reached)
 from ..errors import AmbiguousModel, NotFound, shown
 from ..schemas import DEADLINE_KEY
 from ..features import FIRST_OF_SHAPE, misspelling_hint, stated_flag
@@ -52,7 +52,8 @@ from .files import PLAIN_INTEGER, iter_csv_records, iter_json_records, iter_json
 from .hashing import (MASK, NAN_INT, SEED_INT, code_bits, float_bits, float_int, hash_parts, mix_int, probe,
                       probe_one, sorted_index, str_hash, vocab_code)
 from .names import RECORD_KEYS, SHAPE_FEATURES, table_format
-from .quantiles import TableCompletion, TablePrediction, merge_interval_knots, merge_interval_knots_many, quantile_function, quantiles_one
+from .quantiles import (TableCompletion, TablePrediction, merge_interval_knots, merge_interval_knots_many, quantile_function,
+                        quantiles_one)
 
 MATCH_KINDS = ("exact", "task_id", "nearest", "random")
 _EXACT, _TASK, _NEAREST, _RANDOM = range(4)
