@@ -2142,3 +2142,35 @@ def test_a_deadline_too_large_for_a_double_is_refused_before_sending_naming_it()
             return err.value
 
     assert asyncio.run(refused()).field == "deadline_ms"
+
+
+@pytest.mark.parametrize("call", ["observe", "evaluate", "predict_batch"])
+def test_the_async_client_checks_a_long_list_of_traces_off_its_event_loop(call, monkeypatch):
+    # Every value of every trace is looked at: 100,000 observations held the loop (its other
+    # coroutines) while they were, as a batch's had until it was moved off it.
+    import swarmpilot_predictor.client as client_module
+
+    import inspect
+
+    threads: list[str] = []
+    static = isinstance(inspect.getattr_static(client_module._Calls, call), staticmethod)
+    build = getattr(client_module._Calls, call)
+
+    def recorded(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(client_module._Calls, call, staticmethod(recorded) if static else recorded)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json={"status": "error", "message": "no model"})
+
+    async def ask(n: int) -> None:
+        traces = [{"input_tokens": 5, "output_tokens": 7, "runtime_ms": 3.0}] * n
+        async with AsyncPredictorClient("http://127.0.0.1:9", transport=httpx.MockTransport(answer)) as client:
+            with pytest.raises(PredictorClientError):
+                await getattr(client, call)(IDENTITY, traces)
+
+    asyncio.run(ask(10))
+    asyncio.run(ask(5_000))
+    assert threads[0] == "MainThread" and threads[1] != "MainThread"

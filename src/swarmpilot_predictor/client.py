@@ -1311,6 +1311,11 @@ def _reads_files(files: Mapping[str, Path | str | bytes] | None) -> bool:
     return isinstance(files, Mapping) and any(not isinstance(content, bytes) for content in files.values())
 
 
+def _many(traces: Any) -> bool:
+    """Whether ``traces`` are more than the async client checks and writes on its event loop."""
+    return isinstance(traces, Sized) and len(traces) > _LARGE_BATCH_TRACES
+
+
 async def _built_off_loop(off_loop: bool, build, *args):
     """``build(*args)``; in a worker thread where ``off_loop`` (it reads files, or checks a
     long batch), so that it does not hold the event loop (a 200 MB upload held it 0.2 s)."""
@@ -1686,7 +1691,7 @@ class AsyncPredictorClient(_Base):
                             deadline_ms: float | None = None) -> BatchPredictionResponse:
         # (Checked in a worker thread where long: every value of every trace is looked at.)
         return await self._send(await _built_off_loop(
-            isinstance(traces, Sized) and len(traces) > _LARGE_BATCH_TRACES, self._calls.predict_batch, identity, traces,
+            _many(traces), self._calls.predict_batch, identity, traces,
             confidence_level, quantiles, lookup_table_name, lookup_table, shared_factor, total_distribution, version,
             deadline_ms))
 
@@ -1717,14 +1722,15 @@ class AsyncPredictorClient(_Base):
         return await self._send(self._calls.clear_cache())
 
     async def observe(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-        return await self._send(self._calls.observe(identity, traces))
+        return await self._send(await _built_off_loop(_many(traces), self._calls.observe, identity, traces))
 
     async def accuracy(self, identity: IdentityLike, version: int | None = None, recent: int | None = None) -> dict[str, Any]:
         return await self._send(self._calls.accuracy(identity, version, recent))
 
     async def evaluate(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]], version: int | None = None,
                        lookup_table_name: str | None = None, lookup_table: bool | None = None) -> EvaluationResponse:
-        return await self._send(self._calls.evaluate(identity, traces, version, lookup_table_name, lookup_table))
+        return await self._send(await _built_off_loop(_many(traces), self._calls.evaluate, identity, traces, version,
+                                                      lookup_table_name, lookup_table))
 
     async def retrain(self, identity: IdentityLike) -> dict[str, Any]:
         return await self._send(self._calls.retrain(identity))
@@ -1759,8 +1765,7 @@ class AsyncPredictorClient(_Base):
                          lookup_table: bool | None = None, version: int | None = None,
                          deadline_ms: float | None = None, completion_times: bool = False) -> QueueWaitEstimate:
         if completion_times:
-            many = isinstance(traces, Sized) and len(traces) > _LARGE_BATCH_TRACES
-            answer = await self._send(await _built_off_loop(many, self._calls.predict_one_queue, identity, traces,
+            answer = await self._send(await _built_off_loop(_many(traces), self._calls.predict_one_queue, identity, traces,
                                                             confidence_level, quantiles, shared_factor, version,
                                                             lookup_table_name, lookup_table, deadline_ms))
             return self._calls.one_queue_wait(answer, partial, deadline_ms)
