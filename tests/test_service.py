@@ -225,6 +225,11 @@ def test_a_tables_folder_gone_under_the_service_is_not_made_again(service, tmp_p
     assert not service.settings.tables_dir.exists()
     # A table written where the CLI's --output says has its folder made.
     out = tmp_path / "new" / "folder" / "t.json"
+    # None of whose traces can be predicted: no table, and no folder left made for it.
+    bad = write_jsonl_gz(tmp_path / "bad.jsonl.gz", [{"x": 1}, {"y": 2}])
+    with pytest.raises(InvalidInput, match="none of the 2 trace"):
+        service.generate_table(PATTERN, bad, out_path=out)
+    assert not (tmp_path / "new").exists()
     result = service.generate_table(PATTERN, traces, out_path=out)
     assert result["rows"] == 20 and out.is_file()
     # Not the service's to serve: not read back, and no sidecar for it.

@@ -5,6 +5,7 @@ HTTP routes and the CLI are thin layers over :class:`PredictorService`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -1121,22 +1122,33 @@ class PredictorService:
             # A model type that starts with '.' must not make a hidden file (refused as a name).
             out_path = self.tables.output_path(f"{identity.dirname.lstrip('.')}.{fmt or 'json'}")
             name_fmt = _written_format(out_path.name, fmt)
-        elif own_path:
-            out_path.parent.mkdir(parents=True, exist_ok=True)  # the CLI's --output folder
-        result = generate_table(
-            traces=iter_trace_file(trace_file, source_name),
-            schema=loaded.meta.features,
-            model=loaded.model,
-            levels=loaded.meta.quantiles,
-            model_info=identity.model_info(),
-            model_version=loaded.meta.version,
-            out_path=out_path,
-            fmt=name_fmt,
-            confidence_level=confidence_level,
-            progress=progress,
-            max_rows=self.settings.max_table_rows,
-            knots=knots,
-        )
+        made: list[Path] = []  # the CLI's --output folders made here, the deepest first
+        if own_path:
+            parent = out_path.parent
+            while not parent.exists() and parent != parent.parent:
+                made.append(parent)
+                parent = parent.parent
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            result = generate_table(
+                traces=iter_trace_file(trace_file, source_name),
+                schema=loaded.meta.features,
+                model=loaded.model,
+                levels=loaded.meta.quantiles,
+                model_info=identity.model_info(),
+                model_version=loaded.meta.version,
+                out_path=out_path,
+                fmt=name_fmt,
+                confidence_level=confidence_level,
+                progress=progress,
+                max_rows=self.settings.max_table_rows,
+                knots=knots,
+            )
+        finally:
+            if made and not out_path.exists():  # no table written (no trace predicted): no folder left for it
+                for folder in made:
+                    with contextlib.suppress(OSError):  # (something else put there meanwhile stays)
+                        folder.rmdir()
         result["model_key"] = identity.key
         # Traces, counted as the other sources count them: not the repeat records added beside
         # first runs, and those that failed are errors, as a batch's are; through
