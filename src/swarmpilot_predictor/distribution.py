@@ -700,9 +700,10 @@ class TaskDistributions:
                       read: Callable[["TotalDistribution"], Any] | None = None) -> list[Any]:
         """The total of each prefix of these tasks, in their order: when each task of a queue
         run in this order is done (its own runtime plus those of the tasks before it), as
-        ``self.subset(range(i)).total(shared_factor)`` for each ``i``, in about the time of a
-        few such totals rather than of all of them (the ``i``-th of them convolves ``i``
-        tasks: a queue of 400 tasks took 3 s that way). The first is that task's and the
+        ``self.subset(range(i)).total(shared_factor)`` for each ``i``, at a cost that grows
+        about as the queue's length rather than as its square (the ``i``-th of those totals
+        convolves ``i`` tasks: a queue of 500 tasks took 2.2 to 4.5 s that way, 0.3 to 0.4 s
+        here: benchmarks/queue_totals.py --completion). The first is that task's and the
         last the queue's ``total``, as they are.
 
         With ``read``, each total is kept as what ``read`` makes of it as soon as it is made: a
