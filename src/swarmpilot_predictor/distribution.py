@@ -645,13 +645,20 @@ class TaskDistributions:
         # two tasks reach the runtime bound).
         edges = np.minimum(edges, float(self.quantiles(_MOST).sum()))
         tau = self.factor_log_sd(mean) if shared_factor else 0.0
-        if tau > 0:
-            # S is at least each task: the widest tasks' CDFs bound S's where the grid is coarse.
-            bound = self.subset(order[:_BOUND_TASKS]).quantiles(_bound_levels())
-            edges, at_edges = _times_shared_factor(edges, at_edges, tau, bound, cells)
-            k2 = _variance_times_shared_factor(k1, k2, tau)
-            return TotalDistribution(k1, k2, edges=edges, edge_cdf=at_edges, tasks=self, shared_log_sd=tau)
-        return TotalDistribution(k1, k2, edges=edges, edge_cdf=at_edges, tasks=self)
+        return self._sum_total(k1, k2, edges, at_edges, cells, tau, order[:_BOUND_TASKS], self)
+
+    def _sum_total(self, k1: float, k2: float, edges: np.ndarray, c: np.ndarray, cells: int, tau: float,
+                   widest: np.ndarray | None, tasks: "TaskDistributions | None") -> "TotalDistribution":
+        """The total of a sum of these tasks' (``c`` at ``edges``, found on ``cells`` cells; its
+        mean ``k1`` and variance ``k2``), times the shared factor of log sd ``tau`` where it is
+        above 0, bounded by the ``widest`` tasks (by variance) there; ``tasks``, those summed."""
+        if tau <= 0:
+            return TotalDistribution(k1, k2, edges=edges, edge_cdf=c, tasks=tasks)
+        # S is at least each task: the widest tasks' CDFs bound S's where the grid is coarse.
+        assert widest is not None
+        edges, c = _times_shared_factor(edges, c, tau, self.subset(widest).quantiles(_bound_levels()), cells)
+        return TotalDistribution(k1, _variance_times_shared_factor(k1, k2, tau), edges=edges, edge_cdf=c, tasks=tasks,
+                                 shared_log_sd=tau)
 
     def for_totals(self, levels: Sequence[float], subsets: Sequence[np.ndarray] = ()) -> "TaskDistributions":
         """These tasks, for the totals of many subsets of them (a request's queues: their
@@ -765,14 +772,8 @@ class TaskDistributions:
             for i, (edges, c, cells) in zip(group, sums):
                 edges = np.minimum(edges, float(most[i - 1]))
                 tau = self.factor_log_sd(mean[:i]) if shared_factor else 0.0
-                if tau > 0:
-                    widest = np.argsort(var[:i])[::-1][:_BOUND_TASKS]
-                    edges, c = _times_shared_factor(edges, c, tau, self.subset(widest).quantiles(_bound_levels()), cells)
-                    total = TotalDistribution(
-                        float(k1[i - 1]), _variance_times_shared_factor(float(k1[i - 1]), float(k2[i - 1]), tau),
-                        edges=edges, edge_cdf=c, shared_log_sd=tau)
-                else:
-                    total = TotalDistribution(float(k1[i - 1]), float(k2[i - 1]), edges=edges, edge_cdf=c)
+                widest = np.argsort(var[:i])[::-1][:_BOUND_TASKS] if tau > 0 else None
+                total = self._sum_total(float(k1[i - 1]), float(k2[i - 1]), edges, c, cells, tau, widest, None)
                 out[i - 1] = kept(bounds.bound(total, i, tau > 0))
             start = end + 1
         return out
@@ -800,16 +801,13 @@ class TaskDistributions:
         shifts = offset.copy()
         by_row = []  # each block's tasks in the order of their rows, and those rows
         for b, (t, cell) in zip(rows.blocks, cells):
-            err = cell - t
-            err[t >= 2.0**50] = 0.0
-            shifts -= np.bincount(b.row, weights=err @ b.w, minlength=last)
+            shifts -= np.bincount(b.row, weights=_rounding_errors(t, cell) @ b.w, minlength=last)
             order = np.argsort(b.row, kind="stable")
             by_row.append((order, b.row[order]))
         shifts = np.cumsum(shifts)
         # The rows' transforms in chunks of about 2^22 values, their running product carried.
         chunk = max(1, (1 << 22) // G)
         running = np.ones(G // 2 + 1, dtype=np.complex128)
-        frequencies = 1.0 - np.cos(2.0 * np.pi * np.arange(G // 2 + 1) / G)
         wanted = iter(group)
         i = next(wanted)
         for lo in range(0, last, chunk):
@@ -818,7 +816,7 @@ class TaskDistributions:
             for b, (_, cell), (order, sorted_rows) in zip(rows.blocks, cells, by_row):
                 mine = order[np.searchsorted(sorted_rows, lo):np.searchsorted(sorted_rows, hi)]
                 if len(mine):
-                    idx = (cell[mine] - G * np.floor(cell[mine] / G)).astype(np.int64)
+                    idx = _residues(cell[mine], G)
                     pmf += np.bincount(((b.row[mine] - lo)[:, None] * G + idx).ravel(),
                                        weights=np.broadcast_to(b.w, idx.shape).ravel(), minlength=(hi - lo) * G)
             pmf = pmf.reshape(hi - lo, G)
@@ -828,15 +826,8 @@ class TaskDistributions:
                 f = product[i - 1 - lo]
                 lost = float(losses[i - 1])
                 if math.isfinite(lost) and lost > 0:
-                    f = f * np.exp(-lost * frequencies)
-                total = np.fft.irfft(f, n=G)
-                shift = float(shifts[i - 1])
-                k0 = int(np.floor(lows[i - 1] / h - shift))
-                total = np.maximum(np.roll(total, -(k0 % G)), 0.0)
-                cdf = np.cumsum(total)
-                cdf /= cdf[-1]
-                edges = (k0 + np.arange(G + 1) - 0.5 + shift) * h
-                c = np.concatenate([[0.0], cdf])
+                    f = f * np.exp(-lost * _blur_frequencies(G))
+                edges, c = _unwrapped(np.fft.irfft(f, n=G), float(lows[i - 1]), float(shifts[i - 1]), h)
                 edges, c = self._low_end_refined(functools.partial(_first_rows, blocks, i), least[:i], float(floors[i - 1]),
                                                  h, edges, c, functools.partial(low_ends.of, i, float(floors[i - 1])))
                 yield edges, c, G
@@ -961,28 +952,12 @@ class TaskDistributions:
         shift = float(offset @ count)  # in cells: a sum of labels j stands for the value (j + shift) * h
         flat, weights = [], []
         for b, k, (t, cell) in zip(rows.blocks, mult, cells):
-            # Rounding's mean error per task; none where a value's cell number is beyond
-            # exact floats. Each of a bin's c draws makes its tasks' mean error: c in all.
-            err = cell - t
-            beyond = t >= 2.0**50
-            if beyond.any():
-                err[beyond] = 0.0
-            shift -= float((err @ b.w) @ k)
-            # The residue is taken in floating point (exact, G a power of 2): a far-tail
-            # value's cell number may not fit an integer.
-            idx = (cell - G * np.floor(cell / G)).astype(np.int64)
-            flat.append((b.row[:, None] * G + idx).ravel())
+            # Each of a bin's c draws makes its tasks' mean error: c in all.
+            shift -= float((_rounding_errors(t, cell) @ b.w) @ k)
+            flat.append((b.row[:, None] * G + _residues(cell, G)).ravel())
             weights.append(rows.mixture_weights(b).ravel())
         pmf = np.bincount(np.concatenate(flat), weights=np.concatenate(weights), minlength=R * G).reshape(R, G)
-        total = self._summed(pmf, count, lost, G)
-        # Cell j holds the labels j + (any multiple of G); unwrap into the window.
-        k0 = int(np.floor(low / h - shift))
-        total = np.maximum(np.roll(total, -(k0 % G)), 0.0)
-        cdf = np.cumsum(total)
-        cdf /= cdf[-1]
-        # Mass is spread evenly within each cell: the CDF is linear between cell edges.
-        edges = (k0 + np.arange(G + 1) - 0.5 + shift) * h
-        c = np.concatenate([[0.0], cdf])
+        edges, c = _unwrapped(self._summed(pmf, count, lost, G), low, shift, h)
         edges, c = self._low_end_refined(rows, least, floor, h, edges, c)
         return edges, c, G
 
@@ -1062,7 +1037,7 @@ class TaskDistributions:
             # normal's characteristic function cut at the grid's top frequency rang, and
             # the ringing, clipped at 0, put up to 0.7% of the mass far up the tail (a
             # 10-task total's 0.999 quantile at 4 times the truth).
-            product *= np.exp(-lost * (1.0 - np.cos(2.0 * np.pi * np.arange(len(product)) / G)))
+            product *= np.exp(-lost * _blur_frequencies(G))
         return np.fft.irfft(product, n=G)
 
     @staticmethod
@@ -2412,6 +2387,41 @@ class _PrefixBounds:
         total._floor_parts = (self.least[lead], float(self.sum_least[i - 1]),
                               None if top is None else (self.tasks.subset(top), self.least[top]))
         return total
+
+
+def _rounding_errors(t: np.ndarray, cell: np.ndarray) -> np.ndarray:
+    """Rounding's error at each value (``t`` in cells, rounded to ``cell``); none where a
+    value's cell number is beyond exact floats."""
+    err = cell - t
+    err[t >= 2.0**50] = 0.0
+    return err
+
+
+def _residues(cell: np.ndarray, G: int) -> np.ndarray:
+    """Each cell number modulo ``G``, the place of its mass on a circular grid. Taken in
+    floating point (exact, G a power of 2): a far-tail value's cell number may not fit an integer."""
+    return (cell - G * np.floor(cell / G)).astype(np.int64)
+
+
+@functools.cache
+def _blur_frequencies(G: int) -> np.ndarray:
+    """``1 - cos(2 pi k / G)`` at the frequencies of a real transform of ``G`` cells: what
+    blurs a sum by a variance of one cell squared, times it (``exp(-lost * this)``)."""
+    out = 1.0 - np.cos(2.0 * np.pi * np.arange(G // 2 + 1) / G)
+    out.flags.writeable = False
+    return out
+
+
+def _unwrapped(total: np.ndarray, low: float, shift: float, h: float) -> tuple[np.ndarray, np.ndarray]:
+    """A sum's CDF from its mass on a circular grid of cells ``h`` wide (cell ``j`` holds the
+    labels ``j`` plus any multiple of the grid's length, label ``j`` standing for the value
+    ``(j + shift) h``), unwrapped into the window from ``low``: increasing values, the CDF
+    at them. Mass is spread evenly within each cell: the CDF is linear between cell edges."""
+    G = len(total)
+    k0 = int(np.floor(low / h - shift))
+    cdf = np.cumsum(np.maximum(np.roll(total, -(k0 % G)), 0.0))
+    cdf /= cdf[-1]
+    return (k0 + np.arange(G + 1) - 0.5 + shift) * h, np.concatenate([[0.0], cdf])
 
 
 def _first_rows(blocks: list[_SumBlock], i: int, start: int = 0) -> _SumRows:
