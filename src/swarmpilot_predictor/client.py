@@ -805,11 +805,9 @@ class _Calls:
         :meth:`queue_wait` refuses a batch's (its tasks named ``trace[i]``, not by a queue
         the caller never named)."""
         q = answer.queues[_ONE_QUEUE]
-        failures = [f"trace[{e.get('index')}]: {e.get('message') or ''}" for e in q.errors]
-        if q.expect is None or q.total_quantiles is None or q.total_interval is None:
-            raise PredictorClientError("no task in the queue could be predicted: " + _first_few(failures))
-        if failures and not partial:
-            _refuse_partial(failures, answer.summary.get("total"), "wait")
+        _check_one_wait([f"trace[{e.get('index')}]: {e.get('message') or ''}" for e in q.errors],
+                        q.expect is None or q.total_quantiles is None or q.total_interval is None,
+                        answer.summary.get("total"), partial)
         return _Calls.queue_waits(answer, True, deadline_ms)[_ONE_QUEUE]
 
     @staticmethod
@@ -923,11 +921,9 @@ class _Calls:
                                      quantile_predictions=[0.0] * len(levels), interval=[0.0, 0.0],
                                      confidence_level=confidence_level, deadline_ms=deadline_ms,
                                      deadline_probability=None if deadline_ms is None else 1.0)
-        failures = [f"trace[{i}]: {r.message or ''}" for i, r in enumerate(batch.results) if r.status != "success"]
-        if batch.expect is None or batch.total_quantiles is None or batch.total_interval is None:
-            raise PredictorClientError("no task in the queue could be predicted: " + _first_few(failures))
-        if failures and not partial:
-            _refuse_partial(failures, batch.summary.total, "wait")
+        _check_one_wait([f"trace[{i}]: {r.message or ''}" for i, r in enumerate(batch.results) if r.status != "success"],
+                        batch.expect is None or batch.total_quantiles is None or batch.total_interval is None,
+                        batch.summary.total, partial)
         versions = [r.model_version for r in batch.results if r.status == "success" and r.model_version is not None]
         return QueueWaitEstimate(
             model_version=max(versions, default=None),
@@ -982,6 +978,15 @@ _ONE_QUEUE = "queue"
 
 def _first_few(messages: list[str]) -> str:
     return "; ".join(messages[:5]) + ("; ..." if len(messages) > 5 else "")
+
+
+def _check_one_wait(failures: list[str], none_predicted: bool, total: Any, partial: bool) -> None:
+    """``queue_wait``'s refusals: a queue none of whose tasks could be predicted, and one
+    some of whose could not (``failures``, each ``trace[i]: why``) unless ``partial``."""
+    if none_predicted:
+        raise PredictorClientError("no task in the queue could be predicted: " + _first_few(failures))
+    if failures and not partial:
+        _refuse_partial(failures, total, "wait")
 
 
 def _refuse_partial(failures: list[str], total: Any, waits: str) -> NoReturn:

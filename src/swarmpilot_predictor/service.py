@@ -1510,11 +1510,12 @@ def _total_answer(total: TotalDistribution, levels: list[float], confidence_leve
     """A batch's (a queue's) total as its answer gives it: its quantiles and central interval
     read off in one evaluation (each evaluation bounds the total by its tasks' quantiles), and
     with ``deadline_ms`` the probability that it is within that."""
-    both = total.quantiles([*levels, *interval_levels(confidence_level)]).tolist()
-    out = {"expect": float(total.mean), "error": total.std, "total_quantiles": both[:len(levels)],
+    read = TotalReading.of(total, [*levels, *interval_levels(confidence_level)], deadline_ms)
+    both = read.quantiles.tolist()
+    out = {"expect": read.mean, "error": read.std, "total_quantiles": both[:len(levels)],
            "total_interval": both[len(levels):]}
     if deadline_ms is not None:
-        out[DEADLINE_KEY] = total.cdf(deadline_ms)
+        out[DEADLINE_KEY] = read.deadline_probability
     return out
 
 
