@@ -186,15 +186,25 @@ def _dumps(body: Any, root: str = "") -> bytes:
     return data
 
 
+def _seen_before(value: Any, seen: set[int]) -> bool:
+    """Whether ``value`` is a container a walk of a body has met before (``seen``, which it
+    joins): a container held twice is looked into once, and one that holds itself (which
+    orjson refuses) is not walked forever."""
+    if not isinstance(value, (Mapping, list, tuple)):
+        return False
+    if id(value) in seen:
+        return True
+    seen.add(id(value))
+    return False
+
+
 def _has_str_subclass_keys(value: Any) -> bool:
     stack = [value]
-    seen: set[int] = set()  # a container that holds itself (orjson refuses it) is walked once
+    seen: set[int] = set()
     while stack:
         value = stack.pop()
-        if isinstance(value, (Mapping, list, tuple)):
-            if id(value) in seen:
-                continue
-            seen.add(id(value))
+        if _seen_before(value, seen):
+            continue
         if isinstance(value, Mapping):
             if any(isinstance(k, str) and type(k) is not str for k in value):
                 return True
@@ -241,13 +251,11 @@ def _unsendable(value: Any, path: str, any_type: bool) -> tuple[str, Any] | None
     a NaN or an infinity, and with ``any_type`` (after orjson refused the body) a value of a type
     it does not write; otherwise such values (a datetime, a UUID: orjson writes them) are left be."""
     stack: list[tuple[Any, str]] = [(value, path)]
-    seen: set[int] = set()  # a container held twice is looked into once (one that holds itself: not forever)
+    seen: set[int] = set()
     while stack:
         value, path = stack.pop()
-        if isinstance(value, (Mapping, list, tuple)):
-            if id(value) in seen:
-                continue
-            seen.add(id(value))
+        if _seen_before(value, seen):
+            continue
         if isinstance(value, str):
             if any_type and not valid_unicode(value):  # a lone surrogate: no JSON text can hold it
                 return path, value
