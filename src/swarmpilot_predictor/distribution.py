@@ -788,14 +788,7 @@ class TaskDistributions:
         rows, rows_first = _first_rows(blocks, last), _first_rows(blocks, first)
         mult = [np.ones(len(b.row)) for b in rows.blocks]
         G, h, _, _, _ = self._window(rows, mult, sd)
-        medians = [b.at(0.5) for b in rows.blocks]
-        medians_first = [b.at(0.5) for b in rows_first.blocks]
-        while True:
-            offset, base, cells, rounding_error = self._cells(rows, h, medians)
-            if G >= _SUM_GRID_RESOLVE_MAX or not (rounding_error > _ROUNDING_VAR_ERROR or
-                                                  self._cells(rows_first, h, medians_first)[3] > _ROUNDING_VAR_ERROR):
-                break
-            G, h = 2 * G, h / 2
+        G, h, offset, base, cells = self._resolved(rows, G, h, rows_first)
         losses = np.cumsum(self._row_rounding_losses(rows, h, base, cells))
         # Each task's share of the grid's shift (see _convolve), summed over each prefix.
         shifts = offset.copy()
@@ -942,12 +935,7 @@ class TaskDistributions:
         # came out 12% too wide, of 100,000 30% too narrow). The cells are halved (more of
         # them, the same window) until the rounded tasks' variance is within
         # _ROUNDING_VAR_ERROR of theirs.
-        medians = [b.at(0.5) for b in rows.blocks]
-        while True:
-            offset, base, cells, rounding_error = self._cells(rows, h, medians)
-            if G >= _SUM_GRID_RESOLVE_MAX or not rounding_error > _ROUNDING_VAR_ERROR:
-                break
-            G, h = 2 * G, h / 2
+        G, h, offset, base, cells = self._resolved(rows, G, h)
         lost = self._rounding_loss(rows, h, base, cells)
         shift = float(offset @ count)  # in cells: a sum of labels j stands for the value (j + shift) * h
         flat, weights = [], []
@@ -960,6 +948,22 @@ class TaskDistributions:
         edges, c = _unwrapped(self._summed(pmf, count, lost, G), low, shift, h)
         edges, c = self._low_end_refined(rows, least, floor, h, edges, c)
         return edges, c, G
+
+    def _resolved(self, rows: "_SumRows", G: int, h: float, also: "_SumRows | None" = None
+                  ) -> tuple[int, float, np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+        """``rows`` on ``G`` cells of width ``h``, halved (more of them, the same window) until
+        the rounded tasks' variance is within ``_ROUNDING_VAR_ERROR`` of theirs, and that of
+        ``also``'s (a shorter prefix's rows) too, or ``_SUM_GRID_RESOLVE_MAX`` cells: the
+        number of cells, their width and :meth:`_cells`' rows on them."""
+        medians = [b.at(0.5) for b in rows.blocks]
+        also_medians = None if also is None else [b.at(0.5) for b in also.blocks]
+        while True:
+            offset, base, cells, rounding_error = self._cells(rows, h, medians)
+            if G >= _SUM_GRID_RESOLVE_MAX or not (
+                    rounding_error > _ROUNDING_VAR_ERROR
+                    or (also is not None and self._cells(also, h, also_medians)[3] > _ROUNDING_VAR_ERROR)):
+                return G, h, offset, base, cells
+            G, h = 2 * G, h / 2
 
     @staticmethod
     def _window(rows: "_SumRows", mult: list[np.ndarray], sd: float) -> tuple[int, float, float, float, np.ndarray]:
@@ -2345,6 +2349,13 @@ class _SumRows:
         return block.w[None, :] / self.size[block.row][:, None]
 
 
+def _largest_tasks(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """The places of the ``_BOUND_TASKS`` largest tasks by mean and of those by variance,
+    sorted: the tasks whose quantiles a total's bound with the shared factor also reads."""
+    k = min(_BOUND_TASKS, len(mean))
+    return np.unique(np.concatenate([np.argpartition(mean, -k)[-k:], np.argpartition(var, -k)[-k:]]))
+
+
 class _PrefixBounds:
     """What bounds the total of each prefix of a queue's ``tasks`` (``TotalDistribution._floor``)
     without reading every task of each prefix: the bound is the most, over the prefix's
@@ -2379,9 +2390,7 @@ class _PrefixBounds:
         lead = self.leaders[i - 1]
         top = None
         if shared:
-            k = min(_BOUND_TASKS, i)
-            top = np.unique(np.concatenate([np.argpartition(self.mean[:i], -k)[-k:],
-                                            np.argpartition(self.var[:i], -k)[-k:]]))
+            top = _largest_tasks(self.mean[:i], self.var[:i])
             lead = np.union1d(lead, top)
         total.tasks = self.tasks.subset(lead)
         total._floor_parts = (self.least[lead], float(self.sum_least[i - 1]),
@@ -2933,10 +2942,7 @@ class TotalDistribution:
             least = tasks.quantiles([_LEAST_LEVEL])[:, 0]
             cand = None
             if tau > 0:
-                mean, var = tasks.moments()[:2]
-                k = min(_BOUND_TASKS, len(tasks))
-                top = np.concatenate([np.argpartition(mean, -k)[-k:], np.argpartition(var, -k)[-k:]])
-                cand = np.unique(top)
+                cand = _largest_tasks(*tasks.moments()[:2])
                 cand = (tasks.subset(cand), least[cand])
             self._floor_parts = (least, float(least.sum()), cand)
         least, sum_least, cand = self._floor_parts
