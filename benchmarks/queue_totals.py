@@ -34,6 +34,7 @@ fell below the predicted total's median (0.5 when the total is unbiased).
     uv run python benchmarks/queue_totals.py --tables   # a lookup table's totals against its model's
     uv run python benchmarks/queue_totals.py --scaling  # a total's cost from 100 to 100,000 tasks
     uv run python benchmarks/queue_totals.py --completion  # when each queued task is done: cost and accuracy
+    uv run python benchmarks/queue_totals.py --completion-requests  # the heaviest such requests in the service
     uv run python benchmarks/queue_totals.py --moments  # tasks' expect and error against their quantiles' moments
     uv run python benchmarks/queue_totals.py --heldout-ratios  # training's held-out expect/error ratios against new data
     uv run python benchmarks/queue_totals.py --stretches  # runs whose level moves between stretches
@@ -536,6 +537,56 @@ def completion_times(seed: int = 3, sums: int = SUMS) -> None:
                 print(f"| {name} | {n} | {best * 1e3:.0f} | {alone_ms} | {off[0]} | {off[1]} |", flush=True)
 
 
+def completion_requests(seed: int = 5) -> None:
+    """What the heaviest queues requests with ``completion_times`` cost in the service:
+    ``PredictorService.predict_queues`` in-process (the request's work, without HTTP) with a
+    model trained on every trace of the H100 vision example, at 3 levels with a deadline,
+    for the bound of 10,000 traces laid out as one queue, 10 of 1,000, 100 of 100 and 1,000
+    of 10 (queues of traces drawn with replacement), with and without ``shared_factor``;
+    each request once, after a warm-up, with the peak of Python's allocations during it
+    (``tracemalloc``, which slows the request: timed apart)."""
+    import json
+    import tempfile
+    import tracemalloc
+
+    from swarmpilot_predictor.identity import IdentityPattern
+    from swarmpilot_predictor.schemas import TrainConfig
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    ident = {"model_type": "vision", "model_name": "resnet50", "hardware": "H100", "software_name": "torch",
+             "software_version": "2.4"}
+    with tempfile.TemporaryDirectory() as data_dir:
+        service = PredictorService(PredictorSettings(data_dir=Path(data_dir), cache_size=0))
+        try:
+            rows = [json.loads(line) for line in open(EXAMPLES / "h100_resnet50_vision.jsonl")]
+            service.train(TrainConfig.model_validate({"model": ident, "traces": rows,
+                                                      "features": ["batch_size", "image_size"]}))
+            pool = [{k: v for k, v in t.items() if k != "runtime_ms"} for t in rows]
+            pattern = IdentityPattern.from_parts(ident)
+            rng = np.random.default_rng(seed)
+            service.predict_queues(pattern, {"warm-up": pool[:3]}, completion_times=True)
+            print("| request | `shared_factor` | seconds | peak of Python's allocations MB |")
+            print("|---|---|---:|---:|")
+            for count, length in ((1, 10_000), (10, 1_000), (100, 100), (1_000, 10)):
+                queues = {f"q{k}": [pool[i] for i in rng.integers(0, len(pool), length)] for k in range(count)}
+                for shared in (False, True):
+                    def ask() -> None:
+                        service.predict_queues(pattern, queues, quantiles=[0.5, 0.9, 0.99], completion_times=True,
+                                               deadline_ms=1000.0, shared_factor=shared)
+                    t0 = time.perf_counter()
+                    ask()
+                    seconds = time.perf_counter() - t0
+                    tracemalloc.start()
+                    ask()
+                    peak = tracemalloc.get_traced_memory()[1]
+                    tracemalloc.stop()
+                    print(f"| {count:,} {'queue' if count == 1 else 'queues'} of {length:,} tasks | "
+                          f"{'yes' if shared else 'no'} | {seconds:.1f} | {peak / 2**20:.0f} |", flush=True)
+        finally:
+            service.close()
+
+
 def total_timing() -> None:
     """Milliseconds for a queue's answer in-process (the tasks' distributions, their moments
     and quantiles, the total and its quantiles and interval), best of 40, for the first
@@ -709,6 +760,8 @@ def main() -> None:
                     help="only the stretch test on runs of one level (how often it calls them spread) and its power")
     ap.add_argument("--completion", action="store_true",
                     help="only when each task of a queue is done: against each prefix alone and Monte Carlo")
+    ap.add_argument("--completion-requests", action="store_true",
+                    help="only the heaviest queues requests with completion times, through the service in-process")
     ap.add_argument("--scaling", action="store_true",
                     help="only how a total's cost grows from 100 to 100,000 synthetic tasks, and its grid")
     args = ap.parse_args()
@@ -716,6 +769,7 @@ def main() -> None:
     alone = {"scaling": total_scaling, "tables": table_totals, "long": long_queues, "moments": moment_agreement,
              "heldout_ratios": lambda: heldout_ratios(args.seeds), "stretches": lambda: stretch_coverage(args.seeds),
              "false_spread": false_spread, "completion": lambda: completion_times(sums=args.sums),
+             "completion_requests": completion_requests,
              "sampled": lambda: sampled_totals(sums=args.sums, short=args.short)}
     for flag, section in alone.items():
         if getattr(args, flag):
