@@ -1430,7 +1430,13 @@ def test_each_prefix_of_a_queue_totals_as_that_queue_alone(name):
         if i in (1, len(dist)):  # the first task itself, the whole queue's own total: the same to the bit
             np.testing.assert_array_equal(total.quantiles(levels), alone.quantiles(levels))
         else:  # on the grid of a longer prefix: up to its rounding
-            np.testing.assert_allclose(total.quantiles(levels), alone.quantiles(levels), rtol=4e-3)
+            np.testing.assert_allclose(total.quantiles(levels)[1:], alone.quantiles(levels)[1:], rtol=4e-3)
+            # The 0.001 quantile may lie where the sum's CDF is all but flat (between two of
+            # the nodes of a task's far low tail, 1/1024 of its mass apart): there the grids'
+            # cells move it by up to 1% ("decades": 142.75 against 141.68), 3e-5 in probability.
+            low = float(total.quantiles([0.001])[0])
+            assert low == pytest.approx(float(alone.quantiles([0.001])[0]), rel=1e-2)
+            assert alone.cdf(low) == pytest.approx(0.001, abs=1e-4)
 
 
 def test_a_constant_task_ahead_of_others_is_done_at_its_runtime_and_moves_the_rest():

@@ -2455,11 +2455,12 @@ def _first_rows(blocks: list[_SumBlock], i: int, start: int = 0) -> _SumRows:
     return _SumRows(kept, one, one)
 
 
-# The tasks whose masses _PrefixLowEnds puts on a grid at once; a prefix of at most
-# _PREFIX_LOW_END_ALONE tasks has its low end found alone, on the span it asks for; a longer
-# one's span is rounded up to a power of _PREFIX_SPAN_STEP times the first asked for.
+# The tasks whose masses _PrefixLowEnds puts on a grid at once. A prefix of at most
+# _PREFIX_LOW_END_SHORT tasks has its span rounded up to a power of 2 times the first such
+# span asked for, on twice the cells; a longer one's is rounded up to a power of
+# _PREFIX_SPAN_STEP times the first of theirs.
 _PREFIX_LOW_END_CHUNK = 256
-_PREFIX_LOW_END_ALONE = 32
+_PREFIX_LOW_END_SHORT = 32
 _PREFIX_SPAN_STEP = 2.0 ** 0.25
 
 
@@ -2476,52 +2477,60 @@ class _RunningLowEnd:
 
 class _PrefixLowEnds:
     """The first grid of :func:`_low_end` for the sums of a queue's prefixes (each task its
-    own row of ``blocks``, whose lowest values are ``least``). A prefix of more than
-    ``_PREFIX_LOW_END_ALONE`` tasks has it on a span of the one it asks for rounded up to a
-    power of ``_PREFIX_SPAN_STEP`` times the first span asked for (at most 19% wider, its
-    cells as much coarser; at twice, a 3-task sum's 0.001 quantile moved 1.2%): the prefixes
-    that ask for one such span share one running product of the tasks' masses, cut to the
-    grid after each task, which is each prefix's sum below the grid's end exactly as
-    :func:`_low_end`'s pairwise product is. A prefix's span grows about as its length, so a
-    rounded span serves the next fifth or so of the prefixes, for the cost of one more
-    product of each task (its first prefix's). Worked out again for each prefix, the low
-    ends of a queue of 1,000 tasks with a rare slow mode cost the square of its length (7.9 s)."""
+    own row of ``blocks``, whose lowest values are ``least``), on spans rounded up so that
+    the prefixes that ask for one such span share one running product of the tasks' masses,
+    cut to the grid after each task: each prefix's sum below the grid's end, exactly as
+    :func:`_low_end`'s pairwise product is. A rounded span serves the prefixes after the
+    first that asks for it, for the cost of one more product of each task (that first one's).
+
+    A prefix of more than ``_PREFIX_LOW_END_SHORT`` tasks has it on a span of the one it asks
+    for rounded up to a power of ``_PREFIX_SPAN_STEP`` times the first such span asked for
+    (at most 19% wider, its cells as much coarser; at twice, a 3-task sum's 0.001 quantile
+    moved 1.2%). Its span grows about as its length, so a rounded span serves the next fifth
+    or so of the prefixes. Worked out again for each prefix, the low ends of a queue of
+    1,000 tasks with a rare slow mode cost the square of its length (7.9 s).
+
+    A shorter prefix's span grows faster, by half from 2 tasks to 3: it is rounded up to a
+    power of 2 times the first such span asked for, on twice ``_LOW_END_GRID`` cells, so
+    that its cells are never coarser than on the span it asks for. Each found alone (about
+    the tasks' number of products each), they took half the time of 16 queues' completions
+    of 50 tasks of a model with a slow mode."""
 
     def __init__(self, blocks: list[_SumBlock], least: np.ndarray):
         self.blocks = blocks
         self.least = least
-        self.unit: float | None = None
-        self.grids: dict[int, _RunningLowEnd] = {}
+        self.units: dict[bool, float] = {}  # the first span asked for, of short prefixes and of long
+        self.grids: dict[tuple[bool, int], _RunningLowEnd] = {}
 
     def of(self, i: int, floor: float, span: float) -> tuple[np.ndarray, np.ndarray, float]:
         """The low end of the sum of the first ``i`` tasks (whose lowest value is ``floor``)
-        on a grid spanning at least ``span``: its values and CDF there, and that grid's span."""
-        G = _LOW_END_GRID
-        if i <= _PREFIX_LOW_END_ALONE:
-            return (*_low_end(_first_rows(self.blocks, i), self.least[:i], floor, floor + span), span)
-        if self.unit is None:
-            self.unit = span
-        k = math.ceil(math.log(span / self.unit) / math.log(_PREFIX_SPAN_STEP) - 1e-9)
-        wide = self.unit * _PREFIX_SPAN_STEP ** k
-        h = wide / G
-        run = self.grids.get(k)
+        on a grid spanning at least ``span``: its values and CDF there, and the span of a grid
+        of ``_LOW_END_GRID`` cells as fine as that one."""
+        short = i <= _PREFIX_LOW_END_SHORT
+        step, cells = (2.0, 2 * _LOW_END_GRID) if short else (_PREFIX_SPAN_STEP, _LOW_END_GRID)
+        unit = self.units.setdefault(short, span)
+        k = math.ceil(math.log(span / unit) / math.log(step) - 1e-9)
+        wide = unit * step ** k
+        h = wide / cells
+        run = self.grids.get((short, k))
         if run is None or run.done > i:
-            start = np.zeros(G)
+            start = np.zeros(cells)
             start[0] = 1.0
-            run = self.grids[k] = _RunningLowEnd(0, start)
+            run = self.grids[short, k] = _RunningLowEnd(0, start)
         for other in self.grids.values():  # (8 MB each: only the grid in use keeps its tasks' transforms)
             if other is not run:
                 other.spectra = None
         while run.done < i:
             r = run.done
             if run.spectra is None or not run.start <= r < run.start + len(run.spectra):
-                end = min(len(self.least), r + _PREFIX_LOW_END_CHUNK)
-                masses = _low_end_masses(_first_rows(self.blocks, end, r), self.least[r:end], h)
-                run.start, run.spectra = r, np.fft.rfft(masses, 2 * G, axis=1)
-            run.mass = np.maximum(np.fft.irfft(np.fft.rfft(run.mass, 2 * G) * run.spectra[r - run.start], 2 * G)[:G], 0.0)
+                end = min(len(self.least), r + _PREFIX_LOW_END_CHUNK, _PREFIX_LOW_END_SHORT if short else len(self.least))
+                masses = _low_end_masses(_first_rows(self.blocks, end, r), self.least[r:end], h, cells)
+                run.start, run.spectra = r, np.fft.rfft(masses, 2 * cells, axis=1)
+            run.mass = np.maximum(np.fft.irfft(np.fft.rfft(run.mass, 2 * cells) * run.spectra[r - run.start],
+                                               2 * cells)[:cells], 0.0)
             run.done += 1
         x, c = _low_end_cdf(run.mass, floor, h)
-        return x, c, wide
+        return x, c, h * _LOW_END_GRID
 
 
 def _stratum_keys(j: np.ndarray) -> np.ndarray:
@@ -2607,10 +2616,10 @@ def _low_end(rows: _SumRows, least: np.ndarray, floor: float, limit: float) -> t
     return _low_end_cdf(pmf[0], floor, h)
 
 
-def _low_end_masses(rows: _SumRows, least: np.ndarray, h: float) -> np.ndarray:
-    """Each row's mass (one draw of it) on the cells of :func:`_low_end`'s grid of cells ``h``
-    wide, its values counted above its lowest (``least``): (rows, cells)."""
-    G = _LOW_END_GRID
+def _low_end_masses(rows: _SumRows, least: np.ndarray, h: float, cells: int = _LOW_END_GRID) -> np.ndarray:
+    """Each row's mass (one draw of it) on the ``cells`` cells of :func:`_low_end`'s grid of
+    cells ``h`` wide, its values counted above its lowest (``least``): (rows, cells)."""
+    G = cells
     R = len(rows.count)
     pmf = np.zeros((R, G + 1))
     for b in rows.blocks:
@@ -2629,7 +2638,7 @@ def _low_end_masses(rows: _SumRows, least: np.ndarray, h: float) -> np.ndarray:
 def _low_end_cdf(pmf: np.ndarray, floor: float, h: float) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_low_end`'s answer from the sum's mass on its cells (``h`` wide, from ``floor``)."""
     # Mass at j h stands for [j - 1/2, j + 1/2) h; kept below 0.95 limit, clear of the cut.
-    keep = int(0.95 * _LOW_END_GRID)
+    keep = int(0.95 * len(pmf))
     return floor + (np.arange(keep + 1) - 0.5).clip(0.0) * h, np.concatenate([[0.0], np.cumsum(pmf[:keep])])
 
 
