@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import gzip
 from urllib.parse import quote
 
@@ -536,3 +537,27 @@ def test_a_tables_answers_are_evaluated_as_the_models_are(live):
             return await client.evaluate(IDENTITY, TRACES, lookup_table_name="gen.json")
 
     assert asyncio.run(evaluated()) == answer
+
+
+@pytest.mark.parametrize("n", [3, 8, 20, 60])
+def test_a_tables_last_completion_time_is_its_queues_total_to_the_bit(live, n):
+    # The completions' means and spreads were running sums, the total's numpy's pairwise sum:
+    # from 8 tasks on, the last task's expect and error could differ from the queue's in their
+    # last bits, where the README promises the queue's total to the last bit.
+    srv, _ = live
+    queue = [{k: v for k, v in t.items() if k != "runtime_ms"} for t in TRACES[:n]]
+    queue[0] = {**queue[0], "elapsed_ms": 50.0}  # a running task counts by its time left, in both
+    with PredictorClient(srv.url) as client:
+        wait = client.queue_wait(IDENTITY, queue, quantiles=[0.5, 0.9], lookup_table_name="gen.json",
+                                 deadline_ms=20_000.0, completion_times=True)
+        plain = client.queue_wait(IDENTITY, queue, quantiles=[0.5, 0.9], lookup_table_name="gen.json",
+                                  deadline_ms=20_000.0)
+        each = client.predict_batch(IDENTITY, queue, lookup_table_name="gen.json").results
+    assert wait.completion is not None and [c.index for c in wait.completion] == list(range(n))
+    last = wait.completion[-1]
+    assert (last.expect, last.error, last.quantiles, last.interval, last.deadline_probability) == (
+        wait.expect, wait.error, wait.quantile_predictions, wait.interval, wait.deadline_probability)
+    assert (wait.expect, wait.error) == (plain.expect, plain.error)
+    # Each task's completion is still the sum of its own and those ahead of it.
+    assert [c.expect for c in wait.completion] == pytest.approx(list(itertools.accumulate(r.expect for r in each)),
+                                                                rel=1e-12)

@@ -1260,7 +1260,11 @@ class LookupTable:
         asked = [list(answer[1]) if list(answer[0]) == list(levels or ()) else [0.0] * n_levels for answer in answers]
         quantile_floor = np.maximum.accumulate(np.array(asked, dtype=np.float64).reshape(len(answers), n_levels), axis=0)
         interval_floor = np.maximum.accumulate(np.array([answer[2] for answer in answers], dtype=np.float64), axis=0)
-        return TableCompletion(readings, np.cumsum(expect), np.sqrt(np.cumsum(np.square(error))),
+        means, variances = np.cumsum(expect), np.cumsum(np.square(error))
+        # The last is the queue's own total, to the last bit: summed as _total sums it (numpy's
+        # pairwise sum, which a running sum of 8 tasks or more can differ from in its last bits).
+        means[-1], variances[-1] = expect.sum(), np.square(error).sum()
+        return TableCompletion(readings, means, np.sqrt(variances),
                                (quantile_floor, interval_floor),
                                None if deadline_levels is None else np.minimum.accumulate(deadline_levels))
 
