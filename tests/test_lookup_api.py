@@ -561,3 +561,27 @@ def test_a_tables_last_completion_time_is_its_queues_total_to_the_bit(live, n):
     # Each task's completion is still the sum of its own and those ahead of it.
     assert [c.expect for c in wait.completion] == pytest.approx(list(itertools.accumulate(r.expect for r in each)),
                                                                 rel=1e-12)
+
+
+def test_a_tables_first_completion_time_is_its_tasks_own_answer(live):
+    # The first task's completion was read off its distribution as a total sums it, whose
+    # probability of a deadline stops at the record's highest knot level (0.99984), where the
+    # task's own answer (and its queue's, alone) read up to 1 for a deadline past the task.
+    srv, _ = live
+    queue = [{k: v for k, v in t.items() if k != "runtime_ms"} for t in TRACES[:4]]
+    options = {"quantiles": [0.5, 0.9], "lookup_table_name": "gen.json", "confidence_level": 0.9}
+    with PredictorClient(srv.url) as client:
+        p90 = client.predict_batch(IDENTITY, queue[:1], **options).results[0].quantile_predictions[-1]
+        for factor in (1.1, 1.3, 1.5, 2.0, 10.0):
+            own = client.predict_batch(IDENTITY, queue[:1], deadline_ms=factor * p90, **options).results[0]
+            for n in (1, 4):
+                wait = client.queue_wait(IDENTITY, queue[:n], deadline_ms=factor * p90, completion_times=True, **options)
+                first = wait.completion[0]
+                assert (first.expect, first.error, first.quantiles, first.interval, first.deadline_probability) == (
+                    own.expect, own.error, own.quantile_predictions, own.interval, own.deadline_probability)
+                # A task is never done by the deadline more surely than the one ahead of it.
+                assert all(a.deadline_probability >= b.deadline_probability
+                           for a, b in zip(wait.completion, wait.completion[1:]))
+                if n == 1:  # a queue of that task alone: its completion is its total, to the bit
+                    assert (first.quantiles, first.interval, first.deadline_probability) == (
+                        wait.quantile_predictions, wait.interval, wait.deadline_probability)

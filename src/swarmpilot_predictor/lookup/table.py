@@ -1256,6 +1256,15 @@ class LookupTable:
         summed = tasks if tasks is not None else self.task_distributions(rows, expect, error)
         read = [*(levels or ()), *interval_levels(confidence_level)]
         readings = summed.for_totals(read).prefix_totals(read=lambda total: TotalReading.of(total, read, deadline_ms))
+        # The first task's completion is its own answer, as a queue of it alone totals it
+        # (_total): read off its summed distribution, its probability of a deadline past the
+        # record's highest knot stopped there (0.99984 where its answer and its queue's read 1).
+        first = readings[0]
+        if list(answers[0][0]) == list(levels or ()):
+            readings[0] = TotalReading(first.mean, first.std,
+                                       np.array([*answers[0][1], *answers[0][2]], dtype=np.float64),
+                                       None if deadline_levels is None or first.deadline_probability is None
+                                       else float(deadline_levels[0]))
         n_levels = len(levels or ())
         asked = [list(answer[1]) if list(answer[0]) == list(levels or ()) else [0.0] * n_levels for answer in answers]
         quantile_floor = np.maximum.accumulate(np.array(asked, dtype=np.float64).reshape(len(answers), n_levels), axis=0)
