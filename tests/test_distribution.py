@@ -1392,6 +1392,33 @@ def test_a_deadline_past_a_totals_far_tail_is_answered_without_a_search():
         assert total.cdf(x) == searched
 
 
+def test_a_deadline_below_where_a_shared_factors_total_has_mass_is_answered_without_a_search():
+    from swarmpilot_predictor.distribution import _REACH_ENDS, _levels_at
+
+    # The shared factor's log grid starts near 0, far below the total's mass: a deadline there
+    # (the first tasks' of a long queue) was searched over 129 levels to answer 0.
+    rng = np.random.default_rng(0)
+    total = RuntimeDistribution(np.log(rng.uniform(50, 500, 10)), np.full(10, 0.05), normal_score(),
+                                shared_log_sd=0.05).total(shared_factor=True)
+    asked: list[int] = []
+    quantiles = total.quantiles
+
+    def counted(levels):
+        asked.append(np.size(levels))
+        return quantiles(levels)
+
+    total.quantiles = counted
+    empty = total.edges[np.argmax(total.edge_cdf > 0) - 1]  # the grid holds no mass up to it
+    assert total.edges[0] < empty < float(quantiles(_REACH_ENDS[:1])[0])
+    for x in (total.edges[0] + f * (empty - total.edges[0]) for f in (0.001, 0.5, 0.999)):
+        asked.clear()
+        searched = float(_levels_at(lambda levels: quantiles(levels[0])[None, :], np.array([x]))[0])
+        assert total.cdf(x) == searched == 0.0 and sum(asked) <= 2, (x, asked)
+    # Where the grid holds mass it answers, as it did.
+    for level in (1e-9, 1e-3, 0.5):
+        assert total.cdf(float(quantiles(np.array([level]))[0])) == pytest.approx(level, rel=1e-3)
+
+
 # --------------------------------------------------------------------------- completion times
 
 
