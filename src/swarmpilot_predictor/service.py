@@ -1557,9 +1557,10 @@ def completion_answers(readings: Sequence[TotalReading], places: np.ndarray, n_l
 
     A task is never done before the one ahead of it, so no quantile of a task's completion
     is above the next task's, nor its probability of being done by a deadline below it:
-    the totals are found on grids of their own, whose rounding may differ by up to about
-    0.25%, and each answer is brought to the next one's where it is past it (the last, the
-    queue's own total, as it is). From a lookup ``table``, its bounds are put on each total
+    the totals are found on grids of their own, whose rounding may differ (by up to 1.3% on
+    the example models: README, "Completion times"), and with the shared factor the first,
+    a task alone, is left without it; each answer is brought to the next one's where it is
+    past it (the last, the queue's own total, as it is). From a lookup ``table``, its bounds are put on each total
     first, and the means and standard deviations are its records' (as its queue total's)."""
     both = np.array([r.quantiles for r in readings]).reshape(len(readings), -1)
     if table is not None:
