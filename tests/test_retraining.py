@@ -961,6 +961,54 @@ def test_only_the_newest_versions_are_kept_where_a_limit_is_set(tmp_path, caplog
     assert [v.version for v in svc_all.registry.versions(identity)] == [1, 2, 3]
 
 
+def test_a_retraining_whose_version_a_newer_one_replaced_is_logged_where_the_model_was_not_deleted(tmp_path):
+    # PREDICTOR_KEEP_VERSIONS=1: a training stores version 2 while version 1 is retrained,
+    # and deletes version 1. The retraining's decision (skipped: version 2 serves) was taken
+    # for that of a deleted model: answered to its request, but neither logged (/accuracy's
+    # "retraining" listed nothing) nor counted in predictor_retraining_runs_total.
+    svc = _service(tmp_path, keep_versions=1)
+    identity = ModelIdentity.from_parts(IDENTITY)
+    svc.observe(IDENTITY, _shifted(200, 1.6, seed=10))
+    fit = svc.retrainer._candidates
+
+    def trained_meanwhile(*args, **kwargs):
+        svc.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(300, seed=5), algorithm="linear"))
+        return fit(*args, **kwargs)
+
+    svc.retrainer._candidates = trained_meanwhile
+    decision = svc.retrain(IdentityPattern.from_parts(IDENTITY))
+    assert decision["status"] == "skipped" and decision["message"] == "version 2 was stored meanwhile and serves now"
+    assert [v.version for v in svc.registry.versions(identity)] == [2]
+    logged = svc.accuracy(IdentityPattern.from_parts(IDENTITY))["retraining"]
+    assert [(d["status"], d["from_version"], d["message"]) for d in logged] == [
+        ("skipped", 1, "version 2 was stored meanwhile and serves now")]
+    assert svc.metrics.retraining_runs.labels("skipped")._value.get() == 1
+    # The model's delete still leaves no decision behind: one that ends after it says nothing.
+    svc.retrainer._candidates = fit
+    svc.observe(IDENTITY, _shifted(200, 1.6, seed=11))
+    with svc.retrainer.decisions.exclusive(identity) as mine:
+        assert mine
+        svc.delete_model(IdentityPattern.from_parts(IDENTITY))
+        svc.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(100), algorithm="linear"))  # version 3
+        # ... also while a retraining of the model trained again holds its own, new lock.
+        held, done = threading.Event(), threading.Event()
+
+        def retraining_the_new_model():
+            with svc.retrainer.decisions.exclusive(identity) as theirs:
+                assert theirs
+                held.set()
+                done.wait(30)
+
+        other = threading.Thread(target=retraining_the_new_model)
+        other.start()
+        assert held.wait(30)
+        svc.retrainer._done(identity, {"status": "kept", "from_version": 2, "message": "after the delete"})
+        done.set()
+        other.join()
+    assert svc.retrainer.decisions.read(identity) == []
+    assert svc.metrics.retraining_runs.labels("kept")._value.get() == 0
+
+
 def test_the_accuracy_of_versions_deleted_to_keep_the_newest_is_let_go(tmp_path):
     # Each observed version's window (up to PREDICTOR_ACCURACY_WINDOW observations) stayed in
     # memory until its model was deleted: a soak with automatic retraining and

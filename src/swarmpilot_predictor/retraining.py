@@ -258,6 +258,10 @@ class DecisionLog:
         self.root = Path(root)
         self.keep = keep
         self._last: dict[ModelIdentity, tuple[tuple[int, int, int], dict[int | None, dict[str, Any]]]] = {}
+        # The retraining locks this process holds (see exclusive): the open lock file of each model,
+        # by the thread holding it (a model deleted, trained again and retrained while a retraining
+        # of the deleted one runs: each has its own).
+        self._held: dict[tuple[ModelIdentity, int], int] = {}
 
     def _path(self, identity: ModelIdentity, name: str = FILE) -> Path:
         return self.root / identity.dirname / name
@@ -364,9 +368,26 @@ class DecisionLog:
             except BlockingIOError:
                 yield False
                 return
-            yield True
+            self._held[identity, threading.get_ident()] = fd
+            try:
+                yield True
+            finally:
+                self._held.pop((identity, threading.get_ident()), None)
         finally:
             os.close(fd)
+
+    def lock_removed(self, identity: ModelIdentity) -> bool | None:
+        """Whether the retraining lock this thread holds for ``identity`` was removed since it
+        was taken: the model was deleted (:meth:`delete`), not only some of its versions. None
+        where this thread holds none."""
+        fd = self._held.get((identity, threading.get_ident()))
+        if fd is None:
+            return None
+        try:
+            st, held = os.stat(self._path(identity, self.LOCK)), os.fstat(fd)
+        except OSError:  # gone (or what is there cannot be looked at): not the lock it took
+            return True
+        return (st.st_dev, st.st_ino) != (held.st_dev, held.st_ino)
 
 
 def _recency_weights(n: int) -> np.ndarray:
@@ -1025,7 +1046,10 @@ class Retrainer:
     def _done(self, identity: ModelIdentity, decision: dict[str, Any]) -> dict[str, Any]:
         self.registry.maybe_refresh()
         stored = {v.version for v in self.registry.versions(identity)}
-        if decision["from_version"] not in stored and decision.get("to_version") not in stored:
+        # The model deleted, not only the version retrained (PREDICTOR_KEEP_VERSIONS deletes it as
+        # a training stores a newer one: that retraining's decision was neither logged nor counted).
+        model_deleted = not stored or self.decisions.lock_removed(identity) is not False
+        if decision["from_version"] not in stored and decision.get("to_version") not in stored and model_deleted:
             # Deleted meanwhile, its decisions with it; the identity may have been trained
             # again since, under new version numbers that this decision says nothing about.
             # Nor is it counted, nor an error (it failed with "no model" where the delete
