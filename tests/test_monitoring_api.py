@@ -224,6 +224,35 @@ def test_an_observations_folder_that_is_a_symbolic_link_is_neither_written_nor_d
     assert sorted(p.name for p in elsewhere.iterdir()) == ["obs-000001.jsonl", "retraining.jsonl"]
 
 
+def test_a_link_loop_named_like_an_observation_log_is_skipped_not_a_500_on_every_look(tmp_path):
+    # A symbolic link to itself where a log file goes: /health, /models and /accuracy, which
+    # look at the model's log each time, were a 500 "internal error: OSError" for as long as
+    # it stayed (a readiness probe took the instance out). What is not a regular file named
+    # like a log is skipped (an append to it is a 500 naming its model, as one to a FIFO is).
+    trained_in_process(tmp_path / "data", {"model": IDENTITY, "traces": make_llm_traces(100), "algorithm": "linear"})
+    key = ModelIdentity.from_parts(IDENTITY).key
+    folder = tmp_path / "data" / "observations" / ModelIdentity.from_parts(IDENTITY).dirname
+    with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
+        assert client.observe(IDENTITY, make_llm_traces(30, seed=1))["accepted"] == 30
+        loop = folder / "obs-000002.jsonl"
+        loop.symlink_to(loop)
+        for look in range(2):
+            health = httpx.get(f"{srv.url}/health", timeout=30)
+            assert health.status_code == 200 and health.json()["models_registered"] == 1
+            models = httpx.get(f"{srv.url}/models", timeout=30)
+            assert models.status_code == 200 and models.json()["models"][0]["models"][0]["observations"] == 30
+            accuracy = client.accuracy(IDENTITY, recent=0)
+            assert accuracy["observations"] == 30 and accuracy["window"] == 30
+            assert _metric(client.metrics(), "predictor_model_drifted", model=key) == 0.0
+        with pytest.raises(PredictorClientError) as refused:
+            client.observe(IDENTITY, make_llm_traces(3, seed=2))
+        assert refused.value.status_code == 500 and key in refused.value.message
+        assert client.retrain(IDENTITY)["observations"] == 30  # a retraining reads them as ever
+        loop.unlink()  # gone: the log is written and read on
+        assert client.observe(IDENTITY, make_llm_traces(3, seed=3))["accepted"] == 3
+        assert client.accuracy(IDENTITY, recent=0)["observations"] == 33
+
+
 def test_auto_retrain_recovers_after_a_shift(tmp_path):
     env = {"PREDICTOR_AUTO_RETRAIN": "1", "PREDICTOR_RETRAIN_MIN_OBSERVATIONS": "100000"}
     trained_in_process(tmp_path / "data", {"model": IDENTITY, "traces": make_llm_traces(300), "algorithm": "linear"})

@@ -292,6 +292,7 @@ class ObservationLog:
         self.max_files = max_files
         self._lock = threading.Lock()
         self._unlistable: dict[str, str] = {}  # folders that could not be listed, and why (warned once)
+        self._unreadable: dict[str, str] = {}  # log files that could not be looked at, and why (warned once)
 
     def _dir(self, identity: ModelIdentity) -> Path:
         return self.root / identity.dirname
@@ -323,6 +324,19 @@ class ObservationLog:
         """The folder ``d`` was listed: a later failure to list it is said again."""
         if self._unlistable:
             self._unlistable.pop(str(d), None)
+
+    def cannot_read(self, path: Path | str, exc: OSError) -> None:
+        """Warn that ``path``, named like a log file, cannot be looked at (a link loop in its
+        place): it is skipped, as what is not a regular file is, and said once, not at every
+        look (/health and /models look at every model's log), until it is read again."""
+        if self._unreadable.get(str(path)) != str(exc):
+            self._unreadable[str(path)] = str(exc)
+            log.warning("skipping %s: %s", path, exc)
+
+    def read_again(self, path: Path | str) -> None:
+        """``path`` could be looked at: a later failure is said again."""
+        if self._unreadable:
+            self._unreadable.pop(str(path), None)
 
     def append(self, identity: ModelIdentity, records: list[dict[str, Any]],
                stamp: Callable[[], float] | None = None) -> "Appended | None":
@@ -962,6 +976,12 @@ class AccuracyMonitor:
                 st = os.stat(path)
             except FileNotFoundError:  # rotated away meanwhile
                 continue
+            except OSError as exc:
+                # A link loop named like a log file: /health, /models and /accuracy were a 500
+                # "internal error: OSError" for as long as it stayed. Not a log: skipped.
+                self.log.cannot_read(path, exc)
+                continue
+            self.log.read_again(path)
             seen.add(name)
             inode, offset, head = state.cursor.get(name, (st.st_ino, 0, b""))
             if inode != st.st_ino or st.st_size < offset or (relisted and head and _head(path, len(head)) != head):
