@@ -253,6 +253,23 @@ def test_a_link_loop_named_like_an_observation_log_is_skipped_not_a_500_on_every
         assert client.accuracy(IDENTITY, recent=0)["observations"] == 33
 
 
+def test_a_link_loop_in_place_of_the_retraining_decisions_fails_no_observe(tmp_path):
+    # With automatic retraining every /observe looks for the model's last decision: a link
+    # loop in retraining.jsonl's place made each one a 500 "internal error: OSError", after
+    # its observations were stored, so that a client sending them again counted them twice.
+    env = {"PREDICTOR_AUTO_RETRAIN": "1", "PREDICTOR_RETRAIN_MIN_OBSERVATIONS": "100000"}
+    trained_in_process(tmp_path / "data", {"model": IDENTITY, "traces": make_llm_traces(100), "algorithm": "linear"})
+    folder = tmp_path / "data" / "observations" / ModelIdentity.from_parts(IDENTITY).dirname
+    with run_server(tmp_path / "data", extra_env=env) as srv, PredictorClient(srv.url) as client:
+        assert client.observe(IDENTITY, make_llm_traces(5, seed=1))["accepted"] == 5
+        (folder / "retraining.jsonl").symlink_to(folder / "retraining.jsonl")
+        for k in range(2):
+            answer = client.observe(IDENTITY, make_llm_traces(3, seed=2 + k))
+            assert answer["accepted"] == 3 and answer["retraining_scheduled"] is False
+        accuracy = client.accuracy(IDENTITY, recent=0)
+        assert accuracy["observations"] == 11 and accuracy["retraining"] == []
+
+
 def test_auto_retrain_recovers_after_a_shift(tmp_path):
     env = {"PREDICTOR_AUTO_RETRAIN": "1", "PREDICTOR_RETRAIN_MIN_OBSERVATIONS": "100000"}
     trained_in_process(tmp_path / "data", {"model": IDENTITY, "traces": make_llm_traces(300), "algorithm": "linear"})

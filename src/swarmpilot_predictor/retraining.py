@@ -262,6 +262,7 @@ class DecisionLog:
         # by the thread holding it (a model deleted, trained again and retrained while a retraining
         # of the deleted one runs: each has its own).
         self._held: dict[tuple[ModelIdentity, int], int] = {}
+        self._unreadable: dict[ModelIdentity, str] = {}  # decision files that could not be looked at (warned once)
 
     def _path(self, identity: ModelIdentity, name: str = FILE) -> Path:
         return self.root / identity.dirname / name
@@ -320,6 +321,15 @@ class DecisionLog:
             stamp = file_stamp(self._path(identity))
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            # A link loop in its place: no decision to read, as read() finds (every /observe
+            # of the model, with PREDICTOR_AUTO_RETRAIN, was a 500 after its observations were
+            # stored, so that a client's retry counted them twice). Said once, not per /observe.
+            if self._unreadable.get(identity) != str(exc):
+                self._unreadable[identity] = str(exc)
+                log.warning("cannot read the retraining decisions of %s: %s", identity.key, exc)
+            return None
+        self._unreadable.pop(identity, None)
         cached = self._last.get(identity)
         if cached is None or cached[0] != stamp:
             newest: dict[int | None, dict[str, Any]] = {}
@@ -349,9 +359,10 @@ class DecisionLog:
     def forget(self, identity: ModelIdentity) -> None:
         """Let go of the newest decisions of ``identity`` kept in memory (its file stays)."""
         self._last.pop(identity, None)
+        self._unreadable.pop(identity, None)
 
     def kept(self) -> set[ModelIdentity]:
-        return set(self._last)
+        return set(self._last) | set(self._unreadable)
 
     @contextmanager
     def exclusive(self, identity: ModelIdentity, wait: bool = True) -> Iterator[bool]:
