@@ -544,6 +544,32 @@ def test_the_walk_through_vision_model_knows_first_runs(trained_server):
         client.delete_model(ident)
 
 
+def test_the_seeds_metadata_names_a_version_by_a_number_as_a_trace_does(trained_server):
+    # The seed's metadata is a trace: 2 and 2.0 name version "2" there (README, Traces);
+    # 2.0 was sent as the URL's segment "2.0" and found no model.
+    ident = {**IDENTITY, "model_name": "numbered", "software_version": "2"}
+    trace = {"input_tokens": 300, "output_tokens": 120}
+    with PredictorClient(trained_server.url) as client:
+        client.train({"model": ident, "traces": make_llm_traces(120, seed=5), "algorithm": "linear"})
+        try:
+            want = client.predict_single(ident, trace, quantiles=[0.5]).results.quantile_predictions[0]
+            for version in (2, 2.0, np.float64(2.0), "2"):
+                metadata = {"model_name": "numbered", "hardware": ident["hardware"], "software_version": version, **trace}
+                assert client.get_median_prediction(ident["model_type"], metadata) == want, version
+
+            async def seed_median(version):
+                async with AsyncPredictorClient(trained_server.url) as async_client:
+                    return await async_client.get_median_prediction(
+                        ident["model_type"], {"model_name": "numbered", "software_version": version, **trace})
+
+            assert asyncio.run(seed_median(2.0)) == want
+            with pytest.raises(PredictorClientError) as err:  # a number that names no version: the service says so
+                client.get_median_prediction(ident["model_type"], {"model_name": "numbered", "software_version": 2.5, **trace})
+            assert err.value.status_code == 404 and "2.5" in str(err.value)
+        finally:
+            client.delete_model(ident)
+
+
 def test_async_client_matches_sync(trained_server):
     trace = {"input_tokens": 300, "output_tokens": 120}
 

@@ -820,10 +820,16 @@ class _Calls:
 
     @staticmethod
     def seed_identity(model_type: str, metadata: Mapping[str, Any]) -> tuple[list[str | None], dict[str, Any]]:
-        """Split the seed's ``metadata`` into identity parts and trace features."""
+        """Split the seed's ``metadata`` into identity parts and trace features.
+
+        ``metadata`` is a trace: a number or a boolean in an identity field names a part as a
+        trace's does (``2.0`` names version ``"2"``), so it stays in the trace, the part left
+        for the service to settle by it; sent as the URL's segment ``2.0``, it named only a
+        version spelt so."""
         metadata = _trace(metadata, "metadata")
-        parts: list[str | None] = [model_type] + [metadata.get(k) for k in IDENTITY_KEYS[1:]]
-        trace = {k: v for k, v in metadata.items() if k not in IDENTITY_KEYS}
+        by_trace = {k for k in IDENTITY_KEYS[1:] if isinstance(metadata.get(k), (bool, int, float, np.number))}
+        parts: list[str | None] = [model_type] + [None if k in by_trace else metadata.get(k) for k in IDENTITY_KEYS[1:]]
+        trace = {k: v for k, v in metadata.items() if k not in IDENTITY_KEYS or k in by_trace}
         return parts, trace
 
     # -------------------------------------------------------------- responses
