@@ -546,8 +546,8 @@ def completion_times(seed: int = 3, sums: int = SUMS) -> None:
                     cum = np.sort(np.cumsum(runs, axis=0), axis=1)
                     off = tuple(f"{max(np.abs(np.searchsorted(cum[i], q[:len(levels)]) / sums - levels).max() for i, q in enumerate(got)):.4f}"
                                 for got in (prefixes, alone))
-                print(f"| {name} | {n} | {best * 1e3:.0f} | {alone_ms} | {off[0]} | {off[1]} | {apart[0]} | {apart[1]} |",
-                      flush=True)
+                print(f"| {name} | {n} | {best * 1e3:.0f} | {alone_ms} | {off[0]} | {off[1]} "
+                      f"| {apart[0]} | {apart[1]} |", flush=True)
 
 
 def completion_requests(seed: int = 5) -> None:
@@ -598,8 +598,8 @@ def completion_requests(seed: int = 5) -> None:
                     peak = tracemalloc.get_traced_memory()[1]
                     tracemalloc.stop()
                     print(f"| {count:,} {'queue' if count == 1 else 'queues'} of {length:,} tasks | "
-                          f"{'yes' if shared else 'no'} | {seconds:.{2 if seconds < 10 else 1}f} | {peak / 2**20:.0f} |",
-                          flush=True)
+                          f"{'yes' if shared else 'no'} | {seconds:.{2 if seconds < 10 else 1}f} "
+                          f"| {peak / 2**20:.0f} |", flush=True)
         finally:
             service.close()
 

@@ -554,7 +554,8 @@ def test_the_seeds_metadata_names_a_version_by_a_number_as_a_trace_does(trained_
         try:
             want = client.predict_single(ident, trace, quantiles=[0.5]).results.quantile_predictions[0]
             for version in (2, 2.0, np.float64(2.0), "2"):
-                metadata = {"model_name": "numbered", "hardware": ident["hardware"], "software_version": version, **trace}
+                metadata = {"model_name": "numbered", "hardware": ident["hardware"], "software_version": version,
+                            **trace}
                 assert client.get_median_prediction(ident["model_type"], metadata) == want, version
 
             async def seed_median(version):
@@ -564,7 +565,8 @@ def test_the_seeds_metadata_names_a_version_by_a_number_as_a_trace_does(trained_
 
             assert asyncio.run(seed_median(2.0)) == want
             with pytest.raises(PredictorClientError) as err:  # a number that names no version: the service says so
-                client.get_median_prediction(ident["model_type"], {"model_name": "numbered", "software_version": 2.5, **trace})
+                client.get_median_prediction(ident["model_type"],
+                                             {"model_name": "numbered", "software_version": 2.5, **trace})
             assert err.value.status_code == 404 and "2.5" in str(err.value)
         finally:
             client.delete_model(ident)

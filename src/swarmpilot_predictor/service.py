@@ -1016,9 +1016,10 @@ class PredictorService:
                 # A queue of one task totals that task: their deadline's probabilities are searched
                 # for all of them at once, below (one search a queue: 10,000 such queues took 2.6 s
                 # with a deadline, 0.40 without).
-                got = dist.subset_totals(rows, read, shared_factor,
-                                         read=lambda total: _total_answer(total, levels, confidence_level,
-                                                                          deadline_ms if total.single is None else None))
+                got = dist.subset_totals(
+                    rows, read, shared_factor,
+                    read=lambda total: _total_answer(total, levels, confidence_level,
+                                                     deadline_ms if total.single is None else None))
                 if deadline_ms is not None:
                     ones = [k for k, r in enumerate(rows) if len(r) == 1]
                     if ones:
