@@ -1340,6 +1340,14 @@ def test_requests_of_the_wrong_shape_are_refused_naming_the_field(trained_server
         (lambda c: c.predict_batch(IDENTITY, [good], lookup_table_name="t.json", lookup_table=np.False_), "lookup_table_name"),
         (lambda c: c.predict_batch(IDENTITY, [good], lookup_table_name="t.json", lookup_table=0), "lookup_table"),
         (lambda c: c.predict_single(IDENTITY, good, lookup_table="no"), "lookup_table"),
+        # The other yes-or-no options too: "no" was sent as true, or taken so.
+        (lambda c: c.predict_batch(IDENTITY, [good], shared_factor="no"), "shared_factor"),
+        (lambda c: c.predict_batch(IDENTITY, [good], total_distribution=0), "total_distribution"),
+        (lambda c: c.queue_waits(IDENTITY, {"a": [good]}, shared_factor=1), "shared_factor"),
+        (lambda c: c.queue_waits(IDENTITY, {"a": [good]}, completion_times="no"), "completion_times"),
+        (lambda c: c.queue_waits(IDENTITY, {"a": [good]}, partial="no"), "partial"),
+        (lambda c: c.queue_wait(IDENTITY, [good], completion_times="no"), "completion_times"),
+        (lambda c: c.queue_wait(IDENTITY, [good], partial=None), "partial"),
         # A table generation's form fields are text: True was sent as "True", b"x.json" as a name.
         (lambda c: c.generate_table(IDENTITY, b'{"input_tokens": 1}', confidence_level=True), "confidence_level"),
         (lambda c: c.generate_table(IDENTITY, b'{"input_tokens": 1}', confidence_level="0.9"), "confidence_level"),

@@ -419,6 +419,14 @@ def _model_path(identity: IdentityLike, version: int | None = None) -> str:
     return path if version is None else f"{path}/versions/{_whole(version, 'version', noun='an integer')}"
 
 
+def _flag(value: Any, name: str) -> bool:
+    """A yes-or-no option as given: ``True`` or ``False`` (numpy's too), as the service's
+    strict booleans take it (``shared_factor="no"`` was sent as true)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidRequestError(f"{name} must be True or False, got {_shown(value)}", field=name)
+    return bool(value)
+
+
 def _whole(value: Any, field_name: str, minimum: int | None = None, noun: str = "a whole number") -> int:
     """An integer (numpy's too): 1.9 is an error, not 1, and so is True."""
     try:
@@ -768,9 +776,9 @@ class _Calls:
         body = {"trace": _traces(traces, "trace"),
                 **self._options(confidence_level, quantiles, lookup_table_name, lookup_table, version, deadline_ms)}
         # Each sent only when asked: a service that predates it still answers the rest.
-        if shared_factor:
+        if _flag(shared_factor, "shared_factor"):
             body["shared_factor"] = True
-        if not total_distribution:
+        if not _flag(total_distribution, "total_distribution"):
             body["total_distribution"] = False
         return _Request("POST", "/predict/batch/" + "/".join(identity_segments(identity)), json=body,
                         response=BatchPredictionResponse, idempotent=True)
@@ -790,9 +798,9 @@ class _Calls:
             named[name] = _traces(traces, f"queues[{name!r}]")
         body = {"queues": named,
                 **self._options(confidence_level, quantiles, lookup_table_name, lookup_table, version, deadline_ms)}
-        if shared_factor:
+        if _flag(shared_factor, "shared_factor"):
             body["shared_factor"] = True
-        if completion_times:
+        if _flag(completion_times, "completion_times"):
             body["completion_times"] = True
         return _Request("POST", "/predict/queues/" + "/".join(identity_segments(identity)), json=body,
                         response=QueuesPredictionResponse, idempotent=True)
@@ -1552,6 +1560,7 @@ class PredictorClient(_Base):
         With ``completion_times``, ``completion`` says when each task is done (asked as a
         queue of :meth:`queue_waits`).
         """
+        partial, completion_times = _flag(partial, "partial"), _flag(completion_times, "completion_times")
         if completion_times:
             answer = self._send(self._calls.predict_one_queue(identity, traces, confidence_level, quantiles, shared_factor,
                                                               version, lookup_table_name, lookup_table, deadline_ms))
@@ -1571,6 +1580,7 @@ class PredictorClient(_Base):
         naming its queue and place, unless ``partial=True``; a queue none of whose tasks can be
         predicted raises either way. With ``completion_times``, each estimate's ``completion``
         says when each of its tasks is done, the queue run in its order (README, For schedulers)."""
+        partial = _flag(partial, "partial")
         answer = self._send(self._calls.predict_queues(identity, queues, confidence_level, quantiles, shared_factor,
                                                        version, lookup_table_name, lookup_table, deadline_ms,
                                                        completion_times))
@@ -1783,6 +1793,7 @@ class AsyncPredictorClient(_Base):
                          partial: bool = False, shared_factor: bool = False, lookup_table_name: str | None = None,
                          lookup_table: bool | None = None, version: int | None = None,
                          deadline_ms: float | None = None, completion_times: bool = False) -> QueueWaitEstimate:
+        partial, completion_times = _flag(partial, "partial"), _flag(completion_times, "completion_times")
         if completion_times:
             answer = await self._send(await _built_off_loop(_many(traces), self._calls.predict_one_queue, identity, traces,
                                                             confidence_level, quantiles, shared_factor, version,
@@ -1797,6 +1808,7 @@ class AsyncPredictorClient(_Base):
                           partial: bool = False, shared_factor: bool = False, lookup_table_name: str | None = None,
                           lookup_table: bool | None = None, version: int | None = None,
                           deadline_ms: float | None = None, completion_times: bool = False) -> dict[str, QueueWaitEstimate]:
+        partial = _flag(partial, "partial")
         many = isinstance(queues, Mapping) and sum(len(t) if isinstance(t, Sized) else 0
                                                     for t in queues.values()) > _LARGE_BATCH_TRACES
         answer = await self._send(await _built_off_loop(many, self._calls.predict_queues, identity, queues,
