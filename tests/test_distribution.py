@@ -1365,12 +1365,9 @@ def test_a_totals_probability_of_a_deadline_is_that_of_its_bounded_quantiles_eve
         assert total.cdf(x) == pytest.approx(searched, abs=1e-5), x
 
 
-def test_a_deadline_past_a_totals_far_tail_is_answered_without_a_search():
-    from swarmpilot_predictor.distribution import _levels_at
-
-    rng = np.random.default_rng(5)
-    m, s = np.log(rng.uniform(50, 500, 10)), rng.uniform(0.1, 0.6, 10)
-    total = RuntimeDistribution(m, s, normal_score()).total()
+def _counting_quantiles(total):
+    """``total``'s own quantile function, and the list of how many levels each of its later
+    evaluations (``total.quantiles``, which now counts them there) asked for."""
     asked: list[int] = []
     quantiles = total.quantiles
 
@@ -1379,6 +1376,16 @@ def test_a_deadline_past_a_totals_far_tail_is_answered_without_a_search():
         return quantiles(levels)
 
     total.quantiles = counted
+    return quantiles, asked
+
+
+def test_a_deadline_past_a_totals_far_tail_is_answered_without_a_search():
+    from swarmpilot_predictor.distribution import _levels_at
+
+    rng = np.random.default_rng(5)
+    m, s = np.log(rng.uniform(50, 500, 10)), rng.uniform(0.1, 0.6, 10)
+    total = RuntimeDistribution(m, s, normal_score()).total()
+    quantiles, asked = _counting_quantiles(total)
     top = float(quantiles(np.array([1 - 1e-12]))[0])
     # Past the grid's end, where a search on the quantile function evaluated 387 levels.
     assert top > total.edges[-1]
@@ -1400,14 +1407,7 @@ def test_a_deadline_below_where_a_shared_factors_total_has_mass_is_answered_with
     rng = np.random.default_rng(0)
     total = RuntimeDistribution(np.log(rng.uniform(50, 500, 10)), np.full(10, 0.05), normal_score(),
                                 shared_log_sd=0.05).total(shared_factor=True)
-    asked: list[int] = []
-    quantiles = total.quantiles
-
-    def counted(levels):
-        asked.append(np.size(levels))
-        return quantiles(levels)
-
-    total.quantiles = counted
+    quantiles, asked = _counting_quantiles(total)
     empty = total.edges[np.argmax(total.edge_cdf > 0) - 1]  # the grid holds no mass up to it
     assert total.edges[0] < empty < float(quantiles(_REACH_ENDS[:1])[0])
     for x in (total.edges[0] + f * (empty - total.edges[0]) for f in (0.001, 0.5, 0.999)):
