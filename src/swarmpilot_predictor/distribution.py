@@ -808,10 +808,7 @@ class TaskDistributions:
             order = np.argsort(b.row, kind="stable")
             by_row.append((order, b.row[order]))
         shifts = np.cumsum(shifts)
-        lowest = np.full(last, np.inf)  # each prefix's lowest label (see _unwrapped)
-        for b, (_, cell) in zip(rows.blocks, cells):
-            np.minimum.at(lowest, b.row, cell[:, 0])
-        lowest = np.floor(np.cumsum(lowest))
+        lowest = np.floor(np.cumsum(_lowest_cells(rows, cells)))  # each prefix's lowest label (see _unwrapped)
         # The rows' transforms in chunks of about 2^22 values, their running product carried.
         chunk = max(1, (1 << 22) // G)
         running = np.ones(G // 2 + 1, dtype=np.complex128)
@@ -2460,14 +2457,19 @@ def _unwrapped(total: np.ndarray, low: float, shift: float, h: float,
     return (k0 + np.arange(G + 1) - 0.5 + shift) * h, np.concatenate([[0.0], cdf])
 
 
-def _lowest_label(rows: _SumRows, cells: list[tuple[np.ndarray, np.ndarray]]) -> int:
-    """The lowest label of the sum of ``rows`` whose values are in the cells ``cells`` (each
-    block's, as :meth:`TaskDistributions._cells` gives them): each row's lowest cell, times
-    its draws, summed."""
+def _lowest_cells(rows: _SumRows, cells: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Each row's lowest cell, ``rows``' values being in the cells ``cells`` (each block's, as
+    :meth:`TaskDistributions._cells` gives them)."""
     least = np.full(len(rows.count), np.inf)
     for b, (_, cell) in zip(rows.blocks, cells):
         np.minimum.at(least, b.row, cell[:, 0])
-    return int(np.floor(float(least @ rows.count)))
+    return least
+
+
+def _lowest_label(rows: _SumRows, cells: list[tuple[np.ndarray, np.ndarray]]) -> int:
+    """The lowest label of the sum of ``rows`` whose values are in the cells ``cells``: each
+    row's lowest cell, times its draws, summed."""
+    return int(np.floor(float(_lowest_cells(rows, cells) @ rows.count)))
 
 
 def _first_rows(blocks: list[_SumBlock], i: int, start: int = 0) -> _SumRows:

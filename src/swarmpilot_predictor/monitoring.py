@@ -270,6 +270,30 @@ class Appended:
     end: int
 
 
+class WarnedOnce:
+    """Warnings that something cannot be read (a folder, a file), each said once with its
+    reason rather than at every look (/health and /models look at every model), until it is
+    read again: a later failure is then said again."""
+
+    def __init__(self, logger: logging.Logger):
+        self.logger = logger
+        self._why: dict[Any, str] = {}  # what could not be read, and why
+
+    def warn(self, key: Any, exc: OSError, message: str, *args: Any) -> None:
+        """Say ``message`` (with ``args``) about ``key``, unless it was said for the same reason."""
+        if self._why.get(key) != str(exc):
+            self._why[key] = str(exc)
+            self.logger.warning(message, *args)
+
+    def read_again(self, key: Any) -> None:
+        """``key`` could be read: a later failure is said again."""
+        if self._why:
+            self._why.pop(key, None)
+
+    def keys(self) -> set[Any]:
+        return set(self._why)
+
+
 class ObservationLog:
     """Append-only JSONL per model, rotated to bound disk use.
 
@@ -291,8 +315,8 @@ class ObservationLog:
         self.max_file_bytes = max_file_bytes
         self.max_files = max_files
         self._lock = threading.Lock()
-        self._unlistable: dict[str, str] = {}  # folders that could not be listed, and why (warned once)
-        self._unreadable: dict[str, str] = {}  # log files that could not be looked at, and why (warned once)
+        self._unlistable = WarnedOnce(log)  # folders that could not be listed
+        self._unreadable = WarnedOnce(log)  # log files that could not be looked at
 
     def _dir(self, identity: ModelIdentity) -> Path:
         return self.root / identity.dirname
@@ -316,27 +340,22 @@ class ObservationLog:
         """Warn that the observations folder ``d`` cannot be listed (a file or a link loop in
         its place, no permission): once, not at every look, until it is listed again. Its
         model is shown without observations; /health and /models go on for every model."""
-        if self._unlistable.get(str(d)) != str(exc):
-            self._unlistable[str(d)] = str(exc)
-            log.warning("cannot list the observations folder %s (%s): its model is shown without observations", d, exc)
+        self._unlistable.warn(str(d), exc, "cannot list the observations folder %s (%s): its model is shown "
+                              "without observations", d, exc)
 
     def listed(self, d: Path | str) -> None:
         """The folder ``d`` was listed: a later failure to list it is said again."""
-        if self._unlistable:
-            self._unlistable.pop(str(d), None)
+        self._unlistable.read_again(str(d))
 
     def cannot_read(self, path: Path | str, exc: OSError) -> None:
         """Warn that ``path``, named like a log file, cannot be looked at (a link loop in its
         place): it is skipped, as what is not a regular file is, and said once, not at every
         look (/health and /models look at every model's log), until it is read again."""
-        if self._unreadable.get(str(path)) != str(exc):
-            self._unreadable[str(path)] = str(exc)
-            log.warning("skipping %s: %s", path, exc)
+        self._unreadable.warn(str(path), exc, "skipping %s: %s", path, exc)
 
     def read_again(self, path: Path | str) -> None:
         """``path`` could be looked at: a later failure is said again."""
-        if self._unreadable:
-            self._unreadable.pop(str(path), None)
+        self._unreadable.read_again(str(path))
 
     def append(self, identity: ModelIdentity, records: list[dict[str, Any]],
                stamp: Callable[[], float] | None = None) -> "Appended | None":

@@ -36,7 +36,7 @@ from .features import FIRST_OF_SHAPE, FeatureSchema, gross_outliers
 from .identity import ModelIdentity
 from .modeling import SELECTION_SE, QuantileModel, clearly_lower, pinball_losses
 from .modeling.stored import finite_number
-from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog, refuse_linked_folder
+from .monitoring import MONITOR_LEVELS, AccuracyMonitor, ObservationLog, WarnedOnce, refuse_linked_folder
 from .registry import LoadedModel, ModelRegistry, ModelVersion
 from .traces import dumps_json, read_json_lines
 from .workers import (DEFAULT_PRIORITY, CouldNotStart, Failed, Finished, ShutDown, TimedOut, WorkerDied, WorkerPool, server_gone,
@@ -262,7 +262,7 @@ class DecisionLog:
         # by the thread holding it (a model deleted, trained again and retrained while a retraining
         # of the deleted one runs: each has its own).
         self._held: dict[tuple[ModelIdentity, int], int] = {}
-        self._unreadable: dict[ModelIdentity, str] = {}  # decision files that could not be looked at (warned once)
+        self._unreadable = WarnedOnce(log)  # decision files that could not be looked at
 
     def _path(self, identity: ModelIdentity, name: str = FILE) -> Path:
         return self.root / identity.dirname / name
@@ -325,11 +325,9 @@ class DecisionLog:
             # A link loop in its place: no decision to read, as read() finds (every /observe
             # of the model, with PREDICTOR_AUTO_RETRAIN, was a 500 after its observations were
             # stored, so that a client's retry counted them twice). Said once, not per /observe.
-            if self._unreadable.get(identity) != str(exc):
-                self._unreadable[identity] = str(exc)
-                log.warning("cannot read the retraining decisions of %s: %s", identity.key, exc)
+            self._unreadable.warn(identity, exc, "cannot read the retraining decisions of %s: %s", identity.key, exc)
             return None
-        self._unreadable.pop(identity, None)
+        self._unreadable.read_again(identity)
         cached = self._last.get(identity)
         if cached is None or cached[0] != stamp:
             newest: dict[int | None, dict[str, Any]] = {}
@@ -359,10 +357,10 @@ class DecisionLog:
     def forget(self, identity: ModelIdentity) -> None:
         """Let go of the newest decisions of ``identity`` kept in memory (its file stays)."""
         self._last.pop(identity, None)
-        self._unreadable.pop(identity, None)
+        self._unreadable.read_again(identity)
 
     def kept(self) -> set[ModelIdentity]:
-        return set(self._last) | set(self._unreadable)
+        return set(self._last) | self._unreadable.keys()
 
     @contextmanager
     def exclusive(self, identity: ModelIdentity, wait: bool = True) -> Iterator[bool]:

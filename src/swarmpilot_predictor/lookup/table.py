@@ -1259,14 +1259,15 @@ class LookupTable:
         # The first task's completion is its own answer, as a queue of it alone totals it
         # (_total): read off its summed distribution, its probability of a deadline past the
         # record's highest knot stopped there (0.99984 where its answer and its queue's read 1).
-        first = readings[0]
-        if list(answers[0][0]) == list(levels or ()):
+        first, wanted = readings[0], list(levels or ())
+        at_wanted = [list(answer[0]) == wanted for answer in answers]  # (records of other stored levels: not at them)
+        if at_wanted[0]:
             readings[0] = TotalReading(first.mean, first.std,
                                        np.array([*answers[0][1], *answers[0][2]], dtype=np.float64),
                                        None if deadline_levels is None or first.deadline_probability is None
                                        else float(deadline_levels[0]))
-        n_levels = len(levels or ())
-        asked = [list(answer[1]) if list(answer[0]) == list(levels or ()) else [0.0] * n_levels for answer in answers]
+        n_levels = len(wanted)
+        asked = [list(answer[1]) if at else [0.0] * n_levels for answer, at in zip(answers, at_wanted)]
         quantile_floor = np.maximum.accumulate(np.array(asked, dtype=np.float64).reshape(len(answers), n_levels), axis=0)
         interval_floor = np.maximum.accumulate(np.array([answer[2] for answer in answers], dtype=np.float64), axis=0)
         means, variances = np.cumsum(expect), np.cumsum(np.square(error))
