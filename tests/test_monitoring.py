@@ -451,7 +451,8 @@ def test_a_read_after_a_cutoff_parses_only_the_lines_after_it(tmp_path, monkeypa
         after = log.read(IDENT, after=cutoff)
         assert [r for r in after if r["ts"] > cutoff] == [r for r in everything if r["ts"] > cutoff]
         assert (b'{"ts":2.0,' in parsed[0]) == (cutoff < 2) and (b'{"ts":5.0,' in parsed[0]) == (cutoff < 5)
-    assert [r["runtime_ms"] for r in log.read(IDENT, after=4.0)] == [104.0] * 3 + [80.0, 81.0]
+    # (A stamp of JSON's true is no time: that line is no observation.)
+    assert [r["runtime_ms"] for r in log.read(IDENT, after=4.0)] == [104.0] * 3 + [80.0]
 
 
 def test_an_observations_folder_gone_is_not_made_again(tmp_path):
@@ -644,7 +645,9 @@ def test_lines_that_are_not_observations_are_skipped(tmp_path):
     bad = [[1, 2], {**good, "runtime_ms": 1e308}, {**good, "runtime_ms": "100"}, {**good, "q": [1.0, 2.0]},
            {**good, "q": None}, {**good, "trace": "x"}, {key: v for key, v in good.items() if key != "ts"},
            # Quantiles no model answers: a pinball loss of 8.8e306, coverage of reversed levels.
-           {**good, "q": [1e308] * len(good["q"])}, {**good, "q": good["q"][::-1]}, {**good, "q": [None] * len(good["q"])}]
+           {**good, "q": [1e308] * len(good["q"])}, {**good, "q": good["q"][::-1]}, {**good, "q": [None] * len(good["q"])},
+           # JSON's true is no version (Python reads it as 1) and no time; versions count from 1.
+           {**good, "version": True}, {**good, "ts": True}, {**good, "version": 0}, {**good, "version": -3}]
     with open(next((tmp_path / IDENT.dirname).glob("obs-*.jsonl")), "ab") as fh:
         fh.write(b"".join(orjson.dumps(b) + b"\n" for b in bad))
     records = ObservationLog(tmp_path).read(IDENT)

@@ -125,8 +125,9 @@ def _usable(record: Any) -> bool:
         # Runtimes, non-decreasing, as a model answers (quantiles of 1e308 made the pinball
         # loss 8.8e306; decreasing ones were counted as coverage).
         and all(_is_quantile(v) for v in q) and all(a <= b for a, b in zip(q, q[1:]))
-        and isinstance(record.get("trace"), dict) and isinstance(record.get("ts"), (int, float))
-        and isinstance(record.get("version"), int)
+        # JSON's true is neither a time nor a version, though Python reads it as 1.
+        and isinstance(record.get("trace"), dict) and type(record.get("ts")) in (int, float)
+        and type(v := record.get("version")) is int and v >= 1
         # Its place in its /observe batch (logs written before it was stored have none).
         and (type(i := record.get("i", 0)) is int and 0 <= i < 2**62)
     )
