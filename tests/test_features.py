@@ -178,6 +178,29 @@ def test_only_frequent_categories_are_learned_the_rest_read_as_unseen():
     assert spec.categories[0] == "z0000" and spec.categories[-1] == f"z{MAX_CATEGORIES - 1:04d}"
 
 
+def test_values_first_seen_after_training_are_learned_after_the_known_ones():
+    # (A retraining's observations: see observation_matrix.)
+    from swarmpilot_predictor.features import MAX_CATEGORIES
+
+    traces = base_traces(6)
+    for i, t in enumerate(traces):
+        t["zone"] = "ab"[i % 2]
+    schema, _, _, _ = prepare(traces)
+    j = schema.names.index("zone")
+    seen = [{**t, "zone": z} for t, z in zip(base_traces(10), ["d", "c", "d", "c", "b", 7.0, 7, True, None, "e"])]
+    X, _ = schema.matrix(seen)
+    wider = schema.with_categories_seen(seen, X)
+    # Values on two rows or more, as training asks (7.0 and 7 are one): "e" and true (once each)
+    # and a missing value are not.
+    assert wider.features[j].categories == ("a", "b", "7", "c", "d")
+    codes = wider.matrix(seen)[0][:, j]
+    assert codes[:7].tolist() == [4, 3, 4, 3, 1, 2, 2] and np.isnan(codes[7:]).all()
+    # The known values keep their codes; nothing new, the schema itself.
+    assert schema.with_categories_seen(seen[4:5], X[4:5]) is schema
+    many = [{**t, "zone": f"z{i // 2:04d}"} for i, t in enumerate(base_traces(2 * MAX_CATEGORIES))]
+    assert len(schema.with_categories_seen(many, schema.matrix(many)[0]).features[j].categories) == MAX_CATEGORIES
+
+
 def test_missing_numeric_values_are_imputed_with_the_median_and_counted():
     traces = base_traces(10)
     traces[2]["input_tokens"] = None

@@ -1533,3 +1533,30 @@ def test_runtimes_that_never_vary_against_one_median_hold_no_level_shift():
         assert all(level_shift(np.full(n, ratio)) is None for n in (150, 200, 1000))
     # A step between two levels that never vary is a shift still.
     assert level_shift(np.r_[np.full(100, 0.1), np.full(60, 0.5)]) == 100
+
+
+def test_a_retraining_learns_each_category_first_seen_among_the_observations(tmp_path):
+    # Trained on devices a and b; then devices c (8x a's runtime) and d (a half) come into
+    # service. Read as the unknown level, both were one category to every new version, answered
+    # between them (a 90% interval from 4 to 90 ms for either).
+    rng = np.random.default_rng(3)
+    speed = {"a": 10.0, "b": 20.0, "c": 80.0, "d": 5.0}
+
+    def traces(devices, n):
+        picked = rng.choice(devices, n)
+        return [{"device": str(d), "batch_size": int(b), "runtime_ms": float(speed[d] * (1 + 0.1 * b) * rng.lognormal(0, 0.15))}
+                for d, b in zip(picked, rng.integers(1, 9, n))]
+
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", retrain_in_worker=False))
+    _opened.append(svc)
+    svc.train(TrainConfig(model=IDENTITY, traces=traces(["a", "b"], 400), algorithm="linear"))
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    svc.observe(IDENTITY, traces(["c", "d"], 400))
+    decision = svc.retrain(pattern)
+    assert decision["status"] == "retrained", decision
+    probe = [{"device": d, "batch_size": 4} for d in "abcd"]
+    median = svc.predict(pattern, probe, quantiles=[0.5]).quantiles[:, 0]
+    assert median == pytest.approx([speed[d] * 1.4 for d in "abcd"], rel=0.1)
+    identity = ModelIdentity.from_parts(IDENTITY)
+    device = svc.registry.latest(identity).features.features[0]
+    assert (device.name, device.categories) == ("device", ("a", "b", "c", "d"))

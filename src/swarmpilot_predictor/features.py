@@ -8,7 +8,7 @@ import itertools
 import math
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -610,6 +610,27 @@ class FeatureSchema:
     @property
     def n_categories(self) -> list[int]:
         return [len(f.categories) for f in self.features] + ([0] if self.history is not None else [])
+
+    def with_categories_seen(self, traces: Sequence[dict[str, Any]], X: np.ndarray) -> "FeatureSchema":
+        """This schema, its categorical features also holding the values ``traces`` (encoded
+        as ``X`` by this schema) give on CATEGORY_MIN_ROWS rows or more that it does not know,
+        as training learns its own, up to MAX_CATEGORIES values each; ``self`` where none is.
+
+        The new values come after the known ones, whose codes stay: rows encoded by this
+        schema (a version's stored training rows) read the same under the new one.
+        """
+        specs = list(self.features)
+        flag_j = self.stated_flag_column
+        for j, spec in enumerate(self.features):
+            if spec.kind != "categorical" or j == flag_j or len(spec.categories) >= MAX_CATEGORIES:
+                continue
+            counts = Counter(category_text(v) for i in np.flatnonzero(np.isnan(X[:, j])).tolist()
+                             if isinstance(v := traces[i].get(spec.name), (str, int, float)))
+            frequent = sorted((c for c, k in counts.items() if k >= CATEGORY_MIN_ROWS),
+                              key=lambda c: (-counts[c], c))[:MAX_CATEGORIES - len(spec.categories)]
+            if frequent:
+                specs[j] = replace(spec, categories=spec.categories + tuple(sorted(frequent)))
+        return self if specs == list(self.features) else replace(self, features=tuple(specs))
 
     def probe_row(self) -> list[float]:
         """A row within the training data: each numeric feature's median (its fill value),

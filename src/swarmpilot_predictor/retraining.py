@@ -21,7 +21,7 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,7 +48,10 @@ log = logging.getLogger(__name__)
 def observation_matrix(features: FeatureSchema, records: list[dict[str, Any]]) -> tuple[FeatureSchema, np.ndarray, np.ndarray]:
     """The usable observations as (schema for the next version, X, y), oldest first.
 
-    With a shape history, shapes first seen among the observations are warm from then
+    A categorical feature's values first seen among the observations, on as many rows as
+    training asks of a value, are learned as training learns its own (see
+    :meth:`FeatureSchema.with_categories_seen`): read as the unknown level, the new devices
+    of a fleet were one category to every later version. With a shape history, shapes first seen among the observations are warm from then
     on: the returned schema's history includes them. Observations without a timestamp
     of their own are placed by when they were observed; one that stated whether it was
     a first run keeps what it stated.
@@ -58,8 +61,11 @@ def observation_matrix(features: FeatureSchema, records: list[dict[str, Any]]) -
     keep = np.array([e is None for e in errors], dtype=bool)
     X = X[keep]
     y = np.array([r["runtime_ms"] for r in records], dtype=np.float64)[keep]
+    kept = [t for t, k in zip(traces, keep) if k]
+    if (wider := features.with_categories_seen(kept, X)) is not features:
+        features = wider
+        X = features.matrix(kept)[0]
     if features.history is not None:
-        kept = [t for t, k in zip(traces, keep) if k]
         order = features.history.order_of(kept)
         observed_at = np.array([r["ts"] for r in records], dtype=np.float64)[keep]
         observed_at = features.history.seconds_in_unit(observed_at)  # (the service's clock, in seconds)
@@ -405,6 +411,23 @@ def _recency_weights(n: int) -> np.ndarray:
     return np.linspace(1.0, 3.0, n) if n else np.zeros(0)
 
 
+class _AsServing:
+    """The serving model asked about rows its successor's schema encoded: the values of a
+    categorical feature first seen among the observations (see :func:`observation_matrix`),
+    coded past the serving model's own, are unseen values to it, as when it answered them."""
+
+    def __init__(self, model: QuantileModel, serving: FeatureSchema, successor: FeatureSchema):
+        self.model = model
+        self.known = [(j, k) for j, (k, wider) in enumerate(zip(serving.n_categories, successor.n_categories))
+                      if wider > k]
+
+    def predict_quantiles(self, X: np.ndarray, levels: Sequence[float]) -> np.ndarray:
+        X = X.copy()
+        for j, k in self.known:
+            X[X[:, j] >= k, j] = np.nan
+        return self.model.predict_quantiles(X, levels)
+
+
 @dataclasses.dataclass
 class _Observations:
     """The observations a retraining uses, oldest first: its candidates are fitted on the
@@ -417,6 +440,7 @@ class _Observations:
     held_out: int
     ratio: np.ndarray  # log runtimes over the serving model's medians
     holdout_shift: int | None  # where the level moved, where every observation since would be held out
+    serving: QuantileModel | _AsServing  # the serving model, asked about these rows
 
     @property
     def fit_rows(self) -> tuple[np.ndarray, np.ndarray]:
@@ -810,13 +834,15 @@ class Retrainer:
             records = records[-self.max_observations:]
         decision.update(from_version=meta.version, observations=len(records))
         features, X_obs, y_obs = observation_matrix(meta.features, records)
+        serving = (current.model if features.n_categories == meta.features.n_categories
+                   else _AsServing(current.model, meta.features, features))
         gross = gross_outliers(X_obs, y_obs, features.kinds)
         if gross.any():  # dropped as training drops them (a hung request, say)
             decision["gross_outliers_dropped"] = int(gross.sum())
             X_obs, y_obs = X_obs[~gross], y_obs[~gross]
         n_hold = max(MIN_HOLDOUT, int(len(y_obs) * self.holdout_fraction))
         # The runtimes' level against the serving model, oldest first (the medians once for all).
-        ratio = np.log(y_obs) - np.log(current.model.predict_quantiles(X_obs, [0.5])[:, 0]) if len(y_obs) else y_obs
+        ratio = np.log(y_obs) - np.log(serving.predict_quantiles(X_obs, [0.5])[:, 0]) if len(y_obs) else y_obs
         shift_all = level_shift(ratio)
         moved = shift_all is not None and shift_all >= len(y_obs) - n_hold
         if moved:
@@ -830,7 +856,7 @@ class Retrainer:
         if len(y_obs) < n_hold + 20:
             decision.update(status="skipped", message=f"too few observations ({len(y_obs)}) to retrain and validate")
             return None
-        return _Observations(records, features, X_obs, y_obs, n_hold, ratio, shift_all if moved else None)
+        return _Observations(records, features, X_obs, y_obs, n_hold, ratio, shift_all if moved else None, serving)
 
     @staticmethod
     def _candidate_observations(obs: _Observations,
@@ -881,7 +907,7 @@ class Retrainer:
         # runs of a model of stated flags were forgotten as those of a derived one were.
         flag_column = meta.features.regime_column
         observed = self._candidate_observations(obs, training is not None)
-        row_losses = {"current": obs.heldout_loss(current.model)}
+        row_losses = {"current": obs.heldout_loss(obs.serving)}
         # Stored training rows in each candidate: all of them, none, or (``"uncovered"``) those
         # the candidate's observations do not cover.
         training_rows: dict[str, int] = {}
@@ -893,26 +919,26 @@ class Retrainer:
             if name == "training+observations":
                 remembers[name] = "all"
                 X, y, w = self._with_training(training, X, y, w, np.ones(len(y0), dtype=bool))
-                model = self._new_model(meta).fit(X, y, sample_weight=w)
+                model = self._new_model(meta, obs.features).fit(X, y, sample_weight=w)
                 training_rows[name] = len(y0)
             else:
                 remembers[name] = "none"
-                model = self._new_model(meta).fit(X, y, sample_weight=w)
+                model = self._new_model(meta, obs.features).fit(X, y, sample_weight=w)
                 training_rows[name] = 0
                 if X0 is not None:
                     if x0_median is None:  # once per retraining, for every candidate
                         x0_median = current.model.predict_quantiles(X0, [0.5])[:, 0]
-                    unseen = uncovered_rows(X0, X, kinds, current.model, x0_median)
-                    if unseen.any() and not _follows(model, current.model, X, X0[unseen], flag_column):
+                    unseen = uncovered_rows(X0, X, kinds, obs.serving, x0_median)
+                    if unseen.any() and not _follows(model, obs.serving, X, X0[unseen], flag_column):
                         # Fitted on the observations alone it would forget what no one observed:
                         # the training rows there stay.
                         remembers[name] = "uncovered"
                         deadline.check()
-                        model = self._new_model(meta).fit(
+                        model = self._new_model(meta, obs.features).fit(
                             *self._with_training(training, X, y, w, unseen, float(w.mean())))
                         training_rows[name] = int(unseen.sum())
                         unseen_of[name] = unseen
-                        if not _keeps_or_follows(model, current.model, X, X0[unseen], flag_column):
+                        if not _keeps_or_follows(model, obs.serving, X, X0[unseen], flag_column):
                             # Even so it makes something of its own of what no one observed.
                             decision.setdefault("candidates_dropped", {})[name] = (
                                 "departs from the serving model where nothing was observed")
@@ -986,8 +1012,8 @@ class Retrainer:
                 X, y, w = self._with_training(training, X, y, w, unseen_of[name], float(w.mean()))
             deadline.check()
             t_fit = time.perf_counter()
-            model = self._new_model(meta).fit(X, y, sample_weight=w)
-            if remembers[name] == "uncovered" and not _keeps_or_follows(model, current.model, observed_X,
+            model = self._new_model(meta, obs.features).fit(X, y, sample_weight=w)
+            if remembers[name] == "uncovered" and not _keeps_or_follows(model, obs.serving, observed_X,
                                                                        training[0][unseen_of[name]],
                                                                        candidates.flag_column):
                 decision.setdefault("candidates_dropped", {})[name] = (
@@ -1041,9 +1067,10 @@ class Retrainer:
             self.on_new_version(identity)
 
     @staticmethod
-    def _new_model(meta: ModelVersion) -> QuantileModel:
-        return QuantileModel(meta.features.kinds, meta.features.n_categories, meta.algorithm, params=meta.params,
-                             regime_column=meta.features.regime_column)
+    def _new_model(meta: ModelVersion, features: FeatureSchema) -> QuantileModel:
+        """A model of ``meta``'s algorithm, for rows ``features`` encodes (the new version's)."""
+        return QuantileModel(features.kinds, features.n_categories, meta.algorithm, params=meta.params,
+                             regime_column=features.regime_column)
 
     def _counted(self, decision: dict[str, Any]) -> dict[str, Any]:
         """Tell ``on_decision`` (the Prometheus counter); every decision passes here once, and
