@@ -1560,3 +1560,8 @@ def test_a_retraining_learns_each_category_first_seen_among_the_observations(tmp
     identity = ModelIdentity.from_parts(IDENTITY)
     device = svc.registry.latest(identity).features.features[0]
     assert (device.name, device.categories) == ("device", ("a", "b", "c", "d"))
+    # How a value no version saw is answered, in the metrics as a training's: widened by the
+    # spread of the four devices' log locations now (the k known ones' sd times sqrt(1 + 1/k)).
+    unseen = svc.registry.latest(identity).metrics["unseen_categories"]["device"]
+    logs = np.log(list(speed.values()))
+    assert unseen["log_sd"] == pytest.approx(np.std(logs, ddof=1) * np.sqrt(1 + 1 / 4), rel=0.1)

@@ -1038,6 +1038,8 @@ class Retrainer:
                    "retrain": {k: v for k, v in decision.items() if k != "at"}}
         if "columns" in meta.metrics:
             metrics["columns"] = meta.metrics["columns"]
+        if unseen := model.unseen_categories():  # as a training's: how a value it never saw is answered
+            metrics["unseen_categories"] = {obs.features.column_names[j]: v for j, v in unseen.items()}
         new_meta = ModelVersion(
             identity=identity, version=0, created_at=time.time(), target=meta.target, features=obs.features,
             quantiles=meta.quantiles, algorithm=meta.algorithm, family=model.family_, params=meta.params,
