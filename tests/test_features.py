@@ -189,16 +189,21 @@ def test_values_first_seen_after_training_are_learned_after_the_known_ones():
     j = schema.names.index("zone")
     seen = [{**t, "zone": z} for t, z in zip(base_traces(10), ["d", "c", "d", "c", "b", 7.0, 7, True, None, "e"])]
     X, _ = schema.matrix(seen)
-    wider = schema.with_categories_seen(seen, X)
+    wider = schema.with_values_seen(seen, X)
     # Values on two rows or more, as training asks (7.0 and 7 are one): "e" and true (once each)
     # and a missing value are not.
     assert wider.features[j].categories == ("a", "b", "7", "c", "d")
     codes = wider.matrix(seen)[0][:, j]
     assert codes[:7].tolist() == [4, 3, 4, 3, 1, 2, 2] and np.isnan(codes[7:]).all()
     # The known values keep their codes; nothing new, the schema itself.
-    assert schema.with_categories_seen(seen[4:5], X[4:5]) is schema
+    assert schema.with_values_seen(seen[4:5], X[4:5]) is schema
     many = [{**t, "zone": f"z{i // 2:04d}"} for i, t in enumerate(base_traces(2 * MAX_CATEGORIES))]
-    assert len(schema.with_categories_seen(many, schema.matrix(many)[0]).features[j].categories) == MAX_CATEGORIES
+    assert len(schema.with_values_seen(many, schema.matrix(many)[0]).features[j].categories) == MAX_CATEGORIES
+    # A numeric feature's range spans the values seen.
+    tokens = schema.features[0]
+    assert (tokens.name, tokens.low, tokens.high) == ("input_tokens", 10, 60)
+    wider = schema.with_values_seen(seen, X).features[0]
+    assert (wider.low, wider.high) == (10, 100) and schema.with_values_seen(seen[:2], X[:2]) is schema
 
 
 def test_missing_numeric_values_are_imputed_with_the_median_and_counted():

@@ -1565,3 +1565,25 @@ def test_a_retraining_learns_each_category_first_seen_among_the_observations(tmp
     unseen = svc.registry.latest(identity).metrics["unseen_categories"]["device"]
     logs = np.log(list(speed.values()))
     assert unseen["log_sd"] == pytest.approx(np.std(logs, ddof=1) * np.sqrt(1 + 1 / 4), rel=0.1)
+
+
+def test_a_version_retrained_on_values_past_its_training_range_no_longer_flags_them(tmp_path):
+    # Trained on batch sizes 1 to 64, retrained on 65 to 199: the new version, fitted on
+    # them, flagged each of them outside_training as its parent had.
+    rng = np.random.default_rng(0)
+
+    def traces(low, high, n, factor=1.0):
+        return [{"batch_size": int(b), "runtime_ms": float(factor * (1 + 2 * b) * rng.lognormal(0, 0.2))}
+                for b in rng.integers(low, high + 1, n)]
+
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", retrain_in_worker=False))
+    _opened.append(svc)
+    svc.train(TrainConfig(model=IDENTITY, traces=traces(1, 64, 600), algorithm="linear"))
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    probe = [{"batch_size": 150}, {"batch_size": 300}]
+    assert svc.predict(pattern, probe).outside == {0: ["batch_size"], 1: ["batch_size"]}
+    svc.observe(IDENTITY, traces(65, 199, 400, factor=1.5))
+    assert svc.retrain(pattern)["status"] == "retrained"
+    assert svc.predict(pattern, probe).outside == {1: ["batch_size"]}
+    spec = svc.registry.latest(ModelIdentity.from_parts(IDENTITY)).features.features[0]
+    assert (spec.low, spec.high) == (1, 199)

@@ -611,18 +611,28 @@ class FeatureSchema:
     def n_categories(self) -> list[int]:
         return [len(f.categories) for f in self.features] + ([0] if self.history is not None else [])
 
-    def with_categories_seen(self, traces: Sequence[dict[str, Any]], X: np.ndarray) -> "FeatureSchema":
-        """This schema, its categorical features also holding the values ``traces`` (encoded
-        as ``X`` by this schema) give on CATEGORY_MIN_ROWS rows or more that it does not know,
-        as training learns its own, up to MAX_CATEGORIES values each; ``self`` where none is.
+    def with_values_seen(self, traces: Sequence[dict[str, Any]], X: np.ndarray) -> "FeatureSchema":
+        """This schema as if its training had seen ``traces`` (encoded as ``X`` by this
+        schema) too; ``self`` where they hold nothing it does not know.
 
-        The new values come after the known ones, whose codes stay: rows encoded by this
-        schema (a version's stored training rows) read the same under the new one.
+        A categorical feature also holds the values they give on CATEGORY_MIN_ROWS rows or
+        more that it does not know, as training learns its own, up to MAX_CATEGORIES values;
+        the new ones come after the known ones, whose codes stay (rows encoded by this schema,
+        a version's stored training rows, read the same under the new one). A numeric
+        feature's range also spans their values.
         """
         specs = list(self.features)
         flag_j = self.stated_flag_column
         for j, spec in enumerate(self.features):
-            if spec.kind != "categorical" or j == flag_j or len(spec.categories) >= MAX_CATEGORIES:
+            if j == flag_j or not len(X):
+                continue
+            if spec.kind == "numeric":
+                if spec.low is not None:  # (None: a model stored before ranges were kept)
+                    low, high = min(spec.low, float(X[:, j].min())), max(spec.high, float(X[:, j].max()))
+                    if (low, high) != (spec.low, spec.high):
+                        specs[j] = replace(spec, low=low, high=high)
+                continue
+            if len(spec.categories) >= MAX_CATEGORIES:
                 continue
             counts = Counter(category_text(v) for i in np.flatnonzero(np.isnan(X[:, j])).tolist()
                              if isinstance(v := traces[i].get(spec.name), (str, int, float)))

@@ -48,10 +48,12 @@ log = logging.getLogger(__name__)
 def observation_matrix(features: FeatureSchema, records: list[dict[str, Any]]) -> tuple[FeatureSchema, np.ndarray, np.ndarray]:
     """The usable observations as (schema for the next version, X, y), oldest first.
 
-    A categorical feature's values first seen among the observations, on as many rows as
-    training asks of a value, are learned as training learns its own (see
-    :meth:`FeatureSchema.with_categories_seen`): read as the unknown level, the new devices
-    of a fleet were one category to every later version. With a shape history, shapes first seen among the observations are warm from then
+    The next version knows the observations' values as its training's (see
+    :meth:`FeatureSchema.with_values_seen`): a categorical feature's values first seen
+    among them, on as many rows as training asks of a value, are learned (read as the
+    unknown level, the new devices of a fleet were one category to every later version),
+    and a numeric feature's range spans them (the version fitted on them flagged them
+    ``outside_training``). With a shape history, shapes first seen among the observations are warm from then
     on: the returned schema's history includes them. Observations without a timestamp
     of their own are placed by when they were observed; one that stated whether it was
     a first run keeps what it stated.
@@ -62,7 +64,7 @@ def observation_matrix(features: FeatureSchema, records: list[dict[str, Any]]) -
     X = X[keep]
     y = np.array([r["runtime_ms"] for r in records], dtype=np.float64)[keep]
     kept = [t for t, k in zip(traces, keep) if k]
-    if (wider := features.with_categories_seen(kept, X)) is not features:
+    if (wider := features.with_values_seen(kept, X)) is not features:
         features = wider
         X = features.matrix(kept)[0]
     if features.history is not None:
