@@ -206,6 +206,32 @@ def test_values_first_seen_after_training_are_learned_after_the_known_ones():
     assert (wider.low, wider.high) == (10, 100) and schema.with_values_seen(seen[:2], X[:2]) is schema
 
 
+def test_a_constant_given_other_values_becomes_a_feature_after_the_others():
+    # (A retraining's observations: see observation_matrix.) The derived first-run column stays last.
+    traces = cold_start_traces()[0]
+    for t in traces:
+        t.update(k=5, zone="x")
+    schema, X, _, _ = prepare(traces)
+    assert schema.constants == (("k", 5.0), ("zone", "x")) and schema.history is not None
+    seen = [{**t, "k": k, "zone": z} for t, k, z in zip(traces, [5, 6, 7.5, None, "n/a", True],
+                                                          ["x", "y", "y", "z", None, "x"])]
+    wider = schema.with_values_seen(seen, schema.matrix(seen)[0])
+    k, zone = wider.features[-2:]
+    assert wider.features[:-2] == schema.features and wider.constants == ()
+    # Missing, or a word, a number reads as the constant (as before, where it was answered).
+    assert (k.name, k.kind, k.fill, k.low, k.high, k.optional, k.words_missing) == ("k", "numeric", 5.0, 1.0, 7.5, True, True)
+    assert (zone.name, zone.kind, zone.categories, zone.optional) == ("zone", "categorical", ("x", "y"), True)
+    assert wider.column_names == [*schema.names, "k", "zone", "first_of_shape"]
+    # The rows of the old schema read as the constants under the new one.
+    rows = schema.widen_rows(X[:3], wider)
+    assert rows[:, -3:-1].tolist() == [[5.0, 0.0]] * 3
+    assert np.array_equal(rows, wider.matrix(traces[:3])[0])
+    # One other value, or one row of each: nothing learned.
+    assert schema.with_values_seen(seen[1:2], X[:1]) is schema
+    some = [seen[2], seen[3], seen[5]]  # k 7.5, missing and true (1); zones y, z and x
+    assert schema.with_values_seen(some, schema.matrix(some)[0]).constants == (("zone", "x"),)
+
+
 def test_missing_numeric_values_are_imputed_with_the_median_and_counted():
     traces = base_traces(10)
     traces[2]["input_tokens"] = None

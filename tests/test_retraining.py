@@ -1587,3 +1587,38 @@ def test_a_version_retrained_on_values_past_its_training_range_no_longer_flags_t
     assert svc.predict(pattern, probe).outside == {1: ["batch_size"]}
     spec = svc.registry.latest(ModelIdentity.from_parts(IDENTITY)).features.features[0]
     assert (spec.low, spec.high) == (1, 199)
+
+
+def test_a_field_training_saw_one_value_of_becomes_a_feature_once_observations_vary_it(tmp_path):
+    # Trained where every request had batch size 1 on device a; then batches of 1 to 8 run,
+    # on devices a and c (3x slower). Dropped as constants, neither field was read by any
+    # version: every new one answered every batch and device with one median.
+    rng = np.random.default_rng(5)
+
+    def runtime(tokens, batch, device):
+        return float(tokens * (1 + 0.5 * (batch - 1)) * (3.0 if device == "c" else 1.0) * rng.lognormal(0, 0.1))
+
+    def traces(n, batches, devices):
+        rows = zip(rng.integers(10, 100, n), rng.choice(batches, n), rng.choice(devices, n))
+        return [{"tokens": int(t), "batch_size": int(b), "device": str(d), "runtime_ms": runtime(t, b, d)}
+                for t, b, d in rows]
+
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", retrain_in_worker=False))
+    _opened.append(svc)
+    svc.train(TrainConfig(model=IDENTITY, traces=traces(400, [1], ["a"]), algorithm="linear"))
+    identity = ModelIdentity.from_parts(IDENTITY)
+    assert svc.registry.latest(identity).features.names == ["tokens"]
+    pattern = IdentityPattern.from_parts(IDENTITY)
+    svc.observe(IDENTITY, traces(600, [1, 2, 4, 8], ["a", "c"]))
+    assert svc.retrain(pattern)["status"] == "retrained"
+    features = svc.registry.latest(identity).features
+    assert features.names == ["tokens", "batch_size", "device"] and features.constants == ()
+    assert [f.categories for f in features.features] == [(), (), ("a", "c")]
+    probe = [{"tokens": 50, "batch_size": b, "device": d} for b, d in [(1, "a"), (8, "a"), (8, "c"), (4, "c")]]
+    median = svc.predict(pattern, probe, quantiles=[0.5]).quantiles[:, 0]
+    assert median == pytest.approx([50, 50 * 4.5, 50 * 4.5 * 3, 50 * 2.5 * 3], rel=0.15)
+    # A trace without them, as every trace could be before, is read as batch size 1 (training's)
+    # on an unseen device: about the two devices' mean log location, and wider.
+    alone = svc.predict(pattern, [{"tokens": 50}, probe[0]], quantiles=[0.05, 0.5, 0.95]).quantiles
+    assert alone[0, 1] == pytest.approx(50 * np.sqrt(3), rel=0.15)
+    assert alone[0, 2] / alone[0, 0] > 3 * alone[1, 2] / alone[1, 0]

@@ -619,7 +619,11 @@ class FeatureSchema:
         more that it does not know, as training learns its own, up to MAX_CATEGORIES values;
         the new ones come after the known ones, whose codes stay (rows encoded by this schema,
         a version's stored training rows, read the same under the new one). A numeric
-        feature's range also spans their values.
+        feature's range also spans their values. A field training dropped as constant that
+        they give other values of (on CATEGORY_MIN_ROWS rows or more; for a category, one
+        value on as many) becomes a feature, after the others (rows of this schema gain its
+        column at :meth:`widen_rows`): optional, since traces that lack it were answered
+        (a number read as the constant then, a category as an unseen value).
         """
         specs = list(self.features)
         flag_j = self.stated_flag_column
@@ -640,7 +644,28 @@ class FeatureSchema:
                               key=lambda c: (-counts[c], c))[:MAX_CATEGORIES - len(spec.categories)]
             if frequent:
                 specs[j] = replace(spec, categories=spec.categories + tuple(sorted(frequent)))
-        return self if specs == list(self.features) else replace(self, features=tuple(specs))
+        constants = []
+        for name, value in self.constants:
+            values = [t.get(name) for t in traces]
+            spec = _varied_constant(name, value, [values[i] for i in _differs_from_constant(values, value) or ()])
+            if spec is None:
+                constants.append((name, value))
+            else:
+                specs.append(spec)
+        if specs == list(self.features):
+            return self
+        return replace(self, features=tuple(specs), constants=tuple(constants))
+
+    def widen_rows(self, X: np.ndarray, wider: "FeatureSchema") -> np.ndarray:
+        """Rows this schema encoded (``X``) as ``wider`` (:meth:`with_values_seen`) encodes
+        them: the fields it promoted from constants read as the constant they were."""
+        added = wider.features[len(self.features):]
+        if not added:
+            return X
+        # A promoted category's constant is its first value (code 0), a number its fill.
+        columns = np.array([[0.0 if spec.kind == "categorical" else spec.fill for spec in added]])
+        n = len(self.features)
+        return np.hstack([X[:, :n], np.repeat(columns, len(X), axis=0), X[:, n:]])
 
     def probe_row(self) -> list[float]:
         """A row within the training data: each numeric feature's median (its fill value),
@@ -1210,6 +1235,24 @@ def _constants_from_json(items: Any, feature_names: set[str]) -> tuple[tuple[str
     if len({name for name, _ in out}) < len(out):
         raise ValueError(f"'{CONSTANTS}' names a field twice")
     return tuple(out)
+
+
+def _varied_constant(name: str, constant: float | str, others: list[Any]) -> FeatureSpec | None:
+    """The feature a field training saw one value of (``constant``) becomes, given the
+    ``others`` values it has since (those that differ from it), as training would have
+    learned it; None where they are too few to teach anything."""
+    if isinstance(constant, str):
+        counts = Counter(category_text(v) for v in others if isinstance(v, (str, int, float)))
+        frequent = sorted((c for c, k in counts.items() if k >= CATEGORY_MIN_ROWS),
+                          key=lambda c: (-counts[c], c))[:MAX_CATEGORIES - 1]
+        return FeatureSpec(name, "categorical", (constant, *sorted(frequent)), optional=True) if frequent else None
+    numbers = np.array([_as_feature_reads(v) for v in others], dtype=np.float64)
+    numbers = numbers[np.isfinite(numbers)]
+    if len(numbers) < CATEGORY_MIN_ROWS:
+        return None
+    # Words read as gaps, as the constant: a trace that gave one was answered before.
+    return FeatureSpec(name, "numeric", fill=constant, optional=True, words_missing=True,
+                       low=min(constant, float(numbers.min())), high=max(constant, float(numbers.max())))
 
 
 def _differs_from_constant(values: list[Any], constant: float | str) -> list[int] | None:

@@ -414,17 +414,20 @@ def _recency_weights(n: int) -> np.ndarray:
 
 
 class _AsServing:
-    """The serving model asked about rows its successor's schema encoded: the values of a
-    categorical feature first seen among the observations (see :func:`observation_matrix`),
-    coded past the serving model's own, are unseen values to it, as when it answered them."""
+    """The serving model asked about rows its successor's schema encoded (see
+    :func:`observation_matrix`), as it answered them: the values of a categorical feature
+    first seen among the observations, coded past its own, are unseen values to it, and the
+    fields promoted from its constants are no columns of its."""
 
     def __init__(self, model: QuantileModel, serving: FeatureSchema, successor: FeatureSchema):
         self.model = model
-        self.known = [(j, k) for j, (k, wider) in enumerate(zip(serving.n_categories, successor.n_categories))
+        n = len(serving.features)
+        self.known = [(j, k) for j, (k, wider) in enumerate(zip(serving.n_categories[:n], successor.n_categories))
                       if wider > k]
+        self.added = np.arange(n, len(successor.features))
 
     def predict_quantiles(self, X: np.ndarray, levels: Sequence[float]) -> np.ndarray:
-        X = X.copy()
+        X = np.delete(X, self.added, axis=1)  # (a copy)
         for j, k in self.known:
             X[X[:, j] >= k, j] = np.nan
         return self.model.predict_quantiles(X, levels)
@@ -903,11 +906,13 @@ class Retrainer:
         meta = current.meta
         stored = self.registry.training_data(identity, meta.version)
         X0, y0 = stored if stored is not None and len(stored[1]) else (None, None)
+        if X0 is not None:  # as the new version's schema reads them (observation_matrix)
+            X0 = meta.features.widen_rows(X0, obs.features)
         training = None if X0 is None else (X0, y0)
-        kinds = meta.features.kinds
+        kinds = obs.features.kinds
         # Derived or stated by the traces, the flag is a column of its own: judged pooled, first
         # runs of a model of stated flags were forgotten as those of a derived one were.
-        flag_column = meta.features.regime_column
+        flag_column = obs.features.regime_column
         observed = self._candidate_observations(obs, training is not None)
         row_losses = {"current": obs.heldout_loss(obs.serving)}
         # Stored training rows in each candidate: all of them, none, or (``"uncovered"``) those
@@ -929,7 +934,7 @@ class Retrainer:
                 training_rows[name] = 0
                 if X0 is not None:
                     if x0_median is None:  # once per retraining, for every candidate
-                        x0_median = current.model.predict_quantiles(X0, [0.5])[:, 0]
+                        x0_median = obs.serving.predict_quantiles(X0, [0.5])[:, 0]
                     unseen = uncovered_rows(X0, X, kinds, obs.serving, x0_median)
                     if unseen.any() and not _follows(model, obs.serving, X, X0[unseen], flag_column):
                         # Fitted on the observations alone it would forget what no one observed:
@@ -1039,7 +1044,7 @@ class Retrainer:
                    "training_seconds": time.perf_counter() - winner.fitted_at,
                    "retrain": {k: v for k, v in decision.items() if k != "at"}}
         if "columns" in meta.metrics:
-            metrics["columns"] = meta.metrics["columns"]
+            metrics["columns"] = obs.features.column_names
         if unseen := model.unseen_categories():  # as a training's: how a value it never saw is answered
             metrics["unseen_categories"] = {obs.features.column_names[j]: v for j, v in unseen.items()}
         new_meta = ModelVersion(
