@@ -51,9 +51,12 @@ def observation_matrix(features: FeatureSchema, records: list[dict[str, Any]]) -
     The next version knows the observations' values as its training's (see
     :meth:`FeatureSchema.with_values_seen`): a categorical feature's values first seen
     among them, on as many rows as training asks of a value, are learned (read as the
-    unknown level, the new devices of a fleet were one category to every later version),
-    and a numeric feature's range spans them (the version fitted on them flagged them
-    ``outside_training``). With a shape history, shapes first seen among the observations are warm from then
+    unknown level, the new devices of a fleet were one category to every later version);
+    a numeric feature's range spans them (the version fitted on them flagged them
+    ``outside_training``); a field training saw one value of that they vary is a feature
+    (no version read it: batches of 8 were answered as training's batches of 1).
+
+    With a shape history, shapes first seen among the observations are warm from then
     on: the returned schema's history includes them. Observations without a timestamp
     of their own are placed by when they were observed; one that stated whether it was
     a first run keeps what it stated.
