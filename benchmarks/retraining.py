@@ -18,6 +18,7 @@ stream that does not change makes.
     uv run python benchmarks/retraining.py --churn        # retrainings of an unchanging stream
     uv run python benchmarks/retraining.py --unobserved   # what a retraining keeps where nothing was observed
     uv run python benchmarks/retraining.py --uniform      # a uniform slowdown observed across the inputs
+    uv run python benchmarks/retraining.py --new-values   # devices and batch sizes training never saw
 
 ``--churn``: 6 models of 300 LLM requests, each then observed 5 times 200 more requests
 from the same distribution and retrained after each; how many retrainings store a version,
@@ -26,6 +27,13 @@ and whether each is better or worse than the one it replaced on 3,000 fresh runt
 1,500 training rows); 600 observations of shorter ones come 1.5 times slower; fresh runtimes
 over the medians of the version before and after the retraining, short and long requests
 apart (3 seeds, ``auto`` and ``linear``).
+``--new-values``: what a retraining learns of values its training never saw. "new devices":
+800 LLM requests on devices a and b (b 2x slower), then 600 observations on devices c (4x)
+and d (0.5x) only. "constants varied": 800 requests, all of batch size 1 on device a, then
+600 observations of batch sizes 1 to 8 (a batch of b takes 1 + 0.5 (b - 1) times as long)
+on devices a and c (3x). For each, 2,000 fresh requests of every device (and batch size);
+per group, fresh runtimes over the new version's medians and the share inside its 90%
+interval, the worst groups shown (3 seeds, ``auto`` and ``linear``).
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from swarmpilot_predictor.identity import IdentityPattern
+from swarmpilot_predictor.identity import IdentityPattern, ModelIdentity
 from swarmpilot_predictor.schemas import TrainConfig
 from swarmpilot_predictor.service import PredictorService
 from swarmpilot_predictor.settings import PredictorSettings
@@ -202,6 +210,51 @@ def uniform(factors: tuple[float, ...] = (1.2, 1.5), seeds: tuple[int, ...] = (2
                   f"{np.median(q[:, 1] / (factor * t_fresh)):.3f} | {cover} |", flush=True)
 
 
+def new_values(seeds: tuple[int, ...] = (0, 1, 2)) -> None:
+    speed = {"a": 1.0, "b": 2.0, "c": 4.0, "d": 0.5}
+    scenarios = {  # (training (devices, batch sizes), observed, fresh)
+        "new devices": ((["a", "b"], [1]), (["c", "d"], [1]), (["a", "b", "c", "d"], [1])),
+        "constants varied": ((["a"], [1]), (["a", "c"], [1, 2, 4, 8]), (["a", "c"], [1, 2, 4, 8])),
+    }
+
+    def requests(n: int, rng: np.random.Generator, devices: list[str], batches: list[int]) -> tuple[list[dict], np.ndarray]:
+        out = rng.integers(8, 512, n)
+        device, batch = rng.choice(devices, n), rng.choice(batches, n)
+        median = (20 + 12.0 * out) * np.array([speed[d] for d in device]) * (1 + 0.5 * (batch - 1))
+        runtime = median * rng.lognormal(0, 0.2, n)
+        rows = [{"output_tokens": int(o), "device": str(d), "batch_size": int(b), "runtime_ms": float(r)}
+                for o, d, b, r in zip(out, device, batch, runtime)]
+        return rows, runtime
+
+    pattern = IdentityPattern.from_parts(IDENT)
+    print("| scenario | algorithm | seed | decision | features after | fresh / median, by group (least to most) "
+          "| 90% interval coverage, by group (least to most) |")
+    print("|---|---|---|---|---|---|---|")
+    for scenario, (trained, observed, asked) in scenarios.items():
+        for algorithm in ("auto", "linear"):
+            for seed in seeds:
+                rng = np.random.default_rng(seed)
+                fresh, y = requests(2000, rng, *asked)
+                groups = {(t["device"], t["batch_size"]) for t in fresh}
+                with tempfile.TemporaryDirectory() as tmp:
+                    svc = PredictorService(PredictorSettings(data_dir=Path(tmp), retrain_in_worker=False))
+                    try:
+                        svc.train(TrainConfig(model=IDENT, traces=requests(800, rng, *trained)[0], algorithm=algorithm))
+                        svc.observe(IDENT, requests(600, rng, *observed)[0])
+                        d = svc.retrain(pattern)
+                        q = svc.predict(pattern, fresh, quantiles=[0.05, 0.5, 0.95]).quantiles
+                        names = svc.registry.latest(ModelIdentity.from_parts(IDENT)).features.names
+                    finally:
+                        svc.close()
+                ratio, cover = [], []
+                for g in groups:
+                    at = np.array([(t["device"], t["batch_size"]) == g for t in fresh])
+                    ratio.append(float(np.median(y[at] / q[at, 1])))
+                    cover.append(float(np.mean((y[at] >= q[at, 0]) & (y[at] <= q[at, 2]))))
+                print(f"| {scenario} | {algorithm} | {seed} | {d['status']} | {', '.join(names)} | "
+                      f"{min(ratio):.2f} to {max(ratio):.2f} | {min(cover):.2f} to {max(cover):.2f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shift", type=float, default=1.5)
@@ -210,7 +263,11 @@ def main() -> None:
     ap.add_argument("--churn", action="store_true", help="only: how many retrainings of an unchanging stream store a version")
     ap.add_argument("--unobserved", action="store_true", help="only: what a retraining keeps where nothing was observed")
     ap.add_argument("--uniform", action="store_true", help="only: a uniform slowdown observed across the inputs")
+    ap.add_argument("--new-values", action="store_true", help="only: devices and batch sizes training never saw")
     args = ap.parse_args()
+    if args.new_values:
+        new_values()
+        return
     if args.uniform:
         uniform()
         return
