@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import socket
 import sys
@@ -2210,3 +2211,62 @@ def test_the_async_client_checks_a_long_list_of_traces_off_its_event_loop(call, 
     asyncio.run(ask(10))
     asyncio.run(ask(5_000))
     assert threads[0] == "MainThread" and threads[1] != "MainThread"
+
+
+def test_a_number_names_the_identity_part_a_traces_number_trained_in_every_call_of_both_clients(trained_server,
+                                                                                                    tmp_path):
+    # Training names a trace's number as training reads it (traces.category_text): a
+    # software_version 2.0 trains the model "2", 2.5 the model "2.5". A number given as an
+    # identity part was sent as its str(), the URL segment "2.0", which names no model.
+    base = {**IDENTITY, "model_name": "versioned-by-number"}
+    traces = [{**t, "software_version": 2.0 if i % 2 else 2.5}
+              for i, t in enumerate(make_llm_traces(240, seed=7))]
+    config = {"model": {k: v for k, v in base.items() if k != "software_version"}, "group_by": ["software_version"],
+              "traces": traces, "algorithm": "linear"}
+    trace = {"input_tokens": 300, "output_tokens": 120}
+    measured = [{**trace, "runtime_ms": 1500.0}]
+    table = tmp_path / "t.jsonl"
+    table.write_bytes(orjson.dumps(trace) + b"\n")
+
+    def parts(version):
+        return (base["model_type"], base["model_name"], base["hardware"], base["software_name"], version)
+
+    with PredictorClient(trained_server.url) as client:
+        trained = client.train(config)
+        assert sorted(m["identity"]["software_version"] for m in trained.models) == ["2", "2.5"]
+        try:
+            for version, named in ((2.0, "2"), (2, "2"), (np.float64(2.0), "2"), (np.float32(2.0), "2"),
+                                   (np.int64(2), "2"), (-0.0 + 2.5, "2.5"), (np.float32(2.5), "2.5")):
+                ident = parts(version)
+                want = client.predict_single(parts(named), trace, quantiles=[0.5]).results.quantile_predictions
+                assert client.get_model(ident)["software_version"] == named, version
+                assert client.predict_single(ident, trace, quantiles=[0.5]).results.quantile_predictions == want
+                assert client.predict_batch(ident, [trace], quantiles=[0.5]).results[0].quantile_predictions == want
+                assert client.queue_wait(ident, [trace], quantiles=[0.5]).quantile_predictions == want
+                assert client.queue_wait(ident, [trace], quantiles=[0.5],
+                                         completion_times=True).quantile_predictions == want
+                assert client.queue_waits(ident, {"a": [trace]}, quantiles=[0.5])["a"].quantile_predictions == want
+                assert client.evaluate(ident, measured).evaluated == 1
+                assert client.observe(ident, measured)["model_key"].endswith("/" + named)
+                assert client.accuracy(ident, recent=1)["observations"] >= 1
+                assert client.generate_table(ident, table, table_name=f"v{named}.json")["rows"] == 1
+                assert client.retrain(ident)["model_key"].endswith("/" + named)
+
+            async def through_the_async_client():
+                async with AsyncPredictorClient(trained_server.url) as async_client:
+                    ident = parts(2.0)
+                    assert (await async_client.get_model(ident))["software_version"] == "2"
+                    single = await async_client.predict_single(ident, trace, quantiles=[0.5])
+                    assert (await async_client.queue_wait(ident, [trace], quantiles=[0.5])).tasks == 1
+                    assert (await async_client.observe(ident, measured))["accepted"] == 1
+                    assert (await async_client.evaluate(ident, measured)).evaluated == 1
+                    return single.results.quantile_predictions
+
+            assert asyncio.run(through_the_async_client()) == client.predict_single(
+                parts("2"), trace, quantiles=[0.5]).results.quantile_predictions
+        finally:
+            for named in ("2", "2.5"):
+                with contextlib.suppress(PredictorClientError):  # (not written where a call failed)
+                    client.delete_table(f"v{named}.json")
+            assert client.delete_model(parts(2.0))["status"] == "success"
+            assert client.delete_model(parts(np.float32(2.5)))["status"] == "success"

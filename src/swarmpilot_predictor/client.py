@@ -47,6 +47,7 @@ from .schemas import (
     valid_unicode,
 )
 from .settings import visible_ascii
+from .traces import category_text
 
 # What a caller imports from here, the answers' and identities' types among them: type
 # checkers take a name of a typed package that another module defines only from __all__
@@ -363,7 +364,7 @@ def identity_parts(identity: IdentityLike) -> list[Any]:
     if len(parts) != 5:
         raise InvalidRequestError("an identity has five parts: model_type, model_name, hardware, software_name, "
                                   f"software_version; got {len(parts)}", field="identity")
-    for key, part in zip(IDENTITY_KEYS, parts):
+    for i, (key, part) in enumerate(zip(IDENTITY_KEYS, parts)):
         if not (part is None or isinstance(part, (str, int, float, np.integer, np.floating))) or isinstance(part, bool):
             # Sent as its str() it named no model ("llm/{'a': 1}/*/*/*"); a number is a version
             # (numpy's too: str(np.int64(2)) is "2").
@@ -372,7 +373,22 @@ def identity_parts(identity: IdentityLike) -> list[Any]:
         if isinstance(part, str) and not part.strip():
             raise InvalidRequestError(f"identity part {key} is empty; leave it unspecified with None or '*'",
                                       field=f"identity.{key}")
+        if part is not None and not isinstance(part, str):
+            parts[i] = _number_part(part, key)
     return [None if p in (None, "*") else p for p in parts]
+
+
+def _number_part(value: Any, key: str) -> str:
+    """The part a number names, as training names a trace's (``traces.category_text``): ``2``,
+    ``2.0`` and ``np.float32(2.0)`` name ``"2"``, ``2.5`` names ``"2.5"``. Its ``str()``, the
+    URL segment ``2.0``, named no model that a trace's 2.0 trained. A numpy float narrower
+    than a double is the number it is written as (``np.float32(0.1)`` is 0.1, as a trace
+    sends it), not its double's digits."""
+    if isinstance(value, np.integer):
+        value = int(value)
+    elif isinstance(value, np.floating) and not isinstance(value, float):
+        value = float(str(value))
+    return category_text(value)
 
 
 # The longest path segment sent, percent-encoded: no name the service holds comes near it (an
