@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import math
 import socket
 import sys
 import threading
@@ -2270,3 +2271,28 @@ def test_a_number_names_the_identity_part_a_traces_number_trained_in_every_call_
                     client.delete_table(f"v{named}.json")
             assert client.delete_model(parts(2.0))["status"] == "success"
             assert client.delete_model(parts(np.float32(2.5)))["status"] == "success"
+
+
+def test_an_identity_part_that_is_no_finite_number_is_refused_naming_it_by_both_clients(port):
+    # Nothing listens on the port: a request sent would be a PredictorUnavailableError. A NaN
+    # was sent as the segment "nan", an infinity as "inf" and 10 ** 400 as its 401 digits:
+    # none names a model that traces trained (a trace's NaN is a missing value).
+    url = f"http://127.0.0.1:{port}"
+    bad = (math.nan, math.inf, -math.inf, np.float32("nan"), np.float64("inf"), 10**400)
+    trace = {"input_tokens": 5}
+    with PredictorClient(url, retries=0) as client:
+        for value in bad:
+            for call in (lambda ident: client.predict_single(ident, trace), lambda ident: client.get_model(ident),
+                         lambda ident: client.observe(ident, [{**trace, "runtime_ms": 1.0}]),
+                         lambda ident: client.queue_wait(ident, [trace])):
+                with pytest.raises(InvalidRequestError) as err:
+                    call(("llm", "m", "h", "s", value))
+                assert err.value.field == "identity.software_version" and "names no model" in str(err.value), value
+
+    async def refused(value):
+        async with AsyncPredictorClient(url, retries=0) as client:
+            with pytest.raises(InvalidRequestError) as err:
+                await client.predict_batch({**IDENTITY, "hardware": value}, [trace])
+            return err.value.field
+
+    assert [asyncio.run(refused(value)) for value in bad] == ["identity.hardware"] * len(bad)

@@ -388,6 +388,15 @@ def _number_part(value: Any, key: str) -> str:
         value = int(value)
     elif isinstance(value, np.floating) and not isinstance(value, float):
         value = float(str(value))
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # a whole number past the float range (10 ** 400)
+        finite = False
+    if not finite:
+        # A trace's NaN is a missing value, and its infinity (or 10 ** 400, read as one) names no
+        # part: sent as "nan", "inf" or 401 digits, it asked for a model no training named so.
+        raise InvalidRequestError(f"identity part {key} is {_shown(value)}, which names no model: give a finite "
+                                  "number, a string, or None for any", field=f"identity.{key}")
     return category_text(value)
 
 
