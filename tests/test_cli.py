@@ -150,6 +150,19 @@ def test_train_config_must_exist(tmp_path, data):
     assert result.exit_code == 2
 
 
+@pytest.mark.parametrize("command, name", [(["table", "llm/*/*/*/*"], "TRACE_FILE"), (["train"], "CONFIG")])
+@pytest.mark.parametrize("where", [["--url", "http://127.0.0.1:1"], []])
+def test_an_empty_file_argument_is_said_to_be_empty_naming_it(tmp_path, command, name, where):
+    # As a path "" is ".", the working directory: it was refused as "file '' is a directory".
+    result = runner.invoke(cli.app, [*command, "", *where, "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{name}': is empty: give a" in result.output and "directory" not in result.output
+    # Other paths are refused as before: a usage error that names the argument and the file.
+    for path, said in ((str(tmp_path / "nope.jsonl"), "does not exist."), (str(tmp_path), "is a directory.")):
+        result = runner.invoke(cli.app, [*command, path, *where, "--data-dir", str(tmp_path)])
+        assert result.exit_code == 2 and f"Invalid value for '{name}': file {path!r} {said}" in result.output
+
+
 def test_models_lists_trained_models(trained):
     entries = json_out(invoke("models", "--data-dir", trained, "--json"))
     assert len(entries) == 1

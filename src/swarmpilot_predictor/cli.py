@@ -283,6 +283,31 @@ def _remote(url: str, flags: dict[str, str] | None = None) -> Iterator[Any]:
         _fail(str(exc))
 
 
+def _existing_file(what: str):
+    """A parser of a file argument that must be there (``train``'s CONFIG, ``table``'s
+    TRACE_FILE), whose errors are usage errors naming the argument. An empty one is said to be
+    empty: as a path it is ".", the working directory, and was refused as "file '' is a
+    directory"."""
+
+    def parse(value: Any) -> Path:
+        if isinstance(value, Path):  # (a default, or a value typer already made a path)
+            return value
+        text = str(value)
+        if not text:
+            raise typer.BadParameter(f"is empty: give {what}")
+        try:
+            mode = os.stat(text).st_mode
+        except OSError:
+            raise typer.BadParameter(f"file {text!r} does not exist.") from None
+        if stat.S_ISDIR(mode):
+            raise typer.BadParameter(f"file {text!r} is a directory.")
+        if not os.access(text, os.R_OK):
+            raise typer.BadParameter(f"file {text!r} is not readable.")
+        return Path(text)
+
+    return parse
+
+
 def _levels_arg(quantiles: Optional[str]) -> Optional[list[float]]:
     """``--quantiles`` as levels, checked as the HTTP API checks them."""
     if quantiles is None:
@@ -455,7 +480,8 @@ def _load_config_file(path: Path) -> dict[str, Any]:
 
 @app.command()
 def train(
-    config: Path = typer.Argument(..., exists=True, dir_okay=False, metavar="CONFIG", help="Training config (JSON or YAML)."),
+    config: Path = typer.Argument(..., parser=_existing_file("a training config file (JSON or YAML)"), metavar="CONFIG",
+                                  help="Training config (JSON or YAML)."),
     data_dir: Optional[str] = DataDirOpt,
     url: Optional[str] = UrlOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the raw JSON answer (its metrics in full)."),
@@ -1011,8 +1037,8 @@ def _size(n: float) -> str:
 @app.command("table")
 def table_cmd(
     model: str = typer.Argument(..., metavar="MODEL", help="The model's five parts (above); '*' for any part."),
-    trace_file: Path = typer.Argument(..., exists=True, dir_okay=False, metavar="TRACE_FILE",
-                                      help="Traces (.json, .jsonl or .csv, optionally .gz)."),
+    trace_file: Path = typer.Argument(..., parser=_existing_file("a trace file (.json, .jsonl or .csv, optionally .gz)"),
+                                      metavar="TRACE_FILE", help="Traces (.json, .jsonl or .csv, optionally .gz)."),
     output: Optional[str] = typer.Option(None, "--output", "-o",
                                          help="Table name in the data directory's tables folder; offline, one holding a '/' is a path (./out.csv); default: from the model."),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="json or csv (default: from --output's suffix, which must be .json or .csv, optionally .gz; json without --output)."),
