@@ -2296,3 +2296,22 @@ def test_an_identity_part_that_is_no_finite_number_is_refused_naming_it_by_both_
             return err.value.field
 
     assert [asyncio.run(refused(value)) for value in bad] == ["identity.hardware"] * len(bad)
+
+
+def test_a_set_of_parts_is_no_identity_for_either_client(port):
+    # A set holds its parts in no order: a set of the five strings was sent in its own order
+    # (".../0.4.0/NVIDIA H100 80GB HBM3/llm/sglang"), which names another model or none.
+    url = f"http://127.0.0.1:{port}"  # nothing listens: a request sent would be a PredictorUnavailableError
+    for ident in (set(IDENTITY.values()), frozenset(IDENTITY.values())):
+        with PredictorClient(url, retries=0) as client:
+            with pytest.raises(InvalidRequestError) as err:
+                client.predict_single(ident, {"input_tokens": 5})
+            assert err.value.field == "identity" and "five parts" in str(err.value)
+
+        async def refused(ident=ident):
+            async with AsyncPredictorClient(url, retries=0) as client:
+                with pytest.raises(InvalidRequestError) as err:
+                    await client.get_model(ident)
+                return err.value.field
+
+        assert asyncio.run(refused()) == "identity"

@@ -16,7 +16,7 @@ import re
 import ssl
 import time
 import zlib
-from collections.abc import Iterable, Mapping, Sequence, Sized
+from collections.abc import Iterable, Mapping, Sequence, Set as AbstractSet, Sized
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -343,7 +343,10 @@ def identity_parts(identity: IdentityLike) -> list[Any]:
     """
     if isinstance(identity, (ModelIdentity, IdentityPattern)):
         return list(identity.as_tuple())
-    if not isinstance(identity, (BaseModel, str, Mapping, Iterable)) or isinstance(identity, (bytes, bytearray)):
+    # A set's parts come in no order of their own (a set of the five strings named the model
+    # "Qwen/0.4.0/H100/llm/sglang", a 404): not five parts in order.
+    if (not isinstance(identity, (BaseModel, str, Mapping, Iterable)) or isinstance(identity, (bytes, bytearray))
+            or isinstance(identity, AbstractSet)):
         raise InvalidRequestError(f"identity must be a model's identity (\"type/name/hardware/software/version\", "
                                   f"a mapping of its parts, or five parts), got {_shown(identity)}", field="identity")
     if isinstance(identity, BaseModel):
