@@ -2315,3 +2315,25 @@ def test_a_set_of_parts_is_no_identity_for_either_client(port):
                 return err.value.field
 
         assert asyncio.run(refused()) == "identity"
+
+
+def test_a_tables_confidence_level_past_the_float_range_is_refused_naming_it_as_a_predictions_is(port):
+    # A prediction's JSON body refuses 10 ** 400 naming confidence_level; generate_table, whose
+    # form carries it as text, raised OverflowError ("int too large to convert to float").
+    url = f"http://127.0.0.1:{port}"  # nothing listens: a request sent would be a PredictorUnavailableError
+    for level in (10**400, -(10**400), math.nan):
+        with PredictorClient(url, retries=0) as client:
+            with pytest.raises(InvalidRequestError) as err:
+                client.generate_table(IDENTITY, b'{"input_tokens": 5}\n', confidence_level=level)
+            assert err.value.field == "confidence_level"
+            with pytest.raises(InvalidRequestError) as err:
+                client.predict_single(IDENTITY, {"input_tokens": 5}, confidence_level=level)
+            assert err.value.field == "confidence_level"
+
+        async def refused(level=level):
+            async with AsyncPredictorClient(url, retries=0) as client:
+                with pytest.raises(InvalidRequestError) as err:
+                    await client.generate_table(IDENTITY, b'{"input_tokens": 5}\n', confidence_level=level)
+                return err.value.field
+
+        assert asyncio.run(refused()) == "confidence_level"

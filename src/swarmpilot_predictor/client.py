@@ -708,9 +708,13 @@ class _Calls:
         if isinstance(confidence_level, bool) or not isinstance(confidence_level, numbers.Real):
             raise InvalidRequestError(f"confidence_level must be a number, got {_shown(confidence_level)}",
                                       field="confidence_level")
-        if not math.isfinite(confidence_level):
+        try:
+            finite = math.isfinite(confidence_level)
+        except OverflowError:  # a whole number past the float range (10 ** 400): OverflowError was raised
+            finite = False
+        if not finite:
             # As in a JSON body: refused before sending (the form would carry the text "nan").
-            raise InvalidRequestError(f"confidence_level is {confidence_level}, which cannot be sent",
+            raise InvalidRequestError(f"confidence_level is {_shown(confidence_level)}, which cannot be sent",
                                       field="confidence_level")
         form = {"confidence_level": str(confidence_level)}
         for key, value in (("table_name", table_name), ("format", format)):
