@@ -1840,6 +1840,17 @@ def test_retries_wait_longer_each_time_up_to_a_bound():
         client.close()
 
 
+def test_a_backoff_past_the_float_range_pauses_the_longest_pause_in_both_clients():
+    # A backoff of 10 ** 400 (finite, at least 0: taken) raised OverflowError at the first
+    # retry ("int too large to convert to float"), where the service's unavailability was due.
+    from swarmpilot_predictor.client import MAX_BACKOFF
+
+    for make in (PredictorClient, AsyncPredictorClient):
+        client = make("http://127.0.0.1:9", backoff=10**400)
+        assert [client._pause(a) for a in (0, 1, 100)] == [MAX_BACKOFF] * 3
+        asyncio.run(client.aclose()) if isinstance(client, AsyncPredictorClient) else client.close()
+
+
 def test_an_error_carries_the_wait_the_service_asks_for():
     # A 429 (as many trainings queued as a worker takes) says when to try again.
     import httpx

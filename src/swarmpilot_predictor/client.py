@@ -1147,7 +1147,9 @@ class _Base:
         # As Python's numbers (a numpy one given): they are passed on to httpx and time.sleep.
         self.timeout = None if timeout is None else _seconds(timeout)
         self.retries = int(retries)
-        self.backoff = _plain(backoff)
+        # (One past the float range, 10 ** 400, raised OverflowError at the first retry: it
+        # waits MAX_BACKOFF, as any pause that long does.)
+        self.backoff = _seconds(backoff)
         self._calls = _Calls()
         self._headers = _auth_headers(api_key)
         if self._headers and httpx.URL(self.base_url).userinfo:
