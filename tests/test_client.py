@@ -2348,3 +2348,32 @@ def test_a_tables_confidence_level_past_the_float_range_is_refused_naming_it_as_
                 return err.value.field
 
         assert asyncio.run(refused()) == "confidence_level"
+
+
+def test_the_packages_identity_types_are_checked_as_every_other_form_is(port):
+    # ModelIdentity and IdentityPattern are dataclasses that take what they are given: their
+    # parts went out unchecked, an empty one as an empty segment ("/predict/single/llm//*/*/*",
+    # which no route matches) and a pattern's number as its str() (2.5 in float32 as "2.5", but
+    # 2.0 as "2.0", naming no model).
+    from swarmpilot_predictor.client import identity_segments
+    from swarmpilot_predictor.identity import IdentityPattern
+
+    assert identity_segments(IdentityPattern("llm", software_version=2.0))[1:] == ["*", "*", "*", "2"]
+    assert identity_segments(IdentityPattern("llm", software_version=np.float32(2.5)))[1:] == ["*", "*", "*", "2.5"]
+    assert identity_segments(IdentityPattern("llm", "Qwen/Q", "*")) == ["llm", "Qwen%2FQ", "*", "*", "*"]
+    url = f"http://127.0.0.1:{port}"  # nothing listens: a request sent would be a PredictorUnavailableError
+    for ident, field in ((IdentityPattern("llm", ""), "identity.model_name"),
+                         (ModelIdentity("llm", "m", " ", "s", "1"), "identity.hardware"),
+                         (IdentityPattern("llm", software_version=math.nan), "identity.software_version")):
+        with PredictorClient(url, retries=0) as client:
+            with pytest.raises(InvalidRequestError) as err:
+                client.predict_single(ident, {"input_tokens": 5})
+            assert err.value.field == field
+
+        async def refused(ident=ident):
+            async with AsyncPredictorClient(url, retries=0) as client:
+                with pytest.raises(InvalidRequestError) as err:
+                    await client.get_model(ident)
+                return err.value.field
+
+        assert asyncio.run(refused()) == field

@@ -341,19 +341,22 @@ def identity_parts(identity: IdentityLike) -> list[Any]:
     prediction's ``model_info``, which is accepted as is). A mapping's unknown key is an
     error rather than a silent ``*``: a misspelt ``modelname`` would otherwise match every model.
     """
-    if isinstance(identity, (ModelIdentity, IdentityPattern)):
-        return list(identity.as_tuple())
     # A set's parts come in no order of their own (a set of the five strings named the model
     # "Qwen/0.4.0/H100/llm/sglang", a 404): not five parts in order.
-    if (not isinstance(identity, (BaseModel, str, Mapping, Iterable)) or isinstance(identity, (bytes, bytearray))
+    if (not isinstance(identity, (ModelIdentity, IdentityPattern, BaseModel, str, Mapping, Iterable))
+            or isinstance(identity, (bytes, bytearray))
             or isinstance(identity, AbstractSet)):
         raise InvalidRequestError(f"identity must be a model's identity (\"type/name/hardware/software/version\", "
                                   f"a mapping of its parts, or five parts), got {_shown(identity)}", field="identity")
     if isinstance(identity, BaseModel):
         identity = identity.model_dump()
-    if isinstance(identity, str):
+    if isinstance(identity, (ModelIdentity, IdentityPattern)):
+        # Checked as every other form is: these dataclasses take what they are given (an
+        # IdentityPattern's "" was sent as an empty segment, a number as its str()).
+        parts: list[Any] = list(identity.as_tuple())
+    elif isinstance(identity, str):
         # Segments may be URL-encoded as in the HTTP API and the CLI: 'Qwen%2FQwen2.5-7B'.
-        parts: list[Any] = [unquote(p) for p in identity.split("/")]
+        parts = [unquote(p) for p in identity.split("/")]
     elif isinstance(identity, Mapping):
         keys = IDENTITY_KEYS if any(k in identity for k in IDENTITY_KEYS[:2]) or not any(
             k in identity for k in _SHORT_KEYS[:2]) else _SHORT_KEYS
