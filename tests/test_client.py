@@ -2377,3 +2377,39 @@ def test_the_packages_identity_types_are_checked_as_every_other_form_is(port):
                 return err.value.field
 
         assert asyncio.run(refused()) == field
+
+
+def _nested(depth: int) -> list:
+    """A list of lists ``depth`` deep."""
+    top = []
+    inner = top
+    for _ in range(depth - 1):
+        inner.append([])
+        inner = inner[0]
+    return top
+
+
+def test_a_value_nested_deeper_than_json_is_written_is_refused_naming_its_place_by_both_clients(port):
+    # orjson writes 254 levels: a trace's value deeper was "the request body is a dict (...)",
+    # naming no field, and one a thousand deep a RecursionError from the message's repr(), as
+    # was a trace that is such a list.
+    url = f"http://127.0.0.1:{port}"  # nothing listens: a request sent is a PredictorUnavailableError
+    with PredictorClient(url, retries=0) as client:
+        for depth in (300, 5000):
+            with pytest.raises(InvalidRequestError) as err:
+                client.predict_single(IDENTITY, {"input_tokens": 5, "shape": _nested(depth)})
+            assert err.value.field.startswith("trace.shape[0][0]") and len(err.value.field) <= 80
+            assert "nested more than 254 levels deep" in str(err.value)
+        with pytest.raises(InvalidRequestError) as err:
+            client.predict_single(IDENTITY, _nested(5000))
+        assert err.value.field == "trace"
+        with pytest.raises(PredictorUnavailableError):  # as deep as JSON goes: sent
+            client.predict_single(IDENTITY, {"input_tokens": 5, "shape": _nested(252)})
+
+    async def refused():
+        async with AsyncPredictorClient(url, retries=0) as client:
+            with pytest.raises(InvalidRequestError) as err:
+                await client.predict_batch(IDENTITY, [{"input_tokens": 5}, {"shape": _nested(5000)}])
+            return err.value.field
+
+    assert asyncio.run(refused()).startswith("trace[1].shape[0][0]")

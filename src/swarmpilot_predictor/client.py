@@ -29,6 +29,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .collector import collector_paused
+from .errors import cut
 from .identity import IDENTITY_KEYS, IdentityPattern, ModelIdentity
 from .schemas import (
     BatchPredictionResponse,
@@ -176,6 +177,11 @@ def _dumps(body: Any, root: str = "") -> bytes:
             # row))), which orjson writes only as a value: sent under the text it holds.
             return _dumps(_with_str_keys(body), root)
         where, value = _unsendable(body, root, any_type=True) or (root, body)
+        if value is _TOO_DEEP:
+            # (Its repr, for the message, raised RecursionError: the call's error was Python's.)
+            where = cut(where)
+            raise InvalidRequestError(f"{where} is nested more than {_DEEPEST} levels deep, which cannot be sent as "
+                                      "JSON", field=where) from exc
         raise InvalidRequestError(f"{where or 'the request body'} is {_shown(value)}, which cannot be sent as JSON ({exc})",
                                   field=where or None) from exc
     if b"null" in data:
@@ -234,7 +240,10 @@ def _with_str_keys(value: Any, made: dict[int, Any] | None = None) -> Any:
 
 
 def _shown(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except RecursionError:  # a list of lists thousands deep: Python's error, not the client's
+        text = "nested too deeply to show"
     kind = type(value).__name__
     return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind} ({text[:60] + '...' if len(text) > 60 else text})"
 
@@ -251,12 +260,14 @@ def _unsendable(value: Any, path: str, any_type: bool) -> tuple[str, Any] | None
     """The place (``trace[2].input_tokens``) and value of the first thing JSON cannot carry in ``value``, if any:
     a NaN or an infinity, and with ``any_type`` (after orjson refused the body) a value of a type
     it does not write; otherwise such values (a datetime, a UUID: orjson writes them) are left be."""
-    stack: list[tuple[Any, str]] = [(value, path)]
+    stack: list[tuple[Any, str, int]] = [(value, path, 1)]
     seen: set[int] = set()
     while stack:
-        value, path = stack.pop()
+        value, path, depth = stack.pop()
         if _seen_before(value, seen):
             continue
+        if any_type and depth > _DEEPEST and isinstance(value, (Mapping, list, tuple)):
+            return path, _TOO_DEEP
         if isinstance(value, str):
             if any_type and not valid_unicode(value):  # a lone surrogate: no JSON text can hold it
                 return path, value
@@ -273,9 +284,9 @@ def _unsendable(value: Any, path: str, any_type: bool) -> tuple[str, Any] | None
             for k in value:  # orjson writes str keys only
                 if any_type and not (isinstance(k, str) and valid_unicode(k)):
                     return _joined(path, k), k
-            stack.extend((v, _joined(path, k)) for k, v in reversed(list(value.items())))
+            stack.extend((v, _joined(path, k), depth + 1) for k, v in reversed(list(value.items())))
         elif isinstance(value, (list, tuple)):
-            stack.extend((value[i], f"{path}[{i}]") for i in range(len(value) - 1, -1, -1))
+            stack.extend((value[i], f"{path}[{i}]", depth + 1) for i in range(len(value) - 1, -1, -1))
         elif isinstance(value, np.ndarray):
             if value.dtype.kind == "f" and value.size:
                 bad = np.argwhere(~np.isfinite(value))
@@ -283,15 +294,20 @@ def _unsendable(value: Any, path: str, any_type: bool) -> tuple[str, Any] | None
                     index = tuple(int(i) for i in bad[0])
                     return path + "".join(f"[{i}]" for i in index), value[index].item()
             elif value.dtype.kind == "O":
-                stack.append((value.tolist(), path))
+                stack.append((value.tolist(), path, depth))
         elif isinstance(value, np.generic):
             if value.dtype.kind == "f" and not np.isfinite(value):  # numpy.float32 and the like
                 return path, value.item()
         elif callable(getattr(value, "tolist", None)):
-            stack.append((value.tolist(), path))  # what _json_default sends (a pandas Series, say)
+            stack.append((value.tolist(), path, depth))  # what _json_default sends (a pandas Series, say)
         elif any_type:
             return path, value
     return None
+
+
+# The deepest nesting orjson writes (a list of lists 255 deep raised "Recursion limit reached").
+_DEEPEST = 254
+_TOO_DEEP = object()  # what _unsendable finds past it
 
 
 def _joined(path: str, key: Any) -> str:
