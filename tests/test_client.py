@@ -2413,3 +2413,31 @@ def test_a_value_nested_deeper_than_json_is_written_is_refused_naming_its_place_
             return err.value.field
 
     assert asyncio.run(refused()).startswith("trace[1].shape[0][0]")
+
+
+def test_a_file_given_as_an_empty_path_is_refused_naming_it_by_both_clients(port, tmp_path, monkeypatch):
+    # As a path "" is ".", the working directory: it was read, or written, as that, an
+    # IsADirectoryError naming '.' ("[Errno 21] Is a directory: '.'").
+    monkeypatch.chdir(tmp_path)
+    url = f"http://127.0.0.1:{port}"  # nothing listens: a request sent would be a PredictorUnavailableError
+    config = {"model": IDENTITY, "traces": "t.jsonl"}
+    with PredictorClient(url, retries=0) as client:
+        for call, field in ((lambda: client.generate_table(IDENTITY, ""), "trace_file"),
+                            (lambda: client.train(config, files={"t.jsonl": ""}), "files['t.jsonl']"),
+                            (lambda: client.train_background(config, files={"t.jsonl": ""}), "files['t.jsonl']"),
+                            (lambda: client.download_table("t.json", dest=""), "dest")):
+            with pytest.raises(InvalidRequestError) as err:
+                call()
+            assert err.value.field == field and "empty path" in str(err.value)
+
+    async def refused():
+        async with AsyncPredictorClient(url, retries=0) as client:
+            fields = []
+            for call in (lambda: client.generate_table(IDENTITY, ""), lambda: client.train(config, files={"t.jsonl": ""}),
+                         lambda: client.download_table("t.json", dest="")):
+                with pytest.raises(InvalidRequestError) as err:
+                    await call()
+                fields.append(err.value.field)
+            return fields
+
+    assert asyncio.run(refused()) == ["trace_file", "files['t.jsonl']", "dest"]

@@ -494,6 +494,13 @@ def _trace(trace: Any, field_name: str) -> dict[str, Any]:
     return dict(trace)
 
 
+def _no_empty_path(value: Any, field_name: str) -> None:
+    """Refuse a path given as empty text: as a path it is ".", the working directory, and
+    was read (or written) as that, "[Errno 21] Is a directory: '.'"."""
+    if isinstance(value, str) and not value:
+        raise InvalidRequestError(f"{field_name} is an empty path: give a file's path (or its bytes)", field=field_name)
+
+
 def _listable(value: Any) -> bool:
     """An iterable of items, not one item that happens to iterate (a mapping, a string)."""
     return isinstance(value, Iterable) and not isinstance(value, (Mapping, str, bytes))
@@ -635,6 +642,7 @@ class _Calls:
             if not isinstance(name, str) or not isinstance(content, (bytes, str, PathLike)):
                 raise InvalidRequestError(f"files[{name!r}] must be a path or bytes under a name (str), got "
                                           f"{_shown(content)}", field=f"files[{name!r}]")
+            _no_empty_path(content, f"files[{name!r}]")
             if not valid_unicode(name):  # (the config's traces name it, and cannot hold it either)
                 raise InvalidRequestError(f"files[{name!r}]: an upload's name must be text that is valid Unicode "
                                           "(it holds a lone surrogate)", field=f"files[{name!r}]")
@@ -709,6 +717,7 @@ class _Calls:
                        timeout: float | None = None, knots: int | None = None) -> _Request:
         if not isinstance(trace_file, (bytes, str, PathLike)):
             raise InvalidRequestError(f"trace_file must be a path or bytes, got {_shown(trace_file)}", field="trace_file")
+        _no_empty_path(trace_file, "trace_file")
         if timeout is not None:
             _check_timeout(timeout, "timeout")
             timeout = _seconds(timeout)
@@ -759,6 +768,7 @@ class _Calls:
     def download_table(name: str, dest: Any = None) -> _Request:
         if dest is not None and not isinstance(dest, (str, PathLike)):
             raise InvalidRequestError(f"dest must be a path, or None, got {_shown(dest)}", field="dest")
+        _no_empty_path(dest, "dest")
         return _Request("GET", "/tables/" + _name_segment(name, "name"), idempotent=True, binary=True)
 
     @staticmethod
