@@ -2441,3 +2441,25 @@ def test_a_file_given_as_an_empty_path_is_refused_naming_it_by_both_clients(port
             return fields
 
     assert asyncio.run(refused()) == ["trace_file", "files['t.jsonl']", "dest"]
+
+
+def test_a_model_info_carrying_a_field_of_a_newer_service_still_names_its_model(trained_server):
+    # Answers may carry more fields than the client knows (the contract), and a model_info
+    # object keeps them: passed back as an identity, each extra one was refused as an unknown
+    # identity key. (A mapping's unknown key is still refused: it may be a misspelt part.)
+    from swarmpilot_predictor.client import ModelInfo
+
+    trace = {"input_tokens": 100, "output_tokens": 50}
+    with PredictorClient(trained_server.url) as client:
+        served = client.predict_single(IDENTITY, trace)
+        info = ModelInfo.model_validate({**served.results.model_info.model_dump(), "model_version": 1})
+        assert client.predict_single(info, trace).results.quantile_predictions == served.results.quantile_predictions
+        with pytest.raises(InvalidRequestError) as err:
+            client.predict_single(info.model_dump(), trace)
+        assert err.value.field == "identity.model_version"
+
+    async def through_the_async_client():
+        async with AsyncPredictorClient(trained_server.url) as client:
+            return (await client.predict_single(info, trace)).results.quantile_predictions
+
+    assert asyncio.run(through_the_async_client()) == served.results.quantile_predictions

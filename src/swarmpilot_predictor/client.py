@@ -365,7 +365,9 @@ def identity_parts(identity: IdentityLike) -> list[Any]:
         raise InvalidRequestError(f"identity must be a model's identity (\"type/name/hardware/software/version\", "
                                   f"a mapping of its parts, or five parts), got {_shown(identity)}", field="identity")
     if isinstance(identity, BaseModel):
-        identity = identity.model_dump()
+        # An answer's model_info: the fields it declares, without the extra ones a newer
+        # service may send beside them (clients ignore those), which read as unknown keys.
+        identity = {k: getattr(identity, k) for k in type(identity).model_fields}
     if isinstance(identity, (ModelIdentity, IdentityPattern)):
         # Checked as every other form is: these dataclasses take what they are given (an
         # IdentityPattern's "" was sent as an empty segment, a number as its str()).
