@@ -356,6 +356,8 @@ def identity_parts(identity: IdentityLike) -> list[Any]:
     a sequence of five, or a mapping keyed as the contract's ``model`` object (or as a
     prediction's ``model_info``, which is accepted as is). A mapping's unknown key is an
     error rather than a silent ``*``: a misspelt ``modelname`` would otherwise match every model.
+    A number names the part a trace's number trains (``2.0`` names ``"2"``; see
+    :func:`_number_part`); every other part is returned as given.
     """
     # A set's parts come in no order of their own (a set of the five strings named the model
     # "Qwen/0.4.0/H100/llm/sglang", a 404): not five parts in order.
