@@ -2463,3 +2463,27 @@ def test_a_model_info_carrying_a_field_of_a_newer_service_still_names_its_model(
             return (await client.predict_single(info, trace)).results.quantile_predictions
 
     assert asyncio.run(through_the_async_client()) == served.results.quantile_predictions
+
+
+@pytest.mark.parametrize("value", [math.nan, 10**30, "\ud800"])
+def test_queue_wait_names_a_traces_unsendable_value_alike_with_and_without_completion_times(port, value):
+    # With completion_times, queue_wait asks its traces as the one queue of a queues request,
+    # named "queue" there: a NaN in its third trace was "queues.queue[2].input_tokens", a queue
+    # its caller never named, where without it is "trace[2].input_tokens".
+    url = f"http://127.0.0.1:{port}"  # nothing listens: a request sent would be a PredictorUnavailableError
+    traces = [{"input_tokens": 5}, {"input_tokens": 6}, {"input_tokens": value}]
+    fields = []
+    with PredictorClient(url, retries=0) as client:
+        for completion_times in (False, True):
+            with pytest.raises(InvalidRequestError) as err:
+                client.queue_wait(IDENTITY, traces, completion_times=completion_times)
+            fields.append(err.value.field)
+            assert str(err.value).startswith("trace[2].input_tokens is ")
+
+    async def refused():
+        async with AsyncPredictorClient(url, retries=0) as client:
+            with pytest.raises(InvalidRequestError) as err:
+                await client.queue_wait(IDENTITY, traces, completion_times=True)
+            return err.value.field
+
+    assert fields + [asyncio.run(refused())] == ["trace[2].input_tokens"] * 3

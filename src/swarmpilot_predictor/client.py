@@ -343,6 +343,9 @@ class _Request:
     list_answer: bool = False  # the answer (its extracted key) is a JSON array, not an object
     timeout: float | None = None  # replaces the client's timeout (a table generation's own)
     timeout_at_least: float | None = None  # the client's timeout, but never less (a synchronous /train)
+    # A place in the body that the caller knows by another name, for the errors that name a
+    # place in it: (as sent, as the caller named it), queue_wait's one queue ("queues.queue", "trace").
+    renamed: tuple[str, str] | None = None
 
 
 # A prediction's model_info names the parts without the model_ prefix.
@@ -876,8 +879,10 @@ class _Calls:
                           deadline_ms: float | None) -> _Request:
         """``queue_wait`` with completion times: its traces (named as a batch's, ``trace[i]``)
         asked as the one queue of a queues request."""
-        return self.predict_queues(identity, {_ONE_QUEUE: _traces(traces, "trace")}, confidence_level, quantiles,
-                                   shared_factor, version, lookup_table_name, lookup_table, deadline_ms, True)
+        req = self.predict_queues(identity, {_ONE_QUEUE: _traces(traces, "trace")}, confidence_level, quantiles,
+                                  shared_factor, version, lookup_table_name, lookup_table, deadline_ms, True)
+        req.renamed = (f"queues.{_ONE_QUEUE}", "trace")  # (a NaN in one: trace[2].input_tokens, as queue_wait's)
+        return req
 
     @staticmethod
     def one_queue_wait(answer: QueuesPredictionResponse, partial: bool = False,
@@ -1201,7 +1206,10 @@ class _Base:
             kw["files"] = req.files
             kw["data"] = req.data
         elif req.json is not None:
-            kw["content"] = _dumps(req.json)
+            try:
+                kw["content"] = _dumps(req.json)
+            except InvalidRequestError as exc:
+                raise _renamed(exc, req.renamed) from exc.__cause__
             headers["content-type"] = "application/json"
         kw["timeout"] = self._timeout(req)
         return kw
@@ -1269,6 +1277,19 @@ class _Base:
                 f"{req.method} {req.path} was sent to the predictor at {self._shown_url}, but the connection dropped "
                 f"before an answer ({_cause(exc)}): it may have been carried out; check before sending it again")
         return PredictorUnavailableError(f"cannot reach the predictor at {self._shown_url}: {_cause(exc)}")
+
+
+def _renamed(error: InvalidRequestError, renamed: tuple[str, str] | None) -> InvalidRequestError:
+    """``error`` naming a place of the body (``queues.queue[3].input_tokens``) as the caller
+    named it (``trace[3].input_tokens``), where ``renamed`` says so; else ``error`` itself."""
+    if renamed is None or error.field is None:
+        return error
+    sent, named = renamed
+    if error.field != sent and not error.field.startswith((sent + "[", sent + ".")):
+        return error
+    field = named + error.field[len(sent):]
+    message = field + error.message[len(error.field):] if error.message.startswith(error.field) else error.message
+    return InvalidRequestError(message, field=field)
 
 
 def _with_id(error: PredictorClientError, request_id: str | None) -> PredictorClientError:
