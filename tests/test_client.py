@@ -715,6 +715,10 @@ def test_a_waits_quantile_is_read_at_the_level_asked_for_even_far_in_a_tail(trai
     for level in (3e-13, 1e-13 + 1e-16, 1 - 3e-13):
         with pytest.raises(KeyError):
             (high if level > 0.5 else low).quantile(level)
+    # Nor is a level no float holds (an OverflowError was raised), nor a NaN.
+    for level in (10**400, -(10**400), math.nan):
+        with pytest.raises(KeyError, match="was not requested"):
+            low.quantile(level)
     # Rounding is no other level: 0.5 computed, or 1 - 5e-13 written another way.
     assert low.quantile(0.1 * 5) == low.quantile(0.5)
     assert high.quantile(1 - 0.5e-12) == high.quantile_predictions[0]

@@ -145,12 +145,18 @@ class QueueWaitEstimate(BaseModel):
         # The level asked for up to rounding (0.1 * 7 for 0.7): the nearest, within 1e-12 and
         # within a millionth of its tail (its distance from 0 or 1), or a few ulps. A bare 1e-12
         # read 5e-13 as 1e-13 and 1 - 1e-13 as 1 - 5e-13, levels the service answers apart.
-        if self.quantiles:
-            k = min(range(len(self.quantiles)), key=lambda i: abs(self.quantiles[i] - level))
+        at = level
+        if isinstance(level, int):
+            try:
+                at = float(level)
+            except OverflowError:  # a whole number no float holds (10 ** 400): no level was asked so
+                at = math.nan
+        if self.quantiles and at == at:
+            k = min(range(len(self.quantiles)), key=lambda i: abs(self.quantiles[i] - at))
             q = self.quantiles[k]
-            if abs(q - level) <= max(min(1e-12, 1e-6 * min(q, 1.0 - q)), 4 * math.ulp(q)):
+            if abs(q - at) <= max(min(1e-12, 1e-6 * min(q, 1.0 - q)), 4 * math.ulp(q)):
                 return self.quantile_predictions[k]
-        raise KeyError(f"level {level} was not requested; have {self.quantiles}")
+        raise KeyError(f"level {cut(str(level))} was not requested; have {self.quantiles}")
 
 
 
