@@ -321,6 +321,10 @@ def test_predict_with_a_deadline_says_each_tasks_and_the_totals_probability_of_b
     for bad in ("0", "-5", "nan"):
         result = invoke("predict", "llm/*/*/*/*", traces, "--data-dir", trained, "--deadline-ms", bad, ok=False)
         assert "--deadline-ms must be a positive number of milliseconds" in result.output
+    # A deadline past any runtime is headed as a number is written, not in 301 digits.
+    lines = invoke("predict", "llm/*/*/*/*", traces, "--data-dir", trained, "--quantiles", "0.5",
+                   "--deadline-ms", "1e300").stdout.splitlines()
+    assert lines[1].split("\t")[-1] == "P(<= 1e+300 ms)" and lines[2].split("\t")[-1] == "1.000"
 
 
 def test_predict_lines_keep_a_message_quoting_a_tab_or_line_break_in_one_cell(tmp_path, data, monkeypatch):

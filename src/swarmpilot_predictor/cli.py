@@ -755,7 +755,11 @@ def _print_predictions(body: dict[str, Any], confidence_level: float, deadline_m
 
 def _ms(value: float) -> str:
     """A runtime in ms, to two decimals, or under 1 ms to three significant digits: two
-    decimals printed a model of 1e-4 ms runtimes (a kernel's) as 0.00 everywhere."""
+    decimals printed a model of 1e-4 ms runtimes (a kernel's) as 0.00 everywhere. Past the
+    longest runtime there is (1e15 ms), as ``:g`` writes it: a deadline of 1e300 was headed
+    in 301 digits."""
+    if value >= 1e15:
+        return f"{value:.6g}"
     return f"{value:.2f}" if value >= 1 or value == 0 else f"{value:#.3g}"
 
 
