@@ -232,6 +232,17 @@ def test_a_constant_given_other_values_becomes_a_feature_after_the_others():
     assert schema.with_values_seen(some, schema.matrix(some)[0]).constants == (("zone", "x"),)
 
 
+def test_constants_become_features_up_to_as_many_as_a_training_takes(monkeypatch):
+    from swarmpilot_predictor import features
+
+    traces = [{**t, "k": 5, "zone": "x"} for t in base_traces(10)]
+    schema, _, _, _ = prepare(traces)
+    monkeypatch.setattr(features, "MAX_FEATURES", len(schema.features) + 1)
+    seen = [{**t, "k": 6, "zone": "y"} for t in traces]
+    wider = schema.with_values_seen(seen, schema.matrix(seen)[0])
+    assert wider.names == [*schema.names, "k"] and wider.constants == (("zone", "x"),)
+
+
 def test_missing_numeric_values_are_imputed_with_the_median_and_counted():
     traces = base_traces(10)
     traces[2]["input_tokens"] = None

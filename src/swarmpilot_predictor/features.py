@@ -647,7 +647,8 @@ class FeatureSchema:
         constants = []
         for name, value in self.constants:
             values = [t.get(name) for t in traces]
-            spec = _varied_constant(name, value, [values[i] for i in _differs_from_constant(values, value) or ()])
+            spec = (_varied_constant(name, value, [values[i] for i in _differs_from_constant(values, value) or ()])
+                    if len(specs) < MAX_FEATURES else None)  # (as many as a training takes)
             if spec is None:
                 constants.append((name, value))
             else:
