@@ -2083,6 +2083,26 @@ def test_the_openapi_schema_bounds_the_accuracy_recent_as_the_service_does(http,
         assert failed(http.get(f"/models/{SEGMENTS}/accuracy?recent={outside}"), 422, "recent must be")["field"] == "recent"
 
 
+def test_every_model_s_accuracy_in_one_answer_is_each_model_s_own(http, trained):
+    # The dashboard asked for each model's accuracy on its own, one request a model (1,003
+    # requests for 1,000 models): one answer holds every model's, as its own route answers it.
+    train_json(http, ident("everyone"))
+    ok(http.post("/observe", json={"model": IDENTITY, "traces": [{**TRACE, "runtime_ms": 1200.0}] * 3}))
+    listed = [m for g in ok(http.get("/models"))["models"] for m in g["models"]]
+    everyone = ok(http.get("/models/accuracy?recent=2"))["models"]
+    assert sorted(a["model_key"] for a in everyone) == sorted(m["key"] for m in listed) and len(listed) >= 2
+    for m in listed:
+        path = "/".join(quote(m[k], safe="") for k in IDENTITY)
+        own = ok(http.get(f"/models/{path}/accuracy?recent=2"))
+        assert next(a for a in everyone if a["model_key"] == m["key"]) == {
+            k: v for k, v in own.items() if k not in ("status", "retraining")}
+    assert len(next(a for a in everyone if a["model_key"] == KEY)["recent"]["runtime_ms"]) == 2
+    assert ok(http.get("/models/accuracy"))["models"][0]["recent"]["levels"]  # (200 by default)
+    for outside in (-1, 5001):
+        assert failed(http.get(f"/models/accuracy?recent={outside}"), 422, "recent must be")["field"] == "recent"
+    assert failed(http.get("/models/accuracy?recnt=2"), 422)["field"] == "recnt"
+
+
 def _schema_problems(value, schema: dict, spec: dict, at: str = "") -> list[str]:
     """Where ``value`` breaks ``schema``: the JSON Schema (2020-12) that FastAPI and pydantic
     write, enough of it to check answers against /openapi.json with no validator installed."""
@@ -2186,6 +2206,7 @@ def test_every_answer_is_the_one_the_openapi_schema_documents(http, trained):
         http.post("/observe", json=observed), http.post("/observe", json={**observed, "traces": [{"x": 1}]}),
         http.post("/observe", json={**observed, "model": other | {"model_name": "nope"}}),
         http.get(f"/models/{SEGMENTS}/accuracy"), http.get(f"/models/{SEGMENTS}/accuracy?recent=-1"),
+        http.get("/models/accuracy"), http.get("/models/accuracy?recent=-1"),
         http.post(f"/models/{SEGMENTS}/retrain", json={"x": 1}),
         http.post("/train?background=true", json={"config": {}}), http.post("/train", json={"config": {}}),
         http.post("/train", headers={"content-type": "multipart/form-data"}, content=b"junk"),

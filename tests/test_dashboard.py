@@ -56,6 +56,24 @@ def three_models(tmp_path_factory):
         yield srv
 
 
+def leave_out_of_accuracies(page, *parts: str) -> None:
+    """Answer the page's one request for every model's accuracy (``models/accuracy``) without
+    the models whose keys hold one of ``parts`` ("" : all), as for a model deleted or trained
+    after it was answered: the page asks for each of those on its own."""
+    def answer(route):
+        got = route.fetch()
+        body = orjson.loads(got.body())
+        body["models"] = [a for a in body["models"] if not any(p in a["model_key"] for p in parts)]
+        route.fulfill(status=got.status, content_type="application/json", body=orjson.dumps(body))
+
+    page.route("**/models/accuracy", answer)
+
+
+def own_accuracy(url: str) -> bool:
+    """Whether ``url`` asks for one model's accuracy (not every model's, ``models/accuracy``)."""
+    return url.endswith("/accuracy") and not url.endswith("/models/accuracy")
+
+
 def test_dashboard_shows_models_accuracy_and_plots(tmp_path, context):
     other = {**IDENTITY, "model_name": "llama-3-8b"}
     with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
@@ -167,6 +185,7 @@ def test_dashboard_a_failed_request_costs_only_its_own_part(three_models, contex
     """A model deleted while the page loads (its accuracy answers an error), or a failing
     /health, leaves every other model on the page."""
     page = context.new_page()
+    leave_out_of_accuracies(page, "/beta/")
     page.route("**/models/llm/beta/**/accuracy", lambda route: route.fulfill(status=500, body="boom"))
     page.route("**/health", lambda route: route.fulfill(status=503, body="down"))
     page.route("**/tables", lambda route: route.fulfill(status=500, body="boom"))
@@ -198,6 +217,7 @@ def test_dashboard_an_accuracy_it_cannot_draw_fails_its_own_card(three_models, c
     says it cannot be shown, the other models are drawn (the page said "error: Cannot read
     properties of undefined (reading 'runtime_ms')" and listed no model after that one)."""
     page = context.new_page()
+    leave_out_of_accuracies(page, "/beta/")
     page.route("**/models/llm/beta/**/accuracy", lambda route: route.fulfill(
         status=200, content_type="application/json", body=orjson.dumps({"observations": 5, "window": 5, "version": 1})))
     page.goto(three_models.url + "/dashboard")
@@ -234,6 +254,7 @@ def test_dashboard_a_slow_accuracy_holds_back_only_its_own_row(three_models, con
     page = context.new_page()
     page.clock.install()  # the page's 60 s, fast-forwarded
     held: list = []
+    leave_out_of_accuracies(page, "/beta/")
     page.route("**/models/llm/beta/**/accuracy", lambda route: held.append(route))
     page.goto(three_models.url + "/dashboard")
     page.wait_for_function("""[...document.querySelectorAll('tr.model-row td:last-child')]
@@ -496,6 +517,7 @@ def test_dashboard_a_long_name_in_a_message_wraps(three_models, context):
                          "stale": False}]}]}
     page = context.new_page()
     page.set_viewport_size({"width": 1200, "height": 900})
+    leave_out_of_accuracies(page, f"/{LONG_NAME}/")
     page.route(f"**/models/llm/{LONG_NAME}/**/accuracy", lambda route: route.fulfill(status=404, body="gone"))
     page.route("**/tables", lambda route: route.fulfill(status=200, content_type="application/json",
                                                        body=orjson.dumps(tables)))
@@ -568,10 +590,11 @@ def test_dashboard_lists_lookup_tables_and_says_which_are_stale(tmp_path, contex
         assert status == {"bad.json": "drift", "fresh.json": "ok", "old.csv": "drift", "ready.json": "ok", "unused.json": ""}
 
 
-def test_dashboard_asks_for_the_models_accuracy_a_few_at_a_time(tmp_path, context):
+def test_dashboard_asks_for_the_models_accuracy_it_lacks_a_few_at_a_time(tmp_path, context):
     """Asked for all at once, the accuracy of 2,994 models had 1,634 requests refused by
     Chromium itself (net::ERR_INSUFFICIENT_RESOURCES), each such card "Failed to fetch": the
-    page keeps at most six of them in flight, and shows every model."""
+    models the answer for all of them leaves out (trained after it, say) are asked for on their
+    own, at most six in flight, and every model is shown."""
     with run_server(tmp_path / "data") as srv, PredictorClient(srv.url) as client:
         for i in range(10):
             client.train({"model": {**IDENTITY, "model_name": f"m{i}"}, "traces": make_llm_traces(60, seed=i),
@@ -579,7 +602,8 @@ def test_dashboard_asks_for_the_models_accuracy_a_few_at_a_time(tmp_path, contex
         page = context.new_page()
         held: list = []
         in_flight: list[int] = []
-        page.route("**/accuracy", lambda route: held.append(route))
+        leave_out_of_accuracies(page, "")
+        page.route(own_accuracy, lambda route: held.append(route))
         page.goto(srv.url + "/dashboard")
         deadline = time.monotonic() + 30
         while page.evaluate("document.body.dataset.ready") != "1" and time.monotonic() < deadline:
@@ -592,6 +616,76 @@ def test_dashboard_asks_for_the_models_accuracy_a_few_at_a_time(tmp_path, contex
         assert page.evaluate("document.body.dataset.failed") == "0"
         assert page.locator("tr.model-row").count() == 10
         assert sum(in_flight) == 10 and 0 < max(in_flight) <= 6
+
+
+def test_dashboard_asks_for_every_model_s_accuracy_in_one_request(tmp_path, context):
+    """The page asked for each model's accuracy, one request a model (1,003 requests, 13.2 s to
+    show 1,000 models: benchmarks/dashboard_load.py): it sends four requests to load and four
+    to update, however many models there are, and draws each model's figures from them."""
+    data = trained_in_process(tmp_path / "data", *({"model": {**IDENTITY, "model_name": f"m{i:02d}"},
+                                                    "algorithm": "linear", "traces": make_llm_traces(60, seed=i)}
+                                                   for i in range(12)))
+    with run_server(data) as srv, PredictorClient(srv.url) as client:
+        client.observe({**IDENTITY, "model_name": "m03"}, make_llm_traces(40, seed=9))
+        # (The clients ask for the same answer.)
+        assert sorted(a["observations"] for a in client.accuracies(recent=0)) == [0] * 11 + [40]
+        page = context.new_page()
+        asked: list[str] = []
+        page.on("request", lambda r: asked.append(r.url.removeprefix(srv.url)))
+        page.goto(srv.url + "/dashboard?refresh=3600")
+        page.wait_for_function("document.body.dataset.ready === '1'", timeout=30000)
+        assert sorted(asked) == ["/dashboard?refresh=3600", "/health", "/models", "/models/accuracy", "/tables"]
+        assert page.evaluate("document.body.dataset.failed") == "0" and page.locator("tr.model-row").count() == 12
+        m03 = page.locator("tr.model-row", has_text="/m03/").locator("td").all_inner_texts()
+        assert m03[5] == "40" and page.locator("circle.obs-point").count() == 40
+        assert page.locator("#details p.empty").count() == 11  # the others: no observations yet
+        assert page.locator("#details .card", has_text="/m03/").locator("h3").inner_text().endswith(" · v1")
+        del asked[:]
+        page.locator("#pause").click()
+        page.locator("#pause").click()  # resumed: an update at once
+        wait_for_updates(page, 1)
+        page.wait_for_function("document.body.dataset.update === 'ok'", timeout=10000)
+        assert sorted(asked) == ["/health", "/models", "/models/accuracy", "/tables"]
+
+
+def test_dashboard_a_failed_answer_for_every_model_s_accuracy_is_one_failure(three_models, context):
+    """The one request for every model's accuracy fails: every row is listed, each card says
+    which request failed (once in the page's count of failures), and an update that it fails
+    keeps every figure and says so once; an entry that cannot be drawn fails its own card."""
+    page = context.new_page()
+    page.route("**/models/accuracy", lambda route: route.fulfill(status=500, body="boom"))
+    page.goto(three_models.url + "/dashboard?refresh=1")
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+    assert page.evaluate("document.body.dataset.failed") == "1" and page.locator("tr.model-row").count() == 3
+    assert page.locator("#details p.error").all_inner_texts() == ["accuracy unavailable: models/accuracy: 500"] * 3
+    assert sorted(page.locator("tr.model-row td:last-child").all_inner_texts()) == [
+        "accuracy unavailable", "accuracy unavailable", "drifted · accuracy unavailable"]
+    page.unroute("**/models/accuracy")
+    page.wait_for_function("document.body.dataset.update === 'ok'", timeout=10000)
+    assert page.locator("circle.obs-point").count() == 150 and page.locator("#details p.error").count() == 0
+    shown = page.inner_text("main")
+    page.route("**/models/accuracy", lambda route: route.fulfill(status=500, body="boom"))
+    page.wait_for_function("document.body.dataset.update === 'failed'", timeout=10000)
+    assert page.inner_text("#update-status") == ("Update failed: models/accuracy: 500. "
+                                                  "What failed keeps what it showed.")
+    assert page.inner_text("main") == shown
+
+    def broken(route):
+        got = route.fetch()
+        body = orjson.loads(got.body())
+        body["models"] = [a if "/beta/" not in a["model_key"] else {"model_key": a["model_key"], "version": 1,
+                                                                      "observations": 5, "window": 5}
+                          for a in body["models"]]
+        route.fulfill(status=200, content_type="application/json", body=orjson.dumps(body))
+
+    page = context.new_page()
+    page.route("**/models/accuracy", broken)
+    page.goto(three_models.url + "/dashboard")
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+    assert page.evaluate("document.body.dataset.failed") == "1"
+    error = page.locator("#details .card", has_text="/beta/").locator("p.error").inner_text()
+    assert error.startswith("accuracy unavailable: models/accuracy: cannot be shown (")
+    assert page.locator("circle.obs-point").count() == 150
 
 
 # The page updates itself (?refresh=1: every second, for the tests; 30 s by default).
@@ -793,7 +887,8 @@ def test_dashboard_a_pause_or_a_hidden_page_stops_the_update_in_flight(tmp_path,
         page, asked = updating_every_second(context, srv.url, "/accuracy")
         drawn = updates_drawn(page)
         held: list = []
-        page.route("**/accuracy", lambda route: held.append(route))
+        leave_out_of_accuracies(page, "")  # (each model's asked for on its own)
+        page.route(own_accuracy, lambda route: held.append(route))
         deadline = time.monotonic() + 10
         while len(held) < 6:  # an update's first six
             assert time.monotonic() < deadline, len(held)
@@ -802,13 +897,13 @@ def test_dashboard_a_pause_or_a_hidden_page_stops_the_update_in_flight(tmp_path,
         stop(page)
         for route in held[:6]:
             route.continue_()
-        page.unroute("**/accuracy")  # (continues what it held since)
+        page.unroute(own_accuracy)  # (continues what it held since)
         page.wait_for_function("document.body.dataset.update !== 'updating'", timeout=10000)
         page.wait_for_timeout(1500)
         assert len(asked) == before and updates_drawn(page) == drawn
         go_on(page)
         wait_for_updates(page, drawn + 1)
-        assert len(asked) == before + 10 and page.inner_text("#update-status") == said
+        assert len(asked) == before + 1 + 10 and page.inner_text("#update-status") == said
 
 
 def test_dashboard_a_stopped_server_keeps_the_figures_and_says_the_update_failed(tmp_path, context):
@@ -856,6 +951,7 @@ def test_dashboard_a_failed_accuracy_keeps_its_cards_figures_on_an_update(three_
     page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
     row = page.locator("tr.model-row", has_text=LONG_NAME)
     before = row.locator("td").all_inner_texts()
+    leave_out_of_accuracies(page, f"/{LONG_NAME}/")
     page.route(f"**/models/llm/{LONG_NAME}/**/accuracy", lambda route: route.fulfill(status=500, body="boom"))
     page.wait_for_function("document.body.dataset.update === 'failed'", timeout=10000)
     text = page.inner_text("#update-status")

@@ -705,6 +705,11 @@ class _Calls:
         return _Request("GET", _model_path(identity) + "/accuracy", params=params or None, idempotent=True)
 
     @staticmethod
+    def accuracies(recent: int | None = None) -> _Request:
+        params = None if recent is None else {"recent": _whole(recent, "recent", minimum=0)}
+        return _Request("GET", "/models/accuracy", params=params, extract="models", idempotent=True, list_answer=True)
+
+    @staticmethod
     def evaluate(identity: IdentityLike, traces: Iterable[Mapping[str, Any]], version: int | None = None,
                  lookup_table_name: str | None = None, lookup_table: bool | None = None) -> _Request:
         body: dict[str, Any] = {"traces": _traces(traces, "traces"),
@@ -1590,6 +1595,11 @@ class PredictorClient(_Base):
         """Rolling accuracy; ``recent`` observations (at most 5,000, 200 if not given) come with it."""
         return self._send(self._calls.accuracy(identity, version, recent))
 
+    def accuracies(self, recent: int | None = None) -> list[dict[str, Any]]:
+        """Every model's rolling accuracy (its serving version's), each entry as ``accuracy``
+        answers it less its retraining decisions, in one request (``GET /models/accuracy``)."""
+        return self._send(self._calls.accuracies(recent))
+
     def evaluate(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]], version: int | None = None,
                  lookup_table_name: str | None = None, lookup_table: bool | None = None) -> EvaluationResponse:
         """How well the model (the serving version, or ``version``), or a lookup table (as a
@@ -1849,6 +1859,9 @@ class AsyncPredictorClient(_Base):
 
     async def accuracy(self, identity: IdentityLike, version: int | None = None, recent: int | None = None) -> dict[str, Any]:
         return await self._send(self._calls.accuracy(identity, version, recent))
+
+    async def accuracies(self, recent: int | None = None) -> list[dict[str, Any]]:
+        return await self._send(self._calls.accuracies(recent))
 
     async def evaluate(self, identity: IdentityLike, traces: Iterable[Mapping[str, Any]], version: int | None = None,
                        lookup_table_name: str | None = None, lookup_table: bool | None = None) -> EvaluationResponse:

@@ -555,6 +555,14 @@ class AccuracyResponse(_Response):
     retraining: list[dict[str, Any]]
 
 
+class AccuraciesResponse(_Response):
+    """``GET /models/accuracy``: every model's entry as ``GET /models/{identity}/accuracy``
+    answers it (its serving version), less ``status`` and ``retraining``."""
+
+    status: Literal["success"]
+    models: list[dict[str, Any]]
+
+
 class EvaluationResponse(_Response):
     """A model version's accuracy on traces sent to ``POST /models/{identity}/evaluate``."""
 

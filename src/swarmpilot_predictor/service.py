@@ -1383,6 +1383,30 @@ class PredictorService:
             "retraining": self.retrainer.decisions.read(identity, 5),
         }
 
+    def accuracies(self, recent: int = 200) -> dict[str, Any]:
+        """Every model's rolling accuracy (of its serving version), as ``accuracy`` answers it for
+        one model less its retraining decisions, in one pass over what the service holds: the
+        dashboard's one request for all its models (it made one a model). A model deleted
+        meanwhile, or whose observations cannot be read, is left out (its own route says why)."""
+        if not 0 <= recent <= MAX_RECENT:
+            raise InvalidInput(f"recent must be between 0 and {MAX_RECENT:,}, got {recent}", field="recent")
+        self.registry.maybe_refresh()
+        out = []
+        for identity in self.registry.identities():
+            try:
+                meta = self.registry.latest(identity)
+                report = self.monitor.report(identity, meta.version)
+                window = self.monitor.recent(identity, meta.version, recent)
+            except ModelNotFound:  # deleted since it was listed
+                continue
+            except OSError as exc:  # one unreadable log must not fail every model's
+                log.warning("accuracy of %s not listed: %s", identity.key, exc)
+                continue
+            self.metrics.set_accuracy(identity.key, meta.version, report)
+            out.append({"model_key": identity.key, "version": meta.version, **report,
+                        "heldout_at_training": _headline_metrics(meta.metrics), "recent": window})
+        return {"status": "success", "models": out}
+
     def evaluate(self, pattern: IdentityPattern, traces: Sequence[dict[str, Any]], version: int | None = None,
                  lookup_table: bool = False, lookup_table_name: str | None = None) -> dict[str, Any]:
         """How well a model version (the serving one unless ``version``), or a lookup table

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from ..schemas import (AccuracyResponse, EvaluateRequest, EvaluationResponse, ModelDeleted, ModelDetailResponse,
+from ..schemas import (AccuraciesResponse, AccuracyResponse, EvaluateRequest, EvaluationResponse, ModelDeleted, ModelDetailResponse,
                        ModelsResponse, RetrainDecision, parse_json_body)
 from ..service import MAX_RECENT, PredictorService
 from .common import (DECLARED_QUERY, IDENTITY_PATH, LARGE_BODY_BYTES, MANY_TRACES, NO_BODY, BodyBound, JSONResponse,
@@ -30,6 +30,15 @@ def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any],
     @app.get("/models", response_model=ModelsResponse, tags=["models"], responses=error_responses())
     async def models():
         return JSONResponse({"status": "success", "models": await run_in_threadpool(service.list_models)})
+
+    # Every model's accuracy in one answer: the dashboard asked for each model's, one request
+    # a model (1,003 requests and 12.7 s for a page of 1,000 models). Off the event loop.
+    @app.get("/models/accuracy", tags=["monitoring"], dependencies=[DECLARED_QUERY],
+             response_model=AccuraciesResponse, responses=error_responses(422),
+             summary="Rolling accuracy of every model's serving version")
+    async def models_accuracy(request: Request, recent: Annotated[int, RECENT] = 200):
+        refuse_loose_numbers(request, "query.recent")
+        return JSONResponse(await run_in_threadpool(service.accuracies, recent))
 
     @app.get("/models/" + IDENTITY_PATH, tags=["models"], response_model=ModelDetailResponse,
              responses=error_responses(404, 409),
