@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from urllib.parse import quote
 
 import orjson
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from swarmpilot_predictor.identity import ModelIdentity
 
 WORKER = """
 import sys
@@ -362,3 +366,57 @@ def test_a_model_whose_last_version_is_deleted_starts_counting_again_from_zero(t
             assert service.delete_model(pattern, version=version)["deleted_versions"] == [version]
     finally:
         service.close()
+
+
+def _model_counts(text: str, key: str) -> dict[str, float]:
+    """The per-model counters' values for ``key`` in a scrape, by name (a source's after a ':')."""
+    out = {}
+    for (name, labels), value in _samples(text).items():
+        labels = dict(labels)
+        if labels.get("model") == key and name.endswith("_total"):
+            out[name + (":" + labels["source"] if "source" in labels else "")] = value
+    return out
+
+
+@pytest.mark.parametrize("workers", [2, 1])
+def test_a_model_deleted_and_trained_again_counts_from_zero_with_several_workers_too(tmp_path, workers):
+    # With several workers the shared files cannot drop a series: a deleted model's series were
+    # left out of scrapes, but came back with a model trained again under its name, which then
+    # read 20 predictions and 7 observations it never made (and /models' total_predictions 20),
+    # where one worker started it at 0.
+    import httpx
+
+    from .conftest import IDENTITY, make_llm_traces, run_server, trained_in_process
+
+    model = {**IDENTITY, "model_name": "alpha"}
+    key, path = ModelIdentity.from_parts(model).key, "/".join(quote(model[k], safe="") for k in IDENTITY)
+    data = trained_in_process(tmp_path / "data", {"model": model, "traces": make_llm_traces(100), "algorithm": "linear"})
+    args = [sys.executable, "-m", "swarmpilot_predictor", "serve", "--host", "127.0.0.1", "--port", "{port}",
+            "--workers", str(workers), "--log-level", "warning"]
+    probe = {"trace": {"input_tokens": 100, "output_tokens": 10}}
+
+    def fresh(method: str, url: str, **kw) -> httpx.Response:  # (a new connection: any worker answers)
+        with httpx.Client(base_url=srv.url, timeout=60) as http:
+            r = http.request(method, url, **kw)
+        assert r.status_code == 200, r.text
+        return r
+
+    def scraped() -> list[dict[str, float]]:  # what six scrapes (both workers) say of the model
+        return [_model_counts(fresh("GET", "/metrics").text, key) for _ in range(6)]
+
+    with run_server(data, args=args) as srv:
+        for _ in range(20):
+            fresh("POST", f"/predict/single/{path}", json=probe)
+        fresh("POST", "/observe", json={"model": model, "traces": [{**probe["trace"], "runtime_ms": 150.0}] * 7})
+        assert scraped() == [{"predictor_predictions_total:model": 20.0, "predictor_prediction_errors_total": 0.0,
+                              "predictor_observations_total": 7.0}] * 6
+        fresh("DELETE", f"/models/{path}")
+        assert scraped() == [{}] * 6
+        fresh("POST", "/train", json={"config": {"model": model, "traces": make_llm_traces(100), "algorithm": "linear"}})
+        for _ in range(3):
+            fresh("POST", f"/predict/single/{path}", json=probe)
+        for counts in scraped():
+            assert counts["predictor_predictions_total:model"] == 3.0
+            assert counts.get("predictor_observations_total", 0.0) == 0.0
+        listed = [fresh("GET", "/models").json()["models"][0]["models"][0]["total_predictions"] for _ in range(4)]
+        assert listed == [3] * 4

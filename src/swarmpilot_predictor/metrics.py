@@ -361,6 +361,37 @@ class PredictorMetrics:
                 with contextlib.suppress(KeyError):
                     counter.remove(*labels)
 
+    def zero_shared_counts(self, model: str) -> None:
+        """Multi-process mode: bring every worker's counters of ``model`` (a model or a
+        ``table:`` label), deleted here, to 0 in the shared files, so that one made again under
+        its name counts from 0, as in one process (where its series are removed): the files
+        cannot drop a series, so this worker adds the opposite of each series' total over
+        every file (the dead workers' too) to its own. Under a lock on the directory, so that
+        two workers deleting it at once take it to 0, not below; a count made by another worker
+        while this runs (a prediction under way as the model is deleted) stays."""
+        if self.multiprocess_dir is None:
+            return
+        import fcntl
+
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        counters = {"predictor_predictions_total": self.predictions,
+                    "predictor_prediction_errors_total": self.prediction_errors,
+                    "predictor_observations_total": self.observations}
+        try:
+            with open(os.path.join(self.multiprocess_dir, ".deletes.lock"), "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                files = glob.glob(os.path.join(self.multiprocess_dir, "counter_*.db"))
+                for family in MultiProcessCollector.merge(files, accumulate=True):
+                    for sample in family.samples:
+                        counter = counters.get(sample.name)
+                        if counter is not None and sample.labels.get("model") == model and sample.value:
+                            with self._accuracy_lock:  # (as count_predictions makes its children)
+                                child = counter.labels(**sample.labels)
+                            child._value.inc(-sample.value)  # (Counter.inc takes no negative amount)
+        except OSError as exc:  # (the directory gone): its counts are left, as before
+            log.warning("counters of %s not brought to 0 in %s: %s", model, self.multiprocess_dir, exc)
+
     def set_live_models(self, models: set[str]) -> None:
         """The models (and ``table:`` labels) that exist: in multi-process mode, only their counters are scraped."""
         self._live_models = frozenset(models)

@@ -1304,6 +1304,7 @@ class PredictorService:
     def _forget_counts(self, identity: ModelIdentity) -> None:
         """A deleted model's series in the metrics and its count of predictions in ``/models``."""
         self.metrics.forget_model(identity.key)
+        self.metrics.zero_shared_counts(identity.key)
         with self._count_lock:
             self.prediction_counts.pop(identity, None)
 
