@@ -420,3 +420,42 @@ def test_a_model_deleted_and_trained_again_counts_from_zero_with_several_workers
             assert counts.get("predictor_observations_total", 0.0) == 0.0
         listed = [fresh("GET", "/models").json()["models"][0]["models"][0]["total_predictions"] for _ in range(4)]
         assert listed == [3] * 4
+
+
+@pytest.mark.parametrize("workers", [2, 1])
+def test_a_table_deleted_and_made_again_counts_from_zero(tmp_path, workers):
+    # "A table's series go when it is deleted, as a model's do": they went from the scrapes, but
+    # a table made again under its name took up the deleted one's 10 lookups (with one worker
+    # where no scrape came between the delete and the new table; with several, always).
+    import httpx
+
+    from .conftest import IDENTITY, make_llm_traces, run_server, trained_in_process
+
+    path = "/".join(quote(IDENTITY[k], safe="") for k in IDENTITY)
+    data = trained_in_process(tmp_path / "data", {"model": IDENTITY, "traces": make_llm_traces(100), "algorithm": "linear"})
+    args = [sys.executable, "-m", "swarmpilot_predictor", "serve", "--host", "127.0.0.1", "--port", "{port}",
+            "--workers", str(workers), "--log-level", "warning"]
+    queue = b"".join(orjson.dumps({k: v for k, v in t.items() if k != "runtime_ms"}) + b"\n" for t in make_llm_traces(20))
+    lookup = {"trace": {"input_tokens": 100, "output_tokens": 10}, "lookup_table": True, "lookup_table_name": "t.json"}
+
+    def fresh(method: str, url: str, **kw) -> httpx.Response:  # (a new connection: any worker answers)
+        with httpx.Client(base_url=srv.url, timeout=60) as http:
+            r = http.request(method, url, **kw)
+        assert r.status_code == 200, r.text
+        return r
+
+    def looked_up() -> list[float]:  # what six scrapes (both workers) say of the table's lookups
+        return [_model_counts(fresh("GET", "/metrics").text, "table:t.json").get(
+            "predictor_predictions_total:lookup_table", 0.0) for _ in range(6)]
+
+    with run_server(data, args=args) as srv:
+        fresh("POST", f"/predict/table/{path}", files={"trace_file": ("q.jsonl", queue)}, data={"table_name": "t.json"})
+        for _ in range(10):
+            fresh("POST", f"/predict/single/{path}", json=lookup)
+        assert looked_up() == [10.0] * 6
+        fresh("DELETE", "/tables/t.json")
+        fresh("POST", f"/predict/table/{path}", files={"trace_file": ("q.jsonl", queue)}, data={"table_name": "t.json"})
+        assert looked_up() == [0.0] * 6
+        for _ in range(2):
+            fresh("POST", f"/predict/single/{path}", json=lookup)
+        assert looked_up() == [2.0] * 6

@@ -549,8 +549,13 @@ class PredictorService:
         return {"status": "success", "tables": tables, "default": default_name if default_loaded else None}
 
     def delete_table(self, name: str) -> dict[str, Any]:
-        """Delete the lookup table file ``name`` (and its parsed sidecar)."""
-        return self.tables.delete(name)
+        """Delete the lookup table file ``name`` (and its parsed sidecar), and its series in the
+        metrics: a table made again under its name counts from 0 (it took up the deleted one's
+        counts where no scrape came between, and with several workers whatever came)."""
+        answer = self.tables.delete(name)
+        self.metrics.forget_model(table_label(name))
+        self.metrics.zero_shared_counts(table_label(name))
+        return answer
 
     def _serving(self, pattern: IdentityPattern, version: int | None = None,
                  traces: Sequence[Any] | None = None) -> tuple[ModelIdentity, LoadedModel]:
