@@ -142,6 +142,25 @@ def test_dashboard_calls_a_model_ok_once_observations_agree_with_it(tmp_path, co
         assert status() == ("ok", "ok")
 
 
+def test_dashboard_does_not_call_a_model_ok_before_its_drift_test_has_run(tmp_path, context):
+    """"ok" says the observations agree with the model: 20 observations, each ten times its
+    prediction, read "ok" in green, where the drift test had not run on them (it needs
+    PREDICTOR_DRIFT_MIN_OBSERVATIONS checked observations, 30 by default, at one of its checks)."""
+    data = trained_in_process(tmp_path / "data", {"model": IDENTITY, "traces": make_llm_traces(200),
+                                                  "algorithm": "linear"})
+    with run_server(data) as srv, PredictorClient(srv.url) as client:
+        client.observe(IDENTITY, [{**t, "runtime_ms": 10 * t["runtime_ms"]} for t in make_llm_traces(20, seed=3)])
+        accuracy = client.accuracy(IDENTITY)
+        assert accuracy["drift"]["tested"] is False and accuracy["coverage"]["0.99"] == 0.0
+        checked = accuracy["drift"].get("checked_window", 0)
+        page = context.new_page()
+        page.goto(srv.url + "/dashboard")
+        page.wait_for_function("document.body.dataset.ready === '1'", timeout=15000)
+        cell = page.locator("tr.model-row td").last
+        assert cell.inner_text() == f"not tested yet ({checked} of 30 observations checked)"
+        assert cell.get_attribute("class") == ""
+
+
 def test_dashboard_plots_runtimes_under_a_millisecond_to_three_significant_digits(tmp_path, context):
     # A kernel's model, runtimes of about 1e-4 ms: the plot's axis read "0.0 ms" at both ends.
     traces = [{"x": float(x), "runtime_ms": 1e-4 * (1 + x / 100) * (1 + (x % 7) / 50)} for x in range(1, 201)]
