@@ -14,35 +14,24 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from latency import RawClient, free_port  # noqa: E402
-from many_models import build  # noqa: E402
+from latency import RawClient  # noqa: E402
+from many_models import build, start_server  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def measure(data: Path, n_models: int, workers: int, browser) -> dict:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "swarmpilot_predictor", "serve", "--host", "127.0.0.1", "--port",
-                             str(port), "--workers", str(workers), "--no-access-log", "--log-level", "warning",
-                             "--data-dir", str(data)])
+    proc, port = start_server(data, workers, ready="/health")
     try:
-        while True:
-            try:
-                c = RawClient(port)
-                if c.request("GET", "/health")[0] == 200:
-                    c.request("GET", "/models")  # (each worker's first read of the registry is not the page's)
-                    c.close()
-                    break
-            except OSError:
-                pass
-            time.sleep(0.05)
+        c = RawClient(port)
+        c.request("GET", "/models")  # (each worker's first read of the registry is not the page's)
+        c.close()
         context = browser.new_context()
         page = context.new_page()
         page.add_init_script("performance.setResourceTimingBufferSize(1000000)")  # (250 entries by default)

@@ -117,9 +117,9 @@ def pct(ts: list[float], p: float) -> float:
     return sorted(ts)[min(int(len(ts) * p), len(ts) - 1)] * 1e3
 
 
-def measure(data: Path, idents: list[dict], workers: int) -> None:
+def start_server(data: Path, workers: int, ready: str = "/ping") -> tuple[subprocess.Popen, int]:
+    """``serve --workers N`` on ``data``, once ``GET ready`` answers 200: its process and port."""
     port = free_port()
-    t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "swarmpilot_predictor", "serve", "--host", "127.0.0.1", "--port",
                              str(port), "--workers", str(workers), "--no-access-log", "--log-level", "warning",
                              "--data-dir", str(data)])
@@ -127,12 +127,22 @@ def measure(data: Path, idents: list[dict], workers: int) -> None:
         while True:
             try:
                 c = RawClient(port)
-                if c.request("GET", "/ping")[0] == 200:
+                if c.request("GET", ready)[0] == 200:
                     c.close()
-                    break
+                    return proc, port
             except OSError:
                 pass
             time.sleep(0.05)
+    except BaseException:
+        proc.terminate()
+        proc.wait()
+        raise
+
+
+def measure(data: Path, idents: list[dict], workers: int) -> None:
+    t0 = time.perf_counter()
+    proc, port = start_server(data, workers)
+    try:
         print(f"| start, to the first /ping | {time.perf_counter() - t0:.1f} s |")
         print(f"| workers' RSS after start | {rss_mb(proc.pid)} MB |")
         s, size, ts = timed(port, "GET", "/health", n=2 * workers, fresh=True)
