@@ -2491,3 +2491,22 @@ def test_queue_wait_names_a_traces_unsendable_value_alike_with_and_without_compl
             return err.value.field
 
     assert fields + [asyncio.run(refused())] == ["trace[2].input_tokens"] * 3
+
+
+def test_every_models_accuracy_is_each_models_own_through_both_clients(trained_server):
+    with PredictorClient(trained_server.url) as client:
+        client.observe(IDENTITY, [{"input_tokens": 500, "output_tokens": 100, "runtime_ms": 1500.0}] * 3)
+        own = client.accuracy(IDENTITY, recent=2)
+        every = client.accuracies(recent=2)
+        with pytest.raises(InvalidRequestError) as err:
+            client.accuracies(recent=-1)
+        assert err.value.field == "recent"
+
+    async def from_async() -> list[dict]:
+        async with AsyncPredictorClient(trained_server.url) as client:
+            return await client.accuracies(recent=2)
+
+    (entry,) = [a for a in every if a["model_key"] == own["model_key"]]
+    assert entry == {k: v for k, v in own.items() if k not in ("status", "retraining")}
+    assert own["observations"] >= 3 and entry["recent"]["runtime_ms"] == [1500.0, 1500.0]
+    assert asyncio.run(from_async()) == every
