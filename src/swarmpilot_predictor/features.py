@@ -522,8 +522,7 @@ def _categorical_column(table: TraceTable, name: str, rows: np.ndarray, report: 
     # column of the linear model's design (whose solves grow with its cube): at most
     # MAX_CATEGORIES values seen on CATEGORY_MIN_ROWS rows or more are learned, the
     # most frequent; the others are read as an unseen value, in training and after.
-    frequent = sorted((c for c, k in counts.items() if k >= CATEGORY_MIN_ROWS),
-                      key=lambda c: (-counts[c], c))[:MAX_CATEGORIES]
+    frequent = _frequent(counts, MAX_CATEGORIES)
     if not frequent:
         report.columns_dropped[name] = "no value repeats (an identifier, not a feature)"
         return None
@@ -638,10 +637,8 @@ class FeatureSchema:
                 continue
             if len(spec.categories) >= MAX_CATEGORIES:
                 continue
-            counts = Counter(category_text(v) for i in np.flatnonzero(np.isnan(X[:, j])).tolist()
-                             if isinstance(v := traces[i].get(spec.name), (str, int, float)))
-            frequent = sorted((c for c, k in counts.items() if k >= CATEGORY_MIN_ROWS),
-                              key=lambda c: (-counts[c], c))[:MAX_CATEGORIES - len(spec.categories)]
+            unseen = [traces[i].get(spec.name) for i in np.flatnonzero(np.isnan(X[:, j])).tolist()]
+            frequent = _frequent(_category_counts(unseen), MAX_CATEGORIES - len(spec.categories))
             if frequent:
                 specs[j] = replace(spec, categories=spec.categories + tuple(sorted(frequent)))
         constants = []
@@ -1238,14 +1235,25 @@ def _constants_from_json(items: Any, feature_names: set[str]) -> tuple[tuple[str
     return tuple(out)
 
 
+def _frequent(counts: Counter, most: int) -> list[str]:
+    """The values a categorical feature learns of these ``counts``: those on CATEGORY_MIN_ROWS
+    rows or more, at most ``most`` of them, the most frequent (equally frequent ones by name,
+    so that the choice is reproducible)."""
+    return sorted((c for c, k in counts.items() if k >= CATEGORY_MIN_ROWS), key=lambda c: (-counts[c], c))[:most]
+
+
+def _category_counts(values: Iterable[Any]) -> Counter:
+    """How many of ``values`` (a trace's, of a categorical field) name each category; a list,
+    an object or a missing value names none."""
+    return Counter(category_text(v) for v in values if isinstance(v, (str, int, float)))
+
+
 def _varied_constant(name: str, constant: float | str, others: list[Any]) -> FeatureSpec | None:
     """The feature a field training saw one value of (``constant``) becomes, given the
     ``others`` values it has since (those that differ from it), as training would have
     learned it; None where they are too few to teach anything."""
     if isinstance(constant, str):
-        counts = Counter(category_text(v) for v in others if isinstance(v, (str, int, float)))
-        frequent = sorted((c for c, k in counts.items() if k >= CATEGORY_MIN_ROWS),
-                          key=lambda c: (-counts[c], c))[:MAX_CATEGORIES - 1]
+        frequent = _frequent(_category_counts(others), MAX_CATEGORIES - 1)
         return FeatureSpec(name, "categorical", (constant, *sorted(frequent)), optional=True) if frequent else None
     numbers = np.array([_as_feature_reads(v) for v in others], dtype=np.float64)
     numbers = numbers[np.isfinite(numbers)]

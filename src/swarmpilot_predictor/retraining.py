@@ -68,8 +68,9 @@ def observation_matrix(features: FeatureSchema, records: list[dict[str, Any]]) -
     y = np.array([r["runtime_ms"] for r in records], dtype=np.float64)[keep]
     kept = [t for t, k in zip(traces, keep) if k]
     if (wider := features.with_values_seen(kept, X)) is not features:
+        if wider.n_categories != features.n_categories:  # (a range alone encodes nothing anew)
+            X = wider.matrix(kept)[0]
         features = wider
-        X = features.matrix(kept)[0]
     if features.history is not None:
         order = features.history.order_of(kept)
         observed_at = np.array([r["ts"] for r in records], dtype=np.float64)[keep]

@@ -1372,46 +1372,40 @@ class PredictorService:
         }
 
     def accuracy(self, pattern: IdentityPattern, version: int | None = None, recent: int = 200) -> dict[str, Any]:
-        if not 0 <= recent <= MAX_RECENT:  # a number past the window is a mistake to name, not to cap
-            raise InvalidInput(f"recent must be between 0 and {MAX_RECENT:,}, got {recent}", field="recent")
+        _check_recent(recent)
         identity = self._resolve(pattern)
         meta = self.registry.get_version(identity, version)
-        report = self.monitor.report(identity, meta.version)
-        if meta.version == self.registry.latest(identity).version:  # the gauges describe the serving version
-            self.metrics.set_accuracy(identity.key, meta.version, report)
-        return {
-            "status": "success",
-            "model_key": identity.key,
-            "version": meta.version,
-            **report,
-            "heldout_at_training": _headline_metrics(meta.metrics),
-            "recent": self.monitor.recent(identity, meta.version, recent),
-            "retraining": self.retrainer.decisions.read(identity, 5),
-        }
+        serving = meta.version == self.registry.latest(identity).version
+        return {"status": "success", **self._accuracy_of(identity, meta, recent, serving),
+                "retraining": self.retrainer.decisions.read(identity, 5)}
 
     def accuracies(self, recent: int = 200) -> dict[str, Any]:
         """Every model's rolling accuracy (of its serving version), as ``accuracy`` answers it for
         one model less its retraining decisions, in one pass over what the service holds: the
         dashboard's one request for all its models (it made one a model). A model deleted
         meanwhile, or whose observations cannot be read, is left out (its own route says why)."""
-        if not 0 <= recent <= MAX_RECENT:
-            raise InvalidInput(f"recent must be between 0 and {MAX_RECENT:,}, got {recent}", field="recent")
+        _check_recent(recent)
         self.registry.maybe_refresh()
         out = []
         for identity in self.registry.identities():
             try:
-                meta = self.registry.latest(identity)
-                report = self.monitor.report(identity, meta.version)
-                window = self.monitor.recent(identity, meta.version, recent)
+                out.append(self._accuracy_of(identity, self.registry.latest(identity), recent, serving=True))
             except ModelNotFound:  # deleted since it was listed
                 continue
             except OSError as exc:  # one unreadable log must not fail every model's
                 log.warning("accuracy of %s not listed: %s", identity.key, exc)
                 continue
-            self.metrics.set_accuracy(identity.key, meta.version, report)
-            out.append({"model_key": identity.key, "version": meta.version, **report,
-                        "heldout_at_training": _headline_metrics(meta.metrics), "recent": window})
         return {"status": "success", "models": out}
+
+    def _accuracy_of(self, identity: ModelIdentity, meta: ModelVersion, recent: int, serving: bool) -> dict[str, Any]:
+        """One version's accuracy as ``accuracy`` answers it, less its status and retraining
+        decisions; the gauges describe the serving version (``serving``)."""
+        report = self.monitor.report(identity, meta.version)
+        window = self.monitor.recent(identity, meta.version, recent)
+        if serving:
+            self.metrics.set_accuracy(identity.key, meta.version, report)
+        return {"model_key": identity.key, "version": meta.version, **report,
+                "heldout_at_training": _headline_metrics(meta.metrics), "recent": window}
 
     def evaluate(self, pattern: IdentityPattern, traces: Sequence[dict[str, Any]], version: int | None = None,
                  lookup_table: bool = False, lookup_table_name: str | None = None) -> dict[str, Any]:
@@ -1537,6 +1531,13 @@ def _headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     keys = ("pinball_loss", "relative_pinball_loss", "mean_abs_coverage_error", "interval_coverage", "median_mape",
             "expect_ratio", "error_ratio", "rows_used", "rows_dropped")
     return {k: metrics[k] for k in keys if k in metrics}
+
+
+def _check_recent(recent: int) -> None:
+    """How many recent observations an accuracy answer may list: a number past the window is
+    a mistake to name, not to cap."""
+    if not 0 <= recent <= MAX_RECENT:
+        raise InvalidInput(f"recent must be between 0 and {MAX_RECENT:,}, got {recent}", field="recent")
 
 
 def _total_answer(total: TotalDistribution, levels: list[float], confidence_level: float,
