@@ -658,7 +658,11 @@ def test_nan_and_infinity_are_refused_before_sending(trained_server):
         (lambda c: c.queue_wait(IDENTITY, [good, good, {**good, "input_tokens": -np.inf}]), "trace[2].input_tokens"),
         (lambda c: c.predict_single(IDENTITY, good, quantiles=np.array([0.5, np.nan])), "quantiles[1]"),
         (lambda c: c.queue_waits(IDENTITY, {"a": [good]}, deadline_ms=np.float64("nan")), "deadline_ms"),
-        (lambda c: c.predict(model_type="llm", metadata={**good, "input_tokens": float("inf")}), "trace.input_tokens"),
+        # The seed's predict names its metadata's places as the caller does (trace.input_tokens
+        # until 2026-12-08, the request body's name), and a queue's as the body does.
+        (lambda c: c.predict(model_type="llm", metadata={**good, "input_tokens": float("inf")}), "metadata.input_tokens"),
+        (lambda c: c.queue_waits(IDENTITY, {"gpu-0": [good, {**good, "output_tokens": math.nan}]}),
+         "queues.gpu-0[1].output_tokens"),
         (lambda c: c.observe(IDENTITY, [{**good, "runtime_ms": float("nan")}]), "traces[0].runtime_ms"),
         (lambda c: c.train({"model": IDENTITY, "traces": [{"x": float("nan"), "runtime_ms": 1}]}), "config.traces[0].x"),
         (lambda c: c.train({"model": IDENTITY, "traces": [{"x": float("nan")}], "target": "x"}, files={"t.jsonl": b""}),
@@ -688,8 +692,9 @@ def test_nan_and_infinity_are_refused_before_sending(trained_server):
     with PredictorClient(trained_server.url, transport=httpx.MockTransport(record)) as client:
         for call, field in [(lambda c: c.download_table("."), "name"), (lambda c: c.delete_table(".."), "name"),
                             (lambda c: c.train_job(".."), "job_id"),
-                            (lambda c: c.predict_single(("vision", "..", "*", "*", "*"), good), "model_name"),
-                            (lambda c: c.get_model(("vision", "\udcff", "*", "*", "*")), "model_name")]:
+                            (lambda c: c.predict_single(("vision", "..", "*", "*", "*"), good), "identity.model_name"),
+                            (lambda c: c.get_model(("vision", "\udcff", "*", "*", "*")), "identity.model_name"),
+                            (lambda c: c.predict("vision", {"model_name": ".."}), "metadata.model_name")]:
             with pytest.raises(InvalidRequestError) as err:
                 call(client)
             assert err.value.field == field
@@ -1361,13 +1366,21 @@ def test_requests_of_the_wrong_shape_are_refused_naming_the_field(trained_server
         (lambda c: c.generate_table(IDENTITY, b'{"input_tokens": 1}', table_name=b"x.json"), "table_name"),
         (lambda c: c.generate_table(IDENTITY, b'{"input_tokens": 1}', format=1), "format"),
         # Longer than any name the service holds: httpx's InvalidURL past 65,536 characters.
-        (lambda c: c.predict_single(("llm", "m" * 70_000, "*", "*", "*"), good), "model_name"),
+        # (Named as an identity's other faults are: identity.model_name, not model_name, until 2026-12-08.)
+        (lambda c: c.predict_single(("llm", "m" * 70_000, "*", "*", "*"), good), "identity.model_name"),
         (lambda c: c.download_table("t" * 70_000 + ".json"), "name"),
         (lambda c: c.train_job("j" * 70_000), "job_id"),
         # The seed's methods: metadata of another kind was an AttributeError.
         (lambda c: c.predict("llm", None), "metadata"),
         (lambda c: c.get_median_prediction("llm", [("hardware", "A100")]), "metadata"),
         (lambda c: c.get_prediction_range("llm", "hardware=A100"), "metadata"),
+        # A part given in the seed's metadata is named there; identity.hardware until 2026-12-08.
+        (lambda c: c.predict("llm", {"hardware": ""}), "metadata.hardware"),
+        (lambda c: c.predict("llm", {"model_name": ["m"]}), "metadata.model_name"),
+        # A queue's places as the body's and the service's: queues['gpu-0'][1] until 2026-12-08,
+        # where a value in it was queues.gpu-0[1].input_tokens.
+        (lambda c: c.queue_waits(IDENTITY, {"gpu-0": [good, 5]}), "queues.gpu-0[1]"),
+        (lambda c: c.queue_waits(IDENTITY, {"gpu-0": 5}), "queues.gpu-0"),
     ]
     # The same errors from both clients (a list of files was an AttributeError in the async
     # one, read before the check).

@@ -471,7 +471,9 @@ def _name_segment(value: Any, field_name: str) -> str:
 
 def identity_segments(identity: IdentityLike) -> list[str]:
     """Five URL segments for an identity; unspecified parts become ``*``."""
-    return [_segment(p, key) if p is not None else "*" for key, p in zip(IDENTITY_KEYS, identity_parts(identity))]
+    # (A part is named identity.model_name, as identity_parts names it.)
+    return [_segment(p, f"identity.{key}") if p is not None else "*"
+            for key, p in zip(IDENTITY_KEYS, identity_parts(identity))]
 
 
 def _model_path(identity: IdentityLike, version: int | None = None) -> str:
@@ -874,7 +876,8 @@ class _Calls:
         for name, traces in queues.items():
             if not isinstance(name, str):
                 raise InvalidRequestError(f"a queue's name must be a string, got {_shown(name)}", field="queues")
-            named[name] = _traces(traces, f"queues[{name!r}]")
+            # (Named as the body's places are, queues.gpu-0[2].input_tokens, and as the service names them.)
+            named[name] = _traces(traces, _joined("queues", name))
         body = {"queues": named,
                 **self._options(confidence_level, quantiles, lookup_table_name, lookup_table, version, deadline_ms)}
         if _flag(shared_factor, "shared_factor"):
@@ -906,6 +909,19 @@ class _Calls:
                         q.expect is None or q.total_quantiles is None or q.total_interval is None,
                         answer.summary.get("total"), partial)
         return _Calls.queue_waits(answer, True, deadline_ms)[_ONE_QUEUE]
+
+    def seed_predict(self, model_type: str, metadata: Mapping[str, Any], confidence_level: float,
+                     quantiles: Sequence[float] | None) -> _Request:
+        """The seed's ``predict``: a single prediction of ``metadata``, whose places are named
+        as the caller named them (``metadata.input_tokens``, not the body's ``trace.input_tokens``)."""
+        parts, trace = self.seed_identity(model_type, metadata)
+        try:
+            req = self.predict_single(parts, trace, confidence_level, quantiles)
+        except InvalidRequestError as exc:
+            # A part given in metadata (metadata.hardware), or model_type itself.
+            raise _renamed(_renamed(exc, ("identity.model_type", "model_type")), ("identity", "metadata")) from exc
+        req.renamed = ("trace", "metadata")
+        return req
 
     @staticmethod
     def seed_identity(model_type: str, metadata: Mapping[str, Any]) -> tuple[list[str | None], dict[str, Any]]:
@@ -1696,8 +1712,7 @@ class PredictorClient(_Base):
                 quantiles: Sequence[float] | None = None) -> PredictionResult:
         """The seed's call: ``model_type`` plus ``metadata`` holding the other identity parts and the
         features; the prediction's ``results``."""
-        parts, trace = self._calls.seed_identity(model_type, metadata)
-        return self.predict_single(parts, trace, confidence_level, quantiles).results
+        return self._send(self._calls.seed_predict(model_type, metadata, confidence_level, quantiles)).results
 
     def get_median_prediction(self, model_type: str, metadata: Mapping[str, Any]) -> float:
         """The seed's call: the predicted median runtime, in ms."""
@@ -1926,8 +1941,7 @@ class AsyncPredictorClient(_Base):
 
     async def predict(self, model_type: str, metadata: Mapping[str, Any], confidence_level: float = 0.95,
                       quantiles: Sequence[float] | None = None) -> PredictionResult:
-        parts, trace = self._calls.seed_identity(model_type, metadata)
-        return (await self.predict_single(parts, trace, confidence_level, quantiles)).results
+        return (await self._send(self._calls.seed_predict(model_type, metadata, confidence_level, quantiles))).results
 
     async def get_median_prediction(self, model_type: str, metadata: Mapping[str, Any]) -> float:
         return (await self.predict(model_type, metadata, quantiles=[0.5])).quantile_predictions[0]
