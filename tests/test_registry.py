@@ -1114,6 +1114,8 @@ def test_default_levels_stored_out_of_order_are_read_in_order(root):
     ("features", [{"name": "input_tokens", "kind": "numeric"}] * 2),
     ("data", {"rows_used": "abc"}),  # summed in /models: one bad count failed every listing
     ("data", {"rows_used": [1]}),
+    # Each one JSON can carry, but /models sums them: two made a sum past 64 bits, a 500 for every listing.
+    ("data", {"rows_used": 2**63}),
     ("data_hash", None),
     # Read by every listing (first_run_split): a damaged one failed them all with a 500.
     ("metrics", {"rows_used": 80, "regime_split": {"split": True}}),

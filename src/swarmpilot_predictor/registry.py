@@ -49,6 +49,9 @@ MAX_META_BYTES = 64 * 1024 * 1024
 # Past this size a new log is made (a new first line), which costs each worker one full rescan.
 MAX_CHANGE_LOG_BYTES = 1 << 20
 _VERSION_FILE = re.compile(r"^v(\d{4,})\.(.+)$")  # any file of a version: meta, model, data, lock, tombstone
+# Far past the rows any training holds: /models sums each version's count over models, and
+# two counts of 2**63, each one JSON can carry, made a sum it cannot (orjson: a 500).
+MAX_ROWS = 10**12
 
 
 # The key in a version's ``extra`` under which the SHA-256 of its model file is kept.
@@ -142,9 +145,9 @@ class ModelVersion:
                 raise ValueError(f"'{name}' must be an object, got {json_kind(value)}")
             optional[name] = value
         rows = optional["data"].get("rows_used")
-        if rows is not None and not (isinstance(rows, int) and not isinstance(rows, bool) and rows >= 0):
+        if rows is not None and not (isinstance(rows, int) and not isinstance(rows, bool) and 0 <= rows <= MAX_ROWS):
             # Summed over models in /models: one damaged file would fail every listing.
-            raise ValueError(f"'data.rows_used' must be a whole number, got {json_kind(rows)}")
+            raise ValueError(f"'data.rows_used' must be a whole number up to {MAX_ROWS:,}, got {json_kind(rows)}")
         if (problem := regime_split_problem(optional["metrics"])) is not None:
             raise ValueError(problem)  # read by every listing too
         data_hash = d.get("data_hash", "")
