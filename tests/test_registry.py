@@ -464,6 +464,26 @@ def test_version_numbers_are_never_given_twice(root):
     assert reg.save(*fit()[:2]).version == 4  # not even after every version was deleted
 
 
+def test_a_version_file_numbered_past_any_version_does_not_number_the_next_one(root, caplog):
+    # A stray file named for version 2**64 (a tombstone, a lock, a model file) numbered the
+    # next version after it: its meta file could not be written (past 64 bits), and every
+    # training of the model failed with a 500 "internal error: TypeError".
+    reg = ModelRegistry(root)
+    reg.save(*fit()[:2])
+    folder = root / IDENT.dirname
+    for name in (f"v{2**64}.deleted", f"v{2**64 + 5}.lock", f"v{10**30}.model.json"):
+        (folder / name).touch()
+    meta = fit(seed=1)[0]
+    meta.version = 2**63
+    (folder / f"v{2**63}.meta.json").write_bytes(orjson.dumps(meta.to_json()))  # one JSON carries, past any we give
+    with caplog.at_level("WARNING", logger="swarmpilot_predictor.registry"):
+        fresh = ModelRegistry(root)
+    assert "must be a whole number up to" in caplog.text
+    assert [m.version for m in fresh.versions(IDENT)] == [1]
+    assert fresh.save(*fit(seed=2)[:2]).version == 2
+    assert [m.version for m in ModelRegistry(root).versions(IDENT)] == [1, 2]
+
+
 def test_a_writer_whose_scan_is_old_does_not_overwrite_a_stored_version(root, monkeypatch):
     # Two writers scan for the next number; one stores version 1 and lets go of its lock
     # before the other (paused since its scan, say at the training worker's idle priority)

@@ -49,6 +49,10 @@ MAX_META_BYTES = 64 * 1024 * 1024
 # Past this size a new log is made (a new first line), which costs each worker one full rescan.
 MAX_CHANGE_LOG_BYTES = 1 << 20
 _VERSION_FILE = re.compile(r"^v(\d{4,})\.(.+)$")  # any file of a version: meta, model, data, lock, tombstone
+# Far past any version number the service gives (one a training or retraining): a file
+# numbered past it is litter, and numbered the next version after it (a number past 64 bits
+# cannot be written in JSON: every training of the model failed with a 500).
+MAX_VERSION = 10**12
 # Far past the rows any training holds: /models sums each version's count over models, and
 # two counts of 2**63, each one JSON can carry, made a sum it cannot (orjson: a 500).
 MAX_ROWS = 10**12
@@ -126,8 +130,8 @@ class ModelVersion:
         if not isinstance(identity, dict) or not all(isinstance(v, str) for v in identity.values()):
             raise ValueError(f"'identity' must be an object of strings, got {json_kind(identity)}")
         version = d["version"]
-        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-            raise ValueError(f"'version' must be a whole number, got {version!r}")
+        if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version <= MAX_VERSION:
+            raise ValueError(f"'version' must be a whole number up to {MAX_VERSION:,}, got {version!r}")
         created_at = d["created_at"]
         if not _is_number(created_at) or not math.isfinite(created_at):
             raise ValueError(f"'created_at' must be a number, got {created_at!r}")
@@ -982,7 +986,7 @@ class ModelRegistry:
         # An exclusive lock file per number keeps concurrent workers from colliding; a deleted
         # version's tombstone keeps its number from being given again.
         taken = [int(m.group(1)) for e in os.scandir(model_dir) if (m := _VERSION_FILE.match(e.name))]
-        version = max(taken, default=0) + 1
+        version = max((n for n in taken if n <= MAX_VERSION), default=0) + 1
         while True:
             lock = model_dir / _lock_file(version)
             try:
