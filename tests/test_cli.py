@@ -175,6 +175,18 @@ def test_models_lists_trained_models(trained):
     assert KEY in table and "linear" in table
 
 
+def test_models_lists_a_version_whose_metrics_were_edited_by_hand(trained):
+    # One meta file's metrics not as training writes them failed the whole table with a
+    # traceback: an interval coverage that is no object (AttributeError), a figure written as
+    # text that rich read as markup (MarkupError).
+    (meta_path,) = (trained / "models").glob("*/v0001.meta.json")
+    meta = orjson.loads(meta_path.read_bytes())
+    meta["metrics"].update(interval_coverage=[0.9], relative_pinball_loss="[/bold]")
+    meta_path.write_bytes(orjson.dumps(meta))
+    table = invoke("models", "--data-dir", trained).stdout
+    assert KEY in table and "[/bold]" in table
+
+
 def test_a_model_for_each_kind_of_run_is_named_by_both_families(tmp_path, data):
     traces = tmp_path / "vision.jsonl"
     traces.write_bytes(b"".join(orjson.dumps(t) + b"\n" for t in autotuned_traces(40, 600, seed=1)[0]))

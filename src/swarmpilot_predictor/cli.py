@@ -898,10 +898,15 @@ def models(data_dir: Optional[str] = DataDirOpt, url: Optional[str] = UrlOpt,
     for group in entries:
         for m in group["models"]:
             met = m.get("metrics", {})
+            # A version's metrics are what its meta file holds: one edited by hand (a coverage that
+            # is no object, a figure written as text with brackets) failed the whole listing with
+            # a traceback (AttributeError, rich's MarkupError). Shown as they are, not read as markup.
+            coverage = met.get("interval_coverage")
             table.add_row(escape(m["key"]), ",".join(map(str, m["versions"])),
-                          escape(_algorithm(m.get("algorithm"), m.get("first_run_split"))), str(m.get("samples")),
-                          _fmt(met.get("relative_pinball_loss")), _fmt((met.get("interval_coverage") or {}).get("0.9")),
-                          str(m.get("total_predictions", 0)))
+                          escape(_algorithm(m.get("algorithm"), m.get("first_run_split"))), escape(str(m.get("samples"))),
+                          escape(_fmt(met.get("relative_pinball_loss"))),
+                          escape(_fmt(coverage.get("0.9") if isinstance(coverage, dict) else None)),
+                          escape(str(m.get("total_predictions", 0))))
     console.print(table)
 
 
