@@ -2601,3 +2601,18 @@ def test_evaluate_refuses_what_it_cannot_score_naming_the_field(http, trained):
     schema = ok(http.get("/openapi.json"))["paths"]["/models/{model_type}/{model_name}/{hardware}/{software_name}/"
                                                     "{software_version}/evaluate"]["post"]
     assert "traces" in str(schema["requestBody"]) and "200" in schema["responses"]
+
+
+def test_the_app_factory_says_a_data_directory_it_cannot_make_in_one_line(tmp_path, monkeypatch, capsys):
+    # `uvicorn --factory swarmpilot_predictor.api:app_from_env` (the command of a --log-config)
+    # printed a StorageError's traceback where `serve` and the seed's entry point say one line.
+    from swarmpilot_predictor.api import app_from_env
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("PREDICTOR_DATA_DIR", str(tmp_path / "file" / "data"))
+    with pytest.raises(SystemExit) as stopped:
+        app_from_env()
+    assert stopped.value.code == 1
+    said = capsys.readouterr().err
+    assert said == f"error: cannot use {tmp_path / 'file' / 'data'} as the data directory: cannot create " \
+                   f"{tmp_path / 'file' / 'data'} (Not a directory)\n"

@@ -47,7 +47,7 @@ from .routes.tables import add_table_routes
 from .routes.training import add_training_routes
 from .routes.uploads import upload_bytes
 from .service import PredictorService, predict_on_one_blas_thread
-from .settings import PredictorSettings, settings_problem, unknown_variables
+from .settings import PredictorSettings, settings_problem, startup_problem, unknown_variables
 from .workers import when_parent_dies
 
 log = logging.getLogger(__name__)
@@ -447,13 +447,22 @@ SUPERVISOR_ENV = "SWARMPILOT_PREDICTOR_SUPERVISOR"
 def app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` and multi-worker serving: settings from the environment
     (a bad one is one line and exit status 1, as ``serve`` says it: pydantic's own message
-    quotes the values, a key's too)."""
+    quotes the values, a key's too; so is a data directory that cannot be made, or an unusable
+    ``PROMETHEUS_MULTIPROC_DIR``)."""
     _stop_with_supervisor()
     try:
         settings = PredictorSettings()
     except ValidationError as exc:
         print(f"error: {settings_problem(exc)}", file=sys.stderr)
         raise SystemExit(1) from None
+    if problem := startup_problem(settings):  # a data directory that cannot be made: one line too, not a traceback
+        if settings.log_format == "json":
+            from .logs import write_json_line
+
+            write_json_line(logging.ERROR, problem, __name__)
+        else:
+            print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(1)
     log_beside_uvicorn(settings.log_level, settings.log_format)
     if not _serve_worker():  # (`serve` said it once, not once a worker)
         warn_of_unknown_variables()
