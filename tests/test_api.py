@@ -866,6 +866,10 @@ def test_compressed_request_bodies_get_a_415_naming_the_encoding(http):
     failed(http.post(f"/predict/single/{SEGMENTS}", content=body, headers=headers), 415, "Content-Encoding 'gzip'",
            "uncompressed")
     table_failed(http.post(f"/predict/table/{SEGMENTS}", content=body, headers=headers), 415, "body", "Content-Encoding")
+    # A DELETE reads its body too (none, or {}): a gzipped {} was that same "surrogates" 422.
+    for path in (f"/models/{SEGMENTS}/versions/999", "/tables/none.json"):
+        failed(http.request("DELETE", path, content=gzip.compress(b"{}"), headers=headers), 415,
+               "Content-Encoding 'gzip'", "uncompressed")
     plain = http.post(f"/predict/single/{SEGMENTS}", content=orjson.dumps({"trace": TRACE, "unknown": 1}),
                       headers={"content-type": "application/json", "content-encoding": "identity"})
     failed(plain, 422, "unknown")  # read, as without the header

@@ -186,8 +186,9 @@ class BodySizeLimitMiddleware:
             return
         for name, value in scope["headers"]:
             if (name == b"content-encoding" and value.strip().lower() not in (b"", b"identity")
-                    and scope["method"] in ("POST", "PUT", "PATCH")):
-                # Read as JSON, a gzip body was "not valid UTF-8: surrogates not allowed".
+                    and scope["method"] in ("POST", "PUT", "PATCH", "DELETE")):
+                # Read as JSON, a gzip body was "not valid UTF-8: surrogates not allowed" (the
+                # deletions read theirs too: none, or {}).
                 await self._refuse(UnsupportedMediaType(
                     f"Content-Encoding {value.decode('latin-1')!r} is not supported: send the body uncompressed "
                     "(a trace file may be uploaded as .gz)", field="body"), scope, receive, send)

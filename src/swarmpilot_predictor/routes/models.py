@@ -100,15 +100,15 @@ def add_model_routes(app: FastAPI, service: PredictorService, writes: list[Any],
     # Deleting unlinks files and writes (and fsyncs) the registry's generation: off the event
     # loop, which a slow disk held for every request meanwhile.
     @app.delete("/models/" + IDENTITY_PATH, tags=["models"], dependencies=[*writes, NO_BODY],
-                response_model=ModelDeleted, responses=error_responses(404, 413, 422),
+                response_model=ModelDeleted, responses=error_responses(404, 413, 415, 422),
                 summary="Delete a model, every version")
     async def model_delete(request: Request):
         pattern = identity_from(request.scope, 1)
         return JSONResponse(await run_in_threadpool(service.delete_model, pattern))
 
     @app.delete("/models/" + IDENTITY_PATH + "/versions/{version}", tags=["models"],
-                dependencies=[*writes, NO_BODY], response_model=ModelDeleted, responses=error_responses(404, 413, 422),
-                summary="Delete one version")
+                dependencies=[*writes, NO_BODY], response_model=ModelDeleted,
+                responses=error_responses(404, 413, 415, 422), summary="Delete one version")
     async def model_version_delete(request: Request, version: Annotated[int, Path(ge=1)]):
         refuse_loose_numbers(request, "path.version")
         pattern = identity_from(request.scope, 1)

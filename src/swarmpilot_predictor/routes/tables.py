@@ -124,7 +124,8 @@ def add_table_routes(app: FastAPI, service: PredictorService, settings: Predicto
 
     # Off the event loop: unlinking a table of gigabytes and its sidecar takes a while on some file systems.
     @app.delete("/tables/{name}", tags=["lookup tables"], dependencies=[*writes, NO_BODY],
-                response_model=TableDeleted, responses=error_responses(404, 413, 422), summary="Delete a lookup table")
+                response_model=TableDeleted, responses=error_responses(404, 413, 415, 422),
+                summary="Delete a lookup table")
     async def tables_delete(request: Request):
         return JSONResponse(await run_in_threadpool(service.delete_table, _table_name_from(request)))
 
