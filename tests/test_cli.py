@@ -1159,6 +1159,21 @@ def test_an_empty_data_directory_flag_is_refused_not_read_as_the_working_directo
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_data_directory_with_a_stray_line_break_or_space_is_refused_not_made_anew(tmp_path, monkeypatch):
+    # A value from a file or a template with its line break ('/srv/data\n') started the
+    # service on a new, empty directory of that name beside the real one: every model gone.
+    monkeypatch.chdir(tmp_path)
+    for value in ("data\n", " data", "data ", "da\tta"):
+        monkeypatch.setenv("PREDICTOR_DATA_DIR", value)
+        said = one_error_line(invoke("models", ok=False))
+        assert said.startswith("error: PREDICTOR_DATA_DIR: must not begin or end with whitespace nor hold a control "
+                               "character"), said
+        monkeypatch.delenv("PREDICTOR_DATA_DIR")
+        said = one_error_line(invoke("models", "--data-dir", value, ok=False))
+        assert said.startswith("error: --data-dir: must not begin or end with whitespace"), said
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_empty_host_is_refused_not_bound_to_every_interface(tmp_path):
     # Empty, uvicorn listened on every IPv4 and IPv6 interface ("Uvicorn running on
     # http://:8200"), wider than the default 0.0.0.0, and said nothing of it.

@@ -112,6 +112,11 @@ class PredictorSettings(BaseSettings):
     def _data_dir_named(cls, v: object) -> object:
         if isinstance(v, str) and not v.strip():  # read as a path, "" is ".": the working directory, by accident
             raise ValueError("must name a directory; empty, it would be the working directory")
+        if isinstance(v, str) and (v != v.strip() or any(c < " " or c == "\x7f" for c in v)):
+            # A value from a file or a template with its line break ('/srv/data\n') started the
+            # service on a new, empty directory of that name beside the real one.
+            raise ValueError("must not begin or end with whitespace nor hold a control character (a line break "
+                             "from a file or a template?): it would name a new, empty directory")
         return v
 
     @field_validator("host")
