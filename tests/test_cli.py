@@ -577,6 +577,18 @@ def test_a_data_directory_that_is_a_file_is_said_to_be_one(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["models"]
 
 
+def test_a_data_directory_linked_to_nothing_is_said_so_not_called_a_file(tmp_path):
+    # Linked to a volume not mounted yet, the data directory (or a folder above it) was
+    # "a file, not a directory", which it is not.
+    link, target = tmp_path / "data", tmp_path / "volume" / "data"
+    link.symlink_to(target)
+    for data in (link, link / "inner"):
+        said = one_error_line(invoke("serve", "--data-dir", data, "--port", "0", ok=False))
+        assert said == (f"error: cannot use {data} as the data directory: {link} is a symbolic link to {target}, "
+                        "which does not exist (a volume not mounted?)")
+    assert not (tmp_path / "volume").exists()
+
+
 def test_models_says_when_there_are_none(data):
     data.mkdir()
     assert invoke("models", "--data-dir", data).stdout.strip() == "no models: train one first (`train CONFIG`)"

@@ -206,8 +206,8 @@ class PredictorSettings(BaseSettings):
         for d in self.state_dirs:
             try:
                 d.mkdir(parents=True, exist_ok=True)
-            except FileExistsError:  # a file (or a link to one) where the folder goes
-                raise StorageError(f"cannot use {self.data_dir} as the data directory: {d} is a file, not a directory",
+            except FileExistsError:  # a file, or a link to one or to nothing, where the folder goes
+                raise StorageError(f"cannot use {self.data_dir} as the data directory: {_no_folder(d)}",
                                    field="data_dir") from None
             except OSError as exc:
                 raise StorageError(f"cannot use {self.data_dir} as the data directory: cannot create {d} "
@@ -248,6 +248,18 @@ class PredictorSettings(BaseSettings):
             with contextlib.suppress(OSError):
                 os.unlink(probe)
         return problems
+
+
+def _no_folder(path: Path) -> str:
+    """Why folder ``path`` cannot be made (``mkdir`` found a name taken): the first of it and
+    the folders above it that is there and is no folder. A link to nothing (a volume not
+    mounted yet) was called "a file, not a directory", also where it was a folder above."""
+    for p in (path, *path.parents):
+        if os.path.lexists(p) and not p.is_dir():
+            if p.is_symlink() and not p.exists():
+                return f"{p} is a symbolic link to {os.readlink(p)}, which does not exist (a volume not mounted?)"
+            return f"{p} is a file, not a directory"
+    return f"{path} is a file, not a directory"
 
 
 # The data directory's folder of training job records.
