@@ -2508,3 +2508,20 @@ def test_evaluate_reads_a_tables_records_as_arrays_with_the_answers_a_prediction
         q = np.array([item["quantile_predictions"] for item in items])
         assert table["coverage"] == {str(level): float(np.mean(y <= q[:, k])) for k, level in enumerate(MONITOR_LEVELS)}
         assert table["expect_ratio"] == pytest.approx(y.sum() / sum(item["expect"] for item in items), rel=1e-12)
+
+
+def test_a_model_an_older_service_stored_with_a_star_part_can_still_be_deleted(service):
+    # Before 2026-11-28 a training could name a part '*', the URL wildcard: the model was
+    # listed and served, but every delete of it was "'*' is not allowed here", for good.
+    from .test_registry import fit
+
+    starred = ModelIdentity("llm", "*", "H100", "vllm", "0.4")
+    service.registry.save(*fit(starred)[:2])
+    service.registry.save(*fit(ModelIdentity("llm", "other", "H100", "vllm", "0.4"))[:2])
+    pattern = IdentityPattern(model_type="llm", hardware="H100", software_name="vllm", software_version="0.4")
+    assert service.delete_model(pattern, 1) == {"status": "success", "model_key": starred.key, "deleted_versions": [1]}
+    service.registry.save(*fit(starred, seed=1)[:2])
+    assert service.delete_model(pattern)["deleted_versions"] == [2]
+    assert [i.model_name for i in service.registry.identities()] == ["other"]
+    with pytest.raises(InvalidInput, match=r"'\*' is not allowed"):  # a wildcard still: nothing is named '*' now
+        service.delete_model(pattern)

@@ -28,7 +28,7 @@ from .distribution import (RemainingDistribution, TaskDistributions, TotalDistri
 from .errors import (AmbiguousModel, DataDirectoryGone, InvalidInput, ModelNotFound, NotFound, NotReady, PredictorError,
                      StorageError, shown)
 from .identity import (IDENTITY_KEYS, IdentityPattern, ModelIdentity, describe_stated, fields_naming_a_model, identity_conflicts,
-                       join_key, named_by_traces, names_a_model, stated_keys)
+                       WILDCARD, join_key, named_by_traces, names_a_model, stated_keys)
 from .lookup import WRITABLE_FORMATS, LookupTable, LookupTableStore, TablePrediction, generate_table, table_format
 from .lookup.names import WRITABLE_TABLE_KINDS
 from .lookup.quantiles import KNOT_LIMIT, KNOT_MOST, TableCompletion
@@ -1281,7 +1281,13 @@ class PredictorService:
 
     def delete_model(self, pattern: IdentityPattern, version: int | None = None) -> dict[str, Any]:
         if not pattern.is_complete():
-            raise InvalidInput("deleting needs the full identity; '*' is not allowed here", field="identity")
+            # Never a wildcard here; but a model an older service stored (before 2026-11-28) with
+            # a part named '*' has no other name: that model, if stored, is deleted.
+            starred = ModelIdentity(*(WILDCARD if part is None else part for part in pattern.as_tuple()))
+            self.registry.maybe_refresh()
+            if not self.registry.versions(starred):
+                raise InvalidInput("deleting needs the full identity; '*' is not allowed here", field="identity")
+            pattern = IdentityPattern(*starred.as_tuple())
         identity = self._resolve(pattern)
         deleted = self.registry.delete(identity, version)
         if version is None:
