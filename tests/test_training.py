@@ -996,7 +996,12 @@ def test_a_job_record_damaged_on_disk_is_told_apart_from_an_unknown_job(tmp_path
     jobs.records_dir.mkdir(parents=True, exist_ok=True)
     (jobs.records_dir / "cccccccccccccccc.json").write_text('{"job_id": "cccccccccccccccc", "sta')
     (jobs.records_dir / "dddddddddddddddd.json").write_text('[1, 2]')
-    for job_id in ("cccccccccccccccc", "dddddddddddddddd"):
+    # An object that is no record of the job: without its job_id, a job cut short was a 500
+    # (KeyError, as it was settled); another job's id or status was answered as it stood.
+    (jobs.records_dir / "0000000000000006.json").write_text('{"status": "running", "submitted_at": 1.0}')
+    (jobs.records_dir / "0000000000000007.json").write_text('{"job_id": "0000000000000008", "status": "failed"}')
+    (jobs.records_dir / "0000000000000009.json").write_text('{"job_id": "0000000000000009", "status": 5}')
+    for job_id in ("cccccccccccccccc", "dddddddddddddddd", "0000000000000006", "0000000000000007", "0000000000000009"):
         with caplog.at_level("WARNING", logger="swarmpilot_predictor"), pytest.raises(PredictorError) as err:
             jobs.get(job_id)
         assert err.value.status_code == 404 and err.value.field == "job_id"

@@ -439,6 +439,7 @@ def _check_train_envelope(data: Any) -> None:
 
 
 _JOB_ID = re.compile(r"[0-9a-f]{16}")
+_STATUSES = ("queued", "running", "succeeded", "failed")
 # Beside a job's record, a line for each version its worker stores, written before the version
 # is (see Trainer.train): a job whose process stopped after storing but before reporting then
 # reads succeeded, not failed, after which a client would have trained again.
@@ -847,6 +848,10 @@ class TrainingJobs:
             record, why = None, exc
         else:
             why = f"a JSON {type(record).__name__}, not an object"
+            if isinstance(record, dict) and (record.get("job_id") != job_id or record.get("status") not in _STATUSES):
+                # (Its job_id names the file it is stored to as it is settled: missing, a 500.)
+                why = "not a record of this job: its job_id or status is missing or another"
+                record = None
         if not isinstance(record, dict):
             if not damaged_is_error:
                 return None
