@@ -961,6 +961,20 @@ def test_only_the_newest_versions_are_kept_where_a_limit_is_set(tmp_path, caplog
     assert [v.version for v in svc_all.registry.versions(identity)] == [1, 2, 3]
 
 
+def test_a_version_another_process_pruned_first_is_not_warned_of(tmp_path, caplog):
+    # Two workers prune alike as each stores a version: the version the other deleted between
+    # this one's listing and its delete was logged "cannot delete version 1 ... has no version 1".
+    svc = _service(tmp_path, keep_versions=1)
+    identity = ModelIdentity.from_parts(IDENTITY)
+    first = svc.registry.versions(identity)
+    svc.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(300, seed=1), algorithm="linear"))  # prunes 1
+    listed = first + svc.registry.versions(identity)
+    svc.registry.versions = lambda ident: listed  # as this worker listed them, before the other's prune
+    with caplog.at_level(logging.INFO, logger="swarmpilot_predictor"):
+        assert svc.keep_newest_versions(identity) == []
+    assert "cannot delete" not in caplog.text
+
+
 def test_a_retraining_whose_version_a_newer_one_replaced_is_logged_where_the_model_was_not_deleted(tmp_path):
     # PREDICTOR_KEEP_VERSIONS=1: a training stores version 2 while version 1 is retrained,
     # and deletes version 1. The retraining's decision (skipped: version 2 serves) was taken

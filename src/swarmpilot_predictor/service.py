@@ -463,8 +463,8 @@ class PredictorService:
         for meta in self.registry.versions(identity)[:-keep]:
             try:
                 deleted += self.registry.delete(identity, meta.version)
-            except ModelNotFound:
-                continue  # deleted meanwhile (another worker pruned it, or a request)
+            except (ModelNotFound, NotFound):
+                continue  # deleted meanwhile (another worker pruned it, or a request): the version, or the model
             except (PredictorError, OSError) as exc:  # the new version is stored; the old stays, for now
                 log.warning("cannot delete version %d of %s (PREDICTOR_KEEP_VERSIONS): %s", meta.version,
                             identity.key, getattr(exc, "message", exc))
