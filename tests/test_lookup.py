@@ -2423,3 +2423,31 @@ def test_a_running_tasks_error_from_a_table_starts_from_the_stored_one(tmp_path:
     errors = [answer(e)["error"] for e in (425.0, 849.0, 851.0, 900.0, 1100.0, 1400.0)]
     assert all(a > b for a, b in zip(errors, errors[1:]))
     assert errors[-1] < 0.75 * 200.0
+
+
+def test_a_tables_running_task_past_its_highest_stored_level_is_not_stuck(tmp_path: Path):
+    # The stored mean (the model's) is below the interpolated body's, so the distribution a
+    # total sums has its tail above the 0.99 level flattened onto the stored 0.99 quantile. A
+    # running task's time left was read off it: run 1,601 ms, past that quantile, a task was
+    # answered stuck (elapsed_level 1, nothing left), where the record's own answer has 0.66%
+    # of its runtimes beyond 1,650 ms; and run 1,590 ms, all of its time left was 10 ms.
+    rec = {"status": "success", "quantiles": [0.25, 0.5, 0.75, 0.99], "expect": 980.0, "error": 200.0,
+           "quantile_predictions": [850.0, 1000.0, 1150.0, 1600.0], "model_type": "llm",
+           "model_info": {"type": "llm", "name": "m", "hardware": "h", "software_name": "s", "software_version": "1"},
+           "features": {"input_tokens": 100}}
+    table = LookupTable.from_records([rec])
+    whole = table.predict(None, [{"input_tokens": 100}], 0.9, [0.99, 0.999], deadline_ms=1601.0).items[0]
+    assert whole["quantile_predictions"][1] > 1800.0
+
+    def running(elapsed: float, deadline: float | None = None) -> dict:
+        return table.predict(None, [{"input_tokens": 100, "elapsed_ms": elapsed}], 0.9, [0.5, 0.9],
+                             deadline_ms=deadline).items[0]
+
+    past = running(1601.0)
+    assert past["elapsed_level"] == pytest.approx(whole["deadline_probability"], abs=1e-6)
+    assert past["elapsed_level"] < 1.0 and past["expect"] > 50.0 and past["quantile_predictions"][0] > 50.0
+    # Its probability of being done by its own 0.9 quantile is 0.9 (it was 1, the tail an atom).
+    assert running(1601.0, past["quantile_predictions"][1])["deadline_probability"] == pytest.approx(0.9, abs=1e-4)
+    assert running(1590.0)["quantile_predictions"][1] > 200.0
+    # Started, its mean is still the stored one less the time run.
+    assert running(425.0)["expect"] + 425.0 == pytest.approx(980.0, rel=0.001)

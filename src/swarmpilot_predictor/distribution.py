@@ -1782,6 +1782,10 @@ class StoredQuantileDistribution(TaskDistributions):
     body_mean: np.ndarray | None = None
     bend: np.ndarray | None = None  # per task: the power of the interpolation between its stored levels
     stretch: np.ndarray | None = None  # per task: what its whole quantile function is then multiplied by
+    # The tail above ``top_level`` kept at least as extrapolated (``tail_scale`` at least 1), the
+    # body bent to take what that adds to the mean: a running task's time left, whose tail,
+    # flattened, put all the mass above the highest stored level on it (past it, stuck).
+    kept_tail: bool = False
     moments_are_own = False  # the stored mean and error are the model's
 
     def __post_init__(self) -> None:
@@ -1807,22 +1811,24 @@ class StoredQuantileDistribution(TaskDistributions):
                 excess = row_dot(np.where(tail, x - top_value, 0.0), w)
             mean = self.mean[first]
             with np.errstate(divide="ignore", invalid="ignore"):
-                scale = np.clip((mean - base) / excess, 0.0, _MAX_TAIL_SCALE)
+                scale = np.clip((mean - base) / excess, 1.0 if self.kept_tail else 0.0, _MAX_TAIL_SCALE)
             scale = np.where((excess > 0) & np.isfinite(scale), scale, 1.0)
             scale = np.where(mean > 0, scale, 1.0)  # (a stored mean of 0 says nothing of the tail)
             own = base + scale * excess
             bend = np.ones(len(records))
             if self.body_spread is not None:
                 # Bent, the interpolated stretches' mean falls by spread * (1/2 - 1/(bend + 1)):
-                # the bend that brings the mean with a flat tail down to the stored one, where
-                # one does (a step, each level at the stored one below it, at the most).
+                # the bend that brings the mean with a flat tail (kept: as extrapolated, at
+                # least) down to the stored one, where one does (a step, each level at the
+                # stored one below it, at the most).
                 spread = self.body_spread[first]
-                heavy = (base > mean) & (mean > 0) & (spread > 0) & np.isfinite(base)
+                tailed = own if self.kept_tail else base
+                heavy = (tailed > mean) & (mean > 0) & (spread > 0) & np.isfinite(tailed)
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    inverse = np.where(heavy, 0.5 - (base - mean) / spread, 0.5)  # 1 / (bend + 1)
+                    inverse = np.where(heavy, 0.5 - (tailed - mean) / spread, 0.5)  # 1 / (bend + 1)
                     k = np.where(inverse > 0, 1.0 / inverse - 1.0, _STEP_BEND)
                 bend = np.where(heavy, np.clip(np.nan_to_num(k, nan=1.0), 1.0, _STEP_BEND), 1.0)
-                own = np.where(heavy, base - spread * (0.5 - 1.0 / (bend + 1.0)), own)
+                own = np.where(heavy, tailed - spread * (0.5 - 1.0 / (bend + 1.0)), own)
             ok = (own > 0) & np.isfinite(own) & (mean > 0)
             stretch = np.where(ok, mean / np.where(ok, own, 1.0), 1.0)
             at = back.ravel()

@@ -1135,8 +1135,10 @@ class LookupTable:
     def _time_left(self, rows: np.ndarray, elapsed: np.ndarray, confidence_level: float,
                    a: _RowAnswers) -> tuple[RemainingDistribution, dict[int, float]]:
         """The running tasks' time left (those of ``elapsed`` > 0): their answers in ``a`` made
-        theirs, and the level of its distribution each has reached, by place."""
-        left = RemainingDistribution.of(self.task_distributions(rows.astype(np.int64)), elapsed)
+        theirs, and the level of its distribution each has reached, by place. Each is read off
+        its record's distribution as a total sums it, but with its tail kept as extrapolated at
+        least (flattened onto the highest stored quantile, a task past it was stuck)."""
+        left = RemainingDistribution.of(self.task_distributions(rows.astype(np.int64), kept_tail=True), elapsed)
         mean, sd = left.mean_std()
         ends = interval_levels(confidence_level)
         reached: dict[int, float] = {}
@@ -1279,7 +1281,7 @@ class LookupTable:
                                None if deadline_levels is None else np.minimum.accumulate(deadline_levels))
 
     def task_distributions(self, rows: np.ndarray, expect: np.ndarray | None = None,
-                           error: np.ndarray | None = None) -> StoredQuantileDistribution:
+                           error: np.ndarray | None = None, kept_tail: bool = False) -> StoredQuantileDistribution:
         """The distributions of tasks answered by the records ``rows`` (of these means and
         standard deviations: the records' own unless given), as a total sums them: each read off
         its stored quantiles as its answer is, its tail above the highest stored level (the
@@ -1300,7 +1302,8 @@ class LookupTable:
         top_level, top_value, spread, bottom_level, body_mean = self._tops[:, rows]
         return StoredQuantileDistribution(self._quantiles_at, rows, np.asarray(expect, dtype=np.float64),
                                           np.square(error, dtype=np.float64), top_level=top_level, top_value=top_value,
-                                          body_spread=spread, bottom_level=bottom_level, body_mean=body_mean)
+                                          body_spread=spread, bottom_level=bottom_level, body_mean=body_mean,
+                                          kept_tail=kept_tail)
 
     def _quantiles_at(self, rows: np.ndarray, taus: np.ndarray, bend: np.ndarray | None = None) -> np.ndarray:
         """The records ``rows``' values at ``taus``, (rows, taus), as their answers read them
