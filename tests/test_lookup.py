@@ -2451,3 +2451,42 @@ def test_a_tables_running_task_past_its_highest_stored_level_is_not_stuck(tmp_pa
     assert running(1590.0)["quantile_predictions"][1] > 200.0
     # Started, its mean is still the stored one less the time run.
     assert running(425.0)["expect"] + 425.0 == pytest.approx(980.0, rel=0.001)
+
+
+def test_a_tables_running_task_past_its_highest_stored_level_keeps_its_records_tail(tmp_path: Path):
+    # The stored mean (the model's) is above what the interpolated levels make, so the
+    # distribution a total sums scales its tail above the 0.99 level up (7.5 times) to carry
+    # it. A running task's time left was read off it: run 1,650 ms (its record's answer's
+    # 0.9934 level), its median time left was 616 ms and its 0.9 quantile 1,988, past the
+    # answer's 0.99999 quantile; it is now what the answer's own tail leaves, about 80 ms.
+    rec = {"status": "success", "quantiles": [0.25, 0.5, 0.75, 0.99], "expect": 1040.0, "error": 200.0,
+           "quantile_predictions": [850.0, 1000.0, 1150.0, 1600.0], "model_type": "llm",
+           "model_info": {"type": "llm", "name": "m", "hardware": "h", "software_name": "s", "software_version": "1"},
+           "features": {"input_tokens": 100}}
+    table = LookupTable.from_records([rec])
+    reached = table.predict(None, [{"input_tokens": 100}], 0.9, [0.5], deadline_ms=1650.0).items[0]["deadline_probability"]
+    # The record's answer, given that the runtime is past 1,650 ms: its levels in what is left.
+    given = table.predict(None, [{"input_tokens": 100}], 0.9, [reached + t * (1 - reached) for t in (0.5, 0.9)]).items[0]
+    left = table.predict(None, [{"input_tokens": 100, "elapsed_ms": 1650.0}], 0.9, [0.5, 0.9]).items[0]
+    np.testing.assert_allclose(np.array(left["quantile_predictions"]) + 1650.0, given["quantile_predictions"], rtol=0.01)
+    assert left["expect"] < 150.0 and left["elapsed_level"] == pytest.approx(reached, abs=0.001)
+    # Started, its mean is still the stored one less the time run.
+    started = table.predict(None, [{"input_tokens": 100, "elapsed_ms": 425.0}], 0.9, [0.5]).items[0]
+    assert started["expect"] + 425.0 == pytest.approx(1040.0, rel=0.001)
+
+
+def test_a_tables_queued_tasks_are_summed_alike_beside_a_running_one(tmp_path: Path):
+    # A running task's time left keeps its record's tail as extrapolated; the tasks queued
+    # beside it are summed as any total sums them: a stuck task (nothing left) adds nothing.
+    rec = {"status": "success", "quantiles": [0.25, 0.5, 0.75, 0.99], "expect": 1040.0, "error": 200.0,
+           "quantile_predictions": [850.0, 1000.0, 1150.0, 1600.0], "model_type": "llm",
+           "model_info": {"type": "llm", "name": "m", "hardware": "h", "software_name": "s", "software_version": "1"},
+           "features": {"input_tokens": 100}}
+    table = LookupTable.from_records([rec])
+    queued = [{"input_tokens": 100}] * 3
+    alone = table.predict(None, queued, 0.9, [0.05, 0.5, 0.95], with_total=True).total
+    stuck = {"input_tokens": 100, "elapsed_ms": 1e9}
+    beside = table.predict(None, [stuck, *queued], 0.9, [0.05, 0.5, 0.95], with_total=True)
+    assert beside.items[0]["elapsed_level"] == 1.0
+    np.testing.assert_allclose(beside.total["total_quantiles"], alone["total_quantiles"], rtol=0.002)
+    assert beside.total["expect"] == pytest.approx(alone["expect"], rel=1e-12)

@@ -1782,9 +1782,11 @@ class StoredQuantileDistribution(TaskDistributions):
     body_mean: np.ndarray | None = None
     bend: np.ndarray | None = None  # per task: the power of the interpolation between its stored levels
     stretch: np.ndarray | None = None  # per task: what its whole quantile function is then multiplied by
-    # The tail above ``top_level`` kept at least as extrapolated (``tail_scale`` at least 1), the
-    # body bent to take what that adds to the mean: a running task's time left, whose tail,
-    # flattened, put all the mass above the highest stored level on it (past it, stuck).
+    # The tail above ``top_level`` kept as extrapolated (``tail_scale`` 1), the body bent (or the
+    # whole stretched) to bring the mean to the stored one: a running task's time left, whose
+    # tail, flattened, put all the mass above the highest stored level on it (past it, stuck),
+    # and scaled up to carry a mean above the body's (by up to 1,000 times), put a task past it
+    # hundreds of times further from done than its record's answer does.
     kept_tail: bool = False
     moments_are_own = False  # the stored mean and error are the model's
 
@@ -1810,16 +1812,19 @@ class StoredQuantileDistribution(TaskDistributions):
                 base = row_dot(np.where(tail, top_value, x), w)
                 excess = row_dot(np.where(tail, x - top_value, 0.0), w)
             mean = self.mean[first]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                scale = np.clip((mean - base) / excess, 1.0 if self.kept_tail else 0.0, _MAX_TAIL_SCALE)
+            if self.kept_tail:
+                scale = np.ones(len(records))
+            else:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    scale = np.clip((mean - base) / excess, 0.0, _MAX_TAIL_SCALE)
             scale = np.where((excess > 0) & np.isfinite(scale), scale, 1.0)
             scale = np.where(mean > 0, scale, 1.0)  # (a stored mean of 0 says nothing of the tail)
             own = base + scale * excess
             bend = np.ones(len(records))
             if self.body_spread is not None:
                 # Bent, the interpolated stretches' mean falls by spread * (1/2 - 1/(bend + 1)):
-                # the bend that brings the mean with a flat tail (kept: as extrapolated, at
-                # least) down to the stored one, where one does (a step, each level at the
+                # the bend that brings the mean with a flat tail (kept: as extrapolated) down
+                # to the stored one, where one does (a step, each level at the
                 # stored one below it, at the most).
                 spread = self.body_spread[first]
                 tailed = own if self.kept_tail else base

@@ -18,7 +18,7 @@ import math
 import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -1136,9 +1136,23 @@ class LookupTable:
                    a: _RowAnswers) -> tuple[RemainingDistribution, dict[int, float]]:
         """The running tasks' time left (those of ``elapsed`` > 0): their answers in ``a`` made
         theirs, and the level of its distribution each has reached, by place. Each is read off
-        its record's distribution as a total sums it, but with its tail kept as extrapolated at
-        least (flattened onto the highest stored quantile, a task past it was stuck)."""
-        left = RemainingDistribution.of(self.task_distributions(rows.astype(np.int64), kept_tail=True), elapsed)
+        its record's distribution as a total sums it, but with its tail kept as its answer
+        extrapolates it: flattened onto the highest stored quantile, a task past it was stuck;
+        scaled up (as much as 1,000 times) to carry the stored mean, its time left was hundreds
+        of times too long."""
+        rows = rows.astype(np.int64)
+        tasks = self.task_distributions(rows)  # (the tasks not running are summed as any total's)
+        running = np.flatnonzero(elapsed > 0)
+        kept = self.task_distributions(rows[running], kept_tail=True)
+
+        def put(whole: np.ndarray, part: np.ndarray) -> np.ndarray:
+            out = np.array(whole, dtype=np.float64, copy=True)
+            out[running] = part
+            return out
+
+        tasks = replace(tasks, var=put(tasks.var, kept.var), tail_scale=put(tasks.tail_scale, kept.tail_scale),
+                        bend=put(tasks.bend, kept.bend), stretch=put(tasks.stretch, kept.stretch))
+        left = RemainingDistribution.of(tasks, elapsed)
         mean, sd = left.mean_std()
         ends = interval_levels(confidence_level)
         reached: dict[int, float] = {}
