@@ -955,6 +955,24 @@ def test_a_task_past_all_its_model_reaches_has_no_time_left_it_can_tell():
     assert left.mean_std()[0][0] == 0.0
 
 
+def test_a_task_at_its_models_level_1_to_ten_decimals_is_stuck():
+    # Past its 1 - 5e-11 quantile (1 to ten decimals), a task is stuck: nothing left that the
+    # model can tell. Run to its 1 - 3e-11 quantile (385 ms of a median of 100), it was answered
+    # off its quantile function's last stretch before 1 - 1e-12 (438 ms): a median of 10 ms
+    # left, 53 at 0.99, and not stuck.
+    from swarmpilot_predictor.distribution import RemainingDistribution, levels_reached
+
+    dist = RuntimeDistribution(np.log(np.array([100.0, 100.0])), np.array([0.2, 0.2]), normal_score())
+    at = dist.quantiles([1 - 1e-9, 1 - 3e-11])[0]
+    left = RemainingDistribution.of(dist, at)  # the first run to its 1 - 1e-9 quantile, the second further
+    assert left.reached[0] < 1.0 and left.quantiles([0.5])[0, 0] > 0.0  # (1 - 1e-9: not stuck)
+    assert left.reached[1] == 1.0
+    np.testing.assert_array_equal(left.quantiles([0.1, 0.5, 0.99])[1], [0.0, 0.0, 0.0])
+    assert left.mean_std()[0][1] == 0.0 and left.mean_std()[1][1] == 0.0
+    assert levels_reached(left.subset(np.array([1])), np.array([1e-3]))[0] == 1.0  # done by any deadline
+    assert left.subset(np.array([1])).total().quantiles([0.5, 0.99]).tolist() == [0.0, 0.0]
+
+
 def test_tasks_of_two_models_and_stored_quantiles_take_levels_of_their_own():
     # task_quantiles, which the time left reads, agrees with quantiles where every task has the same levels.
     from swarmpilot_predictor.distribution import RemainingDistribution

@@ -2125,6 +2125,11 @@ def _level_at_one(quantile_rows: Callable[[np.ndarray], np.ndarray], elapsed: np
     return np.array([ndtr(t_lo + share * ((hi * _REACH_CELL - _REACH_PROBIT) - t_lo))])
 
 
+# The level reached at which a running task is stuck (1 to ten decimals): nothing is left that
+# the model can tell.
+_STUCK_LEVEL = 1.0 - 5e-11
+
+
 @dataclass
 class RemainingDistribution(TaskDistributions):
     """The time left of tasks of which some have already run for a while: task ``i``, run for
@@ -2150,7 +2155,11 @@ class RemainingDistribution(TaskDistributions):
         reached = np.zeros(len(elapsed))
         running = np.flatnonzero(elapsed > 0)
         if len(running):
-            reached[running] = levels_reached(tasks.subset(running), elapsed[running])
+            found = levels_reached(tasks.subset(running), elapsed[running])
+            # 1 to ten decimals is 1: stuck. (Run to its 1 - 3e-11 quantile, 385 ms, a task of a
+            # median of 100 ms was answered a median of 10 ms left and 53 at 0.99, off the far
+            # tail's last stretch, and not stuck until it ran past 1 - 1e-12, 438 ms.)
+            reached[running] = np.where(found >= _STUCK_LEVEL, 1.0, found)
         return cls(tasks, elapsed, reached, tasks.shared_log_sd)
 
     def __len__(self) -> int:
@@ -2176,7 +2185,7 @@ class RemainingDistribution(TaskDistributions):
         else:
             kept = np.minimum(p + np.clip(levels, lo[:, None], hi[:, None]) * (1.0 - p), 1.0)
             x = self.tasks.subset(rows).task_quantiles(kept, spread_levels=v)
-        return np.maximum(x - self.elapsed[rows][:, None], 0.0)
+        return np.where(p >= 1.0, 0.0, np.maximum(x - self.elapsed[rows][:, None], 0.0))
 
     def quantiles(self, levels: np.ndarray | list[float]) -> np.ndarray:
         check_levels_in_unit_interval(levels)
