@@ -1676,6 +1676,17 @@ def test_a_multipart_config_part_over_64_mb_is_a_413(http):
     assert r.status_code == 413 and r.json()["field"] == "config", r.text[:300]
 
 
+def test_a_multipart_config_part_not_in_utf8_is_a_422_not_a_model_named_with_a_replacement_character(http):
+    # Saved in Latin-1 (a Windows editor's default): it trained "GH200 \ufffd", the byte read as U+FFFD.
+    config = ("model:\n  model_type: llm\n  model_name: latin1\n  hardware: GH200 \xfc\n  software_name: s\n"
+              "  software_version: '1'\ntraces: t.jsonl\nalgorithm: empirical\n").encode("latin-1")
+    traces = "".join(orjson.dumps(t).decode() + "\n" for t in make_llm_traces(20)).encode()
+    body = failed(http.post("/train", files={"config": ("c.yaml", config), "trace_file": ("t.jsonl", traces)}),
+                  422, "not UTF-8", "byte 64")
+    assert body["field"] == "config"
+    assert not any(m["model_name"] == "latin1" for m in ok(http.get("/models"))["models"])
+
+
 def test_limits_of_a_small_service_gzip_expansion_and_the_training_queue(tmp_path):
     # A gzip upload may expand no further than a plain upload may be large, and a worker
     # holds at most PREDICTOR_MAX_QUEUED_TRAININGS trainings (queued ones keep their bodies).

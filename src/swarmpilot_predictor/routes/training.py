@@ -112,7 +112,14 @@ async def _read_multipart(request: Request, settings: PredictorSettings) -> tupl
             if (config_field.size or 0) > MAX_CONFIG_BYTES:
                 raise PayloadTooLarge(f"the 'config' part is {config_field.size:,} bytes, more than "
                                       f"{MAX_CONFIG_BYTES:,}: send the traces as trace files", field="config")
-            config_text = (await config_field.read()).decode("utf-8", "replace")
+            raw = await config_field.read()
+            try:
+                # Strictly, as the CLI reads a config file: bytes of another encoding read with
+                # replacement characters named a model "GH200 \ufffd" without a word.
+                config_text = raw.decode("utf-8-sig")
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(f"the 'config' part is not UTF-8 text (byte {exc.start}): save the config as "
+                                   "UTF-8", field="config") from None
         else:
             config_text = str(config_field)
         # Parsing YAML costs seconds per megabyte: not on the event loop.
