@@ -324,6 +324,17 @@ def test_words_among_numeric_targets_are_dropped_and_a_column_of_words_is_an_err
         prepare(traces)
 
 
+def test_a_target_of_words_alone_is_an_error_naming_target():
+    # ('target': 'task_id', say) It named 'traces' (a 422 on config.traces over HTTP), whose
+    # traces are as they should be: the config's target is what to change.
+    traces = base_traces(5)
+    for t in traces:
+        t["runtime_ms"] = "fast"
+    with pytest.raises(TraceError, match="and no number") as err:
+        prepare(traces)
+    assert err.value.field == "target"
+
+
 def test_a_target_of_mostly_words_is_an_error_not_a_training_on_the_few_numbers():
     # A spreadsheet's thousands separators ("1,234.5"): the runtimes from 1,000 ms on were
     # words, dropped, and the model trained on the small runtimes left, without a word.

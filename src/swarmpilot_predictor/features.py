@@ -430,7 +430,8 @@ def _clean_target(table: TraceTable, target: str, report: DataReport) -> tuple[n
         numeric = [v is not None and _reads_as_number(v) for v in y_strings]
         words = sum(1 for v, ok, b in zip(y_strings, numeric, booleans) if v is not None and not ok and not b)
         if words and not any(numeric):
-            raise TraceError(f"target field {shown(target)} has {words} non-numeric value(s) and no number")
+            raise TraceError(f"target field {shown(target)} has {words} non-numeric value(s) and no number",
+                             field="target")
         numbers = sum(1 for ok, b in zip(numeric, booleans) if ok and not b)
         if words > numbers:
             # Most runtimes unread is a column misread ("1,234.5" with a thousands separator,
