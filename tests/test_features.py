@@ -1130,3 +1130,33 @@ def test_a_timestamp_that_is_no_number_nor_a_date_is_named_in_why_no_first_runs_
     _, _, _, report = FeatureSchema.prepare_training(TraceTable.from_traces(traces))
     assert report.columns_not_derived["first_of_shape"] == (
         "some traces' 'ts' is missing or not a number nor an ISO 8601 date and time ('yesterday')")
+
+
+def test_a_list_or_an_object_is_no_feature_value_in_training_as_at_prediction():
+    # A list among a feature's numbers was read as a gap (filled, counted in values_imputed), and
+    # the model then refused those traces of its own training file ("must be a number, got list");
+    # a column of objects alone was dropped as having "no values".
+    traces = base_traces(20)
+    for i, t in enumerate(traces):
+        t["meta"] = {"host": "a"} if i % 5 else None
+    schema, X, _, report = prepare(traces)
+    assert [s.name for s in schema.features] == ["input_tokens", "gpu"]
+    assert report.columns_dropped["meta"].startswith("a list or an object wherever it has a value (16 row(s))")
+    assert schema.matrix(traces)[1] == [None] * 20
+    # Beside numbers, a few lists: neither the column nor the rows are dropped on a guess.
+    for i, t in enumerate(traces):
+        t["shape"] = [224, 224] if i % 4 == 0 else i % 3
+    with pytest.raises(TraceError, match="'shape' holds a list or an object on 5 training row.*beside numbers") as err:
+        prepare(traces)
+    assert err.value.field == "traces"
+    with pytest.raises(TraceError, match="'shape' holds a list or an object on 5 training row") as err:
+        prepare(traces, features=["input_tokens", "shape"])
+    assert err.value.field == "features"
+    assert prepare(traces, features=["input_tokens", "gpu"])[0].names == ["input_tokens", "gpu"]
+    # Only rows trained on count: a group of group_by (here the odd rows) holding none trains.
+    table = TraceTable.from_traces(traces).take(np.arange(1, 20, 2))
+    schema, *_ = FeatureSchema.prepare_training(table, features=["input_tokens", "shape"])
+    assert [s.name for s in schema.features] == ["input_tokens", "shape"]
+    table = TraceTable.from_traces(traces).take(np.arange(0, 20, 2))  # (the even rows: all five lists)
+    with pytest.raises(TraceError, match="on 5 training row"):
+        FeatureSchema.prepare_training(table, features=["input_tokens", "shape"])

@@ -754,6 +754,21 @@ class FeatureSchema:
         rows = _in_run_order(table, np.flatnonzero(keep))
         for name in candidates:
             col = table.columns[name]
+            if col.nested_at is not None and (nested := int(col.nested_rows()[rows].sum())):
+                # No feature's value (a prediction refuses one, naming the feature): read as a gap
+                # it made a model that refused traces of its own training file. A column of them
+                # alone (a trace's metadata) is no feature; beside numbers or text, which to
+                # drop (the column, or the rows) would be a guess: an error naming them.
+                named = features is not None
+                if named or not col.missing_rows()[rows].all():
+                    raise TraceError(f"feature {shown(name)} holds a list or an object on {nested:,} training row(s): "
+                                     "a feature's value is a number, a boolean or a text" + (
+                                         "" if named else " (it holds them beside numbers or text: fix those traces, "
+                                         "or name the features to use, without it, in 'features')"),
+                                     field="features" if named else "traces")
+                report.columns_dropped[name] = (f"a list or an object wherever it has a value ({nested:,} row(s)), "
+                                                "which is no feature's value (a number, a boolean or a text)")
+                continue
             words = _few_words_among_numbers(col, rows)
             if name == FIRST_OF_SHAPE and (flags := _stated_flags(table, rows)) is not None:
                 typed = _flag_column(name, flags, report)

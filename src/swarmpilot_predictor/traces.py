@@ -904,6 +904,8 @@ class Column:
     n_rows: int = 0  # the table's rows (set by finish)
     padded: int = 0  # gap slots padded while dense
     spelled: np.ndarray | None = None  # spelled_numbers(), once worked out for the whole vocabulary
+    # The rows whose value was a list or an object (no feature value: see nested_rows).
+    nested_at: array | None = None
 
     def _skip_to(self, row: int) -> None:
         """Make the next stored value row ``row``'s: pad the gap, or turn sparse."""
@@ -940,7 +942,11 @@ class Column:
                 self.codes = array("i", [-1] * len(self.numbers))
             self.numbers.append(math.nan)
             self.codes.append(self.vocab.setdefault(value, len(self.vocab)))
-        else:  # None, lists, objects: treated as missing
+        else:  # None, lists, objects: no number nor text
+            if value is not None:  # (noted: a list or an object is no missing value, nor a feature's)
+                if self.nested_at is None:
+                    self.nested_at = array("q")
+                self.nested_at.append(row)
             self.numbers.append(math.nan)
             if self.codes is not None:
                 self.codes.append(-1)
@@ -993,6 +999,13 @@ class Column:
             return np.zeros(self.n_rows, dtype=bool)
         return self._spread(np.frombuffer(self.booleans, dtype=np.int8).astype(bool), False)
 
+    def nested_rows(self) -> np.ndarray:
+        """Where the value was a list or an object."""
+        out = np.zeros(self.n_rows, dtype=bool)
+        if self.nested_at is not None:
+            out[np.frombuffer(self.nested_at, dtype=np.int64)] = True
+        return out
+
     def missing_rows(self) -> np.ndarray:
         """Where the row had no value: neither a number nor a string (absent, null, a list)."""
         out = np.isnan(np.frombuffer(self.numbers, dtype=np.float64))
@@ -1042,6 +1055,12 @@ class Column:
             new.codes = array("i", np.frombuffer(self.codes, dtype=np.int32)[keep].tobytes())
         if self.booleans is not None:
             new.booleans = array("b", np.frombuffer(self.booleans, dtype=np.int8)[keep].tobytes())
+        if self.nested_at is not None:
+            at = np.frombuffer(self.nested_at, dtype=np.int64)
+            pos = np.searchsorted(rows, at)
+            hit = pos < len(rows)
+            hit[hit] = rows[pos[hit]] == at[hit]
+            new.nested_at = array("q", pos[hit].astype(np.int64).tobytes())
         return new
 
 
