@@ -31,6 +31,15 @@ def test_trainer_stores_a_version_with_its_training_rows(tmp_path):
     assert X.shape == (120, 2) and len(y) == 120
 
 
+def test_traces_naming_a_folder_of_the_data_directory_say_so_not_that_it_is_not_found(tmp_path):
+    (tmp_path / "runs.jsonl").mkdir()  # (a folder of runs, named as a file)
+    trainer = Trainer(tmp_path, ModelRegistry(tmp_path / "models"))
+    with pytest.raises(PredictorError) as err:
+        trainer.train(TrainConfig(model=IDENTITY, traces="runs.jsonl"))
+    assert err.value.field == "traces" and "not found" not in err.value.message
+    assert err.value.message.startswith("traces 'runs.jsonl' is a folder of the data directory, not a trace file")
+
+
 def test_jobs_train_in_another_process_and_report(tmp_path):
     seen, pending = [], []
     jobs = TrainingJobs(tmp_path, on_success=seen.append, on_pending=pending.append)

@@ -110,8 +110,13 @@ class Trainer:
             path = safe_child(self.data_dir, source, "traces")
             try:
                 found = path.is_file()
+                folder = not found and path.is_dir()
             except OSError as exc:  # a path too long as a whole, say: is_file only swallows "not there"
                 raise InvalidInput(f"traces file {shown(source)} cannot be opened ({exc.strerror})", field="traces") from None
+            if folder:
+                # (it was said "not found", which it is not)
+                raise InvalidInput(f"traces {shown(source)} is a folder of the data directory, not a trace file: "
+                                   f"name a file ({TRACE_FILE_KINDS})" + _uploaded_names(uploads), field="traces")
             if not found:
                 raise InvalidInput(f"traces file {shown(source)} not found in the data directory "
                                    + ("or the upload" + _uploaded_names(uploads) if uploads else "(no file was uploaded)"),
