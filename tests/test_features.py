@@ -1160,3 +1160,14 @@ def test_a_list_or_an_object_is_no_feature_value_in_training_as_at_prediction():
     table = TraceTable.from_traces(traces).take(np.arange(0, 20, 2))  # (the even rows: all five lists)
     with pytest.raises(TraceError, match="on 5 training row"):
         FeatureSchema.prepare_training(table, features=["input_tokens", "shape"])
+
+
+def test_a_boolean_timestamp_is_no_time_in_training_as_at_prediction():
+    # 'ts': true was read as the time 1: its trace went first in the run's order and was taken
+    # for a first run of its shape (a prediction refuses such a 'ts', naming it).
+    traces, _ = cold_start_traces(200)
+    traces[150]["ts"] = True
+    schema, X, y, report = prepare(traces)
+    assert schema.history is None and "first_of_shape" not in report.columns_derived
+    assert report.columns_not_derived["first_of_shape"] == "some traces' 'ts' is true or false, which is no time"
+    assert y.tolist() == [t["runtime_ms"] for t in traces]  # in the order given, as without a timestamp on each

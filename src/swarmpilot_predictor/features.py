@@ -1086,6 +1086,8 @@ def _shape_history(table: TraceTable, rows: np.ndarray, specs: list[FeatureSpec]
         return None, None, why
     order = timestamps(table, order_field)[rows]
     if not np.isfinite(order).all():
+        if table.columns[order_field].boolean_rows()[rows].any():
+            return None, None, f"some traces' '{order_field}' is true or false, which is no time"
         unread = table.strings(order_field)[rows][~np.isfinite(order)]
         said = next((v for v in unread if v is not None), None)
         return None, None, (f"some traces' '{order_field}' is missing or not a number"

@@ -1177,6 +1177,9 @@ def timestamps(table: "TraceTable", name: str, unit: float | None = None) -> np.
     if unit is not None:
         moved = np.isfinite(own) & (own != unit)
         out[moved] *= unit / own[moved]
+    # A boolean is no time (true read as the time 1 made its task the oldest: a first run, and
+    # the first row in training), as a prediction's is refused (ShapeHistory.time_problem).
+    out[col.boolean_rows()] = math.nan
     return out
 
 
