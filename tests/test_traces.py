@@ -766,3 +766,24 @@ def test_a_number_of_a_numeric_subclass_is_an_elapsed_time():
     # As a feature's value is (numpy's float64 is a float): in-process callers pass them.
     elapsed, errors = elapsed_times([{"elapsed_ms": np.float64(250.0)}, {"elapsed_ms": 3}])
     assert errors == [None, None] and elapsed.tolist() == [250.0, 3.0]
+
+
+@pytest.mark.parametrize("layout", ["indented", "object", "jsonl_wide"])
+def test_a_lone_surrogate_escape_is_refused_in_every_json_layout(tmp_path, layout):
+    # Python's parser (an indented array, an object's 'traces', a JSONL line with an integer
+    # past the float range) read "\ud800" as a lone surrogate, which orjson refuses: a
+    # category or a feature named with one trained, and storing its model was a 500.
+    rows = [{"gpu": "a" if i % 2 else "\U0001F600", "runtime_ms": 10 + i} for i in range(4)]
+    text = json.dumps(rows, indent=2)  # (the emoji as a pair of escapes: one character, read)
+    assert [t["gpu"] for t in iter_trace_file(write(tmp_path / "ok.json", text.encode()))] == ["\U0001F600", "a"] * 2
+    bad = text.replace('"gpu": "a"', '"g\\ud800": "a"', 1)
+    if layout == "indented":
+        path = write(tmp_path / "t.json", bad.encode())
+    elif layout == "object":
+        path = write(tmp_path / "t.json", b'{"traces": ' + bad.encode() + b"}")
+    else:
+        lines = [json.dumps(r) for r in rows]
+        lines[1] = lines[1].replace('"gpu": "a"', '"big": ' + "9" * 400 + ', "gpu": "\\udc80"')
+        path = write(tmp_path / "t.jsonl", "\n".join(lines).encode())
+    with pytest.raises(TraceError, match=r"(item|line) [12]\b.* not valid JSON \(a lone surrogate \('\\u"):
+        TraceTable.from_file(path)

@@ -284,7 +284,7 @@ def iter_trace_file(path: Path | str, source: str | None = None) -> Iterator[dic
             yield from iter_trace_stream(raw, fmt, source=source)
             return
         try:
-            for obj in iter_json_array(raw, source, constants=False, member="traces"):
+            for obj in iter_json_array(raw, source, constants=False, member="traces", surrogates=False):
                 yield _normalize_at(obj, source, f"item {done}")
                 done += 1
             return
@@ -313,7 +313,7 @@ def _retry_traces(path: Path, source: str, skip: int) -> Iterator[dict[str, Any]
     except OSError as exc:
         raise TraceError(f"{source}: cannot read the file again ({exc.strerror or exc})") from None
     with raw:  # (an array: the line reader started on its '[')
-        for i, obj in enumerate(iter_json_array(raw, source, line_mode=False, constants=False)):
+        for i, obj in enumerate(iter_json_array(raw, source, line_mode=False, constants=False, surrogates=False)):
             if i >= skip:
                 yield _normalize_at(obj, source, f"item {i}")
 
@@ -328,9 +328,38 @@ def _json_loads(data: bytes) -> Any:
         if "infinity" not in str(exc):
             raise
         try:
-            return json.loads(data, parse_constant=_no_constant, parse_int=_integer_in_text)
+            obj = json.loads(data, parse_constant=_no_constant, parse_int=_integer_in_text)
         except ValueError:
             raise exc from None
+        if (said := lone_surrogate_in(obj)) is not None:  # (which orjson refuses, and Python's parser reads)
+            raise orjson.JSONDecodeError(said, data.decode("utf-8", "replace"), 0)
+        return obj
+
+
+# A \u escape of a UTF-16 surrogate: in a pair it is one character, alone none (orjson
+# refuses it; Python's parser reads it as a lone surrogate, which no UTF-8 text holds, and
+# storing a model of such a name or category was a 500).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate_in(obj: Any) -> str | None:
+    """What is wrong where a string of ``obj`` (a key or a value, at any depth) holds a lone
+    surrogate, as Python's JSON parser reads ``"\\ud800"``; None where none does."""
+    todo = [obj]  # (a stack, not recursion: as deep as the parser read)
+    while todo:
+        value = todo.pop()
+        if isinstance(value, str):
+            if (found := _SURROGATE.search(value)) is not None:
+                return (f"a lone surrogate ({ascii(found.group())}) in {ascii(value[:40])}"
+                        f"{'...' if len(value) > 40 else ''}: a \\u escape of a UTF-16 surrogate needs its pair; "
+                        "this is no Unicode text")
+        elif isinstance(value, dict):
+            todo.extend(value)
+            todo.extend(value.values())
+        elif isinstance(value, list):
+            todo.extend(value)
+    return None
 
 
 def line_json_problem(exc: json.JSONDecodeError) -> str:
@@ -544,7 +573,7 @@ _LINE_MODE = re.compile(rb"\A\s*\[[ \t]*\r?\n")
 
 
 def iter_json_array(raw: IO[bytes], source: str, line_mode: bool = True, constants: bool = True,
-                    member: str | None = None) -> Iterator[Any]:
+                    member: str | None = None, surrogates: bool = True) -> Iterator[Any]:
     """Yield the items of a JSON array one at a time, without loading the document.
 
     Files with one item per line (what the table writer produces) are parsed
@@ -555,7 +584,8 @@ def iter_json_array(raw: IO[bytes], source: str, line_mode: bool = True, constan
     :class:`NotAnArray` (before yielding anything) when the document is neither.
     ``constants=False`` refuses ``NaN`` and ``Infinity``, which are not
     JSON, as orjson does (Python's ``json`` writes them, and a lookup table written
-    by it may hold them).
+    by it may hold them); ``surrogates=False`` refuses a lone surrogate (``"\\ud800"``), as
+    orjson does too (see :func:`lone_surrogate_in`).
     """
     try:
         head = raw.read(_HEAD)
@@ -564,7 +594,7 @@ def iter_json_array(raw: IO[bytes], source: str, line_mode: bool = True, constan
             yield from _iter_lines(stream, source)
         else:
             with text_view(stream, newline=None) as text:
-                yield from _iter_incremental(text, source, constants, member)
+                yield from _iter_incremental(text, source, constants, member, surrogates)
     except UnicodeDecodeError as exc:  # a latin-1 byte, say: named, as in a .jsonl or .csv file
         raise TraceError(f"{source}: {not_utf8(exc)}") from None
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
@@ -611,7 +641,7 @@ class _JsonCursor:
     """A position in a JSON text read a megabyte at a time: whitespace, one character, or a
     whole value (by the standard decoder, which says where a value goes wrong)."""
 
-    def __init__(self, text: IO[str], source: str, constants: bool = True):
+    def __init__(self, text: IO[str], source: str, constants: bool = True, surrogates: bool = True):
         self._text = text
         self._source = source
         self.decode = (json.JSONDecoder() if constants else json.JSONDecoder(parse_constant=_no_constant)).raw_decode
@@ -620,12 +650,19 @@ class _JsonCursor:
         self._wide_decode = json.JSONDecoder(parse_int=_integer_in_text,
                                              parse_constant=None if constants else _no_constant).raw_decode
         self.buf, self.pos, self.eof = "", 0, False
+        # Whether lone surrogates are refused (see lone_surrogate_in), and whether the text read
+        # so far may hold one: its items are then searched for one, a cost that text without
+        # such an escape is spared.
+        self.refuse_surrogates = not surrogates
+        self.surrogates = False
 
     def _more(self) -> None:
         chunk = self._text.read(1 << 20)
         if not chunk:
             self.eof = True
         self.buf, self.pos = self.buf[self.pos:] + chunk, 0
+        if self.refuse_surrogates and not self.surrogates and _SURROGATE_ESCAPE.search(self.buf) is not None:
+            self.surrogates = True
 
     def peek(self) -> str:
         """The next character that is not whitespace ('' at the end), not consumed."""
@@ -669,8 +706,9 @@ def _what(what: str | int) -> str:
     return f"item {what}" if isinstance(what, int) else what
 
 
-def _iter_incremental(text: IO[str], source: str, constants: bool = True, member: str | None = None) -> Iterator[Any]:
-    cur = _JsonCursor(text, source, constants)
+def _iter_incremental(text: IO[str], source: str, constants: bool = True, member: str | None = None,
+                      surrogates: bool = True) -> Iterator[Any]:
+    cur = _JsonCursor(text, source, constants, surrogates)
     first = cur.peek()
     if not first:
         raise TraceError(f"{source}: the file is empty")
@@ -711,6 +749,8 @@ def _array_items(cur: _JsonCursor, source: str) -> Iterator[Any]:
             obj = cur.value(i)
             c = cur.take()
             cur.peek()  # past the whitespace before the next item, where the decoder starts
+        if cur.surrogates and (said := lone_surrogate_in(obj)) is not None:
+            raise TraceError(f"{source}: item {i}: not valid JSON ({said})")
         yield obj
         if c == "]":
             return
