@@ -787,3 +787,12 @@ def test_a_lone_surrogate_escape_is_refused_in_every_json_layout(tmp_path, layou
         path = write(tmp_path / "t.jsonl", "\n".join(lines).encode())
     with pytest.raises(TraceError, match=r"(item|line) [12]\b.* not valid JSON \(a lone surrogate \('\\u"):
         TraceTable.from_file(path)
+
+
+def test_an_identity_key_keeps_every_digit_of_an_integer_a_float_cannot_hold():
+    # A build number as a version: it named the model after the float's digits, 20251208123456790528.
+    table = TraceTable.from_traces([{"software_version": 20251208123456789012, "x": 20251208123456789012},
+                                    {"software_version": 2, "x": 1}, {"software_version": 2.5, "x": 1},
+                                    {"software_version": -(2**53) - 1, "x": 1}, {"software_version": 10**400}])
+    assert table.strings("software_version").tolist() == ["20251208123456789012", "2", "2.5", "-9007199254740993", None]
+    assert table.strings("x").tolist()[0] == "20251208123456790528"  # a feature's number is a float, as before

@@ -40,6 +40,17 @@ def test_traces_naming_a_folder_of_the_data_directory_say_so_not_that_it_is_not_
     assert err.value.message.startswith("traces 'runs.jsonl' is a folder of the data directory, not a trace file")
 
 
+def test_group_by_names_a_model_by_every_digit_of_a_traces_integer(tmp_path):
+    # 20251208123456789012 named its model '20251208123456790528', the float's digits: a URL
+    # with the version the traces state found no model.
+    base = {k: v for k, v in IDENTITY.items() if k != "software_version"}
+    traces = [dict(t, software_version=20251208123456789012 + i % 2) for i, t in enumerate(make_llm_traces(20))]
+    result = Trainer(tmp_path, ModelRegistry(tmp_path / "models")).train(
+        TrainConfig(model=base, group_by=["software_version"], traces=traces, algorithm="empirical"))
+    assert [m["identity"]["software_version"] for m in result["models"]] == ["20251208123456789012",
+                                                                              "20251208123456789013"]
+
+
 def test_jobs_train_in_another_process_and_report(tmp_path):
     seen, pending = [], []
     jobs = TrainingJobs(tmp_path, on_success=seen.append, on_pending=pending.append)

@@ -1104,6 +1104,27 @@ class Column:
         return new
 
 
+# Integers of magnitude up to this are exact as floats, and written back as they were.
+_EXACT_INTEGERS = 2**53
+
+
+@dataclass(slots=True)
+class IdentityColumn(Column):
+    """An identity key's column: an integer a float cannot hold exactly is kept as its digits,
+    the name it gives its model (a version 20251208123456789012 named the model
+    ``20251208123456790528``, the float's digits), as a CSV file's cell is."""
+
+    def append(self, row: int, value: Any) -> None:
+        if value.__class__ is int and not -_EXACT_INTEGERS <= value <= _EXACT_INTEGERS:
+            try:
+                float(value)
+            except OverflowError:  # past the float range: infinite, as in every format
+                pass
+            else:
+                value = str(value)
+        Column.append(self, row, value)
+
+
 def format_number(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else repr(float(v))
 
@@ -1266,7 +1287,7 @@ class TraceTable:
                 if col is None:
                     if len(columns) >= MAX_TRACE_FIELDS:
                         raise TraceError(f"item {i}: the traces name more than {MAX_TRACE_FIELDS:,} different fields")
-                    col = columns[key] = Column()
+                    col = columns[key] = IdentityColumn() if key in _IDENTITY_COLUMNS else Column()
                 col.append(n, value)
             n += 1
             if n % 8192 == 0:
