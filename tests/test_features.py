@@ -83,6 +83,14 @@ def test_a_field_with_a_name_too_long_to_store_is_dropped_or_refused_when_named(
     assert info.value.field == "features" and len(str(info.value)) < 300
 
 
+def test_two_fields_of_too_long_names_that_begin_alike_are_each_reported():
+    # Both were reported under their first 77 characters: one entry, the other dropped unsaid.
+    traces = [{**t, "k" * 2000: i % 4, "k" * 3000: i % 3} for i, t in enumerate(base_traces())]
+    _, _, _, report = prepare(traces)
+    assert report.columns_dropped == {"k" * 77 + "...": "a name of 2,000 characters (a feature's is at most 1,024)",
+                                      "k" * 77 + "... (2)": "a name of 3,000 characters (a feature's is at most 1,024)"}
+
+
 def test_column_constant_apart_from_missing_values_is_dropped():
     # Imputing the gaps with the median makes such a column constant: it carries nothing,
     # and keeping it would make every prediction require it.

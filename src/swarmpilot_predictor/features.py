@@ -464,8 +464,14 @@ def _candidate_features(table: TraceTable, target: str, features: Sequence[str] 
         candidates = [name for name in table.columns if name not in reserved]
         for name in [c for c in candidates if len(c) > MAX_FEATURE_NAME]:
             candidates.remove(name)
-            report.columns_dropped[cut(name)] = (f"a name of {len(name):,} characters "
-                                                 f"(a feature's is at most {MAX_FEATURE_NAME:,})")
+            # Under its first characters, numbered where another such name begins alike (two
+            # fields of one prefix were reported as one, the other dropped without a word).
+            key, n = cut(name), 1
+            while key in report.columns_dropped:
+                n += 1
+                key = f"{cut(name)} ({n})"
+            report.columns_dropped[key] = (f"a name of {len(name):,} characters "
+                                           f"(a feature's is at most {MAX_FEATURE_NAME:,})")
         if target != DEFAULT_TARGET and DEFAULT_TARGET in candidates:
             # A measured runtime beside another target is not known before the task runs:
             # a feature only when the config names it.
