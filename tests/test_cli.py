@@ -92,6 +92,24 @@ def test_train_with_a_json_config(tmp_path, data):
     assert len(list((data / "models").glob("*/v0002.meta.json"))) == 1
 
 
+def test_train_says_which_traces_it_did_not_train_on(tmp_path, data):
+    # The table's rows are the rows used: traces in no group, and rows dropped, went unsaid
+    # (only --json had rows_in_no_group and metrics.data.rows_dropped).
+    traces = make_llm_traces(60)
+    for i, t in enumerate(traces):
+        if i % 3:
+            t["hardware"] = "A100"
+        if i % 10 == 1:
+            t["runtime_ms"] = None
+    cfg = tmp_path / "train.json"
+    model = {k: v for k, v in IDENTITY.items() if k != "hardware"}
+    cfg.write_text(json.dumps({"model": model, "group_by": ["hardware"], "traces": traces, "algorithm": "empirical"}))
+    out = invoke("train", cfg, "--data-dir", data).stdout
+    assert "20 trace(s) lack a group_by key: in no group, not trained on" in out
+    key = ModelIdentity.from_parts({**model, "hardware": "A100"}).key
+    assert f"{key}: 4 of 40 traces not used (target missing or not finite: 4)" in out
+
+
 def test_train_with_a_yaml_config_and_a_trace_file_next_to_it(tmp_path, data):
     folder = tmp_path / "configs"
     folder.mkdir()

@@ -574,6 +574,17 @@ def _print_train(result: dict[str, Any], as_json: bool = False) -> None:
             _fmt((m.get("interval_coverage") or {}).get("0.9")), _fmt(m.get("median_mape")), _fmt(m.get("expect_ratio")),
         )
     console.print(table)
+    # The traces not trained on, which the table's rows leave out (--json has them in full).
+    for e in entries:
+        data = e["metrics"].get("data") or {}
+        dropped = data.get("rows_dropped") or {}
+        if dropped:
+            why = "; ".join(f"{reason}: {n:,}" for reason, n in dropped.items())
+            console.print(f"{escape(e['model_key'])}: {sum(dropped.values()):,} of {data.get('rows_total', 0):,} "
+                          f"traces not used ({escape(why)})", highlight=False)
+    if result.get("rows_in_no_group"):
+        console.print(f"{result['rows_in_no_group']:,} trace(s) lack a group_by key: in no group, not trained on",
+                      highlight=False)
 
 
 def _fmt(v: Any) -> str:
