@@ -51,6 +51,16 @@ def test_group_by_names_a_model_by_every_digit_of_a_traces_integer(tmp_path):
                                                                               "20251208123456789013"]
 
 
+def test_a_training_body_that_is_a_group_by_config_unwrapped_is_shown_the_wrapping():
+    from swarmpilot_predictor.training import _parse_train_request
+
+    # Without 'model' it was "config: Field required; group_by: Extra inputs are not permitted; ...".
+    body = orjson.dumps({"group_by": ["hardware"], "traces": [{"hardware": "a", "runtime_ms": 1}]})
+    with pytest.raises(PredictorError) as err:
+        _parse_train_request(body)
+    assert err.value.field == "config" and 'a training body is {"config": {"model": ..., "traces": ...}}' in err.value.message
+
+
 def test_jobs_train_in_another_process_and_report(tmp_path):
     seen, pending = [], []
     jobs = TrainingJobs(tmp_path, on_success=seen.append, on_pending=pending.append)

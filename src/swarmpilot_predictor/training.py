@@ -437,8 +437,9 @@ def _parse_train_request(raw: bytes) -> TrainConfig:
 def _check_train_envelope(data: Any) -> None:
     if isinstance(data, dict) and "config" in data:
         check_envelope(data)
-    elif isinstance(data, dict) and "model" in data:
+    elif isinstance(data, dict) and ("model" in data or "traces" in data):
         # The config itself, as the client and the CLI take it: over HTTP it comes wrapped.
+        # (A group_by config names no model: it was told "group_by: Extra inputs are not permitted".)
         raise InvalidInput("config: Field required: a training body is {\"config\": {\"model\": ..., \"traces\": ...}}, "
                            "the training config wrapped in 'config'", field="config")
 
