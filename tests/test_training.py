@@ -61,6 +61,16 @@ def test_a_training_body_that_is_a_group_by_config_unwrapped_is_shown_the_wrappi
     assert err.value.field == "config" and 'a training body is {"config": {"model": ..., "traces": ...}}' in err.value.message
 
 
+def test_traces_naming_a_loop_of_symbolic_links_is_a_422_not_a_500(tmp_path):
+    (tmp_path / "a.jsonl").symlink_to("b.jsonl")
+    (tmp_path / "b.jsonl").symlink_to("a.jsonl")
+    trainer = Trainer(tmp_path, ModelRegistry(tmp_path / "models"))
+    for name in ("a.jsonl", "a.jsonl/x.jsonl"):
+        with pytest.raises(PredictorError, match="a loop of symbolic links") as err:  # (RuntimeError: Symlink loop)
+            trainer.train(TrainConfig(model=IDENTITY, traces=name))
+        assert err.value.status_code == 422 and err.value.field == "traces"
+
+
 def test_jobs_train_in_another_process_and_report(tmp_path):
     seen, pending = [], []
     jobs = TrainingJobs(tmp_path, on_success=seen.append, on_pending=pending.append)

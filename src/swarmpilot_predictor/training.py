@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import logging
 import math
@@ -66,7 +67,12 @@ def safe_child(root: Path, name: str, what: str = "path") -> Path:
     if candidate.is_absolute() or ".." in candidate.parts:
         raise InvalidInput(f"{what} {shown(name)} must be relative to the data directory, without '..'", field=what)
     root_resolved = root.resolve()
-    resolved = (root_resolved / candidate).resolve()
+    try:
+        resolved = (root_resolved / candidate).resolve()
+    except (RuntimeError, OSError) as exc:  # a loop of symbolic links (RuntimeError before Python 3.13): a 500 it was
+        why = (exc.strerror if isinstance(exc, OSError) and exc.errno != errno.ELOOP and exc.strerror
+               else "a loop of symbolic links in the data directory")
+        raise InvalidInput(f"{what} {shown(name)} cannot be resolved: {why}", field=what) from None
     if not resolved.is_relative_to(root_resolved):
         raise InvalidInput(f"{what} {shown(name)} leads outside the data directory", field=what)
     return resolved
