@@ -71,6 +71,20 @@ def test_traces_naming_a_loop_of_symbolic_links_is_a_422_not_a_500(tmp_path):
         assert err.value.status_code == 422 and err.value.field == "traces"
 
 
+def test_a_yaml_configs_numbers_with_an_exponent_are_numbers():
+    from swarmpilot_predictor.schemas import config_from_text
+
+    # PyYAML (YAML 1.1) read 1e-3 and 1.0e3 as text: 'alpha' was refused as the text '1e-3', a
+    # level 5e-1 as no number, and inline traces' 1e3 made a category.
+    config = TrainConfig.model_validate(config_from_text(
+        "model: {model_type: llm, model_name: m, hardware: h, software_name: s, software_version: '1e3'}\n"
+        "traces: [{x: 1e3, runtime_ms: 1.0e3}, {x: 2E3, runtime_ms: 12}]\n"
+        "quantiles: [5e-1, 9e-1]\nalgorithm: linear\nparams: {alpha: 1e-3}\n"))
+    assert config.quantiles == [0.5, 0.9] and config.params == {"alpha": 0.001}
+    assert config.traces == [{"x": 1000.0, "runtime_ms": 1000.0}, {"x": 2000.0, "runtime_ms": 12}]
+    assert config.model.software_version == "1e3"  # (quoted: text)
+
+
 def test_jobs_train_in_another_process_and_report(tmp_path):
     seen, pending = [], []
     jobs = TrainingJobs(tmp_path, on_success=seen.append, on_pending=pending.append)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import re
 import sys
 from collections import Counter
 from typing import Any, Callable, Literal
@@ -771,6 +772,17 @@ def check_envelope(data: dict[str, Any]) -> None:
                            "{\"config\": ...} body: put every setting inside 'config'", field=cut(str(beside[0])))
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading a number with an exponent as JSON and YAML 1.2 do: YAML
+    1.1's floats need a dot and a signed exponent, so ``1e-3`` and ``1.0e3`` were text
+    (``alpha: 1e-3`` refused as the text '1e-3', a feature of such numbers a category)."""
+
+
+_ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                                    list("-+0123456789."))
+
+
 def config_from_text(text: str) -> dict[str, Any]:
     """A training config's text (JSON, or YAML), as the object it holds, unwrapped from a
     ``{"config": ...}`` envelope; InvalidInput (422) naming what is wrong.
@@ -782,7 +794,7 @@ def config_from_text(text: str) -> dict[str, Any]:
         data = orjson.loads(text)
     except orjson.JSONDecodeError:
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_ConfigLoader)  # (safe: no object tags)
         except RecursionError:
             raise InvalidInput("config is nested too deeply", field="config") from None
         except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
