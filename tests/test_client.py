@@ -221,7 +221,7 @@ def test_several_queues_waits_in_one_request_through_both_clients(trained_server
         with pytest.raises(InvalidRequestError, match="queues must be a mapping") as err:
             client.queue_waits(IDENTITY, [queues["gpu-1"]])
         assert err.value.field == "queues"
-        with pytest.raises(InvalidRequestError, match=r"queues\['gpu-1'\] must be a list of traces"):
+        with pytest.raises(InvalidRequestError, match=r"queues\.gpu-1 must be a list of traces"):
             client.queue_waits(IDENTITY, {"gpu-1": 5})
         for body, field in (({}, "queues"), ({"a": [{"input_tokens": 1, "output_tokens": 1}]}, "quantiles")):
             with pytest.raises(PredictorClientError) as err:

@@ -1702,14 +1702,19 @@ def test_generation_writes_integers_beyond_64_bits(trained, tmp_path):
     rows[4]["task_id"] = 2**60 + 1  # within 64 bits, past a float's exact integers
     rows[1]["input_tokens"] = 2**64 + 7
     rows[2]["task_id"] = 10**400
-    rows[3]["task_id"] = "\ud800"  # not writable as JSON at all
+    rows[3]["task_id"] = "\ud800"  # no Unicode text: no JSON nor CSV table could hold it
     import json
 
     path = tmp_path / "big.json"
     path.write_text(json.dumps(rows, indent=1))
+    # Refused as the same trace on one line of a JSONL file is (until 2026-12-08, in this
+    # indented layout, it was left out of the table as a trace that could not be written).
+    with pytest.raises(InvalidInput, match="big.json: item 3: not valid JSON [(]a lone surrogate"):
+        service.generate_table(PATTERN, path, 0.95, "big.json")
+    del rows[3]
+    path.write_text(json.dumps(rows, indent=1))
     result = service.generate_table(PATTERN, path, 0.95, "big.json")
-    assert result["rows"] == 4 and result["failed"] == 1
-    assert result["errors"] == ["trace 3: cannot be written as JSON (str is not valid UTF-8: surrogates not allowed)"]
+    assert result["rows"] == 4 and result["failed"] == 0 and result["errors"] == []
     written = orjson.loads((service.settings.tables_dir / "big.json").read_bytes())
     assert written[0]["task_id"] == float(big) and written[1]["features"]["input_tokens"] == float(2**64 + 7)
     assert written[2]["task_id"] == str(10**400)
@@ -1717,10 +1722,9 @@ def test_generation_writes_integers_beyond_64_bits(trained, tmp_path):
     # The traces the table was made from find their records (API requests read such numbers as floats).
     res = table.lookup([{"task_id": float(big)}, {"input_tokens": float(2**64 + 7), "output_tokens": rows[1]["output_tokens"]}])
     assert res.kinds() == ["task_id", "exact"] and res.rows.tolist() == [0, 1]
-    # A CSV table keeps every digit; the trace it cannot write is left out and counted the same way.
+    # A CSV table keeps every digit.
     result = service.generate_table(PATTERN, path, 0.95, "big.csv")
-    assert result["rows"] == 4 and result["failed"] == 1
-    assert result["errors"] == ["trace 3: cannot be written as CSV (a string is not valid UTF-8: surrogates not allowed)"]
+    assert result["rows"] == 4 and result["failed"] == 0
     lines = (service.settings.tables_dir / "big.csv").read_text().splitlines()
     assert len(lines) == 5 and lines[1].split(",")[2] == str(big) and lines[3].split(",")[2] == str(10**400)
     # Read back, an integer id beyond 64 bits is what a request carries (orjson reads it as the
