@@ -1997,6 +1997,28 @@ def test_a_table_linked_to_a_file_outside_the_data_directory_is_not_served(tmp_p
     assert (tmp_path / "secret.json").is_file() and store.names() == ["archived.json"]
 
 
+def test_a_loop_of_symbolic_links_in_the_table_folder_is_a_table_that_cannot_be_read(tmp_path):
+    # l1.json -> l2.json -> l1.json: GET /tables, GET /tables/l1.json and a lookup of it were
+    # each a 500 "internal error: OSError" (ELOOP), and with a sidecar folder the service did
+    # not start. Now it is not listed, naming it is the 422 of a table that cannot be read,
+    # and deleting it removes the link.
+    root = tmp_path / "tables"
+    (root / ".index").mkdir(parents=True)
+    (root / ".index" / "gone.json.0123456789ab.npz").write_bytes(b"")
+    (root / "l1.json").symlink_to("l2.json")
+    (root / "l2.json").symlink_to("l1.json")
+    (root / "p.json").write_text(SEED_TABLE)
+    store = LookupTableStore(root, default="l1.json")
+    assert store.default_table is None and [e["name"] for e in store.list()] == ["p.json"]
+    assert store.names() == ["p.json"] and store.loaded_count == 0
+    for read in (store.get, store.open_table):
+        with pytest.raises(InvalidInput, match="cannot be read: 'l1.json' is a loop of symbolic links") as info:
+            read("l1.json")
+        assert info.value.status_code == 422
+    assert store.delete("l1.json") == {"status": "success", "deleted": "l1.json"}
+    assert not os.path.lexists(root / "l1.json") and store.get("p.json").n_rows == 1
+
+
 def test_a_table_directory_that_is_itself_a_link_serves_its_tables(tmp_path):
     # tables/ on a larger disk: its files, and links among them, are the data directory's.
     (tmp_path / "bigdisk" / "tables").mkdir(parents=True)

@@ -7,6 +7,7 @@ cache of loaded tables, listing, deleting and the paths generation writes to.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -156,6 +157,9 @@ class LookupTableStore:
             return self.default_path
         path = self.root / name
         if not path.is_file():
+            if _link_loop(path):  # as a table that cannot be read, not a 500 nor "not found"
+                raise InvalidInput(f"lookup table cannot be read: {shown(name)} is a loop of symbolic links",
+                                   field=field)
             raise NotFound(f"lookup table {shown(name)} not found; available: {', '.join(self.names()) or 'none'}",
                            field=field)
         if path.is_symlink() and not self._inside(path):
@@ -324,7 +328,11 @@ class LookupTableStore:
 
     def index_path(self, path: Path) -> Path:
         """Where the parsed columns of the table file ``path`` are kept (one sidecar per file path)."""
-        digest = hashlib.sha256(os.fsencode(path.resolve())).hexdigest()[:12]
+        try:
+            target = path.resolve()
+        except (RuntimeError, OSError):  # a loop of symbolic links (RuntimeError before Python 3.13)
+            target = Path(os.path.abspath(path))
+        digest = hashlib.sha256(os.fsencode(target)).hexdigest()[:12]
         # The digest tells files apart; the name is only for people, so it is cut to leave room
         # for the digest within the file system's 255 bytes.
         short = os.fsencode(path.name)[:SIDECAR_NAME_BYTES].decode("utf-8", "ignore")
@@ -361,8 +369,13 @@ class LookupTableStore:
     def names(self) -> list[str]:
         out = []
         for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
-            if (entry.is_file() and not entry.name.startswith(".") and table_format(entry.name)
-                    and (not entry.is_symlink() or self._inside(Path(entry.path)))):
+            if entry.name.startswith(".") or not table_format(entry.name):
+                continue
+            try:
+                is_file = entry.is_file()
+            except OSError:  # a loop of symbolic links: no table to list (naming it says why)
+                continue
+            if is_file and (not entry.is_symlink() or self._inside(Path(entry.path))):
                 out.append(entry.name)
         return out
 
@@ -433,12 +446,14 @@ class LookupTableStore:
                     field="name",
                 )
         path = self.root / name
-        if not path.is_file():
+        # A loop of symbolic links has no target, nor sidecar: the link goes, as a table link's delete removes the link.
+        looped = _link_loop(path)
+        if not looped and not path.is_file():
             if name == self.default_name and self.default_table is not None:
                 self._forget_default()
                 return {"status": "success", "deleted": name}
             raise NotFound(f"lookup table {shown(name)} not found", field="name")
-        index = self.index_path(path)  # before the unlink: a symlink's sidecar is named after its target
+        index = None if looped else self.index_path(path)  # before the unlink: a symlink's sidecar is named after its target
         try:
             path.unlink()
         except FileNotFoundError:
@@ -449,7 +464,7 @@ class LookupTableStore:
         finally:
             self._forget(name)
         try:
-            if not self._sidecars_linked():
+            if index is not None and not self._sidecars_linked():
                 index.unlink(missing_ok=True)
         except OSError as exc:  # the table is gone; a sidecar left behind is only disk space
             log.warning("lookup table %s deleted, but not its sidecar %s: %s", name, index, exc)
@@ -473,6 +488,15 @@ class LookupTableStore:
                                f"{self.default_path} outside the table directory; choose another name",
                                field="table_name")
         return self.root / name
+
+
+def _link_loop(path: Path) -> bool:
+    """Whether ``path`` is a loop of symbolic links (``l1.json -> l2.json -> l1.json``)."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
 
 
 def _fingerprint(path: Path, span: int = 1 << 16) -> str:
