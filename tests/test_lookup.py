@@ -1218,6 +1218,29 @@ def test_default_table_from_a_path_and_bad_defaults(tmp_path):
     assert inside.default_table is None and inside.loaded_count == 0
 
 
+def test_a_default_table_that_is_a_fifo_is_not_read(tmp_path):
+    # DEFAULT_LOOKUP_TABLE naming a FIFO hung the start for ever (the table's fingerprint
+    # opened it, waiting for a writer). Now it is a default that cannot be read.
+    import threading
+
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    stores: list[LookupTableStore] = []
+    start = threading.Thread(target=lambda: stores.append(LookupTableStore(tmp_path / "tables", default=str(fifo))),
+                             daemon=True)
+    start.start()
+    start.join(10)
+    try:
+        assert not start.is_alive(), "the start hung on the FIFO"
+    finally:
+        if start.is_alive():  # (let the hung open go: a writer, gone at once)
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    store = stores[0]
+    assert store.default_table is None and "fifo.json: not a regular file" in store.default_error
+    with pytest.raises(InvalidInput, match="not a regular file"):
+        store.get(None)
+
+
 def test_a_default_table_generated_later_or_again_is_served(tmp_path):
     root = tmp_path / "tables"
     store = LookupTableStore(root, default="later.json")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from ..atomic import NotRegularFile, file_stamp, open_regular, remove_stale_temps
+from ..atomic import NotRegularFile, file_stamp, open_regular, regular_file_fd, remove_stale_temps
 from ..errors import InvalidInput, NotFound, PredictorError, StorageError, shown
 from ..identity import IDENTITY_KEYS
 from ..traces import TRACE_FILE_KINDS, TraceError
@@ -339,15 +339,19 @@ class LookupTableStore:
         return self.root / ".index" / f"{short}.{digest}.npz"
 
     def _load(self, path: Path, name: str, signature: tuple) -> LookupTable:
+        # The sidecar must match the file's stat signature and the bytes at both of its ends:
+        # a file rewritten in place with the same size and time is still noticed. Taken first,
+        # as the file is opened as a regular file: a DEFAULT_LOOKUP_TABLE naming a FIFO hung
+        # the start for ever, and a link to /dev/zero was read until memory ran out.
+        try:
+            source = (*signature, _fingerprint(path))
+        except NotRegularFile:
+            raise TraceError(f"{name}: not a regular file (a FIFO or a device, say), which is not read") from None
+        except OSError as exc:  # deleted or replaced since its signature was taken
+            raise TraceError(f"{name}: cannot open ({exc.strerror or exc})") from None
         if self._sidecars_linked():
             return LookupTable.load(path, name=name)
         index = self.index_path(path)
-        # The sidecar must match the file's stat signature and the bytes at both of its ends:
-        # a file rewritten in place with the same size and time is still noticed.
-        try:
-            source = (*signature, _fingerprint(path))
-        except OSError as exc:  # deleted or replaced since its signature was taken
-            raise TraceError(f"{name}: cannot open ({exc.strerror or exc})") from None
         table = load_index(index, path, name, source)
         if table is not None:
             return table
@@ -502,7 +506,7 @@ def _link_loop(path: Path) -> bool:
 def _fingerprint(path: Path, span: int = 1 << 16) -> str:
     """A digest of the first and last ``span`` bytes of a file (cheap even for a gigabyte)."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with regular_file_fd(path) as fd, os.fdopen(fd, "rb", closefd=False) as fh:
         h.update(fh.read(span))
         size = fh.seek(0, os.SEEK_END)
         if size > span:
