@@ -1561,6 +1561,32 @@ def test_stale_or_damaged_sidecars_are_ignored_and_rewritten(tmp_path):
     assert not sidecar.exists()
 
 
+def test_a_fifo_or_a_link_in_a_sidecars_place_is_not_read_and_is_replaced(tmp_path):
+    # A FIFO named like a table's sidecar hung every lookup of that table (its open waited
+    # for a writer). Now it is a sidecar that cannot be read: the table is parsed, and its
+    # sidecar written in that place.
+    import threading
+
+    store = LookupTableStore(tmp_path / "tables")
+    (store.root / "p.json").write_text(SEED_TABLE)
+    (store.root / "q.json").write_text(SEED_TABLE)
+    fifo, link = store.index_path(store.root / "p.json"), store.index_path(store.root / "q.json")
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    link.symlink_to(store.root / "p.json")
+    rows: list[int] = []
+    lookup = threading.Thread(target=lambda: rows.extend(store.get(n).n_rows for n in ("p.json", "q.json")), daemon=True)
+    lookup.start()
+    lookup.join(10)
+    try:
+        assert not lookup.is_alive(), "the lookup hung on the FIFO"
+    finally:
+        if lookup.is_alive():  # (let the hung open go: a writer, gone at once)
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert rows == [1, 1]
+    assert fifo.is_file() and not fifo.is_symlink() and link.is_file() and not link.is_symlink()
+
+
 # --------------------------------------------------------------------------- values at the edges
 
 

@@ -7,12 +7,13 @@ missing, of another version or another file, or damaged), so a big table is pars
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
 import orjson
 
-from ..atomic import atomic_file
+from ..atomic import atomic_file, regular_file_fd
 from .table import FeatureColumn, LookupTable
 
 # The package's logger: records keep the name they had before the split (swarmpilot_predictor.lookup).
@@ -72,8 +73,11 @@ def save_index(table: LookupTable, dest: Path, source_signature: tuple) -> None:
 def load_index(src: Path, path: Path, name: str, source_signature: tuple, seed: int = 0) -> LookupTable | None:
     """The table saved by :func:`save_index`, or None if the sidecar is missing, stale or unreadable."""
     try:
-        # Opened here: np.load left its own file open when the archive was damaged.
-        with open(src, "rb") as fh, np.load(fh, allow_pickle=False) as z:
+        # Opened here: np.load left its own file open when the archive was damaged. As a regular
+        # file, not a link (the service writes its sidecars itself): a FIFO named like one hung
+        # every lookup of its table.
+        with regular_file_fd(src, follow_links=False) as fd, os.fdopen(fd, "rb", closefd=False) as fh, \
+                np.load(fh, allow_pickle=False) as z:
             meta = orjson.loads(z["meta"].tobytes())
             if meta.get("format") != INDEX_FORMAT or tuple(meta.get("source", ())) != tuple(source_signature):
                 return None
