@@ -299,6 +299,20 @@ def test_generation_rejects_bad_arguments(trained, tmp_path):
     assert not (service.settings.tables_dir / "broken.json").exists()
 
 
+def test_a_table_name_that_is_a_folder_is_refused_before_the_traces_are_predicted(trained):
+    # The rename over the folder failed once every trace was predicted: a 500 "cannot write
+    # lookup table dir.json ... (Is a directory)". Now a 422 naming table_name.
+    service, _, path = trained
+    folder = service.settings.tables_dir / "dir.json"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with pytest.raises(InvalidInput, match="table_name 'dir.json' is a folder in the table directory") as info:
+            service.generate_table(PATTERN, path, 0.95, "dir.json")
+        assert info.value.field == "table_name" and folder.is_dir() and not any(folder.iterdir())
+    finally:
+        folder.rmdir()
+
+
 def test_a_table_name_of_255_bytes_is_written_through_a_temporary_name_that_fits(trained):
     # The temporary file beside it is ".<name>.<random>.tmp": cut to fit, or the write fails.
     service, traces, path = trained

@@ -491,7 +491,11 @@ class LookupTableStore:
             raise InvalidInput(f"table_name {name!r} is the name of the default table, loaded from "
                                f"{self.default_path} outside the table directory; choose another name",
                                field="table_name")
-        return self.root / name
+        path = self.root / name
+        if path.is_dir():  # checked before the traces are predicted: the rename over it failed, a 500
+            raise InvalidInput(f"table_name {shown(name)} is a folder in the table directory, not a table: "
+                               "choose another name", field="table_name")
+        return path
 
 
 def _link_loop(path: Path) -> bool:
