@@ -1115,6 +1115,19 @@ def test_a_whole_version_written_as_a_decimal_is_that_version(tmp_path):
     assert table.predict(None, [{"x": 1}], 0.9).results()[0]["model_version"] == 3
 
 
+def test_a_csv_tables_whole_version_written_as_a_decimal_is_that_version(tmp_path):
+    # As a JSON table's 3.0 (pandas writes a column of whole numbers with an empty cell so):
+    # a CSV table's was refused as "a prediction column is not a number", which 3.0 is.
+    path = tmp_path / "t.csv"
+    header = "x,status,model_version,expect,error,quantile_0.5\n"
+    path.write_text(header + "1,success,3.0,10,1,10\n2,success,,20,1,20\n")
+    table = LookupTable.load(path)
+    assert [r.get("model_version") for r in table.predict(None, [{"x": 1}, {"x": 2}], 0.9).results()] == [3, None]
+    path.write_text(header + "1,success,1.5,10,1,10\n")
+    with pytest.raises(TraceError, match="line 2: 'model_version' must be a whole number, 0 or more"):
+        LookupTable.load(path)
+
+
 def test_a_table_at_its_largest_runtimes_answers_numbers_throughout():
     # 1e100 ms is what a table may hold (past 1e154 the totals' squares overflowed into nulls).
     big = 1e100

@@ -165,7 +165,7 @@ def _csv_records(text: IO[str], name: str) -> Iterator[tuple[str, Any]]:
                     rec["interval"] = [float(row[i_lo]), float(row[i_hi])]
                     rec["confidence_level"] = float(row[i_cl])
                 if i_ver is not None and row[i_ver] != "":
-                    rec["model_version"] = int(row[i_ver])
+                    rec["model_version"] = _csv_version(row[i_ver])
                 if k_idx:
                     rec["knot_levels"] = knot_levels
                     rec["knot_predictions"] = list(map(float, k_cells(row)))
@@ -192,6 +192,22 @@ def _csv_records(text: IO[str], name: str) -> Iterator[tuple[str, Any]]:
         raise TraceError(f"{name}: {not_utf8(exc)}") from None
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise TraceError(f"{name}: cannot read the CSV table ({exc}); it may be truncated") from None
+
+
+def _csv_version(cell: str) -> Any:
+    """A ``model_version`` cell as a JSON table holds the number: ``3.0`` (a whole number as a
+    spreadsheet or pandas writes a column with empty cells) is 3.0, which the records' check
+    reads as version 3, as in JSON; a cell that is no whole number is left for that check to
+    refuse (it was "a prediction column is not a number", of ``3.0`` too)."""
+    try:
+        return int(cell)
+    except ValueError:
+        if cell.strip().lstrip("+-").isdigit():  # digits past what Python reads: as before
+            raise
+    try:
+        return float(cell)
+    except ValueError:
+        return cell
 
 
 def _cells_getter(idx: list[int]) -> Callable[[list[str]], Sequence[str]]:
