@@ -2166,6 +2166,19 @@ def test_the_default_table_under_concurrent_deletes_and_rewrites(tmp_path):
     assert answered[0] > 0
 
 
+def test_a_tail_past_two_close_stored_levels_far_apart_stays_within_a_tables_runtimes():
+    # Levels 0.5 and 0.5000001 at 1 and 2 ms: the log slope between them is huge, and its
+    # tail overflowed: an OverflowError on one trace, a ValueError in a batch's total, each a 500.
+    rec = {**record(0, features={"x": 1}), "quantiles": [0.5, 0.5000001], "quantile_predictions": [1.0, 2.0],
+           "expect": 1.5, "error": 0.5}
+    table = LookupTable.from_records([rec])
+    one = table.predict(None, [{"x": 1}], 0.9, [0.5, 0.999]).results()[0]
+    assert one["quantile_predictions"] == [1.0, 1e100] and one["interval"][1] == 1e100
+    batch = table.predict(None, [{"x": 1}] * 200, 0.9, [0.5, 0.999], True).batch_response()
+    assert all(math.isfinite(v) for v in batch["total_quantiles"] + batch["total_interval"])
+    assert batch["results"][0]["quantile_predictions"] == [1.0, 1e100]
+
+
 def test_lower_levels_than_stored_follow_a_lognormal_and_never_reach_zero():
     """A record of a wide lognormal: the normal approximation from its mean and sd put
     the 0.01 quantile at 0; the log-linear tail recovers the lognormal's own value."""

@@ -123,6 +123,15 @@ def quantile_function(levels: np.ndarray, values: np.ndarray, mean: np.ndarray, 
     return result
 
 
+# Past 1e154 ms a queue's total overflows (its sum of squares): a table of 1e160 ms answered
+# nulls in a 200. The bound is far above any runtime a model predicts: 1e17 ms at most
+# (training takes up to 1e15 ms, and a model's quantiles stay within 100x its extremes).
+# A tail read past the stored levels goes no higher either: two close stored levels far
+# apart in value (0.5 and 0.5000001 at 1 and 2 ms) made a slope whose tail overflowed, and
+# every answer of the record was a 500.
+MAX_TABLE_RUNTIME = 1e100
+
+
 def _log_slope_tail(values: np.ndarray, L: np.ndarray, outer: int, inner: int, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each record's values at normal scores ``z`` beyond its stored levels: the log of the
     quantile along the normal score through the stored levels ``outer`` (the outermost) and
@@ -130,7 +139,7 @@ def _log_slope_tail(values: np.ndarray, L: np.ndarray, outer: int, inner: int, z
     v_out, v_in = values[:, outer], values[:, inner]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         slope = np.log(v_out / v_in) / (ndtri(L[outer]) - ndtri(L[inner]))
-        tail = v_out[:, None] * np.exp(slope[:, None] * (z - ndtri(L[outer])))
+        tail = np.minimum(v_out[:, None] * np.exp(slope[:, None] * (z - ndtri(L[outer]))), MAX_TABLE_RUNTIME)
     return tail, (v_out > 0) & (v_in > 0)
 
 
@@ -145,7 +154,8 @@ def _log_slope_one(L: list[float], V: list[float], outer: int, inner: int, t: fl
         return None
     inv = _STD_NORMAL.inv_cdf
     z_out = inv(L[outer])
-    return V[outer] * math.exp(math.log(V[outer] / V[inner]) / (z_out - inv(L[inner])) * (inv(t) - z_out))
+    power = math.log(V[outer] / V[inner]) / (z_out - inv(L[inner])) * (inv(t) - z_out)
+    return min(V[outer] * math.exp(min(power, 700.0)), MAX_TABLE_RUNTIME)  # (math.exp raises past 709)
 
 
 def quantiles_one(L: list[float], V: list[float], mu: float, sd: float, taus: Sequence[float]) -> list[float]:

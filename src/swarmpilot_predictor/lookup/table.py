@@ -52,7 +52,7 @@ from .files import PLAIN_INTEGER, iter_csv_records, iter_json_records, iter_json
 from .hashing import (MASK, NAN_INT, SEED_INT, code_bits, float_bits, float_int, hash_parts, mix_int, probe,
                       probe_one, sorted_index, str_hash, vocab_code)
 from .names import RECORD_KEYS, SHAPE_FEATURES, table_format
-from .quantiles import (TableCompletion, TablePrediction, merge_interval_knots, merge_interval_knots_many, quantile_function,
+from .quantiles import (MAX_TABLE_RUNTIME, TableCompletion, TablePrediction, merge_interval_knots, merge_interval_knots_many, quantile_function,
                         quantiles_one)
 
 MATCH_KINDS = ("exact", "task_id", "nearest", "random")
@@ -1884,10 +1884,6 @@ _CHECK_BLOCK = 65536  # records whose quantile functions are checked at once (15
 _NO_INTERVAL = (math.nan, math.nan)
 _NO_KNOTS: tuple[float, ...] = ()
 _INT64_MAX = (1 << 63) - 1
-# Past 1e154 ms a queue's total overflows (its sum of squares): a table of 1e160 ms answered
-# nulls in a 200. The bound is far above any runtime a model predicts: 1e17 ms at most
-# (training takes up to 1e15 ms, and a model's quantiles stay within 100x its extremes).
-MAX_TABLE_RUNTIME = 1e100
 
 
 def _runtimes(values: np.ndarray) -> np.ndarray:
