@@ -399,6 +399,19 @@ def test_malformed_json_names_the_file(tmp_path):
         list(iter_trace_file(path))
 
 
+@pytest.mark.parametrize(("data", "message"), [
+    (b'[{"a": 1}, {"a": 2},]', r"item 2: not valid JSON \(Expecting value; malformed\)"),
+    (b'[{"a": 1}, {"a": 2,}]', r"item 1: not valid JSON \(Expecting property name.*; malformed\)"),
+    (b'[{"a": 1},,{"a": 2}]', r"item 1: not valid JSON \(Expecting value; malformed\)"),
+    (b'[{"a": 1}, {"a": 2},', r"item 2: not valid JSON \(Expecting value; the file is truncated\)"),
+])
+def test_a_stray_comma_at_the_end_of_a_json_file_is_not_called_a_truncation(tmp_path, data, message):
+    # A trailing comma near the file's end was "the file is truncated", which it is not
+    # (a lookup table edited by hand: its message says the same).
+    with pytest.raises(TraceError, match=r"^doc\.json: " + message):
+        list(iter_trace_file(write(tmp_path / "doc.json", data)))
+
+
 def test_json_of_the_wrong_shape_is_refused(tmp_path):
     path = tmp_path / "shape.json"
     path.write_bytes(orjson.dumps({"rows": FLAT}))

@@ -692,7 +692,10 @@ class _JsonCursor:
             except json.JSONDecodeError as exc:
                 near_end = exc.pos >= len(self.buf) - 16 or exc.msg.startswith("Unterminated string")
                 if self.eof or not near_end:
-                    where = "the file is truncated" if self.eof and near_end else "malformed"
+                    # Near the end, but where a closing bracket or a comma follows (a trailing
+                    # comma: '[{...},]'), the file is whole: it was said to be truncated.
+                    cut = self.eof and near_end and self.buf[exc.pos:].strip()[:1] not in ("]", "}", ",")
+                    where = "the file is truncated" if cut else "malformed"
                     raise TraceError(f"{self._source}: {_what(what)}: not valid JSON ({exc.msg}; {where})") from None
                 self._more()
             except ValueError as exc:  # NaN refused; or an integer of more digits than int() reads
