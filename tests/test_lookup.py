@@ -485,6 +485,20 @@ def test_a_feature_some_records_lack_is_optional_as_for_the_model():
     np.testing.assert_allclose(batch.distance, [s.distance[0] for s in singles], equal_nan=True)
 
 
+def test_an_infinite_feature_value_is_a_value_not_a_missing_one(tmp_path):
+    # A record's x of 'inf' (a CSV cell) or 1e999 (JSON) was counted missing: x became optional,
+    # and a trace without x got a nearest record, where the model says it is missing.
+    path = tmp_path / "inf.csv"
+    path.write_text("x,expect,error,quantile_0.5\ninf,1,1,1\n2,5,1,5\n")
+    json_path = tmp_path / "inf.json"
+    json_path.write_text("[" + ",".join(orjson.dumps(record(i, features={"x": x})).decode() for i, x in ((0, 0), (4, 2)))
+                         .replace('"x":0', '"x":1e999') + "]")
+    for table in (LookupTable.load(path), LookupTable.load(json_path)):
+        for queries in ([{}], [{}, {"x": 2}] * 6):  # one by one, and past the scalar path's size
+            result = table.lookup(queries)
+            assert result.errors[0] == "missing required feature 'x'" and result.kinds()[1::2] == ["exact"] * (len(queries) // 2)
+
+
 def test_a_feature_no_record_holds_is_never_matched_exactly():
     # Records made from traces that all lacked "y" (an optional feature of the model): a
     # query stating y was "exact" on x alone, whatever its y, though the model answers it

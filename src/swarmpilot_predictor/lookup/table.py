@@ -104,8 +104,11 @@ class FeatureColumn:
         return self.missing_as if v is None else v
 
     def present(self, rows: np.ndarray) -> np.ndarray:
+        # A numeric value is missing where it is NaN; an infinite one (a JSON 1e999, a CSV cell
+        # 'inf') is there: counted missing, it made the column optional, and a trace that
+        # lacked that feature was answered by a nearest record, not "missing required feature".
         v = self.values[rows]
-        return np.isfinite(v) if self.kind == "numeric" else v >= 0
+        return ~np.isnan(v) if self.kind == "numeric" else v >= 0
 
     def standardised(self, v: np.ndarray) -> np.ndarray:
         """Numeric values as nearest-record coordinates (NaN stays NaN)."""
