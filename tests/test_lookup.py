@@ -621,6 +621,15 @@ def test_identity_filtering():
     assert loose.lookup([{}], IdentityPattern.from_segments("llm", "x", "y", "z", "w")).kinds() == ["random"]
 
 
+def test_a_tables_model_whose_part_ends_with_a_space_is_quoted_in_the_not_found_message():
+    # A hand-edited "1 ": "has no records for llm/m/h/s/1; it holds llm/m/h/s/1 " read as the
+    # model asked for being the one held.
+    table = LookupTable.from_records([record(0, info=dict(INFO, software_version="1 ")), record(1, info=dict(INFO, hardware="A100"))])
+    with pytest.raises(NotFound) as info:
+        table.lookup([{}], IdentityPattern.from_segments("llm", "m", "h", "s", "1"))
+    assert info.value.message.endswith("has no records for llm/m/h/s/1; it holds 'llm/m/h/s/1 ', llm/m/A100/s/1")
+
+
 @pytest.mark.parametrize("copies", [1, 40])  # the scalar path and the vectorised one
 def test_identity_fields_in_a_trace_pick_the_tables_identity_as_for_the_model(copies):
     other = dict(INFO, hardware="A100", software_version="2.4")

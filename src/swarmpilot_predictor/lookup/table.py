@@ -33,7 +33,7 @@ from ..errors import AmbiguousModel, NotFound, shown
 from ..schemas import DEADLINE_KEY
 from ..features import FIRST_OF_SHAPE, misspelling_hint, stated_flag
 from ..identity import (IDENTITY_KEYS, IdentityPattern, describe_stated, fields_naming_a_model, join_key, named_by_traces,
-                        names_a_model, names_part)
+                        has_control_characters, names_a_model, names_part)
 from ..traces import (
     TRACE_FILE_KINDS,
     BOOLEAN_WORDS,
@@ -177,6 +177,15 @@ class _Group:
 
     def describe(self) -> str:
         return join_key(self.identity)
+
+
+def _described(parts: tuple[str | None, ...]) -> str:
+    """A table's model key for a message: quoted where a part begins or ends with white space or
+    holds a control character (a hand-edited '0.4.0 '): bare, "no records for llm/m/h/s/1; it
+    holds llm/m/h/s/1 " named the model asked for as the one held."""
+    key = join_key(parts)
+    odd = any(p is not None and (p != p.strip() or has_control_characters(p)) for p in parts)
+    return shown(key) if odd else key
 
 
 def _several_models(groups: list[_Group]) -> bool:
@@ -478,7 +487,7 @@ class LookupTable:
                 self._group_cache.clear()
             self._group_cache[pattern] = groups
         if not groups:
-            have = ", ".join(g.describe() for g in self.groups[:10]) or "no records"
+            have = ", ".join(_described(g.identity) for g in self.groups[:10]) or "no records"
             want = pattern.describe() if pattern is not None else "*"
             raise NotFound(f"lookup table {self.name!r} has no records for {want}; it holds {have}", field="identity")
         return groups
