@@ -221,7 +221,9 @@ def test_bad_names_files_and_requests(live):
                         ({"table_name": ["a.json", "b.json"]}, "table_name"),
                         # How many further levels (knots) each record stores: 0 to 64.
                         ({"knots": "-1"}, "knots"), ({"knots": "65"}, "knots"), ({"knots": "2.5"}, "knots"),
-                        ({"knots": ""}, "knots"), ({"knots": "\u0663"}, "knots"), ({"knots": "9" * 5000}, "knots")):
+                        ({"knots": ""}, "knots"), ({"knots": "\u0663"}, "knots"), ({"knots": "9" * 5000}, "knots"),
+                        # A blank format was the default's, where a blank level or knots is refused.
+                        ({"format": ""}, "format"), ({"format": "  "}, "format")):
         r = httpx.post(f"{url}/predict/table/{SEGMENTS}", files={"trace_file": ("t.jsonl", jsonl(TRACES[:3]))}, data=data)
         assert r.status_code == 422 and r.json()["field"] == field and r.json()["status"] == "failed", r.text
     assert {t["name"] for t in httpx.get(f"{url}/tables").json()["tables"]} == before

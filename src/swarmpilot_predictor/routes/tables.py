@@ -75,7 +75,10 @@ def add_table_routes(app: FastAPI, service: PredictorService, settings: Predicto
                 # Given but blank is the service's to refuse (it would name no table), not a default.
                 raw_name = form.get("table_name")
                 table_name = None if raw_name is None or isinstance(raw_name, UploadFile) else str(raw_name)
-                fmt = _form_str(form.get("format"))
+                fmt = _form_str(raw_fmt := form.get("format"))
+                if raw_fmt is not None and fmt is None:  # blank: refused as a blank level or knots is, not the default
+                    raise InvalidInput(f"format must be one of {', '.join(WRITABLE_FORMATS)} (leave the field out for "
+                                       "the table name's), got a blank field or a file", field="format")
                 knots = _form_count(form.get("knots"), KNOT_MOST, "knots", KNOT_LIMIT)
                 dest = tmpdir / f"traces{trace_suffix(name)}"  # the client's file name never touches the disk
                 await run_in_threadpool(save_upload, upload, dest, name, "trace_file", settings.max_upload_mb)
