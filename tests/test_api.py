@@ -2245,6 +2245,58 @@ def test_every_answer_is_the_one_the_openapi_schema_documents(http, trained):
     assert "HTTPValidationError" not in spec["components"]["schemas"]
 
 
+def _unnamed(value, schema: dict, spec: dict, at: str = "") -> list[str]:
+    """The fields ``value`` (an answer) holds that ``schema`` (of /openapi.json) does not name,
+    at any depth: a generated client gives them untyped, and the Python client's models too."""
+    if "$ref" in schema:
+        return _unnamed(value, spec["components"]["schemas"][schema["$ref"].rpartition("/")[2]], spec, at)
+    if "anyOf" in schema:
+        return [p for option in schema["anyOf"] if option.get("type") != "null" or value is None
+                for p in _unnamed(value, option, spec, at)]
+    found = []
+    if isinstance(value, dict) and schema.get("type") == "object":
+        properties, others = schema.get("properties", {}), schema.get("additionalProperties")
+        for name, item in value.items():
+            if name in properties:
+                found += _unnamed(item, properties[name], spec, f"{at}.{name}")
+            elif isinstance(others, dict):
+                found += _unnamed(item, others, spec, f"{at}.{name}")
+            elif properties:  # (an object of any fields, dict[str, Any], names none)
+                found.append(f"{at}.{name}")
+    if isinstance(value, list) and "items" in schema:
+        found += [p for i, item in enumerate(value) for p in _unnamed(item, schema["items"], spec, f"{at}[{i}]")]
+    return found
+
+
+def _answer_schema(spec: dict, route: str) -> dict:
+    operation = next(ops["post"] for path, ops in spec["paths"].items() if path.startswith(f"/{route}/"))
+    return operation["responses"]["200"]["content"]["application/json"]["schema"]
+
+
+def test_the_openapi_schema_names_every_field_of_a_lookup_tables_answers(http, trained):
+    # A table's answers held fields the schema (and the client's models) did not name, which the
+    # README documents: each result's table, match, distance and stale, a batch's and a queue
+    # answer's source and table, a batch's total_method.
+    spec = ok(http.get("/openapi.json"))
+    traces = make_llm_traces(10, seed=9)
+    table = {"trace_file": ("t.jsonl", b"".join(orjson.dumps(t) + b"\n" for t in traces))}
+    ok(http.post(f"/predict/table/{SEGMENTS}", files=table, data={"table_name": "named.json"}))
+    source = {"lookup_table": True, "lookup_table_name": "named.json"}
+    answers = {
+        "predict/single": ok(http.post(SINGLE, json={"trace": TRACE, **source})),
+        "predict/batch": ok(http.post(BATCH, json={"trace": [traces[0], TRACE, {"x": "y"}], **source})),
+        "predict/queues": ok(http.post(f"/predict/queues/{SEGMENTS}", json={"queues": {"a": [TRACE, traces[1]]},
+                                                                           "completion_times": True, **source})),
+    }
+    ok(http.delete("/tables/named.json"))
+    assert {r["match"] for r in answers["predict/batch"]["results"][:2]} == {"exact", "nearest"}
+    assert answers["predict/batch"]["total_method"] == "convolution" and answers["predict/queues"]["table"] == "named.json"
+    assert {route: _unnamed(answer, _answer_schema(spec, route), spec) for route, answer in answers.items()} == {
+        route: [] for route in answers}
+    for route, answer in answers.items():
+        assert _schema_problems(answer, _answer_schema(spec, route), spec) == []
+
+
 def test_every_operation_id_is_named_after_what_it_does(http):
     # The three prediction routes' were their documenting wrapper's name ("documented_predict_single_
     # _model_type_..."), and so were a generated client's functions and request models.

@@ -388,6 +388,15 @@ class PredictionResult(_Response):
     # Asked with deadline_ms: the probability that the task's runtime (a running task's time
     # left) is at most that.
     deadline_probability: float | None = None
+    # Of a lookup table's answer (source "lookup_table"): the table, how its record was found
+    # (exact, task_id, nearest or random), a nearest record's distance, whether the model
+    # version that made the record serves no more (sent where this service can tell), and a
+    # record of another kind of run (first run or repeat) than the trace's.
+    table: str | None = None
+    match: str | None = None
+    distance: float | None = None
+    stale: bool | None = None
+    kind_mismatch: bool | None = None
 
 
 class PredictionSummary(_Response):
@@ -447,6 +456,8 @@ class QueuesPredictionResponse(_Response):
     status: str
     model_key: str | None = None  # (None: a lookup table answered, ``table``)
     model_version: int | None = None
+    source: str | None = None  # "lookup_table" where a table answered (none from a model)
+    table: str | None = None  # that table's name
     quantiles: list[float]
     confidence_level: float
     queues: dict[str, QueueTotal]
@@ -462,6 +473,9 @@ class BatchPredictionResponse(_Response):
     total_quantiles: list[float] | None = None
     total_interval: list[float] | None = None
     total_deadline_probability: float | None = None
+    source: str | None = None  # "lookup_table" where a table answered (none from a model)
+    table: str | None = None  # that table's name
+    total_method: str | None = None  # a table's answer's: how its total was had ("convolution")
 
 
 class TrainResult(_Response):
