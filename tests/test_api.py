@@ -259,6 +259,9 @@ def test_train_group_by_over_http(http):
     assert sorted(m["model_key"] for m in body["models"]) == [
         "grouped/grouped-m/A100/sglang/0.4.0", "grouped/grouped-m/H100/sglang/0.4.0"]
     assert [m["metrics"]["rows_used"] for m in body["models"]] == [80, 80]
+    # Its answer's rows_in_no_group (the traces lacking a group_by key) was not in the schema's TrainResult.
+    spec = ok(http.get("/openapi.json"))
+    assert body["rows_in_no_group"] == 0 and _unnamed(body, {"$ref": "#/components/schemas/TrainResult"}, spec) == []
     # now 'grouped/*/*/*/*' is ambiguous and names both
     err = failed(http.post("/predict/single/grouped/*/*/*/*", json={"trace": TRACE}), 409, "A100", "H100")
     assert len(err["candidates"]) == 2 and err["field"] == "identity"

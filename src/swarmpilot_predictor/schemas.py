@@ -486,6 +486,7 @@ class TrainResult(_Response):
     metrics: dict[str, Any]
     duration_seconds: float
     models: list[dict[str, Any]] | None = None
+    rows_in_no_group: int | None = None  # with group_by: the traces lacking a group_by key, trained on by no model
 
 
 class HealthResponse(_Response):
