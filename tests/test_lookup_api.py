@@ -315,6 +315,12 @@ def test_default_lookup_table_at_start(tmp_path):
             assert answer.results.expect == 150.0 and answer.results.match == "random"
             assert [t["name"] for t in client.list_tables() if t["default"]] == ["predictions.json"]
             assert client.download_table("predictions.json") == seed.read_bytes()
+        # Loaded from outside the table directory, it is not deleted: a 400, which /openapi.json
+        # did not list among the route's answers (404, 413, 415, 422 and 5XX).
+        r = httpx.delete(f"{srv.url}/tables/predictions.json")
+        assert r.status_code == 400 and r.json()["field"] == "name" and seed.exists()
+        spec = httpx.get(f"{srv.url}/openapi.json").json()
+        assert "DEFAULT_LOOKUP_TABLE" in spec["paths"]["/tables/{name}"]["delete"]["responses"]["400"]["description"]
 
 
 def test_health_and_metrics_let_go_of_a_default_table_whose_file_is_gone(tmp_path):

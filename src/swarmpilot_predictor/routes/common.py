@@ -275,17 +275,20 @@ _ERRORS = {
 }
 
 
-def error_responses(*codes: int, model: type[BaseModel] = ErrorResponse,
-                    answers_json: bool = True) -> dict[int | str, dict[str, Any]]:
+def error_responses(*codes: int, model: type[BaseModel] = ErrorResponse, answers_json: bool = True,
+                    described: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
     """The OpenAPI ``responses`` of a route's errors: ``codes`` and any 5xx, each answered in
     ``model``'s shape. (FastAPI documented none but a 422 in the shape of its own validation
     errors, ``{"detail": [...]}``, which the service never sends.) For a route whose own
     answer is not JSON (``answers_json=False``), FastAPI would give its errors that media
-    type: they name the schema instead (which a JSON route's use of ``model`` defines)."""
+    type: they name the schema instead (which a JSON route's use of ``model`` defines).
+    ``described``: this route's own description of a code of ``codes``, where the shared one
+    does not say why this route answers it."""
+    descriptions = {code: (described or {}).get(code) or _ERRORS[code] for code in (*codes, "5XX")}
     if answers_json:
-        return {code: {"model": model, "description": _ERRORS[code]} for code in (*codes, "5XX")}
+        return {code: {"model": model, "description": text} for code, text in descriptions.items()}
     content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}
-    return {code: {"description": _ERRORS[code], "content": content} for code in (*codes, "5XX")}
+    return {code: {"description": text, "content": content} for code, text in descriptions.items()}
 
 
 _PATH_PARAMETER = re.compile(r"{(\w+)}")

@@ -127,7 +127,10 @@ def add_table_routes(app: FastAPI, service: PredictorService, settings: Predicto
 
     # Off the event loop: unlinking a table of gigabytes and its sidecar takes a while on some file systems.
     @app.delete("/tables/{name}", tags=["lookup tables"], dependencies=[*writes, NO_BODY],
-                response_model=TableDeleted, responses=error_responses(404, 413, 415, 422),
+                response_model=TableDeleted,
+                responses=error_responses(400, 404, 413, 415, 422, described={
+                    400: "The default table (DEFAULT_LOOKUP_TABLE) loaded from a file outside the table directory: it "
+                         "is not deleted (unset DEFAULT_LOOKUP_TABLE instead)"}),
                 summary="Delete a lookup table")
     async def tables_delete(request: Request):
         return JSONResponse(await run_in_threadpool(service.delete_table, _table_name_from(request)))
