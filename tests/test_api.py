@@ -2300,6 +2300,14 @@ def test_the_openapi_schema_names_every_field_of_a_lookup_tables_answers(http, t
         assert _schema_problems(answer, _answer_schema(spec, route), spec) == []
 
 
+def test_the_openapi_schema_documents_the_409_of_a_training_whose_model_is_deleted_meanwhile(http):
+    # A training whose model is deleted while it stores its version answers 409 (the registry's
+    # VersionConflict, see test_registry's test_a_delete_while_a_retraining_stores_its_version_wins;
+    # the README: "its writer gets a 409"), which /openapi.json did not list among /train's answers.
+    responses = ok(http.get("/openapi.json"))["paths"]["/train"]["post"]["responses"]
+    assert "deleted while this training stored its version" in responses["409"]["description"]
+
+
 def test_every_operation_id_is_named_after_what_it_does(http):
     # The three prediction routes' were their documenting wrapper's name ("documented_predict_single_
     # _model_type_..."), and so were a generated client's functions and request models.

@@ -50,7 +50,9 @@ def add_training_routes(app: FastAPI, service: PredictorService, settings: Predi
     @app.post("/train", response_model=TrainResult, tags=["training"], dependencies=writes,
               openapi_extra=TRAIN_BODY_SCHEMA,
               responses={202: {"model": TrainAccepted, "description": "?background=true: the job, queued"},
-                         **error_responses(400, 413, 415, 422, 429)},
+                         **error_responses(400, 409, 413, 415, 422, 429, described={
+                             409: "The model was deleted while this training stored its version: the version is "
+                                  "not stored"})},
               summary="Train (in a separate worker process); ?background=true answers 202 with a job id")
     async def train(request: Request, background: bool = False):
         # Queuing prunes old job records and writes (and fsyncs) the new one, and a first
