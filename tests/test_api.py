@@ -2165,6 +2165,8 @@ def _schema_problems(value, schema: dict, spec: dict, at: str = "") -> list[str]
     if isinstance(value, list) and "items" in schema:
         for i, item in enumerate(value):
             problems += _schema_problems(item, schema["items"], spec, f"{at}[{i}]")
+    if isinstance(value, list) and schema.get("uniqueItems") and len(set(map(repr, value))) < len(value):
+        problems.append(f"{at}: {value!r:.80} breaks uniqueItems")
     return problems
 
 
@@ -2344,6 +2346,16 @@ def test_a_request_body_is_refused_where_the_openapi_schema_says_and_only_there(
     assert [r.status_code for _, _, r in answers].count(422) == 7
     for levels in ([], [1.5], [0.5] * 201):
         assert _schema_problems({"traces": "t.jsonl", "quantiles": levels}, train, spec)
+    # Nor were a config's: traces empty, group_by empty, naming a key twice or one not of the
+    # identity, features naming one twice.
+    refused = [{"traces": []}, {"traces": ""}, {"traces": "t.jsonl", "group_by": []},
+               {"traces": "t.jsonl", "group_by": ["hardware", "hardware"]}, {"traces": "t.jsonl", "group_by": ["gpu"]},
+               {"traces": "t.jsonl", "features": ["input_tokens", "input_tokens"]}]
+    for config in refused:
+        assert _schema_problems(config, train, spec), config
+        answer = http.post("/train", json={"config": {"model": IDENTITY, **config}})
+        assert answer.status_code == 422 and answer.json()["field"].startswith("config."), (config, answer.text)
+    assert _schema_problems({"traces": [TRACE], "group_by": ["hardware"], "features": ["input_tokens"]}, train, spec) == []
     table = next(ops["post"] for path, ops in paths.items() if path.startswith("/predict/table/"))
     form = table["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert _schema_problems("", form["properties"]["table_name"], spec)

@@ -47,6 +47,14 @@ def declared(**bounds: Any) -> Callable[[dict[str, Any]], None]:
     return extra
 
 
+def _not_empty(schema: dict[str, Any]) -> None:
+    """A ``json_schema_extra``: each branch of ``schema``, an array or a string, not empty."""
+    for branch in schema.get("anyOf", [schema]):
+        bound = {"array": "minItems", "string": "minLength"}.get(branch.get("type"))
+        if bound is not None:
+            branch[bound] = 1
+
+
 # Quantile levels as check_levels takes them.
 LEVELS = declared(minItems=1, maxItems=200, items={"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1})
 
@@ -126,11 +134,14 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(protected_namespaces=(), extra="forbid")
 
-    group_by: list[str] | None = None  # before model: model's check reads it
+    # (Each field's schema states the bounds its validator checks: a config that followed
+    # /openapi.json, an empty traces or group_by say, was a 422.)
+    group_by: list[str] | None = Field(None, json_schema_extra=declared(  # before model: model's check reads it
+        minItems=1, uniqueItems=True, items={"type": "string", "enum": list(IDENTITY_KEYS)}))
     model: ModelPartsBody | None = Field(None, validate_default=True)  # its absence is named as its own error
-    traces: list[dict[str, Any]] | str
+    traces: list[dict[str, Any]] | str = Field(json_schema_extra=_not_empty)
     target: str = "runtime_ms"
-    features: list[str] | None = None
+    features: list[str] | None = Field(None, json_schema_extra=declared(uniqueItems=True))
     # Strict, as prediction options are: ["0.5"] or "yes" are mistakes to name, not values to guess at.
     quantiles: list[StrictFloat] = Field(default_factory=lambda: list(DEFAULT_QUANTILES), json_schema_extra=LEVELS)
     algorithm: Literal["auto", "empirical", "linear", "power", "lightgbm"] = "auto"
