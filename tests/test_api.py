@@ -2510,6 +2510,30 @@ def test_the_openapi_schema_documents_the_401_of_every_route_that_needs_the_key(
     assert all("WWW-Authenticate" in responses["401"]["headers"] for responses in secured)
 
 
+def test_the_openapi_schema_documents_the_413_of_every_route_sent_too_large_a_body(tmp_path):
+    # A body over PREDICTOR_MAX_UPLOAD_MB is a 413 on any route, those that read none too (GET
+    # /health, /models, /tables...), whose documented answers did not list it.
+    from swarmpilot_predictor.api import create_app
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    app = create_app(PredictorSettings(data_dir=tmp_path / "data", max_upload_mb=0.001))
+    unlimited = create_app(PredictorSettings(data_dir=tmp_path / "other", max_upload_mb=0))
+
+    async def scenario() -> tuple[dict, list[httpx.Response], dict]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://predictor") as http:
+            spec = (await http.get("/openapi.json")).json()
+            reads = [p.replace("{version}", "1").replace("{name}", "t.json").replace("{job_id}", "j")
+                     for p, ops in spec["paths"].items() if "get" in ops]
+            refused = [await http.request("GET", p, content=b"x" * 2000) for p in reads]
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=unlimited), base_url="http://predictor") as http:
+            return spec, refused, (await http.get("/openapi.json")).json()
+
+    spec, refused, without_limit = asyncio.run(scenario())
+    assert len(refused) == 14 and {r.status_code for r in refused} == {413}
+    assert [problem for r in refused for problem in _undocumented(r, spec)] == []
+    assert "413" not in without_limit["paths"]["/health"]["get"]["responses"]
+
+
 def test_without_an_api_key_no_route_asks_for_one(http):
     spec = ok(http.get("/openapi.json"))
     assert "securitySchemes" not in spec.get("components", {})

@@ -36,9 +36,9 @@ from .errors import PayloadTooLarge, PredictorError, Unauthorized, UnsupportedMe
 from .metrics import CLIENT_CLOSED, MetricsMiddleware
 from .logs import log_beside_uvicorn
 from .request_ids import RequestIdMiddleware
-from .routes.common import (DECLARED_QUERY, HEAD_ONLY, declare_path_parameters, declare_request_id, declare_unauthorized,
-                            declared_length, error_response, generates_table, hoist_definitions, large_body_turns,
-                            log_client_left, table_failure)
+from .routes.common import (DECLARED_QUERY, HEAD_ONLY, declare_path_parameters, declare_request_id, declare_too_large,
+                            declare_unauthorized, declared_length, error_response, generates_table, hoist_definitions,
+                            large_body_turns, log_client_left, table_failure)
 from .routes.discovery import add_discovery_routes
 from .routes.models import add_model_routes
 from .routes.monitoring import add_monitoring_routes
@@ -345,8 +345,12 @@ def create_app(settings: PredictorSettings | None = None) -> FastAPI:
 
     def openapi_with_path_parameters() -> dict[str, Any]:
         # FastAPI builds the schema once and keeps it (app.openapi_schema): completed then, in place.
-        return app.openapi_schema or declare_request_id(hoist_definitions(declare_unauthorized(
-            declare_path_parameters(openapi()))))
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        spec = declare_unauthorized(declare_path_parameters(openapi()))
+        if settings.max_upload_mb > 0:  # (0: no limit, no 413 but the routes' own)
+            spec = declare_too_large(spec)
+        return declare_request_id(hoist_definitions(spec))
 
     app.openapi = openapi_with_path_parameters  # type: ignore[method-assign]
     return app

@@ -355,6 +355,20 @@ def declare_unauthorized(spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+def declare_too_large(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with the 413 of every route that does not list one (those that read no body):
+    a body over PREDICTOR_MAX_UPLOAD_MB is refused on any route (api.BodySizeLimitMiddleware), in the
+    shape of the route's other errors (its 5XX's)."""
+    for operations in spec.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.get("responses", {})
+            if "413" not in responses and "5XX" in responses:
+                responses["413"] = {"description": "A body larger than PREDICTOR_MAX_UPLOAD_MB (which this route does "
+                                                   "not read)", "content": responses["5XX"]["content"]}
+                operation["responses"] = dict(sorted(responses.items()))  # in the order of their codes
+    return spec
+
+
 REQUEST_ID_HEADER = {"description": "the request's id, on the service's log lines about it: the request's own "
                                      f"X-Request-ID where it is 1 to {MAX_ID_LENGTH} printable ASCII characters, "
                                      "else 32 hex digits",
