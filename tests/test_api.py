@@ -1999,8 +1999,13 @@ def test_the_openapi_schema_names_every_field_of_the_health_and_training_answers
 def test_the_openapi_schema_says_what_a_503_of_ready_means(http):
     # Its one documented error was the 5XX of every route: an internal error, a damaged model
     # file, the data directory gone or the service stopping, not the models still loading.
-    responses = ok(http.get("/openapi.json"))["paths"]["/ready"]["get"]["responses"]
+    spec = ok(http.get("/openapi.json"))
+    responses = spec["paths"]["/ready"]["get"]["responses"]
     assert "PREDICTOR_PRELOAD_MODELS" in responses["503"]["description"]
+    # Nor did it declare the Retry-After header that a 503 of /ready and a 429 of /train carry
+    # (see test_ready_answers_503_until_the_preloaded_models_are_in_memory and the 429 above).
+    for answer in (responses["503"], spec["paths"]["/train"]["post"]["responses"]["429"]):
+        assert answer["headers"]["Retry-After"]["schema"] == {"type": "integer"}
     assert "data directory" in responses["503"]["description"]
     assert responses["503"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
 

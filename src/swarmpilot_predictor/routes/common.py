@@ -286,9 +286,19 @@ def error_responses(*codes: int, model: type[BaseModel] = ErrorResponse, answers
     does not say why this route answers it."""
     descriptions = {code: (described or {}).get(code) or _ERRORS[code] for code in (*codes, "5XX")}
     if answers_json:
-        return {code: {"model": model, "description": text} for code, text in descriptions.items()}
-    content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}
-    return {code: {"description": text, "content": content} for code, text in descriptions.items()}
+        out = {code: {"model": model, "description": text} for code, text in descriptions.items()}
+    else:
+        content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}
+        out = {code: {"description": text, "content": content} for code, text in descriptions.items()}
+    for code, answer in out.items():
+        if code in _RETRY_AFTER:
+            answer["headers"] = {"Retry-After": {"description": _RETRY_AFTER[code], "schema": {"type": "integer"}}}
+    return out
+
+
+# The errors that say when to try again (errors.TooBusy, NotReady, ServiceStopping), in seconds.
+_RETRY_AFTER = {429: "when a queued training may have made room (10)", 503: "when to ask again: 1 while the models "
+                "load, 5 where the service is stopping", "5XX": "on a 503 of the service stopping: 5"}
 
 
 _PATH_PARAMETER = re.compile(r"{(\w+)}")
