@@ -1994,6 +1994,15 @@ def test_the_openapi_schema_names_every_field_of_the_health_and_training_answers
     health = set(schemas["HealthResponse"]["properties"])
     assert set(ok(http.get("/health"))) <= health and {"lookup_table", "lookup_table_error"} <= health
     assert "identity" in trained and set(trained) <= set(schemas["TrainResult"]["properties"])
+    # A /models entry was any object: the fields the contract names (model_type, model_name,
+    # total_predictions, hardware_types, software_versions, drifted) were in no schema.
+    spec = ok(http.get("/openapi.json"))
+    entry = schemas["ModelsResponse"]["properties"]["models"]["items"]
+    assert {"model_type", "model_name", "total_predictions", "hardware_types", "software_versions",
+            "drifted"} <= set(entry["required"])
+    listing = ok(http.get("/models"))
+    assert listing["models"] and _schema_problems(listing, {"$ref": "#/components/schemas/ModelsResponse"}, spec) == []
+    assert _unnamed(listing, {"$ref": "#/components/schemas/ModelsResponse"}, spec) == []
 
 
 def test_the_openapi_schema_says_what_a_503_of_ready_means(http):

@@ -514,9 +514,46 @@ class HealthResponse(_Response):
     auto_retrain: bool | None = None
 
 
+def _strings() -> dict[str, Any]:
+    return {"type": "array", "items": {"type": "string"}}
+
+
+# An entry of GET /models, as the schema of /openapi.json gives it (the client keeps it a dict):
+# the seed's fields, which the contract names, and each concrete model's entry.
+MODEL_ENTRY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["model_type", "model_name", "total_predictions", "hardware_types", "software_versions", "drifted",
+                 "samples", "models"],
+    "properties": {
+        "model_type": {"type": "string"}, "model_name": {"type": "string"},
+        "total_predictions": {"type": "integer"}, "hardware_types": _strings(),
+        "software_versions": {**_strings(), "description": "software_name/software_version, each part as in a model key"},
+        "drifted": {"type": "boolean", "description": "whether any of its models drifted"},
+        "samples": {"type": "integer", "description": "its models' training rows, in all"},
+        "models": {"type": "array", "items": {
+            "type": "object",
+            "required": ["key", *IDENTITY_KEYS, "latest_version", "versions", "total_predictions", "samples",
+                         "algorithm", "features", "quantiles", "created_at", "metrics", "drifted", "observations"],
+            "properties": {
+                "key": {"type": "string"}, **{k: {"type": "string"} for k in IDENTITY_KEYS},
+                "latest_version": {"type": "integer"}, "versions": {"type": "array", "items": {"type": "integer"}},
+                "total_predictions": {"type": "integer"},
+                "samples": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
+                "algorithm": {"type": "string"},
+                "features": {"type": "array", "items": {"type": "object"}},
+                "quantiles": {"type": "array", "items": {"type": "number"}},
+                "created_at": {"type": "number"},
+                "metrics": {"type": "object"},
+                "first_run_split": {"type": "object", "description": "where repeats and first runs have a model each"},
+                "drifted": {"type": "boolean"}, "observations": {"type": "integer"},
+            }}},
+    },
+}
+
+
 class ModelsResponse(_Response):
     status: str
-    models: list[dict[str, Any]]
+    models: list[dict[str, Any]] = Field(json_schema_extra={"items": MODEL_ENTRY_SCHEMA})
 
 
 class Ping(_Response):
