@@ -1839,3 +1839,15 @@ def test_evaluate_scores_a_lookup_table_offline_with_or_without_a_model(tmp_path
     line = one_error_line(runner.invoke(cli.app, ["evaluate", "llm/*/*/*/*", traces, "-d", str(trained),
                                                   "--lookup-table", "t.json", "--model-version", "1"]))
     assert line.startswith("error: --model-version names a model's version, but --lookup-table")
+
+
+def test_evaluate_a_version_past_64_bits_is_the_same_error_offline_and_over_http(tmp_path, server):
+    # Offline it was "has no version N"; with --url the client's "--model-version is an int
+    # (N), which cannot be sent as JSON": said before any model is looked up, alike.
+    data = tmp_path / "data"
+    data.mkdir()
+    trace = '{"input_tokens": 3, "output_tokens": 4, "runtime_ms": 5}'
+    for where in (["--data-dir", str(data)], ["--url", server.url]):
+        result = runner.invoke(cli.app, ["evaluate", "llm/*/*/*/*", trace, *where, "--model-version", str(10**20)])
+        assert one_error_line(result) == (f"error: --model-version {10**20} is past any version a model can have "
+                                          f"(at most {2**64 - 1})"), where

@@ -921,6 +921,10 @@ def models(data_dir: Optional[str] = DataDirOpt, url: Optional[str] = UrlOpt,
     console.print(table)
 
 
+# The largest version a request can name (JSON numbers of 64 bits, unsigned).
+_VERSION_MAX = 2**64 - 1
+
+
 @app.command()
 def evaluate(
     model: str = typer.Argument(..., metavar="MODEL", help="The model's five parts (as predict's); '*' for any part."),
@@ -942,6 +946,10 @@ def evaluate(
     pattern = _parse_key(model)
     if model_version is not None and model_version < 1:
         _fail(f"--model-version counts from 1, got {model_version}")
+    if model_version is not None and model_version > _VERSION_MAX:
+        # No request can carry it: with --url the client refused it in its own terms (an "int
+        # which cannot be sent as JSON"), where offline said the model has no such version.
+        _fail(f"--model-version {model_version} is past any version a model can have (at most {_VERSION_MAX})")
     if model_version is not None and lookup_table is not None:
         _fail("--model-version names a model's version, but --lookup-table answers from a table: leave one out")
     traces = _read_trace_arg(trace)
