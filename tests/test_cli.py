@@ -1851,3 +1851,16 @@ def test_evaluate_a_version_past_64_bits_is_the_same_error_offline_and_over_http
         result = runner.invoke(cli.app, ["evaluate", "llm/*/*/*/*", trace, *where, "--model-version", str(10**20)])
         assert one_error_line(result) == (f"error: --model-version {10**20} is past any version a model can have "
                                           f"(at most {2**64 - 1})"), where
+
+
+def test_table_a_trace_file_of_no_trace_format_is_the_same_error_offline_and_over_http(tmp_path, server):
+    # With --url it was uploaded and the service's answer named its multipart part:
+    # "422: trace_file 'h.txt' must be ...", not TRACE_FILE, and not as offline said it.
+    data = tmp_path / "data"
+    data.mkdir()
+    trace = tmp_path / "h.txt"
+    trace.write_text('{"input_tokens": 3, "output_tokens": 4}\n')
+    for where in (["--data-dir", str(data)], ["--url", server.url]):
+        result = runner.invoke(cli.app, ["table", "llm/*/*/*/*", str(trace), *where])
+        assert one_error_line(result) == (f"error: unsupported trace file {str(trace)!r}: expected .json, .jsonl "
+                                          "(or .ndjson) or .csv, optionally .gz"), where

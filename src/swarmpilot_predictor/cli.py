@@ -1087,6 +1087,12 @@ def table_cmd(
         # unsupported file '63', and a named pipe read to its end to count its lines, then
         # opened again, with no one writing: the command hung.)
         _fail(f"TRACE_FILE {str(trace_file)!r} is not a regular file: pipes and devices are not read")
+    from .traces import TRACE_FILE_KINDS, trace_file_format
+
+    if trace_file_format(trace_file.name) is None:
+        # Said here, as offline says it: with --url the service named its multipart part,
+        # "trace_file 'x.txt' must be ...", after the file was uploaded.
+        _fail(f"unsupported trace file {str(trace_file)!r}: expected {TRACE_FILE_KINDS}")
     if fmt is not None and fmt not in ("json", "csv"):
         _fail("--format is json or csv")
     _confidence_arg(confidence_level)
