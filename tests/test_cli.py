@@ -1864,3 +1864,13 @@ def test_table_a_trace_file_of_no_trace_format_is_the_same_error_offline_and_ove
         result = runner.invoke(cli.app, ["table", "llm/*/*/*/*", str(trace), *where])
         assert one_error_line(result) == (f"error: unsupported trace file {str(trace)!r}: expected .json, .jsonl "
                                           "(or .ndjson) or .csv, optionally .gz"), where
+
+
+@pytest.mark.parametrize("where", [["--url", "http://127.0.0.1:1"], []])
+@pytest.mark.parametrize("model, part", [("llm/../*/*/*", "model_name is '..'"), ("llm/*/*/%2E/*", "software_name is '.'")])
+def test_a_dot_identity_part_is_the_same_error_offline_and_over_http(tmp_path, where, model, part):
+    # Offline it was "no trained model matches", with --url the client's
+    # "identity.model_name '..' cannot be sent in a URL" (its field, not MODEL's part).
+    result = runner.invoke(cli.app, ["predict", model, "{}", "--data-dir", str(tmp_path), *where])
+    assert one_error_line(result) == (f"error: MODEL's {part}, which no model's can be ('.' and '..' are resolved "
+                                      "away in URLs)")

@@ -600,7 +600,13 @@ def _parse_key(model: str) -> IdentityPattern:
         # A mistyped '//' would otherwise widen the match to any value, with no warning.
         _fail(f"MODEL's {', '.join(empty)} is empty: name it, or write '*' for any")
     # Segments may be URL-encoded as in the HTTP API, so 'Qwen%2FQwen2.5-7B' can name a model.
-    return IdentityPattern.from_segments(*(unquote(p) for p in parts))
+    parts = [unquote(p) for p in parts]
+    for name, p in zip(IDENTITY_KEYS, parts):
+        if p in (".", ".."):
+            # No model has one (a URL resolves it away): offline "no trained model matches", with
+            # --url the client's "identity.model_name '..' cannot be sent in a URL".
+            _fail(f"MODEL's {name} is {p!r}, which no model's can be ('.' and '..' are resolved away in URLs)")
+    return IdentityPattern.from_segments(*parts)
 
 
 def _is_file(path: Path) -> bool:
