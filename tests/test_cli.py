@@ -1874,3 +1874,13 @@ def test_a_dot_identity_part_is_the_same_error_offline_and_over_http(tmp_path, w
     result = runner.invoke(cli.app, ["predict", model, "{}", "--data-dir", str(tmp_path), *where])
     assert one_error_line(result) == (f"error: MODEL's {part}, which no model's can be ('.' and '..' are resolved "
                                       "away in URLs)")
+
+
+@pytest.mark.parametrize("where", [["--url", "http://127.0.0.1:1"], []])
+@pytest.mark.parametrize("part, problem", [("a" * 5000, "an identity part is at most 200 characters, got 5,000"),
+                                           ("a%09b", r"an identity part cannot hold control or invisible format characters, got 'a\tb'")])
+def test_an_identity_part_no_model_can_have_is_the_same_error_offline_and_over_http(tmp_path, where, part, problem):
+    # Offline it was "no trained model matches", with --url (a long one) the client's
+    # "identity.model_name is 5,000 characters long": its field, not MODEL's part.
+    result = runner.invoke(cli.app, ["predict", f"llm/{part}/*/*/*", "{}", "--data-dir", str(tmp_path), *where])
+    assert one_error_line(result) == f"error: MODEL's model_name names no model: {problem}"

@@ -42,7 +42,7 @@ try:
     from rich.table import Table
 
     from .errors import PredictorError, json_kind, validation_message
-    from .identity import IDENTITY_KEYS, IdentityPattern, join_key
+    from .identity import IDENTITY_KEYS, WILDCARD, IdentityPattern, identity_part_problem, join_key
     from .schemas import check_levels, config_from_text, first_run_split
     from .processes import alive, pid_space
     from .settings import (METRICS_DIR, MULTIPROC_ENV, PredictorSettings, listen_problem, multiproc_variable, settings_problem,
@@ -606,6 +606,11 @@ def _parse_key(model: str) -> IdentityPattern:
             # No model has one (a URL resolves it away): offline "no trained model matches", with
             # --url the client's "identity.model_name '..' cannot be sent in a URL".
             _fail(f"MODEL's {name} is {p!r}, which no model's can be ('.' and '..' are resolved away in URLs)")
+        problem = identity_part_problem(p) if p != WILDCARD else None
+        if problem is not None:
+            # One too long for any model's (offline "no trained model matches", with --url the
+            # client's "identity.model_name is 5,000 characters long"), or holding a control character.
+            _fail(f"MODEL's {name} names no model: {problem}")
     return IdentityPattern.from_segments(*parts)
 
 
