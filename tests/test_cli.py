@@ -1884,3 +1884,14 @@ def test_an_identity_part_no_model_can_have_is_the_same_error_offline_and_over_h
     # "identity.model_name is 5,000 characters long": its field, not MODEL's part.
     result = runner.invoke(cli.app, ["predict", f"llm/{part}/*/*/*", "{}", "--data-dir", str(tmp_path), *where])
     assert one_error_line(result) == f"error: MODEL's model_name names no model: {problem}"
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_more_traces_than_one_request_carries_are_said_in_the_cli_s_terms(tmp_path, command):
+    # The service's answer named its field: "422: trace: List should have at most 100000 items
+    # after validation, not 100001". Said before anything is sent (no service at this URL).
+    trace = tmp_path / "t.jsonl"
+    trace.write_bytes(b'{"input_tokens": 3, "output_tokens": 4, "runtime_ms": 5}\n' * 100_001)
+    result = runner.invoke(cli.app, [command, "llm/*/*/*/*", str(trace), "--url", "http://127.0.0.1:1"])
+    assert one_error_line(result) == ("error: TRACE holds 100,001 traces: with --url they are sent in one request, "
+                                      "at most 100,000 (the service's limit); split them, or leave --url out")

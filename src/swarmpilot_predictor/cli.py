@@ -684,6 +684,20 @@ def _json_can_carry(traces: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return traces
 
 
+# The most traces one request may carry (the service's limit on a batch, as on an evaluation).
+_TRACES_PER_REQUEST = 100_000
+
+
+def _sendable(traces: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``traces`` as ``--url`` sends them, in one request: more than the service takes are an
+    error in the CLI's terms (the service's said "trace: List should have at most 100000 items
+    after validation", naming its field)."""
+    if len(traces) > _TRACES_PER_REQUEST:
+        _fail(f"TRACE holds {len(traces):,} traces: with --url they are sent in one request, at most "
+              f"{_TRACES_PER_REQUEST:,} (the service's limit); split them, or leave --url out")
+    return _json_can_carry(traces)
+
+
 @app.command()
 def predict(
     model: str = typer.Argument(..., metavar="MODEL", help="The model's five parts (above); '*' for any part."),
@@ -713,7 +727,7 @@ def predict(
     flags = {"lookup_table_name": "--lookup-table", "shared_factor": "--shared-factor", "deadline_ms": "--deadline-ms"}
     if url:
         with _remote(url, flags) as client:
-            body = client.predict_batch(pattern.as_tuple(), _json_can_carry(traces), confidence_level=confidence_level, quantiles=levels,
+            body = client.predict_batch(pattern.as_tuple(), _sendable(traces), confidence_level=confidence_level, quantiles=levels,
                                         lookup_table_name=lookup_table, shared_factor=shared_factor,
                                         deadline_ms=deadline_ms).model_dump(exclude_unset=True)  # the answer as sent
     else:
@@ -967,7 +981,7 @@ def evaluate(
     flags = {"version": "--model-version", "lookup_table_name": "--lookup-table"}
     if url:
         with _remote(url, flags) as client:
-            body = client.evaluate(pattern.as_tuple(), _json_can_carry(traces), model_version,
+            body = client.evaluate(pattern.as_tuple(), _sendable(traces), model_version,
                                    lookup_table_name=lookup_table).model_dump(exclude_unset=True)
     else:
         service, store = _service_or_tables(data_dir, lookup_table)
