@@ -1895,3 +1895,15 @@ def test_more_traces_than_one_request_carries_are_said_in_the_cli_s_terms(tmp_pa
     result = runner.invoke(cli.app, [command, "llm/*/*/*/*", str(trace), "--url", "http://127.0.0.1:1"])
     assert one_error_line(result) == ("error: TRACE holds 100,001 traces: with --url they are sent in one request, "
                                       "at most 100,000 (the service's limit); split them, or leave --url out")
+
+
+@pytest.mark.parametrize("listed, problem", [([{"name": "t.json", "size_bytes": 9}], "KeyError: 'modified_at'"),
+                                             ([1], "AttributeError: 'int' object has no attribute 'get'")])
+def test_tables_over_http_says_an_answer_not_in_the_service_s_form_in_one_line(monkeypatch, listed, problem):
+    # Another server's answer at --url (a list of tables lacking a field): a traceback.
+    from swarmpilot_predictor.client import PredictorClient
+
+    monkeypatch.setattr(PredictorClient, "list_tables", lambda self: listed)
+    result = runner.invoke(cli.app, ["tables", "--url", "http://127.0.0.1:9"])
+    assert one_error_line(result) == ("error: unexpected answer from GET /tables at http://127.0.0.1:9: its table [0] "
+                                      f"is not in the predictor's form ({problem})")

@@ -1064,16 +1064,21 @@ def tables_cmd(data_dir: Optional[str] = DataDirOpt, url: Optional[str] = UrlOpt
     table = Table(title="lookup tables")
     for col in ("name", "size", "modified", "records", "models"):
         table.add_column(col)
-    for t in entries:
-        # Rows and models are known of a table the service holds in memory (with --url: one it
-        # generated or answered from); a file's own stat otherwise.
-        # Each by its key, as `models` writes it and MODEL takes it: a '/' in a part is %2F
-        # (joined as it was, 'llm/Qwen/Qwen2.5-7B/...' read as six parts, naming no model).
-        models = ", ".join(join_key([None if i.get(k) in (None, "") else str(i.get(k)) for k in IDENTITY_KEYS])
-                           for i in t.get("identities") or [])
-        when = datetime.datetime.fromtimestamp(t["modified_at"], datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-        table.add_row(escape(t["name"]), _size(t["size_bytes"]), when, f"{t['rows']:,}" if "rows" in t else "-",
-                      escape(models) or ("[red]" + escape(t["error"]) + "[/]" if t.get("error") else "-"))
+    for n, t in enumerate(entries):
+        try:
+            # Rows and models are known of a table the service holds in memory (with --url: one it
+            # generated or answered from); a file's own stat otherwise.
+            # Each by its key, as `models` writes it and MODEL takes it: a '/' in a part is %2F
+            # (joined as it was, 'llm/Qwen/Qwen2.5-7B/...' read as six parts, naming no model).
+            models = ", ".join(join_key([None if i.get(k) in (None, "") else str(i.get(k)) for k in IDENTITY_KEYS])
+                               for i in t.get("identities") or [])
+            when = datetime.datetime.fromtimestamp(t["modified_at"], datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+            table.add_row(escape(t["name"]), _size(t["size_bytes"]), when, f"{t['rows']:,}" if "rows" in t else "-",
+                          escape(models) or ("[red]" + escape(t["error"]) + "[/]" if t.get("error") else "-"))
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, OSError) as exc:
+            # An answer not in the service's form (another server's at --url, say): one line, not a traceback.
+            _fail(f"unexpected answer from GET /tables at {_shown(url or '')}: its table [{n}] is not in the "
+                  f"predictor's form ({type(exc).__name__}: {exc})")
     console.print(table)
 
 
