@@ -1907,3 +1907,12 @@ def test_tables_over_http_says_an_answer_not_in_the_service_s_form_in_one_line(m
     result = runner.invoke(cli.app, ["tables", "--url", "http://127.0.0.1:9"])
     assert one_error_line(result) == ("error: unexpected answer from GET /tables at http://127.0.0.1:9: its table [0] "
                                       f"is not in the predictor's form ({problem})")
+
+
+@pytest.mark.parametrize("where", [["--url", "http://127.0.0.1:1"], []])
+def test_an_identity_part_that_is_not_utf8_is_the_same_error_offline_and_over_http(tmp_path, where):
+    # Offline it was "no trained model matches vision/\udcff/...", with --url the client's
+    # "identity.model_name '\udcff' is not valid Unicode" (its field, not MODEL's part).
+    result = runner.invoke(cli.app, ["predict", "vision/\udcff/*/*/*", "{}", "--data-dir", str(tmp_path), *where])
+    assert one_error_line(result) == ("error: MODEL's model_name '\\udcff' is not valid Unicode (it holds a lone "
+                                      "surrogate): no model's can be")

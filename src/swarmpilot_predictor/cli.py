@@ -43,7 +43,7 @@ try:
 
     from .errors import PredictorError, json_kind, validation_message
     from .identity import IDENTITY_KEYS, WILDCARD, IdentityPattern, identity_part_problem, join_key
-    from .schemas import check_levels, config_from_text, first_run_split
+    from .schemas import check_levels, config_from_text, first_run_split, valid_unicode
     from .processes import alive, pid_space
     from .settings import (METRICS_DIR, MULTIPROC_ENV, PredictorSettings, listen_problem, multiproc_variable, settings_problem,
                            startup_problem)
@@ -606,6 +606,8 @@ def _parse_key(model: str) -> IdentityPattern:
             # No model has one (a URL resolves it away): offline "no trained model matches", with
             # --url the client's "identity.model_name '..' cannot be sent in a URL".
             _fail(f"MODEL's {name} is {p!r}, which no model's can be ('.' and '..' are resolved away in URLs)")
+        if not valid_unicode(p):  # bytes of another encoding: offline "no trained model matches"
+            _fail(f"MODEL's {name} {p!r} is not valid Unicode (it holds a lone surrogate): no model's can be")
         problem = identity_part_problem(p) if p != WILDCARD else None
         if problem is not None:
             # One too long for any model's (offline "no trained model matches", with --url the
