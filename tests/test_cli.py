@@ -931,7 +931,7 @@ def test_arguments_that_are_not_utf8_are_one_line_over_http_too(tmp_path):
     trace = tmp_path / "t.jsonl"
     trace.write_text('{"input_tokens": 1, "output_tokens": 1}\n')
     result = runner.invoke(cli.app, ["table", "llm/*/*/*/*", str(trace), "--url", "http://127.0.0.1:1", "-o", "\udcff.json"])
-    assert "not UTF-8" in one_error_line(result) or "not valid Unicode" in one_error_line(result)
+    assert "--output '\\udcff.json' is not a valid file name (it holds a lone surrogate)" in one_error_line(result)
 
 
 def test_table_output_names_that_no_request_could_name_are_refused_offline(tmp_path, trained):
@@ -1916,3 +1916,17 @@ def test_an_identity_part_that_is_not_utf8_is_the_same_error_offline_and_over_ht
     result = runner.invoke(cli.app, ["predict", "vision/\udcff/*/*/*", "{}", "--data-dir", str(tmp_path), *where])
     assert one_error_line(result) == ("error: MODEL's model_name '\\udcff' is not valid Unicode (it holds a lone "
                                       "surrogate): no model's can be")
+
+
+@pytest.mark.parametrize("where", [["--url", "http://127.0.0.1:1"], []])
+@pytest.mark.parametrize("command, flag", [(["predict", "llm/*/*/*/*", "{}"], "--lookup-table"),
+                                           (["evaluate", "llm/*/*/*/*", "{}"], "--lookup-table"),
+                                           (["table", "llm/*/*/*/*", "TRACE"], "--output")])
+def test_a_table_name_that_is_not_utf8_is_the_same_error_offline_and_over_http(tmp_path, where, command, flag):
+    # With --url the client said it in its own terms: "--lookup-table is a str ('\udcff.csv'),
+    # which cannot be sent as JSON", "--output '\udcff.csv' is not valid Unicode".
+    trace = tmp_path / "t.jsonl"
+    trace.write_text('{"input_tokens": 1, "output_tokens": 1}\n')
+    args = [str(trace) if a == "TRACE" else a for a in command]
+    result = runner.invoke(cli.app, [*args, flag, "\udcff.csv", "--data-dir", str(tmp_path), *where])
+    assert one_error_line(result) == f"error: {flag} '\\udcff.csv' is not a valid file name (it holds a lone surrogate)"

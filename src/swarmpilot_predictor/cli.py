@@ -322,6 +322,15 @@ def _levels_arg(quantiles: Optional[str]) -> Optional[list[float]]:
         _fail(str(exc))
 
 
+def _name_arg(name: Optional[str], flag: str) -> Optional[str]:
+    """A table's name a flag gave (``--lookup-table``, ``--output``): one of bytes that are not
+    UTF-8 is refused as offline refuses it (with --url the client said it in its own terms:
+    "--lookup-table is a str (...), which cannot be sent as JSON")."""
+    if name is not None and not valid_unicode(name):
+        _fail(f"{flag} {name!r} is not a valid file name (it holds a lone surrogate)")
+    return name
+
+
 def _confidence_arg(confidence_level: float) -> float:
     if not 0.0 < confidence_level < 1.0:  # NaN too
         _fail(f"--confidence-level must lie strictly between 0 and 1, got {confidence_level:g}")
@@ -725,6 +734,7 @@ def predict(
     _confidence_arg(confidence_level)
     if deadline_ms is not None and not 0.0 < deadline_ms < math.inf:  # NaN too
         _fail(f"--deadline-ms must be a positive number of milliseconds, got {deadline_ms:g}")
+    _name_arg(lookup_table, "--lookup-table")
     traces = _read_trace_arg(trace)
     flags = {"lookup_table_name": "--lookup-table", "shared_factor": "--shared-factor", "deadline_ms": "--deadline-ms"}
     if url:
@@ -979,6 +989,7 @@ def evaluate(
         _fail(f"--model-version {model_version} is past any version a model can have (at most {_VERSION_MAX})")
     if model_version is not None and lookup_table is not None:
         _fail("--model-version names a model's version, but --lookup-table answers from a table: leave one out")
+    _name_arg(lookup_table, "--lookup-table")
     traces = _read_trace_arg(trace)
     flags = {"version": "--model-version", "lookup_table_name": "--lookup-table"}
     if url:
@@ -1125,6 +1136,8 @@ def table_cmd(
         # Said here, as offline says it: with --url the service named its multipart part,
         # "trace_file 'x.txt' must be ...", after the file was uploaded.
         _fail(f"unsupported trace file {str(trace_file)!r}: expected {TRACE_FILE_KINDS}")
+    if url or not (output and ("/" in output or os.sep in output)):  # (offline, a path of one's own may be any bytes)
+        _name_arg(output, "--output")
     if fmt is not None and fmt not in ("json", "csv"):
         _fail("--format is json or csv")
     _confidence_arg(confidence_level)
