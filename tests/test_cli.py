@@ -1930,3 +1930,15 @@ def test_a_table_name_that_is_not_utf8_is_the_same_error_offline_and_over_http(t
     args = [str(trace) if a == "TRACE" else a for a in command]
     result = runner.invoke(cli.app, [*args, flag, "\udcff.csv", "--data-dir", str(tmp_path), *where])
     assert one_error_line(result) == f"error: {flag} '\\udcff.csv' is not a valid file name (it holds a lone surrogate)"
+
+
+@pytest.mark.parametrize("listed, problem", [([{"models": [{"versions": [1]}]}], "KeyError: 'key'"),
+                                             ([{"model_type": "llm"}], "KeyError: 'models'")])
+def test_models_over_http_says_an_answer_not_in_the_service_s_form_in_one_line(monkeypatch, listed, problem):
+    # Another server's answer at --url (a model lacking its key): a traceback.
+    from swarmpilot_predictor.client import PredictorClient
+
+    monkeypatch.setattr(PredictorClient, "list_models_raw", lambda self: listed)
+    result = runner.invoke(cli.app, ["models", "--url", "http://127.0.0.1:9"])
+    assert one_error_line(result) == ("error: unexpected answer from GET /models at http://127.0.0.1:9: its entry [0] "
+                                      f"is not in the predictor's form ({problem})")

@@ -943,18 +943,23 @@ def models(data_dir: Optional[str] = DataDirOpt, url: Optional[str] = UrlOpt,
     table = Table(title="models")
     for col in ("model", "versions", "algorithm", "samples", "rel. pinball", "90% interval", "predictions"):
         table.add_column(col)
-    for group in entries:
-        for m in group["models"]:
-            met = m.get("metrics", {})
-            # A version's metrics are what its meta file holds: one edited by hand (a coverage that
-            # is no object, a figure written as text with brackets) failed the whole listing with
-            # a traceback (AttributeError, rich's MarkupError). Shown as they are, not read as markup.
-            coverage = met.get("interval_coverage")
-            table.add_row(escape(m["key"]), ",".join(map(str, m["versions"])),
-                          escape(_algorithm(m.get("algorithm"), m.get("first_run_split"))), escape(str(m.get("samples"))),
-                          escape(_fmt(met.get("relative_pinball_loss"))),
-                          escape(_fmt(coverage.get("0.9") if isinstance(coverage, dict) else None)),
-                          escape(str(m.get("total_predictions", 0))))
+    for n, group in enumerate(entries):
+        try:
+            for m in group["models"]:
+                met = m.get("metrics", {})
+                # A version's metrics are what its meta file holds: one edited by hand (a coverage that
+                # is no object, a figure written as text with brackets) failed the whole listing with
+                # a traceback (AttributeError, rich's MarkupError). Shown as they are, not read as markup.
+                coverage = met.get("interval_coverage")
+                table.add_row(escape(m["key"]), ",".join(map(str, m["versions"])),
+                              escape(_algorithm(m.get("algorithm"), m.get("first_run_split"))), escape(str(m.get("samples"))),
+                              escape(_fmt(met.get("relative_pinball_loss"))),
+                              escape(_fmt(coverage.get("0.9") if isinstance(coverage, dict) else None)),
+                              escape(str(m.get("total_predictions", 0))))
+        except (KeyError, TypeError, AttributeError) as exc:
+            # An answer not in the service's form (another server's at --url, say): one line, not a traceback.
+            _fail(f"unexpected answer from GET /models at {_shown(url or '')}: its entry [{n}] is not in the "
+                  f"predictor's form ({type(exc).__name__}: {exc})")
     console.print(table)
 
 
