@@ -1942,3 +1942,16 @@ def test_models_over_http_says_an_answer_not_in_the_service_s_form_in_one_line(m
     result = runner.invoke(cli.app, ["models", "--url", "http://127.0.0.1:9"])
     assert one_error_line(result) == ("error: unexpected answer from GET /models at http://127.0.0.1:9: its entry [0] "
                                       f"is not in the predictor's form ({problem})")
+
+
+def test_table_over_http_says_an_answer_not_in_the_service_s_form_in_one_line(monkeypatch, tmp_path):
+    # Another server's answer at --url, holding what the client requires but no path: a traceback.
+    from swarmpilot_predictor.client import PredictorClient
+
+    monkeypatch.setattr(PredictorClient, "generate_table",
+                        lambda self, *a, **k: {"status": "success", "table_name": "t.csv", "rows": 3})
+    trace = tmp_path / "t.jsonl"
+    trace.write_text('{"input_tokens": 1, "output_tokens": 1}\n')
+    result = runner.invoke(cli.app, ["table", "llm/*/*/*/*", str(trace), "--url", "http://127.0.0.1:9"])
+    assert one_error_line(result) == ("error: unexpected answer from POST /predict/table at http://127.0.0.1:9: "
+                                      "not in the predictor's form (KeyError: 'path')")

@@ -1186,7 +1186,12 @@ def table_cmd(
     if as_json:
         _out(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
     else:
-        _print_table_result(result)
+        try:
+            _print_table_result(result)
+        except (KeyError, TypeError, ValueError) as exc:
+            # An answer not in the service's form (another server's at --url, say): one line, not a traceback.
+            _fail(f"unexpected answer from POST /predict/table at {_shown(url or '')}: not in the predictor's form "
+                  f"({type(exc).__name__}: {exc})")
     if result.get("failed"):
         # As predict: a script can tell that traces are missing from the table (written all the same).
         raise typer.Exit(1)
