@@ -236,6 +236,34 @@ def test_a_feature_a_csv_table_cannot_hold_makes_a_json_table_only(tmp_path, fea
         service.close()
 
 
+@pytest.mark.parametrize("blank", ["", " "])
+def test_a_blank_category_is_not_written_to_a_csv_table_which_reads_it_as_missing(tmp_path, blank):
+    # A CSV table's empty (or blank) cell reads back as a missing value: the record of a trace
+    # {"gpu": ""} answered {"gpu": null} as "exact", where the model says "missing required
+    # feature", and the trace {"gpu": ""} found no record. The trace is left out and counted.
+    rng = np.random.default_rng(3)
+    traces = [{"input_tokens": int(rng.integers(10, 500)), "gpu": ["a", "b"][k % 2],
+               "runtime_ms": float(rng.uniform(5, 9)) * (3 if k % 2 else 1)} for k in range(80)]
+    service = PredictorService(PredictorSettings(data_dir=tmp_path / "d"))
+    try:
+        service.train(TrainConfig(model=IDENTITY, traces=traces, algorithm="linear"))
+        path = tmp_path / "d" / "t.jsonl"
+        path.write_bytes(b"\n".join(orjson.dumps({"input_tokens": 100, "gpu": g}) for g in (blank, "a")))
+        got = service.generate_table(PATTERN, path, 0.9, "t.csv")
+        assert got["rows"] == 1 and got["failed"] == 1
+        assert "which a CSV table reads back as a missing value: make a JSON table" in got["errors"][0]
+        asked = [{"input_tokens": 100, "gpu": None}, {"input_tokens": 100, "gpu": "a"}]
+        for name in ("t.csv", "t.json"):
+            if name == "t.json":  # a JSON table keeps the category, as the model reads it
+                assert service.generate_table(PATTERN, path, 0.9, name)["rows"] == 2
+                asked[1]["gpu"] = blank
+            answers = service.predict(PATTERN, asked, 0.9, lookup_table=True, lookup_table_name=name).results()
+            assert answers[0]["message"] == "missing required feature 'gpu'"
+            assert answers[1]["match"] == "exact"
+    finally:
+        service.close()
+
+
 def test_generation_leaves_out_the_traces_that_name_another_model(trained, tmp_path):
     # As a prediction refuses them and training leaves them out: they were written as this
     # model's records, 0 failed.

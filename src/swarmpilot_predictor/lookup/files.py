@@ -455,6 +455,10 @@ class _TableGeneration:
         # 1744; a word it read as missing, nothing): stored as given, one string made the whole
         # column categorical, and every trace not among its values found no record.
         self.specs = list(schema.features)
+        # A CSV cell that is empty or blank reads back as a missing value, where the model reads
+        # a category "" (or " ") as a value: such a record answered the traces that lack the
+        # feature ("exact", where the model says "missing required feature"), and none of its own.
+        self.blank_unwritable = [s.name for s in self.specs if s.kind == "categorical"] if fmt == "csv" else []
         # With a shape history the prediction also depends on whether the trace was its
         # shape's first run: the record stores the flag it was predicted with, as a feature,
         # so that a lookup tells a first run from a repeat of the same shape.
@@ -504,6 +508,12 @@ class _TableGeneration:
         for i, why in enumerate(identity_conflicts(chunk, self.identity) or ()):
             if why is not None and errors[i] is None:
                 errors[i] = why
+        for name in self.blank_unwritable:
+            for i, t in enumerate(chunk):
+                v = t.get(name)
+                if v.__class__ is str and (not v or v.isspace()) and errors[i] is None:
+                    errors[i] = (f"cannot be written as CSV (feature {shown(name)} is the category {shown(v)}, which a "
+                                 "CSV table reads back as a missing value: make a JSON table)")
         ok_rows = [i for i, e in enumerate(errors) if e is None]
         for i, e in enumerate(errors):
             if e is not None:
