@@ -160,6 +160,21 @@ def test_a_record_holds_its_trace_s_ids_in_one_order_whatever_the_string_hashing
     assert set(_ID_COLUMNS) == ID_KEYS  # every id key a trace may carry is written
 
 
+def test_an_object_or_list_task_id_finds_its_record_in_a_csv_table_as_in_a_json_one(trained, tmp_path):
+    # A CSV table writes such an id as its JSON text, which the lookup did not try: the trace
+    # found no record by its task_id ("missing required feature"), where a JSON table's did.
+    service, traces, _ = trained
+    ids = [{"a": [1]}, [1, "x"], {"b": {"c": None}}]
+    path = tmp_path / "object-ids.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps({**t, "task_id": i}) for t, i in zip(traces, ids)))
+    model = [r["expect"] for r in service.predict(PATTERN, traces[:3], 0.9).results()]
+    for name in ("object-ids.csv", "object-ids.json"):
+        service.generate_table(PATTERN, path, 0.9, name)
+        got = service.predict(PATTERN, [{"task_id": i} for i in ids], 0.9, lookup_table=True,
+                              lookup_table_name=name).results()
+        assert [(r["match"], r["expect"]) for r in got] == [("task_id", e) for e in model], name
+
+
 def test_a_number_written_as_a_string_is_stored_as_the_model_read_it(trained, tmp_path):
     # One trace of the file spells its tokens as text: the record stores the number (stored
     # as given, the column turned categorical, and every trace not among its values found no

@@ -1497,8 +1497,15 @@ def _task_id_keys(value: Any) -> tuple[int, int]:
     """A queried ``task_id``'s hash as a category's text (a record's key), and that of its
     other spelling: an integer's digits (a CSV table keeps an id as written, while a
     category reads an integer past 2**53 as the nearest float), a string of digits as the
-    number (a JSON table keeps a number as one). The two are one where there is none."""
+    number (a JSON table keeps a number as one), an object's or a list's JSON text (as a CSV
+    table writes it: ``{"a":[1]}``, where a JSON table keeps the object, read as a category
+    reads it). The two are one where there is none."""
     first = str_hash(category_text(value))
+    if isinstance(value, (dict, list)):
+        try:
+            return first, str_hash(orjson.dumps(value).decode())
+        except TypeError:  # (nothing a CSV table could have written)
+            return first, first
     if isinstance(value, int) and not isinstance(value, bool):
         return first, str_hash(str(value))
     if isinstance(value, str) and PLAIN_INTEGER.fullmatch(value):
