@@ -1194,6 +1194,22 @@ def test_a_csv_tables_whole_version_written_as_a_decimal_is_that_version(tmp_pat
         LookupTable.load(path)
 
 
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_a_version_of_thousands_of_digits_does_not_fit_in_64_bits_in_the_services_words(tmp_path, fmt):
+    # A CSV table's cell of 5,000 digits said Python's "a prediction column is not a number
+    # (Exceeds the limit (4300 digits) ... use sys.set_int_max_str_digits() ...)"; a JSON
+    # table's, "must be a whole number, 0 or more", which it is.
+    digits = "1" * 5000
+    path = tmp_path / f"t.{fmt}"
+    path.write_text(f"x,model_version,expect,error,quantile_0.5\n1,{digits},10,1,10\n" if fmt == "csv" else
+                    '[{"quantiles": [0.5], "quantile_predictions": [10], "expect": 10, "error": 1, '
+                    f'"model_version": {digits}, "features": {{"x": 1}}}}]')
+    where = "line 2" if fmt == "csv" else "record 0"
+    with pytest.raises(TraceError, match=rf"^t\.{fmt}: {where}: 'model_version' does not fit in 64 bits \(a number past "
+                       r"the float range\)$"):
+        LookupTable.load(path)
+
+
 def test_a_table_at_its_largest_runtimes_answers_numbers_throughout():
     # 1e100 ms is what a table may hold (past 1e154 the totals' squares overflowed into nulls).
     big = 1e100

@@ -198,12 +198,13 @@ def _csv_version(cell: str) -> Any:
     """A ``model_version`` cell as a JSON table holds the number: ``3.0`` (a whole number as a
     spreadsheet or pandas writes a column with empty cells) is 3.0, which the records' check
     reads as version 3, as in JSON; a cell that is no whole number is left for that check to
-    refuse (it was "a prediction column is not a number", of ``3.0`` too)."""
+    refuse (it was "a prediction column is not a number", of ``3.0`` too). Digits past what
+    Python reads an integer from (4,300) are the infinity of their sign, as a JSON table reads
+    them (the message was Python's, "Exceeds the limit (4300 digits) ... sys.set_int_max_str_digits()")."""
     try:
         return int(cell)
     except ValueError:
-        if cell.strip().lstrip("+-").isdigit():  # digits past what Python reads: as before
-            raise
+        pass
     try:
         return float(cell)
     except ValueError:

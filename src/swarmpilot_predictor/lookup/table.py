@@ -1798,6 +1798,8 @@ class _Builder:
             ver = int(ver)
         if ver is None:
             ver = -1
+        elif ver == math.inf:  # digits past the float range (a CSV cell of thousands)
+            raise self._fail(where, "'model_version' does not fit in 64 bits (a number past the float range)")
         elif ver.__class__ is not int or ver < 0:
             raise self._fail(where, "'model_version' must be a whole number, 0 or more")
         elif ver > _INT64_MAX:
