@@ -1210,6 +1210,15 @@ def test_a_version_of_thousands_of_digits_does_not_fit_in_64_bits_in_the_service
         LookupTable.load(path)
 
 
+def test_a_csv_tables_task_id_of_thousands_of_digits_is_kept_as_its_digits(tmp_path):
+    # More digits than Python reads an integer from (4,300): the load ended in Python's
+    # ValueError ("Exceeds the limit ... sys.set_int_max_str_digits()").
+    digits = "1" * 5000
+    path = tmp_path / "t.csv"
+    path.write_text(f"x,task_id,expect,error,quantile_0.5\n1,{digits},10,1,10\n2,t,20,1,20\n")
+    assert LookupTable.load(path).lookup([{"task_id": digits}, {"task_id": "t"}]).rows.tolist() == [0, 1]
+
+
 def test_a_table_at_its_largest_runtimes_answers_numbers_throughout():
     # 1e100 ms is what a table may hold (past 1e154 the totals' squares overflowed into nulls).
     big = 1e100

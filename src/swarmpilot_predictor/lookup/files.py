@@ -95,11 +95,16 @@ def _csv_id(cell: str) -> Any:
     so), where the CSV keeps every digit, and the trace did not find its record. (Others
     keep their text; a request's integer finds such a cell by its digits, see
     ``LookupTable``'s task ids.)"""
-    if len(cell) > 19 and PLAIN_INTEGER.fullmatch(cell) and not -(2**63) <= int(cell) < 2**64:
+    if len(cell) > 19 and PLAIN_INTEGER.fullmatch(cell):
         try:
-            return float(int(cell))
-        except OverflowError:  # past the float range: its digits, as a JSON table keeps it
-            pass
+            number = int(cell)
+        except ValueError:  # more digits than int() reads (4,300), a ValueError that ended the load
+            return cell
+        if not -(2**63) <= number < 2**64:
+            try:
+                return float(number)
+            except OverflowError:  # past the float range: its digits, as a JSON table keeps it
+                pass
     return cell
 
 def _csv_records(text: IO[str], name: str) -> Iterator[tuple[str, Any]]:
