@@ -607,6 +607,17 @@ def test_a_data_directory_linked_to_nothing_is_said_so_not_called_a_file(tmp_pat
     assert not (tmp_path / "volume").exists()
 
 
+def test_a_data_folder_that_is_a_loop_of_links_is_said_so_not_called_a_link_to_nothing(tmp_path):
+    # A tables folder linked to itself was "a symbolic link to tables, which does not exist
+    # (a volume not mounted?)".
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "tables").symlink_to("tables")
+    said = one_error_line(invoke("serve", "--data-dir", data, "--port", "0", ok=False))
+    assert said == (f"error: cannot use {data} as the data directory: {data / 'tables'} is a loop of symbolic "
+                    "links (a link to tables), not a folder")
+
+
 def test_models_says_when_there_are_none(data):
     data.mkdir()
     assert invoke("models", "--data-dir", data).stdout.strip() == "no models: train one first (`train CONFIG`)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from collections.abc import Mapping
@@ -257,9 +258,20 @@ def _no_folder(path: Path) -> str:
     for p in (path, *path.parents):
         if os.path.lexists(p) and not p.is_dir():
             if p.is_symlink() and not p.exists():
+                if _link_loop(p):  # (a link to itself was said to lead to nothing)
+                    return f"{p} is a loop of symbolic links (a link to {os.readlink(p)}), not a folder"
                 return f"{p} is a symbolic link to {os.readlink(p)}, which does not exist (a volume not mounted?)"
             return f"{p} is a file, not a directory"
     return f"{path} is a file, not a directory"
+
+
+def _link_loop(path: Path) -> bool:
+    """Whether following link ``path`` goes round a loop of links (``tables -> tables``)."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
 
 
 # The data directory's folder of training job records.
