@@ -1830,6 +1830,24 @@ def test_evaluate_with_url_answers_as_offline(tmp_path, trained, server):
     assert line == f"error: 404: model {KEY} has no version 999"
 
 
+def test_evaluate_a_csv_runtime_of_nan_or_inf_is_the_same_error_offline_and_with_url(tmp_path, trained, server):
+    # Sent as null (JSON has no NaN), it was "missing measured 'runtime_ms'" with --url, where
+    # offline said "'runtime_ms' must be a number in [1e-12, 1e+15]".
+    cfg = tmp_path / "train.json"
+    cfg.write_text(json.dumps({"model": IDENTITY, "traces": make_llm_traces(200), "algorithm": "linear"}))
+    version = json_out(invoke("train", cfg, "--url", server.url, "--json"))["version"]
+    measured = tmp_path / "measured.csv"
+    rows = [(t["input_tokens"], t["output_tokens"], t["runtime_ms"]) for t in make_llm_traces(20, seed=55)]
+    rows += [(100, 50, "nan"), (100, 50, "inf"), (100, 50, "-inf")]
+    measured.write_text("input_tokens,output_tokens,runtime_ms\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+    remote = json_out(invoke("evaluate", "llm/*/*/*/*", measured, "--url", server.url, "--json", "--model-version",
+                             version, ok=False))
+    offline = json_out(invoke("evaluate", "llm/*/*/*/*", measured, "--data-dir", trained, "--json", ok=False))
+    said = [(r["index"], r["message"]) for r in offline["rejected"]]
+    assert said == [(i, "'runtime_ms' must be a number in [1e-12, 1e+15]") for i in (20, 21, 22)]
+    assert [(r["index"], r["message"]) for r in remote["rejected"]] == said
+
+
 def test_evaluate_scores_a_lookup_table_offline_with_or_without_a_model(tmp_path, trained):
     measured = make_llm_traces(300, seed=54)
     shapes = tmp_path / "shapes.jsonl"

@@ -695,6 +695,17 @@ def _json_can_carry(traces: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return traces
 
 
+def _measured_as_text(traces: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``traces`` with a CSV cell's ``nan`` or ``inf`` under ``runtime_ms`` as its text, which
+    the service reads as that number: sent as null (:func:`_json_can_carry`), it was "missing
+    measured 'runtime_ms'", where offline says it "must be a number in [1e-12, 1e+15]"."""
+    for t in traces:
+        value = t.get("runtime_ms")
+        if isinstance(value, float) and not math.isfinite(value):
+            t["runtime_ms"] = str(value)
+    return traces
+
+
 # The most traces one request may carry (the service's limit on a batch, as on an evaluation).
 _TRACES_PER_REQUEST = 100_000
 
@@ -999,7 +1010,7 @@ def evaluate(
     flags = {"version": "--model-version", "lookup_table_name": "--lookup-table"}
     if url:
         with _remote(url, flags) as client:
-            body = client.evaluate(pattern.as_tuple(), _sendable(traces), model_version,
+            body = client.evaluate(pattern.as_tuple(), _sendable(_measured_as_text(traces)), model_version,
                                    lookup_table_name=lookup_table).model_dump(exclude_unset=True)
     else:
         service, store = _service_or_tables(data_dir, lookup_table)
