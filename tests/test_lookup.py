@@ -1545,6 +1545,28 @@ def test_a_table_deleted_while_its_first_lookup_writes_the_sidecar_leaves_no_sid
     assert not list((root / ".index").iterdir())
 
 
+def test_a_table_deleted_while_it_is_parsed_is_not_warned_of_as_a_sidecar_that_cannot_be_written(
+        tmp_path, monkeypatch, caplog):
+    # Its sidecar is not wanted: the warning said "cannot write its sidecar ...: No such file or directory".
+    root = tmp_path / "tables"
+    root.mkdir()
+    (root / "m.json").write_bytes(orjson.dumps([record(i, features={"x": i}) for i in range(20)]))
+    tables = LookupTableStore(root)
+    parse = LookupTable.load
+
+    def deleted_meanwhile(path, name=None, seed=0):
+        table = parse(path, name=name, seed=seed)
+        os.unlink(path)
+        return table
+
+    monkeypatch.setattr(LookupTable, "load", deleted_meanwhile)
+    with caplog.at_level("DEBUG", logger="swarmpilot_predictor.lookup"):
+        assert tables.get("m.json").n_rows == 20  # (answers the table it parsed)
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if "m.json" in r.getMessage()]
+    assert said == [("DEBUG", "lookup table m.json was deleted while it was parsed: no sidecar written")]
+    assert not list(root.glob(".index/*"))
+
+
 def test_a_table_is_parsed_once_then_loaded_from_its_sidecar(tmp_path):
     from swarmpilot_predictor.lookup import load_index
 

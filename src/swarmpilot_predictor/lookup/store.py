@@ -364,6 +364,11 @@ class LookupTableStore:
                 # Deleted after the rename, the delete removes it itself.
                 if not path.exists():
                     index.unlink(missing_ok=True)
+        except FileNotFoundError as exc:
+            if os.path.lexists(path):
+                log.warning("lookup table %s: cannot write its sidecar %s: %s", name, index, exc)
+            else:  # deleted while it was parsed: no sidecar is wanted (it was a warning, "cannot write its sidecar")
+                log.debug("lookup table %s was deleted while it was parsed: no sidecar written", name)
         except Exception as exc:  # noqa: BLE001 - the sidecar only saves time: the parsed table is served regardless
             log.warning("lookup table %s: cannot write its sidecar %s: %s", name, index, exc)
         return table
