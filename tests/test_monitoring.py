@@ -103,6 +103,25 @@ def test_the_clock_tick_is_the_coarsest_every_runtime_is_a_whole_number_of():
     assert clock_tick(np.append(np.round(runtimes), 12.5)) == 0.5
 
 
+def test_long_runtimes_off_any_clock_are_on_no_clock_and_whole_ones_still_are():
+    # Read as a whole number of ticks within a billionth of the count: every runtime of a
+    # million ms or more was within that of a whole number of 0.001 or 0.002 ms (1e10 ms: of
+    # 20 ms), and the accuracy answer gave a clock_tick_ms for runtimes on no clock.
+    from swarmpilot_predictor.monitoring import clock_tick
+
+    rng = np.random.default_rng(0)
+    for scale in (1e6, 3e6, 1e8, 1e10):
+        runtimes = rng.uniform(1.0, 2.0, 40) * scale
+        assert clock_tick(runtimes) is None, scale
+        assert clock_tick(np.round(runtimes)) == 1.0, scale
+        assert clock_tick(np.round(runtimes / 50) * 50) == 50.0, scale
+    assert clock_tick(np.round(rng.uniform(1.0, 2.0, 40) * 1e6, 3)) == 0.001
+    tracker = RollingAccuracy(window=100)
+    runtimes = rng.uniform(1.0, 2.0, 40) * 3e6
+    tracker.add(runtimes, np.tile(np.linspace(2e6, 8e6, len(MONITOR_LEVELS)), (40, 1)))
+    assert "clock_tick_ms" not in tracker.report(1e-3, 20)
+
+
 def test_runtimes_under_a_tick_are_on_no_clock():
     # 1e-12 ms is 2e-16 of a 5 s tick: read as a whole number of it (0), every runtime of a
     # window of such was on a 5,000 ms clock, every quantile under 250 ms tied with it, and
