@@ -1063,3 +1063,45 @@ def test_the_calibration_test_passes_runtimes_drawn_from_their_quantiles_and_fai
     nan = np.full(len(y), np.nan)
     assert accuracy_of(y, q, nan, nan, nan) == {k: v for k, v in window.report(1e-3, 30).items()
                                                 if k in accuracy_of(y, q, nan, nan, nan)}
+
+
+def test_an_accuracy_answer_s_figures_and_recent_are_of_the_same_observations(tmp_path, monkeypatch):
+    # The report and the recent observations were taken in two looks at the log: an /observe
+    # appended between them (by another thread or worker) was listed in recent, not counted
+    # in the figures (observations 5, recent 6 runtimes).
+    import threading
+
+    from swarmpilot_predictor.identity import IdentityPattern
+    from swarmpilot_predictor.schemas import TrainConfig
+    from swarmpilot_predictor.service import PredictorService
+    from swarmpilot_predictor.settings import PredictorSettings
+
+    from .conftest import IDENTITY, make_llm_traces
+
+    svc = PredictorService(PredictorSettings(data_dir=tmp_path / "data", retrain_in_worker=False))
+    try:
+        svc.train(TrainConfig(model=IDENTITY, traces=make_llm_traces(60), algorithm="linear"))
+        svc.observe(IDENTITY, make_llm_traces(5, seed=1))
+        appended, asking = threading.Event(), threading.current_thread()
+        real_append, real_report = svc.monitor.log.append, RollingAccuracy.report
+
+        def append(*args, **kwargs):
+            try:
+                return real_append(*args, **kwargs)
+            finally:
+                appended.set()
+
+        def report(self, *args):
+            if threading.current_thread() is asking and not appended.is_set():
+                # Another request's observation is appended while this answer is made.
+                threading.Thread(target=svc.observe, args=(IDENTITY, make_llm_traces(1, seed=2)), daemon=True).start()
+                appended.wait(10)
+            return real_report(self, *args)
+
+        monkeypatch.setattr(svc.monitor.log, "append", append)
+        monkeypatch.setattr(RollingAccuracy, "report", report)
+        answer = svc.accuracy(IdentityPattern.from_parts(IDENTITY))
+        assert appended.is_set()
+        assert len(answer["recent"]["runtime_ms"]) == answer["window"] == answer["observations"] == 5
+    finally:
+        svc.close()

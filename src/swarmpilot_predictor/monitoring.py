@@ -1129,12 +1129,20 @@ class AccuracyMonitor:
             return tracker.remember_since(t, count)
 
     def recent(self, identity: ModelIdentity, version: int, limit: int = 200) -> dict[str, Any]:
+        return self.report_and_recent(identity, version, limit)[1]
+
+    def report_and_recent(self, identity: ModelIdentity, version: int,
+                          limit: int = 200) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``version``'s report and its ``limit`` newest observations (:meth:`RollingAccuracy.recent`)
+        of one look at the log: taken in two, observations appended between them (by any
+        worker) were listed in ``recent`` and not counted in the report's figures."""
         state = self._observed_state(identity)
         if state is None:
-            return self._unobserved.recent(limit)
+            return self._unobserved.report(self.alpha, self.min_observations), self._unobserved.recent(limit)
         with state.lock:
             self._sync(state)
-            return self._tracker(state, version).recent(limit)
+            tracker = self._tracker(state, version)
+            return tracker.report(self.alpha, self.min_observations), tracker.recent(limit)
 
     def forget(self, identity: ModelIdentity) -> None:
         with self._lock:

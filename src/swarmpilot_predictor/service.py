@@ -1406,8 +1406,7 @@ class PredictorService:
     def _accuracy_of(self, identity: ModelIdentity, meta: ModelVersion, recent: int, serving: bool) -> dict[str, Any]:
         """One version's accuracy as ``accuracy`` answers it, less its status and retraining
         decisions; the gauges describe the serving version (``serving``)."""
-        report = self.monitor.report(identity, meta.version)
-        window = self.monitor.recent(identity, meta.version, recent)
+        report, window = self.monitor.report_and_recent(identity, meta.version, recent)
         if serving:
             self.metrics.set_accuracy(identity.key, meta.version, report)
         return {"model_key": identity.key, "version": meta.version, **report,
