@@ -184,30 +184,36 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        refusal: UnsupportedMediaType | None = None
         for name, value in scope["headers"]:
             if (name == b"content-encoding" and value.strip().lower() not in (b"", b"identity")
                     and scope["method"] in ("POST", "PUT", "PATCH", "DELETE")):
                 # Read as JSON, a gzip body was "not valid UTF-8: surrogates not allowed" (the
-                # deletions read theirs too: none, or {}).
-                await self._refuse(UnsupportedMediaType(
+                # deletions read theirs too: none, or {}). Refused as the route first reads the
+                # body, none of which is taken: after the route's API key is checked (refused at
+                # once, a request without the key was told of its body's encoding, not a 401) and
+                # only where a route reads it (a path no route serves was a 415, not its 404).
+                refusal = UnsupportedMediaType(
                     f"Content-Encoding {value.decode('latin-1')!r} is not supported: send the body uncompressed "
-                    "(a trace file may be uploaded as .gz)", field="body"), scope, receive, send)
-                return
+                    "(a trace file may be uploaded as .gz)", field="body")
+                break
+
+        reading = receive if refusal is None else _refusing(refusal)
         if self.max_bytes <= 0:
-            await self.app(scope, receive, send)
+            await self.app(scope, reading, send)
             return
         length = declared_length(scope["headers"])
         if length is not None:
             if length > self.max_bytes:
                 await self._refuse(PayloadTooLarge(self._message(), field="body"), scope, receive, send)
                 return
-            await self.app(scope, receive, send)  # (the server reads no more than it declares)
+            await self.app(scope, reading, send)  # (the server reads no more than it declares)
             return
         seen = 0  # chunked, or a length that is no number: counted as it arrives
 
         async def counting_receive():
             nonlocal seen
-            message = await receive()
+            message = await reading()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
                 raise PayloadTooLarge(self._message(), field="body")
@@ -225,6 +231,13 @@ class BodySizeLimitMiddleware:
     def _message(self) -> str:
         return (f"request body larger than {self.max_mb:g} MB "
                 "(PREDICTOR_MAX_UPLOAD_MB); split the traces over several requests")
+
+
+def _refusing(exc: PredictorError) -> Callable[[], Any]:
+    """An ASGI ``receive`` that raises ``exc`` when a route reads the body, reading none of it."""
+    async def receive() -> Any:
+        raise exc
+    return receive
 
 
 def api_key_guard(key: SecretStr | None) -> list[Any]:
