@@ -1934,26 +1934,32 @@ def test_a_compressed_body_without_the_key_is_a_401_and_one_no_route_reads_is_no
     # key learnt of its body's encoding rather than that it needs the key (documented as the
     # 401), and a path no route serves, or a method a path does not take, read "send the body
     # uncompressed" rather than its 404 or 405. Now it is answered as the route reads the body.
-    from fastapi.testclient import TestClient
-
     from swarmpilot_predictor.api import create_app
     from swarmpilot_predictor.settings import PredictorSettings
 
     body, gz = gzip.compress(b"{}"), {"content-type": "application/json", "content-encoding": "gzip"}
     key = {"authorization": f"Bearer {API_KEY}"}
     form = {"content-type": "multipart/form-data; boundary=x", "content-encoding": "gzip"}
-    with TestClient(create_app(PredictorSettings(data_dir=tmp_path / "data", api_key=API_KEY))) as http:
-        failed(http.post("/cache/clear", content=body, headers=gz), 401, "API key")
-        failed(http.post("/observe", content=body, headers={**gz, "authorization": "Bearer wrong"}), 401, "not this")
-        table_failed(http.post(f"/predict/table/{SEGMENTS}", content=body, headers=form), 401, "authorization")
-        failed(http.post("/nope", content=body, headers=gz), 404, "no endpoint")
-        failed(http.post("/ping", content=body, headers=gz), 405, "method POST")
-        # With the key, or on a route that needs none, the body is refused unread as before.
-        for path in ("/cache/clear", "/observe", f"/predict/single/{SEGMENTS}"):
-            assert failed(http.post(path, content=body, headers={**gz, **key}), 415, "Content-Encoding 'gzip'",
-                          "uncompressed")["field"] == "body"
-        table_failed(http.post(f"/predict/table/{SEGMENTS}", content=body, headers={**form, **key}), 415, "body",
-                     "Content-Encoding 'gzip'")
+    app = create_app(PredictorSettings(data_dir=tmp_path / "data", api_key=API_KEY))
+
+    async def answers() -> list[httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://predictor") as http:
+            sent = [("/cache/clear", gz), ("/observe", {**gz, "authorization": "Bearer wrong"}),
+                    (f"/predict/table/{SEGMENTS}", form), ("/nope", gz), ("/ping", gz),
+                    # With the key, or on a route that needs none, the body is refused unread as before.
+                    ("/cache/clear", {**gz, **key}), ("/observe", {**gz, **key}),
+                    (f"/predict/single/{SEGMENTS}", {**gz, **key}), (f"/predict/table/{SEGMENTS}", {**form, **key})]
+            return [await http.post(path, content=body, headers=headers) for path, headers in sent]
+
+    no_key, wrong_key, table_no_key, nowhere, not_posted, *keyed, table_keyed = asyncio.run(answers())
+    failed(no_key, 401, "API key")
+    failed(wrong_key, 401, "not this")
+    table_failed(table_no_key, 401, "authorization")
+    failed(nowhere, 404, "no endpoint")
+    failed(not_posted, 405, "method POST")
+    for r in keyed:
+        assert failed(r, 415, "Content-Encoding 'gzip'", "uncompressed")["field"] == "body"
+    table_failed(table_keyed, 415, "body", "Content-Encoding 'gzip'")
 
 
 def test_with_an_api_key_the_routes_that_change_state_need_it_and_the_others_do_not(tmp_path):
