@@ -18,6 +18,16 @@ from typing import IO
 _TEMP_NAME_BYTES = 255 - len("..12345678.tmp")
 
 
+def link_loop(path: Path | str) -> bool:
+    """Whether ``path`` is a loop of symbolic links (``l1.json -> l2.json -> l1.json``, or
+    ``tables -> tables``): following it fails with ELOOP."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
+
+
 def file_stamp(path: Path | str) -> tuple[int, int, int]:
     """What changes when a file is edited or replaced: its modification time, size and inode
     (``OSError`` where it cannot be looked at). A lookup table's sidecar stores it, in this

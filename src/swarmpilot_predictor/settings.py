@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .atomic import link_loop
 from .errors import StorageError, shown
 from .workers import DEFAULT_PRIORITY
 
@@ -258,20 +259,11 @@ def _no_folder(path: Path) -> str:
     for p in (path, *path.parents):
         if os.path.lexists(p) and not p.is_dir():
             if p.is_symlink() and not p.exists():
-                if _link_loop(p):  # (a link to itself was said to lead to nothing)
+                if link_loop(p):  # (a link to itself was said to lead to nothing)
                     return f"{p} is a loop of symbolic links (a link to {os.readlink(p)}), not a folder"
                 return f"{p} is a symbolic link to {os.readlink(p)}, which does not exist (a volume not mounted?)"
             return f"{p} is a file, not a directory"
     return f"{path} is a file, not a directory"
-
-
-def _link_loop(path: Path) -> bool:
-    """Whether following link ``path`` goes round a loop of links (``tables -> tables``)."""
-    try:
-        os.stat(path)
-    except OSError as exc:
-        return exc.errno == errno.ELOOP
-    return False
 
 
 # The data directory's folder of training job records.
@@ -339,7 +331,6 @@ def listen_problem(host: str, port: int, host_name: str = "PREDICTOR_HOST") -> s
     Bound as asyncio binds (each resolved address; IPv6 ones IPv6-only); an error this
     check cannot name is left to uvicorn.
     """
-    import errno
     import socket
 
     if not host:

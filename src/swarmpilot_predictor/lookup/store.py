@@ -7,7 +7,6 @@ cache of loaded tables, listing, deleting and the paths generation writes to.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import logging
 import os
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from ..atomic import NotRegularFile, file_stamp, open_regular, regular_file_fd, remove_stale_temps
+from ..atomic import NotRegularFile, file_stamp, link_loop, open_regular, regular_file_fd, remove_stale_temps
 from ..errors import InvalidInput, NotFound, PredictorError, StorageError, shown
 from ..identity import IDENTITY_KEYS
 from ..traces import TRACE_FILE_KINDS, TraceError
@@ -157,7 +156,7 @@ class LookupTableStore:
             return self.default_path
         path = self.root / name
         if not path.is_file():
-            if _link_loop(path):  # as a table that cannot be read, not a 500 nor "not found"
+            if link_loop(path):  # as a table that cannot be read, not a 500 nor "not found"
                 raise InvalidInput(f"lookup table cannot be read: {shown(name)} is a loop of symbolic links",
                                    field=field)
             raise NotFound(f"lookup table {shown(name)} not found; available: {', '.join(self.names()) or 'none'}",
@@ -456,7 +455,7 @@ class LookupTableStore:
                 )
         path = self.root / name
         # A loop of symbolic links has no target, nor sidecar: the link goes, as a table link's delete removes the link.
-        looped = _link_loop(path)
+        looped = link_loop(path)
         if not looped and not path.is_file():
             if name == self.default_name and self.default_table is not None:
                 self._forget_default()
@@ -501,15 +500,6 @@ class LookupTableStore:
             raise InvalidInput(f"table_name {shown(name)} is a folder in the table directory, not a table: "
                                "choose another name", field="table_name")
         return path
-
-
-def _link_loop(path: Path) -> bool:
-    """Whether ``path`` is a loop of symbolic links (``l1.json -> l2.json -> l1.json``)."""
-    try:
-        os.stat(path)
-    except OSError as exc:
-        return exc.errno == errno.ELOOP
-    return False
 
 
 def _fingerprint(path: Path, span: int = 1 << 16) -> str:
