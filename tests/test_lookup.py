@@ -2626,16 +2626,22 @@ def test_a_tables_running_tasks_are_answered_together_not_one_by_one(tmp_path: P
         assert a["elapsed_level"] == pytest.approx(b["elapsed_level"], abs=1e-9)
 
 
+def _one_record(expect: float) -> dict:
+    """A table's record whose levels 0.25 to 0.99 lie at 850 to 1,600 ms, stored with
+    ``expect`` as its mean (the model's, which need not be the interpolated levels' own)."""
+    return {"status": "success", "quantiles": [0.25, 0.5, 0.75, 0.99], "expect": expect, "error": 200.0,
+            "quantile_predictions": [850.0, 1000.0, 1150.0, 1600.0], "model_type": "llm",
+            "model_info": {"type": "llm", "name": "m", "hardware": "h", "software_name": "s", "software_version": "1"},
+            "features": {"input_tokens": 100}}
+
+
 def test_a_running_tasks_error_from_a_table_starts_from_the_stored_one(tmp_path: Path):
     import json
 
     # The stored error is the model's, the time left's quadrature runs over the record's few
     # stored quantiles: without bringing one to the other a task's error jumped from 200 to
     # 227 ms as it started (and 250 to 221 for a record of six levels).
-    rec = {"status": "success", "quantiles": [0.25, 0.5, 0.75, 0.99], "expect": 1000.0, "error": 200.0,
-           "quantile_predictions": [850.0, 1000.0, 1150.0, 1600.0], "model_type": "llm",
-           "model_info": {"type": "llm", "name": "m", "hardware": "h", "software_name": "s", "software_version": "1"},
-           "features": {"input_tokens": 100}}
+    rec = _one_record(expect=1000.0)
     path = tmp_path / "t.json"
     path.write_text(json.dumps([rec]))
     table = LookupTable.load(path)
@@ -2659,10 +2665,7 @@ def test_a_tables_running_task_past_its_highest_stored_level_is_not_stuck(tmp_pa
     # running task's time left was read off it: run 1,601 ms, past that quantile, a task was
     # answered stuck (elapsed_level 1, nothing left), where the record's own answer has 0.66%
     # of its runtimes beyond 1,650 ms; and run 1,590 ms, all of its time left was 10 ms.
-    rec = {"status": "success", "quantiles": [0.25, 0.5, 0.75, 0.99], "expect": 980.0, "error": 200.0,
-           "quantile_predictions": [850.0, 1000.0, 1150.0, 1600.0], "model_type": "llm",
-           "model_info": {"type": "llm", "name": "m", "hardware": "h", "software_name": "s", "software_version": "1"},
-           "features": {"input_tokens": 100}}
+    rec = _one_record(expect=980.0)
     table = LookupTable.from_records([rec])
     whole = table.predict(None, [{"input_tokens": 100}], 0.9, [0.99, 0.999], deadline_ms=1601.0).items[0]
     assert whole["quantile_predictions"][1] > 1800.0
@@ -2687,10 +2690,7 @@ def test_a_tables_running_task_past_its_highest_stored_level_keeps_its_records_t
     # it. A running task's time left was read off it: run 1,650 ms (its record's answer's
     # 0.9934 level), its median time left was 616 ms and its 0.9 quantile 1,988, past the
     # answer's 0.99999 quantile; it is now what the answer's own tail leaves, about 80 ms.
-    rec = {"status": "success", "quantiles": [0.25, 0.5, 0.75, 0.99], "expect": 1040.0, "error": 200.0,
-           "quantile_predictions": [850.0, 1000.0, 1150.0, 1600.0], "model_type": "llm",
-           "model_info": {"type": "llm", "name": "m", "hardware": "h", "software_name": "s", "software_version": "1"},
-           "features": {"input_tokens": 100}}
+    rec = _one_record(expect=1040.0)
     table = LookupTable.from_records([rec])
     reached = table.predict(None, [{"input_tokens": 100}], 0.9, [0.5], deadline_ms=1650.0).items[0]["deadline_probability"]
     # The record's answer, given that the runtime is past 1,650 ms: its levels in what is left.
@@ -2706,10 +2706,7 @@ def test_a_tables_running_task_past_its_highest_stored_level_keeps_its_records_t
 def test_a_tables_queued_tasks_are_summed_alike_beside_a_running_one(tmp_path: Path):
     # A running task's time left keeps its record's tail as extrapolated; the tasks queued
     # beside it are summed as any total sums them: a stuck task (nothing left) adds nothing.
-    rec = {"status": "success", "quantiles": [0.25, 0.5, 0.75, 0.99], "expect": 1040.0, "error": 200.0,
-           "quantile_predictions": [850.0, 1000.0, 1150.0, 1600.0], "model_type": "llm",
-           "model_info": {"type": "llm", "name": "m", "hardware": "h", "software_name": "s", "software_version": "1"},
-           "features": {"input_tokens": 100}}
+    rec = _one_record(expect=1040.0)
     table = LookupTable.from_records([rec])
     queued = [{"input_tokens": 100}] * 3
     alone = table.predict(None, queued, 0.9, [0.05, 0.5, 0.95], with_total=True).total

@@ -675,18 +675,21 @@ def _read_trace_arg(trace: str) -> list[dict[str, Any]]:
     return traces
 
 
-def _json_can_carry(traces: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _json_can_carry(traces: list[dict[str, Any]], measured: str | None = None) -> list[dict[str, Any]]:
     """``traces`` as ``--url`` sends them: a CSV cell's ``nan`` or ``inf`` (JSON has neither)
     as null, a missing value, as training reads CSV's ``nan``, and its integer past 64 bits
     (CSV keeps every digit) as the float a JSON file's reader makes of it. The client refuses
     a request holding either, so one such cell, in a column the model does not even use,
-    failed every trace of the file, where offline each is predicted (or scored) on its own."""
+    failed every trace of the file, where offline each is predicted (or scored) on its own.
+    The ``measured`` runtime's ``nan`` or ``inf`` is sent as its text, which the service reads
+    as that number and refuses as offline does ("must be a number in [1e-12, 1e+15]"); as null
+    it was "missing measured 'runtime_ms'"."""
     from .client import json_integer
 
     for t in traces:
         for key, value in t.items():
             if isinstance(value, float) and not math.isfinite(value):
-                t[key] = None
+                t[key] = str(value) if key == measured else None
             elif isinstance(value, int) and not json_integer(value):
                 try:
                     t[key] = float(value)
@@ -695,29 +698,18 @@ def _json_can_carry(traces: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return traces
 
 
-def _measured_as_text(traces: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``traces`` with a CSV cell's ``nan`` or ``inf`` under ``runtime_ms`` as its text, which
-    the service reads as that number: sent as null (:func:`_json_can_carry`), it was "missing
-    measured 'runtime_ms'", where offline says it "must be a number in [1e-12, 1e+15]"."""
-    for t in traces:
-        value = t.get("runtime_ms")
-        if isinstance(value, float) and not math.isfinite(value):
-            t["runtime_ms"] = str(value)
-    return traces
-
-
 # The most traces one request may carry (the service's limit on a batch, as on an evaluation).
 _TRACES_PER_REQUEST = 100_000
 
 
-def _sendable(traces: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``traces`` as ``--url`` sends them, in one request: more than the service takes are an
-    error in the CLI's terms (the service's said "trace: List should have at most 100000 items
-    after validation", naming its field)."""
+def _sendable(traces: list[dict[str, Any]], measured: str | None = None) -> list[dict[str, Any]]:
+    """``traces`` as ``--url`` sends them (:func:`_json_can_carry`), in one request: more than
+    the service takes are an error in the CLI's terms (the service's said "trace: List should
+    have at most 100000 items after validation", naming its field)."""
     if len(traces) > _TRACES_PER_REQUEST:
         _fail(f"TRACE holds {len(traces):,} traces: with --url they are sent in one request, at most "
               f"{_TRACES_PER_REQUEST:,} (the service's limit); split them, or leave --url out")
-    return _json_can_carry(traces)
+    return _json_can_carry(traces, measured)
 
 
 @app.command()
@@ -1010,7 +1002,7 @@ def evaluate(
     flags = {"version": "--model-version", "lookup_table_name": "--lookup-table"}
     if url:
         with _remote(url, flags) as client:
-            body = client.evaluate(pattern.as_tuple(), _sendable(_measured_as_text(traces)), model_version,
+            body = client.evaluate(pattern.as_tuple(), _sendable(traces, measured="runtime_ms"), model_version,
                                    lookup_table_name=lookup_table).model_dump(exclude_unset=True)
     else:
         service, store = _service_or_tables(data_dir, lookup_table)
