@@ -8,7 +8,9 @@ import os
 import re
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -1336,24 +1338,29 @@ def test_default_table_from_a_path_and_bad_defaults(tmp_path):
     assert inside.default_table is None and inside.loaded_count == 0
 
 
+def _without_hanging_on(fifo: Path, call: Callable[[], Any], what: str) -> Any:
+    """What ``call`` returns, asserting that it does not hang on opening ``fifo`` (which waits
+    for a writer): run in a thread given 10 s, the hung open let go after."""
+    import threading
+
+    out: list[Any] = []
+    worker = threading.Thread(target=lambda: out.append(call()), daemon=True)
+    worker.start()
+    worker.join(10)
+    try:
+        assert not worker.is_alive(), f"{what} hung on the FIFO"
+    finally:
+        if worker.is_alive():  # (let the hung open go: a writer, gone at once)
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    return out[0]
+
+
 def test_a_default_table_that_is_a_fifo_is_not_read(tmp_path):
     # DEFAULT_LOOKUP_TABLE naming a FIFO hung the start for ever (the table's fingerprint
     # opened it, waiting for a writer). Now it is a default that cannot be read.
-    import threading
-
     fifo = tmp_path / "fifo.json"
     os.mkfifo(fifo)
-    stores: list[LookupTableStore] = []
-    start = threading.Thread(target=lambda: stores.append(LookupTableStore(tmp_path / "tables", default=str(fifo))),
-                             daemon=True)
-    start.start()
-    start.join(10)
-    try:
-        assert not start.is_alive(), "the start hung on the FIFO"
-    finally:
-        if start.is_alive():  # (let the hung open go: a writer, gone at once)
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-    store = stores[0]
+    store = _without_hanging_on(fifo, lambda: LookupTableStore(tmp_path / "tables", default=str(fifo)), "the start")
     assert store.default_table is None and "fifo.json: not a regular file" in store.default_error
     with pytest.raises(InvalidInput, match="not a regular file"):
         store.get(None)
@@ -1705,8 +1712,6 @@ def test_a_fifo_or_a_link_in_a_sidecars_place_is_not_read_and_is_replaced(tmp_pa
     # A FIFO named like a table's sidecar hung every lookup of that table (its open waited
     # for a writer). Now it is a sidecar that cannot be read: the table is parsed, and its
     # sidecar written in that place.
-    import threading
-
     store = LookupTableStore(tmp_path / "tables")
     (store.root / "p.json").write_text(SEED_TABLE)
     (store.root / "q.json").write_text(SEED_TABLE)
@@ -1714,15 +1719,7 @@ def test_a_fifo_or_a_link_in_a_sidecars_place_is_not_read_and_is_replaced(tmp_pa
     fifo.parent.mkdir()
     os.mkfifo(fifo)
     link.symlink_to(store.root / "p.json")
-    rows: list[int] = []
-    lookup = threading.Thread(target=lambda: rows.extend(store.get(n).n_rows for n in ("p.json", "q.json")), daemon=True)
-    lookup.start()
-    lookup.join(10)
-    try:
-        assert not lookup.is_alive(), "the lookup hung on the FIFO"
-    finally:
-        if lookup.is_alive():  # (let the hung open go: a writer, gone at once)
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    rows = _without_hanging_on(fifo, lambda: [store.get(n).n_rows for n in ("p.json", "q.json")], "the lookup")
     assert rows == [1, 1]
     assert fifo.is_file() and not fifo.is_symlink() and link.is_file() and not link.is_symlink()
 
